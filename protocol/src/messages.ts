@@ -1,0 +1,346 @@
+/**
+ * grainline wire protocol v1 — message types.
+ *
+ * `protocol/SPEC.md` is the authority; this file is its TypeScript image.
+ * Every WebSocket binary message carries exactly one frame:
+ *
+ *   frame := u8(kind) • msgpack(map of the fields below, records off)
+ *
+ * Byte strings (`Uint8Array`) travel as msgpack `bin`. Integers are unsigned
+ * and below 2^53 unless said otherwise.
+ */
+
+/** Protocol major version spoken by this package. */
+export const PROTOCOL_VERSION = 1
+
+/** WebSocket subprotocol carrying the major version (SPEC §1). */
+export const SUBPROTOCOL = 'grainline.v1'
+
+/** Message kinds (the first byte of every frame). */
+export const MessageKind = {
+  /** agent → receiver: versions, algorithms and limits, in order of preference */
+  Hello: 0x01,
+  /** receiver → agent: the negotiated choice */
+  Welcome: 0x02,
+  /** agent → receiver: start a VM cycle: config files and compatibility record */
+  VmOpen: 0x08,
+  /** receiver → agent: the VM mirror's committed state */
+  VmState: 0x09,
+  /** agent → receiver: open one disk of the VM for this cycle */
+  DiskOpen: 0x10,
+  /** receiver → agent: the disk mirror's state and the resume point */
+  DiskState: 0x11,
+  /** agent → receiver: one extent (data or zero) */
+  Extent: 0x20,
+  /** receiver → agent: cumulative acknowledgement (all seq ≤ ack.seq durable) */
+  ExtentAck: 0x21,
+  /** agent → receiver: all extents of the disk for this cycle were sent */
+  DiskEnd: 0x22,
+  /** receiver → agent: counts and cycle digest matched; the disk is sealed */
+  DiskEnded: 0x23,
+  /** agent → receiver: commit every sealed disk of the VM atomically */
+  Commit: 0x30,
+  /** receiver → agent: the VM's new committed cycle is durable */
+  Committed: 0x31,
+  /** agent → receiver: size + digest of the first N MiB of the frozen source */
+  TrivialCheck: 0x40,
+  /** receiver → agent: the mirror's values and the verdict */
+  TrivialResult: 0x41,
+  /** agent → receiver: full digest of the frozen source disk */
+  Certify: 0x42,
+  /** receiver → agent: the mirror's full digest and the verdict */
+  CertifyResult: 0x43,
+  /** agent → receiver: discard an interrupted (uncommitted) cycle of the VM */
+  Rollback: 0x50,
+  /** receiver → agent: the VM mirror is back at its last committed point */
+  RolledBack: 0x51,
+  /** either side: a typed error; fatal ones are followed by a close */
+  Error: 0x7f,
+} as const
+export type MessageKind = (typeof MessageKind)[keyof typeof MessageKind]
+
+/** Digest algorithms (SPEC §3). */
+export const DigestAlgorithms = ['xxh64', 'sha256', 'sha1', 'md5'] as const
+export type DigestAlgorithm = (typeof DigestAlgorithms)[number]
+
+/** Compression algorithms (SPEC §3). `none` is always supported. */
+export const CompressionAlgorithms = ['lz4', 'deflate', 'none'] as const
+export type CompressionAlgorithm = (typeof CompressionAlgorithms)[number]
+
+/** Limits a side announces; the effective limit is the minimum of both. */
+export interface Limits {
+  /** largest WebSocket message accepted, bytes */
+  readonly maxMessageBytes: number
+  /** largest extent payload (uncompressed), bytes */
+  readonly maxExtentBytes: number
+  /** largest number of unacknowledged payload bytes in flight per connection */
+  readonly windowBytes: number
+}
+
+export interface HelloMessage {
+  readonly kind: typeof MessageKind.Hello
+  /** protocol versions, most preferred first */
+  readonly versions: readonly number[]
+  /** free text, e.g. "grainline-agent/0.1.0" */
+  readonly software: string
+  readonly digests: readonly DigestAlgorithm[]
+  readonly compressions: readonly CompressionAlgorithm[]
+  readonly limits: Limits
+}
+
+export interface WelcomeMessage {
+  readonly kind: typeof MessageKind.Welcome
+  readonly version: number
+  readonly software: string
+  readonly digest: DigestAlgorithm
+  readonly compression: CompressionAlgorithm
+  readonly limits: Limits
+  /** receiver-chosen session id (for logs) */
+  readonly session: string
+}
+
+/** A VM configuration file shipped so that the mirror can boot. */
+export interface VmFile {
+  /** bare file name, e.g. "web01.vmx", "web01.nvram" (no path separators) */
+  readonly name: string
+  readonly data: Uint8Array
+}
+
+/** What must match between the source VM and an existing mirror. */
+export interface CompatRecord {
+  /** virtual hardware version (`virtualHW.version`), e.g. 14 */
+  readonly hwVersion: number
+  /** datastore type of the source, e.g. "vmfs6", "nfs", "local" */
+  readonly datastoreType: string
+  /** `guestOS` from the .vmx, informational */
+  readonly guestOS: string
+}
+
+export interface VmOpenMessage {
+  readonly kind: typeof MessageKind.VmOpen
+  /** VM name = mirror folder name; no "/", "\\", NUL, not "." or ".." */
+  readonly vm: string
+  /** the cycle the agent means to ship (committed + 1, or 1 for a seed) */
+  readonly cycle: number
+  readonly compat: CompatRecord
+  readonly files: readonly VmFile[]
+  /** the disk file names the .vmx references, in .vmx order */
+  readonly disks: readonly string[]
+}
+
+/** Identity of one layer of the source chain. */
+export interface ChainLayer {
+  /** descriptor file name (basename) */
+  readonly file: string
+  /** CID, 8 lowercase hex digits */
+  readonly cid: string
+  /** parentCID, 8 lowercase hex digits ("ffffffff" for a base) */
+  readonly parentCid: string
+}
+
+/** Identity of the source chain a cycle reads. */
+export interface SourceIdentity {
+  /** the frozen layers this cycle ships, bottom first (seed: the base layers) */
+  readonly layers: readonly ChainLayer[]
+  /**
+   * descriptor file name of the delta the VM writes to after this cycle's
+   * snapshot: the first delta the next incremental cycle must ship
+   */
+  readonly successor: string
+}
+
+export interface VmStateMessage {
+  readonly kind: typeof MessageKind.VmState
+  readonly vm: string
+  /** whether a mirror of this VM exists */
+  readonly exists: boolean
+  /** last committed cycle, 0 if none */
+  readonly committedCycle: number
+  /** cycle of an interrupted, uncommitted apply, 0 if none */
+  readonly inflightCycle: number
+  /** false when the mirror's compat record differs from the VmOpen's */
+  readonly compatible: boolean
+}
+
+export interface DiskOpenMessage {
+  readonly kind: typeof MessageKind.DiskOpen
+  /** per-connection disk handle chosen by the agent (0…255) */
+  readonly disk: number
+  /** source disk name (basename of the base descriptor), e.g. "web01_1.vmdk" */
+  readonly name: string
+  /** virtual capacity in bytes (multiple of 512) */
+  readonly capacity: number
+  readonly cycle: number
+  readonly mode: 'seed' | 'incremental'
+  /** for incremental: the committed cycle this one applies on; 0 for seed */
+  readonly baseCycle: number
+  readonly source: SourceIdentity
+  /**
+   * digest (hex) identifying this exact cycle: see SPEC §5 "cycle identity";
+   * a resume is accepted only for the same value
+   */
+  readonly cycleId: string
+  /** DDB values of the source base disk to keep in the mirror descriptor */
+  readonly ddb: Readonly<Record<string, string>>
+  /** total payload bytes (data + zero) the cycle will ship, for progress */
+  readonly totalBytes: number
+  /** number of extents the cycle will ship */
+  readonly totalExtents: number
+}
+
+export interface DiskStateMessage {
+  readonly kind: typeof MessageKind.DiskState
+  readonly disk: number
+  /** whether the receiver accepts this open; if false see `reason` */
+  readonly accepted: boolean
+  /** stable code when refused (E_MIRROR_MODIFIED, E_CHAIN_MISMATCH, …), else "" */
+  readonly reason: string
+  /** last committed cycle of this disk's mirror, 0 if none */
+  readonly committedCycle: number
+  /** the source identity recorded at the last commit, if any */
+  readonly committedSource: SourceIdentity | null
+  /** CID of the mirror descriptor ("" if no mirror) */
+  readonly mirrorCid: string
+  /** true when the mirror descriptor CID or flat size changed since commit */
+  readonly modified: boolean
+  /** first seq the agent must send (0 = from the start) */
+  readonly resumeSeq: number
+  /** payload bytes already durably applied for this cycle */
+  readonly resumeBytes: number
+}
+
+export interface ExtentMessage {
+  readonly kind: typeof MessageKind.Extent
+  readonly disk: number
+  /** 0, 1, 2, … in the cycle's deterministic order */
+  readonly seq: number
+  /** byte offset in the virtual disk (multiple of 512) */
+  readonly offset: number
+  /** bytes covered (multiple of 512, ≤ maxExtentBytes for data) */
+  readonly length: number
+  /** true: the range reads as zeros and `data` is empty */
+  readonly zero: boolean
+  /** compression applied to `data` ("none" when not worth it) */
+  readonly compression: CompressionAlgorithm
+  /** payload (compressed when `compression` ≠ "none"); empty for zero extents */
+  readonly data: Uint8Array
+  /** negotiated digest of the uncompressed payload; empty for zero extents */
+  readonly digest: Uint8Array
+}
+
+export interface ExtentAckMessage {
+  readonly kind: typeof MessageKind.ExtentAck
+  readonly disk: number
+  /** every extent with seq ≤ this one is durably applied */
+  readonly seq: number
+}
+
+export interface DiskEndMessage {
+  readonly kind: typeof MessageKind.DiskEnd
+  readonly disk: number
+  readonly extents: number
+  readonly dataBytes: number
+  readonly zeroBytes: number
+  /** cycle digest, SPEC §5 */
+  readonly digest: Uint8Array
+}
+
+export interface DiskEndedMessage {
+  readonly kind: typeof MessageKind.DiskEnded
+  readonly disk: number
+}
+
+export interface CommitMessage {
+  readonly kind: typeof MessageKind.Commit
+  readonly vm: string
+  readonly cycle: number
+}
+
+export interface CommittedDisk {
+  readonly disk: number
+  readonly mirrorCid: string
+  readonly size: number
+}
+
+export interface CommittedMessage {
+  readonly kind: typeof MessageKind.Committed
+  readonly vm: string
+  readonly cycle: number
+  readonly disks: readonly CommittedDisk[]
+}
+
+export interface TrivialCheckMessage {
+  readonly kind: typeof MessageKind.TrivialCheck
+  readonly disk: number
+  /** bytes of the prefix digested (N MiB, clamped to the capacity) */
+  readonly prefixBytes: number
+  readonly algorithm: DigestAlgorithm
+  /** source capacity in bytes */
+  readonly size: number
+  readonly digest: Uint8Array
+}
+
+export interface TrivialResultMessage {
+  readonly kind: typeof MessageKind.TrivialResult
+  readonly disk: number
+  readonly ok: boolean
+  readonly size: number
+  readonly digest: Uint8Array
+}
+
+export interface CertifyMessage {
+  readonly kind: typeof MessageKind.Certify
+  readonly disk: number
+  readonly algorithm: DigestAlgorithm
+  readonly digest: Uint8Array
+}
+
+export interface CertifyResultMessage {
+  readonly kind: typeof MessageKind.CertifyResult
+  readonly disk: number
+  readonly ok: boolean
+  readonly algorithm: DigestAlgorithm
+  readonly digest: Uint8Array
+  readonly bytes: number
+}
+
+export interface RollbackMessage {
+  readonly kind: typeof MessageKind.Rollback
+  readonly vm: string
+}
+
+export interface RolledBackMessage {
+  readonly kind: typeof MessageKind.RolledBack
+  readonly vm: string
+  readonly committedCycle: number
+}
+
+export interface ErrorMessage {
+  readonly kind: typeof MessageKind.Error
+  /** stable code from SPEC §7 */
+  readonly code: string
+  readonly message: string
+  /** fatal errors are followed by a WebSocket close with the code's close code */
+  readonly fatal: boolean
+}
+
+export type Message =
+  | HelloMessage
+  | WelcomeMessage
+  | VmOpenMessage
+  | VmStateMessage
+  | DiskOpenMessage
+  | DiskStateMessage
+  | ExtentMessage
+  | ExtentAckMessage
+  | DiskEndMessage
+  | DiskEndedMessage
+  | CommitMessage
+  | CommittedMessage
+  | TrivialCheckMessage
+  | TrivialResultMessage
+  | CertifyMessage
+  | CertifyResultMessage
+  | RollbackMessage
+  | RolledBackMessage
+  | ErrorMessage
