@@ -1,1 +1,6 @@
-export {}
+export { main, buildCli, ExitCode } from './main.ts'
+export { createCliLogger } from './logger.ts'
+export type { CliLoggerOptions } from './logger.ts'
+export { generateSelfSignedTls, generateToken, writeTokensFile, writeTokenFile } from './tls-setup.ts'
+export type { GeneratedTls, TokenEntry } from './tls-setup.ts'
+export { parseRate, parseSize, formatBytes, parsePathMap, table } from './util.ts'
