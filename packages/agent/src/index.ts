@@ -1,1 +1,8 @@
-export {}
+export type { HypervisorDriver, VmHandle, VmDisk, SnapshotRef, SnapshotDisk } from './driver.ts'
+export { grainlineSnapshotName, parseGrainlineSnapshotName } from './driver.ts'
+export { VmxConfig, vmxDisks, vmxHardwareVersion } from './vmx.ts'
+export type { VmxDisk } from './vmx.ts'
+export { parseVmsd, serializeVmsd } from './vmsd.ts'
+export type { Vmsd, VmsdSnapshot } from './vmsd.ts'
+export { AgentError, AgentErrorCodes } from './errors.ts'
+export type { AgentErrorCode } from './errors.ts'

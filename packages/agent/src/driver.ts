@@ -1,0 +1,90 @@
+/**
+ * The hypervisor driver contract (docs/INTERNALS.md "Agent: the driver
+ * interface"). The cycle engine talks to a VM only through this interface; the
+ * `local` driver (this package) and the `esxi` driver (src/esxi/) implement it.
+ */
+import type { VmxConfig } from './vmx.ts'
+
+/** One virtual disk as the .vmx names it. */
+export interface VmDisk {
+  /** device node, e.g. "scsi0:0", "sata0:1", "nvme0:0", "ide0:0" */
+  readonly node: string
+  /** the value of `<node>.fileName` as written in the .vmx (may be a datastore path) */
+  readonly fileName: string
+  /** the same file as a locally readable absolute path (driver.resolvePath applied) */
+  readonly path: string
+}
+
+/** A VM found by a driver. A handle is a snapshot of the config at `openVm` time. */
+export interface VmHandle {
+  /** what the user asked for (vmx path, VM name or id) */
+  readonly ref: string
+  /** driver-specific id (esxi: the vmid; local: the absolute .vmx path) */
+  readonly id: string
+  /** VM name (`displayName`, else the .vmx basename without extension) */
+  readonly name: string
+  /** absolute, locally readable path of the .vmx */
+  readonly vmxPath: string
+  /** folder holding the .vmx (locally readable) */
+  readonly dir: string
+  /** the parsed .vmx */
+  readonly config: VmxConfig
+  /** every present hard disk of the VM, in .vmx order */
+  readonly disks: readonly VmDisk[]
+  /** datastore type for the compatibility record, e.g. "vmfs6", "nfs", "local" */
+  readonly datastoreType: string
+}
+
+/** Per-disk record of a snapshot (.vmsd `snapshotK.diskD.*`). */
+export interface SnapshotDisk {
+  /** device node, e.g. "scsi0:0" */
+  readonly node: string
+  /** the disk that represents the snapshot: the parent of the delta created when it was taken */
+  readonly fileName: string
+}
+
+/** One snapshot of a VM. */
+export interface SnapshotRef {
+  /** driver id (local: the .vmsd uid; esxi: the snapshot id) */
+  readonly id: string
+  /** display name; grainline's are `grainline-<cycle>` */
+  readonly name: string
+  /** true when grainline made it (name matches `grainline-<n>`) */
+  readonly grainline: boolean
+  /** the cycle number parsed from a grainline name, else 0 */
+  readonly cycle: number
+  /** per-disk records when the driver knows them (local: always) */
+  readonly disks: readonly SnapshotDisk[]
+}
+
+/** What the agent needs from a hypervisor. */
+export interface HypervisorDriver {
+  readonly name: 'local' | 'esxi'
+  /** find the VM; return its .vmx path readable locally and its config */
+  openVm(ref: string, opts?: { signal?: AbortSignal }): Promise<VmHandle>
+  /** take the grainline snapshot; returns when the new deltas exist */
+  createSnapshot(vm: VmHandle, name: string, opts?: { signal?: AbortSignal }): Promise<SnapshotRef>
+  /** list snapshots (oldest first) with which ones grainline made */
+  listSnapshots(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotRef[]>
+  /** remove (consolidate) one snapshot */
+  removeSnapshot(vm: VmHandle, snap: SnapshotRef, opts?: { signal?: AbortSignal }): Promise<void>
+  /** map a datastore path to a local readable path */
+  resolvePath(vm: VmHandle, path: string): string
+  /** path map handed to `openChain` so parentFileNameHint datastore paths resolve (esxi) */
+  readonly pathMap?: Readonly<Record<string, string>>
+  /** release connections (ssh); safe to call twice */
+  close?(): Promise<void>
+}
+
+const GRAINLINE_NAME = /^grainline-(\d{1,15})$/
+
+/** The snapshot name grainline uses for a cycle. */
+export function grainlineSnapshotName (cycle: number): string {
+  return `grainline-${cycle}`
+}
+
+/** The cycle of a grainline snapshot name, or 0 when the name is not grainline's. */
+export function parseGrainlineSnapshotName (name: string): number {
+  const m = GRAINLINE_NAME.exec(name)
+  return m === null ? 0 : Number(m[1])
+}
