@@ -1,0 +1,99 @@
+import { createHash, type Hash } from 'node:crypto'
+import xxhash, { type XXHashAPI } from 'xxhash-wasm'
+import { ProtocolError } from './errors.ts'
+import { DigestAlgorithms, type DigestAlgorithm } from './messages.ts'
+
+/** A streaming digest: feed bytes with `update`, read the result once with `digest`. */
+export interface StreamingDigest {
+  readonly algorithm: DigestAlgorithm
+  /** feed more bytes; returns `this` for chaining */
+  update (data: Uint8Array): this
+  /** the digest bytes (SPEC §3.2: xxh64 is 8 bytes big-endian); call once */
+  digest (): Uint8Array
+}
+
+/** Digest output length in bytes per algorithm (SPEC §3.2). */
+export const DigestLengths: Readonly<Record<DigestAlgorithm, number>> = Object.freeze({
+  xxh64: 8,
+  sha256: 32,
+  sha1: 20,
+  md5: 16,
+})
+
+let api: XXHashAPI | undefined
+let loading: Promise<void> | undefined
+
+/**
+ * Load the xxhash-wasm module once. Call (and await) before `createDigest('xxh64')`;
+ * the node:crypto algorithms need no initialisation. Safe to call many times.
+ */
+export function initDigests (): Promise<void> {
+  loading ??= xxhash().then((x) => { api = x })
+  return loading
+}
+
+/** True when `name` is a digest algorithm this build implements. */
+export function isDigestAlgorithm (name: unknown): name is DigestAlgorithm {
+  return typeof name === 'string' && (DigestAlgorithms as readonly string[]).includes(name)
+}
+
+class NodeDigest implements StreamingDigest {
+  readonly algorithm: DigestAlgorithm
+  readonly #hash: Hash
+  constructor (algorithm: DigestAlgorithm) {
+    this.algorithm = algorithm
+    this.#hash = createHash(algorithm)
+  }
+
+  update (data: Uint8Array): this {
+    this.#hash.update(data)
+    return this
+  }
+
+  digest (): Uint8Array {
+    return this.#hash.digest()
+  }
+}
+
+class Xxh64Digest implements StreamingDigest {
+  readonly algorithm = 'xxh64' as const
+  readonly #state: ReturnType<XXHashAPI['create64']>
+  constructor (x: XXHashAPI) {
+    this.#state = x.create64(0n)
+  }
+
+  update (data: Uint8Array): this {
+    this.#state.update(data)
+    return this
+  }
+
+  digest (): Uint8Array {
+    const out = new Uint8Array(8)
+    new DataView(out.buffer).setBigUint64(0, this.#state.digest(), false)
+    return out
+  }
+}
+
+/**
+ * Create a streaming digest. `xxh64` (seed 0, output big-endian, as `xxhsum`
+ * prints it) needs `await initDigests()` first; otherwise throws
+ * `ProtocolError('E_INTERNAL')`. An unknown name throws `E_NO_COMMON_DIGEST`.
+ */
+export function createDigest (algorithm: DigestAlgorithm): StreamingDigest {
+  switch (algorithm) {
+    case 'xxh64':
+      if (api === undefined) throw new ProtocolError('E_INTERNAL', 'xxh64 used before initDigests() resolved')
+      return new Xxh64Digest(api)
+    case 'sha256':
+    case 'sha1':
+    case 'md5':
+      return new NodeDigest(algorithm)
+    default:
+      throw new ProtocolError('E_NO_COMMON_DIGEST', `unsupported digest algorithm ${JSON.stringify(algorithm as unknown)}`)
+  }
+}
+
+/** One-shot convenience: digest of `data` with `algorithm`. */
+export function digestOf (algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
+  return createDigest(algorithm).update(data).digest()
+}
