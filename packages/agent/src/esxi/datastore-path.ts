@@ -1,0 +1,123 @@
+/**
+ * Datastore paths → local mount paths. The agent reads ESXi datastores through
+ * local (NFS) mounts; the operator maps each datastore, by name and/or by UUID,
+ * to the local folder where it is mounted.
+ */
+import path from 'node:path'
+import { EsxiError } from './errors.ts'
+
+/** One mapped datastore. */
+export interface DatastoreMount {
+  /** datastore name as ESXi shows it (`[name] ...`, `/vmfs/volumes/name/...`) */
+  readonly name: string
+  /** VMFS/NFS volume UUID (`/vmfs/volumes/<uuid>/...`), when known */
+  readonly uuid?: string
+  /** absolute local path where the datastore is mounted */
+  readonly localPath: string
+}
+
+/** A parsed datastore path. */
+export interface DatastorePath {
+  /** datastore name or UUID as written */
+  readonly datastore: string
+  /** the path inside the datastore, '/'-separated, no leading slash */
+  readonly relative: string
+}
+
+const BRACKET = /^\[([^\]]+)\]\s?(.*)$/s
+const VOLUMES = /^\/vmfs\/volumes\/([^/]+)(?:\/(.*))?$/s
+
+/**
+ * Parse `[datastore] dir/x.vmx` or `/vmfs/volumes/<name|uuid>/dir/x.vmx`;
+ * undefined for anything else (a relative or other local path).
+ */
+export function parseDatastorePath (p: string): DatastorePath | undefined {
+  const b = BRACKET.exec(p)
+  if (b !== null) return { datastore: b[1] as string, relative: (b[2] as string).replace(/^\/+/, '') }
+  const v = VOLUMES.exec(p)
+  if (v !== null) return { datastore: v[1] as string, relative: v[2] ?? '' }
+  return undefined
+}
+
+/** A validated lookup table from datastore name/UUID to mount path. */
+export class DatastoreMap {
+  readonly #byKey: ReadonlyMap<string, DatastoreMount>
+  readonly mounts: readonly DatastoreMount[]
+
+  /**
+   * @throws EsxiError E_CONFIG on a relative mount path, an empty name, or a
+   *   name/UUID mapped twice to different places
+   */
+  constructor (mounts: readonly DatastoreMount[]) {
+    const byKey = new Map<string, DatastoreMount>()
+    for (const m of mounts) {
+      if (m.name === '' || m.name.includes('/') || m.name.includes(']')) throw new EsxiError('E_CONFIG', `datastore map: bad datastore name ${JSON.stringify(m.name)}`)
+      if (!path.isAbsolute(m.localPath)) throw new EsxiError('E_CONFIG', `datastore map: mount path of ${JSON.stringify(m.name)} must be absolute, got ${JSON.stringify(m.localPath)}`)
+      for (const key of [m.name, m.uuid]) {
+        if (key === undefined) continue
+        const prev = byKey.get(key)
+        if (prev !== undefined && path.resolve(prev.localPath) !== path.resolve(m.localPath)) {
+          throw new EsxiError('E_CONFIG', `datastore map: ${JSON.stringify(key)} is mapped twice`)
+        }
+        byKey.set(key, m)
+      }
+    }
+    this.#byKey = byKey
+    this.mounts = Object.freeze([...mounts])
+  }
+
+  /** Build from `{ name: localPath }` or `{ name: { localPath, uuid } }`. */
+  static from (map: Readonly<Record<string, string | { localPath: string, uuid?: string }>>): DatastoreMap {
+    return new DatastoreMap(Object.entries(map).map(([name, v]) => typeof v === 'string'
+      ? { name, localPath: v }
+      : { name, localPath: v.localPath, ...(v.uuid === undefined ? {} : { uuid: v.uuid }) }))
+  }
+
+  /** The mount of a datastore name or UUID, or undefined. */
+  lookup (nameOrUuid: string): DatastoreMount | undefined {
+    return this.#byKey.get(nameOrUuid)
+  }
+
+  /**
+   * Map a datastore path (`[ds] a/b`, `/vmfs/volumes/<ds>/a/b`) to a local path.
+   * @throws EsxiError E_DATASTORE for an unmapped datastore, a path that is not
+   *   a datastore path, or one that climbs out of its datastore with `..`
+   */
+  resolve (p: string): string {
+    const parsed = parseDatastorePath(p)
+    if (parsed === undefined) throw new EsxiError('E_DATASTORE', `not a datastore path: ${JSON.stringify(p)}`)
+    const mount = this.#byKey.get(parsed.datastore)
+    if (mount === undefined) {
+      const known = [...this.#byKey.keys()].map((k) => JSON.stringify(k)).join(', ')
+      throw new EsxiError('E_DATASTORE', `datastore ${JSON.stringify(parsed.datastore)} (in ${JSON.stringify(p)}) is not in the datastore map (known: ${known === '' ? 'none' : known})`)
+    }
+    if (parsed.relative.includes('\0')) throw new EsxiError('E_DATASTORE', `NUL in datastore path ${JSON.stringify(p)}`)
+    const rel = path.posix.normalize(parsed.relative === '' ? '.' : parsed.relative)
+    if (rel === '..' || rel.startsWith('../') || path.posix.isAbsolute(rel)) {
+      throw new EsxiError('E_DATASTORE', `datastore path ${JSON.stringify(p)} leaves its datastore`)
+    }
+    return rel === '.' ? path.resolve(mount.localPath) : path.join(path.resolve(mount.localPath), rel)
+  }
+
+  /**
+   * The prefix map for `openChain({ pathMap })`: `/vmfs/volumes/<name>` and
+   * `/vmfs/volumes/<uuid>` → mount path, so absolute parentFileNameHint values
+   * written by ESXi resolve locally.
+   */
+  pathMap (): Record<string, string> {
+    const out: Record<string, string> = {}
+    for (const [key, m] of this.#byKey) out[`/vmfs/volumes/${key}`] = path.resolve(m.localPath)
+    return out
+  }
+}
+
+/**
+ * Resolve a file name found in a .vmx or descriptor: a datastore path goes
+ * through the map, an absolute local path is kept, a relative one is taken
+ * relative to `baseDir` (the folder of the file that names it).
+ */
+export function resolveVmFile (map: DatastoreMap, baseDir: string, p: string): string {
+  if (parseDatastorePath(p) !== undefined) return map.resolve(p)
+  if (path.isAbsolute(p)) return path.normalize(p)
+  return path.resolve(baseDir, p)
+}
