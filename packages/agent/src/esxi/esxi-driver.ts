@@ -1,0 +1,377 @@
+/**
+ * The `esxi` hypervisor driver: snapshots through `vim-cmd` over SSH, disks
+ * read through locally mounted datastores. It never writes a source file;
+ * after every snapshot operation it re-reads the .vmx and the descriptor
+ * chains to check that ESXi did what was asked.
+ */
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Logger } from 'pino'
+import type { HypervisorDriver, SnapshotDisk, SnapshotRef, VmDisk, VmHandle } from '../driver.ts'
+import { parseGrainlineSnapshotName } from '../driver.ts'
+import { VmxConfig, vmxDisks } from '../vmx.ts'
+import { parseVmsd } from '../vmsd.ts'
+import { EsxiError, type EsxiErrorCode } from './errors.ts'
+import { DatastoreMap, resolveVmFile } from './datastore-path.ts'
+import { EsxiSsh, type EsxiSshConfig, type ExecResult } from './ssh.ts'
+import { shJoin } from './shell-quote.ts'
+import { readChainFiles, type ChainFile } from './chain-files.ts'
+import {
+  checkSnapshotOpOutput, decodeVmName, isVmNotFound, parseConsolidationNeeded, parseFault,
+  parseGetAllVms, parseSnapshotTree, type SnapshotNode, type SnapshotTree, type VmListEntry,
+} from './vim-cmd-output.ts'
+
+/** Configuration of one esxi driver (one host). */
+export interface EsxiDriverInit {
+  /** how to reach the host; the host key is pinned by fingerprint */
+  readonly ssh: EsxiSshConfig
+  /** datastore name/UUID → local mount path */
+  readonly datastores: DatastoreMap | Readonly<Record<string, string | { localPath: string, uuid?: string }>>
+  /** recorded in the VM handle for the compatibility record. @default "vmfs" */
+  readonly datastoreType?: string
+  /** the vim-cmd program on the host. @default "vim-cmd" */
+  readonly vimCmd?: string
+  /** timeout of quick commands (getallvms, snapshot.get). @default 60000 */
+  readonly commandTimeoutMs?: number
+  /** timeout of snapshot.create / snapshot.remove (a remove merges data). @default 1800000 */
+  readonly snapshotTimeoutMs?: number
+  /** how long to wait for the result of an operation to show in snapshot.get and on the mount. @default 60000 */
+  readonly verifyTimeoutMs?: number
+  /** poll interval while verifying. @default 500 */
+  readonly pollIntervalMs?: number
+  /** ask VMware Tools to quiesce the guest file systems. @default false */
+  readonly quiesce?: boolean
+  /** snapshot description. @default "grainline replication snapshot" */
+  readonly description?: string
+}
+
+/** The esxi driver: a {@link HypervisorDriver} plus host-level helpers. */
+export interface EsxiDriver extends HypervisorDriver {
+  readonly name: 'esxi'
+  readonly host: string
+  /** every VM `vim-cmd vmsvc/getallvms` lists */
+  listVms (opts?: { signal?: AbortSignal }): Promise<VmListEntry[]>
+  /** the snapshot tree of a VM */
+  snapshotTree (vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotTree>
+  /** `consolidationNeeded` from `vim-cmd vmsvc/get.runtime` (undefined when not printed) */
+  consolidationNeeded (vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<boolean | undefined>
+  close (): Promise<void>
+}
+
+interface DiskState {
+  readonly node: string
+  readonly fileName: string
+  readonly path: string
+  readonly chain: readonly ChainFile[]
+}
+
+/**
+ * Create an esxi driver. Nothing connects until the first operation.
+ * @throws EsxiError E_CONFIG on a bad datastore map or fingerprint
+ */
+export function createEsxiDriver (components: { logger: Logger }, init: EsxiDriverInit): EsxiDriver {
+  return new EsxiDriverImpl(components, init)
+}
+
+class EsxiDriverImpl implements EsxiDriver {
+  readonly name = 'esxi' as const
+  readonly host: string
+  readonly pathMap: Readonly<Record<string, string>>
+  readonly #log: Logger
+  readonly #init: EsxiDriverInit
+  readonly #map: DatastoreMap
+  #ssh: Promise<EsxiSsh> | undefined
+  #closed = false
+
+  constructor (components: { logger: Logger }, init: EsxiDriverInit) {
+    this.host = init.ssh.host
+    this.#log = components.logger.child({ driver: 'esxi', esxiHost: init.ssh.host })
+    this.#init = init
+    this.#map = init.datastores instanceof DatastoreMap ? init.datastores : DatastoreMap.from(init.datastores)
+    this.pathMap = Object.freeze(this.#map.pathMap())
+    if (init.ssh.hostKeyFingerprint === undefined) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: this.host })
+  }
+
+  async #connection (signal?: AbortSignal): Promise<EsxiSsh> {
+    if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: driver closed', { host: this.host })
+    if (this.#ssh === undefined) {
+      const p = EsxiSsh.connect(this.#init.ssh, { logger: this.#log }, signal === undefined ? {} : { signal })
+      this.#ssh = p
+      p.catch(() => { if (this.#ssh === p) this.#ssh = undefined })
+    }
+    return await this.#ssh
+  }
+
+  /** Run `vim-cmd <args>`; a printed fault or a non-zero exit is an error. */
+  async #vim (args: readonly string[], opts: { vm?: string, timeoutMs?: number, signal?: AbortSignal }): Promise<ExecResult> {
+    const command = shJoin([this.#init.vimCmd ?? 'vim-cmd', ...args])
+    const ssh = await this.#connection(opts.signal)
+    const r = await ssh.exec(command, {
+      timeoutMs: opts.timeoutMs ?? this.#init.commandTimeoutMs ?? 60_000,
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+      ...(opts.vm === undefined ? {} : { vm: opts.vm }),
+    })
+    const ctx = { host: this.host, command, ...(opts.vm === undefined ? {} : { vm: opts.vm }) }
+    const fault = parseFault(r.stdout) ?? parseFault(r.stderr)
+    if (fault !== undefined) {
+      const code: EsxiErrorCode = isVmNotFound(fault) ? 'E_VM_NOT_FOUND' : 'E_VIM_FAULT'
+      throw new EsxiError(code, `esxi: vim-cmd reported ${fault.type}`, { ...ctx, fault: fault.type, esxiMessage: fault.msg !== '' ? fault.msg : fault.text })
+    }
+    if (r.code !== 0) {
+      const said = (r.stderr.trim() !== '' ? r.stderr : r.stdout).trim()
+      throw new EsxiError('E_COMMAND', `esxi: command exited with ${r.code === null ? `signal ${r.signal ?? '?'}` : `code ${r.code}`}`, { ...ctx, esxiMessage: said })
+    }
+    return r
+  }
+
+  #wrapParse<T> (fn: () => T, ctx: { vm?: string, command: string, output: string }): T {
+    try { return fn() } catch (err) {
+      if (err instanceof EsxiError && err.code === 'E_PARSE') {
+        throw new EsxiError('E_PARSE', err.message, { host: this.host, command: ctx.command, esxiMessage: ctx.output, ...(ctx.vm === undefined ? {} : { vm: ctx.vm }), cause: err })
+      }
+      throw err
+    }
+  }
+
+  async listVms (opts: { signal?: AbortSignal } = {}): Promise<VmListEntry[]> {
+    const r = await this.#vim(['vmsvc/getallvms'], opts)
+    return this.#wrapParse(() => parseGetAllVms(r.stdout), { command: 'vim-cmd vmsvc/getallvms', output: r.stdout })
+  }
+
+  async openVm (ref: string, opts: { signal?: AbortSignal } = {}): Promise<VmHandle> {
+    const vms = await this.listVms(opts)
+    let matches = /^\d+$/.test(ref) ? vms.filter((v) => v.id === ref) : []
+    if (matches.length === 0) matches = vms.filter((v) => v.name === ref || decodeVmName(v.name) === ref)
+    if (matches.length === 0) {
+      const names = vms.slice(0, 20).map((v) => `${v.id}:${JSON.stringify(decodeVmName(v.name))}`).join(', ')
+      throw new EsxiError('E_VM_NOT_FOUND', `esxi: no VM named or numbered ${JSON.stringify(ref)} (registered: ${names === '' ? 'none' : names}${vms.length > 20 ? ', ...' : ''})`, { host: this.host, vm: ref })
+    }
+    if (matches.length > 1) {
+      throw new EsxiError('E_VM_AMBIGUOUS', `esxi: ${matches.length} VMs are named ${JSON.stringify(ref)} (ids ${matches.map((m) => m.id).join(', ')}): use the id`, { host: this.host, vm: ref })
+    }
+    const entry = matches[0] as VmListEntry
+    const vmxPath = this.#resolveOrThrow(entry.vmxPath, ref)
+    const config = await this.#readVmx(vmxPath, ref)
+    const dir = path.dirname(vmxPath)
+    const disks: VmDisk[] = this.#disksOf(config, dir, ref)
+    const handle: VmHandle = {
+      ref,
+      id: entry.id,
+      name: config.get('displayName') ?? decodeVmName(entry.name),
+      vmxPath,
+      dir,
+      config,
+      disks,
+      datastoreType: this.#init.datastoreType ?? 'vmfs',
+    }
+    this.#log.debug({ vm: ref, vmid: entry.id, vmxPath, disks: disks.map((d) => d.fileName) }, 'esxi vm opened')
+    return handle
+  }
+
+  #resolveOrThrow (p: string, vm: string): string {
+    try { return this.#map.resolve(p) } catch (err) {
+      if (err instanceof EsxiError) throw new EsxiError(err.code, err.message, { host: this.host, vm, cause: err })
+      throw err
+    }
+  }
+
+  async #readVmx (vmxPath: string, vm: string): Promise<VmxConfig> {
+    let text: string
+    try {
+      text = await readFile(vmxPath, 'utf8')
+    } catch (err) {
+      throw new EsxiError('E_VMX', `esxi: cannot read ${vmxPath} through the datastore mount: ${(err as Error).message}`, { host: this.host, vm, cause: err })
+    }
+    try { return VmxConfig.parse(text, vmxPath) } catch (err) {
+      throw new EsxiError('E_VMX', `esxi: ${(err as Error).message}`, { host: this.host, vm, cause: err })
+    }
+  }
+
+  #disksOf (config: VmxConfig, dir: string, vm: string): VmDisk[] {
+    const disks = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: this.#resolveFile(dir, d.fileName, vm) }))
+    if (disks.length === 0) throw new EsxiError('E_VMX', 'esxi: the .vmx names no hard disk', { host: this.host, vm })
+    return disks
+  }
+
+  #resolveFile (dir: string, name: string, vm: string): string {
+    try { return resolveVmFile(this.#map, dir, name) } catch (err) {
+      if (err instanceof EsxiError) throw new EsxiError(err.code, err.message, { host: this.host, vm, cause: err })
+      throw err
+    }
+  }
+
+  resolvePath (vm: VmHandle, p: string): string {
+    return this.#resolveFile(vm.dir, p, vm.ref)
+  }
+
+  /** The disks as the .vmx names them now, each with its descriptor chain. */
+  async #diskStates (vm: VmHandle): Promise<DiskState[]> {
+    const config = await this.#readVmx(vm.vmxPath, vm.ref)
+    const out: DiskState[] = []
+    for (const d of this.#disksOf(config, vm.dir, vm.ref)) {
+      let chain: ChainFile[]
+      try {
+        chain = await readChainFiles(d.path, (base, name) => this.#resolveFile(base, name, vm.ref))
+      } catch (err) {
+        if (err instanceof EsxiError) throw new EsxiError(err.code, `esxi: disk ${d.node}: ${err.message}`, { host: this.host, vm: vm.ref, cause: err })
+        throw err
+      }
+      out.push({ ...d, chain })
+    }
+    return out
+  }
+
+  async snapshotTree (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotTree> {
+    const r = await this.#vim(['vmsvc/snapshot.get', vm.id], { ...opts, vm: vm.ref })
+    return this.#wrapParse(() => parseSnapshotTree(r.stdout), { vm: vm.ref, command: `vim-cmd vmsvc/snapshot.get ${vm.id}`, output: r.stdout })
+  }
+
+  async consolidationNeeded (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<boolean | undefined> {
+    const r = await this.#vim(['vmsvc/get.runtime', vm.id], { ...opts, vm: vm.ref })
+    return parseConsolidationNeeded(r.stdout)
+  }
+
+  async #vmsdDisks (vm: VmHandle): Promise<Map<string, SnapshotDisk[]>> {
+    const vmsdPath = path.join(vm.dir, path.basename(vm.vmxPath).replace(/\.vmx$/i, '') + '.vmsd')
+    let text: string
+    try { text = await readFile(vmsdPath, 'utf8') } catch { return new Map() }
+    try {
+      const db = parseVmsd(text)
+      return new Map(db.snapshots.map((s) => [String(s.uid), s.disks.map((d) => ({ node: d.node, fileName: d.fileName }))]))
+    } catch (err) {
+      this.#log.warn({ vm: vm.ref, vmsdPath, err }, 'esxi .vmsd unreadable, snapshot disk records unknown')
+      return new Map()
+    }
+  }
+
+  #ref (node: SnapshotNode, disks: readonly SnapshotDisk[]): SnapshotRef {
+    const cycle = parseGrainlineSnapshotName(node.name)
+    return Object.freeze({ id: node.id, name: node.name, grainline: cycle > 0, cycle, disks })
+  }
+
+  async listSnapshots (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef[]> {
+    const tree = await this.snapshotTree(vm, opts)
+    const disks = await this.#vmsdDisks(vm)
+    return [...tree.all]
+      .sort((a, b) => Number(a.id) - Number(b.id))
+      .map((n) => this.#ref(n, disks.get(n.id) ?? []))
+  }
+
+  async createSnapshot (vm: VmHandle, name: string, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef> {
+    const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: name })
+    const beforeTree = await this.snapshotTree(vm, opts)
+    const beforeIds = new Set(beforeTree.all.map((n) => n.id))
+    const before = await this.#diskStates(vm)
+    const args = ['vmsvc/snapshot.create', vm.id, name, this.#init.description ?? 'grainline replication snapshot', '0', this.#init.quiesce === true ? '1' : '0']
+    log.info({ disks: before.map((d) => d.fileName) }, 'esxi snapshot create')
+    const r = await this.#vim(args, { vm: vm.ref, timeoutMs: this.#init.snapshotTimeoutMs ?? 1_800_000, ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
+    this.#wrapParse(() => { checkSnapshotOpOutput('Create', r.stdout) }, { vm: vm.ref, command: shJoin(['vim-cmd', ...args]), output: r.stdout })
+
+    let lastProblem = ''
+    const result = await this.#poll(opts.signal, async () => {
+      const tree = await this.snapshotTree(vm, opts)
+      const fresh = tree.all.filter((n) => n.name === name && !beforeIds.has(n.id))
+      if (fresh.length === 0) { lastProblem = `no new snapshot named ${JSON.stringify(name)} in snapshot.get`; return undefined }
+      const node = fresh.reduce((a, b) => (Number(b.id) > Number(a.id) ? b : a))
+      const after = await this.#diskStates(vm)
+      for (const b of before) {
+        const a = after.find((d) => d.node.toLowerCase() === b.node.toLowerCase())
+        if (a === undefined) throw new EsxiError('E_SNAPSHOT', `esxi: disk ${b.node} vanished from the .vmx after snapshot.create`, { host: this.host, vm: vm.ref })
+        const parent = a.chain[1]
+        if (a.path === b.path || parent === undefined || parent.path !== b.path) {
+          lastProblem = `disk ${b.node} still runs on ${a.fileName}, no new delta on top of ${b.fileName}`
+          return undefined
+        }
+        const top = a.chain[0] as ChainFile
+        if (!/^(vmfsSparse|seSparse|monolithicSparse|twoGbMaxExtentSparse|vsanSparse)$/i.test(top.createType)) {
+          throw new EsxiError('E_SNAPSHOT', `esxi: new delta ${a.path} of disk ${b.node} has createType ${top.createType}, not a redo log`, { host: this.host, vm: vm.ref })
+        }
+      }
+      return { node, disks: before.map((b) => ({ node: b.node, fileName: b.fileName })) }
+    })
+    if (result === undefined) {
+      throw new EsxiError('E_SNAPSHOT', `esxi: snapshot.create returned but within ${this.#verifyTimeout()} ms ${lastProblem}`, { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) })
+    }
+    const ref = this.#ref(result.node, result.disks)
+    log.info({ snapshotId: ref.id }, 'esxi snapshot created and verified')
+    return ref
+  }
+
+  async removeSnapshot (vm: VmHandle, snap: SnapshotRef, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: snap.name, snapshotId: snap.id })
+    const tree = await this.snapshotTree(vm, opts)
+    if (!tree.all.some((n) => n.id === snap.id)) {
+      throw new EsxiError('E_SNAPSHOT_NOT_FOUND', `esxi: snapshot ${snap.id} (${JSON.stringify(snap.name)}) is not in the snapshot tree`, { host: this.host, vm: vm.ref })
+    }
+    const before = await this.#diskStates(vm)
+    let records = snap.disks
+    if (records.length === 0) records = (await this.#vmsdDisks(vm)).get(snap.id) ?? []
+    // For each disk: the delta created when the snapshot was taken is the child
+    // of the file that represents the snapshot; removing the snapshot merges it.
+    const expect: Array<{ node: string, delta: string, parent: string, depth: number }> = []
+    for (const d of before) {
+      const rec = records.find((r) => r.node.toLowerCase() === d.node.toLowerCase())
+      if (rec === undefined) { expect.push({ node: d.node, delta: '', parent: '', depth: d.chain.length }); continue }
+      const repr = this.#resolveFile(vm.dir, rec.fileName, vm.ref)
+      const i = d.chain.findIndex((c) => c.path === repr)
+      const child = i > 0 ? d.chain[i - 1] : undefined
+      if (child === undefined) {
+        throw new EsxiError('E_SNAPSHOT', `esxi: disk ${d.node}: ${rec.fileName}, which represents snapshot ${snap.id}, has no child delta in the running chain (${d.chain.map((c) => path.basename(c.path)).join(' → ')})`, { host: this.host, vm: vm.ref })
+      }
+      expect.push({ node: d.node, delta: child.path, parent: repr, depth: d.chain.length })
+    }
+    const args = ['vmsvc/snapshot.remove', vm.id, snap.id]
+    log.info({ merge: expect.map((e) => e.delta) }, 'esxi snapshot remove')
+    const r = await this.#vim(args, { vm: vm.ref, timeoutMs: this.#init.snapshotTimeoutMs ?? 1_800_000, ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
+    this.#wrapParse(() => { checkSnapshotOpOutput('Remove', r.stdout) }, { vm: vm.ref, command: shJoin(['vim-cmd', ...args]), output: r.stdout })
+
+    let gone = false
+    let lastProblem = ''
+    const ok = await this.#poll(opts.signal, async () => {
+      const t = await this.snapshotTree(vm, opts)
+      gone = !t.all.some((n) => n.id === snap.id)
+      if (!gone) { lastProblem = `snapshot ${snap.id} is still in the tree`; return undefined }
+      const after = await this.#diskStates(vm)
+      for (const e of expect) {
+        const a = after.find((d) => d.node.toLowerCase() === e.node.toLowerCase())
+        if (a === undefined) throw new EsxiError('E_SNAPSHOT', `esxi: disk ${e.node} vanished from the .vmx after snapshot.remove`, { host: this.host, vm: vm.ref })
+        const stillThere = e.delta !== '' ? a.chain.some((c) => c.path === e.delta) : a.chain.length >= e.depth
+        if (stillThere) { lastProblem = `disk ${e.node}: delta ${e.delta !== '' ? path.basename(e.delta) : '(unknown)'} is still in the chain ${a.chain.map((c) => path.basename(c.path)).join(' → ')}`; return undefined }
+        if (e.parent !== '' && !a.chain.some((c) => c.path === e.parent)) {
+          throw new EsxiError('E_SNAPSHOT', `esxi: disk ${e.node}: after the remove, ${path.basename(e.parent)} (the disk the delta should merge into) is not in the chain`, { host: this.host, vm: vm.ref })
+        }
+      }
+      return true
+    })
+    if (ok === true) { log.info('esxi snapshot removed and consolidation verified'); return }
+    if (gone) {
+      let needed: boolean | undefined
+      try { needed = await this.consolidationNeeded(vm, opts) } catch (err) { log.warn({ err }, 'esxi get.runtime failed') }
+      throw new EsxiError('E_CONSOLIDATION_NEEDED', `esxi: snapshot ${snap.id} was removed but ESXi did not merge its delta (${lastProblem}); consolidationNeeded=${String(needed ?? 'unknown')}: consolidate the VM's disks on the host`, { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) })
+    }
+    throw new EsxiError('E_SNAPSHOT', `esxi: snapshot.remove returned but within ${this.#verifyTimeout()} ms ${lastProblem}`, { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) })
+  }
+
+  #verifyTimeout (): number { return this.#init.verifyTimeoutMs ?? 60_000 }
+
+  /** Call `check` until it returns a value or the verify timeout passes. */
+  async #poll<T> (signal: AbortSignal | undefined, check: () => Promise<T | undefined>): Promise<T | undefined> {
+    const deadline = Date.now() + this.#verifyTimeout()
+    for (;;) {
+      if (signal?.aborted === true) throw new EsxiError('E_ABORTED', 'esxi: aborted while verifying', { host: this.host, cause: signal.reason })
+      const v = await check()
+      if (v !== undefined) return v
+      if (Date.now() >= deadline) return undefined
+      await sleep(this.#init.pollIntervalMs ?? 500)
+    }
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    const p = this.#ssh
+    this.#ssh = undefined
+    if (p === undefined) return
+    try { await (await p).close() } catch {}
+  }
+}

@@ -1,0 +1,241 @@
+/**
+ * The SSH layer of the esxi driver: one ssh2 connection per host, the host key
+ * pinned by its SHA256 fingerprint (no trust on first use), commands run with
+ * a timeout and an output bound, every command and its output logged at debug.
+ */
+import { createHash } from 'node:crypto'
+import { Client, type ClientChannel } from 'ssh2'
+import type { Logger } from 'pino'
+import { EsxiError } from './errors.ts'
+
+/** How to reach one ESXi host. */
+export interface EsxiSshConfig {
+  /** host name or address */
+  readonly host: string
+  /** @default 22 */
+  readonly port?: number
+  /** @default "root" */
+  readonly username?: string
+  /** the private key (OpenSSH or PEM text) */
+  readonly privateKey: string | Buffer
+  /** passphrase of an encrypted private key */
+  readonly passphrase?: string
+  /**
+   * The host key's fingerprint as OpenSSH prints it: `SHA256:<base64, no padding>`
+   * (`ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub` on the host). Required: a
+   * host presenting any other key is refused.
+   */
+  readonly hostKeyFingerprint: string
+  /** TCP + SSH handshake timeout. @default 20000 */
+  readonly connectTimeoutMs?: number
+  /** keepalive interval. @default 15000 */
+  readonly keepaliveIntervalMs?: number
+}
+
+/** What a command returned. */
+export interface ExecResult {
+  readonly stdout: string
+  readonly stderr: string
+  /** exit code; null when the command died of a signal */
+  readonly code: number | null
+  readonly signal?: string
+}
+
+/** Options of {@link EsxiSsh.exec}. */
+export interface ExecOptions {
+  /** @default 60000 */
+  readonly timeoutMs?: number
+  readonly signal?: AbortSignal
+  /** the VM the command is about, for log lines and errors */
+  readonly vm?: string
+  /** fail with E_OUTPUT_LIMIT beyond this many bytes of stdout + stderr. @default 8 MiB */
+  readonly maxOutputBytes?: number
+}
+
+const FINGERPRINT = /^SHA256:([A-Za-z0-9+/]{43})=?$/
+
+/** The OpenSSH-style fingerprint (`SHA256:...`) of a raw public key blob. */
+export function sshFingerprint (keyBlob: Uint8Array): string {
+  return 'SHA256:' + createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/, '')
+}
+
+/**
+ * Validate and normalise a configured fingerprint (trailing `=` dropped).
+ * @throws EsxiError E_CONFIG when it is not `SHA256:` + 43 base64 characters
+ */
+export function normalizeFingerprint (fp: string): string {
+  const m = FINGERPRINT.exec(fp.trim())
+  if (m === null) throw new EsxiError('E_CONFIG', `host key fingerprint must look like "SHA256:<43 base64 chars>" (as ssh-keygen -l prints it), got ${JSON.stringify(fp)}`)
+  return `SHA256:${m[1] as string}`
+}
+
+/** An SSH connection to one ESXi host. Create with {@link EsxiSsh.connect}. */
+export class EsxiSsh {
+  readonly host: string
+  readonly #config: EsxiSshConfig
+  readonly #log: Logger
+  readonly #pinned: string
+  #client: Client | undefined
+  #closed = false
+
+  private constructor (config: EsxiSshConfig, log: Logger, pinned: string) {
+    this.host = config.host
+    this.#config = config
+    this.#log = log
+    this.#pinned = pinned
+  }
+
+  /**
+   * Open the connection (the host key is checked before anything is sent).
+   * @throws EsxiError E_CONFIG, E_HOST_KEY, E_SSH_AUTH, E_SSH_CONNECT, E_TIMEOUT, E_ABORTED
+   */
+  static async connect (config: EsxiSshConfig, components: { logger: Logger }, opts: { signal?: AbortSignal } = {}): Promise<EsxiSsh> {
+    const pinned = normalizeFingerprint(config.hostKeyFingerprint)
+    if (config.privateKey === undefined || config.privateKey.length === 0) throw new EsxiError('E_CONFIG', 'esxi: no private key configured', { host: config.host })
+    const ssh = new EsxiSsh(config, components.logger.child({ esxiHost: config.host }), pinned)
+    await ssh.#ensure(opts.signal)
+    return ssh
+  }
+
+  async #ensure (signal?: AbortSignal): Promise<Client> {
+    if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: connection already closed', { host: this.host })
+    if (this.#client !== undefined) return this.#client
+    signal?.throwIfAborted()
+    const cfg = this.#config
+    const client = new Client()
+    let seen: string | undefined
+    const timeoutMs = cfg.connectTimeoutMs ?? 20_000
+    await new Promise<void>((resolve, reject) => {
+      let settled = false
+      const done = (err?: unknown): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        if (err === undefined) { resolve(); return }
+        client.removeAllListeners('ready')
+        client.on('error', () => {})
+        client.end()
+        reject(err)
+      }
+      const onAbort = (): void => { done(new EsxiError('E_ABORTED', 'esxi: connect aborted', { host: this.host, cause: signal?.reason })) }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      const timer = setTimeout(() => { done(new EsxiError('E_TIMEOUT', `esxi: SSH connection not ready after ${timeoutMs} ms`, { host: this.host })) }, timeoutMs)
+      client.once('ready', () => { done() })
+      client.on('error', (err: Error & { level?: string }) => {
+        if (seen !== undefined && seen !== this.#pinned) {
+          done(new EsxiError('E_HOST_KEY', `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${this.#pinned} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`, { host: this.host, cause: err }))
+        } else if (err.level === 'client-authentication') {
+          done(new EsxiError('E_SSH_AUTH', `esxi: the host refused user ${JSON.stringify(cfg.username ?? 'root')} with the configured key`, { host: this.host, cause: err }))
+        } else {
+          done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} failed: ${err.message}`, { host: this.host, cause: err }))
+        }
+      })
+      client.on('close', () => { done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} closed during setup`, { host: this.host })) })
+      try {
+        client.connect({
+          host: cfg.host,
+          port: cfg.port ?? 22,
+          username: cfg.username ?? 'root',
+          privateKey: cfg.privateKey,
+          ...(cfg.passphrase === undefined ? {} : { passphrase: cfg.passphrase }),
+          readyTimeout: timeoutMs,
+          keepaliveInterval: cfg.keepaliveIntervalMs ?? 15_000,
+          keepaliveCountMax: 4,
+          hostVerifier: (key: Buffer): boolean => {
+            seen = sshFingerprint(key)
+            return seen === this.#pinned
+          },
+        })
+      } catch (err) {
+        // ssh2 throws synchronously on an unparsable private key
+        done(new EsxiError('E_CONFIG', `esxi: cannot use the configured private key: ${(err as Error).message}`, { host: this.host, cause: err }))
+      }
+    })
+    this.#log.debug({ fingerprint: seen }, 'esxi ssh connected')
+    client.on('error', (err) => { this.#log.warn({ err }, 'esxi ssh connection error') })
+    client.on('close', () => { if (this.#client === client) this.#client = undefined })
+    this.#client = client
+    return client
+  }
+
+  /**
+   * Run one command line (already quoted for the ESXi shell). Resolves with
+   * the exit code and output whatever the code; rejects on transport errors,
+   * timeout, abort or too much output.
+   * @throws EsxiError E_TIMEOUT, E_ABORTED, E_OUTPUT_LIMIT, E_SSH_CONNECT
+   */
+  async exec (command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    const timeoutMs = opts.timeoutMs ?? 60_000
+    const maxOutput = opts.maxOutputBytes ?? 8 * 1024 * 1024
+    const ctx = { host: this.host, command, ...(opts.vm === undefined ? {} : { vm: opts.vm }) }
+    const client = await this.#ensure(opts.signal)
+    const started = Date.now()
+    this.#log.debug({ command, vm: opts.vm }, 'esxi command')
+    const result = await new Promise<ExecResult>((resolve, reject) => {
+      let channel: ClientChannel | undefined
+      let settled = false
+      const out: Buffer[] = []
+      const err: Buffer[] = []
+      let bytes = 0
+      const finish = (e: EsxiError | undefined, r?: ExecResult): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        opts.signal?.removeEventListener('abort', onAbort)
+        if (e !== undefined) {
+          if (channel !== undefined) {
+            try { channel.signal('KILL') } catch {}
+            channel.close()
+          }
+          this.#log.debug({ command, vm: opts.vm, code: e.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), ms: Date.now() - started }, 'esxi command failed')
+          reject(e)
+        } else resolve(r as ExecResult)
+      }
+      const onAbort = (): void => { finish(new EsxiError('E_ABORTED', 'esxi: command aborted', { ...ctx, cause: opts.signal?.reason })) }
+      if (opts.signal?.aborted === true) { onAbort(); return }
+      opts.signal?.addEventListener('abort', onAbort, { once: true })
+      const timer = setTimeout(() => {
+        finish(new EsxiError('E_TIMEOUT', `esxi: command did not finish within ${timeoutMs} ms`, { ...ctx, esxiMessage: Buffer.concat([...out, ...err]).toString('utf8') }))
+      }, timeoutMs)
+      const take = (list: Buffer[]) => (chunk: Buffer): void => {
+        bytes += chunk.length
+        if (bytes > maxOutput) { finish(new EsxiError('E_OUTPUT_LIMIT', `esxi: command printed more than ${maxOutput} bytes`, ctx)); return }
+        list.push(chunk)
+      }
+      client.exec(command, (e, ch) => {
+        if (e !== undefined && e !== null) { finish(new EsxiError('E_SSH_CONNECT', `esxi: cannot start command: ${e.message}`, { ...ctx, cause: e })); return }
+        channel = ch
+        if (settled) { try { ch.signal('KILL') } catch {} ch.close(); return }
+        let code: number | null = null
+        let sig: string | undefined
+        ch.on('data', take(out))
+        ch.stderr.on('data', take(err))
+        ch.on('exit', (c: number | null, s?: string) => { code = c; if (s !== undefined) sig = s })
+        ch.on('close', () => {
+          finish(undefined, {
+            stdout: Buffer.concat(out).toString('utf8'),
+            stderr: Buffer.concat(err).toString('utf8'),
+            code,
+            ...(sig === undefined ? {} : { signal: sig }),
+          })
+        })
+      })
+    })
+    this.#log.debug({ command, vm: opts.vm, code: result.code, signal: result.signal, stdout: result.stdout, stderr: result.stderr, ms: Date.now() - started }, 'esxi command done')
+    return result
+  }
+
+  /** Close the connection (safe to call twice). */
+  async close (): Promise<void> {
+    this.#closed = true
+    const c = this.#client
+    this.#client = undefined
+    if (c === undefined) return
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 2000)
+      c.once('close', () => { clearTimeout(t); resolve() })
+      c.end()
+    })
+  }
+}
