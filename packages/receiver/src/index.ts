@@ -1,1 +1,10 @@
-export {}
+export { createReceiver, isLoopback } from './server.ts'
+export type { Receiver, ReceiverComponents, ReceiverInit } from './server.ts'
+export { loadReceiverConfig, parseListen } from './config.ts'
+export { storeStatus, rollbackMirror, recoverStore } from './mirror-store.ts'
+export type { VmStatus, DiskStatus, RecoveryReport, VerifyRecord, VmStateFile, DiskRecord } from './mirror-store.ts'
+export { ReceiverError } from './errors.ts'
+export type { ReceiverErrorCode } from './errors.ts'
+export { parseTokens, loadTokensFile, globMatch } from './auth.ts'
+export type { TokenEntry } from './auth.ts'
+export { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'

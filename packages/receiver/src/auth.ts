@@ -1,0 +1,99 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { ReceiverError } from './errors.ts'
+
+/** One entry of the tokens file. */
+export interface TokenEntry {
+  /** who holds the token (logged; the token itself never is) */
+  readonly name: string
+  readonly token: string
+  /** globs on VM names this token may replicate (`*` and `?` wildcards) */
+  readonly vms: readonly string[]
+}
+
+/** A loaded token table: constant-time lookup and VM globs. */
+export interface TokenTable {
+  /** the entry whose token equals `presented`, compared in constant time, or undefined */
+  lookup (presented: string): TokenEntry | undefined
+  readonly size: number
+}
+
+/** Parse and validate `{"tokens":[{"name","token","vms":[…]}]}`. */
+export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
+  const list = (json as { tokens?: unknown } | null)?.tokens
+  if (!Array.isArray(list)) throw new ReceiverError('E_CONFIG', `${source}: expected {"tokens": [...]}`)
+  const out: TokenEntry[] = []
+  list.forEach((e: unknown, i) => {
+    const o = e as Record<string, unknown> | null
+    if (o === null || typeof o !== 'object') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] is not an object`)
+    const { name, token, vms } = o
+    if (typeof name !== 'string' || name === '') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}].name must be a non-empty string`)
+    if (typeof token !== 'string' || token.length < 16) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): token must be a string of at least 16 characters`)
+    if (!Array.isArray(vms) || !vms.every((v) => typeof v === 'string' && v !== '')) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): vms must be a list of globs`)
+    out.push(Object.freeze({ name, token, vms: Object.freeze([...vms as string[]]) }))
+  })
+  return out
+}
+
+/** Read a tokens file. */
+export async function loadTokensFile (file: string): Promise<TokenEntry[]> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new ReceiverError('E_CONFIG', `cannot read tokens file ${file}: ${(err as Error).message}`)
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (err) {
+    throw new ReceiverError('E_CONFIG', `tokens file ${file} is not JSON: ${(err as Error).message}`)
+  }
+  return parseTokens(json, file)
+}
+
+function hash (s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest()
+}
+
+/**
+ * Build a token table. Presented tokens are compared against every entry
+ * with `timingSafeEqual` over SHA-256 digests (equal lengths, no early exit),
+ * so timing reveals neither which entry matched nor a token's length.
+ */
+export function createTokenTable (entries: readonly TokenEntry[]): TokenTable {
+  const hashed = entries.map((e) => ({ entry: e, h: hash(e.token) }))
+  return {
+    size: hashed.length,
+    lookup (presented: string): TokenEntry | undefined {
+      const h = hash(presented)
+      let found: TokenEntry | undefined
+      for (const x of hashed) {
+        if (timingSafeEqual(h, x.h) && found === undefined) found = x.entry
+      }
+      return found
+    },
+  }
+}
+
+/** Extract the token of an `Authorization: Bearer <token>` header. */
+export function bearerToken (header: string | undefined): string | undefined {
+  if (header === undefined) return undefined
+  const m = /^Bearer[ ]+([\x21-\x7e]+)[ ]*$/i.exec(header)
+  return m?.[1]
+}
+
+/** Glob match on a VM name: `*` any run, `?` one character, all else literal. */
+export function globMatch (glob: string, name: string): boolean {
+  const re = new RegExp('^' + glob.split('').map((ch) => {
+    if (ch === '*') return '.*'
+    if (ch === '?') return '.'
+    return ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&')
+  }).join('') + '$', 's')
+  return re.test(name)
+}
+
+/** Whether a token may touch a VM. */
+export function mayAccess (entry: TokenEntry, vm: string): boolean {
+  return entry.vms.some((g) => globMatch(g, vm))
+}

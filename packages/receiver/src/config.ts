@@ -1,0 +1,69 @@
+import { readFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import { ReceiverError } from './errors.ts'
+import type { ReceiverInit } from './server.ts'
+
+/** Split "HOST:PORT" / "[v6]:PORT" / "PORT". */
+export function parseListen (listen: string): { host: string, port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(listen) ?? /^()()(\d{1,5})$/.exec(listen)
+  const port = Number(m?.[3])
+  if (m === null || !Number.isInteger(port) || port > 65535) throw new ReceiverError('E_CONFIG', `bad listen address ${JSON.stringify(listen)} (want HOST:PORT)`)
+  return { host: m[1] || m[2] || '127.0.0.1', port }
+}
+
+/**
+ * Load receiver settings from a JSON file:
+ * `{"listen": "0.0.0.0:7443", "store": "/srv/mirrors", "tokens": "tokens.json",
+ *   "tlsCert": "c.pem", "tlsKey": "k.pem", "insecure": false, "trivialMiB": 64,
+ *   "displaySuffix": " (DR)", "maxConnections": 64}`.
+ * Relative paths are resolved against the file's folder.
+ */
+export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
+  let json: Record<string, unknown>
+  try {
+    json = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>
+  } catch (err) {
+    throw new ReceiverError('E_CONFIG', `cannot read config ${file}: ${(err as Error).message}`)
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new ReceiverError('E_CONFIG', `${file}: expected a JSON object`)
+  const base = dirname(resolve(file))
+  const path = (k: string): string | undefined => {
+    const v = json[k]
+    if (v === undefined) return undefined
+    if (typeof v !== 'string' || v === '') throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a path`)
+    return resolve(base, v)
+  }
+  const num = (k: string): number | undefined => {
+    const v = json[k]
+    if (v === undefined) return undefined
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a non-negative integer`)
+    return v
+  }
+  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'maxConnections', 'maxExtentBytes', 'windowBytes', 'batchBytes'])
+  for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
+  let host = typeof json['host'] === 'string' ? json['host'] : undefined
+  let port = num('port')
+  if (json['listen'] !== undefined) {
+    if (typeof json['listen'] !== 'string') throw new ReceiverError('E_CONFIG', `${file}: listen must be "HOST:PORT"`)
+    ;({ host, port } = parseListen(json['listen']))
+  }
+  const store = path('store')
+  if (store === undefined) throw new ReceiverError('E_CONFIG', `${file}: store is required`)
+  if (json['insecure'] !== undefined && typeof json['insecure'] !== 'boolean') throw new ReceiverError('E_CONFIG', `${file}: insecure must be true or false`)
+  if (json['displaySuffix'] !== undefined && typeof json['displaySuffix'] !== 'string') throw new ReceiverError('E_CONFIG', `${file}: displaySuffix must be a string`)
+  const init: Record<string, unknown> = {
+    host, port, store,
+    tokensFile: path('tokens') ?? path('tokensFile'),
+    tlsCert: path('tlsCert'),
+    tlsKey: path('tlsKey'),
+    insecure: json['insecure'],
+    trivialMiB: num('trivialMiB'),
+    displaySuffix: json['displaySuffix'],
+    maxConnections: num('maxConnections'),
+    maxExtentBytes: num('maxExtentBytes'),
+    windowBytes: num('windowBytes'),
+    batchBytes: num('batchBytes'),
+  }
+  for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
+  return init as unknown as ReceiverInit
+}

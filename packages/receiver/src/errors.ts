@@ -1,0 +1,42 @@
+import { ProtocolErrorCodes, type ProtocolErrorCode } from '@grainline/protocol'
+
+/** Codes of receiver errors: every wire code of SPEC §7 plus local ones. */
+export type ReceiverErrorCode = ProtocolErrorCode | 'E_CONFIG' | 'E_STATE' | 'E_NOT_FOUND'
+
+/**
+ * A typed receiver error. Wire codes carry the WebSocket close code of SPEC §7;
+ * local codes (`E_CONFIG`, `E_STATE`, `E_NOT_FOUND`) close with 1011 if they
+ * ever reach a socket.
+ */
+export class ReceiverError extends Error {
+  override readonly name = 'ReceiverError'
+  readonly code: ReceiverErrorCode
+  readonly closeCode: number
+  readonly fatal: boolean
+  constructor (code: ReceiverErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+    const wire = (ProtocolErrorCodes as Record<string, { closeCode: number, fatal: boolean }>)[code]
+    this.closeCode = wire?.closeCode ?? 1011
+    this.fatal = wire?.fatal ?? true
+  }
+}
+
+/** Map a Node.js file-system error to E_NO_SPACE / E_IO with a clear message. */
+export function ioError (err: unknown, what: string): ReceiverError {
+  if (err instanceof ReceiverError) return err
+  const code = (err as { code?: unknown } | null)?.code
+  const msg = (err as Error | null)?.message ?? String(err)
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new ReceiverError('E_NO_SPACE', `no space left while ${what}: ${msg}`, { cause: err })
+  if (code === 'EROFS') return new ReceiverError('E_IO', `store is read-only while ${what}: ${msg}`, { cause: err })
+  if (code === 'ENOENT') return new ReceiverError('E_IO', `file or folder vanished while ${what}: ${msg}`, { cause: err })
+  return new ReceiverError('E_IO', `I/O error while ${what}: ${msg}`, { cause: err })
+}
+
+/** The stable code of any error (ours, the protocol's, or E_INTERNAL). */
+export function errorCode (err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code
+  const name = (err as { name?: unknown } | null)?.name
+  if ((name === 'ReceiverError' || name === 'ProtocolError') && typeof code === 'string') return code
+  return 'E_INTERNAL'
+}

@@ -1,0 +1,103 @@
+import { open, rename, readFile, unlink, type FileHandle } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { randomBytes } from 'node:crypto'
+
+/** fsync a directory so that a rename or create inside it is durable. */
+export async function fsyncDir (dir: string): Promise<void> {
+  const fh = await open(dir, 'r')
+  try { await fh.sync() } finally { await fh.close() }
+}
+
+/** Marker in names of temporary files, removed by recovery. */
+export const TMP_MARK = '.tmp-'
+
+/**
+ * Replace `path` atomically: write a temporary file beside it, fsync it,
+ * rename it over `path`, fsync the directory (ARCHITECTURE §4.1).
+ */
+export async function writeFileAtomic (path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`
+  let fh: FileHandle | undefined
+  try {
+    fh = await open(tmp, 'w', 0o644)
+    await fh.writeFile(data)
+    await fh.sync()
+    await fh.close()
+    fh = undefined
+    await rename(tmp, path)
+  } catch (err) {
+    if (fh !== undefined) await fh.close().catch(() => {})
+    await unlink(tmp).catch(() => {})
+    throw err
+  }
+  await fsyncDir(dirname(path))
+}
+
+/** Read and parse a JSON file; `undefined` when it does not exist. */
+export async function readJsonIfExists (path: string): Promise<unknown> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  }
+  return JSON.parse(text) as unknown
+}
+
+/** Whether a path exists (any type). */
+export async function exists (path: string): Promise<boolean> {
+  try {
+    const fh = await open(path, 'r')
+    await fh.close()
+    return true
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return false
+    throw err
+  }
+}
+
+/** Remove a file if it exists. */
+export async function unlinkIfExists (path: string): Promise<boolean> {
+  try {
+    await unlink(path)
+    return true
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return false
+    throw err
+  }
+}
+
+const ZERO = new Uint8Array(1024 * 1024)
+
+/** Write `length` zero bytes at `offset`. */
+export async function writeZeros (fh: FileHandle, offset: number, length: number): Promise<void> {
+  let done = 0
+  while (done < length) {
+    const n = Math.min(ZERO.length, length - done)
+    await writeFully(fh, ZERO.subarray(0, n), offset + done)
+    done += n
+  }
+}
+
+/** Write all of `data` at `offset` (loops over short writes). */
+export async function writeFully (fh: FileHandle, data: Uint8Array, offset: number): Promise<void> {
+  let done = 0
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done)
+    if (bytesWritten <= 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
+    done += bytesWritten
+  }
+}
+
+/** Read exactly `length` bytes at `offset`; bytes past the end of the file read as zero. */
+export async function readFully (fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length)
+  let done = 0
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
+    if (bytesRead === 0) break
+    done += bytesRead
+  }
+  return buf
+}

@@ -1,0 +1,259 @@
+import { open, type FileHandle } from 'node:fs/promises'
+import { crc32 } from 'node:zlib'
+import { dirname } from 'node:path'
+import { fsyncDir, readFully, writeFully } from './fs-util.ts'
+
+/**
+ * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
+ *
+ *   journal := record*
+ *   record  := u32le(length) • u32le(crc32(payload)) • payload
+ *   payload := u8(type) • u32le(hlen) • utf8(json header, hlen bytes) • bytes
+ *
+ * type 1 (head): the cycle the journal belongs to; always the first record.
+ * type 2 (extent): one extent received, with the mirror's OLD contents of its
+ *   range (undo data; empty for a seed, which writes into a fresh file). It is
+ *   made durable before the range is overwritten.
+ * type 3 (applied): every extent with seq ≤ `seq` is durably in the target
+ *   file (written after the target's fdatasync) — the resume point.
+ *
+ * A torn or corrupt tail (short record, bad crc) ends the journal: everything
+ * after it is ignored and cut off when the journal is reopened.
+ */
+
+const T_HEAD = 1
+const T_EXTENT = 2
+const T_APPLIED = 3
+
+/** Records larger than this are treated as corruption (bound before allocating). */
+export const MAX_JOURNAL_RECORD = 256 * 1024 * 1024
+
+export interface JournalHead {
+  readonly cycleId: string
+  readonly cycle: number
+  readonly name: string
+  readonly mode: 'seed' | 'incremental'
+  readonly capacity: number
+  /** size of the target file before the cycle (committed flat size; 0 for a seed) */
+  readonly baseSize: number
+}
+
+export interface JournalExtent {
+  readonly seq: number
+  readonly offset: number
+  readonly length: number
+  readonly zero: boolean
+  /** hex of the extent digest ("" for zero extents) */
+  readonly digest: string
+  /** bytes of old contents stored (range ∩ [0, baseSize)) */
+  readonly oldLength: number
+  /** journal file position of the old contents */
+  readonly oldPos: number
+}
+
+export interface JournalApplied {
+  readonly seq: number
+}
+
+export interface JournalContents {
+  readonly head: JournalHead
+  readonly extents: readonly JournalExtent[]
+  /** the last applied marker, or null */
+  readonly applied: JournalApplied | null
+  /** end of the last valid record */
+  readonly validEnd: number
+}
+
+function frame (type: number, header: object, data?: Uint8Array): Buffer[] {
+  const h = Buffer.from(JSON.stringify(header), 'utf8')
+  const pre = Buffer.alloc(13)
+  const len = 1 + 4 + h.length + (data?.length ?? 0)
+  pre.writeUInt32LE(len, 0)
+  pre.writeUInt8(type, 8)
+  pre.writeUInt32LE(h.length, 9)
+  let c = crc32(pre.subarray(8, 13))
+  c = crc32(h, c)
+  if (data !== undefined) c = crc32(data, c)
+  pre.writeUInt32LE(c >>> 0, 4)
+  return data === undefined ? [pre, h] : [pre, h, Buffer.from(data.buffer, data.byteOffset, data.length)]
+}
+
+/** Read a journal file. Returns undefined if it has no valid head record. */
+export async function readJournal (path: string): Promise<JournalContents | undefined> {
+  const fh = await open(path, 'r')
+  try {
+    const size = (await fh.stat()).size
+    let pos = 0
+    let head: JournalHead | undefined
+    const extents: JournalExtent[] = []
+    let applied: JournalApplied | null = null
+    const pre = Buffer.alloc(13)
+    while (pos + 13 <= size) {
+      const { bytesRead } = await fh.read(pre, 0, 13, pos)
+      if (bytesRead < 13) break
+      const len = pre.readUInt32LE(0)
+      const crc = pre.readUInt32LE(4)
+      const hlen = pre.readUInt32LE(9)
+      if (len < 5 || len > MAX_JOURNAL_RECORD || pos + 8 + len > size || hlen > len - 5 || hlen > 1024 * 1024) break
+      const type = pre.readUInt8(8)
+      // crc over the whole payload, streamed in bounded chunks
+      let c = crc32(pre.subarray(8, 13))
+      const hbuf = await readFully(fh, pos + 13, hlen)
+      c = crc32(hbuf, c)
+      const dataLen = len - 5 - hlen
+      const dataPos = pos + 13 + hlen
+      for (let off = 0; off < dataLen; off += 4 * 1024 * 1024) {
+        const chunk = await readFully(fh, dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
+        c = crc32(chunk, c)
+      }
+      if ((c >>> 0) !== crc) break
+      let header: Record<string, unknown>
+      try {
+        header = JSON.parse(hbuf.toString('utf8')) as Record<string, unknown>
+      } catch {
+        break
+      }
+      if (type === T_HEAD && head === undefined && pos === 0) {
+        head = header as unknown as JournalHead
+      } else if (type === T_EXTENT && head !== undefined) {
+        const e = header as { seq: number, offset: number, length: number, zero: boolean, digest: string }
+        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldLength: dataLen, oldPos: dataPos })
+      } else if (type === T_APPLIED && head !== undefined) {
+        applied = { seq: (header as { seq: number }).seq }
+      } else {
+        break
+      }
+      pos += 8 + len
+    }
+    if (head === undefined) return undefined
+    return { head, extents, applied, validEnd: pos }
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Append-only writer of a journal. Appends are buffered until `flush`. */
+export class Journal {
+  readonly path: string
+  private readonly fh: FileHandle
+  private end: number
+  private pending: Buffer[] = []
+  private pendingBytes = 0
+
+  private constructor (path: string, fh: FileHandle, end: number) {
+    this.path = path
+    this.fh = fh
+    this.end = end
+  }
+
+  /** Create a new journal holding only its head, durably (file and directory). */
+  static async create (path: string, head: JournalHead): Promise<Journal> {
+    const fh = await open(path, 'w', 0o600)
+    try {
+      const j = new Journal(path, fh, 0)
+      j.push(frame(T_HEAD, head))
+      await j.flush(true)
+      await fsyncDir(dirname(path))
+      return j
+    } catch (err) {
+      await fh.close().catch(() => {})
+      throw err
+    }
+  }
+
+  /** Reopen an existing journal for appending, cutting off a torn tail. */
+  static async reopen (path: string, validEnd: number): Promise<Journal> {
+    const fh = await open(path, 'r+')
+    try {
+      const size = (await fh.stat()).size
+      if (size !== validEnd) {
+        await fh.truncate(validEnd)
+        await fh.sync()
+      }
+      return new Journal(path, fh, validEnd)
+    } catch (err) {
+      await fh.close().catch(() => {})
+      throw err
+    }
+  }
+
+  private push (bufs: Buffer[]): void {
+    for (const b of bufs) {
+      this.pending.push(b)
+      this.pendingBytes += b.length
+    }
+  }
+
+  /** Queue an extent record with the old contents of its range. */
+  appendExtent (e: { seq: number, offset: number, length: number, zero: boolean, digest: string }, old: Uint8Array | undefined): void {
+    this.push(frame(T_EXTENT, { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }, old))
+  }
+
+  /** Queue an applied marker. */
+  appendApplied (seq: number): void {
+    this.push(frame(T_APPLIED, { seq }))
+  }
+
+  /** Bytes queued and not yet written. */
+  get queuedBytes (): number { return this.pendingBytes }
+
+  /** Write the queued records; with `sync`, fdatasync afterwards. */
+  async flush (sync: boolean): Promise<void> {
+    if (this.pending.length > 0) {
+      const bufs = this.pending
+      const total = this.pendingBytes
+      this.pending = []
+      this.pendingBytes = 0
+      let pos = this.end
+      // writev may write short; fall back to per-buffer writes
+      const { bytesWritten } = await this.fh.writev(bufs, pos)
+      if (bytesWritten !== total) {
+        let skip = bytesWritten
+        for (const b of bufs) {
+          if (skip >= b.length) { skip -= b.length; pos += b.length; continue }
+          await writeFully(this.fh, b.subarray(skip), pos + skip)
+          pos += b.length
+          skip = 0
+        }
+      }
+      this.end += total
+    }
+    if (sync) await this.fh.datasync()
+  }
+
+  async close (): Promise<void> {
+    await this.fh.close()
+  }
+}
+
+/**
+ * Undo an interrupted incremental apply: write back the old contents of every
+ * journaled extent in REVERSE order (so the oldest copy of a range wins when an
+ * extent was journaled twice across a resume), cut the file back to its base
+ * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
+ */
+export async function undoJournal (journalPath: string, contents: JournalContents, targetPath: string): Promise<void> {
+  const jfh = await open(journalPath, 'r')
+  try {
+    const tfh = await open(targetPath, 'r+')
+    try {
+      for (let i = contents.extents.length - 1; i >= 0; i--) {
+        const e = contents.extents[i] as JournalExtent
+        if (e.oldLength === 0) continue
+        for (let off = 0; off < e.oldLength; off += 4 * 1024 * 1024) {
+          const n = Math.min(4 * 1024 * 1024, e.oldLength - off)
+          const old = await readFully(jfh, e.oldPos + off, n)
+          await writeFully(tfh, old, e.offset + off)
+        }
+      }
+      const size = (await tfh.stat()).size
+      if (size !== contents.head.baseSize) await tfh.truncate(contents.head.baseSize)
+      await tfh.datasync()
+    } finally {
+      await tfh.close()
+    }
+  } finally {
+    await jfh.close()
+  }
+}
+

@@ -1,0 +1,228 @@
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import { readFile } from 'node:fs/promises'
+import { mkdir } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { CompressionAlgorithms, DigestAlgorithms, PROTOCOL_VERSION, SUBPROTOCOL, initDigests, type LocalCapabilities } from '@grainline/protocol'
+import { ReceiverError } from './errors.ts'
+import { bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
+import { recoverStore } from './mirror-store.ts'
+import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
+import { Session, type SessionSettings } from './session.ts'
+
+/** Components handed to the receiver (STYLE §16). */
+export interface ReceiverComponents {
+  /** pino logger; sessions log through children of it */
+  readonly logger: Logger
+}
+
+/** Receiver options. */
+export interface ReceiverInit {
+  /** address to listen on. @default "127.0.0.1" */
+  readonly host?: string
+  /** TCP port; 0 picks a free one. @default 0 */
+  readonly port?: number
+  /** the mirror store folder (created if missing) */
+  readonly store: string
+  /** tokens file `{"tokens":[{name, token, vms}]}`; this or `tokens` is required */
+  readonly tokensFile?: string
+  /** tokens given directly (instead of `tokensFile`) */
+  readonly tokens?: readonly TokenEntry[]
+  /** PEM certificate file; with `tlsKey` the receiver speaks wss:// */
+  readonly tlsCert?: string
+  /** PEM private key file */
+  readonly tlsKey?: string
+  /** allow plain ws:// on a non-loopback address. @default false */
+  readonly insecure?: boolean
+  /** largest prefix (MiB) a trivial check may ask to digest. @default 1024 */
+  readonly trivialMiB?: number
+  /** appended to the mirror's displayName. @default " (grainline mirror)" */
+  readonly displaySuffix?: string
+  /** concurrent connections; more get HTTP 503 before the upgrade. @default 64 */
+  readonly maxConnections?: number
+  /** largest extent payload accepted, bytes. @default 16 MiB */
+  readonly maxExtentBytes?: number
+  /** unacknowledged bytes an agent may have in flight. @default 64 MiB */
+  readonly windowBytes?: number
+  /** payload bytes per durable batch (journal, write, fsync, ack). @default 8 MiB */
+  readonly batchBytes?: number
+  /** ping interval; a connection that misses a pong is terminated. @default 30000 */
+  readonly pingIntervalMs?: number
+  /** how long a new session waits for a VM held by a closing one, ms. @default 5000 */
+  readonly lockWaitMs?: number
+  /** run start-up recovery in `listen()`. @default true */
+  readonly recover?: boolean
+}
+
+/** A running receiver. */
+export interface Receiver {
+  /** recover the store, then listen; resolves with the bound address */
+  listen (): Promise<{ host: string, port: number }>
+  /** graceful: stop accepting, finish the current durable step of every session, close them (1001) */
+  close (): Promise<void>
+  /** immediate: terminate every connection and the listener */
+  abort (): void
+  /** number of open sessions */
+  readonly sessions: number
+}
+
+const MiB = 1024 * 1024
+
+/** Whether an address is loopback-only. */
+export function isLoopback (host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host) || host === '::ffff:127.0.0.1'
+}
+
+/** Create a receiver (not yet listening). */
+export function createReceiver (components: ReceiverComponents, init: ReceiverInit): Receiver {
+  const log = components.logger
+  const host = init.host ?? '127.0.0.1'
+  const tls = init.tlsCert !== undefined || init.tlsKey !== undefined
+  if (tls && (init.tlsCert === undefined || init.tlsKey === undefined)) throw new ReceiverError('E_CONFIG', 'TLS needs both a certificate and a key')
+  if (!tls && !isLoopback(host) && init.insecure !== true) {
+    throw new ReceiverError('E_CONFIG', `refusing to listen on ${host} without TLS; give --tls-cert/--tls-key or --insecure`)
+  }
+  if (init.tokensFile === undefined && init.tokens === undefined) throw new ReceiverError('E_CONFIG', 'a tokens file is required: the receiver never runs without authentication')
+  const maxExtentBytes = init.maxExtentBytes ?? 16 * MiB
+  const local: LocalCapabilities = {
+    versions: [PROTOCOL_VERSION],
+    digests: [...DigestAlgorithms],
+    compressions: [...CompressionAlgorithms],
+    limits: { maxExtentBytes, maxMessageBytes: maxExtentBytes + 64 * 1024, windowBytes: init.windowBytes ?? 64 * MiB },
+  }
+  const settings: SessionSettings = {
+    storeDir: init.store,
+    software: 'grainline-receiver/0.1.0',
+    local,
+    displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
+    batchBytes: init.batchBytes ?? 8 * MiB,
+    highWaterBytes: Math.max(2 * (init.batchBytes ?? 8 * MiB), 2 * local.limits.maxMessageBytes),
+    lockWaitMs: init.lockWaitMs ?? 5000,
+    trivialMaxBytes: (init.trivialMiB ?? 1024) * MiB,
+  }
+  const sessions = new Set<Session>()
+  const peers = new WeakMap<IncomingMessage, TokenEntry>()
+  let table: TokenTable | undefined
+  let server: Server | undefined
+  let wss: WebSocketServer | undefined
+  let pinger: NodeJS.Timeout | undefined
+  const alive = new WeakMap<WebSocket, boolean>()
+
+  async function listen (): Promise<{ host: string, port: number }> {
+    if (server !== undefined) throw new ReceiverError('E_CONFIG', 'already listening')
+    table = createTokenTable(init.tokens ?? await loadTokensFile(init.tokensFile as string))
+    if (table.size === 0) throw new ReceiverError('E_CONFIG', 'the tokens file lists no token')
+    await initDigests()
+    try {
+      await mkdir(init.store, { recursive: true })
+    } catch (err) {
+      throw new ReceiverError('E_CONFIG', `cannot create the store ${init.store}: ${(err as Error).message}`)
+    }
+    if (init.recover !== false) {
+      const reports = await recoverStore(init.store, log.child({ component: 'recovery' }))
+      log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
+    }
+    const srv: Server = tls
+      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string) })
+      : createHttpServer()
+    srv.on('request', (_req, res) => {
+      res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' })
+      res.end('grainline receiver: WebSocket only\n')
+    })
+    const ws = new WebSocketServer({
+      server: srv,
+      maxPayload: local.limits.maxMessageBytes,
+      perMessageDeflate: false,
+      clientTracking: true,
+      handleProtocols: (protocols) => protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false,
+      verifyClient: (info, cb) => {
+        const req = info.req
+        if (sessions.size >= (init.maxConnections ?? 64)) {
+          cb(false, 503, 'Too many connections')
+          return
+        }
+        const entry = (table as TokenTable).lookup(bearerToken(req.headers.authorization) ?? '')
+        if (entry === undefined) {
+          log.warn({ remote: req.socket.remoteAddress }, 'authentication failed')
+          cb(false, 401, 'Unauthorized', { 'WWW-Authenticate': 'Bearer' })
+          return
+        }
+        const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim())
+        if (!offered.includes(SUBPROTOCOL)) {
+          cb(false, 400, `Subprotocol ${SUBPROTOCOL} required`)
+          return
+        }
+        peers.set(req, entry)
+        cb(true)
+      },
+    })
+    ws.on('connection', (sock, req) => {
+      const entry = peers.get(req)
+      if (entry === undefined || sock.protocol !== SUBPROTOCOL) {
+        sock.close(1002, 'E_VERSION')
+        return
+      }
+      alive.set(sock, true)
+      sock.on('pong', () => alive.set(sock, true))
+      const s = new Session(sock, entry, settings, log)
+      sessions.add(s)
+      void s.done.then(() => sessions.delete(s))
+    })
+    ws.on('error', (err) => log.error({ err }, 'websocket server error'))
+    server = srv
+    wss = ws
+    const interval = init.pingIntervalMs ?? 30000
+    pinger = setInterval(() => {
+      for (const c of ws.clients) {
+        if (alive.get(c) !== true) {
+          log.warn('peer missed a pong: terminating')
+          c.terminate()
+          continue
+        }
+        alive.set(c, false)
+        c.ping()
+      }
+    }, interval)
+    pinger.unref()
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject)
+      srv.listen(init.port ?? 0, host, () => {
+        srv.off('error', reject)
+        resolve()
+      })
+    })
+    const addr = srv.address() as AddressInfo
+    log.info({ host: addr.address, port: addr.port, tls }, 'listening')
+    return { host: addr.address, port: addr.port }
+  }
+
+  async function close (): Promise<void> {
+    if (pinger !== undefined) clearInterval(pinger)
+    const srv = server
+    const closed = srv === undefined ? Promise.resolve() : new Promise<void>((resolve) => srv.close(() => resolve()))
+    for (const s of sessions) s.shutdown()
+    await Promise.all([...sessions].map((s) => s.done))
+    wss?.close()
+    srv?.closeAllConnections()
+    await closed
+    log.info('receiver closed')
+  }
+
+  function abort (): void {
+    if (pinger !== undefined) clearInterval(pinger)
+    for (const c of wss?.clients ?? []) c.terminate()
+    for (const s of sessions) s.stop()
+    wss?.close()
+    server?.close()
+    server?.closeAllConnections()
+  }
+
+  return {
+    listen,
+    close,
+    abort,
+    get sessions () { return sessions.size },
+  }
+}
