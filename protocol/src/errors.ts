@@ -34,10 +34,13 @@ export class ProtocolError extends Error {
   readonly code: ProtocolErrorCode
   readonly closeCode: number
   readonly fatal: boolean
-  constructor (code: ProtocolErrorCode, message: string) {
-    super(message)
+  /** dotted path of the offending field when a decoded/encoded message is invalid, e.g. "source.layers[0].cid" */
+  readonly field?: string
+  constructor (code: ProtocolErrorCode, message: string, options: { field?: string, cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
     this.closeCode = ProtocolErrorCodes[code].closeCode
     this.fatal = ProtocolErrorCodes[code].fatal
+    if (options.field !== undefined) this.field = options.field
   }
 }

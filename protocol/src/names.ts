@@ -17,10 +17,10 @@ export function isWellFormed (s: string): boolean {
  * a name longer than 255 UTF-8 bytes.
  */
 export function validateName (name: unknown, what = 'name'): asserts name is string {
-  if (typeof name !== 'string') throw new ProtocolError('E_BAD_NAME', `${what} is not a string`)
-  if (name === '' || name === '.' || name === '..') throw new ProtocolError('E_BAD_NAME', `${what} ${JSON.stringify(name)} is not allowed`)
+  if (typeof name !== 'string') throw new ProtocolError('E_BAD_NAME', `${what} is not a string`, { field: what })
+  if (name === '' || name === '.' || name === '..') throw new ProtocolError('E_BAD_NAME', `${what} ${JSON.stringify(name)} is not allowed`, { field: what })
   // eslint-disable-next-line no-control-regex
-  if (/[/\\\u0000-\u001f\u007f]/.test(name)) throw new ProtocolError('E_BAD_NAME', `${what} ${JSON.stringify(name)} contains a separator or control character`)
-  if (LONE_SURROGATE.test(name)) throw new ProtocolError('E_BAD_NAME', `${what} is not well-formed Unicode`)
-  if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) throw new ProtocolError('E_BAD_NAME', `${what} is longer than ${MAX_NAME_BYTES} bytes`)
+  if (/[/\\\u0000-\u001f\u007f]/.test(name)) throw new ProtocolError('E_BAD_NAME', `${what} ${JSON.stringify(name)} contains a separator or control character`, { field: what })
+  if (LONE_SURROGATE.test(name)) throw new ProtocolError('E_BAD_NAME', `${what} is not well-formed Unicode`, { field: what })
+  if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) throw new ProtocolError('E_BAD_NAME', `${what} is longer than ${MAX_NAME_BYTES} bytes`, { field: what })
 }

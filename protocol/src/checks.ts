@@ -1,0 +1,153 @@
+/**
+ * Cross-field rules of SPEC §6 that a field schema cannot express. Run after
+ * decoding and before encoding; throw ProtocolError.
+ */
+import { DigestLengths, isDigestAlgorithm } from './digest.ts'
+import { isCompressionAlgorithm } from './compression.ts'
+import { ProtocolError } from './errors.ts'
+import { MessageKind, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
+
+/** Limits applied when decoding (and, optionally, encoding). */
+export interface DecodeLimits {
+  /**
+   * largest frame accepted, bytes
+   * @default 16 MiB + 64 KiB
+   */
+  readonly maxMessageBytes?: number
+  /**
+   * largest extent payload (`length` of a data extent), bytes
+   * @default 16 MiB
+   */
+  readonly maxExtentBytes?: number
+  /**
+   * the negotiated digest algorithm; when set, Extent and DiskEnd digests
+   * must have exactly its length, otherwise any known digest length is accepted
+   * @default undefined
+   */
+  readonly digest?: DigestAlgorithm
+}
+
+/** Sector size: offsets, lengths and capacities are multiples of it (SPEC §6). */
+export const SECTOR = 512
+/** 2^53: no offset + length may exceed it. */
+export const MAX_END = 2 ** 53
+const KNOWN_DIGEST_LENGTHS = new Set(Object.values(DigestLengths))
+
+function bad (field: string, msg: string): ProtocolError {
+  return new ProtocolError('E_SCHEMA', `${field}: ${msg}`, { field })
+}
+
+function checkLimits (l: Limits, field: string): void {
+  if (l.maxExtentBytes < SECTOR || l.maxExtentBytes % SECTOR !== 0) throw bad(`${field}.maxExtentBytes`, 'must be a positive multiple of 512')
+  if (l.maxMessageBytes < 4096) throw bad(`${field}.maxMessageBytes`, 'must be at least 4096')
+  if (l.windowBytes < 1) throw bad(`${field}.windowBytes`, 'must be positive')
+}
+
+function checkDigestLength (d: Uint8Array, field: string, alg: DigestAlgorithm | undefined, allowEmpty: boolean): void {
+  if (allowEmpty && d.length === 0) return
+  if (alg !== undefined) {
+    if (d.length !== DigestLengths[alg]) throw bad(field, `${d.length} bytes, ${alg} digests are ${DigestLengths[alg]}`)
+  } else if (!KNOWN_DIGEST_LENGTHS.has(d.length)) {
+    throw bad(field, `${d.length} bytes is no known digest length`)
+  }
+}
+
+function knownDigest (alg: string, field: string): DigestAlgorithm {
+  if (!isDigestAlgorithm(alg)) throw bad(field, `unknown digest algorithm ${JSON.stringify(alg)}`)
+  return alg
+}
+
+function unique<T> (items: readonly T[], key: (t: T) => unknown, field: string): void {
+  const seen = new Set<unknown>()
+  for (const [i, item] of items.entries()) {
+    const k = key(item)
+    if (seen.has(k)) throw bad(`${field}[${i}]`, `duplicate ${JSON.stringify(k)}`)
+    seen.add(k)
+  }
+}
+
+/** Apply the cross-field rules to a schema-valid message. */
+export function checkMessage (m: Message, limits: DecodeLimits): void {
+  const maxExtent = limits.maxExtentBytes ?? 16 * 1024 * 1024
+  switch (m.kind) {
+    case MessageKind.Hello:
+      if (m.versions.some((v) => v < 1)) throw bad('versions', 'versions start at 1')
+      checkLimits(m.limits, 'limits')
+      return
+    case MessageKind.Welcome:
+      if (m.version < 1) throw bad('version', 'versions start at 1')
+      knownDigest(m.digest, 'digest')
+      if (!isCompressionAlgorithm(m.compression)) throw bad('compression', `unknown compression ${JSON.stringify(m.compression)}`)
+      checkLimits(m.limits, 'limits')
+      return
+    case MessageKind.VmOpen:
+      if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
+      unique(m.files, (f) => f.name, 'files')
+      unique(m.disks, (d) => d, 'disks')
+      return
+    case MessageKind.VmState:
+      return
+    case MessageKind.DiskOpen:
+      if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')
+      if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
+      if (m.mode === 'seed' ? m.baseCycle !== 0 : (m.baseCycle < 1 || m.baseCycle >= m.cycle)) {
+        throw bad('baseCycle', m.mode === 'seed' ? 'must be 0 for a seed' : 'must be ≥ 1 and below cycle for an incremental')
+      }
+      return
+    case MessageKind.DiskState:
+      if (m.accepted !== (m.reason === '')) throw bad('reason', m.accepted ? 'must be "" when accepted' : 'must be an error code when refused')
+      return
+    case MessageKind.Extent: {
+      if (m.offset % SECTOR !== 0) throw bad('offset', 'must be a multiple of 512')
+      if (m.length < SECTOR || m.length % SECTOR !== 0) throw bad('length', 'must be a positive multiple of 512')
+      if (m.offset + m.length > MAX_END) throw bad('length', 'offset + length exceeds 2^53')
+      if (m.zero) {
+        if (m.compression !== 'none') throw bad('compression', 'must be "none" for a zero extent')
+        if (m.data.length !== 0) throw bad('data', 'must be empty for a zero extent')
+        if (m.digest.length !== 0) throw bad('digest', 'must be empty for a zero extent')
+        return
+      }
+      if (m.length > maxExtent) throw new ProtocolError('E_FRAME_TOO_LARGE', `length: extent of ${m.length} bytes exceeds maxExtentBytes ${maxExtent}`, { field: 'length' })
+      if (!isCompressionAlgorithm(m.compression)) throw bad('compression', `unknown compression ${JSON.stringify(m.compression)}`)
+      if (m.compression === 'none') {
+        if (m.data.length !== m.length) throw bad('data', `${m.data.length} bytes, length says ${m.length}`)
+      } else if (m.data.length < 1 || m.data.length > m.length) {
+        throw bad('data', `compressed payload of ${m.data.length} bytes must be 1 … length (${m.length}); send "none" when compression does not shrink`)
+      }
+      checkDigestLength(m.digest, 'digest', limits.digest, false)
+      return
+    }
+    case MessageKind.ExtentAck:
+    case MessageKind.DiskEnded:
+    case MessageKind.Rollback:
+    case MessageKind.RolledBack:
+    case MessageKind.Error:
+      return
+    case MessageKind.DiskEnd:
+      if (m.dataBytes + m.zeroBytes > MAX_END) throw bad('zeroBytes', 'dataBytes + zeroBytes exceeds 2^53')
+      checkDigestLength(m.digest, 'digest', limits.digest, false)
+      return
+    case MessageKind.Commit:
+      if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
+      return
+    case MessageKind.Committed:
+      if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
+      unique(m.disks, (d) => d.disk, 'disks')
+      return
+    case MessageKind.TrivialCheck:
+      if (m.prefixBytes > m.size) throw bad('prefixBytes', 'exceeds size')
+      checkDigestLength(m.digest, 'digest', knownDigest(m.algorithm, 'algorithm'), false)
+      return
+    case MessageKind.TrivialResult:
+      checkDigestLength(m.digest, 'digest', undefined, true)
+      return
+    case MessageKind.Certify:
+      checkDigestLength(m.digest, 'digest', knownDigest(m.algorithm, 'algorithm'), false)
+      return
+    case MessageKind.CertifyResult:
+      checkDigestLength(m.digest, 'digest', knownDigest(m.algorithm, 'algorithm'), true)
+      return
+    default:
+      throw new ProtocolError('E_UNKNOWN_KIND', `unknown message kind ${String((m as { kind: unknown }).kind)}`)
+  }
+}

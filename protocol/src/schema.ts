@@ -1,0 +1,337 @@
+/**
+ * Field schemas of every message (SPEC §6) and the walkers that decode, size
+ * and write them. Semantic checks that span fields live in `checks.ts`.
+ */
+import { ProtocolError } from './errors.ts'
+import { MessageKind } from './messages.ts'
+import { collectionHeaderSize, Reader, strHeaderSize, binHeaderSize, uintSize, type Writer } from './msgpack.ts'
+import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
+
+export interface UintSpec { readonly t: 'uint', readonly max: number }
+export interface BoolSpec { readonly t: 'bool' }
+export interface StrSpec {
+  readonly t: 'str'
+  readonly maxBytes: number
+  /** extra check of the decoded/encoded value (pattern, name rules); throws ProtocolError */
+  readonly check?: (s: string, field: string) => void
+}
+export interface BinSpec { readonly t: 'bin', readonly maxBytes: number }
+export interface ArraySpec { readonly t: 'array', readonly of: Spec, readonly max: number, readonly min: number }
+export interface StructSpec {
+  readonly t: 'struct'
+  readonly keys: readonly string[]
+  readonly fields: Readonly<Record<string, Spec>>
+  /** the keys as encoded msgpack str, in schema order */
+  readonly encodedKeys: readonly Uint8Array[]
+}
+export interface NullableSpec { readonly t: 'nullable', readonly of: Spec }
+export interface DictSpec { readonly t: 'dict', readonly maxEntries: number, readonly key: StrSpec, readonly value: StrSpec }
+export type Spec = UintSpec | BoolSpec | StrSpec | BinSpec | ArraySpec | StructSpec | NullableSpec | DictSpec
+
+const SAFE = Number.MAX_SAFE_INTEGER
+
+function bad (field: string, msg: string): ProtocolError {
+  return new ProtocolError('E_SCHEMA', `${field}: ${msg}`, { field })
+}
+
+const uint = (max = SAFE): UintSpec => ({ t: 'uint', max })
+const bool: BoolSpec = { t: 'bool' }
+const str = (maxBytes: number, check?: StrSpec['check']): StrSpec => check === undefined ? { t: 'str', maxBytes } : { t: 'str', maxBytes, check }
+const bin = (maxBytes: number): BinSpec => ({ t: 'bin', maxBytes })
+const array = (of: Spec, max: number, min = 0): ArraySpec => ({ t: 'array', of, max, min })
+const nullable = (of: Spec): NullableSpec => ({ t: 'nullable', of })
+function struct (fields: Record<string, Spec>): StructSpec {
+  const keys = Object.keys(fields)
+  const encodedKeys = keys.map((k) => {
+    const b = Buffer.from(k, 'utf8')
+    return Uint8Array.of(0xa0 | b.length, ...b) // every key is < 32 bytes ASCII
+  })
+  return { t: 'struct', keys, fields, encodedKeys }
+}
+const pattern = (re: RegExp, what: string) => (s: string, field: string): void => {
+  if (!re.test(s)) throw bad(field, `${JSON.stringify(s.slice(0, 80))} is not ${what}`)
+}
+
+/** Hard caps of protocol v1 (SPEC §1.3). */
+export const HARD_LIMITS = Object.freeze({
+  /** largest frame either side may ever announce */
+  maxMessageBytes: 64 * 1024 * 1024 + 65536,
+  /** largest extent payload either side may ever announce */
+  maxExtentBytes: 64 * 1024 * 1024,
+  /** VmOpen: configuration files per VM */
+  maxFiles: 64,
+  /** VmOpen: bytes per configuration file */
+  maxFileBytes: 16 * 1024 * 1024,
+  /** VmOpen.disks, Committed.disks; disk handles are 0 … maxDisks-1 */
+  maxDisks: 256,
+  /** SourceIdentity.layers */
+  maxLayers: 64,
+  /** DiskOpen.ddb entries */
+  maxDdbEntries: 256,
+})
+
+const name = (what: string): StrSpec => str(MAX_NAME_BYTES, (s, field) => validateName(s, field.length > 0 ? field : what))
+const code = str(64, pattern(/^E_[A-Z0-9_]{1,62}$/, 'an error code (E_[A-Z0-9_]+)'))
+const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'))
+const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'))
+const digestBytes = bin(64)
+const disk = uint(HARD_LIMITS.maxDisks - 1)
+const limits = struct({
+  maxMessageBytes: uint(HARD_LIMITS.maxMessageBytes),
+  maxExtentBytes: uint(HARD_LIMITS.maxExtentBytes),
+  windowBytes: uint(),
+})
+const layer = struct({ file: name('file'), cid, parentCid: cid })
+const source = struct({ layers: array(layer, HARD_LIMITS.maxLayers, 1), successor: name('successor') })
+const text = (maxBytes: number): StrSpec => str(maxBytes, (s, field) => {
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
+})
+
+/** Field schemas per message kind; keys are in wire order (SPEC §6). */
+export const Schemas: Readonly<Record<number, StructSpec>> = {
+  [MessageKind.Hello]: struct({
+    versions: array(uint(0xffff), 16, 1),
+    software: str(256),
+    digests: array(token, 16, 1),
+    compressions: array(token, 16, 1),
+    limits,
+  }),
+  [MessageKind.Welcome]: struct({
+    version: uint(0xffff),
+    software: str(256),
+    digest: token,
+    compression: token,
+    limits,
+    session: str(128),
+  }),
+  [MessageKind.VmOpen]: struct({
+    vm: name('vm'),
+    cycle: uint(),
+    compat: struct({ hwVersion: uint(0xffff), datastoreType: str(64), guestOS: str(128) }),
+    files: array(struct({ name: name('file'), data: bin(HARD_LIMITS.maxFileBytes) }), HARD_LIMITS.maxFiles),
+    disks: array(name('disk'), HARD_LIMITS.maxDisks),
+  }),
+  [MessageKind.VmState]: struct({
+    vm: name('vm'),
+    exists: bool,
+    committedCycle: uint(),
+    inflightCycle: uint(),
+    compatible: bool,
+  }),
+  [MessageKind.DiskOpen]: struct({
+    disk,
+    name: name('disk'),
+    capacity: uint(),
+    cycle: uint(),
+    mode: str(16, pattern(/^(seed|incremental)$/, '"seed" or "incremental"')),
+    baseCycle: uint(),
+    source,
+    cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits')),
+    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key')), value: text(4096) },
+    totalBytes: uint(),
+    totalExtents: uint(),
+  }),
+  [MessageKind.DiskState]: struct({
+    disk,
+    accepted: bool,
+    reason: str(64, pattern(/^(?:|E_[A-Z0-9_]{1,62})$/, 'an error code or ""')),
+    committedCycle: uint(),
+    committedSource: nullable(source),
+    mirrorCid: str(8, pattern(/^(?:|[0-9a-f]{8})$/, '8 lowercase hex digits or ""')),
+    modified: bool,
+    resumeSeq: uint(),
+    resumeBytes: uint(),
+  }),
+  [MessageKind.Extent]: struct({
+    disk,
+    seq: uint(),
+    offset: uint(),
+    length: uint(),
+    zero: bool,
+    compression: token,
+    data: bin(HARD_LIMITS.maxExtentBytes),
+    digest: digestBytes,
+  }),
+  [MessageKind.ExtentAck]: struct({ disk, seq: uint() }),
+  [MessageKind.DiskEnd]: struct({ disk, extents: uint(), dataBytes: uint(), zeroBytes: uint(), digest: digestBytes }),
+  [MessageKind.DiskEnded]: struct({ disk }),
+  [MessageKind.Commit]: struct({ vm: name('vm'), cycle: uint() }),
+  [MessageKind.Committed]: struct({
+    vm: name('vm'),
+    cycle: uint(),
+    disks: array(struct({ disk, mirrorCid: cid, size: uint() }), HARD_LIMITS.maxDisks),
+  }),
+  [MessageKind.TrivialCheck]: struct({ disk, prefixBytes: uint(), algorithm: token, size: uint(), digest: digestBytes }),
+  [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),
+  [MessageKind.Certify]: struct({ disk, algorithm: token, digest: digestBytes }),
+  [MessageKind.CertifyResult]: struct({ disk, ok: bool, algorithm: token, digest: digestBytes, bytes: uint() }),
+  [MessageKind.Rollback]: struct({ vm: name('vm') }),
+  [MessageKind.RolledBack]: struct({ vm: name('vm'), committedCycle: uint() }),
+  [MessageKind.Error]: struct({ code, message: str(4096), fatal: bool }),
+}
+
+const join = (base: string, key: string): string => base === '' ? key : `${base}.${key}`
+
+/** Decode one value of `spec` from `r`. */
+export function readSpec (r: Reader, spec: Spec, field: string): unknown {
+  switch (spec.t) {
+    case 'uint': return r.uint(field, spec.max)
+    case 'bool': return r.bool(field)
+    case 'str': {
+      const s = r.str(field, spec.maxBytes)
+      spec.check?.(s, field)
+      return s
+    }
+    case 'bin': return r.bin(field, spec.maxBytes)
+    case 'nullable': return r.nil() ? null : readSpec(r, spec.of, field)
+    case 'array': {
+      const n = r.arrayHeader(field, spec.max)
+      if (n < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
+      const out = new Array<unknown>(n)
+      for (let i = 0; i < n; i++) out[i] = readSpec(r, spec.of, `${field}[${i}]`)
+      return out
+    }
+    case 'struct': {
+      // no count cap here: every entry past the known keys is an unknown or duplicate field and fails by name
+      const n = r.mapHeader(field, 0xffffffff)
+      const out: Record<string, unknown> = {}
+      for (let i = 0; i < n; i++) {
+        const key = r.str(join(field, '(key)'), 64)
+        if (!Object.hasOwn(spec.fields, key)) throw bad(join(field, key), 'unknown field')
+        if (Object.hasOwn(out, key)) throw bad(join(field, key), 'duplicate field')
+        out[key] = readSpec(r, spec.fields[key] as Spec, join(field, key))
+      }
+      if (n < spec.keys.length) {
+        const missing = spec.keys.find((k) => !Object.hasOwn(out, k)) as string
+        throw bad(join(field, missing), 'missing field')
+      }
+      return out
+    }
+    case 'dict': {
+      const n = r.mapHeader(field, spec.maxEntries)
+      const out: Record<string, string> = {}
+      for (let i = 0; i < n; i++) {
+        const key = readSpec(r, spec.key, `${field}(key)`) as string
+        if (Object.hasOwn(out, key)) throw bad(`${field}[${JSON.stringify(key)}]`, 'duplicate key')
+        Object.defineProperty(out, key, { value: readSpec(r, spec.value, `${field}[${JSON.stringify(key)}]`), enumerable: true, writable: true, configurable: true })
+      }
+      return out
+    }
+  }
+}
+
+/**
+ * Check `value` against `spec` and return the bytes it will take. Also
+ * collects UTF-8 lengths of strings into `strLens` (in walk order) so the
+ * write pass need not measure them again.
+ */
+export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: number[]): number {
+  switch (spec.t) {
+    case 'uint':
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad(field, `expected a non-negative safe integer, got ${describe(value)}`)
+      if (value > spec.max) throw bad(field, `${value} exceeds ${spec.max}`)
+      return uintSize(value)
+    case 'bool':
+      if (typeof value !== 'boolean') throw bad(field, `expected a boolean, got ${describe(value)}`)
+      return 1
+    case 'str': {
+      if (typeof value !== 'string') throw bad(field, `expected a string, got ${describe(value)}`)
+      if (!isWellFormed(value)) throw bad(field, 'lone UTF-16 surrogate')
+      const n = Buffer.byteLength(value, 'utf8')
+      if (n > spec.maxBytes) throw bad(field, `string of ${n} bytes exceeds ${spec.maxBytes}`)
+      spec.check?.(value, field)
+      strLens.push(n)
+      return strHeaderSize(n) + n
+    }
+    case 'bin':
+      if (!(value instanceof Uint8Array)) throw bad(field, `expected a Uint8Array, got ${describe(value)}`)
+      if (value.length > spec.maxBytes) throw bad(field, `${value.length} bytes exceed ${spec.maxBytes}`)
+      return binHeaderSize(value.length) + value.length
+    case 'nullable':
+      return value === null ? 1 : sizeSpec(spec.of, value, field, strLens)
+    case 'array': {
+      if (!Array.isArray(value)) throw bad(field, `expected an array, got ${describe(value)}`)
+      if (value.length > spec.max) throw bad(field, `${value.length} items exceed ${spec.max}`)
+      if (value.length < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
+      let n = collectionHeaderSize(value.length)
+      for (let i = 0; i < value.length; i++) n += sizeSpec(spec.of, value[i], `${field}[${i}]`, strLens)
+      return n
+    }
+    case 'struct': {
+      if (typeof value !== 'object' || value === null || Array.isArray(value) || value instanceof Uint8Array) throw bad(field, `expected an object, got ${describe(value)}`)
+      const o = value as Record<string, unknown>
+      let n = collectionHeaderSize(spec.keys.length)
+      for (let i = 0; i < spec.keys.length; i++) {
+        const key = spec.keys[i] as string
+        const v = o[key]
+        if (v === undefined) throw bad(join(field, key), 'missing field')
+        n += (spec.encodedKeys[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), strLens)
+      }
+      for (const key of Object.keys(o)) {
+        if (key !== 'kind' || field !== '') {
+          if (!Object.hasOwn(spec.fields, key) && o[key] !== undefined) throw bad(join(field, key), 'unknown field')
+        }
+      }
+      return n
+    }
+    case 'dict': {
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad(field, `expected an object, got ${describe(value)}`)
+      const entries = Object.entries(value)
+      if (entries.length > spec.maxEntries) throw bad(field, `${entries.length} entries exceed ${spec.maxEntries}`)
+      let n = collectionHeaderSize(entries.length)
+      for (const [k, v] of entries) {
+        n += sizeSpec(spec.key, k, `${field}(key)`, strLens)
+        n += sizeSpec(spec.value, v, `${field}[${JSON.stringify(k)}]`, strLens)
+      }
+      return n
+    }
+  }
+}
+
+/** Write `value` (already checked by `sizeSpec`) in schema order. */
+export function writeSpec (w: Writer, spec: Spec, value: unknown, strLens: number[], cursor: { i: number }): void {
+  switch (spec.t) {
+    case 'uint': w.uint(value as number); return
+    case 'bool': w.bool(value as boolean); return
+    case 'str': w.str(value as string, strLens[cursor.i++] as number); return
+    case 'bin': w.bin(value as Uint8Array); return
+    case 'nullable':
+      if (value === null) w.nil()
+      else writeSpec(w, spec.of, value, strLens, cursor)
+      return
+    case 'array': {
+      const a = value as unknown[]
+      w.arrayHeader(a.length)
+      for (const item of a) writeSpec(w, spec.of, item, strLens, cursor)
+      return
+    }
+    case 'struct': {
+      const o = value as Record<string, unknown>
+      w.mapHeader(spec.keys.length)
+      for (let i = 0; i < spec.keys.length; i++) {
+        const key = spec.keys[i] as string
+        w.raw(spec.encodedKeys[i] as Uint8Array)
+        writeSpec(w, spec.fields[key] as Spec, o[key], strLens, cursor)
+      }
+      return
+    }
+    case 'dict': {
+      const entries = Object.entries(value as Record<string, string>)
+      w.mapHeader(entries.length)
+      for (const [k, v] of entries) {
+        writeSpec(w, spec.key, k, strLens, cursor)
+        writeSpec(w, spec.value, v, strLens, cursor)
+      }
+    }
+  }
+}
+
+function describe (v: unknown): string {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'array'
+  if (v instanceof Uint8Array) return 'Uint8Array'
+  return typeof v
+}
+
+export { Reader }

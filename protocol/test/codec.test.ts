@@ -1,0 +1,204 @@
+import { Packr } from 'msgpackr'
+import t from 'tap'
+import { decodeMessage, encodeMessage } from '../src/codec.ts'
+import { MessageKind, type ExtentMessage, type Message } from '../src/messages.ts'
+import { canonical } from './json.ts'
+import { samples } from './samples.ts'
+
+const oracle = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
+const frame = (kind: number, body: unknown): Uint8Array => {
+  const b = oracle.pack(body)
+  const f = new Uint8Array(b.length + 1)
+  f[0] = kind
+  f.set(b, 1)
+  return f
+}
+const fieldsOf = (m: Message): Record<string, unknown> => {
+  const { kind, ...fields } = m
+  void kind
+  return fields
+}
+const sample = (name: string): Message => {
+  const s = samples.find((x) => x.name === name)
+  if (s === undefined) throw new Error(name)
+  return s.message
+}
+const extent = sample('extent data, uncompressed, xxh64') as ExtentMessage
+
+t.test('every sample round-trips', async (t) => {
+  const kinds = new Set<number>()
+  for (const { name, message } of samples) {
+    const f = encodeMessage(message)
+    t.equal(f[0], message.kind, `${name}: kind byte`)
+    t.equal(canonical(decodeMessage(f, { maxExtentBytes: 64 << 20 })), canonical(message), name)
+    kinds.add(message.kind)
+  }
+  t.equal(kinds.size, Object.keys(MessageKind).length, 'samples cover every kind')
+})
+
+t.test('msgpackr (records off) is an independent oracle in both directions', async (t) => {
+  for (const { name, message } of samples) {
+    const ours = encodeMessage(message)
+    t.equal(canonical(oracle.unpack(ours.subarray(1))), canonical(fieldsOf(message)), `${name}: msgpackr reads ours`)
+    // msgpackr writes integers ≥ 2^32 as float64 and may choose other widths: we still accept it
+    const theirs = frame(message.kind, fieldsOf(message))
+    t.equal(canonical(decodeMessage(theirs)), canonical(message), `${name}: we read msgpackr's`)
+  }
+})
+
+t.test('binary fields are views into the frame, not copies', async (t) => {
+  const f = encodeMessage(extent)
+  const m = decodeMessage(f) as ExtentMessage
+  t.equal(m.data.buffer, f.buffer)
+  t.equal(m.data.byteOffset + 512 + 7 + 10, f.byteOffset + f.length, 'data sits just before the digest key and value')
+  const u = new Uint8Array(f) // not a Buffer: views stay Uint8Array
+  const m2 = decodeMessage(u) as ExtentMessage
+  t.equal(m2.data.buffer, u.buffer)
+})
+
+t.test('encoding is canonical: key order and widths do not depend on the object', async (t) => {
+  const { kind, seq, ...rest } = extent
+  const shuffled = { ...rest, seq, kind } as ExtentMessage
+  t.same(Buffer.from(encodeMessage(shuffled)), Buffer.from(encodeMessage(extent)))
+  const ints = [0, 127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, Number.MAX_SAFE_INTEGER]
+  const widths = [1, 1, 2, 2, 3, 3, 5, 5, 9, 9]
+  for (const [i, seq] of ints.entries()) {
+    const f = encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq })
+    t.equal(f.length, 1 + 1 + 5 + 1 + 4 + widths[i]!, `seq ${seq}`)
+    t.equal((decodeMessage(f) as { seq: number }).seq, seq)
+  }
+})
+
+const MiB = 1 << 20
+const bad: Array<[string, Record<string, unknown>, string, string?]> = [
+  // [name, message, code, field]
+  ['negative seq', { ...extent, seq: -1 }, 'E_SCHEMA', 'seq'],
+  ['fractional offset', { ...extent, offset: 1.5 }, 'E_SCHEMA', 'offset'],
+  ['offset not sector aligned', { ...extent, offset: 100 }, 'E_SCHEMA', 'offset'],
+  ['length not sector aligned', { ...extent, length: 513, data: new Uint8Array(513) }, 'E_SCHEMA', 'length'],
+  ['length 0', { ...extent, length: 0, data: new Uint8Array(0) }, 'E_SCHEMA', 'length'],
+  ['offset + length beyond 2^53', { ...extent, offset: 2 ** 53 - 512, length: 1024, data: new Uint8Array(1024) }, 'E_SCHEMA', 'length'],
+  ['data length differs from length', { ...extent, data: new Uint8Array(1024) }, 'E_SCHEMA', 'data'],
+  ['compressed larger than length', { ...extent, compression: 'lz4', data: new Uint8Array(600) }, 'E_SCHEMA', 'data'],
+  ['compressed empty', { ...extent, compression: 'deflate', data: new Uint8Array(0) }, 'E_SCHEMA', 'data'],
+  ['unknown compression', { ...extent, compression: 'zstd' }, 'E_SCHEMA', 'compression'],
+  ['digest of no known length', { ...extent, digest: new Uint8Array(7) }, 'E_SCHEMA', 'digest'],
+  ['zero extent with data', { ...extent, zero: true, data: new Uint8Array(512) }, 'E_SCHEMA', 'data'],
+  ['zero extent with digest', { ...extent, zero: true, data: new Uint8Array(0) }, 'E_SCHEMA', 'digest'],
+  ['zero extent compressed', { ...extent, zero: true, compression: 'lz4', data: new Uint8Array(0), digest: new Uint8Array(0) }, 'E_SCHEMA', 'compression'],
+  ['extent above maxExtentBytes', { ...extent, length: 32 * MiB, data: new Uint8Array(32 * MiB) }, 'E_FRAME_TOO_LARGE', 'length'],
+  ['disk handle 256', { ...extent, disk: 256 }, 'E_SCHEMA', 'disk'],
+  ['missing field', { kind: MessageKind.ExtentAck, disk: 0 }, 'E_SCHEMA', 'seq'],
+  ['extra field', { kind: MessageKind.ExtentAck, disk: 0, seq: 1, extra: 1 }, 'E_SCHEMA', 'extra'],
+  ['string for a number', { kind: MessageKind.ExtentAck, disk: 0, seq: '1' }, 'E_SCHEMA', 'seq'],
+  ['bool for bin', { ...extent, data: true }, 'E_SCHEMA', 'data'],
+  ['vm name with a slash', { kind: MessageKind.Commit, vm: '../x', cycle: 1 }, 'E_BAD_NAME', 'vm'],
+  ['vm name ..', { kind: MessageKind.Rollback, vm: '..' }, 'E_BAD_NAME', 'vm'],
+  ['cycle 0', { kind: MessageKind.Commit, vm: 'a', cycle: 0 }, 'E_SCHEMA', 'cycle'],
+  ['file name with NUL', { ...sample('vm-open'), files: [{ name: 'a\u0000', data: new Uint8Array(0) }] }, 'E_BAD_NAME', 'files[0].name'],
+  ['duplicate file names', { ...sample('vm-open'), files: [{ name: 'a', data: new Uint8Array(0) }, { name: 'a', data: new Uint8Array(0) }] }, 'E_SCHEMA', 'files[1]'],
+  ['65 files', { ...sample('vm-open'), files: Array.from({ length: 65 }, (_, i) => ({ name: `f${i}`, data: new Uint8Array(0) })) }, 'E_SCHEMA', 'files'],
+  ['file above 16 MiB', { ...sample('vm-open'), files: [{ name: 'a', data: new Uint8Array(16 * MiB + 1) }] }, 'E_SCHEMA', 'files[0].data'],
+  ['upper-case CID', { ...sample('disk-open incremental'), source: { layers: [{ file: 'a.vmdk', cid: 'ABCDEF01', parentCid: 'ffffffff' }], successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers[0].cid'],
+  ['no layers', { ...sample('disk-open incremental'), source: { layers: [], successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers'],
+  ['65 layers', { ...sample('disk-open incremental'), source: { layers: Array.from({ length: 65 }, () => ({ file: 'a.vmdk', cid: '00000000', parentCid: 'ffffffff' })), successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers'],
+  ['capacity not sector aligned', { ...sample('disk-open incremental'), capacity: 1000 }, 'E_SCHEMA', 'capacity'],
+  ['seed with a base cycle', { ...sample('disk-open seed of a 4 PiB disk'), baseCycle: 1 }, 'E_SCHEMA', 'baseCycle'],
+  ['incremental on itself', { ...sample('disk-open incremental'), baseCycle: 3 }, 'E_SCHEMA', 'baseCycle'],
+  ['unknown mode', { ...sample('disk-open incremental'), mode: 'full' }, 'E_SCHEMA', 'mode'],
+  ['cycleId not hex', { ...sample('disk-open incremental'), cycleId: 'xyz' }, 'E_SCHEMA', 'cycleId'],
+  ['ddb value with a newline', { ...sample('disk-open incremental'), ddb: { 'ddb.x': 'a\nb' } }, 'E_SCHEMA', 'ddb["ddb.x"]'],
+  ['ddb value with a quote', { ...sample('disk-open incremental'), ddb: { 'ddb.x': 'a"b' } }, 'E_SCHEMA', 'ddb["ddb.x"]'],
+  ['accepted with a reason', { ...sample('disk-state accepted, resuming'), reason: 'E_BUSY' }, 'E_SCHEMA', 'reason'],
+  ['refused without a reason', { ...sample('disk-state refused, no mirror yet'), reason: '' }, 'E_SCHEMA', 'reason'],
+  ['trivial prefix above size', { ...sample('trivial-check'), prefixBytes: 17 * 1024 * MiB }, 'E_SCHEMA', 'prefixBytes'],
+  ['trivial digest of the wrong length', { ...sample('trivial-check'), digest: new Uint8Array(32) }, 'E_SCHEMA', 'digest'],
+  ['certify with an unknown algorithm', { ...sample('certify'), algorithm: 'crc32' }, 'E_SCHEMA', 'algorithm'],
+  ['welcome with an unknown digest', { ...sample('welcome'), digest: 'blake3' }, 'E_SCHEMA', 'digest'],
+  ['hello without versions', { ...sample('hello'), versions: [] }, 'E_SCHEMA', 'versions'],
+  ['hello version 0', { ...sample('hello'), versions: [0] }, 'E_SCHEMA', 'versions'],
+  ['hello extent limit not sector aligned', { ...sample('hello'), limits: { maxMessageBytes: 65536, maxExtentBytes: 1000, windowBytes: 1 } }, 'E_SCHEMA', 'limits.maxExtentBytes'],
+  ['hello algorithm token with spaces', { ...sample('hello'), digests: ['x y'] }, 'E_SCHEMA', 'digests[0]'],
+  ['error code not E_', { kind: MessageKind.Error, code: 'oops', message: '', fatal: true }, 'E_SCHEMA', 'code'],
+  ['committed duplicate disks', { ...sample('committed'), disks: [{ disk: 0, mirrorCid: '00000000', size: 0 }, { disk: 0, mirrorCid: '00000000', size: 0 }] }, 'E_SCHEMA', 'disks[1]'],
+  ['lone surrogate', { kind: MessageKind.Error, code: 'E_IO', message: '\ud800', fatal: true }, 'E_SCHEMA', 'message'],
+  ['error message above 4096 bytes', { kind: MessageKind.Error, code: 'E_IO', message: 'é'.repeat(2049), fatal: true }, 'E_SCHEMA', 'message'],
+]
+
+t.test('invalid messages are refused by the encoder and, sent anyway, by the decoder', async (t) => {
+  const limits = { maxExtentBytes: 16 * MiB, maxMessageBytes: 64 * MiB }
+  for (const [name, m, code, field] of bad) {
+    t.throws(() => encodeMessage(m as never, limits), { name: 'ProtocolError', code, ...(field === undefined ? {} : { field }) }, `encode: ${name}`)
+    // what a buggy or hostile peer might put on the wire (msgpackr does not validate)
+    const { kind, ...fields } = m
+    if (name === 'lone surrogate') continue // msgpackr writes U+FFFD-free WTF-8 that is not UTF-8: covered below
+    t.throws(() => decodeMessage(frame(kind as number, fields), limits), { name: 'ProtocolError', code, ...(field === undefined ? {} : { field }) }, `decode: ${name}`)
+  }
+})
+
+t.test('structural errors', async (t) => {
+  const ok = encodeMessage(extent)
+  const cases: Array<[string, Uint8Array, string]> = [
+    ['empty frame', new Uint8Array(0), 'E_MALFORMED'],
+    ['kind only', Uint8Array.of(0x21), 'E_MALFORMED'],
+    ['unknown kind', Uint8Array.of(0x03, 0x80), 'E_UNKNOWN_KIND'],
+    ['unknown kind 0xff', Uint8Array.of(0xff, 0x80), 'E_UNKNOWN_KIND'],
+    ['truncated', ok.subarray(0, ok.length - 1), 'E_MALFORMED'],
+    ['trailing byte', Buffer.concat([ok, Uint8Array.of(0xc0)]), 'E_MALFORMED'],
+    ['body is an array', Uint8Array.of(0x21, 0x92, 0x00, 0x00), 'E_SCHEMA'],
+    ['body is nil', Uint8Array.of(0x21, 0xc0), 'E_SCHEMA'],
+    ['timestamp extension', frame(0x7f, { code: 'E_IO', message: new Date(0), fatal: true }), 'E_MALFORMED'],
+    ['reserved 0xc1', Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0xc1), 'E_MALFORMED'],
+    ['ext8', Uint8Array.of(0x21, 0xc7, 0x00, 0x01), 'E_MALFORMED'],
+    ['map claiming 2^32-1 entries', Uint8Array.of(0x21, 0xdf, 0xff, 0xff, 0xff, 0xff), 'E_MALFORMED'],
+    ['array claiming 2^32-1 items', Buffer.concat([Buffer.from(encodeMessage(sample('vm-open'))).subarray(0, 8), Uint8Array.of(0xdd, 0xff, 0xff, 0xff, 0xff)]), 'E_SCHEMA'],
+    ['str claiming 4 GiB', Uint8Array.of(0x23, 0x81, 0xdb, 0xff, 0xff, 0xff, 0xff), 'E_SCHEMA'],
+    ['bin claiming 4 GiB', Uint8Array.of(0x7f, 0x81, 0xa4, 0x63, 0x6f, 0x64, 0x65, 0xc6, 0xff, 0xff, 0xff, 0xff), 'E_SCHEMA'],
+    ['invalid UTF-8 key', Uint8Array.of(0x23, 0x81, 0xa1, 0xff, 0x00), 'E_SCHEMA'],
+    ['uint64 above 2^53', Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00, 0xa3, 0x73, 0x65, 0x71, 0xcf, 0x00, 0x20, 0, 0, 0, 0, 0, 0), 'E_SCHEMA'],
+    ['negative fixint', Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00, 0xa3, 0x73, 0x65, 0x71, 0xff), 'E_SCHEMA'],
+    ['float seq', frame(0x21, { disk: 0, seq: 1.5 }), 'E_SCHEMA'],
+    ['duplicate key', Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00), 'E_SCHEMA'],
+  ]
+  for (const [name, f, code] of cases) {
+    t.throws(() => decodeMessage(f), { name: 'ProtocolError', code }, name)
+    // the decoder keeps no state: the next good frame decodes
+    t.equal(canonical(decodeMessage(ok)), canonical(extent), `usable after: ${name}`)
+  }
+})
+
+t.test('frame size limit is checked before parsing', async (t) => {
+  const big = encodeMessage({ ...extent, length: 2 * MiB, data: new Uint8Array(2 * MiB) })
+  t.throws(() => decodeMessage(big, { maxMessageBytes: MiB }), { code: 'E_FRAME_TOO_LARGE', closeCode: 1009 })
+  t.throws(() => decodeMessage(big, { maxExtentBytes: MiB }), { code: 'E_FRAME_TOO_LARGE', field: 'length' })
+  t.throws(() => encodeMessage({ ...extent, length: 2 * MiB, data: new Uint8Array(2 * MiB) }, { maxMessageBytes: MiB }), { code: 'E_FRAME_TOO_LARGE' })
+  t.ok(decodeMessage(big, { maxExtentBytes: 2 * MiB }))
+  t.throws(() => decodeMessage('x' as never), { code: 'E_MALFORMED' })
+})
+
+t.test('negotiated digest length is enforced when given', async (t) => {
+  const f = encodeMessage(extent) // 8-byte digest
+  t.ok(decodeMessage(f, { digest: 'xxh64' }))
+  t.throws(() => decodeMessage(f, { digest: 'sha256' }), { code: 'E_SCHEMA', field: 'digest' })
+  const end = encodeMessage(sample('disk-end'))
+  t.throws(() => decodeMessage(end, { digest: 'md5' }), { code: 'E_SCHEMA', field: 'digest' })
+})
+
+t.test('encode refuses unknown kinds and non-objects', async (t) => {
+  t.throws(() => encodeMessage({ kind: 0x03 } as never), { code: 'E_UNKNOWN_KIND' })
+  t.throws(() => encodeMessage(null as never), { code: 'E_UNKNOWN_KIND' })
+  t.throws(() => encodeMessage({ kind: MessageKind.Commit, vm: 'a', cycle: 1, extra: 2 } as never), { code: 'E_SCHEMA', field: 'extra' })
+  t.throws(() => encodeMessage({ ...sample('committed'), disks: [[]] } as never), { code: 'E_SCHEMA', field: 'disks[0]' })
+})
+
+t.test('a 1 MiB extent is encoded with one copy and decoded with none', async (t) => {
+  const data = new Uint8Array(MiB).fill(0x5a)
+  const m: ExtentMessage = { ...extent, length: MiB, data }
+  const f = encodeMessage(m)
+  t.equal(f.length, 1 + MiB + 200 - 200 + (f.length - 1 - MiB), 'sanity')
+  t.ok(f.length - MiB < 128, `header overhead ${f.length - MiB} bytes`)
+  const d = decodeMessage(f) as ExtentMessage
+  t.equal(d.data.buffer, f.buffer)
+  t.equal(d.data.length, MiB)
+  t.equal(d.data[MiB - 1], 0x5a)
+})

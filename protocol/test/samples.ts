@@ -1,0 +1,180 @@
+/**
+ * Hand-written valid messages of every kind: the golden vectors' inputs and
+ * the seeds of the codec tests. Deterministic (no randomness).
+ */
+import { MessageKind, type Message } from '../src/messages.ts'
+
+const bytes = (n: number, f: (i: number) => number = (i) => i & 0xff): Uint8Array => Uint8Array.from({ length: n }, (_, i) => f(i))
+const MiB = 1024 * 1024
+
+export interface Sample { readonly name: string, readonly message: Message }
+
+const source = {
+  layers: [
+    { file: 'web01.vmdk', cid: '3f2e1d0c', parentCid: 'ffffffff' },
+    { file: 'web01-000001.vmdk', cid: '0a0b0c0d', parentCid: '3f2e1d0c' },
+  ],
+  successor: 'web01-000002.vmdk',
+}
+
+export const samples: readonly Sample[] = [
+  {
+    name: 'hello',
+    message: {
+      kind: MessageKind.Hello,
+      versions: [1],
+      software: 'grainline-agent/0.1.0',
+      digests: ['xxh64', 'sha256', 'sha1', 'md5'],
+      compressions: ['lz4', 'deflate', 'none'],
+      limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB },
+    },
+  },
+  {
+    name: 'hello with a version and an algorithm this build does not know',
+    message: {
+      kind: MessageKind.Hello,
+      versions: [2, 1],
+      software: '',
+      digests: ['blake3' as never, 'md5'],
+      compressions: ['zstd' as never, 'none'],
+      limits: { maxMessageBytes: 4096, maxExtentBytes: 512, windowBytes: 1 },
+    },
+  },
+  {
+    name: 'welcome',
+    message: {
+      kind: MessageKind.Welcome,
+      version: 1,
+      software: 'grainline-receiver/0.1.0',
+      digest: 'xxh64',
+      compression: 'lz4',
+      limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB },
+      session: 's-0001',
+    },
+  },
+  {
+    name: 'vm-open',
+    message: {
+      kind: MessageKind.VmOpen,
+      vm: 'web01',
+      cycle: 3,
+      compat: { hwVersion: 19, datastoreType: 'vmfs6', guestOS: 'debian12-64' },
+      files: [
+        { name: 'web01.vmx', data: new TextEncoder().encode('.encoding = "UTF-8"\nvirtualHW.version = "19"\n') },
+        { name: 'web01.nvram', data: bytes(40, (i) => (i * 37) & 0xff) },
+      ],
+      disks: ['web01.vmdk', 'web01_1.vmdk'],
+    },
+  },
+  {
+    name: 'vm-open with no files and no disks',
+    message: { kind: MessageKind.VmOpen, vm: 'vm é 日本', cycle: 1, compat: { hwVersion: 0, datastoreType: '', guestOS: '' }, files: [], disks: [] },
+  },
+  {
+    name: 'vm-state',
+    message: { kind: MessageKind.VmState, vm: 'web01', exists: true, committedCycle: 2, inflightCycle: 3, compatible: true },
+  },
+  {
+    name: 'disk-open incremental',
+    message: {
+      kind: MessageKind.DiskOpen,
+      disk: 0,
+      name: 'web01.vmdk',
+      capacity: 16 * 1024 * MiB,
+      cycle: 3,
+      mode: 'incremental',
+      baseCycle: 2,
+      source,
+      cycleId: '5a3f0e6c1d2b4a59887766554433221100ffeeddccbbaa998877665544332211',
+      ddb: { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '19', 'ddb.uuid': '60 00 C2 9a 2b 3c 4d 5e-6f 70 81 92 a3 b4 c5 d6' },
+      totalBytes: 5 * MiB + 512,
+      totalExtents: 7,
+    },
+  },
+  {
+    name: 'disk-open seed of a 4 PiB disk',
+    message: {
+      kind: MessageKind.DiskOpen,
+      disk: 255,
+      name: 'big.vmdk',
+      capacity: 4 * 1024 ** 5,
+      cycle: 1,
+      mode: 'seed',
+      baseCycle: 0,
+      source: { layers: [{ file: 'big.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'big-000001.vmdk' },
+      cycleId: '0123456789abcdef',
+      ddb: {},
+      totalBytes: 4 * 1024 ** 5,
+      totalExtents: 268435456,
+    },
+  },
+  {
+    name: 'disk-state accepted, resuming',
+    message: {
+      kind: MessageKind.DiskState,
+      disk: 0,
+      accepted: true,
+      reason: '',
+      committedCycle: 2,
+      committedSource: { layers: [source.layers[0]!], successor: 'web01-000001.vmdk' },
+      mirrorCid: 'c0ffee00',
+      modified: false,
+      resumeSeq: 4,
+      resumeBytes: 4 * MiB,
+    },
+  },
+  {
+    name: 'disk-state refused, no mirror yet',
+    message: {
+      kind: MessageKind.DiskState,
+      disk: 1,
+      accepted: false,
+      reason: 'E_CHAIN_MISMATCH',
+      committedCycle: 0,
+      committedSource: null,
+      mirrorCid: '',
+      modified: false,
+      resumeSeq: 0,
+      resumeBytes: 0,
+    },
+  },
+  {
+    name: 'extent data, uncompressed, xxh64',
+    message: { kind: MessageKind.Extent, disk: 0, seq: 0, offset: 1048576, length: 512, zero: false, compression: 'none', data: bytes(512), digest: bytes(8, (i) => 0xa0 + i) },
+  },
+  {
+    name: 'extent data, lz4, sha256, far offset',
+    message: { kind: MessageKind.Extent, disk: 2, seq: 70000, offset: 2 ** 52, length: 65536, zero: false, compression: 'lz4', data: bytes(300, (i) => (i * 7) & 0xff), digest: bytes(32) },
+  },
+  {
+    name: 'extent zero',
+    message: { kind: MessageKind.Extent, disk: 0, seq: 1, offset: 2 * MiB, length: 1024 * MiB, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) },
+  },
+  { name: 'extent-ack', message: { kind: MessageKind.ExtentAck, disk: 0, seq: 6 } },
+  {
+    name: 'disk-end',
+    message: { kind: MessageKind.DiskEnd, disk: 0, extents: 7, dataBytes: 4 * MiB + 512, zeroBytes: MiB, digest: bytes(8, (i) => 0xf0 | i) },
+  },
+  { name: 'disk-ended', message: { kind: MessageKind.DiskEnded, disk: 0 } },
+  { name: 'commit', message: { kind: MessageKind.Commit, vm: 'web01', cycle: 3 } },
+  {
+    name: 'committed',
+    message: {
+      kind: MessageKind.Committed,
+      vm: 'web01',
+      cycle: 3,
+      disks: [{ disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB }, { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB }],
+    },
+  },
+  {
+    name: 'trivial-check',
+    message: { kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: 64 * MiB, algorithm: 'sha1', size: 16 * 1024 * MiB, digest: bytes(20) },
+  },
+  { name: 'trivial-result', message: { kind: MessageKind.TrivialResult, disk: 0, ok: true, size: 16 * 1024 * MiB, digest: bytes(20) } },
+  { name: 'trivial-result without a mirror', message: { kind: MessageKind.TrivialResult, disk: 3, ok: false, size: 0, digest: new Uint8Array(0) } },
+  { name: 'certify', message: { kind: MessageKind.Certify, disk: 0, algorithm: 'md5', digest: bytes(16) } },
+  { name: 'certify-result', message: { kind: MessageKind.CertifyResult, disk: 0, ok: false, algorithm: 'md5', digest: bytes(16, (i) => 255 - i), bytes: 16 * 1024 * MiB } },
+  { name: 'rollback', message: { kind: MessageKind.Rollback, vm: 'web01' } },
+  { name: 'rolled-back', message: { kind: MessageKind.RolledBack, vm: 'web01', committedCycle: 2 } },
+  { name: 'error', message: { kind: MessageKind.Error, code: 'E_CYCLE_MISMATCH', message: 'resume refused: cycle identity differs', fatal: false } },
+]
