@@ -1,0 +1,71 @@
+/**
+ * Golden vectors (vectors/README.md): built from `samples.ts` with the
+ * current encoder. `npm run vectors` writes them; vectors.test.ts checks that
+ * the committed files equal a fresh build and decode/encode both ways.
+ */
+import { decodeMessage, encodeMessage } from '../src/codec.ts'
+import { ProtocolError } from '../src/errors.ts'
+import { MessageKind } from '../src/messages.ts'
+import { toJson } from './json.ts'
+import { samples } from './samples.ts'
+
+export interface ValidVector { readonly name: string, readonly message: unknown, readonly hex: string }
+export interface InvalidVector { readonly name: string, readonly hex: string, readonly error: string }
+
+const kebab = (s: string): string => s.replace(/[A-Z]/g, (c, i: number) => (i > 0 ? '-' : '') + c.toLowerCase())
+
+/** Decode limits the vectors are checked with (the defaults, with extents up to 64 MiB). */
+export const VECTOR_LIMITS = { maxExtentBytes: 64 * 1024 * 1024 }
+
+function errorCode (hex: string): string {
+  try {
+    decodeMessage(Buffer.from(hex, 'hex'), VECTOR_LIMITS)
+  } catch (err) {
+    if (err instanceof ProtocolError) return err.code
+    throw err
+  }
+  throw new Error(`invalid vector decodes: ${hex}`)
+}
+
+/** file name → file contents */
+export function buildVectors (): Map<string, string> {
+  const files = new Map<string, string>()
+  const invalid: InvalidVector[] = []
+  for (const [key, kind] of Object.entries(MessageKind)) {
+    const entries: ValidVector[] = []
+    for (const s of samples.filter((x) => x.message.kind === kind)) {
+      const hex = Buffer.from(encodeMessage(s.message)).toString('hex')
+      entries.push({ name: s.name, message: toJson(s.message), hex })
+      // truncated frames must fail: one byte short, half, and the kind byte alone
+      const bytes = hex.length / 2
+      for (const cut of [...new Set([bytes - 1, Math.floor(bytes / 2), 1])]) {
+        const t = hex.slice(0, cut * 2)
+        invalid.push({ name: `${s.name}, truncated to ${cut} of ${bytes} bytes`, hex: t, error: errorCode(t) })
+      }
+    }
+    files.set(`${kebab(key)}.json`, JSON.stringify(entries, null, 2) + '\n')
+  }
+  const more: Array<[string, string]> = [
+    ['empty frame', ''],
+    ['unknown kind 0x00', '0080'],
+    ['unknown kind 0x03', '0380'],
+    ['unknown kind 0x7e', '7e80'],
+    ['extent-ack with a trailing nil', '2182a46469736b00a373657101c0'],
+    ['extent-ack missing seq', '2181a46469736b00'],
+    ['extent-ack with an unknown field', '2183a46469736b00a373657101a178c0'],
+    ['extent-ack with a duplicate field', '2183a46469736b00a373657101a373657102'],
+    ['extent-ack with a negative seq', '2182a46469736b00a3736571ff'],
+    ['extent-ack with seq 2^53 as uint64', '2182a46469736b00a3736571cf0020000000000000'],
+    ['extent-ack with a fractional float seq', '2182a46469736b00a3736571cb3ff8000000000000'],
+    ['extent-ack body is an array', '21920000'],
+    ['extent-ack body is a timestamp extension', '21d6ff00000000'],
+    ['extent-ack with the reserved byte 0xc1', '2182a46469736b00a3736571c1'],
+    ['disk-ended with a map claiming 2^32-1 entries', '23dfffffffff'],
+    ['rollback with a vm name of ".."', '5081a2766da22e2e'],
+    ['rollback with a vm name containing "/"', '5081a2766da3612f62'],
+    ['rollback with invalid UTF-8', '5081a2766da2c328'],
+  ]
+  for (const [name, hex] of more) invalid.push({ name, hex, error: errorCode(hex) })
+  files.set('invalid.json', JSON.stringify(invalid, null, 2) + '\n')
+  return files
+}
