@@ -1,0 +1,145 @@
+/**
+ * Test harness for the esxi driver: a real OpenSSH server on loopback whose
+ * sessions run the vim-cmd stand-in (scripts/esxi-standin/) against a
+ * datastore folder in a temp dir.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { mkdtemp, writeFile, mkdir, readFile, rm, chmod } from 'node:fs/promises'
+import { createServer, connect } from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..')
+export const standinDir = path.join(repoRoot, 'scripts/esxi-standin')
+
+export interface StandinVm {
+  id: string
+  name: string
+  vmx: string
+  guest?: string
+  version?: string
+  annotation?: string
+  deltaFormat?: 'sesparse' | 'vmfssparse'
+  fail?: Record<string, string>
+  hang?: Record<string, number>
+  skipConsolidation?: boolean
+  consolidationNeeded?: boolean
+}
+export interface StandinState {
+  datastores: Record<string, { path: string, uuid?: string }>
+  vms: StandinVm[]
+}
+
+export interface SshHarness {
+  dir: string
+  port: number
+  user: string
+  hostKeyFingerprint: string
+  userKey: string
+  otherKey: string
+  statePath: string
+  datastore: string
+  readState (): Promise<StandinState>
+  writeState (s: StandinState): Promise<void>
+  stop (): Promise<void>
+}
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address()
+      srv.close(() => { resolve(typeof a === 'object' && a !== null ? a.port : 0) })
+    })
+  })
+}
+
+async function waitForPort (port: number, proc: ChildProcess, stderr: () => string): Promise<void> {
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`sshd exited with ${proc.exitCode}: ${stderr()}`)
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1')
+      s.once('connect', () => { s.destroy(); resolve(true) })
+      s.once('error', () => { resolve(false) })
+    })
+    if (ok) return
+    if (Date.now() > deadline) throw new Error(`sshd did not listen on ${port}: ${stderr()}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Start sshd on a free loopback port with fresh host and user keys. */
+export async function startSshHarness (): Promise<SshHarness> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'grainline-esxi-'))
+  const keygen = (file: string): void => { execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', path.basename(file), '-f', path.join(dir, file)]) }
+  keygen('host_key')
+  keygen('user_key')
+  keygen('other_key')
+  // the fingerprint as OpenSSH computes it: the independent oracle for ours
+  const fp = /(SHA256:[A-Za-z0-9+/]+)/.exec(execFileSync('ssh-keygen', ['-l', '-E', 'sha256', '-f', path.join(dir, 'host_key.pub')]).toString())?.[1]
+  if (fp === undefined) throw new Error('ssh-keygen printed no fingerprint')
+  await writeFile(path.join(dir, 'authorized_keys'), await readFile(path.join(dir, 'user_key.pub')))
+  const datastore = path.join(dir, 'datastore1')
+  await mkdir(datastore)
+  const statePath = path.join(dir, 'standin-state.json')
+  const state: StandinState = { datastores: { datastore1: { path: datastore, uuid: '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6' } }, vms: [] }
+  await writeFile(statePath, JSON.stringify(state, null, 2))
+  const session = path.join(dir, 'session.sh')
+  // ForceCommand: every session runs the requested command line with a real
+  // POSIX shell, with the stand-in first on PATH (so `vim-cmd` resolves to it)
+  await writeFile(session, [
+    '#!/bin/sh',
+    `PATH=${JSON.stringify(standinDir)}:/usr/local/bin:/usr/bin:/bin; export PATH`,
+    `ESXI_STANDIN_STATE=${JSON.stringify(statePath)}; export ESXI_STANDIN_STATE`,
+    `ESXI_STANDIN_NODE=${JSON.stringify(process.execPath)}; export ESXI_STANDIN_NODE`,
+    'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"',
+    '',
+  ].join('\n'))
+  await chmod(session, 0o755)
+  const port = await freePort()
+  const cfg = path.join(dir, 'sshd_config')
+  await writeFile(cfg, [
+    `Port ${port}`,
+    'ListenAddress 127.0.0.1',
+    `HostKey ${path.join(dir, 'host_key')}`,
+    `PidFile ${path.join(dir, 'sshd.pid')}`,
+    'UsePAM no',
+    'PermitRootLogin prohibit-password',
+    'PubkeyAuthentication yes',
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+    'StrictModes no',
+    `ForceCommand ${session}`,
+    'LogLevel ERROR',
+    '',
+  ].join('\n'))
+  await mkdir('/run/sshd', { recursive: true })
+  const proc = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let errText = ''
+  proc.stderr?.on('data', (b: Buffer) => { errText += b.toString() })
+  await waitForPort(port, proc, () => errText)
+  return {
+    dir,
+    port,
+    user: os.userInfo().username,
+    hostKeyFingerprint: fp,
+    userKey: await readFile(path.join(dir, 'user_key'), 'utf8'),
+    otherKey: await readFile(path.join(dir, 'other_key'), 'utf8'),
+    statePath,
+    datastore,
+    readState: async () => JSON.parse(await readFile(statePath, 'utf8')) as StandinState,
+    writeState: async (s) => { await writeFile(statePath, JSON.stringify(s, null, 2)) },
+    stop: async () => {
+      if (proc.exitCode === null) {
+        const exited = new Promise((resolve) => proc.once('exit', resolve))
+        proc.kill('SIGTERM')
+        await exited
+      }
+      await rm(dir, { recursive: true, force: true })
+    },
+  }
+}

@@ -1,0 +1,73 @@
+import t from 'tap'
+import { Writable } from 'node:stream'
+import { pino } from 'pino'
+import { EsxiSsh, sshFingerprint, normalizeFingerprint } from '../src/esxi/ssh.ts'
+import { shJoin } from '../src/esxi/shell-quote.ts'
+import { startSshHarness } from './esxi-harness.ts'
+
+function logSink (): { logger: pino.Logger, lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({ write (chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>); cb() } })
+  return { logger: pino({ level: 'debug' }, stream), lines }
+}
+
+const h = await startSshHarness()
+t.teardown(() => h.stop())
+
+const base = { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: h.hostKeyFingerprint, connectTimeoutMs: 10_000 }
+
+t.test('fingerprint format', async (t) => {
+  t.equal(sshFingerprint(Buffer.from('abc')), 'SHA256:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0')
+  t.equal(normalizeFingerprint(' SHA256:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0= '), 'SHA256:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0')
+  for (const bad of ['', 'ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0', 'MD5:aa:bb', 'SHA256:short']) {
+    t.throws(() => normalizeFingerprint(bad), { code: 'E_CONFIG' })
+  }
+})
+
+t.test('connects when the pinned fingerprint is the one ssh-keygen prints; commands, quoting, logs', async (t) => {
+  const { logger, lines } = logSink()
+  const ssh = await EsxiSsh.connect(base, { logger })
+  t.teardown(() => ssh.close())
+  const tricky = ["web 01", "it's", "$(id)", "a\nb", "*"]
+  const r = await ssh.exec(shJoin(['printf', '[%s]', ...tricky]), { vm: 'web 01' })
+  t.equal(r.code, 0)
+  t.equal(r.stdout, tricky.map((s) => `[${s}]`).join(''))
+  const fail = await ssh.exec('echo oops >&2; exit 3')
+  t.same([fail.code, fail.stderr], [3, 'oops\n'])
+  const done = lines.filter((l) => l.msg === 'esxi command done')
+  t.equal(done.length, 2)
+  t.match(done[0], { level: 20, esxiHost: '127.0.0.1', vm: 'web 01', code: 0, stdout: r.stdout })
+  t.match(String(done[0]?.command), /^printf/)
+  t.match(done[1], { code: 3, stderr: 'oops\n' })
+})
+
+t.test('a host-key mismatch fails loudly, naming both fingerprints', async (t) => {
+  const wrong = sshFingerprint(Buffer.from('not the host key'))
+  const err = await EsxiSsh.connect({ ...base, hostKeyFingerprint: wrong }, { logger: pino({ level: 'silent' }) }).then(() => undefined, (e: unknown) => e)
+  t.match(err, { name: 'EsxiError', code: 'E_HOST_KEY', host: '127.0.0.1' })
+  t.match(String((err as Error).message), h.hostKeyFingerprint)
+  t.match(String((err as Error).message), wrong)
+})
+
+t.test('a key the host does not accept', async (t) => {
+  await t.rejects(EsxiSsh.connect({ ...base, privateKey: h.otherKey }, { logger: pino({ level: 'silent' }) }), { code: 'E_SSH_AUTH' })
+  await t.rejects(EsxiSsh.connect({ ...base, privateKey: 'not a key' }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
+})
+
+t.test('nobody listening', async (t) => {
+  await t.rejects(EsxiSsh.connect({ ...base, port: 1 }, { logger: pino({ level: 'silent' }) }), { code: 'E_SSH_CONNECT' })
+})
+
+t.test('timeout, abort and output limit; the connection stays usable', async (t) => {
+  const ssh = await EsxiSsh.connect(base, { logger: pino({ level: 'silent' }) })
+  t.teardown(() => ssh.close())
+  const started = Date.now()
+  await t.rejects(ssh.exec('sleep 20', { timeoutMs: 300, vm: 'vm1' }), { code: 'E_TIMEOUT', command: 'sleep 20', vm: 'vm1', message: /within 300 ms/ })
+  t.ok(Date.now() - started < 5000)
+  const ac = new AbortController()
+  setTimeout(() => { ac.abort() }, 200)
+  await t.rejects(ssh.exec('sleep 20', { signal: ac.signal }), { code: 'E_ABORTED' })
+  await t.rejects(ssh.exec('head -c 100000 /dev/zero', { maxOutputBytes: 1000 }), { code: 'E_OUTPUT_LIMIT' })
+  const r = await ssh.exec('echo still here')
+  t.equal(r.stdout, 'still here\n')
+})
