@@ -1,0 +1,67 @@
+import fc from 'fast-check'
+import t from 'tap'
+import { decodeMessage, encodeMessage } from '../src/codec.ts'
+import { ProtocolError } from '../src/errors.ts'
+import { MessageKind, type Message } from '../src/messages.ts'
+import { message } from './arbitraries.ts'
+import { canonical } from './json.ts'
+
+const LIMITS = { maxExtentBytes: 64 << 20 }
+const kinds = Object.values(MessageKind)
+const good = encodeMessage({ kind: MessageKind.ExtentAck, disk: 1, seq: 99 })
+const goodJson = canonical(decodeMessage(good))
+
+/** decode `f`; anything but a ProtocolError fails the property; a decoded message must itself be valid */
+function decodeOnlyTyped (f: Uint8Array): void {
+  let m: Message
+  try {
+    m = decodeMessage(f, LIMITS)
+  } catch (err) {
+    if (!(err instanceof ProtocolError)) throw err
+    if (canonical(decodeMessage(good)) !== goodJson) throw new Error('decoder not usable after an error')
+    return
+  }
+  // whatever the decoder lets through is a valid message: it re-encodes and round-trips
+  const again = decodeMessage(encodeMessage(m, LIMITS), LIMITS)
+  if (canonical(again) !== canonical(m)) throw new Error('accepted message does not round-trip')
+}
+
+t.test('decode(encode(m)) equals m for every kind', async (t) => {
+  const seen = new Set<number>()
+  fc.assert(fc.property(message, (m) => {
+    seen.add(m.kind)
+    const f = encodeMessage(m, LIMITS)
+    return canonical(decodeMessage(f, LIMITS)) === canonical(m)
+  }), { numRuns: 3000 })
+  t.equal(seen.size, kinds.length, 'every kind generated')
+})
+
+t.test('arbitrary bytes only ever throw ProtocolError', async (t) => {
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (b) => decodeOnlyTyped(b)), { numRuns: 5000 })
+  fc.assert(fc.property(fc.constantFrom(...kinds), fc.uint8Array({ maxLength: 200 }), (k, b) => decodeOnlyTyped(Buffer.concat([Uint8Array.of(k), b]))), { numRuns: 5000 })
+  t.pass()
+})
+
+const mutation = fc.oneof(
+  fc.record({ op: fc.constant('flip' as const), at: fc.nat(), bit: fc.integer({ min: 0, max: 7 }) }),
+  fc.record({ op: fc.constant('set' as const), at: fc.nat(), v: fc.integer({ min: 0, max: 255 }) }),
+  fc.record({ op: fc.constant('cut' as const), at: fc.nat() }),
+  fc.record({ op: fc.constant('insert' as const), at: fc.nat(), v: fc.integer({ min: 0, max: 255 }) }),
+  fc.record({ op: fc.constant('delete' as const), at: fc.nat() }),
+)
+
+t.test('mutated valid frames only ever throw ProtocolError, and what passes is valid', async (t) => {
+  fc.assert(fc.property(message, fc.array(mutation, { minLength: 1, maxLength: 4 }), (m, ops) => {
+    let f = Buffer.from(encodeMessage(m, LIMITS))
+    for (const op of ops) {
+      const at = op.at % Math.max(1, f.length)
+      if (op.op === 'flip') f[at] = (f[at] ?? 0) ^ (1 << op.bit)
+      else if (op.op === 'set') f[at] = op.v
+      else if (op.op === 'cut') f = f.subarray(0, at)
+      else if (op.op === 'insert') f = Buffer.concat([f.subarray(0, at), Uint8Array.of(op.v), f.subarray(at)])
+      else f = Buffer.concat([f.subarray(0, at), f.subarray(at + 1)])
+    }
+    decodeOnlyTyped(f)
+  }), { numRuns: 5000 })
+  t.pass()
+})
