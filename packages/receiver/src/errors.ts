@@ -23,9 +23,12 @@ export class ReceiverError extends Error {
 }
 
 /** Map a Node.js file-system error to E_NO_SPACE / E_IO with a clear message. */
-export function ioError (err: unknown, what: string): ReceiverError {
+export function ioError (err: unknown, what: string): Error {
   if (err instanceof ReceiverError) return err
   const code = (err as { code?: unknown } | null)?.code
+  const syscall = (err as { syscall?: unknown } | null)?.syscall
+  // not a file-system error (a bug, a protocol error): keep it as it is
+  if (typeof syscall !== 'string' && code !== 'EIO') return err instanceof Error ? err : new Error(String(err))
   const msg = (err as Error | null)?.message ?? String(err)
   if (code === 'ENOSPC' || code === 'EDQUOT') return new ReceiverError('E_NO_SPACE', `no space left while ${what}: ${msg}`, { cause: err })
   if (code === 'EROFS') return new ReceiverError('E_IO', `store is read-only while ${what}: ${msg}`, { cause: err })

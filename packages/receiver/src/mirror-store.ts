@@ -184,6 +184,8 @@ export class DiskApply {
   dataBytes: number
   zeroBytes: number
   sealed = false
+  /** the cycle digest, computed once at seal time */
+  sealedDigest: Uint8Array | undefined
   private closed = false
 
   private constructor (info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal, digest: CycleDigest, next: number) {
@@ -291,7 +293,8 @@ export class DiskApply {
   }
 
   /** Make the resume point durable and mark the disk sealed. */
-  async seal (): Promise<void> {
+  async seal (digest: Uint8Array): Promise<void> {
+    this.sealedDigest = digest
     await this.journal.flush(true)
     await this.fh.datasync()
     this.sealed = true
@@ -516,7 +519,7 @@ export class VmMirror {
           cycleId: a.info.cycleId,
           mirrorCid: newCid(prev?.mirrorCid),
           ddb: a.info.ddb,
-          cycleDigest: { algorithm: a.info.algorithm, digest: hex(a.cycleDigest.digest()) },
+          cycleDigest: { algorithm: a.info.algorithm, digest: hex(a.sealedDigest ?? new Uint8Array(0)) },
         }
         disks[a.info.name] = rec
         out.push(rec)

@@ -367,7 +367,7 @@ export class Session {
     }
     const digest = a.cycleDigest.digest()
     if (!sameBytes(digest, msg.digest)) fail('E_END_MISMATCH', 'cycle digest differs')
-    await a.seal()
+    await a.seal(digest)
     this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes }, 'disk sealed')
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }

@@ -1,0 +1,89 @@
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { MessageKind } from '@grainline/protocol'
+import { storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+
+t.test('seed then incremental cycles produce the exact images, bootable descriptors, mirror .vmx', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url, logs } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const cap = 6 * MiB
+  // image with a zero hole in the middle
+  const img1 = Buffer.concat([pattern(2 * MiB, 1), Buffer.alloc(2 * MiB), pattern(2 * MiB, 2)])
+  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r1 = await runCycle(a1, 'web-01', 1, [seedPlan(0, 'web-01.vmdk', img1, 'aa01aa01aa01aa01')], { compression: 'lz4' })
+  a1.close()
+  t.equal(r1.committed?.cycle, 1)
+  const flat = join(env.store, 'web-01', 'web-01-flat.vmdk')
+  t.ok(readFileSync(flat).equals(img1), 'seed flat == image')
+  t.equal(statSync(flat).size, cap)
+  t.ok(statSync(flat).blocks * 512 < cap, 'zero range left as a hole (sparse)')
+  const desc = readFileSync(join(env.store, 'web-01', 'web-01.vmdk'), 'utf8')
+  t.match(desc, /createType="vmfs"/)
+  t.match(desc, new RegExp(`CID=${r1.committed?.disks[0]?.mirrorCid ?? 'x'}`))
+  t.match(desc, /ddb.adapterType = "lsilogic"/)
+  const raw1 = join(env.dir, 'img1.raw')
+  writeFileSync(raw1, img1)
+  execFileSync('qemu-img', ['compare', '-f', 'vmdk', '-F', 'raw', join(env.store, 'web-01', 'web-01.vmdk'), raw1])
+  const vmx = readFileSync(join(env.store, 'web-01', 'web-01.vmx'), 'utf8')
+  t.match(vmx, /displayName = "web-01 \(grainline mirror\)"/)
+  t.match(vmx, /scsi0:0.fileName = "web-01.vmdk"/)
+  t.ok(existsSync(join(env.store, 'web-01', 'web-01.nvram')))
+
+  // incremental: change 3 ranges incl. a zeroed one and growth-free
+  const ranges = [{ offset: 512 * 1024, length: 1536 * 1024 }, { offset: 3 * MiB, length: 64 * 1024 }, { offset: 5 * MiB, length: MiB, zero: true }]
+  const img2 = evolve(img1, 9, ranges)
+  const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r2 = await runCycle(a2, 'web-01', 2, [incPlan(0, 'web-01.vmdk', img2, 1, 'bb02bb02bb02bb02', ranges, 'web-01-000001.vmdk', 'web-01-000002.vmdk')], { alg: 'xxh64', compression: 'deflate' })
+  t.equal(r2.committed?.cycle, 2)
+  t.not(r2.committed?.disks[0]?.mirrorCid, r1.committed?.disks[0]?.mirrorCid, 'new CID per commit')
+  t.ok(readFileSync(flat).equals(img2), 'incremental flat == image 2')
+  // trivial check + certify
+  const { createDigest } = await import('@grainline/protocol')
+  const prefix = createDigest('sha256').update(img2.subarray(0, MiB)).digest()
+  a2.send({ kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: MiB, algorithm: 'sha256', size: cap, digest: prefix })
+  const tr = await a2.expect(MessageKind.TrivialResult)
+  t.equal(tr.ok, true)
+  t.equal(tr.size, cap)
+  a2.send({ kind: MessageKind.Certify, disk: 0, algorithm: 'md5', digest: createDigest('md5').update(img2).digest() })
+  const cr = await a2.expect(MessageKind.CertifyResult)
+  t.equal(cr.ok, true)
+  t.equal(cr.bytes, cap)
+  a2.send({ kind: MessageKind.Certify, disk: 0, algorithm: 'sha1', digest: createDigest('sha1').update(img1).digest() })
+  t.equal((await a2.expect(MessageKind.CertifyResult)).ok, false, 'certify against the old image fails')
+  a2.close()
+  await a2.whenClosed()
+
+  // an incremental that does not follow the recorded successor is refused
+  const a3 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await t.rejects(runCycle(a3, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'cc03cc03cc03cc03', ranges, 'web-01-000099.vmdk', 'x.vmdk')]), { message: /E_CHAIN_MISMATCH/ })
+  a3.close()
+  await a3.whenClosed()
+
+  const st = await storeStatus(env.store)
+  t.equal(st.vms.length, 1)
+  t.equal(st.vms[0]?.committedCycle, 2)
+  t.equal(st.vms[0]?.disks[0]?.trivial?.ok, true)
+  t.equal(st.vms[0]?.disks[0]?.certify?.ok, false)
+  t.equal(st.vms[0]?.needsRecovery, false)
+  t.notOk(logs.text().includes(TOKEN), 'token never logged')
+
+  // someone boots the mirror: its descriptor CID changes → modified, incremental refused
+  const dpath = join(env.store, 'web-01', 'web-01.vmdk')
+  writeFileSync(dpath, readFileSync(dpath, 'utf8').replace(/CID=[0-9a-f]{8}/, 'CID=12345678'))
+  const a4 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const err = await runCycle(a4, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'dd03dd03dd03dd03', ranges, 'web-01-000002.vmdk', 'web-01-000003.vmdk')]).catch((e: { reason: string, state: { modified: boolean } }) => e)
+  t.match(err, { reason: 'E_MIRROR_MODIFIED', state: { modified: true } })
+  a4.close()
+  await a4.whenClosed()
+  // and a re-seed over it works
+  const img3 = pattern(cap, 33)
+  const a5 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a5, 'web-01', 3, [seedPlan(0, 'web-01.vmdk', img3, 'ee03ee03ee03ee03')])
+  a5.close()
+  t.ok(readFileSync(flat).equals(img3), 'reseed flat == image 3')
+  t.equal((await storeStatus(env.store)).vms[0]?.disks[0]?.modified, false)
+})
