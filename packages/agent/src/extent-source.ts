@@ -1,0 +1,186 @@
+/**
+ * Reads the planned extents of a disk through the FROZEN chain view and turns
+ * them into wire-ready extents: zero detection, per-extent digest, compression
+ * that is skipped when it does not pay. Pull-based with a small read-ahead, so
+ * memory is bounded by (readAhead + window), never by the disk size.
+ */
+import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import { compress, createDigest } from '@grainline/protocol'
+import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.ts'
+
+/** What the extent source needs from a chain (a subset of @grainline/vmdk's DiskChain). */
+export interface ChainView {
+  readonly capacity: number
+  read(offset: number, length: number, opts?: { depth?: number }): Promise<Buffer>
+}
+
+/** A wire-ready extent. */
+export interface PreparedExtent {
+  readonly seq: number
+  readonly offset: number
+  readonly length: number
+  readonly zero: boolean
+  readonly compression: CompressionAlgorithm
+  /** payload as sent (compressed when `compression` ≠ none); empty for zero */
+  readonly data: Uint8Array
+  /** digest of the uncompressed payload; empty for zero */
+  readonly digest: Uint8Array
+  /** the uncompressed bytes (for the in-pass view digest); undefined for zero extents */
+  readonly raw?: Buffer
+}
+
+const ZEROS = Buffer.alloc(1024 * 1024)
+
+/** True when every byte of `b` is zero. */
+export function isAllZero (b: Uint8Array): boolean {
+  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  for (let pos = 0; pos < buf.length; pos += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - pos)
+    if (buf.compare(ZEROS, 0, n, pos, pos + n) !== 0) return false
+  }
+  return true
+}
+
+/** Options of `readPlannedExtents`. */
+export interface ExtentSourceOptions {
+  /** chain depth of the newest frozen layer (never the running delta) */
+  readonly depth: number
+  readonly digest: DigestAlgorithm
+  /** negotiated compression; `none` disables */
+  readonly compression: CompressionAlgorithm
+  /** first seq to yield. @default 0 */
+  readonly fromSeq?: number
+  /** yield no further than this seq (exclusive). @default plan.totalExtents */
+  readonly toSeq?: number
+  /** extents read ahead of the consumer. @default 4 */
+  readonly readAhead?: number
+  /** compressed must be below this fraction of the original to be used. @default 0.9 */
+  readonly compressRatio?: number
+  readonly signal?: AbortSignal
+}
+
+/** Adaptive "does compression pay" state: after repeated misses, only probe now and then. */
+class CompressionGate {
+  #misses = 0
+  #skip = 0
+  shouldTry (): boolean {
+    if (this.#skip > 0) { this.#skip--; return false }
+    return true
+  }
+
+  result (paid: boolean): void {
+    if (paid) { this.#misses = 0; return }
+    this.#misses++
+    if (this.#misses >= 4) this.#skip = Math.min(64, 2 ** (this.#misses - 3))
+  }
+}
+
+/** Read, digest and compress the planned extents in seq order. */
+export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, opts: ExtentSourceOptions): AsyncGenerator<PreparedExtent> {
+  const gate = new CompressionGate()
+  const ratio = opts.compressRatio ?? 0.9
+  const toSeq = opts.toSeq ?? plan.totalExtents
+  const prepare = (p: PlannedExtent, raw: Buffer | undefined): PreparedExtent => {
+    if (raw === undefined || isAllZero(raw)) {
+      return { seq: p.seq, offset: p.offset, length: p.length, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) }
+    }
+    const digest = createDigest(opts.digest).update(raw).digest()
+    let data: Uint8Array = raw
+    let compression: CompressionAlgorithm = 'none'
+    if (opts.compression !== 'none' && gate.shouldTry()) {
+      const c = compress(opts.compression, raw)
+      const paid = c.length < raw.length * ratio
+      gate.result(paid)
+      if (paid) { data = c; compression = opts.compression }
+    }
+    return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw }
+  }
+  const planned = planExtents(plan, opts.fromSeq ?? 0)
+  const readAhead = Math.max(1, opts.readAhead ?? 4)
+  const pending: Array<Promise<PreparedExtent>> = []
+  const fill = (): void => {
+    while (pending.length < readAhead) {
+      const n = planned.next()
+      if (n.done === true || n.value.seq >= toSeq) return
+      const p = n.value
+      pending.push(p.zero ? Promise.resolve(prepare(p, undefined)) : chain.read(p.offset, p.length, { depth: opts.depth }).then((b) => prepare(p, b)))
+    }
+  }
+  try {
+    fill()
+    while (pending.length > 0) {
+      opts.signal?.throwIfAborted()
+      const next = await (pending.shift() as Promise<PreparedExtent>)
+      fill()
+      yield next
+    }
+  } finally {
+    // settle reads still in flight so no rejection goes unhandled
+    for (const p of pending) p.catch(() => {})
+  }
+}
+
+/**
+ * Digests of the frozen view computed while extents stream past in disk order
+ * (seed), or by reading (incremental): the trivial-check prefix and certify.
+ */
+export class ViewDigester {
+  readonly #prefixBytes: number
+  readonly #prefix: ReturnType<typeof createDigest>
+  readonly #full: ReturnType<typeof createDigest> | undefined
+  #pos = 0
+  prefixDigest: Uint8Array | undefined
+  fullDigest: Uint8Array | undefined
+  readonly capacity: number
+
+  constructor (capacity: number, trivialAlg: DigestAlgorithm, prefixBytes: number, certifyAlg: DigestAlgorithm | undefined) {
+    this.capacity = capacity
+    this.#prefixBytes = Math.min(prefixBytes, capacity)
+    this.#prefix = createDigest(trivialAlg)
+    this.#full = certifyAlg === undefined ? undefined : createDigest(certifyAlg)
+    if (this.#prefixBytes === 0) this.prefixDigest = this.#prefix.digest()
+  }
+
+  /** bytes consumed so far (the next expected offset) */
+  get position (): number { return this.#pos }
+
+  /** Feed the view from `offset` (must equal `position`); `data` undefined = `length` zero bytes. */
+  feed (offset: number, length: number, data: Uint8Array | undefined): void {
+    if (offset !== this.#pos) throw new RangeError(`view digest expects offset ${this.#pos}, got ${offset}`)
+    let done = 0
+    while (done < length) {
+      const n = data === undefined ? Math.min(ZEROS.length, length - done) : length - done
+      const chunk = data === undefined ? ZEROS.subarray(0, n) : data.subarray(done, done + n)
+      if (this.prefixDigest === undefined) {
+        const room = this.#prefixBytes - this.#pos
+        this.#prefix.update(chunk.length > room ? chunk.subarray(0, room) : chunk)
+        if (chunk.length >= room) this.prefixDigest = this.#prefix.digest()
+      }
+      if (this.#full === undefined && this.prefixDigest !== undefined) {
+        // nothing more to digest; jump to the end of this feed
+        this.#pos += length - done
+        return
+      }
+      this.#full?.update(chunk)
+      this.#pos += n
+      done += n
+    }
+    if (this.#pos === this.capacity && this.#full !== undefined && this.fullDigest === undefined) this.fullDigest = this.#full.digest()
+  }
+
+  /** true when everything wanted is digested */
+  get complete (): boolean {
+    return this.prefixDigest !== undefined && (this.#full === undefined || this.fullDigest !== undefined)
+  }
+
+  /** Read the rest of the view from the chain and finish. */
+  async finishFrom (chain: ChainView, depth: number, signal?: AbortSignal): Promise<void> {
+    const step = 4 * 1024 * 1024
+    while (!this.complete && this.#pos < this.capacity) {
+      signal?.throwIfAborted()
+      const n = Math.min(step, this.capacity - this.#pos)
+      const b = await chain.read(this.#pos, n, { depth })
+      this.feed(this.#pos, n, b)
+    }
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * The `local` driver (ARCHITECTURE §5): a VM folder on a local filesystem
+ * whose snapshots grainline makes itself with @grainline/vmdk, leaving the
+ * same files ESXi would — `<disk>-00000N.vmdk` deltas, the .vmx pointed at
+ * the running delta, a `.vmsd` snapshot database — and consolidating a delta
+ * into its parent on removal.
+ */
+import { readdir, readFile, stat } from 'node:fs/promises'
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
+import type { HypervisorDriver, SnapshotRef, VmDisk, VmHandle } from './driver.ts'
+import { parseGrainlineSnapshotName } from './driver.ts'
+import { AgentError } from './errors.ts'
+import { writeFileAtomic } from './fs-util.ts'
+import { VmxConfig, vmxDisks } from './vmx.ts'
+import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
+import { vmdk, type DeltaFormat } from './vmdk-api.ts'
+
+/** Options of the local driver. */
+export interface LocalDriverInit {
+  /** format of the deltas a snapshot creates. @default 'sesparse' */
+  readonly deltaFormat?: DeltaFormat
+  /** datastore type reported in the compatibility record. @default 'local' */
+  readonly datastoreType?: string
+}
+
+function vmsdPath (vmxPath: string): string {
+  return vmxPath.replace(/\.vmx$/i, '') + '.vmsd'
+}
+
+async function readVmsd (vmxPath: string): Promise<Vmsd> {
+  let text = ''
+  try { text = await readFile(vmsdPath(vmxPath), 'utf8') } catch (err) {
+    if ((err as { code?: string }).code !== 'ENOENT') throw err
+  }
+  return parseVmsd(text)
+}
+
+function toRef (s: Vmsd['snapshots'][number]): SnapshotRef {
+  const cycle = parseGrainlineSnapshotName(s.displayName)
+  return { id: String(s.uid), name: s.displayName, grainline: cycle > 0, cycle, disks: s.disks.map((d) => ({ node: d.node, fileName: d.fileName })) }
+}
+
+/** `web01_1-000003.vmdk` → `web01_1` */
+function diskStem (fileName: string): string {
+  return basename(fileName).replace(/\.vmdk$/i, '').replace(/-\d{6}$/, '')
+}
+
+/** Create the local driver. */
+export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver {
+  const format = init.deltaFormat ?? 'sesparse'
+  const datastoreType = init.datastoreType ?? 'local'
+  // one snapshot operation at a time per VM folder within this process
+  const locks = new Map<string, Promise<unknown>>()
+  const locked = async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const prev = locks.get(key) ?? Promise.resolve()
+    const next = prev.catch(() => {}).then(fn)
+    locks.set(key, next)
+    try { return await next } finally { if (locks.get(key) === next) locks.delete(key) }
+  }
+
+  const driver: HypervisorDriver = {
+    name: 'local',
+
+    async openVm (ref) {
+      const vmxPath = resolve(ref)
+      let text: string
+      try {
+        const st = await stat(vmxPath)
+        if (!st.isFile()) throw new AgentError('E_VM_NOT_FOUND', `${vmxPath} is not a file`)
+        text = await readFile(vmxPath, 'utf8')
+      } catch (err) {
+        if (err instanceof AgentError) throw err
+        throw new AgentError('E_VM_NOT_FOUND', `cannot read ${vmxPath}: ${(err as Error).message}`, { cause: err })
+      }
+      const config = VmxConfig.parse(text, vmxPath)
+      const dir = dirname(vmxPath)
+      const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
+      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType }
+    },
+
+    async listSnapshots (vm) {
+      const db = await readVmsd(vm.vmxPath)
+      return db.snapshots.map(toRef)
+    },
+
+    async createSnapshot (vm, name) {
+      return await locked(vm.vmxPath, async () => {
+        const api = await vmdk()
+        const fresh = await driver.openVm(vm.vmxPath)
+        if (fresh.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk to snapshot`)
+        const db = await readVmsd(fresh.vmxPath)
+        const existing = new Set((await readdir(fresh.dir)).map((f) => f.toLowerCase()))
+        const created: Array<{ node: string, parent: string, child: string }> = []
+        for (const d of fresh.disks) {
+          const stem = diskStem(d.fileName)
+          let n = 1
+          let child = ''
+          for (; n < 1_000_000; n++) {
+            child = `${stem}-${String(n).padStart(6, '0')}`
+            if (![`${child}.vmdk`, `${child}-sesparse.vmdk`, `${child}-delta.vmdk`].some((f) => existing.has(f.toLowerCase()))) break
+          }
+          const childFile = `${child}.vmdk`
+          existing.add(childFile.toLowerCase())
+          const childPath = join(dirname(d.path), childFile)
+          try {
+            await api.createDelta(d.path, childPath, { format })
+          } catch (err) {
+            throw new AgentError('E_SNAPSHOT', `creating delta ${childFile} over ${d.fileName} failed: ${(err as Error).message}`, { cause: err })
+          }
+          created.push({ node: d.node, parent: d.fileName, child: isAbsolute(d.fileName) ? childPath : join(dirname(d.fileName), childFile).replace(/^\.\//, '') })
+        }
+        for (const c of created) fresh.config.set(`${c.node}.fileName`, c.child)
+        const uid = Math.max(db.lastUID, ...db.snapshots.map((s) => s.uid)) + 1
+        const stemVm = basename(fresh.vmxPath).replace(/\.vmx$/i, '')
+        db.snapshots.push({
+          uid,
+          parent: db.current,
+          displayName: name,
+          filename: `${stemVm}-Snapshot${uid}.vmsn`,
+          disks: created.map((c) => ({ node: c.node, fileName: c.parent })),
+          extra: [['createTimeHigh', String(Math.floor(Date.now() * 1000 / 2 ** 32))], ['createTimeLow', String((Date.now() * 1000) % 2 ** 32)]],
+        })
+        db.lastUID = uid
+        db.current = uid
+        // .vmsd first: a crash in between leaves a recorded snapshot whose delta the .vmx does not run on yet
+        await writeFileAtomic(vmsdPath(fresh.vmxPath), serializeVmsd(db))
+        await writeFileAtomic(fresh.vmxPath, fresh.config.serialize())
+        return toRef(db.snapshots[db.snapshots.length - 1] as Vmsd['snapshots'][number])
+      })
+    },
+
+    async removeSnapshot (vm, snap) {
+      await locked(vm.vmxPath, async () => {
+        const api = await vmdk()
+        const fresh = await driver.openVm(vm.vmxPath)
+        const db = await readVmsd(fresh.vmxPath)
+        const idx = db.snapshots.findIndex((s) => String(s.uid) === snap.id)
+        if (idx < 0) throw new AgentError('E_SNAPSHOT', `snapshot ${snap.name} (${snap.id}) not found in ${vmsdPath(fresh.vmxPath)}`)
+        const rec = db.snapshots[idx] as Vmsd['snapshots'][number]
+        for (const rd of rec.disks) {
+          const disk = fresh.disks.find((d) => d.node.toLowerCase() === rd.node.toLowerCase())
+          if (disk === undefined) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: disk ${rd.node} is not in the .vmx`)
+          const chain = await api.openChain(disk.path)
+          let childPath: string
+          let parentPath: string
+          try {
+            const parentAbs = isAbsolute(rd.fileName) ? rd.fileName : join(fresh.dir, rd.fileName)
+            const k = chain.layers.findIndex((l) => resolve(l.path) === resolve(parentAbs))
+            if (k < 1) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: ${rd.fileName} has no child delta in the chain of ${disk.fileName}`)
+            childPath = (chain.layers[k - 1] as { path: string }).path
+            parentPath = (chain.layers[k] as { path: string }).path
+          } finally {
+            await chain.close()
+          }
+          try {
+            await api.consolidate(childPath)
+          } catch (err) {
+            throw new AgentError('E_SNAPSHOT', `consolidating ${basename(childPath)} into ${basename(parentPath)} failed: ${(err as Error).message}`, { cause: err })
+          }
+          const childName = basename(childPath)
+          // the running disk was the merged delta: the VM now runs on its parent
+          if (resolve(disk.path) === resolve(childPath)) fresh.config.set(`${disk.node}.fileName`, rd.fileName)
+          for (const other of db.snapshots) {
+            for (const od of other.disks) {
+              if (od.node.toLowerCase() === rd.node.toLowerCase() && basename(od.fileName) === childName) od.fileName = rd.fileName
+            }
+          }
+        }
+        db.snapshots.splice(idx, 1)
+        for (const s of db.snapshots) if (s.parent === rec.uid) s.parent = rec.parent
+        if (db.current === rec.uid) db.current = rec.parent
+        await writeFileAtomic(fresh.vmxPath, fresh.config.serialize())
+        await writeFileAtomic(vmsdPath(fresh.vmxPath), serializeVmsd(db))
+      })
+    },
+
+    resolvePath (vm, path) {
+      return isAbsolute(path) ? path : join(vm.dir, path)
+    },
+  }
+  return driver
+}

@@ -1,0 +1,175 @@
+/**
+ * `replicate()`: one VM cycle (or several VMs in turn) with resolved options,
+ * returning a JSON-able report. The CLI (`grainline replicate`) is a thin
+ * wrapper over this.
+ */
+import { readFile } from 'node:fs/promises'
+import type { Logger } from 'pino'
+import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import type { HypervisorDriver, VmHandle } from './driver.ts'
+import { AgentError } from './errors.ts'
+import { createLocalDriver } from './local-driver.ts'
+import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
+import { runVmCycle, type VmReport } from './cycle.ts'
+import { createRateLimiter, parseRate, type RateLimiter } from './rate-limiter.ts'
+import { logProgressSink, ttyProgressSink, type ProgressEvent, type ProgressSink } from './progress.ts'
+import type { DeltaFormat } from './vmdk-api.ts'
+
+/** Options of a replication run. */
+export interface ReplicateInit {
+  /** the VM: a .vmx path (local driver) or a VM name/id (esxi driver) */
+  readonly vm: string
+  /** receiver URL, wss://HOST:PORT (ws:// only on loopback) */
+  readonly to: string
+  /** bearer token (the CLI reads it from --token-file) */
+  readonly token: string
+  /** which hypervisor driver, or a driver instance. @default 'local' */
+  readonly driver?: 'local' | 'esxi' | HypervisorDriver
+  /** esxi driver settings (required with driver 'esxi') */
+  readonly esxi?: EsxiDriverInit
+  /** delta format of local snapshots. @default 'sesparse' */
+  readonly deltaFormat?: DeltaFormat
+  /** full-digest verification after commit. @default 'none' */
+  readonly certify?: DigestAlgorithm | 'none'
+  /** MiB of the disk prefix compared by the trivial check (0 = off). @default 16 */
+  readonly trivialMiB?: number
+  /** bandwidth limit in bytes/s (or "10M"); 0 = unlimited. @default 0 */
+  readonly bwlimit?: number | string
+  /** preferred compression ('none' disables). @default 'lz4' */
+  readonly compress?: CompressionAlgorithm
+  /** digest algorithms offered, most preferred first. @default ['xxh64', 'sha256'] */
+  readonly digests?: readonly DigestAlgorithm[]
+  /** remove pre-existing foreign snapshots first instead of refusing. @default false */
+  readonly consolidateExisting?: boolean
+  /** PEM CA certificate(s) (or a path to read) trusted for wss:// */
+  readonly ca?: string | Buffer
+  /** path of a PEM CA file (alternative to `ca`) */
+  readonly caFile?: string
+  /** skip TLS verification (testing only). @default false */
+  readonly insecure?: boolean
+  /** give up after the receiver stayed unreachable this long, ms. @default 600000 */
+  readonly giveUpMs?: number
+  /** largest reconnect back-off, ms. @default 30000 */
+  readonly maxBackoffMs?: number
+  /** the agent's own window of unacknowledged bytes (the receiver's limit also applies). @default 64 MiB */
+  readonly windowBytes?: number
+  /** largest data extent, bytes. @default 1 MiB */
+  readonly maxExtentBytes?: number
+  /** progress callback (replaces the default sink) */
+  readonly onProgress?: (ev: ProgressEvent) => void
+  /** where the default progress goes: a TTY line on this stream, else pino logs. @default process.stderr */
+  readonly progressStream?: NodeJS.WriteStream
+  /** 'auto' (TTY line when the stream is a TTY, else logs), 'tty', 'log' or 'none'. @default 'auto' */
+  readonly progress?: 'auto' | 'tty' | 'log' | 'none'
+  readonly signal?: AbortSignal
+  /** test hook: runs after the snapshot, before shipping */
+  readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /** test hook: runs after each extent is handed to the socket */
+  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+  /** share one rate limiter across several VMs (replicateMany does) */
+  readonly rateLimiter?: RateLimiter
+}
+
+/** The outcome of a run: one entry per VM. `ok` only when every disk of every VM committed and passed its checks. */
+export interface ReplicationReport {
+  ok: boolean
+  startedAt: string
+  finishedAt: string
+  vms: VmReport[]
+}
+
+function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
+  if (init.onProgress !== undefined) return init.onProgress
+  const mode = init.progress ?? 'auto'
+  if (mode === 'none') return () => {}
+  const stream = init.progressStream ?? process.stderr
+  if (mode === 'tty' || (mode === 'auto' && stream.isTTY)) return ttyProgressSink(stream)
+  return logProgressSink(logger)
+}
+
+/**
+ * Run one replication cycle of one VM.
+ * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
+ * @throws AgentError E_CONFIG for unusable options
+ */
+export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
+  const startedAt = new Date().toISOString()
+  const logger = components.logger
+  let driver: HypervisorDriver
+  let ownDriver = false
+  if (init.driver === undefined || init.driver === 'local') {
+    driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse' })
+  } else if (init.driver === 'esxi') {
+    if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
+    driver = createEsxiDriver({ logger: logger.child({ driver: 'esxi' }) }, init.esxi)
+    ownDriver = true
+  } else {
+    driver = init.driver
+  }
+  const certify = init.certify ?? 'none'
+  const compression = init.compress ?? 'lz4'
+  let ca = init.ca
+  if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
+  const rate = parseRate(init.bwlimit ?? 0)
+  if (!(rate >= 0)) throw new AgentError('E_CONFIG', `bad bwlimit ${String(init.bwlimit)}`)
+  const trivialMiB = init.trivialMiB ?? 16
+  if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
+  try {
+    const vmReport = await runVmCycle({ logger }, {
+      ref: init.vm,
+      connect: {
+        url: init.to,
+        token: init.token,
+        ...(ca !== undefined ? { ca } : {}),
+        ...(init.insecure === true ? { insecure: true } : {}),
+      },
+      driver,
+      certify,
+      trivialMiB,
+      rateLimiter: init.rateLimiter ?? createRateLimiter({ rate }),
+      compressions: compression === 'none' ? ['none'] : [compression, 'none'],
+      digests: init.digests ?? ['xxh64', 'sha256'],
+      consolidateExisting: init.consolidateExisting ?? false,
+      giveUpMs: init.giveUpMs ?? 600_000,
+      maxBackoffMs: init.maxBackoffMs ?? 30_000,
+      windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
+      maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
+      progress: progressSink(logger, init),
+      ...(init.signal !== undefined ? { signal: init.signal } : {}),
+      ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
+      ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
+    })
+    return { ok: vmReport.ok, startedAt, finishedAt: new Date().toISOString(), vms: [vmReport] }
+  } finally {
+    if (ownDriver) await driver.close?.()
+  }
+}
+
+/** Replicate several VMs one after the other (one shared rate limit); one merged report. */
+export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[]): Promise<ReplicationReport> {
+  const startedAt = new Date().toISOString()
+  const vms: VmReport[] = []
+  const shared = new Map<number, RateLimiter>()
+  for (const init of inits) {
+    const rate = parseRate(init.bwlimit ?? 0)
+    let rl = init.rateLimiter ?? shared.get(rate)
+    if (rl === undefined) { rl = createRateLimiter({ rate }); shared.set(rate, rl) }
+    const r = await replicate(components, { ...init, rateLimiter: rl })
+    vms.push(...r.vms)
+    if (init.signal?.aborted === true) break
+  }
+  return { ok: vms.length > 0 && vms.every((v) => v.ok), startedAt, finishedAt: new Date().toISOString(), vms }
+}
+
+/** A readable summary of a report for the terminal. */
+export function formatReport (report: ReplicationReport): string {
+  const lines: string[] = []
+  for (const vm of report.vms) {
+    lines.push(`${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm} cycle ${vm.cycle}${vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : ''}${vm.reconnects > 0 ? `, ${vm.reconnects} reconnects` : ''}, ${(vm.durationMs / 1000).toFixed(1)} s${vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : ''}`)
+    for (const d of vm.disks) {
+      const checks = [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : ''].filter((s) => s !== '').join(', ')
+      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (fallback: ${d.fallbackReason})` : ''}, ${d.extents} extents, ${d.dataBytes} data + ${d.zeroBytes} zero bytes, ${d.wireBytes} on the wire${checks !== '' ? `, ${checks}` : ''}${d.error !== undefined ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
+    }
+  }
+  return lines.join('\n') + '\n'
+}

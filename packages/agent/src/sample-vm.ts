@@ -1,0 +1,226 @@
+/**
+ * Sample VMs and a guest simulator for the demo, the tests and benchmarks.
+ *
+ * `createSampleVm` makes a VM folder with a real .vmx and vmfs flat base
+ * disks holding realistic content (compressible text-like blocks, random
+ * blocks, zero regions left as holes). `simulateGuestWrites` writes into each
+ * disk's RUNNING (top) delta the way a guest would: @grainline/vmdk's writer
+ * for ESXi deltas, `qemu-io` for hosted sparse deltas.
+ */
+import { execFile } from 'node:child_process'
+import { mkdir, open, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { AgentError } from './errors.ts'
+import { createLocalDriver } from './local-driver.ts'
+import { vmdk } from './vmdk-api.ts'
+
+const exec = promisify(execFile)
+
+/** A deterministic PRNG (xorshift128+ on 32-bit halves; enough for test data). */
+export function prng (seed: number): () => number {
+  let a = (seed >>> 0) ^ 0x9e3779b9
+  let b = Math.imul(seed >>> 0, 0x85ebca6b) ^ 0xc2b2ae35
+  let c = 0x27d4eb2f
+  let d = 0x165667b1
+  return () => {
+    const t = b << 9
+    let r = a * 5
+    r = ((r << 7) | (r >>> 25)) * 9
+    c ^= a; d ^= b; b ^= c; a ^= d; c ^= t
+    d = (d << 11) | (d >>> 21)
+    return (r >>> 0) / 4294967296
+  }
+}
+
+function fillRandom (buf: Buffer, rnd: () => number): void {
+  for (let i = 0; i + 4 <= buf.length; i += 4) buf.writeUInt32LE(Math.floor(rnd() * 4294967296), i)
+}
+
+const WORDS = 'the quick brown fox jumps over lazy dog kernel block sector grain delta mirror replica snapshot commit journal extent '.split(' ')
+
+function fillText (buf: Buffer, rnd: () => number): void {
+  let pos = 0
+  while (pos < buf.length) {
+    const w = (WORDS[Math.floor(rnd() * WORDS.length)] as string) + (rnd() < 0.1 ? '\n' : ' ')
+    pos += buf.write(w, pos, 'latin1')
+  }
+}
+
+/** One disk of a sample VM. */
+export interface SampleDisk {
+  readonly sizeBytes: number
+  /** content: 'realistic' (text, random and zero regions), 'random', 'zero'. @default 'realistic' */
+  readonly fill?: 'realistic' | 'random' | 'zero'
+  /** bus node. @default `scsi0:<index>` */
+  readonly node?: string
+}
+
+/** Options of `createSampleVm`. */
+export interface SampleVmOptions {
+  /** VM name = folder name = .vmx stem (spaces allowed) */
+  readonly name: string
+  readonly disks: readonly SampleDisk[]
+  /** PRNG seed of the content. @default 1 */
+  readonly seed?: number
+  readonly guestOS?: string
+}
+
+/** What `createSampleVm` made. */
+export interface SampleVm {
+  readonly dir: string
+  readonly vmxPath: string
+  /** base descriptor paths, in disk order */
+  readonly disks: readonly string[]
+}
+
+/** Create `<dir>/<name>/<name>.vmx` with flat vmfs base disks. */
+export async function createSampleVm (dir: string, opts: SampleVmOptions): Promise<SampleVm> {
+  const api = await vmdk()
+  const vmDir = join(dir, opts.name)
+  await mkdir(vmDir, { recursive: true })
+  const rnd = prng(opts.seed ?? 1)
+  const lines = [
+    '.encoding = "UTF-8"',
+    'config.version = "8"',
+    'virtualHW.version = "14"',
+    `displayName = "${opts.name}"`,
+    `guestOS = "${opts.guestOS ?? 'otherlinux-64'}"`,
+    'memSize = "1024"',
+    'numvcpus = "1"',
+    `nvram = "${opts.name}.nvram"`,
+    'scsi0.present = "TRUE"',
+    'scsi0.virtualDev = "pvscsi"',
+    'ethernet0.present = "TRUE"',
+    'ethernet0.virtualDev = "vmxnet3"',
+    'ethernet0.networkName = "VM Network"',
+  ]
+  const disks: string[] = []
+  const buses = new Set<string>(['scsi0'])
+  for (const [i, d] of opts.disks.entries()) {
+    if (d.sizeBytes <= 0 || d.sizeBytes % (1024 * 1024) !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 1 MiB`)
+    const file = i === 0 ? `${opts.name}.vmdk` : `${opts.name}_${i}.vmdk`
+    const path = join(vmDir, file)
+    await api.createFlatDisk(path, d.sizeBytes, { createType: 'vmfs', ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` } })
+    const flat = join(vmDir, `${opts.name}${i === 0 ? '' : `_${i}`}-flat.vmdk`)
+    await fillFlat(flat, d.sizeBytes, d.fill ?? 'realistic', rnd)
+    const node = d.node ?? `scsi0:${i}`
+    const bus = node.split(':')[0] as string
+    if (!buses.has(bus)) { buses.add(bus); lines.push(`${bus}.present = "TRUE"`) }
+    lines.push(`${node}.present = "TRUE"`, `${node}.deviceType = "scsi-hardDisk"`, `${node}.fileName = "${file}"`)
+    disks.push(path)
+  }
+  const vmxPath = join(vmDir, `${opts.name}.vmx`)
+  await writeFile(vmxPath, lines.join('\n') + '\n')
+  await writeFile(join(vmDir, `${opts.name}.nvram`), Buffer.from('grainline sample nvram\n'))
+  return { dir: vmDir, vmxPath, disks }
+}
+
+async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random' | 'zero', rnd: () => number): Promise<void> {
+  if (fill === 'zero') return
+  const fh = await open(flat, 'r+')
+  try {
+    const block = 256 * 1024
+    const buf = Buffer.alloc(block)
+    for (let off = 0; off < size; off += block) {
+      const n = Math.min(block, size - off)
+      const b = buf.subarray(0, n)
+      if (fill === 'random') { fillRandom(b, rnd) } else {
+        const r = rnd()
+        if (r < 0.3) continue // a zero region: left as a hole
+        if (r < 0.75) fillText(b, rnd)
+        else fillRandom(b, rnd)
+        // sprinkle zero 4 KiB pages inside data blocks, as file systems leave them
+        for (let p = 0; p < n; p += 4096) if (rnd() < 0.1) b.fill(0, p, Math.min(n, p + 4096))
+      }
+      await fh.write(b, 0, n, off)
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Options of `simulateGuestWrites`. */
+export interface GuestWriteOptions {
+  /** bytes to write per disk */
+  readonly bytes: number
+  /** size of each write (multiple of 4096). @default 65536 */
+  readonly writeSize?: number
+  /** PRNG seed. @default 1 */
+  readonly seed?: number
+  /** fraction of writes that write zeros (discard-like). @default 0.1 */
+  readonly zeroFraction?: number
+}
+
+/** One simulated write. */
+export interface GuestWrite {
+  readonly disk: string
+  readonly offset: number
+  readonly length: number
+  readonly zero: boolean
+}
+
+/**
+ * Write into each disk's running (top) delta as a guest would. The base (or
+ * any frozen layer) is never touched; refuses a disk that has no delta.
+ */
+export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOptions): Promise<GuestWrite[]> {
+  const api = await vmdk()
+  const driver = createLocalDriver()
+  const vm = await driver.openVm(vmxPath)
+  const writeSize = opts.writeSize ?? 65536
+  if (writeSize <= 0 || writeSize % 4096 !== 0) throw new AgentError('E_CONFIG', 'writeSize must be a positive multiple of 4096')
+  const rnd = prng(opts.seed ?? 1)
+  const zeroFraction = opts.zeroFraction ?? 0.1
+  const out: GuestWrite[] = []
+  for (const d of vm.disks) {
+    const chain = await api.openChain(d.path)
+    const top = chain.layers[0] as { createType: string, path: string }
+    const capacity = chain.capacity
+    await chain.close()
+    if (chain.layers.length < 2) throw new AgentError('E_SNAPSHOT', `${d.fileName} has no delta: a guest would write into the base`)
+    const count = Math.ceil(opts.bytes / writeSize)
+    const slots = Math.floor(capacity / writeSize)
+    const writes: GuestWrite[] = []
+    for (let k = 0; k < count; k++) {
+      writes.push({ disk: d.path, offset: Math.floor(rnd() * slots) * writeSize, length: writeSize, zero: rnd() < zeroFraction })
+    }
+    if (/^monolithicSparse$|^twoGbMaxExtentSparse$/i.test(top.createType) || await isHostedSparse(top.path)) {
+      // qemu-io: patterned writes and zero writes into the hosted delta
+      const cmds: string[] = []
+      for (const w of writes) {
+        cmds.push('-c', w.zero ? `write -z ${w.offset} ${w.length}` : `write -P ${1 + Math.floor(rnd() * 255)} ${w.offset} ${w.length}`)
+      }
+      for (let i = 0; i < cmds.length; i += 400) {
+        await exec('qemu-io', ['-f', 'vmdk', ...cmds.slice(i, i + 400), top.path], { maxBuffer: 64 << 20 })
+      }
+    } else {
+      const w = await api.openWriter(top.path)
+      try {
+        const buf = Buffer.alloc(writeSize)
+        for (const x of writes) {
+          if (x.zero) { await w.writeZeroes(x.offset, x.length); continue }
+          if (rnd() < 0.5) fillText(buf, rnd)
+          else fillRandom(buf, rnd)
+          await w.write(x.offset, buf)
+        }
+      } finally {
+        await w.close()
+      }
+    }
+    out.push(...writes)
+  }
+  return out
+}
+
+async function isHostedSparse (path: string): Promise<boolean> {
+  const fh = await open(path, 'r')
+  try {
+    const b = Buffer.alloc(4)
+    await fh.read(b, 0, 4, 0)
+    return b.toString('latin1') === 'KDMV'
+  } finally {
+    await fh.close()
+  }
+}
+

@@ -1,0 +1,79 @@
+/**
+ * The send window: unacknowledged payload bytes (and extents) in flight are
+ * bounded; `reserve` waits for cumulative ExtentAcks to free room
+ * (pipelined, not stop-and-wait).
+ */
+export class SendWindow {
+  readonly windowBytes: number
+  readonly maxExtents: number
+  #inflight: Array<{ seq: number, bytes: number }> = []
+  #head = 0
+  #bytes = 0
+  #acked = -1
+  #wake: (() => void) | undefined
+
+  constructor (windowBytes: number, maxExtents = 8192) {
+    this.windowBytes = windowBytes
+    this.maxExtents = maxExtents
+  }
+
+  /** unacknowledged payload bytes */
+  get bytes (): number { return this.#bytes }
+  /** highest seq acknowledged (cumulative), -1 before any */
+  get acked (): number { return this.#acked }
+  /** number of unacknowledged extents */
+  get count (): number { return this.#inflight.length - this.#head }
+
+  /** Start over (new disk or new connection) with everything below `nextSeq` durable. */
+  reset (nextSeq: number): void {
+    this.#inflight = []
+    this.#head = 0
+    this.#bytes = 0
+    this.#acked = nextSeq - 1
+    this.#wakeUp()
+  }
+
+  /** Wait until an extent costing `bytes` fits (an extent larger than the window goes alone). */
+  async reserve (bytes: number, failed: Promise<never>): Promise<void> {
+    while (this.count > 0 && (this.#bytes + bytes > this.windowBytes || this.count >= this.maxExtents)) {
+      await Promise.race([new Promise<void>((resolve) => { this.#wake = resolve }), failed])
+    }
+  }
+
+  /** Record a sent extent. */
+  sent (seq: number, bytes: number): void {
+    this.#inflight.push({ seq, bytes })
+    this.#bytes += bytes
+  }
+
+  /** Apply a cumulative ack. Returns false when it acknowledges something never sent. */
+  ack (seq: number): boolean {
+    if (seq <= this.#acked) return true
+    const last = this.#inflight[this.#inflight.length - 1]
+    if (last === undefined || seq > last.seq) return false
+    while (this.#head < this.#inflight.length && (this.#inflight[this.#head] as { seq: number }).seq <= seq) {
+      this.#bytes -= (this.#inflight[this.#head] as { bytes: number }).bytes
+      this.#head++
+    }
+    if (this.#head > 1024 && this.#head * 2 > this.#inflight.length) {
+      this.#inflight = this.#inflight.slice(this.#head)
+      this.#head = 0
+    }
+    this.#acked = seq
+    this.#wakeUp()
+    return true
+  }
+
+  /** Wait until everything sent is acknowledged. */
+  async drain (failed: Promise<never>): Promise<void> {
+    while (this.count > 0) {
+      await Promise.race([new Promise<void>((resolve) => { this.#wake = resolve }), failed])
+    }
+  }
+
+  #wakeUp (): void {
+    const w = this.#wake
+    this.#wake = undefined
+    w?.()
+  }
+}
