@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+// Benchmark: encode + decode of Extent frames with 1 MiB payloads (protocol
+// issue #3: ≥ 2 GB/s, the payload copied at most once). Build first:
+//   npx tsc -b protocol && node scripts/bench-protocol.mjs [totalMiB]
+// Prints GB/s (10^9 bytes of payload per second) for our codec and, in the
+// same run, for a plain Buffer.from copy of the payload (one memcpy: the
+// floor an encoder that copies once can reach) and for msgpackr pack+unpack.
+import { randomBytes } from 'node:crypto'
+import { Packr } from 'msgpackr'
+import { decodeMessage, encodeMessage, MessageKind } from '../protocol/dist/src/index.js'
+
+const MiB = 1024 * 1024
+const totalMiB = Number(process.argv[2] ?? 2048)
+const payload = randomBytes(MiB)
+const digest = randomBytes(8)
+const extent = (seq) => ({ kind: MessageKind.Extent, disk: 0, seq, offset: seq * MiB, length: MiB, zero: false, compression: 'none', data: payload, digest })
+
+const ROUNDS = 3
+/** run `fn` over totalMiB extents ROUNDS times; report the median round */
+function run (name, fn) {
+  for (let i = 0; i < 64; i++) fn(i) // warm-up
+  const rounds = []
+  let sink = 0
+  for (let r = 0; r < ROUNDS; r++) {
+    const t0 = process.hrtime.bigint()
+    for (let i = 0; i < totalMiB; i++) sink += fn(i)
+    rounds.push(Number(process.hrtime.bigint() - t0) / 1e9)
+  }
+  rounds.sort((a, b) => a - b)
+  const s = rounds[Math.floor(ROUNDS / 2)]
+  const gbs = (totalMiB * MiB) / s / 1e9
+  console.log(`${name.padEnd(40)} ${gbs.toFixed(2).padStart(6)} GB/s  (median of ${ROUNDS}: ${totalMiB} × 1 MiB in ${s.toFixed(2)} s)`)
+  if (sink < 0) console.log(sink)
+  return gbs
+}
+
+const packr = new Packr({ useRecords: false })
+console.log(`node ${process.version}, ${totalMiB} MiB of 1 MiB extents`)
+const ours = run('grainline encode+decode', (i) => {
+  const f = encodeMessage(extent(i))
+  const m = decodeMessage(f)
+  return m.data.length
+})
+run('grainline encode only', (i) => encodeMessage(extent(i)).length)
+const frame = encodeMessage(extent(1))
+run('grainline decode only', () => decodeMessage(frame).data.length)
+run('baseline: Buffer.from(payload) copy', () => Buffer.from(payload).length)
+run('msgpackr pack+unpack (records off)', (i) => {
+  const { kind, ...fields } = extent(i)
+  return packr.unpack(packr.pack(fields)).data.length
+})
+console.log(ours >= 2 ? 'target ≥ 2 GB/s: met' : 'target ≥ 2 GB/s: NOT met')
