@@ -131,7 +131,7 @@ function chainOf (top) {
   while (cur !== undefined) {
     chain.push(cur)
     const m = /^parentFileNameHint="([^"]*)"/m.exec(readFileSync(cur, 'utf8'))
-    cur = m === null ? undefined : (m[1].startsWith('/vmfs/volumes/') ? dsPath(m[1]) : path.resolve(path.dirname(cur), m[1]))
+    cur = m === null ? undefined : resolveName(path.dirname(cur), m[1])
   }
   return chain
 }
@@ -148,6 +148,9 @@ async function hangIfAsked (vm, op) {
   })
   process.stdin.pause()
 }
+
+// a file name from a .vmx/.vmsd/descriptor: datastore path, or relative to `dir`
+const resolveName = (dir, n) => (n.startsWith('/vmfs/volumes/') || n.startsWith('[')) ? dsPath(n) : path.resolve(dir, n)
 
 function findVm (id) {
   const vm = state.vms.find((v) => v.id === id)
@@ -197,7 +200,7 @@ async function main () {
       const uid = db.lastUID + 1
       const recs = []
       for (const d of vmDisks(vmx)) {
-        const parent = path.resolve(dir, d.fileName)
+        const parent = resolveName(dir, d.fileName)
         const base = path.basename(d.fileName, '.vmdk').replace(/-\d{6}$/, '')
         let n = 1
         while (existsSync(path.join(dir, `${base}-${String(n).padStart(6, '0')}.vmdk`))) n++
@@ -234,14 +237,14 @@ async function main () {
         const { consolidate } = await import('@grainline/vmdk')
         for (const rec of snap.disks) {
           const top = kvGet(vmx, `${rec.node}.fileName`)
-          const chain = chainOf(path.resolve(dir, top))
-          const repr = path.resolve(dir, rec.fileName)
+          const chain = chainOf(resolveName(dir, top))
+          const repr = resolveName(dir, rec.fileName)
           const i = chain.indexOf(repr)
           if (i < 1) fault('InvalidState', `Disk ${rec.node}: ${rec.fileName} has no child delta.`)
           const child = chain[i - 1]
           await consolidate(child)
           renamed.set(path.basename(child), rec.fileName)
-          if (path.resolve(dir, top) === child) kvSet(vmx, `${rec.node}.fileName`, rec.fileName)
+          if (resolveName(dir, top) === child) kvSet(vmx, `${rec.node}.fileName`, rec.fileName)
         }
       }
       db.snaps = db.snaps.filter((s) => s !== snap)

@@ -1,0 +1,116 @@
+import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { pino } from 'pino'
+import { createEsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
+import { startSshHarness } from './esxi-harness.ts'
+import { buildVm } from './esxi-vm-builder.ts'
+
+const h = await startSshHarness()
+t.teardown(() => h.stop())
+const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
+const vmA = await buildVm(h.datastore, uuid, 'web 01', 'web 01')
+const vmB = await buildVm(h.datastore, uuid, "db (prod) it's", 'db')
+const state = await h.readState()
+state.vms.push(
+  { id: '7', name: 'web 01', vmx: '[datastore1] web 01/web 01.vmx', annotation: 'front end' },
+  { id: '12', name: "db (prod) it's/2", vmx: "[datastore1] db (prod) it's/db.vmx" },
+  { id: '13', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
+  { id: '14', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
+  { id: '15', name: 'elsewhere', vmx: '[datastore9] x/x.vmx' },
+)
+await h.writeState(state)
+
+const init = (over: Partial<EsxiDriverInit> = {}): EsxiDriverInit => ({
+  ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: h.hostKeyFingerprint },
+  datastores: { datastore1: { localPath: h.datastore, uuid } },
+  verifyTimeoutMs: 3000,
+  pollIntervalMs: 50,
+  ...over,
+})
+const silent = { logger: pino({ level: 'silent' }) }
+
+t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx through the map', async (t) => {
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  const a = await d.openVm('web 01')
+  t.equal(a.id, '7')
+  t.equal(a.name, 'web 01')
+  t.equal(a.vmxPath, vmA.vmxPath)
+  t.equal(a.dir, path.dirname(vmA.vmxPath))
+  t.same(a.disks.map((x) => [x.node, x.path]), [['scsi0:0', vmA.disks[0]], ['scsi0:1', vmA.disks[1]]])
+  t.equal(a.disks[1]?.fileName, `/vmfs/volumes/${uuid}/web 01/web 01_1.vmdk`)
+  t.equal(a.datastoreType, 'vmfs')
+  const byId = await d.openVm('7')
+  t.equal(byId.vmxPath, vmA.vmxPath)
+  const b = await d.openVm("db (prod) it's/2")
+  t.equal(b.id, '12')
+  t.equal(b.vmxPath, vmB.vmxPath)
+  t.equal(d.resolvePath(b, `[datastore1] iso/boot.iso`), path.join(h.datastore, 'iso/boot.iso'))
+  t.same(d.pathMap, { '/vmfs/volumes/datastore1': h.datastore, [`/vmfs/volumes/${uuid}`]: h.datastore })
+  const vms = await d.listVms()
+  t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end')
+  t.same(await d.listSnapshots(a), [])
+})
+
+t.test('unknown VM, ambiguous name, unmapped datastore, stale id', async (t) => {
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  await t.rejects(d.openVm('nope'), { code: 'E_VM_NOT_FOUND', host: '127.0.0.1', vm: 'nope', message: /no VM named or numbered "nope".*7:"web 01"/ })
+  await t.rejects(d.openVm('999'), { code: 'E_VM_NOT_FOUND' })
+  await t.rejects(d.openVm('dup'), { code: 'E_VM_AMBIGUOUS', message: /13, 14/ })
+  await t.rejects(d.openVm('elsewhere'), { code: 'E_DATASTORE', vm: 'elsewhere', message: /"datastore9".*not in the datastore map/ })
+  // the VM disappears from the inventory after it was opened: vim-cmd prints a NotFound fault
+  const a = await d.openVm('web 01')
+  await t.rejects(d.listSnapshots({ ...a, id: '4242' }), { code: 'E_VM_NOT_FOUND', fault: 'vim.fault.NotFound', command: "vim-cmd vmsvc/snapshot.get 4242", esxiMessage: 'Unable to find a VM corresponding to "4242"' })
+})
+
+t.test('a failing snapshot.create is a typed error naming host, VM, command and ESXi message; nothing changes', async (t) => {
+  const s = await h.readState()
+  const vm = s.vms.find((v) => v.id === '12')
+  if (vm !== undefined) vm.fail = { 'snapshot.create': 'InvalidState' }
+  await h.writeState(s)
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  const b = await d.openVm('12')
+  const vmxBefore = await readFile(vmB.vmxPath, 'utf8')
+  const err = await d.createSnapshot(b, 'grainline-1').then(() => undefined, (e: unknown) => e) as Error & Record<string, unknown>
+  t.match(err, { name: 'EsxiError', code: 'E_VIM_FAULT', fault: 'vim.fault.InvalidState', host: '127.0.0.1', vm: '12' })
+  t.match(err.message, /host 127\.0\.0\.1/)
+  t.match(err.message, /VM "12"/)
+  t.match(err.message, /command: vim-cmd vmsvc\/snapshot\.create 12 grainline-1 'grainline replication snapshot' 0 0/)
+  t.match(err.message, /ESXi said: An error occurred while taking a snapshot/)
+  t.equal(await readFile(vmB.vmxPath, 'utf8'), vmxBefore)
+  t.same(await d.listSnapshots(b), [])
+})
+
+t.test('a snapshot.create that hangs times out; the VM keeps its chain; later commands work', async (t) => {
+  const s = await h.readState()
+  const vm = s.vms.find((v) => v.id === '12')
+  if (vm !== undefined) { delete vm.fail; vm.hang = { 'snapshot.create': 60 } }
+  await h.writeState(s)
+  const d = createEsxiDriver(silent, init({ snapshotTimeoutMs: 800 }))
+  t.teardown(() => d.close())
+  const b = await d.openVm('12')
+  const vmxBefore = await readFile(vmB.vmxPath, 'utf8')
+  const started = Date.now()
+  await t.rejects(d.createSnapshot(b, 'grainline-1'), { code: 'E_TIMEOUT', vm: '12', message: /snapshot\.create/ })
+  t.ok(Date.now() - started < 10_000)
+  t.equal(await readFile(vmB.vmxPath, 'utf8'), vmxBefore)
+  t.same(await d.listSnapshots(b), [])
+})
+
+t.test('removing a snapshot that is not there', async (t) => {
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  const a = await d.openVm('web 01')
+  await t.rejects(d.removeSnapshot(a, { id: '77', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT_NOT_FOUND', vm: 'web 01' })
+})
+
+t.test('configuration errors', async (t) => {
+  t.throws(() => createEsxiDriver(silent, init({ datastores: { ds: 'relative' } })), { code: 'E_CONFIG' })
+  const d = createEsxiDriver(silent, init({ ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: 'md5:xx' } }))
+  await t.rejects(d.openVm('web 01'), { code: 'E_CONFIG' })
+  await d.close()
+  await d.close()
+})
