@@ -117,6 +117,9 @@ interface DiskWork {
   progress: DiskProgress
 }
 
+/** A refused DiskOpen was re-planned: reconnect at once with the new plan. */
+class Replan extends Error {}
+
 const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((resolve, reject) => {
   const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
   const onAbort = (): void => { clearTimeout(t); reject(new AgentError('E_ABORTED', 'aborted')) }
@@ -323,8 +326,11 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     setIdentity(w, vm.name, cycleNo)
   }
 
-  // 5. ship, with reconnect and resume
+  // 5. ship, with reconnect and resume. The receiver allows one DiskOpen per disk and
+  // connection, so a refused open is answered on a NEW connection with a new plan.
+  let needRollback = false
   let rolledBack = false
+  let replans = 0
   let first = true
   let committed = false
   const certifyAlg = opts.certify === 'none' ? undefined : opts.certify
@@ -336,6 +342,13 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     }
     first = false
     const c = conn as Connection
+    if (needRollback) {
+      await rollback(c, vm.name, signal)
+      needRollback = false
+      rolledBack = true
+      for (const x of works) x.records = []
+      log().warn('rolled back the receiver\'s in-flight cycle of another identity')
+    }
     const window = new SendWindow(Math.min(welcome.limits.windowBytes, opts.windowBytes))
     let ackError: Error | undefined
     let current: DiskWork | undefined
@@ -349,20 +362,15 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     }
     for (const w of works) {
       current = w
-      let ds = await openDisk(c, w, signal)
+      const ds = await openDisk(c, w, signal)
       if (!ds.accepted) {
-        const reason = ds.reason
-        if (reason === 'E_CYCLE_MISMATCH' && !rolledBack) {
-          rolledBack = true
-          await rollback(c, vm.name, signal)
-          for (const x of works) x.records = []
-          log().warn({ disk: w.name }, 'receiver holds another in-flight cycle; rolled back')
-          ds = await openDisk(c, w, signal)
-        }
-        if (!ds.accepted && w.mode === 'incremental') {
+        if (++replans > 2 * works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
+        if (ds.reason === 'E_CYCLE_MISMATCH' && !rolledBack) {
+          needRollback = true
+        } else if (w.mode === 'incremental') {
           const succ = ds.committedSource?.successor
           const j = succ === undefined ? -1 : w.chain.layers.findIndex((l, k) => k >= 1 && k <= w.chain.layers.length - 2 && l.file === succ)
-          if (ds.reason === 'E_CHAIN_MISMATCH' && j >= 1 && j !== w.fromDepth && !ds.modified) {
+          if (ds.reason === 'E_CHAIN_MISMATCH' && j >= 1 && j !== w.fromDepth && !ds.modified && ds.committedCycle === w.baseCycle) {
             log().info({ disk: w.name, successor: succ, depth: j }, 'shipping from the mirror\'s recorded successor')
             await planIncremental(w, j, w.baseCycle, chunkBytes)
           } else {
@@ -371,9 +379,11 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
             await planSeed(w, chunkBytes)
           }
           setIdentity(w, vm.name, cycleNo)
-          ds = await openDisk(c, w, signal)
+        } else {
+          throw new AgentError('E_REFUSED', `receiver refused disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
         }
-        if (!ds.accepted) throw new AgentError('E_REFUSED', `receiver refused disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
+        await c.close().catch(() => {})
+        throw new Replan()
       }
       await sendDisk(c, w, ds, window, () => ackError, opts, welcome, certifyAlg, log)
       current = undefined
@@ -385,14 +395,22 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     log().info({ cycle: cycleNo }, 'committed')
     await checks(c, works, welcome, opts, certifyAlg, log, signal)
   }
-  await retrying('cycle', async () => {
+  for (;;) {
     try {
-      await attempt()
+      await retrying('cycle', async () => {
+        try {
+          await attempt()
+        } catch (err) {
+          if (isRetryable(err)) (conn as Connection | undefined)?.terminate()
+          throw err
+        }
+      })
+      break
     } catch (err) {
-      if (isRetryable(err)) (conn as Connection | undefined)?.terminate()
+      if (err instanceof Replan) { first = false; continue }
       throw err
     }
-  })
+  }
   await (conn as Connection).close().catch(() => {})
   if (!committed) throw new AgentError('E_PROTOCOL', 'cycle ended without commit')
   for (const w of works) {
