@@ -1,0 +1,116 @@
+import t from 'tap'
+import { once } from 'node:events'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { decodeMessage, encodeMessage, MessageKind, SUBPROTOCOL, type ExtentMessage } from '@grainline/protocol'
+import { Connection } from '../src/connection.ts'
+import { SendWindow } from '../src/window.ts'
+
+async function server (t: { teardown: (fn: () => unknown) => void }, onConn: (ws: WebSocket) => void): Promise<string> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => p.has(SUBPROTOCOL) ? SUBPROTOCOL : false })
+  await once(wss, 'listening')
+  wss.on('connection', onConn)
+  t.teardown(() => new Promise<void>((resolve) => { for (const c of wss.clients) c.terminate(); wss.close(() => resolve()) }))
+  return `ws://127.0.0.1:${(wss.address() as { port: number }).port}`
+}
+
+const extent = (seq: number, size: number): ExtentMessage => ({
+  kind: MessageKind.Extent, disk: 0, seq, offset: seq * size, length: size, zero: false, compression: 'none', data: new Uint8Array(size).fill(seq & 0xff), digest: new Uint8Array(8),
+})
+
+t.test('window: unacked bytes stay within the window with slow acks', async (t) => {
+  const windowBytes = 256 * 1024
+  const size = 32 * 1024
+  let maxUnacked = 0
+  let received = 0
+  let acked = 0
+  const url = await server(t, (ws) => {
+    const pending: number[] = []
+    ws.on('message', (d: Buffer) => {
+      const m = decodeMessage(d)
+      if (m.kind !== MessageKind.Extent) return
+      received += m.data.length + 64
+      pending.push(m.seq)
+      maxUnacked = Math.max(maxUnacked, received - acked)
+    })
+    // ack in bursts every 20 ms (a slow receiver)
+    const timer = setInterval(() => {
+      const seq = pending.pop()
+      if (seq === undefined) return
+      pending.length = 0
+      acked = received
+      ws.send(encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq }))
+    }, 20)
+    ws.on('close', () => clearInterval(timer))
+  })
+  const conn = await Connection.open({ url, token: 'x' })
+  const win = new SendWindow(windowBytes)
+  conn.onAck = (a) => { t.ok(win.ack(a.seq)) }
+  const n = 64
+  for (let seq = 0; seq < n; seq++) {
+    const cost = size + 64
+    await win.reserve(cost, conn.failed())
+    await conn.send(extent(seq, size))
+    win.sent(seq, cost)
+  }
+  await win.drain(conn.failed())
+  t.equal(win.acked, n - 1)
+  t.ok(maxUnacked <= windowBytes, `max unacked ${maxUnacked} ≤ window ${windowBytes}`)
+  t.ok(maxUnacked >= windowBytes / 2, `pipelined: ${maxUnacked} bytes were in flight at once (not stop-and-wait)`)
+  t.notOk(win.ack(n + 5), 'an ack beyond what was sent is rejected')
+  await conn.close()
+})
+
+t.test('bufferedAmount high-water mark: send waits while the peer does not read', async (t) => {
+  let serverSocket: WebSocket | undefined
+  let got = 0
+  const url = await server(t, (ws) => {
+    serverSocket = ws
+    ws.on('message', (d: Buffer) => { got += d.length })
+  })
+  const conn = await Connection.open({ url, token: 'x', highWaterMark: 1024 * 1024 })
+  while (serverSocket === undefined) await new Promise((r) => setTimeout(r, 5))
+  const raw = (serverSocket as unknown as { _socket: import('node:net').Socket })._socket
+  raw.pause()
+  let sent = 0
+  let blocked = false
+  const pump = (async () => {
+    for (let seq = 0; seq < 4096; seq++) {
+      await conn.send(extent(seq, 64 * 1024))
+      sent++
+    }
+  })()
+  // the kernel buffers some MiB; after that send() must stop returning
+  const before = performance.now()
+  let last = -1
+  while (performance.now() - before < 3000) {
+    await new Promise((r) => setTimeout(r, 100))
+    if (sent === last) { blocked = true; break }
+    last = sent
+  }
+  t.ok(blocked, `sending stalled at ${sent} extents while the peer did not read`)
+  t.ok(sent < 4096, 'not everything was queued in memory')
+  raw.resume()
+  await pump
+  t.equal(sent, 4096)
+  await new Promise((r) => setTimeout(r, 200))
+  t.ok(got > 0)
+  await conn.close()
+})
+
+t.test('connection loss rejects waiters with a retryable error', async (t) => {
+  const url = await server(t, (ws) => { ws.on('message', () => { ws.terminate() }) })
+  const conn = await Connection.open({ url, token: 'x' })
+  const r = conn.receive()
+  await conn.send(extent(0, 512))
+  await t.rejects(r, { name: 'ConnectionLost' })
+  const { isRetryable } = await import('../src/connection.ts')
+  t.ok(isRetryable(conn.failure))
+})
+
+t.test('refused upgrade is a typed, non-retryable error', async (t) => {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, verifyClient: (_i, cb) => cb(false, 401) })
+  await once(wss, 'listening')
+  t.teardown(() => wss.close())
+  await t.rejects(Connection.open({ url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`, token: 'bad' }), { code: 'E_REFUSED' })
+  await t.rejects(Connection.open({ url: 'http://127.0.0.1:1', token: 'x' }), { code: 'E_CONFIG' })
+})
