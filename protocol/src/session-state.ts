@@ -1,0 +1,186 @@
+/**
+ * The conversation state machine of SPEC §8, shared by both roles. Feed it
+ * every message a side sends and receives, in order; it throws
+ * `ProtocolError('E_UNEXPECTED')` (or `E_SEQUENCE` for an out-of-order
+ * Extent) for a message that is not legal at that point.
+ */
+import { ProtocolError } from './errors.ts'
+import { MessageKind, type Message } from './messages.ts'
+
+/** Who sent a message. */
+export type Sender = 'agent' | 'receiver'
+
+/** Connection phase (SPEC §8.1). */
+export type Phase = 'start' | 'hello' | 'ready' | 'vm-opening' | 'vm-open' | 'rolling-back' | 'committing' | 'committed' | 'closed'
+
+/** Per-disk state (SPEC §8.2). */
+export type DiskPhase = 'opening' | 'accepted' | 'refused' | 'ending' | 'sealed' | 'committed'
+
+interface DiskTrack {
+  phase: DiskPhase
+  /** next Extent seq the agent may send */
+  nextSeq: number
+  /** highest acknowledged seq, -1 if none */
+  acked: number
+  /** outstanding TrivialCheck / Certify requests */
+  trivial: number
+  certify: number
+}
+
+/** Which side sends each kind (SPEC §6). Error is sent by both. */
+export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
+  [MessageKind.Hello]: 'agent',
+  [MessageKind.Welcome]: 'receiver',
+  [MessageKind.VmOpen]: 'agent',
+  [MessageKind.VmState]: 'receiver',
+  [MessageKind.DiskOpen]: 'agent',
+  [MessageKind.DiskState]: 'receiver',
+  [MessageKind.Extent]: 'agent',
+  [MessageKind.ExtentAck]: 'receiver',
+  [MessageKind.DiskEnd]: 'agent',
+  [MessageKind.DiskEnded]: 'receiver',
+  [MessageKind.Commit]: 'agent',
+  [MessageKind.Committed]: 'receiver',
+  [MessageKind.TrivialCheck]: 'agent',
+  [MessageKind.TrivialResult]: 'receiver',
+  [MessageKind.Certify]: 'agent',
+  [MessageKind.CertifyResult]: 'receiver',
+  [MessageKind.Rollback]: 'agent',
+  [MessageKind.RolledBack]: 'receiver',
+  [MessageKind.Error]: 'both',
+}
+
+function unexpected (msg: string): ProtocolError {
+  return new ProtocolError('E_UNEXPECTED', msg)
+}
+
+/**
+ * Legality tracker for one connection (one VM cycle). Pure bookkeeping: no
+ * I/O, no timers. Typical use on the receiver: `state.observe(msg, 'agent')`
+ * right after `decodeMessage`, and `state.observe(reply, 'receiver')` before
+ * sending a reply.
+ */
+export class ConversationState {
+  #phase: Phase = 'start'
+  #vm = ''
+  #cycle = 0
+  readonly #disks = new Map<number, DiskTrack>()
+
+  get phase (): Phase {
+    return this.#phase
+  }
+
+  /** The phase of disk `handle`, or undefined if it was never opened. */
+  diskPhase (handle: number): DiskPhase | undefined {
+    return this.#disks.get(handle)?.phase
+  }
+
+  /** Check that `msg`, sent by `from`, is legal now, and advance. Throws ProtocolError; the state is unchanged on a throw. */
+  observe (msg: Message, from: Sender): void {
+    const sender = SENDER[msg.kind]
+    if (sender === undefined) throw new ProtocolError('E_UNKNOWN_KIND', `unknown message kind ${String(msg.kind)}`)
+    if (this.#phase === 'closed') throw unexpected('the conversation ended with a fatal Error')
+    if (sender !== 'both' && sender !== from) throw unexpected(`kind 0x${msg.kind.toString(16)} is sent by the ${sender}, not the ${from}`)
+    const p = this.#phase
+    const need = (...ok: Phase[]): void => {
+      if (!ok.includes(p)) throw unexpected(`kind 0x${msg.kind.toString(16)} is not legal in phase ${p}`)
+    }
+    const disk = (handle: number, ...ok: DiskPhase[]): DiskTrack => {
+      const d = this.#disks.get(handle)
+      if (d === undefined) throw unexpected(`disk ${handle} is not open`)
+      if (!ok.includes(d.phase)) throw unexpected(`kind 0x${msg.kind.toString(16)} is not legal for disk ${handle} in state ${d.phase}`)
+      return d
+    }
+    switch (msg.kind) {
+      case MessageKind.Hello: need('start'); this.#phase = 'hello'; return
+      case MessageKind.Welcome: need('hello'); this.#phase = 'ready'; return
+      case MessageKind.VmOpen:
+        need('ready')
+        this.#vm = msg.vm
+        this.#cycle = msg.cycle
+        this.#phase = 'vm-opening'
+        return
+      case MessageKind.VmState:
+        need('vm-opening')
+        if (msg.vm !== this.#vm) throw unexpected('VmState names another VM')
+        this.#phase = 'vm-open'
+        return
+      case MessageKind.Rollback:
+        need('vm-open')
+        if (msg.vm !== this.#vm) throw unexpected('Rollback names another VM')
+        if (this.#disks.size > 0) throw unexpected('Rollback must come before any DiskOpen')
+        this.#phase = 'rolling-back'
+        return
+      case MessageKind.RolledBack:
+        need('rolling-back')
+        this.#phase = 'vm-open'
+        return
+      case MessageKind.DiskOpen:
+        need('vm-open')
+        if (this.#disks.has(msg.disk)) throw unexpected(`disk handle ${msg.disk} already used`)
+        if (msg.cycle !== this.#cycle) throw unexpected(`DiskOpen for cycle ${msg.cycle} after VmOpen of cycle ${this.#cycle}`)
+        this.#disks.set(msg.disk, { phase: 'opening', nextSeq: 0, acked: -1, trivial: 0, certify: 0 })
+        return
+      case MessageKind.DiskState: {
+        const d = disk(msg.disk, 'opening')
+        d.phase = msg.accepted ? 'accepted' : 'refused'
+        d.nextSeq = msg.resumeSeq
+        d.acked = msg.resumeSeq - 1
+        return
+      }
+      case MessageKind.Extent: {
+        need('vm-open')
+        const d = disk(msg.disk, 'accepted')
+        if (msg.seq !== d.nextSeq) throw new ProtocolError('E_SEQUENCE', `disk ${msg.disk}: expected seq ${d.nextSeq}, got ${msg.seq}`)
+        d.nextSeq++
+        return
+      }
+      case MessageKind.ExtentAck: {
+        const d = disk(msg.disk, 'accepted', 'ending', 'sealed')
+        if (msg.seq >= d.nextSeq) throw unexpected(`disk ${msg.disk}: ack of seq ${msg.seq} that was not sent`)
+        if (msg.seq < d.acked) throw unexpected(`disk ${msg.disk}: ack went back from ${d.acked} to ${msg.seq}`)
+        d.acked = msg.seq
+        return
+      }
+      case MessageKind.DiskEnd: {
+        need('vm-open')
+        const d = disk(msg.disk, 'accepted')
+        if (msg.extents !== d.nextSeq) throw unexpected(`disk ${msg.disk}: DiskEnd counts ${msg.extents} extents, ${d.nextSeq} were sent`)
+        d.phase = 'ending'
+        return
+      }
+      case MessageKind.DiskEnded: disk(msg.disk, 'ending').phase = 'sealed'; return
+      case MessageKind.Commit: {
+        need('vm-open')
+        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('Commit names another VM or cycle than VmOpen')
+        const all = [...this.#disks.values()]
+        if (!all.some((d) => d.phase === 'sealed')) throw unexpected('Commit without a sealed disk')
+        if (all.some((d) => d.phase !== 'sealed' && d.phase !== 'refused')) throw unexpected('Commit while a disk is still open')
+        this.#phase = 'committing'
+        return
+      }
+      case MessageKind.Committed:
+        need('committing')
+        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('Committed names another VM or cycle')
+        for (const d of this.#disks.values()) if (d.phase === 'sealed') d.phase = 'committed'
+        this.#phase = 'committed'
+        return
+      case MessageKind.TrivialCheck: need('committed'); disk(msg.disk, 'committed').trivial++; return
+      case MessageKind.Certify: need('committed'); disk(msg.disk, 'committed').certify++; return
+      case MessageKind.TrivialResult: {
+        const d = disk(msg.disk, 'committed')
+        if (d.trivial === 0) throw unexpected(`TrivialResult for disk ${msg.disk} without a TrivialCheck`)
+        d.trivial--
+        return
+      }
+      case MessageKind.CertifyResult: {
+        const d = disk(msg.disk, 'committed')
+        if (d.certify === 0) throw unexpected(`CertifyResult for disk ${msg.disk} without a Certify`)
+        d.certify--
+        return
+      }
+      case MessageKind.Error:
+        if (msg.fatal) this.#phase = 'closed'
+    }
+  }
+}
