@@ -26,6 +26,8 @@ export interface OpenChainOptions {
   pathMap?: PathMap
   /** @default 64 */
   maxDepth?: number
+  /** @internal open the top layer's files read-write (the writer) */
+  writableTop?: boolean
 }
 
 /** Largest single read() we serve; callers stream larger spans in pieces. */
@@ -210,7 +212,7 @@ export async function openChain (path: string, opts: OpenChainOptions = {}): Pro
       if (seen.has(real)) throw new VmdkError('E_CHAIN_LOOP', `chain loops back to ${p}`, layers[layers.length - 1]?.path ?? p)
       if (layers.length >= maxDepth) throw new VmdkError('E_CHAIN_LOOP', `chain deeper than ${maxDepth} layers`, p)
       seen.add(real)
-      const layer = await openLayer(p, opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {})
+      const layer = await openLayer(p, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), writable: opts.writableTop === true && layers.length === 0 })
       const child = layers[layers.length - 1]
       layers.push(layer)
       if (child !== undefined) {

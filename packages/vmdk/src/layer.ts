@@ -36,7 +36,7 @@ export class Layer {
   readonly path: string
   /** base name of `path` */
   readonly file: string
-  readonly descriptor: Descriptor
+  #descriptor: Descriptor
   /** where the descriptor lives: a separate text file, or embedded in a KDMV extent */
   readonly descriptorKind: 'text' | 'embedded' | 'none'
   readonly extents: readonly Extent[]
@@ -47,7 +47,7 @@ export class Layer {
   constructor (path: string, descriptor: Descriptor, kind: Layer['descriptorKind'], extents: readonly Extent[]) {
     this.path = path
     this.file = basename(path)
-    this.descriptor = descriptor
+    this.#descriptor = descriptor
     this.descriptorKind = kind
     this.extents = extents
     const starts: number[] = []
@@ -56,6 +56,10 @@ export class Layer {
     this.extentStarts = starts
     this.capacity = s
   }
+
+  get descriptor (): Descriptor { return this.#descriptor }
+  /** @internal the writer replaces the descriptor after persisting it */
+  setDescriptor (d: Descriptor): void { this.#descriptor = d }
 
   get cid (): string { return this.descriptor.cid }
   get parentCid (): string { return this.descriptor.parentCid }
