@@ -274,7 +274,15 @@ export async function createDelta (parentPath: string, childPath: string, opts: 
         createType: 'monolithicSparse',
         parentFileNameHint: hint,
         extents: [{ access: 'RW', sectors: capacity / 512, type: 'SPARSE', file: basename(childPath) }],
-        ddb: [['ddb.virtualHWVersion', '4'], ...geometry(capacity), ['ddb.adapterType', 'lsilogic']],
+        // the DDB `qemu-img create -f vmdk` writes (adapter ide, 16 heads, 63 sectors)
+        ddb: [
+          ['ddb.virtualHWVersion', '4'],
+          ['ddb.geometry.cylinders', String(Math.min(16383, Math.floor(capacity / 512 / (16 * 63))))],
+          ['ddb.geometry.heads', '16'],
+          ['ddb.geometry.sectors', '63'],
+          ['ddb.adapterType', 'ide'],
+          ['ddb.toolsVersion', '2147483647']
+        ],
         encoding: null
       })
       const img = hostedImage(capacity, d.toString())
