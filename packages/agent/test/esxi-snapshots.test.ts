@@ -1,0 +1,158 @@
+/**
+ * Snapshot life cycle through the esxi driver, over a real sshd, against the
+ * vim-cmd stand-in that makes ESXi's file-level changes with @grainline/vmdk.
+ * qemu-img (an independent VMDK implementation) checks the disk contents.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import path from 'node:path'
+import { pino } from 'pino'
+import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
+import type { VmHandle } from '../src/driver.ts'
+import { vmdk } from '../src/vmdk-api.ts'
+import { startSshHarness } from './esxi-harness.ts'
+import { buildVm } from './esxi-vm-builder.ts'
+
+const h = await startSshHarness()
+t.teardown(() => h.stop())
+const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
+
+/** The disk as qemu-img sees it, flattened. */
+function qemuRaw (descriptor: string): Buffer {
+  const out = path.join(h.dir, `qemu-${randomBytes(4).toString('hex')}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', descriptor, out])
+  const b = execFileSync('cat', [out], { maxBuffer: 64 * 1024 * 1024 })
+  execFileSync('rm', ['-f', out])
+  return b
+}
+
+/** Guest writes into the running top of every disk (what the VM would do). */
+async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
+  const api = await vmdk()
+  for (const d of vm.disks) {
+    const w = await api.openWriter(d.path)
+    try {
+      for (let i = 0; i < 6; i++) {
+        const off = ((seed * 7919 + i * 104729) % 1800) * 512
+        await w.write(off, randomBytes(4096 + 512 * i))
+      }
+      await w.writeZeroes(64 * 1024 * (seed % 4), 8192)
+    } finally { await w.close() }
+  }
+}
+
+const init = (over: Partial<EsxiDriverInit> = {}): EsxiDriverInit => ({
+  ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: h.hostKeyFingerprint },
+  datastores: { datastore1: { localPath: h.datastore, uuid } },
+  verifyTimeoutMs: 5000,
+  pollIntervalMs: 50,
+  ...over,
+})
+
+async function register (id: string, folder: string, stem: string, extra: Record<string, unknown> = {}): Promise<void> {
+  await buildVm(h.datastore, uuid, folder, stem)
+  const s = await h.readState()
+  s.vms.push({ id, name: folder, vmx: `[datastore1] ${folder}/${stem}.vmx`, ...extra })
+  await h.writeState(s)
+}
+
+for (const format of ['sesparse', 'vmfssparse'] as const) {
+  t.test(`snapshot create / remove with ${format} deltas`, async (t) => {
+    const folder = `vm ${format}`
+    const stem = `vm-${format}`
+    await register(format === 'sesparse' ? '21' : '22', folder, stem, { deltaFormat: format })
+    const driver: EsxiDriver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init())
+    t.teardown(() => driver.close())
+    const ext = format === 'sesparse' ? 'sesparse' : 'delta'
+    const dir = path.join(h.datastore, folder)
+
+    let vm = await driver.openVm(folder)
+    const base = vm.disks.map((d) => d.path)
+    const raw0 = base.map(qemuRaw)
+    t.same(raw0.map((b) => b.length), [2 * 1024 * 1024, 1024 * 1024])
+
+    // snapshot 1: the base disks freeze, each disk gets -000001
+    const s1 = await driver.createSnapshot(vm, 'grainline-1')
+    t.match(s1, { name: 'grainline-1', grainline: true, cycle: 1 })
+    t.same(s1.disks, [{ node: 'scsi0:0', fileName: `${stem}.vmdk` }, { node: 'scsi0:1', fileName: `/vmfs/volumes/${uuid}/${folder}/${stem}_1.vmdk` }])
+    vm = await driver.openVm(folder)
+    t.same(vm.disks.map((d) => path.basename(d.path)), [`${stem}-000001.vmdk`, `${stem}_1-000001.vmdk`])
+    for (const d of vm.disks) t.ok(existsSync(d.path.replace(/\.vmdk$/, `-${ext}.vmdk`)), `${path.basename(d.path)} has its -${ext}.vmdk extent`)
+    t.match(await readFile(path.join(dir, `${stem}.vmsd`), 'utf8'), /snapshot0\.displayName = "grainline-1"/)
+    t.same(vm.disks.map((d) => qemuRaw(d.path)), raw0, 'a fresh delta reads as its parent')
+
+    await guestWrites(vm, 1)
+    const raw1 = vm.disks.map((d) => qemuRaw(d.path))
+    t.not(raw1[0]?.equals(raw0[0] as Buffer), true, 'the guest writes changed the disk')
+
+    // snapshot 2: -000001 freezes, -000002 on top
+    const s2 = await driver.createSnapshot(vm, 'grainline-2')
+    vm = await driver.openVm(folder)
+    t.same(vm.disks.map((d) => path.basename(d.path)), [`${stem}-000002.vmdk`, `${stem}_1-000002.vmdk`])
+    t.same([path.join(dir, `${stem}-000001.vmdk`), path.join(dir, `${stem}_1-000001.vmdk`)].map(qemuRaw), raw1, 'frozen delta view')
+    const listed = await driver.listSnapshots(vm)
+    t.same(listed.map((s) => [s.id, s.name, s.cycle]), [[s1.id, 'grainline-1', 1], [s2.id, 'grainline-2', 2]])
+    t.same(listed[1]?.disks.map((d) => d.fileName), [`${stem}-000001.vmdk`, `${stem}_1-000001.vmdk`])
+
+    await guestWrites(vm, 2)
+    const raw2 = vm.disks.map((d) => qemuRaw(d.path))
+
+    // remove snapshot 1: -000001 merges into the base; -000002 now sits on the base
+    await driver.removeSnapshot(vm, s1)
+    t.notOk(existsSync(path.join(dir, `${stem}-000001.vmdk`)), 'merged delta deleted')
+    t.notOk(existsSync(path.join(dir, `${stem}-000001-${ext}.vmdk`)))
+    vm = await driver.openVm(folder)
+    t.same(vm.disks.map((d) => qemuRaw(d.path)), raw2, 'running view unchanged by the merge')
+    t.same(base.map(qemuRaw), raw1, 'the base now holds the frozen point of snapshot 2')
+    const api = await vmdk()
+    const chain = await api.openChain(vm.disks[0]?.path as string, { pathMap: { ...driver.pathMap } })
+    t.same(chain.layers.map((l) => l.file), [`${stem}-000002.vmdk`, `${stem}.vmdk`])
+    await chain.close()
+    const left = await driver.listSnapshots(vm)
+    t.same(left.map((s) => s.id), [s2.id])
+    t.same(left[0]?.disks.map((d) => d.fileName), [`${stem}.vmdk`, `/vmfs/volumes/${uuid}/${folder}/${stem}_1.vmdk`], '.vmsd re-pointed at the surviving parent')
+
+    // remove snapshot 2: the running delta merges, the VM runs on the base again
+    await driver.removeSnapshot(vm, left[0] as typeof s2)
+    vm = await driver.openVm(folder)
+    t.same(vm.disks.map((d) => d.path), base)
+    t.same(base.map(qemuRaw), raw2)
+    t.same(await driver.listSnapshots(vm), [])
+  })
+}
+
+t.test('a failing snapshot.remove leaves the snapshot and a usable chain', async (t) => {
+  await register('23', 'vm fail', 'vmf')
+  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init())
+  t.teardown(() => driver.close())
+  let vm = await driver.openVm('vm fail')
+  const s1 = await driver.createSnapshot(vm, 'grainline-1')
+  vm = await driver.openVm('vm fail')
+  await guestWrites(vm, 3)
+  const before = vm.disks.map((d) => qemuRaw(d.path))
+  const s = await h.readState()
+  const rec = s.vms.find((v) => v.id === '23')
+  if (rec !== undefined) rec.fail = { 'snapshot.remove': 'InvalidState' }
+  await h.writeState(s)
+  await t.rejects(driver.removeSnapshot(vm, s1), { code: 'E_VIM_FAULT', fault: 'vim.fault.InvalidState', vm: 'vm fail', command: `vim-cmd vmsvc/snapshot.remove 23 ${s1.id}` })
+  t.same((await driver.listSnapshots(vm)).map((x) => x.id), [s1.id])
+  t.same(vm.disks.map((d) => qemuRaw(d.path)), before)
+})
+
+t.test('ESXi removes the snapshot but does not merge: consolidation needed', async (t) => {
+  await register('24', 'vm cons', 'vmc', { skipConsolidation: true })
+  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 500 }))
+  t.teardown(() => driver.close())
+  let vm = await driver.openVm('vm cons')
+  const s1 = await driver.createSnapshot(vm, 'grainline-1')
+  vm = await driver.openVm('vm cons')
+  await guestWrites(vm, 4)
+  const before = vm.disks.map((d) => qemuRaw(d.path))
+  const err = await driver.removeSnapshot(vm, s1).then(() => undefined, (e: unknown) => e) as Error
+  t.match(err, { code: 'E_CONSOLIDATION_NEEDED', vm: 'vm cons', message: /consolidationNeeded=true/ })
+  t.match(err.message, /vmc-000001\.vmdk is still in the chain/)
+  t.same(vm.disks.map((d) => qemuRaw(d.path)), before, 'the VM keeps a usable chain')
+})
