@@ -1,0 +1,162 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import { readFileSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { MessageKind } from '@grainline/protocol'
+import { rollbackMirror, storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, hello, vmOpen, type Env } from './helpers.ts'
+
+/*
+ * kill -9 (self-inflicted SIGKILL at a named point, see src/fault.ts) of a
+ * receiver child process during an apply or a commit; restart; then resume,
+ * roll back by message, or roll back with rollbackMirror() — and compare the
+ * mirror byte for byte with the image of the cycle the store says is committed.
+ */
+
+const VM = 'vm1'
+const CAP = 2 * MiB
+const EXT = 64 * 1024
+const imgA = Buffer.concat([pattern(MiB, 1), Buffer.alloc(MiB / 2), pattern(MiB / 2, 2)])
+const ranges = [
+  { offset: 0, length: 4 * EXT },
+  { offset: 8 * EXT, length: 3 * EXT },
+  { offset: 20 * EXT, length: 2 * EXT, zero: true },
+  { offset: MiB, length: 4 * EXT },
+  { offset: CAP - 2 * EXT, length: 2 * EXT },
+]
+const imgB = evolve(imgA, 77, ranges)
+const planA = (id = 'a1'.repeat(8)) => seedPlan(0, 'vm1.vmdk', imgA, id, EXT)
+const planB = (id = 'b2'.repeat(8)) => incPlan(0, 'vm1.vmdk', imgB, 1, id, ranges, 'vm1-000001.vmdk', 'vm1-000002.vmdk', EXT)
+const flatPath = (env: Env): string => join(env.store, VM, 'vm1-flat.vmdk')
+const ARGS = ['--batch-bytes', String(EXT), '--log-level', 'warn']
+
+async function stopChild (c: Awaited<ReturnType<typeof startChild>>): Promise<void> {
+  c.child.kill('SIGTERM')
+  const e = await c.exited
+  if (e.code !== 0) throw new Error(`receiver exit ${JSON.stringify(e)}: ${c.stderr()}`)
+}
+
+async function seeded (dir: string): Promise<Env> {
+  const env = makeEnv(dir)
+  const c = await startChild(env, { args: ARGS })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, VM, 1, [planA()])
+  a.close()
+  await a.whenClosed()
+  await stopChild(c)
+  return env
+}
+
+async function crashRun (t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>): Promise<void> {
+  const c = await startChild(env, { fault, args: ARGS })
+  await run(c.url).catch(() => {})
+  const e = await Promise.race([c.exited, new Promise<{ code: null, signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 10000))])
+  if (e.signal === 'timeout') c.child.kill('SIGKILL')
+  t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
+}
+
+async function incRun (env: Env, url: string): Promise<void> {
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, VM, 2, [planB()])
+}
+
+const incFaults = [
+  'journal-synced:1', 'journal-synced:2', 'journal-synced:5', 'journal-synced:9', 'journal-synced:12',
+  'extent-written:1', 'extent-written:3', 'extent-written:8', 'extent-written:12', 'extent-written:15',
+  'target-synced:1', 'target-synced:4', 'target-synced:10', 'target-synced:12',
+  'commit-before-state:1', 'commit-after-state:1', 'commit-descriptors:1',
+]
+const thens = ['resume', 'rollback-msg', 'rollback-cli'] as const
+
+t.test('kill -9 during an incremental apply or its commit', async (t) => {
+  let i = 0
+  for (const fault of incFaults) {
+    const then = thens[i++ % thens.length] as (typeof thens)[number]
+    await t.test(`${fault} then ${then}`, async (t) => {
+      const env = await seeded(t.testdir())
+      await crashRun(t, env, fault, (url) => incRun(env, url))
+      const c = await startChild(env, { args: ARGS })
+      t.teardown(() => { c.child.kill('SIGKILL') })
+      const st = (await storeStatus(env.store)).vms[0]
+      const committed = st?.committedCycle
+      t.ok(committed === 1 || committed === 2, `committed cycle ${String(committed)}`)
+      if (fault.startsWith('commit-after') || fault.startsWith('commit-desc')) t.equal(committed, 2, 'past the commit point the commit holds')
+      if (then === 'resume') {
+        if (committed === 1) {
+          const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+          const r = await runCycle(a, VM, 2, [planB()])
+          a.close()
+          t.ok((r.resume[0] ?? 0) >= 0, `resumed at seq ${String(r.resume[0])}`)
+          if (fault.startsWith('target-synced')) t.ok((r.resume[0] ?? 0) > 0, 'resume point after a durable batch is not 0')
+        }
+        t.ok(readFileSync(flatPath(env)).equals(imgB), 'mirror == new image after resume')
+      } else if (then === 'rollback-msg') {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        a.send(hello())
+        await a.expect(MessageKind.Welcome)
+        a.send(vmOpen(VM, 3, ['vm1-000002.vmdk']))
+        const vs = await a.expect(MessageKind.VmState)
+        a.send({ kind: MessageKind.Rollback, vm: VM })
+        const rb = await a.expect(MessageKind.RolledBack)
+        t.equal(rb.committedCycle, vs.committedCycle)
+        a.close()
+        await a.whenClosed()
+        t.ok(readFileSync(flatPath(env)).equals(committed === 2 ? imgB : imgA), 'mirror == last committed image after rollback')
+        if (committed === 1) {
+          // the cycle can then be shipped afresh
+          const b = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+          const r = await runCycle(b, VM, 2, [planB('c3'.repeat(8))])
+          b.close()
+          t.equal(r.resume[0], 0)
+          t.ok(readFileSync(flatPath(env)).equals(imgB), 'fresh cycle after rollback == new image')
+        }
+      } else {
+        await stopChild(c)
+        const r = await rollbackMirror(env.store, VM)
+        t.equal(r.committedCycle, committed)
+        t.ok(readFileSync(flatPath(env)).equals(committed === 2 ? imgB : imgA), 'mirror == last committed image after rollbackMirror')
+        const st2 = (await storeStatus(env.store)).vms[0]
+        t.equal(st2?.needsRecovery, false)
+        t.equal(st2?.disks[0]?.modified, false, 'descriptor CID and size match the state')
+      }
+    })
+  }
+})
+
+t.test('kill -9 during a seed and a re-seed', async (t) => {
+  const seedFaults = ['extent-written:2', 'target-synced:3', 'commit-before-state:1', 'commit-after-state:1', 'commit-renamed:1', 'commit-descriptors:1']
+  for (const fault of seedFaults) {
+    await t.test(`first seed, ${fault}`, async (t) => {
+      const env = makeEnv(t.testdir())
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 1, [planA()])
+      })
+      const c = await startChild(env, { args: ARGS })
+      t.teardown(() => { c.child.kill('SIGKILL') })
+      const committed = (await storeStatus(env.store)).vms[0]?.committedCycle ?? 0
+      if (fault.startsWith('commit-after') || fault.startsWith('commit-renamed') || fault.startsWith('commit-desc')) t.equal(committed, 1)
+      if (committed === 0) {
+        t.notOk(existsSync(flatPath(env)), 'no flat exposed before the commit')
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 1, [planA()])
+        a.close()
+      }
+      t.ok(readFileSync(flatPath(env)).equals(imgA), 'mirror == seed image')
+    })
+    await t.test(`re-seed over a mirror, ${fault}`, async (t) => {
+      const env = await seeded(t.testdir())
+      const imgC = pattern(CAP, 99)
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 2, [seedPlan(0, 'vm1.vmdk', imgC, 'cc'.repeat(8), EXT)])
+      })
+      const committed = (await storeStatus(env.store)).vms[0]?.committedCycle
+      // while the receiver is down, before any recovery: the flat is a committed image
+      const early = readFileSync(flatPath(env))
+      if (committed === 1) t.ok(early.equals(imgA), 'a re-seed never touches the committed flat before its commit point')
+      const r = await rollbackMirror(env.store, VM)
+      t.ok(readFileSync(flatPath(env)).equals(r.committedCycle === 2 ? imgC : imgA), 'mirror == last committed image')
+    })
+  }
+})
