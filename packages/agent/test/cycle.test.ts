@@ -1,0 +1,119 @@
+/**
+ * Full cycles against the REAL receiver process over TLS: seed and incremental
+ * cycles for every delta kind with a guest writing during the cycles; after each
+ * cycle the mirror equals `qemu-img convert -O raw` of the frozen source view.
+ */
+import t from 'tap'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { openChain } from '@grainline/vmdk'
+import { replicate, type ReplicateInit } from '../src/replicate.ts'
+import { createLocalDriver } from '../src/local-driver.ts'
+import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
+import type { VmHandle } from '../src/driver.ts'
+import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startReceiver, TOKEN } from './helpers.ts'
+
+if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
+
+/** Record the frozen view of every disk (qemu-img, the oracle) right after the snapshot. */
+async function recordFrozen (vm: VmHandle, dir: string, tag: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  for (const d of vm.disks) {
+    const chain = await openChain(d.path)
+    const frozen = chain.layers[1]?.path
+    const base = chain.layers[chain.layers.length - 1]?.file as string
+    await chain.close()
+    if (frozen === undefined) throw new Error('no frozen layer')
+    const raw = join(dir, `${tag}-${base}.raw`)
+    await qemuRaw(frozen, raw)
+    out.set(base, raw)
+  }
+  return out
+}
+
+function mirrorFlat (store: string, vm: string, base: string): string {
+  return join(store, vm, base.replace(/\.vmdk$/, '') + '-flat.vmdk')
+}
+
+for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
+  t.test(`seed + incremental cycles with ${format} deltas, guest writing during cycles`, async (t) => {
+    const dir = t.testdir()
+    const rx = await startReceiver(join(dir, 'rx'))
+    t.teardown(() => rx.stop())
+    const vm = await createSampleVm(dir, { name: 'web 01', disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 3 * MiB, node: 'nvme0:0' }], seed: 5 })
+    const { logger } = memoryLogger()
+    for (let cycle = 1; cycle <= 3; cycle++) {
+      let frozen = new Map<string, string>()
+      const init: ReplicateInit = {
+        vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, deltaFormat: format, certify: 'sha256', trivialMiB: 2, progress: 'none',
+        maxExtentBytes: 256 * 1024,
+        afterSnapshot: async (h) => {
+          frozen = await recordFrozen(h, dir, `c${cycle}`)
+          await simulateGuestWrites(h.vmxPath, { bytes: 384 * 1024, writeSize: 64 * 1024, seed: 100 + cycle, zeroFraction: 0.25 })
+        },
+      }
+      const report = await replicate({ logger }, init)
+      const v = report.vms[0]
+      t.ok(report.ok, `cycle ${cycle} ok ${JSON.stringify(v?.error ?? v?.disks.map((d) => d.error))}`)
+      t.equal(v?.cycle, cycle)
+      t.equal(v?.disks.length, 2)
+      for (const d of v?.disks ?? []) {
+        t.equal(d.mode, cycle === 1 ? 'seed' : 'incremental', `${d.name} mode`)
+        t.equal(d.trivial?.ok, true)
+        t.equal(d.certify?.ok, true)
+        const raw = frozen.get(d.name) as string
+        t.equal(await firstDifference(mirrorFlat(rx.store, 'web 01', d.name), raw), -1, `cycle ${cycle} ${d.name}: mirror == qemu-img convert of the frozen view`)
+        if (cycle > 1) t.ok(d.dataBytes + d.zeroBytes <= 2 * 1024 * 1024, `incremental ships the change only (${d.dataBytes}+${d.zeroBytes} bytes)`)
+        if (cycle === 1) t.ok(d.zeroBytes > 0, 'zero ranges travel as zero extents')
+      }
+      t.same(v?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`], 'the older snapshot was consolidated')
+      const h = await createLocalDriver().openVm(vm.vmxPath)
+      const snaps = await createLocalDriver().listSnapshots(h)
+      t.same(snaps.map((s) => s.name), [`grainline-${cycle}`], 'the VM runs on exactly one grainline snapshot')
+      const chain = await openChain(h.disks[0]?.path as string)
+      t.equal(chain.layers.length, 2, 'chain: base ← running delta')
+      await chain.close()
+    }
+  })
+}
+
+t.test('foreign snapshots: refused by default, consolidated with consolidateExisting', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'app', disks: [{ sizeBytes: 2 * MiB }] })
+  const driver = createLocalDriver()
+  await driver.createSnapshot(await driver.openVm(vm.vmxPath), 'before upgrade')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, seed: 9 })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const refused = await replicate({ logger }, base)
+  t.notOk(refused.ok)
+  t.equal(refused.vms[0]?.error?.code, 'E_FOREIGN_SNAPSHOTS')
+  t.match(refused.vms[0]?.error?.message, /before upgrade/)
+  let frozen = new Map<string, string>()
+  const ok = await replicate({ logger }, { ...base, consolidateExisting: true, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'f') } })
+  t.ok(ok.ok)
+  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'])
+  t.equal(await firstDifference(mirrorFlat(rx.store, 'app', 'app.vmdk'), frozen.get('app.vmdk') as string), -1)
+})
+
+t.test('a modified mirror falls back to a full resync', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'files', disks: [{ sizeBytes: 2 * MiB }] })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  t.ok((await replicate({ logger }, { ...base, afterSnapshot: async (h) => { await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: 1 }) } })).ok)
+  // someone boots the mirror: its descriptor CID changes
+  const desc = join(rx.store, 'files', 'files.vmdk')
+  await writeFile(desc, (await readFile(desc, 'utf8')).replace(/^CID=[0-9a-f]{8}/m, 'CID=0badc0de'))
+  let frozen = new Map<string, string>()
+  const r = await replicate({ logger }, { ...base, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'm') } })
+  t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
+  t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
+  t.match(r.vms[0]?.disks[0]?.fallbackReason, /E_MIRROR_MODIFIED/)
+  t.equal(await firstDifference(mirrorFlat(rx.store, 'files', 'files.vmdk'), frozen.get('files.vmdk') as string), -1)
+  t.ok((await readdir(join(rx.store, 'files'))).includes('files.vmx'))
+})

@@ -1,0 +1,133 @@
+/**
+ * Seed and incremental cycles through `replicate()` with driver 'esxi': the
+ * agent drives snapshots over a real sshd (vim-cmd stand-in) and ships to a
+ * real receiver process; each mirror must equal `qemu-img convert -O raw` of
+ * the frozen source point of its cycle.
+ */
+import t from 'tap'
+import { spawn, execFileSync } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { createInterface } from 'node:readline'
+import path from 'node:path'
+import { pino } from 'pino'
+import { replicate } from '../src/replicate.ts'
+import type { EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
+import type { VmHandle } from '../src/driver.ts'
+import { vmdk } from '../src/vmdk-api.ts'
+import { repoRoot, startSshHarness } from './esxi-harness.ts'
+import { buildVm } from './esxi-vm-builder.ts'
+
+const h = await startSshHarness()
+t.teardown(() => h.stop())
+const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
+
+function qemuRaw (descriptor: string): Buffer {
+  const out = path.join(h.dir, `qemu-${randomBytes(4).toString('hex')}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', descriptor, out])
+  const b = execFileSync('cat', [out], { maxBuffer: 64 * 1024 * 1024 })
+  execFileSync('rm', ['-f', out])
+  return b
+}
+
+// the receiver process
+const store = path.join(h.dir, 'store')
+await mkdir(store)
+const token = randomBytes(24).toString('hex')
+const tokens = path.join(h.dir, 'tokens.json')
+await writeFile(tokens, JSON.stringify({ tokens: [{ name: 'test', token, vms: ['*'] }] }))
+const recv = spawn(process.execPath, [path.join(repoRoot, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens], { stdio: ['ignore', 'pipe', 'pipe'] })
+const recvLogs: string[] = []
+createInterface({ input: recv.stderr }).on('line', (l) => { recvLogs.push(l) })
+const port = await new Promise<number>((resolve, reject) => {
+  const timer = setTimeout(() => { reject(new Error(`receiver did not start: ${recvLogs.join('\n')}`)) }, 20_000)
+  createInterface({ input: recv.stdout }).on('line', (line) => {
+    recvLogs.push(line)
+    try {
+      const ev = JSON.parse(line) as { event?: string, port?: number }
+      if (ev.event === 'listening' && typeof ev.port === 'number') { clearTimeout(timer); resolve(ev.port) }
+    } catch {}
+  })
+  recv.once('exit', (code) => { clearTimeout(timer); reject(new Error(`receiver exited ${String(code)}: ${recvLogs.join('\n')}`)) })
+})
+t.teardown(async () => { if (recv.exitCode === null) { recv.kill('SIGTERM'); await once(recv, 'exit') } })
+
+await buildVm(h.datastore, uuid, 'app 01', 'app01')
+const s = await h.readState()
+s.vms.push({ id: '31', name: 'app 01', vmx: '[datastore1] app 01/app01.vmx', deltaFormat: 'sesparse' })
+await h.writeState(s)
+
+const esxi: EsxiDriverInit = {
+  ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: h.hostKeyFingerprint },
+  datastores: { datastore1: { localPath: h.datastore, uuid } },
+  verifyTimeoutMs: 5000,
+  pollIntervalMs: 50,
+}
+
+/** Find the mirror's flat file of a source disk (base file name `stem.vmdk`). */
+async function mirrorFlat (stem: string): Promise<string> {
+  const found: string[] = []
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) await walk(p)
+      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
+    }
+  }
+  await walk(store)
+  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
+  return found[0] as string
+}
+
+async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
+  const api = await vmdk()
+  for (const d of vm.disks) {
+    const w = await api.openWriter(d.path)
+    try {
+      for (let i = 0; i < 5; i++) await w.write(((seed * 31 + i * 397) % 1900) * 512, randomBytes(3000 + 512 * i - (3000 % 512)))
+      await w.writeZeroes(128 * 1024 * (1 + (seed % 3)), 16384)
+    } finally { await w.close() }
+  }
+}
+
+for (const cycle of [1, 2, 3]) {
+  t.test(`cycle ${cycle} (${cycle === 1 ? 'seed' : 'incremental'})`, async (t) => {
+    let frozen: Buffer[] = []
+    const report = await replicate({ logger: pino({ level: 'silent' }) }, {
+      vm: 'app 01',
+      driver: 'esxi',
+      esxi,
+      to: `ws://127.0.0.1:${port}`,
+      token,
+      progress: 'none',
+      trivialMiB: 1,
+      certify: 'sha256',
+      afterSnapshot: async (vm) => {
+        // the frozen point: the parent of each new running delta
+        const api = await vmdk()
+        frozen = []
+        for (const d of vm.disks) {
+          const chain = await api.openChain(d.path, { pathMap: { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore } })
+          const parent = chain.layers[1]?.path
+          await chain.close()
+          if (parent === undefined) throw new Error('no frozen layer')
+          frozen.push(qemuRaw(parent))
+        }
+        // the VM keeps writing while the cycle ships
+        await guestWrites(vm, cycle * 10)
+      },
+    })
+    t.equal(report.ok, true, JSON.stringify(report.vms[0]?.error ?? report.vms[0]))
+    const vr = report.vms[0]
+    t.equal(vr?.disks.length, 2)
+    t.same(vr?.disks.map((d) => d.mode), cycle === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'])
+    t.same(vr?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`])
+    t.same(await readFile(await mirrorFlat('app01')), frozen[0], 'disk 0 mirror = frozen source')
+    t.same(await readFile(await mirrorFlat('app01_1')), frozen[1], 'disk 1 mirror = frozen source')
+    // the source VM runs on exactly one grainline snapshot
+    const vmsd = await readFile(path.join(h.datastore, 'app 01/app01.vmsd'), 'utf8')
+    t.match(vmsd, /snapshot\.numSnapshots = "1"/)
+    t.match(vmsd, new RegExp(`displayName = "grainline-${cycle}"`))
+  })
+}

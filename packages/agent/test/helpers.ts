@@ -1,0 +1,168 @@
+/** Test helpers: a real receiver process over TLS, a cutting TCP proxy, the qemu-img oracle. */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createReadStream } from 'node:fs'
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { pino, type Logger } from 'pino'
+
+const exec = promisify(execFile)
+export const MiB = 1024 * 1024
+export const TOKEN = 'agent-test-token-0123456789abcdef'
+export const RECEIVER_MAIN = fileURLToPath(new URL('../../../receiver/dist/src/main.js', import.meta.url))
+export const haveReceiver = existsSync(RECEIVER_MAIN)
+
+/** A pino logger collecting JSON lines (logs are asserted through a sink). */
+export function memoryLogger (level = 'info'): { logger: Logger, lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write (chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      cb()
+    },
+  })
+  return { logger: pino({ level }, sink), lines }
+}
+
+export interface ReceiverEnv {
+  store: string
+  ca: Buffer
+  url: string
+  port: number
+  proc: ChildProcess
+  logs: string[]
+  stop(): Promise<void>
+  restart(): Promise<void>
+}
+
+/** Start the real receiver process with TLS and a token that may replicate every VM. */
+export async function startReceiver (dir: string, opts: { port?: number } = {}): Promise<ReceiverEnv> {
+  mkdirSync(dir, { recursive: true })
+  const store = join(dir, 'store')
+  mkdirSync(store, { recursive: true })
+  const key = join(dir, 'k.pem')
+  const cert = join(dir, 'c.pem')
+  if (!existsSync(cert)) {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-days', '2', '-keyout', key, '-out', cert], { stdio: 'ignore' })
+  }
+  const tokens = join(dir, 'tokens.json')
+  writeFileSync(tokens, JSON.stringify({ tokens: [{ name: 'agent-test', token: TOKEN, vms: ['*'] }] }))
+  const env: ReceiverEnv = {
+    store, ca: readFileSync(cert), url: '', port: 0, proc: undefined as unknown as ChildProcess, logs: [],
+    async stop () {
+      if (env.proc.exitCode !== null || env.proc.signalCode !== null) return
+      const exited = once(env.proc, 'exit')
+      env.proc.kill('SIGTERM')
+      await exited
+    },
+    async restart () {
+      await env.stop()
+      await launch(env.port)
+    },
+  }
+  const launch = async (port: number): Promise<void> => {
+    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key],
+      { stdio: ['ignore', 'pipe', 'pipe'] })
+    env.proc = proc
+    process.once('exit', () => proc.kill('SIGKILL'))
+    createInterface({ input: proc.stderr! }).on('line', (l) => { env.logs.push(l) })
+    env.port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('receiver did not start')), 20_000)
+      createInterface({ input: proc.stdout! }).on('line', (line) => {
+        try {
+          const ev = JSON.parse(line) as { event?: string, port?: number }
+          if (ev.event === 'listening' && typeof ev.port === 'number') { clearTimeout(timer); resolve(ev.port) }
+        } catch { /* not JSON */ }
+      })
+      proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`receiver exited ${code}: ${env.logs.slice(-5).join('\n')}`)) })
+    })
+    env.url = `wss://127.0.0.1:${env.port}`
+  }
+  await launch(opts.port ?? 0)
+  return env
+}
+
+/** `qemu-img convert -O raw`: the independent oracle of a chain's content. */
+export async function qemuRaw (vmdk: string, out: string): Promise<void> {
+  await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', vmdk, out], { maxBuffer: 1 << 20 })
+}
+
+/** `qemu-img map --output=json` of a file. */
+export async function qemuMap (vmdk: string): Promise<Array<{ start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean }>> {
+  const { stdout } = await exec('qemu-img', ['map', '-f', 'vmdk', '--output=json', vmdk], { maxBuffer: 64 << 20 })
+  return JSON.parse(stdout) as Array<{ start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean }>
+}
+
+/** First differing offset of two files, or -1 when equal (sizes included). */
+export async function firstDifference (a: string, b: string): Promise<number> {
+  const ra = createReadStream(a, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
+  const rb = createReadStream(b, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
+  let bufA: Buffer = Buffer.alloc(0)
+  let bufB: Buffer = Buffer.alloc(0)
+  let pos = 0
+  for (;;) {
+    if (bufA.length === 0) { const n = await ra.next(); bufA = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
+    if (bufB.length === 0) { const n = await rb.next(); bufB = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
+    if (bufA.length === 0 || bufB.length === 0) return bufA.length === bufB.length ? -1 : pos
+    const n = Math.min(bufA.length, bufB.length)
+    if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) {
+      for (let i = 0; i < n; i++) if (bufA[i] !== bufB[i]) return pos + i
+    }
+    pos += n
+    bufA = bufA.subarray(n)
+    bufB = bufB.subarray(n)
+  }
+}
+
+/** A TCP proxy that cuts each connection after a byte budget (client → server). */
+export interface CuttingProxy {
+  readonly port: number
+  /** budget of the NEXT connections, one per connection; empty = never cut */
+  budgets: number[]
+  cuts: number
+  cutAll(): void
+  close(): Promise<void>
+}
+
+export async function startCuttingProxy (targetPort: () => number): Promise<CuttingProxy> {
+  const sockets = new Set<Socket>()
+  const proxy: CuttingProxy = {
+    port: 0, budgets: [], cuts: 0,
+    cutAll () { for (const s of sockets) s.destroy() },
+    async close () { proxy.cutAll(); server.close(); await once(server, 'close').catch(() => {}) },
+  }
+  const server: Server = createServer((client) => {
+    const budget = proxy.budgets.shift()
+    const upstream = connect(targetPort(), '127.0.0.1')
+    sockets.add(client); sockets.add(upstream)
+    let sent = 0
+    const cut = (): void => { client.destroy(); upstream.destroy() }
+    client.on('data', (d: Buffer) => {
+      if (budget !== undefined && sent + d.length >= budget) {
+        upstream.write(d.subarray(0, Math.max(0, budget - sent)))
+        proxy.cuts++
+        cut()
+        return
+      }
+      sent += d.length
+      if (!upstream.write(d)) client.pause()
+    })
+    upstream.on('drain', () => client.resume())
+    upstream.on('data', (d: Buffer) => { if (!client.write(d)) upstream.pause() })
+    client.on('drain', () => upstream.resume())
+    for (const s of [client, upstream]) {
+      s.on('error', cut)
+      s.on('close', () => { sockets.delete(s); cut() })
+    }
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  ;(proxy as { port: number }).port = (server.address() as { port: number }).port
+  return proxy
+}

@@ -1,0 +1,86 @@
+import t from 'tap'
+import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { openChain } from '@grainline/vmdk'
+import { createLocalDriver } from '../src/local-driver.ts'
+import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
+import { parseVmsd } from '../src/vmsd.ts'
+import { VmxConfig, vmxDisks } from '../src/vmx.ts'
+import { firstDifference, MiB, qemuMap, qemuRaw } from './helpers.ts'
+
+for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
+  t.test(`local snapshots with ${format} deltas: create, map, remove = consolidate`, async (t) => {
+    const dir = t.testdir()
+    const vm = await createSampleVm(dir, { name: 'db 01', disks: [{ sizeBytes: 4 * MiB }, { sizeBytes: 2 * MiB, node: 'sata0:0' }], seed: 3 })
+    const driver = createLocalDriver({ deltaFormat: format })
+    let h = await driver.openVm(vm.vmxPath)
+    t.equal(h.name, 'db 01')
+    t.same(h.disks.map((d) => d.node), ['scsi0:0', 'sata0:0'])
+    const rawBase = join(dir, 'base.raw')
+    await qemuRaw(vm.disks[0] as string, rawBase)
+
+    const s1 = await driver.createSnapshot(h, 'grainline-1')
+    t.match(s1, { name: 'grainline-1', grainline: true, cycle: 1 })
+    h = await driver.openVm(vm.vmxPath)
+    t.equal(h.disks[0]?.fileName, 'db 01-000001.vmdk', 'the .vmx runs on the new delta')
+    t.equal(h.disks[1]?.fileName, 'db 01_1-000001.vmdk')
+    const w1 = await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 11, zeroFraction: 0.2 })
+    // the delta holds exactly what the guest wrote (qemu-img map of the delta: depth 0)
+    const map1 = await qemuMap(join(vm.dir, 'db 01-000001.vmdk'))
+    for (const w of w1.filter((x) => x.disk.endsWith('db 01-000001.vmdk') && !x.zero)) {
+      const covered = map1.filter((m) => m.depth === 0 && m.start <= w.offset && m.start + m.length >= w.offset + w.length)
+      t.ok(covered.length === 1 && covered[0]?.data === true, `write at ${w.offset} is in the delta`)
+    }
+    t.ok(map1.some((m) => m.depth === 1), 'unwritten ranges fall through to the base')
+    // the base is untouched by guest writes
+    t.equal(await firstDifference(rawBase, await rawOf(dir, vm.disks[0] as string, 'base-after.raw')), -1, 'base unchanged')
+
+    const s2 = await driver.createSnapshot(h, 'grainline-2')
+    h = await driver.openVm(vm.vmxPath)
+    t.equal(h.disks[0]?.fileName, 'db 01-000002.vmdk')
+    await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, seed: 12 })
+    let db = parseVmsd(await readFile(join(vm.dir, 'db 01.vmsd'), 'utf8'))
+    t.same(db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.disks[0]?.node]), [['grainline-1', 'db 01.vmdk', 'scsi0:0'], ['grainline-2', 'db 01-000001.vmdk', 'scsi0:0']])
+    t.equal(db.current, Number(s2.id))
+
+    const top = (): string => join(vm.dir, (h.disks[0] as { fileName: string }).fileName)
+    const before = await rawOf(dir, top(), 'before.raw')
+    const beforeFrozen = await rawOf(dir, join(vm.dir, 'db 01-000001.vmdk'), 'frozen.raw')
+    await driver.removeSnapshot(h, s1)
+    h = await driver.openVm(vm.vmxPath)
+    t.equal(h.disks[0]?.fileName, 'db 01-000002.vmdk', 'the VM keeps running on the newest delta')
+    t.equal(await firstDifference(before, await rawOf(dir, top(), 'after.raw')), -1, 'chain content unchanged by consolidation')
+    t.equal(await firstDifference(beforeFrozen, await rawOf(dir, vm.disks[0] as string, 'base2.raw')), -1, 'the base now holds the frozen point')
+    const chain = await openChain(top())
+    t.same(chain.layers.map((l) => l.file), ['db 01-000002.vmdk', 'db 01.vmdk'], 'delta re-pointed at the base')
+    await chain.close()
+    db = parseVmsd(await readFile(join(vm.dir, 'db 01.vmsd'), 'utf8'))
+    t.same(db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.parent]), [['grainline-2', 'db 01.vmdk', 0]])
+    t.notOk((await readdir(vm.dir)).some((f) => f.startsWith('db 01-000001')), 'merged delta files deleted')
+
+    await driver.removeSnapshot(h, s2)
+    h = await driver.openVm(vm.vmxPath)
+    t.same(h.disks.map((d) => d.fileName), ['db 01.vmdk', 'db 01_1.vmdk'], 'removing the last snapshot merges the running delta')
+    t.equal(await firstDifference(before, await rawOf(dir, vm.disks[0] as string, 'final.raw')), -1)
+    t.same(await driver.listSnapshots(h), [])
+    const cfg = VmxConfig.parse(await readFile(vm.vmxPath, 'utf8'))
+    t.equal(cfg.get('ethernet0.networkName'), 'VM Network', 'unknown keys kept')
+    t.equal(vmxDisks(cfg).length, 2)
+  })
+}
+
+t.test('errors', async (t) => {
+  const driver = createLocalDriver()
+  await t.rejects(driver.openVm(join(t.testdir(), 'nope.vmx')), { code: 'E_VM_NOT_FOUND' })
+  const dir = t.testdir()
+  const vm = await createSampleVm(dir, { name: 'x', disks: [{ sizeBytes: MiB }] })
+  const h = await driver.openVm(vm.vmxPath)
+  await t.rejects(driver.removeSnapshot(h, { id: '42', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT' })
+  await t.rejects(simulateGuestWrites(vm.vmxPath, { bytes: 4096 }), { code: 'E_SNAPSHOT' }, 'never writes into a base')
+})
+
+async function rawOf (dir: string, vmdk: string, name: string): Promise<string> {
+  const out = join(dir, name)
+  await qemuRaw(vmdk, out)
+  return out
+}
