@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { buildDescriptor, formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 
 /**
@@ -6,29 +7,19 @@ import { ReceiverError } from './errors.ts'
  * source DDB values kept (VMDK.md "descriptor file"). ESXi and QEMU open it.
  */
 export function mirrorDescriptor (opts: { cid: string, capacity: number, flatFile: string, ddb: Readonly<Record<string, string>> }): string {
-  const sectors = Math.ceil(opts.capacity / 512)
-  const lines = [
-    '# Disk DescriptorFile',
-    'version=1',
-    'encoding="UTF-8"',
-    `CID=${opts.cid}`,
-    'parentCID=ffffffff',
-    'createType="vmfs"',
-    '',
-    '# Extent description',
-    `RW ${sectors} VMFS "${opts.flatFile}"`,
-    '',
-    '# The Disk Data Base',
-    '#DDB',
-    '',
-  ]
+  const ddb: Array<[string, string]> = []
   for (const [k, v] of Object.entries(opts.ddb)) {
     const key = k.startsWith('ddb.') ? k : `ddb.${k}`
     // the content ID of the source no longer describes the mirror
     if (key === 'ddb.longContentID') continue
-    lines.push(`${key} = "${v}"`)
+    ddb.push([key, v])
   }
-  return lines.join('\n') + '\n'
+  return serializeDescriptor(buildDescriptor({
+    cid: opts.cid,
+    createType: 'vmfs',
+    extents: [{ access: 'RW', sectors: Math.ceil(opts.capacity / 512), type: 'VMFS', file: opts.flatFile }],
+    ddb,
+  }))
 }
 
 /** Validate DDB entries from the wire before they reach a descriptor. */
@@ -46,10 +37,14 @@ export function checkDdb (ddb: unknown): Record<string, string> {
   return out
 }
 
-/** The CID of a descriptor's text, lowercased, or undefined. */
+/** The CID of a descriptor's text as 8 lowercase hex digits, or undefined if it is not a descriptor. */
 export function descriptorCid (text: string): string | undefined {
-  const m = /^[ \t]*CID[ \t]*=[ \t]*"?([0-9a-fA-F]{8})"?[ \t]*$/m.exec(text)
-  return m?.[1]?.toLowerCase()
+  try {
+    const d = parseDescriptor(text)
+    return d.get('CID') === undefined ? undefined : formatCid(d.cid)
+  } catch {
+    return undefined
+  }
 }
 
 /** A fresh random CID, different from `previous`. */
