@@ -1,0 +1,92 @@
+import t from 'tap'
+import { openSync, readFileSync, writeFileSync, truncateSync, statSync, writeSync, closeSync } from 'node:fs'
+import { join } from 'node:path'
+import { Journal, readJournal, undoJournal } from '../src/journal.ts'
+import { pattern } from './helpers.ts'
+
+const head = { cycleId: 'ab'.repeat(8), cycle: 2, name: 'd.vmdk', mode: 'incremental' as const, capacity: 1 << 20, baseSize: 1 << 19 }
+
+t.test('journal round trip, torn tails and corruption end the journal', async (t) => {
+  const dir = t.testdir()
+  const p = join(dir, 'd.journal')
+  const j = await Journal.create(p, head)
+  j.appendExtent({ seq: 0, offset: 0, length: 4096, zero: false, digest: 'aa' }, pattern(4096, 1))
+  j.appendExtent({ seq: 1, offset: 8192, length: 512, zero: true, digest: '' }, pattern(512, 2))
+  await j.flush(true)
+  j.appendApplied(1)
+  j.appendExtent({ seq: 2, offset: 1 << 19, length: 4096, zero: false, digest: 'bb' }, undefined)
+  await j.flush(true)
+  await j.close()
+  const c = await readJournal(p)
+  t.same(c?.head, head)
+  t.equal(c?.extents.length, 3)
+  t.same(c?.applied, { seq: 1 })
+  t.equal(c?.extents[0]?.oldLength, 4096)
+  t.equal(c?.extents[2]?.oldLength, 0)
+  t.equal(c?.validEnd, statSync(p).size)
+  const full = readFileSync(p)
+
+  // torn tail: every cut inside the last record drops just that record
+  for (const cut of [1, 5, 13, 20]) {
+    writeFileSync(p, full.subarray(0, full.length - cut))
+    const d = await readJournal(p)
+    t.equal(d?.extents.length, 2, `cut ${cut}`)
+    t.same(d?.applied, { seq: 1 })
+  }
+  // a flipped byte in the first extent's old data: the journal ends before it
+  const bad = Buffer.from(full)
+  bad[200] = (bad[200] as number) ^ 0xff
+  writeFileSync(p, bad)
+  const e = await readJournal(p)
+  t.equal(e?.extents.length, 0)
+  t.equal(e?.applied, null)
+  // absurd length field: bounded, treated as the end
+  const huge = Buffer.from(full)
+  const firstLen = huge.readUInt32LE(0)
+  huge.writeUInt32LE(0xffffffff, 8 + firstLen)
+  writeFileSync(p, huge)
+  t.equal((await readJournal(p))?.extents.length, 0)
+  // no valid head → undefined
+  writeFileSync(p, Buffer.from('garbage that is not a journal'))
+  t.equal(await readJournal(p), undefined)
+
+  // reopen cuts the torn tail and appends after it
+  writeFileSync(p, full.subarray(0, full.length - 3))
+  const f = await readJournal(p)
+  const j2 = await Journal.reopen(p, f?.validEnd ?? 0)
+  j2.appendApplied(7)
+  await j2.flush(true)
+  await j2.close()
+  const g = await readJournal(p)
+  t.same(g?.applied, { seq: 7 })
+  t.equal(g?.extents.length, 2)
+})
+
+t.test('undo restores old contents in reverse order and cuts back to the base size', async (t) => {
+  const dir = t.testdir()
+  const target = join(dir, 'flat')
+  const base = pattern(1 << 19, 5)
+  writeFileSync(target, base)
+  const p = join(dir, 'x.journal')
+  const j = await Journal.create(p, head)
+  // extent 0 journaled twice (a resume re-journals what was already written)
+  j.appendExtent({ seq: 0, offset: 4096, length: 8192, zero: false, digest: 'aa' }, base.subarray(4096, 4096 + 8192))
+  await j.flush(true)
+  const fd = openSync(target, 'r+')
+  writeSync(fd, pattern(8192, 9), 0, 8192, 4096)
+  const second = readFileSync(target).subarray(4096, 4096 + 8192)
+  j.appendExtent({ seq: 0, offset: 4096, length: 8192, zero: false, digest: 'aa' }, Buffer.from(second))
+  // an extent past the base size (disk grew)
+  j.appendExtent({ seq: 1, offset: (1 << 19) - 4096, length: 8192, zero: false, digest: 'bb' }, base.subarray((1 << 19) - 4096))
+  await j.flush(true)
+  await j.close()
+  truncateSync(target, 1 << 20)
+  writeSync(fd, pattern(8192, 11), 0, 8192, (1 << 19) - 4096)
+  closeSync(fd)
+  const c = await readJournal(p)
+  if (c === undefined) throw new Error('no journal')
+  await undoJournal(p, c, target)
+  t.ok(readFileSync(target).equals(base), 'exact base image')
+  await undoJournal(p, c, target)
+  t.ok(readFileSync(target).equals(base), 'idempotent')
+})
