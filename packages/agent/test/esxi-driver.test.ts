@@ -107,6 +107,21 @@ t.test('removing a snapshot that is not there', async (t) => {
   await t.rejects(d.removeSnapshot(a, { id: '77', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT_NOT_FOUND', vm: 'web 01' })
 })
 
+t.test('host-key mismatch and a refused key fail the first operation with typed errors', async (t) => {
+  const wrongFp = 'SHA256:' + Buffer.alloc(32, 7).toString('base64').replace(/=+$/, '')
+  const d1 = createEsxiDriver(silent, init({ ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: wrongFp } }))
+  const err = await d1.openVm('web 01').then(() => undefined, (e: unknown) => e) as Error
+  t.match(err, { code: 'E_HOST_KEY', host: '127.0.0.1' })
+  t.match(err.message, wrongFp)
+  t.match(err.message, h.hostKeyFingerprint)
+  await d1.close()
+  const d2 = createEsxiDriver(silent, init({ ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.otherKey, hostKeyFingerprint: h.hostKeyFingerprint } }))
+  await t.rejects(d2.openVm('web 01'), { code: 'E_SSH_AUTH' })
+  // a failed connect is not cached: the next call tries again (and fails again)
+  await t.rejects(d2.listVms(), { code: 'E_SSH_AUTH' })
+  await d2.close()
+})
+
 t.test('configuration errors', async (t) => {
   t.throws(() => createEsxiDriver(silent, init({ datastores: { ds: 'relative' } })), { code: 'E_CONFIG' })
   const d = createEsxiDriver(silent, init({ ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: 'md5:xx' } }))

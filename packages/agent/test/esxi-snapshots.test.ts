@@ -156,3 +156,27 @@ t.test('ESXi removes the snapshot but does not merge: consolidation needed', asy
   t.match(err.message, /vmc-000001\.vmdk is still in the chain/)
   t.same(vm.disks.map((d) => qemuRaw(d.path)), before, 'the VM keeps a usable chain')
 })
+
+t.test('a snapshot.remove that hangs times out; snapshot and chain stay usable; a retry succeeds', async (t) => {
+  await register('25', 'vm hang', 'vmh')
+  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ snapshotTimeoutMs: 800 }))
+  t.teardown(() => driver.close())
+  let vm = await driver.openVm('vm hang')
+  const s1 = await driver.createSnapshot(vm, 'grainline-1')
+  vm = await driver.openVm('vm hang')
+  await guestWrites(vm, 5)
+  const before = vm.disks.map((d) => qemuRaw(d.path))
+  const s = await h.readState()
+  const rec = s.vms.find((v) => v.id === '25')
+  if (rec !== undefined) rec.hang = { 'snapshot.remove': 60 }
+  await h.writeState(s)
+  await t.rejects(driver.removeSnapshot(vm, s1), { code: 'E_TIMEOUT', vm: 'vm hang', command: `vim-cmd vmsvc/snapshot.remove 25 ${s1.id}` })
+  t.same((await driver.listSnapshots(vm)).map((x) => x.id), [s1.id])
+  t.same(vm.disks.map((d) => qemuRaw(d.path)), before)
+  if (rec !== undefined) delete rec.hang
+  await h.writeState(s)
+  await driver.removeSnapshot(vm, s1)
+  vm = await driver.openVm('vm hang')
+  t.same(vm.disks.map((d) => qemuRaw(d.path)), before)
+  t.same(await driver.listSnapshots(vm), [])
+})

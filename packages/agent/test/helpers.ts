@@ -37,6 +37,8 @@ export interface ReceiverEnv {
   proc: ChildProcess
   logs: string[]
   stop(): Promise<void>
+  /** SIGKILL (no graceful shutdown) */
+  kill9(): Promise<void>
   restart(): Promise<void>
 }
 
@@ -59,6 +61,12 @@ export async function startReceiver (dir: string, opts: { port?: number } = {}):
       if (env.proc.exitCode !== null || env.proc.signalCode !== null) return
       const exited = once(env.proc, 'exit')
       env.proc.kill('SIGTERM')
+      await exited
+    },
+    async kill9 () {
+      if (env.proc.exitCode !== null || env.proc.signalCode !== null) return
+      const exited = once(env.proc, 'exit')
+      env.proc.kill('SIGKILL')
       await exited
     },
     async restart () {

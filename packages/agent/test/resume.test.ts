@@ -73,15 +73,17 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
   const { logger } = memoryLogger()
   const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024, windowBytes: 512 * 1024 }
   t.ok((await replicate({ logger }, base)).ok, 'seed')
+  // the guest writes between cycles: into the delta cycle 2 will freeze and ship
+  await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, seed: 5, zeroFraction: 0 })
   const raw = join(dir, 'frozen.raw')
   let killed = false
   const r1 = await replicate({ logger }, {
-    ...base, giveUpMs: 1500, maxBackoffMs: 200,
+    ...base, giveUpMs: 1500, maxBackoffMs: 200, bwlimit: 1024 * 1024,
     afterSnapshot: async (h) => {
       await frozenRaw(h, raw)
-      await simulateGuestWrites(h.vmxPath, { bytes: 2 * MiB, seed: 5, zeroFraction: 0 })
+      await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, seed: 6 })
     },
-    onExtentSent: ({ seq }) => { if (seq === 6 && !killed) { killed = true; void rx.stop() } },
+    onExtentSent: ({ seq }) => { if (seq === 6 && !killed) { killed = true; void rx.kill9() } },
   })
   t.notOk(r1.ok)
   t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
