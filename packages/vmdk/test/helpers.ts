@@ -1,0 +1,107 @@
+import { execFileSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { gunzipSync } from 'node:zlib'
+import type { DiskChain, MapEntry } from '../src/index.ts'
+
+/** Run qemu-img and return stdout. */
+export function qemuImg (...args: string[]): string {
+  return execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+/** Run qemu-io commands against a vmdk image. */
+export function qemuIo (image: string, cmds: string[]): void {
+  const args = ['-f', 'vmdk']
+  for (const c of cmds) args.push('-c', c)
+  args.push(image)
+  execFileSync('qemu-io', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+/** `qemu-img map --output=json` parsed. */
+export function qemuMap (image: string): MapEntry[] {
+  return JSON.parse(qemuImg('map', '--output=json', '-f', 'vmdk', image)) as MapEntry[]
+}
+
+/** sha256 of `qemu-img convert -O raw image`. */
+export function qemuDigest (image: string, scratch: string): string {
+  const out = join(scratch, `convert-${process.pid}.raw`)
+  qemuImg('convert', '-f', 'vmdk', '-O', 'raw', image, out)
+  return createHash('sha256').update(readFileSync(out)).digest('hex')
+}
+
+/** sha256 of the whole disk as our reader sees it at `depth`. */
+export async function chainDigest (chain: DiskChain, depth = 0): Promise<string> {
+  const h = createHash('sha256')
+  const step = 4 * 1024 * 1024
+  for (let o = 0; o < chain.capacity; o += step) h.update(await chain.read(o, Math.min(step, chain.capacity - o), { depth }))
+  return h.digest('hex')
+}
+
+export async function collect<T> (it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = []
+  for await (const x of it) out.push(x)
+  return out
+}
+
+/**
+ * Node has no lseek(SEEK_DATA), so we cannot see holes inside flat extents the way
+ * QEMU's file-posix driver does (README "Deviations"). Compare maps with entries of
+ * flat layers normalized: zero flag cleared and file-contiguous entries merged.
+ */
+export function normalizeFlat (entries: readonly MapEntry[], flatDepths: ReadonlySet<number>): MapEntry[] {
+  const out: MapEntry[] = []
+  for (const e0 of entries) {
+    const e: MapEntry = { ...e0 }
+    if (flatDepths.has(e.depth) && e.present && e.data) e.zero = false
+    const last = out[out.length - 1]
+    if (last !== undefined && last.depth === e.depth && last.present === e.present && last.zero === e.zero && last.data === e.data &&
+        (last.offset === undefined) === (e.offset === undefined) && (last.offset === undefined || last.offset + last.length === e.offset) &&
+        last.start + last.length === e.start) {
+      last.length += e.length
+      continue
+    }
+    out.push(e)
+  }
+  return out
+}
+
+export function flatDepths (chain: DiskChain): Set<number> {
+  const s = new Set<number>()
+  chain.layers.forEach((l, i) => { if (!l.sparse) s.add(i) })
+  return s
+}
+
+/** Folder holding the shared samples (walk up to the folder that has `shared`). */
+export function samplesDir (): string {
+  let d = dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 10; i++) {
+    const c = join(d, 'shared', 'samples')
+    if (existsSync(c)) return c
+    const c2 = join(d, '..', 'shared', 'samples')
+    if (existsSync(c2)) return c2
+    d = dirname(d)
+  }
+  throw new Error('shared/samples not found')
+}
+
+/** gunzip a sample into `dir` and return the path. */
+export function unpackSample (rel: string, dir: string, name?: string): string {
+  const src = join(samplesDir(), rel)
+  const out = join(dir, name ?? rel.split('/').pop()?.replace(/\.gz$/, '') ?? 'sample')
+  writeFileSync(out, rel.endsWith('.gz') ? gunzipSync(readFileSync(src)) : readFileSync(src))
+  return out
+}
+
+/** A small seeded PRNG (mulberry32) so failures reproduce. */
+export function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
