@@ -31,19 +31,36 @@ export function kindName (kind: number): string | undefined {
  * are copied exactly once, into the returned buffer.
  */
 export function encodeMessage (msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Buffer {
+  return encode(msg, limits, false)[0] as Buffer
+}
+
+/**
+ * Encode like `encodeMessage`, but return the frame as chunks whose
+ * concatenation is exactly `encodeMessage(msg)`: binary fields of 4 KiB or
+ * more are not copied but returned by reference as chunks of their own. Send
+ * them as one WebSocket message in fragments (`ws.send(chunk, { fin })`), and
+ * do not modify those buffers until sent.
+ */
+export function encodeMessageParts (msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Uint8Array[] {
+  return encode(msg, limits, true)
+}
+
+function encode (msg: Message, limits: DecodeLimits, inParts: boolean): Uint8Array[] {
   const spec = typeof msg === 'object' && msg !== null ? Schemas[msg.kind] : undefined
   if (spec === undefined) throw new ProtocolError('E_UNKNOWN_KIND', `cannot encode message kind ${String((msg as { kind?: unknown } | null)?.kind)}`)
   const strLens: number[] = []
-  const size = 1 + sizeSpec(spec, msg, '', strLens)
+  const big = { bytes: 0 }
+  const size = 1 + sizeSpec(spec, msg, '', strLens, inParts ? big : undefined)
   checkMessage(msg, limits)
   const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
   if (size > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${size} bytes exceeds ${max}`)
-  const buf = Buffer.allocUnsafe(size)
+  const own = size - big.bytes
+  const buf = Buffer.allocUnsafe(own)
   buf[0] = msg.kind
-  const w = new Writer(buf, 1)
+  const w = new Writer(buf, 1, inParts ? [] : undefined)
   writeSpec(w, spec, msg, strLens, { i: 0 })
-  if (w.pos !== size) throw new ProtocolError('E_INTERNAL', `encoder wrote ${w.pos} of ${size} bytes`)
-  return buf
+  if (w.pos !== own) throw new ProtocolError('E_INTERNAL', `encoder wrote ${w.pos} of ${own} bytes`)
+  return inParts ? w.finish() : [buf]
 }
 
 /**

@@ -7,7 +7,7 @@ export type {
 } from './messages.ts'
 export { ProtocolError, ProtocolErrorCodes } from './errors.ts'
 export type { ProtocolErrorCode } from './errors.ts'
-export { encodeMessage, decodeMessage, kindName, DEFAULT_LIMITS } from './codec.ts'
+export { encodeMessage, encodeMessageParts, decodeMessage, kindName, DEFAULT_LIMITS } from './codec.ts'
 export type { DecodeLimits } from './codec.ts'
 export { HARD_LIMITS } from './schema.ts'
 export { SECTOR } from './checks.ts'

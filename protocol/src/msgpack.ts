@@ -234,14 +234,28 @@ export function collectionHeaderSize (n: number): number {
   return n < 16 ? 1 : n <= 0xffff ? 3 : 5
 }
 
+/** `bin` values at least this long are passed through by reference in parts mode. */
+export const PART_MIN_BYTES = 4096
+
 /** Writes the subset into a buffer sized in advance. */
 export class Writer {
   readonly buf: Buffer
   pos: number
+  /** parts mode: finished chunks, large `bin` values by reference in between */
+  readonly parts: Uint8Array[] | undefined
+  #chunkStart = 0
 
-  constructor (buf: Buffer, start: number) {
+  constructor (buf: Buffer, start: number, parts?: Uint8Array[]) {
     this.buf = buf
     this.pos = start
+    this.parts = parts
+  }
+
+  /** parts mode: close the list with the bytes written since the last large `bin` */
+  finish (): Uint8Array[] {
+    const parts = this.parts ?? []
+    if (this.pos > this.#chunkStart || parts.length === 0) parts.push(this.buf.subarray(this.#chunkStart, this.pos))
+    return parts
   }
 
   uint (v: number): void {
@@ -302,6 +316,11 @@ export class Writer {
     } else {
       b[this.pos++] = 0xc6
       this.pos = b.writeUInt32BE(n, this.pos)
+    }
+    if (this.parts !== undefined && n >= PART_MIN_BYTES) {
+      this.parts.push(b.subarray(this.#chunkStart, this.pos), data)
+      this.#chunkStart = this.pos
+      return
     }
     b.set(data, this.pos)
     this.pos += n

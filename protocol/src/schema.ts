@@ -4,7 +4,7 @@
  */
 import { ProtocolError } from './errors.ts'
 import { MessageKind } from './messages.ts'
-import { collectionHeaderSize, Reader, strHeaderSize, binHeaderSize, uintSize, type Writer } from './msgpack.ts'
+import { collectionHeaderSize, PART_MIN_BYTES, Reader, strHeaderSize, binHeaderSize, uintSize, type Writer } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 
 export interface UintSpec { readonly t: 'uint', readonly max: number }
@@ -14,6 +14,8 @@ export interface StrSpec {
   readonly maxBytes: number
   /** extra check of the decoded/encoded value (pattern, name rules); throws ProtocolError */
   readonly check?: (s: string, field: string) => void
+  /** what `check` requires, for SPEC §6 */
+  readonly doc?: string
 }
 export interface BinSpec { readonly t: 'bin', readonly maxBytes: number }
 export interface ArraySpec { readonly t: 'array', readonly of: Spec, readonly max: number, readonly min: number }
@@ -36,7 +38,7 @@ function bad (field: string, msg: string): ProtocolError {
 
 const uint = (max = SAFE): UintSpec => ({ t: 'uint', max })
 const bool: BoolSpec = { t: 'bool' }
-const str = (maxBytes: number, check?: StrSpec['check']): StrSpec => check === undefined ? { t: 'str', maxBytes } : { t: 'str', maxBytes, check }
+const str = (maxBytes: number, check?: StrSpec['check'], doc?: string): StrSpec => check === undefined ? { t: 'str', maxBytes } : { t: 'str', maxBytes, check, ...(doc === undefined ? {} : { doc }) }
 const bin = (maxBytes: number): BinSpec => ({ t: 'bin', maxBytes })
 const array = (of: Spec, max: number, min = 0): ArraySpec => ({ t: 'array', of, max, min })
 const nullable = (of: Spec): NullableSpec => ({ t: 'nullable', of })
@@ -70,10 +72,10 @@ export const HARD_LIMITS = Object.freeze({
   maxDdbEntries: 256,
 })
 
-const name = (what: string): StrSpec => str(MAX_NAME_BYTES, (s, field) => validateName(s, field.length > 0 ? field : what))
-const code = str(64, pattern(/^E_[A-Z0-9_]{1,62}$/, 'an error code (E_[A-Z0-9_]+)'))
-const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'))
-const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'))
+const name = (what: string): StrSpec => str(MAX_NAME_BYTES, (s, field) => validateName(s, field.length > 0 ? field : what), 'name')
+const code = str(64, pattern(/^E_[A-Z0-9_]{1,62}$/, 'an error code (E_[A-Z0-9_]+)'), '/^E_[A-Z0-9_]{1,62}$/')
+const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'), '/^[0-9a-f]{8}$/')
+const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'), 'token /^[a-z0-9][a-z0-9._-]{0,31}$/')
 const digestBytes = bin(64)
 const disk = uint(HARD_LIMITS.maxDisks - 1)
 const limits = struct({
@@ -86,7 +88,7 @@ const source = struct({ layers: array(layer, HARD_LIMITS.maxLayers, 1), successo
 const text = (maxBytes: number): StrSpec => str(maxBytes, (s, field) => {
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
-})
+}, 'no C0/DEL control character, no \'"\'')
 
 /** Field schemas per message kind; keys are in wire order (SPEC §6). */
 export const Schemas: Readonly<Record<number, StructSpec>> = {
@@ -124,21 +126,21 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     name: name('disk'),
     capacity: uint(),
     cycle: uint(),
-    mode: str(16, pattern(/^(seed|incremental)$/, '"seed" or "incremental"')),
+    mode: str(16, pattern(/^(seed|incremental)$/, '"seed" or "incremental"'), '"seed" | "incremental"'),
     baseCycle: uint(),
     source,
-    cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits')),
-    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key')), value: text(4096) },
+    cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits'), 'lowercase hex, 16…128 digits, even'),
+    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key'), '/^[A-Za-z0-9._:-]{1,128}$/'), value: text(4096) },
     totalBytes: uint(),
     totalExtents: uint(),
   }),
   [MessageKind.DiskState]: struct({
     disk,
     accepted: bool,
-    reason: str(64, pattern(/^(?:|E_[A-Z0-9_]{1,62})$/, 'an error code or ""')),
+    reason: str(64, pattern(/^(?:|E_[A-Z0-9_]{1,62})$/, 'an error code or ""'), '"" | /^E_[A-Z0-9_]{1,62}$/'),
     committedCycle: uint(),
     committedSource: nullable(source),
-    mirrorCid: str(8, pattern(/^(?:|[0-9a-f]{8})$/, '8 lowercase hex digits or ""')),
+    mirrorCid: str(8, pattern(/^(?:|[0-9a-f]{8})$/, '8 lowercase hex digits or ""'), '"" | /^[0-9a-f]{8}$/'),
     modified: bool,
     resumeSeq: uint(),
     resumeBytes: uint(),
@@ -226,7 +228,7 @@ export function readSpec (r: Reader, spec: Spec, field: string): unknown {
  * collects UTF-8 lengths of strings into `strLens` (in walk order) so the
  * write pass need not measure them again.
  */
-export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: number[]): number {
+export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: number[], big?: { bytes: number }): number {
   switch (spec.t) {
     case 'uint':
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad(field, `expected a non-negative safe integer, got ${describe(value)}`)
@@ -247,15 +249,16 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: nu
     case 'bin':
       if (!(value instanceof Uint8Array)) throw bad(field, `expected a Uint8Array, got ${describe(value)}`)
       if (value.length > spec.maxBytes) throw bad(field, `${value.length} bytes exceed ${spec.maxBytes}`)
+      if (big !== undefined && value.length >= PART_MIN_BYTES) big.bytes += value.length
       return binHeaderSize(value.length) + value.length
     case 'nullable':
-      return value === null ? 1 : sizeSpec(spec.of, value, field, strLens)
+      return value === null ? 1 : sizeSpec(spec.of, value, field, strLens, big)
     case 'array': {
       if (!Array.isArray(value)) throw bad(field, `expected an array, got ${describe(value)}`)
       if (value.length > spec.max) throw bad(field, `${value.length} items exceed ${spec.max}`)
       if (value.length < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
       let n = collectionHeaderSize(value.length)
-      for (let i = 0; i < value.length; i++) n += sizeSpec(spec.of, value[i], `${field}[${i}]`, strLens)
+      for (let i = 0; i < value.length; i++) n += sizeSpec(spec.of, value[i], `${field}[${i}]`, strLens, big)
       return n
     }
     case 'struct': {
@@ -266,7 +269,7 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: nu
         const key = spec.keys[i] as string
         const v = o[key]
         if (v === undefined) throw bad(join(field, key), 'missing field')
-        n += (spec.encodedKeys[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), strLens)
+        n += (spec.encodedKeys[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), strLens, big)
       }
       for (const key of Object.keys(o)) {
         if (key !== 'kind' || field !== '') {
@@ -335,3 +338,30 @@ function describe (v: unknown): string {
 }
 
 export { Reader }
+
+function describeSpec (spec: Spec, indent: string): string {
+  switch (spec.t) {
+    case 'uint': return spec.max === SAFE ? 'uint' : `uint ≤ ${spec.max}`
+    case 'bool': return 'bool'
+    case 'str': return `str ≤ ${spec.maxBytes} B${spec.doc === undefined ? '' : `, ${spec.doc}`}`
+    case 'bin': return `bin ≤ ${spec.maxBytes} B`
+    case 'nullable': return `nil | ${describeSpec(spec.of, indent)}`
+    case 'array': return `array[${spec.min > 0 ? `${spec.min}…` : '≤ '}${spec.max}] of ${describeSpec(spec.of, indent)}`
+    case 'dict': return `map[≤ ${spec.maxEntries}] of (${describeSpec(spec.key, indent)}) → (${describeSpec(spec.value, indent)})`
+    case 'struct': {
+      const inner = indent + '  '
+      return `map {\n${spec.keys.map((k) => `${inner}${k}: ${describeSpec(spec.fields[k] as Spec, inner)}`).join('\n')}\n${indent}}`
+    }
+  }
+}
+
+/** The byte grammar of every message, generated from the schemas (the SPEC §6 block). */
+export function describeGrammar (): string {
+  const lines: string[] = []
+  for (const [key, kind] of Object.entries(MessageKind)) {
+    const spec = Schemas[kind] as StructSpec
+    const name = key.replace(/[A-Z]/g, (c, i: number) => (i > 0 ? '-' : '') + c.toLowerCase())
+    lines.push(`${name} := u8(0x${kind.toString(16).padStart(2, '0')}) • ${describeSpec(spec, '')}`)
+  }
+  return lines.join('\n\n')
+}

@@ -202,3 +202,20 @@ t.test('a 1 MiB extent is encoded with one copy and decoded with none', async (t
   t.equal(d.data.length, MiB)
   t.equal(d.data[MiB - 1], 0x5a)
 })
+
+t.test('encodeMessageParts: same bytes, large binaries by reference', async (t) => {
+  const { encodeMessageParts } = await import('../src/codec.ts')
+  const data = new Uint8Array(MiB).fill(0x33)
+  const m: ExtentMessage = { ...extent, length: MiB, data }
+  const parts = encodeMessageParts(m)
+  t.equal(parts.length, 3)
+  t.equal(parts[1], data, 'the payload itself, not a copy')
+  t.same(Buffer.concat(parts), Buffer.from(encodeMessage(m)))
+  t.ok(parts[0]!.length + parts[2]!.length < 128)
+  for (const { name, message } of samples) {
+    const p = encodeMessageParts(message)
+    t.same(Buffer.concat(p), Buffer.from(encodeMessage(message)), name)
+    t.ok(p.length >= 1)
+  }
+  t.throws(() => encodeMessageParts({ ...m, seq: -1 }), { code: 'E_SCHEMA' })
+})
