@@ -1,7 +1,9 @@
 /**
- * The part of @grainline/vmdk the agent uses (docs/INTERNALS.md), loaded once.
- * Typed here from the contract so the agent builds while the reader grows.
+ * The part of @grainline/vmdk the agent uses (docs/INTERNALS.md), typed from
+ * the contract.
  */
+import { consolidate, createDelta, createFlatDisk, openChain, openWriter } from '@grainline/vmdk'
+
 export interface VmdkLayer {
   readonly path: string
   readonly file: string
@@ -35,19 +37,15 @@ export interface VmdkApi {
   createFlatDisk(path: string, capacity: number, opts?: { createType?: 'vmfs' | 'monolithicFlat', ddb?: Record<string, string> }): Promise<void>
   createDelta(parentPath: string, childPath: string, opts: { format: DeltaFormat }): Promise<void>
   openWriter(path: string): Promise<VmdkWriter>
-  consolidate(childPath: string, opts?: { pathMap?: Record<string, string> }): Promise<void>
+  consolidate(childPath: string, opts?: { pathMap?: Record<string, string> }): Promise<unknown>
 }
 
-let loaded: Promise<VmdkApi> | undefined
+const api: VmdkApi = { openChain, createFlatDisk, createDelta, openWriter, consolidate }
 
-/** @grainline/vmdk, loaded on first use. */
+/**
+ * @grainline/vmdk seen through the contract above. Assigning the real
+ * functions to `VmdkApi` makes the compiler check the contract.
+ */
 export function vmdk (): Promise<VmdkApi> {
-  loaded ??= import('@grainline/vmdk').then((m) => {
-    const api = m as unknown as Partial<VmdkApi>
-    for (const f of ['openChain', 'createFlatDisk', 'createDelta', 'openWriter', 'consolidate'] as const) {
-      if (typeof api[f] !== 'function') throw new Error(`@grainline/vmdk does not export ${f}`)
-    }
-    return api as VmdkApi
-  })
-  return loaded
+  return Promise.resolve(api)
 }
