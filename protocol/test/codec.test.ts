@@ -219,3 +219,31 @@ t.test('encodeMessageParts: same bytes, large binaries by reference', async (t) 
   }
   t.throws(() => encodeMessageParts({ ...m, seq: -1 }), { code: 'E_SCHEMA' })
 })
+
+t.test('every msgpack integer width is read; negative and fractional values are refused', async (t) => {
+  const { kindName } = await import('../src/codec.ts')
+  t.equal(kindName(0x20), 'Extent')
+  t.equal(kindName(0x03), undefined)
+  // ExtentAck {disk: 0, seq: <v>}
+  const ack = (seqBytes: number[]): Uint8Array => Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00, 0xa3, 0x73, 0x65, 0x71, ...seqBytes)
+  const ok: Array<[number[], number]> = [
+    [[0xd0, 0x05], 5], [[0xd1, 0x01, 0x00], 256], [[0xd2, 0x00, 0x01, 0x00, 0x00], 65536],
+    [[0xd3, 0, 0, 0, 1, 0, 0, 0, 0], 2 ** 32], [[0xca, 0x47, 0x80, 0x00, 0x00], 65536], [[0xcd, 0x01, 0x00], 256],
+    [[0xce, 0xff, 0xff, 0xff, 0xff], 2 ** 32 - 1], [[0xcf, 0x00, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Number.MAX_SAFE_INTEGER],
+  ]
+  for (const [b, v] of ok) t.equal((decodeMessage(ack(b)) as { seq: number }).seq, v, b.map((x) => x.toString(16)).join(' '))
+  const no: number[][] = [[0xd0, 0xff], [0xd1, 0xff, 0xff], [0xd2, 0x80, 0, 0, 0], [0xd3, 0xff, 0, 0, 0, 0, 0, 0, 0], [0xca, 0x3f, 0xc0, 0, 0], [0xcb, 0xbf, 0xf0, 0, 0, 0, 0, 0, 0], [0xc3], [0xa1, 0x31], [0xc4, 0x00], [0x90], [0x80], [0xc0]]
+  for (const b of no) t.throws(() => decodeMessage(ack(b)), { code: 'E_SCHEMA', field: 'seq' }, b.map((x) => x.toString(16)).join(' '))
+})
+
+t.test('long strings, binaries and collections use the 16/32-bit forms', async (t) => {
+  const msg = { kind: MessageKind.Error, code: 'E_IO', message: 'x'.repeat(4000), fatal: true } as const
+  const f = encodeMessage(msg)
+  t.equal(f.indexOf(0xda), 1 + 1 + 5 + 5 + 8, 'str16 header')
+  t.equal(canonical(decodeMessage(f)), canonical(msg))
+  const vm = { ...sample('vm-open'), files: Array.from({ length: 20 }, (_, i) => ({ name: `f${i}`, data: new Uint8Array(i === 0 ? 70000 : 300) })) }
+  const g = encodeMessage(vm)
+  t.equal(canonical(decodeMessage(g)), canonical(vm), 'array16 + bin16 + bin32')
+  const big = encodeMessage({ ...extent, length: 65536 * 2, data: new Uint8Array(65536 * 2) })
+  t.equal((decodeMessage(big) as ExtentMessage).data.length, 131072)
+})
