@@ -276,6 +276,10 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     if (cycleNo !== proposal) throw new AgentError('E_PROTOCOL', `receiver committed cycle moved during connect (${state.committedCycle})`)
   }
   report.cycle = cycleNo
+  if (state.exists && !state.compatible) {
+    // SPEC §4.2: no incremental on an incompatible mirror; a new seed needs the operator
+    throw new AgentError('E_REFUSED', `the mirror of ${vm.name} was made from another virtual hardware version or datastore type; move it away to seed a new one`, { remoteCode: 'E_INCOMPATIBLE' })
+  }
   log().info({ cycle: cycleNo, committed: state.committedCycle, inflight: state.inflightCycle, exists: state.exists, compatible: state.compatible, digest: welcome.digest, compression: welcome.compression, limits: welcome.limits }, 'mirror state')
   if (state.inflightCycle !== 0 && state.inflightCycle !== cycleNo) {
     await rollback(conn, vm.name, signal)
@@ -314,11 +318,11 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
       progress: new DiskProgress(vm.name, name, opts.progress),
     }
     works.push(w)
-    const canIncrement = state.exists && state.committedCycle > 0 && state.compatible && L >= 3
+    const canIncrement = state.exists && state.committedCycle > 0 && L >= 3
     if (canIncrement) await planIncremental(w, L - 2, state.committedCycle, chunkBytes)
     else {
       if (state.exists && state.committedCycle > 0) {
-        rep.fallbackReason = !state.compatible ? 'mirror compatibility record differs' : 'no frozen delta above the base (the mirror\'s successor is gone)'
+        rep.fallbackReason = 'no frozen delta above the base (the mirror\'s successor is gone)'
         log().warn({ disk: name, reason: rep.fallbackReason }, 'falling back to a full resync')
       }
       await planSeed(w, chunkBytes)
@@ -526,7 +530,8 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
     if (err !== undefined) throw err
     w.records[e.seq] = { offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
     if (inPass && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
-    const cost = e.data.length + 64
+    // SPEC §5.3 "Window": data-extent length (uncompressed), plus 512 per zero extent
+    const cost = e.zero ? 512 : e.length
     await window.reserve(cost, failed)
     await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
     await conn.send({ kind: MessageKind.Extent, disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest })
