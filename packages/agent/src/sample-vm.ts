@@ -50,8 +50,11 @@ function fillText (buf: Buffer, rnd: () => number): void {
 /** One disk of a sample VM. */
 export interface SampleDisk {
   readonly sizeBytes: number
-  /** content: 'realistic' (text, random and zero regions), 'random', 'zero'. @default 'realistic' */
-  readonly fill?: 'realistic' | 'random' | 'zero'
+  /**
+   * content: 'realistic' (text, random and zero regions), 'random', 'zero', or
+   * 'sparse' (mostly holes, about 2% realistic data: large benchmark disks). @default 'realistic'
+   */
+  readonly fill?: 'realistic' | 'random' | 'zero' | 'sparse'
   /** bus node. @default `scsi0:<index>` */
   readonly node?: string
 }
@@ -116,7 +119,7 @@ export async function createSampleVm (dir: string, opts: SampleVmOptions): Promi
   return { dir: vmDir, vmxPath, disks }
 }
 
-async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random' | 'zero', rnd: () => number): Promise<void> {
+async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random' | 'zero' | 'sparse', rnd: () => number): Promise<void> {
   if (fill === 'zero') return
   const fh = await open(flat, 'r+')
   try {
@@ -126,7 +129,8 @@ async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random
       const n = Math.min(block, size - off)
       const b = buf.subarray(0, n)
       if (fill === 'random') { fillRandom(b, rnd) } else {
-        const r = rnd()
+        if (fill === 'sparse' && rnd() >= 0.02) continue
+        const r = fill === 'sparse' ? 0.3 + rnd() * 0.7 : rnd()
         if (r < 0.3) continue // a zero region: left as a hole
         if (r < 0.75) fillText(b, rnd)
         else fillRandom(b, rnd)
