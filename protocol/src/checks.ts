@@ -5,7 +5,7 @@
 import { DigestLengths, isDigestAlgorithm } from './digest.ts'
 import { isCompressionAlgorithm } from './compression.ts'
 import { ProtocolError } from './errors.ts'
-import { MessageKind, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
+import { MessageKind, type CompressionAlgorithm, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
 
 /** Limits applied when decoding (and, optionally, encoding). */
 export interface DecodeLimits {
@@ -25,6 +25,12 @@ export interface DecodeLimits {
    * @default undefined
    */
   readonly digest?: DigestAlgorithm
+  /**
+   * the negotiated compression; when set, a data Extent must use it or "none"
+   * (SPEC §3.3)
+   * @default undefined
+   */
+  readonly compression?: CompressionAlgorithm
 }
 
 /** Sector size: offsets, lengths and capacities are multiples of it (SPEC §6). */
@@ -109,6 +115,9 @@ export function checkMessage (m: Message, limits: DecodeLimits): void {
       }
       if (m.length > maxExtent) throw new ProtocolError('E_FRAME_TOO_LARGE', `length: extent of ${m.length} bytes exceeds maxExtentBytes ${maxExtent}`, { field: 'length' })
       if (!isCompressionAlgorithm(m.compression)) throw bad('compression', `unknown compression ${JSON.stringify(m.compression)}`)
+      if (limits.compression !== undefined && m.compression !== 'none' && m.compression !== limits.compression) {
+        throw bad('compression', `${m.compression} was not negotiated (${limits.compression})`)
+      }
       if (m.compression === 'none') {
         if (m.data.length !== m.length) throw bad('data', `${m.data.length} bytes, length says ${m.length}`)
       } else if (m.data.length < 1 || m.data.length > m.length) {

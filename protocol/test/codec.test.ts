@@ -180,6 +180,10 @@ t.test('negotiated digest length is enforced when given', async (t) => {
   const f = encodeMessage(extent) // 8-byte digest
   t.ok(decodeMessage(f, { digest: 'xxh64' }))
   t.throws(() => decodeMessage(f, { digest: 'sha256' }), { code: 'E_SCHEMA', field: 'digest' })
+  const lz = encodeMessage(sample('extent data, lz4, sha256, far offset'))
+  t.ok(decodeMessage(lz, { compression: 'lz4' }))
+  t.throws(() => decodeMessage(lz, { compression: 'deflate' }), { code: 'E_SCHEMA', field: 'compression' })
+  t.ok(decodeMessage(f, { compression: 'deflate' }), '"none" is always allowed')
   const end = encodeMessage(sample('disk-end'))
   t.throws(() => decodeMessage(end, { digest: 'md5' }), { code: 'E_SCHEMA', field: 'digest' })
 })
