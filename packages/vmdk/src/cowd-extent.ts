@@ -1,6 +1,6 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError } from './errors.ts'
-import { GTE_NONE, GTE_ZERO, MAX_CAPACITY, SparseExtent } from './sparse-extent.ts'
+import { GTE_ZERO, MAX_CAPACITY, SparseExtent, TableBuilder, isZeroBlock, type GrainTable } from './sparse-extent.ts'
 
 export const COWD_MAGIC = 0x44574f43
 /** VMDK.md §2.2: ESX sparse grain tables always hold 4096 entries; the count is not stored. */
@@ -86,18 +86,25 @@ export class CowdExtent extends SparseExtent {
     return new CowdExtent(file, extentSize, header, gd)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): Float64Array {
-    const t = new Float64Array(COWD_GT_ENTRIES)
+  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+    const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
-    for (let j = 0; j < COWD_GT_ENTRIES; j++) {
-      const s = buf.readUInt32LE(offset + j * 4)
-      if (s === 0) { t[j] = GTE_NONE; continue }
-      // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
-      if (s === 1) { t[j] = GTE_ZERO; continue }
-      if (s < COWD_HEADER_BYTES / 512) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the header (sector ${s})`, this.file.path)
-      if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
-      t[j] = s * 512
+    const BLOCK = 256
+    for (let b = 0; b < COWD_GT_ENTRIES * 4; b += BLOCK) {
+      // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
+      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) { b += 4096 - BLOCK; continue }
+      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) { b += 1024 - BLOCK; continue }
+      if (isZeroBlock(buf, offset + b, BLOCK)) continue
+      for (let j = b / 4; j < (b + BLOCK) / 4; j++) {
+        const s = buf.readUInt32LE(offset + j * 4)
+        if (s === 0) continue
+        // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
+        if (s === 1) { tb.push(j, GTE_ZERO); continue }
+        if (s < COWD_HEADER_BYTES / 512) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the header (sector ${s})`, this.file.path)
+        if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
+        tb.push(j, s * 512)
+      }
     }
-    return t
+    return tb.done()
   }
 }

@@ -1,6 +1,6 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
-import { GTE_NONE, GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, inflateBounded } from './sparse-extent.ts'
+import { GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, TableBuilder, inflateBounded, isZeroBlock, type GrainTable } from './sparse-extent.ts'
 
 export const KDMV_MAGIC = 0x564d444b
 /** VMDK 1.1 §"Hosted Sparse Extent Header": flag bits */
@@ -131,22 +131,27 @@ export class HostedSparseExtent extends SparseExtent {
     return new HostedSparseExtent(file, extentSize, header, gd, gdOffset)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): Float64Array {
+  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const n = this.gtEntries
-    const t = new Float64Array(n)
+    const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
     const minSector = Math.max(1, this.header.overHead > 0 && this.header.overHead < fileSectors ? this.header.overHead : 1)
     const compressed = this.compressed
-    for (let j = 0; j < n; j++) {
-      const s = buf.readUInt32LE(offset + j * 4)
-      if (s === 0) { t[j] = GTE_NONE; continue }
-      // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
-      if (s === 1) { t[j] = GTE_ZERO; continue }
-      if (s < minSector) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the metadata (sector ${s})`, this.file.path)
-      if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
-      t[j] = compressed ? -(s * 512) : s * 512
+    const BLOCK = 512
+    for (let b = 0; b < n * 4; b += BLOCK) {
+      const len = Math.min(BLOCK, n * 4 - b)
+      if (isZeroBlock(buf, offset + b, len)) continue
+      for (let j = b / 4; j < (b + len) / 4; j++) {
+        const s = buf.readUInt32LE(offset + j * 4)
+        if (s === 0) continue
+        // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
+        if (s === 1) { tb.push(j, GTE_ZERO); continue }
+        if (s < minSector) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the metadata (sector ${s})`, this.file.path)
+        if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
+        tb.push(j, compressed ? -(s * 512) : s * 512)
+      }
     }
-    return t
+    return tb.done()
   }
 
   protected override inflateGrain (off: number): Buffer {

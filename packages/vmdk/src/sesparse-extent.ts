@@ -1,6 +1,6 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
-import { GTE_NONE, GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent } from './sparse-extent.ts'
+import { GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, TableBuilder, isZeroBlock, type GrainTable } from './sparse-extent.ts'
 
 export const SESPARSE_CONST_MAGIC = 0xcafebaben
 export const SESPARSE_VOLATILE_MAGIC = 0xcafecafen
@@ -152,27 +152,32 @@ export class SeSparseExtent extends SparseExtent {
     return new SeSparseExtent(file, extentSize, header, vol, gd, gtIndex)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): Float64Array {
-    const t = new Float64Array(SESPARSE_GT_ENTRIES)
-    const aligned = (buf.byteOffset + offset) % 4 === 0
-    const u = aligned ? new Uint32Array(buf.buffer, buf.byteOffset + offset, SESPARSE_GT_ENTRIES * 2) : undefined
+  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+    const tb = new TableBuilder()
     const grainsBase = this.header.grainsOffset * 512
     const maxSlot = Math.floor(this.header.grainsSize / SESPARSE_GRAIN_SECTORS)
     const fileSize = this.file.size
-    for (let j = 0; j < SESPARSE_GT_ENTRIES; j++) {
-      const lo = u !== undefined ? (u[2 * j] ?? 0) : buf.readUInt32LE(offset + 8 * j)
-      const hi = u !== undefined ? (u[2 * j + 1] ?? 0) : buf.readUInt32LE(offset + 8 * j + 4)
-      if (hi === 0 && lo === 0) { t[j] = GTE_NONE; continue }
-      const type = hi >>> 28
-      if (type === 1 || type === 2) { t[j] = GTE_ZERO; continue }
-      if (type !== 3) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} has invalid type ${type}`, this.file.path)
-      // VMDK.md §3.5: slot = ((e >> 48) & 0xFFF) | ((e & 0xFFFF_FFFF_FFFF) << 12)
-      const slot = ((hi >>> 16) & 0xfff) + ((hi & 0xffff) * 0x100000000 + lo) * 4096
-      if (slot >= maxSlot) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} names slot ${slot} beyond the grain region`, this.file.path)
-      const off = grainsBase + slot * 4096
-      if (off >= fileSize) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file`, this.file.path)
-      t[j] = off
+    const BLOCK = 256
+    for (let b = 0; b < SESPARSE_GT_ENTRIES * 8; b += BLOCK) {
+      // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
+      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) { b += 4096 - BLOCK; continue }
+      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) { b += 1024 - BLOCK; continue }
+      if (isZeroBlock(buf, offset + b, BLOCK)) continue
+      for (let j = b / 8; j < (b + BLOCK) / 8; j++) {
+        const lo = buf.readUInt32LE(offset + 8 * j)
+        const hi = buf.readUInt32LE(offset + 8 * j + 4)
+        if (hi === 0 && lo === 0) continue
+        const type = hi >>> 28
+        if (type === 1 || type === 2) { tb.push(j, GTE_ZERO); continue }
+        if (type !== 3) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} has invalid type ${type}`, this.file.path)
+        // VMDK.md §3.5: slot = ((e >> 48) & 0xFFF) | ((e & 0xFFFF_FFFF_FFFF) << 12)
+        const slot = ((hi >>> 16) & 0xfff) + ((hi & 0xffff) * 0x100000000 + lo) * 4096
+        if (slot >= maxSlot) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} names slot ${slot} beyond the grain region`, this.file.path)
+        const off = grainsBase + slot * 4096
+        if (off >= fileSize) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file`, this.file.path)
+        tb.push(j, off)
+      }
     }
-    return t
+    return tb.done()
   }
 }

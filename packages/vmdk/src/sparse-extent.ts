@@ -13,6 +13,60 @@ import { type Extent, type Run, RunState, pushRun } from './extent.ts'
 export const GTE_NONE = 0
 export const GTE_ZERO = -1
 
+/**
+ * A decoded grain table, kept sparse: the indices of its non-zero entries (ascending)
+ * and their decoded values. A 2 TiB delta with 100,000 scattered grains has ~70,000
+ * tables with one or two entries each; dense tables would churn gigabytes.
+ */
+export interface GrainTable {
+  readonly idx: Uint16Array
+  readonly val: Float64Array
+}
+
+const SCRATCH_IDX = new Uint16Array(4096)
+const SCRATCH_VAL = new Float64Array(4096)
+const ZERO_BLOCK = Buffer.alloc(4096)
+
+/** Collects a table's non-zero entries during decoding. */
+export class TableBuilder {
+  n = 0
+  push (j: number, v: number): void {
+    SCRATCH_IDX[this.n] = j
+    SCRATCH_VAL[this.n] = v
+    this.n++
+  }
+
+  done (): GrainTable {
+    const t = { idx: SCRATCH_IDX.slice(0, this.n), val: SCRATCH_VAL.slice(0, this.n) }
+    this.n = 0
+    return t
+  }
+}
+
+/** True if buf[off, off+len) is all zero (len <= 4096; one memcmp). */
+export function isZeroBlock (buf: Buffer, off: number, len: number): boolean {
+  return buf.compare(ZERO_BLOCK, 0, len, off, off + len) === 0
+}
+
+/** Metadata is decoded right after it is read, so one scratch buffer serves every extent. */
+let SCRATCH = Buffer.allocUnsafe(64 * 1024)
+function scratch (n: number): Buffer {
+  if (SCRATCH.length < n) SCRATCH = Buffer.allocUnsafe(n)
+  return SCRATCH
+}
+
+/** Index of the first entry >= j. */
+function lowerBound (idx: Uint16Array, j: number): number {
+  let lo = 0
+  let hi = idx.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((idx[mid] ?? 0) < j) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 /** Largest grain directory we agree to hold in memory. */
 export const MAX_GD_BYTES = 64 * 1024 * 1024
 /** Largest virtual size we accept (VMDK's own cap is 62 TB). */
@@ -38,7 +92,7 @@ export abstract class SparseExtent implements Extent {
   readonly gtBytes: number
   /** byte offset of each grain table in the file (0 = none), one per GD entry */
   readonly gd: Float64Array
-  readonly #cache = new Map<number, Float64Array>()
+  readonly #cache = new Map<number, GrainTable>()
   readonly #cacheMax: number
   #lastGrain: { off: number, data: Buffer } | undefined
 
@@ -49,19 +103,19 @@ export abstract class SparseExtent implements Extent {
     this.gtEntries = gtEntries
     this.gtBytes = gtBytes
     this.gd = gd
-    // enough to hold a 1 GiB window twice over, bounded to ~32 MiB of decoded tables
+    // enough to hold a 1 GiB map window twice over; tables are sparse, a full one is 10 bytes/entry
     const cover = grainSize * gtEntries
-    const perTable = gtEntries * 8
-    this.#cacheMax = Math.max(16, Math.min(Math.ceil(2 * 2 ** 30 / cover), Math.floor(32 * 2 ** 20 / perTable)))
+    const perTable = gtEntries * 10
+    this.#cacheMax = Math.max(16, Math.min(Math.ceil(2 * 2 ** 30 / cover), Math.floor(48 * 2 ** 20 / perTable)))
   }
 
-  /** Decode one on-disk grain table (validating every entry). */
-  protected abstract decodeTable (buf: Buffer, offset: number, gdIndex: number): Float64Array
+  /** Decode one on-disk grain table (validating every non-zero entry). */
+  protected abstract decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable
 
   /** bytes of disk covered by one grain table */
   get tableCover (): number { return this.grainSize * this.gtEntries }
 
-  #remember (gdIndex: number, t: Float64Array): void {
+  #remember (gdIndex: number, t: GrainTable): void {
     this.#cache.set(gdIndex, t)
     if (this.#cache.size > this.#cacheMax) {
       const first = this.#cache.keys().next()
@@ -70,7 +124,7 @@ export abstract class SparseExtent implements Extent {
   }
 
   /** The decoded table for one GD entry, or null when the GD entry is empty. */
-  table (gdIndex: number): Float64Array | null {
+  table (gdIndex: number): GrainTable | null {
     const off = this.gd[gdIndex] ?? 0
     if (off === 0) return null
     const hit = this.#cache.get(gdIndex)
@@ -79,16 +133,27 @@ export abstract class SparseExtent implements Extent {
       this.#cache.set(gdIndex, hit)
       return hit
     }
-    const buf = this.file.readMetaSync(off, this.gtBytes, 'grain table')
+    const buf = this.file.readMetaSyncInto(scratch(this.gtBytes), off, this.gtBytes, 'grain table')
     const t = this.decodeTable(buf, 0, gdIndex)
     this.#remember(gdIndex, t)
     return t
   }
 
-  /** Drop a cached table (writers call this after changing it on disk). */
-  setTable (gdIndex: number, t: Float64Array): void {
+  /** A table as a dense, mutable array of decoded values (for the writer), or null. */
+  denseTable (gdIndex: number): Float64Array | null {
+    const t = this.table(gdIndex)
+    if (t === null) return null
+    const d = new Float64Array(this.gtEntries)
+    for (let k = 0; k < t.idx.length; k++) d[t.idx[k] ?? 0] = t.val[k] ?? 0
+    return d
+  }
+
+  /** Replace a cached table after the writer changed it. */
+  setTable (gdIndex: number, dense: Float64Array): void {
+    const b = new TableBuilder()
+    for (let j = 0; j < dense.length; j++) if ((dense[j] ?? 0) !== 0) b.push(j, dense[j] ?? 0)
     this.#cache.delete(gdIndex)
-    this.#remember(gdIndex, t)
+    this.#remember(gdIndex, b.done())
   }
 
   prefetch (start: number, length: number): void {
@@ -106,7 +171,7 @@ export abstract class SparseExtent implements Extent {
       let j = k + 1
       const base = this.gd[want[k] ?? 0] ?? 0
       while (j < want.length && (this.gd[want[j] ?? 0] ?? 0) === base + (j - k) * this.gtBytes && (j - k + 1) * this.gtBytes <= MAX_BULK_READ) j++
-      const buf = this.file.readMetaSync(base, (j - k) * this.gtBytes, 'grain tables')
+      const buf = this.file.readMetaSyncInto(scratch((j - k) * this.gtBytes), base, (j - k) * this.gtBytes, 'grain tables')
       for (let m = k; m < j; m++) {
         const gdIndex = want[m] ?? 0
         this.#remember(gdIndex, this.decodeTable(buf, (m - k) * this.gtBytes, gdIndex))
@@ -130,15 +195,20 @@ export abstract class SparseExtent implements Extent {
         pos = tEnd
         continue
       }
+      const tBase = gdIndex * this.gtEntries
+      let k = lowerBound(t.idx, Math.floor(pos / g) - tBase)
       while (pos < tEnd) {
-        const gi = Math.floor(pos / g)
-        const gEnd = Math.min(tEnd, (gi + 1) * g)
-        const v = t[gi - gdIndex * this.gtEntries] ?? 0
-        if (v === GTE_NONE) pushRun(out, pos, gEnd - pos, RunState.None, -1, true)
-        else if (v === GTE_ZERO) pushRun(out, pos, gEnd - pos, RunState.Zero, -1, true)
-        else if (v > 0) pushRun(out, pos, gEnd - pos, RunState.Data, v + (pos - gi * g), true)
+        const j = t.idx[k]
+        const gs = j === undefined ? tEnd : (tBase + j) * g
+        if (gs >= tEnd) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
+        if (gs > pos) { pushRun(out, pos, gs - pos, RunState.None, -1, true); pos = gs }
+        const gEnd = Math.min(tEnd, gs + g)
+        const v = t.val[k] ?? 0
+        if (v === GTE_ZERO) pushRun(out, pos, gEnd - pos, RunState.Zero, -1, true)
+        else if (v > 0) pushRun(out, pos, gEnd - pos, RunState.Data, v + (pos - gs), true)
         else out.push({ start: pos, length: gEnd - pos, state: RunState.Data, off: v })
         pos = gEnd
+        k++
       }
     }
     return out
@@ -155,12 +225,11 @@ export abstract class SparseExtent implements Extent {
         const t = this.table(i)
         if (t === null) continue
         const base = i * cover
-        const n = Math.min(this.gtEntries, Math.ceil((this.size - base) / this.grainSize))
-        for (let j = 0; j < n; j++) {
-          const v = t[j] ?? 0
-          if (v === GTE_NONE) continue
+        for (let k = 0; k < t.idx.length; k++) {
+          const v = t.val[k] ?? 0
           const state = v === GTE_ZERO ? RunState.Zero : RunState.Data
-          const s = base + j * this.grainSize
+          const s = base + (t.idx[k] ?? 0) * this.grainSize
+          if (s >= this.size) break
           const len = Math.min(this.grainSize, this.size - s)
           if (pending !== undefined && pending.state === state && pending.start + pending.length === s) {
             pending.length += len

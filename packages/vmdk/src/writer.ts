@@ -136,13 +136,12 @@ class ChainWriter implements DiskWriter {
     const newTables: number[] = []
     for (let gi = start / g; gi < Math.ceil((start + length) / g); gi++) {
       const gdIndex = Math.floor(gi / ext.gtEntries)
-      let t = dirty.get(gdIndex) ?? ext.table(gdIndex)
+      let t = dirty.get(gdIndex) ?? ext.denseTable(gdIndex)
       if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
       dirty.set(gdIndex, t)
       t[gi - gdIndex * ext.gtEntries] = GTE_ZERO
-      ext.setTable(gdIndex, t)
     }
-    for (const [i, t] of dirty) await alloc.writeTable(i, t)
+    for (const [i, t] of dirty) { ext.setTable(i, t); await alloc.writeTable(i, t) }
     for (const i of newTables) await alloc.writeGdEntry(i)
   }
 
@@ -198,15 +197,14 @@ class ChainWriter implements DiskWriter {
       for (let k = 0; k < n; k++) {
         const gi = firstGrain + k
         const gdIndex = Math.floor(gi / ext.gtEntries)
-        let t = dirty.get(gdIndex) ?? ext.table(gdIndex)
+        let t = dirty.get(gdIndex) ?? ext.denseTable(gdIndex)
         if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
         dirty.set(gdIndex, t)
         t[gi - gdIndex * ext.gtEntries] = off + k * g
-        ext.setTable(gdIndex, t)
       }
     }
     // crash order: data, then tables, then directory entries
-    for (const [i, t] of dirty) await alloc.writeTable(i, t)
+    for (const [i, t] of dirty) { ext.setTable(i, t); await alloc.writeTable(i, t) }
     for (const i of newTables) await alloc.writeGdEntry(i)
   }
 
