@@ -41,6 +41,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     format: { type: 'string', default: 'sesparse' },
     keep: { type: 'boolean', default: false },
+    'skip-rsync': { type: 'boolean', default: false },
   },
 })
 const GiB = 1024 ** 3
@@ -76,7 +77,7 @@ const cleanup = async () => {
 process.on('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
 
 const logger = pino({ level: 'warn' })
-const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), deltaFormat: values.format, progress: 'none', trivialMiB: 16 }
+const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), deltaFormat: values.format, progress: 'none', trivialMiB: 16, compress: process.env.BENCH_COMPRESS ?? 'lz4' }
 
 try {
   log(`# ${values['size-gib']} GiB disk, ${values.format} deltas, dir ${dir}`)
@@ -99,8 +100,10 @@ try {
     const src = join(dir, 'src.raw')
     const dst = join(dir, 'dst.raw')
     const top = join(vm.dir, execFileSync('sh', ['-c', `grep -i 'scsi0:0.fileName' "${vm.vmxPath}" | sed 's/.*= "\\(.*\\)"/\\1/'`]).toString().trim())
-    await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, src])
-    await exec('cp', ['--sparse=always', mirror, dst])
+    if (!values['skip-rsync']) {
+      await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, src])
+      await exec('cp', ['--sparse=always', mirror, dst])
+    }
     execFileSync('sync')
 
     let peak = process.memoryUsage().rss
@@ -111,11 +114,11 @@ try {
     clearInterval(sampler)
     if (!r.ok) throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
     const d = r.vms[0].disks[0]
-    log(`cycle: ${sec(cycleMs)} s — ${d.extents} extents, ${(d.dataBytes / MiB).toFixed(1)} MiB data, ${(d.wireBytes / MiB).toFixed(1)} MiB on the wire, trivial ${d.trivial?.ok}`)
+    log(`cycle: ${sec(cycleMs)} s — ${d.extents} extents, ${(d.dataBytes / MiB).toFixed(1)} MiB data, ${(d.wireBytes / MiB).toFixed(1)} MiB on the wire, trivial ${d.trivial?.ok}; ms ${JSON.stringify(r.vms[0].timings)}`)
 
     t0 = performance.now()
-    await exec('rsync', ['--inplace', '--no-whole-file', '-I', src, dst], { maxBuffer: 1 << 20 })
-    const rsyncMs = performance.now() - t0
+    if (!values['skip-rsync']) await exec('rsync', ['--inplace', '--no-whole-file', '-I', src, dst], { maxBuffer: 1 << 20 })
+    const rsyncMs = values['skip-rsync'] ? NaN : performance.now() - t0
     log(`rsync: ${sec(rsyncMs)} s`)
 
     // I/O floor: changed bytes twice with fdatasync (journal append, then in place at the guest's offsets)
@@ -136,7 +139,7 @@ try {
     await j.close(); await f.close()
     rmSync(floorFile); rmSync(join(dir, 'floor.journal'))
     log(`floor: ${sec(floorMs)} s`)
-    rmSync(src); rmSync(dst)
+    rmSync(src, { force: true }); rmSync(dst, { force: true })
     rows.push({ rate, mib: bytes / MiB, cycleMs, rsyncMs, floorMs, rssMiB: peak / MiB })
   }
   console.log(`\n| changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | agent peak RSS |`)

@@ -12,6 +12,7 @@
 import { readFile, stat } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { Logger } from 'pino'
+import { formatCid } from '@grainline/vmdk'
 import { vmdk, type VmdkChain } from './vmdk-api.ts'
 import {
   CycleDigest, cycleIdentity, initDigests, MessageKind, PROTOCOL_VERSION,
@@ -92,6 +93,8 @@ export interface VmReport {
   disks: DiskReport[]
   removedSnapshots: string[]
   durationMs: number
+  /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
+  timings: Record<string, number>
   error?: { code: string, message: string, remoteCode?: string }
 }
 
@@ -114,6 +117,8 @@ interface DiskWork {
   /** per-seq digest records for the cycle digest (kept across reconnects) */
   records: Array<{ offset: number, length: number, zero: boolean, digest: Uint8Array }>
   view: ViewDigester | undefined
+  /** the view digests computed by reading, in the background while extents ship */
+  viewTask: Promise<void> | undefined
   progress: DiskProgress
 }
 
@@ -148,7 +153,8 @@ async function expect<K extends Message['kind']> (conn: Connection, kind: K, sig
   throw new AgentError('E_PROTOCOL', `expected message 0x${kind.toString(16)}, got 0x${m.kind.toString(16)}`)
 }
 
-const layerOf = (l: Chain['layers'][number]): ChainLayer => ({ file: l.file, cid: l.cid, parentCid: l.parentCid })
+// SPEC: CIDs travel as 8 lowercase hex digits; QEMU writes them without leading zeros
+const layerOf = (l: Chain['layers'][number]): ChainLayer => ({ file: l.file, cid: formatCid(l.cid), parentCid: formatCid(l.parentCid) })
 
 async function collect (it: AsyncIterable<{ offset: number, length: number, zero: boolean }>): Promise<PlanRange[]> {
   const out: PlanRange[] = []
@@ -159,7 +165,7 @@ async function collect (it: AsyncIterable<{ offset: number, length: number, zero
 /** Run one cycle of one VM. Never throws: the report carries the error. */
 export async function runVmCycle (components: { logger: Logger }, opts: CycleOptions): Promise<VmReport> {
   const started = performance.now()
-  const report: VmReport = { ref: opts.ref, vm: opts.ref, ok: false, cycle: 0, reusedSnapshot: false, reconnects: 0, disks: [], removedSnapshots: [], durationMs: 0 }
+  const report: VmReport = { ref: opts.ref, vm: opts.ref, ok: false, cycle: 0, reusedSnapshot: false, reconnects: 0, disks: [], removedSnapshots: [], durationMs: 0, timings: {} }
   let log = components.logger.child({ vmRef: opts.ref })
   const works: DiskWork[] = []
   try {
@@ -180,6 +186,12 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
 
 async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], setLog: (l: Logger) => void, getLog: () => Logger, root: Logger): Promise<void> {
   const { driver, signal } = opts
+  let mark = performance.now()
+  const lap = (phase: string): void => {
+    const t = performance.now()
+    report.timings[phase] = Math.round((report.timings[phase] ?? 0) + t - mark)
+    mark = t
+  }
   let vm = await driver.openVm(opts.ref, signal === undefined ? {} : { signal })
   report.vm = vm.name
   setLog(root.child({ vm: vm.name }))
@@ -276,6 +288,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     if (cycleNo !== proposal) throw new AgentError('E_PROTOCOL', `receiver committed cycle moved during connect (${state.committedCycle})`)
   }
   report.cycle = cycleNo
+  lap('connect')
   if (state.exists && !state.compatible) {
     // SPEC §4.2: no incremental on an incompatible mirror; a new seed needs the operator
     throw new AgentError('E_REFUSED', `the mirror of ${vm.name} was made from another virtual hardware version or datastore type; move it away to seed a new one`, { remoteCode: 'E_INCOMPATIBLE' })
@@ -297,6 +310,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     log().info({ snapshot: shipped.name, id: shipped.id }, 'snapshot taken')
   }
   report.snapshot = shipped.name
+  lap('snapshot')
   vm = await driver.openVm(opts.ref)
   if (opts.afterSnapshot !== undefined) await opts.afterSnapshot(vm)
 
@@ -314,7 +328,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     report.disks.push(rep)
     const w: DiskWork = {
       handle: i, disk, name, chain, report: rep, depth: 1, mode: 'seed', fromDepth: L - 1, baseCycle: 0, cycleNo,
-      source: { layers: [], successor: '' }, plan: buildPlan([], { chunkBytes }), cycleId: '', records: [], view: undefined,
+      source: { layers: [], successor: '' }, plan: buildPlan([], { chunkBytes }), cycleId: '', records: [], view: undefined, viewTask: undefined,
       progress: new DiskProgress(vm.name, name, opts.progress),
     }
     works.push(w)
@@ -330,6 +344,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     setIdentity(w, vm.name, cycleNo)
   }
 
+  lap('plan')
   // 5. ship, with reconnect and resume. The receiver allows one DiskOpen per disk and
   // connection, so a refused open is answered on a NEW connection with a new plan.
   let needRollback = false
@@ -392,12 +407,15 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
       await sendDisk(c, w, ds, window, () => ackError, opts, welcome, certifyAlg, log)
       current = undefined
     }
+    lap('ship')
     await c.send({ kind: MessageKind.Commit, vm: vm.name, cycle: cycleNo })
     await expect(c, MessageKind.Committed, signal)
     committed = true
     for (const w of works) { w.progress.update('commit', true) }
+    lap('commit')
     log().info({ cycle: cycleNo }, 'committed')
     await checks(c, works, welcome, opts, certifyAlg, log, signal)
+    lap('check')
   }
   for (;;) {
     try {
@@ -425,6 +443,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
     w.progress.update('done', true)
   }
 
+  lap('check')
   // 6. remove the older grainline snapshots: their deltas consolidate into the base
   const now = await driver.listSnapshots(vm)
   for (const s of now) {
@@ -439,6 +458,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
       throw new AgentError('E_SNAPSHOT', `removing snapshot ${s.name} failed: ${(err as Error).message}`, { cause: err })
     }
   }
+  lap('remove')
 }
 
 async function rollback (conn: Connection, vm: string, signal?: AbortSignal): Promise<void> {
@@ -518,7 +538,15 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
   // view digests ride along with a seed sent whole from its first byte
   const prefixBytes = Math.min(w.chain.capacity, opts.trivialMiB * 1024 * 1024)
   const inPass = w.mode === 'seed' && resumeSeq === 0 && (w.plan.ranges[0]?.offset ?? -1) === 0
-  w.view = new ViewDigester(w.chain.capacity, welcome.digest, prefixBytes, certifyAlg)
+  if (inPass) {
+    w.view = new ViewDigester(w.chain.capacity, welcome.digest, prefixBytes, certifyAlg)
+  } else if (w.viewTask === undefined) {
+    // the frozen view does not change with the plan or the connection: digest it once, overlapping the shipping
+    const view = new ViewDigester(w.chain.capacity, welcome.digest, prefixBytes, certifyAlg)
+    w.view = view
+    w.viewTask = view.finishFrom(w.chain, w.depth, signal)
+    w.viewTask.catch(() => {})
+  }
   window.reset(resumeSeq)
   let covered = 0
   for (let s = 0; s < resumeSeq; s++) covered += (w.records[s] as { length: number }).length
@@ -529,7 +557,7 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
     const err = ackError()
     if (err !== undefined) throw err
     w.records[e.seq] = { offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
-    if (inPass && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
+    if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
     // SPEC §5.3 "Window": data-extent length (uncompressed), plus 512 per zero extent
     const cost = e.zero ? 512 : e.length
     await window.reserve(cost, failed)
@@ -564,8 +592,9 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
 
 async function checks (conn: Connection, works: DiskWork[], welcome: WelcomeMessage, opts: CycleOptions, certifyAlg: DigestAlgorithm | undefined, log: () => Logger, signal?: AbortSignal): Promise<void> {
   for (const w of works) {
-    const view = w.view ?? new ViewDigester(w.chain.capacity, welcome.digest, Math.min(w.chain.capacity, opts.trivialMiB * 1024 * 1024), certifyAlg)
     w.progress.update('check', true)
+    if (w.viewTask !== undefined) await w.viewTask
+    const view = w.view ?? new ViewDigester(w.chain.capacity, welcome.digest, Math.min(w.chain.capacity, opts.trivialMiB * 1024 * 1024), certifyAlg)
     if (!view.complete) await view.finishFrom(w.chain, w.depth, signal)
     if (opts.trivialMiB > 0) {
       const prefixBytes = Math.min(w.chain.capacity, opts.trivialMiB * 1024 * 1024)

@@ -52,8 +52,10 @@ export interface ExtentSourceOptions {
   readonly fromSeq?: number
   /** yield no further than this seq (exclusive). @default plan.totalExtents */
   readonly toSeq?: number
-  /** extents read ahead of the consumer. @default 4 */
+  /** largest number of extents read ahead of the consumer. @default 64 */
   readonly readAhead?: number
+  /** largest number of bytes read ahead of the consumer. @default 8 MiB */
+  readonly readAheadBytes?: number
   /** compressed must be below this fraction of the original to be used. @default 0.9 */
   readonly compressRatio?: number
   readonly signal?: AbortSignal
@@ -96,27 +98,40 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
     return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw }
   }
   const planned = planExtents(plan, opts.fromSeq ?? 0)
-  const readAhead = Math.max(1, opts.readAhead ?? 4)
-  const pending: Array<Promise<PreparedExtent>> = []
+  const readAhead = Math.max(1, opts.readAhead ?? 64)
+  const readAheadBytes = opts.readAheadBytes ?? 8 * 1024 * 1024
+  // reads run ahead (bounded by count and bytes); digest and compression happen in order as the consumer pulls
+  const pending: Array<{ p: PlannedExtent, read: Promise<Buffer | undefined> }> = []
+  let pendingBytes = 0
+  let lookahead: PlannedExtent | undefined
   const fill = (): void => {
     while (pending.length < readAhead) {
-      const n = planned.next()
-      if (n.done === true || n.value.seq >= toSeq) return
-      const p = n.value
-      pending.push(p.zero ? Promise.resolve(prepare(p, undefined)) : chain.read(p.offset, p.length, { depth: opts.depth }).then((b) => prepare(p, b)))
+      if (lookahead === undefined) {
+        const n = planned.next()
+        if (n.done === true || n.value.seq >= toSeq) return
+        lookahead = n.value
+      }
+      const p: PlannedExtent = lookahead
+      const cost = p.zero ? 0 : p.length
+      if (pending.length > 0 && pendingBytes + cost > readAheadBytes) return
+      lookahead = undefined
+      pendingBytes += cost
+      pending.push({ p, read: p.zero ? Promise.resolve(undefined) : chain.read(p.offset, p.length, { depth: opts.depth }) })
     }
   }
   try {
     fill()
     while (pending.length > 0) {
       opts.signal?.throwIfAborted()
-      const next = await (pending.shift() as Promise<PreparedExtent>)
+      const head = pending.shift() as { p: PlannedExtent, read: Promise<Buffer | undefined> }
+      const raw = await head.read
+      pendingBytes -= head.p.zero ? 0 : head.p.length
       fill()
-      yield next
+      yield prepare(head.p, raw)
     }
   } finally {
     // settle reads still in flight so no rejection goes unhandled
-    for (const p of pending) p.catch(() => {})
+    for (const p of pending) p.read.catch(() => {})
   }
 }
 
