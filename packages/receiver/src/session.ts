@@ -8,7 +8,7 @@ import {
   type CertifyMessage, type CommitMessage, type DiskEndMessage, type DiskOpenMessage, type ExtentMessage, type HelloMessage,
   type RollbackMessage, type TrivialCheckMessage, type VmOpenMessage,
 } from '@grainline/protocol'
-import { ReceiverError, errorCode } from './errors.ts'
+import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { checkDdb } from './mirror-descriptor.ts'
 import { VmMirror, digestFile, type ApplyExtent, type DiskApply } from './mirror-store.ts'
@@ -351,7 +351,7 @@ export class Session {
     this.batchDisk = undefined
     this.batchBytes = 0
     const a = d.apply as DiskApply
-    await a.applyBatch(batch)
+    await a.applyBatch(batch).catch((err: unknown) => { throw ioError(err, `writing extents of ${d.name}`) })
     this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq: a.appliedSeq })
   }
 
@@ -367,7 +367,7 @@ export class Session {
     }
     const digest = a.cycleDigest.digest()
     if (!sameBytes(digest, msg.digest)) fail('E_END_MISMATCH', 'cycle digest differs')
-    await a.seal(digest)
+    await a.seal(digest).catch((err: unknown) => { throw ioError(err, `sealing ${d.name}`) })
     this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes }, 'disk sealed')
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
@@ -448,9 +448,8 @@ export class Session {
     const closeCode = (err as { closeCode?: unknown }).closeCode
     if (code === 'E_INTERNAL') this.log.error({ err }, 'session aborted')
     else this.log.warn({ code, why: message }, 'session aborted')
-    this.send({ kind: MessageKind.Error, code, message, fatal: true })
-    this.ws.close(typeof closeCode === 'number' ? closeCode : 1011, code)
-    // an I/O failure during an apply: put the mirror back at its committed point
+    // an I/O failure during an apply: put the mirror back at its committed
+    // point before the agent hears of the failure
     if ((code === 'E_IO' || code === 'E_NO_SPACE') && this.vm !== undefined && this.vm.state.inflight !== null) {
       this.batch = []
       for (const d of this.disks.values()) await d.apply?.close().catch(() => {})
@@ -460,6 +459,8 @@ export class Session {
         this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
       }
     }
+    this.send({ kind: MessageKind.Error, code, message, fatal: true })
+    this.ws.close(typeof closeCode === 'number' ? closeCode : 1011, code)
     this.stop()
   }
 

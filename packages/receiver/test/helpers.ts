@@ -103,12 +103,15 @@ export class Agent {
   private readonly queue: Message[] = []
   private waiters: Array<(m: Message | undefined) => void> = []
   closed: { code: number, reason: string } | undefined
+  /** codes of every Error message received */
+  readonly errors: string[] = []
   private readonly closedP: Promise<{ code: number, reason: string }>
 
   private constructor (ws: WebSocket) {
     this.ws = ws
     ws.on('message', (data: Buffer) => {
       const m = decodeMessage(data)
+      if (m.kind === MessageKind.Error) this.errors.push(m.code)
       const w = this.waiters.shift()
       if (w !== undefined) w(m)
       else this.queue.push(m)
@@ -154,14 +157,9 @@ export class Agent {
 
   /** wait for the Error message and close; returns both */
   async expectError (): Promise<{ code: string, closeCode: number }> {
-    let err: string | undefined
-    for (;;) {
-      const m = await this.next()
-      if (m === undefined) break
-      if (m.kind === MessageKind.Error) err = m.code
-    }
+    while (await this.next() !== undefined) { /* drain */ }
     const c = await this.closedP
-    return { code: err ?? '(none)', closeCode: c.code }
+    return { code: this.errors[this.errors.length - 1] ?? '(none)', closeCode: c.code }
   }
 
   whenClosed (): Promise<{ code: number, reason: string }> { return this.closedP }

@@ -1,0 +1,56 @@
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { MessageKind } from '@grainline/protocol'
+import { storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild } from './helpers.ts'
+
+t.test('SIGTERM parks an in-flight apply durably; the cycle resumes after restart', async (t) => {
+  const env = makeEnv(t.testdir())
+  const EXT = 64 * 1024
+  const args = ['--batch-bytes', String(EXT)]
+  const imgA = pattern(2 * MiB, 1)
+  const ranges = [{ offset: 0, length: MiB }, { offset: MiB + EXT, length: 8 * EXT }]
+  const imgB = evolve(imgA, 5, ranges)
+  const c1 = await startChild(env, { args })
+  const started = Date.now()
+  const a = await Agent.connect(c1.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm7', 1, [seedPlan(0, 'vm7.vmdk', imgA, '77'.repeat(8), EXT)])
+  a.close()
+  const b = await Agent.connect(c1.url, { token: TOKEN, ca: env.tls.ca })
+  const plan = () => incPlan(0, 'vm7.vmdk', imgB, 1, '78'.repeat(8), ranges, 'vm7-000001.vmdk', 'vm7-000002.vmdk', EXT)
+  await runCycle(b, 'vm7', 2, [plan()], { stopAfter: 10 })
+  for (;;) {
+    const m = await b.next()
+    if (m?.kind === MessageKind.ExtentAck && m.seq >= 5) break
+    if (m === undefined) throw new Error('closed early')
+  }
+  c1.child.kill('SIGTERM')
+  const err = await b.expectError()
+  t.same(err, { code: 'E_SHUTDOWN', closeCode: 1001 }, 'agent told why, close 1001')
+  t.same(await c1.exited, { code: 0, signal: null }, 'clean exit')
+  t.match(c1.stderr(), /"msg":"receiver closed"/)
+  const st = (await storeStatus(env.store)).vms[0]
+  t.equal(st?.inflightCycle, 2)
+  t.ok((st?.disks[0]?.inflight?.resumeSeq ?? 0) >= 6, 'resume point persisted')
+  const c2 = await startChild(env, { args })
+  t.teardown(() => { c2.child.kill('SIGKILL') })
+  t.match(c2.stderr(), /interrupted cycle kept for resume or rollback/, 'recovery logged')
+  const c = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(c, 'vm7', 2, [plan()])
+  t.ok((r.resume[0] ?? 0) >= 6, `resumed at ${String(r.resume[0])}`)
+  t.ok(readFileSync(join(env.store, 'vm7', 'vm7-flat.vmdk')).equals(imgB))
+  c.close()
+  t.ok(Date.now() - started < 20000)
+})
+
+t.test('start-up is fast', async (t) => {
+  const env = makeEnv(t.testdir())
+  const t0 = Date.now()
+  const c = await startChild(env)
+  const ms = Date.now() - t0
+  // spec: under a second on an idle machine (~0.5 s measured); CI runs under load and coverage
+  t.ok(ms < 3000, `listening after ${ms} ms`)
+  c.child.kill('SIGTERM')
+  t.same(await c.exited, { code: 0, signal: null })
+})
