@@ -170,15 +170,15 @@ export class Agent {
 
 /** Deterministic pseudo-random bytes. */
 export function pattern (length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length)
+  const b = Buffer.alloc((length + 3) & ~3)
   let x = (seed * 2654435761) >>> 0 || 1
-  for (let i = 0; i < length; i += 4) {
+  for (let i = 0; i < b.length; i += 4) {
     x ^= x << 13; x >>>= 0
     x ^= x >>> 17
     x ^= x << 5; x >>>= 0
     b.writeUInt32LE(x, i)
   }
-  return b
+  return b.length === length ? b : b.subarray(0, length)
 }
 
 export interface PlannedExtent { offset: number, length: number, zero: boolean }
