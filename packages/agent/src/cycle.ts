@@ -249,12 +249,15 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
       const w = await expect(c, MessageKind.Welcome, signal)
       await c.send(vmOpen(cycleNo))
       const s = await expect(c, MessageKind.VmState, signal)
+      lastConnected = performance.now()
       return { conn: c, welcome: w, state: s }
     } catch (err) {
       c.terminate()
       throw err
     }
   }
+  // an outage starts at the first failure after the last successful handshake
+  let lastConnected = 0
   const retrying = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
     let n = 0
     let outageStart: number | undefined
@@ -264,7 +267,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
       } catch (err) {
         if (!isRetryable(err)) throw err
         const t = performance.now()
-        outageStart ??= t
+        if (outageStart === undefined || lastConnected > outageStart) { outageStart = t; n = 0 }
         if (t - outageStart > opts.giveUpMs) {
           throw new AgentError('E_GAVE_UP', `${what}: receiver unreachable for ${Math.round((t - outageStart) / 1000)} s (${(err as Error).message}); the snapshot chain is left for the next run`, { cause: err })
         }
