@@ -3,6 +3,7 @@ import { VmdkError, ioError } from './errors.ts'
 import { sameCid } from './descriptor.ts'
 import { RunState } from './extent.ts'
 import { FlatExtent } from './extent.ts'
+import { SparseExtent } from './sparse-extent.ts'
 import { type Layer, type LayerRun, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 
 /** A range held by one layer: bytes, disk order; `zero` = reads as zeros (no data to copy). */
@@ -32,7 +33,6 @@ export interface OpenChainOptions {
 
 /** Largest single read() we serve; callers stream larger spans in pieces. */
 export const MAX_READ = 256 * 1024 * 1024
-const MAP_WINDOW = 1024 * 1024 * 1024
 
 /** An opened chain of layers: [0] = the file named, [k] = its k-th parent. Read-only. */
 export class DiskChain {
@@ -127,9 +127,16 @@ export class DiskChain {
     const top = opts.depth ?? 0
     this.#layer(top)
     let pending: (MapEntry & { key: number }) | undefined
-    for (let w = 0; w < this.capacity; w += MAP_WINDOW) {
+    // one window = 64 grain tables of the finest layer (1 GiB for SEsparse, 128 MiB for COWD),
+    // which bounds the entries held at once (512-byte COWD grains can alternate)
+    let cover = 2 ** 30
+    for (let d = top; d < this.layers.length; d++) {
+      for (const e of this.layers[d]?.extents ?? []) if (e instanceof SparseExtent) cover = Math.min(cover, e.tableCover * 64)
+    }
+    const windowBytes = Math.max(64 * 2 ** 20, cover)
+    for (let w = 0; w < this.capacity; w += windowBytes) {
       if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
-      const len = Math.min(MAP_WINDOW, this.capacity - w)
+      const len = Math.min(windowBytes, this.capacity - w)
       for (let d = top; d < this.layers.length; d++) this.layers[d]?.prefetch(w, len)
       const out: Array<MapEntry & { key: number }> = []
       this.#mapRange(top, top, w, len, out)

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { readFileSync, readdirSync, existsSync } from 'node:fs'
+import { readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createFlatDisk, createDelta, openWriter, openChain, consolidate, describeChain, parseDescriptor, parseSeSparseHeader, parseCowdHeader, type DeltaFormat } from '../src/index.ts'
 import { chainDigest, collect, flatDepths, normalizeFlat, prng, qemuDigest, qemuImg, qemuMap } from './helpers.ts'
@@ -181,4 +181,28 @@ t.test('writer edge cases', async t => {
   qemuImg('convert', '-f', 'vmdk', '-O', 'vmdk', '-o', 'subformat=streamOptimized', base, so)
   const sw = await openWriter(so).catch((e: unknown) => e)
   t.match(sw, { code: 'E_READONLY' }, 'streamOptimized is read-only')
+})
+
+t.test('KDMV without a grain table for a range gets one appended (both copies)', async t => {
+  const dir = t.testdir()
+  const p = join(dir, 'k.vmdk')
+  qemuImg('create', '-q', '-f', 'vmdk', p, String(64 * MiB))
+  // drop the second GT from GD and RGD, as a VMware writer may leave it
+  const b = readFileSync(p)
+  const gd = Number(b.readBigUInt64LE(56))
+  const rgd = Number(b.readBigUInt64LE(48))
+  b.writeUInt32LE(0, gd * 512 + 4)
+  b.writeUInt32LE(0, rgd * 512 + 4)
+  writeFileSync(p, b)
+  const model = new Model(64 * MiB)
+  const w = await openWriter(p)
+  for (const [o, l, v] of [[40 * MiB + 1, 100, 5], [33 * MiB, 200000, 6], [MiB, 512, 7]] as const) {
+    await w.write(o, Buffer.alloc(l, v))
+    model.write(o, Buffer.alloc(l, v))
+  }
+  await w.close()
+  await checkAgainstQemu(t, p, model, dir)
+  const after = readFileSync(p)
+  t.not(after.readUInt32LE(gd * 512 + 4), 0, 'GD entry set')
+  t.not(after.readUInt32LE(rgd * 512 + 4), 0, 'RGD entry set')
 })
