@@ -111,13 +111,18 @@ async function openExtentFile (path: string, writable: boolean): Promise<DiskFil
  */
 export async function openLayer (path: string, opts: { pathMap?: PathMap, writable?: boolean } = {}): Promise<Layer> {
   const writable = opts.writable === true
-  const file = await DiskFile.open(path, writable)
+  // a text descriptor is only ever replaced by rename, so open read-only until we know the kind
+  let file = await DiskFile.open(path, false)
   const opened: Extent[] = []
   let keepFile = false
   try {
     const headLen = Math.min(file.size, 512)
     const head = headLen > 0 ? file.readMetaSync(0, headLen, 'first sector') : Buffer.alloc(0)
     const magic = head.length >= 4 ? head.readUInt32LE(0) : 0
+    if (writable && (magic === KDMV_MAGIC || magic === COWD_MAGIC)) {
+      await file.close()
+      file = await DiskFile.open(path, true)
+    }
     if (magic === KDMV_MAGIC) {
       const ext = HostedSparseExtent.open(file)
       keepFile = true

@@ -59,6 +59,7 @@ class ChainWriter implements DiskWriter {
   readonly #cidMode: 'first-write' | 'close'
   #cid: string | undefined
   #closed = false
+  #queue: Promise<void> = Promise.resolve()
 
   constructor (chain: DiskChain, cidMode: 'first-write' | 'close') {
     this.#chain = chain
@@ -90,18 +91,31 @@ class ChainWriter implements DiskWriter {
     }
   }
 
+  /** Run writer operations one at a time (allocation is not re-entrant). */
+  #serial<T> (fn: () => Promise<T>): Promise<T> {
+    const p = this.#queue.then(fn)
+    this.#queue = p.then(() => {}, () => {})
+    return p
+  }
+
   async write (offset: number, data: Uint8Array): Promise<void> {
     this.#check(offset, data.length)
     if (data.length === 0) return
-    await this.#touch()
-    await this.#each(offset, data.length, async (ext, s, at, len) => {
-      await this.#writeExtent(ext, s, data.subarray(at, at + len), false)
+    await this.#serial(async () => {
+      await this.#touch()
+      await this.#each(offset, data.length, async (ext, s, at, len) => {
+        await this.#writeExtent(ext, s, data.subarray(at, at + len), false)
+      })
     })
   }
 
   async writeZeroes (offset: number, length: number): Promise<void> {
     this.#check(offset, length)
     if (length === 0) return
+    await this.#serial(async () => { await this.#writeZeroes(offset, length) })
+  }
+
+  async #writeZeroes (offset: number, length: number): Promise<void> {
     await this.#touch()
     await this.#each(offset, length, async (ext, s, _at, len) => {
       const sparse = ext instanceof SparseExtent ? ext : undefined
@@ -214,6 +228,7 @@ class ChainWriter implements DiskWriter {
   }
 
   async flush (): Promise<void> {
+    await this.#queue
     for (const a of this.#alloc.values()) await a.finish()
     const files = new Set(this.#layer.extents.map(e => e.file).filter(f => f !== undefined))
     for (const f of files) await f.sync()

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs'
+import { chmodSync, readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createFlatDisk, createDelta, openWriter, openChain, consolidate, describeChain, parseDescriptor, parseSeSparseHeader, parseCowdHeader, type DeltaFormat } from '../src/index.ts'
 import { chainDigest, collect, flatDepths, normalizeFlat, prng, qemuDigest, qemuImg, qemuMap } from './helpers.ts'
@@ -205,4 +205,27 @@ t.test('KDMV without a grain table for a range gets one appended (both copies)',
   const after = readFileSync(p)
   t.not(after.readUInt32LE(gd * 512 + 4), 0, 'GD entry set')
   t.not(after.readUInt32LE(rgd * 512 + 4), 0, 'RGD entry set')
+})
+
+t.test('concurrent writes are serialized; a read-only descriptor file is still replaced atomically', async t => {
+  const dir = t.testdir()
+  const base = join(dir, 'b.vmdk')
+  await createFlatDisk(base, 8 * MiB)
+  const top = join(dir, 'c.vmdk')
+  await createDelta(base, top, { format: 'sesparse' })
+  chmodSync(top, 0o444)
+  const model = new Model(8 * MiB)
+  const w = await openWriter(top)
+  const rand = prng(99)
+  const ops: Array<Promise<void>> = []
+  for (let i = 0; i < 200; i++) {
+    const len = 1 + Math.floor(rand() * 20000)
+    const off = Math.floor(rand() * (8 * MiB - len))
+    const data = Buffer.alloc(len, i + 1)
+    model.write(off, data)
+    ops.push(w.write(off, data))
+  }
+  await Promise.all(ops)
+  await w.close()
+  await checkAgainstQemu(t, top, model, dir)
 })
