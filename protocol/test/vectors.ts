@@ -4,6 +4,11 @@
  * the committed files equal a fresh build and decode/encode both ways.
  */
 import { decodeMessage, encodeMessage } from '../src/codec.ts'
+import { compress } from '../src/compression.ts'
+import { CycleDigest } from '../src/cycle-digest.ts'
+import { cycleIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
+import { digestOf, initDigests } from '../src/digest.ts'
+import { CompressionAlgorithms, DigestAlgorithms } from '../src/messages.ts'
 import { ProtocolError } from '../src/errors.ts'
 import { MessageKind } from '../src/messages.ts'
 import { toJson } from './json.ts'
@@ -27,8 +32,39 @@ function errorCode (hex: string): string {
   throw new Error(`invalid vector decodes: ${hex}`)
 }
 
+const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex')
+
+/** Known answers for digests, cycle identity, cycle digest and decompression (derived.json). */
+function derived (): unknown {
+  const abc = new TextEncoder().encode('abc')
+  const pattern = Uint8Array.from({ length: 4096 }, (_, i) => (i * 31) & 0xff)
+  const digests = DigestAlgorithms.flatMap((algorithm) => [
+    { algorithm, input: '', digest: hex(digestOf(algorithm, new Uint8Array(0))) },
+    { algorithm, input: hex(abc), digest: hex(digestOf(algorithm, abc)) },
+  ])
+  const fields: CycleIdentityFields = {
+    vm: 'web01', name: 'web01.vmdk', cycle: 7, mode: 'incremental', baseCycle: 6,
+    source: { layers: [{ file: 'web01-000001.vmdk', cid: '0a1b2c3d', parentCid: '3f2e1d0c' }, { file: 'web01-000002.vmdk', cid: '11223344', parentCid: '0a1b2c3d' }], successor: 'web01-000003.vmdk' },
+  }
+  const seed: CycleIdentityFields = { vm: 'vm é', name: 'disk.vmdk', cycle: 1, mode: 'seed', baseCycle: 0, source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' } }
+  const identities = [fields, seed].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
+  const cycleDigests = DigestAlgorithms.map((algorithm) => {
+    const extents = [
+      { offset: 0, length: 4096, zero: false, digest: hex(digestOf(algorithm, pattern)) },
+      { offset: 4096, length: 2 ** 30, zero: true, digest: '' },
+      { offset: 2 ** 40, length: 512, zero: false, digest: hex(digestOf(algorithm, pattern.subarray(0, 512))) },
+    ]
+    const cd = new CycleDigest(algorithm)
+    for (const e of extents) cd.add({ ...e, digest: Buffer.from(e.digest, 'hex') })
+    return { algorithm, extents, cycleDigest: hex(cd.digest()) }
+  })
+  const decompression = CompressionAlgorithms.map((algorithm) => ({ algorithm, plain: hex(pattern.subarray(0, 1024)), compressed: hex(compress(algorithm, pattern.subarray(0, 1024))) }))
+  return { digests, cycleIdentity: identities, cycleDigest: cycleDigests, decompression }
+}
+
 /** file name → file contents */
-export function buildVectors (): Map<string, string> {
+export async function buildVectors (): Promise<Map<string, string>> {
+  await initDigests()
   const files = new Map<string, string>()
   const invalid: InvalidVector[] = []
   for (const [key, kind] of Object.entries(MessageKind)) {
@@ -67,5 +103,6 @@ export function buildVectors (): Map<string, string> {
   ]
   for (const [name, hex] of more) invalid.push({ name, hex, error: errorCode(hex) })
   files.set('invalid.json', JSON.stringify(invalid, null, 2) + '\n')
+  files.set('derived.json', JSON.stringify(derived(), null, 2) + '\n')
   return files
 }
