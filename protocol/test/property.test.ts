@@ -117,3 +117,34 @@ t.test('decompress of arbitrary bytes only throws E_DECOMPRESS and never exceeds
   }), { numRuns: 2000 })
   t.pass()
 })
+
+t.test('msgpackr-encoded arbitrary values (dates, maps, floats, negatives, nesting) only throw ProtocolError', async (t) => {
+  const { Packr } = await import('msgpackr')
+  const packrs = [new Packr({ useRecords: false }), new Packr({ useRecords: true }), new Packr({ useRecords: false, mapsAsObjects: false, moreTypes: true })]
+  const value = fc.oneof(
+    fc.anything({ withDate: true, withMap: true, withSet: true, withBigInt: true, withTypedArray: true, withNullPrototype: true, maxDepth: 4 }),
+    // valid messages with one field replaced by an arbitrary value
+    fc.tuple(message, fc.anything({ withDate: true, maxDepth: 2 }), fc.nat()).map(([m, v, i]) => {
+      const { kind, ...fields } = m
+      const keys = Object.keys(fields)
+      const k = keys[i % keys.length] as string
+      return { kind, fields: { ...fields, [k]: v } }
+    }),
+  )
+  fc.assert(fc.property(fc.constantFrom(...kinds), value, fc.nat(2), (kind, v, p) => {
+    let body: Uint8Array
+    let k: number = kind
+    let payload: unknown = v
+    if (typeof v === 'object' && v !== null && 'fields' in v && 'kind' in v) {
+      k = (v as { kind: number }).kind
+      payload = (v as { fields: unknown }).fields
+    }
+    try {
+      body = packrs[p]!.pack(payload)
+    } catch {
+      return // msgpackr cannot encode it: nothing to test
+    }
+    decodeOnlyTyped(Buffer.concat([Uint8Array.of(k), body]))
+  }), { numRuns: 4000 })
+  t.pass()
+})
