@@ -1,6 +1,7 @@
 import { readdir, realpath, unlink } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import { VmdkError, isVmdkError } from './errors.ts'
+import { formatCid, randomCid, sameCid } from './descriptor.ts'
 import { openChain } from './chain.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 import { openWriter, persistDescriptor } from './writer.ts'
@@ -15,35 +16,84 @@ export interface ConsolidateOptions {
 const CHUNK = 8 * 1024 * 1024
 
 /**
+ * DDB key recording, in the child, the CID its parent will carry once the merge is
+ * done, so that a rerun after a crash reuses it instead of picking another one.
+ */
+export const CONSOLIDATE_CID_KEY = 'ddb.grainline.consolidateCID'
+
+/** Result of {@link consolidate}. */
+export interface ConsolidateResult {
+  parentPath: string
+  /** the parent's new CID */
+  cid: string
+  /** descriptors re-pointed from the child to the parent */
+  repointed: string[]
+}
+
+/** Persist a descriptor change of a layer opened read-only (reopens embedded ones writable). */
+async function updateDescriptor (layer: Layer, fn: (l: Layer) => ReturnType<Layer['descriptor']['withDdb']>, pathMap?: PathMap): Promise<void> {
+  if (layer.descriptorKind === 'text') {
+    await persistDescriptor(layer, fn(layer))
+    return
+  }
+  const rw = await openLayer(layer.path, { ...(pathMap !== undefined ? { pathMap } : {}), writable: true })
+  try { await persistDescriptor(rw, fn(rw)) } finally { await rw.close() }
+}
+
+function childFilesOf (child: Layer, pathMap?: PathMap): string[] {
+  const files = [child.path]
+  if (child.descriptorKind === 'text') {
+    for (const e of child.extents) if (e.file !== undefined) files.push(e.file.path)
+    const ctk = child.descriptor.changeTrackPath
+    if (ctk !== undefined) files.push(resolveVmdkPath(child.path, ctk, pathMap))
+  }
+  return files
+}
+
+async function removeFiles (files: readonly string[]): Promise<void> {
+  // descriptor first: a crash leaves orphaned extents, never a descriptor naming missing files
+  for (const f of files) await unlink(f).catch((err: unknown) => { if ((err as { code?: string }).code !== 'ENOENT') throw err })
+  if (files[0] !== undefined) await syncDir(dirname(resolve(files[0])))
+}
+
+/**
  * Merge the delta `childPath` into its parent, as deleting a snapshot does:
+ *  0. record the parent's future CID in the child's DDB ({@link CONSOLIDATE_CID_KEY});
  *  1. copy every range the child holds into the parent (zero ranges as zeros), fsync;
  *  2. re-point every descriptor in the child's folder whose parent is the child at the
- *     parent (parentFileNameHint + the parent's new CID), each replaced atomically;
- *  3. give the parent that new CID (atomic descriptor replace);
+ *     parent (parentFileNameHint + the new CID), each replaced atomically;
+ *  3. give the parent the new CID (atomic descriptor replace);
  *  4. delete the child's files.
- * A crash during 1 leaves the chain readable with the same content (the child still
- * covers every range written); a crash between 2 and 3 is reported by openChain as
- * E_CHAIN_CID on the grandchild and is repaired by rerunning the same steps by hand.
+ * Crash-reasonable: during 0–1 the chain through the child reads the same content (the
+ * child still covers every range being copied); after a crash anywhere, rerunning
+ * `consolidate(childPath)` finishes the job with the recorded CID (between 3 and 4 it
+ * only re-points what is left and deletes the child).
  */
-export async function consolidate (childPath: string, opts: ConsolidateOptions = {}): Promise<{ parentPath: string, cid: string, repointed: string[] }> {
+export async function consolidate (childPath: string, opts: ConsolidateOptions = {}): Promise<ConsolidateResult> {
   const pm = opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}
-  const chain = await openChain(childPath, pm)
-  let child: Layer | undefined
-  let parentPath: string
-  const childFiles: string[] = []
+  let chain
   try {
-    child = chain.layers[0] as Layer
+    chain = await openChain(childPath, pm)
+  } catch (err) {
+    if (isVmdkError(err) && err.code === 'E_CHAIN_CID') {
+      const done = await finishInterrupted(childPath, opts.pathMap)
+      if (done !== undefined) return done
+    }
+    throw err
+  }
+  try {
+    const child = chain.layers[0] as Layer
     const parent = chain.layers[1]
     if (parent === undefined) throw new VmdkError('E_CHAIN_MISSING', 'disk has no parent to consolidate into', childPath)
-    parentPath = parent.path
-    childFiles.push(child.path)
-    if (child.descriptorKind === 'text') {
-      for (const e of child.extents) if (e.file !== undefined) childFiles.push(e.file.path)
-      const ctk = child.descriptor.changeTrackPath
-      if (ctk !== undefined) childFiles.push(resolveVmdkPath(child.path, ctk, opts.pathMap))
+    const files = childFilesOf(child, opts.pathMap)
+    let cid = child.descriptor.ddb.get(CONSOLIDATE_CID_KEY)
+    if (cid === undefined || !/^[0-9a-f]{8}$/.test(cid) || sameCid(cid, parent.cid)) {
+      cid = randomCid()
+      const c = cid
+      await updateDescriptor(child, l => l.descriptor.withDdb(CONSOLIDATE_CID_KEY, c), opts.pathMap)
     }
     const w = await openWriter(parent.path, { ...pm, newCid: 'close' })
-    let cid: string
+    let repointed: string[]
     try {
       for await (const r of chain.changedRanges(0, opts.signal !== undefined ? { signal: opts.signal } : {})) {
         if (r.zero) { await w.writeZeroes(r.offset, r.length); continue }
@@ -53,21 +103,42 @@ export async function consolidate (childPath: string, opts: ConsolidateOptions =
           await w.write(r.offset + p, await chain.read(r.offset + p, n, { depth: 0 }))
         }
       }
-      cid = await w.renewCid()
+      await w.renewCid(cid)
       await w.flush()
-      // re-point grandchildren before the parent's CID changes (see above)
-      const repointed = await repointChildren(child.path, parent.path, cid, opts.pathMap)
+      // grandchildren first, then the parent's CID (a rerun completes either half)
+      repointed = await repointChildren(child.path, parent.path, cid, opts.pathMap)
       await w.close()
-      await chain.close()
-      for (const f of childFiles) await unlink(f).catch((err: unknown) => { if ((err as { code?: string }).code !== 'ENOENT') throw err })
-      await syncDir(dirname(resolve(child.path)))
-      return { parentPath, cid, repointed }
     } catch (err) {
-      await w.close().catch(() => {})
+      await w.abandon().catch(() => {})
       throw err
     }
+    await chain.close()
+    await removeFiles(files)
+    return { parentPath: parent.path, cid, repointed }
   } finally {
     await chain.close()
+  }
+}
+
+/** A rerun after a crash between steps 3 and 4: the parent already carries the recorded CID. */
+async function finishInterrupted (childPath: string, pathMap?: PathMap): Promise<ConsolidateResult | undefined> {
+  const pm = pathMap !== undefined ? { pathMap } : {}
+  const child = await openLayer(childPath, pm)
+  try {
+    const cid = child.descriptor.ddb.get(CONSOLIDATE_CID_KEY)
+    const hint = child.parentFileNameHint
+    if (cid === undefined || hint === undefined) return undefined
+    const parentPath = resolveVmdkPath(child.path, hint, pathMap)
+    const parent = await openLayer(parentPath, pm)
+    const parentCid = parent.cid
+    await parent.close()
+    if (!sameCid(parentCid, cid)) return undefined
+    const repointed = await repointChildren(child.path, parentPath, cid, pathMap)
+    await child.close()
+    await removeFiles(childFilesOf(child, pathMap))
+    return { parentPath, cid: formatCid(cid), repointed }
+  } finally {
+    await child.close()
   }
 }
 

@@ -234,6 +234,14 @@ class ChainWriter implements DiskWriter {
     for (const f of files) await f.sync()
   }
 
+  /** Close after a failure: flush data written so far but keep the old CID (mode `close`). */
+  async abandon (): Promise<void> {
+    if (this.#closed) return
+    this.#cid = undefined
+    this.#closed = true
+    try { await this.flush() } finally { await this.#chain.close() }
+  }
+
   async close (): Promise<void> {
     if (this.#closed) return
     try {
@@ -250,7 +258,7 @@ class ChainWriter implements DiskWriter {
  * Open the disk at `path` (and its parents, read-only) for writing into its TOP layer
  * only. The first write gives the disk a new random CID, as VMware and QEMU do.
  */
-export async function openWriter (path: string, opts: OpenWriterOptions = {}): Promise<DiskWriter & { readonly cid: string, renewCid: (cid?: string) => Promise<string> }> {
+export async function openWriter (path: string, opts: OpenWriterOptions = {}): Promise<DiskWriter & { readonly cid: string, renewCid: (cid?: string) => Promise<string>, abandon: () => Promise<void> }> {
   const chain = await openChain(path, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), writableTop: true })
   try {
     return new ChainWriter(chain, opts.newCid ?? 'first-write')
