@@ -32,8 +32,12 @@ export interface LayerInfo {
   grainSize?: number
   extents: ExtentInfo[]
   ddb: Record<string, string>
-  /** what this layer alone holds (from grain tables); for flat layers the whole size */
-  held?: { dataBytes: number, zeroBytes: number, ranges: number }
+  /** bytes of data this layer alone holds (grain tables; a flat layer: its flat extents) */
+  allocatedBytes?: number
+  /** bytes this layer holds as zero grains (or ZERO extents) */
+  zeroBytes?: number
+  /** number of coalesced ranges held */
+  ranges?: number
 }
 
 /** What `grainline info` prints (json-able). */
@@ -84,16 +88,22 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
       if (g !== undefined) info.grainSize = g
       if (opts.held !== false) {
         if (l.sparse) {
-          const held = { dataBytes: 0, zeroBytes: 0, ranges: 0 }
+          let data = 0
+          let zero = 0
+          let ranges = 0
           for await (const r of chain.changedRanges(d)) {
-            held.ranges++
-            if (r.zero) held.zeroBytes += r.length
-            else held.dataBytes += r.length
+            ranges++
+            if (r.zero) zero += r.length
+            else data += r.length
           }
-          info.held = held
+          info.allocatedBytes = data
+          info.zeroBytes = zero
+          info.ranges = ranges
         } else {
           const data = l.extents.filter(e => e instanceof FlatExtent).reduce((s, e) => s + e.size, 0)
-          info.held = { dataBytes: data, zeroBytes: l.capacity - data, ranges: l.extents.length }
+          info.allocatedBytes = data
+          info.zeroBytes = l.capacity - data
+          info.ranges = l.extents.length
         }
       }
       layers.push(info)

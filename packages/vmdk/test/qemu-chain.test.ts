@@ -81,7 +81,7 @@ for (const [name, createOpts, size] of [
     t.equal(info.layers[0]?.createType, 'monolithicSparse')
     t.equal(info.layers[0]?.grainSize, 65536)
     t.equal(info.layers[3]?.file, 'base disk.vmdk')
-    t.ok((info.layers[0]?.held?.dataBytes ?? 0) + (info.layers[0]?.held?.zeroBytes ?? 0) > 0)
+    t.ok((info.layers[0]?.allocatedBytes ?? 0) + (info.layers[0]?.zeroBytes ?? 0) > 0)
     t.same(JSON.parse(JSON.stringify(info)), info, 'json-able')
   })
 }

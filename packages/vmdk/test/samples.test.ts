@@ -28,7 +28,7 @@ t.test('real ESXi SEsparse extent under a descriptor and a flat parent we write'
   t.equal(await chainDigest(chain), qemuDigest(top, dir))
   await chain.close()
   const info = await describeChain(top)
-  t.match(info.layers[0], { createType: 'seSparse', grainSize: 4096, held: { dataBytes: 16 * MiB, zeroBytes: 0, ranges: 1 } })
+  t.match(info.layers[0], { createType: 'seSparse', grainSize: 4096, allocatedBytes: 16 * MiB, zeroBytes: 0, ranges: 1 })
   // write into the real ESXi file (a copy), then consolidate it into the flat base
   const w = await openWriter(top)
   await w.write(20 * MiB + 100, Buffer.alloc(10, 0x62))
