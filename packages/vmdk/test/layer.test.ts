@@ -1,8 +1,8 @@
 import t from 'tap'
-import { writeFileSync, truncateSync } from 'node:fs'
+import { readFileSync, writeFileSync, truncateSync } from 'node:fs'
 import { join } from 'node:path'
 import { openChain, describeChain, openWriter, resolveVmdkPath, createFlatDisk, createDelta } from '../src/index.ts'
-import { collect, qemuDigest } from './helpers.ts'
+import { chainDigest, collect, qemuDigest, qemuImg, qemuIo } from './helpers.ts'
 
 const MiB = 1024 * 1024
 
@@ -87,5 +87,26 @@ t.test('a flat extent shorter than its line reads zeros past EOF', async t => {
   const c = await openChain(join(dir, 'b.vmdk'))
   const b = await c.read(990, 20)
   t.same([...b], [...Buffer.alloc(10, 3), ...Buffer.alloc(10, 0)])
+  await c.close()
+})
+
+t.test('streamOptimized with the grain directory at the end (footer)', async t => {
+  const dir = t.testdir()
+  const src = join(dir, 'src.vmdk')
+  qemuImg('create', '-q', '-f', 'vmdk', src, String(4 * MiB))
+  qemuIo(src, ['write -P 0x5a 0 100k', 'write -P 0x11 3M 64k'])
+  const so = join(dir, 'so.vmdk')
+  qemuImg('convert', '-f', 'vmdk', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, so)
+  const want = qemuDigest(so, dir)
+  const b = readFileSync(so)
+  const header = Buffer.from(b.subarray(0, 512))
+  // a true stream: header says GD_AT_END, footer marker + footer (real gdOffset) + EOS marker at the end
+  b.writeBigUInt64LE(0xffffffffffffffffn, 56)
+  const footerMarker = Buffer.alloc(512)
+  footerMarker.writeBigUInt64LE(1n, 0)
+  footerMarker.writeUInt32LE(3, 12)
+  writeFileSync(so, Buffer.concat([b, footerMarker, header, Buffer.alloc(512)]))
+  const c = await openChain(so)
+  t.equal(await chainDigest(c), want)
   await c.close()
 })
