@@ -151,6 +151,12 @@ export interface CuttingProxy {
   cutAll(): void
   /** cut each connection once it forwarded this many bytes upstream (undefined = never) */
   cutAfter: number | undefined
+  /** per-connection budgets: connection k is cut after plan[k] bytes (overrides cutAfter while it lasts) */
+  plan: (number | undefined)[]
+  /** connections accepted so far */
+  readonly connections: () => number
+  /** connections cut by a budget so far */
+  readonly cuts: () => number
   close(): Promise<void>
 }
 
@@ -158,8 +164,13 @@ export interface CuttingProxy {
 export async function startCuttingProxy (targetPort: number): Promise<CuttingProxy> {
   const sockets = new Set<Socket>()
   let total = 0
+  let conns = 0
+  let cuts = 0
   const proxy: CuttingProxy = {
     port: 0,
+    plan: [],
+    connections: () => conns,
+    cuts: () => cuts,
     forwarded: () => total,
     cutAll () { for (const s of sockets) s.destroy() },
     cutAfter: undefined,
@@ -169,11 +180,13 @@ export async function startCuttingProxy (targetPort: number): Promise<CuttingPro
     const upstream = connect(targetPort, '127.0.0.1')
     sockets.add(client); sockets.add(upstream)
     let sent = 0
+    const index = conns++
+    const budget = index < proxy.plan.length ? proxy.plan[index] : proxy.cutAfter
     const cut = (): void => { client.destroy(); upstream.destroy() }
     client.on('data', (d: Buffer) => {
       sent += d.length
       total += d.length
-      if (proxy.cutAfter !== undefined && sent >= proxy.cutAfter) { cut(); return }
+      if (budget !== undefined && sent >= budget) { cuts++; cut(); return }
       if (!upstream.write(d)) client.pause()
     })
     upstream.on('drain', () => client.resume())
