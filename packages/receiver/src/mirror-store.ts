@@ -184,6 +184,10 @@ export class DiskApply {
   dataBytes: number
   zeroBytes: number
   sealed = false
+  /** durable batches applied in this session (for logs) */
+  batches = 0
+  /** time spent applying batches in this session, ms (for logs) */
+  applyMs = 0
   /** the cycle digest, computed once at seal time */
   sealedDigest: Uint8Array | undefined
   private closed = false
@@ -260,6 +264,8 @@ export class DiskApply {
    */
   async applyBatch (batch: readonly ApplyExtent[]): Promise<void> {
     if (batch.length === 0) return
+    this.batches++
+    const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
       let old: Uint8Array | undefined
@@ -287,9 +293,14 @@ export class DiskApply {
     await this.fh.datasync()
     faultPoint('target-synced')
     const last = batch[batch.length - 1] as ApplyExtent
+    // The marker follows data that is already durable, so it never claims too
+    // much; it becomes durable with the next journal sync (next batch, seal,
+    // close). A lost marker only moves the resume point back. A seed writes it
+    // now without a sync of its own.
     this.journal.appendApplied(last.seq)
-    if (!inPlace) await this.journal.flush(true)
+    if (!inPlace) await this.journal.flush(false)
     this.appliedSeq = last.seq
+    this.applyMs += performance.now() - t0
   }
 
   /** Make the resume point durable and mark the disk sealed. */

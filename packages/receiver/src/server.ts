@@ -46,8 +46,10 @@ export interface ReceiverInit {
   readonly maxExtentBytes?: number
   /** unacknowledged bytes an agent may have in flight. @default 64 MiB */
   readonly windowBytes?: number
-  /** payload bytes per durable batch (journal, write, fsync, ack). @default 8 MiB */
+  /** payload bytes per durable batch (journal, write, fsync, ack); at most half the negotiated window. @default 32 MiB */
   readonly batchBytes?: number
+  /** wait for more extents this long before flushing a partial batch, ms. @default 5 */
+  readonly batchIdleMs?: number
   /** ping interval; a connection that misses a pong is terminated. @default 30000 */
   readonly pingIntervalMs?: number
   /** how long a new session waits for a VM held by a closing one, ms. @default 5000 */
@@ -97,8 +99,9 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     software: 'grainline-receiver/0.1.0',
     local,
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
-    batchBytes: init.batchBytes ?? 8 * MiB,
-    highWaterBytes: Math.max(2 * (init.batchBytes ?? 8 * MiB), 2 * local.limits.maxMessageBytes),
+    batchBytes: init.batchBytes ?? 32 * MiB,
+    batchIdleMs: init.batchIdleMs ?? 5,
+    highWaterBytes: Math.max(2 * (init.batchBytes ?? 32 * MiB), 2 * local.limits.maxMessageBytes),
     lockWaitMs: init.lockWaitMs ?? 5000,
     trivialMaxBytes: (init.trivialMiB ?? 1024) * MiB,
   }

@@ -21,6 +21,8 @@ export interface SessionSettings {
   readonly displaySuffix: string
   /** flush a batch (journal, write, fsync, ack) at this many payload bytes */
   readonly batchBytes: number
+  /** when the inbox runs dry mid-batch, wait this long for more extents before flushing, ms */
+  readonly batchIdleMs: number
   /** pause the socket when this many inbound bytes wait to be processed */
   readonly highWaterBytes: number
   /** how long a session waits for a VM lock held by another session, ms */
@@ -132,7 +134,8 @@ export class Session {
       this.paused = true
       this.ws.pause()
     }
-    if (!this.running) void this.run()
+    if (this.wake !== undefined) this.wake()
+    else if (!this.running) void this.run()
   }
 
   private send (msg: Message): void {
@@ -143,7 +146,13 @@ export class Session {
     this.running = true
     try {
       while (!this.dead) {
-        const frame = this.inbox.shift()
+        let frame = this.inbox.shift()
+        if (frame === undefined && this.batch.length > 0 && this.batchBytes < this.batchTarget()) {
+          // the inbox ran dry mid-batch: wait briefly for more so that one
+          // fsync covers more bytes (the agent still has window left)
+          await this.waitForFrame(this.settings.batchIdleMs)
+          frame = this.inbox.shift()
+        }
         if (frame === undefined) {
           await this.flush()
           break
@@ -158,7 +167,7 @@ export class Session {
           // a batch holds one disk's extents
           if (this.batchDisk !== undefined && this.batchDisk.handle !== msg.disk) await this.flush()
           this.acceptExtent(msg)
-          if (this.batchBytes >= this.settings.batchBytes || this.inbox.length === 0) await this.flush()
+          if (this.batchBytes >= this.batchTarget()) await this.flush()
         } else {
           await this.flush()
           await this.handle(msg)
@@ -171,6 +180,20 @@ export class Session {
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
+  }
+
+  /** bytes per durable batch: the setting, at most half the negotiated window */
+  private batchTarget (): number {
+    const w = this.negotiated?.limits.windowBytes ?? this.settings.batchBytes
+    return Math.max(1, Math.min(this.settings.batchBytes, Math.floor(w / 2)))
+  }
+
+  private wake: (() => void) | undefined
+  private waitForFrame (ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.wake = undefined; resolve() }, ms)
+      this.wake = () => { clearTimeout(timer); this.wake = undefined; resolve() }
+    })
   }
 
   private async handle (msg: Message): Promise<void> {
@@ -368,7 +391,7 @@ export class Session {
     const digest = a.cycleDigest.digest()
     if (!sameBytes(digest, msg.digest)) fail('E_END_MISMATCH', 'cycle digest differs')
     await a.seal(digest).catch((err: unknown) => { throw ioError(err, `sealing ${d.name}`) })
-    this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes }, 'disk sealed')
+    this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes, batches: a.batches, applyMs: Math.round(a.applyMs) }, 'disk sealed')
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
 
@@ -470,6 +493,7 @@ export class Session {
     this.inbox.length = 0
     this.inboxBytes = 0
     this.abortCtl.abort()
+    this.wake?.()
     if (!this.running) void this.cleanup()
   }
 
