@@ -67,6 +67,13 @@ function lowerBound (idx: Uint16Array, j: number): number {
   return lo
 }
 
+/** Decoded grain tables kept per extent (bytes, approximate). */
+const CACHE_BUDGET = 32 * 1024 * 1024
+
+function tableCost (t: GrainTable): number {
+  return 128 + t.idx.length * 10
+}
+
 /** Largest grain directory we agree to hold in memory. */
 export const MAX_GD_BYTES = 64 * 1024 * 1024
 /** Largest virtual size we accept (VMDK's own cap is 62 TB). */
@@ -93,7 +100,9 @@ export abstract class SparseExtent implements Extent {
   /** byte offset of each grain table in the file (0 = none), one per GD entry */
   readonly gd: Float64Array
   readonly #cache = new Map<number, GrainTable>()
+  /** tables kept at least (a prefetch window must survive until it is walked) */
   readonly #cacheMax: number
+  #cacheBytes = 0
   #lastGrain: { off: number, data: Buffer } | undefined
 
   constructor (file: DiskFile, size: number, grainSize: number, gtEntries: number, gtBytes: number, gd: Float64Array) {
@@ -116,10 +125,17 @@ export abstract class SparseExtent implements Extent {
   get tableCover (): number { return this.grainSize * this.gtEntries }
 
   #remember (gdIndex: number, t: GrainTable): void {
+    const old = this.#cache.get(gdIndex)
+    if (old !== undefined) { this.#cacheBytes -= tableCost(old); this.#cache.delete(gdIndex) }
     this.#cache.set(gdIndex, t)
-    if (this.#cache.size > this.#cacheMax) {
-      const first = this.#cache.keys().next()
-      if (first.done !== true) this.#cache.delete(first.value)
+    this.#cacheBytes += tableCost(t)
+    // LRU by bytes: sparse tables are small, so a whole delta's tables usually stay
+    // (a later read pass then needs no table I/O); never below #cacheMax tables
+    while (this.#cacheBytes > CACHE_BUDGET && this.#cache.size > this.#cacheMax) {
+      const first = this.#cache.entries().next()
+      if (first.done === true) break
+      this.#cache.delete(first.value[0])
+      this.#cacheBytes -= tableCost(first.value[1])
     }
   }
 
@@ -152,7 +168,6 @@ export abstract class SparseExtent implements Extent {
   setTable (gdIndex: number, dense: Float64Array): void {
     const b = new TableBuilder()
     for (let j = 0; j < dense.length; j++) if ((dense[j] ?? 0) !== 0) b.push(j, dense[j] ?? 0)
-    this.#cache.delete(gdIndex)
     this.#remember(gdIndex, b.done())
   }
 
@@ -268,6 +283,7 @@ export abstract class SparseExtent implements Extent {
 
   async close (): Promise<void> {
     this.#cache.clear()
+    this.#cacheBytes = 0
     await this.file.close()
   }
 }
