@@ -3,7 +3,8 @@ import type { Test } from 'tap'
 import { readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
-import { rollbackMirror, storeStatus } from '../src/index.ts'
+import { pino } from 'pino'
+import { recoverStore, rollbackMirror, storeStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, hello, vmOpen, type Env } from './helpers.ts'
 
 /*
@@ -157,6 +158,54 @@ t.test('kill -9 during a seed and a re-seed', async (t) => {
       if (committed === 1) t.ok(early.equals(imgA), 'a re-seed never touches the committed flat before its commit point')
       const r = await rollbackMirror(env.store, VM)
       t.ok(readFileSync(flatPath(env)).equals(r.committedCycle === 2 ? imgC : imgA), 'mirror == last committed image')
+    })
+  }
+})
+
+t.test('kill -9 during a two-disk cycle: both disks commit together or not at all', async (t) => {
+  const imgD2 = pattern(MiB, 55)
+  const planD2 = () => seedPlan(1, 'vm1_1.vmdk', imgD2, 'd2'.repeat(8), EXT)
+  for (const fault of ['journal-synced:3', 'extent-written:20', 'commit-before-state:1', 'commit-after-state:1', 'commit-renamed:1', 'commit-descriptors:1']) {
+    await t.test(fault, async (t) => {
+      const env = await seeded(t.testdir())
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 2, [planB(), planD2()])
+      })
+      let st = (await storeStatus(env.store)).vms[0]
+      const committed = st?.committedCycle
+      const d2flat = join(env.store, VM, 'vm1_1-flat.vmdk')
+      if (committed === 2) {
+        // past the commit point: start-up recovery rolls the commit forward
+        t.equal(st?.needsRecovery, true, 'status shows the pending roll-forward')
+        await recoverStore(env.store, pino({ level: 'silent' }))
+        st = (await storeStatus(env.store)).vms[0]
+        t.equal(st?.needsRecovery, false)
+        t.ok(readFileSync(flatPath(env)).equals(imgB), 'disk 1 at cycle 2')
+        t.ok(readFileSync(d2flat).equals(imgD2), 'disk 2 at cycle 2')
+        t.same(st?.disks.map((d) => d.committedCycle), [2, 2])
+      } else {
+        t.equal(committed, 1)
+        t.notOk(existsSync(d2flat), 'disk 2 not exposed')
+        const r = await rollbackMirror(env.store, VM)
+        t.equal(r.committedCycle, 1)
+        t.ok(readFileSync(flatPath(env)).equals(imgA), 'disk 1 back at cycle 1')
+        t.notOk(existsSync(d2flat))
+        t.notOk(existsSync(d2flat + '.seed'), 'seed file of disk 2 removed')
+      }
+      // a restarted receiver finishes the job either way
+      const c = await startChild(env, { args: ARGS })
+      t.teardown(() => { c.child.kill('SIGKILL') })
+      if (committed !== 2) {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 2, [planB('e5'.repeat(8)), planD2()])
+        a.close()
+      }
+      t.ok(readFileSync(flatPath(env)).equals(imgB))
+      t.ok(readFileSync(d2flat).equals(imgD2))
+      const vmx = readFileSync(join(env.store, VM, 'vm1.vmx'), 'utf8')
+      t.match(vmx, /scsi0:0.fileName = "vm1.vmdk"/)
+      t.match(vmx, /scsi0:1.fileName = "vm1_1.vmdk"/)
     })
   }
 })
