@@ -19,9 +19,12 @@ export class DiskFile {
   #size: number
   /** bytes allocated on disk (st_blocks × 512) when opened */
   readonly allocatedBytes: number
+  /** a regular file (not a block device) */
+  readonly regular: boolean
 
-  private constructor (path: string, fh: FileHandle, size: number, allocated: number, writable: boolean) {
+  private constructor (path: string, fh: FileHandle, size: number, allocated: number, writable: boolean, regular: boolean) {
     this.path = path
+    this.regular = regular
     this.fh = fh
     this.#size = size
     this.allocatedBytes = allocated
@@ -38,7 +41,7 @@ export class DiskFile {
     try {
       const st = await fh.stat()
       if (!st.isFile() && !st.isBlockDevice()) throw new VmdkError('E_FORMAT', 'not a regular file', path)
-      return new DiskFile(path, fh, st.size, st.blocks * 512, writable)
+      return new DiskFile(path, fh, st.size, st.blocks * 512, writable, st.isFile())
     } catch (err) {
       await fh.close().catch(() => {})
       throw ioError(err, path, 'stat')

@@ -63,7 +63,7 @@ export class FlatExtent implements Extent {
     this.size = size
     this.base = base
     this.grainSize = size
-    this.allHole = file.allocatedBytes === 0 && file.size > 0
+    this.allHole = file.regular && file.allocatedBytes === 0 && file.size > 0
   }
 
   runs (start: number, length: number): Run[] {
