@@ -29,8 +29,9 @@ export const MAX_DESCRIPTOR_BYTES = 1024 * 1024
 const MAX_SECTORS = 2 ** 53 / 512
 
 const EXTENT_RE = /^(RW|RDONLY|NOACCESS)[ \t]+(\d+)[ \t]+([A-Za-z0-9_]+)(?:[ \t]+"([^"]*)"(?:[ \t]+(\d+))?)?(.*)$/
-const DDB_RE = /^(ddb\.[^=\s]+)[ \t]*=[ \t]*"(.*)"[ \t]*$/i
-const HEADER_RE = /^([A-Za-z][A-Za-z0-9_.]*)[ \t]*=[ \t]*(.*?)[ \t]*$/
+// applied to trimmed lines; no lazy quantifier before a `$` (quadratic on long blank runs)
+const DDB_RE = /^(ddb\.[^=\s]+)[ \t]*=[ \t]*"(.*)"$/i
+const HEADER_RE = /^([A-Za-z][A-Za-z0-9_.]*)[ \t]*=[ \t]*(.*)$/
 
 /** `"x"` → x (and a flag), otherwise as is. */
 function unquote (v: string): { value: string, quoted: boolean } {
@@ -245,19 +246,19 @@ export function parseDescriptor (text: string): Descriptor {
   if (text.length > MAX_DESCRIPTOR_BYTES) throw new VmdkError('E_DESCRIPTOR', `descriptor larger than ${MAX_DESCRIPTOR_BYTES} bytes`)
   if (text.includes('\0')) throw new VmdkError('E_DESCRIPTOR', 'descriptor contains NUL bytes')
   const newline: '\n' | '\r\n' = text.includes('\r\n') ? '\r\n' : '\n'
-  // keep the final separator(s) verbatim so the round trip is exact
-  const m = /(\r?\n)*$/.exec(text)
-  const trailing = m?.[0] ?? ''
-  const body = text.slice(0, text.length - trailing.length)
+  // keep the final separator(s) verbatim so the round trip is exact (scanned by hand:
+  // a regex anchored at the end would be quadratic on long runs of newlines)
+  let end = text.length
+  while (end > 0 && (text[end - 1] === '\n' || text[end - 1] === '\r')) end--
+  const trailing = text.slice(end)
+  const body = text.slice(0, end)
   const raw = body.length > 0 ? body.split('\n') : []
   const lines: Line[] = []
   let sawVersion = false
   for (const r of raw) {
-    // per-line CR handling: a CRLF file yields "...\r"; keep mixed endings intact
-    const hasCr = newline === '\r\n' ? false : r.endsWith('\r')
+    // a CRLF file yields "...\r" per line; the separator is re-added on output
     const textLine = newline === '\r\n' && r.endsWith('\r') ? r.slice(0, -1) : r
-    const s = hasCr ? textLine.slice(0, -1) : textLine
-    const t = s.trim()
+    const t = textLine.trim()
     if (t === '' || t.startsWith('#')) { lines.push({ kind: 'raw', text: textLine }); continue }
     const em = EXTENT_RE.exec(t)
     if (em !== null) {

@@ -108,3 +108,19 @@ t.test('garbage is E_DESCRIPTOR', async t => {
   }
   t.throws(() => parseDescriptor(rich).with('createType', 'a"b'), { code: 'E_DESCRIPTOR' })
 })
+
+t.test('pathological text parses in linear time', async t => {
+  const cases = [
+    '\n'.repeat(900000) + 'x',
+    'version=1\na= ' + ' '.repeat(500000) + 'x\n',
+    'version=1\nRW 1 FLAT "' + ' '.repeat(400000) + '" 0 ' + ' '.repeat(400000) + 'x\n',
+    'version=1\nddb.a = "' + '" '.repeat(300000) + 'x\n',
+    'version=1\n' + '# c\r\n'.repeat(150000)
+  ]
+  for (const text of cases) {
+    const t0 = performance.now()
+    try { parseDescriptor(text) } catch (err) { t.match(err, { code: 'E_DESCRIPTOR' }) }
+    t.ok(performance.now() - t0 < 2000, `parsed ${text.length} chars quickly`)
+  }
+  t.throws(() => parseDescriptor('version=1\n' + 'x'.repeat(1024 * 1024 + 1)), { code: 'E_DESCRIPTOR' })
+})
