@@ -107,18 +107,27 @@ async function applyOnly (cycle, mode, seedByte) {
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: `${cycle}`.padStart(16, '0'), ddb: {}, algorithm: 'xxh64' })
   const a = r.apply
-  const bufs = Array.from({ length: 8 }, () => randomFillSync(Buffer.alloc(EXT)))
+  const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const t0 = process.hrtime.bigint()
   let batch = []
+  let writing
   for (let seq = 0, off = 0; off < N * MiB; seq++, off += EXT) {
-    const data = bufs[seq % 8]
+    const data = bufs[seq % 24]
     data[0] = seedByte
     const digest = createDigest('xxh64').update(data).digest()
     a.cycleDigest.add({ offset: off, length: EXT, zero: false, digest })
     batch.push({ seq, offset: off, length: EXT, zero: false, data, digest })
-    if (batch.length * EXT >= 32 * MiB) { await a.applyBatch(batch); batch = [] }
+    if (batch.length * EXT >= 32 * MiB) {
+      // pipelined like a session: journal batch n+1 while batch n is written
+      await a.prepareBatch(batch)
+      await writing
+      writing = a.writeBatch(batch)
+      batch = []
+    }
   }
-  await a.applyBatch(batch)
+  await a.prepareBatch(batch)
+  await writing
+  await a.writeBatch(batch)
   await a.seal(a.cycleDigest.digest())
   await m.commit(cycle, [a], '')
   m.release()

@@ -204,7 +204,9 @@ export class Journal {
       const total = this.pendingBytes
       this.pending = []
       this.pendingBytes = 0
+      // reserve the range now: flushes may overlap (pipelined batches)
       let pos = this.end
+      this.end += total
       // writev may write short; fall back to per-buffer writes
       const { bytesWritten } = await this.fh.writev(bufs, pos)
       if (bytesWritten !== total) {
@@ -216,7 +218,6 @@ export class Journal {
           skip = 0
         }
       }
-      this.end += total
     }
     if (sync) await this.fh.datasync()
   }

@@ -186,8 +186,9 @@ export class DiskApply {
   sealed = false
   /** durable batches applied in this session (for logs) */
   batches = 0
-  /** time spent applying batches in this session, ms (for logs) */
-  applyMs = 0
+  /** time spent journaling (stage 1) and writing (stage 2) batches in this session, ms (for logs) */
+  journalMs = 0
+  writeMs = 0
   /** the cycle digest, computed once at seal time */
   sealedDigest: Uint8Array | undefined
   private closed = false
@@ -258,13 +259,23 @@ export class DiskApply {
   }
 
   /**
-   * Apply a batch of consecutive extents durably: (incremental) journal the old
-   * contents and fdatasync the journal, then write in place and fdatasync the
-   * target; the applied marker rides on the next journal sync.
+   * Apply a batch of consecutive extents durably: `prepareBatch` then
+   * `writeBatch`. The session pipelines them: batch n+1 is journaled while
+   * batch n is written.
    */
   async applyBatch (batch: readonly ApplyExtent[]): Promise<void> {
+    await this.prepareBatch(batch)
+    await this.writeBatch(batch)
+  }
+
+  /**
+   * Stage 1: journal the batch. In place, the old contents of every range are
+   * appended and the journal fdatasync'ed before any of them is overwritten.
+   * (Reading old contents while the previous batch is being written is safe:
+   * undo runs newest record first, so the oldest copy of a range wins.)
+   */
+  async prepareBatch (batch: readonly ApplyExtent[]): Promise<void> {
     if (batch.length === 0) return
-    this.batches++
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
@@ -281,6 +292,15 @@ export class DiskApply {
     } else {
       await this.journal.flush(false)
     }
+    this.journalMs += performance.now() - t0
+  }
+
+  /** Stage 2: write the batch in place (or into the seed file), fdatasync, record the resume point. */
+  async writeBatch (batch: readonly ApplyExtent[]): Promise<void> {
+    if (batch.length === 0) return
+    this.batches++
+    const t0 = performance.now()
+    const inPlace = this.info.target === 'flat'
     for (const e of batch) {
       if (e.zero) {
         // a seed writes into a fresh sparse file: zero ranges stay holes
@@ -295,12 +315,11 @@ export class DiskApply {
     const last = batch[batch.length - 1] as ApplyExtent
     // The marker follows data that is already durable, so it never claims too
     // much; it becomes durable with the next journal sync (next batch, seal,
-    // close). A lost marker only moves the resume point back. A seed writes it
-    // now without a sync of its own.
+    // close). A lost marker only moves the resume point back.
     this.journal.appendApplied(last.seq)
     if (!inPlace) await this.journal.flush(false)
     this.appliedSeq = last.seq
-    this.applyMs += performance.now() - t0
+    this.writeMs += performance.now() - t0
   }
 
   /** Make the resume point durable and mark the disk sealed. */

@@ -155,6 +155,7 @@ export class Session {
         }
         if (frame === undefined) {
           await this.flush()
+          await this.drainWrites()
           break
         }
         this.inboxBytes -= frame.length
@@ -170,6 +171,7 @@ export class Session {
           if (this.batchBytes >= this.batchTarget()) await this.flush()
         } else {
           await this.flush()
+          await this.drainWrites()
           await this.handle(msg)
         }
       }
@@ -366,6 +368,14 @@ export class Session {
     this.batchBytes += msg.zero ? 512 : length
   }
 
+  /** stage 2 (write + fsync + ack) of the previous batch, still running */
+  private writing: Promise<void> | undefined
+
+  /**
+   * Journal the pending batch (stage 1), then start writing it (stage 2)
+   * once the previous batch's write is done; the ack is sent when it is
+   * durable. Stage 2 overlaps with receiving and journaling the next batch.
+   */
   private async flush (): Promise<void> {
     const d = this.batchDisk
     const batch = this.batch
@@ -374,8 +384,20 @@ export class Session {
     this.batchDisk = undefined
     this.batchBytes = 0
     const a = d.apply as DiskApply
-    await a.applyBatch(batch).catch((err: unknown) => { throw ioError(err, `writing extents of ${d.name}`) })
-    this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq: a.appliedSeq })
+    await a.prepareBatch(batch).catch((err: unknown) => { throw ioError(err, `journaling extents of ${d.name}`) })
+    await this.drainWrites()
+    const p = a.writeBatch(batch).then(
+      () => { this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq: a.appliedSeq }) },
+      (err: unknown) => { throw ioError(err, `writing extents of ${d.name}`) })
+    p.catch(() => {}) // surfaced by drainWrites
+    this.writing = p
+  }
+
+  /** Wait for the running stage 2, rethrowing its error. */
+  private async drainWrites (): Promise<void> {
+    const p = this.writing
+    this.writing = undefined
+    if (p !== undefined) await p
   }
 
   private async onDiskEnd (msg: DiskEndMessage): Promise<void> {
@@ -391,7 +413,7 @@ export class Session {
     const digest = a.cycleDigest.digest()
     if (!sameBytes(digest, msg.digest)) fail('E_END_MISMATCH', 'cycle digest differs')
     await a.seal(digest).catch((err: unknown) => { throw ioError(err, `sealing ${d.name}`) })
-    this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes, batches: a.batches, applyMs: Math.round(a.applyMs) }, 'disk sealed')
+    this.log.info({ disk: d.name, extents: a.extents, dataBytes: a.dataBytes, zeroBytes: a.zeroBytes, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
 
@@ -473,6 +495,8 @@ export class Session {
     else this.log.warn({ code, why: message }, 'session aborted')
     // an I/O failure during an apply: put the mirror back at its committed
     // point before the agent hears of the failure
+    await this.writing?.catch(() => {})
+    this.writing = undefined
     if ((code === 'E_IO' || code === 'E_NO_SPACE') && this.vm !== undefined && this.vm.state.inflight !== null) {
       this.batch = []
       for (const d of this.disks.values()) await d.apply?.close().catch(() => {})
@@ -510,6 +534,8 @@ export class Session {
     if (this.cleaned) return
     this.cleaned = true
     this.batch = []
+    await this.writing?.catch(() => {})
+    this.writing = undefined
     for (const d of this.disks.values()) await d.apply?.close().catch(() => {})
     this.vm?.release()
     this.resolveDone()
