@@ -26,6 +26,7 @@ export const ProtocolErrorCodes = {
   E_SHUTDOWN: { closeCode: 1001, fatal: true, meaning: 'the peer is shutting down' },
   E_INTERNAL: { closeCode: 1011, fatal: true, meaning: 'a bug; details are logged, not sent' },
 } as const
+/** A stable error code (SPEC §7). */
 export type ProtocolErrorCode = keyof typeof ProtocolErrorCodes
 
 /** A typed protocol error with a stable code and the WebSocket close code to send. */

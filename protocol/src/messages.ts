@@ -57,14 +57,17 @@ export const MessageKind = {
   /** either side: a typed error; fatal ones are followed by a close */
   Error: 0x7f,
 } as const
+/** A message kind byte. */
 export type MessageKind = (typeof MessageKind)[keyof typeof MessageKind]
 
 /** Digest algorithms (SPEC §3). */
 export const DigestAlgorithms = ['xxh64', 'sha256', 'sha1', 'md5'] as const
+/** A digest algorithm name. */
 export type DigestAlgorithm = (typeof DigestAlgorithms)[number]
 
 /** Compression algorithms (SPEC §3). `none` is always supported. */
 export const CompressionAlgorithms = ['lz4', 'deflate', 'none'] as const
+/** A compression algorithm name. */
 export type CompressionAlgorithm = (typeof CompressionAlgorithms)[number]
 
 /** Limits a side announces; the effective limit is the minimum of both. */
@@ -77,6 +80,7 @@ export interface Limits {
   readonly windowBytes: number
 }
 
+/** Agent → receiver, first message: what the agent speaks, most preferred first (SPEC §3.1). The lists may hold names this build does not know; `negotiate` skips them. */
 export interface HelloMessage {
   readonly kind: typeof MessageKind.Hello
   /** protocol versions, most preferred first */
@@ -88,6 +92,7 @@ export interface HelloMessage {
   readonly limits: Limits
 }
 
+/** Receiver → agent: the negotiated version, algorithms and limits (SPEC §3.1, §3.4). */
 export interface WelcomeMessage {
   readonly kind: typeof MessageKind.Welcome
   readonly version: number
@@ -116,6 +121,7 @@ export interface CompatRecord {
   readonly guestOS: string
 }
 
+/** Agent → receiver: start a VM cycle with its configuration files and compatibility record (SPEC §4.2). */
 export interface VmOpenMessage {
   readonly kind: typeof MessageKind.VmOpen
   /** VM name = mirror folder name; no "/", "\\", NUL, not "." or ".." */
@@ -149,6 +155,7 @@ export interface SourceIdentity {
   readonly successor: string
 }
 
+/** Receiver → agent: the VM mirror's committed and in-flight cycles (SPEC §4.2). */
 export interface VmStateMessage {
   readonly kind: typeof MessageKind.VmState
   readonly vm: string
@@ -162,6 +169,7 @@ export interface VmStateMessage {
   readonly compatible: boolean
 }
 
+/** Agent → receiver: open one disk of the VM for this cycle (SPEC §5.1). */
 export interface DiskOpenMessage {
   readonly kind: typeof MessageKind.DiskOpen
   /** per-connection disk handle chosen by the agent (0…255) */
@@ -188,6 +196,7 @@ export interface DiskOpenMessage {
   readonly totalExtents: number
 }
 
+/** Receiver → agent: accepted or refused, the disk mirror's state and the resume point (SPEC §5.1, §5.7). */
 export interface DiskStateMessage {
   readonly kind: typeof MessageKind.DiskState
   readonly disk: number
@@ -209,6 +218,7 @@ export interface DiskStateMessage {
   readonly resumeBytes: number
 }
 
+/** Agent → receiver: one extent, data or zero (SPEC §5.3). */
 export interface ExtentMessage {
   readonly kind: typeof MessageKind.Extent
   readonly disk: number
@@ -228,6 +238,7 @@ export interface ExtentMessage {
   readonly digest: Uint8Array
 }
 
+/** Receiver → agent: cumulative acknowledgement (SPEC §5.3). */
 export interface ExtentAckMessage {
   readonly kind: typeof MessageKind.ExtentAck
   readonly disk: number
@@ -235,6 +246,7 @@ export interface ExtentAckMessage {
   readonly seq: number
 }
 
+/** Agent → receiver: the disk's last extent was sent; counts and cycle digest (SPEC §5.4). */
 export interface DiskEndMessage {
   readonly kind: typeof MessageKind.DiskEnd
   readonly disk: number
@@ -245,23 +257,27 @@ export interface DiskEndMessage {
   readonly digest: Uint8Array
 }
 
+/** Receiver → agent: counts and cycle digest matched; the disk's cycle is sealed (SPEC §5.4). */
 export interface DiskEndedMessage {
   readonly kind: typeof MessageKind.DiskEnded
   readonly disk: number
 }
 
+/** Agent → receiver: commit every sealed disk of the VM atomically (SPEC §5.5). */
 export interface CommitMessage {
   readonly kind: typeof MessageKind.Commit
   readonly vm: string
   readonly cycle: number
 }
 
+/** One disk of a Committed message: its new mirror CID and flat size. */
 export interface CommittedDisk {
   readonly disk: number
   readonly mirrorCid: string
   readonly size: number
 }
 
+/** Receiver → agent: the VM's new committed cycle is durable (SPEC §5.5). */
 export interface CommittedMessage {
   readonly kind: typeof MessageKind.Committed
   readonly vm: string
@@ -269,6 +285,7 @@ export interface CommittedMessage {
   readonly disks: readonly CommittedDisk[]
 }
 
+/** Agent → receiver: size and prefix digest of the frozen source (SPEC §5.6). */
 export interface TrivialCheckMessage {
   readonly kind: typeof MessageKind.TrivialCheck
   readonly disk: number
@@ -280,6 +297,7 @@ export interface TrivialCheckMessage {
   readonly digest: Uint8Array
 }
 
+/** Receiver → agent: the mirror's size and prefix digest, and the verdict (SPEC §5.6). */
 export interface TrivialResultMessage {
   readonly kind: typeof MessageKind.TrivialResult
   readonly disk: number
@@ -288,6 +306,7 @@ export interface TrivialResultMessage {
   readonly digest: Uint8Array
 }
 
+/** Agent → receiver: full digest of the frozen source disk (SPEC §5.6). */
 export interface CertifyMessage {
   readonly kind: typeof MessageKind.Certify
   readonly disk: number
@@ -295,6 +314,7 @@ export interface CertifyMessage {
   readonly digest: Uint8Array
 }
 
+/** Receiver → agent: the mirror's full digest and the verdict (SPEC §5.6). */
 export interface CertifyResultMessage {
   readonly kind: typeof MessageKind.CertifyResult
   readonly disk: number
@@ -304,17 +324,20 @@ export interface CertifyResultMessage {
   readonly bytes: number
 }
 
+/** Agent → receiver: discard the VM's interrupted, uncommitted cycle (SPEC §4.3). */
 export interface RollbackMessage {
   readonly kind: typeof MessageKind.Rollback
   readonly vm: string
 }
 
+/** Receiver → agent: the mirror is back at its last committed point (SPEC §4.3). */
 export interface RolledBackMessage {
   readonly kind: typeof MessageKind.RolledBack
   readonly vm: string
   readonly committedCycle: number
 }
 
+/** Either side: a typed error; a fatal one is followed by a close with its close code (SPEC §7). */
 export interface ErrorMessage {
   readonly kind: typeof MessageKind.Error
   /** stable code from SPEC §7 */
@@ -324,6 +347,7 @@ export interface ErrorMessage {
   readonly fatal: boolean
 }
 
+/** Any protocol message; switch on `kind`. */
 export type Message =
   | HelloMessage
   | WelcomeMessage

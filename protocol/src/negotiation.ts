@@ -3,9 +3,13 @@ import type { CompressionAlgorithm, DigestAlgorithm, HelloMessage, Limits, Welco
 
 /** What one side (normally the receiver) supports, each list most preferred first. */
 export interface LocalCapabilities {
+  /** protocol versions supported */
   readonly versions: readonly number[]
+  /** digest algorithms accepted */
   readonly digests: readonly DigestAlgorithm[]
+  /** compression algorithms accepted; include "none" */
   readonly compressions: readonly CompressionAlgorithm[]
+  /** this side's limits */
   readonly limits: Limits
 }
 
