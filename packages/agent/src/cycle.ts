@@ -168,9 +168,10 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
   const report: VmReport = { ref: opts.ref, vm: opts.ref, ok: false, cycle: 0, reusedSnapshot: false, reconnects: 0, disks: [], removedSnapshots: [], durationMs: 0, timings: {} }
   let log = components.logger.child({ vmRef: opts.ref })
   const works: DiskWork[] = []
+  const opened = new Set<Connection>()
   try {
     await initDigests()
-    await cycle(opts, report, works, (l) => { log = l }, () => log, components.logger)
+    await cycle(opts, report, works, opened, (l) => { log = l }, () => log, components.logger)
     report.ok = report.disks.length > 0 && report.disks.every((d) => d.ok)
   } catch (err) {
     const info = errInfo(err)
@@ -178,13 +179,15 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
     log.error({ err, code: info.code, remoteCode: info.remoteCode }, 'cycle failed')
     for (const d of report.disks) if (d.error === undefined && !d.ok) d.error = { code: info.code, message: info.message }
   } finally {
+    // a failed cycle must not leave a connection (and the receiver's VM lock) behind
+    for (const c of opened) c.terminate()
     for (const w of works) await w.chain.close().catch(() => {})
     report.durationMs = Math.round(performance.now() - started)
   }
   return report
 }
 
-async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], setLog: (l: Logger) => void, getLog: () => Logger, root: Logger): Promise<void> {
+async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], opened: Set<Connection>, setLog: (l: Logger) => void, getLog: () => Logger, root: Logger): Promise<void> {
   const { driver, signal } = opts
   let mark = performance.now()
   const lap = (phase: string): void => {
@@ -244,6 +247,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], s
   })
   const handshake = async (cycleNo: number): Promise<{ conn: Connection, welcome: WelcomeMessage, state: VmStateMessage }> => {
     const c = await Connection.open(connOpts)
+    opened.add(c)
     try {
       await c.send(hello)
       const w = await expect(c, MessageKind.Welcome, signal)
