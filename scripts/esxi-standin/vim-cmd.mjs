@@ -13,6 +13,7 @@
 //              "fail": { "<op>": "<FaultName>" },      // print that vim fault
 //              "hang": { "<op>": <seconds> },          // sleep before doing anything
 //              "skipConsolidation": true,              // remove the snapshot, keep the delta
+//              "absoluteHints": true,                  // parentFileNameHint as /vmfs/volumes/<uuid>/...
 //              "consolidationNeeded": false } ] }
 import { readFileSync, writeFileSync, renameSync, existsSync } from 'node:fs'
 import path from 'node:path'
@@ -163,6 +164,26 @@ function vmFiles (vm) {
   return { vmxPath, dir: path.dirname(vmxPath), vmsdPath: vmxPath.replace(/\.vmx$/, '.vmsd'), stem: path.basename(vmxPath, '.vmx') }
 }
 
+// `/vmfs/volumes/<key>` -> local folder, for @grainline/vmdk
+function pathMap () {
+  const m = {}
+  for (const [name, ds] of Object.entries(state.datastores)) {
+    m[`/vmfs/volumes/${name}`] = ds.path
+    if (ds.uuid !== undefined) m[`/vmfs/volumes/${ds.uuid}`] = ds.path
+  }
+  return m
+}
+
+// ESXi may write the parent hint as an absolute /vmfs/volumes/<uuid>/... path
+async function absoluteHint (childPath, parentPath) {
+  const { parseDescriptor, serializeDescriptor } = await import('@grainline/vmdk')
+  const entry = Object.values(state.datastores).find((ds) => parentPath.startsWith(ds.path + path.sep))
+  if (entry === undefined) return
+  const abs = `/vmfs/volumes/${entry.uuid ?? Object.keys(state.datastores).find((k) => state.datastores[k] === entry)}/${path.relative(entry.path, parentPath).split(path.sep).join('/')}`
+  const d = parseDescriptor(readFileSync(childPath, 'utf8'))
+  writeAtomic(childPath, serializeDescriptor(d.withParent(abs, d.parentCid)))
+}
+
 const escName = (n) => n.replace(/%/g, '%25').replace(/\//g, '%2f').replace(/\\/g, '%5c')
 
 async function main () {
@@ -205,7 +226,8 @@ async function main () {
         let n = 1
         while (existsSync(path.join(dir, `${base}-${String(n).padStart(6, '0')}.vmdk`))) n++
         const childName = `${base}-${String(n).padStart(6, '0')}.vmdk`
-        await createDelta(parent, path.join(dir, childName), { format: vm.deltaFormat === 'vmfssparse' ? 'vmfssparse' : 'sesparse' })
+        await createDelta(parent, path.join(dir, childName), { format: vm.deltaFormat === 'vmfssparse' ? 'vmfssparse' : 'sesparse', pathMap: pathMap() })
+        if (vm.absoluteHints === true) await absoluteHint(path.join(dir, childName), parent)
         kvSet(vmx, `${d.node}.fileName`, childName)
         recs.push({ node: d.node, fileName: d.fileName })
       }
@@ -242,7 +264,7 @@ async function main () {
           const i = chain.indexOf(repr)
           if (i < 1) fault('InvalidState', `Disk ${rec.node}: ${rec.fileName} has no child delta.`)
           const child = chain[i - 1]
-          await consolidate(child)
+          await consolidate(child, { pathMap: pathMap() })
           renamed.set(path.basename(child), rec.fileName)
           if (resolveName(dir, top) === child) kvSet(vmx, `${rec.node}.fileName`, rec.fileName)
         }

@@ -5,6 +5,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, writeFile, mkdir, readFile, rm, chmod } from 'node:fs/promises'
+import { readFileSync, rmSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -24,6 +25,7 @@ export interface StandinVm {
   fail?: Record<string, string>
   hang?: Record<string, number>
   skipConsolidation?: boolean
+  absoluteHints?: boolean
   consolidationNeeded?: boolean
 }
 export interface StandinState {
@@ -142,4 +144,27 @@ export async function startSshHarness (): Promise<SshHarness> {
       await rm(dir, { recursive: true, force: true })
     },
   }
+}
+
+/**
+ * `qemu-img convert -O raw` of a descriptor chain (the independent oracle).
+ * Parent hints written as `/vmfs/volumes/<ds>/...` are mapped to local paths
+ * and handed to qemu as explicit `backing` nodes, as a mount would.
+ */
+export function qemuRaw (descriptor: string, pathMap: Record<string, string>, scratchDir: string): Buffer {
+  const spec = (file: string, depth: number): Record<string, unknown> => {
+    if (depth > 64) throw new Error('chain too deep')
+    const o: Record<string, unknown> = { driver: 'vmdk', file: { driver: 'file', filename: file } }
+    const text = readFileSync(file).subarray(0, 65536).toString('latin1')
+    const hint = /^parentFileNameHint="([^"]*)"/m.exec(text)?.[1]
+    if (hint !== undefined && hint !== '') {
+      let p = hint
+      for (const [k, v] of Object.entries(pathMap)) if (hint.startsWith(k + '/')) p = v + hint.slice(k.length)
+      o.backing = spec(path.resolve(path.dirname(file), p), depth + 1)
+    }
+    return o
+  }
+  const out = path.join(scratchDir, `qemu-${process.pid}-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-O', 'raw', `json:${JSON.stringify(spec(path.resolve(descriptor), 0))}`, out])
+  try { return readFileSync(out) } finally { rmSync(out, { force: true }) }
 }

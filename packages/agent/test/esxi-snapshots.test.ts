@@ -4,7 +4,6 @@
  * qemu-img (an independent VMDK implementation) checks the disk contents.
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
@@ -13,7 +12,8 @@ import { pino } from 'pino'
 import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import type { VmHandle } from '../src/driver.ts'
 import { vmdk } from '../src/vmdk-api.ts'
-import { startSshHarness } from './esxi-harness.ts'
+import { openWriter } from '@grainline/vmdk'
+import { startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
 const h = await startSshHarness()
@@ -21,19 +21,17 @@ t.teardown(() => h.stop())
 const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
 
 /** The disk as qemu-img sees it, flattened. */
+/** what an NFS mount of the datastore gives the agent */
+const dsPathMap = { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore }
+
 function qemuRaw (descriptor: string): Buffer {
-  const out = path.join(h.dir, `qemu-${randomBytes(4).toString('hex')}.raw`)
-  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', descriptor, out])
-  const b = execFileSync('cat', [out], { maxBuffer: 64 * 1024 * 1024 })
-  execFileSync('rm', ['-f', out])
-  return b
+  return harnessQemuRaw(descriptor, dsPathMap, h.dir)
 }
 
 /** Guest writes into the running top of every disk (what the VM would do). */
 async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
-  const api = await vmdk()
   for (const d of vm.disks) {
-    const w = await api.openWriter(d.path)
+    const w = await openWriter(d.path, { pathMap: dsPathMap })
     try {
       for (let i = 0; i < 6; i++) {
         const off = ((seed * 7919 + i * 104729) % 1800) * 512
@@ -63,7 +61,8 @@ for (const format of ['sesparse', 'vmfssparse'] as const) {
   t.test(`snapshot create / remove with ${format} deltas`, async (t) => {
     const folder = `vm ${format}`
     const stem = `vm-${format}`
-    await register(format === 'sesparse' ? '21' : '22', folder, stem, { deltaFormat: format })
+    // the vmfsSparse VM gets parent hints as ESXi writes them across folders: /vmfs/volumes/<uuid>/...
+    await register(format === 'sesparse' ? '21' : '22', folder, stem, { deltaFormat: format, absoluteHints: format === 'vmfssparse' })
     const driver: EsxiDriver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init())
     t.teardown(() => driver.close())
     const ext = format === 'sesparse' ? 'sesparse' : 'delta'
@@ -82,6 +81,8 @@ for (const format of ['sesparse', 'vmfssparse'] as const) {
     t.same(vm.disks.map((d) => path.basename(d.path)), [`${stem}-000001.vmdk`, `${stem}_1-000001.vmdk`])
     for (const d of vm.disks) t.ok(existsSync(d.path.replace(/\.vmdk$/, `-${ext}.vmdk`)), `${path.basename(d.path)} has its -${ext}.vmdk extent`)
     t.match(await readFile(path.join(dir, `${stem}.vmsd`), 'utf8'), /snapshot0\.displayName = "grainline-1"/)
+    const hint = /parentFileNameHint="([^"]*)"/.exec(await readFile(vm.disks[0]?.path as string, 'utf8'))?.[1]
+    t.equal(hint, format === 'vmfssparse' ? `/vmfs/volumes/${uuid}/${folder}/${stem}.vmdk` : `${stem}.vmdk`)
     t.same(vm.disks.map((d) => qemuRaw(d.path)), raw0, 'a fresh delta reads as its parent')
 
     await guestWrites(vm, 1)
