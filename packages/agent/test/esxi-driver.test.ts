@@ -13,7 +13,7 @@ const vmA = await buildVm(h.datastore, uuid, 'web 01', 'web 01')
 const vmB = await buildVm(h.datastore, uuid, "db (prod) it's", 'db')
 const state = await h.readState()
 state.vms.push(
-  { id: '7', name: 'web 01', vmx: '[datastore1] web 01/web 01.vmx', annotation: 'front end' },
+  { id: '7', name: 'web 01', vmx: '[datastore1] web 01/web 01.vmx', annotation: 'front end\nowner: ops\n\n  ticket 42' },
   { id: '12', name: "db (prod) it's/2", vmx: "[datastore1] db (prod) it's/db.vmx" },
   { id: '13', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
   { id: '14', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
@@ -49,7 +49,8 @@ t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx 
   t.equal(d.resolvePath(b, `[datastore1] iso/boot.iso`), path.join(h.datastore, 'iso/boot.iso'))
   t.same(d.pathMap, { '/vmfs/volumes/datastore1': h.datastore, [`/vmfs/volumes/${uuid}`]: h.datastore })
   const vms = await d.listVms()
-  t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end')
+  t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end\nowner: ops\n\n  ticket 42', 'a multi-line annotation survives the trip')
+  t.same(vms.map((v) => v.id), ['7', '12', '13', '14', '15'])
   t.same(await d.listSnapshots(a), [])
 })
 
@@ -98,6 +99,14 @@ t.test('a snapshot.create that hangs times out; the VM keeps its chain; later co
   t.ok(Date.now() - started < 10_000)
   t.equal(await readFile(vmB.vmxPath, 'utf8'), vmxBefore)
   t.same(await d.listSnapshots(b), [])
+})
+
+t.test('quiesce is passed as the fifth snapshot.create argument', async (t) => {
+  const d = createEsxiDriver(silent, init({ quiesce: true, description: 'nightly DR' }))
+  t.teardown(() => d.close())
+  const a = await d.openVm('web 01')
+  // the stand-in refuses quiesced snapshots, so the fault names the exact command
+  await t.rejects(d.createSnapshot(a, 'grainline-5'), { code: 'E_VIM_FAULT', command: "vim-cmd vmsvc/snapshot.create 7 grainline-5 'nightly DR' 0 1" })
 })
 
 t.test('removing a snapshot that is not there', async (t) => {
