@@ -1,5 +1,6 @@
 import t from 'tap'
-import { readFile } from 'node:fs/promises'
+import { readFile, readdir, stat } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
 import path from 'node:path'
 import { pino } from 'pino'
 import { createEsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
@@ -52,6 +53,31 @@ t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx 
   t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end\nowner: ops\n\n  ticket 42', 'a multi-line annotation survives the trip')
   t.same(vms.map((v) => v.id), ['7', '12', '13', '14', '15'])
   t.same(await d.listSnapshots(a), [])
+})
+
+/** path → size, mtime and sha1 of every file under a folder */
+async function fingerprintTree (dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {}
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (!e.isFile()) continue
+    const p = path.join(e.parentPath, e.name)
+    const st = await stat(p)
+    out[p] = `${st.size}:${st.mtimeMs}:${createHash('sha1').update(await readFile(p)).digest('hex')}`
+  }
+  return out
+}
+
+t.test('reading a VM writes nothing on the datastore', async (t) => {
+  const before = await fingerprintTree(h.datastore)
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  const a = await d.openVm('web 01')
+  await d.listVms()
+  await d.listSnapshots(a)
+  await d.snapshotTree(a)
+  t.equal(await d.consolidationNeeded(a), false)
+  t.same(await fingerprintTree(h.datastore), before)
+  t.ok(Object.keys(before).length >= 8)
 })
 
 t.test('unknown VM, ambiguous name, unmapped datastore, stale id', async (t) => {
