@@ -1,6 +1,7 @@
 import t from 'tap'
 import { readFile, readdir, stat } from 'node:fs/promises'
 import { createHash } from 'node:crypto'
+import { execFileSync } from 'node:child_process'
 import path from 'node:path'
 import { pino } from 'pino'
 import { createEsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
@@ -133,6 +134,22 @@ t.test('quiesce is passed as the fifth snapshot.create argument', async (t) => {
   const a = await d.openVm('web 01')
   // the stand-in refuses quiesced snapshots, so the fault names the exact command
   await t.rejects(d.createSnapshot(a, 'grainline-5'), { code: 'E_VIM_FAULT', command: "vim-cmd vmsvc/snapshot.create 7 grainline-5 'nightly DR' 0 1" })
+})
+
+t.test('a connection lost during a command is E_SSH_CONNECT; the driver reconnects', async (t) => {
+  const s = await h.readState()
+  const vm = s.vms.find((v) => v.id === '12')
+  if (vm !== undefined) vm.hang = { 'snapshot.create': 60 }
+  await h.writeState(s)
+  const d = createEsxiDriver(silent, init())
+  t.teardown(() => d.close())
+  const b = await d.openVm('12')
+  const pending = d.createSnapshot(b, 'grainline-1').then(() => undefined, (e: unknown) => e)
+  // wait until the stand-in hangs (the hang starts after the snapshot.get that precedes the create)
+  for (let i = 0; i < 200 && !execFileSync('ps', ['-eo', 'args']).toString().includes('snapshot.create 12'); i++) await new Promise((resolve) => setTimeout(resolve, 25))
+  t.ok(h.dropConnections() >= 1)
+  t.match(await pending, { code: 'E_SSH_CONNECT', vm: '12' })
+  t.same(await d.listSnapshots(b), [], 'a new connection serves the next call')
 })
 
 t.test('removing a snapshot that is not there', async (t) => {

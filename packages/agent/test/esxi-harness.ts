@@ -44,6 +44,8 @@ export interface SshHarness {
   datastore: string
   readState (): Promise<StandinState>
   writeState (s: StandinState): Promise<void>
+  /** SIGKILL the per-connection sshd processes (children of our sshd): every SSH connection drops */
+  dropConnections (): number
   stop (): Promise<void>
 }
 
@@ -135,6 +137,11 @@ export async function startSshHarness (): Promise<SshHarness> {
     datastore,
     readState: async () => JSON.parse(await readFile(statePath, 'utf8')) as StandinState,
     writeState: async (s) => { await writeFile(statePath, JSON.stringify(s, null, 2)) },
+    dropConnections: () => {
+      const pids = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)]).toString().split('\n').map((l) => Number(l.trim())).filter((n) => n > 0)
+      for (const pid of pids) process.kill(pid, 'SIGKILL')
+      return pids.length
+    },
     stop: async () => {
       if (proc.exitCode === null) {
         const exited = new Promise((resolve) => proc.once('exit', resolve))

@@ -118,6 +118,9 @@ class EsxiDriverImpl implements EsxiDriver {
       const code: EsxiErrorCode = isVmNotFound(fault) ? 'E_VM_NOT_FOUND' : 'E_VIM_FAULT'
       throw new EsxiError(code, `esxi: vim-cmd reported ${fault.type}`, { ...ctx, fault: fault.type, esxiMessage: fault.msg !== '' ? fault.msg : fault.text })
     }
+    if (r.code === null && r.signal === undefined) {
+      throw new EsxiError('E_SSH_CONNECT', 'esxi: the connection ended before the command reported an exit status (the operation may still complete on the host)', { ...ctx, esxiMessage: (r.stderr + r.stdout).trim() })
+    }
     if (r.code !== 0) {
       const said = (r.stderr.trim() !== '' ? r.stderr : r.stdout).trim()
       throw new EsxiError('E_COMMAND', `esxi: command exited with ${r.code === null ? `signal ${r.signal ?? '?'}` : `code ${r.code}`}`, { ...ctx, esxiMessage: said })
