@@ -229,6 +229,10 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
     const c = await (await vmdk()).openChain(d.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
     try { return (c.layers[c.layers.length - 1] as Chain['layers'][number]).file } finally { await c.close() }
   }))
+  // two disks on different datastores may share a basename: the mirror needs distinct names
+  for (let i = 0; i < baseNames.length; i++) {
+    if (baseNames.indexOf(baseNames[i] as string) !== i) baseNames[i] = `${(vm.disks[i] as VmDisk).node.replace(/:/g, '-')}_${baseNames[i] as string}`
+  }
   const hello = {
     kind: MessageKind.Hello,
     versions: [PROTOCOL_VERSION],
@@ -330,7 +334,11 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
     const chain = await (await vmdk()).openChain(disk.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
     const L = chain.layers.length
     if (L < 2) { await chain.close(); throw new AgentError('E_SNAPSHOT', `${disk.fileName}: no frozen layer below the running disk after the snapshot`) }
-    const name = (chain.layers[L - 1] as Chain['layers'][number]).file
+    const name = baseNames[i] ?? (chain.layers[L - 1] as Chain['layers'][number]).file
+    if (!name.endsWith((chain.layers[L - 1] as Chain['layers'][number]).file)) {
+      await chain.close()
+      throw new AgentError('E_SNAPSHOT', `${disk.node}: the base disk changed during the cycle (${(chain.layers[L - 1] as Chain['layers'][number]).file}, expected ${name})`)
+    }
     const rep: DiskReport = { name, node: disk.node, ok: false, mode: 'none', capacity: chain.capacity, extents: 0, dataBytes: 0, zeroBytes: 0, wireBytes: 0, resumedFrom: [], layers: [] }
     report.disks.push(rep)
     const w: DiskWork = {

@@ -6,7 +6,8 @@
 import t from 'tap'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { openChain } from '@grainline/vmdk'
+import { mkdir, open as openFile } from 'node:fs/promises'
+import { createFlatDisk, openChain } from '@grainline/vmdk'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
@@ -138,4 +139,54 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
   t.match(r.vms[0]?.disks[0]?.fallbackReason, /successor is gone/)
   t.ok(lines.some((l) => l['msg'] === 'falling back to a full resync'), 'the reason is logged')
   t.equal(await firstDifference(mirrorFlat(rx.store, 'gone', 'gone.vmdk'), frozen.get('gone.vmdk') as string), -1)
+})
+
+t.test('an incompatible mirror is refused (no reseed), and a failed cycle leaves no connection behind', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'hw', disks: [{ sizeBytes: 2 * MiB }] })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, giveUpMs: 20_000 }
+  t.ok((await replicate({ logger }, base)).ok)
+  // the VM was upgraded to another virtual hardware version
+  await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace('virtualHW.version = "14"', 'virtualHW.version = "19"'))
+  for (let i = 0; i < 2; i++) {
+    const t0 = performance.now()
+    const r = await replicate({ logger }, base)
+    t.notOk(r.ok)
+    t.match(r.vms[0]?.error, { code: 'E_REFUSED', remoteCode: 'E_INCOMPATIBLE' })
+    t.ok(performance.now() - t0 < 10_000, `run ${i + 1} answered promptly (the VM lock of the failed run was released)`)
+  }
+  const driver = createLocalDriver()
+  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'], 'no snapshot taken for a refused cycle')
+})
+
+t.test('two disks with the same basename on different datastores get distinct mirror names', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'dup', disks: [{ sizeBytes: 2 * MiB }] })
+  await mkdir(join(vm.dir, 'ds2'))
+  await createFlatDisk(join(vm.dir, 'ds2', 'dup.vmdk'), MiB)
+  const fh = await openFile(join(vm.dir, 'ds2', 'dup-flat.vmdk'), 'r+')
+  await fh.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 128 * 1024)
+  await fh.close()
+  await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')) + 'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "ds2/dup.vmdk"\n')
+  const { logger } = memoryLogger()
+  for (let cycle = 1; cycle <= 2; cycle++) {
+    let frozen = new Map<string, string>()
+    const r = await replicate({ logger }, {
+      vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none', certify: 'md5',
+      afterSnapshot: async (h) => {
+        frozen = await recordFrozen(h, dir, `d${cycle}`)
+        await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: cycle })
+      },
+    })
+    t.ok(r.ok, JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks.map((d) => d.error)))
+    t.same(r.vms[0]?.disks.map((d) => d.name), ['dup.vmdk', 'scsi0-1_dup.vmdk'])
+    // recordFrozen keys by base file name: the first disk's raw was overwritten by the second; compare the second by name
+    t.equal(await firstDifference(mirrorFlat(rx.store, 'dup', 'scsi0-1_dup.vmdk'), frozen.get('dup.vmdk') as string), -1, `cycle ${cycle}: second disk mirror correct`)
+    t.equal(r.vms[0]?.disks[0]?.certify?.ok, true, 'first disk certified against its own frozen view')
+  }
 })

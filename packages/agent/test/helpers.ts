@@ -14,7 +14,7 @@ import { pino, type Logger } from 'pino'
 const exec = promisify(execFile)
 export const MiB = 1024 * 1024
 export const TOKEN = 'agent-test-token-0123456789abcdef'
-export const RECEIVER_MAIN = fileURLToPath(new URL('../../../receiver/dist/src/main.js', import.meta.url))
+export const RECEIVER_MAIN = process.env['GRAINLINE_RECEIVER_MAIN'] ?? fileURLToPath(new URL('../../../receiver/dist/src/main.js', import.meta.url))
 export const haveReceiver = existsSync(RECEIVER_MAIN)
 
 /** A pino logger collecting JSON lines (logs are asserted through a sink). */

@@ -99,3 +99,32 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
   t.equal(await firstDifference(join(rx.store, 'away', 'away-flat.vmdk'), raw), -1, 'mirror == the frozen view of the interrupted cycle')
   t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-2'])
 })
+
+t.test('an interrupted cycle whose source chain is gone is rolled back, then resynced', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'rb', disks: [{ sizeBytes: 4 * MiB, fill: 'random' }], seed: 8 })
+  const { logger, lines } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024 }
+  t.ok((await replicate({ logger }, base)).ok, 'seed')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, seed: 3, zeroFraction: 0 })
+  let killed = false
+  const r1 = await replicate({ logger }, {
+    ...base, giveUpMs: 1000, maxBackoffMs: 100, bwlimit: 512 * 1024,
+    onExtentSent: ({ seq }) => { if (seq === 3 && !killed) { killed = true; void rx.kill9() } },
+  })
+  t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
+  // an operator deletes every snapshot: the receiver's in-flight cycle no longer matches any source chain
+  const driver = createLocalDriver()
+  const h = await driver.openVm(vm.vmxPath)
+  for (const s of await driver.listSnapshots(h)) await driver.removeSnapshot(h, s)
+  await rx.restart()
+  const raw = join(dir, 'frozen.raw')
+  const r2 = await replicate({ logger }, { ...base, to: rx.url, afterSnapshot: async (x) => { await frozenRaw(x, raw) } })
+  t.ok(r2.ok, JSON.stringify(r2.vms[0]?.error))
+  t.equal(r2.vms[0]?.cycle, 2)
+  t.equal(r2.vms[0]?.disks[0]?.mode, 'seed')
+  t.ok(lines.some((l) => /rolled back/.test(String(l['msg']))), 'the abandoned in-flight cycle was rolled back')
+  t.equal(await firstDifference(join(rx.store, 'rb', 'rb-flat.vmdk'), raw), -1)
+})
