@@ -5,7 +5,7 @@
  * the frozen source point of its cycle.
  */
 import t from 'tap'
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
@@ -16,19 +16,19 @@ import { replicate } from '../src/replicate.ts'
 import type { EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import type { VmHandle } from '../src/driver.ts'
 import { vmdk } from '../src/vmdk-api.ts'
-import { repoRoot, startSshHarness } from './esxi-harness.ts'
+import { openWriter } from '@grainline/vmdk'
+import { repoRoot, startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
 const h = await startSshHarness()
 t.teardown(() => h.stop())
 const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
 
+/** what an NFS mount of the datastore gives the agent */
+const dsPathMap = { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore }
+
 function qemuRaw (descriptor: string): Buffer {
-  const out = path.join(h.dir, `qemu-${randomBytes(4).toString('hex')}.raw`)
-  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', descriptor, out])
-  const b = execFileSync('cat', [out], { maxBuffer: 64 * 1024 * 1024 })
-  execFileSync('rm', ['-f', out])
-  return b
+  return harnessQemuRaw(descriptor, dsPathMap, h.dir)
 }
 
 // the receiver process
@@ -55,7 +55,7 @@ t.teardown(async () => { if (recv.exitCode === null) { recv.kill('SIGTERM'); awa
 
 await buildVm(h.datastore, uuid, 'app 01', 'app01')
 const s = await h.readState()
-s.vms.push({ id: '31', name: 'app 01', vmx: '[datastore1] app 01/app01.vmx', deltaFormat: 'sesparse' })
+s.vms.push({ id: '31', name: 'app 01', vmx: '[datastore1] app 01/app01.vmx', deltaFormat: 'sesparse', absoluteHints: true })
 await h.writeState(s)
 
 const esxi: EsxiDriverInit = {
@@ -81,9 +81,8 @@ async function mirrorFlat (stem: string): Promise<string> {
 }
 
 async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
-  const api = await vmdk()
   for (const d of vm.disks) {
-    const w = await api.openWriter(d.path)
+    const w = await openWriter(d.path, { pathMap: dsPathMap })
     try {
       for (let i = 0; i < 5; i++) await w.write(((seed * 31 + i * 397) % 1900) * 512, randomBytes(3000 + 512 * i - (3000 % 512)))
       await w.writeZeroes(128 * 1024 * (1 + (seed % 3)), 16384)
