@@ -63,7 +63,7 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [join(root, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store,
+const rx = spawn(process.execPath, [process.env.GRAINLINE_RECEIVER_MAIN ?? join(root, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store,
   '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] })
 const port = await new Promise((resolve, reject) => {
   createInterface({ input: rx.stdout }).on('line', (l) => { try { const ev = JSON.parse(l); if (ev.event === 'listening') resolve(ev.port) } catch {} })
@@ -118,7 +118,7 @@ try {
 
     // the cycle runs in a fresh agent process so that its peak RSS is the agent's alone
     t0 = performance.now()
-    const { stdout } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
+    const { stdout } = await exec(process.execPath, [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
     const processMs = performance.now() - t0
     const { report: r, maxRssKiB } = JSON.parse(stdout)
     // replicate() end to end inside the agent (node start-up and module loading excluded; printed apart)
