@@ -190,3 +190,32 @@ t.test('two disks with the same basename on different datastores get distinct mi
     t.equal(r.vms[0]?.disks[0]?.certify?.ok, true, 'first disk certified against its own frozen view')
   }
 })
+
+t.test('several frozen deltas since the mirror\'s successor: the union is shipped, newest data wins', async (t) => {
+  const dir = t.testdir()
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'uni', disks: [{ sizeBytes: 2 * MiB }] })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, certify: 'sha1' as const }
+  t.ok((await replicate({ logger }, base)).ok, 'seed')
+  // writes land in the delta the mirror recorded as successor; then a stale snapshot of ours
+  // (an earlier run's, never shipped) freezes it and more writes follow, partly over the same ranges
+  await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 21, zeroFraction: 0 })
+  const driver = createLocalDriver()
+  await driver.createSnapshot(await driver.openVm(vm.vmxPath), 'grainline-7')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 21, zeroFraction: 0.5 })
+  await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, writeSize: 64 * 1024, seed: 22 })
+  let frozen = new Map<string, string>()
+  const r = await replicate({ logger }, { ...base, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'u') } })
+  const d = r.vms[0]?.disks[0]
+  t.ok(r.ok, JSON.stringify(r.vms[0]?.error ?? d?.error))
+  t.equal(d?.mode, 'incremental')
+  t.same(d?.layers.map((l) => l.file), ['uni-000001.vmdk', 'uni-000002.vmdk'], 'two frozen deltas, bottom first')
+  t.equal(d?.certify?.ok, true)
+  t.equal(await firstDifference(mirrorFlat(rx.store, 'uni', 'uni.vmdk'), frozen.get('uni.vmdk') as string), -1)
+  t.same(r.vms[0]?.removedSnapshots.sort(), ['grainline-1', 'grainline-7'])
+  const chain = await openChain((await driver.openVm(vm.vmxPath)).disks[0]?.path as string)
+  t.equal(chain.layers.length, 2, 'both older deltas consolidated')
+  await chain.close()
+})
