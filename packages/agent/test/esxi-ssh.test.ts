@@ -49,6 +49,16 @@ t.test('a host-key mismatch fails loudly, naming both fingerprints', async (t) =
   t.match(String((err as Error).message), wrong)
 })
 
+t.test('several pinned fingerprints: any of them matches; none is a config error', async (t) => {
+  const other = sshFingerprint(Buffer.from('the host ecdsa key, say'))
+  const ssh = await EsxiSsh.connect({ ...base, hostKeyFingerprint: [other, h.hostKeyFingerprint] }, { logger: pino({ level: 'silent' }) })
+  await ssh.close()
+  const err = await EsxiSsh.connect({ ...base, hostKeyFingerprint: [other] }, { logger: pino({ level: 'silent' }) }).then(() => undefined, (e: unknown) => e) as Error
+  t.match(err, { code: 'E_HOST_KEY' })
+  t.match(err.message, h.hostKeyFingerprint)
+  await t.rejects(EsxiSsh.connect({ ...base, hostKeyFingerprint: [] }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
+})
+
 t.test('a key the host does not accept', async (t) => {
   await t.rejects(EsxiSsh.connect({ ...base, privateKey: h.otherKey }, { logger: pino({ level: 'silent' }) }), { code: 'E_SSH_AUTH' })
   await t.rejects(EsxiSsh.connect({ ...base, privateKey: 'not a key' }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })

@@ -21,11 +21,13 @@ export interface EsxiSshConfig {
   /** passphrase of an encrypted private key */
   readonly passphrase?: string
   /**
-   * The host key's fingerprint as OpenSSH prints it: `SHA256:<base64, no padding>`
-   * (`ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub` on the host). Required: a
-   * host presenting any other key is refused.
+   * The host key fingerprint(s) as OpenSSH prints them: `SHA256:<base64, no
+   * padding>` (on the host: `ssh-keygen -lf` of each `/etc/ssh/ssh_host_*_key.pub`).
+   * Which host key the server presents depends on the negotiated algorithm,
+   * so list every key of the host, or the one the mismatch error names.
+   * Required: a host presenting any other key is refused.
    */
-  readonly hostKeyFingerprint: string
+  readonly hostKeyFingerprint: string | readonly string[]
   /** TCP + SSH handshake timeout. @default 20000 */
   readonly connectTimeoutMs?: number
   /** keepalive interval. @default 15000 */
@@ -74,11 +76,11 @@ export class EsxiSsh {
   readonly host: string
   readonly #config: EsxiSshConfig
   readonly #log: Logger
-  readonly #pinned: string
+  readonly #pinned: ReadonlySet<string>
   #client: Client | undefined
   #closed = false
 
-  private constructor (config: EsxiSshConfig, log: Logger, pinned: string) {
+  private constructor (config: EsxiSshConfig, log: Logger, pinned: ReadonlySet<string>) {
     this.host = config.host
     this.#config = config
     this.#log = log
@@ -90,7 +92,9 @@ export class EsxiSsh {
    * @throws EsxiError E_CONFIG, E_HOST_KEY, E_SSH_AUTH, E_SSH_CONNECT, E_TIMEOUT, E_ABORTED
    */
   static async connect (config: EsxiSshConfig, components: { logger: Logger }, opts: { signal?: AbortSignal } = {}): Promise<EsxiSsh> {
-    const pinned = normalizeFingerprint(config.hostKeyFingerprint)
+    const list = typeof config.hostKeyFingerprint === 'string' ? [config.hostKeyFingerprint] : [...(config.hostKeyFingerprint ?? [])]
+    if (list.length === 0) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: config.host })
+    const pinned = new Set(list.map(normalizeFingerprint))
     if (config.privateKey === undefined || config.privateKey.length === 0) throw new EsxiError('E_CONFIG', 'esxi: no private key configured', { host: config.host })
     const ssh = new EsxiSsh(config, components.logger.child({ esxiHost: config.host }), pinned)
     await ssh.#ensure(opts.signal)
@@ -123,8 +127,8 @@ export class EsxiSsh {
       const timer = setTimeout(() => { done(new EsxiError('E_TIMEOUT', `esxi: SSH connection not ready after ${timeoutMs} ms`, { host: this.host })) }, timeoutMs)
       client.once('ready', () => { done() })
       client.on('error', (err: Error & { level?: string }) => {
-        if (seen !== undefined && seen !== this.#pinned) {
-          done(new EsxiError('E_HOST_KEY', `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${this.#pinned} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`, { host: this.host, cause: err }))
+        if (seen !== undefined && !this.#pinned.has(seen)) {
+          done(new EsxiError('E_HOST_KEY', `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${[...this.#pinned].join(' or ')} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`, { host: this.host, cause: err }))
         } else if (err.level === 'client-authentication') {
           done(new EsxiError('E_SSH_AUTH', `esxi: the host refused user ${JSON.stringify(cfg.username ?? 'root')} with the configured key`, { host: this.host, cause: err }))
         } else {
@@ -144,7 +148,7 @@ export class EsxiSsh {
           keepaliveCountMax: 4,
           hostVerifier: (key: Buffer): boolean => {
             seen = sshFingerprint(key)
-            return seen === this.#pinned
+            return this.#pinned.has(seen)
           },
         })
       } catch (err) {
