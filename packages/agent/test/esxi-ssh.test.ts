@@ -59,6 +59,15 @@ t.test('several pinned fingerprints: any of them matches; none is a config error
   await t.rejects(EsxiSsh.connect({ ...base, hostKeyFingerprint: [] }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
 })
 
+t.test('the key can come from a file', async (t) => {
+  const { privateKey: _unused, ...noKey } = base
+  const ssh = await EsxiSsh.connect({ ...noKey, privateKeyFile: `${h.dir}/user_key` }, { logger: pino({ level: 'silent' }) })
+  t.equal((await ssh.exec('echo ok')).stdout, 'ok\n')
+  await ssh.close()
+  await t.rejects(EsxiSsh.connect({ ...noKey, privateKeyFile: `${h.dir}/missing` }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG', message: /privateKeyFile/ })
+  await t.rejects(EsxiSsh.connect({ ...noKey }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
+})
+
 t.test('a key the host does not accept', async (t) => {
   await t.rejects(EsxiSsh.connect({ ...base, privateKey: h.otherKey }, { logger: pino({ level: 'silent' }) }), { code: 'E_SSH_AUTH' })
   await t.rejects(EsxiSsh.connect({ ...base, privateKey: 'not a key' }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })

@@ -4,6 +4,7 @@
  * a timeout and an output bound, every command and its output logged at debug.
  */
 import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
 import { Client, type ClientChannel } from 'ssh2'
 import type { Logger } from 'pino'
 import { EsxiError } from './errors.ts'
@@ -16,8 +17,10 @@ export interface EsxiSshConfig {
   readonly port?: number
   /** @default "root" */
   readonly username?: string
-  /** the private key (OpenSSH or PEM text) */
-  readonly privateKey: string | Buffer
+  /** the private key (OpenSSH or PEM text); or give `privateKeyFile` */
+  readonly privateKey?: string | Buffer
+  /** path of the private key file, read at connect (for JSON job configs) */
+  readonly privateKeyFile?: string
   /** passphrase of an encrypted private key */
   readonly passphrase?: string
   /**
@@ -95,8 +98,14 @@ export class EsxiSsh {
     const list = typeof config.hostKeyFingerprint === 'string' ? [config.hostKeyFingerprint] : [...(config.hostKeyFingerprint ?? [])]
     if (list.length === 0) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: config.host })
     const pinned = new Set(list.map(normalizeFingerprint))
-    if (config.privateKey === undefined || config.privateKey.length === 0) throw new EsxiError('E_CONFIG', 'esxi: no private key configured', { host: config.host })
-    const ssh = new EsxiSsh(config, components.logger.child({ esxiHost: config.host }), pinned)
+    let key = config.privateKey
+    if (key === undefined && config.privateKeyFile !== undefined) {
+      try { key = await readFile(config.privateKeyFile) } catch (err) {
+        throw new EsxiError('E_CONFIG', `esxi: cannot read privateKeyFile ${config.privateKeyFile}: ${(err as Error).message}`, { host: config.host, cause: err })
+      }
+    }
+    if (key === undefined || key.length === 0) throw new EsxiError('E_CONFIG', 'esxi: no private key configured (privateKey or privateKeyFile)', { host: config.host })
+    const ssh = new EsxiSsh({ ...config, privateKey: key }, components.logger.child({ esxiHost: config.host }), pinned)
     await ssh.#ensure(opts.signal)
     return ssh
   }
@@ -141,7 +150,7 @@ export class EsxiSsh {
           host: cfg.host,
           port: cfg.port ?? 22,
           username: cfg.username ?? 'root',
-          privateKey: cfg.privateKey,
+          privateKey: cfg.privateKey as string | Buffer,
           ...(cfg.passphrase === undefined ? {} : { passphrase: cfg.passphrase }),
           readyTimeout: timeoutMs,
           keepaliveInterval: cfg.keepaliveIntervalMs ?? 15_000,
