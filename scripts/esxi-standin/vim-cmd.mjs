@@ -14,6 +14,7 @@
 //              "hang": { "<op>": <seconds> },          // sleep before doing anything
 //              "skipConsolidation": true,              // remove the snapshot, keep the delta
 //              "absoluteHints": true,                  // parentFileNameHint as /vmfs/volumes/<uuid>/...
+//              "quietOutput": true,                    // print nothing on create/remove success
 //              "consolidationNeeded": false } ] }
 import { readFileSync, writeFileSync, renameSync, existsSync } from 'node:fs'
 import path from 'node:path'
@@ -238,7 +239,7 @@ async function main () {
       db.current = uid
       writeVmsd(vmsdPath, db)
       writeAtomic(vmxPath, kvText(vmx))
-      out('Create Snapshot:\n')
+      if (vm.quietOutput !== true) out('Create Snapshot:\n')
       return
     }
     case 'vmsvc/snapshot.remove': {
@@ -277,7 +278,7 @@ async function main () {
       if (db.current === snap.uid) db.current = snap.parent
       writeAtomic(vmxPath, kvText(vmx))
       writeVmsd(vmsdPath, db)
-      out('Remove Snapshot:\n')
+      if (vm.quietOutput !== true) out('Remove Snapshot:\n')
       return
     }
     default:

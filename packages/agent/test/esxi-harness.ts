@@ -26,6 +26,7 @@ export interface StandinVm {
   hang?: Record<string, number>
   skipConsolidation?: boolean
   absoluteHints?: boolean
+  quietOutput?: boolean
   consolidationNeeded?: boolean
 }
 export interface StandinState {

@@ -183,3 +183,19 @@ t.test('a snapshot.remove that hangs times out; snapshot and chain stay usable; 
   t.same(vm.disks.map((d) => qemuRaw(d.path)), before)
   t.same(await driver.listSnapshots(vm), [])
 })
+
+t.test('unknown success output is logged, and the result is verified on disk instead', async (t) => {
+  await register('26', 'vm quiet', 'vmq', { quietOutput: true })
+  const lines: Array<Record<string, unknown>> = []
+  const logger = pino({ level: 'debug' }, { write (l: string) { lines.push(JSON.parse(l) as Record<string, unknown>) } })
+  const driver = createEsxiDriver({ logger }, init())
+  t.teardown(() => driver.close())
+  let vm = await driver.openVm('vm quiet')
+  const s1 = await driver.createSnapshot(vm, 'grainline-1')
+  vm = await driver.openVm('vm quiet')
+  t.same(vm.disks.map((d) => path.basename(d.path)), ['vmq-000001.vmdk', 'vmq_1-000001.vmdk'])
+  await driver.removeSnapshot(vm, s1)
+  const warned = lines.filter((l) => l.level === 40).map((l) => l.msg)
+  t.same(warned, ['unexpected snapshot.create output; verifying the result on disk', 'unexpected snapshot.remove output; verifying the result on disk'])
+  t.ok(lines.some((l) => l.msg === 'esxi snapshot removed and consolidation verified'))
+})
