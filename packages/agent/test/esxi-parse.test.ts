@@ -47,7 +47,7 @@ t.test('getallvms: "Skipping invalid VM" lines are ignored', async (t) => {
 t.test('getallvms: garbage is a typed error', async (t) => {
   t.throws(() => parseGetAllVms(''), { code: 'E_PARSE' })
   t.throws(() => parseGetAllVms('sh: vim-cmd: not found\n'), { code: 'E_PARSE' })
-  t.throws(() => parseGetAllVms(fixture('fault-notfound-esxi67.txt')), { code: 'E_PARSE' })
+  t.throws(() => parseGetAllVms(fixture('fault-notfound-newer.txt')), { code: 'E_PARSE' })
 })
 
 t.test('snapshot.get: none, one, child with empty description', async (t) => {
@@ -98,7 +98,7 @@ t.test('faults: NotFound (old and new layouts), InvalidState', async (t) => {
   const old = parseFault(fixture('fault-notfound-esxi5.txt'))
   t.same([old?.type, old?.name, old?.msg], ['vim.fault.NotFound', 'NotFound', 'Unable to find a VM corresponding to "16"'])
   t.ok(old !== undefined && isVmNotFound(old))
-  const newer = parseFault(fixture('fault-notfound-esxi67.txt'))
+  const newer = parseFault(fixture('fault-notfound-newer.txt'))
   t.equal(newer?.msg, 'Unable to find a VM corresponding to "2"')
   const inv = parseFault(fixture('fault-invalidstate.txt'))
   t.same([inv?.name, inv?.msg], ['InvalidState', 'The operation is not allowed in the current state.'])
