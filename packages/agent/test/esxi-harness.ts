@@ -122,7 +122,9 @@ export async function startSshHarness (): Promise<SshHarness> {
     'LogLevel ERROR',
     '',
   ].join('\n'))
-  await mkdir('/run/sshd', { recursive: true })
+  // sshd's privilege separation directory; creating it needs root (CI runs as
+  // root); otherwise it must exist already, and sshd says so if it does not
+  await mkdir('/run/sshd', { recursive: true }).catch(() => {})
   const proc = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
   let errText = ''
   proc.stderr?.on('data', (b: Buffer) => { errText += b.toString() })
