@@ -1,15 +1,19 @@
 /**
- * The msgpack subset of SPEC §2.2, read and written directly.
+ * The strict pre-scan of the msgpack subset of SPEC §2.2, and the msgpackr
+ * configuration the codec encodes and decodes with.
  *
- * Only nil, bool, non-negative integers, str, bin, array and map exist on the
- * wire. Extension types (timestamps, msgpackr records/structures, …) and the
- * reserved byte 0xc1 are refused. Every length is checked against the bytes
- * that remain before anything is allocated, and `bin` values are returned as
- * views into the frame (no copy).
+ * msgpackr does the actual encoding and decoding (codec.ts). Before a frame
+ * reaches msgpackr's decoder, `Scanner` walks it once: it refuses extension
+ * types (timestamps, msgpackr records/structures, …) and the reserved byte
+ * 0xc1, checks every claimed length and count against the bytes that remain
+ * (and against the schema's bounds) and never builds a value — msgpackr only
+ * ever sees frames whose every length is known to be backed by bytes.
  */
+import { isUtf8 } from 'node:buffer'
+import { addExtension, Packr, Unpackr } from 'msgpackr'
 import { ProtocolError } from './errors.ts'
 
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+const utf8 = new TextDecoder('utf-8', { ignoreBOM: true })
 
 /** Thrown for a malformed msgpack body (truncated, reserved byte, extension). */
 function malformed (msg: string, pos: number): ProtocolError {
@@ -33,12 +37,17 @@ function typeName (b: number): string {
   return 'ext'
 }
 
-/** A cursor over one msgpack body. Methods throw ProtocolError only. */
-export class Reader {
+/**
+ * A cursor over one msgpack body that validates and skips values without
+ * building them. Methods throw ProtocolError only.
+ */
+export class Scanner {
   readonly buf: Uint8Array
   readonly view: DataView
   pos: number
   readonly end: number
+  /** start of the payload of the last `str` scanned */
+  strStart = 0
 
   constructor (buf: Uint8Array, start: number) {
     this.buf = buf
@@ -79,7 +88,7 @@ export class Reader {
     return v
   }
 
-  /** A non-negative integer ≤ max. Accepts every msgpack integer width and an integral float (as msgpackr writes integers ≥ 2^32). */
+  /** A non-negative integer ≤ max. Accepts every msgpack integer width and an integral float (as msgpackr writes integers ≥ 2^32 by default). */
   uint (field: string, max: number): number {
     const b = this.peek()
     const at = this.pos
@@ -91,11 +100,12 @@ export class Reader {
     else if (b === 0xce) v = this.#u32()
     else if (b === 0xcf || b === 0xd3) {
       this.#need(8)
-      const big = b === 0xcf ? this.view.getBigUint64(this.pos) : this.view.getBigInt64(this.pos)
+      const hi = b === 0xcf ? this.view.getUint32(this.pos) : this.view.getInt32(this.pos)
+      const lo = this.view.getUint32(this.pos + 4)
       this.pos += 8
-      if (big < 0n) throw schema(field, 'negative integer')
-      if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw schema(field, 'integer above 2^53 - 1')
-      v = Number(big)
+      if (hi < 0) throw schema(field, 'negative integer')
+      if (hi > 0x1fffff) throw schema(field, 'integer above 2^53 - 1')
+      v = hi * 0x100000000 + lo
     } else if (b === 0xd0) {
       this.#need(1)
       v = this.view.getInt8(this.pos++)
@@ -122,11 +132,11 @@ export class Reader {
     return v
   }
 
-  bool (field: string): boolean {
+  bool (field: string): void {
     const b = this.peek()
     if (b === 0xc2 || b === 0xc3) {
       this.pos++
-      return b === 0xc3
+      return
     }
     throw schema(field, `expected a bool, got ${typeName(b)}`)
   }
@@ -140,7 +150,8 @@ export class Reader {
     return false
   }
 
-  str (field: string, maxBytes: number): string {
+  /** Skip a str of at most `maxBytes` valid UTF-8 bytes; returns its byte length (payload at `strStart`). */
+  str (field: string, maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -155,17 +166,19 @@ export class Reader {
     if (n > maxBytes) throw schema(field, `string of ${n} bytes exceeds ${maxBytes}`)
     this.#need(n)
     const start = this.pos
+    this.strStart = start
     this.pos += n
-    if (n === 0) return ''
-    try {
-      return utf8.decode(this.buf.subarray(start, start + n))
-    } catch {
-      throw schema(field, 'invalid UTF-8')
-    }
+    if (n > 0 && !isAscii(this.buf, start, n) && !isUtf8(this.buf.subarray(start, start + n))) throw schema(field, 'invalid UTF-8')
+    return n
   }
 
-  /** A view into the frame, no copy. */
-  bin (field: string, maxBytes: number): Uint8Array {
+  /** The text of `n` bytes at `start` (already validated), for error messages only. */
+  text (start: number, n: number): string {
+    return utf8.decode(this.buf.subarray(start, start + n))
+  }
+
+  /** Skip a bin of at most `maxBytes`; returns its length. */
+  bin (field: string, maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -178,9 +191,8 @@ export class Reader {
     }
     if (n > maxBytes) throw schema(field, `${n} bytes exceed ${maxBytes}`)
     this.#need(n)
-    const start = this.pos
     this.pos += n
-    return this.buf.subarray(start, start + n)
+    return n
   }
 
   /** Header of an array; its count is bounded by `max` and by the bytes left (≥ 1 byte per item). */
@@ -218,6 +230,29 @@ export class Reader {
   }
 }
 
+function isAscii (b: Uint8Array, start: number, n: number): boolean {
+  for (let i = start; i < start + n; i++) if ((b[i] as number) >= 0x80) return false
+  return true
+}
+
+/** Header bytes of the str at `pos` (already scanned and valid). */
+export function strHeaderAt (b: Uint8Array, pos: number): number {
+  const h = b[pos] as number
+  return h <= 0xbf ? 1 : h === 0xd9 ? 2 : h === 0xda ? 3 : 5
+}
+
+/** Byte length of the str at `pos` (already scanned and valid). */
+export function strLengthAt (b: Uint8Array, v: DataView, pos: number): number {
+  const h = b[pos] as number
+  return h <= 0xbf ? h - 0xa0 : h === 0xd9 ? b[pos + 1] as number : h === 0xda ? v.getUint16(pos + 1) : v.getUint32(pos + 1)
+}
+
+/** true if the `n` bytes at `a` and at `c` of `b` are equal */
+export function sameBytes (b: Uint8Array, a: number, c: number, n: number): boolean {
+  for (let i = 0; i < n; i++) if (b[a + i] !== b[c + i]) return false
+  return true
+}
+
 /** Bytes `uint(v)` takes (smallest form, SPEC §2.2). */
 export function uintSize (v: number): number {
   return v <= 0x7f ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9
@@ -237,118 +272,74 @@ export function collectionHeaderSize (n: number): number {
 /** `bin` values at least this long are passed through by reference in parts mode. */
 export const PART_MIN_BYTES = 4096
 
-/** Writes the subset into a buffer sized in advance. */
-export class Writer {
-  readonly buf: Buffer
-  pos: number
-  /** parts mode: finished chunks, large `bin` values by reference in between */
-  readonly parts: Uint8Array[] | undefined
-  #chunkStart = 0
-
-  constructor (buf: Buffer, start: number, parts?: Uint8Array[]) {
-    this.buf = buf
-    this.pos = start
-    this.parts = parts
-  }
-
-  /** parts mode: close the list with the bytes written since the last large `bin` */
-  finish (): Uint8Array[] {
-    const parts = this.parts ?? []
-    if (this.pos > this.#chunkStart || parts.length === 0) parts.push(this.buf.subarray(this.#chunkStart, this.pos))
-    return parts
-  }
-
-  uint (v: number): void {
-    const b = this.buf
-    if (v <= 0x7f) b[this.pos++] = v
-    else if (v <= 0xff) {
-      b[this.pos++] = 0xcc
-      b[this.pos++] = v
-    } else if (v <= 0xffff) {
-      b[this.pos++] = 0xcd
-      this.pos = b.writeUInt16BE(v, this.pos)
-    } else if (v <= 0xffffffff) {
-      b[this.pos++] = 0xce
-      this.pos = b.writeUInt32BE(v, this.pos)
-    } else {
-      b[this.pos++] = 0xcf
-      this.pos = b.writeUInt32BE(Math.floor(v / 0x100000000), this.pos)
-      this.pos = b.writeUInt32BE(v >>> 0, this.pos)
-    }
-  }
-
-  bool (v: boolean): void {
-    this.buf[this.pos++] = v ? 0xc3 : 0xc2
-  }
-
-  nil (): void {
-    this.buf[this.pos++] = 0xc0
-  }
-
-  /** `byteLength` is the UTF-8 length computed while sizing. */
-  str (s: string, byteLength: number): void {
-    const b = this.buf
-    const n = byteLength
-    if (n < 32) b[this.pos++] = 0xa0 | n
-    else if (n <= 0xff) {
-      b[this.pos++] = 0xd9
-      b[this.pos++] = n
-    } else if (n <= 0xffff) {
-      b[this.pos++] = 0xda
-      this.pos = b.writeUInt16BE(n, this.pos)
-    } else {
-      b[this.pos++] = 0xdb
-      this.pos = b.writeUInt32BE(n, this.pos)
-    }
-    if (n > 0) this.pos += b.write(s, this.pos, n, 'utf8')
-  }
-
-  /** Copies `data` into the frame: the one copy of an extent payload. */
-  bin (data: Uint8Array): void {
-    const b = this.buf
-    const n = data.length
-    if (n <= 0xff) {
-      b[this.pos++] = 0xc4
-      b[this.pos++] = n
-    } else if (n <= 0xffff) {
-      b[this.pos++] = 0xc5
-      this.pos = b.writeUInt16BE(n, this.pos)
-    } else {
-      b[this.pos++] = 0xc6
-      this.pos = b.writeUInt32BE(n, this.pos)
-    }
-    if (this.parts !== undefined && n >= PART_MIN_BYTES) {
-      this.parts.push(b.subarray(this.#chunkStart, this.pos), data)
-      this.#chunkStart = this.pos
-      return
-    }
-    b.set(data, this.pos)
-    this.pos += n
-  }
-
-  arrayHeader (n: number): void {
-    this.#collection(n, 0x90, 0xdc)
-  }
-
-  mapHeader (n: number): void {
-    this.#collection(n, 0x80, 0xde)
-  }
-
-  #collection (n: number, fix: number, c16: number): void {
-    const b = this.buf
-    if (n < 16) b[this.pos++] = fix | n
-    else if (n <= 0xffff) {
-      b[this.pos++] = c16
-      this.pos = b.writeUInt16BE(n, this.pos)
-    } else {
-      b[this.pos++] = c16 + 1
-      this.pos = b.writeUInt32BE(n, this.pos)
-    }
-  }
-
-  /** Pre-encoded bytes (map keys). */
-  raw (bytes: Uint8Array): void {
-    this.buf.set(bytes, this.pos)
-    this.pos += bytes.length
+/**
+ * An integer above 2^32 - 1, written as msgpack uint64 (`cf`). msgpackr on its
+ * own writes such a number as float64 (`cb`) and a BigInt as int64 (`d3`);
+ * SPEC §2.2 (and the golden vectors) write the smallest unsigned form.
+ */
+export class Uint64 {
+  readonly value: number
+  constructor (value: number) {
+    this.value = value
   }
 }
+
+/**
+ * A `bin` that `encodeMessageParts` passes by reference: msgpackr writes only
+ * its header and records where the payload belongs (`at`, a frame offset).
+ */
+export class BinRef {
+  readonly data: Uint8Array
+  at = -1
+  constructor (data: Uint8Array) {
+    this.data = data
+  }
+}
+
+interface Room { target: Uint8Array, targetView: DataView, position: number }
+type AllocateForWrite = (size: number) => Room
+
+// msgpackr extensions whose pack() writes plain msgpack through allocateForWrite
+// and returns nothing, so no ext header is ever written (their `type` is only a
+// registration key; the pre-scan refuses every ext type on the way in).
+const noUnpack = (): never => { throw new ProtocolError('E_MALFORMED', 'msgpack extension types are not allowed') }
+addExtension({
+  Class: Uint64,
+  type: 0x67,
+  pack (u: Uint64, allocateForWrite: AllocateForWrite): undefined {
+    const { targetView, position } = allocateForWrite(9)
+    targetView.setUint8(position, 0xcf)
+    targetView.setUint32(position + 1, Math.floor(u.value / 0x100000000))
+    targetView.setUint32(position + 5, u.value >>> 0)
+    return undefined
+  },
+  unpack: noUnpack,
+} as never)
+addExtension({
+  Class: BinRef,
+  type: 0x68,
+  pack (r: BinRef, allocateForWrite: AllocateForWrite): undefined {
+    const n = r.data.length
+    const size = binHeaderSize(n)
+    const { targetView, position } = allocateForWrite(size)
+    if (size === 2) {
+      targetView.setUint8(position, 0xc4)
+      targetView.setUint8(position + 1, n)
+    } else if (size === 3) {
+      targetView.setUint8(position, 0xc5)
+      targetView.setUint16(position + 1, n)
+    } else {
+      targetView.setUint8(position, 0xc6)
+      targetView.setUint32(position + 1, n)
+    }
+    r.at = position + size
+    return undefined
+  },
+  unpack: noUnpack,
+} as never)
+
+/** The encoder: records off, preferred (smallest) map headers, no extra types. */
+export const packr = new Packr({ useRecords: false, moreTypes: false, variableMapSize: true, mapsAsObjects: true })
+
+/** The decoder: records off, maps as plain objects, uint64 as number (the pre-scan bounds it to 2^53 - 1), bin as views. */
+export const unpackr = new Unpackr({ useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: 'number', copyBuffers: false })

@@ -1,10 +1,12 @@
 /**
- * Field schemas of every message (SPEC §6) and the walkers that decode, size
- * and write them. Semantic checks that span fields live in `checks.ts`.
+ * Field schemas of every message (SPEC §6) and the walkers over them: the
+ * pre-scan of a frame (`scanSpec`), the validation and sizing of a value
+ * (`sizeSpec`, used before encoding and after msgpackr has decoded) and the
+ * key-ordered object msgpackr encodes (`toWire`). Semantic checks that span fields live in `checks.ts`.
  */
 import { ProtocolError } from './errors.ts'
 import { MessageKind } from './messages.ts'
-import { collectionHeaderSize, PART_MIN_BYTES, Reader, strHeaderSize, binHeaderSize, uintSize, type Writer } from './msgpack.ts'
+import { BinRef, collectionHeaderSize, PART_MIN_BYTES, sameBytes, type Scanner, strHeaderAt, strHeaderSize, strLengthAt, binHeaderSize, uintSize, Uint64 } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 
 export interface UintSpec { readonly t: 'uint', readonly max: number }
@@ -23,8 +25,8 @@ export interface StructSpec {
   readonly t: 'struct'
   readonly keys: readonly string[]
   readonly fields: Readonly<Record<string, Spec>>
-  /** the keys as encoded msgpack str, in schema order */
-  readonly encodedKeys: readonly Uint8Array[]
+  /** the keys as UTF-8, in schema order (the pre-scan matches wire keys against them without decoding) */
+  readonly keyBytes: readonly Uint8Array[]
 }
 export interface NullableSpec { readonly t: 'nullable', readonly of: Spec }
 export interface DictSpec { readonly t: 'dict', readonly maxEntries: number, readonly key: StrSpec, readonly value: StrSpec }
@@ -44,11 +46,9 @@ const array = (of: Spec, max: number, min = 0): ArraySpec => ({ t: 'array', of, 
 const nullable = (of: Spec): NullableSpec => ({ t: 'nullable', of })
 function struct (fields: Record<string, Spec>): StructSpec {
   const keys = Object.keys(fields)
-  const encodedKeys = keys.map((k) => {
-    const b = Buffer.from(k, 'utf8')
-    return Uint8Array.of(0xa0 | b.length, ...b) // every key is < 32 bytes ASCII
-  })
-  return { t: 'struct', keys, fields, encodedKeys }
+  if (keys.length > 31) throw new Error('a struct has at most 31 keys (the pre-scan tracks them in a bit mask)')
+  const keyBytes = keys.map((k) => Buffer.from(k, 'utf8'))
+  return { t: 'struct', keys, fields, keyBytes }
 }
 const pattern = (re: RegExp, what: string) => (s: string, field: string): void => {
   if (!re.test(s)) throw bad(field, `${JSON.stringify(s.slice(0, 80))} is not ${what}`)
@@ -90,6 +90,13 @@ const text = (maxBytes: number): StrSpec => str(maxBytes, (s, field) => {
   if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
 }, 'no C0/DEL control character, no \'"\'')
 
+const ddbKeyPattern = pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key')
+const ddbKey = (s: string, field: string): void => {
+  ddbKeyPattern(s, field)
+  // decoded maps are plain objects (msgpackr mapsAsObjects), where this key is special
+  if (s === '__proto__') throw bad(field, '"__proto__" is not allowed')
+}
+
 /** Field schemas per message kind; keys are in wire order (SPEC §6). */
 export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.Hello]: struct({
@@ -130,7 +137,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     baseCycle: uint(),
     source,
     cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits'), 'lowercase hex, 16…128 digits, even'),
-    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key'), '/^[A-Za-z0-9._:-]{1,128}$/'), value: text(4096) },
+    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, ddbKey, '/^[A-Za-z0-9._:-]{1,128}$/, not "__proto__"'), value: text(4096) },
     totalBytes: uint(),
     totalExtents: uint(),
   }),
@@ -175,60 +182,112 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
 
 const join = (base: string, key: string): string => base === '' ? key : `${base}.${key}`
 
-/** Decode one value of `spec` from `r`. */
-export function readSpec (r: Reader, spec: Spec, field: string): unknown {
+/**
+ * Pre-scan one value of `spec` at `r` (SPEC §2.2): check types, lengths and
+ * counts against the bytes left and the schema's bounds, refuse extensions,
+ * unknown, duplicate and missing fields — without building any value. Nesting
+ * follows the schema (at most four levels), so recursion is bounded.
+ */
+export function scanSpec (r: Scanner, spec: Spec, field: string): void {
   switch (spec.t) {
-    case 'uint': return r.uint(field, spec.max)
-    case 'bool': return r.bool(field)
-    case 'str': {
-      const s = r.str(field, spec.maxBytes)
-      spec.check?.(s, field)
-      return s
-    }
-    case 'bin': return r.bin(field, spec.maxBytes)
-    case 'nullable': return r.nil() ? null : readSpec(r, spec.of, field)
+    case 'uint': r.uint(field, spec.max); return
+    case 'bool': r.bool(field); return
+    case 'str': r.str(field, spec.maxBytes); return
+    case 'bin': r.bin(field, spec.maxBytes); return
+    case 'nullable':
+      if (!r.nil()) scanSpec(r, spec.of, field)
+      return
     case 'array': {
       const n = r.arrayHeader(field, spec.max)
       if (n < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
-      const out = new Array<unknown>(n)
-      for (let i = 0; i < n; i++) out[i] = readSpec(r, spec.of, `${field}[${i}]`)
-      return out
+      for (let i = 0; i < n; i++) scanSpec(r, spec.of, `${field}[${i}]`)
+      return
     }
     case 'struct': {
       // no count cap here: every entry past the known keys is an unknown or duplicate field and fails by name
       const n = r.mapHeader(field, 0xffffffff)
-      const out: Record<string, unknown> = {}
+      const keyField = field === '' ? '(key)' : `${field}.(key)`
+      let seen = 0
       for (let i = 0; i < n; i++) {
-        const key = r.str(join(field, '(key)'), 64)
-        if (!Object.hasOwn(spec.fields, key)) throw bad(join(field, key), 'unknown field')
-        if (Object.hasOwn(out, key)) throw bad(join(field, key), 'duplicate field')
-        out[key] = readSpec(r, spec.fields[key] as Spec, join(field, key))
+        const len = r.str(keyField, 64)
+        const at = r.strStart
+        const k = findKey(spec, r.buf, at, len, i)
+        if (k < 0) throw bad(join(field, r.text(at, len)), 'unknown field')
+        const key = spec.keys[k] as string
+        if ((seen & (1 << k)) !== 0) throw bad(join(field, key), 'duplicate field')
+        seen |= 1 << k
+        scanSpec(r, spec.fields[key] as Spec, join(field, key))
       }
       if (n < spec.keys.length) {
-        const missing = spec.keys.find((k) => !Object.hasOwn(out, k)) as string
+        const missing = spec.keys.find((_, k) => (seen & (1 << k)) === 0) as string
         throw bad(join(field, missing), 'missing field')
       }
-      return out
+      return
     }
     case 'dict': {
       const n = r.mapHeader(field, spec.maxEntries)
-      const out: Record<string, string> = {}
+      const first = r.pos
       for (let i = 0; i < n; i++) {
-        const key = readSpec(r, spec.key, `${field}(key)`) as string
-        if (Object.hasOwn(out, key)) throw bad(`${field}[${JSON.stringify(key)}]`, 'duplicate key')
-        Object.defineProperty(out, key, { value: readSpec(r, spec.value, `${field}[${JSON.stringify(key)}]`), enumerable: true, writable: true, configurable: true })
+        const keyAt = r.pos
+        const len = r.str(`${field}(key)`, spec.key.maxBytes)
+        const at = r.strStart
+        // msgpackr's plain-object maps rename "__proto__"; it is no DDB key anyway
+        if (len === 9 && r.text(at, len) === '__proto__') throw bad(`${field}(key)`, '"__proto__" is not allowed')
+        if (dictHasKey(r, first, keyAt, at, len)) throw bad(`${field}[${JSON.stringify(r.text(at, len))}]`, 'duplicate key')
+        scanSpec(r, spec.value, `${field}[${JSON.stringify(r.text(at, len))}]`)
       }
-      return out
     }
   }
 }
 
+/** Index of the wire key at `at` (`len` bytes) in `spec.keys`, or -1; tries `hint` first (keys usually come in schema order). */
+function findKey (spec: StructSpec, b: Uint8Array, at: number, len: number, hint: number): number {
+  const n = spec.keyBytes.length
+  for (let j = 0; j < n; j++) {
+    const k = (hint + j) % n
+    const kb = spec.keyBytes[k] as Uint8Array
+    if (kb.length !== len) continue
+    let same = true
+    for (let x = 0; x < len; x++) {
+      if (kb[x] !== b[at + x]) {
+        same = false
+        break
+      }
+    }
+    if (same) return k
+  }
+  return -1
+}
+
+/** true if a dict entry between `first` and `end` (entries of str → str, already scanned) has the key at `at` (`len` bytes) */
+function dictHasKey (r: Scanner, first: number, end: number, at: number, len: number): boolean {
+  const b = r.buf
+  let p = first
+  while (p < end) {
+    const h = strHeaderAt(b, p)
+    const n = strLengthAt(b, r.view, p)
+    if (n === len && sameBytes(b, p + h, at, len)) return true
+    p += h + n
+    p += strHeaderAt(b, p) + strLengthAt(b, r.view, p) // the value
+  }
+  return false
+}
+
+/** What `sizeSpec` tallies besides the size. */
+export interface SizeTally {
+  /** UTF-8 bytes of the longest string */
+  maxStr: number
+  /** bytes of binaries of `PART_MIN_BYTES` or more */
+  bigBin: number
+}
+
 /**
- * Check `value` against `spec` and return the bytes it will take. Also
- * collects UTF-8 lengths of strings into `strLens` (in walk order) so the
- * write pass need not measure them again.
+ * Check `value` against `spec` (types, ranges, sizes, patterns, names) and
+ * return the bytes its canonical encoding takes. The schema validation of
+ * both directions: before encoding, and after msgpackr has decoded a
+ * pre-scanned frame.
  */
-export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: number[], big?: { bytes: number }): number {
+export function sizeSpec (spec: Spec, value: unknown, field: string, tally: SizeTally): number {
   switch (spec.t) {
     case 'uint':
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad(field, `expected a non-negative safe integer, got ${describe(value)}`)
@@ -243,22 +302,22 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: nu
       const n = Buffer.byteLength(value, 'utf8')
       if (n > spec.maxBytes) throw bad(field, `string of ${n} bytes exceeds ${spec.maxBytes}`)
       spec.check?.(value, field)
-      strLens.push(n)
+      if (n > tally.maxStr) tally.maxStr = n
       return strHeaderSize(n) + n
     }
     case 'bin':
       if (!(value instanceof Uint8Array)) throw bad(field, `expected a Uint8Array, got ${describe(value)}`)
       if (value.length > spec.maxBytes) throw bad(field, `${value.length} bytes exceed ${spec.maxBytes}`)
-      if (big !== undefined && value.length >= PART_MIN_BYTES) big.bytes += value.length
+      if (value.length >= PART_MIN_BYTES) tally.bigBin += value.length
       return binHeaderSize(value.length) + value.length
     case 'nullable':
-      return value === null ? 1 : sizeSpec(spec.of, value, field, strLens, big)
+      return value === null ? 1 : sizeSpec(spec.of, value, field, tally)
     case 'array': {
       if (!Array.isArray(value)) throw bad(field, `expected an array, got ${describe(value)}`)
       if (value.length > spec.max) throw bad(field, `${value.length} items exceed ${spec.max}`)
       if (value.length < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
       let n = collectionHeaderSize(value.length)
-      for (let i = 0; i < value.length; i++) n += sizeSpec(spec.of, value[i], `${field}[${i}]`, strLens, big)
+      for (let i = 0; i < value.length; i++) n += sizeSpec(spec.of, value[i], `${field}[${i}]`, tally)
       return n
     }
     case 'struct': {
@@ -269,7 +328,7 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: nu
         const key = spec.keys[i] as string
         const v = o[key]
         if (v === undefined) throw bad(join(field, key), 'missing field')
-        n += (spec.encodedKeys[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), strLens, big)
+        n += 1 + (spec.keyBytes[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), tally)
       }
       for (const key of Object.keys(o)) {
         if (key !== 'kind' || field !== '') {
@@ -284,48 +343,46 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, strLens: nu
       if (entries.length > spec.maxEntries) throw bad(field, `${entries.length} entries exceed ${spec.maxEntries}`)
       let n = collectionHeaderSize(entries.length)
       for (const [k, v] of entries) {
-        n += sizeSpec(spec.key, k, `${field}(key)`, strLens)
-        n += sizeSpec(spec.value, v, `${field}[${JSON.stringify(k)}]`, strLens)
+        n += sizeSpec(spec.key, k, `${field}(key)`, tally)
+        n += sizeSpec(spec.value, v, `${field}[${JSON.stringify(k)}]`, tally)
       }
       return n
     }
   }
 }
 
-/** Write `value` (already checked by `sizeSpec`) in schema order. */
-export function writeSpec (w: Writer, spec: Spec, value: unknown, strLens: number[], cursor: { i: number }): void {
+/**
+ * The object msgpackr encodes for `value` (already checked by `sizeSpec`):
+ * map keys in schema order, integers above 2^32 - 1 as `Uint64` (written as
+ * `cf`), and — when `refs` is given — binaries of `PART_MIN_BYTES` or more as
+ * `BinRef`s (header only, payload passed by reference).
+ */
+export function toWire (spec: Spec, value: unknown, refs: BinRef[] | undefined): unknown {
   switch (spec.t) {
-    case 'uint': w.uint(value as number); return
-    case 'bool': w.bool(value as boolean); return
-    case 'str': w.str(value as string, strLens[cursor.i++] as number); return
-    case 'bin': w.bin(value as Uint8Array); return
-    case 'nullable':
-      if (value === null) w.nil()
-      else writeSpec(w, spec.of, value, strLens, cursor)
-      return
-    case 'array': {
-      const a = value as unknown[]
-      w.arrayHeader(a.length)
-      for (const item of a) writeSpec(w, spec.of, item, strLens, cursor)
-      return
+    case 'uint': return (value as number) > 0xffffffff ? new Uint64(value as number) : value
+    case 'bool':
+    case 'str':
+      return value
+    case 'bin': {
+      const data = value as Uint8Array
+      if (refs === undefined || data.length < PART_MIN_BYTES) return data
+      const ref = new BinRef(data)
+      refs.push(ref)
+      return ref
     }
+    case 'nullable': return value === null ? null : toWire(spec.of, value, refs)
+    case 'array': return (value as unknown[]).map((item) => toWire(spec.of, item, refs))
     case 'struct': {
       const o = value as Record<string, unknown>
-      w.mapHeader(spec.keys.length)
-      for (let i = 0; i < spec.keys.length; i++) {
-        const key = spec.keys[i] as string
-        w.raw(spec.encodedKeys[i] as Uint8Array)
-        writeSpec(w, spec.fields[key] as Spec, o[key], strLens, cursor)
-      }
-      return
+      const out: Record<string, unknown> = {}
+      for (const key of spec.keys) out[key] = toWire(spec.fields[key] as Spec, o[key], refs)
+      return out
     }
     case 'dict': {
-      const entries = Object.entries(value as Record<string, string>)
-      w.mapHeader(entries.length)
-      for (const [k, v] of entries) {
-        writeSpec(w, spec.key, k, strLens, cursor)
-        writeSpec(w, spec.value, v, strLens, cursor)
-      }
+      // keys were checked by sizeSpec: never "__proto__"
+      const out: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(value as Record<string, string>)) out[k] = v
+      return out
     }
   }
 }
@@ -336,8 +393,6 @@ function describe (v: unknown): string {
   if (v instanceof Uint8Array) return 'Uint8Array'
   return typeof v
 }
-
-export { Reader }
 
 function describeSpec (spec: Spec, indent: string): string {
   switch (spec.t) {
