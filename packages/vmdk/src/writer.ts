@@ -201,8 +201,19 @@ class ChainWriter implements DiskWriter {
       // allocate fresh grains for the whole run, fill partial grains with what the guest saw
       const n = Math.ceil(run.length / g)
       const buf = Buffer.alloc(n * g)
-      if ((s > run.start || e < run.start + run.length) && run.state === RunState.None && this.#chain.layers.length > 1) {
-        await this.#chain.readInto(buf, 0, extBase + run.start, run.length, { depth: 1 })
+      if (run.state === RunState.None && this.#chain.layers.length > 1) {
+        // copy on write: only the first and last grain can be partly covered
+        const runEnd = run.start + run.length
+        if (s > run.start) {
+          const hEnd = Math.min(runEnd, run.start + g)
+          await this.#chain.readInto(buf, 0, extBase + run.start, hEnd - run.start, { depth: 1 })
+        }
+        if (e < runEnd) {
+          const tStart = Math.max(run.start, Math.floor((e - 1) / g) * g)
+          if (!(s > run.start && tStart === run.start)) {
+            await this.#chain.readInto(buf, tStart - run.start, extBase + tStart, runEnd - tStart, { depth: 1 })
+          }
+        }
       }
       buf.set(data.subarray(s - start, e - start), s - run.start)
       const firstGrain = run.start / g
