@@ -21,7 +21,12 @@ export function qemuIo (image: string, cmds: string[]): void {
 
 /** `qemu-img map --output=json` parsed. */
 export function qemuMap (image: string): MapEntry[] {
-  return JSON.parse(qemuImg('map', '--output=json', '-f', 'vmdk', image)) as MapEntry[]
+  // keep the fields of qemu 7.2's output (newer versions add e.g. "compressed")
+  return (JSON.parse(qemuImg('map', '--output=json', '-f', 'vmdk', image)) as MapEntry[]).map(e => {
+    const o: MapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data }
+    if (e.offset !== undefined) o.offset = e.offset
+    return o
+  })
 }
 
 /** sha256 of `qemu-img convert -O raw image`. */
