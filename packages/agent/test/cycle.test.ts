@@ -12,7 +12,7 @@ import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startReceiver, TOKEN } from './helpers.ts'
+import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startReceiver, TOKEN, scratch } from './helpers.ts'
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
@@ -38,7 +38,7 @@ function mirrorFlat (store: string, vm: string, base: string): string {
 
 for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
   t.test(`seed + incremental cycles with ${format} deltas, guest writing during cycles`, async (t) => {
-    const dir = t.testdir()
+    const dir = scratch(t)
     const rx = await startReceiver(join(dir, 'rx'))
     t.teardown(() => rx.stop())
     const vm = await createSampleVm(dir, { name: 'web 01', disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 3 * MiB, node: 'nvme0:0' }], seed: 5 })
@@ -79,7 +79,7 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
 }
 
 t.test('foreign snapshots: refused by default, consolidated with consolidateExisting', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'app', disks: [{ sizeBytes: 2 * MiB }] })
@@ -100,7 +100,7 @@ t.test('foreign snapshots: refused by default, consolidated with consolidateExis
 })
 
 t.test('a modified mirror falls back to a full resync', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'files', disks: [{ sizeBytes: 2 * MiB }] })
@@ -120,7 +120,7 @@ t.test('a modified mirror falls back to a full resync', async (t) => {
 })
 
 t.test('our snapshot gone (deleted by someone): no incremental, full resync with the reason', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'gone', disks: [{ sizeBytes: 2 * MiB }] })
@@ -142,7 +142,7 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
 })
 
 t.test('an incompatible mirror is refused (no reseed), and a failed cycle leaves no connection behind', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'hw', disks: [{ sizeBytes: 2 * MiB }] })
@@ -163,7 +163,7 @@ t.test('an incompatible mirror is refused (no reseed), and a failed cycle leaves
 })
 
 t.test('two disks with the same basename on different datastores get distinct mirror names', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'dup', disks: [{ sizeBytes: 2 * MiB }] })
@@ -192,7 +192,7 @@ t.test('two disks with the same basename on different datastores get distinct mi
 })
 
 t.test('several frozen deltas since the mirror\'s successor: the union is shipped, newest data wins', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'uni', disks: [{ sizeBytes: 2 * MiB }] })

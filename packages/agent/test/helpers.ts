@@ -1,7 +1,8 @@
 /** Test helpers: a real receiver process over TLS, a cutting TCP proxy, the qemu-img oracle. */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { createReadStream } from 'node:fs'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -173,4 +174,15 @@ export async function startCuttingProxy (targetPort: () => number): Promise<Cutt
   await once(server, 'listening')
   ;(proxy as { port: number }).port = (server.address() as { port: number }).port
   return proxy
+}
+
+/**
+ * A private scratch folder under the OS temp dir, removed at teardown. Unlike
+ * t.testdir() its name is unique per run, so two runs of the suite at once
+ * (teammates share this machine) cannot delete each other's files.
+ */
+export function scratch (t: { teardown: (fn: () => unknown) => void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'grainline-agent-test-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  return dir
 }

@@ -5,10 +5,12 @@ import { loadJobConfig } from '../src/job-config.ts'
 import { replicateMany, formatReport } from '../src/replicate.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import { DiskProgress, logProgressSink, ttyProgressSink, formatBytes, type ProgressEvent } from '../src/progress.ts'
-import { haveReceiver, memoryLogger, MiB, startReceiver, TOKEN } from './helpers.ts'
+import { haveReceiver, memoryLogger, MiB, startReceiver, TOKEN, scratch } from './helpers.ts'
 
 t.test('job config: defaults, per-VM overrides, relative paths, token file', async (t) => {
-  const dir = t.testdir({ 'token.txt': 'secret-token\n', 'ca.pem': 'x' })
+  const dir = scratch(t)
+  await writeFile(join(dir, 'token.txt'), 'secret-token\n')
+  await writeFile(join(dir, 'ca.pem'), 'x')
   const file = join(dir, 'job.json')
   await writeFile(file, JSON.stringify({
     to: 'wss://dr:7443', tokenFile: 'token.txt', caFile: 'ca.pem', defaults: { certify: 'xxh64', bwlimit: '20M' },
@@ -58,7 +60,7 @@ t.test('progress: exact totals, rate and ETA; TTY line and pino logs', async (t)
 
 t.test('replicateMany: several VMs, one report; a failed VM fails the run', async (t) => {
   if (!haveReceiver) throw new Error('build the receiver first (npx tsc -b)')
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const a = await createSampleVm(dir, { name: 'vm-a', disks: [{ sizeBytes: 2 * MiB }] })

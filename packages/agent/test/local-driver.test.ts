@@ -6,11 +6,11 @@ import { createLocalDriver } from '../src/local-driver.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import { parseVmsd } from '../src/vmsd.ts'
 import { VmxConfig, vmxDisks } from '../src/vmx.ts'
-import { firstDifference, MiB, qemuMap, qemuRaw } from './helpers.ts'
+import { firstDifference, MiB, qemuMap, qemuRaw, scratch } from './helpers.ts'
 
 for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
   t.test(`local snapshots with ${format} deltas: create, map, remove = consolidate`, async (t) => {
-    const dir = t.testdir()
+    const dir = scratch(t)
     const vm = await createSampleVm(dir, { name: 'db 01', disks: [{ sizeBytes: 4 * MiB }, { sizeBytes: 2 * MiB, node: 'sata0:0' }], seed: 3 })
     const driver = createLocalDriver({ deltaFormat: format })
     let h = await driver.openVm(vm.vmxPath)
@@ -71,8 +71,8 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
 
 t.test('errors', async (t) => {
   const driver = createLocalDriver()
-  await t.rejects(driver.openVm(join(t.testdir(), 'nope.vmx')), { code: 'E_VM_NOT_FOUND' })
-  const dir = t.testdir()
+  await t.rejects(driver.openVm(join(scratch(t), 'nope.vmx')), { code: 'E_VM_NOT_FOUND' })
+  const dir = scratch(t)
   const vm = await createSampleVm(dir, { name: 'x', disks: [{ sizeBytes: MiB }] })
   const h = await driver.openVm(vm.vmxPath)
   await t.rejects(driver.removeSnapshot(h, { id: '42', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT' })

@@ -5,7 +5,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { haveReceiver, startReceiver, TOKEN } from './helpers.ts'
+import { haveReceiver, startReceiver, TOKEN, scratch } from './helpers.ts'
 
 const exec = promisify(execFile)
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
@@ -14,7 +14,7 @@ t.test('README Usage runs: seed then incremental', async (t) => {
   const readme = await readFile(fileURLToPath(new URL('../../README.md', import.meta.url)), 'utf8')
   const m = /## Usage\n\n```js\n([\s\S]*?)```/.exec(readme)
   t.ok(m, 'README has a js Usage block')
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   await writeFile(join(dir, 'token'), TOKEN + '\n')

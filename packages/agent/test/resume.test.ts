@@ -11,7 +11,7 @@ import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { createSampleVm, prng, simulateGuestWrites } from '../src/sample-vm.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startCuttingProxy, startReceiver, TOKEN } from './helpers.ts'
+import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startCuttingProxy, startReceiver, TOKEN, scratch } from './helpers.ts'
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
@@ -23,7 +23,7 @@ async function frozenRaw (h: VmHandle, out: string): Promise<void> {
 }
 
 t.test('random cuts during seed and incremental cycles: resume, correct mirror, resent ≤ window', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const proxy = await startCuttingProxy(() => rx.port)
@@ -66,7 +66,7 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
 })
 
 t.test('receiver gone: give up leaving the snapshot; the next run resumes the same cycle', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'away', disks: [{ sizeBytes: 8 * MiB, fill: 'random' }], seed: 4 })
@@ -101,7 +101,7 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
 })
 
 t.test('an interrupted cycle whose source chain is gone is rolled back, then resynced', async (t) => {
-  const dir = t.testdir()
+  const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'rb', disks: [{ sizeBytes: 4 * MiB, fill: 'random' }], seed: 8 })
