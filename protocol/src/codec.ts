@@ -126,6 +126,8 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = DEFAULT
   const r = new Scanner(body, 0)
   scanSpec(r, spec, '')
   if (r.pos !== r.end) throw new ProtocolError('E_MALFORMED', `${r.end - r.pos} trailing bytes after the message`)
+  // msgpackr caches the DataView it needs on the source: hand it the scanner's
+  ;(body as { dataView?: DataView }).dataView = r.view
   const fields = unpack(body)
   sizeSpec(spec, fields, '', { maxStr: 0, bigBin: 0 })
   const msg = { kind, ...fields } as Message

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import t from 'tap'
 import { decodeMessage, encodeMessage } from '../src/codec.ts'
-import { MessageKind, type ExtentMessage, type Message } from '../src/messages.ts'
+import { MessageKind, type DiskOpenMessage, type ExtentMessage, type Message } from '../src/messages.ts'
 import { canonical } from './json.ts'
 import { samples } from './samples.ts'
 
@@ -250,4 +250,69 @@ t.test('long strings, binaries and collections use the 16/32-bit forms', async (
   t.equal(canonical(decodeMessage(g)), canonical(vm), 'array16 + bin16 + bin32')
   const big = encodeMessage({ ...extent, length: 65536 * 2, data: new Uint8Array(65536 * 2) })
   t.equal((decodeMessage(big) as ExtentMessage).data.length, 131072)
+})
+
+t.test('frames are sized for themselves: a 1 MiB extent does not sit in a grown msgpackr buffer', async (t) => {
+  const data = new Uint8Array(MiB).fill(0x11)
+  const f = encodeMessage({ ...extent, length: MiB, data })
+  // msgpackr left to itself grows its buffer to ~4x and re-copies what it wrote; ours is exact plus ~2 KiB slack
+  t.ok(f.buffer.byteLength < MiB + 8192, `backing store ${f.buffer.byteLength} bytes for a ${f.length}-byte frame`)
+  t.equal(f.byteOffset, 0)
+  // small frames share a slab but never overlap
+  const a = encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq: 1 })
+  const b = encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq: 2 })
+  const aHex = Buffer.from(a).toString('hex')
+  t.ok(a.buffer !== b.buffer || a.byteOffset + a.length <= b.byteOffset, 'disjoint')
+  t.equal((decodeMessage(a) as { seq: number }).seq, 1)
+  t.equal(Buffer.from(a).toString('hex'), aHex)
+})
+
+t.test('other msgpackr users in the process neither write into our frames nor get overwritten by them', async (t) => {
+  const { pack, unpack } = await import('msgpackr')
+  const ours = encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq: 7 })
+  const oursHex = Buffer.from(ours).toString('hex')
+  const theirs = pack({ hello: 'x'.repeat(100) })
+  const theirsHex = Buffer.from(theirs).toString('hex')
+  const more = Array.from({ length: 50 }, (_, i) => encodeMessage({ kind: MessageKind.ExtentAck, disk: 0, seq: i }))
+  t.equal(Buffer.from(ours).toString('hex'), oursHex, 'our frame intact')
+  t.equal(Buffer.from(theirs).toString('hex'), theirsHex, 'their buffer intact')
+  t.same(unpack(theirs), { hello: 'x'.repeat(100) })
+  t.same(more.map((f) => (decodeMessage(f) as { seq: number }).seq), Array.from({ length: 50 }, (_, i) => i))
+})
+
+t.test('the pre-scan stops what msgpackr would accept', async (t) => {
+  const { Unpackr } = await import('msgpackr')
+  const lax = new Unpackr({ useRecords: false, mapsAsObjects: true })
+  const key = (s: string): number[] => [0xa0 | s.length, ...Buffer.from(s)]
+  // DiskEnded {disk: 0} with the value replaced
+  const ended = (value: number[]): Uint8Array => Uint8Array.of(0x23, 0x81, ...key('disk'), ...value)
+  const cases: Array<[string, Uint8Array, string]> = [
+    // msgpackr turns the timestamp ext into a Date
+    ['timestamp ext as a value', ended([0xd6, 0xff, 0, 0, 0, 0]), 'E_MALFORMED'],
+    // msgpackr keeps the last of duplicate keys
+    ['duplicate key', Uint8Array.of(0x23, 0x82, ...key('disk'), 0x00, ...key('disk'), 0x01), 'E_SCHEMA'],
+    // msgpackr replaces invalid UTF-8
+    ['invalid UTF-8 key', Uint8Array.of(0x23, 0x81, 0xa4, 0x64, 0x69, 0xff, 0x6b, 0x00), 'E_SCHEMA'],
+    // msgpackr returns the C1 marker object
+    ['reserved 0xc1 as a value', ended([0xc1]), 'E_MALFORMED'],
+  ]
+  for (const [name, f, code] of cases) {
+    t.doesNotThrow(() => lax.unpack(f.subarray(1)), `msgpackr alone accepts: ${name}`)
+    t.throws(() => decodeMessage(f), { name: 'ProtocolError', code }, name)
+  }
+})
+
+t.test('DDB maps: duplicate keys and "__proto__" are refused in both directions', async (t) => {
+  const m = sample('disk-open incremental') as DiskOpenMessage
+  const withProto = { ...m, ddb: JSON.parse('{"__proto__": "x"}') as Record<string, string> }
+  t.throws(() => encodeMessage(withProto), { code: 'E_SCHEMA' })
+  // hand-build the frame: re-encode with a placeholder key of the same length and patch it
+  const good = Buffer.from(encodeMessage({ ...m, ddb: { 'ddb.aaaaa': 'x', 'ddb.bbbbb': 'y' } }))
+  const proto = Buffer.from(good)
+  proto.write('__proto__', proto.indexOf('ddb.aaaaa'), 'latin1')
+  t.throws(() => decodeMessage(proto), { code: 'E_SCHEMA', field: 'ddb(key)' })
+  const dup = Buffer.from(good)
+  dup.write('ddb.aaaaa', dup.indexOf('ddb.bbbbb'), 'latin1')
+  t.throws(() => decodeMessage(dup), { code: 'E_SCHEMA', field: 'ddb["ddb.aaaaa"]' })
+  t.same((decodeMessage(good) as typeof m).ddb, { 'ddb.aaaaa': 'x', 'ddb.bbbbb': 'y' })
 })
