@@ -122,6 +122,9 @@ interface DiskWork {
   progress: DiskProgress
 }
 
+/** A receiver that acknowledges nothing for this long while the window is full is treated as gone. */
+const STALL_MS = 120_000
+
 /** A refused DiskOpen was re-planned: reconnect at once with the new plan. */
 class Replan extends Error {}
 
@@ -142,8 +145,8 @@ function errInfo (err: unknown): { code: string, message: string, remoteCode?: s
 }
 
 /** Receive the next message of `kind`; an Error message throws. */
-async function expect<K extends Message['kind']> (conn: Connection, kind: K, signal?: AbortSignal): Promise<Extract<Message, { kind: K }>> {
-  const m = await conn.receive(signal === undefined ? {} : { signal })
+async function expect<K extends Message['kind']> (conn: Connection, kind: K, signal?: AbortSignal, timeoutMs?: number): Promise<Extract<Message, { kind: K }>> {
+  const m = await conn.receive({ ...(signal === undefined ? {} : { signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
   if (m.kind === kind) return m as Extract<Message, { kind: K }>
   if (m.kind === MessageKind.Error) {
     const retry = m.code === 'E_BUSY' || m.code === 'E_SHUTDOWN'
@@ -575,7 +578,7 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
     if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
     // SPEC §5.3 "Window": data-extent length (uncompressed), plus 512 per zero extent
     const cost = e.zero ? 512 : e.length
-    await window.reserve(cost, failed)
+    await window.reserve(cost, failed, STALL_MS, () => { conn.terminate(); return new ConnectionLost(`no acknowledgement from the receiver for ${STALL_MS / 1000} s`, 1006) })
     await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
     await conn.send({ kind: MessageKind.Extent, disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest })
     window.sent(e.seq, cost)
@@ -624,7 +627,8 @@ async function checks (conn: Connection, works: DiskWork[], welcome: WelcomeMess
     if (certifyAlg !== undefined) {
       const digest = view.fullDigest as Uint8Array
       await conn.send({ kind: MessageKind.Certify, disk: w.handle, algorithm: certifyAlg, digest })
-      const r = await expect(conn, MessageKind.CertifyResult, signal)
+      // the receiver digests the whole mirror: allow for a slow disk (20 MB/s) on top of the idle timeout
+      const r = await expect(conn, MessageKind.CertifyResult, signal, 120_000 + Math.ceil(w.chain.capacity / 20_000))
       const ok = r.ok && Buffer.from(r.digest).equals(Buffer.from(digest))
       w.report.certify = { ok, algorithm: certifyAlg, digest: Buffer.from(digest).toString('hex') }
       if (!ok) {

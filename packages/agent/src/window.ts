@@ -33,11 +33,25 @@ export class SendWindow {
     this.#wakeUp()
   }
 
-  /** Wait until an extent costing `bytes` fits (an extent larger than the window goes alone). */
-  async reserve (bytes: number, failed: Promise<never>): Promise<void> {
+  /**
+   * Wait until an extent costing `bytes` fits (an extent larger than the window goes alone).
+   * Rejects with `onStall()`'s error when no ack arrives for `stallMs` while waiting.
+   */
+  async reserve (bytes: number, failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
     while (this.count > 0 && (this.#bytes + bytes > this.windowBytes || this.count >= this.maxExtents)) {
-      await Promise.race([new Promise<void>((resolve) => { this.#wake = resolve }), failed])
+      await this.#wait(failed, stallMs, onStall)
     }
+  }
+
+  #wait (failed: Promise<never>, stallMs: number, onStall?: () => Error): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    const woke = new Promise<void>((resolve, reject) => {
+      this.#wake = resolve
+      if (Number.isFinite(stallMs)) {
+        timer = setTimeout(() => { reject(onStall?.() ?? new Error(`no acknowledgement for ${stallMs} ms`)) }, stallMs)
+      }
+    })
+    return Promise.race([woke, failed]).finally(() => { if (timer !== undefined) clearTimeout(timer) })
   }
 
   /** Record a sent extent. */
@@ -65,10 +79,8 @@ export class SendWindow {
   }
 
   /** Wait until everything sent is acknowledged. */
-  async drain (failed: Promise<never>): Promise<void> {
-    while (this.count > 0) {
-      await Promise.race([new Promise<void>((resolve) => { this.#wake = resolve }), failed])
-    }
+  async drain (failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
+    while (this.count > 0) await this.#wait(failed, stallMs, onStall)
   }
 
   #wakeUp (): void {

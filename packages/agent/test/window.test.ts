@@ -114,3 +114,24 @@ t.test('refused upgrade is a typed, non-retryable error', async (t) => {
   await t.rejects(Connection.open({ url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`, token: 'bad' }), { code: 'E_REFUSED' })
   await t.rejects(Connection.open({ url: 'http://127.0.0.1:1', token: 'x' }), { code: 'E_CONFIG' })
 })
+
+t.test('a receiver that stops acknowledging is detected (stall timeout), not waited on forever', async (t) => {
+  const url = await server(t, () => {})
+  const conn = await Connection.open({ url, token: 'x' })
+  const win = new SendWindow(64 * 1024)
+  const t0 = performance.now()
+  let sent = 0
+  const run = (async () => {
+    for (let seq = 0; seq < 10; seq++) {
+      await win.reserve(32 * 1024, conn.failed(), 300, () => new Error('stalled'))
+      await conn.send(extent(seq, 32 * 1024))
+      win.sent(seq, 32 * 1024)
+      sent++
+    }
+  })()
+  await t.rejects(run, { message: 'stalled' })
+  t.equal(sent, 2, 'the window filled, then the wait for an ack timed out')
+  t.ok(performance.now() - t0 >= 290)
+  await t.rejects(win.drain(conn.failed(), 100, () => new Error('still stalled')), { message: 'still stalled' })
+  conn.terminate()
+})
