@@ -146,7 +146,10 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
           try {
             const parentAbs = isAbsolute(rd.fileName) ? rd.fileName : join(fresh.dir, rd.fileName)
             const k = chain.layers.findIndex((l) => resolve(l.path) === resolve(parentAbs))
-            if (k < 1) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: ${rd.fileName} has no child delta in the chain of ${disk.fileName}`)
+            if (k < 0) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: ${rd.fileName} is not in the chain of ${disk.fileName}`)
+            // k = 0: the .vmx never ran on this snapshot's delta (a crash between the .vmsd and
+            // the .vmx update): nothing of this disk to merge
+            if (k === 0) continue
             childPath = (chain.layers[k - 1] as { path: string }).path
             parentPath = (chain.layers[k] as { path: string }).path
           } finally {

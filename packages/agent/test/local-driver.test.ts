@@ -1,5 +1,5 @@
 import t from 'tap'
-import { readdir, readFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { openChain } from '@grainline/vmdk'
 import { createLocalDriver } from '../src/local-driver.ts'
@@ -77,6 +77,13 @@ t.test('errors', async (t) => {
   const h = await driver.openVm(vm.vmxPath)
   await t.rejects(driver.removeSnapshot(h, { id: '42', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT' })
   await t.rejects(simulateGuestWrites(vm.vmxPath, { bytes: 4096 }), { code: 'E_SNAPSHOT' }, 'never writes into a base')
+  // a crash after the .vmsd was written but before the .vmx: the snapshot can still be removed
+  const vmxText = await readFile(vm.vmxPath, 'utf8')
+  const s = await driver.createSnapshot(h, 'grainline-1')
+  await writeFile(vm.vmxPath, vmxText)
+  await driver.removeSnapshot(await driver.openVm(vm.vmxPath), s)
+  t.same(await driver.listSnapshots(h), [])
+  t.same((await driver.openVm(vm.vmxPath)).disks.map((d) => d.fileName), ['x.vmdk'])
 })
 
 async function rawOf (dir: string, vmdk: string, name: string): Promise<string> {
