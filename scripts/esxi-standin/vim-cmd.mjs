@@ -15,14 +15,16 @@
 //              "skipConsolidation": true,              // remove the snapshot, keep the delta
 //              "absoluteHints": true,                  // parentFileNameHint as /vmfs/volumes/<uuid>/...
 //              "quietOutput": true,                    // print nothing on create/remove success
+//              "applyDelayMs": 700,                    // report success at once, change the files later
 //              "consolidationNeeded": false } ] }
 import { readFileSync, writeFileSync, renameSync, existsSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import path from 'node:path'
 
 const statePath = process.env.ESXI_STANDIN_STATE
 const [cmd, ...args] = process.argv.slice(2)
 
-function out (s) { process.stdout.write(s) }
+let out = (s) => { process.stdout.write(s) }
 function fault (type, msg) {
   out(`(vim.fault.${type}) {\n   faultCause = (vmodl.MethodFault) null,\n   faultMessage = <unset>\n   msg = "${msg}"\n}\n`)
   process.exit(1)
@@ -187,6 +189,19 @@ async function absoluteHint (childPath, parentPath) {
 
 const escName = (n) => n.replace(/%/g, '%25').replace(/\//g, '%2f').replace(/\\/g, '%5c')
 
+// ESXi over NFS: the command may return before its file changes show on the
+// mount. Report success now and let a detached copy of this process apply the
+// change after the delay.
+function deferIfAsked (vm, title) {
+  const delay = vm.applyDelayMs
+  if (delay === undefined || process.env.ESXI_STANDIN_DEFERRED !== undefined) return false
+  spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: 'ignore', env: { ...process.env, ESXI_STANDIN_DEFERRED: String(delay) } }).unref()
+  out(`${title}:\n`)
+  return true
+}
+const deferredSleep = () => new Promise((resolve) => setTimeout(resolve, Number(process.env.ESXI_STANDIN_DEFERRED ?? '0')))
+if (process.env.ESXI_STANDIN_DEFERRED !== undefined) out = () => {}
+
 async function main () {
   switch (cmd) {
     case 'vmsvc/getallvms': {
@@ -215,6 +230,8 @@ async function main () {
       await hangIfAsked(vm, 'snapshot.create')
       if (vm.fail?.['snapshot.create'] !== undefined) fault(vm.fail['snapshot.create'], 'An error occurred while taking a snapshot: The operation is not allowed in the current state.')
       if (memory !== '0' || quiesce !== '0') fault('InvalidState', 'The stand-in takes only snapshots without memory and without quiescing.')
+      if (deferIfAsked(vm, 'Create Snapshot')) return
+      await deferredSleep()
       const { createDelta } = await import('@grainline/vmdk')
       const { vmxPath, dir, vmsdPath, stem } = vmFiles(vm)
       const vmx = parseKv(readFileSync(vmxPath, 'utf8'))
@@ -247,6 +264,8 @@ async function main () {
       const vm = findVm(id)
       await hangIfAsked(vm, 'snapshot.remove')
       if (vm.fail?.['snapshot.remove'] !== undefined) fault(vm.fail['snapshot.remove'], 'The operation is not allowed in the current state.')
+      if (deferIfAsked(vm, 'Remove Snapshot')) return
+      await deferredSleep()
       const { vmxPath, dir, vmsdPath } = vmFiles(vm)
       const db = readVmsd(vmsdPath)
       const snap = db.snaps.find((s) => String(s.uid) === snapId)

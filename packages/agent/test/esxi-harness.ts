@@ -27,6 +27,7 @@ export interface StandinVm {
   skipConsolidation?: boolean
   absoluteHints?: boolean
   quietOutput?: boolean
+  applyDelayMs?: number
   consolidationNeeded?: boolean
 }
 export interface StandinState {

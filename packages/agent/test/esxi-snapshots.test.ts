@@ -199,3 +199,37 @@ t.test('unknown success output is logged, and the result is verified on disk ins
   t.same(warned, ['unexpected snapshot.create output; verifying the result on disk', 'unexpected snapshot.remove output; verifying the result on disk'])
   t.ok(lines.some((l) => l.msg === 'esxi snapshot removed and consolidation verified'))
 })
+
+t.test('changes that reach the mount late: the driver polls; too short a wait is E_SNAPSHOT', async (t) => {
+  await register('27', 'vm lag', 'vml', { applyDelayMs: 800 })
+  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 20_000 }))
+  t.teardown(() => driver.close())
+  let vm = await driver.openVm('vm lag')
+  const base = vm.disks.map((d) => d.path)
+  const raw0 = base.map(qemuRaw)
+  const t0 = Date.now()
+  const s1 = await driver.createSnapshot(vm, 'grainline-1')
+  t.ok(Date.now() - t0 >= 800, 'returned only once the change was visible')
+  vm = await driver.openVm('vm lag')
+  t.same(vm.disks.map((d) => path.basename(d.path)), ['vml-000001.vmdk', 'vml_1-000001.vmdk'])
+  await guestWrites(vm, 6)
+  const raw1 = vm.disks.map((d) => qemuRaw(d.path))
+  await driver.removeSnapshot(vm, s1)
+  vm = await driver.openVm('vm lag')
+  t.same(vm.disks.map((d) => d.path), base)
+  t.same(base.map(qemuRaw), raw1)
+  t.not(raw1[0]?.equals(raw0[0] as Buffer), true)
+
+  const impatient = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 100 }))
+  t.teardown(() => impatient.close())
+  await t.rejects(impatient.createSnapshot(vm, 'grainline-2'), { code: 'E_SNAPSHOT', vm: 'vm lag', message: /within 100 ms no new snapshot named "grainline-2"/ })
+  // the host finishes later; the next look finds a complete chain
+  let names: string[] = []
+  for (let i = 0; i < 100 && names.length === 0; i++) {
+    names = (await driver.listSnapshots(vm)).map((x) => x.name)
+    if (names.length === 0) await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.same(names, ['grainline-2'])
+  vm = await driver.openVm('vm lag')
+  t.same(vm.disks.map((d) => qemuRaw(d.path)), raw1)
+})
