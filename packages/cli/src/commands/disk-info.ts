@@ -57,7 +57,7 @@ export async function mapCommand (opts: DiskCommandOptions): Promise<void> {
       let first = true
       opts.write('[')
       for await (const e of chain.map()) {
-        opts.write(`${first ? '' : ',\n'}{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}}`)
+        opts.write(`${first ? '' : ',\n'}{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${e.offset !== undefined ? `, "offset": ${e.offset}` : ''}}`)
         first = false
       }
       opts.write(']\n')
