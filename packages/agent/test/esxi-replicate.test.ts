@@ -53,9 +53,16 @@ const port = await new Promise<number>((resolve, reject) => {
 })
 t.teardown(async () => { if (recv.exitCode === null) { recv.kill('SIGTERM'); await once(recv, 'exit') } })
 
-await buildVm(h.datastore, uuid, 'app 01', 'app01')
+// one VM per ESXi delta format; the SEsparse one gets absolute parent hints
+const VMS = [
+  { id: '31', name: 'app 01', stem: 'app01', deltaFormat: 'sesparse' as const, absoluteHints: true },
+  { id: '32', name: 'app 02', stem: 'app02', deltaFormat: 'vmfssparse' as const, absoluteHints: false },
+]
 const s = await h.readState()
-s.vms.push({ id: '31', name: 'app 01', vmx: '[datastore1] app 01/app01.vmx', deltaFormat: 'sesparse', absoluteHints: true })
+for (const v of VMS) {
+  await buildVm(h.datastore, uuid, v.name, v.stem)
+  s.vms.push({ id: v.id, name: v.name, vmx: `[datastore1] ${v.name}/${v.stem}.vmx`, deltaFormat: v.deltaFormat, absoluteHints: v.absoluteHints })
+}
 await h.writeState(s)
 
 const esxi: EsxiDriverInit = {
@@ -90,11 +97,11 @@ async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
   }
 }
 
-for (const cycle of [1, 2, 3]) {
-  t.test(`cycle ${cycle} (${cycle === 1 ? 'seed' : 'incremental'})`, async (t) => {
+for (const v of VMS) for (const cycle of [1, 2, 3]) {
+  t.test(`${v.deltaFormat}: cycle ${cycle} (${cycle === 1 ? 'seed' : 'incremental'})`, async (t) => {
     let frozen: Buffer[] = []
     const report = await replicate({ logger: pino({ level: 'silent' }) }, {
-      vm: 'app 01',
+      vm: v.name,
       driver: 'esxi',
       esxi,
       to: `ws://127.0.0.1:${port}`,
@@ -122,10 +129,10 @@ for (const cycle of [1, 2, 3]) {
     t.equal(vr?.disks.length, 2)
     t.same(vr?.disks.map((d) => d.mode), cycle === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'])
     t.same(vr?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`])
-    t.same(await readFile(await mirrorFlat('app01')), frozen[0], 'disk 0 mirror = frozen source')
-    t.same(await readFile(await mirrorFlat('app01_1')), frozen[1], 'disk 1 mirror = frozen source')
+    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], 'disk 0 mirror = frozen source')
+    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], 'disk 1 mirror = frozen source')
     // the source VM runs on exactly one grainline snapshot
-    const vmsd = await readFile(path.join(h.datastore, 'app 01/app01.vmsd'), 'utf8')
+    const vmsd = await readFile(path.join(h.datastore, `${v.name}/${v.stem}.vmsd`), 'utf8')
     t.match(vmsd, /snapshot\.numSnapshots = "1"/)
     t.match(vmsd, new RegExp(`displayName = "grainline-${cycle}"`))
   })
