@@ -45,6 +45,7 @@ writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench
 const child = spawn(process.execPath, [...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []), fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
   '--listen', '127.0.0.1:0', '--store', join(dir, 'store'), '--tokens', join(dir, 'tokens.json'),
   '--tls-cert', join(dir, 'c.pem'), '--tls-key', join(dir, 'k.pem'), '--log-level', process.env.BENCH_LOG ?? 'warn', '--batch-bytes', String(32 * MiB)], { stdio: ['ignore', 'pipe', 'inherit'] })
+process.on('exit', () => child.kill('SIGKILL'))
 const [line] = await once(createInterface({ input: child.stdout }), 'line')
 const { port } = JSON.parse(line)
 
@@ -136,12 +137,14 @@ async function applyOnly (cycle, mode, seedByte) {
 
 const raw0 = dd()
 const seedApply = await applyOnly(1, 'seed', 1)
-const incApply = await applyOnly(2, 'incremental', 2)
+const incApplyFirst = await applyOnly(2, 'incremental', 2)
+const incApply = await applyOnly(3, 'incremental', 3)
 rmSync(join(dir, 'store2'), { recursive: true, force: true })
 const raw1 = dd()
 const seed = await cycle(1, 'seed', frames(0, 1))
 const raw2 = dd()
-const inc = await cycle(2, 'incremental', frames(0, 2))
+const incFirst = await cycle(2, 'incremental', frames(0, 2))
+const inc = await cycle(3, 'incremental', frames(0, 3))
 const raw3 = dd()
 child.kill('SIGTERM')
 await once(child, 'exit')
@@ -153,10 +156,12 @@ const r = {
   rawRuns: [raw0, raw1, raw2, raw3].map((x) => +x.toFixed(0)),
   applySeedMiBs: +seedApply.toFixed(0),
   applySeedPctOfRaw: +(100 * seedApply / raw).toFixed(1),
+  applyIncrementalFirstMiBs: +incApplyFirst.toFixed(0),
   applyIncrementalMiBs: +incApply.toFixed(0),
   applyIncrementalPctOfRaw: +(100 * incApply / raw).toFixed(1),
   wireSeedMiBs: +seed.toFixed(0),
   wireSeedPctOfRaw: +(100 * seed / raw).toFixed(1),
+  wireIncrementalFirstMiBs: +incFirst.toFixed(0),
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: +(100 * inc / raw).toFixed(1),
 }

@@ -96,6 +96,22 @@ function hex (b: Uint8Array): string {
 
 const locks = new Set<string>()
 
+/** Journals larger than this are deleted rather than kept as spares. */
+const MAX_SPARE_BYTES = 4 * 1024 ** 3
+
+/** Keep a finished journal as `<name>.spare` for reuse (or delete it if huge). */
+async function retireJournal (path: string): Promise<void> {
+  let size: number
+  try {
+    size = (await stat(path)).size
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw err
+  }
+  if (size > MAX_SPARE_BYTES) await unlinkIfExists(path)
+  else await rename(path, `${path}.spare`)
+}
+
 /** Paths of one VM mirror. */
 export class VmPaths {
   readonly dir: string
@@ -113,6 +129,8 @@ export class VmPaths {
   flat (stem: string): string { return join(this.dir, `${stem}-flat.vmdk`) }
   seed (stem: string): string { return join(this.dir, `${stem}-flat.vmdk.seed`) }
   journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
+  /** a finished journal kept for reuse by the next cycle of the disk */
+  spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
 }
 
 /** Read a VM's state file (undefined when the VM has none). */
@@ -232,7 +250,7 @@ export class DiskApply {
     const fh = await open(p, 'r+')
     let journal: Journal
     try {
-      journal = await Journal.reopen(paths.journal(info.stem), contents.validEnd)
+      journal = await Journal.reopen(paths.journal(info.stem), contents)
     } catch (err) {
       await fh.close()
       throw err
@@ -499,7 +517,7 @@ export class VmMirror {
       // order: journal head durable → state lists the disk → target touched
       const journal = await Journal.create(this.paths.journal(stem), {
         cycleId: info.cycleId, cycle: req.cycle, name: info.name, mode: info.mode, capacity: info.capacity, baseSize: info.baseSize,
-      })
+      }, this.paths.spare(stem))
       try {
         const prev = this.state.inflight
         await this.save({
@@ -601,7 +619,7 @@ export class VmMirror {
       }
       faultPoint('commit-descriptors')
       if (p.files) await this.installFiles()
-      for (const j of p.journals) await unlinkIfExists(join(this.paths.gdir, j))
+      for (const j of p.journals) await retireJournal(join(this.paths.gdir, j))
       await fsyncDir(this.paths.gdir)
       await this.save({ ...this.state, pending: null })
     } catch (err) {
@@ -653,7 +671,7 @@ export class VmMirror {
       }
       await fsyncDir(this.paths.dir)
       await this.save({ ...this.state, inflight: null })
-      for (const d of Object.values(infl.disks)) await unlinkIfExists(this.paths.journal(d.stem))
+      for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
       await fsyncDir(this.paths.gdir)
     } catch (err) {
       throw ioError(err, `rolling back VM ${this.vm}`)
