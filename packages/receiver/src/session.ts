@@ -3,8 +3,8 @@ import { stat } from 'node:fs/promises'
 import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
-  MessageKind, createDigest, decodeMessage, decompress, encodeMessage, isDigestAlgorithm, negotiate, validateName,
-  type ChainLayer, type CompatRecord, type LocalCapabilities, type Message, type Negotiated, type SourceIdentity,
+  MessageKind, ProtocolErrorCodes, createDigest, decodeMessage, toErrorMessage, decompress, encodeMessage, isDigestAlgorithm, negotiate, validateName,
+  type ChainLayer, type CompatRecord, type ProtocolErrorCode, type LocalCapabilities, type Message, type Negotiated, type SourceIdentity,
   type CertifyMessage, type CommitMessage, type DiskEndMessage, type DiskOpenMessage, type ExtentMessage, type HelloMessage,
   type RollbackMessage, type TrivialCheckMessage, type VmOpenMessage,
 } from '@grainline/protocol'
@@ -163,7 +163,10 @@ export class Session {
           this.paused = false
           this.ws.resume()
         }
-        const msg = decodeMessage(frame, { maxMessageBytes: this.negotiated?.limits.maxMessageBytes ?? this.settings.local.limits.maxMessageBytes })
+        const neg = this.negotiated
+        const msg = decodeMessage(frame, neg === undefined
+          ? { maxMessageBytes: this.settings.local.limits.maxMessageBytes, maxExtentBytes: this.settings.local.limits.maxExtentBytes }
+          : { maxMessageBytes: neg.limits.maxMessageBytes, maxExtentBytes: neg.limits.maxExtentBytes, digest: neg.digest, compression: neg.compression })
         if (msg.kind === MessageKind.Extent) {
           // a batch holds one disk's extents
           if (this.batchDisk !== undefined && this.batchDisk.handle !== msg.disk) await this.flush()
@@ -484,30 +487,35 @@ export class Session {
   }
 
   /** Send a typed Error, close with its code, release everything. */
-  private async abortWith (err: unknown): Promise<void> {
+  private async abortWith (error: unknown): Promise<void> {
     if (this.dead) return
     this.dead = true
     this.inbox.length = 0
-    const code = errorCode(err)
-    const message = code === 'E_INTERNAL' ? 'internal error' : (err as Error).message
-    const closeCode = (err as { closeCode?: unknown }).closeCode
-    if (code === 'E_INTERNAL') this.log.error({ err }, 'session aborted')
-    else this.log.warn({ code, why: message }, 'session aborted')
-    // an I/O failure during an apply: put the mirror back at its committed
-    // point before the agent hears of the failure
-    await this.writing?.catch(() => {})
-    this.writing = undefined
-    if ((code === 'E_IO' || code === 'E_NO_SPACE') && this.vm !== undefined && this.vm.state.inflight !== null) {
-      this.batch = []
-      for (const d of this.disks.values()) await d.apply?.close().catch(() => {})
-      try {
-        await this.vm.rollback()
-      } catch (e) {
-        this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
+    // a store that cannot be read is an I/O failure for the agent
+    const err = errorCode(error) === 'E_STATE' ? new ReceiverError('E_IO', (error as Error).message) : error
+    const msg = toErrorMessage(err)
+    if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
+    else this.log.warn({ code: msg.code, why: msg.message }, 'session aborted')
+    try {
+      await this.writing?.catch(() => {})
+      this.writing = undefined
+      // an I/O failure during an apply: put the mirror back at its committed
+      // point before the agent hears of the failure
+      if ((msg.code === 'E_IO' || msg.code === 'E_NO_SPACE') && this.vm !== undefined && this.vm.state.inflight !== null) {
+        this.batch = []
+        for (const d of this.disks.values()) await d.apply?.close().catch(() => {})
+        try {
+          await this.vm.rollback()
+        } catch (e) {
+          this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
+        }
       }
+      this.send(msg)
+      this.ws.close(ProtocolErrorCodes[msg.code as ProtocolErrorCode].closeCode, msg.code)
+    } catch (e) {
+      this.log.error({ err: e }, 'error while aborting a session')
+      this.ws.terminate()
     }
-    this.send({ kind: MessageKind.Error, code, message, fatal: true })
-    this.ws.close(typeof closeCode === 'number' ? closeCode : 1011, code)
     this.stop()
   }
 
@@ -524,8 +532,12 @@ export class Session {
   /** Graceful shutdown: finish the current step, tell the agent, close 1001. */
   shutdown (): void {
     if (this.dead) return
-    this.send({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'receiver shutting down', fatal: true })
-    this.ws.close(1001, 'E_SHUTDOWN')
+    try {
+      this.send({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'receiver shutting down', fatal: true })
+      this.ws.close(1001, 'E_SHUTDOWN')
+    } catch {
+      this.ws.terminate()
+    }
     this.stop()
   }
 
