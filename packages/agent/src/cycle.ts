@@ -15,7 +15,7 @@ import type { Logger } from 'pino'
 import { formatCid } from '@grainline/vmdk'
 import { vmdk, type VmdkChain } from './vmdk-api.ts'
 import {
-  CycleDigest, cycleIdentity, initDigests, MessageKind, PROTOCOL_VERSION,
+  CycleDigest, createDigest, cycleIdentity, initDigests, MessageKind, PROTOCOL_VERSION,
   type ChainLayer, type CompressionAlgorithm, type DigestAlgorithm, type DiskOpenMessage, type DiskStateMessage,
   type Message, type SourceIdentity, type VmFile, type VmStateMessage, type WelcomeMessage,
 } from '@grainline/protocol'
@@ -23,7 +23,8 @@ import type { HypervisorDriver, SnapshotRef, VmDisk, VmHandle } from './driver.t
 import { grainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
 import { Connection, ConnectionLost, isRetryable, type ConnectOptions } from './connection.ts'
-import { buildPlan, coalesce, unionRanges, type ExtentPlan, type PlanRange } from './extent-plan.ts'
+import { buildPlan, arraySource, coalesceSource, planExtents, unionSource, type ExtentPlan, type PlanRange, type RangeSource } from './extent-plan.ts'
+import { DigestLog } from './digest-log.ts'
 import { readPlannedExtents, ViewDigester } from './extent-source.ts'
 import { SendWindow } from './window.ts'
 import { createRateLimiter, type RateLimiter } from './rate-limiter.ts'
@@ -114,8 +115,8 @@ interface DiskWork {
   source: SourceIdentity
   plan: ExtentPlan
   cycleId: string
-  /** per-seq digest records for the cycle digest (kept across reconnects) */
-  records: Array<{ offset: number, length: number, zero: boolean, digest: Uint8Array }>
+  /** per-seq digests for replaying the cycle digest after a reconnect (bounded) */
+  records: DigestLog | undefined
   view: ViewDigester | undefined
   /** the view digests computed by reading, in the background while extents ship */
   viewTask: Promise<void> | undefined
@@ -158,12 +159,6 @@ async function expect<K extends Message['kind']> (conn: Connection, kind: K, sig
 
 // SPEC: CIDs travel as 8 lowercase hex digits; QEMU writes them without leading zeros
 const layerOf = (l: Chain['layers'][number]): ChainLayer => ({ file: l.file, cid: formatCid(l.cid), parentCid: formatCid(l.parentCid) })
-
-async function collect (it: AsyncIterable<{ offset: number, length: number, zero: boolean }>): Promise<PlanRange[]> {
-  const out: PlanRange[] = []
-  for await (const r of it) out.push({ offset: r.offset, length: r.length, zero: r.zero })
-  return out
-}
 
 /** Run one cycle of one VM. Never throws: the report carries the error. */
 export async function runVmCycle (components: { logger: Logger }, opts: CycleOptions): Promise<VmReport> {
@@ -346,7 +341,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
     report.disks.push(rep)
     const w: DiskWork = {
       handle: i, disk, name, chain, report: rep, depth: 1, mode: 'seed', fromDepth: L - 1, baseCycle: 0, cycleNo,
-      source: { layers: [], successor: '' }, plan: buildPlan([], { chunkBytes }), cycleId: '', records: [], view: undefined, viewTask: undefined,
+      source: { layers: [], successor: '' }, plan: await buildPlan(arraySource([]), { chunkBytes }), cycleId: '', records: undefined, view: undefined, viewTask: undefined,
       progress: new DiskProgress(vm.name, name, opts.progress),
     }
     works.push(w)
@@ -383,7 +378,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
       await rollback(c, vm.name, signal)
       needRollback = false
       rolledBack = true
-      for (const x of works) x.records = []
+      for (const x of works) x.records?.clear()
       log().warn('rolled back the receiver\'s in-flight cycle of another identity')
     }
     const window = new SendWindow(Math.min(welcome.limits.windowBytes, opts.windowBytes))
@@ -506,25 +501,27 @@ async function openDisk (conn: Connection, w: DiskWork, signal?: AbortSignal): P
 }
 
 async function planSeed (w: DiskWork, chunkBytes: number): Promise<void> {
-  const ranges: PlanRange[] = []
-  for await (const e of w.chain.map({ depth: w.depth })) {
-    ranges.push({ offset: e.start, length: e.length, zero: !e.present || e.zero })
+  const chain = w.chain
+  const depth = w.depth
+  const mapped: RangeSource = async function * () {
+    for await (const e of chain.map({ depth })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
   }
   w.mode = 'seed'
   w.baseCycle = 0
   w.fromDepth = w.chain.layers.length - 1
-  w.plan = buildPlan(coalesce(ranges), { chunkBytes })
-  w.records = []
+  w.plan = await buildPlan(coalesceSource(mapped), { chunkBytes })
+  w.records?.clear()
 }
 
 async function planIncremental (w: DiskWork, fromDepth: number, baseCycle: number, chunkBytes: number): Promise<void> {
-  const layers: PlanRange[][] = []
-  for (let d = fromDepth; d >= w.depth; d--) layers.push(await collect(w.chain.changedRanges(d)))
+  const chain = w.chain
+  const layers: RangeSource[] = []
+  for (let d = fromDepth; d >= w.depth; d--) layers.push(() => chain.changedRanges(d))
   w.mode = 'incremental'
   w.baseCycle = baseCycle
   w.fromDepth = fromDepth
-  w.plan = buildPlan(unionRanges(layers), { chunkBytes })
-  w.records = []
+  w.plan = await buildPlan(unionSource(layers), { chunkBytes })
+  w.records?.clear()
 }
 
 function setIdentity (w: DiskWork, vm: string, cycleNo: number): void {
@@ -547,15 +544,36 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
   if (resumeSeq > total) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${total} extents of disk ${w.name}`)
   w.report.resumedFrom.push(resumeSeq)
   if (resumeSeq > 0) log().info({ disk: w.name, resumeSeq, resumeBytes: ds.resumeBytes }, 'resuming disk')
-  // the cycle digest covers every extent: rebuild records below the resume point if this process never saw them
-  if (w.records.length < resumeSeq) {
-    for await (const e of readPlannedExtents(w.chain, w.plan, { depth: w.depth, digest: welcome.digest, compression: 'none', fromSeq: w.records.length, toSeq: resumeSeq, ...(signal === undefined ? {} : { signal }) })) {
-      w.records[e.seq] = { offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
+  // the cycle digest covers every extent in seq order: replay the acknowledged prefix from the
+  // digest log, reading from the frozen view what the log does not hold (another process, or past its bound)
+  const dlog = w.records ?? new DigestLog(createDigest(welcome.digest).digest().length)
+  w.records = dlog
+  const cd = new CycleDigest(welcome.digest)
+  let dataBytes = 0
+  let zeroBytes = 0
+  let covered = 0
+  const account = (offset: number, length: number, zero: boolean, digest: Uint8Array): void => {
+    cd.add({ offset, length, zero, digest })
+    if (zero) zeroBytes += length
+    else dataBytes += length
+  }
+  if (resumeSeq > 0) {
+    const fromLog = Math.min(dlog.length, resumeSeq)
+    for await (const p of planExtents(w.plan, 0)) {
+      if (p.seq >= fromLog) break
+      account(p.offset, p.length, dlog.isZero(p.seq), dlog.digest(p.seq))
     }
+    if (fromLog < resumeSeq) {
+      for await (const e of readPlannedExtents(w.chain, w.plan, { depth: w.depth, digest: welcome.digest, compression: 'none', fromSeq: fromLog, toSeq: resumeSeq, ...(signal === undefined ? {} : { signal }) })) {
+        account(e.offset, e.length, e.zero, e.digest)
+        dlog.record(e.seq, e.zero, e.digest)
+      }
+    }
+    covered = dataBytes + zeroBytes
   }
   // view digests ride along with a seed sent whole from its first byte
   const prefixBytes = Math.min(w.chain.capacity, opts.trivialMiB * 1024 * 1024)
-  const inPass = w.mode === 'seed' && resumeSeq === 0 && (w.plan.ranges[0]?.offset ?? -1) === 0
+  const inPass = w.mode === 'seed' && resumeSeq === 0 && w.plan.firstOffset === 0
   if (inPass) {
     w.view = new ViewDigester(w.chain.capacity, welcome.digest, prefixBytes, certifyAlg)
   } else if (w.viewTask === undefined) {
@@ -566,15 +584,14 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
     w.viewTask.catch(() => {})
   }
   window.reset(resumeSeq)
-  let covered = 0
-  for (let s = 0; s < resumeSeq; s++) covered += (w.records[s] as { length: number }).length
   w.progress.doneBytes = covered
   w.progress.update('send', true)
   const failed = conn.failed()
   for await (const e of readPlannedExtents(w.chain, w.plan, { depth: w.depth, digest: welcome.digest, compression: welcome.compression, fromSeq: resumeSeq, ...(signal === undefined ? {} : { signal }) })) {
     const err = ackError()
     if (err !== undefined) throw err
-    w.records[e.seq] = { offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
+    account(e.offset, e.length, e.zero, e.digest)
+    dlog.record(e.seq, e.zero, e.digest)
     if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
     // SPEC §5.3 "Window": data-extent length (uncompressed), plus 512 per zero extent
     const cost = e.zero ? 512 : e.length
@@ -588,18 +605,9 @@ async function sendDisk (conn: Connection, w: DiskWork, ds: DiskStateMessage, wi
     w.progress.update('send')
     opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: e.data.length })
   }
-  const cd = new CycleDigest(welcome.digest)
-  let dataBytes = 0
-  let zeroBytes = 0
-  for (let s = 0; s < total; s++) {
-    const r = w.records[s]
-    if (r === undefined) throw new AgentError('E_PROTOCOL', `internal: no record of extent ${s}`)
-    cd.add(r)
-    if (r.zero) zeroBytes += r.length
-    else dataBytes += r.length
-  }
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
+  if (cd.count !== total) throw new AgentError('E_PROTOCOL', `internal: ${cd.count} extents digested, plan has ${total}`)
   await conn.send({ kind: MessageKind.DiskEnd, disk: w.handle, extents: total, dataBytes, zeroBytes, digest: cd.digest() })
   w.progress.update('end', true)
   const ended = await expect(conn, MessageKind.DiskEnded, signal)

@@ -2,6 +2,10 @@
  * The extent plan of one disk cycle: which ranges are shipped, cut into
  * extents in a deterministic order, so that sequence numbers are stable across
  * reconnects and runs (ARCHITECTURE §4.2 "Resume, don't restart").
+ *
+ * A plan does not hold its ranges: it holds a re-iterable source (the grain
+ * tables or the allocation map, read again when needed) and the totals
+ * counted in one pass, so memory does not grow with the number of ranges.
  */
 
 /** A byte range of the virtual disk; `zero` = reads as zeros in the frozen view. */
@@ -10,6 +14,9 @@ export interface PlanRange {
   readonly length: number
   readonly zero: boolean
 }
+
+/** A re-iterable source of sorted, disjoint ranges. */
+export type RangeSource = () => AsyncIterable<PlanRange>
 
 /** One planned extent. */
 export interface PlannedExtent {
@@ -22,8 +29,8 @@ export interface PlannedExtent {
 
 /** The plan of a disk cycle. */
 export interface ExtentPlan {
-  /** coalesced ranges in disk order */
-  readonly ranges: readonly PlanRange[]
+  /** coalesced ranges in disk order (iterated again for every pass) */
+  readonly source: RangeSource
   /** largest data extent, bytes */
   readonly chunkBytes: number
   /** largest zero extent, bytes */
@@ -33,83 +40,99 @@ export interface ExtentPlan {
   readonly totalBytes: number
   /** bytes covered by data ranges (an upper bound of the payload before compression) */
   readonly dataBytes: number
+  /** offset of the first range (-1 when empty) */
+  readonly firstOffset: number
+}
+
+/** A source over an array (tests, small plans). */
+export function arraySource (ranges: readonly PlanRange[]): RangeSource {
+  return async function * () { yield * ranges }
+}
+
+/** Merge touching ranges with the same zero flag (input sorted, disjoint); drops empty ones. */
+export function coalesceSource (source: RangeSource): RangeSource {
+  return async function * () {
+    let cur: PlanRange | undefined
+    for await (const r of source()) {
+      if (r.length <= 0) continue
+      if (cur !== undefined && cur.offset + cur.length === r.offset && cur.zero === r.zero) {
+        cur = { offset: cur.offset, length: cur.length + r.length, zero: cur.zero }
+        continue
+      }
+      if (cur !== undefined) yield cur
+      cur = { offset: r.offset, length: r.length, zero: r.zero }
+    }
+    if (cur !== undefined) yield cur
+  }
 }
 
 /**
- * Union of the changed ranges of several layers, `layers[0]` the OLDEST. Where
- * layers overlap the newest one decides whether the range is zero. Ranges
- * within one layer must be disjoint and sorted (as `changedRanges` yields).
+ * Union of the changed ranges of several layers, `layers[0]` the OLDEST,
+ * streamed: where layers overlap the newest one decides whether the range is
+ * zero. Each layer's ranges must be disjoint and sorted (as `changedRanges`
+ * yields). Memory: one range per layer.
  */
-export function unionRanges (layers: ReadonlyArray<readonly PlanRange[]>): PlanRange[] {
-  if (layers.length === 1) return coalesce(layers[0] as readonly PlanRange[])
-  interface Ev { pos: number, layer: number, start: boolean, zero: boolean }
-  const evs: Ev[] = []
-  layers.forEach((ranges, layer) => {
-    for (const r of ranges) {
-      if (r.length <= 0) continue
-      evs.push({ pos: r.offset, layer, start: true, zero: r.zero })
-      evs.push({ pos: r.offset + r.length, layer, start: false, zero: r.zero })
-    }
-  })
-  // ends before starts at the same position, so touching ranges do not double count
-  evs.sort((a, b) => a.pos - b.pos || Number(a.start) - Number(b.start))
-  const active: Array<boolean | undefined> = new Array(layers.length).fill(undefined)
-  const out: PlanRange[] = []
-  let prev = 0
-  for (let i = 0; i < evs.length;) {
-    const pos = (evs[i] as Ev).pos
-    if (pos > prev) {
-      for (let l = active.length - 1; l >= 0; l--) {
-        const z = active[l]
-        if (z !== undefined) { push(out, { offset: prev, length: pos - prev, zero: z }); break }
+export function unionSource (layers: readonly RangeSource[]): RangeSource {
+  if (layers.length === 1) return coalesceSource(layers[0] as RangeSource)
+  const merged: RangeSource = async function * () {
+    const its = layers.map((l) => l()[Symbol.asyncIterator]())
+    const pull = async (k: number): Promise<PlanRange | undefined> => {
+      for (;;) {
+        const n = await (its[k] as AsyncIterator<PlanRange>).next()
+        if (n.done === true) return undefined
+        if (n.value.length > 0) return n.value
       }
     }
-    while (i < evs.length && (evs[i] as Ev).pos === pos) {
-      const e = evs[i] as Ev
-      active[e.layer] = e.start ? e.zero : undefined
-      i++
+    const head: Array<PlanRange | undefined> = await Promise.all(its.map((_it, k) => pull(k)))
+    let pos = 0
+    for (;;) {
+      let next = Infinity
+      for (const h of head) if (h !== undefined) next = Math.min(next, h.offset > pos ? h.offset : h.offset + h.length)
+      if (next === Infinity) return
+      if (next > pos) {
+        for (let l = head.length - 1; l >= 0; l--) {
+          const h = head[l]
+          if (h !== undefined && h.offset <= pos && pos < h.offset + h.length) { yield { offset: pos, length: next - pos, zero: h.zero }; break }
+        }
+      }
+      pos = next
+      for (let l = 0; l < head.length; l++) {
+        while (head[l] !== undefined && (head[l] as PlanRange).offset + (head[l] as PlanRange).length <= pos) head[l] = await pull(l)
+      }
     }
-    prev = pos
   }
-  return out
+  return coalesceSource(merged)
 }
 
-function push (out: PlanRange[], r: PlanRange): void {
-  const last = out[out.length - 1]
-  if (last !== undefined && last.offset + last.length === r.offset && last.zero === r.zero) {
-    out[out.length - 1] = { offset: last.offset, length: last.length + r.length, zero: last.zero }
-  } else {
-    out.push(r)
-  }
-}
-
-/** Merge touching ranges with the same zero flag (input sorted, disjoint). */
-export function coalesce (ranges: readonly PlanRange[]): PlanRange[] {
+/** Array form of `unionSource` (tests). */
+export async function unionRanges (layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
   const out: PlanRange[] = []
-  for (const r of ranges) if (r.length > 0) push(out, r)
+  for await (const r of unionSource(layers.map(arraySource))()) out.push(r)
   return out
 }
 
-/** Build a plan from coalesced ranges. */
-export function buildPlan (ranges: readonly PlanRange[], opts: { chunkBytes: number, zeroChunkBytes?: number }): ExtentPlan {
+/** Count a plan: one pass over the source. */
+export async function buildPlan (source: RangeSource, opts: { chunkBytes: number, zeroChunkBytes?: number }): Promise<ExtentPlan> {
   const chunkBytes = opts.chunkBytes
   const zeroChunkBytes = opts.zeroChunkBytes ?? 1024 * 1024 * 1024
   if (!(chunkBytes >= 512) || chunkBytes % 512 !== 0) throw new RangeError(`chunkBytes ${chunkBytes} must be a multiple of 512`)
   let totalExtents = 0
   let totalBytes = 0
   let dataBytes = 0
-  for (const r of ranges) {
+  let firstOffset = -1
+  for await (const r of source()) {
+    if (firstOffset < 0) firstOffset = r.offset
     totalExtents += Math.ceil(r.length / (r.zero ? zeroChunkBytes : chunkBytes))
     totalBytes += r.length
     if (!r.zero) dataBytes += r.length
   }
-  return { ranges, chunkBytes, zeroChunkBytes, totalExtents, totalBytes, dataBytes }
+  return { source, chunkBytes, zeroChunkBytes, totalExtents, totalBytes, dataBytes, firstOffset }
 }
 
-/** The plan's extents in seq order, starting at `fromSeq` (cheap to skip: no I/O). */
-export function * planExtents (plan: ExtentPlan, fromSeq = 0): Generator<PlannedExtent> {
+/** The plan's extents in seq order, starting at `fromSeq` (skipping costs no data I/O). */
+export async function * planExtents (plan: ExtentPlan, fromSeq = 0): AsyncGenerator<PlannedExtent> {
   let seq = 0
-  for (const r of plan.ranges) {
+  for await (const r of plan.source()) {
     const chunk = r.zero ? plan.zeroChunkBytes : plan.chunkBytes
     const n = Math.ceil(r.length / chunk)
     if (seq + n <= fromSeq) { seq += n; continue }

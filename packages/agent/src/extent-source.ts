@@ -104,11 +104,12 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
   const pending: Array<{ p: PlannedExtent, read: Promise<Buffer | undefined> }> = []
   let pendingBytes = 0
   let lookahead: PlannedExtent | undefined
-  const fill = (): void => {
-    while (pending.length < readAhead) {
+  let exhausted = false
+  const fill = async (): Promise<void> => {
+    while (!exhausted && pending.length < readAhead) {
       if (lookahead === undefined) {
-        const n = planned.next()
-        if (n.done === true || n.value.seq >= toSeq) return
+        const n = await planned.next()
+        if (n.done === true || n.value.seq >= toSeq) { exhausted = true; return }
         lookahead = n.value
       }
       const p: PlannedExtent = lookahead
@@ -120,18 +121,19 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
     }
   }
   try {
-    fill()
+    await fill()
     while (pending.length > 0) {
       opts.signal?.throwIfAborted()
       const head = pending.shift() as { p: PlannedExtent, read: Promise<Buffer | undefined> }
       const raw = await head.read
       pendingBytes -= head.p.zero ? 0 : head.p.length
-      fill()
+      await fill()
       yield prepare(head.p, raw)
     }
   } finally {
     // settle reads still in flight so no rejection goes unhandled
     for (const p of pending) p.read.catch(() => {})
+    await planned.return(undefined)
   }
 }
 

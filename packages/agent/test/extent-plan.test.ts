@@ -1,6 +1,6 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { buildPlan, planExtents, unionRanges, type PlanRange } from '../src/extent-plan.ts'
+import { arraySource, buildPlan, planExtents, unionRanges, type PlanRange } from '../src/extent-plan.ts'
 
 // reference: per-512-byte-sector model
 function model (layers: PlanRange[][], sectors: number): Array<boolean | undefined> {
@@ -24,8 +24,8 @@ const layerArb = fc.array(fc.tuple(fc.nat(63), fc.integer({ min: 1, max: 8 }), f
 })
 
 t.test('union: newest layer decides, coalesced, disjoint, sorted', async (t) => {
-  fc.assert(fc.property(fc.array(layerArb, { minLength: 1, maxLength: 4 }), (layers) => {
-    const u = unionRanges(layers)
+  await fc.assert(fc.asyncProperty(fc.array(layerArb, { minLength: 1, maxLength: 4 }), async (layers) => {
+    const u = await unionRanges(layers)
     const got = model([u], 64)
     const want = model(layers, 64)
     if (JSON.stringify(got) !== JSON.stringify(want)) return false
@@ -41,13 +41,31 @@ t.test('union: newest layer decides, coalesced, disjoint, sorted', async (t) => 
 
 t.test('plan: chunks cover every range, seqs are stable when skipping', async (t) => {
   const ranges: PlanRange[] = [{ offset: 0, length: 5 * 1024, zero: false }, { offset: 8192, length: 3 * 1024 * 1024, zero: true }, { offset: 4 * 1024 * 1024, length: 2048, zero: false }]
-  const plan = buildPlan(ranges, { chunkBytes: 2048, zeroChunkBytes: 1024 * 1024 })
-  const all = [...planExtents(plan)]
+  const plan = await buildPlan(arraySource(ranges), { chunkBytes: 2048, zeroChunkBytes: 1024 * 1024 })
+  const collect = async (from: number): Promise<unknown[]> => { const out = []; for await (const e of planExtents(plan, from)) out.push(e); return out }
+  const all = await collect(0) as Array<{ seq: number, length: number }>
   t.equal(all.length, plan.totalExtents)
   t.equal(plan.totalExtents, 3 + 3 + 1)
   t.equal(all.reduce((s, e) => s + e.length, 0), plan.totalBytes)
   t.same(all.map((e) => e.seq), [0, 1, 2, 3, 4, 5, 6])
-  t.same([...planExtents(plan, 4)], all.slice(4), 'skipping yields the same extents')
+  t.same(await collect(4), all.slice(4), 'skipping yields the same extents')
+  t.equal(plan.firstOffset, 0)
   t.same(all[2], { seq: 2, offset: 4096, length: 1024, zero: false })
-  t.throws(() => buildPlan(ranges, { chunkBytes: 1000 }))
+  await t.rejects(buildPlan(arraySource(ranges), { chunkBytes: 1000 }))
+})
+
+t.test('digest log: compact, in order only, bounded', async (t) => {
+  const { DigestLog } = await import('../src/digest-log.ts')
+  const log = new DigestLog(8, 8 * 100 + 13)
+  for (let seq = 0; seq < 200; seq++) log.record(seq, seq % 3 === 0, new Uint8Array(8).fill(seq & 0xff))
+  t.equal(log.length, 100, 'stops at its bound')
+  t.ok(log.isZero(3))
+  t.same(log.digest(3), new Uint8Array(0))
+  t.same(log.digest(4), new Uint8Array(8).fill(4))
+  log.record(150, false, new Uint8Array(8))
+  t.equal(log.length, 100, 'out-of-order records are ignored')
+  t.throws(() => new DigestLog(8).record(0, false, new Uint8Array(4)))
+  log.clear()
+  t.equal(log.length, 0)
+  t.notOk(log.isZero(3))
 })
