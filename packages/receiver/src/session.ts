@@ -318,8 +318,8 @@ export class Session {
     checkUint(msg.totalExtents, 'totalExtents')
     const neg = this.negotiated as Negotiated
     const r = await vm.openDisk({ name: msg.name, capacity, cycle: this.cycle, mode: msg.mode, baseCycle, source, cycleId: msg.cycleId, ddb, algorithm: neg.digest })
-    const d: OpenDisk = { handle, name: msg.name, apply: r.apply }
-    this.disks.set(handle, d)
+    // a refused open leaves handle and name free: the agent may open the disk again (e.g. as a seed)
+    if (r.apply !== undefined) this.disks.set(handle, { handle, name: msg.name, apply: r.apply })
     if (r.apply === undefined) this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     else this.log.info({ disk: msg.name, mode: msg.mode, cycle: this.cycle, resumeSeq: r.apply.nextSeq }, 'disk opened')
     this.send({

@@ -4,7 +4,7 @@ import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { storeStatus } from '../src/index.ts'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 t.test('seed then incremental cycles produce the exact images, bootable descriptors, mirror .vmx', async (t) => {
   const env = makeEnv(t.testdir())
@@ -77,13 +77,22 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   const a4 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const err = await runCycle(a4, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'dd03dd03dd03dd03', ranges, 'web-01-000002.vmdk', 'web-01-000003.vmdk')]).catch((e: { reason: string, state: { modified: boolean } }) => e)
   t.match(err, { reason: 'E_MIRROR_MODIFIED', state: { modified: true } })
-  a4.close()
-  await a4.whenClosed()
-  // and a re-seed over it works
+  // and a re-seed over it works, on the same connection
   const img3 = pattern(cap, 33)
-  const a5 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a5, 'web-01', 3, [seedPlan(0, 'web-01.vmdk', img3, 'ee03ee03ee03ee03')])
-  a5.close()
+  const sp = seedPlan(0, 'web-01.vmdk', img3, 'ee03'.repeat(4))
+  a4.send(diskOpen(sp, 3))
+  const ds = await a4.expect(MessageKind.DiskState)
+  t.equal(ds.accepted, true, 'seed accepted after the refused incremental')
+  for (let seq = 0; seq < sp.extents.length; seq++) a4.send(extentMessage(sp, seq, 'sha256'))
+  a4.send(diskEnd(sp, 'sha256'))
+  for (;;) {
+    const m = await a4.next()
+    if (m?.kind === MessageKind.DiskEnded) break
+    if (m?.kind !== MessageKind.ExtentAck) throw new Error(`unexpected ${String(m?.kind)}`)
+  }
+  a4.send({ kind: MessageKind.Commit, vm: 'web-01', cycle: 3 })
+  t.equal((await a4.expect(MessageKind.Committed)).cycle, 3)
+  a4.close()
   t.ok(readFileSync(flat).equals(img3), 'reseed flat == image 3')
   t.equal((await storeStatus(env.store)).vms[0]?.disks[0]?.modified, false)
 })
