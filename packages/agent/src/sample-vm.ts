@@ -101,7 +101,7 @@ export async function createSampleVm (dir: string, opts: SampleVmOptions): Promi
   const disks: string[] = []
   const buses = new Set<string>(['scsi0'])
   for (const [i, d] of opts.disks.entries()) {
-    if (d.sizeBytes <= 0 || d.sizeBytes % (1024 * 1024) !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 1 MiB`)
+    if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % 512 !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 512`)
     const file = i === 0 ? `${opts.name}.vmdk` : `${opts.name}_${i}.vmdk`
     const path = join(vmDir, file)
     await api.createFlatDisk(path, d.sizeBytes, { createType: 'vmfs', ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` } })

@@ -77,6 +77,11 @@ t.test('errors', async (t) => {
   const h = await driver.openVm(vm.vmxPath)
   await t.rejects(driver.removeSnapshot(h, { id: '42', name: 'grainline-9', grainline: true, cycle: 9, disks: [] }), { code: 'E_SNAPSHOT' })
   await t.rejects(simulateGuestWrites(vm.vmxPath, { bytes: 4096 }), { code: 'E_SNAPSHOT' }, 'never writes into a base')
+  await t.rejects(createSampleVm(dir, { name: 'bad', disks: [{ sizeBytes: 1000 }] }), { code: 'E_CONFIG' })
+  const odd = await createSampleVm(dir, { name: 'odd', disks: [{ sizeBytes: 3 * MiB + 3584 }] })
+  const oddRaw = join(dir, 'odd.raw')
+  await qemuRaw(odd.disks[0] as string, oddRaw)
+  t.equal((await readFile(oddRaw)).length, 3 * MiB + 3584, 'a size that is not a MiB multiple works (sectors)')
   // a crash after the .vmsd was written but before the .vmx: the snapshot can still be removed
   const vmxText = await readFile(vm.vmxPath, 'utf8')
   const s = await driver.createSnapshot(h, 'grainline-1')
