@@ -219,3 +219,21 @@ t.test('several frozen deltas since the mirror\'s successor: the union is shippe
   t.equal(chain.layers.length, 2, 'both older deltas consolidated')
   await chain.close()
 })
+
+t.test('a broken CID link on the source is refused before any snapshot or connection', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'cid', disks: [{ sizeBytes: 2 * MiB }] })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  t.ok((await replicate({ logger }, base)).ok)
+  const delta = join(vm.dir, 'cid-000001.vmdk')
+  await writeFile(delta, (await readFile(delta, 'utf8')).replace(/^parentCID=[0-9a-f]+/m, 'parentCID=12345678'))
+  const r = await replicate({ logger }, base)
+  t.notOk(r.ok)
+  t.equal(r.vms[0]?.error?.code, 'E_CHAIN_CID')
+  const driver = createLocalDriver()
+  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'], 'no snapshot taken')
+  t.notOk(rx.logs.some((l) => l.includes('"vm":"cid","cycle":2')), 'the receiver never saw cycle 2')
+})
