@@ -84,8 +84,12 @@ import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
 import { replicate } from ${JSON.stringify(new URL('../packages/agent/dist/src/index.js', import.meta.url).href)}
 const init = JSON.parse(process.argv[2])
 init.ca = readFileSync(init.ca)
+const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
+const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
+const timer = setInterval(sample, 20)
 const report = await replicate({ logger: pino({ level: 'warn' }, pino.destination(2)) }, init)
-process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS }))
+clearInterval(timer)
+process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS, peak }))
 `)
 const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), deltaFormat: values.format, progress: 'none', trivialMiB: 16, compress: process.env.BENCH_COMPRESS ?? 'lz4' }
 
@@ -120,7 +124,8 @@ try {
     t0 = performance.now()
     const { stdout } = await exec(process.execPath, [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
     const processMs = performance.now() - t0
-    const { report: r, maxRssKiB } = JSON.parse(stdout)
+    const { report: r, maxRssKiB, peak: mem } = JSON.parse(stdout)
+    log(`agent memory peaks (MiB): ${Object.entries(mem).map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`).join(', ')}`)
     // replicate() end to end inside the agent (node start-up and module loading excluded; printed apart)
     const cycleMs = r.vms[0].durationMs
     log(`agent process wall time ${sec(processMs)} s (includes node start-up)`)
