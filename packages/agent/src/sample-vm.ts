@@ -8,6 +8,7 @@
  * for ESXi deltas, `qemu-io` for hosted sparse deltas.
  */
 import { execFile } from 'node:child_process'
+import { createCipheriv } from 'node:crypto'
 import { mkdir, open, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -33,17 +34,49 @@ export function prng (seed: number): () => number {
   }
 }
 
+const ZEROS = Buffer.alloc(1024 * 1024)
+
+/**
+ * Pseudo-random bytes at memory speed: an AES-128-CTR keystream keyed from
+ * the PRNG (deterministic for a seed; a byte-wise JS PRNG made a few GiB of
+ * sample disk take minutes).
+ */
 function fillRandom (buf: Buffer, rnd: () => number): void {
-  for (let i = 0; i + 4 <= buf.length; i += 4) buf.writeUInt32LE(Math.floor(rnd() * 4294967296), i)
+  const key = Buffer.alloc(16)
+  const iv = Buffer.alloc(16)
+  for (let i = 0; i < 16; i += 4) { key.writeUInt32LE(Math.floor(rnd() * 4294967296), i); iv.writeUInt32LE(Math.floor(rnd() * 4294967296), i) }
+  const cipher = createCipheriv('aes-128-ctr', key, iv)
+  for (let off = 0; off < buf.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - off)
+    cipher.update(ZEROS.subarray(0, n)).copy(buf, off)
+  }
 }
 
 const WORDS = 'the quick brown fox jumps over lazy dog kernel block sector grain delta mirror replica snapshot commit journal extent '.split(' ')
+let corpus: Buffer | undefined
 
-function fillText (buf: Buffer, rnd: () => number): void {
+/** 1 MiB of word salad, built once (deterministically). */
+function textCorpus (): Buffer {
+  if (corpus !== undefined) return corpus
+  const r = prng(0x7e47)
+  const out = Buffer.alloc(1024 * 1024)
   let pos = 0
-  while (pos < buf.length) {
-    const w = (WORDS[Math.floor(rnd() * WORDS.length)] as string) + (rnd() < 0.1 ? '\n' : ' ')
-    pos += buf.write(w, pos, 'latin1')
+  while (pos < out.length) {
+    const w = (WORDS[Math.floor(r() * WORDS.length)] as string) + (r() < 0.1 ? '\n' : ' ')
+    pos += out.write(w, pos, 'latin1')
+  }
+  corpus = out
+  return out
+}
+
+/** Text-like, compressible content: 4 KiB pieces of the corpus from random places. */
+function fillText (buf: Buffer, rnd: () => number): void {
+  const c = textCorpus()
+  const piece = 4096
+  for (let pos = 0; pos < buf.length; pos += piece) {
+    const n = Math.min(piece, buf.length - pos)
+    const from = Math.floor(rnd() * (c.length - piece))
+    c.copy(buf, pos, from, from + n)
   }
 }
 
