@@ -70,6 +70,8 @@ export interface JournalContents {
   readonly applied: JournalApplied | null
   /** end of the last valid record */
   readonly validEnd: number
+  /** end of the head record: truncating here forgets every extent and marker */
+  readonly headEnd: number
 }
 
 function frame (type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
@@ -96,6 +98,7 @@ export async function readJournal (path: string): Promise<JournalContents | unde
     const extents: JournalExtent[] = []
     let applied: JournalApplied | null = null
     let gen = 0
+    let headEnd = 0
     const pre = Buffer.alloc(13)
     while (pos + 13 <= size) {
       const { bytesRead } = await fh.read(pre, 0, 13, pos)
@@ -125,6 +128,7 @@ export async function readJournal (path: string): Promise<JournalContents | unde
       if (type === T_HEAD && head === undefined && pos === 0) {
         head = header as unknown as JournalHead
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
+        headEnd = pos + 8 + len
       } else if (type === T_EXTENT && head !== undefined) {
         const e = header as { seq: number, offset: number, length: number, zero: boolean, digest: string }
         extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldLength: dataLen, oldPos: dataPos })
@@ -136,7 +140,7 @@ export async function readJournal (path: string): Promise<JournalContents | unde
       pos += 8 + len
     }
     if (head === undefined) return undefined
-    return { head, extents, applied, validEnd: pos }
+    return { head, extents, applied, validEnd: pos, headEnd }
   } finally {
     await fh.close()
   }
@@ -252,6 +256,28 @@ export class Journal {
 
   async close (): Promise<void> {
     await this.fh.close()
+  }
+}
+
+/**
+ * Forget every extent and marker of a journal (keep its head) durably. Used
+ * once an undo is complete: the "applied" markers no longer describe the
+ * target, and a later resume must start again from seq 0. Truncation needs no
+ * free space, so this works on a full disk.
+ */
+export async function resetJournal (path: string, headEnd: number): Promise<void> {
+  let fh: FileHandle
+  try {
+    fh = await open(path, 'r+')
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw err
+  }
+  try {
+    await fh.truncate(headEnd)
+    await fh.sync()
+  } finally {
+    await fh.close()
   }
 }
 

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { TMP_MARK, exists, fsyncDir, readFully, readJsonIfExists, unlinkIfExists, writeFileAtomic, writeFully, writeZeros } from './fs-util.ts'
-import { Journal, readJournal, undoJournal, type JournalContents } from './journal.ts'
+import { Journal, readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { descriptorCid, mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { DEFAULT_DISPLAY_SUFFIX, baseDiskName, mirrorVmx } from './mirror-vmx.ts'
 import { faultPoint } from './fault.ts'
@@ -131,6 +131,8 @@ export class VmPaths {
   journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
   /** a finished journal kept for reuse by the next cycle of the disk */
   spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
+  /** the journal while a rollback undoes it */
+  undoing (stem: string): string { return join(this.gdir, `${stem}.journal.undo`) }
 }
 
 /** Read a VM's state file (undefined when the VM has none). */
@@ -245,9 +247,28 @@ export class DiskApply {
   }
 
   /** Reopen an interrupted apply at its durable resume point. */
-  static async resume (paths: VmPaths, info: InflightDisk, contents: JournalContents): Promise<DiskApply> {
+  static async resume (paths: VmPaths, info: InflightDisk, journalContents: JournalContents): Promise<DiskApply> {
+    let contents = journalContents
     const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
-    const fh = await open(p, 'r+')
+    let fh: FileHandle
+    if (info.target === 'seed' && (contents.applied === null || !await exists(p))) {
+      // nothing durably applied, or the seed file is gone (rolled back): start
+      // the seed again at seq 0 in a FRESH file — a seed leaves zero ranges
+      // unwritten, so stale bytes must not survive
+      await resetJournal(paths.journal(info.stem), contents.headEnd)
+      contents = { ...contents, extents: [], applied: null, validEnd: contents.headEnd }
+      fh = await open(p, 'w', 0o644)
+      await fh.truncate(info.capacity)
+      await fh.sync()
+      await fsyncDir(paths.dir)
+    } else {
+      fh = await open(p, 'r+')
+    }
+    if (info.target === 'flat' && (await fh.stat()).size < info.capacity) {
+      // an undo cut the flat back to its base size; the cycle's capacity holds again
+      await fh.truncate(info.capacity)
+      await fh.sync()
+    }
     let journal: Journal
     try {
       journal = await Journal.reopen(paths.journal(info.stem), contents)
@@ -475,6 +496,9 @@ export class VmMirror {
     if (infl !== null && infl.cycle !== req.cycle) {
       return refuse('E_CYCLE_MISMATCH', `cycle ${infl.cycle} of VM ${this.vm} is in flight; roll it back first`)
     }
+    if (inf !== undefined && await exists(this.paths.undoing(inf.stem))) {
+      return refuse('E_CYCLE_MISMATCH', `an interrupted rollback of disk ${req.name} must be finished first: send Rollback`)
+    }
     if (inf !== undefined) {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
@@ -657,17 +681,38 @@ export class VmMirror {
     try {
       for (const d of Object.values(infl.disks)) {
         const jpath = this.paths.journal(d.stem)
-        if (d.target === 'seed') {
-          await unlinkIfExists(this.paths.seed(d.stem))
-          continue
-        }
         const contents = await readJournal(jpath).catch((err: unknown) => {
           if ((err as { code?: unknown }).code === 'ENOENT') return undefined
           throw err
         })
-        if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`)
-        await undoJournal(jpath, contents, this.paths.flat(d.stem))
+        if (d.target === 'seed') {
+          // forget the resume point first, then the data it described
+          if (contents !== undefined) await resetJournal(jpath, contents.headEnd)
+          await unlinkIfExists(this.paths.seed(d.stem))
+          continue
+        }
+        // An undo in progress is marked by the journal's name (a rename needs
+        // no free space): a half-undone flat must never be resumed from the
+        // journal's markers; recovery and the next rollback finish the undo.
+        const upath = this.paths.undoing(d.stem)
+        let ucontents = await readJournal(upath).catch((err: unknown) => {
+          if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+          throw err
+        })
+        if (ucontents === undefined) {
+          if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`)
+          await rename(jpath, upath)
+          await fsyncDir(this.paths.gdir)
+          ucontents = contents
+        }
+        await undoJournal(upath, ucontents, this.paths.flat(d.stem))
         faultPoint('rollback-undone')
+        // the flat is back at its committed point: forget the markers, so that
+        // a resume after a failed state write starts again at seq 0
+        await resetJournal(upath, ucontents.headEnd)
+        await rename(upath, jpath)
+        await fsyncDir(this.paths.gdir)
+        faultPoint('rollback-reset')
       }
       await fsyncDir(this.paths.dir)
       await this.save({ ...this.state, inflight: null })
@@ -743,7 +788,7 @@ async function removeTemps (dir: string): Promise<number> {
 /** What recovery did to one VM. */
 export interface RecoveryReport {
   readonly vm: string
-  readonly action: 'none' | 'rolled-forward' | 'kept-for-resume' | 'failed'
+  readonly action: 'none' | 'rolled-forward' | 'rolled-back' | 'kept-for-resume' | 'failed'
   readonly inflightCycle?: number
   readonly resume?: Readonly<Record<string, number>>
   readonly error?: string
@@ -776,7 +821,11 @@ export async function recoverStore (storeDir: string, logger: Logger): Promise<R
           log.info({ journal: f }, 'stray journal removed')
         }
       }
-      if (inflight !== null) {
+      if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => exists(paths.undoing(d.stem))))).some(Boolean)) {
+        const committedCycle = await m.rollback()
+        log.info({ cycle: inflight.cycle, committedCycle }, 'interrupted rollback completed')
+        reports.push({ vm, action: 'rolled-back' })
+      } else if (inflight !== null) {
         const resume: Record<string, number> = {}
         for (const d of Object.values(inflight.disks)) {
           const c = await readJournal(paths.journal(d.stem))

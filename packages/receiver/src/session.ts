@@ -491,6 +491,11 @@ export class Session {
     if (this.dead) return
     this.dead = true
     this.inbox.length = 0
+    this.inboxBytes = 0
+    if (this.paused) {
+      this.paused = false
+      this.ws.resume()
+    }
     // a store that cannot be read is an I/O failure for the agent
     const err = errorCode(error) === 'E_STATE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
@@ -524,6 +529,11 @@ export class Session {
     this.dead = true
     this.inbox.length = 0
     this.inboxBytes = 0
+    // a paused socket could not read the peer's close frame
+    if (this.paused) {
+      this.paused = false
+      this.ws.resume()
+    }
     this.abortCtl.abort()
     this.wake?.()
     if (!this.running) void this.cleanup()

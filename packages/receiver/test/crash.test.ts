@@ -67,6 +67,57 @@ const incFaults = [
   'target-synced:1', 'target-synced:4', 'target-synced:10', 'target-synced:12',
   'commit-before-state:1', 'commit-after-state:1', 'commit-descriptors:1',
 ]
+
+t.test('a rollback whose state write never happens (kill -9 standing in for a full disk): the cycle restarts at 0', async (t) => {
+  const env = await seeded(t.testdir())
+  await crashRun(t, env, 'target-synced:6', (url) => incRun(env, url))
+  const c = await startChild(env, { args: ARGS, fault: 'rollback-reset:1' })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen(VM, 2, ['vm1-000002.vmdk']))
+  await a.expect(MessageKind.VmState)
+  a.send({ kind: MessageKind.Rollback, vm: VM })
+  await a.whenClosed()
+  t.equal((await c.exited).signal, 'SIGKILL', 'killed after the undo, before the state write')
+  t.ok(readFileSync(flatPath(env)).equals(imgA), 'flat already at the committed image')
+  const st = (await storeStatus(env.store)).vms[0]
+  t.equal(st?.inflightCycle, 2, 'the cycle is still in flight')
+  t.equal(st?.disks[0]?.inflight?.resumeSeq, 0, 'with its resume point reset')
+  const c2 = await startChild(env, { args: ARGS })
+  t.teardown(() => { c2.child.kill('SIGKILL') })
+  const b = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(b, VM, 2, [planB()])
+  b.close()
+  t.equal(r.resume[0], 0, 'resumed from 0, not from the stale marker')
+  t.ok(readFileSync(flatPath(env)).equals(imgB))
+})
+
+t.test('kill -9 in the middle of a rollback: start-up recovery finishes it, never resumes a half-undone flat', async (t) => {
+  const env = await seeded(t.testdir())
+  // an interrupted cycle 2 (killed after 6 durable batches)
+  await crashRun(t, env, 'target-synced:6', (url) => incRun(env, url))
+  // a rollback killed right after the undo, before the journal is reset
+  const c = await startChild(env, { args: ARGS, fault: 'rollback-undone:1' })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen(VM, 2, ['vm1-000002.vmdk']))
+  await a.expect(MessageKind.VmState)
+  a.send({ kind: MessageKind.Rollback, vm: VM })
+  await a.whenClosed()
+  t.equal((await c.exited).signal, 'SIGKILL', 'killed mid-rollback')
+  const c2 = await startChild(env, { args: ARGS })
+  t.teardown(() => { c2.child.kill('SIGKILL') })
+  const st = (await storeStatus(env.store)).vms[0]
+  t.equal(st?.inflightCycle, 0)
+  t.ok(readFileSync(flatPath(env)).equals(imgA), 'mirror == committed image')
+  const b = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(b, VM, 2, [planB()])
+  b.close()
+  t.equal(r.resume[0], 0, 'the cycle starts over')
+  t.ok(readFileSync(flatPath(env)).equals(imgB))
+})
 const thens = ['resume', 'rollback-msg', 'rollback-cli'] as const
 
 t.test('kill -9 during an incremental apply or its commit', async (t) => {

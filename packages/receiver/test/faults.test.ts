@@ -15,7 +15,7 @@ t.test('disk full, read-only store, vanished folder: typed error, mirror at its 
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt])
   const store = join(mnt, 'store')
   mkdirSync(store)
-  const { receiver, url } = await startReceiver({ ...env, store })
+  const { receiver, url } = await startReceiver({ ...env, store }, { batchBytes: 256 * 1024 })
   t.teardown(async () => {
     await receiver.close()
     execFileSync('umount', [mnt])
@@ -52,10 +52,34 @@ t.test('disk full, read-only store, vanished folder: typed error, mirror at its 
     t.same(e, { code: 'E_NO_SPACE', closeCode: 4507 })
     t.ok(readFileSync(flat).equals(imgA), 'mirror at its committed point')
     rmSync(filler)
+    // the same cycle again, as an agent retries it: resumed or restarted, never half-applied
     const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(c, 'vm1', 2, [plan()], { rollbackFirst: true })
+    await runCycle(c, 'vm1', 2, [plan()])
     c.close()
-    t.ok(readFileSync(flat).equals(imgB), 'after space is freed the cycle completes')
+    t.ok(readFileSync(flat).equals(imgB), 'after space is freed the cycle completes, byte for byte')
+  })
+
+  await t.test('disk full after some batches: undone at once, the retried cycle is exact', async (t) => {
+    const ranges = [{ offset: 0, length: 2 * MiB }]
+    const imgC = evolve(readFileSync(flat), 4, ranges)
+    const base = readFileSync(flat)
+    const plan = () => incPlan(0, 'vm1.vmdk', imgC, 2, '07'.repeat(8), ranges, 'vm1-000002.vmdk', 'vm1-000003.vmdk', 256 * 1024)
+    // no spare journal to overwrite: the journal must grow into the little space left
+    rmSync(join(store, 'vm1', '.grainline', 'vm1.journal.spare'), { force: true })
+    const free = statfsSync(mnt).bavail * statfsSync(mnt).bsize
+    const filler = join(mnt, 'filler')
+    // room for about one MiB of journal: the first batches apply, a later one fails
+    writeFileSync(filler, Buffer.alloc(Math.max(0, free - 1200 * 1024), 1))
+    const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(b, 'vm1', 3, [plan()]).catch(() => {})
+    const e = await b.expectError().catch(() => ({ code: '?', closeCode: 0 }))
+    t.same(e, { code: 'E_NO_SPACE', closeCode: 4507 })
+    t.ok(readFileSync(flat).equals(base), 'flat undone to the committed image even though the disk is full')
+    rmSync(filler)
+    const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(c, 'vm1', 3, [plan()])
+    c.close()
+    t.ok(readFileSync(flat).equals(imgC), `retried cycle exact (resumed at ${String(r.resume[0])})`)
   })
 
   await t.test('read-only store: E_IO, nothing changes', async (t) => {

@@ -156,8 +156,10 @@ export class Agent {
   }
 
   /** wait for the Error message and close; returns both */
-  async expectError (): Promise<{ code: string, closeCode: number }> {
+  async expectError (timeoutMs = 20000): Promise<{ code: string, closeCode: number }> {
+    const timer = setTimeout(() => this.ws.terminate(), timeoutMs)
     while (await this.next() !== undefined) { /* drain */ }
+    clearTimeout(timer)
     const c = await this.closedP
     return { code: this.errors[this.errors.length - 1] ?? '(none)', closeCode: c.code }
   }
