@@ -124,7 +124,7 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = DEFAULT
   if (spec === undefined) throw new ProtocolError('E_UNKNOWN_KIND', `unknown message kind 0x${kind.toString(16).padStart(2, '0')}`)
   const body = frame.subarray(1)
   const r = new Scanner(body, 0)
-  scanSpec(r, spec, '')
+  scanSpec(r, spec)
   if (r.pos !== r.end) throw new ProtocolError('E_MALFORMED', `${r.end - r.pos} trailing bytes after the message`)
   // msgpackr caches the DataView it needs on the source: hand it the scanner's
   ;(body as { dataView?: DataView }).dataView = r.view

@@ -37,9 +37,24 @@ function typeName (b: number): string {
   return 'ext'
 }
 
+/** Kinds of the segments of the path to the value being scanned. */
+export const PATH_KEY = 0
+export const PATH_INDEX = 1
+export const PATH_DICT_VALUE = 2
+export const PATH_DICT_KEY = 3
+export const PATH_STRUCT_KEY = 4
+const MAX_DEPTH = 16
+// One path stack for all scans (scanning is synchronous and never re-entered):
+// field paths are only turned into strings when an error is thrown.
+const pathKinds = new Uint8Array(MAX_DEPTH)
+const pathA = new Float64Array(MAX_DEPTH)
+const pathB = new Float64Array(MAX_DEPTH)
+const pathKeys: string[] = new Array<string>(MAX_DEPTH).fill('')
+
 /**
  * A cursor over one msgpack body that validates and skips values without
- * building them. Methods throw ProtocolError only.
+ * building them (nor their field paths, unless it throws). Methods throw
+ * ProtocolError only.
  */
 export class Scanner {
   readonly buf: Uint8Array
@@ -49,11 +64,55 @@ export class Scanner {
   /** start of the payload of the last `str` scanned */
   strStart = 0
 
+  /** depth of the path stack */
+  depth = 0
+
   constructor (buf: Uint8Array, start: number) {
     this.buf = buf
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
     this.pos = start
     this.end = buf.length
+  }
+
+  /** Enter a path segment: a struct key (`key`), an array index (`a`), a dict value (key bytes at `a`, `b` long), a dict or struct key. */
+  enter (kind: number, key: string, a: number, b: number): void {
+    const d = this.depth
+    if (d >= MAX_DEPTH) throw new ProtocolError('E_INTERNAL', 'schema nesting too deep')
+    pathKinds[d] = kind
+    pathKeys[d] = key
+    pathA[d] = a
+    pathB[d] = b
+    this.depth = d + 1
+  }
+
+  /** Update the array index of the innermost segment. */
+  index (i: number): void {
+    pathA[this.depth - 1] = i
+  }
+
+  leave (): void {
+    this.depth--
+  }
+
+  /** The dotted path of the value being scanned (built only for errors). */
+  field (): string {
+    let s = ''
+    for (let d = 0; d < this.depth; d++) {
+      switch (pathKinds[d]) {
+        case PATH_KEY: s = s === '' ? pathKeys[d] as string : `${s}.${pathKeys[d] as string}`; break
+        case PATH_INDEX: s = `${s}[${pathA[d] as number}]`; break
+        case PATH_DICT_VALUE: s = `${s}[${JSON.stringify(this.text(pathA[d] as number, pathB[d] as number))}]`; break
+        case PATH_DICT_KEY: s = `${s}(key)`; break
+        default: s = s === '' ? '(key)' : `${s}.(key)`
+      }
+    }
+    return s
+  }
+
+  /** E_SCHEMA at the current path (`sub` appended as a struct key) */
+  bad (msg: string, sub?: string): ProtocolError {
+    const f = this.field()
+    return schema(sub === undefined ? f : f === '' ? sub : `${f}.${sub}`, msg)
   }
 
   /** Peek the next type byte, refusing the bytes that are never allowed. */
@@ -89,7 +148,7 @@ export class Scanner {
   }
 
   /** A non-negative integer ≤ max. Accepts every msgpack integer width and an integral float (as msgpackr writes integers ≥ 2^32 by default). */
-  uint (field: string, max: number): number {
+  uint (max: number): number {
     const b = this.peek()
     const at = this.pos
     this.pos++
@@ -103,8 +162,8 @@ export class Scanner {
       const hi = b === 0xcf ? this.view.getUint32(this.pos) : this.view.getInt32(this.pos)
       const lo = this.view.getUint32(this.pos + 4)
       this.pos += 8
-      if (hi < 0) throw schema(field, 'negative integer')
-      if (hi > 0x1fffff) throw schema(field, 'integer above 2^53 - 1')
+      if (hi < 0) throw this.bad('negative integer')
+      if (hi > 0x1fffff) throw this.bad('integer above 2^53 - 1')
       v = hi * 0x100000000 + lo
     } else if (b === 0xd0) {
       this.#need(1)
@@ -121,24 +180,24 @@ export class Scanner {
       this.#need(b === 0xca ? 4 : 8)
       v = b === 0xca ? this.view.getFloat32(this.pos) : this.view.getFloat64(this.pos)
       this.pos += b === 0xca ? 4 : 8
-      if (!Number.isInteger(v)) throw schema(field, 'not an integer')
+      if (!Number.isInteger(v)) throw this.bad('not an integer')
     } else if (b >= 0xe0) v = b - 0x100
     else {
       this.pos = at
-      throw schema(field, `expected an integer, got ${typeName(b)}`)
+      throw this.bad(`expected an integer, got ${typeName(b)}`)
     }
-    if (v < 0) throw schema(field, 'negative integer')
-    if (v > max) throw schema(field, `${v} exceeds ${max}`)
+    if (v < 0) throw this.bad('negative integer')
+    if (v > max) throw this.bad(`${v} exceeds ${max}`)
     return v
   }
 
-  bool (field: string): void {
+  bool (): void {
     const b = this.peek()
     if (b === 0xc2 || b === 0xc3) {
       this.pos++
       return
     }
-    throw schema(field, `expected a bool, got ${typeName(b)}`)
+    throw this.bad(`expected a bool, got ${typeName(b)}`)
   }
 
   /** true (and consumed) if the next value is nil */
@@ -151,7 +210,7 @@ export class Scanner {
   }
 
   /** Skip a str of at most `maxBytes` valid UTF-8 bytes; returns its byte length (payload at `strStart`). */
-  str (field: string, maxBytes: number): number {
+  str (maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -161,14 +220,14 @@ export class Scanner {
     else if (b === 0xdb) n = this.#u32()
     else {
       this.pos--
-      throw schema(field, `expected a str, got ${typeName(b)}`)
+      throw this.bad(`expected a str, got ${typeName(b)}`)
     }
-    if (n > maxBytes) throw schema(field, `string of ${n} bytes exceeds ${maxBytes}`)
+    if (n > maxBytes) throw this.bad(`string of ${n} bytes exceeds ${maxBytes}`)
     this.#need(n)
     const start = this.pos
     this.strStart = start
     this.pos += n
-    if (n > 0 && !isAscii(this.buf, start, n) && !isUtf8(this.buf.subarray(start, start + n))) throw schema(field, 'invalid UTF-8')
+    if (n > 0 && !isAscii(this.buf, start, n) && !isUtf8(this.buf.subarray(start, start + n))) throw this.bad('invalid UTF-8')
     return n
   }
 
@@ -178,7 +237,7 @@ export class Scanner {
   }
 
   /** Skip a bin of at most `maxBytes`; returns its length. */
-  bin (field: string, maxBytes: number): number {
+  bin (maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -187,16 +246,16 @@ export class Scanner {
     else if (b === 0xc6) n = this.#u32()
     else {
       this.pos--
-      throw schema(field, `expected a bin, got ${typeName(b)}`)
+      throw this.bad(`expected a bin, got ${typeName(b)}`)
     }
-    if (n > maxBytes) throw schema(field, `${n} bytes exceed ${maxBytes}`)
+    if (n > maxBytes) throw this.bad(`${n} bytes exceed ${maxBytes}`)
     this.#need(n)
     this.pos += n
     return n
   }
 
   /** Header of an array; its count is bounded by `max` and by the bytes left (≥ 1 byte per item). */
-  arrayHeader (field: string, max: number): number {
+  arrayHeader (max: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -205,15 +264,15 @@ export class Scanner {
     else if (b === 0xdd) n = this.#u32()
     else {
       this.pos--
-      throw schema(field, `expected an array, got ${typeName(b)}`)
+      throw this.bad(`expected an array, got ${typeName(b)}`)
     }
-    if (n > max) throw schema(field, `${n} items exceed ${max}`)
+    if (n > max) throw this.bad(`${n} items exceed ${max}`)
     if (n > this.end - this.pos) throw malformed(`array of ${n} items in ${this.end - this.pos} bytes`, this.pos)
     return n
   }
 
   /** Header of a map; its count is bounded by `max` and by the bytes left (≥ 2 bytes per entry). */
-  mapHeader (field: string, max: number): number {
+  mapHeader (max: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -222,9 +281,9 @@ export class Scanner {
     else if (b === 0xdf) n = this.#u32()
     else {
       this.pos--
-      throw schema(field, `expected a map, got ${typeName(b)}`)
+      throw this.bad(`expected a map, got ${typeName(b)}`)
     }
-    if (n > max) throw schema(field, `${n} entries exceed ${max}`)
+    if (n > max) throw this.bad(`${n} entries exceed ${max}`)
     if (n * 2 > this.end - this.pos) throw malformed(`map of ${n} entries in ${this.end - this.pos} bytes`, this.pos)
     return n
   }

@@ -6,7 +6,7 @@
  */
 import { ProtocolError } from './errors.ts'
 import { MessageKind } from './messages.ts'
-import { BinRef, collectionHeaderSize, PART_MIN_BYTES, sameBytes, type Scanner, strHeaderAt, strHeaderSize, strLengthAt, binHeaderSize, uintSize, Uint64 } from './msgpack.ts'
+import { BinRef, collectionHeaderSize, PART_MIN_BYTES, PATH_DICT_KEY, PATH_DICT_VALUE, PATH_INDEX, PATH_KEY, PATH_STRUCT_KEY, sameBytes, type Scanner, strHeaderAt, strHeaderSize, strLengthAt, binHeaderSize, uintSize, Uint64 } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 
 export interface UintSpec { readonly t: 'uint', readonly max: number }
@@ -188,57 +188,72 @@ const join = (base: string, key: string): string => base === '' ? key : `${base}
  * unknown, duplicate and missing fields — without building any value. Nesting
  * follows the schema (at most four levels), so recursion is bounded.
  */
-export function scanSpec (r: Scanner, spec: Spec, field: string): void {
+export function scanSpec (r: Scanner, spec: Spec): void {
   switch (spec.t) {
-    case 'uint': r.uint(field, spec.max); return
-    case 'bool': r.bool(field); return
-    case 'str': r.str(field, spec.maxBytes); return
-    case 'bin': r.bin(field, spec.maxBytes); return
+    case 'uint': r.uint(spec.max); return
+    case 'bool': r.bool(); return
+    case 'str': r.str(spec.maxBytes); return
+    case 'bin': r.bin(spec.maxBytes); return
     case 'nullable':
-      if (!r.nil()) scanSpec(r, spec.of, field)
+      if (!r.nil()) scanSpec(r, spec.of)
       return
     case 'array': {
-      const n = r.arrayHeader(field, spec.max)
-      if (n < spec.min) throw bad(field, `needs at least ${spec.min} item(s)`)
-      for (let i = 0; i < n; i++) scanSpec(r, spec.of, `${field}[${i}]`)
+      const n = r.arrayHeader(spec.max)
+      if (n < spec.min) throw r.bad(`needs at least ${spec.min} item(s)`)
+      if (n === 0) return
+      r.enter(PATH_INDEX, '', 0, 0)
+      for (let i = 0; i < n; i++) {
+        r.index(i)
+        scanSpec(r, spec.of)
+      }
+      r.leave()
       return
     }
     case 'struct': {
       // no count cap here: every entry past the known keys is an unknown or duplicate field and fails by name
-      const n = r.mapHeader(field, 0xffffffff)
-      const keyField = field === '' ? '(key)' : `${field}.(key)`
+      const n = r.mapHeader(0xffffffff)
       let seen = 0
       for (let i = 0; i < n; i++) {
-        const len = r.str(keyField, 64)
+        r.enter(PATH_STRUCT_KEY, '', 0, 0)
+        const len = r.str(64)
+        r.leave()
         const at = r.strStart
         const k = findKey(spec, r.buf, at, len, i)
-        if (k < 0) throw bad(join(field, r.text(at, len)), 'unknown field')
+        if (k < 0) throw r.bad('unknown field', r.text(at, len))
         const key = spec.keys[k] as string
-        if ((seen & (1 << k)) !== 0) throw bad(join(field, key), 'duplicate field')
+        if ((seen & (1 << k)) !== 0) throw r.bad('duplicate field', key)
         seen |= 1 << k
-        scanSpec(r, spec.fields[key] as Spec, join(field, key))
+        r.enter(PATH_KEY, key, 0, 0)
+        scanSpec(r, spec.fields[key] as Spec)
+        r.leave()
       }
       if (n < spec.keys.length) {
         const missing = spec.keys.find((_, k) => (seen & (1 << k)) === 0) as string
-        throw bad(join(field, missing), 'missing field')
+        throw r.bad('missing field', missing)
       }
       return
     }
     case 'dict': {
-      const n = r.mapHeader(field, spec.maxEntries)
+      const n = r.mapHeader(spec.maxEntries)
       const first = r.pos
       for (let i = 0; i < n; i++) {
         const keyAt = r.pos
-        const len = r.str(`${field}(key)`, spec.key.maxBytes)
+        r.enter(PATH_DICT_KEY, '', 0, 0)
+        const len = r.str(spec.key.maxBytes)
         const at = r.strStart
         // msgpackr's plain-object maps rename "__proto__"; it is no DDB key anyway
-        if (len === 9 && r.text(at, len) === '__proto__') throw bad(`${field}(key)`, '"__proto__" is not allowed')
-        if (dictHasKey(r, first, keyAt, at, len)) throw bad(`${field}[${JSON.stringify(r.text(at, len))}]`, 'duplicate key')
-        scanSpec(r, spec.value, `${field}[${JSON.stringify(r.text(at, len))}]`)
+        if (len === PROTO.length && PROTO.every((c, x) => r.buf[at + x] === c)) throw r.bad('"__proto__" is not allowed')
+        r.leave()
+        r.enter(PATH_DICT_VALUE, '', at, len)
+        if (dictHasKey(r, first, keyAt, at, len)) throw r.bad('duplicate key')
+        scanSpec(r, spec.value)
+        r.leave()
       }
     }
   }
 }
+
+const PROTO = Buffer.from('__proto__')
 
 /** Index of the wire key at `at` (`len` bytes) in `spec.keys`, or -1; tries `hint` first (keys usually come in schema order). */
 function findKey (spec: StructSpec, b: Uint8Array, at: number, len: number, hint: number): number {
