@@ -1,4 +1,5 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity } from '@grainline/protocol'
@@ -96,6 +97,68 @@ function hex (b: Uint8Array): string {
 
 const locks = new Set<string>()
 
+function processAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as { code?: unknown }).code === 'EPERM'
+  }
+}
+
+/**
+ * Take the VM's lock file (`.grainline/lock`, created exclusively, holding
+ * our pid) so that two processes — a receiver and `grainline mirror
+ * rollback`, say — never write one mirror at once. A lock whose process is
+ * gone is taken over. Returns false when the VM folder does not exist yet (a
+ * first VmOpen creates it under the in-process lock) or the lock cannot be
+ * written for lack of space (a rollback must still work on a full disk).
+ */
+async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boolean> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let fh: FileHandle
+    try {
+      fh = await open(paths.lock, 'wx', 0o644)
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      if (code === 'ENOENT') return false
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS') {
+        log.warn({ vm, code }, 'VM lock file not written')
+        return false
+      }
+      if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
+      const text = await readFile(paths.lock, 'utf8').catch(() => '')
+      const pid = Number.parseInt(text, 10)
+      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
+        throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
+      }
+      if (!Number.isSafeInteger(pid) && attempt === 0) {
+        // being written right now by its creator: look again shortly
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        continue
+      }
+      log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
+      try {
+        await unlinkIfExists(paths.lock)
+      } catch (e) {
+        // a read-only store: nobody can write it, ours to report when we try
+        if ((e as { code?: unknown }).code === 'EROFS') return false
+        throw ioError(e, 'taking over a stale VM lock')
+      }
+      continue
+    }
+    try {
+      await fh.writeFile(`${process.pid}\n`)
+    } catch (err) {
+      log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
+    } finally {
+      await fh.close()
+    }
+    return true
+  }
+  throw new ReceiverError('E_BUSY', `VM ${vm}: could not take its lock`)
+}
+
 /** Journals larger than this are deleted rather than kept as spares. */
 const MAX_SPARE_BYTES = 4 * 1024 ** 3
 
@@ -131,6 +194,8 @@ export class VmPaths {
   journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
   /** a finished journal kept for reuse by the next cycle of the disk */
   spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
+  /** held by the process writing the VM (its pid inside) */
+  get lock (): string { return join(this.gdir, 'lock') }
   /** the journal while a rollback undoes it */
   undoing (stem: string): string { return join(this.gdir, `${stem}.journal.undo`) }
 }
@@ -409,6 +474,7 @@ export class VmMirror {
   state: VmStateFile
   private readonly log: Logger
   private released = false
+  private fileLocked = false
 
   private constructor (paths: VmPaths, vm: string, state: VmStateFile, log: Logger) {
     this.paths = paths
@@ -422,13 +488,19 @@ export class VmMirror {
     const paths = new VmPaths(storeDir, vm)
     if (locks.has(paths.dir)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     locks.add(paths.dir)
+    let fileLocked = false
     try {
+      fileLocked = await lockFile(paths, vm, log)
       const state = (await readVmState(paths)) ?? emptyState(vm)
       const m = new VmMirror(paths, vm, state, log)
       if (state.pending !== null) await m.rollForward()
+      m.fileLocked = fileLocked
       return m
     } catch (err) {
       locks.delete(paths.dir)
+      if (fileLocked) {
+        try { rmSync(paths.lock, { force: true }) } catch { /* taken over later: it names our pid */ }
+      }
       throw err
     }
   }
@@ -451,6 +523,12 @@ export class VmMirror {
     if (this.released) return
     this.released = true
     locks.delete(this.paths.dir)
+    try {
+      if (this.fileLocked) rmSync(this.paths.lock, { force: true })
+    } catch (err) {
+      // a read-only or vanished store: the lock names our pid, and is taken over once we are gone
+      this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'VM lock file not removed')
+    }
   }
 
   private async save (next: VmStateFile): Promise<void> {

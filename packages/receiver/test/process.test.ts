@@ -2,8 +2,8 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
-import { storeStatus } from '../src/index.ts'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild } from './helpers.ts'
+import { rollbackMirror, storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, vmOpen } from './helpers.ts'
 
 t.test('SIGTERM parks an in-flight apply durably; the cycle resumes after restart', async (t) => {
   const env = makeEnv(t.testdir())
@@ -53,4 +53,39 @@ t.test('start-up is fast', async (t) => {
   t.ok(ms < 3000, `listening after ${ms} ms`)
   c.child.kill('SIGTERM')
   t.same(await c.exited, { code: 0, signal: null })
+})
+
+t.test('a VM written by a receiver process is locked against rollbackMirror in another process', async (t) => {
+  const env = makeEnv(t.testdir())
+  const c = await startChild(env)
+  t.teardown(() => { c.child.kill('SIGKILL') })
+  const img = pattern(MiB, 3)
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm9', 1, [seedPlan(0, 'vm9.vmdk', img, '99'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  const b = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  b.send(hello())
+  await b.expect(MessageKind.Welcome)
+  b.send(vmOpen('vm9', 2, ['vm9-000001.vmdk']))
+  await b.expect(MessageKind.VmState)
+  await t.rejects(rollbackMirror(env.store, 'vm9'), { code: 'E_BUSY' }, 'held by the receiver process')
+  b.close()
+  await b.whenClosed()
+  // released when the session ends; a kill -9 leaves a stale lock that is taken over
+  let r: Awaited<ReturnType<typeof rollbackMirror>> | undefined
+  for (let i = 0; i < 50 && r === undefined; i++) {
+    r = await rollbackMirror(env.store, 'vm9').catch(() => undefined)
+    if (r === undefined) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.equal(r?.committedCycle, 1)
+  const d = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  d.send(hello())
+  await d.expect(MessageKind.Welcome)
+  d.send(vmOpen('vm9', 2, ['vm9-000001.vmdk']))
+  await d.expect(MessageKind.VmState)
+  c.child.kill('SIGKILL')
+  await c.exited
+  const r2 = await rollbackMirror(env.store, 'vm9')
+  t.equal(r2.committedCycle, 1, 'stale lock of a killed process taken over')
 })
