@@ -54,3 +54,24 @@ export async function replicateCli (site: Site, vmx: string, args: string[] = []
   try { report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport } catch { report = undefined }
   return { ...r, report }
 }
+
+const scratchDirs: string[] = []
+let cleanupRegistered = false
+
+/**
+ * A scratch folder outside the repository, removed when the whole test file
+ * ends (after every subtest stopped its processes — tap's per-test testdir is
+ * removed before later teardowns run, while a receiver may still write).
+ */
+export async function scratchDir (t: { teardown: (fn: () => unknown) => void }, root: { teardown: (fn: () => unknown) => void }): Promise<string> {
+  const { mkdtemp, rm } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const dir = await mkdtemp(join(tmpdir(), 'grainline-e2e-'))
+  scratchDirs.push(dir)
+  if (!cleanupRegistered) {
+    cleanupRegistered = true
+    root.teardown(async () => { for (const d of scratchDirs) await rm(d, { recursive: true, force: true }) })
+  }
+  void t
+  return dir
+}

@@ -2,13 +2,14 @@
 // the receiver killed (SIGKILL) during apply and restarted, the agent killed
 // during a cycle and run again, the receiver's disk filling up.
 import t, { type Test } from 'tap'
+const tap = t
 import { execFile } from 'node:child_process'
 import { readFile, writeFile, rm, mkdtemp, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, prng } from '@grainline/agent'
-import { startSite, replicateCli, qemuRaw, firstDifference, startCuttingProxy, startReceiver, runCli } from '@grainline/e2e'
+import { startSite, replicateCli, qemuRaw, firstDifference, startCuttingProxy, startReceiver, runCli, scratchDir } from '@grainline/e2e'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
@@ -46,7 +47,7 @@ async function mirrorMatches (t: Test, mirrorFlats: string[], raws: string[], wh
 }
 
 t.test('connection cut at random points: the agent resumes and the mirror ends correct', async (t) => {
-  const dir = t.testdir()
+  const dir = await scratchDir(t, tap)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'cut', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 5 })
@@ -68,7 +69,7 @@ t.test('connection cut at random points: the agent resumes and the mirror ends c
 })
 
 t.test('receiver killed with SIGKILL during apply, restarted: the agent resumes', async (t) => {
-  const dir = t.testdir()
+  const dir = await scratchDir(t, tap)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'rk', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 6 })
@@ -93,7 +94,7 @@ t.test('receiver killed with SIGKILL during apply, restarted: the agent resumes'
 })
 
 t.test('agent killed during a cycle and run again: the mirror ends correct', async (t) => {
-  const dir = t.testdir()
+  const dir = await scratchDir(t, tap)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'ak', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 7 })
@@ -119,7 +120,7 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
 })
 
 t.test('the receiver disk fills up: a clean, reported failure; the mirror stays at its last commit', async (t) => {
-  const dir = t.testdir()
+  const dir = await scratchDir(t, tap)
   // outside the test dir: tap removes the test dir before our teardown unmounts
   const mnt = await mkdtemp(join(tmpdir(), 'grainline-small-store-'))
   // a 48 MiB file system for the store (CI runs as root)

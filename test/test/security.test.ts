@@ -1,12 +1,13 @@
 // Security, end to end: no token, a wrong token, a token for another VM, a
 // plain-text connection to a TLS listener — each refused, nothing written.
 import t from 'tap'
+const tap = t
 import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import { createSampleVm } from '@grainline/agent'
-import { startSite, replicateCli, runCli } from '@grainline/e2e'
+import { startSite, replicateCli, runCli, scratchDir } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 
@@ -15,7 +16,7 @@ async function storeEntries (store: string): Promise<string[]> {
 }
 
 t.test('refusals', async (t) => {
-  const dir = t.testdir()
+  const dir = await scratchDir(t, tap)
   const site = await startSite(join(dir, 'dr'), ['web-*'], [{ name: 'proxy-b', vms: ['db01'] }])
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web-01', disks: [{ sizeBytes: 8 * MiB }], seed: 3 })
