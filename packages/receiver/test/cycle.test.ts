@@ -96,3 +96,25 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   t.ok(readFileSync(flat).equals(img3), 'reseed flat == image 3')
   t.equal((await storeStatus(env.store)).vms[0]?.disks[0]?.modified, false)
 })
+
+t.test('many agents and disks at once', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { batchBytes: 256 * 1024 })
+  t.teardown(() => receiver.close())
+  const vms = ['web-a', 'web-b', 'web-c', 'web-d', 'web-e', 'web-f']
+  const images = vms.map((_, i) => [pattern(2 * MiB, 100 + i), Buffer.concat([Buffer.alloc(MiB), pattern(MiB, 200 + i)])] as const)
+  await Promise.all(vms.map(async (vm, i) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const [d0, d1] = images[i] as readonly [Buffer, Buffer]
+    const r = await runCycle(a, vm, 1, [seedPlan(0, `${vm}.vmdk`, d0, `a${i}`.repeat(8), 128 * 1024), seedPlan(1, `${vm}_1.vmdk`, d1, `b${i}`.repeat(8), 128 * 1024)])
+    a.close()
+    t.equal(r.committed?.disks.length, 2, `${vm} committed both disks`)
+  }))
+  vms.forEach((vm, i) => {
+    const [d0, d1] = images[i] as readonly [Buffer, Buffer]
+    t.ok(readFileSync(join(env.store, vm, `${vm}-flat.vmdk`)).equals(d0), `${vm} disk 0`)
+    t.ok(readFileSync(join(env.store, vm, `${vm}_1-flat.vmdk`)).equals(d1), `${vm} disk 1`)
+  })
+  const st = await storeStatus(env.store)
+  t.same(st.vms.map((v) => [v.vm, v.committedCycle, v.disks.length]), vms.map((vm) => [vm, 1, 2]))
+})
