@@ -1,8 +1,8 @@
 import t from 'tap'
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { SUBPROTOCOL } from '@grainline/protocol'
-import { Agent, TOKEN, makeEnv, startReceiver } from './helpers.ts'
+import { MessageKind, SUBPROTOCOL, type Message } from '@grainline/protocol'
+import { Agent, MiB, TOKEN, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 t.test('a peer that stops answering pings is terminated; one that answers stays', async (t) => {
   const env = makeEnv(t.testdir())
@@ -29,4 +29,24 @@ t.test('maxConnections: one more gets 503 before the upgrade', async (t) => {
   const err = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }).then(() => 'connected', (e: { status?: number }) => e.status)
   t.equal(err, 503)
   a.close()
+})
+
+t.test('abort() terminates every connection at once; VmState reports compatibility', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env)
+  const img = pattern(MiB, 8)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-c', 1, [seedPlan(0, 'vm-c.vmdk', img, 'c1'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  b.send(hello())
+  await b.expect(MessageKind.Welcome)
+  const open = vmOpen('vm-c', 2, ['vm-c-000001.vmdk']) as Extract<Message, { kind: typeof MessageKind.VmOpen }>
+  b.send({ ...open, compat: { ...open.compat, hwVersion: 19 } })
+  const vs = await b.expect(MessageKind.VmState)
+  t.same({ exists: vs.exists, committedCycle: vs.committedCycle, compatible: vs.compatible }, { exists: true, committedCycle: 1, compatible: false })
+  receiver.abort()
+  const c = await b.whenClosed()
+  t.equal(c.code, 1006, 'terminated')
 })
