@@ -52,6 +52,12 @@ export interface CycleOptions {
   readonly signal?: AbortSignal
   /** called after the snapshot is taken and before shipping starts (tests: guest writes) */
   readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /**
+   * called after the commit and checks, before older snapshots are removed
+   * (demo/tests: a guest writing concurrently with shipping settles here, the
+   * way a hypervisor serializes guest I/O with a snapshot removal)
+   */
+  readonly beforeRemove?: (vm: VmHandle) => Promise<void>
   /** called after every extent handed to the socket (tests: cut the link) */
   readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
 }
@@ -457,6 +463,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
   }
 
   lap('check')
+  if (opts.beforeRemove !== undefined) await opts.beforeRemove(vm)
   // 6. remove the older grainline snapshots: their deltas consolidate into the base
   const now = await driver.listSnapshots(vm)
   for (const s of now) {

@@ -64,6 +64,8 @@ export interface ReplicateInit {
   readonly signal?: AbortSignal
   /** test hook: runs after the snapshot, before shipping */
   readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /** test/demo hook: runs after commit and checks, before older snapshots are removed */
+  readonly beforeRemove?: (vm: VmHandle) => Promise<void>
   /** test hook: runs after each extent is handed to the socket */
   readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
   /** share one rate limiter across several VMs (replicateMany does) */
@@ -137,6 +139,7 @@ export async function replicate (components: { logger: Logger }, init: Replicate
       progress: progressSink(logger, init),
       ...(init.signal !== undefined ? { signal: init.signal } : {}),
       ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
+      ...(init.beforeRemove !== undefined ? { beforeRemove: init.beforeRemove } : {}),
       ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
     })
     return { ok: vmReport.ok, startedAt, finishedAt: new Date().toISOString(), vms: [vmReport] }

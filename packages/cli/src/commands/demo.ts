@@ -94,20 +94,18 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
     for (let c = 0; c <= cycles && ok; c++) {
       const last = c === cycles
       const label = c === 0 ? 'seed' : `incremental ${c}`
-      say(`- cycle ${c}: ${label}${c > 0 ? `, the guest writes ${formatBytes(guestBytes)} per disk into its new delta meanwhile` : ''}\n`)
+      say(`- cycle ${c}: ${label}; meanwhile the guest writes ${formatBytes(guestBytes)} per disk into its new delta\n`)
       const started = Date.now()
+      let guest: Promise<unknown> = Promise.resolve()
       const report: ReplicationReport = await replicate({ logger }, {
         ...base,
         certify: last ? 'xxh64' : 'none',
-        ...(c > 0
-          ? {
-              // the guest keeps writing into the new running delta while the frozen one ships
-              afterSnapshot: async () => { await simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 }) },
-            }
-          : {
-              afterSnapshot: async () => { await simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100, zeroFraction: 0.1 }) },
-            }),
+        // the guest keeps writing into the new running delta while the frozen one ships;
+        // its writes settle before the older snapshot is removed (as ESXi serializes them)
+        afterSnapshot: async () => { guest = simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 }) },
+        beforeRemove: async () => { await guest },
       })
+      await guest
       const vr = report.vms[0]
       if (vr === undefined) throw new Error('replicate returned no VM report')
       rows.push({ label, vm: vr, seconds: (Date.now() - started) / 1000 })
