@@ -39,7 +39,7 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a non-negative integer`)
     return v
   }
-  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'maxConnections', 'maxExtentBytes', 'windowBytes', 'batchBytes'])
+  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'maxConnections', 'maxExtentBytes', 'windowBytes', 'batchBytes', 'abandonAfterMs'])
   for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
   let host = typeof json['host'] === 'string' ? json['host'] : undefined
   let port = num('port')
@@ -63,6 +63,7 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
     maxExtentBytes: num('maxExtentBytes'),
     windowBytes: num('windowBytes'),
     batchBytes: num('batchBytes'),
+    abandonAfterMs: num('abandonAfterMs'),
   }
   for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
   return init as unknown as ReceiverInit

@@ -878,7 +878,7 @@ export interface RecoveryReport {
  * commit point, keep interrupted applies (journal + state) so the same cycle
  * can resume, cut torn journal tails, drop stray journals and temp files.
  */
-export async function recoverStore (storeDir: string, logger: Logger): Promise<RecoveryReport[]> {
+export async function recoverStore (storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
   const reports: RecoveryReport[] = []
   for (const vm of await listVms(storeDir)) {
     const log = logger.child({ vm })
@@ -900,9 +900,15 @@ export async function recoverStore (storeDir: string, logger: Logger): Promise<R
           log.info({ journal: f }, 'stray journal removed')
         }
       }
+      const age = inflight === null ? 0 : Date.now() - Date.parse(inflight.startedAt)
       if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => exists(paths.undoing(d.stem))))).some(Boolean)) {
         const committedCycle = await m.rollback()
         log.info({ cycle: inflight.cycle, committedCycle }, 'interrupted rollback completed')
+        reports.push({ vm, action: 'rolled-back' })
+      } else if (inflight !== null && opts.abandonAfterMs !== undefined && !(age < opts.abandonAfterMs)) {
+        // policy: an interrupted cycle nobody resumed in time is abandoned
+        const committedCycle = await m.rollback()
+        log.info({ cycle: inflight.cycle, committedCycle, ageMs: age }, 'abandoned cycle rolled back')
         reports.push({ vm, action: 'rolled-back' })
       } else if (inflight !== null) {
         const resume: Record<string, number> = {}

@@ -54,6 +54,8 @@ export interface ReceiverInit {
   readonly pingIntervalMs?: number
   /** how long a new session waits for a VM held by a closing one, ms. @default 5000 */
   readonly lockWaitMs?: number
+  /** at start-up, roll back interrupted cycles older than this (ms) instead of keeping them for resume. @default undefined (keep) */
+  readonly abandonAfterMs?: number
   /** run start-up recovery in `listen()`. @default true */
   readonly recover?: boolean
 }
@@ -124,7 +126,7 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       throw new ReceiverError('E_CONFIG', `cannot create the store ${init.store}: ${(err as Error).message}`)
     }
     if (init.recover !== false) {
-      const reports = await recoverStore(init.store, log.child({ component: 'recovery' }))
+      const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
     const srv: Server = tls

@@ -2,7 +2,10 @@ import t from 'tap'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import { MessageKind, SUBPROTOCOL, type Message } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 t.test('a peer that stops answering pings is terminated; one that answers stays', async (t) => {
   const env = makeEnv(t.testdir())
@@ -49,4 +52,35 @@ t.test('abort() terminates every connection at once; VmState reports compatibili
   receiver.abort()
   const c = await b.whenClosed()
   t.equal(c.code, 1006, 'terminated')
+})
+
+t.test('policy: an interrupted cycle older than abandonAfterMs is rolled back at start-up', async (t) => {
+  const env = makeEnv(t.testdir())
+  const imgA = pattern(2 * MiB, 1)
+  const ranges = [{ offset: 0, length: 2 * MiB }]
+  const imgB = evolve(imgA, 2, ranges)
+  const first = await startReceiver(env, { batchBytes: 256 * 1024 })
+  const a = await Agent.connect(first.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-p', 1, [seedPlan(0, 'vm-p.vmdk', imgA, 'a1'.repeat(8))])
+  a.close()
+  const b = await Agent.connect(first.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(b, 'vm-p', 2, [incPlan(0, 'vm-p.vmdk', imgB, 1, 'b2'.repeat(8), ranges, 'vm-p-000001.vmdk', 'vm-p-000002.vmdk', 256 * 1024)], { stopAfter: 5 })
+  for (;;) {
+    const m = await b.next()
+    if (m?.kind === MessageKind.ExtentAck && m.seq >= 3) break
+    if (m === undefined) throw new Error('closed early')
+  }
+  await first.receiver.close()
+  t.equal((await storeStatus(env.store)).vms[0]?.inflightCycle, 2, 'left in flight')
+  t.notOk(readFileSync(join(env.store, 'vm-p', 'vm-p-flat.vmdk')).equals(imgA), 'flat partly overwritten in place')
+  // a receiver without the policy keeps it for resume
+  const keep = await startReceiver(env)
+  await keep.receiver.close()
+  t.equal((await storeStatus(env.store)).vms[0]?.inflightCycle, 2, 'kept by default')
+  // with the policy it is rolled back
+  const second = await startReceiver(env, { abandonAfterMs: 0 })
+  t.teardown(() => second.receiver.close())
+  t.ok(second.logs.lines.some((l) => l['msg'] === 'abandoned cycle rolled back'), 'logged')
+  t.equal((await storeStatus(env.store)).vms[0]?.inflightCycle, 0)
+  t.ok(readFileSync(join(env.store, 'vm-p', 'vm-p-flat.vmdk')).equals(imgA), 'mirror == committed image')
 })
