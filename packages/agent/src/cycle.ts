@@ -520,6 +520,9 @@ async function planSeed (w: DiskWork, chunkBytes: number): Promise<void> {
   w.records?.clear()
 }
 
+/** Largest zero extent of an incremental cycle. */
+const INCREMENTAL_ZERO_CHUNK = 16 * 1024 * 1024
+
 async function planIncremental (w: DiskWork, fromDepth: number, baseCycle: number, chunkBytes: number): Promise<void> {
   const chain = w.chain
   const layers: RangeSource[] = []
@@ -527,7 +530,10 @@ async function planIncremental (w: DiskWork, fromDepth: number, baseCycle: numbe
   w.mode = 'incremental'
   w.baseCycle = baseCycle
   w.fromDepth = fromDepth
-  w.plan = await buildPlan(unionSource(layers), { chunkBytes })
+  // An incremental zero range overwrites mirror data in place, and the receiver
+  // journals the old contents first: keep each such extent small (a seed's zero
+  // ranges stay 1 GiB — they become holes in a fresh file and are not journalled).
+  w.plan = await buildPlan(unionSource(layers), { chunkBytes, zeroChunkBytes: INCREMENTAL_ZERO_CHUNK })
   w.records?.clear()
 }
 
