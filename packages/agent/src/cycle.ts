@@ -475,7 +475,9 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
       log().info({ snapshot: s.name }, 'older snapshot removed')
     } catch (err) {
       log().error({ err, snapshot: s.name }, 'removing an older snapshot failed; the next cycle retries')
-      throw new AgentError('E_SNAPSHOT', `removing snapshot ${s.name} failed: ${(err as Error).message}`, { cause: err })
+      // keep the driver's own code (E_CONSOLIDATION_NEEDED, E_TIMEOUT, …) in front of the operator
+      const code = (err as { code?: unknown }).code
+      throw new AgentError('E_SNAPSHOT', `removing snapshot ${s.name} failed${typeof code === 'string' ? ` [${code}]` : ''}: ${(err as Error).message}`, { cause: err })
     }
   }
   lap('remove')
