@@ -3,6 +3,7 @@
  * Minimal runnable receiver (tests, e2e):
  *   node dist/src/main.js --listen 127.0.0.1:0 --store DIR --tokens FILE
  *        [--tls-cert FILE --tls-key FILE] [--insecure] [--config FILE]
+ *        [--exit-with-stdin]   (exit at once when stdin ends: test harnesses)
  * Prints one JSON line {"event":"listening","host":…,"port":…} on stdout when
  * ready; logs (pino JSON) go to stderr. SIGTERM/SIGINT close gracefully.
  */
@@ -25,6 +26,7 @@ async function main (): Promise<void> {
       'display-suffix': { type: 'string' },
       'batch-bytes': { type: 'string' },
       'log-level': { type: 'string' },
+      'exit-with-stdin': { type: 'boolean' },
     },
     strict: true,
   })
@@ -53,6 +55,18 @@ async function main (): Promise<void> {
       logger.error({ err }, 'shutdown failed')
       process.exit(1)
     })
+  }
+  if (values['exit-with-stdin'] === true) {
+    // tests: die with the parent that holds our stdin, even if it was killed.
+    // No logging here: stderr may be a pipe nobody reads any more.
+    const die = (): void => {
+      receiver.abort()
+      process.exit(3)
+    }
+    process.stdin.on('end', die)
+    process.stdin.on('close', die)
+    process.stdin.on('error', die)
+    process.stdin.resume()
   }
   process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('SIGINT', () => stop('SIGINT'))

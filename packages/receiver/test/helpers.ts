@@ -83,7 +83,7 @@ export async function startChild (env: Env, opts: { fault?: string, args?: strin
   if (opts.fault !== undefined) envVars['GRAINLINE_RECEIVER_FAULT'] = opts.fault
   else delete envVars['GRAINLINE_RECEIVER_FAULT']
   const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', '--store', env.store, '--tokens', env.tokensFile,
-    '--tls-cert', env.tls.cert, '--tls-key', env.tls.key, ...(opts.args ?? [])], { env: envVars, stdio: ['ignore', 'pipe', 'pipe'] })
+    '--tls-cert', env.tls.cert, '--tls-key', env.tls.key, '--exit-with-stdin', ...(opts.args ?? [])], { env: envVars, stdio: ['pipe', 'pipe', 'pipe'] })
   let err = ''
   child.stderr?.on('data', (d: Buffer) => { err += d.toString() })
   const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
