@@ -28,7 +28,7 @@ t.test('README Usage runs: seed then incremental', async (t) => {
     .replace("'/etc/grainline/receiver.crt'", JSON.stringify(join(dir, 'ca.pem')))
   const file = join(dir, 'usage.mjs')
   await writeFile(file, code)
-  const { stdout } = await exec(process.execPath, [file], { timeout: 120_000 })
+  const { stdout } = await exec(process.execPath, [file], { timeout: 120_000, env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' } })
   t.match(stdout, /^OK +web 01 cycle 2/m)
   t.match(stdout, /incremental/)
 })
