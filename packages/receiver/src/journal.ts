@@ -17,9 +17,13 @@ import { fsyncDir, readFully, writeFully } from './fs-util.ts'
  * seed makes the previous cycle's stale records beyond the end invalid.
  *
  * type 1 (head): the cycle the journal belongs to; always the first record.
- * type 2 (extent): one extent received, with the mirror's OLD contents of its
- *   range (undo data; empty for a seed, which writes into a fresh file). It is
- *   made durable before the range is overwritten.
+ * type 2 (extent): one extent received, with the mirror's OLD contents of (a
+ *   piece of) its range (undo data; empty for a seed, which writes into a
+ *   fresh file). It is made durable before the range is overwritten. The old
+ *   contents of a large in-place range are journaled as several records of at
+ *   most JOURNAL_PIECE bytes each, all with the extent's seq/offset/length and
+ *   each with its own `oldOffset` (target offset of its old bytes; absent in
+ *   older journals: the extent's offset).
  * type 3 (applied): every extent with seq ≤ `seq` is durably in the target
  *   file (written after the target's fdatasync) — the resume point.
  *
@@ -33,6 +37,13 @@ const T_APPLIED = 3
 
 /** Records larger than this are treated as corruption (bound before allocating). */
 export const MAX_JOURNAL_RECORD = 256 * 1024 * 1024
+
+/**
+ * At most this many bytes of old contents per extent record: a large range
+ * (an incremental zero extent may be up to the protocol limits) is journaled
+ * in pieces, so no record nears MAX_JOURNAL_RECORD and memory stays bounded.
+ */
+export const JOURNAL_PIECE = 8 * 1024 * 1024
 
 export interface JournalHead {
   readonly cycleId: string
@@ -53,7 +64,9 @@ export interface JournalExtent {
   readonly zero: boolean
   /** hex of the extent digest ("" for zero extents) */
   readonly digest: string
-  /** bytes of old contents stored (range ∩ [0, baseSize)) */
+  /** target offset of the old contents stored in this record (a piece of the range) */
+  readonly oldOffset: number
+  /** bytes of old contents stored (this record's piece of range ∩ [0, baseSize)) */
   readonly oldLength: number
   /** journal file position of the old contents */
   readonly oldPos: number
@@ -130,8 +143,9 @@ export async function readJournal (path: string): Promise<JournalContents | unde
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
         headEnd = pos + 8 + len
       } else if (type === T_EXTENT && head !== undefined) {
-        const e = header as { seq: number, offset: number, length: number, zero: boolean, digest: string }
-        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldLength: dataLen, oldPos: dataPos })
+        const e = header as { seq: number, offset: number, length: number, zero: boolean, digest: string, oldOffset?: unknown }
+        const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
+        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else {
@@ -216,9 +230,16 @@ export class Journal {
     }
   }
 
-  /** Queue an extent record with the old contents of its range. */
-  appendExtent (e: { seq: number, offset: number, length: number, zero: boolean, digest: string }, old: Uint8Array | undefined): void {
-    this.push(frame(T_EXTENT, { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }, old, this.gen))
+  /**
+   * Queue an extent record with old contents (at most JOURNAL_PIECE bytes)
+   * of its range starting at target offset `oldOffset` (default: the extent's offset).
+   */
+  appendExtent (e: { seq: number, offset: number, length: number, zero: boolean, digest: string }, old: Uint8Array | undefined, oldOffset = e.offset): void {
+    if (old !== undefined && old.length > JOURNAL_PIECE) throw new RangeError(`journal piece of ${old.length} bytes exceeds ${JOURNAL_PIECE}`)
+    const header = oldOffset === e.offset
+      ? { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
+      : { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset }
+    this.push(frame(T_EXTENT, header, old, this.gen))
   }
 
   /** Queue an applied marker. */
@@ -298,7 +319,7 @@ export async function undoJournal (journalPath: string, contents: JournalContent
         for (let off = 0; off < e.oldLength; off += 4 * 1024 * 1024) {
           const n = Math.min(4 * 1024 * 1024, e.oldLength - off)
           const old = await readFully(jfh, e.oldPos + off, n)
-          await writeFully(tfh, old, e.offset + off)
+          await writeFully(tfh, old, e.oldOffset + off)
         }
       }
       const size = (await tfh.stat()).size

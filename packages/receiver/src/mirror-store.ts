@@ -5,7 +5,7 @@ import type { Logger } from 'pino'
 import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { TMP_MARK, exists, fsyncDir, readFully, readJsonIfExists, unlinkIfExists, writeFileAtomic, writeFully, writeZeros } from './fs-util.ts'
-import { Journal, readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
+import { JOURNAL_PIECE, Journal, readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { descriptorCid, mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { DEFAULT_DISPLAY_SUFFIX, baseDiskName, mirrorVmx } from './mirror-vmx.ts'
 import { faultPoint } from './fault.ts'
@@ -383,12 +383,22 @@ export class DiskApply {
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
-      let old: Uint8Array | undefined
-      if (inPlace) {
-        const oldLen = Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset)
-        if (oldLen > 0) old = await readFully(this.fh, e.offset, oldLen)
+      const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
+      const oldLen = inPlace ? Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset) : 0
+      if (oldLen === 0) {
+        this.journal.appendExtent(rec, undefined)
+        continue
       }
-      this.journal.appendExtent({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }, old)
+      // old contents in pieces of at most JOURNAL_PIECE bytes, each its own
+      // record, written out as we go: bounded records and bounded memory
+      for (let off = 0; off < oldLen; off += JOURNAL_PIECE) {
+        const n = Math.min(JOURNAL_PIECE, oldLen - off)
+        this.journal.appendExtent(rec, await readFully(this.fh, e.offset + off, n), e.offset + off)
+        if (this.journal.queuedBytes >= JOURNAL_PIECE) {
+          await this.journal.flush(false)
+          faultPoint('journal-piece')
+        }
+      }
     }
     if (inPlace) {
       await this.journal.flush(true)
@@ -408,7 +418,12 @@ export class DiskApply {
     for (const e of batch) {
       if (e.zero) {
         // a seed writes into a fresh sparse file: zero ranges stay holes
-        if (inPlace) await writeZeros(this.fh, e.offset, e.length)
+        if (inPlace) {
+          for (let off = 0; off < e.length; off += JOURNAL_PIECE) {
+            await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, e.length - off))
+            faultPoint('zero-piece')
+          }
+        }
       } else {
         await writeFully(this.fh, e.data as Uint8Array, e.offset)
       }

@@ -368,7 +368,9 @@ export class Session {
     a.cycleDigest.add({ offset, length, zero: msg.zero, digest: msg.digest })
     this.batch.push({ seq, offset, length, zero: msg.zero, data, digest: msg.digest })
     this.batchDisk = d
-    this.batchBytes += msg.zero ? 512 : length
+    // an in-place zero extent costs its full length (journaled old contents
+    // and zeros written); a seed's zero extent writes nothing
+    this.batchBytes += msg.zero && a.info.target !== 'flat' ? 512 : length
   }
 
   /** stage 2 (write + fsync + ack) of the previous batch, still running */

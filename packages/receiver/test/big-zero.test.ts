@@ -1,0 +1,106 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import { cpSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { JOURNAL_PIECE, MAX_JOURNAL_RECORD, readJournal } from '../src/journal.ts'
+import { rollbackMirror, storeStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, type Env } from './helpers.ts'
+
+/*
+ * A large in-place zero extent (bigger than one journal piece) followed by a
+ * data extent, killed (SIGKILL) at points before, inside and after it: the
+ * old contents are journaled in bounded pieces, so a rollback restores the
+ * committed image exactly and a resume reaches the new image exactly.
+ */
+
+const VM = 'vm1'
+const ZERO = 5 * JOURNAL_PIECE // 40 MiB
+const CAP = ZERO + 2 * MiB
+const imgA = Buffer.alloc(CAP, 7)
+const imgB = Buffer.from(imgA)
+imgB.fill(0, MiB, MiB + ZERO)
+pattern(MiB, 3).copy(imgB, MiB + ZERO)
+const ranges = [{ offset: MiB, length: ZERO }, { offset: MiB + ZERO, length: MiB }]
+const planA = () => seedPlan(0, 'vm1.vmdk', imgA, 'a1'.repeat(8))
+const incB = incPlan(0, 'vm1.vmdk', imgB, 1, 'b2'.repeat(8), ranges, 'vm1-000001.vmdk', 'vm1-000002.vmdk', ZERO)
+const planB = () => incB
+const flatPath = (env: Env): string => join(env.store, VM, 'vm1-flat.vmdk')
+const ARGS = ['--batch-bytes', String(MiB), '--log-level', 'warn']
+
+t.equal(planB().extents.length, 2, 'the plan is one zero extent and one data extent')
+t.equal(planB().extents[0]?.zero, true)
+
+const base = t.testdir()
+let seededStore: string | undefined
+
+/** A store holding the committed seed (seeded once, then copied). */
+async function seeded (dir: string): Promise<Env> {
+  const env = makeEnv(dir)
+  if (seededStore !== undefined) {
+    cpSync(seededStore, env.store, { recursive: true })
+    return env
+  }
+  seededStore = join(base, 'seeded')
+  const c = await startChild(env, { args: ARGS })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, VM, 1, [planA()])
+  a.close()
+  await a.whenClosed()
+  c.child.kill('SIGTERM')
+  await c.exited
+  cpSync(env.store, seededStore, { recursive: true })
+  return env
+}
+
+async function crashRun (t: Test, env: Env, fault: string): Promise<void> {
+  const c = await startChild(env, { fault, args: ARGS })
+  await (async () => {
+    const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, VM, 2, [planB()])
+  })().catch(() => {})
+  const e = await Promise.race([c.exited, new Promise<{ code: null, signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 20000).unref())])
+  if (e.signal === 'timeout') c.child.kill('SIGKILL')
+  t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
+}
+
+t.test('the old contents of a large zero extent are journaled in bounded pieces', async (t) => {
+  const env = await seeded(t.testdir())
+  await crashRun(t, env, 'journal-synced:1')
+  const c = await readJournal(join(env.store, VM, '.grainline', 'vm1.journal'))
+  const recs = (c?.extents ?? []).filter((e) => e.seq === 0)
+  t.equal(recs.length, ZERO / JOURNAL_PIECE, 'one record per piece')
+  t.ok(recs.every((e) => e.oldLength <= JOURNAL_PIECE && e.oldLength < MAX_JOURNAL_RECORD), 'no record larger than a piece')
+  t.same(recs.map((e) => e.oldOffset), recs.map((_e, i) => MiB + i * JOURNAL_PIECE), 'each piece carries its own offset')
+  t.equal(recs.reduce((s, e) => s + e.oldLength, 0), ZERO, 'the pieces cover the range')
+  t.ok(recs.every((e) => e.offset === MiB && e.length === ZERO && e.zero), 'each piece names its extent')
+})
+
+const faults = [
+  'journal-piece:2', 'journal-synced:1', 'zero-piece:3', 'extent-written:1', 'target-synced:1', 'extent-written:2', 'target-synced:2',
+]
+
+t.test('kill -9 around a zero extent larger than a journal piece', async (t) => {
+  for (const fault of faults) {
+    await t.test(fault, async (t) => {
+      const env = await seeded(t.testdir())
+      await crashRun(t, env, fault)
+      t.equal((await storeStatus(env.store)).vms[0]?.committedCycle, 1, 'nothing committed')
+      // a copy of the interrupted store for the resume
+      const env2 = makeEnv(join(env.dir, 'resume'))
+      cpSync(env.store, env2.store, { recursive: true })
+
+      const r = await rollbackMirror(env.store, VM)
+      t.equal(r.committedCycle, 1)
+      t.equal(r.rolledBack, true)
+      t.ok(readFileSync(flatPath(env)).equals(imgA), 'rolled back: mirror == committed image')
+
+      const c = await startChild(env2, { args: ARGS })
+      t.teardown(() => { c.child.kill('SIGKILL') })
+      const a = await Agent.connect(c.url, { token: TOKEN, ca: env2.tls.ca })
+      const res = await runCycle(a, VM, 2, [planB()])
+      a.close()
+      t.ok(res.resume[0] === 0 || res.resume[0] === 1, `resumed at seq ${String(res.resume[0])}`)
+      t.ok(readFileSync(flatPath(env2)).equals(imgB), 'resumed: mirror == new image')
+    })
+  }
+})
