@@ -9,12 +9,14 @@
 // Method: the codec (encodeMessage + decodeMessage) and the baseline (a plain
 // Buffer.from copy of the same 1 MiB payload: one allocation + one memcpy, the
 // floor an encoder that copies once can reach) are timed in interleaved rounds
-// A B A B … (default 9 each, 1024 MiB of payload per round), so drift in the
-// machine's load hits both alike. Reported: the median round of each, the
-// ratio codec/baseline of the medians and the median of the per-pair ratios,
-// and the verdict from the codec's MEDIAN. Secondary figures (encode only,
-// encodeMessageParts, decode only, msgpackr pack+unpack) come from their own
-// round-robin afterwards, medians as well.
+// A B A B … (default 41 each, 128 MiB of payload per round: short rounds and
+// many pairs, so drift in the machine's load and in the allocator's state hits
+// both alike; with 1 GiB rounds × 9 the ratio swung 0.46–2.08 between runs).
+// Reported: the median round of each (and the slowest/fastest round), the
+// ratio codec/baseline as the median (and quartiles) of the per-pair ratios
+// and as the ratio of the medians, and the verdict from the codec's MEDIAN.
+// Secondary figures (encode only, encodeMessageParts, decode only, msgpackr
+// pack+unpack) come from their own round-robin afterwards, medians as well.
 // The codec itself runs on msgpackr (a strict pre-scan, then msgpackr's
 // decoder; msgpackr's encoder writing into a buffer sized for the frame).
 // Copies of the payload are measured, not assumed: the encoder's output must
@@ -26,8 +28,8 @@ import { Packr } from 'msgpackr'
 import { decodeMessage, encodeMessage, encodeMessageParts, MessageKind } from '../protocol/dist/src/index.js'
 
 const MiB = 1024 * 1024
-const perRound = Number(process.argv[2] ?? 1024)
-const ROUNDS = Math.max(5, Number(process.argv[3] ?? 9))
+const perRound = Number(process.argv[2] ?? 128)
+const ROUNDS = Math.max(5, Number(process.argv[3] ?? 41))
 const payload = randomBytes(MiB)
 const digest = randomBytes(8)
 const extent = (seq) => ({ kind: MessageKind.Extent, disk: 0, seq, offset: seq * MiB, length: MiB, zero: false, compression: 'none', data: payload, digest })
@@ -88,7 +90,8 @@ for (const [k, rs] of Object.entries(res)) {
   console.log(`${label[k].padEnd(38)} ${fmt(med[k])} GB/s wall (median; rounds ${lo.toFixed(2)}–${hi.toFixed(2)}) ${fmt(cpu)} GB/s per CPU-second`)
 }
 const pairRatios = res.codec.map((c, i) => c.gbs / res.baseline[i].gbs)
-console.log(`ratio codec/baseline: ${(med.codec / med.baseline).toFixed(2)} (of the medians); ${median(pairRatios).toFixed(2)} (median of the ${ROUNDS} A/B pairs: ${pairRatios.map((x) => x.toFixed(2)).join(' ')})`)
+const q = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
+console.log(`ratio codec/baseline: ${median(pairRatios).toFixed(2)} (median of the ${ROUNDS} A/B pairs; quartiles ${q(pairRatios, 0.25).toFixed(2)}–${q(pairRatios, 0.75).toFixed(2)}); ${(med.codec / med.baseline).toFixed(2)} (ratio of the medians)`)
 {
   // copies: count the buffers that hold a copy of the payload after one encode and one decode
   const f = encodeMessage(extent(7))
