@@ -574,8 +574,25 @@ export class VmMirror {
     return c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType
   }
 
+  /**
+   * Throw E_BAD_NAME when `name`'s file stem equals, ignoring case, the stem
+   * of another disk of this VM (committed, in flight, or in `open`) with a
+   * different name: `a.vmdk`, `a.VMDK` and `a` would share one flat, seed and
+   * journal file (and clash on case-insensitive file systems).
+   */
+  checkStem (name: string, open: Iterable<string> = []): void {
+    const key = diskStem(name).toLowerCase()
+    const others = new Set([...Object.keys(this.state.disks), ...Object.keys(this.state.inflight?.disks ?? {}), ...open])
+    for (const other of others) {
+      if (other !== name && diskStem(other).toLowerCase() === key) {
+        throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} collides with disk ${JSON.stringify(other)} of VM ${this.vm} (same file stem)`)
+      }
+    }
+  }
+
   /** Inspect and (if acceptable) open a disk for the session's cycle. */
-  async openDisk (req: DiskOpenRequest): Promise<OpenDiskResult> {
+  async openDisk (req: DiskOpenRequest, open: Iterable<string> = []): Promise<OpenDiskResult> {
+    this.checkStem(req.name, open)
     const rec = this.state.disks[req.name]
     const inf = this.state.inflight?.disks[req.name]
     const look = await inspectMirror(this.paths, rec, inf)

@@ -317,7 +317,7 @@ export class Session {
     checkUint(msg.totalBytes, 'totalBytes')
     checkUint(msg.totalExtents, 'totalExtents')
     const neg = this.negotiated as Negotiated
-    const r = await vm.openDisk({ name: msg.name, capacity, cycle: this.cycle, mode: msg.mode, baseCycle, source, cycleId: msg.cycleId, ddb, algorithm: neg.digest })
+    const r = await vm.openDisk({ name: msg.name, capacity, cycle: this.cycle, mode: msg.mode, baseCycle, source, cycleId: msg.cycleId, ddb, algorithm: neg.digest }, [...this.disks.values()].map((d) => d.name))
     // a refused open leaves handle and name free: the agent may open the disk again (e.g. as a seed)
     if (r.apply !== undefined) this.disks.set(handle, { handle, name: msg.name, apply: r.apply })
     if (r.apply === undefined) this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
