@@ -1,5 +1,5 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
-import { rmSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity } from '@grainline/protocol'
@@ -106,9 +106,60 @@ function processAlive (pid: number): boolean {
   }
 }
 
+/** This boot's id (Linux), or '' where there is none. */
+function bootId (): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Start time of a process in clock ticks since boot (field 22 of
+ * /proc/<pid>/stat), '' where /proc cannot tell, undefined when it is gone.
+ */
+export function processStartTime (pid: number): string | undefined {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (code === 'ENOENT' || code === 'ESRCH') return existsSync('/proc/self/stat') ? undefined : ''
+    return ''
+  }
+  // "pid (comm) state ppid …": comm may hold spaces and parentheses
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  return rest[22 - 3] ?? ''
+}
+
+/** What the lock file says: `pid\nboot id\nstart time\n` (older locks: the pid only). */
+export function lockText (): string {
+  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
+}
+
+/**
+ * Whether the process that wrote a lock still holds it: its pid is alive
+ * and, when the lock records them, this is the same boot and the pid's
+ * process started at the recorded time (a pid reused after a reboot or in a
+ * container by an unrelated process does not hold the lock).
+ */
+export function lockHolderAlive (text: string): boolean {
+  const [pidText = '', boot = '', start = ''] = text.split('\n')
+  const pid = Number.parseInt(pidText, 10)
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || !processAlive(pid)) return false
+  if (boot !== '' && bootId() !== '' && boot !== bootId()) return false
+  if (start !== '') {
+    const now = processStartTime(pid)
+    if (now === undefined) return false
+    if (now !== '' && now !== start) return false
+  }
+  return true
+}
+
 /**
  * Take the VM's lock file (`.grainline/lock`, created exclusively, holding
- * our pid) so that two processes — a receiver and `grainline mirror
+ * our pid, boot id and process start time) so that two processes — a receiver and `grainline mirror
  * rollback`, say — never write one mirror at once. A lock whose process is
  * gone is taken over. Returns false when the VM folder does not exist yet (a
  * first VmOpen creates it under the in-process lock) or the lock cannot be
@@ -129,7 +180,7 @@ async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boole
       if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
       const text = await readFile(paths.lock, 'utf8').catch(() => '')
       const pid = Number.parseInt(text, 10)
-      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
+      if (lockHolderAlive(text)) {
         throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
       }
       if (!Number.isSafeInteger(pid) && attempt === 0) {
@@ -148,7 +199,7 @@ async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boole
       continue
     }
     try {
-      await fh.writeFile(`${process.pid}\n`)
+      await fh.writeFile(lockText())
     } catch (err) {
       log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
     } finally {
@@ -194,7 +245,7 @@ export class VmPaths {
   journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
   /** a finished journal kept for reuse by the next cycle of the disk */
   spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
-  /** held by the process writing the VM (its pid inside) */
+  /** held by the process writing the VM (its pid, boot id and start time inside) */
   get lock (): string { return join(this.gdir, 'lock') }
   /** the journal while a rollback undoes it */
   undoing (stem: string): string { return join(this.gdir, `${stem}.journal.undo`) }
