@@ -665,6 +665,11 @@ export class VmMirror {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
       }
+      if (inf.target === 'flat' && look.modified) {
+        // the committed mirror under an in-place apply changed (CID or size)
+        // while the cycle was interrupted: its journal no longer describes it
+        return refuse('E_MIRROR_MODIFIED', `mirror of ${req.name} changed since the last commit (CID ${look.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''}); roll back, then seed`)
+      }
       const contents = await readJournal(this.paths.journal(inf.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
       if (contents === undefined || contents.head.cycleId !== inf.cycleId) {
         throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
