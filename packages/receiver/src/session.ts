@@ -3,7 +3,7 @@ import { stat } from 'node:fs/promises'
 import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
-  MessageKind, ProtocolErrorCodes, createDigest, decodeMessage, toErrorMessage, decompress, encodeMessage, isDigestAlgorithm, negotiate, validateName,
+  MessageKind, ProtocolErrorCodes, createDigest, cycleIdentity, decodeMessage, toErrorMessage, decompress, encodeMessage, isDigestAlgorithm, negotiate, validateName,
   type ChainLayer, type CompatRecord, type ProtocolErrorCode, type LocalCapabilities, type Message, type Negotiated, type SourceIdentity,
   type CertifyMessage, type CommitMessage, type DiskEndMessage, type DiskOpenMessage, type ExtentMessage, type HelloMessage,
   type RollbackMessage, type TrivialCheckMessage, type VmOpenMessage,
@@ -313,6 +313,10 @@ export class Session {
     const baseCycle = checkUint(msg.baseCycle, 'baseCycle')
     const source = checkSource(msg.source)
     if (typeof msg.cycleId !== 'string' || !/^[0-9a-f]{8,128}$/.test(msg.cycleId)) fail('E_SCHEMA', 'cycleId must be lowercase hex')
+    // recomputed, not trusted: a resume must never mix two frozen sources (SPEC §5.2)
+    if (msg.cycleId !== cycleIdentity({ vm: this.vmName, name: msg.name, cycle: this.cycle, mode: msg.mode, baseCycle, source })) {
+      fail('E_SCHEMA', 'cycleId is not the cycle identity of the DiskOpen fields (SPEC §5.2)')
+    }
     const ddb = checkDdb(msg.ddb)
     checkUint(msg.totalBytes, 'totalBytes')
     checkUint(msg.totalExtents, 'totalExtents')

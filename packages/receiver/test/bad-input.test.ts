@@ -42,14 +42,14 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
   const cases: Array<{ name: string, code: string, close: number, script: (d: DiskPlan) => Array<Message | Uint8Array | string>, token?: string }> = []
   let caseVm = 'web-c0'
   const seedD = (name = 'web-02.vmdk'): DiskPlan => seedPlan(0, name, img, '11'.repeat(8))
-  const pre = (d = seedD()): Message[] => [hello(), vmOpen(caseVm, 1, [d.name]), diskOpen(d, 1)]
+  const pre = (d = seedD()): Message[] => [hello(), vmOpen(caseVm, 1, [d.name]), diskOpen(d, 1, caseVm)]
   cases.push({ name: 'forbidden VM (exists)', code: 'E_FORBIDDEN', close: 4403, token: TOKEN_B, script: () => [hello(), vmOpen('web-01', 2, [])] })
   cases.push({ name: 'forbidden VM (absent)', code: 'E_FORBIDDEN', close: 4403, token: TOKEN_B, script: () => [hello(), vmOpen('web-77', 1, [])] })
   cases.push({ name: 'VM name ..', code: 'E_BAD_NAME', close: 4400, script: () => [hello(), { ...vmOpen('x', 1, []), vm: '..' } as Message] })
   cases.push({ name: 'VM name with /', code: 'E_BAD_NAME', close: 4400, script: () => [hello(), { ...vmOpen('x', 1, []), vm: 'web-01/../db01' } as Message] })
   cases.push({ name: 'VM name with NUL', code: 'E_BAD_NAME', close: 4400, script: () => [hello(), { ...vmOpen('x', 1, []), vm: 'web-\u0000x' } as Message] })
-  cases.push({ name: 'disk name with ..', code: 'E_BAD_NAME', close: 4400, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1), name: '../evil.vmdk' } as Message] })
-  cases.push({ name: 'disk name -flat', code: 'E_BAD_NAME', close: 4400, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1), name: 'a-flat.vmdk' } as Message] })
+  cases.push({ name: 'disk name with ..', code: 'E_BAD_NAME', close: 4400, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), name: '../evil.vmdk' } as Message] })
+  cases.push({ name: 'disk name -flat', code: 'E_BAD_NAME', close: 4400, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), name: 'a-flat.vmdk' } as Message] })
   cases.push({ name: 'file name path', code: 'E_BAD_NAME', close: 4400, script: () => [hello(), { ...vmOpen(caseVm, 1, []), files: [{ name: '../x.vmx', data: new Uint8Array(1) }] } as Message] })
   cases.push({ name: 'text frame', code: 'E_MALFORMED', close: 1007, script: () => [hello(), 'hello'] })
   cases.push({ name: 'unknown kind', code: 'E_UNKNOWN_KIND', close: 1008, script: () => [hello(), Uint8Array.from([0x66, 0x80])] })
@@ -70,7 +70,9 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
   } })
   cases.push({ name: 'DiskEnd count mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 2, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
   cases.push({ name: 'commit without DiskEnd', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.Commit, vm: caseVm, cycle: 1 }] })
-  cases.push({ name: 'capacity not a sector multiple', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1), capacity: 1000 } as Message] })
+  cases.push({ name: 'cycleId not the identity of the fields', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), cycleId: 'ab'.repeat(32) } as Message] })
+  cases.push({ name: 'cycleId of another VM', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, 'web-other') } as Message] })
+  cases.push({ name: 'capacity not a sector multiple', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), capacity: 1000 } as Message] })
 
   let caseNo = 0
   for (const c of cases) {

@@ -80,7 +80,7 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   // and a re-seed over it works, on the same connection
   const img3 = pattern(cap, 33)
   const sp = seedPlan(0, 'web-01.vmdk', img3, 'ee03'.repeat(4))
-  a4.send(diskOpen(sp, 3))
+  a4.send(diskOpen(sp, 3, 'web-01'))
   const ds = await a4.expect(MessageKind.DiskState)
   t.equal(ds.accepted, true, 'seed accepted after the refused incremental')
   for (let seq = 0; seq < sp.extents.length; seq++) a4.send(extentMessage(sp, seq, 'sha256'))

@@ -101,7 +101,7 @@ t.test('disk full, read-only store, vanished folder: typed error, mirror at its 
     await b.expect(MessageKind.Welcome)
     b.send(vmOpen('vm3', 1, ['vm3.vmdk']))
     await b.expect(MessageKind.VmState)
-    b.send(diskOpen(d, 1))
+    b.send(diskOpen(d, 1, 'vm3'))
     await b.expect(MessageKind.DiskState)
     rmSync(join(store, 'vm3'), { recursive: true, force: true })
     b.send(extentMessage(d, 0, 'sha256'))

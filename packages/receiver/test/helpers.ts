@@ -8,7 +8,7 @@ import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import WebSocket from 'ws'
 import {
-  CycleDigest, MessageKind, SUBPROTOCOL, createDigest, compress, decodeMessage, encodeMessage, initDigests,
+  CycleDigest, MessageKind, SUBPROTOCOL, createDigest, compress, cycleIdentity, decodeMessage, encodeMessage, initDigests,
   type CompressionAlgorithm, type DigestAlgorithm, type DiskOpenMessage, type ExtentMessage, type Message, type SourceIdentity,
 } from '@grainline/protocol'
 import { createReceiver, type Receiver, type ReceiverInit } from '../src/index.ts'
@@ -205,6 +205,7 @@ export interface DiskPlan {
   mode: 'seed' | 'incremental'
   baseCycle: number
   source: SourceIdentity
+  /** a label only: `diskOpen` sends the real cycle identity of the plan's fields */
   cycleId: string
   image: Buffer
   extents: PlannedExtent[]
@@ -222,11 +223,12 @@ export function extentMessage (d: DiskPlan, seq: number, alg: DigestAlgorithm, c
   return { kind: MessageKind.Extent, disk: d.handle, seq, offset: e.offset, length: e.length, zero: false, compression, data: packed, digest }
 }
 
-export function diskOpen (d: DiskPlan, cycle: number): DiskOpenMessage {
+/** DiskOpen of a plan; its cycleId is the cycle identity of its fields (SPEC §5.2), which the receiver recomputes. */
+export function diskOpen (d: DiskPlan, cycle: number, vm: string): DiskOpenMessage {
   const totalBytes = d.extents.reduce((s, e) => s + e.length, 0)
   return {
     kind: MessageKind.DiskOpen, disk: d.handle, name: d.name, capacity: d.capacity, cycle, mode: d.mode, baseCycle: d.baseCycle,
-    source: d.source, cycleId: d.cycleId, ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' }, totalBytes, totalExtents: d.extents.length,
+    source: d.source, cycleId: cycleIdentity({ vm, name: d.name, cycle, mode: d.mode, baseCycle: d.baseCycle, source: d.source }), ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' }, totalBytes, totalExtents: d.extents.length,
   }
 }
 
@@ -287,7 +289,7 @@ export async function runCycle (agent: Agent, vm: string, cycle: number, disks: 
   const resume: number[] = []
   let sent = 0
   for (const d of disks) {
-    agent.send(diskOpen(d, cycle))
+    agent.send(diskOpen(d, cycle, vm))
     const ds = await agent.expect(MessageKind.DiskState)
     if (!ds.accepted) throw Object.assign(new Error(`disk refused: ${ds.reason}`), { reason: ds.reason, state: ds })
     resume.push(ds.resumeSeq)

@@ -13,7 +13,8 @@ const EXT = 64 * 1024
 const img1 = Buffer.concat([pattern(MiB, 1), pattern(MiB, 2)])
 const ranges = [{ offset: 0, length: 8 * EXT }, { offset: MiB, length: 8 * EXT }]
 const img2 = evolve(img1, 5, ranges)
-const inc = (id: string) => incPlan(0, 'web-r.vmdk', img2, 1, id, ranges, 'web-r-000001.vmdk', 'web-r-000002.vmdk', EXT)
+// another successor: the same cycle of the same disk from another frozen source, so another identity
+const inc = (successor = 'web-r-000002.vmdk') => incPlan(0, 'web-r.vmdk', img2, 1, successor, ranges, 'web-r-000001.vmdk', successor, EXT)
 
 async function interrupted (dir: string): Promise<{ env: ReturnType<typeof makeEnv>, url: string, close: () => Promise<void> }> {
   const env = makeEnv(dir)
@@ -23,7 +24,7 @@ async function interrupted (dir: string): Promise<{ env: ReturnType<typeof makeE
   a.close()
   await a.whenClosed()
   const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(b, 'web-r', 2, [inc('02'.repeat(8))], { stopAfter: 10 })
+  await runCycle(b, 'web-r', 2, [inc()], { stopAfter: 10 })
   // let the acks of the first batches arrive, then drop the connection
   await new Promise((resolve) => setTimeout(resolve, 300))
   b.terminate()
@@ -44,12 +45,12 @@ t.test('a resume with another cycle identity is refused with E_CYCLE_MISMATCH', 
   const r = await interrupted(t.testdir())
   t.teardown(r.close)
   const a = await Agent.connect(r.url, { token: TOKEN, ca: r.env.tls.ca })
-  t.equal(await refusal(runCycle(a, 'web-r', 2, [inc('03'.repeat(8))])), 'E_CYCLE_MISMATCH')
+  t.equal(await refusal(runCycle(a, 'web-r', 2, [inc('web-r-000003.vmdk')])), 'E_CYCLE_MISMATCH')
   a.close()
   await a.whenClosed()
   // the right identity resumes; a rollback first lets another identity start afresh
   const b = await Agent.connect(r.url, { token: TOKEN, ca: r.env.tls.ca })
-  const res = await runCycle(b, 'web-r', 2, [inc('03'.repeat(8))], { rollbackFirst: true })
+  const res = await runCycle(b, 'web-r', 2, [inc('web-r-000003.vmdk')], { rollbackFirst: true })
   b.close()
   t.equal(res.resume[0], 0)
   t.ok(readFileSync(join(r.env.store, 'web-r', 'web-r-flat.vmdk')).equals(img2))
@@ -65,7 +66,7 @@ t.test('a resume over a mirror modified meanwhile is refused with E_MIRROR_MODIF
       if (how === 'cid') writeFileSync(desc, readFileSync(desc, 'latin1').replace(/^CID=[0-9a-f]{8}$/m, 'CID=0badc0de'), 'latin1')
       else truncateSync(flat, statSync(flat).size - 512)
       const a = await Agent.connect(r.url, { token: TOKEN, ca: r.env.tls.ca })
-      t.equal(await refusal(runCycle(a, 'web-r', 2, [inc('02'.repeat(8))])), 'E_MIRROR_MODIFIED', 'same identity, but the mirror changed')
+      t.equal(await refusal(runCycle(a, 'web-r', 2, [inc()])), 'E_MIRROR_MODIFIED', 'same identity, but the mirror changed')
       a.close()
       await a.whenClosed()
     })
