@@ -4,7 +4,8 @@ import { cpSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { JOURNAL_PIECE, MAX_JOURNAL_RECORD, readJournal } from '../src/journal.ts'
 import { rollbackMirror, storeStatus } from '../src/index.ts'
-import { Agent, MiB, TOKEN, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, type Env } from './helpers.ts'
+import { MessageKind } from '@grainline/protocol'
+import { Agent, MiB, TOKEN, diskOpen, extentMessage, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /*
  * A large in-place zero extent (bigger than one journal piece) followed by a
@@ -103,4 +104,34 @@ t.test('kill -9 around a zero extent larger than a journal piece', async (t) => 
       t.ok(readFileSync(flatPath(env2)).equals(imgB), 'resumed: mirror == new image')
     })
   }
+})
+
+t.test('in-place zero extents count at their full length towards batchBytes', async (t) => {
+  // 16 zero extents of 256 KiB over a seeded mirror, batches of 1 MiB, a long
+  // idle wait so that only the byte count ends a batch: at most 4 per batch
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { batchBytes: MiB, batchIdleMs: 2000 })
+  t.teardown(() => receiver.close())
+  const img1 = Buffer.alloc(4 * MiB, 7)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-z', 1, [seedPlan(0, 'vm-z.vmdk', img1, '01'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  const img2 = Buffer.alloc(4 * MiB)
+  const plan = incPlan(0, 'vm-z.vmdk', img2, 1, 'z', [{ offset: 0, length: 4 * MiB }], 'vm-z-000001.vmdk', 'vm-z-000002.vmdk', MiB / 4)
+  t.equal(plan.extents.length, 16)
+  t.ok(plan.extents.every((e) => e.zero))
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  b.send(hello())
+  await b.expect(MessageKind.Welcome)
+  b.send(vmOpen('vm-z', 2, []))
+  await b.expect(MessageKind.VmState)
+  b.send(diskOpen(plan, 2, 'vm-z'))
+  t.equal((await b.expect(MessageKind.DiskState)).accepted, true)
+  for (let seq = 0; seq < 16; seq++) b.send(extentMessage(plan, seq, 'sha256'))
+  const acks: number[] = []
+  while (acks.length === 0 || acks[acks.length - 1] !== 15) acks.push((await b.expect(MessageKind.ExtentAck)).seq)
+  t.same(acks, [3, 7, 11, 15], 'a batch ends at 1 MiB of zero extents (was: all 16 in one batch)')
+  b.close()
+  await b.whenClosed()
 })
