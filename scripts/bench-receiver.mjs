@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { CycleDigest, MessageKind, SUBPROTOCOL, createDigest, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
+import { CycleDigest, MessageKind, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -75,7 +75,7 @@ async function cycle (cycle, mode, f) {
   ws.send(encodeMessage({ kind: MessageKind.VmOpen, vm: 'bench', cycle, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'x' }, files: [], disks: ['bench.vmdk'] }))
   await next()
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
-  ws.send(encodeMessage({ kind: MessageKind.DiskOpen, disk: 0, name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: `${cycle}`.padStart(16, '0'), ddb: {}, totalBytes: N * MiB, totalExtents: f.out.length }))
+  ws.send(encodeMessage({ kind: MessageKind.DiskOpen, disk: 0, name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, totalBytes: N * MiB, totalExtents: f.out.length }))
   const ds = await next()
   if (!ds.accepted) throw new Error(`refused ${ds.reason}`)
   const t0 = process.hrtime.bigint()
@@ -106,7 +106,7 @@ async function applyOnly (cycle, mode, seedByte) {
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
-  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: `${cycle}`.padStart(16, '0'), ddb: {}, algorithm: 'xxh64' })
+  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, algorithm: 'xxh64' })
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const t0 = process.hrtime.bigint()
