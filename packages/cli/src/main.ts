@@ -121,7 +121,7 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
     async (args) => {
       const ok = await demoCommand({ dir: args.dir, cycles: args.cycles, diskBytes: parseSize(args['disk-size']), guestBytes: parseSize(args['guest-write']), deltaFormat: args['delta-format'], write })
-      if (!ok) process.exitCode = ExitCode.Failed
+      if (!ok && process.exitCode !== ExitCode.Interrupted) process.exitCode = ExitCode.Failed
     })
     .help()
     .version('0.1.0')

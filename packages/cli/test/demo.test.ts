@@ -36,3 +36,23 @@ t.test('demo refuses to wipe a folder it did not create', async (t) => {
   t.match(err, /not a grainline demo folder/)
   t.same(await readdir(dir), ['precious.txt'])
 })
+
+t.test('Ctrl-C stops the demo and its receiver process, exit 130', async (t) => {
+  const dir = join(t.testdir(), 'demo-int')
+  const p = spawn(process.execPath, [bin, 'demo', '--dir', dir, '--disk-size', '256M', '--guest-write', '8M'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  p.stderr.resume()
+  await new Promise<void>((resolve) => {
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d
+      if (/cycle 0: seed/.test(out)) resolve()
+    })
+  })
+  p.kill('SIGINT')
+  const [code] = await once(p, 'exit') as [number | null]
+  t.equal(code, 130, 'exit status 130')
+  t.match(out, /interrupted/)
+  const { execFileSync } = await import('node:child_process')
+  const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+  t.notMatch(ps, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')), 'no process of the demo is left running')
+})

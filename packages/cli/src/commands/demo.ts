@@ -76,7 +76,14 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
       await once(receiver.proc, 'exit')
     }
   }
-  const onSignal = (): void => { receiver.proc.kill('SIGTERM') }
+  // Ctrl-C / SIGTERM: abort the cycle in flight, stop the receiver, exit
+  const abort = new AbortController()
+  opts.signal?.addEventListener('abort', () => abort.abort(opts.signal?.reason), { once: true })
+  const onSignal = (): void => {
+    say('\ninterrupted: aborting the cycle and stopping the receiver\n')
+    abort.abort(new Error('interrupted'))
+    receiver.proc.kill('SIGTERM')
+  }
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   const rows: CycleRow[] = []
@@ -89,9 +96,9 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
       caFile: tls.cert,
       deltaFormat: opts.deltaFormat ?? 'sesparse',
       trivialMiB: 16,
-      ...(opts.signal !== undefined ? { signal: opts.signal } : {}),
+      signal: abort.signal,
     } as const
-    for (let c = 0; c <= cycles && ok; c++) {
+    for (let c = 0; c <= cycles && ok && !abort.signal.aborted; c++) {
       const last = c === cycles
       const label = c === 0 ? 'seed' : `incremental ${c}`
       say(`- cycle ${c}: ${label}; meanwhile the guest writes ${formatBytes(guestBytes)} per disk into its new delta\n`)
@@ -109,6 +116,7 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
       const vr = report.vms[0]
       if (vr === undefined) throw new Error('replicate returned no VM report')
       rows.push({ label, vm: vr, seconds: (Date.now() - started) / 1000 })
+      if (abort.signal.aborted) { ok = false; break }
       if (!report.ok) {
         ok = false
         say(`  cycle ${c} FAILED: ${vr.error?.code ?? ''} ${vr.error?.message ?? vr.disks.map((d) => d.error?.message).filter(Boolean).join('; ')}\n`)
@@ -120,6 +128,11 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
     await stopReceiver()
   }
 
+  if (abort.signal.aborted) {
+    say(`interrupted; the work folder stays in ${dir} (run the demo again to start over)\n`)
+    process.exitCode = 130
+    return false
+  }
   const out: string[][] = []
   for (const r of rows) {
     const changed = r.vm.disks.reduce((s, d) => s + d.dataBytes + d.zeroBytes, 0)
