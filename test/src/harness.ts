@@ -48,8 +48,10 @@ export interface StartReceiverOptions {
 export async function startReceiver (opts: StartReceiverOptions): Promise<ReceiverProcess> {
   const args = [receiverMain, '--listen', `127.0.0.1:${opts.port ?? 0}`, '--store', opts.store, '--tokens', opts.tokens]
   if (opts.tls !== undefined) args.push('--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key)
-  args.push(...(opts.extraArgs ?? []))
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
+  // the receiver exits when our end of its stdin closes: no orphan survives a
+  // test process killed by a tap timeout (the 'exit' handler below never runs then)
+  args.push('--exit-with-stdin', ...(opts.extraArgs ?? []))
+  const proc = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
   live.add(proc)
   const logs: string[] = []
   const exited = once(proc, 'exit') as Promise<[number | null, string | null]>
