@@ -76,8 +76,8 @@ export async function startReceiver (dir: string, opts: { port?: number } = {}):
     },
   }
   const launch = async (port: number): Promise<void> => {
-    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key],
-      { stdio: ['ignore', 'pipe', 'pipe'] })
+    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key, '--exit-with-stdin'],
+      { stdio: ['pipe', 'pipe', 'pipe'] })
     env.proc = proc
     process.once('exit', () => proc.kill('SIGKILL'))
     createInterface({ input: proc.stderr! }).on('line', (l) => { env.logs.push(l) })
