@@ -4,7 +4,7 @@
  * that is skipped when it does not pay. Pull-based with a small read-ahead, so
  * memory is bounded by (readAhead + window), never by the disk size.
  */
-import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import type { CompressionAlgorithm, DigestAlgorithm, ExtentMessage } from '@grainline/protocol'
 import { compress, createDigest } from '@grainline/protocol'
 import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.ts'
 
@@ -15,16 +15,7 @@ export interface ChainView {
 }
 
 /** A wire-ready extent. */
-export interface PreparedExtent {
-  readonly seq: number
-  readonly offset: number
-  readonly length: number
-  readonly zero: boolean
-  readonly compression: CompressionAlgorithm
-  /** payload as sent (compressed when `compression` ≠ none); empty for zero */
-  readonly data: Uint8Array
-  /** digest of the uncompressed payload; empty for zero */
-  readonly digest: Uint8Array
+export interface PreparedExtent extends Omit<ExtentMessage, 'kind' | 'disk'> {
   /** the uncompressed bytes (for the in-pass view digest); undefined for zero extents */
   readonly raw?: Buffer
 }

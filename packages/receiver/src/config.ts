@@ -68,3 +68,41 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
   for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
   return init as unknown as ReceiverInit
 }
+
+/** Command-line style settings that override a config file (`grainline receive`, `main.ts`). */
+export interface ReceiverFlags {
+  readonly config?: string
+  readonly listen?: string
+  readonly store?: string
+  readonly tokens?: string
+  readonly tlsCert?: string
+  readonly tlsKey?: string
+  readonly insecure?: boolean
+  readonly displaySuffix?: string
+  readonly trivialMiB?: number
+  readonly batchBytes?: number
+}
+
+/**
+ * The receiver settings from an optional config file with flags on top
+ * (flags win). Requires a store and tokens: the receiver never runs without
+ * authentication.
+ * @throws ReceiverError E_CONFIG
+ */
+export async function resolveReceiverInit (flags: ReceiverFlags): Promise<ReceiverInit> {
+  const base: Partial<ReceiverInit> = flags.config === undefined ? {} : await loadReceiverConfig(flags.config)
+  const over: Record<string, unknown> = {}
+  if (flags.listen !== undefined) Object.assign(over, parseListen(flags.listen))
+  if (flags.store !== undefined) over['store'] = flags.store
+  if (flags.tokens !== undefined) over['tokensFile'] = flags.tokens
+  if (flags.tlsCert !== undefined) over['tlsCert'] = flags.tlsCert
+  if (flags.tlsKey !== undefined) over['tlsKey'] = flags.tlsKey
+  if (flags.insecure === true) over['insecure'] = true
+  if (flags.displaySuffix !== undefined) over['displaySuffix'] = flags.displaySuffix
+  if (flags.trivialMiB !== undefined) over['trivialMiB'] = flags.trivialMiB
+  if (flags.batchBytes !== undefined) over['batchBytes'] = flags.batchBytes
+  const init = { ...base, ...over } as Partial<ReceiverInit>
+  if (init.store === undefined) throw new ReceiverError('E_CONFIG', '--store (or "store" in --config) is required')
+  if (init.tokensFile === undefined && init.tokens === undefined) throw new ReceiverError('E_CONFIG', '--tokens (or "tokens" in --config) is required: the receiver never runs without authentication')
+  return init as ReceiverInit
+}

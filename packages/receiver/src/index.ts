@@ -1,6 +1,7 @@
 export { createReceiver, isLoopback } from './server.ts'
 export type { Receiver, ReceiverComponents, ReceiverInit } from './server.ts'
-export { loadReceiverConfig, parseListen } from './config.ts'
+export { loadReceiverConfig, parseListen, resolveReceiverInit } from './config.ts'
+export type { ReceiverFlags } from './config.ts'
 export { storeStatus, rollbackMirror, recoverStore } from './mirror-store.ts'
 export type { VmStatus, DiskStatus, RecoveryReport, VerifyRecord, VmStateFile, DiskRecord } from './mirror-store.ts'
 export { ReceiverError } from './errors.ts'

@@ -10,8 +10,7 @@
 import { parseArgs } from 'node:util'
 import { pino } from 'pino'
 import { createReceiver } from './server.ts'
-import { loadReceiverConfig, parseListen } from './config.ts'
-import type { ReceiverInit } from './server.ts'
+import { resolveReceiverInit } from './config.ts'
 
 async function main (): Promise<void> {
   const { values } = parseArgs({
@@ -31,19 +30,18 @@ async function main (): Promise<void> {
     strict: true,
   })
   const logger = pino({ level: values['log-level'] ?? 'info' }, pino.destination(2))
-  let init: Partial<ReceiverInit> = values.config === undefined ? {} : await loadReceiverConfig(values.config)
-  const over: Record<string, unknown> = {}
-  if (values.listen !== undefined) Object.assign(over, parseListen(values.listen))
-  if (values.store !== undefined) over['store'] = values.store
-  if (values.tokens !== undefined) over['tokensFile'] = values.tokens
-  if (values['tls-cert'] !== undefined) over['tlsCert'] = values['tls-cert']
-  if (values['tls-key'] !== undefined) over['tlsKey'] = values['tls-key']
-  if (values.insecure === true) over['insecure'] = true
-  if (values['display-suffix'] !== undefined) over['displaySuffix'] = values['display-suffix']
-  if (values['batch-bytes'] !== undefined) over['batchBytes'] = Number(values['batch-bytes'])
-  init = { ...init, ...over }
-  if (init.store === undefined) throw new Error('--store is required')
-  const receiver = createReceiver({ logger }, init as ReceiverInit)
+  const init = await resolveReceiverInit({
+    ...(values.config !== undefined ? { config: values.config } : {}),
+    ...(values.listen !== undefined ? { listen: values.listen } : {}),
+    ...(values.store !== undefined ? { store: values.store } : {}),
+    ...(values.tokens !== undefined ? { tokens: values.tokens } : {}),
+    ...(values['tls-cert'] !== undefined ? { tlsCert: values['tls-cert'] } : {}),
+    ...(values['tls-key'] !== undefined ? { tlsKey: values['tls-key'] } : {}),
+    ...(values['display-suffix'] !== undefined ? { displaySuffix: values['display-suffix'] } : {}),
+    ...(values['batch-bytes'] !== undefined ? { batchBytes: Number(values['batch-bytes']) } : {}),
+    insecure: values.insecure === true,
+  })
+  const receiver = createReceiver({ logger }, init)
   const addr = await receiver.listen()
   process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port }) + '\n')
   let closing = false

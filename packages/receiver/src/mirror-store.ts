@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } fro
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity } from '@grainline/protocol'
+import { CycleDigest, type CompatRecord, type DigestAlgorithm, type SourceIdentity, type DiskOpenMessage } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { TMP_MARK, exists, fsyncDir, readFully, readJsonIfExists, unlinkIfExists, writeFileAtomic, writeFully, writeZeros } from './fs-util.ts'
 import { JOURNAL_PIECE, Journal, readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
@@ -522,15 +522,7 @@ export interface OpenDiskResult {
 }
 
 /** The parameters of a DiskOpen the store needs. */
-export interface DiskOpenRequest {
-  readonly name: string
-  readonly capacity: number
-  readonly cycle: number
-  readonly mode: 'seed' | 'incremental'
-  readonly baseCycle: number
-  readonly source: SourceIdentity
-  readonly cycleId: string
-  readonly ddb: Readonly<Record<string, string>>
+export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'source' | 'cycleId' | 'ddb'> {
   readonly algorithm: DigestAlgorithm
 }
 

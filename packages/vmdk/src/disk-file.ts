@@ -52,21 +52,7 @@ export class DiskFile {
 
   /** Read exactly `length` bytes at `position` (sync); E_TRUNCATED if the file is shorter. */
   readMetaSync (position: number, length: number, what: string): Buffer {
-    if (position + length > this.#size) {
-      throw new VmdkError('E_TRUNCATED', `${what} at ${position}+${length} lies past the end of the file (${this.#size} bytes)`, this.path)
-    }
-    const buf = Buffer.allocUnsafe(length)
-    let done = 0
-    try {
-      while (done < length) {
-        const n = readSync(this.fh.fd, buf, done, length - done, position + done)
-        if (n === 0) throw new VmdkError('E_TRUNCATED', `${what}: short read`, this.path)
-        done += n
-      }
-    } catch (err) {
-      throw ioError(err, this.path, `read ${what}`)
-    }
-    return buf
+    return this.readMetaSyncInto(Buffer.allocUnsafe(length), position, length, what)
   }
 
   /** Like {@link readMetaSync} into a caller's (reused) buffer; returns `buf`. */

@@ -1,4 +1,4 @@
-import { createReceiver, loadReceiverConfig, parseListen, type ReceiverInit } from '@grainline/receiver'
+import { createReceiver, resolveReceiverInit } from '@grainline/receiver'
 import type { Logger } from 'pino'
 
 /** Options of `grainline receive` (flags override the config file). */
@@ -19,20 +19,18 @@ export interface ReceiveCommandOptions {
 
 /** Run a receiver until SIGTERM/SIGINT; resolves once closed. */
 export async function receiveCommand (opts: ReceiveCommandOptions): Promise<void> {
-  let init: Partial<ReceiverInit> = opts.config === undefined ? {} : await loadReceiverConfig(opts.config)
-  const over: Partial<Record<keyof ReceiverInit, unknown>> = {}
-  if (opts.listen !== undefined) Object.assign(over, parseListen(opts.listen))
-  if (opts.store !== undefined) over.store = opts.store
-  if (opts.tokens !== undefined) over.tokensFile = opts.tokens
-  if (opts.tlsCert !== undefined) over.tlsCert = opts.tlsCert
-  if (opts.tlsKey !== undefined) over.tlsKey = opts.tlsKey
-  if (opts.insecure === true) over.insecure = true
-  if (opts.displaySuffix !== undefined) over.displaySuffix = opts.displaySuffix
-  if (opts.trivialMb !== undefined) over.trivialMiB = opts.trivialMb
-  init = { ...init, ...over } as Partial<ReceiverInit>
-  if (init.store === undefined) throw new Error('--store (or "store" in --config) is required')
-  if (init.tokensFile === undefined && init.tokens === undefined) throw new Error('--tokens (or "tokens" in --config) is required: the receiver never runs without authentication')
-  const receiver = createReceiver({ logger: opts.logger }, init as ReceiverInit)
+  const init = await resolveReceiverInit({
+    ...(opts.config !== undefined ? { config: opts.config } : {}),
+    ...(opts.listen !== undefined ? { listen: opts.listen } : {}),
+    ...(opts.store !== undefined ? { store: opts.store } : {}),
+    ...(opts.tokens !== undefined ? { tokens: opts.tokens } : {}),
+    ...(opts.tlsCert !== undefined ? { tlsCert: opts.tlsCert } : {}),
+    ...(opts.tlsKey !== undefined ? { tlsKey: opts.tlsKey } : {}),
+    ...(opts.displaySuffix !== undefined ? { displaySuffix: opts.displaySuffix } : {}),
+    ...(opts.trivialMb !== undefined ? { trivialMiB: opts.trivialMb } : {}),
+    insecure: opts.insecure === true,
+  })
+  const receiver = createReceiver({ logger: opts.logger }, init)
   const addr = await receiver.listen()
   opts.logger.info({ host: addr.host, port: addr.port, tls: init.tlsCert !== undefined, store: init.store }, 'receiver listening')
   process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port }) + '\n')
