@@ -13,7 +13,7 @@ import { AgentError } from './errors.ts'
 import { writeFileAtomic } from './fs-util.ts'
 import { VmxConfig, vmxDisks } from './vmx.ts'
 import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
-import { vmdk, type DeltaFormat } from './vmdk-api.ts'
+import { consolidate, createDelta, openChain, type DeltaFormat } from '@grainline/vmdk'
 
 /** Options of the local driver. */
 export interface LocalDriverInit {
@@ -85,7 +85,6 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
 
     async createSnapshot (vm, name) {
       return await locked(vm.vmxPath, async () => {
-        const api = await vmdk()
         const fresh = await driver.openVm(vm.vmxPath)
         if (fresh.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk to snapshot`)
         const db = await readVmsd(fresh.vmxPath)
@@ -103,7 +102,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
           existing.add(childFile.toLowerCase())
           const childPath = join(dirname(d.path), childFile)
           try {
-            await api.createDelta(d.path, childPath, { format })
+            await createDelta(d.path, childPath, { format })
           } catch (err) {
             throw new AgentError('E_SNAPSHOT', `creating delta ${childFile} over ${d.fileName} failed: ${(err as Error).message}`, { cause: err })
           }
@@ -131,7 +130,6 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
 
     async removeSnapshot (vm, snap) {
       await locked(vm.vmxPath, async () => {
-        const api = await vmdk()
         const fresh = await driver.openVm(vm.vmxPath)
         const db = await readVmsd(fresh.vmxPath)
         const idx = db.snapshots.findIndex((s) => String(s.uid) === snap.id)
@@ -140,7 +138,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
         for (const rd of rec.disks) {
           const disk = fresh.disks.find((d) => d.node.toLowerCase() === rd.node.toLowerCase())
           if (disk === undefined) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: disk ${rd.node} is not in the .vmx`)
-          const chain = await api.openChain(disk.path)
+          const chain = await openChain(disk.path)
           let childPath: string
           let parentPath: string
           try {
@@ -156,7 +154,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
             await chain.close()
           }
           try {
-            await api.consolidate(childPath)
+            await consolidate(childPath)
           } catch (err) {
             throw new AgentError('E_SNAPSHOT', `consolidating ${basename(childPath)} into ${basename(parentPath)} failed: ${(err as Error).message}`, { cause: err })
           }

@@ -10,10 +10,12 @@ import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { AgentError } from './errors.ts'
 import { createLocalDriver } from './local-driver.ts'
 import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
-import { runVmCycle, type VmReport } from './cycle.ts'
+import { runVmCycle } from './cycle.ts'
 import { createRateLimiter, parseRate, type RateLimiter } from './rate-limiter.ts'
 import { logProgressSink, ttyProgressSink, type ProgressEvent, type ProgressSink } from './progress.ts'
-import type { DeltaFormat } from './vmdk-api.ts'
+import type { DeltaFormat } from '@grainline/vmdk'
+import type { ReplicationReport, VmReport } from './report.ts'
+
 
 /** Options of a replication run. */
 export interface ReplicateInit {
@@ -70,14 +72,6 @@ export interface ReplicateInit {
   readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
   /** share one rate limiter across several VMs (replicateMany does) */
   readonly rateLimiter?: RateLimiter
-}
-
-/** The outcome of a run: one entry per VM. `ok` only when every disk of every VM committed and passed its checks. */
-export interface ReplicationReport {
-  ok: boolean
-  startedAt: string
-  finishedAt: string
-  vms: VmReport[]
 }
 
 function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
@@ -162,17 +156,4 @@ export async function replicateMany (components: { logger: Logger }, inits: read
     if (init.signal?.aborted === true) break
   }
   return { ok: vms.length > 0 && vms.every((v) => v.ok), startedAt, finishedAt: new Date().toISOString(), vms }
-}
-
-/** A readable summary of a report for the terminal. */
-export function formatReport (report: ReplicationReport): string {
-  const lines: string[] = []
-  for (const vm of report.vms) {
-    lines.push(`${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm} cycle ${vm.cycle}${vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : ''}${vm.reconnects > 0 ? `, ${vm.reconnects} reconnects` : ''}, ${(vm.durationMs / 1000).toFixed(1)} s${vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : ''}`)
-    for (const d of vm.disks) {
-      const checks = [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : ''].filter((s) => s !== '').join(', ')
-      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (fallback: ${d.fallbackReason})` : ''}, ${d.extents} extents, ${d.dataBytes} data + ${d.zeroBytes} zero bytes, ${d.wireBytes} on the wire${checks !== '' ? `, ${checks}` : ''}${d.error !== undefined ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
-    }
-  }
-  return lines.join('\n') + '\n'
 }
