@@ -13,6 +13,7 @@ import {
   type ExtentAckMessage, type Message,
 } from '@grainline/protocol'
 import { AgentError } from './errors.ts'
+import { checkReceiverUrl } from './receiver-url.ts'
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions {
@@ -24,6 +25,8 @@ export interface ConnectOptions {
   readonly ca?: string | Buffer
   /** skip TLS certificate verification (testing only). @default false */
   readonly insecure?: boolean
+  /** allow a plain ws:// URL to a non-loopback host: the token travels in clear (SPEC §1.2). @default false */
+  readonly insecurePlaintext?: boolean
   /** largest message accepted from the receiver. @default DEFAULT_LIMITS.maxMessageBytes of @grainline/protocol (16 MiB + 64 KiB) */
   readonly maxMessageBytes?: number
   /** pause sending while ws.bufferedAmount is above this. @default 4 MiB */
@@ -114,8 +117,7 @@ export class Connection {
 
   /** Connect and wait for the upgrade to complete. */
   static async open (opts: ConnectOptions): Promise<Connection> {
-    const u = new URL(opts.url)
-    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new AgentError('E_CONFIG', `receiver URL must be ws:// or wss://, got ${u.protocol}`)
+    const u = checkReceiverUrl(opts.url, opts.insecurePlaintext === true ? { insecurePlaintext: true } : {})
     const ws = new WebSocket(opts.url, SUBPROTOCOL, {
       headers: { Authorization: `Bearer ${opts.token}` },
       perMessageDeflate: false,

@@ -5,12 +5,12 @@
  * the running delta, a `.vmsd` snapshot database — and consolidating a delta
  * into its parent on removal.
  */
-import { readdir, readFile, stat } from 'node:fs/promises'
+import { readdir } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
 import type { HypervisorDriver, SnapshotRef, VmDisk, VmHandle } from './driver.ts'
 import { parseGrainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
-import { writeFileAtomic } from './fs-util.ts'
+import { MAX_CONFIG_BYTES, readRegularFile, writeFileAtomic } from './fs-util.ts'
 import { VmxConfig, vmxDisks } from './vmx.ts'
 import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
 import { consolidate, createDelta, openChain, type DeltaFormat } from '@grainline/vmdk'
@@ -29,7 +29,9 @@ function vmsdPath (vmxPath: string): string {
 
 async function readVmsd (vmxPath: string): Promise<Vmsd> {
   let text = ''
-  try { text = await readFile(vmsdPath(vmxPath), 'utf8') } catch (err) {
+  try {
+    text = (await readRegularFile(vmsdPath(vmxPath), { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
+  } catch (err) {
     if ((err as { code?: string }).code !== 'ENOENT') throw err
   }
   return parseVmsd(text)
@@ -65,9 +67,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
       const vmxPath = resolve(ref)
       let text: string
       try {
-        const st = await stat(vmxPath)
-        if (!st.isFile()) throw new AgentError('E_VM_NOT_FOUND', `${vmxPath} is not a file`)
-        text = await readFile(vmxPath, 'utf8')
+        text = (await readRegularFile(vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
       } catch (err) {
         if (err instanceof AgentError) throw err
         throw new AgentError('E_VM_NOT_FOUND', `cannot read ${vmxPath}: ${(err as Error).message}`, { cause: err })

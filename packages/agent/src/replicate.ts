@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { AgentError } from './errors.ts'
+import { checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver } from './local-driver.ts'
 import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
@@ -21,7 +22,7 @@ import type { ReplicationReport, VmReport } from './report.ts'
 export interface ReplicateInit {
   /** the VM: a .vmx path (local driver) or a VM name/id (esxi driver) */
   readonly vm: string
-  /** receiver URL, wss://HOST:PORT (ws:// only on loopback) */
+  /** receiver URL, wss://HOST:PORT (ws:// only on loopback unless `insecurePlaintext`) */
   readonly to: string
   /** bearer token (the CLI reads it from --token-file) */
   readonly token: string
@@ -49,6 +50,8 @@ export interface ReplicateInit {
   readonly caFile?: string
   /** skip TLS verification (testing only). @default false */
   readonly insecure?: boolean
+  /** allow a plain ws:// URL to a non-loopback host, sending the token in clear (SPEC §1.2 forbids it otherwise). @default false */
+  readonly insecurePlaintext?: boolean
   /** give up after the receiver stayed unreachable this long, ms. @default 600000 */
   readonly giveUpMs?: number
   /** largest reconnect back-off, ms. @default 30000 */
@@ -86,11 +89,13 @@ function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
 /**
  * Run one replication cycle of one VM.
  * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
- * @throws AgentError E_CONFIG for unusable options
+ * @throws AgentError E_CONFIG for unusable options, E_INSECURE for a plain ws:// URL to a non-loopback host
  */
 export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
   const logger = components.logger
+  // before anything else (a driver, a snapshot, a connection): never send the token in clear
+  checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   let driver: HypervisorDriver
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
@@ -118,6 +123,7 @@ export async function replicate (components: { logger: Logger }, init: Replicate
         token: init.token,
         ...(ca !== undefined ? { ca } : {}),
         ...(init.insecure === true ? { insecure: true } : {}),
+        ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
       },
       driver,
       certify,
@@ -142,9 +148,14 @@ export async function replicate (components: { logger: Logger }, init: Replicate
   }
 }
 
-/** Replicate several VMs one after the other (one shared rate limit); one merged report. */
+/**
+ * Replicate several VMs one after the other (one shared rate limit); one merged report.
+ * @throws AgentError E_INSECURE before any VM runs when one names a plain ws:// URL to a non-loopback host
+ */
 export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[]): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
+  // refuse the whole run before any VM starts: a plain ws:// URL to another host would send the token in clear
+  for (const init of inits) checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   const vms: VmReport[] = []
   const shared = new Map<number, RateLimiter>()
   for (const init of inits) {

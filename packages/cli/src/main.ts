@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { infoCommand, mapCommand } from './commands/disk-info.ts'
 import { receiveCommand } from './commands/receive.ts'
@@ -7,6 +8,9 @@ import { demoCommand } from './commands/demo.ts'
 import { createCliLogger } from './logger.ts'
 import { parsePathMap, parseSize } from './util.ts'
 import type { LevelWithSilent } from 'pino'
+
+/** This package's version (dist/src/main.js → package.json), never a literal. */
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /** Exit codes of the `grainline` command. */
 export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Interrupted: 130 } as const
@@ -80,6 +84,7 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('consolidate-existing', { type: 'boolean', describe: 'remove foreign snapshots first instead of refusing' })
       .option('ca', { type: 'string', describe: 'PEM CA file trusted for the receiver certificate' })
       .option('insecure-tls', { type: 'boolean', describe: 'skip TLS certificate verification (testing only)' })
+      .option('insecure-plaintext', { type: 'boolean', describe: 'allow a plain ws:// URL to a non-loopback host: the token travels in clear (refused otherwise)' })
       .option('give-up', { type: 'number', describe: 'seconds to keep reconnecting before giving up (default 600)' })
       .option('report', { type: 'string', describe: 'write the JSON report to this file' }),
     async (args) => {
@@ -98,6 +103,7 @@ export function buildCli (argv: readonly string[]): Argv {
         ...(args['consolidate-existing'] === true ? { consolidateExisting: true } : {}),
         ...(args.ca !== undefined ? { caFile: args.ca } : {}),
         ...(args['insecure-tls'] === true ? { insecureTls: true } : {}),
+        ...(args['insecure-plaintext'] === true ? { insecurePlaintext: true } : {}),
         ...(args['give-up'] !== undefined ? { giveUp: args['give-up'] } : {}),
         ...(args.report !== undefined ? { report: args.report } : {}),
         logger: loggerOf(args),
@@ -124,7 +130,7 @@ export function buildCli (argv: readonly string[]): Argv {
       if (!ok && process.exitCode !== ExitCode.Interrupted) process.exitCode = ExitCode.Failed
     })
     .help()
-    .version('0.1.0')
+    .version(VERSION)
     .wrap(Math.min(110, process.stdout.columns ?? 100))
 }
 

@@ -20,6 +20,8 @@ export interface ReplicateCommandOptions {
   readonly consolidateExisting?: boolean
   readonly caFile?: string
   readonly insecureTls?: boolean
+  /** allow ws:// to a non-loopback host (the token travels in clear) */
+  readonly insecurePlaintext?: boolean
   readonly giveUp?: number
   readonly report?: string
   readonly logger: Logger
@@ -49,6 +51,7 @@ export async function replicateCommand (opts: ReplicateCommandOptions): Promise<
   if (opts.consolidateExisting === true) flags.consolidateExisting = true
   if (opts.caFile !== undefined) flags.caFile = opts.caFile
   if (opts.insecureTls === true) flags.insecure = true
+  if (opts.insecurePlaintext === true) flags.insecurePlaintext = true
   if (opts.giveUp !== undefined) flags.giveUpMs = opts.giveUp * 1000
   if (opts.tokenFile !== undefined) flags.token = await readTokenFile(opts.tokenFile)
   if (opts.signal !== undefined) flags.signal = opts.signal
