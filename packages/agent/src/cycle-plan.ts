@@ -10,13 +10,15 @@
 export type DiskPlanDecision =
   /** the whole frozen view; `reason` says why when an incremental was expected */
   | { readonly kind: 'seed', readonly reason?: string }
-  /** the changed ranges of the frozen layers from `fromDepth` (oldest) up to depth 1, onto committed cycle `baseCycle` */
-  | { readonly kind: 'incremental', readonly fromDepth: number, readonly baseCycle: number }
+  /** the changed ranges of the frozen layers from `fromDepth` (oldest) up to depth 1, onto committed cycle `baseCycle` of generation `baseGeneration` */
+  | { readonly kind: 'incremental', readonly fromDepth: number, readonly baseCycle: number, readonly baseGeneration: string }
 
 /** What the receiver said about the mirror (VmState). */
 export interface MirrorFacts {
   readonly exists: boolean
   readonly committedCycle: number
+  /** SPEC §5.8 generation of the last commit ("" when none) */
+  readonly generation: string
 }
 
 /**
@@ -29,7 +31,8 @@ export interface MirrorFacts {
 export function initialDiskPlan (mirror: MirrorFacts, layerCount: number): DiskPlanDecision {
   if (!mirror.exists || mirror.committedCycle === 0) return { kind: 'seed' }
   if (layerCount < 3) return { kind: 'seed', reason: 'no frozen delta above the base (the mirror\'s successor is gone)' }
-  return { kind: 'incremental', fromDepth: layerCount - 2, baseCycle: mirror.committedCycle }
+  // issue #10: until the agent keeps its own record beside its snapshot it plans against the receiver's generation
+  return { kind: 'incremental', fromDepth: layerCount - 2, baseCycle: mirror.committedCycle, baseGeneration: mirror.generation }
 }
 
 /** A refused DiskOpen, as far as planning cares. */
@@ -48,6 +51,7 @@ export interface PlannedDisk {
   readonly mode: 'seed' | 'incremental'
   readonly fromDepth: number
   readonly baseCycle: number
+  readonly baseGeneration: string
   /** file names of the chain layers, [0] = running delta */
   readonly layerFiles: readonly string[]
 }
@@ -76,7 +80,7 @@ export function planAfterRefusal (disk: PlannedDisk, refusal: DiskRefusal, rolle
   // the mirror may record a later successor than the bottom delta (an older snapshot was not removed)
   const j = succ === undefined ? -1 : disk.layerFiles.findIndex((f, k) => k >= 1 && k <= L - 2 && f === succ)
   if (refusal.code === 'E_CHAIN_MISMATCH' && j >= 1 && j !== disk.fromDepth && !refusal.modified && refusal.committedCycle === disk.baseCycle) {
-    return { kind: 'replan', plan: { kind: 'incremental', fromDepth: j, baseCycle: disk.baseCycle } }
+    return { kind: 'replan', plan: { kind: 'incremental', fromDepth: j, baseCycle: disk.baseCycle, baseGeneration: disk.baseGeneration } }
   }
   const reason = `${refusal.code}${refusal.modified ? ' (mirror modified)' : ''}${succ !== undefined ? ` (mirror successor ${succ})` : ''}`
   return { kind: 'replan', plan: { kind: 'seed', reason } }

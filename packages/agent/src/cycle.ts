@@ -12,7 +12,7 @@
  * opened again; nothing here uses an exception for control flow.
  */
 import type { Logger } from 'pino'
-import { initDigests, PROTOCOL_VERSION, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, maxMessageBytesFor, PROTOCOL_VERSION, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import type { ConnectOptions } from './connection.ts'
 import { initialDiskPlan, planAfterRefusal } from './cycle-plan.ts'
@@ -63,13 +63,6 @@ export interface CycleOptions {
   /** called after every extent handed to the socket (tests: cut the link) */
   readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
 }
-
-/**
- * A Hello's `maxMessageBytes` above the largest extent: room for the Extent
- * fields around the payload.
- * TODO(#11): the protocol's MAX_MESSAGE_OVERHEAD once the lead's constant is on main.
- */
-const MESSAGE_OVERHEAD = 65536
 
 /** A refused disk is re-planned at most this many times per disk (plus two) before the cycle gives up. */
 const REPLANS_PER_DISK = 2
@@ -234,7 +227,7 @@ class VmCycle {
         software: AGENT_SOFTWARE,
         digests: [...opts.digests],
         compressions: [...opts.compressions],
-        limits: { maxMessageBytes: opts.maxExtentBytes + MESSAGE_OVERHEAD, maxExtentBytes: opts.maxExtentBytes, windowBytes: opts.windowBytes },
+        limits: { maxMessageBytes: maxMessageBytesFor(opts.maxExtentBytes), maxExtentBytes: opts.maxExtentBytes, windowBytes: opts.windowBytes },
       })
       if (!welcome.ok) throw refusalError('Hello', welcome.refusal)
       const vm = this.#vm
@@ -297,7 +290,7 @@ class VmCycle {
       this.#report.disks.push(report)
       const w: DiskWork = {
         index: i, handle: i, disk, name, chain, report, depth: 1, progress: new DiskProgress(this.#vm.name, name, opts.progress),
-        mode: 'seed', fromDepth: L - 1, baseCycle: 0, cycleNo: this.#cycleNo, source: { layers: [], successor: '' },
+        mode: 'seed', fromDepth: L - 1, baseCycle: 0, baseGeneration: '', cycleNo: this.#cycleNo, source: { layers: [], successor: '' },
         plan: await emptyPlan(this.#chunkBytes), cycleId: '', records: undefined, view: undefined, viewTask: undefined,
       }
       this.#works.push(w)
@@ -361,7 +354,7 @@ class VmCycle {
           w.handle = nextHandle++
           const opened = await client.openDisk({
             disk: w.handle, name: w.name, capacity: w.chain.capacity, cycle: w.cycleNo, mode: w.mode, baseCycle: w.baseCycle,
-            source: w.source, cycleId: w.cycleId, ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
+            baseGeneration: w.baseGeneration, source: w.source, cycleId: w.cycleId, ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
             totalBytes: w.plan.totalBytes, totalExtents: w.plan.totalExtents,
           })
           if (opened.ok) {
@@ -376,7 +369,7 @@ class VmCycle {
           if (ds === undefined) throw refusalError(`DiskOpen of ${w.name}`, opened.refusal)
           if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
           const decision = planAfterRefusal(
-            { mode: w.mode, fromDepth: w.fromDepth, baseCycle: w.baseCycle, layerFiles: w.chain.layers.map((l) => l.file) },
+            { mode: w.mode, fromDepth: w.fromDepth, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, layerFiles: w.chain.layers.map((l) => l.file) },
             { code: ds.reason, modified: ds.modified, committedCycle: ds.committedCycle, ...(ds.committedSource === null ? {} : { successor: ds.committedSource.successor }) },
             this.#rolledBack,
           )

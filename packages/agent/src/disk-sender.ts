@@ -5,7 +5,7 @@
  * log or re-read from the frozen view), then DiskEnd → DiskEnded.
  */
 import type { Logger } from 'pino'
-import { createDigest, CycleDigest, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
+import { createDigest, CycleDigest, windowCost, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
 import { ConnectionLost } from './connection.ts'
 import { DigestLog } from './digest-log.ts'
 import type { DiskWork } from './disk-work.ts'
@@ -18,13 +18,6 @@ import type { SendWindow } from './window.ts'
 
 /** A receiver that acknowledges nothing for this long while the window is full is treated as gone. */
 export const STALL_MS = 120_000
-
-/**
- * SPEC §5.3 "Window": a zero extent costs this many window bytes (a data
- * extent its uncompressed length).
- * TODO(#11): the protocol's ZERO_EXTENT_WINDOW_COST once the lead's constant is on main.
- */
-export const ZERO_EXTENT_WINDOW_COST = 512
 
 /** Options of {@link sendDisk}. */
 export interface SendDiskOptions {
@@ -102,7 +95,7 @@ export async function sendDisk (opts: SendDiskOptions): Promise<void> {
     account(e.offset, e.length, e.zero, e.digest)
     dlog.record(e.seq, e.zero, e.digest)
     if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
-    const cost = e.zero ? ZERO_EXTENT_WINDOW_COST : e.length
+    const cost = windowCost(e)
     await window.reserve(cost, failed, STALL_MS, onStall)
     await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
     await client.sendExtent({ disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest })

@@ -32,6 +32,8 @@ export interface DiskWork {
   /** depth of the oldest frozen layer shipped (incremental); the base for a seed */
   fromDepth: number
   baseCycle: number
+  /** SPEC §5.8: the generation the incremental was planned against ("" for a seed) */
+  baseGeneration: string
   cycleNo: number
   source: SourceIdentity
   plan: ExtentPlan
@@ -82,6 +84,7 @@ export async function applyDiskPlan (w: DiskWork, decision: DiskPlanDecision, ct
     }
     w.mode = 'seed'
     w.baseCycle = 0
+    w.baseGeneration = ''
     w.fromDepth = chain.layers.length - 1
     w.plan = await buildPlan(coalesceSource(mapped), { chunkBytes: ctx.chunkBytes })
     if (decision.reason !== undefined) w.report.fallbackReason = decision.reason
@@ -90,6 +93,7 @@ export async function applyDiskPlan (w: DiskWork, decision: DiskPlanDecision, ct
     for (let d = decision.fromDepth; d >= w.depth; d--) layers.push(() => chain.changedRanges(d))
     w.mode = 'incremental'
     w.baseCycle = decision.baseCycle
+    w.baseGeneration = decision.baseGeneration
     w.fromDepth = decision.fromDepth
     // An incremental zero range overwrites mirror data in place, and the receiver
     // journals the old contents first: keep each such extent small (a seed's zero
@@ -101,7 +105,7 @@ export async function applyDiskPlan (w: DiskWork, decision: DiskPlanDecision, ct
   for (let d = w.fromDepth; d >= w.depth; d--) frozen.push(layerOf(layerAt(chain, d)))
   w.source = { layers: frozen, successor: layerAt(chain, 0).file }
   w.cycleNo = ctx.cycleNo
-  w.cycleId = cycleIdentity({ vm: ctx.vm, name: w.name, cycle: ctx.cycleNo, mode: w.mode, baseCycle: w.baseCycle, source: w.source })
+  w.cycleId = cycleIdentity({ vm: ctx.vm, name: w.name, cycle: ctx.cycleNo, mode: w.mode, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, source: w.source })
   w.report.mode = w.mode
   w.report.layers = frozen
   w.report.extents = w.plan.totalExtents

@@ -19,7 +19,7 @@ async function server (t: { teardown: (fn: () => unknown) => void }, onConn: (ws
       const m = decodeMessage(d)
       const reply = (r: Message): void => { ws.send(encodeMessage(r)) }
       if (m.kind === MessageKind.Hello) reply({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'window-test', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' })
-      if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true })
+      if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' })
       if (m.kind === MessageKind.DiskOpen) reply({ kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 0, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 })
     })
     onConn(ws)
@@ -36,7 +36,7 @@ async function openAccepted (opts: { url: string, token: string, highWaterMark?:
   await conn.send({ kind: MessageKind.VmOpen, vm: 'vm', cycle: 1, compat: { hwVersion: 14, datastoreType: 'local', guestOS: '' }, files: [], disks: ['d.vmdk'] })
   await conn.receive()
   await conn.send({
-    kind: MessageKind.DiskOpen, disk: 0, name: 'd.vmdk', capacity: 1 << 30, cycle: 1, mode: 'seed', baseCycle: 0, source: { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' },
+    kind: MessageKind.DiskOpen, disk: 0, name: 'd.vmdk', capacity: 1 << 30, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' },
     cycleId: '00'.repeat(32), ddb: {}, totalBytes: 1 << 30, totalExtents: 1 << 20,
   })
   const ds = await conn.receive()
