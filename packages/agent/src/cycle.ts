@@ -2,20 +2,29 @@
  * The cycle engine (ARCHITECTURE §1 and §3): brings one VM's mirror forward
  * to a new point in time. `VmCycle.run` reads as the data flow:
  *
- *   open the VM → connect (Hello, VmOpen: the mirror's state) → snapshot →
- *   plan every disk → ship (window, resume) → DiskEnd → Commit → trivial
- *   check / certify → remove the older grainline snapshot(s).
+ *   open the VM and the agent's record → connect (Hello, VmOpen: the
+ *   mirror's state) → snapshot → plan every disk (lineage: incremental or
+ *   resync) → ship (window, resume) → DiskEnd → Commit (record the
+ *   generation) → trivial check / certify → remove the other grainline
+ *   snapshot(s).
  *
  * Connection loss anywhere before Committed reconnects with backoff
  * (`reconnect.ts`) and resumes from the receiver's durable point with the
  * same cycle identity. A refused disk is re-planned (`cycle-plan.ts`) and
  * opened again; nothing here uses an exception for control flow.
+ *
+ * What an interrupted run leaves: on the VM, the snapshot of the last
+ * committed cycle (the mirror's base) and the snapshot of the interrupted
+ * cycle, recorded as in flight in the agent's state so the next run reuses
+ * it and resumes where the receiver stopped.
  */
+import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, maxMessageBytesFor, PROTOCOL_VERSION, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
+import { AgentStateStore, stateKey, type AgentVmState } from './agent-state.ts'
 import type { ConnectOptions } from './connection.ts'
-import { initialDiskPlan, planAfterRefusal } from './cycle-plan.ts'
+import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
 import { sendDisk } from './disk-sender.ts'
 import type { HypervisorDriver, SnapshotRef, VmHandle } from './driver.ts'
@@ -23,14 +32,13 @@ import { grainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
 import { DiskProgress, type ProgressSink } from './progress.ts'
 import type { RateLimiter } from './rate-limiter.ts'
-import { ReceiverClient, refusalError } from './receiver-client.ts'
+import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
 import { emptyDiskReport, emptyVmReport, errorInfo, type VmReport } from './report.ts'
+import { openSession, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
-import { AGENT_SOFTWARE } from './version.ts'
 import { mirrorDiskNames, vmFiles } from './vm-files.ts'
 import { removeOtherSnapshots, settleForeignSnapshots } from './vm-snapshots.ts'
-import { vmxHardwareVersion } from './vmx.ts'
 import { SendWindow } from './window.ts'
 
 export type { DiskReport, VmReport } from './report.ts'
@@ -40,6 +48,8 @@ export interface CycleOptions {
   readonly ref: string
   readonly connect: Omit<ConnectOptions, 'signal'>
   readonly driver: HypervisorDriver
+  /** the agent state folder (agent-state.ts) */
+  readonly stateDir: string
   readonly certify: DigestAlgorithm | 'none'
   readonly trivialMiB: number
   readonly rateLimiter: RateLimiter
@@ -69,13 +79,6 @@ const REPLANS_PER_DISK = 2
 
 /** Disk handles are 0…255 per connection (SPEC §6 DiskOpen). */
 const MAX_HANDLE = 255
-
-/** One connection after Hello and VmOpen. */
-interface Session {
-  readonly client: ReceiverClient
-  readonly welcome: WelcomeMessage
-  readonly state: VmStateMessage
-}
 
 /** What one shipping attempt ended with (a lost connection throws and is retried). */
 type AttemptOutcome =
@@ -112,10 +115,13 @@ class VmCycle {
   readonly #root: Logger
   log: Logger
   readonly #reconnect: Reconnector
+  readonly #store: AgentStateStore
   /** every client opened, closed at the end whatever happens (the receiver's VM lock is freed) */
   readonly #clients = new Set<ReceiverClient>()
   readonly #works: DiskWork[] = []
   #vm!: VmHandle
+  #record!: AgentVmState
+  #recordProblem: string | undefined
   #snapshots: SnapshotRef[] = []
   #files: VmFile[] = []
   #diskNames: string[] = []
@@ -125,6 +131,7 @@ class VmCycle {
   #mirror!: VmStateMessage
   #cycleNo = 0
   #shipped!: SnapshotRef
+  #lineage!: Lineage
   #chunkBytes = 0
   #committed = false
   #rolledBack = false
@@ -136,6 +143,7 @@ class VmCycle {
     this.#report = report
     this.#root = root
     this.log = root.child({ vmRef: opts.ref })
+    this.#store = new AgentStateStore(opts.stateDir)
     this.#reconnect = new Reconnector({
       giveUpMs: opts.giveUpMs,
       maxBackoffMs: opts.maxBackoffMs,
@@ -151,7 +159,7 @@ class VmCycle {
     await this.#takeSnapshot()
     await this.#planDisks()
     await this.#shipCommitVerify()
-    await this.#removeOlderSnapshots()
+    await this.#removeOtherSnapshots()
   }
 
   /** Close every connection (a failed cycle must not leave the receiver's VM lock behind) and every chain. */
@@ -171,30 +179,42 @@ class VmCycle {
     this.#mark = t
   }
 
-  /** 1. The VM, its disks and the mirror's names for them; foreign snapshots refused or consolidated. */
+  /** 1. The VM, its disks and the mirror's names for them, the agent's record; foreign snapshots refused or consolidated. */
   async #openVm (): Promise<void> {
     const { driver } = this.#opts
     const vm = await driver.openVm(this.#opts.ref, this.#sig)
     this.#report.vm = vm.name
     this.log = this.#root.child({ vm: vm.name })
     if (vm.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk`)
+    const loaded = await this.#store.load(vm.name, stateKey({ driver: driver.name, host: driver.host, id: vm.id }))
+    this.#record = loaded.state
+    this.#recordProblem = loaded.problem
+    if (loaded.problem !== undefined) this.log.warn({ problem: loaded.problem }, 'agent state unusable; the mirror will be resynced')
     const settled = await settleForeignSnapshots(driver, vm, { consolidate: this.#opts.consolidateExisting, log: this.log, ...this.#sig })
     this.#vm = settled.vm
-    this.#snapshots = settled.snapshots.filter((s) => s.grainline).sort((a, b) => a.cycle - b.cycle)
+    this.#snapshots = settled.snapshots.filter((s) => s.grainline)
     this.#files = await vmFiles(this.#vm)
     this.#diskNames = await mirrorDiskNames(this.#vm, driver)
   }
 
-  /** 2. Hello + VmOpen: the mirror's committed and in-flight cycles decide this cycle's number. */
+  #session (cycleNo: number): Promise<Session> {
+    const o = this.#opts
+    return openSession({
+      connect: { ...o.connect, ...this.#sig }, digests: o.digests, compressions: o.compressions, maxExtentBytes: o.maxExtentBytes, windowBytes: o.windowBytes,
+      vm: this.#vm, files: this.#files, disks: this.#diskNames, onClient: (c) => { this.#clients.add(c) },
+    }, cycleNo).then((s) => { this.#reconnect.connected(); return s })
+  }
+
+  /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */
   async #connect (): Promise<void> {
-    const newest = this.#snapshots[this.#snapshots.length - 1]
-    const proposal = newest === undefined ? 1 : newest.cycle + 1
-    let s = await this.#reconnect.run('connect', () => this.#handshake(proposal))
+    const rec = this.#record
+    const proposal = rec.inflight?.cycle ?? (rec.committed?.cycle ?? 0) + 1
+    let s = await this.#reconnect.run('connect', () => this.#session(proposal))
     if (s.state.committedCycle + 1 !== proposal) {
-      this.log.info({ proposal, committed: s.state.committedCycle }, 'mirror is at another cycle than the snapshots suggest; reopening')
+      this.log.info({ proposal, committed: s.state.committedCycle }, 'mirror is at another cycle than the agent recorded; reopening')
       await s.client.close()
       const next = s.state.committedCycle + 1
-      s = await this.#reconnect.run('connect', () => this.#handshake(next))
+      s = await this.#reconnect.run('connect', () => this.#session(next))
       if (s.state.committedCycle + 1 !== next) throw new AgentError('E_PROTOCOL', `receiver committed cycle moved during connect (${s.state.committedCycle})`)
     }
     this.#fresh = s
@@ -209,65 +229,46 @@ class VmCycle {
       throw new AgentError('E_REFUSED', `the mirror of ${this.#vm.name} was made from another virtual hardware version or datastore type; move it away to seed a new one`, { remoteCode: 'E_INCOMPATIBLE' })
     }
     const w = s.welcome
-    this.log.info({ cycle: this.#cycleNo, committed: state.committedCycle, inflight: state.inflightCycle, exists: state.exists, compatible: state.compatible, digest: w.digest, compression: w.compression, limits: w.limits }, 'mirror state')
-    if (state.inflightCycle !== 0 && state.inflightCycle !== this.#cycleNo) {
-      await this.#rollback(s.client)
-      this.log.warn({ inflight: state.inflightCycle }, 'rolled back an abandoned in-flight cycle')
-    }
+    this.log.info({ cycle: this.#cycleNo, committed: state.committedCycle, inflight: state.inflightCycle, generation: state.generation, exists: state.exists, digest: w.digest, compression: w.compression, limits: w.limits }, 'mirror state')
+    this.#lineage = decideLineage({ mirror: state, record: rec.committed, snapshots: this.#snapshots, ...(this.#recordProblem === undefined ? {} : { recordProblem: this.#recordProblem }) })
+    if (this.#lineage.kind === 'resync') this.log.warn({ reason: this.#lineage.reason }, 'lineage not proven: full resync of every disk')
   }
 
-  /** Connect, Hello, VmOpen of cycle `cycleNo`. */
-  async #handshake (cycleNo: number): Promise<Session> {
-    const opts = this.#opts
-    const client = await ReceiverClient.connect({ ...opts.connect, ...this.#sig })
-    this.#clients.add(client)
-    try {
-      const welcome = await client.hello({
-        versions: [PROTOCOL_VERSION],
-        software: AGENT_SOFTWARE,
-        digests: [...opts.digests],
-        compressions: [...opts.compressions],
-        limits: { maxMessageBytes: maxMessageBytesFor(opts.maxExtentBytes), maxExtentBytes: opts.maxExtentBytes, windowBytes: opts.windowBytes },
-      })
-      if (!welcome.ok) throw refusalError('Hello', welcome.refusal)
-      const vm = this.#vm
-      const state = await client.vmOpen({
-        vm: vm.name,
-        cycle: cycleNo,
-        compat: { hwVersion: vmxHardwareVersion(vm.config), datastoreType: vm.datastoreType, guestOS: vm.config.get('guestOS') ?? '' },
-        files: this.#files,
-        disks: this.#diskNames,
-      })
-      if (!state.ok) throw refusalError(`VmOpen of ${vm.name}`, state.refusal)
-      this.#reconnect.connected()
-      return { client, welcome: welcome.value, state: state.value }
-    } catch (err) {
-      client.terminate()
-      throw err
+  /** 3. The snapshot: our recorded in-flight one of this cycle is reused (the cycle resumes), else a new one. */
+  async #takeSnapshot (): Promise<void> {
+    const { driver } = this.#opts
+    const decision = decideSnapshot({ cycleNo: this.#cycleNo, inflight: this.#record.inflight, snapshots: this.#snapshots })
+    if (needsRollback(this.#mirror, this.#cycleNo, decision)) {
+      await this.#rollback((this.#fresh as Session).client)
+      this.log.warn({ inflight: this.#mirror.inflightCycle }, 'rolled back an abandoned in-flight cycle')
     }
+    if (decision.kind === 'reuse') {
+      this.#shipped = decision.snapshot
+      this.#report.reusedSnapshot = true
+      this.log.info({ snapshot: decision.snapshot.name, id: decision.snapshot.id }, 'resuming with the recorded in-flight snapshot of an earlier run')
+    } else {
+      for (const s of decision.remove) {
+        // never two snapshots of one name: this one is not ours to resume (another target's, or a lost record)
+        this.log.warn({ snapshot: s.name, id: s.id }, 'removing a grainline snapshot of the same name that is not the recorded in-flight one')
+        await driver.removeSnapshot(this.#vm, s, this.#sig)
+        this.#report.removedSnapshots.push(s.name)
+        this.#vm = await driver.openVm(this.#opts.ref, this.#sig)
+      }
+      this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo), this.#sig)
+      this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
+    }
+    this.#record.inflight = { cycle: this.#cycleNo, snapshot: { name: this.#shipped.name, id: this.#shipped.id }, receiver: this.#opts.connect.url, at: new Date().toISOString() }
+    await this.#store.save(this.#record)
+    this.#report.snapshot = this.#shipped.name
+    this.#lap('snapshot')
+    this.#vm = await driver.openVm(this.#opts.ref)
+    if (this.#opts.afterSnapshot !== undefined) await this.#opts.afterSnapshot(this.#vm)
   }
 
   async #rollback (client: ReceiverClient): Promise<void> {
     const r = await client.rollback(this.#vm.name)
     if (!r.ok) throw refusalError(`Rollback of ${this.#vm.name}`, r.refusal)
-  }
-
-  /** 3. The snapshot: our own un-committed one of this cycle is reused (the cycle resumes), else a new one. */
-  async #takeSnapshot (): Promise<void> {
-    const { driver } = this.#opts
-    const newest = this.#snapshots[this.#snapshots.length - 1]
-    if (newest !== undefined && newest.cycle === this.#cycleNo) {
-      this.#shipped = newest
-      this.#report.reusedSnapshot = true
-      this.log.info({ snapshot: newest.name }, 'resuming with the un-committed snapshot of an earlier run')
-    } else {
-      this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo), this.#sig)
-      this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
-    }
-    this.#report.snapshot = this.#shipped.name
-    this.#lap('snapshot')
-    this.#vm = await driver.openVm(this.#opts.ref)
-    if (this.#opts.afterSnapshot !== undefined) await this.#opts.afterSnapshot(this.#vm)
+    this.#rolledBack = true
   }
 
   /** 4. Every disk planned before the first extent (exact totals for progress). */
@@ -276,6 +277,7 @@ class VmCycle {
     const maxExtent = Math.max(512, Math.floor(Math.min(this.#welcome.limits.maxExtentBytes, opts.maxExtentBytes) / 512) * 512)
     const rateChunk = opts.rateLimiter.rate === Infinity ? maxExtent : Math.max(64 * 1024, Math.floor(opts.rateLimiter.rate / 8 / 512) * 512)
     this.#chunkBytes = Math.min(maxExtent, rateChunk)
+    const lineage = this.#lineage
     for (const [i, disk] of this.#vm.disks.entries()) {
       const chain = await openChain(disk.path, opts.driver.pathMap === undefined ? {} : { pathMap: { ...opts.driver.pathMap } })
       const L = chain.layers.length
@@ -294,8 +296,12 @@ class VmCycle {
         plan: await emptyPlan(this.#chunkBytes), cycleId: '', records: undefined, view: undefined, viewTask: undefined,
       }
       this.#works.push(w)
-      const decision = initialDiskPlan(this.#mirror, L)
-      if (decision.kind === 'seed' && decision.reason !== undefined) this.log.warn({ disk: name, reason: decision.reason }, 'falling back to a full resync')
+      const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
+      const decision = planDisk(lineage, {
+        name, node: disk.node, layerPaths: chain.layers.map((l) => resolve(l.path)),
+        baseSnapshotLayer: snapDisk === undefined ? undefined : resolve(opts.driver.resolvePath(this.#vm, snapDisk.fileName)),
+      }, this.#record.diverged)
+      if (decision.kind === 'seed' && decision.reason !== undefined) this.log.warn({ disk: name, reason: decision.reason }, 'full resync of the disk')
       await applyDiskPlan(w, decision, this.#planContext())
     }
     this.#lap('plan')
@@ -321,6 +327,7 @@ class VmCycle {
       w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true)
       w.progress.update('done', true)
     }
+    await this.#recordChecks()
     this.#lap('check')
   }
 
@@ -330,22 +337,22 @@ class VmCycle {
     this.#fresh = undefined
     try {
       if (session === undefined) {
-        session = await this.#handshake(this.#cycleNo)
+        session = await this.#session(this.#cycleNo)
         if (session.state.committedCycle === this.#cycleNo) {
-          this.#committed = true
+          // the commit went through before the connection dropped: VmState carries its generation
+          await this.#recordCommit(session.state.generation)
           await session.client.close().catch(() => {})
           return { kind: 'committed' }
         }
         if (session.state.committedCycle + 1 !== this.#cycleNo) throw new AgentError('E_PROTOCOL', `receiver moved to committed cycle ${session.state.committedCycle} during the cycle`)
         this.#welcome = session.welcome
+        if (rollback) {
+          await this.#rollback(session.client)
+          for (const w of this.#works) w.records?.clear()
+          this.log.warn('rolled back the receiver\'s in-flight cycle of another identity')
+        }
       }
       const { client, welcome } = session
-      if (rollback) {
-        await this.#rollback(client)
-        this.#rolledBack = true
-        for (const w of this.#works) w.records?.clear()
-        this.log.warn('rolled back the receiver\'s in-flight cycle of another identity')
-      }
       const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes))
       let nextHandle = 0
       for (const w of this.#works) {
@@ -368,28 +375,23 @@ class VmCycle {
           const ds = opened.state
           if (ds === undefined) throw refusalError(`DiskOpen of ${w.name}`, opened.refusal)
           if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
-          const decision = planAfterRefusal(
-            { mode: w.mode, fromDepth: w.fromDepth, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, layerFiles: w.chain.layers.map((l) => l.file) },
-            { code: ds.reason, modified: ds.modified, committedCycle: ds.committedCycle, ...(ds.committedSource === null ? {} : { successor: ds.committedSource.successor }) },
-            this.#rolledBack,
-          )
+          const decision = planAfterRefusal(w.mode, { code: ds.reason, modified: ds.modified }, this.#rolledBack)
           if (decision.kind === 'fail') throw refusalError(w.name, opened.refusal, { disk: true })
           if (decision.kind === 'rollback') {
             await client.close().catch(() => {})
             return { kind: 'rollback' }
           }
-          if (decision.plan.kind === 'seed') this.log.warn({ disk: w.name, reason: decision.plan.reason }, 'incremental refused; falling back to a full resync')
-          else this.log.info({ disk: w.name, depth: decision.plan.fromDepth }, 'shipping from the mirror\'s recorded successor')
-          await applyDiskPlan(w, decision.plan, this.#planContext())
+          this.log.warn({ disk: w.name, reason: decision.reason }, 'incremental refused; full resync of the disk')
+          await applyDiskPlan(w, { kind: 'seed', reason: decision.reason }, this.#planContext())
         }
       }
       this.#lap('ship')
       const committed = await client.commit(this.#vm.name, this.#cycleNo)
       if (!committed.ok) throw refusalError(`Commit of cycle ${this.#cycleNo}`, committed.refusal)
-      this.#committed = true
+      await this.#recordCommit(committed.value.generation)
       for (const w of this.#works) w.progress.update('commit', true)
       this.#lap('commit')
-      this.log.info({ cycle: this.#cycleNo }, 'committed')
+      this.log.info({ cycle: this.#cycleNo, generation: committed.value.generation }, 'committed')
       await verifyDisks(this.#works, { client, digest: welcome.digest, trivialBytes: this.#trivialBytes, certify: this.#certify, log: this.log, ...this.#sig })
       this.#lap('check')
       await client.close().catch(() => {})
@@ -403,8 +405,30 @@ class VmCycle {
   get #trivialBytes (): number { return this.#opts.trivialMiB * 1024 * 1024 }
   get #certify (): DigestAlgorithm | undefined { return this.#opts.certify === 'none' ? undefined : this.#opts.certify }
 
-  /** 7. Older grainline snapshots go: their deltas consolidate into the base; the VM runs on the one just shipped. */
-  async #removeOlderSnapshots (): Promise<void> {
+  /** The commit is durable on the receiver: record its generation beside the shipped snapshot (SPEC §5.8). */
+  async #recordCommit (generation: string): Promise<void> {
+    this.#committed = true
+    this.#record.committed = {
+      cycle: this.#cycleNo, generation, snapshot: { name: this.#shipped.name, id: this.#shipped.id }, receiver: this.#opts.connect.url, at: new Date().toISOString(),
+    }
+    this.#record.inflight = null
+    // every disk of this cycle was written from the point the record names: earlier failed checks are settled
+    delete this.#record.diverged
+    await this.#store.save(this.#record)
+  }
+
+  /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
+  async #recordChecks (): Promise<void> {
+    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false)
+    if (failed.length === 0) return
+    const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
+    this.#record.diverged = { cycle: this.#cycleNo, generation: this.#record.committed?.generation ?? '', disks: failed.map((w) => w.name), reason, at: new Date().toISOString() }
+    await this.#store.save(this.#record)
+    this.log.error({ disks: failed.map((w) => w.name) }, 'mirror diverged from the source; the next cycle resyncs these disks')
+  }
+
+  /** 7. The other grainline snapshots go: their deltas consolidate into the base; the VM runs on the one just shipped. */
+  async #removeOtherSnapshots (): Promise<void> {
     if (!this.#committed) throw new AgentError('E_PROTOCOL', 'cycle ended without commit')
     if (this.#opts.beforeRemove !== undefined) await this.#opts.beforeRemove(this.#vm)
     await removeOtherSnapshots(this.#opts.driver, this.#vm, this.#shipped, { log: this.log, onRemoved: (name) => { this.#report.removedSnapshots.push(name) } })

@@ -60,6 +60,8 @@ export interface SnapshotRef {
 /** What the agent needs from a hypervisor. */
 export interface HypervisorDriver {
   readonly name: 'local' | 'esxi'
+  /** the host the VM ids are unique on (esxi: the ESXi host); part of the key of the agent's state file */
+  readonly host?: string
   /** find the VM; return its .vmx path readable locally and its config */
   openVm(ref: string, opts?: { signal?: AbortSignal }): Promise<VmHandle>
   /** take the grainline snapshot; returns when the new deltas exist */

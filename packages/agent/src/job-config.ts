@@ -14,8 +14,8 @@ import { AgentError } from './errors.ts'
 import type { ReplicateInit } from './replicate.ts'
 
 const KEYS = new Set(['vm', 'to', 'token', 'tokenFile', 'driver', 'esxi', 'deltaFormat', 'certify', 'trivialMiB', 'bwlimit', 'compress',
-  'digests', 'consolidateExisting', 'caFile', 'insecure', 'insecurePlaintext', 'giveUpMs', 'maxBackoffMs', 'windowBytes', 'maxExtentBytes'])
-const PATH_KEYS = ['tokenFile', 'caFile'] as const
+  'digests', 'consolidateExisting', 'caFile', 'insecure', 'insecurePlaintext', 'stateDir', 'giveUpMs', 'maxBackoffMs', 'windowBytes', 'maxExtentBytes'])
+const PATH_KEYS = ['tokenFile', 'caFile', 'stateDir'] as const
 
 function checkEntry (o: unknown, where: string): Record<string, unknown> {
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new AgentError('E_CONFIG', `${where}: expected an object`)

@@ -5,14 +5,15 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import { parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
+import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver } from './local-driver.ts'
 import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
-import { createRateLimiter, parseRate, type RateLimiter } from './rate-limiter.ts'
+import { createRateLimiter, type RateLimiter } from './rate-limiter.ts'
 import { logProgressSink, ttyProgressSink, type ProgressEvent, type ProgressSink } from './progress.ts'
 import type { DeltaFormat } from '@grainline/vmdk'
 import type { ReplicationReport, VmReport } from './report.ts'
@@ -28,6 +29,13 @@ export interface ReplicateInit {
   readonly token: string
   /** which hypervisor driver, or a driver instance. @default 'local' */
   readonly driver?: 'local' | 'esxi' | HypervisorDriver
+  /**
+   * folder of the agent's durable record per VM (the last committed point, its
+   * generation and snapshot; the snapshot of a cycle in flight). Losing it
+   * makes the next cycle of every VM a full resync.
+   * @default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline (~/.local/state/grainline)
+   */
+  readonly stateDir?: string
   /** esxi driver settings (required with driver 'esxi') */
   readonly esxi?: EsxiDriverInit
   /** delta format of local snapshots. @default 'sesparse' */
@@ -77,6 +85,15 @@ export interface ReplicateInit {
   readonly rateLimiter?: RateLimiter
 }
 
+/** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
+function bwlimitOf (init: ReplicateInit): number {
+  try {
+    return parseRate(init.bwlimit ?? 0, 'bwlimit')
+  } catch (err) {
+    throw new AgentError('E_CONFIG', (err as Error).message, { cause: err })
+  }
+}
+
 function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
   if (init.onProgress !== undefined) return init.onProgress
   const mode = init.progress ?? 'auto'
@@ -111,8 +128,7 @@ export async function replicate (components: { logger: Logger }, init: Replicate
   const compression = init.compress ?? 'lz4'
   let ca = init.ca
   if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
-  const rate = parseRate(init.bwlimit ?? 0)
-  if (!(rate >= 0)) throw new AgentError('E_CONFIG', `bad bwlimit ${String(init.bwlimit)}`)
+  const rate = bwlimitOf(init)
   const trivialMiB = init.trivialMiB ?? 16
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
   try {
@@ -126,6 +142,7 @@ export async function replicate (components: { logger: Logger }, init: Replicate
         ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
       },
       driver,
+      stateDir: init.stateDir ?? defaultStateDir(),
       certify,
       trivialMiB,
       rateLimiter: init.rateLimiter ?? createRateLimiter({ rate }),
@@ -159,7 +176,7 @@ export async function replicateMany (components: { logger: Logger }, inits: read
   const vms: VmReport[] = []
   const shared = new Map<number, RateLimiter>()
   for (const init of inits) {
-    const rate = parseRate(init.bwlimit ?? 0)
+    const rate = bwlimitOf(init)
     let rl = init.rateLimiter ?? shared.get(rate)
     if (rl === undefined) { rl = createRateLimiter({ rate }); shared.set(rate, rl) }
     const r = await replicate(components, { ...init, rateLimiter: rl })

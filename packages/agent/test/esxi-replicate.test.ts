@@ -105,6 +105,7 @@ for (const v of VMS) for (const cycle of [1, 2, 3]) {
       esxi,
       to: `ws://127.0.0.1:${port}`,
       token,
+      stateDir: path.join(h.dir, 'agent-state'),
       progress: 'none',
       trivialMiB: 1,
       certify: 'sha256',

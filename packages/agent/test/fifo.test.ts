@@ -29,7 +29,7 @@ t.test('a FIFO as the .vmx, the .vmsd or the nvram: E_VMX, no hang, nothing done
     const file = join(vm.dir, `fifo-${which}.${which}`)
     await rm(file, { force: true })
     mkfifo(file)
-    const r = await replicate({ logger }, { vm: vm.vmxPath, to, token: 't', progress: 'none', giveUpMs: 0 })
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to, token: 't', progress: 'none', giveUpMs: 0, stateDir: join(dir, 'agent-state') })
     t.equal(r.vms[0]?.error?.code, 'E_VMX', `${which}: ${r.vms[0]?.error?.message}`)
     t.match(r.vms[0]?.error?.message, /is a FIFO, not a regular file/)
     if (which !== 'vmx') {

@@ -67,7 +67,7 @@ t.test('replicateMany: several VMs, one report; a failed VM fails the run', asyn
   const a = await createSampleVm(dir, { name: 'vm-a', disks: [{ sizeBytes: 2 * MiB }] })
   const b = await createSampleVm(dir, { name: 'vm-b', disks: [{ sizeBytes: 2 * MiB }], seed: 2 })
   const { logger } = memoryLogger()
-  const common = { to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, stateDir: join(dir, 'agent-state') }
   const r1 = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath }, { ...common, vm: b.vmxPath }])
   t.ok(r1.ok)
   t.same(r1.vms.map((v) => [v.vm, v.cycle, v.disks[0]?.mode]), [['vm-a', 1, 'seed'], ['vm-b', 1, 'seed']])
@@ -80,9 +80,9 @@ t.test('replicateMany: several VMs, one report; a failed VM fails the run', asyn
   const bad = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath, token: 'wrong-token' }])
   t.equal(bad.vms[0]?.error?.code, 'E_REFUSED', 'a wrong token is refused, not retried')
   const t0 = performance.now()
-  const untrusted = await replicateMany({ logger }, [{ to: rx.url, token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 60_000 }])
+  const untrusted = await replicateMany({ logger }, [{ to: rx.url, token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 60_000, stateDir: join(dir, 'agent-state') }])
   t.equal(untrusted.vms[0]?.error?.code, 'E_CONNECT', 'an untrusted receiver certificate fails with E_CONNECT')
   t.ok(performance.now() - t0 < 10_000, 'without retrying until the give-up time')
-  const refusedPort = await replicateMany({ logger }, [{ to: 'wss://127.0.0.1:1', token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 300, maxBackoffMs: 50 }])
+  const refusedPort = await replicateMany({ logger }, [{ to: 'wss://127.0.0.1:1', token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 300, maxBackoffMs: 50, stateDir: join(dir, 'agent-state') }])
   t.equal(refusedPort.vms[0]?.error?.code, 'E_GAVE_UP', 'a receiver that is not there: retried, then given up')
 })

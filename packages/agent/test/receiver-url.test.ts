@@ -90,7 +90,7 @@ t.test('replicate, replicateMany and job files refuse ws:// to another host befo
   t.notOk(rec.received().includes(SECRET))
 
   // the explicit flag (job key insecurePlaintext) lets it through: the token then travels in clear, which is what the rule prevents
-  await writeFile(join(dir, 'job2.json'), JSON.stringify({ tokenFile: 'token', giveUpMs: 0, vms: [{ vm: vm.vmxPath, to, insecurePlaintext: true }] }))
+  await writeFile(join(dir, 'job2.json'), JSON.stringify({ tokenFile: 'token', giveUpMs: 0, stateDir: 'agent-state', vms: [{ vm: vm.vmxPath, to, insecurePlaintext: true }] }))
   const jobs = await loadJobConfig(join(dir, 'job2.json'))
   t.equal(jobs[0]?.insecurePlaintext, true)
   // the listener drops every upgrade request: the agent retries, then gives up (giveUpMs 0)

@@ -6,7 +6,8 @@ import { replicateCommand } from './commands/replicate.ts'
 import { statusCommand, rollbackCommand } from './commands/store.ts'
 import { demoCommand } from './commands/demo.ts'
 import { createCliLogger } from './logger.ts'
-import { parsePathMap, parseSize } from './util.ts'
+import { parseByteSize } from '@grainline/protocol'
+import { parsePathMap } from './util.ts'
 import type { LevelWithSilent } from 'pino'
 
 /** This package's version (dist/src/main.js → package.json), never a literal. */
@@ -126,7 +127,7 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
       .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
     async (args) => {
-      const ok = await demoCommand({ dir: args.dir, cycles: args.cycles, diskBytes: parseSize(args['disk-size']), guestBytes: parseSize(args['guest-write']), deltaFormat: args['delta-format'], write })
+      const ok = await demoCommand({ dir: args.dir, cycles: args.cycles, diskBytes: parseByteSize(args['disk-size'], '--disk-size'), guestBytes: parseByteSize(args['guest-write'], '--guest-write'), deltaFormat: args['delta-format'], write })
       if (!ok && process.exitCode !== ExitCode.Interrupted) process.exitCode = ExitCode.Failed
     })
     .help()

@@ -2,7 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { replicateMany, loadJobConfig, formatReport, type ReplicateInit, type ReplicationReport } from '@grainline/agent'
 import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
 import type { Logger } from 'pino'
-import { parseRate } from '../util.ts'
+import { parseRate } from '@grainline/protocol'
 
 /** Options of `grainline replicate`. */
 export interface ReplicateCommandOptions {
@@ -45,7 +45,7 @@ export async function replicateCommand (opts: ReplicateCommandOptions): Promise<
   if (opts.esxiConfig !== undefined) flags.esxi = JSON.parse(await readFile(opts.esxiConfig, 'utf8')) as unknown
   if (opts.certify !== undefined) flags.certify = opts.certify
   if (opts.trivialMb !== undefined) flags.trivialMiB = opts.trivialMb
-  if (opts.bwlimit !== undefined) flags.bwlimit = parseRate(opts.bwlimit)
+  if (opts.bwlimit !== undefined) flags.bwlimit = parseRate(opts.bwlimit, '--bwlimit')
   if (opts.compress !== undefined) flags.compress = opts.compress
   if (opts.deltaFormat !== undefined) flags.deltaFormat = opts.deltaFormat
   if (opts.consolidateExisting === true) flags.consolidateExisting = true
