@@ -57,6 +57,23 @@ export function isRetryable (err: unknown): boolean {
   return false
 }
 
+/**
+ * True when a failed connect is the receiver's certificate or a TLS setup that
+ * cannot work (retrying will not help): a certificate that does not verify,
+ * a name mismatch, an SSL protocol error. A socket cut during the TLS
+ * handshake ("disconnected before secure TLS connection was established",
+ * ECONNRESET) is a lost connection and is retried.
+ */
+export function isTlsVerificationFailure (err: unknown): boolean {
+  const chain: Array<{ code?: unknown, message?: unknown }> = []
+  for (let e = err as { code?: unknown, message?: unknown, cause?: unknown } | undefined, n = 0; e !== undefined && e !== null && n < 4; e = e.cause as typeof e, n++) chain.push(e)
+  return chain.some((e) => {
+    const code = typeof e.code === 'string' ? e.code : ''
+    if (/^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT)$/.test(code)) return false
+    return /CERT|SELF_SIGNED|ALTNAME|UNABLE_TO_(GET|VERIFY)|^ERR_SSL_|^ERR_TLS_/.test(code) || /certificate|self.signed/i.test(typeof e.message === 'string' ? e.message : '')
+  })
+}
+
 /** A connected, framed client. */
 export class Connection {
   readonly #ws: WebSocket
@@ -147,10 +164,7 @@ export class Connection {
       if (opts.signal?.aborted === true) throw new AgentError('E_ABORTED', 'aborted')
       if (status === 401 || status === 403) throw new AgentError('E_REFUSED', `receiver refused the token (HTTP ${status})`, { remoteCode: 'E_AUTH' })
       if (status !== 0) throw new ConnectionLost(`receiver answered HTTP ${status}`, status >= 500 ? 1011 : 4000 + status)
-      const e = err as Error & { cause?: { code?: string } }
-      if (/certificate|self.signed|SSL|TLS/i.test(e.message + String((e.cause as Error | undefined)?.message ?? ''))) {
-        throw new AgentError('E_CONNECT', `TLS failure: ${e.message}`, { cause: err })
-      }
+      if (isTlsVerificationFailure(err)) throw new AgentError('E_CONNECT', `TLS failure: ${(err as Error).message}`, { cause: err })
       throw err
     } finally {
       opts.signal?.removeEventListener('abort', onAbort)

@@ -87,6 +87,7 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('insecure-tls', { type: 'boolean', describe: 'skip TLS certificate verification (testing only)' })
       .option('insecure-plaintext', { type: 'boolean', describe: 'allow a plain ws:// URL to a non-loopback host: the token travels in clear (refused otherwise)' })
       .option('give-up', { type: 'number', describe: 'seconds to keep reconnecting before giving up (default 600)' })
+      .option('state-dir', { type: 'string', describe: 'folder of the agent\'s record per VM (last commit\'s generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline' })
       .option('report', { type: 'string', describe: 'write the JSON report to this file' }),
     async (args) => {
       const report = await replicateCommand({
@@ -106,6 +107,7 @@ export function buildCli (argv: readonly string[]): Argv {
         ...(args['insecure-tls'] === true ? { insecureTls: true } : {}),
         ...(args['insecure-plaintext'] === true ? { insecurePlaintext: true } : {}),
         ...(args['give-up'] !== undefined ? { giveUp: args['give-up'] } : {}),
+        ...(args['state-dir'] !== undefined ? { stateDir: args['state-dir'] } : {}),
         ...(args.report !== undefined ? { report: args.report } : {}),
         logger: loggerOf(args),
       })

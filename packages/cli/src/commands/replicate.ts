@@ -23,6 +23,8 @@ export interface ReplicateCommandOptions {
   /** allow ws:// to a non-loopback host (the token travels in clear) */
   readonly insecurePlaintext?: boolean
   readonly giveUp?: number
+  /** the agent state folder */
+  readonly stateDir?: string
   readonly report?: string
   readonly logger: Logger
   readonly signal?: AbortSignal
@@ -53,6 +55,7 @@ export async function replicateCommand (opts: ReplicateCommandOptions): Promise<
   if (opts.insecureTls === true) flags.insecure = true
   if (opts.insecurePlaintext === true) flags.insecurePlaintext = true
   if (opts.giveUp !== undefined) flags.giveUpMs = opts.giveUp * 1000
+  if (opts.stateDir !== undefined) flags.stateDir = opts.stateDir
   if (opts.tokenFile !== undefined) flags.token = await readTokenFile(opts.tokenFile)
   if (opts.signal !== undefined) flags.signal = opts.signal
   if (opts.job !== undefined) {
