@@ -105,6 +105,30 @@ export function checkStateShape (v: unknown, key: string): string | undefined {
   return undefined
 }
 
+/** Record the snapshot of cycle `cycle` as in flight (before anything is shipped). */
+export function markInflight (state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string): AgentVmState {
+  state.inflight = { cycle, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
+  return state
+}
+
+/**
+ * Record a commit: its generation beside the shipped snapshot; nothing in
+ * flight. Every disk of the cycle was written from the point the record
+ * names, so earlier failed checks are settled.
+ */
+export function markCommitted (state: AgentVmState, cycle: number, generation: string, snapshot: SnapshotRecord, receiver: string): AgentVmState {
+  state.committed = { cycle, generation, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
+  state.inflight = null
+  delete state.diverged
+  return state
+}
+
+/** Record disks whose trivial check or certify failed after the commit of `cycle`: the next cycle resyncs them. */
+export function markDiverged (state: AgentVmState, cycle: number, disks: readonly string[], reason: string): AgentVmState {
+  state.diverged = { cycle, generation: state.committed?.generation ?? '', disks: [...disks], reason, at: new Date().toISOString() }
+  return state
+}
+
 /** Largest state file read (a few hundred bytes in practice). */
 const MAX_STATE_BYTES = 1024 * 1024
 

@@ -20,18 +20,17 @@
  */
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
-import { AgentStateStore, stateKey, type AgentVmState } from './agent-state.ts'
-import type { ConnectOptions } from './connection.ts'
+import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState } from './agent-state.ts'
+import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
 import { sendDisk } from './disk-sender.ts'
 import type { HypervisorDriver, SnapshotRef, VmHandle } from './driver.ts'
 import { grainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
-import { DiskProgress, type ProgressSink } from './progress.ts'
-import type { RateLimiter } from './rate-limiter.ts'
+import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
 import { emptyDiskReport, emptyVmReport, errorInfo, type VmReport } from './report.ts'
@@ -42,37 +41,7 @@ import { removeOtherSnapshots, settleForeignSnapshots } from './vm-snapshots.ts'
 import { SendWindow } from './window.ts'
 
 export type { DiskReport, VmReport } from './report.ts'
-
-/** Options of one VM cycle (resolved; see ReplicateInit for the documented defaults). */
-export interface CycleOptions {
-  readonly ref: string
-  readonly connect: Omit<ConnectOptions, 'signal'>
-  readonly driver: HypervisorDriver
-  /** the agent state folder (agent-state.ts) */
-  readonly stateDir: string
-  readonly certify: DigestAlgorithm | 'none'
-  readonly trivialMiB: number
-  readonly rateLimiter: RateLimiter
-  readonly compressions: readonly CompressionAlgorithm[]
-  readonly digests: readonly DigestAlgorithm[]
-  readonly consolidateExisting: boolean
-  readonly giveUpMs: number
-  readonly maxBackoffMs: number
-  readonly windowBytes: number
-  readonly maxExtentBytes: number
-  readonly progress: ProgressSink
-  readonly signal?: AbortSignal
-  /** called after the snapshot is taken and before shipping starts (tests: guest writes) */
-  readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
-  /**
-   * called after the commit and checks, before older snapshots are removed
-   * (demo/tests: a guest writing concurrently with shipping settles here, the
-   * way a hypervisor serializes guest I/O with a snapshot removal)
-   */
-  readonly beforeRemove?: (vm: VmHandle) => Promise<void>
-  /** called after every extent handed to the socket (tests: cut the link) */
-  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
-}
+export type { CycleOptions } from './cycle-options.ts'
 
 /** A refused disk is re-planned at most this many times per disk (plus two) before the cycle gives up. */
 const REPLANS_PER_DISK = 2
@@ -257,8 +226,7 @@ class VmCycle {
       this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo), this.#sig)
       this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
     }
-    this.#record.inflight = { cycle: this.#cycleNo, snapshot: { name: this.#shipped.name, id: this.#shipped.id }, receiver: this.#opts.connect.url, at: new Date().toISOString() }
-    await this.#store.save(this.#record)
+    await this.#store.save(markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url))
     this.#report.snapshot = this.#shipped.name
     this.#lap('snapshot')
     this.#vm = await driver.openVm(this.#opts.ref)
@@ -408,13 +376,7 @@ class VmCycle {
   /** The commit is durable on the receiver: record its generation beside the shipped snapshot (SPEC §5.8). */
   async #recordCommit (generation: string): Promise<void> {
     this.#committed = true
-    this.#record.committed = {
-      cycle: this.#cycleNo, generation, snapshot: { name: this.#shipped.name, id: this.#shipped.id }, receiver: this.#opts.connect.url, at: new Date().toISOString(),
-    }
-    this.#record.inflight = null
-    // every disk of this cycle was written from the point the record names: earlier failed checks are settled
-    delete this.#record.diverged
-    await this.#store.save(this.#record)
+    await this.#store.save(markCommitted(this.#record, this.#cycleNo, generation, this.#shipped, this.#opts.connect.url))
   }
 
   /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
@@ -422,8 +384,7 @@ class VmCycle {
     const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false)
     if (failed.length === 0) return
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
-    this.#record.diverged = { cycle: this.#cycleNo, generation: this.#record.committed?.generation ?? '', disks: failed.map((w) => w.name), reason, at: new Date().toISOString() }
-    await this.#store.save(this.#record)
+    await this.#store.save(markDiverged(this.#record, this.#cycleNo, failed.map((w) => w.name), reason))
     this.log.error({ disks: failed.map((w) => w.name) }, 'mirror diverged from the source; the next cycle resyncs these disks')
   }
 
