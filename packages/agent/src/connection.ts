@@ -48,8 +48,8 @@ export class ConnectionLost extends Error {
   }
 }
 
-// close codes after which a retry makes sense (SPEC §7: E_BUSY, E_SHUTDOWN, E_INTERNAL, abnormal)
-const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4429])
+// close codes after which a retry makes sense (SPEC §7: E_BUSY, E_SHUTDOWN, E_TIMEOUT, E_INTERNAL, abnormal)
+const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4408, 4429])
 
 /** True when `err` is worth a reconnect. */
 export function isRetryable (err: unknown): boolean {

@@ -6,7 +6,7 @@
  *
  * What still throws: a lost connection (`ConnectionLost`, retried by the
  * cycle), a receiver Error that ends the connection but invites a retry
- * (`E_BUSY`, `E_SHUTDOWN`: also `ConnectionLost`), a message that breaks the
+ * (`E_BUSY`, `E_SHUTDOWN`, `E_TIMEOUT`: also `ConnectionLost`), a message that breaks the
  * protocol (`AgentError` `E_PROTOCOL`) and an abort (`E_ABORTED`).
  */
 import {
@@ -35,8 +35,9 @@ export type DiskOpenReply =
   | { readonly ok: true, readonly value: DiskStateMessage }
   | { readonly ok: false, readonly refusal: Refusal, readonly state?: DiskStateMessage }
 
-// receiver Errors that end the connection but are worth a reconnect (SPEC §7)
-const RETRY_CODES: Readonly<Record<string, number>> = { E_BUSY: 4429, E_SHUTDOWN: 1001 }
+// receiver Errors that end the connection but are worth a reconnect (SPEC §7): another session holds
+// the VM, the receiver is shutting down, or it timed the connection out (the agent was slow to send)
+const RETRY_CODES: Readonly<Record<string, number>> = { E_BUSY: 4429, E_SHUTDOWN: 1001, E_TIMEOUT: 4408 }
 
 type Of<K extends Message['kind']> = Extract<Message, { kind: K }>
 
