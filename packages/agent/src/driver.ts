@@ -1,7 +1,11 @@
 /**
- * The hypervisor driver contract (docs/INTERNALS.md "Agent: the driver
- * interface"). The cycle engine talks to a VM only through this interface; the
- * `local` driver (this package) and the `esxi` driver (src/esxi/) implement it.
+ * The hypervisor driver contract (this TSDoc and the README's
+ * "HypervisorDriver" section are the contract). The cycle engine talks to a VM
+ * only through this interface; the `local` driver (this package) and the
+ * `esxi` driver (src/esxi/) implement it. Both share one snapshot model:
+ * snapshot k's per-disk `fileName` is the disk that represents it (the parent
+ * of the delta created when it was taken); every method also takes an
+ * optional `{ signal }` last.
  */
 import type { VmxConfig } from './vmx.ts'
 
