@@ -54,10 +54,13 @@ async function pair (t: { teardown: (fn: () => Promise<void>) => void, equal: (a
 t.test('handshake and a fragmented 1 MiB extent over a real socket', async (t) => {
   await initDigests()
   const received: Message[] = []
+  let gotThree: () => void = () => {}
+  const three = new Promise<void>((resolve) => { gotThree = resolve })
   const state = new ConversationState()
   const ws = await pair(t, (server, msg) => {
     if (msg instanceof ProtocolError) throw msg
     received.push(msg)
+    if (received.length === 3) gotThree()
     if (msg.kind === MessageKind.Hello) {
       state.observe(msg, 'agent')
       const n = negotiate(msg, { versions: [1], digests: ['sha256', 'xxh64'], compressions: ['none'], limits })
@@ -82,7 +85,7 @@ t.test('handshake and a fragmented 1 MiB extent over a real socket', async (t) =
   t.equal(parts[1], payload, 'payload is sent without an encoder copy')
   for (const [i, p] of parts.entries()) ws.send(p, { binary: true, fin: i === parts.length - 1 })
   ws.send(encodeMessage({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'bye', fatal: false }))
-  while (received.length < 3) await new Promise((resolve) => setTimeout(resolve, 5))
+  await three
   t.equal(received.length, 3, 'fragments arrive as one message')
   t.equal(canonical(received[1]), canonical(extent))
   t.equal(received[2]!.kind, MessageKind.Error)

@@ -2,11 +2,11 @@
 // receiver and agent processes over TLS on loopback. After each cycle every
 // mirror disk equals `qemu-img convert -O raw` of the frozen source view.
 import t from 'tap'
-const tap = t
 import { readFile } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { startSite, replicateCli, qemuRaw, firstDifference, scratchDir } from '@grainline/e2e'
+import { qemuRaw, firstDifference, scratchDir } from '@grainline/test-utils'
+import { startSite, replicateCli } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 
@@ -18,7 +18,7 @@ async function topDescriptors (vmx: string): Promise<{ node: string, path: strin
 
 for (const kind of ['sesparse', 'vmfssparse', 'hosted'] as const) {
   t.test(`seed + 5 incremental cycles, ${kind} deltas, two disks`, async (t) => {
-    const dir = await scratchDir(t, tap)
+    const dir = scratchDir(t, 'grainline-e2e-')
     const site = await startSite(join(dir, 'dr'))
     t.teardown(() => site.receiver.stop())
     const vm = await createSampleVm(join(dir, 'src'), { name: `web ${kind}`, disks: [{ sizeBytes: 48 * MiB }, { sizeBytes: 24 * MiB, node: 'sata0:1' }], seed: 11 })
