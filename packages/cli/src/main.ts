@@ -6,6 +6,7 @@ import { statusCommand, rollbackCommand } from './commands/store.ts'
 import { demoCommand } from './commands/demo.ts'
 import { createCliLogger } from './logger.ts'
 import { parsePathMap, parseSize } from './util.ts'
+import { VERSION } from './version.ts'
 import type { LevelWithSilent } from 'pino'
 
 /** Exit codes of the `grainline` command. */
@@ -124,7 +125,7 @@ export function buildCli (argv: readonly string[]): Argv {
       if (!ok && process.exitCode !== ExitCode.Interrupted) process.exitCode = ExitCode.Failed
     })
     .help()
-    .version('0.1.0')
+    .version(VERSION)
     .wrap(Math.min(110, process.stdout.columns ?? 100))
 }
 
