@@ -7,7 +7,10 @@ import { MessageKind, type Message } from '../src/messages.ts'
 const bytes = (n: number, f: (i: number) => number = (i) => i & 0xff): Uint8Array => Uint8Array.from({ length: n }, (_, i) => f(i))
 const MiB = 1024 * 1024
 
-export interface Sample { readonly name: string, readonly message: Message }
+export interface Sample {
+  readonly name: string
+  readonly message: Message
+}
 
 const source = {
   layers: [
@@ -163,7 +166,10 @@ export const samples: readonly Sample[] = [
       kind: MessageKind.Committed,
       vm: 'web01',
       cycle: 3,
-      disks: [{ disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB }, { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB }],
+      disks: [
+        { disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB },
+        { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB },
+      ],
     },
   },
   {

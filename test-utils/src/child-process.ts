@@ -14,10 +14,12 @@ let exitHookInstalled = false
  * A test process killed by a signal runs no exit hook: children that must not
  * outlive it also need their own guard (the receiver's `--exit-with-stdin`).
  */
-export function killOnExit (proc: ChildProcess): ChildProcess {
+export function killOnExit<P extends ChildProcess>(proc: P): P {
   if (!exitHookInstalled) {
     exitHookInstalled = true
-    process.on('exit', () => { for (const p of live) p.kill('SIGKILL') })
+    process.on('exit', () => {
+      for (const p of live) p.kill('SIGKILL')
+    })
   }
   live.add(proc)
   proc.once('exit', () => live.delete(proc))
@@ -31,13 +33,13 @@ export interface ExitStatus {
 }
 
 /** Resolves when `proc` has exited (at once when it already has). */
-export function whenExited (proc: ChildProcess): Promise<ExitStatus> {
+export function whenExited(proc: ChildProcess): Promise<ExitStatus> {
   if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve({ code: proc.exitCode, signal: proc.signalCode })
   return (once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>).then(([code, signal]) => ({ code, signal }))
 }
 
 /** Merge `env` over this process's environment; a key set to `undefined` is removed. */
-export function childEnv (env: Readonly<Record<string, string | undefined>> = {}): NodeJS.ProcessEnv {
+export function childEnv(env: Readonly<Record<string, string | undefined>> = {}): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = { ...process.env }
   for (const [k, v] of Object.entries(env)) {
     if (v === undefined) delete out[k]
@@ -66,16 +68,24 @@ export interface RunNodeOptions {
  * Run `node script ...args` to completion and collect stdout and stderr
  * (stdin is closed). Resolves after the child exited and both pipes ended.
  */
-export async function runNode (script: string, args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
-  const proc = killOnExit(spawn(process.execPath, [script, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(opts.env), ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
-  }))
+export async function runNode(script: string, args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
+  const proc = killOnExit(
+    spawn(process.execPath, [script, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: childEnv(opts.env),
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+    }),
+  )
   let stdout = ''
   let stderr = ''
-  proc.stdout!.setEncoding('utf8').on('data', (d: string) => { stdout += d })
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  proc.stdout.setEncoding('utf8').on('data', (d: string) => {
+    stdout += d
+  })
+  proc.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d
+  })
   opts.onSpawn?.(proc)
   // 'close' comes after 'exit' and after both pipes ended: no output is lost
-  const [code, signal] = await once(proc, 'close') as [number | null, NodeJS.Signals | null]
+  const [code, signal] = (await once(proc, 'close')) as [number | null, NodeJS.Signals | null]
   return { code, signal, stdout, stderr }
 }

@@ -12,7 +12,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net'
  * forwarding upstream at that byte (the server sees a stalled peer) until
  * {@link CuttingProxy.release}. `undefined`: forward everything.
  */
-export type ConnectionPlan = number | { readonly cutAfter?: number, readonly holdAfter?: number } | undefined
+export type ConnectionPlan = number | { readonly cutAfter?: number; readonly holdAfter?: number } | undefined
 
 /** Where the proxy forwards to. */
 export interface CuttingProxyInit {
@@ -62,7 +62,7 @@ export interface CuttingProxy {
 }
 
 /** Start a cutting proxy on `host`:0 in front of `init.target`. */
-export async function startCuttingProxy (init: CuttingProxyInit | number): Promise<CuttingProxy> {
+export async function startCuttingProxy(init: CuttingProxyInit | number): Promise<CuttingProxy> {
   const { target, host = '127.0.0.1' } = typeof init === 'number' ? { target: init } : init
   const events = new EventEmitter()
   const sockets = new Set<Socket>()
@@ -73,15 +73,25 @@ export async function startCuttingProxy (init: CuttingProxyInit | number): Promi
   let forwarded = 0
   let closed = false
 
-  const waitCount = (read: () => number, event: string, n: number): Promise<void> => new Promise((resolve, reject) => {
-    const check = (): void => {
-      if (read() >= n) { done(); resolve() } else if (closed) { done(); reject(new Error(`proxy closed after ${read()} of ${n} ${event}`)) }
-    }
-    const done = (): void => { events.off(event, check); events.off('closed', check) }
-    events.on(event, check)
-    events.on('closed', check)
-    check()
-  })
+  const waitCount = (read: () => number, event: string, n: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (read() >= n) {
+          done()
+          resolve()
+        } else if (closed) {
+          done()
+          reject(new Error(`proxy closed after ${read()} of ${n} ${event}`))
+        }
+      }
+      const done = (): void => {
+        events.off(event, check)
+        events.off('closed', check)
+      }
+      events.on(event, check)
+      events.on('closed', check)
+      check()
+    })
 
   const server: Server = createServer((client) => {
     const index = connections++
@@ -140,11 +150,18 @@ export async function startCuttingProxy (init: CuttingProxyInit | number): Promi
     }
     client.on('data', (d: Buffer) => {
       if (dead) return
-      if (holding) { queued.push(d); return }
+      if (holding) {
+        queued.push(d)
+        return
+      }
       forward(d)
     })
-    upstream.on('drain', () => { if (!holding) client.resume() })
-    upstream.on('data', (d: Buffer) => { if (!client.write(d)) upstream.pause() })
+    upstream.on('drain', () => {
+      if (!holding) client.resume()
+    })
+    upstream.on('data', (d: Buffer) => {
+      if (!client.write(d)) upstream.pause()
+    })
     client.on('drain', () => upstream.resume())
     for (const s of [client, upstream]) {
       s.on('error', kill)
@@ -161,16 +178,28 @@ export async function startCuttingProxy (init: CuttingProxyInit | number): Promi
     port: 0,
     plan: [],
     cutAfter: undefined,
-    get connections () { return connections },
-    get cuts () { return cuts },
-    get holds () { return holds },
-    get forwarded () { return forwarded },
+    get connections() {
+      return connections
+    },
+    get cuts() {
+      return cuts
+    },
+    get holds() {
+      return holds
+    },
+    get forwarded() {
+      return forwarded
+    },
     waitForCuts: (n) => waitCount(() => cuts, 'cut', n),
     waitForHolds: (n) => waitCount(() => holds, 'hold', n),
     waitForConnections: (n) => waitCount(() => connections, 'connection', n),
-    release () { for (const r of [...releases]) r() },
-    cutAll () { for (const s of sockets) s.destroy() },
-    async close () {
+    release() {
+      for (const r of [...releases]) r()
+    },
+    cutAll() {
+      for (const s of sockets) s.destroy()
+    },
+    async close() {
       if (closed) return
       closed = true
       events.emit('closed')

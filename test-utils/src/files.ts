@@ -14,14 +14,16 @@ export interface Teardown {
  * cannot delete each other's files), and since tap runs teardowns last
  * registered first, it is removed after every process a later teardown stops.
  */
-export function scratchDir (t: Teardown, prefix = 'grainline-test-'): string {
+export function scratchDir(t: Teardown, prefix = 'grainline-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix))
-  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  t.teardown(() => {
+    rmSync(dir, { recursive: true, force: true })
+  })
   return dir
 }
 
 /** First differing byte offset of two files, or -1 when they are equal (sizes included: a prefix differs at the shorter length). */
-export async function firstDifference (a: string, b: string): Promise<number> {
+export async function firstDifference(a: string, b: string): Promise<number> {
   const ra = createReadStream(a, { highWaterMark: 4 << 20 })[Symbol.asyncIterator]()
   const rb = createReadStream(b, { highWaterMark: 4 << 20 })[Symbol.asyncIterator]()
   let bufA: Buffer = Buffer.alloc(0)
@@ -29,8 +31,14 @@ export async function firstDifference (a: string, b: string): Promise<number> {
   let pos = 0
   try {
     for (;;) {
-      if (bufA.length === 0) { const n = await ra.next(); bufA = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
-      if (bufB.length === 0) { const n = await rb.next(); bufB = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
+      if (bufA.length === 0) {
+        const n = await ra.next()
+        bufA = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
+      }
+      if (bufB.length === 0) {
+        const n = await rb.next()
+        bufB = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
+      }
       if (bufA.length === 0 || bufB.length === 0) return bufA.length === bufB.length ? -1 : pos
       const n = Math.min(bufA.length, bufB.length)
       if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) {
@@ -47,7 +55,7 @@ export async function firstDifference (a: string, b: string): Promise<number> {
 }
 
 /** A seeded PRNG (mulberry32) returning floats in [0, 1): failures reproduce. */
-export function prng (seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
@@ -59,13 +67,15 @@ export function prng (seed: number): () => number {
 }
 
 /** `length` deterministic pseudo-random bytes (xorshift32 of `seed`): the same seed gives the same bytes. */
-export function patternBytes (length: number, seed: number): Buffer {
+export function patternBytes(length: number, seed: number): Buffer {
   const b = Buffer.alloc((length + 3) & ~3)
   let x = (seed * 2654435761) >>> 0 || 1
   for (let i = 0; i < b.length; i += 4) {
-    x ^= x << 13; x >>>= 0
+    x ^= x << 13
+    x >>>= 0
     x ^= x >>> 17
-    x ^= x << 5; x >>>= 0
+    x ^= x << 5
+    x >>>= 0
     b.writeUInt32LE(x, i)
   }
   return b.length === length ? b : b.subarray(0, length)

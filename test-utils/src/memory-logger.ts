@@ -41,7 +41,7 @@ export interface MemoryLoggerOptions {
 }
 
 /** Turn a {@link LogMatch} into a predicate. */
-export function logMatcher (match: LogMatch): (line: LogLine) => boolean {
+export function logMatcher(match: LogMatch): (line: LogLine) => boolean {
   if (typeof match === 'function') return match
   if (typeof match === 'string') return (l) => l['msg'] === match
   if (match instanceof RegExp) return (l) => typeof l['msg'] === 'string' && match.test(l['msg'])
@@ -50,13 +50,13 @@ export function logMatcher (match: LogMatch): (line: LogLine) => boolean {
 }
 
 /** A pino logger collecting JSON lines in memory. */
-export function memoryLogger (opts: MemoryLoggerOptions = {}): MemoryLog {
+export function memoryLogger(opts: MemoryLoggerOptions = {}): MemoryLog {
   const lines: LogLine[] = []
   const chunks: string[] = []
   const waiters = new Set<(l: LogLine) => void>()
   let partial = ''
   const sink = new Writable({
-    write (chunk: Buffer, _enc, cb) {
+    write(chunk: Buffer, _enc, cb) {
       const s = chunk.toString('utf8')
       chunks.push(s)
       const parts = (partial + s).split('\n')
@@ -77,12 +77,21 @@ export function memoryLogger (opts: MemoryLoggerOptions = {}): MemoryLog {
     text: () => chunks.join(''),
     find,
     filter: (match) => lines.filter(logMatcher(match)),
-    waitFor: (match) => new Promise((resolve) => {
-      const pred = logMatcher(match)
-      const seen = lines.find(pred)
-      if (seen !== undefined) { resolve(seen); return }
-      const w = (l: LogLine): void => { if (pred(l)) { waiters.delete(w); resolve(l) } }
-      waiters.add(w)
-    }),
+    waitFor: (match) =>
+      new Promise((resolve) => {
+        const pred = logMatcher(match)
+        const seen = lines.find(pred)
+        if (seen !== undefined) {
+          resolve(seen)
+          return
+        }
+        const w = (l: LogLine): void => {
+          if (pred(l)) {
+            waiters.delete(w)
+            resolve(l)
+          }
+        }
+        waiters.add(w)
+      }),
   }
 }

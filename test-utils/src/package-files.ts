@@ -14,7 +14,7 @@ export const repoRoot: string = resolve(dirname(fileURLToPath(import.meta.url)),
  * `.../dist/src/index.js`, so `main.js` is its runnable entry). Throws a
  * readable error when the package is not installed or not built.
  */
-export function packageFile (name: string, file: string): string {
+export function packageFile(name: string, file: string): string {
   let entry: string
   try {
     entry = fileURLToPath(import.meta.resolve(name))
@@ -30,11 +30,11 @@ export function packageFile (name: string, file: string): string {
  * The receiver's runnable entry (`main.js` of `@grainline/receiver`), or
  * `$GRAINLINE_RECEIVER_MAIN` when set (to test another build).
  */
-export function receiverMain (): string {
+export function receiverMain(): string {
   return process.env['GRAINLINE_RECEIVER_MAIN'] ?? packageFile('@grainline/receiver', 'main.js')
 }
 
 /** The `grainline` command's entry (`bin.js` of package `grainline`). */
-export function cliBin (): string {
+export function cliBin(): string {
   return packageFile('grainline', 'bin.js')
 }

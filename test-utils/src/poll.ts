@@ -18,7 +18,7 @@ export interface PollOptions {
 }
 
 /** Call `check` until it returns a value other than `undefined`, and resolve with it. */
-export async function pollUntil<T> (check: () => T | undefined | Promise<T | undefined>, opts: PollOptions = {}): Promise<T> {
+export async function pollUntil<T>(check: () => T | undefined | Promise<T | undefined>, opts: PollOptions = {}): Promise<T> {
   for (;;) {
     opts.signal?.throwIfAborted()
     const v = await check()

@@ -13,7 +13,7 @@ const exec = promisify(execFile)
 const BIG = 256 << 20
 
 /** Run `qemu-img ...args` and return its stdout (rejects on a non-zero exit, with stderr in the message). */
-export async function qemuImg (args: readonly string[]): Promise<string> {
+export async function qemuImg(args: readonly string[]): Promise<string> {
   const { stdout } = await exec('qemu-img', args, { maxBuffer: BIG, encoding: 'utf8' })
   return stdout
 }
@@ -28,7 +28,7 @@ export interface QemuImageOptions {
 }
 
 /** Run `qemu-io` commands (`'write -P 0xab 1M 64k'`, `'write -z 0 4k'`) against an image, in order. */
-export async function qemuIo (image: string, commands: readonly string[], opts: QemuImageOptions = {}): Promise<void> {
+export async function qemuIo(image: string, commands: readonly string[], opts: QemuImageOptions = {}): Promise<void> {
   const args = ['-f', opts.format ?? 'vmdk']
   for (const c of commands) args.push('-c', c)
   args.push(image)
@@ -48,14 +48,16 @@ export interface QemuMapEntry {
 }
 
 /** `qemu-img map --output=json`, each entry cut to {@link QemuMapEntry}'s fields so that qemu versions compare equal. */
-export async function qemuMap (image: string, opts: QemuImageOptions = {}): Promise<QemuMapEntry[]> {
+export async function qemuMap(image: string, opts: QemuImageOptions = {}): Promise<QemuMapEntry[]> {
   const raw = JSON.parse(await qemuImg(['map', '-f', opts.format ?? 'vmdk', '--output=json', image])) as QemuMapEntry[]
   return raw.map(({ start, length, depth, present, zero, data, offset }) => ({ start, length, depth, present, zero, data, ...(offset !== undefined ? { offset } : {}) }))
 }
 
 /** `qemu-img info --output=json` (with `backingChain`: one object per layer, top first). */
-export async function qemuInfo (image: string, opts: QemuImageOptions & { readonly backingChain?: boolean } = {}): Promise<Record<string, unknown>[]> {
-  const out = JSON.parse(await qemuImg(['info', '-f', opts.format ?? 'vmdk', '--output=json', ...(opts.backingChain === true ? ['--backing-chain'] : []), image])) as Record<string, unknown> | Record<string, unknown>[]
+export async function qemuInfo(image: string, opts: QemuImageOptions & { readonly backingChain?: boolean } = {}): Promise<Record<string, unknown>[]> {
+  const out = JSON.parse(await qemuImg(['info', '-f', opts.format ?? 'vmdk', '--output=json', ...(opts.backingChain === true ? ['--backing-chain'] : []), image])) as
+    | Record<string, unknown>
+    | Record<string, unknown>[]
   return Array.isArray(out) ? out : [out]
 }
 
@@ -71,7 +73,7 @@ export interface QemuRawOptions extends QemuImageOptions {
 }
 
 /** The chain of `descriptor` as a qemu `json:` block-node spec, parents resolved through `pathMap`. */
-function chainSpec (file: string, pathMap: Readonly<Record<string, string>>, depth: number): Record<string, unknown> {
+function chainSpec(file: string, pathMap: Readonly<Record<string, string>>, depth: number): Record<string, unknown> {
   if (depth > 64) throw new Error(`${file}: chain deeper than 64 layers`)
   const o: Record<string, unknown> = { driver: 'vmdk', file: { driver: 'file', filename: file } }
   const text = readFileSync(file).subarray(0, 65536).toString('latin1')
@@ -85,7 +87,7 @@ function chainSpec (file: string, pathMap: Readonly<Record<string, string>>, dep
 }
 
 /** `qemu-img convert -O raw image out`: the disk as QEMU reads it (all layers). */
-export async function qemuRaw (image: string, out: string, opts: QemuRawOptions = {}): Promise<void> {
+export async function qemuRaw(image: string, out: string, opts: QemuRawOptions = {}): Promise<void> {
   const src = opts.pathMap === undefined ? ['-f', opts.format ?? 'vmdk', image] : [`json:${JSON.stringify(chainSpec(resolve(image), opts.pathMap, 0))}`]
   await qemuImg(['convert', ...src, '-O', 'raw', out])
 }
@@ -103,12 +105,12 @@ export interface QemuCompareResult {
  * the tail of the larger one is zero). Rejects on an error (exit 2), not on a
  * difference (exit 1).
  */
-export async function qemuCompare (a: string, b: string, opts: { readonly formatA?: string, readonly formatB?: string } = {}): Promise<QemuCompareResult> {
+export async function qemuCompare(a: string, b: string, opts: { readonly formatA?: string; readonly formatB?: string } = {}): Promise<QemuCompareResult> {
   try {
     const { stdout } = await exec('qemu-img', ['compare', '-f', opts.formatA ?? 'vmdk', '-F', opts.formatB ?? 'raw', a, b], { maxBuffer: BIG, encoding: 'utf8' })
     return { identical: true, message: stdout.trim() }
   } catch (err) {
-    const e = err as { code?: unknown, stdout?: string, stderr?: string }
+    const e = err as { code?: unknown; stdout?: string; stderr?: string }
     if (e.code === 1) return { identical: false, message: `${e.stdout ?? ''}${e.stderr ?? ''}`.trim() }
     throw err
   }

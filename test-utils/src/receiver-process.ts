@@ -15,7 +15,7 @@ export interface ReceiverProcessInit {
   /** the tokens file (`--tokens`) */
   readonly tokens: string
   /** certificate and key (`--tls-cert`, `--tls-key`); without them, add `--insecure` to `args` */
-  readonly tls?: { readonly cert: string, readonly key: string }
+  readonly tls?: { readonly cert: string; readonly key: string }
   /**
    * port to listen on (0: any free port)
    * @default 0
@@ -66,7 +66,11 @@ export interface ReceiverProcess {
 
 const parse = (line: string): Record<string, unknown> | undefined => {
   if (!line.startsWith('{')) return undefined
-  try { return JSON.parse(line) as Record<string, unknown> } catch { return undefined }
+  try {
+    return JSON.parse(line) as Record<string, unknown>
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -75,7 +79,7 @@ const parse = (line: string): Record<string, unknown> | undefined => {
  * with a test process killed by a tap timeout (which runs no exit hook).
  * Rejects with the receiver's last output when it exits before listening.
  */
-export async function startReceiverProcess (init: ReceiverProcessInit): Promise<ReceiverProcess> {
+export async function startReceiverProcess(init: ReceiverProcessInit): Promise<ReceiverProcess> {
   const host = init.host ?? '127.0.0.1'
   const args = [init.main ?? receiverMain(), '--listen', `${host}:${init.port ?? 0}`, '--store', init.store, '--tokens', init.tokens]
   if (init.tls !== undefined) args.push('--tls-cert', init.tls.cert, '--tls-key', init.tls.key)
@@ -89,25 +93,34 @@ export async function startReceiverProcess (init: ReceiverProcessInit): Promise<
     lines.push(line)
     for (const w of [...watchers]) w(line)
   }
-  createInterface({ input: proc.stdout! }).on('line', onLine)
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-  createInterface({ input: proc.stderr! }).on('line', onLine)
-
-  const waitForLine = (match: (line: string, json: Record<string, unknown> | undefined) => boolean): Promise<string> => new Promise((resolve, reject) => {
-    const seen = lines.find((l) => match(l, parse(l)))
-    if (seen !== undefined) { resolve(seen); return }
-    const watch = (line: string): void => {
-      if (!match(line, parse(line))) return
-      watchers.delete(watch)
-      resolve(line)
-    }
-    watchers.add(watch)
-    exited.then((st) => {
-      if (!watchers.has(watch)) return
-      watchers.delete(watch)
-      reject(new Error(`receiver exited (${JSON.stringify(st)}) before the awaited line; last output:\n${lines.slice(-10).join('\n')}`))
-    }, () => {})
+  createInterface({ input: proc.stdout }).on('line', onLine)
+  proc.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d
   })
+  createInterface({ input: proc.stderr }).on('line', onLine)
+
+  const waitForLine = (match: (line: string, json: Record<string, unknown> | undefined) => boolean): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const seen = lines.find((l) => match(l, parse(l)))
+      if (seen !== undefined) {
+        resolve(seen)
+        return
+      }
+      const watch = (line: string): void => {
+        if (!match(line, parse(line))) return
+        watchers.delete(watch)
+        resolve(line)
+      }
+      watchers.add(watch)
+      exited.then(
+        (st) => {
+          if (!watchers.has(watch)) return
+          watchers.delete(watch)
+          reject(new Error(`receiver exited (${JSON.stringify(st)}) before the awaited line; last output:\n${lines.slice(-10).join('\n')}`))
+        },
+        () => {},
+      )
+    })
 
   const listening = await waitForLine((_l, j) => j?.['event'] === 'listening' && typeof j['port'] === 'number')
   const port = (parse(listening) as { port: number }).port
@@ -126,7 +139,7 @@ export async function startReceiverProcess (init: ReceiverProcessInit): Promise<
     waitForLine,
     stop: () => signal('SIGTERM'),
     kill9: () => signal('SIGKILL'),
-    async restart () {
+    async restart() {
       await rp.stop()
       return await startReceiverProcess({ ...init, port })
     },

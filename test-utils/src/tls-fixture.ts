@@ -23,14 +23,37 @@ let cached: TlsFixture | undefined
  * The process's test certificate: generated on first use into a temp folder
  * removed when the process exits. Valid 2 days; subject `CN=localhost`.
  */
-export function tlsFixture (): TlsFixture {
+export function tlsFixture(): TlsFixture {
   if (cached !== undefined) return cached
   const dir = mkdtempSync(join(tmpdir(), 'grainline-tls-'))
-  process.once('exit', () => { rmSync(dir, { recursive: true, force: true }) })
+  process.once('exit', () => {
+    rmSync(dir, { recursive: true, force: true })
+  })
   const cert = join(dir, 'cert.pem')
   const key = join(dir, 'key.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
-    '-addext', 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost', '-days', '2', '-keyout', key, '-out', cert], { stdio: ['ignore', 'ignore', 'pipe'] })
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost',
+      '-days',
+      '2',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  )
   chmodSync(key, 0o600)
   cached = { cert, key, ca: readFileSync(cert) }
   return cached

@@ -23,14 +23,14 @@ export interface TokensFixture {
  * Write `dir/tokens.json` (mode 0600): by default one token, {@link TEST_TOKEN},
  * named `test-agent`, that may replicate every VM.
  */
-export function tokensFixture (dir: string, entries: readonly TokenEntry[] = [{ name: 'test-agent', token: TEST_TOKEN, vms: ['*'] }]): TokensFixture {
+export function tokensFixture(dir: string, entries: readonly TokenEntry[] = [{ name: 'test-agent', token: TEST_TOKEN, vms: ['*'] }]): TokensFixture {
   const file = join(dir, 'tokens.json')
   writeFileSync(file, JSON.stringify({ tokens: entries }, null, 2) + '\n', { mode: 0o600 })
   return { file, entries }
 }
 
 /** Write an agent's token file `dir/name` (the token and a newline, mode 0600) and return its path. */
-export function tokenFileFixture (dir: string, token: string = TEST_TOKEN, name = 'agent.token'): string {
+export function tokenFileFixture(dir: string, token: string = TEST_TOKEN, name = 'agent.token'): string {
   const file = join(dir, name)
   writeFileSync(file, token + '\n', { mode: 0o600 })
   return file

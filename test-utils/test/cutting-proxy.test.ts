@@ -14,11 +14,15 @@ interface Peer {
   readonly sock: Socket
 }
 
-function peer (sock: Socket): Peer {
+function peer(sock: Socket): Peer {
   const ev = new EventEmitter()
   const chunks: Buffer[] = []
   let n = 0
-  sock.on('data', (d: Buffer) => { chunks.push(d); n += d.length; ev.emit('data') })
+  sock.on('data', (d: Buffer) => {
+    chunks.push(d)
+    n += d.length
+    ev.emit('data')
+  })
   sock.on('error', () => {})
   // not events.once: that rejects on the 'error' (ECONNRESET) a cut may cause first
   const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()))
@@ -26,44 +30,72 @@ function peer (sock: Socket): Peer {
     sock,
     closed,
     bytes: () => Buffer.concat(chunks),
-    waitForBytes: (want) => new Promise((resolve) => {
-      const check = (): void => { if (n >= want) { ev.off('data', check); resolve() } }
-      ev.on('data', check)
-      check()
-    }),
+    waitForBytes: (want) =>
+      new Promise((resolve) => {
+        const check = (): void => {
+          if (n >= want) {
+            ev.off('data', check)
+            resolve()
+          }
+        }
+        ev.on('data', check)
+        check()
+      }),
   }
 }
 
 /** A server keeping one Peer per accepted connection; each connection greets with 'hi'. */
-async function server (t: { teardown(fn: () => unknown): void }): Promise<{ port: number, peers: Peer[], next: () => Promise<Peer>, close: () => Promise<void> }> {
+async function server(t: { teardown(fn: () => unknown): void }): Promise<{ port: number; peers: Peer[]; next: () => Promise<Peer>; close: () => Promise<void> }> {
   const peers: Peer[] = []
   const ev = new EventEmitter()
-  const srv = createServer((s) => { s.write('hi'); peers.push(peer(s)); ev.emit('peer') })
+  const srv = createServer((s) => {
+    s.write('hi')
+    peers.push(peer(s))
+    ev.emit('peer')
+  })
   srv.listen(0, '127.0.0.1')
   await once(srv, 'listening')
   let taken = 0
-  const close = async (): Promise<void> => { for (const p of peers) p.sock.destroy(); if (srv.listening) { srv.close(); await once(srv, 'close') } }
+  const close = async (): Promise<void> => {
+    for (const p of peers) p.sock.destroy()
+    if (srv.listening) {
+      srv.close()
+      await once(srv, 'close')
+    }
+  }
   t.teardown(close)
   return {
     port: (srv.address() as { port: number }).port,
     peers,
     close,
-    next: () => new Promise((resolve) => {
-      const check = (): void => { const p = peers[taken]; if (p !== undefined) { taken++; ev.off('peer', check); resolve(p) } }
-      ev.on('peer', check)
-      check()
-    }),
+    next: () =>
+      new Promise((resolve) => {
+        const check = (): void => {
+          const p = peers[taken]
+          if (p !== undefined) {
+            taken++
+            ev.off('peer', check)
+            resolve(p)
+          }
+        }
+        ev.on('peer', check)
+        check()
+      }),
   }
 }
 
-async function dial (port: number): Promise<Peer> {
+async function dial(port: number): Promise<Peer> {
   const sock = connect(port, '127.0.0.1')
   const p = peer(sock)
   await once(sock, 'connect')
   return p
 }
 
-const data = (n: number, seed = 1): Buffer => { const b = Buffer.alloc(n); for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff; return b }
+const data = (n: number, seed = 1): Buffer => {
+  const b = Buffer.alloc(n)
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff
+  return b
+}
 
 t.test('forwards both ways unchanged', async (t) => {
   const srv = await server(t)

@@ -4,8 +4,24 @@ import t from 'tap'
 import { writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
-  firstDifference, memoryLogger, patternBytes, pollUntil, prng, qemuCompare, qemuImg, qemuInfo, qemuIo, qemuMap, qemuRaw,
-  scratchDir, sharedDir, sharedSample, tokenFileFixture, tokensFixture, TEST_TOKEN, logMatcher,
+  firstDifference,
+  memoryLogger,
+  patternBytes,
+  pollUntil,
+  prng,
+  qemuCompare,
+  qemuImg,
+  qemuInfo,
+  qemuIo,
+  qemuMap,
+  qemuRaw,
+  scratchDir,
+  sharedDir,
+  sharedSample,
+  tokenFileFixture,
+  tokensFixture,
+  TEST_TOKEN,
+  logMatcher,
 } from '../src/index.ts'
 
 const MiB = 1 << 20
@@ -20,8 +36,14 @@ t.test('qemu oracles on a hosted-sparse chain', async (t) => {
   await qemuIo(top, ['write -P 0x22 1M 64k', 'write -z 0 4k'])
   const map = await qemuMap(top)
   t.match(map[0], { start: 0, depth: 0, data: true }, 'the zero write allocated the first grain of the top')
-  t.ok(map.every((e) => Object.keys(e).every((k) => ['start', 'length', 'depth', 'present', 'zero', 'data', 'offset'].includes(k))), 'only the qemu 7.2 fields')
-  t.ok(map.some((e) => e.start === MiB && e.depth === 0 && e.data), 'the write into the top is at depth 0')
+  t.ok(
+    map.every((e) => Object.keys(e).every((k) => ['start', 'length', 'depth', 'present', 'zero', 'data', 'offset'].includes(k))),
+    'only the qemu 7.2 fields',
+  )
+  t.ok(
+    map.some((e) => e.start === MiB && e.depth === 0 && e.data),
+    'the write into the top is at depth 0',
+  )
   const info = await qemuInfo(top, { backingChain: true })
   t.equal(info.length, 2, 'one object per layer')
   t.equal(info[0]?.['virtual-size'], 4 * MiB)
@@ -55,7 +77,10 @@ t.test('qemuRaw with a path map: absolute ESXi parent hints resolve to local fol
   const at = top.indexOf('parentFileNameHint="base.vmdk"')
   t.ok(at > 0)
   // the embedded descriptor has spare room after its text: the file keeps its size
-  writeFileSync(join(dir, 'top.vmdk'), Buffer.concat([top.subarray(0, at), Buffer.from('parentFileNameHint="/vmfs/volumes/ds1/base.vmdk"'), top.subarray(at + 'parentFileNameHint="base.vmdk"'.length)]).subarray(0, top.length))
+  writeFileSync(
+    join(dir, 'top.vmdk'),
+    Buffer.concat([top.subarray(0, at), Buffer.from('parentFileNameHint="/vmfs/volumes/ds1/base.vmdk"'), top.subarray(at + 'parentFileNameHint="base.vmdk"'.length)]).subarray(0, top.length),
+  )
   const out = join(dir, 'out.raw')
   await t.rejects(qemuRaw(join(dir, 'top.vmdk'), out), 'qemu alone cannot find /vmfs/volumes/ds1')
   await qemuRaw(join(dir, 'top.vmdk'), out, { pathMap: { '/vmfs/volumes/ds1': dir } })
@@ -83,7 +108,10 @@ t.test('memory logger: lines, children, matching, waiting', async (t) => {
 
 t.test('shared folder: GRAINLINE_SHARED_DIR, and an absent sample said plainly', async (t) => {
   const saved = process.env['GRAINLINE_SHARED_DIR']
-  t.teardown(() => { if (saved === undefined) delete process.env['GRAINLINE_SHARED_DIR']; else process.env['GRAINLINE_SHARED_DIR'] = saved })
+  t.teardown(() => {
+    if (saved === undefined) delete process.env['GRAINLINE_SHARED_DIR']
+    else process.env['GRAINLINE_SHARED_DIR'] = saved
+  })
   const dir = scratchDir(t)
   process.env['GRAINLINE_SHARED_DIR'] = dir
   t.equal(sharedDir(), dir)
@@ -108,8 +136,18 @@ t.test('token fixtures, deterministic data, polling', async (t) => {
   t.equal(patternBytes(7, 1).length, 7)
   const r = prng(1)
   const a = [r(), r()]
-  t.same(a, [prng(1)(), (() => { const q = prng(1); q(); return q() })()])
+  t.same(a, [
+    prng(1)(),
+    (() => {
+      const q = prng(1)
+      q()
+      return q()
+    })(),
+  ])
   let n = 0
-  t.equal(await pollUntil(() => ++n >= 3 ? n : undefined, { intervalMs: 1 }), 3)
-  await t.rejects(pollUntil(() => undefined, { signal: AbortSignal.abort(new Error('stop')) }), /stop/)
+  t.equal(await pollUntil(() => (++n >= 3 ? n : undefined), { intervalMs: 1 }), 3)
+  await t.rejects(
+    pollUntil(() => undefined, { signal: AbortSignal.abort(new Error('stop')) }),
+    /stop/,
+  )
 })

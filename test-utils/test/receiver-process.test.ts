@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline'
 import { pollUntil, receiverMain, repoRoot, scratchDir, startReceiverProcess, tlsFixture, tokensFixture } from '../src/index.ts'
 
 /** A TLS handshake with the receiver, checked against the fixture's CA. */
-async function handshake (port: number): Promise<boolean> {
+async function handshake(port: number): Promise<boolean> {
   const s = tlsConnect({ host: '127.0.0.1', port, ca: tlsFixture().ca, servername: 'localhost' })
   try {
     await once(s, 'secureConnect')
@@ -23,7 +23,14 @@ async function handshake (port: number): Promise<boolean> {
   }
 }
 
-const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true } catch { return false } }
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
 
 t.test('receiverMain() is main.js of the receiver workspace, found by package name', async (t) => {
   t.equal(realpathSync(receiverMain()), realpathSync(join(repoRoot, 'packages/receiver/dist/src/main.js')))
@@ -54,8 +61,10 @@ t.test('start over TLS, stop gracefully, restart on the same port, kill -9', asy
 
 t.test('a receiver that cannot start: the promise rejects with its output', async (t) => {
   const dir = scratchDir(t)
-  await t.rejects(startReceiverProcess({ store: join(dir, 'store'), tokens: join(dir, 'no-such-tokens.json'), tls: tlsFixture() }),
-    /receiver exited \(\{"code":2,"signal":null\}\) before the awaited line[\s\S]*no-such-tokens/)
+  await t.rejects(
+    startReceiverProcess({ store: join(dir, 'store'), tokens: join(dir, 'no-such-tokens.json'), tls: tlsFixture() }),
+    /receiver exited \(\{"code":2,"signal":null\}\) before the awaited line[\s\S]*no-such-tokens/,
+  )
 })
 
 t.test('env and args reach the receiver; ws:// without TLS', async (t) => {
@@ -76,12 +85,12 @@ t.test('the receiver dies with a test process killed by SIGKILL (no exit hook ru
     setInterval(() => {}, 1000)
   `
   const parent = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const [line] = await once(createInterface({ input: parent.stdout }), 'line') as [string]
+  const [line] = (await once(createInterface({ input: parent.stdout }), 'line')) as [string]
   const pid = Number(line)
   t.ok(alive(pid), `the receiver ${pid} runs`)
   parent.kill('SIGKILL')
   await once(parent, 'exit')
   // no event reaches us from a process that is not our child: poll its pid
-  await pollUntil(() => alive(pid) ? undefined : true)
+  await pollUntil(() => (alive(pid) ? undefined : true))
   t.notOk(alive(pid), 'the receiver exited when its stdin closed')
 })

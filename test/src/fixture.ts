@@ -26,7 +26,7 @@ export interface Site {
 }
 
 /** Set up TLS and tokens (one token, `proxy-a`, for the `vms` globs, plus `extra` entries) and start a receiver. */
-export async function startSite (dir: string, vms: string[] = ['*'], extra: { name: string, vms: string[] }[] = []): Promise<Site> {
+export async function startSite(dir: string, vms: string[] = ['*'], extra: { name: string; vms: string[] }[] = []): Promise<Site> {
   await mkdir(dir, { recursive: true })
   const tls = await generateSelfSignedTls(join(dir, 'tls'))
   const token = generateToken()
@@ -41,9 +41,16 @@ export async function startSite (dir: string, vms: string[] = ['*'], extra: { na
   const tokenFile = await writeTokenFile(join(dir, 'agent.token'), token)
   const store = join(dir, 'store')
   const site: Site = {
-    dir, store, cert: tls.cert, key: tls.key, tokens, token, tokenFile, extraTokens,
+    dir,
+    store,
+    cert: tls.cert,
+    key: tls.key,
+    tokens,
+    token,
+    tokenFile,
+    extraTokens,
     receiver: await startReceiverProcess({ store, tokens, tls }),
-    async restart () {
+    async restart() {
       site.receiver = await site.receiver.restart()
       return site.receiver
     },
@@ -52,33 +59,63 @@ export async function startSite (dir: string, vms: string[] = ['*'], extra: { na
 }
 
 /** Run the `grainline` command as a child process. */
-export async function runCli (args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
+export async function runCli(args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
   return await runNode(cliBin(), args, opts)
 }
 
 /** The JSON report of a `grainline replicate` run. */
 export interface RunReport {
   ok: boolean
-  vms: { vm: string, ok: boolean, cycle: number, reconnects?: number, error?: { code: string, message: string }, disks: { name: string, ok: boolean, mode: string, dataBytes: number, zeroBytes: number, wireBytes: number, resumedFrom: number[], fallbackReason?: string, trivial?: { ok: boolean }, certify?: { ok: boolean }, error?: { code: string } }[] }[]
+  vms: {
+    vm: string
+    ok: boolean
+    cycle: number
+    reconnects?: number
+    error?: { code: string; message: string }
+    disks: {
+      name: string
+      ok: boolean
+      mode: string
+      dataBytes: number
+      zeroBytes: number
+      wireBytes: number
+      resumedFrom: number[]
+      fallbackReason?: string
+      trivial?: { ok: boolean }
+      certify?: { ok: boolean }
+      error?: { code: string }
+    }[]
+  }[]
 }
 
 let reports = 0
 
 /** Run `grainline replicate` as a real agent process against a site (or through a proxy on `opts.port`). */
-export async function replicateCli (site: Site, vmx: string, args: string[] = [], opts: { port?: number, onSpawn?: (p: ChildProcess) => void } = {}): Promise<RunResult & { report: RunReport | undefined }> {
+export async function replicateCli(
+  site: Site,
+  vmx: string,
+  args: string[] = [],
+  opts: { port?: number; onSpawn?: (p: ChildProcess) => void } = {},
+): Promise<RunResult & { report: RunReport | undefined }> {
   const reportFile = join(site.dir, `report-${process.pid}-${++reports}.json`)
-  const r = await runCli(['replicate', vmx, '--to', `wss://127.0.0.1:${opts.port ?? site.receiver.port}`, '--token-file', site.tokenFile,
-    '--ca', site.cert, '--report', reportFile, '--log-level', 'warn', ...args], opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {})
+  const r = await runCli(
+    ['replicate', vmx, '--to', `wss://127.0.0.1:${opts.port ?? site.receiver.port}`, '--token-file', site.tokenFile, '--ca', site.cert, '--report', reportFile, '--log-level', 'warn', ...args],
+    opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {},
+  )
   let report: RunReport | undefined
-  try { report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport } catch { report = undefined }
+  try {
+    report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport
+  } catch {
+    report = undefined
+  }
   return { ...r, report }
 }
 
 /** The in-flight resume point of a VM's first disk as `grainline status` prints it (0: none yet). */
-export async function inflightResumeSeq (store: string, vm: string): Promise<number> {
+export async function inflightResumeSeq(store: string, vm: string): Promise<number> {
   const r = await runCli(['status', '--store', store, '--output', 'json'])
   try {
-    const st = JSON.parse(r.stdout) as { vms: { vm: string, disks: { inflight: { resumeSeq: number } | null }[] }[] }
+    const st = JSON.parse(r.stdout) as { vms: { vm: string; disks: { inflight: { resumeSeq: number } | null }[] }[] }
     return st.vms.find((v) => v.vm === vm)?.disks[0]?.inflight?.resumeSeq ?? 0
   } catch {
     return 0

@@ -11,7 +11,7 @@ import { startSite, replicateCli } from '@grainline/e2e'
 const MiB = 1024 * 1024
 
 /** Current top descriptor of every disk, from the .vmx. */
-async function topDescriptors (vmx: string): Promise<{ node: string, path: string }[]> {
+async function topDescriptors(vmx: string): Promise<{ node: string; path: string }[]> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   return vmxDisks(cfg).map((d) => ({ node: d.node, path: join(dirname(vmx), d.fileName) }))
 }

@@ -14,7 +14,7 @@ import { startSite, replicateCli, runCli, inflightResumeSeq } from '@grainline/e
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
 
-async function frozenView (vmx: string, out: string): Promise<string[]> {
+async function frozenView(vmx: string, out: string): Promise<string[]> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   const raws: string[] = []
   for (const [i, d] of vmxDisks(cfg).entries()) {
@@ -30,11 +30,17 @@ async function frozenView (vmx: string, out: string): Promise<string[]> {
  * for this VM. Call it while a proxy holds the stream: the cycle then cannot
  * finish (and the point vanish) before we look, however loaded the machine.
  */
-async function waitInflight (store: string, vm: string): Promise<number> {
-  return await pollUntil(async () => { const seq = await inflightResumeSeq(store, vm); return seq > 0 ? seq : undefined }, { intervalMs: 100 })
+async function waitInflight(store: string, vm: string): Promise<number> {
+  return await pollUntil(
+    async () => {
+      const seq = await inflightResumeSeq(store, vm)
+      return seq > 0 ? seq : undefined
+    },
+    { intervalMs: 100 },
+  )
 }
 
-async function mirrorMatches (t: Test, mirrorFlats: string[], raws: string[], what: string): Promise<void> {
+async function mirrorMatches(t: Test, mirrorFlats: string[], raws: string[], what: string): Promise<void> {
   for (const [i, raw] of raws.entries()) {
     t.equal(await firstDifference(mirrorFlats[i] as string, raw), -1, `${what}: mirror disk ${i} equals the frozen view`)
   }
@@ -110,7 +116,16 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
   const killed = await replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none'], {
     port: proxy.port,
     onSpawn: (p) => {
-      proxy.waitForHolds(1).then(() => waitInflight(site.store, 'ak')).then((seq) => { durable = seq; p.kill('SIGKILL') }, () => p.kill('SIGKILL'))
+      proxy
+        .waitForHolds(1)
+        .then(() => waitInflight(site.store, 'ak'))
+        .then(
+          (seq) => {
+            durable = seq
+            p.kill('SIGKILL')
+          },
+          () => p.kill('SIGKILL'),
+        )
     },
   })
   t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
@@ -132,7 +147,10 @@ t.test('the receiver disk fills up: a clean, reported failure; the mirror stays 
   const mnt = await mkdtemp(join(tmpdir(), 'grainline-small-store-'))
   // a 48 MiB file system for the store (CI runs as root)
   await exec('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mnt])
-  t.teardown(async () => { await exec('umount', ['-l', mnt]).catch(() => {}); await rm(mnt, { recursive: true, force: true }) })
+  t.teardown(async () => {
+    await exec('umount', ['-l', mnt]).catch(() => {})
+    await rm(mnt, { recursive: true, force: true })
+  })
   const site = await startSite(join(dir, 'dr'))
   await site.receiver.stop()
   site.receiver = await startReceiverProcess({ store: join(mnt, 'store'), tokens: site.tokens, tls: { cert: site.cert, key: site.key } })
@@ -155,7 +173,7 @@ t.test('the receiver disk fills up: a clean, reported failure; the mirror stays 
   t.equal(failed.report?.vms[0]?.vm, 'full', 'the report names the VM')
   // the receiver stays up and the mirror is still exactly the last committed point
   t.equal(site.receiver.proc.exitCode, null, 'the receiver is still running')
-  const st = JSON.parse((await runCli(['status', '--store', join(mnt, 'store'), '--output', 'json'])).stdout) as { vms: { vm: string, committedCycle: number, inflightCycle: number }[] }
+  const st = JSON.parse((await runCli(['status', '--store', join(mnt, 'store'), '--output', 'json'])).stdout) as { vms: { vm: string; committedCycle: number; inflightCycle: number }[] }
   t.match(st.vms[0], { vm: 'full', committedCycle: 1, inflightCycle: 0 }, 'status: the failed cycle was rolled back, committed cycle 1')
   t.equal(await firstDifference(flat, seedExp[0] as string), -1, 'mirror still equals the seed after the failure')
   // free the space: the next run completes the cycle
@@ -163,5 +181,9 @@ t.test('the receiver disk fills up: a clean, reported failure; the mirror stays 
   const ok = await replicateCli(site, vm.vmxPath, ['--certify', 'xxh64'])
   t.equal(ok.code, 0, `after freeing space the cycle completes: ${ok.stderr.slice(-1500)}`)
   t.equal(await firstDifference(flat, exp2[0] as string), -1, 'mirror correct after the retry')
-  t.same((await readdir(join(mnt, 'store', 'full'))).filter((f) => f.endsWith('.seed')), [], 'no stray files')
+  t.same(
+    (await readdir(join(mnt, 'store', 'full'))).filter((f) => f.endsWith('.seed')),
+    [],
+    'no stray files',
+  )
 })

@@ -11,8 +11,12 @@ import { startSite, replicateCli, runCli } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 
-async function storeEntries (store: string): Promise<string[]> {
-  try { return (await readdir(store)).filter((n) => !n.startsWith('.')) } catch { return [] }
+async function storeEntries(store: string): Promise<string[]> {
+  try {
+    return (await readdir(store)).filter((n) => !n.startsWith('.'))
+  } catch {
+    return []
+  }
 }
 
 t.test('refusals', async (t) => {
@@ -25,7 +29,7 @@ t.test('refusals', async (t) => {
 
   t.test('no token: 401 before the upgrade', async (t) => {
     const ws = new WebSocket(`wss://127.0.0.1:${site.receiver.port}`, 'grainline.v1', { ca })
-    const [, res] = await once(ws, 'unexpected-response') as [unknown, { statusCode: number }]
+    const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }]
     t.equal(res.statusCode, 401)
     ws.on('error', () => {})
     ws.terminate()

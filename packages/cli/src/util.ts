@@ -1,5 +1,5 @@
 /** Parse a rate like "10M", "500k", "1.5G", "12MB/s" into bytes per second (powers of 1024). */
-export function parseRate (text: string): number {
+export function parseRate(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?(?:\/s)?\s*$/i.exec(text)
   if (m === null) throw new Error(`invalid rate "${text}" (expected e.g. 500k, 10M, 1.5G bytes per second)`)
   const unit = (m[2] ?? '').toLowerCase()
@@ -10,21 +10,24 @@ export function parseRate (text: string): number {
 }
 
 /** Parse a size like "4G", "512M", "1024" into bytes (powers of 1024). */
-export function parseSize (text: string): number {
+export function parseSize(text: string): number {
   return parseRate(text)
 }
 
 /** Human-readable bytes: 1.5 GiB, 12.0 MiB, 512 B. */
-export function formatBytes (n: number): string {
+export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
   let v = n
   let i = 0
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`
 }
 
 /** Parse repeated `name=path` options into a record. */
-export function parsePathMap (items: readonly string[] | undefined): Record<string, string> {
+export function parsePathMap(items: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {}
   for (const item of items ?? []) {
     const eq = item.indexOf('=')
@@ -35,8 +38,12 @@ export function parsePathMap (items: readonly string[] | undefined): Record<stri
 }
 
 /** Render rows as an aligned text table. */
-export function table (head: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
-  const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
-  return [line(head), line(widths.map(w => '-'.repeat(w))), ...rows.map(line)].join('\n')
+export function table(head: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (r: readonly string[]): string =>
+    r
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd()
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
 }

@@ -7,7 +7,8 @@ const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 const grainline = (args: string[]): Promise<RunResult> => runNode(bin, args)
 
 /** our rows cut to the fields qemu 7.2 prints, as qemuMap cuts qemu's */
-const strip = (rows: QemuMapEntry[]): QemuMapEntry[] => rows.map(({ start, length, depth, present, zero, data, offset }) => ({ start, length, depth, present, zero, data, ...(offset !== undefined ? { offset } : {}) }))
+const strip = (rows: QemuMapEntry[]): QemuMapEntry[] =>
+  rows.map(({ start, length, depth, present, zero, data, offset }) => ({ start, length, depth, present, zero, data, ...(offset !== undefined ? { offset } : {}) }))
 
 t.test('map --output json equals qemu-img map on a qemu-made chain', async (t) => {
   const dir = t.testdir()
@@ -30,7 +31,7 @@ t.test('info prints the chain as JSON and as text', async (t) => {
   await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', top])
   const json = await grainline(['info', '--output', 'json', top])
   t.equal(json.code, 0, json.stderr)
-  const info = JSON.parse(json.stdout) as { capacity: number, layers: { createType: string, cid: string, parentCid: string }[] }
+  const info = JSON.parse(json.stdout) as { capacity: number; layers: { createType: string; cid: string; parentCid: string }[] }
   t.equal(info.capacity, 8 * 1024 * 1024)
   t.equal(info.layers.length, 2)
   t.equal(info.layers[0]?.parentCid, info.layers[1]?.cid, 'child parentCID is the base CID')
