@@ -55,7 +55,10 @@ export interface CuttingProxy {
   waitForConnections(n: number): Promise<void>
   /** forward what held connections buffered and keep forwarding */
   release(): void
-  /** destroy every open connection now (both sides) */
+  /**
+   * destroy every open connection now (both sides). A connection whose server
+   * refuses (it is down) is reset at once: the client sees ECONNRESET.
+   */
   cutAll(): void
   /** stop listening and destroy every connection */
   close(): Promise<void>
@@ -163,6 +166,19 @@ export async function startCuttingProxy(init: CuttingProxyInit | number): Promis
       if (!client.write(d)) upstream.pause()
     })
     client.on('drain', () => upstream.resume())
+    // the server is down (its port refuses): reset the client, as close to a
+    // refused connection as an accepted one gets; a graceful close here would
+    // look like a peer dropping the TLS handshake
+    let reached = false
+    upstream.once('connect', () => {
+      reached = true
+    })
+    upstream.once('error', () => {
+      if (!reached && !dead) {
+        dead = true
+        client.resetAndDestroy()
+      }
+    })
     for (const s of [client, upstream]) {
       s.on('error', kill)
       s.on('close', () => {

@@ -226,3 +226,18 @@ t.test('waiting on a proxy that closes first rejects', async (t) => {
   await proxy.close()
   t.pass('close twice is fine')
 })
+
+t.test('a server that is down: the client connection is reset, not closed gracefully', async (t) => {
+  const srv = await server(t)
+  const port = srv.port
+  await srv.close()
+  const proxy = await startCuttingProxy(port)
+  t.teardown(() => proxy.close())
+  const sock = connect(proxy.port, '127.0.0.1')
+  // 'error' comes before 'close'; a graceful close would resolve with 'closed'
+  const outcome = await new Promise<string | undefined>((resolve) => {
+    sock.once('error', (e: NodeJS.ErrnoException) => resolve(e.code))
+    sock.once('close', () => resolve('closed'))
+  })
+  t.equal(outcome, 'ECONNRESET')
+})
