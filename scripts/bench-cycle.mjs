@@ -29,6 +29,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
 import { pino } from 'pino'
+import { receiverMain } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -66,25 +67,9 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(
-  process.execPath,
-  [
-    process.env.GRAINLINE_RECEIVER_MAIN ?? join(root, 'packages/receiver/dist/src/main.js'),
-    '--listen',
-    '127.0.0.1:0',
-    '--store',
-    store,
-    '--tokens',
-    join(dir, 'tokens.json'),
-    '--tls-cert',
-    cert,
-    '--tls-key',
-    key,
-    '--log-level',
-    'warn',
-  ],
-  { stdio: ['ignore', 'pipe', 'inherit'] },
-)
+const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+})
 const port = await new Promise((resolve, reject) => {
   createInterface({ input: rx.stdout }).on('line', (l) => {
     try {

@@ -17,7 +17,7 @@ import WebSocket from 'ws'
 import { CycleDigest, MessageKind, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
+import { receiverMain } from '@grainline/test-utils'
 
 const MiB = 1024 * 1024
 const N = Number(process.env.BENCH_MIB ?? 1024)
@@ -67,7 +67,7 @@ const child = spawn(
   process.execPath,
   [
     ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-    fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
+    receiverMain(),
     '--listen',
     '127.0.0.1:0',
     '--store',

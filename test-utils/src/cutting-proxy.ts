@@ -56,8 +56,9 @@ export interface CuttingProxy {
   /** forward what held connections buffered and keep forwarding */
   release(): void
   /**
-   * destroy every open connection now (both sides). A connection whose server
-   * refuses (it is down) is reset at once: the client sees ECONNRESET.
+   * destroy every open connection now (both sides). An error on one side (a
+   * server that refuses because it is down, a reset) resets the other side:
+   * the client then sees ECONNRESET, not a clean close.
    */
   cutAll(): void
   /** stop listening and destroy every connection */
@@ -166,21 +167,17 @@ export async function startCuttingProxy(init: CuttingProxyInit | number): Promis
       if (!client.write(d)) upstream.pause()
     })
     client.on('drain', () => upstream.resume())
-    // the server is down (its port refuses): reset the client, as close to a
-    // refused connection as an accepted one gets; a graceful close here would
-    // look like a peer dropping the TLS handshake
-    let reached = false
-    upstream.once('connect', () => {
-      reached = true
-    })
-    upstream.once('error', () => {
-      if (!reached && !dead) {
-        dead = true
-        client.resetAndDestroy()
-      }
-    })
+    // Pass on how a side ended: an error (a refused connect, a reset, a peer
+    // that died) resets the other side; a close closes it. A server that is
+    // down is then seen as a reset, never as a peer that politely dropped the
+    // TLS handshake.
+    const resetBoth = (): void => {
+      if (dead) return
+      dead = true
+      for (const s of [client, upstream]) if (!s.destroyed) s.resetAndDestroy()
+    }
     for (const s of [client, upstream]) {
-      s.on('error', kill)
+      s.on('error', resetBoth)
       s.on('close', () => {
         sockets.delete(s)
         releases.delete(release)

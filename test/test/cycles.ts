@@ -16,7 +16,10 @@ async function topDescriptors(vmx: string): Promise<{ node: string; path: string
   return vmxDisks(cfg).map((d) => ({ node: d.node, path: join(dirname(vmx), d.fileName) }))
 }
 
-for (const kind of ['sesparse', 'vmfssparse', 'hosted'] as const) {
+export type DeltaKind = 'sesparse' | 'vmfssparse' | 'hosted'
+
+/** One delta kind's six cycles (one test file per kind: each gets tap's whole timeout on a loaded machine). */
+export function cyclesOf(kind: DeltaKind): void {
   t.test(`seed + 5 incremental cycles, ${kind} deltas, two disks`, async (t) => {
     const dir = scratchDir(t, 'grainline-e2e-')
     const site = await startSite(join(dir, 'dr'))
