@@ -22,6 +22,9 @@ import {
   tokensFixture,
   TEST_TOKEN,
   logMatcher,
+  runNode,
+  cliBin,
+  packageFile,
 } from '../src/index.ts'
 
 const MiB = 1 << 20
@@ -150,4 +153,17 @@ t.test('token fixtures, deterministic data, polling', async (t) => {
     pollUntil(() => undefined, { signal: AbortSignal.abort(new Error('stop')) }),
     /stop/,
   )
+})
+
+t.test('runNode collects output and status; package entries resolve by name', async (t) => {
+  const dir = scratchDir(t)
+  const script = join(dir, 'echo.mjs')
+  writeFileSync(script, "console.log(process.argv.slice(2).join(' ')); console.error(process.env.X ?? 'unset', process.env.HOME === undefined); process.exit(3)\n")
+  let spawned = 0
+  const r = await runNode(script, ['a', 'b'], { env: { X: 'yes', HOME: undefined }, cwd: dir, onSpawn: () => spawned++ })
+  t.same(r, { code: 3, signal: null, stdout: 'a b\n', stderr: 'yes true\n' })
+  t.equal(spawned, 1)
+  t.match(cliBin(), /packages\/cli\/dist\/src\/bin\.js$/)
+  t.throws(() => packageFile('@grainline/no-such-package', 'x.js'), /cannot resolve package @grainline\/no-such-package/)
+  t.throws(() => packageFile('@grainline/receiver', 'no-such-file.js'), /does not exist: build first/)
 })
