@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { CycleDigest, MessageKind, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
+import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { receiverMain } from '@grainline/test-utils'
@@ -122,7 +122,7 @@ async function cycle(cycle, mode, f) {
   ws.send(
     encodeMessage({
       kind: MessageKind.Hello,
-      versions: [1],
+      versions: [PROTOCOL_VERSION],
       software: 'bench',
       digests: ['xxh64'],
       compressions: ['none'],
@@ -131,7 +131,7 @@ async function cycle(cycle, mode, f) {
   )
   await next()
   ws.send(encodeMessage({ kind: MessageKind.VmOpen, vm: 'bench', cycle, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'x' }, files: [], disks: ['bench.vmdk'] }))
-  await next()
+  const baseGeneration = mode === 'seed' ? '' : (await next()).generation
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   ws.send(
     encodeMessage({
@@ -142,8 +142,9 @@ async function cycle(cycle, mode, f) {
       cycle,
       mode,
       baseCycle: cycle - 1,
+      baseGeneration,
       source,
-      cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }),
+      cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }),
       ddb: {},
       totalBytes: N * MiB,
       totalExtents: f.out.length,
@@ -183,14 +184,16 @@ async function applyOnly(cycle, mode, seedByte) {
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
+  const baseGeneration = mode === 'seed' ? '' : m.state.generation
   const r = await m.openDisk({
     name: 'bench.vmdk',
     capacity: N * MiB,
     cycle,
     mode,
     baseCycle: cycle - 1,
+    baseGeneration,
     source,
-    cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }),
+    cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }),
     ddb: {},
     algorithm: 'xxh64',
   })

@@ -56,6 +56,7 @@ function derived(): unknown {
     cycle: 7,
     mode: 'incremental',
     baseCycle: 6,
+    baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
     source: {
       layers: [
         { file: 'web01-000001.vmdk', cid: '0a1b2c3d', parentCid: '3f2e1d0c' },
@@ -70,6 +71,7 @@ function derived(): unknown {
     cycle: 1,
     mode: 'seed',
     baseCycle: 0,
+    baseGeneration: '',
     source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' },
   }
   const identities = [fields, seed].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
