@@ -158,7 +158,11 @@ t.test('token fixtures, deterministic data, polling', async (t) => {
 t.test('runNode collects output and status; package entries resolve by name', async (t) => {
   const dir = scratchDir(t)
   const script = join(dir, 'echo.mjs')
-  writeFileSync(script, "console.log(process.argv.slice(2).join(' ')); console.error(process.env.X ?? 'unset', process.env.HOME === undefined); process.exit(3)\n")
+  // plain writes: under lerna FORCE_COLOR is set and console.error would colour a boolean
+  writeFileSync(
+    script,
+    "process.stdout.write(process.argv.slice(2).join(' ') + '\\n'); process.stderr.write(`${process.env.X ?? 'unset'} ${process.env.HOME === undefined}\\n`); process.exitCode = 3\n",
+  )
   let spawned = 0
   const r = await runNode(script, ['a', 'b'], { env: { X: 'yes', HOME: undefined }, cwd: dir, onSpawn: () => spawned++ })
   t.same(r, { code: 3, signal: null, stdout: 'a b\n', stderr: 'yes true\n' })

@@ -81,7 +81,7 @@ t.test('the receiver dies with a test process killed by SIGKILL (no exit hook ru
   const script = `
     import { startReceiverProcess, tlsFixture, tokensFixture } from ${JSON.stringify(index)}
     const rx = await startReceiverProcess({ store: ${JSON.stringify(join(dir, 'store'))}, tokens: tokensFixture(${JSON.stringify(dir)}).file, tls: tlsFixture() })
-    console.log(rx.proc.pid)
+    process.stdout.write(String(rx.proc.pid) + '\\n')
     setInterval(() => {}, 1000)
   `
   const parent = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
