@@ -161,7 +161,7 @@ t.test('runNode collects output and status; package entries resolve by name', as
   // plain writes: under lerna FORCE_COLOR is set and console.error would colour a boolean
   writeFileSync(
     script,
-    "process.stdout.write(process.argv.slice(2).join(' ') + '\\n'); process.stderr.write(`${process.env.X ?? 'unset'} ${process.env.HOME === undefined}\\n`); process.exitCode = 3\n",
+    "process.stdout.write(process.argv.slice(2).join(' ') + '\\n'); process.stderr.write((process.env.X ?? 'unset') + ' ' + String(process.env.HOME === undefined) + '\\n'); process.exitCode = 3\n",
   )
   let spawned = 0
   const r = await runNode(script, ['a', 'b'], { env: { X: 'yes', HOME: undefined }, cwd: dir, onSpawn: () => spawned++ })
