@@ -1,14 +1,17 @@
 /** Human-readable bytes: 1.5 GiB, 12.0 MiB, 512 B. */
-export function formatBytes (n: number): string {
+export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
   let v = n
   let i = 0
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`
 }
 
 /** Parse repeated `name=path` options into a record. */
-export function parsePathMap (items: readonly string[] | undefined): Record<string, string> {
+export function parsePathMap(items: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {}
   for (const item of items ?? []) {
     const eq = item.indexOf('=')
@@ -19,8 +22,12 @@ export function parsePathMap (items: readonly string[] | undefined): Record<stri
 }
 
 /** Render rows as an aligned text table. */
-export function table (head: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
-  const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
-  return [line(head), line(widths.map(w => '-'.repeat(w))), ...rows.map(line)].join('\n')
+export function table(head: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (r: readonly string[]): string =>
+    r
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd()
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
 }

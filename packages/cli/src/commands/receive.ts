@@ -14,11 +14,11 @@ export interface ReceiveCommandOptions {
   readonly trivialMb?: number
   readonly logger: Logger
   /** called once listening (tests, the demo) */
-  readonly onListening?: (addr: { host: string, port: number }) => void
+  readonly onListening?: (addr: { host: string; port: number }) => void
 }
 
 /** Run a receiver until SIGTERM/SIGINT; resolves once closed. */
-export async function receiveCommand (opts: ReceiveCommandOptions): Promise<void> {
+export async function receiveCommand(opts: ReceiveCommandOptions): Promise<void> {
   const init = await resolveReceiverInit({
     ...(opts.config !== undefined ? { config: opts.config } : {}),
     ...(opts.listen !== undefined ? { listen: opts.listen } : {}),

@@ -31,15 +31,18 @@ export interface ReplicateCommandOptions {
 }
 
 /** Read a token file: the first non-empty line. */
-export async function readTokenFile (path: string): Promise<string> {
+export async function readTokenFile(path: string): Promise<string> {
   const text = await readFile(path, 'utf8')
-  const token = text.split(/\r?\n/).map((l) => l.trim()).find((l) => l !== '')
+  const token = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .find((l) => l !== '')
   if (token === undefined) throw new Error(`token file ${path} is empty`)
   return token
 }
 
 /** `grainline replicate`: one cycle of one VM (or every VM of a job file). */
-export async function replicateCommand (opts: ReplicateCommandOptions): Promise<ReplicationReport> {
+export async function replicateCommand(opts: ReplicateCommandOptions): Promise<ReplicationReport> {
   const inits: ReplicateInit[] = []
   const flags: Partial<Record<keyof ReplicateInit, unknown>> = {}
   if (opts.to !== undefined) flags.to = opts.to

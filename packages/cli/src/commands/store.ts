@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import { formatBytes, table } from '../util.ts'
 
 /** `grainline status`: per VM and disk, the committed cycle, checks, in-flight work. */
-export async function statusCommand (opts: { store: string, output: 'json' | 'human', write: (s: string) => void }): Promise<void> {
+export async function statusCommand(opts: { store: string; output: 'json' | 'human'; write: (s: string) => void }): Promise<void> {
   const st = await storeStatus(opts.store)
   if (opts.output === 'json') {
     opts.write(JSON.stringify(st, null, 2) + '\n')
@@ -17,11 +17,15 @@ export async function statusCommand (opts: { store: string, output: 'json' | 'hu
   for (const vm of st.vms) {
     for (const d of vm.disks) {
       rows.push([
-        vm.vm, d.name, String(d.committedCycle), d.committedAt ?? '-', formatBytes(d.capacity),
-        d.trivial === null ? '-' : (d.trivial.ok ? 'ok' : 'MISMATCH'),
+        vm.vm,
+        d.name,
+        String(d.committedCycle),
+        d.committedAt ?? '-',
+        formatBytes(d.capacity),
+        d.trivial === null ? '-' : d.trivial.ok ? 'ok' : 'MISMATCH',
         d.certify === null ? '-' : `${d.certify.ok ? 'ok' : 'MISMATCH'}`,
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
-        d.modified ? 'MODIFIED' : (vm.needsRecovery ? 'needs recovery' : 'ok'),
+        d.modified ? 'MODIFIED' : vm.needsRecovery ? 'needs recovery' : 'ok',
       ])
     }
     if (vm.error !== undefined) rows.push([vm.vm, '-', '-', '-', '-', '-', '-', '-', `error: ${vm.error}`])
@@ -30,9 +34,7 @@ export async function statusCommand (opts: { store: string, output: 'json' | 'hu
 }
 
 /** `grainline mirror rollback`: discard an interrupted cycle; the mirror returns to its last commit. */
-export async function rollbackCommand (opts: { store: string, vm: string, logger: Logger, write: (s: string) => void }): Promise<void> {
+export async function rollbackCommand(opts: { store: string; vm: string; logger: Logger; write: (s: string) => void }): Promise<void> {
   const r = await rollbackMirror(opts.store, opts.vm, opts.logger)
-  opts.write(r.rolledBack
-    ? `${r.vm}: interrupted cycle rolled back; mirror at committed cycle ${r.committedCycle}\n`
-    : `${r.vm}: nothing in flight; mirror at committed cycle ${r.committedCycle}\n`)
+  opts.write(r.rolledBack ? `${r.vm}: interrupted cycle rolled back; mirror at committed cycle ${r.committedCycle}\n` : `${r.vm}: nothing in flight; mirror at committed cycle ${r.committedCycle}\n`)
 }
