@@ -134,9 +134,15 @@ t.test('first seed into a new store interrupted at ~90 %: the rerun resumes and 
   const proxy = await startCuttingProxy(site.receiver.port)
   t.teardown(() => proxy.close())
   const small = ['--compress', 'none', '--state-dir', state]
-  // the first connection is cut after 90 % of the seed's bytes; every later one at once
-  proxy.plan = [Math.floor(0.9 * size)]
-  proxy.cutAfter = 1
+  // the connection that ships the seed is cut after 90 % of its bytes (the short ones before it pass);
+  // every connection after that cut dies at once, so the agent gives up
+  proxy.cutAfter = Math.floor(0.9 * size)
+  void proxy.waitForCuts(1).then(
+    () => {
+      proxy.cutAfter = 1
+    },
+    () => {},
+  )
   const cut = await replicateCli(site, vm.vmxPath, [...small, '--give-up', '1', '--bwlimit', '16M'], { port: proxy.port })
   t.ok(proxy.cuts >= 1 && proxy.forwarded >= 0.9 * size, `the seed was cut at 90 % (${proxy.forwarded} of ${size} bytes forwarded)`)
   t.equal(cut.code, 1, 'the interrupted run fails')
