@@ -7,6 +7,7 @@ import { DEFAULT_CONCURRENCY, type FileAccess, localFileAccess } from './file-ac
 import { forEachLimited } from './concurrency.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 import { MapMerger } from './map-merger.ts'
+import { flattenBatches } from './batch-iterator.ts'
 
 /** A range held by one layer: bytes, disk order; `zero` = reads as zeros (no data to copy). */
 export interface Range { offset: number, length: number, zero: boolean }
@@ -74,15 +75,20 @@ export class DiskChain {
    * Ranges held by layer `depth` alone, coalesced, in disk order, tagged data or zero —
    * from the grain directory and tables only (a flat layer holds its whole size).
    */
-  async * changedRanges (depth: number, opts: { signal?: AbortSignal } = {}): AsyncGenerator<Range> {
+  changedRanges (depth: number, opts: { signal?: AbortSignal } = {}): AsyncIterableIterator<Range> {
+    return flattenBatches(this.#changedBatches(depth, opts.signal))
+  }
+
+  async * #changedBatches (depth: number, signal: AbortSignal | undefined): AsyncGenerator<Range[], void, undefined> {
     const layer = this.#layer(depth)
     let pending: Range | undefined
-    let n = 0
+    let out: Range[] = []
     for (let i = 0; i < layer.extents.length; i++) {
       const e = layer.extents[i]
       const base = layer.extentStarts[i] ?? 0
       if (e === undefined) continue
-      for await (const batch of e.allocated(opts.signal)) {
+      for await (const batch of e.allocated(signal)) {
+        if (signal?.aborted === true) throw new VmdkError('E_ABORTED', 'changedRanges aborted', layer.path)
         for (const r of batch) {
           const zero = r.state === RunState.Zero
           const off = base + r.start
@@ -90,18 +96,19 @@ export class DiskChain {
             pending.length += r.length
             continue
           }
-          if (pending !== undefined) {
-            yield pending
-            if ((++n & 1023) === 0) {
-              if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'changedRanges aborted', layer.path)
-              await new Promise(resolve => setImmediate(resolve))
-            }
-          }
+          if (pending !== undefined) out.push(pending)
           pending = { offset: off, length: r.length, zero }
+        }
+        if (out.length >= 1024) {
+          yield out
+          out = []
+          // tables already in memory resolve without I/O: let timers and sockets run
+          await new Promise(resolve => setImmediate(resolve))
         }
       }
     }
-    if (pending !== undefined) yield pending
+    if (pending !== undefined) out.push(pending)
+    if (out.length > 0) yield out
   }
 
   /** Read bytes of the disk as seen at layer `depth` (falling through to parents). */
@@ -150,8 +157,11 @@ export class DiskChain {
    * layer at `depth` (depths in the output are relative to it). Adjacent entries that
    * agree (and whose file offsets continue) are merged.
    */
-  async * map (opts: { depth?: number, signal?: AbortSignal } = {}): AsyncGenerator<MapEntry> {
-    const top = opts.depth ?? 0
+  map (opts: { depth?: number, signal?: AbortSignal } = {}): AsyncIterableIterator<MapEntry> {
+    return flattenBatches(this.#mapBatches(opts.depth ?? 0, opts.signal))
+  }
+
+  async * #mapBatches (top: number, signal: AbortSignal | undefined): AsyncGenerator<MapEntry[], void, undefined> {
     this.#layer(top)
     const layers = this.layers.slice(top)
     // one window = 64 grain tables of the finest layer (1 GiB for SEsparse, 128 MiB for COWD),
@@ -161,15 +171,21 @@ export class DiskChain {
     const windowBytes = Math.max(64 * 2 ** 20, cover)
     const walks = layers.map(l => l.walk(0, this.capacity))
     const merger = new MapMerger(layers)
+    let breath = performance.now()
     for (let w = 0; w < this.capacity; w += windowBytes) {
-      if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
+      if (signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
       const len = Math.min(windowBytes, this.capacity - w)
       const runs = await Promise.all(walks.map(async wk => await wk.runs(w, len)))
-      for (const e of merger.window(runs, w, len)) yield e
-      await new Promise(resolve => setImmediate(resolve))
+      const out = merger.window(runs, w, len)
+      if (out.length > 0) yield out
+      // tables already in memory resolve without I/O: let timers and sockets run now and then
+      if (performance.now() - breath > 10) {
+        await new Promise(resolve => setImmediate(resolve))
+        breath = performance.now()
+      }
     }
     const last = merger.finish()
-    if (last !== undefined) yield last
+    if (last !== undefined) yield [last]
   }
 
   async close (): Promise<void> {

@@ -70,16 +70,20 @@ export interface FileAccess {
    * back on themselves. Without it, paths are compared as written (normalized).
    */
   realpath? (path: string): Promise<string>
-  /** Largest single read worth issuing; larger reads are split. @default 4 MiB */
+  /** Largest single read worth issuing; larger reads are split. @default 1 MiB */
   readonly maxReadBytes?: number
-  /** Reads kept in flight by one metadata load or one data read. @default 4 */
+  /** Reads kept in flight by one metadata load or one data read. @default 2 */
   readonly concurrency?: number
 }
 
-/** Default {@link FileAccess.maxReadBytes}. */
-export const DEFAULT_MAX_READ_BYTES = 4 * 1024 * 1024
+/**
+ * Default {@link FileAccess.maxReadBytes}. Grain tables are scanned right after
+ * they are read: pieces that stay in the CPU caches until then scan 3-4× faster
+ * than 4 MiB ones (measured with scripts/bench-vmdk.mjs).
+ */
+export const DEFAULT_MAX_READ_BYTES = 1024 * 1024
 /** Default {@link FileAccess.concurrency}. */
-export const DEFAULT_CONCURRENCY = 4
+export const DEFAULT_CONCURRENCY = 2
 
 /** The kind of a Node `Stats`. */
 export function kindOf (st: Stats): FileKind {

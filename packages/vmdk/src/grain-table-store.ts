@@ -28,12 +28,44 @@ export interface TableSource {
 export const TABLE_CACHE_BYTES = 32 * 1024 * 1024
 /** Decoded tables a walk keeps ahead of itself (bytes, approximate). */
 export const WALK_BYTES = 24 * 1024 * 1024
+/** Most GD entries one sweep covers (bounds its dense result array). */
+const MAX_SWEEP_SPAN = 1 << 20
 /** Read through gaps up to this size rather than issue another read. */
 const GAP_BYTES = 64 * 1024
 /** Reads up to this size allocate their own buffer; larger ones reuse pooled ones. */
 const SMALL_READ = 64 * 1024
 
 interface Chunk { off: number, bytes: number, items: number[] }
+
+/**
+ * GD indices sorted by their tables' file offsets: a native sort of packed
+ * (sector, index) keys when they fit a double exactly, else a comparator sort.
+ */
+function byOffset (indices: readonly number[], gd: Float64Array): number[] {
+  const n = indices.length
+  if (n < 2) return indices.slice()
+  let maxSector = 0
+  let maxIdx = 0
+  for (let k = 0; k < n; k++) {
+    const i = indices[k] as number
+    const sec = Math.floor((gd[i] as number) / 512)
+    if (sec > maxSector) maxSector = sec
+    if (i > maxIdx) maxIdx = i
+  }
+  const shift = 2 ** Math.ceil(Math.log2(maxIdx + 1))
+  if ((maxSector + 1) * shift > Number.MAX_SAFE_INTEGER) {
+    return indices.slice().sort((a, b) => (gd[a] as number) - (gd[b] as number))
+  }
+  const keys = new Float64Array(n)
+  for (let k = 0; k < n; k++) {
+    const i = indices[k] as number
+    keys[k] = Math.floor((gd[i] as number) / 512) * shift + i
+  }
+  keys.sort()
+  const out = new Array<number>(n)
+  for (let k = 0; k < n; k++) out[k] = (keys[k] as number) % shift
+  return out
+}
 
 /** Counters (for tests and benchmarks). */
 export interface TableStoreStats {
@@ -74,6 +106,7 @@ export class GrainTableStore {
   /** Put a table in the LRU (the writer's replacement, or a walk's result). */
   remember (gdIndex: number, t: GrainTable): void {
     const old = this.#cache.get(gdIndex)
+    if (old === t) return
     if (old !== undefined) { this.#cacheBytes -= tableCost(old); this.#cache.delete(gdIndex) }
     this.#cache.set(gdIndex, t)
     this.#cacheBytes += tableCost(t)
@@ -173,11 +206,10 @@ export class GrainTableStore {
    * in flight so concurrent callers share the reads; `sink` gets every table.
    */
   async #load (indices: number[], sink: (i: number, t: GrainTable) => void): Promise<void> {
-    const gd = this.#src.gd
-    indices.sort((a, b) => (gd[a] as number) - (gd[b] as number))
+    const sorted = indices.length > 1 ? byOffset(indices, this.#src.gd) : indices
     const chunks: Chunk[] = []
     const from = { k: 0 }
-    for (let c = this.#plan(indices, () => true, from); c !== undefined; c = this.#plan(indices, () => true, from)) chunks.push(c)
+    for (let c = this.#plan(sorted, () => true, from); c !== undefined; c = this.#plan(sorted, () => true, from)) chunks.push(c)
     const settle = new Map<number, { resolve: (t: GrainTable) => void, reject: (e: unknown) => void }>()
     for (const i of indices) {
       const p = new Promise<GrainTable>((resolve, reject) => { settle.set(i, { resolve, reject }) })
@@ -210,19 +242,22 @@ export class GrainTableStore {
   /**
    * Sweep for a walk: read the tables of GD entries [s, end) in file order and
    * keep those of the lowest indices whose decoded size fits `budget` (always at
-   * least [s, mustCover]). Returns the first index not covered.
+   * least [s, mustCover]; never more than MAX_SWEEP_SPAN entries). Returns the
+   * tables of [s, covered) densely (undefined = no table).
    */
-  async sweep (s: number, end: number, mustCover: number, budget: number, into: Map<number, GrainTable>): Promise<number> {
+  async sweep (s: number, end: number, mustCover: number, budget: number): Promise<{ covered: number, tables: Array<GrainTable | undefined> }> {
     const gd = this.#src.gd
     const floor = Math.min(end, mustCover + 1)
     // after a first sweep the average table cost predicts where the budget runs out
-    let g = this.#avgCost > 0 ? Math.min(end, Math.max(floor, s + Math.floor(budget / this.#avgCost))) : end
+    let g = Math.min(end, Math.max(floor, s + MAX_SWEEP_SPAN))
+    if (this.#avgCost > 0) g = Math.min(g, Math.max(floor, s + Math.floor(budget / this.#avgCost)))
+    const tables = new Array<GrainTable | undefined>(g - s)
     let kept = 0
     const toRead: number[] = []
     for (let i = s; i < g; i++) {
       if ((gd[i] ?? 0) === 0) continue
       const c = this.cached(i)
-      if (c !== undefined && c !== null) { into.set(i, c); kept += tableCost(c); continue }
+      if (c !== undefined && c !== null) { tables[i - s] = c; kept += tableCost(c); continue }
       toRead.push(i)
     }
     let decodedCost = 0
@@ -232,20 +267,20 @@ export class GrainTableStore {
       decodedCost += cost
       decodedCount++
       if (i >= g) return
-      into.set(i, t)
+      tables[i - s] = t
       kept += cost
       while (kept > budget && g > floor) {
         g--
-        const d = into.get(g)
-        if (d !== undefined) { kept -= tableCost(d); into.delete(g) }
+        const d = tables[g - s]
+        if (d !== undefined) { kept -= tableCost(d); tables[g - s] = undefined }
       }
     }
-    toRead.sort((a, b) => (gd[a] as number) - (gd[b] as number))
+    const sorted = byOffset(toRead, gd)
     const from = { k: 0 }
     let failed = false
     const worker = async (): Promise<void> => {
       try {
-        for (let c = this.#plan(toRead, i => i < g, from); c !== undefined && !failed; c = this.#plan(toRead, i => i < g, from)) {
+        for (let c = this.#plan(sorted, i => i < g, from); c !== undefined && !failed; c = this.#plan(sorted, i => i < g, from)) {
           const buf = await this.#readChunk(c)
           try {
             for (const i of c.items) if (i < g) add(i, this.#decode(buf, c, i))
@@ -264,8 +299,8 @@ export class GrainTableStore {
     const results = await Promise.allSettled(workers)
     for (const r of results) if (r.status === 'rejected') throw r.reason
     if (decodedCount > 0) this.#avgCost = decodedCost / decodedCount
-    for (const i of into.keys()) if (i >= g) into.delete(i)
-    return g
+    tables.length = g - s
+    return { covered: g, tables }
   }
 }
 
@@ -277,29 +312,42 @@ export class GrainTableStore {
 export class TableWalk {
   readonly #store: GrainTableStore
   readonly #end: number
-  readonly #kept = new Map<number, GrainTable>()
-  /** GD entries below this are covered by #kept (or have no table) */
+  /** the current sweep's tables of GD entries [#base, #covered) */
+  #base: number
+  #tabs: Array<GrainTable | undefined> = []
   #covered: number
+  /** entries below this were dropped (windows never go back) */
   #released: number
 
   constructor (store: GrainTableStore, first: number, end: number) {
     this.#store = store
     this.#end = end
+    this.#base = first
     this.#covered = first
     this.#released = first
   }
 
+  #get (i: number): GrainTable | null {
+    const t = this.#tabs[i - this.#base]
+    if (t === undefined) return null
+    this.#store.remember(i, t)
+    return t
+  }
+
   async tables (first: number, last: number): Promise<Array<GrainTable | null>> {
-    for (; this.#released < first; this.#released++) this.#kept.delete(this.#released)
-    if (last >= this.#covered) {
-      const from = Math.max(first, this.#covered)
-      for (const k of this.#kept.keys()) if (k < first) this.#kept.delete(k)
-      this.#covered = await this.#store.sweep(from, Math.max(this.#end, last + 1), last, WALK_BYTES, this.#kept)
+    for (; this.#released < first && this.#released < this.#covered; this.#released++) {
+      if (this.#released >= this.#base) this.#tabs[this.#released - this.#base] = undefined
     }
+    this.#released = Math.max(this.#released, first)
     const out = new Array<GrainTable | null>(last - first + 1)
-    for (let i = first; i <= last; i++) {
-      const t = this.#kept.get(i)
-      if (t !== undefined) { this.#store.remember(i, t); out[i - first] = t } else out[i - first] = null
+    let i = first
+    for (; i <= last && i < this.#covered; i++) out[i - first] = this.#get(i)
+    if (i <= last) {
+      const r = await this.#store.sweep(i, Math.max(this.#end, last + 1), last, WALK_BYTES)
+      this.#base = i
+      this.#tabs = r.tables
+      this.#covered = r.covered
+      for (; i <= last; i++) out[i - first] = this.#get(i)
     }
     return out
   }

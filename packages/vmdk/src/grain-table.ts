@@ -15,35 +15,40 @@ export const GTE_NONE = 0
 export const GTE_ZERO = -1
 
 /**
- * A decoded grain table, kept sparse: the indices of its non-zero entries (ascending)
- * and their decoded values. A 2 TiB delta with 100,000 scattered grains has ~70,000
- * tables with one or two entries each; dense tables would churn gigabytes.
+ * A decoded grain table, kept sparse: its non-zero entries as (index, value)
+ * pairs in ascending index order, interleaved in one array (`e[2k]` = entry
+ * index, `e[2k+1]` = decoded value; one allocation per table). A 2 TiB delta
+ * with 100,000 scattered grains has ~70,000 tables with one or two entries
+ * each; dense tables would churn gigabytes.
  */
 export interface GrainTable {
-  readonly idx: Uint16Array
-  readonly val: Float64Array
+  /** number of non-zero entries */
+  readonly n: number
+  readonly e: Float64Array
 }
 
-const SCRATCH_IDX = new Uint16Array(4096)
-const SCRATCH_VAL = new Float64Array(4096)
+/** The table with no entries (shared). */
+export const EMPTY_TABLE: GrainTable = Object.freeze({ n: 0, e: new Float64Array(0) })
+
+const SCRATCH = new Float64Array(2 * 4096)
 const ZERO_BLOCK = Buffer.alloc(65536)
 
 /**
  * Collects a table's non-zero entries while one table is decoded (synchronously:
- * the scratch arrays are shared).
+ * the scratch array is shared).
  */
 export class TableBuilder {
   n = 0
   push (j: number, v: number): void {
-    SCRATCH_IDX[this.n] = j
-    SCRATCH_VAL[this.n] = v
+    SCRATCH[2 * this.n] = j
+    SCRATCH[2 * this.n + 1] = v
     this.n++
   }
 
   done (): GrainTable {
-    const t = { idx: SCRATCH_IDX.slice(0, this.n), val: SCRATCH_VAL.slice(0, this.n) }
+    const n = this.n
     this.n = 0
-    return t
+    return n === 0 ? EMPTY_TABLE : { n, e: SCRATCH.slice(0, 2 * n) }
   }
 }
 
@@ -54,16 +59,17 @@ export function isZeroBlock (buf: Buffer, off: number, len: number): boolean {
 
 /** Approximate bytes a decoded table keeps alive. */
 export function tableCost (t: GrainTable): number {
-  return 128 + t.idx.length * 10
+  return 96 + t.n * 16
 }
 
-/** Index of the first entry >= j. */
-export function lowerBound (idx: Uint16Array, j: number): number {
+/** Position k of the first entry whose index is >= j. */
+export function lowerBound (t: GrainTable, j: number): number {
+  const e = t.e
   let lo = 0
-  let hi = idx.length
+  let hi = t.n
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
-    if ((idx[mid] ?? 0) < j) lo = mid + 1
+    if ((e[2 * mid] as number) < j) lo = mid + 1
     else hi = mid
   }
   return lo
@@ -93,23 +99,22 @@ export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTab
     const gdIndex = Math.floor(pos / cover)
     const tEnd = Math.min(end, (gdIndex + 1) * cover)
     const t = tables[gdIndex - first] ?? null
-    if (t === null || t.idx.length === 0) {
+    if (t === null || t.n === 0) {
       pushRun(out, pos, tEnd - pos, RunState.None, -1, true)
       pos = tEnd
       continue
     }
     const tBase = gdIndex * geo.gtEntries
-    const idx = t.idx
-    const val = t.val
-    const n = idx.length
-    let k = lowerBound(idx, Math.floor(pos / g) - tBase)
+    const e = t.e
+    const n = t.n
+    let k = lowerBound(t, Math.floor(pos / g) - tBase)
     while (pos < tEnd) {
       if (k >= n) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
-      const gs = (tBase + (idx[k] as number)) * g
+      const gs = (tBase + (e[2 * k] as number)) * g
       if (gs >= tEnd) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
       if (gs > pos) { pushRun(out, pos, gs - pos, RunState.None, -1, true); pos = gs }
       const gEnd = Math.min(tEnd, gs + g)
-      const v = val[k] as number
+      const v = e[2 * k + 1] as number
       if (v === GTE_ZERO) pushRun(out, pos, gEnd - pos, RunState.Zero, -1, true)
       else if (v > 0) pushRun(out, pos, gEnd - pos, RunState.Data, v + (pos - gs), true)
       else out.push({ start: pos, length: gEnd - pos, state: RunState.Data, off: v })
@@ -133,11 +138,10 @@ export function tablesToAllocated (geo: TableGeometry, tables: ReadonlyArray<Gra
     const t = tables[k]
     if (t === null || t === undefined) continue
     const base = (first + k) * cover
-    const idx = t.idx
-    const val = t.val
-    for (let m = 0; m < idx.length; m++) {
-      const state = val[m] === GTE_ZERO ? RunState.Zero : RunState.Data
-      const s = base + (idx[m] as number) * g
+    const e = t.e
+    for (let m = 0; m < t.n; m++) {
+      const state = e[2 * m + 1] === GTE_ZERO ? RunState.Zero : RunState.Data
+      const s = base + (e[2 * m] as number) * g
       if (s >= geo.size) break
       const len = Math.min(g, geo.size - s)
       if (pending !== undefined && pending.state === state && pending.start + pending.length === s) {

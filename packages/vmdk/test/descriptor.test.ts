@@ -2,10 +2,10 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseDescriptor, serializeDescriptor, buildDescriptor, sameCid } from '../src/index.ts'
-import { samplesDir } from './helpers.ts'
+import { fixture } from './helpers.ts'
 
-const esxiSnap = readFileSync(join(samplesDir(), 'esxi-vmfs-thick/vmfs_thick-000001.vmdk'), 'utf8')
-const esxiBase = readFileSync(join(samplesDir(), 'esxi-vmfs-thick/vmfs_thick.vmdk'), 'utf8')
+const esxiSnap = readFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick-000001.vmdk'), 'utf8')
+const esxiBase = readFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick.vmdk'), 'utf8')
 
 t.test('real ESXi descriptors round-trip byte for byte', async t => {
   for (const text of [esxiSnap, esxiBase, esxiBase.replace(/\n/g, '\r\n')]) {
