@@ -106,6 +106,20 @@ export class DiskFile {
    * contiguously from the start.
    */
   async #read (buf: Uint8Array, bufOffset: number, length: number, position: number, what: string): Promise<number> {
+    if (length <= this.maxReadBytes) {
+      // one piece (most reads): no bookkeeping
+      let done = 0
+      try {
+        while (done < length) {
+          const r = await this.#f.read(buf, bufOffset + done, length - done, position + done)
+          if (r === 0) break
+          done += r
+        }
+      } catch (err) {
+        throw ioError(err, this.path, what)
+      }
+      return done
+    }
     const piece = this.maxReadBytes
     const pieces = Math.ceil(length / piece)
     const got = new Array<number>(pieces).fill(0)

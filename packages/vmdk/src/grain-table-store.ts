@@ -118,6 +118,17 @@ export class GrainTableStore {
     }
   }
 
+  /** The tables of GD entries [first, last] when all are in memory (no I/O, no await), else undefined. */
+  tablesIfCached (first: number, last: number): Array<GrainTable | null> | undefined {
+    const out = new Array<GrainTable | null>(last - first + 1)
+    for (let i = first; i <= last; i++) {
+      const c = this.cached(i)
+      if (c === undefined) return undefined
+      out[i - first] = c
+    }
+    return out
+  }
+
   /** The tables of GD entries [first, last] (null where there is none), loading what is missing. */
   async tables (first: number, last: number): Promise<Array<GrainTable | null>> {
     const out = new Array<GrainTable | null>(last - first + 1).fill(null)
@@ -134,8 +145,9 @@ export class GrainTableStore {
       missing.push(i)
     }
     if (missing.length > 0) {
-      await this.#load(missing, (i, t) => { this.remember(i, t); if (i >= first && i <= last) out[i - first] = t })
+      (waits ??= []).push(this.#load(missing, (i, t) => { this.remember(i, t); if (i >= first && i <= last) out[i - first] = t }))
     }
+    // one Promise.all over everything, so a failure of one never leaves another unhandled
     if (waits !== undefined) await Promise.all(waits)
     return out
   }

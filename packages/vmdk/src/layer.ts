@@ -95,6 +95,11 @@ export class Layer {
 
   /** Runs covering [start, start+length) of the disk as this layer alone sees it. */
   async runs (start: number, length: number): Promise<LayerRun[]> {
+    const first = this.extents[0]
+    if (this.extents.length === 1 && first !== undefined) {
+      // one extent (almost every layer): no fan-out
+      return toLayerRuns([await first.runs(start, length)], [[0, 0]])
+    }
     const parts: Array<Promise<Run[]>> = []
     const meta: Array<[number, number]> = []
     this.#pieces(start, length, (e, i, es, s, len) => { parts.push(e.runs(s, len)); meta.push([i, es]) })

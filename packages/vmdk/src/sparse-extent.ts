@@ -66,7 +66,7 @@ export abstract class SparseExtent implements Extent {
   async runs (start: number, length: number): Promise<Run[]> {
     if (length <= 0) return []
     const [first, last] = this.#gdRange(start, length)
-    const tables = last >= first ? await this.#store.tables(first, last) : []
+    const tables = last < first ? [] : this.#store.tablesIfCached(first, last) ?? await this.#store.tables(first, last)
     return tablesToRuns(this, tables, first, start, length)
   }
 
