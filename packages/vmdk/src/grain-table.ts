@@ -17,20 +17,16 @@ export const GTE_ZERO = -1
 /**
  * A decoded grain table, kept sparse: its non-zero entries as (index, value)
  * pairs in ascending index order, interleaved in one plain array of doubles
- * (`e[2k]` = entry index, `e[2k+1]` = decoded value). A 2 TiB delta with
+ * (`t[2k]` = entry index, `t[2k+1]` = decoded value). A 2 TiB delta with
  * 100,000 scattered grains has ~70,000 tables with one or two entries each;
  * dense tables would churn gigabytes. Plain arrays, not typed arrays: every
  * typed array brings an ArrayBuffer the garbage collector tracks one by one,
  * which made each young-generation GC of a 70,000-table walk 20–90 ms.
  */
-export interface GrainTable {
-  /** number of non-zero entries */
-  readonly n: number
-  readonly e: readonly number[]
-}
+export type GrainTable = readonly number[]
 
 /** The table with no entries (shared). */
-export const EMPTY_TABLE: GrainTable = Object.freeze({ n: 0, e: Object.freeze([]) as readonly number[] })
+export const EMPTY_TABLE: GrainTable = Object.freeze([])
 
 // a packed array of doubles (filled with a non-integer first, so it never holds small-integer elements)
 const SCRATCH: number[] = new Array<number>(2 * 4096).fill(0.5)
@@ -51,7 +47,7 @@ export class TableBuilder {
   done (): GrainTable {
     const n = this.n
     this.n = 0
-    return n === 0 ? EMPTY_TABLE : { n, e: SCRATCH.slice(0, 2 * n) }
+    return n === 0 ? EMPTY_TABLE : SCRATCH.slice(0, 2 * n)
   }
 }
 
@@ -62,14 +58,14 @@ export function isZeroBlock (buf: Buffer, off: number, len: number): boolean {
 
 /** Approximate bytes a decoded table keeps alive. */
 export function tableCost (t: GrainTable): number {
-  return 96 + t.n * 16
+  return 32 + t.length * 8
 }
 
 /** Position k of the first entry whose index is >= j. */
 export function lowerBound (t: GrainTable, j: number): number {
-  const e = t.e
+  const e = t
   let lo = 0
-  let hi = t.n
+  let hi = t.length >> 1
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
     if ((e[2 * mid] as number) < j) lo = mid + 1
@@ -102,14 +98,14 @@ export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTab
     const gdIndex = Math.floor(pos / cover)
     const tEnd = Math.min(end, (gdIndex + 1) * cover)
     const t = tables[gdIndex - first] ?? null
-    if (t === null || t.n === 0) {
+    if (t === null || t.length === 0) {
       pushRun(out, pos, tEnd - pos, RunState.None, -1, true)
       pos = tEnd
       continue
     }
     const tBase = gdIndex * geo.gtEntries
-    const e = t.e
-    const n = t.n
+    const e = t
+    const n = t.length >> 1
     let k = lowerBound(t, Math.floor(pos / g) - tBase)
     while (pos < tEnd) {
       if (k >= n) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
@@ -141,8 +137,9 @@ export function tablesToAllocated (geo: TableGeometry, tables: ReadonlyArray<Gra
     const t = tables[k]
     if (t === null || t === undefined) continue
     const base = (first + k) * cover
-    const e = t.e
-    for (let m = 0; m < t.n; m++) {
+    const e = t
+    const n = t.length >> 1
+    for (let m = 0; m < n; m++) {
       const state = e[2 * m + 1] === GTE_ZERO ? RunState.Zero : RunState.Data
       const s = base + (e[2 * m] as number) * g
       if (s >= geo.size) break

@@ -106,7 +106,7 @@ export abstract class SparseExtent implements Extent {
     const t = await this.table(gdIndex)
     if (t === null) return null
     const d = new Float64Array(this.gtEntries)
-    for (let k = 0; k < t.n; k++) d[t.e[2 * k] as number] = t.e[2 * k + 1] as number
+    for (let k = 0; k + 1 < t.length; k += 2) d[t[k] as number] = t[k + 1] as number
     return d
   }
 
