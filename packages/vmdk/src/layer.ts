@@ -167,7 +167,8 @@ export async function openLayer (path: string, opts: OpenLayerOptions = {}): Pro
   const opened: Extent[] = []
   let keepFile = false
   try {
-    const headLen = Math.min(file.size, 512)
+    // a text descriptor is small: read it whole with the first sector (one round trip)
+    const headLen = file.size <= 64 * 1024 ? file.size : 512
     const head = headLen > 0 ? await file.readExact(0, headLen, 'first sector') : Buffer.alloc(0)
     const magic = head.length >= 4 ? head.readUInt32LE(0) : 0
     if (writable && (magic === KDMV_MAGIC || magic === COWD_MAGIC)) {
