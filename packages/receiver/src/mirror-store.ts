@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
@@ -37,6 +38,8 @@ export interface DiskRecord {
   readonly committedAt: string
   readonly source: SourceIdentity
   readonly cycleId: string
+  /** generation of the commit that last wrote this disk (SPEC §5.8); "" for a point committed before generations */
+  readonly generation?: string
   readonly mirrorCid: string
   readonly ddb: Readonly<Record<string, string>>
   readonly cycleDigest: { readonly algorithm: DigestAlgorithm, readonly digest: string }
@@ -76,6 +79,8 @@ export interface VmStateFile {
   readonly compat: CompatRecord | null
   readonly committedCycle: number
   readonly committedAt: string | null
+  /** generation of the last commit (SPEC §5.8); absent before the first commit or in state files older than generations */
+  readonly generation?: string
   readonly displaySuffix: string
   readonly disks: Readonly<Record<string, DiskRecord>>
   readonly inflight: { readonly cycle: number, readonly startedAt: string, readonly disks: Readonly<Record<string, InflightDisk>> } | null
@@ -522,7 +527,7 @@ export interface OpenDiskResult {
 }
 
 /** The parameters of a DiskOpen the store needs. */
-export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'source' | 'cycleId' | 'ddb'> {
+export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'baseGeneration' | 'source' | 'cycleId' | 'ddb'> {
   readonly algorithm: DigestAlgorithm
 }
 
@@ -680,6 +685,10 @@ export class VmMirror {
       if (req.source.layers[0]?.file !== rec.source.successor) {
         return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
       }
+      // SPEC §5.8: only onto the exact point it was planned against
+      if (req.baseGeneration !== (rec.generation ?? '')) {
+        return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${rec.generation ?? '(none: committed before generations)'}; resync`)
+      }
       if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
     }
     const stem = diskStem(req.name)
@@ -731,6 +740,8 @@ export class VmMirror {
       if (!names.has(n)) throw new ReceiverError('E_UNEXPECTED', `disk ${n} of cycle ${cycle} was not sealed in this session; roll back first`)
     }
     const now = new Date().toISOString()
+    // SPEC §5.8: a new random generation for every commit
+    const generation = randomBytes(16).toString('hex')
     const disks: Record<string, DiskRecord> = { ...this.state.disks }
     const renames: Array<{ from: string, to: string }> = []
     const out: DiskRecord[] = []
@@ -748,6 +759,7 @@ export class VmMirror {
           committedAt: now,
           source: a.info.source,
           cycleId: a.info.cycleId,
+          generation,
           mirrorCid: newCid(prev?.mirrorCid),
           ddb: a.info.ddb,
           cycleDigest: { algorithm: a.info.algorithm, digest: hex(a.sealedDigest ?? new Uint8Array(0)) },
@@ -763,6 +775,7 @@ export class VmMirror {
         compat: compat ?? this.state.compat,
         committedCycle: cycle,
         committedAt: now,
+        generation,
         displaySuffix: suffix,
         disks,
         inflight: null,

@@ -279,6 +279,7 @@ export class Session {
       committedCycle: s.committedCycle,
       inflightCycle: s.inflight?.cycle ?? 0,
       compatible: this.vm.compatible(c),
+      generation: s.committedCycle > 0 ? s.generation ?? '' : '',
     })
   }
 
@@ -314,14 +315,14 @@ export class Session {
     const source = checkSource(msg.source)
     if (typeof msg.cycleId !== 'string' || !/^[0-9a-f]{8,128}$/.test(msg.cycleId)) fail('E_SCHEMA', 'cycleId must be lowercase hex')
     // recomputed, not trusted: a resume must never mix two frozen sources (SPEC §5.2)
-    if (msg.cycleId !== cycleIdentity({ vm: this.vmName, name: msg.name, cycle: this.cycle, mode: msg.mode, baseCycle, source })) {
+    if (msg.cycleId !== cycleIdentity({ vm: this.vmName, name: msg.name, cycle: this.cycle, mode: msg.mode, baseCycle, baseGeneration: msg.baseGeneration, source })) {
       fail('E_SCHEMA', 'cycleId is not the cycle identity of the DiskOpen fields (SPEC §5.2)')
     }
     const ddb = checkDdb(msg.ddb)
     checkUint(msg.totalBytes, 'totalBytes')
     checkUint(msg.totalExtents, 'totalExtents')
     const neg = this.negotiated as Negotiated
-    const r = await vm.openDisk({ name: msg.name, capacity, cycle: this.cycle, mode: msg.mode, baseCycle, source, cycleId: msg.cycleId, ddb, algorithm: neg.digest }, [...this.disks.values()].map((d) => d.name))
+    const r = await vm.openDisk({ name: msg.name, capacity, cycle: this.cycle, mode: msg.mode, baseCycle, baseGeneration: msg.baseGeneration, source, cycleId: msg.cycleId, ddb, algorithm: neg.digest }, [...this.disks.values()].map((d) => d.name))
     // a refused open leaves handle and name free: the agent may open the disk again (e.g. as a seed)
     if (r.apply !== undefined) this.disks.set(handle, { handle, name: msg.name, apply: r.apply })
     if (r.apply === undefined) this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
@@ -447,6 +448,7 @@ export class Session {
       kind: MessageKind.Committed,
       vm: this.vmName,
       cycle: this.cycle,
+      generation: vm.state.generation as string,
       disks: recs.map((r, i) => ({ disk: handles[i] as number, mirrorCid: r.mirrorCid, size: r.size })),
     })
   }

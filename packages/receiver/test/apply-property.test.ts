@@ -37,12 +37,13 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       const base = pattern(CAP, run)
       // commit a seed of `base`
       let m = await VmMirror.acquire(store, 'vm', log)
-      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' })
+      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' })
       const sa = s.apply
       if (sa === undefined) throw new Error('seed refused')
       await sa.applyBatch([ext(0, 0, CAP, false, run)].map((e) => ({ ...e, data: base, digest: createDigest('sha256').update(base).digest() })))
       await sa.seal(new Uint8Array(0))
       await m.commit(1, [sa], '')
+      const generation = m.state.generation as string
       m.release()
       // the cycle's extents and the image they make
       const extents = raw.map((r, seq) => {
@@ -57,7 +58,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       }
       const open = async () => {
         m = await VmMirror.acquire(store, 'vm', log)
-        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' })
+        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' })
         if (r.apply === undefined) throw new Error(`refused ${r.reason}`)
         return r.apply
       }
