@@ -1,10 +1,13 @@
-import { realpath } from 'node:fs/promises'
-import { VmdkError, ioError } from './errors.ts'
+import { resolve } from 'node:path'
+import { VmdkError, ioError, isVmdkError } from './errors.ts'
 import { sameCid } from './descriptor.ts'
 import { RunState } from './extent.ts'
-import { FlatExtent } from './extent.ts'
 import { SparseExtent } from './sparse-extent.ts'
-import { type Layer, type LayerRun, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
+import { DEFAULT_CONCURRENCY, type FileAccess, localFileAccess } from './file-access.ts'
+import { forEachLimited } from './concurrency.ts'
+import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
+import { MapMerger } from './map-merger.ts'
+import { flattenBatches } from './batch-iterator.ts'
 
 /** A range held by one layer: bytes, disk order; `zero` = reads as zeros (no data to copy). */
 export interface Range { offset: number, length: number, zero: boolean }
@@ -27,6 +30,11 @@ export interface OpenChainOptions {
   pathMap?: PathMap
   /** @default 64 */
   maxDepth?: number
+  /**
+   * How files are reached (a local folder, or e.g. a remote datastore over SFTP).
+   * @default localFileAccess (node:fs/promises)
+   */
+  files?: FileAccess
   /** @internal open the top layer's files read-write (the writer) */
   writableTop?: boolean
 }
@@ -34,15 +42,28 @@ export interface OpenChainOptions {
 /** Largest single read() we serve; callers stream larger spans in pieces. */
 export const MAX_READ = 256 * 1024 * 1024
 
+/** `parentCID` value ESXi writes when it does not know the parent's CID (after Storage vMotion). */
+export const UNKNOWN_PARENT_CID = 'fffffffe'
+
 /** An opened chain of layers: [0] = the file named, [k] = its k-th parent. Read-only. */
 export class DiskChain {
   readonly layers: readonly Layer[]
   readonly capacity: number
+  readonly #concurrency: number
 
-  constructor (layers: readonly Layer[]) {
+  /** @internal use {@link openChain} */
+  constructor (layers: readonly Layer[], concurrency = DEFAULT_CONCURRENCY) {
     this.layers = layers
     this.capacity = layers[0]?.capacity ?? 0
+    this.#concurrency = Math.max(1, concurrency)
   }
+
+  /**
+   * False when some link of the chain could not be checked (a layer's
+   * `parentCID` is `fffffffe`, see {@link Layer.cidVerified}); the chain was
+   * accepted, but nothing proves a parent is the one its child was made from.
+   */
+  get cidVerified (): boolean { return this.layers.every(l => l.cidVerified) }
 
   #layer (depth: number): Layer {
     const l = this.layers[depth]
@@ -54,32 +75,40 @@ export class DiskChain {
    * Ranges held by layer `depth` alone, coalesced, in disk order, tagged data or zero —
    * from the grain directory and tables only (a flat layer holds its whole size).
    */
-  async * changedRanges (depth: number, opts: { signal?: AbortSignal } = {}): AsyncGenerator<Range> {
+  changedRanges (depth: number, opts: { signal?: AbortSignal } = {}): AsyncIterableIterator<Range> {
+    return flattenBatches(this.#changedBatches(depth, opts.signal))
+  }
+
+  async * #changedBatches (depth: number, signal: AbortSignal | undefined): AsyncGenerator<Range[], void, undefined> {
     const layer = this.#layer(depth)
     let pending: Range | undefined
-    let n = 0
+    let out: Range[] = []
     for (let i = 0; i < layer.extents.length; i++) {
       const e = layer.extents[i]
       const base = layer.extentStarts[i] ?? 0
       if (e === undefined) continue
-      for (const r of e.allocated()) {
-        const zero = r.state === RunState.Zero
-        const off = base + r.start
-        if (pending !== undefined && pending.zero === zero && pending.offset + pending.length === off) {
-          pending.length += r.length
-          continue
-        }
-        if (pending !== undefined) {
-          yield pending
-          if ((++n & 1023) === 0) {
-            if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'changedRanges aborted', layer.path)
-            await new Promise(resolve => setImmediate(resolve))
+      for await (const batch of e.allocated(signal)) {
+        if (signal?.aborted === true) throw new VmdkError('E_ABORTED', 'changedRanges aborted', layer.path)
+        for (const r of batch) {
+          const zero = r.state === RunState.Zero
+          const off = base + r.start
+          if (pending !== undefined && pending.zero === zero && pending.offset + pending.length === off) {
+            pending.length += r.length
+            continue
           }
+          if (pending !== undefined) out.push(pending)
+          pending = { offset: off, length: r.length, zero }
         }
-        pending = { offset: off, length: r.length, zero }
+        if (out.length >= 1024) {
+          yield out
+          out = []
+          // tables already in memory resolve without I/O: let timers and sockets run
+          await new Promise(resolve => setImmediate(resolve))
+        }
       }
     }
-    if (pending !== undefined) yield pending
+    if (pending !== undefined) out.push(pending)
+    if (out.length > 0) yield out
   }
 
   /** Read bytes of the disk as seen at layer `depth` (falling through to parents). */
@@ -104,18 +133,23 @@ export class DiskChain {
     return length
   }
 
+  /** The runs of one layer read concurrently (data pieces and parent fall-throughs). */
   async #readAt (depth: number, buf: Uint8Array, bufOffset: number, offset: number, length: number): Promise<void> {
     const layer = this.#layer(depth)
-    for (const r of layer.runs(offset, length)) {
+    const tasks: Array<() => Promise<void>> = []
+    for (const r of await layer.runs(offset, length)) {
       const at = bufOffset + (r.start - offset)
       if (r.state === RunState.Data) {
-        await layer.extents[r.ext]?.readRun(r, r.start, r.length, buf, at)
+        const ext = layer.extents[r.ext]
+        if (ext !== undefined) tasks.push(async () => { await ext.readRun(r, r.start, r.length, buf, at) })
       } else if (r.state === RunState.None && depth + 1 < this.layers.length) {
-        await this.#readAt(depth + 1, buf, at, r.start, r.length)
+        tasks.push(async () => { await this.#readAt(depth + 1, buf, at, r.start, r.length) })
       } else {
         buf.fill(0, at, at + r.length)
       }
     }
+    if (tasks.length === 1) await (tasks[0] as () => Promise<void>)()
+    else if (tasks.length > 1) await forEachLimited(tasks, this.#concurrency, async t => { await t() })
   }
 
   /**
@@ -123,56 +157,35 @@ export class DiskChain {
    * layer at `depth` (depths in the output are relative to it). Adjacent entries that
    * agree (and whose file offsets continue) are merged.
    */
-  async * map (opts: { depth?: number, signal?: AbortSignal } = {}): AsyncGenerator<MapEntry> {
-    const top = opts.depth ?? 0
+  map (opts: { depth?: number, signal?: AbortSignal } = {}): AsyncIterableIterator<MapEntry> {
+    return flattenBatches(this.#mapBatches(opts.depth ?? 0, opts.signal))
+  }
+
+  async * #mapBatches (top: number, signal: AbortSignal | undefined): AsyncGenerator<MapEntry[], void, undefined> {
     this.#layer(top)
-    let pending: (MapEntry & { key: number }) | undefined
+    const layers = this.layers.slice(top)
     // one window = 64 grain tables of the finest layer (1 GiB for SEsparse, 128 MiB for COWD),
     // which bounds the entries held at once (512-byte COWD grains can alternate)
     let cover = 2 ** 30
-    for (let d = top; d < this.layers.length; d++) {
-      for (const e of this.layers[d]?.extents ?? []) if (e instanceof SparseExtent) cover = Math.min(cover, e.tableCover * 64)
-    }
+    for (const l of layers) for (const e of l.extents) if (e instanceof SparseExtent) cover = Math.min(cover, e.tableCover * 64)
     const windowBytes = Math.max(64 * 2 ** 20, cover)
+    const walks = layers.map(l => l.walk(0, this.capacity))
+    const merger = new MapMerger(layers)
+    let breath = performance.now()
     for (let w = 0; w < this.capacity; w += windowBytes) {
-      if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
+      if (signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
       const len = Math.min(windowBytes, this.capacity - w)
-      for (let d = top; d < this.layers.length; d++) this.layers[d]?.prefetch(w, len)
-      const out: Array<MapEntry & { key: number }> = []
-      this.#mapRange(top, top, w, len, out)
-      for (const e of out) {
-        if (pending !== undefined && mergeable(pending, e)) { pending.length += e.length; continue }
-        if (pending !== undefined) yield strip(pending)
-        pending = e
+      const runs = await Promise.all(walks.map(async wk => await wk.runs(w, len)))
+      const out = merger.window(runs, w, len)
+      if (out.length > 0) yield out
+      // tables already in memory resolve without I/O: let timers and sockets run now and then
+      if (performance.now() - breath > 10) {
+        await new Promise(resolve => setImmediate(resolve))
+        breath = performance.now()
       }
-      await new Promise(resolve => setImmediate(resolve))
     }
-    if (pending !== undefined) yield strip(pending)
-  }
-
-  #mapRange (top: number, depth: number, start: number, length: number, out: Array<MapEntry & { key: number }>): void {
-    const layer = this.#layer(depth)
-    for (const r of layer.runs(start, length)) {
-      if (r.state === RunState.None) {
-        if (depth + 1 < this.layers.length) { this.#mapRange(top, depth + 1, r.start, r.length, out); continue }
-        out.push({ start: r.start, length: r.length, depth: depth - top, present: false, zero: true, data: false, key: -1 })
-        continue
-      }
-      const e = this.#entry(layer, r, depth - top, depth)
-      const last = out[out.length - 1]
-      if (last !== undefined && mergeable(last, e)) last.length += e.length
-      else out.push(e)
-    }
-  }
-
-  #entry (layer: Layer, r: LayerRun, rel: number, depth: number): MapEntry & { key: number } {
-    if (r.state === RunState.Zero) return { start: r.start, length: r.length, depth: rel, present: true, zero: true, data: false, key: -1 }
-    const ext = layer.extents[r.ext]
-    // QEMU asks the protocol layer too: a hole in a flat file is data+zero
-    const hole = ext instanceof FlatExtent && ext.allHole
-    const e: MapEntry & { key: number } = { start: r.start, length: r.length, depth: rel, present: true, zero: hole, data: true, key: depth * 65536 + r.ext }
-    if (r.off >= 0) e.offset = r.off
-    return e
+    const last = merger.finish()
+    if (last !== undefined) yield [last]
   }
 
   async close (): Promise<void> {
@@ -180,50 +193,57 @@ export class DiskChain {
   }
 }
 
-function mergeable (a: MapEntry & { key: number }, b: MapEntry & { key: number }): boolean {
-  if (a.depth !== b.depth || a.present !== b.present || a.zero !== b.zero || a.data !== b.data) return false
-  if ((a.offset === undefined) !== (b.offset === undefined)) return false
-  if (a.offset !== undefined) return a.key === b.key && a.offset + a.length === b.offset
-  return a.start + a.length === b.start
-}
-
-function strip (e: MapEntry & { key: number }): MapEntry {
-  const o: MapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data }
-  if (e.offset !== undefined) o.offset = e.offset
-  return o
-}
-
 /**
  * Open a disk and its whole parent chain (read-only). Follows `parentFileNameHint`
  * (relative to the child, or absolute through `pathMap`), checks each `parentCID`
- * against the parent's `CID` and the capacities, and refuses loops.
+ * against the parent's `CID` (a `parentCID` of `fffffffe` is accepted but leaves
+ * the link unverified, see {@link DiskChain.cidVerified}) and the capacities, and
+ * refuses loops. Symbolic links are followed (ESXi datastores use them); loops
+ * are detected on resolved paths. Anything but a regular file — a FIFO, socket,
+ * device or directory — as the disk, a parent or an extent is `E_NOT_REGULAR`,
+ * before it is opened.
  */
 export async function openChain (path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
   const maxDepth = opts.maxDepth ?? 64
+  const files = opts.files ?? localFileAccess
   const layers: Layer[] = []
   const seen = new Set<string>()
+  const missingParent = (p: string, err: unknown): VmdkError => {
+    const child = layers[layers.length - 1] as Layer
+    return new VmdkError('E_CHAIN_MISSING', `parent ${JSON.stringify(child.parentFileNameHint)} of ${child.file} not found at ${p}`, child.path, { cause: err })
+  }
   try {
     let p = path
     for (;;) {
       let real: string
       try {
-        real = await realpath(p)
+        real = files.realpath !== undefined ? await files.realpath(p) : resolve(p)
       } catch (err) {
         const e = ioError(err, p, 'open')
-        if (layers.length > 0 && e.code === 'E_NOT_FOUND') {
-          const child = layers[layers.length - 1] as Layer
-          throw new VmdkError('E_CHAIN_MISSING', `parent ${JSON.stringify(child.parentFileNameHint)} of ${child.file} not found at ${p}`, child.path, { cause: err })
-        }
+        if (layers.length > 0 && e.code === 'E_NOT_FOUND') throw missingParent(p, err)
         throw e
       }
       if (seen.has(real)) throw new VmdkError('E_CHAIN_LOOP', `chain loops back to ${p}`, layers[layers.length - 1]?.path ?? p)
       if (layers.length >= maxDepth) throw new VmdkError('E_CHAIN_LOOP', `chain deeper than ${maxDepth} layers`, p)
       seen.add(real)
-      const layer = await openLayer(p, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), writable: opts.writableTop === true && layers.length === 0 })
+      let layer: Layer
+      try {
+        layer = await openLayer(p, {
+          ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}),
+          files,
+          writable: opts.writableTop === true && layers.length === 0,
+          role: layers.length === 0 ? 'disk' : 'parent descriptor'
+        })
+      } catch (err) {
+        if (layers.length > 0 && isVmdkError(err) && err.code === 'E_NOT_FOUND' && err.file === p) throw missingParent(p, err)
+        throw err
+      }
       const child = layers[layers.length - 1]
       layers.push(layer)
       if (child !== undefined) {
-        if (!sameCid(child.parentCid, layer.cid)) {
+        if (sameCid(child.parentCid, UNKNOWN_PARENT_CID)) {
+          child.setCidVerified(false)
+        } else if (!sameCid(child.parentCid, layer.cid)) {
           throw new VmdkError('E_CHAIN_CID', `${child.file} has parentCID=${child.parentCid} but its parent ${layer.file} has CID=${layer.cid}`, child.path)
         }
         if (child.capacity !== layer.capacity) {
@@ -234,7 +254,7 @@ export async function openChain (path: string, opts: OpenChainOptions = {}): Pro
       if (hint === undefined || hint === '') break
       p = resolveVmdkPath(layer.path, hint, opts.pathMap)
     }
-    return new DiskChain(layers)
+    return new DiskChain(layers, files.concurrency)
   } catch (err) {
     await Promise.all(layers.map(async l => { await l.close() }))
     throw err

@@ -4,12 +4,30 @@ import { VmdkError, isVmdkError } from './errors.ts'
 import { formatCid, randomCid, sameCid } from './descriptor.ts'
 import { openChain } from './chain.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
-import { openWriter, persistDescriptor } from './writer.ts'
+import { type DescriptorEncodingOption, openWriter, persistDescriptor } from './writer.ts'
 import { syncDir } from './atomic-file.ts'
 
 export interface ConsolidateOptions {
   pathMap?: PathMap
   signal?: AbortSignal
+  /** how changed descriptors are written (see `OpenWriterOptions.descriptorEncoding`) @default 'utf-8' */
+  descriptorEncoding?: DescriptorEncodingOption
+  /**
+   * Called synchronously after each step of the merge completes (steps 0, 2, 3
+   * and 4 are durable by then; copied data is durable at `parent-flushed`).
+   */
+  onProgress?: (p: ConsolidateProgress) => void
+}
+
+/**
+ * A step of {@link consolidate} that has just completed: `cid-recorded` (0),
+ * `copied` (1, once per range or 8 MiB chunk; `bytes` so far), `parent-flushed`
+ * (end of 1), `repointed` (2, per descriptor; `path`), `parent-cid` (3), `removed` (4).
+ */
+export interface ConsolidateProgress {
+  readonly step: 'cid-recorded' | 'copied' | 'parent-flushed' | 'repointed' | 'parent-cid' | 'removed'
+  readonly bytes?: number
+  readonly path?: string
 }
 
 /** Bytes copied per step (bounded memory). */
@@ -31,13 +49,13 @@ export interface ConsolidateResult {
 }
 
 /** Persist a descriptor change of a layer opened read-only (reopens embedded ones writable). */
-async function updateDescriptor (layer: Layer, fn: (l: Layer) => ReturnType<Layer['descriptor']['withDdb']>, pathMap?: PathMap): Promise<void> {
+async function updateDescriptor (layer: Layer, fn: (l: Layer) => ReturnType<Layer['descriptor']['withDdb']>, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<void> {
   if (layer.descriptorKind === 'text') {
-    await persistDescriptor(layer, fn(layer))
+    await persistDescriptor(layer, fn(layer), enc)
     return
   }
   const rw = await openLayer(layer.path, { ...(pathMap !== undefined ? { pathMap } : {}), writable: true })
-  try { await persistDescriptor(rw, fn(rw)) } finally { await rw.close() }
+  try { await persistDescriptor(rw, fn(rw), enc) } finally { await rw.close() }
 }
 
 function childFilesOf (child: Layer, pathMap?: PathMap): string[] {
@@ -71,12 +89,13 @@ async function removeFiles (files: readonly string[]): Promise<void> {
  */
 export async function consolidate (childPath: string, opts: ConsolidateOptions = {}): Promise<ConsolidateResult> {
   const pm = opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}
+  const enc = opts.descriptorEncoding ?? 'utf-8'
   let chain
   try {
     chain = await openChain(childPath, pm)
   } catch (err) {
     if (isVmdkError(err) && err.code === 'E_CHAIN_CID') {
-      const done = await finishInterrupted(childPath, opts.pathMap)
+      const done = await finishInterrupted(childPath, opts.pathMap, enc)
       if (done !== undefined) return done
     }
     throw err
@@ -90,30 +109,42 @@ export async function consolidate (childPath: string, opts: ConsolidateOptions =
     if (cid === undefined || !/^[0-9a-f]{8}$/.test(cid) || sameCid(cid, parent.cid)) {
       cid = randomCid()
       const c = cid
-      await updateDescriptor(child, l => l.descriptor.withDdb(CONSOLIDATE_CID_KEY, c), opts.pathMap)
+      await updateDescriptor(child, l => l.descriptor.withDdb(CONSOLIDATE_CID_KEY, c), opts.pathMap, enc)
     }
-    const w = await openWriter(parent.path, { ...pm, newCid: 'close' })
+    opts.onProgress?.({ step: 'cid-recorded' })
+    const w = await openWriter(parent.path, { ...pm, newCid: 'close', descriptorEncoding: enc })
     let repointed: string[]
     try {
+      let copied = 0
       for await (const r of chain.changedRanges(0, opts.signal !== undefined ? { signal: opts.signal } : {})) {
-        if (r.zero) { await w.writeZeroes(r.offset, r.length); continue }
+        if (r.zero) {
+          await w.writeZeroes(r.offset, r.length)
+          copied += r.length
+          opts.onProgress?.({ step: 'copied', bytes: copied })
+          continue
+        }
         for (let p = 0; p < r.length; p += CHUNK) {
           if (opts.signal?.aborted === true) throw new VmdkError('E_ABORTED', 'consolidate aborted', childPath)
           const n = Math.min(CHUNK, r.length - p)
           await w.write(r.offset + p, await chain.read(r.offset + p, n, { depth: 0 }))
+          copied += n
+          opts.onProgress?.({ step: 'copied', bytes: copied })
         }
       }
       await w.renewCid(cid)
       await w.flush()
+      opts.onProgress?.({ step: 'parent-flushed', bytes: copied })
       // grandchildren first, then the parent's CID (a rerun completes either half)
-      repointed = await repointChildren(child.path, parent.path, cid, opts.pathMap)
+      repointed = await repointChildren(child.path, parent.path, cid, opts.pathMap, enc, opts.onProgress)
       await w.close()
+      opts.onProgress?.({ step: 'parent-cid' })
     } catch (err) {
       await w.abandon().catch(() => {})
       throw err
     }
     await chain.close()
     await removeFiles(files)
+    opts.onProgress?.({ step: 'removed' })
     return { parentPath: parent.path, cid, repointed }
   } finally {
     await chain.close()
@@ -121,7 +152,7 @@ export async function consolidate (childPath: string, opts: ConsolidateOptions =
 }
 
 /** A rerun after a crash between steps 3 and 4: the parent already carries the recorded CID. */
-async function finishInterrupted (childPath: string, pathMap?: PathMap): Promise<ConsolidateResult | undefined> {
+async function finishInterrupted (childPath: string, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<ConsolidateResult | undefined> {
   const pm = pathMap !== undefined ? { pathMap } : {}
   const child = await openLayer(childPath, pm)
   try {
@@ -133,7 +164,7 @@ async function finishInterrupted (childPath: string, pathMap?: PathMap): Promise
     const parentCid = parent.cid
     await parent.close()
     if (!sameCid(parentCid, cid)) return undefined
-    const repointed = await repointChildren(child.path, parentPath, cid, pathMap)
+    const repointed = await repointChildren(child.path, parentPath, cid, pathMap, enc)
     await child.close()
     await removeFiles(childFilesOf(child, pathMap))
     return { parentPath, cid: formatCid(cid), repointed }
@@ -143,7 +174,7 @@ async function finishInterrupted (childPath: string, pathMap?: PathMap): Promise
 }
 
 /** Point every descriptor in `oldParent`'s folder whose parent is `oldParent` at `newParent`. */
-async function repointChildren (oldParent: string, newParent: string, cid: string, pathMap?: PathMap): Promise<string[]> {
+async function repointChildren (oldParent: string, newParent: string, cid: string, pathMap: PathMap | undefined, enc: DescriptorEncodingOption, onProgress?: (p: ConsolidateProgress) => void): Promise<string[]> {
   const dir = dirname(resolve(oldParent))
   const target = await realpath(oldParent)
   const out: string[] = []
@@ -164,8 +195,9 @@ async function repointChildren (oldParent: string, newParent: string, cid: strin
       let real: string
       try { real = await realpath(hp) } catch { continue }
       if (real !== target) continue
-      await persistDescriptor(layer, layer.descriptor.withParent(relative(dirname(resolve(p)), resolve(newParent)), cid))
+      await persistDescriptor(layer, layer.descriptor.withParent(relative(dirname(resolve(p)), resolve(newParent)), cid), enc)
       out.push(p)
+      onProgress?.({ step: 'repointed', path: p })
     } finally {
       await layer.close()
     }

@@ -1,6 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError } from './errors.ts'
-import { GTE_ZERO, MAX_CAPACITY, SparseExtent, TableBuilder, isZeroBlock, type GrainTable } from './sparse-extent.ts'
+import { MAX_CAPACITY, SparseExtent } from './sparse-extent.ts'
+import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
 
 export const COWD_MAGIC = 0x44574f43
 /** VMDK.md §2.2: ESX sparse grain tables always hold 4096 entries; the count is not stored. */
@@ -66,13 +67,13 @@ export class CowdExtent extends SparseExtent {
     this.header = header
   }
 
-  static open (file: DiskFile, size?: number): CowdExtent {
-    const header = parseCowdHeader(file.readMetaSync(0, COWD_HEADER_BYTES, 'COWD header'), file.path)
+  static async open (file: DiskFile, size?: number): Promise<CowdExtent> {
+    const header = parseCowdHeader(await file.readExact(0, COWD_HEADER_BYTES, 'COWD header'), file.path)
     const extentSize = size ?? header.numSectors * 512
     if (extentSize !== header.numSectors * 512) {
       throw new VmdkError('E_FORMAT', `extent line says ${extentSize / 512} sectors, COWD header ${header.numSectors}`, file.path)
     }
-    const raw = file.readMetaSync(header.gdOffset * 512, header.numGDEntries * 4, 'grain directory')
+    const raw = await file.readExact(header.gdOffset * 512, header.numGDEntries * 4, 'grain directory')
     const gdEnd = header.gdOffset + Math.ceil(header.numGDEntries * 4 / 512)
     const gd = new Float64Array(header.numGDEntries)
     for (let i = 0; i < header.numGDEntries; i++) {
@@ -86,7 +87,7 @@ export class CowdExtent extends SparseExtent {
     return new CowdExtent(file, extentSize, header, gd)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
     const BLOCK = 256

@@ -23,6 +23,8 @@ export interface LayerInfo {
   version: number
   cid: string
   parentCid: string
+  /** false when this layer's parentCID is `fffffffe` (the link to its parent proves nothing) */
+  cidVerified: boolean
   parentFileNameHint?: string
   changeTrackPath?: string
   /** where the descriptor lives */
@@ -44,6 +46,8 @@ export interface LayerInfo {
 export interface ChainInfo {
   path: string
   capacity: number
+  /** false when some link of the chain could not be checked (see `LayerInfo.cidVerified`) */
+  cidVerified: boolean
   layers: LayerInfo[]
 }
 
@@ -74,6 +78,7 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
         version: l.descriptor.version,
         cid: l.cid,
         parentCid: l.parentCid,
+        cidVerified: l.cidVerified,
         descriptor: l.descriptorKind,
         capacity: l.capacity,
         sparse: l.sparse,
@@ -108,7 +113,7 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
       }
       layers.push(info)
     }
-    return { path, capacity: chain.capacity, layers }
+    return { path, capacity: chain.capacity, cidVerified: chain.cidVerified, layers }
   } finally {
     await chain.close()
   }

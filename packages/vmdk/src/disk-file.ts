@@ -1,110 +1,160 @@
-import { open, type FileHandle } from 'node:fs/promises'
-import { readSync } from 'node:fs'
 import { VmdkError, ioError } from './errors.ts'
+import { DEFAULT_CONCURRENCY, DEFAULT_MAX_READ_BYTES, type FileAccess, type FileKind, type RandomAccessFile } from './file-access.ts'
+import { forEachLimited } from './concurrency.ts'
 
-/** Data reads up to this size are done synchronously (see {@link DiskFile.readInto}). */
-const SYNC_READ_MAX = 64 * 1024
+/** What a file is to the chain, for error messages ("parent descriptor … is a FIFO"). */
+export type FileRole = 'disk' | 'parent descriptor' | 'extent file' | 'file'
+
+const KIND_NAMES: Readonly<Record<FileKind, string>> = {
+  file: 'a regular file',
+  directory: 'a directory',
+  symlink: 'a symbolic link',
+  fifo: 'a FIFO',
+  socket: 'a socket',
+  'block-device': 'a block device',
+  'character-device': 'a character device',
+  other: 'not a regular file'
+}
+
+function notRegular (path: string, role: FileRole, kind: FileKind): VmdkError {
+  return new VmdkError('E_NOT_REGULAR', `${role} is ${KIND_NAMES[kind]}, not a regular file; refusing to open it`, path)
+}
 
 /**
- * A thin positional-I/O wrapper around one open file. Metadata (headers, grain
- * directories, grain tables) is read with `readSync` on purpose: a map of a large
- * delta reads tens of thousands of small tables, and the per-call cost of the
- * promise API would dominate (see scripts/bench-vmdk.mjs). Guest data is read
- * with the async API.
+ * One open file of a chain, read at explicit positions through a
+ * {@link FileAccess}. Large reads are split into `maxReadBytes` pieces with up
+ * to `concurrency` in flight; nothing here is synchronous.
  */
 export class DiskFile {
   readonly path: string
-  readonly fh: FileHandle
   readonly writable: boolean
+  /** bytes allocated on disk when opened, when the transport knows it */
+  readonly allocatedBytes: number | undefined
+  readonly maxReadBytes: number
+  readonly concurrency: number
+  readonly #f: RandomAccessFile
   #size: number
-  /** bytes allocated on disk (st_blocks × 512) when opened */
-  readonly allocatedBytes: number
-  /** a regular file (not a block device) */
-  readonly regular: boolean
 
-  private constructor (path: string, fh: FileHandle, size: number, allocated: number, writable: boolean, regular: boolean) {
+  private constructor (path: string, f: RandomAccessFile, writable: boolean, files: FileAccess) {
     this.path = path
-    this.regular = regular
-    this.fh = fh
-    this.#size = size
-    this.allocatedBytes = allocated
+    this.#f = f
+    this.#size = f.stat.size
+    this.allocatedBytes = f.stat.allocatedBytes
     this.writable = writable
+    this.maxReadBytes = Math.max(4096, files.maxReadBytes ?? DEFAULT_MAX_READ_BYTES)
+    this.concurrency = Math.max(1, files.concurrency ?? DEFAULT_CONCURRENCY)
   }
 
-  static async open (path: string, writable = false): Promise<DiskFile> {
-    let fh: FileHandle
+  /**
+   * Open a regular file: `stat` first (a FIFO, socket, device or directory is
+   * refused with `E_NOT_REGULAR` before anything opens it), then open and check
+   * the handle's own status again (the path may have changed in between).
+   */
+  static async open (files: FileAccess, path: string, opts: { writable?: boolean, role?: FileRole } = {}): Promise<DiskFile> {
+    const role = opts.role ?? 'file'
+    const writable = opts.writable === true
+    let kind: FileKind
     try {
-      fh = await open(path, writable ? 'r+' : 'r')
+      kind = (await files.stat(path)).kind
     } catch (err) {
-      throw ioError(err, path, 'open')
+      throw ioError(err, path, `open ${role}`)
     }
+    if (kind !== 'file') throw notRegular(path, role, kind)
+    let f: RandomAccessFile
     try {
-      const st = await fh.stat()
-      if (!st.isFile() && !st.isBlockDevice()) throw new VmdkError('E_FORMAT', 'not a regular file', path)
-      return new DiskFile(path, fh, st.size, st.blocks * 512, writable, st.isFile())
+      f = await files.open(path, writable ? 'r+' : 'r')
     } catch (err) {
-      await fh.close().catch(() => {})
-      throw ioError(err, path, 'stat')
+      throw ioError(err, path, `open ${role}`)
     }
+    if (f.stat.kind !== 'file') {
+      await f.close().catch(() => {})
+      throw notRegular(path, role, f.stat.kind)
+    }
+    if (writable && (f.write === undefined || f.sync === undefined || f.truncate === undefined)) {
+      await f.close().catch(() => {})
+      throw new VmdkError('E_READONLY', 'the file access in use cannot write', path)
+    }
+    return new DiskFile(path, f, writable, files)
   }
 
   get size (): number { return this.#size }
 
-  /** Read exactly `length` bytes at `position` (sync); E_TRUNCATED if the file is shorter. */
-  readMetaSync (position: number, length: number, what: string): Buffer {
-    return this.readMetaSyncInto(Buffer.allocUnsafe(length), position, length, what)
-  }
-
-  /** Like {@link readMetaSync} into a caller's (reused) buffer; returns `buf`. */
-  readMetaSyncInto (buf: Buffer, position: number, length: number, what: string): Buffer {
+  /**
+   * Read exactly `length` bytes at `position` (into `into` when given, reused by
+   * the caller); `E_TRUNCATED` if the file is shorter.
+   */
+  async readExact (position: number, length: number, what: string, into?: Buffer): Promise<Buffer> {
     if (position + length > this.#size) {
       throw new VmdkError('E_TRUNCATED', `${what} at ${position}+${length} lies past the end of the file (${this.#size} bytes)`, this.path)
     }
-    let done = 0
-    try {
-      while (done < length) {
-        const n = readSync(this.fh.fd, buf, done, length - done, position + done)
-        if (n === 0) throw new VmdkError('E_TRUNCATED', `${what}: short read`, this.path)
-        done += n
-      }
-    } catch (err) {
-      throw ioError(err, this.path, `read ${what}`)
-    }
+    const buf = into ?? Buffer.allocUnsafe(length)
+    const got = await this.#read(buf, 0, length, position, `read ${what}`)
+    if (got < length) throw new VmdkError('E_TRUNCATED', `${what}: short read (${got} of ${length} bytes)`, this.path)
     return buf
   }
 
   /** Read up to `length` bytes at `position` into buf; bytes past EOF read as zero (like QEMU). */
   async readInto (buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<void> {
-    let done = 0
     const avail = Math.max(0, Math.min(length, this.#size - position))
-    try {
-      if (avail <= SYNC_READ_MAX) {
-        // small reads (scattered 4 KiB grains) cost more in the thread-pool hop than in the copy
-        while (done < avail) {
-          const n = readSync(this.fh.fd, buf, bufOffset + done, avail - done, position + done)
-          if (n === 0) break
-          done += n
+    const got = avail > 0 ? await this.#read(buf, bufOffset, avail, position, 'read') : 0
+    if (got < length) buf.fill(0, bufOffset + got, bufOffset + length)
+  }
+
+  /**
+   * Read `length` bytes in pieces of at most maxReadBytes, `concurrency` at a
+   * time; a piece cut short by EOF zero-fills its rest. Returns the bytes read
+   * contiguously from the start.
+   */
+  async #read (buf: Uint8Array, bufOffset: number, length: number, position: number, what: string): Promise<number> {
+    if (length <= this.maxReadBytes) {
+      // one piece (most reads): no bookkeeping
+      let done = 0
+      try {
+        while (done < length) {
+          const r = await this.#f.read(buf, bufOffset + done, length - done, position + done)
+          if (r === 0) break
+          done += r
         }
-      } else {
-        while (done < avail) {
-          const { bytesRead } = await this.fh.read(buf, bufOffset + done, avail - done, position + done)
-          if (bytesRead === 0) break
-          done += bytesRead
-        }
+      } catch (err) {
+        throw ioError(err, this.path, what)
       }
-    } catch (err) {
-      throw ioError(err, this.path, 'read')
+      return done
     }
-    if (done < length) buf.fill(0, bufOffset + done, bufOffset + length)
+    const piece = this.maxReadBytes
+    const pieces = Math.ceil(length / piece)
+    const got = new Array<number>(pieces).fill(0)
+    const one = async (k: number): Promise<void> => {
+      const start = k * piece
+      const n = Math.min(piece, length - start)
+      let done = 0
+      while (done < n) {
+        const r = await this.#f.read(buf, bufOffset + start + done, n - done, position + start + done)
+        if (r === 0) break
+        done += r
+      }
+      got[k] = done
+    }
+    try {
+      if (pieces === 1) await one(0)
+      else await forEachLimited(got, this.concurrency, async (_, k) => { await one(k) })
+    } catch (err) {
+      throw ioError(err, this.path, what)
+    }
+    let total = 0
+    for (let k = 0; k < pieces; k++) {
+      total += got[k] ?? 0
+      if ((got[k] ?? 0) < Math.min(piece, length - k * piece)) break
+    }
+    return total
   }
 
   async writeAt (data: Uint8Array, position: number): Promise<void> {
-    if (!this.writable) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
+    const w = this.#f.write
+    if (!this.writable || w === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
     try {
       let done = 0
       while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done)
-        done += bytesWritten
+        done += await w.call(this.#f, data, done, data.length - done, position + done)
       }
     } catch (err) {
       throw ioError(err, this.path, 'write')
@@ -114,7 +164,8 @@ export class DiskFile {
 
   async truncate (size: number): Promise<void> {
     try {
-      await this.fh.truncate(size)
+      if (this.#f.truncate === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
+      await this.#f.truncate(size)
     } catch (err) {
       throw ioError(err, this.path, 'truncate')
     }
@@ -122,10 +173,15 @@ export class DiskFile {
   }
 
   async sync (): Promise<void> {
-    try { await this.fh.sync() } catch (err) { throw ioError(err, this.path, 'fsync') }
+    try {
+      if (this.#f.sync === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
+      await this.#f.sync()
+    } catch (err) {
+      throw ioError(err, this.path, 'fsync')
+    }
   }
 
   async close (): Promise<void> {
-    await this.fh.close().catch(() => {})
+    await this.#f.close().catch(() => {})
   }
 }

@@ -18,7 +18,9 @@ export const VmdkErrorCodes = [
   'E_READONLY',
   'E_IO',
   'E_EXISTS',
-  'E_ABORTED'
+  'E_ABORTED',
+  'E_NOT_REGULAR',
+  'E_ENCODING'
 ] as const
 export type VmdkErrorCode = (typeof VmdkErrorCodes)[number]
 
@@ -56,6 +58,7 @@ export function ioError (err: unknown, file: string, what: string): VmdkError {
   if (isVmdkError(err)) return err
   const code = (err as { code?: unknown } | null)?.code
   if (code === 'ENOENT') return new VmdkError('E_NOT_FOUND', `${what}: no such file`, file, { cause: err })
+  if (code === 'EISDIR' || code === 'ENXIO') return new VmdkError('E_NOT_REGULAR', `${what}: not a regular file`, file, { cause: err })
   if (code === 'EEXIST') return new VmdkError('E_EXISTS', `${what}: file exists`, file, { cause: err })
   if (code === 'ABORT_ERR' || (err as { name?: unknown } | null)?.name === 'AbortError') {
     return new VmdkError('E_ABORTED', `${what}: aborted`, file, { cause: err })

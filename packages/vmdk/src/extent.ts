@@ -16,6 +16,15 @@ export interface Run {
   off: number
 }
 
+/**
+ * A walk over an extent in increasing order: `runs` must be called with
+ * windows that never go back. Lets a sparse extent read its grain tables in
+ * file order, in large reads, instead of one table at a time.
+ */
+export interface ExtentWalk {
+  runs (start: number, length: number): Promise<Run[]>
+}
+
 /** Everything a layer needs from one extent. Coordinates are bytes within the extent. */
 export interface Extent {
   /** `flat`, `zero`, `hosted` (KDMV), `cowd` (vmfsSparse), `sesparse` */
@@ -26,11 +35,14 @@ export interface Extent {
   readonly grainSize: number
   readonly sparse: boolean
   /** Runs covering [start, start+length), merged; data runs merge only when file-contiguous. */
-  runs (start: number, length: number): Run[]
-  /** Load all grain tables of [start, start+length) with few large reads (no-op for flat). */
-  prefetch (start: number, length: number): void
-  /** Allocated (data or zero) runs in extent order, merged regardless of file offsets. From GD/GT only. */
-  allocated (): Generator<Run>
+  runs (start: number, length: number): Promise<Run[]>
+  /** Start an in-order walk of [start, end) (see {@link ExtentWalk}). */
+  walk (start: number, end: number): ExtentWalk
+  /**
+   * Allocated (data or zero) runs in extent order, merged regardless of file
+   * offsets, in batches. From the grain directory and tables only.
+   */
+  allocated (signal?: AbortSignal): AsyncGenerator<Run[]>
   /** Read part of a data run into buf. */
   readRun (run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void>
   close (): Promise<void>
@@ -45,6 +57,11 @@ export function pushRun (out: Run[], start: number, length: number, state: RunSt
     if (last.off >= 0 && off >= 0 && last.off + last.length === off) { last.length += length; return }
   }
   out.push({ start, length, state, off })
+}
+
+/** A walk for extents whose runs need no I/O. */
+function directWalk (e: Extent): ExtentWalk {
+  return { runs: async (start, length) => await e.runs(start, length) }
 }
 
 /** A flat (FLAT / VMFS) extent: raw bytes at `base` in `file`. */
@@ -63,17 +80,17 @@ export class FlatExtent implements Extent {
     this.size = size
     this.base = base
     this.grainSize = size
-    this.allHole = file.regular && file.allocatedBytes === 0 && file.size > 0
+    this.allHole = file.allocatedBytes === 0 && file.size > 0
   }
 
-  runs (start: number, length: number): Run[] {
+  async runs (start: number, length: number): Promise<Run[]> {
     return [{ start, length, state: RunState.Data, off: this.base + start }]
   }
 
-  prefetch (): void {}
+  walk (): ExtentWalk { return directWalk(this) }
 
-  * allocated (): Generator<Run> {
-    if (this.size > 0) yield { start: 0, length: this.size, state: RunState.Data, off: this.base }
+  async * allocated (): AsyncGenerator<Run[]> {
+    if (this.size > 0) yield [{ start: 0, length: this.size, state: RunState.Data, off: this.base }]
   }
 
   async readRun (run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
@@ -91,10 +108,10 @@ export class ZeroExtent implements Extent {
   readonly grainSize: number
   readonly sparse = false
   constructor (size: number) { this.size = size; this.grainSize = size }
-  runs (start: number, length: number): Run[] { return [{ start, length, state: RunState.Zero, off: -1 }] }
-  prefetch (): void {}
-  * allocated (): Generator<Run> {
-    if (this.size > 0) yield { start: 0, length: this.size, state: RunState.Zero, off: -1 }
+  async runs (start: number, length: number): Promise<Run[]> { return [{ start, length, state: RunState.Zero, off: -1 }] }
+  walk (): ExtentWalk { return directWalk(this) }
+  async * allocated (): AsyncGenerator<Run[]> {
+    if (this.size > 0) yield [{ start: 0, length: this.size, state: RunState.Zero, off: -1 }]
   }
 
   async readRun (_run: Run, _start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {

@@ -1,6 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
-import { GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, TableBuilder, inflateBounded, isZeroBlock, type GrainTable } from './sparse-extent.ts'
+import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, inflateBounded } from './sparse-extent.ts'
+import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
 
 export const KDMV_MAGIC = 0x564d444b
 /** VMDK 1.1 §"Hosted Sparse Extent Header": flag bits */
@@ -97,13 +98,13 @@ export class HostedSparseExtent extends SparseExtent {
   get compressed (): boolean { return (this.header.flags & KdmvFlags.Compressed) !== 0 }
 
   /** Open a KDMV extent of `size` bytes (from the descriptor line, or the header when undefined). */
-  static open (file: DiskFile, size?: number): HostedSparseExtent {
-    const header = parseSparseExtentHeader(file.readMetaSync(0, 512, 'KDMV header'), file.path)
+  static async open (file: DiskFile, size?: number): Promise<HostedSparseExtent> {
+    const header = parseSparseExtentHeader(await file.readExact(0, 512, 'KDMV header'), file.path)
     let gdOffset = header.gdOffset
     if (gdOffset < 0) {
       // GD_AT_END: a true stream; the footer (a copy of the header with the real gdOffset) sits at EOF-1024
       if (file.size < 1536) throw new VmdkError('E_TRUNCATED', 'stream without footer', file.path)
-      const footer = parseSparseExtentHeader(file.readMetaSync(file.size - 1024, 512, 'KDMV footer'), file.path)
+      const footer = parseSparseExtentHeader(await file.readExact(file.size - 1024, 512, 'KDMV footer'), file.path)
       if (footer.gdOffset < 0) throw new VmdkError('E_FORMAT', 'footer has no grain directory offset', file.path)
       gdOffset = footer.gdOffset
     }
@@ -115,7 +116,7 @@ export class HostedSparseExtent extends SparseExtent {
     const gdEntries = Math.ceil(header.capacity * 512 / cover)
     if (gdEntries * 4 > MAX_GD_BYTES) throw new VmdkError('E_RANGE', `grain directory of ${gdEntries} entries is absurd`, file.path)
     const gtBytes = Math.ceil(header.numGTEsPerGT * 4 / 512) * 512
-    const raw = file.readMetaSync(gdOffset * 512, gdEntries * 4, 'grain directory')
+    const raw = await file.readExact(gdOffset * 512, gdEntries * 4, 'grain directory')
     const gd = new Float64Array(gdEntries)
     const metaEnd = header.descriptorSize > 0 ? header.descriptorOffset + header.descriptorSize : 1
     if (gdOffset < metaEnd) throw new VmdkError('E_FORMAT', `grain directory (sector ${gdOffset}) overlaps the header`, file.path)
@@ -131,7 +132,7 @@ export class HostedSparseExtent extends SparseExtent {
     return new HostedSparseExtent(file, extentSize, header, gd, gdOffset)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const n = this.gtEntries
     const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
@@ -154,14 +155,14 @@ export class HostedSparseExtent extends SparseExtent {
     return tb.done()
   }
 
-  protected override inflateGrain (off: number): Buffer {
+  protected override async inflateGrain (off: number): Promise<Buffer> {
     const markers = (this.header.flags & KdmvFlags.Markers) !== 0
     const prefix = markers ? 12 : 4
-    const head = this.file.readMetaSync(off, prefix, 'compressed grain header')
+    const head = await this.file.readExact(off, prefix, 'compressed grain header')
     const size = head.readUInt32LE(markers ? 8 : 0)
     const maxCompressed = this.grainSize * 2 + 1024
     if (size === 0 || size > maxCompressed) throw new VmdkError('E_FORMAT', `compressed grain size ${size} at ${off} out of range`, this.file.path)
-    const data = this.file.readMetaSync(off + prefix, size, 'compressed grain')
+    const data = await this.file.readExact(off + prefix, size, 'compressed grain')
     const out = inflateBounded(data, this.grainSize, this.file.path)
     if (out.length === this.grainSize) return out
     const full = Buffer.alloc(this.grainSize)
@@ -170,15 +171,15 @@ export class HostedSparseExtent extends SparseExtent {
   }
 
   /** The embedded descriptor text (NUL-padded area cut at the first NUL), or undefined. */
-  embeddedDescriptor (): string | undefined {
-    return readEmbeddedDescriptor(this.file, this.header)
+  async embeddedDescriptor (): Promise<Buffer | undefined> {
+    return await readEmbeddedDescriptor(this.file, this.header)
   }
 }
 
-/** Read the embedded descriptor area of a KDMV file. */
-export function readEmbeddedDescriptor (file: DiskFile, header: SparseExtentHeader): string | undefined {
+/** The embedded descriptor area of a KDMV file, cut at the first NUL (bytes; decode with decodeDescriptor). */
+export async function readEmbeddedDescriptor (file: DiskFile, header: SparseExtentHeader): Promise<Buffer | undefined> {
   if (header.descriptorSize === 0 || header.descriptorOffset === 0) return undefined
-  const raw = file.readMetaSync(header.descriptorOffset * 512, header.descriptorSize * 512, 'embedded descriptor')
+  const raw = await file.readExact(header.descriptorOffset * 512, header.descriptorSize * 512, 'embedded descriptor')
   const nul = raw.indexOf(0)
-  return raw.subarray(0, nul < 0 ? raw.length : nul).toString('utf8')
+  return raw.subarray(0, nul < 0 ? raw.length : nul)
 }

@@ -1,6 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
-import { GTE_ZERO, MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, TableBuilder, isZeroBlock, type GrainTable } from './sparse-extent.ts'
+import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent } from './sparse-extent.ts'
+import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
 
 export const SESPARSE_CONST_MAGIC = 0xcafebaben
 export const SESPARSE_VOLATILE_MAGIC = 0xcafecafen
@@ -107,6 +108,10 @@ export function parseSeSparseVolatileHeader (buf: Uint8Array, file = ''): SeSpar
     replayJournal: b.readBigUInt64LE(24)
   }
   if (v.replayJournal !== 0n) throw new VmdkError('E_DIRTY', 'SEsparse journal needs replay (replay_journal != 0); open it on ESXi first', file)
+  // QEMU block/vmdk.c check_se_sparse_volatile_header: non-zero padding is an unknown variant (ENOTSUP)
+  for (let off = 32; off < 512; off++) {
+    if (b[off] !== 0) throw new VmdkError('E_UNSUPPORTED', `SEsparse volatile header padding is not zero (byte ${off}); an unknown variant, refusing to guess`, file)
+  }
   return Object.freeze(v)
 }
 
@@ -125,15 +130,15 @@ export class SeSparseExtent extends SparseExtent {
     this.gtIndex = gtIndex
   }
 
-  static open (file: DiskFile, size?: number): SeSparseExtent {
-    const header = parseSeSparseHeader(file.readMetaSync(0, 512, 'SEsparse header'), file.path)
-    const vol = parseSeSparseVolatileHeader(file.readMetaSync(header.volatileHeaderOffset * 512, 512, 'SEsparse volatile header'), file.path)
+  static async open (file: DiskFile, size?: number): Promise<SeSparseExtent> {
+    const header = parseSeSparseHeader(await file.readExact(0, 512, 'SEsparse header'), file.path)
+    const vol = parseSeSparseVolatileHeader(await file.readExact(header.volatileHeaderOffset * 512, 512, 'SEsparse volatile header'), file.path)
     const extentSize = size ?? header.capacity * 512
     if (extentSize !== header.capacity * 512) {
       throw new VmdkError('E_FORMAT', `extent line says ${extentSize / 512} sectors, SEsparse header ${header.capacity}`, file.path)
     }
     const n = Math.ceil(header.capacity / (SESPARSE_GT_ENTRIES * SESPARSE_GRAIN_SECTORS))
-    const raw = file.readMetaSync(header.grainDirOffset * 512, n * 8, 'grain directory')
+    const raw = await file.readExact(header.grainDirOffset * 512, n * 8, 'grain directory')
     const gd = new Float64Array(n)
     const gtIndex = new Float64Array(n).fill(-1)
     const maxTables = Math.floor(header.grainTablesSize / SESPARSE_GT_SECTORS)
@@ -152,7 +157,7 @@ export class SeSparseExtent extends SparseExtent {
     return new SeSparseExtent(file, extentSize, header, vol, gd, gtIndex)
   }
 
-  protected decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const tb = new TableBuilder()
     const grainsBase = this.header.grainsOffset * 512
     const maxSlot = Math.floor(this.header.grainsSize / SESPARSE_GRAIN_SECTORS)

@@ -1,6 +1,6 @@
 import { VmdkError } from './errors.ts'
 import type { SparseExtent } from './sparse-extent.ts'
-import { GTE_ZERO } from './sparse-extent.ts'
+import { GTE_ZERO } from './grain-table.ts'
 import { HostedSparseExtent, KdmvFlags } from './hosted-sparse-extent.ts'
 import { CowdExtent, COWD_GT_ENTRIES } from './cowd-extent.ts'
 import { SeSparseExtent, SESPARSE_GT_SECTORS } from './sesparse-extent.ts'
@@ -35,23 +35,29 @@ class HostedAllocator implements SparseAllocator {
   readonly #rgd: Float64Array | undefined
   #end: number
 
-  constructor (ext: HostedSparseExtent) {
+  private constructor (ext: HostedSparseExtent, rgd: Float64Array | undefined) {
     this.ext = ext
     const h = ext.header
-    if (ext.compressed) throw new VmdkError('E_READONLY', 'streamOptimized (compressed) extents are read-only', ext.file.path)
     this.zeroMarker = h.version >= 2 && (h.flags & KdmvFlags.ZeroedGrainGte) !== 0
+    this.#rgd = rgd
+    this.#end = Math.ceil(ext.file.size / 512) * 512
+  }
+
+  static async create (ext: HostedSparseExtent): Promise<HostedAllocator> {
+    const h = ext.header
+    if (ext.compressed) throw new VmdkError('E_READONLY', 'streamOptimized (compressed) extents are read-only', ext.file.path)
+    let rgd: Float64Array | undefined
     if ((h.flags & KdmvFlags.RedundantGd) !== 0 && h.rgdOffset > 0) {
       const n = ext.gd.length
-      const raw = ext.file.readMetaSync(h.rgdOffset * 512, n * 4, 'redundant grain directory')
-      const rgd = new Float64Array(n)
+      const raw = await ext.file.readExact(h.rgdOffset * 512, n * 4, 'redundant grain directory')
+      rgd = new Float64Array(n)
       for (let i = 0; i < n; i++) {
         const s = raw.readUInt32LE(i * 4)
         if (s !== 0 && s * 512 + ext.gtBytes > ext.file.size) throw new VmdkError('E_FORMAT', `redundant grain directory entry ${i} points past the end of file`, ext.file.path)
         rgd[i] = s * 512
       }
-      this.#rgd = rgd
     }
-    this.#end = Math.ceil(ext.file.size / 512) * 512
+    return new HostedAllocator(ext, rgd)
   }
 
   async allocGrains (n: number): Promise<number> {
@@ -179,7 +185,7 @@ class SeSparseAllocator implements SparseAllocator {
     const b1 = Math.floor((slot + n - 1) / 8)
     const bmOff = h.freeBitmapOffset * 512
     if (b1 < h.freeBitmapSize * 512) {
-      const bm = this.ext.file.readMetaSync(bmOff + b0, b1 - b0 + 1, 'free bitmap')
+      const bm = await this.ext.file.readExact(bmOff + b0, b1 - b0 + 1, 'free bitmap')
       for (let s = slot; s < slot + n; s++) {
         const i = Math.floor(s / 8) - b0
         bm[i] = (bm[i] ?? 0) | (1 << (s % 8))
@@ -240,8 +246,8 @@ class SeSparseAllocator implements SparseAllocator {
 }
 
 /** The allocator for a sparse extent opened read-write. */
-export function allocatorFor (ext: SparseExtent): SparseAllocator {
-  if (ext instanceof HostedSparseExtent) return new HostedAllocator(ext)
+export async function allocatorFor (ext: SparseExtent): Promise<SparseAllocator> {
+  if (ext instanceof HostedSparseExtent) return await HostedAllocator.create(ext)
   if (ext instanceof CowdExtent) return new CowdAllocator(ext)
   if (ext instanceof SeSparseExtent) return new SeSparseAllocator(ext)
   throw new VmdkError('E_UNSUPPORTED', 'no writer for this extent type', ext.file.path)

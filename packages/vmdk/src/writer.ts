@@ -8,6 +8,8 @@ import { HostedSparseExtent } from './hosted-sparse-extent.ts'
 import type { Layer, PathMap } from './layer.ts'
 import { type SparseAllocator, allocatorFor } from './sparse-allocator.ts'
 import { writeFileAtomic } from './atomic-file.ts'
+import { encodeDescriptor, isUtf8 } from './descriptor-encoding.ts'
+import type { FileAccess } from './file-access.ts'
 
 /** Writes guest data into the top layer of a chain, like a hypervisor would. */
 export interface DiskWriter {
@@ -23,6 +25,14 @@ export interface DiskWriter {
 
 export interface OpenWriterOptions {
   pathMap?: PathMap
+  /** @default localFileAccess; must support writing */
+  files?: FileAccess
+  /**
+   * How a changed descriptor is written: `'utf-8'` converts it to UTF-8 (and its
+   * `encoding=` key with it), `'keep'` re-encodes it in the encoding it declares.
+   * @default 'utf-8'
+   */
+  descriptorEncoding?: DescriptorEncodingOption
   /**
    * When to give the disk a new CID: `first-write` (as VMware and QEMU do: before the
    * first byte changes) or `close` (consolidate: only once all data is durable).
@@ -33,23 +43,36 @@ export interface OpenWriterOptions {
 
 const ZERO_CHUNK = 4 * 1024 * 1024
 
+/** How the writers write a descriptor they change: in UTF-8, or in the encoding it declares. */
+export type DescriptorEncodingOption = 'utf-8' | 'keep'
+
+/**
+ * The bytes to write for a descriptor: UTF-8 (its `encoding=` key, if it declares
+ * another one, rewritten to UTF-8) unless `'keep'` asks for its own encoding.
+ */
+export function descriptorBytes (d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8', file = ''): Buffer {
+  if (encoding === 'keep') return encodeDescriptor(d.toString(), undefined, file)
+  const dd = isUtf8(d.encoding) ? d : d.with('encoding', 'UTF-8')
+  return encodeDescriptor(dd.toString(), 'UTF-8', file)
+}
+
 /** Persist a layer's descriptor: atomic replace for a text file, in place for an embedded one. */
-export async function persistDescriptor (layer: Layer, d: Descriptor): Promise<void> {
-  const text = d.toString()
+export async function persistDescriptor (layer: Layer, d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8'): Promise<void> {
+  const bytes = descriptorBytes(d, encoding, layer.path)
+  const written = encoding === 'keep' || isUtf8(d.encoding) ? d : d.with('encoding', 'UTF-8')
   if (layer.descriptorKind === 'text') {
-    await writeFileAtomic(layer.path, text)
+    await writeFileAtomic(layer.path, bytes)
   } else if (layer.descriptorKind === 'embedded') {
     const ext = layer.extents[0]
     if (!(ext instanceof HostedSparseExtent)) throw new VmdkError('E_FORMAT', 'embedded descriptor without a KDMV extent', layer.path)
     const size = ext.header.descriptorSize * 512
-    const bytes = Buffer.from(text, 'utf8')
     if (bytes.length > size) throw new VmdkError('E_RANGE', `descriptor (${bytes.length} bytes) does not fit the embedded area (${size})`, layer.path)
     const area = Buffer.alloc(size)
     bytes.copy(area)
     await ext.file.writeAt(area, ext.header.descriptorOffset * 512)
     await ext.file.sync()
   }
-  layer.setDescriptor(d)
+  layer.setDescriptor(written)
 }
 
 class ChainWriter implements DiskWriter {
@@ -57,15 +80,17 @@ class ChainWriter implements DiskWriter {
   readonly #layer: Layer
   readonly #alloc = new Map<Extent, SparseAllocator>()
   readonly #cidMode: 'first-write' | 'close'
+  readonly #encoding: DescriptorEncodingOption
   #cid: string | undefined
   #closed = false
   #queue: Promise<void> = Promise.resolve()
 
-  constructor (chain: DiskChain, cidMode: 'first-write' | 'close') {
+  constructor (chain: DiskChain, cidMode: 'first-write' | 'close', allocators: ReadonlyMap<Extent, SparseAllocator>, encoding: DescriptorEncodingOption) {
     this.#chain = chain
     this.#layer = chain.layers[0] as Layer
     this.#cidMode = cidMode
-    for (const e of this.#layer.extents) if (e instanceof SparseExtent) this.#alloc.set(e, allocatorFor(e))
+    this.#encoding = encoding
+    for (const [e, a] of allocators) this.#alloc.set(e, a)
   }
 
   /** The CID the disk will carry (set on first write or at close). */
@@ -74,13 +99,13 @@ class ChainWriter implements DiskWriter {
   async #touch (): Promise<void> {
     if (this.#cid !== undefined) return
     this.#cid = randomCid()
-    if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid))
+    if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid), this.#encoding)
   }
 
   /** Force a new CID even without writes (consolidate). */
   async renewCid (cid?: string): Promise<string> {
     this.#cid = formatCid(cid ?? randomCid())
-    if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid))
+    if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid), this.#encoding)
     return this.#cid
   }
 
@@ -150,7 +175,7 @@ class ChainWriter implements DiskWriter {
     const newTables: number[] = []
     for (let gi = start / g; gi < Math.ceil((start + length) / g); gi++) {
       const gdIndex = Math.floor(gi / ext.gtEntries)
-      let t = dirty.get(gdIndex) ?? ext.denseTable(gdIndex)
+      let t = dirty.get(gdIndex) ?? await ext.denseTable(gdIndex)
       if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
       dirty.set(gdIndex, t)
       t[gi - gdIndex * ext.gtEntries] = GTE_ZERO
@@ -189,7 +214,7 @@ class ChainWriter implements DiskWriter {
     const extBase = this.#extentBase(ext)
     const dirty = new Map<number, Float64Array>()
     const newTables: number[] = []
-    for (const run of ext.runs(aStart, aEnd - aStart)) {
+    for (const run of await ext.runs(aStart, aEnd - aStart)) {
       const s = Math.max(start, run.start)
       const e = Math.min(end, run.start + run.length)
       if (run.state === RunState.Data) {
@@ -222,7 +247,7 @@ class ChainWriter implements DiskWriter {
       for (let k = 0; k < n; k++) {
         const gi = firstGrain + k
         const gdIndex = Math.floor(gi / ext.gtEntries)
-        let t = dirty.get(gdIndex) ?? ext.denseTable(gdIndex)
+        let t = dirty.get(gdIndex) ?? await ext.denseTable(gdIndex)
         if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
         dirty.set(gdIndex, t)
         t[gi - gdIndex * ext.gtEntries] = off + k * g
@@ -257,7 +282,7 @@ class ChainWriter implements DiskWriter {
     if (this.#closed) return
     try {
       await this.flush()
-      if (this.#cidMode === 'close' && this.#cid !== undefined) await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid))
+      if (this.#cidMode === 'close' && this.#cid !== undefined) await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid), this.#encoding)
     } finally {
       this.#closed = true
       await this.#chain.close()
@@ -270,9 +295,11 @@ class ChainWriter implements DiskWriter {
  * only. The first write gives the disk a new random CID, as VMware and QEMU do.
  */
 export async function openWriter (path: string, opts: OpenWriterOptions = {}): Promise<DiskWriter & { readonly cid: string, renewCid: (cid?: string) => Promise<string>, abandon: () => Promise<void> }> {
-  const chain = await openChain(path, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), writableTop: true })
+  const chain = await openChain(path, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), ...(opts.files !== undefined ? { files: opts.files } : {}), writableTop: true })
   try {
-    return new ChainWriter(chain, opts.newCid ?? 'first-write')
+    const allocators = new Map<Extent, SparseAllocator>()
+    for (const e of chain.layers[0]?.extents ?? []) if (e instanceof SparseExtent) allocators.set(e, await allocatorFor(e))
+    return new ChainWriter(chain, opts.newCid ?? 'first-write', allocators, opts.descriptorEncoding ?? 'utf-8')
   } catch (err) {
     await chain.close()
     throw err

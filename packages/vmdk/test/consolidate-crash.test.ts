@@ -35,56 +35,98 @@ async function build (dir: string, seed: number): Promise<string> {
   return createHash('sha256').update(model).digest('hex')
 }
 
-/** Run consolidate in a child process, SIGKILL it after `ms` (or let it finish). */
-async function runChild (dir: string, ms: number | undefined): Promise<number> {
+/**
+ * Run consolidate in a child process that reports every completed step on stdout
+ * and then waits for a go-ahead on stdin. Resolves the number of steps it
+ * reported. With `killAt` = k, the child is killed with SIGKILL right after its
+ * k-th step: while it waits (`exact`, the kill lands exactly there), or just
+ * after it was let go (`after`, the kill lands somewhere in the next step).
+ * No timers: every kill point is defined by the child's own progress.
+ */
+async function runChild (dir: string, killAt?: { step: number, mode: 'exact' | 'after' }): Promise<number> {
   const script = join(dir, 'run.mjs')
-  writeFileSync(script, `const m = await import(${JSON.stringify(indexUrl)}); await m.consolidate(${JSON.stringify(join(dir, 'vm-000001.vmdk'))}); process.stdout.write('done')`)
-  const started = performance.now()
-  const cp = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] })
-  let timer: NodeJS.Timeout | undefined
-  if (ms !== undefined) timer = setTimeout(() => { cp.kill('SIGKILL') }, ms)
+  writeFileSync(script, [
+    "import { readSync, writeSync } from 'node:fs'",
+    `const m = await import(${JSON.stringify(indexUrl)})`,
+    'const go = Buffer.alloc(1)',
+    'const wait = () => { for (;;) { try { if (readSync(0, go, 0, 1, null) === 1) return } catch (e) { if (e.code !== "EAGAIN") throw e; Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1) } } }',
+    `await m.consolidate(${JSON.stringify(join(dir, 'vm-000001.vmdk'))}, { onProgress: (p) => { writeSync(1, p.step + '\\n'); wait() } })`,
+    "writeSync(1, 'done\\n')"
+  ].join('\n'))
+  const cp = spawn(process.execPath, [script], { stdio: ['pipe', 'pipe', 'inherit'] })
+  let steps = 0
+  let buffered = ''
+  cp.stdout.setEncoding('utf8')
+  cp.stdout.on('data', (chunk: string) => {
+    buffered += chunk
+    let nl
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl)
+      buffered = buffered.slice(nl + 1)
+      if (line === 'done') continue
+      steps++
+      if (killAt !== undefined && steps === killAt.step) {
+        if (killAt.mode === 'after') cp.stdin.write('g')
+        cp.kill('SIGKILL')
+      } else {
+        cp.stdin.write('g')
+      }
+    }
+  })
+  cp.stdin.on('error', () => {}) // the child may be gone when we answer
   await once(cp, 'exit')
-  if (timer !== undefined) clearTimeout(timer)
-  return performance.now() - started
+  return steps
 }
 
-t.test('consolidate killed at random points: the top reads the same, a rerun finishes', async t => {
+t.test('consolidate killed after each kind of step: the top reads the same, a rerun finishes', async t => {
   const root = t.testdir()
   const ref = join(root, 'ref')
   mkdirSync(ref)
   const want = await build(ref, 1)
-  const full = await runChild(ref, undefined)
+  const total = await runChild(ref)
   t.equal(qemuDigest(join(ref, 'vm-000002.vmdk'), ref), want, 'uninterrupted run')
+  t.ok(total > 5, `the merge reports its steps (${total})`)
   const rand = prng(5)
+  // kill points: right after recording the CID, mid-copy, after the flush, after the
+  // grandchild is re-pointed, after the parent's new CID, and random ones in between
+  const points: Array<{ step: number, mode: 'exact' | 'after' }> = [
+    { step: 1, mode: 'exact' },
+    { step: Math.floor(total / 2), mode: 'exact' },
+    { step: total - 3, mode: 'exact' },
+    { step: total - 2, mode: 'exact' },
+    { step: total - 1, mode: 'exact' }
+  ]
+  for (let i = 0; i < 5; i++) points.push({ step: 1 + Math.floor(rand() * (total - 1)), mode: i % 2 === 0 ? 'after' : 'exact' })
   const phases = new Set<string>()
   let sawBroken = 0
   let sawIntact = 0
-  for (let i = 0; i < 10; i++) {
+  for (const [i, kill] of points.entries()) {
     const dir = join(root, `run${i}`)
     mkdirSync(dir)
     t.equal(await build(dir, 1), want)
-    await runChild(dir, 40 + rand() * full)
+    await runChild(dir, kill)
     const top = join(dir, 'vm-000002.vmdk')
     const mid = join(dir, 'vm-000001.vmdk')
     phases.add(!existsSync(mid) ? 'finished' : readFileSync(mid, 'utf8').includes('consolidateCID') ? 'interrupted after recording the CID' : 'interrupted before recording the CID')
     try {
       const c = await openChain(top)
-      t.equal(await chainDigest(c), want, `kill ${i}: the top still reads the same`)
+      t.equal(await chainDigest(c), want, `kill after step ${kill.step} (${kill.mode}): the top still reads the same`)
       await c.close()
       sawIntact++
     } catch (err) {
       // only the documented window: a grandchild already points at the parent's new CID
-      t.ok(isVmdkError(err) && err.code === 'E_CHAIN_CID', `kill ${i}: ${String(err)}`)
+      t.ok(isVmdkError(err) && err.code === 'E_CHAIN_CID', `kill after step ${kill.step}: ${String(err)}`)
       sawBroken++
     }
     if (existsSync(join(dir, 'vm-000001.vmdk'))) await consolidate(join(dir, 'vm-000001.vmdk'))
     const c = await openChain(top)
     t.equal(c.layers.length, 2, 'merged')
-    t.equal(await chainDigest(c), want, `kill ${i}: after the rerun`)
+    t.equal(await chainDigest(c), want, `kill after step ${kill.step}: after the rerun`)
     await c.close()
     t.equal(qemuDigest(top, dir), want, 'and QEMU agrees')
   }
-  t.comment(`full run ${full.toFixed(0)} ms; phases hit: ${[...phases].join(', ')}`)
-  t.ok(phases.has('interrupted after recording the CID'), 'some kills landed mid-merge')
+  t.comment(`${total} steps in a full run; phases hit: ${[...phases].join(', ')}`)
+  t.ok(phases.has('interrupted after recording the CID'), 'kills landed mid-merge')
+  t.ok(sawBroken > 0, 'a kill landed between re-pointing the grandchild and the parent CID (the documented window)')
   t.comment(`intact after kill: ${sawIntact}, grandchild waiting for the rerun: ${sawBroken}`)
 })

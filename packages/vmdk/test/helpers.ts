@@ -78,25 +78,53 @@ export function flatDepths (chain: DiskChain): Set<number> {
   return s
 }
 
-/** Folder holding the shared samples (walk up to the folder that has `shared`). */
-export function samplesDir (): string {
+/** This package's committed test fixtures (`test/fixtures/`). */
+export const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '../../test/fixtures')
+
+/** Path of a committed fixture. */
+export function fixture (rel: string): string {
+  return join(FIXTURES, rel)
+}
+
+/**
+ * The team's shared samples folder (files that may not be committed, e.g. the
+ * AGPL ESXi SEsparse extent): `$GRAINLINE_SHARED_DIR/samples` when that variable
+ * is set (point it at a missing folder to run as on a fresh clone), else the
+ * nearest `shared/samples` above this package. Undefined when absent.
+ */
+export function sharedSamplesDir (): string | undefined {
+  const env = process.env.GRAINLINE_SHARED_DIR
+  if (env !== undefined && env !== '') {
+    const c = join(env, 'samples')
+    return existsSync(c) ? c : undefined
+  }
   let d = dirname(fileURLToPath(import.meta.url))
   for (let i = 0; i < 10; i++) {
     const c = join(d, 'shared', 'samples')
     if (existsSync(c)) return c
-    const c2 = join(d, '..', 'shared', 'samples')
-    if (existsSync(c2)) return c2
     d = dirname(d)
   }
-  throw new Error('shared/samples not found')
+  return undefined
 }
 
-/** gunzip a sample into `dir` and return the path. */
-export function unpackSample (rel: string, dir: string, name?: string): string {
-  const src = join(samplesDir(), rel)
-  const out = join(dir, name ?? rel.split('/').pop()?.replace(/\.gz$/, '') ?? 'sample')
-  writeFileSync(out, rel.endsWith('.gz') ? gunzipSync(readFileSync(src)) : readFileSync(src))
+/** A file of the shared samples, or undefined when the shared folder (or the file) is absent. */
+export function sharedSample (rel: string): string | undefined {
+  const dir = sharedSamplesDir()
+  if (dir === undefined) return undefined
+  const p = join(dir, rel)
+  return existsSync(p) ? p : undefined
+}
+
+/** Copy (gunzip when `.gz`) a file into `dir` as `name` (default: its name without `.gz`) and return the new path. */
+export function unpackTo (src: string, dir: string, name?: string): string {
+  const out = join(dir, name ?? src.split('/').pop()?.replace(/\.gz$/, '') ?? 'sample')
+  writeFileSync(out, src.endsWith('.gz') ? gunzipSync(readFileSync(src)) : readFileSync(src))
   return out
+}
+
+/** Unpack a committed fixture into `dir`. */
+export function unpackFixture (rel: string, dir: string, name?: string): string {
+  return unpackTo(fixture(rel), dir, name)
 }
 
 /** A small seeded PRNG (mulberry32) so failures reproduce. */

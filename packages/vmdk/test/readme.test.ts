@@ -22,3 +22,10 @@ t.test('README Usage example', async t => {
   const after = await vmdk.describeChain(join(dir, 'vm.vmdk'))
   t.equal(after.layers.length, 1, 'consolidated')
 })
+
+t.test('README Errors table lists every code', async t => {
+  const readme = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '../../README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## Errors'), readme.indexOf('\n## ', readme.indexOf('## Errors') + 1))
+  const listed = [...section.matchAll(/^\| `(E_[A-Z_]+)` \|/gm)].map(m => m[1])
+  t.same([...listed].sort(), [...vmdk.VmdkErrorCodes].sort(), 'one row per code, no stale rows')
+})

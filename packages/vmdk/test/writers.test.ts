@@ -70,7 +70,9 @@ t.test('createFlatDisk writes an ESXi-style vmfs disk', async t => {
   const info = JSON.parse(qemuImg('info', '--output=json', p)) as { 'virtual-size': number }
   t.equal(info['virtual-size'], 10 * MiB)
   t.same(qemuMap(p), [{ start: 0, length: 10 * MiB, depth: 0, present: true, zero: true, data: true, offset: 0 }], 'sparse flat file: a hole to qemu')
-  t.same(await collect((await openChain(p)).map()), qemuMap(p), 'and to us')
+  const fc = await openChain(p)
+  t.same(await collect(fc.map()), qemuMap(p), 'and to us')
+  await fc.close()
   await t.rejects(createFlatDisk(p, 10 * MiB), { code: 'E_EXISTS' })
   await t.rejects(createFlatDisk(join(dir, 'odd.vmdk'), 1000), { code: 'E_RANGE' })
   const mf = join(dir, 'mf.vmdk')

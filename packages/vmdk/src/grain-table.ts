@@ -1,0 +1,156 @@
+/**
+ * Decoded grain tables and the pure conversions around them (table → runs,
+ * table → allocated ranges). Shared by the KDMV, COWD and SEsparse extents.
+ */
+import { type Run, RunState, pushRun } from './extent.ts'
+
+/**
+ * Decoded grain table entry values:
+ *   0          not in this extent (read the parent)
+ *   -1         zero grain
+ *   > 0        byte offset of the grain's data in the file
+ *   < -1       compressed grain whose record starts at byte offset -value
+ */
+export const GTE_NONE = 0
+export const GTE_ZERO = -1
+
+/**
+ * A decoded grain table, kept sparse: its non-zero entries as (index, value)
+ * pairs in ascending index order, interleaved in one plain array of doubles
+ * (`t[2k]` = entry index, `t[2k+1]` = decoded value). A 2 TiB delta with
+ * 100,000 scattered grains has ~70,000 tables with one or two entries each;
+ * dense tables would churn gigabytes. Plain arrays, not typed arrays: every
+ * typed array brings an ArrayBuffer the garbage collector tracks one by one,
+ * which made each young-generation GC of a 70,000-table walk 20–90 ms.
+ */
+export type GrainTable = readonly number[]
+
+/** The table with no entries (shared). */
+export const EMPTY_TABLE: GrainTable = Object.freeze([])
+
+// a packed array of doubles (filled with a non-integer first, so it never holds small-integer elements)
+const SCRATCH: number[] = new Array<number>(2 * 4096).fill(0.5)
+const ZERO_BLOCK = Buffer.alloc(65536)
+
+/**
+ * Collects a table's non-zero entries while one table is decoded (synchronously:
+ * the scratch array is shared).
+ */
+export class TableBuilder {
+  n = 0
+  push (j: number, v: number): void {
+    SCRATCH[2 * this.n] = j
+    SCRATCH[2 * this.n + 1] = v
+    this.n++
+  }
+
+  done (): GrainTable {
+    const n = this.n
+    this.n = 0
+    return n === 0 ? EMPTY_TABLE : SCRATCH.slice(0, 2 * n)
+  }
+}
+
+/** True if buf[off, off+len) is all zero (len <= 65536; one memcmp). */
+export function isZeroBlock (buf: Buffer, off: number, len: number): boolean {
+  return buf.compare(ZERO_BLOCK, 0, len, off, off + len) === 0
+}
+
+/** Approximate bytes a decoded table keeps alive. */
+export function tableCost (t: GrainTable): number {
+  return 32 + t.length * 8
+}
+
+/** Position k of the first entry whose index is >= j. */
+export function lowerBound (t: GrainTable, j: number): number {
+  const e = t
+  let lo = 0
+  let hi = t.length >> 1
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((e[2 * mid] as number) < j) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** Geometry of a sparse extent needed to turn tables into runs. */
+export interface TableGeometry {
+  /** bytes per grain */
+  readonly grainSize: number
+  /** entries per table */
+  readonly gtEntries: number
+  /** extent size in bytes */
+  readonly size: number
+}
+
+/**
+ * Runs covering [start, start+length) of an extent from its decoded tables
+ * (`tables[k]` is the table of GD entry `first + k`, null when there is none).
+ * Data runs merge only when file-contiguous; compressed grains stay one run each.
+ */
+export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, start: number, length: number, out: Run[] = []): Run[] {
+  const end = start + length
+  const g = geo.grainSize
+  const cover = g * geo.gtEntries
+  let pos = start
+  while (pos < end) {
+    const gdIndex = Math.floor(pos / cover)
+    const tEnd = Math.min(end, (gdIndex + 1) * cover)
+    const t = tables[gdIndex - first] ?? null
+    if (t === null || t.length === 0) {
+      pushRun(out, pos, tEnd - pos, RunState.None, -1, true)
+      pos = tEnd
+      continue
+    }
+    const tBase = gdIndex * geo.gtEntries
+    const e = t
+    const n = t.length >> 1
+    let k = lowerBound(t, Math.floor(pos / g) - tBase)
+    while (pos < tEnd) {
+      if (k >= n) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
+      const gs = (tBase + (e[2 * k] as number)) * g
+      if (gs >= tEnd) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
+      if (gs > pos) { pushRun(out, pos, gs - pos, RunState.None, -1, true); pos = gs }
+      const gEnd = Math.min(tEnd, gs + g)
+      const v = e[2 * k + 1] as number
+      if (v === GTE_ZERO) pushRun(out, pos, gEnd - pos, RunState.Zero, -1, true)
+      else if (v > 0) pushRun(out, pos, gEnd - pos, RunState.Data, v + (pos - gs), true)
+      else out.push({ start: pos, length: gEnd - pos, state: RunState.Data, off: v })
+      pos = gEnd
+      k++
+    }
+  }
+  return out
+}
+
+/**
+ * Append what the tables of GD entries [first, first+tables.length) hold as
+ * allocated runs (data or zero, merged regardless of file offsets, clipped to
+ * the extent size). `pending` is the run still open from the previous call; the
+ * function returns the run left open after this one (not yet in `out`).
+ */
+export function tablesToAllocated (geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, pending: Run | undefined, out: Run[]): Run | undefined {
+  const g = geo.grainSize
+  const cover = g * geo.gtEntries
+  for (let k = 0; k < tables.length; k++) {
+    const t = tables[k]
+    if (t === null || t === undefined) continue
+    const base = (first + k) * cover
+    const e = t
+    const n = t.length >> 1
+    for (let m = 0; m < n; m++) {
+      const state = e[2 * m + 1] === GTE_ZERO ? RunState.Zero : RunState.Data
+      const s = base + (e[2 * m] as number) * g
+      if (s >= geo.size) break
+      const len = Math.min(g, geo.size - s)
+      if (pending !== undefined && pending.state === state && pending.start + pending.length === s) {
+        pending.length += len
+      } else {
+        if (pending !== undefined) out.push(pending)
+        pending = { start: s, length: len, state, off: -1 }
+      }
+    }
+  }
+  return pending
+}

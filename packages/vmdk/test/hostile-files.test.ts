@@ -1,0 +1,137 @@
+import t, { type Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+import { join } from 'node:path'
+import { openChain, describeChain, openWriter, openLayer, createFlatDisk, createDelta, consolidate } from '../src/index.ts'
+import { chainDigest, collect } from './helpers.ts'
+
+const MiB = 1024 * 1024
+
+// A FIFO opened for reading blocks until a writer appears: a reader that opens one
+// hangs for ever (and pins a thread-pool thread). These tests would then run into
+// this timeout instead of finishing in well under a second.
+t.setTimeout(120_000)
+
+/** Every entry point a consumer uses must refuse `path`'s chain with `code`, naming `file`. */
+async function refuses (t: Test, top: string, file: string, code = 'E_NOT_REGULAR'): Promise<void> {
+  const want = { name: 'VmdkError', code, file }
+  await t.rejects(openChain(top), want, 'openChain')
+  await t.rejects(describeChain(top), want, 'describeChain (grainline info)')
+  await t.rejects(openWriter(top), want, 'openWriter')
+  await t.rejects((async () => { const c = await openChain(top); try { await collect(c.map()) } finally { await c.close() } })(), want, 'map')
+  await t.rejects((async () => { const c = await openChain(top); try { await c.read(0, 4096) } finally { await c.close() } })(), want, 'read')
+}
+
+/** base (flat) ← delta (SEsparse), 4 MiB, a little data in each. */
+async function chain (dir: string): Promise<{ base: string, top: string }> {
+  const base = join(dir, 'vm.vmdk')
+  const top = join(dir, 'vm-000001.vmdk')
+  await createFlatDisk(base, 4 * MiB)
+  let w = await openWriter(base)
+  await w.write(0, Buffer.alloc(8192, 1))
+  await w.close()
+  await createDelta(base, top, { format: 'sesparse' })
+  w = await openWriter(top)
+  await w.write(4096, Buffer.alloc(4096, 2))
+  await w.close()
+  return { base, top }
+}
+
+function fifo (path: string): void {
+  rmSync(path, { force: true })
+  execFileSync('mkfifo', [path])
+}
+
+t.test('a FIFO as the disk, a parent descriptor or an extent file is refused before it is opened', async t => {
+  const dir = t.testdir()
+  const { base, top } = await chain(dir)
+  const baseText = readFileSync(base)
+  const extent = join(dir, 'vm-000001-sesparse.vmdk')
+  const extentBytes = readFileSync(extent)
+
+  const lone = join(dir, 'lone.vmdk')
+  fifo(lone)
+  await refuses(t, lone, lone)
+  await t.rejects(openLayer(lone), { code: 'E_NOT_REGULAR', message: /disk is a FIFO/ })
+
+  fifo(base)
+  await refuses(t, top, base)
+  await t.rejects(openChain(top), { message: /parent descriptor is a FIFO/ })
+  writeFileSync(join(dir, 'vm.vmdk.new'), baseText)
+  renameSync(join(dir, 'vm.vmdk.new'), base)
+
+  fifo(extent)
+  await refuses(t, top, extent)
+  await t.rejects(openChain(top), { message: /extent file is a FIFO/ })
+  writeFileSync(join(dir, 'x.new'), extentBytes)
+  renameSync(join(dir, 'x.new'), extent)
+
+  const c = await openChain(top)
+  t.equal(c.layers.length, 2, 'the repaired chain opens again')
+  await c.close()
+})
+
+t.test('a socket, a directory or a device as an extent is refused too', async t => {
+  const dir = t.testdir()
+  const { base } = await chain(dir)
+  const text = readFileSync(base, 'utf8')
+  const flat = join(dir, 'vm-flat.vmdk')
+  const point = async (target: string, kind: RegExp): Promise<void> => {
+    writeFileSync(base, text.replace('"vm-flat.vmdk"', JSON.stringify(target)))
+    await refuses(t, base, target)
+    await t.rejects(openChain(base), { message: kind })
+  }
+  mkdirSync(join(dir, 'adir'))
+  await point(join(dir, 'adir'), /extent file is a directory/)
+  await point('/dev/null', /extent file is a character device/)
+  await point('/dev/zero', /extent file is a character device/)
+  // unix socket paths are limited to 107 bytes: a short folder of its own
+  const sockDir = mkdtempSync(join(tmpdir(), 'gl-'))
+  t.teardown(() => { rmSync(sockDir, { recursive: true, force: true }) })
+  const sock = join(sockDir, 'vm.sock')
+  const server = createServer()
+  server.listen(sock)
+  await once(server, 'listening')
+  t.teardown(() => { server.close() })
+  await point(sock, /extent file is a socket/)
+  writeFileSync(base, text)
+  t.equal((await openChain(base).then(async c => { const d = await chainDigest(c); await c.close(); return d })).length, 64, 'the real flat file reads')
+  t.ok(readFileSync(flat).length > 0)
+})
+
+t.test('symbolic links in a chain are followed (ESXi datastores use them); loops through them are caught', async t => {
+  const dir = t.testdir()
+  const { top } = await chain(dir)
+  const want = await openChain(top).then(async c => { const d = await chainDigest(c); await c.close(); return d })
+  // the chain reached through a linked folder (like /vmfs/volumes/<name> → <uuid>), the top
+  // named through a linked file; relative names resolve against the folder of the path as
+  // named (as QEMU does), not against the link's target
+  mkdirSync(join(dir, 'real'))
+  for (const f of ['vm.vmdk', 'vm-flat.vmdk', 'vm-000001.vmdk', 'vm-000001-sesparse.vmdk']) renameSync(join(dir, f), join(dir, 'real', f))
+  symlinkSync(join(dir, 'real'), join(dir, 'datastore1'))
+  symlinkSync('vm-000001.vmdk', join(dir, 'real', 'link-to-top.vmdk'))
+  const c = await openChain(join(dir, 'datastore1', 'link-to-top.vmdk'))
+  t.equal(await chainDigest(c), want, 'same content through the links')
+  t.equal(c.layers[1]?.path, join(dir, 'datastore1', 'vm.vmdk'), 'paths as named, links not resolved')
+  await c.close()
+  // a parent hint that leads back to the child through a link
+  const loop = join(dir, 'real', 'loop.vmdk')
+  writeFileSync(loop, readFileSync(join(dir, 'real', 'vm-000001.vmdk'), 'utf8').replace('parentFileNameHint="vm.vmdk"', 'parentFileNameHint="loop-link.vmdk"'))
+  symlinkSync('loop.vmdk', join(dir, 'real', 'loop-link.vmdk'))
+  await t.rejects(openChain(loop), { code: 'E_CHAIN_LOOP' })
+})
+
+t.test('consolidate skips a FIFO among the descriptors it re-points', async t => {
+  const dir = t.testdir()
+  const { base, top } = await chain(dir)
+  const want = await openChain(top).then(async c => { const d = await chainDigest(c); await c.close(); return d })
+  fifo(join(dir, 'stray.vmdk'))
+  const r = await consolidate(top)
+  t.equal(r.parentPath, base)
+  const c = await openChain(base)
+  t.equal(await chainDigest(c), want)
+  await c.close()
+})
