@@ -102,13 +102,14 @@ async function cycle (cycle, mode, f) {
 // Apply path alone (no network): the receiver's own store code, digest check
 // included, 32 MiB durable batches — what the disk path costs.
 async function applyOnly (cycle, mode, seedByte) {
-  const { VmMirror } = await import(new URL('../packages/receiver/dist/src/mirror-store.js', import.meta.url).href)
+  const { VmMirror } = await import(new URL('../packages/receiver/dist/src/vm-mirror.js', import.meta.url).href)
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, algorithm: 'xxh64' })
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
+  const cd = new CycleDigest('xxh64')
   const t0 = process.hrtime.bigint()
   let batch = []
   let writing
@@ -116,8 +117,8 @@ async function applyOnly (cycle, mode, seedByte) {
     const data = bufs[seq % 24]
     data[0] = seedByte
     const digest = createDigest('xxh64').update(data).digest()
-    a.cycleDigest.add({ offset: off, length: EXT, zero: false, digest })
-    batch.push({ seq, offset: off, length: EXT, zero: false, data, digest })
+    cd.add({ offset: off, length: EXT, zero: false, digest })
+    batch.push(a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
     if (batch.length * EXT >= 32 * MiB) {
       // pipelined like a session: journal batch n+1 while batch n is written
       await a.prepareBatch(batch)
@@ -129,7 +130,7 @@ async function applyOnly (cycle, mode, seedByte) {
   await a.prepareBatch(batch)
   await writing
   await a.writeBatch(batch)
-  await a.seal(a.cycleDigest.digest())
+  await a.end({ ...a.counts, digest: cd.digest() })
   await m.commit(cycle, [a], '')
   m.release()
   return N / (Number(process.hrtime.bigint() - t0) / 1e9)

@@ -11,6 +11,11 @@ export async function fsyncDir (dir: string): Promise<void> {
 /** Marker in names of temporary files, removed by recovery. */
 export const TMP_MARK = '.tmp-'
 
+/** Whether a file name is a temporary file of {@link writeFileAtomic}. */
+export function isTempName (name: string): boolean {
+  return name.includes(TMP_MARK)
+}
+
 /**
  * Replace `path` atomically: write a temporary file beside it, fsync it,
  * rename it over `path`, fsync the directory (ARCHITECTURE §4.1).

@@ -1,8 +1,8 @@
-import { open, rename, type FileHandle } from 'node:fs/promises'
+import { open, rename, stat, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { crc32 } from 'node:zlib'
 import { dirname } from 'node:path'
-import { fsyncDir, readFully, writeFully } from './fs-util.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -333,3 +333,22 @@ export async function undoJournal (journalPath: string, contents: JournalContent
   }
 }
 
+
+/** Journals larger than this are deleted rather than kept as spares. */
+const MAX_SPARE_BYTES = 4 * 1024 ** 3
+
+/**
+ * Retire a finished journal: keep it as `<path>.spare` so that the next cycle
+ * of the disk overwrites its allocated blocks, or delete it when huge.
+ */
+export async function retireJournal (path: string): Promise<void> {
+  let size: number
+  try {
+    size = (await stat(path)).size
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw err
+  }
+  if (size > MAX_SPARE_BYTES) await unlinkIfExists(path)
+  else await rename(path, `${path}.spare`)
+}

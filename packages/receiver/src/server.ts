@@ -8,9 +8,10 @@ import { WebSocketServer, type WebSocket } from 'ws'
 import { CompressionAlgorithms, DigestAlgorithms, PROTOCOL_VERSION, SUBPROTOCOL, initDigests, type LocalCapabilities } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
-import { recoverStore } from './mirror-store.ts'
+import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session, type SessionSettings } from './session.ts'
+import { SOFTWARE } from './version.ts'
 
 /** Components handed to the receiver (STYLE §16). */
 export interface ReceiverComponents {
@@ -98,7 +99,7 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
   }
   const settings: SessionSettings = {
     storeDir: init.store,
-    software: 'grainline-receiver/0.1.0',
+    software: SOFTWARE,
     local,
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
     batchBytes: init.batchBytes ?? 32 * MiB,

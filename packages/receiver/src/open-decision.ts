@@ -1,0 +1,112 @@
+/**
+ * The "open disk" decision (SPEC §5.1, §5.7) as a pure function of the
+ * committed state, what is on disk (an inspection record) and the request.
+ * `VmMirror.openDisk` gathers the inputs, calls {@link decideOpen} and carries
+ * out the answer; the table-driven test covers every row.
+ */
+import type { DigestAlgorithm, DiskOpenMessage } from '@grainline/protocol'
+import type { DiskRecord, InflightDisk } from './state-file.ts'
+import { diskStem } from './vm-paths.ts'
+
+/** The parameters of a DiskOpen the store needs. */
+export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'source' | 'cycleId' | 'ddb'> {
+  /** the negotiated digest algorithm (part of a resumable cycle's identity) */
+  readonly algorithm: DigestAlgorithm
+}
+
+/** What one disk mirror looks like on disk right now (gathered by `inspectMirror`). */
+export interface MirrorFacts {
+  /** CID of the mirror descriptor, "" when missing or unreadable */
+  readonly cid: string
+  /** size of the flat file, -1 when it is missing */
+  readonly flatSize: number
+  /** whether an interrupted rollback left the journal renamed `.journal.undo` */
+  readonly undoing: boolean
+}
+
+/** Everything the decision depends on. */
+export interface OpenInputs {
+  readonly vm: string
+  /** the VM's committed cycle (0: none) */
+  readonly committedCycle: number
+  /** the VM's cycle in flight (0: none) */
+  readonly inflightCycle: number
+  /** this disk's committed record */
+  readonly record: DiskRecord | undefined
+  /** this disk's in-flight record */
+  readonly inflight: InflightDisk | undefined
+  readonly facts: MirrorFacts
+  readonly request: DiskOpenRequest
+}
+
+/** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
+export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH'
+
+/** The answer: start a fresh apply, resume the one in flight, or refuse. */
+export type OpenDecision =
+  | { readonly kind: 'fresh', readonly info: InflightDisk }
+  | { readonly kind: 'resume', readonly info: InflightDisk }
+  | { readonly kind: 'refuse', readonly code: RefusalCode, readonly message: string }
+
+/**
+ * Whether the committed mirror changed since its commit: another descriptor
+ * CID, or another flat size. An in-place apply in flight may have grown the
+ * flat: a larger size is then its own doing, not a modification.
+ */
+export function mirrorModified (record: DiskRecord | undefined, inflight: InflightDisk | undefined, facts: MirrorFacts): boolean {
+  if (record === undefined) return false
+  const sizeOk = inflight?.target === 'flat' ? facts.flatSize >= record.size : facts.flatSize === record.size
+  return facts.cid !== record.mirrorCid || !sizeOk
+}
+
+function refuse (code: RefusalCode, message: string): OpenDecision {
+  return { kind: 'refuse', code, message }
+}
+
+/** Decide a DiskOpen. Pure: no I/O, no clock. */
+export function decideOpen (x: OpenInputs): OpenDecision {
+  const { request: req, record: rec, inflight: inf } = x
+  const modified = mirrorModified(rec, inf, x.facts)
+  const modifiedText = (): string => `mirror of ${req.name} changed since the last commit (CID ${x.facts.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''})`
+  if (x.inflightCycle !== 0 && x.inflightCycle !== req.cycle) {
+    return refuse('E_CYCLE_MISMATCH', `cycle ${x.inflightCycle} of VM ${x.vm} is in flight; roll it back first`)
+  }
+  if (inf !== undefined) {
+    if (x.facts.undoing) return refuse('E_CYCLE_MISMATCH', `an interrupted rollback of disk ${req.name} must be finished first: send Rollback`)
+    if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
+      return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
+    }
+    // the committed mirror under an in-place apply changed (CID or size)
+    // while the cycle was interrupted: its journal no longer describes it
+    if (inf.target === 'flat' && modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
+    return { kind: 'resume', info: inf }
+  }
+  if (req.cycle <= x.committedCycle) {
+    return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${x.committedCycle}`)
+  }
+  if (req.mode === 'incremental') {
+    if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
+    if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
+    if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
+    if (req.source.layers[0]?.file !== rec.source.successor) {
+      return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
+    }
+    if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
+  }
+  const incremental = req.mode === 'incremental'
+  return {
+    kind: 'fresh',
+    info: {
+      name: req.name,
+      stem: diskStem(req.name),
+      cycleId: req.cycleId,
+      mode: req.mode,
+      capacity: req.capacity,
+      baseSize: incremental ? x.facts.flatSize : 0,
+      target: incremental ? 'flat' : 'seed',
+      source: req.source,
+      ddb: req.ddb,
+      algorithm: req.algorithm,
+    },
+  }
+}

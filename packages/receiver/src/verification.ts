@@ -1,0 +1,50 @@
+/** The receiver's side of SPEC §5.6: digest the mirror and compare with the agent's view of the frozen source. */
+import { stat } from 'node:fs/promises'
+import { timingSafeEqual } from 'node:crypto'
+import { createDigest, type DigestAlgorithm } from '@grainline/protocol'
+import { ReceiverError } from './errors.ts'
+import { digestFile } from './digest-file.ts'
+
+/** Outcome of a trivial check or a certify of one mirror. */
+export interface VerifyOutcome {
+  readonly ok: boolean
+  /** size of the mirror's flat file */
+  readonly size: number
+  /** the mirror's digest */
+  readonly digest: Uint8Array
+  /** bytes of the mirror digested */
+  readonly bytes: number
+}
+
+function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+async function sizeOf (path: string): Promise<number> {
+  try {
+    return (await stat(path)).size
+  } catch (err) {
+    throw new ReceiverError('E_IO', `cannot stat the mirror: ${(err as Error).message}`)
+  }
+}
+
+/**
+ * TrivialCheck: digest the first `prefixBytes` of the mirror; ok when the
+ * mirror's size is the source's and the digests are equal.
+ */
+export async function trivialCheck (path: string, req: { prefixBytes: number, algorithm: DigestAlgorithm, size: number, digest: Uint8Array }, opts: { signal?: AbortSignal } = {}): Promise<VerifyOutcome> {
+  const size = await sizeOf(path)
+  const h = createDigest(req.algorithm)
+  const bytes = await digestFile(path, Math.min(req.prefixBytes, size), (b) => h.update(b), opts)
+  const digest = h.digest()
+  return { ok: size === req.size && req.prefixBytes <= size && sameBytes(digest, req.digest), size, digest, bytes }
+}
+
+/** Certify: digest the whole flat image; ok when the digests are equal. */
+export async function certifyMirror (path: string, req: { algorithm: DigestAlgorithm, digest: Uint8Array }, opts: { signal?: AbortSignal } = {}): Promise<VerifyOutcome> {
+  const size = await sizeOf(path)
+  const h = createDigest(req.algorithm)
+  const bytes = await digestFile(path, size, (b) => h.update(b), opts)
+  const digest = h.digest()
+  return { ok: sameBytes(digest, req.digest), size, digest, bytes }
+}

@@ -1,0 +1,254 @@
+import { mkdir, readdir, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
+import { ReceiverError, ioError } from './errors.ts'
+import { unlinkIfExists, writeFileAtomic, fsyncDir, readJsonIfExists } from './fs-util.ts'
+import { Journal, readJournal, retireJournal } from './journal.ts'
+import { DiskApply } from './disk-apply.ts'
+import { commitState, rollForwardFiles } from './commit.ts'
+import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
+import { inspectMirror } from './mirror-inspection.ts'
+import { undoInflight } from './rollback.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { VmLock } from './vm-lock.ts'
+import { VmPaths, diskStem } from './vm-paths.ts'
+import { faultPoint } from './fault.ts'
+
+/** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
+export interface OpenDiskResult {
+  readonly accepted: boolean
+  /** refusal code, "" when accepted */
+  readonly reason: string
+  /** why it was refused (logged) */
+  readonly message: string
+  readonly committedCycle: number
+  readonly committedSource: SourceIdentity | null
+  readonly mirrorCid: string
+  readonly modified: boolean
+  readonly apply?: DiskApply
+}
+
+/**
+ * A locked VM mirror: every mutation of one VM goes through here, one writer
+ * per VM (in this process and, by the lock file, across processes).
+ */
+export class VmMirror {
+  readonly paths: VmPaths
+  readonly vm: string
+  private current: VmStateFile
+  private readonly log: Logger
+  private readonly lock: VmLock
+
+  private constructor (paths: VmPaths, vm: string, state: VmStateFile, log: Logger, lock: VmLock) {
+    this.paths = paths
+    this.vm = vm
+    this.current = state
+    this.log = log
+    this.lock = lock
+  }
+
+  /** The VM's state as last written. */
+  get state (): VmStateFile { return this.current }
+
+  /**
+   * Lock and load a VM mirror, finishing a commit interrupted after its
+   * commit point.
+   * @throws ReceiverError E_BUSY when another writer holds it
+   */
+  static async acquire (storeDir: string, vm: string, log: Logger): Promise<VmMirror> {
+    const paths = new VmPaths(storeDir, vm)
+    const lock = await VmLock.take(paths, vm, log)
+    try {
+      const state = (await readVmState(paths)) ?? emptyState(vm)
+      const m = new VmMirror(paths, vm, state, log, lock)
+      if (state.pending !== null) await m.rollForward()
+      return m
+    } catch (err) {
+      lock.release()
+      throw err
+    }
+  }
+
+  /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
+  static async acquireWait (storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
+    const deadline = Date.now() + waitMs
+    for (;;) {
+      try {
+        return await VmMirror.acquire(storeDir, vm, log)
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
+      }
+      signal?.throwIfAborted()
+      await new Promise((resolve) => setTimeout(resolve, 25))
+    }
+  }
+
+  /** Release the VM's lock (idempotent). */
+  release (): void {
+    this.lock.release()
+  }
+
+  private async save (next: VmStateFile): Promise<void> {
+    await writeVmState(this.paths, next)
+    this.current = next
+  }
+
+  /** Create the folders and stage the VM's config files for the next commit. */
+  async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>, compat: CompatRecord): Promise<void> {
+    try {
+      await mkdir(this.paths.incoming, { recursive: true })
+      for (const old of await readdir(this.paths.incoming)) {
+        if (!files.some((f) => f.name === old)) await unlinkIfExists(join(this.paths.incoming, old))
+      }
+      for (const f of files) await writeFileAtomic(join(this.paths.incoming, f.name), f.data)
+      await writeFileAtomic(join(this.paths.gdir, 'compat.json'), JSON.stringify(compat) + '\n')
+    } catch (err) {
+      throw ioError(err, 'staging the VM configuration files')
+    }
+  }
+
+  /** Whether a mirror's compat record matches (true when there is none yet). */
+  compatible (compat: CompatRecord): boolean {
+    const c = this.current.compat
+    if (c === null) return true
+    return c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType
+  }
+
+  /**
+   * Throw E_BAD_NAME when `name`'s file stem equals, ignoring case, the stem
+   * of another disk of this VM (committed, in flight, or in `open`) with a
+   * different name: `a.vmdk`, `a.VMDK` and `a` would share one flat, seed and
+   * journal file (and clash on case-insensitive file systems).
+   */
+  checkStem (name: string, open: Iterable<string> = []): void {
+    const key = diskStem(name).toLowerCase()
+    const others = new Set([...Object.keys(this.current.disks), ...Object.keys(this.current.inflight?.disks ?? {}), ...open])
+    for (const other of others) {
+      if (other !== name && diskStem(other).toLowerCase() === key) {
+        throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} collides with disk ${JSON.stringify(other)} of VM ${this.vm} (same file stem)`)
+      }
+    }
+  }
+
+  /**
+   * Inspect a disk and, if `decideOpen` accepts, open it for the cycle: a
+   * fresh apply (journal head durable → state lists the disk → target
+   * touched) or the resume of the interrupted one.
+   */
+  async openDisk (req: DiskOpenRequest, open: Iterable<string> = []): Promise<OpenDiskResult> {
+    this.checkStem(req.name, open)
+    const s = this.current
+    const rec = s.disks[req.name]
+    const inf = s.inflight?.disks[req.name]
+    const facts = await inspectMirror(this.paths, rec, inf)
+    const base = {
+      committedCycle: rec?.cycle ?? 0,
+      committedSource: rec?.source ?? null,
+      mirrorCid: rec === undefined ? '' : facts.cid,
+      modified: mirrorModified(rec, inf, facts),
+    }
+    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req })
+    if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
+    if (d.kind === 'resume') {
+      const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
+      if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {
+        throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
+      }
+      const apply = await DiskApply.resume(this.paths, d.info, contents).catch((err: unknown) => { throw ioError(err, 'reopening the in-flight apply') })
+      this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
+      return { ...base, accepted: true, reason: '', message: '', apply }
+    }
+    const info = d.info
+    try {
+      await mkdir(this.paths.gdir, { recursive: true })
+      // order: journal head durable → state lists the disk → target touched
+      const journal = await Journal.create(this.paths.journal(info.stem), {
+        cycleId: info.cycleId, cycle: req.cycle, name: info.name, mode: info.mode, capacity: info.capacity, baseSize: info.baseSize,
+      }, this.paths.spare(info.stem))
+      try {
+        const prev = s.inflight
+        await this.save({
+          ...s,
+          inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } },
+        })
+        const apply = await DiskApply.start(this.paths, info, journal)
+        return { ...base, accepted: true, reason: '', message: '', apply }
+      } catch (err) {
+        await journal.close().catch(() => {})
+        throw err
+      }
+    } catch (err) {
+      throw ioError(err, `opening disk ${req.name}`)
+    }
+  }
+
+  /**
+   * Commit sealed applies atomically: one state.json replace records every
+   * disk's new cycle, CID and size (the commit point), then roll forward:
+   * seed renames, descriptors, .vmx and config files, journal removal.
+   */
+  async commit (cycle: number, applies: readonly DiskApply[], suffix: string): Promise<DiskRecord[]> {
+    const infl = this.current.inflight
+    if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
+    const names = new Set(applies.map((a) => a.info.name))
+    for (const n of Object.keys(infl.disks)) {
+      if (!names.has(n)) throw new ReceiverError('E_UNEXPECTED', `disk ${n} of cycle ${cycle} was not sealed in this session; roll back first`)
+    }
+    let records: DiskRecord[]
+    try {
+      const sealed = []
+      for (const a of applies) {
+        if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
+        sealed.push({ info: a.info, size: (await stat(a.targetPath)).size, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
+      }
+      const compat = await readJsonIfExists(join(this.paths.gdir, 'compat.json')) as CompatRecord | undefined
+      const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString())
+      records = c.records
+      faultPoint('commit-before-state')
+      await this.save({ ...c.next, compat: compat ?? this.current.compat })
+    } catch (err) {
+      throw ioError(err, 'committing')
+    }
+    faultPoint('commit-after-state')
+    await Promise.allSettled(applies.map((a) => a.close()))
+    await this.rollForward()
+    return records
+  }
+
+  /** Finish a commit whose state.json is already written (idempotent). */
+  async rollForward (): Promise<void> {
+    const p = this.current.pending
+    if (p === null) return
+    try {
+      await rollForwardFiles(this.paths, this.current)
+      await this.save({ ...this.current, pending: null })
+    } catch (err) {
+      throw ioError(err, 'finishing a commit')
+    }
+    this.log.info({ vm: this.vm, cycle: p.cycle }, 'commit rolled forward')
+  }
+
+  /** Roll the VM back to its last committed point (undo every in-flight disk). */
+  async rollback (): Promise<number> {
+    const infl = this.current.inflight
+    if (infl === null) return this.current.committedCycle
+    try {
+      await undoInflight(this.paths, infl)
+      await this.save({ ...this.current, inflight: null })
+      for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
+      await fsyncDir(this.paths.gdir)
+    } catch (err) {
+      throw ioError(err, `rolling back VM ${this.vm}`)
+    }
+    this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back')
+    return this.current.committedCycle
+  }
+
+  /** Record a trivial-check or certify result. */
+  async recordVerify (name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
+    const rec = this.current.disks[name]
+    if (rec === undefined) return
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r } } })
+  }
+}
