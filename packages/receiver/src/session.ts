@@ -9,6 +9,7 @@ import {
 import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
+import { Inbox } from './inbox.ts'
 import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { certifyMirror, trivialCheck, type VerifyOutcome } from './verification.ts'
@@ -48,9 +49,7 @@ export class Session {
   private readonly settings: SessionSettings
   private readonly log: Logger
   private readonly conv = new ConversationState()
-  private readonly inbox: Buffer[] = []
-  private inboxBytes = 0
-  private paused = false
+  private readonly inbox: Inbox
   private running = false
   private dead = false
   private negotiated: Negotiated | undefined
@@ -72,6 +71,9 @@ export class Session {
     this.settings = settings
     this.log = logger.child({ session: this.id, peer: token.name })
     this.done = new Promise((resolve) => { this.resolveDone = resolve })
+    let pauses = 0
+    // backpressure is routine for a fast agent: the first pause of a session at info, the others at debug
+    this.inbox = new Inbox(ws, settings.highWaterBytes, (st) => { this.log[pauses++ === 0 ? 'info' : 'debug'](st, 'inbox full: socket paused') })
     this.pipeline = new ApplyPipeline(() => this.batchTarget(), (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }))
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('close', (code: number) => {
@@ -90,15 +92,8 @@ export class Session {
       void this.abortWith(new ReceiverError('E_MALFORMED', 'text frames are not part of the protocol'))
       return
     }
-    const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data)
-    this.inbox.push(buf)
-    this.inboxBytes += buf.length
-    if (!this.paused && this.inboxBytes > this.settings.highWaterBytes) {
-      this.paused = true
-      this.ws.pause()
-    }
-    if (this.wake !== undefined) this.wake()
-    else if (!this.running) void this.run()
+    this.inbox.push(Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data))
+    if (!this.running) void this.run()
   }
 
   /** Send a message after checking it against the conversation (a refusal there is our bug). */
@@ -139,18 +134,13 @@ export class Session {
         if (frame === undefined && this.pipeline.partial) {
           // the inbox ran dry mid-batch: wait briefly for more so that one
           // fsync covers more bytes (the agent still has window left)
-          await this.waitForFrame(this.settings.batchIdleMs)
+          await this.inbox.wait(this.settings.batchIdleMs)
           frame = this.inbox.shift()
         }
         if (frame === undefined) {
           await this.pipeline.flush()
           await this.pipeline.drain()
           break
-        }
-        this.inboxBytes -= frame.length
-        if (this.paused && this.inboxBytes <= this.settings.highWaterBytes / 2) {
-          this.paused = false
-          this.ws.resume()
         }
         const msg = this.decode(frame)
         if (msg.kind === MessageKind.Extent) {
@@ -174,14 +164,6 @@ export class Session {
   private batchTarget (): number {
     const w = this.negotiated?.limits.windowBytes ?? this.settings.batchBytes
     return Math.max(1, Math.min(this.settings.batchBytes, Math.floor(w / 2)))
-  }
-
-  private wake: (() => void) | undefined
-  private waitForFrame (ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.wake = undefined; resolve() }, ms)
-      this.wake = () => { clearTimeout(timer); this.wake = undefined; resolve() }
-    })
   }
 
   /** Dispatch a message the conversation state has accepted from the agent. */
@@ -344,12 +326,7 @@ export class Session {
   private async abortWith (error: unknown): Promise<void> {
     if (this.dead) return
     this.dead = true
-    this.inbox.length = 0
-    this.inboxBytes = 0
-    if (this.paused) {
-      this.paused = false
-      this.ws.resume()
-    }
+    this.inbox.clear()
     // a store that cannot be read is an I/O failure for the agent
     const err = errorCode(error) === 'E_STATE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
@@ -379,15 +356,9 @@ export class Session {
   /** Stop processing (socket closed, shutdown). Resources are released once the current step ends. */
   stop (): void {
     this.dead = true
-    this.inbox.length = 0
-    this.inboxBytes = 0
-    // a paused socket could not read the peer's close frame
-    if (this.paused) {
-      this.paused = false
-      this.ws.resume()
-    }
+    this.inbox.clear()
     this.abortCtl.abort()
-    this.wake?.()
+    this.inbox.interrupt()
     if (!this.running) void this.cleanup()
   }
 
