@@ -4,9 +4,11 @@
  * interrupted: seed renames, descriptors with the new CID, the installed
  * configuration files, retired journals.
  */
-import { readFile, readdir, rename } from 'node:fs/promises'
+import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
-import { exists, fsyncDir, isTempName, writeFileAtomic } from './fs-util.ts'
+import type { Logger } from 'pino'
+import { fsyncDir, isTempName, writeFileAtomic } from './fs-util.ts'
+import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { mirrorVmx } from './mirror-vmx.ts'
@@ -72,20 +74,26 @@ export function commitState (state: VmStateFile, cycle: number, sealed: readonly
   return { next, records }
 }
 
-/** Install the staged configuration files: the .vmx rewritten for the mirror, the others as they are. */
-async function installFiles (paths: VmPaths, state: VmStateFile): Promise<void> {
-  let names: string[]
-  try {
-    names = await readdir(paths.incoming)
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return
-    throw err
-  }
+/**
+ * Install the staged configuration files: the .vmx rewritten for the mirror,
+ * the others as they are. A staged entry that is not a regular file (a link
+ * or FIFO planted in `incoming`) is skipped and logged, so that the
+ * roll-forward can never be stuck on it.
+ */
+async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<void> {
+  const names = await readStoreDir(paths.incoming)
   const diskMap = new Map<string, string>()
   for (const rec of Object.values(state.disks)) diskMap.set(rec.name, `${rec.stem}.vmdk`)
   for (const name of names) {
     if (isTempName(name)) continue
-    const data = await readFile(join(paths.incoming, name))
+    let data: Buffer
+    try {
+      data = await readStoreFile(join(paths.incoming, name))
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
+      log.warn({ vm: state.vm, file: name, why: (err as Error).message }, 'staged file not installed')
+      continue
+    }
     if (/\.vmx$/i.test(name)) {
       const text = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
       await writeFileAtomic(join(paths.dir, `${state.vm}.vmx`), text)
@@ -99,11 +107,11 @@ async function installFiles (paths: VmPaths, state: VmStateFile): Promise<void> 
  * Do the roll-forward work `state.pending` records (idempotent: every step
  * can be repeated after a crash). The caller then clears `pending`.
  */
-export async function rollForwardFiles (paths: VmPaths, state: VmStateFile): Promise<void> {
+export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<void> {
   const p = state.pending
   if (p === null) return
   for (const r of p.renames) {
-    if (await exists(join(paths.dir, r.from))) {
+    if (await entryExists(join(paths.dir, r.from))) {
       await rename(join(paths.dir, r.from), join(paths.dir, r.to))
       faultPoint('commit-renamed')
     }
@@ -115,7 +123,7 @@ export async function rollForwardFiles (paths: VmPaths, state: VmStateFile): Pro
     await writeFileAtomic(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
   }
   faultPoint('commit-descriptors')
-  if (p.files) await installFiles(paths, state)
+  if (p.files) await installFiles(paths, state, log)
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))
   await fsyncDir(paths.gdir)
 }

@@ -1,5 +1,5 @@
-import { open } from 'node:fs/promises'
 import { readFully } from './fs-util.ts'
+import { openStoreFile } from './store-fs.ts'
 
 /** Bytes read per step when digesting a mirror file. */
 const CHUNK = 4 * 1024 * 1024
@@ -9,7 +9,7 @@ const CHUNK = 4 * 1024 * 1024
  * its end read as zero). Checks `signal` between chunks. Returns the bytes fed.
  */
 export async function digestFile (path: string, bytes: number, update: (b: Uint8Array) => void, opts: { signal?: AbortSignal } = {}): Promise<number> {
-  const fh = await open(path, 'r')
+  const fh = await openStoreFile(path, 'read')
   try {
     let done = 0
     while (done < bytes) {

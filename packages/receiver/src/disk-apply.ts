@@ -1,8 +1,9 @@
-import { open, type FileHandle } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
 import { CycleDigest } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { exists, fsyncDir, readFully, writeFully, writeZeros } from './fs-util.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
+import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import type { InflightDisk } from './state-file.ts'
@@ -34,6 +35,12 @@ export interface DiskEndClaim extends ExtentCounts {
 
 function hex (b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex')
+}
+
+/** A new, empty seed file: whatever was at its name (an older seed, a planted link) is removed first, never followed. */
+async function freshSeed (path: string): Promise<FileHandle> {
+  await unlinkIfExists(path)
+  return await openStoreFile(path, 'create')
 }
 
 function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
@@ -93,14 +100,14 @@ export class DiskApply {
   static async start (paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
     if (info.target === 'seed') {
       const p = paths.seed(info.stem)
-      const fh = await open(p, 'w', 0o644)
+      const fh = await freshSeed(p)
       await fh.truncate(info.capacity)
       await fh.sync()
       await fsyncDir(paths.dir)
       return new DiskApply(info, p, fh, journal)
     }
     const p = paths.flat(info.stem)
-    const fh = await open(p, 'r+')
+    const fh = await openStoreFile(p, 'update')
     if (info.capacity > info.baseSize) {
       await fh.truncate(info.capacity)
       await fh.sync()
@@ -113,18 +120,18 @@ export class DiskApply {
     let contents = journalContents
     const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
     let fh: FileHandle
-    if (info.target === 'seed' && (contents.applied === null || !await exists(p))) {
+    if (info.target === 'seed' && (contents.applied === null || !await entryExists(p))) {
       // nothing durably applied, or the seed file is gone (rolled back): start
       // the seed again at seq 0 in a FRESH file — a seed leaves zero ranges
       // unwritten, so stale bytes must not survive
       await resetJournal(paths.journal(info.stem), contents.headEnd)
       contents = { ...contents, extents: [], applied: null, validEnd: contents.headEnd }
-      fh = await open(p, 'w', 0o644)
+      fh = await freshSeed(p)
       await fh.truncate(info.capacity)
       await fh.sync()
       await fsyncDir(paths.dir)
     } else {
-      fh = await open(p, 'r+')
+      fh = await openStoreFile(p, 'update')
     }
     let journal: Journal
     try {

@@ -1,6 +1,5 @@
-import { readFile, stat } from 'node:fs/promises'
 import { ioError } from './errors.ts'
-import { exists } from './fs-util.ts'
+import { entryExists, readStoreFile, regularFileSize } from './store-fs.ts'
 import { descriptorCid } from './mirror-descriptor.ts'
 import type { MirrorFacts } from './open-decision.ts'
 import type { DiskRecord, InflightDisk } from './state-file.ts'
@@ -11,19 +10,21 @@ import type { VmPaths } from './vm-paths.ts'
  * a rollback of its in-flight cycle was interrupted. Read-only.
  */
 export async function inspectMirror (paths: VmPaths, rec: DiskRecord | undefined, inflight: InflightDisk | undefined): Promise<MirrorFacts> {
-  const undoing = inflight === undefined ? false : await exists(paths.undoing(inflight.stem))
+  const undoing = inflight === undefined ? false : await entryExists(paths.undoing(inflight.stem))
   if (rec === undefined) return { cid: '', flatSize: 0, undoing }
+  // a descriptor or flat that is missing, a link or a FIFO reads as "modified": the agent seeds, and the commit replaces the entry
   let cid = ''
   try {
-    cid = descriptorCid(await readFile(paths.descriptor(rec.stem), 'latin1')) ?? ''
+    cid = descriptorCid((await readStoreFile(paths.descriptor(rec.stem))).toString('latin1')) ?? ''
   } catch (err) {
-    if ((err as { code?: unknown }).code !== 'ENOENT') throw ioError(err, 'reading the mirror descriptor')
+    const code = (err as { code?: unknown }).code
+    if (code !== 'ENOENT' && code !== 'E_STORE_FILE') throw ioError(err, 'reading the mirror descriptor')
   }
   let flatSize = -1
   try {
-    flatSize = (await stat(paths.flat(rec.stem))).size
+    flatSize = await regularFileSize(paths.flat(rec.stem)) ?? -1
   } catch (err) {
-    if ((err as { code?: unknown }).code !== 'ENOENT') throw ioError(err, 'inspecting the mirror flat file')
+    if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw ioError(err, 'inspecting the mirror flat file')
   }
   return { cid, flatSize, undoing }
 }

@@ -17,9 +17,9 @@ export function checkVmName (vm: string): void {
   if (vm.startsWith('.')) throw new ReceiverError('E_BAD_NAME', 'a VM name may not start with "."')
 }
 
-/** A configuration file is installed beside the mirror disks: no hidden name, no disk file. */
+/** A configuration file is installed beside the mirror disks: no hidden name, no disk or seed file. */
 export function checkFileName (name: string): void {
-  if (name.startsWith('.') || /\.vmdk$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
+  if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
 }
 
 /** A disk name becomes `<stem>.vmdk`, `<stem>-flat.vmdk`, journals…: none of them may be hidden or another disk's file. */

@@ -1,15 +1,16 @@
 import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { exists, isTempName, unlinkIfExists } from './fs-util.ts'
+import { isTempName, unlinkIfExists } from './fs-util.ts'
+import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { readVmState } from './state-file.ts'
 import { listVms } from './store-admin.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { VmPaths } from './vm-paths.ts'
 
-/** Remove leftover temporary files of interrupted atomic writes in `dir`. */
-async function removeTemps (dir: string): Promise<number> {
+/** Remove leftover temporary files of interrupted atomic writes in `dir` (exactly their names, each removal logged). */
+async function removeTemps (dir: string, log: Logger): Promise<number> {
   let n = 0
   let entries: string[]
   try {
@@ -20,6 +21,7 @@ async function removeTemps (dir: string): Promise<number> {
   for (const e of entries) {
     if (isTempName(e)) {
       await rm(join(dir, e), { force: true })
+      log.info({ file: join(dir, e) }, 'temporary file of an interrupted write removed')
       n++
     }
   }
@@ -50,11 +52,11 @@ export async function recoverStore (storeDir: string, logger: Logger, opts: { ab
     let m: VmMirror | undefined
     try {
       const paths = new VmPaths(storeDir, vm)
-      await removeTemps(paths.dir)
-      await removeTemps(paths.gdir)
-      await removeTemps(paths.incoming)
+      await removeTemps(paths.dir, log)
+      await removeTemps(paths.gdir, log)
+      await removeTemps(paths.incoming, log)
       const before = await readVmState(paths)
-      m = await VmMirror.acquire(storeDir, vm, log)
+      m = await VmMirror.acquire(storeDir, vm, log, { create: false })
       const rolled = before?.pending != null
       const inflight = m.state.inflight
       // stray journals: not listed in the state (crash between journal creation and state write)
@@ -66,7 +68,7 @@ export async function recoverStore (storeDir: string, logger: Logger, opts: { ab
         }
       }
       const age = inflight === null ? 0 : Date.now() - Date.parse(inflight.startedAt)
-      if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => exists(paths.undoing(d.stem))))).some(Boolean)) {
+      if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => entryExists(paths.undoing(d.stem))))).some(Boolean)) {
         const committedCycle = await m.rollback()
         log.info({ cycle: inflight.cycle, committedCycle }, 'interrupted rollback completed')
         reports.push({ vm, action: 'rolled-back' })

@@ -327,8 +327,9 @@ export class Session {
     if (this.dead) return
     this.dead = true
     this.inbox.clear()
-    // a store that cannot be read is an I/O failure for the agent
-    const err = errorCode(error) === 'E_STATE' ? new ReceiverError('E_IO', (error as Error).message) : error
+    // a store that cannot be read (or holds a link or FIFO) is an I/O failure for the agent
+    const local = errorCode(error)
+    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
     else this.log.warn({ code: msg.code, why: msg.message }, 'session aborted')

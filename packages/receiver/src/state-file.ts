@@ -1,7 +1,7 @@
-import { mkdir } from 'node:fs/promises'
 import type { CompatRecord, DigestAlgorithm, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
-import { readJsonIfExists, writeFileAtomic } from './fs-util.ts'
+import { writeFileAtomic } from './fs-util.ts'
+import { ensureStoreDir, readStoreJson } from './store-fs.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -102,9 +102,10 @@ export function emptyState (vm: string): VmStateFile {
 export async function readVmState (paths: VmPaths): Promise<VmStateFile | undefined> {
   let json: unknown
   try {
-    json = await readJsonIfExists(paths.state)
+    json = await readStoreJson(paths.state)
   } catch (err) {
     if (err instanceof SyntaxError) throw new ReceiverError('E_STATE', `${paths.state} is not valid JSON: ${err.message}`)
+    if ((err as { code?: unknown }).code === 'E_STORE_FILE') throw err
     throw ioError(err, `reading ${paths.state}`)
   }
   if (json === undefined) return undefined
@@ -117,6 +118,6 @@ export async function readVmState (paths: VmPaths): Promise<VmStateFile | undefi
 
 /** Replace a VM's state file atomically (creating `.grainline` if needed). */
 export async function writeVmState (paths: VmPaths, next: VmStateFile): Promise<void> {
-  await mkdir(paths.gdir, { recursive: true })
+  await ensureStoreDir(paths.gdir)
   await writeFileAtomic(paths.state, JSON.stringify(next, null, 1) + '\n')
 }

@@ -1,9 +1,9 @@
 /** Read-only and operator views of a store: listing, status, rollback (`grainline status`, `grainline mirror rollback`). */
-import { readdir } from 'node:fs/promises'
+import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
-import { exists } from './fs-util.ts'
+import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
@@ -11,7 +11,7 @@ import { readVmState, type VerifyRecord } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
-/** List VM folders holding a grainline state file, sorted. */
+/** List VM folders holding a grainline state file, sorted. A symbolic link in the store is not a VM folder. */
 export async function listVms (storeDir: string): Promise<string[]> {
   let entries: string[]
   try {
@@ -22,7 +22,9 @@ export async function listVms (storeDir: string): Promise<string[]> {
   }
   const out: string[] = []
   for (const e of entries.sort()) {
-    if (await exists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)
+    const st = await lstat(join(storeDir, e)).catch(() => undefined)
+    if (st?.isDirectory() !== true) continue
+    if (await entryExists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)
   }
   return out
 }
@@ -31,10 +33,12 @@ export async function listVms (storeDir: string): Promise<string[]> {
 export async function rollbackMirror (storeDir: string, vm: string, logger?: Logger): Promise<{ vm: string, committedCycle: number, rolledBack: boolean }> {
   const { default: pino } = await import('pino')
   const log = logger ?? pino({ level: 'silent' })
-  const paths = new VmPaths(storeDir, vm)
-  if (await readVmState(paths) === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
-  const m = await VmMirror.acquire(storeDir, vm, log)
+  const m = await VmMirror.acquire(storeDir, vm, log, { create: false }).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'E_NOT_FOUND') throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
+    throw err
+  })
   try {
+    if (await readVmState(m.paths) === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
     const had = m.state.inflight !== null
     const committedCycle = await m.rollback()
     return { vm, committedCycle, rolledBack: had }

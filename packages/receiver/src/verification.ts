@@ -1,9 +1,9 @@
 /** The receiver's side of SPEC §5.6: digest the mirror and compare with the agent's view of the frozen source. */
-import { stat } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
 import { createDigest, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { digestFile } from './digest-file.ts'
+import { regularFileSize } from './store-fs.ts'
 
 /** Outcome of a trivial check or a certify of one mirror. */
 export interface VerifyOutcome {
@@ -21,11 +21,14 @@ function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
 }
 
 async function sizeOf (path: string): Promise<number> {
+  let size: number | undefined
   try {
-    return (await stat(path)).size
+    size = await regularFileSize(path)
   } catch (err) {
     throw new ReceiverError('E_IO', `cannot stat the mirror: ${(err as Error).message}`)
   }
+  if (size === undefined) throw new ReceiverError('E_IO', `the mirror ${path} is missing`)
+  return size
 }
 
 /**

@@ -1,11 +1,12 @@
-import { open, readFile, type FileHandle } from 'node:fs/promises'
+import { open, type FileHandle } from 'node:fs/promises'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists } from './fs-util.ts'
+import { checkVmDir, readStoreFile } from './store-fs.ts'
 import type { VmPaths } from './vm-paths.ts'
 
-/** Folders of VMs held by this process (one writer per VM and process). */
+/** Identities (device:inode) of the VM folders held by this process: two names of one folder (a bind mount, a case-insensitive file system) are one VM. */
 const held = new Set<string>()
 
 function processAlive (pid: number): boolean {
@@ -53,12 +54,13 @@ export function lockText (): string {
  * Whether the process that wrote a lock still holds it: its pid is alive
  * and, when the lock records them, this is the same boot and the pid's
  * process started at the recorded time (a pid reused after a reboot or in a
- * container by an unrelated process does not hold the lock).
+ * container by an unrelated process does not hold the lock). A lock of this
+ * very process is held: it was taken through another name of the folder.
  */
 export function lockHolderAlive (text: string): boolean {
   const [pidText = '', boot = '', start = ''] = text.split('\n')
   const pid = Number.parseInt(pidText, 10)
-  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || !processAlive(pid)) return false
+  if (!Number.isSafeInteger(pid) || pid <= 0 || !processAlive(pid)) return false
   if (boot !== '' && bootId() !== '' && boot !== bootId()) return false
   if (start !== '') {
     const now = processStartTime(pid)
@@ -90,7 +92,7 @@ async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boole
         return false
       }
       if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
-      const text = await readFile(paths.lock, 'utf8').catch(() => '')
+      const text = await readStoreFile(paths.lock).then((b) => b.toString('utf8'), () => '')
       const pid = Number.parseInt(text, 10)
       if (lockHolderAlive(text)) {
         throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
@@ -144,11 +146,13 @@ export class VmLock {
   }
 
   /**
-   * Take the lock of a VM.
-   * @throws ReceiverError E_BUSY when another session or process holds it
+   * Take the lock of a VM. The VM folder must be a real folder directly in
+   * the store (`create`: made if missing); the in-process lock is keyed on
+   * its identity, not its name.
+   * @throws ReceiverError E_BUSY when another session or process holds it, E_STORE_FILE, E_NOT_FOUND
    */
-  static async take (paths: VmPaths, vm: string, log: Logger): Promise<VmLock> {
-    const key = paths.dir
+  static async take (paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
+    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true)
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
     try {

@@ -1,9 +1,9 @@
-import { mkdir, readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
-import { unlinkIfExists, writeFileAtomic, fsyncDir, readJsonIfExists } from './fs-util.ts'
+import { unlinkIfExists, writeFileAtomic, fsyncDir } from './fs-util.ts'
+import { ensureStoreDir, readStoreDir, readStoreJson, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, rollForwardFiles } from './commit.ts'
@@ -12,7 +12,7 @@ import { inspectMirror } from './mirror-inspection.ts'
 import { undoInflight } from './rollback.ts'
 import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
-import { VmPaths, diskStem } from './vm-paths.ts'
+import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
@@ -53,12 +53,13 @@ export class VmMirror {
 
   /**
    * Lock and load a VM mirror, finishing a commit interrupted after its
-   * commit point.
-   * @throws ReceiverError E_BUSY when another writer holds it
+   * commit point. With `create: false` (rollback, recovery) the VM folder
+   * must exist already.
+   * @throws ReceiverError E_BUSY when another writer holds it, E_STORE_FILE, E_NOT_FOUND
    */
-  static async acquire (storeDir: string, vm: string, log: Logger): Promise<VmMirror> {
+  static async acquire (storeDir: string, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmMirror> {
     const paths = new VmPaths(storeDir, vm)
-    const lock = await VmLock.take(paths, vm, log)
+    const lock = await VmLock.take(paths, vm, log, { create: opts.create !== false })
     try {
       const state = (await readVmState(paths)) ?? emptyState(vm)
       const m = new VmMirror(paths, vm, state, log, lock)
@@ -97,8 +98,9 @@ export class VmMirror {
   /** Create the folders and stage the VM's config files for the next commit. */
   async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>, compat: CompatRecord): Promise<void> {
     try {
-      await mkdir(this.paths.incoming, { recursive: true })
-      for (const old of await readdir(this.paths.incoming)) {
+      await ensureStoreDir(this.paths.gdir)
+      await ensureStoreDir(this.paths.incoming)
+      for (const old of await readStoreDir(this.paths.incoming)) {
         if (!files.some((f) => f.name === old)) await unlinkIfExists(join(this.paths.incoming, old))
       }
       for (const f of files) await writeFileAtomic(join(this.paths.incoming, f.name), f.data)
@@ -116,17 +118,23 @@ export class VmMirror {
   }
 
   /**
-   * Throw E_BAD_NAME when `name`'s file stem equals, ignoring case, the stem
-   * of another disk of this VM (committed, in flight, or in `open`) with a
-   * different name: `a.vmdk`, `a.VMDK` and `a` would share one flat, seed and
-   * journal file (and clash on case-insensitive file systems).
+   * Throw E_BAD_NAME when a file the store generates for disk `name` (see
+   * `generatedNames`) is, ignoring case, also one of another disk of this VM
+   * (committed, in flight, or in `open`): `a.vmdk`, `a.VMDK` and `a` would
+   * share every file, `a-flat`'s descriptor would be `a.vmdk`'s flat (and
+   * names differing in case clash on case-insensitive file systems).
    */
-  checkStem (name: string, open: Iterable<string> = []): void {
-    const key = diskStem(name).toLowerCase()
+  checkNames (name: string, open: Iterable<string> = []): void {
+    const mine = generatedNames(diskStem(name))
+    const key = (list: readonly string[]): Set<string> => new Set(list.map((n) => n.toLowerCase()))
+    const [mirror, state] = [key(mine.mirror), key(mine.state)]
     const others = new Set([...Object.keys(this.current.disks), ...Object.keys(this.current.inflight?.disks ?? {}), ...open])
     for (const other of others) {
-      if (other !== name && diskStem(other).toLowerCase() === key) {
-        throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} collides with disk ${JSON.stringify(other)} of VM ${this.vm} (same file stem)`)
+      if (other === name) continue
+      const theirs = generatedNames(diskStem(other))
+      const clash = theirs.mirror.find((n) => mirror.has(n.toLowerCase())) ?? theirs.state.find((n) => state.has(n.toLowerCase()))
+      if (clash !== undefined) {
+        throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} collides with disk ${JSON.stringify(other)} of VM ${this.vm}: both would use the file ${clash}`)
       }
     }
   }
@@ -137,7 +145,7 @@ export class VmMirror {
    * touched) or the resume of the interrupted one.
    */
   async openDisk (req: DiskOpenRequest, open: Iterable<string> = []): Promise<OpenDiskResult> {
-    this.checkStem(req.name, open)
+    this.checkNames(req.name, open)
     const s = this.current
     const rec = s.disks[req.name]
     const inf = s.inflight?.disks[req.name]
@@ -161,7 +169,7 @@ export class VmMirror {
     }
     const info = d.info
     try {
-      await mkdir(this.paths.gdir, { recursive: true })
+      await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
       const journal = await Journal.create(this.paths.journal(info.stem), {
         cycleId: info.cycleId, cycle: req.cycle, name: info.name, mode: info.mode, capacity: info.capacity, baseSize: info.baseSize,
@@ -200,9 +208,9 @@ export class VmMirror {
       const sealed = []
       for (const a of applies) {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
-        sealed.push({ info: a.info, size: (await stat(a.targetPath)).size, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
+        sealed.push({ info: a.info, size: await regularFileSize(a.targetPath) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
-      const compat = await readJsonIfExists(join(this.paths.gdir, 'compat.json')) as CompatRecord | undefined
+      const compat = await readStoreJson(join(this.paths.gdir, 'compat.json')) as CompatRecord | undefined
       const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString())
       records = c.records
       faultPoint('commit-before-state')
@@ -221,7 +229,7 @@ export class VmMirror {
     const p = this.current.pending
     if (p === null) return
     try {
-      await rollForwardFiles(this.paths, this.current)
+      await rollForwardFiles(this.paths, this.current, this.log)
       await this.save({ ...this.current, pending: null })
     } catch (err) {
       throw ioError(err, 'finishing a commit')

@@ -12,6 +12,19 @@ export function diskStem (name: string): string {
 }
 
 /**
+ * Every file name the store generates for a disk stem, by folder: in the VM
+ * folder its descriptor, flat and seed; in `.grainline` its journal, spare
+ * and undo journal. Two disks of a VM may share none of them, ignoring case
+ * (`a.vmdk`'s flat is `a-flat.vmdk`, which is also disk `a-flat`'s descriptor).
+ */
+export function generatedNames (stem: string): { readonly mirror: readonly string[], readonly state: readonly string[] } {
+  return {
+    mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
+    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`],
+  }
+}
+
+/**
  * Where every file of one VM mirror lives (the store layout of the README):
  *
  *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
@@ -20,6 +33,8 @@ export function diskStem (name: string): string {
  * Pure: builds paths, touches nothing.
  */
 export class VmPaths {
+  /** the store folder */
+  readonly store: string
   /** the mirror folder `STORE/<vm>` */
   readonly dir: string
   /** `STORE/<vm>/.grainline` */
@@ -29,6 +44,7 @@ export class VmPaths {
   /** staged configuration files of the cycle in flight */
   readonly incoming: string
   constructor (storeDir: string, vm: string) {
+    this.store = storeDir
     this.dir = join(storeDir, vm)
     this.gdir = join(this.dir, STATE_DIR)
     this.state = join(this.gdir, STATE_FILE)
