@@ -101,12 +101,13 @@ async function cycle (cycle, mode, f) {
 
 // Apply path alone (no network): the receiver's own store code, digest check
 // included, 32 MiB durable batches — what the disk path costs.
+const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 async function applyOnly (cycle, mode, seedByte) {
   const { VmMirror } = await import(new URL('../packages/receiver/dist/src/vm-mirror.js', import.meta.url).href)
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
-  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, algorithm: 'xxh64' })
+  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, algorithm: 'xxh64' }, compat)
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const cd = new CycleDigest('xxh64')
@@ -131,7 +132,7 @@ async function applyOnly (cycle, mode, seedByte) {
   await writing
   await a.writeBatch(batch)
   await a.end({ ...a.counts, digest: cd.digest() })
-  await m.commit(cycle, [a], '')
+  await m.commit(cycle, [a], '', compat)
   m.release()
   return N / (Number(process.hrtime.bigint() - t0) / 1e9)
 }

@@ -38,6 +38,8 @@ function committedRecord (d: SealedDisk, cycle: number, now: string, prev: DiskR
     mirrorCid: newCid(prev?.mirrorCid),
     ddb: d.info.ddb,
     cycleDigest: { algorithm: d.info.algorithm, digest: d.digest },
+    // an incremental carries the divergence mark on (it is refused anyway); a seed starts clean
+    ...(d.info.mode === 'incremental' && prev?.diverged !== undefined ? { diverged: prev.diverged } : {}),
   }
 }
 

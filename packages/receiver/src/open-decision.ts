@@ -37,10 +37,12 @@ export interface OpenInputs {
   readonly inflight: InflightDisk | undefined
   readonly facts: MirrorFacts
   readonly request: DiskOpenRequest
+  /** whether the VmOpen's compat record matches the mirror's (SPEC §4.2) */
+  readonly compatible: boolean
 }
 
 /** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
-export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH'
+export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_DIVERGED'
 
 /** The answer: start a fresh apply, resume the one in flight, or refuse. */
 export type OpenDecision =
@@ -57,6 +59,10 @@ export function mirrorModified (record: DiskRecord | undefined, inflight: Inflig
   if (record === undefined) return false
   const sizeOk = inflight?.target === 'flat' ? facts.flatSize >= record.size : facts.flatSize === record.size
   return facts.cid !== record.mirrorCid || !sizeOk
+}
+
+function incompatibleText (x: OpenInputs): string {
+  return `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no incremental; seed a new mirror after checking the VM`
 }
 
 function refuse (code: RefusalCode, message: string): OpenDecision {
@@ -76,9 +82,12 @@ export function decideOpen (x: OpenInputs): OpenDecision {
     if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
       return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
     }
-    // the committed mirror under an in-place apply changed (CID or size)
-    // while the cycle was interrupted: its journal no longer describes it
-    if (inf.target === 'flat' && modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
+    if (inf.target === 'flat') {
+      if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
+      // the committed mirror under an in-place apply changed (CID or size)
+      // while the cycle was interrupted: its journal no longer describes it
+      if (modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
+    }
     return { kind: 'resume', info: inf }
   }
   if (req.cycle <= x.committedCycle) {
@@ -86,6 +95,8 @@ export function decideOpen (x: OpenInputs): OpenDecision {
   }
   if (req.mode === 'incremental') {
     if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
+    if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
+    if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): seed it`)
     if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
     if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
     if (req.source.layers[0]?.file !== rec.source.successor) {

@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
   ConversationState, MessageKind, ProtocolErrorCodes, decodeMessage, encodeMessage, negotiate, toErrorMessage,
-  type CertifyMessage, type CommitMessage, type DiskEndMessage, type DiskOpenMessage, type ErrorMessage, type ExtentMessage, type HelloMessage,
+  type CertifyMessage, type CommitMessage, type CompatRecord, type DiskEndMessage, type DiskOpenMessage, type ErrorMessage, type ExtentMessage, type HelloMessage,
   type LocalCapabilities, type Message, type Negotiated, type ProtocolErrorCode, type TrivialCheckMessage, type VmOpenMessage,
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
@@ -56,6 +56,8 @@ export class Session {
   private vm: VmMirror | undefined
   private vmName = ''
   private cycle = 0
+  /** the VmOpen's compat record: compared at each DiskOpen, recorded at commit */
+  private compat: CompatRecord | undefined
   /** accepted disks by handle (refused handles are spent, SPEC §8.2, and not kept here) */
   private readonly disks = new Map<number, PipelineDisk>()
   private readonly pipeline: ApplyPipeline
@@ -201,9 +203,10 @@ export class Session {
     this.vm = await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
     this.vmName = msg.vm
     this.cycle = msg.cycle
+    this.compat = msg.compat
     const s = this.vm.state
     this.log.info({ vm: msg.vm, cycle: msg.cycle, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, 'vm opened')
-    await this.vm.stageFiles(msg.files, msg.compat)
+    await this.vm.stageFiles(msg.files)
     this.send({
       kind: MessageKind.VmState,
       vm: msg.vm,
@@ -236,7 +239,7 @@ export class Session {
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
-    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, open)
+    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, this.compat as CompatRecord, open)
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
@@ -283,7 +286,7 @@ export class Session {
 
   private async onCommit (msg: CommitMessage): Promise<void> {
     const disks = [...this.disks.values()]
-    const recs = await this.mirror.commit(msg.cycle, disks.map((d) => d.apply), this.settings.displaySuffix)
+    const recs = await this.mirror.commit(msg.cycle, disks.map((d) => d.apply), this.settings.displaySuffix, this.compat as CompatRecord)
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     this.send({
       kind: MessageKind.Committed,

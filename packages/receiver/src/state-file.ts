@@ -35,6 +35,19 @@ export interface DiskRecord {
   readonly cycleDigest: { readonly algorithm: DigestAlgorithm, readonly digest: string }
   readonly trivial?: VerifyRecord
   readonly certify?: VerifyRecord
+  /**
+   * Set when a trivial check or certify found the mirror different from the
+   * source: no incremental is applied on it again (`E_DIVERGED`); the next
+   * seed's commit writes a record without it.
+   */
+  readonly diverged?: DivergedRecord
+}
+
+/** Why and when a mirror was found to differ from its source. */
+export interface DivergedRecord {
+  readonly reason: string
+  /** ISO time of the failed check */
+  readonly at: string
 }
 
 /** Per-disk in-flight (uncommitted) cycle. */
@@ -81,6 +94,7 @@ export interface InflightCycle {
 export interface VmStateFile {
   readonly format: 1
   readonly vm: string
+  /** the compatibility record of the last commit (SPEC §4.2); written at commit only */
   readonly compat: CompatRecord | null
   readonly committedCycle: number
   readonly committedAt: string | null

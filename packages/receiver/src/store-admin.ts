@@ -7,7 +7,7 @@ import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
-import { readVmState, type VerifyRecord } from './state-file.ts'
+import { readVmState, type DivergedRecord, type VerifyRecord } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
@@ -59,6 +59,8 @@ export interface DiskStatus {
   readonly modified: boolean
   readonly trivial: VerifyRecord | null
   readonly certify: VerifyRecord | null
+  /** a failed trivial check or certify: the next cycle must seed the disk */
+  readonly diverged: DivergedRecord | null
   readonly inflight: { readonly cycle: number, readonly mode: string, readonly resumeSeq: number } | null
 }
 
@@ -104,6 +106,7 @@ export async function storeStatus (storeDir: string): Promise<{ store: string, v
           modified: mirrorModified(rec, inf, facts),
           trivial: rec?.trivial ?? null,
           certify: rec?.certify ?? null,
+          diverged: rec?.diverged ?? null,
           inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq },
         })
       }

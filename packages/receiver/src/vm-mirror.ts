@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, fsyncDir } from './fs-util.ts'
-import { ensureStoreDir, readStoreDir, readStoreJson, regularFileSize } from './store-fs.ts'
+import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, rollForwardFiles } from './commit.ts'
@@ -96,7 +96,7 @@ export class VmMirror {
   }
 
   /** Create the folders and stage the VM's config files for the next commit. */
-  async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>, compat: CompatRecord): Promise<void> {
+  async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>): Promise<void> {
     try {
       await ensureStoreDir(this.paths.gdir)
       await ensureStoreDir(this.paths.incoming)
@@ -104,7 +104,6 @@ export class VmMirror {
         if (!files.some((f) => f.name === old)) await unlinkIfExists(join(this.paths.incoming, old))
       }
       for (const f of files) await writeFileAtomic(join(this.paths.incoming, f.name), f.data)
-      await writeFileAtomic(join(this.paths.gdir, 'compat.json'), JSON.stringify(compat) + '\n')
     } catch (err) {
       throw ioError(err, 'staging the VM configuration files')
     }
@@ -144,7 +143,7 @@ export class VmMirror {
    * fresh apply (journal head durable → state lists the disk → target
    * touched) or the resume of the interrupted one.
    */
-  async openDisk (req: DiskOpenRequest, open: Iterable<string> = []): Promise<OpenDiskResult> {
+  async openDisk (req: DiskOpenRequest, compat: CompatRecord, open: Iterable<string> = []): Promise<OpenDiskResult> {
     this.checkNames(req.name, open)
     const s = this.current
     const rec = s.disks[req.name]
@@ -156,7 +155,7 @@ export class VmMirror {
       mirrorCid: rec === undefined ? '' : facts.cid,
       modified: mirrorModified(rec, inf, facts),
     }
-    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req })
+    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req, compatible: this.compatible(compat) })
     if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
     if (d.kind === 'resume') {
       const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
@@ -193,10 +192,11 @@ export class VmMirror {
 
   /**
    * Commit sealed applies atomically: one state.json replace records every
-   * disk's new cycle, CID and size (the commit point), then roll forward:
-   * seed renames, descriptors, .vmx and config files, journal removal.
+   * disk's new cycle, CID and size and the VmOpen's compat record (the commit
+   * point), then roll forward: seed renames, descriptors, .vmx and config
+   * files, journal removal.
    */
-  async commit (cycle: number, applies: readonly DiskApply[], suffix: string): Promise<DiskRecord[]> {
+  async commit (cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
     const infl = this.current.inflight
     if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
     const names = new Set(applies.map((a) => a.info.name))
@@ -210,11 +210,10 @@ export class VmMirror {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
         sealed.push({ info: a.info, size: await regularFileSize(a.targetPath) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
-      const compat = await readStoreJson(join(this.paths.gdir, 'compat.json')) as CompatRecord | undefined
       const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString())
       records = c.records
       faultPoint('commit-before-state')
-      await this.save({ ...c.next, compat: compat ?? this.current.compat })
+      await this.save({ ...c.next, compat })
     } catch (err) {
       throw ioError(err, 'committing')
     }
@@ -253,10 +252,15 @@ export class VmMirror {
     return this.current.committedCycle
   }
 
-  /** Record a trivial-check or certify result. */
+  /**
+   * Record a trivial-check or certify result; a failed one marks the disk
+   * diverged (no incremental on it until a seed is committed).
+   */
   async recordVerify (name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
-    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r } } })
+    const diverged = r.ok ? rec.diverged : { reason: `${kind === 'trivial' ? 'trivial check' : 'certify'} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
+    if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
   }
 }

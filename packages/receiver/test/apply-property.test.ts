@@ -16,6 +16,7 @@ import { pattern } from './helpers.ts'
  */
 const CAP = 64 * 1024
 const log = pino({ level: 'silent' })
+const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
 
 function ext (seq: number, offset: number, length: number, zero: boolean, fill: number): ApplyExtent {
@@ -54,13 +55,13 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       const base = pattern(CAP, run)
       // commit a seed of `base`
       let m = await VmMirror.acquire(store, 'vm', log)
-      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' })
+      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, compat)
       const sa = s.apply
       if (sa === undefined) throw new Error('seed refused')
       const seedExtents = [ext(0, 0, CAP, false, run)].map((e) => ({ ...e, data: base, digest: createDigest('sha256').update(base).digest() }))
       await applyBatch(sa, seedExtents)
       await end(sa, seedExtents)
-      await m.commit(1, [sa], '')
+      await m.commit(1, [sa], '', compat)
       m.release()
       // the cycle's extents and the image they make
       const extents = raw.map((r, seq) => {
@@ -75,7 +76,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       }
       const open = async () => {
         m = await VmMirror.acquire(store, 'vm', log)
-        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' })
+        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, compat)
         if (r.apply === undefined) throw new Error(`refused ${r.reason}`)
         return r.apply
       }
@@ -103,7 +104,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       const a = await open()
       for (let seq = a.nextSeq; seq < extents.length; seq += batchSize) await applyBatch(a, extents.slice(seq, seq + batchSize))
       await end(a, extents)
-      await m.commit(2, [a], '')
+      await m.commit(2, [a], '', compat)
       m.release()
       return readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(expected)
     }), { numRuns: 100, seed: 4242 })

@@ -20,9 +20,10 @@ const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => 
   target: req.mode === 'seed' ? 'seed' : 'flat', source: req.source, ddb: req.ddb, algorithm: req.algorithm,
 })
 
-const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc }
+const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc, compatible: true }
+const diverged = { ...record, diverged: { reason: 'certify (sha256) of cycle 1 failed', at: '2026-01-02T00:00:00.000Z' } }
 
-interface Row { readonly name: string, readonly in: Partial<OpenInputs>, readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' }
+interface Row { readonly name: string, readonly in: Partial<OpenInputs>, readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_DIVERGED' }
 
 const rows: Row[] = [
   // another cycle in flight
@@ -37,11 +38,15 @@ const rows: Row[] = [
   { name: 'in flight in place, flat shrank', in: { inflightCycle: 2, inflight: inflightOf(inc), facts: { ...intact, flatSize: 32 * KiB } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'in flight in place, flat grown by the apply', in: { inflightCycle: 2, inflight: inflightOf(inc), facts: { ...intact, flatSize: 128 * KiB } }, want: 'resume' },
   { name: 'in flight in place, same identity', in: { inflightCycle: 2, inflight: inflightOf(inc) }, want: 'resume' },
+  { name: 'in flight in place, VM no longer compatible', in: { inflightCycle: 2, inflight: inflightOf(inc), compatible: false }, want: 'E_INCOMPATIBLE' },
+  { name: 'in flight seed, VM not compatible', in: { request: seed, inflightCycle: 2, inflight: inflightOf(seed), compatible: false }, want: 'resume' },
   { name: 'in flight seed over a modified mirror', in: { request: seed, inflightCycle: 2, inflight: inflightOf(seed), facts: { ...intact, cid: '0badc0de' } }, want: 'resume' },
   // nothing of this disk in flight
   { name: 'cycle not after the committed one', in: { committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
   { name: 'seed of a cycle not after the committed one', in: { request: seed, committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
   { name: 'incremental without a committed mirror', in: { record: undefined, committedCycle: 0 }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'incremental, VM not compatible (SPEC §4.2)', in: { compatible: false }, want: 'E_INCOMPATIBLE' },
+  { name: 'incremental onto a diverged mirror', in: { record: diverged }, want: 'E_DIVERGED' },
   { name: 'incremental, mirror CID changed', in: { facts: { ...intact, cid: '0badc0de' } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, descriptor missing', in: { facts: { ...intact, cid: '' } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, flat size changed', in: { facts: { ...intact, flatSize: 64 * KiB + 512 } }, want: 'E_MIRROR_MODIFIED' },
@@ -54,6 +59,8 @@ const rows: Row[] = [
   { name: 'incremental while another disk of the same cycle is in flight', in: { inflightCycle: 2 }, want: 'fresh' },
   { name: 'first seed', in: { request: seed, record: undefined, committedCycle: 0 }, want: 'fresh' },
   { name: 'seed over a modified mirror', in: { request: seed, facts: { ...intact, cid: '0badc0de' } }, want: 'fresh' },
+  { name: 'seed of an incompatible VM (after operator action)', in: { request: seed, compatible: false }, want: 'fresh' },
+  { name: 'seed over a diverged mirror', in: { request: seed, record: diverged }, want: 'fresh' },
 ]
 
 t.test('decideOpen: every row', async (t) => {

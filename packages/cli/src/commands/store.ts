@@ -21,7 +21,7 @@ export async function statusCommand (opts: { store: string, output: 'json' | 'hu
         d.trivial === null ? '-' : (d.trivial.ok ? 'ok' : 'MISMATCH'),
         d.certify === null ? '-' : `${d.certify.ok ? 'ok' : 'MISMATCH'}`,
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
-        d.modified ? 'MODIFIED' : (vm.needsRecovery ? 'needs recovery' : 'ok'),
+        d.diverged !== null ? `DIVERGED (${d.diverged.reason}; next cycle seeds)` : d.modified ? 'MODIFIED' : (vm.needsRecovery ? 'needs recovery' : 'ok'),
       ])
     }
     if (vm.error !== undefined) rows.push([vm.vm, '-', '-', '-', '-', '-', '-', '-', `error: ${vm.error}`])
