@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { CycleDigest, MessageKind, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
+import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -70,12 +70,12 @@ async function cycle (cycle, mode, f) {
   let wake
   ws.on('message', (d) => { inbox.push(decodeMessage(d)); wake?.() })
   const next = async () => { while (inbox.length === 0) await new Promise((r) => { wake = r }); return inbox.shift() }
-  ws.send(encodeMessage({ kind: MessageKind.Hello, versions: [1], software: 'bench', digests: ['xxh64'], compressions: ['none'], limits: { maxMessageBytes: EXT + 65536, maxExtentBytes: EXT, windowBytes: 64 * MiB } }))
+  ws.send(encodeMessage({ kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 'bench', digests: ['xxh64'], compressions: ['none'], limits: { maxMessageBytes: EXT + 65536, maxExtentBytes: EXT, windowBytes: 64 * MiB } }))
   await next()
   ws.send(encodeMessage({ kind: MessageKind.VmOpen, vm: 'bench', cycle, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'x' }, files: [], disks: ['bench.vmdk'] }))
-  await next()
+  const baseGeneration = mode === 'seed' ? '' : (await next()).generation
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
-  ws.send(encodeMessage({ kind: MessageKind.DiskOpen, disk: 0, name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, totalBytes: N * MiB, totalExtents: f.out.length }))
+  ws.send(encodeMessage({ kind: MessageKind.DiskOpen, disk: 0, name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, baseGeneration, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }), ddb: {}, totalBytes: N * MiB, totalExtents: f.out.length }))
   const ds = await next()
   if (!ds.accepted) throw new Error(`refused ${ds.reason}`)
   const t0 = process.hrtime.bigint()
@@ -107,7 +107,8 @@ async function applyOnly (cycle, mode, seedByte) {
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
-  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, source }), ddb: {}, algorithm: 'xxh64' }, compat)
+  const baseGeneration = mode === 'seed' ? '' : m.state.generation
+  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, baseGeneration, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }), ddb: {}, algorithm: 'xxh64' }, compat)
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const cd = new CycleDigest('xxh64')

@@ -5,6 +5,7 @@
 import { DigestLengths, isDigestAlgorithm } from './digest.ts'
 import { isCompressionAlgorithm } from './compression.ts'
 import { ProtocolError } from './errors.ts'
+import { DEFAULT_MAX_EXTENT_BYTES } from './limits.ts'
 import { MessageKind, type CompressionAlgorithm, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
 
 /** Limits applied when decoding (and, optionally, encoding). */
@@ -74,7 +75,7 @@ function unique<T> (items: readonly T[], key: (t: T) => unknown, field: string):
 
 /** Apply the cross-field rules to a schema-valid message. */
 export function checkMessage (m: Message, limits: DecodeLimits): void {
-  const maxExtent = limits.maxExtentBytes ?? 16 * 1024 * 1024
+  const maxExtent = limits.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   switch (m.kind) {
     case MessageKind.Hello:
       if (m.versions.some((v) => v < 1)) throw bad('versions', 'versions start at 1')
@@ -92,12 +93,17 @@ export function checkMessage (m: Message, limits: DecodeLimits): void {
       unique(m.disks, (d) => d, 'disks')
       return
     case MessageKind.VmState:
+      if (!m.exists && (m.committedCycle !== 0 || m.generation !== '')) throw bad('exists', 'no mirror has no committed cycle and no generation')
       return
     case MessageKind.DiskOpen:
       if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')
       if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
       if (m.mode === 'seed' ? m.baseCycle !== 0 : (m.baseCycle < 1 || m.baseCycle >= m.cycle)) {
         throw bad('baseCycle', m.mode === 'seed' ? 'must be 0 for a seed' : 'must be ≥ 1 and below cycle for an incremental')
+      }
+      // SPEC §5.8: an incremental names the generation it was planned against; a seed has none
+      if ((m.mode === 'seed') !== (m.baseGeneration === '')) {
+        throw bad('baseGeneration', m.mode === 'seed' ? 'must be "" for a seed' : 'must be the generation the incremental was planned against')
       }
       return
     case MessageKind.DiskState:

@@ -4,13 +4,14 @@ import { MessageKind, type Message } from './messages.ts'
 import { RESERVE_START_SPACE } from 'msgpackr'
 import { type BinRef, packr, Scanner, unpackr } from './msgpack.ts'
 import { HARD_LIMITS, scanSpec, Schemas, sizeSpec, toWire, type SizeTally } from './schema.ts'
+import { DEFAULT_MAX_EXTENT_BYTES, maxMessageBytesFor } from './limits.ts'
 
 export type { DecodeLimits } from './checks.ts'
 
 /** Default decode limits (SPEC §1.3). */
 export const DEFAULT_LIMITS = Object.freeze({
-  maxMessageBytes: 16 * 1024 * 1024 + 65536,
-  maxExtentBytes: 16 * 1024 * 1024,
+  maxMessageBytes: maxMessageBytesFor(DEFAULT_MAX_EXTENT_BYTES),
+  maxExtentBytes: DEFAULT_MAX_EXTENT_BYTES,
 })
 
 /** Limits `encodeMessage` applies unless told otherwise: the protocol's hard caps. */

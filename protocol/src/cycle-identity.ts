@@ -10,16 +10,18 @@ export interface CycleIdentityFields {
   readonly cycle: number
   readonly mode: DiskOpenMessage['mode']
   readonly baseCycle: number
+  /** DiskOpen.baseGeneration ("" for a seed) */
+  readonly baseGeneration: string
   readonly source: DiskOpenMessage['source']
 }
 
-const DOMAIN = 'grainline.cycle-identity.v1'
+const DOMAIN = 'grainline.cycle-identity.v2'
 
 /**
  * The cycle identity (SPEC §5.2): lowercase hex SHA-256 (64 characters) over
  *
- *   str("grainline.cycle-identity.v1") • str(vm) • str(name) • u64le(cycle) •
- *   str(mode) • u64le(baseCycle) • u32le(layers.length) •
+ *   str("grainline.cycle-identity.v2") • str(vm) • str(name) • u64le(cycle) •
+ *   str(mode) • u64le(baseCycle) • str(baseGeneration) • u32le(layers.length) •
  *   for each layer, bottom first: str(file) • str(cid) • str(parentCid) •
  *   str(successor)
  *
@@ -46,6 +48,7 @@ export function cycleIdentity (fields: CycleIdentityFields): string {
   num(fields.cycle)
   str(fields.mode)
   num(fields.baseCycle)
+  str(fields.baseGeneration)
   u32.writeUInt32LE(fields.source.layers.length, 0)
   h.update(u32)
   for (const layer of fields.source.layers) {

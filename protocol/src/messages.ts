@@ -1,5 +1,5 @@
 /**
- * grainline wire protocol v1 — message types.
+ * grainline wire protocol v2 — message types.
  *
  * `protocol/SPEC.md` is the authority; this file is its TypeScript image.
  * Every WebSocket binary message carries exactly one frame:
@@ -11,10 +11,10 @@
  */
 
 /** Protocol major version spoken by this package. */
-export const PROTOCOL_VERSION = 1
+export const PROTOCOL_VERSION = 2
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
-export const SUBPROTOCOL = 'grainline.v1'
+export const SUBPROTOCOL = 'grainline.v2'
 
 /** Message kinds (the first byte of every frame). */
 export const MessageKind = {
@@ -167,6 +167,11 @@ export interface VmStateMessage {
   readonly inflightCycle: number
   /** false when the mirror's compat record differs from the VmOpen's */
   readonly compatible: boolean
+  /**
+   * generation id of the mirror's last commit (SPEC §5.8): 32 lowercase hex
+   * digits, "" when there is no committed point
+   */
+  readonly generation: string
 }
 
 /** Agent → receiver: open one disk of the VM for this cycle (SPEC §5.1). */
@@ -182,6 +187,11 @@ export interface DiskOpenMessage {
   readonly mode: 'seed' | 'incremental'
   /** for incremental: the committed cycle this one applies on; 0 for seed */
   readonly baseCycle: number
+  /**
+   * for incremental: the generation id of the commit the agent planned this
+   * cycle against (SPEC §5.8); "" for a seed
+   */
+  readonly baseGeneration: string
   readonly source: SourceIdentity
   /**
    * digest (hex) identifying this exact cycle: see SPEC §5 "cycle identity";
@@ -282,6 +292,8 @@ export interface CommittedMessage {
   readonly kind: typeof MessageKind.Committed
   readonly vm: string
   readonly cycle: number
+  /** the new point's generation id (SPEC §5.8): 32 lowercase hex digits, random, new at every commit */
+  readonly generation: string
   readonly disks: readonly CommittedDisk[]
 }
 

@@ -8,6 +8,7 @@ import { ProtocolError } from './errors.ts'
 import { MessageKind } from './messages.ts'
 import { BinRef, collectionHeaderSize, PART_MIN_BYTES, PATH_DICT_KEY, PATH_DICT_VALUE, PATH_INDEX, PATH_KEY, PATH_STRUCT_KEY, sameBytes, type Scanner, strHeaderAt, strHeaderSize, strLengthAt, binHeaderSize, uintSize, Uint64 } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
+import { maxMessageBytesFor } from './limits.ts'
 
 export interface UintSpec { readonly t: 'uint', readonly max: number }
 export interface BoolSpec { readonly t: 'bool' }
@@ -54,10 +55,10 @@ const pattern = (re: RegExp, what: string) => (s: string, field: string): void =
   if (!re.test(s)) throw bad(field, `${JSON.stringify(s.slice(0, 80))} is not ${what}`)
 }
 
-/** Hard caps of protocol v1 (SPEC §1.3). */
+/** Hard caps of protocol v2 (SPEC §1.3). */
 export const HARD_LIMITS = Object.freeze({
   /** largest frame either side may ever announce */
-  maxMessageBytes: 64 * 1024 * 1024 + 65536,
+  maxMessageBytes: maxMessageBytesFor(64 * 1024 * 1024),
   /** largest extent payload either side may ever announce */
   maxExtentBytes: 64 * 1024 * 1024,
   /** VmOpen: configuration files per VM */
@@ -78,6 +79,9 @@ const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'), '/^[0-9a-
 const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'), 'token /^[a-z0-9][a-z0-9._-]{0,31}$/')
 const digestBytes = bin(64)
 const disk = uint(HARD_LIMITS.maxDisks - 1)
+/** SPEC §5.8: a generation id is 128 random bits as 32 lowercase hex digits */
+const generation = str(32, pattern(/^[0-9a-f]{32}$/, '32 lowercase hex digits'), '/^[0-9a-f]{32}$/')
+const maybeGeneration = str(32, pattern(/^(?:|[0-9a-f]{32})$/, '32 lowercase hex digits or ""'), '"" | /^[0-9a-f]{32}$/')
 const limits = struct({
   maxMessageBytes: uint(HARD_LIMITS.maxMessageBytes),
   maxExtentBytes: uint(HARD_LIMITS.maxExtentBytes),
@@ -127,6 +131,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     committedCycle: uint(),
     inflightCycle: uint(),
     compatible: bool,
+    generation: maybeGeneration,
   }),
   [MessageKind.DiskOpen]: struct({
     disk,
@@ -135,6 +140,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     cycle: uint(),
     mode: str(16, pattern(/^(seed|incremental)$/, '"seed" or "incremental"'), '"seed" | "incremental"'),
     baseCycle: uint(),
+    baseGeneration: maybeGeneration,
     source,
     cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits'), 'lowercase hex, 16…128 digits, even'),
     ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, ddbKey, '/^[A-Za-z0-9._:-]{1,128}$/, not "__proto__"'), value: text(4096) },
@@ -169,6 +175,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.Committed]: struct({
     vm: name('vm'),
     cycle: uint(),
+    generation,
     disks: array(struct({ disk, mirrorCid: cid, size: uint() }), HARD_LIMITS.maxDisks),
   }),
   [MessageKind.TrivialCheck]: struct({ disk, prefixBytes: uint(), algorithm: token, size: uint(), digest: digestBytes }),

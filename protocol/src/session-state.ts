@@ -17,6 +17,8 @@ export type Phase = 'start' | 'hello' | 'ready' | 'vm-opening' | 'vm-open' | 'ro
 export type DiskPhase = 'opening' | 'accepted' | 'refused' | 'ending' | 'sealed' | 'committed'
 
 interface DiskTrack {
+  /** the disk name of the DiskOpen */
+  readonly name: string
   phase: DiskPhase
   /** next Extent seq the agent may send */
   nextSeq: number
@@ -117,9 +119,14 @@ export class ConversationState {
         return
       case MessageKind.DiskOpen:
         need('vm-open')
+        // SPEC §8.2: a handle is used once; a disk name may be opened again with
+        // a new handle only when every earlier handle of it was refused
         if (this.#disks.has(msg.disk)) throw unexpected(`disk handle ${msg.disk} already used`)
         if (msg.cycle !== this.#cycle) throw unexpected(`DiskOpen for cycle ${msg.cycle} after VmOpen of cycle ${this.#cycle}`)
-        this.#disks.set(msg.disk, { phase: 'opening', nextSeq: 0, acked: -1, trivial: 0, certify: 0 })
+        for (const [h, d] of this.#disks) {
+          if (d.name === msg.name && d.phase !== 'refused') throw unexpected(`disk ${JSON.stringify(msg.name)} is already open with handle ${h}`)
+        }
+        this.#disks.set(msg.disk, { name: msg.name, phase: 'opening', nextSeq: 0, acked: -1, trivial: 0, certify: 0 })
         return
       case MessageKind.DiskState: {
         const d = disk(msg.disk, 'opening')

@@ -23,6 +23,7 @@ const sectors = (max: number): fc.Arbitrary<number> => fc.integer({ min: 0, max 
 const digestLen = fc.constantFrom(8, 16, 20, 32)
 const digest = digestLen.chain((n) => fc.uint8Array({ minLength: n, maxLength: n }))
 const cid = fc.stringMatching(/^[0-9a-f]{8}$/)
+const generation = fc.oneof(fc.constant(''), fc.stringMatching(/^[0-9a-f]{32}$/))
 const code = fc.stringMatching(/^E_[A-Z0-9_]{1,20}$/)
 const token = fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,10}$/)
 const text = (max: number): fc.Arbitrary<string> => fc.string({ unit: 'grapheme', maxLength: max }).filter((s) => Buffer.byteLength(s) <= max * 4)
@@ -61,9 +62,10 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     files: uniqueNames.chain((ns) => fc.tuple(...ns.map((n) => fc.record({ name: fc.constant(n), data: fc.uint8Array({ maxLength: 64 }) })))),
     disks: uniqueNames,
   }),
-  fc.record({ kind: fc.constant(MessageKind.VmState), vm: name, exists: fc.boolean(), committedCycle: nat, inflightCycle: nat, compatible: fc.boolean() }),
-  fc.record({ disk, name, capacity: sectors(2 ** 43).map((x) => x + 512), cycle: fc.integer({ min: 2, max: 1e9 }), seed: fc.boolean(), source, cycleId: fc.stringMatching(/^(?:[0-9a-f]{2}){8,64}$/), ddb, totalBytes: nat, totalExtents: nat, b: fc.integer({ min: 1, max: 1e9 }) })
-    .map(({ seed, b, ...r }) => ({ kind: MessageKind.DiskOpen, ...r, mode: seed ? 'seed' as const : 'incremental' as const, baseCycle: seed ? 0 : 1 + (b % (r.cycle - 1)) })),
+  fc.record({ kind: fc.constant(MessageKind.VmState), vm: name, exists: fc.boolean(), committedCycle: nat, inflightCycle: nat, compatible: fc.boolean(), generation })
+    .map((r) => r.exists ? r : { ...r, committedCycle: 0, generation: '' }),
+  fc.record({ disk, name, capacity: sectors(2 ** 43).map((x) => x + 512), cycle: fc.integer({ min: 2, max: 1e9 }), seed: fc.boolean(), source, cycleId: fc.stringMatching(/^(?:[0-9a-f]{2}){8,64}$/), ddb, totalBytes: nat, totalExtents: nat, b: fc.integer({ min: 1, max: 1e9 }), g: generation.filter((g) => g !== '') })
+    .map(({ seed, b, g, ...r }) => ({ kind: MessageKind.DiskOpen, ...r, mode: seed ? 'seed' as const : 'incremental' as const, baseCycle: seed ? 0 : 1 + (b % (r.cycle - 1)), baseGeneration: seed ? '' : g })),
   fc.record({ disk, accepted: fc.boolean(), code, committedCycle: nat, committedSource: fc.option(source, { nil: null }), mirrorCid: fc.oneof(fc.constant(''), cid), modified: fc.boolean(), resumeSeq: nat, resumeBytes: nat })
     .map(({ code, ...r }) => ({ kind: MessageKind.DiskState, ...r, reason: r.accepted ? '' : code })),
   extent,
@@ -71,7 +73,7 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ kind: fc.constant(MessageKind.DiskEnd), disk, extents: nat, dataBytes: fc.integer({ min: 0, max: 2 ** 52 }), zeroBytes: fc.integer({ min: 0, max: 2 ** 52 }), digest }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnded), disk }),
   fc.record({ kind: fc.constant(MessageKind.Commit), vm: name, cycle }),
-  fc.record({ kind: fc.constant(MessageKind.Committed), vm: name, cycle, disks: fc.uniqueArray(fc.record({ disk, mirrorCid: cid, size: nat }), { maxLength: 4, selector: (d) => d.disk }) }),
+  fc.record({ kind: fc.constant(MessageKind.Committed), vm: name, cycle, generation: generation.filter((g) => g !== ''), disks: fc.uniqueArray(fc.record({ disk, mirrorCid: cid, size: nat }), { maxLength: 4, selector: (d) => d.disk }) }),
   fc.record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk }).chain(({ alg, size, p, disk }) =>
     digestFor(alg).map((digest) => ({ kind: MessageKind.TrivialCheck, disk, prefixBytes: Math.floor(size * p), algorithm: alg, size, digest }))),
   fc.record({ kind: fc.constant(MessageKind.TrivialResult), disk, ok: fc.boolean(), size: nat, digest: fc.oneof(fc.constant(new Uint8Array(0)), digest) }),

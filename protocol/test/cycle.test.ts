@@ -52,6 +52,7 @@ const base: CycleIdentityFields = {
   cycle: 7,
   mode: 'incremental',
   baseCycle: 6,
+  baseGeneration: '00112233445566778899aabbccddeeff',
   source: {
     layers: [{ file: 'web01-000002.vmdk', cid: '0a1b2c3d', parentCid: 'fffffffe' }],
     successor: 'web01-000003.vmdk',
@@ -73,7 +74,7 @@ t.test('cycle identity is SHA-256 over the SPEC §5.2 encoding', async (t) => {
     return b
   }
   const manual = createHash('sha256').update(Buffer.concat([
-    str('grainline.cycle-identity.v1'), str('web01'), str('web01.vmdk'), u64(7), str('incremental'), u64(6),
+    str('grainline.cycle-identity.v2'), str('web01'), str('web01.vmdk'), u64(7), str('incremental'), u64(6), str('00112233445566778899aabbccddeeff'),
     Buffer.of(1, 0, 0, 0), str('web01-000002.vmdk'), str('0a1b2c3d'), str('fffffffe'), str('web01-000003.vmdk'),
   ])).digest('hex')
   t.equal(id, manual)
@@ -88,6 +89,8 @@ t.test('cycle identity changes with every field', async (t) => {
     { ...base, cycle: 8 },
     { ...base, mode: 'seed' },
     { ...base, baseCycle: 5 },
+    { ...base, baseGeneration: '00112233445566778899aabbccddeef0' },
+    { ...base, baseGeneration: '' },
     { ...base, source: { ...base.source, successor: 'web01-000004.vmdk' } },
     { ...base, source: { ...base.source, layers: [{ ...layer, file: 'x.vmdk' }] } },
     { ...base, source: { ...base.source, layers: [{ ...layer, cid: '0a1b2c3e' }] } },

@@ -22,7 +22,7 @@ export const samples: readonly Sample[] = [
     name: 'hello',
     message: {
       kind: MessageKind.Hello,
-      versions: [1],
+      versions: [2],
       software: 'grainline-agent/0.1.0',
       digests: ['xxh64', 'sha256', 'sha1', 'md5'],
       compressions: ['lz4', 'deflate', 'none'],
@@ -33,7 +33,7 @@ export const samples: readonly Sample[] = [
     name: 'hello with a version and an algorithm this build does not know',
     message: {
       kind: MessageKind.Hello,
-      versions: [2, 1],
+      versions: [3, 2],
       software: '',
       digests: ['blake3' as never, 'md5'],
       compressions: ['zstd' as never, 'none'],
@@ -44,7 +44,7 @@ export const samples: readonly Sample[] = [
     name: 'welcome',
     message: {
       kind: MessageKind.Welcome,
-      version: 1,
+      version: 2,
       software: 'grainline-receiver/0.1.0',
       digest: 'xxh64',
       compression: 'lz4',
@@ -72,7 +72,11 @@ export const samples: readonly Sample[] = [
   },
   {
     name: 'vm-state',
-    message: { kind: MessageKind.VmState, vm: 'web01', exists: true, committedCycle: 2, inflightCycle: 3, compatible: true },
+    message: { kind: MessageKind.VmState, vm: 'web01', exists: true, committedCycle: 2, inflightCycle: 3, compatible: true, generation: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f' },
+  },
+  {
+    name: 'vm-state of a VM with no mirror',
+    message: { kind: MessageKind.VmState, vm: 'db01', exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' },
   },
   {
     name: 'disk-open incremental',
@@ -84,6 +88,7 @@ export const samples: readonly Sample[] = [
       cycle: 3,
       mode: 'incremental',
       baseCycle: 2,
+      baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
       source,
       cycleId: '5a3f0e6c1d2b4a59887766554433221100ffeeddccbbaa998877665544332211',
       ddb: { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '19', 'ddb.uuid': '60 00 C2 9a 2b 3c 4d 5e-6f 70 81 92 a3 b4 c5 d6' },
@@ -101,6 +106,7 @@ export const samples: readonly Sample[] = [
       cycle: 1,
       mode: 'seed',
       baseCycle: 0,
+      baseGeneration: '',
       source: { layers: [{ file: 'big.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'big-000001.vmdk' },
       cycleId: '0123456789abcdef',
       ddb: {},
@@ -163,6 +169,7 @@ export const samples: readonly Sample[] = [
       kind: MessageKind.Committed,
       vm: 'web01',
       cycle: 3,
+      generation: '0be5a2c47d1e9f3a6b8c0d2e4f617283',
       disks: [{ disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB }, { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB }],
     },
   },

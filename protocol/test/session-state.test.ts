@@ -6,18 +6,18 @@ const lim = { maxMessageBytes: 1 << 20, maxExtentBytes: 65536, windowBytes: 1 <<
 const src = { layers: [{ file: 'a.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'a-000001.vmdk' }
 const d8 = new Uint8Array(8)
 const M = {
-  hello: { kind: K.Hello, versions: [1], software: '', digests: ['xxh64'], compressions: ['none'], limits: lim },
-  welcome: { kind: K.Welcome, version: 1, software: '', digest: 'xxh64', compression: 'none', limits: lim, session: 's' },
+  hello: { kind: K.Hello, versions: [2], software: '', digests: ['xxh64'], compressions: ['none'], limits: lim },
+  welcome: { kind: K.Welcome, version: 2, software: '', digest: 'xxh64', compression: 'none', limits: lim, session: 's' },
   vmOpen: { kind: K.VmOpen, vm: 'vm', cycle: 2, compat: { hwVersion: 19, datastoreType: 'nfs', guestOS: '' }, files: [], disks: ['a.vmdk', 'b.vmdk'] },
-  vmState: { kind: K.VmState, vm: 'vm', exists: true, committedCycle: 1, inflightCycle: 0, compatible: true },
-  diskOpen: (disk: number) => ({ kind: K.DiskOpen, disk, name: `d${disk}.vmdk`, capacity: 1 << 20, cycle: 2, mode: 'incremental', baseCycle: 1, source: src, cycleId: '00112233445566778899aabbccddeeff', ddb: {}, totalBytes: 1024, totalExtents: 2 }),
+  vmState: { kind: K.VmState, vm: 'vm', exists: true, committedCycle: 1, inflightCycle: 0, compatible: true, generation: '0123456789abcdef0123456789abcdef' },
+  diskOpen: (disk: number, name = `d${disk}.vmdk`) => ({ kind: K.DiskOpen, disk, name, capacity: 1 << 20, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: '0123456789abcdef0123456789abcdef', source: src, cycleId: '00112233445566778899aabbccddeeff', ddb: {}, totalBytes: 1024, totalExtents: 2 }),
   diskState: (disk: number, accepted = true, resumeSeq = 0) => ({ kind: K.DiskState, disk, accepted, reason: accepted ? '' : 'E_CHAIN_MISMATCH', committedCycle: 1, committedSource: null, mirrorCid: '', modified: false, resumeSeq, resumeBytes: 0 }),
   extent: (disk: number, seq: number) => ({ kind: K.Extent, disk, seq, offset: seq * 512, length: 512, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) }),
   ack: (disk: number, seq: number) => ({ kind: K.ExtentAck, disk, seq }),
   diskEnd: (disk: number, extents: number) => ({ kind: K.DiskEnd, disk, extents, dataBytes: 0, zeroBytes: extents * 512, digest: d8 }),
   diskEnded: (disk: number) => ({ kind: K.DiskEnded, disk }),
   commit: { kind: K.Commit, vm: 'vm', cycle: 2 },
-  committed: { kind: K.Committed, vm: 'vm', cycle: 2, disks: [] },
+  committed: { kind: K.Committed, vm: 'vm', cycle: 2, generation: 'fedcba9876543210fedcba9876543210', disks: [] },
   trivial: (disk: number) => ({ kind: K.TrivialCheck, disk, prefixBytes: 0, algorithm: 'xxh64', size: 1 << 20, digest: d8 }),
   trivialResult: (disk: number) => ({ kind: K.TrivialResult, disk, ok: true, size: 1 << 20, digest: d8 }),
   certify: (disk: number) => ({ kind: K.Certify, disk, algorithm: 'xxh64', digest: d8 }),
@@ -52,6 +52,20 @@ t.test('a whole cycle: two disks (one refused, one resumed), commit, verificatio
   t.equal(s.diskPhase(2), undefined)
 })
 
+t.test('a refused disk is opened again with a new handle in the same connection (SPEC §8.2)', async (t) => {
+  const s = run([
+    ...opening,
+    A(M.diskOpen(0, 'a.vmdk')), R(M.diskState(0, false)),
+    A(M.diskOpen(1, 'a.vmdk')), R(M.diskState(1, false)),
+    A(M.diskOpen(2, 'a.vmdk')), R(M.diskState(2)),
+    A(M.diskEnd(2, 0)), R(M.diskEnded(2)),
+    A(M.commit), R(M.committed),
+  ])
+  t.equal(s.diskPhase(0), 'refused', 'a refused handle stays spent')
+  t.equal(s.diskPhase(1), 'refused')
+  t.equal(s.diskPhase(2), 'committed')
+})
+
 t.test('rollback before any disk', async (t) => {
   t.equal(run([...opening, A(M.rollback), R(M.rolledBack), A(M.diskOpen(0))]).phase, 'vm-open')
 })
@@ -65,6 +79,10 @@ const illegal: Array<[string, Step[], string]> = [
   ['second VmOpen', [...opening, A(M.vmOpen)], 'E_UNEXPECTED'],
   ['Rollback after DiskOpen', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.rollback)], 'E_UNEXPECTED'],
   ['DiskOpen with a used handle', [...opening, A(M.diskOpen(0)), A(M.diskOpen(0))], 'E_UNEXPECTED'],
+  ['DiskOpen of a disk name still open', [...opening, A(M.diskOpen(0, 'a.vmdk')), R(M.diskState(0)), A(M.diskOpen(1, 'a.vmdk'))], 'E_UNEXPECTED'],
+  ['DiskOpen of a disk name awaiting its DiskState', [...opening, A(M.diskOpen(0, 'a.vmdk')), A(M.diskOpen(1, 'a.vmdk'))], 'E_UNEXPECTED'],
+  ['DiskOpen again of a sealed disk name', [...opening, A(M.diskOpen(0, 'a.vmdk')), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.diskOpen(1, 'a.vmdk'))], 'E_UNEXPECTED'],
+  ['Extent for a refused handle after the name was reopened', [...opening, A(M.diskOpen(0, 'a.vmdk')), R(M.diskState(0, false)), A(M.diskOpen(1, 'a.vmdk')), R(M.diskState(1)), A(M.extent(0, 0))], 'E_UNEXPECTED'],
   ['DiskOpen of another cycle', [...opening, A({ ...M.diskOpen(0), cycle: 3 })], 'E_UNEXPECTED'],
   ['Extent before DiskState', [...opening, A(M.diskOpen(0)), A(M.extent(0, 0))], 'E_UNEXPECTED'],
   ['Extent for a refused disk', [...opening, A(M.diskOpen(0)), R(M.diskState(0, false)), A(M.extent(0, 0))], 'E_UNEXPECTED'],

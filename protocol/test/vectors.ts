@@ -43,10 +43,10 @@ function derived (): unknown {
     { algorithm, input: hex(abc), digest: hex(digestOf(algorithm, abc)) },
   ])
   const fields: CycleIdentityFields = {
-    vm: 'web01', name: 'web01.vmdk', cycle: 7, mode: 'incremental', baseCycle: 6,
+    vm: 'web01', name: 'web01.vmdk', cycle: 7, mode: 'incremental', baseCycle: 6, baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
     source: { layers: [{ file: 'web01-000001.vmdk', cid: '0a1b2c3d', parentCid: '3f2e1d0c' }, { file: 'web01-000002.vmdk', cid: '11223344', parentCid: '0a1b2c3d' }], successor: 'web01-000003.vmdk' },
   }
-  const seed: CycleIdentityFields = { vm: 'vm é', name: 'disk.vmdk', cycle: 1, mode: 'seed', baseCycle: 0, source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' } }
+  const seed: CycleIdentityFields = { vm: 'vm é', name: 'disk.vmdk', cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' } }
   const identities = [fields, seed].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
   const cycleDigests = DigestAlgorithms.map((algorithm) => {
     const extents = [

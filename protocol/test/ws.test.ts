@@ -60,17 +60,17 @@ t.test('handshake and a fragmented 1 MiB extent over a real socket', async (t) =
     received.push(msg)
     if (msg.kind === MessageKind.Hello) {
       state.observe(msg, 'agent')
-      const n = negotiate(msg, { versions: [1], digests: ['sha256', 'xxh64'], compressions: ['none'], limits })
+      const n = negotiate(msg, { versions: [2], digests: ['sha256', 'xxh64'], compressions: ['none'], limits })
       const welcome: Message = { kind: MessageKind.Welcome, ...n, software: 'test-receiver', session: 'x' }
       state.observe(welcome, 'receiver')
       server.send(encodeMessage(welcome))
     }
   })
-  const hello: HelloMessage = { kind: MessageKind.Hello, versions: [1], software: 'test-agent', digests: ['xxh64'], compressions: ['lz4', 'none'], limits }
+  const hello: HelloMessage = { kind: MessageKind.Hello, versions: [2], software: 'test-agent', digests: ['xxh64'], compressions: ['lz4', 'none'], limits }
   ws.send(encodeMessage(hello))
   const [welcomeFrame] = await once(ws, 'message') as [Buffer]
   const welcome = decodeMessage(welcomeFrame)
-  t.match(welcome, { kind: MessageKind.Welcome, version: 1, digest: 'xxh64', compression: 'none' })
+  t.match(welcome, { kind: MessageKind.Welcome, version: 2, digest: 'xxh64', compression: 'none' })
   t.equal(state.phase, 'ready')
 
   const payload = randomBytes(MiB)

@@ -24,7 +24,7 @@ t.test('refusals', async (t) => {
   const ca = await readFile(site.cert)
 
   t.test('no token: 401 before the upgrade', async (t) => {
-    const ws = new WebSocket(`wss://127.0.0.1:${site.receiver.port}`, 'grainline.v1', { ca })
+    const ws = new WebSocket(`wss://127.0.0.1:${site.receiver.port}`, 'grainline.v2', { ca })
     const [, res] = await once(ws, 'unexpected-response') as [unknown, { statusCode: number }]
     t.equal(res.statusCode, 401)
     ws.on('error', () => {})

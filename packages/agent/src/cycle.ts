@@ -117,6 +117,8 @@ interface DiskWork {
   /** depth of the oldest frozen layer shipped (incremental) */
   fromDepth: number
   baseCycle: number
+  /** SPEC §5.8: the generation the incremental was planned against ("" for a seed) */
+  baseGeneration: string
   cycleNo: number
   source: SourceIdentity
   plan: ExtentPlan
@@ -346,13 +348,15 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
     const rep: DiskReport = { name, node: disk.node, ok: false, mode: 'none', capacity: chain.capacity, extents: 0, dataBytes: 0, zeroBytes: 0, wireBytes: 0, resumedFrom: [], layers: [] }
     report.disks.push(rep)
     const w: DiskWork = {
-      handle: i, disk, name, chain, report: rep, depth: 1, mode: 'seed', fromDepth: L - 1, baseCycle: 0, cycleNo,
+      handle: i, disk, name, chain, report: rep, depth: 1, mode: 'seed', fromDepth: L - 1, baseCycle: 0, baseGeneration: '', cycleNo,
       source: { layers: [], successor: '' }, plan: await buildPlan(arraySource([]), { chunkBytes }), cycleId: '', records: undefined, view: undefined, viewTask: undefined,
       progress: new DiskProgress(vm.name, name, opts.progress),
     }
     works.push(w)
     const canIncrement = state.exists && state.committedCycle > 0 && L >= 3
-    if (canIncrement) await planIncremental(w, L - 2, state.committedCycle, chunkBytes)
+    // issue #10: the agent does not yet keep its own record of the generation
+    // beside its snapshot; until it does it plans against the receiver's
+    if (canIncrement) await planIncremental(w, L - 2, state.committedCycle, state.generation, chunkBytes)
     else {
       if (state.exists && state.committedCycle > 0) {
         rep.fallbackReason = 'no frozen delta above the base (the mirror\'s successor is gone)'
@@ -410,7 +414,7 @@ async function cycle (opts: CycleOptions, report: VmReport, works: DiskWork[], o
           const j = succ === undefined ? -1 : w.chain.layers.findIndex((l, k) => k >= 1 && k <= w.chain.layers.length - 2 && l.file === succ)
           if (ds.reason === 'E_CHAIN_MISMATCH' && j >= 1 && j !== w.fromDepth && !ds.modified && ds.committedCycle === w.baseCycle) {
             log().info({ disk: w.name, successor: succ, depth: j }, 'shipping from the mirror\'s recorded successor')
-            await planIncremental(w, j, w.baseCycle, chunkBytes)
+            await planIncremental(w, j, w.baseCycle, w.baseGeneration, chunkBytes)
           } else {
             w.report.fallbackReason = `${ds.reason}${ds.modified ? ' (mirror modified)' : ''}${succ !== undefined ? ` (mirror successor ${succ})` : ''}`
             log().warn({ disk: w.name, reason: w.report.fallbackReason }, 'incremental refused; falling back to a full resync')
@@ -497,6 +501,7 @@ async function openDisk (conn: Connection, w: DiskWork, signal?: AbortSignal): P
     cycle: w.cycleNo,
     mode: w.mode,
     baseCycle: w.baseCycle,
+    baseGeneration: w.baseGeneration,
     source: w.source,
     cycleId: w.cycleId,
     ddb: Object.fromEntries((w.chain.layers[w.chain.layers.length - 1] as Chain['layers'][number]).descriptor.ddb),
@@ -517,6 +522,7 @@ async function planSeed (w: DiskWork, chunkBytes: number): Promise<void> {
   }
   w.mode = 'seed'
   w.baseCycle = 0
+  w.baseGeneration = ''
   w.fromDepth = w.chain.layers.length - 1
   w.plan = await buildPlan(coalesceSource(mapped), { chunkBytes })
   w.records?.clear()
@@ -525,12 +531,13 @@ async function planSeed (w: DiskWork, chunkBytes: number): Promise<void> {
 /** Largest zero extent of an incremental cycle. */
 const INCREMENTAL_ZERO_CHUNK = 16 * 1024 * 1024
 
-async function planIncremental (w: DiskWork, fromDepth: number, baseCycle: number, chunkBytes: number): Promise<void> {
+async function planIncremental (w: DiskWork, fromDepth: number, baseCycle: number, baseGeneration: string, chunkBytes: number): Promise<void> {
   const chain = w.chain
   const layers: RangeSource[] = []
   for (let d = fromDepth; d >= w.depth; d--) layers.push(() => chain.changedRanges(d))
   w.mode = 'incremental'
   w.baseCycle = baseCycle
+  w.baseGeneration = baseGeneration
   w.fromDepth = fromDepth
   // An incremental zero range overwrites mirror data in place, and the receiver
   // journals the old contents first: keep each such extent small (a seed's zero
@@ -544,7 +551,7 @@ function setIdentity (w: DiskWork, vm: string, cycleNo: number): void {
   for (let d = w.fromDepth; d >= w.depth; d--) frozen.push(layerOf(w.chain.layers[d] as Chain['layers'][number]))
   w.source = { layers: frozen, successor: (w.chain.layers[0] as Chain['layers'][number]).file }
   w.cycleNo = cycleNo
-  w.cycleId = cycleIdentity({ vm, name: w.name, cycle: cycleNo, mode: w.mode, baseCycle: w.baseCycle, source: w.source })
+  w.cycleId = cycleIdentity({ vm, name: w.name, cycle: cycleNo, mode: w.mode, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, source: w.source })
   w.report.mode = w.mode
   w.report.layers = frozen
   w.report.extents = w.plan.totalExtents

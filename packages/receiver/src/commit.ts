@@ -4,6 +4,7 @@
  * interrupted: seed renames, descriptors with the new CID, the installed
  * configuration files, retired journals.
  */
+import { randomBytes } from 'node:crypto'
 import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
@@ -25,7 +26,7 @@ export interface SealedDisk {
   readonly digest: string
 }
 
-function committedRecord (d: SealedDisk, cycle: number, now: string, prev: DiskRecord | undefined): DiskRecord {
+function committedRecord (d: SealedDisk, cycle: number, now: string, generation: string, prev: DiskRecord | undefined): DiskRecord {
   return {
     name: d.info.name,
     stem: d.info.stem,
@@ -35,6 +36,7 @@ function committedRecord (d: SealedDisk, cycle: number, now: string, prev: DiskR
     committedAt: now,
     source: d.info.source,
     cycleId: d.info.cycleId,
+    generation,
     mirrorCid: newCid(prev?.mirrorCid),
     ddb: d.info.ddb,
     cycleDigest: { algorithm: d.info.algorithm, digest: d.digest },
@@ -43,17 +45,22 @@ function committedRecord (d: SealedDisk, cycle: number, now: string, prev: DiskR
   }
 }
 
+/** A new generation (SPEC §5.8): 128 bits from a secure random source, 32 lowercase hex digits. */
+export function newGeneration (): string {
+  return randomBytes(16).toString('hex')
+}
+
 /**
  * The state that commits `cycle` with `sealed` disks (every in-flight disk of
- * the cycle), and the roll-forward work it records. Pure apart from the
- * random CIDs. Returns the new records in the order of `sealed`.
+ * the cycle) under `generation`, and the roll-forward work it records. Pure
+ * apart from the random CIDs. Returns the new records in the order of `sealed`.
  */
-export function commitState (state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string): { next: VmStateFile, records: DiskRecord[] } {
+export function commitState (state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string, generation: string): { next: VmStateFile, records: DiskRecord[] } {
   const disks: Record<string, DiskRecord> = { ...state.disks }
   const renames: Array<{ from: string, to: string }> = []
   const records: DiskRecord[] = []
   for (const d of sealed) {
-    const rec = committedRecord(d, cycle, now, disks[d.info.name])
+    const rec = committedRecord(d, cycle, now, generation, disks[d.info.name])
     disks[d.info.name] = rec
     records.push(rec)
     if (d.info.target === 'seed') renames.push({ from: `${d.info.stem}-flat.vmdk.seed`, to: `${d.info.stem}-flat.vmdk` })
@@ -62,6 +69,7 @@ export function commitState (state: VmStateFile, cycle: number, sealed: readonly
     ...state,
     committedCycle: cycle,
     committedAt: now,
+    generation,
     displaySuffix: suffix,
     disks,
     inflight: null,

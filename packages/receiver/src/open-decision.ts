@@ -9,7 +9,7 @@ import type { DiskRecord, InflightDisk } from './state-file.ts'
 import { diskStem } from './vm-paths.ts'
 
 /** The parameters of a DiskOpen the store needs. */
-export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'source' | 'cycleId' | 'ddb'> {
+export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'baseGeneration' | 'source' | 'cycleId' | 'ddb'> {
   /** the negotiated digest algorithm (part of a resumable cycle's identity) */
   readonly algorithm: DigestAlgorithm
 }
@@ -42,7 +42,7 @@ export interface OpenInputs {
 }
 
 /** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
-export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_DIVERGED'
+export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED'
 
 /** The answer: start a fresh apply, resume the one in flight, or refuse. */
 export type OpenDecision =
@@ -69,7 +69,12 @@ function refuse (code: RefusalCode, message: string): OpenDecision {
   return { kind: 'refuse', code, message }
 }
 
-/** Decide a DiskOpen. Pure: no I/O, no clock. */
+/**
+ * Decide a DiskOpen. Pure: no I/O, no clock. The rules for an incremental
+ * run in the order of SPEC §5.1 (compatibility, chain, generation,
+ * modification, divergence); a resume needs the recorded cycle identity,
+ * which covers `baseGeneration` (§5.2).
+ */
 export function decideOpen (x: OpenInputs): OpenDecision {
   const { request: req, record: rec, inflight: inf } = x
   const modified = mirrorModified(rec, inf, x.facts)
@@ -96,13 +101,18 @@ export function decideOpen (x: OpenInputs): OpenDecision {
   if (req.mode === 'incremental') {
     if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
     if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
-    if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): seed it`)
-    if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
     if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
     if (req.source.layers[0]?.file !== rec.source.successor) {
       return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
     }
     if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
+    // SPEC §5.8: only onto the exact point it was planned against; a point committed before generations has none
+    const generation = rec.generation ?? ''
+    if (generation === '' || req.baseGeneration !== generation) {
+      return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${generation || '(none: committed before generations)'}; resync`)
+    }
+    if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
+    if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync it`)
   }
   const incremental = req.mode === 'incremental'
   return {

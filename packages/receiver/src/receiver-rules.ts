@@ -41,7 +41,7 @@ export function checkCapacity (capacity: number): void {
  * @throws ReceiverError E_SCHEMA
  */
 export function checkCycleIdentity (vm: string, msg: DiskOpenMessage): void {
-  const want = cycleIdentity({ vm, name: msg.name, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, source: msg.source })
+  const want = cycleIdentity({ vm, name: msg.name, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source })
   if (msg.cycleId !== want) throw new ReceiverError('E_SCHEMA', 'cycleId is not the cycle identity of the DiskOpen fields (SPEC §5.2)')
 }
 

@@ -214,6 +214,7 @@ export class Session {
       committedCycle: s.committedCycle,
       inflightCycle: s.inflight?.cycle ?? 0,
       compatible: this.vm.compatible(msg.compat),
+      generation: s.committedCycle > 0 ? s.generation ?? '' : '',
     })
   }
 
@@ -231,15 +232,11 @@ export class Session {
   private async onDiskOpen (msg: DiskOpenMessage): Promise<void> {
     const vm = this.mirror
     checkDiskName(msg.name)
-    // a refused handle is spent, but its disk may be opened again under a new handle (SPEC §8.2)
-    for (const d of this.disks.values()) {
-      if (d.name === msg.name) throw new ReceiverError('E_UNEXPECTED', `disk ${msg.name} is already open under handle ${d.handle}`)
-    }
     checkCapacity(msg.capacity)
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
-    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, this.compat as CompatRecord, open)
+    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, this.compat as CompatRecord, open)
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
@@ -292,6 +289,7 @@ export class Session {
       kind: MessageKind.Committed,
       vm: this.vmName,
       cycle: msg.cycle,
+      generation: this.mirror.state.generation as string,
       disks: recs.map((r, i) => ({ disk: (disks[i] as PipelineDisk).handle, mirrorCid: r.mirrorCid, size: r.size })),
     })
   }

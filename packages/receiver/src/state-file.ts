@@ -30,6 +30,8 @@ export interface DiskRecord {
   readonly committedAt: string
   readonly source: SourceIdentity
   readonly cycleId: string
+  /** generation of the commit that last wrote this disk (SPEC §5.8); absent in state files older than generations ("": no incremental matches) */
+  readonly generation?: string
   readonly mirrorCid: string
   readonly ddb: Readonly<Record<string, string>>
   readonly cycleDigest: { readonly algorithm: DigestAlgorithm, readonly digest: string }
@@ -98,6 +100,8 @@ export interface VmStateFile {
   readonly compat: CompatRecord | null
   readonly committedCycle: number
   readonly committedAt: string | null
+  /** generation of the last commit (SPEC §5.8); absent before the first commit or in state files older than generations */
+  readonly generation?: string
   readonly displaySuffix: string
   readonly disks: Readonly<Record<string, DiskRecord>>
   readonly inflight: InflightCycle | null

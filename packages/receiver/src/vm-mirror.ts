@@ -6,7 +6,7 @@ import { unlinkIfExists, writeFileAtomic, fsyncDir } from './fs-util.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
-import { commitState, rollForwardFiles } from './commit.ts'
+import { commitState, newGeneration, rollForwardFiles } from './commit.ts'
 import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { undoInflight } from './rollback.ts'
@@ -210,7 +210,8 @@ export class VmMirror {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
         sealed.push({ info: a.info, size: await regularFileSize(a.targetPath) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
-      const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString())
+      // SPEC §5.8: a new random generation for every commit, durable with it
+      const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
       records = c.records
       faultPoint('commit-before-state')
       await this.save({ ...c.next, compat })

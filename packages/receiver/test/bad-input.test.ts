@@ -1,7 +1,7 @@
 import t from 'tap'
 import { readdirSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { MessageKind, encodeMessage, initDigests, type Message } from '@grainline/protocol'
+import { MessageKind, SUBPROTOCOL, encodeMessage, initDigests, type Message } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, TOKEN_B, diskOpen, extentMessage, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type DiskPlan } from './helpers.ts'
 
 async function statusOf (p: Promise<unknown>): Promise<number | string> {
@@ -31,10 +31,10 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
     t.equal(await statusOf(Agent.connect(url, { ca: env.tls.ca })), 401, 'no token → 401')
     t.equal(await statusOf(Agent.connect(url, { token: 'wrong-token-0123456789', ca: env.tls.ca })), 401, 'wrong token → 401')
     t.equal(await statusOf(Agent.connect(url, { token: TOKEN.slice(0, -1), ca: env.tls.ca })), 401, 'prefix of a token → 401')
-    t.equal(await statusOf(Agent.connect(url, { token: TOKEN, ca: env.tls.ca, protocol: 'grainline.v2' })), 400, 'wrong subprotocol → 400')
+    t.equal(await statusOf(Agent.connect(url, { token: TOKEN, ca: env.tls.ca, protocol: 'grainline.v1' })), 400, 'an old or wrong subprotocol → 400')
     await t.rejects(Agent.connect(url.replace('wss:', 'ws:'), { token: TOKEN }), 'plain ws to a TLS listener fails')
     const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    t.equal(a.ws.protocol, 'grainline.v1')
+    t.equal(a.ws.protocol, SUBPROTOCOL)
     a.close()
     t.notOk(logs.text().includes(TOKEN) || logs.text().includes('wrong-token'), 'tokens never logged')
   })

@@ -125,8 +125,8 @@ t.test('in-place zero extents count at their full length towards batchBytes', as
   b.send(hello())
   await b.expect(MessageKind.Welcome)
   b.send(vmOpen('vm-z', 2, []))
-  await b.expect(MessageKind.VmState)
-  b.send(diskOpen(plan, 2, 'vm-z'))
+  const vs = await b.expect(MessageKind.VmState)
+  b.send(diskOpen(plan, 2, 'vm-z', vs.generation))
   t.equal((await b.expect(MessageKind.DiskState)).accepted, true)
   for (let seq = 0; seq < 16; seq++) b.send(extentMessage(plan, seq, 'sha256'))
   const acks: number[] = []

@@ -8,7 +8,7 @@ import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import WebSocket from 'ws'
 import {
-  CycleDigest, MessageKind, SUBPROTOCOL, createDigest, compress, cycleIdentity, decodeMessage, encodeMessage, initDigests,
+  CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, compress, cycleIdentity, decodeMessage, encodeMessage, initDigests,
   type CompressionAlgorithm, type DigestAlgorithm, type DiskOpenMessage, type ExtentMessage, type Message, type SourceIdentity,
 } from '@grainline/protocol'
 import { createReceiver, type Receiver, type ReceiverInit } from '../src/index.ts'
@@ -243,11 +243,13 @@ export function extentMessage (d: DiskPlan, seq: number, alg: DigestAlgorithm, c
 }
 
 /** DiskOpen of a plan; its cycleId is the cycle identity of its fields (SPEC §5.2), which the receiver recomputes. */
-export function diskOpen (d: DiskPlan, cycle: number, vm: string): DiskOpenMessage {
+export function diskOpen (d: DiskPlan, cycle: number, vm: string, generation = ''): DiskOpenMessage {
   const totalBytes = d.extents.reduce((s, e) => s + e.length, 0)
+  // SPEC §5.8: an incremental names the generation it was planned against (the VmState's, for these tests)
+  const baseGeneration = d.mode === 'seed' ? '' : generation
   return {
-    kind: MessageKind.DiskOpen, disk: d.handle, name: d.name, capacity: d.capacity, cycle, mode: d.mode, baseCycle: d.baseCycle,
-    source: d.source, cycleId: cycleIdentity({ vm, name: d.name, cycle, mode: d.mode, baseCycle: d.baseCycle, source: d.source }), ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' }, totalBytes, totalExtents: d.extents.length,
+    kind: MessageKind.DiskOpen, disk: d.handle, name: d.name, capacity: d.capacity, cycle, mode: d.mode, baseCycle: d.baseCycle, baseGeneration,
+    source: d.source, cycleId: cycleIdentity({ vm, name: d.name, cycle, mode: d.mode, baseCycle: d.baseCycle, baseGeneration, source: d.source }), ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' }, totalBytes, totalExtents: d.extents.length,
   }
 }
 
@@ -266,7 +268,7 @@ export function diskEnd (d: DiskPlan, alg: DigestAlgorithm): Message {
 
 export function hello (alg: DigestAlgorithm = 'sha256', compression: CompressionAlgorithm = 'none'): Message {
   return {
-    kind: MessageKind.Hello, versions: [1], software: 'test-agent/0', digests: [alg], compressions: [compression, 'none'],
+    kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 'test-agent/0', digests: [alg], compressions: [compression, 'none'],
     limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB },
   }
 }
@@ -308,7 +310,7 @@ export async function runCycle (agent: Agent, vm: string, cycle: number, disks: 
   const resume: number[] = []
   let sent = 0
   for (const d of disks) {
-    agent.send(diskOpen(d, cycle, vm))
+    agent.send(diskOpen(d, cycle, vm, st.generation))
     const ds = await agent.expect(MessageKind.DiskState)
     if (!ds.accepted) throw Object.assign(new Error(`disk refused: ${ds.reason}`), { reason: ds.reason, state: ds })
     resume.push(ds.resumeSeq)

@@ -34,18 +34,19 @@ t.test('refused handles', async (t) => {
   await a0.whenClosed()
   // an incremental that does not follow the recorded successor: refused (E_CHAIN_MISMATCH)
   const badInc = (handle: number, name: string): DiskPlan => incPlan(handle, name, img, 1, 'x', [{ offset: 0, length: 4096 }], 'nope-000009.vmdk', 'nope-000010.vmdk')
+  let generation = ''
   const open = async (): Promise<Agent> => {
     const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     a.send(hello())
     await a.expect(MessageKind.Welcome)
     a.send(vmOpen('vm-h', 2, []))
-    await a.expect(MessageKind.VmState)
+    generation = (await a.expect(MessageKind.VmState)).generation
     return a
   }
 
   await t.test('a refused handle cannot be used again, not even for another open', async (t) => {
     const a = await open()
-    a.send(diskOpen(badInc(0, 'a.vmdk'), 2, 'vm-h'))
+    a.send(diskOpen(badInc(0, 'a.vmdk'), 2, 'vm-h', generation))
     t.equal((await a.expect(MessageKind.DiskState)).reason, 'E_CHAIN_MISMATCH')
     a.send(diskOpen(seedPlan(0, 'a.vmdk', img, '03'.repeat(8)), 2, 'vm-h'))
     t.same(await a.expectError(), { code: 'E_UNEXPECTED', closeCode: 4004 })
@@ -54,7 +55,7 @@ t.test('refused handles', async (t) => {
   await t.test('no extent for a refused handle', async (t) => {
     const a = await open()
     const d = badInc(0, 'a.vmdk')
-    a.send(diskOpen(d, 2, 'vm-h'))
+    a.send(diskOpen(d, 2, 'vm-h', generation))
     t.equal((await a.expect(MessageKind.DiskState)).accepted, false)
     a.send(extentMessage(d, 0, 'sha256'))
     t.same(await a.expectError(), { code: 'E_UNEXPECTED', closeCode: 4004 })
@@ -76,9 +77,9 @@ t.test('refused handles', async (t) => {
   await t.test('the same name under a new handle (a seed after a refused incremental) commits; a name only refused is left out', async (t) => {
     const img2 = pattern(MiB, 2)
     const a = await open()
-    a.send(diskOpen(badInc(0, 'a.vmdk'), 2, 'vm-h'))
+    a.send(diskOpen(badInc(0, 'a.vmdk'), 2, 'vm-h', generation))
     t.equal((await a.expect(MessageKind.DiskState)).accepted, false)
-    a.send(diskOpen(badInc(1, 'b.vmdk'), 2, 'vm-h'))
+    a.send(diskOpen(badInc(1, 'b.vmdk'), 2, 'vm-h', generation))
     t.equal((await a.expect(MessageKind.DiskState)).accepted, false)
     const seed = seedPlan(2, 'a.vmdk', img2, '05'.repeat(8))
     a.send(diskOpen(seed, 2, 'vm-h'))

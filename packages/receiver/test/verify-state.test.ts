@@ -32,13 +32,14 @@ async function ship (a: Agent, d: DiskPlan): Promise<void> {
   }
 }
 
-async function open (env: Env, url: string, vm: string, hwVersion = 14): Promise<{ a: Agent, compatible: boolean }> {
+async function open (env: Env, url: string, vm: string, hwVersion = 14): Promise<{ a: Agent, compatible: boolean, generation: string }> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   a.send(hello())
   await a.expect(MessageKind.Welcome)
   const m = vmOpen(vm, 2, [`${vm}-000001.vmdk`]) as Extract<Message, { kind: typeof MessageKind.VmOpen }>
   a.send({ ...m, compat: { ...m.compat, hwVersion } })
-  return { a, compatible: (await a.expect(MessageKind.VmState)).compatible }
+  const vs = await a.expect(MessageKind.VmState)
+  return { a, compatible: vs.compatible, generation: vs.generation }
 }
 
 t.test('compatibility: an incompatible VM gets no incremental; the record changes at a commit only', async (t) => {
@@ -51,9 +52,9 @@ t.test('compatibility: an incompatible VM gets no incremental; the record change
   await s.whenClosed()
   t.equal(stateOf(env, 'vm-c').compat?.hwVersion, 14)
 
-  const { a, compatible } = await open(env, url, 'vm-c', 19)
+  const { a, compatible, generation } = await open(env, url, 'vm-c', 19)
   t.equal(compatible, false, 'VmState: not compatible')
-  a.send(diskOpen(inc('vm-c'), 2, 'vm-c'))
+  a.send(diskOpen(inc('vm-c'), 2, 'vm-c', generation))
   const ds = await a.expect(MessageKind.DiskState)
   t.same({ accepted: ds.accepted, reason: ds.reason }, { accepted: false, reason: 'E_INCOMPATIBLE' }, 'the incremental is refused')
   a.close()
