@@ -108,7 +108,7 @@ async function applyOnly (cycle, mode, seedByte) {
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   const baseGeneration = mode === 'seed' ? '' : m.state.generation
-  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, baseGeneration, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }), ddb: {}, algorithm: 'xxh64' }, compat)
+  const r = await m.openDisk({ name: 'bench.vmdk', capacity: N * MiB, cycle, mode, baseCycle: cycle - 1, baseGeneration, source, cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }), ddb: {}, algorithm: 'xxh64' }, { compat })
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const cd = new CycleDigest('xxh64')

@@ -24,14 +24,17 @@ export class ApplyPipeline {
   private writing: Promise<void> | undefined
   private readonly target: () => number
   private readonly onDurable: (disk: PipelineDisk, seq: number) => void
+  private readonly signal: AbortSignal | undefined
 
   /**
    * @param target bytes per durable batch (read at each extent)
    * @param onDurable called once a batch is durable
+   * @param signal the session's: journaling and writing stop between pieces once it is aborted
    */
-  constructor (target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void) {
+  constructor (target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal) {
     this.target = target
     this.onDurable = onDurable
+    this.signal = signal
   }
 
   /** Whether a batch is gathering and below its target size (worth waiting briefly for more). */
@@ -61,9 +64,10 @@ export class ApplyPipeline {
     this.disk = undefined
     this.bytes = 0
     const a = d.apply
-    await a.prepareBatch(batch).catch((err: unknown) => { throw ioError(err, `journaling extents of ${d.name}`) })
+    const opts = this.signal === undefined ? {} : { signal: this.signal }
+    await a.prepareBatch(batch, opts).catch((err: unknown) => { throw ioError(err, `journaling extents of ${d.name}`) })
     await this.drain()
-    const p = a.writeBatch(batch).then(
+    const p = a.writeBatch(batch, opts).then(
       () => { this.onDurable(d, a.appliedSeq) },
       (err: unknown) => { throw ioError(err, `writing extents of ${d.name}`) })
     p.catch(() => {}) // surfaced by drain

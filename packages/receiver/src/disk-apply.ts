@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
-import { CycleDigest } from '@grainline/protocol'
+import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
 import { entryExists, openStoreFile } from './store-fs.ts'
@@ -175,12 +175,23 @@ export class DiskApply {
   }
 
   /**
-   * The bytes an extent costs a durable batch: an in-place zero extent costs
-   * its full length (old contents journaled, zeros written); a seed's zero
-   * extent writes nothing.
+   * The part of an in-place range that holds committed bytes: below the
+   * flat's size before the cycle. Above it the flat was extended by truncate
+   * and reads as zeros (a hole): nothing there is journaled, and a zero
+   * extent writes nothing there.
+   */
+  private committedPart (e: ApplyExtent): number {
+    return this.info.target === 'flat' ? Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset) : 0
+  }
+
+  /**
+   * The bytes an extent costs a durable batch: its length for data; for a
+   * zero extent the committed bytes it overwrites (journaled, then zeroed in
+   * place), at least its window cost (SPEC §5.3) — a seed's zero extent, or
+   * one over grown space, writes nothing.
    */
   cost (e: ApplyExtent): number {
-    return e.zero && this.info.target !== 'flat' ? 512 : e.length
+    return e.zero ? Math.max(ZERO_EXTENT_WINDOW_COST, this.committedPart(e)) : e.length
   }
 
   /**
@@ -188,14 +199,15 @@ export class DiskApply {
    * appended and the journal fdatasync'ed before any of them is overwritten.
    * (Reading old contents while the previous batch is being written is safe:
    * undo runs newest record first, so the oldest copy of a range wins.)
+   * `signal` is checked between pieces: an aborted session stops at once.
    */
-  async prepareBatch (batch: readonly ApplyExtent[]): Promise<void> {
+  async prepareBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
       const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
-      const oldLen = inPlace ? Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset) : 0
+      const oldLen = this.committedPart(e)
       if (oldLen === 0) {
         this.journal.appendExtent(rec, undefined)
         continue
@@ -203,6 +215,7 @@ export class DiskApply {
       // old contents in pieces of at most JOURNAL_PIECE bytes, each its own
       // record, written out as we go: bounded records and bounded memory
       for (let off = 0; off < oldLen; off += JOURNAL_PIECE) {
+        opts.signal?.throwIfAborted()
         const n = Math.min(JOURNAL_PIECE, oldLen - off)
         this.journal.appendExtent(rec, await readFully(this.fh, e.offset + off, n), e.offset + off)
         if (this.journal.queuedBytes >= JOURNAL_PIECE) {
@@ -220,20 +233,25 @@ export class DiskApply {
     this.journalMs += performance.now() - t0
   }
 
-  /** Stage 2: write the batch in place (or into the seed file), fdatasync, record the resume point. */
-  async writeBatch (batch: readonly ApplyExtent[]): Promise<void> {
+  /**
+   * Stage 2: write the batch in place (or into the seed file), fdatasync,
+   * record the resume point. A zero extent writes zeros only over committed
+   * bytes (a seed's file and grown space are holes already), in pieces, and
+   * `signal` is checked between pieces.
+   */
+  async writeBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     this.batches++
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
+      opts.signal?.throwIfAborted()
       if (e.zero) {
-        // a seed writes into a fresh sparse file: zero ranges stay holes
-        if (inPlace) {
-          for (let off = 0; off < e.length; off += JOURNAL_PIECE) {
-            await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, e.length - off))
-            faultPoint('zero-piece')
-          }
+        const n = this.committedPart(e)
+        for (let off = 0; off < n; off += JOURNAL_PIECE) {
+          if (off > 0) opts.signal?.throwIfAborted()
+          await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, n - off))
+          faultPoint('zero-piece')
         }
       } else {
         await writeFully(this.fh, e.data as Uint8Array, e.offset)

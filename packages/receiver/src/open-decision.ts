@@ -39,16 +39,41 @@ export interface OpenInputs {
   readonly request: DiskOpenRequest
   /** whether the VmOpen's compat record matches the mirror's (SPEC §4.2) */
   readonly compatible: boolean
+  /** room for the cycle: the store's free space and the token's quota */
+  readonly space: SpaceFacts
+}
+
+/** What a fresh apply may use. */
+export interface SpaceFacts {
+  /** free bytes of the store's file system (statfs, for unprivileged users) */
+  readonly freeBytes: number
+  /** the token's quota in bytes (undefined: none) */
+  readonly quotaBytes: number | undefined
+  /** bytes allocated by the token's mirrors now (counted only when it has a quota) */
+  readonly usedBytes: number
 }
 
 /** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
 export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED'
 
-/** The answer: start a fresh apply, resume the one in flight, or refuse. */
+/** Codes that end the session (fatal, SPEC §7): the store cannot take the disk. */
+export type FailureCode = 'E_NO_SPACE' | 'E_QUOTA'
+
+/** The answer: start a fresh apply, resume the one in flight, refuse the disk, or fail the session. */
 export type OpenDecision =
   | { readonly kind: 'fresh', readonly info: InflightDisk }
   | { readonly kind: 'resume', readonly info: InflightDisk }
   | { readonly kind: 'refuse', readonly code: RefusalCode, readonly message: string }
+  | { readonly kind: 'fail', readonly code: FailureCode, readonly message: string }
+
+/**
+ * What a fresh apply of `req` may add to the store at most: a seed's file
+ * can be filled up to the capacity (beside the current flat until the
+ * commit); an incremental can grow the flat to the capacity.
+ */
+export function mayAdd (req: DiskOpenRequest, facts: MirrorFacts): number {
+  return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
+}
 
 /**
  * Whether the committed mirror changed since its commit: another descriptor
@@ -113,6 +138,15 @@ export function decideOpen (x: OpenInputs): OpenDecision {
     }
     if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
     if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync it`)
+  }
+  // room: a capacity increase must fit in the free space; the token's mirrors must stay within its quota
+  const growth = req.capacity - (rec?.capacity ?? 0)
+  if (growth > 0 && growth > x.space.freeBytes) {
+    return { kind: 'fail', code: 'E_NO_SPACE', message: `disk ${req.name} of VM ${x.vm} would grow by ${growth} bytes, the store has ${x.space.freeBytes} free: free space on the receiver, then retry` }
+  }
+  const adds = mayAdd(req, x.facts)
+  if (x.space.quotaBytes !== undefined && x.space.usedBytes + adds > x.space.quotaBytes) {
+    return { kind: 'fail', code: 'E_QUOTA', message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors` }
   }
   const incremental = req.mode === 'incremental'
   return {

@@ -76,7 +76,7 @@ export class Session {
     let pauses = 0
     // backpressure is routine for a fast agent: the first pause of a session at info, the others at debug
     this.inbox = new Inbox(ws, settings.highWaterBytes, (st) => { this.log[pauses++ === 0 ? 'info' : 'debug'](st, 'inbox full: socket paused') })
-    this.pipeline = new ApplyPipeline(() => this.batchTarget(), (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }))
+    this.pipeline = new ApplyPipeline(() => this.batchTarget(), (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }), this.abortCtl.signal)
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('close', (code: number) => {
       this.log.info({ code }, 'connection closed')
@@ -236,7 +236,11 @@ export class Session {
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
-    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, this.compat as CompatRecord, open)
+    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, {
+      compat: this.compat as CompatRecord,
+      open,
+      ...(this.token.quotaBytes === undefined ? {} : { quota: { bytes: this.token.quotaBytes, covers: (vm: string) => mayAccess(this.token, vm) } }),
+    })
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {

@@ -9,6 +9,7 @@ import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles } from './commit.ts'
 import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
+import { freeBytes, mirrorsUsage } from './store-usage.ts'
 import { undoInflight } from './rollback.ts'
 import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
@@ -27,6 +28,16 @@ export interface OpenDiskResult {
   readonly mirrorCid: string
   readonly modified: boolean
   readonly apply?: DiskApply
+}
+
+/** What a DiskOpen is judged against besides the store: the session's VmOpen and token. */
+export interface OpenContext {
+  /** the VmOpen's compatibility record */
+  readonly compat: CompatRecord
+  /** disks open under accepted handles in this session */
+  readonly open?: Iterable<string>
+  /** the token's store quota, bytes, and which VMs' mirrors count towards it */
+  readonly quota?: { readonly bytes: number, readonly covers: (vm: string) => boolean }
 }
 
 /**
@@ -143,8 +154,8 @@ export class VmMirror {
    * fresh apply (journal head durable → state lists the disk → target
    * touched) or the resume of the interrupted one.
    */
-  async openDisk (req: DiskOpenRequest, compat: CompatRecord, open: Iterable<string> = []): Promise<OpenDiskResult> {
-    this.checkNames(req.name, open)
+  async openDisk (req: DiskOpenRequest, ctx: OpenContext): Promise<OpenDiskResult> {
+    this.checkNames(req.name, ctx.open)
     const s = this.current
     const rec = s.disks[req.name]
     const inf = s.inflight?.disks[req.name]
@@ -155,8 +166,14 @@ export class VmMirror {
       mirrorCid: rec === undefined ? '' : facts.cid,
       modified: mirrorModified(rec, inf, facts),
     }
-    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req, compatible: this.compatible(compat) })
+    const space = {
+      freeBytes: await freeBytes(this.paths.dir),
+      quotaBytes: ctx.quota?.bytes,
+      usedBytes: ctx.quota === undefined ? 0 : await mirrorsUsage(this.paths.store, ctx.quota.covers),
+    }
+    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req, compatible: this.compatible(ctx.compat), space })
     if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
+    if (d.kind === 'fail') throw new ReceiverError(d.code, d.message)
     if (d.kind === 'resume') {
       const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
       if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {

@@ -55,7 +55,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       const base = pattern(CAP, run)
       // commit a seed of `base`
       let m = await VmMirror.acquire(store, 'vm', log)
-      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, compat)
+      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
       const sa = s.apply
       if (sa === undefined) throw new Error('seed refused')
       const seedExtents = [ext(0, 0, CAP, false, run)].map((e) => ({ ...e, data: base, digest: createDigest('sha256').update(base).digest() }))
@@ -77,7 +77,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       }
       const open = async () => {
         m = await VmMirror.acquire(store, 'vm', log)
-        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, compat)
+        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
         if (r.apply === undefined) throw new Error(`refused ${r.reason}`)
         return r.apply
       }

@@ -21,10 +21,11 @@ const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => 
   target: req.mode === 'seed' ? 'seed' : 'flat', source: req.source, ddb: req.ddb, algorithm: req.algorithm,
 })
 
-const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc, compatible: true }
+const room = { freeBytes: 1024 ** 4, quotaBytes: undefined, usedBytes: 0 }
+const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc, compatible: true, space: room }
 const diverged = { ...record, diverged: { reason: 'certify (sha256) of cycle 1 failed', at: '2026-01-02T00:00:00.000Z' } }
 
-interface Row { readonly name: string, readonly in: Partial<OpenInputs>, readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED' }
+interface Row { readonly name: string, readonly in: Partial<OpenInputs>, readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED' | 'E_NO_SPACE' | 'E_QUOTA' }
 
 const rows: Row[] = [
   // another cycle in flight
@@ -70,13 +71,22 @@ const rows: Row[] = [
   { name: 'seed over a modified mirror', in: { request: seed, facts: { ...intact, cid: '0badc0de' } }, want: 'fresh' },
   { name: 'seed of an incompatible VM (after operator action)', in: { request: seed, compatible: false }, want: 'fresh' },
   { name: 'seed over a diverged mirror', in: { request: seed, record: diverged }, want: 'fresh' },
+  // room (fatal outcomes)
+  { name: 'a disk that grows by more than the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4095 } }, want: 'E_NO_SPACE' },
+  { name: 'a disk that grows by the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4096 } }, want: 'fresh' },
+  { name: 'an incremental that does not grow needs no free space', in: { space: { ...room, freeBytes: 0 } }, want: 'fresh' },
+  { name: 'a new disk larger than the free space', in: { request: seed, record: undefined, committedCycle: 0, space: { ...room, freeBytes: 32 * KiB } }, want: 'E_NO_SPACE' },
+  { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
+  { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
+  { name: "growth above the token's quota", in: { request: { ...inc, capacity: 128 * KiB }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
+  { name: 'a resume is not charged again', in: { inflightCycle: 2, inflight: inflightOf(inc), space: { freeBytes: 0, quotaBytes: 1, usedBytes: 64 * KiB } }, want: 'resume' },
 ]
 
 t.test('decideOpen: every row', async (t) => {
   for (const row of rows) {
     const d = decideOpen({ ...base, ...row.in })
-    t.equal(d.kind === 'refuse' ? d.code : d.kind, row.want, row.name)
-    if (d.kind === 'refuse') t.ok(d.message.length > 0, `${row.name}: says why`)
+    t.equal(d.kind === 'refuse' || d.kind === 'fail' ? d.code : d.kind, row.want, row.name)
+    if (d.kind === 'refuse' || d.kind === 'fail') t.ok(d.message.length > 0, `${row.name}: says why`)
   }
 })
 
