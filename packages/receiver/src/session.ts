@@ -10,6 +10,8 @@ import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
+import type { RefusalLog } from './refusal-log.ts'
+import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { certifyMirror, trivialCheck, type VerifyOutcome } from './verification.ts'
@@ -32,6 +34,12 @@ export interface SessionSettings {
   readonly lockWaitMs: number
   /** largest prefix a trivial check may digest, bytes */
   readonly trivialMaxBytes: number
+  /** Hello must arrive within this many ms of the upgrade (E_TIMEOUT) */
+  readonly helloTimeoutMs: number
+  /** a session idle this long after Hello is ended (E_TIMEOUT), releasing its VM lock */
+  readonly idleTimeoutMs: number
+  /** where timeouts are logged, rate-limited */
+  readonly refusals: RefusalLog
 }
 
 /**
@@ -62,6 +70,7 @@ export class Session {
   private readonly disks = new Map<number, PipelineDisk>()
   private readonly pipeline: ApplyPipeline
   private readonly abortCtl = new AbortController()
+  private readonly deadlines: SessionDeadlines
   /** resolves when the session has released every resource */
   readonly done: Promise<void>
   private resolveDone!: () => void
@@ -77,7 +86,17 @@ export class Session {
     // backpressure is routine for a fast agent: the first pause of a session at info, the others at debug
     this.inbox = new Inbox(ws, settings.highWaterBytes, (st) => { this.log[pauses++ === 0 ? 'info' : 'debug'](st, 'inbox full: socket paused') })
     this.pipeline = new ApplyPipeline(() => this.batchTarget(), (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }), this.abortCtl.signal)
+    this.deadlines = new SessionDeadlines({
+      helloMs: settings.helloTimeoutMs,
+      idleMs: settings.idleTimeoutMs,
+      busy: () => this.running,
+      onTimeout: (reason, ms) => {
+        settings.refusals.refused(reason, { session: this.id, peer: token.name, vm: this.vmName === '' ? undefined : this.vmName, ms })
+        void this.abortWith(new ReceiverError('E_TIMEOUT', reason === 'hello-timeout' ? `no Hello within ${ms} ms` : `nothing received for ${ms} ms`))
+      },
+    })
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => this.onMessage(data, isBinary))
+    ws.on('ping', () => this.deadlines.activity())
     ws.on('close', (code: number) => {
       this.log.info({ code }, 'connection closed')
       this.stop()
@@ -90,6 +109,7 @@ export class Session {
 
   private onMessage (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
     if (this.dead) return
+    this.deadlines.activity()
     if (!isBinary) {
       void this.abortWith(new ReceiverError('E_MALFORMED', 'text frames are not part of the protocol'))
       return
@@ -157,6 +177,8 @@ export class Session {
       await this.abortWith(err)
     } finally {
       this.running = false
+      // the idle time counts from the end of the last step
+      this.deadlines.activity()
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
@@ -191,6 +213,7 @@ export class Session {
 
   private onHello (msg: HelloMessage): void {
     this.negotiated = negotiate(msg, this.settings.local)
+    this.deadlines.hello()
     this.log.info({ negotiated: this.negotiated, peerSoftware: msg.software.slice(0, 128) }, 'negotiated')
     this.send({ kind: MessageKind.Welcome, ...this.negotiated, software: this.settings.software, session: this.id })
   }
@@ -337,6 +360,8 @@ export class Session {
     const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
+    // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)
+    else if (msg.code === 'E_TIMEOUT') this.log.debug({ code: msg.code, why: msg.message }, 'session aborted')
     else this.log.warn({ code: msg.code, why: msg.message }, 'session aborted')
     try {
       await this.pipeline.discard()
@@ -362,6 +387,7 @@ export class Session {
   /** Stop processing (socket closed, shutdown). Resources are released once the current step ends. */
   stop (): void {
     this.dead = true
+    this.deadlines.stop()
     this.inbox.clear()
     this.abortCtl.abort()
     this.inbox.interrupt()

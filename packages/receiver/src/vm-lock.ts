@@ -8,6 +8,12 @@ import type { VmPaths } from './vm-paths.ts'
 
 /** Identities (device:inode) of the VM folders held by this process: two names of one folder (a bind mount, a case-insensitive file system) are one VM. */
 const held = new Set<string>()
+/**
+ * Folders whose lock file this process failed to remove (a read-only or full
+ * store): a lock naming our own pid there is ours and stale; anywhere else a
+ * lock naming our own pid is held.
+ */
+const leaked = new Set<string>()
 
 function processAlive (pid: number): boolean {
   try {
@@ -79,7 +85,7 @@ export function lockHolderAlive (text: string): boolean {
  * in-process lock) or the lock cannot be written for lack of space (a
  * rollback must still work on a full disk).
  */
-async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boolean> {
+async function lockFile (paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
   for (let attempt = 0; attempt < 3; attempt++) {
     let fh: FileHandle
     try {
@@ -94,7 +100,7 @@ async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boole
       if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
       const text = await readStoreFile(paths.lock).then((b) => b.toString('utf8'), () => '')
       const pid = Number.parseInt(text, 10)
-      if (lockHolderAlive(text)) {
+      if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
         throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
       }
       if (!Number.isSafeInteger(pid) && attempt === 0) {
@@ -103,6 +109,7 @@ async function lockFile (paths: VmPaths, vm: string, log: Logger): Promise<boole
         continue
       }
       log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
+      leaked.delete(key)
       try {
         await unlinkIfExists(paths.lock)
       } catch (e) {
@@ -156,7 +163,7 @@ export class VmLock {
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
     try {
-      return new VmLock(paths, vm, log, key, await lockFile(paths, vm, log))
+      return new VmLock(paths, vm, log, key, await lockFile(paths, vm, key, log))
     } catch (err) {
       held.delete(key)
       throw err
@@ -171,7 +178,8 @@ export class VmLock {
     try {
       if (this.fileLocked) rmSync(this.paths.lock, { force: true })
     } catch (err) {
-      // a read-only or vanished store: the lock names our pid, and is taken over once we are gone
+      // a read-only or vanished store: the lock names our pid; this process takes it over, others once we are gone
+      leaked.add(this.key)
       this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'VM lock file not removed')
     }
     this.fileLocked = false
