@@ -12,7 +12,7 @@ import { fsyncDir, isTempName, writeFileAtomic } from './fs-util.ts'
 import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { mirrorVmx } from './mirror-vmx.ts'
+import { mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
 import { faultPoint } from './fault.ts'
 import type { DiskRecord, InflightDisk, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -90,8 +90,9 @@ export function commitState (state: VmStateFile, cycle: number, sealed: readonly
  * or FIFO planted in `incoming`) is skipped and logged, so that the
  * roll-forward can never be stuck on it.
  */
-async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<void> {
+async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<DroppedReference[] | undefined> {
   const names = await readStoreDir(paths.incoming)
+  let dropped: DroppedReference[] | undefined
   const diskMap = new Map<string, string>()
   for (const rec of Object.values(state.disks)) diskMap.set(rec.name, `${rec.stem}.vmdk`)
   for (const name of names) {
@@ -105,21 +106,25 @@ async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): P
       continue
     }
     if (/\.vmx$/i.test(name)) {
-      const text = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
-      await writeFileAtomic(join(paths.dir, `${state.vm}.vmx`), text)
+      const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
+      for (const d of r.dropped) log.warn({ vm: state.vm, file: name, reference: d }, '.vmx reference out of the mirror dropped')
+      await writeFileAtomic(join(paths.dir, `${state.vm}.vmx`), r.text)
+      dropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(name)) {
       await writeFileAtomic(join(paths.dir, name), data)
     }
   }
+  return dropped
 }
 
 /**
  * Do the roll-forward work `state.pending` records (idempotent: every step
- * can be repeated after a crash). The caller then clears `pending`.
+ * can be repeated after a crash). The caller then clears `pending` and
+ * records the .vmx references dropped (undefined: no .vmx installed).
  */
-export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<void> {
+export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
   const p = state.pending
-  if (p === null) return
+  if (p === null) return { vmxDropped: undefined }
   for (const r of p.renames) {
     if (await entryExists(join(paths.dir, r.from))) {
       await rename(join(paths.dir, r.from), join(paths.dir, r.to))
@@ -133,7 +138,8 @@ export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log:
     await writeFileAtomic(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
   }
   faultPoint('commit-descriptors')
-  if (p.files) await installFiles(paths, state, log)
+  const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))
   await fsyncDir(paths.gdir)
+  return { vmxDropped }
 }

@@ -2,7 +2,7 @@ import type { CompatRecord, DigestAlgorithm, SourceIdentity } from '@grainline/p
 import { ReceiverError, ioError } from './errors.ts'
 import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
-import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
+import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** Result of the last trivial check or certify of a disk. */
@@ -106,6 +106,8 @@ export interface VmStateFile {
   readonly disks: Readonly<Record<string, DiskRecord>>
   readonly inflight: InflightCycle | null
   readonly pending: PendingCommit | null
+  /** the references of the installed .vmx that pointed out of the mirror and were dropped or neutralised */
+  readonly vmxDropped?: readonly DroppedReference[]
 }
 
 /** The state of a VM that has never been written. */

@@ -8,6 +8,7 @@ import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
 import { readVmState, type DivergedRecord, type VerifyRecord } from './state-file.ts'
+import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
@@ -73,6 +74,8 @@ export interface VmStatus {
   /** a commit to roll forward or a cycle in flight */
   readonly needsRecovery: boolean
   readonly disks: readonly DiskStatus[]
+  /** references of the installed .vmx that pointed out of the mirror, dropped or neutralised */
+  readonly vmxDropped: readonly DroppedReference[]
   /** why the VM's state could not be read */
   readonly error?: string
 }
@@ -117,9 +120,10 @@ export async function storeStatus (storeDir: string): Promise<{ store: string, v
         inflightCycle: s.inflight?.cycle ?? 0,
         needsRecovery: s.pending !== null || s.inflight !== null,
         disks,
+        vmxDropped: s.vmxDropped ?? [],
       })
     } catch (err) {
-      vms.push({ vm, committedCycle: 0, committedAt: null, inflightCycle: 0, needsRecovery: true, disks: [], error: (err as Error).message })
+      vms.push({ vm, committedCycle: 0, committedAt: null, inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], error: (err as Error).message })
     }
   }
   return { store: storeDir, vms }

@@ -246,8 +246,8 @@ export class VmMirror {
     const p = this.current.pending
     if (p === null) return
     try {
-      await rollForwardFiles(this.paths, this.current, this.log)
-      await this.save({ ...this.current, pending: null })
+      const { vmxDropped } = await rollForwardFiles(this.paths, this.current, this.log)
+      await this.save({ ...this.current, pending: null, ...(vmxDropped === undefined ? {} : { vmxDropped }) })
     } catch (err) {
       throw ioError(err, 'finishing a commit')
     }

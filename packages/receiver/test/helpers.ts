@@ -30,7 +30,8 @@ export function writeTokens (dir: string): string {
   const file = join(dir, 'tokens.json')
   writeFileSync(file, JSON.stringify({
     tokens: [
-      { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'] },
+      // parallel sessions above the default cap of 4 (cycle.test runs 6 agents at once)
+      { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'], maxSessions: 16 },
       { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
     ],
   }))

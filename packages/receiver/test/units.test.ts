@@ -30,14 +30,18 @@ t.test('tokens and globs', async (t) => {
 
 t.test('mirror .vmx rewrite', async (t) => {
   const src = 'displayName = "web01"\nscsi0:0.fileName = "web01-000003.vmdk"\nscsi0:1.fileName = "/vmfs/volumes/ds2/web01/web01_1-000001.vmdk"\nide1:0.fileName = "/iso/x.iso"\nnvram = "web01.nvram"\n'
-  const out = mirrorVmx(src, { suffix: ' (DR)', diskMap: new Map([['web01.vmdk', 'web01.vmdk'], ['web01_1.vmdk', 'web01_1.vmdk']]) })
+  const diskMap = new Map([['web01.vmdk', 'web01.vmdk'], ['web01_1.vmdk', 'web01_1.vmdk']])
+  const { text: out, dropped } = mirrorVmx(src, { suffix: ' (DR)', diskMap })
   t.match(out, /displayName = "web01 \(DR\)"/)
   t.match(out, /scsi0:0.fileName = "web01.vmdk"/)
-  t.match(out, /scsi0:1.fileName = "web01_1.vmdk"/)
-  t.match(out, /ide1:0.fileName = "\/iso\/x.iso"/)
-  t.equal(mirrorVmx(out, { suffix: ' (DR)', diskMap: new Map() }), out, 'idempotent')
+  t.match(out, /scsi0:1.fileName = "web01_1.vmdk"/, 'a mirrored disk anywhere on the source points at its mirror')
+  t.notMatch(out, /x\.iso/, 'a CD-ROM image outside the mirror is dropped')
+  t.match(out, /ide1:0.startConnected = "FALSE"/)
+  t.match(out, /nvram = "web01.nvram"/, 'a file of the VM (in its folder) is kept')
+  t.same(dropped, [{ key: 'ide1:0.fileName', value: '/iso/x.iso', action: 'disconnected' }])
+  t.same(mirrorVmx(out, { suffix: ' (DR)', diskMap }), { text: out, dropped: [] }, 'idempotent')
   t.equal(baseDiskName('a\\b\\c-000012.vmdk'), 'c.vmdk')
-  t.match(mirrorVmx('guestOS = "x"\n', { suffix: ' (DR)', diskMap: new Map() }), /displayName = "\(DR\)"/)
+  t.match(mirrorVmx('guestOS = "x"\n', { suffix: ' (DR)', diskMap: new Map() }).text, /displayName = "\(DR\)"/)
 })
 
 t.test('descriptor', async (t) => {
