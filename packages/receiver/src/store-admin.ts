@@ -70,6 +70,8 @@ export interface VmStatus {
   readonly vm: string
   readonly committedCycle: number
   readonly committedAt: string | null
+  /** generation of the last commit (SPEC §5.8), "" if none */
+  readonly generation: string
   readonly inflightCycle: number
   /** a commit to roll forward or a cycle in flight */
   readonly needsRecovery: boolean
@@ -117,13 +119,14 @@ export async function storeStatus (storeDir: string): Promise<{ store: string, v
         vm,
         committedCycle: s.committedCycle,
         committedAt: s.committedAt,
+        generation: s.committedCycle > 0 ? s.generation ?? '' : '',
         inflightCycle: s.inflight?.cycle ?? 0,
         needsRecovery: s.pending !== null || s.inflight !== null,
         disks,
         vmxDropped: s.vmxDropped ?? [],
       })
     } catch (err) {
-      vms.push({ vm, committedCycle: 0, committedAt: null, inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], error: (err as Error).message })
+      vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], error: (err as Error).message })
     }
   }
   return { store: storeDir, vms }

@@ -27,6 +27,11 @@ export async function statusCommand (opts: { store: string, output: 'json' | 'hu
     if (vm.error !== undefined) rows.push([vm.vm, '-', '-', '-', '-', '-', '-', '-', `error: ${vm.error}`])
   }
   opts.write(table(['vm', 'disk', 'cycle', 'committed at', 'size', 'trivial', 'certify', 'in flight', 'state'], rows) + '\n')
+  for (const vm of st.vms) {
+    if (vm.vmxDropped.length === 0) continue
+    opts.write(`${vm.vm}: ${vm.vmxDropped.length} .vmx reference(s) out of the mirror dropped or neutralised:\n`)
+    for (const d of vm.vmxDropped) opts.write(`  ${d.key} = ${JSON.stringify(d.value)} (${d.action})\n`)
+  }
 }
 
 /** `grainline mirror rollback`: discard an interrupted cycle; the mirror returns to its last commit. */
