@@ -20,11 +20,11 @@ export interface TokenEntry {
   readonly maxSessions?: number
   /**
    * bytes the mirrors of this token's VMs may take (allocated, plus what a
-   * DiskOpen could add); above it a DiskOpen fails with E_QUOTA. Tokens file
-   * key `quota`: a size such as "500G".
+   * DiskOpen could add); above it a DiskOpen fails with E_QUOTA. In the
+   * tokens file a size such as "500G" or a number of bytes.
    * @default undefined (no quota)
    */
-  readonly quotaBytes?: number
+  readonly quota?: number
 }
 
 const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota'])
@@ -53,7 +53,7 @@ export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
       throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): maxSessions must be a positive integer`)
     }
     let quotaBytes: number | undefined
-    if (quota !== undefined) {
+    if (quota !== undefined && quota !== null) {
       if (typeof quota !== 'string' && typeof quota !== 'number') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): quota must be a size such as "500G"`)
       try {
         quotaBytes = parseByteSize(quota, `${source}: tokens[${i}] (${name}): quota`)
@@ -64,7 +64,7 @@ export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
     out.push(Object.freeze({
       name, token, vms: Object.freeze([...vms as string[]]),
       ...(maxSessions === undefined ? {} : { maxSessions }),
-      ...(quotaBytes === undefined ? {} : { quotaBytes }),
+      ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
     }))
   })
   return out

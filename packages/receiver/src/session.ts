@@ -262,7 +262,7 @@ export class Session {
     const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, {
       compat: this.compat as CompatRecord,
       open,
-      ...(this.token.quotaBytes === undefined ? {} : { quota: { bytes: this.token.quotaBytes, covers: (vm: string) => mayAccess(this.token, vm) } }),
+      ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
     })
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')

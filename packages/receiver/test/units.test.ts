@@ -26,6 +26,12 @@ t.test('tokens and globs', async (t) => {
   t.throws(() => parseTokens({ tokens: [{ name: 'a', token: 'short', vms: [] }] }), { code: 'E_CONFIG' })
   t.throws(() => parseTokens({}), { code: 'E_CONFIG' })
   t.throws(() => parseTokens({ tokens: [{ name: '', token: 'x'.repeat(20), vms: ['a'] }] }), { code: 'E_CONFIG' })
+  // per-token limits: maxSessions, quota (a size or bytes); unknown keys refused
+  t.match(parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxSessions: 2, quota: '1.5G' }] })[0], { maxSessions: 2, quota: 1.5 * 1024 ** 3 })
+  t.match(parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], quota: 4096 }] })[0], { quota: 4096 }, 'what writeTokensFile writes reads back')
+  t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], quota: 'lots' }] }), { code: 'E_CONFIG' })
+  t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxSessions: 0 }] }), { code: 'E_CONFIG' })
+  t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxsessions: 2 }] }), { code: 'E_CONFIG' }, 'a misspelt key is not ignored')
 })
 
 t.test('mirror .vmx rewrite', async (t) => {
