@@ -12,7 +12,8 @@ import { guardConnections } from './connection-guard.ts'
 import { RefusalLog } from './refusal-log.ts'
 import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
-import { Session, type SessionSettings } from './session.ts'
+import { Session } from './session.ts'
+import type { SessionSettings } from './session-settings.ts'
 import { SOFTWARE } from './version.ts'
 
 /** Components handed to the receiver (STYLE §16). */

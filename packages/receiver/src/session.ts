@@ -4,43 +4,18 @@ import type { WebSocket } from 'ws'
 import {
   ConversationState, MessageKind, ProtocolErrorCodes, decodeMessage, encodeMessage, negotiate, toErrorMessage,
   type CertifyMessage, type CommitMessage, type CompatRecord, type DiskEndMessage, type DiskOpenMessage, type ErrorMessage, type ExtentMessage, type HelloMessage,
-  type LocalCapabilities, type Message, type Negotiated, type ProtocolErrorCode, type TrivialCheckMessage, type VmOpenMessage,
+  type Message, type Negotiated, type ProtocolErrorCode, type TrivialCheckMessage, type VmOpenMessage,
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
-import type { RefusalLog } from './refusal-log.ts'
+import type { SessionSettings } from './session-settings.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
-import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
-import { certifyMirror, trivialCheck, type VerifyOutcome } from './verification.ts'
+import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkVmName } from './receiver-rules.ts'
+import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
-
-/** Settings shared by all sessions of a receiver. */
-export interface SessionSettings {
-  readonly storeDir: string
-  /** `grainline-receiver/<version>`, sent in Welcome */
-  readonly software: string
-  readonly local: LocalCapabilities
-  readonly displaySuffix: string
-  /** flush a batch (journal, write, fsync, ack) at this many payload bytes */
-  readonly batchBytes: number
-  /** when the inbox runs dry mid-batch, wait this long for more extents before flushing, ms */
-  readonly batchIdleMs: number
-  /** pause the socket when this many inbound bytes wait to be processed */
-  readonly highWaterBytes: number
-  /** how long a session waits for a VM lock held by another session, ms */
-  readonly lockWaitMs: number
-  /** largest prefix a trivial check may digest, bytes */
-  readonly trivialMaxBytes: number
-  /** Hello must arrive within this many ms of the upgrade (E_TIMEOUT) */
-  readonly helloTimeoutMs: number
-  /** a session idle this long after Hello is ended (E_TIMEOUT), releasing its VM lock */
-  readonly idleTimeoutMs: number
-  /** where timeouts are logged, rate-limited */
-  readonly refusals: RefusalLog
-}
 
 /**
  * One agent connection (one VM cycle, SPEC §4–§5): the socket glue. Frames
@@ -322,31 +297,17 @@ export class Session {
   }
 
   /** The flat file of a disk committed in this session (ConversationState has checked the handle). */
-  private committedFlat (handle: number): { name: string, path: string } {
-    const d = this.disk(handle)
-    const rec = this.mirror.state.disks[d.name]
-    if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${d.name} has no committed record`)
-    return { name: d.name, path: this.mirror.paths.flat(rec.stem) }
-  }
-
-  private async recordVerify (name: string, kind: 'trivial' | 'certify', algorithm: TrivialCheckMessage['algorithm'], r: VerifyOutcome): Promise<void> {
-    await this.mirror.recordVerify(name, kind, { ok: r.ok, at: new Date().toISOString(), algorithm, digest: Buffer.from(r.digest).toString('hex'), bytes: r.bytes })
-  }
-
   private async onTrivial (msg: TrivialCheckMessage): Promise<void> {
-    const d = this.committedFlat(msg.disk)
-    checkTrivialPrefix(msg.prefixBytes, this.settings.trivialMaxBytes)
-    const r = await trivialCheck(d.path, msg, { signal: this.abortCtl.signal })
-    await this.recordVerify(d.name, 'trivial', msg.algorithm, r)
-    this.log.info({ disk: d.name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
+    const name = this.disk(msg.disk).name
+    const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
+    this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
     this.send({ kind: MessageKind.TrivialResult, disk: msg.disk, ok: r.ok, size: r.size, digest: r.digest })
   }
 
   private async onCertify (msg: CertifyMessage): Promise<void> {
-    const d = this.committedFlat(msg.disk)
-    const r = await certifyMirror(d.path, msg, { signal: this.abortCtl.signal })
-    await this.recordVerify(d.name, 'certify', msg.algorithm, r)
-    this.log.info({ disk: d.name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
+    const name = this.disk(msg.disk).name
+    const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
+    this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
   }
 
