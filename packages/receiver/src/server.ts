@@ -115,6 +115,9 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     limits: { maxExtentBytes, maxMessageBytes: maxMessageBytesFor(maxExtentBytes), windowBytes: init.windowBytes ?? 64 * MiB },
   }
   const refusals = new RefusalLog(log)
+  const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
+  const handshakeTimeoutMs = init.handshakeTimeoutMs ?? 10_000
+  const maxConnections = init.maxConnections ?? 64
   const settings: SessionSettings = {
     storeDir: init.store,
     software: SOFTWARE,
@@ -154,9 +157,9 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
     const srv: Server = tls
-      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: init.handshakeTimeoutMs ?? 10_000 })
+      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs })
       : createHttpServer()
-    guardConnections(srv, tls, { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }, refusals)
+    guardConnections(srv, tls, guard, refusals)
     srv.on('request', (_req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket', Connection: 'close' })
       res.end('grainline receiver: WebSocket only\n')
@@ -170,8 +173,8 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       verifyClient: (info, cb) => {
         const req = info.req
         const remote = req.socket.remoteAddress
-        if (sessions.size >= (init.maxConnections ?? 64)) {
-          refusals.refused('session-cap', { remote, maxConnections: init.maxConnections ?? 64 })
+        if (sessions.size >= maxConnections) {
+          refusals.refused('session-cap', { remote, maxConnections })
           cb(false, 503, 'Too many connections')
           return
         }
@@ -239,7 +242,10 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       })
     })
     const addr = srv.address() as AddressInfo
-    log.info({ host: addr.address, port: addr.port, tls }, 'listening')
+    log.info({
+      host: addr.address, port: addr.port, tls,
+      limits: { ...guard, maxConnections, handshakeTimeoutMs, helloTimeoutMs: settings.helloTimeoutMs, idleTimeoutMs: settings.idleTimeoutMs, highWaterBytes: settings.highWaterBytes },
+    }, 'listening')
     return { host: addr.address, port: addr.port }
   }
 
