@@ -91,7 +91,7 @@ const report = await replicate({ logger: pino({ level: 'warn' }, pino.destinatio
 clearInterval(timer)
 process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS, peak }))
 `)
-const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), deltaFormat: values.format, progress: 'none', trivialMiB: 16, compress: process.env.BENCH_COMPRESS ?? 'lz4' }
+const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), stateDir: join(dir, 'agent-state'), deltaFormat: values.format, progress: 'none', trivialMiB: 16, compress: process.env.BENCH_COMPRESS ?? 'lz4' }
 
 try {
   log(`# ${values['size-gib']} GiB disk, ${values.format} deltas, dir ${dir}`)

@@ -16,8 +16,10 @@
 //              "absoluteHints": true,                  // parentFileNameHint as /vmfs/volumes/<uuid>/...
 //              "quietOutput": true,                    // print nothing on create/remove success
 //              "applyDelayMs": 700,                    // report success at once, change the files later
+//              "applyGate": "/tmp/x/gate",             // …and only once this file exists (snapshot.get appends
+//                                                      //   a line to "<gate>.polls" while it does not)
 //              "consolidationNeeded": false } ] }
-import { readFileSync, writeFileSync, renameSync, existsSync } from 'node:fs'
+import { readFileSync, writeFileSync, renameSync, existsSync, appendFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
 
@@ -194,12 +196,21 @@ const escName = (n) => n.replace(/%/g, '%25').replace(/\//g, '%2f').replace(/\\/
 // change after the delay.
 function deferIfAsked (vm, title) {
   const delay = vm.applyDelayMs
-  if (delay === undefined || process.env.ESXI_STANDIN_DEFERRED !== undefined) return false
-  spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: 'ignore', env: { ...process.env, ESXI_STANDIN_DEFERRED: String(delay) } }).unref()
+  const gate = vm.applyGate
+  if ((delay === undefined && gate === undefined) || process.env.ESXI_STANDIN_DEFERRED !== undefined) return false
+  spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: 'ignore', env: { ...process.env, ESXI_STANDIN_DEFERRED: String(delay ?? 0), ESXI_STANDIN_GATE: gate ?? '' } }).unref()
   out(`${title}:\n`)
   return true
 }
-const deferredSleep = () => new Promise((resolve) => setTimeout(resolve, Number(process.env.ESXI_STANDIN_DEFERRED ?? '0')))
+// the deferred copy waits for the delay, then until the gate file exists (a test opens it when it is ready)
+async function deferredSleep () {
+  await new Promise((resolve) => setTimeout(resolve, Number(process.env.ESXI_STANDIN_DEFERRED ?? '0')))
+  const gate = process.env.ESXI_STANDIN_GATE ?? ''
+  for (let waited = 0; gate !== '' && !existsSync(gate); waited += 20) {
+    if (waited > 600_000) process.exit(3)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
 if (process.env.ESXI_STANDIN_DEFERRED !== undefined) out = () => {}
 
 async function main () {
@@ -216,6 +227,7 @@ async function main () {
     case 'vmsvc/snapshot.get': {
       const vm = findVm(args[0])
       if (vm.fail?.['snapshot.get'] !== undefined) fault(vm.fail['snapshot.get'], 'The operation is not allowed in the current state.')
+      if (vm.applyGate !== undefined && !existsSync(vm.applyGate)) appendFileSync(`${vm.applyGate}.polls`, '.\n')
       printTree('Get Snapshot', readVmsd(vmFiles(vm).vmsdPath))
       return
     }

@@ -42,14 +42,16 @@ export async function startSite (dir: string, vms: string[] = ['*'], extra: { na
 /** The JSON report of a `grainline replicate` run. */
 export interface RunReport {
   ok: boolean
-  vms: { vm: string, ok: boolean, cycle: number, error?: { code: string, message: string }, disks: { name: string, ok: boolean, mode: string, dataBytes: number, zeroBytes: number, wireBytes: number, resumedFrom: number[], fallbackReason?: string, trivial?: { ok: boolean }, certify?: { ok: boolean }, error?: { code: string } }[] }[]
+  vms: { vm: string, ok: boolean, cycle: number, reusedSnapshot?: boolean, error?: { code: string, message: string }, disks: { name: string, ok: boolean, mode: string, dataBytes: number, zeroBytes: number, wireBytes: number, resumedFrom: number[], fallbackReason?: string, trivial?: { ok: boolean }, certify?: { ok: boolean }, error?: { code: string } }[] }[]
 }
 
 /** Run `grainline replicate` as a real agent process against a site. */
 export async function replicateCli (site: Site, vmx: string, args: string[] = [], opts: { port?: number, onSpawn?: (p: import('node:child_process').ChildProcess) => void } = {}): Promise<CliResult & { report: RunReport | undefined }> {
   const reportFile = join(site.dir, `report-${Date.now()}-${Math.random().toString(36).slice(2)}.json`)
+  // the agent's record per VM stays with the site (never the machine's /var/lib/grainline), unless the test names one
+  const stateDir = args.includes('--state-dir') ? [] : ['--state-dir', join(site.dir, 'agent-state')]
   const r = await runCli(['replicate', vmx, '--to', `wss://127.0.0.1:${opts.port ?? site.receiver.port}`, '--token-file', site.tokenFile,
-    '--ca', site.cert, '--report', reportFile, '--log-level', 'warn', ...args], { ...(opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {}) })
+    '--ca', site.cert, '--report', reportFile, '--log-level', 'warn', ...stateDir, ...args], { ...(opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {}) })
   let report: RunReport | undefined
   try { report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport } catch { report = undefined }
   return { ...r, report }

@@ -1,12 +1,19 @@
 /**
  * One WebSocket connection to a receiver: framing through the protocol codec,
- * a pull-style `receive()`, ExtentAck routing, and the bufferedAmount
- * high-water mark (STYLE §13: pause above 4 MiB, resume when flushed).
+ * the conversation state machine of SPEC §8 checked on every message sent and
+ * received, a pull-style `receive()`, ExtentAck routing, and the
+ * bufferedAmount high-water mark (STYLE §13: pause above 4 MiB, resume when
+ * flushed). Extents go out as fragments with their payload by reference
+ * (`encodeMessageParts`), so a data extent is not copied into a frame buffer.
  */
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { decodeMessage, encodeMessage, SUBPROTOCOL, type ExtentAckMessage, type Message } from '@grainline/protocol'
+import {
+  ConversationState, decodeMessage, DEFAULT_LIMITS, encodeMessage, encodeMessageParts, MessageKind, SUBPROTOCOL,
+  type ExtentAckMessage, type Message,
+} from '@grainline/protocol'
 import { AgentError } from './errors.ts'
+import { checkReceiverUrl } from './receiver-url.ts'
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions {
@@ -18,7 +25,9 @@ export interface ConnectOptions {
   readonly ca?: string | Buffer
   /** skip TLS certificate verification (testing only). @default false */
   readonly insecure?: boolean
-  /** largest message accepted from the receiver. @default 16 MiB + 64 KiB */
+  /** allow a plain ws:// URL to a non-loopback host: the token travels in clear (SPEC §1.2). @default false */
+  readonly insecurePlaintext?: boolean
+  /** largest message accepted from the receiver. @default DEFAULT_LIMITS.maxMessageBytes of @grainline/protocol (16 MiB + 64 KiB) */
   readonly maxMessageBytes?: number
   /** pause sending while ws.bufferedAmount is above this. @default 4 MiB */
   readonly highWaterMark?: number
@@ -39,13 +48,30 @@ export class ConnectionLost extends Error {
   }
 }
 
-// close codes after which a retry makes sense (SPEC §7: E_BUSY, E_SHUTDOWN, E_INTERNAL, abnormal)
-const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4429])
+// close codes after which a retry makes sense (SPEC §7: E_BUSY, E_SHUTDOWN, E_TIMEOUT, E_INTERNAL, abnormal)
+const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4408, 4429])
 
 /** True when `err` is worth a reconnect. */
 export function isRetryable (err: unknown): boolean {
   if (err instanceof ConnectionLost) return RETRYABLE_CLOSE.has(err.closeCode) || err.closeCode < 1000
   return false
+}
+
+/**
+ * True when a failed connect is the receiver's certificate or a TLS setup that
+ * cannot work (retrying will not help): a certificate that does not verify,
+ * a name mismatch, an SSL protocol error. A socket cut during the TLS
+ * handshake ("disconnected before secure TLS connection was established",
+ * ECONNRESET) is a lost connection and is retried.
+ */
+export function isTlsVerificationFailure (err: unknown): boolean {
+  const chain: Array<{ code?: unknown, message?: unknown }> = []
+  for (let e = err as { code?: unknown, message?: unknown, cause?: unknown } | undefined, n = 0; e !== undefined && e !== null && n < 4; e = e.cause as typeof e, n++) chain.push(e)
+  return chain.some((e) => {
+    const code = typeof e.code === 'string' ? e.code : ''
+    if (/^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT)$/.test(code)) return false
+    return /CERT|SELF_SIGNED|ALTNAME|UNABLE_TO_(GET|VERIFY)|^ERR_SSL_|^ERR_TLS_/.test(code) || /certificate|self.signed/i.test(typeof e.message === 'string' ? e.message : '')
+  })
 }
 
 /** A connected, framed client. */
@@ -54,6 +80,8 @@ export class Connection {
   readonly #inbox: Message[] = []
   #waiter: { resolve: (m: Message) => void, reject: (e: Error) => void } | undefined
   #failure: Error | undefined
+  /** SPEC §8 legality of the conversation, fed every message both ways */
+  readonly #conversation = new ConversationState()
   readonly #maxMessageBytes: number
   readonly #highWaterMark: number
   readonly #idleTimeoutMs: number
@@ -66,7 +94,7 @@ export class Connection {
 
   private constructor (ws: WebSocket, opts: ConnectOptions) {
     this.#ws = ws
-    this.#maxMessageBytes = opts.maxMessageBytes ?? (16 * 1024 * 1024 + 65536)
+    this.#maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
     this.#highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 120_000
     this.#closed = new Promise<never>((_resolve, reject) => { this.#rejectClosed = reject })
@@ -82,7 +110,14 @@ export class Connection {
         ws.close(e.closeCode ?? 1008)
         return
       }
-      if (msg.kind === 0x21) { this.onAck(msg); return }
+      try {
+        this.#conversation.observe(msg, 'receiver')
+      } catch (err) {
+        const e = err as { closeCode?: number, message: string }
+        this.abort(new AgentError('E_PROTOCOL', `receiver broke the conversation (SPEC §8): ${e.message}`, { cause: err }), e.closeCode ?? 4004)
+        return
+      }
+      if (msg.kind === MessageKind.ExtentAck) { this.onAck(msg); return }
       if (this.#waiter !== undefined) {
         const w = this.#waiter
         this.#waiter = undefined
@@ -99,12 +134,11 @@ export class Connection {
 
   /** Connect and wait for the upgrade to complete. */
   static async open (opts: ConnectOptions): Promise<Connection> {
-    const u = new URL(opts.url)
-    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new AgentError('E_CONFIG', `receiver URL must be ws:// or wss://, got ${u.protocol}`)
+    const u = checkReceiverUrl(opts.url, opts.insecurePlaintext === true ? { insecurePlaintext: true } : {})
     const ws = new WebSocket(opts.url, SUBPROTOCOL, {
       headers: { Authorization: `Bearer ${opts.token}` },
       perMessageDeflate: false,
-      maxPayload: opts.maxMessageBytes ?? (16 * 1024 * 1024 + 65536),
+      maxPayload: opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes,
       handshakeTimeout: opts.handshakeTimeoutMs ?? 15_000,
       ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       rejectUnauthorized: opts.insecure !== true,
@@ -130,10 +164,7 @@ export class Connection {
       if (opts.signal?.aborted === true) throw new AgentError('E_ABORTED', 'aborted')
       if (status === 401 || status === 403) throw new AgentError('E_REFUSED', `receiver refused the token (HTTP ${status})`, { remoteCode: 'E_AUTH' })
       if (status !== 0) throw new ConnectionLost(`receiver answered HTTP ${status}`, status >= 500 ? 1011 : 4000 + status)
-      const e = err as Error & { cause?: { code?: string } }
-      if (/certificate|self.signed|SSL|TLS/i.test(e.message + String((e.cause as Error | undefined)?.message ?? ''))) {
-        throw new AgentError('E_CONNECT', `TLS failure: ${e.message}`, { cause: err })
-      }
+      if (isTlsVerificationFailure(err)) throw new AgentError('E_CONNECT', `TLS failure: ${(err as Error).message}`, { cause: err })
       throw err
     } finally {
       opts.signal?.removeEventListener('abort', onAbort)
@@ -157,14 +188,30 @@ export class Connection {
   /** the error that ended the connection, if any */
   get failure (): Error | undefined { return this.#failure }
 
-  /** Send one message; waits while the socket buffer is above the high-water mark. */
+  /**
+   * Send one message; waits while the socket buffer is above the high-water
+   * mark. A data Extent goes out as one WebSocket message in fragments, its
+   * payload by reference: the caller must not modify `data` afterwards.
+   */
   async send (msg: Message): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure
-    const frame = encodeMessage(msg)
+    try {
+      this.#conversation.observe(msg, 'agent')
+    } catch (err) {
+      const e = new AgentError('E_PROTOCOL', `internal: the agent broke the conversation (SPEC §8): ${(err as Error).message}`, { cause: err })
+      this.abort(e)
+      throw e
+    }
+    const parts = msg.kind === MessageKind.Extent && !msg.zero ? encodeMessageParts(msg) : [encodeMessage(msg)]
+    const last = parts.length - 1
     const sent = new Promise<void>((resolve, reject) => {
-      this.#ws.send(frame, { binary: true }, (err) => { if (err != null) reject(new ConnectionLost(`send failed: ${err.message}`, 1006, { cause: err })); else resolve() })
+      for (let i = 0; i <= last; i++) {
+        const part = parts[i] as Uint8Array
+        this.bytesSent += part.length
+        if (i < last) { this.#ws.send(part, { binary: true, fin: false }); continue }
+        this.#ws.send(part, { binary: true, fin: true }, (err) => { if (err != null) reject(new ConnectionLost(`send failed: ${err.message}`, 1006, { cause: err })); else resolve() })
+      }
     })
-    this.bytesSent += frame.length
     if (this.#ws.bufferedAmount > this.#highWaterMark) {
       // the callback fires once this frame left for the kernel: the buffer drained below it
       await Promise.race([sent, this.#closed])
@@ -210,4 +257,11 @@ export class Connection {
 
   /** Drop the connection now. */
   terminate (): void { this.#ws.terminate() }
+
+  /** Fail the connection with `err` (every waiter and later send gets it) and close it with `closeCode`. */
+  abort (err: Error, closeCode = 1008): void {
+    this.#fail(err)
+    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(closeCode)
+    else this.#ws.terminate()
+  }
 }

@@ -1,7 +1,11 @@
 /**
- * The hypervisor driver contract (docs/INTERNALS.md "Agent: the driver
- * interface"). The cycle engine talks to a VM only through this interface; the
- * `local` driver (this package) and the `esxi` driver (src/esxi/) implement it.
+ * The hypervisor driver contract (this TSDoc and the README's
+ * "HypervisorDriver" section are the contract). The cycle engine talks to a VM
+ * only through this interface; the `local` driver (this package) and the
+ * `esxi` driver (src/esxi/) implement it. Both share one snapshot model:
+ * snapshot k's per-disk `fileName` is the disk that represents it (the parent
+ * of the delta created when it was taken); every method also takes an
+ * optional `{ signal }` last.
  */
 import type { VmxConfig } from './vmx.ts'
 
@@ -60,6 +64,8 @@ export interface SnapshotRef {
 /** What the agent needs from a hypervisor. */
 export interface HypervisorDriver {
   readonly name: 'local' | 'esxi'
+  /** the host the VM ids are unique on (esxi: the ESXi host); part of the key of the agent's state file */
+  readonly host?: string
   /** find the VM; return its .vmx path readable locally and its config */
   openVm(ref: string, opts?: { signal?: AbortSignal }): Promise<VmHandle>
   /** take the grainline snapshot; returns when the new deltas exist */

@@ -6,12 +6,14 @@ export const AgentErrorCodes = [
   'E_FOREIGN_SNAPSHOTS', // snapshots not made by grainline exist (see consolidateExisting)
   'E_CHAIN', // the disk chain does not verify (CID links, capacity, missing file)
   'E_CONNECT', // connecting to the receiver failed (after retries)
+  'E_INSECURE', // a plain ws:// receiver URL to a non-loopback host (the token would travel in clear)
   'E_GAVE_UP', // the connection stayed down longer than the give-up time
   'E_REFUSED', // the receiver refused the VM or disk
   'E_PROTOCOL', // the receiver sent something out of order or malformed
   'E_REMOTE', // the receiver reported an error
   'E_CHECK', // trivial check or certify mismatch
   'E_CONFIG', // bad job configuration or option
+  'E_STATE', // the agent state file cannot be read or written
   'E_ABORTED', // cancelled through an AbortSignal
 ] as const
 export type AgentErrorCode = (typeof AgentErrorCodes)[number]

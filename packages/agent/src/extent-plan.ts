@@ -104,13 +104,6 @@ export function unionSource (layers: readonly RangeSource[]): RangeSource {
   return coalesceSource(merged)
 }
 
-/** Array form of `unionSource` (tests). */
-export async function unionRanges (layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
-  const out: PlanRange[] = []
-  for await (const r of unionSource(layers.map(arraySource))()) out.push(r)
-  return out
-}
-
 /** Count a plan: one pass over the source. */
 export async function buildPlan (source: RangeSource, opts: { chunkBytes: number, zeroChunkBytes?: number }): Promise<ExtentPlan> {
   const chunkBytes = opts.chunkBytes

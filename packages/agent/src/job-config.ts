@@ -14,8 +14,8 @@ import { AgentError } from './errors.ts'
 import type { ReplicateInit } from './replicate.ts'
 
 const KEYS = new Set(['vm', 'to', 'token', 'tokenFile', 'driver', 'esxi', 'deltaFormat', 'certify', 'trivialMiB', 'bwlimit', 'compress',
-  'digests', 'consolidateExisting', 'caFile', 'insecure', 'giveUpMs', 'maxBackoffMs', 'windowBytes', 'maxExtentBytes'])
-const PATH_KEYS = ['tokenFile', 'caFile'] as const
+  'digests', 'consolidateExisting', 'caFile', 'insecure', 'insecurePlaintext', 'stateDir', 'giveUpMs', 'maxBackoffMs', 'windowBytes', 'maxExtentBytes'])
+const PATH_KEYS = ['tokenFile', 'caFile', 'stateDir'] as const
 
 function checkEntry (o: unknown, where: string): Record<string, unknown> {
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new AgentError('E_CONFIG', `${where}: expected an object`)
@@ -45,6 +45,8 @@ export async function loadJobConfig (file: string): Promise<ReplicateInit[]> {
     if (typeof e.vm !== 'string' || e.vm === '') throw new AgentError('E_CONFIG', `${file} vms[${i}]: "vm" is required`)
     if ((e.driver ?? 'local') === 'local') e.vm = resolve(dir, e.vm)
     if (typeof e.to !== 'string') throw new AgentError('E_CONFIG', `${file} vms[${i}]: "to" is required`)
+    if (e.insecurePlaintext !== undefined && typeof e.insecurePlaintext !== 'boolean') throw new AgentError('E_CONFIG', `${file} vms[${i}]: "insecurePlaintext" must be true or false`)
+
     if (typeof e.token !== 'string') {
       if (typeof e.tokenFile !== 'string') throw new AgentError('E_CONFIG', `${file} vms[${i}]: "tokenFile" (or "token") is required`)
       e.token = (await readFile(e.tokenFile, 'utf8')).trim()

@@ -5,15 +5,15 @@
  * the running delta, a `.vmsd` snapshot database — and consolidating a delta
  * into its parent on removal.
  */
-import { readdir, readFile, stat } from 'node:fs/promises'
+import { readdir } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
 import type { HypervisorDriver, SnapshotRef, VmDisk, VmHandle } from './driver.ts'
 import { parseGrainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
-import { writeFileAtomic } from './fs-util.ts'
+import { MAX_CONFIG_BYTES, readRegularFile, writeFileAtomic } from './fs-util.ts'
 import { VmxConfig, vmxDisks } from './vmx.ts'
 import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
-import { vmdk, type DeltaFormat } from './vmdk-api.ts'
+import { consolidate, createDelta, openChain, type DeltaFormat } from '@grainline/vmdk'
 
 /** Options of the local driver. */
 export interface LocalDriverInit {
@@ -29,7 +29,9 @@ function vmsdPath (vmxPath: string): string {
 
 async function readVmsd (vmxPath: string): Promise<Vmsd> {
   let text = ''
-  try { text = await readFile(vmsdPath(vmxPath), 'utf8') } catch (err) {
+  try {
+    text = (await readRegularFile(vmsdPath(vmxPath), { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
+  } catch (err) {
     if ((err as { code?: string }).code !== 'ENOENT') throw err
   }
   return parseVmsd(text)
@@ -65,9 +67,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
       const vmxPath = resolve(ref)
       let text: string
       try {
-        const st = await stat(vmxPath)
-        if (!st.isFile()) throw new AgentError('E_VM_NOT_FOUND', `${vmxPath} is not a file`)
-        text = await readFile(vmxPath, 'utf8')
+        text = (await readRegularFile(vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
       } catch (err) {
         if (err instanceof AgentError) throw err
         throw new AgentError('E_VM_NOT_FOUND', `cannot read ${vmxPath}: ${(err as Error).message}`, { cause: err })
@@ -85,7 +85,6 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
 
     async createSnapshot (vm, name) {
       return await locked(vm.vmxPath, async () => {
-        const api = await vmdk()
         const fresh = await driver.openVm(vm.vmxPath)
         if (fresh.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk to snapshot`)
         const db = await readVmsd(fresh.vmxPath)
@@ -103,7 +102,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
           existing.add(childFile.toLowerCase())
           const childPath = join(dirname(d.path), childFile)
           try {
-            await api.createDelta(d.path, childPath, { format })
+            await createDelta(d.path, childPath, { format })
           } catch (err) {
             throw new AgentError('E_SNAPSHOT', `creating delta ${childFile} over ${d.fileName} failed: ${(err as Error).message}`, { cause: err })
           }
@@ -131,7 +130,6 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
 
     async removeSnapshot (vm, snap) {
       await locked(vm.vmxPath, async () => {
-        const api = await vmdk()
         const fresh = await driver.openVm(vm.vmxPath)
         const db = await readVmsd(fresh.vmxPath)
         const idx = db.snapshots.findIndex((s) => String(s.uid) === snap.id)
@@ -140,7 +138,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
         for (const rd of rec.disks) {
           const disk = fresh.disks.find((d) => d.node.toLowerCase() === rd.node.toLowerCase())
           if (disk === undefined) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: disk ${rd.node} is not in the .vmx`)
-          const chain = await api.openChain(disk.path)
+          const chain = await openChain(disk.path)
           let childPath: string
           let parentPath: string
           try {
@@ -156,7 +154,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
             await chain.close()
           }
           try {
-            await api.consolidate(childPath)
+            await consolidate(childPath)
           } catch (err) {
             throw new AgentError('E_SNAPSHOT', `consolidating ${basename(childPath)} into ${basename(parentPath)} failed: ${(err as Error).message}`, { cause: err })
           }

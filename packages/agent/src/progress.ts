@@ -4,6 +4,7 @@
  * VM; otherwise structured pino logs at a slow cadence.
  */
 import type { Logger } from 'pino'
+import { formatBytes } from '@grainline/protocol'
 
 /** One progress sample of a disk. */
 export interface ProgressEvent {
@@ -65,14 +66,6 @@ export class DiskProgress {
       etaSeconds: left <= 0 ? 0 : rate > 0 ? left / rate : undefined,
     })
   }
-}
-
-/** Human-readable bytes (binary units). */
-export function formatBytes (n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let i = 0
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++ }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i] as string}`
 }
 
 function formatEta (s: number | undefined): string {

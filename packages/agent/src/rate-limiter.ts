@@ -73,12 +73,3 @@ function sleep (ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }
-
-/** Parse a rate like "10M", "512k", "1.5G", "100000" (bytes/s; binary multiples). 0 = unlimited. */
-export function parseRate (text: string | number): number {
-  if (typeof text === 'number') return text
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?[bB]?)(?:\/s)?\s*$/.exec(text)
-  if (m === null) throw new RangeError(`bad rate "${text}" (use e.g. 10M, 512k, 100000)`)
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] as string).toLowerCase()] as number
-  return Math.floor(Number(m[1]) * mult)
-}

@@ -5,26 +5,37 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import { parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
+import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
+import { checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver } from './local-driver.ts'
 import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
-import { runVmCycle, type VmReport } from './cycle.ts'
-import { createRateLimiter, parseRate, type RateLimiter } from './rate-limiter.ts'
+import { runVmCycle } from './cycle.ts'
+import { createRateLimiter, type RateLimiter } from './rate-limiter.ts'
 import { logProgressSink, ttyProgressSink, type ProgressEvent, type ProgressSink } from './progress.ts'
-import type { DeltaFormat } from './vmdk-api.ts'
+import type { DeltaFormat } from '@grainline/vmdk'
+import type { ReplicationReport, VmReport } from './report.ts'
+
 
 /** Options of a replication run. */
 export interface ReplicateInit {
   /** the VM: a .vmx path (local driver) or a VM name/id (esxi driver) */
   readonly vm: string
-  /** receiver URL, wss://HOST:PORT (ws:// only on loopback) */
+  /** receiver URL, wss://HOST:PORT (ws:// only on loopback unless `insecurePlaintext`) */
   readonly to: string
   /** bearer token (the CLI reads it from --token-file) */
   readonly token: string
   /** which hypervisor driver, or a driver instance. @default 'local' */
   readonly driver?: 'local' | 'esxi' | HypervisorDriver
+  /**
+   * folder of the agent's durable record per VM (the last committed point, its
+   * generation and snapshot; the snapshot of a cycle in flight). Losing it
+   * makes the next cycle of every VM a full resync.
+   * @default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline (~/.local/state/grainline)
+   */
+  readonly stateDir?: string
   /** esxi driver settings (required with driver 'esxi') */
   readonly esxi?: EsxiDriverInit
   /** delta format of local snapshots. @default 'sesparse' */
@@ -47,6 +58,8 @@ export interface ReplicateInit {
   readonly caFile?: string
   /** skip TLS verification (testing only). @default false */
   readonly insecure?: boolean
+  /** allow a plain ws:// URL to a non-loopback host, sending the token in clear (SPEC §1.2 forbids it otherwise). @default false */
+  readonly insecurePlaintext?: boolean
   /** give up after the receiver stayed unreachable this long, ms. @default 600000 */
   readonly giveUpMs?: number
   /** largest reconnect back-off, ms. @default 30000 */
@@ -72,12 +85,13 @@ export interface ReplicateInit {
   readonly rateLimiter?: RateLimiter
 }
 
-/** The outcome of a run: one entry per VM. `ok` only when every disk of every VM committed and passed its checks. */
-export interface ReplicationReport {
-  ok: boolean
-  startedAt: string
-  finishedAt: string
-  vms: VmReport[]
+/** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
+function bwlimitOf (init: ReplicateInit): number {
+  try {
+    return parseRate(init.bwlimit ?? 0, 'bwlimit')
+  } catch (err) {
+    throw new AgentError('E_CONFIG', (err as Error).message, { cause: err })
+  }
 }
 
 function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
@@ -92,11 +106,13 @@ function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
 /**
  * Run one replication cycle of one VM.
  * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
- * @throws AgentError E_CONFIG for unusable options
+ * @throws AgentError E_CONFIG for unusable options, E_INSECURE for a plain ws:// URL to a non-loopback host
  */
 export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
   const logger = components.logger
+  // before anything else (a driver, a snapshot, a connection): never send the token in clear
+  checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   let driver: HypervisorDriver
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
@@ -112,8 +128,7 @@ export async function replicate (components: { logger: Logger }, init: Replicate
   const compression = init.compress ?? 'lz4'
   let ca = init.ca
   if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
-  const rate = parseRate(init.bwlimit ?? 0)
-  if (!(rate >= 0)) throw new AgentError('E_CONFIG', `bad bwlimit ${String(init.bwlimit)}`)
+  const rate = bwlimitOf(init)
   const trivialMiB = init.trivialMiB ?? 16
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
   try {
@@ -124,8 +139,10 @@ export async function replicate (components: { logger: Logger }, init: Replicate
         token: init.token,
         ...(ca !== undefined ? { ca } : {}),
         ...(init.insecure === true ? { insecure: true } : {}),
+        ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
       },
       driver,
+      stateDir: init.stateDir ?? defaultStateDir(),
       certify,
       trivialMiB,
       rateLimiter: init.rateLimiter ?? createRateLimiter({ rate }),
@@ -148,13 +165,18 @@ export async function replicate (components: { logger: Logger }, init: Replicate
   }
 }
 
-/** Replicate several VMs one after the other (one shared rate limit); one merged report. */
+/**
+ * Replicate several VMs one after the other (one shared rate limit); one merged report.
+ * @throws AgentError E_INSECURE before any VM runs when one names a plain ws:// URL to a non-loopback host
+ */
 export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[]): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
+  // refuse the whole run before any VM starts: a plain ws:// URL to another host would send the token in clear
+  for (const init of inits) checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   const vms: VmReport[] = []
   const shared = new Map<number, RateLimiter>()
   for (const init of inits) {
-    const rate = parseRate(init.bwlimit ?? 0)
+    const rate = bwlimitOf(init)
     let rl = init.rateLimiter ?? shared.get(rate)
     if (rl === undefined) { rl = createRateLimiter({ rate }); shared.set(rate, rl) }
     const r = await replicate(components, { ...init, rateLimiter: rl })
@@ -162,17 +184,4 @@ export async function replicateMany (components: { logger: Logger }, inits: read
     if (init.signal?.aborted === true) break
   }
   return { ok: vms.length > 0 && vms.every((v) => v.ok), startedAt, finishedAt: new Date().toISOString(), vms }
-}
-
-/** A readable summary of a report for the terminal. */
-export function formatReport (report: ReplicationReport): string {
-  const lines: string[] = []
-  for (const vm of report.vms) {
-    lines.push(`${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm} cycle ${vm.cycle}${vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : ''}${vm.reconnects > 0 ? `, ${vm.reconnects} reconnects` : ''}, ${(vm.durationMs / 1000).toFixed(1)} s${vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : ''}`)
-    for (const d of vm.disks) {
-      const checks = [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : ''].filter((s) => s !== '').join(', ')
-      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (fallback: ${d.fallbackReason})` : ''}, ${d.extents} extents, ${d.dataBytes} data + ${d.zeroBytes} zero bytes, ${d.wireBytes} on the wire${checks !== '' ? `, ${checks}` : ''}${d.error !== undefined ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
-    }
-  }
-  return lines.join('\n') + '\n'
 }

@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { AgentError } from './errors.ts'
 import { createLocalDriver } from './local-driver.ts'
-import { vmdk } from './vmdk-api.ts'
+import { createFlatDisk, openChain, openWriter } from '@grainline/vmdk'
 
 const exec = promisify(execFile)
 
@@ -112,7 +112,6 @@ export interface SampleVm {
 
 /** Create `<dir>/<name>/<name>.vmx` with flat vmfs base disks. */
 export async function createSampleVm (dir: string, opts: SampleVmOptions): Promise<SampleVm> {
-  const api = await vmdk()
   const vmDir = join(dir, opts.name)
   await mkdir(vmDir, { recursive: true })
   const rnd = prng(opts.seed ?? 1)
@@ -137,7 +136,7 @@ export async function createSampleVm (dir: string, opts: SampleVmOptions): Promi
     if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % 512 !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 512`)
     const file = i === 0 ? `${opts.name}.vmdk` : `${opts.name}_${i}.vmdk`
     const path = join(vmDir, file)
-    await api.createFlatDisk(path, d.sizeBytes, { createType: 'vmfs', ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` } })
+    await createFlatDisk(path, d.sizeBytes, { createType: 'vmfs', ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` } })
     const flat = join(vmDir, `${opts.name}${i === 0 ? '' : `_${i}`}-flat.vmdk`)
     await fillFlat(flat, d.sizeBytes, d.fill ?? 'realistic', rnd)
     const node = d.node ?? `scsi0:${i}`
@@ -202,7 +201,6 @@ export interface GuestWrite {
  * any frozen layer) is never touched; refuses a disk that has no delta.
  */
 export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOptions): Promise<GuestWrite[]> {
-  const api = await vmdk()
   const driver = createLocalDriver()
   const vm = await driver.openVm(vmxPath)
   const writeSize = opts.writeSize ?? 65536
@@ -211,7 +209,7 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
   const zeroFraction = opts.zeroFraction ?? 0.1
   const out: GuestWrite[] = []
   for (const d of vm.disks) {
-    const chain = await api.openChain(d.path)
+    const chain = await openChain(d.path)
     const top = chain.layers[0] as { createType: string, path: string }
     const capacity = chain.capacity
     await chain.close()
@@ -232,7 +230,7 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
         await exec('qemu-io', ['-f', 'vmdk', ...cmds.slice(i, i + 400), top.path], { maxBuffer: 64 << 20 })
       }
     } else {
-      const w = await api.openWriter(top.path)
+      const w = await openWriter(top.path)
       try {
         const buf = Buffer.alloc(writeSize)
         for (const x of writes) {

@@ -78,11 +78,6 @@ export class SendWindow {
     return true
   }
 
-  /** Wait until everything sent is acknowledged. */
-  async drain (failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
-    while (this.count > 0) await this.#wait(failed, stallMs, onStall)
-  }
-
   #wakeUp (): void {
     const w = this.#wake
     this.#wake = undefined

@@ -46,7 +46,7 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
     for (let cycle = 1; cycle <= 3; cycle++) {
       let frozen = new Map<string, string>()
       const init: ReplicateInit = {
-        vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, deltaFormat: format, certify: 'sha256', trivialMiB: 2, progress: 'none',
+        vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), deltaFormat: format, certify: 'sha256', trivialMiB: 2, progress: 'none',
         maxExtentBytes: 256 * 1024,
         afterSnapshot: async (h) => {
           frozen = await recordFrozen(h, dir, `c${cycle}`)
@@ -87,7 +87,7 @@ t.test('foreign snapshots: refused by default, consolidated with consolidateExis
   await driver.createSnapshot(await driver.openVm(vm.vmxPath), 'before upgrade')
   await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, seed: 9 })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const }
   const refused = await replicate({ logger }, base)
   t.notOk(refused.ok)
   t.equal(refused.vms[0]?.error?.code, 'E_FOREIGN_SNAPSHOTS')
@@ -105,7 +105,7 @@ t.test('a modified mirror falls back to a full resync', async (t) => {
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'files', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const }
   t.ok((await replicate({ logger }, { ...base, afterSnapshot: async (h) => { await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: 1 }) } })).ok)
   // someone boots the mirror: its descriptor CID changes
   const desc = join(rx.store, 'files', 'files.vmdk')
@@ -125,7 +125,7 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'gone', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger, lines } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, deltaFormat: 'vmfssparse' as const }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, deltaFormat: 'vmfssparse' as const }
   t.ok((await replicate({ logger }, base)).ok)
   await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, seed: 3 })
   const driver = createLocalDriver()
@@ -136,8 +136,8 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
   t.equal(r.vms[0]?.cycle, 2)
   t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
-  t.match(r.vms[0]?.disks[0]?.fallbackReason, /successor is gone/)
-  t.ok(lines.some((l) => l['msg'] === 'falling back to a full resync'), 'the reason is logged')
+  t.match(r.vms[0]?.disks[0]?.fallbackReason, /snapshot of committed cycle 1 \(grainline-1, id \d+\) is no longer on the VM/)
+  t.ok(lines.some((l) => l['msg'] === 'full resync of the disk' && /no longer on the VM/.test(String(l['reason']))), 'the reason is logged')
   t.equal(await firstDifference(mirrorFlat(rx.store, 'gone', 'gone.vmdk'), frozen.get('gone.vmdk') as string), -1)
 })
 
@@ -147,7 +147,7 @@ t.test('an incompatible mirror is refused (no reseed), and a failed cycle leaves
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'hw', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, giveUpMs: 20_000 }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, giveUpMs: 20_000 }
   t.ok((await replicate({ logger }, base)).ok)
   // the VM was upgraded to another virtual hardware version
   await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace('virtualHW.version = "14"', 'virtualHW.version = "19"'))
@@ -177,7 +177,7 @@ t.test('two disks with the same basename on different datastores get distinct mi
   for (let cycle = 1; cycle <= 2; cycle++) {
     let frozen = new Map<string, string>()
     const r = await replicate({ logger }, {
-      vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none', certify: 'md5',
+      vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none', certify: 'md5',
       afterSnapshot: async (h) => {
         frozen = await recordFrozen(h, dir, `d${cycle}`)
         await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: cycle })
@@ -197,7 +197,7 @@ t.test('several frozen deltas since the mirror\'s successor: the union is shippe
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'uni', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, certify: 'sha1' as const }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, certify: 'sha1' as const }
   t.ok((await replicate({ logger }, base)).ok, 'seed')
   // writes land in the delta the mirror recorded as successor; then a stale snapshot of ours
   // (an earlier run's, never shipped) freezes it and more writes follow, partly over the same ranges
@@ -226,7 +226,7 @@ t.test('a broken CID link on the source is refused before any snapshot or connec
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'cid', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const }
   t.ok((await replicate({ logger }, base)).ok)
   const delta = join(vm.dir, 'cid-000001.vmdk')
   await writeFile(delta, (await readFile(delta, 'utf8')).replace(/^parentCID=[0-9a-f]+/m, 'parentCID=12345678'))

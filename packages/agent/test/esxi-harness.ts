@@ -28,6 +28,7 @@ export interface StandinVm {
   absoluteHints?: boolean
   quietOutput?: boolean
   applyDelayMs?: number
+  applyGate?: string
   consolidationNeeded?: boolean
 }
 export interface StandinState {

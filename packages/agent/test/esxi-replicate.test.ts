@@ -15,8 +15,7 @@ import { pino } from 'pino'
 import { replicate } from '../src/replicate.ts'
 import type { EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { vmdk } from '../src/vmdk-api.ts'
-import { openWriter } from '@grainline/vmdk'
+import { openChain, openWriter } from '@grainline/vmdk'
 import { repoRoot, startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
@@ -106,15 +105,15 @@ for (const v of VMS) for (const cycle of [1, 2, 3]) {
       esxi,
       to: `ws://127.0.0.1:${port}`,
       token,
+      stateDir: path.join(h.dir, 'agent-state'),
       progress: 'none',
       trivialMiB: 1,
       certify: 'sha256',
       afterSnapshot: async (vm) => {
         // the frozen point: the parent of each new running delta
-        const api = await vmdk()
         frozen = []
         for (const d of vm.disks) {
-          const chain = await api.openChain(d.path, { pathMap: { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore } })
+          const chain = await openChain(d.path, { pathMap: { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore } })
           const parent = chain.layers[1]?.path
           await chain.close()
           if (parent === undefined) throw new Error('no frozen layer')

@@ -5,14 +5,13 @@
  */
 import t from 'tap'
 import { existsSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { pino } from 'pino'
 import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { vmdk } from '../src/vmdk-api.ts'
-import { openWriter } from '@grainline/vmdk'
+import { openChain, openWriter } from '@grainline/vmdk'
 import { startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
@@ -108,8 +107,7 @@ for (const format of ['sesparse', 'vmfssparse'] as const) {
     vm = await driver.openVm(folder)
     t.same(vm.disks.map((d) => qemuRaw(d.path)), raw2, 'running view unchanged by the merge')
     t.same(base.map(qemuRaw), raw1, 'the base now holds the frozen point of snapshot 2')
-    const api = await vmdk()
-    const chain = await api.openChain(vm.disks[0]?.path as string, { pathMap: { ...driver.pathMap } })
+    const chain = await openChain(vm.disks[0]?.path as string, { pathMap: { ...driver.pathMap } })
     t.same(chain.layers.map((l) => l.file), [`${stem}-000002.vmdk`, `${stem}.vmdk`])
     await chain.close()
     const left = await driver.listSnapshots(vm)
@@ -200,16 +198,37 @@ t.test('unknown success output is logged, and the result is verified on disk ins
   t.ok(lines.some((l) => l.msg === 'esxi snapshot removed and consolidation verified'))
 })
 
+/** Wait until `cond()` holds (a condition, not a deadline: the cap only turns a hang into a failure). */
+async function until (cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; !(await cond()); i++) {
+    if (i > 6000) throw new Error(`gave up waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** How many snapshot.get polls the stand-in saw while `gate` was closed. */
+async function polls (gate: string): Promise<number> {
+  try { return (await readFile(`${gate}.polls`, 'utf8')).split('\n').filter((l) => l !== '').length } catch { return 0 }
+}
+
 t.test('changes that reach the mount late: the driver polls; too short a wait is E_SNAPSHOT', async (t) => {
-  await register('27', 'vm lag', 'vml', { applyDelayMs: 800 })
-  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 20_000 }))
+  // the host reports success at once and changes the files only when the test opens a gate:
+  // no clock decides who wins
+  const gate1 = path.join(h.dir, 'lag-gate-1')
+  await register('27', 'vm lag', 'vml', { applyGate: gate1 })
+  const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 120_000 }))
   t.teardown(() => driver.close())
   let vm = await driver.openVm('vm lag')
   const base = vm.disks.map((d) => d.path)
   const raw0 = base.map(qemuRaw)
-  const t0 = Date.now()
-  const s1 = await driver.createSnapshot(vm, 'grainline-1')
-  t.ok(Date.now() - t0 >= 800, 'returned only once the change was visible')
+  let returned = false
+  const creating = driver.createSnapshot(vm, 'grainline-1').finally(() => { returned = true })
+  // success was printed and the driver is polling snapshot.get while the files are unchanged
+  await until(async () => await polls(gate1) >= 2, 'the driver to poll twice')
+  t.notOk(returned, 'createSnapshot has not returned while the change is not visible')
+  await writeFile(gate1, '')
+  const s1 = await creating
+  t.match(s1, { name: 'grainline-1', grainline: true })
   vm = await driver.openVm('vm lag')
   t.same(vm.disks.map((d) => path.basename(d.path)), ['vml-000001.vmdk', 'vml_1-000001.vmdk'])
   await guestWrites(vm, 6)
@@ -220,16 +239,20 @@ t.test('changes that reach the mount late: the driver polls; too short a wait is
   t.same(base.map(qemuRaw), raw1)
   t.not(raw1[0]?.equals(raw0[0] as Buffer), true)
 
+  // a closed gate again, and a driver that waits only 100 ms for the change to show
+  const gate2 = path.join(h.dir, 'lag-gate-2')
+  const s = await h.readState()
+  const rec = s.vms.find((v) => v.id === '27')
+  if (rec !== undefined) rec.applyGate = gate2
+  await h.writeState(s)
   const impatient = createEsxiDriver({ logger: pino({ level: 'silent' }) }, init({ verifyTimeoutMs: 100 }))
   t.teardown(() => impatient.close())
   await t.rejects(impatient.createSnapshot(vm, 'grainline-2'), { code: 'E_SNAPSHOT', vm: 'vm lag', message: /within 100 ms no new snapshot named "grainline-2"/ })
   // the host finishes later; the next look finds a complete chain
-  let names: string[] = []
-  for (let i = 0; i < 100 && names.length === 0; i++) {
-    names = (await driver.listSnapshots(vm)).map((x) => x.name)
-    if (names.length === 0) await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  t.same(names, ['grainline-2'])
+  await writeFile(gate2, '')
+  await until(async () => (await driver.listSnapshots(vm)).length > 0, 'the late snapshot to show')
+  t.same((await driver.listSnapshots(vm)).map((x) => x.name), ['grainline-2'])
+  await until(async () => (await driver.openVm('vm lag')).disks.every((d) => /-000001\.vmdk$/.test(d.path)), 'the .vmx to run on the new deltas')
   vm = await driver.openVm('vm lag')
   t.same(vm.disks.map((d) => qemuRaw(d.path)), raw1)
 })

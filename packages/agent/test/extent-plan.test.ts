@@ -1,6 +1,13 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { arraySource, buildPlan, planExtents, unionRanges, type PlanRange } from '../src/extent-plan.ts'
+import { arraySource, buildPlan, planExtents, unionSource, type PlanRange } from '../src/extent-plan.ts'
+
+/** The union of array layers, collected (the cycle streams `unionSource` over grain tables instead). */
+async function unionRanges (layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
+  const out: PlanRange[] = []
+  for await (const r of unionSource(layers.map(arraySource))()) out.push(r)
+  return out
+}
 
 // reference: per-512-byte-sector model
 function model (layers: PlanRange[][], sectors: number): Array<boolean | undefined> {

@@ -2,9 +2,10 @@ import t from 'tap'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadJobConfig } from '../src/job-config.ts'
-import { replicateMany, formatReport } from '../src/replicate.ts'
+import { replicateMany } from '../src/replicate.ts'
+import { formatReport } from '../src/report.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
-import { DiskProgress, logProgressSink, ttyProgressSink, formatBytes, type ProgressEvent } from '../src/progress.ts'
+import { DiskProgress, logProgressSink, ttyProgressSink, type ProgressEvent } from '../src/progress.ts'
 import { haveReceiver, memoryLogger, MiB, startReceiver, TOKEN, scratch } from './helpers.ts'
 
 t.test('job config: defaults, per-VM overrides, relative paths, token file', async (t) => {
@@ -49,13 +50,12 @@ t.test('progress: exact totals, rate and ETA; TTY line and pino logs', async (t)
   let out = ''
   const fake = { columns: 80, write: (s: string) => { out += s; return true } } as unknown as NodeJS.WriteStream
   ttyProgressSink(fake)(last)
-  t.match(out, /^\rvm d\.vmdk: send 50\.0 MiB\/100\.0 MiB 50\.0% .*\/s ETA \d+:\d\d/)
+  t.match(out, /^\rvm d\.vmdk: send 50\.0 MiB\/100 MiB 50\.0% .*\/s ETA \d+:\d\d/)
   const { logger, lines } = memoryLogger()
   const sink = logProgressSink(logger, 10_000)
   sink(last); sink(last); sink({ ...last, phase: 'done' })
   t.equal(lines.length, 2, 'rate-limited, but phase changes always log')
   t.match(lines[0], { msg: 'progress', vm: 'vm', disk: 'd.vmdk', totalBytes: 100 * MiB })
-  t.equal(formatBytes(1536), '1.5 KiB')
 })
 
 t.test('replicateMany: several VMs, one report; a failed VM fails the run', async (t) => {
@@ -66,7 +66,7 @@ t.test('replicateMany: several VMs, one report; a failed VM fails the run', asyn
   const a = await createSampleVm(dir, { name: 'vm-a', disks: [{ sizeBytes: 2 * MiB }] })
   const b = await createSampleVm(dir, { name: 'vm-b', disks: [{ sizeBytes: 2 * MiB }], seed: 2 })
   const { logger } = memoryLogger()
-  const common = { to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const }
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, stateDir: join(dir, 'agent-state') }
   const r1 = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath }, { ...common, vm: b.vmxPath }])
   t.ok(r1.ok)
   t.same(r1.vms.map((v) => [v.vm, v.cycle, v.disks[0]?.mode]), [['vm-a', 1, 'seed'], ['vm-b', 1, 'seed']])
@@ -79,9 +79,9 @@ t.test('replicateMany: several VMs, one report; a failed VM fails the run', asyn
   const bad = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath, token: 'wrong-token' }])
   t.equal(bad.vms[0]?.error?.code, 'E_REFUSED', 'a wrong token is refused, not retried')
   const t0 = performance.now()
-  const untrusted = await replicateMany({ logger }, [{ to: rx.url, token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 60_000 }])
+  const untrusted = await replicateMany({ logger }, [{ to: rx.url, token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 60_000, stateDir: join(dir, 'agent-state') }])
   t.equal(untrusted.vms[0]?.error?.code, 'E_CONNECT', 'an untrusted receiver certificate fails with E_CONNECT')
   t.ok(performance.now() - t0 < 10_000, 'without retrying until the give-up time')
-  const refusedPort = await replicateMany({ logger }, [{ to: 'wss://127.0.0.1:1', token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 300, maxBackoffMs: 50 }])
+  const refusedPort = await replicateMany({ logger }, [{ to: 'wss://127.0.0.1:1', token: TOKEN, progress: 'none', vm: a.vmxPath, giveUpMs: 300, maxBackoffMs: 50, stateDir: join(dir, 'agent-state') }])
   t.equal(refusedPort.vms[0]?.error?.code, 'E_GAVE_UP', 'a receiver that is not there: retried, then given up')
 })

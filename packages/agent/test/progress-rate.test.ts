@@ -18,7 +18,7 @@ t.test('progress totals are known before the first extent; bwlimit holds the wir
   const rate = 2 * MiB
   const t0 = performance.now()
   const r = await replicate({ logger }, {
-    vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, compress: 'none', bwlimit: rate, maxExtentBytes: 256 * 1024,
+    vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), compress: 'none', bwlimit: rate, maxExtentBytes: 256 * 1024,
     onProgress: (e) => events.push(e),
   })
   const seconds = (performance.now() - t0) / 1000

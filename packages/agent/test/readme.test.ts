@@ -26,6 +26,7 @@ t.test('README Usage runs: seed then incremental', async (t) => {
     .replace("'wss://dr.example:7443'", JSON.stringify(rx.url))
     .replace("'/etc/grainline/token'", JSON.stringify(join(dir, 'token')))
     .replace("'/etc/grainline/receiver.crt'", JSON.stringify(join(dir, 'ca.pem')))
+    .replace("'/var/lib/grainline'", JSON.stringify(join(dir, 'agent-state')))
   const file = join(dir, 'usage.mjs')
   await writeFile(file, code)
   const { stdout } = await exec(process.execPath, [file], { timeout: 120_000, env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' } })

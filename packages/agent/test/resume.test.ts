@@ -40,7 +40,7 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
     proxy.cuts = 0
     const raw = join(dir, `frozen-${cycle}.raw`)
     const init: ReplicateInit = {
-      vm: vm.vmxPath, to: `wss://127.0.0.1:${proxy.port}`, token: TOKEN, ca: rx.ca, certify: 'xxh64', progress: 'none',
+      vm: vm.vmxPath, to: `wss://127.0.0.1:${proxy.port}`, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), certify: 'xxh64', progress: 'none',
       windowBytes, maxExtentBytes, maxBackoffMs: 200, compress: 'none',
       afterSnapshot: async (h) => {
         await frozenRaw(h, raw)
@@ -71,7 +71,7 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'away', disks: [{ sizeBytes: 8 * MiB, fill: 'random' }], seed: 4 })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024, windowBytes: 512 * 1024 }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024, windowBytes: 512 * 1024 }
   t.ok((await replicate({ logger }, base)).ok, 'seed')
   // the guest writes between cycles: into the delta cycle 2 will freeze and ship
   await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, seed: 5, zeroFraction: 0 })
@@ -106,7 +106,7 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'rb', disks: [{ sizeBytes: 4 * MiB, fill: 'random' }], seed: 8 })
   const { logger, lines } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024 }
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024 }
   t.ok((await replicate({ logger }, base)).ok, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, seed: 3, zeroFraction: 0 })
   let killed = false

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import { infoCommand, mapCommand } from './commands/disk-info.ts'
 import { receiveCommand } from './commands/receive.ts'
@@ -5,8 +6,12 @@ import { replicateCommand } from './commands/replicate.ts'
 import { statusCommand, rollbackCommand } from './commands/store.ts'
 import { demoCommand } from './commands/demo.ts'
 import { createCliLogger } from './logger.ts'
-import { parsePathMap, parseSize } from './util.ts'
+import { parseByteSize } from '@grainline/protocol'
+import { parsePathMap } from './util.ts'
 import type { LevelWithSilent } from 'pino'
+
+/** This package's version (dist/src/main.js → package.json), never a literal. */
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /** Exit codes of the `grainline` command. */
 export const ExitCode = { Ok: 0, Failed: 1, Usage: 2, Interrupted: 130 } as const
@@ -80,7 +85,9 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('consolidate-existing', { type: 'boolean', describe: 'remove foreign snapshots first instead of refusing' })
       .option('ca', { type: 'string', describe: 'PEM CA file trusted for the receiver certificate' })
       .option('insecure-tls', { type: 'boolean', describe: 'skip TLS certificate verification (testing only)' })
+      .option('insecure-plaintext', { type: 'boolean', describe: 'allow a plain ws:// URL to a non-loopback host: the token travels in clear (refused otherwise)' })
       .option('give-up', { type: 'number', describe: 'seconds to keep reconnecting before giving up (default 600)' })
+      .option('state-dir', { type: 'string', describe: 'folder of the agent\'s record per VM (last commit\'s generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline' })
       .option('report', { type: 'string', describe: 'write the JSON report to this file' }),
     async (args) => {
       const report = await replicateCommand({
@@ -98,7 +105,9 @@ export function buildCli (argv: readonly string[]): Argv {
         ...(args['consolidate-existing'] === true ? { consolidateExisting: true } : {}),
         ...(args.ca !== undefined ? { caFile: args.ca } : {}),
         ...(args['insecure-tls'] === true ? { insecureTls: true } : {}),
+        ...(args['insecure-plaintext'] === true ? { insecurePlaintext: true } : {}),
         ...(args['give-up'] !== undefined ? { giveUp: args['give-up'] } : {}),
+        ...(args['state-dir'] !== undefined ? { stateDir: args['state-dir'] } : {}),
         ...(args.report !== undefined ? { report: args.report } : {}),
         logger: loggerOf(args),
       })
@@ -120,11 +129,11 @@ export function buildCli (argv: readonly string[]): Argv {
       .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
       .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
     async (args) => {
-      const ok = await demoCommand({ dir: args.dir, cycles: args.cycles, diskBytes: parseSize(args['disk-size']), guestBytes: parseSize(args['guest-write']), deltaFormat: args['delta-format'], write })
+      const ok = await demoCommand({ dir: args.dir, cycles: args.cycles, diskBytes: parseByteSize(args['disk-size'], '--disk-size'), guestBytes: parseByteSize(args['guest-write'], '--guest-write'), deltaFormat: args['delta-format'], write })
       if (!ok && process.exitCode !== ExitCode.Interrupted) process.exitCode = ExitCode.Failed
     })
     .help()
-    .version('0.1.0')
+    .version(VERSION)
     .wrap(Math.min(110, process.stdout.columns ?? 100))
 }
 

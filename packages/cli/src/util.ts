@@ -1,19 +1,3 @@
-/** Parse a rate like "10M", "500k", "1.5G", "12MB/s" into bytes per second (powers of 1024). */
-export function parseRate (text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?(?:\/s)?\s*$/i.exec(text)
-  if (m === null) throw new Error(`invalid rate "${text}" (expected e.g. 500k, 10M, 1.5G bytes per second)`)
-  const unit = (m[2] ?? '').toLowerCase()
-  const mult = unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : unit === 't' ? 1024 ** 4 : 1
-  const v = Math.round(Number(m[1]) * mult)
-  if (!(v > 0)) throw new Error(`invalid rate "${text}": must be positive`)
-  return v
-}
-
-/** Parse a size like "4G", "512M", "1024" into bytes (powers of 1024). */
-export function parseSize (text: string): number {
-  return parseRate(text)
-}
-
 /** Human-readable bytes: 1.5 GiB, 12.0 MiB, 512 B. */
 export function formatBytes (n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']

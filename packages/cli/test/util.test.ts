@@ -1,15 +1,5 @@
 import t from 'tap'
-import { parseRate, formatBytes, parsePathMap, table } from '../src/util.ts'
-
-t.test('parseRate', async (t) => {
-  t.equal(parseRate('500k'), 500 * 1024)
-  t.equal(parseRate('10M'), 10 * 1024 * 1024)
-  t.equal(parseRate('1.5G'), 1.5 * 1024 ** 3)
-  t.equal(parseRate('12MB/s'), 12 * 1024 * 1024)
-  t.equal(parseRate('4096'), 4096)
-  t.throws(() => parseRate('fast'), /invalid rate/)
-  t.throws(() => parseRate('0'), /positive/)
-})
+import { formatBytes, parsePathMap, table } from '../src/util.ts'
 
 t.test('formatBytes', async (t) => {
   t.equal(formatBytes(512), '512 B')

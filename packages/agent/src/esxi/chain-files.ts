@@ -4,6 +4,7 @@
  * the chain, their CID links, and that every extent file exists. It reads
  * only the (small, text) descriptors; grain tables are @grainline/vmdk's job.
  */
+import { constants } from 'node:fs'
 import { open, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { EsxiError } from './errors.ts'
@@ -50,11 +51,13 @@ export function parseDescriptorFields (text: string, file: string): Omit<ChainFi
 async function readDescriptor (p: string): Promise<string> {
   let fh
   try {
-    fh = await open(p, 'r')
+    // non-blocking: a FIFO in the chain opens at once (and is refused below) instead of waiting for a writer
+    fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK)
   } catch (err) {
     throw new EsxiError('E_CHAIN', `cannot open descriptor ${p}: ${(err as Error).message}`, { cause: err })
   }
   try {
+    if (!(await fh.stat()).isFile()) throw new EsxiError('E_CHAIN', `${p}: not a regular file (a FIFO, device or folder), not a descriptor`)
     const buf = Buffer.alloc(MAX_DESCRIPTOR)
     const { bytesRead } = await fh.read(buf, 0, MAX_DESCRIPTOR, 0)
     if (bytesRead === MAX_DESCRIPTOR) throw new EsxiError('E_CHAIN', `${p}: larger than ${MAX_DESCRIPTOR} bytes, not a text descriptor`)

@@ -4,13 +4,13 @@
  * after every snapshot operation it re-reads the .vmx and the descriptor
  * chains to check that ESXi did what was asked.
  */
-import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
 import type { HypervisorDriver, SnapshotDisk, SnapshotRef, VmDisk, VmHandle } from '../driver.ts'
 import { parseGrainlineSnapshotName } from '../driver.ts'
 import { VmxConfig, vmxDisks } from '../vmx.ts'
+import { MAX_CONFIG_BYTES, readRegularFile } from '../fs-util.ts'
 import { parseVmsd } from '../vmsd.ts'
 import { EsxiError, type EsxiErrorCode } from './errors.ts'
 import { DatastoreMap, resolveVmFile } from './datastore-path.ts'
@@ -182,7 +182,7 @@ class EsxiDriverImpl implements EsxiDriver {
   async #readVmx (vmxPath: string, vm: string): Promise<VmxConfig> {
     let text: string
     try {
-      text = await readFile(vmxPath, 'utf8')
+      text = (await readRegularFile(vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
     } catch (err) {
       throw new EsxiError('E_VMX', `esxi: cannot read ${vmxPath} through the datastore mount: ${(err as Error).message}`, { host: this.host, vm, cause: err })
     }
@@ -238,7 +238,12 @@ class EsxiDriverImpl implements EsxiDriver {
   async #vmsdDisks (vm: VmHandle): Promise<Map<string, SnapshotDisk[]>> {
     const vmsdPath = path.join(vm.dir, path.basename(vm.vmxPath).replace(/\.vmx$/i, '') + '.vmsd')
     let text: string
-    try { text = await readFile(vmsdPath, 'utf8') } catch { return new Map() }
+    try {
+      text = (await readRegularFile(vmsdPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ENOENT') this.#log.warn({ vm: vm.ref, vmsdPath, err }, 'esxi .vmsd unreadable, snapshot disk records unknown')
+      return new Map()
+    }
     try {
       const db = parseVmsd(text)
       return new Map(db.snapshots.map((s) => [String(s.uid), s.disks.map((d) => ({ node: d.node, fileName: d.fileName }))]))

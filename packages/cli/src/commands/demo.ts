@@ -94,6 +94,8 @@ export async function demoCommand (opts: DemoOptions): Promise<boolean> {
       to: `wss://127.0.0.1:${receiver.port}`,
       token,
       caFile: tls.cert,
+      // the agent's record per VM lives with the demo's other files
+      stateDir: join(dir, 'agent-state'),
       deltaFormat: opts.deltaFormat ?? 'sesparse',
       trivialMiB: 16,
       signal: abort.signal,

@@ -2,7 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { replicateMany, loadJobConfig, formatReport, type ReplicateInit, type ReplicationReport } from '@grainline/agent'
 import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
 import type { Logger } from 'pino'
-import { parseRate } from '../util.ts'
+import { parseRate } from '@grainline/protocol'
 
 /** Options of `grainline replicate`. */
 export interface ReplicateCommandOptions {
@@ -20,7 +20,11 @@ export interface ReplicateCommandOptions {
   readonly consolidateExisting?: boolean
   readonly caFile?: string
   readonly insecureTls?: boolean
+  /** allow ws:// to a non-loopback host (the token travels in clear) */
+  readonly insecurePlaintext?: boolean
   readonly giveUp?: number
+  /** the agent state folder */
+  readonly stateDir?: string
   readonly report?: string
   readonly logger: Logger
   readonly signal?: AbortSignal
@@ -43,13 +47,15 @@ export async function replicateCommand (opts: ReplicateCommandOptions): Promise<
   if (opts.esxiConfig !== undefined) flags.esxi = JSON.parse(await readFile(opts.esxiConfig, 'utf8')) as unknown
   if (opts.certify !== undefined) flags.certify = opts.certify
   if (opts.trivialMb !== undefined) flags.trivialMiB = opts.trivialMb
-  if (opts.bwlimit !== undefined) flags.bwlimit = parseRate(opts.bwlimit)
+  if (opts.bwlimit !== undefined) flags.bwlimit = parseRate(opts.bwlimit, '--bwlimit')
   if (opts.compress !== undefined) flags.compress = opts.compress
   if (opts.deltaFormat !== undefined) flags.deltaFormat = opts.deltaFormat
   if (opts.consolidateExisting === true) flags.consolidateExisting = true
   if (opts.caFile !== undefined) flags.caFile = opts.caFile
   if (opts.insecureTls === true) flags.insecure = true
+  if (opts.insecurePlaintext === true) flags.insecurePlaintext = true
   if (opts.giveUp !== undefined) flags.giveUpMs = opts.giveUp * 1000
+  if (opts.stateDir !== undefined) flags.stateDir = opts.stateDir
   if (opts.tokenFile !== undefined) flags.token = await readTokenFile(opts.tokenFile)
   if (opts.signal !== undefined) flags.signal = opts.signal
   if (opts.job !== undefined) {

@@ -1,0 +1,37 @@
+/** The resolved options of one VM cycle (`replicate()` fills them from `ReplicateInit`, where the defaults are documented). */
+import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import type { ConnectOptions } from './connection.ts'
+import type { HypervisorDriver, VmHandle } from './driver.ts'
+import type { ProgressSink } from './progress.ts'
+import type { RateLimiter } from './rate-limiter.ts'
+
+/** Options of one VM cycle (resolved; see ReplicateInit for the documented defaults). */
+export interface CycleOptions {
+  readonly ref: string
+  readonly connect: Omit<ConnectOptions, 'signal'>
+  readonly driver: HypervisorDriver
+  /** the agent state folder (agent-state.ts) */
+  readonly stateDir: string
+  readonly certify: DigestAlgorithm | 'none'
+  readonly trivialMiB: number
+  readonly rateLimiter: RateLimiter
+  readonly compressions: readonly CompressionAlgorithm[]
+  readonly digests: readonly DigestAlgorithm[]
+  readonly consolidateExisting: boolean
+  readonly giveUpMs: number
+  readonly maxBackoffMs: number
+  readonly windowBytes: number
+  readonly maxExtentBytes: number
+  readonly progress: ProgressSink
+  readonly signal?: AbortSignal
+  /** called after the snapshot is taken and before shipping starts (tests: guest writes) */
+  readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /**
+   * called after the commit and checks, before older snapshots are removed
+   * (demo/tests: a guest writing concurrently with shipping settles here, the
+   * way a hypervisor serializes guest I/O with a snapshot removal)
+   */
+  readonly beforeRemove?: (vm: VmHandle) => Promise<void>
+  /** called after every extent handed to the socket (tests: cut the link) */
+  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+}

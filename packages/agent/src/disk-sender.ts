@@ -1,0 +1,136 @@
+/**
+ * Ships one accepted disk (SPEC §5): extents from the receiver's resume point
+ * through the window (SPEC §5.3) and the rate limit, the cycle digest over
+ * every extent in seq order (the acknowledged prefix replayed from the digest
+ * log or re-read from the frozen view), then DiskEnd → DiskEnded.
+ */
+import type { Logger } from 'pino'
+import { createDigest, CycleDigest, windowCost, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
+import { ConnectionLost } from './connection.ts'
+import { DigestLog } from './digest-log.ts'
+import type { DiskWork } from './disk-work.ts'
+import { AgentError } from './errors.ts'
+import { planExtents } from './extent-plan.ts'
+import { readPlannedExtents, ViewDigester } from './extent-source.ts'
+import type { RateLimiter } from './rate-limiter.ts'
+import { refusalError, type ReceiverClient } from './receiver-client.ts'
+import type { SendWindow } from './window.ts'
+
+/** A receiver that acknowledges nothing for this long while the window is full is treated as gone. */
+export const STALL_MS = 120_000
+
+/** Options of {@link sendDisk}. */
+export interface SendDiskOptions {
+  readonly client: ReceiverClient
+  readonly work: DiskWork
+  /** the receiver's accepted DiskState (resume point) */
+  readonly accepted: DiskStateMessage
+  /** the connection's window (reset here for this disk) */
+  readonly window: SendWindow
+  /** negotiated in Welcome */
+  readonly digest: DigestAlgorithm
+  readonly compression: CompressionAlgorithm
+  /** prefix of the trivial check, bytes (0 = off; capped at the disk's capacity) */
+  readonly trivialBytes: number
+  /** full-view digest for certify, if asked */
+  readonly certify: DigestAlgorithm | undefined
+  readonly rateLimiter: RateLimiter
+  readonly log: Logger
+  readonly signal?: AbortSignal
+  /** called after every extent handed to the socket (tests: cut the link) */
+  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+}
+
+/** Ship the disk `opts.work` from `opts.accepted.resumeSeq` to DiskEnded. */
+export async function sendDisk (opts: SendDiskOptions): Promise<void> {
+  const { client, work: w, window, signal, log } = opts
+  const total = w.plan.totalExtents
+  const resumeSeq = opts.accepted.resumeSeq
+  if (resumeSeq > total) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${total} extents of disk ${w.name}`)
+  w.report.resumedFrom.push(resumeSeq)
+  if (resumeSeq > 0) log.info({ disk: w.name, resumeSeq, resumeBytes: opts.accepted.resumeBytes }, 'resuming disk')
+  const cd = new CycleDigest(opts.digest)
+  let dataBytes = 0
+  let zeroBytes = 0
+  const account = (offset: number, length: number, zero: boolean, digest: Uint8Array): void => {
+    cd.add({ offset, length, zero, digest })
+    if (zero) zeroBytes += length
+    else dataBytes += length
+  }
+  const dlog = w.records ?? new DigestLog(createDigest(opts.digest).digest().length)
+  w.records = dlog
+  const read = { depth: w.depth, digest: opts.digest, ...(signal === undefined ? {} : { signal }) }
+  if (resumeSeq > 0) {
+    // the cycle digest covers every extent in seq order: replay the acknowledged prefix from the
+    // digest log, reading from the frozen view what the log does not hold (another process, or past its bound)
+    const fromLog = Math.min(dlog.length, resumeSeq)
+    for await (const p of planExtents(w.plan, 0)) {
+      if (p.seq >= fromLog) break
+      account(p.offset, p.length, dlog.isZero(p.seq), dlog.digest(p.seq))
+    }
+    if (fromLog < resumeSeq) {
+      for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: 'none', fromSeq: fromLog, toSeq: resumeSeq })) {
+        account(e.offset, e.length, e.zero, e.digest)
+        dlog.record(e.seq, e.zero, e.digest)
+      }
+    }
+  }
+  const inPass = startViewDigest(opts, resumeSeq)
+  window.reset(resumeSeq)
+  client.onAck = (ack) => {
+    if (ack.disk !== w.handle || !window.ack(ack.seq)) {
+      client.abort(new AgentError('E_PROTOCOL', `unexpected ack disk ${ack.disk} seq ${ack.seq}`))
+      return
+    }
+    w.progress.update('send')
+  }
+  w.progress.doneBytes = dataBytes + zeroBytes
+  w.progress.update('send', true)
+  const failed = client.failed()
+  const onStall = (): Error => {
+    client.terminate()
+    return new ConnectionLost(`no acknowledgement from the receiver for ${STALL_MS / 1000} s`, 1006)
+  }
+  for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: opts.compression, fromSeq: resumeSeq })) {
+    account(e.offset, e.length, e.zero, e.digest)
+    dlog.record(e.seq, e.zero, e.digest)
+    if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
+    const cost = windowCost(e)
+    await window.reserve(cost, failed, STALL_MS, onStall)
+    await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
+    await client.sendExtent({ disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest })
+    window.sent(e.seq, cost)
+    w.report.wireBytes += e.data.length
+    w.progress.wireBytes += e.data.length
+    w.progress.doneBytes += e.length
+    w.progress.update('send')
+    opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: e.data.length })
+  }
+  w.report.dataBytes = dataBytes
+  w.report.zeroBytes = zeroBytes
+  if (cd.count !== total) throw new AgentError('E_PROTOCOL', `internal: ${cd.count} extents digested, plan has ${total}`)
+  w.progress.update('end', true)
+  const ended = await client.endDisk({ disk: w.handle, extents: total, dataBytes, zeroBytes, digest: cd.digest() })
+  if (!ended.ok) throw refusalError(`DiskEnd of ${w.name}`, ended.refusal)
+}
+
+/**
+ * The view digests (trivial prefix, certify) ride along with a seed sent whole
+ * from its first byte; otherwise the frozen view is read once in the
+ * background while the extents ship. Returns whether they ride along.
+ */
+function startViewDigest (opts: SendDiskOptions, resumeSeq: number): boolean {
+  const w = opts.work
+  const inPass = w.mode === 'seed' && resumeSeq === 0 && w.plan.firstOffset === 0
+  const prefixBytes = Math.min(w.chain.capacity, opts.trivialBytes)
+  if (inPass) {
+    w.view = new ViewDigester(w.chain.capacity, opts.digest, prefixBytes, opts.certify)
+  } else if (w.viewTask === undefined) {
+    // the frozen view does not change with the plan or the connection: digest it once, overlapping the shipping
+    const view = new ViewDigester(w.chain.capacity, opts.digest, prefixBytes, opts.certify)
+    w.view = view
+    w.viewTask = view.finishFrom(w.chain, w.depth, opts.signal)
+    w.viewTask.catch(() => {})
+  }
+  return inPass
+}

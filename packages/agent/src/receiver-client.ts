@@ -1,0 +1,158 @@
+/**
+ * A typed receiver client over one {@link Connection}: one method per request
+ * of SPEC §8.4, each resolving to the typed reply or to a typed refusal (an
+ * Error message from the receiver, or a refused DiskState) — a value the
+ * cycle handles, never an exception used for control flow.
+ *
+ * What still throws: a lost connection (`ConnectionLost`, retried by the
+ * cycle), a receiver Error that ends the connection but invites a retry
+ * (`E_BUSY`, `E_SHUTDOWN`, `E_TIMEOUT`: also `ConnectionLost`), a message that breaks the
+ * protocol (`AgentError` `E_PROTOCOL`) and an abort (`E_ABORTED`).
+ */
+import {
+  MessageKind,
+  type CertifyMessage, type CertifyResultMessage, type CommittedMessage, type DiskEndMessage, type DiskOpenMessage,
+  type DiskStateMessage, type ExtentAckMessage, type ExtentMessage, type HelloMessage, type Message, type RolledBackMessage,
+  type TrivialCheckMessage, type TrivialResultMessage, type VmOpenMessage, type VmStateMessage, type WelcomeMessage,
+} from '@grainline/protocol'
+import { Connection, ConnectionLost, type ConnectOptions } from './connection.ts'
+import { AgentError } from './errors.ts'
+
+/** The receiver said no: an Error message in place of the reply, or a refused DiskOpen. */
+export interface Refusal {
+  /** the receiver's code (SPEC §7), e.g. `E_FORBIDDEN`, `E_CHAIN_MISMATCH` */
+  readonly code: string
+  readonly message: string
+  /** whether the receiver ends the conversation with it */
+  readonly fatal: boolean
+}
+
+/** The reply to a request, or the receiver's refusal. */
+export type Reply<T> = { readonly ok: true, readonly value: T } | { readonly ok: false, readonly refusal: Refusal }
+
+/** The reply to a DiskOpen: accepted (with the resume point) or refused (with the mirror's committed facts). */
+export type DiskOpenReply =
+  | { readonly ok: true, readonly value: DiskStateMessage }
+  | { readonly ok: false, readonly refusal: Refusal, readonly state?: DiskStateMessage }
+
+// receiver Errors that end the connection but are worth a reconnect (SPEC §7): another session holds
+// the VM, the receiver is shutting down, or it timed the connection out (the agent was slow to send)
+const RETRY_CODES: Readonly<Record<string, number>> = { E_BUSY: 4429, E_SHUTDOWN: 1001, E_TIMEOUT: 4408 }
+
+type Of<K extends Message['kind']> = Extract<Message, { kind: K }>
+
+/** One connection to a receiver, spoken through typed requests. */
+export class ReceiverClient {
+  readonly #conn: Connection
+  readonly #signal: AbortSignal | undefined
+
+  private constructor (conn: Connection, signal: AbortSignal | undefined) {
+    this.#conn = conn
+    this.#signal = signal
+  }
+
+  /** Connect (TLS, bearer token, subprotocol) and wait for the upgrade. */
+  static async connect (opts: ConnectOptions): Promise<ReceiverClient> {
+    return new ReceiverClient(await Connection.open(opts), opts.signal)
+  }
+
+  /** Called for every ExtentAck (acks are never queued). */
+  set onAck (fn: (ack: ExtentAckMessage) => void) { this.#conn.onAck = fn }
+
+  /** A promise that rejects when the connection fails (for racing window waits). */
+  failed (): Promise<never> { return this.#conn.failed() }
+
+  /** Fail the connection with `err`: every pending and later request gets it. */
+  abort (err: Error): void { this.#conn.abort(err) }
+
+  /** Drop the connection now. */
+  terminate (): void { this.#conn.terminate() }
+
+  /** Graceful close (1000). */
+  async close (): Promise<void> { await this.#conn.close() }
+
+  /** Hello → Welcome (the negotiated digest, compression and limits). */
+  async hello (msg: Omit<HelloMessage, 'kind'>): Promise<Reply<WelcomeMessage>> {
+    return await this.#request({ kind: MessageKind.Hello, ...msg }, MessageKind.Welcome)
+  }
+
+  /** VmOpen → VmState (the mirror's committed and in-flight cycles). */
+  async vmOpen (msg: Omit<VmOpenMessage, 'kind'>): Promise<Reply<VmStateMessage>> {
+    return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState)
+  }
+
+  /** Rollback → RolledBack: the receiver undoes its in-flight cycle. */
+  async rollback (vm: string): Promise<Reply<RolledBackMessage>> {
+    return await this.#request({ kind: MessageKind.Rollback, vm }, MessageKind.RolledBack)
+  }
+
+  /** DiskOpen → DiskState; a refused DiskState is a refusal carrying the mirror's committed facts. */
+  async openDisk (msg: Omit<DiskOpenMessage, 'kind'>): Promise<DiskOpenReply> {
+    const r = await this.#request({ kind: MessageKind.DiskOpen, ...msg }, MessageKind.DiskState)
+    if (!r.ok) return r
+    if (r.value.disk !== msg.disk) throw this.#protocol(`DiskState for disk ${r.value.disk}, expected ${msg.disk}`)
+    if (r.value.accepted) return r
+    return { ok: false, refusal: { code: r.value.reason, message: `disk ${msg.name} refused: ${r.value.reason}`, fatal: false }, state: r.value }
+  }
+
+  /** Send one Extent (flow control is the caller's: the window and the rate limit). */
+  async sendExtent (msg: Omit<ExtentMessage, 'kind'>): Promise<void> {
+    await this.#conn.send({ kind: MessageKind.Extent, ...msg })
+  }
+
+  /** DiskEnd → DiskEnded: the disk is sealed. */
+  async endDisk (msg: Omit<DiskEndMessage, 'kind'>): Promise<Reply<void>> {
+    const r = await this.#request({ kind: MessageKind.DiskEnd, ...msg }, MessageKind.DiskEnded)
+    if (!r.ok) return r
+    if (r.value.disk !== msg.disk) throw this.#protocol(`DiskEnded for disk ${r.value.disk}, expected ${msg.disk}`)
+    return { ok: true, value: undefined }
+  }
+
+  /** Commit → Committed: every sealed disk of the cycle is committed at once. */
+  async commit (vm: string, cycle: number): Promise<Reply<CommittedMessage>> {
+    return await this.#request({ kind: MessageKind.Commit, vm, cycle }, MessageKind.Committed)
+  }
+
+  /** TrivialCheck → TrivialResult. */
+  async trivialCheck (msg: Omit<TrivialCheckMessage, 'kind'>): Promise<Reply<TrivialResultMessage>> {
+    const r = await this.#request({ kind: MessageKind.TrivialCheck, ...msg }, MessageKind.TrivialResult)
+    if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`TrivialResult for disk ${r.value.disk}, expected ${msg.disk}`)
+    return r
+  }
+
+  /** Certify → CertifyResult; the receiver digests the whole mirror, so the wait is `timeoutMs`. */
+  async certify (msg: Omit<CertifyMessage, 'kind'>, timeoutMs: number): Promise<Reply<CertifyResultMessage>> {
+    const r = await this.#request({ kind: MessageKind.Certify, ...msg }, MessageKind.CertifyResult, timeoutMs)
+    if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`CertifyResult for disk ${r.value.disk}, expected ${msg.disk}`)
+    return r
+  }
+
+  #protocol (message: string): AgentError {
+    const err = new AgentError('E_PROTOCOL', message)
+    this.#conn.abort(err)
+    return err
+  }
+
+  /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
+  async #request<K extends Message['kind']> (msg: Message, kind: K, timeoutMs?: number): Promise<Reply<Of<K>>> {
+    await this.#conn.send(msg)
+    const m = await this.#conn.receive({ ...(this.#signal === undefined ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
+    if (m.kind === kind) return { ok: true, value: m as Of<K> }
+    if (m.kind === MessageKind.Error) {
+      const closeCode = RETRY_CODES[m.code]
+      if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${m.message}`, closeCode)
+      return { ok: false, refusal: { code: m.code, message: m.message, fatal: m.fatal } }
+    }
+    throw this.#protocol(`expected message 0x${kind.toString(16)}, got 0x${m.kind.toString(16)}`)
+  }
+}
+
+/**
+ * The AgentError for a refusal the cycle cannot work around: `E_REFUSED` for
+ * a refused disk (`disk: true`), `E_REMOTE` for an Error message; the
+ * receiver's code is kept as `remoteCode`.
+ */
+export function refusalError (what: string, refusal: Refusal, opts: { disk?: boolean } = {}): AgentError {
+  if (opts.disk === true) return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}`, { remoteCode: refusal.code })
+  return new AgentError('E_REMOTE', `${what}: receiver error ${refusal.code}: ${refusal.message}`, { remoteCode: refusal.code })
+}

@@ -1,0 +1,38 @@
+/**
+ * The receiver URL rule of SPEC §1.2: TLS (`wss://`) is required on anything
+ * but loopback — the bearer token travels in the upgrade request, so a plain
+ * `ws://` URL to another host would send it in clear. Checked before any
+ * connection (from options, the command line and job files alike) and again
+ * when a connection opens.
+ */
+import { isIP } from 'node:net'
+import { AgentError } from './errors.ts'
+
+/** True for `localhost`, `127.0.0.0/8`, `::1` and IPv4-mapped loopback (`::ffff:127.x.y.z`). */
+export function isLoopbackHost (hostname: string): boolean {
+  const h = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase()
+  if (h === 'localhost' || h.endsWith('.localhost')) return true
+  if (isIP(h) === 4) return h.startsWith('127.')
+  if (isIP(h) === 6) return h === '::1' || /^::ffff:127\.\d+\.\d+\.\d+$/.test(h) || /^::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}$/.test(h)
+  return false
+}
+
+/**
+ * Parse and check a receiver URL: `wss://` anywhere, `ws://` only to a
+ * loopback host unless `insecurePlaintext` is set.
+ * @throws AgentError `E_CONFIG` (not a ws:// or wss:// URL) or `E_INSECURE` (plain text to a non-loopback host)
+ */
+export function checkReceiverUrl (url: string, opts: { insecurePlaintext?: boolean } = {}): URL {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    throw new AgentError('E_CONFIG', `receiver URL ${JSON.stringify(url)} is not a URL (expected wss://HOST:PORT)`)
+  }
+  if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new AgentError('E_CONFIG', `receiver URL must be ws:// or wss://, got ${u.protocol}`)
+  if (u.username !== '' || u.password !== '') throw new AgentError('E_CONFIG', 'receiver URL must not carry credentials (the token comes from the token file)')
+  if (u.protocol === 'ws:' && !isLoopbackHost(u.hostname) && opts.insecurePlaintext !== true) {
+    throw new AgentError('E_INSECURE', `refusing to send the token in clear text to ${u.host} over ws:// (SPEC §1.2): use wss:// (with --ca for a private certificate), or --insecure-plaintext / job "insecurePlaintext": true on a network you trust`)
+  }
+  return u
+}

@@ -1,0 +1,90 @@
+/**
+ * What a replication run reports: per VM and per disk, JSON-able, plus the
+ * readable summary the CLI prints (`formatReport`).
+ */
+import type { ChainLayer, DigestAlgorithm } from '@grainline/protocol'
+
+/** The result of one disk. */
+export interface DiskReport {
+  /** base disk name (the mirror's disk name) */
+  readonly name: string
+  readonly node: string
+  ok: boolean
+  mode: 'seed' | 'incremental' | 'none'
+  /** why the disk was resynced (seeded) instead of shipped incrementally */
+  fallbackReason?: string
+  capacity: number
+  extents: number
+  /** bytes covered by data extents / zero extents (the whole plan, including resumed parts) */
+  dataBytes: number
+  zeroBytes: number
+  /** payload bytes actually sent by this run (after compression) */
+  wireBytes: number
+  /** first seq sent after each (re)open: [0] for a clean run */
+  resumedFrom: number[]
+  /** frozen layers shipped, bottom first */
+  layers: ChainLayer[]
+  trivial?: { ok: boolean, prefixBytes: number, algorithm: DigestAlgorithm }
+  certify?: { ok: boolean, algorithm: DigestAlgorithm, digest: string }
+  error?: { code: string, message: string }
+}
+
+/** The result of one VM cycle. */
+export interface VmReport {
+  readonly ref: string
+  vm: string
+  ok: boolean
+  cycle: number
+  /** snapshot shipped (name) */
+  snapshot?: string
+  reusedSnapshot: boolean
+  reconnects: number
+  disks: DiskReport[]
+  removedSnapshots: string[]
+  durationMs: number
+  /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
+  timings: Record<string, number>
+  error?: { code: string, message: string, remoteCode?: string }
+}
+
+/** The outcome of a run: one entry per VM. `ok` only when every disk of every VM committed and passed its checks. */
+export interface ReplicationReport {
+  ok: boolean
+  startedAt: string
+  finishedAt: string
+  vms: VmReport[]
+}
+
+/** A fresh VM report (nothing done yet). */
+export function emptyVmReport (ref: string): VmReport {
+  return { ref, vm: ref, ok: false, cycle: 0, reusedSnapshot: false, reconnects: 0, disks: [], removedSnapshots: [], durationMs: 0, timings: {} }
+}
+
+/** A fresh disk report. */
+export function emptyDiskReport (name: string, node: string, capacity: number): DiskReport {
+  return { name, node, ok: false, mode: 'none', capacity, extents: 0, dataBytes: 0, zeroBytes: 0, wireBytes: 0, resumedFrom: [], layers: [] }
+}
+
+/** `{ code, message, remoteCode? }` of any thrown value (codes of typed errors pass through). */
+export function errorInfo (err: unknown): { code: string, message: string, remoteCode?: string } {
+  const e = err as { code?: unknown, message?: unknown, remoteCode?: unknown }
+  const out: { code: string, message: string, remoteCode?: string } = {
+    code: typeof e.code === 'string' ? e.code : 'E_INTERNAL',
+    message: typeof e.message === 'string' ? e.message : String(err),
+  }
+  if (typeof e.remoteCode === 'string') out.remoteCode = e.remoteCode
+  return out
+}
+
+/** A readable summary of a report for the terminal. */
+export function formatReport (report: ReplicationReport): string {
+  const lines: string[] = []
+  for (const vm of report.vms) {
+    lines.push(`${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm} cycle ${vm.cycle}${vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : ''}${vm.reconnects > 0 ? `, ${vm.reconnects} reconnects` : ''}, ${(vm.durationMs / 1000).toFixed(1)} s${vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : ''}`)
+    for (const d of vm.disks) {
+      const checks = [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : ''].filter((s) => s !== '').join(', ')
+      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (fallback: ${d.fallbackReason})` : ''}, ${d.extents} extents, ${d.dataBytes} data + ${d.zeroBytes} zero bytes, ${d.wireBytes} on the wire${checks !== '' ? `, ${checks}` : ''}${d.error !== undefined ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
+    }
+  }
+  return lines.join('\n') + '\n'
+}

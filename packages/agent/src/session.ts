@@ -1,0 +1,68 @@
+/**
+ * Opening a session with the receiver for one VM cycle (SPEC §3–4): connect
+ * (TLS, bearer token), Hello → Welcome (negotiated digest, compression,
+ * limits), VmOpen → VmState (the mirror's committed and in-flight cycles and
+ * its generation).
+ */
+import { maxMessageBytesFor, PROTOCOL_VERSION, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import type { ConnectOptions } from './connection.ts'
+import type { VmHandle } from './driver.ts'
+import { ReceiverClient, refusalError } from './receiver-client.ts'
+import { AGENT_SOFTWARE } from './version.ts'
+import { vmxHardwareVersion } from './vmx.ts'
+
+/** One connection after Hello and VmOpen. */
+export interface Session {
+  readonly client: ReceiverClient
+  readonly welcome: WelcomeMessage
+  readonly state: VmStateMessage
+}
+
+/** What a session announces. */
+export interface SessionOptions {
+  readonly connect: ConnectOptions
+  readonly digests: readonly DigestAlgorithm[]
+  readonly compressions: readonly CompressionAlgorithm[]
+  readonly maxExtentBytes: number
+  readonly windowBytes: number
+  readonly vm: VmHandle
+  /** the VM's config files shipped with the mirror */
+  readonly files: readonly VmFile[]
+  /** the mirror's name of every disk */
+  readonly disks: readonly string[]
+  /** called with every client opened (the cycle closes them all at the end) */
+  readonly onClient: (c: ReceiverClient) => void
+}
+
+/**
+ * Connect and open the VM for cycle `cycleNo`. A refusal (Error message) is
+ * thrown as `E_REMOTE` with the receiver's code; a lost connection as
+ * `ConnectionLost` (retryable). The client is dropped on any failure.
+ */
+export async function openSession (opts: SessionOptions, cycleNo: number): Promise<Session> {
+  const client = await ReceiverClient.connect(opts.connect)
+  opts.onClient(client)
+  try {
+    const welcome = await client.hello({
+      versions: [PROTOCOL_VERSION],
+      software: AGENT_SOFTWARE,
+      digests: [...opts.digests],
+      compressions: [...opts.compressions],
+      limits: { maxMessageBytes: maxMessageBytesFor(opts.maxExtentBytes), maxExtentBytes: opts.maxExtentBytes, windowBytes: opts.windowBytes },
+    })
+    if (!welcome.ok) throw refusalError('Hello', welcome.refusal)
+    const vm = opts.vm
+    const state = await client.vmOpen({
+      vm: vm.name,
+      cycle: cycleNo,
+      compat: { hwVersion: vmxHardwareVersion(vm.config), datastoreType: vm.datastoreType, guestOS: vm.config.get('guestOS') ?? '' },
+      files: [...opts.files],
+      disks: [...opts.disks],
+    })
+    if (!state.ok) throw refusalError(`VmOpen of ${vm.name}`, state.refusal)
+    return { client, welcome: welcome.value, state: state.value }
+  } catch (err) {
+    client.terminate()
+    throw err
+  }
+}

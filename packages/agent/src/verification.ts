@@ -1,0 +1,63 @@
+/**
+ * Verification after a commit (ARCHITECTURE §1): the trivial check (disk size
+ * + digest of the first N MiB) and, when asked, certify (a full digest of the
+ * mirror) — both compared with the same digests of the frozen source view.
+ * A failed check is recorded in the disk's report (`E_CHECK`); it does not
+ * throw.
+ */
+import type { Logger } from 'pino'
+import type { DigestAlgorithm } from '@grainline/protocol'
+import type { DiskWork } from './disk-work.ts'
+import { ViewDigester } from './extent-source.ts'
+import { refusalError, type ReceiverClient } from './receiver-client.ts'
+
+/** Options of {@link verifyDisks}. */
+export interface VerifyOptions {
+  readonly client: ReceiverClient
+  /** the negotiated digest (trivial check) */
+  readonly digest: DigestAlgorithm
+  /** prefix of the trivial check, bytes (0 = off; capped at each disk's capacity) */
+  readonly trivialBytes: number
+  /** full digest algorithm, or undefined for no certify */
+  readonly certify: DigestAlgorithm | undefined
+  readonly log: Logger
+  readonly signal?: AbortSignal
+}
+
+/** Certify waits for the receiver to digest the whole mirror: the idle timeout plus a slow disk (20 MB/s). */
+export function certifyTimeoutMs (capacity: number): number {
+  return 120_000 + Math.ceil(capacity / 20_000)
+}
+
+/** Run the checks of every committed disk (opened in this connection) and record them in the reports. */
+export async function verifyDisks (works: readonly DiskWork[], opts: VerifyOptions): Promise<void> {
+  const { client, log } = opts
+  for (const w of works) {
+    w.progress.update('check', true)
+    if (w.viewTask !== undefined) await w.viewTask
+    const size = w.chain.capacity
+    const prefixBytes = Math.min(size, opts.trivialBytes)
+    const view = w.view ?? new ViewDigester(size, opts.digest, prefixBytes, opts.certify)
+    if (!view.complete) await view.finishFrom(w.chain, w.depth, opts.signal)
+    if (opts.trivialBytes > 0) {
+      const r = await client.trivialCheck({ disk: w.handle, prefixBytes, algorithm: opts.digest, size, digest: view.prefixDigest as Uint8Array })
+      if (!r.ok) throw refusalError(`trivial check of ${w.name}`, r.refusal)
+      w.report.trivial = { ok: r.value.ok && r.value.size === size, prefixBytes, algorithm: opts.digest }
+      if (!w.report.trivial.ok) {
+        w.report.error = { code: 'E_CHECK', message: `trivial check failed on ${w.name}: mirror size ${r.value.size}, digest ${Buffer.from(r.value.digest).toString('hex')}` }
+        log.error({ disk: w.name, mirrorSize: r.value.size }, 'trivial check failed')
+      }
+    }
+    if (opts.certify !== undefined) {
+      const digest = view.fullDigest as Uint8Array
+      const r = await client.certify({ disk: w.handle, algorithm: opts.certify, digest }, certifyTimeoutMs(size))
+      if (!r.ok) throw refusalError(`certify of ${w.name}`, r.refusal)
+      const ok = r.value.ok && Buffer.from(r.value.digest).equals(Buffer.from(digest))
+      w.report.certify = { ok, algorithm: opts.certify, digest: Buffer.from(digest).toString('hex') }
+      if (!ok) {
+        w.report.error = { code: 'E_CHECK', message: `certify (${opts.certify}) failed on ${w.name}: source ${Buffer.from(digest).toString('hex')}, mirror ${Buffer.from(r.value.digest).toString('hex')}` }
+        log.error({ disk: w.name }, 'certify failed')
+      }
+    }
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * What VmOpen carries about a VM besides its cycle: the config files shipped
+ * with the mirror (.vmx, nvram) and the mirror's name of every disk.
+ */
+import { basename, dirname, join } from 'node:path'
+import type { VmFile } from '@grainline/protocol'
+import { openChain } from '@grainline/vmdk'
+import type { HypervisorDriver, VmHandle } from './driver.ts'
+import { baseLayer } from './disk-work.ts'
+import { MAX_CONFIG_BYTES, readRegularFile } from './fs-util.ts'
+
+/** Largest nvram file shipped with the mirror. */
+const MAX_NVRAM_BYTES = 4 * 1024 * 1024
+
+/**
+ * The .vmx and (when present) the nvram file of a VM. Both must be regular
+ * files (a FIFO or device is refused with `E_VMX` instead of hanging); a
+ * missing nvram is skipped, one above 4 MiB too (the mirror then boots
+ * with a fresh nvram).
+ */
+export async function vmFiles (vm: VmHandle): Promise<VmFile[]> {
+  const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFile(vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
+  const stem = basename(vm.vmxPath).replace(/\.vmx$/i, '')
+  const nvram = vm.config.get('nvram') ?? `${stem}.nvram`
+  const p = join(dirname(vm.vmxPath), basename(nvram))
+  let data: Buffer | undefined
+  try {
+    data = await readRegularFile(p, { maxBytes: MAX_NVRAM_BYTES, code: 'E_VMX', what: 'nvram file', tooLarge: 'skip' })
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ENOENT') throw err
+  }
+  if (data !== undefined) out.push({ name: basename(p), data })
+  return out
+}
+
+/**
+ * The mirror's name of every disk: the base file name of its chain. Two disks
+ * on different datastores may share a base name; the mirror needs distinct
+ * names, so a repeated one is prefixed with its device node (`scsi0-1_x.vmdk`).
+ */
+export async function mirrorDiskNames (vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
+  const names = await Promise.all(vm.disks.map(async (d) => {
+    const c = await openChain(d.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
+    try { return baseLayer(c).file } finally { await c.close() }
+  }))
+  return names.map((n, i) => names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`)
+}

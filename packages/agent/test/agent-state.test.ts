@@ -1,0 +1,68 @@
+/** The agent state file: default folder, key and file name, round trip, damaged and hostile files. */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { AgentStateStore, checkStateShape, defaultStateDir, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
+import { scratch } from './helpers.ts'
+
+const G = '0123456789abcdef0123456789abcdef'
+
+t.test('default folder: /var/lib/grainline for root, else XDG_STATE_HOME or ~/.local/state', async (t) => {
+  t.equal(defaultStateDir({}, 0), '/var/lib/grainline')
+  t.equal(defaultStateDir({ XDG_STATE_HOME: '/x/state' }, 1000), '/x/state/grainline')
+  t.match(defaultStateDir({}, 1000), /\/\.local\/state\/grainline$/)
+})
+
+t.test('key and file name: per driver, host and id; a safe name whatever the VM is called', async (t) => {
+  t.equal(stateKey({ driver: 'esxi', host: 'esx1', id: '42' }), 'esxi:esx1:42')
+  t.equal(stateKey({ driver: 'local', id: '/vms/a/a.vmx' }), 'local::/vms/a/a.vmx')
+  const a = stateFileName('web 01', 'esxi:esx1:42')
+  t.match(a, /^web_01-[0-9a-f]{16}\.json$/)
+  t.not(a, stateFileName('web 01', 'esxi:esx2:42'), 'the same VM id on another host is another VM')
+  const hostile = stateFileName('../../etc/passwd', 'k')
+  t.notOk(hostile.includes('/') || hostile.startsWith('.'), `no path separator or leading dot survives: ${hostile}`)
+})
+
+t.test('round trip, atomic replace, damaged files', async (t) => {
+  const dir = join(scratch(t), 'state')
+  const store = new AgentStateStore(dir)
+  const key = 'local::/vms/a/a.vmx'
+  const first = await store.load('a', key)
+  t.same(first, { state: { version: 1, vm: 'a', key, committed: null, inflight: null } }, 'nothing recorded yet')
+  const s: AgentVmState = { ...first.state, committed: { cycle: 3, generation: G, snapshot: { name: 'grainline-3', id: '7' }, receiver: 'wss://dr', at: 'now' }, inflight: { cycle: 4, snapshot: { name: 'grainline-4', id: '8' }, at: 'now' } }
+  await store.save(s)
+  t.same((await store.load('a', key)).state, s)
+  t.same((await readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temp file left')
+  const file = store.pathOf('a', key)
+  for (const [bad, why] of [
+    ['{', /does not parse/],
+    ['{"version": 2}', /not a version 1 agent state/],
+    [JSON.stringify({ ...s, key: 'local::/other.vmx' }), /recorded for another VM/],
+    [JSON.stringify({ ...s, committed: { ...s.committed, generation: 'xyz' } }), /malformed committed record/],
+    [JSON.stringify({ ...s, inflight: { cycle: 0, snapshot: { name: 'g', id: '1' } } }), /malformed in-flight record/],
+  ] as const) {
+    await writeFile(file, bad)
+    const r = await store.load('a', key)
+    t.match(r.problem, why)
+    t.same(r.state.committed, null, 'an unusable record counts as none (the VM resyncs)')
+  }
+  t.equal(checkStateShape({ ...s, diverged: { cycle: 3, generation: G, disks: ['a.vmdk'], reason: 'x', at: 'now' } }, key), undefined)
+})
+
+t.test('a FIFO as the state file or an unwritable folder is E_STATE, not a hang', async (t) => {
+  const dir = join(scratch(t), 'state')
+  await mkdir(dir)
+  const store = new AgentStateStore(dir)
+  execFileSync('mkfifo', [store.pathOf('a', 'k')])
+  await t.rejects(store.load('a', 'k'), { code: 'E_STATE', message: /is a FIFO/ })
+  const ro = join(scratch(t), 'ro')
+  await mkdir(ro)
+  await writeFile(join(ro, 'f'), '')
+  await t.rejects(new AgentStateStore(join(ro, 'f', 'state')).load('a', 'k'), { code: 'E_STATE', message: /not usable/ })
+  if (process.getuid?.() !== 0) {
+    await chmod(ro, 0o500)
+    await t.rejects(new AgentStateStore(ro).load('a', 'k'), { code: 'E_STATE' })
+  }
+  t.ok((await readFile(join(ro, 'f'), 'utf8')) === '')
+})

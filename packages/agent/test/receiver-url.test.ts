@@ -1,0 +1,101 @@
+/**
+ * SPEC §1.2: the agent refuses to send its token in clear text to a
+ * non-loopback host. A plain TCP listener on a non-loopback address of this
+ * machine records whatever reaches it: without the rule (the code before
+ * issue #10) `replicate` connected and sent `Authorization: Bearer <token>`
+ * in plain text; now it refuses with E_INSECURE before any connection,
+ * unless `insecurePlaintext` is set.
+ */
+import t from 'tap'
+import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
+import { createServer, type Socket } from 'node:net'
+import { networkInterfaces } from 'node:os'
+import { join } from 'node:path'
+import { checkReceiverUrl, isLoopbackHost } from '../src/receiver-url.ts'
+import { replicate, replicateMany } from '../src/replicate.ts'
+import { loadJobConfig } from '../src/job-config.ts'
+import { createLocalDriver } from '../src/local-driver.ts'
+import { createSampleVm } from '../src/sample-vm.ts'
+import { memoryLogger, MiB, scratch } from './helpers.ts'
+
+t.test('loopback hosts and the URL rule', async (t) => {
+  for (const [host, loop] of [
+    ['localhost', true], ['LOCALHOST', true], ['db.localhost', true], ['127.0.0.1', true], ['127.8.9.10', true], ['[::1]', true],
+    ['[::ffff:7f00:1]', true], ['10.0.0.1', false], ['192.0.2.2', false], ['[fd00::2]', false], ['dr.example', false],
+    ['localhost.example', false], ['128.0.0.1', false], ['[::]', false], ['0.0.0.0', false],
+  ] as const) t.equal(isLoopbackHost(host), loop, host)
+  t.equal(checkReceiverUrl('ws://127.0.0.1:7443').host, '127.0.0.1:7443')
+  t.equal(checkReceiverUrl('ws://[::1]:7443').hostname, '[::1]')
+  t.equal(checkReceiverUrl('wss://dr.example:7443').protocol, 'wss:')
+  t.equal(checkReceiverUrl('ws://dr.example:7443', { insecurePlaintext: true }).protocol, 'ws:')
+  t.throws(() => checkReceiverUrl('ws://dr.example:7443'), { code: 'E_INSECURE', message: /clear text to dr\.example:7443.*wss:\/\//s })
+  t.equal(checkReceiverUrl('ws://0x7f.0.0.2:1').hostname, '127.0.0.2', 'a hex loopback address is normalized by the URL parser')
+  t.throws(() => checkReceiverUrl('http://dr.example'), { code: 'E_CONFIG' })
+  t.throws(() => checkReceiverUrl('not a url'), { code: 'E_CONFIG' })
+  t.throws(() => checkReceiverUrl('wss://user:pw@dr.example'), { code: 'E_CONFIG' })
+})
+
+/** A non-loopback IPv4 address of this machine, if it has one. */
+function externalAddress (): string | undefined {
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
+  return undefined
+}
+
+/** A TCP listener that records every connection and the bytes it receives, and drops each one once its request headers are in. */
+async function recorder (t: { teardown: (fn: () => unknown) => void }, host: string): Promise<{ port: number, connections: () => number, received: () => string }> {
+  let n = 0
+  let text = ''
+  const sockets = new Set<Socket>()
+  const server = createServer((s) => {
+    n++
+    sockets.add(s)
+    let mine = ''
+    s.on('data', (d: Buffer) => {
+      text += d.toString('latin1')
+      mine += d.toString('latin1')
+      if (mine.includes('\r\n\r\n')) s.destroy()
+    })
+    s.on('error', () => {})
+    s.on('close', () => sockets.delete(s))
+  })
+  server.listen(0, host)
+  await once(server, 'listening')
+  t.teardown(() => { for (const s of sockets) s.destroy(); server.close() })
+  return { port: (server.address() as { port: number }).port, connections: () => n, received: () => text }
+}
+
+const SECRET = 'secret-token-must-not-travel-in-clear'
+
+t.test('replicate, replicateMany and job files refuse ws:// to another host before any connection', async (t) => {
+  const host = externalAddress()
+  if (host === undefined) {
+    // no second interface: the rule still holds for a name that is not loopback (no connection can be observed)
+    await t.rejects(replicate({ logger: memoryLogger().logger }, { vm: '/nonexistent.vmx', to: 'ws://dr.example:7443', token: SECRET }), { code: 'E_INSECURE' })
+    return
+  }
+  const rec = await recorder(t, host)
+  const dir = scratch(t)
+  const vm = await createSampleVm(dir, { name: 'clear', disks: [{ sizeBytes: 1 * MiB }] })
+  const { logger } = memoryLogger()
+  const to = `ws://${host}:${rec.port}`
+  await t.rejects(replicate({ logger }, { vm: vm.vmxPath, to, token: SECRET, progress: 'none' }), { code: 'E_INSECURE', message: new RegExp(`clear text to ${host.replace(/\./g, '\\.')}`) })
+  // a job whose second VM names the plain URL: refused before the first VM runs
+  await writeFile(join(dir, 'token'), SECRET)
+  await writeFile(join(dir, 'job.json'), JSON.stringify({ tokenFile: 'token', vms: [{ vm: vm.vmxPath, to: 'ws://127.0.0.1:1' }, { vm: vm.vmxPath, to }] }))
+  await t.rejects(replicateMany({ logger }, await loadJobConfig(join(dir, 'job.json'))), { code: 'E_INSECURE' })
+  const driver = createLocalDriver()
+  t.same(await driver.listSnapshots(await driver.openVm(vm.vmxPath)), [], 'no VM of the job was touched (no snapshot)')
+  t.equal(rec.connections(), 0, 'nothing reached the listener')
+  t.notOk(rec.received().includes(SECRET))
+
+  // the explicit flag (job key insecurePlaintext) lets it through: the token then travels in clear, which is what the rule prevents
+  await writeFile(join(dir, 'job2.json'), JSON.stringify({ tokenFile: 'token', giveUpMs: 0, stateDir: 'agent-state', vms: [{ vm: vm.vmxPath, to, insecurePlaintext: true }] }))
+  const jobs = await loadJobConfig(join(dir, 'job2.json'))
+  t.equal(jobs[0]?.insecurePlaintext, true)
+  // the listener drops every upgrade request: the agent retries, then gives up (giveUpMs 0)
+  const r = await replicateMany({ logger }, jobs)
+  t.equal(r.vms[0]?.error?.code, 'E_GAVE_UP')
+  t.ok(rec.connections() >= 1, 'the agent connected')
+  t.match(rec.received(), new RegExp(`Authorization: Bearer ${SECRET}`, 'i'), 'with the flag, the bearer token is readable on the wire')
+})

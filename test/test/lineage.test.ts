@@ -1,0 +1,139 @@
+// The mirror's lineage end to end (issue #10, SPEC §5.8), real receiver and
+// agent processes over TLS on loopback: a store restored from a backup, one VM
+// replicated to two receivers, a first seed into a new store interrupted and
+// resumed. After every cycle each mirror disk equals `qemu-img convert -O raw`
+// of the frozen source view. On the code before issue #10 the restored store
+// and the A B B A sequence were patched with an incremental onto the wrong
+// point ("OK … incremental … trivial ok" with writes lost), and the
+// interrupted seed was sent again in full beside a second `grainline-1`.
+import t, { type Test } from 'tap'
+const tap = t
+import { execFile } from 'node:child_process'
+import { readFile, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
+import { createLocalDriver, createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, type SampleVm } from '@grainline/agent'
+import { firstDifference, qemuRaw, replicateCli, scratchDir, startCuttingProxy, startSite, type RunReport, type Site } from '@grainline/e2e'
+
+const exec = promisify(execFile)
+const MiB = 1024 * 1024
+
+/** The frozen view the next cycle will ship: the current top view of the first disk (no guest writes during the cycle). */
+async function expectedView (vmx: string, out: string): Promise<string> {
+  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
+  const d = vmxDisks(cfg)[0]
+  if (d === undefined) throw new Error('no disk')
+  await qemuRaw(join(dirname(vmx), d.fileName), out)
+  return out
+}
+
+async function grainlineSnapshots (vm: SampleVm): Promise<string[]> {
+  const d = createLocalDriver()
+  return (await d.listSnapshots(await d.openVm(vm.vmxPath))).filter((s) => s.grainline).map((s) => s.name)
+}
+
+/** One `grainline replicate` process; asserts the disk mode and that the mirror equals `expected`. */
+async function run (t: Test, site: Site, vm: SampleVm, stateDir: string, expected: string, mode: 'seed' | 'incremental', label: string, extra: string[] = []): Promise<RunReport['vms'][number] | undefined> {
+  const r = await replicateCli(site, vm.vmxPath, ['--state-dir', stateDir, '--trivial-mb', '4', ...extra])
+  const v = r.report?.vms[0]
+  t.equal(r.code, 0, `${label}: exit 0 ${r.stderr.slice(-1500)}`)
+  t.equal(v?.disks[0]?.mode, mode, `${label}: ${mode}${v?.disks[0]?.fallbackReason !== undefined ? ` (${v.disks[0].fallbackReason})` : ''}`)
+  t.equal(v?.disks[0]?.trivial?.ok, true, `${label}: trivial check`)
+  const mirror = join(site.store, vm.vmxPath.split('/').at(-2) as string)
+  const name = (vm.vmxPath.split('/').at(-1) as string).replace(/\.vmx$/, '')
+  t.equal(await firstDifference(join(mirror, `${name}-flat.vmdk`), expected), -1, `${label}: mirror == qemu-img convert of the frozen source view`)
+  t.same(await grainlineSnapshots(vm), [`grainline-${v?.cycle ?? 0}`], `${label}: exactly one grainline snapshot`)
+  return v
+}
+
+t.test('store restored from a backup: the next cycle resyncs (never an incremental), the mirror is exact', async (t) => {
+  const dir = await scratchDir(t, tap)
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'backup', disks: [{ sizeBytes: 24 * MiB }], seed: 21 })
+  const state = join(dir, 'agent-state')
+  const write = async (seed: number): Promise<void> => { await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 }) }
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
+  await write(2)
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e2.raw')), 'incremental', 'cycle 2')
+  // copy the store aside (receiver stopped, as a backup job would see it)
+  await site.receiver.stop()
+  await exec('cp', ['-a', site.store, join(dir, 'store-copy')])
+  await site.restart()
+  for (const c of [3, 4]) {
+    await write(c)
+    await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, `e${c}.raw`)), 'incremental', `cycle ${c}`)
+  }
+  // put the copy back: the mirror is at cycle 2 again
+  await site.receiver.stop()
+  await rm(site.store, { recursive: true })
+  await exec('cp', ['-a', join(dir, 'store-copy'), site.store])
+  await site.restart()
+  await write(5)
+  const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e5.raw')), 'seed', 'after the restore')
+  t.equal(v?.cycle, 3, 'the cycle after the restored store\'s own committed point')
+  t.match(v?.disks[0]?.fallbackReason, /receiver is at committed cycle 2, generation .*, but the agent recorded cycle 4/)
+  await write(6)
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e6.raw')), 'incremental', 'the next cycle continues')
+})
+
+t.test('one VM replicated alternately to two receivers: every switch resyncs, both mirrors exact', async (t) => {
+  const dir = await scratchDir(t, tap)
+  const a = await startSite(join(dir, 'dr-a'))
+  t.teardown(() => a.receiver.stop())
+  const b = await startSite(join(dir, 'dr-b'))
+  t.teardown(() => b.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'alt', disks: [{ sizeBytes: 16 * MiB }], seed: 22 })
+  const state = join(dir, 'agent-state')
+  // A B B A B: the second B continues B; A after B's and B after A's must resync (delta names repeat every two cycles)
+  const plan: Array<[Site, 'seed' | 'incremental', string]> = [[a, 'seed', 'A'], [b, 'seed', 'B'], [b, 'incremental', 'B again'], [a, 'seed', 'back to A'], [b, 'seed', 'back to B'], [b, 'incremental', 'B once more']]
+  for (const [i, [site, mode, label]] of plan.entries()) {
+    if (i > 0) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 64 * 1024, seed: 40 + i, zeroFraction: 0.1 })
+    const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, `e${i}.raw`)), mode, label)
+    if (label.startsWith('back to')) t.match(v?.disks[0]?.fallbackReason, /generation/, `${label}: resynced because the generation is not the recorded one`)
+  }
+})
+
+t.test('first seed into a new store interrupted at ~90 %: the rerun resumes and ends with one grainline snapshot', async (t) => {
+  const dir = await scratchDir(t, tap)
+  const old = await startSite(join(dir, 'dr-old'))
+  t.teardown(() => old.receiver.stop())
+  const size = 48 * MiB
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'mover', disks: [{ sizeBytes: size, fill: 'random' }], seed: 23 })
+  const state = join(dir, 'agent-state')
+  // the VM holds grainline-2 from an older target
+  await run(t, old, vm, state, await expectedView(vm.vmxPath, join(dir, 'o1.raw')), 'seed', 'old target, seed')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, seed: 3 })
+  await run(t, old, vm, state, await expectedView(vm.vmxPath, join(dir, 'o2.raw')), 'incremental', 'old target, cycle 2')
+  await old.receiver.stop()
+
+  const site = await startSite(join(dir, 'dr-new'))
+  t.teardown(() => site.receiver.stop())
+  await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, seed: 4 })
+  const expected = await expectedView(vm.vmxPath, join(dir, 'n1.raw'))
+  // the link dies once ~90 % of the seed went through, and stays dead: the agent gives up. A bandwidth
+  // limit keeps the receiver's durable point close behind what was sent (it syncs whenever its inbox runs dry)
+  const proxy = await startCuttingProxy(site.receiver.port)
+  t.teardown(() => proxy.close())
+  const small = ['--compress', 'none', '--state-dir', state]
+  let done = false
+  const running = replicateCli(site, vm.vmxPath, [...small, '--give-up', '1', '--bwlimit', '16M'], { port: proxy.port }).finally(() => { done = true })
+  while (!done && proxy.forwarded() < 0.9 * size) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.notOk(done, 'the seed was still running at 90 %')
+  proxy.cutAfter = 1
+  proxy.cutAll()
+  const cut = await running
+  t.equal(cut.code, 1, 'the interrupted run fails')
+  t.equal(cut.report?.vms[0]?.error?.code, 'E_GAVE_UP')
+  t.same((await grainlineSnapshots(vm)).sort(), ['grainline-1', 'grainline-2'], 'left: the old target\'s base and the in-flight snapshot (no two of one name)')
+  const r = await replicateCli(site, vm.vmxPath, small)
+  const v = r.report?.vms[0]
+  t.equal(r.code, 0, `rerun exit 0 ${r.stderr.slice(-1500)}`)
+  t.equal(v?.reusedSnapshot, true, 'the in-flight snapshot recorded by the interrupted run was reused')
+  t.equal(v?.disks[0]?.mode, 'seed')
+  const wire = v?.disks[0]?.wireBytes ?? Infinity
+  t.ok((v?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed at seq ${v?.disks[0]?.resumedFrom[0]}`)
+  t.ok(wire < 0.3 * size, `the rerun sent ${wire} bytes, < 30 % of the ${size}-byte seed`)
+  t.equal(await firstDifference(join(site.store, 'mover', 'mover-flat.vmdk'), expected), -1, 'mirror == qemu-img convert of the frozen source view')
+  t.same(await grainlineSnapshots(vm), ['grainline-1'], 'exactly one grainline snapshot after the run')
+})
