@@ -237,7 +237,10 @@ export class DiskApply {
    * Stage 2: write the batch in place (or into the seed file), fdatasync,
    * record the resume point. A zero extent writes zeros only over committed
    * bytes (a seed's file and grown space are holes already), in pieces, and
-   * `signal` is checked between pieces.
+   * `signal` is checked before each piece: zeroing is the one unbounded step
+   * (a range can be as large as the disk). Data extents are bounded by the
+   * batch: they are finished, so that a disconnect keeps the batch's resume
+   * point.
    */
   async writeBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
@@ -245,11 +248,10 @@ export class DiskApply {
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
     for (const e of batch) {
-      opts.signal?.throwIfAborted()
       if (e.zero) {
         const n = this.committedPart(e)
         for (let off = 0; off < n; off += JOURNAL_PIECE) {
-          if (off > 0) opts.signal?.throwIfAborted()
+          opts.signal?.throwIfAborted()
           await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, n - off))
           faultPoint('zero-piece')
         }

@@ -136,4 +136,21 @@ t.test('in-place zeroing stops between pieces when the session is aborted', asyn
   await m.rollback()
   m.release()
   t.ok(readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(base), 'rolled back to the committed image')
+
+  // data extents are bounded by the batch: an abort does not stop them, so a disconnect keeps the batch's resume point
+  m = await VmMirror.acquire(store, 'vm', log)
+  const r2 = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '3'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const b = r2.apply
+  if (b === undefined) throw new Error(`refused ${r2.reason}`)
+  const data = [0, 1].map((seq): ApplyExtent => {
+    const bytes = pattern(64 * 1024, 50 + seq)
+    return { seq, offset: seq * 64 * 1024, length: bytes.length, zero: false, data: bytes, digest: createDigest('sha256').update(bytes).digest() }
+  })
+  for (const e of data) b.accept(e)
+  await b.prepareBatch(data)
+  const aborted = AbortSignal.abort()
+  await b.writeBatch(data, { signal: aborted })
+  t.equal(b.appliedSeq, 1, 'the batch of data extents finished and recorded its resume point')
+  await b.close()
+  m.release()
 })
