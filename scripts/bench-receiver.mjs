@@ -17,7 +17,7 @@ import WebSocket from 'ws'
 import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { receiverMain } from '@grainline/test-utils'
+import { fileURLToPath } from 'node:url'
 
 const MiB = 1024 * 1024
 const N = Number(process.env.BENCH_MIB ?? 1024)
@@ -67,7 +67,7 @@ const child = spawn(
   process.execPath,
   [
     ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-    receiverMain(),
+    fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
     '--listen',
     '127.0.0.1:0',
     '--store',
@@ -179,26 +179,31 @@ async function cycle(cycle, mode, f) {
 
 // Apply path alone (no network): the receiver's own store code, digest check
 // included, 32 MiB durable batches — what the disk path costs.
+const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 async function applyOnly(cycle, mode, seedByte) {
-  const { VmMirror } = await import(new URL('../packages/receiver/dist/src/mirror-store.js', import.meta.url).href)
+  const { VmMirror } = await import(new URL('../packages/receiver/dist/src/vm-mirror.js', import.meta.url).href)
   const log = (await import('pino')).pino({ level: 'warn' })
   const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   const baseGeneration = mode === 'seed' ? '' : m.state.generation
-  const r = await m.openDisk({
-    name: 'bench.vmdk',
-    capacity: N * MiB,
-    cycle,
-    mode,
-    baseCycle: cycle - 1,
-    baseGeneration,
-    source,
-    cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }),
-    ddb: {},
-    algorithm: 'xxh64',
-  })
+  const r = await m.openDisk(
+    {
+      name: 'bench.vmdk',
+      capacity: N * MiB,
+      cycle,
+      mode,
+      baseCycle: cycle - 1,
+      baseGeneration,
+      source,
+      cycleId: cycleIdentity({ vm: 'bench', name: 'bench.vmdk', cycle, mode, baseCycle: cycle - 1, baseGeneration, source }),
+      ddb: {},
+      algorithm: 'xxh64',
+    },
+    { compat },
+  )
   const a = r.apply
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
+  const cd = new CycleDigest('xxh64')
   const t0 = process.hrtime.bigint()
   let batch = []
   let writing
@@ -206,8 +211,8 @@ async function applyOnly(cycle, mode, seedByte) {
     const data = bufs[seq % 24]
     data[0] = seedByte
     const digest = createDigest('xxh64').update(data).digest()
-    a.cycleDigest.add({ offset: off, length: EXT, zero: false, digest })
-    batch.push({ seq, offset: off, length: EXT, zero: false, data, digest })
+    cd.add({ offset: off, length: EXT, zero: false, digest })
+    batch.push(a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
     if (batch.length * EXT >= 32 * MiB) {
       // pipelined like a session: journal batch n+1 while batch n is written
       await a.prepareBatch(batch)
@@ -219,8 +224,8 @@ async function applyOnly(cycle, mode, seedByte) {
   await a.prepareBatch(batch)
   await writing
   await a.writeBatch(batch)
-  await a.seal(a.cycleDigest.digest())
-  await m.commit(cycle, [a], '')
+  await a.end({ ...a.counts, digest: cd.digest() })
+  await m.commit(cycle, [a], '', compat)
   m.release()
   return N / (Number(process.hrtime.bigint() - t0) / 1e9)
 }

@@ -1,6 +1,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
+import { parseByteSize } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
+
+/** Sessions one token may hold at once unless its entry says otherwise. */
+export const DEFAULT_MAX_SESSIONS = 4
 
 /** One entry of the tokens file. */
 export interface TokenEntry {
@@ -9,7 +13,21 @@ export interface TokenEntry {
   readonly token: string
   /** globs on VM names this token may replicate (`*` and `?` wildcards) */
   readonly vms: readonly string[]
+  /**
+   * sessions (upgraded connections) this token may hold at once; one more gets HTTP 503
+   * @default 4
+   */
+  readonly maxSessions?: number
+  /**
+   * bytes the mirrors of this token's VMs may take (allocated, plus what a
+   * DiskOpen could add); above it a DiskOpen fails with E_QUOTA. In the
+   * tokens file a size such as "500G" or a number of bytes.
+   * @default undefined (no quota)
+   */
+  readonly quota?: number
 }
+
+const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota'])
 
 /** A loaded token table: constant-time lookup and VM globs. */
 export interface TokenTable {
@@ -18,7 +36,7 @@ export interface TokenTable {
   readonly size: number
 }
 
-/** Parse and validate `{"tokens":[{"name","token","vms":[…]}]}`. */
+/** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"quota"?}]}`. */
 export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
   const list = (json as { tokens?: unknown } | null)?.tokens
   if (!Array.isArray(list)) throw new ReceiverError('E_CONFIG', `${source}: expected {"tokens": [...]}`)
@@ -26,11 +44,28 @@ export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
   list.forEach((e: unknown, i) => {
     const o = e as Record<string, unknown> | null
     if (o === null || typeof o !== 'object') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] is not an object`)
-    const { name, token, vms } = o
+    const { name, token, vms, maxSessions, quota } = o
     if (typeof name !== 'string' || name === '') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}].name must be a non-empty string`)
+    for (const k of Object.keys(o)) if (!TOKEN_KEYS.has(k)) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): unknown key ${k}`)
     if (typeof token !== 'string' || token.length < 16) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): token must be a string of at least 16 characters`)
     if (!Array.isArray(vms) || !vms.every((v) => typeof v === 'string' && v !== '')) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): vms must be a list of globs`)
-    out.push(Object.freeze({ name, token, vms: Object.freeze([...vms as string[]]) }))
+    if (maxSessions !== undefined && (typeof maxSessions !== 'number' || !Number.isSafeInteger(maxSessions) || maxSessions < 1)) {
+      throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): maxSessions must be a positive integer`)
+    }
+    let quotaBytes: number | undefined
+    if (quota !== undefined && quota !== null) {
+      if (typeof quota !== 'string' && typeof quota !== 'number') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): quota must be a size such as "500G"`)
+      try {
+        quotaBytes = parseByteSize(quota, `${source}: tokens[${i}] (${name}): quota`)
+      } catch (err) {
+        throw new ReceiverError('E_CONFIG', (err as Error).message)
+      }
+    }
+    out.push(Object.freeze({
+      name, token, vms: Object.freeze([...vms as string[]]),
+      ...(maxSessions === undefined ? {} : { maxSessions }),
+      ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
+    }))
   })
   return out
 }

@@ -11,6 +11,12 @@ export function parseListen (listen: string): { host: string, port: number } {
   return { host: m[1] || m[2] || '127.0.0.1', port }
 }
 
+/** Settings of the config file that are non-negative integers (bytes, counts, milliseconds), named as in `ReceiverInit`. */
+const NUMERIC_KEYS = [
+  'maxConnections', 'maxSockets', 'maxExtentBytes', 'windowBytes', 'batchBytes', 'batchIdleMs', 'abandonAfterMs',
+  'handshakeTimeoutMs', 'upgradeTimeoutMs', 'helloTimeoutMs', 'idleTimeoutMs', 'lockWaitMs', 'pingIntervalMs',
+] as const
+
 /**
  * Load receiver settings from a JSON file:
  * `{"listen": "0.0.0.0:7443", "store": "/srv/mirrors", "tokens": "tokens.json",
@@ -39,7 +45,7 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a non-negative integer`)
     return v
   }
-  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'maxConnections', 'maxExtentBytes', 'windowBytes', 'batchBytes', 'abandonAfterMs'])
+  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', ...NUMERIC_KEYS])
   for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
   let host = typeof json['host'] === 'string' ? json['host'] : undefined
   let port = num('port')
@@ -59,11 +65,7 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
     insecure: json['insecure'],
     trivialMiB: num('trivialMiB'),
     displaySuffix: json['displaySuffix'],
-    maxConnections: num('maxConnections'),
-    maxExtentBytes: num('maxExtentBytes'),
-    windowBytes: num('windowBytes'),
-    batchBytes: num('batchBytes'),
-    abandonAfterMs: num('abandonAfterMs'),
+    ...Object.fromEntries(NUMERIC_KEYS.map((k) => [k, num(k)])),
   }
   for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
   return init as unknown as ReceiverInit

@@ -1,12 +1,13 @@
 import { ProtocolErrorCodes, type ProtocolErrorCode } from '@grainline/protocol'
 
 /** Codes of receiver errors: every wire code of SPEC §7 plus local ones. */
-export type ReceiverErrorCode = ProtocolErrorCode | 'E_CONFIG' | 'E_STATE' | 'E_NOT_FOUND'
+export type ReceiverErrorCode = ProtocolErrorCode | 'E_CONFIG' | 'E_STATE' | 'E_NOT_FOUND' | 'E_STORE_FILE'
 
 /**
  * A typed receiver error. Wire codes carry the WebSocket close code of SPEC §7;
- * local codes (`E_CONFIG`, `E_STATE`, `E_NOT_FOUND`) close with 1011 if they
- * ever reach a socket.
+ * local codes (`E_CONFIG`, `E_STATE`, `E_NOT_FOUND`, `E_STORE_FILE`) close with
+ * 1011 if they ever reach a socket (a session reports `E_STATE` and
+ * `E_STORE_FILE` as `E_IO`).
  */
 export class ReceiverError extends Error {
   override readonly name = 'ReceiverError'

@@ -1,4 +1,5 @@
-import { open, rename, readFile, unlink, type FileHandle } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
@@ -8,18 +9,29 @@ export async function fsyncDir (dir: string): Promise<void> {
   try { await fh.sync() } finally { await fh.close() }
 }
 
-/** Marker in names of temporary files, removed by recovery. */
-export const TMP_MARK = '.tmp-'
+/** The name of {@link writeFileAtomic}'s temporary file for `name`: `<name>.tmp-<pid>-<8 hex>`. */
+function tempName (name: string): string {
+  return `${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
+}
+
+/**
+ * Whether a file name is exactly a temporary file of {@link writeFileAtomic}
+ * (`<name>.tmp-<pid>-<8 hex>`), which start-up recovery removes. A committed
+ * file whose name merely contains `.tmp-` (a disk `data.tmp-2024.vmdk`) is not.
+ */
+export function isTempName (name: string): boolean {
+  return /^.+\.tmp-[1-9]\d{0,9}-[0-9a-f]{8}$/.test(name)
+}
 
 /**
  * Replace `path` atomically: write a temporary file beside it, fsync it,
  * rename it over `path`, fsync the directory (ARCHITECTURE §4.1).
  */
 export async function writeFileAtomic (path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`
+  const tmp = tempName(path)
   let fh: FileHandle | undefined
   try {
-    fh = await open(tmp, 'w', 0o644)
+    fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644)
     await fh.writeFile(data)
     await fh.sync()
     await fh.close()
@@ -31,30 +43,6 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array):
     throw err
   }
   await fsyncDir(dirname(path))
-}
-
-/** Read and parse a JSON file; `undefined` when it does not exist. */
-export async function readJsonIfExists (path: string): Promise<unknown> {
-  let text: string
-  try {
-    text = await readFile(path, 'utf8')
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
-    throw err
-  }
-  return JSON.parse(text) as unknown
-}
-
-/** Whether a path exists (any type). */
-export async function exists (path: string): Promise<boolean> {
-  try {
-    const fh = await open(path, 'r')
-    await fh.close()
-    return true
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return false
-    throw err
-  }
 }
 
 /** Remove a file if it exists. */

@@ -1,8 +1,9 @@
-import { open, rename, type FileHandle } from 'node:fs/promises'
+import { rename, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { crc32 } from 'node:zlib'
 import { dirname } from 'node:path'
-import { fsyncDir, readFully, writeFully } from './fs-util.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
+import { openStoreFile, regularFileSize } from './store-fs.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -103,7 +104,7 @@ function frame (type: number, header: object, data: Uint8Array | undefined, seed
 
 /** Read a journal file. Returns undefined if it has no valid head record. */
 export async function readJournal (path: string): Promise<JournalContents | undefined> {
-  const fh = await open(path, 'r')
+  const fh = await openStoreFile(path, 'read')
   try {
     const size = (await fh.stat()).size
     let pos = 0
@@ -186,12 +187,12 @@ export class Journal {
     if (spare !== undefined) {
       try {
         await rename(spare, path)
-        fh = await open(path, 'r+')
+        fh = await openStoreFile(path, 'update')
       } catch (err) {
         if ((err as { code?: unknown }).code !== 'ENOENT') throw err
       }
     }
-    fh ??= await open(path, 'w', 0o600)
+    fh ??= await openStoreFile(path, 'replace', 0o600)
     try {
       const gen = randomBytes(4).readUInt32LE(0)
       const j = new Journal(path, fh, 0, gen)
@@ -207,7 +208,7 @@ export class Journal {
 
   /** Reopen an existing journal for appending, cutting off a torn tail. */
   static async reopen (path: string, contents: JournalContents): Promise<Journal> {
-    const fh = await open(path, 'r+')
+    const fh = await openStoreFile(path, 'update')
     try {
       // cut everything after the valid end: records of this generation past a
       // torn one must never be read as part of the journal again
@@ -289,7 +290,7 @@ export class Journal {
 export async function resetJournal (path: string, headEnd: number): Promise<void> {
   let fh: FileHandle
   try {
-    fh = await open(path, 'r+')
+    fh = await openStoreFile(path, 'update')
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return
     throw err
@@ -309,9 +310,9 @@ export async function resetJournal (path: string, headEnd: number): Promise<void
  * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
  */
 export async function undoJournal (journalPath: string, contents: JournalContents, targetPath: string): Promise<void> {
-  const jfh = await open(journalPath, 'r')
+  const jfh = await openStoreFile(journalPath, 'read')
   try {
-    const tfh = await open(targetPath, 'r+')
+    const tfh = await openStoreFile(targetPath, 'update')
     try {
       for (let i = contents.extents.length - 1; i >= 0; i--) {
         const e = contents.extents[i] as JournalExtent
@@ -333,3 +334,17 @@ export async function undoJournal (journalPath: string, contents: JournalContent
   }
 }
 
+
+/** Journals larger than this are deleted rather than kept as spares. */
+const MAX_SPARE_BYTES = 4 * 1024 ** 3
+
+/**
+ * Retire a finished journal: keep it as `<path>.spare` so that the next cycle
+ * of the disk overwrites its allocated blocks, or delete it when huge.
+ */
+export async function retireJournal (path: string): Promise<void> {
+  const size = await regularFileSize(path)
+  if (size === undefined) return
+  if (size > MAX_SPARE_BYTES) await unlinkIfExists(path)
+  else await rename(path, `${path}.spare`)
+}

@@ -1,3 +1,9 @@
+/**
+ * The mirror's .vmx: the source .vmx rewritten so that the mirror boots from
+ * its own files and nothing else. A .vmx is shipped by the agent; booting it
+ * at the DR site must never attach another tenant's mirror, a host device or
+ * a file outside the mirror folder.
+ */
 import { basename } from 'node:path'
 
 /** @default " (grainline mirror)" */
@@ -9,33 +15,123 @@ export function baseDiskName (ref: string): string {
   return b.replace(/-\d{6}\.vmdk$/i, '.vmdk')
 }
 
+/** A reference the rewrite did not keep, and what it did instead. */
+export interface DroppedReference {
+  /** the .vmx key, e.g. "scsi0:2.fileName", "nvram" */
+  readonly key: string
+  /** its value as the source .vmx had it (escapes decoded) */
+  readonly value: string
+  /** `device disabled` (present = FALSE), `disconnected` (a CD-ROM image: startConnected = FALSE), `removed` (the line) */
+  readonly action: 'device disabled' | 'disconnected' | 'removed'
+}
+
+/** Keys (lowercase) whose value names a file or folder, besides `<device>.fileName`. */
+const PATH_KEYS = new Set([
+  'nvram', 'extendedconfigfile', 'vmxstats.filename', 'checkpoint.vmstate', 'sched.swap.derivedname', 'sched.swap.dir',
+  'workingdir', 'suspend.directory', 'migrate.hostlog', 'log.filename',
+])
+
+/** Device slots of disk controllers (`scsi0:1`, `ide1:0`, `sata0:0`, `nvme0:2`): a non-disk image there is a CD-ROM. */
+const DISK_SLOT = /^(?:scsi|ide|sata|nvme)\d+:\d+$/
+/** Devices whose `fileName` attaches a file or host device, and that `present = "FALSE"` disables. */
+const DEVICE = /^(?:(?:scsi|ide|sata|nvme)\d+:\d+|serial\d+|parallel\d+|floppy\d+)$/
+
+const LINE = /^([ \t]*)([A-Za-z0-9_.:-]+)([ \t]*=[ \t]*)(?:"(.*)"|([^"\s]*))[ \t]*$/
+
+/** Decode the .vmx `|XX` hex escapes (ESXi reads `..|2F` as `../`). */
+function unescapeVmx (v: string): string {
+  return v.replace(/\|([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(Number.parseInt(h, 16)))
+}
+
+/** A bare name inside the mirror folder: no separator, no parent, no drive. */
+function insideFolder (v: string): boolean {
+  return v !== '' && v !== '..' && !/[/\\]/.test(v) && !/^[A-Za-z]:/.test(v)
+}
+
+function isPathKey (k: string): boolean {
+  return k.endsWith('.filename') || PATH_KEYS.has(k)
+}
+
 /**
- * Rewrite a source .vmx for the mirror: `displayName` gets `suffix`, each
- * `<device>.fileName` naming a disk whose base name is in `diskMap` is pointed
- * at the mirror descriptor; other lines are kept byte for byte.
+ * Rewrite a source .vmx for the mirror. `displayName` gets `suffix`. A
+ * `<device>.fileName` naming a disk whose base name is in `diskMap` points
+ * at the mirror descriptor. Every other file reference is kept only if it is
+ * a bare name inside the mirror folder (not a .vmdk that is not mirrored):
+ * a disk elsewhere gets its device disabled (`present = "FALSE"`), a CD-ROM
+ * image elsewhere loses its file and `startConnected` (the drive stays), a
+ * serial, parallel or floppy device reaching outside is disabled, any other
+ * path setting (`nvram`, swap, log, working folder…) is removed so that the
+ * VM uses its defaults in its own folder. Other lines are kept byte for byte.
+ * Returns the text and what was dropped.
  */
-export function mirrorVmx (text: string, opts: { suffix: string, diskMap: ReadonlyMap<string, string> }): string {
+export function mirrorVmx (text: string, opts: { suffix: string, diskMap: ReadonlyMap<string, string> }): { text: string, dropped: DroppedReference[] } {
   const eol = text.includes('\r\n') ? '\r\n' : '\n'
   const lines = text.split(/\r?\n/)
+  const dropped: DroppedReference[] = []
+  /** device → the setting forced on it */
+  const force = new Map<string, { key: 'present' | 'startconnected', name: string }>()
   let sawName = false
-  const out = lines.map((line) => {
-    const m = /^([ \t]*)([A-Za-z0-9_.:-]+)([ \t]*=[ \t]*)"(.*)"[ \t]*$/.exec(line)
-    if (m === null) return line
-    const [, lead, key, eq, value] = m as unknown as [string, string, string, string, string]
+  const out: Array<string | undefined> = lines.map((line) => {
+    const m = LINE.exec(line)
+    if (m === null) {
+      // an unparsable line that sets a path key cannot be judged: drop it
+      const k = /^[ \t]*([A-Za-z0-9_.:-]+)[ \t]*=/.exec(line)?.[1]
+      if (k !== undefined && isPathKey(k.toLowerCase())) {
+        dropped.push({ key: k, value: line.slice(line.indexOf('=') + 1).trim(), action: 'removed' })
+        return undefined
+      }
+      return line
+    }
+    const [, lead, key, eq, quoted, bare] = m as unknown as [string, string, string, string, string | undefined, string | undefined]
     const k = key.toLowerCase()
+    const value = unescapeVmx(quoted ?? bare ?? '')
     if (k === 'displayname') {
       sawName = true
-      return value.endsWith(opts.suffix) ? line : `${lead}${key}${eq}"${value}${opts.suffix}"`
+      return value.endsWith(opts.suffix) ? line : `${lead}${key}${eq}"${(quoted ?? bare ?? '')}${opts.suffix}"`
     }
-    if (k.endsWith('.filename') && /\.vmdk$/i.test(value)) {
+    if (!isPathKey(k)) return line
+    const isVmdk = /\.vmdk$/i.test(value)
+    if (k.endsWith('.filename') && isVmdk) {
       const mirror = opts.diskMap.get(baseDiskName(value))
       if (mirror !== undefined) return `${lead}${key}${eq}"${mirror}"`
+    } else if (insideFolder(value) || (k === 'workingdir' && value === '.')) {
+      return line
     }
-    return line
+    // a reference out of the mirror (or to a disk it does not hold)
+    const dev = key.slice(0, -'.fileName'.length)
+    if (k.endsWith('.filename') && DEVICE.test(dev.toLowerCase())) {
+      const slot = DISK_SLOT.test(dev.toLowerCase())
+      const action = slot && !isVmdk ? 'disconnected' : 'device disabled'
+      force.set(dev.toLowerCase(), action === 'disconnected' ? { key: 'startconnected', name: dev } : { key: 'present', name: dev })
+      dropped.push({ key, value, action })
+    } else {
+      dropped.push({ key, value, action: 'removed' })
+    }
+    return undefined
   })
-  if (!sawName) {
-    const at = out.length > 0 && out[out.length - 1] === '' ? out.length - 1 : out.length
-    out.splice(at, 0, `displayName = "${opts.suffix.trim()}"`)
+  // apply the forced settings, replacing existing lines of them
+  const done = new Set<string>()
+  for (let i = 0; i < out.length; i++) {
+    const line = out[i]
+    if (line === undefined) continue
+    const m = LINE.exec(line)
+    if (m === null) continue
+    const [, lead, key, eq] = m as unknown as [string, string, string, string]
+    const dot = key.lastIndexOf('.')
+    const dev = key.slice(0, dot).toLowerCase()
+    const f = force.get(dev)
+    if (f !== undefined && key.slice(dot + 1).toLowerCase() === f.key) {
+      out[i] = `${lead}${key}${eq}"FALSE"`
+      done.add(dev)
+    }
   }
-  return out.join(eol)
+  const kept = out.filter((l): l is string => l !== undefined)
+  const at = kept.length > 0 && kept[kept.length - 1] === '' ? kept.length - 1 : kept.length
+  const extra: string[] = []
+  for (const [dev, f] of force) {
+    if (!done.has(dev)) extra.push(`${f.name}.${f.key === 'present' ? 'present' : 'startConnected'} = "FALSE"`)
+  }
+  if (!sawName) extra.push(`displayName = "${opts.suffix.trim()}"`)
+  kept.splice(at, 0, ...extra)
+  return { text: kept.join(eol), dropped }
 }

@@ -5,12 +5,16 @@ import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { CompressionAlgorithms, DigestAlgorithms, PROTOCOL_VERSION, SUBPROTOCOL, initDigests, type LocalCapabilities } from '@grainline/protocol'
+import { CompressionAlgorithms, DEFAULT_MAX_EXTENT_BYTES, DigestAlgorithms, PROTOCOL_VERSION, SUBPROTOCOL, initDigests, maxMessageBytesFor, type LocalCapabilities } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
-import { recoverStore } from './mirror-store.ts'
+import { DEFAULT_MAX_SESSIONS, bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
+import { guardConnections } from './connection-guard.ts'
+import { RefusalLog } from './refusal-log.ts'
+import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
-import { Session, type SessionSettings } from './session.ts'
+import { Session } from './session.ts'
+import type { SessionSettings } from './session-settings.ts'
+import { SOFTWARE } from './version.ts'
 
 /** Components handed to the receiver (STYLE §16). */
 export interface ReceiverComponents {
@@ -40,8 +44,22 @@ export interface ReceiverInit {
   readonly trivialMiB?: number
   /** appended to the mirror's displayName. @default " (grainline mirror)" */
   readonly displaySuffix?: string
-  /** concurrent connections; more get HTTP 503 before the upgrade. @default 64 */
+  /** concurrent sessions (upgraded connections); more get HTTP 503 before the upgrade. @default 64 */
   readonly maxConnections?: number
+  /** TCP sockets at once, counted before TLS (`server.maxConnections`); more are dropped at accept. Keep it well below the process's file limit. @default 256 */
+  readonly maxSockets?: number
+  /** a TLS handshake must finish within this many ms. @default 10000 */
+  readonly handshakeTimeoutMs?: number
+  /** the WebSocket upgrade request must arrive within this many ms of the (TLS) connection. @default 10000 */
+  readonly upgradeTimeoutMs?: number
+  /** Hello must arrive within this many ms of the upgrade, else `E_TIMEOUT`. @default 10000 */
+  readonly helloTimeoutMs?: number
+  /**
+   * a session that receives nothing (no frame, no ping) for this long while
+   * idle is ended with `E_TIMEOUT` and its VM lock released; longer than the
+   * agent's ping interval (SPEC §1.1: 30 s). @default 300000
+   */
+  readonly idleTimeoutMs?: number
   /** largest extent payload accepted, bytes. @default 16 MiB */
   readonly maxExtentBytes?: number
   /** unacknowledged bytes an agent may have in flight. @default 64 MiB */
@@ -89,16 +107,20 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     throw new ReceiverError('E_CONFIG', `refusing to listen on ${host} without TLS; give --tls-cert/--tls-key or --insecure`)
   }
   if (init.tokensFile === undefined && init.tokens === undefined) throw new ReceiverError('E_CONFIG', 'a tokens file is required: the receiver never runs without authentication')
-  const maxExtentBytes = init.maxExtentBytes ?? 16 * MiB
+  const maxExtentBytes = init.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   const local: LocalCapabilities = {
     versions: [PROTOCOL_VERSION],
     digests: [...DigestAlgorithms],
     compressions: [...CompressionAlgorithms],
-    limits: { maxExtentBytes, maxMessageBytes: maxExtentBytes + 64 * 1024, windowBytes: init.windowBytes ?? 64 * MiB },
+    limits: { maxExtentBytes, maxMessageBytes: maxMessageBytesFor(maxExtentBytes), windowBytes: init.windowBytes ?? 64 * MiB },
   }
+  const refusals = new RefusalLog(log)
+  const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
+  const handshakeTimeoutMs = init.handshakeTimeoutMs ?? 10_000
+  const maxConnections = init.maxConnections ?? 64
   const settings: SessionSettings = {
     storeDir: init.store,
-    software: 'grainline-receiver/0.1.0',
+    software: SOFTWARE,
     local,
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
     batchBytes: init.batchBytes ?? 32 * MiB,
@@ -106,7 +128,12 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     highWaterBytes: Math.max(2 * (init.batchBytes ?? 32 * MiB), 2 * local.limits.maxMessageBytes),
     lockWaitMs: init.lockWaitMs ?? 5000,
     trivialMaxBytes: (init.trivialMiB ?? 1024) * MiB,
+    helloTimeoutMs: init.helloTimeoutMs ?? 10_000,
+    idleTimeoutMs: init.idleTimeoutMs ?? 300_000,
+    refusals,
   }
+  /** open sessions per token entry (the per-token cap) */
+  const byToken = new Map<TokenEntry, number>()
   const sessions = new Set<Session>()
   const peers = new WeakMap<IncomingMessage, TokenEntry>()
   let table: TokenTable | undefined
@@ -130,10 +157,11 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
     const srv: Server = tls
-      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string) })
+      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs })
       : createHttpServer()
+    guardConnections(srv, tls, guard, refusals)
     srv.on('request', (_req, res) => {
-      res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' })
+      res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket', Connection: 'close' })
       res.end('grainline receiver: WebSocket only\n')
     })
     const ws = new WebSocketServer({
@@ -144,18 +172,27 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       handleProtocols: (protocols) => protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false,
       verifyClient: (info, cb) => {
         const req = info.req
-        if (sessions.size >= (init.maxConnections ?? 64)) {
+        const remote = req.socket.remoteAddress
+        if (sessions.size >= maxConnections) {
+          refusals.refused('session-cap', { remote, maxConnections })
           cb(false, 503, 'Too many connections')
           return
         }
         const entry = (table as TokenTable).lookup(bearerToken(req.headers.authorization) ?? '')
         if (entry === undefined) {
-          log.warn({ remote: req.socket.remoteAddress }, 'authentication failed')
+          refusals.refused('auth', { remote })
           cb(false, 401, 'Unauthorized', { 'WWW-Authenticate': 'Bearer' })
+          return
+        }
+        const cap = entry.maxSessions ?? DEFAULT_MAX_SESSIONS
+        if ((byToken.get(entry) ?? 0) >= cap) {
+          refusals.refused('token-session-cap', { remote, peer: entry.name, maxSessions: cap })
+          cb(false, 503, 'Too many sessions for this token')
           return
         }
         const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim())
         if (!offered.includes(SUBPROTOCOL)) {
+          refusals.refused('subprotocol', { remote, peer: entry.name })
           cb(false, 400, `Subprotocol ${SUBPROTOCOL} required`)
           return
         }
@@ -173,7 +210,13 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       sock.on('pong', () => alive.set(sock, true))
       const s = new Session(sock, entry, settings, log)
       sessions.add(s)
-      void s.done.then(() => sessions.delete(s))
+      byToken.set(entry, (byToken.get(entry) ?? 0) + 1)
+      void s.done.then(() => {
+        sessions.delete(s)
+        const n = (byToken.get(entry) ?? 1) - 1
+        if (n === 0) byToken.delete(entry)
+        else byToken.set(entry, n)
+      })
     })
     ws.on('error', (err) => log.error({ err }, 'websocket server error'))
     server = srv
@@ -199,7 +242,10 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       })
     })
     const addr = srv.address() as AddressInfo
-    log.info({ host: addr.address, port: addr.port, tls }, 'listening')
+    log.info({
+      host: addr.address, port: addr.port, tls,
+      limits: { ...guard, maxConnections, handshakeTimeoutMs, helloTimeoutMs: settings.helloTimeoutMs, idleTimeoutMs: settings.idleTimeoutMs, highWaterBytes: settings.highWaterBytes },
+    }, 'listening')
     return { host: addr.address, port: addr.port }
   }
 

@@ -3,8 +3,9 @@ import fc from 'fast-check'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { createDigest, initDigests } from '@grainline/protocol'
-import { VmMirror, type ApplyExtent } from '../src/mirror-store.ts'
+import { CycleDigest, createDigest, initDigests } from '@grainline/protocol'
+import { VmMirror } from '../src/vm-mirror.ts'
+import type { ApplyExtent, DiskApply } from '../src/disk-apply.ts'
 import { pattern } from './helpers.ts'
 
 /*
@@ -15,11 +16,28 @@ import { pattern } from './helpers.ts'
  */
 const CAP = 64 * 1024
 const log = pino({ level: 'silent' })
+const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
 
 function ext (seq: number, offset: number, length: number, zero: boolean, fill: number): ApplyExtent {
   const data = zero ? undefined : pattern(length, fill)
   return { seq, offset, length, zero, data, digest: zero ? new Uint8Array(0) : createDigest('sha256').update(data as Buffer).digest() }
+}
+
+/** What a session does with a batch: accept each extent, journal the batch, write it. */
+async function applyBatch (a: DiskApply, batch: readonly ApplyExtent[]): Promise<void> {
+  for (const e of batch) a.accept(e)
+  await a.prepareBatch(batch)
+  await a.writeBatch(batch)
+}
+
+/** DiskEnd with the counts and cycle digest of all the cycle's extents. */
+async function end (a: DiskApply, extents: readonly ApplyExtent[]): Promise<void> {
+  const cd = new CycleDigest('sha256')
+  for (const e of extents) cd.add(e)
+  const dataBytes = extents.filter((e) => !e.zero).reduce((s, e) => s + e.length, 0)
+  const zeroBytes = extents.filter((e) => e.zero).reduce((s, e) => s + e.length, 0)
+  await a.end({ extents: extents.length, dataBytes, zeroBytes, digest: cd.digest() })
 }
 
 t.test('interrupted, resumed or rolled-back in-place applies are exact', async (t) => {
@@ -37,12 +55,13 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       const base = pattern(CAP, run)
       // commit a seed of `base`
       let m = await VmMirror.acquire(store, 'vm', log)
-      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' })
+      const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
       const sa = s.apply
       if (sa === undefined) throw new Error('seed refused')
-      await sa.applyBatch([ext(0, 0, CAP, false, run)].map((e) => ({ ...e, data: base, digest: createDigest('sha256').update(base).digest() })))
-      await sa.seal(new Uint8Array(0))
-      await m.commit(1, [sa], '')
+      const seedExtents = [ext(0, 0, CAP, false, run)].map((e) => ({ ...e, data: base, digest: createDigest('sha256').update(base).digest() }))
+      await applyBatch(sa, seedExtents)
+      await end(sa, seedExtents)
+      await m.commit(1, [sa], '', compat)
       const generation = m.state.generation as string
       m.release()
       // the cycle's extents and the image they make
@@ -58,7 +77,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
       }
       const open = async () => {
         m = await VmMirror.acquire(store, 'vm', log)
-        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' })
+        const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
         if (r.apply === undefined) throw new Error(`refused ${r.reason}`)
         return r.apply
       }
@@ -69,7 +88,7 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
         let applied = 0
         while (seq < extents.length && applied < stop) {
           const batch = extents.slice(seq, seq + batchSize)
-          await a.applyBatch(batch)
+          await applyBatch(a, batch)
           seq += batch.length
           applied++
         }
@@ -84,9 +103,9 @@ t.test('interrupted, resumed or rolled-back in-place applies are exact', async (
         return readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(base)
       }
       const a = await open()
-      for (let seq = a.nextSeq; seq < extents.length; seq += batchSize) await a.applyBatch(extents.slice(seq, seq + batchSize))
-      await a.seal(new Uint8Array(0))
-      await m.commit(2, [a], '')
+      for (let seq = a.nextSeq; seq < extents.length; seq += batchSize) await applyBatch(a, extents.slice(seq, seq + batchSize))
+      await end(a, extents)
+      await m.commit(2, [a], '', compat)
       m.release()
       return readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(expected)
     }), { numRuns: 100, seed: 4242 })

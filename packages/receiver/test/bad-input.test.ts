@@ -68,7 +68,10 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
     const m = extentMessage(d, 0, 'sha256')
     return [...pre(), { ...m, data: m.data.subarray(0, 4096) } as Message]
   } })
-  cases.push({ name: 'DiskEnd count mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 2, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
+  // SPEC §8.2: DiskEnd's extent count must be the extents sent, else the message is not legal
+  cases.push({ name: 'DiskEnd extent count ≠ extents sent', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 2, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
+  cases.push({ name: 'DiskEnd byte counts mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
+  cases.push({ name: 'DiskEnd cycle digest mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: 0, digest: new Uint8Array(32) }] })
   cases.push({ name: 'commit without DiskEnd', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.Commit, vm: caseVm, cycle: 1 }] })
   cases.push({ name: 'cycleId not the identity of the fields', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), cycleId: 'ab'.repeat(32) } as Message] })
   cases.push({ name: 'cycleId of another VM', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, 'web-other') } as Message] })

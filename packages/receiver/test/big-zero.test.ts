@@ -14,6 +14,9 @@ import { Agent, MiB, TOKEN, diskOpen, extentMessage, hello, incPlan, makeEnv, pa
  * committed image exactly and a resume reaches the new image exactly.
  */
 
+// 16 receiver processes, each writing and killed around a 40 MiB zero extent: more than tap's 10 minutes on a loaded machine
+t.setTimeout(40 * 60_000)
+
 const VM = 'vm1'
 const ZERO = 5 * JOURNAL_PIECE // 40 MiB
 const CAP = ZERO + 2 * MiB

@@ -14,6 +14,9 @@ import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPla
  * mirror byte for byte with the image of the cycle the store says is committed.
  */
 
+// dozens of receiver processes are started and killed: on a loaded 2-core machine that takes more than tap's 10 minutes
+t.setTimeout(40 * 60_000)
+
 const VM = 'vm1'
 const CAP = 2 * MiB
 const EXT = 64 * 1024

@@ -77,9 +77,9 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   const a4 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const err = await runCycle(a4, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'dd03dd03dd03dd03', ranges, 'web-01-000002.vmdk', 'web-01-000003.vmdk')]).catch((e: { reason: string, state: { modified: boolean } }) => e)
   t.match(err, { reason: 'E_MIRROR_MODIFIED', state: { modified: true } })
-  // and a re-seed over it works, on the same connection
+  // and a re-seed over it works, on the same connection under a new handle (the refused one is spent, SPEC §8.2)
   const img3 = pattern(cap, 33)
-  const sp = seedPlan(0, 'web-01.vmdk', img3, 'ee03'.repeat(4))
+  const sp = seedPlan(1, 'web-01.vmdk', img3, 'ee03'.repeat(4))
   a4.send(diskOpen(sp, 3, 'web-01'))
   const ds = await a4.expect(MessageKind.DiskState)
   t.equal(ds.accepted, true, 'seed accepted after the refused incremental')

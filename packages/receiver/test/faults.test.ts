@@ -1,6 +1,6 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, statfsSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
@@ -27,15 +27,40 @@ t.test('disk full, read-only store, vanished folder: typed error, mirror at its 
   a.close()
   const flat = join(store, 'vm1', 'vm1-flat.vmdk')
 
-  await t.test('a seed that does not fit: E_NO_SPACE, seed discarded', async (t) => {
+  await t.test('a seed larger than the free space: E_NO_SPACE at DiskOpen, nothing written', async (t) => {
     const big = pattern(8 * MiB, 2)
     const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     await runCycle(b, 'vm2', 1, [seedPlan(0, 'vm2.vmdk', big, '02'.repeat(8))]).catch(() => {})
     const e = await b.expectError().catch(() => ({ code: '?', closeCode: 0 }))
     t.same(e, { code: 'E_NO_SPACE', closeCode: 4507 })
     const st = (await storeStatus(store)).vms.find((v) => v.vm === 'vm2')
+    t.equal(st?.committedCycle ?? 0, 0)
+    t.equal(st?.inflightCycle ?? 0, 0, 'nothing in flight')
+    t.notOk(existsSync(join(store, 'vm2', 'vm2-flat.vmdk.seed')), 'no seed file')
+    t.ok(readFileSync(flat).equals(imgA))
+  })
+
+  await t.test('a seed that runs out of space while writing: E_NO_SPACE, seed discarded', async (t) => {
+    const img = pattern(2 * MiB, 2)
+    const d = seedPlan(0, 'vm2.vmdk', img, '02'.repeat(8))
+    const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    b.send(hello())
+    await b.expect(MessageKind.Welcome)
+    b.send(vmOpen('vm2', 1, ['vm2.vmdk']))
+    await b.expect(MessageKind.VmState)
+    b.send(diskOpen(d, 1, 'vm2'))
+    t.equal((await b.expect(MessageKind.DiskState)).accepted, true, 'it fits when opened')
+    // then the disk fills up
+    const filler = join(mnt, 'filler')
+    writeFileSync(filler, Buffer.alloc(Math.max(0, statfsSync(mnt).bavail * statfsSync(mnt).bsize - 64 * 1024), 1))
+    for (let seq = 0; seq < d.extents.length; seq++) b.send(extentMessage(d, seq, 'sha256'))
+    const e = await b.expectError().catch(() => ({ code: '?', closeCode: 0 }))
+    rmSync(filler)
+    t.same(e, { code: 'E_NO_SPACE', closeCode: 4507 })
+    const st = (await storeStatus(store)).vms.find((v) => v.vm === 'vm2')
     t.equal(st?.committedCycle, 0)
     t.equal(st?.inflightCycle, 0, 'rolled back automatically')
+    t.notOk(existsSync(join(store, 'vm2', 'vm2-flat.vmdk.seed')), 'seed file discarded')
     t.ok(readFileSync(flat).equals(imgA))
   })
 

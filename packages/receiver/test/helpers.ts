@@ -30,26 +30,46 @@ export function writeTokens (dir: string): string {
   const file = join(dir, 'tokens.json')
   writeFileSync(file, JSON.stringify({
     tokens: [
-      { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'] },
+      // parallel sessions above the default cap of 4 (cycle.test runs 6 agents at once)
+      { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'], maxSessions: 16 },
       { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
     ],
   }))
   return file
 }
 
-/** A pino logger writing JSON lines into an array (logs asserted through a sink). */
-export function memoryLogger (): { logger: Logger, lines: Array<Record<string, unknown>>, text: () => string } {
-  const lines: Array<Record<string, unknown>> = []
+export type LogLine = Record<string, unknown>
+
+/** A pino logger writing JSON lines into an array (logs asserted through a sink); `waitFor` resolves on the first matching line. */
+export function memoryLogger (): { logger: Logger, lines: LogLine[], text: () => string, waitFor: (match: (l: LogLine) => boolean) => Promise<LogLine> } {
+  const lines: LogLine[] = []
   const chunks: string[] = []
+  const waiters: Array<{ match: (l: LogLine) => boolean, resolve: (l: LogLine) => void }> = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, cb) {
       const s = chunk.toString('utf8')
       chunks.push(s)
-      for (const l of s.split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      for (const l of s.split('\n')) {
+        if (l === '') continue
+        const line = JSON.parse(l) as LogLine
+        lines.push(line)
+        for (let i = waiters.length - 1; i >= 0; i--) {
+          const w = waiters[i] as (typeof waiters)[number]
+          if (w.match(line)) {
+            waiters.splice(i, 1)
+            w.resolve(line)
+          }
+        }
+      }
       cb()
     },
   })
-  return { logger: pino({ level: 'debug' }, sink), lines, text: () => chunks.join('') }
+  const waitFor = (match: (l: LogLine) => boolean): Promise<LogLine> => {
+    const seen = lines.find(match)
+    if (seen !== undefined) return Promise.resolve(seen)
+    return new Promise((resolve) => waiters.push({ match, resolve }))
+  }
+  return { logger: pino({ level: 'debug' }, sink), lines, text: () => chunks.join(''), waitFor }
 }
 
 export interface Env {

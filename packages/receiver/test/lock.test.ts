@@ -2,7 +2,7 @@ import t from 'tap'
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { rollbackMirror } from '../src/index.ts'
-import { lockHolderAlive, lockText, processStartTime } from '../src/mirror-store.ts'
+import { lockHolderAlive, lockText, processStartTime } from '../src/vm-lock.ts'
 
 /*
  * The VM lock file records pid, boot id and the process start time (field 22

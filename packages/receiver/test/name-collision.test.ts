@@ -55,6 +55,36 @@ t.test('disk names whose file stems collide are refused with E_BAD_NAME', async 
     t.same(await b.expectError(), { code: 'E_BAD_NAME', closeCode: 4400 })
   })
 
+  // a disk's generated files (descriptor, flat, seed, journals) must not be another disk's (before: only equal stems were refused)
+  for (const name of ['a-flat', 'A-Flat']) {
+    await t.test(`${name} against committed a.vmdk (its descriptor would be a.vmdk's flat)`, async (t) => {
+      const now = snapshot()
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      a.send(hello())
+      await a.expect(MessageKind.Welcome)
+      a.send(vmOpen('vm-n', 2, []))
+      await a.expect(MessageKind.VmState)
+      a.send(diskOpen(seedPlan(0, name, pattern(MiB, 10), '06'.repeat(8)), 2, 'vm-n'))
+      t.same(await a.expectError(), { code: 'E_BAD_NAME', closeCode: 4400 })
+      t.equal(snapshot(), now, 'committed mirror untouched')
+    })
+  }
+
+  await t.test('the other way round: a.vmdk against committed a-flat', async (t) => {
+    const a0 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a0, 'vm-n2', 1, [seedPlan(0, 'c-flat', pattern(MiB, 14), '07'.repeat(8))])
+    a0.close()
+    await a0.whenClosed()
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    a.send(hello())
+    await a.expect(MessageKind.Welcome)
+    a.send(vmOpen('vm-n2', 2, []))
+    await a.expect(MessageKind.VmState)
+    a.send(diskOpen(seedPlan(0, 'c.vmdk', pattern(MiB, 15), '08'.repeat(8)), 2, 'vm-n2'))
+    t.same(await a.expectError(), { code: 'E_BAD_NAME', closeCode: 4400 })
+    t.ok(readFileSync(join(env.store, 'vm-n2', 'c-flat.vmdk'), 'latin1').includes('createType="vmfs"'), "c-flat's descriptor is intact")
+  })
+
   await t.test('the same name still works (a resume, another cycle)', async (t) => {
     const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     const img2 = pattern(MiB, 13)

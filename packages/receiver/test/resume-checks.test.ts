@@ -1,6 +1,7 @@
 import t from 'tap'
 import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs'
 import { join } from 'node:path'
+import { MessageKind } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 /*
@@ -25,8 +26,12 @@ async function interrupted (dir: string): Promise<{ env: ReturnType<typeof makeE
   await a.whenClosed()
   const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(b, 'web-r', 2, [inc()], { stopAfter: 10 })
-  // let the acks of the first batches arrive, then drop the connection
-  await new Promise((resolve) => setTimeout(resolve, 300))
+  // wait until the first batch is durable (its ack), then drop the connection
+  for (;;) {
+    const m = await b.next()
+    if (m === undefined) throw new Error('closed early')
+    if (m.kind === MessageKind.ExtentAck) break
+  }
   b.terminate()
   await b.whenClosed()
   return { env, url, close: async () => { await receiver.close() } }

@@ -25,12 +25,17 @@ export async function statusCommand(opts: { store: string; output: 'json' | 'hum
         d.trivial === null ? '-' : d.trivial.ok ? 'ok' : 'MISMATCH',
         d.certify === null ? '-' : `${d.certify.ok ? 'ok' : 'MISMATCH'}`,
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
-        d.modified ? 'MODIFIED' : vm.needsRecovery ? 'needs recovery' : 'ok',
+        d.diverged !== null ? `DIVERGED (${d.diverged.reason}; next cycle seeds)` : d.modified ? 'MODIFIED' : vm.needsRecovery ? 'needs recovery' : 'ok',
       ])
     }
     if (vm.error !== undefined) rows.push([vm.vm, '-', '-', '-', '-', '-', '-', '-', `error: ${vm.error}`])
   }
   opts.write(table(['vm', 'disk', 'cycle', 'committed at', 'size', 'trivial', 'certify', 'in flight', 'state'], rows) + '\n')
+  for (const vm of st.vms) {
+    if (vm.vmxDropped.length === 0) continue
+    opts.write(`${vm.vm}: ${vm.vmxDropped.length} .vmx reference(s) out of the mirror dropped or neutralised:\n`)
+    for (const d of vm.vmxDropped) opts.write(`  ${d.key} = ${JSON.stringify(d.value)} (${d.action})\n`)
+  }
 }
 
 /** `grainline mirror rollback`: discard an interrupted cycle; the mirror returns to its last commit. */

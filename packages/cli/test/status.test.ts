@@ -1,0 +1,34 @@
+import t from 'tap'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { statusCommand } from '../src/commands/store.ts'
+
+/* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */
+
+t.test('status shows divergence and dropped .vmx references', async (t) => {
+  const store = join(t.testdir(), 'store')
+  const g = join(store, 'web-01', '.grainline')
+  mkdirSync(g, { recursive: true })
+  const source = { layers: [{ file: 'web-01.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'web-01-000001.vmdk' }
+  writeFileSync(join(g, 'state.json'), JSON.stringify({
+    format: 1, vm: 'web-01', compat: null, committedCycle: 3, committedAt: '2026-01-03T00:00:00.000Z', generation: 'ab'.repeat(16), displaySuffix: '', inflight: null, pending: null,
+    disks: {
+      'web-01.vmdk': {
+        name: 'web-01.vmdk', stem: 'web-01', capacity: 1024, size: 1024, cycle: 3, committedAt: '2026-01-03T00:00:00.000Z', source, cycleId: 'cd'.repeat(32),
+        generation: 'ab'.repeat(16), mirrorCid: '0000cafe', ddb: {}, cycleDigest: { algorithm: 'sha256', digest: '' },
+        diverged: { reason: 'certify (sha256) of cycle 3 failed', at: '2026-01-03T00:01:00.000Z' },
+      },
+    },
+    vmxDropped: [{ key: 'serial0.fileName', value: '/etc/shadow', action: 'device disabled' }],
+  }))
+  let human = ''
+  await statusCommand({ store, output: 'human', write: (s) => { human += s } })
+  t.match(human, /DIVERGED \(certify \(sha256\) of cycle 3 failed; next cycle seeds\)/)
+  t.match(human, /web-01: 1 \.vmx reference\(s\) out of the mirror dropped or neutralised:\n {2}serial0\.fileName = "\/etc\/shadow" \(device disabled\)/)
+  let json = ''
+  await statusCommand({ store, output: 'json', write: (s) => { json += s } })
+  const st = JSON.parse(json) as { vms: Array<{ generation: string, vmxDropped: unknown[], disks: Array<{ diverged: unknown }> }> }
+  t.equal(st.vms[0]?.generation, 'ab'.repeat(16))
+  t.match(st.vms[0]?.disks[0]?.diverged, { reason: /certify/ })
+  t.equal(st.vms[0]?.vmxDropped.length, 1)
+})

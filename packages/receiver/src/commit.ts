@@ -1,0 +1,145 @@
+/**
+ * Committing a VM cycle: the new state (one atomic state.json replace is the
+ * commit point) and the roll-forward work after it, redone at start-up when
+ * interrupted: seed renames, descriptors with the new CID, the installed
+ * configuration files, retired journals.
+ */
+import { randomBytes } from 'node:crypto'
+import { rename } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { fsyncDir, isTempName, writeFileAtomic } from './fs-util.ts'
+import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
+import { retireJournal } from './journal.ts'
+import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
+import { mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
+import { faultPoint } from './fault.ts'
+import type { DiskRecord, InflightDisk, VmStateFile } from './state-file.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** One sealed disk of the cycle being committed. */
+export interface SealedDisk {
+  readonly info: InflightDisk
+  /** size of its target file (flat or seed) */
+  readonly size: number
+  /** hex of its cycle digest */
+  readonly digest: string
+}
+
+function committedRecord (d: SealedDisk, cycle: number, now: string, generation: string, prev: DiskRecord | undefined): DiskRecord {
+  return {
+    name: d.info.name,
+    stem: d.info.stem,
+    capacity: d.info.capacity,
+    size: d.size,
+    cycle,
+    committedAt: now,
+    source: d.info.source,
+    cycleId: d.info.cycleId,
+    generation,
+    mirrorCid: newCid(prev?.mirrorCid),
+    ddb: d.info.ddb,
+    cycleDigest: { algorithm: d.info.algorithm, digest: d.digest },
+    // an incremental carries the divergence mark on (it is refused anyway); a seed starts clean
+    ...(d.info.mode === 'incremental' && prev?.diverged !== undefined ? { diverged: prev.diverged } : {}),
+  }
+}
+
+/** A new generation (SPEC §5.8): 128 bits from a secure random source, 32 lowercase hex digits. */
+export function newGeneration (): string {
+  return randomBytes(16).toString('hex')
+}
+
+/**
+ * The state that commits `cycle` with `sealed` disks (every in-flight disk of
+ * the cycle) under `generation`, and the roll-forward work it records. Pure
+ * apart from the random CIDs. Returns the new records in the order of `sealed`.
+ */
+export function commitState (state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string, generation: string): { next: VmStateFile, records: DiskRecord[] } {
+  const disks: Record<string, DiskRecord> = { ...state.disks }
+  const renames: Array<{ from: string, to: string }> = []
+  const records: DiskRecord[] = []
+  for (const d of sealed) {
+    const rec = committedRecord(d, cycle, now, generation, disks[d.info.name])
+    disks[d.info.name] = rec
+    records.push(rec)
+    if (d.info.target === 'seed') renames.push({ from: `${d.info.stem}-flat.vmdk.seed`, to: `${d.info.stem}-flat.vmdk` })
+  }
+  const next: VmStateFile = {
+    ...state,
+    committedCycle: cycle,
+    committedAt: now,
+    generation,
+    displaySuffix: suffix,
+    disks,
+    inflight: null,
+    pending: {
+      cycle,
+      renames,
+      descriptors: sealed.map((d) => d.info.name),
+      journals: Object.values(state.inflight?.disks ?? {}).map((d) => `${d.stem}.journal`),
+      files: true,
+    },
+  }
+  return { next, records }
+}
+
+/**
+ * Install the staged configuration files: the .vmx rewritten for the mirror,
+ * the others as they are. A staged entry that is not a regular file (a link
+ * or FIFO planted in `incoming`) is skipped and logged, so that the
+ * roll-forward can never be stuck on it.
+ */
+async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<DroppedReference[] | undefined> {
+  const names = await readStoreDir(paths.incoming)
+  let dropped: DroppedReference[] | undefined
+  const diskMap = new Map<string, string>()
+  for (const rec of Object.values(state.disks)) diskMap.set(rec.name, `${rec.stem}.vmdk`)
+  for (const name of names) {
+    if (isTempName(name)) continue
+    let data: Buffer
+    try {
+      data = await readStoreFile(join(paths.incoming, name))
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
+      log.warn({ vm: state.vm, file: name, why: (err as Error).message }, 'staged file not installed')
+      continue
+    }
+    if (/\.vmx$/i.test(name)) {
+      const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
+      for (const d of r.dropped) log.warn({ vm: state.vm, file: name, reference: d }, '.vmx reference out of the mirror dropped')
+      await writeFileAtomic(join(paths.dir, `${state.vm}.vmx`), r.text)
+      dropped = r.dropped
+    } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(name)) {
+      await writeFileAtomic(join(paths.dir, name), data)
+    }
+  }
+  return dropped
+}
+
+/**
+ * Do the roll-forward work `state.pending` records (idempotent: every step
+ * can be repeated after a crash). The caller then clears `pending` and
+ * records the .vmx references dropped (undefined: no .vmx installed).
+ */
+export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
+  const p = state.pending
+  if (p === null) return { vmxDropped: undefined }
+  for (const r of p.renames) {
+    if (await entryExists(join(paths.dir, r.from))) {
+      await rename(join(paths.dir, r.from), join(paths.dir, r.to))
+      faultPoint('commit-renamed')
+    }
+  }
+  if (p.renames.length > 0) await fsyncDir(paths.dir)
+  for (const name of p.descriptors) {
+    const rec = state.disks[name]
+    if (rec === undefined) continue
+    await writeFileAtomic(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
+  }
+  faultPoint('commit-descriptors')
+  const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
+  for (const j of p.journals) await retireJournal(join(paths.gdir, j))
+  await fsyncDir(paths.gdir)
+  return { vmxDropped }
+}

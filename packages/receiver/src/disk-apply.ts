@@ -1,0 +1,301 @@
+import type { FileHandle } from 'node:fs/promises'
+import { timingSafeEqual } from 'node:crypto'
+import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
+import { ReceiverError } from './errors.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
+import { entryExists, openStoreFile } from './store-fs.ts'
+import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
+import { faultPoint } from './fault.ts'
+import type { InflightDisk } from './state-file.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** One extent ready to apply: validated, decompressed, digest checked. */
+export interface ApplyExtent {
+  readonly seq: number
+  readonly offset: number
+  readonly length: number
+  readonly zero: boolean
+  /** raw bytes (`length` bytes) of a data extent; undefined for a zero extent */
+  readonly data: Uint8Array | undefined
+  /** the extent's digest (empty for a zero extent) */
+  readonly digest: Uint8Array
+}
+
+/** What a disk's cycle has received so far (SPEC §5.4 DiskEnd counts). */
+export interface ExtentCounts {
+  readonly extents: number
+  readonly dataBytes: number
+  readonly zeroBytes: number
+}
+
+/** What the agent claims at DiskEnd. */
+export interface DiskEndClaim extends ExtentCounts {
+  readonly digest: Uint8Array
+}
+
+function hex (b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex')
+}
+
+/** A new, empty seed file: whatever was at its name (an older seed, a planted link) is removed first, never followed. */
+async function freshSeed (path: string): Promise<FileHandle> {
+  await unlinkIfExists(path)
+  return await openStoreFile(path, 'create')
+}
+
+function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b)
+}
+
+/**
+ * The apply of one disk's in-flight cycle: its journal and its target file
+ * (the flat, in place, or a fresh `.seed` file). It owns the cycle's sequence
+ * numbers, counts and cycle digest: every extent — received live or replayed
+ * from the journal on resume — goes through {@link DiskApply.accept}.
+ *
+ * Durability per batch (ARCHITECTURE §4.1): {@link DiskApply.prepareBatch}
+ * journals the old contents of every in-place range and fdatasyncs the
+ * journal; {@link DiskApply.writeBatch} writes the new bytes, fdatasyncs the
+ * target and queues the "applied" marker (the resume point), which becomes
+ * durable with the next journal sync.
+ */
+export class DiskApply {
+  readonly info: InflightDisk
+  readonly targetPath: string
+  private readonly fh: FileHandle
+  private readonly journal: Journal
+  private readonly digest: CycleDigest
+  private next = 0
+  private applied = -1
+  private extents = 0
+  private dataBytes = 0
+  private zeroBytes = 0
+  private closed = false
+  /** whether DiskEnd sealed the disk */
+  sealed = false
+  /** the cycle digest, computed once at seal time */
+  sealedDigest: Uint8Array | undefined
+  /** durable batches applied by this object (for logs) */
+  batches = 0
+  /** time spent journaling (stage 1) and writing (stage 2) batches, ms (for logs) */
+  journalMs = 0
+  writeMs = 0
+
+  private constructor (info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal) {
+    this.info = info
+    this.targetPath = targetPath
+    this.fh = fh
+    this.journal = journal
+    this.digest = new CycleDigest(info.algorithm)
+  }
+
+  /** next seq expected */
+  get nextSeq (): number { return this.next }
+  /** highest seq durably applied (-1: none) */
+  get appliedSeq (): number { return this.applied }
+  /** extents accepted so far in this cycle (including those replayed on resume) */
+  get counts (): ExtentCounts { return { extents: this.extents, dataBytes: this.dataBytes, zeroBytes: this.zeroBytes } }
+
+  /** Open a fresh apply (journal already created). */
+  static async start (paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
+    if (info.target === 'seed') {
+      const p = paths.seed(info.stem)
+      const fh = await freshSeed(p)
+      await fh.truncate(info.capacity)
+      await fh.sync()
+      await fsyncDir(paths.dir)
+      return new DiskApply(info, p, fh, journal)
+    }
+    const p = paths.flat(info.stem)
+    const fh = await openStoreFile(p, 'update')
+    if (info.capacity > info.baseSize) {
+      await fh.truncate(info.capacity)
+      await fh.sync()
+    }
+    return new DiskApply(info, p, fh, journal)
+  }
+
+  /** Reopen an interrupted apply at its durable resume point, replaying the journal through {@link accept}. */
+  static async resume (paths: VmPaths, info: InflightDisk, journalContents: JournalContents): Promise<DiskApply> {
+    let contents = journalContents
+    const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
+    let fh: FileHandle
+    if (info.target === 'seed' && (contents.applied === null || !await entryExists(p))) {
+      // nothing durably applied, or the seed file is gone (rolled back): start
+      // the seed again at seq 0 in a FRESH file — a seed leaves zero ranges
+      // unwritten, so stale bytes must not survive
+      await resetJournal(paths.journal(info.stem), contents.headEnd)
+      contents = { ...contents, extents: [], applied: null, validEnd: contents.headEnd }
+      fh = await freshSeed(p)
+      await fh.truncate(info.capacity)
+      await fh.sync()
+      await fsyncDir(paths.dir)
+    } else {
+      fh = await openStoreFile(p, 'update')
+    }
+    let journal: Journal
+    try {
+      if (info.target === 'flat' && (await fh.stat()).size < info.capacity) {
+        // an undo cut the flat back to its base size; the cycle's capacity holds again
+        await fh.truncate(info.capacity)
+        await fh.sync()
+      }
+      journal = await Journal.reopen(paths.journal(info.stem), contents)
+    } catch (err) {
+      await fh.close()
+      throw err
+    }
+    const a = new DiskApply(info, p, fh, journal)
+    const last = contents.applied?.seq ?? -1
+    const bySeq = new Map<number, (typeof contents.extents)[number]>()
+    for (const e of contents.extents) if (e.seq <= last && !bySeq.has(e.seq)) bySeq.set(e.seq, e)
+    for (let e = bySeq.get(0); e !== undefined; e = bySeq.get(a.next)) {
+      a.accept({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, data: undefined, digest: Buffer.from(e.digest, 'hex') })
+    }
+    a.applied = a.next - 1
+    return a
+  }
+
+  /**
+   * Take the next extent of the cycle: checks its seq and range against the
+   * disk, counts it and adds it to the cycle digest. The caller has checked
+   * the payload against its digest.
+   * @throws ReceiverError E_UNEXPECTED (sealed), E_SEQUENCE, E_RANGE (beyond capacity)
+   */
+  accept (e: ApplyExtent): ApplyExtent {
+    if (this.sealed) throw new ReceiverError('E_UNEXPECTED', `Extent after DiskEnd of ${this.info.name}`)
+    if (e.seq !== this.next) throw new ReceiverError('E_SEQUENCE', `disk ${this.info.name}: expected seq ${this.next}, got ${e.seq}`)
+    if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
+    this.next++
+    this.extents++
+    if (e.zero) this.zeroBytes += e.length
+    else this.dataBytes += e.length
+    this.digest.add({ offset: e.offset, length: e.length, zero: e.zero, digest: e.digest })
+    return e
+  }
+
+  /**
+   * The part of an in-place range that holds committed bytes: below the
+   * flat's size before the cycle. Above it the flat was extended by truncate
+   * and reads as zeros (a hole): nothing there is journaled, and a zero
+   * extent writes nothing there.
+   */
+  private committedPart (e: ApplyExtent): number {
+    return this.info.target === 'flat' ? Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset) : 0
+  }
+
+  /**
+   * The bytes an extent costs a durable batch: its length for data; for a
+   * zero extent the committed bytes it overwrites (journaled, then zeroed in
+   * place), at least its window cost (SPEC §5.3) — a seed's zero extent, or
+   * one over grown space, writes nothing.
+   */
+  cost (e: ApplyExtent): number {
+    return e.zero ? Math.max(ZERO_EXTENT_WINDOW_COST, this.committedPart(e)) : e.length
+  }
+
+  /**
+   * Stage 1: journal the batch. In place, the old contents of every range are
+   * appended and the journal fdatasync'ed before any of them is overwritten.
+   * (Reading old contents while the previous batch is being written is safe:
+   * undo runs newest record first, so the oldest copy of a range wins.)
+   * `signal` is checked between pieces: an aborted session stops at once.
+   */
+  async prepareBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+    if (batch.length === 0) return
+    const t0 = performance.now()
+    const inPlace = this.info.target === 'flat'
+    for (const e of batch) {
+      const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
+      const oldLen = this.committedPart(e)
+      if (oldLen === 0) {
+        this.journal.appendExtent(rec, undefined)
+        continue
+      }
+      // old contents in pieces of at most JOURNAL_PIECE bytes, each its own
+      // record, written out as we go: bounded records and bounded memory
+      for (let off = 0; off < oldLen; off += JOURNAL_PIECE) {
+        opts.signal?.throwIfAborted()
+        const n = Math.min(JOURNAL_PIECE, oldLen - off)
+        this.journal.appendExtent(rec, await readFully(this.fh, e.offset + off, n), e.offset + off)
+        if (this.journal.queuedBytes >= JOURNAL_PIECE) {
+          await this.journal.flush(false)
+          faultPoint('journal-piece')
+        }
+      }
+    }
+    if (inPlace) {
+      await this.journal.flush(true)
+      faultPoint('journal-synced')
+    } else {
+      await this.journal.flush(false)
+    }
+    this.journalMs += performance.now() - t0
+  }
+
+  /**
+   * Stage 2: write the batch in place (or into the seed file), fdatasync,
+   * record the resume point. A zero extent writes zeros only over committed
+   * bytes (a seed's file and grown space are holes already), in pieces, and
+   * `signal` is checked before each piece: zeroing is the one unbounded step
+   * (a range can be as large as the disk). Data extents are bounded by the
+   * batch: they are finished, so that a disconnect keeps the batch's resume
+   * point.
+   */
+  async writeBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+    if (batch.length === 0) return
+    this.batches++
+    const t0 = performance.now()
+    const inPlace = this.info.target === 'flat'
+    for (const e of batch) {
+      if (e.zero) {
+        const n = this.committedPart(e)
+        for (let off = 0; off < n; off += JOURNAL_PIECE) {
+          opts.signal?.throwIfAborted()
+          await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, n - off))
+          faultPoint('zero-piece')
+        }
+      } else {
+        await writeFully(this.fh, e.data as Uint8Array, e.offset)
+      }
+      faultPoint('extent-written')
+    }
+    await this.fh.datasync()
+    faultPoint('target-synced')
+    const last = batch[batch.length - 1] as ApplyExtent
+    // The marker follows data that is already durable, so it never claims too
+    // much; it becomes durable with the next journal sync (next batch, seal,
+    // close). A lost marker only moves the resume point back.
+    this.journal.appendApplied(last.seq)
+    if (!inPlace) await this.journal.flush(false)
+    this.applied = last.seq
+    this.writeMs += performance.now() - t0
+  }
+
+  /**
+   * DiskEnd: compare the agent's counts and cycle digest with what was
+   * accepted, then make the resume point durable and seal the disk.
+   * @throws ReceiverError E_END_MISMATCH
+   */
+  async end (claim: DiskEndClaim): Promise<void> {
+    const got = this.counts
+    if (claim.extents !== got.extents || claim.dataBytes !== got.dataBytes || claim.zeroBytes !== got.zeroBytes) {
+      const want = { extents: claim.extents, dataBytes: claim.dataBytes, zeroBytes: claim.zeroBytes }
+      throw new ReceiverError('E_END_MISMATCH', `DiskEnd counts ${JSON.stringify(want)} of ${this.info.name} differ from received ${JSON.stringify(got)}`)
+    }
+    const digest = this.digest.digest()
+    if (!sameBytes(digest, claim.digest)) throw new ReceiverError('E_END_MISMATCH', `cycle digest of ${this.info.name} differs`)
+    this.sealedDigest = digest
+    await this.journal.flush(true)
+    await this.fh.datasync()
+    this.sealed = true
+  }
+
+  /** Release the files; `flush: false` drops queued journal records as a crash would (tests). */
+  async close (opts: { flush?: boolean } = {}): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (opts.flush !== false) await this.journal.flush(true).catch(() => {})
+    await Promise.allSettled([this.fh.close(), this.journal.close()])
+  }
+}

@@ -1,0 +1,167 @@
+/**
+ * The "open disk" decision (SPEC §5.1, §5.7) as a pure function of the
+ * committed state, what is on disk (an inspection record) and the request.
+ * `VmMirror.openDisk` gathers the inputs, calls {@link decideOpen} and carries
+ * out the answer; the table-driven test covers every row.
+ */
+import type { DigestAlgorithm, DiskOpenMessage } from '@grainline/protocol'
+import type { DiskRecord, InflightDisk } from './state-file.ts'
+import { diskStem } from './vm-paths.ts'
+
+/** The parameters of a DiskOpen the store needs. */
+export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'baseGeneration' | 'source' | 'cycleId' | 'ddb'> {
+  /** the negotiated digest algorithm (part of a resumable cycle's identity) */
+  readonly algorithm: DigestAlgorithm
+}
+
+/** What one disk mirror looks like on disk right now (gathered by `inspectMirror`). */
+export interface MirrorFacts {
+  /** CID of the mirror descriptor, "" when missing or unreadable */
+  readonly cid: string
+  /** size of the flat file, -1 when it is missing */
+  readonly flatSize: number
+  /** whether an interrupted rollback left the journal renamed `.journal.undo` */
+  readonly undoing: boolean
+}
+
+/** Everything the decision depends on. */
+export interface OpenInputs {
+  readonly vm: string
+  /** the VM's committed cycle (0: none) */
+  readonly committedCycle: number
+  /** the VM's cycle in flight (0: none) */
+  readonly inflightCycle: number
+  /** this disk's committed record */
+  readonly record: DiskRecord | undefined
+  /** this disk's in-flight record */
+  readonly inflight: InflightDisk | undefined
+  readonly facts: MirrorFacts
+  readonly request: DiskOpenRequest
+  /** whether the VmOpen's compat record matches the mirror's (SPEC §4.2) */
+  readonly compatible: boolean
+  /** room for the cycle: the store's free space and the token's quota */
+  readonly space: SpaceFacts
+}
+
+/** What a fresh apply may use. */
+export interface SpaceFacts {
+  /** free bytes of the store's file system (statfs, for unprivileged users) */
+  readonly freeBytes: number
+  /** the token's quota in bytes (undefined: none) */
+  readonly quotaBytes: number | undefined
+  /** bytes allocated by the token's mirrors now (counted only when it has a quota) */
+  readonly usedBytes: number
+}
+
+/** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
+export type RefusalCode = 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED'
+
+/** Codes that end the session (fatal, SPEC §7): the store cannot take the disk. */
+export type FailureCode = 'E_NO_SPACE' | 'E_QUOTA'
+
+/** The answer: start a fresh apply, resume the one in flight, refuse the disk, or fail the session. */
+export type OpenDecision =
+  | { readonly kind: 'fresh', readonly info: InflightDisk }
+  | { readonly kind: 'resume', readonly info: InflightDisk }
+  | { readonly kind: 'refuse', readonly code: RefusalCode, readonly message: string }
+  | { readonly kind: 'fail', readonly code: FailureCode, readonly message: string }
+
+/**
+ * What a fresh apply of `req` may add to the store at most: a seed's file
+ * can be filled up to the capacity (beside the current flat until the
+ * commit); an incremental can grow the flat to the capacity.
+ */
+export function mayAdd (req: DiskOpenRequest, facts: MirrorFacts): number {
+  return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
+}
+
+/**
+ * Whether the committed mirror changed since its commit: another descriptor
+ * CID, or another flat size. An in-place apply in flight may have grown the
+ * flat: a larger size is then its own doing, not a modification.
+ */
+export function mirrorModified (record: DiskRecord | undefined, inflight: InflightDisk | undefined, facts: MirrorFacts): boolean {
+  if (record === undefined) return false
+  const sizeOk = inflight?.target === 'flat' ? facts.flatSize >= record.size : facts.flatSize === record.size
+  return facts.cid !== record.mirrorCid || !sizeOk
+}
+
+function incompatibleText (x: OpenInputs): string {
+  return `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no incremental; seed a new mirror after checking the VM`
+}
+
+function refuse (code: RefusalCode, message: string): OpenDecision {
+  return { kind: 'refuse', code, message }
+}
+
+/**
+ * Decide a DiskOpen. Pure: no I/O, no clock. The rules for an incremental
+ * run in the order of SPEC §5.1 (compatibility, chain, generation,
+ * modification, divergence); a resume needs the recorded cycle identity,
+ * which covers `baseGeneration` (§5.2).
+ */
+export function decideOpen (x: OpenInputs): OpenDecision {
+  const { request: req, record: rec, inflight: inf } = x
+  const modified = mirrorModified(rec, inf, x.facts)
+  const modifiedText = (): string => `mirror of ${req.name} changed since the last commit (CID ${x.facts.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''})`
+  if (x.inflightCycle !== 0 && x.inflightCycle !== req.cycle) {
+    return refuse('E_CYCLE_MISMATCH', `cycle ${x.inflightCycle} of VM ${x.vm} is in flight; roll it back first`)
+  }
+  if (inf !== undefined) {
+    if (x.facts.undoing) return refuse('E_CYCLE_MISMATCH', `an interrupted rollback of disk ${req.name} must be finished first: send Rollback`)
+    if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
+      return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
+    }
+    if (inf.target === 'flat') {
+      if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
+      // the committed mirror under an in-place apply changed (CID or size)
+      // while the cycle was interrupted: its journal no longer describes it
+      if (modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
+    }
+    return { kind: 'resume', info: inf }
+  }
+  if (req.cycle <= x.committedCycle) {
+    return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${x.committedCycle}`)
+  }
+  if (req.mode === 'incremental') {
+    if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
+    if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
+    if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
+    if (req.source.layers[0]?.file !== rec.source.successor) {
+      return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
+    }
+    if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
+    // SPEC §5.8: only onto the exact point it was planned against; a point committed before generations has none
+    const generation = rec.generation ?? ''
+    if (generation === '' || req.baseGeneration !== generation) {
+      return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${generation || '(none: committed before generations)'}; resync`)
+    }
+    if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
+    if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync it`)
+  }
+  // room: a capacity increase must fit in the free space; the token's mirrors must stay within its quota
+  const growth = req.capacity - (rec?.capacity ?? 0)
+  if (growth > 0 && growth > x.space.freeBytes) {
+    return { kind: 'fail', code: 'E_NO_SPACE', message: `disk ${req.name} of VM ${x.vm} would grow by ${growth} bytes, the store has ${x.space.freeBytes} free: free space on the receiver, then retry` }
+  }
+  const adds = mayAdd(req, x.facts)
+  if (x.space.quotaBytes !== undefined && x.space.usedBytes + adds > x.space.quotaBytes) {
+    return { kind: 'fail', code: 'E_QUOTA', message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors` }
+  }
+  const incremental = req.mode === 'incremental'
+  return {
+    kind: 'fresh',
+    info: {
+      name: req.name,
+      stem: diskStem(req.name),
+      cycleId: req.cycleId,
+      mode: req.mode,
+      capacity: req.capacity,
+      baseSize: incremental ? x.facts.flatSize : 0,
+      target: incremental ? 'flat' : 'seed',
+      source: req.source,
+      ddb: req.ddb,
+      algorithm: req.algorithm,
+    },
+  }
+}

@@ -1,0 +1,100 @@
+import { readdir, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { isTempName, unlinkIfExists } from './fs-util.ts'
+import { entryExists } from './store-fs.ts'
+import { readJournal } from './journal.ts'
+import { readVmState } from './state-file.ts'
+import { listVms } from './store-admin.ts'
+import { VmMirror } from './vm-mirror.ts'
+import { VmPaths } from './vm-paths.ts'
+
+/** Remove leftover temporary files of interrupted atomic writes in `dir` (exactly their names, each removal logged). */
+async function removeTemps (dir: string, log: Logger): Promise<number> {
+  let n = 0
+  let entries: string[]
+  try {
+    entries = await readdir(dir)
+  } catch {
+    return 0
+  }
+  for (const e of entries) {
+    if (isTempName(e)) {
+      await rm(join(dir, e), { force: true })
+      log.info({ file: join(dir, e) }, 'temporary file of an interrupted write removed')
+      n++
+    }
+  }
+  return n
+}
+
+/** What recovery did to one VM. */
+export interface RecoveryReport {
+  readonly vm: string
+  readonly action: 'none' | 'rolled-forward' | 'rolled-back' | 'kept-for-resume' | 'failed'
+  readonly inflightCycle?: number
+  /** per in-flight disk, the seq a resume starts at (-1: no journal) */
+  readonly resume?: Readonly<Record<string, number>>
+  readonly error?: string
+}
+
+/**
+ * Start-up recovery of every VM in the store: finish commits past their
+ * commit point, keep interrupted applies (journal + state) so the same cycle
+ * can resume, finish interrupted rollbacks, cut torn journal tails, drop
+ * stray journals and temp files. With `abandonAfterMs`, interrupted cycles
+ * older than that are rolled back instead of kept.
+ */
+export async function recoverStore (storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
+  const reports: RecoveryReport[] = []
+  for (const vm of await listVms(storeDir)) {
+    const log = logger.child({ vm })
+    let m: VmMirror | undefined
+    try {
+      const paths = new VmPaths(storeDir, vm)
+      await removeTemps(paths.dir, log)
+      await removeTemps(paths.gdir, log)
+      await removeTemps(paths.incoming, log)
+      const before = await readVmState(paths)
+      m = await VmMirror.acquire(storeDir, vm, log, { create: false })
+      const rolled = before?.pending != null
+      const inflight = m.state.inflight
+      // stray journals: not listed in the state (crash between journal creation and state write)
+      const listed = new Set(Object.values(inflight?.disks ?? {}).map((d) => `${d.stem}.journal`))
+      for (const f of await readdir(paths.gdir)) {
+        if (f.endsWith('.journal') && !listed.has(f)) {
+          await unlinkIfExists(join(paths.gdir, f))
+          log.info({ journal: f }, 'stray journal removed')
+        }
+      }
+      const age = inflight === null ? 0 : Date.now() - Date.parse(inflight.startedAt)
+      if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => entryExists(paths.undoing(d.stem))))).some(Boolean)) {
+        const committedCycle = await m.rollback()
+        log.info({ cycle: inflight.cycle, committedCycle }, 'interrupted rollback completed')
+        reports.push({ vm, action: 'rolled-back' })
+      } else if (inflight !== null && opts.abandonAfterMs !== undefined && !(age < opts.abandonAfterMs)) {
+        // policy: an interrupted cycle nobody resumed in time is abandoned
+        const committedCycle = await m.rollback()
+        log.info({ cycle: inflight.cycle, committedCycle, ageMs: age }, 'abandoned cycle rolled back')
+        reports.push({ vm, action: 'rolled-back' })
+      } else if (inflight !== null) {
+        const resume: Record<string, number> = {}
+        for (const d of Object.values(inflight.disks)) {
+          const c = await readJournal(paths.journal(d.stem))
+          resume[d.name] = c === undefined ? -1 : (c.applied?.seq ?? -1) + 1
+        }
+        log.info({ cycle: inflight.cycle, resume }, 'interrupted cycle kept for resume or rollback')
+        reports.push({ vm, action: 'kept-for-resume', inflightCycle: inflight.cycle, resume })
+      } else {
+        if (rolled) log.info({ cycle: m.state.committedCycle }, 'interrupted commit completed')
+        reports.push({ vm, action: rolled ? 'rolled-forward' : 'none' })
+      }
+    } catch (err) {
+      log.error({ err, code: (err as { code?: unknown }).code }, 'recovery failed')
+      reports.push({ vm, action: 'failed', error: (err as Error).message })
+    } finally {
+      m?.release()
+    }
+  }
+  return reports
+}

@@ -1,0 +1,56 @@
+import { rename } from 'node:fs/promises'
+import { ReceiverError } from './errors.ts'
+import { fsyncDir, unlinkIfExists } from './fs-util.ts'
+import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
+import { faultPoint } from './fault.ts'
+import type { InflightCycle } from './state-file.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+async function readIfExists (path: string): Promise<JournalContents | undefined> {
+  try {
+    return await readJournal(path)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  }
+}
+
+/**
+ * Put every disk of an in-flight cycle back at its committed point: a seed's
+ * file is dropped (its resume point forgotten first); an in-place apply is
+ * undone from its journal, newest record first, and the flat cut back to its
+ * committed size. Idempotent: after a crash mid-undo, running it again
+ * finishes the job. The caller then clears the in-flight state.
+ */
+export async function undoInflight (paths: VmPaths, infl: InflightCycle): Promise<void> {
+  for (const d of Object.values(infl.disks)) {
+    const jpath = paths.journal(d.stem)
+    const contents = await readIfExists(jpath)
+    if (d.target === 'seed') {
+      // forget the resume point first, then the data it described
+      if (contents !== undefined) await resetJournal(jpath, contents.headEnd)
+      await unlinkIfExists(paths.seed(d.stem))
+      continue
+    }
+    // An undo in progress is marked by the journal's name (a rename needs
+    // no free space): a half-undone flat must never be resumed from the
+    // journal's markers; recovery and the next rollback finish the undo.
+    const upath = paths.undoing(d.stem)
+    let ucontents = await readIfExists(upath)
+    if (ucontents === undefined) {
+      if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`)
+      await rename(jpath, upath)
+      await fsyncDir(paths.gdir)
+      ucontents = contents
+    }
+    await undoJournal(upath, ucontents, paths.flat(d.stem))
+    faultPoint('rollback-undone')
+    // the flat is back at its committed point: forget the markers, so that
+    // a resume after a failed state write starts again at seq 0
+    await resetJournal(upath, ucontents.headEnd)
+    await rename(upath, jpath)
+    await fsyncDir(paths.gdir)
+    faultPoint('rollback-reset')
+  }
+  await fsyncDir(paths.dir)
+}

@@ -1,0 +1,27 @@
+import type { LocalCapabilities } from '@grainline/protocol'
+import type { RefusalLog } from './refusal-log.ts'
+
+/** Settings shared by all sessions of a receiver. */
+export interface SessionSettings {
+  readonly storeDir: string
+  /** `grainline-receiver/<version>`, sent in Welcome */
+  readonly software: string
+  readonly local: LocalCapabilities
+  readonly displaySuffix: string
+  /** flush a batch (journal, write, fsync, ack) at this many payload bytes */
+  readonly batchBytes: number
+  /** when the inbox runs dry mid-batch, wait this long for more extents before flushing, ms */
+  readonly batchIdleMs: number
+  /** pause the socket when this many inbound bytes wait to be processed */
+  readonly highWaterBytes: number
+  /** how long a session waits for a VM lock held by another session, ms */
+  readonly lockWaitMs: number
+  /** largest prefix a trivial check may digest, bytes */
+  readonly trivialMaxBytes: number
+  /** Hello must arrive within this many ms of the upgrade (E_TIMEOUT) */
+  readonly helloTimeoutMs: number
+  /** a session idle this long after Hello is ended (E_TIMEOUT), releasing its VM lock */
+  readonly idleTimeoutMs: number
+  /** where timeouts are logged, rate-limited */
+  readonly refusals: RefusalLog
+}

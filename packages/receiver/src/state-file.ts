@@ -1,0 +1,143 @@
+import type { CompatRecord, DigestAlgorithm, SourceIdentity } from '@grainline/protocol'
+import { ReceiverError, ioError } from './errors.ts'
+import { writeFileAtomic } from './fs-util.ts'
+import { ensureStoreDir, readStoreJson } from './store-fs.ts'
+import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** Result of the last trivial check or certify of a disk. */
+export interface VerifyRecord {
+  readonly ok: boolean
+  /** ISO time of the check */
+  readonly at: string
+  readonly algorithm: DigestAlgorithm
+  /** hex digest of the mirror */
+  readonly digest: string
+  /** bytes of the mirror digested */
+  readonly bytes: number
+}
+
+/** Per-disk committed state. */
+export interface DiskRecord {
+  /** source disk name, e.g. "web01_1.vmdk" */
+  readonly name: string
+  /** mirror file stem: `<stem>.vmdk`, `<stem>-flat.vmdk` */
+  readonly stem: string
+  readonly capacity: number
+  /** flat file size at commit */
+  readonly size: number
+  readonly cycle: number
+  readonly committedAt: string
+  readonly source: SourceIdentity
+  readonly cycleId: string
+  /** generation of the commit that last wrote this disk (SPEC §5.8); absent in state files older than generations ("": no incremental matches) */
+  readonly generation?: string
+  readonly mirrorCid: string
+  readonly ddb: Readonly<Record<string, string>>
+  readonly cycleDigest: { readonly algorithm: DigestAlgorithm, readonly digest: string }
+  readonly trivial?: VerifyRecord
+  readonly certify?: VerifyRecord
+  /**
+   * Set when a trivial check or certify found the mirror different from the
+   * source: no incremental is applied on it again (`E_DIVERGED`); the next
+   * seed's commit writes a record without it.
+   */
+  readonly diverged?: DivergedRecord
+}
+
+/** Why and when a mirror was found to differ from its source. */
+export interface DivergedRecord {
+  readonly reason: string
+  /** ISO time of the failed check */
+  readonly at: string
+}
+
+/** Per-disk in-flight (uncommitted) cycle. */
+export interface InflightDisk {
+  readonly name: string
+  readonly stem: string
+  readonly cycleId: string
+  readonly mode: 'seed' | 'incremental'
+  readonly capacity: number
+  /** flat size before the cycle (0 for a seed) */
+  readonly baseSize: number
+  /** `flat`: in place with undo journal; `seed`: a new `-flat.vmdk.seed` file renamed at commit */
+  readonly target: 'flat' | 'seed'
+  readonly source: SourceIdentity
+  readonly ddb: Readonly<Record<string, string>>
+  readonly algorithm: DigestAlgorithm
+}
+
+/** Roll-forward work after the commit point (state.json says committed). */
+export interface PendingCommit {
+  readonly cycle: number
+  /** seed files renamed over their flats (names relative to the VM folder) */
+  readonly renames: ReadonlyArray<{ readonly from: string, readonly to: string }>
+  /** disk names whose descriptors are rewritten */
+  readonly descriptors: readonly string[]
+  /** journal file names (in `.grainline`) retired as spares */
+  readonly journals: readonly string[]
+  /** whether the staged configuration files are installed */
+  readonly files: boolean
+}
+
+/** The cycle in flight. */
+export interface InflightCycle {
+  readonly cycle: number
+  readonly startedAt: string
+  readonly disks: Readonly<Record<string, InflightDisk>>
+}
+
+/**
+ * `.grainline/state.json`, the one file whose atomic replace is the commit
+ * point of a VM cycle. Written with {@link writeVmState} (temp file, fsync,
+ * rename, fsync dir).
+ */
+export interface VmStateFile {
+  readonly format: 1
+  readonly vm: string
+  /** the compatibility record of the last commit (SPEC §4.2); written at commit only */
+  readonly compat: CompatRecord | null
+  readonly committedCycle: number
+  readonly committedAt: string | null
+  /** generation of the last commit (SPEC §5.8); absent before the first commit or in state files older than generations */
+  readonly generation?: string
+  readonly displaySuffix: string
+  readonly disks: Readonly<Record<string, DiskRecord>>
+  readonly inflight: InflightCycle | null
+  readonly pending: PendingCommit | null
+  /** the references of the installed .vmx that pointed out of the mirror and were dropped or neutralised */
+  readonly vmxDropped?: readonly DroppedReference[]
+}
+
+/** The state of a VM that has never been written. */
+export function emptyState (vm: string): VmStateFile {
+  return { format: 1, vm, compat: null, committedCycle: 0, committedAt: null, displaySuffix: DEFAULT_DISPLAY_SUFFIX, disks: {}, inflight: null, pending: null }
+}
+
+/**
+ * Read a VM's state file (undefined when the VM has none).
+ * @throws ReceiverError E_STATE (not JSON, not a state file), E_IO
+ */
+export async function readVmState (paths: VmPaths): Promise<VmStateFile | undefined> {
+  let json: unknown
+  try {
+    json = await readStoreJson(paths.state)
+  } catch (err) {
+    if (err instanceof SyntaxError) throw new ReceiverError('E_STATE', `${paths.state} is not valid JSON: ${err.message}`)
+    if ((err as { code?: unknown }).code === 'E_STORE_FILE') throw err
+    throw ioError(err, `reading ${paths.state}`)
+  }
+  if (json === undefined) return undefined
+  const s = json as Partial<VmStateFile>
+  if (s.format !== 1 || typeof s.vm !== 'string' || typeof s.disks !== 'object' || s.disks === null) {
+    throw new ReceiverError('E_STATE', `${paths.state} is not a grainline state file`)
+  }
+  return { ...emptyState(s.vm), ...s } as VmStateFile
+}
+
+/** Replace a VM's state file atomically (creating `.grainline` if needed). */
+export async function writeVmState (paths: VmPaths, next: VmStateFile): Promise<void> {
+  await ensureStoreDir(paths.gdir)
+  await writeFileAtomic(paths.state, JSON.stringify(next, null, 1) + '\n')
+}

@@ -1,0 +1,133 @@
+/** Read-only and operator views of a store: listing, status, rollback (`grainline status`, `grainline mirror rollback`). */
+import { lstat, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { ReceiverError, ioError } from './errors.ts'
+import { entryExists } from './store-fs.ts'
+import { readJournal } from './journal.ts'
+import { inspectMirror } from './mirror-inspection.ts'
+import { mirrorModified } from './open-decision.ts'
+import { readVmState, type DivergedRecord, type VerifyRecord } from './state-file.ts'
+import type { DroppedReference } from './mirror-vmx.ts'
+import { VmMirror } from './vm-mirror.ts'
+import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
+
+/** List VM folders holding a grainline state file, sorted. A symbolic link in the store is not a VM folder. */
+export async function listVms (storeDir: string): Promise<string[]> {
+  let entries: string[]
+  try {
+    entries = await readdir(storeDir)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return []
+    throw ioError(err, `listing the store ${storeDir}`)
+  }
+  const out: string[] = []
+  for (const e of entries.sort()) {
+    const st = await lstat(join(storeDir, e)).catch(() => undefined)
+    if (st?.isDirectory() !== true) continue
+    if (await entryExists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)
+  }
+  return out
+}
+
+/** Roll a VM mirror back to its last committed point (`grainline mirror rollback`). */
+export async function rollbackMirror (storeDir: string, vm: string, logger?: Logger): Promise<{ vm: string, committedCycle: number, rolledBack: boolean }> {
+  const { default: pino } = await import('pino')
+  const log = logger ?? pino({ level: 'silent' })
+  const m = await VmMirror.acquire(storeDir, vm, log, { create: false }).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'E_NOT_FOUND') throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
+    throw err
+  })
+  try {
+    if (await readVmState(m.paths) === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
+    const had = m.state.inflight !== null
+    const committedCycle = await m.rollback()
+    return { vm, committedCycle, rolledBack: had }
+  } finally {
+    m.release()
+  }
+}
+
+/** Status of one disk (json-able). */
+export interface DiskStatus {
+  readonly name: string
+  readonly committedCycle: number
+  readonly committedAt: string | null
+  readonly capacity: number
+  readonly size: number
+  readonly mirrorCid: string
+  /** the descriptor CID or the flat size differ from the last commit (someone booted or edited the mirror) */
+  readonly modified: boolean
+  readonly trivial: VerifyRecord | null
+  readonly certify: VerifyRecord | null
+  /** a failed trivial check or certify: the next cycle must seed the disk */
+  readonly diverged: DivergedRecord | null
+  readonly inflight: { readonly cycle: number, readonly mode: string, readonly resumeSeq: number } | null
+}
+
+/** Status of one VM (json-able). */
+export interface VmStatus {
+  readonly vm: string
+  readonly committedCycle: number
+  readonly committedAt: string | null
+  /** generation of the last commit (SPEC §5.8), "" if none */
+  readonly generation: string
+  readonly inflightCycle: number
+  /** a commit to roll forward or a cycle in flight */
+  readonly needsRecovery: boolean
+  readonly disks: readonly DiskStatus[]
+  /** references of the installed .vmx that pointed out of the mirror, dropped or neutralised */
+  readonly vmxDropped: readonly DroppedReference[]
+  /** why the VM's state could not be read */
+  readonly error?: string
+}
+
+/** Per VM and disk status of a store (`grainline status`). Read-only. */
+export async function storeStatus (storeDir: string): Promise<{ store: string, vms: VmStatus[] }> {
+  const vms: VmStatus[] = []
+  for (const vm of await listVms(storeDir)) {
+    const paths = new VmPaths(storeDir, vm)
+    try {
+      const s = await readVmState(paths)
+      if (s === undefined) continue
+      const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
+      const disks: DiskStatus[] = []
+      for (const name of [...names].sort()) {
+        const rec = s.disks[name]
+        const inf = s.inflight?.disks[name]
+        const facts = await inspectMirror(paths, rec, inf)
+        let resumeSeq = 0
+        if (inf !== undefined) {
+          const c = await readJournal(paths.journal(inf.stem)).catch(() => undefined)
+          resumeSeq = (c?.applied?.seq ?? -1) + 1
+        }
+        disks.push({
+          name,
+          committedCycle: rec?.cycle ?? 0,
+          committedAt: rec?.committedAt ?? null,
+          capacity: rec?.capacity ?? inf?.capacity ?? 0,
+          size: facts.flatSize < 0 ? 0 : facts.flatSize,
+          mirrorCid: facts.cid,
+          modified: mirrorModified(rec, inf, facts),
+          trivial: rec?.trivial ?? null,
+          certify: rec?.certify ?? null,
+          diverged: rec?.diverged ?? null,
+          inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq },
+        })
+      }
+      vms.push({
+        vm,
+        committedCycle: s.committedCycle,
+        committedAt: s.committedAt,
+        generation: s.committedCycle > 0 ? s.generation ?? '' : '',
+        inflightCycle: s.inflight?.cycle ?? 0,
+        needsRecovery: s.pending !== null || s.inflight !== null,
+        disks,
+        vmxDropped: s.vmxDropped ?? [],
+      })
+    } catch (err) {
+      vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], error: (err as Error).message })
+    }
+  }
+  return { store: storeDir, vms }
+}

@@ -1,0 +1,173 @@
+/**
+ * How the receiver touches files of its store: never through a symbolic
+ * link, never blocking on a FIFO, never outside the store.
+ *
+ * Every store file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked with
+ * `fstat` to be a regular file; store folders are created one level at a time
+ * and checked with `lstat` to be real folders; a VM folder must resolve to
+ * `<store>/<vm>` itself. Anything else is a typed `E_STORE_FILE` error that
+ * names the path and what to do — not a hang, and not a write into another
+ * tenant's mirror or `/etc`.
+ */
+import { constants, type Stats } from 'node:fs'
+import { lstat, mkdir, open, readdir, realpath, type FileHandle } from 'node:fs/promises'
+import { basename, join } from 'node:path'
+import { ReceiverError } from './errors.ts'
+
+const { O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = constants
+
+/** How a store file is opened: `read` an existing file, `update` it in place, `create` a new one (it must not exist), `replace` (create or truncate). */
+export type StoreOpenMode = 'read' | 'update' | 'create' | 'replace'
+
+const FLAGS: Readonly<Record<StoreOpenMode, number>> = {
+  read: O_RDONLY,
+  update: O_RDWR,
+  create: O_RDWR | O_CREAT | O_EXCL,
+  replace: O_RDWR | O_CREAT | O_TRUNC,
+}
+
+function kindOf (st: Stats): string {
+  if (st.isSymbolicLink()) return 'a symbolic link'
+  if (st.isFIFO()) return 'a FIFO'
+  if (st.isDirectory()) return 'a folder'
+  if (st.isSocket()) return 'a socket'
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device'
+  return 'not a regular file'
+}
+
+/** The typed error for a store entry of the wrong kind. */
+export function storeFileError (path: string, what: string): ReceiverError {
+  return new ReceiverError('E_STORE_FILE', `${path} is ${what}: grainline never follows or opens it; remove it (or put the real file there), then retry`)
+}
+
+/**
+ * Open a file of the store: never through a symbolic link (`O_NOFOLLOW`),
+ * never blocking on a FIFO (`O_NONBLOCK`, then `fstat`: a regular file only).
+ * @throws ReceiverError E_STORE_FILE for a symlink, FIFO, folder or device; the file-system error otherwise (ENOENT, EEXIST, …)
+ */
+export async function openStoreFile (path: string, mode: StoreOpenMode, perm = 0o644): Promise<FileHandle> {
+  let fh: FileHandle
+  try {
+    fh = await open(path, FLAGS[mode] | O_NOFOLLOW | O_NONBLOCK, perm)
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (code === 'ELOOP') throw storeFileError(path, 'a symbolic link')
+    if (code === 'EISDIR') throw storeFileError(path, 'a folder')
+    throw err
+  }
+  try {
+    const st = await fh.stat()
+    if (!st.isFile()) throw storeFileError(path, kindOf(st))
+  } catch (err) {
+    await fh.close().catch(() => {})
+    throw err
+  }
+  return fh
+}
+
+/** Read a whole store file (see {@link openStoreFile}). */
+export async function readStoreFile (path: string): Promise<Buffer> {
+  const fh = await openStoreFile(path, 'read')
+  try {
+    return await fh.readFile()
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Read and parse a JSON store file; `undefined` when it does not exist. */
+export async function readStoreJson (path: string): Promise<unknown> {
+  let text: string
+  try {
+    text = (await readStoreFile(path)).toString('utf8')
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  }
+  return JSON.parse(text) as unknown
+}
+
+/** Whether anything (of any kind, a dangling link included) is at `path`; never follows or opens it. */
+export async function entryExists (path: string): Promise<boolean> {
+  try {
+    await lstat(path)
+    return true
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return false
+    throw err
+  }
+}
+
+/**
+ * The size of a regular store file, undefined when nothing is there.
+ * @throws ReceiverError E_STORE_FILE when something other than a regular file is there
+ */
+export async function regularFileSize (path: string): Promise<number | undefined> {
+  let st: Stats
+  try {
+    st = await lstat(path)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  }
+  if (!st.isFile()) throw storeFileError(path, kindOf(st))
+  return st.size
+}
+
+/**
+ * Make sure `path` is a real folder (created if missing, parent assumed
+ * checked): a symbolic link or a file there is refused.
+ * @throws ReceiverError E_STORE_FILE
+ */
+export async function ensureStoreDir (path: string): Promise<void> {
+  try {
+    await mkdir(path)
+    return
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'EEXIST') throw err
+  }
+  const st = await lstat(path)
+  if (!st.isDirectory()) throw storeFileError(path, kindOf(st))
+}
+
+/** Names in a store folder that is known to be real (empty when it does not exist). */
+export async function readStoreDir (path: string): Promise<string[]> {
+  try {
+    return await readdir(path)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return []
+    throw err
+  }
+}
+
+/** The identity of a VM folder: its device and inode (two names of one folder share it). */
+export interface FolderIdentity {
+  readonly key: string
+}
+
+/**
+ * Check (and with `create`, make) a VM folder `<store>/<vm>` and its
+ * `.grainline`: real folders, no symbolic link, resolving to a folder
+ * directly inside the store. Returns its identity.
+ * @throws ReceiverError E_STORE_FILE (a symlink, a file, a path leaving the store), E_NOT_FOUND (absent, without `create`)
+ */
+export async function checkVmDir (storeDir: string, dir: string, gdir: string, create: boolean): Promise<FolderIdentity> {
+  if (create) {
+    await mkdir(storeDir, { recursive: true })
+    await ensureStoreDir(dir)
+    await ensureStoreDir(gdir)
+  }
+  let st: Stats
+  try {
+    st = await lstat(dir)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_NOT_FOUND', `no mirror folder ${dir}`)
+    throw err
+  }
+  if (!st.isDirectory()) throw storeFileError(dir, kindOf(st))
+  const g = await lstat(gdir).catch((err: unknown) => { if ((err as { code?: unknown }).code === 'ENOENT') return undefined; throw err })
+  if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, kindOf(g))
+  const [real, root] = await Promise.all([realpath(dir), realpath(storeDir)])
+  if (real !== join(root, basename(dir))) throw storeFileError(dir, `outside the store (it resolves to ${real})`)
+  return { key: `${st.dev}:${st.ino}` }
+}

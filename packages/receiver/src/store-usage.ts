@@ -1,0 +1,39 @@
+/** How much of the store a token's mirrors take, and how much room is left (SPEC §7 E_NO_SPACE, E_QUOTA). */
+import { lstat, readdir, statfs } from 'node:fs/promises'
+import { join } from 'node:path'
+
+/** Free bytes of the file system holding `dir`, as an unprivileged user may use them. */
+export async function freeBytes (dir: string): Promise<number> {
+  const s = await statfs(dir)
+  return s.bavail * s.bsize
+}
+
+/** Bytes allocated (st_blocks × 512) by every file under `dir`, links not followed, sparse holes not counted. */
+export async function allocatedBytes (dir: string): Promise<number> {
+  let total = 0
+  let names: string[]
+  try {
+    names = await readdir(dir)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT' || (err as { code?: unknown }).code === 'ENOTDIR') return 0
+    throw err
+  }
+  for (const n of names) {
+    const p = join(dir, n)
+    const st = await lstat(p).catch(() => undefined)
+    if (st === undefined || st.isSymbolicLink()) continue
+    total += st.isDirectory() ? await allocatedBytes(p) : st.blocks * 512
+  }
+  return total
+}
+
+/** Bytes allocated by the mirrors of the VMs `covers` accepts (the folders of the store, links skipped). */
+export async function mirrorsUsage (storeDir: string, covers: (vm: string) => boolean): Promise<number> {
+  let total = 0
+  for (const vm of await readdir(storeDir).catch(() => [] as string[])) {
+    if (!covers(vm)) continue
+    const st = await lstat(join(storeDir, vm)).catch(() => undefined)
+    if (st?.isDirectory() === true) total += await allocatedBytes(join(storeDir, vm))
+  }
+  return total
+}

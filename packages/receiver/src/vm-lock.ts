@@ -1,0 +1,187 @@
+import { open, type FileHandle } from 'node:fs/promises'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
+import type { Logger } from 'pino'
+import { ReceiverError, ioError } from './errors.ts'
+import { unlinkIfExists } from './fs-util.ts'
+import { checkVmDir, readStoreFile } from './store-fs.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** Identities (device:inode) of the VM folders held by this process: two names of one folder (a bind mount, a case-insensitive file system) are one VM. */
+const held = new Set<string>()
+/**
+ * Folders whose lock file this process failed to remove (a read-only or full
+ * store): a lock naming our own pid there is ours and stale; anywhere else a
+ * lock naming our own pid is held.
+ */
+const leaked = new Set<string>()
+
+function processAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as { code?: unknown }).code === 'EPERM'
+  }
+}
+
+/** This boot's id (Linux), or '' where there is none. */
+function bootId (): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Start time of a process in clock ticks since boot (field 22 of
+ * /proc/<pid>/stat), '' where /proc cannot tell, undefined when it is gone.
+ */
+export function processStartTime (pid: number): string | undefined {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (code === 'ENOENT' || code === 'ESRCH') return existsSync('/proc/self/stat') ? undefined : ''
+    return ''
+  }
+  // "pid (comm) state ppid …": comm may hold spaces and parentheses
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  return rest[22 - 3] ?? ''
+}
+
+/** What the lock file says: `pid\nboot id\nstart time\n` (older locks: the pid only). */
+export function lockText (): string {
+  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
+}
+
+/**
+ * Whether the process that wrote a lock still holds it: its pid is alive
+ * and, when the lock records them, this is the same boot and the pid's
+ * process started at the recorded time (a pid reused after a reboot or in a
+ * container by an unrelated process does not hold the lock). A lock of this
+ * very process is held: it was taken through another name of the folder.
+ */
+export function lockHolderAlive (text: string): boolean {
+  const [pidText = '', boot = '', start = ''] = text.split('\n')
+  const pid = Number.parseInt(pidText, 10)
+  if (!Number.isSafeInteger(pid) || pid <= 0 || !processAlive(pid)) return false
+  if (boot !== '' && bootId() !== '' && boot !== bootId()) return false
+  if (start !== '') {
+    const now = processStartTime(pid)
+    if (now === undefined) return false
+    if (now !== '' && now !== start) return false
+  }
+  return true
+}
+
+/**
+ * Take the VM's lock file (`.grainline/lock`, created exclusively, holding
+ * our pid, boot id and process start time) so that two processes — a
+ * receiver and `grainline mirror rollback`, say — never write one mirror at
+ * once. A lock whose process is gone is taken over. Returns false when the
+ * VM folder does not exist yet (a first VmOpen creates it under the
+ * in-process lock) or the lock cannot be written for lack of space (a
+ * rollback must still work on a full disk).
+ */
+async function lockFile (paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let fh: FileHandle
+    try {
+      fh = await open(paths.lock, 'wx', 0o644)
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      if (code === 'ENOENT') return false
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS') {
+        log.warn({ vm, code }, 'VM lock file not written')
+        return false
+      }
+      if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
+      const text = await readStoreFile(paths.lock).then((b) => b.toString('utf8'), () => '')
+      const pid = Number.parseInt(text, 10)
+      if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+        throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
+      }
+      if (!Number.isSafeInteger(pid) && attempt === 0) {
+        // being written right now by its creator: look again shortly
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        continue
+      }
+      log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
+      leaked.delete(key)
+      try {
+        await unlinkIfExists(paths.lock)
+      } catch (e) {
+        // a read-only store: nobody can write it, ours to report when we try
+        if ((e as { code?: unknown }).code === 'EROFS') return false
+        throw ioError(e, 'taking over a stale VM lock')
+      }
+      continue
+    }
+    try {
+      await fh.writeFile(lockText())
+    } catch (err) {
+      log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
+    } finally {
+      await fh.close()
+    }
+    return true
+  }
+  throw new ReceiverError('E_BUSY', `VM ${vm}: could not take its lock`)
+}
+
+/**
+ * The write lock of one VM mirror: held in this process (one session per
+ * VM) and, across processes, by the lock file `.grainline/lock`.
+ */
+export class VmLock {
+  private readonly paths: VmPaths
+  private readonly vm: string
+  private readonly log: Logger
+  private readonly key: string
+  /** whether we created the lock file (false: the folder did not exist yet, or the disk is full) */
+  private fileLocked: boolean
+  private released = false
+
+  private constructor (paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean) {
+    this.paths = paths
+    this.vm = vm
+    this.log = log
+    this.key = key
+    this.fileLocked = fileLocked
+  }
+
+  /**
+   * Take the lock of a VM. The VM folder must be a real folder directly in
+   * the store (`create`: made if missing); the in-process lock is keyed on
+   * its identity, not its name.
+   * @throws ReceiverError E_BUSY when another session or process holds it, E_STORE_FILE, E_NOT_FOUND
+   */
+  static async take (paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
+    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true)
+    if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
+    held.add(key)
+    try {
+      return new VmLock(paths, vm, log, key, await lockFile(paths, vm, key, log))
+    } catch (err) {
+      held.delete(key)
+      throw err
+    }
+  }
+
+  /** Release the lock (idempotent; synchronous so that it also runs on abort paths). */
+  release (): void {
+    if (this.released) return
+    this.released = true
+    held.delete(this.key)
+    try {
+      if (this.fileLocked) rmSync(this.paths.lock, { force: true })
+    } catch (err) {
+      // a read-only or vanished store: the lock names our pid; this process takes it over, others once we are gone
+      leaked.add(this.key)
+      this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'VM lock file not removed')
+    }
+    this.fileLocked = false
+  }
+}

@@ -1,0 +1,284 @@
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
+import { ReceiverError, ioError } from './errors.ts'
+import { unlinkIfExists, writeFileAtomic, fsyncDir } from './fs-util.ts'
+import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
+import { Journal, readJournal, retireJournal } from './journal.ts'
+import { DiskApply } from './disk-apply.ts'
+import { commitState, newGeneration, rollForwardFiles } from './commit.ts'
+import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
+import { inspectMirror } from './mirror-inspection.ts'
+import { freeBytes, mirrorsUsage } from './store-usage.ts'
+import { undoInflight } from './rollback.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { VmLock } from './vm-lock.ts'
+import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
+import { faultPoint } from './fault.ts'
+
+/** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
+export interface OpenDiskResult {
+  readonly accepted: boolean
+  /** refusal code, "" when accepted */
+  readonly reason: string
+  /** why it was refused (logged) */
+  readonly message: string
+  readonly committedCycle: number
+  readonly committedSource: SourceIdentity | null
+  readonly mirrorCid: string
+  readonly modified: boolean
+  readonly apply?: DiskApply
+}
+
+/** What a DiskOpen is judged against besides the store: the session's VmOpen and token. */
+export interface OpenContext {
+  /** the VmOpen's compatibility record */
+  readonly compat: CompatRecord
+  /** disks open under accepted handles in this session */
+  readonly open?: Iterable<string>
+  /** the token's store quota, bytes, and which VMs' mirrors count towards it */
+  readonly quota?: { readonly bytes: number, readonly covers: (vm: string) => boolean }
+}
+
+/**
+ * A locked VM mirror: every mutation of one VM goes through here, one writer
+ * per VM (in this process and, by the lock file, across processes).
+ */
+export class VmMirror {
+  readonly paths: VmPaths
+  readonly vm: string
+  private current: VmStateFile
+  private readonly log: Logger
+  private readonly lock: VmLock
+
+  private constructor (paths: VmPaths, vm: string, state: VmStateFile, log: Logger, lock: VmLock) {
+    this.paths = paths
+    this.vm = vm
+    this.current = state
+    this.log = log
+    this.lock = lock
+  }
+
+  /** The VM's state as last written. */
+  get state (): VmStateFile { return this.current }
+
+  /**
+   * Lock and load a VM mirror, finishing a commit interrupted after its
+   * commit point. With `create: false` (rollback, recovery) the VM folder
+   * must exist already.
+   * @throws ReceiverError E_BUSY when another writer holds it, E_STORE_FILE, E_NOT_FOUND
+   */
+  static async acquire (storeDir: string, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmMirror> {
+    const paths = new VmPaths(storeDir, vm)
+    const lock = await VmLock.take(paths, vm, log, { create: opts.create !== false })
+    try {
+      const state = (await readVmState(paths)) ?? emptyState(vm)
+      const m = new VmMirror(paths, vm, state, log, lock)
+      if (state.pending !== null) await m.rollForward()
+      return m
+    } catch (err) {
+      lock.release()
+      throw err
+    }
+  }
+
+  /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
+  static async acquireWait (storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
+    const deadline = Date.now() + waitMs
+    for (;;) {
+      try {
+        return await VmMirror.acquire(storeDir, vm, log)
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
+      }
+      signal?.throwIfAborted()
+      await new Promise((resolve) => setTimeout(resolve, 25))
+    }
+  }
+
+  /** Release the VM's lock (idempotent). */
+  release (): void {
+    this.lock.release()
+  }
+
+  private async save (next: VmStateFile): Promise<void> {
+    await writeVmState(this.paths, next)
+    this.current = next
+  }
+
+  /** Create the folders and stage the VM's config files for the next commit. */
+  async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>): Promise<void> {
+    try {
+      await ensureStoreDir(this.paths.gdir)
+      await ensureStoreDir(this.paths.incoming)
+      for (const old of await readStoreDir(this.paths.incoming)) {
+        if (!files.some((f) => f.name === old)) await unlinkIfExists(join(this.paths.incoming, old))
+      }
+      for (const f of files) await writeFileAtomic(join(this.paths.incoming, f.name), f.data)
+    } catch (err) {
+      throw ioError(err, 'staging the VM configuration files')
+    }
+  }
+
+  /** Whether a mirror's compat record matches (true when there is none yet). */
+  compatible (compat: CompatRecord): boolean {
+    const c = this.current.compat
+    if (c === null) return true
+    return c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType
+  }
+
+  /**
+   * Throw E_BAD_NAME when a file the store generates for disk `name` (see
+   * `generatedNames`) is, ignoring case, also one of another disk of this VM
+   * (committed, in flight, or in `open`): `a.vmdk`, `a.VMDK` and `a` would
+   * share every file, `a-flat`'s descriptor would be `a.vmdk`'s flat (and
+   * names differing in case clash on case-insensitive file systems).
+   */
+  checkNames (name: string, open: Iterable<string> = []): void {
+    const mine = generatedNames(diskStem(name))
+    const key = (list: readonly string[]): Set<string> => new Set(list.map((n) => n.toLowerCase()))
+    const [mirror, state] = [key(mine.mirror), key(mine.state)]
+    const others = new Set([...Object.keys(this.current.disks), ...Object.keys(this.current.inflight?.disks ?? {}), ...open])
+    for (const other of others) {
+      if (other === name) continue
+      const theirs = generatedNames(diskStem(other))
+      const clash = theirs.mirror.find((n) => mirror.has(n.toLowerCase())) ?? theirs.state.find((n) => state.has(n.toLowerCase()))
+      if (clash !== undefined) {
+        throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} collides with disk ${JSON.stringify(other)} of VM ${this.vm}: both would use the file ${clash}`)
+      }
+    }
+  }
+
+  /**
+   * Inspect a disk and, if `decideOpen` accepts, open it for the cycle: a
+   * fresh apply (journal head durable → state lists the disk → target
+   * touched) or the resume of the interrupted one.
+   */
+  async openDisk (req: DiskOpenRequest, ctx: OpenContext): Promise<OpenDiskResult> {
+    this.checkNames(req.name, ctx.open)
+    const s = this.current
+    const rec = s.disks[req.name]
+    const inf = s.inflight?.disks[req.name]
+    const facts = await inspectMirror(this.paths, rec, inf)
+    const base = {
+      committedCycle: rec?.cycle ?? 0,
+      committedSource: rec?.source ?? null,
+      mirrorCid: rec === undefined ? '' : facts.cid,
+      modified: mirrorModified(rec, inf, facts),
+    }
+    const space = {
+      freeBytes: await freeBytes(this.paths.dir),
+      quotaBytes: ctx.quota?.bytes,
+      usedBytes: ctx.quota === undefined ? 0 : await mirrorsUsage(this.paths.store, ctx.quota.covers),
+    }
+    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req, compatible: this.compatible(ctx.compat), space })
+    if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
+    if (d.kind === 'fail') throw new ReceiverError(d.code, d.message)
+    if (d.kind === 'resume') {
+      const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
+      if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {
+        throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
+      }
+      const apply = await DiskApply.resume(this.paths, d.info, contents).catch((err: unknown) => { throw ioError(err, 'reopening the in-flight apply') })
+      this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
+      return { ...base, accepted: true, reason: '', message: '', apply }
+    }
+    const info = d.info
+    try {
+      await ensureStoreDir(this.paths.gdir)
+      // order: journal head durable → state lists the disk → target touched
+      const journal = await Journal.create(this.paths.journal(info.stem), {
+        cycleId: info.cycleId, cycle: req.cycle, name: info.name, mode: info.mode, capacity: info.capacity, baseSize: info.baseSize,
+      }, this.paths.spare(info.stem))
+      try {
+        const prev = s.inflight
+        await this.save({
+          ...s,
+          inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } },
+        })
+        const apply = await DiskApply.start(this.paths, info, journal)
+        return { ...base, accepted: true, reason: '', message: '', apply }
+      } catch (err) {
+        await journal.close().catch(() => {})
+        throw err
+      }
+    } catch (err) {
+      throw ioError(err, `opening disk ${req.name}`)
+    }
+  }
+
+  /**
+   * Commit sealed applies atomically: one state.json replace records every
+   * disk's new cycle, CID and size and the VmOpen's compat record (the commit
+   * point), then roll forward: seed renames, descriptors, .vmx and config
+   * files, journal removal.
+   */
+  async commit (cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
+    const infl = this.current.inflight
+    if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
+    const names = new Set(applies.map((a) => a.info.name))
+    for (const n of Object.keys(infl.disks)) {
+      if (!names.has(n)) throw new ReceiverError('E_UNEXPECTED', `disk ${n} of cycle ${cycle} was not sealed in this session; roll back first`)
+    }
+    let records: DiskRecord[]
+    try {
+      const sealed = []
+      for (const a of applies) {
+        if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
+        sealed.push({ info: a.info, size: await regularFileSize(a.targetPath) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
+      }
+      // SPEC §5.8: a new random generation for every commit, durable with it
+      const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
+      records = c.records
+      faultPoint('commit-before-state')
+      await this.save({ ...c.next, compat })
+    } catch (err) {
+      throw ioError(err, 'committing')
+    }
+    faultPoint('commit-after-state')
+    await Promise.allSettled(applies.map((a) => a.close()))
+    await this.rollForward()
+    return records
+  }
+
+  /** Finish a commit whose state.json is already written (idempotent). */
+  async rollForward (): Promise<void> {
+    const p = this.current.pending
+    if (p === null) return
+    try {
+      const { vmxDropped } = await rollForwardFiles(this.paths, this.current, this.log)
+      await this.save({ ...this.current, pending: null, ...(vmxDropped === undefined ? {} : { vmxDropped }) })
+    } catch (err) {
+      throw ioError(err, 'finishing a commit')
+    }
+    this.log.info({ vm: this.vm, cycle: p.cycle }, 'commit rolled forward')
+  }
+
+  /** Roll the VM back to its last committed point (undo every in-flight disk). */
+  async rollback (): Promise<number> {
+    const infl = this.current.inflight
+    if (infl === null) return this.current.committedCycle
+    try {
+      await undoInflight(this.paths, infl)
+      await this.save({ ...this.current, inflight: null })
+      for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
+      await fsyncDir(this.paths.gdir)
+    } catch (err) {
+      throw ioError(err, `rolling back VM ${this.vm}`)
+    }
+    this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back')
+    return this.current.committedCycle
+  }
+
+  /**
+   * Record a trivial-check or certify result; a failed one marks the disk
+   * diverged (no incremental on it until a seed is committed).
+   */
+  async recordVerify (name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
+    const rec = this.current.disks[name]
+    if (rec === undefined) return
+    const diverged = r.ok ? rec.diverged : { reason: `${kind === 'trivial' ? 'trivial check' : 'certify'} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
+    if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
+  }
+}

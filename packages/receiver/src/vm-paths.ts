@@ -1,0 +1,68 @@
+import { join } from 'node:path'
+
+/** Hidden folder inside each VM mirror holding grainline's own state. */
+export const STATE_DIR = '.grainline'
+/** The VM state file inside {@link STATE_DIR}. */
+export const STATE_FILE = 'state.json'
+const INCOMING = 'incoming'
+
+/** The file stem of a disk name: "web01_1.vmdk" → "web01_1". */
+export function diskStem (name: string): string {
+  return name.replace(/\.vmdk$/i, '')
+}
+
+/**
+ * Every file name the store generates for a disk stem, by folder: in the VM
+ * folder its descriptor, flat and seed; in `.grainline` its journal, spare
+ * and undo journal. Two disks of a VM may share none of them, ignoring case
+ * (`a.vmdk`'s flat is `a-flat.vmdk`, which is also disk `a-flat`'s descriptor).
+ */
+export function generatedNames (stem: string): { readonly mirror: readonly string[], readonly state: readonly string[] } {
+  return {
+    mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
+    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`],
+  }
+}
+
+/**
+ * Where every file of one VM mirror lives (the store layout of the README):
+ *
+ *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
+ *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], incoming/, lock
+ *
+ * Pure: builds paths, touches nothing.
+ */
+export class VmPaths {
+  /** the store folder */
+  readonly store: string
+  /** the mirror folder `STORE/<vm>` */
+  readonly dir: string
+  /** `STORE/<vm>/.grainline` */
+  readonly gdir: string
+  /** `STORE/<vm>/.grainline/state.json` */
+  readonly state: string
+  /** staged configuration files of the cycle in flight */
+  readonly incoming: string
+  constructor (storeDir: string, vm: string) {
+    this.store = storeDir
+    this.dir = join(storeDir, vm)
+    this.gdir = join(this.dir, STATE_DIR)
+    this.state = join(this.gdir, STATE_FILE)
+    this.incoming = join(this.gdir, INCOMING)
+  }
+
+  /** the mirror descriptor */
+  descriptor (stem: string): string { return join(this.dir, `${stem}.vmdk`) }
+  /** the flat image */
+  flat (stem: string): string { return join(this.dir, `${stem}-flat.vmdk`) }
+  /** a seed in progress, renamed over the flat at commit */
+  seed (stem: string): string { return join(this.dir, `${stem}-flat.vmdk.seed`) }
+  /** undo journal and resume point of the cycle in flight */
+  journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
+  /** a finished journal kept for reuse by the next cycle of the disk */
+  spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
+  /** held by the process writing the VM (its pid, boot id and start time inside) */
+  get lock (): string { return join(this.gdir, 'lock') }
+  /** the journal while a rollback undoes it */
+  undoing (stem: string): string { return join(this.gdir, `${stem}.journal.undo`) }
+}

@@ -1,0 +1,156 @@
+import t from 'tap'
+import { closeSync, openSync, readFileSync, readSync, statSync, statfsSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { CycleDigest, MessageKind, createDigest, initDigests } from '@grainline/protocol'
+import { VmMirror } from '../src/vm-mirror.ts'
+import { JOURNAL_PIECE } from '../src/journal.ts'
+import type { ApplyExtent } from '../src/disk-apply.ts'
+import { Agent, MiB, TOKEN, diskOpen, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
+
+/*
+ * Zero-extent amplification: one frame that grows a disk and one zero extent
+ * over all of it made the receiver write (and journal) gigabytes of zeros,
+ * going on after the sender left and delaying SIGTERM. Now grown space is
+ * left a hole, in-place zeroing stops between pieces when the session is
+ * aborted, a capacity increase must fit in the free space (E_NO_SPACE), and a
+ * token's mirrors stay within its quota (E_QUOTA).
+ */
+
+const log = pino({ level: 'silent' })
+const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
+
+t.test('a zero extent over grown space writes nothing there', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const img1 = pattern(MiB, 1)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-g', 1, [seedPlan(0, 'vm-g.vmdk', img1, '01'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  // grow 1 MiB → 256 MiB and zero all of it with ONE extent
+  const CAP = 256 * MiB
+  const plan = { ...incPlan(0, 'vm-g.vmdk', Buffer.alloc(0), 1, 'z', [], 'vm-g-000001.vmdk', 'vm-g-000002.vmdk'), capacity: CAP, extents: [{ offset: 0, length: CAP, zero: true }] }
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(b, 'vm-g', 2, [plan])
+  b.close()
+  t.equal(r.committed?.cycle, 2)
+  const flat = join(env.store, 'vm-g', 'vm-g-flat.vmdk')
+  const st = statSync(flat)
+  t.equal(st.size, CAP)
+  t.ok(st.blocks * 512 <= 2 * MiB, `the flat allocates ${st.blocks * 512} bytes, not ${CAP}: grown space stays a hole`)
+  const spare = statSync(join(env.store, 'vm-g', '.grainline', 'vm-g.journal.spare'))
+  t.ok(spare.size <= 2 * MiB, `the journal holds ${spare.size} bytes: only the committed MiB was journaled`)
+  const fd = openSync(flat, 'r')
+  const head = Buffer.alloc(2 * MiB, 1)
+  readSync(fd, head, 0, head.length, 0)
+  closeSync(fd)
+  t.ok(head.equals(Buffer.alloc(2 * MiB)), 'and it reads as zeros')
+})
+
+t.test('a capacity increase beyond the free space fails with E_NO_SPACE before any extent', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-n', 1, [seedPlan(0, 'vm-n.vmdk', pattern(MiB, 1), '01'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  const fs = statfsSync(env.store)
+  const huge = Math.ceil((fs.bavail * fs.bsize + 1024 * MiB) / MiB) * MiB
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  b.send(hello())
+  await b.expect(MessageKind.Welcome)
+  b.send(vmOpen('vm-n', 2, []))
+  const vs = await b.expect(MessageKind.VmState)
+  const plan = incPlan(0, 'vm-n.vmdk', Buffer.alloc(0), 1, 'z', [], 'vm-n-000001.vmdk', 'vm-n-000002.vmdk')
+  b.send(diskOpen({ ...plan, capacity: huge, extents: [{ offset: 0, length: huge, zero: true }] }, 2, 'vm-n', vs.generation))
+  t.same(await b.expectError(), { code: 'E_NO_SPACE', closeCode: 4507 })
+  t.equal(statSync(join(env.store, 'vm-n', 'vm-n-flat.vmdk')).size, MiB, 'the flat was not grown')
+})
+
+t.test("a token's mirrors stay within its quota", async (t) => {
+  const env = makeEnv(t.testdir())
+  const QUOTA = 3 * MiB
+  const tokensFile = join(env.dir, 'tokens-q.json')
+  writeFileSync(tokensFile, JSON.stringify({ tokens: [{ name: 'proxy-q', token: TOKEN, vms: ['q-*'], quota: '3M' }] }))
+  const { receiver, url } = await startReceiver({ ...env, tokensFile })
+  t.teardown(() => receiver.close())
+  const img = pattern(2 * MiB, 1)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, 'q-1', 1, [seedPlan(0, 'q-1.vmdk', img, '01'.repeat(8))])).committed?.cycle, 1, 'a first seed of 2 MiB fits in 3 MiB')
+  a.close()
+  await a.whenClosed()
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(b, 'q-2', 1, [seedPlan(0, 'q-2.vmdk', img, '02'.repeat(8))]).catch(() => {})
+  t.same(await b.expectError(), { code: 'E_QUOTA', closeCode: 4508 }, `a second one does not: 2 MiB + 2 MiB > ${QUOTA}`)
+  const ranges = [{ offset: 0, length: 64 * 1024 }]
+  const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const img2 = Buffer.from(img)
+  pattern(64 * 1024, 3).copy(img2)
+  const r = await runCycle(c, 'q-1', 2, [incPlan(0, 'q-1.vmdk', img2, 1, 'i', ranges, 'q-1-000001.vmdk', 'q-1-000002.vmdk')])
+  c.close()
+  t.equal(r.committed?.cycle, 2, 'an incremental that does not grow the disk adds nothing')
+})
+
+t.test('in-place zeroing stops between pieces when the session is aborted', async (t) => {
+  await initDigests()
+  const store = join(t.testdir(), 'store')
+  const CAP = 3 * JOURNAL_PIECE
+  const base = pattern(CAP, 7)
+  const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
+  let m = await VmMirror.acquire(store, 'vm', log)
+  const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const sa = s.apply
+  if (sa === undefined) throw new Error('seed refused')
+  const seedExt: ApplyExtent = { seq: 0, offset: 0, length: CAP, zero: false, data: base, digest: createDigest('sha256').update(base).digest() }
+  sa.accept(seedExt)
+  await sa.prepareBatch([seedExt])
+  await sa.writeBatch([seedExt])
+  const cd = new CycleDigest('sha256')
+  cd.add(seedExt)
+  await sa.end({ extents: 1, dataBytes: CAP, zeroBytes: 0, digest: cd.digest() })
+  await m.commit(1, [sa], '', compat)
+  const generation = m.state.generation as string
+  m.release()
+
+  m = await VmMirror.acquire(store, 'vm', log)
+  const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const a = r.apply
+  if (a === undefined) throw new Error(`refused ${r.reason}`)
+  const zero: ApplyExtent = { seq: 0, offset: 0, length: CAP, zero: true, data: undefined, digest: new Uint8Array(0) }
+  a.accept(zero)
+  await a.prepareBatch([zero])
+  const ctl = new AbortController()
+  const writing = a.writeBatch([zero], { signal: ctl.signal })
+  ctl.abort()
+  await t.rejects(writing, { name: 'AbortError' }, 'the write stops')
+  await a.close()
+  m.release()
+  const flat = readFileSync(join(store, 'vm', 'd-flat.vmdk'))
+  t.ok(flat.subarray(0, JOURNAL_PIECE).every((x) => x === 0), 'the piece under way was finished')
+  t.ok(flat.subarray(JOURNAL_PIECE).equals(base.subarray(JOURNAL_PIECE)), 'no piece after it was written')
+  // the journal holds the old contents: a rollback restores the committed image exactly
+  m = await VmMirror.acquire(store, 'vm', log)
+  await m.rollback()
+  m.release()
+  t.ok(readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(base), 'rolled back to the committed image')
+
+  // data extents are bounded by the batch: an abort does not stop them, so a disconnect keeps the batch's resume point
+  m = await VmMirror.acquire(store, 'vm', log)
+  const r2 = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '3'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const b = r2.apply
+  if (b === undefined) throw new Error(`refused ${r2.reason}`)
+  const data = [0, 1].map((seq): ApplyExtent => {
+    const bytes = pattern(64 * 1024, 50 + seq)
+    return { seq, offset: seq * 64 * 1024, length: bytes.length, zero: false, data: bytes, digest: createDigest('sha256').update(bytes).digest() }
+  })
+  for (const e of data) b.accept(e)
+  await b.prepareBatch(data)
+  const aborted = AbortSignal.abort()
+  await b.writeBatch(data, { signal: aborted })
+  t.equal(b.appliedSeq, 1, 'the batch of data extents finished and recorded its resume point')
+  await b.close()
+  m.release()
+})
