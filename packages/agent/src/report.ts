@@ -53,6 +53,21 @@ export interface ReplicationReport {
   startedAt: string
   finishedAt: string
   vms: VmReport[]
+  /** the run was stopped (a signal: `SIGINT`, `SIGTERM`), and why */
+  interrupted?: string
+  /** notifications sent after the run (e-mail, webhooks) and how they went */
+  notifications?: NotificationResult[]
+}
+
+/** One notification of a run. */
+export interface NotificationResult {
+  readonly kind: 'email' | 'webhook'
+  /** recipients or URL */
+  readonly target: string
+  readonly ok: boolean
+  /** attempts made (webhooks) */
+  readonly attempts?: number
+  readonly error?: string
 }
 
 /** A fresh VM report (nothing done yet). */
