@@ -28,7 +28,8 @@ interface ZodLikeIssue {
   readonly errors?: readonly (readonly ZodLikeIssue[])[]
 }
 
-const typeName = (v: unknown): string => v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v
+const typeName = (v: unknown): string => v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' && !Number.isFinite(v) ? String(v) : typeof v
+const EXPECTED: Readonly<Record<string, string>> = { int: 'a whole number', number: 'a number', string: 'a string', boolean: 'true or false', object: 'an object', array: 'an array' }
 
 /** A path as written in a file: `vms[2].certify`; `root` first (`job`, `esxi.json`, `--flag`). */
 export function formatIssuePath (root: string, path: readonly PropertyKey[]): string {
@@ -49,7 +50,7 @@ export function issueMessage (issue: ZodLikeIssue, input?: unknown): string {
         ? `expected one of ${issue.values.map(String).join('|')}${input !== undefined ? `, got ${JSON.stringify(input)}` : ''}`
         : issue.message
     case 'invalid_type':
-      return input === undefined ? 'is required' : `expected ${issue.expected ?? 'another type'}, got ${typeName(input)}`
+      return input === undefined ? 'is required' : `expected ${EXPECTED[issue.expected ?? ''] ?? issue.expected ?? 'another type'}, got ${typeName(input)}`
     case 'too_small':
       if (issue.origin === 'array') return `needs at least ${String(issue.minimum)} entr${issue.minimum === 1 ? 'y' : 'ies'}`
       if (issue.origin === 'string') return 'must not be empty'
@@ -64,7 +65,7 @@ export function issueMessage (issue: ZodLikeIssue, input?: unknown): string {
       const best = branches.map((b) => b[0]).filter((b): b is ZodLikeIssue => b !== undefined).find((b) => b.path.length > 0)
       if (best !== undefined) return issueMessage(best)
       const expected = branches.map((b) => b[0]?.expected).filter((e): e is string => e !== undefined)
-      return expected.length > 0 ? `expected ${[...new Set(expected)].join(' or ')}${input !== undefined ? `, got ${typeName(input)}` : ''}` : issue.message
+      return expected.length > 0 ? `expected ${[...new Set(expected.map((e) => EXPECTED[e] ?? e))].join(' or ')}${input !== undefined ? `, got ${typeName(input)}` : ''}` : issue.message
     }
     default:
       return issue.message
