@@ -29,6 +29,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
 import { pino } from 'pino'
+import { receiverMain } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -57,16 +58,25 @@ const sec = (ms) => (ms / 1000).toFixed(2)
 // receiver process with TLS
 const key = join(dir, 'k.pem')
 const cert = join(dir, 'c.pem')
-execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
-  '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1', '-keyout', key, '-out', cert], { stdio: 'ignore' })
+execFileSync(
+  'openssl',
+  ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1', '-keyout', key, '-out', cert],
+  { stdio: 'ignore' },
+)
 const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [process.env.GRAINLINE_RECEIVER_MAIN ?? join(root, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store,
-  '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] })
+const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+})
 const port = await new Promise((resolve, reject) => {
-  createInterface({ input: rx.stdout }).on('line', (l) => { try { const ev = JSON.parse(l); if (ev.event === 'listening') resolve(ev.port) } catch {} })
+  createInterface({ input: rx.stdout }).on('line', (l) => {
+    try {
+      const ev = JSON.parse(l)
+      if (ev.event === 'listening') resolve(ev.port)
+    } catch {}
+  })
   rx.once('exit', (c) => reject(new Error(`receiver exited ${c}`)))
 })
 const cleanup = async () => {
@@ -74,11 +84,15 @@ const cleanup = async () => {
   await once(rx, 'exit').catch(() => {})
   if (!values.keep) rmSync(dir, { recursive: true, force: true })
 }
-process.on('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
+process.on('SIGINT', () => {
+  void cleanup().then(() => process.exit(130))
+})
 
 const logger = pino({ level: 'warn' })
 const worker = join(dir, 'agent-worker.mjs')
-writeFileSync(worker, `
+writeFileSync(
+  worker,
+  `
 import { readFileSync } from 'node:fs'
 import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
 import { replicate } from ${JSON.stringify(new URL('../packages/agent/dist/src/index.js', import.meta.url).href)}
@@ -90,8 +104,18 @@ const timer = setInterval(sample, 20)
 const report = await replicate({ logger: pino({ level: 'warn' }, pino.destination(2)) }, init)
 clearInterval(timer)
 process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS, peak }))
-`)
-const init = { to: `wss://127.0.0.1:${port}`, token, ca: readFileSync(cert), stateDir: join(dir, 'agent-state'), deltaFormat: values.format, progress: 'none', trivialMiB: 16, compress: process.env.BENCH_COMPRESS ?? 'lz4' }
+`,
+)
+const init = {
+  to: `wss://127.0.0.1:${port}`,
+  token,
+  ca: readFileSync(cert),
+  stateDir: join(dir, 'agent-state'),
+  deltaFormat: values.format,
+  progress: 'none',
+  trivialMiB: 16,
+  compress: process.env.BENCH_COMPRESS ?? 'lz4',
+}
 
 try {
   log(`# ${values['size-gib']} GiB disk, ${values.format} deltas, dir ${dir}`)
@@ -106,14 +130,19 @@ try {
   const mirror = join(store, 'bench', 'bench-flat.vmdk')
   const rows = []
   for (const [i, rate] of rates.entries()) {
-    const bytes = Math.round(size * rate / 100 / 65536) * 65536
+    const bytes = Math.round((size * rate) / 100 / 65536) * 65536
     t0 = performance.now()
     const writes = await simulateGuestWrites(vm.vmxPath, { bytes, writeSize: 65536, seed: 10 + i, zeroFraction: 0 })
     log(`\n## ${rate}% changed: ${(bytes / MiB).toFixed(0)} MiB in ${writes.length} writes of 64 KiB (guest writes took ${sec(performance.now() - t0)} s)`)
     // the equivalent flat images for rsync: source = the view the cycle will ship; target = the mirror before the cycle
     const src = join(dir, 'src.raw')
     const dst = join(dir, 'dst.raw')
-    const top = join(vm.dir, execFileSync('sh', ['-c', `grep -i 'scsi0:0.fileName' "${vm.vmxPath}" | sed 's/.*= "\\(.*\\)"/\\1/'`]).toString().trim())
+    const top = join(
+      vm.dir,
+      execFileSync('sh', ['-c', `grep -i 'scsi0:0.fileName' "${vm.vmxPath}" | sed 's/.*= "\\(.*\\)"/\\1/'`])
+        .toString()
+        .trim(),
+    )
     if (!values['skip-rsync']) {
       await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, src])
       await exec('cp', ['--sparse=always', mirror, dst])
@@ -122,17 +151,27 @@ try {
 
     // the cycle runs in a fresh agent process so that its peak RSS is the agent's alone
     t0 = performance.now()
-    const { stdout } = await exec(process.execPath, [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
+    const { stdout } = await exec(
+      process.execPath,
+      [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })],
+      { maxBuffer: 64 << 20 },
+    )
     const processMs = performance.now() - t0
     const { report: r, maxRssKiB, peak: mem } = JSON.parse(stdout)
-    log(`agent memory peaks (MiB): ${Object.entries(mem).map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`).join(', ')}`)
+    log(
+      `agent memory peaks (MiB): ${Object.entries(mem)
+        .map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`)
+        .join(', ')}`,
+    )
     // replicate() end to end inside the agent (node start-up and module loading excluded; printed apart)
     const cycleMs = r.vms[0].durationMs
     log(`agent process wall time ${sec(processMs)} s (includes node start-up)`)
     const peak = maxRssKiB * 1024
     if (!r.ok) throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
     const d = r.vms[0].disks[0]
-    log(`cycle: ${sec(cycleMs)} s — ${d.extents} extents, ${(d.dataBytes / MiB).toFixed(1)} MiB data, ${(d.wireBytes / MiB).toFixed(1)} MiB on the wire, trivial ${d.trivial?.ok}; ms ${JSON.stringify(r.vms[0].timings)}`)
+    log(
+      `cycle: ${sec(cycleMs)} s — ${d.extents} extents, ${(d.dataBytes / MiB).toFixed(1)} MiB data, ${(d.wireBytes / MiB).toFixed(1)} MiB on the wire, trivial ${d.trivial?.ok}; ms ${JSON.stringify(r.vms[0].timings)}`,
+    )
 
     t0 = performance.now()
     if (!values['skip-rsync']) await exec('rsync', ['--inplace', '--no-whole-file', '-I', src, dst], { maxBuffer: 1 << 20 })
@@ -154,16 +193,21 @@ try {
     for (const w of writes) await f.write(buf, 0, buf.length, w.offset)
     await f.datasync()
     const floorMs = performance.now() - t0
-    await j.close(); await f.close()
-    rmSync(floorFile); rmSync(join(dir, 'floor.journal'))
+    await j.close()
+    await f.close()
+    rmSync(floorFile)
+    rmSync(join(dir, 'floor.journal'))
     log(`floor: ${sec(floorMs)} s`)
-    rmSync(src, { force: true }); rmSync(dst, { force: true })
+    rmSync(src, { force: true })
+    rmSync(dst, { force: true })
     rows.push({ rate, mib: bytes / MiB, cycleMs, rsyncMs, floorMs, rssMiB: peak / MiB })
   }
   console.log(`\n| changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | agent peak RSS (own process) |`)
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of rows) {
-    console.log(`| ${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB |`)
+    console.log(
+      `| ${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB |`,
+    )
   }
 } finally {
   await cleanup()

@@ -37,12 +37,18 @@ const packr = new Packr({ useRecords: false })
 const frame = encodeMessage(extent(1))
 
 const cases = {
-  codec: (i) => { const m = decodeMessage(encodeMessage(extent(i))); return m.data.length },
+  codec: (i) => {
+    const m = decodeMessage(encodeMessage(extent(i)))
+    return m.data.length
+  },
   baseline: () => Buffer.from(payload).length,
   encode: (i) => encodeMessage(extent(i)).length,
   parts: (i) => encodeMessageParts(extent(i)).length,
   decode: () => decodeMessage(frame).data.length,
-  msgpackr: (i) => { const { kind, ...fields } = extent(i); return packr.unpack(packr.pack(fields)).data.length }
+  msgpackr: (i) => {
+    const { kind, ...fields } = extent(i)
+    return packr.unpack(packr.pack(fields)).data.length
+  },
 }
 const label = {
   codec: 'grainline encode+decode',
@@ -50,12 +56,12 @@ const label = {
   encode: 'grainline encode only',
   parts: 'grainline encodeMessageParts only',
   decode: 'grainline decode only',
-  msgpackr: 'msgpackr pack+unpack (records off)'
+  msgpackr: 'msgpackr pack+unpack (records off)',
 }
 
 let sink = 0
 /** one round: perRound extents through `fn`; returns {gbs, cpuGbs} */
-function round (fn) {
+function round(fn) {
   const c0 = process.cpuUsage()
   const t0 = process.hrtime.bigint()
   for (let i = 0; i < perRound; i++) sink += fn(i)
@@ -64,7 +70,11 @@ function round (fn) {
   const bytes = perRound * MiB
   return { gbs: bytes / wall / 1e9, cpuGbs: bytes / ((c.user + c.system) / 1e6) / 1e9 }
 }
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2 }
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const n = s.length
+  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+}
 const fmt = (x) => x.toFixed(2).padStart(7)
 
 const load0 = loadavg()
@@ -90,17 +100,24 @@ for (const [k, rs] of Object.entries(res)) {
   console.log(`${label[k].padEnd(38)} ${fmt(med[k])} GB/s wall (median; rounds ${lo.toFixed(2)}–${hi.toFixed(2)}) ${fmt(cpu)} GB/s per CPU-second`)
 }
 const pairRatios = res.codec.map((c, i) => c.gbs / res.baseline[i].gbs)
-const q = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
-console.log(`ratio codec/baseline: ${median(pairRatios).toFixed(2)} (median of the ${ROUNDS} A/B pairs; quartiles ${q(pairRatios, 0.25).toFixed(2)}–${q(pairRatios, 0.75).toFixed(2)}); ${(med.codec / med.baseline).toFixed(2)} (ratio of the medians)`)
+const q = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))]
+}
+console.log(
+  `ratio codec/baseline: ${median(pairRatios).toFixed(2)} (median of the ${ROUNDS} A/B pairs; quartiles ${q(pairRatios, 0.25).toFixed(2)}–${q(pairRatios, 0.75).toFixed(2)}); ${(med.codec / med.baseline).toFixed(2)} (ratio of the medians)`,
+)
 {
   // copies: count the buffers that hold a copy of the payload after one encode and one decode
   const f = encodeMessage(extent(7))
   const m = decodeMessage(f)
   const view = m.data.buffer === f.buffer && m.data.byteOffset >= f.byteOffset && m.data.byteOffset + m.data.length <= f.byteOffset + f.length
   const sameBytes = Buffer.compare(m.data, payload) === 0
-  console.log(`copies: encode writes the payload once into a ${f.buffer.byteLength}-byte backing store for a ${f.length}-byte frame (${(f.buffer.byteLength / f.length).toFixed(4)}x); decode returns ${view ? 'a view into the frame (0 copies)' : 'A COPY'}${sameBytes ? '' : ' — PAYLOAD DIFFERS'}`)
+  console.log(
+    `copies: encode writes the payload once into a ${f.buffer.byteLength}-byte backing store for a ${f.length}-byte frame (${(f.buffer.byteLength / f.length).toFixed(4)}x); decode returns ${view ? 'a view into the frame (0 copies)' : 'A COPY'}${sameBytes ? '' : ' — PAYLOAD DIFFERS'}`,
+  )
   const p = encodeMessageParts(extent(7))
-  console.log(`copies: encodeMessageParts returns ${p.length} chunks, the payload chunk ${p[1] === payload ? 'is the caller\'s buffer (0 copies)' : 'IS A COPY'}`)
+  console.log(`copies: encodeMessageParts returns ${p.length} chunks, the payload chunk ${p[1] === payload ? "is the caller's buffer (0 copies)" : 'IS A COPY'}`)
   const keep = Array.from({ length: 64 }, (_, i) => encodeMessage(extent(i)))
   const stores = new Set(keep.map((x) => x.buffer))
   const storeBytes = [...stores].reduce((n, ab) => n + ab.byteLength, 0)
@@ -108,5 +125,9 @@ console.log(`ratio codec/baseline: ${median(pairRatios).toFixed(2)} (median of t
   console.log(`allocation: 64 frames held in ${stores.size} backing stores of ${(storeBytes / frameBytes).toFixed(4)}x their size`)
 }
 if (sink < 0) console.log(sink)
-console.log(`load average at the end ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+console.log(
+  `load average at the end ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')}`,
+)
 console.log(`target ≥ 2 GB/s: ${med.codec >= 2 ? 'met' : 'NOT met'} (codec median ${med.codec.toFixed(2)} GB/s)`)

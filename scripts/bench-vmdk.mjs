@@ -31,7 +31,7 @@ const GiB = 1024 ** 3
 const MiB = 1024 ** 2
 const self = fileURLToPath(import.meta.url)
 
-function prng (seed) {
+function prng(seed) {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
@@ -43,7 +43,7 @@ function prng (seed) {
 }
 
 /** the SEsparse extent file of a one-extent delta descriptor, and its header figures in bytes */
-function seSparseInfo (top) {
+function seSparseInfo(top) {
   const m = /SESPARSE\s+"([^"]+)"/.exec(readFileSync(top, 'utf8'))
   if (!m) throw new Error(`${top}: no SESPARSE extent line`)
   const file = join(dirname(top), m[1])
@@ -55,35 +55,40 @@ function seSparseInfo (top) {
     readSync(fd, b, 0, 512, h.volatileHeaderOffset * 512)
     const v = vmdk.parseSeSparseVolatileHeader(b, file)
     return { file, gtBytes: v.freeGtNumber * h.grainTableSize * 512, gts: v.freeGtNumber, gtStart: h.grainTablesOffset * 512, grainsStart: h.grainsOffset * 512 }
-  } finally { closeSync(fd) }
+  } finally {
+    closeSync(fd)
+  }
 }
 
 const rss = () => process.resourceUsage().maxRSS / 1024
 
-async function measureMap (top) {
+async function measureMap(top) {
   const c0 = process.cpuUsage()
   const t0 = performance.now()
   const chain = await vmdk.openChain(top)
   let entries = 0
-  for await (const e of chain.map()) entries++
+  for await (const _e of chain.map()) entries++
   const tMap = performance.now() - t0
   const cpu = process.cpuUsage(c0)
   await chain.close()
   return { seconds: tMap / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, entries, maxRssMB: rss() }
 }
 
-async function measureChanged (top) {
+async function measureChanged(top) {
   const t0 = performance.now()
   const chain = await vmdk.openChain(top)
   let ranges = 0
   let bytes = 0
-  for await (const r of chain.changedRanges(0)) { ranges++; bytes += r.length }
+  for await (const r of chain.changedRanges(0)) {
+    ranges++
+    bytes += r.length
+  }
   const s = (performance.now() - t0) / 1000
   await chain.close()
   return { seconds: s, ranges, changedBytes: bytes, maxRssMB: rss() }
 }
 
-async function measureRead (top) {
+async function measureRead(top) {
   const chain = await vmdk.openChain(top)
   const ranges = []
   for await (const r of chain.changedRanges(0)) if (!r.zero) ranges.push(r)
@@ -103,7 +108,7 @@ async function measureRead (top) {
 }
 
 /** baseline: sequential fs.read of `bytes` bytes of `file` from `start`, `chunk` bytes at a time */
-function measureRaw (file, start, bytes, chunk) {
+function measureRaw(file, start, bytes, chunk) {
   const buf = Buffer.allocUnsafe(chunk)
   const t0 = performance.now()
   const fd = openSync(file, 'r')
@@ -119,31 +124,43 @@ function measureRaw (file, start, bytes, chunk) {
 
 if (process.argv[2] === '--child') {
   const [, , , what, ...a] = process.argv
-  const res = what === 'map'
-    ? await measureMap(a[0])
-    : what === 'changed'
-      ? await measureChanged(a[0])
-      : what === 'read' ? await measureRead(a[0]) : measureRaw(a[0], Number(a[1]), Number(a[2]), Number(a[3]))
+  const res =
+    what === 'map' ? await measureMap(a[0]) : what === 'changed' ? await measureChanged(a[0]) : what === 'read' ? await measureRead(a[0]) : measureRaw(a[0], Number(a[1]), Number(a[2]), Number(a[3]))
   process.stdout.write(JSON.stringify(res))
   process.exit(0)
 }
 
-function child (...args) {
+function child(...args) {
   const r = spawnSync(process.execPath, [self, '--child', ...args.map(String)], { encoding: 'utf8', maxBuffer: 64 * MiB })
   if (r.status !== 0) throw new Error(r.stderr)
   return JSON.parse(r.stdout)
 }
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2 }
-const load = () => `load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} on ${cpus().length} CPUs`
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const n = s.length
+  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+}
+const load = () =>
+  `load average ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')} on ${cpus().length} CPUs`
 /** interleave two child measurements A B A B … after one warm-up of each; returns the rounds */
-function interleave (a, b, rounds) {
-  child(...a); child(...b)
+function interleave(a, b, rounds) {
+  child(...a)
+  child(...b)
   const ra = []
   const rb = []
-  for (let i = 0; i < rounds; i++) { ra.push(child(...a)); rb.push(child(...b)) }
+  for (let i = 0; i < rounds; i++) {
+    ra.push(child(...a))
+    rb.push(child(...b))
+  }
   return [ra, rb]
 }
-const list = (rs, f) => rs.map(f).map((x) => x.toFixed(2)).join(' ')
+const list = (rs, f) =>
+  rs
+    .map(f)
+    .map((x) => x.toFixed(2))
+    .join(' ')
 
 const dir = process.argv[2] ?? mkdtempSync(join(tmpdir(), 'bench-vmdk-'))
 const ROUNDS = Math.max(3, Number(process.argv[3] ?? 5))
@@ -178,8 +195,12 @@ try {
   const mapS = median(maps.map((r) => r.seconds))
   const rawS = median(raws.map((r) => r.seconds))
   const mapRss = Math.max(...maps.map((r) => r.maxRssMB))
-  console.log(`map (2 TiB, 100k grains, fresh process): median ${mapS.toFixed(2)} s wall (rounds ${list(maps, (r) => r.seconds)}), ${median(maps.map((r) => r.cpuSeconds)).toFixed(2)} s CPU, ${maps[0].entries} entries, max RSS ${mapRss.toFixed(0)} MB (largest of the rounds)`)
-  console.log(`baseline: sequential fs.read of the same ${(big.gtBytes / MiB).toFixed(0)} MiB of grain tables in 4 MiB reads: median ${rawS.toFixed(2)} s (rounds ${list(raws, (r) => r.seconds)}), max RSS ${Math.max(...raws.map((r) => r.maxRssMB)).toFixed(0)} MB`)
+  console.log(
+    `map (2 TiB, 100k grains, fresh process): median ${mapS.toFixed(2)} s wall (rounds ${list(maps, (r) => r.seconds)}), ${median(maps.map((r) => r.cpuSeconds)).toFixed(2)} s CPU, ${maps[0].entries} entries, max RSS ${mapRss.toFixed(0)} MB (largest of the rounds)`,
+  )
+  console.log(
+    `baseline: sequential fs.read of the same ${(big.gtBytes / MiB).toFixed(0)} MiB of grain tables in 4 MiB reads: median ${rawS.toFixed(2)} s (rounds ${list(raws, (r) => r.seconds)}), max RSS ${Math.max(...raws.map((r) => r.maxRssMB)).toFixed(0)} MB`,
+  )
   console.log(`ratio map/raw grain-table read: ${(mapS / rawS).toFixed(2)} (time; >1 = slower than the raw read)`)
   const ch = child('changed', top)
   console.log(`changedRanges(0) alone, fresh process: ${ch.seconds.toFixed(2)} s, ${ch.ranges} ranges, ${(ch.changedBytes / MiB).toFixed(0)} MiB`)
@@ -207,7 +228,9 @@ try {
       console.log(`baseline: qemu-img map --output=json, ${what}: ${qs.toFixed(2)} s, ${lines.length} entries (${qData} data from the delta); ratio map/qemu-img ${(mapS / qs).toFixed(3)}`)
     } else {
       const frac = reached / (2 * 1024 * GiB)
-      console.log(`baseline: qemu-img map --output=json, ${what}: did NOT finish in ${QEMU_SECONDS} s (stopped); it had mapped ${(reached / GiB).toFixed(0)} GiB of 2048 GiB (${(frac * 100).toFixed(1)} %, ${qData} data entries from the delta) = ${(reached / GiB / qs).toFixed(2)} GiB/s; at that rate the whole disk would take ~${(qs / frac).toFixed(0)} s (extrapolated, not measured); ratio map/qemu-img < ${(mapS / qs).toFixed(3)}`)
+      console.log(
+        `baseline: qemu-img map --output=json, ${what}: did NOT finish in ${QEMU_SECONDS} s (stopped); it had mapped ${(reached / GiB).toFixed(0)} GiB of 2048 GiB (${(frac * 100).toFixed(1)} %, ${qData} data entries from the delta) = ${(reached / GiB / qs).toFixed(2)} GiB/s; at that rate the whole disk would take ~${(qs / frac).toFixed(0)} s (extrapolated, not measured); ratio map/qemu-img < ${(mapS / qs).toFixed(3)}`,
+      )
     }
   }
   qemuMap('the delta over its sparse flat parent', top)
@@ -220,8 +243,12 @@ try {
   const [rs, rsRaw] = interleave(['read', top], ['raw', big.file, big.grainsStart, 100000 * 4096, 16 * MiB], ROUNDS)
   const rsG = median(rs.map((r) => r.bytes / r.seconds / 1e9))
   const rsRawG = median(rsRaw.map((r) => r.bytes / r.seconds / 1e9))
-  console.log(`read the 100,000 scattered grains through the chain, range by range: median ${rsG.toFixed(2)} GB/s (rounds ${list(rs, (r) => r.bytes / r.seconds / 1e9)}; ${(rs[0].bytes / MiB).toFixed(0)} MiB in ${rs[0].ranges} ranges)`)
-  console.log(`baseline: sequential fs.read of the same ${(rs[0].bytes / MiB).toFixed(0)} MiB from the grains area, 16 MiB reads: median ${rsRawG.toFixed(2)} GB/s (rounds ${list(rsRaw, (r) => r.bytes / r.seconds / 1e9)}); ratio ${(rsG / rsRawG).toFixed(2)}`)
+  console.log(
+    `read the 100,000 scattered grains through the chain, range by range: median ${rsG.toFixed(2)} GB/s (rounds ${list(rs, (r) => r.bytes / r.seconds / 1e9)}; ${(rs[0].bytes / MiB).toFixed(0)} MiB in ${rs[0].ranges} ranges)`,
+  )
+  console.log(
+    `baseline: sequential fs.read of the same ${(rs[0].bytes / MiB).toFixed(0)} MiB from the grains area, 16 MiB reads: median ${rsRawG.toFixed(2)} GB/s (rounds ${list(rsRaw, (r) => r.bytes / r.seconds / 1e9)}); ratio ${(rsG / rsRawG).toFixed(2)}`,
+  )
 
   // 2. a delta with 1 GiB of changed data in 8 MiB runs, on a 64 GiB disk
   const base2 = join(dir, 'seq.vmdk')
@@ -232,7 +259,7 @@ try {
     t0 = performance.now()
     const w2 = await vmdk.openWriter(top2)
     const chunk = Buffer.alloc(8 * MiB, 0xcd)
-    for (let i = 0; i < 128; i++) await w2.write(Math.floor(rand() * (64 * GiB / (8 * MiB))) * 8 * MiB, chunk)
+    for (let i = 0; i < 128; i++) await w2.write(Math.floor(rand() * ((64 * GiB) / (8 * MiB))) * 8 * MiB, chunk)
     await w2.close()
     console.log(`setup: 128 runs of 8 MiB (random positions, overlaps possible) written in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   }
@@ -241,8 +268,12 @@ try {
   const [r2, r2Raw] = interleave(['read', top2], ['raw', seq.file, seq.grainsStart, probe.bytes, 16 * MiB], ROUNDS)
   const r2G = median(r2.map((r) => r.bytes / r.seconds / 1e9))
   const r2RawG = median(r2Raw.map((r) => r.bytes / r.seconds / 1e9))
-  console.log(`read changed data through the chain (page cache): median ${r2G.toFixed(2)} GB/s (rounds ${list(r2, (r) => r.bytes / r.seconds / 1e9)}; ${(probe.bytes / MiB).toFixed(0)} MiB in ${probe.ranges} ranges), max RSS ${Math.max(...r2.map((r) => r.maxRssMB)).toFixed(0)} MB`)
-  console.log(`baseline: sequential fs.read of the same ${(probe.bytes / MiB).toFixed(0)} MiB from the grains area, 16 MiB reads: median ${r2RawG.toFixed(2)} GB/s (rounds ${list(r2Raw, (r) => r.bytes / r.seconds / 1e9)}); ratio ours/baseline ${(r2G / r2RawG).toFixed(2)}`)
+  console.log(
+    `read changed data through the chain (page cache): median ${r2G.toFixed(2)} GB/s (rounds ${list(r2, (r) => r.bytes / r.seconds / 1e9)}; ${(probe.bytes / MiB).toFixed(0)} MiB in ${probe.ranges} ranges), max RSS ${Math.max(...r2.map((r) => r.maxRssMB)).toFixed(0)} MB`,
+  )
+  console.log(
+    `baseline: sequential fs.read of the same ${(probe.bytes / MiB).toFixed(0)} MiB from the grains area, 16 MiB reads: median ${r2RawG.toFixed(2)} GB/s (rounds ${list(r2Raw, (r) => r.bytes / r.seconds / 1e9)}); ratio ours/baseline ${(r2G / r2RawG).toFixed(2)}`,
+  )
   verdicts.push(`read a delta's changed data through the chain >= 1 GB/s: ${r2G >= 1 ? 'met' : 'NOT met'} (median ${r2G.toFixed(2)} GB/s)`)
   console.log(`(${load()})`)
   for (const v of verdicts) console.log(`target: ${v}`)

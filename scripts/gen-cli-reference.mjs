@@ -18,8 +18,13 @@ for (const c of commands) {
 const file = join(root, 'docs/CLI.md')
 if (process.argv.includes('--check')) {
   let current = ''
-  try { current = readFileSync(file, 'utf8') } catch {}
-  if (current !== out) { process.stderr.write('docs/CLI.md is out of date: run node scripts/gen-cli-reference.mjs\n'); process.exit(1) }
+  try {
+    current = readFileSync(file, 'utf8')
+  } catch {}
+  if (current !== out) {
+    process.stderr.write('docs/CLI.md is out of date: run node scripts/gen-cli-reference.mjs\n')
+    process.exit(1)
+  }
 } else {
   writeFileSync(file, out)
 }

@@ -12,10 +12,7 @@ const isName = (s: string): boolean => {
   }
 }
 
-export const name = fc.oneof(
-  fc.stringMatching(/^[A-Za-z0-9_.-]{1,24}$/),
-  fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 }),
-).filter(isName)
+export const name = fc.oneof(fc.stringMatching(/^[A-Za-z0-9_.-]{1,24}$/), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 })).filter(isName)
 const nat = fc.maxSafeNat()
 const cycle = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER })
 const disk = fc.integer({ min: 0, max: 255 })
@@ -39,10 +36,15 @@ const source = fc.record({
   layers: fc.array(fc.record({ file: name, cid, parentCid: cid }), { minLength: 1, maxLength: 4 }),
   successor: name,
 })
-const ddb = fc.dictionary(fc.stringMatching(/^[A-Za-z0-9._:-]{1,20}$/), fc.string({ maxLength: 20 }).filter((s) => !/[\u0000-\u001f\u007f"]/.test(s)), { maxKeys: 4 })
+const ddb = fc.dictionary(
+  fc.stringMatching(/^[A-Za-z0-9._:-]{1,20}$/),
+  fc.string({ maxLength: 20 }).filter((s) => !/[\u0000-\u001f\u007f"]/.test(s)),
+  { maxKeys: 4 },
+)
 const uniqueNames = fc.uniqueArray(name, { maxLength: 4 })
 
-const extent = fc.record({ disk, seq: nat, offset: sectors(2 ** 40), k: fc.integer({ min: 1, max: 8 }), zero: fc.boolean(), c: fc.constantFrom('none', 'lz4', 'deflate' as const) })
+const extent = fc
+  .record({ disk, seq: nat, offset: sectors(2 ** 40), k: fc.integer({ min: 1, max: 8 }), zero: fc.boolean(), c: fc.constantFrom('none', 'lz4', 'deflate' as const) })
   .chain(({ disk, seq, offset, k, zero, c }): fc.Arbitrary<ExtentMessage> => {
     const length = k * 512
     if (zero) return fc.constant({ kind: MessageKind.Extent, disk, seq, offset, length, zero, compression: 'none' as const, data: new Uint8Array(0), digest: new Uint8Array(0) })
@@ -52,8 +54,23 @@ const extent = fc.record({ disk, seq: nat, offset: sectors(2 ** 40), k: fc.integ
 
 /** Any valid message. */
 export const message: fc.Arbitrary<Message> = fc.oneof(
-  fc.record({ kind: fc.constant(MessageKind.Hello), versions: fc.array(fc.integer({ min: 1, max: 0xffff }), { minLength: 1, maxLength: 4 }), software: text(20), digests: fc.array(token, { minLength: 1, maxLength: 4 }), compressions: fc.array(token, { minLength: 1, maxLength: 4 }), limits }),
-  fc.record({ kind: fc.constant(MessageKind.Welcome), version: fc.integer({ min: 1, max: 0xffff }), software: text(20), digest: digestAlg, compression: fc.constantFrom('none', 'lz4', 'deflate' as const), limits, session: text(10) }),
+  fc.record({
+    kind: fc.constant(MessageKind.Hello),
+    versions: fc.array(fc.integer({ min: 1, max: 0xffff }), { minLength: 1, maxLength: 4 }),
+    software: text(20),
+    digests: fc.array(token, { minLength: 1, maxLength: 4 }),
+    compressions: fc.array(token, { minLength: 1, maxLength: 4 }),
+    limits,
+  }),
+  fc.record({
+    kind: fc.constant(MessageKind.Welcome),
+    version: fc.integer({ min: 1, max: 0xffff }),
+    software: text(20),
+    digest: digestAlg,
+    compression: fc.constantFrom('none', 'lz4', 'deflate' as const),
+    limits,
+    session: text(10),
+  }),
   fc.record({
     kind: fc.constant(MessageKind.VmOpen),
     vm: name,
@@ -62,23 +79,64 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     files: uniqueNames.chain((ns) => fc.tuple(...ns.map((n) => fc.record({ name: fc.constant(n), data: fc.uint8Array({ maxLength: 64 }) })))),
     disks: uniqueNames,
   }),
-  fc.record({ kind: fc.constant(MessageKind.VmState), vm: name, exists: fc.boolean(), committedCycle: nat, inflightCycle: nat, compatible: fc.boolean(), generation })
-    .map((r) => r.exists ? r : { ...r, committedCycle: 0, generation: '' }),
-  fc.record({ disk, name, capacity: sectors(2 ** 43).map((x) => x + 512), cycle: fc.integer({ min: 2, max: 1e9 }), seed: fc.boolean(), source, cycleId: fc.stringMatching(/^(?:[0-9a-f]{2}){8,64}$/), ddb, totalBytes: nat, totalExtents: nat, b: fc.integer({ min: 1, max: 1e9 }), g: generation.filter((g) => g !== '') })
-    .map(({ seed, b, g, ...r }) => ({ kind: MessageKind.DiskOpen, ...r, mode: seed ? 'seed' as const : 'incremental' as const, baseCycle: seed ? 0 : 1 + (b % (r.cycle - 1)), baseGeneration: seed ? '' : g })),
-  fc.record({ disk, accepted: fc.boolean(), code, committedCycle: nat, committedSource: fc.option(source, { nil: null }), mirrorCid: fc.oneof(fc.constant(''), cid), modified: fc.boolean(), resumeSeq: nat, resumeBytes: nat })
+  fc
+    .record({ kind: fc.constant(MessageKind.VmState), vm: name, exists: fc.boolean(), committedCycle: nat, inflightCycle: nat, compatible: fc.boolean(), generation })
+    .map((r) => (r.exists ? r : { ...r, committedCycle: 0, generation: '' })),
+  fc
+    .record({
+      disk,
+      name,
+      capacity: sectors(2 ** 43).map((x) => x + 512),
+      cycle: fc.integer({ min: 2, max: 1e9 }),
+      seed: fc.boolean(),
+      source,
+      cycleId: fc.stringMatching(/^(?:[0-9a-f]{2}){8,64}$/),
+      ddb,
+      totalBytes: nat,
+      totalExtents: nat,
+      b: fc.integer({ min: 1, max: 1e9 }),
+      g: generation.filter((g) => g !== ''),
+    })
+    .map(({ seed, b, g, ...r }) => ({
+      kind: MessageKind.DiskOpen,
+      ...r,
+      mode: seed ? ('seed' as const) : ('incremental' as const),
+      baseCycle: seed ? 0 : 1 + (b % (r.cycle - 1)),
+      baseGeneration: seed ? '' : g,
+    })),
+  fc
+    .record({
+      disk,
+      accepted: fc.boolean(),
+      code,
+      committedCycle: nat,
+      committedSource: fc.option(source, { nil: null }),
+      mirrorCid: fc.oneof(fc.constant(''), cid),
+      modified: fc.boolean(),
+      resumeSeq: nat,
+      resumeBytes: nat,
+    })
     .map(({ code, ...r }) => ({ kind: MessageKind.DiskState, ...r, reason: r.accepted ? '' : code })),
   extent,
   fc.record({ kind: fc.constant(MessageKind.ExtentAck), disk, seq: nat }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnd), disk, extents: nat, dataBytes: fc.integer({ min: 0, max: 2 ** 52 }), zeroBytes: fc.integer({ min: 0, max: 2 ** 52 }), digest }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnded), disk }),
   fc.record({ kind: fc.constant(MessageKind.Commit), vm: name, cycle }),
-  fc.record({ kind: fc.constant(MessageKind.Committed), vm: name, cycle, generation: generation.filter((g) => g !== ''), disks: fc.uniqueArray(fc.record({ disk, mirrorCid: cid, size: nat }), { maxLength: 4, selector: (d) => d.disk }) }),
-  fc.record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk }).chain(({ alg, size, p, disk }) =>
-    digestFor(alg).map((digest) => ({ kind: MessageKind.TrivialCheck, disk, prefixBytes: Math.floor(size * p), algorithm: alg, size, digest }))),
+  fc.record({
+    kind: fc.constant(MessageKind.Committed),
+    vm: name,
+    cycle,
+    generation: generation.filter((g) => g !== ''),
+    disks: fc.uniqueArray(fc.record({ disk, mirrorCid: cid, size: nat }), { maxLength: 4, selector: (d) => d.disk }),
+  }),
+  fc
+    .record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk })
+    .chain(({ alg, size, p, disk }) => digestFor(alg).map((digest) => ({ kind: MessageKind.TrivialCheck, disk, prefixBytes: Math.floor(size * p), algorithm: alg, size, digest }))),
   fc.record({ kind: fc.constant(MessageKind.TrivialResult), disk, ok: fc.boolean(), size: nat, digest: fc.oneof(fc.constant(new Uint8Array(0)), digest) }),
   digestAlg.chain((alg) => fc.record({ kind: fc.constant(MessageKind.Certify), disk, algorithm: fc.constant(alg), digest: digestFor(alg) })),
-  digestAlg.chain((alg) => fc.record({ kind: fc.constant(MessageKind.CertifyResult), disk, ok: fc.boolean(), algorithm: fc.constant(alg), digest: fc.oneof(fc.constant(new Uint8Array(0)), digestFor(alg)), bytes: nat })),
+  digestAlg.chain((alg) =>
+    fc.record({ kind: fc.constant(MessageKind.CertifyResult), disk, ok: fc.boolean(), algorithm: fc.constant(alg), digest: fc.oneof(fc.constant(new Uint8Array(0)), digestFor(alg)), bytes: nat }),
+  ),
   fc.record({ kind: fc.constant(MessageKind.Rollback), vm: name }),
   fc.record({ kind: fc.constant(MessageKind.RolledBack), vm: name, committedCycle: nat }),
   fc.record({ kind: fc.constant(MessageKind.Error), code, message: text(50), fatal: fc.boolean() }),

@@ -96,12 +96,28 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['vm name ..', { kind: MessageKind.Rollback, vm: '..' }, 'E_BAD_NAME', 'vm'],
   ['cycle 0', { kind: MessageKind.Commit, vm: 'a', cycle: 0 }, 'E_SCHEMA', 'cycle'],
   ['file name with NUL', { ...sample('vm-open'), files: [{ name: 'a\u0000', data: new Uint8Array(0) }] }, 'E_BAD_NAME', 'files[0].name'],
-  ['duplicate file names', { ...sample('vm-open'), files: [{ name: 'a', data: new Uint8Array(0) }, { name: 'a', data: new Uint8Array(0) }] }, 'E_SCHEMA', 'files[1]'],
+  [
+    'duplicate file names',
+    {
+      ...sample('vm-open'),
+      files: [
+        { name: 'a', data: new Uint8Array(0) },
+        { name: 'a', data: new Uint8Array(0) },
+      ],
+    },
+    'E_SCHEMA',
+    'files[1]',
+  ],
   ['65 files', { ...sample('vm-open'), files: Array.from({ length: 65 }, (_, i) => ({ name: `f${i}`, data: new Uint8Array(0) })) }, 'E_SCHEMA', 'files'],
   ['file above 16 MiB', { ...sample('vm-open'), files: [{ name: 'a', data: new Uint8Array(16 * MiB + 1) }] }, 'E_SCHEMA', 'files[0].data'],
   ['upper-case CID', { ...sample('disk-open incremental'), source: { layers: [{ file: 'a.vmdk', cid: 'ABCDEF01', parentCid: 'ffffffff' }], successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers[0].cid'],
   ['no layers', { ...sample('disk-open incremental'), source: { layers: [], successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers'],
-  ['65 layers', { ...sample('disk-open incremental'), source: { layers: Array.from({ length: 65 }, () => ({ file: 'a.vmdk', cid: '00000000', parentCid: 'ffffffff' })), successor: 'b.vmdk' } }, 'E_SCHEMA', 'source.layers'],
+  [
+    '65 layers',
+    { ...sample('disk-open incremental'), source: { layers: Array.from({ length: 65 }, () => ({ file: 'a.vmdk', cid: '00000000', parentCid: 'ffffffff' })), successor: 'b.vmdk' } },
+    'E_SCHEMA',
+    'source.layers',
+  ],
   ['capacity not sector aligned', { ...sample('disk-open incremental'), capacity: 1000 }, 'E_SCHEMA', 'capacity'],
   ['seed with a base cycle', { ...sample('disk-open seed of a 4 PiB disk'), baseCycle: 1 }, 'E_SCHEMA', 'baseCycle'],
   ['incremental on itself', { ...sample('disk-open incremental'), baseCycle: 3 }, 'E_SCHEMA', 'baseCycle'],
@@ -125,7 +141,18 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['hello extent limit not sector aligned', { ...sample('hello'), limits: { maxMessageBytes: 65536, maxExtentBytes: 1000, windowBytes: 1 } }, 'E_SCHEMA', 'limits.maxExtentBytes'],
   ['hello algorithm token with spaces', { ...sample('hello'), digests: ['x y'] }, 'E_SCHEMA', 'digests[0]'],
   ['error code not E_', { kind: MessageKind.Error, code: 'oops', message: '', fatal: true }, 'E_SCHEMA', 'code'],
-  ['committed duplicate disks', { ...sample('committed'), disks: [{ disk: 0, mirrorCid: '00000000', size: 0 }, { disk: 0, mirrorCid: '00000000', size: 0 }] }, 'E_SCHEMA', 'disks[1]'],
+  [
+    'committed duplicate disks',
+    {
+      ...sample('committed'),
+      disks: [
+        { disk: 0, mirrorCid: '00000000', size: 0 },
+        { disk: 0, mirrorCid: '00000000', size: 0 },
+      ],
+    },
+    'E_SCHEMA',
+    'disks[1]',
+  ],
   ['lone surrogate', { kind: MessageKind.Error, code: 'E_IO', message: '\ud800', fatal: true }, 'E_SCHEMA', 'message'],
   ['error message above 4096 bytes', { kind: MessageKind.Error, code: 'E_IO', message: 'é'.repeat(2049), fatal: true }, 'E_SCHEMA', 'message'],
 ]
@@ -236,12 +263,30 @@ t.test('every msgpack integer width is read; negative and fractional values are 
   // ExtentAck {disk: 0, seq: <v>}
   const ack = (seqBytes: number[]): Uint8Array => Uint8Array.of(0x21, 0x82, 0xa4, 0x64, 0x69, 0x73, 0x6b, 0x00, 0xa3, 0x73, 0x65, 0x71, ...seqBytes)
   const ok: Array<[number[], number]> = [
-    [[0xd0, 0x05], 5], [[0xd1, 0x01, 0x00], 256], [[0xd2, 0x00, 0x01, 0x00, 0x00], 65536],
-    [[0xd3, 0, 0, 0, 1, 0, 0, 0, 0], 2 ** 32], [[0xca, 0x47, 0x80, 0x00, 0x00], 65536], [[0xcd, 0x01, 0x00], 256],
-    [[0xce, 0xff, 0xff, 0xff, 0xff], 2 ** 32 - 1], [[0xcf, 0x00, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Number.MAX_SAFE_INTEGER],
+    [[0xd0, 0x05], 5],
+    [[0xd1, 0x01, 0x00], 256],
+    [[0xd2, 0x00, 0x01, 0x00, 0x00], 65536],
+    [[0xd3, 0, 0, 0, 1, 0, 0, 0, 0], 2 ** 32],
+    [[0xca, 0x47, 0x80, 0x00, 0x00], 65536],
+    [[0xcd, 0x01, 0x00], 256],
+    [[0xce, 0xff, 0xff, 0xff, 0xff], 2 ** 32 - 1],
+    [[0xcf, 0x00, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Number.MAX_SAFE_INTEGER],
   ]
   for (const [b, v] of ok) t.equal((decodeMessage(ack(b)) as { seq: number }).seq, v, b.map((x) => x.toString(16)).join(' '))
-  const no: number[][] = [[0xd0, 0xff], [0xd1, 0xff, 0xff], [0xd2, 0x80, 0, 0, 0], [0xd3, 0xff, 0, 0, 0, 0, 0, 0, 0], [0xca, 0x3f, 0xc0, 0, 0], [0xcb, 0xbf, 0xf0, 0, 0, 0, 0, 0, 0], [0xc3], [0xa1, 0x31], [0xc4, 0x00], [0x90], [0x80], [0xc0]]
+  const no: number[][] = [
+    [0xd0, 0xff],
+    [0xd1, 0xff, 0xff],
+    [0xd2, 0x80, 0, 0, 0],
+    [0xd3, 0xff, 0, 0, 0, 0, 0, 0, 0],
+    [0xca, 0x3f, 0xc0, 0, 0],
+    [0xcb, 0xbf, 0xf0, 0, 0, 0, 0, 0, 0],
+    [0xc3],
+    [0xa1, 0x31],
+    [0xc4, 0x00],
+    [0x90],
+    [0x80],
+    [0xc0],
+  ]
   for (const b of no) t.throws(() => decodeMessage(ack(b)), { code: 'E_SCHEMA', field: 'seq' }, b.map((x) => x.toString(16)).join(' '))
 })
 
@@ -282,7 +327,10 @@ t.test('other msgpackr users in the process neither write into our frames nor ge
   t.equal(Buffer.from(ours).toString('hex'), oursHex, 'our frame intact')
   t.equal(Buffer.from(theirs).toString('hex'), theirsHex, 'their buffer intact')
   t.same(unpack(theirs), { hello: 'x'.repeat(100) })
-  t.same(more.map((f) => (decodeMessage(f) as { seq: number }).seq), Array.from({ length: 50 }, (_, i) => i))
+  t.same(
+    more.map((f) => (decodeMessage(f) as { seq: number }).seq),
+    Array.from({ length: 50 }, (_, i) => i),
+  )
 })
 
 t.test('the pre-scan stops what msgpackr would accept', async (t) => {

@@ -34,7 +34,7 @@ t.test('cycle digest depends on order, zero flag and digests', async (t) => {
   await initDigests()
   const a = { offset: 0, length: 512, zero: false, digest: Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8) }
   const b = { offset: 512, length: 512, zero: true, digest: new Uint8Array(0) }
-  const h = (...xs: typeof a[]): string => {
+  const h = (...xs: (typeof a)[]): string => {
     const cd = new CycleDigest('xxh64')
     for (const x of xs) cd.add(x)
     return Buffer.from(cd.digest()).toString('hex')
@@ -73,10 +73,24 @@ t.test('cycle identity is SHA-256 over the SPEC §5.2 encoding', async (t) => {
     b.writeBigUInt64LE(BigInt(n))
     return b
   }
-  const manual = createHash('sha256').update(Buffer.concat([
-    str('grainline.cycle-identity.v2'), str('web01'), str('web01.vmdk'), u64(7), str('incremental'), u64(6), str('00112233445566778899aabbccddeeff'),
-    Buffer.of(1, 0, 0, 0), str('web01-000002.vmdk'), str('0a1b2c3d'), str('fffffffe'), str('web01-000003.vmdk'),
-  ])).digest('hex')
+  const manual = createHash('sha256')
+    .update(
+      Buffer.concat([
+        str('grainline.cycle-identity.v2'),
+        str('web01'),
+        str('web01.vmdk'),
+        u64(7),
+        str('incremental'),
+        u64(6),
+        str('00112233445566778899aabbccddeeff'),
+        Buffer.of(1, 0, 0, 0),
+        str('web01-000002.vmdk'),
+        str('0a1b2c3d'),
+        str('fffffffe'),
+        str('web01-000003.vmdk'),
+      ]),
+    )
+    .digest('hex')
   t.equal(id, manual)
 })
 

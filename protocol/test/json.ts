@@ -5,7 +5,7 @@
  */
 import type { Message } from '../src/messages.ts'
 
-export function toJson (v: unknown): unknown {
+export function toJson(v: unknown): unknown {
   if (v instanceof Uint8Array) return { $bin: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex') }
   if (Array.isArray(v)) return v.map(toJson)
   if (typeof v === 'object' && v !== null) {
@@ -16,7 +16,7 @@ export function toJson (v: unknown): unknown {
   return v
 }
 
-export function fromJson (v: unknown): unknown {
+export function fromJson(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(fromJson)
   if (typeof v === 'object' && v !== null) {
     const o = v as Record<string, unknown>
@@ -30,10 +30,10 @@ export function fromJson (v: unknown): unknown {
 }
 
 /** A message as a JSON-able value with sorted keys, for deep comparisons that ignore Buffer vs Uint8Array and key order. */
-export function canonical (m: Message | unknown): string {
+export function canonical(m: Message | unknown): string {
   return JSON.stringify(toJson(m), (_k, v: unknown) => {
     if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
-      return Object.fromEntries(Object.entries(v).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0))
+      return Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
     }
     return v
   })

@@ -7,7 +7,10 @@ import { MessageKind, type Message } from '../src/messages.ts'
 const bytes = (n: number, f: (i: number) => number = (i) => i & 0xff): Uint8Array => Uint8Array.from({ length: n }, (_, i) => f(i))
 const MiB = 1024 * 1024
 
-export interface Sample { readonly name: string, readonly message: Message }
+export interface Sample {
+  readonly name: string
+  readonly message: Message
+}
 
 const source = {
   layers: [
@@ -170,7 +173,10 @@ export const samples: readonly Sample[] = [
       vm: 'web01',
       cycle: 3,
       generation: '0be5a2c47d1e9f3a6b8c0d2e4f617283',
-      disks: [{ disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB }, { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB }],
+      disks: [
+        { disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB },
+        { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB },
+      ],
     },
   },
   {

@@ -11,7 +11,9 @@ import type { CompressionAlgorithm, DigestAlgorithm } from '../src/messages.ts'
 import { buildVectors, VECTOR_LIMITS, type InvalidVector, type ValidVector } from './vectors.ts'
 
 const dir = new URL('../../vectors/', import.meta.url)
-const committed = readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
+const committed = readdirSync(dir)
+  .filter((f) => f.endsWith('.json'))
+  .sort()
 
 t.test('committed vectors equal a fresh build (run `npm run vectors` after a deliberate change)', async (t) => {
   const fresh = await buildVectors()
@@ -41,16 +43,19 @@ t.test('invalid vectors fail with their code', async (t) => {
     t.throws(() => decodeMessage(Buffer.from(v.hex, 'hex'), VECTOR_LIMITS), { name: 'ProtocolError', code: v.error }, v.name)
   }
   const truncated = entries.filter((v) => v.name.includes('truncated'))
-  t.ok(truncated.every((v) => v.error === 'E_MALFORMED'), 'every truncated frame is E_MALFORMED')
+  t.ok(
+    truncated.every((v) => v.error === 'E_MALFORMED'),
+    'every truncated frame is E_MALFORMED',
+  )
 })
 
 t.test('derived known answers: digests, cycle identity, cycle digest, decompression', async (t) => {
   await initDigests()
   const d = JSON.parse(readFileSync(new URL('derived.json', dir), 'utf8')) as {
-    digests: Array<{ algorithm: DigestAlgorithm, input: string, digest: string }>
-    cycleIdentity: Array<{ fields: CycleIdentityFields, cycleId: string }>
-    cycleDigest: Array<{ algorithm: DigestAlgorithm, extents: Array<{ offset: number, length: number, zero: boolean, digest: string }>, cycleDigest: string }>
-    decompression: Array<{ algorithm: CompressionAlgorithm, plain: string, compressed: string }>
+    digests: Array<{ algorithm: DigestAlgorithm; input: string; digest: string }>
+    cycleIdentity: Array<{ fields: CycleIdentityFields; cycleId: string }>
+    cycleDigest: Array<{ algorithm: DigestAlgorithm; extents: Array<{ offset: number; length: number; zero: boolean; digest: string }>; cycleDigest: string }>
+    decompression: Array<{ algorithm: CompressionAlgorithm; plain: string; compressed: string }>
   }
   const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex')
   // independent anchors: published reference values

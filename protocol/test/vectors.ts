@@ -14,15 +14,23 @@ import { MessageKind } from '../src/messages.ts'
 import { toJson } from './json.ts'
 import { samples } from './samples.ts'
 
-export interface ValidVector { readonly name: string, readonly message: unknown, readonly hex: string }
-export interface InvalidVector { readonly name: string, readonly hex: string, readonly error: string }
+export interface ValidVector {
+  readonly name: string
+  readonly message: unknown
+  readonly hex: string
+}
+export interface InvalidVector {
+  readonly name: string
+  readonly hex: string
+  readonly error: string
+}
 
 const kebab = (s: string): string => s.replace(/[A-Z]/g, (c, i: number) => (i > 0 ? '-' : '') + c.toLowerCase())
 
 /** Decode limits the vectors are checked with (the defaults, with extents up to 64 MiB). */
 export const VECTOR_LIMITS = { maxExtentBytes: 64 * 1024 * 1024 }
 
-function errorCode (hex: string): string {
+function errorCode(hex: string): string {
   try {
     decodeMessage(Buffer.from(hex, 'hex'), VECTOR_LIMITS)
   } catch (err) {
@@ -35,7 +43,7 @@ function errorCode (hex: string): string {
 const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex')
 
 /** Known answers for digests, cycle identity, cycle digest and decompression (derived.json). */
-function derived (): unknown {
+function derived(): unknown {
   const abc = new TextEncoder().encode('abc')
   const pattern = Uint8Array.from({ length: 4096 }, (_, i) => (i * 31) & 0xff)
   const digests = DigestAlgorithms.flatMap((algorithm) => [
@@ -43,10 +51,29 @@ function derived (): unknown {
     { algorithm, input: hex(abc), digest: hex(digestOf(algorithm, abc)) },
   ])
   const fields: CycleIdentityFields = {
-    vm: 'web01', name: 'web01.vmdk', cycle: 7, mode: 'incremental', baseCycle: 6, baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
-    source: { layers: [{ file: 'web01-000001.vmdk', cid: '0a1b2c3d', parentCid: '3f2e1d0c' }, { file: 'web01-000002.vmdk', cid: '11223344', parentCid: '0a1b2c3d' }], successor: 'web01-000003.vmdk' },
+    vm: 'web01',
+    name: 'web01.vmdk',
+    cycle: 7,
+    mode: 'incremental',
+    baseCycle: 6,
+    baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
+    source: {
+      layers: [
+        { file: 'web01-000001.vmdk', cid: '0a1b2c3d', parentCid: '3f2e1d0c' },
+        { file: 'web01-000002.vmdk', cid: '11223344', parentCid: '0a1b2c3d' },
+      ],
+      successor: 'web01-000003.vmdk',
+    },
   }
-  const seed: CycleIdentityFields = { vm: 'vm é', name: 'disk.vmdk', cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' } }
+  const seed: CycleIdentityFields = {
+    vm: 'vm é',
+    name: 'disk.vmdk',
+    cycle: 1,
+    mode: 'seed',
+    baseCycle: 0,
+    baseGeneration: '',
+    source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' },
+  }
   const identities = [fields, seed].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
   const cycleDigests = DigestAlgorithms.map((algorithm) => {
     const extents = [
@@ -63,7 +90,7 @@ function derived (): unknown {
 }
 
 /** file name → file contents */
-export async function buildVectors (): Promise<Map<string, string>> {
+export async function buildVectors(): Promise<Map<string, string>> {
   await initDigests()
   const files = new Map<string, string>()
   const invalid: InvalidVector[] = []

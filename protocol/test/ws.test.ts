@@ -18,18 +18,24 @@ import { canonical } from './json.ts'
 const MiB = 1 << 20
 const limits = { maxMessageBytes: 4 * MiB, maxExtentBytes: 2 * MiB, windowBytes: 8 * MiB }
 
-async function pair (t: { teardown: (fn: () => Promise<void>) => void, equal: (a: unknown, b: unknown) => void }, onServerMessage: (ws: WebSocket, msg: Message | ProtocolError) => void): Promise<WebSocket> {
+async function pair(
+  t: { teardown: (fn: () => Promise<void>) => void; equal: (a: unknown, b: unknown) => void },
+  onServerMessage: (ws: WebSocket, msg: Message | ProtocolError) => void,
+): Promise<WebSocket> {
   const wss = new WebSocketServer({
     host: '127.0.0.1',
     port: 0,
     perMessageDeflate: false,
     maxPayload: limits.maxMessageBytes,
-    handleProtocols: (offered) => offered.has(SUBPROTOCOL) ? SUBPROTOCOL : false,
+    handleProtocols: (offered) => (offered.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
   })
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const c of wss.clients) c.terminate()
-    wss.close(() => resolve())
-  }))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const c of wss.clients) c.terminate()
+        wss.close(() => resolve())
+      }),
+  )
   await once(wss, 'listening')
   wss.on('connection', (ws) => {
     ws.on('message', (data: RawData, isBinary: boolean) => {
@@ -54,10 +60,15 @@ async function pair (t: { teardown: (fn: () => Promise<void>) => void, equal: (a
 t.test('handshake and a fragmented 1 MiB extent over a real socket', async (t) => {
   await initDigests()
   const received: Message[] = []
+  let gotThree: () => void = () => {}
+  const three = new Promise<void>((resolve) => {
+    gotThree = resolve
+  })
   const state = new ConversationState()
   const ws = await pair(t, (server, msg) => {
     if (msg instanceof ProtocolError) throw msg
     received.push(msg)
+    if (received.length === 3) gotThree()
     if (msg.kind === MessageKind.Hello) {
       state.observe(msg, 'agent')
       const n = negotiate(msg, { versions: [2], digests: ['sha256', 'xxh64'], compressions: ['none'], limits })
@@ -68,21 +79,28 @@ t.test('handshake and a fragmented 1 MiB extent over a real socket', async (t) =
   })
   const hello: HelloMessage = { kind: MessageKind.Hello, versions: [2], software: 'test-agent', digests: ['xxh64'], compressions: ['lz4', 'none'], limits }
   ws.send(encodeMessage(hello))
-  const [welcomeFrame] = await once(ws, 'message') as [Buffer]
+  const [welcomeFrame] = (await once(ws, 'message')) as [Buffer]
   const welcome = decodeMessage(welcomeFrame)
   t.match(welcome, { kind: MessageKind.Welcome, version: 2, digest: 'xxh64', compression: 'none' })
   t.equal(state.phase, 'ready')
 
   const payload = randomBytes(MiB)
   const extent: ExtentMessage = {
-    kind: MessageKind.Extent, disk: 0, seq: 0, offset: 0, length: MiB, zero: false, compression: 'none', data: payload,
+    kind: MessageKind.Extent,
+    disk: 0,
+    seq: 0,
+    offset: 0,
+    length: MiB,
+    zero: false,
+    compression: 'none',
+    data: payload,
     digest: createDigest('xxh64').update(payload).digest(),
   }
   const parts = encodeMessageParts(extent)
   t.equal(parts[1], payload, 'payload is sent without an encoder copy')
   for (const [i, p] of parts.entries()) ws.send(p, { binary: true, fin: i === parts.length - 1 })
   ws.send(encodeMessage({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'bye', fatal: false }))
-  while (received.length < 3) await new Promise((resolve) => setTimeout(resolve, 5))
+  await three
   t.equal(received.length, 3, 'fragments arrive as one message')
   t.equal(canonical(received[1]), canonical(extent))
   t.equal(received[2]!.kind, MessageKind.Error)
@@ -97,9 +115,9 @@ t.test('a bad frame is answered with Error and the close code of its code', asyn
     server.close(msg.closeCode, msg.code)
   })
   ws.send(Uint8Array.of(0x03, 0x80)) // unknown kind
-  const [frame] = await once(ws, 'message') as [Buffer]
+  const [frame] = (await once(ws, 'message')) as [Buffer]
   t.match(decodeMessage(frame), { kind: MessageKind.Error, code: 'E_UNKNOWN_KIND', fatal: true })
-  const [code, reason] = await once(ws, 'close') as [number, Buffer]
+  const [code, reason] = (await once(ws, 'close')) as [number, Buffer]
   t.equal(code, 1008)
   t.equal(reason.toString(), 'E_UNKNOWN_KIND')
 })

@@ -26,22 +26,27 @@ import path from 'node:path'
 const statePath = process.env.ESXI_STANDIN_STATE
 const [cmd, ...args] = process.argv.slice(2)
 
-let out = (s) => { process.stdout.write(s) }
-function fault (type, msg) {
+let out = (s) => {
+  process.stdout.write(s)
+}
+function fault(type, msg) {
   out(`(vim.fault.${type}) {\n   faultCause = (vmodl.MethodFault) null,\n   faultMessage = <unset>\n   msg = "${msg}"\n}\n`)
   process.exit(1)
 }
-function writeAtomic (p, text) {
+function writeAtomic(p, text) {
   const tmp = `${p}.standin-tmp`
   writeFileSync(tmp, text)
   renameSync(tmp, p)
 }
 
-if (statePath === undefined) { process.stderr.write('vim-cmd stand-in: ESXI_STANDIN_STATE is not set\n'); process.exit(2) }
+if (statePath === undefined) {
+  process.stderr.write('vim-cmd stand-in: ESXI_STANDIN_STATE is not set\n')
+  process.exit(2)
+}
 const state = JSON.parse(readFileSync(statePath, 'utf8'))
 const saveState = () => writeAtomic(statePath, JSON.stringify(state, null, 2))
 
-function dsPath (p) {
+function dsPath(p) {
   const m = /^\[([^\]]+)\] ?(.*)$/.exec(p) ?? /^\/vmfs\/volumes\/([^/]+)\/(.*)$/.exec(p)
   if (m === null) return undefined
   const ds = state.datastores[m[1]] ?? Object.values(state.datastores).find((d) => d.uuid === m[1])
@@ -49,7 +54,7 @@ function dsPath (p) {
 }
 
 // --- .vmx / .vmsd: `key = "value"` lines (kept in order) ---
-function parseKv (text) {
+function parseKv(text) {
   const lines = []
   for (const raw of text.split('\n')) {
     const m = /^\s*([^=\s]+)\s*=\s*"(.*)"\s*$/.exec(raw)
@@ -59,13 +64,16 @@ function parseKv (text) {
   return lines
 }
 const kvGet = (lines, k) => lines.findLast?.((l) => l.key?.toLowerCase() === k.toLowerCase())?.value
-function kvSet (lines, k, v) {
+function kvSet(lines, k, v) {
   const l = lines.find((x) => x.key?.toLowerCase() === k.toLowerCase())
-  if (l !== undefined) { l.value = v; l.raw = `${l.key} = "${v}"` } else lines.push({ key: k, value: v, raw: `${k} = "${v}"` })
+  if (l !== undefined) {
+    l.value = v
+    l.raw = `${l.key} = "${v}"`
+  } else lines.push({ key: k, value: v, raw: `${k} = "${v}"` })
 }
 const kvText = (lines) => lines.map((l) => l.raw).join('\n') + '\n'
 
-function vmDisks (vmx) {
+function vmDisks(vmx) {
   const disks = []
   for (const l of vmx) {
     const m = /^((?:scsi|sata|nvme|ide)\d+:\d+)\.fileName$/i.exec(l.key ?? '')
@@ -78,7 +86,7 @@ function vmDisks (vmx) {
 }
 
 // .vmsd: ESXi's snapshot database
-function readVmsd (p) {
+function readVmsd(p) {
   const lines = existsSync(p) ? parseKv(readFileSync(p, 'utf8')) : []
   const n = Number(kvGet(lines, 'snapshot.numSnapshots') ?? '0')
   const snaps = []
@@ -86,11 +94,19 @@ function readVmsd (p) {
     const g = (k) => kvGet(lines, `snapshot${i}.${k}`)
     const disks = []
     for (let d = 0; d < Number(g('numDisks') ?? '0'); d++) disks.push({ node: g(`disk${d}.node`), fileName: g(`disk${d}.fileName`) })
-    snaps.push({ uid: Number(g('uid')), parent: Number(g('parent') ?? '0'), displayName: g('displayName') ?? '', description: g('description') ?? '', createTime: Number(g('createTimeHigh') ?? '0') * 2 ** 32 + Number(g('createTimeLow') ?? '0'), filename: g('filename') ?? '', disks })
+    snaps.push({
+      uid: Number(g('uid')),
+      parent: Number(g('parent') ?? '0'),
+      displayName: g('displayName') ?? '',
+      description: g('description') ?? '',
+      createTime: Number(g('createTimeHigh') ?? '0') * 2 ** 32 + Number(g('createTimeLow') ?? '0'),
+      filename: g('filename') ?? '',
+      disks,
+    })
   }
   return { lastUID: Number(kvGet(lines, 'snapshot.lastUID') ?? '0'), current: Number(kvGet(lines, 'snapshot.current') ?? '0'), snaps }
 }
-function writeVmsd (p, db) {
+function writeVmsd(p, db) {
   const lines = ['.encoding = "UTF-8"']
   if (db.snaps.length > 0) {
     lines.push(`snapshot.lastUID = "${db.lastUID}"`, `snapshot.current = "${db.current}"`)
@@ -102,13 +118,15 @@ function writeVmsd (p, db) {
     lines.push(`${k}filename = "${s.filename}"`, `${k}displayName = "${s.displayName}"`, `${k}description = "${s.description}"`)
     lines.push(`${k}createTimeHigh = "${Math.floor(s.createTime / 2 ** 32)}"`, `${k}createTimeLow = "${s.createTime % 2 ** 32}"`)
     lines.push(`${k}numDisks = "${s.disks.length}"`)
-    s.disks.forEach((d, j) => { lines.push(`${k}disk${j}.fileName = "${d.fileName}"`, `${k}disk${j}.node = "${d.node}"`) })
+    s.disks.forEach((d, j) => {
+      lines.push(`${k}disk${j}.fileName = "${d.fileName}"`, `${k}disk${j}.node = "${d.node}"`)
+    })
   })
   lines.push(`snapshot.numSnapshots = "${db.snaps.length}"`)
   writeAtomic(p, lines.join('\n') + '\n')
 }
 
-function printTree (title, db) {
+function printTree(title, db) {
   let s = `${title}:\n`
   const byParent = (p) => db.snaps.filter((x) => x.parent === p)
   const when = (us) => {
@@ -131,7 +149,7 @@ function printTree (title, db) {
 }
 
 // the descriptor chain from a top descriptor, top first (text descriptors only)
-function chainOf (top) {
+function chainOf(top) {
   const chain = []
   let cur = top
   while (cur !== undefined) {
@@ -142,35 +160,41 @@ function chainOf (top) {
   return chain
 }
 
-async function hangIfAsked (vm, op) {
+async function hangIfAsked(vm, op) {
   const secs = vm.hang?.[op]
   if (secs === undefined) return
   // exit as soon as the SSH channel goes away (stdin closes), else after `secs`
   await new Promise((resolve) => {
     const t = setTimeout(resolve, secs * 1000)
-    process.stdin.on('end', () => { clearTimeout(t); process.exit(143) })
-    process.stdin.on('close', () => { clearTimeout(t); process.exit(143) })
+    process.stdin.on('end', () => {
+      clearTimeout(t)
+      process.exit(143)
+    })
+    process.stdin.on('close', () => {
+      clearTimeout(t)
+      process.exit(143)
+    })
     process.stdin.resume()
   })
   process.stdin.pause()
 }
 
 // a file name from a .vmx/.vmsd/descriptor: datastore path, or relative to `dir`
-const resolveName = (dir, n) => (n.startsWith('/vmfs/volumes/') || n.startsWith('[')) ? dsPath(n) : path.resolve(dir, n)
+const resolveName = (dir, n) => (n.startsWith('/vmfs/volumes/') || n.startsWith('[') ? dsPath(n) : path.resolve(dir, n))
 
-function findVm (id) {
+function findVm(id) {
   const vm = state.vms.find((v) => v.id === id)
   if (vm === undefined) fault('NotFound', `Unable to find a VM corresponding to "${id}"`)
   return vm
 }
 
-function vmFiles (vm) {
+function vmFiles(vm) {
   const vmxPath = dsPath(vm.vmx)
   return { vmxPath, dir: path.dirname(vmxPath), vmsdPath: vmxPath.replace(/\.vmx$/, '.vmsd'), stem: path.basename(vmxPath, '.vmx') }
 }
 
 // `/vmfs/volumes/<key>` -> local folder, for @grainline/vmdk
-function pathMap () {
+function pathMap() {
   const m = {}
   for (const [name, ds] of Object.entries(state.datastores)) {
     m[`/vmfs/volumes/${name}`] = ds.path
@@ -180,7 +204,7 @@ function pathMap () {
 }
 
 // ESXi may write the parent hint as an absolute /vmfs/volumes/<uuid>/... path
-async function absoluteHint (childPath, parentPath) {
+async function absoluteHint(childPath, parentPath) {
   const { parseDescriptor, serializeDescriptor } = await import('@grainline/vmdk')
   const entry = Object.values(state.datastores).find((ds) => parentPath.startsWith(ds.path + path.sep))
   if (entry === undefined) return
@@ -194,7 +218,7 @@ const escName = (n) => n.replace(/%/g, '%25').replace(/\//g, '%2f').replace(/\\/
 // ESXi over NFS: the command may return before its file changes show on the
 // mount. Report success now and let a detached copy of this process apply the
 // change after the delay.
-function deferIfAsked (vm, title) {
+function deferIfAsked(vm, title) {
   const delay = vm.applyDelayMs
   const gate = vm.applyGate
   if ((delay === undefined && gate === undefined) || process.env.ESXI_STANDIN_DEFERRED !== undefined) return false
@@ -203,7 +227,7 @@ function deferIfAsked (vm, title) {
   return true
 }
 // the deferred copy waits for the delay, then until the gate file exists (a test opens it when it is ready)
-async function deferredSleep () {
+async function deferredSleep() {
   await new Promise((resolve) => setTimeout(resolve, Number(process.env.ESXI_STANDIN_DEFERRED ?? '0')))
   const gate = process.env.ESXI_STANDIN_GATE ?? ''
   for (let waited = 0; gate !== '' && !existsSync(gate); waited += 20) {
@@ -213,7 +237,7 @@ async function deferredSleep () {
 }
 if (process.env.ESXI_STANDIN_DEFERRED !== undefined) out = () => {}
 
-async function main () {
+async function main() {
   switch (cmd) {
     case 'vmsvc/getallvms': {
       let s = 'Vmid     Name                 File                        Guest OS        Version   Annotation\n'

@@ -1,7 +1,13 @@
+/**
+ * The e2e site: what an operator sets up with the `grainline` package (a
+ * self-signed certificate, a tokens file, an agent token file) around a real
+ * receiver process, and `grainline replicate` run as a real agent process.
+ */
+import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { generateSelfSignedTls, generateToken, writeTokensFile, writeTokenFile } from 'grainline'
-import { startReceiver, runCli, type ReceiverProcess, type CliResult } from './harness.ts'
+import { cliBin, runNode, startReceiverProcess, type ReceiverProcess, type RunNodeOptions, type RunResult } from '@grainline/test-utils'
 
 /** A receiver process with TLS and a tokens file, plus an agent token file. */
 export interface Site {
@@ -12,68 +18,124 @@ export interface Site {
   readonly tokens: string
   readonly token: string
   readonly tokenFile: string
+  /** tokens of the extra entries, by name */
+  readonly extraTokens: Readonly<Record<string, string>>
   receiver: ReceiverProcess
-  /** restart the receiver on the same port after a stop/kill */
+  /** start the receiver again on the same port (after a stop or a kill) */
   restart(): Promise<ReceiverProcess>
 }
 
-/** Set up TLS, tokens (one token for `vms` globs) and start a receiver. */
-export async function startSite (dir: string, vms: string[] = ['*'], extra: { name: string, vms: string[] }[] = []): Promise<Site & { extraTokens: Record<string, string> }> {
+/** Set up TLS and tokens (one token, `proxy-a`, for the `vms` globs, plus `extra` entries) and start a receiver. */
+export async function startSite(dir: string, vms: string[] = ['*'], extra: { name: string; vms: string[] }[] = []): Promise<Site> {
   await mkdir(dir, { recursive: true })
   const tls = await generateSelfSignedTls(join(dir, 'tls'))
   const token = generateToken()
   const extraTokens: Record<string, string> = {}
   const entries = [{ name: 'proxy-a', token, vms }]
-  for (const e of extra) { extraTokens[e.name] = generateToken(); entries.push({ name: e.name, token: extraTokens[e.name] as string, vms: e.vms }) }
+  for (const e of extra) {
+    const tok = generateToken()
+    extraTokens[e.name] = tok
+    entries.push({ name: e.name, token: tok, vms: e.vms })
+  }
   const tokens = await writeTokensFile(join(dir, 'tokens.json'), entries)
   const tokenFile = await writeTokenFile(join(dir, 'agent.token'), token)
   const store = join(dir, 'store')
-  const receiver = await startReceiver({ store, tokens, tls: { cert: tls.cert, key: tls.key } })
-  const site = {
-    dir, store, cert: tls.cert, key: tls.key, tokens, token, tokenFile, receiver, extraTokens,
-    async restart () {
-      site.receiver = await startReceiver({ store, tokens, tls: { cert: tls.cert, key: tls.key }, port: site.receiver.port })
+  const site: Site = {
+    dir,
+    store,
+    cert: tls.cert,
+    key: tls.key,
+    tokens,
+    token,
+    tokenFile,
+    extraTokens,
+    receiver: await startReceiverProcess({ store, tokens, tls }),
+    async restart() {
+      site.receiver = await site.receiver.restart()
       return site.receiver
     },
   }
   return site
 }
 
+/** Run the `grainline` command as a child process. */
+export async function runCli(args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
+  return await runNode(cliBin(), args, opts)
+}
+
 /** The JSON report of a `grainline replicate` run. */
 export interface RunReport {
   ok: boolean
-  vms: { vm: string, ok: boolean, cycle: number, reusedSnapshot?: boolean, error?: { code: string, message: string }, disks: { name: string, ok: boolean, mode: string, dataBytes: number, zeroBytes: number, wireBytes: number, resumedFrom: number[], fallbackReason?: string, trivial?: { ok: boolean }, certify?: { ok: boolean }, error?: { code: string } }[] }[]
+  vms: {
+    vm: string
+    ok: boolean
+    cycle: number
+    reconnects?: number
+    reusedSnapshot?: boolean
+    error?: { code: string; message: string }
+    disks: {
+      name: string
+      ok: boolean
+      mode: string
+      dataBytes: number
+      zeroBytes: number
+      wireBytes: number
+      resumedFrom: number[]
+      fallbackReason?: string
+      trivial?: { ok: boolean }
+      certify?: { ok: boolean }
+      error?: { code: string }
+    }[]
+  }[]
 }
 
-/** Run `grainline replicate` as a real agent process against a site. */
-export async function replicateCli (site: Site, vmx: string, args: string[] = [], opts: { port?: number, onSpawn?: (p: import('node:child_process').ChildProcess) => void } = {}): Promise<CliResult & { report: RunReport | undefined }> {
-  const reportFile = join(site.dir, `report-${Date.now()}-${Math.random().toString(36).slice(2)}.json`)
+let reports = 0
+
+/** Run `grainline replicate` as a real agent process against a site (or through a proxy on `opts.port`). */
+export async function replicateCli(
+  site: Site,
+  vmx: string,
+  args: string[] = [],
+  opts: { port?: number; onSpawn?: (p: ChildProcess) => void } = {},
+): Promise<RunResult & { report: RunReport | undefined }> {
+  const reportFile = join(site.dir, `report-${process.pid}-${++reports}.json`)
   // the agent's record per VM stays with the site (never the machine's /var/lib/grainline), unless the test names one
   const stateDir = args.includes('--state-dir') ? [] : ['--state-dir', join(site.dir, 'agent-state')]
-  const r = await runCli(['replicate', vmx, '--to', `wss://127.0.0.1:${opts.port ?? site.receiver.port}`, '--token-file', site.tokenFile,
-    '--ca', site.cert, '--report', reportFile, '--log-level', 'warn', ...stateDir, ...args], { ...(opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {}) })
+  const r = await runCli(
+    [
+      'replicate',
+      vmx,
+      '--to',
+      `wss://127.0.0.1:${opts.port ?? site.receiver.port}`,
+      '--token-file',
+      site.tokenFile,
+      '--ca',
+      site.cert,
+      '--report',
+      reportFile,
+      '--log-level',
+      'warn',
+      ...stateDir,
+      ...args,
+    ],
+    opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {},
+  )
   let report: RunReport | undefined
-  try { report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport } catch { report = undefined }
+  try {
+    report = JSON.parse(await readFile(reportFile, 'utf8')) as RunReport
+  } catch {
+    report = undefined
+  }
   return { ...r, report }
 }
 
-const scratchDirs: string[] = []
-let cleanupRegistered = false
-
-/**
- * A scratch folder outside the repository, removed when the whole test file
- * ends (after every subtest stopped its processes — tap's per-test testdir is
- * removed before later teardowns run, while a receiver may still write).
- */
-export async function scratchDir (t: { teardown: (fn: () => unknown) => void }, root: { teardown: (fn: () => unknown) => void }): Promise<string> {
-  const { mkdtemp, rm } = await import('node:fs/promises')
-  const { tmpdir } = await import('node:os')
-  const dir = await mkdtemp(join(tmpdir(), 'grainline-e2e-'))
-  scratchDirs.push(dir)
-  if (!cleanupRegistered) {
-    cleanupRegistered = true
-    root.teardown(async () => { for (const d of scratchDirs) await rm(d, { recursive: true, force: true }) })
+/** The in-flight resume point of a VM's first disk as `grainline status` prints it (0: none yet). */
+export async function inflightResumeSeq(store: string, vm: string): Promise<number> {
+  const r = await runCli(['status', '--store', store, '--output', 'json'])
+  try {
+    const st = JSON.parse(r.stdout) as { vms: { vm: string; disks: { inflight: { resumeSeq: number } | null }[] }[] }
+    return st.vms.find((v) => v.vm === vm)?.disks[0]?.inflight?.resumeSeq ?? 0
+  } catch {
+    return 0
   }
-  void t
-  return dir
 }

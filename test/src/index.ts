@@ -1,4 +1,2 @@
-export { repoRoot, sharedDir, receiverMain, cliBin, startReceiver, runCli, qemuRaw, qemuMap, firstDifference, startCuttingProxy } from './harness.ts'
-export type { ReceiverProcess, StartReceiverOptions, CliResult, CuttingProxy } from './harness.ts'
-export { startSite, replicateCli, scratchDir } from './fixture.ts'
+export { startSite, runCli, replicateCli, inflightResumeSeq } from './fixture.ts'
 export type { Site, RunReport } from './fixture.ts'

@@ -2,19 +2,19 @@
 // the receiver killed (SIGKILL) during apply and restarted, the agent killed
 // during a cycle and run again, the receiver's disk filling up.
 import t, { type Test } from 'tap'
-const tap = t
 import { execFile } from 'node:child_process'
 import { readFile, writeFile, rm, mkdtemp, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, prng } from '@grainline/agent'
-import { startSite, replicateCli, qemuRaw, firstDifference, startCuttingProxy, startReceiver, runCli, scratchDir } from '@grainline/e2e'
+import { qemuRaw, firstDifference, startCuttingProxy, startReceiverProcess, pollUntil, scratchDir } from '@grainline/test-utils'
+import { startSite, replicateCli, runCli, inflightResumeSeq } from '@grainline/e2e'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
 
-async function frozenView (vmx: string, out: string): Promise<string[]> {
+async function frozenView(vmx: string, out: string): Promise<string[]> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   const raws: string[] = []
   for (const [i, d] of vmxDisks(cfg).entries()) {
@@ -25,29 +25,29 @@ async function frozenView (vmx: string, out: string): Promise<string[]> {
   return raws
 }
 
-/** Wait until the receiver's store shows a durable in-flight point past seq 0 for this VM. */
-async function waitInflight (store: string, vm: string, timeoutMs = 30_000): Promise<number> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const r = await runCli(['status', '--store', store, '--output', 'json'])
-    try {
-      const st = JSON.parse(r.stdout) as { vms: { vm: string, disks: { inflight: { resumeSeq: number } | null }[] }[] }
-      const seq = st.vms.find((v) => v.vm === vm)?.disks[0]?.inflight?.resumeSeq ?? 0
-      if (seq > 0) return seq
-    } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`no durable in-flight progress for ${vm} within ${timeoutMs} ms`)
+/**
+ * Wait until the receiver's store shows a durable in-flight point past seq 0
+ * for this VM. Call it while a proxy holds the stream: the cycle then cannot
+ * finish (and the point vanish) before we look, however loaded the machine.
+ */
+async function waitInflight(store: string, vm: string): Promise<number> {
+  return await pollUntil(
+    async () => {
+      const seq = await inflightResumeSeq(store, vm)
+      return seq > 0 ? seq : undefined
+    },
+    { intervalMs: 100 },
+  )
 }
 
-async function mirrorMatches (t: Test, mirrorFlats: string[], raws: string[], what: string): Promise<void> {
+async function mirrorMatches(t: Test, mirrorFlats: string[], raws: string[], what: string): Promise<void> {
   for (const [i, raw] of raws.entries()) {
     t.equal(await firstDifference(mirrorFlats[i] as string, raw), -1, `${what}: mirror disk ${i} equals the frozen view`)
   }
 }
 
 t.test('connection cut at random points: the agent resumes and the mirror ends correct', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t, 'grainline-e2e-')
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'cut', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 5 })
@@ -59,17 +59,17 @@ t.test('connection cut at random points: the agent resumes and the mirror ends c
     if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 24 * MiB, seed: cycle, zeroFraction: 0 })
     const expected = await frozenView(vm.vmxPath, join(dir, `exp-${cycle}`))
     // three cuts at random points of the stream, then a clean link
-    proxy.plan = [...Array.from({ length: proxy.connections() }, () => undefined), ...[0, 1, 2].map(() => Math.floor((2 + rnd() * 14) * MiB))]
+    proxy.plan = [0, 1, 2].map(() => Math.floor((2 + rnd() * 14) * MiB))
     const r = await replicateCli(site, vm.vmxPath, ['--certify', 'xxh64'], { port: proxy.port })
     t.equal(r.code, 0, `cycle ${cycle} survives the cuts: ${r.stderr.slice(-1500)}`)
     t.equal(r.report?.vms[0]?.ok, true)
     await mirrorMatches(t, flats, expected, `cycle ${cycle} after cuts`)
   }
-  t.ok(proxy.cuts() >= 3, `the link was really cut (${proxy.cuts()} cuts)`)
+  t.ok(proxy.cuts >= 3, `the link was really cut (${proxy.cuts} cuts)`)
 })
 
 t.test('receiver killed with SIGKILL during apply, restarted: the agent resumes', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t, 'grainline-e2e-')
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'rk', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 6 })
@@ -79,22 +79,28 @@ t.test('receiver killed with SIGKILL during apply, restarted: the agent resumes'
   await mirrorMatches(t, flats, seedExp, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 40 * MiB, seed: 2, zeroFraction: 0 })
   const exp = await frozenView(vm.vmxPath, join(dir, 'exp-2'))
-  // a slow link so the kill lands mid-apply
-  const run = replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--give-up', '60', '--compress', 'none'])
+  // the proxy holds the stream at 16 MiB of the ~40 MiB change, so the kill
+  // lands mid-apply; a rate limit makes the receiver apply (and journal its
+  // resume point) in many small batches before that
+  const proxy = await startCuttingProxy(site.receiver.port)
+  t.teardown(() => proxy.close())
+  proxy.plan = [{ holdAfter: 16 * MiB }]
+  const run = replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--give-up', '60', '--compress', 'none'], { port: proxy.port })
+  await proxy.waitForHolds(1)
   const durable = await waitInflight(site.store, 'rk')
   await site.receiver.kill9()
-  await new Promise((r) => setTimeout(r, 500))
+  // the held connection died with the receiver; the agent reconnects through the proxy to the restarted one
   await site.restart()
   const r = await run
   t.equal(r.code, 0, `the cycle completes after the receiver restart: ${r.stderr.slice(-1500)}`)
   const d = r.report?.vms[0]?.disks[0]
-  t.ok(((r.report?.vms[0] as { reconnects?: number } | undefined)?.reconnects ?? 0) >= 1, 'the agent reconnected')
+  t.ok((r.report?.vms[0]?.reconnects ?? 0) >= 1, 'the agent reconnected')
   t.ok((d?.resumedFrom.length ?? 0) >= 2 && (d?.resumedFrom.at(-1) ?? 0) >= durable, `resumed from the durable point (${durable}), not from 0 (${JSON.stringify(d?.resumedFrom)})`)
   await mirrorMatches(t, flats, exp, 'after receiver SIGKILL + resume')
 })
 
 t.test('agent killed during a cycle and run again: the mirror ends correct', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t, 'grainline-e2e-')
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'ak', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 7 })
@@ -102,11 +108,27 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
   t.equal((await replicateCli(site, vm.vmxPath)).code, 0, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 40 * MiB, seed: 3, zeroFraction: 0 })
   const exp = await frozenView(vm.vmxPath, join(dir, 'exp-2'))
+  // held at 16 MiB of the ~40 MiB change: the agent is killed mid-cycle, never after it
+  const proxy = await startCuttingProxy(site.receiver.port)
+  t.teardown(() => proxy.close())
+  proxy.plan = [{ holdAfter: 16 * MiB }]
   let durable = 0
   const killed = await replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none'], {
-    onSpawn: (p) => { waitInflight(site.store, 'ak').then((seq) => { durable = seq; p.kill('SIGKILL') }, () => p.kill('SIGKILL')) },
+    port: proxy.port,
+    onSpawn: (p) => {
+      proxy
+        .waitForHolds(1)
+        .then(() => waitInflight(site.store, 'ak'))
+        .then(
+          (seq) => {
+            durable = seq
+            p.kill('SIGKILL')
+          },
+          () => p.kill('SIGKILL'),
+        )
+    },
   })
-    t.not(killed.code, 0, 'the killed run did not succeed')
+  t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
   // the guest keeps writing into the new running delta; the rerun must still ship exactly the frozen view
   await simulateGuestWrites(vm.vmxPath, { bytes: 8 * MiB, seed: 33, zeroFraction: 0.2 })
   const r = await replicateCli(site, vm.vmxPath, ['--certify', 'sha1'])
@@ -120,15 +142,18 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
 })
 
 t.test('the receiver disk fills up: a clean, reported failure; the mirror stays at its last commit', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t, 'grainline-e2e-')
   // outside the test dir: tap removes the test dir before our teardown unmounts
   const mnt = await mkdtemp(join(tmpdir(), 'grainline-small-store-'))
   // a 48 MiB file system for the store (CI runs as root)
   await exec('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', mnt])
-  t.teardown(async () => { await exec('umount', ['-l', mnt]).catch(() => {}); await rm(mnt, { recursive: true, force: true }) })
+  t.teardown(async () => {
+    await exec('umount', ['-l', mnt]).catch(() => {})
+    await rm(mnt, { recursive: true, force: true })
+  })
   const site = await startSite(join(dir, 'dr'))
   await site.receiver.stop()
-  site.receiver = await startReceiver({ store: join(mnt, 'store'), tokens: site.tokens, tls: { cert: site.cert, key: site.key } })
+  site.receiver = await startReceiverProcess({ store: join(mnt, 'store'), tokens: site.tokens, tls: { cert: site.cert, key: site.key } })
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'full', disks: [{ sizeBytes: 32 * MiB, fill: 'random' }], seed: 8 })
   const flat = join(mnt, 'store', 'full', 'full-flat.vmdk')
@@ -148,7 +173,7 @@ t.test('the receiver disk fills up: a clean, reported failure; the mirror stays 
   t.equal(failed.report?.vms[0]?.vm, 'full', 'the report names the VM')
   // the receiver stays up and the mirror is still exactly the last committed point
   t.equal(site.receiver.proc.exitCode, null, 'the receiver is still running')
-  const st = JSON.parse((await runCli(['status', '--store', join(mnt, 'store'), '--output', 'json'])).stdout) as { vms: { vm: string, committedCycle: number, inflightCycle: number }[] }
+  const st = JSON.parse((await runCli(['status', '--store', join(mnt, 'store'), '--output', 'json'])).stdout) as { vms: { vm: string; committedCycle: number; inflightCycle: number }[] }
   t.match(st.vms[0], { vm: 'full', committedCycle: 1, inflightCycle: 0 }, 'status: the failed cycle was rolled back, committed cycle 1')
   t.equal(await firstDifference(flat, seedExp[0] as string), -1, 'mirror still equals the seed after the failure')
   // free the space: the next run completes the cycle
@@ -156,5 +181,9 @@ t.test('the receiver disk fills up: a clean, reported failure; the mirror stays 
   const ok = await replicateCli(site, vm.vmxPath, ['--certify', 'xxh64'])
   t.equal(ok.code, 0, `after freeing space the cycle completes: ${ok.stderr.slice(-1500)}`)
   t.equal(await firstDifference(flat, exp2[0] as string), -1, 'mirror correct after the retry')
-  t.same((await readdir(join(mnt, 'store', 'full'))).filter((f) => f.endsWith('.seed')), [], 'no stray files')
+  t.same(
+    (await readdir(join(mnt, 'store', 'full'))).filter((f) => f.endsWith('.seed')),
+    [],
+    'no stray files',
+  )
 })

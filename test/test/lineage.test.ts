@@ -7,19 +7,19 @@
 // point ("OK … incremental … trivial ok" with writes lost), and the
 // interrupted seed was sent again in full beside a second `grainline-1`.
 import t, { type Test } from 'tap'
-const tap = t
 import { execFile } from 'node:child_process'
 import { readFile, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import { createLocalDriver, createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, type SampleVm } from '@grainline/agent'
-import { firstDifference, qemuRaw, replicateCli, scratchDir, startCuttingProxy, startSite, type RunReport, type Site } from '@grainline/e2e'
+import { replicateCli, startSite, type RunReport, type Site } from '@grainline/e2e'
+import { firstDifference, qemuRaw, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
 
 /** The frozen view the next cycle will ship: the current top view of the first disk (no guest writes during the cycle). */
-async function expectedView (vmx: string, out: string): Promise<string> {
+async function expectedView(vmx: string, out: string): Promise<string> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   const d = vmxDisks(cfg)[0]
   if (d === undefined) throw new Error('no disk')
@@ -27,13 +27,22 @@ async function expectedView (vmx: string, out: string): Promise<string> {
   return out
 }
 
-async function grainlineSnapshots (vm: SampleVm): Promise<string[]> {
+async function grainlineSnapshots(vm: SampleVm): Promise<string[]> {
   const d = createLocalDriver()
   return (await d.listSnapshots(await d.openVm(vm.vmxPath))).filter((s) => s.grainline).map((s) => s.name)
 }
 
 /** One `grainline replicate` process; asserts the disk mode and that the mirror equals `expected`. */
-async function run (t: Test, site: Site, vm: SampleVm, stateDir: string, expected: string, mode: 'seed' | 'incremental', label: string, extra: string[] = []): Promise<RunReport['vms'][number] | undefined> {
+async function run(
+  t: Test,
+  site: Site,
+  vm: SampleVm,
+  stateDir: string,
+  expected: string,
+  mode: 'seed' | 'incremental',
+  label: string,
+  extra: string[] = [],
+): Promise<RunReport['vms'][number] | undefined> {
   const r = await replicateCli(site, vm.vmxPath, ['--state-dir', stateDir, '--trivial-mb', '4', ...extra])
   const v = r.report?.vms[0]
   t.equal(r.code, 0, `${label}: exit 0 ${r.stderr.slice(-1500)}`)
@@ -47,12 +56,14 @@ async function run (t: Test, site: Site, vm: SampleVm, stateDir: string, expecte
 }
 
 t.test('store restored from a backup: the next cycle resyncs (never an incremental), the mirror is exact', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'backup', disks: [{ sizeBytes: 24 * MiB }], seed: 21 })
   const state = join(dir, 'agent-state')
-  const write = async (seed: number): Promise<void> => { await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 }) }
+  const write = async (seed: number): Promise<void> => {
+    await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 })
+  }
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
   await write(2)
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e2.raw')), 'incremental', 'cycle 2')
@@ -71,14 +82,14 @@ t.test('store restored from a backup: the next cycle resyncs (never an increment
   await site.restart()
   await write(5)
   const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e5.raw')), 'seed', 'after the restore')
-  t.equal(v?.cycle, 3, 'the cycle after the restored store\'s own committed point')
+  t.equal(v?.cycle, 3, "the cycle after the restored store's own committed point")
   t.match(v?.disks[0]?.fallbackReason, /receiver is at committed cycle 2, generation .*, but the agent recorded cycle 4/)
   await write(6)
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e6.raw')), 'incremental', 'the next cycle continues')
 })
 
 t.test('one VM replicated alternately to two receivers: every switch resyncs, both mirrors exact', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t)
   const a = await startSite(join(dir, 'dr-a'))
   t.teardown(() => a.receiver.stop())
   const b = await startSite(join(dir, 'dr-b'))
@@ -86,7 +97,14 @@ t.test('one VM replicated alternately to two receivers: every switch resyncs, bo
   const vm = await createSampleVm(join(dir, 'src'), { name: 'alt', disks: [{ sizeBytes: 16 * MiB }], seed: 22 })
   const state = join(dir, 'agent-state')
   // A B B A B: the second B continues B; A after B's and B after A's must resync (delta names repeat every two cycles)
-  const plan: Array<[Site, 'seed' | 'incremental', string]> = [[a, 'seed', 'A'], [b, 'seed', 'B'], [b, 'incremental', 'B again'], [a, 'seed', 'back to A'], [b, 'seed', 'back to B'], [b, 'incremental', 'B once more']]
+  const plan: Array<[Site, 'seed' | 'incremental', string]> = [
+    [a, 'seed', 'A'],
+    [b, 'seed', 'B'],
+    [b, 'incremental', 'B again'],
+    [a, 'seed', 'back to A'],
+    [b, 'seed', 'back to B'],
+    [b, 'incremental', 'B once more'],
+  ]
   for (const [i, [site, mode, label]] of plan.entries()) {
     if (i > 0) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 64 * 1024, seed: 40 + i, zeroFraction: 0.1 })
     const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, `e${i}.raw`)), mode, label)
@@ -95,7 +113,7 @@ t.test('one VM replicated alternately to two receivers: every switch resyncs, bo
 })
 
 t.test('first seed into a new store interrupted at ~90 %: the rerun resumes and ends with one grainline snapshot', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t)
   const old = await startSite(join(dir, 'dr-old'))
   t.teardown(() => old.receiver.stop())
   const size = 48 * MiB
@@ -116,16 +134,20 @@ t.test('first seed into a new store interrupted at ~90 %: the rerun resumes and 
   const proxy = await startCuttingProxy(site.receiver.port)
   t.teardown(() => proxy.close())
   const small = ['--compress', 'none', '--state-dir', state]
-  let done = false
-  const running = replicateCli(site, vm.vmxPath, [...small, '--give-up', '1', '--bwlimit', '16M'], { port: proxy.port }).finally(() => { done = true })
-  while (!done && proxy.forwarded() < 0.9 * size) await new Promise((resolve) => setTimeout(resolve, 20))
-  t.notOk(done, 'the seed was still running at 90 %')
-  proxy.cutAfter = 1
-  proxy.cutAll()
-  const cut = await running
+  // the connection that ships the seed is cut after 90 % of its bytes (the short ones before it pass);
+  // every connection after that cut dies at once, so the agent gives up
+  proxy.cutAfter = Math.floor(0.9 * size)
+  void proxy.waitForCuts(1).then(
+    () => {
+      proxy.cutAfter = 1
+    },
+    () => {},
+  )
+  const cut = await replicateCli(site, vm.vmxPath, [...small, '--give-up', '1', '--bwlimit', '16M'], { port: proxy.port })
+  t.ok(proxy.cuts >= 1 && proxy.forwarded >= 0.9 * size, `the seed was cut at 90 % (${proxy.forwarded} of ${size} bytes forwarded)`)
   t.equal(cut.code, 1, 'the interrupted run fails')
   t.equal(cut.report?.vms[0]?.error?.code, 'E_GAVE_UP')
-  t.same((await grainlineSnapshots(vm)).sort(), ['grainline-1', 'grainline-2'], 'left: the old target\'s base and the in-flight snapshot (no two of one name)')
+  t.same((await grainlineSnapshots(vm)).sort(), ['grainline-1', 'grainline-2'], "left: the old target's base and the in-flight snapshot (no two of one name)")
   const r = await replicateCli(site, vm.vmxPath, small)
   const v = r.report?.vms[0]
   t.equal(r.code, 0, `rerun exit 0 ${r.stderr.slice(-1500)}`)

@@ -1,22 +1,26 @@
 // Security, end to end: no token, a wrong token, a token for another VM, a
 // plain-text connection to a TLS listener — each refused, nothing written.
 import t from 'tap'
-const tap = t
 import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import { createSampleVm } from '@grainline/agent'
-import { startSite, replicateCli, runCli, scratchDir } from '@grainline/e2e'
+import { scratchDir } from '@grainline/test-utils'
+import { startSite, replicateCli, runCli } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 
-async function storeEntries (store: string): Promise<string[]> {
-  try { return (await readdir(store)).filter((n) => !n.startsWith('.')) } catch { return [] }
+async function storeEntries(store: string): Promise<string[]> {
+  try {
+    return (await readdir(store)).filter((n) => !n.startsWith('.'))
+  } catch {
+    return []
+  }
 }
 
 t.test('refusals', async (t) => {
-  const dir = await scratchDir(t, tap)
+  const dir = scratchDir(t, 'grainline-e2e-')
   const site = await startSite(join(dir, 'dr'), ['web-*'], [{ name: 'proxy-b', vms: ['db01'] }])
   t.teardown(() => site.receiver.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web-01', disks: [{ sizeBytes: 8 * MiB }], seed: 3 })
@@ -25,7 +29,7 @@ t.test('refusals', async (t) => {
 
   t.test('no token: 401 before the upgrade', async (t) => {
     const ws = new WebSocket(`wss://127.0.0.1:${site.receiver.port}`, 'grainline.v2', { ca })
-    const [, res] = await once(ws, 'unexpected-response') as [unknown, { statusCode: number }]
+    const [, res] = (await once(ws, 'unexpected-response')) as [unknown, { statusCode: number }]
     t.equal(res.statusCode, 401)
     ws.on('error', () => {})
     ws.terminate()
@@ -38,7 +42,7 @@ t.test('refusals', async (t) => {
     t.equal(r.code, 1)
     t.match(r.stdout + r.stderr, /AUTH|401|unauthori[sz]ed/i)
     t.notMatch(r.stdout + r.stderr, /not-the-token/, 'the token never appears in output')
-    t.notMatch(site.receiver.logs.join('\n'), /not-the-token/, 'nor in the receiver logs')
+    t.notMatch(site.receiver.lines.join('\n'), /not-the-token/, 'nor in the receiver logs')
   })
 
   t.test('a token for other VMs: forbidden, nothing learned', async (t) => {

@@ -6,9 +6,7 @@
  * required-ness come from the schema itself.
  */
 import { z } from 'zod'
-import {
-  emailSchema, esxiSettingsSchema, jobShape, vmEntrySchema, vmOptionsSchema, webhookSchema,
-} from '@grainline/agent'
+import { emailSchema, esxiSettingsSchema, jobShape, vmEntrySchema, vmOptionsSchema, webhookSchema } from '@grainline/agent'
 
 /** One generated file. */
 export interface ConfigFormat {
@@ -17,43 +15,60 @@ export interface ConfigFormat {
   readonly title: string
   /** paragraphs before the tables */
   readonly intro: string
-  readonly sections: ReadonlyArray<{ readonly title: string, readonly intro?: string, readonly schema: z.ZodType, readonly prefix?: string }>
+  readonly sections: ReadonlyArray<{ readonly title: string; readonly intro?: string; readonly schema: z.ZodType; readonly prefix?: string }>
 }
 
-interface Meta { description?: string, default?: string, type?: string, example?: string, hidden?: boolean }
-type Def = { type: string, [k: string]: unknown }
+interface Meta {
+  description?: string
+  default?: string
+  type?: string
+  example?: string
+  hidden?: boolean
+}
+type Def = { type: string; [k: string]: unknown }
 
 const defOf = (s: z.ZodType): Def => (s as unknown as { _zod: { def: Def } })._zod.def
 const metaOf = (s: z.ZodType): Meta => (z.globalRegistry.get(s) ?? {}) as Meta
 
 /** Walk wrappers (optional, pipe, default) collecting meta, to the schema that says what the value is. */
-function unwrap (s: z.ZodType): { core: z.ZodType, meta: Meta, optional: boolean } {
+function unwrap(s: z.ZodType): { core: z.ZodType; meta: Meta; optional: boolean } {
   let meta: Meta = {}
   let optional = false
   let cur = s
   for (let n = 0; n < 20; n++) {
     meta = { ...metaOf(cur), ...meta }
     const d = defOf(cur)
-    if (d.type === 'optional' || d.type === 'default' || d.type === 'nullable') { optional = true; cur = d['innerType'] as z.ZodType; continue }
-    if (d.type === 'pipe') { cur = d['in'] as z.ZodType; continue }
-    if (d.type === 'lazy') { cur = (d['getter'] as () => z.ZodType)(); continue }
+    if (d.type === 'optional' || d.type === 'default' || d.type === 'nullable') {
+      optional = true
+      cur = d['innerType'] as z.ZodType
+      continue
+    }
+    if (d.type === 'pipe') {
+      cur = d['in'] as z.ZodType
+      continue
+    }
+    if (d.type === 'lazy') {
+      cur = (d['getter'] as () => z.ZodType)()
+      continue
+    }
     break
   }
   return { core: cur, meta, optional }
 }
 
-function checksOf (d: Def): Array<{ check: string, value?: number, minimum?: number, maximum?: number, inclusive?: boolean }> {
-  const checks = d['checks'] as Array<{ _zod: { def: { check: string, value?: number, minimum?: number, maximum?: number, inclusive?: boolean } } }> | undefined
+function checksOf(d: Def): Array<{ check: string; value?: number; minimum?: number; maximum?: number; inclusive?: boolean }> {
+  const checks = d['checks'] as Array<{ _zod: { def: { check: string; value?: number; minimum?: number; maximum?: number; inclusive?: boolean } } }> | undefined
   return (checks ?? []).map((c) => c._zod.def)
 }
 
 /** The type of a value in words. */
-function typeText (s: z.ZodType): string {
+function typeText(s: z.ZodType): string {
   const { core, meta } = unwrap(s)
   if (meta.type !== undefined) return meta.type
   const d = defOf(core)
   switch (d.type) {
-    case 'string': return d['format'] === 'url' ? 'URL' : 'string'
+    case 'string':
+      return d['format'] === 'url' ? 'URL' : 'string'
     case 'number': {
       const c = checksOf(d)
       const lo = c.find((x) => x.check === 'greater_than')?.value
@@ -61,21 +76,31 @@ function typeText (s: z.ZodType): string {
       const base = d['format'] === 'safeint' ? 'integer' : 'number'
       return lo !== undefined && hi !== undefined ? `${base} ${lo}–${hi}` : lo !== undefined ? `${base} ≥ ${lo}` : base
     }
-    case 'boolean': return 'boolean'
-    case 'enum': return Object.values(d['entries'] as Record<string, string>).map((v) => `\`"${v}"\``).join(', ')
-    case 'literal': return (d['values'] as unknown[]).map((v) => `\`${JSON.stringify(v)}\``).join(', ')
-    case 'array': return `array of ${typeText(d['element'] as z.ZodType)}`
-    case 'object': return 'object'
-    case 'record': return `object of ${typeText(d['valueType'] as z.ZodType)}`
-    case 'union': return (d['options'] as z.ZodType[]).map(typeText).join(' or ')
-    default: return d.type
+    case 'boolean':
+      return 'boolean'
+    case 'enum':
+      return Object.values(d['entries'] as Record<string, string>)
+        .map((v) => `\`"${v}"\``)
+        .join(', ')
+    case 'literal':
+      return (d['values'] as unknown[]).map((v) => `\`${JSON.stringify(v)}\``).join(', ')
+    case 'array':
+      return `array of ${typeText(d['element'] as z.ZodType)}`
+    case 'object':
+      return 'object'
+    case 'record':
+      return `object of ${typeText(d['valueType'] as z.ZodType)}`
+    case 'union':
+      return (d['options'] as z.ZodType[]).map(typeText).join(' or ')
+    default:
+      return d.type
   }
 }
 
 const cell = (s: string): string => s.replace(/\|/g, '\\|').replace(/\n/g, ' ')
 
 /** Rows `| key | type | required/default | description |` for an object schema, nested objects flattened (`email.smtp.host`). */
-function rows (schema: z.ZodType, prefix: string): string[] {
+function rows(schema: z.ZodType, prefix: string): string[] {
   const { core } = unwrap(schema)
   const d = defOf(core)
   if (d.type !== 'object') throw new Error(`not an object schema: ${d.type}`)
@@ -98,7 +123,7 @@ function rows (schema: z.ZodType, prefix: string): string[] {
 }
 
 /** Render one format's reference as Markdown. */
-export function renderConfigReference (f: ConfigFormat): string {
+export function renderConfigReference(f: ConfigFormat): string {
   const parts = [`# ${f.title}`, '', '<!-- generated by scripts/gen-config-reference.mjs from the schemas that validate this file; do not edit -->', '', f.intro.trim(), '']
   for (const s of f.sections) {
     parts.push(`## ${s.title}`, '')
@@ -134,10 +159,20 @@ the file (docs/CLI.md).
 \`\`\``,
     sections: [
       { title: 'Job keys', schema: z.strictObject(jobShape(ctx)) },
-      { title: 'Per-VM options', intro: 'At the top of the file (for every VM), in `defaults`, or in a `vms[]` entry; the most specific wins, and a flag wins over all.', schema: vmOptionsSchema(ctx) },
+      {
+        title: 'Per-VM options',
+        intro: 'At the top of the file (for every VM), in `defaults`, or in a `vms[]` entry; the most specific wins, and a flag wins over all.',
+        schema: vmOptionsSchema(ctx),
+      },
       { title: '`vms[]` entries', intro: 'A string names the VM alone; an object names it (`vm`) with per-VM options.', schema: z.strictObject({ vm: vmEntrySchema(ctx).shape.vm }), prefix: 'vms[].' },
       { title: 'E-mail (`email`)', intro: 'An HTML and a text part per run; the subject says OK or FAILED and which VMs failed.', schema: emailSchema(ctx), prefix: 'email.' },
-      { title: 'Webhooks (`webhooks[]`)', intro: 'A JSON POST of `{ event, host, software, report }` with `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, `X-Grainline-Event` and `X-Grainline-Delivery`; see the README.', schema: webhookSchema(ctx), prefix: 'webhooks[].' },
+      {
+        title: 'Webhooks (`webhooks[]`)',
+        intro:
+          'A JSON POST of `{ event, host, software, report }` with `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, `X-Grainline-Event` and `X-Grainline-Delivery`; see the README.',
+        schema: webhookSchema(ctx),
+        prefix: 'webhooks[].',
+      },
     ],
   },
   {

@@ -4,7 +4,7 @@ import type { CliContext, GlobalArgs } from './command.ts'
 import { createCliLogger } from './logger.ts'
 
 /** A command's logger; `ttyDefault` is its level on a terminal when `--log-level` is not given. */
-export function loggerFor (args: GlobalArgs, ctx: Pick<CliContext, 'stderr'>, ttyDefault: LevelWithSilent): Logger {
+export function loggerFor(args: GlobalArgs, ctx: Pick<CliContext, 'stderr'>, ttyDefault: LevelWithSilent): Logger {
   return createCliLogger({
     ...(args['log-level'] === undefined ? {} : { level: args['log-level'] as LevelWithSilent }),
     ...(args['log-file'] === undefined ? {} : { file: args['log-file'] }),

@@ -34,15 +34,15 @@ export interface CliLoggerOptions {
 const REDACT = { paths: ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization', 'pass', '*.pass', 'secret', '*.secret'], censor: '[redacted]' }
 
 /** The file descriptor of a stream (a tty.WriteStream has one; 2 otherwise). */
-const fdOf = (s: NodeJS.WriteStream): number => (s as { fd?: unknown }).fd as number | undefined ?? 2
+const fdOf = (s: NodeJS.WriteStream): number => ((s as { fd?: unknown }).fd as number | undefined) ?? 2
 
 /** Whether the CLI logger writes human lines (stderr is a terminal and no log file). */
-export function humanLogs (opts: Pick<CliLoggerOptions, 'file' | 'stderr'> = {}): boolean {
+export function humanLogs(opts: Pick<CliLoggerOptions, 'file' | 'stderr'> = {}): boolean {
   return opts.file === undefined && (opts.stderr ?? process.stderr).isTTY === true
 }
 
 /** The CLI's pino logger (see the module comment for where lines go). */
-export function createCliLogger (opts: CliLoggerOptions = {}): Logger {
+export function createCliLogger(opts: CliLoggerOptions = {}): Logger {
   if (opts.file !== undefined) {
     return pino({ level: opts.level ?? 'info', base: { pid: process.pid }, redact: REDACT }, pino.destination({ dest: opts.file, mkdir: true, sync: true }))
   }
@@ -51,9 +51,15 @@ export function createCliLogger (opts: CliLoggerOptions = {}): Logger {
     return pino({ level: opts.level ?? 'info', base: { pid: process.pid }, redact: REDACT }, pino.destination({ fd: fdOf(stderr), sync: true }))
   }
   const print = opts.print
-  const destination: NodeJS.WritableStream | number = print === undefined
-    ? fdOf(stderr)
-    : { write: (s: string) => { print(s); return true } } as unknown as NodeJS.WritableStream
+  const destination: NodeJS.WritableStream | number =
+    print === undefined
+      ? fdOf(stderr)
+      : ({
+          write: (s: string) => {
+            print(s)
+            return true
+          },
+        } as unknown as NodeJS.WritableStream)
   const pretty = PinoPretty({ colorize: stderr.hasColors?.() ?? false, sync: true, destination, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss', singleLine: true })
   return pino({ level: opts.level ?? opts.ttyDefault ?? 'info', redact: REDACT }, pretty as DestinationStream)
 }

@@ -5,7 +5,6 @@
  * message and exit 2 before anything happens; a failure prints one line
  * naming the VM, the disk and the code (`[E_CHAIN_CID]`) and exits 1.
  */
-import { readFileSync } from 'node:fs'
 import yargs, { type Argv } from 'yargs'
 import type { CliCommand, CliContext } from './command.ts'
 import { demoCommand } from './commands/demo.ts'
@@ -16,17 +15,15 @@ import { replicateCommand } from './commands/replicate.ts'
 import { statusCommand } from './commands/status.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
 import { LOG_LEVELS } from './logger.ts'
+import { VERSION } from './version.ts'
 
 export { ExitCode } from './exit-codes.ts'
-
-/** This package's version (dist/src/main.js → package.json), never a literal. */
-const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /** Every command, in the order `--help` lists them. */
 export const COMMANDS: readonly CliCommand[] = [infoCommand, mapCommand, receiveCommand, replicateCommand, statusCommand, mirrorCommand, demoCommand]
 
 /** Build the yargs parser; `onRun` receives each command's exit code (exported so the reference generator uses the same one). */
-export function buildCli (argv: readonly string[], ctx: CliContext = defaultContext(), onRun: (code: number) => void = () => {}): Argv {
+export function buildCli(argv: readonly string[], ctx: CliContext = defaultContext(), onRun: (code: number) => void = () => {}): Argv {
   let y = yargs([...argv])
     .scriptName('grainline')
     .usage('$0 <command> [options]\n\nReplicate running VMware ESXi VMs to a DR site, block by block, from snapshot deltas.')
@@ -36,7 +33,9 @@ export function buildCli (argv: readonly string[], ctx: CliContext = defaultCont
     .option('log-level', { type: 'string', choices: LOG_LEVELS, describe: 'log level (default: info as JSON when stderr is not a terminal; on a terminal only the failure, unless set)' })
     .option('log-file', { type: 'string', describe: 'write JSON logs to this file instead of stderr' })
   for (const c of COMMANDS) {
-    y = y.command(c.command, c.describe, c.builder, async (args) => { onRun(await c.run(args as never, ctx)) })
+    y = y.command(c.command, c.describe, c.builder, async (args) => {
+      onRun(await c.run(args as never, ctx))
+    })
   }
   return y
     .fail((msg, err) => {
@@ -49,27 +48,33 @@ export function buildCli (argv: readonly string[], ctx: CliContext = defaultCont
     .wrap(Math.min(110, process.stdout.columns ?? 100))
 }
 
-function defaultContext (): CliContext {
+function defaultContext(): CliContext {
   return {
-    write: (text) => { process.stdout.write(text) },
-    error: (line) => { process.stderr.write(line.endsWith('\n') ? line : line + '\n') },
+    write: (text) => {
+      process.stdout.write(text)
+    },
+    error: (line) => {
+      process.stderr.write(line.endsWith('\n') ? line : line + '\n')
+    },
     stderr: process.stderr,
   }
 }
 
 /** The one line a failure gets: message and code; a settings error lists every problem. */
-function failureText (err: unknown): string {
-  const e = err as { message?: unknown, code?: unknown, issues?: unknown }
+function failureText(err: unknown): string {
+  const e = err as { message?: unknown; code?: unknown; issues?: unknown }
   const code = typeof e.code === 'string' && e.code !== 'E_USAGE' && e.code !== 'E_CONFIG' ? ` [${e.code}]` : ''
   if (Array.isArray(e.issues) && e.issues.length > 1) return `grainline: ${e.issues.length} problems:\n${e.issues.map((i) => `  ${String(i)}`).join('\n')}\n`
   return `grainline: ${typeof e.message === 'string' ? e.message : String(err)}${code}\n`
 }
 
 /** Run the CLI; resolves to the exit code (usage 2, failure 1, the command's own otherwise). */
-export async function main (argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
+export async function main(argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
   let code: number | undefined
   try {
-    await buildCli(argv, ctx, (c) => { code = c }).parseAsync()
+    await buildCli(argv, ctx, (c) => {
+      code = c
+    }).parseAsync()
   } catch (err) {
     const usage = err instanceof UsageError || (err as { code?: unknown }).code === 'E_CONFIG'
     ctx.error(failureText(err) + (err instanceof UsageError ? 'Run "grainline --help" for usage.\n' : ''))

@@ -15,14 +15,14 @@ export interface StopOnSignals {
   readonly received: () => NodeJS.Signals | undefined
   /** the exit code for the signal received (130, 143), or undefined */
   readonly exitCode: () => number | undefined
-  dispose (): void
+  dispose(): void
 }
 
 /** Listen for SIGINT/SIGTERM. `onStop` hears the first (to say what happens now). */
-export function stopOnSignals (onStop: (signal: NodeJS.Signals) => void = () => {}): StopOnSignals {
+export function stopOnSignals(onStop: (signal: NodeJS.Signals) => void = () => {}): StopOnSignals {
   const ac = new AbortController()
   let got: NodeJS.Signals | undefined
-  const codeOf = (s: NodeJS.Signals): number => s === 'SIGINT' ? ExitCode.Interrupted : ExitCode.Terminated
+  const codeOf = (s: NodeJS.Signals): number => (s === 'SIGINT' ? ExitCode.Interrupted : ExitCode.Terminated)
   const handler = (s: NodeJS.Signals): void => {
     if (got !== undefined) {
       // a second signal: the operator does not want to wait
@@ -37,8 +37,8 @@ export function stopOnSignals (onStop: (signal: NodeJS.Signals) => void = () => 
   return {
     signal: ac.signal,
     received: () => got,
-    exitCode: () => got === undefined ? undefined : codeOf(got),
-    dispose () {
+    exitCode: () => (got === undefined ? undefined : codeOf(got)),
+    dispose() {
       process.off('SIGINT', handler)
       process.off('SIGTERM', handler)
     },

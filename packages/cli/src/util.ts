@@ -1,5 +1,5 @@
 /** Parse repeated `name=path` options into a record. */
-export function parsePathMap (items: readonly string[] | undefined): Record<string, string> {
+export function parsePathMap(items: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {}
   for (const item of items ?? []) {
     const eq = item.indexOf('=')
@@ -10,8 +10,12 @@ export function parsePathMap (items: readonly string[] | undefined): Record<stri
 }
 
 /** Render rows as an aligned text table. */
-export function table (head: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
-  const line = (r: readonly string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
-  return [line(head), line(widths.map(w => '-'.repeat(w))), ...rows.map(line)].join('\n')
+export function table(head: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (r: readonly string[]): string =>
+    r
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd()
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')
 }

@@ -1,13 +1,9 @@
 import t from 'tap'
-import { execFile } from 'node:child_process'
-import { dirname, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
-
-const exec = promisify(execFile)
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..')
+import { resolve } from 'node:path'
+import { repoRoot, runNode } from '@grainline/test-utils'
 
 t.test('docs/CLI.md is what the yargs definitions generate', async (t) => {
-  const r = await exec(process.execPath, [resolve(root, 'scripts/gen-cli-reference.mjs'), '--check']).then(() => 0, (err: { code: number, stderr: string }) => { t.comment(err.stderr); return err.code })
-  t.equal(r, 0, 'run node scripts/gen-cli-reference.mjs and commit docs/CLI.md')
+  const r = await runNode(resolve(repoRoot, 'scripts/gen-cli-reference.mjs'), ['--check'])
+  if (r.code !== 0) t.comment(r.stderr)
+  t.equal(r.code, 0, 'run node scripts/gen-cli-reference.mjs and commit docs/CLI.md')
 })

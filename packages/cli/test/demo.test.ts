@@ -11,16 +11,21 @@ t.test('demo: sample VM, TLS receiver process, seed + incremental cycles with a 
   const dir = join(t.testdir(), 'demo')
   const p = spawn(process.execPath, [bin, 'demo', '--dir', dir, '--disk-size', '64M', '--guest-write', '4M', '--cycles', '2'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
-  p.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  p.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d
+  })
   p.stderr.resume()
-  const [code] = await once(p, 'exit') as [number | null]
+  const [code] = (await once(p, 'exit')) as [number | null]
   t.equal(code, 0, 'demo exits 0')
   t.comment(out)
   t.match(out, /seed\s+\S+ \S+\s+\S+ \S+.*ok.*committed/)
   t.match(out, /incremental 2.*xxh64 ok\s+committed/)
   t.match(out, /all cycles committed and verified/)
-  t.same(await readdir(join(dir, 'mirrors', 'Demo VM')).then((f) => f.filter((n) => n.endsWith('.vmdk')).sort()),
-    ['Demo VM-flat.vmdk', 'Demo VM.vmdk', 'Demo VM_1-flat.vmdk', 'Demo VM_1.vmdk'], 'one descriptor and one flat file per disk')
+  t.same(
+    await readdir(join(dir, 'mirrors', 'Demo VM')).then((f) => f.filter((n) => n.endsWith('.vmdk')).sort()),
+    ['Demo VM-flat.vmdk', 'Demo VM.vmdk', 'Demo VM_1-flat.vmdk', 'Demo VM_1.vmdk'],
+    'one descriptor and one flat file per disk',
+  )
   // the receiver process was stopped: nothing listens any more, no stray process holds the folder
   t.match(out, /logs:/)
 })
@@ -29,9 +34,11 @@ t.test('demo refuses to wipe a folder it did not create', async (t) => {
   const dir = t.testdir({ 'precious.txt': 'keep me' })
   const p = spawn(process.execPath, [bin, 'demo', '--dir', dir, '--disk-size', '16M'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
-  p.stderr.setEncoding('utf8').on('data', (d: string) => { err += d })
+  p.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d
+  })
   p.stdout.resume()
-  const [code] = await once(p, 'exit') as [number | null]
+  const [code] = (await once(p, 'exit')) as [number | null]
   t.equal(code, 1)
   t.match(err, /not a grainline demo folder/)
   t.same(await readdir(dir), ['precious.txt'])
@@ -49,7 +56,7 @@ t.test('Ctrl-C stops the demo and its receiver process, exit 130', async (t) => 
     })
   })
   p.kill('SIGINT')
-  const [code] = await once(p, 'exit') as [number | null]
+  const [code] = (await once(p, 'exit')) as [number | null]
   t.equal(code, 130, 'exit status 130')
   t.match(out, /interrupted/)
   const { execFileSync } = await import('node:child_process')

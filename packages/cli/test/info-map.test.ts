@@ -1,49 +1,37 @@
 import t from 'tap'
-import { execFile, spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
+import { qemuImg, qemuIo, qemuMap, runNode, type QemuMapEntry, type RunResult } from '@grainline/test-utils'
 
-const exec = promisify(execFile)
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
+const grainline = (args: string[]): Promise<RunResult> => runNode(bin, args)
 
-async function grainline (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const p = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  p.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
-  p.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-  const [code] = await once(p, 'exit') as [number | null]
-  return { code, stdout, stderr }
-}
-
-interface MapRow { start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean, offset?: number }
-const strip = (rows: MapRow[]): MapRow[] => rows.map(({ start, length, depth, present, zero, data, offset }) => ({ start, length, depth, present, zero, data, ...(offset !== undefined ? { offset } : {}) }))
+/** our rows cut to the fields qemu 7.2 prints, as qemuMap cuts qemu's */
+const strip = (rows: QemuMapEntry[]): QemuMapEntry[] =>
+  rows.map(({ start, length, depth, present, zero, data, offset }) => ({ start, length, depth, present, zero, data, ...(offset !== undefined ? { offset } : {}) }))
 
 t.test('map --output json equals qemu-img map on a qemu-made chain', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'base.vmdk')
   const top = join(dir, 'top name.vmdk')
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', base, '64M'])
-  await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 0 3M', '-c', 'write -P 0x22 40M 1M', base])
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'zeroed_grain=on', '-b', 'base.vmdk', '-F', 'vmdk', top])
-  await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x33 1M 128k', '-c', 'write -z 40M 64k', '-c', 'write -P 0x44 63M 64k', top])
+  await qemuImg(['create', '-q', '-f', 'vmdk', base, '64M'])
+  await qemuIo(base, ['write -P 0x11 0 3M', 'write -P 0x22 40M 1M'])
+  await qemuImg(['create', '-q', '-f', 'vmdk', '-o', 'zeroed_grain=on', '-b', 'base.vmdk', '-F', 'vmdk', top])
+  await qemuIo(top, ['write -P 0x33 1M 128k', 'write -z 40M 64k', 'write -P 0x44 63M 64k'])
   const ours = await grainline(['map', '--output', 'json', top])
   t.equal(ours.code, 0, ours.stderr)
-  const { stdout } = await exec('qemu-img', ['map', '-f', 'vmdk', '--output=json', top])
-  t.same(strip(JSON.parse(ours.stdout) as MapRow[]), strip(JSON.parse(stdout) as MapRow[]), 'same entries, file offsets included')
+  t.same(strip(JSON.parse(ours.stdout) as QemuMapEntry[]), await qemuMap(top), 'same entries, file offsets included')
 })
 
 t.test('info prints the chain as JSON and as text', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'base.vmdk')
   const top = join(dir, 'top.vmdk')
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', base, '8M'])
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', top])
+  await qemuImg(['create', '-q', '-f', 'vmdk', base, '8M'])
+  await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', top])
   const json = await grainline(['info', '--output', 'json', top])
   t.equal(json.code, 0, json.stderr)
-  const info = JSON.parse(json.stdout) as { capacity: number, layers: { createType: string, cid: string, parentCid: string }[] }
+  const info = JSON.parse(json.stdout) as { capacity: number; layers: { createType: string; cid: string; parentCid: string }[] }
   t.equal(info.capacity, 8 * 1024 * 1024)
   t.equal(info.layers.length, 2)
   t.equal(info.layers[0]?.parentCid, info.layers[1]?.cid, 'child parentCID is the base CID')
@@ -54,10 +42,10 @@ t.test('info prints the chain as JSON and as text', async (t) => {
 
 t.test('a broken chain is a typed error naming the files, exit 1', async (t) => {
   const dir = t.testdir()
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', join(dir, 'base.vmdk'), '8M'])
-  await exec('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', join(dir, 'top.vmdk')])
+  await qemuImg(['create', '-q', '-f', 'vmdk', join(dir, 'base.vmdk'), '8M'])
+  await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', join(dir, 'top.vmdk')])
   // changing the base's content changes its CID: the child's parentCID no longer matches
-  await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 1 0 4k', join(dir, 'base.vmdk')])
+  await qemuIo(join(dir, 'base.vmdk'), ['write -P 1 0 4k'])
   const r = await grainline(['info', join(dir, 'top.vmdk')])
   t.equal(r.code, 1)
   t.match(r.stderr, /E_CHAIN_CID/)

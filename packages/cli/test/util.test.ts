@@ -7,5 +7,14 @@ t.test('parsePathMap', async (t) => {
 })
 
 t.test('table', async (t) => {
-  t.equal(table(['a', 'bb'], [['1', '2'], ['333', '4']]), 'a    bb\n---  --\n1    2\n333  4')
+  t.equal(
+    table(
+      ['a', 'bb'],
+      [
+        ['1', '2'],
+        ['333', '4'],
+      ],
+    ),
+    'a    bb\n---  --\n1    2\n333  4',
+  )
 })

@@ -35,13 +35,17 @@ export interface DemoOptions {
 const MARKER = '.grainline-demo'
 const bin = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin.js')
 
-interface CycleRow { label: string, vm: VmReport, seconds: number }
+interface CycleRow {
+  label: string
+  vm: VmReport
+  seconds: number
+}
 
 /**
  * The main job on an embedded default: a sample VM, a local TLS receiver with a
  * generated token, a seed, incremental cycles with a guest writing, certify.
  */
-export async function runDemo (opts: DemoOptions): Promise<boolean> {
+export async function runDemo(opts: DemoOptions): Promise<boolean> {
   const dir = resolve(opts.dir ?? 'demo-run')
   const cycles = opts.cycles ?? 3
   const diskBytes = opts.diskBytes ?? 2 * 1024 ** 3
@@ -52,7 +56,12 @@ export async function runDemo (opts: DemoOptions): Promise<boolean> {
     await stat(join(dir, MARKER))
     await rm(dir, { recursive: true, force: true })
   } catch {
-    try { await stat(dir); throw new Error(`${dir} exists and is not a grainline demo folder; choose another --dir`) } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err }
+    try {
+      await stat(dir)
+      throw new Error(`${dir} exists and is not a grainline demo folder; choose another --dir`)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
   }
   await mkdir(join(dir, 'logs'), { recursive: true })
   await mkdir(join(dir, 'agent'), { recursive: true })
@@ -77,8 +86,7 @@ export async function runDemo (opts: DemoOptions): Promise<boolean> {
   const tokenFile = await writeTokenFile(join(dir, 'agent', 'demo.token'), token)
   const store = join(dir, 'mirrors')
   const receiverLog = join(dir, 'logs', 'receiver.log')
-  const receiver = await startReceiverProcess(['receive', '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens,
-    '--tls-cert', tls.cert, '--tls-key', tls.key, '--log-file', receiverLog])
+  const receiver = await startReceiverProcess(['receive', '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens, '--tls-cert', tls.cert, '--tls-key', tls.key, '--log-file', receiverLog])
   const stopReceiver = async (): Promise<void> => {
     if (receiver.proc.exitCode === null && receiver.proc.signalCode === null) {
       receiver.proc.kill('SIGTERM')
@@ -119,22 +127,43 @@ export async function runDemo (opts: DemoOptions): Promise<boolean> {
       say(`- cycle ${c + 1} (${label}${last ? ', certified' : ''}); meanwhile the guest writes ${formatBytes(guestBytes)} per disk into its new delta\n`)
       const started = Date.now()
       let guest: Promise<unknown> = Promise.resolve()
-      const report: ReplicationReport = await replicateMany({ logger }, [{
-        ...base,
-        certify: last ? 'xxh64' : 'none',
-        // the guest keeps writing into the new running delta while the frozen one ships;
-        // its writes settle before the older snapshot is removed (as ESXi serializes them)
-        afterSnapshot: async () => { guest = simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 }) },
-        beforeRemove: async () => { await guest },
-      }], { parallel: 1, signal: abort.signal, view: stderr.isTTY ? new TtyProgressView(stderr) : 'none' })
+      const report: ReplicationReport = await replicateMany(
+        { logger },
+        [
+          {
+            ...base,
+            certify: last ? 'xxh64' : 'none',
+            // the guest keeps writing into the new running delta while the frozen one ships;
+            // its writes settle before the older snapshot is removed (as ESXi serializes them)
+            afterSnapshot: async () => {
+              guest = simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 })
+            },
+            beforeRemove: async () => {
+              await guest
+            },
+          },
+        ],
+        { parallel: 1, signal: abort.signal, view: stderr.isTTY ? new TtyProgressView(stderr) : 'none' },
+      )
       await guest
       const vr = report.vms[0]
       if (vr === undefined) throw new Error('replicate returned no VM report')
       rows.push({ label, vm: vr, seconds: (Date.now() - started) / 1000 })
-      if (abort.signal.aborted) { ok = false; break }
+      if (abort.signal.aborted) {
+        ok = false
+        break
+      }
       if (!report.ok) {
         ok = false
-        say(`  cycle ${vr.cycle} FAILED: ${vr.error?.code ?? ''} ${vr.error?.message ?? vr.disks.map((d) => d.error?.message).filter(Boolean).join('; ')}\n`)
+        say(
+          `  cycle ${vr.cycle} FAILED: ${vr.error?.code ?? ''} ${
+            vr.error?.message ??
+            vr.disks
+              .map((d) => d.error?.message)
+              .filter(Boolean)
+              .join('; ')
+          }\n`,
+        )
       }
     }
   } finally {
@@ -152,10 +181,19 @@ export async function runDemo (opts: DemoOptions): Promise<boolean> {
   for (const r of rows) {
     const changed = r.vm.disks.reduce((s, d) => s + d.dataBytes + d.zeroBytes, 0)
     const sent = r.vm.disks.reduce((s, d) => s + d.wireBytes, 0)
-    const trivial = r.vm.disks.every((d) => d.trivial?.ok === true) ? 'ok' : (r.vm.disks.some((d) => d.trivial !== undefined && !d.trivial.ok) ? 'MISMATCH' : '-')
-    const cert = r.vm.disks.every((d) => d.certify === undefined) ? '-' : (r.vm.disks.every((d) => d.certify?.ok === true) ? `${r.vm.disks[0]?.certify?.algorithm ?? ''} ok` : 'MISMATCH')
-    out.push([String(r.vm.cycle), r.label, formatBytes(changed), formatBytes(sent), formatDuration(r.seconds * 1000),
-      `${formatBytes(sent / Math.max(r.seconds, 0.001))}/s`, trivial, cert, r.vm.ok ? 'committed' : `FAILED ${r.vm.error?.code ?? ''}`])
+    const trivial = r.vm.disks.every((d) => d.trivial?.ok === true) ? 'ok' : r.vm.disks.some((d) => d.trivial !== undefined && !d.trivial.ok) ? 'MISMATCH' : '-'
+    const cert = r.vm.disks.every((d) => d.certify === undefined) ? '-' : r.vm.disks.every((d) => d.certify?.ok === true) ? `${r.vm.disks[0]?.certify?.algorithm ?? ''} ok` : 'MISMATCH'
+    out.push([
+      String(r.vm.cycle),
+      r.label,
+      formatBytes(changed),
+      formatBytes(sent),
+      formatDuration(r.seconds * 1000),
+      `${formatBytes(sent / Math.max(r.seconds, 0.001))}/s`,
+      trivial,
+      cert,
+      r.vm.ok ? 'committed' : `FAILED ${r.vm.error?.code ?? ''}`,
+    ])
   }
   say('\n' + table(['cycle', 'kind', 'changed', 'sent', 'time', 'rate', 'trivial', 'certify', 'result'], out) + '\n\n')
   say(`source VM:  ${vm.vmxPath}\n`)
@@ -167,7 +205,7 @@ export async function runDemo (opts: DemoOptions): Promise<boolean> {
 }
 
 /** What to try next with the demo's files, and how to remove them (paths as the user typed them: relative to here when inside). */
-function nextSteps (p: { dir: string, store: string, tls: { cert: string, key: string }, tokens: string, tokenFile: string, vmx: string }): string {
+function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: string }; tokens: string; tokenFile: string; vmx: string }): string {
   const here = (f: string): string => {
     const r = relative(process.cwd(), f)
     const shown = r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : f
@@ -189,36 +227,61 @@ function nextSteps (p: { dir: string, store: string, tls: { cert: string, key: s
 export const demoCommand: CliCommand = {
   command: 'demo',
   describe: 'the main job on an embedded default: sample VM, local TLS receiver, seed, 3 incremental cycles with a writing guest, certify',
-  builder: (y: Argv) => y
-    .option('dir', { type: 'string', default: 'demo-run', describe: 'working folder (recreated)' })
-    .option('cycles', { type: 'number', default: 3, describe: 'incremental cycles after the seed' })
-    .option('disk-size', { type: 'string', default: '2G', describe: 'size of the first disk (the second is half)' })
-    .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
-    .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
-  async run (args, ctx) {
-    const size = (k: string): number => { try { return parseByteSize(String(args[k]), `--${k}`) } catch (err) { throw new UsageError((err as Error).message) } }
+  builder: (y: Argv) =>
+    y
+      .option('dir', { type: 'string', default: 'demo-run', describe: 'working folder (recreated)' })
+      .option('cycles', { type: 'number', default: 3, describe: 'incremental cycles after the seed' })
+      .option('disk-size', { type: 'string', default: '2G', describe: 'size of the first disk (the second is half)' })
+      .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
+      .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
+  async run(args, ctx) {
+    const size = (k: string): number => {
+      try {
+        return parseByteSize(String(args[k]), `--${k}`)
+      } catch (err) {
+        throw new UsageError((err as Error).message)
+      }
+    }
     const cycles = Number(args['cycles'])
     if (!Number.isSafeInteger(cycles) || cycles < 0 || cycles > 100) throw new UsageError(`--cycles: expected a whole number from 0 to 100, got ${String(args['cycles'])}`)
-    const ok = await runDemo({ dir: String(args['dir']), cycles, diskBytes: size('disk-size'), guestBytes: size('guest-write'), deltaFormat: args['delta-format'] as 'sesparse', write: ctx.write, stderr: ctx.stderr })
+    const ok = await runDemo({
+      dir: String(args['dir']),
+      cycles,
+      diskBytes: size('disk-size'),
+      guestBytes: size('guest-write'),
+      deltaFormat: args['delta-format'] as 'sesparse',
+      write: ctx.write,
+      stderr: ctx.stderr,
+    })
     if (process.exitCode === ExitCode.Interrupted || process.exitCode === ExitCode.Terminated) return process.exitCode
     return ok ? ExitCode.Ok : ExitCode.Failed
   },
 }
 
-async function startReceiverProcess (args: string[]): Promise<{ proc: ChildProcess, port: number }> {
+async function startReceiverProcess(args: string[]): Promise<{ proc: ChildProcess; port: number }> {
   const errLog = await open(join(dirname(args[args.indexOf('--log-file') + 1] ?? '.'), 'receiver.stderr'), 'w')
   const proc = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', errLog.fd] })
-  process.once('exit', () => { proc.kill('SIGKILL') })
+  process.once('exit', () => {
+    proc.kill('SIGKILL')
+  })
+  const stdout = proc.stdout
+  if (stdout === null) throw new Error('the receiver process has no stdout pipe')
   const port = await new Promise<number>((resolve, reject) => {
-    const rl = createInterface({ input: proc.stdout! })
+    const rl = createInterface({ input: stdout })
     rl.on('line', (line) => {
       try {
-        const ev = JSON.parse(line) as { event?: string, port?: number }
+        const ev = JSON.parse(line) as { event?: string; port?: number }
         if (ev.event === 'listening' && typeof ev.port === 'number') resolve(ev.port)
-      } catch { /* not ours */ }
+      } catch {
+        /* not ours */
+      }
     })
-    proc.once('exit', (code) => { reject(new Error(`the receiver exited with code ${code} before listening; see receiver.stderr in the logs folder`)) })
+    proc.once('exit', (code) => {
+      reject(new Error(`the receiver exited with code ${code} before listening; see receiver.stderr in the logs folder`))
+    })
   })
-  proc.once('exit', () => { errLog.close().catch(() => {}) })
+  proc.once('exit', () => {
+    errLog.close().catch(() => {})
+  })
   return { proc, port }
 }

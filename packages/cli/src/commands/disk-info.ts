@@ -11,7 +11,7 @@ export interface DiskCommandOptions {
 }
 
 /** `grainline info`: createType, capacity, CIDs, extents and the whole chain. */
-export async function infoCommand (opts: DiskCommandOptions): Promise<void> {
+export async function infoCommand(opts: DiskCommandOptions): Promise<void> {
   const info = await describeChain(opts.disk, { pathMap: opts.pathMap })
   if (opts.output === 'json') {
     opts.write(JSON.stringify(info, null, 2) + '\n')
@@ -30,11 +30,14 @@ interface LayerView {
   readonly grainSize?: number
   readonly allocatedBytes?: number
   readonly zeroBytes?: number
-  readonly extents: readonly { access: string, sectors: number, type: string, file?: string }[]
+  readonly extents: readonly { access: string; sectors: number; type: string; file?: string }[]
 }
-interface InfoView { readonly capacity: number, readonly layers: readonly LayerView[] }
+interface InfoView {
+  readonly capacity: number
+  readonly layers: readonly LayerView[]
+}
 
-function renderInfo (info: InfoView): string {
+function renderInfo(info: InfoView): string {
   const out: string[] = []
   out.push(`capacity: ${info.capacity} bytes (${formatBytes(info.capacity)})`)
   out.push(`chain: ${info.layers.length} layer(s), top first`)
@@ -51,14 +54,16 @@ function renderInfo (info: InfoView): string {
 }
 
 /** `grainline map`: what each layer holds, like `qemu-img map`. JSON is streamed. */
-export async function mapCommand (opts: DiskCommandOptions): Promise<void> {
+export async function mapCommand(opts: DiskCommandOptions): Promise<void> {
   const chain = await openChain(opts.disk, { pathMap: opts.pathMap })
   try {
     if (opts.output === 'json') {
       let first = true
       opts.write('[')
       for await (const e of chain.map()) {
-        opts.write(`${first ? '' : ',\n'}{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${e.offset !== undefined ? `, "offset": ${e.offset}` : ''}}`)
+        opts.write(
+          `${first ? '' : ',\n'}{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}${e.offset !== undefined ? `, "offset": ${e.offset}` : ''}}`,
+        )
         first = false
       }
       opts.write(']\n')

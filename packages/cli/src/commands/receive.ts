@@ -18,11 +18,11 @@ export interface ReceiveCommandOptions {
   readonly trivialMb?: number
   readonly logger: Logger
   /** called once listening (tests, the demo) */
-  readonly onListening?: (addr: { host: string, port: number }) => void
+  readonly onListening?: (addr: { host: string; port: number }) => void
 }
 
 /** Run a receiver until SIGTERM/SIGINT; resolves once closed. */
-export async function runReceiver (opts: ReceiveCommandOptions): Promise<void> {
+export async function runReceiver(opts: ReceiveCommandOptions): Promise<void> {
   const init = await resolveReceiverInit({
     ...(opts.config !== undefined ? { config: opts.config } : {}),
     ...(opts.listen !== undefined ? { listen: opts.listen } : {}),
@@ -55,18 +55,19 @@ export async function runReceiver (opts: ReceiveCommandOptions): Promise<void> {
 export const receiveCommand: CliCommand = {
   command: 'receive',
   describe: 'run a receiver at the DR site (mirror store, TLS, tokens)',
-  builder: (y: Argv) => y
-    .option('listen', { type: 'string', describe: 'HOST:PORT to listen on (default 127.0.0.1:0 from the config)' })
-    .option('store', { type: 'string', describe: 'folder holding the mirrors' })
-    .option('tokens', { type: 'string', describe: 'tokens file {"tokens":[{"name","token","vms":["glob"]}]}' })
-    .option('tls-cert', { type: 'string', describe: 'PEM certificate (wss://)' })
-    .option('tls-key', { type: 'string', describe: 'PEM private key' })
-    .option('insecure', { type: 'boolean', default: false, describe: 'allow plain ws:// on a non-loopback address' })
-    .option('config', { type: 'string', describe: 'JSON config file with the same settings (flags win)' })
-    .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name' })
-    .option('trivial-mb', { type: 'number', describe: 'largest prefix (MiB) a trivial check may digest' }),
-  async run (args, ctx) {
-    const str = (k: string): string | undefined => args[k] === undefined ? undefined : String(args[k])
+  builder: (y: Argv) =>
+    y
+      .option('listen', { type: 'string', describe: 'HOST:PORT to listen on (default 127.0.0.1:0 from the config)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors' })
+      .option('tokens', { type: 'string', describe: 'tokens file {"tokens":[{"name","token","vms":["glob"]}]}' })
+      .option('tls-cert', { type: 'string', describe: 'PEM certificate (wss://)' })
+      .option('tls-key', { type: 'string', describe: 'PEM private key' })
+      .option('insecure', { type: 'boolean', default: false, describe: 'allow plain ws:// on a non-loopback address' })
+      .option('config', { type: 'string', describe: 'JSON config file with the same settings (flags win)' })
+      .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name' })
+      .option('trivial-mb', { type: 'number', describe: 'largest prefix (MiB) a trivial check may digest' }),
+  async run(args, ctx) {
+    const str = (k: string): string | undefined => (args[k] === undefined ? undefined : String(args[k]))
     await runReceiver({
       ...(str('listen') !== undefined ? { listen: str('listen') as string } : {}),
       ...(str('store') !== undefined ? { store: str('store') as string } : {}),

@@ -38,7 +38,7 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'job', key: '', level: 'job', yargs: s('JSON job file: {"to", "tokenFile", "parallel", "bwlimit", …, "vms": [{"vm": …}]} (docs/config/job.md)') },
   { flag: 'to', key: 'to', level: 'vm', yargs: s('receiver URL, wss://HOST:PORT') },
   { flag: 'token-file', key: 'tokenFile', level: 'vm', path: true, yargs: s('file holding the bearer token') },
-  { flag: 'ca', key: 'caFile', level: 'vm', path: true, yargs: s('PEM CA file trusted for the receiver certificate (or the receiver\'s self-signed certificate)') },
+  { flag: 'ca', key: 'caFile', level: 'vm', path: true, yargs: s("PEM CA file trusted for the receiver certificate (or the receiver's self-signed certificate)") },
   { flag: 'insecure-tls', key: 'insecureTls', level: 'vm', yargs: b('skip TLS certificate verification (testing only)') },
   { flag: 'insecure-plaintext', key: 'insecurePlaintext', level: 'vm', yargs: b('allow a plain ws:// URL to a non-loopback host: the token travels in clear (refused otherwise)') },
   { flag: 'driver', key: 'driver', level: 'vm', yargs: s('hypervisor driver (default local)', { choices: DriverNames }) },
@@ -48,7 +48,13 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'trivial-mb', key: 'trivialMiB', level: 'vm', integer: true, yargs: s('MiB of the disk prefix compared after every cycle (default 16; 0 = off)') },
   { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
   { flag: 'consolidate-existing', key: 'consolidateExisting', level: 'vm', yargs: b('remove foreign snapshots first instead of refusing') },
-  { flag: 'state-dir', key: 'stateDir', level: 'vm', path: true, yargs: s('folder of the agent\'s record per VM (last commit\'s generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline') },
+  {
+    flag: 'state-dir',
+    key: 'stateDir',
+    level: 'vm',
+    path: true,
+    yargs: s("folder of the agent's record per VM (last commit's generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline"),
+  },
   { flag: 'give-up', key: 'giveUp', level: 'vm', yargs: s('how long the receiver may stay unreachable before the run gives up: 90s, 10m (a bare number is seconds; default 10m)') },
   { flag: 'parallel', key: 'parallel', level: 'job', integer: true, yargs: s('VMs replicated at the same time (default 2; snapshot operations stay one at a time per ESXi host)') },
   { flag: 'bwlimit', key: 'bwlimit', level: 'job', yargs: s('bandwidth limit of the whole run in bytes/s, shared by all its streams: 500k, 20M (0 = unlimited)') },
@@ -64,7 +70,7 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'smtp-password-file', key: 'email.smtp.passwordFile', level: 'job', path: true, yargs: s('file holding the SMTP password') },
   { flag: 'smtp-ca', key: 'email.smtp.caFile', level: 'job', path: true, yargs: s('PEM CA trusted for the SMTP server') },
   { flag: 'webhook', key: 'webhooks.url', level: 'job', yargs: s('POST the JSON report, HMAC-signed, to this URL after the run') },
-  { flag: 'webhook-secret-file', key: 'webhooks.secretFile', level: 'job', path: true, yargs: s('file holding the webhook\'s HMAC key') },
+  { flag: 'webhook-secret-file', key: 'webhooks.secretFile', level: 'job', path: true, yargs: s("file holding the webhook's HMAC key") },
   { flag: 'webhook-on', key: 'webhooks.on', level: 'job', list: true, yargs: s('POST after successful runs, failed runs or both (default both)', { array: true, choices: NotifyOutcomes }) },
 ]
 
@@ -77,7 +83,7 @@ export interface FlagValues {
   readonly names: Record<string, string>
 }
 
-function setPath (o: Record<string, unknown>, path: readonly string[], v: unknown): void {
+function setPath(o: Record<string, unknown>, path: readonly string[], v: unknown): void {
   let cur = o
   for (const k of path.slice(0, -1)) {
     const next = cur[k]
@@ -88,10 +94,10 @@ function setPath (o: Record<string, unknown>, path: readonly string[], v: unknow
 }
 
 /** A whole number written as text becomes a number; anything else stays as written (the schema names it). */
-const integerOf = (v: unknown): unknown => typeof v === 'string' && /^-?\d{1,15}$/.test(v.trim()) ? Number(v.trim()) : v
+const integerOf = (v: unknown): unknown => (typeof v === 'string' && /^-?\d{1,15}$/.test(v.trim()) ? Number(v.trim()) : v)
 
 /** Sort the parsed flags into per-VM options and job values, paths made absolute against `cwd`. */
-export function flagValues (args: Readonly<Record<string, unknown>>, cwd: string): FlagValues {
+export function flagValues(args: Readonly<Record<string, unknown>>, cwd: string): FlagValues {
   const options: Record<string, unknown> = {}
   const jobOptions: Record<string, unknown> = {}
   const names: Record<string, string> = {}
@@ -99,7 +105,10 @@ export function flagValues (args: Readonly<Record<string, unknown>>, cwd: string
   for (const f of REPLICATE_FLAGS) {
     let v = args[f.flag]
     if (v === undefined || v === false) continue
-    if (f.flag === 'job') { file = resolve(cwd, String(v)); continue }
+    if (f.flag === 'job') {
+      file = resolve(cwd, String(v))
+      continue
+    }
     if (f.path === true && typeof v === 'string') v = resolve(cwd, v)
     if (f.integer === true) v = integerOf(v)
     if (f.list === true && Array.isArray(v) && v.length === 1) v = v[0]

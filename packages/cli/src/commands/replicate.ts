@@ -16,13 +16,13 @@ import type { CliCommand, CliContext, GlobalArgs } from '../command.ts'
 import { flagValues, REPLICATE_FLAGS } from './replicate-options.ts'
 
 /** The exit code of a finished run. */
-export function replicateExitCode (report: ReplicationReport, signalCode: number | undefined): number {
+export function replicateExitCode(report: ReplicationReport, signalCode: number | undefined): number {
   if (signalCode !== undefined) return signalCode
   return report.ok ? ExitCode.Ok : ExitCode.Failed
 }
 
 /** Validate the flags (and job file) into a job: a ConfigError names every problem. */
-export async function jobFromArgs (args: Readonly<Record<string, unknown>>, cwd = process.cwd()): Promise<Job> {
+export async function jobFromArgs(args: Readonly<Record<string, unknown>>, cwd = process.cwd()): Promise<Job> {
   const flags = flagValues(args, cwd)
   const vms = (args['vm'] as string[] | undefined) ?? []
   return await loadJob({ ...flags, vms, cwd })
@@ -36,7 +36,7 @@ export const replicateCommand: CliCommand = {
     for (const f of REPLICATE_FLAGS) out = out.option(f.flag, f.yargs)
     return out
   },
-  async run (args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
+  async run(args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
     // 1. everything validated before anything happens
     const job = await jobFromArgs(args)
     // 2. where progress and logs go
@@ -48,7 +48,13 @@ export const replicateCommand: CliCommand = {
       ...(args['log-file'] === undefined ? {} : { file: args['log-file'] }),
       ttyDefault: 'silent',
       stderr,
-      ...(view === undefined ? {} : { print: (s: string) => { view.print(s.replace(/\n$/, '')) } }),
+      ...(view === undefined
+        ? {}
+        : {
+            print: (s: string) => {
+              view.print(s.replace(/\n$/, ''))
+            },
+          }),
     })
     // 3. stop cleanly on SIGINT/SIGTERM
     const stop = stopOnSignals((s) => {
@@ -66,7 +72,9 @@ export const replicateCommand: CliCommand = {
     if (report.interrupted !== undefined) ctx.error(`grainline: ${report.interrupted}; the report says what was kept for the next run${job.report === undefined ? '' : ` (${job.report})`}`)
     else if (!report.ok) {
       const failed = report.vms.filter((v) => !v.ok)
-      ctx.error(`grainline: ${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed: ${failed.map((v) => `${v.vm} [${v.error?.code ?? v.disks.find((d) => d.error !== undefined)?.error?.code ?? 'E_CHECK'}]`).join(', ')}`)
+      ctx.error(
+        `grainline: ${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed: ${failed.map((v) => `${v.vm} [${v.error?.code ?? v.disks.find((d) => d.error !== undefined)?.error?.code ?? 'E_CHECK'}]`).join(', ')}`,
+      )
     }
     return replicateExitCode(report, stop.exitCode())
   },

@@ -14,7 +14,7 @@ import { UsageError } from '../exit-codes.ts'
 import type { CliCommand } from '../command.ts'
 import { table } from '../util.ts'
 
-function ago (s: number | null): string {
+function ago(s: number | null): string {
   if (s === null) return 'never'
   if (s < 120) return `${s} s ago`
   if (s < 7200) return `${Math.floor(s / 60)} min ago`
@@ -23,7 +23,7 @@ function ago (s: number | null): string {
 }
 
 /** The text of `grainline status`: summary line, then the table. */
-export function renderStatus (h: StoreHealth): string {
+export function renderStatus(h: StoreHealth): string {
   const lines = [`${h.summary}${h.perfdata === '' ? '' : ` | ${h.perfdata}`}`]
   if (h.vms.length === 0) return lines.join('\n') + '\n'
   const rows: string[][] = []
@@ -31,8 +31,12 @@ export function renderStatus (h: StoreHealth): string {
     if (vm.disks.length === 0) rows.push([vm.vm, '-', '-', ago(vm.health.ageSeconds), '-', '-', '-', '-', vm.health.state])
     for (const d of vm.disks) {
       rows.push([
-        vm.vm, d.name, String(d.committedCycle), ago(vm.health.ageSeconds), formatBytes(d.capacity),
-        d.trivial === null ? '-' : (d.trivial.ok ? 'ok' : 'MISMATCH'),
+        vm.vm,
+        d.name,
+        String(d.committedCycle),
+        ago(vm.health.ageSeconds),
+        formatBytes(d.capacity),
+        d.trivial === null ? '-' : d.trivial.ok ? 'ok' : 'MISMATCH',
         d.certify === null ? '-' : `${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}`,
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
         vm.health.state,
@@ -48,14 +52,19 @@ export function renderStatus (h: StoreHealth): string {
 export const statusCommand: CliCommand = {
   command: 'status',
   describe: 'health of the mirrors of a store (monitoring-plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)',
-  builder: (y: Argv) => y
-    .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
-    .option('max-age', { type: 'string', describe: 'a mirror whose last commit is older is CRITICAL (stale): 30m, 2h' })
-    .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
-  async run (args, ctx) {
+  builder: (y: Argv) =>
+    y
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+      .option('max-age', { type: 'string', describe: 'a mirror whose last commit is older is CRITICAL (stale): 30m, 2h' })
+      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
+  async run(args, ctx) {
     let maxAgeMs: number | undefined
     if (args['max-age'] !== undefined) {
-      try { maxAgeMs = parseDuration(String(args['max-age']), '--max-age') } catch (err) { throw new UsageError((err as Error).message) }
+      try {
+        maxAgeMs = parseDuration(String(args['max-age']), '--max-age')
+      } catch (err) {
+        throw new UsageError((err as Error).message)
+      }
     }
     let h: StoreHealth
     try {

@@ -2,23 +2,26 @@
 // receiver and agent processes over TLS on loopback. After each cycle every
 // mirror disk equals `qemu-img convert -O raw` of the frozen source view.
 import t from 'tap'
-const tap = t
 import { readFile } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { startSite, replicateCli, qemuRaw, firstDifference, scratchDir } from '@grainline/e2e'
+import { qemuRaw, firstDifference, scratchDir } from '@grainline/test-utils'
+import { startSite, replicateCli } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 
 /** Current top descriptor of every disk, from the .vmx. */
-async function topDescriptors (vmx: string): Promise<{ node: string, path: string }[]> {
+async function topDescriptors(vmx: string): Promise<{ node: string; path: string }[]> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   return vmxDisks(cfg).map((d) => ({ node: d.node, path: join(dirname(vmx), d.fileName) }))
 }
 
-for (const kind of ['sesparse', 'vmfssparse', 'hosted'] as const) {
+export type DeltaKind = 'sesparse' | 'vmfssparse' | 'hosted'
+
+/** One delta kind's six cycles (one test file per kind: each gets tap's whole timeout on a loaded machine). */
+export function cyclesOf(kind: DeltaKind): void {
   t.test(`seed + 5 incremental cycles, ${kind} deltas, two disks`, async (t) => {
-    const dir = await scratchDir(t, tap)
+    const dir = scratchDir(t, 'grainline-e2e-')
     const site = await startSite(join(dir, 'dr'))
     t.teardown(() => site.receiver.stop())
     const vm = await createSampleVm(join(dir, 'src'), { name: `web ${kind}`, disks: [{ sizeBytes: 48 * MiB }, { sizeBytes: 24 * MiB, node: 'sata0:1' }], seed: 11 })

@@ -1,0 +1,91 @@
+/**
+ * Child processes of a test: every one is SIGKILLed when the test process
+ * exits, and a node script runs to completion with its output collected.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+
+const live = new Set<ChildProcess>()
+let exitHookInstalled = false
+
+/**
+ * Register a child to be SIGKILLed if it is still running when this process
+ * exits (a failed assertion must not leave a receiver or an agent behind).
+ * A test process killed by a signal runs no exit hook: children that must not
+ * outlive it also need their own guard (the receiver's `--exit-with-stdin`).
+ */
+export function killOnExit<P extends ChildProcess>(proc: P): P {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true
+    process.on('exit', () => {
+      for (const p of live) p.kill('SIGKILL')
+    })
+  }
+  live.add(proc)
+  proc.once('exit', () => live.delete(proc))
+  return proc
+}
+
+/** How a child ended. */
+export interface ExitStatus {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+/** Resolves when `proc` has exited (at once when it already has). */
+export function whenExited(proc: ChildProcess): Promise<ExitStatus> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve({ code: proc.exitCode, signal: proc.signalCode })
+  return (once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>).then(([code, signal]) => ({ code, signal }))
+}
+
+/** Merge `env` over this process's environment; a key set to `undefined` is removed. */
+export function childEnv(env: Readonly<Record<string, string | undefined>> = {}): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = { ...process.env }
+  for (const [k, v] of Object.entries(env)) {
+    if (v === undefined) delete out[k]
+    else out[k] = v
+  }
+  return out
+}
+
+/** Output and status of a finished child. */
+export interface RunResult extends ExitStatus {
+  readonly stdout: string
+  readonly stderr: string
+}
+
+/** Options of {@link runNode}. */
+export interface RunNodeOptions {
+  /** variables over this process's environment (`undefined` removes one) */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** working directory @default process.cwd() */
+  readonly cwd?: string
+  /** called with the child right after spawning (to signal it at a chosen event) */
+  readonly onSpawn?: (proc: ChildProcess) => void
+}
+
+/**
+ * Run `node script ...args` to completion and collect stdout and stderr
+ * (stdin is closed). Resolves after the child exited and both pipes ended.
+ */
+export async function runNode(script: string, args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
+  const proc = killOnExit(
+    spawn(process.execPath, [script, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: childEnv(opts.env),
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+    }),
+  )
+  let stdout = ''
+  let stderr = ''
+  proc.stdout.setEncoding('utf8').on('data', (d: string) => {
+    stdout += d
+  })
+  proc.stderr.setEncoding('utf8').on('data', (d: string) => {
+    stderr += d
+  })
+  opts.onSpawn?.(proc)
+  // 'close' comes after 'exit' and after both pipes ended: no output is lost
+  const [code, signal] = (await once(proc, 'close')) as [number | null, NodeJS.Signals | null]
+  return { code, signal, stdout, stderr }
+}

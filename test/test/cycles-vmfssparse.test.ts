@@ -1,0 +1,3 @@
+import { cyclesOf } from './cycles.ts'
+
+cyclesOf('vmfssparse')
