@@ -15,18 +15,31 @@ export const SNAPSHOT_OPERATIONS = ['createSnapshot', 'removeSnapshot', 'consoli
 export class HostLocks {
   readonly #tails = new Map<string, Promise<void>>()
   /** Operations that have waited or run, per key (tests and logs). */
-  readonly stats = new Map<string, { runs: number, maxConcurrent: number, active: number }>()
+  readonly stats = new Map<string, { runs: number, maxConcurrent: number, active: number, waiting: number }>()
+  /** called when an operation has to wait for another on the same host */
+  onWait: (key: string) => void = () => {}
+
+  #stat (key: string): { runs: number, maxConcurrent: number, active: number, waiting: number } {
+    let st = this.stats.get(key)
+    if (st === undefined) { st = { runs: 0, maxConcurrent: 0, active: 0, waiting: 0 }; this.stats.set(key, st) }
+    return st
+  }
 
   /** Run `fn` once every earlier operation on `key` has finished. */
   async run<T> (key: string, fn: () => Promise<T>): Promise<T> {
+    const st = this.#stat(key)
+    const queued = this.#tails.has(key)
     const prev = this.#tails.get(key) ?? Promise.resolve()
     let release!: () => void
     const mine = new Promise<void>((resolve) => { release = resolve })
     const tail = prev.then(() => mine)
     this.#tails.set(key, tail)
-    await prev
-    const st = this.stats.get(key) ?? { runs: 0, maxConcurrent: 0, active: 0 }
-    this.stats.set(key, st)
+    if (queued) {
+      st.waiting++
+      this.onWait(key)
+      await prev
+      st.waiting--
+    }
     st.active++
     st.runs++
     st.maxConcurrent = Math.max(st.maxConcurrent, st.active)

@@ -17,7 +17,8 @@ import type { VmReport } from './report.ts'
 export const FALLBACK_COLUMNS = 80
 
 const MIN_BAR = 8
-const MIN_NAME = 10
+/** below this many columns for the names, the rate goes (then the ETA) */
+const MIN_NAME = 16
 
 /** `m:ss`, `h:mm:ss` up to 99 hours, else `>4d`. */
 export function formatEta (s: number | undefined): string {
@@ -117,7 +118,7 @@ export function progressLines (state: JobProgressState, columns: number | undefi
       let name = names[i] as string
       if (name.length > nameW && r.vm !== undefined) {
         // keep both: cut the VM name to at most half, the disk name gets the rest
-        const vmW = Math.max(1, Math.min(r.vm.length, Math.floor(nameW / 2)))
+        const vmW = Math.max(1, Math.min(r.vm.length, Math.max(Math.floor(nameW / 2), nameW - r.name.length - 1)))
         name = `${truncate(r.vm, vmW)} ${truncate(r.name, nameW - vmW - 1)}`
       }
       let line = truncate(name, nameW).padEnd(nameW)

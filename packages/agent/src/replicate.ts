@@ -107,6 +107,8 @@ export interface ReplicateManyOptions {
    * (inits with the same value share one bucket)
    */
   readonly bwlimit?: number | string
+  /** one bucket shared with other runs (wins over `bwlimit`) */
+  readonly rateLimiter?: RateLimiter
   /** stops the run: VMs not started are reported as not run, running ones abandon at their next step */
   readonly signal?: AbortSignal
   /** where progress goes: a view, or 'auto' (a redrawn block on a TTY stream, pino lines otherwise), 'tty', 'log', 'none'. @default the first init's `progress`, else 'auto' */
@@ -237,7 +239,7 @@ export async function replicateMany (components: { logger: Logger }, inits: read
   const parallel = opts.parallel ?? 2
   if (!Number.isSafeInteger(parallel) || parallel < 1) throw new AgentError('E_CONFIG', `parallel must be a whole number ≥ 1, got ${parallel}`)
   // one bucket for the run, or (without a run-wide limit) one per distinct per-VM limit
-  const jobRate = opts.bwlimit === undefined ? undefined : createRateLimiter({ rate: rateOf(opts.bwlimit, 'bwlimit') })
+  const jobRate = opts.rateLimiter ?? (opts.bwlimit === undefined ? undefined : createRateLimiter({ rate: rateOf(opts.bwlimit, 'bwlimit') }))
   const buckets = new Map<number, RateLimiter>()
   const limiterOf = (init: ReplicateInit): RateLimiter => {
     if (init.rateLimiter !== undefined) return init.rateLimiter
