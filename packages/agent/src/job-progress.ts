@@ -70,6 +70,11 @@ interface VmTrack {
   finalTotal: number
 }
 
+/** What to call a VM before its own name is known: a .vmx path by its file name. */
+function shortName (ref: string): string {
+  return /\.vmx$/i.test(ref) ? (ref.split('/').pop() ?? ref).replace(/\.vmx$/i, '') : ref
+}
+
 /** The job rate is measured over this window. */
 const RATE_WINDOW_MS = 10_000
 
@@ -85,7 +90,7 @@ export class JobProgress {
 
   /** @param names what the job names each VM (shown until the VM's own name is known) */
   constructor (names: readonly string[], view: ProgressView, now: () => number = () => performance.now()) {
-    this.#vms = names.map((n) => ({ name: n, started: false, finished: false, planned: false, disks: new Map(), finalDone: 0, finalTotal: 0 }))
+    this.#vms = names.map((n) => ({ name: shortName(n), started: false, finished: false, planned: false, disks: new Map(), finalDone: 0, finalTotal: 0 }))
     this.#view = view
     this.#now = now
     this.#t0 = now()

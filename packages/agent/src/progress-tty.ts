@@ -17,6 +17,10 @@ import type { VmReport } from './report.ts'
 export const FALLBACK_COLUMNS = 80
 
 const MIN_BAR = 8
+/** a wider bar says nothing more */
+const MAX_BAR = 42
+/** the bar keeps this many columns before names are cut */
+const PREFERRED_BAR = 12
 /** below this many columns for the names, the rate goes (then the ETA) */
 const MIN_NAME = 16
 
@@ -50,11 +54,16 @@ const PHASE_WORDS: Readonly<Record<string, string>> = { plan: 'queued', end: 'se
 /** One row to lay out: a name, a fraction, and the right-hand fields. */
 interface Row { readonly name: string, readonly vm?: string, readonly fraction: number, readonly pct: string, readonly rate: string, readonly eta: string }
 
+/** A disk's name beside its VM's: `web 01.vmdk` under `web 01` reads `….vmdk` (the VM name is already on the line). */
+export function diskLabel (vm: string, disk: string): string {
+  return disk.startsWith(vm) && disk.length > vm.length ? `…${disk.slice(vm.length)}` : disk
+}
+
 function rowOfDisk (d: DiskProgressState): Row {
   const fraction = d.totalBytes > 0 ? d.doneBytes / d.totalBytes : 1
   const busy = d.phase === 'send'
   return {
-    name: d.disk,
+    name: diskLabel(d.vm, d.disk),
     vm: d.vm,
     fraction,
     pct: `${Math.floor(fraction * 100)}%`,
@@ -63,11 +72,15 @@ function rowOfDisk (d: DiskProgressState): Row {
   }
 }
 
-function rowOfJob (s: JobProgressState): Row {
+/** Terminals at least this wide also show the job's bytes on its line. */
+const JOB_BYTES_COLUMNS = 100
+
+function rowOfJob (s: JobProgressState, width: number): Row {
   const fraction = s.totalBytes > 0 ? s.doneBytes / s.totalBytes : s.vmsDone === s.vmsTotal ? 1 : 0
   const approx = s.estimated ? '~' : ''
+  const bytes = width >= JOB_BYTES_COLUMNS ? `, ${formatBytes(s.doneBytes)} of ${approx}${formatBytes(s.totalBytes)}` : ''
   return {
-    name: `job: ${s.vmsDone}/${s.vmsTotal} VMs${s.vmsFailed > 0 ? `, ${s.vmsFailed} failed` : ''}, ${formatBytes(s.doneBytes)} of ${approx}${formatBytes(s.totalBytes)}`,
+    name: `job ${s.vmsDone}/${s.vmsTotal} VMs${s.vmsFailed > 0 ? `, ${s.vmsFailed} failed` : ''}${bytes}`,
     fraction,
     pct: `${Math.floor(fraction * 100)}%`,
     rate: `${formatBytes(s.rate)}/s`,
@@ -93,7 +106,7 @@ export function progressLines (state: JobProgressState, columns: number | undefi
     }
     for (const d of live) rows.push(rowOfDisk(d))
   }
-  rows.push(rowOfJob(state))
+  rows.push(rowOfJob(state, width + 1))
   // common column widths, so the bars line up
   const pctW = Math.max(...rows.map((r) => r.pct.length))
   const rateW = Math.max(...rows.map((r) => r.rate.length))
@@ -110,8 +123,9 @@ export function progressLines (state: JobProgressState, columns: number | undefi
   for (const l of layouts) {
     const right = pctW + (l.rate && rateW > 0 ? rateW + 2 : 0) + (l.eta && etaW > 0 ? etaW + 2 : 0)
     const avail = width - right - 1
-    const nameW = Math.min(nameMax, l.bar ? Math.max(MIN_NAME, Math.floor(avail * 0.45)) : avail)
-    const barW = l.bar ? avail - nameW - 1 : 0
+    // the names as long as they are, while the bar keeps PREFERRED_BAR columns
+    const nameW = Math.min(nameMax, l.bar ? Math.max(MIN_NAME, avail - 1 - PREFERRED_BAR) : avail)
+    const barW = l.bar ? Math.min(MAX_BAR, avail - nameW - 1) : 0
     if (l.bar && barW < MIN_BAR) continue
     if (nameW < MIN_NAME && l !== layouts[layouts.length - 1]) continue
     return rows.map((r, i) => {

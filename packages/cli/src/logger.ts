@@ -12,6 +12,7 @@
  * Tokens and `Authorization` headers are redacted everywhere.
  */
 import { pino, type Logger, type LevelWithSilent, type DestinationStream } from 'pino'
+import { Writable } from 'node:stream'
 import PinoPretty from 'pino-pretty'
 
 /** Log levels a user may pass. */
@@ -54,12 +55,12 @@ export function createCliLogger(opts: CliLoggerOptions = {}): Logger {
   const destination: NodeJS.WritableStream | number =
     print === undefined
       ? fdOf(stderr)
-      : ({
-          write: (s: string) => {
-            print(s)
-            return true
+      : new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            print(chunk.toString('utf8'))
+            cb()
           },
-        } as unknown as NodeJS.WritableStream)
+        })
   const pretty = PinoPretty({ colorize: stderr.hasColors?.() ?? false, sync: true, destination, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss', singleLine: true })
   return pino({ level: opts.level ?? opts.ttyDefault ?? 'info', redact: REDACT }, pretty as DestinationStream)
 }

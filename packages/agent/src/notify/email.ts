@@ -5,7 +5,6 @@
  * not offer STARTTLS; the password is never logged.
  */
 import { hostname as osHostname } from 'node:os'
-import { createTransport } from 'nodemailer'
 import type { EmailSettings } from '../job/notify-schema.ts'
 import type { ReplicationReport } from '../report.ts'
 import { AGENT_SOFTWARE } from '../version.ts'
@@ -22,6 +21,8 @@ export async function sendReportEmail (settings: EmailSettings, report: Replicat
   const smtp = settings.smtp
   const tls = smtp.tls ?? 'starttls'
   const timeout = smtp.timeout ?? 30_000
+  // loaded when a mail is sent: the module is large, and most runs send none
+  const { createTransport } = await import('nodemailer')
   const transport = createTransport({
     host: smtp.host,
     port: smtp.port ?? (tls === 'implicit' ? 465 : 587),

@@ -12,6 +12,7 @@ import { resolve } from 'node:path'
 import type { Options } from 'yargs'
 import { CertifyChoices, DeltaFormats, DriverNames, EmailLayouts, NotifyOutcomes, SmtpTlsModes } from '@grainline/agent'
 import { CompressionAlgorithms } from '@grainline/protocol'
+import { UsageError } from '../exit-codes.ts'
 
 /** One flag. */
 export interface FlagSpec {
@@ -111,6 +112,7 @@ export function flagValues(args: Readonly<Record<string, unknown>>, cwd: string)
     }
     if (f.path === true && typeof v === 'string') v = resolve(cwd, v)
     if (f.integer === true) v = integerOf(v)
+    if (Array.isArray(v) && f.list !== true) throw new UsageError(`--${f.flag}: given ${v.length} times; give it once`)
     if (f.list === true && Array.isArray(v) && v.length === 1) v = v[0]
     const path = f.key.split('.')
     if (f.level === 'vm') options[f.key] = v
