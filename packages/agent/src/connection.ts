@@ -13,10 +13,12 @@ import {
   type ExtentAckMessage, type Message,
 } from '@grainline/protocol'
 import { AgentError } from './errors.ts'
+import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
+import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 
 /** TLS and transport options of a connection. */
-export interface ConnectOptions {
+export interface ConnectOptions extends ConnectSources {
   /** ws:// or wss:// URL of the receiver */
   readonly url: string
   /** bearer token (never logged) */
@@ -38,40 +40,15 @@ export interface ConnectOptions {
   readonly signal?: AbortSignal
 }
 
-/** The connection dropped or could not be made; the cycle may retry. */
-export class ConnectionLost extends Error {
-  override readonly name = 'ConnectionLost'
-  readonly closeCode: number
-  constructor (message: string, closeCode = 1006, opts?: { cause?: unknown }) {
-    super(message, opts)
-    this.closeCode = closeCode
-  }
-}
-
-// close codes after which a retry makes sense (SPEC §7: E_BUSY, E_SHUTDOWN, E_TIMEOUT, E_INTERNAL, abnormal)
-const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4408, 4429])
-
-/** True when `err` is worth a reconnect. */
-export function isRetryable (err: unknown): boolean {
-  if (err instanceof ConnectionLost) return RETRYABLE_CLOSE.has(err.closeCode) || err.closeCode < 1000
-  return false
-}
+export { ConnectionLost, isRetryable } from './connection-lost.ts'
 
 /**
  * True when a failed connect is the receiver's certificate or a TLS setup that
- * cannot work (retrying will not help): a certificate that does not verify,
- * a name mismatch, an SSL protocol error. A socket cut during the TLS
- * handshake ("disconnected before secure TLS connection was established",
- * ECONNRESET) is a lost connection and is retried.
+ * cannot work (retrying will not help); a socket cut during the TLS handshake
+ * is a lost connection and is retried. See connect-errors.ts.
  */
 export function isTlsVerificationFailure (err: unknown): boolean {
-  const chain: Array<{ code?: unknown, message?: unknown }> = []
-  for (let e = err as { code?: unknown, message?: unknown, cause?: unknown } | undefined, n = 0; e !== undefined && e !== null && n < 4; e = e.cause as typeof e, n++) chain.push(e)
-  return chain.some((e) => {
-    const code = typeof e.code === 'string' ? e.code : ''
-    if (/^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT)$/.test(code)) return false
-    return /CERT|SELF_SIGNED|ALTNAME|UNABLE_TO_(GET|VERIFY)|^ERR_SSL_|^ERR_TLS_/.test(code) || /certificate|self.signed/i.test(typeof e.message === 'string' ? e.message : '')
-  })
+  return tlsProblem(err, { url: new URL('wss://receiver') }) !== undefined
 }
 
 /** A connected, framed client. */
@@ -161,11 +138,12 @@ export class Connection {
         conn.failed(),
       ])
     } catch (err) {
-      if (opts.signal?.aborted === true) throw new AgentError('E_ABORTED', 'aborted')
-      if (status === 401 || status === 403) throw new AgentError('E_REFUSED', `receiver refused the token (HTTP ${status})`, { remoteCode: 'E_AUTH' })
-      if (status !== 0) throw new ConnectionLost(`receiver answered HTTP ${status}`, status >= 500 ? 1011 : 4000 + status)
-      if (isTlsVerificationFailure(err)) throw new AgentError('E_CONNECT', `TLS failure: ${(err as Error).message}`, { cause: err })
-      throw err
+      throw await classifyConnectFailure(err, {
+        url: u, token: opts.token, status, insecure: opts.insecure === true,
+        ...(opts.tokenSource === undefined ? {} : { tokenSource: opts.tokenSource }),
+        ...(opts.caSource === undefined ? {} : { caSource: opts.caSource }),
+        ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+      })
     } finally {
       opts.signal?.removeEventListener('abort', onAbort)
     }

@@ -29,7 +29,7 @@ import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.
 import { sendDisk } from './disk-sender.ts'
 import type { HypervisorDriver, SnapshotRef, VmHandle } from './driver.ts'
 import { grainlineSnapshotName } from './driver.ts'
-import { AgentError } from './errors.ts'
+import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
@@ -66,7 +66,7 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
     await cycle.run()
     report.ok = report.disks.length > 0 && report.disks.every((d) => d.ok)
   } catch (err) {
-    const info = errorInfo(err)
+    const info = opts.signal?.aborted === true ? interruptedInfo(opts.signal, report, cycle.committed) : errorInfo(err)
     report.error = info
     cycle.log.error({ err, code: info.code, remoteCode: info.remoteCode }, 'cycle failed')
     for (const d of report.disks) if (d.error === undefined && !d.ok) d.error = { code: info.code, message: info.message }
@@ -75,6 +75,14 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
     report.durationMs = Math.round(performance.now() - started)
   }
   return report
+}
+
+/** The report's error of a cycle stopped through its signal: what was kept for the next run. */
+function interruptedInfo (signal: AbortSignal, report: VmReport, committed: boolean): { code: string, message: string, remoteCode?: string } {
+  const kept = committed
+    ? `cycle ${report.cycle} was committed; the older snapshot is removed by the next run`
+    : report.snapshot !== undefined ? `snapshot ${report.snapshot} is kept and the next run resumes from it` : 'nothing was changed on the VM'
+  return { code: 'E_ABORTED', message: `${abortReason(signal)}: ${kept}` }
 }
 
 /** The state of one VM cycle; `run()` is the cycle, top to bottom. */
@@ -103,6 +111,8 @@ class VmCycle {
   #lineage!: Lineage
   #chunkBytes = 0
   #committed = false
+  /** the receiver committed this cycle */
+  get committed (): boolean { return this.#committed }
   #rolledBack = false
   #replans = 0
   #mark = performance.now()
@@ -219,11 +229,14 @@ class VmCycle {
       for (const s of decision.remove) {
         // never two snapshots of one name: this one is not ours to resume (another target's, or a lost record)
         this.log.warn({ snapshot: s.name, id: s.id }, 'removing a grainline snapshot of the same name that is not the recorded in-flight one')
-        await driver.removeSnapshot(this.#vm, s, this.#sig)
+        checkAborted(this.#opts.signal)
+        await driver.removeSnapshot(this.#vm, s)
         this.#report.removedSnapshots.push(s.name)
         this.#vm = await driver.openVm(this.#opts.ref, this.#sig)
       }
-      this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo), this.#sig)
+      checkAborted(this.#opts.signal)
+      // not cut short by a stop: the snapshot is recorded below, and the next run resumes from it
+      this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo))
       this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
     }
     await this.#store.save(markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url))
@@ -354,7 +367,8 @@ class VmCycle {
         }
       }
       this.#lap('ship')
-      const committed = await client.commit(this.#vm.name, this.#cycleNo)
+      // the commit is the durable step: once asked, its answer is awaited even through a stop
+      const committed = await client.commit(this.#vm.name, this.#cycleNo, { abortable: false })
       if (!committed.ok) throw refusalError(`Commit of cycle ${this.#cycleNo}`, committed.refusal)
       await this.#recordCommit(committed.value.generation)
       for (const w of this.#works) w.progress.update('commit', true)
@@ -392,7 +406,7 @@ class VmCycle {
   async #removeOtherSnapshots (): Promise<void> {
     if (!this.#committed) throw new AgentError('E_PROTOCOL', 'cycle ended without commit')
     if (this.#opts.beforeRemove !== undefined) await this.#opts.beforeRemove(this.#vm)
-    await removeOtherSnapshots(this.#opts.driver, this.#vm, this.#shipped, { log: this.log, onRemoved: (name) => { this.#report.removedSnapshots.push(name) } })
+    await removeOtherSnapshots(this.#opts.driver, this.#vm, this.#shipped, { log: this.log, onRemoved: (name) => { this.#report.removedSnapshots.push(name) }, ...this.#sig })
     this.#lap('remove')
   }
 }

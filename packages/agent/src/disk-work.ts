@@ -110,4 +110,5 @@ export async function applyDiskPlan (w: DiskWork, decision: DiskPlanDecision, ct
   w.report.layers = frozen
   w.report.extents = w.plan.totalExtents
   w.progress.totalBytes = w.plan.totalBytes
+  w.progress.update('plan', true)
 }

@@ -30,3 +30,18 @@ export class AgentError extends Error {
     if (opts.remoteCode !== undefined) this.remoteCode = opts.remoteCode
   }
 }
+
+/** The words of an abort reason (`interrupted by SIGINT`). */
+export function abortReason (signal: AbortSignal): string {
+  const r = signal.reason as unknown
+  return r instanceof Error ? r.message : typeof r === 'string' ? r : 'aborted'
+}
+
+/**
+ * Stop at a step boundary: throws `E_ABORTED` when `signal` has fired. Steps
+ * that change durable state (a snapshot taken or removed, a commit) are not
+ * given the signal; they finish, and the cycle stops at the next boundary.
+ */
+export function checkAborted (signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new AgentError('E_ABORTED', abortReason(signal))
+}

@@ -1,10 +1,9 @@
 /**
- * Progress of a replication: totals are known before the first extent (the
- * plan), so rate and ETA are exact. On a terminal a single refreshed line per
- * VM; otherwise structured pino logs at a slow cadence.
+ * Progress of one disk: totals are known before the first extent (the plan),
+ * so rate and ETA are exact. The samples go to a sink — normally the job's
+ * aggregate (job-progress.ts), shown by a terminal view (progress-tty.ts) or
+ * as pino lines (progress-log.ts).
  */
-import type { Logger } from 'pino'
-import { formatBytes } from '@grainline/protocol'
 
 /** One progress sample of a disk. */
 export interface ProgressEvent {
@@ -65,34 +64,5 @@ export class DiskProgress {
       rate,
       etaSeconds: left <= 0 ? 0 : rate > 0 ? left / rate : undefined,
     })
-  }
-}
-
-function formatEta (s: number | undefined): string {
-  if (s === undefined || !Number.isFinite(s)) return '--:--'
-  const m = Math.floor(s / 60)
-  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m` : `${m}:${String(Math.floor(s % 60)).padStart(2, '0')}`
-}
-
-/** A terminal progress line (`\r`-refreshed) on `stream`. */
-export function ttyProgressSink (stream: NodeJS.WriteStream): ProgressSink {
-  return (ev) => {
-    const pct = ev.totalBytes > 0 ? (100 * ev.doneBytes / ev.totalBytes).toFixed(1) : '100.0'
-    const line = `${ev.vm} ${ev.disk}: ${ev.phase} ${formatBytes(ev.doneBytes)}/${formatBytes(ev.totalBytes)} ${pct}% ${formatBytes(ev.rate)}/s ETA ${formatEta(ev.etaSeconds)}`
-    const cols = stream.columns ?? 120
-    stream.write('\r' + line.slice(0, cols - 1).padEnd(cols - 1) + (ev.phase === 'done' ? '\n' : ''))
-  }
-}
-
-/** pino progress logs, at most one per disk every `everyMs`, plus phase changes. */
-export function logProgressSink (logger: Logger, everyMs = 5000): ProgressSink {
-  const last = new Map<string, { t: number, phase: string }>()
-  return (ev) => {
-    const key = `${ev.vm}\0${ev.disk}`
-    const prev = last.get(key)
-    const t = performance.now()
-    if (prev !== undefined && prev.phase === ev.phase && t - prev.t < everyMs) return
-    last.set(key, { t, phase: ev.phase })
-    logger.info({ vm: ev.vm, disk: ev.disk, phase: ev.phase, doneBytes: ev.doneBytes, totalBytes: ev.totalBytes, wireBytes: ev.wireBytes, rate: Math.round(ev.rate), etaSeconds: ev.etaSeconds === undefined ? null : Math.round(ev.etaSeconds) }, 'progress')
   }
 }

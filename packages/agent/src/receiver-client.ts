@@ -109,8 +109,8 @@ export class ReceiverClient {
   }
 
   /** Commit → Committed: every sealed disk of the cycle is committed at once. */
-  async commit (vm: string, cycle: number): Promise<Reply<CommittedMessage>> {
-    return await this.#request({ kind: MessageKind.Commit, vm, cycle }, MessageKind.Committed)
+  async commit (vm: string, cycle: number, opts: { abortable?: boolean } = {}): Promise<Reply<CommittedMessage>> {
+    return await this.#request({ kind: MessageKind.Commit, vm, cycle }, MessageKind.Committed, undefined, opts.abortable ?? true)
   }
 
   /** TrivialCheck → TrivialResult. */
@@ -134,9 +134,9 @@ export class ReceiverClient {
   }
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #request<K extends Message['kind']> (msg: Message, kind: K, timeoutMs?: number): Promise<Reply<Of<K>>> {
+  async #request<K extends Message['kind']> (msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
     await this.#conn.send(msg)
-    const m = await this.#conn.receive({ ...(this.#signal === undefined ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
+    const m = await this.#conn.receive({ ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
     if (m.kind === kind) return { ok: true, value: m as Of<K> }
     if (m.kind === MessageKind.Error) {
       const closeCode = RETRY_CODES[m.code]
@@ -153,6 +153,19 @@ export class ReceiverClient {
  * receiver's code is kept as `remoteCode`.
  */
 export function refusalError (what: string, refusal: Refusal, opts: { disk?: boolean } = {}): AgentError {
-  if (opts.disk === true) return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}`, { remoteCode: refusal.code })
+  const advice = REFUSAL_ADVICE[refusal.code]
+  if (opts.disk === true) return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}${advice === undefined ? '' : `: ${advice}`}`, { remoteCode: refusal.code })
+  if (advice !== undefined) return new AgentError('E_REFUSED', `${what}: the receiver refused (${refusal.code}: ${refusal.message}): ${advice}`, { remoteCode: refusal.code })
   return new AgentError('E_REMOTE', `${what}: receiver error ${refusal.code}: ${refusal.message}`, { remoteCode: refusal.code })
+}
+
+/** What the operator does about a refusal no retry can change (SPEC §7 codes). */
+const REFUSAL_ADVICE: Readonly<Record<string, string>> = {
+  E_FORBIDDEN: 'this token may not replicate the VM: add the VM\'s name (or a glob matching it) to the token\'s "vms" in the receiver\'s tokens file',
+  E_HELD: 'a hold on the mirror (an open restore point, a failover test) forbids changing it: release it on the receiver',
+  E_INCOMPATIBLE: 'the mirror was made from another virtual hardware version or datastore type: move the mirror folder away on the receiver to seed a new one',
+  E_QUOTA: 'the token\'s store quota would be exceeded: raise "quota" in the receiver\'s tokens file or free space in the store',
+  E_NO_SPACE: 'the receiver\'s store is full: free space there',
+  E_VERSION: 'no common protocol version: upgrade the older side',
+  E_BAD_NAME: 'a VM, disk or file name is not a safe path component on the receiver: rename it',
 }

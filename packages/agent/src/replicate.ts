@@ -1,7 +1,10 @@
 /**
- * `replicate()`: one VM cycle (or several VMs in turn) with resolved options,
- * returning a JSON-able report. The CLI (`grainline replicate`) is a thin
- * wrapper over this.
+ * `replicate()` and `replicateMany()`: VM cycles with resolved options,
+ * returning one JSON-able report. Several VMs run concurrently (`parallel`),
+ * with one bandwidth budget for all their streams and at most one snapshot
+ * operation at a time per hypervisor host; the progress of all of them goes
+ * to one view. The CLI (`grainline replicate`) and the job runner
+ * (job-runner.ts) are thin wrappers over this.
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
@@ -13,11 +16,14 @@ import { checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver } from './local-driver.ts'
 import { createEsxiDriver, type EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
+import { HostLocks, withHostLock } from './host-lock.ts'
+import { JobProgress, type ProgressView } from './job-progress.ts'
 import { createRateLimiter, type RateLimiter } from './rate-limiter.ts'
-import { logProgressSink, ttyProgressSink, type ProgressEvent, type ProgressSink } from './progress.ts'
+import type { ProgressEvent, ProgressSink } from './progress.ts'
+import { LogProgressView } from './progress-log.ts'
+import { TtyProgressView } from './progress-tty.ts'
 import type { DeltaFormat } from '@grainline/vmdk'
-import type { ReplicationReport, VmReport } from './report.ts'
-
+import { emptyVmReport, errorInfo, type ReplicationReport, type VmReport } from './report.ts'
 
 /** Options of a replication run. */
 export interface ReplicateInit {
@@ -83,6 +89,36 @@ export interface ReplicateInit {
   readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
   /** share one rate limiter across several VMs (replicateMany does) */
   readonly rateLimiter?: RateLimiter
+  /** serialise snapshot operations per host with these locks (replicateMany shares one set) */
+  readonly hostLocks?: HostLocks
+  /** where the token came from, for messages (`--token-file /etc/grainline/proxy-a.token`) */
+  readonly tokenSource?: string
+  /** where the CA came from, for messages (`--ca /etc/grainline/receiver.crt`) */
+  readonly caSource?: string
+}
+
+/** Options of a run of several VMs. */
+export interface ReplicateManyOptions {
+  /** VMs replicated at once. @default 2 */
+  readonly parallel?: number
+  /**
+   * bandwidth limit of the whole run in bytes/s (or `"20M"`), one token bucket
+   * shared by every stream; 0 = unlimited. @default each init's own `bwlimit`
+   * (inits with the same value share one bucket)
+   */
+  readonly bwlimit?: number | string
+  /** one bucket shared with other runs (wins over `bwlimit`) */
+  readonly rateLimiter?: RateLimiter
+  /** stops the run: VMs not started are reported as not run, running ones abandon at their next step */
+  readonly signal?: AbortSignal
+  /** where progress goes: a view, or 'auto' (a redrawn block on a TTY stream, pino lines otherwise), 'tty', 'log', 'none'. @default the first init's `progress`, else 'auto' */
+  readonly view?: ProgressView | 'auto' | 'tty' | 'log' | 'none'
+  /** the stream of a TTY view. @default the first init's `progressStream`, else process.stderr */
+  readonly stream?: NodeJS.WriteStream
+  /** the snapshot locks (shared with other runs in this process). @default a fresh set */
+  readonly hostLocks?: HostLocks
+  /** called when a VM finishes (the job runner's hooks) */
+  readonly onVmFinished?: (vm: VmReport, index: number) => void
 }
 
 /** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
@@ -94,22 +130,11 @@ function bwlimitOf (init: ReplicateInit): number {
   }
 }
 
-function progressSink (logger: Logger, init: ReplicateInit): ProgressSink {
-  if (init.onProgress !== undefined) return init.onProgress
-  const mode = init.progress ?? 'auto'
-  if (mode === 'none') return () => {}
-  const stream = init.progressStream ?? process.stderr
-  if (mode === 'tty' || (mode === 'auto' && stream.isTTY)) return ttyProgressSink(stream)
-  return logProgressSink(logger)
-}
-
 /**
- * Run one replication cycle of one VM.
- * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
- * @throws AgentError E_CONFIG for unusable options, E_INSECURE for a plain ws:// URL to a non-loopback host
+ * One VM's cycle with a shared rate limiter, host locks and progress sink.
+ * Never throws for a failed cycle; throws `E_CONFIG` for unusable options.
  */
-export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
-  const startedAt = new Date().toISOString()
+async function replicateVm (components: { logger: Logger }, init: ReplicateInit, shared: { rateLimiter: RateLimiter, hostLocks: HostLocks, progress: ProgressSink, signal?: AbortSignal }): Promise<VmReport> {
   const logger = components.logger
   // before anything else (a driver, a snapshot, a connection): never send the token in clear
   checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
@@ -128,11 +153,11 @@ export async function replicate (components: { logger: Logger }, init: Replicate
   const compression = init.compress ?? 'lz4'
   let ca = init.ca
   if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
-  const rate = bwlimitOf(init)
   const trivialMiB = init.trivialMiB ?? 16
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
+  const signal = shared.signal ?? init.signal
   try {
-    const vmReport = await runVmCycle({ logger }, {
+    return await runVmCycle({ logger }, {
       ref: init.vm,
       connect: {
         url: init.to,
@@ -140,12 +165,14 @@ export async function replicate (components: { logger: Logger }, init: Replicate
         ...(ca !== undefined ? { ca } : {}),
         ...(init.insecure === true ? { insecure: true } : {}),
         ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
+        ...(init.tokenSource !== undefined ? { tokenSource: init.tokenSource } : {}),
+        ...(init.caSource !== undefined ? { caSource: init.caSource } : {}),
       },
-      driver,
+      driver: withHostLock(driver, shared.hostLocks),
       stateDir: init.stateDir ?? defaultStateDir(),
       certify,
       trivialMiB,
-      rateLimiter: init.rateLimiter ?? createRateLimiter({ rate }),
+      rateLimiter: shared.rateLimiter,
       compressions: compression === 'none' ? ['none'] : [compression, 'none'],
       digests: init.digests ?? ['xxh64', 'sha256'],
       consolidateExisting: init.consolidateExisting ?? false,
@@ -153,35 +180,118 @@ export async function replicate (components: { logger: Logger }, init: Replicate
       maxBackoffMs: init.maxBackoffMs ?? 30_000,
       windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
       maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
-      progress: progressSink(logger, init),
-      ...(init.signal !== undefined ? { signal: init.signal } : {}),
+      progress: shared.progress,
+      ...(signal !== undefined ? { signal } : {}),
       ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
       ...(init.beforeRemove !== undefined ? { beforeRemove: init.beforeRemove } : {}),
       ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
     })
-    return { ok: vmReport.ok, startedAt, finishedAt: new Date().toISOString(), vms: [vmReport] }
   } finally {
     if (ownDriver) await driver.close?.()
   }
 }
 
 /**
- * Replicate several VMs one after the other (one shared rate limit); one merged report.
+ * Run one replication cycle of one VM.
+ * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
+ * @throws AgentError E_CONFIG for unusable options, E_INSECURE for a plain ws:// URL to a non-loopback host
+ */
+export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
+  return await replicateMany(components, [init], { parallel: 1, ...(init.signal === undefined ? {} : { signal: init.signal }) })
+}
+
+/** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
+function rateOf (v: number | string | undefined, what: string): number {
+  try {
+    return parseRate(v ?? 0, what)
+  } catch (err) {
+    throw new AgentError('E_CONFIG', (err as Error).message, { cause: err })
+  }
+}
+
+/** The view of a run from its options. */
+function viewOf (components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions): ProgressView | undefined {
+  const v = opts.view ?? inits[0]?.progress ?? 'auto'
+  if (typeof v !== 'string') return v
+  if (v === 'none') return undefined
+  const stream = opts.stream ?? inits[0]?.progressStream ?? process.stderr
+  if (v === 'tty' || (v === 'auto' && stream.isTTY)) return new TtyProgressView(stream)
+  return new LogProgressView(components.logger)
+}
+
+/** Why a run stopped, from its signal's reason. */
+function reasonOf (signal: AbortSignal): string {
+  const r = signal.reason as unknown
+  return r instanceof Error ? r.message : typeof r === 'string' ? r : 'aborted'
+}
+
+/**
+ * Replicate several VMs, `parallel` at a time (one bandwidth budget, one
+ * snapshot operation at a time per host), into one report in the order of
+ * `inits`. A VM not started because the run was stopped is reported with
+ * `E_ABORTED`; so is one that stopped at its next step.
  * @throws AgentError E_INSECURE before any VM runs when one names a plain ws:// URL to a non-loopback host
  */
-export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[]): Promise<ReplicationReport> {
+export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions = {}): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
   // refuse the whole run before any VM starts: a plain ws:// URL to another host would send the token in clear
   for (const init of inits) checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
-  const vms: VmReport[] = []
-  const shared = new Map<number, RateLimiter>()
-  for (const init of inits) {
-    const rate = bwlimitOf(init)
-    let rl = init.rateLimiter ?? shared.get(rate)
-    if (rl === undefined) { rl = createRateLimiter({ rate }); shared.set(rate, rl) }
-    const r = await replicate(components, { ...init, rateLimiter: rl })
-    vms.push(...r.vms)
-    if (init.signal?.aborted === true) break
+  const parallel = opts.parallel ?? 2
+  if (!Number.isSafeInteger(parallel) || parallel < 1) throw new AgentError('E_CONFIG', `parallel must be a whole number ≥ 1, got ${parallel}`)
+  // one bucket for the run, or (without a run-wide limit) one per distinct per-VM limit
+  const jobRate = opts.rateLimiter ?? (opts.bwlimit === undefined ? undefined : createRateLimiter({ rate: rateOf(opts.bwlimit, 'bwlimit') }))
+  const buckets = new Map<number, RateLimiter>()
+  const limiterOf = (init: ReplicateInit): RateLimiter => {
+    if (init.rateLimiter !== undefined) return init.rateLimiter
+    if (jobRate !== undefined) return jobRate
+    const rate = rateOf(init.bwlimit, 'bwlimit')
+    let rl = buckets.get(rate)
+    if (rl === undefined) { rl = createRateLimiter({ rate }); buckets.set(rate, rl) }
+    return rl
   }
-  return { ok: vms.length > 0 && vms.every((v) => v.ok), startedAt, finishedAt: new Date().toISOString(), vms }
+  const limiters = inits.map(limiterOf)
+  const hostLocks = opts.hostLocks ?? new HostLocks()
+  const view = inits.some((i) => i.onProgress !== undefined) ? undefined : viewOf(components, inits, opts)
+  const progress = view === undefined ? undefined : new JobProgress(inits.map((i) => i.vm), view)
+  const signal = opts.signal
+  const vms: Array<VmReport | undefined> = inits.map(() => undefined)
+  let next = 0
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      if (signal?.aborted === true) return
+      const index = next++
+      const init = inits[index]
+      if (init === undefined) return
+      if (init.signal?.aborted === true) continue
+      progress?.vmStarted(index)
+      const sink: ProgressSink = init.onProgress ?? ((ev: ProgressEvent) => { progress?.event(index, ev) })
+      let r: VmReport
+      try {
+        r = await replicateVm(components, init, { rateLimiter: limiters[index] as RateLimiter, hostLocks, progress: sink, ...(signal === undefined ? {} : { signal }) })
+      } catch (err) {
+        // unusable options of this VM: it fails, the others go on
+        r = emptyVmReport(init.vm)
+        r.error = errorInfo(err)
+        components.logger.error({ vm: init.vm, err, code: r.error.code }, 'VM not started')
+      }
+      vms[index] = r
+      progress?.vmFinished(index, r)
+      opts.onVmFinished?.(r, index)
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: Math.min(parallel, Math.max(1, inits.length)) }, worker))
+  } finally {
+    progress?.close()
+  }
+  const stopped = signal?.aborted === true ? signal : inits.find((i) => i.signal?.aborted === true)?.signal
+  const reports = vms.map((r, i) => {
+    if (r !== undefined) return r
+    const skipped = emptyVmReport(inits[i]?.vm ?? '')
+    skipped.error = { code: 'E_ABORTED', message: `not started: the run was stopped (${stopped === undefined ? 'aborted' : reasonOf(stopped)})` }
+    return skipped
+  })
+  const report: ReplicationReport = { ok: reports.length > 0 && reports.every((v) => v.ok), startedAt, finishedAt: new Date().toISOString(), vms: reports }
+  if (stopped !== undefined) report.interrupted = reasonOf(stopped)
+  return report
 }

@@ -2,7 +2,7 @@
  * What a replication run reports: per VM and per disk, JSON-able, plus the
  * readable summary the CLI prints (`formatReport`).
  */
-import type { ChainLayer, DigestAlgorithm } from '@grainline/protocol'
+import { formatBytes, formatDuration, type ChainLayer, type DigestAlgorithm } from '@grainline/protocol'
 
 /** The result of one disk. */
 export interface DiskReport {
@@ -53,6 +53,21 @@ export interface ReplicationReport {
   startedAt: string
   finishedAt: string
   vms: VmReport[]
+  /** the run was stopped (a signal: `SIGINT`, `SIGTERM`), and why */
+  interrupted?: string
+  /** notifications sent after the run (e-mail, webhooks) and how they went */
+  notifications?: NotificationResult[]
+}
+
+/** One notification of a run. */
+export interface NotificationResult {
+  readonly kind: 'email' | 'webhook'
+  /** recipients or URL */
+  readonly target: string
+  readonly ok: boolean
+  /** attempts made (webhooks) */
+  readonly attempts?: number
+  readonly error?: string
 }
 
 /** A fresh VM report (nothing done yet). */
@@ -76,15 +91,38 @@ export function errorInfo (err: unknown): { code: string, message: string, remot
   return out
 }
 
-/** A readable summary of a report for the terminal. */
+/** The checks of a disk in words: `trivial ok, certify sha256 ok`. */
+function checksText (d: DiskReport): string {
+  return [
+    d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '',
+    d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : '',
+  ].filter((x) => x !== '').join(', ')
+}
+
+/**
+ * A readable summary of a report for the terminal (and the e-mail's text part):
+ * one line per VM, one per disk, sizes and times in human units.
+ */
 export function formatReport (report: ReplicationReport): string {
   const lines: string[] = []
   for (const vm of report.vms) {
-    lines.push(`${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm} cycle ${vm.cycle}${vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : ''}${vm.reconnects > 0 ? `, ${vm.reconnects} reconnects` : ''}, ${(vm.durationMs / 1000).toFixed(1)} s${vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : ''}`)
+    const head = [
+      `${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm}`,
+      vm.cycle > 0 ? ` cycle ${vm.cycle}` : '',
+      vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : '',
+      vm.reconnects > 0 ? `, ${vm.reconnects} reconnect${vm.reconnects === 1 ? '' : 's'}` : '',
+      `, ${formatDuration(vm.durationMs)}`,
+      vm.error !== undefined ? `: ${vm.error.code} ${vm.error.message}` : '',
+    ].join('')
+    lines.push(head)
     for (const d of vm.disks) {
-      const checks = [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : ''].filter((s) => s !== '').join(', ')
-      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (fallback: ${d.fallbackReason})` : ''}, ${d.extents} extents, ${d.dataBytes} data + ${d.zeroBytes} zero bytes, ${d.wireBytes} on the wire${checks !== '' ? `, ${checks}` : ''}${d.error !== undefined ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
+      const checks = checksText(d)
+      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (resync: ${d.fallbackReason})` : ''}, ` +
+        `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
+        `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
     }
   }
+  if (report.interrupted !== undefined) lines.push(`stopped: ${report.interrupted}`)
+  for (const n of report.notifications ?? []) lines.push(`${n.ok ? 'sent' : 'NOT SENT'} ${n.kind} to ${n.target}${n.error !== undefined ? `: ${n.error}` : ''}`)
   return lines.join('\n') + '\n'
 }

@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino'
 import type { HypervisorDriver, SnapshotRef, VmHandle } from './driver.ts'
-import { AgentError } from './errors.ts'
+import { AgentError, checkAborted } from './errors.ts'
 
 /**
  * Refuse a VM holding snapshots grainline did not make (`E_FOREIGN_SNAPSHOTS`),
@@ -23,8 +23,10 @@ export async function settleForeignSnapshots (driver: HypervisorDriver, vm: VmHa
   }
   let current = vm
   for (const s of foreign) {
+    checkAborted(opts.signal)
     opts.log.warn({ snapshot: s.name, id: s.id }, 'removing a pre-existing snapshot (consolidateExisting)')
-    await driver.removeSnapshot(current, s, sig)
+    // a snapshot operation is never cut short: it finishes, and a stop takes effect before the next one
+    await driver.removeSnapshot(current, s)
     current = await driver.openVm(vm.ref, sig)
   }
   snaps = await driver.listSnapshots(current, sig)
@@ -42,8 +44,9 @@ export async function removeOtherSnapshots (driver: HypervisorDriver, vm: VmHand
   let current = vm
   for (const s of await driver.listSnapshots(current, sig)) {
     if (!s.grainline || s.id === keep.id) continue
+    checkAborted(opts.signal)
     try {
-      await driver.removeSnapshot(current, s, sig)
+      await driver.removeSnapshot(current, s)
       opts.onRemoved(s.name)
       current = await driver.openVm(vm.ref, sig)
       opts.log.info({ snapshot: s.name, id: s.id }, 'older snapshot removed')

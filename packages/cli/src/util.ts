@@ -1,15 +1,3 @@
-/** Human-readable bytes: 1.5 GiB, 12.0 MiB, 512 B. */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let v = n
-  let i = 0
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024
-    i++
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`
-}
-
 /** Parse repeated `name=path` options into a record. */
 export function parsePathMap(items: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {}

@@ -52,7 +52,7 @@ t.test('Ctrl-C stops the demo and its receiver process, exit 130', async (t) => 
   await new Promise<void>((resolve) => {
     p.stdout.setEncoding('utf8').on('data', (d: string) => {
       out += d
-      if (/cycle 0: seed/.test(out)) resolve()
+      if (/cycle 1 \(seed/.test(out)) resolve()
     })
   })
   p.kill('SIGINT')

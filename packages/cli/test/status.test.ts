@@ -1,7 +1,8 @@
 import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { statusCommand } from '../src/commands/store.ts'
+import { storeHealth } from '@grainline/receiver'
+import { renderStatus } from '../src/commands/status.ts'
 
 /* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */
 
@@ -21,12 +22,14 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
     },
     vmxDropped: [{ key: 'serial0.fileName', value: '/etc/shadow', action: 'device disabled' }],
   }))
-  let human = ''
-  await statusCommand({ store, output: 'human', write: (s) => { human += s } })
-  t.match(human, /DIVERGED \(certify \(sha256\) of cycle 3 failed; next cycle seeds\)/)
+  const h = await storeHealth(store)
+  t.equal(h.state, 'CRITICAL')
+  t.equal(h.exitCode, 2)
+  const human = renderStatus(h)
+  t.match(human, /DIVERGED from its source: certify \(sha256\) of cycle 3 failed \(the next cycle resyncs it\)/)
+  t.match(human, /\bDIVERGED\s*\n/)
   t.match(human, /web-01: 1 \.vmx reference\(s\) out of the mirror dropped or neutralised:\n {2}serial0\.fileName = "\/etc\/shadow" \(device disabled\)/)
-  let json = ''
-  await statusCommand({ store, output: 'json', write: (s) => { json += s } })
+  const json = JSON.stringify(h)
   const st = JSON.parse(json) as { vms: Array<{ generation: string, vmxDropped: unknown[], disks: Array<{ diverged: unknown }> }> }
   t.equal(st.vms[0]?.generation, 'ab'.repeat(16))
   t.match(st.vms[0]?.disks[0]?.diverged, { reason: /certify/ })

@@ -1,14 +1,18 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, rm, stat, writeFile, open } from 'node:fs/promises'
-import { join, resolve, dirname } from 'node:path'
+import { join, resolve, dirname, relative, isAbsolute } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { createSampleVm, simulateGuestWrites, replicate, type ReplicationReport, type VmReport } from '@grainline/agent'
+import type { Argv } from 'yargs'
+import { AgentError, createSampleVm, simulateGuestWrites, replicateMany, TtyProgressView, type ReplicationReport, type VmReport } from '@grainline/agent'
+import { formatBytes, formatDuration, parseByteSize } from '@grainline/protocol'
 import type { Logger } from 'pino'
+import type { CliCommand } from '../command.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
 import { createCliLogger } from '../logger.ts'
-import { generateSelfSignedTls, generateToken, writeTokensFile } from '../tls-setup.ts'
-import { formatBytes, table } from '../util.ts'
+import { generateSelfSignedTls, generateToken, writeTokenFile, writeTokensFile } from '../tls-setup.ts'
+import { table } from '../util.ts'
 
 /** Options of `grainline demo`. */
 export interface DemoOptions {
@@ -24,6 +28,8 @@ export interface DemoOptions {
   readonly deltaFormat?: 'sesparse' | 'vmfssparse' | 'hosted'
   readonly write: (s: string) => void
   readonly signal?: AbortSignal
+  /** the terminal of the progress display (none when it is not a TTY). @default process.stderr */
+  readonly stderr?: NodeJS.WriteStream
 }
 
 const MARKER = '.grainline-demo'
@@ -39,7 +45,7 @@ interface CycleRow {
  * The main job on an embedded default: a sample VM, a local TLS receiver with a
  * generated token, a seed, incremental cycles with a guest writing, certify.
  */
-export async function demoCommand(opts: DemoOptions): Promise<boolean> {
+export async function runDemo(opts: DemoOptions): Promise<boolean> {
   const dir = resolve(opts.dir ?? 'demo-run')
   const cycles = opts.cycles ?? 3
   const diskBytes = opts.diskBytes ?? 2 * 1024 ** 3
@@ -58,6 +64,7 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
     }
   }
   await mkdir(join(dir, 'logs'), { recursive: true })
+  await mkdir(join(dir, 'agent'), { recursive: true })
   await writeFile(join(dir, MARKER), 'created by grainline demo\n')
   const logFile = join(dir, 'logs', 'agent.log')
   const logger: Logger = createCliLogger({ file: logFile, level: 'info' })
@@ -75,6 +82,8 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
   const tls = await generateSelfSignedTls(join(dir, 'receiver'))
   const token = generateToken()
   const tokens = await writeTokensFile(join(dir, 'receiver', 'tokens.json'), [{ name: 'demo-proxy', token, vms: ['Demo VM'] }])
+  // the agent's copy of the token, as a proxy keeps it (the commands printed at the end use it)
+  const tokenFile = await writeTokenFile(join(dir, 'agent', 'demo.token'), token)
   const store = join(dir, 'mirrors')
   const receiverLog = join(dir, 'logs', 'receiver.log')
   const receiver = await startReceiverProcess(['receive', '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens, '--tls-cert', tls.cert, '--tls-key', tls.key, '--log-file', receiverLog])
@@ -87,9 +96,11 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
   // Ctrl-C / SIGTERM: abort the cycle in flight, stop the receiver, exit
   const abort = new AbortController()
   opts.signal?.addEventListener('abort', () => abort.abort(opts.signal?.reason), { once: true })
-  const onSignal = (): void => {
-    say('\ninterrupted: aborting the cycle and stopping the receiver\n')
-    abort.abort(new Error('interrupted'))
+  let stoppedBy: NodeJS.Signals | undefined
+  const onSignal = (signal: NodeJS.Signals): void => {
+    stoppedBy = signal
+    say(`\n${signal}: stopping the cycle in flight and the receiver\n`)
+    abort.abort(new AgentError('E_ABORTED', `interrupted by ${signal}`))
     receiver.proc.kill('SIGTERM')
   }
   process.once('SIGINT', onSignal)
@@ -108,26 +119,31 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
       trivialMiB: 16,
       signal: abort.signal,
     } as const
+    const stderr = opts.stderr ?? process.stderr
     for (let c = 0; c <= cycles && ok && !abort.signal.aborted; c++) {
       const last = c === cycles
+      // the receiver's cycle numbers, as status and the reports show them: the seed is cycle 1
       const label = c === 0 ? 'seed' : `incremental ${c}`
-      say(`- cycle ${c}: ${label}; meanwhile the guest writes ${formatBytes(guestBytes)} per disk into its new delta\n`)
+      say(`- cycle ${c + 1} (${label}${last ? ', certified' : ''}); meanwhile the guest writes ${formatBytes(guestBytes)} per disk into its new delta\n`)
       const started = Date.now()
       let guest: Promise<unknown> = Promise.resolve()
-      const report: ReplicationReport = await replicate(
+      const report: ReplicationReport = await replicateMany(
         { logger },
-        {
-          ...base,
-          certify: last ? 'xxh64' : 'none',
-          // the guest keeps writing into the new running delta while the frozen one ships;
-          // its writes settle before the older snapshot is removed (as ESXi serializes them)
-          afterSnapshot: async () => {
-            guest = simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 })
+        [
+          {
+            ...base,
+            certify: last ? 'xxh64' : 'none',
+            // the guest keeps writing into the new running delta while the frozen one ships;
+            // its writes settle before the older snapshot is removed (as ESXi serializes them)
+            afterSnapshot: async () => {
+              guest = simulateGuestWrites(vm.vmxPath, { bytes: guestBytes, seed: 100 + c, zeroFraction: 0.1 })
+            },
+            beforeRemove: async () => {
+              await guest
+            },
           },
-          beforeRemove: async () => {
-            await guest
-          },
-        },
+        ],
+        { parallel: 1, signal: abort.signal, view: stderr.isTTY ? new TtyProgressView(stderr) : 'none' },
       )
       await guest
       const vr = report.vms[0]
@@ -140,7 +156,7 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
       if (!report.ok) {
         ok = false
         say(
-          `  cycle ${c} FAILED: ${vr.error?.code ?? ''} ${
+          `  cycle ${vr.cycle} FAILED: ${vr.error?.code ?? ''} ${
             vr.error?.message ??
             vr.disks
               .map((d) => d.error?.message)
@@ -158,7 +174,7 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
 
   if (abort.signal.aborted) {
     say(`interrupted; the work folder stays in ${dir} (run the demo again to start over)\n`)
-    process.exitCode = 130
+    process.exitCode = stoppedBy === 'SIGTERM' ? ExitCode.Terminated : ExitCode.Interrupted
     return false
   }
   const out: string[][] = []
@@ -172,7 +188,7 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
       r.label,
       formatBytes(changed),
       formatBytes(sent),
-      `${r.seconds.toFixed(1)} s`,
+      formatDuration(r.seconds * 1000),
       `${formatBytes(sent / Math.max(r.seconds, 0.001))}/s`,
       trivial,
       cert,
@@ -183,8 +199,63 @@ export async function demoCommand(opts: DemoOptions): Promise<boolean> {
   say(`source VM:  ${vm.vmxPath}\n`)
   say(`mirror:     ${join(store, 'Demo VM')}\n`)
   say(`logs:       ${logFile}, ${receiverLog}\n`)
-  say(`total time: ${((Date.now() - t0) / 1000).toFixed(1)} s — ${ok ? 'all cycles committed and verified' : 'FAILED (see the logs)'}\n`)
+  say(`total time: ${formatDuration(Date.now() - t0)} — ${ok ? 'all cycles committed and verified' : 'FAILED (see the logs)'}\n`)
+  say('\n' + nextSteps({ dir, store, tls, tokens, tokenFile, vmx: vm.vmxPath }))
   return ok
+}
+
+/** What to try next with the demo's files, and how to remove them (paths as the user typed them: relative to here when inside). */
+function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: string }; tokens: string; tokenFile: string; vmx: string }): string {
+  const here = (f: string): string => {
+    const r = relative(process.cwd(), f)
+    const shown = r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : f
+    return /[^\w@%+=:,./-]/.test(shown) ? `'${shown.replace(/'/g, "'\\''")}'` : shown
+  }
+  return [
+    'Try next:',
+    `  grainline status --store ${here(p.store)} --max-age 30m     # the mirror's health, as monitoring sees it`,
+    `  grainline info ${here(join(p.store, 'Demo VM', 'Demo VM.vmdk'))}    # the mirror disk`,
+    `  grainline receive --listen 127.0.0.1:7443 --store ${here(p.store)} --tokens ${here(p.tokens)} --tls-cert ${here(p.tls.cert)} --tls-key ${here(p.tls.key)}`,
+    `  grainline replicate ${here(p.vmx)} --to wss://127.0.0.1:7443 --token-file ${here(p.tokenFile)} --ca ${here(p.tls.cert)} --state-dir ${here(join(p.dir, 'agent-state'))} --certify sha256`,
+    '      # (in a second terminal, with the receiver above running: one more incremental cycle)',
+    '  (inside the checkout, type npx grainline …)',
+    `Remove it all: rm -rf ${here(p.dir)}   (running the demo again recreates it)`,
+    '',
+  ].join('\n')
+}
+
+export const demoCommand: CliCommand = {
+  command: 'demo',
+  describe: 'the main job on an embedded default: sample VM, local TLS receiver, seed, 3 incremental cycles with a writing guest, certify',
+  builder: (y: Argv) =>
+    y
+      .option('dir', { type: 'string', default: 'demo-run', describe: 'working folder (recreated)' })
+      .option('cycles', { type: 'number', default: 3, describe: 'incremental cycles after the seed' })
+      .option('disk-size', { type: 'string', default: '2G', describe: 'size of the first disk (the second is half)' })
+      .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
+      .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
+  async run(args, ctx) {
+    const size = (k: string): number => {
+      try {
+        return parseByteSize(String(args[k]), `--${k}`)
+      } catch (err) {
+        throw new UsageError((err as Error).message)
+      }
+    }
+    const cycles = Number(args['cycles'])
+    if (!Number.isSafeInteger(cycles) || cycles < 0 || cycles > 100) throw new UsageError(`--cycles: expected a whole number from 0 to 100, got ${String(args['cycles'])}`)
+    const ok = await runDemo({
+      dir: String(args['dir']),
+      cycles,
+      diskBytes: size('disk-size'),
+      guestBytes: size('guest-write'),
+      deltaFormat: args['delta-format'] as 'sesparse',
+      write: ctx.write,
+      stderr: ctx.stderr,
+    })
+    if (process.exitCode === ExitCode.Interrupted || process.exitCode === ExitCode.Terminated) return process.exitCode
+    return ok ? ExitCode.Ok : ExitCode.Failed
+  },
 }
 
 async function startReceiverProcess(args: string[]): Promise<{ proc: ChildProcess; port: number }> {

@@ -1,5 +1,6 @@
 import { describeChain, openChain } from '@grainline/vmdk'
-import { formatBytes, table } from '../util.ts'
+import { formatBytes } from '@grainline/protocol'
+import { table } from '../util.ts'
 
 /** Options of `grainline info` and `grainline map`. */
 export interface DiskCommandOptions {

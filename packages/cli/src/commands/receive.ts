@@ -1,5 +1,9 @@
+import type { Argv } from 'yargs'
 import { createReceiver, resolveReceiverInit } from '@grainline/receiver'
 import type { Logger } from 'pino'
+import type { CliCommand } from '../command.ts'
+import { ExitCode } from '../exit-codes.ts'
+import { loggerFor } from '../logger-args.ts'
 
 /** Options of `grainline receive` (flags override the config file). */
 export interface ReceiveCommandOptions {
@@ -18,7 +22,7 @@ export interface ReceiveCommandOptions {
 }
 
 /** Run a receiver until SIGTERM/SIGINT; resolves once closed. */
-export async function receiveCommand(opts: ReceiveCommandOptions): Promise<void> {
+export async function runReceiver(opts: ReceiveCommandOptions): Promise<void> {
   const init = await resolveReceiverInit({
     ...(opts.config !== undefined ? { config: opts.config } : {}),
     ...(opts.listen !== undefined ? { listen: opts.listen } : {}),
@@ -46,4 +50,36 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<void>
     process.once('SIGTERM', () => stop('SIGTERM'))
     process.once('SIGINT', () => stop('SIGINT'))
   })
+}
+
+export const receiveCommand: CliCommand = {
+  command: 'receive',
+  describe: 'run a receiver at the DR site (mirror store, TLS, tokens)',
+  builder: (y: Argv) =>
+    y
+      .option('listen', { type: 'string', describe: 'HOST:PORT to listen on (default 127.0.0.1:0 from the config)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors' })
+      .option('tokens', { type: 'string', describe: 'tokens file {"tokens":[{"name","token","vms":["glob"]}]}' })
+      .option('tls-cert', { type: 'string', describe: 'PEM certificate (wss://)' })
+      .option('tls-key', { type: 'string', describe: 'PEM private key' })
+      .option('insecure', { type: 'boolean', default: false, describe: 'allow plain ws:// on a non-loopback address' })
+      .option('config', { type: 'string', describe: 'JSON config file with the same settings (flags win)' })
+      .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name' })
+      .option('trivial-mb', { type: 'number', describe: 'largest prefix (MiB) a trivial check may digest' }),
+  async run(args, ctx) {
+    const str = (k: string): string | undefined => (args[k] === undefined ? undefined : String(args[k]))
+    await runReceiver({
+      ...(str('listen') !== undefined ? { listen: str('listen') as string } : {}),
+      ...(str('store') !== undefined ? { store: str('store') as string } : {}),
+      ...(str('tokens') !== undefined ? { tokens: str('tokens') as string } : {}),
+      ...(str('tls-cert') !== undefined ? { tlsCert: str('tls-cert') as string } : {}),
+      ...(str('tls-key') !== undefined ? { tlsKey: str('tls-key') as string } : {}),
+      ...(str('config') !== undefined ? { config: str('config') as string } : {}),
+      ...(str('display-suffix') !== undefined ? { displaySuffix: str('display-suffix') as string } : {}),
+      ...(args['trivial-mb'] !== undefined ? { trivialMb: Number(args['trivial-mb']) } : {}),
+      insecure: args['insecure'] === true,
+      logger: loggerFor(args, ctx, 'info'),
+    })
+    return ExitCode.Ok
+  },
 }

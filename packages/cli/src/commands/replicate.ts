@@ -1,77 +1,81 @@
-import { readFile, writeFile } from 'node:fs/promises'
-import { replicateMany, loadJobConfig, formatReport, type ReplicateInit, type ReplicationReport } from '@grainline/agent'
-import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
-import type { Logger } from 'pino'
-import { parseRate } from '@grainline/protocol'
+/**
+ * `grainline replicate`: one cycle of each VM named (or of every VM of a job
+ * file), `parallel` at a time. Every value is validated before the first
+ * snapshot or connection (exit 2 naming the flag or key); on a terminal a
+ * progress display, otherwise JSON logs with progress lines; SIGINT/SIGTERM
+ * finish the durable step in flight, keep its snapshot for the next run,
+ * write the report with the interruption and exit 130/143.
+ */
+import type { Argv } from 'yargs'
+import { formatReport, loadJob, runJob, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent'
+import type { LevelWithSilent } from 'pino'
+import { ExitCode } from '../exit-codes.ts'
+import { createCliLogger, humanLogs } from '../logger.ts'
+import { stopOnSignals } from '../signals.ts'
+import type { CliCommand, CliContext, GlobalArgs } from '../command.ts'
+import { flagValues, REPLICATE_FLAGS } from './replicate-options.ts'
 
-/** Options of `grainline replicate`. */
-export interface ReplicateCommandOptions {
-  readonly vmx?: string
-  readonly job?: string
-  readonly to?: string
-  readonly tokenFile?: string
-  readonly driver?: 'local' | 'esxi'
-  readonly esxiConfig?: string
-  readonly certify?: DigestAlgorithm | 'none'
-  readonly trivialMb?: number
-  readonly bwlimit?: string
-  readonly compress?: CompressionAlgorithm
-  readonly deltaFormat?: 'sesparse' | 'vmfssparse' | 'hosted'
-  readonly consolidateExisting?: boolean
-  readonly caFile?: string
-  readonly insecureTls?: boolean
-  /** allow ws:// to a non-loopback host (the token travels in clear) */
-  readonly insecurePlaintext?: boolean
-  readonly giveUp?: number
-  /** the agent state folder */
-  readonly stateDir?: string
-  readonly report?: string
-  readonly logger: Logger
-  readonly signal?: AbortSignal
+/** The exit code of a finished run. */
+export function replicateExitCode(report: ReplicationReport, signalCode: number | undefined): number {
+  if (signalCode !== undefined) return signalCode
+  return report.ok ? ExitCode.Ok : ExitCode.Failed
 }
 
-/** Read a token file: the first non-empty line. */
-export async function readTokenFile(path: string): Promise<string> {
-  const text = await readFile(path, 'utf8')
-  const token = text
-    .split(/\r?\n/)
-    .map((l) => l.trim())
-    .find((l) => l !== '')
-  if (token === undefined) throw new Error(`token file ${path} is empty`)
-  return token
+/** Validate the flags (and job file) into a job: a ConfigError names every problem. */
+export async function jobFromArgs(args: Readonly<Record<string, unknown>>, cwd = process.cwd()): Promise<Job> {
+  const flags = flagValues(args, cwd)
+  const vms = (args['vm'] as string[] | undefined) ?? []
+  return await loadJob({ ...flags, vms, cwd })
 }
 
-/** `grainline replicate`: one cycle of one VM (or every VM of a job file). */
-export async function replicateCommand(opts: ReplicateCommandOptions): Promise<ReplicationReport> {
-  const inits: ReplicateInit[] = []
-  const flags: Partial<Record<keyof ReplicateInit, unknown>> = {}
-  if (opts.to !== undefined) flags.to = opts.to
-  if (opts.driver !== undefined) flags.driver = opts.driver
-  if (opts.esxiConfig !== undefined) flags.esxi = JSON.parse(await readFile(opts.esxiConfig, 'utf8')) as unknown
-  if (opts.certify !== undefined) flags.certify = opts.certify
-  if (opts.trivialMb !== undefined) flags.trivialMiB = opts.trivialMb
-  if (opts.bwlimit !== undefined) flags.bwlimit = parseRate(opts.bwlimit, '--bwlimit')
-  if (opts.compress !== undefined) flags.compress = opts.compress
-  if (opts.deltaFormat !== undefined) flags.deltaFormat = opts.deltaFormat
-  if (opts.consolidateExisting === true) flags.consolidateExisting = true
-  if (opts.caFile !== undefined) flags.caFile = opts.caFile
-  if (opts.insecureTls === true) flags.insecure = true
-  if (opts.insecurePlaintext === true) flags.insecurePlaintext = true
-  if (opts.giveUp !== undefined) flags.giveUpMs = opts.giveUp * 1000
-  if (opts.stateDir !== undefined) flags.stateDir = opts.stateDir
-  if (opts.tokenFile !== undefined) flags.token = await readTokenFile(opts.tokenFile)
-  if (opts.signal !== undefined) flags.signal = opts.signal
-  if (opts.job !== undefined) {
-    for (const init of await loadJobConfig(opts.job)) inits.push({ ...init, ...flags } as ReplicateInit)
-  }
-  if (opts.vmx !== undefined) {
-    if (flags.to === undefined) throw new Error('--to wss://HOST:PORT is required')
-    if (flags.token === undefined) throw new Error('--token-file FILE is required')
-    inits.push({ vm: opts.vmx, ...flags } as ReplicateInit)
-  }
-  if (inits.length === 0) throw new Error('name a VM (.vmx path or, with --driver esxi, a VM name) or a --job file')
-  const report = await replicateMany({ logger: opts.logger }, inits)
-  if (opts.report !== undefined) await writeFile(opts.report, JSON.stringify(report, null, 2) + '\n')
-  process.stdout.write(formatReport(report))
-  return report
+export const replicateCommand: CliCommand = {
+  command: 'replicate [vm..]',
+  describe: 'run one replication cycle of each VM named (or of every VM in a job file), in parallel',
+  builder: (y: Argv) => {
+    let out = y.positional('vm', { type: 'string', array: true, describe: '.vmx path (local driver) or VM name/id (esxi driver); several may be given' })
+    for (const f of REPLICATE_FLAGS) out = out.option(f.flag, f.yargs)
+    return out
+  },
+  async run(args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
+    // 1. everything validated before anything happens
+    const job = await jobFromArgs(args)
+    // 2. where progress and logs go
+    const stderr = ctx.stderr
+    const human = humanLogs({ ...(args['log-file'] === undefined ? {} : { file: args['log-file'] }), stderr })
+    const view = human ? new TtyProgressView(stderr) : undefined
+    const logger = createCliLogger({
+      ...(args['log-level'] === undefined ? {} : { level: args['log-level'] as LevelWithSilent }),
+      ...(args['log-file'] === undefined ? {} : { file: args['log-file'] }),
+      ttyDefault: 'silent',
+      stderr,
+      ...(view === undefined
+        ? {}
+        : {
+            print: (s: string) => {
+              view.print(s.replace(/\n$/, ''))
+            },
+          }),
+    })
+    // 3. stop cleanly on SIGINT/SIGTERM
+    const stop = stopOnSignals((s) => {
+      const msg = `${s}: stopping after the step in flight (snapshots are kept for the next run); ${s === 'SIGINT' ? 'Ctrl-C again' : 'a second signal'} exits at once`
+      if (view !== undefined) view.print(msg)
+      else logger.warn({ signal: s }, msg)
+    })
+    let report: ReplicationReport
+    try {
+      report = await runJob({ logger }, job, { signal: stop.signal, view: view ?? 'log', stream: stderr })
+    } finally {
+      stop.dispose()
+    }
+    ctx.write(formatReport(report))
+    if (report.interrupted !== undefined) ctx.error(`grainline: ${report.interrupted}; the report says what was kept for the next run${job.report === undefined ? '' : ` (${job.report})`}`)
+    else if (!report.ok) {
+      const failed = report.vms.filter((v) => !v.ok)
+      ctx.error(
+        `grainline: ${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed: ${failed.map((v) => `${v.vm} [${v.error?.code ?? v.disks.find((d) => d.error !== undefined)?.error?.code ?? 'E_CHECK'}]`).join(', ')}`,
+      )
+    }
+    return replicateExitCode(report, stop.exitCode())
+  },
 }

@@ -1,0 +1,239 @@
+/**
+ * A job from its sources — a job file, the VMs and options given on the
+ * command line — validated completely before anything runs: every value
+ * parsed, every referenced file (tokens, CA certificates, keys, secrets,
+ * esxi settings) read and checked, every receiver URL checked (SPEC §1.2),
+ * and every problem reported at once, named by key or flag
+ * (`job.vms[2].certify: expected one of …`, `--bwlimit: …`).
+ */
+import { dirname, isAbsolute, resolve } from 'node:path'
+import { z } from 'zod'
+import { checkReceiverUrl } from '../receiver-url.ts'
+import type { ReplicateInit } from '../replicate.ts'
+import { toEsxiDriverInit, definedOnly } from './esxi-settings-schema.ts'
+import type { SchemaContext } from './fields.ts'
+import { ConfigError, configIssues, describeIssues, renameByPrefix } from './issues.ts'
+import { jobFileSchema, jobShape } from './job-schema.ts'
+import type { EmailSettings, WebhookSettings } from './notify-schema.ts'
+import { readJsonFile } from './settings-file.ts'
+import { vmOptionsSchema, type VmOptions } from './vm-options-schema.ts'
+
+/** Where a job comes from. */
+export interface JobSources {
+  /** a job file (`--job`) */
+  readonly file?: string
+  /** VMs named on the command line (each replicated with the file's top-level options and the flags) */
+  readonly vms?: readonly string[]
+  /** per-VM options from flags, keyed by option name (`certify`, `tokenFile`, …); they win over the file */
+  readonly options?: Readonly<Record<string, unknown>>
+  /** job-level values from flags (`parallel`, `bwlimit`, `report`, `email`, `webhooks`); merged into the file's */
+  readonly jobOptions?: Readonly<Record<string, unknown>>
+  /** how to name a value given by a flag in messages: dotted key (`certify`, `email.smtp.host`) → flag (`--certify`) */
+  readonly names?: Readonly<Record<string, string>>
+  /** where relative paths given by flags resolve. @default process.cwd() */
+  readonly cwd?: string
+}
+
+/** One VM of a job: a complete `ReplicateInit`, plus where its settings came from (for messages). */
+export interface VmJob extends ReplicateInit {
+  /** where the VM was named: `job.vms[2]` or `the command line` */
+  readonly label: string
+  /** where the token came from (`--token-file /etc/grainline/proxy-a.token`, `job.tokenFile …`) */
+  readonly tokenSource: string
+  /** where the CA came from, if one was given */
+  readonly caSource?: string
+}
+
+/** A validated job. */
+export interface Job {
+  readonly vms: readonly VmJob[]
+  /** VMs replicated at once. @default 2 */
+  readonly parallel: number
+  /** bytes/s for the whole job; Infinity = unlimited */
+  readonly bwlimit: number
+  readonly report?: string
+  readonly email?: EmailSettings
+  readonly webhooks: readonly WebhookSettings[]
+}
+
+/** Default of `parallel`. */
+export const DEFAULT_PARALLEL = 2
+
+const JOB_LEVEL_KEYS = ['parallel', 'bwlimit', 'report', 'email', 'webhooks'] as const
+
+type Layer = { readonly label: string, readonly names?: Readonly<Record<string, string>>, readonly values: VmOptions }
+
+/** The winning value of `key` over the layers (last defined wins) and where it came from. */
+function pick<K extends keyof VmOptions> (layers: readonly Layer[], key: K): { value: VmOptions[K], from: string } | undefined {
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const l = layers[i] as Layer
+    if (l.values[key] !== undefined) return { value: l.values[key], from: l.names?.[key as string] ?? `${l.label}.${key as string}` }
+  }
+  return undefined
+}
+
+function isObject (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** Merge job-level flag values into the file's (objects one level deep: `email.smtp`). */
+function mergeJobLevel (file: Record<string, unknown>, flags: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const out = { ...file }
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue
+    const prev = out[k]
+    if (isObject(prev) && isObject(v)) {
+      const merged: Record<string, unknown> = { ...prev }
+      for (const [k2, v2] of Object.entries(v)) merged[k2] = isObject(merged[k2]) && isObject(v2) ? { ...merged[k2], ...v2 } : v2
+      out[k] = merged
+    } else {
+      out[k] = v
+    }
+  }
+  return out
+}
+
+/**
+ * Validate a job completely.
+ * @throws ConfigError (AgentError `E_CONFIG`) listing every problem
+ */
+export async function loadJob (src: JobSources): Promise<Job> {
+  const cwd = src.cwd ?? process.cwd()
+  const names = src.names ?? {}
+  const rename = renameByPrefix(names)
+  const problems: string[] = []
+
+  // 1. the job file, with the job-level flags merged in (their paths are absolute)
+  let fileTop: Record<string, unknown> = {}
+  let fileCtx: SchemaContext = { baseDir: cwd }
+  if (src.file !== undefined) {
+    const abs = resolve(cwd, src.file)
+    fileCtx = { baseDir: dirname(abs) }
+    const json = await readJsonFile(abs)
+    if (!json.ok) throw new ConfigError([`--job: ${json.problem}`])
+    if (!isObject(json.value)) throw new ConfigError([`--job: ${abs} must hold a JSON object ({ "vms": [ … ] })`])
+    fileTop = json.value
+  }
+  const jobFlags = Object.fromEntries(Object.entries(src.jobOptions ?? {}).filter(([, v]) => v !== undefined))
+  const merged = mergeJobLevel(fileTop, jobFlags)
+  let job: z.output<ReturnType<typeof jobFileSchema>> | undefined
+  let jobLevel: { parallel?: number, bwlimit?: number, report?: string, email?: EmailSettings, webhooks?: WebhookSettings[] } = {}
+  if (src.file !== undefined) {
+    const r = await jobFileSchema(fileCtx).safeParseAsync(merged)
+    if (r.success) job = r.data
+    else problems.push(...describeIssues('job', configIssues(r.error.issues as never, merged), rename))
+    if (job !== undefined) jobLevel = job
+  } else {
+    const shape = jobShape(fileCtx)
+    const schema = z.strictObject(Object.fromEntries(JOB_LEVEL_KEYS.map((k) => [k, shape[k]])) as Pick<typeof shape, typeof JOB_LEVEL_KEYS[number]>)
+    const r = await schema.safeParseAsync(merged)
+    if (r.success) jobLevel = r.data
+    else problems.push(...describeIssues('options', configIssues(r.error.issues as never, merged), rename))
+  }
+
+  // 2. the per-VM flags: named by flag, paths against the working folder
+  let flagOptions: VmOptions = {}
+  if (src.options !== undefined) {
+    const raw = Object.fromEntries(Object.entries(src.options).filter(([, v]) => v !== undefined))
+    const r = await vmOptionsSchema({ baseDir: cwd }).safeParseAsync(raw)
+    if (r.success) flagOptions = r.data
+    else problems.push(...describeIssues('options', configIssues(r.error.issues as never, raw), (p) => rename(p) ?? (p[0] !== undefined ? `--${String(p[0])}` : undefined)))
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+
+  // 3. every VM: the layers merged, the required values present, the receiver URL allowed
+  const flagLayer: Layer = { label: 'options', names, values: flagOptions }
+  const fileLayers: Layer[] = []
+  if (job !== undefined) {
+    const { vms: _vms, defaults, parallel: _p, bwlimit: _b, report: _r, email: _e, webhooks: _w, ...top } = job
+    fileLayers.push({ label: 'job', values: top })
+    if (defaults !== undefined) fileLayers.push({ label: 'job.defaults', values: stripJobOnly(defaults) })
+  }
+  const entries: Array<{ vm: string, label: string, layers: Layer[], baseDir: string }> = []
+  for (const [i, e] of (job?.vms ?? []).entries()) {
+    const label = `job.vms[${i}]`
+    if (typeof e === 'string') entries.push({ vm: e, label, layers: [...fileLayers, flagLayer], baseDir: fileCtx.baseDir })
+    else {
+      const { vm, ...own } = e
+      entries.push({ vm, label, layers: [...fileLayers, { label, values: stripJobOnly(own) }, flagLayer], baseDir: fileCtx.baseDir })
+    }
+  }
+  for (const vm of src.vms ?? []) entries.push({ vm, label: `VM ${JSON.stringify(vm)}`, layers: [...fileLayers, flagLayer], baseDir: cwd })
+  if (entries.length === 0) throw new ConfigError(['name a VM (a .vmx path or, with --driver esxi, a VM name) or a --job file'])
+
+  const vms: VmJob[] = []
+  for (const e of entries) {
+    const vm = resolveVm(e, names, problems)
+    if (vm !== undefined) vms.push(vm)
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  return definedOnly({
+    vms,
+    parallel: jobLevel.parallel ?? DEFAULT_PARALLEL,
+    bwlimit: jobLevel.bwlimit ?? Infinity,
+    report: jobLevel.report,
+    email: jobLevel.email,
+    webhooks: jobLevel.webhooks ?? [],
+  }) as Job
+}
+
+function stripJobOnly (o: VmOptions & { bwlimit?: unknown, parallel?: unknown }): VmOptions {
+  const { bwlimit: _b, parallel: _p, ...rest } = o
+  return rest
+}
+
+function resolveVm (e: { vm: string, label: string, layers: Layer[], baseDir: string }, names: Readonly<Record<string, string>>, problems: string[]): VmJob | undefined {
+  const L = e.layers
+  const val = <K extends keyof VmOptions>(k: K): VmOptions[K] => pick(L, k)?.value
+  const before = problems.length
+  const to = pick(L, 'to')
+  const token = pick(L, 'token')
+  const tokenFile = pick(L, 'tokenFile')
+  const driver = val('driver') ?? 'local'
+  const esxi = val('esxi')
+  if (to === undefined) problems.push(`${e.label}: no receiver URL: set "to" (or ${names['to'] ?? '--to'} wss://HOST:PORT)`)
+  // the more specific of the two wins; a token file given as a flag beats a token in the file
+  const lastLayer = (k: keyof VmOptions): number => L.findLastIndex((l) => l.values[k] !== undefined)
+  const tokenPick = token !== undefined && (tokenFile === undefined || lastLayer('token') > lastLayer('tokenFile'))
+    ? { secret: token.value, from: token.from }
+    : tokenFile !== undefined ? { secret: tokenFile.value?.secret, from: `${tokenFile.from} ${tokenFile.value?.path ?? ''}`.trim() } : undefined
+  if (tokenPick?.secret === undefined) problems.push(`${e.label}: no token: set "tokenFile" (or ${names['tokenFile'] ?? '--token-file'} FILE)`)
+  if (driver === 'esxi' && esxi === undefined) problems.push(`${e.label}: driver "esxi" needs its settings: set "esxi" (or ${names['esxi'] ?? '--esxi-config'} FILE)`)
+  const insecurePlaintext = val('insecurePlaintext') === true
+  if (to !== undefined) {
+    try {
+      checkReceiverUrl(to.value as string, { insecurePlaintext })
+    } catch (err) {
+      problems.push(`${to.from}: ${(err as Error).message}`)
+    }
+  }
+  if (problems.length > before) return undefined
+  const ca = pick(L, 'caFile')
+  const giveUp = val('giveUp')
+  const maxBackoff = val('maxBackoff')
+  return definedOnly({
+    label: e.label,
+    vm: driver === 'local' && !isAbsolute(e.vm) ? resolve(e.baseDir, e.vm) : e.vm,
+    to: to?.value as string,
+    token: tokenPick?.secret as string,
+    tokenSource: tokenPick?.from as string,
+    ca: ca?.value?.pem,
+    caFile: ca?.value?.path,
+    caSource: ca === undefined ? undefined : `${ca.from} ${ca.value?.path ?? ''}`.trim(),
+    driver,
+    esxi: esxi === undefined ? undefined : toEsxiDriverInit(esxi),
+    insecure: val('insecureTls'),
+    insecurePlaintext: insecurePlaintext ? true : undefined,
+    deltaFormat: val('deltaFormat'),
+    certify: val('certify'),
+    trivialMiB: val('trivialMiB'),
+    compress: val('compress'),
+    digests: val('digests'),
+    consolidateExisting: val('consolidateExisting'),
+    stateDir: val('stateDir'),
+    giveUpMs: giveUp,
+    maxBackoffMs: maxBackoff,
+    windowBytes: val('windowBytes'),
+    maxExtentBytes: val('maxExtentBytes'),
+  }) as VmJob
+}

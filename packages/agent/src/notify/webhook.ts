@@ -1,0 +1,153 @@
+/**
+ * Webhooks: the run's report as a JSON POST, signed with HMAC-SHA256, retried
+ * with bounded back-off.
+ *
+ * The signature scheme (documented in the README, checked by
+ * {@link verifyWebhookSignature}):
+ *
+ *   X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
+ *
+ * The timestamp is part of what is signed, so a receiver that refuses a `t`
+ * older than a few minutes (default 300 s) cannot be fed a replayed POST; the
+ * `X-Grainline-Delivery` id is the same for every attempt of one delivery, so
+ * a receiver can also drop duplicates. Each attempt is signed anew.
+ *
+ * Retried: network errors, timeouts, HTTP 5xx and 429, `attempts` times in
+ * all with a back-off of 1 s, 2 s, 4 s … capped at 30 s (a `Retry-After` of
+ * at most 30 s is honoured). Any other answer is final: 2xx delivered, other
+ * 4xx refused.
+ */
+import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
+import { request as httpsRequest } from 'node:https'
+import { hostname as osHostname } from 'node:os'
+import type { Logger } from 'pino'
+import type { WebhookSettings } from '../job/notify-schema.ts'
+import type { ReplicationReport } from '../report.ts'
+import { AGENT_SOFTWARE } from '../version.ts'
+
+/** The signature header. */
+export const SIGNATURE_HEADER = 'x-grainline-signature'
+/** The delivery id header (one per delivery, the same on each attempt). */
+export const DELIVERY_HEADER = 'x-grainline-delivery'
+/** The event header: `run.succeeded` or `run.failed`. */
+export const EVENT_HEADER = 'x-grainline-event'
+
+/** Longest back-off between attempts, ms. */
+const MAX_BACKOFF_MS = 30_000
+/** Most bytes of an answer read (the rest is dropped). */
+const MAX_ANSWER_BYTES = 64 * 1024
+
+/** The body of a webhook POST. */
+export interface WebhookPayload {
+  readonly event: 'run.succeeded' | 'run.failed'
+  /** the proxy that ran the job */
+  readonly host: string
+  readonly software: string
+  readonly report: ReplicationReport
+}
+
+/** `t=…,v1=…` for `body` at `timestamp` (unix seconds). */
+export function signWebhook (secret: string, body: string, timestamp: number): string {
+  const mac = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')
+  return `t=${timestamp},v1=${mac}`
+}
+
+/** Why a signature was not accepted. */
+export type SignatureCheck = { readonly ok: true } | { readonly ok: false, readonly reason: 'malformed' | 'stale' | 'mismatch' }
+
+/**
+ * Check a received signature: well formed, `t` within `toleranceSeconds` of
+ * `now`, and the HMAC of `"<t>.<body>"` equal (constant-time).
+ */
+export function verifyWebhookSignature (opts: { secret: string, header: string | undefined, body: string | Buffer, toleranceSeconds?: number, now?: number }): SignatureCheck {
+  const m = /^t=(\d{1,12}),v1=([0-9a-f]{64})$/.exec(opts.header ?? '')
+  if (m === null) return { ok: false, reason: 'malformed' }
+  const t = Number(m[1])
+  const now = Math.floor((opts.now ?? Date.now()) / 1000)
+  if (Math.abs(now - t) > (opts.toleranceSeconds ?? 300)) return { ok: false, reason: 'stale' }
+  const body = typeof opts.body === 'string' ? opts.body : opts.body.toString('utf8')
+  const want = createHmac('sha256', opts.secret).update(`${t}.${body}`).digest()
+  const got = Buffer.from(m[2] as string, 'hex')
+  return got.length === want.length && timingSafeEqual(got, want) ? { ok: true } : { ok: false, reason: 'mismatch' }
+}
+
+/** How a delivery went. */
+export interface WebhookResult {
+  readonly ok: boolean
+  readonly attempts: number
+  /** the last HTTP status, if any answer came */
+  readonly status?: number
+  readonly error?: string
+}
+
+/** Options of {@link sendWebhook}. */
+export interface SendWebhookOptions {
+  readonly logger?: Logger
+  /** @default os.hostname() */
+  readonly hostname?: string
+  /** first back-off, ms (doubled each attempt). @default 1000 */
+  readonly retryBaseMs?: number
+  /** @default Date.now */
+  readonly now?: () => number
+}
+
+interface Answer { readonly status: number, readonly retryAfter: string | undefined }
+
+function post (url: URL, body: string, headers: Record<string, string>, opts: { timeoutMs: number, ca?: string }): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, {
+      method: 'POST',
+      headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+      timeout: opts.timeoutMs,
+      ...(url.protocol === 'https:' && opts.ca !== undefined ? { ca: opts.ca } : {}),
+    }, (res) => {
+      let n = 0
+      res.on('data', (c: Buffer) => { n += c.length; if (n > MAX_ANSWER_BYTES) res.destroy() })
+      res.on('close', () => { resolve({ status: res.statusCode ?? 0, retryAfter: typeof res.headers['retry-after'] === 'string' ? res.headers['retry-after'] : undefined }) })
+      res.on('error', () => {})
+    })
+    req.on('timeout', () => { req.destroy(new Error(`no answer within ${opts.timeoutMs} ms`)) })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => { setTimeout(resolve, ms) })
+
+/** POST the report to one webhook; never throws (the result says how it went). */
+export async function sendWebhook (hook: WebhookSettings, report: ReplicationReport, opts: SendWebhookOptions = {}): Promise<WebhookResult> {
+  const url = new URL(hook.url)
+  const now = opts.now ?? Date.now
+  const payload: WebhookPayload = { event: report.ok ? 'run.succeeded' : 'run.failed', host: opts.hostname ?? osHostname(), software: AGENT_SOFTWARE, report }
+  const body = JSON.stringify(payload)
+  const delivery = randomUUID()
+  const attempts = hook.attempts ?? 5
+  const base = opts.retryBaseMs ?? 1000
+  let last: WebhookResult = { ok: false, attempts: 0, error: 'not sent' }
+  for (let n = 1; n <= attempts; n++) {
+    const headers = {
+      'content-type': 'application/json',
+      'user-agent': AGENT_SOFTWARE,
+      [EVENT_HEADER]: payload.event,
+      [DELIVERY_HEADER]: delivery,
+      [SIGNATURE_HEADER]: signWebhook(hook.secretFile.secret, body, Math.floor(now() / 1000)),
+    }
+    let retryAfterMs: number | undefined
+    try {
+      const a = await post(url, body, headers, { timeoutMs: hook.timeout ?? 10_000, ...(hook.caFile === undefined ? {} : { ca: hook.caFile.pem }) })
+      if (a.status >= 200 && a.status < 300) return { ok: true, attempts: n, status: a.status }
+      last = { ok: false, attempts: n, status: a.status, error: `HTTP ${a.status}` }
+      if (a.status !== 429 && a.status < 500) return last
+      const ra = a.retryAfter !== undefined && /^\d{1,5}$/.test(a.retryAfter) ? Number(a.retryAfter) * 1000 : undefined
+      if (ra !== undefined && ra <= MAX_BACKOFF_MS) retryAfterMs = ra
+    } catch (err) {
+      last = { ok: false, attempts: n, error: (err as Error).message }
+    }
+    if (n === attempts) break
+    const delay = retryAfterMs ?? Math.min(base * 2 ** (n - 1), MAX_BACKOFF_MS)
+    opts.logger?.warn({ url: hook.url, attempt: n, error: last.error, delayMs: delay }, 'webhook attempt failed; retrying')
+    await sleep(delay)
+  }
+  return last
+}

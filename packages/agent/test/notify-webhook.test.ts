@@ -1,0 +1,126 @@
+/** Webhooks against a local HTTP server: signed JSON, retried with back-off (bounded), a failing-then-succeeding endpoint, signatures checked. */
+import t from 'tap'
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { createServer, type IncomingMessage } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import { join } from 'node:path'
+import { memoryLogger, tlsFixture } from '@grainline/test-utils'
+import { loadJob } from '../src/job/load-job.ts'
+import type { WebhookSettings } from '../src/job/notify-schema.ts'
+import { runJob } from '../src/job-runner.ts'
+import { DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sendWebhook, signWebhook, verifyWebhookSignature, type WebhookPayload } from '../src/notify/webhook.ts'
+import type { ReplicationReport } from '../src/report.ts'
+import { scratch } from './helpers.ts'
+
+const SECRET = 'webhook-secret-0123456789'
+
+interface Hit {
+  readonly headers: IncomingMessage['headers']
+  readonly body: string
+}
+
+/** A local endpoint answering each request with the next status of `statuses` (then 200). */
+async function endpoint(t: { teardown: (fn: () => unknown) => void }, statuses: number[], opts: { tls?: boolean; headers?: Record<string, string> } = {}) {
+  const hits: Hit[] = []
+  const handler = (req: IncomingMessage, res: import('node:http').ServerResponse): void => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      hits.push({ headers: req.headers, body: Buffer.concat(chunks).toString('utf8') })
+      res.writeHead(statuses.shift() ?? 200, opts.headers ?? {})
+      res.end('thanks')
+    })
+  }
+  const tls = tlsFixture()
+  const srv = opts.tls === true ? createHttpsServer({ key: readFileSync(tls.key), cert: readFileSync(tls.cert) }, handler) : createServer(handler)
+  srv.listen(0, '127.0.0.1')
+  await once(srv, 'listening')
+  t.teardown(() => new Promise((r) => srv.close(r)))
+  const port = (srv.address() as { port: number }).port
+  return { hits, url: `${opts.tls === true ? 'https' : 'http'}://127.0.0.1:${port}/hook` }
+}
+
+const report: ReplicationReport = { ok: true, startedAt: '2026-11-30T02:00:00.000Z', finishedAt: '2026-11-30T02:00:10.000Z', vms: [] }
+
+function hook(url: string, over: Partial<WebhookSettings> = {}): WebhookSettings {
+  return { url, secretFile: { path: '/x', secret: SECRET }, ...over }
+}
+
+t.test('a signed JSON POST; the signature checks out, a wrong secret, a changed body or an old timestamp do not', async (t) => {
+  const ep = await endpoint(t, [])
+  const r = await sendWebhook(hook(ep.url), report, { hostname: 'proxy-a' })
+  t.same(r, { ok: true, attempts: 1, status: 200 })
+  const hit = ep.hits[0] as Hit
+  const payload = JSON.parse(hit.body) as WebhookPayload
+  t.match(payload, { event: 'run.succeeded', host: 'proxy-a', software: /^grainline-agent\//, report: { ok: true } })
+  t.equal(hit.headers['content-type'], 'application/json')
+  t.equal(hit.headers[EVENT_HEADER], 'run.succeeded')
+  t.match(hit.headers[DELIVERY_HEADER], /^[0-9a-f-]{36}$/)
+  const sig = hit.headers[SIGNATURE_HEADER] as string
+  t.match(sig, /^t=\d+,v1=[0-9a-f]{64}$/)
+  t.same(verifyWebhookSignature({ secret: SECRET, header: sig, body: hit.body }), { ok: true }, 'the receiver can check it with the shared secret')
+  t.same(verifyWebhookSignature({ secret: 'another-secret', header: sig, body: hit.body }), { ok: false, reason: 'mismatch' }, 'a wrong secret fails')
+  t.same(verifyWebhookSignature({ secret: SECRET, header: sig, body: hit.body.replace('proxy-a', 'proxy-b') }), { ok: false, reason: 'mismatch' }, 'a changed body fails')
+  t.same(verifyWebhookSignature({ secret: SECRET, header: sig, body: Buffer.from(hit.body), now: Date.now() + 3_600_000 }), { ok: false, reason: 'stale' }, 'replayed an hour later: refused')
+  t.same(verifyWebhookSignature({ secret: SECRET, header: 'v1=abc', body: hit.body }), { ok: false, reason: 'malformed' })
+  t.same(verifyWebhookSignature({ secret: SECRET, header: undefined, body: hit.body }), { ok: false, reason: 'malformed' })
+  // the scheme as documented: HMAC-SHA256(secret, "<t>.<body>")
+  const t0 = Number(/^t=(\d+)/.exec(sig)?.[1])
+  t.equal(signWebhook(SECRET, hit.body, t0), sig)
+})
+
+t.test('a failing-then-succeeding endpoint: 503, 500, then 200 — three attempts, one delivery id, each attempt signed', async (t) => {
+  const ep = await endpoint(t, [503, 500])
+  const log = memoryLogger({ level: 'info' })
+  const r = await sendWebhook(hook(ep.url), { ...report, ok: false }, { retryBaseMs: 5, logger: log.logger })
+  t.same(r, { ok: true, attempts: 3, status: 200 })
+  t.equal(ep.hits.length, 3)
+  t.equal(new Set(ep.hits.map((h) => h.headers[DELIVERY_HEADER])).size, 1, 'one delivery id for every attempt')
+  for (const h of ep.hits) t.same(verifyWebhookSignature({ secret: SECRET, header: h.headers[SIGNATURE_HEADER] as string, body: h.body }), { ok: true })
+  t.equal(ep.hits[0]?.headers[EVENT_HEADER], 'run.failed')
+  t.equal(log.filter('webhook attempt failed; retrying').length, 2)
+})
+
+t.test('bounded: attempts run out; a 4xx is final; a dead endpoint; 429 honours a short Retry-After', async (t) => {
+  const always = await endpoint(t, [500, 500, 500, 500])
+  t.same(await sendWebhook(hook(always.url, { attempts: 3 }), report, { retryBaseMs: 1 }), { ok: false, attempts: 3, status: 500, error: 'HTTP 500' })
+  t.equal(always.hits.length, 3)
+  const refused = await endpoint(t, [401])
+  t.same(await sendWebhook(hook(refused.url), report, { retryBaseMs: 1 }), { ok: false, attempts: 1, status: 401, error: 'HTTP 401' }, 'a refusal is not retried')
+  const dead = await sendWebhook(hook('http://127.0.0.1:1/hook', { attempts: 2 }), report, { retryBaseMs: 1 })
+  t.match(dead, { ok: false, attempts: 2, error: /ECONNREFUSED/ })
+  const busy = await endpoint(t, [429], { headers: { 'retry-after': '0' } })
+  t.match(await sendWebhook(hook(busy.url), report, { retryBaseMs: 60_000 }), { ok: true, attempts: 2 }, 'Retry-After: 0 replaces the minute of back-off')
+})
+
+t.test('https with a private CA', async (t) => {
+  const ep = await endpoint(t, [], { tls: true })
+  t.match(await sendWebhook(hook(ep.url, { attempts: 1 }), report), { ok: false, error: /self-signed/ }, 'untrusted without the CA')
+  t.same(await sendWebhook(hook(ep.url, { caFile: { path: '/ca', pem: tlsFixture().ca.toString('utf8') } }), report), { ok: true, attempts: 1, status: 200 })
+})
+
+t.test('a job run posts its report to its webhooks, on the outcomes asked for', async (t) => {
+  const dir = scratch(t)
+  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
+  const ep = await endpoint(t, [])
+  const job = await loadJob({
+    cwd: dir,
+    vms: [join(dir, 'missing.vmx')],
+    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
+    jobOptions: { webhooks: [{ url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 }, { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] }, { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 }] },
+  })
+  const log = memoryLogger({ level: 'info' })
+  const r = await runJob({ logger: log.logger }, job, { view: 'none' })
+  t.notOk(r.ok)
+  t.equal(ep.hits.length, 1, 'only the failure hook fired')
+  t.match(r.notifications, [
+    { kind: 'webhook', target: ep.url, ok: true, attempts: 1 },
+    { kind: 'webhook', target: 'http://127.0.0.1:1/down', ok: false, attempts: 1, error: /ECONNREFUSED/ },
+  ])
+  t.ok(log.find('webhook delivered'))
+  t.ok(log.find('webhook not delivered'), 'a failed delivery is logged, and the run goes on')
+  const payload = JSON.parse(ep.hits[0]?.body ?? '{}') as WebhookPayload
+  t.match(payload.report.vms[0], { ok: false, error: { code: 'E_VM_NOT_FOUND' } })
+})

@@ -1,0 +1,218 @@
+/** Many VMs per proxy: VMs in parallel, one snapshot operation at a time per host, one bandwidth bucket, one report; a stop keeps what it must. */
+import t from 'tap'
+import { join } from 'node:path'
+import { memoryLogger } from '@grainline/test-utils'
+import { AgentStateStore } from '../src/agent-state.ts'
+import type { HypervisorDriver } from '../src/driver.ts'
+import { AgentError } from '../src/errors.ts'
+import { HostLocks, hostLockKey, withHostLock } from '../src/host-lock.ts'
+import { createLocalDriver } from '../src/local-driver.ts'
+import { createRateLimiter, type RateLimiter } from '../src/rate-limiter.ts'
+import { replicateMany } from '../src/replicate.ts'
+import { createSampleVm } from '../src/sample-vm.ts'
+import { haveReceiver, MiB, scratch, startReceiver, TOKEN } from './helpers.ts'
+
+if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
+
+t.test('HostLocks: operations on one key run one at a time, in order; other keys do not wait', async (t) => {
+  const locks = new HostLocks()
+  const order: string[] = []
+  let releaseA!: () => void
+  const a = locks.run('esxi:h1', async () => {
+    order.push('a start')
+    await new Promise<void>((r) => {
+      releaseA = r
+    })
+    order.push('a end')
+  })
+  const waited = new Promise<string>((r) => {
+    locks.onWait = r
+  })
+  const b = locks.run('esxi:h1', async () => {
+    order.push('b')
+  })
+  const c = locks.run('esxi:h2', async () => {
+    order.push('c')
+  })
+  t.equal(await waited, 'esxi:h1', 'the second operation on h1 waits')
+  await c
+  t.same(order, ['a start', 'c'], 'h2 did not wait for h1; b did')
+  releaseA()
+  await Promise.all([a, b])
+  t.same(order, ['a start', 'c', 'a end', 'b'])
+  t.match(locks.stats.get('esxi:h1'), { runs: 2, maxConcurrent: 1, active: 0, waiting: 0 })
+  await t.rejects(
+    locks.run('esxi:h1', async () => {
+      throw new Error('boom')
+    }),
+    { message: 'boom' },
+  )
+  await locks.run('esxi:h1', async () => {
+    order.push('after a failure')
+  })
+  t.equal(order[order.length - 1], 'after a failure', 'a failed operation releases the lock')
+})
+
+t.test('withHostLock: a driver without a host is left alone; other methods pass through bound', async (t) => {
+  const local = createLocalDriver()
+  const locks = new HostLocks()
+  t.equal(withHostLock(local, locks), local)
+  t.equal(hostLockKey(local), undefined)
+  const hosted = { ...local, host: 'h', name: 'esxi' as const, resolvePath: local.resolvePath.bind(local) }
+  const wrapped = withHostLock(hosted, locks)
+  t.not(wrapped, hosted)
+  t.equal(wrapped.host, 'h')
+  t.equal(hostLockKey(wrapped), 'esxi:h')
+})
+
+/**
+ * A local driver posing as one ESXi host: its snapshot operations record how
+ * many run at once. The first creation waits until another VM is queued
+ * behind it on the host lock — so the test knows the operations really
+ * competed — then lets it go.
+ */
+function sharedHost(locks: HostLocks): { driver: () => HypervisorDriver; maxActive: () => number; ops: () => number } {
+  let active = 0
+  let max = 0
+  let ops = 0
+  let release!: () => void
+  let contended: Promise<void> | undefined = new Promise<void>((resolve) => {
+    release = resolve
+  })
+  // the lock queued a second operation behind the first (or, were there no lock, a second one entered)
+  locks.onWait = () => release()
+  const driver = (): HypervisorDriver => {
+    const local = createLocalDriver()
+    const track =
+      <A extends unknown[], R>(fn: (...a: A) => Promise<R>) =>
+      async (...a: A): Promise<R> => {
+        active++
+        ops++
+        max = Math.max(max, active)
+        if (active > 1) release()
+        try {
+          if (contended !== undefined) {
+            const c = contended
+            contended = undefined
+            await c
+          }
+          return await fn(...a)
+        } finally {
+          active--
+        }
+      }
+    return {
+      name: 'esxi',
+      host: 'esx-shared',
+      openVm: local.openVm.bind(local),
+      listSnapshots: local.listSnapshots.bind(local),
+      resolvePath: local.resolvePath.bind(local),
+      createSnapshot: track(local.createSnapshot.bind(local)),
+      removeSnapshot: track(local.removeSnapshot.bind(local)),
+    }
+  }
+  return { driver, maxActive: () => max, ops: () => ops }
+}
+
+t.test('VMs run in parallel with one snapshot operation at a time per host, one shared bucket, one report in job order', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vms = await Promise.all([0, 1, 2, 3].map((i) => createSampleVm(join(dir, 'src'), { name: `vm-${i}`, disks: [{ sizeBytes: 2 * MiB }], seed: i + 1 })))
+  const log = memoryLogger({ level: 'info' })
+  const locks = new HostLocks()
+  const host = sharedHost(locks)
+  // the run's one bucket, seen through a spy: every VM's bytes pass through it
+  const bucket = createRateLimiter({ rate: 0 })
+  let taken = 0
+  const spy: RateLimiter = {
+    rate: bucket.rate,
+    take: async (n, o) => {
+      taken += n
+      await bucket.take(n, o)
+    },
+  }
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1 }
+  let running = 0
+  let maxRunning = 0
+  const report = await replicateMany(
+    { logger: log.logger },
+    vms.map((v) => ({
+      ...common,
+      vm: v.vmxPath,
+      driver: host.driver(),
+      afterSnapshot: async () => {
+        running++
+        maxRunning = Math.max(maxRunning, running)
+      },
+      beforeRemove: async () => {
+        running--
+      },
+    })),
+    { parallel: 2, rateLimiter: spy, hostLocks: locks, view: 'none' },
+  )
+  t.ok(report.ok, JSON.stringify(report.vms.map((v) => v.error)))
+  t.same(
+    report.vms.map((v) => v.vm),
+    ['vm-0', 'vm-1', 'vm-2', 'vm-3'],
+    'one report, in job order',
+  )
+  t.equal(host.maxActive(), 1, 'never two snapshot operations on the host at once')
+  t.ok(host.ops() >= 4, `${host.ops()} snapshot operations went through the lock`)
+  t.ok((locks.stats.get('esxi:esx-shared')?.runs ?? 0) >= 4)
+  t.equal(maxRunning, 2, 'two VMs were between snapshot and removal at once: parallel 2')
+  const wire = report.vms.reduce((s, v) => s + v.disks.reduce((x, d) => x + d.wireBytes, 0), 0)
+  t.ok(taken >= wire, `every VM's ${wire} wire bytes went through the one bucket (${taken} taken)`)
+})
+
+t.test('a stop: the VM in flight keeps its snapshot and resumes next run, VMs not started say so, the report says why', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vms = await Promise.all([0, 1, 2].map((i) => createSampleVm(join(dir, 'src'), { name: `stop-${i}`, disks: [{ sizeBytes: 4 * MiB }], seed: i + 7 })))
+  const log = memoryLogger({ level: 'info' })
+  const stateDir = join(dir, 'state')
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir, trivialMiB: 1 }
+  const stop = new AbortController()
+  const report = await replicateMany(
+    { logger: log.logger },
+    vms.map((v, i) => ({
+      ...common,
+      vm: v.vmxPath,
+      // the operator presses Ctrl-C once the first VM's snapshot exists
+      ...(i === 0 ? { afterSnapshot: async () => stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGINT')) } : {}),
+    })),
+    { parallel: 1, signal: stop.signal, view: 'none' },
+  )
+  t.notOk(report.ok)
+  t.equal(report.interrupted, 'interrupted by SIGINT')
+  t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: 'interrupted by SIGINT: snapshot grainline-1 is kept and the next run resumes from it' })
+  t.equal(report.vms[0]?.snapshot, 'grainline-1')
+  for (const i of [1, 2]) t.match(report.vms[i]?.error, { code: 'E_ABORTED', message: /^not started: the run was stopped \(interrupted by SIGINT\)/ })
+  const state = await new AgentStateStore(stateDir).load('stop-0', `local::${vms[0]?.vmxPath}`)
+  t.equal(state.state.inflight?.snapshot.name, 'grainline-1', 'the agent recorded the in-flight snapshot')
+  const again = await replicateMany(
+    { logger: log.logger },
+    vms.map((v) => ({ ...common, vm: v.vmxPath })),
+    { parallel: 3, view: 'none' },
+  )
+  t.ok(again.ok, JSON.stringify(again.vms.map((v) => v.error)))
+  t.equal(again.vms[0]?.reusedSnapshot, true, 'the next run resumed with the kept snapshot')
+  t.equal(again.vms[0]?.cycle, 1)
+})
+
+t.test('a VM whose options cannot work fails alone; the others run', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'fine', disks: [{ sizeBytes: 1 * MiB }] })
+  const log = memoryLogger({ level: 'info' })
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1 }
+  const r = await replicateMany({ logger: log.logger }, [{ ...common, vm: 'esx-vm', driver: 'esxi' }, { ...common, vm: vm.vmxPath, trivialMiB: -1 }, { ...common, vm: vm.vmxPath }], { view: 'none', parallel: 1 })
+  t.equal(r.vms[0]?.error?.code, 'E_CONFIG')
+  t.equal(r.vms[1]?.error?.code, 'E_CONFIG')
+  t.equal(r.vms[2]?.ok, true)
+  t.ok(log.find('VM not started'))
+  await t.rejects(replicateMany({ logger: log.logger }, [{ ...common, vm: vm.vmxPath }], { parallel: 0 }), { code: 'E_CONFIG' })
+  await t.rejects(replicateMany({ logger: log.logger }, [{ ...common, vm: vm.vmxPath }], { bwlimit: 'fast' }), { code: 'E_CONFIG' })
+})

@@ -1,0 +1,131 @@
+/**
+ * The flags of `grainline replicate`, one entry each: the flag, the job key it
+ * sets (a per-VM option of the agent's `vmOptionsShape`, or a job-level key),
+ * and its help. Values are validated by the agent's job schema (the flag is
+ * named in every message), never here; enums come from the schema's lists.
+ *
+ * Extension point: a new option is one entry here, one key in the agent's
+ * schema (job/vm-options-schema.ts or job/job-schema.ts) and one field of
+ * `ReplicateInit`.
+ */
+import { resolve } from 'node:path'
+import type { Options } from 'yargs'
+import { CertifyChoices, DeltaFormats, DriverNames, EmailLayouts, NotifyOutcomes, SmtpTlsModes } from '@grainline/agent'
+import { CompressionAlgorithms } from '@grainline/protocol'
+import { UsageError } from '../exit-codes.ts'
+
+/** One flag. */
+export interface FlagSpec {
+  /** the flag without dashes */
+  readonly flag: string
+  /** the job key it sets: a per-VM option (`certify`) or a dotted job-level key (`email.smtp.host`) */
+  readonly key: string
+  /** per-VM option, or the job's */
+  readonly level: 'vm' | 'job'
+  /** a path: made absolute against the working folder */
+  readonly path?: boolean
+  /** a whole number written as text (validated by the schema, which names the flag) */
+  readonly integer?: boolean
+  /** the value is a list (`--mail-to a --mail-to b`) */
+  readonly list?: boolean
+  readonly yargs: Options
+}
+
+const s = (describe: string, extra: Options = {}): Options => ({ type: 'string', describe, ...extra })
+const b = (describe: string): Options => ({ type: 'boolean', describe })
+
+/** Every flag of `grainline replicate` that sets a job value. */
+export const REPLICATE_FLAGS: readonly FlagSpec[] = [
+  { flag: 'job', key: '', level: 'job', yargs: s('JSON job file: {"to", "tokenFile", "parallel", "bwlimit", …, "vms": [{"vm": …}]} (docs/config/job.md)') },
+  { flag: 'to', key: 'to', level: 'vm', yargs: s('receiver URL, wss://HOST:PORT') },
+  { flag: 'token-file', key: 'tokenFile', level: 'vm', path: true, yargs: s('file holding the bearer token') },
+  { flag: 'ca', key: 'caFile', level: 'vm', path: true, yargs: s("PEM CA file trusted for the receiver certificate (or the receiver's self-signed certificate)") },
+  { flag: 'insecure-tls', key: 'insecureTls', level: 'vm', yargs: b('skip TLS certificate verification (testing only)') },
+  { flag: 'insecure-plaintext', key: 'insecurePlaintext', level: 'vm', yargs: b('allow a plain ws:// URL to a non-loopback host: the token travels in clear (refused otherwise)') },
+  { flag: 'driver', key: 'driver', level: 'vm', yargs: s('hypervisor driver (default local)', { choices: DriverNames }) },
+  { flag: 'esxi-config', key: 'esxi', level: 'vm', path: true, yargs: s('JSON file with the esxi driver settings (docs/config/esxi.md)') },
+  { flag: 'delta-format', key: 'deltaFormat', level: 'vm', yargs: s('local driver: delta format of new snapshots (default sesparse)', { choices: DeltaFormats }) },
+  { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
+  { flag: 'trivial-mb', key: 'trivialMiB', level: 'vm', integer: true, yargs: s('MiB of the disk prefix compared after every cycle (default 16; 0 = off)') },
+  { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
+  { flag: 'consolidate-existing', key: 'consolidateExisting', level: 'vm', yargs: b('remove foreign snapshots first instead of refusing') },
+  {
+    flag: 'state-dir',
+    key: 'stateDir',
+    level: 'vm',
+    path: true,
+    yargs: s("folder of the agent's record per VM (last commit's generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline"),
+  },
+  { flag: 'give-up', key: 'giveUp', level: 'vm', yargs: s('how long the receiver may stay unreachable before the run gives up: 90s, 10m (a bare number is seconds; default 10m)') },
+  { flag: 'parallel', key: 'parallel', level: 'job', integer: true, yargs: s('VMs replicated at the same time (default 2; snapshot operations stay one at a time per ESXi host)') },
+  { flag: 'bwlimit', key: 'bwlimit', level: 'job', yargs: s('bandwidth limit of the whole run in bytes/s, shared by all its streams: 500k, 20M (0 = unlimited)') },
+  { flag: 'report', key: 'report', level: 'job', path: true, yargs: s('write the JSON report to this file') },
+  { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: s('e-mail the report to this address (repeat for several)', { array: true }) },
+  { flag: 'mail-from', key: 'email.from', level: 'job', yargs: s('sender address of the report e-mail') },
+  { flag: 'mail-on', key: 'email.on', level: 'job', list: true, yargs: s('send the e-mail after successful runs, failed runs or both (default both)', { array: true, choices: NotifyOutcomes }) },
+  { flag: 'mail-layout', key: 'email.layout', level: 'job', yargs: s('e-mail layout (default auto: certified when a VM was certified)', { choices: EmailLayouts }) },
+  { flag: 'smtp-host', key: 'email.smtp.host', level: 'job', yargs: s('SMTP server') },
+  { flag: 'smtp-port', key: 'email.smtp.port', level: 'job', integer: true, yargs: s('SMTP port (default 587; 465 with --smtp-tls implicit)') },
+  { flag: 'smtp-tls', key: 'email.smtp.tls', level: 'job', yargs: s('SMTP protection (default starttls, required)', { choices: SmtpTlsModes }) },
+  { flag: 'smtp-user', key: 'email.smtp.user', level: 'job', yargs: s('SMTP AUTH user') },
+  { flag: 'smtp-password-file', key: 'email.smtp.passwordFile', level: 'job', path: true, yargs: s('file holding the SMTP password') },
+  { flag: 'smtp-ca', key: 'email.smtp.caFile', level: 'job', path: true, yargs: s('PEM CA trusted for the SMTP server') },
+  { flag: 'webhook', key: 'webhooks.url', level: 'job', yargs: s('POST the JSON report, HMAC-signed, to this URL after the run') },
+  { flag: 'webhook-secret-file', key: 'webhooks.secretFile', level: 'job', path: true, yargs: s("file holding the webhook's HMAC key") },
+  { flag: 'webhook-on', key: 'webhooks.on', level: 'job', list: true, yargs: s('POST after successful runs, failed runs or both (default both)', { array: true, choices: NotifyOutcomes }) },
+]
+
+/** What the flags say, ready for the agent's `loadJob`. */
+export interface FlagValues {
+  readonly file?: string
+  readonly options: Record<string, unknown>
+  readonly jobOptions: Record<string, unknown>
+  /** dotted key → `--flag`, for messages */
+  readonly names: Record<string, string>
+}
+
+function setPath(o: Record<string, unknown>, path: readonly string[], v: unknown): void {
+  let cur = o
+  for (const k of path.slice(0, -1)) {
+    const next = cur[k]
+    if (typeof next !== 'object' || next === null) cur[k] = {}
+    cur = cur[k] as Record<string, unknown>
+  }
+  cur[path[path.length - 1] as string] = v
+}
+
+/** A whole number written as text becomes a number; anything else stays as written (the schema names it). */
+const integerOf = (v: unknown): unknown => (typeof v === 'string' && /^-?\d{1,15}$/.test(v.trim()) ? Number(v.trim()) : v)
+
+/** Sort the parsed flags into per-VM options and job values, paths made absolute against `cwd`. */
+export function flagValues(args: Readonly<Record<string, unknown>>, cwd: string): FlagValues {
+  const options: Record<string, unknown> = {}
+  const jobOptions: Record<string, unknown> = {}
+  const names: Record<string, string> = {}
+  let file: string | undefined
+  for (const f of REPLICATE_FLAGS) {
+    let v = args[f.flag]
+    if (v === undefined || v === false) continue
+    if (f.flag === 'job') {
+      file = resolve(cwd, String(v))
+      continue
+    }
+    if (f.path === true && typeof v === 'string') v = resolve(cwd, v)
+    if (f.integer === true) v = integerOf(v)
+    if (Array.isArray(v) && f.list !== true) throw new UsageError(`--${f.flag}: given ${v.length} times; give it once`)
+    if (f.list === true && Array.isArray(v) && v.length === 1) v = v[0]
+    const path = f.key.split('.')
+    if (f.level === 'vm') options[f.key] = v
+    else if (path[0] === 'webhooks') {
+      // one webhook from the flags: { url, secretFile, on }
+      const hooks = (jobOptions['webhooks'] ?? [{}]) as Array<Record<string, unknown>>
+      setPath(hooks[0] as Record<string, unknown>, path.slice(1), v)
+      jobOptions['webhooks'] = hooks
+    } else setPath(jobOptions, path, v)
+    names[f.key] = `--${f.flag}`
+  }
+  if (names['webhooks.url'] !== undefined || names['webhooks.secretFile'] !== undefined) names['webhooks.0'] = '--webhook'
+  for (const k of ['url', 'secretFile', 'on']) if (names[`webhooks.${k}`] !== undefined) names[`webhooks.0.${k}`] = names[`webhooks.${k}`] as string
+  if (jobOptions['email'] !== undefined) names['email'] ??= '--mail-to'
+  return { ...(file === undefined ? {} : { file }), options, jobOptions, names }
+}

@@ -1,0 +1,85 @@
+/**
+ * `grainline status`: the mirrors of a store with their health, as a
+ * monitoring plugin reports it — the summary line first (`GRAINLINE OK - …`),
+ * then per VM and disk the committed cycle, its age, the checks and any
+ * cycle in flight; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a store that
+ * does not exist). `--output json` prints the same object the receiver's API
+ * serves (`storeHealth` of @grainline/receiver).
+ */
+import type { Argv } from 'yargs'
+import { formatBytes } from '@grainline/protocol'
+import { parseDuration } from '@grainline/protocol'
+import { HealthStates, storeHealth, type StoreHealth } from '@grainline/receiver'
+import { UsageError } from '../exit-codes.ts'
+import type { CliCommand } from '../command.ts'
+import { table } from '../util.ts'
+
+function ago(s: number | null): string {
+  if (s === null) return 'never'
+  if (s < 120) return `${s} s ago`
+  if (s < 7200) return `${Math.floor(s / 60)} min ago`
+  if (s < 172_800) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min ago`
+  return `${Math.floor(s / 86_400)} d ago`
+}
+
+/** The text of `grainline status`: summary line, then the table. */
+export function renderStatus(h: StoreHealth): string {
+  const lines = [`${h.summary}${h.perfdata === '' ? '' : ` | ${h.perfdata}`}`]
+  if (h.vms.length === 0) return lines.join('\n') + '\n'
+  const rows: string[][] = []
+  for (const vm of h.vms) {
+    if (vm.disks.length === 0) rows.push([vm.vm, '-', '-', ago(vm.health.ageSeconds), '-', '-', '-', '-', vm.health.state])
+    for (const d of vm.disks) {
+      rows.push([
+        vm.vm,
+        d.name,
+        String(d.committedCycle),
+        ago(vm.health.ageSeconds),
+        formatBytes(d.capacity),
+        d.trivial === null ? '-' : d.trivial.ok ? 'ok' : 'MISMATCH',
+        d.certify === null ? '-' : `${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}`,
+        d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
+        d.diverged !== null ? 'DIVERGED' : d.modified ? 'MODIFIED' : vm.health.state,
+      ])
+    }
+  }
+  lines.push('', table(['vm', 'disk', 'cycle', 'committed', 'size', 'trivial', 'certify', 'in flight', 'state'], rows))
+  const notes = h.vms.filter((v) => v.health.problems.length > 0)
+  if (notes.length > 0) lines.push('', ...notes.flatMap((v) => v.health.problems.map((p) => `${v.vm}: ${p}`)))
+  for (const vm of h.vms) {
+    if (vm.vmxDropped.length === 0) continue
+    lines.push('', `${vm.vm}: ${vm.vmxDropped.length} .vmx reference(s) out of the mirror dropped or neutralised:`)
+    for (const d of vm.vmxDropped) lines.push(`  ${d.key} = ${JSON.stringify(d.value)} (${d.action})`)
+  }
+  return lines.join('\n') + '\n'
+}
+
+export const statusCommand: CliCommand = {
+  command: 'status',
+  describe: 'health of the mirrors of a store (monitoring-plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)',
+  builder: (y: Argv) =>
+    y
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+      .option('max-age', { type: 'string', describe: 'a mirror whose last commit is older is CRITICAL (stale): 30m, 2h' })
+      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
+  async run(args, ctx) {
+    let maxAgeMs: number | undefined
+    if (args['max-age'] !== undefined) {
+      try {
+        maxAgeMs = parseDuration(String(args['max-age']), '--max-age')
+      } catch (err) {
+        throw new UsageError((err as Error).message)
+      }
+    }
+    let h: StoreHealth
+    try {
+      h = await storeHealth(String(args['store']), maxAgeMs === undefined ? {} : { maxAgeMs })
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_NOT_FOUND') throw err
+      ctx.write(`GRAINLINE UNKNOWN - ${(err as Error).message}\n`)
+      return HealthStates.UNKNOWN
+    }
+    ctx.write(args['output'] === 'json' ? JSON.stringify(h, null, 2) + '\n' : renderStatus(h))
+    return h.exitCode
+  },
+}

@@ -1,0 +1,184 @@
+/**
+ * `grainline replicate` and `grainline status` as processes against a real
+ * receiver: JSON progress lines off a terminal, the report, SIGINT/SIGTERM
+ * (the durable step finishes, the snapshot is kept, the report says so, exit
+ * 130/143, the next run resumes), status exit codes, and the progress display
+ * on a real pseudo-terminal (util-linux `script`).
+ */
+import t from 'tap'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { appendFile, readFile, writeFile } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createSampleVm } from '@grainline/agent'
+import { runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture, type ReceiverProcess } from '@grainline/test-utils'
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
+const MiB = 1024 * 1024
+
+interface Site {
+  readonly dir: string
+  readonly rx: ReceiverProcess
+  readonly store: string
+  readonly args: (vmx: string, ...extra: string[]) => string[]
+}
+
+async function site(t: Parameters<typeof scratchDir>[0]): Promise<Site> {
+  const dir = scratchDir(t)
+  const store = join(dir, 'store')
+  const tls = tlsFixture()
+  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls })
+  t.teardown(() => rx.stop())
+  const token = tokenFileFixture(dir)
+  return { dir, rx, store, args: (vmx, ...extra) => ['replicate', vmx, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), ...extra] }
+}
+
+/** Lines of JSON logs (stderr off a terminal). */
+const jsonLines = (text: string): Array<Record<string, unknown>> =>
+  text
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+
+/**
+ * Send `signal` once the run has shipped for a while: after its `lines`-th
+ * progress line of the send phase (they come every 5 s per disk), so the
+ * receiver has made part of the disk durable.
+ */
+function signalWhenShipping(signal: NodeJS.Signals, lines = 1): (p: ChildProcess) => void {
+  return (p) => {
+    let seen = ''
+    let sends = 0
+    p.stderr?.on('data', (d: Buffer) => {
+      seen += d.toString('utf8')
+      const parts = seen.split('\n')
+      seen = parts.pop() ?? ''
+      for (const l of parts) if (/"msg":"progress"/.test(l) && /"phase":"send"/.test(l) && ++sends === lines) p.kill(signal)
+    })
+  }
+}
+
+t.test('off a terminal: JSON logs with progress lines, a human summary, the report file; status OK', async (t) => {
+  const s = await site(t)
+  const vm = await createSampleVm(join(s.dir, 'src'), { name: 'alpha', disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 4 * MiB, fill: 'zero' }] })
+  const report = join(s.dir, 'out', 'report.json')
+  const r = await runNode(bin, s.args(vm.vmxPath, '--certify', 'xxh64', '--report', report))
+  t.equal(r.code, 0, r.stderr.slice(-2000))
+  t.match(r.stdout, /^OK {3}alpha cycle 1 \(grainline-1\), [\d.]+ (ms|s)\n/)
+  t.match(r.stdout, /ok {3}scsi0:0 alpha\.vmdk: seed, [\d.]+ MiB data, [\d.]+ (KiB|MiB|B) zero, [\d.]+ MiB on the wire, trivial ok, certify xxh64 ok/)
+  const logs = jsonLines(r.stderr)
+  t.ok(logs.length > 0 && logs.length === r.stderr.trim().split('\n').length, 'every stderr line is JSON: no terminal output off a terminal')
+  t.notMatch(r.stderr, /\u001b/)
+  t.ok(
+    logs.some((l) => l['msg'] === 'progress' && l['phase'] === 'send'),
+    'per-disk progress lines',
+  )
+  const job = logs.filter((l) => l['msg'] === 'job progress')
+  t.match(job[job.length - 1], { vmsDone: 1, vmsTotal: 1, estimated: false, etaSeconds: 0 }, 'job totals and ETA')
+  const rep = JSON.parse(await readFile(report, 'utf8')) as { ok: boolean; vms: Array<{ vm: string; cycle: number }> }
+  t.match(rep, { ok: true, vms: [{ vm: 'alpha', cycle: 1 }] })
+  const st = await runNode(bin, ['status', '--store', s.store, '--max-age', '30m'])
+  t.equal(st.code, 0)
+  t.match(st.stdout, /^GRAINLINE OK - 1 mirror OK, oldest commit \d+ s ago \| 'alpha_age'=\d+s;;1800\n/)
+  t.match(st.stdout, /alpha +alpha\.vmdk +1 +\d+ s ago +8\.00 MiB +ok +xxh64 ok +- +OK/)
+  const json = await runNode(bin, ['status', '--store', s.store, '--output', 'json'])
+  t.match(JSON.parse(json.stdout), { state: 'OK', exitCode: 0, vms: [{ vm: 'alpha', health: { state: 'OK', problems: [] } }] })
+  // someone boots the mirror: CRITICAL
+  await appendFile(join(s.store, 'alpha', 'alpha-flat.vmdk'), Buffer.alloc(512))
+  const modified = await runNode(bin, ['status', '--store', s.store])
+  t.equal(modified.code, 2)
+  t.match(modified.stdout, /^GRAINLINE CRITICAL - 1 of 1 mirror not OK: alpha CRITICAL \(alpha\.vmdk modified since its last commit/)
+})
+
+t.test('SIGINT while shipping: the report says so, the snapshot is kept, status warns, exit 130; the next run resumes', async (t) => {
+  const s = await site(t)
+  const vm = await createSampleVm(join(s.dir, 'src'), { name: 'beta', disks: [{ sizeBytes: 24 * MiB, fill: 'random' }] })
+  const report = join(s.dir, 'report.json')
+  const r = await runNode(bin, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none', '--report', report), { onSpawn: signalWhenShipping('SIGINT', 2) })
+  t.equal(r.code, 130, 'exit 130 after SIGINT')
+  t.match(r.stderr, /grainline: interrupted by SIGINT; the report says what was kept for the next run \(.*report\.json\)/)
+  t.match(r.stdout, /^FAIL beta cycle 1 \(grainline-1\), .*: E_ABORTED interrupted by SIGINT: snapshot grainline-1 is kept and the next run resumes from it/)
+  t.match(r.stdout, /stopped: interrupted by SIGINT/)
+  const rep = JSON.parse(await readFile(report, 'utf8')) as { interrupted: string; vms: Array<{ error: { code: string } }> }
+  t.equal(rep.interrupted, 'interrupted by SIGINT')
+  t.equal(rep.vms[0]?.error.code, 'E_ABORTED')
+  const vmsd = await readFile(vm.vmxPath.replace(/\.vmx$/, '.vmsd'), 'utf8')
+  t.match(vmsd, /displayName = "grainline-1"/, 'the snapshot of the interrupted cycle is still on the VM')
+  const st = await runNode(bin, ['status', '--store', s.store])
+  t.equal(st.code, 1, 'a cycle in flight: WARNING')
+  t.match(st.stdout, /^GRAINLINE WARNING - .*beta WARNING \(never committed \(seed not finished\); cycle 1 in flight/)
+  const again = await runNode(bin, s.args(vm.vmxPath, '--report', report))
+  t.equal(again.code, 0, again.stderr.slice(-2000))
+  t.match(again.stdout, /^OK {3}beta cycle 1 \(grainline-1, resumed\)/)
+  const rep2 = JSON.parse(await readFile(report, 'utf8')) as { vms: Array<{ disks: Array<{ resumedFrom: number[] }> }> }
+  t.ok((rep2.vms[0]?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed from extent ${rep2.vms[0]?.disks[0]?.resumedFrom[0]}, not from the start`)
+  t.equal((await runNode(bin, ['status', '--store', s.store])).code, 0)
+})
+
+t.test('SIGTERM (systemd stop): exit 143, same guarantees', async (t) => {
+  const s = await site(t)
+  const vm = await createSampleVm(join(s.dir, 'src'), { name: 'gamma', disks: [{ sizeBytes: 16 * MiB, fill: 'random' }] })
+  const r = await runNode(bin, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none'), { onSpawn: signalWhenShipping('SIGTERM') })
+  t.equal(r.code, 143)
+  t.match(r.stdout, /E_ABORTED interrupted by SIGTERM: snapshot grainline-1 is kept/)
+  t.ok(
+    jsonLines(r.stderr).some((l) => l['signal'] === 'SIGTERM' && /stopping after the step in flight/.test(String(l['msg']))),
+    'the stop is logged',
+  )
+})
+
+t.test('a job file with several VMs in parallel: one report, a failed VM fails the run (exit 1) and is named', async (t) => {
+  const s = await site(t)
+  const a = await createSampleVm(join(s.dir, 'src'), { name: 'job-a', disks: [{ sizeBytes: 2 * MiB }] })
+  const b = await createSampleVm(join(s.dir, 'src'), { name: 'job-b', disks: [{ sizeBytes: 2 * MiB }], seed: 3 })
+  const job = join(s.dir, 'job.json')
+  await writeFile(job, JSON.stringify({ parallel: 3, bwlimit: '64M', vms: [a.vmxPath, { vm: b.vmxPath, certify: 'md5' }, { vm: join(s.dir, 'gone', 'gone.vmx') }] }))
+  const args = s.args('', '--job', job).filter((x) => x !== '')
+  const r = await runNode(bin, args)
+  t.equal(r.code, 1)
+  t.match(r.stdout, /OK {3}job-a cycle 1[\s\S]*OK {3}job-b cycle 1[\s\S]*certify md5 ok[\s\S]*FAIL .*gone\.vmx/)
+  t.match(r.stderr, /grainline: 1 of 3 VMs failed: .*gone.* \[E_VM_NOT_FOUND\]/)
+})
+
+const haveScript = (() => {
+  try {
+    execFileSync('script', ['--version'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+t.test('on a real terminal (a pty through util-linux script): the redrawn display fits 60 columns and a 0-column pty', { skip: haveScript ? false : 'util-linux script is not installed' }, async (t) => {
+  const s = await site(t)
+  for (const cols of [60, 0]) {
+    const vm = await createSampleVm(join(s.dir, 'src'), { name: `pty-${cols}`, disks: [{ sizeBytes: 12 * MiB, fill: 'random' }, { sizeBytes: 4 * MiB }] })
+    const cmd = [process.execPath, bin, ...s.args(vm.vmxPath, '--bwlimit', '8M')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+    const r = await new Promise<{ code: number | null; out: string }>((res) => {
+      let out = ''
+      const p = spawn('script', ['-qefc', `stty cols ${cols} rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      p.stdout?.on('data', (d: Buffer) => {
+        out += d.toString('utf8')
+      })
+      p.on('exit', (code) => res({ code, out }))
+    })
+    t.equal(r.code, 0, `${cols} columns: ${r.out.slice(-500)}`)
+    const width = cols > 0 ? cols : 80
+    t.match(r.out, /\u001b\[2K/, `${cols}: lines are cleared and redrawn in place`)
+    t.match(r.out, /\r\u001b\[\d+A\u001b\[J/, `${cols}: the block moves up over itself`)
+    t.notMatch(r.out, /"msg":/, `${cols}: no JSON logs on a terminal (only failures, unless --log-level)`)
+    const visible = r.out
+      .replace(/\u001b\[[0-9;]*[A-Za-z]/g, '')
+      .split(/\r?\n|\r/)
+      .filter((l) => l !== '')
+    const drawn = visible.filter((l) => /%/.test(l))
+    t.ok(drawn.length > 0, `${cols}: progress lines were drawn`)
+    for (const l of drawn) t.ok(l.length <= width - 1, `${cols}: ${JSON.stringify(l)} fits in ${width - 1} columns`)
+    t.ok(
+      drawn.some((l) => /^job 0\/1 VMs/.test(l)),
+      `${cols}: a job line`,
+    )
+    t.match(r.out, new RegExp(`ok {4}pty-${cols}: cycle 1 seed`), `${cols}: the finished VM stays on the screen`)
+    t.match(r.out, new RegExp(`OK {3}pty-${cols} cycle 1`), `${cols}: then the summary`)
+  }
+})

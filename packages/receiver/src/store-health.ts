@@ -1,0 +1,140 @@
+/**
+ * The health of a store, as a monitoring plugin reports it (Nagios
+ * conventions: OK 0, WARNING 1, CRITICAL 2, UNKNOWN 3; one summary line
+ * first, performance data after `|`). One function builds it from
+ * `storeStatus`, so `grainline status` (text and `--output json`) and the
+ * receiver's HTTP API show the same thing.
+ *
+ * Per mirror:
+ * - CRITICAL: a failed trivial check or certify, a diverged disk (the next
+ *   cycle must resync it), a modified mirror (someone booted or edited it),
+ *   a state that cannot be read, or a last commit older than `maxAgeMs`;
+ * - WARNING: a cycle in flight or a commit to roll forward (a run is going
+ *   on, or one was interrupted: the next run resumes it, or `grainline mirror
+ *   rollback`), a mirror never committed yet;
+ * - OK otherwise.
+ * The store's state is the worst of its mirrors; a store without mirrors is
+ * UNKNOWN.
+ */
+import { stat } from 'node:fs/promises'
+import { ReceiverError } from './errors.ts'
+import { storeStatus, type DiskStatus, type VmStatus } from './store-admin.ts'
+
+/** Monitoring states, best first, with their exit codes. */
+export const HealthStates = { OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3 } as const
+export type HealthState = keyof typeof HealthStates
+
+/** One mirror's health. */
+export interface MirrorHealth {
+  readonly state: HealthState
+  /** seconds since the last commit; null if never committed */
+  readonly ageSeconds: number | null
+  /** why it is not OK (empty when OK) */
+  readonly problems: readonly string[]
+}
+
+/** A store's status with the health of each mirror and of the whole. */
+export interface StoreHealth {
+  readonly store: string
+  readonly checkedAt: string
+  readonly state: HealthState
+  /** the exit code of the state (0–3) */
+  readonly exitCode: number
+  /** one line: `GRAINLINE CRITICAL - …` */
+  readonly summary: string
+  /** Nagios performance data: `'web 01_age'=754s;;1800` per mirror */
+  readonly perfdata: string
+  readonly maxAgeSeconds: number | null
+  readonly vms: ReadonlyArray<VmStatus & { readonly health: MirrorHealth }>
+}
+
+/** Options of {@link assessStore}. */
+export interface StoreHealthOptions {
+  /** a mirror whose last commit is older is CRITICAL (stale: the RPO is missed) */
+  readonly maxAgeMs?: number
+  /** @default Date.now() */
+  readonly now?: number
+}
+
+const worse = (a: HealthState, b: HealthState): HealthState => HealthStates[b] > HealthStates[a] ? b : a
+
+function ageText (s: number): string {
+  if (s < 120) return `${s} s`
+  if (s < 7200) return `${Math.floor(s / 60)} min`
+  if (s < 172_800) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`
+  return `${Math.floor(s / 86_400)} d ${String(Math.floor((s % 86_400) / 3600)).padStart(2, '0')} h`
+}
+
+function diskProblems (d: DiskStatus): Array<[HealthState, string]> {
+  const out: Array<[HealthState, string]> = []
+  if (d.trivial !== null && !d.trivial.ok) out.push(['CRITICAL', `trivial check MISMATCH on ${d.name}`])
+  if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
+  if (d.diverged !== null) out.push(['CRITICAL', `${d.name} DIVERGED from its source: ${d.diverged.reason} (the next cycle resyncs it)`])
+  if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (booted or edited)`])
+  return out
+}
+
+/** The health of one mirror. */
+export function assessMirror (vm: VmStatus, opts: StoreHealthOptions = {}): MirrorHealth {
+  const now = opts.now ?? Date.now()
+  const problems: Array<[HealthState, string]> = []
+  if (vm.error !== undefined) problems.push(['CRITICAL', `state unreadable: ${vm.error}`])
+  for (const d of vm.disks) problems.push(...diskProblems(d))
+  const at = vm.committedAt === null ? NaN : Date.parse(vm.committedAt)
+  const ageSeconds = Number.isFinite(at) ? Math.max(0, Math.floor((now - at) / 1000)) : null
+  if (vm.committedCycle === 0 && vm.error === undefined) problems.push(['WARNING', 'never committed (seed not finished)'])
+  if (ageSeconds !== null && opts.maxAgeMs !== undefined && ageSeconds * 1000 > opts.maxAgeMs) {
+    problems.push(['CRITICAL', `stale: last commit ${ageText(ageSeconds)} ago (max ${ageText(Math.floor(opts.maxAgeMs / 1000))})`])
+  }
+  if (vm.needsRecovery && vm.error === undefined) {
+    problems.push(['WARNING', vm.inflightCycle > 0
+      ? `cycle ${vm.inflightCycle} in flight (a run is going on, or was interrupted: the next run resumes it, or grainline mirror rollback)`
+      : 'a commit to roll forward (the receiver finishes it at start-up)'])
+  }
+  return {
+    state: problems.reduce<HealthState>((s, [p]) => worse(s, p), 'OK'),
+    ageSeconds,
+    problems: problems.map(([, m]) => m),
+  }
+}
+
+const perfLabel = (vm: string): string => `'${vm.replace(/'/g, "''").replace(/[=]/g, '_')}_age'`
+
+/** The health of a store from its status (pure). */
+export function assessStore (status: { store: string, vms: readonly VmStatus[] }, opts: StoreHealthOptions = {}): StoreHealth {
+  const now = opts.now ?? Date.now()
+  const vms = status.vms.map((v) => ({ ...v, health: assessMirror(v, { ...opts, now }) }))
+  const state: HealthState = vms.length === 0 ? 'UNKNOWN' : vms.reduce<HealthState>((s, v) => worse(s, v.health.state), 'OK')
+  const bad = vms.filter((v) => v.health.state !== 'OK')
+  const maxAge = opts.maxAgeMs === undefined ? null : Math.floor(opts.maxAgeMs / 1000)
+  let text: string
+  if (vms.length === 0) text = `no mirrors in ${status.store}`
+  else if (bad.length === 0) {
+    const oldest = Math.max(...vms.map((v) => v.health.ageSeconds ?? 0))
+    text = `${vms.length} mirror${vms.length === 1 ? '' : 's'} OK, oldest commit ${ageText(oldest)} ago`
+  } else {
+    text = `${bad.length} of ${vms.length} mirror${vms.length === 1 ? '' : 's'} not OK: ${bad.map((v) => `${v.vm} ${v.health.state} (${v.health.problems.join('; ')})`).join(', ')}`
+  }
+  const perfdata = vms.filter((v) => v.health.ageSeconds !== null).map((v) => `${perfLabel(v.vm)}=${v.health.ageSeconds}s;;${maxAge ?? ''}`).join(' ')
+  return {
+    store: status.store,
+    checkedAt: new Date(now).toISOString(),
+    state,
+    exitCode: HealthStates[state],
+    summary: `GRAINLINE ${state} - ${text}`,
+    perfdata,
+    maxAgeSeconds: maxAge,
+    vms,
+  }
+}
+
+/**
+ * Status and health of the store at `storeDir`.
+ * @throws ReceiverError E_NOT_FOUND when the store folder does not exist (a typo must not read as "no mirrors")
+ */
+export async function storeHealth (storeDir: string, opts: StoreHealthOptions = {}): Promise<StoreHealth> {
+  const st = await stat(storeDir).catch((err: NodeJS.ErrnoException) => err)
+  if (st instanceof Error) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} does not exist (${st.code ?? st.message})`)
+  if (!st.isDirectory()) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} is not a folder`)
+  return assessStore(await storeStatus(storeDir), opts)
+}
