@@ -73,7 +73,7 @@ async function measureMap(top) {
   const t0 = performance.now()
   const chain = await vmdk.openChain(top)
   let entries = 0
-  for await (const e of chain.map()) entries++
+  for await (const _e of chain.map()) entries++
   const tMap = performance.now() - t0
   const cpu = process.cpuUsage(c0)
   // grain-table reads issued (builds that count them)

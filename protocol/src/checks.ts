@@ -40,17 +40,17 @@ export const SECTOR = 512
 export const MAX_END = 2 ** 53
 const KNOWN_DIGEST_LENGTHS = new Set(Object.values(DigestLengths))
 
-function bad (field: string, msg: string): ProtocolError {
+function bad(field: string, msg: string): ProtocolError {
   return new ProtocolError('E_SCHEMA', `${field}: ${msg}`, { field })
 }
 
-function checkLimits (l: Limits, field: string): void {
+function checkLimits(l: Limits, field: string): void {
   if (l.maxExtentBytes < SECTOR || l.maxExtentBytes % SECTOR !== 0) throw bad(`${field}.maxExtentBytes`, 'must be a positive multiple of 512')
   if (l.maxMessageBytes < 4096) throw bad(`${field}.maxMessageBytes`, 'must be at least 4096')
   if (l.windowBytes < 1) throw bad(`${field}.windowBytes`, 'must be positive')
 }
 
-function checkDigestLength (d: Uint8Array, field: string, alg: DigestAlgorithm | undefined, allowEmpty: boolean): void {
+function checkDigestLength(d: Uint8Array, field: string, alg: DigestAlgorithm | undefined, allowEmpty: boolean): void {
   if (allowEmpty && d.length === 0) return
   if (alg !== undefined) {
     if (d.length !== DigestLengths[alg]) throw bad(field, `${d.length} bytes, ${alg} digests are ${DigestLengths[alg]}`)
@@ -59,12 +59,12 @@ function checkDigestLength (d: Uint8Array, field: string, alg: DigestAlgorithm |
   }
 }
 
-function knownDigest (alg: string, field: string): DigestAlgorithm {
+function knownDigest(alg: string, field: string): DigestAlgorithm {
   if (!isDigestAlgorithm(alg)) throw bad(field, `unknown digest algorithm ${JSON.stringify(alg)}`)
   return alg
 }
 
-function unique<T> (items: readonly T[], key: (t: T) => unknown, field: string): void {
+function unique<T>(items: readonly T[], key: (t: T) => unknown, field: string): void {
   const seen = new Set<unknown>()
   for (const [i, item] of items.entries()) {
     const k = key(item)
@@ -74,7 +74,7 @@ function unique<T> (items: readonly T[], key: (t: T) => unknown, field: string):
 }
 
 /** Apply the cross-field rules to a schema-valid message. */
-export function checkMessage (m: Message, limits: DecodeLimits): void {
+export function checkMessage(m: Message, limits: DecodeLimits): void {
   const maxExtent = limits.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   switch (m.kind) {
     case MessageKind.Hello:
@@ -98,7 +98,7 @@ export function checkMessage (m: Message, limits: DecodeLimits): void {
     case MessageKind.DiskOpen:
       if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')
       if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
-      if (m.mode === 'seed' ? m.baseCycle !== 0 : (m.baseCycle < 1 || m.baseCycle >= m.cycle)) {
+      if (m.mode === 'seed' ? m.baseCycle !== 0 : m.baseCycle < 1 || m.baseCycle >= m.cycle) {
         throw bad('baseCycle', m.mode === 'seed' ? 'must be 0 for a seed' : 'must be ≥ 1 and below cycle for an incremental')
       }
       // SPEC §5.8: an incremental names the generation it was planned against; a seed has none

@@ -20,7 +20,7 @@ const ENCODE_LIMITS: DecodeLimits = { maxMessageBytes: HARD_LIMITS.maxMessageByt
 const kindNames = new Map<number, string>(Object.entries(MessageKind).map(([k, v]) => [v, k]))
 
 /** Name of a message kind ("Extent"), or undefined for an unknown byte. */
-export function kindName (kind: number): string | undefined {
+export function kindName(kind: number): string | undefined {
   return kindNames.get(kind)
 }
 
@@ -33,7 +33,7 @@ export function kindName (kind: number): string | undefined {
  * is caught at the sender. Binary fields are copied exactly once, into the
  * returned buffer, which is sized for this frame (no growing, no re-copy).
  */
-export function encodeMessage (msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Buffer {
+export function encodeMessage(msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Buffer {
   return encode(msg, limits, undefined)[0] as Buffer
 }
 
@@ -44,7 +44,7 @@ export function encodeMessage (msg: Message, limits: DecodeLimits = ENCODE_LIMIT
  * them as one WebSocket message in fragments (`ws.send(chunk, { fin })`), and
  * do not modify those buffers until sent.
  */
-export function encodeMessageParts (msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Uint8Array[] {
+export function encodeMessageParts(msg: Message, limits: DecodeLimits = ENCODE_LIMITS): Uint8Array[] {
   return encode(msg, limits, [])
 }
 
@@ -61,7 +61,7 @@ const DETACHED = Buffer.alloc(16)
  * wants 0x800 bytes free at the start and 10 spare bytes at the end, and
  * reserves 3 bytes per UTF-16 unit before writing a string.
  */
-function region (own: number, maxStr: number): Buffer {
+function region(own: number, maxStr: number): Buffer {
   const len = Math.max(own + 2 * maxStr + 16, 0x800 + 16)
   if (len > SHARED_MAX) return Buffer.allocUnsafeSlow(len)
   if (slab.length - slabPos < len) {
@@ -71,7 +71,7 @@ function region (own: number, maxStr: number): Buffer {
   return slab.subarray(slabPos, slabPos + len)
 }
 
-function encode (msg: Message, limits: DecodeLimits, refs: BinRef[] | undefined): Uint8Array[] {
+function encode(msg: Message, limits: DecodeLimits, refs: BinRef[] | undefined): Uint8Array[] {
   const spec = typeof msg === 'object' && msg !== null ? Schemas[msg.kind] : undefined
   if (spec === undefined) throw new ProtocolError('E_UNKNOWN_KIND', `cannot encode message kind ${String((msg as { kind?: unknown } | null)?.kind)}`)
   const tally: SizeTally = { maxStr: 0, bigBin: 0 }
@@ -115,7 +115,7 @@ function encode (msg: Message, limits: DecodeLimits, refs: BinRef[] | undefined)
  * unknown, oversized or invalid frame; no state is kept between frames, so
  * decoding the next frame is unaffected.
  */
-export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): Message {
+export function decodeMessage(frame: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): Message {
   if (!(frame instanceof Uint8Array)) throw new ProtocolError('E_MALFORMED', 'frame is not binary')
   const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
   if (frame.length > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${frame.length} bytes exceeds ${max}`)
@@ -126,8 +126,9 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = DEFAULT
   const body = frame.subarray(1)
   const r = new Scanner(body, 0)
   scanSpec(r, spec)
-  if (r.pos !== r.end) throw new ProtocolError('E_MALFORMED', `${r.end - r.pos} trailing bytes after the message`)
-  // msgpackr caches the DataView it needs on the source: hand it the scanner's
+  if (r.pos !== r.end)
+    throw new ProtocolError('E_MALFORMED', `${r.end - r.pos} trailing bytes after the message`)
+    // msgpackr caches the DataView it needs on the source: hand it the scanner's
   ;(body as { dataView?: DataView }).dataView = r.view
   const fields = unpack(body)
   sizeSpec(spec, fields, '', { maxStr: 0, bigBin: 0 })
@@ -136,7 +137,7 @@ export function decodeMessage (frame: Uint8Array, limits: DecodeLimits = DEFAULT
   return msg
 }
 
-function unpack (body: Uint8Array): Record<string, unknown> {
+function unpack(body: Uint8Array): Record<string, unknown> {
   try {
     return unpackr.unpack(body) as Record<string, unknown>
   } catch (err) {
@@ -144,4 +145,3 @@ function unpack (body: Uint8Array): Record<string, unknown> {
     throw new ProtocolError('E_MALFORMED', `msgpack: ${(err as Error).message}`)
   }
 }
-

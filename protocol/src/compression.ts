@@ -4,11 +4,11 @@ import { ProtocolError } from './errors.ts'
 import { CompressionAlgorithms, type CompressionAlgorithm } from './messages.ts'
 
 /** True when `name` is a compression algorithm this build implements. */
-export function isCompressionAlgorithm (name: unknown): name is CompressionAlgorithm {
+export function isCompressionAlgorithm(name: unknown): name is CompressionAlgorithm {
   return typeof name === 'string' && (CompressionAlgorithms as readonly string[]).includes(name)
 }
 
-function asBuffer (data: Uint8Array): Buffer {
+function asBuffer(data: Uint8Array): Buffer {
   return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)
 }
 
@@ -17,7 +17,7 @@ function asBuffer (data: Uint8Array): Buffer {
  * uncompressed length as u32le (lz4_flex `compress_prepend_size`); `deflate`
  * is raw DEFLATE (RFC 1951); `none` returns `data` itself (no copy).
  */
-export function compress (algorithm: CompressionAlgorithm, data: Uint8Array): Uint8Array {
+export function compress(algorithm: CompressionAlgorithm, data: Uint8Array): Uint8Array {
   switch (algorithm) {
     case 'none':
       return data
@@ -37,7 +37,7 @@ export function compress (algorithm: CompressionAlgorithm, data: Uint8Array): Ui
  * `ProtocolError('E_DECOMPRESS')` on corrupt input or any length mismatch.
  * For `none`, returns `data` itself after checking its length.
  */
-export function decompress (algorithm: CompressionAlgorithm, data: Uint8Array, expectedLength: number): Uint8Array {
+export function decompress(algorithm: CompressionAlgorithm, data: Uint8Array, expectedLength: number): Uint8Array {
   if (!Number.isSafeInteger(expectedLength) || expectedLength < 0) {
     throw new ProtocolError('E_DECOMPRESS', `bad expected length ${expectedLength}`)
   }

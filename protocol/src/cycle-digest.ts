@@ -29,18 +29,18 @@ export class CycleDigest {
   #count = 0
 
   /** `xxh64` needs `await initDigests()` first. */
-  constructor (algorithm: DigestAlgorithm) {
+  constructor(algorithm: DigestAlgorithm) {
     this.algorithm = algorithm
     this.#hash = createDigest(algorithm)
   }
 
   /** number of extents added so far */
-  get count (): number {
+  get count(): number {
     return this.#count
   }
 
   /** add the next extent (in seq order); returns `this` */
-  add (extent: CycleDigestExtent): this {
+  add(extent: CycleDigestExtent): this {
     this.#view.setBigUint64(0, BigInt(extent.offset), true)
     this.#view.setBigUint64(8, BigInt(extent.length), true)
     this.#head[16] = extent.zero ? 1 : 0
@@ -51,7 +51,7 @@ export class CycleDigest {
   }
 
   /** the digest bytes; call once */
-  digest (): Uint8Array {
+  digest(): Uint8Array {
     return this.#hash.digest()
   }
 }

@@ -28,7 +28,7 @@ const DOMAIN = 'grainline.cycle-identity.v2'
  * with str(s) := u32le(UTF-8 byte length) • UTF-8 bytes. Always SHA-256, not
  * the negotiated digest, so the value does not depend on the connection.
  */
-export function cycleIdentity (fields: CycleIdentityFields): string {
+export function cycleIdentity(fields: CycleIdentityFields): string {
   const h = createHash('sha256')
   const u32 = Buffer.alloc(4)
   const u64 = Buffer.alloc(8)

@@ -7,9 +7,9 @@ import { DigestAlgorithms, type DigestAlgorithm } from './messages.ts'
 export interface StreamingDigest {
   readonly algorithm: DigestAlgorithm
   /** feed more bytes; returns `this` for chaining */
-  update (data: Uint8Array): this
+  update(data: Uint8Array): this
   /** the digest bytes (SPEC §3.2: xxh64 is 8 bytes big-endian); call once */
-  digest (): Uint8Array
+  digest(): Uint8Array
 }
 
 /** Digest output length in bytes per algorithm (SPEC §3.2). */
@@ -27,30 +27,32 @@ let loading: Promise<void> | undefined
  * Load the xxhash-wasm module once. Call (and await) before `createDigest('xxh64')`;
  * the node:crypto algorithms need no initialisation. Safe to call many times.
  */
-export function initDigests (): Promise<void> {
-  loading ??= xxhash().then((x) => { api = x })
+export function initDigests(): Promise<void> {
+  loading ??= xxhash().then((x) => {
+    api = x
+  })
   return loading
 }
 
 /** True when `name` is a digest algorithm this build implements. */
-export function isDigestAlgorithm (name: unknown): name is DigestAlgorithm {
+export function isDigestAlgorithm(name: unknown): name is DigestAlgorithm {
   return typeof name === 'string' && (DigestAlgorithms as readonly string[]).includes(name)
 }
 
 class NodeDigest implements StreamingDigest {
   readonly algorithm: DigestAlgorithm
   readonly #hash: Hash
-  constructor (algorithm: DigestAlgorithm) {
+  constructor(algorithm: DigestAlgorithm) {
     this.algorithm = algorithm
     this.#hash = createHash(algorithm)
   }
 
-  update (data: Uint8Array): this {
+  update(data: Uint8Array): this {
     this.#hash.update(data)
     return this
   }
 
-  digest (): Uint8Array {
+  digest(): Uint8Array {
     return this.#hash.digest()
   }
 }
@@ -58,16 +60,16 @@ class NodeDigest implements StreamingDigest {
 class Xxh64Digest implements StreamingDigest {
   readonly algorithm = 'xxh64' as const
   readonly #state: ReturnType<XXHashAPI['create64']>
-  constructor (x: XXHashAPI) {
+  constructor(x: XXHashAPI) {
     this.#state = x.create64(0n)
   }
 
-  update (data: Uint8Array): this {
+  update(data: Uint8Array): this {
     this.#state.update(data)
     return this
   }
 
-  digest (): Uint8Array {
+  digest(): Uint8Array {
     const out = new Uint8Array(8)
     new DataView(out.buffer).setBigUint64(0, this.#state.digest(), false)
     return out
@@ -79,7 +81,7 @@ class Xxh64Digest implements StreamingDigest {
  * prints it) needs `await initDigests()` first; otherwise throws
  * `ProtocolError('E_INTERNAL')`. An unknown name throws `E_NO_COMMON_DIGEST`.
  */
-export function createDigest (algorithm: DigestAlgorithm): StreamingDigest {
+export function createDigest(algorithm: DigestAlgorithm): StreamingDigest {
   switch (algorithm) {
     case 'xxh64':
       if (api === undefined) throw new ProtocolError('E_INTERNAL', 'xxh64 used before initDigests() resolved')
@@ -94,6 +96,6 @@ export function createDigest (algorithm: DigestAlgorithm): StreamingDigest {
 }
 
 /** One-shot convenience: digest of `data` with `algorithm`. */
-export function digestOf (algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
+export function digestOf(algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
   return createDigest(algorithm).update(data).digest()
 }

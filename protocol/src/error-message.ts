@@ -5,7 +5,7 @@ import { MessageKind, type ErrorMessage } from './messages.ts'
 export const MAX_ERROR_TEXT_BYTES = 4096
 
 /** `s` cut to at most `maxBytes` UTF-8 bytes on a character boundary, lone surrogates replaced by U+FFFD. */
-export function truncateUtf8 (s: string, maxBytes: number): string {
+export function truncateUtf8(s: string, maxBytes: number): string {
   let bytes = 0
   let out = ''
   for (const ch of s) {
@@ -26,9 +26,9 @@ export function truncateUtf8 (s: string, maxBytes: number): string {
  * bytes, `fatal` from the code table. Never throws, and the result always
  * passes `encodeMessage`.
  */
-export function toErrorMessage (err: unknown): ErrorMessage {
+export function toErrorMessage(err: unknown): ErrorMessage {
   const raw = (err as { code?: unknown } | null)?.code
-  const code: ProtocolErrorCode = typeof raw === 'string' && Object.hasOwn(ProtocolErrorCodes, raw) ? raw as ProtocolErrorCode : 'E_INTERNAL'
+  const code: ProtocolErrorCode = typeof raw === 'string' && Object.hasOwn(ProtocolErrorCodes, raw) ? (raw as ProtocolErrorCode) : 'E_INTERNAL'
   const text = code === 'E_INTERNAL' ? 'internal error' : String((err as { message?: unknown } | null)?.message ?? '')
   return { kind: MessageKind.Error, code, message: truncateUtf8(text, MAX_ERROR_TEXT_BYTES), fatal: ProtocolErrorCodes[code].fatal }
 }

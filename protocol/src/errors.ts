@@ -19,7 +19,7 @@ export const ProtocolErrorCodes = {
   E_MIRROR_MODIFIED: { closeCode: 4421, fatal: false, meaning: 'the mirror changed since its last commit (CID or size): incremental refused' },
   E_CHAIN_MISMATCH: { closeCode: 4422, fatal: false, meaning: 'the source chain does not continue the committed one: incremental refused' },
   E_INCOMPATIBLE: { closeCode: 4423, fatal: false, meaning: "the VM's compat record differs from the mirror's" },
-  E_GENERATION: { closeCode: 4424, fatal: false, meaning: 'the incremental was planned against another generation than the mirror\'s last commit (SPEC §5.8): resync' },
+  E_GENERATION: { closeCode: 4424, fatal: false, meaning: "the incremental was planned against another generation than the mirror's last commit (SPEC §5.8): resync" },
   E_DIVERGED: { closeCode: 4425, fatal: false, meaning: 'the mirror failed a check since it was last written whole (SPEC §5.8): incremental refused, resync' },
   E_HELD: { closeCode: 4426, fatal: false, meaning: 'a hold on the mirror (an open restore point, a failover test) forbids changing it' },
   E_TIMEOUT: { closeCode: 4408, fatal: true, meaning: 'a deadline passed: Hello not sent in time, or the connection was idle too long' },
@@ -42,7 +42,7 @@ export class ProtocolError extends Error {
   readonly fatal: boolean
   /** dotted path of the offending field when a decoded/encoded message is invalid, e.g. "source.layers[0].cid" */
   readonly field?: string
-  constructor (code: ProtocolErrorCode, message: string, options: { field?: string, cause?: unknown } = {}) {
+  constructor(code: ProtocolErrorCode, message: string, options: { field?: string; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
     this.closeCode = ProtocolErrorCodes[code].closeCode

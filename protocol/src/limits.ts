@@ -13,7 +13,7 @@ export const DEFAULT_MAX_EXTENT_BYTES = 16 * 1024 * 1024
  * `maxExtentBytes` fits in one frame (SPEC §1.3: "Senders SHOULD announce
  * maxMessageBytes ≥ maxExtentBytes + 64 KiB").
  */
-export function maxMessageBytesFor (maxExtentBytes: number): number {
+export function maxMessageBytesFor(maxExtentBytes: number): number {
   return maxExtentBytes + MESSAGE_OVERHEAD_BYTES
 }
 
@@ -24,6 +24,6 @@ export function maxMessageBytesFor (maxExtentBytes: number): number {
 export const ZERO_EXTENT_WINDOW_COST = 512
 
 /** Window cost of one extent (SPEC §5.3). */
-export function windowCost (extent: { readonly zero: boolean, readonly length: number }): number {
+export function windowCost(extent: { readonly zero: boolean; readonly length: number }): number {
   return extent.zero ? ZERO_EXTENT_WINDOW_COST : extent.length
 }

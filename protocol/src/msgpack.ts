@@ -16,16 +16,16 @@ import { ProtocolError } from './errors.ts'
 const utf8 = new TextDecoder('utf-8', { ignoreBOM: true })
 
 /** Thrown for a malformed msgpack body (truncated, reserved byte, extension). */
-function malformed (msg: string, pos: number): ProtocolError {
+function malformed(msg: string, pos: number): ProtocolError {
   return new ProtocolError('E_MALFORMED', `${msg} at body offset ${pos}`)
 }
 
-function schema (field: string, msg: string): ProtocolError {
+function schema(field: string, msg: string): ProtocolError {
   return new ProtocolError('E_SCHEMA', `${field}: ${msg}`, { field })
 }
 
 /** Human name of the msgpack type starting with `b`, for error messages. */
-function typeName (b: number): string {
+function typeName(b: number): string {
   if (b <= 0x7f || (b >= 0xcc && b <= 0xd3) || b >= 0xe0) return b >= 0xe0 || (b >= 0xd0 && b <= 0xd3) ? 'int' : 'uint'
   if (b <= 0x8f || b === 0xde || b === 0xdf) return 'map'
   if (b <= 0x9f || b === 0xdc || b === 0xdd) return 'array'
@@ -67,7 +67,7 @@ export class Scanner {
   /** depth of the path stack */
   depth = 0
 
-  constructor (buf: Uint8Array, start: number) {
+  constructor(buf: Uint8Array, start: number) {
     this.buf = buf
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
     this.pos = start
@@ -75,7 +75,7 @@ export class Scanner {
   }
 
   /** Enter a path segment: a struct key (`key`), an array index (`a`), a dict value (key bytes at `a`, `b` long), a dict or struct key. */
-  enter (kind: number, key: string, a: number, b: number): void {
+  enter(kind: number, key: string, a: number, b: number): void {
     const d = this.depth
     if (d >= MAX_DEPTH) throw new ProtocolError('E_INTERNAL', 'schema nesting too deep')
     pathKinds[d] = kind
@@ -86,37 +86,46 @@ export class Scanner {
   }
 
   /** Update the array index of the innermost segment. */
-  index (i: number): void {
+  index(i: number): void {
     pathA[this.depth - 1] = i
   }
 
-  leave (): void {
+  leave(): void {
     this.depth--
   }
 
   /** The dotted path of the value being scanned (built only for errors). */
-  field (): string {
+  field(): string {
     let s = ''
     for (let d = 0; d < this.depth; d++) {
       switch (pathKinds[d]) {
-        case PATH_KEY: s = s === '' ? pathKeys[d] as string : `${s}.${pathKeys[d] as string}`; break
-        case PATH_INDEX: s = `${s}[${pathA[d] as number}]`; break
-        case PATH_DICT_VALUE: s = `${s}[${JSON.stringify(this.text(pathA[d] as number, pathB[d] as number))}]`; break
-        case PATH_DICT_KEY: s = `${s}(key)`; break
-        default: s = s === '' ? '(key)' : `${s}.(key)`
+        case PATH_KEY:
+          s = s === '' ? (pathKeys[d] as string) : `${s}.${pathKeys[d] as string}`
+          break
+        case PATH_INDEX:
+          s = `${s}[${pathA[d] as number}]`
+          break
+        case PATH_DICT_VALUE:
+          s = `${s}[${JSON.stringify(this.text(pathA[d] as number, pathB[d] as number))}]`
+          break
+        case PATH_DICT_KEY:
+          s = `${s}(key)`
+          break
+        default:
+          s = s === '' ? '(key)' : `${s}.(key)`
       }
     }
     return s
   }
 
   /** E_SCHEMA at the current path (`sub` appended as a struct key) */
-  bad (msg: string, sub?: string): ProtocolError {
+  bad(msg: string, sub?: string): ProtocolError {
     const f = this.field()
     return schema(sub === undefined ? f : f === '' ? sub : `${f}.${sub}`, msg)
   }
 
   /** Peek the next type byte, refusing the bytes that are never allowed. */
-  peek (): number {
+  peek(): number {
     if (this.pos >= this.end) throw malformed('unexpected end of data', this.pos)
     const b = this.buf[this.pos] as number
     if (b === 0xc1) throw malformed('reserved byte 0xc1', this.pos)
@@ -124,23 +133,23 @@ export class Scanner {
     return b
   }
 
-  #need (n: number): void {
+  #need(n: number): void {
     if (this.end - this.pos < n) throw malformed(`need ${n} more bytes`, this.pos)
   }
 
-  #u8 (): number {
+  #u8(): number {
     this.#need(1)
     return this.buf[this.pos++] as number
   }
 
-  #u16 (): number {
+  #u16(): number {
     this.#need(2)
     const v = this.view.getUint16(this.pos)
     this.pos += 2
     return v
   }
 
-  #u32 (): number {
+  #u32(): number {
     this.#need(4)
     const v = this.view.getUint32(this.pos)
     this.pos += 4
@@ -148,7 +157,7 @@ export class Scanner {
   }
 
   /** A non-negative integer ≤ max. Accepts every msgpack integer width and an integral float (as msgpackr writes integers ≥ 2^32 by default). */
-  uint (max: number): number {
+  uint(max: number): number {
     const b = this.peek()
     const at = this.pos
     this.pos++
@@ -191,7 +200,7 @@ export class Scanner {
     return v
   }
 
-  bool (): void {
+  bool(): void {
     const b = this.peek()
     if (b === 0xc2 || b === 0xc3) {
       this.pos++
@@ -201,7 +210,7 @@ export class Scanner {
   }
 
   /** true (and consumed) if the next value is nil */
-  nil (): boolean {
+  nil(): boolean {
     if (this.peek() === 0xc0) {
       this.pos++
       return true
@@ -210,7 +219,7 @@ export class Scanner {
   }
 
   /** Skip a str of at most `maxBytes` valid UTF-8 bytes; returns its byte length (payload at `strStart`). */
-  str (maxBytes: number): number {
+  str(maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -232,12 +241,12 @@ export class Scanner {
   }
 
   /** The text of `n` bytes at `start` (already validated), for error messages only. */
-  text (start: number, n: number): string {
+  text(start: number, n: number): string {
     return utf8.decode(this.buf.subarray(start, start + n))
   }
 
   /** Skip a bin of at most `maxBytes`; returns its length. */
-  bin (maxBytes: number): number {
+  bin(maxBytes: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -255,7 +264,7 @@ export class Scanner {
   }
 
   /** Header of an array; its count is bounded by `max` and by the bytes left (≥ 1 byte per item). */
-  arrayHeader (max: number): number {
+  arrayHeader(max: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -272,7 +281,7 @@ export class Scanner {
   }
 
   /** Header of a map; its count is bounded by `max` and by the bytes left (≥ 2 bytes per entry). */
-  mapHeader (max: number): number {
+  mapHeader(max: number): number {
     const b = this.peek()
     this.pos++
     let n: number
@@ -289,42 +298,42 @@ export class Scanner {
   }
 }
 
-function isAscii (b: Uint8Array, start: number, n: number): boolean {
+function isAscii(b: Uint8Array, start: number, n: number): boolean {
   for (let i = start; i < start + n; i++) if ((b[i] as number) >= 0x80) return false
   return true
 }
 
 /** Header bytes of the str at `pos` (already scanned and valid). */
-export function strHeaderAt (b: Uint8Array, pos: number): number {
+export function strHeaderAt(b: Uint8Array, pos: number): number {
   const h = b[pos] as number
   return h <= 0xbf ? 1 : h === 0xd9 ? 2 : h === 0xda ? 3 : 5
 }
 
 /** Byte length of the str at `pos` (already scanned and valid). */
-export function strLengthAt (b: Uint8Array, v: DataView, pos: number): number {
+export function strLengthAt(b: Uint8Array, v: DataView, pos: number): number {
   const h = b[pos] as number
-  return h <= 0xbf ? h - 0xa0 : h === 0xd9 ? b[pos + 1] as number : h === 0xda ? v.getUint16(pos + 1) : v.getUint32(pos + 1)
+  return h <= 0xbf ? h - 0xa0 : h === 0xd9 ? (b[pos + 1] as number) : h === 0xda ? v.getUint16(pos + 1) : v.getUint32(pos + 1)
 }
 
 /** true if the `n` bytes at `a` and at `c` of `b` are equal */
-export function sameBytes (b: Uint8Array, a: number, c: number, n: number): boolean {
+export function sameBytes(b: Uint8Array, a: number, c: number, n: number): boolean {
   for (let i = 0; i < n; i++) if (b[a + i] !== b[c + i]) return false
   return true
 }
 
 /** Bytes `uint(v)` takes (smallest form, SPEC §2.2). */
-export function uintSize (v: number): number {
+export function uintSize(v: number): number {
   return v <= 0x7f ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5 : 9
 }
 
 /** Bytes a str/bin/array/map header for `n` takes. */
-export function strHeaderSize (n: number): number {
+export function strHeaderSize(n: number): number {
   return n < 32 ? 1 : n <= 0xff ? 2 : n <= 0xffff ? 3 : 5
 }
-export function binHeaderSize (n: number): number {
+export function binHeaderSize(n: number): number {
   return n <= 0xff ? 2 : n <= 0xffff ? 3 : 5
 }
-export function collectionHeaderSize (n: number): number {
+export function collectionHeaderSize(n: number): number {
   return n < 16 ? 1 : n <= 0xffff ? 3 : 5
 }
 
@@ -338,7 +347,7 @@ export const PART_MIN_BYTES = 4096
  */
 export class Uint64 {
   readonly value: number
-  constructor (value: number) {
+  constructor(value: number) {
     this.value = value
   }
 }
@@ -350,22 +359,28 @@ export class Uint64 {
 export class BinRef {
   readonly data: Uint8Array
   at = -1
-  constructor (data: Uint8Array) {
+  constructor(data: Uint8Array) {
     this.data = data
   }
 }
 
-interface Room { target: Uint8Array, targetView: DataView, position: number }
+interface Room {
+  target: Uint8Array
+  targetView: DataView
+  position: number
+}
 type AllocateForWrite = (size: number) => Room
 
 // msgpackr extensions whose pack() writes plain msgpack through allocateForWrite
 // and returns nothing, so no ext header is ever written (their `type` is only a
 // registration key; the pre-scan refuses every ext type on the way in).
-const noUnpack = (): never => { throw new ProtocolError('E_MALFORMED', 'msgpack extension types are not allowed') }
+const noUnpack = (): never => {
+  throw new ProtocolError('E_MALFORMED', 'msgpack extension types are not allowed')
+}
 addExtension({
   Class: Uint64,
   type: 0x67,
-  pack (u: Uint64, allocateForWrite: AllocateForWrite): undefined {
+  pack(u: Uint64, allocateForWrite: AllocateForWrite): undefined {
     const { targetView, position } = allocateForWrite(9)
     targetView.setUint8(position, 0xcf)
     targetView.setUint32(position + 1, Math.floor(u.value / 0x100000000))
@@ -377,7 +392,7 @@ addExtension({
 addExtension({
   Class: BinRef,
   type: 0x68,
-  pack (r: BinRef, allocateForWrite: AllocateForWrite): undefined {
+  pack(r: BinRef, allocateForWrite: AllocateForWrite): undefined {
     const n = r.data.length
     const size = binHeaderSize(n)
     const { targetView, position } = allocateForWrite(size)

@@ -6,7 +6,7 @@ export const MAX_NAME_BYTES = 255
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
 /** True when `s` has no unpaired UTF-16 surrogate (so it survives UTF-8 unchanged). */
-export function isWellFormed (s: string): boolean {
+export function isWellFormed(s: string): boolean {
   return !LONE_SURROGATE.test(s)
 }
 
@@ -16,7 +16,7 @@ export function isWellFormed (s: string): boolean {
  * '..', anything containing '/', '\\', NUL or another C0 control character, or
  * a name longer than 255 UTF-8 bytes.
  */
-export function validateName (name: unknown, what = 'name'): asserts name is string {
+export function validateName(name: unknown, what = 'name'): asserts name is string {
   if (typeof name !== 'string') throw new ProtocolError('E_BAD_NAME', `${what} is not a string`, { field: what })
   if (name === '' || name === '.' || name === '..') throw new ProtocolError('E_BAD_NAME', `${what} ${JSON.stringify(name)} is not allowed`, { field: what })
   // eslint-disable-next-line no-control-regex

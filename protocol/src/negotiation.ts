@@ -30,7 +30,7 @@ export type Negotiated = Omit<WelcomeMessage, 'kind' | 'software' | 'session'>
  * throws `ProtocolError` `E_VERSION`, `E_NO_COMMON_DIGEST` or
  * `E_NO_COMMON_COMPRESSION` (checked in that order).
  */
-export function negotiate (hello: Pick<HelloMessage, 'versions' | 'digests' | 'compressions' | 'limits'>, local: LocalCapabilities): Negotiated {
+export function negotiate(hello: Pick<HelloMessage, 'versions' | 'digests' | 'compressions' | 'limits'>, local: LocalCapabilities): Negotiated {
   let version = -1
   for (const v of hello.versions) {
     if (local.versions.includes(v) && v > version) version = v

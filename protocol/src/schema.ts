@@ -6,12 +6,34 @@
  */
 import { ProtocolError } from './errors.ts'
 import { MessageKind } from './messages.ts'
-import { BinRef, collectionHeaderSize, PART_MIN_BYTES, PATH_DICT_KEY, PATH_DICT_VALUE, PATH_INDEX, PATH_KEY, PATH_STRUCT_KEY, sameBytes, type Scanner, strHeaderAt, strHeaderSize, strLengthAt, binHeaderSize, uintSize, Uint64 } from './msgpack.ts'
+import {
+  BinRef,
+  collectionHeaderSize,
+  PART_MIN_BYTES,
+  PATH_DICT_KEY,
+  PATH_DICT_VALUE,
+  PATH_INDEX,
+  PATH_KEY,
+  PATH_STRUCT_KEY,
+  sameBytes,
+  type Scanner,
+  strHeaderAt,
+  strHeaderSize,
+  strLengthAt,
+  binHeaderSize,
+  uintSize,
+  Uint64,
+} from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 import { maxMessageBytesFor } from './limits.ts'
 
-export interface UintSpec { readonly t: 'uint', readonly max: number }
-export interface BoolSpec { readonly t: 'bool' }
+export interface UintSpec {
+  readonly t: 'uint'
+  readonly max: number
+}
+export interface BoolSpec {
+  readonly t: 'bool'
+}
 export interface StrSpec {
   readonly t: 'str'
   readonly maxBytes: number
@@ -20,8 +42,16 @@ export interface StrSpec {
   /** what `check` requires, for SPEC §6 */
   readonly doc?: string
 }
-export interface BinSpec { readonly t: 'bin', readonly maxBytes: number }
-export interface ArraySpec { readonly t: 'array', readonly of: Spec, readonly max: number, readonly min: number }
+export interface BinSpec {
+  readonly t: 'bin'
+  readonly maxBytes: number
+}
+export interface ArraySpec {
+  readonly t: 'array'
+  readonly of: Spec
+  readonly max: number
+  readonly min: number
+}
 export interface StructSpec {
   readonly t: 'struct'
   readonly keys: readonly string[]
@@ -29,31 +59,41 @@ export interface StructSpec {
   /** the keys as UTF-8, in schema order (the pre-scan matches wire keys against them without decoding) */
   readonly keyBytes: readonly Uint8Array[]
 }
-export interface NullableSpec { readonly t: 'nullable', readonly of: Spec }
-export interface DictSpec { readonly t: 'dict', readonly maxEntries: number, readonly key: StrSpec, readonly value: StrSpec }
+export interface NullableSpec {
+  readonly t: 'nullable'
+  readonly of: Spec
+}
+export interface DictSpec {
+  readonly t: 'dict'
+  readonly maxEntries: number
+  readonly key: StrSpec
+  readonly value: StrSpec
+}
 export type Spec = UintSpec | BoolSpec | StrSpec | BinSpec | ArraySpec | StructSpec | NullableSpec | DictSpec
 
 const SAFE = Number.MAX_SAFE_INTEGER
 
-function bad (field: string, msg: string): ProtocolError {
+function bad(field: string, msg: string): ProtocolError {
   return new ProtocolError('E_SCHEMA', `${field}: ${msg}`, { field })
 }
 
 const uint = (max = SAFE): UintSpec => ({ t: 'uint', max })
 const bool: BoolSpec = { t: 'bool' }
-const str = (maxBytes: number, check?: StrSpec['check'], doc?: string): StrSpec => check === undefined ? { t: 'str', maxBytes } : { t: 'str', maxBytes, check, ...(doc === undefined ? {} : { doc }) }
+const str = (maxBytes: number, check?: StrSpec['check'], doc?: string): StrSpec => (check === undefined ? { t: 'str', maxBytes } : { t: 'str', maxBytes, check, ...(doc === undefined ? {} : { doc }) })
 const bin = (maxBytes: number): BinSpec => ({ t: 'bin', maxBytes })
 const array = (of: Spec, max: number, min = 0): ArraySpec => ({ t: 'array', of, max, min })
 const nullable = (of: Spec): NullableSpec => ({ t: 'nullable', of })
-function struct (fields: Record<string, Spec>): StructSpec {
+function struct(fields: Record<string, Spec>): StructSpec {
   const keys = Object.keys(fields)
   if (keys.length > 31) throw new Error('a struct has at most 31 keys (the pre-scan tracks them in a bit mask)')
   const keyBytes = keys.map((k) => Buffer.from(k, 'utf8'))
   return { t: 'struct', keys, fields, keyBytes }
 }
-const pattern = (re: RegExp, what: string) => (s: string, field: string): void => {
-  if (!re.test(s)) throw bad(field, `${JSON.stringify(s.slice(0, 80))} is not ${what}`)
-}
+const pattern =
+  (re: RegExp, what: string) =>
+  (s: string, field: string): void => {
+    if (!re.test(s)) throw bad(field, `${JSON.stringify(s.slice(0, 80))} is not ${what}`)
+  }
 
 /** Hard caps of protocol v2 (SPEC §1.3). */
 export const HARD_LIMITS = Object.freeze({
@@ -89,10 +129,15 @@ const limits = struct({
 })
 const layer = struct({ file: name('file'), cid, parentCid: cid })
 const source = struct({ layers: array(layer, HARD_LIMITS.maxLayers, 1), successor: name('successor') })
-const text = (maxBytes: number): StrSpec => str(maxBytes, (s, field) => {
-  // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
-}, 'no C0/DEL control character, no \'"\'')
+const text = (maxBytes: number): StrSpec =>
+  str(
+    maxBytes,
+    (s, field) => {
+      // eslint-disable-next-line no-control-regex
+      if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
+    },
+    "no C0/DEL control character, no '\"'",
+  )
 
 const ddbKeyPattern = pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key')
 const ddbKey = (s: string, field: string): void => {
@@ -187,7 +232,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.Error]: struct({ code, message: str(4096), fatal: bool }),
 }
 
-const join = (base: string, key: string): string => base === '' ? key : `${base}.${key}`
+const join = (base: string, key: string): string => (base === '' ? key : `${base}.${key}`)
 
 /**
  * Pre-scan one value of `spec` at `r` (SPEC §2.2): check types, lengths and
@@ -195,12 +240,20 @@ const join = (base: string, key: string): string => base === '' ? key : `${base}
  * unknown, duplicate and missing fields — without building any value. Nesting
  * follows the schema (at most four levels), so recursion is bounded.
  */
-export function scanSpec (r: Scanner, spec: Spec): void {
+export function scanSpec(r: Scanner, spec: Spec): void {
   switch (spec.t) {
-    case 'uint': r.uint(spec.max); return
-    case 'bool': r.bool(); return
-    case 'str': r.str(spec.maxBytes); return
-    case 'bin': r.bin(spec.maxBytes); return
+    case 'uint':
+      r.uint(spec.max)
+      return
+    case 'bool':
+      r.bool()
+      return
+    case 'str':
+      r.str(spec.maxBytes)
+      return
+    case 'bin':
+      r.bin(spec.maxBytes)
+      return
     case 'nullable':
       if (!r.nil()) scanSpec(r, spec.of)
       return
@@ -263,7 +316,7 @@ export function scanSpec (r: Scanner, spec: Spec): void {
 const PROTO = Buffer.from('__proto__')
 
 /** Index of the wire key at `at` (`len` bytes) in `spec.keys`, or -1; tries `hint` first (keys usually come in schema order). */
-function findKey (spec: StructSpec, b: Uint8Array, at: number, len: number, hint: number): number {
+function findKey(spec: StructSpec, b: Uint8Array, at: number, len: number, hint: number): number {
   const n = spec.keyBytes.length
   for (let j = 0; j < n; j++) {
     const k = (hint + j) % n
@@ -282,7 +335,7 @@ function findKey (spec: StructSpec, b: Uint8Array, at: number, len: number, hint
 }
 
 /** true if a dict entry between `first` and `end` (entries of str → str, already scanned) has the key at `at` (`len` bytes) */
-function dictHasKey (r: Scanner, first: number, end: number, at: number, len: number): boolean {
+function dictHasKey(r: Scanner, first: number, end: number, at: number, len: number): boolean {
   const b = r.buf
   let p = first
   while (p < end) {
@@ -309,7 +362,7 @@ export interface SizeTally {
  * both directions: before encoding, and after msgpackr has decoded a
  * pre-scanned frame.
  */
-export function sizeSpec (spec: Spec, value: unknown, field: string, tally: SizeTally): number {
+export function sizeSpec(spec: Spec, value: unknown, field: string, tally: SizeTally): number {
   switch (spec.t) {
     case 'uint':
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad(field, `expected a non-negative safe integer, got ${describe(value)}`)
@@ -379,9 +432,10 @@ export function sizeSpec (spec: Spec, value: unknown, field: string, tally: Size
  * `cf`), and — when `refs` is given — binaries of `PART_MIN_BYTES` or more as
  * `BinRef`s (header only, payload passed by reference).
  */
-export function toWire (spec: Spec, value: unknown, refs: BinRef[] | undefined): unknown {
+export function toWire(spec: Spec, value: unknown, refs: BinRef[] | undefined): unknown {
   switch (spec.t) {
-    case 'uint': return (value as number) > 0xffffffff ? new Uint64(value as number) : value
+    case 'uint':
+      return (value as number) > 0xffffffff ? new Uint64(value as number) : value
     case 'bool':
     case 'str':
       return value
@@ -392,8 +446,10 @@ export function toWire (spec: Spec, value: unknown, refs: BinRef[] | undefined):
       refs.push(ref)
       return ref
     }
-    case 'nullable': return value === null ? null : toWire(spec.of, value, refs)
-    case 'array': return (value as unknown[]).map((item) => toWire(spec.of, item, refs))
+    case 'nullable':
+      return value === null ? null : toWire(spec.of, value, refs)
+    case 'array':
+      return (value as unknown[]).map((item) => toWire(spec.of, item, refs))
     case 'struct': {
       const o = value as Record<string, unknown>
       const out: Record<string, unknown> = {}
@@ -409,22 +465,29 @@ export function toWire (spec: Spec, value: unknown, refs: BinRef[] | undefined):
   }
 }
 
-function describe (v: unknown): string {
+function describe(v: unknown): string {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'array'
   if (v instanceof Uint8Array) return 'Uint8Array'
   return typeof v
 }
 
-function describeSpec (spec: Spec, indent: string): string {
+function describeSpec(spec: Spec, indent: string): string {
   switch (spec.t) {
-    case 'uint': return spec.max === SAFE ? 'uint' : `uint ≤ ${spec.max}`
-    case 'bool': return 'bool'
-    case 'str': return `str ≤ ${spec.maxBytes} B${spec.doc === undefined ? '' : `, ${spec.doc}`}`
-    case 'bin': return `bin ≤ ${spec.maxBytes} B`
-    case 'nullable': return `nil | ${describeSpec(spec.of, indent)}`
-    case 'array': return `array[${spec.min > 0 ? `${spec.min}…` : '≤ '}${spec.max}] of ${describeSpec(spec.of, indent)}`
-    case 'dict': return `map[≤ ${spec.maxEntries}] of (${describeSpec(spec.key, indent)}) → (${describeSpec(spec.value, indent)})`
+    case 'uint':
+      return spec.max === SAFE ? 'uint' : `uint ≤ ${spec.max}`
+    case 'bool':
+      return 'bool'
+    case 'str':
+      return `str ≤ ${spec.maxBytes} B${spec.doc === undefined ? '' : `, ${spec.doc}`}`
+    case 'bin':
+      return `bin ≤ ${spec.maxBytes} B`
+    case 'nullable':
+      return `nil | ${describeSpec(spec.of, indent)}`
+    case 'array':
+      return `array[${spec.min > 0 ? `${spec.min}…` : '≤ '}${spec.max}] of ${describeSpec(spec.of, indent)}`
+    case 'dict':
+      return `map[≤ ${spec.maxEntries}] of (${describeSpec(spec.key, indent)}) → (${describeSpec(spec.value, indent)})`
     case 'struct': {
       const inner = indent + '  '
       return `map {\n${spec.keys.map((k) => `${inner}${k}: ${describeSpec(spec.fields[k] as Spec, inner)}`).join('\n')}\n${indent}}`
@@ -433,7 +496,7 @@ function describeSpec (spec: Spec, indent: string): string {
 }
 
 /** The byte grammar of every message, generated from the schemas (the SPEC §6 block). */
-export function describeGrammar (): string {
+export function describeGrammar(): string {
   const lines: string[] = []
   for (const [key, kind] of Object.entries(MessageKind)) {
     const spec = Schemas[kind] as StructSpec

@@ -52,7 +52,7 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.Error]: 'both',
 }
 
-function unexpected (msg: string): ProtocolError {
+function unexpected(msg: string): ProtocolError {
   return new ProtocolError('E_UNEXPECTED', msg)
 }
 
@@ -68,17 +68,17 @@ export class ConversationState {
   #cycle = 0
   readonly #disks = new Map<number, DiskTrack>()
 
-  get phase (): Phase {
+  get phase(): Phase {
     return this.#phase
   }
 
   /** The phase of disk `handle`, or undefined if it was never opened. */
-  diskPhase (handle: number): DiskPhase | undefined {
+  diskPhase(handle: number): DiskPhase | undefined {
     return this.#disks.get(handle)?.phase
   }
 
   /** Check that `msg`, sent by `from`, is legal now, and advance. Throws ProtocolError; the state is unchanged on a throw. */
-  observe (msg: Message, from: Sender): void {
+  observe(msg: Message, from: Sender): void {
     const sender = SENDER[msg.kind]
     if (sender === undefined) throw new ProtocolError('E_UNKNOWN_KIND', `unknown message kind ${String(msg.kind)}`)
     if (this.#phase === 'closed') throw unexpected('the conversation ended with a fatal Error')
@@ -94,8 +94,14 @@ export class ConversationState {
       return d
     }
     switch (msg.kind) {
-      case MessageKind.Hello: need('start'); this.#phase = 'hello'; return
-      case MessageKind.Welcome: need('hello'); this.#phase = 'ready'; return
+      case MessageKind.Hello:
+        need('start')
+        this.#phase = 'hello'
+        return
+      case MessageKind.Welcome:
+        need('hello')
+        this.#phase = 'ready'
+        return
       case MessageKind.VmOpen:
         need('ready')
         this.#vm = msg.vm
@@ -156,7 +162,9 @@ export class ConversationState {
         d.phase = 'ending'
         return
       }
-      case MessageKind.DiskEnded: disk(msg.disk, 'ending').phase = 'sealed'; return
+      case MessageKind.DiskEnded:
+        disk(msg.disk, 'ending').phase = 'sealed'
+        return
       case MessageKind.Commit: {
         need('vm-open')
         if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('Commit names another VM or cycle than VmOpen')
@@ -172,8 +180,14 @@ export class ConversationState {
         for (const d of this.#disks.values()) if (d.phase === 'sealed') d.phase = 'committed'
         this.#phase = 'committed'
         return
-      case MessageKind.TrivialCheck: need('committed'); disk(msg.disk, 'committed').trivial++; return
-      case MessageKind.Certify: need('committed'); disk(msg.disk, 'committed').certify++; return
+      case MessageKind.TrivialCheck:
+        need('committed')
+        disk(msg.disk, 'committed').trivial++
+        return
+      case MessageKind.Certify:
+        need('committed')
+        disk(msg.disk, 'committed').certify++
+        return
       case MessageKind.TrivialResult: {
         const d = disk(msg.disk, 'committed')
         if (d.trivial === 0) throw unexpected(`TrivialResult for disk ${msg.disk} without a TrivialCheck`)

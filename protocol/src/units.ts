@@ -4,7 +4,22 @@
  * agent, the receiver and the CLI agree on what `0` and `10M` mean.
  */
 
-const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 }
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1024 ** 4,
+  tib: 1024 ** 4,
+}
 
 /** A size or rate that is not one. */
 export class UnitError extends Error {
@@ -20,7 +35,7 @@ export class UnitError extends Error {
  * rounded down to whole bytes.
  * @throws UnitError (code E_CONFIG) for anything else, naming `what`
  */
-export function parseByteSize (text: string | number, what = 'size'): number {
+export function parseByteSize(text: string | number, what = 'size'): number {
   if (typeof text === 'number') {
     if (Number.isSafeInteger(text) && text >= 0) return text
     throw new UnitError(`${what}: ${String(text)} is not a non-negative whole number of bytes`)
@@ -38,7 +53,7 @@ export function parseByteSize (text: string | number, what = 'size'): number {
  * `0` means unlimited and is returned as `Infinity`.
  * @throws UnitError (code E_CONFIG)
  */
-export function parseRate (text: string | number, what = 'rate'): number {
+export function parseRate(text: string | number, what = 'rate'): number {
   const v = parseByteSize(typeof text === 'string' ? text.replace(/\/s$/i, '') : text, what)
   return v === 0 ? Infinity : v
 }
@@ -50,7 +65,7 @@ const DURATION_UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60
  * may follow each other, `1h30m`) into milliseconds. A bare number is seconds.
  * @throws UnitError (code E_CONFIG)
  */
-export function parseDuration (text: string | number, what = 'duration'): number {
+export function parseDuration(text: string | number, what = 'duration'): number {
   if (typeof text === 'number') {
     if (Number.isFinite(text) && text >= 0) return Math.round(text * 1000)
     throw new UnitError(`${what}: ${String(text)} is not a duration`)
@@ -69,19 +84,22 @@ export function parseDuration (text: string | number, what = 'duration'): number
 }
 
 /** Bytes for people: `45.3 MiB`, `512 B`, `1.50 GiB`. */
-export function formatBytes (n: number): string {
+export function formatBytes(n: number): string {
   if (!Number.isFinite(n)) return String(n)
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
   let v = Math.abs(n)
   let i = 0
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
   const sign = n < 0 ? '-' : ''
   if (i === 0) return `${sign}${v} B`
   return `${sign}${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[i] as string}`
 }
 
 /** A duration for people: `850 ms`, `12.4 s`, `3 min 05 s`, `2 h 07 min`, `3 d 04 h`. */
-export function formatDuration (ms: number): string {
+export function formatDuration(ms: number): string {
   if (!Number.isFinite(ms)) return '—'
   if (ms < 1000) return `${Math.round(ms)} ms`
   const s = ms / 1000

@@ -13,8 +13,17 @@ import { join } from 'node:path'
 import WebSocket from 'ws'
 import { createSampleVm } from '@grainline/agent'
 import {
-  CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests,
-  type DiskOpenMessage, type Message,
+  CycleDigest,
+  MessageKind,
+  PROTOCOL_VERSION,
+  SUBPROTOCOL,
+  createDigest,
+  cycleIdentity,
+  decodeMessage,
+  encodeMessage,
+  initDigests,
+  type DiskOpenMessage,
+  type Message,
 } from '@grainline/protocol'
 import { generateSelfSignedTls, generateToken, writeTokenFile } from 'grainline'
 import { replicateCli, runCli, type Site } from '@grainline/e2e'
@@ -28,38 +37,47 @@ interface Rx {
   readonly port: number
   readonly proc: ChildProcess
   readonly lines: Line[]
-  waitLog (match: (l: Line) => boolean): Promise<Line>
-  stop (): Promise<void>
+  waitLog(match: (l: Line) => boolean): Promise<Line>
+  stop(): Promise<void>
 }
 
-async function startLimitedReceiver (args: string[]): Promise<Rx> {
+async function startLimitedReceiver(args: string[]): Promise<Rx> {
   const proc = spawn('prlimit', ['--nofile=512:512', process.execPath, receiverMain(), ...args, '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
-  const waiters: Array<{ match: (l: Line) => boolean, resolve: (l: Line) => void }> = []
+  const waiters: Array<{ match: (l: Line) => boolean; resolve: (l: Line) => void }> = []
   createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (s) => {
     let l: Line
-    try { l = JSON.parse(s) as Line } catch { return }
+    try {
+      l = JSON.parse(s) as Line
+    } catch {
+      return
+    }
     lines.push(l)
     for (let i = waiters.length - 1; i >= 0; i--) {
       const w = waiters[i] as (typeof waiters)[number]
-      if (w.match(l)) { waiters.splice(i, 1); w.resolve(l) }
+      if (w.match(l)) {
+        waiters.splice(i, 1)
+        w.resolve(l)
+      }
     }
   })
   const exited = once(proc, 'exit')
   const [first] = await Promise.race([
     once(createInterface({ input: proc.stdout as NodeJS.ReadableStream }), 'line') as Promise<[string]>,
-    exited.then(() => { throw new Error(`receiver exited: ${JSON.stringify(lines.slice(-5))}`) }),
+    exited.then(() => {
+      throw new Error(`receiver exited: ${JSON.stringify(lines.slice(-5))}`)
+    }),
   ])
   const port = (JSON.parse(first) as { port: number }).port
   return {
     port,
     proc,
     lines,
-    waitLog (match) {
+    waitLog(match) {
       const seen = lines.find(match)
       return seen !== undefined ? Promise.resolve(seen) : new Promise((resolve) => waiters.push({ match, resolve }))
     },
-    async stop () {
+    async stop() {
       if (proc.exitCode !== null || proc.signalCode !== null) return
       proc.kill('SIGTERM')
       await exited
@@ -75,82 +93,121 @@ class Peer {
   readonly closed: Promise<{ code: number }>
   readonly errors: string[] = []
 
-  private constructor (ws: WebSocket) {
+  private constructor(ws: WebSocket) {
     this.ws = ws
     ws.on('message', (d: Buffer) => {
       const m = decodeMessage(d)
       if (m.kind === MessageKind.Error) this.errors.push(m.code)
-      if (this.waiter !== undefined) { const w = this.waiter; this.waiter = undefined; w(m) } else this.queue.push(m)
+      if (this.waiter !== undefined) {
+        const w = this.waiter
+        this.waiter = undefined
+        w(m)
+      } else this.queue.push(m)
     })
     ws.on('error', () => {})
-    this.closed = new Promise((resolve) => ws.once('close', (code: number) => { this.waiter?.(undefined); resolve({ code }) }))
+    this.closed = new Promise((resolve) =>
+      ws.once('close', (code: number) => {
+        this.waiter?.(undefined)
+        resolve({ code })
+      }),
+    )
   }
 
-  static async open (port: number, token: string, ca: Buffer): Promise<Peer> {
+  static async open(port: number, token: string, ca: Buffer): Promise<Peer> {
     const ws = new WebSocket(`wss://127.0.0.1:${port}`, SUBPROTOCOL, { headers: { Authorization: `Bearer ${token}` }, ca, perMessageDeflate: false })
     const p = new Peer(ws)
     await Promise.race([
       once(ws, 'open'),
-      once(ws, 'unexpected-response').then(([, res]) => { throw Object.assign(new Error('refused'), { status: (res as { statusCode: number }).statusCode }) }),
+      once(ws, 'unexpected-response').then(([, res]) => {
+        throw Object.assign(new Error('refused'), { status: (res as { statusCode: number }).statusCode })
+      }),
     ])
     return p
   }
 
-  send (m: Message): void { this.ws.send(encodeMessage(m)) }
+  send(m: Message): void {
+    this.ws.send(encodeMessage(m))
+  }
 
-  async next (): Promise<Message | undefined> {
+  async next(): Promise<Message | undefined> {
     const m = this.queue.shift()
     if (m !== undefined) return m
     if (this.ws.readyState === this.ws.CLOSED) return undefined
-    return await new Promise((resolve) => { this.waiter = resolve })
+    return await new Promise((resolve) => {
+      this.waiter = resolve
+    })
   }
 
-  async expect<K extends Message['kind']> (kind: K): Promise<Extract<Message, { kind: K }>> {
+  async expect<K extends Message['kind']>(kind: K): Promise<Extract<Message, { kind: K }>> {
     for (;;) {
       const m = await this.next()
       if (m === undefined) throw new Error(`closed while waiting for kind ${kind}: ${this.errors.join(',')}`)
       if (m.kind === kind) return m as Extract<Message, { kind: K }>
-      if (m.kind !== MessageKind.ExtentAck) throw new Error(`expected kind ${kind}, got ${JSON.stringify(m, (_k, v: unknown) => v instanceof Uint8Array ? `<${v.length}>` : v)}`)
+      if (m.kind !== MessageKind.ExtentAck) throw new Error(`expected kind ${kind}, got ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
     }
   }
 
   /** the Error code and close code the receiver ends the session with */
-  async ended (): Promise<{ code: string, close: number }> {
-    while (await this.next() !== undefined) { /* drain */ }
+  async ended(): Promise<{ code: string; close: number }> {
+    while ((await this.next()) !== undefined) {
+      /* drain */
+    }
     const c = await this.closed
     return { code: this.errors[this.errors.length - 1] ?? '(none)', close: c.code }
   }
 
-  async hello (): Promise<void> {
-    this.send({ kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 'hostile/0', digests: ['sha256'], compressions: ['none'], limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB } })
+  async hello(): Promise<void> {
+    this.send({
+      kind: MessageKind.Hello,
+      versions: [PROTOCOL_VERSION],
+      software: 'hostile/0',
+      digests: ['sha256'],
+      compressions: ['none'],
+      limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB },
+    })
     await this.expect(MessageKind.Welcome)
   }
 
-  async vmOpen (vm: string, cycle: number, vmx = `displayName = "${vm}"\n`): Promise<Extract<Message, { kind: typeof MessageKind.VmState }>> {
+  async vmOpen(vm: string, cycle: number, vmx = `displayName = "${vm}"\n`): Promise<Extract<Message, { kind: typeof MessageKind.VmState }>> {
     this.send({ kind: MessageKind.VmOpen, vm, cycle, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'other' }, files: [{ name: `${vm}.vmx`, data: Buffer.from(vmx) }], disks: [] })
     return await this.expect(MessageKind.VmState)
   }
 }
 
-function diskOpen (vm: string, name: string, cycle: number, capacity: number, baseGeneration: string, extents: Array<{ length: number }>): DiskOpenMessage {
+function diskOpen(vm: string, name: string, cycle: number, capacity: number, baseGeneration: string, extents: Array<{ length: number }>): DiskOpenMessage {
   const mode = baseGeneration === '' ? 'seed' : 'incremental'
   const stem = name.replace(/\.vmdk$/, '')
   const source = { layers: [{ file: mode === 'seed' ? name : `${stem}-000001.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `${stem}-000001.vmdk` }
   const baseCycle = mode === 'seed' ? 0 : cycle - 1
   return {
-    kind: MessageKind.DiskOpen, disk: 0, name, capacity, cycle, mode, baseCycle, baseGeneration, source,
-    cycleId: cycleIdentity({ vm, name, cycle, mode, baseCycle, baseGeneration, source }), ddb: {}, totalBytes: extents.reduce((s, e) => s + e.length, 0), totalExtents: extents.length,
+    kind: MessageKind.DiskOpen,
+    disk: 0,
+    name,
+    capacity,
+    cycle,
+    mode,
+    baseCycle,
+    baseGeneration,
+    source,
+    cycleId: cycleIdentity({ vm, name, cycle, mode, baseCycle, baseGeneration, source }),
+    ddb: {},
+    totalBytes: extents.reduce((s, e) => s + e.length, 0),
+    totalExtents: extents.length,
   }
 }
 
 /** Ship one disk's extents (data or zero), DiskEnd, Commit; returns the generation. */
-async function ship (p: Peer, vm: string, cycle: number, extents: Array<{ offset: number, length: number, data?: Buffer }>): Promise<string> {
+async function ship(p: Peer, vm: string, cycle: number, extents: Array<{ offset: number; length: number; data?: Buffer }>): Promise<string> {
   const cd = new CycleDigest('sha256')
   let dataBytes = 0
   let zeroBytes = 0
   extents.forEach((e, seq) => {
     const zero = e.data === undefined
-    const digest = zero ? new Uint8Array(0) : createDigest('sha256').update(e.data as Buffer).digest()
+    const digest = zero
+      ? new Uint8Array(0)
+      : createDigest('sha256')
+          .update(e.data as Buffer)
+          .digest()
     cd.add({ offset: e.offset, length: e.length, zero, digest })
     if (zero) zeroBytes += e.length
     else dataBytes += e.length
@@ -163,10 +220,15 @@ async function ship (p: Peer, vm: string, cycle: number, extents: Array<{ offset
 }
 
 /** A watchdog: a hang fails the test instead of stalling it. */
-async function noHang<T> (p: Promise<T>, what: string, ms = 60_000): Promise<T> {
+async function noHang<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   try {
-    return await Promise.race([p, new Promise<never>((_r, reject) => { timer = setTimeout(() => reject(new Error(`${what} hung`)), ms) })])
+    return await Promise.race([
+      p,
+      new Promise<never>((_r, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} hung`)), ms)
+      }),
+    ])
   } finally {
     clearTimeout(timer)
   }
@@ -180,17 +242,30 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
   const good = generateToken()
   const evil = generateToken()
   const tokens = join(dir, 'tokens.json')
-  await writeFile(tokens, JSON.stringify({
-    tokens: [
-      { name: 'proxy-a', token: good, vms: ['*'], maxSessions: 8 },
-      { name: 'mallory', token: evil, vms: ['evil-*'], maxSessions: 2, quota: '256M' },
-    ],
-  }))
+  await writeFile(
+    tokens,
+    JSON.stringify({
+      tokens: [
+        { name: 'proxy-a', token: good, vms: ['*'], maxSessions: 8 },
+        { name: 'mallory', token: evil, vms: ['evil-*'], maxSessions: 2, quota: '256M' },
+      ],
+    }),
+  )
   const store = join(dir, 'store')
   const config = join(dir, 'receiver.json')
-  await writeFile(config, JSON.stringify({
-    store, maxSockets: 64, handshakeTimeoutMs: 1000, upgradeTimeoutMs: 1000, helloTimeoutMs: 3000, idleTimeoutMs: 5000, lockWaitMs: 30_000, batchBytes: MiB,
-  }))
+  await writeFile(
+    config,
+    JSON.stringify({
+      store,
+      maxSockets: 64,
+      handshakeTimeoutMs: 1000,
+      upgradeTimeoutMs: 1000,
+      helloTimeoutMs: 3000,
+      idleTimeoutMs: 5000,
+      lockWaitMs: 30_000,
+      batchBytes: MiB,
+    }),
+  )
   const rx = await startLimitedReceiver(['--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens, '--tls-cert', tls.cert, '--tls-key', tls.key, '--config', config])
   t.teardown(() => rx.stop())
   const refused = (reason: string): Line[] => rx.lines.filter((l) => l['msg'] === 'connection refused' && l['reason'] === reason)
@@ -202,7 +277,7 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
       s.on('error', () => {})
       socks.push(s)
     }
-    await noHang(Promise.all(socks.map((s) => s.closed ? Promise.resolve() : once(s, 'close'))), 'closing 1,100 idle sockets')
+    await noHang(Promise.all(socks.map((s) => (s.closed ? Promise.resolve() : once(s, 'close')))), 'closing 1,100 idle sockets')
     t.equal(rx.proc.exitCode, null, 'the receiver is still running')
     t.equal(refused('socket-cap').length, 1, 'sockets above the cap: one log line')
     t.ok((refused('socket-cap')[0]?.['maxSockets'] as number) === 64)
@@ -211,7 +286,10 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
 
   await t.test('sessions that never send Hello: capped per token, ended by the deadline, another token unaffected', async (t) => {
     const silent = [await Peer.open(rx.port, evil, ca), await Peer.open(rx.port, evil, ca)]
-    const third = await Peer.open(rx.port, evil, ca).then(() => 'open', (e: { status?: number }) => e.status)
+    const third = await Peer.open(rx.port, evil, ca).then(
+      () => 'open',
+      (e: { status?: number }) => e.status,
+    )
     t.equal(third, 503, "a third session of mallory's token is refused")
     const a = await Peer.open(rx.port, good, ca)
     await a.hello()
@@ -278,10 +356,7 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
     const tiny = Buffer.alloc(70, 0x20)
     for (let i = 0; i < 40_000; i++) flood.ws.send(tiny)
     flood.ws.ping()
-    const paused = await noHang(Promise.race([
-      rx.waitLog((l) => l['msg'] === 'inbox full: socket paused'),
-      once(flood.ws, 'pong').then(() => undefined),
-    ]), 'the flood')
+    const paused = await noHang(Promise.race([rx.waitLog((l) => l['msg'] === 'inbox full: socket paused'), once(flood.ws, 'pong').then(() => undefined)]), 'the flood')
     clearInterval(pinger)
     t.ok(paused !== undefined && (paused['frames'] as number) < 40_000, `paused after ${String(paused?.['frames'])} of 40,000 frames of 70 bytes`)
     flood.ws.terminate()
@@ -290,7 +365,15 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
   })
 
   await t.test('a .vmx pointing out of the mirror is installed neutralised', async (t) => {
-    const vmx = ['displayName = "vmx-1"', 'scsi0:0.fileName = "vmx-1.vmdk"', 'scsi0:2.fileName = "../evil-2/evil-2.vmdk"', 'nvram = "../x"', 'serial0.present = "TRUE"', 'serial0.fileName = "/etc/shadow"', ''].join('\n')
+    const vmx = [
+      'displayName = "vmx-1"',
+      'scsi0:0.fileName = "vmx-1.vmdk"',
+      'scsi0:2.fileName = "../evil-2/evil-2.vmdk"',
+      'nvram = "../x"',
+      'serial0.present = "TRUE"',
+      'serial0.fileName = "/etc/shadow"',
+      '',
+    ].join('\n')
     const p = await Peer.open(rx.port, good, ca)
     await p.hello()
     await p.vmOpen('vmx-1', 1, vmx)
@@ -302,7 +385,7 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
     const installed = await readFile(join(store, 'vmx-1', 'vmx-1.vmx'), 'utf8')
     for (const bad of ['evil-2', '../x', '/etc/shadow']) t.notOk(installed.includes(bad), `no ${bad}`)
     t.match(installed, /serial0.present = "FALSE"/)
-    const st = JSON.parse((await runCli(['status', '--store', store, '--output', 'json'])).stdout) as { vms: Array<{ vm: string, vmxDropped: unknown[] }> }
+    const st = JSON.parse((await runCli(['status', '--store', store, '--output', 'json'])).stdout) as { vms: Array<{ vm: string; vmxDropped: unknown[] }> }
     t.equal(st.vms.find((v) => v.vm === 'vmx-1')?.vmxDropped.length, 3, 'grainline status lists the three dropped references')
   })
 

@@ -70,20 +70,23 @@ export interface AgentVmState {
  * The default state folder: `/var/lib/grainline` when running as root, else
  * `$XDG_STATE_HOME/grainline` (`~/.local/state/grainline` when unset).
  */
-export function defaultStateDir (env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid: number | undefined = process.getuid?.()): string {
   if (uid === 0) return '/var/lib/grainline'
   const xdg = env['XDG_STATE_HOME']
   return join(xdg !== undefined && xdg !== '' ? xdg : join(homedir(), '.local', 'state'), 'grainline')
 }
 
 /** The identity of a VM for the state file: the driver, the host its ids belong to, and its id there. */
-export function stateKey (vm: { readonly driver: string, readonly host?: string | undefined, readonly id: string }): string {
+export function stateKey(vm: { readonly driver: string; readonly host?: string | undefined; readonly id: string }): string {
   return `${vm.driver}:${vm.host ?? ''}:${vm.id}`
 }
 
 /** `<name>-<16 hex of sha256(key)>.json`: readable, unique per key, a safe file name whatever the VM is called. */
-export function stateFileName (name: string, key: string): string {
-  const safe = name.replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[.]+/, '_').slice(0, 64)
+export function stateFileName(name: string, key: string): string {
+  const safe = name
+    .replace(/[^A-Za-z0-9._-]+/g, '_')
+    .replace(/^[.]+/, '_')
+    .slice(0, 64)
   return `${safe}-${createHash('sha256').update(key).digest('hex').slice(0, 16)}.json`
 }
 
@@ -93,7 +96,7 @@ const isCycle = (v: unknown): v is number => Number.isSafeInteger(v) && (v as nu
 const isSnap = (v: unknown): v is SnapshotRecord => isObj(v) && typeof v['name'] === 'string' && typeof v['id'] === 'string' && v['id'] !== ''
 
 /** Check a parsed state file; returns a problem description, or undefined when it is well-formed for `key`. */
-export function checkStateShape (v: unknown, key: string): string | undefined {
+export function checkStateShape(v: unknown, key: string): string | undefined {
   if (!isObj(v) || v['version'] !== 1) return 'not a version 1 agent state'
   if (v['key'] !== key) return `recorded for another VM (${String(v['key'])})`
   const c = v['committed']
@@ -106,7 +109,7 @@ export function checkStateShape (v: unknown, key: string): string | undefined {
 }
 
 /** Record the snapshot of cycle `cycle` as in flight (before anything is shipped). */
-export function markInflight (state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string): AgentVmState {
+export function markInflight(state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string): AgentVmState {
   state.inflight = { cycle, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
   return state
 }
@@ -116,7 +119,7 @@ export function markInflight (state: AgentVmState, cycle: number, snapshot: Snap
  * flight. Every disk of the cycle was written from the point the record
  * names, so earlier failed checks are settled.
  */
-export function markCommitted (state: AgentVmState, cycle: number, generation: string, snapshot: SnapshotRecord, receiver: string): AgentVmState {
+export function markCommitted(state: AgentVmState, cycle: number, generation: string, snapshot: SnapshotRecord, receiver: string): AgentVmState {
   state.committed = { cycle, generation, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
   state.inflight = null
   delete state.diverged
@@ -124,7 +127,7 @@ export function markCommitted (state: AgentVmState, cycle: number, generation: s
 }
 
 /** Record disks whose trivial check or certify failed after the commit of `cycle`: the next cycle resyncs them. */
-export function markDiverged (state: AgentVmState, cycle: number, disks: readonly string[], reason: string): AgentVmState {
+export function markDiverged(state: AgentVmState, cycle: number, disks: readonly string[], reason: string): AgentVmState {
   state.diverged = { cycle, generation: state.committed?.generation ?? '', disks: [...disks], reason, at: new Date().toISOString() }
   return state
 }
@@ -143,12 +146,12 @@ export interface LoadedState {
 export class AgentStateStore {
   readonly dir: string
 
-  constructor (dir: string) {
+  constructor(dir: string) {
     this.dir = dir
   }
 
   /** Path of a VM's state file. */
-  pathOf (name: string, key: string): string {
+  pathOf(name: string, key: string): string {
     return join(this.dir, stateFileName(name, key))
   }
 
@@ -159,7 +162,7 @@ export class AgentStateStore {
    * one that does not parse or belongs to another VM is reported as a problem
    * and replaced.
    */
-  async load (name: string, key: string): Promise<LoadedState> {
+  async load(name: string, key: string): Promise<LoadedState> {
     const fresh: AgentVmState = { version: 1, vm: name, key, committed: null, inflight: null }
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 })
@@ -177,7 +180,9 @@ export class AgentStateStore {
       throw new AgentError('E_STATE', `cannot read agent state file ${file}: ${(err as Error).message}`, { cause: err })
     }
     let parsed: unknown
-    try { parsed = JSON.parse(text) } catch (err) {
+    try {
+      parsed = JSON.parse(text)
+    } catch (err) {
       return { state: fresh, problem: `agent state file ${file} does not parse (${(err as Error).message})` }
     }
     const problem = checkStateShape(parsed, key)
@@ -187,7 +192,7 @@ export class AgentStateStore {
   }
 
   /** Replace a VM's record atomically (temp file, fsync, rename, fsync the folder). @throws AgentError E_STATE */
-  async save (state: AgentVmState): Promise<void> {
+  async save(state: AgentVmState): Promise<void> {
     const file = this.pathOf(state.vm, state.key)
     try {
       await writeFileAtomic(file, JSON.stringify(state, null, 2) + '\n')

@@ -35,20 +35,20 @@ export interface FailedConnect extends ConnectSources {
   readonly probeTimeoutMs?: number
 }
 
-type ErrLike = { code?: unknown, message?: unknown, cause?: unknown }
+type ErrLike = { code?: unknown; message?: unknown; cause?: unknown }
 
 /** The error and its causes, outermost first (bounded). */
-function causes (err: unknown): ErrLike[] {
+function causes(err: unknown): ErrLike[] {
   const out: ErrLike[] = []
   for (let e = err as ErrLike | undefined, n = 0; e !== undefined && e !== null && n < 5; e = e.cause as ErrLike | undefined, n++) out.push(e)
   return out
 }
 
-const codeOf = (e: ErrLike): string => typeof e.code === 'string' ? e.code : ''
-const messageOf = (e: ErrLike): string => typeof e.message === 'string' ? e.message : ''
+const codeOf = (e: ErrLike): string => (typeof e.code === 'string' ? e.code : '')
+const messageOf = (e: ErrLike): string => (typeof e.message === 'string' ? e.message : '')
 
 /** A short, non-reversible name of a token for messages (never the token). */
-export function tokenFingerprint (token: string): string {
+export function tokenFingerprint(token: string): string {
   return 'sha256:' + createHash('sha256').update(token).digest('hex').slice(0, 12)
 }
 
@@ -58,7 +58,7 @@ const TRANSIENT = /^(ECONNRESET|EPIPE|ECONNREFUSED|ETIMEDOUT|EHOSTUNREACH|ENETUN
 /**
  * The TLS verification problem of a failed `wss://` connect, with advice; undefined when it is not one.
  */
-export function tlsProblem (err: unknown, ctx: { url: URL } & ConnectSources): AgentError | undefined {
+export function tlsProblem(err: unknown, ctx: { url: URL } & ConnectSources): AgentError | undefined {
   const chain = causes(err)
   const host = ctx.url.host
   if (chain.some((e) => TRANSIENT.test(codeOf(e)))) return undefined
@@ -67,15 +67,25 @@ export function tlsProblem (err: unknown, ctx: { url: URL } & ConnectSources): A
     const code = codeOf(e)
     const msg = messageOf(e)
     if (UNTRUSTED.test(code) || /self.signed|unable to (get|verify)/i.test(msg)) {
-      return new AgentError('E_CONNECT', ctx.caSource !== undefined
-        ? `the receiver's certificate at ${host} is not trusted (${msg || code}) by ${ctx.caSource}: give the receiver's certificate or the CA that signed it`
-        : `the receiver's certificate at ${host} is not trusted (${msg || code}): pass --ca FILE (the receiver's certificate or its CA; "caFile" in a job file)`, { cause: err })
+      return new AgentError(
+        'E_CONNECT',
+        ctx.caSource !== undefined
+          ? `the receiver's certificate at ${host} is not trusted (${msg || code}) by ${ctx.caSource}: give the receiver's certificate or the CA that signed it`
+          : `the receiver's certificate at ${host} is not trusted (${msg || code}): pass --ca FILE (the receiver's certificate or its CA; "caFile" in a job file)`,
+        { cause: err },
+      )
     }
     if (code === 'ERR_TLS_CERT_ALTNAME_INVALID' || /altnames|does not match certificate/i.test(msg)) {
-      return new AgentError('E_CONNECT', `the receiver's certificate does not name ${ctx.url.hostname} (${msg}): connect by a name the certificate carries, or reissue it with subjectAltName=${ctx.url.hostname}`, { cause: err })
+      return new AgentError(
+        'E_CONNECT',
+        `the receiver's certificate does not name ${ctx.url.hostname} (${msg}): connect by a name the certificate carries, or reissue it with subjectAltName=${ctx.url.hostname}`,
+        { cause: err },
+      )
     }
     if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
-      return new AgentError('E_CONNECT', `the receiver's certificate at ${host} is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the receiver (or check the clocks)`, { cause: err })
+      return new AgentError('E_CONNECT', `the receiver's certificate at ${host} is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}: renew it on the receiver (or check the clocks)`, {
+        cause: err,
+      })
     }
     if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || /wrong version number|packet length too long|unknown protocol/i.test(msg)) {
       return new AgentError('E_CONNECT', `${host} does not speak TLS: start the receiver with --tls-cert and --tls-key (plain ws:// is for loopback only)`, { cause: err })
@@ -88,15 +98,28 @@ export function tlsProblem (err: unknown, ctx: { url: URL } & ConnectSources): A
 }
 
 /** Does something on host:port complete a TLS handshake? (Any certificate: we only ask whether it speaks TLS.) */
-export async function speaksTls (host: string, port: number, timeoutMs = 3000, signal?: AbortSignal): Promise<boolean> {
+export async function speaksTls(host: string, port: number, timeoutMs = 3000, signal?: AbortSignal): Promise<boolean> {
   return await new Promise<boolean>((resolve) => {
     const s = tlsConnect({ host, port, rejectUnauthorized: false, ...(/^[\d.:[\]]+$/.test(host) ? {} : { servername: host }) })
-    const done = (v: boolean): void => { clearTimeout(timer); signal?.removeEventListener('abort', onAbort); s.destroy(); resolve(v) }
-    const onAbort = (): void => { done(false) }
-    const timer = setTimeout(() => { done(false) }, timeoutMs)
+    const done = (v: boolean): void => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
+      s.destroy()
+      resolve(v)
+    }
+    const onAbort = (): void => {
+      done(false)
+    }
+    const timer = setTimeout(() => {
+      done(false)
+    }, timeoutMs)
     signal?.addEventListener('abort', onAbort, { once: true })
-    s.once('secureConnect', () => { done(true) })
-    s.once('error', () => { done(false) })
+    s.once('secureConnect', () => {
+      done(true)
+    })
+    s.once('error', () => {
+      done(false)
+    })
   })
 }
 
@@ -104,13 +127,17 @@ export async function speaksTls (host: string, port: number, timeoutMs = 3000, s
  * Turn a failed connect into the error the cycle acts on: an `AgentError`
  * (permanent: not retried) or a `ConnectionLost` (retried with back-off).
  */
-export async function classifyConnectFailure (err: unknown, ctx: FailedConnect): Promise<Error> {
+export async function classifyConnectFailure(err: unknown, ctx: FailedConnect): Promise<Error> {
   if (ctx.signal?.aborted === true) return new AgentError('E_ABORTED', 'aborted', { cause: err })
   const host = ctx.url.host
   const status = ctx.status
   if (status === 401 || status === 403) {
     const where = ctx.tokenSource ?? '--token-file'
-    return new AgentError('E_REFUSED', `the receiver at ${host} refused the token (HTTP ${status}): check ${where} (token ${tokenFingerprint(ctx.token)} refused; it must be one of the receiver's tokens file)`, { remoteCode: 'E_AUTH', cause: err })
+    return new AgentError(
+      'E_REFUSED',
+      `the receiver at ${host} refused the token (HTTP ${status}): check ${where} (token ${tokenFingerprint(ctx.token)} refused; it must be one of the receiver's tokens file)`,
+      { remoteCode: 'E_AUTH', cause: err },
+    )
   }
   if (status === 429 || status >= 500) return new ConnectionLost(`the receiver at ${host} answered HTTP ${status}`, status === 429 ? 4429 : 1011, { cause: err })
   if (status !== 0) {
@@ -127,7 +154,7 @@ export async function classifyConnectFailure (err: unknown, ctx: FailedConnect):
     // a TLS server closes a plain HTTP upgrade without a word ("socket hang up", ECONNRESET):
     // retrying would say the same for giveUp seconds; ask the port whether it speaks TLS
     const reset = causes(err).some((e) => /^(ECONNRESET|EPIPE)$/.test(codeOf(e)) || /socket hang up|Parse Error/i.test(messageOf(e)))
-    if (reset && await speaksTls(ctx.url.hostname.replace(/^\[(.*)\]$/, '$1'), Number(ctx.url.port === '' ? 80 : ctx.url.port), ctx.probeTimeoutMs ?? 3000, ctx.signal)) {
+    if (reset && (await speaksTls(ctx.url.hostname.replace(/^\[(.*)\]$/, '$1'), Number(ctx.url.port === '' ? 80 : ctx.url.port), ctx.probeTimeoutMs ?? 3000, ctx.signal))) {
       return new AgentError('E_CONNECT', `the receiver at ${host} speaks TLS: use wss://${host} (with --ca FILE for a private certificate)`, { cause: err })
     }
   }

@@ -7,7 +7,7 @@
 export class ConnectionLost extends Error {
   override readonly name = 'ConnectionLost'
   readonly closeCode: number
-  constructor (message: string, closeCode = 1006, opts?: { cause?: unknown }) {
+  constructor(message: string, closeCode = 1006, opts?: { cause?: unknown }) {
     super(message, opts)
     this.closeCode = closeCode
   }
@@ -17,7 +17,7 @@ export class ConnectionLost extends Error {
 const RETRYABLE_CLOSE = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4408, 4429])
 
 /** True when `err` is worth a reconnect. */
-export function isRetryable (err: unknown): boolean {
+export function isRetryable(err: unknown): boolean {
   if (err instanceof ConnectionLost) return RETRYABLE_CLOSE.has(err.closeCode) || err.closeCode < 1000
   return false
 }

@@ -8,10 +8,7 @@
  */
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import {
-  ConversationState, decodeMessage, DEFAULT_LIMITS, encodeMessage, encodeMessageParts, MessageKind, SUBPROTOCOL,
-  type ExtentAckMessage, type Message,
-} from '@grainline/protocol'
+import { ConversationState, decodeMessage, DEFAULT_LIMITS, encodeMessage, encodeMessageParts, MessageKind, SUBPROTOCOL, type ExtentAckMessage, type Message } from '@grainline/protocol'
 import { AgentError } from './errors.ts'
 import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
 import { ConnectionLost } from './connection-lost.ts'
@@ -47,7 +44,7 @@ export { ConnectionLost, isRetryable } from './connection-lost.ts'
  * cannot work (retrying will not help); a socket cut during the TLS handshake
  * is a lost connection and is retried. See connect-errors.ts.
  */
-export function isTlsVerificationFailure (err: unknown): boolean {
+export function isTlsVerificationFailure(err: unknown): boolean {
   return tlsProblem(err, { url: new URL('wss://receiver') }) !== undefined
 }
 
@@ -55,7 +52,7 @@ export function isTlsVerificationFailure (err: unknown): boolean {
 export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
-  #waiter: { resolve: (m: Message) => void, reject: (e: Error) => void } | undefined
+  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void } | undefined
   #failure: Error | undefined
   /** SPEC §8 legality of the conversation, fed every message both ways */
   readonly #conversation = new ConversationState()
@@ -69,20 +66,26 @@ export class Connection {
   /** bytes handed to the socket */
   bytesSent = 0
 
-  private constructor (ws: WebSocket, opts: ConnectOptions) {
+  private constructor(ws: WebSocket, opts: ConnectOptions) {
     this.#ws = ws
     this.#maxMessageBytes = opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
     this.#highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 120_000
-    this.#closed = new Promise<never>((_resolve, reject) => { this.#rejectClosed = reject })
+    this.#closed = new Promise<never>((_resolve, reject) => {
+      this.#rejectClosed = reject
+    })
     this.#closed.catch(() => {})
     ws.on('message', (data: Buffer, isBinary: boolean) => {
-      if (!isBinary) { this.#fail(new AgentError('E_PROTOCOL', 'text frame from receiver')); ws.close(1003); return }
+      if (!isBinary) {
+        this.#fail(new AgentError('E_PROTOCOL', 'text frame from receiver'))
+        ws.close(1003)
+        return
+      }
       let msg: Message
       try {
         msg = decodeMessage(data, { maxMessageBytes: this.#maxMessageBytes })
       } catch (err) {
-        const e = err as { code?: string, closeCode?: number, message: string }
+        const e = err as { code?: string; closeCode?: number; message: string }
         this.#fail(new AgentError('E_PROTOCOL', `bad frame from receiver: ${e.message}`, { cause: err }))
         ws.close(e.closeCode ?? 1008)
         return
@@ -90,11 +93,14 @@ export class Connection {
       try {
         this.#conversation.observe(msg, 'receiver')
       } catch (err) {
-        const e = err as { closeCode?: number, message: string }
+        const e = err as { closeCode?: number; message: string }
         this.abort(new AgentError('E_PROTOCOL', `receiver broke the conversation (SPEC §8): ${e.message}`, { cause: err }), e.closeCode ?? 4004)
         return
       }
-      if (msg.kind === MessageKind.ExtentAck) { this.onAck(msg); return }
+      if (msg.kind === MessageKind.ExtentAck) {
+        this.onAck(msg)
+        return
+      }
       if (this.#waiter !== undefined) {
         const w = this.#waiter
         this.#waiter = undefined
@@ -106,11 +112,13 @@ export class Connection {
     ws.on('close', (code: number, reason: Buffer) => {
       this.#fail(new ConnectionLost(`connection closed (${code}${reason.length > 0 ? ' ' + reason.toString('utf8') : ''})`, code))
     })
-    ws.on('error', (err: Error) => { this.#fail(new ConnectionLost(`connection error: ${err.message}`, 1006, { cause: err })) })
+    ws.on('error', (err: Error) => {
+      this.#fail(new ConnectionLost(`connection error: ${err.message}`, 1006, { cause: err }))
+    })
   }
 
   /** Connect and wait for the upgrade to complete. */
-  static async open (opts: ConnectOptions): Promise<Connection> {
+  static async open(opts: ConnectOptions): Promise<Connection> {
     const u = checkReceiverUrl(opts.url, opts.insecurePlaintext === true ? { insecurePlaintext: true } : {})
     const ws = new WebSocket(opts.url, SUBPROTOCOL, {
       headers: { Authorization: `Bearer ${opts.token}` },
@@ -121,7 +129,13 @@ export class Connection {
       rejectUnauthorized: opts.insecure !== true,
       // RFC 6455 masking protects plaintext intermediaries from attacker-chosen bytes (guest disk data
       // can be). Inside TLS no intermediary sees the frames, so skip the extra pass over every payload.
-      ...(u.protocol === 'wss:' ? { generateMask: (mask: Buffer) => { mask.fill(0) } } : {}),
+      ...(u.protocol === 'wss:'
+        ? {
+            generateMask: (mask: Buffer) => {
+              mask.fill(0)
+            },
+          }
+        : {}),
     })
     const conn = new Connection(ws, opts)
     let status = 0
@@ -130,16 +144,18 @@ export class Connection {
       res.resume()
       ws.terminate()
     })
-    const onAbort = (): void => { ws.terminate() }
+    const onAbort = (): void => {
+      ws.terminate()
+    }
     opts.signal?.addEventListener('abort', onAbort, { once: true })
     try {
-      await Promise.race([
-        once(ws, 'open'),
-        conn.failed(),
-      ])
+      await Promise.race([once(ws, 'open'), conn.failed()])
     } catch (err) {
       throw await classifyConnectFailure(err, {
-        url: u, token: opts.token, status, insecure: opts.insecure === true,
+        url: u,
+        token: opts.token,
+        status,
+        insecure: opts.insecure === true,
         ...(opts.tokenSource === undefined ? {} : { tokenSource: opts.tokenSource }),
         ...(opts.caSource === undefined ? {} : { caSource: opts.caSource }),
         ...(opts.signal === undefined ? {} : { signal: opts.signal }),
@@ -154,7 +170,7 @@ export class Connection {
     return conn
   }
 
-  #fail (err: Error): void {
+  #fail(err: Error): void {
     if (this.#failure !== undefined) return
     this.#failure = err
     const w = this.#waiter
@@ -164,14 +180,16 @@ export class Connection {
   }
 
   /** the error that ended the connection, if any */
-  get failure (): Error | undefined { return this.#failure }
+  get failure(): Error | undefined {
+    return this.#failure
+  }
 
   /**
    * Send one message; waits while the socket buffer is above the high-water
    * mark. A data Extent goes out as one WebSocket message in fragments, its
    * payload by reference: the caller must not modify `data` afterwards.
    */
-  async send (msg: Message): Promise<void> {
+  async send(msg: Message): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure
     try {
       this.#conversation.observe(msg, 'agent')
@@ -186,8 +204,14 @@ export class Connection {
       for (let i = 0; i <= last; i++) {
         const part = parts[i] as Uint8Array
         this.bytesSent += part.length
-        if (i < last) { this.#ws.send(part, { binary: true, fin: false }); continue }
-        this.#ws.send(part, { binary: true, fin: true }, (err) => { if (err != null) reject(new ConnectionLost(`send failed: ${err.message}`, 1006, { cause: err })); else resolve() })
+        if (i < last) {
+          this.#ws.send(part, { binary: true, fin: false })
+          continue
+        }
+        this.#ws.send(part, { binary: true, fin: true }, (err) => {
+          if (err != null) reject(new ConnectionLost(`send failed: ${err.message}`, 1006, { cause: err }))
+          else resolve()
+        })
       }
     })
     if (this.#ws.bufferedAmount > this.#highWaterMark) {
@@ -199,7 +223,7 @@ export class Connection {
   }
 
   /** The next non-ack message. Error messages are returned, not thrown. */
-  async receive (opts: { signal?: AbortSignal, timeoutMs?: number } = {}): Promise<Message> {
+  async receive(opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Message> {
     const queued = this.#inbox.shift()
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure
@@ -211,20 +235,34 @@ export class Connection {
         this.#ws.terminate()
         reject(new ConnectionLost(`no answer from receiver for ${timeoutMs} ms`, 1006))
       }, timeoutMs)
-      const onAbort = (): void => { clearTimeout(timer); this.#waiter = undefined; reject(new AgentError('E_ABORTED', 'aborted')) }
+      const onAbort = (): void => {
+        clearTimeout(timer)
+        this.#waiter = undefined
+        reject(new AgentError('E_ABORTED', 'aborted'))
+      }
       opts.signal?.addEventListener('abort', onAbort, { once: true })
       this.#waiter = {
-        resolve: (m) => { clearTimeout(timer); opts.signal?.removeEventListener('abort', onAbort); resolve(m) },
-        reject: (e) => { clearTimeout(timer); opts.signal?.removeEventListener('abort', onAbort); reject(e) },
+        resolve: (m) => {
+          clearTimeout(timer)
+          opts.signal?.removeEventListener('abort', onAbort)
+          resolve(m)
+        },
+        reject: (e) => {
+          clearTimeout(timer)
+          opts.signal?.removeEventListener('abort', onAbort)
+          reject(e)
+        },
       }
     })
   }
 
   /** A promise that rejects when the connection fails (for racing window waits). */
-  failed (): Promise<never> { return this.#closed }
+  failed(): Promise<never> {
+    return this.#closed
+  }
 
   /** Graceful close. */
-  async close (code = 1000): Promise<void> {
+  async close(code = 1000): Promise<void> {
     if (this.#ws.readyState === WebSocket.CLOSED) return
     const closed = once(this.#ws, 'close').catch(() => {})
     this.#ws.close(code)
@@ -234,10 +272,12 @@ export class Connection {
   }
 
   /** Drop the connection now. */
-  terminate (): void { this.#ws.terminate() }
+  terminate(): void {
+    this.#ws.terminate()
+  }
 
   /** Fail the connection with `err` (every waiter and later send gets it) and close it with `closeCode`. */
-  abort (err: Error, closeCode = 1008): void {
+  abort(err: Error, closeCode = 1008): void {
     this.#fail(err)
     if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(closeCode)
     else this.#ws.terminate()

@@ -33,5 +33,5 @@ export interface CycleOptions {
    */
   readonly beforeRemove?: (vm: VmHandle) => Promise<void>
   /** called after every extent handed to the socket (tests: cut the link) */
-  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+  readonly onExtentSent?: (info: { disk: string; seq: number; wireBytes: number }) => void
 }

@@ -17,12 +17,12 @@ import { grainlineSnapshotName, type SnapshotRef } from './driver.ts'
 /** How one disk is shipped. */
 export type DiskPlanDecision =
   /** the whole frozen view; `reason` says why when the mirror already had a committed point (a resync) */
-  | { readonly kind: 'seed', readonly reason?: string }
+  | { readonly kind: 'seed'; readonly reason?: string }
   /**
    * the changed ranges of the frozen layers from `fromDepth` (oldest) up to
    * depth 1, onto committed cycle `baseCycle` of generation `baseGeneration`
    */
-  | { readonly kind: 'incremental', readonly fromDepth: number, readonly baseCycle: number, readonly baseGeneration: string }
+  | { readonly kind: 'incremental'; readonly fromDepth: number; readonly baseCycle: number; readonly baseGeneration: string }
 
 /** What the receiver said about the mirror (VmState). */
 export interface MirrorFacts {
@@ -38,22 +38,22 @@ export type Lineage =
   /** the mirror has no committed point: a first seed */
   | { readonly kind: 'first-seed' }
   /** the mirror has a committed point this agent cannot prove it continues: every disk is resynced */
-  | { readonly kind: 'resync', readonly reason: string }
+  | { readonly kind: 'resync'; readonly reason: string }
   /** the record, the receiver and the VM agree: incrementals onto `base` */
-  | { readonly kind: 'incremental', readonly base: SnapshotRef, readonly baseCycle: number, readonly generation: string }
+  | { readonly kind: 'incremental'; readonly base: SnapshotRef; readonly baseCycle: number; readonly generation: string }
 
-const short = (g: string): string => g === '' ? '(none)' : `${g.slice(0, 8)}…`
+const short = (g: string): string => (g === '' ? '(none)' : `${g.slice(0, 8)}…`)
 
 /**
  * The lineage of the VM's mirror. `recordProblem` is why the agent's record
  * could not be read (it then counts as lost); `snapshots` are the VM's
  * grainline snapshots before this cycle's snapshot is taken.
  */
-export function decideLineage (f: { readonly mirror: MirrorFacts, readonly record: CommittedRecord | null, readonly recordProblem?: string, readonly snapshots: readonly SnapshotRef[] }): Lineage {
+export function decideLineage(f: { readonly mirror: MirrorFacts; readonly record: CommittedRecord | null; readonly recordProblem?: string; readonly snapshots: readonly SnapshotRef[] }): Lineage {
   const { mirror, record } = f
   if (!mirror.exists || mirror.committedCycle === 0) return { kind: 'first-seed' }
   if (f.recordProblem !== undefined) return { kind: 'resync', reason: `the agent's record is unusable: ${f.recordProblem}` }
-  if (record === null) return { kind: 'resync', reason: 'the agent has no record of the mirror\'s committed point (agent state lost, or another state folder or agent made it)' }
+  if (record === null) return { kind: 'resync', reason: "the agent has no record of the mirror's committed point (agent state lost, or another state folder or agent made it)" }
   if (mirror.generation === '') return { kind: 'resync', reason: `the mirror's committed cycle ${mirror.committedCycle} has no generation (committed before lineage existed)` }
   if (record.cycle !== mirror.committedCycle || record.generation !== mirror.generation) {
     return {
@@ -85,7 +85,7 @@ export interface DiskChainFacts {
 }
 
 /** The first plan of a disk under the VM's lineage (and the diverged record, if checks failed last time). */
-export function planDisk (lineage: Lineage, disk: DiskChainFacts, diverged?: DivergedRecord): DiskPlanDecision {
+export function planDisk(lineage: Lineage, disk: DiskChainFacts, diverged?: DivergedRecord): DiskPlanDecision {
   if (lineage.kind === 'first-seed') return { kind: 'seed' }
   if (lineage.kind === 'resync') return { kind: 'seed', reason: lineage.reason }
   if (diverged?.disks.includes(disk.name) === true) return { kind: 'seed', reason: `the mirror disk failed its check after cycle ${diverged.cycle} (${diverged.reason}); resyncing` }
@@ -100,20 +100,20 @@ export function planDisk (lineage: Lineage, disk: DiskChainFacts, diverged?: Div
 /** Which snapshot this cycle ships. */
 export type SnapshotDecision =
   /** our own un-committed snapshot of this very cycle (by recorded id): the cycle resumes */
-  | { readonly kind: 'reuse', readonly snapshot: SnapshotRef }
+  | { readonly kind: 'reuse'; readonly snapshot: SnapshotRef }
   /**
    * a new `grainline-<cycle>` snapshot; `remove` are grainline snapshots that
    * already carry that name but are not ours to resume (another target's,
    * or of a lost record): removed first, so no two share a name
    */
-  | { readonly kind: 'take', readonly remove: readonly SnapshotRef[] }
+  | { readonly kind: 'take'; readonly remove: readonly SnapshotRef[] }
 
 /**
  * Reuse the in-flight snapshot the agent recorded for cycle `cycleNo` when it
  * is still on the VM (by id, with that cycle's name); else take a new one.
  * Never by the largest cycle number in a name.
  */
-export function decideSnapshot (f: { readonly cycleNo: number, readonly inflight: InflightRecord | null, readonly snapshots: readonly SnapshotRef[] }): SnapshotDecision {
+export function decideSnapshot(f: { readonly cycleNo: number; readonly inflight: InflightRecord | null; readonly snapshots: readonly SnapshotRef[] }): SnapshotDecision {
   const name = grainlineSnapshotName(f.cycleNo)
   const rec = f.inflight
   if (rec !== null && rec.cycle === f.cycleNo) {
@@ -128,7 +128,7 @@ export function decideSnapshot (f: { readonly cycleNo: number, readonly inflight
  * cycle opens a disk: it belongs to another cycle, or this cycle ships a new
  * snapshot (a cycle identity the in-flight one cannot have).
  */
-export function needsRollback (mirror: MirrorFacts, cycleNo: number, snapshot: SnapshotDecision): boolean {
+export function needsRollback(mirror: MirrorFacts, cycleNo: number, snapshot: SnapshotDecision): boolean {
   if (mirror.inflightCycle === 0) return false
   return mirror.inflightCycle !== cycleNo || snapshot.kind === 'take'
 }
@@ -142,18 +142,18 @@ export const OPERATOR_CODES: ReadonlySet<string> = new Set(['E_HELD', 'E_INCOMPA
 /** What to do after a refused DiskOpen. */
 export type RefusalDecision =
   /** open the disk again in the same connection (a new handle) as a full resync */
-  | { readonly kind: 'resync', readonly reason: string }
+  | { readonly kind: 'resync'; readonly reason: string }
   /** another cycle is in flight: a new connection, Rollback before any DiskOpen, then open again */
   | { readonly kind: 'rollback' }
   /** nothing left to try */
-  | { readonly kind: 'fail', readonly reason: string }
+  | { readonly kind: 'fail'; readonly reason: string }
 
 /**
  * The decision after the receiver refused a disk opened in `mode`.
  * `rolledBack` says whether this cycle already rolled the receiver back once
  * (a second `E_CYCLE_MISMATCH` after that is a failure, not a loop).
  */
-export function planAfterRefusal (mode: 'seed' | 'incremental', refusal: { readonly code: string, readonly modified: boolean }, rolledBack: boolean): RefusalDecision {
+export function planAfterRefusal(mode: 'seed' | 'incremental', refusal: { readonly code: string; readonly modified: boolean }, rolledBack: boolean): RefusalDecision {
   const code = refusal.code
   if (code === 'E_CYCLE_MISMATCH') return rolledBack ? { kind: 'fail', reason: 'E_CYCLE_MISMATCH after a rollback' } : { kind: 'rollback' }
   if (OPERATOR_CODES.has(code)) return { kind: 'fail', reason: code }

@@ -27,7 +27,7 @@ import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
 import { sendDisk } from './disk-sender.ts'
-import type { HypervisorDriver, SnapshotRef, VmHandle } from './driver.ts'
+import type { SnapshotRef, VmHandle } from './driver.ts'
 import { grainlineSnapshotName } from './driver.ts'
 import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
@@ -57,7 +57,7 @@ type AttemptOutcome =
   | { readonly kind: 'rollback' }
 
 /** Run one cycle of one VM. Never throws: the report carries the error. */
-export async function runVmCycle (components: { logger: Logger }, opts: CycleOptions): Promise<VmReport> {
+export async function runVmCycle(components: { logger: Logger }, opts: CycleOptions): Promise<VmReport> {
   const started = performance.now()
   const report = emptyVmReport(opts.ref)
   const cycle = new VmCycle(components.logger, opts, report)
@@ -78,10 +78,12 @@ export async function runVmCycle (components: { logger: Logger }, opts: CycleOpt
 }
 
 /** The report's error of a cycle stopped through its signal: what was kept for the next run. */
-function interruptedInfo (signal: AbortSignal, report: VmReport, committed: boolean): { code: string, message: string, remoteCode?: string } {
+function interruptedInfo(signal: AbortSignal, report: VmReport, committed: boolean): { code: string; message: string; remoteCode?: string } {
   const kept = committed
     ? `cycle ${report.cycle} was committed; the older snapshot is removed by the next run`
-    : report.snapshot !== undefined ? `snapshot ${report.snapshot} is kept and the next run resumes from it` : 'nothing was changed on the VM'
+    : report.snapshot !== undefined
+      ? `snapshot ${report.snapshot} is kept and the next run resumes from it`
+      : 'nothing was changed on the VM'
   return { code: 'E_ABORTED', message: `${abortReason(signal)}: ${kept}` }
 }
 
@@ -112,12 +114,14 @@ class VmCycle {
   #chunkBytes = 0
   #committed = false
   /** the receiver committed this cycle */
-  get committed (): boolean { return this.#committed }
+  get committed(): boolean {
+    return this.#committed
+  }
   #rolledBack = false
   #replans = 0
   #mark = performance.now()
 
-  constructor (root: Logger, opts: CycleOptions, report: VmReport) {
+  constructor(root: Logger, opts: CycleOptions, report: VmReport) {
     this.#opts = opts
     this.#report = report
     this.#root = root
@@ -127,12 +131,14 @@ class VmCycle {
       giveUpMs: opts.giveUpMs,
       maxBackoffMs: opts.maxBackoffMs,
       log: () => this.log,
-      onRetry: () => { this.#report.reconnects++ },
+      onRetry: () => {
+        this.#report.reconnects++
+      },
       ...(opts.signal === undefined ? {} : { signal: opts.signal }),
     })
   }
 
-  async run (): Promise<void> {
+  async run(): Promise<void> {
     await this.#openVm()
     await this.#connect()
     await this.#takeSnapshot()
@@ -142,24 +148,24 @@ class VmCycle {
   }
 
   /** Close every connection (a failed cycle must not leave the receiver's VM lock behind) and every chain. */
-  async dispose (): Promise<void> {
+  async dispose(): Promise<void> {
     for (const c of this.#clients) c.terminate()
     for (const w of this.#works) await w.chain.close().catch(() => {})
   }
 
-  get #sig (): { signal?: AbortSignal } {
+  get #sig(): { signal?: AbortSignal } {
     return this.#opts.signal === undefined ? {} : { signal: this.#opts.signal }
   }
 
   /** Account the time since the last lap to `phase`. */
-  #lap (phase: string): void {
+  #lap(phase: string): void {
     const t = performance.now()
     this.#report.timings[phase] = Math.round((this.#report.timings[phase] ?? 0) + t - this.#mark)
     this.#mark = t
   }
 
   /** 1. The VM, its disks and the mirror's names for them, the agent's record; foreign snapshots refused or consolidated. */
-  async #openVm (): Promise<void> {
+  async #openVm(): Promise<void> {
     const { driver } = this.#opts
     const vm = await driver.openVm(this.#opts.ref, this.#sig)
     this.#report.vm = vm.name
@@ -176,16 +182,31 @@ class VmCycle {
     this.#diskNames = await mirrorDiskNames(this.#vm, driver)
   }
 
-  #session (cycleNo: number): Promise<Session> {
+  #session(cycleNo: number): Promise<Session> {
     const o = this.#opts
-    return openSession({
-      connect: { ...o.connect, ...this.#sig }, digests: o.digests, compressions: o.compressions, maxExtentBytes: o.maxExtentBytes, windowBytes: o.windowBytes,
-      vm: this.#vm, files: this.#files, disks: this.#diskNames, onClient: (c) => { this.#clients.add(c) },
-    }, cycleNo).then((s) => { this.#reconnect.connected(); return s })
+    return openSession(
+      {
+        connect: { ...o.connect, ...this.#sig },
+        digests: o.digests,
+        compressions: o.compressions,
+        maxExtentBytes: o.maxExtentBytes,
+        windowBytes: o.windowBytes,
+        vm: this.#vm,
+        files: this.#files,
+        disks: this.#diskNames,
+        onClient: (c) => {
+          this.#clients.add(c)
+        },
+      },
+      cycleNo,
+    ).then((s) => {
+      this.#reconnect.connected()
+      return s
+    })
   }
 
   /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */
-  async #connect (): Promise<void> {
+  async #connect(): Promise<void> {
     const rec = this.#record
     const proposal = rec.inflight?.cycle ?? (rec.committed?.cycle ?? 0) + 1
     let s = await this.#reconnect.run('connect', () => this.#session(proposal))
@@ -205,16 +226,30 @@ class VmCycle {
     const state = s.state
     if (state.exists && !state.compatible) {
       // SPEC §4.2: no incremental on an incompatible mirror; a new seed needs the operator
-      throw new AgentError('E_REFUSED', `the mirror of ${this.#vm.name} was made from another virtual hardware version or datastore type; move it away to seed a new one`, { remoteCode: 'E_INCOMPATIBLE' })
+      throw new AgentError('E_REFUSED', `the mirror of ${this.#vm.name} was made from another virtual hardware version or datastore type; move it away to seed a new one`, {
+        remoteCode: 'E_INCOMPATIBLE',
+      })
     }
     const w = s.welcome
-    this.log.info({ cycle: this.#cycleNo, committed: state.committedCycle, inflight: state.inflightCycle, generation: state.generation, exists: state.exists, digest: w.digest, compression: w.compression, limits: w.limits }, 'mirror state')
+    this.log.info(
+      {
+        cycle: this.#cycleNo,
+        committed: state.committedCycle,
+        inflight: state.inflightCycle,
+        generation: state.generation,
+        exists: state.exists,
+        digest: w.digest,
+        compression: w.compression,
+        limits: w.limits,
+      },
+      'mirror state',
+    )
     this.#lineage = decideLineage({ mirror: state, record: rec.committed, snapshots: this.#snapshots, ...(this.#recordProblem === undefined ? {} : { recordProblem: this.#recordProblem }) })
     if (this.#lineage.kind === 'resync') this.log.warn({ reason: this.#lineage.reason }, 'lineage not proven: full resync of every disk')
   }
 
   /** 3. The snapshot: our recorded in-flight one of this cycle is reused (the cycle resumes), else a new one. */
-  async #takeSnapshot (): Promise<void> {
+  async #takeSnapshot(): Promise<void> {
     const { driver } = this.#opts
     const decision = decideSnapshot({ cycleNo: this.#cycleNo, inflight: this.#record.inflight, snapshots: this.#snapshots })
     if (needsRollback(this.#mirror, this.#cycleNo, decision)) {
@@ -246,14 +281,14 @@ class VmCycle {
     if (this.#opts.afterSnapshot !== undefined) await this.#opts.afterSnapshot(this.#vm)
   }
 
-  async #rollback (client: ReceiverClient): Promise<void> {
+  async #rollback(client: ReceiverClient): Promise<void> {
     const r = await client.rollback(this.#vm.name)
     if (!r.ok) throw refusalError(`Rollback of ${this.#vm.name}`, r.refusal)
     this.#rolledBack = true
   }
 
   /** 4. Every disk planned before the first extent (exact totals for progress). */
-  async #planDisks (): Promise<void> {
+  async #planDisks(): Promise<void> {
     const opts = this.#opts
     const maxExtent = Math.max(512, Math.floor(Math.min(this.#welcome.limits.maxExtentBytes, opts.maxExtentBytes) / 512) * 512)
     const rateChunk = opts.rateLimiter.rate === Infinity ? maxExtent : Math.max(64 * 1024, Math.floor(opts.rateLimiter.rate / 8 / 512) * 512)
@@ -262,7 +297,10 @@ class VmCycle {
     for (const [i, disk] of this.#vm.disks.entries()) {
       const chain = await openChain(disk.path, opts.driver.pathMap === undefined ? {} : { pathMap: { ...opts.driver.pathMap } })
       const L = chain.layers.length
-      if (L < 2) { await chain.close(); throw new AgentError('E_SNAPSHOT', `${disk.fileName}: no frozen layer below the running disk after the snapshot`) }
+      if (L < 2) {
+        await chain.close()
+        throw new AgentError('E_SNAPSHOT', `${disk.fileName}: no frozen layer below the running disk after the snapshot`)
+      }
       const base = baseLayer(chain).file
       const name = this.#diskNames[i] ?? base
       if (!name.endsWith(base)) {
@@ -272,28 +310,50 @@ class VmCycle {
       const report = emptyDiskReport(name, disk.node, chain.capacity)
       this.#report.disks.push(report)
       const w: DiskWork = {
-        index: i, handle: i, disk, name, chain, report, depth: 1, progress: new DiskProgress(this.#vm.name, name, opts.progress),
-        mode: 'seed', fromDepth: L - 1, baseCycle: 0, baseGeneration: '', cycleNo: this.#cycleNo, source: { layers: [], successor: '' },
-        plan: await emptyPlan(this.#chunkBytes), cycleId: '', records: undefined, view: undefined, viewTask: undefined,
+        index: i,
+        handle: i,
+        disk,
+        name,
+        chain,
+        report,
+        depth: 1,
+        progress: new DiskProgress(this.#vm.name, name, opts.progress),
+        mode: 'seed',
+        fromDepth: L - 1,
+        baseCycle: 0,
+        baseGeneration: '',
+        cycleNo: this.#cycleNo,
+        source: { layers: [], successor: '' },
+        plan: await emptyPlan(this.#chunkBytes),
+        cycleId: '',
+        records: undefined,
+        view: undefined,
+        viewTask: undefined,
       }
       this.#works.push(w)
       const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
-      const decision = planDisk(lineage, {
-        name, node: disk.node, layerPaths: chain.layers.map((l) => resolve(l.path)),
-        baseSnapshotLayer: snapDisk === undefined ? undefined : resolve(opts.driver.resolvePath(this.#vm, snapDisk.fileName)),
-      }, this.#record.diverged)
+      const decision = planDisk(
+        lineage,
+        {
+          name,
+          node: disk.node,
+          layerPaths: chain.layers.map((l) => resolve(l.path)),
+          baseSnapshotLayer: snapDisk === undefined ? undefined : resolve(opts.driver.resolvePath(this.#vm, snapDisk.fileName)),
+        },
+        this.#record.diverged,
+      )
       if (decision.kind === 'seed' && decision.reason !== undefined) this.log.warn({ disk: name, reason: decision.reason }, 'full resync of the disk')
       await applyDiskPlan(w, decision, this.#planContext())
     }
     this.#lap('plan')
   }
 
-  #planContext (): { vm: string, cycleNo: number, chunkBytes: number } {
+  #planContext(): { vm: string; cycleNo: number; chunkBytes: number } {
     return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes }
   }
 
   /** 5–6. Ship every disk, commit, check; reconnect and resume on connection loss. */
-  async #shipCommitVerify (): Promise<void> {
+  async #shipCommitVerify(): Promise<void> {
     let rollback = false
     for (;;) {
       const outcome = await this.#reconnect.run('cycle', () => this.#attempt(rollback))
@@ -313,7 +373,7 @@ class VmCycle {
   }
 
   /** One connection's worth of the cycle: (rollback,) open and ship each disk, commit, check. */
-  async #attempt (rollback: boolean): Promise<AttemptOutcome> {
+  async #attempt(rollback: boolean): Promise<AttemptOutcome> {
     let session = this.#fresh
     this.#fresh = undefined
     try {
@@ -330,7 +390,7 @@ class VmCycle {
         if (rollback) {
           await this.#rollback(session.client)
           for (const w of this.#works) w.records?.clear()
-          this.log.warn('rolled back the receiver\'s in-flight cycle of another identity')
+          this.log.warn("rolled back the receiver's in-flight cycle of another identity")
         }
       }
       const { client, welcome } = session
@@ -341,14 +401,32 @@ class VmCycle {
           if (nextHandle > MAX_HANDLE) throw new AgentError('E_PROTOCOL', `more than ${MAX_HANDLE + 1} disk opens in one connection`)
           w.handle = nextHandle++
           const opened = await client.openDisk({
-            disk: w.handle, name: w.name, capacity: w.chain.capacity, cycle: w.cycleNo, mode: w.mode, baseCycle: w.baseCycle,
-            baseGeneration: w.baseGeneration, source: w.source, cycleId: w.cycleId, ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
-            totalBytes: w.plan.totalBytes, totalExtents: w.plan.totalExtents,
+            disk: w.handle,
+            name: w.name,
+            capacity: w.chain.capacity,
+            cycle: w.cycleNo,
+            mode: w.mode,
+            baseCycle: w.baseCycle,
+            baseGeneration: w.baseGeneration,
+            source: w.source,
+            cycleId: w.cycleId,
+            ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
+            totalBytes: w.plan.totalBytes,
+            totalExtents: w.plan.totalExtents,
           })
           if (opened.ok) {
             await sendDisk({
-              client, work: w, accepted: opened.value, window, digest: welcome.digest, compression: welcome.compression,
-              trivialBytes: this.#trivialBytes, certify: this.#certify, rateLimiter: this.#opts.rateLimiter, log: this.log, ...this.#sig,
+              client,
+              work: w,
+              accepted: opened.value,
+              window,
+              digest: welcome.digest,
+              compression: welcome.compression,
+              trivialBytes: this.#trivialBytes,
+              certify: this.#certify,
+              rateLimiter: this.#opts.rateLimiter,
+              log: this.log,
+              ...this.#sig,
               ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
             })
             break
@@ -384,29 +462,46 @@ class VmCycle {
     }
   }
 
-  get #trivialBytes (): number { return this.#opts.trivialMiB * 1024 * 1024 }
-  get #certify (): DigestAlgorithm | undefined { return this.#opts.certify === 'none' ? undefined : this.#opts.certify }
+  get #trivialBytes(): number {
+    return this.#opts.trivialMiB * 1024 * 1024
+  }
+  get #certify(): DigestAlgorithm | undefined {
+    return this.#opts.certify === 'none' ? undefined : this.#opts.certify
+  }
 
   /** The commit is durable on the receiver: record its generation beside the shipped snapshot (SPEC §5.8). */
-  async #recordCommit (generation: string): Promise<void> {
+  async #recordCommit(generation: string): Promise<void> {
     this.#committed = true
     await this.#store.save(markCommitted(this.#record, this.#cycleNo, generation, this.#shipped, this.#opts.connect.url))
   }
 
   /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
-  async #recordChecks (): Promise<void> {
+  async #recordChecks(): Promise<void> {
     const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false)
     if (failed.length === 0) return
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
-    await this.#store.save(markDiverged(this.#record, this.#cycleNo, failed.map((w) => w.name), reason))
+    await this.#store.save(
+      markDiverged(
+        this.#record,
+        this.#cycleNo,
+        failed.map((w) => w.name),
+        reason,
+      ),
+    )
     this.log.error({ disks: failed.map((w) => w.name) }, 'mirror diverged from the source; the next cycle resyncs these disks')
   }
 
   /** 7. The other grainline snapshots go: their deltas consolidate into the base; the VM runs on the one just shipped. */
-  async #removeOtherSnapshots (): Promise<void> {
+  async #removeOtherSnapshots(): Promise<void> {
     if (!this.#committed) throw new AgentError('E_PROTOCOL', 'cycle ended without commit')
     if (this.#opts.beforeRemove !== undefined) await this.#opts.beforeRemove(this.#vm)
-    await removeOtherSnapshots(this.#opts.driver, this.#vm, this.#shipped, { log: this.log, onRemoved: (name) => { this.#report.removedSnapshots.push(name) }, ...this.#sig })
+    await removeOtherSnapshots(this.#opts.driver, this.#vm, this.#shipped, {
+      log: this.log,
+      onRemoved: (name) => {
+        this.#report.removedSnapshots.push(name)
+      },
+      ...this.#sig,
+    })
     this.#lap('remove')
   }
 }

@@ -11,7 +11,7 @@ export class DigestLog {
   #zero: Uint8Array
   #length = 0
 
-  constructor (digestLength: number, maxBytes = 32 * 1024 * 1024) {
+  constructor(digestLength: number, maxBytes = 32 * 1024 * 1024) {
     this.digestLength = digestLength
     this.maxBytes = maxBytes
     this.#digests = Buffer.alloc(digestLength * 1024)
@@ -19,10 +19,12 @@ export class DigestLog {
   }
 
   /** number of consecutive seqs recorded from 0 */
-  get length (): number { return this.#length }
+  get length(): number {
+    return this.#length
+  }
 
   /** Record extent `seq`; only the next seq in order is kept (and only while under the bound). */
-  record (seq: number, zero: boolean, digest: Uint8Array): void {
+  record(seq: number, zero: boolean, digest: Uint8Array): void {
     if (seq !== this.#length) return
     const need = (seq + 1) * this.digestLength
     if (need + (seq >> 3) + 1 > this.maxBytes) return
@@ -31,7 +33,7 @@ export class DigestLog {
       this.#digests.copy(grown)
       this.#digests = grown
     }
-    if ((seq >> 3) >= this.#zero.length) {
+    if (seq >> 3 >= this.#zero.length) {
       const grown = new Uint8Array(this.#zero.length * 2)
       grown.set(this.#zero)
       this.#zero = grown
@@ -46,15 +48,17 @@ export class DigestLog {
   }
 
   /** whether extent `seq` (< length) was zero */
-  isZero (seq: number): boolean { return ((this.#zero[seq >> 3] as number) & (1 << (seq & 7))) !== 0 }
+  isZero(seq: number): boolean {
+    return ((this.#zero[seq >> 3] as number) & (1 << (seq & 7))) !== 0
+  }
 
   /** the digest of extent `seq` (< length); empty for a zero extent */
-  digest (seq: number): Uint8Array {
+  digest(seq: number): Uint8Array {
     return this.isZero(seq) ? new Uint8Array(0) : this.#digests.subarray(seq * this.digestLength, (seq + 1) * this.digestLength)
   }
 
   /** Forget everything (a new plan). */
-  clear (): void {
+  clear(): void {
     this.#length = 0
     this.#zero.fill(0)
   }

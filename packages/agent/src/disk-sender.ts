@@ -38,11 +38,11 @@ export interface SendDiskOptions {
   readonly log: Logger
   readonly signal?: AbortSignal
   /** called after every extent handed to the socket (tests: cut the link) */
-  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+  readonly onExtentSent?: (info: { disk: string; seq: number; wireBytes: number }) => void
 }
 
 /** Ship the disk `opts.work` from `opts.accepted.resumeSeq` to DiskEnded. */
-export async function sendDisk (opts: SendDiskOptions): Promise<void> {
+export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   const { client, work: w, window, signal, log } = opts
   const total = w.plan.totalExtents
   const resumeSeq = opts.accepted.resumeSeq
@@ -119,7 +119,7 @@ export async function sendDisk (opts: SendDiskOptions): Promise<void> {
  * from its first byte; otherwise the frozen view is read once in the
  * background while the extents ship. Returns whether they ride along.
  */
-function startViewDigest (opts: SendDiskOptions, resumeSeq: number): boolean {
+function startViewDigest(opts: SendDiskOptions, resumeSeq: number): boolean {
   const w = opts.work
   const inPass = w.mode === 'seed' && resumeSeq === 0 && w.plan.firstOffset === 0
   const prefixBytes = Math.min(w.chain.capacity, opts.trivialBytes)

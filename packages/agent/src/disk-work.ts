@@ -53,19 +53,19 @@ const INCREMENTAL_ZERO_CHUNK = 16 * 1024 * 1024
 const layerOf = (l: Layer): ChainLayer => ({ file: l.file, cid: formatCid(l.cid), parentCid: formatCid(l.parentCid) })
 
 /** The layer at `depth` (0 = running delta). */
-export function layerAt (chain: DiskChain, depth: number): Layer {
+export function layerAt(chain: DiskChain, depth: number): Layer {
   const l = chain.layers[depth]
   if (l === undefined) throw new RangeError(`no layer at depth ${depth} (chain of ${chain.layers.length})`)
   return l
 }
 
 /** The base (bottom) layer of a chain. */
-export function baseLayer (chain: DiskChain): Layer {
+export function baseLayer(chain: DiskChain): Layer {
   return layerAt(chain, chain.layers.length - 1)
 }
 
 /** An empty plan (before the first decision is applied). */
-export async function emptyPlan (chunkBytes: number): Promise<ExtentPlan> {
+export async function emptyPlan(chunkBytes: number): Promise<ExtentPlan> {
   return await buildPlan(arraySource([]), { chunkBytes })
 }
 
@@ -75,11 +75,11 @@ export async function emptyPlan (chunkBytes: number): Promise<ExtentPlan> {
  * an incremental the union of the changed ranges (grain tables only) of the
  * frozen layers from `fromDepth` up to `depth`, newest data winning.
  */
-export async function applyDiskPlan (w: DiskWork, decision: DiskPlanDecision, ctx: { readonly vm: string, readonly cycleNo: number, readonly chunkBytes: number }): Promise<void> {
+export async function applyDiskPlan(w: DiskWork, decision: DiskPlanDecision, ctx: { readonly vm: string; readonly cycleNo: number; readonly chunkBytes: number }): Promise<void> {
   const chain = w.chain
   if (decision.kind === 'seed') {
     const depth = w.depth
-    const mapped: RangeSource = async function * () {
+    const mapped: RangeSource = async function* () {
       for await (const e of chain.map({ depth })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
     }
     w.mode = 'seed'

@@ -85,12 +85,12 @@ export interface HypervisorDriver {
 const GRAINLINE_NAME = /^grainline-(\d{1,15})$/
 
 /** The snapshot name grainline uses for a cycle. */
-export function grainlineSnapshotName (cycle: number): string {
+export function grainlineSnapshotName(cycle: number): string {
   return `grainline-${cycle}`
 }
 
 /** The cycle of a grainline snapshot name, or 0 when the name is not grainline's. */
-export function parseGrainlineSnapshotName (name: string): number {
+export function parseGrainlineSnapshotName(name: string): number {
   const m = GRAINLINE_NAME.exec(name)
   return m === null ? 0 : Number(m[1])
 }

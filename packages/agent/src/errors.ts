@@ -24,7 +24,7 @@ export class AgentError extends Error {
   readonly code: AgentErrorCode
   /** code of the remote (receiver) error when there is one */
   readonly remoteCode?: string
-  constructor (code: AgentErrorCode, message: string, opts: { cause?: unknown, remoteCode?: string } = {}) {
+  constructor(code: AgentErrorCode, message: string, opts: { cause?: unknown; remoteCode?: string } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
     this.code = code
     if (opts.remoteCode !== undefined) this.remoteCode = opts.remoteCode
@@ -32,7 +32,7 @@ export class AgentError extends Error {
 }
 
 /** The words of an abort reason (`interrupted by SIGINT`). */
-export function abortReason (signal: AbortSignal): string {
+export function abortReason(signal: AbortSignal): string {
   const r = signal.reason as unknown
   return r instanceof Error ? r.message : typeof r === 'string' ? r : 'aborted'
 }
@@ -42,6 +42,6 @@ export function abortReason (signal: AbortSignal): string {
  * that change durable state (a snapshot taken or removed, a commit) are not
  * given the signal; they finish, and the cycle stops at the next boundary.
  */
-export function checkAborted (signal: AbortSignal | undefined): void {
+export function checkAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new AgentError('E_ABORTED', abortReason(signal))
 }

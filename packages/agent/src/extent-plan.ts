@@ -45,13 +45,15 @@ export interface ExtentPlan {
 }
 
 /** A source over an array (tests, small plans). */
-export function arraySource (ranges: readonly PlanRange[]): RangeSource {
-  return async function * () { yield * ranges }
+export function arraySource(ranges: readonly PlanRange[]): RangeSource {
+  return async function* () {
+    yield* ranges
+  }
 }
 
 /** Merge touching ranges with the same zero flag (input sorted, disjoint); drops empty ones. */
-export function coalesceSource (source: RangeSource): RangeSource {
-  return async function * () {
+export function coalesceSource(source: RangeSource): RangeSource {
+  return async function* () {
     let cur: PlanRange | undefined
     for await (const r of source()) {
       if (r.length <= 0) continue
@@ -72,9 +74,9 @@ export function coalesceSource (source: RangeSource): RangeSource {
  * zero. Each layer's ranges must be disjoint and sorted (as `changedRanges`
  * yields). Memory: one range per layer.
  */
-export function unionSource (layers: readonly RangeSource[]): RangeSource {
+export function unionSource(layers: readonly RangeSource[]): RangeSource {
   if (layers.length === 1) return coalesceSource(layers[0] as RangeSource)
-  const merged: RangeSource = async function * () {
+  const merged: RangeSource = async function* () {
     const its = layers.map((l) => l()[Symbol.asyncIterator]())
     const pull = async (k: number): Promise<PlanRange | undefined> => {
       for (;;) {
@@ -92,7 +94,10 @@ export function unionSource (layers: readonly RangeSource[]): RangeSource {
       if (next > pos) {
         for (let l = head.length - 1; l >= 0; l--) {
           const h = head[l]
-          if (h !== undefined && h.offset <= pos && pos < h.offset + h.length) { yield { offset: pos, length: next - pos, zero: h.zero }; break }
+          if (h !== undefined && h.offset <= pos && pos < h.offset + h.length) {
+            yield { offset: pos, length: next - pos, zero: h.zero }
+            break
+          }
         }
       }
       pos = next
@@ -105,7 +110,7 @@ export function unionSource (layers: readonly RangeSource[]): RangeSource {
 }
 
 /** Count a plan: one pass over the source. */
-export async function buildPlan (source: RangeSource, opts: { chunkBytes: number, zeroChunkBytes?: number }): Promise<ExtentPlan> {
+export async function buildPlan(source: RangeSource, opts: { chunkBytes: number; zeroChunkBytes?: number }): Promise<ExtentPlan> {
   const chunkBytes = opts.chunkBytes
   const zeroChunkBytes = opts.zeroChunkBytes ?? 1024 * 1024 * 1024
   if (!(chunkBytes >= 512) || chunkBytes % 512 !== 0) throw new RangeError(`chunkBytes ${chunkBytes} must be a multiple of 512`)
@@ -123,12 +128,15 @@ export async function buildPlan (source: RangeSource, opts: { chunkBytes: number
 }
 
 /** The plan's extents in seq order, starting at `fromSeq` (skipping costs no data I/O). */
-export async function * planExtents (plan: ExtentPlan, fromSeq = 0): AsyncGenerator<PlannedExtent> {
+export async function* planExtents(plan: ExtentPlan, fromSeq = 0): AsyncGenerator<PlannedExtent> {
   let seq = 0
   for await (const r of plan.source()) {
     const chunk = r.zero ? plan.zeroChunkBytes : plan.chunkBytes
     const n = Math.ceil(r.length / chunk)
-    if (seq + n <= fromSeq) { seq += n; continue }
+    if (seq + n <= fromSeq) {
+      seq += n
+      continue
+    }
     for (let k = 0; k < n; k++, seq++) {
       if (seq < fromSeq) continue
       const offset = r.offset + k * chunk

@@ -23,7 +23,7 @@ export interface PreparedExtent extends Omit<ExtentMessage, 'kind' | 'disk'> {
 const ZEROS = Buffer.alloc(1024 * 1024)
 
 /** True when every byte of `b` is zero. */
-export function isAllZero (b: Uint8Array): boolean {
+export function isAllZero(b: Uint8Array): boolean {
   const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
   for (let pos = 0; pos < buf.length; pos += ZEROS.length) {
     const n = Math.min(ZEROS.length, buf.length - pos)
@@ -56,20 +56,26 @@ export interface ExtentSourceOptions {
 class CompressionGate {
   #misses = 0
   #skip = 0
-  shouldTry (): boolean {
-    if (this.#skip > 0) { this.#skip--; return false }
+  shouldTry(): boolean {
+    if (this.#skip > 0) {
+      this.#skip--
+      return false
+    }
     return true
   }
 
-  result (paid: boolean): void {
-    if (paid) { this.#misses = 0; return }
+  result(paid: boolean): void {
+    if (paid) {
+      this.#misses = 0
+      return
+    }
     this.#misses++
     if (this.#misses >= 4) this.#skip = Math.min(64, 2 ** (this.#misses - 3))
   }
 }
 
 /** Read, digest and compress the planned extents in seq order. */
-export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, opts: ExtentSourceOptions): AsyncGenerator<PreparedExtent> {
+export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, opts: ExtentSourceOptions): AsyncGenerator<PreparedExtent> {
   const gate = new CompressionGate()
   const ratio = opts.compressRatio ?? 0.9
   const toSeq = opts.toSeq ?? plan.totalExtents
@@ -84,7 +90,10 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
       const c = compress(opts.compression, raw)
       const paid = c.length < raw.length * ratio
       gate.result(paid)
-      if (paid) { data = c; compression = opts.compression }
+      if (paid) {
+        data = c
+        compression = opts.compression
+      }
     }
     return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw }
   }
@@ -92,7 +101,7 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
   const readAhead = Math.max(1, opts.readAhead ?? 64)
   const readAheadBytes = opts.readAheadBytes ?? 8 * 1024 * 1024
   // reads run ahead (bounded by count and bytes); digest and compression happen in order as the consumer pulls
-  const pending: Array<{ p: PlannedExtent, read: Promise<Buffer | undefined> }> = []
+  const pending: Array<{ p: PlannedExtent; read: Promise<Buffer | undefined> }> = []
   let pendingBytes = 0
   let lookahead: PlannedExtent | undefined
   let exhausted = false
@@ -100,7 +109,10 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
     while (!exhausted && pending.length < readAhead) {
       if (lookahead === undefined) {
         const n = await planned.next()
-        if (n.done === true || n.value.seq >= toSeq) { exhausted = true; return }
+        if (n.done === true || n.value.seq >= toSeq) {
+          exhausted = true
+          return
+        }
         lookahead = n.value
       }
       const p: PlannedExtent = lookahead
@@ -115,7 +127,7 @@ export async function * readPlannedExtents (chain: ChainView, plan: ExtentPlan, 
     await fill()
     while (pending.length > 0) {
       opts.signal?.throwIfAborted()
-      const head = pending.shift() as { p: PlannedExtent, read: Promise<Buffer | undefined> }
+      const head = pending.shift() as { p: PlannedExtent; read: Promise<Buffer | undefined> }
       const raw = await head.read
       pendingBytes -= head.p.zero ? 0 : head.p.length
       await fill()
@@ -141,7 +153,7 @@ export class ViewDigester {
   fullDigest: Uint8Array | undefined
   readonly capacity: number
 
-  constructor (capacity: number, trivialAlg: DigestAlgorithm, prefixBytes: number, certifyAlg: DigestAlgorithm | undefined) {
+  constructor(capacity: number, trivialAlg: DigestAlgorithm, prefixBytes: number, certifyAlg: DigestAlgorithm | undefined) {
     this.capacity = capacity
     this.#prefixBytes = Math.min(prefixBytes, capacity)
     this.#prefix = createDigest(trivialAlg)
@@ -150,10 +162,12 @@ export class ViewDigester {
   }
 
   /** bytes consumed so far (the next expected offset) */
-  get position (): number { return this.#pos }
+  get position(): number {
+    return this.#pos
+  }
 
   /** Feed the view from `offset` (must equal `position`); `data` undefined = `length` zero bytes. */
-  feed (offset: number, length: number, data: Uint8Array | undefined): void {
+  feed(offset: number, length: number, data: Uint8Array | undefined): void {
     if (offset !== this.#pos) throw new RangeError(`view digest expects offset ${this.#pos}, got ${offset}`)
     let done = 0
     while (done < length) {
@@ -177,12 +191,12 @@ export class ViewDigester {
   }
 
   /** true when everything wanted is digested */
-  get complete (): boolean {
+  get complete(): boolean {
     return this.prefixDigest !== undefined && (this.#full === undefined || this.fullDigest !== undefined)
   }
 
   /** Read the rest of the view from the chain and finish. */
-  async finishFrom (chain: ChainView, depth: number, signal?: AbortSignal): Promise<void> {
+  async finishFrom(chain: ChainView, depth: number, signal?: AbortSignal): Promise<void> {
     const step = 4 * 1024 * 1024
     while (!this.complete && this.#pos < this.capacity) {
       signal?.throwIfAborted()

@@ -12,7 +12,7 @@ import { AgentError, type AgentErrorCode } from './errors.ts'
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 /** What a non-regular file is, for error messages. */
-function kindOf (st: { isFIFO(): boolean, isDirectory(): boolean, isSocket(): boolean, isCharacterDevice(): boolean, isBlockDevice(): boolean }): string {
+function kindOf(st: { isFIFO(): boolean; isDirectory(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): string {
   if (st.isFIFO()) return 'a FIFO'
   if (st.isDirectory()) return 'a folder'
   if (st.isSocket()) return 'a socket'
@@ -38,9 +38,9 @@ export interface ReadRegularOptions {
  * with no writer does not block the open), so a FIFO, device or folder is
  * refused at once with `code` instead of hanging. ENOENT passes through as is.
  */
-export async function readRegularFile (path: string, opts: ReadRegularOptions & { tooLarge?: 'throw' }): Promise<Buffer>
-export async function readRegularFile (path: string, opts: ReadRegularOptions): Promise<Buffer | undefined>
-export async function readRegularFile (path: string, opts: ReadRegularOptions): Promise<Buffer | undefined> {
+export async function readRegularFile(path: string, opts: ReadRegularOptions & { tooLarge?: 'throw' }): Promise<Buffer>
+export async function readRegularFile(path: string, opts: ReadRegularOptions): Promise<Buffer | undefined>
+export async function readRegularFile(path: string, opts: ReadRegularOptions): Promise<Buffer | undefined> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK)
   try {
     const st = await fh.stat()
@@ -68,7 +68,7 @@ export async function readRegularFile (path: string, opts: ReadRegularOptions): 
 }
 
 /** Replace a file atomically: write a temp file, fsync, rename, fsync the folder. */
-export async function writeFileAtomic (path: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Date.now()}`
   const fh = await open(tmp, 'w', 0o644)
   try {
@@ -79,5 +79,11 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array):
   }
   await rename(tmp, path)
   const dir = await open(dirname(path), 'r')
-  try { await dir.sync() } catch { /* some filesystems refuse fsync on a folder */ } finally { await dir.close() }
+  try {
+    await dir.sync()
+  } catch {
+    /* some filesystems refuse fsync on a folder */
+  } finally {
+    await dir.close()
+  }
 }

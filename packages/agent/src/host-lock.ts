@@ -15,23 +15,28 @@ export const SNAPSHOT_OPERATIONS = ['createSnapshot', 'removeSnapshot', 'consoli
 export class HostLocks {
   readonly #tails = new Map<string, Promise<void>>()
   /** Operations that have waited or run, per key (tests and logs). */
-  readonly stats = new Map<string, { runs: number, maxConcurrent: number, active: number, waiting: number }>()
+  readonly stats = new Map<string, { runs: number; maxConcurrent: number; active: number; waiting: number }>()
   /** called when an operation has to wait for another on the same host */
   onWait: (key: string) => void = () => {}
 
-  #stat (key: string): { runs: number, maxConcurrent: number, active: number, waiting: number } {
+  #stat(key: string): { runs: number; maxConcurrent: number; active: number; waiting: number } {
     let st = this.stats.get(key)
-    if (st === undefined) { st = { runs: 0, maxConcurrent: 0, active: 0, waiting: 0 }; this.stats.set(key, st) }
+    if (st === undefined) {
+      st = { runs: 0, maxConcurrent: 0, active: 0, waiting: 0 }
+      this.stats.set(key, st)
+    }
     return st
   }
 
   /** Run `fn` once every earlier operation on `key` has finished. */
-  async run<T> (key: string, fn: () => Promise<T>): Promise<T> {
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const st = this.#stat(key)
     const queued = this.#tails.has(key)
     const prev = this.#tails.get(key) ?? Promise.resolve()
     let release!: () => void
-    const mine = new Promise<void>((resolve) => { release = resolve })
+    const mine = new Promise<void>((resolve) => {
+      release = resolve
+    })
     const tail = prev.then(() => mine)
     this.#tails.set(key, tail)
     if (queued) {
@@ -54,7 +59,7 @@ export class HostLocks {
 }
 
 /** The lock key of a driver: its host (`esxi:esx01.example.net`), or undefined when operations need no serialising (local). */
-export function hostLockKey (driver: HypervisorDriver): string | undefined {
+export function hostLockKey(driver: HypervisorDriver): string | undefined {
   return driver.host === undefined ? undefined : `${driver.name}:${driver.host}`
 }
 
@@ -62,12 +67,12 @@ export function hostLockKey (driver: HypervisorDriver): string | undefined {
  * `driver` with its snapshot operations serialised per host through `locks`.
  * A driver without a host (the local driver: every VM's files are its own) is returned as it is.
  */
-export function withHostLock<D extends HypervisorDriver> (driver: D, locks: HostLocks): D {
+export function withHostLock<D extends HypervisorDriver>(driver: D, locks: HostLocks): D {
   const key = hostLockKey(driver)
   if (key === undefined) return driver
   const serialised = new Set<PropertyKey>(SNAPSHOT_OPERATIONS)
   return new Proxy(driver, {
-    get (target, prop, receiver) {
+    get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver) as unknown
       if (typeof v !== 'function') return v
       const fn = v as (...a: unknown[]) => unknown

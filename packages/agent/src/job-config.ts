@@ -9,6 +9,6 @@ import { loadJob, type VmJob } from './job/load-job.ts'
  * Read and validate a job file into one init per VM (tokens read from their files).
  * @throws ConfigError (AgentError `E_CONFIG`) listing every problem
  */
-export async function loadJobConfig (file: string): Promise<VmJob[]> {
+export async function loadJobConfig(file: string): Promise<VmJob[]> {
   return [...(await loadJob({ file })).vms]
 }

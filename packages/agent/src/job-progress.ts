@@ -52,11 +52,11 @@ export interface JobProgressState {
 /** Something that shows the job's progress. */
 export interface ProgressView {
   /** the state changed (views throttle their own output) */
-  update (state: JobProgressState): void
+  update(state: JobProgressState): void
   /** a VM finished (its result is final) */
-  vmFinished (vm: VmReport, state: JobProgressState): void
+  vmFinished(vm: VmReport, state: JobProgressState): void
   /** the job ended: leave the terminal clean */
-  close (state: JobProgressState): void
+  close(state: JobProgressState): void
 }
 
 interface VmTrack {
@@ -71,7 +71,7 @@ interface VmTrack {
 }
 
 /** What to call a VM before its own name is known: a .vmx path by its file name. */
-function shortName (ref: string): string {
+function shortName(ref: string): string {
   return /\.vmx$/i.test(ref) ? (ref.split('/').pop() ?? ref).replace(/\.vmx$/i, '') : ref
 }
 
@@ -84,32 +84,32 @@ export class JobProgress {
   readonly #view: ProgressView
   readonly #now: () => number
   readonly #t0: number
-  readonly #samples: Array<{ t: number, done: number }> = []
+  readonly #samples: Array<{ t: number; done: number }> = []
   #failed = 0
   #closed = false
 
   /** @param names what the job names each VM (shown until the VM's own name is known) */
-  constructor (names: readonly string[], view: ProgressView, now: () => number = () => performance.now()) {
+  constructor(names: readonly string[], view: ProgressView, now: () => number = () => performance.now()) {
     this.#vms = names.map((n) => ({ name: shortName(n), started: false, finished: false, planned: false, disks: new Map(), finalDone: 0, finalTotal: 0 }))
     this.#view = view
     this.#now = now
     this.#t0 = now()
   }
 
-  #vm (index: number): VmTrack {
+  #vm(index: number): VmTrack {
     const v = this.#vms[index]
     if (v === undefined) throw new RangeError(`no VM ${index} in this job`)
     return v
   }
 
   /** VM `index` started. */
-  vmStarted (index: number): void {
+  vmStarted(index: number): void {
     this.#vm(index).started = true
     this.#emit()
   }
 
   /** A disk's progress sample of VM `index`. */
-  event (index: number, ev: ProgressEvent): void {
+  event(index: number, ev: ProgressEvent): void {
     const v = this.#vm(index)
     if (v.finished) return
     v.name = ev.vm
@@ -120,7 +120,7 @@ export class JobProgress {
   }
 
   /** VM `index` finished with `report`. */
-  vmFinished (index: number, report: VmReport): void {
+  vmFinished(index: number, report: VmReport): void {
     const v = this.#vm(index)
     v.finished = true
     v.started = true
@@ -128,7 +128,12 @@ export class JobProgress {
     if (!report.ok) this.#failed++
     const covered = [...v.disks.values()].reduce((s, d) => s + d.doneBytes, 0)
     // a failed VM's remaining bytes will not be sent: it counts as what it covered
-    v.finalDone = report.ok ? Math.max(covered, report.disks.reduce((s, d) => s + d.dataBytes + d.zeroBytes, 0)) : covered
+    v.finalDone = report.ok
+      ? Math.max(
+          covered,
+          report.disks.reduce((s, d) => s + d.dataBytes + d.zeroBytes, 0),
+        )
+      : covered
     v.finalTotal = v.finalDone
     v.planned = true
     const state = this.#state()
@@ -137,31 +142,41 @@ export class JobProgress {
   }
 
   /** The job ended. */
-  close (): void {
+  close(): void {
     if (this.#closed) return
     this.#closed = true
     this.#view.close(this.#state())
   }
 
   /** The current state. */
-  state (): JobProgressState { return this.#state() }
+  state(): JobProgressState {
+    return this.#state()
+  }
 
-  #emit (): void {
+  #emit(): void {
     if (!this.#closed) this.#view.update(this.#state())
   }
 
-  #state (): JobProgressState {
+  #state(): JobProgressState {
     const t = this.#now()
     let done = 0
     let planned = 0
     let plannedVms = 0
     const running: RunningVm[] = []
     for (const [index, v] of this.#vms.entries()) {
-      if (v.finished) { done += v.finalDone; planned += v.finalTotal; plannedVms++; continue }
+      if (v.finished) {
+        done += v.finalDone
+        planned += v.finalTotal
+        plannedVms++
+        continue
+      }
       const disks = [...v.disks.values()]
       const vDone = disks.reduce((s, d) => s + d.doneBytes, 0)
       done += vDone
-      if (v.planned) { planned += disks.reduce((s, d) => s + d.totalBytes, 0); plannedVms++ }
+      if (v.planned) {
+        planned += disks.reduce((s, d) => s + d.totalBytes, 0)
+        plannedVms++
+      }
       if (v.started) running.push({ index, name: v.name, disks })
     }
     const unplanned = this.#vms.length - plannedVms
@@ -170,7 +185,7 @@ export class JobProgress {
     const last = this.#samples[this.#samples.length - 1]
     if (last === undefined || last.done !== done || t - last.t > 1000) this.#samples.push({ t, done })
     while (this.#samples.length > 2 && t - (this.#samples[0] as { t: number }).t > RATE_WINDOW_MS) this.#samples.shift()
-    const first = this.#samples[0] as { t: number, done: number }
+    const first = this.#samples[0] as { t: number; done: number }
     const dt = (t - first.t) / 1000
     const rate = dt > 0.2 ? Math.max(0, (done - first.done) / dt) : 0
     const left = Math.max(0, total - done)
@@ -184,7 +199,7 @@ export class JobProgress {
       totalBytes: total,
       estimated: unplanned > 0,
       rate,
-      etaSeconds: vmsDone === this.#vms.length || (left === 0 && unplanned === 0) ? 0 : rate > 0 && (plannedVms > 0) ? left / rate : undefined,
+      etaSeconds: vmsDone === this.#vms.length || (left === 0 && unplanned === 0) ? 0 : rate > 0 && plannedVms > 0 ? left / rate : undefined,
       elapsedMs: t - this.#t0,
     }
   }

@@ -31,7 +31,7 @@ export interface RunJobOptions {
 }
 
 /** Write the report atomically (a reader never sees half a file). */
-export async function writeReportFile (path: string, report: ReplicationReport): Promise<void> {
+export async function writeReportFile(path: string, report: ReplicationReport): Promise<void> {
   await mkdir(dirname(path), { recursive: true })
   const tmp = `${path}.${process.pid}.tmp`
   await writeFile(tmp, JSON.stringify(report, null, 2) + '\n')
@@ -39,7 +39,7 @@ export async function writeReportFile (path: string, report: ReplicationReport):
 }
 
 /** Run a job: replicate, write the report, notify. Never throws for a failed VM; the report says. */
-export async function runJob (components: { logger: Logger }, job: Job, opts: RunJobOptions = {}): Promise<ReplicationReport> {
+export async function runJob(components: { logger: Logger }, job: Job, opts: RunJobOptions = {}): Promise<ReplicationReport> {
   const log = components.logger
   const report = await replicateMany(components, job.vms, {
     parallel: job.parallel,

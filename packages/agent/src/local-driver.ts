@@ -7,7 +7,7 @@
  */
 import { readdir } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
-import type { HypervisorDriver, SnapshotRef, VmDisk, VmHandle } from './driver.ts'
+import type { HypervisorDriver, SnapshotRef, VmDisk } from './driver.ts'
 import { parseGrainlineSnapshotName } from './driver.ts'
 import { AgentError } from './errors.ts'
 import { MAX_CONFIG_BYTES, readRegularFile, writeFileAtomic } from './fs-util.ts'
@@ -23,11 +23,11 @@ export interface LocalDriverInit {
   readonly datastoreType?: string
 }
 
-function vmsdPath (vmxPath: string): string {
+function vmsdPath(vmxPath: string): string {
   return vmxPath.replace(/\.vmx$/i, '') + '.vmsd'
 }
 
-async function readVmsd (vmxPath: string): Promise<Vmsd> {
+async function readVmsd(vmxPath: string): Promise<Vmsd> {
   let text = ''
   try {
     text = (await readRegularFile(vmsdPath(vmxPath), { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
@@ -37,18 +37,20 @@ async function readVmsd (vmxPath: string): Promise<Vmsd> {
   return parseVmsd(text)
 }
 
-function toRef (s: Vmsd['snapshots'][number]): SnapshotRef {
+function toRef(s: Vmsd['snapshots'][number]): SnapshotRef {
   const cycle = parseGrainlineSnapshotName(s.displayName)
   return { id: String(s.uid), name: s.displayName, grainline: cycle > 0, cycle, disks: s.disks.map((d) => ({ node: d.node, fileName: d.fileName })) }
 }
 
 /** `web01_1-000003.vmdk` → `web01_1` */
-function diskStem (fileName: string): string {
-  return basename(fileName).replace(/\.vmdk$/i, '').replace(/-\d{6}$/, '')
+function diskStem(fileName: string): string {
+  return basename(fileName)
+    .replace(/\.vmdk$/i, '')
+    .replace(/-\d{6}$/, '')
 }
 
 /** Create the local driver. */
-export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver {
+export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver {
   const format = init.deltaFormat ?? 'sesparse'
   const datastoreType = init.datastoreType ?? 'local'
   // one snapshot operation at a time per VM folder within this process
@@ -57,13 +59,17 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
     const prev = locks.get(key) ?? Promise.resolve()
     const next = prev.catch(() => {}).then(fn)
     locks.set(key, next)
-    try { return await next } finally { if (locks.get(key) === next) locks.delete(key) }
+    try {
+      return await next
+    } finally {
+      if (locks.get(key) === next) locks.delete(key)
+    }
   }
 
   const driver: HypervisorDriver = {
     name: 'local',
 
-    async openVm (ref) {
+    async openVm(ref) {
       const vmxPath = resolve(ref)
       let text: string
       try {
@@ -78,18 +84,18 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
       return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType }
     },
 
-    async listSnapshots (vm) {
+    async listSnapshots(vm) {
       const db = await readVmsd(vm.vmxPath)
       return db.snapshots.map(toRef)
     },
 
-    async createSnapshot (vm, name) {
+    async createSnapshot(vm, name) {
       return await locked(vm.vmxPath, async () => {
         const fresh = await driver.openVm(vm.vmxPath)
         if (fresh.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk to snapshot`)
         const db = await readVmsd(fresh.vmxPath)
         const existing = new Set((await readdir(fresh.dir)).map((f) => f.toLowerCase()))
-        const created: Array<{ node: string, parent: string, child: string }> = []
+        const created: Array<{ node: string; parent: string; child: string }> = []
         for (const d of fresh.disks) {
           const stem = diskStem(d.fileName)
           let n = 1
@@ -117,7 +123,10 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
           displayName: name,
           filename: `${stemVm}-Snapshot${uid}.vmsn`,
           disks: created.map((c) => ({ node: c.node, fileName: c.parent })),
-          extra: [['createTimeHigh', String(Math.floor(Date.now() * 1000 / 2 ** 32))], ['createTimeLow', String((Date.now() * 1000) % 2 ** 32)]],
+          extra: [
+            ['createTimeHigh', String(Math.floor((Date.now() * 1000) / 2 ** 32))],
+            ['createTimeLow', String((Date.now() * 1000) % 2 ** 32)],
+          ],
         })
         db.lastUID = uid
         db.current = uid
@@ -128,7 +137,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
       })
     },
 
-    async removeSnapshot (vm, snap) {
+    async removeSnapshot(vm, snap) {
       await locked(vm.vmxPath, async () => {
         const fresh = await driver.openVm(vm.vmxPath)
         const db = await readVmsd(fresh.vmxPath)
@@ -175,7 +184,7 @@ export function createLocalDriver (init: LocalDriverInit = {}): HypervisorDriver
       })
     },
 
-    resolvePath (vm, path) {
+    resolvePath(vm, path) {
       return isAbsolute(path) ? path : join(vm.dir, path)
     },
   }

@@ -25,7 +25,7 @@ const PREFERRED_BAR = 12
 const MIN_NAME = 16
 
 /** `m:ss`, `h:mm:ss` up to 99 hours, else `>4d`. */
-export function formatEta (s: number | undefined): string {
+export function formatEta(s: number | undefined): string {
   if (s === undefined || !Number.isFinite(s) || s < 0) return '--:--'
   const total = Math.round(s)
   const h = Math.floor(total / 3600)
@@ -36,13 +36,13 @@ export function formatEta (s: number | undefined): string {
 }
 
 /** Cut `s` to `n` columns with an ellipsis. */
-export function truncate (s: string, n: number): string {
+export function truncate(s: string, n: number): string {
   if (n <= 0) return ''
   if (s.length <= n) return s
   return n === 1 ? '…' : s.slice(0, n - 1) + '…'
 }
 
-function bar (fraction: number, width: number): string {
+function bar(fraction: number, width: number): string {
   const inner = width - 2
   const f = Math.min(1, Math.max(0, fraction))
   const full = Math.floor(f * inner)
@@ -52,14 +52,21 @@ function bar (fraction: number, width: number): string {
 const PHASE_WORDS: Readonly<Record<string, string>> = { plan: 'queued', end: 'sealing', commit: 'committing', check: 'checking', done: 'done' }
 
 /** One row to lay out: a name, a fraction, and the right-hand fields. */
-interface Row { readonly name: string, readonly vm?: string, readonly fraction: number, readonly pct: string, readonly rate: string, readonly eta: string }
+interface Row {
+  readonly name: string
+  readonly vm?: string
+  readonly fraction: number
+  readonly pct: string
+  readonly rate: string
+  readonly eta: string
+}
 
 /** A disk's name beside its VM's: `web 01.vmdk` under `web 01` reads `….vmdk` (the VM name is already on the line). */
-export function diskLabel (vm: string, disk: string): string {
+export function diskLabel(vm: string, disk: string): string {
   return disk.startsWith(vm) && disk.length > vm.length ? `…${disk.slice(vm.length)}` : disk
 }
 
-function rowOfDisk (d: DiskProgressState): Row {
+function rowOfDisk(d: DiskProgressState): Row {
   const fraction = d.totalBytes > 0 ? d.doneBytes / d.totalBytes : 1
   const busy = d.phase === 'send'
   return {
@@ -75,7 +82,7 @@ function rowOfDisk (d: DiskProgressState): Row {
 /** Terminals at least this wide also show the job's bytes on its line. */
 const JOB_BYTES_COLUMNS = 100
 
-function rowOfJob (s: JobProgressState, width: number): Row {
+function rowOfJob(s: JobProgressState, width: number): Row {
   const fraction = s.totalBytes > 0 ? s.doneBytes / s.totalBytes : s.vmsDone === s.vmsTotal ? 1 : 0
   const approx = s.estimated ? '~' : ''
   const bytes = width >= JOB_BYTES_COLUMNS ? `, ${formatBytes(s.doneBytes)} of ${approx}${formatBytes(s.totalBytes)}` : ''
@@ -94,7 +101,7 @@ function rowOfJob (s: JobProgressState, width: number): Row {
  * `columns - 1` characters (never the last column: no auto-wrap);
  * `columns` of 0 or undefined means {@link FALLBACK_COLUMNS}.
  */
-export function progressLines (state: JobProgressState, columns: number | undefined): string[] {
+export function progressLines(state: JobProgressState, columns: number | undefined): string[] {
   const width = (columns !== undefined && columns > 0 ? columns : FALLBACK_COLUMNS) - 1
   const rows: Row[] = []
   for (const vm of state.running) {
@@ -111,7 +118,7 @@ export function progressLines (state: JobProgressState, columns: number | undefi
   const pctW = Math.max(...rows.map((r) => r.pct.length))
   const rateW = Math.max(...rows.map((r) => r.rate.length))
   const etaW = Math.max(...rows.map((r) => r.eta.length))
-  const names = rows.map((r) => r.vm === undefined ? r.name : `${r.vm} ${r.name}`)
+  const names = rows.map((r) => (r.vm === undefined ? r.name : `${r.vm} ${r.name}`))
   const nameMax = Math.max(...names.map((n) => n.length))
   // what fits: drop the bar first, then the rate, then the ETA
   const layouts = [
@@ -147,7 +154,7 @@ export function progressLines (state: JobProgressState, columns: number | undefi
 }
 
 /** The permanent line of a finished VM. */
-export function vmResultLine (vm: VmReport, columns: number | undefined): string {
+export function vmResultLine(vm: VmReport, columns: number | undefined): string {
   const width = (columns !== undefined && columns > 0 ? columns : FALLBACK_COLUMNS) - 1
   const changed = vm.disks.reduce((s, d) => s + d.dataBytes + d.zeroBytes, 0)
   const sent = vm.disks.reduce((s, d) => s + d.wireBytes, 0)
@@ -179,27 +186,27 @@ export class TtyProgressView implements ProgressView {
   #lastDraw = -Infinity
   #closed = false
 
-  constructor (stream: NodeJS.WritableStream & { columns?: number }, init: TtyProgressViewInit = {}) {
+  constructor(stream: NodeJS.WritableStream & { columns?: number }, init: TtyProgressViewInit = {}) {
     this.#stream = stream
     this.#minInterval = init.minIntervalMs ?? 100
     this.#now = init.now ?? (() => performance.now())
   }
 
   /** Move to the top of the live block and erase it (as a string to write). */
-  #erase (): string {
+  #erase(): string {
     if (this.#shown === 0) return ''
     const s = `\r${ESC}${this.#shown}A${ESC}J`
     this.#shown = 0
     return s
   }
 
-  #block (state: JobProgressState): string {
+  #block(state: JobProgressState): string {
     const lines = progressLines(state, this.#stream.columns)
     this.#shown = lines.length
     return lines.map((l) => `${ESC}2K${l}\n`).join('')
   }
 
-  update (state: JobProgressState): void {
+  update(state: JobProgressState): void {
     this.#last = state
     if (this.#closed) return
     const t = this.#now()
@@ -208,7 +215,7 @@ export class TtyProgressView implements ProgressView {
     this.#stream.write(this.#erase() + this.#block(state))
   }
 
-  vmFinished (vm: VmReport, state: JobProgressState): void {
+  vmFinished(vm: VmReport, state: JobProgressState): void {
     this.#last = state
     if (this.#closed) return
     this.#lastDraw = this.#now()
@@ -216,13 +223,16 @@ export class TtyProgressView implements ProgressView {
   }
 
   /** Write `text` above the live block (log lines, messages). */
-  print (text: string): void {
+  print(text: string): void {
     const body = text.endsWith('\n') ? text : text + '\n'
-    if (this.#closed || this.#last === undefined) { this.#stream.write(body); return }
+    if (this.#closed || this.#last === undefined) {
+      this.#stream.write(body)
+      return
+    }
     this.#stream.write(this.#erase() + body + this.#block(this.#last))
   }
 
-  close (state: JobProgressState): void {
+  close(state: JobProgressState): void {
     if (this.#closed) return
     this.#closed = true
     this.#last = state

@@ -31,12 +31,12 @@ export class DiskProgress {
   totalBytes = 0
   doneBytes = 0
   wireBytes = 0
-  readonly #samples: Array<{ t: number, bytes: number }> = []
+  readonly #samples: Array<{ t: number; bytes: number }> = []
   readonly #sink: ProgressSink
   #lastEmit = 0
   readonly #intervalMs: number
 
-  constructor (vm: string, disk: string, sink: ProgressSink, intervalMs = 250) {
+  constructor(vm: string, disk: string, sink: ProgressSink, intervalMs = 250) {
     this.vm = vm
     this.disk = disk
     this.#sink = sink
@@ -44,13 +44,13 @@ export class DiskProgress {
   }
 
   /** Record progress; emits at most every `intervalMs` unless `force`. */
-  update (phase: ProgressEvent['phase'], force = false): void {
+  update(phase: ProgressEvent['phase'], force = false): void {
     const t = performance.now()
     this.#samples.push({ t, bytes: this.doneBytes })
     while (this.#samples.length > 2 && t - (this.#samples[0] as { t: number }).t > 5000) this.#samples.shift()
     if (!force && t - this.#lastEmit < this.#intervalMs) return
     this.#lastEmit = t
-    const first = this.#samples[0] as { t: number, bytes: number }
+    const first = this.#samples[0] as { t: number; bytes: number }
     const dt = (t - first.t) / 1000
     const rate = dt > 0.05 ? (this.doneBytes - first.bytes) / dt : 0
     const left = this.totalBytes - this.doneBytes

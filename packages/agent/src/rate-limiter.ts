@@ -24,7 +24,7 @@ export interface RateLimiter {
 }
 
 /** Create a token bucket limiter. */
-export function createRateLimiter (init: RateLimiterInit): RateLimiter {
+export function createRateLimiter(init: RateLimiterInit): RateLimiter {
   const rate = init.rate
   const unlimited = !(rate > 0) || !Number.isFinite(rate)
   const burst = init.burst ?? rate / 5
@@ -40,7 +40,7 @@ export function createRateLimiter (init: RateLimiterInit): RateLimiter {
     last = t
   }
 
-  async function takeNow (bytes: number, signal?: AbortSignal): Promise<void> {
+  async function takeNow(bytes: number, signal?: AbortSignal): Promise<void> {
     refill()
     tokens -= bytes
     while (tokens < 0) {
@@ -57,7 +57,7 @@ export function createRateLimiter (init: RateLimiterInit): RateLimiter {
 
   return {
     rate: unlimited ? Infinity : rate,
-    take (bytes, opts = {}) {
+    take(bytes, opts = {}) {
       if (unlimited || bytes <= 0) return Promise.resolve()
       const p = queue.then(() => takeNow(bytes, opts.signal))
       queue = p.catch(() => {})
@@ -66,10 +66,16 @@ export function createRateLimiter (init: RateLimiterInit): RateLimiter {
   }
 }
 
-function sleep (ms: number, signal?: AbortSignal): Promise<void> {
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-    const onAbort = (): void => { clearTimeout(timer); reject(signal?.reason as Error) }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = (): void => {
+      clearTimeout(timer)
+      reject(signal?.reason as Error)
+    }
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }

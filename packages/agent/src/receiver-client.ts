@@ -11,9 +11,22 @@
  */
 import {
   MessageKind,
-  type CertifyMessage, type CertifyResultMessage, type CommittedMessage, type DiskEndMessage, type DiskOpenMessage,
-  type DiskStateMessage, type ExtentAckMessage, type ExtentMessage, type HelloMessage, type Message, type RolledBackMessage,
-  type TrivialCheckMessage, type TrivialResultMessage, type VmOpenMessage, type VmStateMessage, type WelcomeMessage,
+  type CertifyMessage,
+  type CertifyResultMessage,
+  type CommittedMessage,
+  type DiskEndMessage,
+  type DiskOpenMessage,
+  type DiskStateMessage,
+  type ExtentAckMessage,
+  type ExtentMessage,
+  type HelloMessage,
+  type Message,
+  type RolledBackMessage,
+  type TrivialCheckMessage,
+  type TrivialResultMessage,
+  type VmOpenMessage,
+  type VmStateMessage,
+  type WelcomeMessage,
 } from '@grainline/protocol'
 import { Connection, ConnectionLost, type ConnectOptions } from './connection.ts'
 import { AgentError } from './errors.ts'
@@ -28,12 +41,10 @@ export interface Refusal {
 }
 
 /** The reply to a request, or the receiver's refusal. */
-export type Reply<T> = { readonly ok: true, readonly value: T } | { readonly ok: false, readonly refusal: Refusal }
+export type Reply<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly refusal: Refusal }
 
 /** The reply to a DiskOpen: accepted (with the resume point) or refused (with the mirror's committed facts). */
-export type DiskOpenReply =
-  | { readonly ok: true, readonly value: DiskStateMessage }
-  | { readonly ok: false, readonly refusal: Refusal, readonly state?: DiskStateMessage }
+export type DiskOpenReply = { readonly ok: true; readonly value: DiskStateMessage } | { readonly ok: false; readonly refusal: Refusal; readonly state?: DiskStateMessage }
 
 // receiver Errors that end the connection but are worth a reconnect (SPEC §7): another session holds
 // the VM, the receiver is shutting down, or it timed the connection out (the agent was slow to send)
@@ -46,48 +57,58 @@ export class ReceiverClient {
   readonly #conn: Connection
   readonly #signal: AbortSignal | undefined
 
-  private constructor (conn: Connection, signal: AbortSignal | undefined) {
+  private constructor(conn: Connection, signal: AbortSignal | undefined) {
     this.#conn = conn
     this.#signal = signal
   }
 
   /** Connect (TLS, bearer token, subprotocol) and wait for the upgrade. */
-  static async connect (opts: ConnectOptions): Promise<ReceiverClient> {
+  static async connect(opts: ConnectOptions): Promise<ReceiverClient> {
     return new ReceiverClient(await Connection.open(opts), opts.signal)
   }
 
   /** Called for every ExtentAck (acks are never queued). */
-  set onAck (fn: (ack: ExtentAckMessage) => void) { this.#conn.onAck = fn }
+  set onAck(fn: (ack: ExtentAckMessage) => void) {
+    this.#conn.onAck = fn
+  }
 
   /** A promise that rejects when the connection fails (for racing window waits). */
-  failed (): Promise<never> { return this.#conn.failed() }
+  failed(): Promise<never> {
+    return this.#conn.failed()
+  }
 
   /** Fail the connection with `err`: every pending and later request gets it. */
-  abort (err: Error): void { this.#conn.abort(err) }
+  abort(err: Error): void {
+    this.#conn.abort(err)
+  }
 
   /** Drop the connection now. */
-  terminate (): void { this.#conn.terminate() }
+  terminate(): void {
+    this.#conn.terminate()
+  }
 
   /** Graceful close (1000). */
-  async close (): Promise<void> { await this.#conn.close() }
+  async close(): Promise<void> {
+    await this.#conn.close()
+  }
 
   /** Hello → Welcome (the negotiated digest, compression and limits). */
-  async hello (msg: Omit<HelloMessage, 'kind'>): Promise<Reply<WelcomeMessage>> {
+  async hello(msg: Omit<HelloMessage, 'kind'>): Promise<Reply<WelcomeMessage>> {
     return await this.#request({ kind: MessageKind.Hello, ...msg }, MessageKind.Welcome)
   }
 
   /** VmOpen → VmState (the mirror's committed and in-flight cycles). */
-  async vmOpen (msg: Omit<VmOpenMessage, 'kind'>): Promise<Reply<VmStateMessage>> {
+  async vmOpen(msg: Omit<VmOpenMessage, 'kind'>): Promise<Reply<VmStateMessage>> {
     return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState)
   }
 
   /** Rollback → RolledBack: the receiver undoes its in-flight cycle. */
-  async rollback (vm: string): Promise<Reply<RolledBackMessage>> {
+  async rollback(vm: string): Promise<Reply<RolledBackMessage>> {
     return await this.#request({ kind: MessageKind.Rollback, vm }, MessageKind.RolledBack)
   }
 
   /** DiskOpen → DiskState; a refused DiskState is a refusal carrying the mirror's committed facts. */
-  async openDisk (msg: Omit<DiskOpenMessage, 'kind'>): Promise<DiskOpenReply> {
+  async openDisk(msg: Omit<DiskOpenMessage, 'kind'>): Promise<DiskOpenReply> {
     const r = await this.#request({ kind: MessageKind.DiskOpen, ...msg }, MessageKind.DiskState)
     if (!r.ok) return r
     if (r.value.disk !== msg.disk) throw this.#protocol(`DiskState for disk ${r.value.disk}, expected ${msg.disk}`)
@@ -96,12 +117,12 @@ export class ReceiverClient {
   }
 
   /** Send one Extent (flow control is the caller's: the window and the rate limit). */
-  async sendExtent (msg: Omit<ExtentMessage, 'kind'>): Promise<void> {
+  async sendExtent(msg: Omit<ExtentMessage, 'kind'>): Promise<void> {
     await this.#conn.send({ kind: MessageKind.Extent, ...msg })
   }
 
   /** DiskEnd → DiskEnded: the disk is sealed. */
-  async endDisk (msg: Omit<DiskEndMessage, 'kind'>): Promise<Reply<void>> {
+  async endDisk(msg: Omit<DiskEndMessage, 'kind'>): Promise<Reply<void>> {
     const r = await this.#request({ kind: MessageKind.DiskEnd, ...msg }, MessageKind.DiskEnded)
     if (!r.ok) return r
     if (r.value.disk !== msg.disk) throw this.#protocol(`DiskEnded for disk ${r.value.disk}, expected ${msg.disk}`)
@@ -109,32 +130,32 @@ export class ReceiverClient {
   }
 
   /** Commit → Committed: every sealed disk of the cycle is committed at once. */
-  async commit (vm: string, cycle: number, opts: { abortable?: boolean } = {}): Promise<Reply<CommittedMessage>> {
+  async commit(vm: string, cycle: number, opts: { abortable?: boolean } = {}): Promise<Reply<CommittedMessage>> {
     return await this.#request({ kind: MessageKind.Commit, vm, cycle }, MessageKind.Committed, undefined, opts.abortable ?? true)
   }
 
   /** TrivialCheck → TrivialResult. */
-  async trivialCheck (msg: Omit<TrivialCheckMessage, 'kind'>): Promise<Reply<TrivialResultMessage>> {
+  async trivialCheck(msg: Omit<TrivialCheckMessage, 'kind'>): Promise<Reply<TrivialResultMessage>> {
     const r = await this.#request({ kind: MessageKind.TrivialCheck, ...msg }, MessageKind.TrivialResult)
     if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`TrivialResult for disk ${r.value.disk}, expected ${msg.disk}`)
     return r
   }
 
   /** Certify → CertifyResult; the receiver digests the whole mirror, so the wait is `timeoutMs`. */
-  async certify (msg: Omit<CertifyMessage, 'kind'>, timeoutMs: number): Promise<Reply<CertifyResultMessage>> {
+  async certify(msg: Omit<CertifyMessage, 'kind'>, timeoutMs: number): Promise<Reply<CertifyResultMessage>> {
     const r = await this.#request({ kind: MessageKind.Certify, ...msg }, MessageKind.CertifyResult, timeoutMs)
     if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`CertifyResult for disk ${r.value.disk}, expected ${msg.disk}`)
     return r
   }
 
-  #protocol (message: string): AgentError {
+  #protocol(message: string): AgentError {
     const err = new AgentError('E_PROTOCOL', message)
     this.#conn.abort(err)
     return err
   }
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #request<K extends Message['kind']> (msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
+  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
     await this.#conn.send(msg)
     const m = await this.#conn.receive({ ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
     if (m.kind === kind) return { ok: true, value: m as Of<K> }
@@ -152,7 +173,7 @@ export class ReceiverClient {
  * a refused disk (`disk: true`), `E_REMOTE` for an Error message; the
  * receiver's code is kept as `remoteCode`.
  */
-export function refusalError (what: string, refusal: Refusal, opts: { disk?: boolean } = {}): AgentError {
+export function refusalError(what: string, refusal: Refusal, opts: { disk?: boolean } = {}): AgentError {
   const advice = REFUSAL_ADVICE[refusal.code]
   if (opts.disk === true) return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}${advice === undefined ? '' : `: ${advice}`}`, { remoteCode: refusal.code })
   if (advice !== undefined) return new AgentError('E_REFUSED', `${what}: the receiver refused (${refusal.code}: ${refusal.message}): ${advice}`, { remoteCode: refusal.code })
@@ -161,11 +182,11 @@ export function refusalError (what: string, refusal: Refusal, opts: { disk?: boo
 
 /** What the operator does about a refusal no retry can change (SPEC §7 codes). */
 const REFUSAL_ADVICE: Readonly<Record<string, string>> = {
-  E_FORBIDDEN: 'this token may not replicate the VM: add the VM\'s name (or a glob matching it) to the token\'s "vms" in the receiver\'s tokens file',
+  E_FORBIDDEN: "this token may not replicate the VM: add the VM's name (or a glob matching it) to the token's \"vms\" in the receiver's tokens file",
   E_HELD: 'a hold on the mirror (an open restore point, a failover test) forbids changing it: release it on the receiver',
   E_INCOMPATIBLE: 'the mirror was made from another virtual hardware version or datastore type: move the mirror folder away on the receiver to seed a new one',
   E_QUOTA: 'the token\'s store quota would be exceeded: raise "quota" in the receiver\'s tokens file or free space in the store',
-  E_NO_SPACE: 'the receiver\'s store is full: free space there',
+  E_NO_SPACE: "the receiver's store is full: free space there",
   E_VERSION: 'no common protocol version: upgrade the older side',
   E_BAD_NAME: 'a VM, disk or file name is not a safe path component on the receiver: rename it',
 }

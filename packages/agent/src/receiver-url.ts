@@ -9,7 +9,7 @@ import { isIP } from 'node:net'
 import { AgentError } from './errors.ts'
 
 /** True for `localhost`, `127.0.0.0/8`, `::1` and IPv4-mapped loopback (`::ffff:127.x.y.z`). */
-export function isLoopbackHost (hostname: string): boolean {
+export function isLoopbackHost(hostname: string): boolean {
   const h = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase()
   if (h === 'localhost' || h.endsWith('.localhost')) return true
   if (isIP(h) === 4) return h.startsWith('127.')
@@ -22,7 +22,7 @@ export function isLoopbackHost (hostname: string): boolean {
  * loopback host unless `insecurePlaintext` is set.
  * @throws AgentError `E_CONFIG` (not a ws:// or wss:// URL) or `E_INSECURE` (plain text to a non-loopback host)
  */
-export function checkReceiverUrl (url: string, opts: { insecurePlaintext?: boolean } = {}): URL {
+export function checkReceiverUrl(url: string, opts: { insecurePlaintext?: boolean } = {}): URL {
   let u: URL
   try {
     u = new URL(url)
@@ -32,7 +32,10 @@ export function checkReceiverUrl (url: string, opts: { insecurePlaintext?: boole
   if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new AgentError('E_CONFIG', `receiver URL must be ws:// or wss://, got ${u.protocol}`)
   if (u.username !== '' || u.password !== '') throw new AgentError('E_CONFIG', 'receiver URL must not carry credentials (the token comes from the token file)')
   if (u.protocol === 'ws:' && !isLoopbackHost(u.hostname) && opts.insecurePlaintext !== true) {
-    throw new AgentError('E_INSECURE', `refusing to send the token in clear text to ${u.host} over ws:// (SPEC §1.2): use wss:// (with --ca for a private certificate), or --insecure-plaintext / job "insecurePlaintext": true on a network you trust`)
+    throw new AgentError(
+      'E_INSECURE',
+      `refusing to send the token in clear text to ${u.host} over ws:// (SPEC §1.2): use wss:// (with --ca for a private certificate), or --insecure-plaintext / job "insecurePlaintext": true on a network you trust`,
+    )
   }
   return u
 }

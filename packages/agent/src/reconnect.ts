@@ -30,17 +30,26 @@ export interface ReconnectInit {
 }
 
 /** The delay before retry number `attempt` (0-based): `min(2^attempt × 100, max)` plus `jitter` (0…1) × half of it. */
-export function backoffDelay (attempt: number, maxBackoffMs: number, jitter: number): number {
+export function backoffDelay(attempt: number, maxBackoffMs: number, jitter: number): number {
   const base = Math.min(2 ** attempt * 100, maxBackoffMs)
   return base + jitter * base * 0.5
 }
 
 /** Wait `ms`; rejects with `E_ABORTED` when `signal` aborts first. */
-export function sleep (ms: number, signal?: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted === true) { reject(new AgentError('E_ABORTED', 'aborted')); return }
-    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve() }, ms)
-    const onAbort = (): void => { clearTimeout(t); reject(new AgentError('E_ABORTED', 'aborted')) }
+    if (signal?.aborted === true) {
+      reject(new AgentError('E_ABORTED', 'aborted'))
+      return
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = (): void => {
+      clearTimeout(t)
+      reject(new AgentError('E_ABORTED', 'aborted'))
+    }
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }
@@ -52,14 +61,14 @@ export class Reconnector {
   readonly #random: () => number
   #lastConnected = -Infinity
 
-  constructor (init: ReconnectInit) {
+  constructor(init: ReconnectInit) {
     this.#init = init
     this.#now = init.now ?? (() => performance.now())
     this.#random = init.random ?? Math.random
   }
 
   /** Record a successful handshake: the current outage (if any) is over. */
-  connected (): void {
+  connected(): void {
     this.#lastConnected = this.#now()
   }
 
@@ -67,7 +76,7 @@ export class Reconnector {
    * Run `fn`; when it fails with a retryable connection loss, wait and run it
    * again. Other errors pass through. After `giveUpMs` of outage: `E_GAVE_UP`.
    */
-  async run<T> (what: string, fn: () => Promise<T>): Promise<T> {
+  async run<T>(what: string, fn: () => Promise<T>): Promise<T> {
     let attempt = 0
     let outageStart: number | undefined
     for (;;) {
@@ -76,9 +85,14 @@ export class Reconnector {
       } catch (err) {
         if (!isRetryable(err)) throw err
         const t = this.#now()
-        if (outageStart === undefined || this.#lastConnected > outageStart) { outageStart = t; attempt = 0 }
+        if (outageStart === undefined || this.#lastConnected > outageStart) {
+          outageStart = t
+          attempt = 0
+        }
         if (t - outageStart > this.#init.giveUpMs) {
-          throw new AgentError('E_GAVE_UP', `${what}: receiver unreachable for ${Math.round((t - outageStart) / 1000)} s (${(err as Error).message}); the snapshot chain is left for the next run`, { cause: err })
+          throw new AgentError('E_GAVE_UP', `${what}: receiver unreachable for ${Math.round((t - outageStart) / 1000)} s (${(err as Error).message}); the snapshot chain is left for the next run`, {
+            cause: err,
+          })
         }
         const delay = backoffDelay(attempt, this.#init.maxBackoffMs, this.#random())
         this.#init.log().warn({ err: (err as Error).message, attempt: attempt + 1, delayMs: Math.round(delay) }, 'connection lost, reconnecting')

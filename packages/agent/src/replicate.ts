@@ -86,7 +86,7 @@ export interface ReplicateInit {
   /** test/demo hook: runs after commit and checks, before older snapshots are removed */
   readonly beforeRemove?: (vm: VmHandle) => Promise<void>
   /** test hook: runs after each extent is handed to the socket */
-  readonly onExtentSent?: (info: { disk: string, seq: number, wireBytes: number }) => void
+  readonly onExtentSent?: (info: { disk: string; seq: number; wireBytes: number }) => void
   /** share one rate limiter across several VMs (replicateMany does) */
   readonly rateLimiter?: RateLimiter
   /** serialise snapshot operations per host with these locks (replicateMany shares one set) */
@@ -122,7 +122,7 @@ export interface ReplicateManyOptions {
 }
 
 /** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
-function bwlimitOf (init: ReplicateInit): number {
+function _bwlimitOf(init: ReplicateInit): number {
   try {
     return parseRate(init.bwlimit ?? 0, 'bwlimit')
   } catch (err) {
@@ -134,7 +134,11 @@ function bwlimitOf (init: ReplicateInit): number {
  * One VM's cycle with a shared rate limiter, host locks and progress sink.
  * Never throws for a failed cycle; throws `E_CONFIG` for unusable options.
  */
-async function replicateVm (components: { logger: Logger }, init: ReplicateInit, shared: { rateLimiter: RateLimiter, hostLocks: HostLocks, progress: ProgressSink, signal?: AbortSignal }): Promise<VmReport> {
+async function replicateVm(
+  components: { logger: Logger },
+  init: ReplicateInit,
+  shared: { rateLimiter: RateLimiter; hostLocks: HostLocks; progress: ProgressSink; signal?: AbortSignal },
+): Promise<VmReport> {
   const logger = components.logger
   // before anything else (a driver, a snapshot, a connection): never send the token in clear
   checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
@@ -157,35 +161,38 @@ async function replicateVm (components: { logger: Logger }, init: ReplicateInit,
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
   const signal = shared.signal ?? init.signal
   try {
-    return await runVmCycle({ logger }, {
-      ref: init.vm,
-      connect: {
-        url: init.to,
-        token: init.token,
-        ...(ca !== undefined ? { ca } : {}),
-        ...(init.insecure === true ? { insecure: true } : {}),
-        ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
-        ...(init.tokenSource !== undefined ? { tokenSource: init.tokenSource } : {}),
-        ...(init.caSource !== undefined ? { caSource: init.caSource } : {}),
+    return await runVmCycle(
+      { logger },
+      {
+        ref: init.vm,
+        connect: {
+          url: init.to,
+          token: init.token,
+          ...(ca !== undefined ? { ca } : {}),
+          ...(init.insecure === true ? { insecure: true } : {}),
+          ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
+          ...(init.tokenSource !== undefined ? { tokenSource: init.tokenSource } : {}),
+          ...(init.caSource !== undefined ? { caSource: init.caSource } : {}),
+        },
+        driver: withHostLock(driver, shared.hostLocks),
+        stateDir: init.stateDir ?? defaultStateDir(),
+        certify,
+        trivialMiB,
+        rateLimiter: shared.rateLimiter,
+        compressions: compression === 'none' ? ['none'] : [compression, 'none'],
+        digests: init.digests ?? ['xxh64', 'sha256'],
+        consolidateExisting: init.consolidateExisting ?? false,
+        giveUpMs: init.giveUpMs ?? 600_000,
+        maxBackoffMs: init.maxBackoffMs ?? 30_000,
+        windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
+        maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
+        progress: shared.progress,
+        ...(signal !== undefined ? { signal } : {}),
+        ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
+        ...(init.beforeRemove !== undefined ? { beforeRemove: init.beforeRemove } : {}),
+        ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
       },
-      driver: withHostLock(driver, shared.hostLocks),
-      stateDir: init.stateDir ?? defaultStateDir(),
-      certify,
-      trivialMiB,
-      rateLimiter: shared.rateLimiter,
-      compressions: compression === 'none' ? ['none'] : [compression, 'none'],
-      digests: init.digests ?? ['xxh64', 'sha256'],
-      consolidateExisting: init.consolidateExisting ?? false,
-      giveUpMs: init.giveUpMs ?? 600_000,
-      maxBackoffMs: init.maxBackoffMs ?? 30_000,
-      windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
-      maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
-      progress: shared.progress,
-      ...(signal !== undefined ? { signal } : {}),
-      ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
-      ...(init.beforeRemove !== undefined ? { beforeRemove: init.beforeRemove } : {}),
-      ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
-    })
+    )
   } finally {
     if (ownDriver) await driver.close?.()
   }
@@ -196,12 +203,12 @@ async function replicateVm (components: { logger: Logger }, init: ReplicateInit,
  * Never throws for a failed cycle: the report says what happened (`ok`, `error.code`).
  * @throws AgentError E_CONFIG for unusable options, E_INSECURE for a plain ws:// URL to a non-loopback host
  */
-export async function replicate (components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
+export async function replicate(components: { logger: Logger }, init: ReplicateInit): Promise<ReplicationReport> {
   return await replicateMany(components, [init], { parallel: 1, ...(init.signal === undefined ? {} : { signal: init.signal }) })
 }
 
 /** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
-function rateOf (v: number | string | undefined, what: string): number {
+function rateOf(v: number | string | undefined, what: string): number {
   try {
     return parseRate(v ?? 0, what)
   } catch (err) {
@@ -210,7 +217,7 @@ function rateOf (v: number | string | undefined, what: string): number {
 }
 
 /** The view of a run from its options. */
-function viewOf (components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions): ProgressView | undefined {
+function viewOf(components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions): ProgressView | undefined {
   const v = opts.view ?? inits[0]?.progress ?? 'auto'
   if (typeof v !== 'string') return v
   if (v === 'none') return undefined
@@ -220,7 +227,7 @@ function viewOf (components: { logger: Logger }, inits: readonly ReplicateInit[]
 }
 
 /** Why a run stopped, from its signal's reason. */
-function reasonOf (signal: AbortSignal): string {
+function reasonOf(signal: AbortSignal): string {
   const r = signal.reason as unknown
   return r instanceof Error ? r.message : typeof r === 'string' ? r : 'aborted'
 }
@@ -232,7 +239,7 @@ function reasonOf (signal: AbortSignal): string {
  * `E_ABORTED`; so is one that stopped at its next step.
  * @throws AgentError E_INSECURE before any VM runs when one names a plain ws:// URL to a non-loopback host
  */
-export async function replicateMany (components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions = {}): Promise<ReplicationReport> {
+export async function replicateMany(components: { logger: Logger }, inits: readonly ReplicateInit[], opts: ReplicateManyOptions = {}): Promise<ReplicationReport> {
   const startedAt = new Date().toISOString()
   // refuse the whole run before any VM starts: a plain ws:// URL to another host would send the token in clear
   for (const init of inits) checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
@@ -246,13 +253,22 @@ export async function replicateMany (components: { logger: Logger }, inits: read
     if (jobRate !== undefined) return jobRate
     const rate = rateOf(init.bwlimit, 'bwlimit')
     let rl = buckets.get(rate)
-    if (rl === undefined) { rl = createRateLimiter({ rate }); buckets.set(rate, rl) }
+    if (rl === undefined) {
+      rl = createRateLimiter({ rate })
+      buckets.set(rate, rl)
+    }
     return rl
   }
   const limiters = inits.map(limiterOf)
   const hostLocks = opts.hostLocks ?? new HostLocks()
   const view = inits.some((i) => i.onProgress !== undefined) ? undefined : viewOf(components, inits, opts)
-  const progress = view === undefined ? undefined : new JobProgress(inits.map((i) => i.vm), view)
+  const progress =
+    view === undefined
+      ? undefined
+      : new JobProgress(
+          inits.map((i) => i.vm),
+          view,
+        )
   const signal = opts.signal
   const vms: Array<VmReport | undefined> = inits.map(() => undefined)
   let next = 0
@@ -264,7 +280,11 @@ export async function replicateMany (components: { logger: Logger }, inits: read
       if (init === undefined) return
       if (init.signal?.aborted === true) continue
       progress?.vmStarted(index)
-      const sink: ProgressSink = init.onProgress ?? ((ev: ProgressEvent) => { progress?.event(index, ev) })
+      const sink: ProgressSink =
+        init.onProgress ??
+        ((ev: ProgressEvent) => {
+          progress?.event(index, ev)
+        })
       let r: VmReport
       try {
         r = await replicateVm(components, init, { rateLimiter: limiters[index] as RateLimiter, hostLocks, progress: sink, ...(signal === undefined ? {} : { signal }) })

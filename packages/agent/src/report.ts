@@ -24,9 +24,9 @@ export interface DiskReport {
   resumedFrom: number[]
   /** frozen layers shipped, bottom first */
   layers: ChainLayer[]
-  trivial?: { ok: boolean, prefixBytes: number, algorithm: DigestAlgorithm }
-  certify?: { ok: boolean, algorithm: DigestAlgorithm, digest: string }
-  error?: { code: string, message: string }
+  trivial?: { ok: boolean; prefixBytes: number; algorithm: DigestAlgorithm }
+  certify?: { ok: boolean; algorithm: DigestAlgorithm; digest: string }
+  error?: { code: string; message: string }
 }
 
 /** The result of one VM cycle. */
@@ -44,7 +44,7 @@ export interface VmReport {
   durationMs: number
   /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
   timings: Record<string, number>
-  error?: { code: string, message: string, remoteCode?: string }
+  error?: { code: string; message: string; remoteCode?: string }
 }
 
 /** The outcome of a run: one entry per VM. `ok` only when every disk of every VM committed and passed its checks. */
@@ -71,19 +71,19 @@ export interface NotificationResult {
 }
 
 /** A fresh VM report (nothing done yet). */
-export function emptyVmReport (ref: string): VmReport {
+export function emptyVmReport(ref: string): VmReport {
   return { ref, vm: ref, ok: false, cycle: 0, reusedSnapshot: false, reconnects: 0, disks: [], removedSnapshots: [], durationMs: 0, timings: {} }
 }
 
 /** A fresh disk report. */
-export function emptyDiskReport (name: string, node: string, capacity: number): DiskReport {
+export function emptyDiskReport(name: string, node: string, capacity: number): DiskReport {
   return { name, node, ok: false, mode: 'none', capacity, extents: 0, dataBytes: 0, zeroBytes: 0, wireBytes: 0, resumedFrom: [], layers: [] }
 }
 
 /** `{ code, message, remoteCode? }` of any thrown value (codes of typed errors pass through). */
-export function errorInfo (err: unknown): { code: string, message: string, remoteCode?: string } {
-  const e = err as { code?: unknown, message?: unknown, remoteCode?: unknown }
-  const out: { code: string, message: string, remoteCode?: string } = {
+export function errorInfo(err: unknown): { code: string; message: string; remoteCode?: string } {
+  const e = err as { code?: unknown; message?: unknown; remoteCode?: unknown }
+  const out: { code: string; message: string; remoteCode?: string } = {
     code: typeof e.code === 'string' ? e.code : 'E_INTERNAL',
     message: typeof e.message === 'string' ? e.message : String(err),
   }
@@ -92,18 +92,17 @@ export function errorInfo (err: unknown): { code: string, message: string, remot
 }
 
 /** The checks of a disk in words: `trivial ok, certify sha256 ok`. */
-function checksText (d: DiskReport): string {
-  return [
-    d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '',
-    d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : '',
-  ].filter((x) => x !== '').join(', ')
+function checksText(d: DiskReport): string {
+  return [d.trivial !== undefined ? `trivial ${d.trivial.ok ? 'ok' : 'MISMATCH'}` : '', d.certify !== undefined ? `certify ${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}` : '']
+    .filter((x) => x !== '')
+    .join(', ')
 }
 
 /**
  * A readable summary of a report for the terminal (and the e-mail's text part):
  * one line per VM, one per disk, sizes and times in human units.
  */
-export function formatReport (report: ReplicationReport): string {
+export function formatReport(report: ReplicationReport): string {
   const lines: string[] = []
   for (const vm of report.vms) {
     const head = [
@@ -117,9 +116,11 @@ export function formatReport (report: ReplicationReport): string {
     lines.push(head)
     for (const d of vm.disks) {
       const checks = checksText(d)
-      lines.push(`  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (resync: ${d.fallbackReason})` : ''}, ` +
-        `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
-        `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`)
+      lines.push(
+        `  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (resync: ${d.fallbackReason})` : ''}, ` +
+          `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
+          `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`,
+      )
     }
   }
   if (report.interrupted !== undefined) lines.push(`stopped: ${report.interrupted}`)

@@ -19,7 +19,7 @@ import { createFlatDisk, openChain, openWriter } from '@grainline/vmdk'
 const exec = promisify(execFile)
 
 /** A deterministic PRNG (xorshift128+ on 32-bit halves; enough for test data). */
-export function prng (seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = (seed >>> 0) ^ 0x9e3779b9
   let b = Math.imul(seed >>> 0, 0x85ebca6b) ^ 0xc2b2ae35
   let c = 0x27d4eb2f
@@ -28,7 +28,11 @@ export function prng (seed: number): () => number {
     const t = b << 9
     let r = a * 5
     r = ((r << 7) | (r >>> 25)) * 9
-    c ^= a; d ^= b; b ^= c; a ^= d; c ^= t
+    c ^= a
+    d ^= b
+    b ^= c
+    a ^= d
+    c ^= t
     d = (d << 11) | (d >>> 21)
     return (r >>> 0) / 4294967296
   }
@@ -41,10 +45,13 @@ const ZEROS = Buffer.alloc(1024 * 1024)
  * the PRNG (deterministic for a seed; a byte-wise JS PRNG made a few GiB of
  * sample disk take minutes).
  */
-function fillRandom (buf: Buffer, rnd: () => number): void {
+function fillRandom(buf: Buffer, rnd: () => number): void {
   const key = Buffer.alloc(16)
   const iv = Buffer.alloc(16)
-  for (let i = 0; i < 16; i += 4) { key.writeUInt32LE(Math.floor(rnd() * 4294967296), i); iv.writeUInt32LE(Math.floor(rnd() * 4294967296), i) }
+  for (let i = 0; i < 16; i += 4) {
+    key.writeUInt32LE(Math.floor(rnd() * 4294967296), i)
+    iv.writeUInt32LE(Math.floor(rnd() * 4294967296), i)
+  }
   const cipher = createCipheriv('aes-128-ctr', key, iv)
   for (let off = 0; off < buf.length; off += ZEROS.length) {
     const n = Math.min(ZEROS.length, buf.length - off)
@@ -56,7 +63,7 @@ const WORDS = 'the quick brown fox jumps over lazy dog kernel block sector grain
 let corpus: Buffer | undefined
 
 /** 1 MiB of word salad, built once (deterministically). */
-function textCorpus (): Buffer {
+function textCorpus(): Buffer {
   if (corpus !== undefined) return corpus
   const r = prng(0x7e47)
   const out = Buffer.alloc(1024 * 1024)
@@ -70,7 +77,7 @@ function textCorpus (): Buffer {
 }
 
 /** Text-like, compressible content: 4 KiB pieces of the corpus from random places. */
-function fillText (buf: Buffer, rnd: () => number): void {
+function fillText(buf: Buffer, rnd: () => number): void {
   const c = textCorpus()
   const piece = 4096
   for (let pos = 0; pos < buf.length; pos += piece) {
@@ -111,7 +118,7 @@ export interface SampleVm {
 }
 
 /** Create `<dir>/<name>/<name>.vmx` with flat vmfs base disks. */
-export async function createSampleVm (dir: string, opts: SampleVmOptions): Promise<SampleVm> {
+export async function createSampleVm(dir: string, opts: SampleVmOptions): Promise<SampleVm> {
   const vmDir = join(dir, opts.name)
   await mkdir(vmDir, { recursive: true })
   const rnd = prng(opts.seed ?? 1)
@@ -136,12 +143,18 @@ export async function createSampleVm (dir: string, opts: SampleVmOptions): Promi
     if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % 512 !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 512`)
     const file = i === 0 ? `${opts.name}.vmdk` : `${opts.name}_${i}.vmdk`
     const path = join(vmDir, file)
-    await createFlatDisk(path, d.sizeBytes, { createType: 'vmfs', ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` } })
+    await createFlatDisk(path, d.sizeBytes, {
+      createType: 'vmfs',
+      ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` },
+    })
     const flat = join(vmDir, `${opts.name}${i === 0 ? '' : `_${i}`}-flat.vmdk`)
     await fillFlat(flat, d.sizeBytes, d.fill ?? 'realistic', rnd)
     const node = d.node ?? `scsi0:${i}`
     const bus = node.split(':')[0] as string
-    if (!buses.has(bus)) { buses.add(bus); lines.push(`${bus}.present = "TRUE"`) }
+    if (!buses.has(bus)) {
+      buses.add(bus)
+      lines.push(`${bus}.present = "TRUE"`)
+    }
     lines.push(`${node}.present = "TRUE"`, `${node}.deviceType = "scsi-hardDisk"`, `${node}.fileName = "${file}"`)
     disks.push(path)
   }
@@ -151,7 +164,7 @@ export async function createSampleVm (dir: string, opts: SampleVmOptions): Promi
   return { dir: vmDir, vmxPath, disks }
 }
 
-async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random' | 'zero' | 'sparse', rnd: () => number): Promise<void> {
+async function fillFlat(flat: string, size: number, fill: 'realistic' | 'random' | 'zero' | 'sparse', rnd: () => number): Promise<void> {
   if (fill === 'zero') return
   const fh = await open(flat, 'r+')
   try {
@@ -160,7 +173,9 @@ async function fillFlat (flat: string, size: number, fill: 'realistic' | 'random
     for (let off = 0; off < size; off += block) {
       const n = Math.min(block, size - off)
       const b = buf.subarray(0, n)
-      if (fill === 'random') { fillRandom(b, rnd) } else {
+      if (fill === 'random') {
+        fillRandom(b, rnd)
+      } else {
         if (fill === 'sparse' && rnd() >= 0.02) continue
         const r = fill === 'sparse' ? 0.3 + rnd() * 0.7 : rnd()
         if (r < 0.3) continue // a zero region: left as a hole
@@ -200,7 +215,7 @@ export interface GuestWrite {
  * Write into each disk's running (top) delta as a guest would. The base (or
  * any frozen layer) is never touched; refuses a disk that has no delta.
  */
-export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOptions): Promise<GuestWrite[]> {
+export async function simulateGuestWrites(vmxPath: string, opts: GuestWriteOptions): Promise<GuestWrite[]> {
   const driver = createLocalDriver()
   const vm = await driver.openVm(vmxPath)
   const writeSize = opts.writeSize ?? 65536
@@ -210,7 +225,7 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
   const out: GuestWrite[] = []
   for (const d of vm.disks) {
     const chain = await openChain(d.path)
-    const top = chain.layers[0] as { createType: string, path: string }
+    const top = chain.layers[0] as { createType: string; path: string }
     const capacity = chain.capacity
     await chain.close()
     if (chain.layers.length < 2) throw new AgentError('E_SNAPSHOT', `${d.fileName} has no delta: a guest would write into the base`)
@@ -220,7 +235,7 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
     for (let k = 0; k < count; k++) {
       writes.push({ disk: d.path, offset: Math.floor(rnd() * slots) * writeSize, length: writeSize, zero: rnd() < zeroFraction })
     }
-    if (/^monolithicSparse$|^twoGbMaxExtentSparse$/i.test(top.createType) || await isHostedSparse(top.path)) {
+    if (/^monolithicSparse$|^twoGbMaxExtentSparse$/i.test(top.createType) || (await isHostedSparse(top.path))) {
       // qemu-io: patterned writes and zero writes into the hosted delta
       const cmds: string[] = []
       for (const w of writes) {
@@ -234,7 +249,10 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
       try {
         const buf = Buffer.alloc(writeSize)
         for (const x of writes) {
-          if (x.zero) { await w.writeZeroes(x.offset, x.length); continue }
+          if (x.zero) {
+            await w.writeZeroes(x.offset, x.length)
+            continue
+          }
           if (rnd() < 0.5) fillText(buf, rnd)
           else fillRandom(buf, rnd)
           await w.write(x.offset, buf)
@@ -248,7 +266,7 @@ export async function simulateGuestWrites (vmxPath: string, opts: GuestWriteOpti
   return out
 }
 
-async function isHostedSparse (path: string): Promise<boolean> {
+async function isHostedSparse(path: string): Promise<boolean> {
   const fh = await open(path, 'r')
   try {
     const b = Buffer.alloc(4)
@@ -258,4 +276,3 @@ async function isHostedSparse (path: string): Promise<boolean> {
     await fh.close()
   }
 }
-

@@ -39,7 +39,7 @@ export interface SessionOptions {
  * thrown as `E_REMOTE` with the receiver's code; a lost connection as
  * `ConnectionLost` (retryable). The client is dropped on any failure.
  */
-export async function openSession (opts: SessionOptions, cycleNo: number): Promise<Session> {
+export async function openSession(opts: SessionOptions, cycleNo: number): Promise<Session> {
   const client = await ReceiverClient.connect(opts.connect)
   opts.onClient(client)
   try {

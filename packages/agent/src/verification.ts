@@ -25,12 +25,12 @@ export interface VerifyOptions {
 }
 
 /** Certify waits for the receiver to digest the whole mirror: the idle timeout plus a slow disk (20 MB/s). */
-export function certifyTimeoutMs (capacity: number): number {
+export function certifyTimeoutMs(capacity: number): number {
   return 120_000 + Math.ceil(capacity / 20_000)
 }
 
 /** Run the checks of every committed disk (opened in this connection) and record them in the reports. */
-export async function verifyDisks (works: readonly DiskWork[], opts: VerifyOptions): Promise<void> {
+export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOptions): Promise<void> {
   const { client, log } = opts
   for (const w of works) {
     w.progress.update('check', true)
@@ -55,7 +55,10 @@ export async function verifyDisks (works: readonly DiskWork[], opts: VerifyOptio
       const ok = r.value.ok && Buffer.from(r.value.digest).equals(Buffer.from(digest))
       w.report.certify = { ok, algorithm: opts.certify, digest: Buffer.from(digest).toString('hex') }
       if (!ok) {
-        w.report.error = { code: 'E_CHECK', message: `certify (${opts.certify}) failed on ${w.name}: source ${Buffer.from(digest).toString('hex')}, mirror ${Buffer.from(r.value.digest).toString('hex')}` }
+        w.report.error = {
+          code: 'E_CHECK',
+          message: `certify (${opts.certify}) failed on ${w.name}: source ${Buffer.from(digest).toString('hex')}, mirror ${Buffer.from(r.value.digest).toString('hex')}`,
+        }
         log.error({ disk: w.name }, 'certify failed')
       }
     }

@@ -18,7 +18,7 @@ const MAX_NVRAM_BYTES = 4 * 1024 * 1024
  * missing nvram is skipped, one above 4 MiB too (the mirror then boots
  * with a fresh nvram).
  */
-export async function vmFiles (vm: VmHandle): Promise<VmFile[]> {
+export async function vmFiles(vm: VmHandle): Promise<VmFile[]> {
   const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFile(vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
   const stem = basename(vm.vmxPath).replace(/\.vmx$/i, '')
   const nvram = vm.config.get('nvram') ?? `${stem}.nvram`
@@ -38,10 +38,16 @@ export async function vmFiles (vm: VmHandle): Promise<VmFile[]> {
  * on different datastores may share a base name; the mirror needs distinct
  * names, so a repeated one is prefixed with its device node (`scsi0-1_x.vmdk`).
  */
-export async function mirrorDiskNames (vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
-  const names = await Promise.all(vm.disks.map(async (d) => {
-    const c = await openChain(d.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
-    try { return baseLayer(c).file } finally { await c.close() }
-  }))
-  return names.map((n, i) => names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`)
+export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
+  const names = await Promise.all(
+    vm.disks.map(async (d) => {
+      const c = await openChain(d.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
+      try {
+        return baseLayer(c).file
+      } finally {
+        await c.close()
+      }
+    }),
+  )
+  return names.map((n, i) => (names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`))
 }

@@ -13,13 +13,20 @@ import { AgentError, checkAborted } from './errors.ts'
  * or remove them first when `consolidate` is set. Returns the VM as it is
  * afterwards and its snapshots.
  */
-export async function settleForeignSnapshots (driver: HypervisorDriver, vm: VmHandle, opts: { consolidate: boolean, log: Logger, signal?: AbortSignal }): Promise<{ vm: VmHandle, snapshots: SnapshotRef[] }> {
+export async function settleForeignSnapshots(
+  driver: HypervisorDriver,
+  vm: VmHandle,
+  opts: { consolidate: boolean; log: Logger; signal?: AbortSignal },
+): Promise<{ vm: VmHandle; snapshots: SnapshotRef[] }> {
   const sig = opts.signal === undefined ? {} : { signal: opts.signal }
   let snaps = await driver.listSnapshots(vm, sig)
   const foreign = snaps.filter((s) => !s.grainline)
   if (foreign.length === 0) return { vm, snapshots: snaps }
   if (!opts.consolidate) {
-    throw new AgentError('E_FOREIGN_SNAPSHOTS', `VM ${vm.name} has snapshots grainline did not make (${foreign.map((s) => JSON.stringify(s.name)).join(', ')}); remove them or use --consolidate-existing`)
+    throw new AgentError(
+      'E_FOREIGN_SNAPSHOTS',
+      `VM ${vm.name} has snapshots grainline did not make (${foreign.map((s) => JSON.stringify(s.name)).join(', ')}); remove them or use --consolidate-existing`,
+    )
   }
   let current = vm
   for (const s of foreign) {
@@ -39,7 +46,7 @@ export async function settleForeignSnapshots (driver: HypervisorDriver, vm: VmHa
  * into the base. `onRemoved` hears each name removed; a failed removal
  * throws `E_SNAPSHOT` with the driver's code, and the next cycle retries.
  */
-export async function removeOtherSnapshots (driver: HypervisorDriver, vm: VmHandle, keep: SnapshotRef, opts: { log: Logger, onRemoved: (name: string) => void, signal?: AbortSignal }): Promise<void> {
+export async function removeOtherSnapshots(driver: HypervisorDriver, vm: VmHandle, keep: SnapshotRef, opts: { log: Logger; onRemoved: (name: string) => void; signal?: AbortSignal }): Promise<void> {
   const sig = opts.signal === undefined ? {} : { signal: opts.signal }
   let current = vm
   for (const s of await driver.listSnapshots(current, sig)) {

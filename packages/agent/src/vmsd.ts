@@ -15,7 +15,7 @@ export interface VmsdSnapshot {
   /** the .vmsn file name */
   filename: string
   /** per disk: the disk that represents the snapshot (the delta's parent) */
-  disks: Array<{ node: string, fileName: string }>
+  disks: Array<{ node: string; fileName: string }>
   /** other `snapshotK.*` keys, kept on rewrite (suffix after `snapshotK.`) */
   extra: Array<[string, string]>
 }
@@ -33,14 +33,14 @@ export interface Vmsd {
 
 const SNAP_KEY = /^snapshot(\d+)\.(.+)$/i
 
-function int (v: string | undefined, what: string): number {
+function int(v: string | undefined, what: string): number {
   const n = Number(v ?? '0')
   if (!Number.isSafeInteger(n) || n < 0) throw new AgentError('E_VMX', `.vmsd: bad ${what} "${v ?? ''}"`)
   return n
 }
 
 /** Parse .vmsd text (an empty text is an empty database). */
-export function parseVmsd (text: string): Vmsd {
+export function parseVmsd(text: string): Vmsd {
   const cfg = VmxConfig.parse(text, '.vmsd')
   const byIndex = new Map<number, Map<string, string>>()
   const other: Array<[string, string]> = []
@@ -49,7 +49,10 @@ export function parseVmsd (text: string): Vmsd {
     if (m !== null) {
       const i = Number(m[1])
       let rec = byIndex.get(i)
-      if (rec === undefined) { rec = new Map(); byIndex.set(i, rec) }
+      if (rec === undefined) {
+        rec = new Map()
+        byIndex.set(i, rec)
+      }
       rec.set(m[2] as string, v)
     } else if (!/^snapshot\./i.test(k)) {
       other.push([k, v])
@@ -66,7 +69,7 @@ export function parseVmsd (text: string): Vmsd {
     }
     const numDisks = int(get('numDisks'), 'numDisks')
     if (numDisks > 256) throw new AgentError('E_VMX', '.vmsd: too many disks')
-    const disks: Array<{ node: string, fileName: string }> = []
+    const disks: Array<{ node: string; fileName: string }> = []
     for (let d = 0; d < numDisks; d++) {
       disks.push({ node: get(`disk${d}.node`) ?? '', fileName: get(`disk${d}.fileName`) ?? '' })
     }
@@ -90,7 +93,7 @@ export function parseVmsd (text: string): Vmsd {
 }
 
 /** Serialize a database the way ESXi lays it out. */
-export function serializeVmsd (db: Vmsd): string {
+export function serializeVmsd(db: Vmsd): string {
   const cfg = VmxConfig.empty()
   if (!db.other.some(([k]) => k.toLowerCase() === '.encoding')) cfg.set('.encoding', 'UTF-8')
   for (const [k, v] of db.other) cfg.set(k, v)

@@ -6,26 +6,32 @@
 export class SendWindow {
   readonly windowBytes: number
   readonly maxExtents: number
-  #inflight: Array<{ seq: number, bytes: number }> = []
+  #inflight: Array<{ seq: number; bytes: number }> = []
   #head = 0
   #bytes = 0
   #acked = -1
   #wake: (() => void) | undefined
 
-  constructor (windowBytes: number, maxExtents = 8192) {
+  constructor(windowBytes: number, maxExtents = 8192) {
     this.windowBytes = windowBytes
     this.maxExtents = maxExtents
   }
 
   /** unacknowledged payload bytes */
-  get bytes (): number { return this.#bytes }
+  get bytes(): number {
+    return this.#bytes
+  }
   /** highest seq acknowledged (cumulative), -1 before any */
-  get acked (): number { return this.#acked }
+  get acked(): number {
+    return this.#acked
+  }
   /** number of unacknowledged extents */
-  get count (): number { return this.#inflight.length - this.#head }
+  get count(): number {
+    return this.#inflight.length - this.#head
+  }
 
   /** Start over (new disk or new connection) with everything below `nextSeq` durable. */
-  reset (nextSeq: number): void {
+  reset(nextSeq: number): void {
     this.#inflight = []
     this.#head = 0
     this.#bytes = 0
@@ -37,31 +43,35 @@ export class SendWindow {
    * Wait until an extent costing `bytes` fits (an extent larger than the window goes alone).
    * Rejects with `onStall()`'s error when no ack arrives for `stallMs` while waiting.
    */
-  async reserve (bytes: number, failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
+  async reserve(bytes: number, failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
     while (this.count > 0 && (this.#bytes + bytes > this.windowBytes || this.count >= this.maxExtents)) {
       await this.#wait(failed, stallMs, onStall)
     }
   }
 
-  #wait (failed: Promise<never>, stallMs: number, onStall?: () => Error): Promise<void> {
+  #wait(failed: Promise<never>, stallMs: number, onStall?: () => Error): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     const woke = new Promise<void>((resolve, reject) => {
       this.#wake = resolve
       if (Number.isFinite(stallMs)) {
-        timer = setTimeout(() => { reject(onStall?.() ?? new Error(`no acknowledgement for ${stallMs} ms`)) }, stallMs)
+        timer = setTimeout(() => {
+          reject(onStall?.() ?? new Error(`no acknowledgement for ${stallMs} ms`))
+        }, stallMs)
       }
     })
-    return Promise.race([woke, failed]).finally(() => { if (timer !== undefined) clearTimeout(timer) })
+    return Promise.race([woke, failed]).finally(() => {
+      if (timer !== undefined) clearTimeout(timer)
+    })
   }
 
   /** Record a sent extent. */
-  sent (seq: number, bytes: number): void {
+  sent(seq: number, bytes: number): void {
     this.#inflight.push({ seq, bytes })
     this.#bytes += bytes
   }
 
   /** Apply a cumulative ack. Returns false when it acknowledges something never sent. */
-  ack (seq: number): boolean {
+  ack(seq: number): boolean {
     if (seq <= this.#acked) return true
     const last = this.#inflight[this.#inflight.length - 1]
     if (last === undefined || seq > last.seq) return false
@@ -78,7 +88,7 @@ export class SendWindow {
     return true
   }
 
-  #wakeUp (): void {
+  #wakeUp(): void {
     const w = this.#wake
     this.#wake = undefined
     w?.()

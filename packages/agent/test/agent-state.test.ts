@@ -30,10 +30,18 @@ t.test('round trip, atomic replace, damaged files', async (t) => {
   const key = 'local::/vms/a/a.vmx'
   const first = await store.load('a', key)
   t.same(first, { state: { version: 1, vm: 'a', key, committed: null, inflight: null } }, 'nothing recorded yet')
-  const s: AgentVmState = { ...first.state, committed: { cycle: 3, generation: G, snapshot: { name: 'grainline-3', id: '7' }, receiver: 'wss://dr', at: 'now' }, inflight: { cycle: 4, snapshot: { name: 'grainline-4', id: '8' }, at: 'now' } }
+  const s: AgentVmState = {
+    ...first.state,
+    committed: { cycle: 3, generation: G, snapshot: { name: 'grainline-3', id: '7' }, receiver: 'wss://dr', at: 'now' },
+    inflight: { cycle: 4, snapshot: { name: 'grainline-4', id: '8' }, at: 'now' },
+  }
   await store.save(s)
   t.same((await store.load('a', key)).state, s)
-  t.same((await readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temp file left')
+  t.same(
+    (await readdir(dir)).filter((f) => f.includes('.tmp-')),
+    [],
+    'no temp file left',
+  )
   const file = store.pathOf('a', key)
   for (const [bad, why] of [
     ['{', /does not parse/],

@@ -34,7 +34,7 @@ t.test('against a real TLS receiver: each permanent failure fails the VM at once
     { what: 'ws:// to a TLS receiver', init: { to: `ws://127.0.0.1:${rx.port}` }, code: 'E_CONNECT', message: `the receiver at 127.0.0.1:${rx.port} speaks TLS: use wss://127.0.0.1:${rx.port}` },
     { what: 'an untrusted certificate', init: { to: rx.url }, code: 'E_CONNECT', message: /certificate at 127\.0\.0\.1:\d+ is not trusted \(self-signed certificate\): pass --ca FILE/ },
     {
-      what: 'a CA that is not the receiver\'s',
+      what: "a CA that is not the receiver's",
       init: { to: rx.url, ca: tlsFixture().ca, caSource: '--ca /etc/other.crt' },
       code: 'E_CONNECT',
       message: /not trusted \(.*\) by --ca \/etc\/other\.crt: give the receiver's certificate or the CA that signed it/,
@@ -60,7 +60,29 @@ t.test('a certificate for another name: "does not name"', async (t) => {
   const dir = scratch(t)
   const key = join(dir, 'k.pem')
   const cert = join(dir, 'c.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=other.example', '-addext', 'subjectAltName=DNS:other.example', '-days', '2', '-keyout', key, '-out', cert], { stdio: 'ignore' })
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-subj',
+      '/CN=other.example',
+      '-addext',
+      'subjectAltName=DNS:other.example',
+      '-days',
+      '2',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  )
   const srv = createTlsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (s) => s.end())
   const port = await listening(srv)
   t.teardown(() => srv.close())

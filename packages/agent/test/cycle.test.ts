@@ -17,7 +17,7 @@ import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startReceive
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
 /** Record the frozen view of every disk (qemu-img, the oracle) right after the snapshot. */
-async function recordFrozen (vm: VmHandle, dir: string, tag: string): Promise<Map<string, string>> {
+async function recordFrozen(vm: VmHandle, dir: string, tag: string): Promise<Map<string, string>> {
   const out = new Map<string, string>()
   for (const d of vm.disks) {
     const chain = await openChain(d.path)
@@ -32,7 +32,7 @@ async function recordFrozen (vm: VmHandle, dir: string, tag: string): Promise<Ma
   return out
 }
 
-function mirrorFlat (store: string, vm: string, base: string): string {
+function mirrorFlat(store: string, vm: string, base: string): string {
   return join(store, vm, base.replace(/\.vmdk$/, '') + '-flat.vmdk')
 }
 
@@ -46,7 +46,15 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
     for (let cycle = 1; cycle <= 3; cycle++) {
       let frozen = new Map<string, string>()
       const init: ReplicateInit = {
-        vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), deltaFormat: format, certify: 'sha256', trivialMiB: 2, progress: 'none',
+        vm: vm.vmxPath,
+        to: rx.url,
+        token: TOKEN,
+        ca: rx.ca,
+        stateDir: join(dir, 'agent-state'),
+        deltaFormat: format,
+        certify: 'sha256',
+        trivialMiB: 2,
+        progress: 'none',
         maxExtentBytes: 256 * 1024,
         afterSnapshot: async (h) => {
           frozen = await recordFrozen(h, dir, `c${cycle}`)
@@ -70,7 +78,11 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
       t.same(v?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`], 'the older snapshot was consolidated')
       const h = await createLocalDriver().openVm(vm.vmxPath)
       const snaps = await createLocalDriver().listSnapshots(h)
-      t.same(snaps.map((s) => s.name), [`grainline-${cycle}`], 'the VM runs on exactly one grainline snapshot')
+      t.same(
+        snaps.map((s) => s.name),
+        [`grainline-${cycle}`],
+        'the VM runs on exactly one grainline snapshot',
+      )
       const chain = await openChain(h.disks[0]?.path as string)
       t.equal(chain.layers.length, 2, 'chain: base ← running delta')
       await chain.close()
@@ -93,9 +105,21 @@ t.test('foreign snapshots: refused by default, consolidated with consolidateExis
   t.equal(refused.vms[0]?.error?.code, 'E_FOREIGN_SNAPSHOTS')
   t.match(refused.vms[0]?.error?.message, /before upgrade/)
   let frozen = new Map<string, string>()
-  const ok = await replicate({ logger }, { ...base, consolidateExisting: true, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'f') } })
+  const ok = await replicate(
+    { logger },
+    {
+      ...base,
+      consolidateExisting: true,
+      afterSnapshot: async (h) => {
+        frozen = await recordFrozen(h, dir, 'f')
+      },
+    },
+  )
   t.ok(ok.ok)
-  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'])
+  t.same(
+    (await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name),
+    ['grainline-1'],
+  )
   t.equal(await firstDifference(mirrorFlat(rx.store, 'app', 'app.vmdk'), frozen.get('app.vmdk') as string), -1)
 })
 
@@ -106,12 +130,32 @@ t.test('a modified mirror falls back to a full resync', async (t) => {
   const vm = await createSampleVm(dir, { name: 'files', disks: [{ sizeBytes: 2 * MiB }] })
   const { logger } = memoryLogger()
   const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const }
-  t.ok((await replicate({ logger }, { ...base, afterSnapshot: async (h) => { await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: 1 }) } })).ok)
+  t.ok(
+    (
+      await replicate(
+        { logger },
+        {
+          ...base,
+          afterSnapshot: async (h) => {
+            await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: 1 })
+          },
+        },
+      )
+    ).ok,
+  )
   // someone boots the mirror: its descriptor CID changes
   const desc = join(rx.store, 'files', 'files.vmdk')
   await writeFile(desc, (await readFile(desc, 'utf8')).replace(/^CID=[0-9a-f]{8}/m, 'CID=0badc0de'))
   let frozen = new Map<string, string>()
-  const r = await replicate({ logger }, { ...base, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'm') } })
+  const r = await replicate(
+    { logger },
+    {
+      ...base,
+      afterSnapshot: async (h) => {
+        frozen = await recordFrozen(h, dir, 'm')
+      },
+    },
+  )
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
   t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
   t.match(r.vms[0]?.disks[0]?.fallbackReason, /E_MIRROR_MODIFIED/)
@@ -132,12 +176,23 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
   const h = await driver.openVm(vm.vmxPath)
   for (const s of await driver.listSnapshots(h)) await driver.removeSnapshot(h, s)
   let frozen = new Map<string, string>()
-  const r = await replicate({ logger }, { ...base, afterSnapshot: async (x) => { frozen = await recordFrozen(x, dir, 'g') } })
+  const r = await replicate(
+    { logger },
+    {
+      ...base,
+      afterSnapshot: async (x) => {
+        frozen = await recordFrozen(x, dir, 'g')
+      },
+    },
+  )
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
   t.equal(r.vms[0]?.cycle, 2)
   t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
   t.match(r.vms[0]?.disks[0]?.fallbackReason, /snapshot of committed cycle 1 \(grainline-1, id \d+\) is no longer on the VM/)
-  t.ok(lines.some((l) => l['msg'] === 'full resync of the disk' && /no longer on the VM/.test(String(l['reason']))), 'the reason is logged')
+  t.ok(
+    lines.some((l) => l['msg'] === 'full resync of the disk' && /no longer on the VM/.test(String(l['reason']))),
+    'the reason is logged',
+  )
   t.equal(await firstDifference(mirrorFlat(rx.store, 'gone', 'gone.vmdk'), frozen.get('gone.vmdk') as string), -1)
 })
 
@@ -159,7 +214,11 @@ t.test('an incompatible mirror is refused (no reseed), and a failed cycle leaves
     t.ok(performance.now() - t0 < 10_000, `run ${i + 1} answered promptly (the VM lock of the failed run was released)`)
   }
   const driver = createLocalDriver()
-  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'], 'no snapshot taken for a refused cycle')
+  t.same(
+    (await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name),
+    ['grainline-1'],
+    'no snapshot taken for a refused cycle',
+  )
 })
 
 t.test('two disks with the same basename on different datastores get distinct mirror names', async (t) => {
@@ -176,22 +235,34 @@ t.test('two disks with the same basename on different datastores get distinct mi
   const { logger } = memoryLogger()
   for (let cycle = 1; cycle <= 2; cycle++) {
     let frozen = new Map<string, string>()
-    const r = await replicate({ logger }, {
-      vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none', certify: 'md5',
-      afterSnapshot: async (h) => {
-        frozen = await recordFrozen(h, dir, `d${cycle}`)
-        await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: cycle })
+    const r = await replicate(
+      { logger },
+      {
+        vm: vm.vmxPath,
+        to: rx.url,
+        token: TOKEN,
+        ca: rx.ca,
+        stateDir: join(dir, 'agent-state'),
+        progress: 'none',
+        certify: 'md5',
+        afterSnapshot: async (h) => {
+          frozen = await recordFrozen(h, dir, `d${cycle}`)
+          await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: cycle })
+        },
       },
-    })
+    )
     t.ok(r.ok, JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks.map((d) => d.error)))
-    t.same(r.vms[0]?.disks.map((d) => d.name), ['dup.vmdk', 'scsi0-1_dup.vmdk'])
+    t.same(
+      r.vms[0]?.disks.map((d) => d.name),
+      ['dup.vmdk', 'scsi0-1_dup.vmdk'],
+    )
     // recordFrozen keys by base file name: the first disk's raw was overwritten by the second; compare the second by name
     t.equal(await firstDifference(mirrorFlat(rx.store, 'dup', 'scsi0-1_dup.vmdk'), frozen.get('dup.vmdk') as string), -1, `cycle ${cycle}: second disk mirror correct`)
     t.equal(r.vms[0]?.disks[0]?.certify?.ok, true, 'first disk certified against its own frozen view')
   }
 })
 
-t.test('several frozen deltas since the mirror\'s successor: the union is shipped, newest data wins', async (t) => {
+t.test("several frozen deltas since the mirror's successor: the union is shipped, newest data wins", async (t) => {
   const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
@@ -207,11 +278,23 @@ t.test('several frozen deltas since the mirror\'s successor: the union is shippe
   await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 21, zeroFraction: 0.5 })
   await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, writeSize: 64 * 1024, seed: 22 })
   let frozen = new Map<string, string>()
-  const r = await replicate({ logger }, { ...base, afterSnapshot: async (h) => { frozen = await recordFrozen(h, dir, 'u') } })
+  const r = await replicate(
+    { logger },
+    {
+      ...base,
+      afterSnapshot: async (h) => {
+        frozen = await recordFrozen(h, dir, 'u')
+      },
+    },
+  )
   const d = r.vms[0]?.disks[0]
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error ?? d?.error))
   t.equal(d?.mode, 'incremental')
-  t.same(d?.layers.map((l) => l.file), ['uni-000001.vmdk', 'uni-000002.vmdk'], 'two frozen deltas, bottom first')
+  t.same(
+    d?.layers.map((l) => l.file),
+    ['uni-000001.vmdk', 'uni-000002.vmdk'],
+    'two frozen deltas, bottom first',
+  )
   t.equal(d?.certify?.ok, true)
   t.equal(await firstDifference(mirrorFlat(rx.store, 'uni', 'uni.vmdk'), frozen.get('uni.vmdk') as string), -1)
   t.same(r.vms[0]?.removedSnapshots.sort(), ['grainline-1', 'grainline-7'])
@@ -234,6 +317,13 @@ t.test('a broken CID link on the source is refused before any snapshot or connec
   t.notOk(r.ok)
   t.equal(r.vms[0]?.error?.code, 'E_CHAIN_CID')
   const driver = createLocalDriver()
-  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1'], 'no snapshot taken')
-  t.notOk(rx.logs.some((l) => l.includes('"vm":"cid","cycle":2')), 'the receiver never saw cycle 2')
+  t.same(
+    (await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name),
+    ['grainline-1'],
+    'no snapshot taken',
+  )
+  t.notOk(
+    rx.logs.some((l) => l.includes('"vm":"cid","cycle":2')),
+    'the receiver never saw cycle 2',
+  )
 })

@@ -40,7 +40,13 @@ t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx 
   t.equal(a.name, 'web 01')
   t.equal(a.vmxPath, vmA.vmxPath)
   t.equal(a.dir, path.dirname(vmA.vmxPath))
-  t.same(a.disks.map((x) => [x.node, x.path]), [['scsi0:0', vmA.disks[0]], ['scsi0:1', vmA.disks[1]]])
+  t.same(
+    a.disks.map((x) => [x.node, x.path]),
+    [
+      ['scsi0:0', vmA.disks[0]],
+      ['scsi0:1', vmA.disks[1]],
+    ],
+  )
   t.equal(a.disks[1]?.fileName, `/vmfs/volumes/${uuid}/web 01/web 01_1.vmdk`)
   t.equal(a.datastoreType, 'vmfs')
   const byId = await d.openVm('7')
@@ -52,18 +58,23 @@ t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx 
   t.same(d.pathMap, { '/vmfs/volumes/datastore1': h.datastore, [`/vmfs/volumes/${uuid}`]: h.datastore })
   const vms = await d.listVms()
   t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end\nowner: ops\n\n  ticket 42', 'a multi-line annotation survives the trip')
-  t.same(vms.map((v) => v.id), ['7', '12', '13', '14', '15'])
+  t.same(
+    vms.map((v) => v.id),
+    ['7', '12', '13', '14', '15'],
+  )
   t.same(await d.listSnapshots(a), [])
 })
 
 /** path → size, mtime and sha1 of every file under a folder */
-async function fingerprintTree (dir: string): Promise<Record<string, string>> {
+async function fingerprintTree(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {}
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
     if (!e.isFile()) continue
     const p = path.join(e.parentPath, e.name)
     const st = await stat(p)
-    out[p] = `${st.size}:${st.mtimeMs}:${createHash('sha1').update(await readFile(p)).digest('hex')}`
+    out[p] = `${st.size}:${st.mtimeMs}:${createHash('sha1')
+      .update(await readFile(p))
+      .digest('hex')}`
   }
   return out
 }
@@ -90,7 +101,12 @@ t.test('unknown VM, ambiguous name, unmapped datastore, stale id', async (t) => 
   await t.rejects(d.openVm('elsewhere'), { code: 'E_DATASTORE', vm: 'elsewhere', message: /"datastore9".*not in the datastore map/ })
   // the VM disappears from the inventory after it was opened: vim-cmd prints a NotFound fault
   const a = await d.openVm('web 01')
-  await t.rejects(d.listSnapshots({ ...a, id: '4242' }), { code: 'E_VM_NOT_FOUND', fault: 'vim.fault.NotFound', command: "vim-cmd vmsvc/snapshot.get 4242", esxiMessage: 'Unable to find a VM corresponding to "4242"' })
+  await t.rejects(d.listSnapshots({ ...a, id: '4242' }), {
+    code: 'E_VM_NOT_FOUND',
+    fault: 'vim.fault.NotFound',
+    command: 'vim-cmd vmsvc/snapshot.get 4242',
+    esxiMessage: 'Unable to find a VM corresponding to "4242"',
+  })
 })
 
 t.test('a failing snapshot.create is a typed error naming host, VM, command and ESXi message; nothing changes', async (t) => {
@@ -102,7 +118,10 @@ t.test('a failing snapshot.create is a typed error naming host, VM, command and 
   t.teardown(() => d.close())
   const b = await d.openVm('12')
   const vmxBefore = await readFile(vmB.vmxPath, 'utf8')
-  const err = await d.createSnapshot(b, 'grainline-1').then(() => undefined, (e: unknown) => e) as Error & Record<string, unknown>
+  const err = (await d.createSnapshot(b, 'grainline-1').then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as Error & Record<string, unknown>
   t.match(err, { name: 'EsxiError', code: 'E_VIM_FAULT', fault: 'vim.fault.InvalidState', host: '127.0.0.1', vm: '12' })
   t.match(err.message, /host 127\.0\.0\.1/)
   t.match(err.message, /VM "12"/)
@@ -115,7 +134,10 @@ t.test('a failing snapshot.create is a typed error naming host, VM, command and 
 t.test('a snapshot.create that hangs times out; the VM keeps its chain; later commands work', async (t) => {
   const s = await h.readState()
   const vm = s.vms.find((v) => v.id === '12')
-  if (vm !== undefined) { delete vm.fail; vm.hang = { 'snapshot.create': 60 } }
+  if (vm !== undefined) {
+    delete vm.fail
+    vm.hang = { 'snapshot.create': 60 }
+  }
   await h.writeState(s)
   const d = createEsxiDriver(silent, init({ snapshotTimeoutMs: 800 }))
   t.teardown(() => d.close())
@@ -144,7 +166,10 @@ t.test('a connection lost during a command is E_SSH_CONNECT; the driver reconnec
   const d = createEsxiDriver(silent, init())
   t.teardown(() => d.close())
   const b = await d.openVm('12')
-  const pending = d.createSnapshot(b, 'grainline-1').then(() => undefined, (e: unknown) => e)
+  const pending = d.createSnapshot(b, 'grainline-1').then(
+    () => undefined,
+    (e: unknown) => e,
+  )
   // wait until the stand-in hangs (the hang starts after the snapshot.get that precedes the create)
   for (let i = 0; i < 200 && !execFileSync('ps', ['-eo', 'args']).toString().includes('snapshot.create 12'); i++) await new Promise((resolve) => setTimeout(resolve, 25))
   t.ok(h.dropConnections() >= 1)
@@ -162,7 +187,10 @@ t.test('removing a snapshot that is not there', async (t) => {
 t.test('host-key mismatch and a refused key fail the first operation with typed errors', async (t) => {
   const wrongFp = 'SHA256:' + Buffer.alloc(32, 7).toString('base64').replace(/=+$/, '')
   const d1 = createEsxiDriver(silent, init({ ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: wrongFp } }))
-  const err = await d1.openVm('web 01').then(() => undefined, (e: unknown) => e) as Error
+  const err = (await d1.openVm('web 01').then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as Error
   t.match(err, { code: 'E_HOST_KEY', host: '127.0.0.1' })
   t.match(err.message, wrongFp)
   t.match(err.message, h.hostKeyFingerprint)

@@ -32,7 +32,7 @@ export interface StandinVm {
   consolidationNeeded?: boolean
 }
 export interface StandinState {
-  datastores: Record<string, { path: string, uuid?: string }>
+  datastores: Record<string, { path: string; uuid?: string }>
   vms: StandinVm[]
 }
 
@@ -45,32 +45,39 @@ export interface SshHarness {
   otherKey: string
   statePath: string
   datastore: string
-  readState (): Promise<StandinState>
-  writeState (s: StandinState): Promise<void>
+  readState(): Promise<StandinState>
+  writeState(s: StandinState): Promise<void>
   /** SIGKILL the per-connection sshd processes (children of our sshd): every SSH connection drops */
-  dropConnections (): number
-  stop (): Promise<void>
+  dropConnections(): number
+  stop(): Promise<void>
 }
 
-async function freePort (): Promise<number> {
+async function freePort(): Promise<number> {
   return await new Promise((resolve, reject) => {
     const srv = createServer()
     srv.once('error', reject)
     srv.listen(0, '127.0.0.1', () => {
       const a = srv.address()
-      srv.close(() => { resolve(typeof a === 'object' && a !== null ? a.port : 0) })
+      srv.close(() => {
+        resolve(typeof a === 'object' && a !== null ? a.port : 0)
+      })
     })
   })
 }
 
-async function waitForPort (port: number, proc: ChildProcess, stderr: () => string): Promise<void> {
+async function waitForPort(port: number, proc: ChildProcess, stderr: () => string): Promise<void> {
   const deadline = Date.now() + 15_000
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`sshd exited with ${proc.exitCode}: ${stderr()}`)
     const ok = await new Promise<boolean>((resolve) => {
       const s = connect(port, '127.0.0.1')
-      s.once('connect', () => { s.destroy(); resolve(true) })
-      s.once('error', () => { resolve(false) })
+      s.once('connect', () => {
+        s.destroy()
+        resolve(true)
+      })
+      s.once('error', () => {
+        resolve(false)
+      })
     })
     if (ok) return
     if (Date.now() > deadline) throw new Error(`sshd did not listen on ${port}: ${stderr()}`)
@@ -79,9 +86,11 @@ async function waitForPort (port: number, proc: ChildProcess, stderr: () => stri
 }
 
 /** Start sshd on a free loopback port with fresh host and user keys. */
-export async function startSshHarness (): Promise<SshHarness> {
+export async function startSshHarness(): Promise<SshHarness> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'grainline-esxi-'))
-  const keygen = (file: string): void => { execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', path.basename(file), '-f', path.join(dir, file)]) }
+  const keygen = (file: string): void => {
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', path.basename(file), '-f', path.join(dir, file)])
+  }
   keygen('host_key')
   keygen('user_key')
   keygen('other_key')
@@ -97,39 +106,47 @@ export async function startSshHarness (): Promise<SshHarness> {
   const session = path.join(dir, 'session.sh')
   // ForceCommand: every session runs the requested command line with a real
   // POSIX shell, with the stand-in first on PATH (so `vim-cmd` resolves to it)
-  await writeFile(session, [
-    '#!/bin/sh',
-    `PATH=${JSON.stringify(standinDir)}:/usr/local/bin:/usr/bin:/bin; export PATH`,
-    `ESXI_STANDIN_STATE=${JSON.stringify(statePath)}; export ESXI_STANDIN_STATE`,
-    `ESXI_STANDIN_NODE=${JSON.stringify(process.execPath)}; export ESXI_STANDIN_NODE`,
-    'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"',
-    '',
-  ].join('\n'))
+  await writeFile(
+    session,
+    [
+      '#!/bin/sh',
+      `PATH=${JSON.stringify(standinDir)}:/usr/local/bin:/usr/bin:/bin; export PATH`,
+      `ESXI_STANDIN_STATE=${JSON.stringify(statePath)}; export ESXI_STANDIN_STATE`,
+      `ESXI_STANDIN_NODE=${JSON.stringify(process.execPath)}; export ESXI_STANDIN_NODE`,
+      'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"',
+      '',
+    ].join('\n'),
+  )
   await chmod(session, 0o755)
   const port = await freePort()
   const cfg = path.join(dir, 'sshd_config')
-  await writeFile(cfg, [
-    `Port ${port}`,
-    'ListenAddress 127.0.0.1',
-    `HostKey ${path.join(dir, 'host_key')}`,
-    `PidFile ${path.join(dir, 'sshd.pid')}`,
-    'UsePAM no',
-    'PermitRootLogin prohibit-password',
-    'PubkeyAuthentication yes',
-    'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no',
-    `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
-    'StrictModes no',
-    `ForceCommand ${session}`,
-    'LogLevel ERROR',
-    '',
-  ].join('\n'))
+  await writeFile(
+    cfg,
+    [
+      `Port ${port}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${path.join(dir, 'host_key')}`,
+      `PidFile ${path.join(dir, 'sshd.pid')}`,
+      'UsePAM no',
+      'PermitRootLogin prohibit-password',
+      'PubkeyAuthentication yes',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+      'StrictModes no',
+      `ForceCommand ${session}`,
+      'LogLevel ERROR',
+      '',
+    ].join('\n'),
+  )
   // sshd's privilege separation directory; creating it needs root (CI runs as
   // root); otherwise it must exist already, and sshd says so if it does not
   await mkdir('/run/sshd', { recursive: true }).catch(() => {})
   const proc = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', cfg], { stdio: ['ignore', 'ignore', 'pipe'] })
   let errText = ''
-  proc.stderr?.on('data', (b: Buffer) => { errText += b.toString() })
+  proc.stderr?.on('data', (b: Buffer) => {
+    errText += b.toString()
+  })
   await waitForPort(port, proc, () => errText)
   return {
     dir,
@@ -141,9 +158,15 @@ export async function startSshHarness (): Promise<SshHarness> {
     statePath,
     datastore,
     readState: async () => JSON.parse(await readFile(statePath, 'utf8')) as StandinState,
-    writeState: async (s) => { await writeFile(statePath, JSON.stringify(s, null, 2)) },
+    writeState: async (s) => {
+      await writeFile(statePath, JSON.stringify(s, null, 2))
+    },
     dropConnections: () => {
-      const pids = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)]).toString().split('\n').map((l) => Number(l.trim())).filter((n) => n > 0)
+      const pids = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)])
+        .toString()
+        .split('\n')
+        .map((l) => Number(l.trim()))
+        .filter((n) => n > 0)
       for (const pid of pids) process.kill(pid, 'SIGKILL')
       return pids.length
     },
@@ -163,7 +186,7 @@ export async function startSshHarness (): Promise<SshHarness> {
  * Parent hints written as `/vmfs/volumes/<ds>/...` are mapped to local paths
  * and handed to qemu as explicit `backing` nodes, as a mount would.
  */
-export function qemuRaw (descriptor: string, pathMap: Record<string, string>, scratchDir: string): Buffer {
+export function qemuRaw(descriptor: string, pathMap: Record<string, string>, scratchDir: string): Buffer {
   const spec = (file: string, depth: number): Record<string, unknown> => {
     if (depth > 64) throw new Error('chain too deep')
     const o: Record<string, unknown> = { driver: 'vmdk', file: { driver: 'file', filename: file } }
@@ -178,5 +201,9 @@ export function qemuRaw (descriptor: string, pathMap: Record<string, string>, sc
   }
   const out = path.join(scratchDir, `qemu-${process.pid}-${Math.random().toString(16).slice(2)}.raw`)
   execFileSync('qemu-img', ['convert', '-O', 'raw', `json:${JSON.stringify(spec(path.resolve(descriptor), 0))}`, out])
-  try { return readFileSync(out) } finally { rmSync(out, { force: true }) }
+  try {
+    return readFileSync(out)
+  } finally {
+    rmSync(out, { force: true })
+  }
 }

@@ -1,14 +1,10 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import fc from 'fast-check'
-import {
-  parseGetAllVms, parseSnapshotTree, parseFault, isVmNotFound, decodeVmName,
-  checkSnapshotOpOutput, parseConsolidationNeeded,
-} from '../src/esxi/vim-cmd-output.ts'
+import { parseGetAllVms, parseSnapshotTree, parseFault, isVmNotFound, decodeVmName, checkSnapshotOpOutput, parseConsolidationNeeded } from '../src/esxi/vim-cmd-output.ts'
 import { EsxiError } from '../src/esxi/errors.ts'
 
-const fixture = (name: string): string =>
-  readFileSync(new URL(`../../test/fixtures/esxi/${name}`, import.meta.url), 'utf8')
+const fixture = (name: string): string => readFileSync(new URL(`../../test/fixtures/esxi/${name}`, import.meta.url), 'utf8')
 
 t.test('getallvms, ESXi 8 and 7', async (t) => {
   const v8 = parseGetAllVms(fixture('getallvms-esxi8.txt'))
@@ -21,17 +17,29 @@ t.test('getallvms, ESXi 8 and 7', async (t) => {
 
 t.test('getallvms, ESXi 6.5 layout with a wide header', async (t) => {
   const vms = parseGetAllVms(fixture('getallvms-esxi65.txt'))
-  t.same(vms.map((v) => [v.id, v.name, v.vmxPath, v.version]), [
-    ['10', 'mail-00', '[vs-00-das] mail-00/mail-00.vmx', 'vmx-13'],
-    ['21', 'repo-01', '[vs-00-das] repo-01/repo-01.vmx', 'vmx-11'],
-    ['6', 'gw-00', '[vs-00-das] gw-00/gw-00.vmx', 'vmx-13'],
-  ])
+  t.same(
+    vms.map((v) => [v.id, v.name, v.vmxPath, v.version]),
+    [
+      ['10', 'mail-00', '[vs-00-das] mail-00/mail-00.vmx', 'vmx-13'],
+      ['21', 'repo-01', '[vs-00-das] repo-01/repo-01.vmx', 'vmx-11'],
+      ['6', 'gw-00', '[vs-00-das] gw-00/gw-00.vmx', 'vmx-13'],
+    ],
+  )
 })
 
 t.test('getallvms: spaces in names and datastores, multi-line annotations', async (t) => {
   const vms = parseGetAllVms(fixture('getallvms-spaces-annotations.txt'))
   t.equal(vms.length, 4)
-  t.same(vms[1], { id: '12', name: 'my vm', datastore: 'datastore 2', relativePath: 'my vm/my vm.vmx', vmxPath: '[datastore 2] my vm/my vm.vmx', guestOs: 'otherGuest64', version: 'vmx-13', annotation: 'Built by CI' })
+  t.same(vms[1], {
+    id: '12',
+    name: 'my vm',
+    datastore: 'datastore 2',
+    relativePath: 'my vm/my vm.vmx',
+    vmxPath: '[datastore 2] my vm/my vm.vmx',
+    guestOs: 'otherGuest64',
+    version: 'vmx-13',
+    annotation: 'Built by CI',
+  })
   t.equal(vms[2]?.name, 'db (prod) %2f 2')
   t.equal(decodeVmName(vms[2]?.name ?? ''), 'db (prod) / 2')
   t.equal(vms[2]?.datastore, 'nfs-datastore')
@@ -41,7 +49,10 @@ t.test('getallvms: spaces in names and datastores, multi-line annotations', asyn
 
 t.test('getallvms: "Skipping invalid VM" lines are ignored', async (t) => {
   const vms = parseGetAllVms(fixture('getallvms-skipping-invalid.txt'))
-  t.same(vms.map((v) => v.id), ['3'])
+  t.same(
+    vms.map((v) => v.id),
+    ['3'],
+  )
 })
 
 t.test('getallvms: garbage is a typed error', async (t) => {
@@ -55,8 +66,10 @@ t.test('snapshot.get: none, one, child with empty description', async (t) => {
   t.same(none.roots, [])
   t.equal(none.title, 'Get Snapshot')
   const one = parseSnapshotTree(fixture('snapshot-get-esxi8-one.txt'))
-  t.same(one.all.map((n) => [n.id, n.name, n.description, n.createdOn, n.state, n.depth]),
-    [['1', 'nightly', 'before patching #1', '3/14/2026 18:59:44', 'powered off', 0]])
+  t.same(
+    one.all.map((n) => [n.id, n.name, n.description, n.createdOn, n.state, n.depth]),
+    [['1', 'nightly', 'before patching #1', '3/14/2026 18:59:44', 'powered off', 0]],
+  )
   const two = parseSnapshotTree(fixture('snapshot-get-esxi7-child.txt'))
   t.equal(two.roots.length, 1)
   const child = two.roots[0]?.children[0]
@@ -65,18 +78,32 @@ t.test('snapshot.get: none, one, child with empty description', async (t) => {
 
 t.test('snapshot.get: nested three levels, multi-line description', async (t) => {
   const tree = parseSnapshotTree(fixture('snapshot-get-nested-multiline.txt'))
-  t.same(tree.all.map((n) => [n.id, n.depth, n.parentId ?? null]), [['1', 0, null], ['2', 1, '1'], ['3', 2, '2']])
+  t.same(
+    tree.all.map((n) => [n.id, n.depth, n.parentId ?? null]),
+    [
+      ['1', 0, null],
+      ['2', 1, '1'],
+      ['3', 2, '2'],
+    ],
+  )
   t.equal(tree.all[2]?.description, 'prepared for install\ntmp and all traces removed')
   t.equal(tree.all[2]?.createdOn, '2/23/2015 18:13:32')
 })
 
 t.test('snapshot.get: siblings printed at the same depth', async (t) => {
-  const text = 'Get Snapshot:\n|-ROOT\n--Snapshot Name        : a\n--Snapshot Id        : 4\n--Snapshot Desciption  :\n--Snapshot Created On  : 1/1/2026 1:0:0\n--Snapshot State       : powered off\n' +
+  const text =
+    'Get Snapshot:\n|-ROOT\n--Snapshot Name        : a\n--Snapshot Id        : 4\n--Snapshot Desciption  :\n--Snapshot Created On  : 1/1/2026 1:0:0\n--Snapshot State       : powered off\n' +
     '--|-CHILD\n----Snapshot Name        : b\n----Snapshot Id        : 5\n----Snapshot Desciption  :\n----Snapshot Created On  : 1/1/2026 1:0:1\n----Snapshot State       : powered on\n' +
     '----Snapshot Name        : c\n----Snapshot Id        : 6\n----Snapshot Desciption  :\n----Snapshot Created On  : 1/1/2026 1:0:2\n----Snapshot State       : powered on\n'
   const tree = parseSnapshotTree(text)
-  t.same(tree.roots[0]?.children.map((c) => c.id), ['5', '6'])
-  t.same(tree.all.map((n) => n.parentId ?? null), [null, '4', '4'])
+  t.same(
+    tree.roots[0]?.children.map((c) => c.id),
+    ['5', '6'],
+  )
+  t.same(
+    tree.all.map((n) => n.parentId ?? null),
+    [null, '4', '4'],
+  )
 })
 
 t.test('snapshot.get: malformed trees are typed errors', async (t) => {
@@ -103,7 +130,7 @@ t.test('faults: NotFound (old and new layouts), InvalidState', async (t) => {
   const inv = parseFault(fixture('fault-invalidstate.txt'))
   t.same([inv?.name, inv?.msg], ['InvalidState', 'The operation is not allowed in the current state.'])
   t.ok(inv !== undefined && !isVmNotFound(inv))
-  t.equal(parseFault('(vmodl.fault.ManagedObjectNotFound) {\n   msg = \'gone\'\n}\n')?.type, 'vmodl.fault.ManagedObjectNotFound')
+  t.equal(parseFault("(vmodl.fault.ManagedObjectNotFound) {\n   msg = 'gone'\n}\n")?.type, 'vmodl.fault.ManagedObjectNotFound')
   // no fault: ordinary output, or a fault type only mentioned inside other text
   t.equal(parseFault(fixture('snapshot-get-esxi8-one.txt')), undefined)
   t.equal(parseFault('   x = (vim.fault.NotFound) null,\n'), undefined)
@@ -126,17 +153,33 @@ t.test('get.runtime consolidationNeeded', async (t) => {
   t.equal(parseConsolidationNeeded('nothing'), undefined)
 })
 
-t.test('parsers throw only EsxiError on arbitrary input', async (t) => {
+t.test('parsers throw only EsxiError on arbitrary input', async (_t) => {
   const line = fc.oneof(
     fc.string(),
-    fc.constantFrom('|-ROOT', '--|-CHILD', '--Snapshot Name        : x', '--Snapshot Id        : 1', '----Snapshot Id        : 2', 'Get Snapshot:', 'Vmid   Name   File', '1  a  [d] a/a.vmx  g  vmx-1', '(vim.fault.NotFound) {', '}'),
+    fc.constantFrom(
+      '|-ROOT',
+      '--|-CHILD',
+      '--Snapshot Name        : x',
+      '--Snapshot Id        : 1',
+      '----Snapshot Id        : 2',
+      'Get Snapshot:',
+      'Vmid   Name   File',
+      '1  a  [d] a/a.vmx  g  vmx-1',
+      '(vim.fault.NotFound) {',
+      '}',
+    ),
   )
-  fc.assert(fc.property(fc.array(line, { maxLength: 30 }), (lines) => {
-    const text = lines.join('\n')
-    for (const f of [parseGetAllVms, parseSnapshotTree, parseFault, (s: string) => checkSnapshotOpOutput('Remove', s)]) {
-      try { f(text) } catch (err) {
-        if (!(err instanceof EsxiError) || err.code !== 'E_PARSE') throw err
+  fc.assert(
+    fc.property(fc.array(line, { maxLength: 30 }), (lines) => {
+      const text = lines.join('\n')
+      for (const f of [parseGetAllVms, parseSnapshotTree, parseFault, (s: string) => checkSnapshotOpOutput('Remove', s)]) {
+        try {
+          f(text)
+        } catch (err) {
+          if (!(err instanceof EsxiError) || err.code !== 'E_PARSE') throw err
+        }
       }
-    }
-  }), { numRuns: 2000 })
+    }),
+    { numRuns: 2000 },
+  )
 })

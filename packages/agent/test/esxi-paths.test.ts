@@ -38,7 +38,14 @@ t.test('DatastoreMap resolves names and UUIDs, refuses the rest', async (t) => {
 t.test('DatastoreMap configuration errors', async (t) => {
   t.throws(() => DatastoreMap.from({ ds: 'relative/path' }), { code: 'E_CONFIG' })
   t.throws(() => DatastoreMap.from({ '': '/x' }), { code: 'E_CONFIG' })
-  t.throws(() => new DatastoreMap([{ name: 'a', localPath: '/x' }, { name: 'a', localPath: '/y' }]), { code: 'E_CONFIG' })
+  t.throws(
+    () =>
+      new DatastoreMap([
+        { name: 'a', localPath: '/x' },
+        { name: 'a', localPath: '/y' },
+      ]),
+    { code: 'E_CONFIG' },
+  )
   t.equal(DatastoreMap.from({ a: { localPath: '/x', uuid: 'u-1' } }).resolve('/vmfs/volumes/u-1/f'), '/x/f')
 })
 
@@ -55,13 +62,22 @@ t.test('shQuote passes any string through a real POSIX shell unchanged', async (
   t.equal(shQuote(''), "''")
   t.equal(shQuote("it's"), `'it'\\''s'`)
   t.throws(() => shQuote('a\0b'))
-  const samples = ["grainline-1", "a b", "$(rm -rf /)", "`id`", "x'y\"z", "tab\there", "new\nline", "*", "~root", "-n", "\\", "ünïcødé 🚀", "%2f;|&<>"]
+  const samples = ['grainline-1', 'a b', '$(rm -rf /)', '`id`', 'x\'y"z', 'tab\there', 'new\nline', '*', '~root', '-n', '\\', 'ünïcødé 🚀', '%2f;|&<>']
   const out = execFileSync('/bin/sh', ['-c', `for a in ${samples.map(shQuote).join(' ')}; do printf '%s\\0' "$a"; done`])
   t.same(out.toString('utf8').split('\0').slice(0, -1), samples)
-  fc.assert(fc.property(fc.array(fc.string({ unit: 'grapheme', minLength: 0, maxLength: 12 }).filter((s) => !s.includes('\0')), { maxLength: 6 }), (args) => {
-    const res = execFileSync('/bin/sh', ['-c', `${shJoin(['printf', '%s\\0', ...args])}`])
-    const got = res.toString('utf8').split('\0').slice(0, -1)
-    if (args.length === 0) return got.length <= 1
-    return JSON.stringify(got) === JSON.stringify(args)
-  }), { numRuns: 60 })
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.string({ unit: 'grapheme', minLength: 0, maxLength: 12 }).filter((s) => !s.includes('\0')),
+        { maxLength: 6 },
+      ),
+      (args) => {
+        const res = execFileSync('/bin/sh', ['-c', `${shJoin(['printf', '%s\\0', ...args])}`])
+        const got = res.toString('utf8').split('\0').slice(0, -1)
+        if (args.length === 0) return got.length <= 1
+        return JSON.stringify(got) === JSON.stringify(args)
+      },
+    ),
+    { numRuns: 60 },
+  )
 })

@@ -26,7 +26,7 @@ const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
 /** what an NFS mount of the datastore gives the agent */
 const dsPathMap = { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore }
 
-function qemuRaw (descriptor: string): Buffer {
+function qemuRaw(descriptor: string): Buffer {
   return harnessQemuRaw(descriptor, dsPathMap, h.dir)
 }
 
@@ -36,21 +36,38 @@ await mkdir(store)
 const token = randomBytes(24).toString('hex')
 const tokens = path.join(h.dir, 'tokens.json')
 await writeFile(tokens, JSON.stringify({ tokens: [{ name: 'test', token, vms: ['*'] }] }))
-const recv = spawn(process.execPath, [path.join(repoRoot, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens], { stdio: ['ignore', 'pipe', 'pipe'] })
+const recv = spawn(process.execPath, [path.join(repoRoot, 'packages/receiver/dist/src/main.js'), '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens], {
+  stdio: ['ignore', 'pipe', 'pipe'],
+})
 const recvLogs: string[] = []
-createInterface({ input: recv.stderr }).on('line', (l) => { recvLogs.push(l) })
+createInterface({ input: recv.stderr }).on('line', (l) => {
+  recvLogs.push(l)
+})
 const port = await new Promise<number>((resolve, reject) => {
-  const timer = setTimeout(() => { reject(new Error(`receiver did not start: ${recvLogs.join('\n')}`)) }, 20_000)
+  const timer = setTimeout(() => {
+    reject(new Error(`receiver did not start: ${recvLogs.join('\n')}`))
+  }, 20_000)
   createInterface({ input: recv.stdout }).on('line', (line) => {
     recvLogs.push(line)
     try {
-      const ev = JSON.parse(line) as { event?: string, port?: number }
-      if (ev.event === 'listening' && typeof ev.port === 'number') { clearTimeout(timer); resolve(ev.port) }
+      const ev = JSON.parse(line) as { event?: string; port?: number }
+      if (ev.event === 'listening' && typeof ev.port === 'number') {
+        clearTimeout(timer)
+        resolve(ev.port)
+      }
     } catch {}
   })
-  recv.once('exit', (code) => { clearTimeout(timer); reject(new Error(`receiver exited ${String(code)}: ${recvLogs.join('\n')}`)) })
+  recv.once('exit', (code) => {
+    clearTimeout(timer)
+    reject(new Error(`receiver exited ${String(code)}: ${recvLogs.join('\n')}`))
+  })
 })
-t.teardown(async () => { if (recv.exitCode === null) { recv.kill('SIGTERM'); await once(recv, 'exit') } })
+t.teardown(async () => {
+  if (recv.exitCode === null) {
+    recv.kill('SIGTERM')
+    await once(recv, 'exit')
+  }
+})
 
 // one VM per ESXi delta format; the SEsparse one gets absolute parent hints
 const VMS = [
@@ -72,7 +89,7 @@ const esxi: EsxiDriverInit = {
 }
 
 /** Find the mirror's flat file of a source disk (base file name `stem.vmdk`). */
-async function mirrorFlat (stem: string): Promise<string> {
+async function mirrorFlat(stem: string): Promise<string> {
   const found: string[] = []
   const walk = async (dir: string): Promise<void> => {
     for (const e of await readdir(dir, { withFileTypes: true })) {
@@ -86,53 +103,62 @@ async function mirrorFlat (stem: string): Promise<string> {
   return found[0] as string
 }
 
-async function guestWrites (vm: VmHandle, seed: number): Promise<void> {
+async function guestWrites(vm: VmHandle, seed: number): Promise<void> {
   for (const d of vm.disks) {
     const w = await openWriter(d.path, { pathMap: dsPathMap })
     try {
       for (let i = 0; i < 5; i++) await w.write(((seed * 31 + i * 397) % 1900) * 512, randomBytes(3000 + 512 * i - (3000 % 512)))
       await w.writeZeroes(128 * 1024 * (1 + (seed % 3)), 16384)
-    } finally { await w.close() }
+    } finally {
+      await w.close()
+    }
   }
 }
 
-for (const v of VMS) for (const cycle of [1, 2, 3]) {
-  t.test(`${v.deltaFormat}: cycle ${cycle} (${cycle === 1 ? 'seed' : 'incremental'})`, async (t) => {
-    let frozen: Buffer[] = []
-    const report = await replicate({ logger: pino({ level: 'silent' }) }, {
-      vm: v.name,
-      driver: 'esxi',
-      esxi,
-      to: `ws://127.0.0.1:${port}`,
-      token,
-      stateDir: path.join(h.dir, 'agent-state'),
-      progress: 'none',
-      trivialMiB: 1,
-      certify: 'sha256',
-      afterSnapshot: async (vm) => {
-        // the frozen point: the parent of each new running delta
-        frozen = []
-        for (const d of vm.disks) {
-          const chain = await openChain(d.path, { pathMap: { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore } })
-          const parent = chain.layers[1]?.path
-          await chain.close()
-          if (parent === undefined) throw new Error('no frozen layer')
-          frozen.push(qemuRaw(parent))
-        }
-        // the VM keeps writing while the cycle ships
-        await guestWrites(vm, cycle * 10)
-      },
+for (const v of VMS)
+  for (const cycle of [1, 2, 3]) {
+    t.test(`${v.deltaFormat}: cycle ${cycle} (${cycle === 1 ? 'seed' : 'incremental'})`, async (t) => {
+      let frozen: Buffer[] = []
+      const report = await replicate(
+        { logger: pino({ level: 'silent' }) },
+        {
+          vm: v.name,
+          driver: 'esxi',
+          esxi,
+          to: `ws://127.0.0.1:${port}`,
+          token,
+          stateDir: path.join(h.dir, 'agent-state'),
+          progress: 'none',
+          trivialMiB: 1,
+          certify: 'sha256',
+          afterSnapshot: async (vm) => {
+            // the frozen point: the parent of each new running delta
+            frozen = []
+            for (const d of vm.disks) {
+              const chain = await openChain(d.path, { pathMap: { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore } })
+              const parent = chain.layers[1]?.path
+              await chain.close()
+              if (parent === undefined) throw new Error('no frozen layer')
+              frozen.push(qemuRaw(parent))
+            }
+            // the VM keeps writing while the cycle ships
+            await guestWrites(vm, cycle * 10)
+          },
+        },
+      )
+      t.equal(report.ok, true, JSON.stringify(report.vms[0]?.error ?? report.vms[0]))
+      const vr = report.vms[0]
+      t.equal(vr?.disks.length, 2)
+      t.same(
+        vr?.disks.map((d) => d.mode),
+        cycle === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'],
+      )
+      t.same(vr?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`])
+      t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], 'disk 0 mirror = frozen source')
+      t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], 'disk 1 mirror = frozen source')
+      // the source VM runs on exactly one grainline snapshot
+      const vmsd = await readFile(path.join(h.datastore, `${v.name}/${v.stem}.vmsd`), 'utf8')
+      t.match(vmsd, /snapshot\.numSnapshots = "1"/)
+      t.match(vmsd, new RegExp(`displayName = "grainline-${cycle}"`))
     })
-    t.equal(report.ok, true, JSON.stringify(report.vms[0]?.error ?? report.vms[0]))
-    const vr = report.vms[0]
-    t.equal(vr?.disks.length, 2)
-    t.same(vr?.disks.map((d) => d.mode), cycle === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'])
-    t.same(vr?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`])
-    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], 'disk 0 mirror = frozen source')
-    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], 'disk 1 mirror = frozen source')
-    // the source VM runs on exactly one grainline snapshot
-    const vmsd = await readFile(path.join(h.datastore, `${v.name}/${v.stem}.vmsd`), 'utf8')
-    t.match(vmsd, /snapshot\.numSnapshots = "1"/)
-    t.match(vmsd, new RegExp(`displayName = "grainline-${cycle}"`))
-  })
-}
+  }

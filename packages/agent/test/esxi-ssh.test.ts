@@ -5,9 +5,14 @@ import { EsxiSsh, sshFingerprint, normalizeFingerprint } from '../src/esxi/ssh.t
 import { shJoin } from '../src/esxi/shell-quote.ts'
 import { startSshHarness } from './esxi-harness.ts'
 
-function logSink (): { logger: pino.Logger, lines: Array<Record<string, unknown>> } {
+function logSink(): { logger: pino.Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({ write (chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>); cb() } })
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
+      cb()
+    },
+  })
   return { logger: pino({ level: 'debug' }, stream), lines }
 }
 
@@ -28,7 +33,7 @@ t.test('connects when the pinned fingerprint is the one ssh-keygen prints; comma
   const { logger, lines } = logSink()
   const ssh = await EsxiSsh.connect(base, { logger })
   t.teardown(() => ssh.close())
-  const tricky = ["web 01", "it's", "$(id)", "a\nb", "*"]
+  const tricky = ['web 01', "it's", '$(id)', 'a\nb', '*']
   const r = await ssh.exec(shJoin(['printf', '[%s]', ...tricky]), { vm: 'web 01' })
   t.equal(r.code, 0)
   t.equal(r.stdout, tricky.map((s) => `[${s}]`).join(''))
@@ -43,7 +48,10 @@ t.test('connects when the pinned fingerprint is the one ssh-keygen prints; comma
 
 t.test('a host-key mismatch fails loudly, naming both fingerprints', async (t) => {
   const wrong = sshFingerprint(Buffer.from('not the host key'))
-  const err = await EsxiSsh.connect({ ...base, hostKeyFingerprint: wrong }, { logger: pino({ level: 'silent' }) }).then(() => undefined, (e: unknown) => e)
+  const err = await EsxiSsh.connect({ ...base, hostKeyFingerprint: wrong }, { logger: pino({ level: 'silent' }) }).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
   t.match(err, { name: 'EsxiError', code: 'E_HOST_KEY', host: '127.0.0.1' })
   t.match(String((err as Error).message), h.hostKeyFingerprint)
   t.match(String((err as Error).message), wrong)
@@ -53,7 +61,10 @@ t.test('several pinned fingerprints: any of them matches; none is a config error
   const other = sshFingerprint(Buffer.from('the host ecdsa key, say'))
   const ssh = await EsxiSsh.connect({ ...base, hostKeyFingerprint: [other, h.hostKeyFingerprint] }, { logger: pino({ level: 'silent' }) })
   await ssh.close()
-  const err = await EsxiSsh.connect({ ...base, hostKeyFingerprint: [other] }, { logger: pino({ level: 'silent' }) }).then(() => undefined, (e: unknown) => e) as Error
+  const err = (await EsxiSsh.connect({ ...base, hostKeyFingerprint: [other] }, { logger: pino({ level: 'silent' }) }).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as Error
   t.match(err, { code: 'E_HOST_KEY' })
   t.match(err.message, h.hostKeyFingerprint)
   await t.rejects(EsxiSsh.connect({ ...base, hostKeyFingerprint: [] }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
@@ -84,7 +95,9 @@ t.test('timeout, abort and output limit; the connection stays usable', async (t)
   await t.rejects(ssh.exec('sleep 20', { timeoutMs: 300, vm: 'vm1' }), { code: 'E_TIMEOUT', command: 'sleep 20', vm: 'vm1', message: /within 300 ms/ })
   t.ok(Date.now() - started < 5000)
   const ac = new AbortController()
-  setTimeout(() => { ac.abort() }, 200)
+  setTimeout(() => {
+    ac.abort()
+  }, 200)
   await t.rejects(ssh.exec('sleep 20', { signal: ac.signal }), { code: 'E_ABORTED' })
   await t.rejects(ssh.exec('head -c 100000 /dev/zero', { maxOutputBytes: 1000 }), { code: 'E_OUTPUT_LIMIT' })
   const r = await ssh.exec('echo still here')

@@ -10,7 +10,7 @@ export interface BuiltVm {
   disks: string[]
 }
 
-function descriptor (flat: string, sectors: number, cid: string): string {
+function descriptor(flat: string, sectors: number, cid: string): string {
   return [
     '# Disk DescriptorFile',
     'version=1',
@@ -43,7 +43,7 @@ function descriptor (flat: string, sectors: number, cid: string): string {
  * ESXi writes a disk that was added from the datastore browser. Flat extents
  * are filled with random data.
  */
-export async function buildVm (datastore: string, uuid: string, folder: string, stem: string, opts: { sizes?: number[] } = {}): Promise<BuiltVm> {
+export async function buildVm(datastore: string, uuid: string, folder: string, stem: string, opts: { sizes?: number[] } = {}): Promise<BuiltVm> {
   const dir = path.join(datastore, folder)
   await mkdir(dir, { recursive: true })
   const sizes = opts.sizes ?? [2 * 1024 * 1024, 1024 * 1024]

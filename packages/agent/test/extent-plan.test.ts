@@ -3,14 +3,14 @@ import fc from 'fast-check'
 import { arraySource, buildPlan, planExtents, unionSource, type PlanRange } from '../src/extent-plan.ts'
 
 /** The union of array layers, collected (the cycle streams `unionSource` over grain tables instead). */
-async function unionRanges (layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
+async function unionRanges(layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
   const out: PlanRange[] = []
   for await (const r of unionSource(layers.map(arraySource))()) out.push(r)
   return out
 }
 
 // reference: per-512-byte-sector model
-function model (layers: PlanRange[][], sectors: number): Array<boolean | undefined> {
+function model(layers: PlanRange[][], sectors: number): Array<boolean | undefined> {
   const out: Array<boolean | undefined> = new Array(sectors).fill(undefined)
   for (const ranges of layers) for (const r of ranges) for (let s = r.offset / 512; s < (r.offset + r.length) / 512; s++) out[s] = r.zero
   return out
@@ -30,31 +30,48 @@ const layerArb = fc.array(fc.tuple(fc.nat(63), fc.integer({ min: 1, max: 8 }), f
   return out.sort((a, b) => a.offset - b.offset)
 })
 
-t.test('union: newest layer decides, coalesced, disjoint, sorted', async (t) => {
-  await fc.assert(fc.asyncProperty(fc.array(layerArb, { minLength: 1, maxLength: 4 }), async (layers) => {
-    const u = await unionRanges(layers)
-    const got = model([u], 64)
-    const want = model(layers, 64)
-    if (JSON.stringify(got) !== JSON.stringify(want)) return false
-    for (let i = 1; i < u.length; i++) {
-      const a = u[i - 1] as PlanRange
-      const b = u[i] as PlanRange
-      if (a.offset + a.length > b.offset) return false
-      if (a.offset + a.length === b.offset && a.zero === b.zero) return false
-    }
-    return true
-  }), { numRuns: 500 })
+t.test('union: newest layer decides, coalesced, disjoint, sorted', async (_t) => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(layerArb, { minLength: 1, maxLength: 4 }), async (layers) => {
+      const u = await unionRanges(layers)
+      const got = model([u], 64)
+      const want = model(layers, 64)
+      if (JSON.stringify(got) !== JSON.stringify(want)) return false
+      for (let i = 1; i < u.length; i++) {
+        const a = u[i - 1] as PlanRange
+        const b = u[i] as PlanRange
+        if (a.offset + a.length > b.offset) return false
+        if (a.offset + a.length === b.offset && a.zero === b.zero) return false
+      }
+      return true
+    }),
+    { numRuns: 500 },
+  )
 })
 
 t.test('plan: chunks cover every range, seqs are stable when skipping', async (t) => {
-  const ranges: PlanRange[] = [{ offset: 0, length: 5 * 1024, zero: false }, { offset: 8192, length: 3 * 1024 * 1024, zero: true }, { offset: 4 * 1024 * 1024, length: 2048, zero: false }]
+  const ranges: PlanRange[] = [
+    { offset: 0, length: 5 * 1024, zero: false },
+    { offset: 8192, length: 3 * 1024 * 1024, zero: true },
+    { offset: 4 * 1024 * 1024, length: 2048, zero: false },
+  ]
   const plan = await buildPlan(arraySource(ranges), { chunkBytes: 2048, zeroChunkBytes: 1024 * 1024 })
-  const collect = async (from: number): Promise<unknown[]> => { const out = []; for await (const e of planExtents(plan, from)) out.push(e); return out }
-  const all = await collect(0) as Array<{ seq: number, length: number }>
+  const collect = async (from: number): Promise<unknown[]> => {
+    const out = []
+    for await (const e of planExtents(plan, from)) out.push(e)
+    return out
+  }
+  const all = (await collect(0)) as Array<{ seq: number; length: number }>
   t.equal(all.length, plan.totalExtents)
   t.equal(plan.totalExtents, 3 + 3 + 1)
-  t.equal(all.reduce((s, e) => s + e.length, 0), plan.totalBytes)
-  t.same(all.map((e) => e.seq), [0, 1, 2, 3, 4, 5, 6])
+  t.equal(
+    all.reduce((s, e) => s + e.length, 0),
+    plan.totalBytes,
+  )
+  t.same(
+    all.map((e) => e.seq),
+    [0, 1, 2, 3, 4, 5, 6],
+  )
   t.same(await collect(4), all.slice(4), 'skipping yields the same extents')
   t.equal(plan.firstOffset, 0)
   t.same(all[2], { seq: 2, offset: 4096, length: 1024, zero: false })

@@ -16,7 +16,9 @@ import { replicate } from '../src/replicate.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
 import { memoryLogger, MiB, scratch } from './helpers.ts'
 
-const mkfifo = (p: string): void => { execFileSync('mkfifo', [p]) }
+const mkfifo = (p: string): void => {
+  execFileSync('mkfifo', [p])
+}
 
 /** A dummy receiver URL: every case fails before any connection. */
 const to = 'wss://127.0.0.1:1'
@@ -33,7 +35,11 @@ t.test('a FIFO as the .vmx, the .vmsd or the nvram: E_VMX, no hang, nothing done
     t.equal(r.vms[0]?.error?.code, 'E_VMX', `${which}: ${r.vms[0]?.error?.message}`)
     t.match(r.vms[0]?.error?.message, /is a FIFO, not a regular file/)
     if (which !== 'vmx') {
-      t.same((await createLocalDriver().openVm(vm.vmxPath)).disks.map((d) => d.fileName), [`fifo-${which}.vmdk`], 'no snapshot was taken')
+      t.same(
+        (await createLocalDriver().openVm(vm.vmxPath)).disks.map((d) => d.fileName),
+        [`fifo-${which}.vmdk`],
+        'no snapshot was taken',
+      )
     }
   }
 })
@@ -51,5 +57,8 @@ t.test('esxi: a FIFO in a descriptor chain is E_CHAIN, not a hang', async (t) =>
   const dir = scratch(t)
   const top = join(dir, 'vm-000001.vmdk')
   mkfifo(top)
-  await t.rejects(readChainFiles(top, (base, name) => join(base, name)), { code: 'E_CHAIN', message: /not a regular file/ })
+  await t.rejects(
+    readChainFiles(top, (base, name) => join(base, name)),
+    { code: 'E_CHAIN', message: /not a regular file/ },
+  )
 })

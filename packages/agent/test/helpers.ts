@@ -19,10 +19,10 @@ export const RECEIVER_MAIN = process.env['GRAINLINE_RECEIVER_MAIN'] ?? fileURLTo
 export const haveReceiver = existsSync(RECEIVER_MAIN)
 
 /** A pino logger collecting JSON lines (logs are asserted through a sink). */
-export function memoryLogger (level = 'info'): { logger: Logger, lines: Array<Record<string, unknown>> } {
+export function memoryLogger(level = 'info'): { logger: Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = []
   const sink = new Writable({
-    write (chunk: Buffer, _enc, cb) {
+    write(chunk: Buffer, _enc, cb) {
       for (const l of chunk.toString('utf8').split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>)
       cb()
     },
@@ -44,52 +44,89 @@ export interface ReceiverEnv {
 }
 
 /** Start the real receiver process with TLS and a token that may replicate every VM. */
-export async function startReceiver (dir: string, opts: { port?: number } = {}): Promise<ReceiverEnv> {
+export async function startReceiver(dir: string, opts: { port?: number } = {}): Promise<ReceiverEnv> {
   mkdirSync(dir, { recursive: true })
   const store = join(dir, 'store')
   mkdirSync(store, { recursive: true })
   const key = join(dir, 'k.pem')
   const cert = join(dir, 'c.pem')
   if (!existsSync(cert)) {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
-      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-days', '2', '-keyout', key, '-out', cert], { stdio: 'ignore' })
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+        '-days',
+        '2',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+      ],
+      { stdio: 'ignore' },
+    )
   }
   const tokens = join(dir, 'tokens.json')
   writeFileSync(tokens, JSON.stringify({ tokens: [{ name: 'agent-test', token: TOKEN, vms: ['*'] }] }))
   const env: ReceiverEnv = {
-    store, ca: readFileSync(cert), url: '', port: 0, proc: undefined as unknown as ChildProcess, logs: [],
-    async stop () {
+    store,
+    ca: readFileSync(cert),
+    url: '',
+    port: 0,
+    proc: undefined as unknown as ChildProcess,
+    logs: [],
+    async stop() {
       if (env.proc.exitCode !== null || env.proc.signalCode !== null) return
       const exited = once(env.proc, 'exit')
       env.proc.kill('SIGTERM')
       await exited
     },
-    async kill9 () {
+    async kill9() {
       if (env.proc.exitCode !== null || env.proc.signalCode !== null) return
       const exited = once(env.proc, 'exit')
       env.proc.kill('SIGKILL')
       await exited
     },
-    async restart () {
+    async restart() {
       await env.stop()
       await launch(env.port)
     },
   }
   const launch = async (port: number): Promise<void> => {
-    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key, '--exit-with-stdin'],
-      { stdio: ['pipe', 'pipe', 'pipe'] })
+    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key, '--exit-with-stdin'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
     env.proc = proc
     process.once('exit', () => proc.kill('SIGKILL'))
-    createInterface({ input: proc.stderr! }).on('line', (l) => { env.logs.push(l) })
+    createInterface({ input: proc.stderr! }).on('line', (l) => {
+      env.logs.push(l)
+    })
     env.port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('receiver did not start')), 20_000)
       createInterface({ input: proc.stdout! }).on('line', (line) => {
         try {
-          const ev = JSON.parse(line) as { event?: string, port?: number }
-          if (ev.event === 'listening' && typeof ev.port === 'number') { clearTimeout(timer); resolve(ev.port) }
-        } catch { /* not JSON */ }
+          const ev = JSON.parse(line) as { event?: string; port?: number }
+          if (ev.event === 'listening' && typeof ev.port === 'number') {
+            clearTimeout(timer)
+            resolve(ev.port)
+          }
+        } catch {
+          /* not JSON */
+        }
       })
-      proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`receiver exited ${code}: ${env.logs.slice(-5).join('\n')}`)) })
+      proc.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`receiver exited ${code}: ${env.logs.slice(-5).join('\n')}`))
+      })
     })
     env.url = `wss://127.0.0.1:${env.port}`
   }
@@ -98,26 +135,32 @@ export async function startReceiver (dir: string, opts: { port?: number } = {}):
 }
 
 /** `qemu-img convert -O raw`: the independent oracle of a chain's content. */
-export async function qemuRaw (vmdk: string, out: string): Promise<void> {
+export async function qemuRaw(vmdk: string, out: string): Promise<void> {
   await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', vmdk, out], { maxBuffer: 1 << 20 })
 }
 
 /** `qemu-img map --output=json` of a file. */
-export async function qemuMap (vmdk: string): Promise<Array<{ start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean }>> {
+export async function qemuMap(vmdk: string): Promise<Array<{ start: number; length: number; depth: number; present: boolean; zero: boolean; data: boolean }>> {
   const { stdout } = await exec('qemu-img', ['map', '-f', 'vmdk', '--output=json', vmdk], { maxBuffer: 64 << 20 })
-  return JSON.parse(stdout) as Array<{ start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean }>
+  return JSON.parse(stdout) as Array<{ start: number; length: number; depth: number; present: boolean; zero: boolean; data: boolean }>
 }
 
 /** First differing offset of two files, or -1 when equal (sizes included). */
-export async function firstDifference (a: string, b: string): Promise<number> {
+export async function firstDifference(a: string, b: string): Promise<number> {
   const ra = createReadStream(a, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
   const rb = createReadStream(b, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
   let bufA: Buffer = Buffer.alloc(0)
   let bufB: Buffer = Buffer.alloc(0)
   let pos = 0
   for (;;) {
-    if (bufA.length === 0) { const n = await ra.next(); bufA = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
-    if (bufB.length === 0) { const n = await rb.next(); bufB = n.done === true ? Buffer.alloc(0) : n.value as Buffer }
+    if (bufA.length === 0) {
+      const n = await ra.next()
+      bufA = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
+    }
+    if (bufB.length === 0) {
+      const n = await rb.next()
+      bufB = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
+    }
     if (bufA.length === 0 || bufB.length === 0) return bufA.length === bufB.length ? -1 : pos
     const n = Math.min(bufA.length, bufB.length)
     if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) {
@@ -139,19 +182,31 @@ export interface CuttingProxy {
   close(): Promise<void>
 }
 
-export async function startCuttingProxy (targetPort: () => number): Promise<CuttingProxy> {
+export async function startCuttingProxy(targetPort: () => number): Promise<CuttingProxy> {
   const sockets = new Set<Socket>()
   const proxy: CuttingProxy = {
-    port: 0, budgets: [], cuts: 0,
-    cutAll () { for (const s of sockets) s.destroy() },
-    async close () { proxy.cutAll(); server.close(); await once(server, 'close').catch(() => {}) },
+    port: 0,
+    budgets: [],
+    cuts: 0,
+    cutAll() {
+      for (const s of sockets) s.destroy()
+    },
+    async close() {
+      proxy.cutAll()
+      server.close()
+      await once(server, 'close').catch(() => {})
+    },
   }
   const server: Server = createServer((client) => {
     const budget = proxy.budgets.shift()
     const upstream = connect(targetPort(), '127.0.0.1')
-    sockets.add(client); sockets.add(upstream)
+    sockets.add(client)
+    sockets.add(upstream)
     let sent = 0
-    const cut = (): void => { client.destroy(); upstream.destroy() }
+    const cut = (): void => {
+      client.destroy()
+      upstream.destroy()
+    }
     client.on('data', (d: Buffer) => {
       if (budget !== undefined && sent + d.length >= budget) {
         upstream.write(d.subarray(0, Math.max(0, budget - sent)))
@@ -163,11 +218,16 @@ export async function startCuttingProxy (targetPort: () => number): Promise<Cutt
       if (!upstream.write(d)) client.pause()
     })
     upstream.on('drain', () => client.resume())
-    upstream.on('data', (d: Buffer) => { if (!client.write(d)) upstream.pause() })
+    upstream.on('data', (d: Buffer) => {
+      if (!client.write(d)) upstream.pause()
+    })
     client.on('drain', () => upstream.resume())
     for (const s of [client, upstream]) {
       s.on('error', cut)
-      s.on('close', () => { sockets.delete(s); cut() })
+      s.on('close', () => {
+        sockets.delete(s)
+        cut()
+      })
     }
   })
   server.listen(0, '127.0.0.1')
@@ -181,8 +241,10 @@ export async function startCuttingProxy (targetPort: () => number): Promise<Cutt
  * t.testdir() its name is unique per run, so two runs of the suite at once
  * (teammates share this machine) cannot delete each other's files.
  */
-export function scratch (t: { teardown: (fn: () => unknown) => void }): string {
+export function scratch(t: { teardown: (fn: () => unknown) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'grainline-agent-test-'))
-  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  t.teardown(() => {
+    rmSync(dir, { recursive: true, force: true })
+  })
   return dir
 }

@@ -10,7 +10,7 @@ const PEM = '-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n'
 const KEY = '-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n'
 const FP = 'SHA256:' + 'A'.repeat(43)
 
-async function fixture (t: Parameters<typeof scratch>[0]): Promise<string> {
+async function fixture(t: Parameters<typeof scratch>[0]): Promise<string> {
   const dir = scratch(t)
   await writeFile(join(dir, 'token.txt'), '\n  secret-token-0123456789\n')
   await writeFile(join(dir, 'ca.pem'), PEM)
@@ -19,8 +19,11 @@ async function fixture (t: Parameters<typeof scratch>[0]): Promise<string> {
   return dir
 }
 
-async function problems (p: Promise<unknown>): Promise<readonly string[]> {
-  const err = await p.then(() => undefined, (e: unknown) => e) as { code?: string, issues?: readonly string[] } | undefined
+async function problems(p: Promise<unknown>): Promise<readonly string[]> {
+  const err = (await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as { code?: string; issues?: readonly string[] } | undefined
   if (err?.code !== 'E_CONFIG' || err.issues === undefined) throw new Error(`expected a ConfigError, got ${String(err)}`)
   return err.issues
 }
@@ -28,40 +31,77 @@ async function problems (p: Promise<unknown>): Promise<readonly string[]> {
 t.test('a job file: top level, defaults and per-VM options, the most specific wins; paths against the file', async (t) => {
   const dir = await fixture(t)
   const file = join(dir, 'job.json')
-  await writeFile(file, JSON.stringify({
-    to: 'wss://dr.example:7443', tokenFile: 'token.txt', caFile: 'ca.pem', bwlimit: '20M', parallel: 3, trivialMiB: 64,
-    defaults: { certify: 'xxh64', giveUp: '2m' },
-    vms: ['a/a.vmx', { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4, esxi: { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } } }],
-    report: 'out/last.json',
-  }))
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      caFile: 'ca.pem',
+      bwlimit: '20M',
+      parallel: 3,
+      trivialMiB: 64,
+      defaults: { certify: 'xxh64', giveUp: '2m' },
+      vms: [
+        'a/a.vmx',
+        { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4, esxi: { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } } },
+      ],
+      report: 'out/last.json',
+    }),
+  )
   const job = await loadJob({ file })
   t.equal(job.parallel, 3)
-  t.equal(job.bwlimit, 20 * 1024 * 1024, 'bwlimit is the job\'s, parsed by parseRate')
+  t.equal(job.bwlimit, 20 * 1024 * 1024, "bwlimit is the job's, parsed by parseRate")
   t.equal(job.report, join(dir, 'out/last.json'))
   t.equal(job.vms.length, 2)
-  t.match(job.vms[0], { vm: join(dir, 'a/a.vmx'), to: 'wss://dr.example:7443', token: 'secret-token-0123456789', caFile: join(dir, 'ca.pem'), ca: PEM, certify: 'xxh64', trivialMiB: 64, giveUpMs: 120_000, label: 'job.vms[0]' })
+  t.match(job.vms[0], {
+    vm: join(dir, 'a/a.vmx'),
+    to: 'wss://dr.example:7443',
+    token: 'secret-token-0123456789',
+    caFile: join(dir, 'ca.pem'),
+    ca: PEM,
+    certify: 'xxh64',
+    trivialMiB: 64,
+    giveUpMs: 120_000,
+    label: 'job.vms[0]',
+  })
   t.match(job.vms[0]?.tokenSource, /^job\.tokenFile .*token\.txt$/)
   t.match(job.vms[1], { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4 })
   t.same(job.vms[1]?.esxi?.ssh, { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP })
   t.same(job.vms[1]?.esxi?.datastores, { ds1: join(dir, 'mnt/ds1') })
-  t.same((await loadJobConfig(file)).map((v) => v.vm), [join(dir, 'a/a.vmx'), 'db01'], 'loadJobConfig: the same VMs')
+  t.same(
+    (await loadJobConfig(file)).map((v) => v.vm),
+    [join(dir, 'a/a.vmx'), 'db01'],
+    'loadJobConfig: the same VMs',
+  )
 })
 
 t.test('every problem of a file at once, each named by its key', async (t) => {
   const dir = await fixture(t)
   const file = join(dir, 'job.json')
-  await writeFile(file, JSON.stringify({
-    to: 'wss://dr:7443', tokenFile: 'token.txt', colour: 'red', bwlimit: '20 furlongs',
-    defaults: { bwlimit: '1M' },
-    vms: [{ vm: 'a.vmx' }, { vm: 'b.vmx', compress: 'zstd' }, { vm: 'c.vmx', certify: 'SHA256' }, { vm: '' }, { vm: 'e.vmx', trivialMiB: -1, giveUp: 'soon', windowBytes: '12' }],
-  }))
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr:7443',
+      tokenFile: 'token.txt',
+      colour: 'red',
+      bwlimit: '20 furlongs',
+      defaults: { bwlimit: '1M' },
+      vms: [{ vm: 'a.vmx' }, { vm: 'b.vmx', compress: 'zstd' }, { vm: 'c.vmx', certify: 'SHA256' }, { vm: '' }, { vm: 'e.vmx', trivialMiB: -1, giveUp: 'soon', windowBytes: '12' }],
+    }),
+  )
   const p = await problems(loadJob({ file }))
   t.ok(p.includes('job.vms[2].certify: expected one of md5|sha1|sha256|xxh64|none, got "SHA256"'), p.join('\n'))
   t.ok(p.includes('job.colour: unknown key'))
   t.ok(p.includes('job.bwlimit: "20 furlongs" is not a rate (e.g. 500k, 20M; 0 = unlimited)'))
-  t.ok(p.some((m) => /^job\.defaults\.bwlimit: bwlimit is the job's total/.test(m)), 'bwlimit per VM is refused with where it goes')
+  t.ok(
+    p.some((m) => /^job\.defaults\.bwlimit: bwlimit is the job's total/.test(m)),
+    'bwlimit per VM is refused with where it goes',
+  )
   t.ok(p.some((m) => /^job\.vms\[1\]\.compress: expected one of lz4\|deflate\|none/.test(m)))
-  t.ok(p.some((m) => /^job\.vms\[3\](\.vm)?: /.test(m)), 'an empty VM name')
+  t.ok(
+    p.some((m) => /^job\.vms\[3\](\.vm)?: /.test(m)),
+    'an empty VM name',
+  )
   t.ok(p.includes('job.vms[4].trivialMiB: must be at least 0'))
   t.ok(p.some((m) => /^job\.vms\[4\]\.giveUp: "soon" is not a duration/.test(m)))
   t.ok(p.some((m) => /^job\.vms\[4\]\.windowBytes: must be at least/.test(m)))
@@ -74,16 +114,29 @@ t.test('referenced files are read and checked while validating', async (t) => {
   await writeFile(join(dir, 'empty.txt'), '\n\n')
   await writeFile(join(dir, 'notpem.txt'), 'hello')
   await writeFile(join(dir, 'esxi.json'), JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: 'missing.key', hostKeyFingerprint: 'md5:xx' }, datastores: { ds1: '/nonexistent/mount' } }))
-  await writeFile(file, JSON.stringify({
-    to: 'wss://dr:7443',
-    vms: [{ vm: 'a.vmx', tokenFile: 'nope.txt' }, { vm: 'b.vmx', tokenFile: 'empty.txt', caFile: 'notpem.txt' }, { vm: 'c', driver: 'esxi', tokenFile: 'token.txt', esxi: 'esxi.json' }],
-  }))
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr:7443',
+      vms: [
+        { vm: 'a.vmx', tokenFile: 'nope.txt' },
+        { vm: 'b.vmx', tokenFile: 'empty.txt', caFile: 'notpem.txt' },
+        { vm: 'c', driver: 'esxi', tokenFile: 'token.txt', esxi: 'esxi.json' },
+      ],
+    }),
+  )
   const p = await problems(loadJob({ file }))
-  t.ok(p.some((m) => /^job\.vms\[0\]\.tokenFile: cannot read .*nope\.txt \(ENOENT\)$/.test(m)), p.join('\n'))
+  t.ok(
+    p.some((m) => /^job\.vms\[0\]\.tokenFile: cannot read .*nope\.txt \(ENOENT\)$/.test(m)),
+    p.join('\n'),
+  )
   t.ok(p.some((m) => /^job\.vms\[1\]\.tokenFile: .*empty\.txt is empty$/.test(m)))
   t.ok(p.some((m) => /^job\.vms\[1\]\.caFile: .*notpem\.txt holds no PEM certificate/.test(m)))
   // problems inside the esxi settings file are named by that file and its keys
-  t.ok(p.some((m) => /^job\.vms\[2\]\.esxi: .*esxi\.json: ssh\.privateKeyFile: cannot read .*missing\.key/.test(m)), p.join('\n'))
+  t.ok(
+    p.some((m) => /^job\.vms\[2\]\.esxi: .*esxi\.json: ssh\.privateKeyFile: cannot read .*missing\.key/.test(m)),
+    p.join('\n'),
+  )
   t.ok(p.some((m) => /esxi\.json: ssh\.hostKeyFingerprint: "md5:xx" is not an SSH host key fingerprint/.test(m)))
   t.ok(p.some((m) => /esxi\.json: datastores\.ds1: .*\/nonexistent\/mount: ENOENT/.test(m)))
 })
@@ -96,7 +149,10 @@ t.test('required values, receiver URL rule, driver settings: named with their fl
   t.ok(p.includes('job.vms[0]: no receiver URL: set "to" (or --to wss://HOST:PORT)'), p.join('\n'))
   t.ok(p.includes('job.vms[0]: no token: set "tokenFile" (or --token-file FILE)'))
   t.ok(p.includes('job.vms[1]: driver "esxi" needs its settings: set "esxi" (or --esxi-config FILE)'))
-  t.ok(p.some((m) => /^job\.vms\[1\]\.to: refusing to send the token in clear text to dr\.example:7443/.test(m)), 'ws:// to another host is refused before anything runs')
+  t.ok(
+    p.some((m) => /^job\.vms\[1\]\.to: refusing to send the token in clear text to dr\.example:7443/.test(m)),
+    'ws:// to another host is refused before anything runs',
+  )
   t.rejects(loadJob({}), { code: 'E_CONFIG', message: /name a VM/ })
   await t.rejects(loadJob({ file: join(dir, 'missing.json') }), { message: /^--job: cannot read .*missing\.json \(ENOENT\)/ })
   await writeFile(file, '{"vms": [')
@@ -112,7 +168,7 @@ t.test('flags: validated as flags, winning over the file, relative paths against
   const names = { certify: '--certify', tokenFile: '--token-file', bwlimit: '--bwlimit', giveUp: '--give-up', 'email.smtp.port': '--smtp-port' }
   await writeFile(join(dir, 'other.token'), 'flag-token-0123456789\n')
   const job = await loadJob({ file, cwd: dir, options: { certify: 'xxh64', tokenFile: 'other.token' }, jobOptions: { bwlimit: '5M' }, names })
-  t.equal(job.vms[0]?.certify, 'xxh64', 'a flag beats the VM\'s own entry')
+  t.equal(job.vms[0]?.certify, 'xxh64', "a flag beats the VM's own entry")
   t.equal(job.vms[0]?.token, 'flag-token-0123456789')
   t.equal(job.vms[0]?.tokenSource, `--token-file ${join(dir, 'other.token')}`)
   t.equal(job.bwlimit, 5 * 1024 * 1024)

@@ -27,7 +27,7 @@ if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missin
 const flat = (rx: ReceiverEnv, vm: string): string => join(rx.store, vm, `${vm}-flat.vmdk`)
 
 /** The VM's grainline snapshot names. */
-async function snapshotNames (vm: SampleVm): Promise<string[]> {
+async function snapshotNames(vm: SampleVm): Promise<string[]> {
   const d = createLocalDriver()
   return (await d.listSnapshots(await d.openVm(vm.vmxPath))).map((s) => s.name)
 }
@@ -37,26 +37,37 @@ async function snapshotNames (vm: SampleVm): Promise<string[]> {
  * snapshot, then the guest writes into the new running delta (shipped by the
  * next cycle). Returns the VM report and the frozen raw image.
  */
-async function cycle (ctx: { dir: string, vm: SampleVm, stateDir: string, tag: string, writes?: boolean }, rx: ReceiverEnv, over: Partial<ReplicateInit> = {}): Promise<{ v: VmReport, raw: string }> {
+async function cycle(ctx: { dir: string; vm: SampleVm; stateDir: string; tag: string; writes?: boolean }, rx: ReceiverEnv, over: Partial<ReplicateInit> = {}): Promise<{ v: VmReport; raw: string }> {
   const raw = join(ctx.dir, `frozen-${ctx.tag}.raw`)
   const { logger } = memoryLogger()
-  const r = await replicate({ logger }, {
-    vm: ctx.vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: ctx.stateDir, progress: 'none', trivialMiB: 1, compress: 'none',
-    afterSnapshot: async (h) => {
-      const chain = await openChain(h.disks[0]?.path as string)
-      const frozen = chain.layers[1]?.path as string
-      await chain.close()
-      await qemuRaw(frozen, raw)
-      if (ctx.writes !== false) await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: ctx.tag.length * 7 + ctx.tag.charCodeAt(ctx.tag.length - 1), zeroFraction: 0.1 })
+  const r = await replicate(
+    { logger },
+    {
+      vm: ctx.vm.vmxPath,
+      to: rx.url,
+      token: TOKEN,
+      ca: rx.ca,
+      stateDir: ctx.stateDir,
+      progress: 'none',
+      trivialMiB: 1,
+      compress: 'none',
+      afterSnapshot: async (h) => {
+        const chain = await openChain(h.disks[0]?.path as string)
+        const frozen = chain.layers[1]?.path as string
+        await chain.close()
+        await qemuRaw(frozen, raw)
+        if (ctx.writes !== false)
+          await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: ctx.tag.length * 7 + ctx.tag.charCodeAt(ctx.tag.length - 1), zeroFraction: 0.1 })
+      },
+      ...over,
     },
-    ...over,
-  })
+  )
   const v = r.vms[0] as VmReport
   return { v, raw }
 }
 
 /** Assert an OK cycle of `mode` whose mirror equals the frozen view. */
-async function assertCycle (t: Test, rx: ReceiverEnv, vm: string, c: { v: VmReport, raw: string }, mode: 'seed' | 'incremental', label: string): Promise<void> {
+async function assertCycle(t: Test, rx: ReceiverEnv, vm: string, c: { v: VmReport; raw: string }, mode: 'seed' | 'incremental', label: string): Promise<void> {
   t.ok(c.v.ok, `${label}: ok ${JSON.stringify(c.v.error ?? c.v.disks.map((d) => d.error))}`)
   t.equal(c.v.disks[0]?.mode, mode, `${label}: ${mode}${c.v.disks[0]?.fallbackReason !== undefined ? ` (${c.v.disks[0]?.fallbackReason})` : ''}`)
   t.equal(await firstDifference(flat(rx, vm), c.raw), -1, `${label}: mirror == qemu-img convert of the frozen view`)
@@ -110,7 +121,13 @@ t.test('one VM to two receivers, A B B A B: every switch resyncs, both mirrors e
   t.teardown(() => b.stop())
   const vm = await createSampleVm(dir, { name: 'twice', disks: [{ sizeBytes: 2 * MiB }], seed: 5 })
   const ctx = { dir, vm, stateDir: join(dir, 'agent-state'), tag: '' }
-  const plan: Array<[ReceiverEnv, 'seed' | 'incremental', string]> = [[a, 'seed', 'A first'], [b, 'seed', 'B first'], [b, 'incremental', 'B again'], [a, 'seed', 'back to A'], [b, 'seed', 'back to B']]
+  const plan: Array<[ReceiverEnv, 'seed' | 'incremental', string]> = [
+    [a, 'seed', 'A first'],
+    [b, 'seed', 'B first'],
+    [b, 'incremental', 'B again'],
+    [a, 'seed', 'back to A'],
+    [b, 'seed', 'back to B'],
+  ]
   for (const [i, [rx, mode, label]] of plan.entries()) {
     const c = await cycle({ ...ctx, tag: `ab${i}` }, rx)
     await assertCycle(t, rx, 'twice', c, mode, label)
@@ -162,17 +179,26 @@ t.test('a first seed into a new store, interrupted at 90 %, resumes at ~90 % wit
   let sent = 0
   let killed = false
   const first = await cycle({ ...ctx, tag: 'n1' }, rx, {
-    ...small, giveUpMs: 1000,
+    ...small,
+    giveUpMs: 1000,
     onExtentSent: ({ wireBytes }) => {
       sent += wireBytes
-      if (!killed && sent >= 0.9 * 16 * MiB) { killed = true; void rx.kill9() }
+      if (!killed && sent >= 0.9 * 16 * MiB) {
+        killed = true
+        void rx.kill9()
+      }
     },
   })
   t.equal(first.v.error?.code, 'E_GAVE_UP', 'the first seed was interrupted')
   t.same((await snapshotNames(vm)).sort(), ['grainline-1', 'grainline-2'], 'the interrupted run leaves the old base and its in-flight snapshot, no two of one name')
   await rx.restart()
   let resent = 0
-  const again = await cycle({ ...ctx, tag: 'n1-rerun', writes: false }, rx, { ...small, onExtentSent: ({ wireBytes }) => { resent += wireBytes } })
+  const again = await cycle({ ...ctx, tag: 'n1-rerun', writes: false }, rx, {
+    ...small,
+    onExtentSent: ({ wireBytes }) => {
+      resent += wireBytes
+    },
+  })
   t.ok(again.v.ok, JSON.stringify(again.v.error))
   t.equal(again.v.reusedSnapshot, true, 'the recorded in-flight snapshot was reused')
   t.equal(again.v.disks[0]?.mode, 'seed')

@@ -15,7 +15,10 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
     const driver = createLocalDriver({ deltaFormat: format })
     let h = await driver.openVm(vm.vmxPath)
     t.equal(h.name, 'db 01')
-    t.same(h.disks.map((d) => d.node), ['scsi0:0', 'sata0:0'])
+    t.same(
+      h.disks.map((d) => d.node),
+      ['scsi0:0', 'sata0:0'],
+    )
     const rawBase = join(dir, 'base.raw')
     await qemuRaw(vm.disks[0] as string, rawBase)
 
@@ -31,7 +34,10 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
       const covered = map1.filter((m) => m.depth === 0 && m.start <= w.offset && m.start + m.length >= w.offset + w.length)
       t.ok(covered.length === 1 && covered[0]?.data === true, `write at ${w.offset} is in the delta`)
     }
-    t.ok(map1.some((m) => m.depth === 1), 'unwritten ranges fall through to the base')
+    t.ok(
+      map1.some((m) => m.depth === 1),
+      'unwritten ranges fall through to the base',
+    )
     // the base is untouched by guest writes
     t.equal(await firstDifference(rawBase, await rawOf(dir, vm.disks[0] as string, 'base-after.raw')), -1, 'base unchanged')
 
@@ -40,7 +46,13 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
     t.equal(h.disks[0]?.fileName, 'db 01-000002.vmdk')
     await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, seed: 12 })
     let db = parseVmsd(await readFile(join(vm.dir, 'db 01.vmsd'), 'utf8'))
-    t.same(db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.disks[0]?.node]), [['grainline-1', 'db 01.vmdk', 'scsi0:0'], ['grainline-2', 'db 01-000001.vmdk', 'scsi0:0']])
+    t.same(
+      db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.disks[0]?.node]),
+      [
+        ['grainline-1', 'db 01.vmdk', 'scsi0:0'],
+        ['grainline-2', 'db 01-000001.vmdk', 'scsi0:0'],
+      ],
+    )
     t.equal(db.current, Number(s2.id))
 
     const top = (): string => join(vm.dir, (h.disks[0] as { fileName: string }).fileName)
@@ -52,15 +64,29 @@ for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
     t.equal(await firstDifference(before, await rawOf(dir, top(), 'after.raw')), -1, 'chain content unchanged by consolidation')
     t.equal(await firstDifference(beforeFrozen, await rawOf(dir, vm.disks[0] as string, 'base2.raw')), -1, 'the base now holds the frozen point')
     const chain = await openChain(top())
-    t.same(chain.layers.map((l) => l.file), ['db 01-000002.vmdk', 'db 01.vmdk'], 'delta re-pointed at the base')
+    t.same(
+      chain.layers.map((l) => l.file),
+      ['db 01-000002.vmdk', 'db 01.vmdk'],
+      'delta re-pointed at the base',
+    )
     await chain.close()
     db = parseVmsd(await readFile(join(vm.dir, 'db 01.vmsd'), 'utf8'))
-    t.same(db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.parent]), [['grainline-2', 'db 01.vmdk', 0]])
-    t.notOk((await readdir(vm.dir)).some((f) => f.startsWith('db 01-000001')), 'merged delta files deleted')
+    t.same(
+      db.snapshots.map((s) => [s.displayName, s.disks[0]?.fileName, s.parent]),
+      [['grainline-2', 'db 01.vmdk', 0]],
+    )
+    t.notOk(
+      (await readdir(vm.dir)).some((f) => f.startsWith('db 01-000001')),
+      'merged delta files deleted',
+    )
 
     await driver.removeSnapshot(h, s2)
     h = await driver.openVm(vm.vmxPath)
-    t.same(h.disks.map((d) => d.fileName), ['db 01.vmdk', 'db 01_1.vmdk'], 'removing the last snapshot merges the running delta')
+    t.same(
+      h.disks.map((d) => d.fileName),
+      ['db 01.vmdk', 'db 01_1.vmdk'],
+      'removing the last snapshot merges the running delta',
+    )
     t.equal(await firstDifference(before, await rawOf(dir, vm.disks[0] as string, 'final.raw')), -1)
     t.same(await driver.listSnapshots(h), [])
     const cfg = VmxConfig.parse(await readFile(vm.vmxPath, 'utf8'))
@@ -88,10 +114,13 @@ t.test('errors', async (t) => {
   await writeFile(vm.vmxPath, vmxText)
   await driver.removeSnapshot(await driver.openVm(vm.vmxPath), s)
   t.same(await driver.listSnapshots(h), [])
-  t.same((await driver.openVm(vm.vmxPath)).disks.map((d) => d.fileName), ['x.vmdk'])
+  t.same(
+    (await driver.openVm(vm.vmxPath)).disks.map((d) => d.fileName),
+    ['x.vmdk'],
+  )
 })
 
-async function rawOf (dir: string, vmdk: string, name: string): Promise<string> {
+async function rawOf(dir: string, vmdk: string, name: string): Promise<string> {
   const out = join(dir, name)
   await qemuRaw(vmdk, out)
   return out

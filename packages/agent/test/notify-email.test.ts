@@ -109,7 +109,12 @@ async function settings(dir: string, port: number, extra: Record<string, unknown
     vms: [join(dir, 'missing', 'missing.vmx')],
     options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
     jobOptions: {
-      email: { to: ['ops@example.net', 'dr@example.net'], from: 'grainline@proxy.example.net', smtp: { host: '127.0.0.1', port, user: 'grainline', passwordFile: join(dir, 'smtp.password'), caFile: join(dir, 'ca.pem'), timeout: '10s', ...smtp }, ...extra },
+      email: {
+        to: ['ops@example.net', 'dr@example.net'],
+        from: 'grainline@proxy.example.net',
+        smtp: { host: '127.0.0.1', port, user: 'grainline', passwordFile: join(dir, 'smtp.password'), caFile: join(dir, 'ca.pem'), timeout: '10s', ...smtp },
+        ...extra,
+      },
     },
   })
   if (job.email === undefined) throw new Error('no email settings')

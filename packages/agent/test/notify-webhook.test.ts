@@ -109,7 +109,13 @@ t.test('a job run posts its report to its webhooks, on the outcomes asked for', 
     cwd: dir,
     vms: [join(dir, 'missing.vmx')],
     options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: { webhooks: [{ url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 }, { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] }, { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 }] },
+    jobOptions: {
+      webhooks: [
+        { url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 },
+        { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] },
+        { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
+      ],
+    },
   })
   const log = memoryLogger({ level: 'info' })
   const r = await runJob({ logger: log.logger }, job, { view: 'none' })

@@ -208,7 +208,15 @@ t.test('a VM whose options cannot work fails alone; the others run', async (t) =
   const vm = await createSampleVm(join(dir, 'src'), { name: 'fine', disks: [{ sizeBytes: 1 * MiB }] })
   const log = memoryLogger({ level: 'info' })
   const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1 }
-  const r = await replicateMany({ logger: log.logger }, [{ ...common, vm: 'esx-vm', driver: 'esxi' }, { ...common, vm: vm.vmxPath, trivialMiB: -1 }, { ...common, vm: vm.vmxPath }], { view: 'none', parallel: 1 })
+  const r = await replicateMany(
+    { logger: log.logger },
+    [
+      { ...common, vm: 'esx-vm', driver: 'esxi' },
+      { ...common, vm: vm.vmxPath, trivialMiB: -1 },
+      { ...common, vm: vm.vmxPath },
+    ],
+    { view: 'none', parallel: 1 },
+  )
   t.equal(r.vms[0]?.error?.code, 'E_CONFIG')
   t.equal(r.vms[1]?.error?.code, 'E_CONFIG')
   t.equal(r.vms[2]?.ok, true)

@@ -12,15 +12,31 @@ t.test('progress totals are known before the first extent; bwlimit holds the wir
   const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
-  const vm = await createSampleVm(dir, { name: 'slow', disks: [{ sizeBytes: 6 * MiB, fill: 'random' }, { sizeBytes: 2 * MiB, fill: 'zero' }] })
+  const vm = await createSampleVm(dir, {
+    name: 'slow',
+    disks: [
+      { sizeBytes: 6 * MiB, fill: 'random' },
+      { sizeBytes: 2 * MiB, fill: 'zero' },
+    ],
+  })
   const { logger } = memoryLogger()
   const events: ProgressEvent[] = []
   const rate = 2 * MiB
   const t0 = performance.now()
-  const r = await replicate({ logger }, {
-    vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), compress: 'none', bwlimit: rate, maxExtentBytes: 256 * 1024,
-    onProgress: (e) => events.push(e),
-  })
+  const r = await replicate(
+    { logger },
+    {
+      vm: vm.vmxPath,
+      to: rx.url,
+      token: TOKEN,
+      ca: rx.ca,
+      stateDir: join(dir, 'agent-state'),
+      compress: 'none',
+      bwlimit: rate,
+      maxExtentBytes: 256 * 1024,
+      onProgress: (e) => events.push(e),
+    },
+  )
   const seconds = (performance.now() - t0) / 1000
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
   for (const d of r.vms[0]?.disks ?? []) {
@@ -37,5 +53,8 @@ t.test('progress totals are known before the first extent; bwlimit holds the wir
   t.ok(measured <= rate * 1.05, `wire rate ${Math.round(measured)} B/s ≤ limit + 5% (${rate})`)
   t.ok(seconds >= (wire / rate) * 0.8, `took ${seconds.toFixed(2)} s for ${wire} bytes at ${rate} B/s`)
   const sends = events.filter((e) => e.phase === 'send' && e.rate > 0)
-  t.ok(sends.some((e) => e.etaSeconds !== undefined && e.etaSeconds > 0), 'an ETA is reported while sending')
+  t.ok(
+    sends.some((e) => e.etaSeconds !== undefined && e.etaSeconds > 0),
+    'an ETA is reported while sending',
+  )
 })

@@ -27,7 +27,9 @@ t.test('idle credit is capped (no burst after a pause)', async (t) => {
   const rl = createRateLimiter({ rate: 1000, now: () => now })
   now = 100_000 // 100 s idle
   let resolved = false
-  const p = rl.take(500).then(() => { resolved = true })
+  const p = rl.take(500).then(() => {
+    resolved = true
+  })
   await new Promise((r) => setTimeout(r, 20))
   t.notOk(resolved, 'credit after idling is at most a fifth of a second: 500 bytes must wait')
   now += 400

@@ -19,7 +19,8 @@ t.test('README Usage runs: seed then incremental', async (t) => {
   t.teardown(() => rx.stop())
   await writeFile(join(dir, 'token'), TOKEN + '\n')
   await writeFile(join(dir, 'ca.pem'), rx.ca)
-  const code = (m?.[1] as string)
+  if (m === null) return
+  const code = (m[1] as string)
     .replace("'@grainline/agent'", JSON.stringify(new URL('../src/index.js', import.meta.url).href))
     .replace("'pino'", JSON.stringify(import.meta.resolve('pino')))
     .replace("'/tmp/vms'", JSON.stringify(join(dir, 'vms')))

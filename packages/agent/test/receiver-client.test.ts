@@ -11,34 +11,72 @@ import { isRetryable } from '../src/connection.ts'
 import { ReceiverClient } from '../src/receiver-client.ts'
 
 /** A receiver whose answer to each message kind is scripted (undefined: the default happy answer). */
-async function scripted (t: { teardown: (fn: () => unknown) => void }, answer: (m: Message, ws: WebSocket) => Message | 'default' | 'none'): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => p.has(SUBPROTOCOL) ? SUBPROTOCOL : false })
+async function scripted(t: { teardown: (fn: () => unknown) => void }, answer: (m: Message, ws: WebSocket) => Message | 'default' | 'none'): Promise<string> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   await once(wss, 'listening')
   wss.on('connection', (ws) => {
     ws.on('message', (d: Buffer) => {
       const m = decodeMessage(d)
       const a = answer(m, ws)
       if (a === 'none') return
-      if (a !== 'default') { ws.send(encodeMessage(a)); return }
-      if (m.kind === MessageKind.Hello) ws.send(encodeMessage({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'scripted', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }))
-      if (m.kind === MessageKind.VmOpen) ws.send(encodeMessage({ kind: MessageKind.VmState, vm: m.vm, exists: true, committedCycle: 3, inflightCycle: 0, compatible: true, generation: 'ab'.repeat(16) }))
+      if (a !== 'default') {
+        ws.send(encodeMessage(a))
+        return
+      }
+      if (m.kind === MessageKind.Hello)
+        ws.send(encodeMessage({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'scripted', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }))
+      if (m.kind === MessageKind.VmOpen)
+        ws.send(encodeMessage({ kind: MessageKind.VmState, vm: m.vm, exists: true, committedCycle: 3, inflightCycle: 0, compatible: true, generation: 'ab'.repeat(16) }))
     })
   })
-  t.teardown(() => new Promise<void>((resolve) => { for (const c of wss.clients) c.terminate(); wss.close(() => resolve()) }))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const c of wss.clients) c.terminate()
+        wss.close(() => resolve())
+      }),
+  )
   return `ws://127.0.0.1:${(wss.address() as { port: number }).port}`
 }
 
-const hello = { versions: [PROTOCOL_VERSION], software: 't', digests: ['xxh64'] as const, compressions: ['none'] as const, limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 } }
+const hello = {
+  versions: [PROTOCOL_VERSION],
+  software: 't',
+  digests: ['xxh64'] as const,
+  compressions: ['none'] as const,
+  limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 },
+}
 const vmOpen = { vm: 'vm', cycle: 4, compat: { hwVersion: 14, datastoreType: 'local', guestOS: '' }, files: [], disks: ['d.vmdk'] }
 const diskOpen = {
-  disk: 0, name: 'd.vmdk', capacity: 1 << 20, cycle: 4, mode: 'incremental' as const, baseCycle: 3, baseGeneration: 'cd'.repeat(16),
-  source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '00'.repeat(32), ddb: {}, totalBytes: 0, totalExtents: 0,
+  disk: 0,
+  name: 'd.vmdk',
+  capacity: 1 << 20,
+  cycle: 4,
+  mode: 'incremental' as const,
+  baseCycle: 3,
+  baseGeneration: 'cd'.repeat(16),
+  source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' },
+  cycleId: '00'.repeat(32),
+  ddb: {},
+  totalBytes: 0,
+  totalExtents: 0,
 }
 
 t.test('replies and refusals are values', async (t) => {
   const url = await scripted(t, (m) => {
     if (m.kind === MessageKind.DiskOpen) {
-      return { kind: MessageKind.DiskState, disk: m.disk, accepted: m.disk !== 0, reason: m.disk === 0 ? 'E_GENERATION' : '', committedCycle: 3, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 }
+      return {
+        kind: MessageKind.DiskState,
+        disk: m.disk,
+        accepted: m.disk !== 0,
+        reason: m.disk === 0 ? 'E_GENERATION' : '',
+        committedCycle: 3,
+        committedSource: null,
+        mirrorCid: '',
+        modified: false,
+        resumeSeq: 0,
+        resumeBytes: 0,
+      }
     }
     return 'default'
   })
@@ -56,12 +94,16 @@ t.test('replies and refusals are values', async (t) => {
 })
 
 t.test('an Error in place of a reply is a refusal; E_BUSY, E_SHUTDOWN and E_TIMEOUT are retryable losses', async (t) => {
-  const forbidden = await scripted(t, (m) => m.kind === MessageKind.VmOpen ? { kind: MessageKind.Error, code: 'E_FORBIDDEN', message: 'not yours', fatal: true } : 'default')
+  const forbidden = await scripted(t, (m) => (m.kind === MessageKind.VmOpen ? { kind: MessageKind.Error, code: 'E_FORBIDDEN', message: 'not yours', fatal: true } : 'default'))
   const c = await ReceiverClient.connect({ url: forbidden, token: 'x' })
   t.teardown(() => c.terminate())
   await c.hello(hello)
   t.same(await c.vmOpen(vmOpen), { ok: false, refusal: { code: 'E_FORBIDDEN', message: 'not yours', fatal: true } })
-  for (const [code, close] of [['E_BUSY', 4429], ['E_SHUTDOWN', 1001], ['E_TIMEOUT', 4408]] as const) {
+  for (const [code, close] of [
+    ['E_BUSY', 4429],
+    ['E_SHUTDOWN', 1001],
+    ['E_TIMEOUT', 4408],
+  ] as const) {
     const url = await scripted(t, (m, ws) => {
       if (m.kind !== MessageKind.Hello) return 'default'
       ws.send(encodeMessage({ kind: MessageKind.Error, code, message: 'later', fatal: true }))
@@ -69,7 +111,10 @@ t.test('an Error in place of a reply is a refusal; E_BUSY, E_SHUTDOWN and E_TIME
       return 'none'
     })
     const k = await ReceiverClient.connect({ url, token: 'x' })
-    const err = await k.hello(hello).then(() => undefined, (e: unknown) => e)
+    const err = await k.hello(hello).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
     t.match(err, { name: 'ConnectionLost' }, code)
     t.ok(isRetryable(err), `${code} is retried`)
     k.terminate()
@@ -78,7 +123,7 @@ t.test('an Error in place of a reply is a refusal; E_BUSY, E_SHUTDOWN and E_TIME
 
 t.test('a reply out of turn breaks the conversation: E_PROTOCOL', async (t) => {
   // DiskEnded before any disk was opened (SPEC §8): checked by the conversation state machine on receipt
-  const url = await scripted(t, (m) => m.kind === MessageKind.VmOpen ? { kind: MessageKind.DiskEnded, disk: 0 } : 'default')
+  const url = await scripted(t, (m) => (m.kind === MessageKind.VmOpen ? { kind: MessageKind.DiskEnded, disk: 0 } : 'default'))
   const c = await ReceiverClient.connect({ url, token: 'x' })
   t.teardown(() => c.terminate())
   await c.hello(hello)

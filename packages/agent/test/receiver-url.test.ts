@@ -21,10 +21,23 @@ import { memoryLogger, MiB, scratch } from './helpers.ts'
 
 t.test('loopback hosts and the URL rule', async (t) => {
   for (const [host, loop] of [
-    ['localhost', true], ['LOCALHOST', true], ['db.localhost', true], ['127.0.0.1', true], ['127.8.9.10', true], ['[::1]', true],
-    ['[::ffff:7f00:1]', true], ['10.0.0.1', false], ['192.0.2.2', false], ['[fd00::2]', false], ['dr.example', false],
-    ['localhost.example', false], ['128.0.0.1', false], ['[::]', false], ['0.0.0.0', false],
-  ] as const) t.equal(isLoopbackHost(host), loop, host)
+    ['localhost', true],
+    ['LOCALHOST', true],
+    ['db.localhost', true],
+    ['127.0.0.1', true],
+    ['127.8.9.10', true],
+    ['[::1]', true],
+    ['[::ffff:7f00:1]', true],
+    ['10.0.0.1', false],
+    ['192.0.2.2', false],
+    ['[fd00::2]', false],
+    ['dr.example', false],
+    ['localhost.example', false],
+    ['128.0.0.1', false],
+    ['[::]', false],
+    ['0.0.0.0', false],
+  ] as const)
+    t.equal(isLoopbackHost(host), loop, host)
   t.equal(checkReceiverUrl('ws://127.0.0.1:7443').host, '127.0.0.1:7443')
   t.equal(checkReceiverUrl('ws://[::1]:7443').hostname, '[::1]')
   t.equal(checkReceiverUrl('wss://dr.example:7443').protocol, 'wss:')
@@ -37,13 +50,13 @@ t.test('loopback hosts and the URL rule', async (t) => {
 })
 
 /** A non-loopback IPv4 address of this machine, if it has one. */
-function externalAddress (): string | undefined {
+function externalAddress(): string | undefined {
   for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
   return undefined
 }
 
 /** A TCP listener that records every connection and the bytes it receives, and drops each one once its request headers are in. */
-async function recorder (t: { teardown: (fn: () => unknown) => void }, host: string): Promise<{ port: number, connections: () => number, received: () => string }> {
+async function recorder(t: { teardown: (fn: () => unknown) => void }, host: string): Promise<{ port: number; connections: () => number; received: () => string }> {
   let n = 0
   let text = ''
   const sockets = new Set<Socket>()
@@ -61,7 +74,10 @@ async function recorder (t: { teardown: (fn: () => unknown) => void }, host: str
   })
   server.listen(0, host)
   await once(server, 'listening')
-  t.teardown(() => { for (const s of sockets) s.destroy(); server.close() })
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    server.close()
+  })
   return { port: (server.address() as { port: number }).port, connections: () => n, received: () => text }
 }
 
@@ -82,7 +98,16 @@ t.test('replicate, replicateMany and job files refuse ws:// to another host befo
   await t.rejects(replicate({ logger }, { vm: vm.vmxPath, to, token: SECRET, progress: 'none' }), { code: 'E_INSECURE', message: new RegExp(`clear text to ${host.replace(/\./g, '\\.')}`) })
   // a job whose second VM names the plain URL: refused before the first VM runs
   await writeFile(join(dir, 'token'), SECRET)
-  await writeFile(join(dir, 'job.json'), JSON.stringify({ tokenFile: 'token', vms: [{ vm: vm.vmxPath, to: 'ws://127.0.0.1:1' }, { vm: vm.vmxPath, to }] }))
+  await writeFile(
+    join(dir, 'job.json'),
+    JSON.stringify({
+      tokenFile: 'token',
+      vms: [
+        { vm: vm.vmxPath, to: 'ws://127.0.0.1:1' },
+        { vm: vm.vmxPath, to },
+      ],
+    }),
+  )
   await t.rejects(replicateMany({ logger }, await loadJobConfig(join(dir, 'job.json'))), { code: 'E_INSECURE' })
   const driver = createLocalDriver()
   t.same(await driver.listSnapshots(await driver.openVm(vm.vmxPath)), [], 'no VM of the job was touched (no snapshot)')

@@ -14,11 +14,23 @@ t.test('replicateMany: several VMs, one report; a failed VM fails the run', asyn
   const b = await createSampleVm(dir, { name: 'vm-b', disks: [{ sizeBytes: 2 * MiB }], seed: 2 })
   const { logger } = memoryLogger()
   const common = { to: rx.url, token: TOKEN, ca: rx.ca, progress: 'none' as const, stateDir: join(dir, 'agent-state') }
-  const r1 = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath }, { ...common, vm: b.vmxPath }])
+  const r1 = await replicateMany({ logger }, [
+    { ...common, vm: a.vmxPath },
+    { ...common, vm: b.vmxPath },
+  ])
   t.ok(r1.ok)
-  t.same(r1.vms.map((v) => [v.vm, v.cycle, v.disks[0]?.mode]), [['vm-a', 1, 'seed'], ['vm-b', 1, 'seed']])
+  t.same(
+    r1.vms.map((v) => [v.vm, v.cycle, v.disks[0]?.mode]),
+    [
+      ['vm-a', 1, 'seed'],
+      ['vm-b', 1, 'seed'],
+    ],
+  )
   await simulateGuestWrites(a.vmxPath, { bytes: 64 * 1024 })
-  const r2 = await replicateMany({ logger }, [{ ...common, vm: a.vmxPath }, { ...common, vm: join(dir, 'nope', 'nope.vmx') }])
+  const r2 = await replicateMany({ logger }, [
+    { ...common, vm: a.vmxPath },
+    { ...common, vm: join(dir, 'nope', 'nope.vmx') },
+  ])
   t.notOk(r2.ok)
   t.equal(r2.vms[0]?.ok, true)
   t.equal(r2.vms[1]?.error?.code, 'E_VM_NOT_FOUND')

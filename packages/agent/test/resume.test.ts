@@ -15,7 +15,7 @@ import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, startCutting
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
-async function frozenRaw (h: VmHandle, out: string): Promise<void> {
+async function frozenRaw(h: VmHandle, out: string): Promise<void> {
   const chain = await openChain(h.disks[0]?.path as string)
   const p = chain.layers[1]?.path as string
   await chain.close()
@@ -40,8 +40,17 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
     proxy.cuts = 0
     const raw = join(dir, `frozen-${cycle}.raw`)
     const init: ReplicateInit = {
-      vm: vm.vmxPath, to: `wss://127.0.0.1:${proxy.port}`, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), certify: 'xxh64', progress: 'none',
-      windowBytes, maxExtentBytes, maxBackoffMs: 200, compress: 'none',
+      vm: vm.vmxPath,
+      to: `wss://127.0.0.1:${proxy.port}`,
+      token: TOKEN,
+      ca: rx.ca,
+      stateDir: join(dir, 'agent-state'),
+      certify: 'xxh64',
+      progress: 'none',
+      windowBytes,
+      maxExtentBytes,
+      maxBackoffMs: 200,
+      compress: 'none',
       afterSnapshot: async (h) => {
         await frozenRaw(h, raw)
         await simulateGuestWrites(h.vmxPath, { bytes: 1 * MiB, seed: cycle })
@@ -57,12 +66,18 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
     t.ok(report.ok, `cycle ${cycle}: ${JSON.stringify(v?.error)}`)
     t.ok(proxy.cuts >= 1, `cycle ${cycle}: the proxy cut ${proxy.cuts} times`)
     t.ok((v?.reconnects ?? 0) >= 1, `reconnected ${v?.reconnects} times`)
-    t.ok(v?.disks[0]?.resumedFrom.some((s) => s > 0), `resumed from a durable point (${JSON.stringify(v?.disks[0]?.resumedFrom)})`)
+    t.ok(
+      v?.disks[0]?.resumedFrom.some((s) => s > 0),
+      `resumed from a durable point (${JSON.stringify(v?.disks[0]?.resumedFrom)})`,
+    )
     t.ok(resent <= proxy.cuts * (windowBytes + maxExtentBytes), `resent ${resent} bytes ≤ ${proxy.cuts} × window`)
     t.equal(await firstDifference(join(rx.store, 'cut', 'cut-flat.vmdk'), raw), -1, `cycle ${cycle}: mirror == frozen view`)
     t.equal(v?.disks[0]?.certify?.ok, true)
   }
-  t.ok(lines.some((l) => l['msg'] === 'connection lost, reconnecting'), 'reconnects are logged')
+  t.ok(
+    lines.some((l) => l['msg'] === 'connection lost, reconnecting'),
+    'reconnects are logged',
+  )
 })
 
 t.test('receiver gone: give up leaving the snapshot; the next run resumes the same cycle', async (t) => {
@@ -71,24 +86,49 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'away', disks: [{ sizeBytes: 8 * MiB, fill: 'random' }], seed: 4 })
   const { logger } = memoryLogger()
-  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, compress: 'none' as const, maxExtentBytes: 64 * 1024, windowBytes: 512 * 1024 }
+  const base = {
+    vm: vm.vmxPath,
+    to: rx.url,
+    token: TOKEN,
+    ca: rx.ca,
+    stateDir: join(dir, 'agent-state'),
+    progress: 'none' as const,
+    compress: 'none' as const,
+    maxExtentBytes: 64 * 1024,
+    windowBytes: 512 * 1024,
+  }
   t.ok((await replicate({ logger }, base)).ok, 'seed')
   // the guest writes between cycles: into the delta cycle 2 will freeze and ship
   await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, seed: 5, zeroFraction: 0 })
   const raw = join(dir, 'frozen.raw')
   let killed = false
-  const r1 = await replicate({ logger }, {
-    ...base, giveUpMs: 1500, maxBackoffMs: 200, bwlimit: 1024 * 1024,
-    afterSnapshot: async (h) => {
-      await frozenRaw(h, raw)
-      await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, seed: 6 })
+  const r1 = await replicate(
+    { logger },
+    {
+      ...base,
+      giveUpMs: 1500,
+      maxBackoffMs: 200,
+      bwlimit: 1024 * 1024,
+      afterSnapshot: async (h) => {
+        await frozenRaw(h, raw)
+        await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, seed: 6 })
+      },
+      onExtentSent: ({ seq }) => {
+        if (seq === 6 && !killed) {
+          killed = true
+          void rx.kill9()
+        }
+      },
     },
-    onExtentSent: ({ seq }) => { if (seq === 6 && !killed) { killed = true; void rx.kill9() } },
-  })
+  )
   t.notOk(r1.ok)
   t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
   const driver = createLocalDriver()
-  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-1', 'grainline-2'], 'snapshot chain left for the next run')
+  t.same(
+    (await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name),
+    ['grainline-1', 'grainline-2'],
+    'snapshot chain left for the next run',
+  )
   await rx.restart()
   const r2 = await replicate({ logger }, { ...base, to: rx.url })
   const v = r2.vms[0]
@@ -97,7 +137,10 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
   t.equal(v?.reusedSnapshot, true, 'the un-committed snapshot of the failed run was reused')
   t.ok((v?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed at seq ${v?.disks[0]?.resumedFrom[0]}, acknowledged data not resent`)
   t.equal(await firstDifference(join(rx.store, 'away', 'away-flat.vmdk'), raw), -1, 'mirror == the frozen view of the interrupted cycle')
-  t.same((await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name), ['grainline-2'])
+  t.same(
+    (await driver.listSnapshots(await driver.openVm(vm.vmxPath))).map((s) => s.name),
+    ['grainline-2'],
+  )
 })
 
 t.test('an interrupted cycle whose source chain is gone is rolled back, then resynced', async (t) => {
@@ -110,10 +153,21 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
   t.ok((await replicate({ logger }, base)).ok, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, seed: 3, zeroFraction: 0 })
   let killed = false
-  const r1 = await replicate({ logger }, {
-    ...base, giveUpMs: 1000, maxBackoffMs: 100, bwlimit: 512 * 1024,
-    onExtentSent: ({ seq }) => { if (seq === 3 && !killed) { killed = true; void rx.kill9() } },
-  })
+  const r1 = await replicate(
+    { logger },
+    {
+      ...base,
+      giveUpMs: 1000,
+      maxBackoffMs: 100,
+      bwlimit: 512 * 1024,
+      onExtentSent: ({ seq }) => {
+        if (seq === 3 && !killed) {
+          killed = true
+          void rx.kill9()
+        }
+      },
+    },
+  )
   t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
   // an operator deletes every snapshot: the receiver's in-flight cycle no longer matches any source chain
   const driver = createLocalDriver()
@@ -121,10 +175,22 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
   for (const s of await driver.listSnapshots(h)) await driver.removeSnapshot(h, s)
   await rx.restart()
   const raw = join(dir, 'frozen.raw')
-  const r2 = await replicate({ logger }, { ...base, to: rx.url, afterSnapshot: async (x) => { await frozenRaw(x, raw) } })
+  const r2 = await replicate(
+    { logger },
+    {
+      ...base,
+      to: rx.url,
+      afterSnapshot: async (x) => {
+        await frozenRaw(x, raw)
+      },
+    },
+  )
   t.ok(r2.ok, JSON.stringify(r2.vms[0]?.error))
   t.equal(r2.vms[0]?.cycle, 2)
   t.equal(r2.vms[0]?.disks[0]?.mode, 'seed')
-  t.ok(lines.some((l) => /rolled back/.test(String(l['msg']))), 'the abandoned in-flight cycle was rolled back')
+  t.ok(
+    lines.some((l) => /rolled back/.test(String(l['msg']))),
+    'the abandoned in-flight cycle was rolled back',
+  )
   t.equal(await firstDifference(join(rx.store, 'rb', 'rb-flat.vmdk'), raw), -1)
 })

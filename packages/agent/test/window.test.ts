@@ -11,33 +11,61 @@ import { SendWindow } from '../src/window.ts'
  * `onConn`'s listeners: the Connection checks SPEC §8 on every message, so
  * extents are legal only after that.
  */
-async function server (t: { teardown: (fn: () => unknown) => void }, onConn: (ws: WebSocket) => void, speak = true): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => p.has(SUBPROTOCOL) ? SUBPROTOCOL : false })
+async function server(t: { teardown: (fn: () => unknown) => void }, onConn: (ws: WebSocket) => void, speak = true): Promise<string> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   await once(wss, 'listening')
   wss.on('connection', (ws) => {
-    if (speak) ws.on('message', (d: Buffer) => {
-      const m = decodeMessage(d)
-      const reply = (r: Message): void => { ws.send(encodeMessage(r)) }
-      if (m.kind === MessageKind.Hello) reply({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'window-test', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' })
-      if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' })
-      if (m.kind === MessageKind.DiskOpen) reply({ kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 0, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 })
-    })
+    if (speak)
+      ws.on('message', (d: Buffer) => {
+        const m = decodeMessage(d)
+        const reply = (r: Message): void => {
+          ws.send(encodeMessage(r))
+        }
+        if (m.kind === MessageKind.Hello) reply({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'window-test', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' })
+        if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' })
+        if (m.kind === MessageKind.DiskOpen)
+          reply({ kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 0, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 })
+      })
     onConn(ws)
   })
-  t.teardown(() => new Promise<void>((resolve) => { for (const c of wss.clients) c.terminate(); wss.close(() => resolve()) }))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const c of wss.clients) c.terminate()
+        wss.close(() => resolve())
+      }),
+  )
   return `ws://127.0.0.1:${(wss.address() as { port: number }).port}`
 }
 
 /** Open a connection and walk it to an accepted disk 0 (Hello, VmOpen, DiskOpen). */
-async function openAccepted (opts: { url: string, token: string, highWaterMark?: number }): Promise<Connection> {
+async function openAccepted(opts: { url: string; token: string; highWaterMark?: number }): Promise<Connection> {
   const conn = await Connection.open(opts)
-  await conn.send({ kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 't', digests: ['xxh64'], compressions: ['none'], limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 } })
+  await conn.send({
+    kind: MessageKind.Hello,
+    versions: [PROTOCOL_VERSION],
+    software: 't',
+    digests: ['xxh64'],
+    compressions: ['none'],
+    limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 },
+  })
   await conn.receive()
   await conn.send({ kind: MessageKind.VmOpen, vm: 'vm', cycle: 1, compat: { hwVersion: 14, datastoreType: 'local', guestOS: '' }, files: [], disks: ['d.vmdk'] })
   await conn.receive()
   await conn.send({
-    kind: MessageKind.DiskOpen, disk: 0, name: 'd.vmdk', capacity: 1 << 30, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' },
-    cycleId: '00'.repeat(32), ddb: {}, totalBytes: 1 << 30, totalExtents: 1 << 20,
+    kind: MessageKind.DiskOpen,
+    disk: 0,
+    name: 'd.vmdk',
+    capacity: 1 << 30,
+    cycle: 1,
+    mode: 'seed',
+    baseCycle: 0,
+    baseGeneration: '',
+    source: { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' },
+    cycleId: '00'.repeat(32),
+    ddb: {},
+    totalBytes: 1 << 30,
+    totalExtents: 1 << 20,
   })
   const ds = await conn.receive()
   if (ds.kind !== MessageKind.DiskState || !ds.accepted) throw new Error('disk not accepted')
@@ -45,7 +73,15 @@ async function openAccepted (opts: { url: string, token: string, highWaterMark?:
 }
 
 const extent = (seq: number, size: number): ExtentMessage => ({
-  kind: MessageKind.Extent, disk: 0, seq, offset: seq * size, length: size, zero: false, compression: 'none', data: new Uint8Array(size).fill(seq & 0xff), digest: new Uint8Array(8),
+  kind: MessageKind.Extent,
+  disk: 0,
+  seq,
+  offset: seq * size,
+  length: size,
+  zero: false,
+  compression: 'none',
+  data: new Uint8Array(size).fill(seq & 0xff),
+  digest: new Uint8Array(8),
 })
 
 t.test('window: unacked bytes stay within the window with slow acks', async (t) => {
@@ -75,7 +111,9 @@ t.test('window: unacked bytes stay within the window with slow acks', async (t) 
   })
   const conn = await openAccepted({ url, token: 'x' })
   const win = new SendWindow(windowBytes)
-  conn.onAck = (a) => { t.ok(win.ack(a.seq)) }
+  conn.onAck = (a) => {
+    t.ok(win.ack(a.seq))
+  }
   const n = 64
   for (let seq = 0; seq < n; seq++) {
     const cost = size + 64
@@ -96,7 +134,9 @@ t.test('bufferedAmount high-water mark: send waits while the peer does not read'
   let got = 0
   const url = await server(t, (ws) => {
     serverSocket = ws
-    ws.on('message', (d: Buffer) => { got += d.length })
+    ws.on('message', (d: Buffer) => {
+      got += d.length
+    })
   })
   const conn = await openAccepted({ url, token: 'x', highWaterMark: 1024 * 1024 })
   while (serverSocket === undefined) await new Promise((r) => setTimeout(r, 5))
@@ -115,7 +155,10 @@ t.test('bufferedAmount high-water mark: send waits while the peer does not read'
   let last = -1
   while (performance.now() - before < 3000) {
     await new Promise((r) => setTimeout(r, 100))
-    if (sent === last) { blocked = true; break }
+    if (sent === last) {
+      blocked = true
+      break
+    }
     last = sent
   }
   t.ok(blocked, `sending stalled at ${sent} extents while the peer did not read`)
@@ -129,10 +172,25 @@ t.test('bufferedAmount high-water mark: send waits while the peer does not read'
 })
 
 t.test('connection loss rejects waiters with a retryable error', async (t) => {
-  const url = await server(t, (ws) => { ws.on('message', () => { ws.terminate() }) }, false)
+  const url = await server(
+    t,
+    (ws) => {
+      ws.on('message', () => {
+        ws.terminate()
+      })
+    },
+    false,
+  )
   const conn = await Connection.open({ url, token: 'x' })
   const r = conn.receive()
-  await conn.send({ kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 't', digests: ['xxh64'], compressions: ['none'], limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 } })
+  await conn.send({
+    kind: MessageKind.Hello,
+    versions: [PROTOCOL_VERSION],
+    software: 't',
+    digests: ['xxh64'],
+    compressions: ['none'],
+    limits: { maxMessageBytes: 2 << 20, maxExtentBytes: 1 << 20, windowBytes: 64 << 20 },
+  })
   await t.rejects(r, { name: 'ConnectionLost' })
   const { isRetryable } = await import('../src/connection.ts')
   t.ok(isRetryable(conn.failure))
@@ -163,7 +221,10 @@ t.test('a receiver that stops acknowledging is detected (stall timeout), not wai
   await t.rejects(run, { message: 'stalled' })
   t.equal(sent, 2, 'the window filled, then the wait for an ack timed out')
   t.ok(performance.now() - t0 >= 290)
-  await t.rejects(win.reserve(64 * 1024, conn.failed(), 100, () => new Error('still stalled')), { message: 'still stalled' })
+  await t.rejects(
+    win.reserve(64 * 1024, conn.failed(), 100, () => new Error('still stalled')),
+    { message: 'still stalled' },
+  )
   conn.terminate()
 })
 
@@ -171,11 +232,16 @@ t.test('a connection cut during the TLS handshake is retryable, not a certificat
   const { createServer } = await import('node:net')
   const { isRetryable, isTlsVerificationFailure } = await import('../src/connection.ts')
   // a TCP server that reads the ClientHello and drops the socket (a link cut mid-handshake)
-  const srv = createServer((s) => { s.once('data', () => s.destroy()) })
+  const srv = createServer((s) => {
+    s.once('data', () => s.destroy())
+  })
   srv.listen(0, '127.0.0.1')
   await once(srv, 'listening')
   t.teardown(() => srv.close())
-  const err = await Connection.open({ url: `wss://127.0.0.1:${(srv.address() as { port: number }).port}`, token: 'x' }).then(() => undefined, (e: unknown) => e)
+  const err = await Connection.open({ url: `wss://127.0.0.1:${(srv.address() as { port: number }).port}`, token: 'x' }).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
   t.match(err, { name: 'ConnectionLost' })
   t.ok(isRetryable(err), `retried: ${(err as Error).message}`)
   t.notOk(isTlsVerificationFailure(err))

@@ -149,36 +149,40 @@ const haveScript = (() => {
   }
 })()
 
-t.test('on a real terminal (a pty through util-linux script): the redrawn display fits 60 columns and a 0-column pty', { skip: haveScript ? false : 'util-linux script is not installed' }, async (t) => {
-  const s = await site(t)
-  for (const cols of [60, 0]) {
-    const vm = await createSampleVm(join(s.dir, 'src'), { name: `pty-${cols}`, disks: [{ sizeBytes: 12 * MiB, fill: 'random' }, { sizeBytes: 4 * MiB }] })
-    const cmd = [process.execPath, bin, ...s.args(vm.vmxPath, '--bwlimit', '8M')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
-    const r = await new Promise<{ code: number | null; out: string }>((res) => {
-      let out = ''
-      const p = spawn('script', ['-qefc', `stty cols ${cols} rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] })
-      p.stdout?.on('data', (d: Buffer) => {
-        out += d.toString('utf8')
+t.test(
+  'on a real terminal (a pty through util-linux script): the redrawn display fits 60 columns and a 0-column pty',
+  { skip: haveScript ? false : 'util-linux script is not installed' },
+  async (t) => {
+    const s = await site(t)
+    for (const cols of [60, 0]) {
+      const vm = await createSampleVm(join(s.dir, 'src'), { name: `pty-${cols}`, disks: [{ sizeBytes: 12 * MiB, fill: 'random' }, { sizeBytes: 4 * MiB }] })
+      const cmd = [process.execPath, bin, ...s.args(vm.vmxPath, '--bwlimit', '8M')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+      const r = await new Promise<{ code: number | null; out: string }>((res) => {
+        let out = ''
+        const p = spawn('script', ['-qefc', `stty cols ${cols} rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] })
+        p.stdout?.on('data', (d: Buffer) => {
+          out += d.toString('utf8')
+        })
+        p.on('exit', (code) => res({ code, out }))
       })
-      p.on('exit', (code) => res({ code, out }))
-    })
-    t.equal(r.code, 0, `${cols} columns: ${r.out.slice(-500)}`)
-    const width = cols > 0 ? cols : 80
-    t.match(r.out, /\u001b\[2K/, `${cols}: lines are cleared and redrawn in place`)
-    t.match(r.out, /\r\u001b\[\d+A\u001b\[J/, `${cols}: the block moves up over itself`)
-    t.notMatch(r.out, /"msg":/, `${cols}: no JSON logs on a terminal (only failures, unless --log-level)`)
-    const visible = r.out
-      .replace(/\u001b\[[0-9;]*[A-Za-z]/g, '')
-      .split(/\r?\n|\r/)
-      .filter((l) => l !== '')
-    const drawn = visible.filter((l) => /%/.test(l))
-    t.ok(drawn.length > 0, `${cols}: progress lines were drawn`)
-    for (const l of drawn) t.ok(l.length <= width - 1, `${cols}: ${JSON.stringify(l)} fits in ${width - 1} columns`)
-    t.ok(
-      drawn.some((l) => /^job 0\/1 VMs/.test(l)),
-      `${cols}: a job line`,
-    )
-    t.match(r.out, new RegExp(`ok {4}pty-${cols}: cycle 1 seed`), `${cols}: the finished VM stays on the screen`)
-    t.match(r.out, new RegExp(`OK {3}pty-${cols} cycle 1`), `${cols}: then the summary`)
-  }
-})
+      t.equal(r.code, 0, `${cols} columns: ${r.out.slice(-500)}`)
+      const width = cols > 0 ? cols : 80
+      t.match(r.out, /\u001b\[2K/, `${cols}: lines are cleared and redrawn in place`)
+      t.match(r.out, /\r\u001b\[\d+A\u001b\[J/, `${cols}: the block moves up over itself`)
+      t.notMatch(r.out, /"msg":/, `${cols}: no JSON logs on a terminal (only failures, unless --log-level)`)
+      const visible = r.out
+        .replace(/\u001b\[[0-9;]*[A-Za-z]/g, '')
+        .split(/\r?\n|\r/)
+        .filter((l) => l !== '')
+      const drawn = visible.filter((l) => /%/.test(l))
+      t.ok(drawn.length > 0, `${cols}: progress lines were drawn`)
+      for (const l of drawn) t.ok(l.length <= width - 1, `${cols}: ${JSON.stringify(l)} fits in ${width - 1} columns`)
+      t.ok(
+        drawn.some((l) => /^job 0\/1 VMs/.test(l)),
+        `${cols}: a job line`,
+      )
+      t.match(r.out, new RegExp(`ok {4}pty-${cols}: cycle 1 seed`), `${cols}: the finished VM stays on the screen`)
+      t.match(r.out, new RegExp(`OK {3}pty-${cols} cycle 1`), `${cols}: then the summary`)
+    }
+  },
+)

@@ -11,17 +11,38 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
   const g = join(store, 'web-01', '.grainline')
   mkdirSync(g, { recursive: true })
   const source = { layers: [{ file: 'web-01.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'web-01-000001.vmdk' }
-  writeFileSync(join(g, 'state.json'), JSON.stringify({
-    format: 1, vm: 'web-01', compat: null, committedCycle: 3, committedAt: '2026-01-03T00:00:00.000Z', generation: 'ab'.repeat(16), displaySuffix: '', inflight: null, pending: null,
-    disks: {
-      'web-01.vmdk': {
-        name: 'web-01.vmdk', stem: 'web-01', capacity: 1024, size: 1024, cycle: 3, committedAt: '2026-01-03T00:00:00.000Z', source, cycleId: 'cd'.repeat(32),
-        generation: 'ab'.repeat(16), mirrorCid: '0000cafe', ddb: {}, cycleDigest: { algorithm: 'sha256', digest: '' },
-        diverged: { reason: 'certify (sha256) of cycle 3 failed', at: '2026-01-03T00:01:00.000Z' },
+  writeFileSync(
+    join(g, 'state.json'),
+    JSON.stringify({
+      format: 1,
+      vm: 'web-01',
+      compat: null,
+      committedCycle: 3,
+      committedAt: '2026-01-03T00:00:00.000Z',
+      generation: 'ab'.repeat(16),
+      displaySuffix: '',
+      inflight: null,
+      pending: null,
+      disks: {
+        'web-01.vmdk': {
+          name: 'web-01.vmdk',
+          stem: 'web-01',
+          capacity: 1024,
+          size: 1024,
+          cycle: 3,
+          committedAt: '2026-01-03T00:00:00.000Z',
+          source,
+          cycleId: 'cd'.repeat(32),
+          generation: 'ab'.repeat(16),
+          mirrorCid: '0000cafe',
+          ddb: {},
+          cycleDigest: { algorithm: 'sha256', digest: '' },
+          diverged: { reason: 'certify (sha256) of cycle 3 failed', at: '2026-01-03T00:01:00.000Z' },
+        },
       },
-    },
-    vmxDropped: [{ key: 'serial0.fileName', value: '/etc/shadow', action: 'device disabled' }],
-  }))
+      vmxDropped: [{ key: 'serial0.fileName', value: '/etc/shadow', action: 'device disabled' }],
+    }),
+  )
   const h = await storeHealth(store)
   t.equal(h.state, 'CRITICAL')
   t.equal(h.exitCode, 2)
@@ -30,7 +51,7 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
   t.match(human, /\bDIVERGED\s*\n/)
   t.match(human, /web-01: 1 \.vmx reference\(s\) out of the mirror dropped or neutralised:\n {2}serial0\.fileName = "\/etc\/shadow" \(device disabled\)/)
   const json = JSON.stringify(h)
-  const st = JSON.parse(json) as { vms: Array<{ generation: string, vmxDropped: unknown[], disks: Array<{ diverged: unknown }> }> }
+  const st = JSON.parse(json) as { vms: Array<{ generation: string; vmxDropped: unknown[]; disks: Array<{ diverged: unknown }> }> }
   t.equal(st.vms[0]?.generation, 'ab'.repeat(16))
   t.match(st.vms[0]?.disks[0]?.diverged, { reason: /certify/ })
   t.equal(st.vms[0]?.vmxDropped.length, 1)

@@ -31,19 +31,19 @@ export class ApplyPipeline {
    * @param onDurable called once a batch is durable
    * @param signal the session's: journaling and writing stop between pieces once it is aborted
    */
-  constructor (target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal) {
+  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal) {
     this.target = target
     this.onDurable = onDurable
     this.signal = signal
   }
 
   /** Whether a batch is gathering and below its target size (worth waiting briefly for more). */
-  get partial (): boolean {
+  get partial(): boolean {
     return this.batch.length > 0 && this.bytes < this.target()
   }
 
   /** Queue an accepted extent; flushes first when it belongs to another disk, after when the batch is full. */
-  async add (disk: PipelineDisk, e: ApplyExtent): Promise<void> {
+  async add(disk: PipelineDisk, e: ApplyExtent): Promise<void> {
     // a batch holds one disk's extents
     if (this.disk !== undefined && this.disk !== disk) await this.flush()
     this.batch.push(e)
@@ -56,7 +56,7 @@ export class ApplyPipeline {
    * Journal the pending batch (stage 1), then start writing it (stage 2)
    * once the previous batch's write is done.
    */
-  async flush (): Promise<void> {
+  async flush(): Promise<void> {
     const d = this.disk
     const batch = this.batch
     if (d === undefined || batch.length === 0) return
@@ -65,24 +65,31 @@ export class ApplyPipeline {
     this.bytes = 0
     const a = d.apply
     const opts = this.signal === undefined ? {} : { signal: this.signal }
-    await a.prepareBatch(batch, opts).catch((err: unknown) => { throw ioError(err, `journaling extents of ${d.name}`) })
+    await a.prepareBatch(batch, opts).catch((err: unknown) => {
+      throw ioError(err, `journaling extents of ${d.name}`)
+    })
     await this.drain()
     const p = a.writeBatch(batch, opts).then(
-      () => { this.onDurable(d, a.appliedSeq) },
-      (err: unknown) => { throw ioError(err, `writing extents of ${d.name}`) })
+      () => {
+        this.onDurable(d, a.appliedSeq)
+      },
+      (err: unknown) => {
+        throw ioError(err, `writing extents of ${d.name}`)
+      },
+    )
     p.catch(() => {}) // surfaced by drain
     this.writing = p
   }
 
   /** Wait for the running stage 2, rethrowing its error. */
-  async drain (): Promise<void> {
+  async drain(): Promise<void> {
     const p = this.writing
     this.writing = undefined
     if (p !== undefined) await p
   }
 
   /** Drop the pending batch and wait for the running stage 2, ignoring its outcome (abort paths). */
-  async discard (): Promise<void> {
+  async discard(): Promise<void> {
     this.batch = []
     this.disk = undefined
     this.bytes = 0

@@ -32,12 +32,12 @@ const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota'])
 /** A loaded token table: constant-time lookup and VM globs. */
 export interface TokenTable {
   /** the entry whose token equals `presented`, compared in constant time, or undefined */
-  lookup (presented: string): TokenEntry | undefined
+  lookup(presented: string): TokenEntry | undefined
   readonly size: number
 }
 
 /** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"quota"?}]}`. */
-export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
+export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
   const list = (json as { tokens?: unknown } | null)?.tokens
   if (!Array.isArray(list)) throw new ReceiverError('E_CONFIG', `${source}: expected {"tokens": [...]}`)
   const out: TokenEntry[] = []
@@ -61,17 +61,21 @@ export function parseTokens (json: unknown, source = 'tokens'): TokenEntry[] {
         throw new ReceiverError('E_CONFIG', (err as Error).message)
       }
     }
-    out.push(Object.freeze({
-      name, token, vms: Object.freeze([...vms as string[]]),
-      ...(maxSessions === undefined ? {} : { maxSessions }),
-      ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
-    }))
+    out.push(
+      Object.freeze({
+        name,
+        token,
+        vms: Object.freeze([...(vms as string[])]),
+        ...(maxSessions === undefined ? {} : { maxSessions }),
+        ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
+      }),
+    )
   })
   return out
 }
 
 /** Read a tokens file. */
-export async function loadTokensFile (file: string): Promise<TokenEntry[]> {
+export async function loadTokensFile(file: string): Promise<TokenEntry[]> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
@@ -87,7 +91,7 @@ export async function loadTokensFile (file: string): Promise<TokenEntry[]> {
   return parseTokens(json, file)
 }
 
-function hash (s: string): Buffer {
+function hash(s: string): Buffer {
   return createHash('sha256').update(s, 'utf8').digest()
 }
 
@@ -96,11 +100,11 @@ function hash (s: string): Buffer {
  * with `timingSafeEqual` over SHA-256 digests (equal lengths, no early exit),
  * so timing reveals neither which entry matched nor a token's length.
  */
-export function createTokenTable (entries: readonly TokenEntry[]): TokenTable {
+export function createTokenTable(entries: readonly TokenEntry[]): TokenTable {
   const hashed = entries.map((e) => ({ entry: e, h: hash(e.token) }))
   return {
     size: hashed.length,
-    lookup (presented: string): TokenEntry | undefined {
+    lookup(presented: string): TokenEntry | undefined {
       const h = hash(presented)
       let found: TokenEntry | undefined
       for (const x of hashed) {
@@ -112,23 +116,31 @@ export function createTokenTable (entries: readonly TokenEntry[]): TokenTable {
 }
 
 /** Extract the token of an `Authorization: Bearer <token>` header. */
-export function bearerToken (header: string | undefined): string | undefined {
+export function bearerToken(header: string | undefined): string | undefined {
   if (header === undefined) return undefined
   const m = /^Bearer[ ]+([\x21-\x7e]+)[ ]*$/i.exec(header)
   return m?.[1]
 }
 
 /** Glob match on a VM name: `*` any run, `?` one character, all else literal. */
-export function globMatch (glob: string, name: string): boolean {
-  const re = new RegExp('^' + glob.split('').map((ch) => {
-    if (ch === '*') return '.*'
-    if (ch === '?') return '.'
-    return ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&')
-  }).join('') + '$', 's')
+export function globMatch(glob: string, name: string): boolean {
+  const re = new RegExp(
+    '^' +
+      glob
+        .split('')
+        .map((ch) => {
+          if (ch === '*') return '.*'
+          if (ch === '?') return '.'
+          return ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&')
+        })
+        .join('') +
+      '$',
+    's',
+  )
   return re.test(name)
 }
 
 /** Whether a token may touch a VM. */
-export function mayAccess (entry: TokenEntry, vm: string): boolean {
+export function mayAccess(entry: TokenEntry, vm: string): boolean {
   return entry.vms.some((g) => globMatch(g, vm))
 }

@@ -26,7 +26,7 @@ export interface SealedDisk {
   readonly digest: string
 }
 
-function committedRecord (d: SealedDisk, cycle: number, now: string, generation: string, prev: DiskRecord | undefined): DiskRecord {
+function committedRecord(d: SealedDisk, cycle: number, now: string, generation: string, prev: DiskRecord | undefined): DiskRecord {
   return {
     name: d.info.name,
     stem: d.info.stem,
@@ -46,7 +46,7 @@ function committedRecord (d: SealedDisk, cycle: number, now: string, generation:
 }
 
 /** A new generation (SPEC §5.8): 128 bits from a secure random source, 32 lowercase hex digits. */
-export function newGeneration (): string {
+export function newGeneration(): string {
   return randomBytes(16).toString('hex')
 }
 
@@ -55,9 +55,9 @@ export function newGeneration (): string {
  * the cycle) under `generation`, and the roll-forward work it records. Pure
  * apart from the random CIDs. Returns the new records in the order of `sealed`.
  */
-export function commitState (state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string, generation: string): { next: VmStateFile, records: DiskRecord[] } {
+export function commitState(state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string, generation: string): { next: VmStateFile; records: DiskRecord[] } {
   const disks: Record<string, DiskRecord> = { ...state.disks }
-  const renames: Array<{ from: string, to: string }> = []
+  const renames: Array<{ from: string; to: string }> = []
   const records: DiskRecord[] = []
   for (const d of sealed) {
     const rec = committedRecord(d, cycle, now, generation, disks[d.info.name])
@@ -90,7 +90,7 @@ export function commitState (state: VmStateFile, cycle: number, sealed: readonly
  * or FIFO planted in `incoming`) is skipped and logged, so that the
  * roll-forward can never be stuck on it.
  */
-async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<DroppedReference[] | undefined> {
+async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Promise<DroppedReference[] | undefined> {
   const names = await readStoreDir(paths.incoming)
   let dropped: DroppedReference[] | undefined
   const diskMap = new Map<string, string>()
@@ -122,7 +122,7 @@ async function installFiles (paths: VmPaths, state: VmStateFile, log: Logger): P
  * can be repeated after a crash). The caller then clears `pending` and
  * records the .vmx references dropped (undefined: no .vmx installed).
  */
-export async function rollForwardFiles (paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
+export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
   const p = state.pending
   if (p === null) return { vmxDropped: undefined }
   for (const r of p.renames) {

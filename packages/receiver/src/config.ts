@@ -4,7 +4,7 @@ import { ReceiverError } from './errors.ts'
 import type { ReceiverInit } from './server.ts'
 
 /** Split "HOST:PORT" / "[v6]:PORT" / "PORT". */
-export function parseListen (listen: string): { host: string, port: number } {
+export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(listen) ?? /^()()(\d{1,5})$/.exec(listen)
   const port = Number(m?.[3])
   if (m === null || !Number.isInteger(port) || port > 65535) throw new ReceiverError('E_CONFIG', `bad listen address ${JSON.stringify(listen)} (want HOST:PORT)`)
@@ -13,8 +13,19 @@ export function parseListen (listen: string): { host: string, port: number } {
 
 /** Settings of the config file that are non-negative integers (bytes, counts, milliseconds), named as in `ReceiverInit`. */
 const NUMERIC_KEYS = [
-  'maxConnections', 'maxSockets', 'maxExtentBytes', 'windowBytes', 'batchBytes', 'batchIdleMs', 'abandonAfterMs',
-  'handshakeTimeoutMs', 'upgradeTimeoutMs', 'helloTimeoutMs', 'idleTimeoutMs', 'lockWaitMs', 'pingIntervalMs',
+  'maxConnections',
+  'maxSockets',
+  'maxExtentBytes',
+  'windowBytes',
+  'batchBytes',
+  'batchIdleMs',
+  'abandonAfterMs',
+  'handshakeTimeoutMs',
+  'upgradeTimeoutMs',
+  'helloTimeoutMs',
+  'idleTimeoutMs',
+  'lockWaitMs',
+  'pingIntervalMs',
 ] as const
 
 /**
@@ -24,7 +35,7 @@ const NUMERIC_KEYS = [
  *   "displaySuffix": " (DR)", "maxConnections": 64}`.
  * Relative paths are resolved against the file's folder.
  */
-export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
+export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
   let json: Record<string, unknown>
   try {
     json = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>
@@ -58,7 +69,9 @@ export async function loadReceiverConfig (file: string): Promise<ReceiverInit> {
   if (json['insecure'] !== undefined && typeof json['insecure'] !== 'boolean') throw new ReceiverError('E_CONFIG', `${file}: insecure must be true or false`)
   if (json['displaySuffix'] !== undefined && typeof json['displaySuffix'] !== 'string') throw new ReceiverError('E_CONFIG', `${file}: displaySuffix must be a string`)
   const init: Record<string, unknown> = {
-    host, port, store,
+    host,
+    port,
+    store,
     tokensFile: path('tokens') ?? path('tokensFile'),
     tlsCert: path('tlsCert'),
     tlsKey: path('tlsKey'),
@@ -91,7 +104,7 @@ export interface ReceiverFlags {
  * authentication.
  * @throws ReceiverError E_CONFIG
  */
-export async function resolveReceiverInit (flags: ReceiverFlags): Promise<ReceiverInit> {
+export async function resolveReceiverInit(flags: ReceiverFlags): Promise<ReceiverInit> {
   const base: Partial<ReceiverInit> = flags.config === undefined ? {} : await loadReceiverConfig(flags.config)
   const over: Record<string, unknown> = {}
   if (flags.listen !== undefined) Object.assign(over, parseListen(flags.listen))

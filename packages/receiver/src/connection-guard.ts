@@ -16,7 +16,7 @@ export interface ConnectionLimits {
  * `handshakeTimeout` option) and give every connection `upgradeTimeoutMs` to
  * send its upgrade request, then destroy it. Each refusal goes to `refusals`.
  */
-export function guardConnections (srv: Server, tls: boolean, limits: ConnectionLimits, refusals: RefusalLog): void {
+export function guardConnections(srv: Server, tls: boolean, limits: ConnectionLimits, refusals: RefusalLog): void {
   srv.maxConnections = limits.maxSockets
   srv.on('drop', (data?: { remoteAddress?: string }) => refusals.refused('socket-cap', { remote: data?.remoteAddress, maxSockets: limits.maxSockets }))
   if (tls) {

@@ -33,17 +33,17 @@ export interface DiskEndClaim extends ExtentCounts {
   readonly digest: Uint8Array
 }
 
-function hex (b: Uint8Array): string {
+function hex(b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex')
 }
 
 /** A new, empty seed file: whatever was at its name (an older seed, a planted link) is removed first, never followed. */
-async function freshSeed (path: string): Promise<FileHandle> {
+async function freshSeed(path: string): Promise<FileHandle> {
   await unlinkIfExists(path)
   return await openStoreFile(path, 'create')
 }
 
-function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
@@ -81,7 +81,7 @@ export class DiskApply {
   journalMs = 0
   writeMs = 0
 
-  private constructor (info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal) {
+  private constructor(info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal) {
     this.info = info
     this.targetPath = targetPath
     this.fh = fh
@@ -90,14 +90,20 @@ export class DiskApply {
   }
 
   /** next seq expected */
-  get nextSeq (): number { return this.next }
+  get nextSeq(): number {
+    return this.next
+  }
   /** highest seq durably applied (-1: none) */
-  get appliedSeq (): number { return this.applied }
+  get appliedSeq(): number {
+    return this.applied
+  }
   /** extents accepted so far in this cycle (including those replayed on resume) */
-  get counts (): ExtentCounts { return { extents: this.extents, dataBytes: this.dataBytes, zeroBytes: this.zeroBytes } }
+  get counts(): ExtentCounts {
+    return { extents: this.extents, dataBytes: this.dataBytes, zeroBytes: this.zeroBytes }
+  }
 
   /** Open a fresh apply (journal already created). */
-  static async start (paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
+  static async start(paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
     if (info.target === 'seed') {
       const p = paths.seed(info.stem)
       const fh = await freshSeed(p)
@@ -116,11 +122,11 @@ export class DiskApply {
   }
 
   /** Reopen an interrupted apply at its durable resume point, replaying the journal through {@link accept}. */
-  static async resume (paths: VmPaths, info: InflightDisk, journalContents: JournalContents): Promise<DiskApply> {
+  static async resume(paths: VmPaths, info: InflightDisk, journalContents: JournalContents): Promise<DiskApply> {
     let contents = journalContents
     const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
     let fh: FileHandle
-    if (info.target === 'seed' && (contents.applied === null || !await entryExists(p))) {
+    if (info.target === 'seed' && (contents.applied === null || !(await entryExists(p)))) {
       // nothing durably applied, or the seed file is gone (rolled back): start
       // the seed again at seq 0 in a FRESH file — a seed leaves zero ranges
       // unwritten, so stale bytes must not survive
@@ -162,7 +168,7 @@ export class DiskApply {
    * the payload against its digest.
    * @throws ReceiverError E_UNEXPECTED (sealed), E_SEQUENCE, E_RANGE (beyond capacity)
    */
-  accept (e: ApplyExtent): ApplyExtent {
+  accept(e: ApplyExtent): ApplyExtent {
     if (this.sealed) throw new ReceiverError('E_UNEXPECTED', `Extent after DiskEnd of ${this.info.name}`)
     if (e.seq !== this.next) throw new ReceiverError('E_SEQUENCE', `disk ${this.info.name}: expected seq ${this.next}, got ${e.seq}`)
     if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
@@ -180,7 +186,7 @@ export class DiskApply {
    * and reads as zeros (a hole): nothing there is journaled, and a zero
    * extent writes nothing there.
    */
-  private committedPart (e: ApplyExtent): number {
+  private committedPart(e: ApplyExtent): number {
     return this.info.target === 'flat' ? Math.max(0, Math.min(e.offset + e.length, this.info.baseSize) - e.offset) : 0
   }
 
@@ -190,7 +196,7 @@ export class DiskApply {
    * place), at least its window cost (SPEC §5.3) — a seed's zero extent, or
    * one over grown space, writes nothing.
    */
-  cost (e: ApplyExtent): number {
+  cost(e: ApplyExtent): number {
     return e.zero ? Math.max(ZERO_EXTENT_WINDOW_COST, this.committedPart(e)) : e.length
   }
 
@@ -201,7 +207,7 @@ export class DiskApply {
    * undo runs newest record first, so the oldest copy of a range wins.)
    * `signal` is checked between pieces: an aborted session stops at once.
    */
-  async prepareBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+  async prepareBatch(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
@@ -242,7 +248,7 @@ export class DiskApply {
    * batch: they are finished, so that a disconnect keeps the batch's resume
    * point.
    */
-  async writeBatch (batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+  async writeBatch(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     this.batches++
     const t0 = performance.now()
@@ -277,7 +283,7 @@ export class DiskApply {
    * accepted, then make the resume point durable and seal the disk.
    * @throws ReceiverError E_END_MISMATCH
    */
-  async end (claim: DiskEndClaim): Promise<void> {
+  async end(claim: DiskEndClaim): Promise<void> {
     const got = this.counts
     if (claim.extents !== got.extents || claim.dataBytes !== got.dataBytes || claim.zeroBytes !== got.zeroBytes) {
       const want = { extents: claim.extents, dataBytes: claim.dataBytes, zeroBytes: claim.zeroBytes }
@@ -292,7 +298,7 @@ export class DiskApply {
   }
 
   /** Release the files; `flush: false` drops queued journal records as a crash would (tests). */
-  async close (opts: { flush?: boolean } = {}): Promise<void> {
+  async close(opts: { flush?: boolean } = {}): Promise<void> {
     if (this.closed) return
     this.closed = true
     if (opts.flush !== false) await this.journal.flush(true).catch(() => {})

@@ -14,17 +14,17 @@ export class ReceiverError extends Error {
   readonly code: ReceiverErrorCode
   readonly closeCode: number
   readonly fatal: boolean
-  constructor (code: ReceiverErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: ReceiverErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options)
     this.code = code
-    const wire = (ProtocolErrorCodes as Record<string, { closeCode: number, fatal: boolean }>)[code]
+    const wire = (ProtocolErrorCodes as Record<string, { closeCode: number; fatal: boolean }>)[code]
     this.closeCode = wire?.closeCode ?? 1011
     this.fatal = wire?.fatal ?? true
   }
 }
 
 /** Map a Node.js file-system error to E_NO_SPACE / E_IO with a clear message. */
-export function ioError (err: unknown, what: string): Error {
+export function ioError(err: unknown, what: string): Error {
   if (err instanceof ReceiverError) return err
   const code = (err as { code?: unknown } | null)?.code
   const syscall = (err as { syscall?: unknown } | null)?.syscall
@@ -38,7 +38,7 @@ export function ioError (err: unknown, what: string): Error {
 }
 
 /** The stable code of any error (ours, the protocol's, or E_INTERNAL). */
-export function errorCode (err: unknown): string {
+export function errorCode(err: unknown): string {
   const code = (err as { code?: unknown } | null)?.code
   const name = (err as { name?: unknown } | null)?.name
   if ((name === 'ReceiverError' || name === 'ProtocolError') && typeof code === 'string') return code

@@ -8,7 +8,7 @@ import { ReceiverError } from './errors.ts'
  * digest with the negotiated algorithm — before any byte reaches the store.
  * @throws ProtocolError E_DECOMPRESS, ReceiverError E_BAD_DIGEST
  */
-export function extentPayload (msg: ExtentMessage, algorithm: DigestAlgorithm): Uint8Array | undefined {
+export function extentPayload(msg: ExtentMessage, algorithm: DigestAlgorithm): Uint8Array | undefined {
   if (msg.zero) return undefined
   const data = decompress(msg.compression, msg.data, msg.length)
   const got = createDigest(algorithm).update(data).digest()

@@ -14,7 +14,7 @@ if (spec !== undefined && spec !== '') {
 let hits = 0
 
 /** Mark a crash point (see the module comment). */
-export function faultPoint (name: string): void {
+export function faultPoint(name: string): void {
   if (point !== name) return
   hits++
   if (hits === target) process.kill(process.pid, 'SIGKILL')

@@ -4,13 +4,17 @@ import { dirname } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
 /** fsync a directory so that a rename or create inside it is durable. */
-export async function fsyncDir (dir: string): Promise<void> {
+export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r')
-  try { await fh.sync() } finally { await fh.close() }
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
 }
 
 /** The name of {@link writeFileAtomic}'s temporary file for `name`: `<name>.tmp-<pid>-<8 hex>`. */
-function tempName (name: string): string {
+function tempName(name: string): string {
   return `${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
 }
 
@@ -19,7 +23,7 @@ function tempName (name: string): string {
  * (`<name>.tmp-<pid>-<8 hex>`), which start-up recovery removes. A committed
  * file whose name merely contains `.tmp-` (a disk `data.tmp-2024.vmdk`) is not.
  */
-export function isTempName (name: string): boolean {
+export function isTempName(name: string): boolean {
   return /^.+\.tmp-[1-9]\d{0,9}-[0-9a-f]{8}$/.test(name)
 }
 
@@ -27,7 +31,7 @@ export function isTempName (name: string): boolean {
  * Replace `path` atomically: write a temporary file beside it, fsync it,
  * rename it over `path`, fsync the directory (ARCHITECTURE §4.1).
  */
-export async function writeFileAtomic (path: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = tempName(path)
   let fh: FileHandle | undefined
   try {
@@ -46,7 +50,7 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array):
 }
 
 /** Remove a file if it exists. */
-export async function unlinkIfExists (path: string): Promise<boolean> {
+export async function unlinkIfExists(path: string): Promise<boolean> {
   try {
     await unlink(path)
     return true
@@ -59,7 +63,7 @@ export async function unlinkIfExists (path: string): Promise<boolean> {
 const ZERO = new Uint8Array(1024 * 1024)
 
 /** Write `length` zero bytes at `offset`. */
-export async function writeZeros (fh: FileHandle, offset: number, length: number): Promise<void> {
+export async function writeZeros(fh: FileHandle, offset: number, length: number): Promise<void> {
   let done = 0
   while (done < length) {
     const n = Math.min(ZERO.length, length - done)
@@ -69,7 +73,7 @@ export async function writeZeros (fh: FileHandle, offset: number, length: number
 }
 
 /** Write all of `data` at `offset` (loops over short writes). */
-export async function writeFully (fh: FileHandle, data: Uint8Array, offset: number): Promise<void> {
+export async function writeFully(fh: FileHandle, data: Uint8Array, offset: number): Promise<void> {
   let done = 0
   while (done < data.length) {
     const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done)
@@ -79,7 +83,7 @@ export async function writeFully (fh: FileHandle, data: Uint8Array, offset: numb
 }
 
 /** Read exactly `length` bytes at `offset`; bytes past the end of the file read as zero. */
-export async function readFully (fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+export async function readFully(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length)
   let done = 0
   while (done < length) {

@@ -9,8 +9,8 @@ export const FRAME_OVERHEAD = 1024
 
 /** The flow control a socket offers (ws `pause()`/`resume()`). */
 export interface Pausable {
-  pause (): void
-  resume (): void
+  pause(): void
+  resume(): void
 }
 
 /**
@@ -26,21 +26,23 @@ export class Inbox {
   private paused = false
   private readonly socket: Pausable
   private readonly highWaterBytes: number
-  private readonly onPause: (state: { frames: number, bytes: number }) => void
+  private readonly onPause: (state: { frames: number; bytes: number }) => void
   private wake: (() => void) | undefined
 
   /** @param onPause called each time the socket is paused (the session logs it) */
-  constructor (socket: Pausable, highWaterBytes: number, onPause: (state: { frames: number, bytes: number }) => void) {
+  constructor(socket: Pausable, highWaterBytes: number, onPause: (state: { frames: number; bytes: number }) => void) {
     this.socket = socket
     this.highWaterBytes = highWaterBytes
     this.onPause = onPause
   }
 
   /** Frames queued. */
-  get length (): number { return this.frames.length }
+  get length(): number {
+    return this.frames.length
+  }
 
   /** Queue a frame; pause the socket above the high-water mark; wake a waiting reader. */
-  push (frame: Buffer): void {
+  push(frame: Buffer): void {
     this.frames.push(frame)
     this.bytes += frame.length + FRAME_OVERHEAD
     if (!this.paused && this.bytes > this.highWaterBytes) {
@@ -52,7 +54,7 @@ export class Inbox {
   }
 
   /** Take the oldest frame; resume the socket once drained to half the high-water mark. */
-  shift (): Buffer | undefined {
+  shift(): Buffer | undefined {
     const f = this.frames.shift()
     if (f === undefined) return undefined
     this.bytes -= f.length + FRAME_OVERHEAD
@@ -64,20 +66,27 @@ export class Inbox {
   }
 
   /** Wait up to `ms` for a frame to arrive (resolves at once on `push` or `interrupt`). */
-  wait (ms: number): Promise<void> {
+  wait(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.wake = undefined; resolve() }, ms)
-      this.wake = () => { clearTimeout(timer); this.wake = undefined; resolve() }
+      const timer = setTimeout(() => {
+        this.wake = undefined
+        resolve()
+      }, ms)
+      this.wake = () => {
+        clearTimeout(timer)
+        this.wake = undefined
+        resolve()
+      }
     })
   }
 
   /** End a `wait` now. */
-  interrupt (): void {
+  interrupt(): void {
     this.wake?.()
   }
 
   /** Drop every frame and resume the socket (a paused socket could not read the peer's close frame). */
-  clear (): void {
+  clear(): void {
     this.frames.length = 0
     this.bytes = 0
     if (this.paused) {

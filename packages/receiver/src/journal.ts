@@ -88,7 +88,7 @@ export interface JournalContents {
   readonly headEnd: number
 }
 
-function frame (type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
+function frame(type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
   const h = Buffer.from(JSON.stringify(header), 'utf8')
   const pre = Buffer.alloc(13)
   const len = 1 + 4 + h.length + (data?.length ?? 0)
@@ -103,7 +103,7 @@ function frame (type: number, header: object, data: Uint8Array | undefined, seed
 }
 
 /** Read a journal file. Returns undefined if it has no valid head record. */
-export async function readJournal (path: string): Promise<JournalContents | undefined> {
+export async function readJournal(path: string): Promise<JournalContents | undefined> {
   const fh = await openStoreFile(path, 'read')
   try {
     const size = (await fh.stat()).size
@@ -132,7 +132,7 @@ export async function readJournal (path: string): Promise<JournalContents | unde
         const chunk = await readFully(fh, dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
         c = crc32(chunk, c)
       }
-      if ((c >>> 0) !== crc) break
+      if (c >>> 0 !== crc) break
       let header: Record<string, unknown>
       try {
         header = JSON.parse(hbuf.toString('utf8')) as Record<string, unknown>
@@ -144,7 +144,7 @@ export async function readJournal (path: string): Promise<JournalContents | unde
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
         headEnd = pos + 8 + len
       } else if (type === T_EXTENT && head !== undefined) {
-        const e = header as { seq: number, offset: number, length: number, zero: boolean, digest: string, oldOffset?: unknown }
+        const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown }
         const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
         extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos })
       } else if (type === T_APPLIED && head !== undefined) {
@@ -170,7 +170,7 @@ export class Journal {
   private pendingBytes = 0
   private readonly gen: number
 
-  private constructor (path: string, fh: FileHandle, end: number, gen: number) {
+  private constructor(path: string, fh: FileHandle, end: number, gen: number) {
     this.path = path
     this.fh = fh
     this.end = end
@@ -182,7 +182,7 @@ export class Journal {
    * `spare` names a journal file of an earlier cycle, it is renamed into place
    * and overwritten (its blocks are already allocated).
    */
-  static async create (path: string, head: JournalHead, spare?: string): Promise<Journal> {
+  static async create(path: string, head: JournalHead, spare?: string): Promise<Journal> {
     let fh: FileHandle | undefined
     if (spare !== undefined) {
       try {
@@ -207,7 +207,7 @@ export class Journal {
   }
 
   /** Reopen an existing journal for appending, cutting off a torn tail. */
-  static async reopen (path: string, contents: JournalContents): Promise<Journal> {
+  static async reopen(path: string, contents: JournalContents): Promise<Journal> {
     const fh = await openStoreFile(path, 'update')
     try {
       // cut everything after the valid end: records of this generation past a
@@ -224,7 +224,7 @@ export class Journal {
     }
   }
 
-  private push (bufs: Buffer[]): void {
+  private push(bufs: Buffer[]): void {
     for (const b of bufs) {
       this.pending.push(b)
       this.pendingBytes += b.length
@@ -235,24 +235,27 @@ export class Journal {
    * Queue an extent record with old contents (at most JOURNAL_PIECE bytes)
    * of its range starting at target offset `oldOffset` (default: the extent's offset).
    */
-  appendExtent (e: { seq: number, offset: number, length: number, zero: boolean, digest: string }, old: Uint8Array | undefined, oldOffset = e.offset): void {
+  appendExtent(e: { seq: number; offset: number; length: number; zero: boolean; digest: string }, old: Uint8Array | undefined, oldOffset = e.offset): void {
     if (old !== undefined && old.length > JOURNAL_PIECE) throw new RangeError(`journal piece of ${old.length} bytes exceeds ${JOURNAL_PIECE}`)
-    const header = oldOffset === e.offset
-      ? { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
-      : { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset }
+    const header =
+      oldOffset === e.offset
+        ? { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
+        : { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset }
     this.push(frame(T_EXTENT, header, old, this.gen))
   }
 
   /** Queue an applied marker. */
-  appendApplied (seq: number): void {
+  appendApplied(seq: number): void {
     this.push(frame(T_APPLIED, { seq }, undefined, this.gen))
   }
 
   /** Bytes queued and not yet written. */
-  get queuedBytes (): number { return this.pendingBytes }
+  get queuedBytes(): number {
+    return this.pendingBytes
+  }
 
   /** Write the queued records; with `sync`, fdatasync afterwards. */
-  async flush (sync: boolean): Promise<void> {
+  async flush(sync: boolean): Promise<void> {
     if (this.pending.length > 0) {
       const bufs = this.pending
       const total = this.pendingBytes
@@ -266,7 +269,11 @@ export class Journal {
       if (bytesWritten !== total) {
         let skip = bytesWritten
         for (const b of bufs) {
-          if (skip >= b.length) { skip -= b.length; pos += b.length; continue }
+          if (skip >= b.length) {
+            skip -= b.length
+            pos += b.length
+            continue
+          }
           await writeFully(this.fh, b.subarray(skip), pos + skip)
           pos += b.length
           skip = 0
@@ -276,7 +283,7 @@ export class Journal {
     if (sync) await this.fh.datasync()
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     await this.fh.close()
   }
 }
@@ -287,7 +294,7 @@ export class Journal {
  * target, and a later resume must start again from seq 0. Truncation needs no
  * free space, so this works on a full disk.
  */
-export async function resetJournal (path: string, headEnd: number): Promise<void> {
+export async function resetJournal(path: string, headEnd: number): Promise<void> {
   let fh: FileHandle
   try {
     fh = await openStoreFile(path, 'update')
@@ -309,7 +316,7 @@ export async function resetJournal (path: string, headEnd: number): Promise<void
  * extent was journaled twice across a resume), cut the file back to its base
  * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
  */
-export async function undoJournal (journalPath: string, contents: JournalContents, targetPath: string): Promise<void> {
+export async function undoJournal(journalPath: string, contents: JournalContents, targetPath: string): Promise<void> {
   const jfh = await openStoreFile(journalPath, 'read')
   try {
     const tfh = await openStoreFile(targetPath, 'update')
@@ -334,7 +341,6 @@ export async function undoJournal (journalPath: string, contents: JournalContent
   }
 }
 
-
 /** Journals larger than this are deleted rather than kept as spares. */
 const MAX_SPARE_BYTES = 4 * 1024 ** 3
 
@@ -342,7 +348,7 @@ const MAX_SPARE_BYTES = 4 * 1024 ** 3
  * Retire a finished journal: keep it as `<path>.spare` so that the next cycle
  * of the disk overwrites its allocated blocks, or delete it when huge.
  */
-export async function retireJournal (path: string): Promise<void> {
+export async function retireJournal(path: string): Promise<void> {
   const size = await regularFileSize(path)
   if (size === undefined) return
   if (size > MAX_SPARE_BYTES) await unlinkIfExists(path)

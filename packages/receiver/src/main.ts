@@ -12,7 +12,7 @@ import { pino } from 'pino'
 import { createReceiver } from './server.ts'
 import { resolveReceiverInit } from './config.ts'
 
-async function main (): Promise<void> {
+async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       listen: { type: 'string' },
@@ -49,10 +49,13 @@ async function main (): Promise<void> {
     if (closing) return
     closing = true
     logger.info({ signal }, 'shutting down')
-    receiver.close().then(() => process.exit(0), (err: unknown) => {
-      logger.error({ err }, 'shutdown failed')
-      process.exit(1)
-    })
+    receiver.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'shutdown failed')
+        process.exit(1)
+      },
+    )
   }
   if (values['exit-with-stdin'] === true) {
     // tests: die with the parent that holds our stdin, even if it was killed.
@@ -71,7 +74,7 @@ async function main (): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  const e = err as { code?: unknown, message?: unknown }
+  const e = err as { code?: unknown; message?: unknown }
   process.stderr.write(JSON.stringify({ event: 'error', code: e.code ?? 'E_INTERNAL', message: String(e.message ?? err) }) + '\n')
   process.exit(2)
 })

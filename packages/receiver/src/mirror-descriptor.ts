@@ -5,7 +5,7 @@ import { buildDescriptor, formatCid, parseDescriptor, serializeDescriptor } from
  * The mirror disk's descriptor: `createType="vmfs"`, one flat extent, the
  * source DDB values kept (VMDK.md "descriptor file"). ESXi and QEMU open it.
  */
-export function mirrorDescriptor (opts: { cid: string, capacity: number, flatFile: string, ddb: Readonly<Record<string, string>> }): string {
+export function mirrorDescriptor(opts: { cid: string; capacity: number; flatFile: string; ddb: Readonly<Record<string, string>> }): string {
   const ddb: Array<[string, string]> = []
   for (const [k, v] of Object.entries(opts.ddb)) {
     const key = k.startsWith('ddb.') ? k : `ddb.${k}`
@@ -13,16 +13,18 @@ export function mirrorDescriptor (opts: { cid: string, capacity: number, flatFil
     if (key === 'ddb.longContentID') continue
     ddb.push([key, v])
   }
-  return serializeDescriptor(buildDescriptor({
-    cid: opts.cid,
-    createType: 'vmfs',
-    extents: [{ access: 'RW', sectors: Math.ceil(opts.capacity / 512), type: 'VMFS', file: opts.flatFile }],
-    ddb,
-  }))
+  return serializeDescriptor(
+    buildDescriptor({
+      cid: opts.cid,
+      createType: 'vmfs',
+      extents: [{ access: 'RW', sectors: Math.ceil(opts.capacity / 512), type: 'VMFS', file: opts.flatFile }],
+      ddb,
+    }),
+  )
 }
 
 /** The CID of a descriptor's text as 8 lowercase hex digits, or undefined if it is not a descriptor. */
-export function descriptorCid (text: string): string | undefined {
+export function descriptorCid(text: string): string | undefined {
   try {
     const d = parseDescriptor(text)
     return d.get('CID') === undefined ? undefined : formatCid(d.cid)
@@ -32,7 +34,7 @@ export function descriptorCid (text: string): string | undefined {
 }
 
 /** A fresh random CID, different from `previous`. */
-export function newCid (previous?: string): string {
+export function newCid(previous?: string): string {
   for (;;) {
     const cid = randomBytes(4).toString('hex')
     if (cid !== previous && cid !== 'ffffffff') return cid

@@ -9,7 +9,7 @@ import type { VmPaths } from './vm-paths.ts'
  * Look at one disk mirror: its descriptor's CID, its flat's size and whether
  * a rollback of its in-flight cycle was interrupted. Read-only.
  */
-export async function inspectMirror (paths: VmPaths, rec: DiskRecord | undefined, inflight: InflightDisk | undefined): Promise<MirrorFacts> {
+export async function inspectMirror(paths: VmPaths, rec: DiskRecord | undefined, inflight: InflightDisk | undefined): Promise<MirrorFacts> {
   const undoing = inflight === undefined ? false : await entryExists(paths.undoing(inflight.stem))
   if (rec === undefined) return { cid: '', flatSize: 0, undoing }
   // a descriptor or flat that is missing, a link or a FIFO reads as "modified": the agent seeds, and the commit replaces the entry
@@ -22,7 +22,7 @@ export async function inspectMirror (paths: VmPaths, rec: DiskRecord | undefined
   }
   let flatSize = -1
   try {
-    flatSize = await regularFileSize(paths.flat(rec.stem)) ?? -1
+    flatSize = (await regularFileSize(paths.flat(rec.stem))) ?? -1
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw ioError(err, 'inspecting the mirror flat file')
   }

@@ -10,7 +10,7 @@ import { basename } from 'node:path'
 export const DEFAULT_DISPLAY_SUFFIX = ' (grainline mirror)'
 
 /** The base disk name a .vmx disk reference stands for (strips `-000001` delta suffixes and any path). */
-export function baseDiskName (ref: string): string {
+export function baseDiskName(ref: string): string {
   const b = basename(ref.replace(/\\/g, '/'))
   return b.replace(/-\d{6}\.vmdk$/i, '.vmdk')
 }
@@ -27,8 +27,16 @@ export interface DroppedReference {
 
 /** Keys (lowercase) whose value names a file or folder, besides `<device>.fileName`. */
 const PATH_KEYS = new Set([
-  'nvram', 'extendedconfigfile', 'vmxstats.filename', 'checkpoint.vmstate', 'sched.swap.derivedname', 'sched.swap.dir',
-  'workingdir', 'suspend.directory', 'migrate.hostlog', 'log.filename',
+  'nvram',
+  'extendedconfigfile',
+  'vmxstats.filename',
+  'checkpoint.vmstate',
+  'sched.swap.derivedname',
+  'sched.swap.dir',
+  'workingdir',
+  'suspend.directory',
+  'migrate.hostlog',
+  'log.filename',
 ])
 
 /** Device slots of disk controllers (`scsi0:1`, `ide1:0`, `sata0:0`, `nvme0:2`): a non-disk image there is a CD-ROM. */
@@ -39,16 +47,16 @@ const DEVICE = /^(?:(?:scsi|ide|sata|nvme)\d+:\d+|serial\d+|parallel\d+|floppy\d
 const LINE = /^([ \t]*)([A-Za-z0-9_.:-]+)([ \t]*=[ \t]*)(?:"(.*)"|([^"\s]*))[ \t]*$/
 
 /** Decode the .vmx `|XX` hex escapes (ESXi reads `..|2F` as `../`). */
-function unescapeVmx (v: string): string {
+function unescapeVmx(v: string): string {
   return v.replace(/\|([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(Number.parseInt(h, 16)))
 }
 
 /** A bare name inside the mirror folder: no separator, no parent, no drive. */
-function insideFolder (v: string): boolean {
+function insideFolder(v: string): boolean {
   return v !== '' && v !== '..' && !/[/\\]/.test(v) && !/^[A-Za-z]:/.test(v)
 }
 
-function isPathKey (k: string): boolean {
+function isPathKey(k: string): boolean {
   return k.endsWith('.filename') || PATH_KEYS.has(k)
 }
 
@@ -64,12 +72,12 @@ function isPathKey (k: string): boolean {
  * VM uses its defaults in its own folder. Other lines are kept byte for byte.
  * Returns the text and what was dropped.
  */
-export function mirrorVmx (text: string, opts: { suffix: string, diskMap: ReadonlyMap<string, string> }): { text: string, dropped: DroppedReference[] } {
+export function mirrorVmx(text: string, opts: { suffix: string; diskMap: ReadonlyMap<string, string> }): { text: string; dropped: DroppedReference[] } {
   const eol = text.includes('\r\n') ? '\r\n' : '\n'
   const lines = text.split(/\r?\n/)
   const dropped: DroppedReference[] = []
   /** device → the setting forced on it */
-  const force = new Map<string, { key: 'present' | 'startconnected', name: string }>()
+  const force = new Map<string, { key: 'present' | 'startconnected'; name: string }>()
   let sawName = false
   const out: Array<string | undefined> = lines.map((line) => {
     const m = LINE.exec(line)
@@ -87,7 +95,7 @@ export function mirrorVmx (text: string, opts: { suffix: string, diskMap: Readon
     const value = unescapeVmx(quoted ?? bare ?? '')
     if (k === 'displayname') {
       sawName = true
-      return value.endsWith(opts.suffix) ? line : `${lead}${key}${eq}"${(quoted ?? bare ?? '')}${opts.suffix}"`
+      return value.endsWith(opts.suffix) ? line : `${lead}${key}${eq}"${quoted ?? bare ?? ''}${opts.suffix}"`
     }
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)

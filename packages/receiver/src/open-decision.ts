@@ -61,17 +61,17 @@ export type FailureCode = 'E_NO_SPACE' | 'E_QUOTA'
 
 /** The answer: start a fresh apply, resume the one in flight, refuse the disk, or fail the session. */
 export type OpenDecision =
-  | { readonly kind: 'fresh', readonly info: InflightDisk }
-  | { readonly kind: 'resume', readonly info: InflightDisk }
-  | { readonly kind: 'refuse', readonly code: RefusalCode, readonly message: string }
-  | { readonly kind: 'fail', readonly code: FailureCode, readonly message: string }
+  | { readonly kind: 'fresh'; readonly info: InflightDisk }
+  | { readonly kind: 'resume'; readonly info: InflightDisk }
+  | { readonly kind: 'refuse'; readonly code: RefusalCode; readonly message: string }
+  | { readonly kind: 'fail'; readonly code: FailureCode; readonly message: string }
 
 /**
  * What a fresh apply of `req` may add to the store at most: a seed's file
  * can be filled up to the capacity (beside the current flat until the
  * commit); an incremental can grow the flat to the capacity.
  */
-export function mayAdd (req: DiskOpenRequest, facts: MirrorFacts): number {
+export function mayAdd(req: DiskOpenRequest, facts: MirrorFacts): number {
   return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
 }
 
@@ -80,17 +80,17 @@ export function mayAdd (req: DiskOpenRequest, facts: MirrorFacts): number {
  * CID, or another flat size. An in-place apply in flight may have grown the
  * flat: a larger size is then its own doing, not a modification.
  */
-export function mirrorModified (record: DiskRecord | undefined, inflight: InflightDisk | undefined, facts: MirrorFacts): boolean {
+export function mirrorModified(record: DiskRecord | undefined, inflight: InflightDisk | undefined, facts: MirrorFacts): boolean {
   if (record === undefined) return false
   const sizeOk = inflight?.target === 'flat' ? facts.flatSize >= record.size : facts.flatSize === record.size
   return facts.cid !== record.mirrorCid || !sizeOk
 }
 
-function incompatibleText (x: OpenInputs): string {
+function incompatibleText(x: OpenInputs): string {
   return `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no incremental; seed a new mirror after checking the VM`
 }
 
-function refuse (code: RefusalCode, message: string): OpenDecision {
+function refuse(code: RefusalCode, message: string): OpenDecision {
   return { kind: 'refuse', code, message }
 }
 
@@ -100,7 +100,7 @@ function refuse (code: RefusalCode, message: string): OpenDecision {
  * modification, divergence); a resume needs the recorded cycle identity,
  * which covers `baseGeneration` (§5.2).
  */
-export function decideOpen (x: OpenInputs): OpenDecision {
+export function decideOpen(x: OpenInputs): OpenDecision {
   const { request: req, record: rec, inflight: inf } = x
   const modified = mirrorModified(rec, inf, x.facts)
   const modifiedText = (): string => `mirror of ${req.name} changed since the last commit (CID ${x.facts.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''})`
@@ -134,7 +134,10 @@ export function decideOpen (x: OpenInputs): OpenDecision {
     // SPEC §5.8: only onto the exact point it was planned against; a point committed before generations has none
     const generation = rec.generation ?? ''
     if (generation === '' || req.baseGeneration !== generation) {
-      return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${generation || '(none: committed before generations)'}; resync`)
+      return refuse(
+        'E_GENERATION',
+        `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${generation || '(none: committed before generations)'}; resync`,
+      )
     }
     if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
     if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync it`)
@@ -142,11 +145,19 @@ export function decideOpen (x: OpenInputs): OpenDecision {
   // room: a capacity increase must fit in the free space; the token's mirrors must stay within its quota
   const growth = req.capacity - (rec?.capacity ?? 0)
   if (growth > 0 && growth > x.space.freeBytes) {
-    return { kind: 'fail', code: 'E_NO_SPACE', message: `disk ${req.name} of VM ${x.vm} would grow by ${growth} bytes, the store has ${x.space.freeBytes} free: free space on the receiver, then retry` }
+    return {
+      kind: 'fail',
+      code: 'E_NO_SPACE',
+      message: `disk ${req.name} of VM ${x.vm} would grow by ${growth} bytes, the store has ${x.space.freeBytes} free: free space on the receiver, then retry`,
+    }
   }
   const adds = mayAdd(req, x.facts)
   if (x.space.quotaBytes !== undefined && x.space.usedBytes + adds > x.space.quotaBytes) {
-    return { kind: 'fail', code: 'E_QUOTA', message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors` }
+    return {
+      kind: 'fail',
+      code: 'E_QUOTA',
+      message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors`,
+    }
   }
   const incremental = req.mode === 'incremental'
   return {

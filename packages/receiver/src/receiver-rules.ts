@@ -13,24 +13,24 @@ import { ReceiverError } from './errors.ts'
 export const MAX_CAPACITY = 64 * 1024 ** 4
 
 /** A VM name is a folder of the store: no hidden name (the store's own files start with "."). */
-export function checkVmName (vm: string): void {
+export function checkVmName(vm: string): void {
   if (vm.startsWith('.')) throw new ReceiverError('E_BAD_NAME', 'a VM name may not start with "."')
 }
 
 /** A configuration file is installed beside the mirror disks: no hidden name, no disk or seed file. */
-export function checkFileName (name: string): void {
+export function checkFileName(name: string): void {
   if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
 }
 
 /** A disk name becomes `<stem>.vmdk`, `<stem>-flat.vmdk`, journals…: none of them may be hidden or another disk's file. */
-export function checkDiskName (name: string): void {
+export function checkDiskName(name: string): void {
   if (name.startsWith('.') || /-flat\.vmdk$/i.test(name) || /\.(vmx|nvram|vmsd|vmxf|journal|seed)$/i.test(name)) {
     throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} is not allowed`)
   }
 }
 
 /** @throws ReceiverError E_RANGE above {@link MAX_CAPACITY} */
-export function checkCapacity (capacity: number): void {
+export function checkCapacity(capacity: number): void {
   if (capacity > MAX_CAPACITY) throw new ReceiverError('E_RANGE', `capacity ${capacity} above the receiver's limit of 64 TiB`)
 }
 
@@ -40,12 +40,12 @@ export function checkCapacity (capacity: number): void {
  * two frozen sources (SPEC §5.2).
  * @throws ReceiverError E_SCHEMA
  */
-export function checkCycleIdentity (vm: string, msg: DiskOpenMessage): void {
+export function checkCycleIdentity(vm: string, msg: DiskOpenMessage): void {
   const want = cycleIdentity({ vm, name: msg.name, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source })
   if (msg.cycleId !== want) throw new ReceiverError('E_SCHEMA', 'cycleId is not the cycle identity of the DiskOpen fields (SPEC §5.2)')
 }
 
 /** @throws ReceiverError E_RANGE when a trivial check asks for more than the configured prefix */
-export function checkTrivialPrefix (prefixBytes: number, maxBytes: number): void {
+export function checkTrivialPrefix(prefixBytes: number, maxBytes: number): void {
   if (prefixBytes > maxBytes) throw new ReceiverError('E_RANGE', `trivial check prefix above ${maxBytes} bytes`)
 }

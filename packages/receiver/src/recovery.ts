@@ -10,7 +10,7 @@ import { VmMirror } from './vm-mirror.ts'
 import { VmPaths } from './vm-paths.ts'
 
 /** Remove leftover temporary files of interrupted atomic writes in `dir` (exactly their names, each removal logged). */
-async function removeTemps (dir: string, log: Logger): Promise<number> {
+async function removeTemps(dir: string, log: Logger): Promise<number> {
   let n = 0
   let entries: string[]
   try {
@@ -45,7 +45,7 @@ export interface RecoveryReport {
  * stray journals and temp files. With `abandonAfterMs`, interrupted cycles
  * older than that are rolled back instead of kept.
  */
-export async function recoverStore (storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
+export async function recoverStore(storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
   const reports: RecoveryReport[] = []
   for (const vm of await listVms(storeDir)) {
     const log = logger.child({ vm })

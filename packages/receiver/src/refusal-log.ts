@@ -1,9 +1,7 @@
 import type { Logger } from 'pino'
 
 /** Why the receiver turned a connection or session away. */
-export type RefusalReason =
-  | 'socket-cap' | 'tls-handshake-timeout' | 'tls-error' | 'upgrade-timeout'
-  | 'auth' | 'subprotocol' | 'session-cap' | 'token-session-cap' | 'hello-timeout' | 'idle-timeout'
+export type RefusalReason = 'socket-cap' | 'tls-handshake-timeout' | 'tls-error' | 'upgrade-timeout' | 'auth' | 'subprotocol' | 'session-cap' | 'token-session-cap' | 'hello-timeout' | 'idle-timeout'
 
 /**
  * Logs refusals without letting a flood flood the log: at most one line per
@@ -13,16 +11,16 @@ export type RefusalReason =
 export class RefusalLog {
   private readonly log: Logger
   private readonly windowMs: number
-  private readonly last = new Map<RefusalReason, { at: number, suppressed: number }>()
+  private readonly last = new Map<RefusalReason, { at: number; suppressed: number }>()
 
   /** @param windowMs one line per reason per this many ms. @default 10000 */
-  constructor (log: Logger, windowMs = 10_000) {
+  constructor(log: Logger, windowMs = 10_000) {
     this.log = log
     this.windowMs = windowMs
   }
 
   /** Record one refusal; logs it (warn, 'connection refused') unless its reason was logged within the window. */
-  refused (reason: RefusalReason, fields: Readonly<Record<string, unknown>> = {}): void {
+  refused(reason: RefusalReason, fields: Readonly<Record<string, unknown>> = {}): void {
     const now = Date.now()
     const st = this.last.get(reason)
     if (st !== undefined && now - st.at < this.windowMs) {

@@ -6,7 +6,7 @@ import { faultPoint } from './fault.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
-async function readIfExists (path: string): Promise<JournalContents | undefined> {
+async function readIfExists(path: string): Promise<JournalContents | undefined> {
   try {
     return await readJournal(path)
   } catch (err) {
@@ -22,7 +22,7 @@ async function readIfExists (path: string): Promise<JournalContents | undefined>
  * committed size. Idempotent: after a crash mid-undo, running it again
  * finishes the job. The caller then clears the in-flight state.
  */
-export async function undoInflight (paths: VmPaths, infl: InflightCycle): Promise<void> {
+export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise<void> {
   for (const d of Object.values(infl.disks)) {
     const jpath = paths.journal(d.stem)
     const contents = await readIfExists(jpath)

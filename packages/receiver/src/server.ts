@@ -81,11 +81,11 @@ export interface ReceiverInit {
 /** A running receiver. */
 export interface Receiver {
   /** recover the store, then listen; resolves with the bound address */
-  listen (): Promise<{ host: string, port: number }>
+  listen(): Promise<{ host: string; port: number }>
   /** graceful: stop accepting, finish the current durable step of every session, close them (1001) */
-  close (): Promise<void>
+  close(): Promise<void>
   /** immediate: terminate every connection and the listener */
-  abort (): void
+  abort(): void
   /** number of open sessions */
   readonly sessions: number
 }
@@ -93,12 +93,12 @@ export interface Receiver {
 const MiB = 1024 * 1024
 
 /** Whether an address is loopback-only. */
-export function isLoopback (host: string): boolean {
+export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host) || host === '::ffff:127.0.0.1'
 }
 
 /** Create a receiver (not yet listening). */
-export function createReceiver (components: ReceiverComponents, init: ReceiverInit): Receiver {
+export function createReceiver(components: ReceiverComponents, init: ReceiverInit): Receiver {
   const log = components.logger
   const host = init.host ?? '127.0.0.1'
   const tls = init.tlsCert !== undefined || init.tlsKey !== undefined
@@ -142,9 +142,9 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
   let pinger: NodeJS.Timeout | undefined
   const alive = new WeakMap<WebSocket, boolean>()
 
-  async function listen (): Promise<{ host: string, port: number }> {
+  async function listen(): Promise<{ host: string; port: number }> {
     if (server !== undefined) throw new ReceiverError('E_CONFIG', 'already listening')
-    table = createTokenTable(init.tokens ?? await loadTokensFile(init.tokensFile as string))
+    table = createTokenTable(init.tokens ?? (await loadTokensFile(init.tokensFile as string)))
     if (table.size === 0) throw new ReceiverError('E_CONFIG', 'the tokens file lists no token')
     await initDigests()
     try {
@@ -156,9 +156,7 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
-    const srv: Server = tls
-      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs })
-      : createHttpServer()
+    const srv: Server = tls ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs }) : createHttpServer()
     guardConnections(srv, tls, guard, refusals)
     srv.on('request', (_req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket', Connection: 'close' })
@@ -169,7 +167,7 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       maxPayload: local.limits.maxMessageBytes,
       perMessageDeflate: false,
       clientTracking: true,
-      handleProtocols: (protocols) => protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false,
+      handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
       verifyClient: (info, cb) => {
         const req = info.req
         const remote = req.socket.remoteAddress
@@ -190,7 +188,9 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
           cb(false, 503, 'Too many sessions for this token')
           return
         }
-        const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim())
+        const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+          .split(',')
+          .map((s) => s.trim())
         if (!offered.includes(SUBPROTOCOL)) {
           refusals.refused('subprotocol', { remote, peer: entry.name })
           cb(false, 400, `Subprotocol ${SUBPROTOCOL} required`)
@@ -242,14 +242,19 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
       })
     })
     const addr = srv.address() as AddressInfo
-    log.info({
-      host: addr.address, port: addr.port, tls,
-      limits: { ...guard, maxConnections, handshakeTimeoutMs, helloTimeoutMs: settings.helloTimeoutMs, idleTimeoutMs: settings.idleTimeoutMs, highWaterBytes: settings.highWaterBytes },
-    }, 'listening')
+    log.info(
+      {
+        host: addr.address,
+        port: addr.port,
+        tls,
+        limits: { ...guard, maxConnections, handshakeTimeoutMs, helloTimeoutMs: settings.helloTimeoutMs, idleTimeoutMs: settings.idleTimeoutMs, highWaterBytes: settings.highWaterBytes },
+      },
+      'listening',
+    )
     return { host: addr.address, port: addr.port }
   }
 
-  async function close (): Promise<void> {
+  async function close(): Promise<void> {
     if (pinger !== undefined) clearInterval(pinger)
     const srv = server
     const closed = srv === undefined ? Promise.resolve() : new Promise<void>((resolve) => srv.close(() => resolve()))
@@ -261,7 +266,7 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     log.info('receiver closed')
   }
 
-  function abort (): void {
+  function abort(): void {
     if (pinger !== undefined) clearInterval(pinger)
     for (const c of wss?.clients ?? []) c.terminate()
     for (const s of sessions) s.stop()
@@ -274,6 +279,8 @@ export function createReceiver (components: ReceiverComponents, init: ReceiverIn
     listen,
     close,
     abort,
-    get sessions () { return sessions.size },
+    get sessions() {
+      return sessions.size
+    },
   }
 }

@@ -14,9 +14,9 @@ export interface DeadlineOptions {
 
 /** What the deadlines need of time. */
 export interface Clock {
-  now (): number
-  setTimeout (fn: () => void, ms: number): { unref?: () => void }
-  clearTimeout (t: unknown): void
+  now(): number
+  setTimeout(fn: () => void, ms: number): { unref?: () => void }
+  clearTimeout(t: unknown): void
 }
 
 const realClock: Clock = {
@@ -41,7 +41,7 @@ export class SessionDeadlines {
   private helloSeen = false
   private done = false
 
-  constructor (opts: DeadlineOptions) {
+  constructor(opts: DeadlineOptions) {
     this.opts = opts
     this.clock = opts.clock ?? realClock
     this.last = this.clock.now()
@@ -49,25 +49,25 @@ export class SessionDeadlines {
   }
 
   /** Hello arrived: from now on, the inactivity timeout. */
-  hello (): void {
+  hello(): void {
     this.helloSeen = true
     this.activity()
     this.arm(this.opts.idleMs)
   }
 
   /** A frame or ping arrived, or a step of the session ended. */
-  activity (): void {
+  activity(): void {
     this.last = this.clock.now()
   }
 
   /** No more deadlines (the session ended). */
-  stop (): void {
+  stop(): void {
     this.done = true
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer)
     this.timer = undefined
   }
 
-  private arm (ms: number): void {
+  private arm(ms: number): void {
     if (this.done) return
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer)
     const t = this.clock.setTimeout(() => this.check(), Math.max(1, ms))
@@ -75,7 +75,7 @@ export class SessionDeadlines {
     this.timer = t
   }
 
-  private check (): void {
+  private check(): void {
     this.timer = undefined
     if (this.done) return
     if (!this.helloSeen) {

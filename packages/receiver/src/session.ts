@@ -2,9 +2,26 @@ import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
-  ConversationState, MessageKind, ProtocolErrorCodes, decodeMessage, encodeMessage, negotiate, toErrorMessage,
-  type CertifyMessage, type CommitMessage, type CompatRecord, type DiskEndMessage, type DiskOpenMessage, type ErrorMessage, type ExtentMessage, type HelloMessage,
-  type Message, type Negotiated, type ProtocolErrorCode, type TrivialCheckMessage, type VmOpenMessage,
+  ConversationState,
+  MessageKind,
+  ProtocolErrorCodes,
+  decodeMessage,
+  encodeMessage,
+  negotiate,
+  toErrorMessage,
+  type CertifyMessage,
+  type CommitMessage,
+  type CompatRecord,
+  type DiskEndMessage,
+  type DiskOpenMessage,
+  type ErrorMessage,
+  type ExtentMessage,
+  type HelloMessage,
+  type Message,
+  type Negotiated,
+  type ProtocolErrorCode,
+  type TrivialCheckMessage,
+  type VmOpenMessage,
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
@@ -50,17 +67,25 @@ export class Session {
   readonly done: Promise<void>
   private resolveDone!: () => void
 
-  constructor (ws: WebSocket, token: TokenEntry, settings: SessionSettings, logger: Logger) {
+  constructor(ws: WebSocket, token: TokenEntry, settings: SessionSettings, logger: Logger) {
     this.id = randomBytes(6).toString('hex')
     this.ws = ws
     this.token = token
     this.settings = settings
     this.log = logger.child({ session: this.id, peer: token.name })
-    this.done = new Promise((resolve) => { this.resolveDone = resolve })
+    this.done = new Promise((resolve) => {
+      this.resolveDone = resolve
+    })
     let pauses = 0
     // backpressure is routine for a fast agent: the first pause of a session at info, the others at debug
-    this.inbox = new Inbox(ws, settings.highWaterBytes, (st) => { this.log[pauses++ === 0 ? 'info' : 'debug'](st, 'inbox full: socket paused') })
-    this.pipeline = new ApplyPipeline(() => this.batchTarget(), (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }), this.abortCtl.signal)
+    this.inbox = new Inbox(ws, settings.highWaterBytes, (st) => {
+      this.log[pauses++ === 0 ? 'info' : 'debug'](st, 'inbox full: socket paused')
+    })
+    this.pipeline = new ApplyPipeline(
+      () => this.batchTarget(),
+      (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }),
+      this.abortCtl.signal,
+    )
     this.deadlines = new SessionDeadlines({
       helloMs: settings.helloTimeoutMs,
       idleMs: settings.idleTimeoutMs,
@@ -82,7 +107,7 @@ export class Session {
     this.log.info({ protocol: ws.protocol }, 'connection opened')
   }
 
-  private onMessage (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  private onMessage(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
     if (this.dead) return
     this.deadlines.activity()
     if (!isBinary) {
@@ -94,7 +119,7 @@ export class Session {
   }
 
   /** Send a message after checking it against the conversation (a refusal there is our bug). */
-  private send (msg: Message): void {
+  private send(msg: Message): void {
     try {
       this.conv.observe(msg, 'receiver')
     } catch (err) {
@@ -104,7 +129,7 @@ export class Session {
   }
 
   /** Send an Error: legal in any phase; after a fatal Error of the agent, the conversation has ended and it is sent as a courtesy. */
-  private sendError (msg: ErrorMessage): void {
+  private sendError(msg: ErrorMessage): void {
     try {
       this.conv.observe(msg, 'receiver')
     } catch {
@@ -113,17 +138,18 @@ export class Session {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(encodeMessage(msg))
   }
 
-  private decode (frame: Buffer): Message {
+  private decode(frame: Buffer): Message {
     const neg = this.negotiated
-    const limits = neg === undefined
-      ? { maxMessageBytes: this.settings.local.limits.maxMessageBytes, maxExtentBytes: this.settings.local.limits.maxExtentBytes }
-      : { maxMessageBytes: neg.limits.maxMessageBytes, maxExtentBytes: neg.limits.maxExtentBytes, digest: neg.digest, compression: neg.compression }
+    const limits =
+      neg === undefined
+        ? { maxMessageBytes: this.settings.local.limits.maxMessageBytes, maxExtentBytes: this.settings.local.limits.maxExtentBytes }
+        : { maxMessageBytes: neg.limits.maxMessageBytes, maxExtentBytes: neg.limits.maxExtentBytes, digest: neg.digest, compression: neg.compression }
     const msg = decodeMessage(frame, limits)
     this.conv.observe(msg, 'agent')
     return msg
   }
 
-  private async run (): Promise<void> {
+  private async run(): Promise<void> {
     this.running = true
     try {
       while (!this.dead) {
@@ -160,22 +186,30 @@ export class Session {
   }
 
   /** bytes per durable batch: the setting, at most half the negotiated window */
-  private batchTarget (): number {
+  private batchTarget(): number {
     const w = this.negotiated?.limits.windowBytes ?? this.settings.batchBytes
     return Math.max(1, Math.min(this.settings.batchBytes, Math.floor(w / 2)))
   }
 
   /** Dispatch a message the conversation state has accepted from the agent. */
-  private async handle (msg: Message): Promise<void> {
+  private async handle(msg: Message): Promise<void> {
     switch (msg.kind) {
-      case MessageKind.Hello: return this.onHello(msg)
-      case MessageKind.VmOpen: return this.onVmOpen(msg)
-      case MessageKind.Rollback: return this.onRollback()
-      case MessageKind.DiskOpen: return this.onDiskOpen(msg)
-      case MessageKind.DiskEnd: return this.onDiskEnd(msg)
-      case MessageKind.Commit: return this.onCommit(msg)
-      case MessageKind.TrivialCheck: return this.onTrivial(msg)
-      case MessageKind.Certify: return this.onCertify(msg)
+      case MessageKind.Hello:
+        return this.onHello(msg)
+      case MessageKind.VmOpen:
+        return this.onVmOpen(msg)
+      case MessageKind.Rollback:
+        return this.onRollback()
+      case MessageKind.DiskOpen:
+        return this.onDiskOpen(msg)
+      case MessageKind.DiskEnd:
+        return this.onDiskEnd(msg)
+      case MessageKind.Commit:
+        return this.onCommit(msg)
+      case MessageKind.TrivialCheck:
+        return this.onTrivial(msg)
+      case MessageKind.Certify:
+        return this.onCertify(msg)
       case MessageKind.Error:
         this.log.warn({ peerError: { code: msg.code, message: msg.message.slice(0, 512) } }, 'agent reported an error')
         if (msg.fatal) this.stop()
@@ -186,14 +220,14 @@ export class Session {
     }
   }
 
-  private onHello (msg: HelloMessage): void {
+  private onHello(msg: HelloMessage): void {
     this.negotiated = negotiate(msg, this.settings.local)
     this.deadlines.hello()
     this.log.info({ negotiated: this.negotiated, peerSoftware: msg.software.slice(0, 128) }, 'negotiated')
     this.send({ kind: MessageKind.Welcome, ...this.negotiated, software: this.settings.software, session: this.id })
   }
 
-  private async onVmOpen (msg: VmOpenMessage): Promise<void> {
+  private async onVmOpen(msg: VmOpenMessage): Promise<void> {
     checkVmName(msg.vm)
     // SPEC: an agent may not learn of mirrors its token does not cover — same answer whether or not it exists
     if (!mayAccess(this.token, msg.vm)) throw new ReceiverError('E_FORBIDDEN', 'this token may not replicate that VM')
@@ -212,33 +246,47 @@ export class Session {
       committedCycle: s.committedCycle,
       inflightCycle: s.inflight?.cycle ?? 0,
       compatible: this.vm.compatible(msg.compat),
-      generation: s.committedCycle > 0 ? s.generation ?? '' : '',
+      generation: s.committedCycle > 0 ? (s.generation ?? '') : '',
     })
   }
 
   /** The locked VM (ConversationState has checked that VmOpen came first). */
-  private get mirror (): VmMirror {
+  private get mirror(): VmMirror {
     if (this.vm === undefined) throw new ReceiverError('E_INTERNAL', 'no VM opened')
     return this.vm
   }
 
-  private async onRollback (): Promise<void> {
+  private async onRollback(): Promise<void> {
     const committedCycle = await this.mirror.rollback()
     this.send({ kind: MessageKind.RolledBack, vm: this.vmName, committedCycle })
   }
 
-  private async onDiskOpen (msg: DiskOpenMessage): Promise<void> {
+  private async onDiskOpen(msg: DiskOpenMessage): Promise<void> {
     const vm = this.mirror
     checkDiskName(msg.name)
     checkCapacity(msg.capacity)
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
-    const r = await vm.openDisk({ name: msg.name, capacity: msg.capacity, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, cycleId: msg.cycleId, ddb: msg.ddb, algorithm: neg.digest }, {
-      compat: this.compat as CompatRecord,
-      open,
-      ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
-    })
+    const r = await vm.openDisk(
+      {
+        name: msg.name,
+        capacity: msg.capacity,
+        cycle: msg.cycle,
+        mode: msg.mode,
+        baseCycle: msg.baseCycle,
+        baseGeneration: msg.baseGeneration,
+        source: msg.source,
+        cycleId: msg.cycleId,
+        ddb: msg.ddb,
+        algorithm: neg.digest,
+      },
+      {
+        compat: this.compat as CompatRecord,
+        open,
+        ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
+      },
+    )
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
@@ -261,31 +309,38 @@ export class Session {
   }
 
   /** The accepted disk of a handle (ConversationState has checked that it is accepted). */
-  private disk (handle: number): PipelineDisk {
+  private disk(handle: number): PipelineDisk {
     const d = this.disks.get(handle)
     if (d === undefined) throw new ReceiverError('E_INTERNAL', `disk handle ${handle} is not open`)
     return d
   }
 
-  private async onExtent (msg: ExtentMessage): Promise<void> {
+  private async onExtent(msg: ExtentMessage): Promise<void> {
     const d = this.disk(msg.disk)
     const data = extentPayload(msg, (this.negotiated as Negotiated).digest)
     const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: msg.digest })
     await this.pipeline.add(d, e)
   }
 
-  private async onDiskEnd (msg: DiskEndMessage): Promise<void> {
+  private async onDiskEnd(msg: DiskEndMessage): Promise<void> {
     const d = this.disk(msg.disk)
     const a = d.apply
-    await a.end(msg).catch((err: unknown) => { throw ioError(err, `sealing ${d.name}`) })
+    await a.end(msg).catch((err: unknown) => {
+      throw ioError(err, `sealing ${d.name}`)
+    })
     const c = a.counts
     this.log.info({ disk: d.name, ...c, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
 
-  private async onCommit (msg: CommitMessage): Promise<void> {
+  private async onCommit(msg: CommitMessage): Promise<void> {
     const disks = [...this.disks.values()]
-    const recs = await this.mirror.commit(msg.cycle, disks.map((d) => d.apply), this.settings.displaySuffix, this.compat as CompatRecord)
+    const recs = await this.mirror.commit(
+      msg.cycle,
+      disks.map((d) => d.apply),
+      this.settings.displaySuffix,
+      this.compat as CompatRecord,
+    )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     this.send({
       kind: MessageKind.Committed,
@@ -297,14 +352,14 @@ export class Session {
   }
 
   /** The flat file of a disk committed in this session (ConversationState has checked the handle). */
-  private async onTrivial (msg: TrivialCheckMessage): Promise<void> {
+  private async onTrivial(msg: TrivialCheckMessage): Promise<void> {
     const name = this.disk(msg.disk).name
     const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
     this.send({ kind: MessageKind.TrivialResult, disk: msg.disk, ok: r.ok, size: r.size, digest: r.digest })
   }
 
-  private async onCertify (msg: CertifyMessage): Promise<void> {
+  private async onCertify(msg: CertifyMessage): Promise<void> {
     const name = this.disk(msg.disk).name
     const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
@@ -312,7 +367,7 @@ export class Session {
   }
 
   /** Send a typed Error, close with its code, release everything. */
-  private async abortWith (error: unknown): Promise<void> {
+  private async abortWith(error: unknown): Promise<void> {
     if (this.dead) return
     this.dead = true
     this.inbox.clear()
@@ -346,7 +401,7 @@ export class Session {
   }
 
   /** Stop processing (socket closed, shutdown). Resources are released once the current step ends. */
-  stop (): void {
+  stop(): void {
     this.dead = true
     this.deadlines.stop()
     this.inbox.clear()
@@ -356,7 +411,7 @@ export class Session {
   }
 
   /** Graceful shutdown: finish the current step, tell the agent, close 1001. */
-  shutdown (): void {
+  shutdown(): void {
     if (this.dead) return
     try {
       this.sendError({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'receiver shutting down', fatal: true })
@@ -368,7 +423,7 @@ export class Session {
   }
 
   private cleaned = false
-  private async cleanup (): Promise<void> {
+  private async cleanup(): Promise<void> {
     if (this.cleaned) return
     this.cleaned = true
     await this.pipeline.discard()

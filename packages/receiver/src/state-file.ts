@@ -34,7 +34,7 @@ export interface DiskRecord {
   readonly generation?: string
   readonly mirrorCid: string
   readonly ddb: Readonly<Record<string, string>>
-  readonly cycleDigest: { readonly algorithm: DigestAlgorithm, readonly digest: string }
+  readonly cycleDigest: { readonly algorithm: DigestAlgorithm; readonly digest: string }
   readonly trivial?: VerifyRecord
   readonly certify?: VerifyRecord
   /**
@@ -72,7 +72,7 @@ export interface InflightDisk {
 export interface PendingCommit {
   readonly cycle: number
   /** seed files renamed over their flats (names relative to the VM folder) */
-  readonly renames: ReadonlyArray<{ readonly from: string, readonly to: string }>
+  readonly renames: ReadonlyArray<{ readonly from: string; readonly to: string }>
   /** disk names whose descriptors are rewritten */
   readonly descriptors: readonly string[]
   /** journal file names (in `.grainline`) retired as spares */
@@ -111,7 +111,7 @@ export interface VmStateFile {
 }
 
 /** The state of a VM that has never been written. */
-export function emptyState (vm: string): VmStateFile {
+export function emptyState(vm: string): VmStateFile {
   return { format: 1, vm, compat: null, committedCycle: 0, committedAt: null, displaySuffix: DEFAULT_DISPLAY_SUFFIX, disks: {}, inflight: null, pending: null }
 }
 
@@ -119,7 +119,7 @@ export function emptyState (vm: string): VmStateFile {
  * Read a VM's state file (undefined when the VM has none).
  * @throws ReceiverError E_STATE (not JSON, not a state file), E_IO
  */
-export async function readVmState (paths: VmPaths): Promise<VmStateFile | undefined> {
+export async function readVmState(paths: VmPaths): Promise<VmStateFile | undefined> {
   let json: unknown
   try {
     json = await readStoreJson(paths.state)
@@ -137,7 +137,7 @@ export async function readVmState (paths: VmPaths): Promise<VmStateFile | undefi
 }
 
 /** Replace a VM's state file atomically (creating `.grainline` if needed). */
-export async function writeVmState (paths: VmPaths, next: VmStateFile): Promise<void> {
+export async function writeVmState(paths: VmPaths, next: VmStateFile): Promise<void> {
   await ensureStoreDir(paths.gdir)
   await writeFileAtomic(paths.state, JSON.stringify(next, null, 1) + '\n')
 }

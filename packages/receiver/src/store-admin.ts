@@ -13,7 +13,7 @@ import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
 /** List VM folders holding a grainline state file, sorted. A symbolic link in the store is not a VM folder. */
-export async function listVms (storeDir: string): Promise<string[]> {
+export async function listVms(storeDir: string): Promise<string[]> {
   let entries: string[]
   try {
     entries = await readdir(storeDir)
@@ -31,7 +31,7 @@ export async function listVms (storeDir: string): Promise<string[]> {
 }
 
 /** Roll a VM mirror back to its last committed point (`grainline mirror rollback`). */
-export async function rollbackMirror (storeDir: string, vm: string, logger?: Logger): Promise<{ vm: string, committedCycle: number, rolledBack: boolean }> {
+export async function rollbackMirror(storeDir: string, vm: string, logger?: Logger): Promise<{ vm: string; committedCycle: number; rolledBack: boolean }> {
   const { default: pino } = await import('pino')
   const log = logger ?? pino({ level: 'silent' })
   const m = await VmMirror.acquire(storeDir, vm, log, { create: false }).catch((err: unknown) => {
@@ -39,7 +39,7 @@ export async function rollbackMirror (storeDir: string, vm: string, logger?: Log
     throw err
   })
   try {
-    if (await readVmState(m.paths) === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
+    if ((await readVmState(m.paths)) === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
     const had = m.state.inflight !== null
     const committedCycle = await m.rollback()
     return { vm, committedCycle, rolledBack: had }
@@ -62,7 +62,7 @@ export interface DiskStatus {
   readonly certify: VerifyRecord | null
   /** a failed trivial check or certify: the next cycle must seed the disk */
   readonly diverged: DivergedRecord | null
-  readonly inflight: { readonly cycle: number, readonly mode: string, readonly resumeSeq: number } | null
+  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
 }
 
 /** Status of one VM (json-able). */
@@ -83,7 +83,7 @@ export interface VmStatus {
 }
 
 /** Per VM and disk status of a store (`grainline status`). Read-only. */
-export async function storeStatus (storeDir: string): Promise<{ store: string, vms: VmStatus[] }> {
+export async function storeStatus(storeDir: string): Promise<{ store: string; vms: VmStatus[] }> {
   const vms: VmStatus[] = []
   for (const vm of await listVms(storeDir)) {
     const paths = new VmPaths(storeDir, vm)
@@ -106,7 +106,7 @@ export async function storeStatus (storeDir: string): Promise<{ store: string, v
           committedCycle: rec?.cycle ?? 0,
           committedAt: rec?.committedAt ?? null,
           capacity: rec?.capacity ?? inf?.capacity ?? 0,
-          size: facts.flatSize < 0 ? 0 : facts.flatSize,
+          size: Math.max(facts.flatSize, 0),
           mirrorCid: facts.cid,
           modified: mirrorModified(rec, inf, facts),
           trivial: rec?.trivial ?? null,
@@ -119,7 +119,7 @@ export async function storeStatus (storeDir: string): Promise<{ store: string, v
         vm,
         committedCycle: s.committedCycle,
         committedAt: s.committedAt,
-        generation: s.committedCycle > 0 ? s.generation ?? '' : '',
+        generation: s.committedCycle > 0 ? (s.generation ?? '') : '',
         inflightCycle: s.inflight?.cycle ?? 0,
         needsRecovery: s.pending !== null || s.inflight !== null,
         disks,

@@ -26,7 +26,7 @@ const FLAGS: Readonly<Record<StoreOpenMode, number>> = {
   replace: O_RDWR | O_CREAT | O_TRUNC,
 }
 
-function kindOf (st: Stats): string {
+function kindOf(st: Stats): string {
   if (st.isSymbolicLink()) return 'a symbolic link'
   if (st.isFIFO()) return 'a FIFO'
   if (st.isDirectory()) return 'a folder'
@@ -36,7 +36,7 @@ function kindOf (st: Stats): string {
 }
 
 /** The typed error for a store entry of the wrong kind. */
-export function storeFileError (path: string, what: string): ReceiverError {
+export function storeFileError(path: string, what: string): ReceiverError {
   return new ReceiverError('E_STORE_FILE', `${path} is ${what}: grainline never follows or opens it; remove it (or put the real file there), then retry`)
 }
 
@@ -45,7 +45,7 @@ export function storeFileError (path: string, what: string): ReceiverError {
  * never blocking on a FIFO (`O_NONBLOCK`, then `fstat`: a regular file only).
  * @throws ReceiverError E_STORE_FILE for a symlink, FIFO, folder or device; the file-system error otherwise (ENOENT, EEXIST, …)
  */
-export async function openStoreFile (path: string, mode: StoreOpenMode, perm = 0o644): Promise<FileHandle> {
+export async function openStoreFile(path: string, mode: StoreOpenMode, perm = 0o644): Promise<FileHandle> {
   let fh: FileHandle
   try {
     fh = await open(path, FLAGS[mode] | O_NOFOLLOW | O_NONBLOCK, perm)
@@ -66,7 +66,7 @@ export async function openStoreFile (path: string, mode: StoreOpenMode, perm = 0
 }
 
 /** Read a whole store file (see {@link openStoreFile}). */
-export async function readStoreFile (path: string): Promise<Buffer> {
+export async function readStoreFile(path: string): Promise<Buffer> {
   const fh = await openStoreFile(path, 'read')
   try {
     return await fh.readFile()
@@ -76,7 +76,7 @@ export async function readStoreFile (path: string): Promise<Buffer> {
 }
 
 /** Read and parse a JSON store file; `undefined` when it does not exist. */
-export async function readStoreJson (path: string): Promise<unknown> {
+export async function readStoreJson(path: string): Promise<unknown> {
   let text: string
   try {
     text = (await readStoreFile(path)).toString('utf8')
@@ -88,7 +88,7 @@ export async function readStoreJson (path: string): Promise<unknown> {
 }
 
 /** Whether anything (of any kind, a dangling link included) is at `path`; never follows or opens it. */
-export async function entryExists (path: string): Promise<boolean> {
+export async function entryExists(path: string): Promise<boolean> {
   try {
     await lstat(path)
     return true
@@ -102,7 +102,7 @@ export async function entryExists (path: string): Promise<boolean> {
  * The size of a regular store file, undefined when nothing is there.
  * @throws ReceiverError E_STORE_FILE when something other than a regular file is there
  */
-export async function regularFileSize (path: string): Promise<number | undefined> {
+export async function regularFileSize(path: string): Promise<number | undefined> {
   let st: Stats
   try {
     st = await lstat(path)
@@ -119,7 +119,7 @@ export async function regularFileSize (path: string): Promise<number | undefined
  * checked): a symbolic link or a file there is refused.
  * @throws ReceiverError E_STORE_FILE
  */
-export async function ensureStoreDir (path: string): Promise<void> {
+export async function ensureStoreDir(path: string): Promise<void> {
   try {
     await mkdir(path)
     return
@@ -131,7 +131,7 @@ export async function ensureStoreDir (path: string): Promise<void> {
 }
 
 /** Names in a store folder that is known to be real (empty when it does not exist). */
-export async function readStoreDir (path: string): Promise<string[]> {
+export async function readStoreDir(path: string): Promise<string[]> {
   try {
     return await readdir(path)
   } catch (err) {
@@ -151,7 +151,7 @@ export interface FolderIdentity {
  * directly inside the store. Returns its identity.
  * @throws ReceiverError E_STORE_FILE (a symlink, a file, a path leaving the store), E_NOT_FOUND (absent, without `create`)
  */
-export async function checkVmDir (storeDir: string, dir: string, gdir: string, create: boolean): Promise<FolderIdentity> {
+export async function checkVmDir(storeDir: string, dir: string, gdir: string, create: boolean): Promise<FolderIdentity> {
   if (create) {
     await mkdir(storeDir, { recursive: true })
     await ensureStoreDir(dir)
@@ -165,7 +165,10 @@ export async function checkVmDir (storeDir: string, dir: string, gdir: string, c
     throw err
   }
   if (!st.isDirectory()) throw storeFileError(dir, kindOf(st))
-  const g = await lstat(gdir).catch((err: unknown) => { if ((err as { code?: unknown }).code === 'ENOENT') return undefined; throw err })
+  const g = await lstat(gdir).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  })
   if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, kindOf(g))
   const [real, root] = await Promise.all([realpath(dir), realpath(storeDir)])
   if (real !== join(root, basename(dir))) throw storeFileError(dir, `outside the store (it resolves to ${real})`)

@@ -56,16 +56,16 @@ export interface StoreHealthOptions {
   readonly now?: number
 }
 
-const worse = (a: HealthState, b: HealthState): HealthState => HealthStates[b] > HealthStates[a] ? b : a
+const worse = (a: HealthState, b: HealthState): HealthState => (HealthStates[b] > HealthStates[a] ? b : a)
 
-function ageText (s: number): string {
+function ageText(s: number): string {
   if (s < 120) return `${s} s`
   if (s < 7200) return `${Math.floor(s / 60)} min`
   if (s < 172_800) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`
   return `${Math.floor(s / 86_400)} d ${String(Math.floor((s % 86_400) / 3600)).padStart(2, '0')} h`
 }
 
-function diskProblems (d: DiskStatus): Array<[HealthState, string]> {
+function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
   const out: Array<[HealthState, string]> = []
   if (d.trivial !== null && !d.trivial.ok) out.push(['CRITICAL', `trivial check MISMATCH on ${d.name}`])
   if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
@@ -75,7 +75,7 @@ function diskProblems (d: DiskStatus): Array<[HealthState, string]> {
 }
 
 /** The health of one mirror. */
-export function assessMirror (vm: VmStatus, opts: StoreHealthOptions = {}): MirrorHealth {
+export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): MirrorHealth {
   const now = opts.now ?? Date.now()
   const problems: Array<[HealthState, string]> = []
   if (vm.error !== undefined) problems.push(['CRITICAL', `state unreadable: ${vm.error}`])
@@ -87,9 +87,12 @@ export function assessMirror (vm: VmStatus, opts: StoreHealthOptions = {}): Mirr
     problems.push(['CRITICAL', `stale: last commit ${ageText(ageSeconds)} ago (max ${ageText(Math.floor(opts.maxAgeMs / 1000))})`])
   }
   if (vm.needsRecovery && vm.error === undefined) {
-    problems.push(['WARNING', vm.inflightCycle > 0
-      ? `cycle ${vm.inflightCycle} in flight (a run is going on, or was interrupted: the next run resumes it, or grainline mirror rollback)`
-      : 'a commit to roll forward (the receiver finishes it at start-up)'])
+    problems.push([
+      'WARNING',
+      vm.inflightCycle > 0
+        ? `cycle ${vm.inflightCycle} in flight (a run is going on, or was interrupted: the next run resumes it, or grainline mirror rollback)`
+        : 'a commit to roll forward (the receiver finishes it at start-up)',
+    ])
   }
   return {
     state: problems.reduce<HealthState>((s, [p]) => worse(s, p), 'OK'),
@@ -101,7 +104,7 @@ export function assessMirror (vm: VmStatus, opts: StoreHealthOptions = {}): Mirr
 const perfLabel = (vm: string): string => `'${vm.replace(/'/g, "''").replace(/[=]/g, '_')}_age'`
 
 /** The health of a store from its status (pure). */
-export function assessStore (status: { store: string, vms: readonly VmStatus[] }, opts: StoreHealthOptions = {}): StoreHealth {
+export function assessStore(status: { store: string; vms: readonly VmStatus[] }, opts: StoreHealthOptions = {}): StoreHealth {
   const now = opts.now ?? Date.now()
   const vms = status.vms.map((v) => ({ ...v, health: assessMirror(v, { ...opts, now }) }))
   const state: HealthState = vms.length === 0 ? 'UNKNOWN' : vms.reduce<HealthState>((s, v) => worse(s, v.health.state), 'OK')
@@ -115,7 +118,10 @@ export function assessStore (status: { store: string, vms: readonly VmStatus[] }
   } else {
     text = `${bad.length} of ${vms.length} mirror${vms.length === 1 ? '' : 's'} not OK: ${bad.map((v) => `${v.vm} ${v.health.state} (${v.health.problems.join('; ')})`).join(', ')}`
   }
-  const perfdata = vms.filter((v) => v.health.ageSeconds !== null).map((v) => `${perfLabel(v.vm)}=${v.health.ageSeconds}s;;${maxAge ?? ''}`).join(' ')
+  const perfdata = vms
+    .filter((v) => v.health.ageSeconds !== null)
+    .map((v) => `${perfLabel(v.vm)}=${v.health.ageSeconds}s;;${maxAge ?? ''}`)
+    .join(' ')
   return {
     store: status.store,
     checkedAt: new Date(now).toISOString(),
@@ -132,7 +138,7 @@ export function assessStore (status: { store: string, vms: readonly VmStatus[] }
  * Status and health of the store at `storeDir`.
  * @throws ReceiverError E_NOT_FOUND when the store folder does not exist (a typo must not read as "no mirrors")
  */
-export async function storeHealth (storeDir: string, opts: StoreHealthOptions = {}): Promise<StoreHealth> {
+export async function storeHealth(storeDir: string, opts: StoreHealthOptions = {}): Promise<StoreHealth> {
   const st = await stat(storeDir).catch((err: NodeJS.ErrnoException) => err)
   if (st instanceof Error) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} does not exist (${st.code ?? st.message})`)
   if (!st.isDirectory()) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} is not a folder`)

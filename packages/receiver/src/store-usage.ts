@@ -3,13 +3,13 @@ import { lstat, readdir, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 
 /** Free bytes of the file system holding `dir`, as an unprivileged user may use them. */
-export async function freeBytes (dir: string): Promise<number> {
+export async function freeBytes(dir: string): Promise<number> {
   const s = await statfs(dir)
   return s.bavail * s.bsize
 }
 
 /** Bytes allocated (st_blocks × 512) by every file under `dir`, links not followed, sparse holes not counted. */
-export async function allocatedBytes (dir: string): Promise<number> {
+export async function allocatedBytes(dir: string): Promise<number> {
   let total = 0
   let names: string[]
   try {
@@ -28,7 +28,7 @@ export async function allocatedBytes (dir: string): Promise<number> {
 }
 
 /** Bytes allocated by the mirrors of the VMs `covers` accepts (the folders of the store, links skipped). */
-export async function mirrorsUsage (storeDir: string, covers: (vm: string) => boolean): Promise<number> {
+export async function mirrorsUsage(storeDir: string, covers: (vm: string) => boolean): Promise<number> {
   let total = 0
   for (const vm of await readdir(storeDir).catch(() => [] as string[])) {
     if (!covers(vm)) continue

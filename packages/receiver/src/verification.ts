@@ -18,11 +18,11 @@ export interface VerifyOutcome {
   readonly bytes: number
 }
 
-function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-async function sizeOf (path: string): Promise<number> {
+async function sizeOf(path: string): Promise<number> {
   let size: number | undefined
   try {
     size = await regularFileSize(path)
@@ -37,7 +37,11 @@ async function sizeOf (path: string): Promise<number> {
  * TrivialCheck: digest the first `prefixBytes` of the mirror; ok when the
  * mirror's size is the source's and the digests are equal.
  */
-export async function trivialCheck (path: string, req: { prefixBytes: number, algorithm: DigestAlgorithm, size: number, digest: Uint8Array }, opts: { signal?: AbortSignal } = {}): Promise<VerifyOutcome> {
+export async function trivialCheck(
+  path: string,
+  req: { prefixBytes: number; algorithm: DigestAlgorithm; size: number; digest: Uint8Array },
+  opts: { signal?: AbortSignal } = {},
+): Promise<VerifyOutcome> {
   const size = await sizeOf(path)
   const h = createDigest(req.algorithm)
   const bytes = await digestFile(path, Math.min(req.prefixBytes, size), (b) => h.update(b), opts)
@@ -46,7 +50,7 @@ export async function trivialCheck (path: string, req: { prefixBytes: number, al
 }
 
 /** Certify: digest the whole flat image; ok when the digests are equal. */
-export async function certifyMirror (path: string, req: { algorithm: DigestAlgorithm, digest: Uint8Array }, opts: { signal?: AbortSignal } = {}): Promise<VerifyOutcome> {
+export async function certifyMirror(path: string, req: { algorithm: DigestAlgorithm; digest: Uint8Array }, opts: { signal?: AbortSignal } = {}): Promise<VerifyOutcome> {
   const size = await sizeOf(path)
   const h = createDigest(req.algorithm)
   const bytes = await digestFile(path, size, (b) => h.update(b), opts)
@@ -60,7 +64,7 @@ export async function certifyMirror (path: string, req: { algorithm: DigestAlgor
  * receiver's limit on a trivial check's prefix.
  * @throws ReceiverError E_RANGE (prefix above the limit), E_IO
  */
-export async function verifyDisk (vm: VmMirror, name: string, req: VerifyRequest, opts: { trivialMaxBytes: number, signal?: AbortSignal }): Promise<VerifyOutcome> {
+export async function verifyDisk(vm: VmMirror, name: string, req: VerifyRequest, opts: { trivialMaxBytes: number; signal?: AbortSignal }): Promise<VerifyOutcome> {
   const rec = vm.state.disks[name]
   if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
   const path = vm.paths.flat(rec.stem)
@@ -78,5 +82,5 @@ export async function verifyDisk (vm: VmMirror, name: string, req: VerifyRequest
 
 /** What the agent asked: a trivial check or a certify. */
 export type VerifyRequest =
-  | { readonly kind: 'trivial', readonly prefixBytes: number, readonly algorithm: DigestAlgorithm, readonly size: number, readonly digest: Uint8Array }
-  | { readonly kind: 'certify', readonly algorithm: DigestAlgorithm, readonly digest: Uint8Array }
+  | { readonly kind: 'trivial'; readonly prefixBytes: number; readonly algorithm: DigestAlgorithm; readonly size: number; readonly digest: Uint8Array }
+  | { readonly kind: 'certify'; readonly algorithm: DigestAlgorithm; readonly digest: Uint8Array }

@@ -15,7 +15,7 @@ const held = new Set<string>()
  */
 const leaked = new Set<string>()
 
-function processAlive (pid: number): boolean {
+function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
@@ -25,7 +25,7 @@ function processAlive (pid: number): boolean {
 }
 
 /** This boot's id (Linux), or '' where there is none. */
-function bootId (): string {
+function bootId(): string {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
   } catch {
@@ -37,7 +37,7 @@ function bootId (): string {
  * Start time of a process in clock ticks since boot (field 22 of
  * /proc/<pid>/stat), '' where /proc cannot tell, undefined when it is gone.
  */
-export function processStartTime (pid: number): string | undefined {
+export function processStartTime(pid: number): string | undefined {
   let text: string
   try {
     text = readFileSync(`/proc/${pid}/stat`, 'utf8')
@@ -52,7 +52,7 @@ export function processStartTime (pid: number): string | undefined {
 }
 
 /** What the lock file says: `pid\nboot id\nstart time\n` (older locks: the pid only). */
-export function lockText (): string {
+export function lockText(): string {
   return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
 }
 
@@ -63,7 +63,7 @@ export function lockText (): string {
  * container by an unrelated process does not hold the lock). A lock of this
  * very process is held: it was taken through another name of the folder.
  */
-export function lockHolderAlive (text: string): boolean {
+export function lockHolderAlive(text: string): boolean {
   const [pidText = '', boot = '', start = ''] = text.split('\n')
   const pid = Number.parseInt(pidText, 10)
   if (!Number.isSafeInteger(pid) || pid <= 0 || !processAlive(pid)) return false
@@ -85,7 +85,7 @@ export function lockHolderAlive (text: string): boolean {
  * in-process lock) or the lock cannot be written for lack of space (a
  * rollback must still work on a full disk).
  */
-async function lockFile (paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
+async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
   for (let attempt = 0; attempt < 3; attempt++) {
     let fh: FileHandle
     try {
@@ -98,7 +98,10 @@ async function lockFile (paths: VmPaths, vm: string, key: string, log: Logger): 
         return false
       }
       if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
-      const text = await readStoreFile(paths.lock).then((b) => b.toString('utf8'), () => '')
+      const text = await readStoreFile(paths.lock).then(
+        (b) => b.toString('utf8'),
+        () => '',
+      )
       const pid = Number.parseInt(text, 10)
       if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
         throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
@@ -144,7 +147,7 @@ export class VmLock {
   private fileLocked: boolean
   private released = false
 
-  private constructor (paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean) {
+  private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean) {
     this.paths = paths
     this.vm = vm
     this.log = log
@@ -158,7 +161,7 @@ export class VmLock {
    * its identity, not its name.
    * @throws ReceiverError E_BUSY when another session or process holds it, E_STORE_FILE, E_NOT_FOUND
    */
-  static async take (paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
+  static async take(paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
     const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true)
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
@@ -171,7 +174,7 @@ export class VmLock {
   }
 
   /** Release the lock (idempotent; synchronous so that it also runs on abort paths). */
-  release (): void {
+  release(): void {
     if (this.released) return
     this.released = true
     held.delete(this.key)

@@ -37,7 +37,7 @@ export interface OpenContext {
   /** disks open under accepted handles in this session */
   readonly open?: Iterable<string>
   /** the token's store quota, bytes, and which VMs' mirrors count towards it */
-  readonly quota?: { readonly bytes: number, readonly covers: (vm: string) => boolean }
+  readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean }
 }
 
 /**
@@ -51,7 +51,7 @@ export class VmMirror {
   private readonly log: Logger
   private readonly lock: VmLock
 
-  private constructor (paths: VmPaths, vm: string, state: VmStateFile, log: Logger, lock: VmLock) {
+  private constructor(paths: VmPaths, vm: string, state: VmStateFile, log: Logger, lock: VmLock) {
     this.paths = paths
     this.vm = vm
     this.current = state
@@ -60,7 +60,9 @@ export class VmMirror {
   }
 
   /** The VM's state as last written. */
-  get state (): VmStateFile { return this.current }
+  get state(): VmStateFile {
+    return this.current
+  }
 
   /**
    * Lock and load a VM mirror, finishing a commit interrupted after its
@@ -68,7 +70,7 @@ export class VmMirror {
    * must exist already.
    * @throws ReceiverError E_BUSY when another writer holds it, E_STORE_FILE, E_NOT_FOUND
    */
-  static async acquire (storeDir: string, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmMirror> {
+  static async acquire(storeDir: string, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmMirror> {
     const paths = new VmPaths(storeDir, vm)
     const lock = await VmLock.take(paths, vm, log, { create: opts.create !== false })
     try {
@@ -83,7 +85,7 @@ export class VmMirror {
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
-  static async acquireWait (storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
+  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
     const deadline = Date.now() + waitMs
     for (;;) {
       try {
@@ -97,17 +99,17 @@ export class VmMirror {
   }
 
   /** Release the VM's lock (idempotent). */
-  release (): void {
+  release(): void {
     this.lock.release()
   }
 
-  private async save (next: VmStateFile): Promise<void> {
+  private async save(next: VmStateFile): Promise<void> {
     await writeVmState(this.paths, next)
     this.current = next
   }
 
   /** Create the folders and stage the VM's config files for the next commit. */
-  async stageFiles (files: ReadonlyArray<{ name: string, data: Uint8Array }>): Promise<void> {
+  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
     try {
       await ensureStoreDir(this.paths.gdir)
       await ensureStoreDir(this.paths.incoming)
@@ -121,7 +123,7 @@ export class VmMirror {
   }
 
   /** Whether a mirror's compat record matches (true when there is none yet). */
-  compatible (compat: CompatRecord): boolean {
+  compatible(compat: CompatRecord): boolean {
     const c = this.current.compat
     if (c === null) return true
     return c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType
@@ -134,7 +136,7 @@ export class VmMirror {
    * share every file, `a-flat`'s descriptor would be `a.vmdk`'s flat (and
    * names differing in case clash on case-insensitive file systems).
    */
-  checkNames (name: string, open: Iterable<string> = []): void {
+  checkNames(name: string, open: Iterable<string> = []): void {
     const mine = generatedNames(diskStem(name))
     const key = (list: readonly string[]): Set<string> => new Set(list.map((n) => n.toLowerCase()))
     const [mirror, state] = [key(mine.mirror), key(mine.state)]
@@ -154,7 +156,7 @@ export class VmMirror {
    * fresh apply (journal head durable → state lists the disk → target
    * touched) or the resume of the interrupted one.
    */
-  async openDisk (req: DiskOpenRequest, ctx: OpenContext): Promise<OpenDiskResult> {
+  async openDisk(req: DiskOpenRequest, ctx: OpenContext): Promise<OpenDiskResult> {
     this.checkNames(req.name, ctx.open)
     const s = this.current
     const rec = s.disks[req.name]
@@ -171,15 +173,29 @@ export class VmMirror {
       quotaBytes: ctx.quota?.bytes,
       usedBytes: ctx.quota === undefined ? 0 : await mirrorsUsage(this.paths.store, ctx.quota.covers),
     }
-    const d = decideOpen({ vm: this.vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, record: rec, inflight: inf, facts, request: req, compatible: this.compatible(ctx.compat), space })
+    const d = decideOpen({
+      vm: this.vm,
+      committedCycle: s.committedCycle,
+      inflightCycle: s.inflight?.cycle ?? 0,
+      record: rec,
+      inflight: inf,
+      facts,
+      request: req,
+      compatible: this.compatible(ctx.compat),
+      space,
+    })
     if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
     if (d.kind === 'fail') throw new ReceiverError(d.code, d.message)
     if (d.kind === 'resume') {
-      const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => { throw ioError(err, 'reading the journal') })
+      const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => {
+        throw ioError(err, 'reading the journal')
+      })
       if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {
         throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
       }
-      const apply = await DiskApply.resume(this.paths, d.info, contents).catch((err: unknown) => { throw ioError(err, 'reopening the in-flight apply') })
+      const apply = await DiskApply.resume(this.paths, d.info, contents).catch((err: unknown) => {
+        throw ioError(err, 'reopening the in-flight apply')
+      })
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
@@ -187,9 +203,18 @@ export class VmMirror {
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
-      const journal = await Journal.create(this.paths.journal(info.stem), {
-        cycleId: info.cycleId, cycle: req.cycle, name: info.name, mode: info.mode, capacity: info.capacity, baseSize: info.baseSize,
-      }, this.paths.spare(info.stem))
+      const journal = await Journal.create(
+        this.paths.journal(info.stem),
+        {
+          cycleId: info.cycleId,
+          cycle: req.cycle,
+          name: info.name,
+          mode: info.mode,
+          capacity: info.capacity,
+          baseSize: info.baseSize,
+        },
+        this.paths.spare(info.stem),
+      )
       try {
         const prev = s.inflight
         await this.save({
@@ -213,7 +238,7 @@ export class VmMirror {
    * point), then roll forward: seed renames, descriptors, .vmx and config
    * files, journal removal.
    */
-  async commit (cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
+  async commit(cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
     const infl = this.current.inflight
     if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
     const names = new Set(applies.map((a) => a.info.name))
@@ -225,7 +250,7 @@ export class VmMirror {
       const sealed = []
       for (const a of applies) {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
-        sealed.push({ info: a.info, size: await regularFileSize(a.targetPath) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
+        sealed.push({ info: a.info, size: (await regularFileSize(a.targetPath)) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
       // SPEC §5.8: a new random generation for every commit, durable with it
       const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
@@ -242,7 +267,7 @@ export class VmMirror {
   }
 
   /** Finish a commit whose state.json is already written (idempotent). */
-  async rollForward (): Promise<void> {
+  async rollForward(): Promise<void> {
     const p = this.current.pending
     if (p === null) return
     try {
@@ -255,7 +280,7 @@ export class VmMirror {
   }
 
   /** Roll the VM back to its last committed point (undo every in-flight disk). */
-  async rollback (): Promise<number> {
+  async rollback(): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
     try {
@@ -274,7 +299,7 @@ export class VmMirror {
    * Record a trivial-check or certify result; a failed one marks the disk
    * diverged (no incremental on it until a seed is committed).
    */
-  async recordVerify (name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
+  async recordVerify(name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
     const diverged = r.ok ? rec.diverged : { reason: `${kind === 'trivial' ? 'trivial check' : 'certify'} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }

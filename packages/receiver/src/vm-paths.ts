@@ -7,7 +7,7 @@ export const STATE_FILE = 'state.json'
 const INCOMING = 'incoming'
 
 /** The file stem of a disk name: "web01_1.vmdk" → "web01_1". */
-export function diskStem (name: string): string {
+export function diskStem(name: string): string {
   return name.replace(/\.vmdk$/i, '')
 }
 
@@ -17,7 +17,7 @@ export function diskStem (name: string): string {
  * and undo journal. Two disks of a VM may share none of them, ignoring case
  * (`a.vmdk`'s flat is `a-flat.vmdk`, which is also disk `a-flat`'s descriptor).
  */
-export function generatedNames (stem: string): { readonly mirror: readonly string[], readonly state: readonly string[] } {
+export function generatedNames(stem: string): { readonly mirror: readonly string[]; readonly state: readonly string[] } {
   return {
     mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
     state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`],
@@ -43,7 +43,7 @@ export class VmPaths {
   readonly state: string
   /** staged configuration files of the cycle in flight */
   readonly incoming: string
-  constructor (storeDir: string, vm: string) {
+  constructor(storeDir: string, vm: string) {
     this.store = storeDir
     this.dir = join(storeDir, vm)
     this.gdir = join(this.dir, STATE_DIR)
@@ -52,17 +52,31 @@ export class VmPaths {
   }
 
   /** the mirror descriptor */
-  descriptor (stem: string): string { return join(this.dir, `${stem}.vmdk`) }
+  descriptor(stem: string): string {
+    return join(this.dir, `${stem}.vmdk`)
+  }
   /** the flat image */
-  flat (stem: string): string { return join(this.dir, `${stem}-flat.vmdk`) }
+  flat(stem: string): string {
+    return join(this.dir, `${stem}-flat.vmdk`)
+  }
   /** a seed in progress, renamed over the flat at commit */
-  seed (stem: string): string { return join(this.dir, `${stem}-flat.vmdk.seed`) }
+  seed(stem: string): string {
+    return join(this.dir, `${stem}-flat.vmdk.seed`)
+  }
   /** undo journal and resume point of the cycle in flight */
-  journal (stem: string): string { return join(this.gdir, `${stem}.journal`) }
+  journal(stem: string): string {
+    return join(this.gdir, `${stem}.journal`)
+  }
   /** a finished journal kept for reuse by the next cycle of the disk */
-  spare (stem: string): string { return join(this.gdir, `${stem}.journal.spare`) }
+  spare(stem: string): string {
+    return join(this.gdir, `${stem}.journal.spare`)
+  }
   /** held by the process writing the VM (its pid, boot id and start time inside) */
-  get lock (): string { return join(this.gdir, 'lock') }
+  get lock(): string {
+    return join(this.gdir, 'lock')
+  }
   /** the journal while a rollback undoes it */
-  undoing (stem: string): string { return join(this.gdir, `${stem}.journal.undo`) }
+  undoing(stem: string): string {
+    return join(this.gdir, `${stem}.journal.undo`)
+  }
 }

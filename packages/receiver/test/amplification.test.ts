@@ -101,7 +101,10 @@ t.test('in-place zeroing stops between pieces when the session is aborted', asyn
   const base = pattern(CAP, 7)
   const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
   let m = await VmMirror.acquire(store, 'vm', log)
-  const s = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const s = await m.openDisk(
+    { name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' },
+    { compat },
+  )
   const sa = s.apply
   if (sa === undefined) throw new Error('seed refused')
   const seedExt: ApplyExtent = { seq: 0, offset: 0, length: CAP, zero: false, data: base, digest: createDigest('sha256').update(base).digest() }
@@ -116,7 +119,21 @@ t.test('in-place zeroing stops between pieces when the session is aborted', asyn
   m.release()
 
   m = await VmMirror.acquire(store, 'vm', log)
-  const r = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '2'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const r = await m.openDisk(
+    {
+      name: 'd.vmdk',
+      capacity: CAP,
+      cycle: 2,
+      mode: 'incremental',
+      baseCycle: 1,
+      baseGeneration: generation,
+      source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' },
+      cycleId: '2'.repeat(16),
+      ddb: {},
+      algorithm: 'sha256',
+    },
+    { compat },
+  )
   const a = r.apply
   if (a === undefined) throw new Error(`refused ${r.reason}`)
   const zero: ApplyExtent = { seq: 0, offset: 0, length: CAP, zero: true, data: undefined, digest: new Uint8Array(0) }
@@ -129,7 +146,10 @@ t.test('in-place zeroing stops between pieces when the session is aborted', asyn
   await a.close()
   m.release()
   const flat = readFileSync(join(store, 'vm', 'd-flat.vmdk'))
-  t.ok(flat.subarray(0, JOURNAL_PIECE).every((x) => x === 0), 'the piece under way was finished')
+  t.ok(
+    flat.subarray(0, JOURNAL_PIECE).every((x) => x === 0),
+    'the piece under way was finished',
+  )
   t.ok(flat.subarray(JOURNAL_PIECE).equals(base.subarray(JOURNAL_PIECE)), 'no piece after it was written')
   // the journal holds the old contents: a rollback restores the committed image exactly
   m = await VmMirror.acquire(store, 'vm', log)
@@ -139,7 +159,21 @@ t.test('in-place zeroing stops between pieces when the session is aborted', asyn
 
   // data extents are bounded by the batch: an abort does not stop them, so a disconnect keeps the batch's resume point
   m = await VmMirror.acquire(store, 'vm', log)
-  const r2 = await m.openDisk({ name: 'd.vmdk', capacity: CAP, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: generation, source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }, cycleId: '3'.repeat(16), ddb: {}, algorithm: 'sha256' }, { compat })
+  const r2 = await m.openDisk(
+    {
+      name: 'd.vmdk',
+      capacity: CAP,
+      cycle: 2,
+      mode: 'incremental',
+      baseCycle: 1,
+      baseGeneration: generation,
+      source: { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' },
+      cycleId: '3'.repeat(16),
+      ddb: {},
+      algorithm: 'sha256',
+    },
+    { compat },
+  )
   const b = r2.apply
   if (b === undefined) throw new Error(`refused ${r2.reason}`)
   const data = [0, 1].map((seq): ApplyExtent => {

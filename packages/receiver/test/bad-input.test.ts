@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { MessageKind, SUBPROTOCOL, encodeMessage, initDigests, type Message } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, TOKEN_B, diskOpen, extentMessage, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type DiskPlan } from './helpers.ts'
 
-async function statusOf (p: Promise<unknown>): Promise<number | string> {
+async function statusOf(p: Promise<unknown>): Promise<number | string> {
   try {
     await p
     return 'connected'
@@ -39,7 +39,7 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
     t.notOk(logs.text().includes(TOKEN) || logs.text().includes('wrong-token'), 'tokens never logged')
   })
 
-  const cases: Array<{ name: string, code: string, close: number, script: (d: DiskPlan) => Array<Message | Uint8Array | string>, token?: string }> = []
+  const cases: Array<{ name: string; code: string; close: number; script: (d: DiskPlan) => Array<Message | Uint8Array | string>; token?: string }> = []
   let caseVm = 'web-c0'
   const seedD = (name = 'web-02.vmdk'): DiskPlan => seedPlan(0, name, img, '11'.repeat(8))
   const pre = (d = seedD()): Message[] => [hello(), vmOpen(caseVm, 1, [d.name]), diskOpen(d, 1, caseVm)]
@@ -60,20 +60,50 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
   cases.push({ name: 'repeated seq', code: 'E_SEQUENCE', close: 4411, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), extentMessage(d, 0, 'sha256')] })
   cases.push({ name: 'out-of-range extent', code: 'E_RANGE', close: 4412, script: (d) => [...pre(), { ...extentMessage(d, 0, 'sha256'), offset: 2 * MiB - 512 * 4 } as Message] })
   cases.push({ name: 'bad digest', code: 'E_BAD_DIGEST', close: 4410, script: (d) => [...pre(), { ...extentMessage(d, 0, 'sha256'), digest: new Uint8Array(32).fill(7) } as Message] })
-  cases.push({ name: 'corrupt deflate payload', code: 'E_DECOMPRESS', close: 4413, script: (d) => {
-    const m = extentMessage(d, 0, 'sha256')
-    return [hello('sha256', 'deflate'), ...pre().slice(1), { ...m, compression: 'deflate', data: pattern(4096, 3) } as Message]
-  } })
-  cases.push({ name: 'data length ≠ length', code: 'E_SCHEMA', close: 1008, script: (d) => {
-    const m = extentMessage(d, 0, 'sha256')
-    return [...pre(), { ...m, data: m.data.subarray(0, 4096) } as Message]
-  } })
+  cases.push({
+    name: 'corrupt deflate payload',
+    code: 'E_DECOMPRESS',
+    close: 4413,
+    script: (d) => {
+      const m = extentMessage(d, 0, 'sha256')
+      return [hello('sha256', 'deflate'), ...pre().slice(1), { ...m, compression: 'deflate', data: pattern(4096, 3) } as Message]
+    },
+  })
+  cases.push({
+    name: 'data length ≠ length',
+    code: 'E_SCHEMA',
+    close: 1008,
+    script: (d) => {
+      const m = extentMessage(d, 0, 'sha256')
+      return [...pre(), { ...m, data: m.data.subarray(0, 4096) } as Message]
+    },
+  })
   // SPEC §8.2: DiskEnd's extent count must be the extents sent, else the message is not legal
-  cases.push({ name: 'DiskEnd extent count ≠ extents sent', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 2, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
-  cases.push({ name: 'DiskEnd byte counts mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }] })
-  cases.push({ name: 'DiskEnd cycle digest mismatch', code: 'E_END_MISMATCH', close: 4430, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: 0, digest: new Uint8Array(32) }] })
+  cases.push({
+    name: 'DiskEnd extent count ≠ extents sent',
+    code: 'E_UNEXPECTED',
+    close: 4004,
+    script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 2, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }],
+  })
+  cases.push({
+    name: 'DiskEnd byte counts mismatch',
+    code: 'E_END_MISMATCH',
+    close: 4430,
+    script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: MiB, digest: new Uint8Array(32) }],
+  })
+  cases.push({
+    name: 'DiskEnd cycle digest mismatch',
+    code: 'E_END_MISMATCH',
+    close: 4430,
+    script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: 0, digest: new Uint8Array(32) }],
+  })
   cases.push({ name: 'commit without DiskEnd', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.Commit, vm: caseVm, cycle: 1 }] })
-  cases.push({ name: 'cycleId not the identity of the fields', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), cycleId: 'ab'.repeat(32) } as Message] })
+  cases.push({
+    name: 'cycleId not the identity of the fields',
+    code: 'E_SCHEMA',
+    close: 1008,
+    script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), cycleId: 'ab'.repeat(32) } as Message],
+  })
   cases.push({ name: 'cycleId of another VM', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, 'web-other') } as Message] })
   cases.push({ name: 'capacity not a sector multiple', code: 'E_SCHEMA', close: 1008, script: (d) => [hello(), vmOpen(caseVm, 1, []), { ...diskOpen(d, 1, caseVm), capacity: 1000 } as Message] })
 

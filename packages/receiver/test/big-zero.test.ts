@@ -24,7 +24,10 @@ const imgA = Buffer.alloc(CAP, 7)
 const imgB = Buffer.from(imgA)
 imgB.fill(0, MiB, MiB + ZERO)
 pattern(MiB, 3).copy(imgB, MiB + ZERO)
-const ranges = [{ offset: MiB, length: ZERO }, { offset: MiB + ZERO, length: MiB }]
+const ranges = [
+  { offset: MiB, length: ZERO },
+  { offset: MiB + ZERO, length: MiB },
+]
 const planA = () => seedPlan(0, 'vm1.vmdk', imgA, 'a1'.repeat(8))
 const incB = incPlan(0, 'vm1.vmdk', imgB, 1, 'b2'.repeat(8), ranges, 'vm1-000001.vmdk', 'vm1-000002.vmdk', ZERO)
 const planB = () => incB
@@ -38,7 +41,7 @@ const base = t.testdir()
 let seededStore: string | undefined
 
 /** A store holding the committed seed (seeded once, then copied). */
-async function seeded (dir: string): Promise<Env> {
+async function seeded(dir: string): Promise<Env> {
   const env = makeEnv(dir)
   if (seededStore !== undefined) {
     cpSync(seededStore, env.store, { recursive: true })
@@ -56,13 +59,13 @@ async function seeded (dir: string): Promise<Env> {
   return env
 }
 
-async function crashRun (t: Test, env: Env, fault: string): Promise<void> {
+async function crashRun(t: Test, env: Env, fault: string): Promise<void> {
   const c = await startChild(env, { fault, args: ARGS })
   await (async () => {
     const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
     await runCycle(a, VM, 2, [planB()])
   })().catch(() => {})
-  const e = await Promise.race([c.exited, new Promise<{ code: null, signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 20000).unref())])
+  const e = await Promise.race([c.exited, new Promise<{ code: null; signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 20000).unref())])
   if (e.signal === 'timeout') c.child.kill('SIGKILL')
   t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
 }
@@ -73,15 +76,27 @@ t.test('the old contents of a large zero extent are journaled in bounded pieces'
   const c = await readJournal(join(env.store, VM, '.grainline', 'vm1.journal'))
   const recs = (c?.extents ?? []).filter((e) => e.seq === 0)
   t.equal(recs.length, ZERO / JOURNAL_PIECE, 'one record per piece')
-  t.ok(recs.every((e) => e.oldLength <= JOURNAL_PIECE && e.oldLength < MAX_JOURNAL_RECORD), 'no record larger than a piece')
-  t.same(recs.map((e) => e.oldOffset), recs.map((_e, i) => MiB + i * JOURNAL_PIECE), 'each piece carries its own offset')
-  t.equal(recs.reduce((s, e) => s + e.oldLength, 0), ZERO, 'the pieces cover the range')
-  t.ok(recs.every((e) => e.offset === MiB && e.length === ZERO && e.zero), 'each piece names its extent')
+  t.ok(
+    recs.every((e) => e.oldLength <= JOURNAL_PIECE && e.oldLength < MAX_JOURNAL_RECORD),
+    'no record larger than a piece',
+  )
+  t.same(
+    recs.map((e) => e.oldOffset),
+    recs.map((_e, i) => MiB + i * JOURNAL_PIECE),
+    'each piece carries its own offset',
+  )
+  t.equal(
+    recs.reduce((s, e) => s + e.oldLength, 0),
+    ZERO,
+    'the pieces cover the range',
+  )
+  t.ok(
+    recs.every((e) => e.offset === MiB && e.length === ZERO && e.zero),
+    'each piece names its extent',
+  )
 })
 
-const faults = [
-  'journal-piece:2', 'journal-synced:1', 'zero-piece:3', 'extent-written:1', 'target-synced:1', 'extent-written:2', 'target-synced:2',
-]
+const faults = ['journal-piece:2', 'journal-synced:1', 'zero-piece:3', 'extent-written:1', 'target-synced:1', 'extent-written:2', 'target-synced:2']
 
 t.test('kill -9 around a zero extent larger than a journal piece', async (t) => {
   for (const fault of faults) {
@@ -99,7 +114,9 @@ t.test('kill -9 around a zero extent larger than a journal piece', async (t) => 
       t.ok(readFileSync(flatPath(env)).equals(imgA), 'rolled back: mirror == committed image')
 
       const c = await startChild(env2, { args: ARGS })
-      t.teardown(() => { c.child.kill('SIGKILL') })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
       const a = await Agent.connect(c.url, { token: TOKEN, ca: env2.tls.ca })
       const res = await runCycle(a, VM, 2, [planB()])
       a.close()

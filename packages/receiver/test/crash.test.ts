@@ -34,13 +34,13 @@ const planB = (id = 'b2'.repeat(8)) => incPlan(0, 'vm1.vmdk', imgB, 1, id, range
 const flatPath = (env: Env): string => join(env.store, VM, 'vm1-flat.vmdk')
 const ARGS = ['--batch-bytes', String(EXT), '--log-level', 'warn']
 
-async function stopChild (c: Awaited<ReturnType<typeof startChild>>): Promise<void> {
+async function stopChild(c: Awaited<ReturnType<typeof startChild>>): Promise<void> {
   c.child.kill('SIGTERM')
   const e = await c.exited
   if (e.code !== 0) throw new Error(`receiver exit ${JSON.stringify(e)}: ${c.stderr()}`)
 }
 
-async function seeded (dir: string): Promise<Env> {
+async function seeded(dir: string): Promise<Env> {
   const env = makeEnv(dir)
   const c = await startChild(env, { args: ARGS })
   const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
@@ -51,24 +51,37 @@ async function seeded (dir: string): Promise<Env> {
   return env
 }
 
-async function crashRun (t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>): Promise<void> {
+async function crashRun(t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>): Promise<void> {
   const c = await startChild(env, { fault, args: ARGS })
   await run(c.url).catch(() => {})
-  const e = await Promise.race([c.exited, new Promise<{ code: null, signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 10000))])
+  const e = await Promise.race([c.exited, new Promise<{ code: null; signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 10000))])
   if (e.signal === 'timeout') c.child.kill('SIGKILL')
   t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
 }
 
-async function incRun (env: Env, url: string): Promise<void> {
+async function incRun(env: Env, url: string): Promise<void> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, VM, 2, [planB()])
 }
 
 const incFaults = [
-  'journal-synced:1', 'journal-synced:2', 'journal-synced:5', 'journal-synced:9', 'journal-synced:12',
-  'extent-written:1', 'extent-written:3', 'extent-written:8', 'extent-written:12', 'extent-written:15',
-  'target-synced:1', 'target-synced:4', 'target-synced:10', 'target-synced:12',
-  'commit-before-state:1', 'commit-after-state:1', 'commit-descriptors:1',
+  'journal-synced:1',
+  'journal-synced:2',
+  'journal-synced:5',
+  'journal-synced:9',
+  'journal-synced:12',
+  'extent-written:1',
+  'extent-written:3',
+  'extent-written:8',
+  'extent-written:12',
+  'extent-written:15',
+  'target-synced:1',
+  'target-synced:4',
+  'target-synced:10',
+  'target-synced:12',
+  'commit-before-state:1',
+  'commit-after-state:1',
+  'commit-descriptors:1',
 ]
 
 t.test('a rollback whose state write never happens (kill -9 standing in for a full disk): the cycle restarts at 0', async (t) => {
@@ -88,7 +101,9 @@ t.test('a rollback whose state write never happens (kill -9 standing in for a fu
   t.equal(st?.inflightCycle, 2, 'the cycle is still in flight')
   t.equal(st?.disks[0]?.inflight?.resumeSeq, 0, 'with its resume point reset')
   const c2 = await startChild(env, { args: ARGS })
-  t.teardown(() => { c2.child.kill('SIGKILL') })
+  t.teardown(() => {
+    c2.child.kill('SIGKILL')
+  })
   const b = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
   const r = await runCycle(b, VM, 2, [planB()])
   b.close()
@@ -111,7 +126,9 @@ t.test('kill -9 in the middle of a rollback: start-up recovery finishes it, neve
   await a.whenClosed()
   t.equal((await c.exited).signal, 'SIGKILL', 'killed mid-rollback')
   const c2 = await startChild(env, { args: ARGS })
-  t.teardown(() => { c2.child.kill('SIGKILL') })
+  t.teardown(() => {
+    c2.child.kill('SIGKILL')
+  })
   const st = (await storeStatus(env.store)).vms[0]
   t.equal(st?.inflightCycle, 0)
   t.ok(readFileSync(flatPath(env)).equals(imgA), 'mirror == committed image')
@@ -131,7 +148,9 @@ t.test('kill -9 during an incremental apply or its commit', async (t) => {
       const env = await seeded(t.testdir())
       await crashRun(t, env, fault, (url) => incRun(env, url))
       const c = await startChild(env, { args: ARGS })
-      t.teardown(() => { c.child.kill('SIGKILL') })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
       const st = (await storeStatus(env.store)).vms[0]
       const committed = st?.committedCycle
       t.ok(committed === 1 || committed === 2, `committed cycle ${String(committed)}`)
@@ -188,7 +207,9 @@ t.test('kill -9 during a seed and a re-seed', async (t) => {
         await runCycle(a, VM, 1, [planA()])
       })
       const c = await startChild(env, { args: ARGS })
-      t.teardown(() => { c.child.kill('SIGKILL') })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
       const committed = (await storeStatus(env.store)).vms[0]?.committedCycle ?? 0
       if (fault.startsWith('commit-after') || fault.startsWith('commit-renamed') || fault.startsWith('commit-desc')) t.equal(committed, 1)
       if (committed === 0) {
@@ -237,7 +258,10 @@ t.test('kill -9 during a two-disk cycle: both disks commit together or not at al
         t.equal(st?.needsRecovery, false)
         t.ok(readFileSync(flatPath(env)).equals(imgB), 'disk 1 at cycle 2')
         t.ok(readFileSync(d2flat).equals(imgD2), 'disk 2 at cycle 2')
-        t.same(st?.disks.map((d) => d.committedCycle), [2, 2])
+        t.same(
+          st?.disks.map((d) => d.committedCycle),
+          [2, 2],
+        )
       } else {
         t.equal(committed, 1)
         t.notOk(existsSync(d2flat), 'disk 2 not exposed')
@@ -249,7 +273,9 @@ t.test('kill -9 during a two-disk cycle: both disks commit together or not at al
       }
       // a restarted receiver finishes the job either way
       const c = await startChild(env, { args: ARGS })
-      t.teardown(() => { c.child.kill('SIGKILL') })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
       if (committed !== 2) {
         const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
         await runCycle(a, VM, 2, [planB('e5'.repeat(8)), planD2()])

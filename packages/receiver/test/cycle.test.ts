@@ -34,7 +34,11 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   t.ok(existsSync(join(env.store, 'web-01', 'web-01.nvram')))
 
   // incremental: change 3 ranges incl. a zeroed one and growth-free
-  const ranges = [{ offset: 512 * 1024, length: 1536 * 1024 }, { offset: 3 * MiB, length: 64 * 1024 }, { offset: 5 * MiB, length: MiB, zero: true }]
+  const ranges = [
+    { offset: 512 * 1024, length: 1536 * 1024 },
+    { offset: 3 * MiB, length: 64 * 1024 },
+    { offset: 5 * MiB, length: MiB, zero: true },
+  ]
   const img2 = evolve(img1, 9, ranges)
   const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const r2 = await runCycle(a2, 'web-01', 2, [incPlan(0, 'web-01.vmdk', img2, 1, 'bb02bb02bb02bb02', ranges, 'web-01-000001.vmdk', 'web-01-000002.vmdk')], { alg: 'xxh64', compression: 'deflate' })
@@ -75,7 +79,9 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
   const dpath = join(env.store, 'web-01', 'web-01.vmdk')
   writeFileSync(dpath, readFileSync(dpath, 'utf8').replace(/CID=[0-9a-f]{8}/, 'CID=12345678'))
   const a4 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const err = await runCycle(a4, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'dd03dd03dd03dd03', ranges, 'web-01-000002.vmdk', 'web-01-000003.vmdk')]).catch((e: { reason: string, state: { modified: boolean } }) => e)
+  const err = await runCycle(a4, 'web-01', 3, [incPlan(0, 'web-01.vmdk', img2, 2, 'dd03dd03dd03dd03', ranges, 'web-01-000002.vmdk', 'web-01-000003.vmdk')]).catch(
+    (e: { reason: string; state: { modified: boolean } }) => e,
+  )
   t.match(err, { reason: 'E_MIRROR_MODIFIED', state: { modified: true } })
   // and a re-seed over it works, on the same connection under a new handle (the refused one is spent, SPEC §8.2)
   const img3 = pattern(cap, 33)
@@ -103,18 +109,23 @@ t.test('many agents and disks at once', async (t) => {
   t.teardown(() => receiver.close())
   const vms = ['web-a', 'web-b', 'web-c', 'web-d', 'web-e', 'web-f']
   const images = vms.map((_, i) => [pattern(2 * MiB, 100 + i), Buffer.concat([Buffer.alloc(MiB), pattern(MiB, 200 + i)])] as const)
-  await Promise.all(vms.map(async (vm, i) => {
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    const [d0, d1] = images[i] as readonly [Buffer, Buffer]
-    const r = await runCycle(a, vm, 1, [seedPlan(0, `${vm}.vmdk`, d0, `a${i}`.repeat(8), 128 * 1024), seedPlan(1, `${vm}_1.vmdk`, d1, `b${i}`.repeat(8), 128 * 1024)])
-    a.close()
-    t.equal(r.committed?.disks.length, 2, `${vm} committed both disks`)
-  }))
+  await Promise.all(
+    vms.map(async (vm, i) => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      const [d0, d1] = images[i] as readonly [Buffer, Buffer]
+      const r = await runCycle(a, vm, 1, [seedPlan(0, `${vm}.vmdk`, d0, `a${i}`.repeat(8), 128 * 1024), seedPlan(1, `${vm}_1.vmdk`, d1, `b${i}`.repeat(8), 128 * 1024)])
+      a.close()
+      t.equal(r.committed?.disks.length, 2, `${vm} committed both disks`)
+    }),
+  )
   vms.forEach((vm, i) => {
     const [d0, d1] = images[i] as readonly [Buffer, Buffer]
     t.ok(readFileSync(join(env.store, vm, `${vm}-flat.vmdk`)).equals(d0), `${vm} disk 0`)
     t.ok(readFileSync(join(env.store, vm, `${vm}_1-flat.vmdk`)).equals(d1), `${vm} disk 1`)
   })
   const st = await storeStatus(env.store)
-  t.same(st.vms.map((v) => [v.vm, v.committedCycle, v.disks.length]), vms.map((vm) => [vm, 1, 2]))
+  t.same(
+    st.vms.map((v) => [v.vm, v.committedCycle, v.disks.length]),
+    vms.map((vm) => [vm, 1, 2]),
+  )
 })

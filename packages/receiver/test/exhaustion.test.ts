@@ -18,9 +18,11 @@ import { Agent, MiB, TOKEN, TOKEN_B, hello, makeEnv, pattern, runCycle, seedPlan
  */
 
 /** Turn a hang into a failure (a watchdog: the success path does not depend on it). */
-async function noHang<T> (p: Promise<T>, what: string, ms = 60_000): Promise<T> {
+async function noHang<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const hang = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} hung`)), ms) })
+  const hang = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} hung`)), ms)
+  })
   try {
     return await Promise.race([p, hang])
   } finally {
@@ -28,14 +30,17 @@ async function noHang<T> (p: Promise<T>, what: string, ms = 60_000): Promise<T> 
   }
 }
 
-function tokensWithCap (env: Env): string {
+function tokensWithCap(env: Env): string {
   const file = join(env.dir, 'tokens-cap.json')
-  writeFileSync(file, JSON.stringify({
-    tokens: [
-      { name: 'proxy-a', token: TOKEN, vms: ['vm*'], maxSessions: 2 },
-      { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
-    ],
-  }))
+  writeFileSync(
+    file,
+    JSON.stringify({
+      tokens: [
+        { name: 'proxy-a', token: TOKEN, vms: ['vm*'], maxSessions: 2 },
+        { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
+      ],
+    }),
+  )
   return file
 }
 
@@ -49,13 +54,15 @@ t.test('idle sockets are capped and closed; an agent gets through afterwards', a
   // 40 raw TCP sockets that never start TLS, 4 that finish TLS and never send the upgrade request
   const raw: Socket[] = []
   for (let i = 0; i < 40; i++) raw.push(tcpConnect(port, '127.0.0.1'))
-  const quiet = await Promise.all(Array.from({ length: 4 }, async () => {
-    const s = tlsConnect({ port, host: '127.0.0.1', ca: env.tls.ca, servername: 'localhost' })
-    await once(s, 'secureConnect').catch(() => {})
-    return s
-  }))
+  const quiet = await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      const s = tlsConnect({ port, host: '127.0.0.1', ca: env.tls.ca, servername: 'localhost' })
+      await once(s, 'secureConnect').catch(() => {})
+      return s
+    }),
+  )
   for (const s of [...raw, ...quiet]) s.on('error', () => {})
-  await noHang(Promise.all([...raw, ...quiet].map((s) => s.closed ? Promise.resolve() : once(s, 'close'))), 'closing the idle sockets')
+  await noHang(Promise.all([...raw, ...quiet].map((s) => (s.closed ? Promise.resolve() : once(s, 'close')))), 'closing the idle sockets')
   t.pass('the receiver closed every idle socket')
   t.ok(refusals(logs.lines, 'socket-cap').length >= 1, 'sockets above the cap were dropped, and logged')
   t.ok(refusals(logs.lines, 'tls-handshake-timeout').length >= 1, 'silent TLS handshakes timed out, and were logged')
@@ -84,7 +91,10 @@ t.test('no Hello in time: E_TIMEOUT; a token at its session cap cannot block ano
   const { receiver, url, logs } = await startReceiver({ ...env, tokensFile: tokensWithCap(env) }, { helloTimeoutMs: 60_000 })
   t.teardown(() => receiver.close())
   const silent = [await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }), await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })]
-  const third = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }).then(() => 'connected', (e: { status?: number }) => e.status)
+  const third = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }).then(
+    () => 'connected',
+    (e: { status?: number }) => e.status,
+  )
   t.equal(third, 503, "a third session of proxy-a's token (maxSessions 2) is refused before the upgrade")
   t.equal(refusals(logs.lines, 'token-session-cap').length, 1, 'and logged')
   const b = await Agent.connect(url, { token: TOKEN_B, ca: env.tls.ca })
@@ -127,11 +137,16 @@ t.test('an idle session after VmOpen is ended and its VM lock released', async (
 
 t.test('deadlines, by a hand-driven clock: pings and busy steps are not silence', async (t) => {
   let now = 0
-  let pending: { fn: () => void, at: number } | undefined
+  let pending: { fn: () => void; at: number } | undefined
   const clock: Clock = {
     now: () => now,
-    setTimeout: (fn, ms) => { pending = { fn, at: now + ms }; return {} },
-    clearTimeout: () => { pending = undefined },
+    setTimeout: (fn, ms) => {
+      pending = { fn, at: now + ms }
+      return {}
+    },
+    clearTimeout: () => {
+      pending = undefined
+    },
   }
   const advance = (ms: number): void => {
     now += ms

@@ -5,7 +5,7 @@ import { MessageKind, ProtocolErrorCodes, encodeMessage, initDigests, type Messa
 import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 /** Small deterministic PRNG (mulberry32) so a failure can be replayed by seed. */
-function rng (seed: number): () => number {
+function rng(seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
@@ -31,8 +31,14 @@ t.test(`fuzz: ${ITERATIONS} connections of random and mutated frames against a l
 
   const d = seedPlan(0, 'web-f.vmdk', img, 'fa'.repeat(8))
   const corpus: Message[] = [
-    hello(), vmOpen('web-f', 1, ['web-f.vmdk']), diskOpen(d, 1, 'web-f'), extentMessage(d, 0, 'sha256'), extentMessage(d, 1, 'sha256'),
-    diskEnd(d, 'sha256'), { kind: MessageKind.Commit, vm: 'web-f', cycle: 1 }, { kind: MessageKind.Rollback, vm: 'web-f' },
+    hello(),
+    vmOpen('web-f', 1, ['web-f.vmdk']),
+    diskOpen(d, 1, 'web-f'),
+    extentMessage(d, 0, 'sha256'),
+    extentMessage(d, 1, 'sha256'),
+    diskEnd(d, 'sha256'),
+    { kind: MessageKind.Commit, vm: 'web-f', cycle: 1 },
+    { kind: MessageKind.Rollback, vm: 'web-f' },
     { kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: MiB, algorithm: 'sha256', size: 2 * MiB, digest: new Uint8Array(32) },
     { kind: MessageKind.Certify, disk: 0, algorithm: 'md5', digest: new Uint8Array(16) },
   ]
@@ -43,10 +49,16 @@ t.test(`fuzz: ${ITERATIONS} connections of random and mutated frames against a l
   const mutate = (f: Buffer): Buffer => {
     const b = Buffer.from(f)
     const op = Math.floor(r() * 5)
-    if (op === 0) { for (let i = 0; i < 1 + r() * 4; i++) b[Math.floor(r() * b.length)] = Math.floor(r() * 256) ; return b }
+    if (op === 0) {
+      for (let i = 0; i < 1 + r() * 4; i++) b[Math.floor(r() * b.length)] = Math.floor(r() * 256)
+      return b
+    }
     if (op === 1) return b.subarray(0, Math.floor(r() * b.length))
     if (op === 2) return Buffer.concat([b, Buffer.from(pattern(1 + Math.floor(r() * 64), Math.floor(r() * 1000)))])
-    if (op === 3) { b[0] = Math.floor(r() * 256); return b }
+    if (op === 3) {
+      b[0] = Math.floor(r() * 256)
+      return b
+    }
     return Buffer.from(pattern(1 + Math.floor(r() * 300), Math.floor(r() * 1e6)))
   }
   const closeCodes = new Map<number, number>()
@@ -69,7 +81,10 @@ t.test(`fuzz: ${ITERATIONS} connections of random and mutated frames against a l
     }
   }
   t.pass(`close codes seen: ${JSON.stringify([...closeCodes])}`)
-  t.notOk(logs.lines.some((l) => l['msg'] === 'session aborted' && l['level'] === 50), 'no internal error')
+  t.notOk(
+    logs.lines.some((l) => l['msg'] === 'session aborted' && l['level'] === 50),
+    'no internal error',
+  )
   t.ok(readFileSync(kept).equals(img), 'committed mirror untouched')
   const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const res = await runCycle(b, 'web-after', 1, [seedPlan(0, 'web-after.vmdk', img, 'fb'.repeat(8))])

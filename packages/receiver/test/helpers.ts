@@ -8,8 +8,22 @@ import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import WebSocket from 'ws'
 import {
-  CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, compress, cycleIdentity, decodeMessage, encodeMessage, initDigests,
-  type CompressionAlgorithm, type DigestAlgorithm, type DiskOpenMessage, type ExtentMessage, type Message, type SourceIdentity,
+  CycleDigest,
+  MessageKind,
+  PROTOCOL_VERSION,
+  SUBPROTOCOL,
+  createDigest,
+  compress,
+  cycleIdentity,
+  decodeMessage,
+  encodeMessage,
+  initDigests,
+  type CompressionAlgorithm,
+  type DigestAlgorithm,
+  type DiskOpenMessage,
+  type ExtentMessage,
+  type Message,
+  type SourceIdentity,
 } from '@grainline/protocol'
 import { createReceiver, type Receiver, type ReceiverInit } from '../src/index.ts'
 
@@ -18,35 +32,59 @@ export const TOKEN = 'tok-proxy-a-0123456789abcdef'
 export const TOKEN_B = 'tok-proxy-b-0123456789abcdef'
 
 /** A self-signed P-256 certificate for 127.0.0.1/localhost. */
-export function makeTls (dir: string): { cert: string, key: string, ca: Buffer } {
+export function makeTls(dir: string): { cert: string; key: string; ca: Buffer } {
   const key = join(dir, 'k.pem')
   const cert = join(dir, 'c.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost',
-    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-days', '2', '-keyout', key, '-out', cert], { stdio: 'ignore' })
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-days',
+      '2',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ],
+    { stdio: 'ignore' },
+  )
   return { cert, key, ca: readFileSync(cert) }
 }
 
-export function writeTokens (dir: string): string {
+export function writeTokens(dir: string): string {
   const file = join(dir, 'tokens.json')
-  writeFileSync(file, JSON.stringify({
-    tokens: [
-      // parallel sessions above the default cap of 4 (cycle.test runs 6 agents at once)
-      { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'], maxSessions: 16 },
-      { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
-    ],
-  }))
+  writeFileSync(
+    file,
+    JSON.stringify({
+      tokens: [
+        // parallel sessions above the default cap of 4 (cycle.test runs 6 agents at once)
+        { name: 'proxy-a', token: TOKEN, vms: ['web-*', 'db01', 'vm*'], maxSessions: 16 },
+        { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
+      ],
+    }),
+  )
   return file
 }
 
 export type LogLine = Record<string, unknown>
 
 /** A pino logger writing JSON lines into an array (logs asserted through a sink); `waitFor` resolves on the first matching line. */
-export function memoryLogger (): { logger: Logger, lines: LogLine[], text: () => string, waitFor: (match: (l: LogLine) => boolean) => Promise<LogLine> } {
+export function memoryLogger(): { logger: Logger; lines: LogLine[]; text: () => string; waitFor: (match: (l: LogLine) => boolean) => Promise<LogLine> } {
   const lines: LogLine[] = []
   const chunks: string[] = []
-  const waiters: Array<{ match: (l: LogLine) => boolean, resolve: (l: LogLine) => void }> = []
+  const waiters: Array<{ match: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = []
   const sink = new Writable({
-    write (chunk: Buffer, _enc, cb) {
+    write(chunk: Buffer, _enc, cb) {
       const s = chunk.toString('utf8')
       chunks.push(s)
       for (const l of s.split('\n')) {
@@ -76,21 +114,30 @@ export interface Env {
   dir: string
   store: string
   tokensFile: string
-  tls: { cert: string, key: string, ca: Buffer }
+  tls: { cert: string; key: string; ca: Buffer }
 }
 
-export function makeEnv (dir: string): Env {
+export function makeEnv(dir: string): Env {
   const store = join(dir, 'store')
   mkdirSync(store, { recursive: true })
   return { dir, store, tokensFile: writeTokens(dir), tls: makeTls(dir) }
 }
 
 /** In-process receiver with TLS. */
-export async function startReceiver (env: Env, extra: Partial<ReceiverInit> = {}): Promise<{ receiver: Receiver, url: string, logs: ReturnType<typeof memoryLogger> }> {
+export async function startReceiver(env: Env, extra: Partial<ReceiverInit> = {}): Promise<{ receiver: Receiver; url: string; logs: ReturnType<typeof memoryLogger> }> {
   const logs = memoryLogger()
-  const receiver = createReceiver({ logger: logs.logger }, {
-    host: '127.0.0.1', port: 0, store: env.store, tokensFile: env.tokensFile, tlsCert: env.tls.cert, tlsKey: env.tls.key, ...extra,
-  })
+  const receiver = createReceiver(
+    { logger: logs.logger },
+    {
+      host: '127.0.0.1',
+      port: 0,
+      store: env.store,
+      tokensFile: env.tokensFile,
+      tlsCert: env.tls.cert,
+      tlsKey: env.tls.key,
+      ...extra,
+    },
+  )
   const { port } = await receiver.listen()
   return { receiver, url: `wss://127.0.0.1:${port}/`, logs }
 }
@@ -98,21 +145,31 @@ export async function startReceiver (env: Env, extra: Partial<ReceiverInit> = {}
 export const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url))
 
 /** Receiver as a child process via main.ts. */
-export async function startChild (env: Env, opts: { fault?: string, args?: string[] } = {}): Promise<{ child: ChildProcess, url: string, port: number, stderr: () => string, exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }> }> {
+export async function startChild(
+  env: Env,
+  opts: { fault?: string; args?: string[] } = {},
+): Promise<{ child: ChildProcess; url: string; port: number; stderr: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
   const envVars: NodeJS.ProcessEnv = { ...process.env }
   if (opts.fault !== undefined) envVars['GRAINLINE_RECEIVER_FAULT'] = opts.fault
   else delete envVars['GRAINLINE_RECEIVER_FAULT']
-  const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', '--store', env.store, '--tokens', env.tokensFile,
-    '--tls-cert', env.tls.cert, '--tls-key', env.tls.key, '--exit-with-stdin', ...(opts.args ?? [])], { env: envVars, stdio: ['pipe', 'pipe', 'pipe'] })
+  const child = spawn(
+    process.execPath,
+    [MAIN, '--listen', '127.0.0.1:0', '--store', env.store, '--tokens', env.tokensFile, '--tls-cert', env.tls.cert, '--tls-key', env.tls.key, '--exit-with-stdin', ...(opts.args ?? [])],
+    { env: envVars, stdio: ['pipe', 'pipe', 'pipe'] },
+  )
   let err = ''
-  child.stderr?.on('data', (d: Buffer) => { err += d.toString() })
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+  child.stderr?.on('data', (d: Buffer) => {
+    err += d.toString()
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream })
   const first = await Promise.race([
     once(rl, 'line').then(([l]) => l as string),
-    exited.then((e) => { throw new Error(`receiver exited early ${JSON.stringify(e)}: ${err}`) }),
+    exited.then((e) => {
+      throw new Error(`receiver exited early ${JSON.stringify(e)}: ${err}`)
+    }),
   ])
-  const ev = JSON.parse(first) as { event: string, port: number }
+  const ev = JSON.parse(first) as { event: string; port: number }
   if (ev.event !== 'listening') throw new Error(`unexpected first line ${first}`)
   return { child, url: `wss://127.0.0.1:${ev.port}/`, port: ev.port, stderr: () => err, exited }
 }
@@ -122,12 +179,12 @@ export class Agent {
   readonly ws: WebSocket
   private readonly queue: Message[] = []
   private waiters: Array<(m: Message | undefined) => void> = []
-  closed: { code: number, reason: string } | undefined
+  closed: { code: number; reason: string } | undefined
   /** codes of every Error message received */
   readonly errors: string[] = []
-  private readonly closedP: Promise<{ code: number, reason: string }>
+  private readonly closedP: Promise<{ code: number; reason: string }>
 
-  private constructor (ws: WebSocket) {
+  private constructor(ws: WebSocket) {
     this.ws = ws
     ws.on('message', (data: Buffer) => {
       const m = decodeMessage(data)
@@ -136,77 +193,101 @@ export class Agent {
       if (w !== undefined) w(m)
       else this.queue.push(m)
     })
-    this.closedP = new Promise((resolve) => ws.once('close', (code: number, reason: Buffer) => {
-      this.closed = { code, reason: reason.toString() }
-      for (const w of this.waiters) w(undefined)
-      this.waiters = []
-      resolve(this.closed)
-    }))
+    this.closedP = new Promise((resolve) =>
+      ws.once('close', (code: number, reason: Buffer) => {
+        this.closed = { code, reason: reason.toString() }
+        for (const w of this.waiters) w(undefined)
+        this.waiters = []
+        resolve(this.closed)
+      }),
+    )
   }
 
-  static async connect (url: string, opts: { token?: string, ca?: Buffer, protocol?: string } = {}): Promise<Agent> {
+  static async connect(url: string, opts: { token?: string; ca?: Buffer; protocol?: string } = {}): Promise<Agent> {
     const headers: Record<string, string> = {}
     if (opts.token !== undefined) headers['Authorization'] = `Bearer ${opts.token}`
     const ws = new WebSocket(url, opts.protocol ?? SUBPROTOCOL, { headers, ca: opts.ca, perMessageDeflate: false, maxPayload: 64 * MiB })
     const a = new Agent(ws)
     await Promise.race([
       once(ws, 'open'),
-      once(ws, 'unexpected-response').then(([, res]) => { throw Object.assign(new Error(`HTTP ${(res as { statusCode: number }).statusCode}`), { status: (res as { statusCode: number }).statusCode }) }),
-      once(ws, 'error').then(([e]) => { throw e as Error }),
+      once(ws, 'unexpected-response').then(([, res]) => {
+        throw Object.assign(new Error(`HTTP ${(res as { statusCode: number }).statusCode}`), { status: (res as { statusCode: number }).statusCode })
+      }),
+      once(ws, 'error').then(([e]) => {
+        throw e as Error
+      }),
     ])
     return a
   }
 
-  send (m: Message): void { this.ws.send(encodeMessage(m)) }
-  sendRaw (b: Uint8Array): void { this.ws.send(b) }
+  send(m: Message): void {
+    this.ws.send(encodeMessage(m))
+  }
+  sendRaw(b: Uint8Array): void {
+    this.ws.send(b)
+  }
 
   /** next message, or undefined once closed */
-  next (): Promise<Message | undefined> {
+  next(): Promise<Message | undefined> {
     const m = this.queue.shift()
     if (m !== undefined) return Promise.resolve(m)
     if (this.closed !== undefined) return Promise.resolve(undefined)
     return new Promise((resolve) => this.waiters.push(resolve))
   }
 
-  async expect<K extends Message['kind']> (kind: K): Promise<Extract<Message, { kind: K }>> {
+  async expect<K extends Message['kind']>(kind: K): Promise<Extract<Message, { kind: K }>> {
     const m = await this.next()
     if (m === undefined) throw new Error(`expected kind 0x${kind.toString(16)}, connection closed ${JSON.stringify(this.closed)}`)
-    if (m.kind !== kind) throw new Error(`expected kind 0x${kind.toString(16)}, got ${JSON.stringify(m, (_k, v: unknown) => v instanceof Uint8Array ? `<${v.length} bytes>` : v)}`)
+    if (m.kind !== kind) throw new Error(`expected kind 0x${kind.toString(16)}, got ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length} bytes>` : v))}`)
     return m as Extract<Message, { kind: K }>
   }
 
   /** wait for the Error message and close; returns both */
-  async expectError (timeoutMs = 20000): Promise<{ code: string, closeCode: number }> {
+  async expectError(timeoutMs = 20000): Promise<{ code: string; closeCode: number }> {
     const timer = setTimeout(() => this.ws.terminate(), timeoutMs)
-    while (await this.next() !== undefined) { /* drain */ }
+    while ((await this.next()) !== undefined) {
+      /* drain */
+    }
     clearTimeout(timer)
     const c = await this.closedP
     return { code: this.errors[this.errors.length - 1] ?? '(none)', closeCode: c.code }
   }
 
-  whenClosed (): Promise<{ code: number, reason: string }> { return this.closedP }
+  whenClosed(): Promise<{ code: number; reason: string }> {
+    return this.closedP
+  }
 
-  close (): void { this.ws.close(1000) }
-  terminate (): void { this.ws.terminate() }
+  close(): void {
+    this.ws.close(1000)
+  }
+  terminate(): void {
+    this.ws.terminate()
+  }
 }
 
 /** Deterministic pseudo-random bytes. */
-export function pattern (length: number, seed: number): Buffer {
+export function pattern(length: number, seed: number): Buffer {
   const b = Buffer.alloc((length + 3) & ~3)
   let x = (seed * 2654435761) >>> 0 || 1
   for (let i = 0; i < b.length; i += 4) {
-    x ^= x << 13; x >>>= 0
+    x ^= x << 13
+    x >>>= 0
     x ^= x >>> 17
-    x ^= x << 5; x >>>= 0
+    x ^= x << 5
+    x >>>= 0
     b.writeUInt32LE(x, i)
   }
   return b.length === length ? b : b.subarray(0, length)
 }
 
-export interface PlannedExtent { offset: number, length: number, zero: boolean }
+export interface PlannedExtent {
+  offset: number
+  length: number
+  zero: boolean
+}
 
 /** Split [offset, offset+length) into extents of at most `max` bytes, zero where the image is zero. */
-export function planExtents (image: Buffer, ranges: ReadonlyArray<{ offset: number, length: number }>, max = MiB): PlannedExtent[] {
+export function planExtents(image: Buffer, ranges: ReadonlyArray<{ offset: number; length: number }>, max = MiB): PlannedExtent[] {
   const out: PlannedExtent[] = []
   for (const r of ranges) {
     for (let o = r.offset; o < r.offset + r.length; o += max) {
@@ -232,7 +313,7 @@ export interface DiskPlan {
   ddb?: Record<string, string>
 }
 
-export function extentMessage (d: DiskPlan, seq: number, alg: DigestAlgorithm, compression: CompressionAlgorithm = 'none'): ExtentMessage {
+export function extentMessage(d: DiskPlan, seq: number, alg: DigestAlgorithm, compression: CompressionAlgorithm = 'none'): ExtentMessage {
   const e = d.extents[seq] as PlannedExtent
   if (e.zero) return { kind: MessageKind.Extent, disk: d.handle, seq, offset: e.offset, length: e.length, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) }
   const raw = d.image.subarray(e.offset, e.offset + e.length)
@@ -244,17 +325,28 @@ export function extentMessage (d: DiskPlan, seq: number, alg: DigestAlgorithm, c
 }
 
 /** DiskOpen of a plan; its cycleId is the cycle identity of its fields (SPEC §5.2), which the receiver recomputes. */
-export function diskOpen (d: DiskPlan, cycle: number, vm: string, generation = ''): DiskOpenMessage {
+export function diskOpen(d: DiskPlan, cycle: number, vm: string, generation = ''): DiskOpenMessage {
   const totalBytes = d.extents.reduce((s, e) => s + e.length, 0)
   // SPEC §5.8: an incremental names the generation it was planned against (the VmState's, for these tests)
   const baseGeneration = d.mode === 'seed' ? '' : generation
   return {
-    kind: MessageKind.DiskOpen, disk: d.handle, name: d.name, capacity: d.capacity, cycle, mode: d.mode, baseCycle: d.baseCycle, baseGeneration,
-    source: d.source, cycleId: cycleIdentity({ vm, name: d.name, cycle, mode: d.mode, baseCycle: d.baseCycle, baseGeneration, source: d.source }), ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' }, totalBytes, totalExtents: d.extents.length,
+    kind: MessageKind.DiskOpen,
+    disk: d.handle,
+    name: d.name,
+    capacity: d.capacity,
+    cycle,
+    mode: d.mode,
+    baseCycle: d.baseCycle,
+    baseGeneration,
+    source: d.source,
+    cycleId: cycleIdentity({ vm, name: d.name, cycle, mode: d.mode, baseCycle: d.baseCycle, baseGeneration, source: d.source }),
+    ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' },
+    totalBytes,
+    totalExtents: d.extents.length,
   }
 }
 
-export function diskEnd (d: DiskPlan, alg: DigestAlgorithm): Message {
+export function diskEnd(d: DiskPlan, alg: DigestAlgorithm): Message {
   const cd = new CycleDigest(alg)
   let dataBytes = 0
   let zeroBytes = 0
@@ -267,29 +359,45 @@ export function diskEnd (d: DiskPlan, alg: DigestAlgorithm): Message {
   return { kind: MessageKind.DiskEnd, disk: d.handle, extents: d.extents.length, dataBytes, zeroBytes, digest: cd.digest() }
 }
 
-export function hello (alg: DigestAlgorithm = 'sha256', compression: CompressionAlgorithm = 'none'): Message {
+export function hello(alg: DigestAlgorithm = 'sha256', compression: CompressionAlgorithm = 'none'): Message {
   return {
-    kind: MessageKind.Hello, versions: [PROTOCOL_VERSION], software: 'test-agent/0', digests: [alg], compressions: [compression, 'none'],
+    kind: MessageKind.Hello,
+    versions: [PROTOCOL_VERSION],
+    software: 'test-agent/0',
+    digests: [alg],
+    compressions: [compression, 'none'],
     limits: { maxMessageBytes: 16 * MiB + 65536, maxExtentBytes: 16 * MiB, windowBytes: 64 * MiB },
   }
 }
 
-export const VMX = (vm: string, disks: string[]): string => [
-  '.encoding = "UTF-8"', 'config.version = "8"', 'virtualHW.version = "14"', `displayName = "${vm}"`, 'guestOS = "otherlinux-64"',
-  `nvram = "${vm}.nvram"`,
-  ...disks.map((d, i) => `scsi0:${i}.fileName = "${d}"`), '',
-].join('\n')
+export const VMX = (vm: string, disks: string[]): string =>
+  [
+    '.encoding = "UTF-8"',
+    'config.version = "8"',
+    'virtualHW.version = "14"',
+    `displayName = "${vm}"`,
+    'guestOS = "otherlinux-64"',
+    `nvram = "${vm}.nvram"`,
+    ...disks.map((d, i) => `scsi0:${i}.fileName = "${d}"`),
+    '',
+  ].join('\n')
 
 /** VmOpen for a VM with the given disk references. */
-export function vmOpen (vm: string, cycle: number, disks: string[]): Message {
+export function vmOpen(vm: string, cycle: number, disks: string[]): Message {
   return {
-    kind: MessageKind.VmOpen, vm, cycle, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' },
-    files: [{ name: `${vm}.vmx`, data: Buffer.from(VMX(vm, disks)) }, { name: `${vm}.nvram`, data: pattern(8192, 7) }],
+    kind: MessageKind.VmOpen,
+    vm,
+    cycle,
+    compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' },
+    files: [
+      { name: `${vm}.vmx`, data: Buffer.from(VMX(vm, disks)) },
+      { name: `${vm}.nvram`, data: pattern(8192, 7) },
+    ],
     disks,
   }
 }
 
-export function source (layers: string[], successor: string): SourceIdentity {
+export function source(layers: string[], successor: string): SourceIdentity {
   return { layers: layers.map((f, i) => ({ file: f, cid: (0x10000000 + i).toString(16), parentCid: i === 0 ? 'ffffffff' : (0x10000000 + i - 1).toString(16) })), successor }
 }
 
@@ -297,12 +405,24 @@ export function source (layers: string[], successor: string): SourceIdentity {
  * Drive a whole VM cycle: Hello, VmOpen, per disk DiskOpen → extents from
  * resumeSeq (stop after `stopAfter` extents if given) → DiskEnd, Commit.
  */
-export async function runCycle (agent: Agent, vm: string, cycle: number, disks: DiskPlan[], opts: { alg?: DigestAlgorithm, compression?: CompressionAlgorithm, stopAfter?: number, rollbackFirst?: boolean, commit?: boolean } = {}): Promise<{ resume: number[], committed?: Extract<Message, { kind: typeof MessageKind.Committed }> }> {
+export async function runCycle(
+  agent: Agent,
+  vm: string,
+  cycle: number,
+  disks: DiskPlan[],
+  opts: { alg?: DigestAlgorithm; compression?: CompressionAlgorithm; stopAfter?: number; rollbackFirst?: boolean; commit?: boolean } = {},
+): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }> }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
   agent.send(hello(alg, opts.compression ?? 'none'))
   await agent.expect(MessageKind.Welcome)
-  agent.send(vmOpen(vm, cycle, disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))))
+  agent.send(
+    vmOpen(
+      vm,
+      cycle,
+      disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk')),
+    ),
+  )
   const st = await agent.expect(MessageKind.VmState)
   if (opts.rollbackFirst === true && st.inflightCycle !== 0) {
     agent.send({ kind: MessageKind.Rollback, vm })
@@ -326,7 +446,7 @@ export async function runCycle (agent: Agent, vm: string, cycle: number, disks: 
       if (m === undefined) throw new Error(`closed while waiting for DiskEnded ${JSON.stringify(agent.closed)}`)
       if (m.kind === MessageKind.ExtentAck) continue
       if (m.kind === MessageKind.DiskEnded) break
-      throw new Error(`unexpected ${JSON.stringify(m, (_k, v: unknown) => v instanceof Uint8Array ? `<${v.length}>` : v)}`)
+      throw new Error(`unexpected ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
     }
   }
   if (opts.commit === false) return { resume }
@@ -335,22 +455,46 @@ export async function runCycle (agent: Agent, vm: string, cycle: number, disks: 
   return { resume, committed }
 }
 
-export function seedPlan (handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {
+export function seedPlan(handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {
   return {
-    handle, name, capacity: image.length, mode: 'seed', baseCycle: 0, source: source([name], name.replace(/\.vmdk$/, '-000001.vmdk')), cycleId, image,
+    handle,
+    name,
+    capacity: image.length,
+    mode: 'seed',
+    baseCycle: 0,
+    source: source([name], name.replace(/\.vmdk$/, '-000001.vmdk')),
+    cycleId,
+    image,
     extents: planExtents(image, [{ offset: 0, length: image.length }], max),
   }
 }
 
-export function incPlan (handle: number, name: string, image: Buffer, baseCycle: number, cycleId: string, ranges: Array<{ offset: number, length: number }>, layerFile: string, successor: string, max = MiB): DiskPlan {
+export function incPlan(
+  handle: number,
+  name: string,
+  image: Buffer,
+  baseCycle: number,
+  cycleId: string,
+  ranges: Array<{ offset: number; length: number }>,
+  layerFile: string,
+  successor: string,
+  max = MiB,
+): DiskPlan {
   return {
-    handle, name, capacity: image.length, mode: 'incremental', baseCycle, source: source([layerFile], successor), cycleId, image,
+    handle,
+    name,
+    capacity: image.length,
+    mode: 'incremental',
+    baseCycle,
+    source: source([layerFile], successor),
+    cycleId,
+    image,
     extents: planExtents(image, ranges, max),
   }
 }
 
 /** Apply ranges of `next` onto a copy of `prev`. */
-export function evolve (prev: Buffer, seed: number, ranges: Array<{ offset: number, length: number, zero?: boolean }>): Buffer {
+export function evolve(prev: Buffer, seed: number, ranges: Array<{ offset: number; length: number; zero?: boolean }>): Buffer {
   const out = Buffer.from(prev)
   for (const r of ranges) {
     if (r.zero === true) out.fill(0, r.offset, r.offset + r.length)

@@ -18,18 +18,18 @@ import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, 
 
 const VM = 'vm-l'
 const img1 = pattern(2 * MiB, 1)
-const step = (img: Buffer, n: number): { img: Buffer, ranges: Array<{ offset: number, length: number }> } => {
+const step = (img: Buffer, n: number): { img: Buffer; ranges: Array<{ offset: number; length: number }> } => {
   const ranges = [{ offset: (n % 2) * MiB, length: 64 * 1024 }]
   return { img: evolve(img, 10 + n, ranges), ranges }
 }
 /** cycle n (≥ 2) of the VM: deltas alternate -000001 / -000002 as on ESXi */
-const inc = (n: number, img: Buffer, ranges: Array<{ offset: number, length: number }>): DiskPlan => {
+const inc = (n: number, img: Buffer, ranges: Array<{ offset: number; length: number }>): DiskPlan => {
   const layer = n % 2 === 0 ? 'vm-l-000001.vmdk' : 'vm-l-000002.vmdk'
   const next = n % 2 === 0 ? 'vm-l-000002.vmdk' : 'vm-l-000001.vmdk'
   return incPlan(0, 'vm-l.vmdk', img, n - 1, `c${n}`, ranges, layer, next)
 }
 
-async function committed (t: Test, env: Env, url: string, cycle: number, plan: DiskPlan): Promise<string> {
+async function committed(t: Test, env: Env, url: string, cycle: number, plan: DiskPlan): Promise<string> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const r = await runCycle(a, VM, cycle, [plan])
   a.close()
@@ -39,7 +39,7 @@ async function committed (t: Test, env: Env, url: string, cycle: number, plan: D
   return g
 }
 
-async function openAt (env: Env, url: string, cycle: number): Promise<{ a: Agent, generation: string, committedCycle: number }> {
+async function openAt(env: Env, url: string, cycle: number): Promise<{ a: Agent; generation: string; committedCycle: number }> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   a.send(hello())
   await a.expect(MessageKind.Welcome)
@@ -109,7 +109,7 @@ t.test('a point committed before generations takes no incremental', async (t) =>
   await rx.receiver.close()
   // a state file from before generations
   const statePath = join(env.store, VM, '.grainline', 'state.json')
-  const s = JSON.parse(readFileSync(statePath, 'utf8')) as { generation?: string, disks: Record<string, { generation?: string }> }
+  const s = JSON.parse(readFileSync(statePath, 'utf8')) as { generation?: string; disks: Record<string, { generation?: string }> }
   delete s.generation
   for (const d of Object.values(s.disks)) delete d.generation
   writeFileSync(statePath, JSON.stringify(s))

@@ -15,7 +15,7 @@ t.test('a peer that stops answering pings is terminated; one that answers stays'
   const live = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const mute = new WebSocket(url, SUBPROTOCOL, { headers: { Authorization: `Bearer ${TOKEN}` }, ca: env.tls.ca, autoPong: false })
   await once(mute, 'open')
-  const [code] = await once(mute, 'close') as [number]
+  const [code] = (await once(mute, 'close')) as [number]
   t.equal(code, 1006, 'terminated without a close frame')
   t.equal(live.closed, undefined, 'the answering peer is still connected')
   // the terminated session's clean-up is asynchronous: look again until it has run
@@ -30,7 +30,10 @@ t.test('maxConnections: one more gets 503 before the upgrade', async (t) => {
   const { receiver, url } = await startReceiver(env, { maxConnections: 1 })
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const err = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }).then(() => 'connected', (e: { status?: number }) => e.status)
+  const err = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }).then(
+    () => 'connected',
+    (e: { status?: number }) => e.status,
+  )
   t.equal(err, 503)
   a.close()
 })
@@ -81,7 +84,10 @@ t.test('policy: an interrupted cycle older than abandonAfterMs is rolled back at
   // with the policy it is rolled back
   const second = await startReceiver(env, { abandonAfterMs: 0 })
   t.teardown(() => second.receiver.close())
-  t.ok(second.logs.lines.some((l) => l['msg'] === 'abandoned cycle rolled back'), 'logged')
+  t.ok(
+    second.logs.lines.some((l) => l['msg'] === 'abandoned cycle rolled back'),
+    'logged',
+  )
   t.equal((await storeStatus(env.store)).vms[0]?.inflightCycle, 0)
   t.ok(readFileSync(join(env.store, 'vm-p', 'vm-p-flat.vmdk')).equals(imgA), 'mirror == committed image')
 })

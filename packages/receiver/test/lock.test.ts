@@ -13,7 +13,7 @@ import { lockHolderAlive, lockText, processStartTime } from '../src/vm-lock.ts'
 const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
 const other = process.ppid // alive, and not the lock's writer
 
-function vmWithLock (dir: string, lock: string): { store: string, lock: string } {
+function vmWithLock(dir: string, lock: string): { store: string; lock: string } {
   const store = join(dir, 'store')
   const g = join(store, 'vm-l', '.grainline')
   mkdirSync(g, { recursive: true })

@@ -55,11 +55,22 @@ t.test('mirrorVmx keeps only the mirrored disks and names in the mirror folder',
   t.ok(lines.includes('ide1:0.startConnected = "FALSE"') && lines.includes('ide1:0.present = "TRUE"'), 'a CD-ROM keeps its drive, without the image')
   t.ok(lines.includes('serial0.present = "FALSE"') && lines.includes('serial1.present = "FALSE"') && lines.includes('floppy0.present = "FALSE"'))
   t.ok(lines.includes('workingDir = "."') && lines.includes('serial2.fileName = "serial2.log"'), 'names in the mirror folder are kept')
-  t.same(dropped.map((d) => [d.key, d.action]), [
-    ['scsi0:2.fileName', 'device disabled'], ['scsi0:3.fileName', 'device disabled'], ['scsi0:4.fileName', 'device disabled'],
-    ['ide1:0.fileName', 'disconnected'], ['nvram', 'removed'], ['serial0.fileName', 'device disabled'], ['serial1.fileName', 'device disabled'],
-    ['floppy0.fileName', 'device disabled'], ['extendedConfigFile', 'removed'], ['vmxstats.filename', 'removed'], ['sched.swap.derivedName', 'removed'],
-  ])
+  t.same(
+    dropped.map((d) => [d.key, d.action]),
+    [
+      ['scsi0:2.fileName', 'device disabled'],
+      ['scsi0:3.fileName', 'device disabled'],
+      ['scsi0:4.fileName', 'device disabled'],
+      ['ide1:0.fileName', 'disconnected'],
+      ['nvram', 'removed'],
+      ['serial0.fileName', 'device disabled'],
+      ['serial1.fileName', 'device disabled'],
+      ['floppy0.fileName', 'device disabled'],
+      ['extendedConfigFile', 'removed'],
+      ['vmxstats.filename', 'removed'],
+      ['sched.swap.derivedName', 'removed'],
+    ],
+  )
   t.equal(dropped.find((d) => d.key === 'extendedConfigFile')?.value, '../../etc/passwd', 'escapes decoded before judging')
   t.same(mirrorVmx(text, { suffix: ' (DR)', diskMap: new Map([['web-x.vmdk', 'web-x.vmdk']]) }).dropped, [], 'the result is clean')
 })
@@ -72,7 +83,14 @@ t.test('a shipped .vmx with references out of the mirror is installed neutralise
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   a.send(hello())
   await a.expect(MessageKind.Welcome)
-  const open: Message = { kind: MessageKind.VmOpen, vm: 'web-x', cycle: 1, compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }, files: [{ name: 'web-x.vmx', data: Buffer.from(HOSTILE) }], disks: ['web-x-000002.vmdk'] }
+  const open: Message = {
+    kind: MessageKind.VmOpen,
+    vm: 'web-x',
+    cycle: 1,
+    compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' },
+    files: [{ name: 'web-x.vmx', data: Buffer.from(HOSTILE) }],
+    disks: ['web-x-000002.vmdk'],
+  }
   a.send(open)
   await a.expect(MessageKind.VmState)
   a.send(diskOpen(d, 1, 'web-x'))

@@ -10,22 +10,55 @@ const src1 = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff'
 const src2 = { layers: [{ file: 'd-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'd-000002.vmdk' }
 
 const record: DiskRecord = {
-  name: 'd.vmdk', stem: 'd', capacity: 64 * KiB, size: 64 * KiB, cycle: 1, committedAt: '2026-01-01T00:00:00.000Z', source: src1,
-  cycleId: 'aa'.repeat(32), generation: GEN, mirrorCid: '0000cafe', ddb: {}, cycleDigest: { algorithm: 'sha256', digest: '' },
+  name: 'd.vmdk',
+  stem: 'd',
+  capacity: 64 * KiB,
+  size: 64 * KiB,
+  cycle: 1,
+  committedAt: '2026-01-01T00:00:00.000Z',
+  source: src1,
+  cycleId: 'aa'.repeat(32),
+  generation: GEN,
+  mirrorCid: '0000cafe',
+  ddb: {},
+  cycleDigest: { algorithm: 'sha256', digest: '' },
 }
-const inc: DiskOpenRequest = { name: 'd.vmdk', capacity: 64 * KiB, cycle: 2, mode: 'incremental', baseCycle: 1, baseGeneration: GEN, source: src2, cycleId: 'bb'.repeat(32), ddb: {}, algorithm: 'sha256' }
+const inc: DiskOpenRequest = {
+  name: 'd.vmdk',
+  capacity: 64 * KiB,
+  cycle: 2,
+  mode: 'incremental',
+  baseCycle: 1,
+  baseGeneration: GEN,
+  source: src2,
+  cycleId: 'bb'.repeat(32),
+  ddb: {},
+  algorithm: 'sha256',
+}
 const seed: DiskOpenRequest = { ...inc, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src1, cycleId: 'cc'.repeat(32) }
 const intact: MirrorFacts = { cid: '0000cafe', flatSize: 64 * KiB, undoing: false }
 const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => ({
-  name: req.name, stem: 'd', cycleId: req.cycleId, mode: req.mode, capacity: req.capacity, baseSize: req.mode === 'seed' ? 0 : baseSize,
-  target: req.mode === 'seed' ? 'seed' : 'flat', source: req.source, ddb: req.ddb, algorithm: req.algorithm,
+  name: req.name,
+  stem: 'd',
+  cycleId: req.cycleId,
+  mode: req.mode,
+  capacity: req.capacity,
+  baseSize: req.mode === 'seed' ? 0 : baseSize,
+  target: req.mode === 'seed' ? 'seed' : 'flat',
+  source: req.source,
+  ddb: req.ddb,
+  algorithm: req.algorithm,
 })
 
 const room = { freeBytes: 1024 ** 4, quotaBytes: undefined, usedBytes: 0 }
 const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc, compatible: true, space: room }
 const diverged = { ...record, diverged: { reason: 'certify (sha256) of cycle 1 failed', at: '2026-01-02T00:00:00.000Z' } }
 
-interface Row { readonly name: string, readonly in: Partial<OpenInputs>, readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED' | 'E_NO_SPACE' | 'E_QUOTA' }
+interface Row {
+  readonly name: string
+  readonly in: Partial<OpenInputs>
+  readonly want: 'fresh' | 'resume' | 'E_CYCLE_MISMATCH' | 'E_MIRROR_MODIFIED' | 'E_CHAIN_MISMATCH' | 'E_INCOMPATIBLE' | 'E_GENERATION' | 'E_DIVERGED' | 'E_NO_SPACE' | 'E_QUOTA'
+}
 
 const rows: Row[] = [
   // another cycle in flight
@@ -54,7 +87,11 @@ const rows: Row[] = [
   { name: 'incremental, flat size changed', in: { facts: { ...intact, flatSize: 64 * KiB + 512 } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, flat missing', in: { facts: { ...intact, flatSize: -1 } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental on another base cycle', in: { request: { ...inc, cycle: 3, baseCycle: 2 } }, want: 'E_CHAIN_MISMATCH' },
-  { name: 'incremental whose first delta is not the recorded successor', in: { request: { ...inc, source: { ...src2, layers: [{ file: 'd-000009.vmdk', cid: '00000002', parentCid: '00000001' }] } } }, want: 'E_CHAIN_MISMATCH' },
+  {
+    name: 'incremental whose first delta is not the recorded successor',
+    in: { request: { ...inc, source: { ...src2, layers: [{ file: 'd-000009.vmdk', cid: '00000002', parentCid: '00000001' }] } } },
+    want: 'E_CHAIN_MISMATCH',
+  },
   { name: 'incremental that shrinks the disk', in: { request: { ...inc, capacity: 32 * KiB } }, want: 'E_CHAIN_MISMATCH' },
   { name: 'incremental planned against another generation (a store restored from a backup, a second receiver)', in: { request: { ...inc, baseGeneration: 'f'.repeat(32) } }, want: 'E_GENERATION' },
   { name: 'incremental onto a point committed before generations', in: { record: { ...record, generation: undefined } as unknown as DiskRecord }, want: 'E_GENERATION' },

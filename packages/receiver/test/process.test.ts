@@ -10,7 +10,10 @@ t.test('SIGTERM parks an in-flight apply durably; the cycle resumes after restar
   const EXT = 64 * 1024
   const args = ['--batch-bytes', String(EXT)]
   const imgA = pattern(2 * MiB, 1)
-  const ranges = [{ offset: 0, length: MiB }, { offset: MiB + EXT, length: 8 * EXT }]
+  const ranges = [
+    { offset: 0, length: MiB },
+    { offset: MiB + EXT, length: 8 * EXT },
+  ]
   const imgB = evolve(imgA, 5, ranges)
   const c1 = await startChild(env, { args })
   const a = await Agent.connect(c1.url, { token: TOKEN, ca: env.tls.ca })
@@ -33,7 +36,9 @@ t.test('SIGTERM parks an in-flight apply durably; the cycle resumes after restar
   t.equal(st?.inflightCycle, 2)
   t.ok((st?.disks[0]?.inflight?.resumeSeq ?? 0) >= 6, 'resume point persisted')
   const c2 = await startChild(env, { args })
-  t.teardown(() => { c2.child.kill('SIGKILL') })
+  t.teardown(() => {
+    c2.child.kill('SIGKILL')
+  })
   t.match(c2.stderr(), /interrupted cycle kept for resume or rollback/, 'recovery logged')
   const c = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
   const r = await runCycle(c, 'vm7', 2, [plan()])
@@ -54,7 +59,9 @@ t.test('start-up: a listening line, then a clean exit on SIGTERM', async (t) => 
 t.test('a VM written by a receiver process is locked against rollbackMirror in another process', async (t) => {
   const env = makeEnv(t.testdir())
   const c = await startChild(env)
-  t.teardown(() => { c.child.kill('SIGKILL') })
+  t.teardown(() => {
+    c.child.kill('SIGKILL')
+  })
   const img = pattern(MiB, 3)
   const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, 'vm9', 1, [seedPlan(0, 'vm9.vmdk', img, '99'.repeat(8))])
@@ -72,7 +79,10 @@ t.test('a VM written by a receiver process is locked against rollbackMirror in a
   let r: Awaited<ReturnType<typeof rollbackMirror>> | undefined
   // (E_BUSY until the receiver has run the session's clean-up: retry until it has)
   while (r === undefined) {
-    r = await rollbackMirror(env.store, 'vm9').catch((err: { code?: string }) => { if (err.code !== 'E_BUSY') throw err; return undefined })
+    r = await rollbackMirror(env.store, 'vm9').catch((err: { code?: string }) => {
+      if (err.code !== 'E_BUSY') throw err
+      return undefined
+    })
     if (r === undefined) await new Promise((resolve) => setTimeout(resolve, 20))
   }
   t.equal(r?.committedCycle, 1)

@@ -12,8 +12,10 @@ t.test('README Usage example', async (t) => {
   for (const h of ['## Install', '## API', '## Errors', '## License']) t.ok(readme.includes(h), h)
   const file = join(t.testdir(), 'usage.mjs')
   writeFileSync(file, m?.[1] ?? '')
-  const out = execFileSync(process.execPath, [file], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' } }).trim().split('\n')
-  const ev = JSON.parse(out[0] ?? '{}') as { event: string, port: number }
+  const out = execFileSync(process.execPath, [file], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' } })
+    .trim()
+    .split('\n')
+  const ev = JSON.parse(out[0] ?? '{}') as { event: string; port: number }
   t.equal(ev.event, 'listening')
   t.ok(ev.port > 0)
   t.same(JSON.parse(out[1] ?? '{}').vms, [])

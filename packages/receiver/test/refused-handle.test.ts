@@ -13,7 +13,7 @@ import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, hello, incPlan, ma
  * reused, while the agent and SPEC said otherwise.)
  */
 
-async function ship (a: Agent, d: DiskPlan): Promise<void> {
+async function ship(a: Agent, d: DiskPlan): Promise<void> {
   for (let seq = 0; seq < d.extents.length; seq++) a.send(extentMessage(d, seq, 'sha256'))
   a.send(diskEnd(d, 'sha256'))
   for (;;) {
@@ -87,7 +87,11 @@ t.test('refused handles', async (t) => {
     await ship(a, seed)
     a.send({ kind: MessageKind.Commit, vm: 'vm-h', cycle: 2 })
     const c = await a.expect(MessageKind.Committed)
-    t.same(c.disks.map((d) => d.disk), [2], 'only the sealed handle is committed')
+    t.same(
+      c.disks.map((d) => d.disk),
+      [2],
+      'only the sealed handle is committed',
+    )
     a.close()
     await a.whenClosed()
     t.ok(readFileSync(join(env.store, 'vm-h', 'a-flat.vmdk')).equals(img2))

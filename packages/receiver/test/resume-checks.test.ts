@@ -12,12 +12,15 @@ import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPla
 
 const EXT = 64 * 1024
 const img1 = Buffer.concat([pattern(MiB, 1), pattern(MiB, 2)])
-const ranges = [{ offset: 0, length: 8 * EXT }, { offset: MiB, length: 8 * EXT }]
+const ranges = [
+  { offset: 0, length: 8 * EXT },
+  { offset: MiB, length: 8 * EXT },
+]
 const img2 = evolve(img1, 5, ranges)
 // another successor: the same cycle of the same disk from another frozen source, so another identity
 const inc = (successor = 'web-r-000002.vmdk') => incPlan(0, 'web-r.vmdk', img2, 1, successor, ranges, 'web-r-000001.vmdk', successor, EXT)
 
-async function interrupted (dir: string): Promise<{ env: ReturnType<typeof makeEnv>, url: string, close: () => Promise<void> }> {
+async function interrupted(dir: string): Promise<{ env: ReturnType<typeof makeEnv>; url: string; close: () => Promise<void> }> {
   const env = makeEnv(dir)
   const { receiver, url } = await startReceiver(env)
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -34,10 +37,16 @@ async function interrupted (dir: string): Promise<{ env: ReturnType<typeof makeE
   }
   b.terminate()
   await b.whenClosed()
-  return { env, url, close: async () => { await receiver.close() } }
+  return {
+    env,
+    url,
+    close: async () => {
+      await receiver.close()
+    },
+  }
 }
 
-async function refusal (p: Promise<unknown>): Promise<string> {
+async function refusal(p: Promise<unknown>): Promise<string> {
   try {
     await p
     return 'accepted'

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { rollbackMirror, storeStatus } from '../src/index.ts'
 import { lockText } from '../src/vm-lock.ts'
-import { Agent, MiB, TOKEN, diskOpen, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
+import { Agent, MiB, TOKEN, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /*
  * Hostile or unlucky stores: files whose names merely look temporary,
@@ -17,14 +17,14 @@ import { Agent, MiB, TOKEN, diskOpen, hello, incPlan, makeEnv, pattern, runCycle
 
 const img = pattern(MiB, 1)
 
-async function seed (env: Env, url: string, vm: string, disk = `${vm}.vmdk`): Promise<void> {
+async function seed(env: Env, url: string, vm: string, disk = `${vm}.vmdk`): Promise<void> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, vm, 1, [seedPlan(0, disk, img, '01'.repeat(8))])
   a.close()
   await a.whenClosed()
 }
 
-async function openVm (env: Env, url: string, vm: string, cycle = 2): Promise<Agent> {
+async function openVm(env: Env, url: string, vm: string, cycle = 2): Promise<Agent> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   a.send(hello())
   await a.expect(MessageKind.Welcome)
@@ -33,9 +33,11 @@ async function openVm (env: Env, url: string, vm: string, cycle = 2): Promise<Ag
 }
 
 /** Turn a hang into a failure (a watchdog, not a timing assertion: the success path does not depend on it). */
-async function noHang<T> (p: Promise<T>, what: string): Promise<T> {
+async function noHang<T>(p: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const hang = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} hung`)), 60_000) })
+  const hang = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} hung`)), 60_000)
+  })
   try {
     return await Promise.race([p, hang])
   } finally {
@@ -49,17 +51,28 @@ t.test('start-up recovery removes exactly the temporary files of atomic writes, 
   await seed(env, first.url, 'vm.tmp-1', 'data.tmp-2024.vmdk')
   await first.receiver.close()
   const dir = join(env.store, 'vm.tmp-1')
-  const committed = readdirSync(dir).filter((f) => !f.startsWith('.')).sort()
+  const committed = readdirSync(dir)
+    .filter((f) => !f.startsWith('.'))
+    .sort()
   t.same(committed, ['data.tmp-2024-flat.vmdk', 'data.tmp-2024.vmdk', 'vm.tmp-1.nvram', 'vm.tmp-1.vmx'])
   const temps = [join(dir, 'vm.tmp-1.vmx.tmp-4242-0badc0de'), join(dir, '.grainline', 'state.json.tmp-17-deadbeef')]
   for (const f of temps) writeFileSync(f, 'half-written')
   const second = await startReceiver(env)
   t.teardown(() => second.receiver.close())
-  t.same(readdirSync(dir).filter((f) => !f.startsWith('.')).sort(), committed, 'committed files whose names contain ".tmp-" are kept')
+  t.same(
+    readdirSync(dir)
+      .filter((f) => !f.startsWith('.'))
+      .sort(),
+    committed,
+    'committed files whose names contain ".tmp-" are kept',
+  )
   t.ok(readFileSync(join(dir, 'data.tmp-2024-flat.vmdk')).equals(img))
   for (const f of temps) {
     t.notOk(existsSync(f), `${f} removed`)
-    t.ok(second.logs.lines.some((l) => l['msg'] === 'temporary file of an interrupted write removed' && l['file'] === f), 'and logged')
+    t.ok(
+      second.logs.lines.some((l) => l['msg'] === 'temporary file of an interrupted write removed' && l['file'] === f),
+      'and logged',
+    )
   }
 })
 
@@ -88,7 +101,7 @@ t.test('two names of one VM folder share one lock', async (t) => {
   await a.whenClosed()
 })
 
-t.test("a lock file naming this very process is held, not stale", async (t) => {
+t.test('a lock file naming this very process is held, not stale', async (t) => {
   const env = makeEnv(t.testdir())
   const { receiver, url } = await startReceiver(env)
   await seed(env, url, 'vm-p')
@@ -111,7 +124,11 @@ t.test('symbolic links in the store are never followed', async (t) => {
     const a = await openVm(env, url, 'vm-alias', 1)
     t.same(await a.expectError(), { code: 'E_IO', closeCode: 4500 })
     t.ok(readFileSync(victimFlat).equals(img), "the other VM's mirror is untouched")
-    t.same((await storeStatus(env.store)).vms.map((v) => v.vm), ['vm-b'], 'a link is not listed as a VM')
+    t.same(
+      (await storeStatus(env.store)).vms.map((v) => v.vm),
+      ['vm-b'],
+      'a link is not listed as a VM',
+    )
   })
 
   await t.test('a VM folder that is a link out of the store', async (t) => {
@@ -150,7 +167,10 @@ t.test('symbolic links in the store are never followed', async (t) => {
     symlinkSync(join(outside, 'state.json'), state)
     const a = await openVm(env, url, 'vm-j')
     t.same(await a.expectError(), { code: 'E_IO', closeCode: 4500 })
-    t.match((await storeStatus(env.store)).vms.find((v) => v.vm === 'vm-j'), { error: /symbolic link/ })
+    t.match(
+      (await storeStatus(env.store)).vms.find((v) => v.vm === 'vm-j'),
+      { error: /symbolic link/ },
+    )
   })
 })
 
@@ -167,7 +187,10 @@ t.test('a FIFO where a store file should be: typed errors, no hang', async (t) =
   t.match(st.vms.find((v) => v.vm === 'vm-f')?.disks[0], { modified: true, mirrorCid: '' }, 'status: a FIFO descriptor reads as modified')
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const inc = incPlan(0, 'vm-f.vmdk', img, 1, 'x', [{ offset: 0, length: 4096 }], 'vm-f-000001.vmdk', 'vm-f-000002.vmdk')
-  const r = await noHang(runCycle(a, 'vm-f', 2, [inc]).catch((err: { reason?: string }) => err.reason), 'an incremental')
+  const r = await noHang(
+    runCycle(a, 'vm-f', 2, [inc]).catch((err: { reason?: string }) => err.reason),
+    'an incremental',
+  )
   t.equal(r, 'E_MIRROR_MODIFIED', 'the incremental is refused: the agent seeds')
   a.close()
   await a.whenClosed()
@@ -175,11 +198,23 @@ t.test('a FIFO where a store file should be: typed errors, no hang', async (t) =
   const state = join(env.store, 'vm-g', '.grainline', 'state.json')
   unlinkSync(state)
   execFileSync('mkfifo', [state])
-  t.match((await noHang(storeStatus(env.store), 'status')).vms.find((v) => v.vm === 'vm-g'), { error: /FIFO/ })
+  t.match(
+    (await noHang(storeStatus(env.store), 'status')).vms.find((v) => v.vm === 'vm-g'),
+    { error: /FIFO/ },
+  )
   const b = await openVm(env, url, 'vm-g')
   t.same(await noHang(b.expectError(), 'VmOpen'), { code: 'E_IO', closeCode: 4500 })
-  t.match(await noHang(rollbackMirror(env.store, 'vm-g').catch((err: unknown) => err), 'rollback'), { code: 'E_STORE_FILE' })
+  t.match(
+    await noHang(
+      rollbackMirror(env.store, 'vm-g').catch((err: unknown) => err),
+      'rollback',
+    ),
+    { code: 'E_STORE_FILE' },
+  )
   const again = await noHang(startReceiver(env), 'start-up recovery')
   t.teardown(() => again.receiver.close())
-  t.ok(again.logs.lines.some((l) => l['msg'] === 'recovery failed' && l['vm'] === 'vm-g'), 'recovery reports the VM and goes on')
+  t.ok(
+    again.logs.lines.some((l) => l['msg'] === 'recovery failed' && l['vm'] === 'vm-g'),
+    'recovery reports the VM and goes on',
+  )
 })

@@ -37,10 +37,7 @@ t.test('tiny frames pause the socket: memory per connection is bounded', async (
   // a ping is answered once the receiver has read every frame before it: on
   // the old code all 40,000 are queued and the pong comes back
   flood.ws.ping()
-  const paused = await Promise.race([
-    logs.waitFor((l) => l['msg'] === 'inbox full: socket paused'),
-    once(flood.ws, 'pong').then(() => undefined),
-  ])
+  const paused = await Promise.race([logs.waitFor((l) => l['msg'] === 'inbox full: socket paused'), once(flood.ws, 'pong').then(() => undefined)])
   t.ok(paused !== undefined, 'the socket was paused before all the tiny frames were queued')
   const p = paused as LogLine
   t.ok((p['frames'] as number) < N, `paused at ${String(p['frames'])} frames`)

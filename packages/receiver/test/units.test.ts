@@ -36,7 +36,10 @@ t.test('tokens and globs', async (t) => {
 
 t.test('mirror .vmx rewrite', async (t) => {
   const src = 'displayName = "web01"\nscsi0:0.fileName = "web01-000003.vmdk"\nscsi0:1.fileName = "/vmfs/volumes/ds2/web01/web01_1-000001.vmdk"\nide1:0.fileName = "/iso/x.iso"\nnvram = "web01.nvram"\n'
-  const diskMap = new Map([['web01.vmdk', 'web01.vmdk'], ['web01_1.vmdk', 'web01_1.vmdk']])
+  const diskMap = new Map([
+    ['web01.vmdk', 'web01.vmdk'],
+    ['web01_1.vmdk', 'web01_1.vmdk'],
+  ])
   const { text: out, dropped } = mirrorVmx(src, { suffix: ' (DR)', diskMap })
   t.match(out, /displayName = "web01 \(DR\)"/)
   t.match(out, /scsi0:0.fileName = "web01.vmdk"/)

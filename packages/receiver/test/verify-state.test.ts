@@ -18,11 +18,11 @@ const ranges = [{ offset: 0, length: 64 * 1024 }]
 const img2 = evolve(img1, 2, ranges)
 const inc = (vm: string, handle = 0): DiskPlan => incPlan(handle, `${vm}.vmdk`, img2, 1, 'x', ranges, `${vm}-000001.vmdk`, `${vm}-000002.vmdk`)
 
-function stateOf (env: Env, vm: string): { compat: { hwVersion: number } | null, disks: Record<string, { diverged?: { reason: string } }> } {
+function stateOf(env: Env, vm: string): { compat: { hwVersion: number } | null; disks: Record<string, { diverged?: { reason: string } }> } {
   return JSON.parse(readFileSync(join(env.store, vm, '.grainline', 'state.json'), 'utf8')) as never
 }
 
-async function ship (a: Agent, d: DiskPlan): Promise<void> {
+async function ship(a: Agent, d: DiskPlan): Promise<void> {
   for (let seq = 0; seq < d.extents.length; seq++) a.send(extentMessage(d, seq, 'sha256'))
   a.send(diskEnd(d, 'sha256'))
   for (;;) {
@@ -32,7 +32,7 @@ async function ship (a: Agent, d: DiskPlan): Promise<void> {
   }
 }
 
-async function open (env: Env, url: string, vm: string, hwVersion = 14): Promise<{ a: Agent, compatible: boolean, generation: string }> {
+async function open(env: Env, url: string, vm: string, hwVersion = 14): Promise<{ a: Agent; compatible: boolean; generation: string }> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   a.send(hello())
   await a.expect(MessageKind.Welcome)
@@ -61,7 +61,17 @@ t.test('compatibility: an incompatible VM gets no incremental; the record change
   await a.whenClosed()
   t.equal(stateOf(env, 'vm-c').compat?.hwVersion, 14, 'the record is unchanged by a VmOpen')
   t.notOk(existsSync(join(env.store, 'vm-c', '.grainline', 'compat.json')), 'nothing staged for it either')
-  t.equal((await open(env, url, 'vm-c', 14).then(async (o) => { o.a.close(); await o.a.whenClosed(); return o })).compatible, true, 'the old hardware is still compatible')
+  t.equal(
+    (
+      await open(env, url, 'vm-c', 14).then(async (o) => {
+        o.a.close()
+        await o.a.whenClosed()
+        return o
+      })
+    ).compatible,
+    true,
+    'the old hardware is still compatible',
+  )
 
   // a seed (after operator action) is accepted and its commit records the new hardware
   const b = await open(env, url, 'vm-c', 19)
@@ -89,10 +99,20 @@ t.test('divergence: a failed check refuses incrementals until a seed commits', a
   await s.whenClosed()
   t.match(stateOf(env, 'vm-d').disks['vm-d.vmdk']?.diverged, { reason: /trivial check/ }, 'state.json marks the disk diverged')
   t.match((await storeStatus(env.store)).vms[0]?.disks[0]?.diverged, { reason: /trivial check \(sha256\) of cycle 1 failed/ }, 'status shows it')
-  t.ok(logs.lines.some((l) => l['msg'] === 'mirror differs from its source: marked diverged, the next cycle must seed it'), 'logged')
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'mirror differs from its source: marked diverged, the next cycle must seed it'),
+    'logged',
+  )
 
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  t.equal(await runCycle(a, 'vm-d', 2, [inc('vm-d')]).then(() => 'accepted', (err: { reason?: string }) => err.reason), 'E_DIVERGED', 'the incremental is refused')
+  t.equal(
+    await runCycle(a, 'vm-d', 2, [inc('vm-d')]).then(
+      () => 'accepted',
+      (err: { reason?: string }) => err.reason,
+    ),
+    'E_DIVERGED',
+    'the incremental is refused',
+  )
   // the same connection seeds it under a new handle
   const sd = seedPlan(1, 'vm-d.vmdk', img2, '02'.repeat(8))
   a.send(diskOpen(sd, 2, 'vm-d'))

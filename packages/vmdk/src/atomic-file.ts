@@ -4,7 +4,7 @@
  * pattern, one clean-up rule.
  */
 import { randomBytes } from 'node:crypto'
-import { open, rename, stat, unlink } from 'node:fs/promises'
+import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { ioError } from './errors.ts'
 
@@ -17,14 +17,14 @@ import { ioError } from './errors.ts'
 export const ATOMIC_TEMP_RE = /^\..*\.tmp-\d+-[0-9a-f]{8}$/s
 
 /** True if `name` (a base name, or a path whose base name is tested) is a {@link writeFileAtomic} temp file. */
-export function isAtomicTempName (name: string): boolean {
+export function isAtomicTempName(name: string): boolean {
   return ATOMIC_TEMP_RE.test(basename(name))
 }
 
 /** Longest part of the target's name kept in a temp name (bytes), so the temp name stays under NAME_MAX. */
 const MAX_STEM_BYTES = 200
 
-function tempPath (path: string): string {
+function tempPath(path: string): string {
   let stem = basename(path)
   while (Buffer.byteLength(stem) > MAX_STEM_BYTES) stem = stem.slice(0, -1)
   return join(dirname(path), `.${stem}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`)
@@ -37,8 +37,8 @@ const DIR_SYNC_UNSUPPORTED = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR
  * fsync a directory so a rename or create in it is durable. File systems that
  * cannot fsync a folder are tolerated; any other failure is `E_IO`.
  */
-export async function syncDir (dir: string): Promise<void> {
-  let fh
+export async function syncDir(dir: string): Promise<void> {
+  let fh: FileHandle | undefined
   try {
     fh = await open(dir, 'r')
     await fh.sync()
@@ -63,10 +63,14 @@ export interface WriteFileAtomicOptions {
  * missing folder, `E_IO` otherwise, the cause attached). A failure of the final
  * folder fsync is reported too (the file is then replaced, but maybe not durably).
  */
-export async function writeFileAtomic (path: string, data: string | Uint8Array, opts: WriteFileAtomicOptions = {}): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, opts: WriteFileAtomicOptions = {}): Promise<void> {
   let mode = opts.mode
   if (mode === undefined) {
-    try { mode = (await stat(path)).mode & 0o7777 } catch { mode = 0o644 }
+    try {
+      mode = (await stat(path)).mode & 0o7777
+    } catch {
+      mode = 0o644
+    }
   }
   const tmp = tempPath(path)
   let created = false
@@ -88,7 +92,7 @@ export async function writeFileAtomic (path: string, data: string | Uint8Array, 
 }
 
 /** Create a new file with `data` (fails with `E_EXISTS` if it exists), fsynced. */
-export async function writeNewFile (path: string, data: string | Uint8Array): Promise<void> {
+export async function writeNewFile(path: string, data: string | Uint8Array): Promise<void> {
   try {
     const fh = await open(path, 'wx')
     try {

@@ -4,7 +4,7 @@
  * async generator's `yield` costs (measured: 200,000 items, ~80 ms → ~25 ms) —
  * it matters for maps and change lists with hundreds of thousands of entries.
  */
-export function flattenBatches<T> (source: AsyncGenerator<T[], void, undefined>): AsyncIterableIterator<T> & { return: () => Promise<IteratorResult<T, undefined>> } {
+export function flattenBatches<T>(source: AsyncGenerator<T[], void, undefined>): AsyncIterableIterator<T> & { return: () => Promise<IteratorResult<T, undefined>> } {
   let cur: T[] = []
   let k = 0
   let finished = false
@@ -13,23 +13,28 @@ export function flattenBatches<T> (source: AsyncGenerator<T[], void, undefined>)
     while (k >= cur.length) {
       if (finished) return done
       const n = await source.next()
-      if (n.done === true) { finished = true; return done }
+      if (n.done === true) {
+        finished = true
+        return done
+      }
       cur = n.value
       k = 0
     }
     return { value: cur[k++] as T, done: false }
   }
   return {
-    [Symbol.asyncIterator] () { return this },
-    async next (): Promise<IteratorResult<T, undefined>> {
+    [Symbol.asyncIterator]() {
+      return this
+    },
+    async next(): Promise<IteratorResult<T, undefined>> {
       if (k < cur.length) return { value: cur[k++] as T, done: false }
       return await more()
     },
-    async return (): Promise<IteratorResult<T, undefined>> {
+    async return(): Promise<IteratorResult<T, undefined>> {
       finished = true
       cur = []
       await source.return(undefined)
       return done
-    }
+    },
   }
 }

@@ -10,7 +10,11 @@ import { MapMerger } from './map-merger.ts'
 import { flattenBatches } from './batch-iterator.ts'
 
 /** A range held by one layer: bytes, disk order; `zero` = reads as zeros (no data to copy). */
-export interface Range { offset: number, length: number, zero: boolean }
+export interface Range {
+  offset: number
+  length: number
+  zero: boolean
+}
 
 /** One entry of a map, with the meaning of `qemu-img map --output=json`. */
 export interface MapEntry {
@@ -52,7 +56,7 @@ export class DiskChain {
   readonly #concurrency: number
 
   /** @internal use {@link openChain} */
-  constructor (layers: readonly Layer[], concurrency = DEFAULT_CONCURRENCY) {
+  constructor(layers: readonly Layer[], concurrency = DEFAULT_CONCURRENCY) {
     this.layers = layers
     this.capacity = layers[0]?.capacity ?? 0
     this.#concurrency = Math.max(1, concurrency)
@@ -63,9 +67,11 @@ export class DiskChain {
    * `parentCID` is `fffffffe`, see {@link Layer.cidVerified}); the chain was
    * accepted, but nothing proves a parent is the one its child was made from.
    */
-  get cidVerified (): boolean { return this.layers.every(l => l.cidVerified) }
+  get cidVerified(): boolean {
+    return this.layers.every((l) => l.cidVerified)
+  }
 
-  #layer (depth: number): Layer {
+  #layer(depth: number): Layer {
     const l = this.layers[depth]
     if (!Number.isSafeInteger(depth) || l === undefined) throw new VmdkError('E_RANGE', `no layer at depth ${depth}`, this.layers[0]?.path ?? '')
     return l
@@ -75,11 +81,11 @@ export class DiskChain {
    * Ranges held by layer `depth` alone, coalesced, in disk order, tagged data or zero —
    * from the grain directory and tables only (a flat layer holds its whole size).
    */
-  changedRanges (depth: number, opts: { signal?: AbortSignal } = {}): AsyncIterableIterator<Range> {
+  changedRanges(depth: number, opts: { signal?: AbortSignal } = {}): AsyncIterableIterator<Range> {
     return flattenBatches(this.#changedBatches(depth, opts.signal))
   }
 
-  async * #changedBatches (depth: number, signal: AbortSignal | undefined): AsyncGenerator<Range[], void, undefined> {
+  async *#changedBatches(depth: number, signal: AbortSignal | undefined): AsyncGenerator<Range[], void, undefined> {
     const layer = this.#layer(depth)
     let pending: Range | undefined
     let out: Range[] = []
@@ -103,7 +109,7 @@ export class DiskChain {
           yield out
           out = []
           // tables already in memory resolve without I/O: let timers and sockets run
-          await new Promise(resolve => setImmediate(resolve))
+          await new Promise((resolve) => setImmediate(resolve))
         }
       }
     }
@@ -112,20 +118,20 @@ export class DiskChain {
   }
 
   /** Read bytes of the disk as seen at layer `depth` (falling through to parents). */
-  async read (offset: number, length: number, opts: { depth?: number } = {}): Promise<Buffer> {
+  async read(offset: number, length: number, opts: { depth?: number } = {}): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(this.#checkRange(offset, length))
     await this.readInto(buf, 0, offset, length, opts)
     return buf
   }
 
   /** Like {@link read} into a caller's buffer. */
-  async readInto (buf: Uint8Array, bufOffset: number, offset: number, length: number, opts: { depth?: number } = {}): Promise<void> {
+  async readInto(buf: Uint8Array, bufOffset: number, offset: number, length: number, opts: { depth?: number } = {}): Promise<void> {
     this.#checkRange(offset, length)
     if (bufOffset < 0 || bufOffset + length > buf.length) throw new VmdkError('E_RANGE', 'buffer too small', '')
     await this.#readAt(opts.depth ?? 0, buf, bufOffset, offset, length)
   }
 
-  #checkRange (offset: number, length: number): number {
+  #checkRange(offset: number, length: number): number {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
       throw new VmdkError('E_RANGE', `read ${offset}+${length} outside the disk (${this.capacity} bytes)`, this.layers[0]?.path ?? '')
     }
@@ -134,22 +140,30 @@ export class DiskChain {
   }
 
   /** The runs of one layer read concurrently (data pieces and parent fall-throughs). */
-  async #readAt (depth: number, buf: Uint8Array, bufOffset: number, offset: number, length: number): Promise<void> {
+  async #readAt(depth: number, buf: Uint8Array, bufOffset: number, offset: number, length: number): Promise<void> {
     const layer = this.#layer(depth)
     const tasks: Array<() => Promise<void>> = []
     for (const r of await layer.runs(offset, length)) {
       const at = bufOffset + (r.start - offset)
       if (r.state === RunState.Data) {
         const ext = layer.extents[r.ext]
-        if (ext !== undefined) tasks.push(async () => { await ext.readRun(r, r.start, r.length, buf, at) })
+        if (ext !== undefined)
+          tasks.push(async () => {
+            await ext.readRun(r, r.start, r.length, buf, at)
+          })
       } else if (r.state === RunState.None && depth + 1 < this.layers.length) {
-        tasks.push(async () => { await this.#readAt(depth + 1, buf, at, r.start, r.length) })
+        tasks.push(async () => {
+          await this.#readAt(depth + 1, buf, at, r.start, r.length)
+        })
       } else {
         buf.fill(0, at, at + r.length)
       }
     }
     if (tasks.length === 1) await (tasks[0] as () => Promise<void>)()
-    else if (tasks.length > 1) await forEachLimited(tasks, this.#concurrency, async t => { await t() })
+    else if (tasks.length > 1)
+      await forEachLimited(tasks, this.#concurrency, async (t) => {
+        await t()
+      })
   }
 
   /**
@@ -157,11 +171,11 @@ export class DiskChain {
    * layer at `depth` (depths in the output are relative to it). Adjacent entries that
    * agree (and whose file offsets continue) are merged.
    */
-  map (opts: { depth?: number, signal?: AbortSignal } = {}): AsyncIterableIterator<MapEntry> {
+  map(opts: { depth?: number; signal?: AbortSignal } = {}): AsyncIterableIterator<MapEntry> {
     return flattenBatches(this.#mapBatches(opts.depth ?? 0, opts.signal))
   }
 
-  async * #mapBatches (top: number, signal: AbortSignal | undefined): AsyncGenerator<MapEntry[], void, undefined> {
+  async *#mapBatches(top: number, signal: AbortSignal | undefined): AsyncGenerator<MapEntry[], void, undefined> {
     this.#layer(top)
     const layers = this.layers.slice(top)
     // one window = 64 grain tables of the finest layer (1 GiB for SEsparse, 128 MiB for COWD),
@@ -169,18 +183,18 @@ export class DiskChain {
     let cover = 2 ** 30
     for (const l of layers) for (const e of l.extents) if (e instanceof SparseExtent) cover = Math.min(cover, e.tableCover * 64)
     const windowBytes = Math.max(64 * 2 ** 20, cover)
-    const walks = layers.map(l => l.walk(0, this.capacity))
+    const walks = layers.map((l) => l.walk(0, this.capacity))
     const merger = new MapMerger(layers)
     let breath = performance.now()
     for (let w = 0; w < this.capacity; w += windowBytes) {
       if (signal?.aborted === true) throw new VmdkError('E_ABORTED', 'map aborted', this.layers[top]?.path ?? '')
       const len = Math.min(windowBytes, this.capacity - w)
-      const runs = await Promise.all(walks.map(async wk => await wk.runs(w, len)))
+      const runs = await Promise.all(walks.map(async (wk) => await wk.runs(w, len)))
       const out = merger.window(runs, w, len)
       if (out.length > 0) yield out
       // tables already in memory resolve without I/O: let timers and sockets run now and then
       if (performance.now() - breath > 10) {
-        await new Promise(resolve => setImmediate(resolve))
+        await new Promise((resolve) => setImmediate(resolve))
         breath = performance.now()
       }
     }
@@ -188,8 +202,12 @@ export class DiskChain {
     if (last !== undefined) yield [last]
   }
 
-  async close (): Promise<void> {
-    await Promise.all(this.layers.map(async l => { await l.close() }))
+  async close(): Promise<void> {
+    await Promise.all(
+      this.layers.map(async (l) => {
+        await l.close()
+      }),
+    )
   }
 }
 
@@ -203,7 +221,7 @@ export class DiskChain {
  * device or directory — as the disk, a parent or an extent is `E_NOT_REGULAR`,
  * before it is opened.
  */
-export async function openChain (path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
+export async function openChain(path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
   const maxDepth = opts.maxDepth ?? 64
   const files = opts.files ?? localFileAccess
   const layers: Layer[] = []
@@ -232,7 +250,7 @@ export async function openChain (path: string, opts: OpenChainOptions = {}): Pro
           ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}),
           files,
           writable: opts.writableTop === true && layers.length === 0,
-          role: layers.length === 0 ? 'disk' : 'parent descriptor'
+          role: layers.length === 0 ? 'disk' : 'parent descriptor',
         })
       } catch (err) {
         if (layers.length > 0 && isVmdkError(err) && err.code === 'E_NOT_FOUND' && err.file === p) throw missingParent(p, err)
@@ -256,7 +274,11 @@ export async function openChain (path: string, opts: OpenChainOptions = {}): Pro
     }
     return new DiskChain(layers, files.concurrency)
   } catch (err) {
-    await Promise.all(layers.map(async l => { await l.close() }))
+    await Promise.all(
+      layers.map(async (l) => {
+        await l.close()
+      }),
+    )
     throw err
   }
 }

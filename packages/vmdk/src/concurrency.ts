@@ -4,9 +4,12 @@
  * settles only after every started call has settled (so no read is still
  * writing into a caller's buffer), and rejects with that first error.
  */
-export async function forEachLimited<T> (items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+export async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
   if (items.length === 0) return
-  if (items.length === 1) { await fn(items[0] as T, 0); return }
+  if (items.length === 1) {
+    await fn(items[0] as T, 0)
+    return
+  }
   let next = 0
   let failed = false
   let first: unknown
@@ -16,7 +19,10 @@ export async function forEachLimited<T> (items: readonly T[], limit: number, fn:
       try {
         await fn(items[i] as T, i)
       } catch (err) {
-        if (!failed) { failed = true; first = err }
+        if (!failed) {
+          failed = true
+          first = err
+        }
       }
     }
   }

@@ -2,7 +2,7 @@ import { readdir, realpath, unlink } from 'node:fs/promises'
 import { dirname, join, relative, resolve } from 'node:path'
 import { VmdkError, isVmdkError } from './errors.ts'
 import { formatCid, randomCid, sameCid } from './descriptor.ts'
-import { openChain } from './chain.ts'
+import { openChain, type DiskChain } from './chain.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 import { type DescriptorEncodingOption, openWriter, persistDescriptor } from './writer.ts'
 import { syncDir } from './atomic-file.ts'
@@ -49,16 +49,20 @@ export interface ConsolidateResult {
 }
 
 /** Persist a descriptor change of a layer opened read-only (reopens embedded ones writable). */
-async function updateDescriptor (layer: Layer, fn: (l: Layer) => ReturnType<Layer['descriptor']['withDdb']>, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<void> {
+async function updateDescriptor(layer: Layer, fn: (l: Layer) => ReturnType<Layer['descriptor']['withDdb']>, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<void> {
   if (layer.descriptorKind === 'text') {
     await persistDescriptor(layer, fn(layer), enc)
     return
   }
   const rw = await openLayer(layer.path, { ...(pathMap !== undefined ? { pathMap } : {}), writable: true })
-  try { await persistDescriptor(rw, fn(rw), enc) } finally { await rw.close() }
+  try {
+    await persistDescriptor(rw, fn(rw), enc)
+  } finally {
+    await rw.close()
+  }
 }
 
-function childFilesOf (child: Layer, pathMap?: PathMap): string[] {
+function childFilesOf(child: Layer, pathMap?: PathMap): string[] {
   const files = [child.path]
   if (child.descriptorKind === 'text') {
     for (const e of child.extents) if (e.file !== undefined) files.push(e.file.path)
@@ -68,9 +72,12 @@ function childFilesOf (child: Layer, pathMap?: PathMap): string[] {
   return files
 }
 
-async function removeFiles (files: readonly string[]): Promise<void> {
+async function removeFiles(files: readonly string[]): Promise<void> {
   // descriptor first: a crash leaves orphaned extents, never a descriptor naming missing files
-  for (const f of files) await unlink(f).catch((err: unknown) => { if ((err as { code?: string }).code !== 'ENOENT') throw err })
+  for (const f of files)
+    await unlink(f).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err
+    })
   if (files[0] !== undefined) await syncDir(dirname(resolve(files[0])))
 }
 
@@ -87,10 +94,10 @@ async function removeFiles (files: readonly string[]): Promise<void> {
  * `consolidate(childPath)` finishes the job with the recorded CID (between 3 and 4 it
  * only re-points what is left and deletes the child).
  */
-export async function consolidate (childPath: string, opts: ConsolidateOptions = {}): Promise<ConsolidateResult> {
+export async function consolidate(childPath: string, opts: ConsolidateOptions = {}): Promise<ConsolidateResult> {
   const pm = opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}
   const enc = opts.descriptorEncoding ?? 'utf-8'
-  let chain
+  let chain: DiskChain
   try {
     chain = await openChain(childPath, pm)
   } catch (err) {
@@ -109,7 +116,7 @@ export async function consolidate (childPath: string, opts: ConsolidateOptions =
     if (cid === undefined || !/^[0-9a-f]{8}$/.test(cid) || sameCid(cid, parent.cid)) {
       cid = randomCid()
       const c = cid
-      await updateDescriptor(child, l => l.descriptor.withDdb(CONSOLIDATE_CID_KEY, c), opts.pathMap, enc)
+      await updateDescriptor(child, (l) => l.descriptor.withDdb(CONSOLIDATE_CID_KEY, c), opts.pathMap, enc)
     }
     opts.onProgress?.({ step: 'cid-recorded' })
     const w = await openWriter(parent.path, { ...pm, newCid: 'close', descriptorEncoding: enc })
@@ -152,7 +159,7 @@ export async function consolidate (childPath: string, opts: ConsolidateOptions =
 }
 
 /** A rerun after a crash between steps 3 and 4: the parent already carries the recorded CID. */
-async function finishInterrupted (childPath: string, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<ConsolidateResult | undefined> {
+async function finishInterrupted(childPath: string, pathMap: PathMap | undefined, enc: DescriptorEncodingOption): Promise<ConsolidateResult | undefined> {
   const pm = pathMap !== undefined ? { pathMap } : {}
   const child = await openLayer(childPath, pm)
   try {
@@ -174,7 +181,14 @@ async function finishInterrupted (childPath: string, pathMap: PathMap | undefine
 }
 
 /** Point every descriptor in `oldParent`'s folder whose parent is `oldParent` at `newParent`. */
-async function repointChildren (oldParent: string, newParent: string, cid: string, pathMap: PathMap | undefined, enc: DescriptorEncodingOption, onProgress?: (p: ConsolidateProgress) => void): Promise<string[]> {
+async function repointChildren(
+  oldParent: string,
+  newParent: string,
+  cid: string,
+  pathMap: PathMap | undefined,
+  enc: DescriptorEncodingOption,
+  onProgress?: (p: ConsolidateProgress) => void,
+): Promise<string[]> {
   const dir = dirname(resolve(oldParent))
   const target = await realpath(oldParent)
   const out: string[] = []
@@ -193,7 +207,11 @@ async function repointChildren (oldParent: string, newParent: string, cid: strin
       if (hint === undefined || layer.descriptorKind === 'none') continue
       const hp = resolveVmdkPath(p, hint, pathMap)
       let real: string
-      try { real = await realpath(hp) } catch { continue }
+      try {
+        real = await realpath(hp)
+      } catch {
+        continue
+      }
       if (real !== target) continue
       await persistDescriptor(layer, layer.descriptor.withParent(relative(dirname(resolve(p)), resolve(newParent)), cid), enc)
       out.push(p)

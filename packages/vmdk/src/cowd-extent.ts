@@ -28,7 +28,7 @@ export interface CowdHeader {
  * Parse a COWD header (pure). Only version 1 / flags 3 is the ESX sparse format;
  * VMDK3 (Workstation 3) also says "COWD" but has 512-entry tables [FZ].
  */
-export function parseCowdHeader (buf: Uint8Array, file = ''): CowdHeader {
+export function parseCowdHeader(buf: Uint8Array, file = ''): CowdHeader {
   if (buf.length < COWD_HEADER_BYTES) throw new VmdkError('E_TRUNCATED', 'COWD header shorter than 2048 bytes', file)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.readUInt32LE(0) !== COWD_MAGIC) throw new VmdkError('E_FORMAT', 'not a COWD sparse extent (bad magic)', file)
@@ -41,7 +41,7 @@ export function parseCowdHeader (buf: Uint8Array, file = ''): CowdHeader {
     numGDEntries: b.readUInt32LE(24),
     freeSector: b.readUInt32LE(28),
     generation: b.readUInt32LE(1060),
-    uncleanShutdown: b.readUInt32LE(1648)
+    uncleanShutdown: b.readUInt32LE(1648),
   })
   if (h.version !== 1) throw new VmdkError('E_VERSION', `unsupported COWD version ${h.version}`, file)
   if (h.flags !== 3) throw new VmdkError('E_UNSUPPORTED', `unsupported COWD flags ${h.flags}`, file)
@@ -62,19 +62,19 @@ export class CowdExtent extends SparseExtent {
   readonly format = 'cowd' as const
   readonly header: CowdHeader
 
-  private constructor (file: DiskFile, size: number, header: CowdHeader, gd: Float64Array) {
+  private constructor(file: DiskFile, size: number, header: CowdHeader, gd: Float64Array) {
     super(file, size, header.grainSize * 512, COWD_GT_ENTRIES, COWD_GT_ENTRIES * 4, gd)
     this.header = header
   }
 
-  static async open (file: DiskFile, size?: number): Promise<CowdExtent> {
+  static async open(file: DiskFile, size?: number): Promise<CowdExtent> {
     const header = parseCowdHeader(await file.readExact(0, COWD_HEADER_BYTES, 'COWD header'), file.path)
     const extentSize = size ?? header.numSectors * 512
     if (extentSize !== header.numSectors * 512) {
       throw new VmdkError('E_FORMAT', `extent line says ${extentSize / 512} sectors, COWD header ${header.numSectors}`, file.path)
     }
     const raw = await file.readExact(header.gdOffset * 512, header.numGDEntries * 4, 'grain directory')
-    const gdEnd = header.gdOffset + Math.ceil(header.numGDEntries * 4 / 512)
+    const gdEnd = header.gdOffset + Math.ceil((header.numGDEntries * 4) / 512)
     const gd = new Float64Array(header.numGDEntries)
     for (let i = 0; i < header.numGDEntries; i++) {
       const s = raw.readUInt32LE(i * 4)
@@ -87,20 +87,29 @@ export class CowdExtent extends SparseExtent {
     return new CowdExtent(file, extentSize, header, gd)
   }
 
-  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
     const BLOCK = 256
     for (let b = 0; b < COWD_GT_ENTRIES * 4; b += BLOCK) {
       // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
-      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) { b += 4096 - BLOCK; continue }
-      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) { b += 1024 - BLOCK; continue }
+      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) {
+        b += 4096 - BLOCK
+        continue
+      }
+      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) {
+        b += 1024 - BLOCK
+        continue
+      }
       if (isZeroBlock(buf, offset + b, BLOCK)) continue
       for (let j = b / 4; j < (b + BLOCK) / 4; j++) {
         const s = buf.readUInt32LE(offset + j * 4)
         if (s === 0) continue
         // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
-        if (s === 1) { tb.push(j, GTE_ZERO); continue }
+        if (s === 1) {
+          tb.push(j, GTE_ZERO)
+          continue
+        }
         if (s < COWD_HEADER_BYTES / 512) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the header (sector ${s})`, this.file.path)
         if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
         tb.push(j, s * 512)

@@ -1,4 +1,4 @@
-import { open, unlink } from 'node:fs/promises'
+import { open, unlink, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { basename, dirname, relative, resolve } from 'node:path'
 import { VmdkError, ioError } from './errors.ts'
@@ -29,38 +29,40 @@ export interface CreateDeltaOptions {
   cid?: string
 }
 
-function stem (path: string): string {
+function stem(path: string): string {
   return basename(path).replace(/\.vmdk$/i, '')
 }
 
-function checkCapacity (capacity: number, file: string): void {
+function checkCapacity(capacity: number, file: string): void {
   if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % 512 !== 0 || capacity > MAX_CAPACITY) {
     throw new VmdkError('E_RANGE', `capacity ${capacity} must be a positive multiple of 512 up to ${MAX_CAPACITY}`, file)
   }
 }
 
-function longContentId (cid: string): string {
+function longContentId(cid: string): string {
   return randomBytes(12).toString('hex') + formatCid(cid)
 }
 
-function ddbUuid (): string {
-  const h = [...randomBytes(16)].map(b => b.toString(16).padStart(2, '0'))
-  h[0] = '60'; h[1] = '00'; h[2] = 'C2'
+function ddbUuid(): string {
+  const h = [...randomBytes(16)].map((b) => b.toString(16).padStart(2, '0'))
+  h[0] = '60'
+  h[1] = '00'
+  h[2] = 'C2'
   return `${h.slice(0, 8).join(' ')}-${h.slice(8).join(' ')}`
 }
 
-function geometry (capacity: number): Array<[string, string]> {
+function geometry(capacity: number): Array<[string, string]> {
   const sectors = capacity / 512
   const [heads, spt] = capacity < 1024 ** 3 ? [64, 32] : [255, 63]
   return [
     ['ddb.geometry.cylinders', String(Math.max(1, Math.min(65535, Math.floor(sectors / (heads * spt)))))],
     ['ddb.geometry.heads', String(heads)],
-    ['ddb.geometry.sectors', String(spt)]
+    ['ddb.geometry.sectors', String(spt)],
   ]
 }
 
-async function createSparseFile (path: string, chunks: ReadonlyArray<readonly [number, Uint8Array]>, size: number): Promise<void> {
-  let fh
+async function createSparseFile(path: string, chunks: ReadonlyArray<readonly [number, Uint8Array]>, size: number): Promise<void> {
+  let fh: FileHandle
   try {
     fh = await open(path, 'wx')
   } catch (err) {
@@ -82,7 +84,7 @@ async function createSparseFile (path: string, chunks: ReadonlyArray<readonly [n
  * Create a flat disk: a descriptor (createType `vmfs` by default, as ESXi writes it)
  * and a `-flat.vmdk` extent allocated sparsely (truncate), with a DDB.
  */
-export async function createFlatDisk (path: string, capacity: number, opts: CreateFlatDiskOptions = {}): Promise<void> {
+export async function createFlatDisk(path: string, capacity: number, opts: CreateFlatDiskOptions = {}): Promise<void> {
   checkCapacity(capacity, path)
   const createType = opts.createType ?? 'vmfs'
   const flat = `${stem(path)}-flat.vmdk`
@@ -93,12 +95,11 @@ export async function createFlatDisk (path: string, capacity: number, opts: Crea
     ['ddb.longContentID', longContentId(cid)],
     ['ddb.thinProvisioned', '1'],
     ['ddb.uuid', ddbUuid()],
-    ['ddb.virtualHWVersion', '14']
+    ['ddb.virtualHWVersion', '14'],
   ])
   for (const [k, v] of Object.entries(opts.ddb ?? {})) ddb.set(k.startsWith('ddb.') ? k : `ddb.${k}`, v)
-  const extent: ExtentLine = createType === 'vmfs'
-    ? { access: 'RW', sectors: capacity / 512, type: 'VMFS', file: flat }
-    : { access: 'RW', sectors: capacity / 512, type: 'FLAT', file: flat, offset: 0 }
+  const extent: ExtentLine =
+    createType === 'vmfs' ? { access: 'RW', sectors: capacity / 512, type: 'VMFS', file: flat } : { access: 'RW', sectors: capacity / 512, type: 'FLAT', file: flat, offset: 0 }
   const d = buildDescriptor({ cid, createType, extents: [extent], ddb: [...ddb] })
   const flatPath = resolve(dirname(path), flat)
   await createSparseFile(flatPath, [], capacity)
@@ -112,12 +113,12 @@ export async function createFlatDisk (path: string, capacity: number, opts: Crea
 }
 
 /** Region sizes in sectors, scaled from the 2048-sector minimum seen on ESXi (VMDK.md §3.1). */
-function region (sectors: number): number {
+function region(sectors: number): number {
   return Math.max(2048, Math.ceil(sectors / 2048) * 2048)
 }
 
 /** The layout of a new SEsparse extent for `capacity` sectors. */
-export function seSparseLayout (capacity: number): Record<string, number> {
+export function seSparseLayout(capacity: number): Record<string, number> {
   const tables = Math.ceil(capacity / (4096 * 8))
   const slots = Math.ceil(capacity / 8)
   const l: Record<string, number> = {
@@ -129,20 +130,20 @@ export function seSparseLayout (capacity: number): Record<string, number> {
     journalOffset: 2048,
     journalSize: 2048,
     grainDirOffset: 4096,
-    grainDirSize: region(Math.ceil(tables * 8 / 512))
+    grainDirSize: region(Math.ceil((tables * 8) / 512)),
   }
   l.grainTablesOffset = (l.grainDirOffset ?? 0) + (l.grainDirSize ?? 0)
   l.grainTablesSize = region(tables * 64)
   l.freeBitmapOffset = l.grainTablesOffset + l.grainTablesSize
   l.freeBitmapSize = region(Math.ceil(slots / 8 / 512))
   l.backmapOffset = l.freeBitmapOffset + l.freeBitmapSize
-  l.backmapSize = region(Math.ceil(slots * 8 / 512))
+  l.backmapSize = region(Math.ceil((slots * 8) / 512))
   l.grainsOffset = l.backmapOffset + l.backmapSize
   l.grainsSize = capacity
   return l
 }
 
-function seSparseHeaders (capacity: number): { chunks: Array<[number, Buffer]>, size: number } {
+function seSparseHeaders(capacity: number): { chunks: Array<[number, Buffer]>; size: number } {
   const l = seSparseLayout(capacity)
   const h = Buffer.alloc(512)
   h.writeBigUInt64LE(SESPARSE_CONST_MAGIC, 0)
@@ -150,10 +151,27 @@ function seSparseHeaders (capacity: number): { chunks: Array<[number, Buffer]>, 
   h.writeBigUInt64LE(BigInt(capacity), 16)
   h.writeBigUInt64LE(8n, 24)
   h.writeBigUInt64LE(64n, 32)
-  const order = ['volatileHeaderOffset', 'volatileHeaderSize', 'journalHeaderOffset', 'journalHeaderSize', 'journalOffset', 'journalSize',
-    'grainDirOffset', 'grainDirSize', 'grainTablesOffset', 'grainTablesSize', 'freeBitmapOffset', 'freeBitmapSize',
-    'backmapOffset', 'backmapSize', 'grainsOffset', 'grainsSize']
-  order.forEach((k, i) => { h.writeBigUInt64LE(BigInt(l[k] ?? 0), 80 + i * 8) })
+  const order = [
+    'volatileHeaderOffset',
+    'volatileHeaderSize',
+    'journalHeaderOffset',
+    'journalHeaderSize',
+    'journalOffset',
+    'journalSize',
+    'grainDirOffset',
+    'grainDirSize',
+    'grainTablesOffset',
+    'grainTablesSize',
+    'freeBitmapOffset',
+    'freeBitmapSize',
+    'backmapOffset',
+    'backmapSize',
+    'grainsOffset',
+    'grainsSize',
+  ]
+  order.forEach((k, i) => {
+    h.writeBigUInt64LE(BigInt(l[k] ?? 0), 80 + i * 8)
+  })
   const v = Buffer.alloc(512)
   v.writeBigUInt64LE(SESPARSE_VOLATILE_MAGIC, 0)
   v.writeBigUInt64LE(0n, 8) // free_gt_number
@@ -163,14 +181,21 @@ function seSparseHeaders (capacity: number): { chunks: Array<[number, Buffer]>, 
   j.writeBigUInt64LE(0xdeafc0den, 0)
   j.writeBigUInt64LE(1n, 8)
   j.writeBigUInt64LE(1n, 16)
-  return { chunks: [[0, h], [512, v], [1024, j]], size: (l.grainsOffset ?? 0) * 512 }
+  return {
+    chunks: [
+      [0, h],
+      [512, v],
+      [1024, j],
+    ],
+    size: (l.grainsOffset ?? 0) * 512,
+  }
 }
 
-function cowdHeader (capacity: number): { chunks: Array<[number, Buffer]>, size: number } {
+function cowdHeader(capacity: number): { chunks: Array<[number, Buffer]>; size: number } {
   const sectors = capacity / 512
   if (sectors > 0xffffffff) throw new VmdkError('E_RANGE', 'vmfsSparse (COWD) deltas are limited to 2 TiB', '')
   const gdEntries = Math.ceil(sectors / COWD_GT_ENTRIES)
-  const free = 4 + Math.ceil(gdEntries * 4 / 512)
+  const free = 4 + Math.ceil((gdEntries * 4) / 512)
   const h = Buffer.alloc(2048)
   h.writeUInt32LE(COWD_MAGIC, 0)
   h.writeUInt32LE(1, 4) // version
@@ -184,14 +209,14 @@ function cowdHeader (capacity: number): { chunks: Array<[number, Buffer]>, size:
 }
 
 /** KDMV layout exactly as `qemu-img create -f vmdk` lays it out (block/vmdk.c vmdk_init_extent). */
-function hostedImage (capacity: number, descriptor: string): { chunks: Array<[number, Buffer]>, size: number } {
+function hostedImage(capacity: number, descriptor: string): { chunks: Array<[number, Buffer]>; size: number } {
   const sectors = capacity / 512
   const granularity = 128
   const gtes = 512
   const grains = Math.ceil(sectors / granularity)
-  const gtSize = Math.ceil(gtes * 4 / 512)
+  const gtSize = Math.ceil((gtes * 4) / 512)
   const gtCount = Math.ceil(grains / gtes)
-  const gdSectors = Math.ceil(gtCount * 4 / 512)
+  const gdSectors = Math.ceil((gtCount * 4) / 512)
   const descOffset = 1
   const descSize = 20
   const rgdOffset = descOffset + descSize
@@ -220,7 +245,15 @@ function hostedImage (capacity: number, descriptor: string): { chunks: Array<[nu
     rgd.writeUInt32LE(rgdOffset + gdSectors + i * gtSize, i * 4)
     gd.writeUInt32LE(gdOffset + gdSectors + i * gtSize, i * 4)
   }
-  return { chunks: [[0, h], [descOffset * 512, desc], [rgdOffset * 512, rgd], [gdOffset * 512, gd]], size: grainOffset * 512 }
+  return {
+    chunks: [
+      [0, h],
+      [descOffset * 512, desc],
+      [rgdOffset * 512, rgd],
+      [gdOffset * 512, gd],
+    ],
+    size: grainOffset * 512,
+  }
 }
 
 /**
@@ -228,7 +261,7 @@ function hostedImage (capacity: number, descriptor: string): { chunks: Array<[nu
  * `vmfssparse`) or `qemu-img create -b` (`hosted`) would: the extent file first, then
  * the descriptor, so a descriptor never names a missing extent.
  */
-export async function createDelta (parentPath: string, childPath: string, opts: CreateDeltaOptions): Promise<void> {
+export async function createDelta(parentPath: string, childPath: string, opts: CreateDeltaOptions): Promise<void> {
   const chain = await openChain(parentPath, opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {})
   const parent = chain.layers[0]
   const capacity = chain.capacity
@@ -246,7 +279,11 @@ export async function createDelta (parentPath: string, childPath: string, opts: 
       const cid = formatCid(opts.cid ?? parentCid)
       const img = se ? seSparseHeaders(capacity / 512) : cowdHeader(capacity)
       const ddb: Array<[string, string]> = se
-        ? [['ddb.grain', '8'], ['ddb.longContentID', longContentId(cid)], ['ddb.encoding', 'UTF-8']]
+        ? [
+            ['ddb.grain', '8'],
+            ['ddb.longContentID', longContentId(cid)],
+            ['ddb.encoding', 'UTF-8'],
+          ]
         : [['ddb.longContentID', longContentId(cid)]]
       const d = buildDescriptor({
         cid,
@@ -254,7 +291,7 @@ export async function createDelta (parentPath: string, childPath: string, opts: 
         createType: se ? 'seSparse' : 'vmfsSparse',
         parentFileNameHint: hint,
         extents: [{ access: 'RW', sectors: capacity / 512, type: se ? 'SESPARSE' : 'VMFSSPARSE', file: extName }],
-        ddb
+        ddb,
       })
       const extPath = resolve(dir, extName)
       await createSparseFile(extPath, img.chunks, img.size)
@@ -281,9 +318,9 @@ export async function createDelta (parentPath: string, childPath: string, opts: 
           ['ddb.geometry.heads', '16'],
           ['ddb.geometry.sectors', '63'],
           ['ddb.adapterType', 'ide'],
-          ['ddb.toolsVersion', '2147483647']
+          ['ddb.toolsVersion', '2147483647'],
         ],
-        encoding: null
+        encoding: null,
       })
       const img = hostedImage(capacity, d.toString())
       await createSparseFile(childPath, img.chunks, img.size)

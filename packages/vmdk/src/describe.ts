@@ -55,7 +55,7 @@ export interface ChainInfo {
  * Describe a disk and its chain: createType, capacity, CIDs, extents, and per sparse
  * layer the grain size and how much it holds.
  */
-export async function describeChain (path: string, opts: OpenChainOptions & { held?: boolean } = {}): Promise<ChainInfo> {
+export async function describeChain(path: string, opts: OpenChainOptions & { held?: boolean } = {}): Promise<ChainInfo> {
   const chain = await openChain(path, opts)
   try {
     const layers: LayerInfo[] = []
@@ -66,7 +66,10 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
       const extents: ExtentInfo[] = l.extents.map((e, i) => {
         const line = lines[i] ?? { access: 'RW' as const, sectors: e.size / 512, type: e.format.toUpperCase() }
         const info: ExtentInfo = { ...line, format: e.format }
-        if (e.file !== undefined) { info.path = e.file.path; info.fileBytes = e.file.size }
+        if (e.file !== undefined) {
+          info.path = e.file.path
+          info.fileBytes = e.file.size
+        }
         if (e.sparse) info.grainSize = e.grainSize
         return info
       })
@@ -83,7 +86,7 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
         capacity: l.capacity,
         sparse: l.sparse,
         extents,
-        ddb: Object.fromEntries(l.descriptor.ddb)
+        ddb: Object.fromEntries(l.descriptor.ddb),
       }
       const hint = l.parentFileNameHint
       if (hint !== undefined) info.parentFileNameHint = hint
@@ -105,7 +108,7 @@ export async function describeChain (path: string, opts: OpenChainOptions & { he
           info.zeroBytes = zero
           info.ranges = ranges
         } else {
-          const data = l.extents.filter(e => e instanceof FlatExtent).reduce((s, e) => s + e.size, 0)
+          const data = l.extents.filter((e) => e instanceof FlatExtent).reduce((s, e) => s + e.size, 0)
           info.allocatedBytes = data
           info.zeroBytes = l.capacity - data
           info.ranges = l.extents.length

@@ -10,14 +10,14 @@ import { TextDecoder } from 'node:util'
 import { VmdkError } from './errors.ts'
 
 /** The label a descriptor declares in its `encoding=` line (ASCII scan of the raw bytes), or undefined. */
-export function declaredEncoding (bytes: Uint8Array): string | undefined {
+export function declaredEncoding(bytes: Uint8Array): string | undefined {
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1')
   const m = /^[ \t]*encoding[ \t]*=[ \t]*"?([^"\r\n]*?)"?[ \t]*\r?$/im.exec(text)
   const label = m?.[1]?.trim()
   return label === undefined || label === '' ? undefined : label
 }
 
-function decoderFor (label: string, file: string): TextDecoder {
+function decoderFor(label: string, file: string): TextDecoder {
   try {
     return new TextDecoder(label, { fatal: true, ignoreBOM: true })
   } catch (err) {
@@ -26,9 +26,13 @@ function decoderFor (label: string, file: string): TextDecoder {
 }
 
 /** True if a label names UTF-8 (or is absent, which means UTF-8 here). */
-export function isUtf8 (label: string | undefined): boolean {
+export function isUtf8(label: string | undefined): boolean {
   if (label === undefined) return true
-  try { return new TextDecoder(label).encoding === 'utf-8' } catch { return false }
+  try {
+    return new TextDecoder(label).encoding === 'utf-8'
+  } catch {
+    return false
+  }
 }
 
 /**
@@ -36,7 +40,7 @@ export function isUtf8 (label: string | undefined): boolean {
  * Unknown labels and bytes that are not valid in the declared encoding are
  * `E_ENCODING` (a file name decoded wrongly would only fail later as "not found").
  */
-export function decodeDescriptor (bytes: Uint8Array, file = ''): string {
+export function decodeDescriptor(bytes: Uint8Array, file = ''): string {
   const label = declaredEncoding(bytes) ?? 'UTF-8'
   const dec = decoderFor(label, file)
   try {
@@ -49,7 +53,7 @@ export function decodeDescriptor (bytes: Uint8Array, file = ''): string {
 /** char → bytes, per canonical encoding name; built on first use. */
 const TABLES = new Map<string, Map<string, Buffer>>()
 
-function reverseTable (dec: TextDecoder): Map<string, Buffer> {
+function reverseTable(dec: TextDecoder): Map<string, Buffer> {
   const hit = TABLES.get(dec.encoding)
   if (hit !== undefined) return hit
   const t = new Map<string, Buffer>()
@@ -59,7 +63,11 @@ function reverseTable (dec: TextDecoder): Map<string, Buffer> {
   for (let a = 0; a < 256; a++) {
     one[0] = a
     let s: string | undefined
-    try { s = fatal.decode(one) } catch { s = undefined }
+    try {
+      s = fatal.decode(one)
+    } catch {
+      s = undefined
+    }
     if (s !== undefined && s.length > 0) {
       if (!t.has(s)) t.set(s, Buffer.from([a]))
       continue
@@ -69,7 +77,11 @@ function reverseTable (dec: TextDecoder): Map<string, Buffer> {
       two[0] = a
       two[1] = b
       let u: string
-      try { u = fatal.decode(two) } catch { continue }
+      try {
+        u = fatal.decode(two)
+      } catch {
+        continue
+      }
       if (u.length > 0 && u.length <= 2 && !t.has(u) && [...u].length === 1) t.set(u, Buffer.from([a, b]))
     }
   }
@@ -83,7 +95,7 @@ function reverseTable (dec: TextDecoder): Map<string, Buffer> {
  * encoding cannot represent, or an encoding with no encoder here, is
  * `E_ENCODING`. The result always decodes back to `text`.
  */
-export function encodeDescriptor (text: string, encoding?: string, file = ''): Buffer {
+export function encodeDescriptor(text: string, encoding?: string, file = ''): Buffer {
   const label = encoding ?? declaredEncoding(Buffer.from(text, 'latin1')) ?? 'UTF-8'
   const dec = decoderFor(label, file)
   if (dec.encoding === 'utf-8') return Buffer.from(text, 'utf8')
@@ -95,14 +107,24 @@ export function encodeDescriptor (text: string, encoding?: string, file = ''): B
     if (b === undefined) {
       throw new VmdkError('E_ENCODING', `cannot write ${JSON.stringify(ch)} (U+${(ch.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}) in ${dec.encoding}`, file)
     }
-    if (b.length === 1 && (b[0] as number) < 0x80 && ch.charCodeAt(0) === b[0]) { ascii += ch; continue }
-    if (ascii !== '') { parts.push(Buffer.from(ascii, 'latin1')); ascii = '' }
+    if (b.length === 1 && (b[0] as number) < 0x80 && ch.charCodeAt(0) === b[0]) {
+      ascii += ch
+      continue
+    }
+    if (ascii !== '') {
+      parts.push(Buffer.from(ascii, 'latin1'))
+      ascii = ''
+    }
     parts.push(b)
   }
   if (ascii !== '') parts.push(Buffer.from(ascii, 'latin1'))
   const out = Buffer.concat(parts)
   let back: string | undefined
-  try { back = dec.decode(out) } catch { back = undefined }
+  try {
+    back = dec.decode(out)
+  } catch {
+    back = undefined
+  }
   if (back !== text) throw new VmdkError('E_ENCODING', `text does not survive a round trip through ${dec.encoding}`, file)
   return out
 }

@@ -13,10 +13,10 @@ const KIND_NAMES: Readonly<Record<FileKind, string>> = {
   socket: 'a socket',
   'block-device': 'a block device',
   'character-device': 'a character device',
-  other: 'not a regular file'
+  other: 'not a regular file',
 }
 
-function notRegular (path: string, role: FileRole, kind: FileKind): VmdkError {
+function notRegular(path: string, role: FileRole, kind: FileKind): VmdkError {
   return new VmdkError('E_NOT_REGULAR', `${role} is ${KIND_NAMES[kind]}, not a regular file; refusing to open it`, path)
 }
 
@@ -35,7 +35,7 @@ export class DiskFile {
   readonly #f: RandomAccessFile
   #size: number
 
-  private constructor (path: string, f: RandomAccessFile, writable: boolean, files: FileAccess) {
+  private constructor(path: string, f: RandomAccessFile, writable: boolean, files: FileAccess) {
     this.path = path
     this.#f = f
     this.#size = f.stat.size
@@ -50,7 +50,7 @@ export class DiskFile {
    * refused with `E_NOT_REGULAR` before anything opens it), then open and check
    * the handle's own status again (the path may have changed in between).
    */
-  static async open (files: FileAccess, path: string, opts: { writable?: boolean, role?: FileRole } = {}): Promise<DiskFile> {
+  static async open(files: FileAccess, path: string, opts: { writable?: boolean; role?: FileRole } = {}): Promise<DiskFile> {
     const role = opts.role ?? 'file'
     const writable = opts.writable === true
     let kind: FileKind
@@ -77,13 +77,15 @@ export class DiskFile {
     return new DiskFile(path, f, writable, files)
   }
 
-  get size (): number { return this.#size }
+  get size(): number {
+    return this.#size
+  }
 
   /**
    * Read exactly `length` bytes at `position` (into `into` when given, reused by
    * the caller); `E_TRUNCATED` if the file is shorter.
    */
-  async readExact (position: number, length: number, what: string, into?: Buffer): Promise<Buffer> {
+  async readExact(position: number, length: number, what: string, into?: Buffer): Promise<Buffer> {
     if (position + length > this.#size) {
       throw new VmdkError('E_TRUNCATED', `${what} at ${position}+${length} lies past the end of the file (${this.#size} bytes)`, this.path)
     }
@@ -94,7 +96,7 @@ export class DiskFile {
   }
 
   /** Read up to `length` bytes at `position` into buf; bytes past EOF read as zero (like QEMU). */
-  async readInto (buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<void> {
+  async readInto(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<void> {
     const avail = Math.max(0, Math.min(length, this.#size - position))
     const got = avail > 0 ? await this.#read(buf, bufOffset, avail, position, 'read') : 0
     if (got < length) buf.fill(0, bufOffset + got, bufOffset + length)
@@ -105,7 +107,7 @@ export class DiskFile {
    * time; a piece cut short by EOF zero-fills its rest. Returns the bytes read
    * contiguously from the start.
    */
-  async #read (buf: Uint8Array, bufOffset: number, length: number, position: number, what: string): Promise<number> {
+  async #read(buf: Uint8Array, bufOffset: number, length: number, position: number, what: string): Promise<number> {
     if (length <= this.maxReadBytes) {
       // one piece (most reads): no bookkeeping
       let done = 0
@@ -136,7 +138,10 @@ export class DiskFile {
     }
     try {
       if (pieces === 1) await one(0)
-      else await forEachLimited(got, this.concurrency, async (_, k) => { await one(k) })
+      else
+        await forEachLimited(got, this.concurrency, async (_, k) => {
+          await one(k)
+        })
     } catch (err) {
       throw ioError(err, this.path, what)
     }
@@ -148,7 +153,7 @@ export class DiskFile {
     return total
   }
 
-  async writeAt (data: Uint8Array, position: number): Promise<void> {
+  async writeAt(data: Uint8Array, position: number): Promise<void> {
     const w = this.#f.write
     if (!this.writable || w === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
     try {
@@ -162,7 +167,7 @@ export class DiskFile {
     if (position + data.length > this.#size) this.#size = position + data.length
   }
 
-  async truncate (size: number): Promise<void> {
+  async truncate(size: number): Promise<void> {
     try {
       if (this.#f.truncate === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
       await this.#f.truncate(size)
@@ -172,7 +177,7 @@ export class DiskFile {
     this.#size = size
   }
 
-  async sync (): Promise<void> {
+  async sync(): Promise<void> {
     try {
       if (this.#f.sync === undefined) throw new VmdkError('E_READONLY', 'file opened read-only', this.path)
       await this.#f.sync()
@@ -181,7 +186,7 @@ export class DiskFile {
     }
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     await this.#f.close().catch(() => {})
   }
 }

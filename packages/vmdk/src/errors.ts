@@ -20,7 +20,7 @@ export const VmdkErrorCodes = [
   'E_EXISTS',
   'E_ABORTED',
   'E_NOT_REGULAR',
-  'E_ENCODING'
+  'E_ENCODING',
 ] as const
 export type VmdkErrorCode = (typeof VmdkErrorCodes)[number]
 
@@ -30,7 +30,7 @@ export class VmdkError extends Error {
   readonly code: VmdkErrorCode
   /** The file the problem was found in ('' when no file is involved, e.g. a pure parse). */
   readonly file: string
-  constructor (code: VmdkErrorCode, message: string, file = '', options?: { cause?: unknown }) {
+  constructor(code: VmdkErrorCode, message: string, file = '', options?: { cause?: unknown }) {
     super(file !== '' ? `${message} (${file})` : message, options)
     this.code = code
     this.file = file
@@ -38,7 +38,7 @@ export class VmdkError extends Error {
 }
 
 /** True if `err` is a VmdkError (by name and code, so it works across copies of the package). */
-export function isVmdkError (err: unknown): err is VmdkError {
+export function isVmdkError(err: unknown): err is VmdkError {
   return err instanceof Error && err.name === 'VmdkError' && typeof (err as { code?: unknown }).code === 'string'
 }
 
@@ -46,7 +46,7 @@ export function isVmdkError (err: unknown): err is VmdkError {
  * Narrow a 64-bit on-disk value to a safe integer once (STYLE §10).
  * Throws `E_RANGE` above `Number.MAX_SAFE_INTEGER`.
  */
-export function toSafeInteger (v: bigint, field: string, file = ''): number {
+export function toSafeInteger(v: bigint, field: string, file = ''): number {
   if (v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new VmdkError('E_RANGE', `${field} out of range: ${v}`, file)
   }
@@ -54,7 +54,7 @@ export function toSafeInteger (v: bigint, field: string, file = ''): number {
 }
 
 /** Wrap a Node I/O error into a VmdkError (ENOENT → E_NOT_FOUND, others → E_IO). */
-export function ioError (err: unknown, file: string, what: string): VmdkError {
+export function ioError(err: unknown, file: string, what: string): VmdkError {
   if (isVmdkError(err)) return err
   const code = (err as { code?: unknown } | null)?.code
   if (code === 'ENOENT') return new VmdkError('E_NOT_FOUND', `${what}: no such file`, file, { cause: err })

@@ -22,7 +22,7 @@ export interface Run {
  * file order, in large reads, instead of one table at a time.
  */
 export interface ExtentWalk {
-  runs (start: number, length: number): Promise<Run[]>
+  runs(start: number, length: number): Promise<Run[]>
 }
 
 /** Everything a layer needs from one extent. Coordinates are bytes within the extent. */
@@ -35,32 +35,42 @@ export interface Extent {
   readonly grainSize: number
   readonly sparse: boolean
   /** Runs covering [start, start+length), merged; data runs merge only when file-contiguous. */
-  runs (start: number, length: number): Promise<Run[]>
+  runs(start: number, length: number): Promise<Run[]>
   /** Start an in-order walk of [start, end) (see {@link ExtentWalk}). */
-  walk (start: number, end: number): ExtentWalk
+  walk(start: number, end: number): ExtentWalk
   /**
    * Allocated (data or zero) runs in extent order, merged regardless of file
    * offsets, in batches. From the grain directory and tables only.
    */
-  allocated (signal?: AbortSignal): AsyncGenerator<Run[]>
+  allocated(signal?: AbortSignal): AsyncGenerator<Run[]>
   /** Read part of a data run into buf. */
-  readRun (run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void>
-  close (): Promise<void>
+  readRun(run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void>
+  close(): Promise<void>
 }
 
 /** Append a run to a list, merging with the last one when allowed. */
-export function pushRun (out: Run[], start: number, length: number, state: RunState, off: number, mergeData: boolean): void {
+export function pushRun(out: Run[], start: number, length: number, state: RunState, off: number, mergeData: boolean): void {
   const last = out[out.length - 1]
   if (last !== undefined && last.state === state && last.start + last.length === start) {
-    if (state !== RunState.Data) { last.length += length; return }
-    if (!mergeData) { last.length += length; last.off = -1; return }
-    if (last.off >= 0 && off >= 0 && last.off + last.length === off) { last.length += length; return }
+    if (state !== RunState.Data) {
+      last.length += length
+      return
+    }
+    if (!mergeData) {
+      last.length += length
+      last.off = -1
+      return
+    }
+    if (last.off >= 0 && off >= 0 && last.off + last.length === off) {
+      last.length += length
+      return
+    }
   }
   out.push({ start, length, state, off })
 }
 
 /** A walk for extents whose runs need no I/O. */
-function directWalk (e: Extent): ExtentWalk {
+function directWalk(e: Extent): ExtentWalk {
   return { runs: async (start, length) => await e.runs(start, length) }
 }
 
@@ -75,7 +85,7 @@ export class FlatExtent implements Extent {
   /** the file had no allocated blocks when opened (a fresh thin disk): reads as zero */
   readonly allHole: boolean
 
-  constructor (file: DiskFile, size: number, base: number) {
+  constructor(file: DiskFile, size: number, base: number) {
     this.file = file
     this.size = size
     this.base = base
@@ -83,21 +93,25 @@ export class FlatExtent implements Extent {
     this.allHole = file.allocatedBytes === 0 && file.size > 0
   }
 
-  async runs (start: number, length: number): Promise<Run[]> {
+  async runs(start: number, length: number): Promise<Run[]> {
     return [{ start, length, state: RunState.Data, off: this.base + start }]
   }
 
-  walk (): ExtentWalk { return directWalk(this) }
+  walk(): ExtentWalk {
+    return directWalk(this)
+  }
 
-  async * allocated (): AsyncGenerator<Run[]> {
+  async *allocated(): AsyncGenerator<Run[]> {
     if (this.size > 0) yield [{ start: 0, length: this.size, state: RunState.Data, off: this.base }]
   }
 
-  async readRun (run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
+  async readRun(run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
     await this.file.readInto(buf, bufOffset, length, run.off + (start - run.start))
   }
 
-  async close (): Promise<void> { await this.file.close() }
+  async close(): Promise<void> {
+    await this.file.close()
+  }
 }
 
 /** A ZERO extent: no file, reads as zeros. */
@@ -107,16 +121,23 @@ export class ZeroExtent implements Extent {
   readonly file = undefined
   readonly grainSize: number
   readonly sparse = false
-  constructor (size: number) { this.size = size; this.grainSize = size }
-  async runs (start: number, length: number): Promise<Run[]> { return [{ start, length, state: RunState.Zero, off: -1 }] }
-  walk (): ExtentWalk { return directWalk(this) }
-  async * allocated (): AsyncGenerator<Run[]> {
+  constructor(size: number) {
+    this.size = size
+    this.grainSize = size
+  }
+  async runs(start: number, length: number): Promise<Run[]> {
+    return [{ start, length, state: RunState.Zero, off: -1 }]
+  }
+  walk(): ExtentWalk {
+    return directWalk(this)
+  }
+  async *allocated(): AsyncGenerator<Run[]> {
     if (this.size > 0) yield [{ start: 0, length: this.size, state: RunState.Zero, off: -1 }]
   }
 
-  async readRun (_run: Run, _start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
+  async readRun(_run: Run, _start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
     buf.fill(0, bufOffset, bufOffset + length)
   }
 
-  async close (): Promise<void> {}
+  async close(): Promise<void> {}
 }

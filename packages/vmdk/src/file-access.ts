@@ -39,15 +39,15 @@ export interface RandomAccessFile {
    * number of bytes read (0 at end of file; fewer than asked is allowed, the
    * caller reads the rest). Several reads may be in flight at once.
    */
-  read (buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number>
+  read(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number>
   /** Write `length` bytes of `data[offset…]` at `position`; resolves bytes written. Only on writable opens. */
-  write? (data: Uint8Array, offset: number, length: number, position: number): Promise<number>
+  write?(data: Uint8Array, offset: number, length: number, position: number): Promise<number>
   /** Only on writable opens. */
-  truncate? (size: number): Promise<void>
+  truncate?(size: number): Promise<void>
   /** fsync. Only on writable opens. */
-  sync? (): Promise<void>
+  sync?(): Promise<void>
   /** Release the handle. Must not throw for an already closed file. */
-  close (): Promise<void>
+  close(): Promise<void>
 }
 
 /**
@@ -57,19 +57,19 @@ export interface RandomAccessFile {
  */
 export interface FileAccess {
   /** Status of `path`, following symbolic links (ESXi datastores use them). */
-  stat (path: string): Promise<FileStat>
+  stat(path: string): Promise<FileStat>
   /**
    * Open a regular file. The readers call {@link stat} first and never open
    * anything but `kind: 'file'`; implementations must still not block on a FIFO
    * or device that replaced the file in between (locally: `O_NONBLOCK`).
    * `'r+'` (read-write) is only used by the local writer and may be refused.
    */
-  open (path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile>
+  open(path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile>
   /**
    * Canonical path (symbolic links resolved), used to detect chains that loop
    * back on themselves. Without it, paths are compared as written (normalized).
    */
-  realpath? (path: string): Promise<string>
+  realpath?(path: string): Promise<string>
   /** Largest single read worth issuing; larger reads are split. @default 1 MiB */
   readonly maxReadBytes?: number
   /** Reads kept in flight by one metadata load or one data read. @default 2 */
@@ -82,7 +82,7 @@ export const DEFAULT_MAX_READ_BYTES = 1024 * 1024
 export const DEFAULT_CONCURRENCY = 2
 
 /** The kind of a Node `Stats`. */
-export function kindOf (st: Stats): FileKind {
+export function kindOf(st: Stats): FileKind {
   if (st.isFile()) return 'file'
   if (st.isDirectory()) return 'directory'
   if (st.isSymbolicLink()) return 'symlink'
@@ -93,7 +93,7 @@ export function kindOf (st: Stats): FileKind {
   return 'other'
 }
 
-function toFileStat (st: Stats): FileStat {
+function toFileStat(st: Stats): FileStat {
   return { kind: kindOf(st), size: st.size, allocatedBytes: st.blocks * 512 }
 }
 
@@ -102,25 +102,29 @@ class LocalFile implements RandomAccessFile {
   readonly #fh: FileHandle
   #closed = false
 
-  constructor (fh: FileHandle, st: FileStat) {
+  constructor(fh: FileHandle, st: FileStat) {
     this.#fh = fh
     this.stat = st
   }
 
-  async read (buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number> {
+  async read(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number> {
     const { bytesRead } = await this.#fh.read(buf, bufOffset, length, position)
     return bytesRead
   }
 
-  async write (data: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  async write(data: Uint8Array, offset: number, length: number, position: number): Promise<number> {
     const { bytesWritten } = await this.#fh.write(data, offset, length, position)
     return bytesWritten
   }
 
-  async truncate (size: number): Promise<void> { await this.#fh.truncate(size) }
-  async sync (): Promise<void> { await this.#fh.sync() }
+  async truncate(size: number): Promise<void> {
+    await this.#fh.truncate(size)
+  }
+  async sync(): Promise<void> {
+    await this.#fh.sync()
+  }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
     await this.#fh.close().catch(() => {})
@@ -134,10 +138,10 @@ class LocalFile implements RandomAccessFile {
  * type check cannot block the open (and the `fstat` right after refuses it).
  */
 export const localFileAccess: FileAccess = Object.freeze({
-  async stat (path: string): Promise<FileStat> {
+  async stat(path: string): Promise<FileStat> {
     return toFileStat(await stat(path))
   },
-  async open (path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> {
+  async open(path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> {
     const flags = (mode === 'r+' ? constants.O_RDWR : constants.O_RDONLY) | constants.O_NONBLOCK | constants.O_NOCTTY
     const fh = await open(path, flags)
     try {
@@ -147,11 +151,11 @@ export const localFileAccess: FileAccess = Object.freeze({
       throw err
     }
   },
-  async realpath (path: string): Promise<string> {
+  async realpath(path: string): Promise<string> {
     return await realpath(path)
   },
   // local reads are cheap to issue large (a thread-pool hand-off each); grain tables are
   // still read 1 MiB at a time (TABLE_READ_BYTES)
   maxReadBytes: 8 * 1024 * 1024,
-  concurrency: DEFAULT_CONCURRENCY
+  concurrency: DEFAULT_CONCURRENCY,
 })

@@ -21,7 +21,7 @@ export interface TableSource {
   /** bytes of one grain table on disk */
   readonly gtBytes: number
   /** decode (and validate) the table of GD entry `gdIndex` found at `buf[offset…]` */
-  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable
+  decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable
 }
 
 /** Decoded tables kept per extent for random access (bytes, approximate). */
@@ -41,13 +41,17 @@ const GAP_BYTES = 64 * 1024
 /** Reads up to this size allocate their own buffer; larger ones reuse pooled ones. */
 const SMALL_READ = 64 * 1024
 
-interface Chunk { off: number, bytes: number, items: number[] }
+interface Chunk {
+  off: number
+  bytes: number
+  items: number[]
+}
 
 /**
  * GD indices sorted by their tables' file offsets: a native sort of packed
  * (sector, index) keys when they fit a double exactly, else a comparator sort.
  */
-function byOffset (indices: readonly number[], gd: Float64Array): number[] {
+function byOffset(indices: readonly number[], gd: Float64Array): number[] {
   const n = indices.length
   if (n < 2) return indices.slice()
   let maxSector = 0
@@ -95,26 +99,34 @@ export class GrainTableStore {
   #avgCost = 0
   readonly stats: TableStoreStats = { reads: 0, bytes: 0, decoded: 0 }
 
-  constructor (src: TableSource, cacheBytes = TABLE_CACHE_BYTES) {
+  constructor(src: TableSource, cacheBytes = TABLE_CACHE_BYTES) {
     this.#src = src
     this.#cacheLimit = cacheBytes
   }
 
-  get #maxChunk (): number { return Math.max(this.#src.gtBytes, Math.min(TABLE_READ_BYTES, this.#src.file.maxReadBytes)) }
+  get #maxChunk(): number {
+    return Math.max(this.#src.gtBytes, Math.min(TABLE_READ_BYTES, this.#src.file.maxReadBytes))
+  }
 
   /** A cached table (refreshing its LRU position), null for no table, undefined when not loaded. */
-  cached (gdIndex: number): GrainTable | null | undefined {
+  cached(gdIndex: number): GrainTable | null | undefined {
     if ((this.#src.gd[gdIndex] ?? 0) === 0) return null
     const t = this.#cache.get(gdIndex)
-    if (t !== undefined) { this.#cache.delete(gdIndex); this.#cache.set(gdIndex, t) }
+    if (t !== undefined) {
+      this.#cache.delete(gdIndex)
+      this.#cache.set(gdIndex, t)
+    }
     return t
   }
 
   /** Put a table in the LRU (the writer's replacement, or a walk's result). */
-  remember (gdIndex: number, t: GrainTable): void {
+  remember(gdIndex: number, t: GrainTable): void {
     const old = this.#cache.get(gdIndex)
     if (old === t) return
-    if (old !== undefined) { this.#cacheBytes -= tableCost(old); this.#cache.delete(gdIndex) }
+    if (old !== undefined) {
+      this.#cacheBytes -= tableCost(old)
+      this.#cache.delete(gdIndex)
+    }
     this.#cache.set(gdIndex, t)
     this.#cacheBytes += tableCost(t)
     while (this.#cacheBytes > this.#cacheLimit && this.#cache.size > 1) {
@@ -126,7 +138,7 @@ export class GrainTableStore {
   }
 
   /** The tables of GD entries [first, last] when all are in memory (no I/O, no await), else undefined. */
-  tablesIfCached (first: number, last: number): Array<GrainTable | null> | undefined {
+  tablesIfCached(first: number, last: number): Array<GrainTable | null> | undefined {
     const out = new Array<GrainTable | null>(last - first + 1)
     for (let i = first; i <= last; i++) {
       const c = this.cached(i)
@@ -137,22 +149,36 @@ export class GrainTableStore {
   }
 
   /** The tables of GD entries [first, last] (null where there is none), loading what is missing. */
-  async tables (first: number, last: number): Promise<Array<GrainTable | null>> {
+  async tables(first: number, last: number): Promise<Array<GrainTable | null>> {
     const out = new Array<GrainTable | null>(last - first + 1).fill(null)
     const missing: number[] = []
     let waits: Array<Promise<void>> | undefined
     for (let i = first; i <= last; i++) {
       const c = this.cached(i)
-      if (c !== undefined) { out[i - first] = c; continue }
+      if (c !== undefined) {
+        out[i - first] = c
+        continue
+      }
       const p = this.#inflight.get(i)
       if (p !== undefined) {
-        (waits ??= []).push(p.then(t => { out[i - first] = t }))
+        waits ??= []
+        waits.push(
+          p.then((t) => {
+            out[i - first] = t
+          }),
+        )
         continue
       }
       missing.push(i)
     }
     if (missing.length > 0) {
-      (waits ??= []).push(this.#load(missing, (i, t) => { this.remember(i, t); if (i >= first && i <= last) out[i - first] = t }))
+      waits ??= []
+      waits.push(
+        this.#load(missing, (i, t) => {
+          this.remember(i, t)
+          if (i >= first && i <= last) out[i - first] = t
+        }),
+      )
     }
     // one Promise.all over everything, so a failure of one never leaves another unhandled
     if (waits !== undefined) await Promise.all(waits)
@@ -160,25 +186,28 @@ export class GrainTableStore {
   }
 
   /** Start an in-order walk over GD entries [first, end). */
-  walk (first: number, end: number): TableWalk {
+  walk(first: number, end: number): TableWalk {
     return new TableWalk(this, first, end)
   }
 
-  clear (): void {
+  clear(): void {
     this.#cache.clear()
     this.#cacheBytes = 0
     this.#pool.length = 0
   }
 
   /** Group GD indices (sorted by file offset) into reads of back-to-back or nearby tables. */
-  #plan (sorted: readonly number[], accept: (i: number) => boolean, from: { k: number }): Chunk | undefined {
+  #plan(sorted: readonly number[], accept: (i: number) => boolean, from: { k: number }): Chunk | undefined {
     const gd = this.#src.gd
     const gt = this.#src.gtBytes
     const max = this.#maxChunk
     let c: Chunk | undefined
     while (from.k < sorted.length) {
       const i = sorted[from.k] as number
-      if (!accept(i)) { from.k++; continue }
+      if (!accept(i)) {
+        from.k++
+        continue
+      }
       const off = gd[i] as number
       if (c === undefined) {
         c = { off, bytes: gt, items: [i] }
@@ -193,16 +222,16 @@ export class GrainTableStore {
     return c
   }
 
-  #take (bytes: number): Buffer {
+  #take(bytes: number): Buffer {
     if (bytes <= SMALL_READ) return Buffer.allocUnsafe(bytes)
     return this.#pool.pop() ?? Buffer.allocUnsafe(this.#maxChunk)
   }
 
-  #give (buf: Buffer): void {
+  #give(buf: Buffer): void {
     if (buf.length === this.#maxChunk && this.#pool.length < this.#src.file.concurrency) this.#pool.push(buf)
   }
 
-  async #readChunk (c: Chunk): Promise<Buffer> {
+  async #readChunk(c: Chunk): Promise<Buffer> {
     const buf = this.#take(c.bytes)
     try {
       await this.#src.file.readExact(c.off, c.bytes, 'grain tables', buf)
@@ -215,7 +244,7 @@ export class GrainTableStore {
     return buf
   }
 
-  #decode (buf: Buffer, c: Chunk, i: number): GrainTable {
+  #decode(buf: Buffer, c: Chunk, i: number): GrainTable {
     this.stats.decoded++
     return this.#src.decodeTable(buf, (this.#src.gd[i] as number) - c.off, i)
   }
@@ -224,19 +253,21 @@ export class GrainTableStore {
    * Load the tables of `indices` (none cached or in flight), registering each as
    * in flight so concurrent callers share the reads; `sink` gets every table.
    */
-  async #load (indices: number[], sink: (i: number, t: GrainTable) => void): Promise<void> {
+  async #load(indices: number[], sink: (i: number, t: GrainTable) => void): Promise<void> {
     const sorted = indices.length > 1 ? byOffset(indices, this.#src.gd) : indices
     const chunks: Chunk[] = []
     const from = { k: 0 }
     for (let c = this.#plan(sorted, () => true, from); c !== undefined; c = this.#plan(sorted, () => true, from)) chunks.push(c)
-    const settle = new Map<number, { resolve: (t: GrainTable) => void, reject: (e: unknown) => void }>()
+    const settle = new Map<number, { resolve: (t: GrainTable) => void; reject: (e: unknown) => void }>()
     for (const i of indices) {
-      const p = new Promise<GrainTable>((resolve, reject) => { settle.set(i, { resolve, reject }) })
+      const p = new Promise<GrainTable>((resolve, reject) => {
+        settle.set(i, { resolve, reject })
+      })
       p.catch(() => {})
       this.#inflight.set(i, p)
     }
     try {
-      await forEachLimited(chunks, this.#src.file.concurrency, async c => {
+      await forEachLimited(chunks, this.#src.file.concurrency, async (c) => {
         const buf = await this.#readChunk(c)
         try {
           for (const i of c.items) {
@@ -264,7 +295,7 @@ export class GrainTableStore {
    * least [s, mustCover]; never more than MAX_SWEEP_SPAN entries). Returns the
    * tables of [s, covered) densely (undefined = no table).
    */
-  async sweep (s: number, end: number, mustCover: number, budget: number): Promise<{ covered: number, tables: Array<GrainTable | undefined> }> {
+  async sweep(s: number, end: number, mustCover: number, budget: number): Promise<{ covered: number; tables: Array<GrainTable | undefined> }> {
     const gd = this.#src.gd
     const floor = Math.min(end, mustCover + 1)
     // after a first sweep the average table cost predicts where the budget runs out
@@ -276,7 +307,11 @@ export class GrainTableStore {
     for (let i = s; i < g; i++) {
       if ((gd[i] ?? 0) === 0) continue
       const c = this.cached(i)
-      if (c !== undefined && c !== null) { tables[i - s] = c; kept += tableCost(c); continue }
+      if (c !== undefined && c !== null) {
+        tables[i - s] = c
+        kept += tableCost(c)
+        continue
+      }
       toRead.push(i)
     }
     let decodedCost = 0
@@ -291,7 +326,10 @@ export class GrainTableStore {
       while (kept > budget && g > floor) {
         g--
         const d = tables[g - s]
-        if (d !== undefined) { kept -= tableCost(d); tables[g - s] = undefined }
+        if (d !== undefined) {
+          kept -= tableCost(d)
+          tables[g - s] = undefined
+        }
       }
     }
     const sorted = byOffset(toRead, gd)
@@ -299,7 +337,7 @@ export class GrainTableStore {
     let failed = false
     const worker = async (): Promise<void> => {
       try {
-        for (let c = this.#plan(sorted, i => i < g, from); c !== undefined && !failed; c = this.#plan(sorted, i => i < g, from)) {
+        for (let c = this.#plan(sorted, (i) => i < g, from); c !== undefined && !failed; c = this.#plan(sorted, (i) => i < g, from)) {
           const buf = await this.#readChunk(c)
           try {
             for (const i of c.items) if (i < g) add(i, this.#decode(buf, c, i))
@@ -338,7 +376,7 @@ export class TableWalk {
   /** entries below this were dropped (windows never go back) */
   #released: number
 
-  constructor (store: GrainTableStore, first: number, end: number) {
+  constructor(store: GrainTableStore, first: number, end: number) {
     this.#store = store
     this.#end = end
     this.#base = first
@@ -346,14 +384,14 @@ export class TableWalk {
     this.#released = first
   }
 
-  #get (i: number): GrainTable | null {
+  #get(i: number): GrainTable | null {
     const t = this.#tabs[i - this.#base]
     if (t === undefined) return null
     this.#store.remember(i, t)
     return t
   }
 
-  async tables (first: number, last: number): Promise<Array<GrainTable | null>> {
+  async tables(first: number, last: number): Promise<Array<GrainTable | null>> {
     for (; this.#released < first && this.#released < this.#covered; this.#released++) {
       if (this.#released >= this.#base) this.#tabs[this.#released - this.#base] = undefined
     }

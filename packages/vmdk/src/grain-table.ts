@@ -38,13 +38,13 @@ const ZERO_BLOCK = Buffer.alloc(65536)
  */
 export class TableBuilder {
   n = 0
-  push (j: number, v: number): void {
+  push(j: number, v: number): void {
     SCRATCH[2 * this.n] = j
     SCRATCH[2 * this.n + 1] = v
     this.n++
   }
 
-  done (): GrainTable {
+  done(): GrainTable {
     const n = this.n
     this.n = 0
     return n === 0 ? EMPTY_TABLE : SCRATCH.slice(0, 2 * n)
@@ -52,17 +52,17 @@ export class TableBuilder {
 }
 
 /** True if buf[off, off+len) is all zero (len <= 65536; one memcmp). */
-export function isZeroBlock (buf: Buffer, off: number, len: number): boolean {
+export function isZeroBlock(buf: Buffer, off: number, len: number): boolean {
   return buf.compare(ZERO_BLOCK, 0, len, off, off + len) === 0
 }
 
 /** Approximate bytes a decoded table keeps alive. */
-export function tableCost (t: GrainTable): number {
+export function tableCost(t: GrainTable): number {
   return 32 + t.length * 8
 }
 
 /** Position k of the first entry whose index is >= j. */
-export function lowerBound (t: GrainTable, j: number): number {
+export function lowerBound(t: GrainTable, j: number): number {
   const e = t
   let lo = 0
   let hi = t.length >> 1
@@ -89,7 +89,7 @@ export interface TableGeometry {
  * (`tables[k]` is the table of GD entry `first + k`, null when there is none).
  * Data runs merge only when file-contiguous; compressed grains stay one run each.
  */
-export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, start: number, length: number, out: Run[] = []): Run[] {
+export function tablesToRuns(geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, start: number, length: number, out: Run[] = []): Run[] {
   const end = start + length
   const g = geo.grainSize
   const cover = g * geo.gtEntries
@@ -108,10 +108,21 @@ export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTab
     const n = t.length >> 1
     let k = lowerBound(t, Math.floor(pos / g) - tBase)
     while (pos < tEnd) {
-      if (k >= n) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
+      if (k >= n) {
+        pushRun(out, pos, tEnd - pos, RunState.None, -1, true)
+        pos = tEnd
+        break
+      }
       const gs = (tBase + (e[2 * k] as number)) * g
-      if (gs >= tEnd) { pushRun(out, pos, tEnd - pos, RunState.None, -1, true); pos = tEnd; break }
-      if (gs > pos) { pushRun(out, pos, gs - pos, RunState.None, -1, true); pos = gs }
+      if (gs >= tEnd) {
+        pushRun(out, pos, tEnd - pos, RunState.None, -1, true)
+        pos = tEnd
+        break
+      }
+      if (gs > pos) {
+        pushRun(out, pos, gs - pos, RunState.None, -1, true)
+        pos = gs
+      }
       const gEnd = Math.min(tEnd, gs + g)
       const v = e[2 * k + 1] as number
       if (v === GTE_ZERO) pushRun(out, pos, gEnd - pos, RunState.Zero, -1, true)
@@ -130,7 +141,7 @@ export function tablesToRuns (geo: TableGeometry, tables: ReadonlyArray<GrainTab
  * the extent size). `pending` is the run still open from the previous call; the
  * function returns the run left open after this one (not yet in `out`).
  */
-export function tablesToAllocated (geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, pending: Run | undefined, out: Run[]): Run | undefined {
+export function tablesToAllocated(geo: TableGeometry, tables: ReadonlyArray<GrainTable | null>, first: number, pending: Run | undefined, out: Run[]): Run | undefined {
   const g = geo.grainSize
   const cover = g * geo.gtEntries
   for (let k = 0; k < tables.length; k++) {

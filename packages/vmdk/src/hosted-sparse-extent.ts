@@ -10,7 +10,7 @@ export const KdmvFlags = {
   RedundantGd: 1 << 1,
   ZeroedGrainGte: 1 << 2,
   Compressed: 1 << 16,
-  Markers: 1 << 17
+  Markers: 1 << 17,
 } as const
 const KNOWN_FLAGS = 0x7 | 0x30000
 const GD_AT_END = 0xffffffffffffffffn
@@ -38,7 +38,7 @@ export interface SparseExtentHeader {
  * Parse a KDMV header (pure). Throws E_FORMAT / E_VERSION / E_UNSUPPORTED / E_RANGE.
  * VMDK 1.1: grainSize is a power of 2; numGTEsPerGT is 512 in every known writer.
  */
-export function parseSparseExtentHeader (buf: Uint8Array, file = ''): SparseExtentHeader {
+export function parseSparseExtentHeader(buf: Uint8Array, file = ''): SparseExtentHeader {
   if (buf.length < 512) throw new VmdkError('E_TRUNCATED', 'KDMV header shorter than 512 bytes', file)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.readUInt32LE(0) !== KDMV_MAGIC) throw new VmdkError('E_FORMAT', 'not a KDMV sparse extent (bad magic)', file)
@@ -67,7 +67,7 @@ export function parseSparseExtentHeader (buf: Uint8Array, file = ''): SparseExte
     gdOffset,
     overHead,
     uncleanShutdown: b.readUInt8(72),
-    compressAlgorithm: b.readUInt16LE(77)
+    compressAlgorithm: b.readUInt16LE(77),
   })
   if (capacity * 512 > MAX_CAPACITY) throw new VmdkError('E_RANGE', `capacity ${capacity} sectors is absurd`, file)
   if (grainSize < 1 || grainSize > 65536 || (grainSize & (grainSize - 1)) !== 0) {
@@ -89,16 +89,18 @@ export class HostedSparseExtent extends SparseExtent {
   readonly header: SparseExtentHeader
   readonly gdSectorOffset: number
 
-  private constructor (file: DiskFile, size: number, header: SparseExtentHeader, gd: Float64Array, gdSectorOffset: number) {
-    super(file, size, header.grainSize * 512, header.numGTEsPerGT, Math.ceil(header.numGTEsPerGT * 4 / 512) * 512, gd)
+  private constructor(file: DiskFile, size: number, header: SparseExtentHeader, gd: Float64Array, gdSectorOffset: number) {
+    super(file, size, header.grainSize * 512, header.numGTEsPerGT, Math.ceil((header.numGTEsPerGT * 4) / 512) * 512, gd)
     this.header = header
     this.gdSectorOffset = gdSectorOffset
   }
 
-  get compressed (): boolean { return (this.header.flags & KdmvFlags.Compressed) !== 0 }
+  get compressed(): boolean {
+    return (this.header.flags & KdmvFlags.Compressed) !== 0
+  }
 
   /** Open a KDMV extent of `size` bytes (from the descriptor line, or the header when undefined). */
-  static async open (file: DiskFile, size?: number): Promise<HostedSparseExtent> {
+  static async open(file: DiskFile, size?: number): Promise<HostedSparseExtent> {
     const header = parseSparseExtentHeader(await file.readExact(0, 512, 'KDMV header'), file.path)
     let gdOffset = header.gdOffset
     if (gdOffset < 0) {
@@ -113,9 +115,9 @@ export class HostedSparseExtent extends SparseExtent {
       throw new VmdkError('E_FORMAT', `extent line says ${extentSize / 512} sectors, header capacity ${header.capacity}`, file.path)
     }
     const cover = header.grainSize * 512 * header.numGTEsPerGT
-    const gdEntries = Math.ceil(header.capacity * 512 / cover)
+    const gdEntries = Math.ceil((header.capacity * 512) / cover)
     if (gdEntries * 4 > MAX_GD_BYTES) throw new VmdkError('E_RANGE', `grain directory of ${gdEntries} entries is absurd`, file.path)
-    const gtBytes = Math.ceil(header.numGTEsPerGT * 4 / 512) * 512
+    const gtBytes = Math.ceil((header.numGTEsPerGT * 4) / 512) * 512
     const raw = await file.readExact(gdOffset * 512, gdEntries * 4, 'grain directory')
     const gd = new Float64Array(gdEntries)
     const metaEnd = header.descriptorSize > 0 ? header.descriptorOffset + header.descriptorSize : 1
@@ -132,7 +134,7 @@ export class HostedSparseExtent extends SparseExtent {
     return new HostedSparseExtent(file, extentSize, header, gd, gdOffset)
   }
 
-  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const n = this.gtEntries
     const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
@@ -146,7 +148,10 @@ export class HostedSparseExtent extends SparseExtent {
         const s = buf.readUInt32LE(offset + j * 4)
         if (s === 0) continue
         // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
-        if (s === 1) { tb.push(j, GTE_ZERO); continue }
+        if (s === 1) {
+          tb.push(j, GTE_ZERO)
+          continue
+        }
         if (s < minSector) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the metadata (sector ${s})`, this.file.path)
         if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
         tb.push(j, compressed ? -(s * 512) : s * 512)
@@ -155,7 +160,7 @@ export class HostedSparseExtent extends SparseExtent {
     return tb.done()
   }
 
-  protected override async inflateGrain (off: number): Promise<Buffer> {
+  protected override async inflateGrain(off: number): Promise<Buffer> {
     const markers = (this.header.flags & KdmvFlags.Markers) !== 0
     const prefix = markers ? 12 : 4
     const head = await this.file.readExact(off, prefix, 'compressed grain header')
@@ -171,13 +176,13 @@ export class HostedSparseExtent extends SparseExtent {
   }
 
   /** The embedded descriptor text (NUL-padded area cut at the first NUL), or undefined. */
-  async embeddedDescriptor (): Promise<Buffer | undefined> {
+  async embeddedDescriptor(): Promise<Buffer | undefined> {
     return await readEmbeddedDescriptor(this.file, this.header)
   }
 }
 
 /** The embedded descriptor area of a KDMV file, cut at the first NUL (bytes; decode with decodeDescriptor). */
-export async function readEmbeddedDescriptor (file: DiskFile, header: SparseExtentHeader): Promise<Buffer | undefined> {
+export async function readEmbeddedDescriptor(file: DiskFile, header: SparseExtentHeader): Promise<Buffer | undefined> {
   if (header.descriptorSize === 0 || header.descriptorOffset === 0) return undefined
   const raw = await file.readExact(header.descriptorOffset * 512, header.descriptorSize * 512, 'embedded descriptor')
   const nul = raw.indexOf(0)

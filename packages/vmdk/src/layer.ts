@@ -13,10 +13,12 @@ import { SeSparseExtent } from './sesparse-extent.ts'
 export type PathMap = Readonly<Record<string, string>>
 
 /** A run in disk coordinates, with the index of the extent it came from. */
-export interface LayerRun extends Run { ext: number }
+export interface LayerRun extends Run {
+  ext: number
+}
 
 /** Resolve a descriptor-relative or absolute (possibly datastore) path. */
-export function resolveVmdkPath (fromFile: string, target: string, pathMap?: PathMap): string {
+export function resolveVmdkPath(fromFile: string, target: string, pathMap?: PathMap): string {
   if (isAbsolute(target)) {
     let best: string | undefined
     for (const key of Object.keys(pathMap ?? {})) {
@@ -47,7 +49,7 @@ export class Layer {
   readonly capacity: number
   #cidVerified = true
 
-  constructor (path: string, descriptor: Descriptor, kind: Layer['descriptorKind'], extents: readonly Extent[]) {
+  constructor(path: string, descriptor: Descriptor, kind: Layer['descriptorKind'], extents: readonly Extent[]) {
     this.path = path
     this.file = basename(path)
     this.#descriptor = descriptor
@@ -55,33 +57,56 @@ export class Layer {
     this.extents = extents
     const starts: number[] = []
     let s = 0
-    for (const e of extents) { starts.push(s); s += e.size }
+    for (const e of extents) {
+      starts.push(s)
+      s += e.size
+    }
     this.extentStarts = starts
     this.capacity = s
   }
 
-  get descriptor (): Descriptor { return this.#descriptor }
+  get descriptor(): Descriptor {
+    return this.#descriptor
+  }
   /** @internal the writer replaces the descriptor after persisting it */
-  setDescriptor (d: Descriptor): void { this.#descriptor = d }
+  setDescriptor(d: Descriptor): void {
+    this.#descriptor = d
+  }
 
-  get cid (): string { return this.descriptor.cid }
-  get parentCid (): string { return this.descriptor.parentCid }
-  get createType (): string { return this.descriptor.createType }
-  get parentFileNameHint (): string | undefined { return this.descriptor.parentFileNameHint }
+  get cid(): string {
+    return this.descriptor.cid
+  }
+  get parentCid(): string {
+    return this.descriptor.parentCid
+  }
+  get createType(): string {
+    return this.descriptor.createType
+  }
+  get parentFileNameHint(): string | undefined {
+    return this.descriptor.parentFileNameHint
+  }
   /** true if any extent is sparse (the layer may fall through to a parent) */
-  get sparse (): boolean { return this.extents.some(e => e.sparse) }
+  get sparse(): boolean {
+    return this.extents.some((e) => e.sparse)
+  }
   /** grain size in bytes of the first sparse extent */
-  get grainSize (): number | undefined { return this.extents.find(e => e.sparse)?.grainSize }
+  get grainSize(): number | undefined {
+    return this.extents.find((e) => e.sparse)?.grainSize
+  }
   /**
    * False when this layer's link to its parent could not be checked: its
    * `parentCID` is `fffffffe`, which ESXi writes after some migrations (Storage
    * vMotion) and which proves nothing. True for a verified link and for a base.
    */
-  get cidVerified (): boolean { return this.#cidVerified }
+  get cidVerified(): boolean {
+    return this.#cidVerified
+  }
   /** @internal set by openChain */
-  setCidVerified (v: boolean): void { this.#cidVerified = v }
+  setCidVerified(v: boolean): void {
+    this.#cidVerified = v
+  }
 
-  #pieces (start: number, length: number, fn: (e: Extent, i: number, es: number, s: number, len: number) => void): void {
+  #pieces(start: number, length: number, fn: (e: Extent, i: number, es: number, s: number, len: number) => void): void {
     const end = start + length
     for (let i = 0; i < this.extents.length && start < end; i++) {
       const e = this.extents[i] as Extent
@@ -94,7 +119,7 @@ export class Layer {
   }
 
   /** Runs covering [start, start+length) of the disk as this layer alone sees it. */
-  async runs (start: number, length: number): Promise<LayerRun[]> {
+  async runs(start: number, length: number): Promise<LayerRun[]> {
     const first = this.extents[0]
     if (this.extents.length === 1 && first !== undefined) {
       // one extent (almost every layer): no fan-out
@@ -102,12 +127,15 @@ export class Layer {
     }
     const parts: Array<Promise<Run[]>> = []
     const meta: Array<[number, number]> = []
-    this.#pieces(start, length, (e, i, es, s, len) => { parts.push(e.runs(s, len)); meta.push([i, es]) })
+    this.#pieces(start, length, (e, i, es, s, len) => {
+      parts.push(e.runs(s, len))
+      meta.push([i, es])
+    })
     return toLayerRuns(await Promise.all(parts), meta)
   }
 
   /** An in-order walk of [start, end) (windows passed to `runs` never go back). */
-  walk (start: number, end: number): { runs: (start: number, length: number) => Promise<LayerRun[]> } {
+  walk(start: number, end: number): { runs: (start: number, length: number) => Promise<LayerRun[]> } {
     const walks = new Map<number, ExtentWalk>()
     return {
       runs: async (s0: number, length: number): Promise<LayerRun[]> => {
@@ -115,25 +143,35 @@ export class Layer {
         const meta: Array<[number, number]> = []
         this.#pieces(s0, length, (e, i, es, s, len) => {
           let w = walks.get(i)
-          if (w === undefined) { w = e.walk(Math.max(0, start - es), Math.min(e.size, end - es)); walks.set(i, w) }
+          if (w === undefined) {
+            w = e.walk(Math.max(0, start - es), Math.min(e.size, end - es))
+            walks.set(i, w)
+          }
           parts.push(w.runs(s, len))
           meta.push([i, es])
         })
         return toLayerRuns(await Promise.all(parts), meta)
-      }
+      },
     }
   }
 
-  async close (): Promise<void> {
-    await Promise.all(this.extents.map(async e => { await e.close() }))
+  async close(): Promise<void> {
+    await Promise.all(
+      this.extents.map(async (e) => {
+        await e.close()
+      }),
+    )
   }
 }
 
-function toLayerRuns (parts: readonly Run[][], meta: ReadonlyArray<[number, number]>): LayerRun[] {
+function toLayerRuns(parts: readonly Run[][], meta: ReadonlyArray<[number, number]>): LayerRun[] {
   if (parts.length === 1) {
     const [i, es] = meta[0] as [number, number]
     const rs = parts[0] as LayerRun[]
-    for (const r of rs) { r.start += es; r.ext = i }
+    for (const r of rs) {
+      r.start += es
+      r.ext = i
+    }
     return rs
   }
   const out: LayerRun[] = []
@@ -159,7 +197,7 @@ export interface OpenLayerOptions {
  * Open one layer: a text descriptor and its extents, a KDMV file with an embedded
  * descriptor, or a bare COWD file. SEsparse extents need a descriptor (as in QEMU).
  */
-export async function openLayer (path: string, opts: OpenLayerOptions = {}): Promise<Layer> {
+export async function openLayer(path: string, opts: OpenLayerOptions = {}): Promise<Layer> {
   const writable = opts.writable === true
   const files = opts.files ?? localFileAccess
   // a text descriptor is only ever replaced by rename, so open read-only until we know the kind
@@ -213,28 +251,37 @@ export async function openLayer (path: string, opts: OpenLayerOptions = {}): Pro
     // extent files open concurrently (one round trip each on a remote file system)
     const lines = d.extents
     const slots: Array<Extent | undefined> = new Array(lines.length)
-    const results = await Promise.allSettled(lines.map(async (line, k) => {
-      const size = line.sectors * 512
-      if (line.type === 'ZERO' || line.access === 'NOACCESS') { slots[k] = new ZeroExtent(size); return }
-      if (line.file === undefined) throw new VmdkError('E_DESCRIPTOR', `${line.type} extent without a file name`, path)
-      const p = resolveVmdkPath(path, line.file, opts.pathMap)
-      if (resolve(p) === resolve(path)) throw new VmdkError('E_DESCRIPTOR', 'extent names the descriptor itself', path)
-      const known = ['FLAT', 'VMFS', 'SPARSE', 'VMFSSPARSE', 'SESPARSE']
-      if (!known.includes(line.type)) throw new VmdkError('E_UNSUPPORTED', `extent type ${line.type} is not readable here`, p)
-      const f = await DiskFile.open(files, p, { writable: writable && line.access === 'RW', role: 'extent file' })
-      try {
-        slots[k] = await openExtent(line.type, f, size, p, (line.offset ?? 0) * 512)
-      } catch (err) {
-        await f.close()
-        throw err
-      }
-    }))
+    const results = await Promise.allSettled(
+      lines.map(async (line, k) => {
+        const size = line.sectors * 512
+        if (line.type === 'ZERO' || line.access === 'NOACCESS') {
+          slots[k] = new ZeroExtent(size)
+          return
+        }
+        if (line.file === undefined) throw new VmdkError('E_DESCRIPTOR', `${line.type} extent without a file name`, path)
+        const p = resolveVmdkPath(path, line.file, opts.pathMap)
+        if (resolve(p) === resolve(path)) throw new VmdkError('E_DESCRIPTOR', 'extent names the descriptor itself', path)
+        const known = ['FLAT', 'VMFS', 'SPARSE', 'VMFSSPARSE', 'SESPARSE']
+        if (!known.includes(line.type)) throw new VmdkError('E_UNSUPPORTED', `extent type ${line.type} is not readable here`, p)
+        const f = await DiskFile.open(files, p, { writable: writable && line.access === 'RW', role: 'extent file' })
+        try {
+          slots[k] = await openExtent(line.type, f, size, p, (line.offset ?? 0) * 512)
+        } catch (err) {
+          await f.close()
+          throw err
+        }
+      }),
+    )
     for (const e of slots) if (e !== undefined) opened.push(e)
-    const failed = results.find(r => r.status === 'rejected')
+    const failed = results.find((r) => r.status === 'rejected')
     if (failed !== undefined) throw failed.reason
     return new Layer(path, d, 'text', opened)
   } catch (err) {
-    await Promise.all(opened.map(async e => { await e.close() }))
+    await Promise.all(
+      opened.map(async (e) => {
+        await e.close()
+      }),
+    )
     if (!keepFile) await file.close()
     throw err
   } finally {
@@ -242,7 +289,7 @@ export async function openLayer (path: string, opts: OpenLayerOptions = {}): Pro
   }
 }
 
-function parseDescriptorIn (text: string, path: string): Descriptor {
+function parseDescriptorIn(text: string, path: string): Descriptor {
   try {
     return parseDescriptor(text)
   } catch (err) {
@@ -251,7 +298,7 @@ function parseDescriptorIn (text: string, path: string): Descriptor {
   }
 }
 
-async function openExtent (type: string, f: DiskFile, size: number, p: string, base: number): Promise<Extent> {
+async function openExtent(type: string, f: DiskFile, size: number, p: string, base: number): Promise<Extent> {
   switch (type) {
     case 'FLAT':
     case 'VMFS':

@@ -27,13 +27,13 @@ export class MapMerger {
   readonly #cur: number[]
 
   /** `layers[0]` is the layer the map is taken at (depths are relative to it). */
-  constructor (layers: readonly Layer[]) {
+  constructor(layers: readonly Layer[]) {
     this.#layers = layers
     this.#cur = new Array<number>(layers.length).fill(0)
   }
 
   /** Entries completed by the window [start, start+length) given each layer's runs over it. */
-  window (runs: ReadonlyArray<readonly LayerRun[]>, start: number, length: number): MapEntry[] {
+  window(runs: ReadonlyArray<readonly LayerRun[]>, start: number, length: number): MapEntry[] {
     this.#runs = runs
     this.#cur.fill(0)
     this.#out = []
@@ -42,14 +42,14 @@ export class MapMerger {
   }
 
   /** The last entry, once every window is done. */
-  finish (): MapEntry | undefined {
+  finish(): MapEntry | undefined {
     if (this.#pLen === 0) return undefined
     const e = this.#entry()
     this.#pLen = 0
     return e
   }
 
-  #fill (d: number, start: number, end: number): void {
+  #fill(d: number, start: number, end: number): void {
     const runs = this.#runs[d] as readonly LayerRun[]
     let k = this.#cur[d] as number
     while (k < runs.length && (runs[k] as Run).start + (runs[k] as Run).length <= start) k++
@@ -76,10 +76,17 @@ export class MapMerger {
     this.#cur[d] = k
   }
 
-  #emit (start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean, off: number, key: number): void {
-    if (this.#pLen > 0 && this.#pDepth === depth && this.#pPresent === present && this.#pZero === zero && this.#pData === data &&
-        this.#pStart + this.#pLen === start && (this.#pOff < 0) === (off < 0) &&
-        (off < 0 || (this.#pKey === key && this.#pOff + this.#pLen === off))) {
+  #emit(start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean, off: number, key: number): void {
+    if (
+      this.#pLen > 0 &&
+      this.#pDepth === depth &&
+      this.#pPresent === present &&
+      this.#pZero === zero &&
+      this.#pData === data &&
+      this.#pStart + this.#pLen === start &&
+      this.#pOff < 0 === off < 0 &&
+      (off < 0 || (this.#pKey === key && this.#pOff + this.#pLen === off))
+    ) {
       this.#pLen += length
       return
     }
@@ -94,7 +101,7 @@ export class MapMerger {
     this.#pKey = key
   }
 
-  #entry (): MapEntry {
+  #entry(): MapEntry {
     const e: MapEntry = { start: this.#pStart, length: this.#pLen, depth: this.#pDepth, present: this.#pPresent, zero: this.#pZero, data: this.#pData }
     if (this.#pOff >= 0) e.offset = this.#pOff
     return e

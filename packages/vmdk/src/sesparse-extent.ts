@@ -42,7 +42,7 @@ export interface SeSparseVolatileHeader {
 }
 
 /** Parse the SEsparse constant header (pure) with QEMU's strict checks (VMDK.md §3.7). */
-export function parseSeSparseHeader (buf: Uint8Array, file = ''): SeSparseHeader {
+export function parseSeSparseHeader(buf: Uint8Array, file = ''): SeSparseHeader {
   if (buf.length < 512) throw new VmdkError('E_TRUNCATED', 'SEsparse header shorter than 512 bytes', file)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.readBigUInt64LE(0) !== SESPARSE_CONST_MAGIC) throw new VmdkError('E_FORMAT', 'not an SEsparse extent (bad magic)', file)
@@ -76,7 +76,7 @@ export function parseSeSparseHeader (buf: Uint8Array, file = ''): SeSparseHeader
     backmapOffset: u(176, 'backmap_offset'),
     backmapSize: u(184, 'backmap_size'),
     grainsOffset: u(192, 'grains_offset'),
-    grainsSize: u(200, 'grains_size')
+    grainsSize: u(200, 'grains_size'),
   })
   if (h.grainSize !== SESPARSE_GRAIN_SECTORS) throw new VmdkError('E_UNSUPPORTED', `SEsparse grain_size ${h.grainSize} (only 8 is known)`, file)
   if (h.grainTableSize !== SESPARSE_GT_SECTORS) throw new VmdkError('E_UNSUPPORTED', `SEsparse grain_table_size ${h.grainTableSize} (only 64 is known)`, file)
@@ -98,14 +98,14 @@ export function parseSeSparseHeader (buf: Uint8Array, file = ''): SeSparseHeader
 }
 
 /** Parse the volatile header (pure); E_DIRTY when the journal needs a replay. */
-export function parseSeSparseVolatileHeader (buf: Uint8Array, file = ''): SeSparseVolatileHeader {
+export function parseSeSparseVolatileHeader(buf: Uint8Array, file = ''): SeSparseVolatileHeader {
   if (buf.length < 512) throw new VmdkError('E_TRUNCATED', 'SEsparse volatile header shorter than 512 bytes', file)
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.readBigUInt64LE(0) !== SESPARSE_VOLATILE_MAGIC) throw new VmdkError('E_FORMAT', 'bad SEsparse volatile header magic', file)
   const v = {
     freeGtNumber: toSafeInteger(b.readBigUInt64LE(8), 'free_gt_number', file),
     nextTxnSeqNumber: b.readBigUInt64LE(16),
-    replayJournal: b.readBigUInt64LE(24)
+    replayJournal: b.readBigUInt64LE(24),
   }
   if (v.replayJournal !== 0n) throw new VmdkError('E_DIRTY', 'SEsparse journal needs replay (replay_journal != 0); open it on ESXi first', file)
   // QEMU block/vmdk.c check_se_sparse_volatile_header: non-zero padding is an unknown variant (ENOTSUP)
@@ -123,14 +123,14 @@ export class SeSparseExtent extends SparseExtent {
   /** raw GD entries' GT indices (−1 = none), for the writer */
   readonly gtIndex: Float64Array
 
-  private constructor (file: DiskFile, size: number, header: SeSparseHeader, vol: SeSparseVolatileHeader, gd: Float64Array, gtIndex: Float64Array) {
+  private constructor(file: DiskFile, size: number, header: SeSparseHeader, vol: SeSparseVolatileHeader, gd: Float64Array, gtIndex: Float64Array) {
     super(file, size, SESPARSE_GRAIN_SECTORS * 512, SESPARSE_GT_ENTRIES, SESPARSE_GT_SECTORS * 512, gd)
     this.header = header
     this.volatile = vol
     this.gtIndex = gtIndex
   }
 
-  static async open (file: DiskFile, size?: number): Promise<SeSparseExtent> {
+  static async open(file: DiskFile, size?: number): Promise<SeSparseExtent> {
     const header = parseSeSparseHeader(await file.readExact(0, 512, 'SEsparse header'), file.path)
     const vol = parseSeSparseVolatileHeader(await file.readExact(header.volatileHeaderOffset * 512, 512, 'SEsparse volatile header'), file.path)
     const extentSize = size ?? header.capacity * 512
@@ -157,7 +157,7 @@ export class SeSparseExtent extends SparseExtent {
     return new SeSparseExtent(file, extentSize, header, vol, gd, gtIndex)
   }
 
-  decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable {
+  decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const tb = new TableBuilder()
     const grainsBase = this.header.grainsOffset * 512
     const maxSlot = Math.floor(this.header.grainsSize / SESPARSE_GRAIN_SECTORS)
@@ -165,15 +165,24 @@ export class SeSparseExtent extends SparseExtent {
     const BLOCK = 256
     for (let b = 0; b < SESPARSE_GT_ENTRIES * 8; b += BLOCK) {
       // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
-      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) { b += 4096 - BLOCK; continue }
-      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) { b += 1024 - BLOCK; continue }
+      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) {
+        b += 4096 - BLOCK
+        continue
+      }
+      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) {
+        b += 1024 - BLOCK
+        continue
+      }
       if (isZeroBlock(buf, offset + b, BLOCK)) continue
       for (let j = b / 8; j < (b + BLOCK) / 8; j++) {
         const lo = buf.readUInt32LE(offset + 8 * j)
         const hi = buf.readUInt32LE(offset + 8 * j + 4)
         if (hi === 0 && lo === 0) continue
         const type = hi >>> 28
-        if (type === 1 || type === 2) { tb.push(j, GTE_ZERO); continue }
+        if (type === 1 || type === 2) {
+          tb.push(j, GTE_ZERO)
+          continue
+        }
         if (type !== 3) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} has invalid type ${type}`, this.file.path)
         // VMDK.md §3.5: slot = ((e >> 48) & 0xFFF) | ((e & 0xFFFF_FFFF_FFFF) << 12)
         const slot = ((hi >>> 16) & 0xfff) + ((hi & 0xffff) * 0x100000000 + lo) * 4096

@@ -16,18 +16,22 @@ export interface SparseAllocator {
   /** the format has a "zero grain" table entry */
   readonly zeroMarker: boolean
   /** byte offset of `n` new contiguous grains */
-  allocGrains (n: number, firstGrain: number): Promise<number>
+  allocGrains(n: number, firstGrain: number): Promise<number>
   /** give GD entry `gdIndex` a new (empty) table; sets ext.gd[gdIndex] */
-  newTable (gdIndex: number): Promise<Float64Array>
+  newTable(gdIndex: number): Promise<Float64Array>
   /** write the table of `gdIndex` (all copies) */
-  writeTable (gdIndex: number, t: Float64Array): Promise<void>
+  writeTable(gdIndex: number, t: Float64Array): Promise<void>
   /** persist GD entry `gdIndex` (after its table is on disk) */
-  writeGdEntry (gdIndex: number): Promise<void>
+  writeGdEntry(gdIndex: number): Promise<void>
   /** persist header counters */
-  finish (): Promise<void>
+  finish(): Promise<void>
 }
 
-function u32 (v: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32LE(v >>> 0); return b }
+function u32(v: number): Buffer {
+  const b = Buffer.alloc(4)
+  b.writeUInt32LE(v >>> 0)
+  return b
+}
 
 class HostedAllocator implements SparseAllocator {
   readonly ext: HostedSparseExtent
@@ -35,7 +39,7 @@ class HostedAllocator implements SparseAllocator {
   readonly #rgd: Float64Array | undefined
   #end: number
 
-  private constructor (ext: HostedSparseExtent, rgd: Float64Array | undefined) {
+  private constructor(ext: HostedSparseExtent, rgd: Float64Array | undefined) {
     this.ext = ext
     const h = ext.header
     this.zeroMarker = h.version >= 2 && (h.flags & KdmvFlags.ZeroedGrainGte) !== 0
@@ -43,7 +47,7 @@ class HostedAllocator implements SparseAllocator {
     this.#end = Math.ceil(ext.file.size / 512) * 512
   }
 
-  static async create (ext: HostedSparseExtent): Promise<HostedAllocator> {
+  static async create(ext: HostedSparseExtent): Promise<HostedAllocator> {
     const h = ext.header
     if (ext.compressed) throw new VmdkError('E_READONLY', 'streamOptimized (compressed) extents are read-only', ext.file.path)
     let rgd: Float64Array | undefined
@@ -60,13 +64,13 @@ class HostedAllocator implements SparseAllocator {
     return new HostedAllocator(ext, rgd)
   }
 
-  async allocGrains (n: number): Promise<number> {
+  async allocGrains(n: number): Promise<number> {
     const off = this.#end
     this.#end += n * this.ext.grainSize
     return off
   }
 
-  async newTable (gdIndex: number): Promise<Float64Array> {
+  async newTable(gdIndex: number): Promise<Float64Array> {
     const off = this.#end
     this.#end += this.ext.gtBytes
     await this.ext.file.writeAt(Buffer.alloc(this.ext.gtBytes), off)
@@ -80,7 +84,7 @@ class HostedAllocator implements SparseAllocator {
     return new Float64Array(this.ext.gtEntries)
   }
 
-  async writeTable (gdIndex: number, t: Float64Array): Promise<void> {
+  async writeTable(gdIndex: number, t: Float64Array): Promise<void> {
     const b = Buffer.alloc(this.ext.gtBytes)
     for (let j = 0; j < t.length; j++) {
       const v = t[j] ?? 0
@@ -91,12 +95,12 @@ class HostedAllocator implements SparseAllocator {
     if (r > 0) await this.ext.file.writeAt(b, r)
   }
 
-  async writeGdEntry (gdIndex: number): Promise<void> {
+  async writeGdEntry(gdIndex: number): Promise<void> {
     await this.ext.file.writeAt(u32((this.ext.gd[gdIndex] ?? 0) / 512), this.ext.gdSectorOffset * 512 + gdIndex * 4)
     if (this.#rgd !== undefined) await this.ext.file.writeAt(u32((this.#rgd[gdIndex] ?? 0) / 512), this.ext.header.rgdOffset * 512 + gdIndex * 4)
   }
 
-  async finish (): Promise<void> {}
+  async finish(): Promise<void> {}
 }
 
 class CowdAllocator implements SparseAllocator {
@@ -105,29 +109,29 @@ class CowdAllocator implements SparseAllocator {
   #free: number
   readonly #startFree: number
 
-  constructor (ext: CowdExtent) {
+  constructor(ext: CowdExtent) {
     this.ext = ext
-    const gdEnd = ext.header.gdOffset + Math.ceil(ext.header.numGDEntries * 4 / 512)
+    const gdEnd = ext.header.gdOffset + Math.ceil((ext.header.numGDEntries * 4) / 512)
     this.#free = Math.max(ext.header.freeSector, gdEnd)
     this.#startFree = ext.header.freeSector
   }
 
-  async allocGrains (n: number): Promise<number> {
+  async allocGrains(n: number): Promise<number> {
     const off = this.#free * 512
     this.#free += n * this.ext.header.grainSize
     if (this.#free > 0xffffffff) throw new VmdkError('E_RANGE', 'COWD file would exceed 2 TiB', this.ext.file.path)
     return off
   }
 
-  async newTable (gdIndex: number): Promise<Float64Array> {
+  async newTable(gdIndex: number): Promise<Float64Array> {
     const off = await this.allocGrains(0)
-    this.#free += COWD_GT_ENTRIES * 4 / 512
+    this.#free += (COWD_GT_ENTRIES * 4) / 512
     await this.ext.file.writeAt(Buffer.alloc(COWD_GT_ENTRIES * 4), off)
     this.ext.gd[gdIndex] = off
     return new Float64Array(COWD_GT_ENTRIES)
   }
 
-  async writeTable (gdIndex: number, t: Float64Array): Promise<void> {
+  async writeTable(gdIndex: number, t: Float64Array): Promise<void> {
     const b = Buffer.alloc(COWD_GT_ENTRIES * 4)
     for (let j = 0; j < t.length; j++) {
       const v = t[j] ?? 0
@@ -136,17 +140,17 @@ class CowdAllocator implements SparseAllocator {
     await this.ext.file.writeAt(b, this.ext.gd[gdIndex] ?? 0)
   }
 
-  async writeGdEntry (gdIndex: number): Promise<void> {
+  async writeGdEntry(gdIndex: number): Promise<void> {
     await this.ext.file.writeAt(u32((this.ext.gd[gdIndex] ?? 0) / 512), this.ext.header.gdOffset * 512 + gdIndex * 4)
   }
 
-  async finish (): Promise<void> {
+  async finish(): Promise<void> {
     if (this.#free !== this.#startFree) await this.ext.file.writeAt(u32(this.#free), 28)
   }
 }
 
 /** SEsparse GTE for an allocated slot: type 3, slot bits rotated by 12 (VMDK.md §3.5). */
-export function seSparseDataEntry (slot: number): [lo: number, hi: number] {
+export function seSparseDataEntry(slot: number): [lo: number, hi: number] {
   const q = Math.floor(slot / 4096)
   const lo = q % 0x100000000
   const hi = (0x30000000 | ((slot & 0xfff) << 16) | (Math.floor(q / 0x100000000) & 0xffff)) >>> 0
@@ -162,7 +166,7 @@ class SeSparseAllocator implements SparseAllocator {
   readonly #maxTables: number
   readonly #startGt: number
 
-  constructor (ext: SeSparseExtent) {
+  constructor(ext: SeSparseExtent) {
     this.ext = ext
     const h = ext.header
     const grainsBase = h.grainsOffset * 512
@@ -175,7 +179,7 @@ class SeSparseAllocator implements SparseAllocator {
     this.#maxTables = Math.floor(h.grainTablesSize / SESPARSE_GT_SECTORS)
   }
 
-  async allocGrains (n: number, firstGrain: number): Promise<number> {
+  async allocGrains(n: number, firstGrain: number): Promise<number> {
     const slot = this.#nextSlot
     if (slot + n > this.#maxSlot) throw new VmdkError('E_RANGE', 'SEsparse grain region full', this.ext.file.path)
     this.#nextSlot += n
@@ -205,7 +209,7 @@ class SeSparseAllocator implements SparseAllocator {
     return (h.grainsOffset + slot * 8) * 512
   }
 
-  async newTable (gdIndex: number): Promise<Float64Array> {
+  async newTable(gdIndex: number): Promise<Float64Array> {
     const idx = this.#freeGt++
     if (idx >= this.#maxTables) throw new VmdkError('E_RANGE', 'SEsparse grain table region full', this.ext.file.path)
     const off = (this.ext.header.grainTablesOffset + idx * SESPARSE_GT_SECTORS) * 512
@@ -215,13 +219,16 @@ class SeSparseAllocator implements SparseAllocator {
     return new Float64Array(this.ext.gtEntries)
   }
 
-  async writeTable (gdIndex: number, t: Float64Array): Promise<void> {
+  async writeTable(gdIndex: number, t: Float64Array): Promise<void> {
     const b = Buffer.alloc(SESPARSE_GT_SECTORS * 512)
     const base = this.ext.header.grainsOffset * 512
     for (let j = 0; j < t.length; j++) {
       const v = t[j] ?? 0
       if (v === 0) continue
-      if (v === GTE_ZERO) { b.writeUInt32LE(0x20000000, j * 8 + 4); continue }
+      if (v === GTE_ZERO) {
+        b.writeUInt32LE(0x20000000, j * 8 + 4)
+        continue
+      }
       const [lo, hi] = seSparseDataEntry((v - base) / 4096)
       b.writeUInt32LE(lo, j * 8)
       b.writeUInt32LE(hi, j * 8 + 4)
@@ -229,14 +236,14 @@ class SeSparseAllocator implements SparseAllocator {
     await this.ext.file.writeAt(b, this.ext.gd[gdIndex] ?? 0)
   }
 
-  async writeGdEntry (gdIndex: number): Promise<void> {
+  async writeGdEntry(gdIndex: number): Promise<void> {
     const b = Buffer.alloc(8)
     b.writeUInt32LE((this.ext.gtIndex[gdIndex] ?? 0) >>> 0, 0)
     b.writeUInt32LE(0x10000000, 4)
     await this.ext.file.writeAt(b, this.ext.header.grainDirOffset * 512 + gdIndex * 8)
   }
 
-  async finish (): Promise<void> {
+  async finish(): Promise<void> {
     if (this.#freeGt !== this.#startGt) {
       const b = Buffer.alloc(8)
       b.writeBigUInt64LE(BigInt(this.#freeGt))
@@ -246,7 +253,7 @@ class SeSparseAllocator implements SparseAllocator {
 }
 
 /** The allocator for a sparse extent opened read-write. */
-export async function allocatorFor (ext: SparseExtent): Promise<SparseAllocator> {
+export async function allocatorFor(ext: SparseExtent): Promise<SparseAllocator> {
   if (ext instanceof HostedSparseExtent) return await HostedAllocator.create(ext)
   if (ext instanceof CowdExtent) return new CowdAllocator(ext)
   if (ext instanceof SeSparseExtent) return new SeSparseAllocator(ext)

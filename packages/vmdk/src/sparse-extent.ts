@@ -1,7 +1,7 @@
 import { inflateSync } from 'node:zlib'
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError } from './errors.ts'
-import { type Extent, type ExtentWalk, type Run } from './extent.ts'
+import type { Extent, ExtentWalk, Run } from './extent.ts'
 import { type GrainTable, TableBuilder, tablesToAllocated, tablesToRuns } from './grain-table.ts'
 import { GrainTableStore, type TableStoreStats } from './grain-table-store.ts'
 
@@ -35,9 +35,9 @@ export abstract class SparseExtent implements Extent {
   /** byte offset of each grain table in the file (0 = none), one per GD entry */
   readonly gd: Float64Array
   readonly #store: GrainTableStore
-  #lastGrain: { off: number, data: Buffer } | undefined
+  #lastGrain: { off: number; data: Buffer } | undefined
 
-  constructor (file: DiskFile, size: number, grainSize: number, gtEntries: number, gtBytes: number, gd: Float64Array) {
+  constructor(file: DiskFile, size: number, grainSize: number, gtEntries: number, gtBytes: number, gd: Float64Array) {
     this.file = file
     this.size = size
     this.grainSize = grainSize
@@ -48,29 +48,33 @@ export abstract class SparseExtent implements Extent {
   }
 
   /** Decode one on-disk grain table (validating every non-zero entry). */
-  abstract decodeTable (buf: Buffer, offset: number, gdIndex: number): GrainTable
+  abstract decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable
 
   /** bytes of disk covered by one grain table */
-  get tableCover (): number { return this.grainSize * this.gtEntries }
+  get tableCover(): number {
+    return this.grainSize * this.gtEntries
+  }
 
   /** Grain-table I/O counters of this extent. */
-  get tableStats (): Readonly<TableStoreStats> { return this.#store.stats }
+  get tableStats(): Readonly<TableStoreStats> {
+    return this.#store.stats
+  }
 
-  #gdRange (start: number, length: number): [number, number] {
+  #gdRange(start: number, length: number): [number, number] {
     const cover = this.tableCover
     const first = Math.floor(start / cover)
     const last = Math.min(this.gd.length - 1, Math.floor((start + length - 1) / cover))
     return [first, Math.max(first - 1, last)]
   }
 
-  async runs (start: number, length: number): Promise<Run[]> {
+  async runs(start: number, length: number): Promise<Run[]> {
     if (length <= 0) return []
     const [first, last] = this.#gdRange(start, length)
-    const tables = last < first ? [] : this.#store.tablesIfCached(first, last) ?? await this.#store.tables(first, last)
+    const tables = last < first ? [] : (this.#store.tablesIfCached(first, last) ?? (await this.#store.tables(first, last)))
     return tablesToRuns(this, tables, first, start, length)
   }
 
-  walk (start: number, end: number): ExtentWalk {
+  walk(start: number, end: number): ExtentWalk {
     const [first, last] = this.#gdRange(start, Math.max(1, end - start))
     const w = this.#store.walk(first, last + 1)
     return {
@@ -79,11 +83,11 @@ export abstract class SparseExtent implements Extent {
         const [a, b] = this.#gdRange(s, length)
         const tables = b >= a ? await w.tables(a, b) : []
         return tablesToRuns(this, tables, a, s, length)
-      }
+      },
     }
   }
 
-  async * allocated (signal?: AbortSignal): AsyncGenerator<Run[]> {
+  async *allocated(signal?: AbortSignal): AsyncGenerator<Run[]> {
     const w = this.#store.walk(0, this.gd.length)
     let pending: Run | undefined
     for (let first = 0; first < this.gd.length; first += ALLOCATED_WINDOW) {
@@ -97,12 +101,12 @@ export abstract class SparseExtent implements Extent {
   }
 
   /** The decoded table for one GD entry, or null when the GD entry is empty. */
-  async table (gdIndex: number): Promise<GrainTable | null> {
+  async table(gdIndex: number): Promise<GrainTable | null> {
     return (await this.#store.tables(gdIndex, gdIndex))[0] ?? null
   }
 
   /** A table as a dense, mutable array of decoded values (for the writer), or null. */
-  async denseTable (gdIndex: number): Promise<Float64Array | null> {
+  async denseTable(gdIndex: number): Promise<Float64Array | null> {
     const t = await this.table(gdIndex)
     if (t === null) return null
     const d = new Float64Array(this.gtEntries)
@@ -111,14 +115,14 @@ export abstract class SparseExtent implements Extent {
   }
 
   /** Replace a cached table after the writer changed it. */
-  setTable (gdIndex: number, dense: Float64Array): void {
+  setTable(gdIndex: number, dense: Float64Array): void {
     const b = new TableBuilder()
     for (let j = 0; j < dense.length; j++) if ((dense[j] ?? 0) !== 0) b.push(j, dense[j] ?? 0)
     this.#store.remember(gdIndex, b.done())
   }
 
   /** Read and inflate one compressed grain record (streamOptimized), cached once. */
-  protected async readCompressedGrain (off: number): Promise<Buffer> {
+  protected async readCompressedGrain(off: number): Promise<Buffer> {
     if (this.#lastGrain?.off === off) return this.#lastGrain.data
     const data = await this.inflateGrain(off)
     this.#lastGrain = { off, data }
@@ -126,11 +130,11 @@ export abstract class SparseExtent implements Extent {
   }
 
   /** Overridden by the hosted extent (the only one with compressed grains). */
-  protected async inflateGrain (off: number): Promise<Buffer> {
+  protected async inflateGrain(off: number): Promise<Buffer> {
     throw new VmdkError('E_FORMAT', `compressed grain at ${off} in a non-compressed extent`, this.file.path)
   }
 
-  async readRun (run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
+  async readRun(run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
     if (run.off >= 0) {
       await this.file.readInto(buf, bufOffset, length, run.off + (start - run.start))
       return
@@ -140,14 +144,14 @@ export abstract class SparseExtent implements Extent {
     buf.set(grain.subarray(within, within + length), bufOffset)
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     this.#store.clear()
     await this.file.close()
   }
 }
 
 /** Inflate a zlib (RFC 1950) or raw deflate stream with an output bound. */
-export function inflateBounded (data: Buffer, maxOut: number, file: string): Buffer {
+export function inflateBounded(data: Buffer, maxOut: number, file: string): Buffer {
   try {
     return inflateSync(data, { maxOutputLength: maxOut })
   } catch (err) {

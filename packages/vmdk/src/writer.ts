@@ -14,13 +14,13 @@ import type { FileAccess } from './file-access.ts'
 /** Writes guest data into the top layer of a chain, like a hypervisor would. */
 export interface DiskWriter {
   /** Write `data` at byte `offset` (any alignment; partial grains are filled from the parent). */
-  write (offset: number, data: Uint8Array): Promise<void>
+  write(offset: number, data: Uint8Array): Promise<void>
   /** Make [offset, offset+length) read as zeros (zero-grain entries where the format has them). */
-  writeZeroes (offset: number, length: number): Promise<void>
+  writeZeroes(offset: number, length: number): Promise<void>
   /** fsync every file written so far. */
-  flush (): Promise<void>
+  flush(): Promise<void>
   /** flush, persist header counters, close. */
-  close (): Promise<void>
+  close(): Promise<void>
 }
 
 export interface OpenWriterOptions {
@@ -50,14 +50,14 @@ export type DescriptorEncodingOption = 'utf-8' | 'keep'
  * The bytes to write for a descriptor: UTF-8 (its `encoding=` key, if it declares
  * another one, rewritten to UTF-8) unless `'keep'` asks for its own encoding.
  */
-export function descriptorBytes (d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8', file = ''): Buffer {
+export function descriptorBytes(d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8', file = ''): Buffer {
   if (encoding === 'keep') return encodeDescriptor(d.toString(), undefined, file)
   const dd = isUtf8(d.encoding) ? d : d.with('encoding', 'UTF-8')
   return encodeDescriptor(dd.toString(), 'UTF-8', file)
 }
 
 /** Persist a layer's descriptor: atomic replace for a text file, in place for an embedded one. */
-export async function persistDescriptor (layer: Layer, d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8'): Promise<void> {
+export async function persistDescriptor(layer: Layer, d: Descriptor, encoding: DescriptorEncodingOption = 'utf-8'): Promise<void> {
   const bytes = descriptorBytes(d, encoding, layer.path)
   const written = encoding === 'keep' || isUtf8(d.encoding) ? d : d.with('encoding', 'UTF-8')
   if (layer.descriptorKind === 'text') {
@@ -85,7 +85,7 @@ class ChainWriter implements DiskWriter {
   #closed = false
   #queue: Promise<void> = Promise.resolve()
 
-  constructor (chain: DiskChain, cidMode: 'first-write' | 'close', allocators: ReadonlyMap<Extent, SparseAllocator>, encoding: DescriptorEncodingOption) {
+  constructor(chain: DiskChain, cidMode: 'first-write' | 'close', allocators: ReadonlyMap<Extent, SparseAllocator>, encoding: DescriptorEncodingOption) {
     this.#chain = chain
     this.#layer = chain.layers[0] as Layer
     this.#cidMode = cidMode
@@ -94,22 +94,24 @@ class ChainWriter implements DiskWriter {
   }
 
   /** The CID the disk will carry (set on first write or at close). */
-  get cid (): string { return this.#cid ?? this.#layer.cid }
+  get cid(): string {
+    return this.#cid ?? this.#layer.cid
+  }
 
-  async #touch (): Promise<void> {
+  async #touch(): Promise<void> {
     if (this.#cid !== undefined) return
     this.#cid = randomCid()
     if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid), this.#encoding)
   }
 
   /** Force a new CID even without writes (consolidate). */
-  async renewCid (cid?: string): Promise<string> {
+  async renewCid(cid?: string): Promise<string> {
     this.#cid = formatCid(cid ?? randomCid())
     if (this.#cidMode === 'first-write') await persistDescriptor(this.#layer, this.#layer.descriptor.withCid(this.#cid), this.#encoding)
     return this.#cid
   }
 
-  #check (offset: number, length: number): void {
+  #check(offset: number, length: number): void {
     if (this.#closed) throw new VmdkError('E_IO', 'writer is closed', this.#layer.path)
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.#chain.capacity) {
       throw new VmdkError('E_RANGE', `write ${offset}+${length} outside the disk (${this.#chain.capacity} bytes)`, this.#layer.path)
@@ -117,13 +119,16 @@ class ChainWriter implements DiskWriter {
   }
 
   /** Run writer operations one at a time (allocation is not re-entrant). */
-  #serial<T> (fn: () => Promise<T>): Promise<T> {
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.#queue.then(fn)
-    this.#queue = p.then(() => {}, () => {})
+    this.#queue = p.then(
+      () => {},
+      () => {},
+    )
     return p
   }
 
-  async write (offset: number, data: Uint8Array): Promise<void> {
+  async write(offset: number, data: Uint8Array): Promise<void> {
     this.#check(offset, data.length)
     if (data.length === 0) return
     await this.#serial(async () => {
@@ -134,13 +139,15 @@ class ChainWriter implements DiskWriter {
     })
   }
 
-  async writeZeroes (offset: number, length: number): Promise<void> {
+  async writeZeroes(offset: number, length: number): Promise<void> {
     this.#check(offset, length)
     if (length === 0) return
-    await this.#serial(async () => { await this.#writeZeroes(offset, length) })
+    await this.#serial(async () => {
+      await this.#writeZeroes(offset, length)
+    })
   }
 
-  async #writeZeroes (offset: number, length: number): Promise<void> {
+  async #writeZeroes(offset: number, length: number): Promise<void> {
     await this.#touch()
     await this.#each(offset, length, async (ext, s, _at, len) => {
       const sparse = ext instanceof SparseExtent ? ext : undefined
@@ -160,7 +167,7 @@ class ChainWriter implements DiskWriter {
     })
   }
 
-  async #zeroData (ext: Extent, start: number, length: number): Promise<void> {
+  async #zeroData(ext: Extent, start: number, length: number): Promise<void> {
     const z = Buffer.alloc(Math.min(length, ZERO_CHUNK))
     for (let p = 0; p < length; p += z.length) {
       const n = Math.min(z.length, length - p)
@@ -169,23 +176,29 @@ class ChainWriter implements DiskWriter {
   }
 
   /** Whole grains [start, start+length) become zero-grain entries. */
-  async #zeroGrains (ext: SparseExtent, alloc: SparseAllocator, start: number, length: number): Promise<void> {
+  async #zeroGrains(ext: SparseExtent, alloc: SparseAllocator, start: number, length: number): Promise<void> {
     const g = ext.grainSize
     const dirty = new Map<number, Float64Array>()
     const newTables: number[] = []
     for (let gi = start / g; gi < Math.ceil((start + length) / g); gi++) {
       const gdIndex = Math.floor(gi / ext.gtEntries)
-      let t = dirty.get(gdIndex) ?? await ext.denseTable(gdIndex)
-      if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
+      let t = dirty.get(gdIndex) ?? (await ext.denseTable(gdIndex))
+      if (t === null) {
+        t = await alloc.newTable(gdIndex)
+        newTables.push(gdIndex)
+      }
       dirty.set(gdIndex, t)
       t[gi - gdIndex * ext.gtEntries] = GTE_ZERO
     }
-    for (const [i, t] of dirty) { ext.setTable(i, t); await alloc.writeTable(i, t) }
+    for (const [i, t] of dirty) {
+      ext.setTable(i, t)
+      await alloc.writeTable(i, t)
+    }
     for (const i of newTables) await alloc.writeGdEntry(i)
   }
 
   /** Split a disk range over the top layer's extents. */
-  async #each (offset: number, length: number, fn: (ext: Extent, start: number, at: number, len: number) => Promise<void>): Promise<void> {
+  async #each(offset: number, length: number, fn: (ext: Extent, start: number, at: number, len: number) => Promise<void>): Promise<void> {
     const l = this.#layer
     let pos = offset
     const end = offset + length
@@ -199,7 +212,7 @@ class ChainWriter implements DiskWriter {
     }
   }
 
-  async #writeExtent (ext: Extent, start: number, data: Uint8Array, zeros: boolean): Promise<void> {
+  async #writeExtent(ext: Extent, start: number, data: Uint8Array, zeros: boolean): Promise<void> {
     if (ext instanceof FlatExtent) {
       await ext.file.writeAt(data, ext.base + start)
       return
@@ -247,38 +260,48 @@ class ChainWriter implements DiskWriter {
       for (let k = 0; k < n; k++) {
         const gi = firstGrain + k
         const gdIndex = Math.floor(gi / ext.gtEntries)
-        let t = dirty.get(gdIndex) ?? await ext.denseTable(gdIndex)
-        if (t === null) { t = await alloc.newTable(gdIndex); newTables.push(gdIndex) }
+        let t = dirty.get(gdIndex) ?? (await ext.denseTable(gdIndex))
+        if (t === null) {
+          t = await alloc.newTable(gdIndex)
+          newTables.push(gdIndex)
+        }
         dirty.set(gdIndex, t)
         t[gi - gdIndex * ext.gtEntries] = off + k * g
       }
     }
     // crash order: data, then tables, then directory entries
-    for (const [i, t] of dirty) { ext.setTable(i, t); await alloc.writeTable(i, t) }
+    for (const [i, t] of dirty) {
+      ext.setTable(i, t)
+      await alloc.writeTable(i, t)
+    }
     for (const i of newTables) await alloc.writeGdEntry(i)
   }
 
-  #extentBase (ext: Extent): number {
+  #extentBase(ext: Extent): number {
     const i = this.#layer.extents.indexOf(ext)
     return this.#layer.extentStarts[i] ?? 0
   }
 
-  async flush (): Promise<void> {
+  async flush(): Promise<void> {
     await this.#queue
     for (const a of this.#alloc.values()) await a.finish()
-    const files = new Set(this.#layer.extents.map(e => e.file).filter(f => f !== undefined))
+    const files = new Set(this.#layer.extents.map((e) => e.file).filter((f) => f !== undefined))
     for (const f of files) await f.sync()
   }
 
   /** Close after a failure: flush data written so far but keep the old CID (mode `close`). */
-  async abandon (): Promise<void> {
+  async abandon(): Promise<void> {
     if (this.#closed) return
     this.#cid = undefined
     this.#closed = true
-    try { await this.flush() } finally { await this.#chain.close() }
+    try {
+      await this.flush()
+    } finally {
+      await this.#chain.close()
+    }
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     if (this.#closed) return
     try {
       await this.flush()
@@ -294,7 +317,10 @@ class ChainWriter implements DiskWriter {
  * Open the disk at `path` (and its parents, read-only) for writing into its TOP layer
  * only. The first write gives the disk a new random CID, as VMware and QEMU do.
  */
-export async function openWriter (path: string, opts: OpenWriterOptions = {}): Promise<DiskWriter & { readonly cid: string, renewCid: (cid?: string) => Promise<string>, abandon: () => Promise<void> }> {
+export async function openWriter(
+  path: string,
+  opts: OpenWriterOptions = {},
+): Promise<DiskWriter & { readonly cid: string; renewCid: (cid?: string) => Promise<string>; abandon: () => Promise<void> }> {
   const chain = await openChain(path, { ...(opts.pathMap !== undefined ? { pathMap: opts.pathMap } : {}), ...(opts.files !== undefined ? { files: opts.files } : {}), writableTop: true })
   try {
     const allocators = new Map<Extent, SparseAllocator>()

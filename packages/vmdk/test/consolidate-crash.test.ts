@@ -12,7 +12,7 @@ const SIZE = 24 * MiB
 const indexUrl = new URL('../src/index.js', import.meta.url).href
 
 /** base (flat) ← mid (SEsparse, the one consolidated) ← top (hosted); returns the top's digest. */
-async function build (dir: string, seed: number): Promise<string> {
+async function build(dir: string, seed: number): Promise<string> {
   const rand = prng(seed)
   const model = Buffer.alloc(SIZE)
   await createFlatDisk(join(dir, 'vm.vmdk'), SIZE)
@@ -20,7 +20,7 @@ async function build (dir: string, seed: number): Promise<string> {
     const w = await openWriter(path)
     for (let i = 0; i < n; i++) {
       const len = 4096 * (1 + Math.floor(rand() * 64))
-      const off = Math.floor(rand() * (SIZE - len) / 512) * 512
+      const off = Math.floor((rand() * (SIZE - len)) / 512) * 512
       const data = Buffer.alloc(len, 1 + Math.floor(rand() * 250))
       await w.write(off, data)
       model.set(data, off)
@@ -43,24 +43,26 @@ async function build (dir: string, seed: number): Promise<string> {
  * after it was let go (`after`, the kill lands somewhere in the next step).
  * No timers: every kill point is defined by the child's own progress.
  */
-async function runChild (dir: string, killAt?: { step: number, mode: 'exact' | 'after' }): Promise<number> {
+async function runChild(dir: string, killAt?: { step: number; mode: 'exact' | 'after' }): Promise<number> {
   const script = join(dir, 'run.mjs')
-  writeFileSync(script, [
-    "import { readSync, writeSync } from 'node:fs'",
-    `const m = await import(${JSON.stringify(indexUrl)})`,
-    'const go = Buffer.alloc(1)',
-    'const wait = () => { for (;;) { try { if (readSync(0, go, 0, 1, null) === 1) return } catch (e) { if (e.code !== "EAGAIN") throw e; Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1) } } }',
-    `await m.consolidate(${JSON.stringify(join(dir, 'vm-000001.vmdk'))}, { onProgress: (p) => { writeSync(1, p.step + '\\n'); wait() } })`,
-    "writeSync(1, 'done\\n')"
-  ].join('\n'))
+  writeFileSync(
+    script,
+    [
+      "import { readSync, writeSync } from 'node:fs'",
+      `const m = await import(${JSON.stringify(indexUrl)})`,
+      'const go = Buffer.alloc(1)',
+      'const wait = () => { for (;;) { try { if (readSync(0, go, 0, 1, null) === 1) return } catch (e) { if (e.code !== "EAGAIN") throw e; Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1) } } }',
+      `await m.consolidate(${JSON.stringify(join(dir, 'vm-000001.vmdk'))}, { onProgress: (p) => { writeSync(1, p.step + '\\n'); wait() } })`,
+      "writeSync(1, 'done\\n')",
+    ].join('\n'),
+  )
   const cp = spawn(process.execPath, [script], { stdio: ['pipe', 'pipe', 'inherit'] })
   let steps = 0
   let buffered = ''
   cp.stdout.setEncoding('utf8')
   cp.stdout.on('data', (chunk: string) => {
     buffered += chunk
-    let nl
-    while ((nl = buffered.indexOf('\n')) >= 0) {
+    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
       const line = buffered.slice(0, nl)
       buffered = buffered.slice(nl + 1)
       if (line === 'done') continue
@@ -78,7 +80,7 @@ async function runChild (dir: string, killAt?: { step: number, mode: 'exact' | '
   return steps
 }
 
-t.test('consolidate killed after each kind of step: the top reads the same, a rerun finishes', async t => {
+t.test('consolidate killed after each kind of step: the top reads the same, a rerun finishes', async (t) => {
   const root = t.testdir()
   const ref = join(root, 'ref')
   mkdirSync(ref)
@@ -89,12 +91,12 @@ t.test('consolidate killed after each kind of step: the top reads the same, a re
   const rand = prng(5)
   // kill points: right after recording the CID, mid-copy, after the flush, after the
   // grandchild is re-pointed, after the parent's new CID, and random ones in between
-  const points: Array<{ step: number, mode: 'exact' | 'after' }> = [
+  const points: Array<{ step: number; mode: 'exact' | 'after' }> = [
     { step: 1, mode: 'exact' },
     { step: Math.floor(total / 2), mode: 'exact' },
     { step: total - 3, mode: 'exact' },
     { step: total - 2, mode: 'exact' },
-    { step: total - 1, mode: 'exact' }
+    { step: total - 1, mode: 'exact' },
   ]
   for (let i = 0; i < 5; i++) points.push({ step: 1 + Math.floor(rand() * (total - 1)), mode: i % 2 === 0 ? 'after' : 'exact' })
   const phases = new Set<string>()

@@ -1,13 +1,12 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { parseDescriptor, serializeDescriptor, buildDescriptor, sameCid } from '../src/index.ts'
 import { fixture } from './helpers.ts'
 
 const esxiSnap = readFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick-000001.vmdk'), 'utf8')
 const esxiBase = readFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick.vmdk'), 'utf8')
 
-t.test('real ESXi descriptors round-trip byte for byte', async t => {
+t.test('real ESXi descriptors round-trip byte for byte', async (t) => {
   for (const text of [esxiSnap, esxiBase, esxiBase.replace(/\n/g, '\r\n')]) {
     t.equal(serializeDescriptor(parseDescriptor(text)), text)
   }
@@ -53,10 +52,10 @@ const rich = [
   'ddb.adapterType = "lsilogic"',
   'ddb.unknownThing = "x y z"',
   'ddb.deletable = "true"',
-  ''
+  '',
 ].join('\n')
 
-t.test('all extent types, quoted names with spaces, CBT, unknown keys', async t => {
+t.test('all extent types, quoted names with spaces, CBT, unknown keys', async (t) => {
   const d = parseDescriptor(rich)
   t.equal(d.toString(), rich)
   t.equal(d.version, 3)
@@ -64,14 +63,17 @@ t.test('all extent types, quoted names with spaces, CBT, unknown keys', async t 
   t.ok(sameCid(d.cid, '0d1df049'))
   t.equal(d.get('someFutureKey'), 'kept as is')
   t.equal(d.changeTrackPath, 'My Disk-ctk.vmdk')
-  t.same(d.extents.map(e => e.type), ['FLAT', 'FLAT', 'ZERO', 'VMFS', 'VMFSSPARSE', 'SESPARSE', 'SPARSE', 'VMFSRDM'])
+  t.same(
+    d.extents.map((e) => e.type),
+    ['FLAT', 'FLAT', 'ZERO', 'VMFS', 'VMFSSPARSE', 'SESPARSE', 'SPARSE', 'VMFSRDM'],
+  )
   t.same(d.extents[1], { access: 'RDONLY', sectors: 4194304, type: 'FLAT', file: 'My Disk-f002.vmdk', offset: 2048 })
   t.same(d.extents[2], { access: 'NOACCESS', sectors: 100, type: 'ZERO' })
   t.equal(d.extents[3]?.file, '/vmfs/volumes/ds 1/vm/x-flat.vmdk')
   t.equal(d.ddb.get('ddb.unknownThing'), 'x y z')
 })
 
-t.test('with… setters change only what they touch', async t => {
+t.test('with… setters change only what they touch', async (t) => {
   const d = parseDescriptor(rich)
   const e = d.withCid('abc').withParent('base.vmdk', '1234abcd').withDdb('ddb.deletable', 'false').withDdb('longContentID', 'ff')
   t.equal(e.cid, '00000abc')
@@ -93,8 +95,15 @@ t.test('with… setters change only what they touch', async t => {
   t.notMatch(crlf.toString().replace(/\r\n/g, ''), /\n/, 'CRLF kept on changed lines')
 })
 
-t.test('buildDescriptor makes what parseDescriptor reads', async t => {
-  const d = buildDescriptor({ cid: '1', parentCid: '2', createType: 'seSparse', parentFileNameHint: 'p q.vmdk', extents: [{ access: 'RW', sectors: 8, type: 'SESPARSE', file: 'c-sesparse.vmdk' }], ddb: [['grain', '8']] })
+t.test('buildDescriptor makes what parseDescriptor reads', async (t) => {
+  const d = buildDescriptor({
+    cid: '1',
+    parentCid: '2',
+    createType: 'seSparse',
+    parentFileNameHint: 'p q.vmdk',
+    extents: [{ access: 'RW', sectors: 8, type: 'SESPARSE', file: 'c-sesparse.vmdk' }],
+    ddb: [['grain', '8']],
+  })
   const p = parseDescriptor(d.toString())
   t.equal(p.cid, '00000001')
   t.equal(p.parentFileNameHint, 'p q.vmdk')
@@ -102,26 +111,30 @@ t.test('buildDescriptor makes what parseDescriptor reads', async t => {
   t.equal(p.get('isNativeSnapshot'), 'no')
 })
 
-t.test('garbage is E_DESCRIPTOR', async t => {
+t.test('garbage is E_DESCRIPTOR', async (t) => {
   for (const bad of ['hello world', 'version=1\nCID=xyz\n', 'version=1\nRW abc FLAT "x"\n', 'version=1\n\0', 'just=1\n', 'RW 99999999999999999999 FLAT "x" 0\nversion=1']) {
     t.throws(() => parseDescriptor(bad), { name: 'VmdkError', code: 'E_DESCRIPTOR' }, JSON.stringify(bad))
   }
   t.throws(() => parseDescriptor(rich).with('createType', 'a"b'), { code: 'E_DESCRIPTOR' })
 })
 
-t.test('pathological text parses in linear time', async t => {
+t.test('pathological text parses in linear time', async (t) => {
   const cases = [
     '\n'.repeat(900000) + 'x',
     'version=1\na= ' + ' '.repeat(500000) + 'x\n',
     'version=1\nRW 1 FLAT "' + ' '.repeat(400000) + '" 0 ' + ' '.repeat(400000) + 'x\n',
     'version=1\nddb.a = "' + '" '.repeat(300000) + 'x\n',
-    'version=1\n' + '# c\r\n'.repeat(150000)
+    'version=1\n' + '# c\r\n'.repeat(150000),
   ]
   for (const text of cases) {
     // CPU time of this process, not wall time: other jobs on a loaded machine stretch
     // the wall clock but not our CPU time; a quadratic parse of ~1M chars needs minutes
     const c0 = process.cpuUsage()
-    try { parseDescriptor(text) } catch (err) { t.match(err, { code: 'E_DESCRIPTOR' }) }
+    try {
+      parseDescriptor(text)
+    } catch (err) {
+      t.match(err, { code: 'E_DESCRIPTOR' })
+    }
     const cpu = process.cpuUsage(c0)
     t.ok((cpu.user + cpu.system) / 1000 < 2000, `parsed ${text.length} chars in ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU`)
   }

@@ -2,15 +2,26 @@ import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import {
-  openChain, describeChain, openWriter, createFlatDisk, createDelta, consolidate, parseDescriptor, serializeDescriptor,
-  decodeDescriptor, encodeDescriptor, declaredEncoding, parseSeSparseVolatileHeader, UNKNOWN_PARENT_CID
+  openChain,
+  describeChain,
+  openWriter,
+  createFlatDisk,
+  createDelta,
+  consolidate,
+  parseDescriptor,
+  serializeDescriptor,
+  decodeDescriptor,
+  encodeDescriptor,
+  declaredEncoding,
+  parseSeSparseVolatileHeader,
+  UNKNOWN_PARENT_CID,
 } from '../src/index.ts'
 import { chainDigest } from './helpers.ts'
 
 const MiB = 1024 * 1024
 
 /** Re-encode a descriptor file we wrote (UTF-8) in `label`, declaring it. */
-function reencode (path: string, label: string): Buffer {
+function reencode(path: string, label: string): Buffer {
   const text = readFileSync(path, 'utf8').replace(/^encoding=.*$/m, `encoding="${label}"`)
   const bytes = Buffer.from(new TextEncoderFor(label).encode(text))
   writeFileSync(path, bytes)
@@ -20,17 +31,26 @@ function reencode (path: string, label: string): Buffer {
 /** Test-side encoder (independent of the package's): node's TextDecoder tables, inverted per character. */
 class TextEncoderFor {
   readonly #label: string
-  constructor (label: string) { this.#label = label }
-  encode (text: string): Uint8Array {
+  constructor(label: string) {
+    this.#label = label
+  }
+  encode(text: string): Uint8Array {
     const dec = new TextDecoder(this.#label, { fatal: true })
     const out: number[] = []
     for (const ch of text) {
-      if (ch.charCodeAt(0) < 0x80) { out.push(ch.charCodeAt(0)); continue }
+      if (ch.charCodeAt(0) < 0x80) {
+        out.push(ch.charCodeAt(0))
+        continue
+      }
       let found: number[] | undefined
       for (let a = 0x80; a < 0x100 && found === undefined; a++) {
-        try { if (dec.decode(Uint8Array.of(a)) === ch) found = [a] } catch {}
+        try {
+          if (dec.decode(Uint8Array.of(a)) === ch) found = [a]
+        } catch {}
         for (let b = 0x40; b < 0x100 && found === undefined; b++) {
-          try { if (dec.decode(Uint8Array.of(a, b)) === ch) found = [a, b] } catch {}
+          try {
+            if (dec.decode(Uint8Array.of(a, b)) === ch) found = [a, b]
+          } catch {}
         }
       }
       if (found === undefined) throw new Error(`${ch} not in ${this.#label}`)
@@ -40,7 +60,7 @@ class TextEncoderFor {
   }
 }
 
-t.test('descriptors are decoded by their encoding= key (windows-1252 names with umlauts)', async t => {
+t.test('descriptors are decoded by their encoding= key (windows-1252 names with umlauts)', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'Grüße.vmdk')
   const top = join(dir, 'Grüße-000001.vmdk')
@@ -52,7 +72,11 @@ t.test('descriptors are decoded by their encoding= key (windows-1252 names with 
   w = await openWriter(top)
   await w.write(8192, Buffer.alloc(4096, 9))
   await w.close()
-  const want = await openChain(top).then(async c => { const d = await chainDigest(c); await c.close(); return d })
+  const want = await openChain(top).then(async (c) => {
+    const d = await chainDigest(c)
+    await c.close()
+    return d
+  })
   const topBytes = reencode(top, 'windows-1252')
   reencode(base, 'windows-1252')
   t.ok(topBytes.includes(0xfc) && !topBytes.includes(0xc3), 'the file holds ü as the single byte 0xFC')
@@ -79,7 +103,14 @@ t.test('descriptors are decoded by their encoding= key (windows-1252 names with 
   const after = readFileSync(top)
   t.ok(after.includes(Buffer.from('Grüße.vmdk', 'utf8')), 'now UTF-8')
   t.equal(declaredEncoding(after), 'UTF-8')
-  t.equal(after.toString('utf8').replace(/^CID=.*$/m, '').replace(/^encoding=.*$/m, ''), text.replace(/^CID=.*$/m, '').replace(/^encoding=.*$/m, ''), 'nothing else changed')
+  t.equal(
+    after
+      .toString('utf8')
+      .replace(/^CID=.*$/m, '')
+      .replace(/^encoding=.*$/m, ''),
+    text.replace(/^CID=.*$/m, '').replace(/^encoding=.*$/m, ''),
+    'nothing else changed',
+  )
   // …or in its own encoding when asked
   reencode(top, 'windows-1252')
   w = await openWriter(top, { descriptorEncoding: 'keep' })
@@ -99,9 +130,12 @@ t.test('descriptors are decoded by their encoding= key (windows-1252 names with 
   await c3.close()
 })
 
-t.test('GBK and Shift_JIS descriptors, and the embedded descriptor of a hosted disk', async t => {
+t.test('GBK and Shift_JIS descriptors, and the embedded descriptor of a hosted disk', async (t) => {
   const dir = t.testdir()
-  for (const [label, name] of [['GBK', '虚拟机'], ['Shift_JIS', '仮想マシン']] as const) {
+  for (const [label, name] of [
+    ['GBK', '虚拟机'],
+    ['Shift_JIS', '仮想マシン'],
+  ] as const) {
     const base = join(dir, `${name}.vmdk`)
     await createFlatDisk(base, MiB)
     const w = await openWriter(base)
@@ -131,7 +165,7 @@ t.test('GBK and Shift_JIS descriptors, and the embedded descriptor of a hosted d
   await c.close()
 })
 
-t.test('unknown encodings and undecodable bytes are E_ENCODING, naming the file', async t => {
+t.test('unknown encodings and undecodable bytes are E_ENCODING, naming the file', async (t) => {
   const dir = t.testdir()
   const p = join(dir, 'd.vmdk')
   await createFlatDisk(p, MiB)
@@ -144,30 +178,40 @@ t.test('unknown encodings and undecodable bytes are E_ENCODING, naming the file'
   t.throws(() => decodeDescriptor(Buffer.from('version=1\nencoding="nope"\n')), { code: 'E_ENCODING' })
 })
 
-t.test('parentCID=fffffffe (after Storage vMotion) is accepted but reported unverified', async t => {
+t.test('parentCID=fffffffe (after Storage vMotion) is accepted but reported unverified', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'a.vmdk'), MiB, { cid: '11111111' })
   await createDelta(join(dir, 'a.vmdk'), join(dir, 'b.vmdk'), { format: 'sesparse' })
   await createDelta(join(dir, 'b.vmdk'), join(dir, 'c.vmdk'), { format: 'vmfssparse' })
   let c = await openChain(join(dir, 'c.vmdk'))
-  t.same(c.layers.map(l => l.cidVerified), [true, true, true])
+  t.same(
+    c.layers.map((l) => l.cidVerified),
+    [true, true, true],
+  )
   t.equal(c.cidVerified, true)
   await c.close()
   const bText = readFileSync(join(dir, 'b.vmdk'), 'utf8')
   writeFileSync(join(dir, 'b.vmdk'), bText.replace('parentCID=11111111', `parentCID=${UNKNOWN_PARENT_CID}`))
   c = await openChain(join(dir, 'c.vmdk'))
-  t.same(c.layers.map(l => l.cidVerified), [true, false, true], 'the middle link proves nothing')
+  t.same(
+    c.layers.map((l) => l.cidVerified),
+    [true, false, true],
+    'the middle link proves nothing',
+  )
   t.equal(c.cidVerified, false, 'so the chain as a whole is unverified')
   await c.close()
   const info = await describeChain(join(dir, 'c.vmdk'))
   t.equal(info.cidVerified, false)
-  t.same(info.layers.map(l => l.cidVerified), [true, false, true])
+  t.same(
+    info.layers.map((l) => l.cidVerified),
+    [true, false, true],
+  )
   // any other mismatch is still refused
   writeFileSync(join(dir, 'b.vmdk'), bText.replace('parentCID=11111111', 'parentCID=fffffffd'))
   await t.rejects(openChain(join(dir, 'c.vmdk')), { code: 'E_CHAIN_CID' })
 })
 
-t.test('an SEsparse volatile header with non-zero padding is refused, as QEMU does', async t => {
+t.test('an SEsparse volatile header with non-zero padding is refused, as QEMU does', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'a.vmdk'), MiB)
   await createDelta(join(dir, 'a.vmdk'), join(dir, 'b.vmdk'), { format: 'sesparse' })

@@ -10,14 +10,14 @@ const MiB = 1024 * 1024
 const GiB = 1024 * MiB
 
 /** base (flat) ← SEsparse ← hosted, each with random writes. */
-async function threeLayers (dir: string): Promise<string> {
+async function threeLayers(dir: string): Promise<string> {
   const rand = prng(11)
   await createFlatDisk(join(dir, 'vm.vmdk'), 64 * MiB)
   const fill = async (p: string, n: number): Promise<void> => {
     const w = await openWriter(p)
     for (let i = 0; i < n; i++) {
       const len = 512 * (1 + Math.floor(rand() * 300))
-      const off = Math.floor(rand() * (64 * MiB - len) / 512) * 512
+      const off = Math.floor((rand() * (64 * MiB - len)) / 512) * 512
       if (rand() < 0.2) await w.writeZeroes(off, len)
       else await w.write(off, Buffer.alloc(len, 1 + Math.floor(rand() * 250)))
     }
@@ -31,15 +31,15 @@ async function threeLayers (dir: string): Promise<string> {
   return join(dir, 'vm-000002.vmdk')
 }
 
-async function everything (c: DiskChain): Promise<unknown> {
+async function everything(c: DiskChain): Promise<unknown> {
   return {
     map: await collect(c.map()),
     changed: [await collect(c.changedRanges(0)), await collect(c.changedRanges(1)), await collect(c.changedRanges(2))],
-    digest: await chainDigest(c)
+    digest: await chainDigest(c),
   }
 }
 
-t.test('every reader goes through the FileAccess: a chain held in memory under paths no disk has', async t => {
+t.test('every reader goes through the FileAccess: a chain held in memory under paths no disk has', async (t) => {
   const dir = t.testdir()
   const top = await threeLayers(dir)
   const local = await openChain(top)
@@ -48,17 +48,30 @@ t.test('every reader goes through the FileAccess: a chain held in memory under p
   const mem = new MemoryFileAccess()
   mem.loadFolder(dir, '/nonexistent-mem/vm')
   const c = await openChain('/nonexistent-mem/vm/vm-000002.vmdk', { files: mem })
-  t.same(await everything(c), want, 'map, changed ranges of every layer and the content equal the local reader\'s')
+  t.same(await everything(c), want, "map, changed ranges of every layer and the content equal the local reader's")
   t.equal(c.layers.length, 3)
   await c.close()
-  t.same(new Set(mem.opened), new Set(['/nonexistent-mem/vm/vm-000002.vmdk', '/nonexistent-mem/vm/vm-000001.vmdk', '/nonexistent-mem/vm/vm-000001-sesparse.vmdk', '/nonexistent-mem/vm/vm.vmdk', '/nonexistent-mem/vm/vm-flat.vmdk']), 'each file of the chain opened')
+  t.same(
+    new Set(mem.opened),
+    new Set([
+      '/nonexistent-mem/vm/vm-000002.vmdk',
+      '/nonexistent-mem/vm/vm-000001.vmdk',
+      '/nonexistent-mem/vm/vm-000001-sesparse.vmdk',
+      '/nonexistent-mem/vm/vm.vmdk',
+      '/nonexistent-mem/vm/vm-flat.vmdk',
+    ]),
+    'each file of the chain opened',
+  )
   t.equal(mem.calls.close, mem.calls.open, 'and closed')
   const info = await describeChain('/nonexistent-mem/vm/vm-000002.vmdk', { files: mem })
-  t.same(info.layers.map(l => l.createType), ['monolithicSparse', 'seSparse', 'vmfs'])
+  t.same(
+    info.layers.map((l) => l.createType),
+    ['monolithicSparse', 'seSparse', 'vmfs'],
+  )
   t.equal(info.cidVerified, true)
 })
 
-t.test('grain tables are read in few, large, concurrent reads, once', async t => {
+t.test('grain tables are read in few, large, concurrent reads, once', async (t) => {
   const dir = t.testdir()
   const rand = prng(3)
   // 64 GiB: 4096 grain tables of 16 MiB; 1500 grains written in random order, so the
@@ -67,12 +80,12 @@ t.test('grain tables are read in few, large, concurrent reads, once', async t =>
   await createDelta(join(dir, 'big.vmdk'), join(dir, 'big-000001.vmdk'), { format: 'sesparse' })
   const w = await openWriter(join(dir, 'big-000001.vmdk'))
   const grains = new Set<number>()
-  while (grains.size < 1500) grains.add(Math.floor(rand() * (64 * GiB / 4096)))
+  while (grains.size < 1500) grains.add(Math.floor(rand() * ((64 * GiB) / 4096)))
   for (const g of grains) await w.write(g * 4096, Buffer.alloc(4096, (g % 250) + 1))
   await w.close()
   const ext = join(dir, 'big-000001-sesparse.vmdk')
   const h = parseSeSparseHeader(readFileSync(ext).subarray(0, 512))
-  const tableSet = new Set([...grains].map(g => Math.floor(g / 4096)))
+  const tableSet = new Set([...grains].map((g) => Math.floor(g / 4096)))
   const tableBytes = tableSet.size * 32768
   const gtFrom = h.grainTablesOffset * 512
   const gtTo = gtFrom + h.grainTablesSize * 512
@@ -85,7 +98,11 @@ t.test('grain tables are read in few, large, concurrent reads, once', async t =>
   t.ok(opening.count <= 5, `opening reads the header, volatile header and directory in ${opening.count} reads`)
   mem.resetCounters()
   const ranges = await collect(c.changedRanges(0))
-  t.equal(ranges.reduce((s, r) => s + r.length, 0), grains.size * 4096, 'every grain found')
+  t.equal(
+    ranges.reduce((s, r) => s + r.length, 0),
+    grains.size * 4096,
+    'every grain found',
+  )
   const walk = mem.readsIn(mext, gtFrom, gtTo)
   t.equal(walk.bytes, tableBytes, `each of the ${tableSet.size} grain tables read exactly once (${tableBytes} bytes)`)
   t.ok(walk.count <= Math.ceil(tableBytes / (256 * 1024)) + 1, `in ${walk.count} reads of up to 256 KiB (one per table would be ${tableSet.size})`)
@@ -93,7 +110,10 @@ t.test('grain tables are read in few, large, concurrent reads, once', async t =>
 
   mem.resetCounters()
   const entries = await collect(c.map())
-  t.equal(entries.filter(e => e.depth === 0 && e.data).reduce((s, e) => s + e.length, 0), grains.size * 4096)
+  t.equal(
+    entries.filter((e) => e.depth === 0 && e.data).reduce((s, e) => s + e.length, 0),
+    grains.size * 4096,
+  )
   t.equal(mem.readsIn(mext, gtFrom, gtTo).count, 0, 'map after changedRanges: the decoded tables are still in memory')
   await c.close()
 
@@ -117,7 +137,7 @@ t.test('grain tables are read in few, large, concurrent reads, once', async t =>
   await c2.close()
 })
 
-t.test('large reads are split at maxReadBytes and kept concurrency-deep', async t => {
+t.test('large reads are split at maxReadBytes and kept concurrency-deep', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'f.vmdk'), 8 * MiB)
   const w = await openWriter(join(dir, 'f.vmdk'))
@@ -135,7 +155,7 @@ t.test('large reads are split at maxReadBytes and kept concurrency-deep', async 
   await c.close()
 })
 
-t.test('concurrent readers share grain-table loads; a failed read is E_IO and nothing hangs', async t => {
+t.test('concurrent readers share grain-table loads; a failed read is E_IO and nothing hangs', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'b.vmdk'), 256 * MiB)
   await createDelta(join(dir, 'b.vmdk'), join(dir, 'c.vmdk'), { format: 'vmfssparse' })
@@ -149,7 +169,7 @@ t.test('concurrent readers share grain-table loads; a failed read is E_IO and no
   // 32 readers of the same 2 MiB at once: its one grain table is read once
   const bufs = await Promise.all(Array.from({ length: 32 }, async () => await c.read(0, 2 * MiB)))
   for (const b of bufs) t.equal(b[512], 0)
-  t.equal(mem.readsIn('/m/c-delta.vmdk').count - mem.reads.filter(r => r.path === '/m/c-delta.vmdk' && r.length === 512).length, 1, 'one grain-table read for 32 readers')
+  t.equal(mem.readsIn('/m/c-delta.vmdk').count - mem.reads.filter((r) => r.path === '/m/c-delta.vmdk' && r.length === 512).length, 1, 'one grain-table read for 32 readers')
   await c.close()
   const c2 = await openChain('/m/c.vmdk', { files: mem })
   mem.resetCounters()
@@ -160,13 +180,20 @@ t.test('concurrent readers share grain-table loads; a failed read is E_IO and no
   await c2.close()
 })
 
-t.test('the local FileAccess reads what fs reads', async t => {
+t.test('the local FileAccess reads what fs reads', async (t) => {
   const dir = t.testdir()
   const top = await threeLayers(dir)
   const a = await openChain(top)
   const b = await openChain(top, { files: { ...localFileAccess, maxReadBytes: 4096, concurrency: 7 } })
   t.equal(await chainDigest(b), await chainDigest(a), 'tiny reads, odd concurrency, same bytes')
-  t.equal(createHash('sha256').update(JSON.stringify(await collect(b.map()))).digest('hex'), createHash('sha256').update(JSON.stringify(await collect(a.map()))).digest('hex'))
+  t.equal(
+    createHash('sha256')
+      .update(JSON.stringify(await collect(b.map())))
+      .digest('hex'),
+    createHash('sha256')
+      .update(JSON.stringify(await collect(a.map())))
+      .digest('hex'),
+  )
   await a.close()
   await b.close()
 })

@@ -7,12 +7,12 @@ import { gunzipSync } from 'node:zlib'
 import type { DiskChain, MapEntry } from '../src/index.ts'
 
 /** Run qemu-img and return stdout. */
-export function qemuImg (...args: string[]): string {
+export function qemuImg(...args: string[]): string {
   return execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
 /** Run qemu-io commands against a vmdk image. */
-export function qemuIo (image: string, cmds: string[]): void {
+export function qemuIo(image: string, cmds: string[]): void {
   const args = ['-f', 'vmdk']
   for (const c of cmds) args.push('-c', c)
   args.push(image)
@@ -20,9 +20,9 @@ export function qemuIo (image: string, cmds: string[]): void {
 }
 
 /** `qemu-img map --output=json` parsed. */
-export function qemuMap (image: string): MapEntry[] {
+export function qemuMap(image: string): MapEntry[] {
   // keep the fields of qemu 7.2's output (newer versions add e.g. "compressed")
-  return (JSON.parse(qemuImg('map', '--output=json', '-f', 'vmdk', image)) as MapEntry[]).map(e => {
+  return (JSON.parse(qemuImg('map', '--output=json', '-f', 'vmdk', image)) as MapEntry[]).map((e) => {
     const o: MapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data }
     if (e.offset !== undefined) o.offset = e.offset
     return o
@@ -30,21 +30,21 @@ export function qemuMap (image: string): MapEntry[] {
 }
 
 /** sha256 of `qemu-img convert -O raw image`. */
-export function qemuDigest (image: string, scratch: string): string {
+export function qemuDigest(image: string, scratch: string): string {
   const out = join(scratch, `convert-${process.pid}.raw`)
   qemuImg('convert', '-f', 'vmdk', '-O', 'raw', image, out)
   return createHash('sha256').update(readFileSync(out)).digest('hex')
 }
 
 /** sha256 of the whole disk as our reader sees it at `depth`. */
-export async function chainDigest (chain: DiskChain, depth = 0): Promise<string> {
+export async function chainDigest(chain: DiskChain, depth = 0): Promise<string> {
   const h = createHash('sha256')
   const step = 4 * 1024 * 1024
   for (let o = 0; o < chain.capacity; o += step) h.update(await chain.read(o, Math.min(step, chain.capacity - o), { depth }))
   return h.digest('hex')
 }
 
-export async function collect<T> (it: AsyncIterable<T>): Promise<T[]> {
+export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = []
   for await (const x of it) out.push(x)
   return out
@@ -55,15 +55,22 @@ export async function collect<T> (it: AsyncIterable<T>): Promise<T[]> {
  * QEMU's file-posix driver does (README "Deviations"). Compare maps with entries of
  * flat layers normalized: zero flag cleared and file-contiguous entries merged.
  */
-export function normalizeFlat (entries: readonly MapEntry[], flatDepths: ReadonlySet<number>): MapEntry[] {
+export function normalizeFlat(entries: readonly MapEntry[], flatDepths: ReadonlySet<number>): MapEntry[] {
   const out: MapEntry[] = []
   for (const e0 of entries) {
     const e: MapEntry = { ...e0 }
     if (flatDepths.has(e.depth) && e.present && e.data) e.zero = false
     const last = out[out.length - 1]
-    if (last !== undefined && last.depth === e.depth && last.present === e.present && last.zero === e.zero && last.data === e.data &&
-        (last.offset === undefined) === (e.offset === undefined) && (last.offset === undefined || last.offset + last.length === e.offset) &&
-        last.start + last.length === e.start) {
+    if (
+      last !== undefined &&
+      last.depth === e.depth &&
+      last.present === e.present &&
+      last.zero === e.zero &&
+      last.data === e.data &&
+      (last.offset === undefined) === (e.offset === undefined) &&
+      (last.offset === undefined || last.offset + last.length === e.offset) &&
+      last.start + last.length === e.start
+    ) {
       last.length += e.length
       continue
     }
@@ -72,9 +79,11 @@ export function normalizeFlat (entries: readonly MapEntry[], flatDepths: Readonl
   return out
 }
 
-export function flatDepths (chain: DiskChain): Set<number> {
+export function flatDepths(chain: DiskChain): Set<number> {
   const s = new Set<number>()
-  chain.layers.forEach((l, i) => { if (!l.sparse) s.add(i) })
+  chain.layers.forEach((l, i) => {
+    if (!l.sparse) s.add(i)
+  })
   return s
 }
 
@@ -82,7 +91,7 @@ export function flatDepths (chain: DiskChain): Set<number> {
 export const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '../../test/fixtures')
 
 /** Path of a committed fixture. */
-export function fixture (rel: string): string {
+export function fixture(rel: string): string {
   return join(FIXTURES, rel)
 }
 
@@ -92,7 +101,7 @@ export function fixture (rel: string): string {
  * is set (point it at a missing folder to run as on a fresh clone), else the
  * nearest `shared/samples` above this package. Undefined when absent.
  */
-export function sharedSamplesDir (): string | undefined {
+export function sharedSamplesDir(): string | undefined {
   const env = process.env.GRAINLINE_SHARED_DIR
   if (env !== undefined && env !== '') {
     const c = join(env, 'samples')
@@ -108,7 +117,7 @@ export function sharedSamplesDir (): string | undefined {
 }
 
 /** A file of the shared samples, or undefined when the shared folder (or the file) is absent. */
-export function sharedSample (rel: string): string | undefined {
+export function sharedSample(rel: string): string | undefined {
   const dir = sharedSamplesDir()
   if (dir === undefined) return undefined
   const p = join(dir, rel)
@@ -116,19 +125,19 @@ export function sharedSample (rel: string): string | undefined {
 }
 
 /** Copy (gunzip when `.gz`) a file into `dir` as `name` (default: its name without `.gz`) and return the new path. */
-export function unpackTo (src: string, dir: string, name?: string): string {
+export function unpackTo(src: string, dir: string, name?: string): string {
   const out = join(dir, name ?? src.split('/').pop()?.replace(/\.gz$/, '') ?? 'sample')
   writeFileSync(out, src.endsWith('.gz') ? gunzipSync(readFileSync(src)) : readFileSync(src))
   return out
 }
 
 /** Unpack a committed fixture into `dir`. */
-export function unpackFixture (rel: string, dir: string, name?: string): string {
+export function unpackFixture(rel: string, dir: string, name?: string): string {
   return unpackTo(fixture(rel), dir, name)
 }
 
 /** A small seeded PRNG (mulberry32) so failures reproduce. */
-export function prng (seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0

@@ -16,17 +16,39 @@ const MiB = 1024 * 1024
 t.setTimeout(120_000)
 
 /** Every entry point a consumer uses must refuse `path`'s chain with `code`, naming `file`. */
-async function refuses (t: Test, top: string, file: string, code = 'E_NOT_REGULAR'): Promise<void> {
+async function refuses(t: Test, top: string, file: string, code = 'E_NOT_REGULAR'): Promise<void> {
   const want = { name: 'VmdkError', code, file }
   await t.rejects(openChain(top), want, 'openChain')
   await t.rejects(describeChain(top), want, 'describeChain (grainline info)')
   await t.rejects(openWriter(top), want, 'openWriter')
-  await t.rejects((async () => { const c = await openChain(top); try { await collect(c.map()) } finally { await c.close() } })(), want, 'map')
-  await t.rejects((async () => { const c = await openChain(top); try { await c.read(0, 4096) } finally { await c.close() } })(), want, 'read')
+  await t.rejects(
+    (async () => {
+      const c = await openChain(top)
+      try {
+        await collect(c.map())
+      } finally {
+        await c.close()
+      }
+    })(),
+    want,
+    'map',
+  )
+  await t.rejects(
+    (async () => {
+      const c = await openChain(top)
+      try {
+        await c.read(0, 4096)
+      } finally {
+        await c.close()
+      }
+    })(),
+    want,
+    'read',
+  )
 }
 
 /** base (flat) ← delta (SEsparse), 4 MiB, a little data in each. */
-async function chain (dir: string): Promise<{ base: string, top: string }> {
+async function chain(dir: string): Promise<{ base: string; top: string }> {
   const base = join(dir, 'vm.vmdk')
   const top = join(dir, 'vm-000001.vmdk')
   await createFlatDisk(base, 4 * MiB)
@@ -40,12 +62,12 @@ async function chain (dir: string): Promise<{ base: string, top: string }> {
   return { base, top }
 }
 
-function fifo (path: string): void {
+function fifo(path: string): void {
   rmSync(path, { force: true })
   execFileSync('mkfifo', [path])
 }
 
-t.test('a FIFO as the disk, a parent descriptor or an extent file is refused before it is opened', async t => {
+t.test('a FIFO as the disk, a parent descriptor or an extent file is refused before it is opened', async (t) => {
   const dir = t.testdir()
   const { base, top } = await chain(dir)
   const baseText = readFileSync(base)
@@ -74,7 +96,7 @@ t.test('a FIFO as the disk, a parent descriptor or an extent file is refused bef
   await c.close()
 })
 
-t.test('a socket, a directory or a device as an extent is refused too', async t => {
+t.test('a socket, a directory or a device as an extent is refused too', async (t) => {
   const dir = t.testdir()
   const { base } = await chain(dir)
   const text = readFileSync(base, 'utf8')
@@ -90,22 +112,40 @@ t.test('a socket, a directory or a device as an extent is refused too', async t 
   await point('/dev/zero', /extent file is a character device/)
   // unix socket paths are limited to 107 bytes: a short folder of its own
   const sockDir = mkdtempSync(join(tmpdir(), 'gl-'))
-  t.teardown(() => { rmSync(sockDir, { recursive: true, force: true }) })
+  t.teardown(() => {
+    rmSync(sockDir, { recursive: true, force: true })
+  })
   const sock = join(sockDir, 'vm.sock')
   const server = createServer()
   server.listen(sock)
   await once(server, 'listening')
-  t.teardown(() => { server.close() })
+  t.teardown(() => {
+    server.close()
+  })
   await point(sock, /extent file is a socket/)
   writeFileSync(base, text)
-  t.equal((await openChain(base).then(async c => { const d = await chainDigest(c); await c.close(); return d })).length, 64, 'the real flat file reads')
+  t.equal(
+    (
+      await openChain(base).then(async (c) => {
+        const d = await chainDigest(c)
+        await c.close()
+        return d
+      })
+    ).length,
+    64,
+    'the real flat file reads',
+  )
   t.ok(readFileSync(flat).length > 0)
 })
 
-t.test('symbolic links in a chain are followed (ESXi datastores use them); loops through them are caught', async t => {
+t.test('symbolic links in a chain are followed (ESXi datastores use them); loops through them are caught', async (t) => {
   const dir = t.testdir()
   const { top } = await chain(dir)
-  const want = await openChain(top).then(async c => { const d = await chainDigest(c); await c.close(); return d })
+  const want = await openChain(top).then(async (c) => {
+    const d = await chainDigest(c)
+    await c.close()
+    return d
+  })
   // the chain reached through a linked folder (like /vmfs/volumes/<name> → <uuid>), the top
   // named through a linked file; relative names resolve against the folder of the path as
   // named (as QEMU does), not against the link's target
@@ -124,10 +164,14 @@ t.test('symbolic links in a chain are followed (ESXi datastores use them); loops
   await t.rejects(openChain(loop), { code: 'E_CHAIN_LOOP' })
 })
 
-t.test('consolidate skips a FIFO among the descriptors it re-points', async t => {
+t.test('consolidate skips a FIFO among the descriptors it re-points', async (t) => {
   const dir = t.testdir()
   const { base, top } = await chain(dir)
-  const want = await openChain(top).then(async c => { const d = await chainDigest(c); await c.close(); return d })
+  const want = await openChain(top).then(async (c) => {
+    const d = await chainDigest(c)
+    await c.close()
+    return d
+  })
   fifo(join(dir, 'stray.vmdk'))
   const r = await consolidate(top)
   t.equal(r.parentPath, base)

@@ -6,40 +6,57 @@ import { chainDigest, collect, qemuDigest, qemuImg, qemuIo } from './helpers.ts'
 
 const MiB = 1024 * 1024
 
-t.test('multi-extent descriptor with FLAT, ZERO and NOACCESS lines', async t => {
+t.test('multi-extent descriptor with FLAT, ZERO and NOACCESS lines', async (t) => {
   const dir = t.testdir()
   writeFileSync(join(dir, 'a.raw'), Buffer.alloc(MiB, 1))
   writeFileSync(join(dir, 'b c.raw'), Buffer.concat([Buffer.alloc(512, 9), Buffer.alloc(MiB, 2)]))
-  writeFileSync(join(dir, 'd.vmdk'), [
-    '# Disk DescriptorFile', 'version=1', 'CID=12345678', 'parentCID=ffffffff', 'createType="twoGbMaxExtentFlat"', '',
-    '# Extent description',
-    'RW 2048 FLAT "a.raw" 0',
-    'RW 2048 ZERO',
-    'RW 2048 FLAT "b c.raw" 1',
-    'NOACCESS 1024 FLAT "a.raw" 0',
-    ''
-  ].join('\n'))
+  writeFileSync(
+    join(dir, 'd.vmdk'),
+    [
+      '# Disk DescriptorFile',
+      'version=1',
+      'CID=12345678',
+      'parentCID=ffffffff',
+      'createType="twoGbMaxExtentFlat"',
+      '',
+      '# Extent description',
+      'RW 2048 FLAT "a.raw" 0',
+      'RW 2048 ZERO',
+      'RW 2048 FLAT "b c.raw" 1',
+      'NOACCESS 1024 FLAT "a.raw" 0',
+      '',
+    ].join('\n'),
+  )
   const c = await openChain(join(dir, 'd.vmdk'))
   t.equal(c.capacity, 7 * 512 * 1024)
   const all = await c.read(0, c.capacity)
-  t.ok(all.subarray(0, MiB).every(b => b === 1))
-  t.ok(all.subarray(MiB, 2 * MiB).every(b => b === 0))
-  t.ok(all.subarray(2 * MiB, 3 * MiB).every(b => b === 2), 'FLAT offset honoured')
-  t.ok(all.subarray(3 * MiB).every(b => b === 0), 'NOACCESS reads as zeros')
+  t.ok(all.subarray(0, MiB).every((b) => b === 1))
+  t.ok(all.subarray(MiB, 2 * MiB).every((b) => b === 0))
+  t.ok(
+    all.subarray(2 * MiB, 3 * MiB).every((b) => b === 2),
+    'FLAT offset honoured',
+  )
+  t.ok(
+    all.subarray(3 * MiB).every((b) => b === 0),
+    'NOACCESS reads as zeros',
+  )
   t.same(await collect(c.changedRanges(0)), [
     { offset: 0, length: MiB, zero: false },
     { offset: MiB, length: MiB, zero: true },
     { offset: 2 * MiB, length: MiB, zero: false },
-    { offset: 3 * MiB, length: MiB / 2, zero: true }
+    { offset: 3 * MiB, length: MiB / 2, zero: true },
   ])
   t.same(await collect(c.map()), [
     { start: 0, length: MiB, depth: 0, present: true, zero: false, data: true, offset: 0 },
     { start: MiB, length: MiB, depth: 0, present: true, zero: true, data: false },
     { start: 2 * MiB, length: MiB, depth: 0, present: true, zero: false, data: true, offset: 512 },
-    { start: 3 * MiB, length: MiB / 2, depth: 0, present: true, zero: true, data: false }
+    { start: 3 * MiB, length: MiB / 2, depth: 0, present: true, zero: true, data: false },
   ])
   const info = await describeChain(join(dir, 'd.vmdk'))
-  t.same(info.layers[0]?.extents.map(e => e.format), ['flat', 'zero', 'flat', 'zero'])
+  t.same(
+    info.layers[0]?.extents.map((e) => e.format),
+    ['flat', 'zero', 'flat', 'zero'],
+  )
   // a flat top is written in place; ZERO extents refuse writes
   const w = await openWriter(join(dir, 'd.vmdk'))
   await w.write(MiB - 2, Buffer.from([7, 7]))
@@ -47,12 +64,12 @@ t.test('multi-extent descriptor with FLAT, ZERO and NOACCESS lines', async t => 
   await w.close()
   await c.close()
   const c2 = await openChain(join(dir, 'd.vmdk'))
-  t.same([...await c2.read(MiB - 3, 3)], [1, 7, 7])
+  t.same([...(await c2.read(MiB - 3, 3))], [1, 7, 7])
   t.not(c2.layers[0]?.cid, '12345678', 'new CID')
   await c2.close()
 })
 
-t.test('abort signals stop long walks', async t => {
+t.test('abort signals stop long walks', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'b.vmdk'), 64 * MiB)
   await createDelta(join(dir, 'b.vmdk'), join(dir, 'c.vmdk'), { format: 'vmfssparse' })
@@ -69,7 +86,7 @@ t.test('abort signals stop long walks', async t => {
   t.equal(qemuDigest(join(dir, 'c.vmdk'), dir).length, 64)
 })
 
-t.test('path resolution', async t => {
+t.test('path resolution', async (t) => {
   t.equal(resolveVmdkPath('/a/b/c.vmdk', 'd.vmdk'), '/a/b/d.vmdk')
   t.equal(resolveVmdkPath('/a/b/c.vmdk', '../x/d.vmdk'), '/a/x/d.vmdk')
   t.equal(resolveVmdkPath('/a/b/c.vmdk', '/vmfs/volumes/ds1/vm/d.vmdk', { '/vmfs/volumes/ds1': '/mnt/ds1' }), '/mnt/ds1/vm/d.vmdk')
@@ -77,7 +94,7 @@ t.test('path resolution', async t => {
   t.equal(resolveVmdkPath('/a/b/c.vmdk', '/vmfs/volumes/ds10/d.vmdk', { '/vmfs/volumes/ds1': '/mnt/ds1' }), '/vmfs/volumes/ds10/d.vmdk', 'prefix must end at a path separator')
 })
 
-t.test('a flat extent shorter than its line reads zeros past EOF', async t => {
+t.test('a flat extent shorter than its line reads zeros past EOF', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'b.vmdk'), MiB)
   const w = await openWriter(join(dir, 'b.vmdk'))
@@ -90,7 +107,7 @@ t.test('a flat extent shorter than its line reads zeros past EOF', async t => {
   await c.close()
 })
 
-t.test('streamOptimized with the grain directory at the end (footer)', async t => {
+t.test('streamOptimized with the grain directory at the end (footer)', async (t) => {
   const dir = t.testdir()
   const src = join(dir, 'src.vmdk')
   qemuImg('create', '-q', '-f', 'vmdk', src, String(4 * MiB))

@@ -6,7 +6,11 @@ const CHUNK = 64 * 1024
 const ZERO = Buffer.alloc(CHUNK)
 
 /** One read as the transport saw it. */
-export interface ReadRecord { path: string, position: number, length: number }
+export interface ReadRecord {
+  path: string
+  position: number
+  length: number
+}
 
 /**
  * A FileAccess over files held in memory under made-up paths (nothing on the
@@ -16,7 +20,7 @@ export interface ReadRecord { path: string, position: number, length: number }
  */
 export class MemoryFileAccess implements FileAccess {
   /** file contents kept sparse: size and the non-zero 64 KiB chunks */
-  readonly files = new Map<string, { size: number, chunks: Map<number, Buffer> }>()
+  readonly files = new Map<string, { size: number; chunks: Map<number, Buffer> }>()
   /** paths that stat as something other than a regular file */
   readonly kinds = new Map<string, FileKind>()
   readonly maxReadBytes: number
@@ -31,14 +35,14 @@ export class MemoryFileAccess implements FileAccess {
   failReadAt = 0
   readonly #turns: number
 
-  constructor (opts: { maxReadBytes?: number, concurrency?: number, turns?: number } = {}) {
+  constructor(opts: { maxReadBytes?: number; concurrency?: number; turns?: number } = {}) {
     this.maxReadBytes = opts.maxReadBytes ?? 256 * 1024
     this.concurrency = opts.concurrency ?? 8
     this.#turns = opts.turns ?? 3
   }
 
   /** Load every file of a local folder under `prefix` (e.g. '/mem/vm'), keeping only non-zero chunks. */
-  loadFolder (dir: string, prefix: string): void {
+  loadFolder(dir: string, prefix: string): void {
     for (const name of readdirSync(dir)) {
       const p = join(dir, name)
       const st = statSync(p)
@@ -59,11 +63,11 @@ export class MemoryFileAccess implements FileAccess {
     }
   }
 
-  async #latency (): Promise<void> {
-    for (let i = 0; i < this.#turns; i++) await new Promise(resolve => setImmediate(resolve))
+  async #latency(): Promise<void> {
+    for (let i = 0; i < this.#turns; i++) await new Promise((resolve) => setImmediate(resolve))
   }
 
-  #stat (path: string): FileStat {
+  #stat(path: string): FileStat {
     const kind = this.kinds.get(path)
     if (kind !== undefined) return { kind, size: 0 }
     const f = this.files.get(path)
@@ -71,13 +75,13 @@ export class MemoryFileAccess implements FileAccess {
     return { kind: 'file', size: f.size }
   }
 
-  async stat (path: string): Promise<FileStat> {
+  async stat(path: string): Promise<FileStat> {
     this.calls.stat++
     await this.#latency()
     return this.#stat(path)
   }
 
-  async open (path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> {
+  async open(path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> {
     this.calls.open++
     await this.#latency()
     if (mode !== 'r') throw Object.assign(new Error('read-only transport'), { code: 'EROFS' })
@@ -98,9 +102,9 @@ export class MemoryFileAccess implements FileAccess {
           if (nth === this.failReadAt) throw Object.assign(new Error('injected I/O error'), { code: 'EIO' })
           if (length > this.maxReadBytes) throw new Error(`read of ${length} bytes exceeds maxReadBytes ${this.maxReadBytes}`)
           const n = Math.max(0, Math.min(length, st.size - position))
-          for (let done = 0; done < n;) {
+          for (let done = 0; done < n; ) {
             const k = Math.floor((position + done) / CHUNK)
-            const within = (position + done) - k * CHUNK
+            const within = position + done - k * CHUNK
             const len = Math.min(n - done, CHUNK - within)
             const c = chunks.get(k)
             if (c === undefined) buf.fill(0, bufOffset + done, bufOffset + done + len)
@@ -112,12 +116,14 @@ export class MemoryFileAccess implements FileAccess {
           this.inFlight.set(path, (this.inFlight.get(path) ?? 1) - 1)
         }
       },
-      close: async (): Promise<void> => { this.calls.close++ }
+      close: async (): Promise<void> => {
+        this.calls.close++
+      },
     }
   }
 
   /** Reads of one file within [from, to) of it: count and bytes. */
-  readsIn (path: string, from = 0, to = Infinity): { count: number, bytes: number } {
+  readsIn(path: string, from = 0, to = Infinity): { count: number; bytes: number } {
     let count = 0
     let bytes = 0
     for (const r of this.reads) {
@@ -128,7 +134,7 @@ export class MemoryFileAccess implements FileAccess {
     return { count, bytes }
   }
 
-  resetCounters (): void {
+  resetCounters(): void {
     this.reads.length = 0
     this.calls.read = 0
     this.maxInFlight.clear()

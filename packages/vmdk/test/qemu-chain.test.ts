@@ -6,12 +6,12 @@ import { chainDigest, collect, flatDepths, normalizeFlat, prng, qemuDigest, qemu
 const MiB = 1024 * 1024
 
 /** Random qemu-io writes (pattern and zero) over a disk of `size` bytes. */
-function randomWrites (rand: () => number, size: number, n: number): string[] {
+function randomWrites(rand: () => number, size: number, n: number): string[] {
   const cmds: string[] = []
   for (let i = 0; i < n; i++) {
     const unit = rand() < 0.5 ? 512 : 4096
     const len = unit * (1 + Math.floor(rand() * (rand() < 0.2 ? 600 : 40)))
-    const off = Math.floor(rand() * (size - len) / unit) * unit
+    const off = Math.floor((rand() * (size - len)) / unit) * unit
     if (rand() < 0.25) cmds.push(`write -z ${off} ${len}`)
     else cmds.push(`write -P 0x${Math.floor(1 + rand() * 254).toString(16)} ${off} ${len}`)
   }
@@ -19,19 +19,22 @@ function randomWrites (rand: () => number, size: number, n: number): string[] {
 }
 
 /** The depth-0 entries of a qemu map as changed ranges (merged by zero flag only). */
-function topRanges (entries: readonly MapEntry[]): Range[] {
+function topRanges(entries: readonly MapEntry[]): Range[] {
   const out: Range[] = []
   for (const e of entries) {
     if (e.depth !== 0 || !e.present) continue
     const zero = !e.data
     const last = out[out.length - 1]
-    if (last !== undefined && last.zero === zero && last.offset + last.length === e.start) { last.length += e.length; continue }
+    if (last !== undefined && last.zero === zero && last.offset + last.length === e.start) {
+      last.length += e.length
+      continue
+    }
     out.push({ offset: e.start, length: e.length, zero })
   }
   return out
 }
 
-async function compare (t: Test, image: string, scratch: string): Promise<void> {
+async function compare(t: Test, image: string, scratch: string): Promise<void> {
   const chain = await openChain(image)
   try {
     const fd = flatDepths(chain)
@@ -45,23 +48,21 @@ async function compare (t: Test, image: string, scratch: string): Promise<void> 
     for (let d = 1; d < chain.layers.length; d++) {
       const layer = chain.layers[d]
       if (layer === undefined) continue
-      t.same(normalizeFlat(await collect(chain.map({ depth: d })), new Set([...fd].map(x => x - d))), normalizeFlat(qemuMap(layer.path), new Set([...fd].map(x => x - d))), `map at depth ${d}`)
+      t.same(normalizeFlat(await collect(chain.map({ depth: d })), new Set([...fd].map((x) => x - d))), normalizeFlat(qemuMap(layer.path), new Set([...fd].map((x) => x - d))), `map at depth ${d}`)
     }
   } finally {
     await chain.close()
   }
 }
 
-
-
 for (const [name, createOpts, size] of [
   ['monolithicSparse', [], 24 * MiB],
   ['zeroed-grain sparse', ['-o', 'zeroed_grain=on'], 24 * MiB + 512 * 3],
   ['monolithicFlat', ['-o', 'subformat=monolithicFlat'], 20 * MiB],
   ['twoGbMaxExtentSparse', ['-o', 'subformat=twoGbMaxExtentSparse'], 40 * MiB],
-  ['twoGbMaxExtentFlat', ['-o', 'subformat=twoGbMaxExtentFlat'], 16 * MiB]
+  ['twoGbMaxExtentFlat', ['-o', 'subformat=twoGbMaxExtentFlat'], 16 * MiB],
 ] as const) {
-  t.test(`qemu-made chain on a ${name} base`, async t => {
+  t.test(`qemu-made chain on a ${name} base`, async (t) => {
     const dir = t.testdir()
     const rand = prng(name.length * 7919 + size)
     const base = join(dir, 'base disk.vmdk')
@@ -86,7 +87,7 @@ for (const [name, createOpts, size] of [
   })
 }
 
-t.test('streamOptimized (compressed grains) reads like qemu', async t => {
+t.test('streamOptimized (compressed grains) reads like qemu', async (t) => {
   const dir = t.testdir()
   const src = join(dir, 'src.vmdk')
   qemuImg('create', '-q', '-f', 'vmdk', src, String(8 * MiB))
@@ -96,7 +97,7 @@ t.test('streamOptimized (compressed grains) reads like qemu', async t => {
   await compare(t, so, dir)
 })
 
-t.test('read at any depth and odd offsets', async t => {
+t.test('read at any depth and odd offsets', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'b.vmdk')
   qemuImg('create', '-q', '-f', 'vmdk', base, String(4 * MiB))

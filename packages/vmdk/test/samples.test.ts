@@ -7,28 +7,49 @@ import { chainDigest, collect, fixture, flatDepths, normalizeFlat, qemuDigest, q
 
 const MiB = 1024 * 1024
 
-t.test('real ESXi SEsparse extent under a descriptor and a flat parent we write', async t => {
+t.test('real ESXi SEsparse extent under a descriptor and a flat parent we write', async (t) => {
   // AGPL-3.0 test data: never committed here, read from the team's shared folder when present
   const src = sharedSample('esxi-sesparse-512m-extent.vmdk.gz')
   if (src === undefined) {
-    t.comment('NOT TESTED: the real ESXi SEsparse sample (esxi-sesparse-512m-extent.vmdk.gz) is absent: no ../shared/samples (or GRAINLINE_SHARED_DIR points elsewhere); SEsparse stays covered by the writer tests with QEMU as oracle')
+    t.comment(
+      'NOT TESTED: the real ESXi SEsparse sample (esxi-sesparse-512m-extent.vmdk.gz) is absent: no ../shared/samples (or GRAINLINE_SHARED_DIR points elsewhere); SEsparse stays covered by the writer tests with QEMU as oracle',
+    )
     return
   }
   const dir = t.testdir()
   const ext = unpackTo(src, dir, 'vm-000001-sesparse.vmdk')
   await createFlatDisk(join(dir, 'vm.vmdk'), 512 * MiB, { cid: '0a0b0c0d' })
-  writeFileSync(join(dir, 'vm-000001.vmdk'), [
-    '# Disk DescriptorFile', 'version=1', 'encoding="UTF-8"', 'CID=fffffffe', 'parentCID=0a0b0c0d', 'isNativeSnapshot="no"',
-    'createType="seSparse"', 'parentFileNameHint="vm.vmdk"', '# Extent description', `RW 1048576 SESPARSE "${ext.split('/').pop() ?? ''}"`,
-    '', '# The Disk Data Base', '#DDB', '', 'ddb.grain = "8"', ''
-  ].join('\n'))
+  writeFileSync(
+    join(dir, 'vm-000001.vmdk'),
+    [
+      '# Disk DescriptorFile',
+      'version=1',
+      'encoding="UTF-8"',
+      'CID=fffffffe',
+      'parentCID=0a0b0c0d',
+      'isNativeSnapshot="no"',
+      'createType="seSparse"',
+      'parentFileNameHint="vm.vmdk"',
+      '# Extent description',
+      `RW 1048576 SESPARSE "${ext.split('/').pop() ?? ''}"`,
+      '',
+      '# The Disk Data Base',
+      '#DDB',
+      '',
+      'ddb.grain = "8"',
+      '',
+    ].join('\n'),
+  )
   const top = join(dir, 'vm-000001.vmdk')
   const chain = await openChain(top)
   t.same(await collect(chain.changedRanges(0)), [{ offset: 0, length: 16 * MiB, zero: false }], 'first 16 MiB, 4096 grains')
   const a = await chain.read(0, 16 * MiB)
-  t.ok(a.every(b => b === 0x61), "all 'a'")
+  t.ok(
+    a.every((b) => b === 0x61),
+    "all 'a'",
+  )
   const rest = await chain.read(16 * MiB, MiB)
-  t.ok(rest.every(b => b === 0))
+  t.ok(rest.every((b) => b === 0))
   const fd = flatDepths(chain)
   t.same(normalizeFlat(await collect(chain.map()), fd), normalizeFlat(qemuMap(top), fd))
   t.equal(await chainDigest(chain), qemuDigest(top, dir))
@@ -50,7 +71,7 @@ t.test('real ESXi SEsparse extent under a descriptor and a flat parent we write'
   t.equal(qemuDigest(join(dir, 'vm.vmdk'), dir), digest, 'consolidated base')
 })
 
-t.test('real ESXi vmfs base; snapshot descriptor without its delta', async t => {
+t.test('real ESXi vmfs base; snapshot descriptor without its delta', async (t) => {
   const dir = t.testdir()
   copyFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick.vmdk'), join(dir, 'vmfs_thick.vmdk'))
   copyFileSync(fixture('vmdk-rs/esxi-vmfs-thick/vmfs_thick-000001.vmdk'), join(dir, 'vmfs_thick-000001.vmdk'))
@@ -68,7 +89,7 @@ t.test('real ESXi vmfs base; snapshot descriptor without its delta', async t => 
 })
 
 for (const name of ['monolithicSparse', 'streamOptimized', 'streamOptimizedWithMarkers', 'twoGbMaxExtentSparse']) {
-  t.test(`VMware hosted sample ${name}`, async t => {
+  t.test(`VMware hosted sample ${name}`, async (t) => {
     const dir = t.testdir()
     const p = unpackFixture(`vmdk-rs/vmware-hosted/${name}.vmdk.gz`, dir)
     if (name === 'twoGbMaxExtentSparse') unpackFixture('vmdk-rs/vmware-hosted/twoGbMaxExtentSparse-s001.vmdk.gz', dir)
@@ -81,9 +102,20 @@ for (const name of ['monolithicSparse', 'streamOptimized', 'streamOptimizedWithM
     await chain.close()
     if (name.startsWith('streamOptimized')) return
     // write into the VMware-made file like a guest; QEMU must read exactly that
-    const want = Buffer.from(await (await openChain(p).then(async c => { const b = await c.read(0, c.capacity); await c.close(); return b })))
+    const want = Buffer.from(
+      await await openChain(p).then(async (c) => {
+        const b = await c.read(0, c.capacity)
+        await c.close()
+        return b
+      }),
+    )
     const w = await openWriter(p)
-    for (const [o, l, v] of [[100, 70000, 1], [5 * MiB + 3, 4096, 2], [9 * MiB, MiB, 3], [want.length - 10, 10, 4]] as const) {
+    for (const [o, l, v] of [
+      [100, 70000, 1],
+      [5 * MiB + 3, 4096, 2],
+      [9 * MiB, MiB, 3],
+      [want.length - 10, 10, 4],
+    ] as const) {
       await w.write(o, Buffer.alloc(l, v))
       want.fill(v, o, o + l)
     }

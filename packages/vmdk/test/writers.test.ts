@@ -9,12 +9,18 @@ const MiB = 1024 * 1024
 /** A reference model of the disk: what every byte should read as. */
 class Model {
   readonly bytes: Buffer
-  constructor (size: number) { this.bytes = Buffer.alloc(size) }
-  write (off: number, data: Uint8Array): void { this.bytes.set(data, off) }
-  zero (off: number, len: number): void { this.bytes.fill(0, off, off + len) }
+  constructor(size: number) {
+    this.bytes = Buffer.alloc(size)
+  }
+  write(off: number, data: Uint8Array): void {
+    this.bytes.set(data, off)
+  }
+  zero(off: number, len: number): void {
+    this.bytes.fill(0, off, off + len)
+  }
 }
 
-async function randomGuestWrites (path: string, model: Model, rand: () => number, n: number): Promise<void> {
+async function randomGuestWrites(path: string, model: Model, rand: () => number, n: number): Promise<void> {
   const w = await openWriter(path)
   const size = model.bytes.length
   for (let i = 0; i < n; i++) {
@@ -41,7 +47,7 @@ async function randomGuestWrites (path: string, model: Model, rand: () => number
   await w.close()
 }
 
-async function checkAgainstQemu (t: Test, top: string, model: Model, dir: string): Promise<void> {
+async function checkAgainstQemu(t: Test, top: string, model: Model, dir: string): Promise<void> {
   const chain = await openChain(top)
   try {
     const fd = flatDepths(chain)
@@ -56,7 +62,7 @@ async function checkAgainstQemu (t: Test, top: string, model: Model, dir: string
   t.match(check, /No errors were found/, 'qemu-img check')
 }
 
-t.test('createFlatDisk writes an ESXi-style vmfs disk', async t => {
+t.test('createFlatDisk writes an ESXi-style vmfs disk', async (t) => {
   const dir = t.testdir()
   const p = join(dir, 'disk.vmdk')
   await createFlatDisk(p, 10 * MiB, { ddb: { adapterType: 'pvscsi', 'ddb.custom': 'x' } })
@@ -81,13 +87,33 @@ t.test('createFlatDisk writes an ESXi-style vmfs disk', async t => {
   qemuImg('check', mf)
 })
 
-t.test('SEsparse and COWD headers are laid out like ESXi', async t => {
+t.test('SEsparse and COWD headers are laid out like ESXi', async (t) => {
   const dir = t.testdir()
   await createFlatDisk(join(dir, 'b.vmdk'), 512 * MiB)
   await createDelta(join(dir, 'b.vmdk'), join(dir, 'b-000001.vmdk'), { format: 'sesparse' })
   const h = parseSeSparseHeader(readFileSync(join(dir, 'b-000001-sesparse.vmdk')).subarray(0, 512))
   // the real 512 MiB ESXi sample's regions (VMDK.md §3.1)
-  t.match(h, { capacity: 1048576, grainSize: 8, grainTableSize: 64, volatileHeaderOffset: 1, volatileHeaderSize: 1, journalHeaderOffset: 2, journalHeaderSize: 2, journalOffset: 2048, journalSize: 2048, grainDirOffset: 4096, grainDirSize: 2048, grainTablesOffset: 6144, grainTablesSize: 2048, freeBitmapOffset: 8192, freeBitmapSize: 2048, backmapOffset: 10240, backmapSize: 2048, grainsOffset: 12288, grainsSize: 1048576 })
+  t.match(h, {
+    capacity: 1048576,
+    grainSize: 8,
+    grainTableSize: 64,
+    volatileHeaderOffset: 1,
+    volatileHeaderSize: 1,
+    journalHeaderOffset: 2,
+    journalHeaderSize: 2,
+    journalOffset: 2048,
+    journalSize: 2048,
+    grainDirOffset: 4096,
+    grainDirSize: 2048,
+    grainTablesOffset: 6144,
+    grainTablesSize: 2048,
+    freeBitmapOffset: 8192,
+    freeBitmapSize: 2048,
+    backmapOffset: 10240,
+    backmapSize: 2048,
+    grainsOffset: 12288,
+    grainsSize: 1048576,
+  })
   const d = parseDescriptor(readFileSync(join(dir, 'b-000001.vmdk'), 'utf8'))
   const base = parseDescriptor(readFileSync(join(dir, 'b.vmdk'), 'utf8'))
   t.equal(d.createType, 'seSparse')
@@ -106,9 +132,9 @@ for (const formats of [
   ['sesparse', 'sesparse'],
   ['vmfssparse', 'vmfssparse'],
   ['hosted', 'hosted'],
-  ['sesparse', 'vmfssparse', 'hosted', 'sesparse']
+  ['sesparse', 'vmfssparse', 'hosted', 'sesparse'],
 ] as DeltaFormat[][]) {
-  t.test(`deltas ${formats.join(' → ')} on a flat base: QEMU reads what we wrote`, async t => {
+  t.test(`deltas ${formats.join(' → ')} on a flat base: QEMU reads what we wrote`, async (t) => {
     const dir = t.testdir()
     const size = 40 * MiB + 3 * 512
     const rand = prng(formats.length * 1000 + formats[0]!.length)
@@ -142,11 +168,17 @@ for (const formats of [
     }
     await consolidate(parent)
     await checkAgainstQemu(t, base, model, dir)
-    t.same(readdirSync(dir).filter(f => !f.startsWith('convert-')).sort(), ['vm disk-flat.vmdk', 'vm disk.vmdk'], 'only the base is left')
+    t.same(
+      readdirSync(dir)
+        .filter((f) => !f.startsWith('convert-'))
+        .sort(),
+      ['vm disk-flat.vmdk', 'vm disk.vmdk'],
+      'only the base is left',
+    )
   })
 }
 
-t.test('consolidate into a sparse parent keeps siblings in other folders alone and refuses a base', async t => {
+t.test('consolidate into a sparse parent keeps siblings in other folders alone and refuses a base', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'b.vmdk')
   qemuImg('create', '-q', '-f', 'vmdk', base, String(4 * MiB))
@@ -168,7 +200,7 @@ t.test('consolidate into a sparse parent keeps siblings in other folders alone a
   await t.rejects(consolidate(base), { code: 'E_CHAIN_MISSING' })
 })
 
-t.test('writer edge cases', async t => {
+t.test('writer edge cases', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'b.vmdk')
   await createFlatDisk(base, MiB)
@@ -185,7 +217,7 @@ t.test('writer edge cases', async t => {
   t.match(sw, { code: 'E_READONLY' }, 'streamOptimized is read-only')
 })
 
-t.test('KDMV without a grain table for a range gets one appended (both copies)', async t => {
+t.test('KDMV without a grain table for a range gets one appended (both copies)', async (t) => {
   const dir = t.testdir()
   const p = join(dir, 'k.vmdk')
   qemuImg('create', '-q', '-f', 'vmdk', p, String(64 * MiB))
@@ -198,7 +230,11 @@ t.test('KDMV without a grain table for a range gets one appended (both copies)',
   writeFileSync(p, b)
   const model = new Model(64 * MiB)
   const w = await openWriter(p)
-  for (const [o, l, v] of [[40 * MiB + 1, 100, 5], [33 * MiB, 200000, 6], [MiB, 512, 7]] as const) {
+  for (const [o, l, v] of [
+    [40 * MiB + 1, 100, 5],
+    [33 * MiB, 200000, 6],
+    [MiB, 512, 7],
+  ] as const) {
     await w.write(o, Buffer.alloc(l, v))
     model.write(o, Buffer.alloc(l, v))
   }
@@ -209,7 +245,7 @@ t.test('KDMV without a grain table for a range gets one appended (both copies)',
   t.not(after.readUInt32LE(rgd * 512 + 4), 0, 'RGD entry set')
 })
 
-t.test('concurrent writes are serialized; a read-only descriptor file is still replaced atomically', async t => {
+t.test('concurrent writes are serialized; a read-only descriptor file is still replaced atomically', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'b.vmdk')
   await createFlatDisk(base, 8 * MiB)

@@ -5,7 +5,7 @@
  * only the (small, text) descriptors; grain tables are @grainline/vmdk's job.
  */
 import { constants } from 'node:fs'
-import { open, stat } from 'node:fs/promises'
+import { open, stat, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { EsxiError } from './errors.ts'
 
@@ -26,7 +26,7 @@ export interface ChainFile {
 const MAX_DESCRIPTOR = 64 * 1024
 
 /** Parse the fields we need from descriptor text (pure). */
-export function parseDescriptorFields (text: string, file: string): Omit<ChainFile, 'path' | 'extents'> & { extentFiles: string[] } {
+export function parseDescriptorFields(text: string, file: string): Omit<ChainFile, 'path' | 'extents'> & { extentFiles: string[] } {
   if (!/^#\s*Disk DescriptorFile/m.test(text) && !/^\s*createType\s*=/m.test(text)) {
     throw new EsxiError('E_CHAIN', `${file}: not a VMDK text descriptor`)
   }
@@ -48,8 +48,8 @@ export function parseDescriptorFields (text: string, file: string): Omit<ChainFi
   return { createType, cid: cid.toLowerCase(), parentCid: parentCid.toLowerCase(), ...(hint === undefined || hint === '' ? {} : { parentHint: hint }), extentFiles }
 }
 
-async function readDescriptor (p: string): Promise<string> {
-  let fh
+async function readDescriptor(p: string): Promise<string> {
+  let fh: FileHandle
   try {
     // non-blocking: a FIFO in the chain opens at once (and is refused below) instead of waiting for a writer
     fh = await open(p, constants.O_RDONLY | constants.O_NONBLOCK)
@@ -75,7 +75,7 @@ async function readDescriptor (p: string): Promise<string> {
  * absolute `/vmfs/volumes/...`) to a local path.
  * @throws EsxiError E_CHAIN on a missing file, a broken CID link or a loop
  */
-export async function readChainFiles (top: string, resolve: (baseDir: string, name: string) => string, opts: { maxDepth?: number } = {}): Promise<ChainFile[]> {
+export async function readChainFiles(top: string, resolve: (baseDir: string, name: string) => string, opts: { maxDepth?: number } = {}): Promise<ChainFile[]> {
   const maxDepth = opts.maxDepth ?? 64
   const out: ChainFile[] = []
   const seen = new Set<string>()
@@ -88,7 +88,9 @@ export async function readChainFiles (top: string, resolve: (baseDir: string, na
     const dir = path.dirname(current)
     const extents = f.extentFiles.map((e) => resolve(dir, e))
     for (const e of extents) {
-      try { await stat(e) } catch (err) {
+      try {
+        await stat(e)
+      } catch (err) {
         throw new EsxiError('E_CHAIN', `extent ${e} of ${current} is missing`, { cause: err })
       }
     }

@@ -31,7 +31,7 @@ const VOLUMES = /^\/vmfs\/volumes\/([^/]+)(?:\/(.*))?$/s
  * Parse `[datastore] dir/x.vmx` or `/vmfs/volumes/<name|uuid>/dir/x.vmx`;
  * undefined for anything else (a relative or other local path).
  */
-export function parseDatastorePath (p: string): DatastorePath | undefined {
+export function parseDatastorePath(p: string): DatastorePath | undefined {
   const b = BRACKET.exec(p)
   if (b !== null) return { datastore: b[1] as string, relative: (b[2] as string).replace(/^\/+/, '') }
   const v = VOLUMES.exec(p)
@@ -48,7 +48,7 @@ export class DatastoreMap {
    * @throws EsxiError E_CONFIG on a relative mount path, an empty name, or a
    *   name/UUID mapped twice to different places
    */
-  constructor (mounts: readonly DatastoreMount[]) {
+  constructor(mounts: readonly DatastoreMount[]) {
     const byKey = new Map<string, DatastoreMount>()
     for (const m of mounts) {
       if (m.name === '' || m.name.includes('/') || m.name.includes(']')) throw new EsxiError('E_CONFIG', `datastore map: bad datastore name ${JSON.stringify(m.name)}`)
@@ -67,14 +67,14 @@ export class DatastoreMap {
   }
 
   /** Build from `{ name: localPath }` or `{ name: { localPath, uuid } }`. */
-  static from (map: Readonly<Record<string, string | { localPath: string, uuid?: string }>>): DatastoreMap {
-    return new DatastoreMap(Object.entries(map).map(([name, v]) => typeof v === 'string'
-      ? { name, localPath: v }
-      : { name, localPath: v.localPath, ...(v.uuid === undefined ? {} : { uuid: v.uuid }) }))
+  static from(map: Readonly<Record<string, string | { localPath: string; uuid?: string }>>): DatastoreMap {
+    return new DatastoreMap(
+      Object.entries(map).map(([name, v]) => (typeof v === 'string' ? { name, localPath: v } : { name, localPath: v.localPath, ...(v.uuid === undefined ? {} : { uuid: v.uuid }) })),
+    )
   }
 
   /** The mount of a datastore name or UUID, or undefined. */
-  lookup (nameOrUuid: string): DatastoreMount | undefined {
+  lookup(nameOrUuid: string): DatastoreMount | undefined {
     return this.#byKey.get(nameOrUuid)
   }
 
@@ -83,7 +83,7 @@ export class DatastoreMap {
    * @throws EsxiError E_DATASTORE for an unmapped datastore, a path that is not
    *   a datastore path, or one that climbs out of its datastore with `..`
    */
-  resolve (p: string): string {
+  resolve(p: string): string {
     const parsed = parseDatastorePath(p)
     if (parsed === undefined) throw new EsxiError('E_DATASTORE', `not a datastore path: ${JSON.stringify(p)}`)
     const mount = this.#byKey.get(parsed.datastore)
@@ -104,7 +104,7 @@ export class DatastoreMap {
    * `/vmfs/volumes/<uuid>` → mount path, so absolute parentFileNameHint values
    * written by ESXi resolve locally.
    */
-  pathMap (): Record<string, string> {
+  pathMap(): Record<string, string> {
     const out: Record<string, string> = {}
     for (const [key, m] of this.#byKey) out[`/vmfs/volumes/${key}`] = path.resolve(m.localPath)
     return out
@@ -116,7 +116,7 @@ export class DatastoreMap {
  * through the map, an absolute local path is kept, a relative one is taken
  * relative to `baseDir` (the folder of the file that names it).
  */
-export function resolveVmFile (map: DatastoreMap, baseDir: string, p: string): string {
+export function resolveVmFile(map: DatastoreMap, baseDir: string, p: string): string {
   if (parseDatastorePath(p) !== undefined) return map.resolve(p)
   if (path.isAbsolute(p)) return path.normalize(p)
   return path.resolve(baseDir, p)

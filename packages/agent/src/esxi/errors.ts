@@ -52,7 +52,7 @@ export class EsxiError extends Error {
   readonly esxiMessage?: string
   readonly fault?: string
 
-  constructor (code: EsxiErrorCode, message: string, ctx: EsxiErrorContext = {}) {
+  constructor(code: EsxiErrorCode, message: string, ctx: EsxiErrorContext = {}) {
     super(composeMessage(message, ctx), ctx.cause === undefined ? undefined : { cause: ctx.cause })
     this.code = code
     if (ctx.host !== undefined) this.host = ctx.host
@@ -63,7 +63,7 @@ export class EsxiError extends Error {
   }
 }
 
-function composeMessage (message: string, ctx: EsxiErrorContext): string {
+function composeMessage(message: string, ctx: EsxiErrorContext): string {
   const parts = [message]
   if (ctx.host !== undefined) parts.push(`host ${ctx.host}`)
   if (ctx.vm !== undefined) parts.push(`VM ${JSON.stringify(ctx.vm)}`)

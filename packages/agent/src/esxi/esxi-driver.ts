@@ -18,8 +18,16 @@ import { EsxiSsh, type EsxiSshConfig, type ExecResult } from './ssh.ts'
 import { shJoin } from './shell-quote.ts'
 import { readChainFiles, type ChainFile } from './chain-files.ts'
 import {
-  checkSnapshotOpOutput, decodeVmName, isVmNotFound, parseConsolidationNeeded, parseFault,
-  parseGetAllVms, parseSnapshotTree, type SnapshotNode, type SnapshotTree, type VmListEntry,
+  checkSnapshotOpOutput,
+  decodeVmName,
+  isVmNotFound,
+  parseConsolidationNeeded,
+  parseFault,
+  parseGetAllVms,
+  parseSnapshotTree,
+  type SnapshotNode,
+  type SnapshotTree,
+  type VmListEntry,
 } from './vim-cmd-output.ts'
 
 /** Configuration of one esxi driver (one host). */
@@ -27,7 +35,7 @@ export interface EsxiDriverInit {
   /** how to reach the host; the host key is pinned by fingerprint */
   readonly ssh: EsxiSshConfig
   /** datastore name/UUID → local mount path */
-  readonly datastores: DatastoreMap | Readonly<Record<string, string | { localPath: string, uuid?: string }>>
+  readonly datastores: DatastoreMap | Readonly<Record<string, string | { localPath: string; uuid?: string }>>
   /** recorded in the VM handle for the compatibility record. @default "vmfs" */
   readonly datastoreType?: string
   /** the vim-cmd program on the host. @default "vim-cmd" */
@@ -51,12 +59,12 @@ export interface EsxiDriver extends HypervisorDriver {
   readonly name: 'esxi'
   readonly host: string
   /** every VM `vim-cmd vmsvc/getallvms` lists */
-  listVms (opts?: { signal?: AbortSignal }): Promise<VmListEntry[]>
+  listVms(opts?: { signal?: AbortSignal }): Promise<VmListEntry[]>
   /** the snapshot tree of a VM */
-  snapshotTree (vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotTree>
+  snapshotTree(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotTree>
   /** `consolidationNeeded` from `vim-cmd vmsvc/get.runtime` (undefined when not printed) */
-  consolidationNeeded (vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<boolean | undefined>
-  close (): Promise<void>
+  consolidationNeeded(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<boolean | undefined>
+  close(): Promise<void>
 }
 
 interface DiskState {
@@ -70,7 +78,7 @@ interface DiskState {
  * Create an esxi driver. Nothing connects until the first operation.
  * @throws EsxiError E_CONFIG on a bad datastore map or fingerprint
  */
-export function createEsxiDriver (components: { logger: Logger }, init: EsxiDriverInit): EsxiDriver {
+export function createEsxiDriver(components: { logger: Logger }, init: EsxiDriverInit): EsxiDriver {
   return new EsxiDriverImpl(components, init)
 }
 
@@ -84,7 +92,7 @@ class EsxiDriverImpl implements EsxiDriver {
   #ssh: Promise<EsxiSsh> | undefined
   #closed = false
 
-  constructor (components: { logger: Logger }, init: EsxiDriverInit) {
+  constructor(components: { logger: Logger }, init: EsxiDriverInit) {
     this.host = init.ssh.host
     this.#log = components.logger.child({ driver: 'esxi', esxiHost: init.ssh.host })
     this.#init = init
@@ -93,18 +101,20 @@ class EsxiDriverImpl implements EsxiDriver {
     if (init.ssh.hostKeyFingerprint === undefined) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: this.host })
   }
 
-  async #connection (signal?: AbortSignal): Promise<EsxiSsh> {
+  async #connection(signal?: AbortSignal): Promise<EsxiSsh> {
     if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: driver closed', { host: this.host })
     if (this.#ssh === undefined) {
       const p = EsxiSsh.connect(this.#init.ssh, { logger: this.#log }, signal === undefined ? {} : { signal })
       this.#ssh = p
-      p.catch(() => { if (this.#ssh === p) this.#ssh = undefined })
+      p.catch(() => {
+        if (this.#ssh === p) this.#ssh = undefined
+      })
     }
     return await this.#ssh
   }
 
   /** Run `vim-cmd <args>`; a printed fault or a non-zero exit is an error. */
-  async #vim (args: readonly string[], opts: { vm?: string, timeoutMs?: number, signal?: AbortSignal }): Promise<ExecResult> {
+  async #vim(args: readonly string[], opts: { vm?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<ExecResult> {
     const command = shJoin([this.#init.vimCmd ?? 'vim-cmd', ...args])
     const ssh = await this.#connection(opts.signal)
     const r = await ssh.exec(command, {
@@ -119,7 +129,10 @@ class EsxiDriverImpl implements EsxiDriver {
       throw new EsxiError(code, `esxi: vim-cmd reported ${fault.type}`, { ...ctx, fault: fault.type, esxiMessage: fault.msg !== '' ? fault.msg : fault.text })
     }
     if (r.code === null && r.signal === undefined) {
-      throw new EsxiError('E_SSH_CONNECT', 'esxi: the connection ended before the command reported an exit status (the operation may still complete on the host)', { ...ctx, esxiMessage: (r.stderr + r.stdout).trim() })
+      throw new EsxiError('E_SSH_CONNECT', 'esxi: the connection ended before the command reported an exit status (the operation may still complete on the host)', {
+        ...ctx,
+        esxiMessage: (r.stderr + r.stdout).trim(),
+      })
     }
     if (r.code !== 0) {
       const said = (r.stderr.trim() !== '' ? r.stderr : r.stdout).trim()
@@ -128,8 +141,10 @@ class EsxiDriverImpl implements EsxiDriver {
     return r
   }
 
-  #wrapParse<T> (fn: () => T, ctx: { vm?: string, command: string, output: string }): T {
-    try { return fn() } catch (err) {
+  #wrapParse<T>(fn: () => T, ctx: { vm?: string; command: string; output: string }): T {
+    try {
+      return fn()
+    } catch (err) {
       if (err instanceof EsxiError && err.code === 'E_PARSE') {
         throw new EsxiError('E_PARSE', err.message, { host: this.host, command: ctx.command, esxiMessage: ctx.output, ...(ctx.vm === undefined ? {} : { vm: ctx.vm }), cause: err })
       }
@@ -137,18 +152,24 @@ class EsxiDriverImpl implements EsxiDriver {
     }
   }
 
-  async listVms (opts: { signal?: AbortSignal } = {}): Promise<VmListEntry[]> {
+  async listVms(opts: { signal?: AbortSignal } = {}): Promise<VmListEntry[]> {
     const r = await this.#vim(['vmsvc/getallvms'], opts)
     return this.#wrapParse(() => parseGetAllVms(r.stdout), { command: 'vim-cmd vmsvc/getallvms', output: r.stdout })
   }
 
-  async openVm (ref: string, opts: { signal?: AbortSignal } = {}): Promise<VmHandle> {
+  async openVm(ref: string, opts: { signal?: AbortSignal } = {}): Promise<VmHandle> {
     const vms = await this.listVms(opts)
     let matches = /^\d+$/.test(ref) ? vms.filter((v) => v.id === ref) : []
     if (matches.length === 0) matches = vms.filter((v) => v.name === ref || decodeVmName(v.name) === ref)
     if (matches.length === 0) {
-      const names = vms.slice(0, 20).map((v) => `${v.id}:${JSON.stringify(decodeVmName(v.name))}`).join(', ')
-      throw new EsxiError('E_VM_NOT_FOUND', `esxi: no VM named or numbered ${JSON.stringify(ref)} (registered: ${names === '' ? 'none' : names}${vms.length > 20 ? ', ...' : ''})`, { host: this.host, vm: ref })
+      const names = vms
+        .slice(0, 20)
+        .map((v) => `${v.id}:${JSON.stringify(decodeVmName(v.name))}`)
+        .join(', ')
+      throw new EsxiError('E_VM_NOT_FOUND', `esxi: no VM named or numbered ${JSON.stringify(ref)} (registered: ${names === '' ? 'none' : names}${vms.length > 20 ? ', ...' : ''})`, {
+        host: this.host,
+        vm: ref,
+      })
     }
     if (matches.length > 1) {
       throw new EsxiError('E_VM_AMBIGUOUS', `esxi: ${matches.length} VMs are named ${JSON.stringify(ref)} (ids ${matches.map((m) => m.id).join(', ')}): use the id`, { host: this.host, vm: ref })
@@ -172,44 +193,50 @@ class EsxiDriverImpl implements EsxiDriver {
     return handle
   }
 
-  #resolveOrThrow (p: string, vm: string): string {
-    try { return this.#map.resolve(p) } catch (err) {
+  #resolveOrThrow(p: string, vm: string): string {
+    try {
+      return this.#map.resolve(p)
+    } catch (err) {
       if (err instanceof EsxiError) throw new EsxiError(err.code, err.message, { host: this.host, vm, cause: err })
       throw err
     }
   }
 
-  async #readVmx (vmxPath: string, vm: string): Promise<VmxConfig> {
+  async #readVmx(vmxPath: string, vm: string): Promise<VmxConfig> {
     let text: string
     try {
       text = (await readRegularFile(vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
     } catch (err) {
       throw new EsxiError('E_VMX', `esxi: cannot read ${vmxPath} through the datastore mount: ${(err as Error).message}`, { host: this.host, vm, cause: err })
     }
-    try { return VmxConfig.parse(text, vmxPath) } catch (err) {
+    try {
+      return VmxConfig.parse(text, vmxPath)
+    } catch (err) {
       throw new EsxiError('E_VMX', `esxi: ${(err as Error).message}`, { host: this.host, vm, cause: err })
     }
   }
 
-  #disksOf (config: VmxConfig, dir: string, vm: string): VmDisk[] {
+  #disksOf(config: VmxConfig, dir: string, vm: string): VmDisk[] {
     const disks = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: this.#resolveFile(dir, d.fileName, vm) }))
     if (disks.length === 0) throw new EsxiError('E_VMX', 'esxi: the .vmx names no hard disk', { host: this.host, vm })
     return disks
   }
 
-  #resolveFile (dir: string, name: string, vm: string): string {
-    try { return resolveVmFile(this.#map, dir, name) } catch (err) {
+  #resolveFile(dir: string, name: string, vm: string): string {
+    try {
+      return resolveVmFile(this.#map, dir, name)
+    } catch (err) {
       if (err instanceof EsxiError) throw new EsxiError(err.code, err.message, { host: this.host, vm, cause: err })
       throw err
     }
   }
 
-  resolvePath (vm: VmHandle, p: string): string {
+  resolvePath(vm: VmHandle, p: string): string {
     return this.#resolveFile(vm.dir, p, vm.ref)
   }
 
   /** The disks as the .vmx names them now, each with its descriptor chain. */
-  async #diskStates (vm: VmHandle): Promise<DiskState[]> {
+  async #diskStates(vm: VmHandle): Promise<DiskState[]> {
     const config = await this.#readVmx(vm.vmxPath, vm.ref)
     const out: DiskState[] = []
     for (const d of this.#disksOf(config, vm.dir, vm.ref)) {
@@ -225,17 +252,17 @@ class EsxiDriverImpl implements EsxiDriver {
     return out
   }
 
-  async snapshotTree (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotTree> {
+  async snapshotTree(vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotTree> {
     const r = await this.#vim(['vmsvc/snapshot.get', vm.id], { ...opts, vm: vm.ref })
     return this.#wrapParse(() => parseSnapshotTree(r.stdout), { vm: vm.ref, command: `vim-cmd vmsvc/snapshot.get ${vm.id}`, output: r.stdout })
   }
 
-  async consolidationNeeded (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<boolean | undefined> {
+  async consolidationNeeded(vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<boolean | undefined> {
     const r = await this.#vim(['vmsvc/get.runtime', vm.id], { ...opts, vm: vm.ref })
     return parseConsolidationNeeded(r.stdout)
   }
 
-  async #vmsdDisks (vm: VmHandle): Promise<Map<string, SnapshotDisk[]>> {
+  async #vmsdDisks(vm: VmHandle): Promise<Map<string, SnapshotDisk[]>> {
     const vmsdPath = path.join(vm.dir, path.basename(vm.vmxPath).replace(/\.vmx$/i, '') + '.vmsd')
     let text: string
     try {
@@ -253,20 +280,18 @@ class EsxiDriverImpl implements EsxiDriver {
     }
   }
 
-  #ref (node: SnapshotNode, disks: readonly SnapshotDisk[]): SnapshotRef {
+  #ref(node: SnapshotNode, disks: readonly SnapshotDisk[]): SnapshotRef {
     const cycle = parseGrainlineSnapshotName(node.name)
     return Object.freeze({ id: node.id, name: node.name, grainline: cycle > 0, cycle, disks })
   }
 
-  async listSnapshots (vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef[]> {
+  async listSnapshots(vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef[]> {
     const tree = await this.snapshotTree(vm, opts)
     const disks = await this.#vmsdDisks(vm)
-    return [...tree.all]
-      .sort((a, b) => Number(a.id) - Number(b.id))
-      .map((n) => this.#ref(n, disks.get(n.id) ?? []))
+    return [...tree.all].sort((a, b) => Number(a.id) - Number(b.id)).map((n) => this.#ref(n, disks.get(n.id) ?? []))
   }
 
-  async createSnapshot (vm: VmHandle, name: string, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef> {
+  async createSnapshot(vm: VmHandle, name: string, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef> {
     const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: name })
     const beforeTree = await this.snapshotTree(vm, opts)
     const beforeIds = new Set(beforeTree.all.map((n) => n.id))
@@ -280,7 +305,10 @@ class EsxiDriverImpl implements EsxiDriver {
     const result = await this.#poll(opts.signal, async () => {
       const tree = await this.snapshotTree(vm, opts)
       const fresh = tree.all.filter((n) => n.name === name && !beforeIds.has(n.id))
-      if (fresh.length === 0) { lastProblem = `no new snapshot named ${JSON.stringify(name)} in snapshot.get`; return undefined }
+      if (fresh.length === 0) {
+        lastProblem = `no new snapshot named ${JSON.stringify(name)} in snapshot.get`
+        return undefined
+      }
       const node = fresh.reduce((a, b) => (Number(b.id) > Number(a.id) ? b : a))
       const after = await this.#diskStates(vm)
       for (const b of before) {
@@ -306,7 +334,7 @@ class EsxiDriverImpl implements EsxiDriver {
     return ref
   }
 
-  async removeSnapshot (vm: VmHandle, snap: SnapshotRef, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  async removeSnapshot(vm: VmHandle, snap: SnapshotRef, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: snap.name, snapshotId: snap.id })
     const tree = await this.snapshotTree(vm, opts)
     if (!tree.all.some((n) => n.id === snap.id)) {
@@ -317,15 +345,22 @@ class EsxiDriverImpl implements EsxiDriver {
     if (records.length === 0) records = (await this.#vmsdDisks(vm)).get(snap.id) ?? []
     // For each disk: the delta created when the snapshot was taken is the child
     // of the file that represents the snapshot; removing the snapshot merges it.
-    const expect: Array<{ node: string, delta: string, parent: string, depth: number }> = []
+    const expect: Array<{ node: string; delta: string; parent: string; depth: number }> = []
     for (const d of before) {
       const rec = records.find((r) => r.node.toLowerCase() === d.node.toLowerCase())
-      if (rec === undefined) { expect.push({ node: d.node, delta: '', parent: '', depth: d.chain.length }); continue }
+      if (rec === undefined) {
+        expect.push({ node: d.node, delta: '', parent: '', depth: d.chain.length })
+        continue
+      }
       const repr = this.#resolveFile(vm.dir, rec.fileName, vm.ref)
       const i = d.chain.findIndex((c) => c.path === repr)
       const child = i > 0 ? d.chain[i - 1] : undefined
       if (child === undefined) {
-        throw new EsxiError('E_SNAPSHOT', `esxi: disk ${d.node}: ${rec.fileName}, which represents snapshot ${snap.id}, has no child delta in the running chain (${d.chain.map((c) => path.basename(c.path)).join(' → ')})`, { host: this.host, vm: vm.ref })
+        throw new EsxiError(
+          'E_SNAPSHOT',
+          `esxi: disk ${d.node}: ${rec.fileName}, which represents snapshot ${snap.id}, has no child delta in the running chain (${d.chain.map((c) => path.basename(c.path)).join(' → ')})`,
+          { host: this.host, vm: vm.ref },
+        )
       }
       expect.push({ node: d.node, delta: child.path, parent: repr, depth: d.chain.length })
     }
@@ -339,24 +374,44 @@ class EsxiDriverImpl implements EsxiDriver {
     const ok = await this.#poll(opts.signal, async () => {
       const t = await this.snapshotTree(vm, opts)
       gone = !t.all.some((n) => n.id === snap.id)
-      if (!gone) { lastProblem = `snapshot ${snap.id} is still in the tree`; return undefined }
+      if (!gone) {
+        lastProblem = `snapshot ${snap.id} is still in the tree`
+        return undefined
+      }
       const after = await this.#diskStates(vm)
       for (const e of expect) {
         const a = after.find((d) => d.node.toLowerCase() === e.node.toLowerCase())
         if (a === undefined) throw new EsxiError('E_SNAPSHOT', `esxi: disk ${e.node} vanished from the .vmx after snapshot.remove`, { host: this.host, vm: vm.ref })
         const stillThere = e.delta !== '' ? a.chain.some((c) => c.path === e.delta) : a.chain.length >= e.depth
-        if (stillThere) { lastProblem = `disk ${e.node}: delta ${e.delta !== '' ? path.basename(e.delta) : '(unknown)'} is still in the chain ${a.chain.map((c) => path.basename(c.path)).join(' → ')}`; return undefined }
+        if (stillThere) {
+          lastProblem = `disk ${e.node}: delta ${e.delta !== '' ? path.basename(e.delta) : '(unknown)'} is still in the chain ${a.chain.map((c) => path.basename(c.path)).join(' → ')}`
+          return undefined
+        }
         if (e.parent !== '' && !a.chain.some((c) => c.path === e.parent)) {
-          throw new EsxiError('E_SNAPSHOT', `esxi: disk ${e.node}: after the remove, ${path.basename(e.parent)} (the disk the delta should merge into) is not in the chain`, { host: this.host, vm: vm.ref })
+          throw new EsxiError('E_SNAPSHOT', `esxi: disk ${e.node}: after the remove, ${path.basename(e.parent)} (the disk the delta should merge into) is not in the chain`, {
+            host: this.host,
+            vm: vm.ref,
+          })
         }
       }
       return true
     })
-    if (ok === true) { log.info('esxi snapshot removed and consolidation verified'); return }
+    if (ok === true) {
+      log.info('esxi snapshot removed and consolidation verified')
+      return
+    }
     if (gone) {
       let needed: boolean | undefined
-      try { needed = await this.consolidationNeeded(vm, opts) } catch (err) { log.warn({ err }, 'esxi get.runtime failed') }
-      throw new EsxiError('E_CONSOLIDATION_NEEDED', `esxi: snapshot ${snap.id} was removed but ESXi did not merge its delta (${lastProblem}); consolidationNeeded=${String(needed ?? 'unknown')}: consolidate the VM's disks on the host`, { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) })
+      try {
+        needed = await this.consolidationNeeded(vm, opts)
+      } catch (err) {
+        log.warn({ err }, 'esxi get.runtime failed')
+      }
+      throw new EsxiError(
+        'E_CONSOLIDATION_NEEDED',
+        `esxi: snapshot ${snap.id} was removed but ESXi did not merge its delta (${lastProblem}); consolidationNeeded=${String(needed ?? 'unknown')}: consolidate the VM's disks on the host`,
+        { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) },
+      )
     }
     throw new EsxiError('E_SNAPSHOT', `esxi: snapshot.remove returned but within ${this.#verifyTimeout()} ms ${lastProblem}`, { host: this.host, vm: vm.ref, command: shJoin(['vim-cmd', ...args]) })
   }
@@ -366,17 +421,21 @@ class EsxiDriverImpl implements EsxiDriver {
    * do not know (another ESXi build) is logged, not fatal, when vim-cmd exited
    * 0 without a fault.
    */
-  #checkOpOutput (op: 'Create' | 'Remove', stdout: string, log: Logger): void {
-    try { checkSnapshotOpOutput(op, stdout) } catch (err) {
+  #checkOpOutput(op: 'Create' | 'Remove', stdout: string, log: Logger): void {
+    try {
+      checkSnapshotOpOutput(op, stdout)
+    } catch (err) {
       if (!(err instanceof EsxiError) || err.code !== 'E_PARSE') throw err
       log.warn({ stdout, reason: err.message }, `unexpected snapshot.${op.toLowerCase()} output; verifying the result on disk`)
     }
   }
 
-  #verifyTimeout (): number { return this.#init.verifyTimeoutMs ?? 60_000 }
+  #verifyTimeout(): number {
+    return this.#init.verifyTimeoutMs ?? 60_000
+  }
 
   /** Call `check` until it returns a value or the verify timeout passes. */
-  async #poll<T> (signal: AbortSignal | undefined, check: () => Promise<T | undefined>): Promise<T | undefined> {
+  async #poll<T>(signal: AbortSignal | undefined, check: () => Promise<T | undefined>): Promise<T | undefined> {
     const deadline = Date.now() + this.#verifyTimeout()
     for (;;) {
       if (signal?.aborted === true) throw new EsxiError('E_ABORTED', 'esxi: aborted while verifying', { host: this.host, cause: signal.reason })
@@ -387,11 +446,13 @@ class EsxiDriverImpl implements EsxiDriver {
     }
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     this.#closed = true
     const p = this.#ssh
     this.#ssh = undefined
     if (p === undefined) return
-    try { await (await p).close() } catch {}
+    try {
+      await (await p).close()
+    } catch {}
   }
 }

@@ -60,7 +60,7 @@ export interface ExecOptions {
 const FINGERPRINT = /^SHA256:([A-Za-z0-9+/]{43})=?$/
 
 /** The OpenSSH-style fingerprint (`SHA256:...`) of a raw public key blob. */
-export function sshFingerprint (keyBlob: Uint8Array): string {
+export function sshFingerprint(keyBlob: Uint8Array): string {
   return 'SHA256:' + createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/, '')
 }
 
@@ -68,7 +68,7 @@ export function sshFingerprint (keyBlob: Uint8Array): string {
  * Validate and normalise a configured fingerprint (trailing `=` dropped).
  * @throws EsxiError E_CONFIG when it is not `SHA256:` + 43 base64 characters
  */
-export function normalizeFingerprint (fp: string): string {
+export function normalizeFingerprint(fp: string): string {
   const m = FINGERPRINT.exec(fp.trim())
   if (m === null) throw new EsxiError('E_CONFIG', `host key fingerprint must look like "SHA256:<43 base64 chars>" (as ssh-keygen -l prints it), got ${JSON.stringify(fp)}`)
   return `SHA256:${m[1] as string}`
@@ -83,7 +83,7 @@ export class EsxiSsh {
   #client: Client | undefined
   #closed = false
 
-  private constructor (config: EsxiSshConfig, log: Logger, pinned: ReadonlySet<string>) {
+  private constructor(config: EsxiSshConfig, log: Logger, pinned: ReadonlySet<string>) {
     this.host = config.host
     this.#config = config
     this.#log = log
@@ -94,13 +94,15 @@ export class EsxiSsh {
    * Open the connection (the host key is checked before anything is sent).
    * @throws EsxiError E_CONFIG, E_HOST_KEY, E_SSH_AUTH, E_SSH_CONNECT, E_TIMEOUT, E_ABORTED
    */
-  static async connect (config: EsxiSshConfig, components: { logger: Logger }, opts: { signal?: AbortSignal } = {}): Promise<EsxiSsh> {
+  static async connect(config: EsxiSshConfig, components: { logger: Logger }, opts: { signal?: AbortSignal } = {}): Promise<EsxiSsh> {
     const list = typeof config.hostKeyFingerprint === 'string' ? [config.hostKeyFingerprint] : [...(config.hostKeyFingerprint ?? [])]
     if (list.length === 0) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: config.host })
     const pinned = new Set(list.map(normalizeFingerprint))
     let key = config.privateKey
     if (key === undefined && config.privateKeyFile !== undefined) {
-      try { key = await readFile(config.privateKeyFile) } catch (err) {
+      try {
+        key = await readFile(config.privateKeyFile)
+      } catch (err) {
         throw new EsxiError('E_CONFIG', `esxi: cannot read privateKeyFile ${config.privateKeyFile}: ${(err as Error).message}`, { host: config.host, cause: err })
       }
     }
@@ -110,7 +112,7 @@ export class EsxiSsh {
     return ssh
   }
 
-  async #ensure (signal?: AbortSignal): Promise<Client> {
+  async #ensure(signal?: AbortSignal): Promise<Client> {
     if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: connection already closed', { host: this.host })
     if (this.#client !== undefined) return this.#client
     signal?.throwIfAborted()
@@ -125,26 +127,43 @@ export class EsxiSsh {
         settled = true
         clearTimeout(timer)
         signal?.removeEventListener('abort', onAbort)
-        if (err === undefined) { resolve(); return }
+        if (err === undefined) {
+          resolve()
+          return
+        }
         client.removeAllListeners('ready')
         client.on('error', () => {})
         client.end()
         reject(err)
       }
-      const onAbort = (): void => { done(new EsxiError('E_ABORTED', 'esxi: connect aborted', { host: this.host, cause: signal?.reason })) }
+      const onAbort = (): void => {
+        done(new EsxiError('E_ABORTED', 'esxi: connect aborted', { host: this.host, cause: signal?.reason }))
+      }
       signal?.addEventListener('abort', onAbort, { once: true })
-      const timer = setTimeout(() => { done(new EsxiError('E_TIMEOUT', `esxi: SSH connection not ready after ${timeoutMs} ms`, { host: this.host })) }, timeoutMs)
-      client.once('ready', () => { done() })
+      const timer = setTimeout(() => {
+        done(new EsxiError('E_TIMEOUT', `esxi: SSH connection not ready after ${timeoutMs} ms`, { host: this.host }))
+      }, timeoutMs)
+      client.once('ready', () => {
+        done()
+      })
       client.on('error', (err: Error & { level?: string }) => {
         if (seen !== undefined && !this.#pinned.has(seen)) {
-          done(new EsxiError('E_HOST_KEY', `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${[...this.#pinned].join(' or ')} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`, { host: this.host, cause: err }))
+          done(
+            new EsxiError(
+              'E_HOST_KEY',
+              `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${[...this.#pinned].join(' or ')} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`,
+              { host: this.host, cause: err },
+            ),
+          )
         } else if (err.level === 'client-authentication') {
           done(new EsxiError('E_SSH_AUTH', `esxi: the host refused user ${JSON.stringify(cfg.username ?? 'root')} with the configured key`, { host: this.host, cause: err }))
         } else {
           done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} failed: ${err.message}`, { host: this.host, cause: err }))
         }
       })
-      client.on('close', () => { done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} closed during setup`, { host: this.host })) })
+      client.on('close', () => {
+        done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} closed during setup`, { host: this.host }))
+      })
       try {
         client.connect({
           host: cfg.host,
@@ -166,8 +185,12 @@ export class EsxiSsh {
       }
     })
     this.#log.debug({ fingerprint: seen }, 'esxi ssh connected')
-    client.on('error', (err) => { this.#log.warn({ err }, 'esxi ssh connection error') })
-    client.on('close', () => { if (this.#client === client) this.#client = undefined })
+    client.on('error', (err) => {
+      this.#log.warn({ err }, 'esxi ssh connection error')
+    })
+    client.on('close', () => {
+      if (this.#client === client) this.#client = undefined
+    })
     this.#client = client
     return client
   }
@@ -178,7 +201,7 @@ export class EsxiSsh {
    * timeout, abort or too much output.
    * @throws EsxiError E_TIMEOUT, E_ABORTED, E_OUTPUT_LIMIT, E_SSH_CONNECT
    */
-  async exec (command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+  async exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     const timeoutMs = opts.timeoutMs ?? 60_000
     const maxOutput = opts.maxOutputBytes ?? 8 * 1024 * 1024
     const ctx = { host: this.host, command, ...(opts.vm === undefined ? {} : { vm: opts.vm }) }
@@ -198,33 +221,60 @@ export class EsxiSsh {
         opts.signal?.removeEventListener('abort', onAbort)
         if (e !== undefined) {
           if (channel !== undefined) {
-            try { channel.signal('KILL') } catch {}
+            try {
+              channel.signal('KILL')
+            } catch {}
             channel.close()
           }
-          this.#log.debug({ command, vm: opts.vm, code: e.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), ms: Date.now() - started }, 'esxi command failed')
+          this.#log.debug(
+            { command, vm: opts.vm, code: e.code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), ms: Date.now() - started },
+            'esxi command failed',
+          )
           reject(e)
         } else resolve(r as ExecResult)
       }
-      const onAbort = (): void => { finish(new EsxiError('E_ABORTED', 'esxi: command aborted', { ...ctx, cause: opts.signal?.reason })) }
-      if (opts.signal?.aborted === true) { onAbort(); return }
+      const onAbort = (): void => {
+        finish(new EsxiError('E_ABORTED', 'esxi: command aborted', { ...ctx, cause: opts.signal?.reason }))
+      }
+      if (opts.signal?.aborted === true) {
+        onAbort()
+        return
+      }
       opts.signal?.addEventListener('abort', onAbort, { once: true })
       const timer = setTimeout(() => {
         finish(new EsxiError('E_TIMEOUT', `esxi: command did not finish within ${timeoutMs} ms`, { ...ctx, esxiMessage: Buffer.concat([...out, ...err]).toString('utf8') }))
       }, timeoutMs)
-      const take = (list: Buffer[]) => (chunk: Buffer): void => {
-        bytes += chunk.length
-        if (bytes > maxOutput) { finish(new EsxiError('E_OUTPUT_LIMIT', `esxi: command printed more than ${maxOutput} bytes`, ctx)); return }
-        list.push(chunk)
-      }
+      const take =
+        (list: Buffer[]) =>
+        (chunk: Buffer): void => {
+          bytes += chunk.length
+          if (bytes > maxOutput) {
+            finish(new EsxiError('E_OUTPUT_LIMIT', `esxi: command printed more than ${maxOutput} bytes`, ctx))
+            return
+          }
+          list.push(chunk)
+        }
       client.exec(command, (e, ch) => {
-        if (e !== undefined && e !== null) { finish(new EsxiError('E_SSH_CONNECT', `esxi: cannot start command: ${e.message}`, { ...ctx, cause: e })); return }
+        if (e !== undefined && e !== null) {
+          finish(new EsxiError('E_SSH_CONNECT', `esxi: cannot start command: ${e.message}`, { ...ctx, cause: e }))
+          return
+        }
         channel = ch
-        if (settled) { try { ch.signal('KILL') } catch {} ch.close(); return }
+        if (settled) {
+          try {
+            ch.signal('KILL')
+          } catch {}
+          ch.close()
+          return
+        }
         let code: number | null = null
         let sig: string | undefined
         ch.on('data', take(out))
         ch.stderr.on('data', take(err))
-        ch.on('exit', (c: number | null, s?: string) => { code = c; if (s !== undefined) sig = s })
+        ch.on('exit', (c: number | null, s?: string) => {
+          code = c
+          if (s !== undefined) sig = s
+        })
         ch.on('close', () => {
           finish(undefined, {
             stdout: Buffer.concat(out).toString('utf8'),
@@ -240,14 +290,17 @@ export class EsxiSsh {
   }
 
   /** Close the connection (safe to call twice). */
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     this.#closed = true
     const c = this.#client
     this.#client = undefined
     if (c === undefined) return
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, 2000)
-      c.once('close', () => { clearTimeout(t); resolve() })
+      c.once('close', () => {
+        clearTimeout(t)
+        resolve()
+      })
       c.end()
     })
   }

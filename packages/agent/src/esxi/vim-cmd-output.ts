@@ -39,13 +39,16 @@ const MAX_VMS = 100_000
  * themselves are the continuation of that row's (multi-line) annotation.
  * @throws EsxiError E_PARSE when the header is missing or a line before the first row is not understood
  */
-export function parseGetAllVms (text: string): VmListEntry[] {
+export function parseGetAllVms(text: string): VmListEntry[] {
   const lines = text.split(/\r?\n/)
   const out: Array<{ -readonly [K in keyof VmListEntry]: VmListEntry[K] }> = []
   let header = false
   for (const line of lines) {
     if (!header) {
-      if (GETALLVMS_HEADER.test(line)) { header = true; continue }
+      if (GETALLVMS_HEADER.test(line)) {
+        header = true
+        continue
+      }
       if (line.trim() === '' || GETALLVMS_SKIP.test(line)) continue
       throw new EsxiError('E_PARSE', `getallvms: unexpected line before the header: ${JSON.stringify(line.slice(0, 200))}`)
     }
@@ -81,7 +84,7 @@ export function parseGetAllVms (text: string): VmListEntry[] {
  * Undo the escaping the vSphere API applies to VM names (`%25` → `%`,
  * `%2f` → `/`, `%5c` → `\`), as getallvms prints them.
  */
-export function decodeVmName (name: string): string {
+export function decodeVmName(name: string): string {
   return name.replace(/%(25|2f|5c)/gi, (_m, h: string) => String.fromCharCode(parseInt(h, 16)))
 }
 
@@ -138,7 +141,7 @@ interface MutableNode {
  * field (descriptions may span lines).
  * @throws EsxiError E_PARSE
  */
-export function parseSnapshotTree (text: string): SnapshotTree {
+export function parseSnapshotTree(text: string): SnapshotTree {
   const lines = text.split(/\r?\n/)
   while (lines.length > 0 && (lines[lines.length - 1] as string).trim() === '') lines.pop()
   let i = 0
@@ -226,7 +229,10 @@ export function parseSnapshotTree (text: string): SnapshotTree {
   }
   const frozenRoots = roots.map((r) => freeze(r, undefined))
   const flat: SnapshotNode[] = []
-  const walk = (n: SnapshotNode): void => { flat.push(n); for (const c of n.children) walk(c) }
+  const walk = (n: SnapshotNode): void => {
+    flat.push(n)
+    for (const c of n.children) walk(c)
+  }
   for (const r of frozenRoots) walk(r)
   return Object.freeze({ title: (t[0] as string).replace(/:\s*$/, ''), roots: frozenRoots, all: flat })
 }
@@ -249,7 +255,7 @@ const FAULT_START = /^\(((?:vim|vmodl)(?:\.[A-Za-z]+)*\.fault\.([A-Za-z0-9_]+))\
 const FAULT_MSG = /^\s*msg\s*=\s*(?:"(.*)"|'(.*)'),?\s*$/m
 
 /** The fault in vim-cmd output, or undefined when the output holds none. */
-export function parseFault (text: string): VimFault | undefined {
+export function parseFault(text: string): VimFault | undefined {
   const m = FAULT_START.exec(text)
   if (m === null) return undefined
   const rest = text.slice(m.index)
@@ -265,7 +271,7 @@ export function parseFault (text: string): VimFault | undefined {
 }
 
 /** True when a fault says the VM id does not exist. */
-export function isVmNotFound (fault: VimFault): boolean {
+export function isVmNotFound(fault: VimFault): boolean {
   return fault.name === 'NotFound' && /Unable to find a VM corresponding to/.test(fault.msg)
 }
 
@@ -275,7 +281,7 @@ export function isVmNotFound (fault: VimFault): boolean {
  * remaining tree (ESXi 6.x prints it after a remove).
  * @throws EsxiError E_PARSE when the output is something else
  */
-export function checkSnapshotOpOutput (op: 'Create' | 'Remove', text: string): void {
+export function checkSnapshotOpOutput(op: 'Create' | 'Remove', text: string): void {
   const first = text.split(/\r?\n/).find((l) => l.trim() !== '')
   if (first === undefined || first.trim() !== `${op} Snapshot:`) {
     throw new EsxiError('E_PARSE', `snapshot.${op.toLowerCase()}: expected "${op} Snapshot:", got ${JSON.stringify((first ?? '').slice(0, 200))}`)
@@ -288,7 +294,7 @@ export function checkSnapshotOpOutput (op: 'Create' | 'Remove', text: string): v
 }
 
 /** `consolidationNeeded = true` in `vim-cmd vmsvc/get.runtime` output; undefined when absent. */
-export function parseConsolidationNeeded (text: string): boolean | undefined {
+export function parseConsolidationNeeded(text: string): boolean | undefined {
   const m = /^\s*consolidationNeeded\s*=\s*(true|false|<unset>)/m.exec(text)
   if (m === null || m[1] === '<unset>') return undefined
   return m[1] === 'true'

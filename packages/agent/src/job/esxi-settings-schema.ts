@@ -13,19 +13,28 @@ import type { EsxiDriverInit } from '../esxi/esxi-driver.ts'
 import { doc, durationField, existingDirField, privateKeyFileField, type SchemaContext } from './fields.ts'
 
 const fingerprint = z.string().transform((v, ctx) => {
-  try { return normalizeFingerprint(v) } catch { ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not an SSH host key fingerprint (SHA256:<43 base64 characters>, as ssh-keygen -lf prints it)` }); return z.NEVER }
+  try {
+    return normalizeFingerprint(v)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not an SSH host key fingerprint (SHA256:<43 base64 characters>, as ssh-keygen -lf prints it)` })
+    return z.NEVER
+  }
 })
 
 /** How the proxy reaches one ESXi host over SSH. */
-export function sshSettingsSchema (ctx: SchemaContext) {
+export function sshSettingsSchema(ctx: SchemaContext) {
   return z.strictObject({
     host: doc(z.string().min(1), { description: 'ESXi host name or address.', example: '"esx01.example.net"' }),
     port: doc(z.int().min(1).max(65535).optional(), { description: 'SSH port.', default: '22' }),
     username: doc(z.string().min(1).optional(), { description: 'SSH user.', default: '"root"' }),
-    privateKeyFile: doc(privateKeyFileField(ctx), { description: 'Private key the proxy logs in with (OpenSSH or PEM; relative to the settings file). Checked readable before anything runs.', type: 'path' }),
+    privateKeyFile: doc(privateKeyFileField(ctx), {
+      description: 'Private key the proxy logs in with (OpenSSH or PEM; relative to the settings file). Checked readable before anything runs.',
+      type: 'path',
+    }),
     passphrase: doc(z.string().optional(), { description: 'Passphrase of an encrypted private key.' }),
     hostKeyFingerprint: doc(z.union([fingerprint, z.array(fingerprint).min(1)]), {
-      description: 'The host\'s key fingerprint(s), `SHA256:…` as `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` prints them on the host; list every key of the host. No trust on first use: a host presenting another key is refused.',
+      description:
+        "The host's key fingerprint(s), `SHA256:…` as `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` prints them on the host; list every key of the host. No trust on first use: a host presenting another key is refused.",
       type: 'string or array of strings',
     }),
     connectTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'TCP + SSH handshake timeout.', default: '20s', type: 'duration' }),
@@ -34,7 +43,7 @@ export function sshSettingsSchema (ctx: SchemaContext) {
 }
 
 /** One datastore: where the proxy reads it. */
-export function datastoreEntrySchema (ctx: SchemaContext) {
+export function datastoreEntrySchema(ctx: SchemaContext) {
   return z.strictObject({
     localPath: doc(existingDirField(ctx), { description: 'Absolute folder where the datastore is mounted on the proxy (NFS, read-only is enough). Must exist.', type: 'path' }),
     uuid: doc(z.string().min(1).optional(), { description: 'The volume UUID (`/vmfs/volumes/<uuid>/…` paths resolve through it).' }),
@@ -42,7 +51,7 @@ export function datastoreEntrySchema (ctx: SchemaContext) {
 }
 
 /** The host-level keys of the esxi settings (an object shape, so keys can be added one per line). */
-export function esxiSettingsShape (ctx: SchemaContext) {
+export function esxiSettingsShape(ctx: SchemaContext) {
   return {
     ssh: doc(sshSettingsSchema(ctx), { description: 'How to reach the host.' }),
     datastores: doc(z.record(z.string().min(1), z.union([existingDirField(ctx), datastoreEntrySchema(ctx)])), {
@@ -50,11 +59,15 @@ export function esxiSettingsShape (ctx: SchemaContext) {
       type: 'object: name → path or { localPath, uuid }',
       example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" } }',
     }),
-    datastoreType: doc(z.string().min(1).optional(), { description: 'Datastore type recorded for the mirror\'s compatibility check.', default: '"vmfs"' }),
+    datastoreType: doc(z.string().min(1).optional(), { description: "Datastore type recorded for the mirror's compatibility check.", default: '"vmfs"' }),
     vimCmd: doc(z.string().min(1).optional(), { description: 'The vim-cmd program on the host.', default: '"vim-cmd"' }),
     commandTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'Timeout of quick commands (getallvms, snapshot.get).', default: '60s', type: 'duration' }),
     snapshotTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'Timeout of snapshot.create and snapshot.remove (a remove merges data).', default: '30m', type: 'duration' }),
-    verifyTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'How long to wait for the result of a snapshot operation to show in snapshot.get and on the mount.', default: '60s', type: 'duration' }),
+    verifyTimeout: doc(durationField({ min: 1000 }).optional(), {
+      description: 'How long to wait for the result of a snapshot operation to show in snapshot.get and on the mount.',
+      default: '60s',
+      type: 'duration',
+    }),
     pollInterval: doc(durationField({ min: 10 }).optional(), { description: 'Poll interval while verifying.', default: '500ms', type: 'duration' }),
     quiesce: doc(z.boolean().optional(), { description: 'Ask VMware Tools to quiesce the guest file systems.', default: 'false' }),
     description: doc(z.string().optional(), { description: 'Snapshot description.', default: '"grainline replication snapshot"' }),
@@ -62,7 +75,7 @@ export function esxiSettingsShape (ctx: SchemaContext) {
 }
 
 /** The esxi settings: `{ ssh, datastores, … }`. */
-export function esxiSettingsSchema (ctx: SchemaContext) {
+export function esxiSettingsSchema(ctx: SchemaContext) {
   return z.strictObject(esxiSettingsShape(ctx))
 }
 
@@ -70,12 +83,12 @@ export function esxiSettingsSchema (ctx: SchemaContext) {
 export type EsxiSettings = z.output<ReturnType<typeof esxiSettingsSchema>>
 
 /** Drop the keys whose value is undefined (settings → init objects). */
-export function definedOnly<T extends Record<string, unknown>> (o: T): T {
+export function definedOnly<T extends Record<string, unknown>>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
 }
 
 /** The esxi driver's init from validated settings (durations in ms). */
-export function toEsxiDriverInit (s: EsxiSettings): EsxiDriverInit {
+export function toEsxiDriverInit(s: EsxiSettings): EsxiDriverInit {
   const ssh = s.ssh
   return definedOnly({
     ssh: definedOnly({

@@ -23,7 +23,7 @@ export interface FieldDoc {
 }
 
 /** Attach documentation to a schema (zod's global registry; the reference generator reads it). */
-export function doc<T extends z.ZodType> (schema: T, d: FieldDoc): T {
+export function doc<T extends z.ZodType>(schema: T, d: FieldDoc): T {
   return schema.meta({ ...d }) as T
 }
 
@@ -35,46 +35,85 @@ export interface SchemaContext {
 const sizeOrNumber = z.union([z.string(), z.number()])
 
 /** A byte size (`512k`, `16M`, `1.5G` or a number of bytes) within bounds. */
-export function sizeField (opts: { min?: number, max?: number, multipleOf?: number } = {}) {
+export function sizeField(opts: { min?: number; max?: number; multipleOf?: number } = {}) {
   return sizeOrNumber.transform((v, ctx) => {
     let n: number
-    try { n = parseByteSize(v, 'size') } catch { ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a size (e.g. 512k, 16M, 1.5G)` }); return z.NEVER }
-    if (opts.min !== undefined && n < opts.min) { ctx.addIssue({ code: 'custom', message: `must be at least ${opts.min} bytes` }); return z.NEVER }
-    if (opts.max !== undefined && n > opts.max) { ctx.addIssue({ code: 'custom', message: `must be at most ${opts.max} bytes` }); return z.NEVER }
-    if (opts.multipleOf !== undefined && n % opts.multipleOf !== 0) { ctx.addIssue({ code: 'custom', message: `must be a multiple of ${opts.multipleOf} bytes` }); return z.NEVER }
+    try {
+      n = parseByteSize(v, 'size')
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a size (e.g. 512k, 16M, 1.5G)` })
+      return z.NEVER
+    }
+    if (opts.min !== undefined && n < opts.min) {
+      ctx.addIssue({ code: 'custom', message: `must be at least ${opts.min} bytes` })
+      return z.NEVER
+    }
+    if (opts.max !== undefined && n > opts.max) {
+      ctx.addIssue({ code: 'custom', message: `must be at most ${opts.max} bytes` })
+      return z.NEVER
+    }
+    if (opts.multipleOf !== undefined && n % opts.multipleOf !== 0) {
+      ctx.addIssue({ code: 'custom', message: `must be a multiple of ${opts.multipleOf} bytes` })
+      return z.NEVER
+    }
     return n
   })
 }
 
 /** A rate in bytes per second (`20M`, `500k/s`); `0` = unlimited (Infinity). */
-export function rateField () {
+export function rateField() {
   return sizeOrNumber.transform((v, ctx) => {
-    try { return parseRate(v, 'rate') } catch { ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a rate (e.g. 500k, 20M; 0 = unlimited)` }); return z.NEVER }
+    try {
+      return parseRate(v, 'rate')
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a rate (e.g. 500k, 20M; 0 = unlimited)` })
+      return z.NEVER
+    }
   })
 }
 
 /** A duration (`30s`, `15m`, `2h`; a bare number is seconds) in ms, within bounds. */
-export function durationField (opts: { min?: number, max?: number } = {}) {
+export function durationField(opts: { min?: number; max?: number } = {}) {
   return sizeOrNumber.transform((v, ctx) => {
     let ms: number
-    try { ms = parseDuration(v, 'duration') } catch { ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a duration (e.g. 30s, 15m, 2h; a bare number is seconds)` }); return z.NEVER }
-    if (opts.min !== undefined && ms < opts.min) { ctx.addIssue({ code: 'custom', message: `must be at least ${opts.min} ms` }); return z.NEVER }
-    if (opts.max !== undefined && ms > opts.max) { ctx.addIssue({ code: 'custom', message: `must be at most ${opts.max} ms` }); return z.NEVER }
+    try {
+      ms = parseDuration(v, 'duration')
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a duration (e.g. 30s, 15m, 2h; a bare number is seconds)` })
+      return z.NEVER
+    }
+    if (opts.min !== undefined && ms < opts.min) {
+      ctx.addIssue({ code: 'custom', message: `must be at least ${opts.min} ms` })
+      return z.NEVER
+    }
+    if (opts.max !== undefined && ms > opts.max) {
+      ctx.addIssue({ code: 'custom', message: `must be at most ${opts.max} ms` })
+      return z.NEVER
+    }
     return ms
   })
 }
 
 /** A path; a relative one resolves against `ctx.baseDir`. */
-export function pathField (ctx: SchemaContext) {
-  return z.string().min(1).transform((p) => isAbsolute(p) ? p : resolve(ctx.baseDir, p))
+export function pathField(ctx: SchemaContext) {
+  return z
+    .string()
+    .min(1)
+    .transform((p) => (isAbsolute(p) ? p : resolve(ctx.baseDir, p)))
 }
 
 /** A folder that exists (checked while validating). */
-export function existingDirField (ctx: SchemaContext) {
+export function existingDirField(ctx: SchemaContext) {
   return pathField(ctx).transform(async (p, c) => {
     const st = await stat(p).catch((err: NodeJS.ErrnoException) => err)
-    if (st instanceof Error) { c.addIssue({ code: 'custom', message: `${p}: ${st.code ?? st.message}` }); return z.NEVER }
-    if (!st.isDirectory()) { c.addIssue({ code: 'custom', message: `${p} is not a folder` }); return z.NEVER }
+    if (st instanceof Error) {
+      c.addIssue({ code: 'custom', message: `${p}: ${st.code ?? st.message}` })
+      return z.NEVER
+    }
+    if (!st.isDirectory()) {
+      c.addIssue({ code: 'custom', message: `${p} is not a folder` })
+      return z.NEVER
+    }
     return p
   })
 }
@@ -82,7 +121,7 @@ export function existingDirField (ctx: SchemaContext) {
 /** Largest secret/token/CA file read while validating. */
 const MAX_SMALL_FILE = 1024 * 1024
 
-async function readSmall (p: string): Promise<string | Error> {
+async function readSmall(p: string): Promise<string | Error> {
   try {
     const st = await stat(p)
     if (!st.isFile()) return new Error(`${p} is not a regular file`)
@@ -95,32 +134,53 @@ async function readSmall (p: string): Promise<string | Error> {
 }
 
 /** A file holding one secret (a token, a password): its first non-empty line, read now. */
-export function secretFileField (ctx: SchemaContext) {
+export function secretFileField(ctx: SchemaContext) {
   return pathField(ctx).transform(async (p, c) => {
     const text = await readSmall(p)
-    if (text instanceof Error) { c.addIssue({ code: 'custom', message: text.message }); return z.NEVER }
-    const secret = text.split(/\r?\n/).map((l) => l.trim()).find((l) => l !== '')
-    if (secret === undefined) { c.addIssue({ code: 'custom', message: `${p} is empty` }); return z.NEVER }
+    if (text instanceof Error) {
+      c.addIssue({ code: 'custom', message: text.message })
+      return z.NEVER
+    }
+    const secret = text
+      .split(/\r?\n/)
+      .map((l) => l.trim())
+      .find((l) => l !== '')
+    if (secret === undefined) {
+      c.addIssue({ code: 'custom', message: `${p} is empty` })
+      return z.NEVER
+    }
     return { path: p, secret }
   })
 }
 
 /** A PEM file of one or more certificates, read now. */
-export function certificateFileField (ctx: SchemaContext) {
+export function certificateFileField(ctx: SchemaContext) {
   return pathField(ctx).transform(async (p, c) => {
     const text = await readSmall(p)
-    if (text instanceof Error) { c.addIssue({ code: 'custom', message: text.message }); return z.NEVER }
-    if (!text.includes('-----BEGIN CERTIFICATE-----')) { c.addIssue({ code: 'custom', message: `${p} holds no PEM certificate (-----BEGIN CERTIFICATE-----)` }); return z.NEVER }
+    if (text instanceof Error) {
+      c.addIssue({ code: 'custom', message: text.message })
+      return z.NEVER
+    }
+    if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+      c.addIssue({ code: 'custom', message: `${p} holds no PEM certificate (-----BEGIN CERTIFICATE-----)` })
+      return z.NEVER
+    }
     return { path: p, pem: text }
   })
 }
 
 /** A private key file (OpenSSH or PEM): checked readable now, read again by the driver at connect. */
-export function privateKeyFileField (ctx: SchemaContext) {
+export function privateKeyFileField(ctx: SchemaContext) {
   return pathField(ctx).transform(async (p, c) => {
     const text = await readSmall(p)
-    if (text instanceof Error) { c.addIssue({ code: 'custom', message: text.message }); return z.NEVER }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----|^PuTTY-User-Key-File/m.test(text)) { c.addIssue({ code: 'custom', message: `${p} holds no private key` }); return z.NEVER }
+    if (text instanceof Error) {
+      c.addIssue({ code: 'custom', message: text.message })
+      return z.NEVER
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----|^PuTTY-User-Key-File/m.test(text)) {
+      c.addIssue({ code: 'custom', message: `${p} holds no private key` })
+      return z.NEVER
+    }
     return p
   })
 }

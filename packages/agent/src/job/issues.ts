@@ -28,11 +28,12 @@ interface ZodLikeIssue {
   readonly errors?: readonly (readonly ZodLikeIssue[])[]
 }
 
-const typeName = (v: unknown): string => v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' && !Number.isFinite(v) ? String(v) : typeof v
+const typeName = (v: unknown): string =>
+  v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' && !Number.isFinite(v) ? String(v) : typeof v
 const EXPECTED: Readonly<Record<string, string>> = { int: 'a whole number', number: 'a number', string: 'a string', boolean: 'true or false', object: 'an object', array: 'an array' }
 
 /** A path as written in a file: `vms[2].certify`; `root` first (`job`, `esxi.json`, `--flag`). */
-export function formatIssuePath (root: string, path: readonly PropertyKey[]): string {
+export function formatIssuePath(root: string, path: readonly PropertyKey[]): string {
   let out = root
   for (const p of path) {
     if (typeof p === 'number') out += `[${p}]`
@@ -43,7 +44,7 @@ export function formatIssuePath (root: string, path: readonly PropertyKey[]): st
 }
 
 /** Plain words for one zod issue (the schema's own messages for custom checks). */
-export function issueMessage (issue: ZodLikeIssue, input?: unknown): string {
+export function issueMessage(issue: ZodLikeIssue, input?: unknown): string {
   switch (issue.code) {
     case 'invalid_value':
       return issue.values !== undefined && issue.values.length > 0
@@ -62,7 +63,10 @@ export function issueMessage (issue: ZodLikeIssue, input?: unknown): string {
     case 'invalid_union': {
       // the most specific branch: the one whose problems sit deepest (the input's own shape)
       const branches = issue.errors ?? []
-      const best = branches.map((b) => b[0]).filter((b): b is ZodLikeIssue => b !== undefined).find((b) => b.path.length > 0)
+      const best = branches
+        .map((b) => b[0])
+        .filter((b): b is ZodLikeIssue => b !== undefined)
+        .find((b) => b.path.length > 0)
       if (best !== undefined) return issueMessage(best)
       const expected = branches.map((b) => b[0]?.expected).filter((e): e is string => e !== undefined)
       return expected.length > 0 ? `expected ${[...new Set(expected.map((e) => EXPECTED[e] ?? e))].join(' or ')}${input !== undefined ? `, got ${typeName(input)}` : ''}` : issue.message
@@ -72,7 +76,7 @@ export function issueMessage (issue: ZodLikeIssue, input?: unknown): string {
   }
 }
 
-function valueAt (root: unknown, path: readonly PropertyKey[]): unknown {
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
   let v = root
   for (const p of path) {
     if (v === null || typeof v !== 'object') return undefined
@@ -85,7 +89,7 @@ function valueAt (root: unknown, path: readonly PropertyKey[]): unknown {
  * Flatten zod issues into {@link ConfigIssue}s: an unknown key becomes one
  * issue per key at its own path; a union's most specific branch is kept.
  */
-export function configIssues (issues: readonly ZodLikeIssue[], input: unknown): ConfigIssue[] {
+export function configIssues(issues: readonly ZodLikeIssue[], input: unknown): ConfigIssue[] {
   const out: ConfigIssue[] = []
   for (const i of issues) {
     if (i.code === 'unrecognized_keys' && i.keys !== undefined) {
@@ -95,7 +99,15 @@ export function configIssues (issues: readonly ZodLikeIssue[], input: unknown): 
     if (i.code === 'invalid_union' && i.errors !== undefined) {
       // the branch whose type the value has (its problems are about the value, not its type) says it best
       const informative = i.errors.filter((b) => !(b.length === 1 && b[0]?.code === 'invalid_type' && b[0].path.length === 0))
-      if (informative.length === 1) { out.push(...configIssues((informative[0] as readonly ZodLikeIssue[]).map((x) => ({ ...x, path: [...i.path, ...x.path] })), input)); continue }
+      if (informative.length === 1) {
+        out.push(
+          ...configIssues(
+            (informative[0] as readonly ZodLikeIssue[]).map((x) => ({ ...x, path: [...i.path, ...x.path] })),
+            input,
+          ),
+        )
+        continue
+      }
     }
     out.push({ path: i.path, message: issueMessage(i, valueAt(input, i.path)) })
   }
@@ -105,8 +117,8 @@ export function configIssues (issues: readonly ZodLikeIssue[], input: unknown): 
 /** An AgentError carrying the issues, one per line. */
 export class ConfigError extends AgentError {
   readonly issues: readonly string[]
-  constructor (issues: readonly string[], opts: { cause?: unknown } = {}) {
-    super('E_CONFIG', issues.length === 1 ? issues[0] as string : `${issues.length} problems:\n  ${issues.join('\n  ')}`, opts)
+  constructor(issues: readonly string[], opts: { cause?: unknown } = {}) {
+    super('E_CONFIG', issues.length === 1 ? (issues[0] as string) : `${issues.length} problems:\n  ${issues.join('\n  ')}`, opts)
     this.issues = issues
   }
 }
@@ -115,7 +127,7 @@ export class ConfigError extends AgentError {
  * Render issues under `root`: `job.vms[2].certify: expected one of …`.
  * `rename` may name an issue's place otherwise (a key given by a flag: `--certify`).
  */
-export function describeIssues (root: string, issues: readonly ConfigIssue[], rename: (path: readonly PropertyKey[]) => string | undefined = () => undefined): string[] {
+export function describeIssues(root: string, issues: readonly ConfigIssue[], rename: (path: readonly PropertyKey[]) => string | undefined = () => undefined): string[] {
   return issues.map((i) => {
     const renamed = rename(i.path)
     if (renamed !== undefined) return `${renamed}: ${i.message}`
@@ -129,7 +141,7 @@ export function describeIssues (root: string, issues: readonly ConfigIssue[], re
  * A `rename` for {@link describeIssues}: an issue whose path starts with one
  * of `names`' dotted keys (`email.smtp.host`) is named by its flag instead.
  */
-export function renameByPrefix (names: Readonly<Record<string, string>>): (path: readonly PropertyKey[]) => string | undefined {
+export function renameByPrefix(names: Readonly<Record<string, string>>): (path: readonly PropertyKey[]) => string | undefined {
   return (path) => {
     for (let n = path.length; n > 0; n--) {
       const flag = names[path.slice(0, n).map(String).join('.')]

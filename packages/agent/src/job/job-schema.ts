@@ -14,7 +14,7 @@ import { jobOnlyKeys, vmOptionsShape } from './vm-options-schema.ts'
 export const MAX_JOB_VMS = 10_000
 
 /** One `vms[]` entry: the VM, and options for it alone. */
-export function vmEntrySchema (ctx: SchemaContext) {
+export function vmEntrySchema(ctx: SchemaContext) {
   return z.strictObject({
     vm: doc(z.string().min(1), { description: 'The VM: a `.vmx` path (local driver; relative to the job file) or a VM name or id (esxi driver).', example: '"web 01"' }),
     ...vmOptionsShape(ctx),
@@ -23,13 +23,19 @@ export function vmEntrySchema (ctx: SchemaContext) {
 }
 
 /** The job-level keys (one per line; the job runner reads them). */
-export function jobShape (ctx: SchemaContext) {
+export function jobShape(ctx: SchemaContext) {
   return {
-    vms: doc(z.array(z.union([z.string().min(1), vmEntrySchema(ctx)])).min(1).max(MAX_JOB_VMS), {
-      description: 'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string.',
-      type: 'array of objects or strings',
-    }),
-    defaults: doc(z.strictObject({ ...vmOptionsShape(ctx), ...jobOnlyKeys }).optional(), { description: 'Per-VM options for every VM (a VM\'s own entry wins).' }),
+    vms: doc(
+      z
+        .array(z.union([z.string().min(1), vmEntrySchema(ctx)]))
+        .min(1)
+        .max(MAX_JOB_VMS),
+      {
+        description: 'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string.',
+        type: 'array of objects or strings',
+      },
+    ),
+    defaults: doc(z.strictObject({ ...vmOptionsShape(ctx), ...jobOnlyKeys }).optional(), { description: "Per-VM options for every VM (a VM's own entry wins)." }),
     parallel: doc(z.int().min(1).max(64).optional(), { description: 'VMs replicated at the same time. Snapshot operations are still one at a time per ESXi host.', default: '2' }),
     bwlimit: doc(rateField().optional(), { description: 'Bandwidth limit of the whole job in bytes/s, shared by all its streams (`20M`; `0` = unlimited).', default: 'unlimited', type: 'rate' }),
     report: doc(pathField(ctx).optional(), { description: 'Write the JSON report of the run here (as `--report`).', type: 'path' }),
@@ -39,7 +45,7 @@ export function jobShape (ctx: SchemaContext) {
 }
 
 /** The whole job file. */
-export function jobFileSchema (ctx: SchemaContext) {
+export function jobFileSchema(ctx: SchemaContext) {
   return z.strictObject({ ...vmOptionsShape(ctx), ...jobShape(ctx) })
 }
 

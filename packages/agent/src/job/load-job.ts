@@ -61,10 +61,10 @@ export const DEFAULT_PARALLEL = 2
 
 const JOB_LEVEL_KEYS = ['parallel', 'bwlimit', 'report', 'email', 'webhooks'] as const
 
-type Layer = { readonly label: string, readonly names?: Readonly<Record<string, string>>, readonly values: VmOptions }
+type Layer = { readonly label: string; readonly names?: Readonly<Record<string, string>>; readonly values: VmOptions }
 
 /** The winning value of `key` over the layers (last defined wins) and where it came from. */
-function pick<K extends keyof VmOptions> (layers: readonly Layer[], key: K): { value: VmOptions[K], from: string } | undefined {
+function pick<K extends keyof VmOptions>(layers: readonly Layer[], key: K): { value: VmOptions[K]; from: string } | undefined {
   for (let i = layers.length - 1; i >= 0; i--) {
     const l = layers[i] as Layer
     if (l.values[key] !== undefined) return { value: l.values[key], from: l.names?.[key as string] ?? `${l.label}.${key as string}` }
@@ -72,12 +72,12 @@ function pick<K extends keyof VmOptions> (layers: readonly Layer[], key: K): { v
   return undefined
 }
 
-function isObject (v: unknown): v is Record<string, unknown> {
+function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 /** Merge job-level flag values into the file's (objects one level deep: `email.smtp`). */
-function mergeJobLevel (file: Record<string, unknown>, flags: Readonly<Record<string, unknown>>): Record<string, unknown> {
+function mergeJobLevel(file: Record<string, unknown>, flags: Readonly<Record<string, unknown>>): Record<string, unknown> {
   const out = { ...file }
   for (const [k, v] of Object.entries(flags)) {
     if (v === undefined) continue
@@ -97,7 +97,7 @@ function mergeJobLevel (file: Record<string, unknown>, flags: Readonly<Record<st
  * Validate a job completely.
  * @throws ConfigError (AgentError `E_CONFIG`) listing every problem
  */
-export async function loadJob (src: JobSources): Promise<Job> {
+export async function loadJob(src: JobSources): Promise<Job> {
   const cwd = src.cwd ?? process.cwd()
   const names = src.names ?? {}
   const rename = renameByPrefix(names)
@@ -117,7 +117,7 @@ export async function loadJob (src: JobSources): Promise<Job> {
   const jobFlags = Object.fromEntries(Object.entries(src.jobOptions ?? {}).filter(([, v]) => v !== undefined))
   const merged = mergeJobLevel(fileTop, jobFlags)
   let job: z.output<ReturnType<typeof jobFileSchema>> | undefined
-  let jobLevel: { parallel?: number, bwlimit?: number, report?: string, email?: EmailSettings, webhooks?: WebhookSettings[] } = {}
+  let jobLevel: { parallel?: number; bwlimit?: number; report?: string; email?: EmailSettings; webhooks?: WebhookSettings[] } = {}
   if (src.file !== undefined) {
     const r = await jobFileSchema(fileCtx).safeParseAsync(merged)
     if (r.success) job = r.data
@@ -125,7 +125,7 @@ export async function loadJob (src: JobSources): Promise<Job> {
     if (job !== undefined) jobLevel = job
   } else {
     const shape = jobShape(fileCtx)
-    const schema = z.strictObject(Object.fromEntries(JOB_LEVEL_KEYS.map((k) => [k, shape[k]])) as Pick<typeof shape, typeof JOB_LEVEL_KEYS[number]>)
+    const schema = z.strictObject(Object.fromEntries(JOB_LEVEL_KEYS.map((k) => [k, shape[k]])) as Pick<typeof shape, (typeof JOB_LEVEL_KEYS)[number]>)
     const r = await schema.safeParseAsync(merged)
     if (r.success) jobLevel = r.data
     else problems.push(...describeIssues('options', configIssues(r.error.issues as never, merged), rename))
@@ -149,7 +149,7 @@ export async function loadJob (src: JobSources): Promise<Job> {
     fileLayers.push({ label: 'job', values: top })
     if (defaults !== undefined) fileLayers.push({ label: 'job.defaults', values: stripJobOnly(defaults) })
   }
-  const entries: Array<{ vm: string, label: string, layers: Layer[], baseDir: string }> = []
+  const entries: Array<{ vm: string; label: string; layers: Layer[]; baseDir: string }> = []
   for (const [i, e] of (job?.vms ?? []).entries()) {
     const label = `job.vms[${i}]`
     if (typeof e === 'string') entries.push({ vm: e, label, layers: [...fileLayers, flagLayer], baseDir: fileCtx.baseDir })
@@ -177,12 +177,12 @@ export async function loadJob (src: JobSources): Promise<Job> {
   }) as Job
 }
 
-function stripJobOnly (o: VmOptions & { bwlimit?: unknown, parallel?: unknown }): VmOptions {
+function stripJobOnly(o: VmOptions & { bwlimit?: unknown; parallel?: unknown }): VmOptions {
   const { bwlimit: _b, parallel: _p, ...rest } = o
   return rest
 }
 
-function resolveVm (e: { vm: string, label: string, layers: Layer[], baseDir: string }, names: Readonly<Record<string, string>>, problems: string[]): VmJob | undefined {
+function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: string }, names: Readonly<Record<string, string>>, problems: string[]): VmJob | undefined {
   const L = e.layers
   const val = <K extends keyof VmOptions>(k: K): VmOptions[K] => pick(L, k)?.value
   const before = problems.length
@@ -194,9 +194,12 @@ function resolveVm (e: { vm: string, label: string, layers: Layer[], baseDir: st
   if (to === undefined) problems.push(`${e.label}: no receiver URL: set "to" (or ${names['to'] ?? '--to'} wss://HOST:PORT)`)
   // the more specific of the two wins; a token file given as a flag beats a token in the file
   const lastLayer = (k: keyof VmOptions): number => L.findLastIndex((l) => l.values[k] !== undefined)
-  const tokenPick = token !== undefined && (tokenFile === undefined || lastLayer('token') > lastLayer('tokenFile'))
-    ? { secret: token.value, from: token.from }
-    : tokenFile !== undefined ? { secret: tokenFile.value?.secret, from: `${tokenFile.from} ${tokenFile.value?.path ?? ''}`.trim() } : undefined
+  const tokenPick =
+    token !== undefined && (tokenFile === undefined || lastLayer('token') > lastLayer('tokenFile'))
+      ? { secret: token.value, from: token.from }
+      : tokenFile !== undefined
+        ? { secret: tokenFile.value?.secret, from: `${tokenFile.from} ${tokenFile.value?.path ?? ''}`.trim() }
+        : undefined
   if (tokenPick?.secret === undefined) problems.push(`${e.label}: no token: set "tokenFile" (or ${names['tokenFile'] ?? '--token-file'} FILE)`)
   if (driver === 'esxi' && esxi === undefined) problems.push(`${e.label}: driver "esxi" needs its settings: set "esxi" (or ${names['esxi'] ?? '--esxi-config'} FILE)`)
   const insecurePlaintext = val('insecurePlaintext') === true

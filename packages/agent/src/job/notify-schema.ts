@@ -15,48 +15,62 @@ export const SmtpTlsModes = ['starttls', 'implicit', 'none'] as const
 // a deliberately plain check: an address with one @ and a dot in the domain (the SMTP server has the last word)
 const address = z.string().regex(/^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/, 'is not an e-mail address (user@example.net)')
 
-const onField = () => doc(z.union([z.enum(NotifyOutcomes), z.array(z.enum(NotifyOutcomes)).min(1)]).optional(), {
-  description: 'Send after successful runs, failed runs or both (`["failure"]`: only when something failed).',
-  default: '["success", "failure"]',
-  type: '"success", "failure" or an array of them',
-})
+const onField = () =>
+  doc(z.union([z.enum(NotifyOutcomes), z.array(z.enum(NotifyOutcomes)).min(1)]).optional(), {
+    description: 'Send after successful runs, failed runs or both (`["failure"]`: only when something failed).',
+    default: '["success", "failure"]',
+    type: '"success", "failure" or an array of them',
+  })
 
 /** SMTP settings. */
-export function smtpSchema (ctx: SchemaContext) {
-  return z.strictObject({
-    host: doc(z.string().min(1), { description: 'SMTP server.' }),
-    port: doc(z.int().min(1).max(65535).optional(), { description: 'SMTP port.', default: '587 (465 with `tls: "implicit"`)' }),
-    tls: doc(z.enum(SmtpTlsModes).optional(), { description: '`starttls`: plain connect, then STARTTLS, required (refused if the server does not offer it); `implicit`: TLS from the first byte (port 465); `none`: no encryption (loopback relays only).', default: '"starttls"' }),
-    user: doc(z.string().min(1).optional(), { description: 'SMTP AUTH user (with `passwordFile`).' }),
-    passwordFile: doc(secretFileField(ctx).optional(), { description: 'File holding the SMTP password (first non-empty line).', type: 'path' }),
-    caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for the server\'s certificate.', type: 'path', default: 'the system CAs' }),
-    timeout: doc(durationField({ min: 1000, max: 600_000 }).optional(), { description: 'Connection, greeting and per-command timeout.', default: '30s', type: 'duration' }),
-  }).superRefine((v, c) => {
-    if ((v.user === undefined) !== (v.passwordFile === undefined)) c.addIssue({ code: 'custom', message: 'user and passwordFile go together', path: [v.user === undefined ? 'user' : 'passwordFile'] })
-  })
+export function smtpSchema(ctx: SchemaContext) {
+  return z
+    .strictObject({
+      host: doc(z.string().min(1), { description: 'SMTP server.' }),
+      port: doc(z.int().min(1).max(65535).optional(), { description: 'SMTP port.', default: '587 (465 with `tls: "implicit"`)' }),
+      tls: doc(z.enum(SmtpTlsModes).optional(), {
+        description:
+          '`starttls`: plain connect, then STARTTLS, required (refused if the server does not offer it); `implicit`: TLS from the first byte (port 465); `none`: no encryption (loopback relays only).',
+        default: '"starttls"',
+      }),
+      user: doc(z.string().min(1).optional(), { description: 'SMTP AUTH user (with `passwordFile`).' }),
+      passwordFile: doc(secretFileField(ctx).optional(), { description: 'File holding the SMTP password (first non-empty line).', type: 'path' }),
+      caFile: doc(certificateFileField(ctx).optional(), { description: "PEM CA trusted for the server's certificate.", type: 'path', default: 'the system CAs' }),
+      timeout: doc(durationField({ min: 1000, max: 600_000 }).optional(), { description: 'Connection, greeting and per-command timeout.', default: '30s', type: 'duration' }),
+    })
+    .superRefine((v, c) => {
+      if ((v.user === undefined) !== (v.passwordFile === undefined))
+        c.addIssue({ code: 'custom', message: 'user and passwordFile go together', path: [v.user === undefined ? 'user' : 'passwordFile'] })
+    })
 }
 
 /** The e-mail report. */
-export function emailSchema (ctx: SchemaContext) {
+export function emailSchema(ctx: SchemaContext) {
   return z.strictObject({
     to: doc(z.union([address, z.array(address).min(1)]), { description: 'Recipient(s).', type: 'address or array of addresses' }),
     from: doc(address, { description: 'Sender address.' }),
     subjectPrefix: doc(z.string().max(100).optional(), { description: 'Start of the subject line.', default: '"[grainline]"' }),
     on: onField(),
-    layout: doc(z.enum(EmailLayouts).optional(), { description: '`trivial` (the quick check per disk) or `certified` (algorithm and digest per disk); `auto` picks `certified` when any VM was certified.', default: '"auto"' }),
+    layout: doc(z.enum(EmailLayouts).optional(), {
+      description: '`trivial` (the quick check per disk) or `certified` (algorithm and digest per disk); `auto` picks `certified` when any VM was certified.',
+      default: '"auto"',
+    }),
     smtp: doc(smtpSchema(ctx), { description: 'How to send.' }),
   })
 }
 
 /** One webhook. */
-export function webhookSchema (ctx: SchemaContext) {
+export function webhookSchema(ctx: SchemaContext) {
   return z.strictObject({
     url: doc(z.url({ protocol: /^https?$/ }), { description: 'Endpoint receiving the JSON POST (`http://` or `https://`).' }),
     secretFile: doc(secretFileField(ctx), { description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`, see the README).', type: 'path' }),
     on: onField(),
     caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
     timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'Timeout of one attempt.', default: '10s', type: 'duration' }),
-    attempts: doc(z.int().min(1).max(10).optional(), { description: 'Attempts in all: network errors, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … up to 30 s); other answers are final.', default: '5' }),
+    attempts: doc(z.int().min(1).max(10).optional(), {
+      description: 'Attempts in all: network errors, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … up to 30 s); other answers are final.',
+      default: '5',
+    }),
   })
 }
 
@@ -66,7 +80,7 @@ export type EmailSettings = z.output<ReturnType<typeof emailSchema>>
 export type WebhookSettings = z.output<ReturnType<typeof webhookSchema>>
 
 /** The outcomes a notification is sent on. */
-export function outcomesOf (on: EmailSettings['on']): ReadonlySet<'success' | 'failure'> {
+export function outcomesOf(on: EmailSettings['on']): ReadonlySet<'success' | 'failure'> {
   if (on === undefined) return new Set(NotifyOutcomes)
   return new Set(typeof on === 'string' ? [on] : on)
 }

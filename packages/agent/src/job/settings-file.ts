@@ -12,10 +12,10 @@ import type { SchemaContext } from './fields.ts'
 export const MAX_SETTINGS_BYTES = 4 * 1024 * 1024
 
 /** A parsed file or its problems. */
-export type SettingsResult<T> = { readonly ok: true, readonly value: T, readonly input: unknown } | { readonly ok: false, readonly problems: readonly string[] }
+export type SettingsResult<T> = { readonly ok: true; readonly value: T; readonly input: unknown } | { readonly ok: false; readonly problems: readonly string[] }
 
 /** Read a JSON file (bounded, a regular file), or say why not. */
-export async function readJsonFile (file: string): Promise<{ ok: true, value: unknown } | { ok: false, problem: string }> {
+export async function readJsonFile(file: string): Promise<{ ok: true; value: unknown } | { ok: false; problem: string }> {
   try {
     const st = await stat(file)
     if (!st.isFile()) return { ok: false, problem: `${file} is not a regular file` }
@@ -33,14 +33,14 @@ export async function readJsonFile (file: string): Promise<{ ok: true, value: un
 }
 
 /** Validate a value against `makeSchema(ctx)`; problems named under `root`. */
-export async function validateSettings<S extends z.ZodType> (input: unknown, makeSchema: (ctx: SchemaContext) => S, ctx: SchemaContext, root: string): Promise<SettingsResult<z.output<S>>> {
+export async function validateSettings<S extends z.ZodType>(input: unknown, makeSchema: (ctx: SchemaContext) => S, ctx: SchemaContext, root: string): Promise<SettingsResult<z.output<S>>> {
   const r = await makeSchema(ctx).safeParseAsync(input)
   if (r.success) return { ok: true, value: r.data, input }
   return { ok: false, problems: describeIssues(root, configIssues(r.error.issues as never, input)) }
 }
 
 /** Read and validate a JSON settings file; relative paths inside resolve against its folder. */
-export async function loadSettingsFile<S extends z.ZodType> (file: string, makeSchema: (ctx: SchemaContext) => S): Promise<SettingsResult<z.output<S>>> {
+export async function loadSettingsFile<S extends z.ZodType>(file: string, makeSchema: (ctx: SchemaContext) => S): Promise<SettingsResult<z.output<S>>> {
   const abs = resolve(file)
   const json = await readJsonFile(abs)
   if (!json.ok) return { ok: false, problems: [json.problem] }

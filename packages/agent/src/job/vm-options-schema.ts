@@ -21,11 +21,14 @@ export const DeltaFormats = ['sesparse', 'vmfssparse', 'hosted'] as const
 export const DriverNames = ['local', 'esxi'] as const
 
 /** `esxi`: the settings object, or the path of a JSON file holding it (relative to the file naming it). */
-function esxiField (ctx: SchemaContext) {
+function esxiField(ctx: SchemaContext) {
   return z.union([
     pathField(ctx).transform(async (file, c) => {
       const r = await loadSettingsFile(file, esxiSettingsSchema)
-      if (!r.ok) { for (const m of r.problems) c.addIssue({ code: 'custom', message: m }); return z.NEVER }
+      if (!r.ok) {
+        for (const m of r.problems) c.addIssue({ code: 'custom', message: m })
+        return z.NEVER
+      }
       return r.value
     }),
     esxiSettingsSchema(ctx),
@@ -33,42 +36,69 @@ function esxiField (ctx: SchemaContext) {
 }
 
 /** The per-VM keys (an object shape: one line per option). */
-export function vmOptionsShape (ctx: SchemaContext) {
+export function vmOptionsShape(ctx: SchemaContext) {
   return {
     to: doc(z.string().min(1).optional(), { description: 'Receiver URL, `wss://HOST:PORT` (`ws://` only to a loopback host, or with `insecurePlaintext`).', example: '"wss://dr.example.net:7443"' }),
     tokenFile: doc(secretFileField(ctx).optional(), { description: 'File holding the bearer token (its first non-empty line), read before anything runs.', type: 'path' }),
     token: doc(z.string().min(1).optional(), { description: 'The bearer token itself (prefer `tokenFile`: a job file is often readable by more people than a 0600 token file).' }),
-    caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA certificate (or the receiver\'s self-signed certificate) trusted for `wss://`.', type: 'path', default: 'the system CAs' }),
+    caFile: doc(certificateFileField(ctx).optional(), { description: "PEM CA certificate (or the receiver's self-signed certificate) trusted for `wss://`.", type: 'path', default: 'the system CAs' }),
     insecureTls: doc(z.boolean().optional(), { description: 'Skip TLS certificate verification (tests only).', default: 'false' }),
     insecurePlaintext: doc(z.boolean().optional(), { description: 'Allow a plain `ws://` URL to a non-loopback host: the token travels in clear.', default: 'false' }),
     driver: doc(z.enum(DriverNames).optional(), { description: 'Hypervisor driver: `local` (a VM folder grainline snapshots itself) or `esxi` (vim-cmd over SSH).', default: '"local"' }),
     esxi: doc(esxiField(ctx).optional(), { description: 'esxi driver settings (see [esxi.md](esxi.md)), or the path of a JSON file holding them.', type: 'object or path' }),
     deltaFormat: doc(z.enum(DeltaFormats).optional(), { description: 'local driver: delta format of new snapshots.', default: '"sesparse"' }),
     certify: doc(z.enum(CertifyChoices).optional(), { description: 'Full digest of the frozen source and the mirror after commit.', default: '"none"' }),
-    trivialMiB: doc(z.int().min(0).max(1024 * 1024).optional(), { description: 'MiB of the disk prefix compared after every cycle (0 = off).', default: '16' }),
+    trivialMiB: doc(
+      z
+        .int()
+        .min(0)
+        .max(1024 * 1024)
+        .optional(),
+      { description: 'MiB of the disk prefix compared after every cycle (0 = off).', default: '16' },
+    ),
     compress: doc(z.enum(CompressionAlgorithms).optional(), { description: 'Preferred compression (skipped per extent when it saves < 10 %).', default: '"lz4"' }),
     digests: doc(z.array(z.enum(DigestAlgorithms)).min(1).optional(), { description: 'Extent digests offered, preferred first.', default: '["xxh64", "sha256"]' }),
     consolidateExisting: doc(z.boolean().optional(), { description: 'Remove snapshots grainline did not make first instead of refusing the VM.', default: 'false' }),
-    stateDir: doc(pathField(ctx).optional(), { description: 'Folder of the agent\'s record per VM (last commit\'s generation and snapshot).', type: 'path', default: '/var/lib/grainline as root, else $XDG_STATE_HOME/grainline' }),
-    giveUp: doc(durationField({ min: 0, max: 7 * 86_400_000 }).optional(), { description: 'Give up after the receiver stayed unreachable this long; the snapshot chain is left for the next run.', default: '10m', type: 'duration' }),
+    stateDir: doc(pathField(ctx).optional(), {
+      description: "Folder of the agent's record per VM (last commit's generation and snapshot).",
+      type: 'path',
+      default: '/var/lib/grainline as root, else $XDG_STATE_HOME/grainline',
+    }),
+    giveUp: doc(durationField({ min: 0, max: 7 * 86_400_000 }).optional(), {
+      description: 'Give up after the receiver stayed unreachable this long; the snapshot chain is left for the next run.',
+      default: '10m',
+      type: 'duration',
+    }),
     maxBackoff: doc(durationField({ min: 100, max: 3_600_000 }).optional(), { description: 'Largest reconnect back-off.', default: '30s', type: 'duration' }),
-    windowBytes: doc(sizeField({ min: 1024 * 1024, max: 1024 ** 3 }).optional(), { description: 'Unacknowledged payload in flight (the receiver\'s limit also applies).', default: '64M', type: 'size' }),
+    windowBytes: doc(sizeField({ min: 1024 * 1024, max: 1024 ** 3 }).optional(), {
+      description: "Unacknowledged payload in flight (the receiver's limit also applies).",
+      default: '64M',
+      type: 'size',
+    }),
     maxExtentBytes: doc(sizeField({ min: 4096, max: 16 * 1024 * 1024, multipleOf: 512 }).optional(), { description: 'Largest data extent.', default: '1M', type: 'size' }),
   }
 }
 
 /** `bwlimit` is the job's: refused in `defaults` and `vms[]` with a message saying where it goes. */
 export const jobOnlyKeys = {
-  bwlimit: z.unknown().optional().superRefine((v, c) => {
-    if (v !== undefined) c.addIssue({ code: 'custom', message: 'bwlimit is the job\'s total over all its streams: set it at the top of the job file (or --bwlimit)' })
-  }).meta({ hidden: true }),
-  parallel: z.unknown().optional().superRefine((v, c) => {
-    if (v !== undefined) c.addIssue({ code: 'custom', message: 'parallel is the job\'s: set it at the top of the job file (or --parallel)' })
-  }).meta({ hidden: true }),
+  bwlimit: z
+    .unknown()
+    .optional()
+    .superRefine((v, c) => {
+      if (v !== undefined) c.addIssue({ code: 'custom', message: "bwlimit is the job's total over all its streams: set it at the top of the job file (or --bwlimit)" })
+    })
+    .meta({ hidden: true }),
+  parallel: z
+    .unknown()
+    .optional()
+    .superRefine((v, c) => {
+      if (v !== undefined) c.addIssue({ code: 'custom', message: "parallel is the job's: set it at the top of the job file (or --parallel)" })
+    })
+    .meta({ hidden: true }),
 }
 
 /** The per-VM options as one object (every key optional). */
-export function vmOptionsSchema (ctx: SchemaContext) {
+export function vmOptionsSchema(ctx: SchemaContext) {
   return z.strictObject(vmOptionsShape(ctx))
 }
 

@@ -27,29 +27,40 @@ export interface RenderEmailOptions {
   readonly subjectPrefix?: string
 }
 
-const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', '\'': '&#39;' })[c] as string)
+const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] as string)
 
-function trivialCell (d: DiskReport): string {
+function trivialCell(d: DiskReport): string {
   if (d.trivial === undefined) return '-'
   return `${d.trivial.ok ? 'ok' : 'MISMATCH'} (${formatBytes(d.trivial.prefixBytes)}, ${d.trivial.algorithm})`
 }
 
-function certifyCell (d: DiskReport): string {
+function certifyCell(d: DiskReport): string {
   if (d.certify === undefined) return 'not certified'
   return `${d.certify.ok ? 'ok' : 'MISMATCH'} ${d.certify.algorithm}`
 }
 
-function diskResult (d: DiskReport): string {
+function diskResult(d: DiskReport): string {
   if (d.error !== undefined) return `FAILED ${d.error.code}`
   return d.ok ? 'ok' : 'FAILED'
 }
 
 /** The rows of a layout: one per disk (a VM that failed before its disks were known gets one row). */
-function rows (report: ReplicationReport, layout: 'trivial' | 'certified'): string[][] {
+function rows(report: ReplicationReport, layout: 'trivial' | 'certified'): string[][] {
   const out: string[][] = []
   for (const vm of report.vms) {
     if (vm.disks.length === 0) {
-      out.push([vm.vm, '-', vm.cycle > 0 ? String(vm.cycle) : '-', '-', '-', '-', formatDuration(vm.durationMs), '-', ...(layout === 'certified' ? ['-'] : []), vm.ok ? 'ok' : `FAILED ${vm.error?.code ?? ''}`.trim()])
+      out.push([
+        vm.vm,
+        '-',
+        vm.cycle > 0 ? String(vm.cycle) : '-',
+        '-',
+        '-',
+        '-',
+        formatDuration(vm.durationMs),
+        '-',
+        ...(layout === 'certified' ? ['-'] : []),
+        vm.ok ? 'ok' : `FAILED ${vm.error?.code ?? ''}`.trim(),
+      ])
       continue
     }
     for (const d of vm.disks) {
@@ -61,12 +72,12 @@ function rows (report: ReplicationReport, layout: 'trivial' | 'certified'): stri
   return out
 }
 
-function head (layout: 'trivial' | 'certified'): string[] {
+function head(layout: 'trivial' | 'certified'): string[] {
   const base = ['VM', 'disk', 'cycle', 'kind', 'changed', 'sent', 'time']
   return layout === 'certified' ? [...base, 'certify', 'digest', 'result'] : [...base, 'trivial check', 'result']
 }
 
-function errorsOf (report: ReplicationReport): string[] {
+function errorsOf(report: ReplicationReport): string[] {
   const out: string[] = []
   for (const vm of report.vms) {
     if (vm.error !== undefined) out.push(`${vm.vm}: ${vm.error.code}${vm.error.remoteCode !== undefined ? ` (${vm.error.remoteCode})` : ''}: ${vm.error.message}`)
@@ -77,24 +88,33 @@ function errorsOf (report: ReplicationReport): string[] {
   return out
 }
 
-function textTable (h: readonly string[], r: readonly (readonly string[])[]): string {
+function textTable(h: readonly string[], r: readonly (readonly string[])[]): string {
   const widths = h.map((c, i) => Math.max(c.length, ...r.map((x) => (x[i] ?? '').length)))
-  const line = (x: readonly string[]): string => x.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
+  const line = (x: readonly string[]): string =>
+    x
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd()
   return [line(h), line(widths.map((w) => '-'.repeat(w))), ...r.map(line)].join('\n')
 }
 
 const sum = (vms: readonly VmReport[], f: (d: DiskReport) => number): number => vms.reduce((s, v) => s + v.disks.reduce((t, d) => t + f(d), 0), 0)
 
 /** Render the report e-mail. */
-export function renderReportEmail (report: ReplicationReport, opts: RenderEmailOptions): RenderedEmail {
-  const layout = opts.layout === undefined || opts.layout === 'auto'
-    ? (report.vms.some((v) => v.disks.some((d) => d.certify !== undefined)) ? 'certified' : 'trivial')
-    : opts.layout
+export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOptions): RenderedEmail {
+  const layout = opts.layout === undefined || opts.layout === 'auto' ? (report.vms.some((v) => v.disks.some((d) => d.certify !== undefined)) ? 'certified' : 'trivial') : opts.layout
   const failed = report.vms.filter((v) => !v.ok)
   const status = report.ok ? 'OK' : report.interrupted !== undefined ? 'INTERRUPTED' : 'FAILED'
   const what = report.ok
     ? `${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} replicated${layout === 'certified' ? ' and certified' : ''}`
-    : `${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed${failed.length > 0 ? `: ${failed.slice(0, 3).map((v) => `${v.vm} ${v.error?.code ?? ''}`.trim()).join(', ')}${failed.length > 3 ? ', …' : ''}` : ''}`
+    : `${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed${
+        failed.length > 0
+          ? `: ${failed
+              .slice(0, 3)
+              .map((v) => `${v.vm} ${v.error?.code ?? ''}`.trim())
+              .join(', ')}${failed.length > 3 ? ', …' : ''}`
+          : ''
+      }`
   const subject = `${opts.subjectPrefix ?? '[grainline]'} ${status}: ${what} (${opts.hostname})`
   const took = Date.parse(report.finishedAt) - Date.parse(report.startedAt)
   const summary = [
@@ -108,12 +128,7 @@ export function renderReportEmail (report: ReplicationReport, opts: RenderEmailO
   const h = head(layout)
   const r = rows(report, layout)
   const errors = errorsOf(report)
-  const text = [
-    `grainline replication report — ${status}`, '',
-    ...summary, '',
-    textTable(h, r), '',
-    ...(errors.length > 0 ? ['Errors:', ...errors.map((e) => `  ${e}`), ''] : []),
-  ].join('\n')
+  const text = [`grainline replication report — ${status}`, '', ...summary, '', textTable(h, r), '', ...(errors.length > 0 ? ['Errors:', ...errors.map((e) => `  ${e}`), ''] : [])].join('\n')
   const color = report.ok ? '#1a7f37' : '#cf222e'
   const th = 'style="text-align:left;padding:4px 8px;border-bottom:1px solid #999;background:#f0f0f0"'
   const td = 'style="padding:4px 8px;border-bottom:1px solid #ddd;font-family:monospace"'

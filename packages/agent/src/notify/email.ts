@@ -11,7 +11,7 @@ import { AGENT_SOFTWARE } from '../version.ts'
 import { renderReportEmail, type RenderedEmail } from './email-render.ts'
 
 /** Send the report of a run; resolves with what was sent. @throws Error when the server refuses or cannot be reached */
-export async function sendReportEmail (settings: EmailSettings, report: ReplicationReport, opts: { hostname?: string } = {}): Promise<RenderedEmail & { messageId: string }> {
+export async function sendReportEmail(settings: EmailSettings, report: ReplicationReport, opts: { hostname?: string } = {}): Promise<RenderedEmail & { messageId: string }> {
   const host = opts.hostname ?? osHostname()
   const mail = renderReportEmail(report, {
     hostname: host,
@@ -37,14 +37,14 @@ export async function sendReportEmail (settings: EmailSettings, report: Replicat
     tls: { ...(smtp.caFile === undefined ? {} : { ca: smtp.caFile.pem }), servername: smtp.host },
   })
   try {
-    const info = await transport.sendMail({
+    const info = (await transport.sendMail({
       from: settings.from,
       to: settings.to,
       subject: mail.subject,
       text: mail.text,
       html: mail.html,
       headers: { 'X-Grainline-Result': report.ok ? 'ok' : 'failed', 'X-Mailer': AGENT_SOFTWARE },
-    }) as { messageId: string }
+    })) as { messageId: string }
     return { ...mail, messageId: info.messageId }
   } finally {
     transport.close()

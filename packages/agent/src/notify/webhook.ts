@@ -48,19 +48,19 @@ export interface WebhookPayload {
 }
 
 /** `t=…,v1=…` for `body` at `timestamp` (unix seconds). */
-export function signWebhook (secret: string, body: string, timestamp: number): string {
+export function signWebhook(secret: string, body: string, timestamp: number): string {
   const mac = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')
   return `t=${timestamp},v1=${mac}`
 }
 
 /** Why a signature was not accepted. */
-export type SignatureCheck = { readonly ok: true } | { readonly ok: false, readonly reason: 'malformed' | 'stale' | 'mismatch' }
+export type SignatureCheck = { readonly ok: true } | { readonly ok: false; readonly reason: 'malformed' | 'stale' | 'mismatch' }
 
 /**
  * Check a received signature: well formed, `t` within `toleranceSeconds` of
  * `now`, and the HMAC of `"<t>.<body>"` equal (constant-time).
  */
-export function verifyWebhookSignature (opts: { secret: string, header: string | undefined, body: string | Buffer, toleranceSeconds?: number, now?: number }): SignatureCheck {
+export function verifyWebhookSignature(opts: { secret: string; header: string | undefined; body: string | Buffer; toleranceSeconds?: number; now?: number }): SignatureCheck {
   const m = /^t=(\d{1,12}),v1=([0-9a-f]{64})$/.exec(opts.header ?? '')
   if (m === null) return { ok: false, reason: 'malformed' }
   const t = Number(m[1])
@@ -92,31 +92,48 @@ export interface SendWebhookOptions {
   readonly now?: () => number
 }
 
-interface Answer { readonly status: number, readonly retryAfter: string | undefined }
+interface Answer {
+  readonly status: number
+  readonly retryAfter: string | undefined
+}
 
-function post (url: URL, body: string, headers: Record<string, string>, opts: { timeoutMs: number, ca?: string }): Promise<Answer> {
+function post(url: URL, body: string, headers: Record<string, string>, opts: { timeoutMs: number; ca?: string }): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, {
-      method: 'POST',
-      headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
-      timeout: opts.timeoutMs,
-      ...(url.protocol === 'https:' && opts.ca !== undefined ? { ca: opts.ca } : {}),
-    }, (res) => {
-      let n = 0
-      res.on('data', (c: Buffer) => { n += c.length; if (n > MAX_ANSWER_BYTES) res.destroy() })
-      res.on('close', () => { resolve({ status: res.statusCode ?? 0, retryAfter: typeof res.headers['retry-after'] === 'string' ? res.headers['retry-after'] : undefined }) })
-      res.on('error', () => {})
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
+      url,
+      {
+        method: 'POST',
+        headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+        timeout: opts.timeoutMs,
+        ...(url.protocol === 'https:' && opts.ca !== undefined ? { ca: opts.ca } : {}),
+      },
+      (res) => {
+        let n = 0
+        res.on('data', (c: Buffer) => {
+          n += c.length
+          if (n > MAX_ANSWER_BYTES) res.destroy()
+        })
+        res.on('close', () => {
+          resolve({ status: res.statusCode ?? 0, retryAfter: typeof res.headers['retry-after'] === 'string' ? res.headers['retry-after'] : undefined })
+        })
+        res.on('error', () => {})
+      },
+    )
+    req.on('timeout', () => {
+      req.destroy(new Error(`no answer within ${opts.timeoutMs} ms`))
     })
-    req.on('timeout', () => { req.destroy(new Error(`no answer within ${opts.timeoutMs} ms`)) })
     req.on('error', reject)
     req.end(body)
   })
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => { setTimeout(resolve, ms) })
+const sleep = (ms: number): Promise<void> =>
+  new Promise((resolve) => {
+    setTimeout(resolve, ms)
+  })
 
 /** POST the report to one webhook; never throws (the result says how it went). */
-export async function sendWebhook (hook: WebhookSettings, report: ReplicationReport, opts: SendWebhookOptions = {}): Promise<WebhookResult> {
+export async function sendWebhook(hook: WebhookSettings, report: ReplicationReport, opts: SendWebhookOptions = {}): Promise<WebhookResult> {
   const url = new URL(hook.url)
   const now = opts.now ?? Date.now
   const payload: WebhookPayload = { event: report.ok ? 'run.succeeded' : 'run.failed', host: opts.hostname ?? osHostname(), software: AGENT_SOFTWARE, report }
