@@ -202,3 +202,40 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
   )
   t.equal(await firstDifference(join(rx.store, 'rb', 'rb-flat.vmdk'), raw), -1)
 })
+
+t.test('a cycle resumed without the rate limit it was planned under cuts the same extents (the recorded extent size)', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'rate', disks: [{ sizeBytes: 8 * MiB, fill: 'random' }], seed: 4 })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, compress: 'none' as const, windowBytes: 512 * 1024 }
+  const raw = join(dir, 'frozen.raw')
+  let killed = false
+  // 1 MiB/s plans 128 KiB extents (8 per second of budget); the receiver dies once some are durable
+  const r1 = await replicate(
+    { logger },
+    {
+      ...base,
+      giveUpMs: 1500,
+      maxBackoffMs: 200,
+      bwlimit: 1024 * 1024,
+      afterSnapshot: async (h) => frozenRaw(h, raw),
+      onExtentSent: ({ seq }) => {
+        if (seq === 12 && !killed) {
+          killed = true
+          void rx.kill9()
+        }
+      },
+    },
+  )
+  t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
+  await rx.restart()
+  // no rate limit now: a new plan would cut 1 MiB extents, and extent 9 of those is not extent 9 of the cycle in flight
+  const r2 = await replicate({ logger }, { ...base, to: rx.url })
+  const v = r2.vms[0]
+  t.ok(r2.ok, JSON.stringify(v?.error))
+  t.equal(v?.reusedSnapshot, true)
+  t.ok((v?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed at extent ${v?.disks[0]?.resumedFrom[0]}`)
+  t.equal(await firstDifference(join(rx.store, 'rate', 'rate-flat.vmdk'), raw), -1, 'mirror == the frozen view')
+})

@@ -14,6 +14,8 @@ import { createSampleVm } from '@grainline/agent'
 import { runNode, scratchDir } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
+// packing and installing 65 packages takes minutes on a loaded 2-core machine
+t.setTimeout(30 * 60_000)
 const here = dirname(fileURLToPath(import.meta.url))
 // compiled to dist/test/: the package folder is two up
 const cliDir = resolve(here, '../..')
@@ -93,12 +95,12 @@ t.test('the grainline package tarball holds its bin, the compiled code and no te
 
 t.test('scripts/pack.mjs makes one tarball that installs globally without a registry and runs', async (t) => {
   const dir = scratchDir(t)
-  const { stdout } = await exec(process.execPath, [join(repo, 'scripts/pack.mjs'), join(dir, 'out')], { timeout: 300_000 })
+  const { stdout } = await exec(process.execPath, [join(repo, 'scripts/pack.mjs'), join(dir, 'out')], { timeout: 900_000 })
   const tarball = stdout.trim().split('\n').at(-1) as string
   t.match(tarball, /grainline-\d+\.\d+\.\d+\.tgz$/)
   const prefix = join(dir, 'prefix')
   // --offline: everything it needs is inside the tarball
-  await exec('npm', ['install', '-g', '--offline', '--ignore-scripts', '--no-audit', '--no-fund', '--prefix', prefix, tarball], { timeout: 300_000 })
+  await exec('npm', ['install', '-g', '--offline', '--ignore-scripts', '--no-audit', '--no-fund', '--prefix', prefix, tarball], { timeout: 900_000 })
   const grainline = join(prefix, 'bin/grainline')
   const version = await exec(grainline, ['--version'])
   t.equal(version.stdout.trim(), JSON.parse(await readFile(join(cliDir, 'package.json'), 'utf8')).version)
