@@ -18,7 +18,10 @@
 //              "applyDelayMs": 700,                    // report success at once, change the files later
 //              "applyGate": "/tmp/x/gate",             // …and only once this file exists (snapshot.get appends
 //                                                      //   a line to "<gate>.polls" while it does not)
+//              "noDeltaFor": ["scsi0:1"],                // give these disks no delta (a check fails after create)
 //              "consolidationNeeded": false } ] }
+// Disks with `<node>.mode = "independent-*"` and physical RDMs (base createType
+// vmfsPassthroughRawDeviceMap) get no delta and no .vmsd record, as on ESXi.
 import { readFileSync, writeFileSync, renameSync, existsSync, appendFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
@@ -276,6 +279,11 @@ async function main() {
       const recs = []
       for (const d of vmDisks(vmx)) {
         const parent = resolveName(dir, d.fileName)
+        // as ESXi: independent disks and physical RDMs are not part of a snapshot (no delta, no record)
+        if (/^independent-/i.test(kvGet(vmx, `${d.node}.mode`) ?? '')) continue
+        // a disk ESXi skips though the .vmx does not say why (tests: a check failing after the create)
+        if ((vm.noDeltaFor ?? []).includes(d.node)) continue
+        if (/^createType="vmfsPassthroughRawDeviceMap"/im.test(readFileSync(chainOf(parent).at(-1), 'latin1'))) continue
         const base = path.basename(d.fileName, '.vmdk').replace(/-\d{6}$/, '')
         let n = 1
         while (existsSync(path.join(dir, `${base}-${String(n).padStart(6, '0')}.vmdk`))) n++

@@ -1,19 +1,24 @@
 /**
  * The `esxi` hypervisor driver: snapshots through `vim-cmd` over SSH, disks
- * read through locally mounted datastores. It never writes a source file;
+ * read through locally mounted datastores or over SFTP on the same SSH
+ * connection. It never writes a source file;
  * after every snapshot operation it re-reads the .vmx and the descriptor
  * chains to check that ESXi did what was asked.
  */
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from 'pino'
-import type { HypervisorDriver, SnapshotDisk, SnapshotRef, VmDisk, VmHandle } from '../driver.ts'
+import type { HypervisorDriver, SkippedDisk, SnapshotDisk, SnapshotRef, VmDisk, VmHandle } from '../driver.ts'
+import { classifyDisk, type IndependentPolicy } from './disk-kind.ts'
 import { parseGrainlineSnapshotName } from '../driver.ts'
 import { VmxConfig, vmxDisks } from '../vmx.ts'
-import { MAX_CONFIG_BYTES, readRegularFile } from '../fs-util.ts'
+import type { FileAccess } from '@grainline/vmdk'
+import { MAX_CONFIG_BYTES, readRegularFileVia } from '../fs-util.ts'
 import { parseVmsd } from '../vmsd.ts'
-import { EsxiError, type EsxiErrorCode } from './errors.ts'
-import { DatastoreMap, resolveVmFile } from './datastore-path.ts'
+import { EsxiError, EsxiErrorCodes, type EsxiErrorCode } from './errors.ts'
+import { DatastoreMap, resolveVmFile, type DatastoreSetting } from './datastore-path.ts'
+import { datastoreFileAccess } from './datastore-files.ts'
+import { SftpFileAccess, type SftpCounters, type SftpRetryOptions } from './sftp-files.ts'
 import { EsxiSsh, type EsxiSshConfig, type ExecResult } from './ssh.ts'
 import { shJoin } from './shell-quote.ts'
 import { readChainFiles, type ChainFile } from './chain-files.ts'
@@ -34,8 +39,17 @@ import {
 export interface EsxiDriverInit {
   /** how to reach the host; the host key is pinned by fingerprint */
   readonly ssh: EsxiSshConfig
-  /** datastore name/UUID → local mount path */
-  readonly datastores: DatastoreMap | Readonly<Record<string, string | { localPath: string; uuid?: string }>>
+  /** datastore name/UUID → local mount path, or `{ access: "sftp" }` (read on the host over SSH) */
+  readonly datastores: DatastoreMap | Readonly<Record<string, DatastoreSetting>>
+  /** reading `access: "sftp"` datastores */
+  readonly sftp?: {
+    /** requests in flight per load or read. @default 16 */
+    readonly concurrency?: number
+    /** largest request (capped at OpenSSH's 261120). @default 261120 */
+    readonly maxReadBytes?: number
+    /** reconnect policy after a dropped connection */
+    readonly retry?: SftpRetryOptions
+  }
   /** recorded in the VM handle for the compatibility record. @default "vmfs" */
   readonly datastoreType?: string
   /** the vim-cmd program on the host. @default "vim-cmd" */
@@ -48,6 +62,12 @@ export interface EsxiDriverInit {
   readonly verifyTimeoutMs?: number
   /** poll interval while verifying. @default 500 */
   readonly pollIntervalMs?: number
+  /**
+   * Disks ESXi takes no snapshot of (independent disks, physical RDMs):
+   * `skip` them with a warning in the report, or `refuse` the VM
+   * (`E_UNSUPPORTED_DISK`) before any snapshot. @default "skip"
+   */
+  readonly independentDisks?: IndependentPolicy
   /** ask VMware Tools to quiesce the guest file systems. @default false */
   readonly quiesce?: boolean
   /** snapshot description. @default "grainline replication snapshot" */
@@ -64,6 +84,10 @@ export interface EsxiDriver extends HypervisorDriver {
   snapshotTree(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotTree>
   /** `consolidationNeeded` from `vim-cmd vmsvc/get.runtime` (undefined when not printed) */
   consolidationNeeded(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<boolean | undefined>
+  /** the VM's files: local mounts and/or SFTP */
+  readonly files: FileAccess
+  /** what the SFTP reader did (undefined without SFTP datastores) */
+  readonly sftpCounters: SftpCounters | undefined
   close(): Promise<void>
 }
 
@@ -89,7 +113,11 @@ class EsxiDriverImpl implements EsxiDriver {
   readonly #log: Logger
   readonly #init: EsxiDriverInit
   readonly #map: DatastoreMap
+  readonly files: FileAccess
+  readonly #sftpFiles: SftpFileAccess | undefined
   #ssh: Promise<EsxiSsh> | undefined
+  /** the connected `#ssh` */
+  #sshNow: EsxiSsh | undefined
   #closed = false
 
   constructor(components: { logger: Logger }, init: EsxiDriverInit) {
@@ -99,6 +127,22 @@ class EsxiDriverImpl implements EsxiDriver {
     this.#map = init.datastores instanceof DatastoreMap ? init.datastores : DatastoreMap.from(init.datastores)
     this.pathMap = Object.freeze(this.#map.pathMap())
     if (init.ssh.hostKeyFingerprint === undefined) throw new EsxiError('E_CONFIG', 'esxi: hostKeyFingerprint is required (no trust on first use)', { host: this.host })
+    this.#sftpFiles = this.#map.hasSftp
+      ? new SftpFileAccess(
+          {
+            sftp: async () => await (await this.#connection()).sftp(),
+            invalidateSftp: (c) => {
+              this.#sshNow?.invalidateSftp(c)
+            },
+          },
+          { logger: this.#log, ...(init.sftp ?? {}) },
+        )
+      : undefined
+    this.files = datastoreFileAccess(this.#map, this.#sftpFiles)
+  }
+
+  get sftpCounters(): SftpCounters | undefined {
+    return this.#sftpFiles?.counters
   }
 
   async #connection(signal?: AbortSignal): Promise<EsxiSsh> {
@@ -106,9 +150,14 @@ class EsxiDriverImpl implements EsxiDriver {
     if (this.#ssh === undefined) {
       const p = EsxiSsh.connect(this.#init.ssh, { logger: this.#log }, signal === undefined ? {} : { signal })
       this.#ssh = p
-      p.catch(() => {
-        if (this.#ssh === p) this.#ssh = undefined
-      })
+      p.then(
+        (s) => {
+          if (this.#ssh === p) this.#sshNow = s
+        },
+        () => {
+          if (this.#ssh === p) this.#ssh = undefined
+        },
+      )
     }
     return await this.#ssh
   }
@@ -178,7 +227,7 @@ class EsxiDriverImpl implements EsxiDriver {
     const vmxPath = this.#resolveOrThrow(entry.vmxPath, ref)
     const config = await this.#readVmx(vmxPath, ref)
     const dir = path.dirname(vmxPath)
-    const disks: VmDisk[] = this.#disksOf(config, dir, ref)
+    const { disks, skipped } = await this.#classify(config, this.#disksOf(config, dir, ref), ref)
     const handle: VmHandle = {
       ref,
       id: entry.id,
@@ -187,10 +236,50 @@ class EsxiDriverImpl implements EsxiDriver {
       dir,
       config,
       disks,
+      ...(skipped.length === 0 ? {} : { skippedDisks: skipped }),
       datastoreType: this.#init.datastoreType ?? 'vmfs',
     }
     this.#log.debug({ vm: ref, vmid: entry.id, vmxPath, disks: disks.map((d) => d.fileName) }, 'esxi vm opened')
     return handle
+  }
+
+  /**
+   * Classify every disk before any snapshot (disk-kind.ts): vSAN/vVol disks
+   * are refused; independent disks and physical RDMs are skipped or refused
+   * (`independentDisks`).
+   * @throws EsxiError E_UNSUPPORTED_DISK, E_CHAIN
+   */
+  async #classify(config: VmxConfig, all: VmDisk[], vm: string): Promise<{ disks: VmDisk[]; skipped: SkippedDisk[] }> {
+    const disks: VmDisk[] = []
+    const skipped: SkippedDisk[] = []
+    const policy = this.#init.independentDisks ?? 'skip'
+    for (const d of all) {
+      const c = classifyDisk(config.get(`${d.node}.mode`), await this.#chainOf(d, vm))
+      if (c.replicated) {
+        disks.push(d)
+        continue
+      }
+      const reason = c.reason ?? c.kind
+      if (c.kind === 'object' || policy === 'refuse') {
+        const hint = c.kind === 'object' ? '' : ' (independentDisks is "refuse"; set it to "skip" to replicate the other disks without it)'
+        throw new EsxiError('E_UNSUPPORTED_DISK', `esxi: disk ${d.node} (${d.fileName}) cannot be replicated: ${reason}${hint}`, { host: this.host, vm })
+      }
+      this.#log.warn({ vm, node: d.node, fileName: d.fileName, kind: c.kind, reason }, 'disk skipped: not replicated')
+      skipped.push({ node: d.node, fileName: d.fileName, kind: c.kind, reason })
+    }
+    if (disks.length === 0) {
+      throw new EsxiError('E_UNSUPPORTED_DISK', `esxi: no disk of the VM can be replicated (${skipped.map((s) => `${s.node}: ${s.reason}`).join('; ')})`, { host: this.host, vm })
+    }
+    return { disks, skipped }
+  }
+
+  async #chainOf(d: VmDisk, vm: string): Promise<ChainFile[]> {
+    try {
+      return await readChainFiles(d.path, (base, name) => this.#resolveFile(base, name, vm), { files: this.files })
+    } catch (err) {
+      if (err instanceof EsxiError) throw new EsxiError(err.code, `esxi: disk ${d.node}: ${err.message}`, { host: this.host, vm, cause: err })
+      throw err
+    }
   }
 
   #resolveOrThrow(p: string, vm: string): string {
@@ -205,9 +294,13 @@ class EsxiDriverImpl implements EsxiDriver {
   async #readVmx(vmxPath: string, vm: string): Promise<VmxConfig> {
     let text: string
     try {
-      text = (await readRegularFile(vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
+      text = (await readRegularFileVia(this.files, vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' })).toString('utf8')
     } catch (err) {
-      throw new EsxiError('E_VMX', `esxi: cannot read ${vmxPath} through the datastore mount: ${(err as Error).message}`, { host: this.host, vm, cause: err })
+      throw new EsxiError('E_VMX', `esxi: cannot read ${vmxPath} through its datastore (${this.#map.isSftpPath(vmxPath) ? 'SFTP' : 'local mount'}): ${(err as Error).message}`, {
+        host: this.host,
+        vm,
+        cause: err,
+      })
     }
     try {
       return VmxConfig.parse(text, vmxPath)
@@ -240,13 +333,11 @@ class EsxiDriverImpl implements EsxiDriver {
     const config = await this.#readVmx(vm.vmxPath, vm.ref)
     const out: DiskState[] = []
     for (const d of this.#disksOf(config, vm.dir, vm.ref)) {
-      let chain: ChainFile[]
-      try {
-        chain = await readChainFiles(d.path, (base, name) => this.#resolveFile(base, name, vm.ref))
-      } catch (err) {
-        if (err instanceof EsxiError) throw new EsxiError(err.code, `esxi: disk ${d.node}: ${err.message}`, { host: this.host, vm: vm.ref, cause: err })
-        throw err
-      }
+      const chain = await this.#chainOf(d, vm.ref)
+      const c = classifyDisk(config.get(`${d.node}.mode`), chain)
+      if (c.kind === 'object') throw new EsxiError('E_UNSUPPORTED_DISK', `esxi: disk ${d.node} (${d.fileName}) cannot be replicated: ${c.reason ?? ''}`, { host: this.host, vm: vm.ref })
+      // ESXi leaves independent disks and physical RDMs as they are: not part of the snapshot checks
+      if (!c.replicated) continue
       out.push({ ...d, chain })
     }
     return out
@@ -266,7 +357,7 @@ class EsxiDriverImpl implements EsxiDriver {
     const vmsdPath = path.join(vm.dir, path.basename(vm.vmxPath).replace(/\.vmx$/i, '') + '.vmsd')
     let text: string
     try {
-      text = (await readRegularFile(vmsdPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
+      text = (await readRegularFileVia(this.files, vmsdPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'snapshot database' })).toString('utf8')
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') this.#log.warn({ vm: vm.ref, vmsdPath, err }, 'esxi .vmsd unreadable, snapshot disk records unknown')
       return new Map()
@@ -291,11 +382,68 @@ class EsxiDriverImpl implements EsxiDriver {
     return [...tree.all].sort((a, b) => Number(a.id) - Number(b.id)).map((n) => this.#ref(n, disks.get(n.id) ?? []))
   }
 
+  /**
+   * Take the snapshot and check what ESXi did. When anything fails after the
+   * create was sent (a check, a timeout, a dropped connection, an abort), the
+   * snapshot it made is removed again before the error is thrown; if that
+   * removal fails too the error is `E_SNAPSHOT_LEFT` and the next run removes
+   * the leftover (a grainline snapshot of the cycle's name that the agent did
+   * not record is removed before a new one is taken).
+   */
   async createSnapshot(vm: VmHandle, name: string, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef> {
-    const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: name })
     const beforeTree = await this.snapshotTree(vm, opts)
     const beforeIds = new Set(beforeTree.all.map((n) => n.id))
     const before = await this.#diskStates(vm)
+    try {
+      return await this.#createVerified(vm, name, beforeIds, before, opts)
+    } catch (err) {
+      throw await this.#undoCreate(vm, name, beforeIds, err)
+    }
+  }
+
+  /** Remove the snapshot(s) named `name` made since `beforeIds`; the error to throw (augmented). */
+  async #undoCreate(vm: VmHandle, name: string, beforeIds: ReadonlySet<string>, err: unknown): Promise<unknown> {
+    const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: name })
+    const code = (err as { code?: unknown }).code
+    const keep = typeof code === 'string' && (EsxiErrorCodes as readonly string[]).includes(code) ? (code as EsxiErrorCode) : 'E_SNAPSHOT'
+    const augment = (c: EsxiErrorCode, what: string): EsxiError => new EsxiError(c, `${(err as Error).message}; ${what}`, { cause: err })
+    const leftover = `the snapshot ${JSON.stringify(name)} may be left on the VM: the next run removes it before taking a new one (or remove it on the host)`
+    let fresh: SnapshotNode[]
+    try {
+      fresh = (await this.snapshotTree(vm)).all.filter((n) => n.name === name && !beforeIds.has(n.id))
+    } catch (e) {
+      log.error({ err: e }, 'cannot list snapshots after a failed snapshot.create')
+      return augment('E_SNAPSHOT_LEFT', `listing the snapshots failed (${(e as Error).message}): ${leftover}`)
+    }
+    if (fresh.length === 0) return err
+    log.warn({ ids: fresh.map((n) => n.id), err }, 'snapshot.create failed its checks: removing the snapshot it made')
+    const problems: string[] = []
+    for (const n of fresh) {
+      try {
+        const r = await this.#vim(['vmsvc/snapshot.remove', vm.id, n.id], { vm: vm.ref, timeoutMs: this.#init.snapshotTimeoutMs ?? 1_800_000 })
+        this.#checkOpOutput('Remove', r.stdout, log)
+      } catch (e) {
+        problems.push(`snapshot.remove ${n.id}: ${(e as Error).message}`)
+      }
+    }
+    const ids = new Set(fresh.map((n) => n.id))
+    const gone =
+      problems.length === fresh.length
+        ? undefined
+        : await this.#poll(undefined, async () => {
+            const t = await this.snapshotTree(vm).catch(() => undefined)
+            return t !== undefined && !t.all.some((n) => ids.has(n.id)) ? true : undefined
+          }).catch(() => undefined)
+    if (gone === true) {
+      log.warn({ ids: [...ids] }, 'the snapshot of the failed create was removed')
+      return augment(keep, `the snapshot ${JSON.stringify(name)} (id ${[...ids].join(', ')}) it made was removed again`)
+    }
+    log.error({ ids: [...ids], problems }, 'the snapshot of the failed create could not be removed')
+    return augment('E_SNAPSHOT_LEFT', `removing it failed (${problems.join('; ') || 'still in the snapshot tree'}): ${leftover}`)
+  }
+
+  async #createVerified(vm: VmHandle, name: string, beforeIds: ReadonlySet<string>, before: DiskState[], opts: { signal?: AbortSignal }): Promise<SnapshotRef> {
+    const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: name })
     const args = ['vmsvc/snapshot.create', vm.id, name, this.#init.description ?? 'grainline replication snapshot', '0', this.#init.quiesce === true ? '1' : '0']
     log.info({ disks: before.map((d) => d.fileName) }, 'esxi snapshot create')
     const r = await this.#vim(args, { vm: vm.ref, timeoutMs: this.#init.snapshotTimeoutMs ?? 1_800_000, ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
@@ -450,6 +598,7 @@ class EsxiDriverImpl implements EsxiDriver {
     this.#closed = true
     const p = this.#ssh
     this.#ssh = undefined
+    this.#sshNow = undefined
     if (p === undefined) return
     try {
       await (await p).close()
