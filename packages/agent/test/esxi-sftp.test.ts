@@ -195,11 +195,3 @@ t.test('over SFTP: FIFOs and folders are refused before any open, write opens ar
     await chain.close()
   }
 })
-t.teardown(() => {
-  setTimeout(() => {
-    for (const x of (
-      process as unknown as { _getActiveHandles(): Array<{ constructor: { name: string }; remotePort?: number; localPort?: number; pid?: number; spawnargs?: string[] }> }
-    )._getActiveHandles())
-      console.error('HANDLE', x.constructor.name, x.remotePort, x.localPort, x.pid, x.spawnargs?.join(' ').slice(0, 100))
-  }, 5000).unref()
-})

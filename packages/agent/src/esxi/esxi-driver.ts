@@ -1,4 +1,8 @@
 /**
+ * (Over ~400 lines: the snapshot operations and the checks each makes after
+ * ESXi ran it belong together; the parsers, the disk classification, the
+ * path map and the SFTP reader are in their own files.)
+ *
  * The `esxi` hypervisor driver: snapshots through `vim-cmd` over SSH, disks
  * read through locally mounted datastores or over SFTP on the same SSH
  * connection. It never writes a source file;
@@ -23,6 +27,7 @@ import { EsxiSsh, type EsxiSshConfig, type ExecResult } from './ssh.ts'
 import { shJoin } from './shell-quote.ts'
 import { readChainFiles, type ChainFile } from './chain-files.ts'
 import {
+  parseRemoveUsage,
   checkSnapshotOpOutput,
   decodeVmName,
   isVmNotFound,
@@ -68,6 +73,12 @@ export interface EsxiDriverInit {
    * (`E_UNSUPPORTED_DISK`) before any snapshot. @default "skip"
    */
   readonly independentDisks?: IndependentPolicy
+  /**
+   * When ESXi reports that the VM's disks need consolidation (a removed
+   * snapshot whose delta was not merged), run `vim-cmd vmsvc/snapshot.consolidate`
+   * and verify the chain, instead of failing with E_CONSOLIDATION_NEEDED. @default false
+   */
+  readonly consolidate?: boolean
   /** ask VMware Tools to quiesce the guest file systems. @default false */
   readonly quiesce?: boolean
   /** snapshot description. @default "grainline replication snapshot" */
@@ -84,6 +95,8 @@ export interface EsxiDriver extends HypervisorDriver {
   snapshotTree(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<SnapshotTree>
   /** `consolidationNeeded` from `vim-cmd vmsvc/get.runtime` (undefined when not printed) */
   consolidationNeeded(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<boolean | undefined>
+  /** run `snapshot.consolidate` and verify no delta is orphaned */
+  consolidate(vm: VmHandle, opts?: { signal?: AbortSignal }): Promise<void>
   /** the VM's files: local mounts and/or SFTP */
   readonly files: FileAccess
   /** what the SFTP reader did (undefined without SFTP datastores) */
@@ -119,6 +132,8 @@ class EsxiDriverImpl implements EsxiDriver {
   /** the connected `#ssh` */
   #sshNow: EsxiSsh | undefined
   #closed = false
+  /** the host's snapshot.remove argument order, checked once */
+  #removeUsage: Promise<void> | undefined
 
   constructor(components: { logger: Logger }, init: EsxiDriverInit) {
     this.host = init.ssh.host
@@ -391,6 +406,9 @@ class EsxiDriverImpl implements EsxiDriver {
    * not record is removed before a new one is taken).
    */
   async createSnapshot(vm: VmHandle, name: string, opts: { signal?: AbortSignal } = {}): Promise<SnapshotRef> {
+    // never take a snapshot this host could not remove safely
+    await this.#checkRemoveUsage(opts.signal)
+    if (this.#init.consolidate === true && (await this.consolidationNeeded(vm, opts)) === true) await this.consolidate(vm, opts)
     const beforeTree = await this.snapshotTree(vm, opts)
     const beforeIds = new Set(beforeTree.all.map((n) => n.id))
     const before = await this.#diskStates(vm)
@@ -417,6 +435,11 @@ class EsxiDriverImpl implements EsxiDriver {
     }
     if (fresh.length === 0) return err
     log.warn({ ids: fresh.map((n) => n.id), err }, 'snapshot.create failed its checks: removing the snapshot it made')
+    try {
+      await this.#checkRemoveUsage()
+    } catch (e) {
+      return augment('E_SNAPSHOT_LEFT', `not removing it: ${(e as Error).message}: ${leftover}`)
+    }
     const problems: string[] = []
     for (const n of fresh) {
       try {
@@ -482,9 +505,130 @@ class EsxiDriverImpl implements EsxiDriver {
     return ref
   }
 
+  /**
+   * Once per host: the argument order of `snapshot.remove` (its usage text).
+   * Before ESXi 5.1 the second argument was `removeChildren`: our snapshot id
+   * would be read as "remove the children too", removing the mirror's base.
+   * @throws EsxiError E_HOST_VERSION
+   */
+  async #checkRemoveUsage(signal?: AbortSignal): Promise<void> {
+    if (this.#removeUsage === undefined) {
+      const p = (async (): Promise<void> => {
+        const command = shJoin([this.#init.vimCmd ?? 'vim-cmd', 'vmsvc/snapshot.remove'])
+        const ssh = await this.#connection(signal)
+        const r = await ssh.exec(command, { timeoutMs: this.#init.commandTimeoutMs ?? 60_000, ...(signal === undefined ? {} : { signal }) })
+        const said = `${r.stdout}\n${r.stderr}`.trim()
+        const usage = parseRemoveUsage(said)
+        this.#log.debug({ usage, said }, 'esxi snapshot.remove usage')
+        if (usage === 'snapshot-id') return
+        throw new EsxiError(
+          'E_HOST_VERSION',
+          usage === 'pre-5.1'
+            ? "esxi: this host's snapshot.remove takes [removeChildren] [snapshotLevel] [snapshotIndex] (ESXi before 5.1): a snapshot id would be read as removeChildren and remove the mirror's base snapshot; grainline needs ESXi 5.1 or later"
+            : 'esxi: the host\'s snapshot.remove usage is not one grainline knows (it needs "snapshot.remove vmid snapId"); refusing, as a wrong argument order removes more snapshots than asked',
+          { host: this.host, command, esxiMessage: said },
+        )
+      })()
+      this.#removeUsage = p
+      // a transport failure is asked again next time; a refusal stays
+      p.catch((err: unknown) => {
+        if (!(err instanceof EsxiError && err.code === 'E_HOST_VERSION') && this.#removeUsage === p) this.#removeUsage = undefined
+      })
+    }
+    await this.#removeUsage
+  }
+
+  /**
+   * Run `vim-cmd vmsvc/snapshot.consolidate` and verify: every layer above
+   * each disk's base is the running delta or a disk a snapshot record names
+   * (nothing orphaned), and `consolidationNeeded` is no longer true.
+   * @throws EsxiError E_CONSOLIDATION_NEEDED when the chain still holds an orphaned delta
+   */
+  async consolidate(vm: VmHandle, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const log = this.#log.child({ vm: vm.ref, vmid: vm.id })
+    const args = ['vmsvc/snapshot.consolidate', vm.id]
+    log.warn("esxi consolidating the VM's disks (consolidate is set)")
+    await this.#vim(args, { vm: vm.ref, timeoutMs: this.#init.snapshotTimeoutMs ?? 1_800_000, ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
+    let problem = ''
+    const ok = await this.#poll(opts.signal, async () => {
+      const named = new Set<string>()
+      for (const recs of (await this.#vmsdDisks(vm)).values()) for (const r of recs) named.add(`${r.node.toLowerCase()}\0${this.#resolveFile(vm.dir, r.fileName, vm.ref)}`)
+      for (const d of await this.#diskStates(vm)) {
+        const orphan = d.chain.slice(1).find((c) => !named.has(`${d.node.toLowerCase()}\0${c.path}`))
+        if (orphan !== undefined) {
+          problem = `disk ${d.node}: ${path.basename(orphan.path)} is in the chain but no snapshot names it`
+          return undefined
+        }
+      }
+      if ((await this.consolidationNeeded(vm, opts)) === true) {
+        problem = 'get.runtime still says consolidationNeeded = true'
+        return undefined
+      }
+      return true
+    })
+    if (ok !== true) {
+      throw new EsxiError('E_CONSOLIDATION_NEEDED', `esxi: snapshot.consolidate returned but within ${this.#verifyTimeout()} ms ${problem}: consolidate the VM's disks on the host`, {
+        host: this.host,
+        vm: vm.ref,
+        command: shJoin(['vim-cmd', ...args]),
+      })
+    }
+    log.info('esxi disks consolidated and chain verified')
+  }
+
+  /**
+   * After a removal: the newest grainline snapshot (other than the one
+   * removed) must still be in the tree, and the delta made when it was taken
+   * must still be in each disk's chain — a host that read our snapshot id as
+   * `removeChildren` would have removed it, and with it the mirror's base.
+   */
+  async #checkNewestKept(vm: VmHandle, removed: SnapshotRef, newest: SnapshotNode, opts: { signal?: AbortSignal }): Promise<void> {
+    const what = `removing snapshot ${removed.id} (${JSON.stringify(removed.name)}) removed more than asked`
+    const tree = await this.snapshotTree(vm, opts)
+    if (!tree.all.some((n) => n.id === newest.id)) {
+      throw new EsxiError(
+        'E_SNAPSHOT',
+        `esxi: ${what}: the newest grainline snapshot ${JSON.stringify(newest.name)} (id ${newest.id}) is gone too; the mirror's base no longer exists on the VM, so the next cycle resyncs every disk`,
+        {
+          host: this.host,
+          vm: vm.ref,
+        },
+      )
+    }
+    const records = (await this.#vmsdDisks(vm)).get(newest.id) ?? []
+    const states = await this.#diskStates(vm)
+    for (const rec of records) {
+      const d = states.find((s) => s.node.toLowerCase() === rec.node.toLowerCase())
+      const repr = this.#resolveFile(vm.dir, rec.fileName, vm.ref)
+      const i = d === undefined ? -1 : d.chain.findIndex((c) => c.path === repr)
+      if (i < 1) {
+        throw new EsxiError(
+          'E_SNAPSHOT',
+          `esxi: ${what}: disk ${rec.node}: the delta made when ${JSON.stringify(newest.name)} was taken (on top of ${rec.fileName}) is gone from the chain; the next cycle resyncs`,
+          {
+            host: this.host,
+            vm: vm.ref,
+          },
+        )
+      }
+    }
+  }
+
   async removeSnapshot(vm: VmHandle, snap: SnapshotRef, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const log = this.#log.child({ vm: vm.ref, vmid: vm.id, snapshot: snap.name, snapshotId: snap.id })
+    await this.#checkRemoveUsage(opts.signal)
     const tree = await this.snapshotTree(vm, opts)
+    const newest = tree.all
+      .filter((n) => n.id !== snap.id && parseGrainlineSnapshotName(n.name) > 0)
+      .reduce<SnapshotNode | undefined>(
+        (a, b) =>
+          a === undefined ||
+          parseGrainlineSnapshotName(b.name) > parseGrainlineSnapshotName(a.name) ||
+          (parseGrainlineSnapshotName(b.name) === parseGrainlineSnapshotName(a.name) && Number(b.id) > Number(a.id))
+            ? b
+            : a,
+        undefined,
+      )
     if (!tree.all.some((n) => n.id === snap.id)) {
       throw new EsxiError('E_SNAPSHOT_NOT_FOUND', `esxi: snapshot ${snap.id} (${JSON.stringify(snap.name)}) is not in the snapshot tree`, { host: this.host, vm: vm.ref })
     }
@@ -497,7 +641,8 @@ class EsxiDriverImpl implements EsxiDriver {
     for (const d of before) {
       const rec = records.find((r) => r.node.toLowerCase() === d.node.toLowerCase())
       if (rec === undefined) {
-        expect.push({ node: d.node, delta: '', parent: '', depth: d.chain.length })
+        // no record of this disk while others have one: the snapshot never covered it (ESXi skipped it)
+        if (records.length === 0) expect.push({ node: d.node, delta: '', parent: '', depth: d.chain.length })
         continue
       }
       const repr = this.#resolveFile(vm.dir, rec.fileName, vm.ref)
@@ -545,6 +690,7 @@ class EsxiDriverImpl implements EsxiDriver {
       return true
     })
     if (ok === true) {
+      if (newest !== undefined) await this.#checkNewestKept(vm, snap, newest, opts)
       log.info('esxi snapshot removed and consolidation verified')
       return
     }
@@ -554,6 +700,12 @@ class EsxiDriverImpl implements EsxiDriver {
         needed = await this.consolidationNeeded(vm, opts)
       } catch (err) {
         log.warn({ err }, 'esxi get.runtime failed')
+      }
+      if (this.#init.consolidate === true) {
+        log.warn({ problem: lastProblem, consolidationNeeded: needed }, 'esxi snapshot removed but its delta not merged: consolidating')
+        await this.consolidate(vm, opts)
+        if (newest !== undefined) await this.#checkNewestKept(vm, snap, newest, opts)
+        return
       }
       throw new EsxiError(
         'E_CONSOLIDATION_NEEDED',

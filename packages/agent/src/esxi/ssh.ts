@@ -81,6 +81,8 @@ export class EsxiSsh {
   readonly #log: Logger
   readonly #pinned: ReadonlySet<string>
   #client: Client | undefined
+  /** a connection attempt in progress */
+  #connecting: Promise<Client> | undefined
   /** the SFTP channel of `#client`, opened on first use */
   #sftp: { readonly client: Client; readonly channel: Promise<SFTPWrapper>; resolved?: SFTPWrapper } | undefined
   #closed = false
@@ -114,9 +116,29 @@ export class EsxiSsh {
     return ssh
   }
 
+  /**
+   * The live client, connecting (again) when there is none. Concurrent callers
+   * (every outstanding SFTP read after a drop) share one connection attempt.
+   */
   async #ensure(signal?: AbortSignal): Promise<Client> {
     if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: connection already closed', { host: this.host })
     if (this.#client !== undefined) return this.#client
+    if (this.#connecting === undefined) {
+      const p = this.#connect(signal)
+      this.#connecting = p
+      p.then(
+        () => {
+          if (this.#connecting === p) this.#connecting = undefined
+        },
+        () => {
+          if (this.#connecting === p) this.#connecting = undefined
+        },
+      )
+    }
+    return await this.#connecting
+  }
+
+  async #connect(signal?: AbortSignal): Promise<Client> {
     signal?.throwIfAborted()
     const cfg = this.#config
     const client = new Client()
@@ -193,6 +215,11 @@ export class EsxiSsh {
     client.on('close', () => {
       if (this.#client === client) this.#client = undefined
     })
+    if (this.#closed) {
+      // closed while connecting: nobody will close this one
+      client.end()
+      throw new EsxiError('E_SSH_CONNECT', 'esxi: connection closed', { host: this.host })
+    }
     this.#client = client
     return client
   }

@@ -79,6 +79,14 @@ export function esxiSettingsShape(ctx: SchemaContext) {
       type: 'duration',
     }),
     pollInterval: doc(durationField({ min: 10 }).optional(), { description: 'Poll interval while verifying.', default: '500ms', type: 'duration' }),
+    independentDisks: doc(z.enum(['skip', 'refuse']).optional(), {
+      description: 'Disks ESXi takes no snapshot of (independent disks, physical RDMs): `skip` them with a warning in the report, or `refuse` the VM (E_UNSUPPORTED_DISK) before any snapshot.',
+      default: '"skip"',
+    }),
+    consolidate: doc(z.boolean().optional(), {
+      description: 'When ESXi reports that the disks need consolidation, run `vim-cmd vmsvc/snapshot.consolidate` and verify the chain instead of failing with E_CONSOLIDATION_NEEDED.',
+      default: 'false',
+    }),
     quiesce: doc(z.boolean().optional(), { description: 'Ask VMware Tools to quiesce the guest file systems.', default: 'false' }),
     description: doc(z.string().optional(), { description: 'Snapshot description.', default: '"grainline replication snapshot"' }),
   }
@@ -119,6 +127,8 @@ export function toEsxiDriverInit(s: EsxiSettings): EsxiDriverInit {
     snapshotTimeoutMs: s.snapshotTimeout,
     verifyTimeoutMs: s.verifyTimeout,
     pollIntervalMs: s.pollInterval,
+    independentDisks: s.independentDisks,
+    consolidate: s.consolidate,
     quiesce: s.quiesce,
     description: s.description,
   })
