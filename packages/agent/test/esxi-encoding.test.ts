@@ -117,7 +117,9 @@ t.test('seed and incremental of a VM mixing a local and an SFTP datastore, with 
           for (const [k, d] of vm.disks.entries()) {
             const data = randomBytes(8192)
             const offset = 65536 * (n + k)
-            const w = await openWriter(d.path, { pathMap: { '/vmfs/volumes/san-vmfs': ds2, '/vmfs/volumes/datastore1': h.datastore } })
+            const w = await openWriter(d.path, {
+              pathMap: { '/vmfs/volumes/san-vmfs': ds2, '/vmfs/volumes/datastore1': h.datastore, '/vmfs/volumes/5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6': h.datastore },
+            })
             await w.write(offset, data)
             await w.close()
             pending.push({ disk: k, offset, data })
