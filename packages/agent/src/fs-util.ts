@@ -76,12 +76,13 @@ export async function readRegularFile(path: string, opts: ReadRegularOptions): P
 export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions & { tooLarge?: 'throw' }): Promise<Buffer>
 export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions): Promise<Buffer | undefined>
 export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions): Promise<Buffer | undefined> {
+  const words = (k: string): string => (k === 'fifo' ? 'a FIFO' : k === 'directory' ? 'a folder' : k === 'socket' ? 'a socket' : k.endsWith('device') ? 'a device' : `a ${k}`)
   const pre = await files.stat(path)
-  if (pre.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is a ${pre.kind}, not a regular file`)
+  if (pre.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is ${words(pre.kind)}, not a regular file`)
   const f = await files.open(path, 'r')
   try {
     const st = f.stat
-    if (st.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is a ${st.kind}, not a regular file`)
+    if (st.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is ${words(st.kind)}, not a regular file`)
     if (st.size > opts.maxBytes) {
       if (opts.tooLarge === 'skip') return undefined
       throw new AgentError(opts.code, `${opts.what} ${path} is ${st.size} bytes, more than the ${opts.maxBytes} allowed`)
