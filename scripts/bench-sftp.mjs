@@ -17,7 +17,7 @@
 // The SSH server is /usr/sbin/sshd on a free loopback port with fresh keys
 // (the agent's test harness, packages/agent/dist/test/esxi-harness.js).
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, statSync, writeFileSync, chmodSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, readSync, statSync, writeFileSync, chmodSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -80,19 +80,21 @@ if (process.argv[2] === '--child') {
     await chain.close()
     await driver.close()
     out = { bytes, ranges, seconds: (performance.now() - t0) / 1000, requests: driver.sftpCounters?.requests }
-  } else if (mode === 'ssh-cat') {
+  } else if (mode === 'ssh-cat' || mode === 'ssh-dd') {
+    const [skip, count] = [process.argv[6], process.argv[7]]
+    const remote = mode === 'ssh-cat' ? `cat '${target}'` : `dd if='${target}' bs=1M iflag=skip_bytes,count_bytes skip=${skip} count=${count} status=none`
     const devnull = openSync('/dev/null', 'w')
     const code = await new Promise((resolve) => {
       const p = spawn(
         'ssh',
-        ['-q', '-p', String(conn.port), '-i', conn.keyFile, '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', `${conn.user}@127.0.0.1`, `cat '${target}'`],
+        ['-q', '-p', String(conn.port), '-i', conn.keyFile, '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'BatchMode=yes', `${conn.user}@127.0.0.1`, remote],
         { stdio: ['ignore', devnull, 'inherit'] },
       )
       p.on('exit', resolve)
     })
     closeSync(devnull)
     if (code !== 0) throw new Error(`ssh cat exited ${code}`)
-    out = { bytes: statSync(target).size, seconds: (performance.now() - t0) / 1000 }
+    out = { bytes: mode === 'ssh-cat' ? statSync(target).size : Number(count), seconds: (performance.now() - t0) / 1000 }
   } else if (mode === 'sftp-map') {
     const driver = await driverFor(conn)
     const chain = await vmdk.openChain(target, { files: driver.files })
@@ -200,8 +202,23 @@ try {
     await w.close()
     console.log(`setup: 100,000 scattered 4 KiB grains in a 2 TiB SEsparse delta in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   }
-  const [maps] = interleave(['sftp-map', connFile, bigTop], undefined, ROUNDS)
+  // the grain tables map() must read: the in-use part of the SEsparse grain-table area
+  const bigExtent = join(dir, /SESPARSE\s+"([^"]+)"/.exec(readFileSync(bigTop, 'utf8'))[1])
+  const fd = openSync(bigExtent, 'r')
+  const hb = Buffer.alloc(512)
+  readSync(fd, hb, 0, 512, 0)
+  const sh = vmdk.parseSeSparseHeader(hb, bigExtent)
+  readSync(fd, hb, 0, 512, sh.volatileHeaderOffset * 512)
+  const vh = vmdk.parseSeSparseVolatileHeader(hb, bigExtent)
+  closeSync(fd)
+  const gtStart = sh.grainTablesOffset * 512
+  const gtBytes = vh.freeGtNumber * sh.grainTableSize * 512
+  const [maps, dds] = interleave(['sftp-map', connFile, bigTop], ['ssh-dd', connFile, bigExtent, gtStart, gtBytes], ROUNDS)
   const mapS = median(maps.map((r) => r.seconds))
+  const ddS = median(dds.map((r) => r.seconds))
+  console.log(
+    `baseline: ssh dd of the ${vh.freeGtNumber} grain tables in use (${(gtBytes / MiB).toFixed(0)} MiB, what map() must read) > /dev/null: median ${ddS.toFixed(2)} s (rounds ${list(dds, (r) => r.seconds)}); ratio map/baseline ${(mapS / ddS).toFixed(2)}`,
+  )
   console.log(
     `map over SFTP (2 TiB, 100k grains, fresh process, SSH handshake included): median ${mapS.toFixed(2)} s (rounds ${list(maps, (r) => r.seconds)}), ${maps[0].entries} entries, ${maps[0].requests} SFTP requests, max RSS ${Math.max(...maps.map((r) => r.rssMB)).toFixed(0)} MB`,
   )
