@@ -127,6 +127,7 @@ class EsxiDriverImpl implements EsxiDriver {
   readonly #init: EsxiDriverInit
   readonly #map: DatastoreMap
   readonly files: FileAccess
+  readonly sftpCounters: SftpCounters | undefined
   readonly #sftpFiles: SftpFileAccess | undefined
   #ssh: Promise<EsxiSsh> | undefined
   /** the connected `#ssh` */
@@ -154,10 +155,8 @@ class EsxiDriverImpl implements EsxiDriver {
         )
       : undefined
     this.files = datastoreFileAccess(this.#map, this.#sftpFiles)
-  }
-
-  get sftpCounters(): SftpCounters | undefined {
-    return this.#sftpFiles?.counters
+    // a plain field, not a getter: readable through the host-lock Proxy too
+    this.sftpCounters = this.#sftpFiles?.counters
   }
 
   async #connection(signal?: AbortSignal): Promise<EsxiSsh> {
