@@ -75,6 +75,8 @@ const STATUS_TO_CODE: Readonly<Record<number, string>> = {
 } as const
 /** NO_CONNECTION (6), CONNECTION_LOST (7): transport failures */
 const TRANSIENT_STATUS: ReadonlySet<number> = new Set([6, 7])
+/** socket and stream failures of a connection going away */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set(['E_TIMEOUT', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ERR_STREAM_WRITE_AFTER_END', 'ERR_STREAM_DESTROYED'])
 /** esxi connect failures that no retry fixes */
 const PERMANENT: ReadonlySet<string> = new Set(['E_SSH_AUTH', 'E_HOST_KEY', 'E_CONFIG', 'E_ABORTED'])
 
@@ -115,7 +117,7 @@ function toStat(st: Stats): FileStat {
 function isTransient(err: unknown): boolean {
   const code = (err as { code?: unknown }).code
   if (typeof code === 'number') return TRANSIENT_STATUS.has(code)
-  if (typeof code === 'string') return !PERMANENT.has(code) && (code.startsWith('E_SSH') || code === 'E_TIMEOUT' || code === 'ECONNRESET' || code === 'EPIPE')
+  if (typeof code === 'string') return !PERMANENT.has(code) && (code.startsWith('E_SSH') || TRANSIENT_CODES.has(code))
   // ssh2: "No response from server" (channel closed with requests outstanding), "Not connected", write after end
   return true
 }
