@@ -6,7 +6,8 @@
 // and prints what vim-cmd prints (layouts: packages/agent/test/fixtures/esxi/).
 //
 // State: the JSON file named by $ESXI_STANDIN_STATE:
-// { "datastores": { "<name>": { "path": "/local/dir", "uuid": "..." } },
+// { "removeUsage": "5.1" | "pre-5.1",                  // usage text of snapshot.remove without arguments
+//   "datastores": { "<name>": { "path": "/local/dir", "uuid": "..." } },
 //   "vms": [ { "id": "1", "name": "...", "vmx": "[ds] dir/x.vmx", "guest": "...",
 //              "version": "vmx-19", "annotation": "...",
 //              "deltaFormat": "sesparse" | "vmfssparse",
@@ -18,7 +19,11 @@
 //              "applyDelayMs": 700,                    // report success at once, change the files later
 //              "applyGate": "/tmp/x/gate",             // …and only once this file exists (snapshot.get appends
 //                                                      //   a line to "<gate>.polls" while it does not)
+//              "removeTooMuch": true,                  // snapshot.remove also drops the snapshot's children
+//              "noDeltaFor": ["scsi0:1"],                // give these disks no delta (a check fails after create)
 //              "consolidationNeeded": false } ] }
+// Disks with `<node>.mode = "independent-*"` and physical RDMs (base createType
+// vmfsPassthroughRawDeviceMap) get no delta and no .vmsd record, as on ESXi.
 import { readFileSync, writeFileSync, renameSync, existsSync, appendFileSync } from 'node:fs'
 import { spawn } from 'node:child_process'
 import path from 'node:path'
@@ -276,6 +281,11 @@ async function main() {
       const recs = []
       for (const d of vmDisks(vmx)) {
         const parent = resolveName(dir, d.fileName)
+        // as ESXi: independent disks and physical RDMs are not part of a snapshot (no delta, no record)
+        if (/^independent-/i.test(kvGet(vmx, `${d.node}.mode`) ?? '')) continue
+        // a disk ESXi skips though the .vmx does not say why (tests: a check failing after the create)
+        if ((vm.noDeltaFor ?? []).includes(d.node)) continue
+        if (/^createType="vmfsPassthroughRawDeviceMap"/im.test(readFileSync(chainOf(parent).at(-1), 'latin1'))) continue
         const base = path.basename(d.fileName, '.vmdk').replace(/-\d{6}$/, '')
         let n = 1
         while (existsSync(path.join(dir, `${base}-${String(n).padStart(6, '0')}.vmdk`))) n++
@@ -296,6 +306,15 @@ async function main() {
       return
     }
     case 'vmsvc/snapshot.remove': {
+      if (args.length < 2) {
+        // ESXi's usage text: 5.1 and later take the snapshot id; before 5.1 the second argument was removeChildren
+        out(
+          state.removeUsage === 'pre-5.1'
+            ? 'Insufficient arguments.\nUsage: snapshot.remove vmid [removeChildren] [snapshotLevel] [snapshotIndex]\n'
+            : 'Insufficient arguments.\nUsage: snapshot.remove vmid snapId\n',
+        )
+        process.exit(1)
+      }
       const [id, snapId] = args
       const vm = findVm(id)
       await hangIfAsked(vm, 'snapshot.remove')
@@ -325,7 +344,10 @@ async function main() {
           if (resolveName(dir, top) === child) kvSet(vmx, `${rec.node}.fileName`, rec.fileName)
         }
       }
-      db.snaps = db.snaps.filter((s) => s !== snap)
+      // removeTooMuch: the snapshot's children go too (what removeChildren does); their deltas stay
+      const gone = new Set([snap])
+      if (vm.removeTooMuch === true) for (const s of db.snaps) if (gone.has(db.snaps.find((x) => x.uid === s.parent))) gone.add(s)
+      db.snaps = db.snaps.filter((s) => !gone.has(s))
       for (const s of db.snaps) {
         if (s.parent === snap.uid) s.parent = snap.parent
         for (const d of s.disks) if (renamed.has(d.fileName)) d.fileName = renamed.get(d.fileName)
@@ -334,6 +356,33 @@ async function main() {
       writeAtomic(vmxPath, kvText(vmx))
       writeVmsd(vmsdPath, db)
       if (vm.quietOutput !== true) out('Remove Snapshot:\n')
+      return
+    }
+    case 'vmsvc/snapshot.consolidate': {
+      // merge every delta whose parent no snapshot record names any more (left by a remove that did not merge)
+      const vm = findVm(args[0])
+      if (vm.fail?.['snapshot.consolidate'] !== undefined) fault(vm.fail['snapshot.consolidate'], 'The operation is not allowed in the current state.')
+      const { consolidate } = await import('@grainline/vmdk')
+      const { vmxPath, dir, vmsdPath } = vmFiles(vm)
+      const db = readVmsd(vmsdPath)
+      const vmx = parseKv(readFileSync(vmxPath, 'utf8'))
+      for (const d of vmDisks(vmx)) {
+        for (;;) {
+          const chain = chainOf(resolveName(dir, kvGet(vmx, `${d.node}.fileName`)))
+          const named = new Set(db.snaps.flatMap((s) => s.disks.filter((x) => x.node === d.node).map((x) => resolveName(dir, x.fileName))))
+          const i = chain.findIndex((p, k) => k >= 1 && !named.has(p))
+          if (i < 1) break
+          const child = chain[i - 1]
+          const parentName = path.relative(dir, chain[i])
+          await consolidate(child, { pathMap: pathMap() })
+          for (const s of db.snaps) for (const x of s.disks) if (resolveName(dir, x.fileName) === child) x.fileName = parentName
+          if (i - 1 === 0) kvSet(vmx, `${d.node}.fileName`, parentName)
+        }
+      }
+      vm.consolidationNeeded = false
+      saveState()
+      writeAtomic(vmxPath, kvText(vmx))
+      writeVmsd(vmsdPath, db)
       return
     }
     default:

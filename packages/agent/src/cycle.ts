@@ -36,7 +36,7 @@ import { Reconnector } from './reconnect.ts'
 import { emptyDiskReport, emptyVmReport, errorInfo, type VmReport } from './report.ts'
 import { openSession, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
-import { mirrorDiskNames, vmFiles } from './vm-files.ts'
+import { chainOptions, mirrorDiskNames, vmFiles } from './vm-files.ts'
 import { removeOtherSnapshots, settleForeignSnapshots } from './vm-snapshots.ts'
 import { SendWindow } from './window.ts'
 
@@ -177,8 +177,12 @@ class VmCycle {
     if (loaded.problem !== undefined) this.log.warn({ problem: loaded.problem }, 'agent state unusable; the mirror will be resynced')
     const settled = await settleForeignSnapshots(driver, vm, { consolidate: this.#opts.consolidateExisting, log: this.log, ...this.#sig })
     this.#vm = settled.vm
+    if (settled.vm.skippedDisks !== undefined && settled.vm.skippedDisks.length > 0) {
+      this.#report.skippedDisks = settled.vm.skippedDisks.map((s) => ({ node: s.node, fileName: s.fileName, kind: s.kind, reason: s.reason }))
+      for (const s of settled.vm.skippedDisks) this.log.warn({ node: s.node, fileName: s.fileName, kind: s.kind, reason: s.reason }, 'disk not replicated')
+    }
     this.#snapshots = settled.snapshots.filter((s) => s.grainline)
-    this.#files = await vmFiles(this.#vm)
+    this.#files = await vmFiles(this.#vm, driver)
     this.#diskNames = await mirrorDiskNames(this.#vm, driver)
   }
 
@@ -308,7 +312,7 @@ class VmCycle {
     const opts = this.#opts
     const lineage = this.#lineage
     for (const [i, disk] of this.#vm.disks.entries()) {
-      const chain = await openChain(disk.path, opts.driver.pathMap === undefined ? {} : { pathMap: { ...opts.driver.pathMap } })
+      const chain = await openChain(disk.path, chainOptions(opts.driver))
       const L = chain.layers.length
       if (L < 2) {
         await chain.close()
@@ -321,6 +325,13 @@ class VmCycle {
         throw new AgentError('E_SNAPSHOT', `${disk.node}: the base disk changed during the cycle (${base}, expected ${name})`)
       }
       const report = emptyDiskReport(name, disk.node, chain.capacity)
+      if (!chain.cidVerified) {
+        report.cidVerified = false
+        this.log.warn(
+          { disk: name, node: disk.node, layers: chain.layers.filter((l) => !l.cidVerified).map((l) => l.path) },
+          'chain check UNVERIFIED: a parentCID is fffffffe (ESXi wrote no CID to check, e.g. after a Storage vMotion); the parent cannot be proven to be the one the child was made from',
+        )
+      }
       this.#report.disks.push(report)
       const w: DiskWork = {
         index: i,

@@ -7,6 +7,7 @@
  * of the delta created when it was taken); every method also takes an
  * optional `{ signal }` last.
  */
+import type { FileAccess } from '@grainline/vmdk'
 import type { VmxConfig } from './vmx.ts'
 
 /** One virtual disk as the .vmx names it. */
@@ -15,8 +16,18 @@ export interface VmDisk {
   readonly node: string
   /** the value of `<node>.fileName` as written in the .vmx (may be a datastore path) */
   readonly fileName: string
-  /** the same file as a locally readable absolute path (driver.resolvePath applied) */
+  /** the same file as an absolute path readable through `driver.files` (driver.resolvePath applied) */
   readonly path: string
+}
+
+/** A disk of the VM the driver does not replicate (ESXi takes no snapshot of it). */
+export interface SkippedDisk {
+  readonly node: string
+  readonly fileName: string
+  /** e.g. "independent", "physical-rdm" */
+  readonly kind: string
+  /** why, in words, for the report */
+  readonly reason: string
 }
 
 /** A VM found by a driver. A handle is a snapshot of the config at `openVm` time. */
@@ -33,8 +44,10 @@ export interface VmHandle {
   readonly dir: string
   /** the parsed .vmx */
   readonly config: VmxConfig
-  /** every present hard disk of the VM, in .vmx order */
+  /** every present hard disk of the VM that is replicated, in .vmx order */
   readonly disks: readonly VmDisk[]
+  /** present hard disks that are not replicated, with why (esxi: independent disks, physical RDMs) */
+  readonly skippedDisks?: readonly SkippedDisk[]
   /** datastore type for the compatibility record, e.g. "vmfs6", "nfs", "local" */
   readonly datastoreType: string
 }
@@ -78,6 +91,12 @@ export interface HypervisorDriver {
   resolvePath(vm: VmHandle, path: string): string
   /** path map handed to `openChain` so parentFileNameHint datastore paths resolve (esxi) */
   readonly pathMap?: Readonly<Record<string, string>>
+  /**
+   * How the VM's files (.vmx, nvram, every disk file) are read: handed to
+   * `openChain` and used for the config files. @default vmdk's `localFileAccess`
+   * (esxi: local mounts and/or SFTP on the host)
+   */
+  readonly files?: FileAccess
   /** release connections (ssh); safe to call twice */
   close?(): Promise<void>
 }

@@ -6,6 +6,7 @@
 import { constants } from 'node:fs'
 import { open, rename } from 'node:fs/promises'
 import { dirname } from 'node:path'
+import type { FileAccess } from '@grainline/vmdk'
 import { AgentError, type AgentErrorCode } from './errors.ts'
 
 /** Largest .vmx or .vmsd read (real ones are a few KiB). */
@@ -64,6 +65,42 @@ export async function readRegularFile(path: string, opts: ReadRegularOptions): P
     return buf.subarray(0, n)
   } finally {
     await fh.close()
+  }
+}
+
+/**
+ * {@link readRegularFile} through a `FileAccess` (a driver's datastores, local
+ * or over SFTP): the type is checked by `stat` before the open and by the
+ * handle's own status after it; ENOENT passes through as is.
+ */
+export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions & { tooLarge?: 'throw' }): Promise<Buffer>
+export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions): Promise<Buffer | undefined>
+export async function readRegularFileVia(files: FileAccess, path: string, opts: ReadRegularOptions): Promise<Buffer | undefined> {
+  const words = (k: string): string => (k === 'fifo' ? 'a FIFO' : k === 'directory' ? 'a folder' : k === 'socket' ? 'a socket' : k.endsWith('device') ? 'a device' : `a ${k}`)
+  const pre = await files.stat(path)
+  if (pre.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is ${words(pre.kind)}, not a regular file`)
+  const f = await files.open(path, 'r')
+  try {
+    const st = f.stat
+    if (st.kind !== 'file') throw new AgentError(opts.code, `${opts.what} ${path} is ${words(st.kind)}, not a regular file`)
+    if (st.size > opts.maxBytes) {
+      if (opts.tooLarge === 'skip') return undefined
+      throw new AgentError(opts.code, `${opts.what} ${path} is ${st.size} bytes, more than the ${opts.maxBytes} allowed`)
+    }
+    const buf = Buffer.alloc(Math.min(opts.maxBytes + 1, st.size + 1))
+    let n = 0
+    for (;;) {
+      const bytesRead = await f.read(buf, n, buf.length - n, n)
+      if (bytesRead === 0) break
+      n += bytesRead
+      if (n === buf.length) {
+        if (n > opts.maxBytes) throw new AgentError(opts.code, `${opts.what} ${path} grew beyond the ${opts.maxBytes} bytes allowed`)
+        break
+      }
+    }
+    return buf.subarray(0, n)
+  } finally {
+    await f.close()
   }
 }
 

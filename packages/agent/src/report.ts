@@ -24,6 +24,12 @@ export interface DiskReport {
   resumedFrom: number[]
   /** frozen layers shipped, bottom first */
   layers: ChainLayer[]
+  /**
+   * false when the chain opened but some link had `parentCID=fffffffe` (ESXi
+   * wrote "nothing to check", e.g. after a Storage vMotion): nothing proves each
+   * parent is the one its child was made from. Absent = verified.
+   */
+  cidVerified?: boolean
   trivial?: { ok: boolean; prefixBytes: number; algorithm: DigestAlgorithm }
   certify?: { ok: boolean; algorithm: DigestAlgorithm; digest: string }
   error?: { code: string; message: string }
@@ -41,6 +47,8 @@ export interface VmReport {
   reconnects: number
   disks: DiskReport[]
   removedSnapshots: string[]
+  /** disks ESXi does not snapshot (independent disks, physical RDMs), skipped with a warning; not replicated */
+  skippedDisks?: Array<{ node: string; fileName: string; kind: string; reason: string }>
   durationMs: number
   /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
   timings: Record<string, number>
@@ -119,9 +127,11 @@ export function formatReport(report: ReplicationReport): string {
       lines.push(
         `  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (resync: ${d.fallbackReason})` : ''}, ` +
           `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
+          `${d.cidVerified === false ? ', chain UNVERIFIED (parentCID fffffffe)' : ''}` +
           `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`,
       )
     }
+    for (const s of vm.skippedDisks ?? []) lines.push(`  SKIP ${s.node} ${s.fileName}: ${s.reason}`)
   }
   if (report.interrupted !== undefined) lines.push(`stopped: ${report.interrupted}`)
   for (const n of report.notifications ?? []) lines.push(`${n.ok ? 'sent' : 'NOT SENT'} ${n.kind} to ${n.target}${n.error !== undefined ? `: ${n.error}` : ''}`)

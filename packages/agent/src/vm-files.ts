@@ -4,10 +4,10 @@
  */
 import { basename, dirname, join } from 'node:path'
 import type { VmFile } from '@grainline/protocol'
-import { openChain } from '@grainline/vmdk'
+import { localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { baseLayer } from './disk-work.ts'
-import { MAX_CONFIG_BYTES, readRegularFile } from './fs-util.ts'
+import { MAX_CONFIG_BYTES, readRegularFileVia } from './fs-util.ts'
 
 /** Largest nvram file shipped with the mirror. */
 const MAX_NVRAM_BYTES = 4 * 1024 * 1024
@@ -18,14 +18,15 @@ const MAX_NVRAM_BYTES = 4 * 1024 * 1024
  * missing nvram is skipped, one above 4 MiB too (the mirror then boots
  * with a fresh nvram).
  */
-export async function vmFiles(vm: VmHandle): Promise<VmFile[]> {
-  const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFile(vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
+export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<VmFile[]> {
+  const files = driver.files ?? localFileAccess
+  const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFileVia(files, vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
   const stem = basename(vm.vmxPath).replace(/\.vmx$/i, '')
   const nvram = vm.config.get('nvram') ?? `${stem}.nvram`
   const p = join(dirname(vm.vmxPath), basename(nvram))
   let data: Buffer | undefined
   try {
-    data = await readRegularFile(p, { maxBytes: MAX_NVRAM_BYTES, code: 'E_VMX', what: 'nvram file', tooLarge: 'skip' })
+    data = await readRegularFileVia(files, p, { maxBytes: MAX_NVRAM_BYTES, code: 'E_VMX', what: 'nvram file', tooLarge: 'skip' })
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }
@@ -41,7 +42,7 @@ export async function vmFiles(vm: VmHandle): Promise<VmFile[]> {
 export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
   const names = await Promise.all(
     vm.disks.map(async (d) => {
-      const c = await openChain(d.path, driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } })
+      const c = await openChain(d.path, chainOptions(driver))
       try {
         return baseLayer(c).file
       } finally {
@@ -50,4 +51,9 @@ export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): P
     }),
   )
   return names.map((n, i) => (names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`))
+}
+
+/** The `openChain` options of a driver's disks: its path map and file access. */
+export function chainOptions(driver: HypervisorDriver): { pathMap?: Record<string, string>; files?: FileAccess } {
+  return { ...(driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } }), ...(driver.files === undefined ? {} : { files: driver.files }) }
 }

@@ -5,7 +5,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, writeFile, mkdir, readFile, rm, chmod } from 'node:fs/promises'
-import { readFileSync, rmSync } from 'node:fs'
+import { appendFileSync, readFileSync, rmSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -30,6 +30,7 @@ export interface StandinVm {
   applyDelayMs?: number
   applyGate?: string
   consolidationNeeded?: boolean
+  noDeltaFor?: string[]
 }
 export interface StandinState {
   datastores: Record<string, { path: string; uuid?: string }>
@@ -135,7 +136,9 @@ export async function startSshHarness(): Promise<SshHarness> {
       `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
       'StrictModes no',
       `ForceCommand ${session}`,
-      'LogLevel ERROR',
+      // SFTP as ESXi's sshd offers it; read-only (-R): the driver must never write a source file
+      'Subsystem sftp /usr/lib/openssh/sftp-server -R',
+      `LogLevel ${process.env.SSHD_LOG_FILE !== undefined ? 'DEBUG' : 'ERROR'}`,
       '',
     ].join('\n'),
   )
@@ -146,6 +149,7 @@ export async function startSshHarness(): Promise<SshHarness> {
   let errText = ''
   proc.stderr?.on('data', (b: Buffer) => {
     errText += b.toString()
+    if (process.env.SSHD_LOG_FILE !== undefined) appendFileSync(process.env.SSHD_LOG_FILE, b)
   })
   await waitForPort(port, proc, () => errText)
   return {

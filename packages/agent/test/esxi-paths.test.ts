@@ -3,6 +3,9 @@ import { execFileSync } from 'node:child_process'
 import fc from 'fast-check'
 import { DatastoreMap, parseDatastorePath, resolveVmFile } from '../src/esxi/datastore-path.ts'
 import { shQuote, shJoin } from '../src/esxi/shell-quote.ts'
+import { kindOfMode } from '../src/esxi/sftp-files.ts'
+import { datastoreFileAccess } from '../src/esxi/datastore-files.ts'
+import { localFileAccess } from '@grainline/vmdk'
 
 t.test('parseDatastorePath', async (t) => {
   t.same(parseDatastorePath('[datastore 2] my vm/my vm.vmx'), { datastore: 'datastore 2', relative: 'my vm/my vm.vmx' })
@@ -80,4 +83,44 @@ t.test('shQuote passes any string through a real POSIX shell unchanged', async (
     ),
     { numRuns: 60 },
   )
+})
+
+t.test('SFTP datastores: host paths, routing, overlap with a local mount refused', async (t) => {
+  const m = DatastoreMap.from({ nfs: '/mnt/nfs', vmfs1: { access: 'sftp', uuid: 'u-1' }, vmfs2: { access: 'sftp', hostPath: '/vmfs/volumes/other-name/' } })
+  t.equal(m.hasSftp, true)
+  t.equal(m.resolve('[vmfs1] vm/vm.vmx'), '/vmfs/volumes/vmfs1/vm/vm.vmx')
+  t.equal(m.resolve('/vmfs/volumes/u-1/vm/a b.vmdk'), '/vmfs/volumes/vmfs1/vm/a b.vmdk')
+  t.equal(m.resolve('[vmfs2] x.vmdk'), '/vmfs/volumes/other-name/x.vmdk')
+  t.equal(m.resolve('[nfs] x.vmdk'), '/mnt/nfs/x.vmdk')
+  t.equal(m.isSftpPath('/vmfs/volumes/vmfs1/vm/vm.vmx'), true)
+  t.equal(m.isSftpPath('/vmfs/volumes/vmfs10/x'), false, 'a prefix of a name is not the datastore')
+  t.equal(m.isSftpPath('/mnt/nfs/x.vmdk'), false)
+  t.same(m.pathMap()['/vmfs/volumes/u-1'], '/vmfs/volumes/vmfs1')
+  t.throws(() => m.resolve('[vmfs1] ../../etc/shadow'), { code: 'E_DATASTORE' })
+  t.throws(() => DatastoreMap.from({ a: '/vmfs/volumes/a', b: { access: 'sftp', hostPath: '/vmfs/volumes/a/sub' } }), { code: 'E_CONFIG', message: /overlaps the local mount/ })
+  t.throws(() => DatastoreMap.from({ a: { access: 'sftp', hostPath: 'relative' } }), { code: 'E_CONFIG' })
+  t.throws(
+    () =>
+      new DatastoreMap([
+        { name: 'a', access: 'sftp', localPath: '/x' },
+        { name: 'b', uuid: 'a', access: 'sftp', localPath: '/y' },
+      ]),
+    { code: 'E_CONFIG', message: /mapped twice/ },
+  )
+  t.equal(DatastoreMap.from({ nfs: '/mnt/nfs' }).hasSftp, false)
+  t.equal(datastoreFileAccess(DatastoreMap.from({ nfs: '/mnt/nfs' }), undefined), localFileAccess, 'no SFTP datastore: the local reader as is')
+})
+
+t.test('SFTP file modes map to file kinds', async (t) => {
+  const cases: Array<[number, string]> = [
+    [0o100644, 'file'],
+    [0o040755, 'directory'],
+    [0o120777, 'symlink'],
+    [0o010644, 'fifo'],
+    [0o140755, 'socket'],
+    [0o060660, 'block-device'],
+    [0o020620, 'character-device'],
+    [0o000000, 'other'],
+  ]
+  for (const [mode, kind] of cases) t.equal(kindOfMode(mode), kind, mode.toString(8))
 })

@@ -261,7 +261,8 @@ export async function openLayer(path: string, opts: OpenLayerOptions = {}): Prom
         if (line.file === undefined) throw new VmdkError('E_DESCRIPTOR', `${line.type} extent without a file name`, path)
         const p = resolveVmdkPath(path, line.file, opts.pathMap)
         if (resolve(p) === resolve(path)) throw new VmdkError('E_DESCRIPTOR', 'extent names the descriptor itself', path)
-        const known = ['FLAT', 'VMFS', 'SPARSE', 'VMFSSPARSE', 'SESPARSE']
+        // VMFSRDM: the mapping file of a virtual-compatibility RDM, which VMFS presents as the LUN (read flat)
+        const known = ['FLAT', 'VMFS', 'VMFSRDM', 'SPARSE', 'VMFSSPARSE', 'SESPARSE']
         if (!known.includes(line.type)) throw new VmdkError('E_UNSUPPORTED', `extent type ${line.type} is not readable here`, p)
         const f = await DiskFile.open(files, p, { writable: writable && line.access === 'RW', role: 'extent file' })
         try {
@@ -302,6 +303,7 @@ async function openExtent(type: string, f: DiskFile, size: number, p: string, ba
   switch (type) {
     case 'FLAT':
     case 'VMFS':
+    case 'VMFSRDM':
       return new FlatExtent(f, size, base)
     case 'SPARSE': {
       const m = f.size >= 4 ? (await f.readExact(0, 4, 'magic')).readUInt32LE(0) : 0

@@ -1,7 +1,10 @@
 /**
- * Datastore paths → local mount paths. The agent reads ESXi datastores through
- * local (NFS) mounts; the operator maps each datastore, by name and/or by UUID,
- * to the local folder where it is mounted.
+ * Datastore paths → the paths the agent reads. A datastore is either mounted
+ * on the proxy (NFS: `localPath`) or read on the host over the driver's SSH
+ * connection (`access: "sftp"`: its folder on the host, `/vmfs/volumes/<name>`
+ * by default). The operator maps each datastore by name and/or UUID; one VM
+ * may mix both kinds. Paths of SFTP datastores are host paths; which reader
+ * serves a path is decided by {@link DatastoreMap.isSftpPath}.
  */
 import path from 'node:path'
 import { EsxiError } from './errors.ts'
@@ -12,9 +15,17 @@ export interface DatastoreMount {
   readonly name: string
   /** VMFS/NFS volume UUID (`/vmfs/volumes/<uuid>/...`), when known */
   readonly uuid?: string
-  /** absolute local path where the datastore is mounted */
+  /** how the agent reads it. @default 'local' */
+  readonly access?: 'local' | 'sftp'
+  /**
+   * `local`: absolute local path where the datastore is mounted; `sftp`: the
+   * datastore's folder on the host (@default `/vmfs/volumes/<name>`)
+   */
   readonly localPath: string
 }
+
+/** What the settings give for one datastore. */
+export type DatastoreSetting = string | { localPath: string; uuid?: string } | { access: 'sftp'; uuid?: string; hostPath?: string }
 
 /** A parsed datastore path. */
 export interface DatastorePath {
@@ -42,6 +53,7 @@ export function parseDatastorePath(p: string): DatastorePath | undefined {
 /** A validated lookup table from datastore name/UUID to mount path. */
 export class DatastoreMap {
   readonly #byKey: ReadonlyMap<string, DatastoreMount>
+  readonly #sftpRoots: readonly string[]
   readonly mounts: readonly DatastoreMount[]
 
   /**
@@ -50,13 +62,22 @@ export class DatastoreMap {
    */
   constructor(mounts: readonly DatastoreMount[]) {
     const byKey = new Map<string, DatastoreMount>()
+    const roots = mounts.map((m) => ({ m, root: m.access === 'sftp' ? path.posix.normalize(m.localPath) : path.resolve(m.localPath) }))
+    for (const a of roots) {
+      if (a.m.access !== 'sftp') continue
+      for (const b of roots) {
+        if (b.m.access === 'sftp' || !(a.root === b.root || a.root.startsWith(`${b.root}/`) || b.root.startsWith(`${a.root}/`))) continue
+        throw new EsxiError('E_CONFIG', `datastore map: the SFTP folder of ${JSON.stringify(a.m.name)} (${a.root}) overlaps the local mount of ${JSON.stringify(b.m.name)} (${b.root})`)
+      }
+    }
+    this.#sftpRoots = roots.filter((r) => r.m.access === 'sftp').map((r) => r.root)
     for (const m of mounts) {
       if (m.name === '' || m.name.includes('/') || m.name.includes(']')) throw new EsxiError('E_CONFIG', `datastore map: bad datastore name ${JSON.stringify(m.name)}`)
-      if (!path.isAbsolute(m.localPath)) throw new EsxiError('E_CONFIG', `datastore map: mount path of ${JSON.stringify(m.name)} must be absolute, got ${JSON.stringify(m.localPath)}`)
+      if (!path.posix.isAbsolute(m.localPath)) throw new EsxiError('E_CONFIG', `datastore map: mount path of ${JSON.stringify(m.name)} must be absolute, got ${JSON.stringify(m.localPath)}`)
       for (const key of [m.name, m.uuid]) {
         if (key === undefined) continue
         const prev = byKey.get(key)
-        if (prev !== undefined && path.resolve(prev.localPath) !== path.resolve(m.localPath)) {
+        if (prev !== undefined && (this.#root(prev) !== this.#root(m) || prev.access !== m.access)) {
           throw new EsxiError('E_CONFIG', `datastore map: ${JSON.stringify(key)} is mapped twice`)
         }
         byKey.set(key, m)
@@ -66,11 +87,26 @@ export class DatastoreMap {
     this.mounts = Object.freeze([...mounts])
   }
 
-  /** Build from `{ name: localPath }` or `{ name: { localPath, uuid } }`. */
-  static from(map: Readonly<Record<string, string | { localPath: string; uuid?: string }>>): DatastoreMap {
+  /** Build from `{ name: localPath }`, `{ name: { localPath, uuid } }` or `{ name: { access: "sftp", uuid?, hostPath? } }`. */
+  static from(map: Readonly<Record<string, DatastoreSetting>>): DatastoreMap {
     return new DatastoreMap(
-      Object.entries(map).map(([name, v]) => (typeof v === 'string' ? { name, localPath: v } : { name, localPath: v.localPath, ...(v.uuid === undefined ? {} : { uuid: v.uuid }) })),
+      Object.entries(map).map(([name, v]): DatastoreMount => {
+        if (typeof v === 'string') return { name, localPath: v }
+        const uuid = v.uuid === undefined ? {} : { uuid: v.uuid }
+        if ('access' in v) return { name, access: 'sftp', localPath: v.hostPath ?? `/vmfs/volumes/${name}`, ...uuid }
+        return { name, localPath: v.localPath, ...uuid }
+      }),
     )
+  }
+
+  /** True when any datastore is read over SFTP. */
+  get hasSftp(): boolean {
+    return this.#sftpRoots.length > 0
+  }
+
+  /** True when `p` (a resolved path) lies on a datastore read over SFTP. */
+  isSftpPath(p: string): boolean {
+    return this.#sftpRoots.some((r) => p === r || p.startsWith(r.endsWith('/') ? r : `${r}/`))
   }
 
   /** The mount of a datastore name or UUID, or undefined. */
@@ -96,7 +132,12 @@ export class DatastoreMap {
     if (rel === '..' || rel.startsWith('../') || path.posix.isAbsolute(rel)) {
       throw new EsxiError('E_DATASTORE', `datastore path ${JSON.stringify(p)} leaves its datastore`)
     }
-    return rel === '.' ? path.resolve(mount.localPath) : path.join(path.resolve(mount.localPath), rel)
+    const root = this.#root(mount)
+    return rel === '.' ? root : path.posix.join(root, rel)
+  }
+
+  #root(m: DatastoreMount): string {
+    return m.access === 'sftp' ? path.posix.normalize(m.localPath) : path.resolve(m.localPath)
   }
 
   /**
@@ -106,7 +147,7 @@ export class DatastoreMap {
    */
   pathMap(): Record<string, string> {
     const out: Record<string, string> = {}
-    for (const [key, m] of this.#byKey) out[`/vmfs/volumes/${key}`] = path.resolve(m.localPath)
+    for (const [key, m] of this.#byKey) out[`/vmfs/volumes/${key}`] = this.#root(m)
     return out
   }
 }

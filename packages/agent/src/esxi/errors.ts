@@ -23,6 +23,9 @@ export const EsxiErrorCodes = [
   'E_DATASTORE', // a datastore path names no mapped datastore, or is malformed
   'E_VMX', // the .vmx cannot be read or names no disk
   'E_CHAIN', // a disk chain does not open / verify
+  'E_HOST_VERSION', // the host's snapshot.remove takes the pre-5.1 argument order (or one we do not know)
+  'E_UNSUPPORTED_DISK', // a vSAN/vVol disk, or an independent disk / physical RDM with independentDisks "refuse"
+  'E_SNAPSHOT_LEFT', // a failed check after snapshot.create, and removing the new snapshot failed too (recorded for the next run)
   'E_ABORTED', // cancelled through an AbortSignal
 ] as const
 export type EsxiErrorCode = (typeof EsxiErrorCodes)[number]

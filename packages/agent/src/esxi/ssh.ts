@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
-import { Client, type ClientChannel } from 'ssh2'
+import { Client, type ClientChannel, type SFTPWrapper } from 'ssh2'
 import type { Logger } from 'pino'
 import { EsxiError } from './errors.ts'
 
@@ -81,6 +81,10 @@ export class EsxiSsh {
   readonly #log: Logger
   readonly #pinned: ReadonlySet<string>
   #client: Client | undefined
+  /** a connection attempt in progress */
+  #connecting: Promise<Client> | undefined
+  /** the SFTP channel of `#client`, opened on first use */
+  #sftp: { readonly client: Client; readonly channel: Promise<SFTPWrapper>; resolved?: SFTPWrapper } | undefined
   #closed = false
 
   private constructor(config: EsxiSshConfig, log: Logger, pinned: ReadonlySet<string>) {
@@ -112,9 +116,29 @@ export class EsxiSsh {
     return ssh
   }
 
+  /**
+   * The live client, connecting (again) when there is none. Concurrent callers
+   * (every outstanding SFTP read after a drop) share one connection attempt.
+   */
   async #ensure(signal?: AbortSignal): Promise<Client> {
     if (this.#closed) throw new EsxiError('E_SSH_CONNECT', 'esxi: connection already closed', { host: this.host })
     if (this.#client !== undefined) return this.#client
+    if (this.#connecting === undefined) {
+      const p = this.#connect(signal)
+      this.#connecting = p
+      p.then(
+        () => {
+          if (this.#connecting === p) this.#connecting = undefined
+        },
+        () => {
+          if (this.#connecting === p) this.#connecting = undefined
+        },
+      )
+    }
+    return await this.#connecting
+  }
+
+  async #connect(signal?: AbortSignal): Promise<Client> {
     signal?.throwIfAborted()
     const cfg = this.#config
     const client = new Client()
@@ -191,6 +215,11 @@ export class EsxiSsh {
     client.on('close', () => {
       if (this.#client === client) this.#client = undefined
     })
+    if (this.#closed) {
+      // closed while connecting: nobody will close this one
+      client.end()
+      throw new EsxiError('E_SSH_CONNECT', 'esxi: connection closed', { host: this.host })
+    }
     this.#client = client
     return client
   }
@@ -287,6 +316,50 @@ export class EsxiSsh {
     })
     this.#log.debug({ command, vm: opts.vm, code: result.code, signal: result.signal, stdout: result.stdout, stderr: result.stderr, ms: Date.now() - started }, 'esxi command done')
     return result
+  }
+
+  /**
+   * The SFTP channel on this connection (opened on first use; after the
+   * connection dropped, a new connection and channel). Reads the datastores
+   * of `{ "access": "sftp" }` (sftp-files.ts).
+   * @throws EsxiError E_SSH_CONNECT (the channel was refused), and what connecting throws
+   */
+  async sftp(signal?: AbortSignal): Promise<SFTPWrapper> {
+    const client = await this.#ensure(signal)
+    const cached = this.#sftp
+    if (cached !== undefined && cached.client === client) return await cached.channel
+    const channel = new Promise<SFTPWrapper>((resolve, reject) => {
+      try {
+        client.sftp((err, sftp) => {
+          if (err !== undefined && err !== null) reject(new EsxiError('E_SSH_CONNECT', `esxi: the host refused the SFTP subsystem: ${err.message}`, { host: this.host, cause: err }))
+          else resolve(sftp)
+        })
+      } catch (err) {
+        reject(new EsxiError('E_SSH_CONNECT', `esxi: cannot open an SFTP channel: ${(err as Error).message}`, { host: this.host, cause: err }))
+      }
+    })
+    const entry: { client: Client; channel: Promise<SFTPWrapper>; resolved?: SFTPWrapper } = { client, channel }
+    this.#sftp = entry
+    const forget = (): void => {
+      if (this.#sftp === entry) this.#sftp = undefined
+    }
+    channel.then((s) => {
+      entry.resolved = s
+      s.once('close', forget)
+    }, forget)
+    return await channel
+  }
+
+  /**
+   * Forget an SFTP channel that failed (a transport error): the next
+   * {@link sftp} opens a new one, on a new connection when this one is gone.
+   */
+  invalidateSftp(channel: SFTPWrapper): void {
+    if (this.#sftp?.resolved !== channel) return
+    this.#sftp = undefined
+    try {
+      channel.end()
+    } catch {}
   }
 
   /** Close the connection (safe to call twice). */

@@ -299,3 +299,22 @@ export function parseConsolidationNeeded(text: string): boolean | undefined {
   if (m === null || m[1] === '<unset>') return undefined
   return m[1] === 'true'
 }
+
+/** Which argument order the host's `snapshot.remove` takes. */
+export type RemoveUsage = 'snapshot-id' | 'pre-5.1' | 'unknown'
+
+/**
+ * Classify the usage text `vim-cmd vmsvc/snapshot.remove` prints without
+ * arguments: ESXi 5.1 and later print `Usage: snapshot.remove vmid snapId`
+ * (the snapshot id second); earlier builds
+ * `Usage: snapshot.remove vmid [removeChildren] [snapshotLevel] [snapshotIndex]`,
+ * where a snapshot id given second is read as `removeChildren`.
+ */
+export function parseRemoveUsage(text: string): RemoveUsage {
+  const m = /Usage:\s*snapshot\.remove\s+vmid\s+(\S+)/i.exec(text)
+  if (m === null) return 'unknown'
+  const second = (m[1] as string).replace(/[[\]]/g, '')
+  if (/^snap(shot)?Id$/i.test(second)) return 'snapshot-id'
+  if (/^removeChildren$/i.test(second)) return 'pre-5.1'
+  return 'unknown'
+}

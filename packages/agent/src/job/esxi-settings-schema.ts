@@ -50,15 +50,25 @@ export function datastoreEntrySchema(ctx: SchemaContext) {
   })
 }
 
+/** One datastore read on the host over the SSH connection (no mount on the proxy). */
+export function sftpDatastoreSchema() {
+  return z.strictObject({
+    access: doc(z.literal('sftp'), { description: "Read this datastore over SFTP on the host's SSH connection (local or SAN VMFS, which the proxy cannot mount)." }),
+    uuid: doc(z.string().min(1).optional(), { description: 'The volume UUID (`/vmfs/volumes/<uuid>/…` paths resolve through it).' }),
+    hostPath: doc(z.string().startsWith('/').optional(), { description: "The datastore's folder on the host.", default: '"/vmfs/volumes/<name>"' }),
+  })
+}
+
 /** The host-level keys of the esxi settings (an object shape, so keys can be added one per line). */
 export function esxiSettingsShape(ctx: SchemaContext) {
   return {
     ssh: doc(sshSettingsSchema(ctx), { description: 'How to reach the host.' }),
-    datastores: doc(z.record(z.string().min(1), z.union([existingDirField(ctx), datastoreEntrySchema(ctx)])), {
-      description: 'Datastore name → its mount on the proxy: a path, or `{ "localPath", "uuid" }`.',
-      type: 'object: name → path or { localPath, uuid }',
-      example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" } }',
+    datastores: doc(z.record(z.string().min(1), z.union([existingDirField(ctx), datastoreEntrySchema(ctx), sftpDatastoreSchema()])), {
+      description: 'Datastore name → how the proxy reads it: its mount (a path, or `{ "localPath", "uuid" }`), or `{ "access": "sftp" }` (on the host over SSH). One VM may mix both.',
+      type: 'object: name → path, { localPath, uuid } or { access: "sftp", uuid, hostPath }',
+      example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" }, "san-vmfs": { "access": "sftp" } }',
     }),
+    sftpConcurrency: doc(z.int().min(1).max(64).optional(), { description: 'SFTP read requests in flight per read (datastores with `"access": "sftp"`).', default: '16' }),
     datastoreType: doc(z.string().min(1).optional(), { description: "Datastore type recorded for the mirror's compatibility check.", default: '"vmfs"' }),
     vimCmd: doc(z.string().min(1).optional(), { description: 'The vim-cmd program on the host.', default: '"vim-cmd"' }),
     commandTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'Timeout of quick commands (getallvms, snapshot.get).', default: '60s', type: 'duration' }),
@@ -69,6 +79,14 @@ export function esxiSettingsShape(ctx: SchemaContext) {
       type: 'duration',
     }),
     pollInterval: doc(durationField({ min: 10 }).optional(), { description: 'Poll interval while verifying.', default: '500ms', type: 'duration' }),
+    independentDisks: doc(z.enum(['skip', 'refuse']).optional(), {
+      description: 'Disks ESXi takes no snapshot of (independent disks, physical RDMs): `skip` them with a warning in the report, or `refuse` the VM (E_UNSUPPORTED_DISK) before any snapshot.',
+      default: '"skip"',
+    }),
+    consolidate: doc(z.boolean().optional(), {
+      description: 'When ESXi reports that the disks need consolidation, run `vim-cmd vmsvc/snapshot.consolidate` and verify the chain instead of failing with E_CONSOLIDATION_NEEDED.',
+      default: 'false',
+    }),
     quiesce: doc(z.boolean().optional(), { description: 'Ask VMware Tools to quiesce the guest file systems.', default: 'false' }),
     description: doc(z.string().optional(), { description: 'Snapshot description.', default: '"grainline replication snapshot"' }),
   }
@@ -102,12 +120,15 @@ export function toEsxiDriverInit(s: EsxiSettings): EsxiDriverInit {
       keepaliveIntervalMs: ssh.keepaliveInterval,
     }),
     datastores: s.datastores,
+    sftp: s.sftpConcurrency === undefined ? undefined : { concurrency: s.sftpConcurrency },
     datastoreType: s.datastoreType,
     vimCmd: s.vimCmd,
     commandTimeoutMs: s.commandTimeout,
     snapshotTimeoutMs: s.snapshotTimeout,
     verifyTimeoutMs: s.verifyTimeout,
     pollIntervalMs: s.pollInterval,
+    independentDisks: s.independentDisks,
+    consolidate: s.consolidate,
     quiesce: s.quiesce,
     description: s.description,
   })

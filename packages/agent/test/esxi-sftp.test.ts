@@ -1,0 +1,197 @@
+/**
+ * Datastores reached only over SFTP on the driver's SSH connection (a real
+ * sshd on loopback, its sftp-server read-only, the vim-cmd stand-in): no local
+ * mount is configured at all. Seed + incrementals end with an exact mirror
+ * (qemu-img of the frozen source as the oracle); a connection dropped in the
+ * middle of the reads is retried and the cycle completes; FIFOs, folders and
+ * write opens are refused over SFTP as they are locally.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readdir, readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { pino } from 'pino'
+import { openChain, openWriter } from '@grainline/vmdk'
+import { startReceiverProcess, tokensFixture, TEST_TOKEN } from '@grainline/test-utils'
+import { replicate } from '../src/replicate.ts'
+import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
+import { readChainFiles } from '../src/esxi/chain-files.ts'
+import type { VmHandle } from '../src/driver.ts'
+import { startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
+import { buildVm } from './esxi-vm-builder.ts'
+
+const h = await startSshHarness()
+t.teardown(() => h.stop())
+const uuid = '5f1a2b3c-4d5e6f70-8192-a1b2c3d4e5f6'
+/** the test's own view of the files (the oracle reads them locally; the agent never does) */
+const localMap = { [`/vmfs/volumes/${uuid}`]: h.datastore, '/vmfs/volumes/datastore1': h.datastore }
+
+const rx = await startReceiverProcess({ store: path.join(h.dir, 'store'), tokens: tokensFixture(h.dir).file })
+t.teardown(() => rx.stop())
+
+const VMS = [
+  { id: '41', name: 'sftp 01', stem: 'sftp01', deltaFormat: 'sesparse' as const, sizes: [2 * 1024 * 1024, 1024 * 1024] },
+  // large enough that reads are still outstanding when the first extent leaves (read-ahead is 8 MiB)
+  { id: '42', name: 'sftp 02', stem: 'sftp02', deltaFormat: 'vmfssparse' as const, sizes: [24 * 1024 * 1024, 1024 * 1024] },
+]
+const s = await h.readState()
+for (const v of VMS) {
+  await buildVm(h.datastore, uuid, v.name, v.stem, { sizes: v.sizes })
+  s.vms.push({ id: v.id, name: v.name, vmx: `[datastore1] ${v.name}/${v.stem}.vmx`, deltaFormat: v.deltaFormat, absoluteHints: true })
+}
+await h.writeState(s)
+
+const esxi: EsxiDriverInit = {
+  ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKey: h.userKey, hostKeyFingerprint: h.hostKeyFingerprint },
+  // SFTP only: the host's folder of the datastore (on ESXi the default /vmfs/volumes/datastore1)
+  datastores: { datastore1: { access: 'sftp', uuid, hostPath: h.datastore } },
+  verifyTimeoutMs: 5000,
+  pollIntervalMs: 50,
+  // a loaded test machine runs the stand-in slowly; not a timing assertion
+  commandTimeoutMs: 600_000,
+  sftp: { retry: { initialBackoffMs: 20, maxBackoffMs: 200 } },
+}
+
+async function mirrorFlat(stem: string): Promise<string> {
+  const found: string[] = []
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) await walk(p)
+      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
+    }
+  }
+  await walk(path.join(h.dir, 'store'))
+  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
+  return found[0] as string
+}
+
+/** the frozen point of each disk (the parent of the running delta), through qemu-img */
+async function frozenPoint(vm: VmHandle): Promise<Buffer[]> {
+  const out: Buffer[] = []
+  for (const d of vm.disks) {
+    const chain = await openChain(d.path, { pathMap: localMap })
+    const parent = chain.layers[1]?.path
+    await chain.close()
+    if (parent === undefined) throw new Error('no frozen layer')
+    out.push(harnessQemuRaw(parent, localMap, h.dir))
+  }
+  return out
+}
+
+async function guestWrites(vm: VmHandle, seed: number, bytes: number): Promise<void> {
+  for (const [k, d] of vm.disks.entries()) {
+    const cap = (VMS.find((v) => v.name === vm.ref)?.sizes[k] as number) ?? 1024 * 1024
+    const w = await openWriter(d.path, { pathMap: localMap })
+    try {
+      for (let off = 0, i = 0; off < Math.min(bytes, cap); off += 64 * 1024, i++) await w.write(((seed * 7919 + i * 104729) % (cap / 65536)) * 65536, randomBytes(4096 * (1 + (i % 4))))
+      await w.writeZeroes(128 * 1024 * (1 + (seed % 3)), 16384)
+    } finally {
+      await w.close()
+    }
+  }
+}
+
+async function cycle(driver: EsxiDriver, v: (typeof VMS)[number], n: number, opts: { writeBytes: number; onExtentSent?: () => void }) {
+  let frozen: Buffer[] = []
+  const report = await replicate(
+    { logger: pino({ level: process.env.DBG ?? 'silent' }) },
+    {
+      vm: v.name,
+      driver,
+      to: `ws://127.0.0.1:${rx.port}`,
+      token: TEST_TOKEN,
+      stateDir: path.join(h.dir, 'agent-state'),
+      progress: 'none',
+      trivialMiB: 1,
+      certify: 'sha256',
+      maxExtentBytes: 64 * 1024,
+      ...(opts.onExtentSent === undefined ? {} : { onExtentSent: opts.onExtentSent }),
+      afterSnapshot: async (vm) => {
+        frozen = await frozenPoint(vm)
+        await guestWrites(vm, n * 10, opts.writeBytes)
+      },
+    },
+  )
+  return { report, frozen }
+}
+
+t.test('seed and incrementals of a VM whose datastore is reached only over SFTP', async (t) => {
+  const v = VMS[0] as (typeof VMS)[number]
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  t.teardown(() => driver.close())
+  for (const n of [1, 2, 3]) {
+    const before = { ...(driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>) }
+    const { report, frozen } = await cycle(driver, v, n, { writeBytes: 512 * 1024 })
+    const vr = report.vms[0]
+    t.equal(report.ok, true, `cycle ${n}: ${JSON.stringify(vr?.error ?? vr)}`)
+    t.same(
+      vr?.disks.map((d) => d.mode),
+      n === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'],
+    )
+    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
+    const c = driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>
+    // every byte shipped was read over SFTP (plus grain tables and descriptors)
+    const shipped = vr?.disks.reduce((a, d) => a + d.dataBytes, 0) ?? 0
+    t.ok(c.bytes - before.bytes >= shipped, `cycle ${n}: ${c.bytes - before.bytes} bytes read over SFTP ≥ ${shipped} shipped`)
+    t.ok(c.opens > before.opens, 'files opened over SFTP')
+    t.equal(c.retried, 0, 'no retries on a healthy connection')
+  }
+  const vmsd = await readFile(path.join(h.datastore, `${v.name}/${v.stem}.vmsd`), 'utf8')
+  t.match(vmsd, /snapshot\.numSnapshots = "1"/)
+  t.match(vmsd, /displayName = "grainline-3"/)
+})
+
+t.test('an SSH connection dropped in the middle of the reads is retried and the cycle completes', async (t) => {
+  const v = VMS[1] as (typeof VMS)[number]
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  t.teardown(() => driver.close())
+  for (const n of [1, 2]) {
+    let dropped = 0
+    const { report, frozen } = await cycle(driver, v, n, {
+      writeBytes: 12 * 1024 * 1024,
+      onExtentSent: () => {
+        // kill the sshd session processes once, when the first extent of the cycle left: reads are in flight
+        if (dropped === 0) dropped = h.dropConnections()
+      },
+    })
+    const vr = report.vms[0]
+    t.equal(report.ok, true, `cycle ${n}: ${JSON.stringify(vr?.error ?? vr)}`)
+    t.ok(dropped >= 1, `cycle ${n}: the SSH connection was dropped (${dropped} sshd session processes killed)`)
+    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
+    const c = driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>
+    t.ok(c.retried >= n, `reads retried after the drop (${c.retried})`)
+    t.ok(c.reopened >= n, `handles reopened on the new connection (${c.reopened})`)
+  }
+})
+
+t.test('over SFTP: FIFOs and folders are refused before any open, write opens are refused', async (t) => {
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  t.teardown(() => driver.close())
+  const dir = path.join(h.datastore, 'hostile')
+  execFileSync('mkdir', ['-p', dir])
+  execFileSync('mkfifo', [path.join(dir, 'fifo.vmdk')])
+  await t.rejects(driver.files.open(path.join(dir, 'fifo.vmdk'), 'r'), { code: 'ENXIO', message: /fifo, not a regular file/ })
+  await t.rejects(driver.files.open(dir, 'r'), { code: 'EISDIR' })
+  t.equal((await driver.files.stat(path.join(dir, 'fifo.vmdk'))).kind, 'fifo')
+  await t.rejects(driver.files.stat(path.join(dir, 'missing.vmdk')), { code: 'ENOENT' })
+  await t.rejects(
+    readChainFiles(path.join(dir, 'fifo.vmdk'), (b, n) => path.join(b, n), { files: driver.files }),
+    { code: 'E_CHAIN', message: /not a regular file \(a fifo\)/ },
+  )
+  const vmx = path.join(h.datastore, 'sftp 01', 'sftp01.vmx')
+  await t.rejects(driver.files.open(vmx, 'r+'), { code: 'EROFS' })
+  // a chain through vmdk's readers over SFTP reads what qemu-img reads locally
+  const chain = await openChain(path.join(h.datastore, 'sftp 01', 'sftp01_1.vmdk'), { files: driver.files, pathMap: { ...driver.pathMap } })
+  try {
+    const mine = await chain.read(0, chain.capacity)
+    const flat = (await readdir(path.join(h.datastore, 'sftp 01'))).filter((f) => f.startsWith('sftp01_1') && f.endsWith('.vmdk'))
+    t.ok(flat.length > 0)
+    t.same(Buffer.from(mine), harnessQemuRaw(chain.layers[0]?.path as string, localMap, h.dir), 'the running disk read over SFTP = qemu-img locally')
+  } finally {
+    await chain.close()
+  }
+})
