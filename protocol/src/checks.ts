@@ -6,6 +6,7 @@ import { DigestLengths, isDigestAlgorithm } from './digest.ts'
 import { isCompressionAlgorithm } from './compression.ts'
 import { ProtocolError } from './errors.ts'
 import { DEFAULT_MAX_EXTENT_BYTES } from './limits.ts'
+import { MIN_BLOCK_SIZE } from './block-map.ts'
 import { MessageKind, type CompressionAlgorithm, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
 
 /** Limits applied when decoding (and, optionally, encoding). */
@@ -98,12 +99,19 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
     case MessageKind.DiskOpen:
       if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')
       if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
-      if (m.mode === 'seed' ? m.baseCycle !== 0 : m.baseCycle < 1 || m.baseCycle >= m.cycle) {
-        throw bad('baseCycle', m.mode === 'seed' ? 'must be 0 for a seed' : 'must be ≥ 1 and below cycle for an incremental')
+      if (m.mode === 'incremental' ? m.baseCycle < 1 || m.baseCycle >= m.cycle : m.baseCycle !== 0) {
+        throw bad('baseCycle', m.mode === 'incremental' ? 'must be ≥ 1 and below cycle for an incremental' : `must be 0 for a ${m.mode}`)
       }
-      // SPEC §5.8: an incremental names the generation it was planned against; a seed has none
-      if ((m.mode === 'seed') !== (m.baseGeneration === '')) {
-        throw bad('baseGeneration', m.mode === 'seed' ? 'must be "" for a seed' : 'must be the generation the incremental was planned against')
+      // SPEC §5.8: an incremental names the generation it was planned against; a seed or resync has none
+      if ((m.mode === 'incremental') === (m.baseGeneration === '')) {
+        throw bad('baseGeneration', m.mode === 'incremental' ? 'must be the generation the incremental was planned against' : `must be "" for a ${m.mode}`)
+      }
+      // SPEC §5.9: a resync compares blocks of a power-of-two size that fits in one extent
+      if (m.mode === 'resync') {
+        if (m.blockSize < MIN_BLOCK_SIZE || (m.blockSize & (m.blockSize - 1)) !== 0) throw bad('blockSize', `must be a power of two ≥ ${MIN_BLOCK_SIZE} for a resync`)
+        if (m.blockSize > maxExtent) throw bad('blockSize', `${m.blockSize} exceeds maxExtentBytes ${maxExtent}`)
+      } else if (m.blockSize !== 0) {
+        throw bad('blockSize', `must be 0 for a ${m.mode}`)
       }
       return
     case MessageKind.DiskState:
@@ -130,6 +138,16 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
         throw bad('data', `compressed payload of ${m.data.length} bytes must be 1 … length (${m.length}); send "none" when compression does not shrink`)
       }
       checkDigestLength(m.digest, 'digest', limits.digest, false)
+      return
+    }
+    case MessageKind.BlockMapRequest:
+      if (m.count < 1) throw bad('count', 'must be at least 1')
+      if (m.first + m.count > MAX_END) throw bad('count', 'first + count exceeds 2^53')
+      return
+    case MessageKind.BlockMap: {
+      if (m.digests.length === 0) throw bad('digests', 'must not be empty')
+      const len = limits.digest === undefined ? undefined : DigestLengths[limits.digest]
+      if (len !== undefined && m.digests.length % len !== 0) throw bad('digests', `${m.digests.length} bytes is not a whole number of ${limits.digest} digests (${len} bytes)`)
       return
     }
     case MessageKind.ExtentAck:
