@@ -82,6 +82,7 @@ export interface RunReport {
       wireBytes: number
       resumedFrom: number[]
       fallbackReason?: string
+      resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }
       trivial?: { ok: boolean }
       certify?: { ok: boolean }
       error?: { code: string }

@@ -22,6 +22,10 @@ export interface CycleOptions {
   readonly maxBackoffMs: number
   readonly windowBytes: number
   readonly maxExtentBytes: number
+  /** resync every disk whose mirror exists, even when an incremental is safe (`--resync`) */
+  readonly resync: boolean
+  /** resync block size, bytes (a power of two; halved until it fits the negotiated maxExtentBytes) */
+  readonly blockSize: number
   readonly progress: ProgressSink
   readonly signal?: AbortSignal
   /** called after the snapshot is taken and before shipping starts (tests: guest writes) */

@@ -20,13 +20,14 @@
  */
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
 import { sendDisk } from './disk-sender.ts'
+import { sendResync } from './resync-sender.ts'
 import type { SnapshotRef, VmHandle } from './driver.ts'
 import { grainlineSnapshotName } from './driver.ts'
 import { AgentError, abortReason, checkAborted } from './errors.ts'
@@ -319,6 +320,7 @@ class VmCycle {
         depth: 1,
         progress: new DiskProgress(this.#vm.name, name, opts.progress),
         mode: 'seed',
+        blockSize: 0,
         fromDepth: L - 1,
         baseCycle: 0,
         baseGeneration: '',
@@ -341,15 +343,20 @@ class VmCycle {
           baseSnapshotLayer: snapDisk === undefined ? undefined : resolve(opts.driver.resolvePath(this.#vm, snapDisk.fileName)),
         },
         this.#record.diverged,
+        opts.resync,
       )
-      if (decision.kind === 'seed' && decision.reason !== undefined) this.log.warn({ disk: name, reason: decision.reason }, 'full resync of the disk')
+      if (decision.kind === 'resync') this.log.warn({ disk: name, reason: decision.reason }, 'incremental not safe: resync of the disk by block digests')
       await applyDiskPlan(w, decision, this.#planContext())
     }
     this.#lap('plan')
   }
 
-  #planContext(): { vm: string; cycleNo: number; chunkBytes: number } {
-    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes }
+  #planContext(): { vm: string; cycleNo: number; chunkBytes: number; blockSize: number } {
+    // SPEC §5.9: a power of two that fits in one extent
+    const maxExtent = Math.min(this.#welcome.limits.maxExtentBytes, this.#opts.maxExtentBytes)
+    let blockSize = this.#opts.blockSize
+    while (blockSize > maxExtent && blockSize > MIN_BLOCK_SIZE) blockSize /= 2
+    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes, blockSize }
   }
 
   /** 5–6. Ship every disk, commit, check; reconnect and resume on connection loss. */
@@ -411,11 +418,13 @@ class VmCycle {
             source: w.source,
             cycleId: w.cycleId,
             ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
-            totalBytes: w.plan.totalBytes,
+            totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
             totalExtents: w.plan.totalExtents,
+            blockSize: w.blockSize,
           })
           if (opened.ok) {
-            await sendDisk({
+            await (w.mode === 'resync' ? sendResync : sendDisk)({
+              maxMessageBytes: welcome.limits.maxMessageBytes,
               client,
               work: w,
               accepted: opened.value,
@@ -440,8 +449,11 @@ class VmCycle {
             await client.close().catch(() => {})
             return { kind: 'rollback' }
           }
-          this.log.warn({ disk: w.name, reason: decision.reason }, 'incremental refused; full resync of the disk')
-          await applyDiskPlan(w, { kind: 'seed', reason: decision.reason }, this.#planContext())
+          this.log.warn(
+            { disk: w.name, reason: decision.reason, mode: decision.kind },
+            decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
+          )
+          await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
         }
       }
       this.#lap('ship')

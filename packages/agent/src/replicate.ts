@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import { parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
@@ -74,6 +74,19 @@ export interface ReplicateInit {
   readonly windowBytes?: number
   /** largest data extent, bytes. @default 1 MiB */
   readonly maxExtentBytes?: number
+  /**
+   * resync every disk whose mirror exists by comparing block digests (SPEC
+   * §5.9), even when an incremental would be safe (`--resync`); a resync is
+   * chosen on its own whenever an incremental is not safe
+   * @default false
+   */
+  readonly resync?: boolean
+  /**
+   * resync block size, bytes: a power of two from 4 KiB to 64 MiB (halved
+   * until it fits the negotiated maxExtentBytes)
+   * @default 1 MiB
+   */
+  readonly resyncBlockBytes?: number
   /** progress callback (replaces the default sink) */
   readonly onProgress?: (ev: ProgressEvent) => void
   /** where the default progress goes: a TTY line on this stream, else pino logs. @default process.stderr */
@@ -159,6 +172,10 @@ async function replicateVm(
   if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
   const trivialMiB = init.trivialMiB ?? 16
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
+  const blockSize = init.resyncBlockBytes ?? DEFAULT_BLOCK_SIZE
+  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw new AgentError('E_CONFIG', `bad resync block size ${blockSize}: a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE} bytes`)
+  }
   const signal = shared.signal ?? init.signal
   try {
     return await runVmCycle(
@@ -186,6 +203,8 @@ async function replicateVm(
         maxBackoffMs: init.maxBackoffMs ?? 30_000,
         windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
         maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
+        resync: init.resync ?? false,
+        blockSize,
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),
         ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),

@@ -10,9 +10,11 @@ export interface DiskReport {
   readonly name: string
   readonly node: string
   ok: boolean
-  mode: 'seed' | 'incremental' | 'none'
-  /** why the disk was resynced (seeded) instead of shipped incrementally */
+  mode: 'seed' | 'incremental' | 'resync' | 'none'
+  /** why the disk was resynced (or seeded) instead of shipped incrementally */
   fallbackReason?: string
+  /** resync (SPEC §5.9): blocks compared, blocks that differed, block size, BlockMap digest bytes received */
+  resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }
   capacity: number
   extents: number
   /** bytes covered by data extents / zero extents (the whole plan, including resumed parts) */

@@ -111,7 +111,10 @@ export class ResyncMap {
       await fh.close()
     }
     if (applied) {
-      throw new ReceiverError('E_STATE', `the block map of the interrupted resync of disk ${info.name} is missing or belongs to another cycle: roll the cycle back (the agent does so on E_CYCLE_MISMATCH) and resync again`)
+      throw new ReceiverError(
+        'E_STATE',
+        `the block map of the interrupted resync of disk ${info.name} is missing or belongs to another cycle: roll the cycle back (the agent does so on E_CYCLE_MISMATCH) and resync again`,
+      )
     }
     const head = encodeHeader(want)
     const nfh = await openStoreFile(path, 'replace')

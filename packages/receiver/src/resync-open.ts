@@ -15,7 +15,11 @@ import type { InflightDisk } from './state-file.ts'
 export function resyncRefusal(x: OpenInputs): OpenDecision | undefined {
   const { request: req, record: rec } = x
   if (!x.compatible) {
-    return { kind: 'refuse', code: 'E_INCOMPATIBLE', message: `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM` }
+    return {
+      kind: 'refuse',
+      code: 'E_INCOMPATIBLE',
+      message: `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`,
+    }
   }
   if (rec === undefined) return { kind: 'refuse', code: 'E_CHAIN_MISMATCH', message: `disk ${req.name} has no committed mirror to compare with: seed it` }
   if (x.facts.flatSize < 0) return { kind: 'refuse', code: 'E_CHAIN_MISMATCH', message: `the flat image of disk ${req.name} is missing: nothing to compare with, seed it` }

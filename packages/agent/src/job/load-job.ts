@@ -233,6 +233,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     compress: val('compress'),
     digests: val('digests'),
     consolidateExisting: val('consolidateExisting'),
+    resync: val('resync'),
     stateDir: val('stateDir'),
     giveUpMs: giveUp,
     maxBackoffMs: maxBackoff,

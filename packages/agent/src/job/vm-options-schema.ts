@@ -58,6 +58,11 @@ export function vmOptionsShape(ctx: SchemaContext) {
     ),
     compress: doc(z.enum(CompressionAlgorithms).optional(), { description: 'Preferred compression (skipped per extent when it saves < 10 %).', default: '"lz4"' }),
     digests: doc(z.array(z.enum(DigestAlgorithms)).min(1).optional(), { description: 'Extent digests offered, preferred first.', default: '["xxh64", "sha256"]' }),
+    resync: doc(z.boolean().optional(), {
+      description:
+        'Resync every disk whose mirror exists by comparing block digests (only differing blocks travel), even when an incremental would be safe. A resync is chosen on its own whenever an incremental is not safe.',
+      default: 'false',
+    }),
     consolidateExisting: doc(z.boolean().optional(), { description: 'Remove snapshots grainline did not make first instead of refusing the VM.', default: 'false' }),
     stateDir: doc(pathField(ctx).optional(), {
       description: "Folder of the agent's record per VM (last commit's generation and snapshot).",
