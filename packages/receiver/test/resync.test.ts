@@ -191,7 +191,7 @@ const hostile: Array<[string, (a: Agent) => void, string]> = [
 ]
 
 t.test('hostile block map requests get their typed error, and the resync is intact afterwards', async (t) => {
-  const { env, rx, mirror } = await seeded(t)
+  const { env, rx } = await seeded(t)
   for (const [name, act, code] of hostile) {
     const a = await open(env, rx.url, 2)
     a.send(resyncOpen(2))
