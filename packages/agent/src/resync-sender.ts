@@ -124,11 +124,15 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   }
   const source = readBlocks(w.chain, w.depth, blockSize, opts.readAheadBytes ?? 16 * 1024 * 1024, signal)
   let seq = 0
+  // where the time goes (logged): waiting for the receiver's maps, for the source reads, for the window
+  const waits = { mapMs: 0, readMs: 0, sendMs: 0 }
   try {
     await request()
     while (requested.length > 0) {
       const run = requested[0] as { first: number; count: number }
+      let t0 = performance.now()
       const r = await client.blockMap(w.handle, run.first, mapTimeoutMs(run.count * blockSize))
+      waits.mapMs += performance.now() - t0
       if (!r.ok) throw refusalError(`block map of ${w.name}`, r.refusal)
       requested.shift()
       const mirror = r.value.digests
@@ -136,7 +140,9 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       stats.mapBytes += mirror.length
       await request()
       for (let i = 0; i < run.count; i++) {
+        t0 = performance.now()
         const n = await source.next()
+        waits.readMs += performance.now() - t0
         if (n.done === true) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} ended before block ${run.first + i}`)
         const b = n.value
         view.feed(b.offset, b.length, b.raw)
@@ -166,7 +172,9 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
         }
         const e = { disk: w.handle, seq: seq - 1, offset: b.offset, length: b.length, zero, compression: used, data, digest: extentDigest }
         const cost = windowCost(e)
+        t0 = performance.now()
         await window.reserve(cost, failed, STALL_MS, onStall)
+        waits.sendMs += performance.now() - t0
         await opts.rateLimiter.take(data.length + 64, signal === undefined ? {} : { signal })
         await client.sendExtent(e)
         window.sent(e.seq, cost)
@@ -185,7 +193,18 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   w.report.extents = seq
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
-  log.info({ disk: w.name, blocks, differing: stats.differing, blockSize, mapBytes: stats.mapBytes, wireBytes: w.report.wireBytes }, 'resync compared')
+  log.info(
+    {
+      disk: w.name,
+      blocks,
+      differing: stats.differing,
+      blockSize,
+      mapBytes: stats.mapBytes,
+      wireBytes: w.report.wireBytes,
+      waitMs: Object.fromEntries(Object.entries(waits).map(([k, v]) => [k, Math.round(v)])),
+    },
+    'resync compared',
+  )
   w.progress.update('end', true)
   const ended = await client.endDisk({ disk: w.handle, extents: seq, dataBytes, zeroBytes, digest: cd.digest() })
   if (!ended.ok) throw refusalError(`DiskEnd of ${w.name}`, ended.refusal)
