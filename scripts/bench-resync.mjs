@@ -24,7 +24,6 @@
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { open } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -35,7 +34,7 @@ import { receiverMain } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const { replicate, createSampleVm, simulateGuestWrites, prng } = await import(join(root, 'packages/agent/dist/src/index.js'))
+const { replicate, createSampleVm, prng } = await import(join(root, 'packages/agent/dist/src/index.js'))
 
 const { values } = parseArgs({
   options: {
