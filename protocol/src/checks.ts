@@ -74,6 +74,21 @@ function unique<T>(items: readonly T[], key: (t: T) => unknown, field: string): 
   }
 }
 
+/** A list of u64le block indexes: whole entries, strictly ascending, below 2^53. Returns the count. */
+function blockList(b: Uint8Array, field: string): number {
+  if (b.length % 8 !== 0) throw bad(field, `${b.length} bytes is not a list of u64le block indexes`)
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  let prev = -1
+  for (let i = 0; i < b.length; i += 8) {
+    const x = v.getBigUint64(i, true)
+    if (x >= BigInt(MAX_END)) throw bad(field, `block index ${x} is above 2^53`)
+    const n = Number(x)
+    if (n <= prev) throw bad(field, `block indexes must be strictly ascending (${n} after ${prev})`)
+    prev = n
+  }
+  return b.length / 8
+}
+
 /** Apply the cross-field rules to a schema-valid message. */
 export function checkMessage(m: Message, limits: DecodeLimits): void {
   const maxExtent = limits.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
@@ -150,6 +165,19 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       if (len !== undefined && m.digests.length % len !== 0) throw bad('digests', `${m.digests.length} bytes is not a whole number of ${limits.digest} digests (${len} bytes)`)
       return
     }
+    case MessageKind.BlockCheck: {
+      if (m.blockSize < MIN_BLOCK_SIZE || (m.blockSize & (m.blockSize - 1)) !== 0) throw bad('blockSize', `must be a power of two ≥ ${MIN_BLOCK_SIZE}`)
+      const n = blockList(m.blocks, 'blocks')
+      if (n === 0) throw bad('blocks', 'must list at least one block')
+      if (m.digests.length % n !== 0 || !KNOWN_DIGEST_LENGTHS.has(m.digests.length / n)) throw bad('digests', `${m.digests.length} bytes for ${n} blocks`)
+      const len = limits.digest === undefined ? undefined : DigestLengths[limits.digest]
+      if (len !== undefined && m.digests.length !== n * len) throw bad('digests', `${m.digests.length} bytes, ${n} ${limits.digest} digests are ${n * len}`)
+      return
+    }
+    case MessageKind.BlockCheckResult:
+      blockList(m.mismatched, 'mismatched')
+      if (m.ok !== (m.mismatched.length === 0)) throw bad('mismatched', m.ok ? 'must be empty when ok' : 'must list a block when not ok')
+      return
     case MessageKind.ExtentAck:
     case MessageKind.DiskEnded:
     case MessageKind.Rollback:

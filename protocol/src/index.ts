@@ -21,6 +21,8 @@ export type {
   TrivialResultMessage,
   CertifyMessage,
   CertifyResultMessage,
+  BlockCheckMessage,
+  BlockCheckResultMessage,
   RollbackMessage,
   RolledBackMessage,
   ErrorMessage,

@@ -54,6 +54,10 @@ export const MessageKind = {
   Certify: 0x42,
   /** receiver → agent: the mirror's full digest and the verdict */
   CertifyResult: 0x43,
+  /** agent → receiver: digests of listed blocks of the frozen source (`--verify changed`) */
+  BlockCheck: 0x44,
+  /** receiver → agent: the listed blocks whose mirror digests differ */
+  BlockCheckResult: 0x45,
   /** agent → receiver: discard an interrupted (uncommitted) cycle of the VM */
   Rollback: 0x50,
   /** receiver → agent: the VM mirror is back at its last committed point */
@@ -372,6 +376,28 @@ export interface CertifyResultMessage {
   readonly bytes: number
 }
 
+/** Agent → receiver: the digests of listed blocks of the frozen source, to compare with the mirror after the commit (SPEC §5.6). */
+export interface BlockCheckMessage {
+  readonly kind: typeof MessageKind.BlockCheck
+  readonly disk: number
+  /** block size, bytes (a power of two, 4 KiB … 64 MiB) */
+  readonly blockSize: number
+  /** block indexes, u64le each, strictly ascending, 1 … 65536 of them */
+  readonly blocks: Uint8Array
+  /** the negotiated digest of each listed block of the frozen view, in the same order */
+  readonly digests: Uint8Array
+}
+
+/** Receiver → agent: which of the checked blocks differ in the mirror (SPEC §5.6). */
+export interface BlockCheckResultMessage {
+  readonly kind: typeof MessageKind.BlockCheckResult
+  readonly disk: number
+  /** true when every listed block matched */
+  readonly ok: boolean
+  /** the indexes (u64le each, ascending) of the listed blocks whose mirror digests differ */
+  readonly mismatched: Uint8Array
+}
+
 /** Agent → receiver: discard the VM's interrupted, uncommitted cycle (SPEC §4.3). */
 export interface RollbackMessage {
   readonly kind: typeof MessageKind.Rollback
@@ -415,6 +441,8 @@ export type Message =
   | TrivialResultMessage
   | CertifyMessage
   | CertifyResultMessage
+  | BlockCheckMessage
+  | BlockCheckResultMessage
   | RollbackMessage
   | RolledBackMessage
   | ErrorMessage

@@ -231,6 +231,8 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),
   [MessageKind.Certify]: struct({ disk, algorithm: token, digest: digestBytes }),
   [MessageKind.CertifyResult]: struct({ disk, ok: bool, algorithm: token, digest: digestBytes, bytes: uint() }),
+  [MessageKind.BlockCheck]: struct({ disk, blockSize: uint(MAX_BLOCK_SIZE), blocks: bin(MAX_MAP_BLOCKS * 8), digests: bin(MAX_MAP_BLOCKS * 64) }),
+  [MessageKind.BlockCheckResult]: struct({ disk, ok: bool, mismatched: bin(MAX_MAP_BLOCKS * 8) }),
   [MessageKind.Rollback]: struct({ vm: name('vm') }),
   [MessageKind.RolledBack]: struct({ vm: name('vm'), committedCycle: uint() }),
   [MessageKind.Error]: struct({ code, message: str(4096), fatal: bool }),

@@ -28,9 +28,10 @@ interface DiskTrack {
   nextSeq: number
   /** highest acknowledged seq, -1 if none */
   acked: number
-  /** outstanding TrivialCheck / Certify requests */
+  /** outstanding TrivialCheck / Certify / BlockCheck requests */
   trivial: number
   certify: number
+  blockChecks: number
   /** resync (SPEC §5.9): block size, 0 for other modes */
   readonly blockSize: number
   readonly capacity: number
@@ -64,6 +65,8 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.TrivialResult]: 'receiver',
   [MessageKind.Certify]: 'agent',
   [MessageKind.CertifyResult]: 'receiver',
+  [MessageKind.BlockCheck]: 'agent',
+  [MessageKind.BlockCheckResult]: 'receiver',
   [MessageKind.Rollback]: 'agent',
   [MessageKind.RolledBack]: 'receiver',
   [MessageKind.Error]: 'both',
@@ -156,6 +159,7 @@ export class ConversationState {
           acked: -1,
           trivial: 0,
           certify: 0,
+          blockChecks: 0,
           blockSize: msg.mode === 'resync' ? msg.blockSize : 0,
           capacity: msg.capacity,
           blocks: msg.mode === 'resync' && msg.blockSize > 0 ? blockCount(msg.capacity, msg.blockSize) : 0,
@@ -247,6 +251,19 @@ export class ConversationState {
         need('committed')
         disk(msg.disk, 'committed').certify++
         return
+      case MessageKind.BlockCheck: {
+        need('committed')
+        const d = disk(msg.disk, 'committed')
+        if (d.blockChecks >= MAX_MAP_REQUESTS) throw unexpected(`disk ${msg.disk}: more than ${MAX_MAP_REQUESTS} block checks unanswered`)
+        d.blockChecks++
+        return
+      }
+      case MessageKind.BlockCheckResult: {
+        const d = disk(msg.disk, 'committed')
+        if (d.blockChecks === 0) throw unexpected(`BlockCheckResult for disk ${msg.disk} without a BlockCheck`)
+        d.blockChecks--
+        return
+      }
       case MessageKind.TrivialResult: {
         const d = disk(msg.disk, 'committed')
         if (d.trivial === 0) throw unexpected(`TrivialResult for disk ${msg.disk} without a TrivialCheck`)

@@ -123,6 +123,18 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ kind: fc.constant(MessageKind.ExtentAck), disk, seq: nat }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnd), disk, extents: nat, dataBytes: fc.integer({ min: 0, max: 2 ** 52 }), zeroBytes: fc.integer({ min: 0, max: 2 ** 52 }), digest }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnded), disk }),
+  fc
+    .record({ disk, blockSize: fc.integer({ min: 12, max: 26 }), firsts: fc.uniqueArray(fc.integer({ min: 0, max: 2 ** 40 }), { minLength: 1, maxLength: 16 }), ok: fc.boolean() })
+    .map(({ disk, blockSize, firsts, ok }) => {
+      const sorted = [...firsts].sort((a, b) => a - b)
+      const blocks = new Uint8Array(sorted.length * 8)
+      sorted.forEach((x, i) => new DataView(blocks.buffer).setBigUint64(i * 8, BigInt(x), true))
+      return [
+        { kind: MessageKind.BlockCheck, disk, blockSize: 2 ** blockSize, blocks, digests: new Uint8Array(sorted.length * 8).fill(7) },
+        { kind: MessageKind.BlockCheckResult, disk, ok, mismatched: ok ? new Uint8Array(0) : blocks.slice(0, 8) },
+      ]
+    })
+    .chain((pair) => fc.constantFrom(...pair)),
   fc.record({ kind: fc.constant(MessageKind.BlockMapRequest), disk, first: fc.integer({ min: 0, max: 2 ** 40 }), count: fc.integer({ min: 1, max: 65536 }) }),
   fc
     .record({ disk, first: fc.integer({ min: 0, max: 2 ** 40 }), n: fc.integer({ min: 1, max: 64 }), seed: fc.integer({ min: 0, max: 255 }) })

@@ -6,6 +6,13 @@ import { MessageKind, type Message } from '../src/messages.ts'
 
 const bytes = (n: number, f: (i: number) => number = (i) => i & 0xff): Uint8Array => Uint8Array.from({ length: n }, (_, i) => f(i))
 const MiB = 1024 * 1024
+/** u64le block indexes */
+const u64s = (xs: readonly number[]): Uint8Array => {
+  const b = new Uint8Array(xs.length * 8)
+  const v = new DataView(b.buffer)
+  xs.forEach((x, i) => v.setBigUint64(i * 8, BigInt(x), true))
+  return b
+}
 
 export interface Sample {
   readonly name: string
@@ -186,6 +193,12 @@ export const samples: readonly Sample[] = [
     message: { kind: MessageKind.DiskEnd, disk: 0, extents: 7, dataBytes: 4 * MiB + 512, zeroBytes: MiB, digest: bytes(8, (i) => 0xf0 | i) },
   },
   { name: 'disk-ended', message: { kind: MessageKind.DiskEnded, disk: 0 } },
+  {
+    name: 'block-check',
+    message: { kind: MessageKind.BlockCheck, disk: 1, blockSize: MiB, blocks: u64s([3, 4, 700, 2 ** 40]), digests: bytes(4 * 8, (i) => (i * 29 + 3) & 0xff) },
+  },
+  { name: 'block-check-result', message: { kind: MessageKind.BlockCheckResult, disk: 1, ok: false, mismatched: u64s([700]) } },
+  { name: 'block-check-result ok', message: { kind: MessageKind.BlockCheckResult, disk: 1, ok: true, mismatched: new Uint8Array(0) } },
   { name: 'block-map-request', message: { kind: MessageKind.BlockMapRequest, disk: 1, first: 4096, count: 4096 } },
   { name: 'block-map', message: { kind: MessageKind.BlockMap, disk: 1, first: 4096, digests: bytes(3 * 8, (i) => (i * 53 + 7) & 0xff) } },
   { name: 'commit', message: { kind: MessageKind.Commit, vm: 'web01', cycle: 3 } },

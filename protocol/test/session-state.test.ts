@@ -77,6 +77,8 @@ const M = {
   trivial: (disk: number) => ({ kind: K.TrivialCheck, disk, prefixBytes: 0, algorithm: 'xxh64', size: 1 << 20, digest: d8 }),
   trivialResult: (disk: number) => ({ kind: K.TrivialResult, disk, ok: true, size: 1 << 20, digest: d8 }),
   certify: (disk: number) => ({ kind: K.Certify, disk, algorithm: 'xxh64', digest: d8 }),
+  blockCheck: (disk: number) => ({ kind: K.BlockCheck, disk, blockSize: 65536, blocks: new Uint8Array(8), digests: d8 }),
+  blockCheckResult: (disk: number) => ({ kind: K.BlockCheckResult, disk, ok: true, mismatched: new Uint8Array(0) }),
   certifyResult: (disk: number) => ({ kind: K.CertifyResult, disk, ok: true, algorithm: 'xxh64', digest: d8, bytes: 1 << 20 }),
   rollback: { kind: K.Rollback, vm: 'vm' },
   rolledBack: { kind: K.RolledBack, vm: 'vm', committedCycle: 1 },
@@ -112,6 +114,10 @@ t.test('a whole cycle: two disks (one refused, one resumed), commit, verificatio
     A(M.certify(0)),
     R(M.trivialResult(0)),
     R(M.certifyResult(0)),
+    A(M.blockCheck(0)),
+    A(M.blockCheck(0)),
+    R(M.blockCheckResult(0)),
+    R(M.blockCheckResult(0)),
   ])
   t.equal(s.phase, 'committed')
   t.equal(s.diskPhase(0), 'committed')
@@ -225,6 +231,13 @@ const illegal: Array<[string, Step[], string]> = [
   [
     'unrequested CertifyResult',
     [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), A(M.trivial(0)), R(M.certifyResult(0))],
+    'E_UNEXPECTED',
+  ],
+  ['BlockCheck before Committed', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), A(M.blockCheck(0))], 'E_UNEXPECTED'],
+  ['unrequested BlockCheckResult', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), R(M.blockCheckResult(0))], 'E_UNEXPECTED'],
+  [
+    'a fifth unanswered BlockCheck',
+    [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), ...[0, 1, 2, 3, 4].map(() => A(M.blockCheck(0)))],
     'E_UNEXPECTED',
   ],
   ['anything after a fatal Error', [A(M.hello), R(M.error(true)), R(M.welcome)], 'E_UNEXPECTED'],
