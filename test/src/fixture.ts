@@ -83,6 +83,7 @@ export interface RunReport {
       resumedFrom: number[]
       fallbackReason?: string
       resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }
+      blockCheck?: { ok: boolean; blockSize: number; blocks: number; mismatched: number }
       trivial?: { ok: boolean }
       certify?: { ok: boolean }
       error?: { code: string }

@@ -174,3 +174,39 @@ t.test('--resync on an intact mirror sends nothing but the maps; a resync cut mi
   t.equal(await firstDifference(join(site.store, folder, `${stem}-flat.vmdk`), expected), -1, 'mirror == qemu-img convert of the frozen source view')
   t.equal(v?.disks[0]?.trivial?.ok, true, 'trivial check')
 })
+
+t.test('--verify changed finds a block the cycle wrote that differs in the mirror; the next cycle resyncs exactly it', async (t) => {
+  const dir = scratchDir(t)
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const capacity = 32 * MiB
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'verify', disks: [{ sizeBytes: capacity, fill: 'random' }], seed: 34 })
+  const { folder, stem } = names(vm)
+  await cycle(t, site, vm, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
+  const writes = await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 64 * 1024, seed: 6, zeroFraction: 0 })
+  const written = new Set(writes.flatMap((w) => [Math.floor(w.offset / BLOCK), Math.floor((w.offset + 64 * 1024 - 1) / BLOCK)]))
+  // bit rot in the mirror, inside a block the next cycle writes only in part (beyond the 4 MiB trivial prefix), under an unchanged CID
+  const victim = writes.find((w) => w.offset >= 4 * MiB) as { offset: number }
+  const block = Math.floor(victim.offset / BLOCK)
+  const inBlock = (o: number): boolean => writes.every((w) => o + 4096 <= w.offset || o >= w.offset + 64 * 1024)
+  let rot = block * BLOCK
+  while (!inBlock(rot)) rot += 4096
+  t.ok(rot < (block + 1) * BLOCK, `a 4 KiB range of block ${block} the guest did not write: ${rot}`)
+  const fh = await open(join(site.store, folder, `${stem}-flat.vmdk`), 'r+')
+  await fh.write(Buffer.alloc(4096, 0xee), 0, 4096, rot)
+  await fh.close()
+  const r = await replicateCli(site, vm.vmxPath, ['--trivial-mb', '4', '--compress', 'none', '--verify', 'changed'])
+  const v = r.report?.vms[0]
+  t.equal(r.code, 1, 'the run reports the failed check')
+  t.equal(v?.disks[0]?.mode, 'incremental')
+  t.same(v?.disks[0]?.blockCheck, { ok: false, blockSize: BLOCK, blocks: written.size, mismatched: 1 }, `every block the cycle wrote (${written.size}) was compared; the rotten one differs`)
+  t.equal(v?.disks[0]?.error?.code, 'E_CHECK')
+  const expected = await expectedView(vm.vmxPath, join(dir, 'e2.raw'))
+  const next = await cycle(t, site, vm, expected, 'resync', 'the next cycle', ['--verify', 'changed'])
+  t.match(next?.disks[0]?.fallbackReason, /failed its check/, 'resynced because the block check failed')
+  t.equal(next?.disks[0]?.resync?.differing, 1, 'exactly the rotten block travelled')
+  t.same(next?.disks[0]?.blockCheck, { ok: true, blockSize: BLOCK, blocks: 1, mismatched: 0 }, 'the block the resync wrote checks out')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 7 })
+  const last = await cycle(t, site, vm, await expectedView(vm.vmxPath, join(dir, 'e3.raw')), 'incremental', 'incrementals again', ['--verify', 'changed'])
+  t.equal(last?.disks[0]?.blockCheck?.ok, true)
+})

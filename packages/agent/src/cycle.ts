@@ -331,6 +331,7 @@ class VmCycle {
         records: undefined,
         view: undefined,
         viewTask: undefined,
+        touched: undefined,
       }
       this.#works.push(w)
       const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
@@ -372,7 +373,7 @@ class VmCycle {
       if (w.report.trivial === undefined && trivialRan && w.report.error === undefined) {
         w.report.error = { code: 'E_CHECK', message: 'commit confirmed after a reconnect; trivial check not run' }
       }
-      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true)
+      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true) && (w.report.blockCheck?.ok ?? true)
       w.progress.update('done', true)
     }
     await this.#recordChecks()
@@ -464,7 +465,17 @@ class VmCycle {
       for (const w of this.#works) w.progress.update('commit', true)
       this.#lap('commit')
       this.log.info({ cycle: this.#cycleNo, generation: committed.value.generation }, 'committed')
-      await verifyDisks(this.#works, { client, digest: welcome.digest, trivialBytes: this.#trivialBytes, certify: this.#certify, log: this.log, ...this.#sig })
+      await verifyDisks(this.#works, {
+        client,
+        digest: welcome.digest,
+        trivialBytes: this.#trivialBytes,
+        certify: this.#certify,
+        verifyChanged: this.#opts.verify === 'changed',
+        blockSize: this.#planContext().blockSize,
+        maxMessageBytes: welcome.limits.maxMessageBytes,
+        log: this.log,
+        ...this.#sig,
+      })
       this.#lap('check')
       await client.close().catch(() => {})
       return { kind: 'committed' }
@@ -489,7 +500,7 @@ class VmCycle {
 
   /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
   async #recordChecks(): Promise<void> {
-    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false)
+    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false || w.report.blockCheck?.ok === false)
     if (failed.length === 0) return
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
     await this.#store.save(

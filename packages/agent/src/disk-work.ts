@@ -46,6 +46,8 @@ export interface DiskWork {
   view: ViewDigester | undefined
   /** the view digests computed by reading, in the background while extents ship */
   viewTask: Promise<void> | undefined
+  /** resync: bitmap of the blocks that differed and were written (for `--verify changed`) */
+  touched: Uint8Array | undefined
 }
 
 /** Largest zero extent of an incremental cycle. */

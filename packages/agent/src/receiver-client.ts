@@ -11,6 +11,8 @@
  */
 import {
   MessageKind,
+  type BlockCheckMessage,
+  type BlockCheckResultMessage,
   type BlockMapMessage,
   type BlockMapRequestMessage,
   type CertifyMessage,
@@ -159,6 +161,14 @@ export class ReceiverClient {
   async certify(msg: Omit<CertifyMessage, 'kind'>, timeoutMs: number): Promise<Reply<CertifyResultMessage>> {
     const r = await this.#request({ kind: MessageKind.Certify, ...msg }, MessageKind.CertifyResult, timeoutMs)
     if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`CertifyResult for disk ${r.value.disk}, expected ${msg.disk}`)
+    return r
+  }
+
+  /** BlockCheck → BlockCheckResult (SPEC §5.6); the receiver reads the listed blocks back from the mirror. */
+  async blockCheck(msg: Omit<BlockCheckMessage, 'kind'>): Promise<Reply<BlockCheckResultMessage>> {
+    const bytes = (msg.blocks.length / 8) * msg.blockSize
+    const r = await this.#request({ kind: MessageKind.BlockCheck, ...msg }, MessageKind.BlockCheckResult, 120_000 + Math.ceil(bytes / 20_000))
+    if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`BlockCheckResult for disk ${r.value.disk}, expected ${msg.disk}`)
     return r
   }
 

@@ -82,6 +82,14 @@ export interface ReplicateInit {
    */
   readonly resync?: boolean
   /**
+   * `changed`: after the commit both sides compare the digests of every block
+   * the cycle wrote (the agent from the frozen source, the receiver read back
+   * from the mirror); a mismatch marks the disk diverged and the next cycle
+   * resyncs it. Cost O(changed blocks)
+   * @default 'none'
+   */
+  readonly verify?: 'none' | 'changed'
+  /**
    * resync block size, bytes: a power of two from 4 KiB to 64 MiB (halved
    * until it fits the negotiated maxExtentBytes)
    * @default 1 MiB
@@ -204,6 +212,7 @@ async function replicateVm(
         windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
         maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
         resync: init.resync ?? false,
+        verify: init.verify ?? 'none',
         blockSize,
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),

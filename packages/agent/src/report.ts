@@ -28,6 +28,8 @@ export interface DiskReport {
   layers: ChainLayer[]
   trivial?: { ok: boolean; prefixBytes: number; algorithm: DigestAlgorithm }
   certify?: { ok: boolean; algorithm: DigestAlgorithm; digest: string }
+  /** `--verify changed` (SPEC §5.6): blocks the cycle wrote, compared after the commit, and how many differed */
+  blockCheck?: { ok: boolean; blockSize: number; blocks: number; mismatched: number }
   error?: { code: string; message: string }
 }
 

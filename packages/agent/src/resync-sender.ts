@@ -94,6 +94,9 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   const view = new ViewDigester(capacity, opts.digest, prefixBytes, opts.certify)
   w.view = view
   w.viewTask = undefined
+  // the blocks this cycle writes, for `--verify changed`: a bitmap (2 MiB for 16 M blocks)
+  const touched = new Uint8Array(Math.ceil(blocks / 8))
+  w.touched = touched
   window.reset(resumeSeq)
   client.onAck = (ack) => {
     if (ack.disk !== w.handle || !window.ack(ack.seq)) {
@@ -150,6 +153,8 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
         w.progress.doneBytes = b.offset + b.length
         if (Buffer.compare(digest, mirror.subarray(i * len, (i + 1) * len)) === 0) continue
         stats.differing++
+        const bi = b.offset / blockSize
+        touched[bi >> 3] = (touched[bi >> 3] as number) | (1 << (bi & 7))
         const zero = isAllZero(b.raw)
         const extentDigest = zero ? new Uint8Array(0) : digest
         cd.add({ offset: b.offset, length: b.length, zero, digest: extentDigest })

@@ -10,6 +10,7 @@ import type { DigestAlgorithm } from '@grainline/protocol'
 import type { DiskWork } from './disk-work.ts'
 import { ViewDigester } from './extent-source.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
+import { checkChangedBlocks } from './block-check.ts'
 
 /** Options of {@link verifyDisks}. */
 export interface VerifyOptions {
@@ -20,6 +21,12 @@ export interface VerifyOptions {
   readonly trivialBytes: number
   /** full digest algorithm, or undefined for no certify */
   readonly certify: DigestAlgorithm | undefined
+  /** `--verify changed`: compare every block the cycle wrote (SPEC §5.6 BlockCheck). @default false */
+  readonly verifyChanged?: boolean
+  /** block size of the block check (a power of two). @default 1 MiB */
+  readonly blockSize?: number
+  /** the negotiated frame size (bounds a BlockCheck). @default 16 MiB + 64 KiB */
+  readonly maxMessageBytes?: number
   readonly log: Logger
   readonly signal?: AbortSignal
 }
@@ -62,5 +69,6 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
         log.error({ disk: w.name }, 'certify failed')
       }
     }
+    if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
   }
 }

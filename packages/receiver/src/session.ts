@@ -9,6 +9,7 @@ import {
   encodeMessage,
   negotiate,
   toErrorMessage,
+  type BlockCheckMessage,
   type BlockMapRequestMessage,
   type CertifyMessage,
   type CommitMessage,
@@ -35,6 +36,7 @@ import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkV
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { ResyncMap } from './resync-map.ts'
+import { checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 
 /**
@@ -217,6 +219,8 @@ export class Session {
         return this.onTrivial(msg)
       case MessageKind.Certify:
         return this.onCertify(msg)
+      case MessageKind.BlockCheck:
+        return this.onBlockCheck(msg)
       case MessageKind.Error:
         this.log.warn({ peerError: { code: msg.code, message: msg.message.slice(0, 512) } }, 'agent reported an error')
         if (msg.fatal) this.stop()
@@ -391,6 +395,14 @@ export class Session {
     const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
+  }
+
+  /** SPEC §5.6: read back the listed blocks of the mirror and compare (a mismatch marks the disk diverged). */
+  private async onBlockCheck(msg: BlockCheckMessage): Promise<void> {
+    const name = this.disk(msg.disk).name
+    const r = await checkBlocks(this.mirror, name, { ...msg, algorithm: (this.negotiated as Negotiated).digest }, this.abortCtl.signal)
+    this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
+    this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
   }
 
   /** Send a typed Error, close with its code, release everything. */

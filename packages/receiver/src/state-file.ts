@@ -37,6 +37,8 @@ export interface DiskRecord {
   readonly cycleDigest: { readonly algorithm: DigestAlgorithm; readonly digest: string }
   readonly trivial?: VerifyRecord
   readonly certify?: VerifyRecord
+  /** the last block check (`--verify changed`, SPEC §5.6); `digest` is empty, `bytes` the bytes read back */
+  readonly blocks?: VerifyRecord
   /**
    * Set when a trivial check or certify found the mirror different from the
    * source: no incremental is applied on it again (`E_DIVERGED`); the next

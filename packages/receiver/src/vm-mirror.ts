@@ -305,10 +305,11 @@ export class VmMirror {
    * Record a trivial-check or certify result; a failed one marks the disk
    * diverged (no incremental on it until a seed is committed).
    */
-  async recordVerify(name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
+  async recordVerify(name: string, kind: 'trivial' | 'certify' | 'blocks', r: VerifyRecord): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
-    const diverged = r.ok ? rec.diverged : { reason: `${kind === 'trivial' ? 'trivial check' : 'certify'} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
+    const what = { trivial: 'trivial check', certify: 'certify', blocks: 'block check' }[kind]
+    const diverged = r.ok ? rec.diverged : { reason: `${what} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
     if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
     await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
   }

@@ -234,6 +234,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     digests: val('digests'),
     consolidateExisting: val('consolidateExisting'),
     resync: val('resync'),
+    verify: val('verify'),
     stateDir: val('stateDir'),
     giveUpMs: giveUp,
     maxBackoffMs: maxBackoff,

@@ -58,6 +58,11 @@ export function vmOptionsShape(ctx: SchemaContext) {
     ),
     compress: doc(z.enum(CompressionAlgorithms).optional(), { description: 'Preferred compression (skipped per extent when it saves < 10 %).', default: '"lz4"' }),
     digests: doc(z.array(z.enum(DigestAlgorithms)).min(1).optional(), { description: 'Extent digests offered, preferred first.', default: '["xxh64", "sha256"]' }),
+    verify: doc(z.enum(['none', 'changed']).optional(), {
+      description:
+        'After the commit, compare the digests of every block the cycle wrote (source: the frozen view; mirror: read back). A mismatch marks the disk diverged; the next cycle resyncs exactly the differing blocks.',
+      default: '"none"',
+    }),
     resync: doc(z.boolean().optional(), {
       description:
         'Resync every disk whose mirror exists by comparing block digests (only differing blocks travel), even when an incremental would be safe. A resync is chosen on its own whenever an incremental is not safe.',

@@ -48,6 +48,7 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
   { flag: 'trivial-mb', key: 'trivialMiB', level: 'vm', integer: true, yargs: s('MiB of the disk prefix compared after every cycle (default 16; 0 = off)') },
   { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
+  { flag: 'verify', key: 'verify', level: 'vm', yargs: s('after the commit compare the digests of every block the cycle wrote, source vs mirror (default none)', { choices: ['none', 'changed'] }) },
   {
     flag: 'resync',
     key: 'resync',
