@@ -210,3 +210,40 @@ t.test('--verify changed finds a block the cycle wrote that differs in the mirro
   const last = await cycle(t, site, vm, await expectedView(vm.vmxPath, join(dir, 'e3.raw')), 'incremental', 'incrementals again', ['--verify', 'changed'])
   t.equal(last?.disks[0]?.blockCheck?.ok, true)
 })
+
+t.test('--scrub 4 finds a block tampered with under an unchanged CID within 4 cycles; the next cycle repairs exactly it', async (t) => {
+  const dir = scratchDir(t)
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const capacity = 16 * MiB
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'scrub', disks: [{ sizeBytes: capacity, fill: 'random' }], seed: 35 })
+  const { folder, stem } = names(vm)
+  const scrub = ['--scrub', '4']
+  const seed = await cycle(t, site, vm, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed', scrub)
+  t.match(seed?.disks[0]?.scrub, { ok: true, from: 0, to: 4, blocks: 16, mismatched: 0, rotationComplete: false }, 'the seed proves the mirror and starts the rotation')
+  t.type(seed?.disks[0]?.scrub?.provenAt, 'string', 'a seed proves the whole mirror')
+  // bit rot in block 13 of the mirror: CID and size unchanged, no cycle writes there (no guest writes)
+  const fh = await open(join(site.store, folder, `${stem}-flat.vmdk`), 'r+')
+  await fh.write(Buffer.alloc(512, 0x42), 0, 512, 13 * MiB + 4096)
+  await fh.close()
+  const expected = await expectedView(vm.vmxPath, join(dir, 'e2.raw'))
+  for (const [from, to] of [
+    [4, 8],
+    [8, 12],
+  ] as const) {
+    const r = await replicateCli(site, vm.vmxPath, ['--trivial-mb', '4', '--compress', 'none', ...scrub])
+    const v = r.report?.vms[0]
+    t.equal(r.code, 0, `scrub of blocks ${from}…${to - 1}: exit 0 ${r.stderr.slice(-1500)}`)
+    t.equal(v?.disks[0]?.mode, 'incremental')
+    t.match(v?.disks[0]?.scrub, { ok: true, from, to, mismatched: 0, rotationComplete: false }, `scrub of blocks ${from}…${to - 1}`)
+    t.equal(await firstDifference(join(site.store, folder, `${stem}-flat.vmdk`), expected), 13 * MiB + 4096, 'the tampered bytes are still there, unseen')
+  }
+  const r = await replicateCli(site, vm.vmxPath, ['--trivial-mb', '4', '--compress', 'none', ...scrub])
+  const v = r.report?.vms[0]
+  t.equal(r.code, 1, 'the cycle whose slice holds block 13 fails its check')
+  t.match(v?.disks[0]?.scrub, { ok: false, from: 12, to: 16, mismatched: 1, rotationComplete: true })
+  t.match(v?.disks[0]?.error, { code: 'E_CHECK' })
+  const fixed = await cycle(t, site, vm, expected, 'resync', 'the next cycle', scrub)
+  t.equal(fixed?.disks[0]?.resync?.differing, 1, 'exactly the tampered block travelled')
+  t.match(fixed?.disks[0]?.scrub, { ok: true, from: 0, to: 4 }, 'the resync proved the mirror: a new rotation')
+})

@@ -22,7 +22,7 @@ import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
-import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState } from './agent-state.ts'
+import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
@@ -373,7 +373,7 @@ class VmCycle {
       if (w.report.trivial === undefined && trivialRan && w.report.error === undefined) {
         w.report.error = { code: 'E_CHECK', message: 'commit confirmed after a reconnect; trivial check not run' }
       }
-      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true) && (w.report.blockCheck?.ok ?? true)
+      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true) && (w.report.blockCheck?.ok ?? true) && (w.report.scrub?.ok ?? true)
       w.progress.update('done', true)
     }
     await this.#recordChecks()
@@ -473,6 +473,8 @@ class VmCycle {
         verifyChanged: this.#opts.verify === 'changed',
         blockSize: this.#planContext().blockSize,
         maxMessageBytes: welcome.limits.maxMessageBytes,
+        scrub: this.#opts.scrub,
+        scrubState: this.#scrubState(),
         log: this.log,
         ...this.#sig,
       })
@@ -483,6 +485,13 @@ class VmCycle {
       session?.client.terminate()
       throw err
     }
+  }
+
+  /** The record's scrub rotations (created when `--scrub` is on; saved with the checks). */
+  #scrubState(): Record<string, ScrubRecord> | undefined {
+    if (this.#opts.scrub <= 0) return undefined
+    this.#record.scrub ??= {}
+    return this.#record.scrub
   }
 
   get #trivialBytes(): number {
@@ -500,8 +509,12 @@ class VmCycle {
 
   /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
   async #recordChecks(): Promise<void> {
-    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false || w.report.blockCheck?.ok === false)
-    if (failed.length === 0) return
+    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false || w.report.blockCheck?.ok === false || w.report.scrub?.ok === false)
+    if (failed.length === 0) {
+      // the scrub rotation moved on
+      if (this.#record.scrub !== undefined && this.#opts.scrub > 0) await this.#store.save(this.#record)
+      return
+    }
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
     await this.#store.save(
       markDiverged(

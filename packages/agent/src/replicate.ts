@@ -90,6 +90,14 @@ export interface ReplicateInit {
    */
   readonly verify?: 'none' | 'changed'
   /**
+   * also compare 1/N of every disk with the mirror each cycle, in rotation
+   * (the position is kept in the agent's record), so the whole mirror is
+   * proven every N cycles; a mismatch marks the disk diverged and the next
+   * cycle resyncs it (0: off)
+   * @default 0
+   */
+  readonly scrub?: number
+  /**
    * resync block size, bytes: a power of two from 4 KiB to 64 MiB (halved
    * until it fits the negotiated maxExtentBytes)
    * @default 1 MiB
@@ -184,6 +192,7 @@ async function replicateVm(
   if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
     throw new AgentError('E_CONFIG', `bad resync block size ${blockSize}: a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE} bytes`)
   }
+  if (init.scrub !== undefined && (!Number.isSafeInteger(init.scrub) || init.scrub < 0)) throw new AgentError('E_CONFIG', `bad scrub ${init.scrub}: a whole number of cycles per rotation (0 = off)`)
   const signal = shared.signal ?? init.signal
   try {
     return await runVmCycle(
@@ -213,6 +222,7 @@ async function replicateVm(
         maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
         resync: init.resync ?? false,
         verify: init.verify ?? 'none',
+        scrub: init.scrub ?? 0,
         blockSize,
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),

@@ -30,6 +30,8 @@ export interface DiskReport {
   certify?: { ok: boolean; algorithm: DigestAlgorithm; digest: string }
   /** `--verify changed` (SPEC §5.6): blocks the cycle wrote, compared after the commit, and how many differed */
   blockCheck?: { ok: boolean; blockSize: number; blocks: number; mismatched: number }
+  /** `--scrub N`: the blocks [from, to) of `blocks` compared this cycle; `provenAt`: when the whole mirror was last proven (a clean rotation, a seed or a resync) */
+  scrub?: { ok: boolean; blockSize: number; from: number; to: number; blocks: number; mismatched: number; rotationComplete: boolean; provenAt?: string }
   error?: { code: string; message: string }
 }
 

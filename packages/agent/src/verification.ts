@@ -10,7 +10,8 @@ import type { DigestAlgorithm } from '@grainline/protocol'
 import type { DiskWork } from './disk-work.ts'
 import { ViewDigester } from './extent-source.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
-import { checkChangedBlocks } from './block-check.ts'
+import { checkChangedBlocks, scrubDisk } from './block-check.ts'
+import type { ScrubRecord } from './agent-state.ts'
 
 /** Options of {@link verifyDisks}. */
 export interface VerifyOptions {
@@ -27,6 +28,10 @@ export interface VerifyOptions {
   readonly blockSize?: number
   /** the negotiated frame size (bounds a BlockCheck). @default 16 MiB + 64 KiB */
   readonly maxMessageBytes?: number
+  /** `--scrub N`: compare 1/N of each disk per cycle (0: off), continuing each disk's rotation in `scrubState`. @default 0 */
+  readonly scrub?: number
+  /** the scrub rotations by disk name (updated in place) */
+  readonly scrubState?: Record<string, ScrubRecord>
   readonly log: Logger
   readonly signal?: AbortSignal
 }
@@ -70,5 +75,7 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
       }
     }
     if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
+    const scrub = opts.scrub ?? 0
+    if (scrub > 0 && opts.scrubState !== undefined) opts.scrubState[w.name] = await scrubDisk(w, { ...opts, scrub }, opts.scrubState[w.name])
   }
 }

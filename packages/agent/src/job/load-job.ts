@@ -235,6 +235,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     consolidateExisting: val('consolidateExisting'),
     resync: val('resync'),
     verify: val('verify'),
+    scrub: val('scrub'),
     stateDir: val('stateDir'),
     giveUpMs: giveUp,
     maxBackoffMs: maxBackoff,

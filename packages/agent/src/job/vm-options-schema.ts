@@ -63,6 +63,11 @@ export function vmOptionsShape(ctx: SchemaContext) {
         'After the commit, compare the digests of every block the cycle wrote (source: the frozen view; mirror: read back). A mismatch marks the disk diverged; the next cycle resyncs exactly the differing blocks.',
       default: '"none"',
     }),
+    scrub: doc(z.int().min(0).max(1_000_000).optional(), {
+      description:
+        'Also compare 1/N of every disk with the mirror each cycle, in rotation, so the whole mirror is proven every N cycles (0 = off). A mismatch marks the disk diverged; the next cycle resyncs it.',
+      default: '0',
+    }),
     resync: doc(z.boolean().optional(), {
       description:
         'Resync every disk whose mirror exists by comparing block digests (only differing blocks travel), even when an incremental would be safe. A resync is chosen on its own whenever an incremental is not safe.',

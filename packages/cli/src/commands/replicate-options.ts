@@ -50,6 +50,13 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
   { flag: 'verify', key: 'verify', level: 'vm', yargs: s('after the commit compare the digests of every block the cycle wrote, source vs mirror (default none)', { choices: ['none', 'changed'] }) },
   {
+    flag: 'scrub',
+    key: 'scrub',
+    level: 'vm',
+    integer: true,
+    yargs: s('also compare 1/N of every disk with the mirror each cycle, in rotation: the whole mirror is proven every N cycles (default 0 = off)'),
+  },
+  {
     flag: 'resync',
     key: 'resync',
     level: 'vm',
