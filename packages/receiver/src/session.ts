@@ -40,6 +40,10 @@ import { checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 
 /**
+ * (Over 400 lines: one small handler per message kind of SPEC §8.3; the work
+ * of each lives in its own module — vm-mirror, disk-apply, verification,
+ * resync-map, block-check.)
+ *
  * One agent connection (one VM cycle, SPEC §4–§5): the socket glue. Frames
  * are decoded with the negotiated limits, fed to the protocol's
  * `ConversationState` (SPEC §8: order and legality) and dispatched; extents
