@@ -1,4 +1,5 @@
 import type { LocalCapabilities } from '@grainline/protocol'
+import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 
 /** Settings shared by all sessions of a receiver. */
@@ -24,4 +25,6 @@ export interface SessionSettings {
   readonly idleTimeoutMs: number
   /** where timeouts are logged, rate-limited */
   readonly refusals: RefusalLog
+  /** told of sealed disks, commits and checks as they happen (metrics) */
+  readonly observer?: ReceiverObserver
 }
