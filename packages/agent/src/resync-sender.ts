@@ -127,6 +127,8 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   }
   const source = readBlocks(w.chain, w.depth, blockSize, opts.readAheadBytes ?? 16 * 1024 * 1024, signal)
   let seq = 0
+  /** bytes of the extents below the resume point: the receiver's `resumeBytes` must be the same */
+  let resumedBytes = 0
   // where the time goes (logged): waiting for the receiver's maps, for the source reads, for the window
   const waits = { mapMs: 0, readMs: 0, sendMs: 0 }
   try {
@@ -160,7 +162,10 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
         cd.add({ offset: b.offset, length: b.length, zero, digest: extentDigest })
         if (zero) zeroBytes += b.length
         else dataBytes += b.length
-        if (seq++ < resumeSeq) continue
+        if (seq++ < resumeSeq) {
+          resumedBytes += b.length
+          continue
+        }
         let data: Uint8Array = new Uint8Array(0)
         let used: CompressionAlgorithm = 'none'
         if (!zero) {
@@ -192,6 +197,12 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
     }
   } finally {
     await source.return(undefined)
+  }
+  if (resumeSeq > 0 && resumedBytes !== opts.accepted.resumeBytes) {
+    throw new AgentError(
+      'E_PROTOCOL',
+      `the receiver applied ${opts.accepted.resumeBytes} bytes before seq ${resumeSeq} of ${w.name}, the block maps give ${resumedBytes}: roll the receiver's cycle back (grainline mirror rollback) and run again`,
+    )
   }
   if (seq < resumeSeq) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${seq} differing blocks of disk ${w.name}`)
   if (!view.complete) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} was not read whole`)
