@@ -128,7 +128,7 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     .map(({ disk, blockSize, firsts, ok }) => {
       const sorted = [...firsts].sort((a, b) => a - b)
       const blocks = new Uint8Array(sorted.length * 8)
-      sorted.forEach((x, i) => new DataView(blocks.buffer).setBigUint64(i * 8, BigInt(x), true))
+      for (const [i, x] of sorted.entries()) new DataView(blocks.buffer).setBigUint64(i * 8, BigInt(x), true)
       return [
         { kind: MessageKind.BlockCheck, disk, blockSize: 2 ** blockSize, blocks, digests: new Uint8Array(sorted.length * 8).fill(7) },
         { kind: MessageKind.BlockCheckResult, disk, ok, mismatched: ok ? new Uint8Array(0) : blocks.slice(0, 8) },

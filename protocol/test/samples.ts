@@ -10,7 +10,7 @@ const MiB = 1024 * 1024
 const u64s = (xs: readonly number[]): Uint8Array => {
   const b = new Uint8Array(xs.length * 8)
   const v = new DataView(b.buffer)
-  xs.forEach((x, i) => v.setBigUint64(i * 8, BigInt(x), true))
+  for (const [i, x] of xs.entries()) v.setBigUint64(i * 8, BigInt(x), true)
   return b
 }
 

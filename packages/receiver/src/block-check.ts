@@ -58,7 +58,7 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   }
   const mismatched = new Uint8Array(out.length * 8)
   const v = new DataView(mismatched.buffer)
-  out.forEach((b, i) => v.setBigUint64(i * 8, BigInt(b), true))
+  for (const [i, b] of out.entries()) v.setBigUint64(i * 8, BigInt(b), true)
   const ok = out.length === 0
   await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes })
   return { ok, mismatched, bytes }
