@@ -6,6 +6,7 @@ import { DigestLengths, isDigestAlgorithm } from './digest.ts'
 import { isCompressionAlgorithm } from './compression.ts'
 import { ProtocolError } from './errors.ts'
 import { DEFAULT_MAX_EXTENT_BYTES } from './limits.ts'
+import { MIN_BLOCK_SIZE } from './block-map.ts'
 import { MessageKind, type CompressionAlgorithm, type DigestAlgorithm, type Limits, type Message } from './messages.ts'
 
 /** Limits applied when decoding (and, optionally, encoding). */
@@ -73,6 +74,21 @@ function unique<T>(items: readonly T[], key: (t: T) => unknown, field: string): 
   }
 }
 
+/** A list of u64le block indexes: whole entries, strictly ascending, below 2^53. Returns the count. */
+function blockList(b: Uint8Array, field: string): number {
+  if (b.length % 8 !== 0) throw bad(field, `${b.length} bytes is not a list of u64le block indexes`)
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  let prev = -1
+  for (let i = 0; i < b.length; i += 8) {
+    const x = v.getBigUint64(i, true)
+    if (x >= BigInt(MAX_END)) throw bad(field, `block index ${x} is above 2^53`)
+    const n = Number(x)
+    if (n <= prev) throw bad(field, `block indexes must be strictly ascending (${n} after ${prev})`)
+    prev = n
+  }
+  return b.length / 8
+}
+
 /** Apply the cross-field rules to a schema-valid message. */
 export function checkMessage(m: Message, limits: DecodeLimits): void {
   const maxExtent = limits.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
@@ -98,12 +114,19 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
     case MessageKind.DiskOpen:
       if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')
       if (m.cycle < 1) throw bad('cycle', 'cycles start at 1')
-      if (m.mode === 'seed' ? m.baseCycle !== 0 : m.baseCycle < 1 || m.baseCycle >= m.cycle) {
-        throw bad('baseCycle', m.mode === 'seed' ? 'must be 0 for a seed' : 'must be ≥ 1 and below cycle for an incremental')
+      if (m.mode === 'incremental' ? m.baseCycle < 1 || m.baseCycle >= m.cycle : m.baseCycle !== 0) {
+        throw bad('baseCycle', m.mode === 'incremental' ? 'must be ≥ 1 and below cycle for an incremental' : `must be 0 for a ${m.mode}`)
       }
-      // SPEC §5.8: an incremental names the generation it was planned against; a seed has none
-      if ((m.mode === 'seed') !== (m.baseGeneration === '')) {
-        throw bad('baseGeneration', m.mode === 'seed' ? 'must be "" for a seed' : 'must be the generation the incremental was planned against')
+      // SPEC §5.8: an incremental names the generation it was planned against; a seed or resync has none
+      if ((m.mode === 'incremental') === (m.baseGeneration === '')) {
+        throw bad('baseGeneration', m.mode === 'incremental' ? 'must be the generation the incremental was planned against' : `must be "" for a ${m.mode}`)
+      }
+      // SPEC §5.9: a resync compares blocks of a power-of-two size that fits in one extent
+      if (m.mode === 'resync') {
+        if (m.blockSize < MIN_BLOCK_SIZE || (m.blockSize & (m.blockSize - 1)) !== 0) throw bad('blockSize', `must be a power of two ≥ ${MIN_BLOCK_SIZE} for a resync`)
+        if (m.blockSize > maxExtent) throw bad('blockSize', `${m.blockSize} exceeds maxExtentBytes ${maxExtent}`)
+      } else if (m.blockSize !== 0) {
+        throw bad('blockSize', `must be 0 for a ${m.mode}`)
       }
       return
     case MessageKind.DiskState:
@@ -132,6 +155,29 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       checkDigestLength(m.digest, 'digest', limits.digest, false)
       return
     }
+    case MessageKind.BlockMapRequest:
+      if (m.count < 1) throw bad('count', 'must be at least 1')
+      if (m.first + m.count > MAX_END) throw bad('count', 'first + count exceeds 2^53')
+      return
+    case MessageKind.BlockMap: {
+      if (m.digests.length === 0) throw bad('digests', 'must not be empty')
+      const len = limits.digest === undefined ? undefined : DigestLengths[limits.digest]
+      if (len !== undefined && m.digests.length % len !== 0) throw bad('digests', `${m.digests.length} bytes is not a whole number of ${limits.digest} digests (${len} bytes)`)
+      return
+    }
+    case MessageKind.BlockCheck: {
+      if (m.blockSize < MIN_BLOCK_SIZE || (m.blockSize & (m.blockSize - 1)) !== 0) throw bad('blockSize', `must be a power of two ≥ ${MIN_BLOCK_SIZE}`)
+      const n = blockList(m.blocks, 'blocks')
+      if (n === 0) throw bad('blocks', 'must list at least one block')
+      if (m.digests.length % n !== 0 || !KNOWN_DIGEST_LENGTHS.has(m.digests.length / n)) throw bad('digests', `${m.digests.length} bytes for ${n} blocks`)
+      const len = limits.digest === undefined ? undefined : DigestLengths[limits.digest]
+      if (len !== undefined && m.digests.length !== n * len) throw bad('digests', `${m.digests.length} bytes, ${n} ${limits.digest} digests are ${n * len}`)
+      return
+    }
+    case MessageKind.BlockCheckResult:
+      blockList(m.mismatched, 'mismatched')
+      if (m.ok !== (m.mismatched.length === 0)) throw bad('mismatched', m.ok ? 'must be empty when ok' : 'must list a block when not ok')
+      return
     case MessageKind.ExtentAck:
     case MessageKind.DiskEnded:
     case MessageKind.Rollback:

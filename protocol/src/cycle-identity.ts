@@ -13,6 +13,8 @@ export interface CycleIdentityFields {
   /** DiskOpen.baseGeneration ("" for a seed) */
   readonly baseGeneration: string
   readonly source: DiskOpenMessage['source']
+  /** DiskOpen.blockSize: part of the identity of a resync only (SPEC §5.2) */
+  readonly blockSize?: number
 }
 
 const DOMAIN = 'grainline.cycle-identity.v2'
@@ -23,7 +25,7 @@ const DOMAIN = 'grainline.cycle-identity.v2'
  *   str("grainline.cycle-identity.v2") • str(vm) • str(name) • u64le(cycle) •
  *   str(mode) • u64le(baseCycle) • str(baseGeneration) • u32le(layers.length) •
  *   for each layer, bottom first: str(file) • str(cid) • str(parentCid) •
- *   str(successor)
+ *   str(successor) [• u64le(blockSize) for a resync]
  *
  * with str(s) := u32le(UTF-8 byte length) • UTF-8 bytes. Always SHA-256, not
  * the negotiated digest, so the value does not depend on the connection.
@@ -57,5 +59,7 @@ export function cycleIdentity(fields: CycleIdentityFields): string {
     str(layer.parentCid)
   }
   str(fields.source.successor)
+  // a resync's extent sequence depends on its block size; seed and incremental identities are unchanged
+  if (fields.mode === 'resync') num(fields.blockSize ?? 0)
   return h.digest('hex')
 }

@@ -12,8 +12,13 @@ export const ProtocolErrorCodes = {
   E_FORBIDDEN: { closeCode: 4403, fatal: true, meaning: 'the token may not replicate this VM' },
   E_BAD_NAME: { closeCode: 4400, fatal: true, meaning: 'a VM, disk or file name is not a safe path component (SPEC §4.1)' },
   E_BAD_DIGEST: { closeCode: 4410, fatal: true, meaning: 'an extent payload does not match its digest' },
-  E_SEQUENCE: { closeCode: 4411, fatal: true, meaning: 'an Extent seq is not the next expected one' },
-  E_RANGE: { closeCode: 4412, fatal: true, meaning: 'offset + length beyond the disk capacity, or another value beyond what the receiver allows' },
+  E_SEQUENCE: { closeCode: 4411, fatal: true, meaning: 'an Extent seq is not the next expected one, or a BlockMapRequest or BlockMap is out of order (SPEC §5.9)' },
+  E_RANGE: {
+    closeCode: 4412,
+    fatal: true,
+    meaning:
+      'offset + length beyond the disk capacity, a block map request beyond the last block, a resync extent ahead of the block map (SPEC §5.9), or another value beyond what the receiver allows',
+  },
   E_DECOMPRESS: { closeCode: 4413, fatal: true, meaning: 'a compressed payload is corrupt or does not expand to exactly length bytes' },
   E_CYCLE_MISMATCH: { closeCode: 4420, fatal: false, meaning: 'resume refused: the in-flight cycle has another cycle identity' },
   E_MIRROR_MODIFIED: { closeCode: 4421, fatal: false, meaning: 'the mirror changed since its last commit (CID or size): incremental refused' },

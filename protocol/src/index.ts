@@ -11,6 +11,9 @@ export type {
   ExtentAckMessage,
   DiskEndMessage,
   DiskEndedMessage,
+  DiskMode,
+  BlockMapRequestMessage,
+  BlockMapMessage,
   CommitMessage,
   CommittedMessage,
   CommittedDisk,
@@ -18,6 +21,8 @@ export type {
   TrivialResultMessage,
   CertifyMessage,
   CertifyResultMessage,
+  BlockCheckMessage,
+  BlockCheckResultMessage,
   RollbackMessage,
   RolledBackMessage,
   ErrorMessage,
@@ -48,5 +53,6 @@ export { validateName, isWellFormed, MAX_NAME_BYTES } from './names.ts'
 export { ConversationState, SENDER } from './session-state.ts'
 export type { Sender, Phase, DiskPhase } from './session-state.ts'
 export { toErrorMessage, truncateUtf8, MAX_ERROR_TEXT_BYTES } from './error-message.ts'
+export { MAX_MAP_BLOCKS, MAX_MAP_REQUESTS, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE, DEFAULT_BLOCK_SIZE, blockCount, mapBlocksPerMessage } from './block-map.ts'
 export { MESSAGE_OVERHEAD_BYTES, DEFAULT_MAX_EXTENT_BYTES, ZERO_EXTENT_WINDOW_COST, maxMessageBytesFor, windowCost } from './limits.ts'
 export { parseByteSize, parseRate, parseDuration, formatBytes, formatDuration, UnitError } from './units.ts'

@@ -38,6 +38,10 @@ export const MessageKind = {
   DiskEnd: 0x22,
   /** receiver → agent: counts and cycle digest matched; the disk is sealed */
   DiskEnded: 0x23,
+  /** agent → receiver (resync): send the mirror's block digests of a run of blocks */
+  BlockMapRequest: 0x24,
+  /** receiver → agent (resync): the mirror's block digests of the requested run */
+  BlockMap: 0x25,
   /** agent → receiver: commit every sealed disk of the VM atomically */
   Commit: 0x30,
   /** receiver → agent: the VM's new committed cycle is durable */
@@ -50,6 +54,10 @@ export const MessageKind = {
   Certify: 0x42,
   /** receiver → agent: the mirror's full digest and the verdict */
   CertifyResult: 0x43,
+  /** agent → receiver: digests of listed blocks of the frozen source (`--verify changed`) */
+  BlockCheck: 0x44,
+  /** receiver → agent: the listed blocks whose mirror digests differ */
+  BlockCheckResult: 0x45,
   /** agent → receiver: discard an interrupted (uncommitted) cycle of the VM */
   Rollback: 0x50,
   /** receiver → agent: the VM mirror is back at its last committed point */
@@ -184,8 +192,8 @@ export interface DiskOpenMessage {
   /** virtual capacity in bytes (multiple of 512) */
   readonly capacity: number
   readonly cycle: number
-  readonly mode: 'seed' | 'incremental'
-  /** for incremental: the committed cycle this one applies on; 0 for seed */
+  readonly mode: DiskMode
+  /** for incremental: the committed cycle this one applies on; 0 for seed and resync */
   readonly baseCycle: number
   /**
    * for incremental: the generation id of the commit the agent planned this
@@ -202,8 +210,40 @@ export interface DiskOpenMessage {
   readonly ddb: Readonly<Record<string, string>>
   /** total payload bytes (data + zero) the cycle will ship, for progress */
   readonly totalBytes: number
-  /** number of extents the cycle will ship */
+  /** number of extents the cycle will ship (resync: 0, unknown until the maps are compared) */
   readonly totalExtents: number
+  /**
+   * resync: bytes per block of the digest maps (a power of two, 4 KiB … 64 MiB,
+   * ≤ maxExtentBytes; SPEC §5.9); 0 for seed and incremental
+   */
+  readonly blockSize: number
+}
+
+/**
+ * How a disk cycle ships (SPEC §5.1): the whole frozen view, the changed
+ * ranges of the frozen deltas, or the blocks whose digests differ from the
+ * mirror's (SPEC §5.9).
+ */
+export type DiskMode = 'seed' | 'incremental' | 'resync'
+
+/** Agent → receiver (resync): the mirror's digests of blocks `first` … `first + count - 1`, please (SPEC §5.9). */
+export interface BlockMapRequestMessage {
+  readonly kind: typeof MessageKind.BlockMapRequest
+  readonly disk: number
+  /** index of the first block; the requests of a handle are contiguous from block 0 */
+  readonly first: number
+  /** blocks requested (1 … 65536) */
+  readonly count: number
+}
+
+/** Receiver → agent (resync): the mirror's block digests, `count` × digest length bytes in block order (SPEC §5.9). */
+export interface BlockMapMessage {
+  readonly kind: typeof MessageKind.BlockMap
+  readonly disk: number
+  /** the request's `first` */
+  readonly first: number
+  /** the concatenated digests (negotiated algorithm) of the blocks as the mirror holds them at its committed point */
+  readonly digests: Uint8Array
 }
 
 /** Receiver → agent: accepted or refused, the disk mirror's state and the resume point (SPEC §5.1, §5.7). */
@@ -336,6 +376,28 @@ export interface CertifyResultMessage {
   readonly bytes: number
 }
 
+/** Agent → receiver: the digests of listed blocks of the frozen source, to compare with the mirror after the commit (SPEC §5.6). */
+export interface BlockCheckMessage {
+  readonly kind: typeof MessageKind.BlockCheck
+  readonly disk: number
+  /** block size, bytes (a power of two, 4 KiB … 64 MiB) */
+  readonly blockSize: number
+  /** block indexes, u64le each, strictly ascending, 1 … 65536 of them */
+  readonly blocks: Uint8Array
+  /** the negotiated digest of each listed block of the frozen view, in the same order */
+  readonly digests: Uint8Array
+}
+
+/** Receiver → agent: which of the checked blocks differ in the mirror (SPEC §5.6). */
+export interface BlockCheckResultMessage {
+  readonly kind: typeof MessageKind.BlockCheckResult
+  readonly disk: number
+  /** true when every listed block matched */
+  readonly ok: boolean
+  /** the indexes (u64le each, ascending) of the listed blocks whose mirror digests differ */
+  readonly mismatched: Uint8Array
+}
+
 /** Agent → receiver: discard the VM's interrupted, uncommitted cycle (SPEC §4.3). */
 export interface RollbackMessage {
   readonly kind: typeof MessageKind.Rollback
@@ -371,12 +433,16 @@ export type Message =
   | ExtentAckMessage
   | DiskEndMessage
   | DiskEndedMessage
+  | BlockMapRequestMessage
+  | BlockMapMessage
   | CommitMessage
   | CommittedMessage
   | TrivialCheckMessage
   | TrivialResultMessage
   | CertifyMessage
   | CertifyResultMessage
+  | BlockCheckMessage
+  | BlockCheckResultMessage
   | RollbackMessage
   | RolledBackMessage
   | ErrorMessage

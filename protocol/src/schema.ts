@@ -26,6 +26,7 @@ import {
 } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 import { maxMessageBytesFor } from './limits.ts'
+import { MAX_BLOCK_SIZE, MAX_MAP_BLOCKS } from './block-map.ts'
 
 export interface UintSpec {
   readonly t: 'uint'
@@ -183,7 +184,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     name: name('disk'),
     capacity: uint(),
     cycle: uint(),
-    mode: str(16, pattern(/^(seed|incremental)$/, '"seed" or "incremental"'), '"seed" | "incremental"'),
+    mode: str(16, pattern(/^(seed|incremental|resync)$/, '"seed", "incremental" or "resync"'), '"seed" | "incremental" | "resync"'),
     baseCycle: uint(),
     baseGeneration: maybeGeneration,
     source,
@@ -191,6 +192,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, ddbKey, '/^[A-Za-z0-9._:-]{1,128}$/, not "__proto__"'), value: text(4096) },
     totalBytes: uint(),
     totalExtents: uint(),
+    blockSize: uint(MAX_BLOCK_SIZE),
   }),
   [MessageKind.DiskState]: struct({
     disk,
@@ -216,6 +218,8 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.ExtentAck]: struct({ disk, seq: uint() }),
   [MessageKind.DiskEnd]: struct({ disk, extents: uint(), dataBytes: uint(), zeroBytes: uint(), digest: digestBytes }),
   [MessageKind.DiskEnded]: struct({ disk }),
+  [MessageKind.BlockMapRequest]: struct({ disk, first: uint(), count: uint(MAX_MAP_BLOCKS) }),
+  [MessageKind.BlockMap]: struct({ disk, first: uint(), digests: bin(MAX_MAP_BLOCKS * 64) }),
   [MessageKind.Commit]: struct({ vm: name('vm'), cycle: uint() }),
   [MessageKind.Committed]: struct({
     vm: name('vm'),
@@ -227,6 +231,8 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),
   [MessageKind.Certify]: struct({ disk, algorithm: token, digest: digestBytes }),
   [MessageKind.CertifyResult]: struct({ disk, ok: bool, algorithm: token, digest: digestBytes, bytes: uint() }),
+  [MessageKind.BlockCheck]: struct({ disk, blockSize: uint(MAX_BLOCK_SIZE), blocks: bin(MAX_MAP_BLOCKS * 8), digests: bin(MAX_MAP_BLOCKS * 64) }),
+  [MessageKind.BlockCheckResult]: struct({ disk, ok: bool, mismatched: bin(MAX_MAP_BLOCKS * 8) }),
   [MessageKind.Rollback]: struct({ vm: name('vm') }),
   [MessageKind.RolledBack]: struct({ vm: name('vm'), committedCycle: uint() }),
   [MessageKind.Error]: struct({ code, message: str(4096), fatal: bool }),

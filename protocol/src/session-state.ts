@@ -6,6 +6,10 @@
  */
 import { ProtocolError } from './errors.ts'
 import { MessageKind, type Message } from './messages.ts'
+import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
+import { DigestLengths } from './digest.ts'
+
+const KNOWN_DIGEST_LENGTHS = new Set(Object.values(DigestLengths))
 
 /** Who sent a message. */
 export type Sender = 'agent' | 'receiver'
@@ -24,9 +28,21 @@ interface DiskTrack {
   nextSeq: number
   /** highest acknowledged seq, -1 if none */
   acked: number
-  /** outstanding TrivialCheck / Certify requests */
+  /** outstanding TrivialCheck / Certify / BlockCheck requests */
   trivial: number
   certify: number
+  blockChecks: number
+  /** resync (SPEC §5.9): block size, 0 for other modes */
+  readonly blockSize: number
+  readonly capacity: number
+  /** resync: blocks of the disk */
+  readonly blocks: number
+  /** resync: the `first` the next BlockMapRequest must carry */
+  mapNext: number
+  /** resync: the unanswered BlockMapRequests, oldest first */
+  readonly mapPending: Array<{ readonly first: number; readonly count: number }>
+  /** resync: blocks whose digests the receiver has sent (extents may not go beyond them) */
+  mapAnswered: number
 }
 
 /** Which side sends each kind (SPEC §6). Error is sent by both. */
@@ -41,12 +57,16 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.ExtentAck]: 'receiver',
   [MessageKind.DiskEnd]: 'agent',
   [MessageKind.DiskEnded]: 'receiver',
+  [MessageKind.BlockMapRequest]: 'agent',
+  [MessageKind.BlockMap]: 'receiver',
   [MessageKind.Commit]: 'agent',
   [MessageKind.Committed]: 'receiver',
   [MessageKind.TrivialCheck]: 'agent',
   [MessageKind.TrivialResult]: 'receiver',
   [MessageKind.Certify]: 'agent',
   [MessageKind.CertifyResult]: 'receiver',
+  [MessageKind.BlockCheck]: 'agent',
+  [MessageKind.BlockCheckResult]: 'receiver',
   [MessageKind.Rollback]: 'agent',
   [MessageKind.RolledBack]: 'receiver',
   [MessageKind.Error]: 'both',
@@ -132,7 +152,21 @@ export class ConversationState {
         for (const [h, d] of this.#disks) {
           if (d.name === msg.name && d.phase !== 'refused') throw unexpected(`disk ${JSON.stringify(msg.name)} is already open with handle ${h}`)
         }
-        this.#disks.set(msg.disk, { name: msg.name, phase: 'opening', nextSeq: 0, acked: -1, trivial: 0, certify: 0 })
+        this.#disks.set(msg.disk, {
+          name: msg.name,
+          phase: 'opening',
+          nextSeq: 0,
+          acked: -1,
+          trivial: 0,
+          certify: 0,
+          blockChecks: 0,
+          blockSize: msg.mode === 'resync' ? msg.blockSize : 0,
+          capacity: msg.capacity,
+          blocks: msg.mode === 'resync' && msg.blockSize > 0 ? blockCount(msg.capacity, msg.blockSize) : 0,
+          mapNext: 0,
+          mapPending: [],
+          mapAnswered: 0,
+        })
         return
       case MessageKind.DiskState: {
         const d = disk(msg.disk, 'opening')
@@ -145,7 +179,35 @@ export class ConversationState {
         need('vm-open')
         const d = disk(msg.disk, 'accepted')
         if (msg.seq !== d.nextSeq) throw new ProtocolError('E_SEQUENCE', `disk ${msg.disk}: expected seq ${d.nextSeq}, got ${msg.seq}`)
+        // SPEC §5.9: a resync writes no block whose mirror digest has not been sent
+        if (d.blockSize > 0 && msg.offset + msg.length > Math.min(d.capacity, d.mapAnswered * d.blockSize)) {
+          throw new ProtocolError('E_RANGE', `disk ${msg.disk}: extent ending at ${msg.offset + msg.length} runs ahead of the block map sent (${d.mapAnswered} blocks)`)
+        }
         d.nextSeq++
+        return
+      }
+      case MessageKind.BlockMapRequest: {
+        need('vm-open')
+        const d = disk(msg.disk, 'accepted')
+        if (d.blockSize === 0) throw unexpected(`disk ${msg.disk} is not a resync: no block map`)
+        if (msg.first !== d.mapNext) throw new ProtocolError('E_SEQUENCE', `disk ${msg.disk}: block map requests are contiguous: expected first ${d.mapNext}, got ${msg.first}`)
+        if (msg.first + msg.count > d.blocks) throw new ProtocolError('E_RANGE', `disk ${msg.disk}: blocks ${msg.first} … ${msg.first + msg.count - 1} beyond the ${d.blocks} blocks of the disk`)
+        if (d.mapPending.length >= MAX_MAP_REQUESTS) throw unexpected(`disk ${msg.disk}: more than ${MAX_MAP_REQUESTS} block map requests unanswered`)
+        d.mapPending.push({ first: msg.first, count: msg.count })
+        d.mapNext = msg.first + msg.count
+        return
+      }
+      case MessageKind.BlockMap: {
+        const d = disk(msg.disk, 'accepted')
+        const req = d.mapPending[0]
+        if (req === undefined) throw unexpected(`disk ${msg.disk}: BlockMap without a request`)
+        if (msg.first !== req.first) throw new ProtocolError('E_SEQUENCE', `disk ${msg.disk}: BlockMap for block ${msg.first}, the oldest request is for ${req.first}`)
+        const len = msg.digests.length / req.count
+        if (!Number.isInteger(len) || !KNOWN_DIGEST_LENGTHS.has(len)) {
+          throw new ProtocolError('E_SCHEMA', `disk ${msg.disk}: ${msg.digests.length} digest bytes for ${req.count} blocks`, { field: 'digests' })
+        }
+        d.mapPending.shift()
+        d.mapAnswered = req.first + req.count
         return
       }
       case MessageKind.ExtentAck: {
@@ -159,6 +221,7 @@ export class ConversationState {
         need('vm-open')
         const d = disk(msg.disk, 'accepted')
         if (msg.extents !== d.nextSeq) throw unexpected(`disk ${msg.disk}: DiskEnd counts ${msg.extents} extents, ${d.nextSeq} were sent`)
+        if (d.blockSize > 0 && d.mapAnswered !== d.blocks) throw unexpected(`disk ${msg.disk}: a resync ends after the whole block map (${d.mapAnswered} of ${d.blocks} blocks)`)
         d.phase = 'ending'
         return
       }
@@ -188,6 +251,19 @@ export class ConversationState {
         need('committed')
         disk(msg.disk, 'committed').certify++
         return
+      case MessageKind.BlockCheck: {
+        need('committed')
+        const d = disk(msg.disk, 'committed')
+        if (d.blockChecks >= MAX_MAP_REQUESTS) throw unexpected(`disk ${msg.disk}: more than ${MAX_MAP_REQUESTS} block checks unanswered`)
+        d.blockChecks++
+        return
+      }
+      case MessageKind.BlockCheckResult: {
+        const d = disk(msg.disk, 'committed')
+        if (d.blockChecks === 0) throw unexpected(`BlockCheckResult for disk ${msg.disk} without a BlockCheck`)
+        d.blockChecks--
+        return
+      }
       case MessageKind.TrivialResult: {
         const d = disk(msg.disk, 'committed')
         if (d.trivial === 0) throw unexpected(`TrivialResult for disk ${msg.disk} without a TrivialCheck`)

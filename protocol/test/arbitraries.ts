@@ -88,7 +88,7 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
       name,
       capacity: sectors(2 ** 43).map((x) => x + 512),
       cycle: fc.integer({ min: 2, max: 1e9 }),
-      seed: fc.boolean(),
+      mode: fc.constantFrom('seed' as const, 'incremental' as const, 'resync' as const),
       source,
       cycleId: fc.stringMatching(/^(?:[0-9a-f]{2}){8,64}$/),
       ddb,
@@ -96,13 +96,15 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
       totalExtents: nat,
       b: fc.integer({ min: 1, max: 1e9 }),
       g: generation.filter((g) => g !== ''),
+      bs: fc.integer({ min: 12, max: 24 }),
     })
-    .map(({ seed, b, g, ...r }) => ({
+    .map(({ mode, b, g, bs, ...r }) => ({
       kind: MessageKind.DiskOpen,
       ...r,
-      mode: seed ? ('seed' as const) : ('incremental' as const),
-      baseCycle: seed ? 0 : 1 + (b % (r.cycle - 1)),
-      baseGeneration: seed ? '' : g,
+      mode,
+      baseCycle: mode === 'incremental' ? 1 + (b % (r.cycle - 1)) : 0,
+      baseGeneration: mode === 'incremental' ? g : '',
+      blockSize: mode === 'resync' ? 2 ** bs : 0,
     })),
   fc
     .record({
@@ -121,6 +123,22 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ kind: fc.constant(MessageKind.ExtentAck), disk, seq: nat }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnd), disk, extents: nat, dataBytes: fc.integer({ min: 0, max: 2 ** 52 }), zeroBytes: fc.integer({ min: 0, max: 2 ** 52 }), digest }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnded), disk }),
+  fc
+    .record({ disk, blockSize: fc.integer({ min: 12, max: 26 }), firsts: fc.uniqueArray(fc.integer({ min: 0, max: 2 ** 40 }), { minLength: 1, maxLength: 16 }), ok: fc.boolean() })
+    .map(({ disk, blockSize, firsts, ok }) => {
+      const sorted = [...firsts].sort((a, b) => a - b)
+      const blocks = new Uint8Array(sorted.length * 8)
+      for (const [i, x] of sorted.entries()) new DataView(blocks.buffer).setBigUint64(i * 8, BigInt(x), true)
+      return [
+        { kind: MessageKind.BlockCheck, disk, blockSize: 2 ** blockSize, blocks, digests: new Uint8Array(sorted.length * 8).fill(7) },
+        { kind: MessageKind.BlockCheckResult, disk, ok, mismatched: ok ? new Uint8Array(0) : blocks.slice(0, 8) },
+      ]
+    })
+    .chain((pair) => fc.constantFrom(...pair)),
+  fc.record({ kind: fc.constant(MessageKind.BlockMapRequest), disk, first: fc.integer({ min: 0, max: 2 ** 40 }), count: fc.integer({ min: 1, max: 65536 }) }),
+  fc
+    .record({ disk, first: fc.integer({ min: 0, max: 2 ** 40 }), n: fc.integer({ min: 1, max: 64 }), seed: fc.integer({ min: 0, max: 255 }) })
+    .map(({ n, seed, ...r }) => ({ kind: MessageKind.BlockMap, ...r, digests: Uint8Array.from({ length: n * 8 }, (_, i) => (i * 31 + seed) & 0xff) })),
   fc.record({ kind: fc.constant(MessageKind.Commit), vm: name, cycle }),
   fc.record({
     kind: fc.constant(MessageKind.Committed),

@@ -102,6 +102,8 @@ t.test('cycle identity changes with every field', async (t) => {
     { ...base, name: 'web01_1.vmdk' },
     { ...base, cycle: 8 },
     { ...base, mode: 'seed' },
+    { ...base, mode: 'resync', baseCycle: 0, baseGeneration: '', blockSize: 1 << 20 },
+    { ...base, mode: 'resync', baseCycle: 0, baseGeneration: '', blockSize: 1 << 16 },
     { ...base, baseCycle: 5 },
     { ...base, baseGeneration: '00112233445566778899aabbccddeef0' },
     { ...base, baseGeneration: '' },

@@ -6,6 +6,13 @@ import { MessageKind, type Message } from '../src/messages.ts'
 
 const bytes = (n: number, f: (i: number) => number = (i) => i & 0xff): Uint8Array => Uint8Array.from({ length: n }, (_, i) => f(i))
 const MiB = 1024 * 1024
+/** u64le block indexes */
+const u64s = (xs: readonly number[]): Uint8Array => {
+  const b = new Uint8Array(xs.length * 8)
+  const v = new DataView(b.buffer)
+  for (const [i, x] of xs.entries()) v.setBigUint64(i * 8, BigInt(x), true)
+  return b
+}
 
 export interface Sample {
   readonly name: string
@@ -97,6 +104,26 @@ export const samples: readonly Sample[] = [
       ddb: { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '19', 'ddb.uuid': '60 00 C2 9a 2b 3c 4d 5e-6f 70 81 92 a3 b4 c5 d6' },
       totalBytes: 5 * MiB + 512,
       totalExtents: 7,
+      blockSize: 0,
+    },
+  },
+  {
+    name: 'disk-open resync',
+    message: {
+      kind: MessageKind.DiskOpen,
+      disk: 1,
+      name: 'web01_1.vmdk',
+      capacity: 16 * 1024 * MiB,
+      cycle: 4,
+      mode: 'resync',
+      baseCycle: 0,
+      baseGeneration: '',
+      source,
+      cycleId: '7c1e0f2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7',
+      ddb: { 'ddb.adapterType': 'pvscsi' },
+      totalBytes: 16 * 1024 * MiB,
+      totalExtents: 0,
+      blockSize: MiB,
     },
   },
   {
@@ -115,6 +142,7 @@ export const samples: readonly Sample[] = [
       ddb: {},
       totalBytes: 4 * 1024 ** 5,
       totalExtents: 268435456,
+      blockSize: 0,
     },
   },
   {
@@ -165,6 +193,14 @@ export const samples: readonly Sample[] = [
     message: { kind: MessageKind.DiskEnd, disk: 0, extents: 7, dataBytes: 4 * MiB + 512, zeroBytes: MiB, digest: bytes(8, (i) => 0xf0 | i) },
   },
   { name: 'disk-ended', message: { kind: MessageKind.DiskEnded, disk: 0 } },
+  {
+    name: 'block-check',
+    message: { kind: MessageKind.BlockCheck, disk: 1, blockSize: MiB, blocks: u64s([3, 4, 700, 2 ** 40]), digests: bytes(4 * 8, (i) => (i * 29 + 3) & 0xff) },
+  },
+  { name: 'block-check-result', message: { kind: MessageKind.BlockCheckResult, disk: 1, ok: false, mismatched: u64s([700]) } },
+  { name: 'block-check-result ok', message: { kind: MessageKind.BlockCheckResult, disk: 1, ok: true, mismatched: new Uint8Array(0) } },
+  { name: 'block-map-request', message: { kind: MessageKind.BlockMapRequest, disk: 1, first: 4096, count: 4096 } },
+  { name: 'block-map', message: { kind: MessageKind.BlockMap, disk: 1, first: 4096, digests: bytes(3 * 8, (i) => (i * 53 + 7) & 0xff) } },
   { name: 'commit', message: { kind: MessageKind.Commit, vm: 'web01', cycle: 3 } },
   {
     name: 'committed',

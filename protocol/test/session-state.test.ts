@@ -24,6 +24,37 @@ const M = {
     ddb: {},
     totalBytes: 1024,
     totalExtents: 2,
+    blockSize: 0,
+  }),
+  // a resync of a 1 MiB + 4 KiB disk in 64 KiB blocks: 17 blocks, the last one 4 KiB
+  resyncOpen: (disk: number) => ({
+    kind: K.DiskOpen,
+    disk,
+    name: `r${disk}.vmdk`,
+    capacity: (1 << 20) + 4096,
+    cycle: 2,
+    mode: 'resync',
+    baseCycle: 0,
+    baseGeneration: '',
+    source: src,
+    cycleId: '00112233445566778899aabbccddeeff',
+    ddb: {},
+    totalBytes: (1 << 20) + 4096,
+    totalExtents: 0,
+    blockSize: 65536,
+  }),
+  mapRequest: (disk: number, first: number, count: number) => ({ kind: K.BlockMapRequest, disk, first, count }),
+  map: (disk: number, first: number, count: number, len = 8) => ({ kind: K.BlockMap, disk, first, digests: new Uint8Array(count * len) }),
+  dataExtent: (disk: number, seq: number, offset: number, length: number) => ({
+    kind: K.Extent,
+    disk,
+    seq,
+    offset,
+    length,
+    zero: true,
+    compression: 'none',
+    data: new Uint8Array(0),
+    digest: new Uint8Array(0),
   }),
   diskState: (disk: number, accepted = true, resumeSeq = 0) => ({
     kind: K.DiskState,
@@ -46,6 +77,8 @@ const M = {
   trivial: (disk: number) => ({ kind: K.TrivialCheck, disk, prefixBytes: 0, algorithm: 'xxh64', size: 1 << 20, digest: d8 }),
   trivialResult: (disk: number) => ({ kind: K.TrivialResult, disk, ok: true, size: 1 << 20, digest: d8 }),
   certify: (disk: number) => ({ kind: K.Certify, disk, algorithm: 'xxh64', digest: d8 }),
+  blockCheck: (disk: number) => ({ kind: K.BlockCheck, disk, blockSize: 65536, blocks: new Uint8Array(8), digests: d8 }),
+  blockCheckResult: (disk: number) => ({ kind: K.BlockCheckResult, disk, ok: true, mismatched: new Uint8Array(0) }),
   certifyResult: (disk: number) => ({ kind: K.CertifyResult, disk, ok: true, algorithm: 'xxh64', digest: d8, bytes: 1 << 20 }),
   rollback: { kind: K.Rollback, vm: 'vm' },
   rolledBack: { kind: K.RolledBack, vm: 'vm', committedCycle: 1 },
@@ -81,6 +114,10 @@ t.test('a whole cycle: two disks (one refused, one resumed), commit, verificatio
     A(M.certify(0)),
     R(M.trivialResult(0)),
     R(M.certifyResult(0)),
+    A(M.blockCheck(0)),
+    A(M.blockCheck(0)),
+    R(M.blockCheckResult(0)),
+    R(M.blockCheckResult(0)),
   ])
   t.equal(s.phase, 'committed')
   t.equal(s.diskPhase(0), 'committed')
@@ -111,7 +148,55 @@ t.test('rollback before any disk', async (t) => {
   t.equal(run([...opening, A(M.rollback), R(M.rolledBack), A(M.diskOpen(0))]).phase, 'vm-open')
 })
 
+t.test('a resync: block maps requested in order, extents behind the map frontier, DiskEnd after the whole map', async (t) => {
+  const s = run([
+    ...opening,
+    A(M.resyncOpen(0)),
+    R(M.diskState(0)),
+    A(M.mapRequest(0, 0, 4)),
+    A(M.mapRequest(0, 4, 4)),
+    A(M.mapRequest(0, 8, 8)),
+    A(M.mapRequest(0, 16, 1)),
+    R(M.map(0, 0, 4)),
+    A(M.dataExtent(0, 0, 65536, 65536)),
+    R(M.map(0, 4, 4, 32)),
+    R(M.map(0, 8, 8)),
+    A(M.dataExtent(0, 1, 15 * 65536, 65536)),
+    R(M.map(0, 16, 1)),
+    A(M.dataExtent(0, 2, 1 << 20, 4096)),
+    R(M.ack(0, 2)),
+    A(M.diskEnd(0, 3)),
+    R(M.diskEnded(0)),
+  ])
+  t.equal(s.diskPhase(0), 'sealed')
+  // a resumed resync asks for the map again from block 0
+  const r = run([...opening, A(M.resyncOpen(0)), R(M.diskState(0, true, 5)), A(M.mapRequest(0, 0, 17)), R(M.map(0, 0, 17)), A(M.dataExtent(0, 5, 0, 512))])
+  t.equal(r.diskPhase(0), 'accepted')
+})
+
+const resyncing: Step[] = [...(['hello', 'welcome', 'vmOpen', 'vmState'] as const).map((k, i) => (i % 2 === 0 ? A(M[k]) : R(M[k]))), A(M.resyncOpen(0)), R(M.diskState(0))]
+
 const illegal: Array<[string, Step[], string]> = [
+  ['BlockMapRequest for an incremental', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.mapRequest(0, 0, 1))], 'E_UNEXPECTED'],
+  ['BlockMapRequest before DiskState', [...opening, A(M.resyncOpen(0)), A(M.mapRequest(0, 0, 1))], 'E_UNEXPECTED'],
+  ['BlockMapRequest not from block 0', [...resyncing, A(M.mapRequest(0, 1, 1))], 'E_SEQUENCE'],
+  ['BlockMapRequest with a gap', [...resyncing, A(M.mapRequest(0, 0, 2)), A(M.mapRequest(0, 3, 1))], 'E_SEQUENCE'],
+  ['BlockMapRequest overlapping', [...resyncing, A(M.mapRequest(0, 0, 2)), A(M.mapRequest(0, 1, 1))], 'E_SEQUENCE'],
+  ['BlockMapRequest beyond the last block', [...resyncing, A(M.mapRequest(0, 0, 18))], 'E_RANGE'],
+  [
+    'a fifth BlockMapRequest unanswered',
+    [...resyncing, A(M.mapRequest(0, 0, 1)), A(M.mapRequest(0, 1, 1)), A(M.mapRequest(0, 2, 1)), A(M.mapRequest(0, 3, 1)), A(M.mapRequest(0, 4, 1))],
+    'E_UNEXPECTED',
+  ],
+  ['BlockMapRequest from the receiver', [...resyncing, R(M.mapRequest(0, 0, 1))], 'E_UNEXPECTED'],
+  ['BlockMap from the agent', [...resyncing, A(M.mapRequest(0, 0, 1)), A(M.map(0, 0, 1))], 'E_UNEXPECTED'],
+  ['BlockMap without a request', [...resyncing, R(M.map(0, 0, 1))], 'E_UNEXPECTED'],
+  ['BlockMap out of order', [...resyncing, A(M.mapRequest(0, 0, 1)), A(M.mapRequest(0, 1, 1)), R(M.map(0, 1, 1))], 'E_SEQUENCE'],
+  ['BlockMap with too few digest bytes', [...resyncing, A(M.mapRequest(0, 0, 4)), R(M.map(0, 0, 3))], 'E_SCHEMA'],
+  ['BlockMap with digests of no known length', [...resyncing, A(M.mapRequest(0, 0, 2)), R({ ...M.map(0, 0, 1), digests: new Uint8Array(14) })], 'E_SCHEMA'],
+  ['resync Extent before any map', [...resyncing, A(M.dataExtent(0, 0, 0, 512))], 'E_RANGE'],
+  ['resync Extent ahead of the map frontier', [...resyncing, A(M.mapRequest(0, 0, 2)), R(M.map(0, 0, 2)), A(M.dataExtent(0, 0, 65536, 65536 + 512))], 'E_RANGE'],
+  ['resync DiskEnd before the whole map', [...resyncing, A(M.mapRequest(0, 0, 16)), R(M.map(0, 0, 16)), A(M.diskEnd(0, 0))], 'E_UNEXPECTED'],
   ['anything before Hello', [A(M.vmOpen)], 'E_UNEXPECTED'],
   ['Hello twice', [A(M.hello), R(M.welcome), A(M.hello)], 'E_UNEXPECTED'],
   ['Hello from the receiver', [R(M.hello)], 'E_UNEXPECTED'],
@@ -146,6 +231,13 @@ const illegal: Array<[string, Step[], string]> = [
   [
     'unrequested CertifyResult',
     [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), A(M.trivial(0)), R(M.certifyResult(0))],
+    'E_UNEXPECTED',
+  ],
+  ['BlockCheck before Committed', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), A(M.blockCheck(0))], 'E_UNEXPECTED'],
+  ['unrequested BlockCheckResult', [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), R(M.blockCheckResult(0))], 'E_UNEXPECTED'],
+  [
+    'a fifth unanswered BlockCheck',
+    [...opening, A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0)), A(M.commit), R(M.committed), ...[0, 1, 2, 3, 4].map(() => A(M.blockCheck(0)))],
     'E_UNEXPECTED',
   ],
   ['anything after a fatal Error', [A(M.hello), R(M.error(true)), R(M.welcome)], 'E_UNEXPECTED'],

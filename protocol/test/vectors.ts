@@ -74,7 +74,8 @@ function derived(): unknown {
     baseGeneration: '',
     source: { layers: [{ file: 'disk.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'disk-000001.vmdk' },
   }
-  const identities = [fields, seed].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
+  const resync: CycleIdentityFields = { ...seed, cycle: 5, mode: 'resync', blockSize: 1024 * 1024 }
+  const identities = [fields, seed, resync].map((f) => ({ fields: f, cycleId: cycleIdentity(f) }))
   const cycleDigests = DigestAlgorithms.map((algorithm) => {
     const extents = [
       { offset: 0, length: 4096, zero: false, digest: hex(digestOf(algorithm, pattern)) },

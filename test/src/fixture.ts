@@ -85,6 +85,9 @@ export interface RunReport {
       wireBytes: number
       resumedFrom: number[]
       fallbackReason?: string
+      resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }
+      blockCheck?: { ok: boolean; blockSize: number; blocks: number; mismatched: number }
+      scrub?: { ok: boolean; blockSize: number; from: number; to: number; blocks: number; mismatched: number; rotationComplete: boolean; provenAt?: string }
       trivial?: { ok: boolean }
       certify?: { ok: boolean }
       error?: { code: string }

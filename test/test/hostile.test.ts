@@ -193,6 +193,7 @@ function diskOpen(vm: string, name: string, cycle: number, capacity: number, bas
     ddb: {},
     totalBytes: extents.reduce((s, e) => s + e.length, 0),
     totalExtents: extents.length,
+    blockSize: 0,
   }
 }
 

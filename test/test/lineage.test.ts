@@ -39,7 +39,7 @@ async function run(
   vm: SampleVm,
   stateDir: string,
   expected: string,
-  mode: 'seed' | 'incremental',
+  mode: 'seed' | 'incremental' | 'resync',
   label: string,
   extra: string[] = [],
 ): Promise<RunReport['vms'][number] | undefined> {
@@ -55,7 +55,7 @@ async function run(
   return v
 }
 
-t.test('store restored from a backup: the next cycle resyncs (never an incremental), the mirror is exact', async (t) => {
+t.test('store restored from a backup: the next cycle resyncs by block digests (never an incremental), the mirror is exact', async (t) => {
   const dir = scratchDir(t)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
@@ -81,7 +81,7 @@ t.test('store restored from a backup: the next cycle resyncs (never an increment
   await exec('cp', ['-a', join(dir, 'store-copy'), site.store])
   await site.restart()
   await write(5)
-  const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e5.raw')), 'seed', 'after the restore')
+  const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e5.raw')), 'resync', 'after the restore')
   t.equal(v?.cycle, 3, "the cycle after the restored store's own committed point")
   t.match(v?.disks[0]?.fallbackReason, /receiver is at committed cycle 2, generation .*, but the agent recorded cycle 4/)
   await write(6)
@@ -97,12 +97,12 @@ t.test('one VM replicated alternately to two receivers: every switch resyncs, bo
   const vm = await createSampleVm(join(dir, 'src'), { name: 'alt', disks: [{ sizeBytes: 16 * MiB }], seed: 22 })
   const state = join(dir, 'agent-state')
   // A B B A B: the second B continues B; A after B's and B after A's must resync (delta names repeat every two cycles)
-  const plan: Array<[Site, 'seed' | 'incremental', string]> = [
+  const plan: Array<[Site, 'seed' | 'incremental' | 'resync', string]> = [
     [a, 'seed', 'A'],
     [b, 'seed', 'B'],
     [b, 'incremental', 'B again'],
-    [a, 'seed', 'back to A'],
-    [b, 'seed', 'back to B'],
+    [a, 'resync', 'back to A'],
+    [b, 'resync', 'back to B'],
     [b, 'incremental', 'B once more'],
   ]
   for (const [i, [site, mode, label]] of plan.entries()) {

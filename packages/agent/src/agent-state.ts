@@ -70,6 +70,19 @@ export interface AgentVmState {
   committed: CommittedRecord | null
   inflight: InflightRecord | null
   diverged?: DivergedRecord
+  /** `--scrub N`: per disk name, where the rotation stands and when the mirror was last fully proven */
+  scrub?: Record<string, ScrubRecord>
+}
+
+/** The scrub rotation of one disk (SPEC §5.6 BlockCheck over 1/N of the disk per cycle). */
+export interface ScrubRecord {
+  /** the first block the next cycle checks */
+  readonly next: number
+  readonly blockSize: number
+  /** no block of this rotation differed so far */
+  readonly clean: boolean
+  /** when the whole mirror was last proven equal to its source: a clean completed rotation, or a seed or resync */
+  readonly provenAt?: string
 }
 
 /**
@@ -111,6 +124,18 @@ export function checkStateShape(v: unknown, key: string): string | undefined {
   if (f !== null && !(isObj(f) && isCycle(f['cycle']) && isSnap(f['snapshot']))) return 'malformed in-flight record'
   const d = v['diverged']
   if (d !== undefined && !(isObj(d) && isCycle(d['cycle']) && Array.isArray(d['disks']) && d['disks'].every((n) => typeof n === 'string'))) return 'malformed diverged record'
+  const s = v['scrub']
+  if (
+    s !== undefined &&
+    !(
+      isObj(s) &&
+      Object.values(s).every(
+        (r) => isObj(r) && Number.isSafeInteger(r['next']) && (r['next'] as number) >= 0 && Number.isSafeInteger(r['blockSize']) && (r['blockSize'] as number) > 0 && typeof r['clean'] === 'boolean',
+      )
+    )
+  ) {
+    return 'malformed scrub record'
+  }
   return undefined
 }
 
@@ -194,7 +219,17 @@ export class AgentStateStore {
     const problem = checkStateShape(parsed, key)
     if (problem !== undefined) return { state: fresh, problem: `agent state file ${file}: ${problem}` }
     const s = parsed as AgentVmState
-    return { state: { version: 1, vm: name, key, committed: s.committed, inflight: s.inflight, ...(s.diverged === undefined ? {} : { diverged: s.diverged }) } }
+    return {
+      state: {
+        version: 1,
+        vm: name,
+        key,
+        committed: s.committed,
+        inflight: s.inflight,
+        ...(s.diverged === undefined ? {} : { diverged: s.diverged }),
+        ...(s.scrub === undefined ? {} : { scrub: s.scrub }),
+      },
+    }
   }
 
   /** Replace a VM's record atomically (temp file, fsync, rename, fsync the folder). @throws AgentError E_STATE */

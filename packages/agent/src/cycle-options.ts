@@ -22,6 +22,14 @@ export interface CycleOptions {
   readonly maxBackoffMs: number
   readonly windowBytes: number
   readonly maxExtentBytes: number
+  /** `changed`: after the commit, compare the digests of every block the cycle wrote (SPEC §5.6 BlockCheck) */
+  readonly verify: 'none' | 'changed'
+  /** compare 1/N of every disk with the mirror per cycle, in rotation (0: off) */
+  readonly scrub: number
+  /** resync every disk whose mirror exists, even when an incremental is safe (`--resync`) */
+  readonly resync: boolean
+  /** resync block size, bytes (a power of two; halved until it fits the negotiated maxExtentBytes) */
+  readonly blockSize: number
   readonly progress: ProgressSink
   readonly signal?: AbortSignal
   /** called after the snapshot is taken and before shipping starts (tests: guest writes) */

@@ -8,16 +8,20 @@
  * The lineage rule (SPEC §5.8): an incremental is planned only when the
  * agent's record of the last commit names the receiver's committed cycle and
  * generation, and that commit's snapshot — by hypervisor id, named
- * `grainline-<committed cycle>` — is still on the VM. Anything else is a full
- * resync (today a seed of the disk) with the reason; never an incremental.
+ * `grainline-<committed cycle>` — is still on the VM. Anything else is a
+ * resync of the disk (SPEC §5.9: only the blocks whose digests differ travel)
+ * with the reason; never an incremental.
  */
+import type { DiskMode } from '@grainline/protocol'
 import type { CommittedRecord, DivergedRecord, InflightRecord } from './agent-state.ts'
 import { grainlineSnapshotName, type SnapshotRef } from './driver.ts'
 
 /** How one disk is shipped. */
 export type DiskPlanDecision =
-  /** the whole frozen view; `reason` says why when the mirror already had a committed point (a resync) */
+  /** the whole frozen view; `reason` says why when the mirror already had a committed point */
   | { readonly kind: 'seed'; readonly reason?: string }
+  /** the blocks whose digests differ from the mirror's (SPEC §5.9); `reason` says why the incremental was not safe */
+  | { readonly kind: 'resync'; readonly reason: string }
   /**
    * the changed ranges of the frozen layers from `fromDepth` (oldest) up to
    * depth 1, onto committed cycle `baseCycle` of generation `baseGeneration`
@@ -85,15 +89,16 @@ export interface DiskChainFacts {
 }
 
 /** The first plan of a disk under the VM's lineage (and the diverged record, if checks failed last time). */
-export function planDisk(lineage: Lineage, disk: DiskChainFacts, diverged?: DivergedRecord): DiskPlanDecision {
+export function planDisk(lineage: Lineage, disk: DiskChainFacts, diverged?: DivergedRecord, forceResync = false): DiskPlanDecision {
   if (lineage.kind === 'first-seed') return { kind: 'seed' }
-  if (lineage.kind === 'resync') return { kind: 'seed', reason: lineage.reason }
-  if (diverged?.disks.includes(disk.name) === true) return { kind: 'seed', reason: `the mirror disk failed its check after cycle ${diverged.cycle} (${diverged.reason}); resyncing` }
+  if (lineage.kind === 'resync') return { kind: 'resync', reason: lineage.reason }
+  if (forceResync) return { kind: 'resync', reason: 'asked for (--resync)' }
+  if (diverged?.disks.includes(disk.name) === true) return { kind: 'resync', reason: `the mirror disk failed its check after cycle ${diverged.cycle} (${diverged.reason}); resyncing` }
   const L = disk.layerPaths.length
   const k = disk.baseSnapshotLayer === undefined ? L - 1 : disk.layerPaths.indexOf(disk.baseSnapshotLayer)
-  if (k < 0) return { kind: 'seed', reason: `the disk of ${lineage.base.name} for ${disk.node} (${disk.baseSnapshotLayer ?? ''}) is not in the chain` }
+  if (k < 0) return { kind: 'resync', reason: `the disk of ${lineage.base.name} for ${disk.node} (${disk.baseSnapshotLayer ?? ''}) is not in the chain` }
   // the layer at depth k holds the committed point; the deltas above it (down to depth 1, the one just frozen) hold the change
-  if (k < 2) return { kind: 'seed', reason: `no frozen delta above the disk of ${lineage.base.name} (the mirror's successor is gone)` }
+  if (k < 2) return { kind: 'resync', reason: `no frozen delta above the disk of ${lineage.base.name} (the mirror's successor is gone)` }
   return { kind: 'incremental', fromDepth: k - 1, baseCycle: lineage.baseCycle, baseGeneration: lineage.generation }
 }
 
@@ -133,7 +138,7 @@ export function needsRollback(mirror: MirrorFacts, cycleNo: number, snapshot: Sn
   return mirror.inflightCycle !== cycleNo || snapshot.kind === 'take'
 }
 
-/** The refusal codes after which an incremental is replaced by a full resync of that disk (SPEC §5.1). */
+/** The refusal codes after which an incremental is replaced by a resync of that disk (SPEC §5.1). */
 export const RESYNC_CODES: ReadonlySet<string> = new Set(['E_GENERATION', 'E_DIVERGED', 'E_CHAIN_MISMATCH', 'E_MIRROR_MODIFIED'])
 
 /** Refusals that need the operator: the VM ships nothing (SPEC §5.1: `E_HELD`; §4.2 `E_INCOMPATIBLE`). */
@@ -141,8 +146,10 @@ export const OPERATOR_CODES: ReadonlySet<string> = new Set(['E_HELD', 'E_INCOMPA
 
 /** What to do after a refused DiskOpen. */
 export type RefusalDecision =
-  /** open the disk again in the same connection (a new handle) as a full resync */
+  /** open the disk again in the same connection (a new handle) as a resync */
   | { readonly kind: 'resync'; readonly reason: string }
+  /** open the disk again in the same connection as a seed: a resync found nothing to compare with */
+  | { readonly kind: 'seed'; readonly reason: string }
   /** another cycle is in flight: a new connection, Rollback before any DiskOpen, then open again */
   | { readonly kind: 'rollback' }
   /** nothing left to try */
@@ -153,11 +160,13 @@ export type RefusalDecision =
  * `rolledBack` says whether this cycle already rolled the receiver back once
  * (a second `E_CYCLE_MISMATCH` after that is a failure, not a loop).
  */
-export function planAfterRefusal(mode: 'seed' | 'incremental', refusal: { readonly code: string; readonly modified: boolean }, rolledBack: boolean): RefusalDecision {
+export function planAfterRefusal(mode: DiskMode, refusal: { readonly code: string; readonly modified: boolean }, rolledBack: boolean): RefusalDecision {
   const code = refusal.code
   if (code === 'E_CYCLE_MISMATCH') return rolledBack ? { kind: 'fail', reason: 'E_CYCLE_MISMATCH after a rollback' } : { kind: 'rollback' }
   if (OPERATOR_CODES.has(code)) return { kind: 'fail', reason: code }
   if (mode === 'seed') return { kind: 'fail', reason: code }
+  // SPEC §5.1: a resync is refused only when the receiver has nothing to compare with
+  if (mode === 'resync') return code === 'E_CHAIN_MISMATCH' ? { kind: 'seed', reason: `${code}: no mirror to compare with` } : { kind: 'fail', reason: code }
   if (RESYNC_CODES.has(code)) return { kind: 'resync', reason: `${code}${refusal.modified ? ' (mirror modified)' : ''}` }
   return { kind: 'fail', reason: code }
 }

@@ -20,13 +20,14 @@
  */
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
-import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState } from './agent-state.ts'
+import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
 import { sendDisk } from './disk-sender.ts'
+import { sendResync } from './resync-sender.ts'
 import type { SnapshotRef, VmHandle } from './driver.ts'
 import { grainlineSnapshotName } from './driver.ts'
 import { AgentError, abortReason, checkAborted } from './errors.ts'
@@ -343,6 +344,7 @@ class VmCycle {
         depth: 1,
         progress: new DiskProgress(this.#vm.name, name, opts.progress),
         mode: 'seed',
+        blockSize: 0,
         fromDepth: L - 1,
         baseCycle: 0,
         baseGeneration: '',
@@ -353,6 +355,7 @@ class VmCycle {
         records: undefined,
         view: undefined,
         viewTask: undefined,
+        touched: undefined,
       }
       this.#works.push(w)
       const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
@@ -365,15 +368,20 @@ class VmCycle {
           baseSnapshotLayer: snapDisk === undefined ? undefined : resolve(opts.driver.resolvePath(this.#vm, snapDisk.fileName)),
         },
         this.#record.diverged,
+        opts.resync,
       )
-      if (decision.kind === 'seed' && decision.reason !== undefined) this.log.warn({ disk: name, reason: decision.reason }, 'full resync of the disk')
+      if (decision.kind === 'resync') this.log.warn({ disk: name, reason: decision.reason }, 'incremental not safe: resync of the disk by block digests')
       await applyDiskPlan(w, decision, this.#planContext())
     }
     this.#lap('plan')
   }
 
-  #planContext(): { vm: string; cycleNo: number; chunkBytes: number } {
-    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes }
+  #planContext(): { vm: string; cycleNo: number; chunkBytes: number; blockSize: number } {
+    // SPEC §5.9: a power of two that fits in one extent
+    const maxExtent = Math.min(this.#welcome.limits.maxExtentBytes, this.#opts.maxExtentBytes)
+    let blockSize = this.#opts.blockSize
+    while (blockSize > maxExtent && blockSize > MIN_BLOCK_SIZE) blockSize /= 2
+    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes, blockSize }
   }
 
   /** 5–6. Ship every disk, commit, check; reconnect and resume on connection loss. */
@@ -389,7 +397,7 @@ class VmCycle {
       if (w.report.trivial === undefined && trivialRan && w.report.error === undefined) {
         w.report.error = { code: 'E_CHECK', message: 'commit confirmed after a reconnect; trivial check not run' }
       }
-      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true)
+      w.report.ok = w.report.error === undefined && (w.report.trivial?.ok ?? true) && (w.report.certify?.ok ?? true) && (w.report.blockCheck?.ok ?? true) && (w.report.scrub?.ok ?? true)
       w.progress.update('done', true)
     }
     await this.#recordChecks()
@@ -435,11 +443,13 @@ class VmCycle {
             source: w.source,
             cycleId: w.cycleId,
             ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
-            totalBytes: w.plan.totalBytes,
+            totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
             totalExtents: w.plan.totalExtents,
+            blockSize: w.blockSize,
           })
           if (opened.ok) {
-            await sendDisk({
+            await (w.mode === 'resync' ? sendResync : sendDisk)({
+              maxMessageBytes: welcome.limits.maxMessageBytes,
               client,
               work: w,
               accepted: opened.value,
@@ -464,8 +474,11 @@ class VmCycle {
             await client.close().catch(() => {})
             return { kind: 'rollback' }
           }
-          this.log.warn({ disk: w.name, reason: decision.reason }, 'incremental refused; full resync of the disk')
-          await applyDiskPlan(w, { kind: 'seed', reason: decision.reason }, this.#planContext())
+          this.log.warn(
+            { disk: w.name, reason: decision.reason, mode: decision.kind },
+            decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
+          )
+          await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
         }
       }
       this.#lap('ship')
@@ -476,7 +489,19 @@ class VmCycle {
       for (const w of this.#works) w.progress.update('commit', true)
       this.#lap('commit')
       this.log.info({ cycle: this.#cycleNo, generation: committed.value.generation }, 'committed')
-      await verifyDisks(this.#works, { client, digest: welcome.digest, trivialBytes: this.#trivialBytes, certify: this.#certify, log: this.log, ...this.#sig })
+      await verifyDisks(this.#works, {
+        client,
+        digest: welcome.digest,
+        trivialBytes: this.#trivialBytes,
+        certify: this.#certify,
+        verifyChanged: this.#opts.verify === 'changed',
+        blockSize: this.#planContext().blockSize,
+        maxMessageBytes: welcome.limits.maxMessageBytes,
+        scrub: this.#opts.scrub,
+        scrubState: this.#scrubState(),
+        log: this.log,
+        ...this.#sig,
+      })
       this.#lap('check')
       await client.close().catch(() => {})
       return { kind: 'committed' }
@@ -484,6 +509,13 @@ class VmCycle {
       session?.client.terminate()
       throw err
     }
+  }
+
+  /** The record's scrub rotations (created when `--scrub` is on; saved with the checks). */
+  #scrubState(): Record<string, ScrubRecord> | undefined {
+    if (this.#opts.scrub <= 0) return undefined
+    this.#record.scrub ??= {}
+    return this.#record.scrub
   }
 
   get #trivialBytes(): number {
@@ -501,8 +533,12 @@ class VmCycle {
 
   /** A failed trivial check or certify marks those disks diverged: the next cycle resyncs them. */
   async #recordChecks(): Promise<void> {
-    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false)
-    if (failed.length === 0) return
+    const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false || w.report.blockCheck?.ok === false || w.report.scrub?.ok === false)
+    if (failed.length === 0) {
+      // the scrub rotation moved on
+      if (this.#record.scrub !== undefined && this.#opts.scrub > 0) await this.#store.save(this.#record)
+      return
+    }
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')
     await this.#store.save(
       markDiverged(

@@ -4,7 +4,7 @@
  * and what the run learned while shipping it (digest log, view digests,
  * progress, report).
  */
-import { cycleIdentity, type ChainLayer, type SourceIdentity } from '@grainline/protocol'
+import { cycleIdentity, type ChainLayer, type DiskMode, type SourceIdentity } from '@grainline/protocol'
 import { formatCid, type DiskChain, type Layer } from '@grainline/vmdk'
 import type { DiskPlanDecision } from './cycle-plan.ts'
 import type { DigestLog } from './digest-log.ts'
@@ -28,7 +28,9 @@ export interface DiskWork {
   /** chain depth of the newest frozen layer (1: the layer just frozen by the snapshot) */
   readonly depth: number
   readonly progress: DiskProgress
-  mode: 'seed' | 'incremental'
+  mode: DiskMode
+  /** resync: the block size of the maps (SPEC §5.9); 0 otherwise */
+  blockSize: number
   /** depth of the oldest frozen layer shipped (incremental); the base for a seed */
   fromDepth: number
   baseCycle: number
@@ -44,6 +46,8 @@ export interface DiskWork {
   view: ViewDigester | undefined
   /** the view digests computed by reading, in the background while extents ship */
   viewTask: Promise<void> | undefined
+  /** resync: bitmap of the blocks that differed and were written (for `--verify changed`) */
+  touched: Uint8Array | undefined
 }
 
 /** Largest zero extent of an incremental cycle. */
@@ -75,9 +79,23 @@ export async function emptyPlan(chunkBytes: number): Promise<ExtentPlan> {
  * an incremental the union of the changed ranges (grain tables only) of the
  * frozen layers from `fromDepth` up to `depth`, newest data winning.
  */
-export async function applyDiskPlan(w: DiskWork, decision: DiskPlanDecision, ctx: { readonly vm: string; readonly cycleNo: number; readonly chunkBytes: number }): Promise<void> {
+export async function applyDiskPlan(
+  w: DiskWork,
+  decision: DiskPlanDecision,
+  ctx: { readonly vm: string; readonly cycleNo: number; readonly chunkBytes: number; readonly blockSize: number },
+): Promise<void> {
   const chain = w.chain
-  if (decision.kind === 'seed') {
+  w.blockSize = 0
+  if (decision.kind === 'resync') {
+    // SPEC §5.9: the extents follow from comparing the block maps, while shipping; the plan stays empty
+    w.mode = 'resync'
+    w.baseCycle = 0
+    w.baseGeneration = ''
+    w.blockSize = ctx.blockSize
+    w.fromDepth = chain.layers.length - 1
+    w.plan = await emptyPlan(ctx.chunkBytes)
+    w.report.fallbackReason = decision.reason
+  } else if (decision.kind === 'seed') {
     const depth = w.depth
     const mapped: RangeSource = async function* () {
       for await (const e of chain.map({ depth })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
@@ -105,10 +123,11 @@ export async function applyDiskPlan(w: DiskWork, decision: DiskPlanDecision, ctx
   for (let d = w.fromDepth; d >= w.depth; d--) frozen.push(layerOf(layerAt(chain, d)))
   w.source = { layers: frozen, successor: layerAt(chain, 0).file }
   w.cycleNo = ctx.cycleNo
-  w.cycleId = cycleIdentity({ vm: ctx.vm, name: w.name, cycle: ctx.cycleNo, mode: w.mode, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, source: w.source })
+  w.cycleId = cycleIdentity({ vm: ctx.vm, name: w.name, cycle: ctx.cycleNo, mode: w.mode, baseCycle: w.baseCycle, baseGeneration: w.baseGeneration, source: w.source, blockSize: w.blockSize })
   w.report.mode = w.mode
   w.report.layers = frozen
   w.report.extents = w.plan.totalExtents
-  w.progress.totalBytes = w.plan.totalBytes
+  // a resync compares the whole disk: its progress counts the bytes compared
+  w.progress.totalBytes = w.mode === 'resync' ? chain.capacity : w.plan.totalBytes
   w.progress.update('plan', true)
 }

@@ -53,7 +53,7 @@ export interface ExtentSourceOptions {
 }
 
 /** Adaptive "does compression pay" state: after repeated misses, only probe now and then. */
-class CompressionGate {
+export class CompressionGate {
   #misses = 0
   #skip = 0
   shouldTry(): boolean {

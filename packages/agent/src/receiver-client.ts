@@ -11,6 +11,10 @@
  */
 import {
   MessageKind,
+  type BlockCheckMessage,
+  type BlockCheckResultMessage,
+  type BlockMapMessage,
+  type BlockMapRequestMessage,
   type CertifyMessage,
   type CertifyResultMessage,
   type CommittedMessage,
@@ -121,6 +125,18 @@ export class ReceiverClient {
     await this.#conn.send({ kind: MessageKind.Extent, ...msg })
   }
 
+  /** Send a BlockMapRequest (SPEC §5.9); its BlockMap is read with {@link blockMap}, in request order. */
+  async requestBlockMap(msg: Omit<BlockMapRequestMessage, 'kind'>): Promise<void> {
+    await this.#conn.send({ kind: MessageKind.BlockMapRequest, ...msg })
+  }
+
+  /** The next BlockMap: the answer to the oldest unanswered BlockMapRequest of `disk`, starting at block `first`. */
+  async blockMap(disk: number, first: number, timeoutMs: number): Promise<Reply<BlockMapMessage>> {
+    const r = await this.#reply(MessageKind.BlockMap, timeoutMs, true)
+    if (r.ok && (r.value.disk !== disk || r.value.first !== first)) throw this.#protocol(`BlockMap for disk ${r.value.disk} block ${r.value.first}, expected disk ${disk} block ${first}`)
+    return r
+  }
+
   /** DiskEnd → DiskEnded: the disk is sealed. */
   async endDisk(msg: Omit<DiskEndMessage, 'kind'>): Promise<Reply<void>> {
     const r = await this.#request({ kind: MessageKind.DiskEnd, ...msg }, MessageKind.DiskEnded)
@@ -148,6 +164,14 @@ export class ReceiverClient {
     return r
   }
 
+  /** BlockCheck → BlockCheckResult (SPEC §5.6); the receiver reads the listed blocks back from the mirror. */
+  async blockCheck(msg: Omit<BlockCheckMessage, 'kind'>): Promise<Reply<BlockCheckResultMessage>> {
+    const bytes = (msg.blocks.length / 8) * msg.blockSize
+    const r = await this.#request({ kind: MessageKind.BlockCheck, ...msg }, MessageKind.BlockCheckResult, 120_000 + Math.ceil(bytes / 20_000))
+    if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`BlockCheckResult for disk ${r.value.disk}, expected ${msg.disk}`)
+    return r
+  }
+
   #protocol(message: string): AgentError {
     const err = new AgentError('E_PROTOCOL', message)
     this.#conn.abort(err)
@@ -157,6 +181,11 @@ export class ReceiverClient {
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
   async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
     await this.#conn.send(msg)
+    return await this.#reply(kind, timeoutMs, abortable)
+  }
+
+  /** Read the next message: the reply of kind `kind`, or an Error as a refusal. */
+  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean): Promise<Reply<Of<K>>> {
     const m = await this.#conn.receive({ ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
     if (m.kind === kind) return { ok: true, value: m as Of<K> }
     if (m.kind === MessageKind.Error) {

@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import { parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
@@ -74,6 +74,35 @@ export interface ReplicateInit {
   readonly windowBytes?: number
   /** largest data extent, bytes. @default 1 MiB */
   readonly maxExtentBytes?: number
+  /**
+   * resync every disk whose mirror exists by comparing block digests (SPEC
+   * §5.9), even when an incremental would be safe (`--resync`); a resync is
+   * chosen on its own whenever an incremental is not safe
+   * @default false
+   */
+  readonly resync?: boolean
+  /**
+   * `changed`: after the commit both sides compare the digests of every block
+   * the cycle wrote (the agent from the frozen source, the receiver read back
+   * from the mirror); a mismatch marks the disk diverged and the next cycle
+   * resyncs it. Cost O(changed blocks)
+   * @default 'none'
+   */
+  readonly verify?: 'none' | 'changed'
+  /**
+   * also compare 1/N of every disk with the mirror each cycle, in rotation
+   * (the position is kept in the agent's record), so the whole mirror is
+   * proven every N cycles; a mismatch marks the disk diverged and the next
+   * cycle resyncs it (0: off)
+   * @default 0
+   */
+  readonly scrub?: number
+  /**
+   * resync block size, bytes: a power of two from 4 KiB to 64 MiB (halved
+   * until it fits the negotiated maxExtentBytes)
+   * @default 1 MiB
+   */
+  readonly resyncBlockBytes?: number
   /** progress callback (replaces the default sink) */
   readonly onProgress?: (ev: ProgressEvent) => void
   /** where the default progress goes: a TTY line on this stream, else pino logs. @default process.stderr */
@@ -159,6 +188,11 @@ async function replicateVm(
   if (ca === undefined && init.caFile !== undefined) ca = await readFile(init.caFile)
   const trivialMiB = init.trivialMiB ?? 16
   if (!Number.isSafeInteger(trivialMiB) || trivialMiB < 0) throw new AgentError('E_CONFIG', `bad trivialMiB ${trivialMiB}`)
+  const blockSize = init.resyncBlockBytes ?? DEFAULT_BLOCK_SIZE
+  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw new AgentError('E_CONFIG', `bad resync block size ${blockSize}: a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE} bytes`)
+  }
+  if (init.scrub !== undefined && (!Number.isSafeInteger(init.scrub) || init.scrub < 0)) throw new AgentError('E_CONFIG', `bad scrub ${init.scrub}: a whole number of cycles per rotation (0 = off)`)
   const signal = shared.signal ?? init.signal
   try {
     return await runVmCycle(
@@ -186,6 +220,10 @@ async function replicateVm(
         maxBackoffMs: init.maxBackoffMs ?? 30_000,
         windowBytes: init.windowBytes ?? 64 * 1024 * 1024,
         maxExtentBytes: init.maxExtentBytes ?? 1024 * 1024,
+        resync: init.resync ?? false,
+        verify: init.verify ?? 'none',
+        scrub: init.scrub ?? 0,
+        blockSize,
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),
         ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),

@@ -10,9 +10,11 @@ export interface DiskReport {
   readonly name: string
   readonly node: string
   ok: boolean
-  mode: 'seed' | 'incremental' | 'none'
-  /** why the disk was resynced (seeded) instead of shipped incrementally */
+  mode: 'seed' | 'incremental' | 'resync' | 'none'
+  /** why the disk was resynced (or seeded) instead of shipped incrementally */
   fallbackReason?: string
+  /** resync (SPEC §5.9): blocks compared, blocks that differed, block size, BlockMap digest bytes received */
+  resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }
   capacity: number
   extents: number
   /** bytes covered by data extents / zero extents (the whole plan, including resumed parts) */
@@ -32,6 +34,10 @@ export interface DiskReport {
   cidVerified?: boolean
   trivial?: { ok: boolean; prefixBytes: number; algorithm: DigestAlgorithm }
   certify?: { ok: boolean; algorithm: DigestAlgorithm; digest: string }
+  /** `--verify changed` (SPEC §5.6): blocks the cycle wrote, compared after the commit, and how many differed */
+  blockCheck?: { ok: boolean; blockSize: number; blocks: number; mismatched: number }
+  /** `--scrub N`: the blocks [from, to) of `blocks` compared this cycle; `provenAt`: when the whole mirror was last proven (a clean rotation, a seed or a resync) */
+  scrub?: { ok: boolean; blockSize: number; from: number; to: number; blocks: number; mismatched: number; rotationComplete: boolean; provenAt?: string }
   error?: { code: string; message: string }
 }
 

@@ -10,6 +10,8 @@ import type { DigestAlgorithm } from '@grainline/protocol'
 import type { DiskWork } from './disk-work.ts'
 import { ViewDigester } from './extent-source.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
+import { checkChangedBlocks, scrubDisk } from './block-check.ts'
+import type { ScrubRecord } from './agent-state.ts'
 
 /** Options of {@link verifyDisks}. */
 export interface VerifyOptions {
@@ -20,6 +22,16 @@ export interface VerifyOptions {
   readonly trivialBytes: number
   /** full digest algorithm, or undefined for no certify */
   readonly certify: DigestAlgorithm | undefined
+  /** `--verify changed`: compare every block the cycle wrote (SPEC §5.6 BlockCheck). @default false */
+  readonly verifyChanged?: boolean
+  /** block size of the block check (a power of two). @default 1 MiB */
+  readonly blockSize?: number
+  /** the negotiated frame size (bounds a BlockCheck). @default 16 MiB + 64 KiB */
+  readonly maxMessageBytes?: number
+  /** `--scrub N`: compare 1/N of each disk per cycle (0: off), continuing each disk's rotation in `scrubState`. @default 0 */
+  readonly scrub?: number
+  /** the scrub rotations by disk name (updated in place) */
+  readonly scrubState?: Record<string, ScrubRecord>
   readonly log: Logger
   readonly signal?: AbortSignal
 }
@@ -62,5 +74,8 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
         log.error({ disk: w.name }, 'certify failed')
       }
     }
+    if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
+    const scrub = opts.scrub ?? 0
+    if (scrub > 0 && opts.scrubState !== undefined) opts.scrubState[w.name] = await scrubDisk(w, { ...opts, scrub }, opts.scrubState[w.name])
   }
 }

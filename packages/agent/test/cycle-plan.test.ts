@@ -80,9 +80,9 @@ t.test("planDisk: layers above the base snapshot's disk, else a resync with the 
   const paths = ['/vm/d-000003.vmdk', '/vm/d-000002.vmdk', '/vm/d-000001.vmdk', '/vm/d.vmdk']
   const disk = { name: 'd.vmdk', node: 'scsi0:0', layerPaths: paths }
   const diverged = { cycle: 4, generation: G1, disks: ['d.vmdk'], reason: 'trivial check failed', at: '' }
-  const cases: Array<{ name: string; lineage: Lineage; facts: Parameters<typeof planDisk>[1]; diverged?: typeof diverged; want: unknown }> = [
+  const cases: Array<{ name: string; lineage: Lineage; facts: Parameters<typeof planDisk>[1]; diverged?: typeof diverged; force?: boolean; want: unknown }> = [
     { name: 'first seed', lineage: { kind: 'first-seed' }, facts: disk, want: { kind: 'seed' } },
-    { name: 'resync keeps the lineage reason', lineage: { kind: 'resync', reason: 'why' }, facts: disk, want: { kind: 'seed', reason: 'why' } },
+    { name: 'resync keeps the lineage reason', lineage: { kind: 'resync', reason: 'why' }, facts: disk, want: { kind: 'resync', reason: 'why' } },
     {
       name: 'base snapshot on the bottom layer: ship both deltas',
       lineage: inc,
@@ -100,21 +100,23 @@ t.test("planDisk: layers above the base snapshot's disk, else a resync with the 
       name: 'base snapshot disk not in the chain',
       lineage: inc,
       facts: { ...disk, baseSnapshotLayer: '/elsewhere/d.vmdk' },
-      want: { kind: 'seed', reason: 'the disk of grainline-4 for scsi0:0 (/elsewhere/d.vmdk) is not in the chain' },
+      want: { kind: 'resync', reason: 'the disk of grainline-4 for scsi0:0 (/elsewhere/d.vmdk) is not in the chain' },
     },
     {
       name: 'nothing frozen above the base (running delta only)',
       lineage: inc,
       facts: { ...disk, layerPaths: ['/vm/d-000001.vmdk', '/vm/d.vmdk'] },
-      want: { kind: 'seed', reason: "no frozen delta above the disk of grainline-4 (the mirror's successor is gone)" },
+      want: { kind: 'resync', reason: "no frozen delta above the disk of grainline-4 (the mirror's successor is gone)" },
     },
     {
       name: "the base snapshot's disk is the layer just frozen",
       lineage: inc,
       facts: { ...disk, baseSnapshotLayer: '/vm/d-000002.vmdk' },
-      want: { kind: 'seed', reason: "no frozen delta above the disk of grainline-4 (the mirror's successor is gone)" },
+      want: { kind: 'resync', reason: "no frozen delta above the disk of grainline-4 (the mirror's successor is gone)" },
     },
-    { name: 'diverged disk: resync', lineage: inc, facts: disk, diverged, want: { kind: 'seed', reason: 'the mirror disk failed its check after cycle 4 (trivial check failed); resyncing' } },
+    { name: '--resync on a provable lineage', lineage: inc, facts: disk, force: true, want: { kind: 'resync', reason: 'asked for (--resync)' } },
+    { name: '--resync on a first seed: nothing to compare with', lineage: { kind: 'first-seed' }, facts: disk, force: true, want: { kind: 'seed' } },
+    { name: 'diverged disk: resync', lineage: inc, facts: disk, diverged, want: { kind: 'resync', reason: 'the mirror disk failed its check after cycle 4 (trivial check failed); resyncing' } },
     {
       name: 'another disk diverged: this one stays incremental',
       lineage: inc,
@@ -123,7 +125,7 @@ t.test("planDisk: layers above the base snapshot's disk, else a resync with the 
       want: { kind: 'incremental', fromDepth: 2, baseCycle: 4, baseGeneration: G1 },
     },
   ]
-  for (const c of cases) t.same(planDisk(c.lineage, c.facts, c.diverged), c.want, c.name)
+  for (const c of cases) t.same(planDisk(c.lineage, c.facts, c.diverged, c.force ?? false), c.want, c.name)
 })
 
 t.test('decideSnapshot / needsRollback: by recorded id, never two of one name', async (t) => {
@@ -165,7 +167,7 @@ t.test('decideSnapshot / needsRollback: by recorded id, never two of one name', 
 })
 
 t.test('planAfterRefusal: every refusal has one answer', async (t) => {
-  const cases: Array<[mode: 'seed' | 'incremental', code: string, modified: boolean, rolledBack: boolean, want: unknown]> = [
+  const cases: Array<[mode: 'seed' | 'incremental' | 'resync', code: string, modified: boolean, rolledBack: boolean, want: unknown]> = [
     ['incremental', 'E_CYCLE_MISMATCH', false, false, { kind: 'rollback' }],
     ['seed', 'E_CYCLE_MISMATCH', false, false, { kind: 'rollback' }],
     ['incremental', 'E_CYCLE_MISMATCH', false, true, { kind: 'fail', reason: 'E_CYCLE_MISMATCH after a rollback' }],
@@ -178,6 +180,10 @@ t.test('planAfterRefusal: every refusal has one answer', async (t) => {
     ['incremental', 'E_SOMETHING_NEW', false, false, { kind: 'fail', reason: 'E_SOMETHING_NEW' }],
     ['seed', 'E_MIRROR_MODIFIED', false, false, { kind: 'fail', reason: 'E_MIRROR_MODIFIED' }],
     ['seed', 'E_GENERATION', false, false, { kind: 'fail', reason: 'E_GENERATION' }],
+    ['resync', 'E_CHAIN_MISMATCH', false, false, { kind: 'seed', reason: 'E_CHAIN_MISMATCH: no mirror to compare with' }],
+    ['resync', 'E_CYCLE_MISMATCH', false, false, { kind: 'rollback' }],
+    ['resync', 'E_INCOMPATIBLE', false, false, { kind: 'fail', reason: 'E_INCOMPATIBLE' }],
+    ['resync', 'E_MIRROR_MODIFIED', true, false, { kind: 'fail', reason: 'E_MIRROR_MODIFIED' }],
   ]
   for (const [mode, code, modified, rolledBack, want] of cases)
     t.same(planAfterRefusal(mode, { code, modified }, rolledBack), want, `${mode} refused with ${code}${rolledBack ? ' after a rollback' : ''}`)

@@ -157,7 +157,7 @@ t.test('a modified mirror falls back to a full resync', async (t) => {
     },
   )
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
-  t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
+  t.equal(r.vms[0]?.disks[0]?.mode, 'resync')
   t.match(r.vms[0]?.disks[0]?.fallbackReason, /E_MIRROR_MODIFIED/)
   t.equal(await firstDifference(mirrorFlat(rx.store, 'files', 'files.vmdk'), frozen.get('files.vmdk') as string), -1)
   t.ok((await readdir(join(rx.store, 'files'))).includes('files.vmx'))
@@ -187,10 +187,10 @@ t.test('our snapshot gone (deleted by someone): no incremental, full resync with
   )
   t.ok(r.ok, JSON.stringify(r.vms[0]?.error))
   t.equal(r.vms[0]?.cycle, 2)
-  t.equal(r.vms[0]?.disks[0]?.mode, 'seed')
+  t.equal(r.vms[0]?.disks[0]?.mode, 'resync')
   t.match(r.vms[0]?.disks[0]?.fallbackReason, /snapshot of committed cycle 1 \(grainline-1, id \d+\) is no longer on the VM/)
   t.ok(
-    lines.some((l) => l['msg'] === 'full resync of the disk' && /no longer on the VM/.test(String(l['reason']))),
+    lines.some((l) => l['msg'] === 'incremental not safe: resync of the disk by block digests' && /no longer on the VM/.test(String(l['reason']))),
     'the reason is logged',
   )
   t.equal(await firstDifference(mirrorFlat(rx.store, 'gone', 'gone.vmdk'), frozen.get('gone.vmdk') as string), -1)

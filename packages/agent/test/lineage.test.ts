@@ -67,7 +67,7 @@ async function cycle(ctx: { dir: string; vm: SampleVm; stateDir: string; tag: st
 }
 
 /** Assert an OK cycle of `mode` whose mirror equals the frozen view. */
-async function assertCycle(t: Test, rx: ReceiverEnv, vm: string, c: { v: VmReport; raw: string }, mode: 'seed' | 'incremental', label: string): Promise<void> {
+async function assertCycle(t: Test, rx: ReceiverEnv, vm: string, c: { v: VmReport; raw: string }, mode: 'seed' | 'incremental' | 'resync', label: string): Promise<void> {
   t.ok(c.v.ok, `${label}: ok ${JSON.stringify(c.v.error ?? c.v.disks.map((d) => d.error))}`)
   t.equal(c.v.disks[0]?.mode, mode, `${label}: ${mode}${c.v.disks[0]?.fallbackReason !== undefined ? ` (${c.v.disks[0]?.fallbackReason})` : ''}`)
   t.equal(await firstDifference(flat(rx, vm), c.raw), -1, `${label}: mirror == qemu-img convert of the frozen view`)
@@ -92,7 +92,7 @@ t.test('a store restored from a backup is resynced, never patched', async (t) =>
   execFileSync('cp', ['-a', join(dir, 'store-backup'), rx.store])
   await rx.restart()
   const c = await cycle({ ...ctx, tag: 'c5' }, rx)
-  await assertCycle(t, rx, 'restored', c, 'seed', 'after the restore')
+  await assertCycle(t, rx, 'restored', c, 'resync', 'after the restore')
   t.equal(c.v.cycle, 3, 'the receiver numbers the cycle after its own committed point')
   t.match(c.v.disks[0]?.fallbackReason, /receiver is at committed cycle 2, generation [0-9a-f]{8}…, but the agent recorded cycle 4/)
   t.same(await snapshotNames(vm), ['grainline-3'], 'one grainline snapshot left')
@@ -109,7 +109,7 @@ t.test('agent state lost: the next cycle resyncs', async (t) => {
   await assertCycle(t, rx, 'lost', await cycle({ ...ctx, tag: 'l2' }, rx), 'incremental', 'cycle 2')
   await rm(ctx.stateDir, { recursive: true, force: true })
   const c = await cycle({ ...ctx, tag: 'l3' }, rx)
-  await assertCycle(t, rx, 'lost', c, 'seed', 'cycle 3 without the agent state')
+  await assertCycle(t, rx, 'lost', c, 'resync', 'cycle 3 without the agent state')
   t.match(c.v.disks[0]?.fallbackReason, /no record of the mirror's committed point/)
 })
 
@@ -121,12 +121,12 @@ t.test('one VM to two receivers, A B B A B: every switch resyncs, both mirrors e
   t.teardown(() => b.stop())
   const vm = await createSampleVm(dir, { name: 'twice', disks: [{ sizeBytes: 2 * MiB }], seed: 5 })
   const ctx = { dir, vm, stateDir: join(dir, 'agent-state'), tag: '' }
-  const plan: Array<[ReceiverEnv, 'seed' | 'incremental', string]> = [
+  const plan: Array<[ReceiverEnv, 'seed' | 'incremental' | 'resync', string]> = [
     [a, 'seed', 'A first'],
     [b, 'seed', 'B first'],
     [b, 'incremental', 'B again'],
-    [a, 'seed', 'back to A'],
-    [b, 'seed', 'back to B'],
+    [a, 'resync', 'back to A'],
+    [b, 'resync', 'back to B'],
   ]
   for (const [i, [rx, mode, label]] of plan.entries()) {
     const c = await cycle({ ...ctx, tag: `ab${i}` }, rx)
@@ -155,8 +155,9 @@ t.test('a failed trivial check marks the disk diverged; the next cycle resyncs i
   t.equal(bad.v.disks[0]?.error?.code, 'E_CHECK')
   const next = await cycle({ ...quiet, tag: 'r3' }, rx)
   t.ok(next.v.ok, 'cycle 3 is ok')
-  t.equal(next.v.disks[0]?.mode, 'seed')
+  t.equal(next.v.disks[0]?.mode, 'resync')
   t.match(next.v.disks[0]?.fallbackReason, /failed its check after cycle 2/)
+  t.equal(next.v.disks[0]?.resync?.differing, 1, 'exactly the tampered block was sent again')
   t.equal(next.v.disks[0]?.trivial?.ok, true)
   t.equal(await firstDifference(flat(rx, 'rot'), next.raw), -1, 'the mirror is whole again')
   await assertCycle(t, rx, 'rot', await cycle({ ...ctx, tag: 'r4' }, rx), 'incremental', 'cycle 4: incrementals again')

@@ -60,6 +60,7 @@ const diskOpen = {
   ddb: {},
   totalBytes: 0,
   totalExtents: 0,
+  blockSize: 0,
 }
 
 t.test('replies and refusals are values', async (t) => {

@@ -66,6 +66,7 @@ async function openAccepted(opts: { url: string; token: string; highWaterMark?: 
     ddb: {},
     totalBytes: 1 << 30,
     totalExtents: 1 << 20,
+    blockSize: 0,
   })
   const ds = await conn.receive()
   if (ds.kind !== MessageKind.DiskState || !ds.accepted) throw new Error('disk not accepted')

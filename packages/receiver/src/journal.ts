@@ -4,6 +4,7 @@ import { crc32 } from 'node:zlib'
 import { dirname } from 'node:path'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile, regularFileSize } from './store-fs.ts'
+import type { DiskMode } from '@grainline/protocol'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -50,7 +51,7 @@ export interface JournalHead {
   readonly cycleId: string
   readonly cycle: number
   readonly name: string
-  readonly mode: 'seed' | 'incremental'
+  readonly mode: DiskMode
   readonly capacity: number
   /** size of the target file before the cycle (committed flat size; 0 for a seed) */
   readonly baseSize: number

@@ -7,9 +7,12 @@
 import type { DigestAlgorithm, DiskOpenMessage } from '@grainline/protocol'
 import type { DiskRecord, InflightDisk } from './state-file.ts'
 import { diskStem } from './vm-paths.ts'
+import { resyncRefusal, resyncStartChanged } from './resync-open.ts'
 
 /** The parameters of a DiskOpen the store needs. */
 export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'baseGeneration' | 'source' | 'cycleId' | 'ddb'> {
+  /** resync: the block size of its maps (SPEC §5.9); absent or 0 otherwise */
+  readonly blockSize?: number
   /** the negotiated digest algorithm (part of a resumable cycle's identity) */
   readonly algorithm: DigestAlgorithm
 }
@@ -72,6 +75,7 @@ export type OpenDecision =
  * commit); an incremental can grow the flat to the capacity.
  */
 export function mayAdd(req: DiskOpenRequest, facts: MirrorFacts): number {
+  // an incremental or a resync grows the flat in place
   return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
 }
 
@@ -116,7 +120,8 @@ export function decideOpen(x: OpenInputs): OpenDecision {
       if (!x.compatible) return refuse('E_INCOMPATIBLE', incompatibleText(x))
       // the committed mirror under an in-place apply changed (CID or size)
       // while the cycle was interrupted: its journal no longer describes it
-      if (modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
+      // (a resync started from a modified mirror: it compares with that start)
+      if (inf.mode === 'resync' ? resyncStartChanged(inf, x.facts) : modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
     }
     return { kind: 'resume', info: inf }
   }
@@ -142,6 +147,10 @@ export function decideOpen(x: OpenInputs): OpenDecision {
     if (modified) return refuse('E_MIRROR_MODIFIED', modifiedText())
     if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync it`)
   }
+  if (req.mode === 'resync') {
+    const why = resyncRefusal(x)
+    if (why !== undefined) return why
+  }
   // room: a capacity increase must fit in the free space; the token's mirrors must stay within its quota
   const growth = req.capacity - (rec?.capacity ?? 0)
   if (growth > 0 && growth > x.space.freeBytes) {
@@ -159,7 +168,7 @@ export function decideOpen(x: OpenInputs): OpenDecision {
       message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors`,
     }
   }
-  const incremental = req.mode === 'incremental'
+  const incremental = req.mode !== 'seed'
   return {
     kind: 'fresh',
     info: {
@@ -173,6 +182,7 @@ export function decideOpen(x: OpenInputs): OpenDecision {
       source: req.source,
       ddb: req.ddb,
       algorithm: req.algorithm,
+      ...(req.mode === 'resync' ? { blockSize: req.blockSize ?? 0, resyncFrom: { cid: x.facts.cid, flatSize: x.facts.flatSize } } : {}),
     },
   }
 }

@@ -6,7 +6,7 @@
  * Everything else about a message is checked by `decodeMessage` and
  * `ConversationState`; nothing here repeats those checks.
  */
-import { cycleIdentity, type DiskOpenMessage } from '@grainline/protocol'
+import { cycleIdentity, DigestLengths, type DiskOpenMessage, type Negotiated } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 
 /** Largest disk capacity accepted: 64 TiB, above VMDK's 62 TB cap. */
@@ -41,11 +41,20 @@ export function checkCapacity(capacity: number): void {
  * @throws ReceiverError E_SCHEMA
  */
 export function checkCycleIdentity(vm: string, msg: DiskOpenMessage): void {
-  const want = cycleIdentity({ vm, name: msg.name, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source })
+  const want = cycleIdentity({ vm, name: msg.name, cycle: msg.cycle, mode: msg.mode, baseCycle: msg.baseCycle, baseGeneration: msg.baseGeneration, source: msg.source, blockSize: msg.blockSize })
   if (msg.cycleId !== want) throw new ReceiverError('E_SCHEMA', 'cycleId is not the cycle identity of the DiskOpen fields (SPEC §5.2)')
 }
 
 /** @throws ReceiverError E_RANGE when a trivial check asks for more than the configured prefix */
 export function checkTrivialPrefix(prefixBytes: number, maxBytes: number): void {
   if (prefixBytes > maxBytes) throw new ReceiverError('E_RANGE', `trivial check prefix above ${maxBytes} bytes`)
+}
+
+/**
+ * SPEC §5.9: a BlockMap must fit in one frame of the negotiated size.
+ * @throws ReceiverError E_RANGE
+ */
+export function checkMapRequest(count: number, neg: Pick<Negotiated, 'digest' | 'limits'>): void {
+  const bytes = count * DigestLengths[neg.digest] + 256
+  if (bytes > neg.limits.maxMessageBytes) throw new ReceiverError('E_RANGE', `a block map of ${count} blocks (${bytes} bytes) exceeds maxMessageBytes ${neg.limits.maxMessageBytes}`)
 }

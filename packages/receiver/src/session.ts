@@ -9,6 +9,8 @@ import {
   encodeMessage,
   negotiate,
   toErrorMessage,
+  type BlockCheckMessage,
+  type BlockMapRequestMessage,
   type CertifyMessage,
   type CommitMessage,
   type CompatRecord,
@@ -33,8 +35,15 @@ import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkVmName } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
+import { ResyncMap } from './resync-map.ts'
+import { checkBlocks } from './block-check.ts'
+import { checkMapRequest } from './receiver-rules.ts'
 
 /**
+ * (Over 400 lines: one small handler per message kind of SPEC §8.3; the work
+ * of each lives in its own module — vm-mirror, disk-apply, verification,
+ * resync-map, block-check.)
+ *
  * One agent connection (one VM cycle, SPEC §4–§5): the socket glue. Frames
  * are decoded with the negotiated limits, fed to the protocol's
  * `ConversationState` (SPEC §8: order and legality) and dispatched; extents
@@ -62,6 +71,8 @@ export class Session {
   private compat: CompatRecord | undefined
   /** accepted disks by handle (refused handles are spent, SPEC §8.2, and not kept here) */
   private readonly disks = new Map<number, PipelineDisk>()
+  /** the mirror block maps of accepted resync disks, by handle (SPEC §5.9) */
+  private readonly maps = new Map<number, ResyncMap>()
   private readonly pipeline: ApplyPipeline
   private readonly abortCtl = new AbortController()
   private readonly deadlines: SessionDeadlines
@@ -206,12 +217,16 @@ export class Session {
         return this.onDiskOpen(msg)
       case MessageKind.DiskEnd:
         return this.onDiskEnd(msg)
+      case MessageKind.BlockMapRequest:
+        return this.onBlockMapRequest(msg)
       case MessageKind.Commit:
         return this.onCommit(msg)
       case MessageKind.TrivialCheck:
         return this.onTrivial(msg)
       case MessageKind.Certify:
         return this.onCertify(msg)
+      case MessageKind.BlockCheck:
+        return this.onBlockCheck(msg)
       case MessageKind.Error:
         this.log.warn({ peerError: { code: msg.code, message: msg.message.slice(0, 512) } }, 'agent reported an error')
         if (msg.fatal) this.stop()
@@ -283,6 +298,7 @@ export class Session {
         cycleId: msg.cycleId,
         ddb: msg.ddb,
         algorithm: neg.digest,
+        blockSize: msg.blockSize,
       },
       {
         compat: this.compat as CompatRecord,
@@ -294,6 +310,13 @@ export class Session {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
       this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply })
+      if (msg.mode === 'resync') {
+        const applied = r.apply.counts.extents > 0
+        const map = await ResyncMap.open(vm.paths, r.apply.info, applied).catch((err: unknown) => {
+          throw ioError(err, `opening the block map of ${msg.name}`)
+        })
+        this.maps.set(msg.disk, map)
+      }
       this.log.info({ disk: msg.name, mode: msg.mode, cycle: this.cycle, resumeSeq: r.apply.nextSeq }, 'disk opened')
     }
     const counts = r.apply?.counts
@@ -323,6 +346,18 @@ export class Session {
     const data = extentPayload(msg, (this.negotiated as Negotiated).digest)
     const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: msg.digest })
     await this.pipeline.add(d, e)
+  }
+
+  /** SPEC §5.9: the mirror's digests of the requested blocks, durable before they are sent. */
+  private async onBlockMapRequest(msg: BlockMapRequestMessage): Promise<void> {
+    const map = this.maps.get(msg.disk)
+    if (map === undefined) throw new ReceiverError('E_INTERNAL', `disk handle ${msg.disk} has no block map`)
+    const neg = this.negotiated as Negotiated
+    checkMapRequest(msg.count, neg)
+    const digests = await map.digests(msg.first, msg.count, this.abortCtl.signal).catch((err: unknown) => {
+      throw ioError(err, `digesting the mirror of ${this.disk(msg.disk).name}`)
+    })
+    this.send({ kind: MessageKind.BlockMap, disk: msg.disk, first: msg.first, digests })
   }
 
   private async onDiskEnd(msg: DiskEndMessage): Promise<void> {
@@ -371,6 +406,14 @@ export class Session {
     this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
     this.settings.observer?.checked(this.vmName, name, 'certify', r.ok)
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
+  }
+
+  /** SPEC §5.6: read back the listed blocks of the mirror and compare (a mismatch marks the disk diverged). */
+  private async onBlockCheck(msg: BlockCheckMessage): Promise<void> {
+    const name = this.disk(msg.disk).name
+    const r = await checkBlocks(this.mirror, name, { ...msg, algorithm: (this.negotiated as Negotiated).digest }, this.abortCtl.signal)
+    this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
+    this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
   }
 
   /** Send a typed Error, close with its code, release everything. */
@@ -435,6 +478,7 @@ export class Session {
     this.cleaned = true
     await this.pipeline.discard()
     for (const d of this.disks.values()) await d.apply.close().catch(() => {})
+    for (const m of this.maps.values()) await m.close()
     this.vm?.release()
     this.resolveDone()
   }

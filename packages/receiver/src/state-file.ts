@@ -1,4 +1,4 @@
-import type { CompatRecord, DigestAlgorithm, SourceIdentity } from '@grainline/protocol'
+import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
@@ -37,6 +37,8 @@ export interface DiskRecord {
   readonly cycleDigest: { readonly algorithm: DigestAlgorithm; readonly digest: string }
   readonly trivial?: VerifyRecord
   readonly certify?: VerifyRecord
+  /** the last block check (`--verify changed`, SPEC §5.6); `digest` is empty, `bytes` the bytes read back */
+  readonly blocks?: VerifyRecord
   /**
    * Set when a trivial check or certify found the mirror different from the
    * source: no incremental is applied on it again (`E_DIVERGED`); the next
@@ -57,7 +59,7 @@ export interface InflightDisk {
   readonly name: string
   readonly stem: string
   readonly cycleId: string
-  readonly mode: 'seed' | 'incremental'
+  readonly mode: DiskMode
   readonly capacity: number
   /** flat size before the cycle (0 for a seed) */
   readonly baseSize: number
@@ -66,6 +68,13 @@ export interface InflightDisk {
   readonly source: SourceIdentity
   readonly ddb: Readonly<Record<string, string>>
   readonly algorithm: DigestAlgorithm
+  /** resync (SPEC §5.9): the block size of its map */
+  readonly blockSize?: number
+  /**
+   * resync: the mirror's descriptor CID and flat size when the cycle started
+   * (a resync starts from a modified mirror; a resume needs it unchanged since)
+   */
+  readonly resyncFrom?: { readonly cid: string; readonly flatSize: number }
 }
 
 /** Roll-forward work after the commit point (state.json says committed). */

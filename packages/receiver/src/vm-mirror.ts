@@ -15,6 +15,10 @@ import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyReco
 import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
+import { removeResyncMaps } from './resync-map.ts'
+
+/** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
+const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
 export interface OpenDiskResult {
@@ -263,6 +267,7 @@ export class VmMirror {
     faultPoint('commit-after-state')
     await Promise.allSettled(applies.map((a) => a.close()))
     await this.rollForward()
+    await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
   }
 
@@ -286,6 +291,7 @@ export class VmMirror {
     try {
       await undoInflight(this.paths, infl)
       await this.save({ ...this.current, inflight: null })
+      await removeResyncMaps(this.paths, resyncStems(Object.values(infl.disks)))
       for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
       await fsyncDir(this.paths.gdir)
     } catch (err) {
@@ -299,10 +305,11 @@ export class VmMirror {
    * Record a trivial-check or certify result; a failed one marks the disk
    * diverged (no incremental on it until a seed is committed).
    */
-  async recordVerify(name: string, kind: 'trivial' | 'certify', r: VerifyRecord): Promise<void> {
+  async recordVerify(name: string, kind: 'trivial' | 'certify' | 'blocks', r: VerifyRecord): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
-    const diverged = r.ok ? rec.diverged : { reason: `${kind === 'trivial' ? 'trivial check' : 'certify'} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
+    const what = { trivial: 'trivial check', certify: 'certify', blocks: 'block check' }[kind]
+    const diverged = r.ok ? rec.diverged : { reason: `${what} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
     if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
     await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
   }

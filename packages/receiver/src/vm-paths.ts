@@ -20,7 +20,7 @@ export function diskStem(name: string): string {
 export function generatedNames(stem: string): { readonly mirror: readonly string[]; readonly state: readonly string[] } {
   return {
     mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
-    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`],
+    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`, `${stem}.blockmap`],
   }
 }
 
@@ -28,7 +28,7 @@ export function generatedNames(stem: string): { readonly mirror: readonly string
  * Where every file of one VM mirror lives (the store layout of the README):
  *
  *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
- *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], incoming/, lock
+ *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, incoming/, lock
  *
  * Pure: builds paths, touches nothing.
  */
@@ -70,6 +70,10 @@ export class VmPaths {
   /** a finished journal kept for reuse by the next cycle of the disk */
   spare(stem: string): string {
     return join(this.gdir, `${stem}.journal.spare`)
+  }
+  /** the mirror's block map of a resync in flight (SPEC §5.9) */
+  blockMap(stem: string): string {
+    return join(this.gdir, `${stem}.blockmap`)
   }
   /** held by the process writing the VM (its pid, boot id and start time inside) */
   get lock(): string {

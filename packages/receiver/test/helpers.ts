@@ -343,6 +343,7 @@ export function diskOpen(d: DiskPlan, cycle: number, vm: string, generation = ''
     ddb: d.ddb ?? { 'ddb.adapterType': 'lsilogic', 'ddb.virtualHWVersion': '14' },
     totalBytes,
     totalExtents: d.extents.length,
+    blockSize: 0,
   }
 }
 

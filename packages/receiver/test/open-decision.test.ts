@@ -36,6 +36,7 @@ const inc: DiskOpenRequest = {
   algorithm: 'sha256',
 }
 const seed: DiskOpenRequest = { ...inc, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src1, cycleId: 'cc'.repeat(32) }
+const resync: DiskOpenRequest = { ...inc, mode: 'resync', baseCycle: 0, baseGeneration: '', source: src1, cycleId: 'ee'.repeat(32), blockSize: 4096 }
 const intact: MirrorFacts = { cid: '0000cafe', flatSize: 64 * KiB, undoing: false }
 const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => ({
   name: req.name,
@@ -44,6 +45,7 @@ const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => 
   mode: req.mode,
   capacity: req.capacity,
   baseSize: req.mode === 'seed' ? 0 : baseSize,
+  ...(req.mode === 'resync' ? { blockSize: 4096, resyncFrom: { cid: '0badc0de', flatSize: 64 * KiB } } : {}),
   target: req.mode === 'seed' ? 'seed' : 'flat',
   source: req.source,
   ddb: req.ddb,
@@ -116,6 +118,33 @@ const rows: Row[] = [
   { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
   { name: "growth above the token's quota", in: { request: { ...inc, capacity: 128 * KiB }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
+  // SPEC §5.9: a resync compares with whatever the mirror holds
+  { name: 'resync of a booted mirror (CID changed)', in: { request: resync, facts: { ...intact, cid: '0badc0de' } }, want: 'fresh' },
+  { name: 'resync onto another generation (a store restored from a backup)', in: { request: resync, record: { ...record, generation: 'f'.repeat(32) } }, want: 'fresh' },
+  { name: 'resync of a diverged mirror', in: { request: resync, record: diverged }, want: 'fresh' },
+  { name: 'resync of a point committed before generations', in: { request: resync, record: { ...record, generation: undefined } as unknown as DiskRecord }, want: 'fresh' },
+  { name: 'resync that grows the disk', in: { request: { ...resync, capacity: 128 * KiB } }, want: 'fresh' },
+  { name: 'resync without a committed mirror', in: { request: resync, record: undefined, committedCycle: 0 }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'resync, flat missing', in: { request: resync, facts: { ...intact, flatSize: -1 } }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'resync that shrinks the disk', in: { request: { ...resync, capacity: 32 * KiB } }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'resync of an incompatible VM', in: { request: resync, compatible: false }, want: 'E_INCOMPATIBLE' },
+  { name: 'resync of a cycle not after the committed one', in: { request: resync, committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'in flight resync, mirror as at its start', in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { ...intact, cid: '0badc0de' } }, want: 'resume' },
+  {
+    name: 'in flight resync, mirror changed again since its start',
+    in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { ...intact, cid: '12345678' } },
+    want: 'E_MIRROR_MODIFIED',
+  },
+  {
+    name: 'in flight resync, flat shrank since its start',
+    in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { cid: '0badc0de', flatSize: 32 * KiB, undoing: false } },
+    want: 'E_MIRROR_MODIFIED',
+  },
+  {
+    name: 'in flight resync recorded without its start',
+    in: { request: resync, inflightCycle: 2, inflight: { ...inflightOf(resync), resyncFrom: undefined } as unknown as InflightDisk, facts: { ...intact, cid: '0badc0de' } },
+    want: 'E_MIRROR_MODIFIED',
+  },
   { name: 'a resume is not charged again', in: { inflightCycle: 2, inflight: inflightOf(inc), space: { freeBytes: 0, quotaBytes: 1, usedBytes: 64 * KiB } }, want: 'resume' },
 ]
 
@@ -134,6 +163,12 @@ t.test('decideOpen: what a fresh apply records', async (t) => {
   t.match(s, { kind: 'fresh', info: { target: 'seed', baseSize: 0, mode: 'seed', stem: 'Web 01' } })
   const r = decideOpen({ ...base, inflightCycle: 2, inflight: inflightOf(inc) })
   t.same(r, { kind: 'resume', info: inflightOf(inc) }, 'a resume carries the recorded in-flight disk')
+  const y = decideOpen({ ...base, request: resync, facts: { ...intact, cid: '0badc0de', flatSize: 60 * KiB } })
+  t.match(
+    y,
+    { kind: 'fresh', info: { target: 'flat', baseSize: 60 * KiB, mode: 'resync', blockSize: 4096, resyncFrom: { cid: '0badc0de', flatSize: 60 * KiB } } },
+    'a resync applies in place and records where it started',
+  )
 })
 
 t.test('mirrorModified', async (t) => {

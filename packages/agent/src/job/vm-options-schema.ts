@@ -58,6 +58,21 @@ export function vmOptionsShape(ctx: SchemaContext) {
     ),
     compress: doc(z.enum(CompressionAlgorithms).optional(), { description: 'Preferred compression (skipped per extent when it saves < 10 %).', default: '"lz4"' }),
     digests: doc(z.array(z.enum(DigestAlgorithms)).min(1).optional(), { description: 'Extent digests offered, preferred first.', default: '["xxh64", "sha256"]' }),
+    verify: doc(z.enum(['none', 'changed']).optional(), {
+      description:
+        'After the commit, compare the digests of every block the cycle wrote (source: the frozen view; mirror: read back). A mismatch marks the disk diverged; the next cycle resyncs exactly the differing blocks.',
+      default: '"none"',
+    }),
+    scrub: doc(z.int().min(0).max(1_000_000).optional(), {
+      description:
+        'Also compare 1/N of every disk with the mirror each cycle, in rotation, so the whole mirror is proven every N cycles (0 = off). A mismatch marks the disk diverged; the next cycle resyncs it.',
+      default: '0',
+    }),
+    resync: doc(z.boolean().optional(), {
+      description:
+        'Resync every disk whose mirror exists by comparing block digests (only differing blocks travel), even when an incremental would be safe. A resync is chosen on its own whenever an incremental is not safe.',
+      default: 'false',
+    }),
     consolidateExisting: doc(z.boolean().optional(), { description: 'Remove snapshots grainline did not make first instead of refusing the VM.', default: 'false' }),
     stateDir: doc(pathField(ctx).optional(), {
       description: "Folder of the agent's record per VM (last commit's generation and snapshot).",

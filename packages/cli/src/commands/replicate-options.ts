@@ -48,6 +48,20 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
   { flag: 'trivial-mb', key: 'trivialMiB', level: 'vm', integer: true, yargs: s('MiB of the disk prefix compared after every cycle (default 16; 0 = off)') },
   { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
+  { flag: 'verify', key: 'verify', level: 'vm', yargs: s('after the commit compare the digests of every block the cycle wrote, source vs mirror (default none)', { choices: ['none', 'changed'] }) },
+  {
+    flag: 'scrub',
+    key: 'scrub',
+    level: 'vm',
+    integer: true,
+    yargs: s('also compare 1/N of every disk with the mirror each cycle, in rotation: the whole mirror is proven every N cycles (default 0 = off)'),
+  },
+  {
+    flag: 'resync',
+    key: 'resync',
+    level: 'vm',
+    yargs: b('compare block digests of source and mirror and send only the blocks that differ, even when an incremental would be safe (chosen on its own when it is not)'),
+  },
   { flag: 'consolidate-existing', key: 'consolidateExisting', level: 'vm', yargs: b('remove foreign snapshots first instead of refusing') },
   {
     flag: 'state-dir',

@@ -1,0 +1,129 @@
+/**
+ * `--verify changed` and `--scrub N` (SPEC §5.6 BlockCheck): after the commit, the digests of
+ * every block the cycle wrote — read from the frozen source view — are
+ * compared with the same blocks read back from the mirror. Cost O(blocks
+ * written), not O(disk). `--scrub N` compares 1/N of the disk per cycle in
+ * rotation (the position is kept in the agent's record), so the whole mirror
+ * is proven every N cycles. A mismatch is recorded in the disk's report
+ * (`E_CHECK`, `blockCheck.ok = false`); the cycle then marks the disk
+ * diverged and the next cycle resyncs exactly the differing blocks.
+ */
+import { createDigest, DEFAULT_BLOCK_SIZE, DEFAULT_LIMITS, DigestLengths, MAX_MAP_BLOCKS, blockCount } from '@grainline/protocol'
+import type { ScrubRecord } from './agent-state.ts'
+import type { DiskWork } from './disk-work.ts'
+import { AgentError } from './errors.ts'
+import { planExtents } from './extent-plan.ts'
+import { refusalError } from './receiver-client.ts'
+import type { VerifyOptions } from './verification.ts'
+
+/** The blocks the cycle wrote, ascending: a resync's differing blocks, else every block an extent of the plan covers. */
+async function* writtenBlocks(w: DiskWork, blockSize: number): AsyncGenerator<number> {
+  if (w.mode === 'resync') {
+    const bits = w.touched
+    if (bits === undefined) return
+    const n = blockCount(w.chain.capacity, w.blockSize)
+    // a resync's map blocks are the blocks checked (its block size may differ from the option's)
+    for (let b = 0; b < n; b++) if (((bits[b >> 3] as number) & (1 << (b & 7))) !== 0) yield b
+    return
+  }
+  let last = -1
+  for await (const e of planExtents(w.plan, 0)) {
+    const first = Math.floor(e.offset / blockSize)
+    const end = Math.floor((e.offset + e.length - 1) / blockSize)
+    for (let b = Math.max(first, last + 1); b <= end; b++) yield b
+    last = Math.max(last, end)
+  }
+}
+
+/** What comparing a list of blocks found. */
+interface CheckOutcome {
+  blocks: number
+  mismatched: number
+  /** the first few mismatched blocks (for the message) */
+  readonly first: number[]
+}
+
+/** Compare the blocks `list` yields (ascending) of `w`'s frozen view with the mirror, in frame-sized BlockChecks. */
+async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number, list: AsyncIterable<number> | Iterable<number>): Promise<CheckOutcome> {
+  const capacity = w.chain.capacity
+  const len = DigestLengths[opts.digest]
+  const per = Math.max(1, Math.min(MAX_MAP_BLOCKS, Math.floor(((opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes) - 256) / (8 + len))))
+  const out: CheckOutcome = { blocks: 0, mismatched: 0, first: [] }
+  const flush = async (batch: number[]): Promise<void> => {
+    const index = new Uint8Array(batch.length * 8)
+    const iv = new DataView(index.buffer)
+    const digests = new Uint8Array(batch.length * len)
+    for (const [i, b] of batch.entries()) {
+      opts.signal?.throwIfAborted()
+      iv.setBigUint64(i * 8, BigInt(b), true)
+      const offset = b * blockSize
+      const data = await w.chain.read(offset, Math.min(blockSize, capacity - offset), { depth: w.depth })
+      digests.set(createDigest(opts.digest).update(data).digest(), i * len)
+    }
+    const r = await opts.client.blockCheck({ disk: w.handle, blockSize, blocks: index, digests })
+    if (!r.ok) throw refusalError(`block check of ${w.name}`, r.refusal)
+    const listed = new Set(batch)
+    const mv = new DataView(r.value.mismatched.buffer, r.value.mismatched.byteOffset, r.value.mismatched.byteLength)
+    for (let i = 0; i < r.value.mismatched.length; i += 8) {
+      const b = Number(mv.getBigUint64(i, true))
+      if (!listed.has(b)) throw new AgentError('E_PROTOCOL', `BlockCheckResult of ${w.name} names block ${b}, which was not checked`)
+      if (out.first.length < 8) out.first.push(b)
+      out.mismatched++
+    }
+    out.blocks += batch.length
+  }
+  let batch: number[] = []
+  for await (const b of list) {
+    batch.push(b)
+    if (batch.length === per) {
+      await flush(batch)
+      batch = []
+    }
+  }
+  if (batch.length > 0) await flush(batch)
+  return out
+}
+
+function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, blockSize: number): void {
+  const message = `${what} failed on ${w.name}: ${o.mismatched} of the ${o.blocks} blocks compared differ in the mirror (blocks ${o.first.join(', ')}${o.mismatched > o.first.length ? ', …' : ''} of ${blockSize} bytes)`
+  w.report.error = { code: 'E_CHECK', message }
+  opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first }, `${what} failed`)
+}
+
+/** Compare the blocks `w`'s cycle wrote with the mirror; record the outcome in its report. */
+export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions): Promise<void> {
+  const blockSize = w.mode === 'resync' ? w.blockSize : (opts.blockSize ?? DEFAULT_BLOCK_SIZE)
+  const o = await compareBlocks(w, opts, blockSize, writtenBlocks(w, blockSize))
+  w.report.blockCheck = { ok: o.mismatched === 0, blockSize, blocks: o.blocks, mismatched: o.mismatched }
+  if (o.mismatched > 0) fail(w, opts, 'block check', o, blockSize)
+  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize }, 'block check ok')
+}
+
+/**
+ * `--scrub N`: compare the next 1/N of the disk's blocks (a rotation kept in
+ * the agent's record) with the mirror. Returns the disk's new scrub record:
+ * the rotation moves on; a rotation completed without a mismatch — or a seed
+ * or resync, which compared every block — proves the whole mirror.
+ */
+export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly scrub: number }, prev: ScrubRecord | undefined): Promise<ScrubRecord> {
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE
+  const total = blockCount(w.chain.capacity, blockSize)
+  const now = new Date().toISOString()
+  const whole = (w.mode === 'seed' || w.mode === 'resync') && w.report.error === undefined
+  let rec: ScrubRecord =
+    prev !== undefined && prev.blockSize === blockSize && prev.next < total ? prev : { next: 0, blockSize, clean: true, ...(prev?.provenAt === undefined ? {} : { provenAt: prev.provenAt }) }
+  if (whole) rec = { next: 0, blockSize, clean: true, provenAt: now }
+  const from = rec.next
+  const to = Math.min(total, from + Math.ceil(total / Math.max(1, opts.scrub)))
+  const range = function* (): Generator<number> {
+    for (let b = from; b < to; b++) yield b
+  }
+  const o = await compareBlocks(w, opts, blockSize, range())
+  const clean = rec.clean && o.mismatched === 0
+  const done = to >= total
+  w.report.scrub = { ok: o.mismatched === 0, blockSize, from, to, blocks: total, mismatched: o.mismatched, rotationComplete: done }
+  if (o.mismatched > 0) fail(w, opts, 'scrub', o, blockSize)
+  const provenAt = done && clean ? now : rec.provenAt
+  if (provenAt !== undefined) w.report.scrub.provenAt = provenAt
+  return { next: done ? 0 : to, blockSize, clean: done ? true : clean, ...(provenAt === undefined ? {} : { provenAt }) }
+}

@@ -1,0 +1,227 @@
+/**
+ * Ships one accepted resync disk (SPEC §5.9): asks the receiver for the
+ * mirror's block digests (contiguous BlockMapRequests, at most
+ * `MAX_MAP_REQUESTS` unanswered, so the receiver hashes while the agent
+ * reads), reads and digests the frozen view block by block, and sends every
+ * block whose digests differ as one extent (a zero extent when it reads as
+ * zeros), in block order, never ahead of the map received. The extent
+ * sequence is a function of the two maps: a resume recomputes it and sends
+ * from the receiver's `resumeSeq`. The trivial-check and certify digests of
+ * the view ride along (the whole view is read in order anyway).
+ *
+ * Memory: the read-ahead, the window and at most `MAX_MAP_REQUESTS` map
+ * messages — never a whole map.
+ */
+import { blockCount, CycleDigest, compress, createDigest, DigestLengths, MAX_MAP_REQUESTS, mapBlocksPerMessage, windowCost, type CompressionAlgorithm } from '@grainline/protocol'
+import { ConnectionLost } from './connection.ts'
+import { STALL_MS, type SendDiskOptions } from './disk-sender.ts'
+import { AgentError } from './errors.ts'
+import { CompressionGate, isAllZero, ViewDigester, type ChainView } from './extent-source.ts'
+import { refusalError } from './receiver-client.ts'
+
+/** Options of {@link sendResync}: those of a disk, and the negotiated frame size (bounds the map messages). */
+export interface SendResyncOptions extends SendDiskOptions {
+  readonly maxMessageBytes: number
+  /**
+   * most bytes of blocks one BlockMapRequest covers (the receiver digests that
+   * much of the mirror per answer)
+   * @default 256 MiB
+   */
+  readonly mapRequestBytes?: number
+  /**
+   * bytes of the frozen view read ahead of the comparison
+   * @default 16 MiB
+   */
+  readonly readAheadBytes?: number
+}
+
+/** One block of the frozen view. */
+interface ViewBlock {
+  readonly offset: number
+  readonly length: number
+  readonly raw: Buffer
+}
+
+/** Blocks of the view in order, `readAheadBytes` read ahead. */
+async function* readBlocks(chain: ChainView, depth: number, blockSize: number, readAheadBytes: number, signal: AbortSignal | undefined): AsyncGenerator<ViewBlock> {
+  const capacity = chain.capacity
+  const ahead = Math.max(1, Math.floor(readAheadBytes / blockSize))
+  const pending: Array<{ offset: number; length: number; read: Promise<Buffer> }> = []
+  let next = 0
+  const fill = (): void => {
+    while (pending.length < ahead && next < capacity) {
+      const length = Math.min(blockSize, capacity - next)
+      pending.push({ offset: next, length, read: chain.read(next, length, { depth }) })
+      next += length
+    }
+  }
+  try {
+    fill()
+    while (pending.length > 0) {
+      signal?.throwIfAborted()
+      const head = pending.shift() as { offset: number; length: number; read: Promise<Buffer> }
+      const raw = await head.read
+      fill()
+      yield { offset: head.offset, length: head.length, raw }
+    }
+  } finally {
+    for (const p of pending) p.read.catch(() => {})
+  }
+}
+
+/** Map answers wait for the receiver to digest a run of the mirror: the idle timeout plus a slow disk (20 MB/s). */
+function mapTimeoutMs(bytes: number): number {
+  return 120_000 + Math.ceil(bytes / 20_000)
+}
+
+/** Ship the resync disk `opts.work` from `opts.accepted.resumeSeq` to DiskEnded. */
+export async function sendResync(opts: SendResyncOptions): Promise<void> {
+  const { client, work: w, window, signal, log } = opts
+  const blockSize = w.blockSize
+  const capacity = w.chain.capacity
+  const blocks = blockCount(capacity, blockSize)
+  const len = DigestLengths[opts.digest]
+  const per = Math.max(1, Math.min(mapBlocksPerMessage(opts.maxMessageBytes, len), Math.floor((opts.mapRequestBytes ?? 256 * 1024 * 1024) / blockSize)))
+  const resumeSeq = opts.accepted.resumeSeq
+  w.report.resumedFrom.push(resumeSeq)
+  if (resumeSeq > 0) log.info({ disk: w.name, resumeSeq, resumeBytes: opts.accepted.resumeBytes }, 'resuming resync')
+  const stats = { blockSize, blocks, differing: 0, mapBytes: 0 }
+  w.report.resync = stats
+  const cd = new CycleDigest(opts.digest)
+  let dataBytes = 0
+  let zeroBytes = 0
+  const prefixBytes = Math.min(capacity, opts.trivialBytes)
+  const view = new ViewDigester(capacity, opts.digest, prefixBytes, opts.certify)
+  w.view = view
+  w.viewTask = undefined
+  // the blocks this cycle writes, for `--verify changed`: a bitmap (2 MiB for 16 M blocks)
+  const touched = new Uint8Array(Math.ceil(blocks / 8))
+  w.touched = touched
+  window.reset(resumeSeq)
+  client.onAck = (ack) => {
+    if (ack.disk !== w.handle || !window.ack(ack.seq)) {
+      client.abort(new AgentError('E_PROTOCOL', `unexpected ack disk ${ack.disk} seq ${ack.seq}`))
+      return
+    }
+    w.progress.update('send')
+  }
+  w.progress.doneBytes = 0
+  w.progress.update('send', true)
+  const failed = client.failed()
+  const onStall = (): Error => {
+    client.terminate()
+    return new ConnectionLost(`no acknowledgement from the receiver for ${STALL_MS / 1000} s`, 1006)
+  }
+  const gate = new CompressionGate()
+  const compression: CompressionAlgorithm = opts.compression
+  // the map pipeline: contiguous requests from block 0, at most MAX_MAP_REQUESTS unanswered
+  const requested: Array<{ first: number; count: number }> = []
+  let nextFirst = 0
+  const request = async (): Promise<void> => {
+    while (requested.length < MAX_MAP_REQUESTS && nextFirst < blocks) {
+      const count = Math.min(per, blocks - nextFirst)
+      await client.requestBlockMap({ disk: w.handle, first: nextFirst, count })
+      requested.push({ first: nextFirst, count })
+      nextFirst += count
+    }
+  }
+  const source = readBlocks(w.chain, w.depth, blockSize, opts.readAheadBytes ?? 16 * 1024 * 1024, signal)
+  let seq = 0
+  /** bytes of the extents below the resume point: the receiver's `resumeBytes` must be the same */
+  let resumedBytes = 0
+  // where the time goes (logged): waiting for the receiver's maps, for the source reads, for the window
+  const waits = { mapMs: 0, readMs: 0, sendMs: 0 }
+  try {
+    await request()
+    while (requested.length > 0) {
+      const run = requested[0] as { first: number; count: number }
+      let t0 = performance.now()
+      const r = await client.blockMap(w.handle, run.first, mapTimeoutMs(run.count * blockSize))
+      waits.mapMs += performance.now() - t0
+      if (!r.ok) throw refusalError(`block map of ${w.name}`, r.refusal)
+      requested.shift()
+      const mirror = r.value.digests
+      if (mirror.length !== run.count * len) throw new AgentError('E_PROTOCOL', `BlockMap of ${w.name} at block ${run.first}: ${mirror.length} bytes for ${run.count} ${opts.digest} digests`)
+      stats.mapBytes += mirror.length
+      await request()
+      for (let i = 0; i < run.count; i++) {
+        t0 = performance.now()
+        const n = await source.next()
+        waits.readMs += performance.now() - t0
+        if (n.done === true) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} ended before block ${run.first + i}`)
+        const b = n.value
+        view.feed(b.offset, b.length, b.raw)
+        const digest = createDigest(opts.digest).update(b.raw).digest()
+        w.progress.doneBytes = b.offset + b.length
+        if (Buffer.compare(digest, mirror.subarray(i * len, (i + 1) * len)) === 0) continue
+        stats.differing++
+        const bi = b.offset / blockSize
+        touched[bi >> 3] = (touched[bi >> 3] as number) | (1 << (bi & 7))
+        const zero = isAllZero(b.raw)
+        const extentDigest = zero ? new Uint8Array(0) : digest
+        cd.add({ offset: b.offset, length: b.length, zero, digest: extentDigest })
+        if (zero) zeroBytes += b.length
+        else dataBytes += b.length
+        if (seq++ < resumeSeq) {
+          resumedBytes += b.length
+          continue
+        }
+        let data: Uint8Array = new Uint8Array(0)
+        let used: CompressionAlgorithm = 'none'
+        if (!zero) {
+          data = b.raw
+          if (compression !== 'none' && gate.shouldTry()) {
+            const c = compress(compression, b.raw)
+            const paid = c.length < b.raw.length * 0.9
+            gate.result(paid)
+            if (paid) {
+              data = c
+              used = compression
+            }
+          }
+        }
+        const e = { disk: w.handle, seq: seq - 1, offset: b.offset, length: b.length, zero, compression: used, data, digest: extentDigest }
+        const cost = windowCost(e)
+        t0 = performance.now()
+        await window.reserve(cost, failed, STALL_MS, onStall)
+        waits.sendMs += performance.now() - t0
+        await opts.rateLimiter.take(data.length + 64, signal === undefined ? {} : { signal })
+        await client.sendExtent(e)
+        window.sent(e.seq, cost)
+        w.report.wireBytes += data.length
+        w.progress.wireBytes += data.length
+        w.progress.update('send')
+        opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: data.length })
+      }
+      w.progress.update('send')
+    }
+  } finally {
+    await source.return(undefined)
+  }
+  if (resumeSeq > 0 && resumedBytes !== opts.accepted.resumeBytes) {
+    throw new AgentError(
+      'E_PROTOCOL',
+      `the receiver applied ${opts.accepted.resumeBytes} bytes before seq ${resumeSeq} of ${w.name}, the block maps give ${resumedBytes}: roll the receiver's cycle back (grainline mirror rollback) and run again`,
+    )
+  }
+  if (seq < resumeSeq) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${seq} differing blocks of disk ${w.name}`)
+  if (!view.complete) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} was not read whole`)
+  w.report.extents = seq
+  w.report.dataBytes = dataBytes
+  w.report.zeroBytes = zeroBytes
+  log.info(
+    {
+      disk: w.name,
+      blocks,
+      differing: stats.differing,
+      blockSize,
+      mapBytes: stats.mapBytes,
+      wireBytes: w.report.wireBytes,
+      waitMs: Object.fromEntries(Object.entries(waits).map(([k, v]) => [k, Math.round(v)])),
+    },
+    'resync compared',
+  )
+  w.progress.update('end', true)
+  const ended = await client.endDisk({ disk: w.handle, extents: seq, dataBytes, zeroBytes, digest: cd.digest() })
+  if (!ended.ok) throw refusalError(`DiskEnd of ${w.name}`, ended.refusal)
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env node
+/**
+ * Benchmark of a resync by block digests (issue #13 "Measured").
+ *
+ *   node scripts/bench-resync.mjs [--size-gib 16] [--percent 1] [--rounds 3] [--fill sparse|realistic] [--dir DIR] [--cold]
+ *
+ * A sample VM with one disk is seeded to a real receiver process over TLS on
+ * loopback. Then, per round, `percent`% of the mirror's 1 MiB blocks are
+ * overwritten behind the receiver's back through its descriptor (QEMU: a
+ * booted mirror, new CID), and, interleaved in the same round:
+ *
+ *   resync  the grainline cycle end to end (snapshot, the refused incremental,
+ *           the resync: both block maps, the differing blocks, journalled apply,
+ *           commit, trivial check, consolidation), in its own agent process
+ *   rsync   rsync --inplace --no-whole-file -I from the source's frozen view
+ *           (qemu-img convert -O raw) to a copy of the mirror as it was before
+ *   cat     reading both disks once (`cat src > /dev/null`, `cat mirror > /dev/null`)
+ *
+ * With --cold the page cache is dropped before each timed step (needs root:
+ * echo 3 > /proc/sys/vm/drop_caches; said so when not permitted). Medians
+ * and ratios are printed, with the load average.
+ * Needs: built packages (npx tsc -b), qemu-img, qemu-io, rsync, openssl.
+ */
+import { execFile, execFileSync, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { parseArgs, promisify } from 'node:util'
+import { pino } from 'pino'
+import { receiverMain } from '@grainline/test-utils'
+
+const exec = promisify(execFile)
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const { replicate, createSampleVm, prng } = await import(join(root, 'packages/agent/dist/src/index.js'))
+
+const { values } = parseArgs({
+  options: {
+    'size-gib': { type: 'string', default: '16' },
+    percent: { type: 'string', default: '1' },
+    rounds: { type: 'string', default: '3' },
+    fill: { type: 'string', default: 'sparse' },
+    dir: { type: 'string' },
+    cold: { type: 'boolean', default: false },
+    keep: { type: 'boolean', default: false },
+  },
+})
+const GiB = 1024 ** 3
+const MiB = 1024 ** 2
+const size = Number(values['size-gib']) * GiB
+const percent = Number(values.percent)
+const rounds = Number(values.rounds)
+const base = values.dir ?? process.env.BENCH_DIR ?? tmpdir()
+mkdirSync(base, { recursive: true })
+const dir = mkdtempSync(join(base, 'grainline-bench-resync-'))
+const log = (...a) => process.stderr.write(a.join(' ') + '\n')
+const sec = (ms) => (ms / 1000).toFixed(2)
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+}
+const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
+let canDrop = false
+const dropCaches = () => {
+  if (!values.cold) return
+  try {
+    execFileSync('sync')
+    writeFileSync('/proc/sys/vm/drop_caches', '3\n')
+    canDrop = true
+  } catch (err) {
+    if (!canDrop) log(`cannot drop the page cache (${err.code ?? err.message}): the "cold" figures are warm`)
+  }
+}
+
+// receiver process with TLS
+const key = join(dir, 'k.pem')
+const cert = join(dir, 'c.pem')
+execFileSync(
+  'openssl',
+  ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '1', '-keyout', key, '-out', cert],
+  { stdio: 'ignore' },
+)
+const token = 'bench-token-0123456789abcdef0123'
+writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
+const store = join(dir, 'store')
+mkdirSync(store)
+const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+})
+const port = await new Promise((resolve, reject) => {
+  createInterface({ input: rx.stdout }).on('line', (l) => {
+    try {
+      const ev = JSON.parse(l)
+      if (ev.event === 'listening') resolve(ev.port)
+    } catch {}
+  })
+  rx.once('exit', (c) => reject(new Error(`receiver exited ${c}`)))
+})
+const cleanup = async () => {
+  rx.kill('SIGTERM')
+  await once(rx, 'exit').catch(() => {})
+  if (!values.keep) rmSync(dir, { recursive: true, force: true })
+}
+process.on('SIGINT', () => {
+  void cleanup().then(() => process.exit(130))
+})
+
+const logger = pino({ level: 'warn' })
+const worker = join(dir, 'agent-worker.mjs')
+writeFileSync(
+  worker,
+  `
+import { readFileSync } from 'node:fs'
+import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
+import { replicate } from ${JSON.stringify(new URL('../packages/agent/dist/src/index.js', import.meta.url).href)}
+const init = JSON.parse(process.argv[2])
+init.ca = readFileSync(init.ca)
+const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
+const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
+const timer = setInterval(sample, 20)
+const report = await replicate({ logger: pino({ level: process.env.BENCH_AGENT_LOG ?? 'warn' }, pino.destination(2)) }, init)
+clearInterval(timer)
+process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS, peak }))
+`,
+)
+const init = {
+  to: `wss://127.0.0.1:${port}`,
+  token,
+  ca: readFileSync(cert),
+  stateDir: join(dir, 'agent-state'),
+  deltaFormat: 'sesparse',
+  progress: 'none',
+  trivialMiB: 16,
+  compress: process.env.BENCH_COMPRESS ?? 'lz4',
+}
+
+try {
+  log(`# ${values['size-gib']} GiB disk (${values.fill}), ${percent}% of the blocks differ, ${rounds} rounds, ${values.cold ? 'cold' : 'warm'} cache, dir ${dir}; load ${load()}`)
+  let t0 = performance.now()
+  const vm = await createSampleVm(dir, { name: 'bench', disks: [{ sizeBytes: size, fill: values.fill }], seed: 1 })
+  log(`sample VM created in ${sec(performance.now() - t0)} s`)
+  t0 = performance.now()
+  const seed = await replicate({ logger }, { ...init, vm: vm.vmxPath })
+  if (!seed.ok) throw new Error(`seed failed: ${JSON.stringify(seed.vms[0]?.error)}`)
+  log(`seed: ${sec(performance.now() - t0)} s`)
+  const mirrorDir = join(store, 'bench')
+  const mirror = join(mirrorDir, 'bench-flat.vmdk')
+  const top = join(
+    vm.dir,
+    execFileSync('sh', ['-c', `grep -i 'scsi0:0.fileName' "${vm.vmxPath}" | sed 's/.*= "\\(.*\\)"/\\1/'`])
+      .toString()
+      .trim(),
+  )
+  // no guest writes: every later cycle ships this same view
+  const src = join(dir, 'src.raw')
+  await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, src])
+  const blocks = Math.ceil(size / MiB)
+  const rows = []
+  for (let round = 0; round < rounds; round++) {
+    // the mirror is booted: percent% of its blocks are overwritten through QEMU (its CID changes)
+    const rnd = prng(100 + round)
+    const pick = new Set()
+    while (pick.size < Math.max(1, Math.round((blocks * percent) / 100))) pick.add(Math.floor(rnd() * blocks))
+    const cmds = [...pick].flatMap((b) => ['-c', `write -P ${1 + (round % 250)} ${b * MiB} ${MiB}`])
+    for (let k = 0; k < cmds.length; k += 400) await exec('qemu-io', ['-f', 'vmdk', ...cmds.slice(k, k + 400), join(mirrorDir, 'bench.vmdk')], { maxBuffer: 64 << 20 })
+    const dst = join(dir, 'dst.raw')
+    await exec('cp', ['--sparse=always', mirror, dst])
+    log(`\n## round ${round + 1}: ${pick.size} blocks of ${blocks} overwritten in the mirror; load ${load()}`)
+
+    dropCaches()
+    t0 = performance.now()
+    const { stdout, stderr } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
+    const processMs = performance.now() - t0
+    if (process.env.BENCH_AGENT_LOG !== undefined) log(stderr.trim())
+    const { report: r, maxRssKiB } = JSON.parse(stdout)
+    if (!r.ok) throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
+    const d = r.vms[0].disks[0]
+    if (d.mode !== 'resync') throw new Error(`expected a resync, got ${d.mode} (${d.fallbackReason})`)
+    const cycleMs = r.vms[0].durationMs
+    const differingBytes = d.resync.differing * MiB
+    log(
+      `resync: ${sec(cycleMs)} s (agent process ${sec(processMs)} s) — ${d.resync.differing} of ${d.resync.blocks} blocks differed, ${(d.wireBytes / MiB).toFixed(1)} MiB payload + ${(d.resync.mapBytes / 1024).toFixed(0)} KiB of maps; agent peak RSS ${(maxRssKiB / 1024).toFixed(0)} MiB; ms ${JSON.stringify(r.vms[0].timings)}`,
+    )
+    dropCaches()
+    t0 = performance.now()
+    await exec('rsync', ['--inplace', '--no-whole-file', '-I', src, dst], { maxBuffer: 1 << 20 })
+    const rsyncMs = performance.now() - t0
+    log(`rsync: ${sec(rsyncMs)} s`)
+    dropCaches()
+    t0 = performance.now()
+    await exec('sh', ['-c', `cat "${src}" > /dev/null; cat "${mirror}" > /dev/null`])
+    const catMs = performance.now() - t0
+    log(`cat both: ${sec(catMs)} s`)
+    rmSync(dst, { force: true })
+    rows.push({ cycleMs, rsyncMs, catMs, wire: d.wireBytes, maps: d.resync.mapBytes, differingBytes })
+  }
+  const m = (k) => median(rows.map((r) => r[k]))
+  console.log(
+    `\n| ${values['size-gib']} GiB, ${percent}% differ, ${values.cold && canDrop ? 'cold' : 'warm'} | grainline resync | rsync -I --inplace | cat both disks | rsync / resync | resync / cat | wire / (differing + maps) | load |`,
+  )
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  console.log(
+    `| median of ${rounds} | ${sec(m('cycleMs'))} s | ${sec(m('rsyncMs'))} s | ${sec(m('catMs'))} s | ${(m('rsyncMs') / m('cycleMs')).toFixed(2)}× | ${(m('cycleMs') / m('catMs')).toFixed(2)}× | ${(Math.max(...rows.map((r) => r.wire / (r.differingBytes + r.maps)))).toFixed(3)} (max) | ${load()} |`,
+  )
+} finally {
+  await cleanup()
+}
