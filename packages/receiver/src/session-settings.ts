@@ -1,5 +1,6 @@
 import type { LocalCapabilities } from '@grainline/protocol'
 import type { RefusalLog } from './refusal-log.ts'
+import type { RetentionPolicy } from './retention.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
@@ -24,4 +25,6 @@ export interface SessionSettings {
   readonly idleTimeoutMs: number
   /** where timeouts are logged, rate-limited */
   readonly refusals: RefusalLog
+  /** the restore-point retention of a VM (undefined: no points) */
+  readonly retentionFor?: (vm: string) => RetentionPolicy | undefined
 }

@@ -4,6 +4,7 @@ import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
 import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
+import type { PointLink, PointRecord } from './points.ts'
 
 /** Result of the last trivial check or certify of a disk. */
 export interface VerifyRecord {
@@ -66,6 +67,12 @@ export interface InflightDisk {
   readonly source: SourceIdentity
   readonly ddb: Readonly<Record<string, string>>
   readonly algorithm: DigestAlgorithm
+  /**
+   * The reverse increment (descriptor name in `.grainline/points`) receiving
+   * the old grains of an in-place apply when the VM keeps restore points; it
+   * becomes point `baseCycle` at commit.
+   */
+  readonly increment?: string
 }
 
 /** Roll-forward work after the commit point (state.json says committed). */
@@ -79,6 +86,10 @@ export interface PendingCommit {
   readonly journals: readonly string[]
   /** whether the staged configuration files are installed */
   readonly files: boolean
+  /** point descriptors whose parent is rewritten (the new point onto the mirror, the previous newest onto it) */
+  readonly links?: readonly PointLink[]
+  /** point files (descriptors in `.grainline/points`) deleted with their extents */
+  readonly removePoints?: readonly string[]
 }
 
 /** The cycle in flight. */
@@ -108,6 +119,8 @@ export interface VmStateFile {
   readonly pending: PendingCommit | null
   /** the references of the installed .vmx that pointed out of the mirror and were dropped or neutralised */
   readonly vmxDropped?: readonly DroppedReference[]
+  /** restore points, oldest first (docs/POINTS.md) */
+  readonly points?: readonly PointRecord[]
 }
 
 /** The state of a VM that has never been written. */

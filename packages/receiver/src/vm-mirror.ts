@@ -11,10 +11,13 @@ import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decisio
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
 import { undoInflight } from './rollback.ts'
-import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
+import { pointFileName } from './increment.ts'
+import { dropOldest, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointRecord } from './points.ts'
+import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
 export interface OpenDiskResult {
@@ -38,6 +41,16 @@ export interface OpenContext {
   readonly open?: Iterable<string>
   /** the token's store quota, bytes, and which VMs' mirrors count towards it */
   readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean }
+  /** the VM's retention policy: an in-place apply keeps a reverse increment when it keeps points */
+  readonly retention?: RetentionPolicy
+}
+
+/** How a commit treats restore points. */
+export interface CommitOptions {
+  /** the VM's retention policy (none: points off, existing ones dropped) */
+  readonly retention?: RetentionPolicy
+  /** clock for retention, ms since the epoch @default Date.now */
+  readonly now?: () => number
 }
 
 /**
@@ -199,7 +212,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = d.info
+    const info = this.withIncrement(d.info, rec?.capacity, ctx.retention)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -212,6 +225,7 @@ export class VmMirror {
           mode: info.mode,
           capacity: info.capacity,
           baseSize: info.baseSize,
+          ...(info.increment === undefined ? {} : { increment: info.increment }),
         },
         this.paths.spare(info.stem),
       )
@@ -233,12 +247,22 @@ export class VmMirror {
   }
 
   /**
+   * An in-place apply of a VM that keeps points saves its old grains in a
+   * reverse increment, which becomes point `committedCycle` (a capacity
+   * change breaks the chain: no increment, points dropped at commit).
+   */
+  private withIncrement(info: InflightDisk, committedCapacity: number | undefined, retention: RetentionPolicy | undefined): InflightDisk {
+    if (info.target !== 'flat' || !keepsPoints(retention) || committedCapacity !== info.capacity || info.baseSize !== info.capacity) return info
+    return { ...info, increment: pointFileName(info.stem, this.current.committedCycle) }
+  }
+
+  /**
    * Commit sealed applies atomically: one state.json replace records every
    * disk's new cycle, CID and size and the VmOpen's compat record (the commit
    * point), then roll forward: seed renames, descriptors, .vmx and config
    * files, journal removal.
    */
-  async commit(cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
+  async commit(cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord, opts: CommitOptions = {}): Promise<DiskRecord[]> {
     const infl = this.current.inflight
     if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
     const names = new Set(applies.map((a) => a.info.name))
@@ -252,11 +276,27 @@ export class VmMirror {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
         sealed.push({ info: a.info, size: (await regularFileSize(a.targetPath)) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
+      // the increments become point `committedCycle`: complete and durable before the commit point
+      const incs: CommittedIncrement[] = []
+      for (const a of applies) {
+        await a.closeIncrement()
+        const file = a.info.increment
+        incs.push({ disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
+      }
+      const plan = planCommitPoints(this.current, incs)
+      if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
       records = c.records
+      const kept = this.retain(plan.points, opts)
+      const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       faultPoint('commit-before-state')
-      await this.save({ ...c.next, compat })
+      await this.save({
+        ...c.next,
+        compat,
+        points: kept.points,
+        pending: { ...pending, links: plan.links, removePoints: [...plan.removePoints, ...kept.removePoints] },
+      })
     } catch (err) {
       throw ioError(err, 'committing')
     }
@@ -264,6 +304,45 @@ export class VmMirror {
     await Promise.allSettled(applies.map((a) => a.close()))
     await this.rollForward()
     return records
+  }
+
+  /** Apply a retention policy to a list of points: the oldest dropped ones go, middle ones are logged (merging is not done yet). */
+  private retain(points: readonly PointRecord[], opts: CommitOptions): { points: PointRecord[]; removePoints: string[] } {
+    if (points.length === 0) return { points: [], removePoints: [] }
+    if (!keepsPoints(opts.retention)) return { points: [], removePoints: pointFiles(points) }
+    const now = (opts.now ?? Date.now)()
+    const bytes = (p: PointRecord): number => Object.values(p.disks).reduce((n, d) => n + d.bytes, 0)
+    const drop = pointsToDrop(
+      points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: bytes(p) })),
+      opts.retention ?? {},
+      now,
+    )
+    const r = dropOldest(points, drop)
+    if (r.merge.length > 0) this.log.warn({ vm: this.vm, cycles: r.merge }, 'retention would drop points between kept ones: merging is not implemented, kept')
+    if (drop.length > r.merge.length) this.log.info({ vm: this.vm, cycles: drop.filter((c) => !r.merge.includes(c)) }, 'restore points pruned')
+    return { points: r.points, removePoints: r.removePoints }
+  }
+
+  /**
+   * Prune the VM's points by `retention` now (`grainline points prune`):
+   * the state is written first (the commit point of the prune), then the
+   * files go; recovery finishes an interrupted prune. Returns the cycles dropped.
+   */
+  async prunePoints(opts: CommitOptions): Promise<number[]> {
+    if (this.current.inflight !== null)
+      throw new ReceiverError('E_BUSY', `VM ${this.vm} has cycle ${this.current.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
+    const before = pointsOf(this.current)
+    const kept = this.retain(before, opts)
+    if (kept.removePoints.length === 0) return []
+    await this.save({
+      ...this.current,
+      points: kept.points,
+      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, removePoints: kept.removePoints },
+    })
+    faultPoint('prune-after-state')
+    await this.rollForward()
+    const left = new Set(kept.points.map((p) => p.cycle))
+    return before.filter((p) => !left.has(p.cycle)).map((p) => p.cycle)
   }
 
   /** Finish a commit whose state.json is already written (idempotent). */

@@ -1,0 +1,110 @@
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
+import type { VmStateFile } from '../src/index.ts'
+
+/** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
+function qemuRead(dir: string, desc: string): Buffer {
+  const out = join(dir, `read-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+  return readFileSync(out)
+}
+
+function state(store: string, vm: string): VmStateFile {
+  return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
+}
+
+/** Ranges of one incremental cycle: unaligned data, a zeroed range, a range over a former hole. */
+function rangesFor(cycle: number, cap: number): Array<{ offset: number; length: number; zero?: boolean }> {
+  const r = [
+    { offset: ((cycle * 700_001) % (cap - 300_000)) & ~511, length: 131_072 + 512 * cycle },
+    { offset: ((cycle * 1_300_003) % (cap - 70_000)) & ~511, length: 65_536, zero: cycle % 3 === 0 },
+  ]
+  return r.sort((a, b) => a.offset - b.offset).filter((x, i, a) => i === 0 || x.offset >= (a[i - 1] as { offset: number; length: number }).offset + (a[i - 1] as { length: number }).length)
+}
+
+t.test('every kept point reads (qemu-img) as the image of its cycle; retention drops the oldest', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 4 } })
+  t.teardown(() => receiver.close())
+  const cap = 4 * MiB
+  const vm = 'web-pts1'
+  const images: Buffer[] = [Buffer.alloc(0)]
+  images[1] = Buffer.concat([pattern(MiB, 1), Buffer.alloc(2 * MiB), pattern(MiB, 2)])
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'cc01cc01cc01cc01')])
+  a.close()
+  t.same(state(env.store, vm).points ?? [], [], 'a seed makes no point')
+  for (let c = 2; c <= 7; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 17, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `cc0${c}cc0${c}cc0${c}cc0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+    t.equal(r.committed?.cycle, c)
+  }
+  const s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [3, 4, 5, 6],
+    'keep 4: the newest four points, the oldest pruned',
+  )
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  t.same(
+    readdirSync(pdir).sort(),
+    ['d.p3-sesparse.vmdk', 'd.p3.vmdk', 'd.p4-sesparse.vmdk', 'd.p4.vmdk', 'd.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'],
+    'pruned increments deleted',
+  )
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'mirror = cycle 7')
+  for (const p of s.points ?? []) {
+    const file = p.disks['d.vmdk']?.file as string
+    t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `point ${p.cycle} reads as the image of cycle ${p.cycle}`)
+    execFileSync('qemu-img', ['check', '-f', 'vmdk', join(pdir, file)])
+    const bytes = p.disks['d.vmdk']?.bytes as number
+    t.ok(bytes > 0 && bytes < 2 * MiB, `point ${p.cycle} takes ${bytes} bytes`)
+  }
+})
+
+t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts2'
+  const img1 = pattern(cap, 5)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'dd01dd01dd01dd01')])
+  a.close()
+  const ranges = [{ offset: 4096, length: MiB }]
+  const img2 = evolve(img1, 3, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', img2, 1, 'dd02dd02dd02dd02', ranges, 'd-000001.vmdk', 'd-000002.vmdk', 64 * 1024)], { commit: false })
+  a.close()
+  const flat = join(env.store, vm, 'd-flat.vmdk')
+  t.ok(readFileSync(flat).equals(img2), 'applied, not committed')
+  t.ok(existsSync(join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')), 'in-flight increment')
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const img3 = evolve(img1, 4, ranges)
+  await runCycle(a, vm, 3, [incPlan(0, 'd.vmdk', img3, 1, 'dd03dd03dd03dd03', ranges, 'd-000001.vmdk', 'd-000002.vmdk')], { rollbackFirst: true })
+  a.close()
+  t.ok(readFileSync(flat).equals(img3), 'rolled back, then cycle 3 applied')
+  const s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1],
+  )
+  t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')).equals(img1), 'point 1 after a rollback and a new cycle')
+  // a re-seed of the disk: older points no longer read through the mirror
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 4, [seedPlan(0, 'd.vmdk', pattern(cap, 9), 'dd04dd04dd04dd04')])
+  a.close()
+  t.same(state(env.store, vm).points, [])
+  t.same(readdirSync(join(env.store, vm, '.grainline', 'points')), [])
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'restore points dropped'),
+    'the drop is logged with its reason',
+  )
+  writeFileSync(join(env.dir, 'done'), '')
+})
