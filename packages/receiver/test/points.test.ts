@@ -2,8 +2,10 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { pino } from 'pino'
+import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
-import type { VmStateFile } from '../src/index.ts'
+import { listPoints, prunePoints, restorePoint, type VmStateFile } from '../src/index.ts'
 
 /** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
 function qemuRead(dir: string, desc: string): Buffer {
@@ -42,6 +44,17 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     images[c] = evolve(images[c - 1] as Buffer, c * 17, ranges)
     a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     const r = await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `cc0${c}cc0${c}cc0${c}cc0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    if (c === 5) {
+      a.send({
+        kind: MessageKind.Certify,
+        disk: 0,
+        algorithm: 'md5',
+        digest: createDigest('md5')
+          .update(images[5] as Buffer)
+          .digest(),
+      })
+      t.equal((await a.expect(MessageKind.CertifyResult)).ok, true, 'certify at cycle 5')
+    }
     a.close()
     t.equal(r.committed?.cycle, c)
   }
@@ -65,6 +78,43 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     const bytes = p.disks['d.vmdk']?.bytes as number
     t.ok(bytes > 0 && bytes < 2 * MiB, `point ${p.cycle} takes ${bytes} bytes`)
   }
+  const listed = await listPoints(env.store, vm)
+  t.same(
+    listed.points.map((p) => [p.cycle, p.current, p.disks[0]?.certify?.algorithm ?? null]),
+    [
+      [3, false, null],
+      [4, false, null],
+      [5, false, 'md5'],
+      [6, false, null],
+      [7, true, null],
+    ],
+    'listing: points oldest first, then the mirror; the certify of cycle 5 recorded with point 5',
+  )
+  const log = pino({ level: 'silent' })
+  for (const k of [3, 5, 7]) {
+    const to = join(env.dir, `restore-${k}`)
+    const seen: number[] = []
+    const r = await restorePoint(env.store, vm, k, to, { logger: log, onProgress: (p) => seen.push(p.bytes) })
+    t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `restore of point ${k} = image of cycle ${k}`)
+    t.ok(qemuRead(env.dir, join(to, 'd.vmdk')).equals(images[k] as Buffer), `QEMU reads the restored descriptor of point ${k}`)
+    t.match(readFileSync(join(to, 'd.vmdk'), 'utf8'), /createType="vmfs"/)
+    t.match(readFileSync(join(to, `${vm}.vmx`), 'utf8'), new RegExp(`displayName = ".*\\(point ${k}\\)"`))
+    t.equal(seen.at(-1), cap, 'progress reaches the total')
+    t.equal(r.disks[0]?.verified, k === 5 ? 'certify' : 'none', `point ${k} verification`)
+  }
+  await t.rejects(restorePoint(env.store, vm, 2, join(env.dir, 'restore-2'), { logger: log }), { code: 'E_NOT_FOUND' }, 'a pruned point')
+  // a damaged point is caught by the digest recorded at its cycle
+  const ext = join(pdir, 'd.p5-sesparse.vmdk')
+  const raw = readFileSync(ext)
+  raw[raw.length - 100] = (raw[raw.length - 100] as number) ^ 0xff
+  writeFileSync(ext, raw)
+  await t.rejects(restorePoint(env.store, vm, 5, join(env.dir, 'restore-5b'), { logger: log }), { code: 'E_VERIFY' }, 'damaged point 5 fails verification')
+  // prune on demand against a fake clock: points older than an hour at "now + 2 h"
+  const now = Date.parse(s.committedAt ?? '') + 2 * 3_600_000
+  const pr = await prunePoints(env.store, vm, { maxAgeMs: 3_600_000 }, { logger: log, now: () => now })
+  t.same(pr.dropped, [3, 4, 5, 6])
+  t.same(readdirSync(pdir), [], 'every increment removed')
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
 })
 
 t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
