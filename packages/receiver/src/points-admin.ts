@@ -84,14 +84,21 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
 }
 
 /**
- * Prune a VM's points by `retention` at `now` (a fake clock in tests).
+ * Prune a VM's points by `retention` at `now` (a fake clock in tests), or
+ * drop the listed `cycles` (middle points are merged into their neighbour).
  * Takes the VM's lock (`E_BUSY` while a session writes it).
  */
-export async function prunePoints(storeDir: string, vm: string, retention: RetentionPolicy, opts: { logger: Logger; now?: () => number }): Promise<{ vm: string; dropped: number[]; kept: number[] }> {
+export async function prunePoints(
+  storeDir: string,
+  vm: string,
+  retention: RetentionPolicy | { readonly cycles: readonly number[] },
+  opts: { logger: Logger; now?: () => number },
+): Promise<{ vm: string; dropped: number[]; kept: number[] }> {
   await loadState(storeDir, vm)
   const m = await VmMirror.acquire(storeDir, vm, opts.logger, { create: false })
   try {
-    const dropped = await m.prunePoints({ retention, ...(opts.now === undefined ? {} : { now: opts.now }) })
+    const what = 'cycles' in retention ? { cycles: retention.cycles } : { retention }
+    const dropped = await m.prunePoints({ ...what, ...(opts.now === undefined ? {} : { now: opts.now }) })
     return { vm, dropped, kept: pointsOf(m.state).map((p) => p.cycle) }
   } finally {
     m.release()

@@ -7,8 +7,10 @@
  */
 import { stat } from 'node:fs/promises'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
+import { consolidate } from '@grainline/vmdk'
 import { writeFileAtomic } from './fs-util.ts'
-import { readStoreFile } from './store-fs.ts'
+import { faultPoint } from './fault.ts'
+import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointPath, removePointFiles } from './increment.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import type { VerifyRecord, VmStateFile } from './state-file.ts'
@@ -127,6 +129,12 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile): Pro
   const p = state.pending
   if (p === null) return
   for (const l of p.links ?? []) await linkPoint(paths, state, l)
+  for (const m of p.merges ?? []) {
+    // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
+    if (await entryExists(pointPath(paths, m.child))) {
+      await consolidate(pointPath(paths, m.child), { onProgress: (e) => faultPoint(`merge-${e.step}`) })
+    }
+  }
   for (const f of p.removePoints ?? []) await removePointFiles(paths, f)
 }
 
@@ -193,19 +201,45 @@ export function planCommitPoints(state: VmStateFile, incs: readonly CommittedInc
   return { points: [...old, point], links, removePoints: [] }
 }
 
+/** A merge of a dropped point: `child` (the next older increment of the disk) is consolidated into `parent`, which then holds the older point. */
+export interface PointMerge {
+  readonly child: string
+  readonly parent: string
+}
+
 /**
- * Drop points by cycle from a plan (pure). The oldest points' files are
- * removed (nothing reads through them); a point between two kept ones needs
- * a merge and is returned in `merge` instead (kept for now).
+ * Drop points by cycle (pure). Per disk of a dropped point: when an older
+ * kept point holds the disk, that older increment is merged into the dropped
+ * one (the older grains win: `consolidate`), whose file then holds the older
+ * point — O(their size); when older points exist but none holds the disk (it
+ * did not change in between), the file passes to the next older point; when
+ * no point is older, the file is removed — O(1).
  */
-export function dropOldest(points: readonly PointRecord[], drop: readonly number[]): { points: PointRecord[]; removePoints: string[]; merge: number[] } {
-  const d = new Set(drop)
-  const out = [...points]
+export function dropPoints(points: readonly PointRecord[], drop: readonly number[]): { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] } {
+  const pts = [...points].sort((a, b) => a.cycle - b.cycle)
   const removePoints: string[] = []
-  while (out.length > 0 && d.has((out[0] as PointRecord).cycle)) {
-    const p = out.shift() as PointRecord
-    d.delete(p.cycle)
-    removePoints.push(...Object.values(p.disks).map((x) => x.file))
+  const merges: PointMerge[] = []
+  for (const cycle of [...drop].sort((a, b) => a - b)) {
+    const idx = pts.findIndex((p) => p.cycle === cycle)
+    if (idx < 0) continue
+    const gone = pts[idx] as PointRecord
+    for (const [disk, d] of Object.entries(gone.disks)) {
+      let j = idx - 1
+      while (j >= 0 && (pts[j] as PointRecord).disks[disk] === undefined) j--
+      if (j >= 0) {
+        const older = pts[j] as PointRecord
+        const od = older.disks[disk] as PointDisk
+        merges.push({ child: od.file, parent: d.file })
+        removePoints.push(od.file)
+        pts[j] = { ...older, disks: { ...older.disks, [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes } } }
+      } else if (idx > 0) {
+        const prev = pts[idx - 1] as PointRecord
+        pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }
+      } else {
+        removePoints.push(d.file)
+      }
+    }
+    pts.splice(idx, 1)
   }
-  return { points: out, removePoints, merge: [...d].sort((a, b) => a - b) }
+  return { points: pts, removePoints, merges }
 }

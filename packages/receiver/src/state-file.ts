@@ -4,7 +4,7 @@ import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
 import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
-import type { PointLink, PointRecord } from './points.ts'
+import type { PointLink, PointMerge, PointRecord } from './points.ts'
 
 /** Result of the last trivial check or certify of a disk. */
 export interface VerifyRecord {
@@ -88,6 +88,8 @@ export interface PendingCommit {
   readonly files: boolean
   /** point descriptors whose parent is rewritten (the new point onto the mirror, the previous newest onto it) */
   readonly links?: readonly PointLink[]
+  /** merges of dropped points, in order (each `consolidate`s an older increment into the dropped one) */
+  readonly merges?: readonly PointMerge[]
   /** point files (descriptors in `.grainline/points`) deleted with their extents */
   readonly removePoints?: readonly string[]
 }

@@ -16,7 +16,7 @@ import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
 import { pointFileName } from './increment.ts'
-import { dropOldest, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointRecord } from './points.ts'
+import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointRecord } from './points.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
@@ -295,7 +295,7 @@ export class VmMirror {
         ...c.next,
         compat,
         points: kept.points,
-        pending: { ...pending, links: plan.links, removePoints: [...plan.removePoints, ...kept.removePoints] },
+        pending: { ...pending, links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints] },
       })
     } catch (err) {
       throw ioError(err, 'committing')
@@ -306,10 +306,10 @@ export class VmMirror {
     return records
   }
 
-  /** Apply a retention policy to a list of points: the oldest dropped ones go, middle ones are logged (merging is not done yet). */
-  private retain(points: readonly PointRecord[], opts: CommitOptions): { points: PointRecord[]; removePoints: string[] } {
-    if (points.length === 0) return { points: [], removePoints: [] }
-    if (!keepsPoints(opts.retention)) return { points: [], removePoints: pointFiles(points) }
+  /** Apply a retention policy to a list of points: the oldest dropped ones are removed, middle ones merged. */
+  private retain(points: readonly PointRecord[], opts: CommitOptions): { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] } {
+    if (points.length === 0) return { points: [], removePoints: [], merges: [] }
+    if (!keepsPoints(opts.retention)) return { points: [], removePoints: pointFiles(points), merges: [] }
     const now = (opts.now ?? Date.now)()
     const bytes = (p: PointRecord): number => Object.values(p.disks).reduce((n, d) => n + d.bytes, 0)
     const drop = pointsToDrop(
@@ -317,27 +317,35 @@ export class VmMirror {
       opts.retention ?? {},
       now,
     )
-    const r = dropOldest(points, drop)
-    if (r.merge.length > 0) this.log.warn({ vm: this.vm, cycles: r.merge }, 'retention would drop points between kept ones: merging is not implemented, kept')
-    if (drop.length > r.merge.length) this.log.info({ vm: this.vm, cycles: drop.filter((c) => !r.merge.includes(c)) }, 'restore points pruned')
-    return { points: r.points, removePoints: r.removePoints }
+    const r = dropPoints(points, drop)
+    if (drop.length > 0) this.log.info({ vm: this.vm, cycles: drop, merges: r.merges.length }, 'restore points pruned')
+    return r
   }
 
   /**
-   * Prune the VM's points by `retention` now (`grainline points prune`):
-   * the state is written first (the commit point of the prune), then the
-   * files go; recovery finishes an interrupted prune. Returns the cycles dropped.
+   * Prune the VM's points by `retention` now (`grainline points prune`), or
+   * drop the points `cycles` (`grainline points drop`): the state is written
+   * first (the commit point of the prune), then the merges run and the files
+   * go; recovery finishes an interrupted prune. Returns the cycles dropped.
+   * @throws ReceiverError E_BUSY (a cycle in flight), E_NOT_FOUND (no such point)
    */
-  async prunePoints(opts: CommitOptions): Promise<number[]> {
+  async prunePoints(opts: CommitOptions & { cycles?: readonly number[] }): Promise<number[]> {
     if (this.current.inflight !== null)
       throw new ReceiverError('E_BUSY', `VM ${this.vm} has cycle ${this.current.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
     const before = pointsOf(this.current)
-    const kept = this.retain(before, opts)
-    if (kept.removePoints.length === 0) return []
+    let kept: { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] }
+    if (opts.cycles !== undefined) {
+      const missing = opts.cycles.filter((c) => !before.some((p) => p.cycle === c))
+      if (missing.length > 0) throw new ReceiverError('E_NOT_FOUND', `VM ${this.vm} has no point ${missing.join(', ')} (points: ${before.map((p) => p.cycle).join(', ') || 'none'})`)
+      kept = dropPoints(before, opts.cycles)
+    } else {
+      kept = this.retain(before, opts)
+    }
+    if (kept.points.length === before.length) return []
     await this.save({
       ...this.current,
       points: kept.points,
-      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, removePoints: kept.removePoints },
+      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints },
     })
     faultPoint('prune-after-state')
     await this.rollForward()

@@ -158,3 +158,47 @@ t.test('a rollback undoes from the increment and removes it; a re-seed drops the
   )
   writeFileSync(join(env.dir, 'done'), '')
 })
+
+t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 3 * MiB
+  const vm = 'web-pts3'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 11)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ee01ee01ee01ee01')])
+  a.close()
+  for (let c = 2; c <= 7; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 31, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ee0${c}ee0${c}ee0${c}ee0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  await receiver.close()
+  const log = pino({ level: 'silent' })
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const exact = (what: string): void => {
+    const s = state(env.store, vm)
+    for (const p of s.points ?? []) {
+      t.ok(qemuRead(env.dir, join(pdir, p.disks['d.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} exact`)
+    }
+    t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), `${what}: mirror exact`)
+  }
+  const r = await prunePoints(env.store, vm, { cycles: [3] }, { logger: log })
+  t.same(r.kept, [1, 2, 4, 5, 6])
+  t.equal(state(env.store, vm).points?.find((p) => p.cycle === 2)?.disks['d.vmdk']?.file, 'd.p3.vmdk', 'point 2 lives in the merged file')
+  exact('after dropping point 3')
+  await t.rejects(prunePoints(env.store, vm, { cycles: [3] }, { logger: log }), { code: 'E_NOT_FOUND' })
+  // GFS against a fake clock: spread the points over two weeks
+  const sf = join(env.store, vm, '.grainline', 'state.json')
+  const st = state(env.store, vm)
+  const days: Record<number, string> = { 1: '2026-01-05', 2: '2026-01-06', 4: '2026-01-12', 5: '2026-01-13', 6: '2026-01-14' }
+  writeFileSync(sf, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: `${days[p.cycle] ?? ''}T12:00:00Z` })) }))
+  const g = await prunePoints(env.store, vm, { gfs: { daily: 1, weekly: 3 } }, { logger: log, now: () => Date.parse('2026-01-15T00:00:00Z') })
+  t.same(g.dropped, [1, 4, 5])
+  t.same(g.kept, [2, 6])
+  exact('after GFS')
+  t.same(readdirSync(pdir).sort(), ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'])
+})
