@@ -6,7 +6,7 @@
 import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { createDigest, type DigestAlgorithm } from '@grainline/protocol'
+import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
@@ -157,7 +157,8 @@ export async function restorePoint(
     }
     await mkdir(toDir, { recursive: true })
     if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
-    const recs = Object.values(state.disks).sort((a, b) => a.name.localeCompare(b.name))
+    await initDigests()
+    const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     const total = recs.reduce((n, r) => n + r.capacity, 0)
     const t0 = performance.now()
     let done = 0

@@ -54,7 +54,11 @@ export const pointsCommand: CliCommand = {
   describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one',
   builder: (y: Argv) =>
     y
-      .positional('action', { choices: ['list', 'prune', 'drop'] as const, default: 'list', describe: 'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour)' })
+      .positional('action', {
+        choices: ['list', 'prune', 'drop'] as const,
+        default: 'list',
+        describe: 'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour)',
+      })
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop: the point (cycle) to drop' })
@@ -84,7 +88,9 @@ export const pointsCommand: CliCommand = {
       what = await policyOf(args, vm)
     }
     const r = await prunePoints(store, vm, what, { logger: log })
-    ctx.write(json ? JSON.stringify(r) + '\n' : `${vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`)
+    ctx.write(
+      json ? JSON.stringify(r) + '\n' : `${vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`,
+    )
     return ExitCode.Ok
   },
 }

@@ -48,7 +48,10 @@ export const restoreCommand: CliCommand = {
     } else {
       const lines = [`${r.vm}: point ${r.cycle} restored to ${r.to}`]
       for (const d of r.disks) {
-        const how = d.verified === 'none' ? 'NOT verified: no certify or trivial digest was recorded at that cycle' : `verified against the ${d.verified === 'certify' ? 'certify (whole disk)' : 'trivial-check (prefix)'} digest recorded at that cycle${d.sourceChecked ? '' : ' (that check had FAILED against the source)'}`
+        const how =
+          d.verified === 'none'
+            ? 'NOT verified: no certify or trivial digest was recorded at that cycle'
+            : `verified against the ${d.verified === 'certify' ? 'certify (whole disk)' : 'trivial-check (prefix)'} digest recorded at that cycle${d.sourceChecked ? '' : ' (that check had FAILED against the source)'}`
         lines.push(`  ${d.name}: ${formatBytes(d.capacity)}, ${how}`)
       }
       ctx.write(lines.join('\n') + '\n')
