@@ -22,3 +22,5 @@ export { parseRetention, parseGfs, pointsToDrop, keepsPoints } from './retention
 export type { RetentionPolicy, GfsPolicy, RetainedPoint } from './retention.ts'
 export type { PointRecord, PointDisk } from './points.ts'
 export { retentionFor } from './server.ts'
+export { openPoint, closePoint, listHolds, prepareVmx } from './holds.ts'
+export type { HoldRecord, VmxPrepare } from './holds.ts'

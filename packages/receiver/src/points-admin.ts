@@ -78,7 +78,7 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
         const ch = checksAt(state, name, c.cycle)
         return { name, source: pointSource(paths, state, name, c.cycle), bytes: ch.own?.bytes ?? 0, trivial: ch.trivial, certify: ch.certify }
       })
-    return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: false, disks }
+    return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: (state.holds ?? []).some((h) => h.cycle === c.cycle), disks }
   })
   return { vm, committedCycle: state.committedCycle, inflightCycle: state.inflight?.cycle ?? 0, points }
 }

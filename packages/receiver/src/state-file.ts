@@ -5,6 +5,7 @@ import { ensureStoreDir, readStoreJson } from './store-fs.ts'
 import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { PointLink, PointMerge, PointRecord } from './points.ts'
+import type { HoldRecord } from './hold-record.ts'
 
 /** Result of the last trivial check or certify of a disk. */
 export interface VerifyRecord {
@@ -123,6 +124,8 @@ export interface VmStateFile {
   readonly vmxDropped?: readonly DroppedReference[]
   /** restore points, oldest first (docs/POINTS.md) */
   readonly points?: readonly PointRecord[]
+  /** opened points and failovers holding the mirror (no change until released) */
+  readonly holds?: readonly HoldRecord[]
 }
 
 /** The state of a VM that has never been written. */

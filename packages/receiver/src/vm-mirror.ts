@@ -17,6 +17,7 @@ import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
 import { pointFileName } from './increment.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointRecord } from './points.ts'
+import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
@@ -181,6 +182,8 @@ export class VmMirror {
       mirrorCid: rec === undefined ? '' : facts.cid,
       modified: mirrorModified(rec, inf, facts),
     }
+    // SPEC §5.1 rule 2: an opened point or a failover reads through the mirror
+    if (holdsOf(s).length > 0) return { ...base, accepted: false, reason: 'E_HELD', message: heldMessage(this.vm, holdsOf(s)) }
     const space = {
       freeBytes: await freeBytes(this.paths.dir),
       quotaBytes: ctx.quota?.bytes,
@@ -332,6 +335,7 @@ export class VmMirror {
   async prunePoints(opts: CommitOptions & { cycles?: readonly number[] }): Promise<number[]> {
     if (this.current.inflight !== null)
       throw new ReceiverError('E_BUSY', `VM ${this.vm} has cycle ${this.current.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
+    if (holdsOf(this.current).length > 0) throw new ReceiverError('E_HELD', heldMessage(this.vm, holdsOf(this.current)))
     const before = pointsOf(this.current)
     let kept: { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] }
     if (opts.cycles !== undefined) {
@@ -351,6 +355,11 @@ export class VmMirror {
     await this.rollForward()
     const left = new Set(kept.points.map((p) => p.cycle))
     return before.filter((p) => !left.has(p.cycle)).map((p) => p.cycle)
+  }
+
+  /** Record the VM's holds (opened points, failovers). */
+  async setHolds(holds: readonly HoldRecord[]): Promise<void> {
+    await this.save({ ...this.current, holds })
   }
 
   /** Finish a commit whose state.json is already written (idempotent). */

@@ -156,7 +156,7 @@ t.test('kill -9 during an apply into a reverse increment and its commit (which p
 
 const mergeFaults = ['prune-after-state:1', 'merge-cid-recorded:1', 'merge-copied:1', 'merge-copied:3', 'merge-parent-flushed:1', 'merge-repointed:1', 'merge-parent-cid:1', 'merge-removed:1']
 
-t.test('kill -9 of `grainline points drop` merging a middle point: recovery finishes it, every kept point exact', async (t) => {
+t.test('kill -9 of `grainline points drop` merging the newest point into the mirror-side chain: recovery finishes it, every kept point exact', async (t) => {
   const base = await withPoints(join(t.testdir(), 'base'), 4)
   for (const fault of mergeFaults) {
     await t.test(fault, async (t) => {
@@ -166,7 +166,7 @@ t.test('kill -9 of `grainline points drop` merging a middle point: recovery fini
         (state(env).points ?? []).map((p) => p.cycle),
         [1, 2, 3],
       )
-      const child = spawn(process.execPath, [CLI, 'points', 'drop', '--store', env.store, '--vm', VM, '--point', '2', '--log-level', 'warn'], {
+      const child = spawn(process.execPath, [CLI, 'points', 'drop', '--store', env.store, '--vm', VM, '--point', '3', '--log-level', 'warn'], {
         env: { ...process.env, GRAINLINE_RECEIVER_FAULT: fault },
         stdio: 'ignore',
       })
@@ -176,7 +176,7 @@ t.test('kill -9 of `grainline points drop` merging a middle point: recovery fini
       t.equal(rep[0]?.action, 'rolled-forward', 'recovery finished the drop')
       t.same(
         (state(env).points ?? []).map((p) => p.cycle),
-        [1, 3],
+        [1, 2],
       )
       checkExact(t, env, fault)
     })

@@ -3,9 +3,10 @@ import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
+import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
-import { listPoints, prunePoints, restorePoint, type VmStateFile } from '../src/index.ts'
+import { closePoint, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 
 /** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
 function qemuRead(dir: string, desc: string): Buffer {
@@ -201,4 +202,67 @@ t.test('dropping middle points merges increments: every kept point stays exact (
   t.same(g.kept, [2, 6])
   exact('after GFS')
   t.same(readdirSync(pdir).sort(), ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'])
+})
+
+t.test('points open: QEMU boots the point through a writable child; the hold refuses DiskOpen (E_HELD) and prunes until closed', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts4'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 21)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ff01ff01ff01ff01')])
+  a.close()
+  for (let c = 2; c <= 3; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 5, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ff0${c}ff0${c}ff0${c}ff0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  const log = pino({ level: 'silent' })
+  const dir = join(env.dir, 'open-1')
+  const o = await openPoint(env.store, vm, 1, dir, { logger: log })
+  t.ok(qemuRead(env.dir, join(dir, 'd.vmdk')).equals(images[1] as Buffer), 'QEMU reads point 1 through the open child')
+  const vmx = readFileSync(o.vmx, 'utf8')
+  t.match(vmx, /displayName = ".*\(point 1\)"/)
+  t.match(vmx, /uuid\.bios = "[0-9a-f ]+-[0-9a-f ]+"/)
+  t.match(vmx, /scsi0:0\.fileName = "d\.vmdk"/)
+  // the guest writes into its child (QEMU cannot write SEsparse: our writer stands in for ESXi): the point stays as it was
+  const w = await openWriter(join(dir, 'd.vmdk'))
+  await w.write(4096, Buffer.alloc(65536, 0x5a))
+  await w.close()
+  const seen = qemuRead(env.dir, join(dir, 'd.vmdk'))
+  t.ok(seen.subarray(4096, 4096 + 65536).equals(Buffer.alloc(65536, 0x5a)), 'the write is visible in the opened VM')
+  const s = state(env.store, vm)
+  t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', s.points?.[0]?.disks['d.vmdk']?.file as string)).equals(images[1] as Buffer), 'point 1 unchanged')
+  t.equal((await listPoints(env.store, vm)).points.find((p) => p.cycle === 1)?.held, true, 'listed as held')
+  const st = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)
+  t.equal(st?.holds.length, 1, 'status lists the hold')
+  const h = (await storeHealth(env.store)).vms.find((v) => v.vm === vm)
+  t.equal(h?.health.state, 'WARNING')
+  t.match(h?.health.problems.join(' '), /held by an opened point/)
+  // an agent is refused, non-fatally, with E_HELD
+  const ranges = rangesFor(4, cap)
+  images[4] = evolve(images[3] as Buffer, 44, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const refused = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')]).catch((e: unknown) => e as { reason?: string })
+  a.close()
+  t.equal((refused as { reason?: string }).reason, 'E_HELD', 'DiskOpen refused with E_HELD')
+  await t.rejects(prunePoints(env.store, vm, { keep: 0 }, { logger: log }), { code: 'E_HELD' }, 'no prune while held')
+  await t.rejects(openPoint(env.store, vm, 2, dir, { logger: log }), { code: 'E_CONFIG' }, 'a folder in use')
+  const closed = await closePoint(env.store, vm, { logger: log, dir })
+  t.equal(closed.length, 1)
+  t.notOk(existsSync(dir), 'the folder is removed')
+  await t.rejects(closePoint(env.store, vm, { logger: log, dir }), { code: 'E_NOT_FOUND' })
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const ok = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')])
+  a.close()
+  t.equal(ok.committed?.cycle, 4, 'released: the cycle goes through')
+  // the mirror itself opened (failover-style), then closed
+  const m = await openPoint(env.store, vm, 4, join(env.dir, 'open-m'), { logger: log, kind: 'failover', vmx: { networks: { 'VM Network': 'DR Network' } } })
+  t.ok(qemuRead(env.dir, join(env.dir, 'open-m', 'd.vmdk')).equals(images[4] as Buffer), 'the mirror opened')
+  t.match(readFileSync(m.vmx, 'utf8'), /displayName = ".*\(failover\)"/)
+  await closePoint(env.store, vm, { logger: log, all: true })
 })

@@ -5,7 +5,8 @@
  */
 import type { Argv } from 'yargs'
 import { formatBytes, parseByteSize, parseDuration } from '@grainline/protocol'
-import { listPoints, loadReceiverConfig, parseGfs, prunePoints, retentionFor, type PointInfo, type RetentionPolicy } from '@grainline/receiver'
+import { join } from 'node:path'
+import { closePoint, listPoints, loadReceiverConfig, openPoint, parseGfs, prunePoints, retentionFor, type PointInfo, type RetentionPolicy } from '@grainline/receiver'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
@@ -61,7 +62,14 @@ export const pointsCommand: CliCommand = {
       })
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
-      .option('point', { type: 'number', describe: 'drop: the point (cycle) to drop' })
+      .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
+      .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
+      .option('all', { type: 'boolean', describe: 'close: release every hold of the VM' })
+      .option('format', {
+        choices: ['sesparse', 'vmfssparse'] as const,
+        default: 'sesparse' as const,
+        describe: 'open: format of the writable child disks: sesparse (ESXi; QEMU only reads it) or vmfssparse (≤ 2 TiB; QEMU writes it too)',
+      })
       .option('keep', { type: 'number', describe: 'prune: keep the newest N points' })
       .option('max-age', { type: 'string', describe: 'prune: keep points younger than this: 12h, 30d' })
       .option('max-bytes', { type: 'string', describe: 'prune: the points may take at most this: 200G' })
@@ -79,6 +87,23 @@ export const pointsCommand: CliCommand = {
       return ExitCode.Ok
     }
     const log = loggerFor(args, ctx, 'warn')
+    if (action === 'open') {
+      const k = typeof args['point'] === 'number' ? args['point'] : (await listPoints(store, vm)).committedCycle
+      const to = args['to'] === undefined ? join(store, '.open', `${vm}-point-${k}`) : String(args['to'])
+      const r = await openPoint(store, vm, k, to, { logger: log, format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse' })
+      ctx.write(
+        json
+          ? JSON.stringify({ vm, cycle: k, dir: r.hold.dir, vmx: r.vmx, disks: r.disks }) + '\n'
+          : `${vm}: point ${k} opened in ${r.hold.dir} (${r.vmx}); NICs do not connect at power-on. The mirror is held: no cycle is applied until "grainline points close --store ${store} --vm ${vm} --to ${r.hold.dir}"\n`,
+      )
+      return ExitCode.Ok
+    }
+    if (action === 'close') {
+      if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
+      const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+      ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
+      return ExitCode.Ok
+    }
     let what: RetentionPolicy | { cycles: number[] }
     if (action === 'drop') {
       const k = args['point']
