@@ -52,13 +52,14 @@ async function policyOf(args: Record<string, unknown>, vm: string): Promise<Rete
 
 export const pointsCommand: CliCommand = {
   command: 'points [action]',
-  describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one',
+  describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one, open one as a runnable VM (held), close it',
   builder: (y: Argv) =>
     y
       .positional('action', {
-        choices: ['list', 'prune', 'drop'] as const,
+        choices: ['list', 'prune', 'drop', 'open', 'close'] as const,
         default: 'list',
-        describe: 'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour)',
+        describe:
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all)',
       })
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
