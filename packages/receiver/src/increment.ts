@@ -15,7 +15,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { crc32 } from 'node:zlib'
 import { join } from 'node:path'
-import { createDelta, openChain, openWriter, type DiskWriter } from '@grainline/vmdk'
+import { createDelta, openChain, openWriter, randomCid, type DiskWriter } from '@grainline/vmdk'
 import { readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
 import type { JournalGrain } from './journal.ts'
@@ -83,15 +83,11 @@ export class ReverseIncrement {
       // nothing durable refers to it: start afresh (a crash may have left half of it)
       await removePointFiles(paths, file)
       await ensureStoreDir(join(paths.gdir, POINTS_DIR))
-      await createDelta(paths.descriptor(stem), path, { format: 'sesparse' })
+      // a CID of its own from the start (ESXi's default is the parent's): no descriptor rewrite later
+      await createDelta(paths.descriptor(stem), path, { format: 'sesparse', cid: randomCid() })
     }
-    const writer = await openWriter(path)
-    try {
-      if (saved.size === 0) await writer.renewCid()
-    } catch (err) {
-      await writer.abandon().catch(() => {})
-      throw err
-    }
+    // `close`: the writer never rewrites the descriptor (the CID above stays)
+    const writer = await openWriter(path, { newCid: 'close' })
     return new ReverseIncrement(path, writer, saved)
   }
 
@@ -158,7 +154,7 @@ export class ReverseIncrement {
 
   /** Flush and close; the CID stays the one given at creation. */
   async close(): Promise<void> {
-    await this.writer.close()
+    await this.writer.abandon()
   }
 }
 
