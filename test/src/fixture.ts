@@ -25,8 +25,11 @@ export interface Site {
   restart(): Promise<ReceiverProcess>
 }
 
-/** Set up TLS and tokens (one token, `proxy-a`, for the `vms` globs, plus `extra` entries) and start a receiver. */
-export async function startSite(dir: string, vms: string[] = ['*'], extra: { name: string; vms: string[] }[] = [], opts: { receiverArgs?: readonly string[] } = {}): Promise<Site> {
+/**
+ * Set up TLS and tokens (one token, `proxy-a`, for the `vms` globs, plus
+ * `extra` entries) and start a receiver (with `receiverArgs` on its command line).
+ */
+export async function startSite(dir: string, vms: string[] = ['*'], extra: { name: string; vms: string[] }[] = [], receiverArgs: readonly string[] = []): Promise<Site> {
   await mkdir(dir, { recursive: true })
   const tls = await generateSelfSignedTls(join(dir, 'tls'))
   const token = generateToken()
@@ -49,7 +52,7 @@ export async function startSite(dir: string, vms: string[] = ['*'], extra: { nam
     token,
     tokenFile,
     extraTokens,
-    receiver: await startReceiverProcess({ store, tokens, tls, ...(opts.receiverArgs === undefined ? {} : { args: opts.receiverArgs }) }),
+    receiver: await startReceiverProcess({ store, tokens, tls, args: receiverArgs }),
     async restart() {
       site.receiver = await site.receiver.restart()
       return site.receiver

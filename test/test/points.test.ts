@@ -28,7 +28,7 @@ t.test('seed + 8 cycles with points: every kept point and its restore equal the 
   const dir = scratchDir(t, 'grainline-points-')
   const config = join(dir, 'receiver.json')
   await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 6 } }))
-  const site = await startSite(join(dir, 'dr'), ['*'], [], { receiverArgs: ['--config', config] })
+  const site = await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
   t.teardown(() => site.receiver.stop())
   const name = 'app points'
   const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 24 * MiB }, { sizeBytes: 8 * MiB, node: 'sata0:1' }], seed: 5 })

@@ -42,6 +42,12 @@ export interface InflightRecord {
   /** the receiver URL the cycle was shipped to (informational) */
   readonly receiver?: string
   readonly at: string
+  /**
+   * the extent size the cycle was planned with: a resume must cut the same
+   * extents (the receiver resumes at an extent number), even when the rate
+   * limit, which sizes new plans, changed in between
+   */
+  readonly chunkBytes?: number
 }
 
 /** Checks that failed after a commit: those disks are resynced by the next cycle. */
@@ -109,8 +115,8 @@ export function checkStateShape(v: unknown, key: string): string | undefined {
 }
 
 /** Record the snapshot of cycle `cycle` as in flight (before anything is shipped). */
-export function markInflight(state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string): AgentVmState {
-  state.inflight = { cycle, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
+export function markInflight(state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string, chunkBytes?: number): AgentVmState {
+  state.inflight = { cycle, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString(), ...(chunkBytes === undefined ? {} : { chunkBytes }) }
   return state
 }
 

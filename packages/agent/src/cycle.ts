@@ -274,7 +274,8 @@ class VmCycle {
       this.#shipped = await driver.createSnapshot(this.#vm, grainlineSnapshotName(this.#cycleNo))
       this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
     }
-    await this.#store.save(markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url))
+    this.#chunkBytes = this.#extentChunk(decision.kind === 'reuse' ? this.#record.inflight?.chunkBytes : undefined)
+    await this.#store.save(markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url, this.#chunkBytes))
     this.#report.snapshot = this.#shipped.name
     this.#lap('snapshot')
     this.#vm = await driver.openVm(this.#opts.ref)
@@ -287,12 +288,24 @@ class VmCycle {
     this.#rolledBack = true
   }
 
+  /**
+   * The extent size of this cycle: the one recorded when the resumed cycle was
+   * planned (the receiver resumes at an extent number, so the same extents
+   * must be cut again), as long as the receiver still accepts it; else the
+   * largest the receiver and the options allow, smaller under a rate limit
+   * (about 8 extents per second of budget, so pacing stays smooth).
+   */
+  #extentChunk(recorded: number | undefined): number {
+    const opts = this.#opts
+    const maxExtent = Math.max(512, Math.floor(Math.min(this.#welcome.limits.maxExtentBytes, opts.maxExtentBytes) / 512) * 512)
+    if (recorded !== undefined && Number.isSafeInteger(recorded) && recorded >= 512 && recorded % 512 === 0 && recorded <= this.#welcome.limits.maxExtentBytes) return recorded
+    const rateChunk = opts.rateLimiter.rate === Infinity ? maxExtent : Math.max(64 * 1024, Math.floor(opts.rateLimiter.rate / 8 / 512) * 512)
+    return Math.min(maxExtent, rateChunk)
+  }
+
   /** 4. Every disk planned before the first extent (exact totals for progress). */
   async #planDisks(): Promise<void> {
     const opts = this.#opts
-    const maxExtent = Math.max(512, Math.floor(Math.min(this.#welcome.limits.maxExtentBytes, opts.maxExtentBytes) / 512) * 512)
-    const rateChunk = opts.rateLimiter.rate === Infinity ? maxExtent : Math.max(64 * 1024, Math.floor(opts.rateLimiter.rate / 8 / 512) * 512)
-    this.#chunkBytes = Math.min(maxExtent, rateChunk)
     const lineage = this.#lineage
     for (const [i, disk] of this.#vm.disks.entries()) {
       const chain = await openChain(disk.path, opts.driver.pathMap === undefined ? {} : { pathMap: { ...opts.driver.pathMap } })

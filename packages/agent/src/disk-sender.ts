@@ -64,9 +64,19 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     // the cycle digest covers every extent in seq order: replay the acknowledged prefix from the
     // digest log, reading from the frozen view what the log does not hold (another process, or past its bound)
     const fromLog = Math.min(dlog.length, resumeSeq)
+    // the receiver applied `resumeBytes` in its first `resumeSeq` extents: this plan's must cover as much,
+    // else the cycle was planned with other extents and resuming would leave holes or overlaps
+    let planned = 0
     for await (const p of planExtents(w.plan, 0)) {
-      if (p.seq >= fromLog) break
-      account(p.offset, p.length, dlog.isZero(p.seq), dlog.digest(p.seq))
+      if (p.seq >= resumeSeq) break
+      planned += p.length
+      if (p.seq < fromLog) account(p.offset, p.length, dlog.isZero(p.seq), dlog.digest(p.seq))
+    }
+    if (planned !== opts.accepted.resumeBytes) {
+      throw new AgentError(
+        'E_PROTOCOL',
+        `disk ${w.name}: the receiver resumes after ${resumeSeq} extents covering ${opts.accepted.resumeBytes} bytes, this run's first ${resumeSeq} extents cover ${planned}: the in-flight cycle was planned with other extents; roll it back (grainline mirror rollback on the receiver) and run again`,
+      )
     }
     if (fromLog < resumeSeq) {
       for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: 'none', fromSeq: fromLog, toSeq: resumeSeq })) {

@@ -108,14 +108,15 @@ t.test('replicate, replicateMany and job files refuse ws:// to another host befo
       ],
     }),
   )
-  await t.rejects(replicateMany({ logger }, await loadJobConfig(join(dir, 'job.json'))), { code: 'E_INSECURE' })
+  // the job file is refused while it is read (every problem named by key), before any VM is touched
+  await t.rejects(loadJobConfig(join(dir, 'job.json')), { code: 'E_CONFIG', message: /job\.vms\[1\]\.to: refusing to send the token in clear text/ })
   const driver = createLocalDriver()
   t.same(await driver.listSnapshots(await driver.openVm(vm.vmxPath)), [], 'no VM of the job was touched (no snapshot)')
   t.equal(rec.connections(), 0, 'nothing reached the listener')
   t.notOk(rec.received().includes(SECRET))
 
   // the explicit flag (job key insecurePlaintext) lets it through: the token then travels in clear, which is what the rule prevents
-  await writeFile(join(dir, 'job2.json'), JSON.stringify({ tokenFile: 'token', giveUpMs: 0, stateDir: 'agent-state', vms: [{ vm: vm.vmxPath, to, insecurePlaintext: true }] }))
+  await writeFile(join(dir, 'job2.json'), JSON.stringify({ tokenFile: 'token', giveUp: '0s', stateDir: 'agent-state', vms: [{ vm: vm.vmxPath, to, insecurePlaintext: true }] }))
   const jobs = await loadJobConfig(join(dir, 'job2.json'))
   t.equal(jobs[0]?.insecurePlaintext, true)
   // the listener drops every upgrade request: the agent retries, then gives up (giveUpMs 0)

@@ -30,13 +30,18 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
   t.teardown(() => proxy.close())
   const vm = await createSampleVm(dir, { name: 'cut', disks: [{ sizeBytes: 12 * MiB, fill: 'random' }], seed: 2 })
   const { logger, lines } = memoryLogger()
-  const windowBytes = 1 * MiB
+  // ExtentAck comes once durable and the agent never has more than a window
+  // unacknowledged: a first connection cut after window + one extent + the
+  // handshake has certainly left a durable point to resume from, however slow
+  // the receiver is (a smaller first budget made that a race under load)
+  const windowBytes = 256 * 1024
   const maxExtentBytes = 128 * 1024
+  const firstBudget = windowBytes + maxExtentBytes + 200_000
   const rnd = prng(77)
   for (let cycle = 1; cycle <= 2; cycle++) {
     const sends = new Map<number, number>()
     let resent = 0
-    proxy.budgets = [0, 1, 2].map(() => Math.floor(200_000 + rnd() * (cycle === 1 ? 8_000_000 : 600_000)))
+    proxy.budgets = [0, 1, 2].map((i) => Math.floor((i === 0 ? firstBudget : 200_000) + rnd() * (cycle === 1 ? 8_000_000 : 300_000)))
     proxy.cuts = 0
     const raw = join(dir, `frozen-${cycle}.raw`)
     const init: ReplicateInit = {
@@ -53,7 +58,7 @@ t.test('random cuts during seed and incremental cycles: resume, correct mirror, 
       compress: 'none',
       afterSnapshot: async (h) => {
         await frozenRaw(h, raw)
-        await simulateGuestWrites(h.vmxPath, { bytes: 1 * MiB, seed: cycle })
+        await simulateGuestWrites(h.vmxPath, { bytes: 2 * MiB, seed: cycle })
       },
       onExtentSent: ({ seq, wireBytes }) => {
         const n = sends.get(seq) ?? 0
@@ -113,8 +118,11 @@ t.test('receiver gone: give up leaving the snapshot; the next run resumes the sa
         await frozenRaw(h, raw)
         await simulateGuestWrites(h.vmxPath, { bytes: 256 * 1024, seed: 6 })
       },
+      // the window (512 KiB) holds at most 8 extents of 64 KiB unacknowledged
+      // and ExtentAck comes once durable: when extent 12 leaves, at least 4
+      // are durable whatever the receiver's speed (killing at 6 raced the acks)
       onExtentSent: ({ seq }) => {
-        if (seq === 6 && !killed) {
+        if (seq === 12 && !killed) {
           killed = true
           void rx.kill9()
         }
@@ -193,4 +201,41 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
     'the abandoned in-flight cycle was rolled back',
   )
   t.equal(await firstDifference(join(rx.store, 'rb', 'rb-flat.vmdk'), raw), -1)
+})
+
+t.test('a cycle resumed without the rate limit it was planned under cuts the same extents (the recorded extent size)', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'rate', disks: [{ sizeBytes: 8 * MiB, fill: 'random' }], seed: 4 })
+  const { logger } = memoryLogger()
+  const base = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, compress: 'none' as const, windowBytes: 512 * 1024 }
+  const raw = join(dir, 'frozen.raw')
+  let killed = false
+  // 1 MiB/s plans 128 KiB extents (8 per second of budget); the receiver dies once some are durable
+  const r1 = await replicate(
+    { logger },
+    {
+      ...base,
+      giveUpMs: 1500,
+      maxBackoffMs: 200,
+      bwlimit: 1024 * 1024,
+      afterSnapshot: async (h) => frozenRaw(h, raw),
+      onExtentSent: ({ seq }) => {
+        if (seq === 12 && !killed) {
+          killed = true
+          void rx.kill9()
+        }
+      },
+    },
+  )
+  t.equal(r1.vms[0]?.error?.code, 'E_GAVE_UP')
+  await rx.restart()
+  // no rate limit now: a new plan would cut 1 MiB extents, and extent 9 of those is not extent 9 of the cycle in flight
+  const r2 = await replicate({ logger }, { ...base, to: rx.url })
+  const v = r2.vms[0]
+  t.ok(r2.ok, JSON.stringify(v?.error))
+  t.equal(v?.reusedSnapshot, true)
+  t.ok((v?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed at extent ${v?.disks[0]?.resumedFrom[0]}`)
+  t.equal(await firstDifference(join(rx.store, 'rate', 'rate-flat.vmdk'), raw), -1, 'mirror == the frozen view')
 })

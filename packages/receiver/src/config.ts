@@ -33,7 +33,7 @@ const NUMERIC_KEYS = [
  * Load receiver settings from a JSON file:
  * `{"listen": "0.0.0.0:7443", "store": "/srv/mirrors", "tokens": "tokens.json",
  *   "tlsCert": "c.pem", "tlsKey": "k.pem", "insecure": false, "trivialMiB": 64,
- *   "displaySuffix": " (DR)", "maxConnections": 64}`.
+ *   "displaySuffix": " (DR)", "maxConnections": 64, "metricsListen": "127.0.0.1:9464"}`.
  * Relative paths are resolved against the file's folder.
  */
 export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
@@ -57,7 +57,23 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a non-negative integer`)
     return v
   }
-  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'retention', 'retentionVms', ...NUMERIC_KEYS])
+  const known = new Set([
+    'listen',
+    'host',
+    'port',
+    'store',
+    'tokens',
+    'tokensFile',
+    'tlsCert',
+    'tlsKey',
+    'insecure',
+    'trivialMiB',
+    'displaySuffix',
+    'metricsListen',
+    'retention',
+    'retentionVms',
+    ...NUMERIC_KEYS,
+  ])
   for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
   let host = typeof json['host'] === 'string' ? json['host'] : undefined
   let port = num('port')
@@ -69,7 +85,9 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
   if (store === undefined) throw new ReceiverError('E_CONFIG', `${file}: store is required`)
   if (json['insecure'] !== undefined && typeof json['insecure'] !== 'boolean') throw new ReceiverError('E_CONFIG', `${file}: insecure must be true or false`)
   if (json['displaySuffix'] !== undefined && typeof json['displaySuffix'] !== 'string') throw new ReceiverError('E_CONFIG', `${file}: displaySuffix must be a string`)
+  if (json['metricsListen'] !== undefined && typeof json['metricsListen'] !== 'string') throw new ReceiverError('E_CONFIG', `${file}: metricsListen must be "HOST:PORT"`)
   const init: Record<string, unknown> = {
+    metricsListen: json['metricsListen'] === undefined ? undefined : parseListen(json['metricsListen'] as string),
     host,
     port,
     store,
@@ -105,6 +123,8 @@ export interface ReceiverFlags {
   readonly displaySuffix?: string
   readonly trivialMiB?: number
   readonly batchBytes?: number
+  /** serve Prometheus metrics on HOST:PORT */
+  readonly metricsListen?: string
 }
 
 /**
@@ -125,6 +145,7 @@ export async function resolveReceiverInit(flags: ReceiverFlags): Promise<Receive
   if (flags.displaySuffix !== undefined) over['displaySuffix'] = flags.displaySuffix
   if (flags.trivialMiB !== undefined) over['trivialMiB'] = flags.trivialMiB
   if (flags.batchBytes !== undefined) over['batchBytes'] = flags.batchBytes
+  if (flags.metricsListen !== undefined) over['metricsListen'] = parseListen(flags.metricsListen)
   const init = { ...base, ...over } as Partial<ReceiverInit>
   if (init.store === undefined) throw new ReceiverError('E_CONFIG', '--store (or "store" in --config) is required')
   if (init.tokensFile === undefined && init.tokens === undefined) throw new ReceiverError('E_CONFIG', '--tokens (or "tokens" in --config) is required: the receiver never runs without authentication')

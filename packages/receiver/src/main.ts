@@ -24,6 +24,7 @@ async function main(): Promise<void> {
       config: { type: 'string' },
       'display-suffix': { type: 'string' },
       'batch-bytes': { type: 'string' },
+      'metrics-listen': { type: 'string' },
       'log-level': { type: 'string' },
       'exit-with-stdin': { type: 'boolean' },
     },
@@ -39,11 +40,13 @@ async function main(): Promise<void> {
     ...(values['tls-key'] !== undefined ? { tlsKey: values['tls-key'] } : {}),
     ...(values['display-suffix'] !== undefined ? { displaySuffix: values['display-suffix'] } : {}),
     ...(values['batch-bytes'] !== undefined ? { batchBytes: Number(values['batch-bytes']) } : {}),
+    ...(values['metrics-listen'] !== undefined ? { metricsListen: values['metrics-listen'] } : {}),
     insecure: values.insecure === true,
   })
   const receiver = createReceiver({ logger }, init)
   const addr = await receiver.listen()
-  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port }) + '\n')
+  const m = receiver.metricsAddress
+  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port, ...(m === undefined ? {} : { metricsPort: m.port }) }) + '\n')
   let closing = false
   const stop = (signal: string): void => {
     if (closing) return

@@ -10,6 +10,7 @@ import { ReceiverError } from './errors.ts'
 import { DEFAULT_MAX_SESSIONS, bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
 import { guardConnections } from './connection-guard.ts'
 import { RefusalLog } from './refusal-log.ts'
+import { ReceiverMetrics, startMetricsServer, type MetricsServer } from './metrics.ts'
 import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
@@ -88,6 +89,12 @@ export interface ReceiverInit {
   readonly retention?: RetentionPolicy
   /** per-VM retention by VM-name glob (`*`, `?`), first match wins over `retention` */
   readonly retentionVms?: Readonly<Record<string, RetentionPolicy>>
+  /**
+   * serve Prometheus metrics (`GET /metrics`) on this address, apart from the
+   * replication port; plain HTTP, so keep it on loopback or a management
+   * network. @default undefined (off)
+   */
+  readonly metricsListen?: { readonly host: string; readonly port: number }
 }
 
 /** A running receiver. */
@@ -100,6 +107,8 @@ export interface Receiver {
   abort(): void
   /** number of open sessions */
   readonly sessions: number
+  /** the metrics endpoint once listening (`metricsListen`), else undefined */
+  readonly metricsAddress: { readonly host: string; readonly port: number } | undefined
 }
 
 const MiB = 1024 * 1024
@@ -126,7 +135,10 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     compressions: [...CompressionAlgorithms],
     limits: { maxExtentBytes, maxMessageBytes: maxMessageBytesFor(maxExtentBytes), windowBytes: init.windowBytes ?? 64 * MiB },
   }
-  const refusals = new RefusalLog(log)
+  const sessions = new Set<Session>()
+  const metrics = init.metricsListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
+  let metricsServer: MetricsServer | undefined
+  const refusals = new RefusalLog(log, 10_000, metrics)
   const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
   const handshakeTimeoutMs = init.handshakeTimeoutMs ?? 10_000
   const maxConnections = init.maxConnections ?? 64
@@ -144,10 +156,10 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     idleTimeoutMs: init.idleTimeoutMs ?? 300_000,
     refusals,
     retentionFor: (vm: string) => retentionFor(init, vm),
+    ...(metrics === undefined ? {} : { observer: metrics }),
   }
   /** open sessions per token entry (the per-token cap) */
   const byToken = new Map<TokenEntry, number>()
-  const sessions = new Set<Session>()
   const peers = new WeakMap<IncomingMessage, TokenEntry>()
   let table: TokenTable | undefined
   let server: Server | undefined
@@ -223,6 +235,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       sock.on('pong', () => alive.set(sock, true))
       const s = new Session(sock, entry, settings, log)
       sessions.add(s)
+      metrics?.sessionOpened(entry.name)
       byToken.set(entry, (byToken.get(entry) ?? 0) + 1)
       void s.done.then(() => {
         sessions.delete(s)
@@ -255,6 +268,14 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       })
     })
     const addr = srv.address() as AddressInfo
+    if (metrics !== undefined && init.metricsListen !== undefined) {
+      try {
+        metricsServer = await startMetricsServer(metrics, init.metricsListen.host, init.metricsListen.port, log)
+      } catch (err) {
+        srv.close()
+        throw new ReceiverError('E_CONFIG', `cannot serve metrics on ${init.metricsListen.host}:${init.metricsListen.port}: ${(err as Error).message}`)
+      }
+    }
     log.info(
       {
         host: addr.address,
@@ -276,6 +297,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     wss?.close()
     srv?.closeAllConnections()
     await closed
+    await metricsServer?.close()
     log.info('receiver closed')
   }
 
@@ -286,6 +308,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     wss?.close()
     server?.close()
     server?.closeAllConnections()
+    void metricsServer?.close()
   }
 
   return {
@@ -294,6 +317,9 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     abort,
     get sessions() {
       return sessions.size
+    },
+    get metricsAddress() {
+      return metricsServer === undefined ? undefined : { host: metricsServer.host, port: metricsServer.port }
     },
   }
 }

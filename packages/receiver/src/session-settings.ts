@@ -1,4 +1,5 @@
 import type { LocalCapabilities } from '@grainline/protocol'
+import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 import type { RetentionPolicy } from './retention.ts'
 
@@ -27,4 +28,6 @@ export interface SessionSettings {
   readonly refusals: RefusalLog
   /** the restore-point retention of a VM (undefined: no points) */
   readonly retentionFor?: (vm: string) => RetentionPolicy | undefined
+  /** told of sealed disks, commits and checks as they happen (metrics) */
+  readonly observer?: ReceiverObserver
 }

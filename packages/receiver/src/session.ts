@@ -57,6 +57,8 @@ export class Session {
   private vm: VmMirror | undefined
   private vmName = ''
   private cycle = 0
+  /** when VmOpen arrived (performance.now()), for the cycle's duration */
+  private openedAt = 0
   /** the VmOpen's compat record: compared at each DiskOpen, recorded at commit */
   private compat: CompatRecord | undefined
   /** accepted disks by handle (refused handles are spent, SPEC §8.2, and not kept here) */
@@ -236,6 +238,7 @@ export class Session {
     this.vm = await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
     this.vmName = msg.vm
     this.cycle = msg.cycle
+    this.openedAt = performance.now()
     this.compat = msg.compat
     const s = this.vm.state
     this.log.info({ vm: msg.vm, cycle: msg.cycle, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, 'vm opened')
@@ -338,6 +341,7 @@ export class Session {
     })
     const c = a.counts
     this.log.info({ disk: d.name, ...c, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
+    this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
 
@@ -351,6 +355,7 @@ export class Session {
       this.retention(),
     )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
+    this.settings.observer?.cycleCommitted(this.vmName, (performance.now() - this.openedAt) / 1000)
     this.send({
       kind: MessageKind.Committed,
       vm: this.vmName,
@@ -365,6 +370,7 @@ export class Session {
     const name = this.disk(msg.disk).name
     const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
+    this.settings.observer?.checked(this.vmName, name, 'trivial', r.ok)
     this.send({ kind: MessageKind.TrivialResult, disk: msg.disk, ok: r.ok, size: r.size, digest: r.digest })
   }
 
@@ -372,6 +378,7 @@ export class Session {
     const name = this.disk(msg.disk).name
     const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
+    this.settings.observer?.checked(this.vmName, name, 'certify', r.ok)
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
   }
 

@@ -80,9 +80,9 @@ export interface VmStatus {
   /** references of the installed .vmx that pointed out of the mirror, dropped or neutralised */
   readonly vmxDropped: readonly DroppedReference[]
   /** opened points and failovers holding the mirror: no cycle is applied until they are released (`E_HELD`) */
-  readonly holds: readonly HoldRecord[]
+  readonly holds?: readonly HoldRecord[]
   /** restore points kept (cycles, oldest first) */
-  readonly points: readonly number[]
+  readonly points?: readonly number[]
   /** why the VM's state could not be read */
   readonly error?: string
 }

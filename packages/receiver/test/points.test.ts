@@ -239,7 +239,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', s.points?.[0]?.disks['d.vmdk']?.file as string)).equals(images[1] as Buffer), 'point 1 unchanged')
   t.equal((await listPoints(env.store, vm)).points.find((p) => p.cycle === 1)?.held, true, 'listed as held')
   const st = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)
-  t.equal(st?.holds.length, 1, 'status lists the hold')
+  t.equal(st?.holds?.length, 1, 'status lists the hold')
   const h = (await storeHealth(env.store)).vms.find((v) => v.vm === vm)
   t.equal(h?.health.state, 'WARNING')
   t.match(h?.health.problems.join(' '), /held by an opened point/)

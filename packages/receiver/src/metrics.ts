@@ -1,0 +1,202 @@
+/**
+ * Prometheus metrics of a receiver (prom-client), served on their own listen
+ * address (`metricsListen`, off by default) so the replication port never
+ * answers plain HTTP.
+ *
+ * Two kinds of figures:
+ * - the state of every mirror, read from the store at each scrape (last
+ *   commit time and age — the RPO —, committed cycle, check results,
+ *   divergence, a cycle in flight): what an alert rule needs, true even right
+ *   after a restart;
+ * - what this process did since it started, counted as it happens: bytes
+ *   applied, cycle durations, sessions, refused connections.
+ *
+ * Mirror labels come from the store (VM and disk names the receiver accepted,
+ * SPEC §6), so their number is bounded by the store, not by peers; refusal
+ * reasons are a fixed set.
+ */
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { storeStatus } from './store-admin.ts'
+import type { RefusalReason } from './refusal-log.ts'
+
+/** What sessions and the server report as it happens (all optional to call). */
+export interface ReceiverObserver {
+  /** a connection or session turned away */
+  refused(reason: RefusalReason): void
+  /** a session started (after authentication) for the token `peer` */
+  sessionOpened(peer: string): void
+  /** a disk's extents are all applied (DiskEnd) */
+  diskSealed(vm: string, disk: string, counts: { readonly dataBytes: number; readonly zeroBytes: number; readonly extents: number }): void
+  /** a cycle committed; `seconds` from VmOpen to the durable commit */
+  cycleCommitted(vm: string, seconds: number): void
+  /** a trivial check or certify ran on a committed disk */
+  checked(vm: string, disk: string, check: 'trivial' | 'certify', ok: boolean): void
+}
+
+/** The metrics of one receiver. */
+export class ReceiverMetrics implements ReceiverObserver {
+  readonly registry = new Registry()
+  readonly #store: string
+  readonly #bytes: Counter<'vm' | 'disk' | 'kind'>
+  readonly #cycles: Histogram<'vm'>
+  readonly #sessions: Counter<'peer'>
+  readonly #refused: Counter<'reason'>
+  readonly #checks: Counter<'vm' | 'disk' | 'check' | 'result'>
+
+  /**
+   * @param store the mirror store read at each scrape
+   * @param sessionsNow open sessions right now
+   */
+  constructor(store: string, sessionsNow: () => number) {
+    this.#store = store
+    const registers = [this.registry]
+    collectDefaultMetrics({ register: this.registry, prefix: 'grainline_receiver_' })
+    this.#bytes = new Counter({
+      name: 'grainline_applied_bytes_total',
+      help: 'Bytes of the virtual disk applied to the mirror since start, by kind (data extents, zero extents)',
+      labelNames: ['vm', 'disk', 'kind'],
+      registers,
+    })
+    this.#cycles = new Histogram({
+      name: 'grainline_cycle_duration_seconds',
+      help: 'Receiver-side duration of committed cycles (VmOpen to durable commit)',
+      labelNames: ['vm'],
+      buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600],
+      registers,
+    })
+    this.#sessions = new Counter({ name: 'grainline_sessions_total', help: 'Sessions started since start, by token name', labelNames: ['peer'], registers })
+    this.#refused = new Counter({ name: 'grainline_connections_refused_total', help: 'Connections or sessions turned away since start, by reason', labelNames: ['reason'], registers })
+    this.#checks = new Counter({ name: 'grainline_checks_total', help: 'Trivial checks and certifies run since start, by result', labelNames: ['vm', 'disk', 'check', 'result'], registers })
+    new Gauge({
+      name: 'grainline_sessions',
+      help: 'Sessions open now',
+      registers,
+      collect() {
+        this.set(sessionsNow())
+      },
+    })
+    this.#mirrorGauges(registers)
+  }
+
+  /** Gauges computed from the store at each scrape. */
+  #mirrorGauges(registers: Registry[]): void {
+    const store = this.#store
+    // one store read per scrape, shared by every gauge's collect() (prom-client awaits each of them)
+    let pending: Promise<void> | undefined
+    const collect = (): Promise<void> => {
+      pending ??= fill().finally(() => {
+        pending = undefined
+      })
+      return pending
+    }
+    const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> => new Gauge({ name, help, labelNames, registers, collect })
+    const lastCommit = gauge('grainline_mirror_last_commit_timestamp_seconds', 'Unix time of the last committed cycle of the mirror', ['vm'])
+    const age = gauge('grainline_mirror_age_seconds', 'Seconds since the last committed cycle (the recovery point age)', ['vm'])
+    const cycle = gauge('grainline_mirror_committed_cycle', 'Number of the last committed cycle', ['vm'])
+    const inflight = gauge('grainline_mirror_cycle_in_flight', '1 while a cycle is in flight or needs recovery', ['vm'])
+    const unreadable = gauge('grainline_mirror_state_unreadable', "1 when the mirror's state could not be read", ['vm'])
+    const check = gauge('grainline_disk_check_ok', 'Result of the last check of the disk (1 ok, 0 mismatch); absent when never run', ['vm', 'disk', 'check'])
+    const diverged = gauge('grainline_disk_diverged', '1 when the disk is marked diverged from its source (the next cycle resyncs it)', ['vm', 'disk'])
+    const modified = gauge('grainline_disk_modified', '1 when the mirror disk changed since its last commit (booted or edited)', ['vm', 'disk'])
+    const capacity = gauge('grainline_disk_capacity_bytes', 'Virtual size of the mirrored disk', ['vm', 'disk'])
+    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity]
+    async function fill(): Promise<void> {
+      const st = await storeStatus(store)
+      for (const g of gauges) g.reset()
+      const now = Date.now()
+      for (const vm of st.vms) {
+        const v = { vm: vm.vm }
+        if (vm.error !== undefined) {
+          unreadable.set(v, 1)
+          continue
+        }
+        unreadable.set(v, 0)
+        cycle.set(v, vm.committedCycle)
+        inflight.set(v, vm.needsRecovery ? 1 : 0)
+        const at = vm.committedAt === null ? Number.NaN : Date.parse(vm.committedAt)
+        if (Number.isFinite(at)) {
+          lastCommit.set(v, at / 1000)
+          age.set(v, Math.max(0, (now - at) / 1000))
+        }
+        for (const d of vm.disks) {
+          const l = { vm: vm.vm, disk: d.name }
+          capacity.set(l, d.capacity)
+          diverged.set(l, d.diverged === null ? 0 : 1)
+          modified.set(l, d.modified ? 1 : 0)
+          if (d.trivial !== null) check.set({ ...l, check: 'trivial' }, d.trivial.ok ? 1 : 0)
+          if (d.certify !== null) check.set({ ...l, check: 'certify' }, d.certify.ok ? 1 : 0)
+        }
+      }
+    }
+  }
+
+  refused(reason: RefusalReason): void {
+    this.#refused.inc({ reason })
+  }
+
+  sessionOpened(peer: string): void {
+    this.#sessions.inc({ peer })
+  }
+
+  diskSealed(vm: string, disk: string, counts: { readonly dataBytes: number; readonly zeroBytes: number }): void {
+    this.#bytes.inc({ vm, disk, kind: 'data' }, counts.dataBytes)
+    this.#bytes.inc({ vm, disk, kind: 'zero' }, counts.zeroBytes)
+  }
+
+  cycleCommitted(vm: string, seconds: number): void {
+    this.#cycles.observe({ vm }, seconds)
+  }
+
+  checked(vm: string, disk: string, check: 'trivial' | 'certify', ok: boolean): void {
+    this.#checks.inc({ vm, disk, check, result: ok ? 'ok' : 'mismatch' })
+  }
+}
+
+/** A metrics endpoint: `GET /metrics` (Prometheus text format); everything else 404. */
+export interface MetricsServer {
+  readonly host: string
+  readonly port: number
+  close(): Promise<void>
+}
+
+/** Serve `metrics` on `host:port` (0: any free port). */
+export async function startMetricsServer(metrics: ReceiverMetrics, host: string, port: number, log: Logger): Promise<MetricsServer> {
+  const srv: Server = createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n')
+      return
+    }
+    metrics.registry.metrics().then(
+      (text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(text),
+      (err: unknown) => {
+        log.warn({ err: { message: (err as Error).message } }, 'metrics scrape failed')
+        res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics unavailable: see the receiver log\n')
+      },
+    )
+  })
+  // a scraper has no reason to hold a connection long or send a body
+  srv.requestTimeout = 10_000
+  srv.headersTimeout = 5_000
+  srv.maxConnections = 16
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject)
+    srv.listen(port, host, () => {
+      srv.off('error', reject)
+      resolve()
+    })
+  })
+  const addr = srv.address() as AddressInfo
+  log.info({ host: addr.address, port: addr.port }, 'metrics listening (GET /metrics)')
+  return {
+    host: addr.address,
+    port: addr.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        srv.close(() => resolve())
+        srv.closeAllConnections()
+      }),
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * Metrics (in process, scripted agent), store health (pure, table-driven) and
+ * the config keys that select them.
+ */
+import t from 'tap'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import WebSocket from 'ws'
+import { SUBPROTOCOL } from '@grainline/protocol'
+import { assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, type VmStatus } from '../src/index.ts'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    if (m === null || m[1] !== name) continue
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]))
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3])
+  }
+  return undefined
+}
+
+t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, refusals; closed with the receiver', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { metricsListen: { host: '127.0.0.1', port: 0 } })
+  let open = true
+  t.teardown(() => (open ? receiver.close() : undefined))
+  const m = receiver.metricsAddress
+  t.ok(m !== undefined && m.port > 0, 'metrics address once listening')
+  const base = `http://127.0.0.1:${m?.port}`
+  const img = Buffer.concat([pattern(1 * MiB, 1), Buffer.alloc(1 * MiB)])
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'web-01', 1, [seedPlan(0, 'web-01.vmdk', img, 'aa01aa01aa01aa01')])
+  a.ws.close()
+  // a wrong token on a real upgrade
+  const ws = new WebSocket(url, SUBPROTOCOL, { headers: { Authorization: 'Bearer wrong' }, ca: env.tls.ca })
+  await new Promise<void>((resolve) => {
+    ws.on('unexpected-response', () => resolve())
+    ws.on('error', () => resolve())
+  })
+  ws.terminate()
+  const r = await fetch(`${base}/metrics`)
+  t.equal(r.status, 200)
+  const text = await r.text()
+  t.equal(sample(text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 1)
+  t.equal(sample(text, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 2 * MiB)
+  t.equal(sample(text, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
+  t.equal(sample(text, 'grainline_disk_modified', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
+  t.equal(sample(text, 'grainline_mirror_state_unreadable', { vm: 'web-01' }), 0)
+  t.equal(sample(text, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial' }), undefined, 'never checked: absent')
+  const data = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' }) ?? 0
+  const zero = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'zero' }) ?? 0
+  t.equal(data + zero, 2 * MiB, 'the whole seed applied, as data or zero')
+  t.ok(data >= 1 * MiB)
+  t.equal(sample(text, 'grainline_cycle_duration_seconds_count', { vm: 'web-01' }), 1)
+  t.equal(sample(text, 'grainline_sessions_total', { peer: 'proxy-a' }), 1)
+  t.equal(sample(text, 'grainline_connections_refused_total', { reason: 'auth' }), 1)
+  t.equal((await fetch(`${base}/other`)).status, 404)
+  t.equal((await fetch(`${base}/metrics`, { method: 'POST' })).status, 404)
+  await receiver.close()
+  open = false
+  await t.rejects(fetch(`${base}/metrics`), 'the metrics listener closes with the receiver')
+})
+
+t.test('a metrics address in use is a configuration error at listen', async (t) => {
+  const busy = createServer()
+  busy.listen(0, '127.0.0.1')
+  await once(busy, 'listening')
+  t.teardown(() => new Promise((r) => busy.close(r)))
+  const port = (busy.address() as { port: number }).port
+  const env = makeEnv(t.testdir())
+  await t.rejects(startReceiver(env, { metricsListen: { host: '127.0.0.1', port } }), { code: 'E_CONFIG', message: /cannot serve metrics on 127\.0\.0\.1:\d+/ })
+})
+
+t.test('metricsListen in the config file and as a flag', async (t) => {
+  const dir = t.testdir()
+  const cfg = join(dir, 'r.json')
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: '127.0.0.1:9464' }))
+  t.same((await loadReceiverConfig(cfg)).metricsListen, { host: '127.0.0.1', port: 9464 })
+  const over = await resolveReceiverInit({ config: cfg, metricsListen: '[::1]:9000' })
+  t.same(over.metricsListen, { host: '::1', port: 9000 }, 'the flag wins')
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: 9464 }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /metricsListen must be "HOST:PORT"/ })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: 'x:99999' }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG' })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', listen: 7 }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /listen must be/ })
+  writeFileSync(cfg, JSON.stringify({ tokens: 't.json' }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /store is required/ })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', insecure: 'yes' }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /insecure must be true or false/ })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', displaySuffix: 3 }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /displaySuffix must be a string/ })
+  writeFileSync(cfg, JSON.stringify({ store: '', tokens: 't.json' }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /store must be a path/ })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', windowBytes: -1 }))
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /windowBytes must be a non-negative integer/ })
+  writeFileSync(cfg, '[1]')
+  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /expected a JSON object/ })
+  await t.rejects(resolveReceiverInit({ tokens: 't.json' }), { code: 'E_CONFIG', message: /--store/ })
+  await t.rejects(resolveReceiverInit({ store: 'm' }), { code: 'E_CONFIG', message: /--tokens/ })
+  const flags = await resolveReceiverInit({
+    store: 's',
+    tokens: 't',
+    listen: '0.0.0.0:7443',
+    tlsCert: 'c',
+    tlsKey: 'k',
+    insecure: true,
+    displaySuffix: ' (DR)',
+    trivialMiB: 4,
+    batchBytes: 1024,
+  })
+  t.match(flags, { store: 's', tokensFile: 't', host: '0.0.0.0', port: 7443, tlsCert: 'c', tlsKey: 'k', insecure: true, displaySuffix: ' (DR)', trivialMiB: 4, batchBytes: 1024 })
+})
+
+const NOW = Date.parse('2026-06-01T12:00:00Z')
+function vmStatus(over: Partial<VmStatus> & { disk?: Record<string, unknown> } = {}): VmStatus {
+  const { disk, ...rest } = over
+  return {
+    vm: 'web-01',
+    committedCycle: 3,
+    committedAt: '2026-06-01T11:50:00Z',
+    generation: 'ab'.repeat(16),
+    inflightCycle: 0,
+    needsRecovery: false,
+    vmxDropped: [],
+    disks: [
+      {
+        name: 'web-01.vmdk',
+        committedCycle: 3,
+        committedAt: '2026-06-01T11:50:00Z',
+        capacity: MiB,
+        size: MiB,
+        mirrorCid: '0000abcd',
+        modified: false,
+        trivial: null,
+        certify: null,
+        diverged: null,
+        inflight: null,
+        ...disk,
+      } as VmStatus['disks'][number],
+    ],
+    ...rest,
+  }
+}
+
+t.test('store health: each case, its state and the words an operator reads', async (t) => {
+  const check = (ok: boolean) => ({ ok, at: '2026-06-01T11:51:00Z', algorithm: 'sha256' as const, digest: '00', bytes: MiB })
+  const cases: Array<[string, VmStatus, number | undefined, string, RegExp | undefined]> = [
+    ['fresh, checked', vmStatus({ disk: { trivial: check(true) } }), 30 * 60_000, 'OK', undefined],
+    ['stale against --max-age', vmStatus(), 5 * 60_000, 'CRITICAL', /stale: last commit 10 min ago \(max 5 min\)/],
+    ['trivial mismatch', vmStatus({ disk: { trivial: check(false) } }), undefined, 'CRITICAL', /trivial check MISMATCH on web-01\.vmdk/],
+    ['certify mismatch', vmStatus({ disk: { certify: check(false) } }), undefined, 'CRITICAL', /certify \(sha256\) MISMATCH/],
+    ['diverged', vmStatus({ disk: { diverged: { reason: 'trivial check of cycle 3 failed', at: 'x' } } }), undefined, 'CRITICAL', /DIVERGED from its source: trivial check of cycle 3 failed/],
+    ['modified', vmStatus({ disk: { modified: true } }), undefined, 'CRITICAL', /modified since its last commit/],
+    ['unreadable', vmStatus({ error: 'bad json' }), undefined, 'CRITICAL', /state unreadable: bad json/],
+    ['never committed', vmStatus({ committedCycle: 0, committedAt: null }), undefined, 'WARNING', /never committed/],
+    ['in flight', vmStatus({ needsRecovery: true, inflightCycle: 4 }), undefined, 'WARNING', /cycle 4 in flight/],
+    ['commit to roll forward', vmStatus({ needsRecovery: true, inflightCycle: 0 }), undefined, 'WARNING', /roll forward/],
+  ]
+  for (const [what, vm, maxAgeMs, state, words] of cases) {
+    const h = assessMirror(vm, { now: NOW, ...(maxAgeMs === undefined ? {} : { maxAgeMs }) })
+    t.equal(h.state, state, what)
+    if (words !== undefined) t.match(h.problems.join('; '), words, what)
+    else t.same(h.problems, [], what)
+  }
+  t.equal(assessMirror(vmStatus(), { now: NOW }).ageSeconds, 600)
+  // the store is the worst of its mirrors, with one summary line and perfdata
+  const s = assessStore({ store: '/s', vms: [vmStatus(), vmStatus({ vm: "it's=2", disk: { modified: true } })] }, { now: NOW, maxAgeMs: 3_600_000 })
+  t.equal(s.state, 'CRITICAL')
+  t.equal(s.exitCode, 2)
+  t.match(s.summary, /^GRAINLINE CRITICAL - 1 of 2 mirrors not OK: it's=2 CRITICAL \(web-01\.vmdk modified/)
+  t.equal(s.perfdata, "'web-01_age'=600s;;3600 'it''s_2_age'=600s;;3600")
+  const ok = assessStore({ store: '/s', vms: [vmStatus(), vmStatus({ vm: 'db', committedAt: '2026-06-01T09:00:00Z' })] }, { now: NOW })
+  t.equal(ok.summary, 'GRAINLINE OK - 2 mirrors OK, oldest commit 3 h 00 min ago')
+  t.equal(ok.maxAgeSeconds, null)
+  const long = assessStore({ store: '/s', vms: [vmStatus({ committedAt: '2026-05-20T12:00:00Z' })] }, { now: NOW })
+  t.match(long.summary, /oldest commit 12 d 00 h ago/)
+  const none = assessStore({ store: '/s', vms: [] }, { now: NOW })
+  t.equal(none.state, 'UNKNOWN')
+  t.equal(none.summary, 'GRAINLINE UNKNOWN - no mirrors in /s')
+  const dir = t.testdir({ file: 'x' })
+  await t.rejects(storeHealth(join(dir, 'missing')), { code: 'E_NOT_FOUND', message: /does not exist/ })
+  await t.rejects(storeHealth(join(dir, 'file')), { code: 'E_NOT_FOUND', message: /not a folder/ })
+  t.equal((await storeHealth(dir)).state, 'UNKNOWN')
+})
