@@ -24,6 +24,9 @@ import { holdsOf, type HoldRecord } from './hold-record.ts'
 export { holdsOf, heldMessage, type HoldRecord } from './hold-record.ts'
 import { VmMirror } from './vm-mirror.ts'
 
+/** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
+const ADMIN_LOCK_WAIT_MS = 5000
+
 /** How a .vmx is prepared to run beside the mirror. */
 export interface VmxPrepare {
   /** appended to the display name */
@@ -86,7 +89,7 @@ export async function openPoint(
     format?: 'sesparse' | 'vmfssparse'
   },
 ): Promise<{ hold: HoldRecord; vmx: string; disks: string[] }> {
-  const m = await VmMirror.acquire(storeDir, vm, opts.logger, { create: false })
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state
     if (state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
@@ -132,7 +135,7 @@ export async function openPoint(
  * @throws ReceiverError E_NOT_FOUND (no such hold)
  */
 export async function closePoint(storeDir: string, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<HoldRecord[]> {
-  const m = await VmMirror.acquire(storeDir, vm, opts.logger, { create: false })
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const holds = holdsOf(m.state)
     const abs = opts.dir === undefined ? undefined : resolve(opts.dir)

@@ -15,6 +15,9 @@ import { pointsOf, pointSource, type PointDisk } from './points.ts'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
+
+/** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
+const ADMIN_LOCK_WAIT_MS = 5000
 import { VmPaths } from './vm-paths.ts'
 
 /** One disk of a listed point. */
@@ -95,7 +98,7 @@ export async function prunePoints(
   opts: { logger: Logger; now?: () => number },
 ): Promise<{ vm: string; dropped: number[]; kept: number[] }> {
   await loadState(storeDir, vm)
-  const m = await VmMirror.acquire(storeDir, vm, opts.logger, { create: false })
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const what = 'cycles' in retention ? { cycles: retention.cycles } : { retention }
     const dropped = await m.prunePoints({ ...what, ...(opts.now === undefined ? {} : { now: opts.now }) })
@@ -147,7 +150,7 @@ export async function restorePoint(
   opts: { logger: Logger; onProgress?: (p: RestoreProgress) => void; signal?: AbortSignal },
 ): Promise<{ vm: string; cycle: number; to: string; disks: RestoredDisk[] }> {
   await loadState(storeDir, vm)
-  const m = await VmMirror.acquire(storeDir, vm, opts.logger, { create: false })
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state
     if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: roll it back or let it commit before restoring`)

@@ -99,11 +99,11 @@ export class VmMirror {
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
-  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
+  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal, opts: { create?: boolean } = {}): Promise<VmMirror> {
     const deadline = Date.now() + waitMs
     for (;;) {
       try {
-        return await VmMirror.acquire(storeDir, vm, log)
+        return await VmMirror.acquire(storeDir, vm, log, opts)
       } catch (err) {
         if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
       }

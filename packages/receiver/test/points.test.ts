@@ -15,6 +15,21 @@ function qemuRead(dir: string, desc: string): Buffer {
   return readFileSync(out)
 }
 
+/**
+ * Run a store action once the VM lock of a session that just closed is
+ * released: E_BUSY until the receiver has finished the session's teardown.
+ */
+async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 1000) throw err
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+}
+
 function state(store: string, vm: string): VmStateFile {
   return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
 }
@@ -95,7 +110,7 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
   for (const k of [3, 5, 7]) {
     const to = join(env.dir, `restore-${k}`)
     const seen: number[] = []
-    const r = await restorePoint(env.store, vm, k, to, { logger: log, onProgress: (p) => seen.push(p.bytes) })
+    const r = await whenFree(() => restorePoint(env.store, vm, k, to, { logger: log, onProgress: (p) => seen.push(p.bytes) }))
     t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `restore of point ${k} = image of cycle ${k}`)
     t.ok(qemuRead(env.dir, join(to, 'd.vmdk')).equals(images[k] as Buffer), `QEMU reads the restored descriptor of point ${k}`)
     t.match(readFileSync(join(to, 'd.vmdk'), 'utf8'), /createType="vmfs"/)
@@ -103,16 +118,24 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     t.equal(seen.at(-1), cap, 'progress reaches the total')
     t.equal(r.disks[0]?.verified, k === 5 ? 'certify' : 'none', `point ${k} verification`)
   }
-  await t.rejects(restorePoint(env.store, vm, 2, join(env.dir, 'restore-2'), { logger: log }), { code: 'E_NOT_FOUND' }, 'a pruned point')
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 2, join(env.dir, 'restore-2'), { logger: log })),
+    { code: 'E_NOT_FOUND' },
+    'a pruned point',
+  )
   // a damaged point is caught by the digest recorded at its cycle
   const ext = join(pdir, 'd.p5-sesparse.vmdk')
   const raw = readFileSync(ext)
   raw[raw.length - 100] = (raw[raw.length - 100] as number) ^ 0xff
   writeFileSync(ext, raw)
-  await t.rejects(restorePoint(env.store, vm, 5, join(env.dir, 'restore-5b'), { logger: log }), { code: 'E_VERIFY' }, 'damaged point 5 fails verification')
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 5, join(env.dir, 'restore-5b'), { logger: log })),
+    { code: 'E_VERIFY' },
+    'damaged point 5 fails verification',
+  )
   // prune on demand against a fake clock: points older than an hour at "now + 2 h"
   const now = Date.parse(s.committedAt ?? '') + 2 * 3_600_000
-  const pr = await prunePoints(env.store, vm, { maxAgeMs: 3_600_000 }, { logger: log, now: () => now })
+  const pr = await whenFree(() => prunePoints(env.store, vm, { maxAgeMs: 3_600_000 }, { logger: log, now: () => now }))
   t.same(pr.dropped, [3, 4, 5, 6])
   t.same(readdirSync(pdir), [], 'every increment removed')
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
@@ -187,17 +210,20 @@ t.test('dropping middle points merges increments: every kept point stays exact (
     }
     t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), `${what}: mirror exact`)
   }
-  const r = await prunePoints(env.store, vm, { cycles: [3] }, { logger: log })
+  const r = await whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log }))
   t.same(r.kept, [1, 2, 4, 5, 6])
   t.equal(state(env.store, vm).points?.find((p) => p.cycle === 2)?.disks['d.vmdk']?.file, 'd.p3.vmdk', 'point 2 lives in the merged file')
   exact('after dropping point 3')
-  await t.rejects(prunePoints(env.store, vm, { cycles: [3] }, { logger: log }), { code: 'E_NOT_FOUND' })
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+    { code: 'E_NOT_FOUND' },
+  )
   // GFS against a fake clock: spread the points over two weeks
   const sf = join(env.store, vm, '.grainline', 'state.json')
   const st = state(env.store, vm)
   const days: Record<number, string> = { 1: '2026-01-05', 2: '2026-01-06', 4: '2026-01-12', 5: '2026-01-13', 6: '2026-01-14' }
   writeFileSync(sf, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: `${days[p.cycle] ?? ''}T12:00:00Z` })) }))
-  const g = await prunePoints(env.store, vm, { gfs: { daily: 1, weekly: 3 } }, { logger: log, now: () => Date.parse('2026-01-15T00:00:00Z') })
+  const g = await whenFree(() => prunePoints(env.store, vm, { gfs: { daily: 1, weekly: 3 } }, { logger: log, now: () => Date.parse('2026-01-15T00:00:00Z') }))
   t.same(g.dropped, [1, 4, 5])
   t.same(g.kept, [2, 6])
   exact('after GFS')
@@ -223,7 +249,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   }
   const log = pino({ level: 'silent' })
   const dir = join(env.dir, 'open-1')
-  const o = await openPoint(env.store, vm, 1, dir, { logger: log })
+  const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
   t.ok(qemuRead(env.dir, join(dir, 'd.vmdk')).equals(images[1] as Buffer), 'QEMU reads point 1 through the open child')
   const vmx = readFileSync(o.vmx, 'utf8')
   t.match(vmx, /displayName = ".*\(point 1\)"/)
@@ -250,19 +276,30 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   const refused = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')]).catch((e: unknown) => e as { reason?: string })
   a.close()
   t.equal((refused as { reason?: string }).reason, 'E_HELD', 'DiskOpen refused with E_HELD')
-  await t.rejects(prunePoints(env.store, vm, { keep: 0 }, { logger: log }), { code: 'E_HELD' }, 'no prune while held')
-  await t.rejects(openPoint(env.store, vm, 2, dir, { logger: log }), { code: 'E_CONFIG' }, 'a folder in use')
-  const closed = await closePoint(env.store, vm, { logger: log, dir })
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { keep: 0 }, { logger: log })),
+    { code: 'E_HELD' },
+    'no prune while held',
+  )
+  await t.rejects(
+    whenFree(() => openPoint(env.store, vm, 2, dir, { logger: log })),
+    { code: 'E_CONFIG' },
+    'a folder in use',
+  )
+  const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
   t.equal(closed.length, 1)
   t.notOk(existsSync(dir), 'the folder is removed')
-  await t.rejects(closePoint(env.store, vm, { logger: log, dir }), { code: 'E_NOT_FOUND' })
+  await t.rejects(
+    whenFree(() => closePoint(env.store, vm, { logger: log, dir })),
+    { code: 'E_NOT_FOUND' },
+  )
   a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const ok = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')])
   a.close()
   t.equal(ok.committed?.cycle, 4, 'released: the cycle goes through')
   // the mirror itself opened (failover-style), then closed
-  const m = await openPoint(env.store, vm, 4, join(env.dir, 'open-m'), { logger: log, kind: 'failover', vmx: { networks: { 'VM Network': 'DR Network' } } })
+  const m = await whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-m'), { logger: log, kind: 'failover', vmx: { networks: { 'VM Network': 'DR Network' } } }))
   t.ok(qemuRead(env.dir, join(env.dir, 'open-m', 'd.vmdk')).equals(images[4] as Buffer), 'the mirror opened')
   t.match(readFileSync(m.vmx, 'utf8'), /displayName = ".*\(failover\)"/)
-  await closePoint(env.store, vm, { logger: log, all: true })
+  await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
 })
