@@ -1,5 +1,5 @@
 // Stand-in for ESXi's `vim-cmd` (vmsvc/getallvms, snapshot.get,
-// snapshot.create, snapshot.remove, get.runtime). It makes the file-level
+// snapshot.create, snapshot.remove, get.runtime, solo/registervm). It makes the file-level
 // changes ESXi makes — a new `<disk>-00000N.vmdk` descriptor with its
 // `-sesparse.vmdk` or `-delta.vmdk` extent, the .vmx switched to it, the .vmsd
 // updated; on remove the delta merged into its parent — using @grainline/vmdk,
@@ -244,6 +244,18 @@ if (process.env.ESXI_STANDIN_DEFERRED !== undefined) out = () => {}
 
 async function main() {
   switch (cmd) {
+    case 'solo/registervm': {
+      // vim-cmd solo/registervm <vmx path> [name]: prints the new vmid
+      const [vmx, name] = args
+      const local = vmx === undefined ? undefined : dsPath(vmx)
+      if (local === undefined || !existsSync(local)) fault('NotFound', `The object or item referred to could not be found: ${vmx}`)
+      if (state.vms.some((v) => v.vmx === vmx)) fault('AlreadyExists', 'The specified key, name, or identifier already exists.')
+      const id = String(state.vms.reduce((m, v) => Math.max(m, Number(v.id)), 0) + 1)
+      state.vms.push({ id, name: name ?? path.basename(local, '.vmx'), vmx })
+      saveState()
+      out(`${id}\n`)
+      return
+    }
     case 'vmsvc/getallvms': {
       let s = 'Vmid     Name                 File                        Guest OS        Version   Annotation\n'
       for (const v of state.vms) {

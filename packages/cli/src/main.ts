@@ -13,6 +13,8 @@ import { mirrorCommand } from './commands/mirror.ts'
 import { receiveCommand } from './commands/receive.ts'
 import { replicateCommand } from './commands/replicate.ts'
 import { statusCommand } from './commands/status.ts'
+import { pointsCommand } from './commands/points.ts'
+import { restoreCommand } from './commands/restore.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
 import { LOG_LEVELS } from './logger.ts'
 import { VERSION } from './version.ts'
@@ -20,7 +22,7 @@ import { VERSION } from './version.ts'
 export { ExitCode } from './exit-codes.ts'
 
 /** Every command, in the order `--help` lists them. */
-export const COMMANDS: readonly CliCommand[] = [infoCommand, mapCommand, receiveCommand, replicateCommand, statusCommand, mirrorCommand, demoCommand]
+export const COMMANDS: readonly CliCommand[] = [infoCommand, mapCommand, receiveCommand, replicateCommand, statusCommand, mirrorCommand, pointsCommand, restoreCommand, demoCommand]
 
 /** Build the yargs parser; `onRun` receives each command's exit code (exported so the reference generator uses the same one). */
 export function buildCli(argv: readonly string[], ctx: CliContext = defaultContext(), onRun: (code: number) => void = () => {}): Argv {

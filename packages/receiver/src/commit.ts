@@ -14,6 +14,7 @@ import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
 import { faultPoint } from './fault.ts'
+import { rollForwardPoints } from './points.ts'
 import type { DiskRecord, InflightDisk, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -138,6 +139,8 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
     await writeFileAtomic(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
   }
   faultPoint('commit-descriptors')
+  await rollForwardPoints(paths, state)
+  faultPoint('commit-points')
   const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))
   await fsyncDir(paths.gdir)

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import type { ReceiverInit } from './server.ts'
+import { parseRetention, type RetentionPolicy } from './retention.ts'
 
 /** Split "HOST:PORT" / "[v6]:PORT" / "PORT". */
 export function parseListen(listen: string): { host: string; port: number } {
@@ -56,7 +57,23 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ReceiverError('E_CONFIG', `${file}: ${k} must be a non-negative integer`)
     return v
   }
-  const known = new Set(['listen', 'host', 'port', 'store', 'tokens', 'tokensFile', 'tlsCert', 'tlsKey', 'insecure', 'trivialMiB', 'displaySuffix', 'metricsListen', ...NUMERIC_KEYS])
+  const known = new Set([
+    'listen',
+    'host',
+    'port',
+    'store',
+    'tokens',
+    'tokensFile',
+    'tlsCert',
+    'tlsKey',
+    'insecure',
+    'trivialMiB',
+    'displaySuffix',
+    'metricsListen',
+    'retention',
+    'retentionVms',
+    ...NUMERIC_KEYS,
+  ])
   for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
   let host = typeof json['host'] === 'string' ? json['host'] : undefined
   let port = num('port')
@@ -81,9 +98,17 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
     trivialMiB: num('trivialMiB'),
     displaySuffix: json['displaySuffix'],
     ...Object.fromEntries(NUMERIC_KEYS.map((k) => [k, num(k)])),
+    retention: json['retention'] === undefined ? undefined : parseRetention(json['retention'], `${file}: retention`),
+    retentionVms: retentionVms(json['retentionVms'], file),
   }
   for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
   return init as unknown as ReceiverInit
+}
+
+function retentionVms(json: unknown, file: string): Record<string, RetentionPolicy> | undefined {
+  if (json === undefined) return undefined
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new ReceiverError('E_CONFIG', `${file}: retentionVms must map VM-name globs to retention policies`)
+  return Object.fromEntries(Object.entries(json).map(([glob, p]) => [glob, parseRetention(p, `${file}: retentionVms.${glob}`)]))
 }
 
 /** Command-line style settings that override a config file (`grainline receive`, `main.ts`). */

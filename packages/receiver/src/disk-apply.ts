@@ -6,6 +6,7 @@ import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './f
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
+import { ReverseIncrement } from './increment.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -65,6 +66,8 @@ export class DiskApply {
   private readonly fh: FileHandle
   private readonly journal: Journal
   private readonly digest: CycleDigest
+  /** the reverse increment receiving the old grains (an in-place disk that keeps points) */
+  private readonly inc: ReverseIncrement | undefined
   private next = 0
   private applied = -1
   private extents = 0
@@ -81,11 +84,12 @@ export class DiskApply {
   journalMs = 0
   writeMs = 0
 
-  private constructor(info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal) {
+  private constructor(info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal, inc?: ReverseIncrement) {
     this.info = info
     this.targetPath = targetPath
     this.fh = fh
     this.journal = journal
+    this.inc = inc
     this.digest = new CycleDigest(info.algorithm)
   }
 
@@ -113,12 +117,19 @@ export class DiskApply {
       return new DiskApply(info, p, fh, journal)
     }
     const p = paths.flat(info.stem)
-    const fh = await openStoreFile(p, 'update')
+    const inc = info.increment === undefined ? undefined : await ReverseIncrement.open(paths, info.stem, info.increment, [])
+    let fh: FileHandle
+    try {
+      fh = await openStoreFile(p, 'update')
+    } catch (err) {
+      await inc?.close().catch(() => {})
+      throw err
+    }
     if (info.capacity > info.baseSize) {
       await fh.truncate(info.capacity)
       await fh.sync()
     }
-    return new DiskApply(info, p, fh, journal)
+    return new DiskApply(info, p, fh, journal, inc)
   }
 
   /** Reopen an interrupted apply at its durable resume point, replaying the journal through {@link accept}. */
@@ -140,7 +151,9 @@ export class DiskApply {
       fh = await openStoreFile(p, 'update')
     }
     let journal: Journal
+    let inc: ReverseIncrement | undefined
     try {
+      if (info.target === 'flat' && info.increment !== undefined) inc = await ReverseIncrement.open(paths, info.stem, info.increment, contents.grains)
       if (info.target === 'flat' && (await fh.stat()).size < info.capacity) {
         // an undo cut the flat back to its base size; the cycle's capacity holds again
         await fh.truncate(info.capacity)
@@ -149,9 +162,10 @@ export class DiskApply {
       journal = await Journal.reopen(paths.journal(info.stem), contents)
     } catch (err) {
       await fh.close()
+      await inc?.close().catch(() => {})
       throw err
     }
-    const a = new DiskApply(info, p, fh, journal)
+    const a = new DiskApply(info, p, fh, journal, inc)
     const last = contents.applied?.seq ?? -1
     const bySeq = new Map<number, (typeof contents.extents)[number]>()
     for (const e of contents.extents) if (e.seq <= last && !bySeq.has(e.seq)) bySeq.set(e.seq, e)
@@ -211,6 +225,11 @@ export class DiskApply {
     if (batch.length === 0) return
     const t0 = performance.now()
     const inPlace = this.info.target === 'flat'
+    if (this.inc !== undefined) {
+      await this.prepareIntoIncrement(this.inc, batch, opts.signal)
+      this.journalMs += performance.now() - t0
+      return
+    }
     for (const e of batch) {
       const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
       const oldLen = this.committedPart(e)
@@ -237,6 +256,32 @@ export class DiskApply {
       await this.journal.flush(false)
     }
     this.journalMs += performance.now() - t0
+  }
+
+  /**
+   * Stage 1 of a disk that keeps points: the old grains go into the reverse
+   * increment (first save of a grain wins), their index into the journal;
+   * both are fsync'ed before stage 2 may overwrite the mirror.
+   */
+  private async prepareIntoIncrement(inc: ReverseIncrement, batch: readonly ApplyExtent[], signal: AbortSignal | undefined): Promise<void> {
+    for (const e of batch) {
+      this.journal.appendExtent({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }, undefined)
+      const oldLen = this.committedPart(e)
+      if (oldLen > 0) this.journal.appendGrains(await inc.save(this.fh, e.offset, oldLen, this.info.baseSize, signal))
+    }
+    faultPoint('increment-written')
+    await Promise.all([inc.flush(), this.journal.flush(true)])
+    faultPoint('journal-synced')
+  }
+
+  /** Make the reverse increment complete and durable (before the commit point). */
+  async closeIncrement(): Promise<void> {
+    await this.inc?.close()
+  }
+
+  /** Grains saved into the reverse increment by this object (for logs). */
+  get savedGrains(): number {
+    return this.inc?.savedGrains ?? 0
   }
 
   /**
@@ -302,6 +347,6 @@ export class DiskApply {
     if (this.closed) return
     this.closed = true
     if (opts.flush !== false) await this.journal.flush(true).catch(() => {})
-    await Promise.allSettled([this.fh.close(), this.journal.close()])
+    await Promise.allSettled([this.fh.close(), this.journal.close(), this.inc?.close()])
   }
 }

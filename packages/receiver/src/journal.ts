@@ -29,6 +29,14 @@ import type { DiskMode } from '@grainline/protocol'
  * type 3 (applied): every extent with seq ≤ `seq` is durably in the target
  *   file (written after the target's fdatasync) — the resume point.
  *
+ * type 4 (grains): when the disk keeps restore points, the old contents go
+ *   into the in-flight reverse increment instead of the journal (the same
+ *   bytes become the point at commit); this record indexes the grains a batch
+ *   saved there: `{n}` and n × (f64le grain index • u32le crc32 of the grain's
+ *   old bytes). A grain of the increment whose bytes do not match its crc
+ *   belongs to a batch whose stage 2 never started (the mirror still holds
+ *   its old bytes): rollback skips it, resume saves it again.
+ *
  * A torn or corrupt tail (short record, bad crc) ends the journal: everything
  * after it is ignored and cut off when the journal is reopened.
  */
@@ -36,6 +44,10 @@ import type { DiskMode } from '@grainline/protocol'
 const T_HEAD = 1
 const T_EXTENT = 2
 const T_APPLIED = 3
+const T_GRAINS = 4
+
+/** Bytes of one entry of a grains record: f64le grain index • u32le crc32 of the old grain. */
+const GRAIN_ENTRY = 12
 
 /** Records larger than this are treated as corruption (bound before allocating). */
 export const MAX_JOURNAL_RECORD = 256 * 1024 * 1024
@@ -57,6 +69,16 @@ export interface JournalHead {
   readonly baseSize: number
   /** random crc seed of this journal's records (set by `Journal.create`) */
   readonly gen?: number
+  /** the in-flight reverse increment's descriptor (path relative to `.grainline`) when the disk keeps points */
+  readonly increment?: string
+}
+
+/** A grain saved in the in-flight reverse increment (type 4 record entry). */
+export interface JournalGrain {
+  /** grain index (4 KiB grains) */
+  readonly grain: number
+  /** crc32 of the grain's old bytes */
+  readonly crc: number
 }
 
 export interface JournalExtent {
@@ -87,6 +109,8 @@ export interface JournalContents {
   readonly validEnd: number
   /** end of the head record: truncating here forgets every extent and marker */
   readonly headEnd: number
+  /** grains saved in the reverse increment, in journal order (empty without points) */
+  readonly grains: readonly JournalGrain[]
 }
 
 function frame(type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
@@ -112,6 +136,7 @@ export async function readJournal(path: string): Promise<JournalContents | undef
     let head: JournalHead | undefined
     const extents: JournalExtent[] = []
     let applied: JournalApplied | null = null
+    const grains: JournalGrain[] = []
     let gen = 0
     let headEnd = 0
     const pre = Buffer.alloc(13)
@@ -150,13 +175,16 @@ export async function readJournal(path: string): Promise<JournalContents | undef
         extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
+      } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
+        const data = await readFully(fh, dataPos, dataLen)
+        for (let i = 0; i < dataLen; i += GRAIN_ENTRY) grains.push({ grain: data.readDoubleLE(i), crc: data.readUInt32LE(i + 8) })
       } else {
         break
       }
       pos += 8 + len
     }
     if (head === undefined) return undefined
-    return { head, extents, applied, validEnd: pos, headEnd }
+    return { head, extents, applied, validEnd: pos, headEnd, grains }
   } finally {
     await fh.close()
   }
@@ -243,6 +271,17 @@ export class Journal {
         ? { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
         : { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset }
     this.push(frame(T_EXTENT, header, old, this.gen))
+  }
+
+  /** Queue a grains record: grains saved in the reverse increment (see type 4). */
+  appendGrains(grains: readonly JournalGrain[]): void {
+    if (grains.length === 0) return
+    const data = Buffer.alloc(grains.length * GRAIN_ENTRY)
+    grains.forEach((g, i) => {
+      data.writeDoubleLE(g.grain, i * GRAIN_ENTRY)
+      data.writeUInt32LE(g.crc >>> 0, i * GRAIN_ENTRY + 8)
+    })
+    this.push(frame(T_GRAINS, { n: grains.length }, data, this.gen))
   }
 
   /** Queue an applied marker. */

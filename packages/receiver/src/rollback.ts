@@ -3,6 +3,7 @@ import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
+import { pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -43,11 +44,18 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise
       await fsyncDir(paths.gdir)
       ucontents = contents
     }
-    await undoJournal(upath, ucontents, paths.flat(d.stem))
+    if (d.increment !== undefined) {
+      // the old grains are in the reverse increment; the journal indexes them
+      await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize)
+    } else {
+      await undoJournal(upath, ucontents, paths.flat(d.stem))
+    }
     faultPoint('rollback-undone')
     // the flat is back at its committed point: forget the markers, so that
     // a resume after a failed state write starts again at seq 0
     await resetJournal(upath, ucontents.headEnd)
+    // the increment is no point: nothing refers to it once the markers are gone
+    if (d.increment !== undefined) await removePointFiles(paths, d.increment)
     await rename(upath, jpath)
     await fsyncDir(paths.gdir)
     faultPoint('rollback-reset')

@@ -15,6 +15,14 @@ import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
 import type { SessionSettings } from './session-settings.ts'
+import { globMatch } from './auth.ts'
+import type { RetentionPolicy } from './retention.ts'
+
+/** The retention policy of a VM: the first `retentionVms` glob matching it, else `retention`. */
+export function retentionFor(init: Pick<ReceiverInit, 'retention' | 'retentionVms'>, vm: string): RetentionPolicy | undefined {
+  for (const [glob, p] of Object.entries(init.retentionVms ?? {})) if (globMatch(glob, vm)) return p
+  return init.retention
+}
 import { SOFTWARE } from './version.ts'
 
 /** Components handed to the receiver (STYLE §16). */
@@ -77,6 +85,10 @@ export interface ReceiverInit {
   readonly abandonAfterMs?: number
   /** run start-up recovery in `listen()`. @default true */
   readonly recover?: boolean
+  /** restore points every VM keeps (docs/POINTS.md). @default undefined (no points) */
+  readonly retention?: RetentionPolicy
+  /** per-VM retention by VM-name glob (`*`, `?`), first match wins over `retention` */
+  readonly retentionVms?: Readonly<Record<string, RetentionPolicy>>
   /**
    * serve Prometheus metrics (`GET /metrics`) on this address, apart from the
    * replication port; plain HTTP, so keep it on loopback or a management
@@ -143,6 +155,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     helloTimeoutMs: init.helloTimeoutMs ?? 10_000,
     idleTimeoutMs: init.idleTimeoutMs ?? 300_000,
     refusals,
+    retentionFor: (vm: string) => retentionFor(init, vm),
     ...(metrics === undefined ? {} : { observer: metrics }),
   }
   /** open sessions per token entry (the per-token cap) */

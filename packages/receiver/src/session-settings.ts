@@ -1,6 +1,7 @@
 import type { LocalCapabilities } from '@grainline/protocol'
 import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
+import type { RetentionPolicy } from './retention.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
@@ -25,6 +26,8 @@ export interface SessionSettings {
   readonly idleTimeoutMs: number
   /** where timeouts are logged, rate-limited */
   readonly refusals: RefusalLog
+  /** the restore-point retention of a VM (undefined: no points) */
+  readonly retentionFor?: (vm: string) => RetentionPolicy | undefined
   /** told of sealed disks, commits and checks as they happen (metrics) */
   readonly observer?: ReceiverObserver
 }

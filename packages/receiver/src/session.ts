@@ -30,6 +30,7 @@ import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
 import type { SessionSettings } from './session-settings.ts'
+import type { RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkVmName } from './receiver-rules.ts'
@@ -279,6 +280,12 @@ export class Session {
     this.send({ kind: MessageKind.RolledBack, vm: this.vmName, committedCycle })
   }
 
+  /** The VM's restore-point retention, as an options fragment. */
+  private retention(): { retention?: RetentionPolicy } {
+    const r = this.settings.retentionFor?.(this.vmName)
+    return r === undefined ? {} : { retention: r }
+  }
+
   private async onDiskOpen(msg: DiskOpenMessage): Promise<void> {
     const vm = this.mirror
     checkDiskName(msg.name)
@@ -303,6 +310,7 @@ export class Session {
       {
         compat: this.compat as CompatRecord,
         open,
+        ...this.retention(),
         ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
       },
     )
@@ -379,6 +387,7 @@ export class Session {
       disks.map((d) => d.apply),
       this.settings.displaySuffix,
       this.compat as CompatRecord,
+      this.retention(),
     )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     this.settings.observer?.cycleCommitted(this.vmName, (performance.now() - this.openedAt) / 1000)

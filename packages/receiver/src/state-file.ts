@@ -4,6 +4,8 @@ import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
 import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
+import type { PointLink, PointMerge, PointRecord } from './points.ts'
+import type { HoldRecord } from './hold-record.ts'
 
 /** Result of the last trivial check or certify of a disk. */
 export interface VerifyRecord {
@@ -75,6 +77,12 @@ export interface InflightDisk {
    * (a resync starts from a modified mirror; a resume needs it unchanged since)
    */
   readonly resyncFrom?: { readonly cid: string; readonly flatSize: number }
+  /**
+   * The reverse increment (descriptor name in `.grainline/points`) receiving
+   * the old grains of an in-place apply when the VM keeps restore points; it
+   * becomes point `baseCycle` at commit.
+   */
+  readonly increment?: string
 }
 
 /** Roll-forward work after the commit point (state.json says committed). */
@@ -88,6 +96,12 @@ export interface PendingCommit {
   readonly journals: readonly string[]
   /** whether the staged configuration files are installed */
   readonly files: boolean
+  /** point descriptors whose parent is rewritten (the new point onto the mirror, the previous newest onto it) */
+  readonly links?: readonly PointLink[]
+  /** merges of dropped points, in order (each `consolidate`s an older increment into the dropped one) */
+  readonly merges?: readonly PointMerge[]
+  /** point files (descriptors in `.grainline/points`) deleted with their extents */
+  readonly removePoints?: readonly string[]
 }
 
 /** The cycle in flight. */
@@ -117,6 +131,10 @@ export interface VmStateFile {
   readonly pending: PendingCommit | null
   /** the references of the installed .vmx that pointed out of the mirror and were dropped or neutralised */
   readonly vmxDropped?: readonly DroppedReference[]
+  /** restore points, oldest first (docs/POINTS.md) */
+  readonly points?: readonly PointRecord[]
+  /** opened points and failovers holding the mirror (no change until released) */
+  readonly holds?: readonly HoldRecord[]
 }
 
 /** The state of a VM that has never been written. */

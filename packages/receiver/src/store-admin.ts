@@ -1,6 +1,7 @@
 /** Read-only and operator views of a store: listing, status, rollback (`grainline status`, `grainline mirror rollback`). */
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
 import { entryExists } from './store-fs.ts'
@@ -78,6 +79,10 @@ export interface VmStatus {
   readonly disks: readonly DiskStatus[]
   /** references of the installed .vmx that pointed out of the mirror, dropped or neutralised */
   readonly vmxDropped: readonly DroppedReference[]
+  /** opened points and failovers holding the mirror: no cycle is applied until they are released (`E_HELD`) */
+  readonly holds?: readonly HoldRecord[]
+  /** restore points kept (cycles, oldest first) */
+  readonly points?: readonly number[]
   /** why the VM's state could not be read */
   readonly error?: string
 }
@@ -124,9 +129,11 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         needsRecovery: s.pending !== null || s.inflight !== null,
         disks,
         vmxDropped: s.vmxDropped ?? [],
+        holds: s.holds ?? [],
+        points: (s.points ?? []).map((p) => p.cycle),
       })
     } catch (err) {
-      vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], error: (err as Error).message })
+      vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], holds: [], points: [], error: (err as Error).message })
     }
   }
   return { store: storeDir, vms }

@@ -86,6 +86,9 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): Mirro
   if (ageSeconds !== null && opts.maxAgeMs !== undefined && ageSeconds * 1000 > opts.maxAgeMs) {
     problems.push(['CRITICAL', `stale: last commit ${ageText(ageSeconds)} ago (max ${ageText(Math.floor(opts.maxAgeMs / 1000))})`])
   }
+  for (const h of vm.holds ?? []) {
+    problems.push(['WARNING', `held by ${h.kind === 'failover' ? 'a failover' : 'an opened point'} (point ${h.cycle} in ${h.dir}): no cycle is applied until "grainline points close" releases it`])
+  }
   if (vm.needsRecovery && vm.error === undefined) {
     problems.push([
       'WARNING',

@@ -11,7 +11,7 @@ import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decisio
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
 import { undoInflight } from './rollback.ts'
-import { emptyState, readVmState, writeVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
@@ -19,6 +19,10 @@ import { removeResyncMaps } from './resync-map.ts'
 
 /** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
+import { pointFileName } from './increment.ts'
+import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointRecord } from './points.ts'
+import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
+import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
 export interface OpenDiskResult {
@@ -42,6 +46,16 @@ export interface OpenContext {
   readonly open?: Iterable<string>
   /** the token's store quota, bytes, and which VMs' mirrors count towards it */
   readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean }
+  /** the VM's retention policy: an in-place apply keeps a reverse increment when it keeps points */
+  readonly retention?: RetentionPolicy
+}
+
+/** How a commit treats restore points. */
+export interface CommitOptions {
+  /** the VM's retention policy (none: points off, existing ones dropped) */
+  readonly retention?: RetentionPolicy
+  /** clock for retention, ms since the epoch @default Date.now */
+  readonly now?: () => number
 }
 
 /**
@@ -89,11 +103,11 @@ export class VmMirror {
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
-  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal): Promise<VmMirror> {
+  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal, opts: { create?: boolean } = {}): Promise<VmMirror> {
     const deadline = Date.now() + waitMs
     for (;;) {
       try {
-        return await VmMirror.acquire(storeDir, vm, log)
+        return await VmMirror.acquire(storeDir, vm, log, opts)
       } catch (err) {
         if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
       }
@@ -172,6 +186,8 @@ export class VmMirror {
       mirrorCid: rec === undefined ? '' : facts.cid,
       modified: mirrorModified(rec, inf, facts),
     }
+    // SPEC §5.1 rule 2: an opened point or a failover reads through the mirror
+    if (holdsOf(s).length > 0) return { ...base, accepted: false, reason: 'E_HELD', message: heldMessage(this.vm, holdsOf(s)) }
     const space = {
       freeBytes: await freeBytes(this.paths.dir),
       quotaBytes: ctx.quota?.bytes,
@@ -203,7 +219,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = d.info
+    const info = this.withIncrement(d.info, rec, ctx.retention)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -216,6 +232,7 @@ export class VmMirror {
           mode: info.mode,
           capacity: info.capacity,
           baseSize: info.baseSize,
+          ...(info.increment === undefined ? {} : { increment: info.increment }),
         },
         this.paths.spare(info.stem),
       )
@@ -237,12 +254,33 @@ export class VmMirror {
   }
 
   /**
+   * An in-place apply of a VM that keeps points saves its old grains in a
+   * reverse increment, which becomes point `committedCycle` (a capacity
+   * change breaks the chain: no increment, points dropped at commit).
+   */
+  private withIncrement(info: InflightDisk, rec: { readonly capacity: number; readonly mirrorCid: string; readonly size: number } | undefined, retention: RetentionPolicy | undefined): InflightDisk {
+    if (info.target !== 'flat' || !keepsPoints(retention) || rec?.capacity !== info.capacity || info.baseSize !== info.capacity) return info
+    // a resync of a mirror changed behind the receiver's back (booted, edited): what it overwrites is not
+    // the committed point's data, so it cannot become that point, and older points no longer read through
+    // the mirror — no increment, and the commit drops the VM's points with the reason logged
+    const from = info.resyncFrom
+    if (from !== undefined && (from.cid !== rec.mirrorCid || from.flatSize !== rec.size)) {
+      this.log.warn(
+        { vm: this.vm, disk: info.name, committedCid: rec.mirrorCid, cid: from.cid },
+        'mirror modified since its last commit: its restore points no longer hold and are dropped at this commit',
+      )
+      return info
+    }
+    return { ...info, increment: pointFileName(info.stem, this.current.committedCycle) }
+  }
+
+  /**
    * Commit sealed applies atomically: one state.json replace records every
    * disk's new cycle, CID and size and the VmOpen's compat record (the commit
    * point), then roll forward: seed renames, descriptors, .vmx and config
    * files, journal removal.
    */
-  async commit(cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord): Promise<DiskRecord[]> {
+  async commit(cycle: number, applies: readonly DiskApply[], suffix: string, compat: CompatRecord, opts: CommitOptions = {}): Promise<DiskRecord[]> {
     const infl = this.current.inflight
     if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
     const names = new Set(applies.map((a) => a.info.name))
@@ -256,11 +294,27 @@ export class VmMirror {
         if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
         sealed.push({ info: a.info, size: (await regularFileSize(a.targetPath)) ?? 0, digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex') })
       }
+      // the increments become point `committedCycle`: complete and durable before the commit point
+      const incs: CommittedIncrement[] = []
+      for (const a of applies) {
+        await a.closeIncrement()
+        const file = a.info.increment
+        incs.push({ disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
+      }
+      const plan = planCommitPoints(this.current, incs)
+      if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
       records = c.records
+      const kept = this.retain(plan.points, opts)
+      const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       faultPoint('commit-before-state')
-      await this.save({ ...c.next, compat })
+      await this.save({
+        ...c.next,
+        compat,
+        points: kept.points,
+        pending: { ...pending, links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints] },
+      })
     } catch (err) {
       throw ioError(err, 'committing')
     }
@@ -269,6 +323,59 @@ export class VmMirror {
     await this.rollForward()
     await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
+  }
+
+  /** Apply a retention policy to a list of points: the oldest dropped ones are removed, middle ones merged. */
+  private retain(points: readonly PointRecord[], opts: CommitOptions): { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] } {
+    if (points.length === 0) return { points: [], removePoints: [], merges: [] }
+    if (!keepsPoints(opts.retention)) return { points: [], removePoints: pointFiles(points), merges: [] }
+    const now = (opts.now ?? Date.now)()
+    const bytes = (p: PointRecord): number => Object.values(p.disks).reduce((n, d) => n + d.bytes, 0)
+    const drop = pointsToDrop(
+      points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: bytes(p) })),
+      opts.retention ?? {},
+      now,
+    )
+    const r = dropPoints(points, drop)
+    if (drop.length > 0) this.log.info({ vm: this.vm, cycles: drop, merges: r.merges.length }, 'restore points pruned')
+    return r
+  }
+
+  /**
+   * Prune the VM's points by `retention` now (`grainline points prune`), or
+   * drop the points `cycles` (`grainline points drop`): the state is written
+   * first (the commit point of the prune), then the merges run and the files
+   * go; recovery finishes an interrupted prune. Returns the cycles dropped.
+   * @throws ReceiverError E_BUSY (a cycle in flight), E_NOT_FOUND (no such point)
+   */
+  async prunePoints(opts: CommitOptions & { cycles?: readonly number[] }): Promise<number[]> {
+    if (this.current.inflight !== null)
+      throw new ReceiverError('E_BUSY', `VM ${this.vm} has cycle ${this.current.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
+    if (holdsOf(this.current).length > 0) throw new ReceiverError('E_HELD', heldMessage(this.vm, holdsOf(this.current)))
+    const before = pointsOf(this.current)
+    let kept: { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] }
+    if (opts.cycles !== undefined) {
+      const missing = opts.cycles.filter((c) => !before.some((p) => p.cycle === c))
+      if (missing.length > 0) throw new ReceiverError('E_NOT_FOUND', `VM ${this.vm} has no point ${missing.join(', ')} (points: ${before.map((p) => p.cycle).join(', ') || 'none'})`)
+      kept = dropPoints(before, opts.cycles)
+    } else {
+      kept = this.retain(before, opts)
+    }
+    if (kept.points.length === before.length) return []
+    await this.save({
+      ...this.current,
+      points: kept.points,
+      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints },
+    })
+    faultPoint('prune-after-state')
+    await this.rollForward()
+    const left = new Set(kept.points.map((p) => p.cycle))
+    return before.filter((p) => !left.has(p.cycle)).map((p) => p.cycle)
+  }
+
+  /** Record the VM's holds (opened points, failovers). */
+  async setHolds(holds: readonly HoldRecord[]): Promise<void> {
+    await this.save({ ...this.current, holds })
   }
 
   /** Finish a commit whose state.json is already written (idempotent). */

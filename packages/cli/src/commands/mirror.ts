@@ -1,19 +1,58 @@
-/** `grainline mirror rollback`: discard an interrupted cycle; the mirror returns to its last commit. */
+/**
+ * `grainline mirror rollback`: discard an interrupted cycle; the mirror
+ * returns to its last commit. `grainline mirror failover`: prepare the
+ * mirror (or a point) to run, optionally registered on the DR ESXi host.
+ */
 import type { Argv } from 'yargs'
 import { rollbackMirror } from '@grainline/receiver'
 import type { CliCommand } from '../command.ts'
 import { ExitCode } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
+import { failover, parseNetworkMap } from './failover.ts'
 
 export const mirrorCommand: CliCommand = {
   command: 'mirror <action>',
   describe: 'act on a mirror in a store',
   builder: (y: Argv) =>
     y
-      .positional('action', { choices: ['rollback'] as const, demandOption: true, describe: 'rollback: discard an interrupted cycle' })
+      .positional('action', {
+        choices: ['rollback', 'failover'] as const,
+        demandOption: true,
+        describe: 'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"',
+      })
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
-      .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' }),
+      .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
+      .option('point', { type: 'number', describe: 'failover: run this restore point instead of the mirror' })
+      .option('to', { type: 'string', describe: 'failover: the VM folder to prepare (default STORE/.failover/VM-point-K); on a datastore of --register' })
+      .option('network', { type: 'string', array: true, describe: "failover: map a network label, 'VM Network=DR Network' (repeatable)" })
+      .option('connect-nics', { type: 'boolean', default: false, describe: 'failover: connect the NICs at power-on (default: not connected)' })
+      .option('register', { type: 'string', describe: 'failover: esxi driver settings (esxi.json) of the DR host: register the VM there with vim-cmd solo/registervm over SSH' })
+      .option('format', { choices: ['sesparse', 'vmfssparse'] as const, default: 'sesparse' as const, describe: 'failover: format of the writable child disks' })
+      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
   async run(args, ctx) {
+    if (args['action'] === 'failover') {
+      const r = await failover(
+        {
+          store: String(args['store']),
+          vm: String(args['vm']),
+          ...(typeof args['point'] === 'number' ? { point: args['point'] } : {}),
+          ...(args['to'] === undefined ? {} : { to: String(args['to']) }),
+          ...(args['register'] === undefined ? {} : { register: String(args['register']) }),
+          networks: parseNetworkMap((args['network'] as string[] | undefined) ?? []),
+          connectNics: args['connect-nics'] === true,
+          format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse',
+        },
+        loggerFor(args, ctx, 'warn'),
+      )
+      if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
+      else {
+        ctx.write(
+          `${r.vm}: point ${r.cycle} prepared to run in ${r.dir}${r.registered === undefined ? '' : `, registered as vmid ${r.registered.vmid} "${r.registered.name}" (${r.registered.path})`}\n`,
+        )
+        ctx.write(`the mirror is held (no replication) until "grainline points close --store ${String(args['store'])} --vm ${r.vm} --to ${r.dir}"\n`)
+      }
+      return ExitCode.Ok
+    }
     const r = await rollbackMirror(String(args['store']), String(args['vm']), loggerFor(args, ctx, 'info'))
     ctx.write(r.rolledBack ? `${r.vm}: interrupted cycle rolled back; mirror at committed cycle ${r.committedCycle}\n` : `${r.vm}: nothing in flight; mirror at committed cycle ${r.committedCycle}\n`)
     return ExitCode.Ok

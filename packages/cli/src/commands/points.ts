@@ -1,0 +1,122 @@
+/**
+ * `grainline points`: the restore points of a mirror (cycle, time, size,
+ * checks recorded at that cycle, held), and `points prune` (by a retention
+ * policy: the receiver config's, or flags) / `points drop --point K`.
+ */
+import type { Argv } from 'yargs'
+import { formatBytes, parseByteSize, parseDuration } from '@grainline/protocol'
+import { join } from 'node:path'
+import { closePoint, listPoints, loadReceiverConfig, openPoint, parseGfs, prunePoints, retentionFor, type PointInfo, type RetentionPolicy } from '@grainline/receiver'
+import type { CliCommand } from '../command.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
+import { loggerFor } from '../logger-args.ts'
+import { table } from '../util.ts'
+
+function check(r: { ok: boolean; algorithm: string } | null): string {
+  return r === null ? '-' : `${r.algorithm} ${r.ok ? 'ok' : 'MISMATCH'}`
+}
+
+/** The text of `grainline points`. */
+export function renderPoints(vm: string, points: readonly PointInfo[], inflightCycle: number): string {
+  const rows = points.map((p) => [
+    p.current ? `${p.cycle} (mirror)` : String(p.cycle),
+    p.committedAt,
+    p.current ? '-' : formatBytes(p.bytes),
+    p.disks.map((d) => check(d.trivial)).join(' '),
+    p.disks.map((d) => check(d.certify)).join(' '),
+    p.held ? 'held' : '-',
+  ])
+  const lines = [`${vm}: ${points.length - 1} restore point(s) and the mirror`, '', table(['point', 'committed', 'size', 'trivial', 'certify', 'held'], rows)]
+  if (inflightCycle !== 0) lines.push('', `cycle ${inflightCycle} is in flight: points cannot be restored or pruned until it commits or is rolled back`)
+  return lines.join('\n') + '\n'
+}
+
+/** The policy of the flags (`--keep`, `--max-age`, `--max-bytes`, `--gfs`), or the receiver config's for the VM. */
+async function policyOf(args: Record<string, unknown>, vm: string): Promise<RetentionPolicy> {
+  const p: { keep?: number; maxAgeMs?: number; maxBytes?: number; gfs?: RetentionPolicy['gfs'] } = {}
+  try {
+    if (args['keep'] !== undefined) p.keep = Number(args['keep'])
+    if (args['max-age'] !== undefined) p.maxAgeMs = parseDuration(String(args['max-age']), '--max-age')
+    if (args['max-bytes'] !== undefined) p.maxBytes = parseByteSize(String(args['max-bytes']), '--max-bytes')
+    if (args['gfs'] !== undefined) p.gfs = parseGfs(String(args['gfs']))
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (Object.keys(p).length > 0) return p
+  if (args['config'] === undefined) throw new UsageError('points prune needs a policy: --keep, --max-age, --max-bytes, --gfs, or --config (the receiver config with "retention")')
+  const init = await loadReceiverConfig(String(args['config']))
+  const r = retentionFor(init, vm)
+  if (r === undefined) throw new UsageError(`${String(args['config'])} sets no retention for VM ${vm}`)
+  return r
+}
+
+export const pointsCommand: CliCommand = {
+  command: 'points [action]',
+  describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one, open one as a runnable VM (held), close it',
+  builder: (y: Argv) =>
+    y
+      .positional('action', {
+        choices: ['list', 'prune', 'drop', 'open', 'close'] as const,
+        default: 'list',
+        describe:
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all)',
+      })
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+      .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
+      .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
+      .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
+      .option('all', { type: 'boolean', describe: 'close: release every hold of the VM' })
+      .option('format', {
+        choices: ['sesparse', 'vmfssparse'] as const,
+        default: 'sesparse' as const,
+        describe: 'open: format of the writable child disks: sesparse (ESXi; QEMU only reads it) or vmfssparse (≤ 2 TiB; QEMU writes it too)',
+      })
+      .option('keep', { type: 'number', describe: 'prune: keep the newest N points' })
+      .option('max-age', { type: 'string', describe: 'prune: keep points younger than this: 12h, 30d' })
+      .option('max-bytes', { type: 'string', describe: 'prune: the points may take at most this: 200G' })
+      .option('gfs', { type: 'string', describe: 'prune: grandfather-father-son, e.g. hourly=24,daily=7,weekly=4,monthly=12' })
+      .option('config', { type: 'string', describe: 'prune: take the policy of this receiver config file (retention, retentionVms)' })
+      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
+  async run(args, ctx) {
+    const store = String(args['store'])
+    const vm = String(args['vm'])
+    const json = args['output'] === 'json'
+    const action = String(args['action'] ?? 'list')
+    if (action === 'list') {
+      const r = await listPoints(store, vm)
+      ctx.write(json ? JSON.stringify(r, null, 1) + '\n' : renderPoints(vm, r.points, r.inflightCycle))
+      return ExitCode.Ok
+    }
+    const log = loggerFor(args, ctx, 'warn')
+    if (action === 'open') {
+      const k = typeof args['point'] === 'number' ? args['point'] : (await listPoints(store, vm)).committedCycle
+      const to = args['to'] === undefined ? join(store, '.open', `${vm}-point-${k}`) : String(args['to'])
+      const r = await openPoint(store, vm, k, to, { logger: log, format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse' })
+      ctx.write(
+        json
+          ? JSON.stringify({ vm, cycle: k, dir: r.hold.dir, vmx: r.vmx, disks: r.disks }) + '\n'
+          : `${vm}: point ${k} opened in ${r.hold.dir} (${r.vmx}); NICs do not connect at power-on. The mirror is held: no cycle is applied until "grainline points close --store ${store} --vm ${vm} --to ${r.hold.dir}"\n`,
+      )
+      return ExitCode.Ok
+    }
+    if (action === 'close') {
+      if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
+      const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+      ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
+      return ExitCode.Ok
+    }
+    let what: RetentionPolicy | { cycles: number[] }
+    if (action === 'drop') {
+      const k = args['point']
+      if (typeof k !== 'number' || !Number.isSafeInteger(k)) throw new UsageError('points drop needs --point K')
+      what = { cycles: [k] }
+    } else {
+      what = await policyOf(args, vm)
+    }
+    const r = await prunePoints(store, vm, what, { logger: log })
+    ctx.write(
+      json ? JSON.stringify(r) + '\n' : `${vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`,
+    )
+    return ExitCode.Ok
+  },
+}

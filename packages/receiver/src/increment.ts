@@ -1,0 +1,213 @@
+/**
+ * The reverse increment of an in-flight incremental cycle: an SEsparse delta
+ * (written with `@grainline/vmdk`) holding the OLD bytes of every 4 KiB grain
+ * the cycle overwrites in the mirror — the undo data of the apply and, after
+ * the commit, restore point `baseCycle` (see docs/POINTS.md). The first save
+ * of a grain wins (it holds the committed bytes); an old grain that is all
+ * zeros becomes an explicit SEsparse zero grain.
+ *
+ * Crash safety: a batch's grains are written and the increment fsync'ed,
+ * and their index (grain, crc32) is journaled and fsync'ed, before the
+ * batch's stage 2 overwrites the mirror. A grain whose bytes in the
+ * increment do not match its journaled crc belongs to a batch whose stage 2
+ * never started: rollback skips it and a resume saves it again.
+ */
+import type { FileHandle } from 'node:fs/promises'
+import { crc32 } from 'node:zlib'
+import { join } from 'node:path'
+import { createDelta, openChain, openWriter, randomCid, type DiskWriter } from '@grainline/vmdk'
+import { readFully, unlinkIfExists, writeFully } from './fs-util.ts'
+import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
+import type { JournalGrain } from './journal.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** Grain size of reverse increments: ESXi's SEsparse grain. */
+export const POINT_GRAIN = 4096
+
+/** Folder (inside `.grainline`) holding the restore points' increments. */
+export const POINTS_DIR = 'points'
+
+const ZERO_GRAIN = Buffer.alloc(POINT_GRAIN)
+
+/** At most this many bytes of old grains are read and written at once. */
+const SAVE_PIECE = 8 * 1024 * 1024
+
+/** The descriptor name (in `.grainline/points`) of disk `stem`'s point `cycle`. */
+export function pointFileName(stem: string, cycle: number): string {
+  return `${stem}.p${cycle}.vmdk`
+}
+
+/** The SEsparse extent file createDelta writes beside a point descriptor. */
+export function pointExtentName(file: string): string {
+  return file.replace(/\.vmdk$/i, '-sesparse.vmdk')
+}
+
+/** Absolute path of a point descriptor named `file` (in `.grainline/points`). */
+export function pointPath(paths: VmPaths, file: string): string {
+  return join(paths.gdir, POINTS_DIR, file)
+}
+
+/** Remove a point's descriptor, then its extent (idempotent). */
+export async function removePointFiles(paths: VmPaths, file: string): Promise<void> {
+  await unlinkIfExists(pointPath(paths, file))
+  await unlinkIfExists(pointPath(paths, pointExtentName(file)))
+}
+
+type Writer = DiskWriter & { readonly cid: string; renewCid: (cid?: string) => Promise<string>; abandon: () => Promise<void> }
+
+/** The in-flight reverse increment of one disk. */
+export class ReverseIncrement {
+  readonly path: string
+  private readonly writer: Writer
+  private readonly saved: Set<number>
+  /** grains saved by this object (for logs and tests) */
+  savedGrains = 0
+
+  private constructor(path: string, writer: Writer, saved: Set<number>) {
+    this.path = path
+    this.writer = writer
+    this.saved = saved
+  }
+
+  /**
+   * Create the increment `file` over the mirror descriptor of `stem`, or
+   * reopen the one an interrupted apply left, trusting only the journaled
+   * grains whose bytes match their crc.
+   */
+  static async open(paths: VmPaths, stem: string, file: string, journaled: readonly JournalGrain[]): Promise<ReverseIncrement> {
+    const path = pointPath(paths, file)
+    let saved = new Set<number>()
+    if (journaled.length > 0 && (await entryExists(path))) {
+      saved = await verifiedGrains(path, journaled)
+    } else {
+      // nothing durable refers to it: start afresh (a crash may have left half of it)
+      await removePointFiles(paths, file)
+      await ensureStoreDir(join(paths.gdir, POINTS_DIR))
+      // a CID of its own from the start (ESXi's default is the parent's): no descriptor rewrite later
+      await createDelta(paths.descriptor(stem), path, { format: 'sesparse', cid: randomCid() })
+    }
+    // `close`: the writer never rewrites the descriptor (the CID above stays)
+    const writer = await openWriter(path, { newCid: 'close' })
+    return new ReverseIncrement(path, writer, saved)
+  }
+
+  /**
+   * Save the old bytes of every grain of [offset, offset + length) not saved
+   * yet, read from `fh` (the mirror, not yet overwritten), into the
+   * increment. Returns the index entries to journal.
+   */
+  async save(fh: FileHandle, offset: number, length: number, capacity: number, signal?: AbortSignal): Promise<JournalGrain[]> {
+    const out: JournalGrain[] = []
+    const first = Math.floor(offset / POINT_GRAIN)
+    const end = Math.ceil(Math.min(offset + length, capacity) / POINT_GRAIN)
+    let g = first
+    while (g < end) {
+      if (this.saved.has(g)) {
+        g++
+        continue
+      }
+      // a run of unsaved grains, at most SAVE_PIECE bytes
+      let n = 1
+      while (g + n < end && n * POINT_GRAIN < SAVE_PIECE && !this.saved.has(g + n)) n++
+      signal?.throwIfAborted()
+      const start = g * POINT_GRAIN
+      const len = Math.min(n * POINT_GRAIN, capacity - start)
+      const buf = await readFully(fh, start, len)
+      await this.writeRun(buf, g, out)
+      for (let k = 0; k < n; k++) this.saved.add(g + k)
+      g += n
+    }
+    this.savedGrains += out.length
+    return out
+  }
+
+  /** Write a run of old grains: zero grains as explicit zero grains, the rest as data. */
+  private async writeRun(buf: Buffer, firstGrain: number, out: JournalGrain[]): Promise<void> {
+    const n = Math.ceil(buf.length / POINT_GRAIN)
+    let runStart = 0
+    let runZero = false
+    const flushRun = async (to: number): Promise<void> => {
+      if (to <= runStart) return
+      const a = runStart * POINT_GRAIN
+      const b = Math.min(to * POINT_GRAIN, buf.length)
+      if (runZero) await this.writer.writeZeroes(firstGrain * POINT_GRAIN + a, b - a)
+      else await this.writer.write(firstGrain * POINT_GRAIN + a, buf.subarray(a, b))
+    }
+    for (let k = 0; k < n; k++) {
+      const grain = buf.subarray(k * POINT_GRAIN, Math.min((k + 1) * POINT_GRAIN, buf.length))
+      const zero = grain.equals(ZERO_GRAIN.subarray(0, grain.length))
+      out.push({ grain: firstGrain + k, crc: crc32(grain) })
+      if (k === 0) runZero = zero
+      else if (zero !== runZero) {
+        await flushRun(k)
+        runStart = k
+        runZero = zero
+      }
+    }
+    await flushRun(n)
+  }
+
+  /** Make every saved grain durable (data, tables, header; fsync). */
+  async flush(): Promise<void> {
+    await this.writer.flush()
+  }
+
+  /** Flush and close; the CID stays the one given at creation. */
+  async close(): Promise<void> {
+    await this.writer.abandon()
+  }
+}
+
+/** The journaled grains whose bytes in the increment at `path` match their crc (first entry of a grain wins). */
+async function verifiedGrains(path: string, journaled: readonly JournalGrain[]): Promise<Set<number>> {
+  const ok = new Set<number>()
+  const seen = new Set<number>()
+  const chain = await openChain(path)
+  try {
+    for (const j of journaled) {
+      if (seen.has(j.grain)) continue
+      seen.add(j.grain)
+      const start = j.grain * POINT_GRAIN
+      const len = Math.min(POINT_GRAIN, chain.capacity - start)
+      if (len <= 0) continue
+      const data = await chain.read(start, len)
+      if (crc32(data) >>> 0 === j.crc >>> 0) ok.add(j.grain)
+    }
+  } finally {
+    await chain.close()
+  }
+  return ok
+}
+
+/**
+ * Undo an interrupted in-place apply from its reverse increment: copy every
+ * journaled grain whose bytes match their crc back into the flat (the first
+ * entry of a grain is the committed bytes), cut the flat to `baseSize`,
+ * fdatasync. Idempotent.
+ */
+export async function undoFromIncrement(incrementPath: string, journaled: readonly JournalGrain[], flatPath: string, baseSize: number): Promise<void> {
+  const tfh = await openStoreFile(flatPath, 'update')
+  try {
+    if (journaled.length > 0 && (await entryExists(incrementPath))) {
+      const chain = await openChain(incrementPath)
+      try {
+        const seen = new Set<number>()
+        for (const j of journaled) {
+          if (seen.has(j.grain)) continue
+          seen.add(j.grain)
+          const start = j.grain * POINT_GRAIN
+          const len = Math.min(POINT_GRAIN, chain.capacity - start)
+          if (len <= 0) continue
+          const data = await chain.read(start, len)
+          if (crc32(data) >>> 0 === j.crc >>> 0) await writeFully(tfh, data, start)
+        }
+      } finally {
+        await chain.close()
+      }
+    }
+    if ((await tfh.stat()).size !== baseSize) await tfh.truncate(baseSize)
+    await tfh.datasync()
+  } finally {
+    await tfh.close()
+  }
+}

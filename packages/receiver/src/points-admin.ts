@@ -1,0 +1,260 @@
+/**
+ * Operator actions on restore points (`grainline points`, `points prune`,
+ * `restore`): list them, prune them by a policy, restore one to a standalone
+ * VM folder verified against the checks recorded at its cycle.
+ */
+import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
+import { openChain } from '@grainline/vmdk'
+import { ReceiverError } from './errors.ts'
+import { writeFully } from './fs-util.ts'
+import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
+import { pointsOf, pointSource, type PointDisk } from './points.ts'
+import type { RetentionPolicy } from './retention.ts'
+import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { VmMirror } from './vm-mirror.ts'
+
+/** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
+const ADMIN_LOCK_WAIT_MS = 5000
+import { VmPaths } from './vm-paths.ts'
+
+/** One disk of a listed point. */
+export interface PointDiskInfo {
+  readonly name: string
+  /** where it is read from: a point descriptor or the mirror's */
+  readonly source: string
+  /** bytes its own increment takes (0: unchanged since, read from a newer point or the mirror) */
+  readonly bytes: number
+  readonly trivial: VerifyRecord | null
+  readonly certify: VerifyRecord | null
+}
+
+/** A restore point as `grainline points` shows it; the mirror is the newest (`current`). */
+export interface PointInfo {
+  readonly cycle: number
+  readonly committedAt: string
+  readonly generation: string
+  /** the mirror itself (always kept) */
+  readonly current: boolean
+  readonly bytes: number
+  readonly held: boolean
+  readonly disks: readonly PointDiskInfo[]
+}
+
+async function loadState(storeDir: string, vm: string): Promise<{ paths: VmPaths; state: VmStateFile }> {
+  const paths = new VmPaths(storeDir, vm)
+  const state = await readVmState(paths).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  })
+  if (state === undefined || state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
+  return { paths, state }
+}
+
+/** The checks that describe disk `name` at point `cycle`: those recorded with the point that holds it, or the mirror's. */
+function checksAt(state: VmStateFile, name: string, cycle: number): { trivial: VerifyRecord | null; certify: VerifyRecord | null; own: PointDisk | undefined } {
+  for (const p of pointsOf(state)) {
+    if (p.cycle < cycle) continue
+    const d = p.disks[name]
+    if (d !== undefined) return { trivial: d.trivial ?? null, certify: d.certify ?? null, own: p.cycle === cycle ? d : undefined }
+  }
+  const rec = state.disks[name]
+  return { trivial: rec?.trivial ?? null, certify: rec?.certify ?? null, own: undefined }
+}
+
+/**
+ * The VM's points, oldest first, then the mirror (`current: true`). Read
+ * only, no lock: while a cycle is in flight the listed points are what the
+ * next commit or rollback will leave.
+ * @throws ReceiverError E_NOT_FOUND
+ */
+export async function listPoints(storeDir: string, vm: string): Promise<{ vm: string; committedCycle: number; inflightCycle: number; points: PointInfo[] }> {
+  const { paths, state } = await loadState(storeDir, vm)
+  const cycles = [...pointsOf(state).map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, generation: p.generation, current: false }))]
+  cycles.push({ cycle: state.committedCycle, committedAt: state.committedAt ?? '', generation: state.generation ?? '', current: true })
+  const points = cycles.map((c) => {
+    const disks = Object.keys(state.disks)
+      .sort()
+      .map((name) => {
+        const ch = checksAt(state, name, c.cycle)
+        return { name, source: pointSource(paths, state, name, c.cycle), bytes: ch.own?.bytes ?? 0, trivial: ch.trivial, certify: ch.certify }
+      })
+    return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: (state.holds ?? []).some((h) => h.cycle === c.cycle), disks }
+  })
+  return { vm, committedCycle: state.committedCycle, inflightCycle: state.inflight?.cycle ?? 0, points }
+}
+
+/**
+ * Prune a VM's points by `retention` at `now` (a fake clock in tests), or
+ * drop the listed `cycles` (middle points are merged into their neighbour).
+ * Takes the VM's lock (`E_BUSY` while a session writes it).
+ */
+export async function prunePoints(
+  storeDir: string,
+  vm: string,
+  retention: RetentionPolicy | { readonly cycles: readonly number[] },
+  opts: { logger: Logger; now?: () => number },
+): Promise<{ vm: string; dropped: number[]; kept: number[] }> {
+  await loadState(storeDir, vm)
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
+  try {
+    const what = 'cycles' in retention ? { cycles: retention.cycles } : { retention }
+    const dropped = await m.prunePoints({ ...what, ...(opts.now === undefined ? {} : { now: opts.now }) })
+    return { vm, dropped, kept: pointsOf(m.state).map((p) => p.cycle) }
+  } finally {
+    m.release()
+  }
+}
+
+/** Progress of a restore: bytes written of the total, with an estimate of the time left. */
+export interface RestoreProgress {
+  readonly disk: string
+  readonly bytes: number
+  readonly total: number
+  readonly elapsedMs: number
+  /** estimated ms left (undefined until something was copied) */
+  readonly etaMs: number | undefined
+}
+
+/** How one restored disk was verified. */
+export interface RestoredDisk {
+  readonly name: string
+  readonly descriptor: string
+  readonly flat: string
+  readonly capacity: number
+  /** `certify`: whole disk against the certify digest recorded at that cycle; `trivial`: its prefix; `none`: nothing was recorded */
+  readonly verified: 'certify' | 'trivial' | 'none'
+  /** whether the recorded check of that cycle had passed against the source */
+  readonly sourceChecked: boolean
+}
+
+const COPY = 8 * 1024 * 1024
+
+/**
+ * Restore point `cycle` (or the mirror, `cycle` = the committed one) of a VM
+ * into `toDir` (created; must be empty): per disk a `createType="vmfs"`
+ * descriptor and a flat, plus the mirror's `.vmx` (display name marked with
+ * the point) and `.nvram`. Every byte written is digested and compared with
+ * the certify (whole disk) or trivial (prefix) digest recorded for the disk
+ * at that cycle. Holds the VM's lock meanwhile (`E_BUSY` while a session
+ * writes it; a cycle in flight also refuses with `E_BUSY`).
+ * @throws ReceiverError E_NOT_FOUND, E_BUSY, E_VERIFY (a digest differs: the folder is left for inspection)
+ */
+export async function restorePoint(
+  storeDir: string,
+  vm: string,
+  cycle: number,
+  toDir: string,
+  opts: { logger: Logger; onProgress?: (p: RestoreProgress) => void; signal?: AbortSignal },
+): Promise<{ vm: string; cycle: number; to: string; disks: RestoredDisk[] }> {
+  await loadState(storeDir, vm)
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
+  try {
+    const state = m.state
+    if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: roll it back or let it commit before restoring`)
+    if (cycle !== state.committedCycle && !pointsOf(state).some((p) => p.cycle === cycle)) {
+      const have = [...pointsOf(state).map((p) => p.cycle), state.committedCycle].join(', ')
+      throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} (points: ${have})`)
+    }
+    await mkdir(toDir, { recursive: true })
+    if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
+    await initDigests()
+    const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const total = recs.reduce((n, r) => n + r.capacity, 0)
+    const t0 = performance.now()
+    let done = 0
+    const disks: RestoredDisk[] = []
+    for (const rec of recs) {
+      const ch = checksAt(state, rec.name, cycle)
+      const r = await restoreDisk(m.paths, state, rec, cycle, toDir, ch, opts.signal, (n) => {
+        done += n
+        const elapsedMs = performance.now() - t0
+        opts.onProgress?.({ disk: rec.name, bytes: done, total, elapsedMs, etaMs: done === 0 ? undefined : (elapsedMs * (total - done)) / done })
+      })
+      disks.push(r)
+    }
+    await copyConfig(m.paths, state, cycle, toDir)
+    return { vm, cycle, to: toDir, disks }
+  } finally {
+    m.release()
+  }
+}
+
+async function restoreDisk(
+  paths: VmPaths,
+  state: VmStateFile,
+  rec: DiskRecord,
+  cycle: number,
+  toDir: string,
+  ch: { trivial: VerifyRecord | null; certify: VerifyRecord | null; own: PointDisk | undefined },
+  signal: AbortSignal | undefined,
+  progress: (n: number) => void,
+): Promise<RestoredDisk> {
+  const flatName = `${rec.stem}-flat.vmdk`
+  const flat = join(toDir, flatName)
+  const descriptor = join(toDir, `${rec.stem}.vmdk`)
+  const chain = await openChain(pointSource(paths, state, rec.name, cycle))
+  const check = ch.certify ?? ch.trivial
+  const hash = check === null ? undefined : createDigest(check.algorithm as DigestAlgorithm)
+  const hashBytes = check === null ? 0 : check === ch.certify ? chain.capacity : check.bytes
+  const fh = await open(flat, 'wx')
+  try {
+    await fh.truncate(chain.capacity)
+    const buf = Buffer.alloc(COPY)
+    for (let off = 0; off < chain.capacity; off += COPY) {
+      signal?.throwIfAborted()
+      const n = Math.min(COPY, chain.capacity - off)
+      const b = buf.subarray(0, n)
+      await chain.readInto(b, 0, off, n)
+      if (hash !== undefined && off < hashBytes) hash.update(b.subarray(0, Math.min(n, hashBytes - off)))
+      // zeros stay a hole: the flat is thin, like the mirror
+      if (!isZero(b)) await writeFully(fh, b, off)
+      progress(n)
+    }
+    await fh.datasync()
+  } finally {
+    await fh.close()
+    await chain.close()
+  }
+  await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity: rec.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
+  let verified: RestoredDisk['verified'] = 'none'
+  if (hash !== undefined && check !== null) {
+    const got = Buffer.from(hash.digest()).toString('hex')
+    if (got !== check.digest) {
+      throw new ReceiverError(
+        'E_VERIFY',
+        `restored disk ${rec.name} of point ${cycle} does not match the ${check === ch.certify ? 'certify' : 'trivial-check'} digest recorded at that cycle (${check.algorithm} ${check.digest}, got ${got}): the point is damaged; ${toDir} is left for inspection`,
+      )
+    }
+    verified = check === ch.certify ? 'certify' : 'trivial'
+  }
+  return { name: rec.name, descriptor, flat, capacity: chain.capacity, verified, sourceChecked: check?.ok === true }
+}
+
+const ZERO = Buffer.alloc(65536)
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i += ZERO.length) {
+    const s = b.subarray(i, Math.min(b.length, i + ZERO.length))
+    if (s[0] !== 0 || !s.equals(ZERO.subarray(0, s.length))) return false
+  }
+  return true
+}
+
+/** The mirror's .vmx (display name marked with the point) and .nvram, if present. */
+async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toDir: string): Promise<void> {
+  try {
+    const vmx = await readFile(join(paths.dir, `${state.vm}.vmx`), 'utf8')
+    const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
+    await writeFile(join(toDir, `${state.vm}.vmx`), marked)
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ENOENT') throw err
+  }
+  try {
+    await writeFile(join(toDir, `${state.vm}.nvram`), await readFile(join(paths.dir, `${state.vm}.nvram`)))
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ENOENT') throw err
+  }
+}

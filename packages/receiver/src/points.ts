@@ -1,0 +1,245 @@
+/**
+ * Restore points of a VM mirror (docs/POINTS.md): the records in
+ * `state.json`, the chain links a commit rewrites, and where a point of a
+ * disk is read from. Each disk's points form an SEsparse chain on top of the
+ * mirror, newest first: mirror ← p(n−1) ← p(n−2) ← … — the descriptor of
+ * p(k) reads as the disk after cycle k.
+ */
+import { stat } from 'node:fs/promises'
+import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
+import { consolidate } from '@grainline/vmdk'
+import { writeFileAtomic } from './fs-util.ts'
+import { faultPoint } from './fault.ts'
+import { entryExists, readStoreFile } from './store-fs.ts'
+import { pointExtentName, pointPath, removePointFiles } from './increment.ts'
+import type { DigestAlgorithm } from '@grainline/protocol'
+import type { VerifyRecord, VmStateFile } from './state-file.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** One disk of a restore point. */
+export interface PointDisk {
+  /** the point's descriptor in `.grainline/points` */
+  readonly file: string
+  readonly stem: string
+  readonly capacity: number
+  /** bytes the increment takes on disk (allocated blocks of descriptor + extent) */
+  readonly bytes: number
+  readonly ddb: Readonly<Record<string, string>>
+  readonly cycleDigest?: { readonly algorithm: DigestAlgorithm; readonly digest: string }
+  /** the trivial check / certify recorded for the mirror while it was at this cycle */
+  readonly trivial?: VerifyRecord
+  readonly certify?: VerifyRecord
+}
+
+/** A restore point: the VM as it was committed at `cycle`. */
+export interface PointRecord {
+  readonly cycle: number
+  readonly committedAt: string
+  readonly generation: string
+  /** the disks whose increment holds this point; another disk reads as its next newer point (it did not change) */
+  readonly disks: Readonly<Record<string, PointDisk>>
+}
+
+/** A chain link a commit rewrites: `file`'s parent becomes the mirror of `disk` (null) or the point `parent`. */
+export interface PointLink {
+  readonly disk: string
+  readonly file: string
+  readonly parent: string | null
+}
+
+/** The VM's points, oldest first. */
+export function pointsOf(state: VmStateFile): readonly PointRecord[] {
+  return state.points ?? []
+}
+
+/** Every point file of a VM's points. */
+export function pointFiles(points: readonly PointRecord[]): string[] {
+  return points.flatMap((p) => Object.values(p.disks).map((d) => d.file))
+}
+
+/** The newest point of `disk` (its file is the child of the mirror), if any. */
+export function newestPointOf(points: readonly PointRecord[], disk: string): PointDisk | undefined {
+  for (let i = points.length - 1; i >= 0; i--) {
+    const d = points[i]?.disks[disk]
+    if (d !== undefined) return d
+  }
+  return undefined
+}
+
+/**
+ * Where disk `disk` of point `cycle` is read from: the descriptor of the
+ * oldest point ≥ `cycle` holding the disk, or the mirror when none (the disk
+ * did not change since).
+ */
+export function pointSource(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): string {
+  for (const p of pointsOf(state)) {
+    if (p.cycle < cycle) continue
+    const d = p.disks[disk]
+    if (d !== undefined) return pointPath(paths, d.file)
+  }
+  const rec = state.disks[disk]
+  return paths.descriptor(rec?.stem ?? disk)
+}
+
+/** Allocated bytes of a point's descriptor and extent (0 when missing). */
+export async function pointBytes(paths: VmPaths, file: string): Promise<number> {
+  let n = 0
+  for (const f of [file, pointExtentName(file)]) {
+    try {
+      n += (await stat(pointPath(paths, f))).blocks * 512
+    } catch {
+      // missing: counts nothing
+    }
+  }
+  return n
+}
+
+/**
+ * Rewrite a point descriptor's parent (hint and CID) so that the chain reads
+ * through it: the mirror descriptor of the disk, or another point. Idempotent
+ * (the file is only replaced when it changes).
+ */
+export async function linkPoint(paths: VmPaths, state: VmStateFile, link: PointLink): Promise<void> {
+  const rec = state.disks[link.disk]
+  if (rec === undefined) return
+  const path = pointPath(paths, link.file)
+  let text: string
+  try {
+    text = (await readStoreFile(path)).toString('utf8')
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw err
+  }
+  const d = parseDescriptor(text)
+  let hint: string
+  let cid: string
+  if (link.parent === null) {
+    hint = `../../${rec.stem}.vmdk`
+    cid = rec.mirrorCid
+  } else {
+    hint = link.parent
+    cid = formatCid(parseDescriptor((await readStoreFile(pointPath(paths, link.parent))).toString('utf8')).cid)
+  }
+  if (d.parentFileNameHint === hint && formatCid(d.parentCid) === cid) return
+  await writeFileAtomic(path, serializeDescriptor(d.withParent(hint, cid)))
+}
+
+/** Carry out the point work of a pending commit or prune: links, then removals (idempotent). */
+export async function rollForwardPoints(paths: VmPaths, state: VmStateFile): Promise<void> {
+  const p = state.pending
+  if (p === null) return
+  for (const l of p.links ?? []) await linkPoint(paths, state, l)
+  for (const m of p.merges ?? []) {
+    // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
+    if (await entryExists(pointPath(paths, m.child))) {
+      await consolidate(pointPath(paths, m.child), { onProgress: (e) => faultPoint(`merge-${e.step}`) })
+    }
+  }
+  for (const f of p.removePoints ?? []) await removePointFiles(paths, f)
+}
+
+/** A sealed disk of the cycle being committed, as point planning sees it. */
+export interface CommittedIncrement {
+  readonly disk: string
+  /** its reverse increment (undefined: applied without one — a seed, a capacity change, points off) */
+  readonly file: string | undefined
+  /** allocated bytes of the increment */
+  readonly bytes: number
+}
+
+/** The point part of a commit: the VM's points after it and the roll-forward work. */
+export interface PointPlan {
+  readonly points: PointRecord[]
+  readonly links: PointLink[]
+  readonly removePoints: string[]
+  /** why every point was dropped (logged), if they were */
+  readonly droppedAll?: string
+}
+
+/**
+ * Plan the points of a commit (pure): the increments of the cycle become
+ * point `state.committedCycle` — each linked onto the mirror, the disk's
+ * previous newest point re-linked onto it. A disk of the cycle applied
+ * without an increment while it had a committed mirror (a re-seed, a
+ * capacity change, points turned off) breaks every point of the VM: they are
+ * all dropped, with the reason returned.
+ */
+export function planCommitPoints(state: VmStateFile, incs: readonly CommittedIncrement[]): PointPlan {
+  const old = pointsOf(state)
+  const base = state.committedCycle
+  const newFiles = incs.flatMap((i) => (i.file === undefined ? [] : [i.file]))
+  const breaking = incs.find((i) => i.file === undefined && state.disks[i.disk] !== undefined)
+  if (breaking !== undefined || newFiles.length === 0) {
+    const all = [...pointFiles(old), ...newFiles]
+    if (all.length === 0) return { points: [], links: [], removePoints: [] }
+    const why =
+      breaking === undefined
+        ? 'the cycle kept no increment'
+        : `disk ${breaking.disk} was applied without a reverse increment (seed, capacity change, a resync of a modified mirror, or points off): older points no longer read through its mirror`
+    return { points: [], links: [], removePoints: all, droppedAll: why }
+  }
+  const disks: Record<string, PointDisk> = {}
+  const links: PointLink[] = []
+  for (const i of incs) {
+    const rec = state.disks[i.disk]
+    if (i.file === undefined || rec === undefined) continue
+    disks[i.disk] = {
+      file: i.file,
+      stem: rec.stem,
+      capacity: rec.capacity,
+      bytes: i.bytes,
+      ddb: rec.ddb,
+      cycleDigest: rec.cycleDigest,
+      ...(rec.trivial === undefined ? {} : { trivial: rec.trivial }),
+      ...(rec.certify === undefined ? {} : { certify: rec.certify }),
+    }
+    links.push({ disk: i.disk, file: i.file, parent: null })
+    const prev = newestPointOf(old, i.disk)
+    if (prev !== undefined) links.push({ disk: i.disk, file: prev.file, parent: i.file })
+  }
+  const point: PointRecord = { cycle: base, committedAt: state.committedAt ?? new Date(0).toISOString(), generation: state.generation ?? '', disks }
+  return { points: [...old, point], links, removePoints: [] }
+}
+
+/** A merge of a dropped point: `child` (the next older increment of the disk) is consolidated into `parent`, which then holds the older point. */
+export interface PointMerge {
+  readonly child: string
+  readonly parent: string
+}
+
+/**
+ * Drop points by cycle (pure). Per disk of a dropped point: when an older
+ * kept point holds the disk, that older increment is merged into the dropped
+ * one (the older grains win: `consolidate`), whose file then holds the older
+ * point — O(their size); when older points exist but none holds the disk (it
+ * did not change in between), the file passes to the next older point; when
+ * no point is older, the file is removed — O(1).
+ */
+export function dropPoints(points: readonly PointRecord[], drop: readonly number[]): { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] } {
+  const pts = [...points].sort((a, b) => a.cycle - b.cycle)
+  const removePoints: string[] = []
+  const merges: PointMerge[] = []
+  for (const cycle of [...drop].sort((a, b) => a - b)) {
+    const idx = pts.findIndex((p) => p.cycle === cycle)
+    if (idx < 0) continue
+    const gone = pts[idx] as PointRecord
+    for (const [disk, d] of Object.entries(gone.disks)) {
+      let j = idx - 1
+      while (j >= 0 && (pts[j] as PointRecord).disks[disk] === undefined) j--
+      if (j >= 0) {
+        const older = pts[j] as PointRecord
+        const od = older.disks[disk] as PointDisk
+        merges.push({ child: od.file, parent: d.file })
+        removePoints.push(od.file)
+        pts[j] = { ...older, disks: { ...older.disks, [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes } } }
+      } else if (idx > 0) {
+        const prev = pts[idx - 1] as PointRecord
+        pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }
+      } else {
+        removePoints.push(d.file)
+      }
+    }
+    pts.splice(idx, 1)
+  }
+  return { points: pts, removePoints, merges }
+}

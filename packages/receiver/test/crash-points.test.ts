@@ -1,0 +1,184 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import { execFileSync, spawn } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { MessageKind } from '@grainline/protocol'
+import { pino } from 'pino'
+import { recoverStore, rollbackMirror, type VmStateFile } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, vmOpen, type Env } from './helpers.ts'
+
+/*
+ * kill -9 (src/fault.ts) of a receiver that keeps restore points, during an
+ * incremental apply into a reverse increment, its commit (which links the
+ * new point and prunes the oldest), and of `grainline points drop` during a
+ * merge of two increments. After restart (resume, rollback) or recovery,
+ * the mirror equals the image of the committed cycle and every kept point
+ * reads (qemu-img) as the image of its cycle.
+ */
+
+t.setTimeout(40 * 60_000)
+
+const VM = 'vm1'
+const CAP = 2 * MiB
+const EXT = 64 * 1024
+const rangesOf = (c: number): Array<{ offset: number; length: number; zero?: boolean }> => [
+  { offset: (c * 3 * EXT) % MiB, length: 4 * EXT },
+  { offset: MiB + ((c * 5 * EXT) % (MiB / 2)), length: 3 * EXT, zero: c % 2 === 0 },
+  { offset: CAP - 2 * EXT, length: 2 * EXT },
+]
+const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(MiB, 1), Buffer.alloc(MiB / 2), pattern(MiB / 2, 2)])]
+for (let c = 2; c <= 6; c++) images[c] = evolve(images[c - 1] as Buffer, c * 13, rangesOf(c))
+const plan = (c: number, id = `${c}f`.repeat(8)) =>
+  c === 1 ? seedPlan(0, 'vm1.vmdk', images[1] as Buffer, id, EXT) : incPlan(0, 'vm1.vmdk', images[c] as Buffer, c - 1, id, rangesOf(c), `vm1-00000${c - 1}.vmdk`, `vm1-00000${c}.vmdk`, EXT)
+const CLI = fileURLToPath(new URL('../../../cli/dist/src/bin.js', import.meta.url))
+
+function args(env: Env): string[] {
+  const cfg = join(env.dir, 'receiver.json')
+  writeFileSync(cfg, JSON.stringify({ store: env.store, retention: { keep: 3 } }))
+  return ['--batch-bytes', String(EXT), '--log-level', 'warn', '--config', cfg]
+}
+
+function state(env: Env): VmStateFile {
+  return JSON.parse(readFileSync(join(env.store, VM, '.grainline', 'state.json'), 'utf8')) as VmStateFile
+}
+
+/** The mirror and every kept point read as the images of their cycles. */
+function checkExact(t: Test, env: Env, what: string): void {
+  const s = state(env)
+  const read = (desc: string): Buffer => {
+    const out = join(env.dir, `r-${Math.random().toString(16).slice(2)}.raw`)
+    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+    return readFileSync(out)
+  }
+  t.ok(read(join(env.store, VM, 'vm1.vmdk')).equals(images[s.committedCycle] as Buffer), `${what}: mirror == image ${s.committedCycle}`)
+  for (const p of s.points ?? []) {
+    t.ok(read(join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} exact`)
+  }
+}
+
+/** Seed + cycles 2..`upTo` with points (keep 3). */
+async function withPoints(dir: string, upTo: number): Promise<Env> {
+  const env = makeEnv(dir)
+  const c = await startChild(env, { args: args(env) })
+  for (let k = 1; k <= upTo; k++) {
+    const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, VM, k, [plan(k)])
+    a.close()
+    await a.whenClosed()
+  }
+  c.child.kill('SIGTERM')
+  await c.exited
+  return env
+}
+
+async function crashRun(t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>): Promise<void> {
+  const c = await startChild(env, { fault, args: args(env) })
+  await run(c.url).catch(() => {})
+  const e = await Promise.race([c.exited, new Promise<{ code: null; signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 20000))])
+  if (e.signal === 'timeout') c.child.kill('SIGKILL')
+  t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
+}
+
+const faults = [
+  'increment-written:1',
+  'increment-written:3',
+  'journal-synced:1',
+  'journal-synced:4',
+  'extent-written:2',
+  'extent-written:7',
+  'target-synced:1',
+  'target-synced:5',
+  'commit-before-state:1',
+  'commit-after-state:1',
+  'commit-descriptors:1',
+  'commit-points:1',
+]
+const thens = ['resume', 'rollback-msg', 'rollback-cli'] as const
+
+t.test('kill -9 during an apply into a reverse increment and its commit (which prunes the oldest point)', async (t) => {
+  let i = 0
+  for (const fault of faults) {
+    const then = thens[i++ % thens.length] as (typeof thens)[number]
+    await t.test(`${fault} then ${then}`, async (t) => {
+      // points 1, 2, 3 kept; cycle 5 adds point 4 and prunes point 1
+      const env = await withPoints(t.testdir(), 4)
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [plan(5)])
+      })
+      const c = await startChild(env, { args: args(env) })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
+      const committed = state(env).committedCycle
+      t.ok(committed === 4 || committed === 5, `committed ${committed}`)
+      if (fault.startsWith('commit-after') || fault.startsWith('commit-desc') || fault.startsWith('commit-points')) t.equal(committed, 5, 'past the commit point')
+      if (then === 'resume' && committed === 4) {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [plan(5)])
+        a.close()
+      } else if (then === 'rollback-msg') {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        a.send(hello())
+        await a.expect(MessageKind.Welcome)
+        a.send(vmOpen(VM, 6, ['vm1-000005.vmdk']))
+        await a.expect(MessageKind.VmState)
+        a.send({ kind: MessageKind.Rollback, vm: VM })
+        await a.expect(MessageKind.RolledBack)
+        a.close()
+        await a.whenClosed()
+      } else if (then === 'rollback-cli') {
+        c.child.kill('SIGTERM')
+        await c.exited
+        await rollbackMirror(env.store, VM)
+      }
+      const s = state(env)
+      t.same(
+        (s.points ?? []).map((p) => p.cycle),
+        s.committedCycle === 5 ? [2, 3, 4] : [1, 2, 3],
+        'points of the committed cycle',
+      )
+      checkExact(t, env, `${fault}/${then}`)
+      // and replication goes on: the next cycle commits and its points are exact
+      if (then !== 'rollback-cli') {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        const next = s.committedCycle + 1
+        await runCycle(a, VM, next, [plan(next, `${next}e`.repeat(8))], { rollbackFirst: true })
+        a.close()
+        await a.whenClosed()
+        checkExact(t, env, `${fault}/${then}, next cycle`)
+      }
+    })
+  }
+})
+
+const mergeFaults = ['prune-after-state:1', 'merge-cid-recorded:1', 'merge-copied:1', 'merge-copied:3', 'merge-parent-flushed:1', 'merge-repointed:1', 'merge-parent-cid:1', 'merge-removed:1']
+
+t.test('kill -9 of `grainline points drop` merging the newest point into the mirror-side chain: recovery finishes it, every kept point exact', async (t) => {
+  const base = await withPoints(join(t.testdir(), 'base'), 4)
+  for (const fault of mergeFaults) {
+    await t.test(fault, async (t) => {
+      const env = { ...base, dir: t.testdir(), store: join(t.testdir(), 'store') }
+      execFileSync('cp', ['-a', base.store, env.store])
+      t.same(
+        (state(env).points ?? []).map((p) => p.cycle),
+        [1, 2, 3],
+      )
+      const child = spawn(process.execPath, [CLI, 'points', 'drop', '--store', env.store, '--vm', VM, '--point', '3', '--log-level', 'warn'], {
+        env: { ...process.env, GRAINLINE_RECEIVER_FAULT: fault },
+        stdio: 'ignore',
+      })
+      const exit = await new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_c, s) => resolve(s)))
+      t.equal(exit, 'SIGKILL', `killed at ${fault}`)
+      const rep = await recoverStore(env.store, pino({ level: 'silent' }))
+      t.equal(rep[0]?.action, 'rolled-forward', 'recovery finished the drop')
+      t.same(
+        (state(env).points ?? []).map((p) => p.cycle),
+        [1, 2],
+      )
+      checkExact(t, env, fault)
+    })
+  }
+})

@@ -1,0 +1,305 @@
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { openWriter } from '@grainline/vmdk'
+import { MessageKind, createDigest } from '@grainline/protocol'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
+import { closePoint, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
+
+/** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
+function qemuRead(dir: string, desc: string): Buffer {
+  const out = join(dir, `read-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+  return readFileSync(out)
+}
+
+/**
+ * Run a store action once the VM lock of a session that just closed is
+ * released: E_BUSY until the receiver has finished the session's teardown.
+ */
+async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 1000) throw err
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+}
+
+function state(store: string, vm: string): VmStateFile {
+  return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
+}
+
+/** Ranges of one incremental cycle: unaligned data, a zeroed range, a range over a former hole. */
+function rangesFor(cycle: number, cap: number): Array<{ offset: number; length: number; zero?: boolean }> {
+  const r = [
+    { offset: ((cycle * 700_001) % (cap - 300_000)) & ~511, length: 131_072 + 512 * cycle },
+    { offset: ((cycle * 1_300_003) % (cap - 70_000)) & ~511, length: 65_536, zero: cycle % 3 === 0 },
+  ]
+  return r.sort((a, b) => a.offset - b.offset).filter((x, i, a) => i === 0 || x.offset >= (a[i - 1] as { offset: number; length: number }).offset + (a[i - 1] as { length: number }).length)
+}
+
+t.test('every kept point reads (qemu-img) as the image of its cycle; retention drops the oldest', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 4 } })
+  t.teardown(() => receiver.close())
+  const cap = 4 * MiB
+  const vm = 'web-pts1'
+  const images: Buffer[] = [Buffer.alloc(0)]
+  images[1] = Buffer.concat([pattern(MiB, 1), Buffer.alloc(2 * MiB), pattern(MiB, 2)])
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'cc01cc01cc01cc01')])
+  a.close()
+  t.same(state(env.store, vm).points ?? [], [], 'a seed makes no point')
+  for (let c = 2; c <= 7; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 17, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `cc0${c}cc0${c}cc0${c}cc0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    if (c === 5) {
+      a.send({
+        kind: MessageKind.Certify,
+        disk: 0,
+        algorithm: 'md5',
+        digest: createDigest('md5')
+          .update(images[5] as Buffer)
+          .digest(),
+      })
+      t.equal((await a.expect(MessageKind.CertifyResult)).ok, true, 'certify at cycle 5')
+    }
+    a.close()
+    t.equal(r.committed?.cycle, c)
+  }
+  const s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [3, 4, 5, 6],
+    'keep 4: the newest four points, the oldest pruned',
+  )
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  t.same(
+    readdirSync(pdir).sort(),
+    ['d.p3-sesparse.vmdk', 'd.p3.vmdk', 'd.p4-sesparse.vmdk', 'd.p4.vmdk', 'd.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'],
+    'pruned increments deleted',
+  )
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'mirror = cycle 7')
+  for (const p of s.points ?? []) {
+    const file = p.disks['d.vmdk']?.file as string
+    t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `point ${p.cycle} reads as the image of cycle ${p.cycle}`)
+    execFileSync('qemu-img', ['check', '-f', 'vmdk', join(pdir, file)])
+    const bytes = p.disks['d.vmdk']?.bytes as number
+    t.ok(bytes > 0 && bytes < 2 * MiB, `point ${p.cycle} takes ${bytes} bytes`)
+  }
+  const listed = await listPoints(env.store, vm)
+  t.same(
+    listed.points.map((p) => [p.cycle, p.current, p.disks[0]?.certify?.algorithm ?? null]),
+    [
+      [3, false, null],
+      [4, false, null],
+      [5, false, 'md5'],
+      [6, false, null],
+      [7, true, null],
+    ],
+    'listing: points oldest first, then the mirror; the certify of cycle 5 recorded with point 5',
+  )
+  const log = pino({ level: 'silent' })
+  for (const k of [3, 5, 7]) {
+    const to = join(env.dir, `restore-${k}`)
+    const seen: number[] = []
+    const r = await whenFree(() => restorePoint(env.store, vm, k, to, { logger: log, onProgress: (p) => seen.push(p.bytes) }))
+    t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `restore of point ${k} = image of cycle ${k}`)
+    t.ok(qemuRead(env.dir, join(to, 'd.vmdk')).equals(images[k] as Buffer), `QEMU reads the restored descriptor of point ${k}`)
+    t.match(readFileSync(join(to, 'd.vmdk'), 'utf8'), /createType="vmfs"/)
+    t.match(readFileSync(join(to, `${vm}.vmx`), 'utf8'), new RegExp(`displayName = ".*\\(point ${k}\\)"`))
+    t.equal(seen.at(-1), cap, 'progress reaches the total')
+    t.equal(r.disks[0]?.verified, k === 5 ? 'certify' : 'none', `point ${k} verification`)
+  }
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 2, join(env.dir, 'restore-2'), { logger: log })),
+    { code: 'E_NOT_FOUND' },
+    'a pruned point',
+  )
+  // a damaged point is caught by the digest recorded at its cycle
+  const ext = join(pdir, 'd.p5-sesparse.vmdk')
+  const raw = readFileSync(ext)
+  raw[raw.length - 100] = (raw[raw.length - 100] as number) ^ 0xff
+  writeFileSync(ext, raw)
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 5, join(env.dir, 'restore-5b'), { logger: log })),
+    { code: 'E_VERIFY' },
+    'damaged point 5 fails verification',
+  )
+  // prune on demand against a fake clock: points older than an hour at "now + 2 h"
+  const now = Date.parse(s.committedAt ?? '') + 2 * 3_600_000
+  const pr = await whenFree(() => prunePoints(env.store, vm, { maxAgeMs: 3_600_000 }, { logger: log, now: () => now }))
+  t.same(pr.dropped, [3, 4, 5, 6])
+  t.same(readdirSync(pdir), [], 'every increment removed')
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
+})
+
+t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts2'
+  const img1 = pattern(cap, 5)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'dd01dd01dd01dd01')])
+  a.close()
+  const ranges = [{ offset: 4096, length: MiB }]
+  const img2 = evolve(img1, 3, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', img2, 1, 'dd02dd02dd02dd02', ranges, 'd-000001.vmdk', 'd-000002.vmdk', 64 * 1024)], { commit: false })
+  a.close()
+  const flat = join(env.store, vm, 'd-flat.vmdk')
+  t.ok(readFileSync(flat).equals(img2), 'applied, not committed')
+  t.ok(existsSync(join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')), 'in-flight increment')
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const img3 = evolve(img1, 4, ranges)
+  await runCycle(a, vm, 3, [incPlan(0, 'd.vmdk', img3, 1, 'dd03dd03dd03dd03', ranges, 'd-000001.vmdk', 'd-000002.vmdk')], { rollbackFirst: true })
+  a.close()
+  t.ok(readFileSync(flat).equals(img3), 'rolled back, then cycle 3 applied')
+  const s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1],
+  )
+  t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')).equals(img1), 'point 1 after a rollback and a new cycle')
+  // a re-seed of the disk: older points no longer read through the mirror
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 4, [seedPlan(0, 'd.vmdk', pattern(cap, 9), 'dd04dd04dd04dd04')])
+  a.close()
+  t.same(state(env.store, vm).points, [])
+  t.same(readdirSync(join(env.store, vm, '.grainline', 'points')), [])
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'restore points dropped'),
+    'the drop is logged with its reason',
+  )
+  writeFileSync(join(env.dir, 'done'), '')
+})
+
+t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 3 * MiB
+  const vm = 'web-pts3'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 11)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ee01ee01ee01ee01')])
+  a.close()
+  for (let c = 2; c <= 7; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 31, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ee0${c}ee0${c}ee0${c}ee0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  await receiver.close()
+  const log = pino({ level: 'silent' })
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const exact = (what: string): void => {
+    const s = state(env.store, vm)
+    for (const p of s.points ?? []) {
+      t.ok(qemuRead(env.dir, join(pdir, p.disks['d.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} exact`)
+    }
+    t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), `${what}: mirror exact`)
+  }
+  const r = await whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log }))
+  t.same(r.kept, [1, 2, 4, 5, 6])
+  t.equal(state(env.store, vm).points?.find((p) => p.cycle === 2)?.disks['d.vmdk']?.file, 'd.p3.vmdk', 'point 2 lives in the merged file')
+  exact('after dropping point 3')
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+    { code: 'E_NOT_FOUND' },
+  )
+  // GFS against a fake clock: spread the points over two weeks
+  const sf = join(env.store, vm, '.grainline', 'state.json')
+  const st = state(env.store, vm)
+  const days: Record<number, string> = { 1: '2026-01-05', 2: '2026-01-06', 4: '2026-01-12', 5: '2026-01-13', 6: '2026-01-14' }
+  writeFileSync(sf, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: `${days[p.cycle] ?? ''}T12:00:00Z` })) }))
+  const g = await whenFree(() => prunePoints(env.store, vm, { gfs: { daily: 1, weekly: 3 } }, { logger: log, now: () => Date.parse('2026-01-15T00:00:00Z') }))
+  t.same(g.dropped, [1, 4, 5])
+  t.same(g.kept, [2, 6])
+  exact('after GFS')
+  t.same(readdirSync(pdir).sort(), ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'])
+})
+
+t.test('points open: QEMU boots the point through a writable child; the hold refuses DiskOpen (E_HELD) and prunes until closed', async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts4'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 21)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ff01ff01ff01ff01')])
+  a.close()
+  for (let c = 2; c <= 3; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 5, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ff0${c}ff0${c}ff0${c}ff0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  const log = pino({ level: 'silent' })
+  const dir = join(env.dir, 'open-1')
+  const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
+  t.ok(qemuRead(env.dir, join(dir, 'd.vmdk')).equals(images[1] as Buffer), 'QEMU reads point 1 through the open child')
+  const vmx = readFileSync(o.vmx, 'utf8')
+  t.match(vmx, /displayName = ".*\(point 1\)"/)
+  t.match(vmx, /uuid\.bios = "[0-9a-f ]+-[0-9a-f ]+"/)
+  t.match(vmx, /scsi0:0\.fileName = "d\.vmdk"/)
+  // the guest writes into its child (QEMU cannot write SEsparse: our writer stands in for ESXi): the point stays as it was
+  const w = await openWriter(join(dir, 'd.vmdk'))
+  await w.write(4096, Buffer.alloc(65536, 0x5a))
+  await w.close()
+  const seen = qemuRead(env.dir, join(dir, 'd.vmdk'))
+  t.ok(seen.subarray(4096, 4096 + 65536).equals(Buffer.alloc(65536, 0x5a)), 'the write is visible in the opened VM')
+  const s = state(env.store, vm)
+  t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', s.points?.[0]?.disks['d.vmdk']?.file as string)).equals(images[1] as Buffer), 'point 1 unchanged')
+  t.equal((await listPoints(env.store, vm)).points.find((p) => p.cycle === 1)?.held, true, 'listed as held')
+  const st = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)
+  t.equal(st?.holds?.length, 1, 'status lists the hold')
+  const h = (await storeHealth(env.store)).vms.find((v) => v.vm === vm)
+  t.equal(h?.health.state, 'WARNING')
+  t.match(h?.health.problems.join(' '), /held by an opened point/)
+  // an agent is refused, non-fatally, with E_HELD
+  const ranges = rangesFor(4, cap)
+  images[4] = evolve(images[3] as Buffer, 44, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const refused = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')]).catch((e: unknown) => e as { reason?: string })
+  a.close()
+  t.equal((refused as { reason?: string }).reason, 'E_HELD', 'DiskOpen refused with E_HELD')
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { keep: 0 }, { logger: log })),
+    { code: 'E_HELD' },
+    'no prune while held',
+  )
+  await t.rejects(
+    whenFree(() => openPoint(env.store, vm, 2, dir, { logger: log })),
+    { code: 'E_CONFIG' },
+    'a folder in use',
+  )
+  const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
+  t.equal(closed.length, 1)
+  t.notOk(existsSync(dir), 'the folder is removed')
+  await t.rejects(
+    whenFree(() => closePoint(env.store, vm, { logger: log, dir })),
+    { code: 'E_NOT_FOUND' },
+  )
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const ok = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')])
+  a.close()
+  t.equal(ok.committed?.cycle, 4, 'released: the cycle goes through')
+  // the mirror itself opened (failover-style), then closed
+  const m = await whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-m'), { logger: log, kind: 'failover', vmx: { networks: { 'VM Network': 'DR Network' } } }))
+  t.ok(qemuRead(env.dir, join(env.dir, 'open-m', 'd.vmdk')).equals(images[4] as Buffer), 'the mirror opened')
+  t.match(readFileSync(m.vmx, 'utf8'), /displayName = ".*\(failover\)"/)
+  await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
+})

@@ -1,0 +1,136 @@
+// Restore points across a resync, real receiver and agent processes (issues
+// #12 and #13 together):
+// - a store restored from a backup is its older committed point with that
+//   point's increments: the resync's undo data becomes that point, and every
+//   point still reads as the frozen source of its cycle;
+// - a mirror booted behind the receiver's back no longer holds its committed
+//   point, so nothing built on it can: the resync drops every restore point
+//   (with the reason logged) instead of keeping points that read wrong data.
+import t, { type Test } from 'tap'
+import { execFile } from 'node:child_process'
+import { readFile, rm, writeFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
+import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
+import { replicateCli, runCli, startSite, type Site } from '@grainline/e2e'
+import { firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
+
+const exec = promisify(execFile)
+const MiB = 1024 * 1024
+
+interface Listed {
+  points: { cycle: number; current: boolean; disks: { name: string; source: string }[] }[]
+}
+
+async function expectedView(vmx: string, out: string): Promise<string> {
+  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
+  const d = vmxDisks(cfg)[0]
+  if (d === undefined) throw new Error('no disk')
+  await qemuRaw(join(dirname(vmx), d.fileName), out)
+  return out
+}
+
+async function listed(site: Site, vm: string): Promise<Listed> {
+  const r = await runCli(['points', '--store', site.store, '--vm', vm, '--output', 'json'])
+  if (r.code !== 0) throw new Error(r.stderr)
+  return JSON.parse(r.stdout) as Listed
+}
+
+async function site(dir: string): Promise<Site> {
+  const config = join(dir, 'receiver.json')
+  await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 10 } }))
+  return await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
+}
+
+async function cycle(t: Test, s: Site, vmx: string, mode: string, label: string): Promise<void> {
+  const r = await replicateCli(s, vmx, ['--trivial-mb', '4'])
+  t.equal(r.code, 0, `${label}: ${r.stderr.slice(-1500)}`)
+  t.equal(r.report?.vms[0]?.disks[0]?.mode, mode, `${label}: ${mode}`)
+}
+
+t.test('a store restored from a backup: the resync keeps every point exact and adds the restored one', async (t) => {
+  const dir = scratchDir(t, 'grainline-points-resync-')
+  const s = await site(dir)
+  t.teardown(() => s.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'prr', disks: [{ sizeBytes: 16 * MiB }], seed: 41 })
+  const views: string[] = []
+  for (let c = 1; c <= 2; c++) {
+    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: c, zeroFraction: 0.2 })
+    views[c] = await expectedView(vm.vmxPath, join(dir, `v${c}.raw`))
+    await cycle(t, s, vm.vmxPath, c === 1 ? 'seed' : 'incremental', `cycle ${c}`)
+  }
+  // back up the store at cycle 2 (point 1 + mirror), go on to cycle 3, then put the backup back
+  await s.receiver.stop()
+  await exec('cp', ['-a', s.store, join(dir, 'backup')])
+  await s.restart()
+  await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: 3, zeroFraction: 0.2 })
+  await cycle(t, s, vm.vmxPath, 'incremental', 'cycle 3')
+  await s.receiver.stop()
+  await rm(s.store, { recursive: true })
+  await exec('cp', ['-a', join(dir, 'backup'), s.store])
+  await s.restart()
+  t.same(
+    (await listed(s, 'prr')).points.map((p) => [p.cycle, p.current]),
+    [
+      [1, false],
+      [2, true],
+    ],
+    'the backup: point 1 and the mirror at 2',
+  )
+  await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: 4, zeroFraction: 0.2 })
+  // the receiver is at cycle 2: the resync is cycle 3 again (the agent numbers from the receiver's commit)
+  views[3] = await expectedView(vm.vmxPath, join(dir, 'v3-again.raw'))
+  await cycle(t, s, vm.vmxPath, 'resync', 'after the restore')
+  const after = await listed(s, 'prr')
+  t.same(
+    after.points.map((p) => [p.cycle, p.current]),
+    [
+      [1, false],
+      [2, false],
+      [3, true],
+    ],
+    'point 2 (what the resync overwrote) joined point 1; the mirror is at the resync',
+  )
+  for (const p of after.points) {
+    const raw = join(dir, `point-${p.cycle}.raw`)
+    await qemuRaw(p.disks[0]?.source as string, raw)
+    t.equal(await firstDifference(raw, views[p.cycle] as string), -1, `point ${p.cycle} reads as the frozen source of cycle ${p.cycle}`)
+  }
+})
+
+t.test('a booted mirror: the resync drops the restore points that no longer hold, and says why', async (t) => {
+  const dir = scratchDir(t, 'grainline-points-boot-')
+  const s = await site(dir)
+  t.teardown(() => s.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'pboot', disks: [{ sizeBytes: 16 * MiB }], seed: 42 })
+  for (let c = 1; c <= 3; c++) {
+    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: 10 + c, zeroFraction: 0.2 })
+    await cycle(t, s, vm.vmxPath, c === 1 ? 'seed' : 'incremental', `cycle ${c}`)
+  }
+  t.same(
+    (await listed(s, 'pboot')).points.map((p) => p.cycle),
+    [1, 2, 3],
+  )
+  // someone boots the mirror itself: QEMU writes through its descriptor (new CID); the points chained on it now read the boot's data
+  await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0xcd 2M 2M', join(s.store, 'pboot', 'pboot.vmdk')])
+  await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 20 })
+  const view = await expectedView(vm.vmxPath, join(dir, 'v4.raw'))
+  await cycle(t, s, vm.vmxPath, 'resync', 'after the boot')
+  t.equal(await firstDifference(join(s.store, 'pboot', 'pboot-flat.vmdk'), view), -1, 'the mirror is the frozen source again')
+  t.same(
+    (await listed(s, 'pboot')).points.map((p) => [p.cycle, p.current]),
+    [[4, true]],
+    'only the mirror is left: no point built on the booted mirror is offered',
+  )
+  t.ok(
+    s.receiver.lines.some((l) => l.includes('restore points dropped') && l.includes('modified mirror')),
+    'the receiver logged which points it dropped and why',
+  )
+  // the next cycle builds points again
+  await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 21 })
+  await cycle(t, s, vm.vmxPath, 'incremental', 'next cycle')
+  t.same(
+    (await listed(s, 'pboot')).points.map((p) => p.cycle),
+    [4, 5],
+  )
+})
