@@ -183,3 +183,17 @@ t.test('flags: validated as flags, winning over the file, relative paths against
   t.equal(cli.parallel, 2, 'parallel defaults to 2')
   t.equal(cli.bwlimit, Infinity)
 })
+
+t.test('--independent and --consolidate (or the per-VM keys) win over the esxi settings file', async (t) => {
+  const dir = await fixture(t)
+  const esxi = { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' }, independentDisks: 'skip', consolidate: false }
+  const file = join(dir, 'job.json')
+  await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi, vms: ['web01', { vm: 'db01', independentDisks: 'refuse' }] }))
+  const fromFile = await loadJob({ file })
+  t.match(fromFile.vms[0]?.esxi, { independentDisks: 'skip', consolidate: false }, 'the settings file')
+  t.match(fromFile.vms[1]?.esxi, { independentDisks: 'refuse', consolidate: false }, 'a VM entry overrides it')
+  const flagged = await loadJob({ file, options: { independentDisks: 'refuse', consolidate: true } })
+  for (const v of flagged.vms) t.match(v.esxi, { independentDisks: 'refuse', consolidate: true }, `${v.vm}: the flags win`)
+  const bad = await problems(loadJob({ file, options: { independentDisks: 'maybe' as never } }))
+  t.match(bad.join('\n'), /independentDisks|--independent/)
+})

@@ -224,7 +224,8 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     caFile: ca?.value?.path,
     caSource: ca === undefined ? undefined : `${ca.from} ${ca.value?.path ?? ''}`.trim(),
     driver,
-    esxi: esxi === undefined ? undefined : toEsxiDriverInit(esxi),
+    // --independent / --consolidate (or the per-VM keys) win over the esxi settings file
+    esxi: esxi === undefined ? undefined : definedOnly({ ...toEsxiDriverInit(esxi), ...definedOnly({ independentDisks: val('independentDisks'), consolidate: val('consolidate') }) }),
     insecure: val('insecureTls'),
     insecurePlaintext: insecurePlaintext ? true : undefined,
     deltaFormat: val('deltaFormat'),

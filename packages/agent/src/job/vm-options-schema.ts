@@ -74,6 +74,14 @@ export function vmOptionsShape(ctx: SchemaContext) {
       default: 'false',
     }),
     consolidateExisting: doc(z.boolean().optional(), { description: 'Remove snapshots grainline did not make first instead of refusing the VM.', default: 'false' }),
+    independentDisks: doc(z.enum(['skip', 'refuse']).optional(), {
+      description: 'esxi driver: what to do with independent disks and physical RDMs (ESXi snapshots neither): skip them with a warning in the report, or refuse the VM. Overrides the esxi settings.',
+      default: '"skip"',
+    }),
+    consolidate: doc(z.boolean().optional(), {
+      description: 'esxi driver: when ESXi reports that the disks need consolidation, run `vim-cmd vmsvc/snapshot.consolidate` and verify the chain. Overrides the esxi settings.',
+      default: 'false',
+    }),
     stateDir: doc(pathField(ctx).optional(), {
       description: "Folder of the agent's record per VM (last commit's generation and snapshot).",
       type: 'path',

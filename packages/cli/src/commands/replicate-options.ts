@@ -64,6 +64,13 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   },
   { flag: 'consolidate-existing', key: 'consolidateExisting', level: 'vm', yargs: b('remove foreign snapshots first instead of refusing') },
   {
+    flag: 'independent',
+    key: 'independentDisks',
+    level: 'vm',
+    yargs: s('esxi driver: independent disks and physical RDMs are skipped with a warning, or the VM refused (default skip)', { choices: ['skip', 'refuse'] }),
+  },
+  { flag: 'consolidate', key: 'consolidate', level: 'vm', yargs: b('esxi driver: run snapshot.consolidate when ESXi reports the disks need it, then verify the chain') },
+  {
     flag: 'state-dir',
     key: 'stateDir',
     level: 'vm',
