@@ -195,7 +195,8 @@ t.test('an interrupted cycle whose source chain is gone is rolled back, then res
   )
   t.ok(r2.ok, JSON.stringify(r2.vms[0]?.error))
   t.equal(r2.vms[0]?.cycle, 2)
-  t.equal(r2.vms[0]?.disks[0]?.mode, 'seed')
+  // the mirror of cycle 1 is still there: only the blocks that differ travel (issue #13), no full seed
+  t.equal(r2.vms[0]?.disks[0]?.mode, 'resync')
   t.ok(
     lines.some((l) => /rolled back/.test(String(l['msg']))),
     'the abandoned in-flight cycle was rolled back',
