@@ -5,9 +5,10 @@
  */
 import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { VmxConfig, vmxDisks } from '@grainline/agent'
 import { generateSelfSignedTls, generateToken, writeTokensFile, writeTokenFile } from 'grainline'
-import { cliBin, runNode, startReceiverProcess, type ReceiverProcess, type RunNodeOptions, type RunResult } from '@grainline/test-utils'
+import { cliBin, qemuRaw, runNode, startReceiverProcess, type ReceiverProcess, type RunNodeOptions, type RunResult } from '@grainline/test-utils'
 
 /** A receiver process with TLS and a tokens file, plus an agent token file. */
 export interface Site {
@@ -144,4 +145,16 @@ export async function inflightResumeSeq(store: string, vm: string): Promise<numb
   } catch {
     return 0
   }
+}
+
+/**
+ * The view the next cycle will ship of a VM's first disk: `qemu-img convert`
+ * of its current top (no guest writes during the cycle) into `out`.
+ */
+export async function expectedView(vmx: string, out: string): Promise<string> {
+  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
+  const d = vmxDisks(cfg)[0]
+  if (d === undefined) throw new Error(`${vmx}: no disk`)
+  await qemuRaw(join(dirname(vmx), d.fileName), out)
+  return out
 }

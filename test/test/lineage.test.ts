@@ -8,24 +8,15 @@
 // interrupted seed was sent again in full beside a second `grainline-1`.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { readFile, rm } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { rm } from 'node:fs/promises'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createLocalDriver, createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, type SampleVm } from '@grainline/agent'
-import { replicateCli, startSite, type RunReport, type Site } from '@grainline/e2e'
-import { firstDifference, qemuRaw, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { createLocalDriver, createSampleVm, simulateGuestWrites, type SampleVm } from '@grainline/agent'
+import { replicateCli, startSite, type RunReport, type Site, expectedView } from '@grainline/e2e'
+import { firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
-
-/** The frozen view the next cycle will ship: the current top view of the first disk (no guest writes during the cycle). */
-async function expectedView(vmx: string, out: string): Promise<string> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const d = vmxDisks(cfg)[0]
-  if (d === undefined) throw new Error('no disk')
-  await qemuRaw(join(dirname(vmx), d.fileName), out)
-  return out
-}
 
 async function grainlineSnapshots(vm: SampleVm): Promise<string[]> {
   const d = createLocalDriver()

@@ -6,24 +6,14 @@
 // the slow link — with the mirror equal to the frozen source view.
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { readFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { replicateCli, startSite } from '@grainline/e2e'
-import { firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
+import { replicateCli, startSite, expectedView } from '@grainline/e2e'
+import { firstDifference, scratchDir } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
-
-/** The frozen view the next cycle ships: the current top view of the first disk (no guest writes during the cycle). */
-async function expectedView(vmx: string, out: string): Promise<string> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const d = vmxDisks(cfg)[0]
-  if (d === undefined) throw new Error('no disk')
-  await qemuRaw(join(dirname(vmx), d.fileName), out)
-  return out
-}
 
 t.test('seed locally, carry the store to the DR receiver, continue with incrementals', async (t) => {
   const dir = scratchDir(t)

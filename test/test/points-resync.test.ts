@@ -8,11 +8,11 @@
 //   (with the reason logged) instead of keeping points that read wrong data.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { readFile, rm, writeFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { replicateCli, runCli, startSite, type Site } from '@grainline/e2e'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
+import { replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
 import { firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
@@ -20,14 +20,6 @@ const MiB = 1024 * 1024
 
 interface Listed {
   points: { cycle: number; current: boolean; disks: { name: string; source: string }[] }[]
-}
-
-async function expectedView(vmx: string, out: string): Promise<string> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const d = vmxDisks(cfg)[0]
-  if (d === undefined) throw new Error('no disk')
-  await qemuRaw(join(dirname(vmx), d.fileName), out)
-  return out
 }
 
 async function listed(site: Site, vm: string): Promise<Listed> {

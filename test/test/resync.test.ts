@@ -10,24 +10,15 @@
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
 import { open, readFile, rm } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, type SampleVm } from '@grainline/agent'
-import { replicateCli, startSite, type RunReport, type Site } from '@grainline/e2e'
-import { firstDifference, qemuRaw, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { createSampleVm, simulateGuestWrites, type SampleVm } from '@grainline/agent'
+import { replicateCli, startSite, type RunReport, type Site, expectedView } from '@grainline/e2e'
+import { firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
 const BLOCK = MiB
-
-/** The frozen view the next cycle will ship: the current top view of the first disk. */
-async function expectedView(vmx: string, out: string): Promise<string> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const d = vmxDisks(cfg)[0]
-  if (d === undefined) throw new Error('no disk')
-  await qemuRaw(join(dirname(vmx), d.fileName), out)
-  return out
-}
 
 /** The blocks of `mirror` (its bytes beyond the end read as zeros) that differ from `expected`, and how many of those read as zeros in `expected`. */
 async function differingBlocks(mirror: string, expected: string, capacity: number): Promise<{ differing: number; zero: number; dataBytes: number }> {
