@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import type { ReceiverInit } from './server.ts'
-import { parseRetention, type RetentionPolicy } from './retention.ts'
+import { parseRetention, parseRetentionLimits, type RetentionPolicy } from './retention.ts'
 
 /** Split "HOST:PORT" / "[v6]:PORT" / "PORT". */
 export function parseListen(listen: string): { host: string; port: number } {
@@ -72,6 +72,7 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
     'metricsListen',
     'retention',
     'retentionVms',
+    'retentionLimits',
     ...NUMERIC_KEYS,
   ])
   for (const k of Object.keys(json)) if (!known.has(k)) throw new ReceiverError('E_CONFIG', `${file}: unknown setting ${k}`)
@@ -100,6 +101,7 @@ export async function loadReceiverConfig(file: string): Promise<ReceiverInit> {
     ...Object.fromEntries(NUMERIC_KEYS.map((k) => [k, num(k)])),
     retention: json['retention'] === undefined ? undefined : parseRetention(json['retention'], `${file}: retention`),
     retentionVms: retentionVms(json['retentionVms'], file),
+    retentionLimits: json['retentionLimits'] === undefined ? undefined : parseRetentionLimits(json['retentionLimits'], `${file}: retentionLimits`),
   }
   for (const k of Object.keys(init)) if (init[k] === undefined) delete init[k]
   return init as unknown as ReceiverInit
