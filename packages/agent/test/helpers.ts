@@ -1,9 +1,8 @@
 /** Test helpers: a real receiver process over TLS, a cutting TCP proxy, the qemu-img oracle. */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { createReadStream } from 'node:fs'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -11,6 +10,7 @@ import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { pino, type Logger } from 'pino'
+import { tlsFixture } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 export const MiB = 1024 * 1024
@@ -48,33 +48,7 @@ export async function startReceiver(dir: string, opts: { port?: number } = {}): 
   mkdirSync(dir, { recursive: true })
   const store = join(dir, 'store')
   mkdirSync(store, { recursive: true })
-  const key = join(dir, 'k.pem')
-  const cert = join(dir, 'c.pem')
-  if (!existsSync(cert)) {
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-subj',
-        '/CN=localhost',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1,DNS:localhost',
-        '-days',
-        '2',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-      ],
-      { stdio: 'ignore' },
-    )
-  }
+  const { key, cert } = tlsFixture()
   const tokens = join(dir, 'tokens.json')
   writeFileSync(tokens, JSON.stringify({ tokens: [{ name: 'agent-test', token: TOKEN, vms: ['*'] }] }))
   const env: ReceiverEnv = {
@@ -146,31 +120,7 @@ export async function qemuMap(vmdk: string): Promise<Array<{ start: number; leng
 }
 
 /** First differing offset of two files, or -1 when equal (sizes included). */
-export async function firstDifference(a: string, b: string): Promise<number> {
-  const ra = createReadStream(a, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
-  const rb = createReadStream(b, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]()
-  let bufA: Buffer = Buffer.alloc(0)
-  let bufB: Buffer = Buffer.alloc(0)
-  let pos = 0
-  for (;;) {
-    if (bufA.length === 0) {
-      const n = await ra.next()
-      bufA = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
-    }
-    if (bufB.length === 0) {
-      const n = await rb.next()
-      bufB = n.done === true ? Buffer.alloc(0) : (n.value as Buffer)
-    }
-    if (bufA.length === 0 || bufB.length === 0) return bufA.length === bufB.length ? -1 : pos
-    const n = Math.min(bufA.length, bufB.length)
-    if (!bufA.subarray(0, n).equals(bufB.subarray(0, n))) {
-      for (let i = 0; i < n; i++) if (bufA[i] !== bufB[i]) return pos + i
-    }
-    pos += n
-    bufA = bufA.subarray(n)
-    bufB = bufB.subarray(n)
-  }
-}
+export { firstDifference } from '@grainline/test-utils'
 
 /** A TCP proxy that cuts each connection after a byte budget (client → server). */
 export interface CuttingProxy {

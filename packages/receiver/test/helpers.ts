@@ -1,12 +1,13 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import WebSocket from 'ws'
+import { patternBytes, tlsFixture } from '@grainline/test-utils'
 import {
   CycleDigest,
   MessageKind,
@@ -33,33 +34,9 @@ export const TOKEN = 'tok-proxy-a-0123456789abcdef'
 export const TOKEN_B = 'tok-proxy-b-0123456789abcdef'
 
 /** A self-signed P-256 certificate for 127.0.0.1/localhost. */
-export function makeTls(dir: string): { cert: string; key: string; ca: Buffer } {
-  const key = join(dir, 'k.pem')
-  const cert = join(dir, 'c.pem')
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      '-days',
-      '2',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-    ],
-    { stdio: 'ignore' },
-  )
-  return { cert, key, ca: readFileSync(cert) }
+/** The test certificate (test-utils: one per test process; `dir` is kept for the callers' signature). */
+export function makeTls(_dir: string): { cert: string; key: string; ca: Buffer } {
+  return tlsFixture()
 }
 
 export function writeTokens(dir: string): string {
@@ -266,20 +243,8 @@ export class Agent {
   }
 }
 
-/** Deterministic pseudo-random bytes. */
-export function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.alloc((length + 3) & ~3)
-  let x = (seed * 2654435761) >>> 0 || 1
-  for (let i = 0; i < b.length; i += 4) {
-    x ^= x << 13
-    x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5
-    x >>>= 0
-    b.writeUInt32LE(x, i)
-  }
-  return b.length === length ? b : b.subarray(0, length)
-}
+/** Deterministic pseudo-random bytes (test-utils `patternBytes`). */
+export const pattern = patternBytes
 
 export interface PlannedExtent {
   offset: number
