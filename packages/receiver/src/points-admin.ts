@@ -17,7 +17,7 @@ import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } fro
 import { VmMirror } from './vm-mirror.ts'
 
 /** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
-const ADMIN_LOCK_WAIT_MS = 5000
+export const ADMIN_LOCK_WAIT_MS = 5000
 import { VmPaths } from './vm-paths.ts'
 
 /** One disk of a listed point. */
@@ -54,7 +54,7 @@ async function loadState(storeDir: string, vm: string): Promise<{ paths: VmPaths
 }
 
 /** The checks that describe disk `name` at point `cycle`: those recorded with the point that holds it, or the mirror's. */
-function checksAt(state: VmStateFile, name: string, cycle: number): { trivial: VerifyRecord | null; certify: VerifyRecord | null; own: PointDisk | undefined } {
+export function checksAt(state: VmStateFile, name: string, cycle: number): { trivial: VerifyRecord | null; certify: VerifyRecord | null; own: PointDisk | undefined } {
   for (const p of pointsOf(state)) {
     if (p.cycle < cycle) continue
     const d = p.disks[name]

@@ -1,12 +1,27 @@
 /**
  * `grainline points`: the restore points of a mirror (cycle, time, size,
  * checks recorded at that cycle, held), and `points prune` (by a retention
- * policy: the receiver config's, or flags) / `points drop --point K`.
+ * policy: the receiver config's, or flags) / `points drop --point K`, and
+ * `points archive` / `points archived` (copies in an S3 bucket, docs/ARCHIVE.md).
  */
 import type { Argv } from 'yargs'
-import { formatBytes, parseByteSize, parseDuration } from '@grainline/protocol'
+import { formatBytes, formatDuration, parseByteSize, parseDuration } from '@grainline/protocol'
+import type { Logger } from 'pino'
 import { join } from 'node:path'
-import { closePoint, listPoints, loadReceiverConfig, openPoint, parseGfs, prunePoints, retentionFor, type PointInfo, type RetentionPolicy } from '@grainline/receiver'
+import {
+  archivePoints,
+  closePoint,
+  listArchivedPoints,
+  listPoints,
+  loadReceiverConfig,
+  openPoint,
+  parseGfs,
+  prunePoints,
+  retentionFor,
+  type PointInfo,
+  type RetentionPolicy,
+} from '@grainline/receiver'
+import { bucketFrom, lockFrom, withS3Options } from './archive-options.ts'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
@@ -54,14 +69,14 @@ export const pointsCommand: CliCommand = {
   command: 'points [action]',
   describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one, open one as a runnable VM (held), close it',
   builder: (y: Argv) =>
-    y
+    withS3Options(y)
       .positional('action', {
-        choices: ['list', 'prune', 'drop', 'open', 'close'] as const,
+        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived'] as const,
         default: 'list',
         describe:
-          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all)',
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive',
       })
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors (all actions but archived)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
       .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
@@ -76,7 +91,19 @@ export const pointsCommand: CliCommand = {
       .option('max-bytes', { type: 'string', describe: 'prune: the points may take at most this: 200G' })
       .option('gfs', { type: 'string', describe: 'prune: grandfather-father-son, e.g. hourly=24,daily=7,weekly=4,monthly=12' })
       .option('config', { type: 'string', describe: 'prune: take the policy of this receiver config file (retention, retentionVms)' })
-      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
+      .option('archive', { type: 'string', describe: 'archive, archived: the S3 archive, s3://BUCKET[/PREFIX]' })
+      .option('retain', { type: 'string', describe: 'archive: lock every object written or reused (S3 Object Lock) for this long: 90d' })
+      .option('lock-mode', {
+        choices: ['governance', 'compliance'] as const,
+        default: 'governance' as const,
+        describe: 'archive: Object Lock mode (compliance: nobody, not even the bucket owner, can shorten it)',
+      })
+      .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const })
+      .check((a) => {
+        if (a['action'] !== 'archived' && a['store'] === undefined) throw new UsageError('--store is required')
+        if ((a['action'] === 'archive' || a['action'] === 'archived') && a['archive'] === undefined) throw new UsageError(`points ${String(a['action'])} needs --archive s3://BUCKET[/PREFIX]`)
+        return true
+      }),
   async run(args, ctx) {
     const store = String(args['store'])
     const vm = String(args['vm'])
@@ -88,6 +115,7 @@ export const pointsCommand: CliCommand = {
       return ExitCode.Ok
     }
     const log = loggerFor(args, ctx, 'warn')
+    if (action === 'archive' || action === 'archived') return await archiveAction(action, store, vm, args, ctx, log)
     if (action === 'open') {
       const k = typeof args['point'] === 'number' ? args['point'] : (await listPoints(store, vm)).committedCycle
       const to = args['to'] === undefined ? join(store, '.open', `${vm}-point-${k}`) : String(args['to'])
@@ -119,4 +147,48 @@ export const pointsCommand: CliCommand = {
     )
     return ExitCode.Ok
   },
+}
+
+/** `points archive` and `points archived`. */
+async function archiveAction(action: 'archive' | 'archived', store: string, vm: string, args: Record<string, unknown>, ctx: Parameters<CliCommand['run']>[1], log: Logger): Promise<number> {
+  const json = args['output'] === 'json'
+  const url = String(args['archive'])
+  const { bucket, prefix } = await bucketFrom(url, args)
+  try {
+    if (action === 'archived') {
+      const cycles = await listArchivedPoints(bucket, prefix, vm)
+      ctx.write(json ? JSON.stringify({ vm, archive: url, cycles }) + '\n' : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${cycles.join(', ')}`} in ${url}\n`)
+      return ExitCode.Ok
+    }
+    const k = args['point']
+    if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')
+    const lock = lockFrom(args)
+    let last = 0
+    const done = await archivePoints(store, vm, typeof k === 'number' ? [k] : undefined, {
+      logger: log,
+      bucket,
+      prefix,
+      ...(lock === undefined ? {} : { lock }),
+      onProgress: (p) => {
+        const now = performance.now()
+        if (now - last < 1000 && p.bytes < p.total) return
+        last = now
+        const line = `point ${p.cycle}, ${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)}${p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`}`
+        if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
+        else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${line}\u001b[K`)
+        else ctx.error(line)
+      },
+    })
+    if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+    if (json) ctx.write(JSON.stringify({ event: 'archived', vm, archive: url, lock: lock === undefined ? null : { mode: lock.mode, until: lock.until.toISOString() }, points: done }) + '\n')
+    else {
+      const lines = done.map((p) =>
+        p.archived ? `  point ${p.cycle}: ${p.uploaded} chunk(s) uploaded (${formatBytes(p.uploadedBytes)}), ${p.present} already there, ${p.zero} zero` : `  point ${p.cycle}: already archived`,
+      )
+      ctx.write(`${vm}: archived to ${url}${lock === undefined ? '' : ` (locked, ${lock.mode.toLowerCase()}, until ${lock.until.toISOString()})`}\n${lines.join('\n')}\n`)
+    }
+    return ExitCode.Ok
+  } finally {
+    bucket.close()
+  }
 }

@@ -1,16 +1,19 @@
 /**
  * `grainline restore`: a restore point (or the mirror) as a standalone,
  * consolidated VM folder (.vmx + createType="vmfs" descriptor + flat per
- * disk), verified against the digests recorded at that cycle.
+ * disk), verified against the digests recorded at that cycle; or, with
+ * `--from s3://…`, a point archived by `points archive`, from the bucket
+ * alone, every chunk and disk checked against the archive's sha256.
  */
 import type { Argv } from 'yargs'
 import { formatBytes, formatDuration } from '@grainline/protocol'
-import { restorePoint, type RestoreProgress } from '@grainline/receiver'
+import { restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
+import { bucketFrom, withS3Options } from './archive-options.ts'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
 
-function progressLine(p: RestoreProgress): string {
+function progressLine(p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): string {
   const pct = p.total === 0 ? 100 : Math.floor((p.bytes / p.total) * 100)
   const eta = p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`
   return `${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)} (${pct} %${eta})`
@@ -20,8 +23,13 @@ export const restoreCommand: CliCommand = {
   command: 'restore',
   describe: 'restore a point of a mirror into a new standalone VM folder, verified against the digests recorded at that cycle',
   builder: (y: Argv) =>
-    y
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+    withS3Options(y)
+      .option('store', { type: 'string', describe: 'folder holding the mirrors' })
+      .option('from', { type: 'string', describe: 'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive)' })
+      .check((a) => {
+        if ((a['store'] === undefined) === (a['from'] === undefined)) throw new UsageError('restore needs exactly one of --store DIR and --from s3://BUCKET[/PREFIX]')
+        return true
+      })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', demandOption: true, describe: 'the point (cycle) to restore; the committed cycle restores the mirror itself' })
       .option('to', { type: 'string', demandOption: true, describe: 'a new (or empty) folder' })
@@ -31,16 +39,35 @@ export const restoreCommand: CliCommand = {
     if (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1) throw new UsageError('--point must be a cycle number')
     const json = args['output'] === 'json'
     let last = 0
+    const onProgress = (p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): void => {
+      const now = performance.now()
+      if (now - last < 1000 && p.bytes < p.total) return
+      last = now
+      if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
+      else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${progressLine(p)}\u001b[K`)
+      else ctx.error(progressLine(p))
+    }
+    if (args['from'] !== undefined) {
+      const { bucket, prefix } = await bucketFrom(String(args['from']), args)
+      try {
+        const r = await restoreFromArchive(bucket, prefix, String(args['vm']), k, String(args['to']), { logger: loggerFor(args, ctx, 'warn'), onProgress })
+        if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+        ctx.write(
+          json
+            ? JSON.stringify({ event: 'restored', from: String(args['from']), ...r }) + '\n'
+            : [
+                `${r.vm}: archived point ${r.cycle} restored to ${r.to}`,
+                ...r.disks.map((d) => `  ${d.name}: ${formatBytes(d.capacity)}, every chunk and the whole disk verified (sha256 ${d.sha256.slice(0, 16)}…)`),
+              ].join('\n') + '\n',
+        )
+      } finally {
+        bucket.close()
+      }
+      return ExitCode.Ok
+    }
     const r = await restorePoint(String(args['store']), String(args['vm']), k, String(args['to']), {
       logger: loggerFor(args, ctx, 'warn'),
-      onProgress: (p) => {
-        const now = performance.now()
-        if (now - last < 1000 && p.bytes < p.total) return
-        last = now
-        if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
-        else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${progressLine(p)}\u001b[K`)
-        else ctx.error(progressLine(p))
-      },
+      onProgress,
     })
     if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
     if (json) {

@@ -1,0 +1,50 @@
+/**
+ * The S3 options of `points archive`, `points archived` and `restore --from`:
+ * the archive URL, endpoint, credentials and Object Lock retention.
+ */
+import type { Argv } from 'yargs'
+import { parseDuration } from '@grainline/protocol'
+import { S3Bucket, parseArchiveUrl, readCredentialsFile, type ArchiveLock } from '@grainline/receiver'
+import { UsageError } from '../exit-codes.ts'
+
+/** Add the S3 options to a command. */
+export function withS3Options<T>(y: Argv<T>): Argv<T> {
+  return y
+    .option('s3-endpoint', { type: 'string', describe: 'S3 endpoint URL (radosgw, MinIO …; default: AWS)' })
+    .option('s3-region', { type: 'string', describe: 'S3 region (default us-east-1)' })
+    .option('s3-credentials', { type: 'string', describe: 'JSON file {"accessKeyId", "secretAccessKey"} (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the usual AWS chain)' }) as Argv<T>
+}
+
+/** The bucket and prefix of an `s3://BUCKET/PREFIX` URL with the S3 options. */
+export async function bucketFrom(url: string, args: Record<string, unknown>): Promise<{ bucket: S3Bucket; prefix: string }> {
+  let parsed: { bucket: string; prefix: string }
+  try {
+    parsed = parseArchiveUrl(url)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const credentials = args['s3-credentials'] === undefined ? undefined : await readCredentialsFile(String(args['s3-credentials']))
+  const endpoint = args['s3-endpoint'] === undefined ? undefined : String(args['s3-endpoint'])
+  if (endpoint !== undefined && !/^https?:\/\/[^/]+\/?$/.test(endpoint)) throw new UsageError(`--s3-endpoint ${endpoint}: want http(s)://HOST[:PORT]`)
+  const bucket = new S3Bucket({
+    bucket: parsed.bucket,
+    prefix: parsed.prefix,
+    ...(endpoint === undefined ? {} : { endpoint }),
+    ...(args['s3-region'] === undefined ? {} : { region: String(args['s3-region']) }),
+    ...(credentials === undefined ? {} : { credentials }),
+  })
+  return { bucket, prefix: parsed.prefix }
+}
+
+/** The Object Lock of `--retain DURATION` / `--lock-mode`, or undefined. */
+export function lockFrom(args: Record<string, unknown>, now = Date.now()): ArchiveLock | undefined {
+  if (args['retain'] === undefined) return undefined
+  let ms: number
+  try {
+    ms = parseDuration(String(args['retain']), '--retain')
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (ms < 60_000) throw new UsageError('--retain must be at least 1m')
+  return { mode: args['lock-mode'] === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', until: new Date(now + ms) }
+}

@@ -1,0 +1,189 @@
+/**
+ * Copy restore points off to an S3 bucket (`grainline points archive`,
+ * docs/ARCHIVE.md). Each disk of the point is read through the point's chain
+ * in 4 MiB chunks; a chunk of zeros is recorded as such, any other is stored
+ * once under its sha256 (a chunk every point shares is uploaded once, so an
+ * archive of the next point costs about its changes), locked with S3 Object
+ * Lock until the point's retention ends (an existing chunk's lock is extended,
+ * never shortened). The manifest is written last: an archive interrupted at
+ * any instant has no manifest and the next run uploads only what is missing.
+ * The VM's lock is held while the point is read (a cycle waits, as for
+ * `restore`).
+ */
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { openChain } from '@grainline/vmdk'
+import { ReceiverError } from '../errors.ts'
+import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
+import { pointsOf, pointSource } from '../points.ts'
+import { VmMirror } from '../vm-mirror.ts'
+import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
+import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
+
+/** Progress of an archive run. */
+export interface ArchiveProgress {
+  readonly cycle: number
+  readonly disk: string
+  readonly bytes: number
+  readonly total: number
+  readonly elapsedMs: number
+  readonly etaMs: number | undefined
+}
+
+/** What archiving one point did. */
+export interface ArchivedPoint {
+  readonly cycle: number
+  /** false: its manifest was already in the bucket (nothing read or sent) */
+  readonly archived: boolean
+  readonly manifest: string
+  /** chunks uploaded / already in the bucket / zero (not stored) */
+  readonly uploaded: number
+  readonly present: number
+  readonly zero: number
+  readonly uploadedBytes: number
+}
+
+/** Options of {@link archivePoints}. */
+export interface ArchiveOptions {
+  readonly logger: Logger
+  /** the bucket (see S3Bucket) and the key prefix ("" or ending in "/") */
+  readonly bucket: S3Bucket
+  readonly prefix: string
+  /** Object Lock of every object written or reused; undefined: no lock (the bucket's default, if any, applies) */
+  readonly lock?: ArchiveLock
+  readonly onProgress?: (p: ArchiveProgress) => void
+  readonly signal?: AbortSignal
+  /** chunk uploads in flight. @default 4 */
+  readonly concurrency?: number
+}
+
+const isZero = (b: Buffer): boolean => {
+  for (let i = 0; i < b.length; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false
+  return true
+}
+
+/**
+ * Archive `cycles` of VM `vm` (every kept point and the mirror when
+ * undefined), oldest first; points whose manifest is in the bucket are
+ * skipped. @throws ReceiverError E_NOT_FOUND, E_BUSY, E_ARCHIVE
+ */
+export async function archivePoints(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
+  if (opts.lock !== undefined && !(await opts.bucket.lockEnabled())) {
+    throw new ReceiverError(
+      'E_CONFIG',
+      `bucket ${opts.bucket.bucket} has no Object Lock: create it with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or archive without --retain`,
+    )
+  }
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
+  try {
+    const state = m.state
+    if (state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
+    if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: let it commit (or roll it back) before archiving`)
+    const kept = new Map<number, { committedAt: string; generation: string }>(pointsOf(state).map((p) => [p.cycle, { committedAt: p.committedAt, generation: p.generation }]))
+    kept.set(state.committedCycle, { committedAt: state.committedAt ?? '', generation: state.generation ?? '' })
+    const want = cycles ?? [...kept.keys()].sort((a, b) => a - b)
+    for (const c of want) if (!kept.has(c)) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${c} (points: ${[...kept.keys()].join(', ')})`)
+    const out: ArchivedPoint[] = []
+    for (const cycle of want) {
+      opts.signal?.throwIfAborted()
+      const key = manifestKey(opts.prefix, vm, cycle)
+      if ((await opts.bucket.head(key)) !== undefined) {
+        opts.logger.info({ vm, cycle, manifest: key }, 'point already archived')
+        out.push({ cycle, archived: false, manifest: key, uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 })
+        continue
+      }
+      const id = kept.get(cycle) as { committedAt: string; generation: string }
+      const counts = { uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
+      const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      const total = recs.reduce((n, r) => n + r.capacity, 0)
+      const t0 = performance.now()
+      let done = 0
+      const disks: ArchivedDisk[] = []
+      for (const rec of recs) {
+        const chain = await openChain(pointSource(m.paths, state, rec.name, cycle))
+        try {
+          const whole = createHash('sha256')
+          const chunks: (string | null)[] = []
+          const inflight = new Set<Promise<void>>()
+          for (let off = 0; off < chain.capacity; off += ARCHIVE_CHUNK_BYTES) {
+            opts.signal?.throwIfAborted()
+            const n = Math.min(ARCHIVE_CHUNK_BYTES, chain.capacity - off)
+            const b = Buffer.alloc(n)
+            await chain.readInto(b, 0, off, n)
+            whole.update(b)
+            if (isZero(b)) {
+              chunks.push(null)
+              counts.zero++
+            } else {
+              const h = createHash('sha256').update(b).digest('hex')
+              chunks.push(h)
+              const p = storeChunk(opts, h, b, counts).finally(() => inflight.delete(p))
+              inflight.add(p)
+              if (inflight.size >= (opts.concurrency ?? 4)) await Promise.race(inflight)
+            }
+            done += n
+            const elapsedMs = performance.now() - t0
+            opts.onProgress?.({ cycle, disk: rec.name, bytes: done, total, elapsedMs, etaMs: (elapsedMs * (total - done)) / done })
+          }
+          await Promise.all(inflight)
+          disks.push({ name: rec.name, stem: rec.stem, capacity: chain.capacity, sha256: whole.digest('hex'), chunks, ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb })
+        } finally {
+          await chain.close()
+        }
+      }
+      const files = await archiveConfig(opts, join(m.paths.dir), vm, counts)
+      const manifest: ArchiveManifest = {
+        format: ARCHIVE_FORMAT,
+        vm,
+        cycle,
+        committedAt: id.committedAt,
+        generation: id.generation,
+        archivedAt: new Date().toISOString(),
+        retainUntil: opts.lock?.until.toISOString() ?? null,
+        chunkBytes: ARCHIVE_CHUNK_BYTES,
+        disks,
+        files,
+      }
+      await opts.bucket.put(key, encodeManifest(manifest), opts.lock)
+      opts.logger.info({ vm, cycle, manifest: key, ...counts }, 'point archived')
+      out.push({ cycle, archived: true, manifest: key, ...counts })
+    }
+    return out
+  } finally {
+    m.release()
+  }
+}
+
+/** Store one chunk unless present; extend a present chunk's lock when it ends before ours. */
+async function storeChunk(opts: ArchiveOptions, sha256: string, data: Buffer, counts: { uploaded: number; present: number; uploadedBytes: number }): Promise<void> {
+  const key = chunkKey(opts.prefix, sha256)
+  const have = await opts.bucket.head(key)
+  if (have === undefined) {
+    await opts.bucket.put(key, data, opts.lock)
+    counts.uploaded++
+    counts.uploadedBytes += data.length
+    return
+  }
+  counts.present++
+  if (opts.lock !== undefined && (have.retainUntil === undefined || have.retainUntil < opts.lock.until)) await opts.bucket.extend(key, opts.lock)
+}
+
+/** The mirror's `.vmx` and `.nvram` (when present) as chunks. */
+async function archiveConfig(opts: ArchiveOptions, dir: string, vm: string, counts: { uploaded: number; present: number; uploadedBytes: number }): Promise<ArchivedFile[]> {
+  const files: ArchivedFile[] = []
+  for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
+    let data: Buffer
+    try {
+      data = await readFile(join(dir, name))
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'ENOENT') continue
+      throw err
+    }
+    const sha256 = createHash('sha256').update(data).digest('hex')
+    await storeChunk(opts, sha256, data, counts)
+    files.push({ name, sha256, bytes: data.length })
+  }
+  return files
+}

@@ -1,0 +1,202 @@
+/**
+ * The few S3 operations an archive needs, over `@aws-sdk/client-s3`: put an
+ * object (with an Object Lock retention), learn whether it exists and until
+ * when it is locked, extend that lock, get it (falling back to the newest
+ * real version when a delete marker hides it — a compromised client can add
+ * delete markers to a versioned bucket but not remove locked versions), and
+ * list keys. Works against AWS and against Ceph's radosgw (path-style URLs,
+ * Content-MD5 instead of the SDK's newer checksums, which radosgw 16 refuses).
+ */
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import {
+  GetObjectCommand,
+  GetObjectLockConfigurationCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  ListObjectVersionsCommand,
+  type ListObjectVersionsCommandOutput,
+  type ListObjectsV2CommandOutput,
+  PutObjectCommand,
+  PutObjectRetentionCommand,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3'
+import { ReceiverError } from '../errors.ts'
+
+/** Where an archive lives: `s3://BUCKET/PREFIX/`, an endpoint (radosgw, MinIO …) and credentials. */
+export interface ArchiveTarget {
+  readonly bucket: string
+  /** key prefix, "" or ending in "/" */
+  readonly prefix: string
+  /** S3 endpoint URL; undefined: AWS */
+  readonly endpoint?: string
+  /** @default 'us-east-1' */
+  readonly region?: string
+  /** undefined: the SDK's default chain (AWS_ACCESS_KEY_ID …) */
+  readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string }
+}
+
+/** Object Lock of the archive's objects. */
+export interface ArchiveLock {
+  /** GOVERNANCE (a privileged user may shorten it) or COMPLIANCE (nobody can) */
+  readonly mode: 'GOVERNANCE' | 'COMPLIANCE'
+  readonly until: Date
+}
+
+/** Parse `s3://bucket/prefix` (the prefix gets a trailing `/`). @throws ReceiverError E_CONFIG */
+export function parseArchiveUrl(url: string): { bucket: string; prefix: string } {
+  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(url)
+  if (m === null) throw new ReceiverError('E_CONFIG', `archive URL ${JSON.stringify(url)}: want s3://BUCKET[/PREFIX] (bucket: 3–63 lowercase letters, digits, dots, dashes)`)
+  const raw = (m[2] ?? '').replace(/\/+$/, '')
+  if (raw.split('/').some((p) => p === '.' || p === '..') || raw.startsWith('/')) throw new ReceiverError('E_CONFIG', `archive URL ${url}: a prefix with empty, . or .. parts`)
+  return { bucket: m[1] as string, prefix: raw === '' ? '' : `${raw}/` }
+}
+
+/** Read `{"accessKeyId": …, "secretAccessKey": …}` from a file. @throws ReceiverError E_CONFIG */
+export async function readCredentialsFile(file: string): Promise<{ accessKeyId: string; secretAccessKey: string }> {
+  let j: unknown
+  try {
+    j = JSON.parse(await readFile(file, 'utf8'))
+  } catch (err) {
+    throw new ReceiverError('E_CONFIG', `S3 credentials ${file}: ${(err as Error).message}`)
+  }
+  const o = j as Record<string, unknown>
+  if (typeof o?.['accessKeyId'] !== 'string' || typeof o['secretAccessKey'] !== 'string')
+    throw new ReceiverError('E_CONFIG', `S3 credentials ${file}: want {"accessKeyId": "…", "secretAccessKey": "…"}`)
+  return { accessKeyId: o['accessKeyId'], secretAccessKey: o['secretAccessKey'] }
+}
+
+const status = (err: unknown): number | undefined => (err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined)
+
+/** An S3 failure as a typed error naming the object and what to check. */
+function s3Error(err: unknown, what: string): ReceiverError {
+  const code = err instanceof S3ServiceException ? err.name : (err as { code?: string }).code
+  const hint = status(err) === 403 ? ' (check the credentials and the bucket policy)' : ''
+  return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${code ?? ''} ${(err as Error).message}${hint}`.replace(/\s+/g, ' '), { cause: err })
+}
+
+/** One bucket of an archive. */
+export class S3Bucket {
+  readonly bucket: string
+  readonly #s3: S3Client
+
+  constructor(target: ArchiveTarget) {
+    this.bucket = target.bucket
+    // the pinned SDK supports this Node; its notice is about later SDK releases and would only confuse an operator's output
+    process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true'
+    this.#s3 = new S3Client({
+      region: target.region ?? 'us-east-1',
+      ...(target.endpoint === undefined ? {} : { endpoint: target.endpoint, forcePathStyle: true }),
+      ...(target.credentials === undefined ? {} : { credentials: target.credentials }),
+      // radosgw before 19 refuses the SDK's flexible checksums (x-amz-checksum-*, aws-chunked): Content-MD5 is sent instead
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 5,
+    })
+  }
+
+  /** The bucket's Object Lock: whether it is enabled. */
+  async lockEnabled(): Promise<boolean> {
+    try {
+      const r = await this.#s3.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }))
+      return r.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled'
+    } catch (err) {
+      if (status(err) === 404) return false
+      throw s3Error(err, `object lock configuration of bucket ${this.bucket}`)
+    }
+  }
+
+  /** Whether `key` exists, and until when it is locked. */
+  async head(key: string): Promise<{ retainUntil: Date | undefined } | undefined> {
+    try {
+      const r = await this.#s3.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }))
+      return { retainUntil: r.ObjectLockRetainUntilDate }
+    } catch (err) {
+      if (status(err) === 404) return undefined
+      throw s3Error(err, `HEAD ${key}`)
+    }
+  }
+
+  /** Put `body` at `key`, locked until `lock.until` when given. */
+  async put(key: string, body: Uint8Array, lock?: ArchiveLock): Promise<void> {
+    try {
+      await this.#s3.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentLength: body.length,
+          ContentMD5: createHash('md5').update(body).digest('base64'),
+          ...(lock === undefined ? {} : { ObjectLockMode: lock.mode, ObjectLockRetainUntilDate: lock.until }),
+        }),
+      )
+    } catch (err) {
+      throw s3Error(err, `PUT ${key}`)
+    }
+  }
+
+  /** Extend the lock of an existing object to `lock.until` (a lock is never shortened). */
+  async extend(key: string, lock: ArchiveLock): Promise<void> {
+    try {
+      await this.#s3.send(new PutObjectRetentionCommand({ Bucket: this.bucket, Key: key, Retention: { Mode: lock.mode, RetainUntilDate: lock.until } }))
+    } catch (err) {
+      throw s3Error(err, `extending the retention of ${key}`)
+    }
+  }
+
+  /**
+   * The bytes of `key` (at most `maxBytes`). When a delete marker hides it,
+   * the newest version that is not a marker is read instead.
+   */
+  async get(key: string, maxBytes: number): Promise<Buffer> {
+    try {
+      return await this.#get(key, undefined, maxBytes)
+    } catch (err) {
+      if (status(err) !== 404) throw s3Error(err, `GET ${key}`)
+    }
+    let versions: ListObjectVersionsCommandOutput
+    try {
+      versions = await this.#s3.send(new ListObjectVersionsCommand({ Bucket: this.bucket, Prefix: key, MaxKeys: 100 }))
+    } catch (err) {
+      throw s3Error(err, `listing the versions of ${key}`)
+    }
+    const v = (versions.Versions ?? []).filter((x) => x.Key === key && x.VersionId !== undefined).sort((a, b) => (b.LastModified?.getTime() ?? 0) - (a.LastModified?.getTime() ?? 0))[0]
+    if (v === undefined) throw new ReceiverError('E_ARCHIVE', `S3 object ${key} is missing from bucket ${this.bucket} (no version of it either): the archive is incomplete`)
+    try {
+      return await this.#get(key, v.VersionId, maxBytes)
+    } catch (err) {
+      throw s3Error(err, `GET ${key} version ${v.VersionId}`)
+    }
+  }
+
+  async #get(key: string, versionId: string | undefined, maxBytes: number): Promise<Buffer> {
+    const r = await this.#s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(versionId === undefined ? {} : { VersionId: versionId }) }))
+    if ((r.ContentLength ?? 0) > maxBytes) throw new ReceiverError('E_ARCHIVE', `S3 object ${key} is ${r.ContentLength} bytes, over the ${maxBytes} expected`)
+    const bytes = await r.Body?.transformToByteArray()
+    if (bytes === undefined) throw new ReceiverError('E_ARCHIVE', `S3 object ${key}: no body`)
+    if (bytes.length > maxBytes) throw new ReceiverError('E_ARCHIVE', `S3 object ${key} is ${bytes.length} bytes, over the ${maxBytes} expected`)
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+  }
+
+  /** Every key under `prefix`. */
+  async list(prefix: string): Promise<string[]> {
+    const out: string[] = []
+    let token: string | undefined
+    do {
+      let r: ListObjectsV2CommandOutput
+      try {
+        r = await this.#s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }))
+      } catch (err) {
+        throw s3Error(err, `listing ${prefix}`)
+      }
+      for (const o of r.Contents ?? []) if (o.Key !== undefined) out.push(o.Key)
+      token = r.IsTruncated === true ? r.NextContinuationToken : undefined
+    } while (token !== undefined)
+    return out
+  }
+
+  close(): void {
+    this.#s3.destroy()
+  }
+}

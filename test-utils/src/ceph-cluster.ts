@@ -1,0 +1,230 @@
+/**
+ * A one-node Ceph cluster on loopback for tests, from Debian's packages
+ * (`ceph-mon ceph-osd ceph-common radosgw`, installed by `.ci/run`): one
+ * monitor, one OSD with `osd objectstore = memstore` (no disk: its data lives
+ * in the OSD's memory and is gone when it stops), `auth … = none`, pool size 1,
+ * and optionally radosgw (the S3 gateway) with one user. Every daemon runs
+ * under a temporary folder and is killed by `stop()` (and when the test
+ * process exits). Up in a few seconds on a 2-CPU machine.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { killOnExit, whenExited } from './child-process.ts'
+import { pollUntil } from './poll.ts'
+
+const exec = promisify(execFile)
+
+/** A running test cluster. */
+export interface CephCluster {
+  /** the `ceph.conf` clients pass with `--conf` (`rbd`, `rados`, `ceph`) */
+  readonly conf: string
+  /** the folder of the cluster's files and logs */
+  readonly dir: string
+  /** radosgw's S3 endpoint (`http://127.0.0.1:PORT`), when started with `rgw` */
+  readonly s3?: { readonly endpoint: string; readonly accessKeyId: string; readonly secretAccessKey: string }
+  /** run a Ceph client command against the cluster (`ceph`, `rbd`, `rados`, `radosgw-admin`) with `--conf` */
+  run(cmd: 'ceph' | 'rbd' | 'rados' | 'radosgw-admin', args: readonly string[], input?: Buffer): Promise<{ stdout: string; stderr: string }>
+  /** kill every daemon and remove the folder */
+  stop(): Promise<void>
+}
+
+/** Options of {@link startCephCluster}. */
+export interface CephClusterOptions {
+  /** also start radosgw with an S3 user. @default false */
+  readonly rgw?: boolean
+  /** pools to create (size 1). @default ['rbd'] */
+  readonly pools?: readonly string[]
+  /** memstore bytes of the OSD. @default 1 GiB */
+  readonly osdBytes?: number
+}
+
+async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address()
+      s.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0))
+    })
+  })
+}
+
+/** Whether this machine has the Ceph daemons (tests fail with a clear message when not). */
+export async function haveCeph(): Promise<boolean> {
+  try {
+    await exec('ceph-mon', ['--version'])
+    await exec('ceph-osd', ['--version'])
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Start a one-node cluster (see the module comment). A daemon that dies while
+ * the cluster comes up (seen once on a loaded machine: the OSD) makes one more
+ * attempt on new ports, after printing why to stderr.
+ */
+export async function startCephCluster(opts: CephClusterOptions = {}): Promise<CephCluster> {
+  if (!(await haveCeph())) throw new Error('Ceph is not installed: apt-get install ceph-mon ceph-osd ceph-common radosgw (.ci/run does)')
+  try {
+    return await startOnce(opts)
+  } catch (err) {
+    process.stderr.write(`test Ceph cluster did not come up, trying once more: ${(err as Error).message}\n`)
+    return await startOnce(opts)
+  }
+}
+
+async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'grainline-ceph-'))
+  for (const d of ['mon', 'osd', 'run', 'log', 'rgw']) mkdirSync(join(dir, d))
+  const fsid = randomUUID()
+  const monPort = await freePort()
+  const rgwPort = opts.rgw === true ? await freePort() : 0
+  const conf = join(dir, 'ceph.conf')
+  writeFileSync(
+    conf,
+    [
+      '[global]',
+      `fsid = ${fsid}`,
+      'mon initial members = a',
+      `mon host = v1:127.0.0.1:${monPort}`,
+      'ms bind msgr2 = false',
+      'auth cluster required = none',
+      'auth service required = none',
+      'auth client required = none',
+      'osd pool default size = 1',
+      'osd pool default min size = 1',
+      'osd pool default pg num = 8',
+      'osd pool default pgp num = 8',
+      'osd crush chooseleaf type = 0',
+      'mon allow pool size one = true',
+      'mon allow pool delete = true',
+      'mon warn on pool no redundancy = false',
+      'mon data avail warn = 1',
+      'mon data avail crit = 0',
+      `run dir = ${dir}/run`,
+      `log file = ${dir}/log/$name.log`,
+      `admin socket = ${dir}/run/$name.asok`,
+      `pid file = ${dir}/run/$name.pid`,
+      'osd objectstore = memstore',
+      `memstore device bytes = ${opts.osdBytes ?? 1024 ** 3}`,
+      `osd data = ${dir}/osd`,
+      `mon data = ${dir}/mon`,
+      'osd max object name len = 256',
+      'osd max object namespace len = 64',
+      '[client.rgw.test]',
+      `rgw frontends = beast endpoint=127.0.0.1:${rgwPort}`,
+      `rgw data = ${dir}/rgw`,
+      'rgw dns name = localhost',
+      '',
+    ].join('\n'),
+  )
+  const daemons: ChildProcess[] = []
+  const run = async (cmd: 'ceph' | 'rbd' | 'rados' | 'radosgw-admin', args: readonly string[], input?: Buffer): Promise<{ stdout: string; stderr: string }> => {
+    return await new Promise((resolve, reject) => {
+      const p = spawn(cmd, ['--conf', conf, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
+      let stdout = ''
+      let stderr = ''
+      p.stdout.setEncoding('utf8').on('data', (d: string) => {
+        stdout += d
+      })
+      p.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d
+      })
+      p.on('error', reject)
+      p.on('close', (code) => (code === 0 ? resolve({ stdout, stderr }) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr.slice(-800)}`))))
+      p.stdin.end(input)
+    })
+  }
+  /** a daemon in the foreground (-f), killed with the cluster */
+  const daemon = (cmd: string, args: readonly string[]): void => {
+    const p = killOnExit(spawn(cmd, ['--conf', conf, '-f', ...args], { stdio: 'ignore' }))
+    daemons.push(p)
+  }
+  /** throw when a daemon died while the cluster comes up (its log is in `dir/log`) */
+  const alive = (): void => {
+    for (const p of daemons) {
+      if (p.exitCode === null && p.signalCode === null) continue
+      const logs = readdirSync(join(dir, 'log')).map(
+        (f) =>
+          `--- ${f}\n${readFileSync(join(dir, 'log', f), 'utf8')
+            .split('\n')
+            .slice(-15)
+            .join('\n')}`,
+      )
+      throw new Error(
+        `Ceph daemon ${p.spawnargs.slice(0, 1).join(' ')} ${p.spawnargs.slice(-2).join(' ')} exited (${p.exitCode ?? p.signalCode}) while starting; the end of the logs:\n${logs.join('\n')}`,
+      )
+    }
+  }
+  const stop = async (): Promise<void> => {
+    for (const p of daemons.reverse()) {
+      if (p.exitCode === null && p.signalCode === null) {
+        p.kill('SIGKILL')
+        await whenExited(p)
+      }
+    }
+    rmSync(dir, { recursive: true, force: true })
+  }
+  try {
+    await exec('ceph-mon', ['--conf', conf, '--mkfs', '-i', 'a', '--fsid', fsid])
+    daemon('ceph-mon', ['-i', 'a'])
+    const osdUuid = randomUUID()
+    await pollUntil(
+      async () => {
+        alive()
+        return (
+          (await run('ceph', ['--connect-timeout', '5', 'osd', 'create', osdUuid]).then(
+            () => true,
+            () => false,
+          )) || undefined
+        )
+      },
+      { intervalMs: 200 },
+    )
+    await exec('ceph-osd', ['--conf', conf, '-i', '0', '--mkfs', '--osd-uuid', osdUuid])
+    daemon('ceph-osd', ['-i', '0'])
+    await pollUntil(
+      async () => {
+        alive()
+        return /1 up/.test((await run('ceph', ['osd', 'stat'])).stdout) ? true : undefined
+      },
+      { intervalMs: 200 },
+    )
+    for (const pool of opts.pools ?? ['rbd']) {
+      await run('ceph', ['osd', 'pool', 'create', pool, '8'])
+      await run('ceph', ['osd', 'pool', 'application', 'enable', pool, 'rbd'])
+    }
+    let s3: CephCluster['s3']
+    if (opts.rgw === true) {
+      daemon('radosgw', ['-n', 'client.rgw.test'])
+      const accessKeyId = 'GRAINLINETEST0000001'
+      const secretAccessKey = 'grainline-test-secret-0000000000000000001'
+      const endpoint = `http://127.0.0.1:${rgwPort}`
+      await pollUntil(
+        async () => {
+          alive()
+          return (await fetch(endpoint).then(
+            (r) => r.status,
+            () => 0,
+          )) > 0
+            ? true
+            : undefined
+        },
+        { intervalMs: 250 },
+      )
+      await run('radosgw-admin', ['user', 'create', '--uid=grainline-test', '--display-name=grainline test', `--access-key=${accessKeyId}`, `--secret-key=${secretAccessKey}`])
+      s3 = { endpoint, accessKeyId, secretAccessKey }
+    }
+    return { conf, dir, run, stop, ...(s3 === undefined ? {} : { s3 }) }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
