@@ -6,8 +6,12 @@
 // Frames (digest xxh64, no compression) are built before timing so that the
 // figures measure the receiver, not the scripted agent.
 //
+// Rounds are interleaved (dd, seed apply path, seed over TLS; BENCH_ROUNDS,
+// default 3); medians, per-round ratios to dd and the load average are printed.
+// BENCH_PROF=<dir> writes the receiver process's CPU profile there.
+//
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
-//   BENCH_MIB=256 BENCH_DIR=/mnt/x node scripts/bench-receiver.mjs
+//   BENCH_MIB=256 BENCH_ROUNDS=5 BENCH_DIR=/mnt/x node scripts/bench-receiver.mjs
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
