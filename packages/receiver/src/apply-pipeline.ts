@@ -9,19 +9,28 @@ export interface PipelineDisk {
 }
 
 /**
- * The two-stage durable batch pipeline of a session. Accepted extents of one
- * disk gather in a batch; {@link flush} journals it (stage 1: old contents,
- * fdatasync) and then, once the previous batch's stage 2 is done, starts
- * writing it (stage 2: write, fdatasync, resume marker) — stage 2 overlaps
- * with receiving and journaling the next batch. `onDurable(disk, seq)` runs
- * when a batch is durable: the session sends the cumulative ExtentAck.
+ * The durable batch pipeline of a session. Accepted extents of one disk
+ * gather in a batch; {@link flush} journals it (stage 1: old contents,
+ * fdatasync) and then, once the previous batch's bytes are written, starts
+ * stage 2: write the batch's bytes, then — after the previous batch's
+ * fdatasync — fdatasync the target and queue the resume marker. Stage 2
+ * overlaps with receiving and journaling the next batch, and a batch's writes
+ * overlap with the previous batch's fdatasync (a group commit: the disk
+ * flushes one batch while the next is copied into the page cache). Crash
+ * safety is that of one batch at a time: a batch's bytes are written only
+ * once its journal is durable, its marker only after an fdatasync that began
+ * after they were written, and markers go in batch order.
+ * `onDurable(disk, seq)` runs when a batch is durable: the session sends the
+ * cumulative ExtentAck.
  */
 export class ApplyPipeline {
   private batch: ApplyExtent[] = []
   private disk: PipelineDisk | undefined
   private bytes = 0
-  /** stage 2 of the previous batch, still running */
+  /** stage 2 of the previous batch (write, then sync), still running */
   private writing: Promise<void> | undefined
+  /** the writes of the previous batch (stage 2 up to its fdatasync) */
+  private written: Promise<void> | undefined
   private readonly target: () => number
   private readonly onDurable: (disk: PipelineDisk, seq: number) => void
   private readonly signal: AbortSignal | undefined
@@ -54,7 +63,8 @@ export class ApplyPipeline {
 
   /**
    * Journal the pending batch (stage 1), then start writing it (stage 2)
-   * once the previous batch's write is done.
+   * once the previous batch's bytes are written; its fdatasync follows the
+   * previous batch's.
    */
   async flush(): Promise<void> {
     const d = this.disk
@@ -68,16 +78,35 @@ export class ApplyPipeline {
     await a.prepareBatch(batch, opts).catch((err: unknown) => {
       throw ioError(err, `journaling extents of ${d.name}`)
     })
-    await this.drain()
-    const p = a.writeBatch(batch, opts).then(
-      () => {
-        this.onDurable(d, a.appliedSeq)
-      },
-      (err: unknown) => {
-        throw ioError(err, `writing extents of ${d.name}`)
-      },
+    // the previous batch's bytes must be written first (its fdatasync may still run);
+    // if its stage 2 failed, that error ends the session before this batch writes anything
+    const prev = this.writing
+    if (
+      this.written !== undefined &&
+      (await this.written.then(
+        () => false,
+        () => true,
+      ))
     )
+      await this.drain()
+    const written = a.writeBatchData(batch, opts)
+    written.catch(() => {}) // awaited below
+    const p = (async () => {
+      try {
+        await written
+      } catch (err) {
+        await prev?.catch(() => {})
+        throw ioError(err, `writing extents of ${d.name}`)
+      }
+      // markers in batch order: the previous batch's fdatasync and marker first (its error is ours)
+      if (prev !== undefined) await prev
+      await a.syncBatch(batch).catch((err: unknown) => {
+        throw ioError(err, `writing extents of ${d.name}`)
+      })
+      this.onDurable(d, a.appliedSeq)
+    })()
     p.catch(() => {}) // surfaced by drain
+    this.written = written
     this.writing = p
   }
 
@@ -85,6 +114,7 @@ export class ApplyPipeline {
   async drain(): Promise<void> {
     const p = this.writing
     this.writing = undefined
+    this.written = undefined
     if (p !== undefined) await p
   }
 
@@ -95,5 +125,6 @@ export class ApplyPipeline {
     this.bytes = 0
     await this.writing?.catch(() => {})
     this.writing = undefined
+    this.written = undefined
   }
 }

@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
 import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully, writevFully, writeZeros } from './fs-util.ts'
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
@@ -56,9 +56,9 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
  *
  * Durability per batch (ARCHITECTURE §4.1): {@link DiskApply.prepareBatch}
  * journals the old contents of every in-place range and fdatasyncs the
- * journal; {@link DiskApply.writeBatch} writes the new bytes, fdatasyncs the
- * target and queues the "applied" marker (the resume point), which becomes
- * durable with the next journal sync.
+ * journal; {@link DiskApply.writeBatchData} writes the new bytes and
+ * {@link DiskApply.syncBatch} fdatasyncs the target and queues the "applied"
+ * marker (the resume point), which becomes durable with the next journal sync.
  */
 export class DiskApply {
   readonly info: InflightDisk
@@ -286,19 +286,27 @@ export class DiskApply {
 
   /**
    * Stage 2: write the batch in place (or into the seed file), fdatasync,
-   * record the resume point. A zero extent writes zeros only over committed
-   * bytes (a seed's file and grown space are holes already), in pieces, and
-   * `signal` is checked before each piece: zeroing is the one unbounded step
-   * (a range can be as large as the disk). Data extents are bounded by the
-   * batch: they are finished, so that a disconnect keeps the batch's resume
-   * point.
+   * record the resume point: {@link writeBatchData} then {@link syncBatch}.
    */
   async writeBatch(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.writeBatchData(batch, opts)
+    await this.syncBatch(batch)
+  }
+
+  /**
+   * Stage 2a: write the batch's bytes (not yet durable). Data extents that
+   * follow each other on the disk go out in one `pwritev(2)`. A zero extent
+   * writes zeros only over committed bytes (a seed's file and grown space are
+   * holes already), in pieces, and `signal` is checked before each piece:
+   * zeroing is the one unbounded step (a range can be as large as the disk).
+   * Data extents are bounded by the batch: they are finished, so that a
+   * disconnect keeps the batch's resume point.
+   */
+  async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
-    this.batches++
     const t0 = performance.now()
-    const inPlace = this.info.target === 'flat'
-    for (const e of batch) {
+    for (let k = 0; k < batch.length; ) {
+      const e = batch[k] as ApplyExtent
       if (e.zero) {
         const n = this.committedPart(e)
         for (let off = 0; off < n; off += JOURNAL_PIECE) {
@@ -306,19 +314,45 @@ export class DiskApply {
           await writeZeros(this.fh, e.offset + off, Math.min(JOURNAL_PIECE, n - off))
           faultPoint('zero-piece')
         }
-      } else {
-        await writeFully(this.fh, e.data as Uint8Array, e.offset)
+        faultPoint('extent-written')
+        k++
+        continue
       }
-      faultPoint('extent-written')
+      // a run of data extents back to back on the disk: one vectored write
+      const run: Uint8Array[] = [e.data as Uint8Array]
+      let end = e.offset + e.length
+      let j = k + 1
+      for (; j < batch.length; j++) {
+        const f = batch[j] as ApplyExtent
+        if (f.zero || f.offset !== end) break
+        run.push(f.data as Uint8Array)
+        end += f.length
+      }
+      if (run.length === 1) await writeFully(this.fh, e.data as Uint8Array, e.offset)
+      else await writevFully(this.fh, run, e.offset)
+      for (; k < j; k++) faultPoint('extent-written')
     }
+    this.writeMs += performance.now() - t0
+  }
+
+  /**
+   * Stage 2b: fdatasync the target — it covers every write that completed
+   * before it (this batch's, and an earlier batch's still unsynced) — and
+   * queue the "applied" marker (the resume point), which becomes durable with
+   * the next journal sync (next batch, seal, close). Call it for batches in
+   * order, each once its {@link writeBatchData} has completed.
+   */
+  async syncBatch(batch: readonly ApplyExtent[]): Promise<void> {
+    if (batch.length === 0) return
+    this.batches++
+    const t0 = performance.now()
     await this.fh.datasync()
     faultPoint('target-synced')
     const last = batch[batch.length - 1] as ApplyExtent
     // The marker follows data that is already durable, so it never claims too
-    // much; it becomes durable with the next journal sync (next batch, seal,
-    // close). A lost marker only moves the resume point back.
+    // much. A lost marker only moves the resume point back.
     this.journal.appendApplied(last.seq)
-    if (!inPlace) await this.journal.flush(false)
+    if (this.info.target !== 'flat') await this.journal.flush(false)
     this.applied = last.seq
     this.writeMs += performance.now() - t0
   }

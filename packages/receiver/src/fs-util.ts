@@ -82,6 +82,45 @@ export async function writeFully(fh: FileHandle, data: Uint8Array, offset: numbe
   }
 }
 
+/**
+ * Write the buffers back to back from `offset` with as few `pwritev(2)` calls
+ * as the kernel allows (a short write continues where it stopped).
+ */
+export async function writevFully(fh: FileHandle, bufs: readonly Uint8Array[], offset: number): Promise<void> {
+  let k = 0
+  let skip = 0
+  let pos = offset
+  while (k < bufs.length) {
+    const list: Uint8Array[] = []
+    let want = 0
+    for (let i = k; i < bufs.length && list.length < WRITEV_MAX; i++) {
+      const b = bufs[i] as Uint8Array
+      const part = i === k && skip > 0 ? b.subarray(skip) : b
+      list.push(part)
+      want += part.length
+    }
+    const { bytesWritten } = await fh.writev(list as NodeJS.ArrayBufferView[], pos)
+    if (bytesWritten <= 0 && want > 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
+    pos += bytesWritten
+    let left = bytesWritten
+    while (k < bufs.length && left > 0) {
+      const rest = (bufs[k] as Uint8Array).length - skip
+      if (left >= rest) {
+        left -= rest
+        k++
+        skip = 0
+      } else {
+        skip += left
+        left = 0
+      }
+    }
+    while (k < bufs.length && (bufs[k] as Uint8Array).length === 0) k++
+  }
+}
+
+/** Buffers per pwritev(2) call (IOV_MAX is 1024 on Linux). */
+const WRITEV_MAX = 1024
+
 /** Read exactly `length` bytes at `offset`; bytes past the end of the file read as zero. */
 export async function readFully(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length)
