@@ -75,7 +75,10 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
     'three points archived, the zero chunk of each not stored',
   )
   const files = (await readManifest(bucket, 'p/', vm, 1)).files
-  t.ok(files.some((f) => f.name === `${vm}.vmx`), 'the .vmx is archived')
+  t.ok(
+    files.some((f) => f.name === `${vm}.vmx`),
+    'the .vmx is archived',
+  )
   t.equal(done[0]?.uploaded, 2 + files.length, 'point 1: two data chunks and the configuration files')
   t.ok((done[1]?.present ?? 0) >= 1 && (done[1]?.uploaded ?? 0) === 1, 'point 2: one changed chunk uploaded, the rest already there')
   t.ok(progress.length > 0 && progress.at(-1) === cap, 'progress reaches the total')
