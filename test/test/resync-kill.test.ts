@@ -11,7 +11,7 @@ import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, prng, simulateGuestWrites, type SampleVm } from '@grainline/agent'
+import { createSampleVm, prng, simulateGuestWrites } from '@grainline/agent'
 import { expectedView, inflightResumeSeq, replicateCli, runCli, startSite, type RunReport, type Site } from '@grainline/e2e'
 import { firstDifference, pollUntil, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 
@@ -54,7 +54,7 @@ async function untilDurable(site: Site, seq: number, run: Promise<unknown>): Pro
   )
 }
 
-async function exact(t: Test, site: Site, vm: SampleVm, expected: string, what: string): Promise<void> {
+async function exact(t: Test, site: Site, expected: string, what: string): Promise<void> {
   t.equal(await firstDifference(flatOf(site), expected), -1, `${what}: mirror == qemu-img convert of the frozen source view`)
 }
 
@@ -99,7 +99,7 @@ t.test('a resync killed at random points (agent, receiver; SIGKILL) resumes and 
   t.equal(d1?.mode, 'resync', 'still the resync')
   t.equal(r1.report?.vms[0]?.reusedSnapshot, true, 'with the snapshot of the killed runs')
   t.ok((d1?.resumedFrom[0] ?? 0) >= durable, `resumed at the durable point ${durable} or later (${JSON.stringify(d1?.resumedFrom)}), not from 0`)
-  await exact(t, site, vm, e1, 'after two agent kills')
+  await exact(t, site, e1, 'after two agent kills')
 
   // 2. the receiver, killed twice in one run at holds of the link (early, then mid-extents once some are durable) and restarted
   await damage(site, 8, 32, 0x77)
@@ -124,7 +124,7 @@ t.test('a resync killed at random points (agent, receiver; SIGKILL) resumes and 
   t.equal(v2?.disks[0]?.mode, 'resync')
   t.ok((v2?.reconnects ?? 0) >= 2, `the agent reconnected (${v2?.reconnects})`)
   t.ok((v2?.disks[0]?.resumedFrom.at(-1) ?? 0) >= seq2, `the last connection resumed at the durable point ${seq2} or later (${JSON.stringify(v2?.disks[0]?.resumedFrom)})`)
-  await exact(t, site, vm, e2, 'after two receiver kills')
+  await exact(t, site, e2, 'after two receiver kills')
   const resynced = v2?.disks[0]?.resync?.differing ?? 0
   t.ok(resynced >= 32, `the resync rewrote the damaged blocks (${resynced})`)
 
@@ -137,7 +137,7 @@ t.test('a resync killed at random points (agent, receiver; SIGKILL) resumes and 
   const d3 = r3.report?.vms[0]?.disks[0] as RunReport['vms'][number]['disks'][number] | undefined
   t.equal(r3.code, 0, `--resync: ${r3.stderr.slice(-1500)}`)
   t.same(d3?.resync?.differing, 0, 'nothing differs')
-  await exact(t, site, vm, e3, 'after --resync')
+  await exact(t, site, e3, 'after --resync')
   // the receiver's log line of the --resync (the last disk sealed: it committed before the run ended)
   const line = site.receiver.lines.filter((l) => l.includes('"disk sealed"')).at(-1) ?? '{}'
   const sealed = JSON.parse(line) as { mapMirrorBytes: number; mapKeptBlocks: number }
