@@ -2,7 +2,7 @@
 /**
  * Benchmark of a resync by block digests (issue #13 "Measured").
  *
- *   node scripts/bench-resync.mjs [--size-gib 16] [--percent 1] [--rounds 3] [--fill sparse|realistic] [--dir DIR] [--cold]
+ *   node scripts/bench-resync.mjs [--size-gib 16] [--percent 1] [--rounds 3] [--fill sparse|realistic] [--dir DIR] [--cold] [--scenario booted|kept]
  *
  * A sample VM with one disk is seeded to a real receiver process over TLS on
  * loopback. Then, per round, `percent`% of the mirror's 1 MiB blocks are
@@ -15,6 +15,13 @@
  *   rsync   rsync --inplace --no-whole-file -I from the source's frozen view
  *           (qemu-img convert -O raw) to a copy of the mirror as it was before
  *   cat     reading both disks once (`cat src > /dev/null`, `cat mirror > /dev/null`)
+ *
+ * `--scenario kept` measures the receiver's kept block map instead: the
+ * mirror stays intact, per round `percent`% of the source's blocks are
+ * written by a guest and a `--resync` cycle ships them, interleaved with and
+ * without the kept map (`.grainline/bench.map` removed first: the receiver
+ * reads the whole mirror); the receiver's mirror bytes read come from its
+ * `disk sealed` log line.
  *
  * With --cold the page cache is dropped before each timed step (needs root:
  * echo 3 > /proc/sys/vm/drop_caches; said so when not permitted). Medians
@@ -45,6 +52,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     cold: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    scenario: { type: 'string', default: 'booted' },
   },
 })
 const GiB = 1024 ** 3
@@ -86,8 +94,16 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
+const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'info'], {
+  stdio: ['ignore', 'pipe', 'pipe'],
+})
+// the receiver's 'disk sealed' lines (mirror bytes read for a resync's map); other lines are dropped
+const sealed = []
+createInterface({ input: rx.stderr }).on('line', (l) => {
+  if (!l.includes('"disk sealed"')) return
+  try {
+    sealed.push(JSON.parse(l))
+  } catch {}
 })
 const port = await new Promise((resolve, reject) => {
   createInterface({ input: rx.stdout }).on('line', (l) => {
@@ -158,7 +174,35 @@ try {
   await exec('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, src])
   const blocks = Math.ceil(size / MiB)
   const rows = []
-  for (let round = 0; round < rounds; round++) {
+  if (values.scenario === 'kept') {
+    const { simulateGuestWrites } = await import(join(root, 'packages/agent/dist/src/index.js'))
+    // a first --resync reads the whole mirror and leaves the kept map
+    await replicate({ logger }, { ...init, vm: vm.vmxPath, resync: true })
+    const kept = []
+    for (let round = 0; round < 2 * rounds; round++) {
+      const withMap = round % 2 === 0
+      await simulateGuestWrites(vm.vmxPath, { bytes: Math.round((size * percent) / 100 / MiB) * MiB, writeSize: MiB, seed: 500 + round, zeroFraction: 0 })
+      if (!withMap) rmSync(join(mirrorDir, '.grainline', 'bench.map'), { force: true })
+      dropCaches()
+      t0 = performance.now()
+      const { stdout } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, resync: true })], { maxBuffer: 64 << 20 })
+      const processMs = performance.now() - t0
+      const { report: r } = JSON.parse(stdout)
+      if (!r.ok || r.vms[0].disks[0].mode !== 'resync') throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
+      const line = sealed.at(-1) ?? {}
+      kept.push({ withMap, cycleMs: r.vms[0].durationMs, read: line.mapMirrorBytes ?? Number.NaN })
+      log(
+        `${withMap ? 'kept map' : 'no map  '}: ${sec(r.vms[0].durationMs)} s (agent process ${sec(processMs)} s), ${r.vms[0].disks[0].resync.differing} blocks differed, receiver read ${((line.mapMirrorBytes ?? 0) / MiB).toFixed(0)} MiB of the mirror for the map; ms ${JSON.stringify(r.vms[0].timings)}; load ${load()}`,
+      )
+    }
+    const mk = (w, k) => median(kept.filter((x) => x.withMap === w).map((x) => x[k]))
+    console.log(`\n| ${values['size-gib']} GiB, ${percent}% written at the source, --resync | with kept map | without | without / with | mirror read with / without | load |`)
+    console.log('| --- | --- | --- | --- | --- | --- |')
+    console.log(
+      `| median of ${rounds} each, interleaved | ${sec(mk(true, 'cycleMs'))} s | ${sec(mk(false, 'cycleMs'))} s | ${(mk(false, 'cycleMs') / mk(true, 'cycleMs')).toFixed(2)}× | ${(mk(true, 'read') / MiB).toFixed(0)} / ${(mk(false, 'read') / MiB).toFixed(0)} MiB | ${load()} |`,
+    )
+  }
+  for (let round = 0; values.scenario !== 'kept' && round < rounds; round++) {
     // the mirror is booted: percent% of its blocks are overwritten through QEMU (its CID changes)
     const rnd = prng(100 + round)
     const pick = new Set()
@@ -197,13 +241,15 @@ try {
     rows.push({ cycleMs, rsyncMs, catMs, wire: d.wireBytes, maps: d.resync.mapBytes, differingBytes })
   }
   const m = (k) => median(rows.map((r) => r[k]))
-  console.log(
-    `\n| ${values['size-gib']} GiB, ${percent}% differ, ${values.cold && canDrop ? 'cold' : 'warm'} | grainline resync | rsync -I --inplace | cat both disks | rsync / resync | resync / cat | wire / (differing + maps) | load |`,
-  )
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
-  console.log(
-    `| median of ${rounds} | ${sec(m('cycleMs'))} s | ${sec(m('rsyncMs'))} s | ${sec(m('catMs'))} s | ${(m('rsyncMs') / m('cycleMs')).toFixed(2)}× | ${(m('cycleMs') / m('catMs')).toFixed(2)}× | ${(Math.max(...rows.map((r) => r.wire / (r.differingBytes + r.maps)))).toFixed(3)} (max) | ${load()} |`,
-  )
+  if (rows.length > 0)
+    console.log(
+      `\n| ${values['size-gib']} GiB, ${percent}% differ, ${values.cold && canDrop ? 'cold' : 'warm'} | grainline resync | rsync -I --inplace | cat both disks | rsync / resync | resync / cat | wire / (differing + maps) | load |`,
+    )
+  if (rows.length > 0) console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  if (rows.length > 0)
+    console.log(
+      `| median of ${rounds} | ${sec(m('cycleMs'))} s | ${sec(m('rsyncMs'))} s | ${sec(m('catMs'))} s | ${(m('rsyncMs') / m('cycleMs')).toFixed(2)}× | ${(m('cycleMs') / m('catMs')).toFixed(2)}× | ${(Math.max(...rows.map((r) => r.wire / (r.differingBytes + r.maps)))).toFixed(3)} (max) | ${load()} |`,
+    )
 } finally {
   await cleanup()
 }

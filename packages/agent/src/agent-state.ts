@@ -48,6 +48,13 @@ export interface InflightRecord {
    * limit, which sizes new plans, changed in between
    */
   readonly chunkBytes?: number
+  /**
+   * the disks (names) this cycle resyncs (SPEC §5.9): a rerun with the same
+   * snapshot resyncs them again under the same cycle identity, so that the
+   * receiver resumes the resync instead of it being rolled back for an
+   * incremental it would refuse
+   */
+  readonly resync?: readonly string[]
 }
 
 /** Checks that failed after a commit: those disks are resynced by the next cycle. */
@@ -122,6 +129,7 @@ export function checkStateShape(v: unknown, key: string): string | undefined {
   if (c !== null && !(isObj(c) && isCycle(c['cycle']) && typeof c['generation'] === 'string' && HEX32.test(c['generation']) && isSnap(c['snapshot']))) return 'malformed committed record'
   const f = v['inflight']
   if (f !== null && !(isObj(f) && isCycle(f['cycle']) && isSnap(f['snapshot']))) return 'malformed in-flight record'
+  if (f !== null && f['resync'] !== undefined && !(Array.isArray(f['resync']) && f['resync'].every((n) => typeof n === 'string'))) return 'malformed in-flight record'
   const d = v['diverged']
   if (d !== undefined && !(isObj(d) && isCycle(d['cycle']) && Array.isArray(d['disks']) && d['disks'].every((n) => typeof n === 'string'))) return 'malformed diverged record'
   const s = v['scrub']
@@ -142,6 +150,12 @@ export function checkStateShape(v: unknown, key: string): string | undefined {
 /** Record the snapshot of cycle `cycle` as in flight (before anything is shipped). */
 export function markInflight(state: AgentVmState, cycle: number, snapshot: SnapshotRecord, receiver: string, chunkBytes?: number): AgentVmState {
   state.inflight = { cycle, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString(), ...(chunkBytes === undefined ? {} : { chunkBytes }) }
+  return state
+}
+
+/** Record the disks the in-flight cycle resyncs (see {@link InflightRecord.resync}). */
+export function markInflightResync(state: AgentVmState, disks: readonly string[]): AgentVmState {
+  if (state.inflight !== null) state.inflight = { ...state.inflight, resync: [...disks] }
   return state
 }
 

@@ -22,7 +22,7 @@ import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
-import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
+import { AgentStateStore, markCommitted, markDiverged, markInflight, markInflightResync, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
@@ -281,11 +281,22 @@ class VmCycle {
       this.log.info({ snapshot: this.#shipped.name, id: this.#shipped.id }, 'snapshot taken')
     }
     this.#chunkBytes = this.#extentChunk(decision.kind === 'reuse' ? this.#record.inflight?.chunkBytes : undefined)
-    await this.#store.save(markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url, this.#chunkBytes))
+    // a resumed cycle keeps the disks it resyncs (planning reads them)
+    const resyncs = decision.kind === 'reuse' ? this.#record.inflight?.resync : undefined
+    markInflight(this.#record, this.#cycleNo, this.#shipped, this.#opts.connect.url, this.#chunkBytes)
+    await this.#store.save(resyncs === undefined ? this.#record : markInflightResync(this.#record, resyncs))
     this.#report.snapshot = this.#shipped.name
     this.#lap('snapshot')
     this.#vm = await driver.openVm(this.#opts.ref)
     if (this.#opts.afterSnapshot !== undefined) await this.#opts.afterSnapshot(this.#vm)
+  }
+
+  /** Save which disks this in-flight cycle resyncs, when that changed (before any of them is opened). */
+  async #recordResyncs(): Promise<void> {
+    const names = this.#works.filter((w) => w.mode === 'resync').map((w) => w.name)
+    const had = this.#record.inflight?.resync ?? []
+    if (this.#record.inflight === null || (names.length === had.length && names.every((n, i) => had[i] === n))) return
+    await this.#store.save(markInflightResync(this.#record, names))
   }
 
   async #rollback(client: ReceiverClient): Promise<void> {
@@ -371,9 +382,13 @@ class VmCycle {
         this.#record.diverged,
         opts.resync,
       )
-      if (decision.kind === 'resync') this.log.warn({ disk: name, reason: decision.reason }, 'incremental not safe: resync of the disk by block digests')
-      await applyDiskPlan(w, decision, this.#planContext())
+      // a rerun with the snapshot of an interrupted resync resyncs the disk again (same cycle identity: the receiver resumes it)
+      const resumed = this.#report.reusedSnapshot === true && decision.kind === 'incremental' && (this.#record.inflight?.resync ?? []).includes(name)
+      const plan: typeof decision = resumed ? { kind: 'resync', reason: 'resuming the interrupted resync of this cycle' } : decision
+      if (plan.kind === 'resync') this.log.warn({ disk: name, reason: plan.reason }, 'incremental not safe: resync of the disk by block digests')
+      await applyDiskPlan(w, plan, this.#planContext())
     }
+    await this.#recordResyncs()
     this.#lap('plan')
   }
 
@@ -480,6 +495,7 @@ class VmCycle {
             decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
           )
           await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
+          await this.#recordResyncs()
         }
       }
       this.#lap('ship')

@@ -3,7 +3,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { AgentStateStore, checkStateShape, defaultStateDir, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
+import { AgentStateStore, checkStateShape, defaultStateDir, markInflightResync, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
 import { scratch } from './helpers.ts'
 
 const G = '0123456789abcdef0123456789abcdef'
@@ -49,12 +49,20 @@ t.test('round trip, atomic replace, damaged files', async (t) => {
     [JSON.stringify({ ...s, key: 'local::/other.vmx' }), /recorded for another VM/],
     [JSON.stringify({ ...s, committed: { ...s.committed, generation: 'xyz' } }), /malformed committed record/],
     [JSON.stringify({ ...s, inflight: { cycle: 0, snapshot: { name: 'g', id: '1' } } }), /malformed in-flight record/],
+    [JSON.stringify({ ...s, inflight: { ...s.inflight, resync: 'a.vmdk' } }), /malformed in-flight record/],
+    [JSON.stringify({ ...s, inflight: { ...s.inflight, resync: [1] } }), /malformed in-flight record/],
   ] as const) {
     await writeFile(file, bad)
     const r = await store.load('a', key)
     t.match(r.problem, why)
     t.same(r.state.committed, null, 'an unusable record counts as none (the VM resyncs)')
   }
+  // the disks an in-flight cycle resyncs: recorded, kept by a round trip, replaced on a change
+  const withResync = markInflightResync(structuredClone(s), ['a.vmdk'])
+  t.same(withResync.inflight?.resync, ['a.vmdk'])
+  await store.save(withResync)
+  t.same((await store.load('a', key)).state.inflight, { ...s.inflight, resync: ['a.vmdk'] }, 'the resynced disks survive a reload')
+  t.same(markInflightResync({ ...s, inflight: null }, ['a.vmdk']).inflight, null, 'nothing in flight: nothing recorded')
   t.equal(checkStateShape({ ...s, diverged: { cycle: 3, generation: G, disks: ['a.vmdk'], reason: 'x', at: 'now' } }, key), undefined)
 })
 

@@ -80,7 +80,7 @@ t.test('off a terminal: JSON logs with progress lines, a human summary, the repo
   const st = await runNode(bin, ['status', '--store', s.store, '--max-age', '30m'])
   t.equal(st.code, 0)
   t.match(st.stdout, /^GRAINLINE OK - 1 mirror OK, oldest commit \d+ s ago \| 'alpha_age'=\d+s;;1800\n/)
-  t.match(st.stdout, /alpha +alpha\.vmdk +1 +\d+ s ago +8\.00 MiB +ok +xxh64 ok +- +OK/)
+  t.match(st.stdout, /alpha +alpha\.vmdk +1 +\d+ s ago +8\.00 MiB +ok +xxh64 ok +certify at cycle 1, \d+ s ago +- +OK/, 'the certify proved the disk: last proven')
   const json = await runNode(bin, ['status', '--store', s.store, '--output', 'json'])
   t.match(JSON.parse(json.stdout), { state: 'OK', exitCode: 0, vms: [{ vm: 'alpha', health: { state: 'OK', problems: [] } }] })
   // someone boots the mirror: CRITICAL

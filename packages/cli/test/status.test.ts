@@ -56,3 +56,57 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
   t.match(st.vms[0]?.disks[0]?.diverged, { reason: /certify/ })
   t.equal(st.vms[0]?.vmxDropped.length, 1)
 })
+
+t.test('status shows when each disk was last fully proven, and how (human and JSON)', async (t) => {
+  const store = join(t.testdir(), 'store')
+  const g = join(store, 'db-01', '.grainline')
+  mkdirSync(g, { recursive: true })
+  const source = { layers: [{ file: 'db-01.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'db-01-000001.vmdk' }
+  const disk = (name: string, stem: string, extra: object): object => ({
+    name,
+    stem,
+    capacity: 1024,
+    size: 1024,
+    cycle: 7,
+    committedAt: '2026-01-03T00:00:00.000Z',
+    source,
+    cycleId: 'cd'.repeat(32),
+    generation: 'ab'.repeat(16),
+    mirrorCid: '0000cafe',
+    ddb: {},
+    cycleDigest: { algorithm: 'sha256', digest: '' },
+    ...extra,
+  })
+  writeFileSync(
+    join(g, 'state.json'),
+    JSON.stringify({
+      format: 1,
+      vm: 'db-01',
+      compat: null,
+      committedCycle: 7,
+      committedAt: '2026-01-03T00:00:00.000Z',
+      generation: 'ab'.repeat(16),
+      displaySuffix: '',
+      inflight: null,
+      pending: null,
+      disks: {
+        'db-01.vmdk': disk('db-01.vmdk', 'db-01', { proven: { kind: 'scrub', at: '2026-01-02T22:00:00.000Z', cycle: 6 } }),
+        'db-01_1.vmdk': disk('db-01_1.vmdk', 'db-01_1', {}),
+      },
+    }),
+  )
+  const h = await storeHealth(store, { now: Date.parse('2026-01-03T00:30:00.000Z') })
+  const human = renderStatus(h)
+  t.match(human, /last proven/, 'a column for it')
+  t.match(human, /db-01\.vmdk .*scrub at cycle 6, 2 h 30 min ago/, 'kind, cycle and age of the proof')
+  t.match(human, /db-01_1\.vmdk .*\bnever\b/, 'a disk never proven says so')
+  const st = JSON.parse(JSON.stringify(h)) as { vms: Array<{ disks: Array<{ name: string; proven: unknown }> }> }
+  t.same(
+    st.vms[0]?.disks.map((d) => [d.name, d.proven]),
+    [
+      ['db-01.vmdk', { kind: 'scrub', at: '2026-01-02T22:00:00.000Z', cycle: 6 }],
+      ['db-01_1.vmdk', null],
+    ],
+    'JSON: proven per disk, null when never',
+  )
+})

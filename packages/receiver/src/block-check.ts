@@ -10,6 +10,7 @@ import { ReceiverError, ioError } from './errors.ts'
 import { readFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
 import type { VmMirror } from './vm-mirror.ts'
+import { blockRun } from './proof.ts'
 
 /** A BlockCheck as the receiver needs it. */
 export interface BlockCheckRequest {
@@ -60,6 +61,6 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   const v = new DataView(mismatched.buffer)
   for (const [i, b] of out.entries()) v.setBigUint64(i * 8, BigInt(b), true)
   const ok = out.length === 0
-  await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes })
+  await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes }, { run: blockRun(req.blocks), blockSize: req.blockSize })
   return { ok, mismatched, bytes }
 }

@@ -43,6 +43,9 @@ function committedRecord(d: SealedDisk, cycle: number, now: string, generation: 
     cycleDigest: { algorithm: d.info.algorithm, digest: d.digest },
     // an incremental carries the divergence mark on (it is refused anyway); a seed starts clean
     ...(d.info.mode === 'incremental' && prev?.diverged !== undefined ? { diverged: prev.diverged } : {}),
+    // when the disk was last proven whole stays known; a scrub rotation continues over incrementals only
+    ...(prev?.proven === undefined ? {} : { proven: prev.proven }),
+    ...(d.info.mode === 'incremental' && prev?.scrubRun !== undefined ? { scrubRun: prev.scrubRun } : {}),
   }
 }
 

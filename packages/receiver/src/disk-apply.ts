@@ -8,6 +8,7 @@ import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './jo
 import { faultPoint } from './fault.ts'
 import { ReverseIncrement } from './increment.ts'
 import type { InflightDisk } from './state-file.ts'
+import type { TouchedBlocks } from './kept-map.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** One extent ready to apply: validated, decompressed, digest checked. */
@@ -80,6 +81,8 @@ export class DiskApply {
   sealedDigest: Uint8Array | undefined
   /** durable batches applied by this object (for logs) */
   batches = 0
+  /** the blocks this cycle wrote, when the disk keeps a block map (kept-map.ts) */
+  touched: TouchedBlocks | undefined = undefined
   /** time spent journaling (stage 1) and writing (stage 2) batches, ms (for logs) */
   journalMs = 0
   writeMs = 0
@@ -106,8 +109,14 @@ export class DiskApply {
     return { extents: this.extents, dataBytes: this.dataBytes, zeroBytes: this.zeroBytes }
   }
 
-  /** Open a fresh apply (journal already created). */
-  static async start(paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
+  /** Open a fresh apply (journal already created); `touched` records the blocks it writes. */
+  static async start(paths: VmPaths, info: InflightDisk, journal: Journal, touched?: TouchedBlocks): Promise<DiskApply> {
+    const a = await DiskApply.#start(paths, info, journal)
+    a.touched = touched
+    return a
+  }
+
+  static async #start(paths: VmPaths, info: InflightDisk, journal: Journal): Promise<DiskApply> {
     if (info.target === 'seed') {
       const p = paths.seed(info.stem)
       const fh = await freshSeed(p)
@@ -133,7 +142,7 @@ export class DiskApply {
   }
 
   /** Reopen an interrupted apply at its durable resume point, replaying the journal through {@link accept}. */
-  static async resume(paths: VmPaths, info: InflightDisk, journalContents: JournalContents): Promise<DiskApply> {
+  static async resume(paths: VmPaths, info: InflightDisk, journalContents: JournalContents, touched?: TouchedBlocks): Promise<DiskApply> {
     let contents = journalContents
     const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
     let fh: FileHandle
@@ -166,6 +175,7 @@ export class DiskApply {
       throw err
     }
     const a = new DiskApply(info, p, fh, journal, inc)
+    a.touched = touched
     const last = contents.applied?.seq ?? -1
     const bySeq = new Map<number, (typeof contents.extents)[number]>()
     for (const e of contents.extents) if (e.seq <= last && !bySeq.has(e.seq)) bySeq.set(e.seq, e)
@@ -188,6 +198,7 @@ export class DiskApply {
     if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
     this.next++
     this.extents++
+    this.touched?.mark(e.offset, e.length)
     if (e.zero) this.zeroBytes += e.length
     else this.dataBytes += e.length
     this.digest.add({ offset: e.offset, length: e.length, zero: e.zero, digest: e.digest })

@@ -14,7 +14,7 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** The name of {@link writeFileAtomic}'s temporary file for `name`: `<name>.tmp-<pid>-<8 hex>`. */
-function tempName(name: string): string {
+export function tempName(name: string): string {
   return `${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
 }
 

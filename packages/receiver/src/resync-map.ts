@@ -7,16 +7,22 @@
  * the blocks above it never were: no extent runs ahead of the map sent).
  *
  * File layout: `GLBMAP1\n` • u32le(header JSON bytes) • header JSON
- * `{cycleId, blockSize, algorithm, capacity}` • digests of blocks 0, 1, 2, …
- * (a torn trailing digest is ignored). Memory: one read buffer; the digests
- * live in the file, never as a JS array.
+ * `{cycleId, blockSize, algorithm, capacity, kept}` • digests of blocks 0, 1,
+ * 2, … (a torn trailing digest is ignored). Memory: one read buffer; the
+ * digests live in the file, never as a JS array.
+ *
+ * When the mirror has a kept map (kept-map.ts) matching its committed record
+ * and the mirror is unmodified, the digests of its fresh blocks are taken
+ * from it and only its stale blocks are read from the mirror (`kept: true`
+ * in the header; such a resync does not prove the whole mirror).
  */
 import type { FileHandle } from 'node:fs/promises'
 import { blockCount, createDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
-import type { InflightDisk } from './state-file.ts'
+import type { DiskRecord, InflightDisk } from './state-file.ts'
+import { KeptMap } from './kept-map.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 const MAGIC = Buffer.from('GLBMAP1\n', 'latin1')
@@ -29,6 +35,8 @@ interface MapHeader {
   readonly blockSize: number
   readonly algorithm: DigestAlgorithm
   readonly capacity: number
+  /** whether the digests of fresh blocks come from the kept map */
+  readonly kept?: boolean
 }
 
 function encodeHeader(h: MapHeader): Buffer {
@@ -61,10 +69,19 @@ export class ResyncMap {
   readonly #len: number
   /** blocks whose digests are durable in the file */
   #persisted: number
+  readonly #kept: KeptMap | undefined
   readonly blocks: number
+  /** whether this cycle's map takes digests from the kept map (recorded in its header) */
+  readonly usesKept: boolean
+  /** bytes of the mirror read by this object (for logs and tests) */
+  bytesRead = 0
+  /** blocks whose digests this object took from the kept map */
+  keptBlocks = 0
 
-  private constructor(fh: FileHandle, info: InflightDisk & { readonly blockSize: number }, flat: string, start: number, persisted: number) {
+  private constructor(fh: FileHandle, info: InflightDisk & { readonly blockSize: number }, flat: string, start: number, persisted: number, kept: KeptMap | undefined, usesKept: boolean) {
     this.#fh = fh
+    this.#kept = kept
+    this.usesKept = usesKept
     this.#info = info
     this.#flat = flat
     this.#start = start
@@ -82,10 +99,11 @@ export class ResyncMap {
    * Open the map of a resync disk. A cycle with nothing applied yet may
    * start a new map; one with applied extents must find its own (same cycle
    * identity, block size and algorithm), else its extent sequence could not
-   * be reproduced.
+   * be reproduced. `committed` is the disk's committed record: its kept map
+   * is used when it matches and the mirror was unmodified at the start.
    * @throws ReceiverError E_STATE (the map of an applied cycle is missing), E_INTERNAL (not a resync)
    */
-  static async open(paths: VmPaths, info: InflightDisk, applied: boolean): Promise<ResyncMap> {
+  static async open(paths: VmPaths, info: InflightDisk, applied: boolean, committed?: DiskRecord, onKept?: (why: string) => void): Promise<ResyncMap> {
     const blockSize = info.blockSize ?? 0
     if (info.mode !== 'resync' || blockSize <= 0) throw new ReceiverError('E_INTERNAL', `disk ${info.name} is not a resync`)
     const want: MapHeader = { cycleId: info.cycleId, blockSize, algorithm: info.algorithm, capacity: info.capacity }
@@ -106,7 +124,8 @@ export class ResyncMap {
         const persisted = Math.min(blockCount(info.capacity, blockSize), Math.floor((size - h.end) / len))
         // a torn trailing digest is cut off: appends continue on a whole digest
         await fh.truncate(h.end + persisted * len)
-        return new ResyncMap(fh, full, paths.flat(info.stem), h.end, persisted)
+        const kept = h.header.kept === true ? await openKept(paths, full, committed, onKept) : undefined
+        return new ResyncMap(fh, full, paths.flat(info.stem), h.end, persisted, kept, h.header.kept === true)
       }
       await fh.close()
     }
@@ -116,17 +135,20 @@ export class ResyncMap {
         `the block map of the interrupted resync of disk ${info.name} is missing or belongs to another cycle: roll the cycle back (the agent does so on E_CYCLE_MISMATCH) and resync again`,
       )
     }
-    const head = encodeHeader(want)
-    const nfh = await openStoreFile(path, 'replace')
+    const kept = await openKept(paths, full, committed, onKept)
+    const head = encodeHeader({ ...want, kept: kept !== undefined })
+    let nfh: FileHandle | undefined
     try {
+      nfh = await openStoreFile(path, 'replace')
       await writeFully(nfh, head, 0)
       await nfh.sync()
       await fsyncDir(paths.gdir)
     } catch (err) {
-      await nfh.close().catch(() => {})
+      await nfh?.close().catch(() => {})
+      await kept?.close()
       throw err
     }
-    return new ResyncMap(nfh, full, paths.flat(info.stem), head.length, 0)
+    return new ResyncMap(nfh, full, paths.flat(info.stem), head.length, 0, kept, kept !== undefined)
   }
 
   /**
@@ -139,8 +161,48 @@ export class ResyncMap {
     const end = first + count
     if (count < 1 || end > this.blocks) throw new ReceiverError('E_RANGE', `blocks ${first} … ${end - 1} beyond the ${this.blocks} blocks of ${this.#info.name}`)
     if (first > this.#persisted) throw new ReceiverError('E_SEQUENCE', `block map of ${this.#info.name} requested from block ${first}, the map is known up to ${this.#persisted}`)
-    if (end > this.#persisted) await this.#extend(end, signal)
+    if (end > this.#persisted) await (this.#kept === undefined ? this.#extend(end, signal) : this.#extendKept(this.#kept, end, signal))
     return await readFully(this.#fh, this.#start + first * this.#len, count * this.#len)
+  }
+
+  /** Like {@link #extend}, but only the kept map's stale blocks are read from the mirror. */
+  async #extendKept(kept: KeptMap, end: number, signal: AbortSignal | undefined): Promise<void> {
+    const { blockSize, capacity, algorithm } = this.#info
+    const flat = await openStoreFile(this.#flat, 'read')
+    try {
+      const per = Math.max(1, Math.floor(READ_BYTES / blockSize))
+      for (let b = this.#persisted; b < end; ) {
+        signal?.throwIfAborted()
+        const n = Math.min(per, end - b)
+        const { stale, digests } = await kept.read(b, n)
+        for (let i = 0; i < n; ) {
+          if (stale[i] === 0) {
+            this.keptBlocks++
+            i++
+            continue
+          }
+          // a run of stale blocks: one read, one digest per block
+          let j = i
+          while (j < n && stale[j] === 1) j++
+          const off = (b + i) * blockSize
+          const buf = await readFully(flat, off, Math.min((b + j) * blockSize, capacity) - off)
+          this.bytesRead += buf.length
+          for (let k = i; k < j; k++) {
+            const d = createDigest(algorithm)
+              .update(buf.subarray((k - i) * blockSize, Math.min((k - i + 1) * blockSize, buf.length)))
+              .digest()
+            digests.set(d, k * this.#len)
+          }
+          i = j
+        }
+        await writeFully(this.#fh, digests, this.#start + b * this.#len)
+        b += n
+      }
+      await this.#fh.datasync()
+      this.#persisted = end
+    } finally {
+      await flat.close()
+    }
   }
 
   /** Digest the mirror's blocks from the frontier up to `end`, append, fdatasync. */
@@ -159,6 +221,7 @@ export class ResyncMap {
       while (b < end) {
         signal?.throwIfAborted()
         const buf = await (next as Promise<Buffer>)
+        this.bytesRead += buf.length
         const n = Math.min(per, end - b)
         // read the next run while this one is hashed
         next = b + n < end ? readAt(b + n) : undefined
@@ -183,7 +246,65 @@ export class ResyncMap {
 
   async close(): Promise<void> {
     await this.#fh.close().catch(() => {})
+    await this.#kept?.close()
   }
+}
+
+/**
+ * The kept map of a resync's disk when it can stand in for reading the
+ * mirror: it matches the committed record, and the mirror at the resync's
+ * start had the record's CID and size (a modified mirror is read whole).
+ */
+async function openKept(paths: VmPaths, info: InflightDisk & { readonly blockSize: number }, rec: DiskRecord | undefined, onKept?: (why: string) => void): Promise<KeptMap | undefined> {
+  if (rec === undefined) return undefined
+  const from = info.resyncFrom
+  if (from === undefined || from.cid !== rec.mirrorCid || from.flatSize !== rec.size || rec.diverged !== undefined) {
+    onKept?.('the mirror was modified or diverged')
+    return undefined
+  }
+  const k = await KeptMap.open(paths.keptMap(info.stem), {
+    generation: rec.generation ?? '',
+    mirrorCid: rec.mirrorCid,
+    size: rec.size,
+    capacity: info.capacity,
+    blockSize: info.blockSize,
+    algorithm: info.algorithm,
+  }).catch((err: unknown) => (err as Error).message)
+  if (typeof k === 'string') {
+    onKept?.(k)
+    return undefined
+  }
+  return k
+}
+
+/**
+ * The finished map of a resync about to commit, for the kept map: its open
+ * file, where its digests start and whether they came partly from the kept
+ * map. Undefined when it is missing, of another cycle or incomplete.
+ */
+export async function finishedResyncMap(paths: VmPaths, info: InflightDisk): Promise<{ fh: FileHandle; offset: number; usedKept: boolean } | undefined> {
+  const blockSize = info.blockSize ?? 0
+  if (info.mode !== 'resync' || blockSize <= 0) return undefined
+  let fh: FileHandle
+  try {
+    fh = await openStoreFile(paths.blockMap(info.stem), 'read')
+  } catch {
+    return undefined
+  }
+  const h = await readHeader(fh).catch(() => undefined)
+  const blocks = blockCount(info.capacity, blockSize)
+  const ok =
+    h !== undefined &&
+    h.header.cycleId === info.cycleId &&
+    h.header.blockSize === blockSize &&
+    h.header.algorithm === info.algorithm &&
+    h.header.capacity === info.capacity &&
+    (await fh.stat()).size >= h.end + blocks * DigestLengths[info.algorithm]
+  if (!ok) {
+    await fh.close()
+    return undefined
+  }
+  return { fh, offset: h.end, usedKept: h.header.kept === true }
 }
 
 /** Remove the block maps of `stems` (after their cycle committed or rolled back; idempotent). */

@@ -320,7 +320,9 @@ export class Session {
       this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply })
       if (msg.mode === 'resync') {
         const applied = r.apply.counts.extents > 0
-        const map = await ResyncMap.open(vm.paths, r.apply.info, applied).catch((err: unknown) => {
+        const map = await ResyncMap.open(vm.paths, r.apply.info, applied, vm.state.disks[msg.name], (why) =>
+          this.log.info({ disk: msg.name, why }, 'no kept block map: the resync reads the whole mirror'),
+        ).catch((err: unknown) => {
           throw ioError(err, `opening the block map of ${msg.name}`)
         })
         this.maps.set(msg.disk, map)
@@ -375,7 +377,10 @@ export class Session {
       throw ioError(err, `sealing ${d.name}`)
     })
     const c = a.counts
-    this.log.info({ disk: d.name, ...c, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
+    const map = this.maps.get(msg.disk)
+    // a resync's map: mirror bytes read for it in this connection, digests taken from the kept map
+    const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapKeptBlocks: map.keptBlocks }
+    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }

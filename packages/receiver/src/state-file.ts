@@ -47,6 +47,29 @@ export interface DiskRecord {
    * seed's commit writes a record without it.
    */
   readonly diverged?: DivergedRecord
+  /** when the whole mirror was last proven equal to its source, and how (carried over by every commit; proof.ts) */
+  readonly proven?: ProvenRecord
+  /** the scrub rotation in progress: every block below `next` was checked clean since `since` (proof.ts) */
+  readonly scrubRun?: ScrubRun
+}
+
+/** How and when a disk's whole mirror was last proven equal to its source. */
+export interface ProvenRecord {
+  /** `certify`: a full digest matched; `scrub`: a clean rotation of block checks covered the disk; `resync`: a resync compared every block read from the mirror */
+  readonly kind: 'certify' | 'scrub' | 'resync'
+  /** ISO time of the proof */
+  readonly at: string
+  /** the committed cycle the mirror was at */
+  readonly cycle: number
+}
+
+/** A clean scrub rotation in progress (contiguous BlockChecks from block 0). */
+export interface ScrubRun {
+  readonly blockSize: number
+  /** the first block not yet checked */
+  readonly next: number
+  /** ISO time of its first check */
+  readonly since: string
 }
 
 /** Why and when a mirror was found to differ from its source. */

@@ -8,7 +8,7 @@ import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
-import { readVmState, type DivergedRecord, type VerifyRecord } from './state-file.ts'
+import { readVmState, type DivergedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
 import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
@@ -63,6 +63,8 @@ export interface DiskStatus {
   readonly certify: VerifyRecord | null
   /** a failed trivial check or certify: the next cycle must seed the disk */
   readonly diverged: DivergedRecord | null
+  /** when the whole mirror was last proven equal to its source (a clean certify, a completed scrub rotation, a resync that read every block), null if never */
+  readonly proven: ProvenRecord | null
   readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
 }
 
@@ -117,6 +119,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
           trivial: rec?.trivial ?? null,
           certify: rec?.certify ?? null,
           diverged: rec?.diverged ?? null,
+          proven: rec?.proven ?? null,
           inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq },
         })
       }

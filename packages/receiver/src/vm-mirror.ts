@@ -16,6 +16,8 @@ import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
 import { removeResyncMaps } from './resync-map.ts'
+import { scrubStep } from './proof.ts'
+import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 
 /** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
@@ -213,7 +215,8 @@ export class VmMirror {
       if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {
         throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
       }
-      const apply = await DiskApply.resume(this.paths, d.info, contents).catch((err: unknown) => {
+      const touched = await trackerFor(this.paths, d.info, rec)
+      const apply = await DiskApply.resume(this.paths, d.info, contents, touched).catch((err: unknown) => {
         throw ioError(err, 'reopening the in-flight apply')
       })
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
@@ -242,7 +245,7 @@ export class VmMirror {
           ...s,
           inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } },
         })
-        const apply = await DiskApply.start(this.paths, info, journal)
+        const apply = await DiskApply.start(this.paths, info, journal, await trackerFor(this.paths, info, rec))
         return { ...base, accepted: true, reason: '', message: '', apply }
       } catch (err) {
         await journal.close().catch(() => {})
@@ -304,8 +307,17 @@ export class VmMirror {
       const plan = planCommitPoints(this.current, incs)
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
-      const c = commitState(this.current, cycle, sealed, suffix, new Date().toISOString(), newGeneration())
-      records = c.records
+      const now = new Date().toISOString()
+      const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration())
+      // the kept block maps name the generation about to be committed (kept-map-update.ts)
+      const proven = await updateKeptMaps(
+        this.paths,
+        applies.map((a, i) => ({ info: a.info, touched: a.touched, prev: this.current.disks[a.info.name], next: c.records[i] as DiskRecord })),
+        this.log,
+        this.vm,
+      )
+      records = c.records.map((r) => (proven.has(r.name) ? { ...r, proven: { kind: 'resync' as const, at: now, cycle } } : r))
+      if (proven.size > 0) c.next = { ...c.next, disks: { ...c.next.disks, ...Object.fromEntries(records.filter((r) => proven.has(r.name)).map((r) => [r.name, r])) } }
       const kept = this.retain(plan.points, opts)
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       faultPoint('commit-before-state')
@@ -375,6 +387,12 @@ export class VmMirror {
 
   /** Record the VM's holds (opened points, failovers). */
   async setHolds(holds: readonly HoldRecord[]): Promise<void> {
+    // a new hold may write the mirror (a failover boots it): its kept block maps no longer hold
+    if (holds.length > holdsOf(this.current).length)
+      await dropKeptMaps(
+        this.paths,
+        Object.values(this.current.disks).map((d) => d.stem),
+      )
     await this.save({ ...this.current, holds })
   }
 
@@ -412,12 +430,29 @@ export class VmMirror {
    * Record a trivial-check or certify result; a failed one marks the disk
    * diverged (no incremental on it until a seed is committed).
    */
-  async recordVerify(name: string, kind: 'trivial' | 'certify' | 'blocks', r: VerifyRecord): Promise<void> {
+  async recordVerify(
+    name: string,
+    kind: 'trivial' | 'certify' | 'blocks',
+    r: VerifyRecord,
+    blocks?: { readonly run: { from: number; to: number } | undefined; readonly blockSize: number },
+  ): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
     const what = { trivial: 'trivial check', certify: 'certify', blocks: 'block check' }[kind]
     const diverged = r.ok ? rec.diverged : { reason: `${what} (${r.algorithm}) of cycle ${rec.cycle} failed`, at: r.at }
-    if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
-    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
+    if (!r.ok) {
+      this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
+      // its kept block map describes what the mirror should hold, not what it holds
+      await dropKeptMaps(this.paths, [rec.stem])
+    }
+    // when the whole mirror was last proven (proof.ts): a clean certify, a completed scrub rotation
+    let proof: Pick<DiskRecord, 'proven' | 'scrubRun'> = { ...(rec.proven === undefined ? {} : { proven: rec.proven }), ...(r.ok && rec.scrubRun !== undefined ? { scrubRun: rec.scrubRun } : {}) }
+    if (kind === 'certify' && r.ok) proof = { ...proof, proven: { kind: 'certify', at: r.at, cycle: rec.cycle } }
+    if (blocks !== undefined) {
+      const p = scrubStep(rec, { ...blocks, ok: r.ok, at: r.at }, rec.capacity, rec.cycle)
+      proof = { ...(p.proven === undefined ? {} : { proven: p.proven }), ...(p.scrubRun === undefined ? {} : { scrubRun: p.scrubRun }) }
+    }
+    const { proven: _p, scrubRun: _s, ...base } = rec
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...base, ...proof, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
   }
 }

@@ -20,7 +20,7 @@ export function diskStem(name: string): string {
 export function generatedNames(stem: string): { readonly mirror: readonly string[]; readonly state: readonly string[] } {
   return {
     mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
-    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`, `${stem}.blockmap`],
+    state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`, `${stem}.blockmap`, `${stem}.map`],
   }
 }
 
@@ -28,7 +28,7 @@ export function generatedNames(stem: string): { readonly mirror: readonly string
  * Where every file of one VM mirror lives (the store layout of the README):
  *
  *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
- *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, incoming/, lock
+ *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, <stem>.map, incoming/, lock
  *
  * Pure: builds paths, touches nothing.
  */
@@ -74,6 +74,10 @@ export class VmPaths {
   /** the mirror's block map of a resync in flight (SPEC §5.9) */
   blockMap(stem: string): string {
     return join(this.gdir, `${stem}.blockmap`)
+  }
+  /** the block map kept with the committed mirror between cycles (kept-map.ts) */
+  keptMap(stem: string): string {
+    return join(this.gdir, `${stem}.map`)
   }
   /** held by the process writing the VM (its pid, boot id and start time inside) */
   get lock(): string {

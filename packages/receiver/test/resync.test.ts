@@ -2,8 +2,9 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { CycleDigest, cycleIdentity, digestOf, initDigests, MessageKind, type DiskOpenMessage, type ExtentMessage, type Message } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, hello, makeEnv, pattern, runCycle, seedPlan, source, startReceiver, vmOpen, type Env } from './helpers.ts'
+import { CycleDigest, cycleIdentity, initDigests, MessageKind } from '@grainline/protocol'
+import { Agent, TOKEN, makeEnv, pattern, runCycle, seedPlan, source, startReceiver, type Env } from './helpers.ts'
+import { ALG, BLOCKS, BS, NAME, SIZE, VM, differing, flat, mapOf, open, readMap, resyncOpen, untilAck } from './resync-helpers.ts'
 
 /*
  * The receiver's side of a resync (SPEC §5.9) against a scripted agent: the
@@ -14,42 +15,6 @@ import { Agent, MiB, TOKEN, hello, makeEnv, pattern, runCycle, seedPlan, source,
  * larger than a frame, on an incremental, extents ahead of the map) end the
  * session with their typed code and lose nothing.
  */
-
-const VM = 'vm-r'
-const NAME = 'vm-r.vmdk'
-const BS = 64 * 1024
-const SIZE = 2 * MiB
-const BLOCKS = SIZE / BS
-const ALG = 'sha256' as const
-const LEN = 32
-
-function resyncOpen(cycle: number, handle = 0, blockSize = BS): DiskOpenMessage {
-  const src = source([NAME], 'vm-r-000001.vmdk')
-  const f = { vm: VM, name: NAME, cycle, mode: 'resync' as const, baseCycle: 0, baseGeneration: '', source: src, blockSize }
-  const { vm: _vm, ...fields } = f
-  return { kind: MessageKind.DiskOpen, disk: handle, ...fields, capacity: SIZE, cycleId: cycleIdentity(f), ddb: {}, totalBytes: SIZE, totalExtents: 0 }
-}
-
-async function open(env: Env, url: string, cycle: number, opts: { rollback?: boolean; maxMessageBytes?: number } = {}): Promise<Agent> {
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const h = hello(ALG) as Extract<Message, { kind: typeof MessageKind.Hello }>
-  a.send(opts.maxMessageBytes === undefined ? h : { ...h, limits: { ...h.limits, maxMessageBytes: opts.maxMessageBytes, maxExtentBytes: 512 * 1024 } })
-  await a.expect(MessageKind.Welcome)
-  a.send(vmOpen(VM, cycle, ['vm-r-000001.vmdk']))
-  const st = await a.expect(MessageKind.VmState)
-  if (opts.rollback === true && st.inflightCycle !== 0) {
-    a.send({ kind: MessageKind.Rollback, vm: VM })
-    await a.expect(MessageKind.RolledBack)
-  }
-  return a
-}
-
-/** The digests of `image`'s blocks, concatenated. */
-function mapOf(image: Buffer): Buffer {
-  return Buffer.concat(Array.from({ length: BLOCKS }, (_, b) => digestOf(ALG, image.subarray(b * BS, (b + 1) * BS))))
-}
-
-const flat = (env: Env): string => join(env.store, VM, 'vm-r-flat.vmdk')
 
 /** Seed `img1`, then tamper with blocks 3 and 17 of the mirror behind the receiver's back. */
 async function seeded(t: Test): Promise<{ env: Env; rx: Awaited<ReturnType<typeof startReceiver>>; mirror: Buffer }> {
@@ -66,37 +31,6 @@ async function seeded(t: Test): Promise<{ env: Env; rx: Awaited<ReturnType<typeo
   mirror.fill(0, 17 * BS, 18 * BS)
   writeFileSync(flat(env), mirror)
   return { env, rx, mirror }
-}
-
-/** The agent's half: the extents for the blocks of `target` whose digests differ from `map`. */
-function differing(target: Buffer, map: Buffer): Array<Omit<ExtentMessage, 'kind' | 'seq' | 'disk'>> {
-  const out: Array<Omit<ExtentMessage, 'kind' | 'seq' | 'disk'>> = []
-  for (let b = 0; b < BLOCKS; b++) {
-    const raw = target.subarray(b * BS, (b + 1) * BS)
-    const d = digestOf(ALG, raw)
-    if (Buffer.from(d).equals(map.subarray(b * LEN, (b + 1) * LEN))) continue
-    const zero = raw.every((x) => x === 0)
-    out.push({ offset: b * BS, length: BS, zero, compression: 'none', data: zero ? new Uint8Array(0) : raw, digest: zero ? new Uint8Array(0) : d })
-  }
-  return out
-}
-
-async function readMap(a: Agent, requests: Array<[number, number]>): Promise<Buffer> {
-  for (const [first, count] of requests) a.send({ kind: MessageKind.BlockMapRequest, disk: 0, first, count })
-  const parts: Buffer[] = []
-  for (const [first] of requests) {
-    const m = await a.expect(MessageKind.BlockMap)
-    if (m.first !== first) throw new Error(`BlockMap for ${m.first}, expected ${first}`)
-    parts.push(Buffer.from(m.digests))
-  }
-  return Buffer.concat(parts)
-}
-
-async function untilAck(a: Agent, seq: number): Promise<void> {
-  for (;;) {
-    const m = await a.expect(MessageKind.ExtentAck)
-    if (m.seq >= seq) return
-  }
 }
 
 t.test('a resync: the map is the mirror at its committed point, also after a reconnect; only the differing blocks change', async (t) => {

@@ -1,7 +1,9 @@
 /**
  * `grainline status`: the mirrors of a store with their health, as a
  * monitoring plugin reports it — the summary line first (`GRAINLINE OK - …`),
- * then per VM and disk the committed cycle, its age, the checks and any
+ * then per VM and disk the committed cycle, its age, the checks, when the
+ * whole mirror was last proven equal to its source (a clean certify, a
+ * completed scrub rotation or a resync that read every block) and any
  * cycle in flight; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a store that
  * does not exist). `--output json` prints the same object the receiver's API
  * serves (`storeHealth` of @grainline/receiver).
@@ -22,13 +24,21 @@ function ago(s: number | null): string {
   return `${Math.floor(s / 86_400)} d ago`
 }
 
+/** When a disk was last fully proven, relative to `now` (ms): "certify at cycle 3, 2 h 05 min ago", or "never". */
+function provenText(p: { kind: string; at: string; cycle: number } | null, now: number): string {
+  if (p === null) return 'never'
+  const at = Date.parse(p.at)
+  return `${p.kind} at cycle ${p.cycle}, ${Number.isFinite(at) ? ago(Math.max(0, Math.round((now - at) / 1000))) : p.at}`
+}
+
 /** The text of `grainline status`: summary line, then the table. */
 export function renderStatus(h: StoreHealth): string {
+  const now = Date.parse(h.checkedAt)
   const lines = [`${h.summary}${h.perfdata === '' ? '' : ` | ${h.perfdata}`}`]
   if (h.vms.length === 0) return lines.join('\n') + '\n'
   const rows: string[][] = []
   for (const vm of h.vms) {
-    if (vm.disks.length === 0) rows.push([vm.vm, '-', '-', ago(vm.health.ageSeconds), '-', '-', '-', '-', vm.health.state])
+    if (vm.disks.length === 0) rows.push([vm.vm, '-', '-', ago(vm.health.ageSeconds), '-', '-', '-', '-', '-', vm.health.state])
     for (const d of vm.disks) {
       rows.push([
         vm.vm,
@@ -38,12 +48,13 @@ export function renderStatus(h: StoreHealth): string {
         formatBytes(d.capacity),
         d.trivial === null ? '-' : d.trivial.ok ? 'ok' : 'MISMATCH',
         d.certify === null ? '-' : `${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}`,
+        provenText(d.proven, now),
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
         d.diverged !== null ? 'DIVERGED' : d.modified ? 'MODIFIED' : vm.health.state,
       ])
     }
   }
-  lines.push('', table(['vm', 'disk', 'cycle', 'committed', 'size', 'trivial', 'certify', 'in flight', 'state'], rows))
+  lines.push('', table(['vm', 'disk', 'cycle', 'committed', 'size', 'trivial', 'certify', 'last proven', 'in flight', 'state'], rows))
   const notes = h.vms.filter((v) => v.health.problems.length > 0)
   if (notes.length > 0) lines.push('', ...notes.flatMap((v) => v.health.problems.map((p) => `${v.vm}: ${p}`)))
   for (const vm of h.vms) {
