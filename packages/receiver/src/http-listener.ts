@@ -208,6 +208,10 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       send(res, 200, init.metrics.registry.contentType, text)
       return
     }
+    if (path === '/favicon.ico') {
+      res.writeHead(204, SECURITY_HEADERS).end()
+      return
+    }
     if (path === '/login' && method === 'POST') return login(req, res)
     if (path === '/logout' && method === 'POST') {
       viewers.end(req.headers.cookie)
