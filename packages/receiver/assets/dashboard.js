@@ -44,17 +44,24 @@
   function badge(state, text) {
     return el('span', { class: `badge ${STATE_CLASS[state] ?? 'unknown'}` }, [text ?? state])
   }
+  /** When the whole mirror was last proven equal to its source (certify, a scrub rotation, a full resync), when the store records it. */
+  function provenText(d) {
+    const p = d.proven
+    if (p === undefined) return null
+    if (p === null) return 'never fully proven'
+    return `fully proven by ${p.kind} at cycle ${p.cycle}, ${new Date(p.at).toLocaleString()}`
+  }
   function checkText(d) {
     const parts = []
     parts.push(`trivial ${d.trivial === null ? 'never run' : d.trivial.ok ? 'ok' : 'MISMATCH'}`)
     parts.push(`certify ${d.certify === null ? 'never run' : `${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}`}`)
-    const scrub = d.scrub ?? null
-    if (scrub !== null && typeof scrub === 'object') parts.push(`scrub ${scrub.ok === false ? 'MISMATCH' : 'ok'}`)
-    if (d.provenAt) parts.push(`fully proven ${new Date(d.provenAt).toLocaleString()}`)
+    if (d.diverged !== null) parts.push(`DIVERGED: ${d.diverged.reason}`)
+    const proven = provenText(d)
+    if (proven !== null) parts.push(proven)
     return `${d.name}: ${parts.join(', ')}`
   }
   function checksState(vm) {
-    const bad = vm.disks.some((d) => (d.trivial && !d.trivial.ok) || (d.certify && !d.certify.ok) || (d.scrub && d.scrub.ok === false))
+    const bad = vm.disks.some((d) => (d.trivial && !d.trivial.ok) || (d.certify && !d.certify.ok) || d.diverged !== null)
     return bad ? 'critical' : 'ok'
   }
   /** The cycle in flight: a progress bar with its numbers in words. */
@@ -156,6 +163,7 @@
             el('td', {}, [k.trivial === null ? 'never run' : k.trivial.ok ? 'ok' : 'MISMATCH']),
             el('td', {}, [k.certify === null ? 'never run' : `${k.certify.algorithm} ${k.certify.ok ? 'ok' : 'MISMATCH'}`]),
             el('td', {}, [k.diverged !== null ? 'DIVERGED' : k.modified ? 'MODIFIED' : 'ok']),
+            el('td', {}, [provenText(k) ?? '-']),
           ]),
         ),
       )
