@@ -120,7 +120,9 @@ export class LiveState implements ReceiverObserver {
 
   refused(): void {}
   sessionOpened(): void {}
-  cycleCommitted(): void {
+  /** a committed cycle is no longer in flight (the session may still run checks) */
+  cycleCommitted(vm: string): void {
+    this.#cycles.delete(vm)
     this.#changed()
   }
   checked(): void {}

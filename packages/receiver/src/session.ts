@@ -399,6 +399,7 @@ export class Session {
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     const seconds = (performance.now() - this.openedAt) / 1000
     this.settings.observer?.cycleCommitted(this.vmName, seconds)
+    // before the answer: once an agent holds Committed, the cycle is in the history (one small atomic write)
     await this.recordHistory(msg.cycle, seconds, disks)
     this.send({
       kind: MessageKind.Committed,
@@ -515,8 +516,9 @@ export class Session {
     await this.pipeline.discard()
     for (const d of this.disks.values()) await d.apply.close().catch(() => {})
     for (const m of this.maps.values()) await m.close()
-    this.vm?.release()
+    // before the lock is released: the next session of the VM reports its own cycle only after it holds the lock
     if (this.vmName !== '') this.settings.observer?.sessionEnded?.(this.vmName)
+    this.vm?.release()
     this.resolveDone()
   }
 }
