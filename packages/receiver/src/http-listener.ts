@@ -66,8 +66,6 @@ export interface HttpListenerInit {
 export interface HttpListener {
   readonly host: string
   readonly port: number
-  /** event-stream clients connected now */
-  readonly eventClients: number
   close(): Promise<void>
 }
 
@@ -291,9 +289,6 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
   return {
     host: addr.address,
     port: addr.port,
-    get eventClients() {
-      return events.size
-    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const end of [...events]) end()

@@ -47,7 +47,7 @@ export interface SessionErrorRecord {
 }
 
 /** The live state of one receiver process. */
-export class LiveState implements ReceiverObserver {
+export class LiveState implements Partial<ReceiverObserver> {
   readonly #cycles = new Map<string, LiveCycle>()
   readonly #errors = new Map<string, SessionErrorRecord[]>()
   readonly #listeners = new Set<() => void>()
@@ -118,19 +118,16 @@ export class LiveState implements ReceiverObserver {
     this.#changed()
   }
 
-  refused(): void {}
-  sessionOpened(): void {}
   /** a committed cycle is no longer in flight (the session may still run checks) */
   cycleCommitted(vm: string): void {
     this.#cycles.delete(vm)
     this.#changed()
   }
-  checked(): void {}
 }
 
 /** One observer telling several (metrics and the live state). */
-export function fanOut(...observers: ReadonlyArray<ReceiverObserver | undefined>): ReceiverObserver {
-  const all = observers.filter((o): o is ReceiverObserver => o !== undefined)
+export function fanOut(...observers: ReadonlyArray<Partial<ReceiverObserver> | undefined>): ReceiverObserver {
+  const all = observers.filter((o): o is Partial<ReceiverObserver> => o !== undefined)
   const each =
     <K extends keyof ReceiverObserver>(k: K) =>
     (...args: Parameters<NonNullable<ReceiverObserver[K]>>): void => {

@@ -52,7 +52,8 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
     rpo: { targetMs: 3_600_000, vms: { 'web-*': 1_800_000 } },
     retention: { keep: 3 },
   })
-  t.teardown(() => receiver.close())
+  let closed = false
+  t.teardown(() => (closed ? undefined : receiver.close()))
   const port = receiver.httpAddress?.port as number
   const base = `https://127.0.0.1:${port}`
   const call = (path: string, o: { method?: string; headers?: Record<string, string>; body?: string } = {}) => httpCall(`${base}${path}`, { ...o, ca: env.tls.ca })
@@ -209,17 +210,15 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
     t.match(d.errors, [{ cycle: 1, code: 'E_MALFORMED' }])
   })
 
-  t.test(`at most ${MAX_EVENT_CLIENTS} event streams`, async (t) => {
-    const open: ClientRequest[] = []
-    t.teardown(() => {
-      for (const r of open) r.destroy()
-    })
+  t.test(`at most ${MAX_EVENT_CLIENTS} event streams; closing the receiver ends them`, async (t) => {
+    const ended: Array<Promise<void>> = []
     const start = (): Promise<number> =>
       new Promise((resolve, reject) => {
         const req = request(`${base}/api/v1/events`, { headers: { Authorization: `Bearer ${VIEWER}` }, ca: env.tls.ca, agent: false })
         req.on('response', (res) => {
-          if (res.statusCode === 200) open.push(req)
-          else res.resume()
+          res.on('error', () => {})
+          if (res.statusCode === 200) ended.push(new Promise((r) => res.on('close', () => r())))
+          res.resume()
           resolve(res.statusCode ?? 0)
         })
         req.on('error', reject)
@@ -227,6 +226,10 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
       })
     for (let i = 0; i < MAX_EVENT_CLIENTS; i++) t.equal(await start(), 200)
     t.equal(await start(), 503, 'one more: 503')
+    closed = true
+    await receiver.close()
+    await Promise.all(ended)
+    t.pass(`the receiver's close ended all ${ended.length} streams`)
   })
 })
 
