@@ -17,6 +17,7 @@ export type {
   CommitMessage,
   CommittedMessage,
   CommittedDisk,
+  RetentionSpec,
   TrivialCheckMessage,
   TrivialResultMessage,
   CertifyMessage,

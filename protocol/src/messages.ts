@@ -313,11 +313,39 @@ export interface DiskEndedMessage {
   readonly disk: number
 }
 
+/**
+ * A restore-point retention policy on the wire (SPEC §5.5). Each field is a
+ * rule; 0 leaves that rule out. A point is kept when it is among the newest
+ * `keep` and younger than `maxAgeSeconds`, or when a grandfather-father-son
+ * level selects it; then the oldest go until the points take at most `maxBytes`.
+ */
+export interface RetentionSpec {
+  /** keep the newest N points (0: no count rule) */
+  readonly keep: number
+  /** keep points younger than this many seconds (0: no age rule) */
+  readonly maxAgeSeconds: number
+  /** the VM's points take at most this many bytes (0: no cap) */
+  readonly maxBytes: number
+  /** GFS: newest point of each of the last N hours */
+  readonly hourly: number
+  /** GFS: … days (UTC) */
+  readonly daily: number
+  /** GFS: … weeks (Monday to Sunday, UTC) */
+  readonly weekly: number
+  /** GFS: … months (UTC) */
+  readonly monthly: number
+}
+
 /** Agent → receiver: commit every sealed disk of the VM atomically (SPEC §5.5). */
 export interface CommitMessage {
   readonly kind: typeof MessageKind.Commit
   readonly vm: string
   readonly cycle: number
+  /**
+   * the job's restore-point retention for this VM, which the receiver applies
+   * within the limits its operator allows; null: the receiver's own policy
+   */
+  readonly retention: RetentionSpec | null
 }
 
 /** One disk of a Committed message: its new mirror CID and flat size. */
@@ -335,6 +363,8 @@ export interface CommittedMessage {
   /** the new point's generation id (SPEC §5.8): 32 lowercase hex digits, random, new at every commit */
   readonly generation: string
   readonly disks: readonly CommittedDisk[]
+  /** the retention the receiver applied at this commit; null: it keeps no restore points of this VM */
+  readonly retention: RetentionSpec | null
 }
 
 /** Agent → receiver: size and prefix digest of the frozen source (SPEC §5.6). */

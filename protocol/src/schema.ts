@@ -130,6 +130,15 @@ const limits = struct({
 })
 const layer = struct({ file: name('file'), cid, parentCid: cid })
 const source = struct({ layers: array(layer, HARD_LIMITS.maxLayers, 1), successor: name('successor') })
+const retentionSpec = struct({
+  keep: uint(1_000_000),
+  maxAgeSeconds: uint(),
+  maxBytes: uint(),
+  hourly: uint(1_000_000),
+  daily: uint(1_000_000),
+  weekly: uint(1_000_000),
+  monthly: uint(1_000_000),
+})
 const text = (maxBytes: number): StrSpec =>
   str(
     maxBytes,
@@ -220,12 +229,13 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
   [MessageKind.DiskEnded]: struct({ disk }),
   [MessageKind.BlockMapRequest]: struct({ disk, first: uint(), count: uint(MAX_MAP_BLOCKS) }),
   [MessageKind.BlockMap]: struct({ disk, first: uint(), digests: bin(MAX_MAP_BLOCKS * 64) }),
-  [MessageKind.Commit]: struct({ vm: name('vm'), cycle: uint() }),
+  [MessageKind.Commit]: struct({ vm: name('vm'), cycle: uint(), retention: nullable(retentionSpec) }),
   [MessageKind.Committed]: struct({
     vm: name('vm'),
     cycle: uint(),
     generation,
     disks: array(struct({ disk, mirrorCid: cid, size: uint() }), HARD_LIMITS.maxDisks),
+    retention: nullable(retentionSpec),
   }),
   [MessageKind.TrivialCheck]: struct({ disk, prefixBytes: uint(), algorithm: token, size: uint(), digest: digestBytes }),
   [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),

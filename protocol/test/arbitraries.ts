@@ -15,6 +15,12 @@ const isName = (s: string): boolean => {
 export const name = fc.oneof(fc.stringMatching(/^[A-Za-z0-9_.-]{1,24}$/), fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 })).filter(isName)
 const nat = fc.maxSafeNat()
 const cycle = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER })
+const count = fc.integer({ min: 0, max: 1_000_000 })
+/** a retention policy on the wire (SPEC §5.5), or null */
+const retention = fc.option(
+  fc.record({ keep: count, maxAgeSeconds: fc.nat(), maxBytes: fc.nat(), hourly: count, daily: count, weekly: count, monthly: count }),
+  { nil: null },
+)
 const disk = fc.integer({ min: 0, max: 255 })
 const sectors = (max: number): fc.Arbitrary<number> => fc.integer({ min: 0, max }).map((x) => x * 512)
 const digestLen = fc.constantFrom(8, 16, 20, 32)
@@ -139,13 +145,14 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
   fc
     .record({ disk, first: fc.integer({ min: 0, max: 2 ** 40 }), n: fc.integer({ min: 1, max: 64 }), seed: fc.integer({ min: 0, max: 255 }) })
     .map(({ n, seed, ...r }) => ({ kind: MessageKind.BlockMap, ...r, digests: Uint8Array.from({ length: n * 8 }, (_, i) => (i * 31 + seed) & 0xff) })),
-  fc.record({ kind: fc.constant(MessageKind.Commit), vm: name, cycle }),
+  fc.record({ kind: fc.constant(MessageKind.Commit), vm: name, cycle, retention }),
   fc.record({
     kind: fc.constant(MessageKind.Committed),
     vm: name,
     cycle,
     generation: generation.filter((g) => g !== ''),
     disks: fc.uniqueArray(fc.record({ disk, mirrorCid: cid, size: nat }), { maxLength: 4, selector: (d) => d.disk }),
+    retention,
   }),
   fc
     .record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk })

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import t from 'tap'
 import { decodeMessage, encodeMessage } from '../src/codec.ts'
-import { MessageKind, type DiskOpenMessage, type ExtentMessage, type Message } from '../src/messages.ts'
+import { MessageKind, type CommitMessage, type DiskOpenMessage, type ExtentMessage, type Message, type RetentionSpec } from '../src/messages.ts'
 import { canonical } from './json.ts'
 import { samples } from './samples.ts'
 
@@ -92,9 +92,9 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['extra field', { kind: MessageKind.ExtentAck, disk: 0, seq: 1, extra: 1 }, 'E_SCHEMA', 'extra'],
   ['string for a number', { kind: MessageKind.ExtentAck, disk: 0, seq: '1' }, 'E_SCHEMA', 'seq'],
   ['bool for bin', { ...extent, data: true }, 'E_SCHEMA', 'data'],
-  ['vm name with a slash', { kind: MessageKind.Commit, vm: '../x', cycle: 1 }, 'E_BAD_NAME', 'vm'],
+  ['vm name with a slash', { kind: MessageKind.Commit, vm: '../x', cycle: 1, retention: null }, 'E_BAD_NAME', 'vm'],
   ['vm name ..', { kind: MessageKind.Rollback, vm: '..' }, 'E_BAD_NAME', 'vm'],
-  ['cycle 0', { kind: MessageKind.Commit, vm: 'a', cycle: 0 }, 'E_SCHEMA', 'cycle'],
+  ['cycle 0', { kind: MessageKind.Commit, vm: 'a', cycle: 0, retention: null }, 'E_SCHEMA', 'cycle'],
   ['file name with NUL', { ...sample('vm-open'), files: [{ name: 'a\u0000', data: new Uint8Array(0) }] }, 'E_BAD_NAME', 'files[0].name'],
   [
     'duplicate file names',
@@ -243,7 +243,7 @@ t.test('negotiated digest length is enforced when given', async (t) => {
 t.test('encode refuses unknown kinds and non-objects', async (t) => {
   t.throws(() => encodeMessage({ kind: 0x03 } as never), { code: 'E_UNKNOWN_KIND' })
   t.throws(() => encodeMessage(null as never), { code: 'E_UNKNOWN_KIND' })
-  t.throws(() => encodeMessage({ kind: MessageKind.Commit, vm: 'a', cycle: 1, extra: 2 } as never), { code: 'E_SCHEMA', field: 'extra' })
+  t.throws(() => encodeMessage({ kind: MessageKind.Commit, vm: "a", cycle: 1, retention: null, extra: 2 } as never), { code: 'E_SCHEMA', field: 'extra' })
   t.throws(() => encodeMessage({ ...sample('committed'), disks: [[]] } as never), { code: 'E_SCHEMA', field: 'disks[0]' })
 })
 
@@ -388,4 +388,17 @@ t.test('DDB maps: duplicate keys and "__proto__" are refused in both directions'
   dup.write('ddb.aaaaa', dup.indexOf('ddb.bbbbb'), 'latin1')
   t.throws(() => decodeMessage(dup), { code: 'E_SCHEMA', field: 'ddb["ddb.aaaaa"]' })
   t.same((decodeMessage(good) as typeof m).ddb, { 'ddb.aaaaa': 'x', 'ddb.bbbbb': 'y' })
+})
+
+t.test('a retention request is a struct of seven bounded rules, or nil (SPEC §5.5)', async (t) => {
+  const req = sample('commit with a retention request') as CommitMessage
+  const back = decodeMessage(encodeMessage(req)) as CommitMessage
+  t.same(back.retention, req.retention)
+  t.equal((decodeMessage(encodeMessage(sample('commit'))) as CommitMessage).retention, null)
+  const spec = req.retention as RetentionSpec
+  t.throws(() => encodeMessage({ ...req, retention: { ...spec, keep: 1_000_001 } }), { code: 'E_SCHEMA', field: 'retention.keep' })
+  t.throws(() => encodeMessage({ ...req, retention: { ...spec, daily: -1 } }), { code: 'E_SCHEMA', field: 'retention.daily' })
+  const { weekly: _w, ...missing } = spec
+  t.throws(() => encodeMessage({ ...req, retention: missing } as never), { code: 'E_SCHEMA', field: 'retention.weekly' })
+  t.throws(() => encodeMessage({ ...req, retention: { ...spec, extra: 1 } } as never), { code: 'E_SCHEMA', field: 'retention.extra' })
 })

@@ -201,7 +201,16 @@ export const samples: readonly Sample[] = [
   { name: 'block-check-result ok', message: { kind: MessageKind.BlockCheckResult, disk: 1, ok: true, mismatched: new Uint8Array(0) } },
   { name: 'block-map-request', message: { kind: MessageKind.BlockMapRequest, disk: 1, first: 4096, count: 4096 } },
   { name: 'block-map', message: { kind: MessageKind.BlockMap, disk: 1, first: 4096, digests: bytes(3 * 8, (i) => (i * 53 + 7) & 0xff) } },
-  { name: 'commit', message: { kind: MessageKind.Commit, vm: 'web01', cycle: 3 } },
+  { name: 'commit', message: { kind: MessageKind.Commit, vm: 'web01', cycle: 3, retention: null } },
+  {
+    name: 'commit with a retention request',
+    message: {
+      kind: MessageKind.Commit,
+      vm: 'web01',
+      cycle: 3,
+      retention: { keep: 14, maxAgeSeconds: 30 * 86_400, maxBytes: 200 * 1024 * MiB, hourly: 24, daily: 7, weekly: 4, monthly: 12 },
+    },
+  },
   {
     name: 'committed',
     message: {
@@ -213,6 +222,18 @@ export const samples: readonly Sample[] = [
         { disk: 0, mirrorCid: '1234abcd', size: 16 * 1024 * MiB },
         { disk: 1, mirrorCid: 'fedcba98', size: 2 * 1024 * MiB },
       ],
+      retention: { keep: 14, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 7, weekly: 0, monthly: 0 },
+    },
+  },
+  {
+    name: 'committed without restore points',
+    message: {
+      kind: MessageKind.Committed,
+      vm: 'web01',
+      cycle: 4,
+      generation: '5c1f0e2d3b4a69788796a5b4c3d2e1f0',
+      disks: [{ disk: 0, mirrorCid: '0badcafe', size: 16 * 1024 * MiB }],
+      retention: null,
     },
   },
   {

@@ -77,6 +77,7 @@ export interface RunReport {
     reconnects?: number
     reusedSnapshot?: boolean
     error?: { code: string; message: string }
+    retention?: { requested: Record<string, number> | null; applied: Record<string, number> | null }
     disks: {
       name: string
       ok: boolean

@@ -216,7 +216,7 @@ async function ship(p: Peer, vm: string, cycle: number, extents: Array<{ offset:
   })
   p.send({ kind: MessageKind.DiskEnd, disk: 0, extents: extents.length, dataBytes, zeroBytes, digest: cd.digest() })
   await p.expect(MessageKind.DiskEnded)
-  p.send({ kind: MessageKind.Commit, vm, cycle })
+  p.send({ kind: MessageKind.Commit, vm, cycle, retention: null })
   return (await p.expect(MessageKind.Committed)).generation
 }
 

@@ -1,5 +1,5 @@
 /** The resolved options of one VM cycle (`replicate()` fills them from `ReplicateInit`, where the defaults are documented). */
-import type { CompressionAlgorithm, DigestAlgorithm } from '@grainline/protocol'
+import type { CompressionAlgorithm, DigestAlgorithm, RetentionSpec } from '@grainline/protocol'
 import type { ConnectOptions } from './connection.ts'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import type { ProgressSink } from './progress.ts'
@@ -26,6 +26,8 @@ export interface CycleOptions {
   readonly verify: 'none' | 'changed'
   /** compare 1/N of every disk with the mirror per cycle, in rotation (0: off) */
   readonly scrub: number
+  /** the job's restore-point retention request (null: the receiver's policy) */
+  readonly retention: RetentionSpec | null
   /** resync every disk whose mirror exists, even when an incremental is safe (`--resync`) */
   readonly resync: boolean
   /** resync block size, bytes (a power of two; halved until it fits the negotiated maxExtentBytes) */

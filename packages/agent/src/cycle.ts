@@ -20,7 +20,7 @@
  */
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { AgentStateStore, markCommitted, markDiverged, markInflight, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
@@ -39,6 +39,7 @@ import { openSession, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
 import { chainOptions, mirrorDiskNames, vmFiles } from './vm-files.ts'
 import { removeOtherSnapshots, settleForeignSnapshots } from './vm-snapshots.ts'
+import { retentionDifferences } from './retention.ts'
 import { SendWindow } from './window.ts'
 
 export type { DiskReport, VmReport } from './report.ts'
@@ -483,8 +484,9 @@ class VmCycle {
       }
       this.#lap('ship')
       // the commit is the durable step: once asked, its answer is awaited even through a stop
-      const committed = await client.commit(this.#vm.name, this.#cycleNo, { abortable: false })
+      const committed = await client.commit(this.#vm.name, this.#cycleNo, { abortable: false, retention: this.#opts.retention })
       if (!committed.ok) throw refusalError(`Commit of cycle ${this.#cycleNo}`, committed.refusal)
+      this.#noteRetention(committed.value.retention)
       await this.#recordCommit(committed.value.generation)
       for (const w of this.#works) w.progress.update('commit', true)
       this.#lap('commit')
@@ -509,6 +511,15 @@ class VmCycle {
       session?.client.terminate()
       throw err
     }
+  }
+
+  /** Report the retention the receiver applied; warn when it is not what the job asked. */
+  #noteRetention(applied: RetentionSpec | null): void {
+    const requested = this.#opts.retention
+    this.#report.retention = { requested, applied }
+    if (requested === null) return
+    const differs = applied === null ? ['all: the receiver keeps no restore points of this VM'] : retentionDifferences(requested, applied)
+    if (differs.length > 0) this.log.warn({ vm: this.#vm.name, requested, applied, differs }, 'the receiver applied another retention than the job asks (its retentionLimits); see the report')
   }
 
   /** The record's scrub rotations (created when `--scrub` is on; saved with the checks). */

@@ -31,6 +31,7 @@ import {
   type VmOpenMessage,
   type VmStateMessage,
   type WelcomeMessage,
+  type RetentionSpec,
 } from '@grainline/protocol'
 import { Connection, ConnectionLost, type ConnectOptions } from './connection.ts'
 import { AgentError } from './errors.ts'
@@ -146,8 +147,8 @@ export class ReceiverClient {
   }
 
   /** Commit → Committed: every sealed disk of the cycle is committed at once. */
-  async commit(vm: string, cycle: number, opts: { abortable?: boolean } = {}): Promise<Reply<CommittedMessage>> {
-    return await this.#request({ kind: MessageKind.Commit, vm, cycle }, MessageKind.Committed, undefined, opts.abortable ?? true)
+  async commit(vm: string, cycle: number, opts: { abortable?: boolean; retention?: RetentionSpec | null } = {}): Promise<Reply<CommittedMessage>> {
+    return await this.#request({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null }, MessageKind.Committed, undefined, opts.abortable ?? true)
   }
 
   /** TrivialCheck → TrivialResult. */

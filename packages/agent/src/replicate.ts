@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, parseRate, type CompressionAlgorithm, type DigestAlgorithm } from '@grainline/protocol'
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, parseRate, type CompressionAlgorithm, type DigestAlgorithm, type RetentionSpec } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
@@ -97,6 +97,13 @@ export interface ReplicateInit {
    * @default 0
    */
   readonly scrub?: number
+  /**
+   * restore-point retention this job asks of the receiver for the VM (SPEC
+   * §5.5); the receiver applies it within its limits and answers what it
+   * applied (the report's `retention`)
+   * @default null: the receiver's own policy
+   */
+  readonly retention?: RetentionSpec | null
   /**
    * resync block size, bytes: a power of two from 4 KiB to 64 MiB (halved
    * until it fits the negotiated maxExtentBytes)
@@ -223,6 +230,7 @@ async function replicateVm(
         resync: init.resync ?? false,
         verify: init.verify ?? 'none',
         scrub: init.scrub ?? 0,
+        retention: init.retention ?? null,
         blockSize,
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),

@@ -2,7 +2,7 @@
  * What a replication run reports: per VM and per disk, JSON-able, plus the
  * readable summary the CLI prints (`formatReport`).
  */
-import { formatBytes, formatDuration, type ChainLayer, type DigestAlgorithm } from '@grainline/protocol'
+import { formatBytes, formatDuration, type ChainLayer, type DigestAlgorithm, type RetentionSpec } from '@grainline/protocol'
 
 /** The result of one disk. */
 export interface DiskReport {
@@ -55,6 +55,8 @@ export interface VmReport {
   removedSnapshots: string[]
   /** disks ESXi does not snapshot (independent disks, physical RDMs), skipped with a warning; not replicated */
   skippedDisks?: Array<{ node: string; fileName: string; kind: string; reason: string }>
+  /** the restore-point retention the receiver applied at this commit (null: it keeps no points of this VM), and the job's request when it made one */
+  retention?: { requested: RetentionSpec | null; applied: RetentionSpec | null }
   durationMs: number
   /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
   timings: Record<string, number>

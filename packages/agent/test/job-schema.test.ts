@@ -197,3 +197,37 @@ t.test('--independent and --consolidate (or the per-VM keys) win over the esxi s
   const bad = await problems(loadJob({ file, options: { independentDisks: 'maybe' as never } }))
   t.match(bad.join('\n'), /independentDisks|--independent/)
 })
+
+t.test('retention: an object in a job file, a string as a flag, both the wire request; every mistake named', async (t) => {
+  const dir = await fixture(t)
+  const file = join(dir, 'job.json')
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      retention: { keep: 14, maxAge: '30d', maxBytes: '2G', gfs: 'daily=7,weekly=4' },
+      vms: ['a.vmx', { vm: 'b.vmx', retention: 'keep=3,monthly=12' }],
+    }),
+  )
+  const job = await loadJob({ file })
+  t.same(job.vms[0]?.retention, { keep: 14, maxAgeSeconds: 30 * 86_400, maxBytes: 2 * 1024 ** 3, hourly: 0, daily: 7, weekly: 4, monthly: 0 })
+  t.same(job.vms[1]?.retention, { keep: 3, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 0, weekly: 0, monthly: 12 })
+  const flag = await loadJob({ file, options: { retention: 'hourly=24' }, names: { retention: '--retention' } })
+  t.equal(flag.vms[1]?.retention?.hourly, 24, 'the flag wins')
+  const cases: Array<[unknown, RegExp]> = [
+    ['keep=x', /keep must be a whole number/],
+    ['keep=1,keep=2', /keep given twice/],
+    ['keep', /is not KEY=VALUE/],
+    ['forever=1', /unknown retention key forever/],
+    ['maxBytes=1G', /needs keep, maxAge or a GFS level/],
+    ['maxAge=soon', /maxAge/],
+    ['daily=10000000', /daily must be a whole number/],
+    [{ keep: -1 }, /retention/],
+    [{ keep: 1, extra: true }, /retention/],
+  ]
+  for (const [value, re] of cases) {
+    const p = await problems(loadJob({ file, options: { retention: value as string }, names: { retention: '--retention' } }))
+    t.match(p.join('\n'), re, `${JSON.stringify(value)}: ${p.join(' | ')}`)
+  }
+})

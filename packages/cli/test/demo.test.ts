@@ -21,6 +21,8 @@ t.test('demo: sample VM, TLS receiver process, seed + incremental cycles with a 
   t.match(out, /seed\s+\S+ \S+\s+\S+ \S+.*ok.*committed/)
   t.match(out, /incremental 2.*xxh64 ok\s+committed/)
   t.match(out, /all cycles committed and verified/)
+  t.match(out, /points:\s+cycles 1, 2 \(restore points, .* in all\) and the mirror at cycle 3/, 'the DR site kept the earlier cycles as restore points')
+  t.match(out, /grainline points --store .* --vm 'Demo VM'/)
   t.same(
     await readdir(join(dir, 'mirrors', 'Demo VM')).then((f) => f.filter((n) => n.endsWith('.vmdk')).sort()),
     ['Demo VM-flat.vmdk', 'Demo VM.vmdk', 'Demo VM_1-flat.vmdk', 'Demo VM_1.vmdk'],

@@ -7,7 +7,7 @@
 import { resolve } from 'node:path'
 import { z } from 'zod'
 import { parseDuration } from '@grainline/protocol'
-import { parseRetention } from './retention.ts'
+import { parseRetention, parseRetentionLimits } from './retention.ts'
 
 /** What the generated reference says about a field (same fields as the agent's `doc`). */
 export interface FieldDoc {
@@ -60,6 +60,15 @@ const retentionField = z.unknown().transform((v, ctx) => {
     return parseRetention(v, 'retention')
   } catch (err) {
     ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^retention: /, '') })
+    return z.NEVER
+  }
+})
+
+const retentionLimitsField = z.unknown().transform((v, ctx) => {
+  try {
+    return parseRetentionLimits(v, 'retentionLimits')
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^retentionLimits: /, '') })
     return z.NEVER
   }
 })
@@ -119,6 +128,13 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
     retentionVms: doc(z.record(z.string().min(1), retentionField).optional(), {
       description: 'Retention by VM-name glob; the first matching glob wins over `retention`.',
       type: 'object of retention policy',
+    }),
+    retentionLimits: doc(retentionLimitsField.optional(), {
+      description:
+        "What a job's retention request (`replicate --retention`, SPEC §5.5) may ask: `{minKeep, maxKeep, maxAge, maxBytes}`. A request replaces the VM's policy with `keep` raised to `minKeep` and every rule lowered to its ceiling; only VMs that keep points honour requests.",
+      type: 'retention limits',
+      default: 'requests ignored',
+      example: '{ "minKeep": 3, "maxKeep": 48, "maxAge": "90d", "maxBytes": "500G" }',
     }),
     maxConnections: count('Concurrent replication sessions; more get HTTP 503 before the upgrade.', '64'),
     maxSockets: count('TCP sockets at once on the replication port, counted before TLS.', '256'),

@@ -2,7 +2,7 @@
  * Retention of restore points: which points a policy keeps, as a pure
  * function of the points and a clock reading (tests pass a fake one).
  */
-import { parseByteSize, parseDuration } from '@grainline/protocol'
+import { parseByteSize, parseDuration, type RetentionSpec } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 
 /** Grandfather-father-son levels: how many hourly, daily, weekly, monthly points to keep. */
@@ -28,6 +28,23 @@ export interface RetentionPolicy {
   /** the points of the VM may take at most this many bytes (the oldest go first) */
   readonly maxBytes?: number
   readonly gfs?: GfsPolicy
+  /** a floor: the newest N points are kept whatever the other rules say (set by {@link RetentionLimits.minKeep}) */
+  readonly minKeep?: number
+}
+
+/**
+ * What an agent's per-job retention request may ask (receiver config
+ * `retentionLimits`): the receiver raises `keep` to `minKeep` and keeps the
+ * newest `minKeep` points whatever the request says (an agent cannot erase the
+ * DR site's history), and lowers `keep`, every GFS level, the age and the
+ * space to the ceilings (an agent cannot fill the DR site's disk). Without
+ * limits the receiver ignores requests.
+ */
+export interface RetentionLimits {
+  readonly minKeep?: number
+  readonly maxKeep?: number
+  readonly maxAgeMs?: number
+  readonly maxBytes?: number
 }
 
 /** What retention needs of a point. */
@@ -93,6 +110,90 @@ export function parseRetention(json: unknown, where: string): RetentionPolicy {
   return out
 }
 
+/**
+ * Read retention limits from config JSON:
+ * `{"minKeep": 3, "maxKeep": 48, "maxAge": "90d", "maxBytes": "500G"}`.
+ * @throws ReceiverError E_CONFIG
+ */
+export function parseRetentionLimits(json: unknown, where: string): RetentionLimits {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new ReceiverError('E_CONFIG', `${where}: retention limits are an object`)
+  const o = json as Record<string, unknown>
+  const out: { minKeep?: number; maxKeep?: number; maxAgeMs?: number; maxBytes?: number } = {}
+  for (const k of Object.keys(o)) if (!['minKeep', 'maxKeep', 'maxAge', 'maxBytes'].includes(k)) throw new ReceiverError('E_CONFIG', `${where}: unknown key ${k} (minKeep, maxKeep, maxAge, maxBytes)`)
+  try {
+    for (const k of ['minKeep', 'maxKeep'] as const) {
+      const v = o[k]
+      if (v === undefined) continue
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > 1_000_000) throw new Error(`${k} must be an integer 0…1000000`)
+      out[k] = v
+    }
+    if (o['maxAge'] !== undefined) out.maxAgeMs = parseDuration(o['maxAge'] as string, 'maxAge')
+    if (o['maxBytes'] !== undefined) out.maxBytes = parseByteSize(o['maxBytes'] as string, 'maxBytes')
+  } catch (err) {
+    throw new ReceiverError('E_CONFIG', `${where}: ${(err as Error).message}`)
+  }
+  if (out.minKeep !== undefined && out.maxKeep !== undefined && out.minKeep > out.maxKeep) throw new ReceiverError('E_CONFIG', `${where}: minKeep ${out.minKeep} is above maxKeep ${out.maxKeep}`)
+  return out
+}
+
+/** A wire retention request (SPEC §5.5: 0 leaves a rule out) as a policy. */
+export function policyFromSpec(spec: RetentionSpec): RetentionPolicy {
+  const gfs: { -readonly [L in GfsLevel]?: number } = {}
+  for (const l of GFS_LEVELS) if (spec[l] > 0) gfs[l] = spec[l]
+  return {
+    ...(spec.keep > 0 ? { keep: spec.keep } : {}),
+    ...(spec.maxAgeSeconds > 0 ? { maxAgeMs: spec.maxAgeSeconds * 1000 } : {}),
+    ...(spec.maxBytes > 0 ? { maxBytes: spec.maxBytes } : {}),
+    ...(Object.keys(gfs).length > 0 ? { gfs } : {}),
+  }
+}
+
+/** A policy as the wire carries it (ages rounded up to seconds); null when it keeps no points. */
+export function specFromPolicy(p: RetentionPolicy | undefined): RetentionSpec | null {
+  if (p === undefined || !keepsPoints(p)) return null
+  return {
+    keep: p.keep ?? 0,
+    maxAgeSeconds: p.maxAgeMs === undefined ? 0 : Math.ceil(p.maxAgeMs / 1000),
+    maxBytes: p.maxBytes ?? 0,
+    hourly: p.gfs?.hourly ?? 0,
+    daily: p.gfs?.daily ?? 0,
+    weekly: p.gfs?.weekly ?? 0,
+    monthly: p.gfs?.monthly ?? 0,
+  }
+}
+
+const lower = (v: number | undefined, ceiling: number | undefined): number | undefined => (ceiling === undefined ? v : Math.min(v ?? ceiling, ceiling))
+
+/**
+ * The policy a commit applies: the receiver's own for the VM, or the agent's
+ * request clamped to `limits` (pure). The receiver's policy decides whether
+ * the VM keeps points at all; without limits a request is ignored.
+ */
+export function effectiveRetention(own: RetentionPolicy | undefined, request: RetentionSpec | null, limits: RetentionLimits | undefined): RetentionPolicy | undefined {
+  if (request === null || limits === undefined || !keepsPoints(own)) return own
+  const asked = policyFromSpec(request)
+  let keep = lower(asked.keep, limits.maxKeep)
+  if (keep !== undefined && limits.minKeep !== undefined) keep = Math.max(keep, limits.minKeep)
+  const maxAgeMs = lower(asked.maxAgeMs, limits.maxAgeMs)
+  const maxBytes = lower(asked.maxBytes, limits.maxBytes)
+  let gfs: GfsPolicy | undefined
+  if (asked.gfs !== undefined) {
+    const g: { -readonly [L in GfsLevel]?: number } = {}
+    for (const l of GFS_LEVELS) {
+      const n = asked.gfs[l]
+      if (n !== undefined) g[l] = lower(n, limits.maxKeep) as number
+    }
+    gfs = g
+  }
+  return {
+    ...(keep === undefined ? {} : { keep }),
+    ...(maxAgeMs === undefined ? {} : { maxAgeMs }),
+    ...(maxBytes === undefined ? {} : { maxBytes }),
+    ...(gfs === undefined ? {} : { gfs }),
+    ...(limits.minKeep === undefined || limits.minKeep === 0 ? {} : { minKeep: limits.minKeep }),
+  }
+}
+
 /** Whether a policy keeps any point at all. */
 export function keepsPoints(p: RetentionPolicy | undefined): boolean {
   if (p === undefined) return false
@@ -142,5 +243,6 @@ export function pointsToDrop(points: readonly RetainedPoint[], policy: Retention
       total -= p.bytes
     }
   }
+  if (policy.minKeep !== undefined) for (const p of sorted.slice(Math.max(0, sorted.length - policy.minKeep))) kept.add(p.cycle)
   return sorted.filter((p) => !kept.has(p.cycle)).map((p) => p.cycle)
 }

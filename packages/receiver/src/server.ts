@@ -19,7 +19,7 @@ import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { globMatch } from './auth.ts'
-import type { RetentionPolicy } from './retention.ts'
+import type { RetentionLimits, RetentionPolicy } from './retention.ts'
 
 /** The retention policy of a VM: the first `retentionVms` glob matching it, else `retention`. */
 export function retentionFor(init: Pick<ReceiverInit, 'retention' | 'retentionVms'>, vm: string): RetentionPolicy | undefined {
@@ -92,6 +92,8 @@ export interface ReceiverInit {
   readonly retention?: RetentionPolicy
   /** per-VM retention by VM-name glob (`*`, `?`), first match wins over `retention` */
   readonly retentionVms?: Readonly<Record<string, RetentionPolicy>>
+  /** what an agent's per-job retention request may ask; without it requests are ignored (SPEC §5.5) */
+  readonly retentionLimits?: RetentionLimits
   /**
    * serve the HTTP listener on this address, apart from the replication
    * port: Prometheus metrics (`GET /metrics`), the dashboard and its API
@@ -169,6 +171,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     idleTimeoutMs: init.idleTimeoutMs ?? 300_000,
     refusals,
     retentionFor: (vm: string) => retentionFor(init, vm),
+    ...(init.retentionLimits === undefined ? {} : { retentionLimits: init.retentionLimits }),
     observer: fanOut(metrics, live),
   }
   /** open sessions per token entry (the per-token cap) */

@@ -1,7 +1,7 @@
 import type { LocalCapabilities } from '@grainline/protocol'
 import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
-import type { RetentionPolicy } from './retention.ts'
+import type { RetentionLimits, RetentionPolicy } from './retention.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
@@ -28,6 +28,8 @@ export interface SessionSettings {
   readonly refusals: RefusalLog
   /** the restore-point retention of a VM (undefined: no points) */
   readonly retentionFor?: (vm: string) => RetentionPolicy | undefined
+  /** what an agent's per-job retention request may ask (undefined: requests are ignored) */
+  readonly retentionLimits?: RetentionLimits
   /** told of sealed disks, commits and checks as they happen (metrics) */
   readonly observer?: ReceiverObserver
 }

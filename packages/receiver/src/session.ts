@@ -30,7 +30,7 @@ import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
 import type { SessionSettings } from './session-settings.ts'
-import type { RetentionPolicy } from './retention.ts'
+import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkVmName } from './receiver-rules.ts'
@@ -389,12 +389,23 @@ export class Session {
 
   private async onCommit(msg: CommitMessage): Promise<void> {
     const disks = [...this.disks.values()]
+    const own = this.settings.retentionFor?.(this.vmName)
+    const applied = effectiveRetention(own, msg.retention, this.settings.retentionLimits)
+    if (msg.retention !== null) {
+      const why =
+        this.settings.retentionLimits === undefined
+          ? 'this receiver allows no per-job retention (retentionLimits)'
+          : applied === own
+            ? 'this receiver keeps no restore points of this VM'
+            : 'clamped to retentionLimits'
+      this.log.info({ vm: this.vmName, requested: msg.retention, applied: specFromPolicy(applied), why }, 'retention requested by the job')
+    }
     const recs = await this.mirror.commit(
       msg.cycle,
       disks.map((d) => d.apply),
       this.settings.displaySuffix,
       this.compat as CompatRecord,
-      this.retention(),
+      applied === undefined ? {} : { retention: applied },
     )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     const seconds = (performance.now() - this.openedAt) / 1000
@@ -407,6 +418,7 @@ export class Session {
       cycle: msg.cycle,
       generation: this.mirror.state.generation as string,
       disks: recs.map((r, i) => ({ disk: (disks[i] as PipelineDisk).handle, mirrorCid: r.mirrorCid, size: r.size })),
+      retention: specFromPolicy(applied),
     })
   }
 

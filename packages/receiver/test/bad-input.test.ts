@@ -97,7 +97,12 @@ t.test('bad input: typed errors, close codes, nothing written, receiver stays up
     close: 4430,
     script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.DiskEnd, disk: 0, extents: 1, dataBytes: MiB, zeroBytes: 0, digest: new Uint8Array(32) }],
   })
-  cases.push({ name: 'commit without DiskEnd', code: 'E_UNEXPECTED', close: 4004, script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.Commit, vm: caseVm, cycle: 1 }] })
+  cases.push({
+    name: 'commit without DiskEnd',
+    code: 'E_UNEXPECTED',
+    close: 4004,
+    script: (d) => [...pre(), extentMessage(d, 0, 'sha256'), { kind: MessageKind.Commit, vm: caseVm, cycle: 1, retention: null }],
+  })
   cases.push({
     name: 'cycleId not the identity of the fields',
     code: 'E_SCHEMA',

@@ -96,7 +96,7 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
     if (m?.kind === MessageKind.DiskEnded) break
     if (m?.kind !== MessageKind.ExtentAck) throw new Error(`unexpected ${String(m?.kind)}`)
   }
-  a4.send({ kind: MessageKind.Commit, vm: 'web-01', cycle: 3 })
+  a4.send({ kind: MessageKind.Commit, vm: 'web-01', cycle: 3, retention: null })
   t.equal((await a4.expect(MessageKind.Committed)).cycle, 3)
   a4.close()
   t.ok(readFileSync(flat).equals(img3), 'reseed flat == image 3')

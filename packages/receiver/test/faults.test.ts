@@ -133,7 +133,7 @@ t.test('disk full, read-only store, vanished folder: typed error, mirror at its 
     await b.expect(MessageKind.ExtentAck)
     b.send(diskEnd(d, 'sha256'))
     await b.expect(MessageKind.DiskEnded)
-    b.send({ kind: MessageKind.Commit, vm: 'vm3', cycle: 1 })
+    b.send({ kind: MessageKind.Commit, vm: 'vm3', cycle: 1, retention: null })
     const e = await b.expectError()
     t.same(e, { code: 'E_IO', closeCode: 4500 }, 'commit into a vanished folder fails with E_IO')
     const f = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })

@@ -37,7 +37,7 @@ t.test(`fuzz: ${ITERATIONS} connections of random and mutated frames against a l
     extentMessage(d, 0, 'sha256'),
     extentMessage(d, 1, 'sha256'),
     diskEnd(d, 'sha256'),
-    { kind: MessageKind.Commit, vm: 'web-f', cycle: 1 },
+    { kind: MessageKind.Commit, vm: 'web-f', cycle: 1, retention: null },
     { kind: MessageKind.Rollback, vm: 'web-f' },
     { kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: MiB, algorithm: 'sha256', size: 2 * MiB, digest: new Uint8Array(32) },
     { kind: MessageKind.Certify, disk: 0, algorithm: 'md5', digest: new Uint8Array(16) },

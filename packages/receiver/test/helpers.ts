@@ -23,6 +23,7 @@ import {
   type DiskOpenMessage,
   type ExtentMessage,
   type Message,
+  type RetentionSpec,
   type SourceIdentity,
 } from '@grainline/protocol'
 import { createReceiver, type Receiver, type ReceiverInit } from '../src/index.ts'
@@ -411,7 +412,7 @@ export async function runCycle(
   vm: string,
   cycle: number,
   disks: DiskPlan[],
-  opts: { alg?: DigestAlgorithm; compression?: CompressionAlgorithm; stopAfter?: number; rollbackFirst?: boolean; commit?: boolean } = {},
+  opts: { alg?: DigestAlgorithm; compression?: CompressionAlgorithm; stopAfter?: number; rollbackFirst?: boolean; commit?: boolean; retention?: RetentionSpec | null } = {},
 ): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }> }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
@@ -451,7 +452,7 @@ export async function runCycle(
     }
   }
   if (opts.commit === false) return { resume }
-  agent.send({ kind: MessageKind.Commit, vm, cycle })
+  agent.send({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null })
   const committed = await agent.expect(MessageKind.Committed)
   return { resume, committed }
 }

@@ -106,11 +106,19 @@ t.test('httpListen (and its old name metricsListen) in the config file and as a 
   await bad({ store: 'm', rpo: { targets: '1h' } }, /rpo\.targets: unknown setting/, 'an unknown rpo key')
   await bad({ store: 'm', retention: { keep: -1 } }, /retention: keep must be/, 'retention')
   await bad({ store: 'm', retentionVms: { 'db-*': { nope: 1 } } }, /retentionVms\["db-\*"\]: unknown retention key nope/, 'retention by glob')
+  await bad({ store: 'm', retentionLimits: { minKeep: 5, maxKeep: 2 } }, /retentionLimits: minKeep 5 is above maxKeep 2/, 'retention limits')
   await bad({ store: 3, insecure: 'no' }, /2 problems:\n {2}.*store: .*\n {2}.*insecure: /, 'every problem at once')
   await bad('[1]', /expected a JSON object/, 'not an object')
   await bad('{', /cannot read config/, 'not JSON')
-  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', listen: '0.0.0.0:7443', rpo: { target: '2h', vms: { 'db-*': '15m' } } }))
-  t.match(await loadReceiverConfig(cfg), { host: '0.0.0.0', port: 7443, tokensFile: join(dir, 't.json'), store: join(dir, 'm'), rpo: { targetMs: 7_200_000, vms: { 'db-*': 900_000 } } })
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', listen: '0.0.0.0:7443', rpo: { target: '2h', vms: { 'db-*': '15m' } }, retentionLimits: { minKeep: 2 } }))
+  t.match(await loadReceiverConfig(cfg), {
+    host: '0.0.0.0',
+    port: 7443,
+    tokensFile: join(dir, 't.json'),
+    store: join(dir, 'm'),
+    rpo: { targetMs: 7_200_000, vms: { 'db-*': 900_000 } },
+    retentionLimits: { minKeep: 2 },
+  })
   await t.rejects(resolveReceiverInit({ tokens: 't.json' }), { code: 'E_CONFIG', message: /--store/ })
   await t.rejects(resolveReceiverInit({ store: 'm' }), { code: 'E_CONFIG', message: /--tokens/ })
   const flags = await resolveReceiverInit({

@@ -102,7 +102,7 @@ t.test('a shipped .vmx with references out of the mirror is installed neutralise
     if (m?.kind === MessageKind.DiskEnded) break
     if (m?.kind !== MessageKind.ExtentAck) throw new Error(`unexpected ${String(m?.kind)}`)
   }
-  a.send({ kind: MessageKind.Commit, vm: 'web-x', cycle: 1 })
+  a.send({ kind: MessageKind.Commit, vm: 'web-x', cycle: 1, retention: null })
   await a.expect(MessageKind.Committed)
   a.close()
   await a.whenClosed()

@@ -303,3 +303,37 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   t.match(readFileSync(m.vmx, 'utf8'), /displayName = ".*\(failover\)"/)
   await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
 })
+
+t.test("a job's retention request is applied within retentionLimits and answered in Committed (SPEC §5.5)", async (t) => {
+  const env = makeEnv(t.testdir())
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 5 }, retentionLimits: { minKeep: 2, maxKeep: 3 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-ret'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 31)]
+  const ask = { keep: 1, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 }
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const first = await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ee01ee01ee01ee01')], { retention: ask })
+  a.close()
+  t.same((first.committed as { retention: unknown }).retention, { ...ask, keep: 2 }, 'Committed carries the applied policy: keep raised to the floor')
+  for (let c = 2; c <= 5; c++) {
+    const ranges = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 7, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ee0${c}ee0${c}ee0${c}ee0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)], { retention: ask })
+    a.close()
+  }
+  t.same(
+    (await listPoints(env.store, vm)).points.filter((p) => !p.current).map((p) => p.cycle),
+    [3, 4],
+    'the floor of two points holds against a request of one',
+  )
+  t.ok(
+    logs.lines.some((l) => l.msg === 'retention requested by the job' && l['why'] === 'clamped to retentionLimits'),
+    'the receiver logs the request and why it differs',
+  )
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const own = await runCycle(a, vm, 6, [incPlan(0, 'd.vmdk', evolve(images[5] as Buffer, 66, rangesFor(6, cap)), 5, 'ee06ee06ee06ee06', rangesFor(6, cap), 'd-000005.vmdk', 'd-000006.vmdk')])
+  a.close()
+  t.same((own.committed as { retention: { keep: number } }).retention.keep, 5, "no request: the receiver's own policy, answered")
+})

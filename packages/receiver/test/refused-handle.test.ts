@@ -85,7 +85,7 @@ t.test('refused handles', async (t) => {
     a.send(diskOpen(seed, 2, 'vm-h'))
     t.equal((await a.expect(MessageKind.DiskState)).accepted, true, 'a.vmdk reopened under handle 2')
     await ship(a, seed)
-    a.send({ kind: MessageKind.Commit, vm: 'vm-h', cycle: 2 })
+    a.send({ kind: MessageKind.Commit, vm: 'vm-h', cycle: 2, retention: null })
     const c = await a.expect(MessageKind.Committed)
     t.same(
       c.disks.map((d) => d.disk),

@@ -139,7 +139,7 @@ t.test('a resync: the map is the mirror at its committed point, also after a rec
   const dataBytes = extents.filter((e) => !e.zero).length * BS
   a.send({ kind: MessageKind.DiskEnd, disk: 0, extents: 4, dataBytes, zeroBytes: 4 * BS - dataBytes, digest: cd.digest() })
   for (;;) if ((await a.next())?.kind === MessageKind.DiskEnded) break
-  a.send({ kind: MessageKind.Commit, vm: VM, cycle: 2 })
+  a.send({ kind: MessageKind.Commit, vm: VM, cycle: 2, retention: null })
   await a.expect(MessageKind.Committed)
   a.close()
   await a.whenClosed()

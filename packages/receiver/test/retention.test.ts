@@ -1,5 +1,7 @@
 import t from 'tap'
+import type { RetentionSpec } from '@grainline/protocol'
 import { ReceiverError, keepsPoints, parseGfs, parseRetention, pointsToDrop, type RetainedPoint, type RetentionPolicy } from '../src/index.ts'
+import { effectiveRetention, parseRetentionLimits, policyFromSpec, specFromPolicy } from '../src/retention.ts'
 import { dropPoints, planCommitPoints } from '../src/points.ts'
 import { emptyState, type VmStateFile } from '../src/state-file.ts'
 
@@ -53,6 +55,8 @@ const cases: Array<{ name: string; points: RetainedPoint[]; policy: RetentionPol
   },
   { name: 'GFS plus keep: union', points: series(10, H), policy: { keep: 2, gfs: { daily: 1 } }, drop: [1, 2, 3, 4, 5, 6, 7, 8] },
   { name: 'GFS then a space cap', points: series(5, D, 100), policy: { gfs: { daily: 4 }, maxBytes: 200 }, drop: [1, 2, 3] },
+  { name: 'a minKeep floor beats age, count and space', points: series(6, H, 100), policy: { keep: 1, maxAgeMs: 1, maxBytes: 10, minKeep: 3 }, drop: [1, 2, 3] },
+  { name: 'a minKeep floor above the number of points keeps all', points: series(2, H), policy: { keep: 0, minKeep: 5 }, drop: [] },
 ]
 
 for (const c of cases) {
@@ -141,4 +145,51 @@ t.test('planCommitPoints: links the new point onto the mirror and the previous n
   t.match(seeded.droppedAll, /without a reverse increment/)
   const fresh = planCommitPoints({ ...st, points: [] }, [{ disk: 'new.vmdk', file: undefined, bytes: 0 }])
   t.same(fresh, { points: [], links: [], removePoints: [] }, 'a new disk without points changes nothing')
+})
+
+const NONE: RetentionSpec = { keep: 0, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 }
+
+t.test('parseRetentionLimits: keys, bounds, minKeep ≤ maxKeep', async (t) => {
+  t.same(parseRetentionLimits({ minKeep: 3, maxKeep: 48, maxAge: '90d', maxBytes: '1G' }, 'cfg'), { minKeep: 3, maxKeep: 48, maxAgeMs: 90 * D, maxBytes: 1024 ** 3 })
+  t.same(parseRetentionLimits({}, 'cfg'), {})
+  t.throws(() => parseRetentionLimits([], 'cfg'), { code: 'E_CONFIG' })
+  t.throws(() => parseRetentionLimits({ minkeep: 1 }, 'cfg'), { code: 'E_CONFIG', message: /unknown key minkeep/ })
+  t.throws(() => parseRetentionLimits({ maxKeep: -1 }, 'cfg'), { code: 'E_CONFIG', message: /maxKeep/ })
+  t.throws(() => parseRetentionLimits({ maxKeep: 1.5 }, 'cfg'), { code: 'E_CONFIG' })
+  t.throws(() => parseRetentionLimits({ maxAge: 'soon' }, 'cfg'), { code: 'E_CONFIG', message: /cfg/ })
+  t.throws(() => parseRetentionLimits({ minKeep: 5, maxKeep: 2 }, 'cfg'), { code: 'E_CONFIG', message: /minKeep 5 is above maxKeep 2/ })
+})
+
+t.test('policyFromSpec / specFromPolicy: 0 leaves a rule out; no points is null', async (t) => {
+  const spec: RetentionSpec = { keep: 14, maxAgeSeconds: 86_400, maxBytes: 1000, hourly: 0, daily: 7, weekly: 4, monthly: 0 }
+  t.same(policyFromSpec(spec), { keep: 14, maxAgeMs: D, maxBytes: 1000, gfs: { daily: 7, weekly: 4 } })
+  t.same(specFromPolicy(policyFromSpec(spec)), spec)
+  t.same(policyFromSpec(NONE), {})
+  t.equal(specFromPolicy(undefined), null)
+  t.equal(specFromPolicy({ keep: 0 }), null)
+  t.equal(specFromPolicy({ maxAgeMs: 1500 })?.maxAgeSeconds, 2, 'ages round up to whole seconds')
+})
+
+t.test('effectiveRetention: the receiver decides; a request is clamped to its limits', async (t) => {
+  const own: RetentionPolicy = { keep: 7 }
+  const ask: RetentionSpec = { ...NONE, keep: 100, maxAgeSeconds: 365 * 86_400, maxBytes: 10 * 1024 ** 4, daily: 500 }
+  t.equal(effectiveRetention(own, null, { maxKeep: 48 }), own, 'no request: the receiver policy')
+  t.equal(effectiveRetention(own, ask, undefined), own, 'no limits: requests are ignored')
+  t.equal(effectiveRetention(undefined, ask, { maxKeep: 48 }), undefined, 'a VM without points does not get them from an agent')
+  t.same(effectiveRetention({ keep: 0 }, ask, { maxKeep: 48 }), { keep: 0 }, 'points off stays off')
+  t.same(
+    effectiveRetention(own, ask, { maxKeep: 48, maxAgeMs: 90 * D, maxBytes: 1024 ** 3 }),
+    { keep: 48, maxAgeMs: 90 * D, maxBytes: 1024 ** 3, gfs: { daily: 48 } },
+    'every rule lowered to its ceiling',
+  )
+  t.same(
+    effectiveRetention(own, { ...NONE, keep: 1, maxAgeSeconds: 1 }, { minKeep: 3, maxKeep: 48 }),
+    { keep: 3, maxAgeMs: 1000, minKeep: 3 },
+    'keep raised to the floor, which also beats the age rule',
+  )
+  t.same(effectiveRetention(own, { ...NONE, daily: 7 }, { maxKeep: 48 }), { keep: 48, gfs: { daily: 7 } }, 'a request without a count rule gets the ceiling as its count')
+  t.same(effectiveRetention(own, { ...NONE, keep: 5 }, {}), { keep: 5 }, 'empty limits: any request holds')
+  // what a hostile agent asking to erase the history gets: the newest minKeep points survive
+  const hostile = effectiveRetention(own, { ...NONE, keep: 1, maxAgeSeconds: 1, maxBytes: 1 }, { minKeep: 3 }) as RetentionPolicy
+  t.same(pointsToDrop(series(6, H), hostile, NOW), [1, 2, 3])
 })

@@ -237,6 +237,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     resync: val('resync'),
     verify: val('verify'),
     scrub: val('scrub'),
+    retention: val('retention'),
     stateDir: val('stateDir'),
     giveUpMs: giveUp,
     maxBackoffMs: maxBackoff,

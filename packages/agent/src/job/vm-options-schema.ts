@@ -12,6 +12,7 @@ import { CompressionAlgorithms, DigestAlgorithms } from '@grainline/protocol'
 import { certificateFileField, doc, durationField, pathField, secretFileField, sizeField, type SchemaContext } from './fields.ts'
 import { esxiSettingsSchema } from './esxi-settings-schema.ts'
 import { loadSettingsFile } from './settings-file.ts'
+import { retentionField } from './retention-field.ts'
 
 /** `certify` values: a digest algorithm, or `none`. */
 export const CertifyChoices = [...[...DigestAlgorithms].sort(), 'none'] as const
@@ -72,6 +73,13 @@ export function vmOptionsShape(ctx: SchemaContext) {
       description:
         'Resync every disk whose mirror exists by comparing block digests (only differing blocks travel), even when an incremental would be safe. A resync is chosen on its own whenever an incremental is not safe.',
       default: 'false',
+    }),
+    retention: doc(retentionField().optional(), {
+      description:
+        "Restore points the receiver keeps of this VM: this job's request, applied by the receiver within the limits its operator allows (its `retentionLimits`; it may raise `keep` to a floor and lower every rule to a ceiling, and ignores requests when it allows none). The run report shows what it applied.",
+      type: 'object or string',
+      example: '{"keep": 14, "maxAge": "30d", "gfs": "daily=7,weekly=4"} or "keep=14,maxAge=30d,daily=7"',
+      default: "the receiver's policy",
     }),
     consolidateExisting: doc(z.boolean().optional(), { description: 'Remove snapshots grainline did not make first instead of refusing the VM.', default: 'false' }),
     independentDisks: doc(z.enum(['skip', 'refuse']).optional(), {

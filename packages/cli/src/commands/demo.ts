@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import type { Argv } from 'yargs'
 import { AgentError, createSampleVm, simulateGuestWrites, replicateMany, TtyProgressView, type ReplicationReport, type VmReport } from '@grainline/agent'
 import { formatBytes, formatDuration, parseByteSize } from '@grainline/protocol'
+import { listPoints } from '@grainline/receiver'
 import type { Logger } from 'pino'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
@@ -86,7 +87,26 @@ export async function runDemo(opts: DemoOptions): Promise<boolean> {
   const tokenFile = await writeTokenFile(join(dir, 'agent', 'demo.token'), token)
   const store = join(dir, 'mirrors')
   const receiverLog = join(dir, 'logs', 'receiver.log')
-  const receiver = await startReceiverProcess(['receive', '--listen', '127.0.0.1:0', '--store', store, '--tokens', tokens, '--tls-cert', tls.cert, '--tls-key', tls.key, '--log-file', receiverLog])
+  // the DR site keeps restore points (reverse increments): the last 7 committed points of every VM
+  const receiverConfig = join(dir, 'receiver', 'receiver.json')
+  await writeFile(receiverConfig, `${JSON.stringify({ store, retention: { keep: 7 } }, null, 2)}\n`)
+  const receiver = await startReceiverProcess([
+    'receive',
+    '--config',
+    receiverConfig,
+    '--listen',
+    '127.0.0.1:0',
+    '--store',
+    store,
+    '--tokens',
+    tokens,
+    '--tls-cert',
+    tls.cert,
+    '--tls-key',
+    tls.key,
+    '--log-file',
+    receiverLog,
+  ])
   const stopReceiver = async (): Promise<void> => {
     if (receiver.proc.exitCode === null && receiver.proc.signalCode === null) {
       receiver.proc.kill('SIGTERM')
@@ -198,14 +218,21 @@ export async function runDemo(opts: DemoOptions): Promise<boolean> {
   say('\n' + table(['cycle', 'kind', 'changed', 'sent', 'time', 'rate', 'trivial', 'certify', 'result'], out) + '\n\n')
   say(`source VM:  ${vm.vmxPath}\n`)
   say(`mirror:     ${join(store, 'Demo VM')}\n`)
+  if (ok) {
+    const pts = (await listPoints(store, 'Demo VM')).points.filter((p) => !p.current)
+    const cost = pts.reduce((n, p) => n + p.bytes, 0)
+    say(
+      `points:     ${pts.length === 0 ? 'none' : `cycles ${pts.map((p) => p.cycle).join(', ')} (restore points, ${formatBytes(cost)} in all) and the mirror at cycle ${rows.at(-1)?.vm.cycle ?? '?'}`}\n`,
+    )
+  }
   say(`logs:       ${logFile}, ${receiverLog}\n`)
   say(`total time: ${formatDuration(Date.now() - t0)} — ${ok ? 'all cycles committed and verified' : 'FAILED (see the logs)'}\n`)
-  say('\n' + nextSteps({ dir, store, tls, tokens, tokenFile, vmx: vm.vmxPath }))
+  say('\n' + nextSteps({ dir, store, tls, tokens, tokenFile, vmx: vm.vmxPath, receiverConfig }))
   return ok
 }
 
 /** What to try next with the demo's files, and how to remove them (paths as the user typed them: relative to here when inside). */
-function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: string }; tokens: string; tokenFile: string; vmx: string }): string {
+function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: string }; tokens: string; tokenFile: string; vmx: string; receiverConfig: string }): string {
   const here = (f: string): string => {
     const r = relative(process.cwd(), f)
     const shown = r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : f
@@ -215,7 +242,9 @@ function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: st
     'Try next:',
     `  grainline status --store ${here(p.store)} --max-age 30m     # the mirror's health, as monitoring sees it`,
     `  grainline info ${here(join(p.store, 'Demo VM', 'Demo VM.vmdk'))}    # the mirror disk`,
-    `  grainline receive --listen 127.0.0.1:7443 --store ${here(p.store)} --tokens ${here(p.tokens)} --tls-cert ${here(p.tls.cert)} --tls-key ${here(p.tls.key)}`,
+    `  grainline points --store ${here(p.store)} --vm 'Demo VM'     # restore points: cycle, time, size, checks`,
+    `  grainline restore --store ${here(p.store)} --vm 'Demo VM' --point 2 --to ${here(join(p.dir, 'restored-2'))}   # a standalone VM folder of cycle 2`,
+    `  grainline receive --config ${here(p.receiverConfig)} --listen 127.0.0.1:7443 --store ${here(p.store)} --tokens ${here(p.tokens)} --tls-cert ${here(p.tls.cert)} --tls-key ${here(p.tls.key)}`,
     `  grainline replicate ${here(p.vmx)} --to wss://127.0.0.1:7443 --token-file ${here(p.tokenFile)} --ca ${here(p.tls.cert)} --state-dir ${here(join(p.dir, 'agent-state'))} --certify sha256`,
     '      # (in a second terminal, with the receiver above running: one more incremental cycle)',
     '  (inside the checkout, type npx grainline …)',

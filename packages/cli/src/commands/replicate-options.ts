@@ -57,6 +57,14 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     yargs: s('also compare 1/N of every disk with the mirror each cycle, in rotation: the whole mirror is proven every N cycles (default 0 = off)'),
   },
   {
+    flag: 'retention',
+    key: 'retention',
+    level: 'vm',
+    yargs: s(
+      "restore points this job asks the receiver to keep of the VM, e.g. keep=14,maxAge=30d,daily=7,weekly=4 (keys: keep, maxAge, maxBytes, hourly, daily, weekly, monthly); the receiver applies it within its retentionLimits (default: the receiver's policy)",
+    ),
+  },
+  {
     flag: 'resync',
     key: 'resync',
     level: 'vm',
