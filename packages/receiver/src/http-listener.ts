@@ -24,6 +24,7 @@ import { bearerToken, mayAccess, type TokenEntry, type TokenTable } from './auth
 import { loadDashboardAssets, type DashboardAsset } from './dashboard-assets.ts'
 import type { LiveState } from './live-state.ts'
 import type { ReceiverMetrics } from './metrics.ts'
+import type { RefusalLog } from './refusal-log.ts'
 import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions } from './store-overview.ts'
 import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
 
@@ -60,6 +61,8 @@ export interface HttpListenerInit {
   readonly live: LiveState
   readonly tokens: () => TokenTable
   readonly rpo?: RpoPolicy
+  /** where refused logins are logged, rate-limited (a flood of bad logins must not flood the log) and counted */
+  readonly refusals: RefusalLog
 }
 
 /** A running HTTP listener. */
@@ -128,10 +131,8 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     const e = token === '' ? undefined : init.tokens().lookup(token)
     if (e === undefined || e.role !== 'viewer') {
       const status = e === undefined ? 401 : 403
-      hlog.warn(
-        { remote: req.socket.remoteAddress, status, ...(e === undefined ? {} : { peer: e.name }) },
-        e === undefined ? 'dashboard login refused: unknown token' : 'dashboard login refused: not a viewer token',
-      )
+      const fields = { remote: req.socket.remoteAddress, status, via: 'dashboard login', ...(e === undefined ? {} : { peer: e.name }) }
+      init.refusals.refused('auth', fields)
       send(res, 303, 'text/plain; charset=utf-8', '', { Location: `/login?failed=${status}` })
       return
     }

@@ -301,6 +301,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
             metrics,
             live,
             tokens: () => table as TokenTable,
+            refusals,
             ...(init.rpo === undefined ? {} : { rpo: init.rpo }),
           },
           log,

@@ -139,6 +139,13 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
     t.equal(agent.headers.location, '/login?failed=403', "an agent's token is refused")
     t.equal(agent.headers['set-cookie'], undefined)
     t.equal((await call('/login', form('wrong-token-wrong-token'))).headers.location, '/login?failed=401')
+    const m = (await call('/metrics')).text
+    t.match(
+      m,
+      /^grainline_connections_refused_total\{reason="auth"\} 3$/m,
+      'refused logins go through the rate-limited refusal log and are counted (the viewer token on the replication port, two logins)',
+    )
+
     const big = await call('/login', { method: 'POST', body: `token=${'x'.repeat(MAX_LOGIN_BODY)}` }).catch((err: Error) => ({ status: -1, text: err.message }))
     t.ok(big.status === 413 || big.status === -1, `a login body above ${MAX_LOGIN_BODY} bytes is refused (${big.status})`)
     for (const secret of [VIEWER, VIEWER_WEB, TOKEN]) t.notOk(logs.text().includes(secret), 'no token in the log')
