@@ -17,10 +17,7 @@ const nat = fc.maxSafeNat()
 const cycle = fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER })
 const count = fc.integer({ min: 0, max: 1_000_000 })
 /** a retention policy on the wire (SPEC §5.5), or null */
-const retention = fc.option(
-  fc.record({ keep: count, maxAgeSeconds: fc.nat(), maxBytes: fc.nat(), hourly: count, daily: count, weekly: count, monthly: count }),
-  { nil: null },
-)
+const retention = fc.option(fc.record({ keep: count, maxAgeSeconds: fc.nat(), maxBytes: fc.nat(), hourly: count, daily: count, weekly: count, monthly: count }), { nil: null })
 const disk = fc.integer({ min: 0, max: 255 })
 const sectors = (max: number): fc.Arbitrary<number> => fc.integer({ min: 0, max }).map((x) => x * 512)
 const digestLen = fc.constantFrom(8, 16, 20, 32)

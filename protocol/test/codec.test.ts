@@ -243,7 +243,7 @@ t.test('negotiated digest length is enforced when given', async (t) => {
 t.test('encode refuses unknown kinds and non-objects', async (t) => {
   t.throws(() => encodeMessage({ kind: 0x03 } as never), { code: 'E_UNKNOWN_KIND' })
   t.throws(() => encodeMessage(null as never), { code: 'E_UNKNOWN_KIND' })
-  t.throws(() => encodeMessage({ kind: MessageKind.Commit, vm: "a", cycle: 1, retention: null, extra: 2 } as never), { code: 'E_SCHEMA', field: 'extra' })
+  t.throws(() => encodeMessage({ kind: MessageKind.Commit, vm: 'a', cycle: 1, retention: null, extra: 2 } as never), { code: 'E_SCHEMA', field: 'extra' })
   t.throws(() => encodeMessage({ ...sample('committed'), disks: [[]] } as never), { code: 'E_SCHEMA', field: 'disks[0]' })
 })
 
