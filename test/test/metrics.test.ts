@@ -9,6 +9,8 @@ import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { scratchDir } from '@grainline/test-utils'
 import { replicateCli, startSite } from '@grainline/e2e'
+import { readFile } from 'node:fs/promises'
+import { httpCall } from './http-client.ts'
 
 const MiB = 1024 * 1024
 
@@ -24,9 +26,12 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
   return undefined
 }
 
+let CA: Buffer | undefined
+
+/** Scrape the receiver's HTTP listener: https with the site's certificate (the receiver has one). */
 async function scrape(port: number, path = '/metrics'): Promise<{ status: number; type: string; text: string }> {
-  const r = await fetch(`http://127.0.0.1:${port}${path}`)
-  return { status: r.status, type: r.headers.get('content-type') ?? '', text: await r.text() }
+  const r = await httpCall(`https://127.0.0.1:${port}${path}`, CA === undefined ? {} : { ca: CA })
+  return { status: r.status, type: String(r.headers['content-type'] ?? ''), text: r.text }
 }
 
 /** The metrics port from the receiver's `listening` line (stdout). */
@@ -54,6 +59,7 @@ t.test('a receiver process with --metrics-listen: mirror state, traffic, cycles,
   const dir = scratchDir(t)
   const site = await startSite(join(dir, 'dr'), ['web-*'], [], ['--metrics-listen', '127.0.0.1:0'])
   t.teardown(() => site.receiver.stop())
+  CA = await readFile(site.cert)
   const port = metricsPort(site.receiver.lines)
   t.type(port, 'number', 'the listening line names the metrics port')
   const mp = port as number
@@ -63,7 +69,7 @@ t.test('a receiver process with --metrics-listen: mirror state, traffic, cycles,
   t.match(empty.type, /^text\/plain; version=0\.0\.4/)
   t.equal(sample(empty.text, 'grainline_sessions'), 0)
   t.equal(sample(empty.text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), undefined, 'no mirror yet')
-  t.equal((await scrape(mp, '/')).status, 404, 'only /metrics')
+  t.equal((await scrape(mp, '/')).status, 303, 'the dashboard asks for a login; metrics need none')
 
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web-01', disks: [{ sizeBytes: 8 * MiB }] })
   const before = Date.now() / 1000

@@ -7,6 +7,7 @@
  */
 import { z } from 'zod'
 import { emailSchema, esxiSettingsSchema, jobShape, vmEntrySchema, vmOptionsSchema, webhookSchema } from '@grainline/agent'
+import { receiverConfigSchema } from '@grainline/receiver'
 
 /** One generated file. */
 export interface ConfigFormat {
@@ -189,5 +190,32 @@ packages/agent/docs/esxi.md for what the driver does with them.
   "datastores": { "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" } } }
 \`\`\``,
     sections: [{ title: 'Keys', schema: esxiSettingsSchema(ctx) }],
+  },
+  {
+    file: 'receiver.md',
+    title: 'Receiver config file (`grainline receive --config FILE`)',
+    intro: `
+The settings of a receiver at the DR site. Every value is checked at start,
+every problem reported at once and named by its key
+(\`receiver.json: rpo.vms["db-*"]: "soon" is not a duration …\`). Relative
+paths resolve against the file's folder; command-line flags win over the
+file (docs/CLI.md). Durations are written \`30s\`, \`15m\`, \`2h\` (a bare
+number is seconds).
+
+The tokens file lists the agents' tokens and the dashboard's viewers:
+\`{"tokens": [{"name": "proxy-a", "token": "…", "vms": ["web-*"]},
+{"name": "noc", "token": "…", "role": "viewer"}]}\` — a viewer token opens
+the dashboard and its API only (a viewer's \`vms\` globs, default all, limit
+what it sees); an agent's token gets 403 there, and a viewer's token is
+refused on the replication port.
+
+\`\`\`json
+{ "listen": "0.0.0.0:7443", "store": "/srv/grainline", "tokens": "tokens.json",
+  "tlsCert": "receiver.crt", "tlsKey": "receiver.key",
+  "httpListen": "10.0.0.5:9464",
+  "rpo": { "target": "24h", "vms": { "db-*": "1h" } },
+  "retention": { "keep": 7, "gfs": { "daily": 7, "weekly": 4 } } }
+\`\`\``,
+    sections: [{ title: 'Keys', schema: receiverConfigSchema(ctx) }],
   },
 ]

@@ -2,7 +2,8 @@ import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { storeHealth } from '@grainline/receiver'
-import { renderStatus } from '../src/commands/status.ts'
+import { renderStatus, statusCommand } from '../src/commands/status.ts'
+import type { CliContext } from '../src/command.ts'
 
 /* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */
 
@@ -55,6 +56,19 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
   t.equal(st.vms[0]?.generation, 'ab'.repeat(16))
   t.match(st.vms[0]?.disks[0]?.diverged, { reason: /certify/ })
   t.equal(st.vms[0]?.vmxDropped.length, 1)
+
+  // --output json is the dashboard API's document (storeOverview): RPO against the receiver config's target
+  const cfg = join(store, '..', 'receiver.json')
+  writeFileSync(cfg, JSON.stringify({ store: 'store', rpo: { target: '2h', vms: { 'web-*': '30m' } } }))
+  let out = ''
+  const ctx = { write: (s: string) => (out += s), error: () => {}, stderr: process.stderr } as unknown as CliContext
+  const code = await statusCommand.run({ store, config: cfg, output: 'json' }, ctx)
+  t.equal(code, 2, 'CRITICAL')
+  const doc = JSON.parse(out) as { vms: Array<{ rpo: { targetSeconds: number; state: string }; live: unknown; restorePoints: unknown[]; lastCycle: unknown; usedBytes: number }> }
+  t.match(doc.vms[0], { rpo: { targetSeconds: 1800, state: 'critical' }, live: null, restorePoints: [], lastCycle: null }, 'the target of the first matching glob; a months-old commit is critical')
+  out = ''
+  writeFileSync(cfg, JSON.stringify({ store: 'store', rpo: { target: 'soon' } }))
+  await t.rejects(statusCommand.run({ store, config: cfg, output: 'json' }, ctx), { code: 'E_CONFIG', message: /rpo\.target: "soon" is not a duration/ }, 'a bad config names its key')
 })
 
 t.test('status shows when each disk was last fully proven, and how (human and JSON)', async (t) => {

@@ -25,9 +25,20 @@ export interface TokenEntry {
    * @default undefined (no quota)
    */
   readonly quota?: number
+  /**
+   * `"agent"` replicates (the replication port); `"viewer"` only reads the
+   * dashboard and its API on the HTTP listener (and sees only the VMs its
+   * `vms` globs cover). Neither is accepted where the other belongs.
+   * @default "agent"
+   */
+  readonly role?: TokenRole
 }
 
-const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota'])
+/** What a token is for. */
+export const TokenRoles = ['agent', 'viewer'] as const
+export type TokenRole = (typeof TokenRoles)[number]
+
+const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota', 'role'])
 
 /** A loaded token table: constant-time lookup and VM globs. */
 export interface TokenTable {
@@ -36,7 +47,7 @@ export interface TokenTable {
   readonly size: number
 }
 
-/** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"quota"?}]}`. */
+/** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"quota"?,"role"?}]}` (a viewer's `vms` defaults to `["*"]`). */
 export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
   const list = (json as { tokens?: unknown } | null)?.tokens
   if (!Array.isArray(list)) throw new ReceiverError('E_CONFIG', `${source}: expected {"tokens": [...]}`)
@@ -44,10 +55,12 @@ export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
   list.forEach((e: unknown, i) => {
     const o = e as Record<string, unknown> | null
     if (o === null || typeof o !== 'object') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] is not an object`)
-    const { name, token, vms, maxSessions, quota } = o
+    const { name, token, maxSessions, quota, role } = o
+    const vms = o['vms'] === undefined && role === 'viewer' ? ['*'] : o['vms']
     if (typeof name !== 'string' || name === '') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}].name must be a non-empty string`)
     for (const k of Object.keys(o)) if (!TOKEN_KEYS.has(k)) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): unknown key ${k}`)
     if (typeof token !== 'string' || token.length < 16) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): token must be a string of at least 16 characters`)
+    if (role !== undefined && !TokenRoles.includes(role as TokenRole)) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): role must be "agent" or "viewer"`)
     if (!Array.isArray(vms) || !vms.every((v) => typeof v === 'string' && v !== '')) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): vms must be a list of globs`)
     if (maxSessions !== undefined && (typeof maxSessions !== 'number' || !Number.isSafeInteger(maxSessions) || maxSessions < 1)) {
       throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): maxSessions must be a positive integer`)
@@ -68,6 +81,7 @@ export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
         vms: Object.freeze([...(vms as string[])]),
         ...(maxSessions === undefined ? {} : { maxSessions }),
         ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
+        ...(role === 'viewer' ? { role: 'viewer' as const } : {}),
       }),
     )
   })

@@ -3,6 +3,7 @@
  * Minimal runnable receiver (tests, e2e):
  *   node dist/src/main.js --listen 127.0.0.1:0 --store DIR --tokens FILE
  *        [--tls-cert FILE --tls-key FILE] [--insecure] [--config FILE]
+ *        [--http-listen HOST:PORT]   (metrics, dashboard, API; alias --metrics-listen)
  *        [--exit-with-stdin]   (exit at once when stdin ends: test harnesses)
  * Prints one JSON line {"event":"listening","host":…,"port":…} on stdout when
  * ready; logs (pino JSON) go to stderr. SIGTERM/SIGINT close gracefully.
@@ -24,6 +25,7 @@ async function main(): Promise<void> {
       config: { type: 'string' },
       'display-suffix': { type: 'string' },
       'batch-bytes': { type: 'string' },
+      'http-listen': { type: 'string' },
       'metrics-listen': { type: 'string' },
       'log-level': { type: 'string' },
       'exit-with-stdin': { type: 'boolean' },
@@ -40,13 +42,14 @@ async function main(): Promise<void> {
     ...(values['tls-key'] !== undefined ? { tlsKey: values['tls-key'] } : {}),
     ...(values['display-suffix'] !== undefined ? { displaySuffix: values['display-suffix'] } : {}),
     ...(values['batch-bytes'] !== undefined ? { batchBytes: Number(values['batch-bytes']) } : {}),
+    ...(values['http-listen'] !== undefined ? { httpListen: values['http-listen'] } : {}),
     ...(values['metrics-listen'] !== undefined ? { metricsListen: values['metrics-listen'] } : {}),
     insecure: values.insecure === true,
   })
   const receiver = createReceiver({ logger }, init)
   const addr = await receiver.listen()
-  const m = receiver.metricsAddress
-  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port, ...(m === undefined ? {} : { metricsPort: m.port }) }) + '\n')
+  const m = receiver.httpAddress
+  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port, ...(m === undefined ? {} : { httpPort: m.port, metricsPort: m.port }) }) + '\n')
   let closing = false
   const stop = (signal: string): void => {
     if (closing) return

@@ -1,7 +1,7 @@
 /**
- * Prometheus metrics of a receiver (prom-client), served on their own listen
- * address (`metricsListen`, off by default) so the replication port never
- * answers plain HTTP.
+ * Prometheus metrics of a receiver (prom-client), served by its HTTP listener
+ * (`GET /metrics` on `httpListen`, off by default; http-listener.ts) so the
+ * replication port never answers plain HTTP.
  *
  * Two kinds of figures:
  * - the state of every mirror, read from the store at each scrape (last
@@ -15,9 +15,6 @@
  * SPEC §6), so their number is bounded by the store, not by peers; refusal
  * reasons are a fixed set.
  */
-import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import type { Logger } from 'pino'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { storeStatus } from './store-admin.ts'
 import type { RefusalReason } from './refusal-log.ts'
@@ -34,6 +31,16 @@ export interface ReceiverObserver {
   cycleCommitted(vm: string, seconds: number): void
   /** a trivial check or certify ran on a committed disk */
   checked(vm: string, disk: string, check: 'trivial' | 'certify', ok: boolean): void
+  /** a session opened `vm` for `cycle` (VmOpen accepted) */
+  cycleOpened?(vm: string, cycle: number, peer: string): void
+  /** a disk was accepted for the cycle: `totalBytes` announced, `doneBytes` already applied (a resume) */
+  diskOpened?(vm: string, disk: string, mode: string, totalBytes: number, doneBytes: number): void
+  /** a durable batch of the disk was acknowledged: `doneBytes` applied so far */
+  diskProgress?(vm: string, disk: string, doneBytes: number): void
+  /** the session that held `vm` ended (its resources released) */
+  sessionEnded?(vm: string): void
+  /** the session of `vm` ended with an error sent to the agent */
+  sessionFailed?(vm: string, cycle: number, code: string, message: string): void
 }
 
 /** The metrics of one receiver. */
@@ -152,51 +159,5 @@ export class ReceiverMetrics implements ReceiverObserver {
 
   checked(vm: string, disk: string, check: 'trivial' | 'certify', ok: boolean): void {
     this.#checks.inc({ vm, disk, check, result: ok ? 'ok' : 'mismatch' })
-  }
-}
-
-/** A metrics endpoint: `GET /metrics` (Prometheus text format); everything else 404. */
-export interface MetricsServer {
-  readonly host: string
-  readonly port: number
-  close(): Promise<void>
-}
-
-/** Serve `metrics` on `host:port` (0: any free port). */
-export async function startMetricsServer(metrics: ReceiverMetrics, host: string, port: number, log: Logger): Promise<MetricsServer> {
-  const srv: Server = createServer((req, res) => {
-    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
-      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: GET /metrics\n')
-      return
-    }
-    metrics.registry.metrics().then(
-      (text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(text),
-      (err: unknown) => {
-        log.warn({ err: { message: (err as Error).message } }, 'metrics scrape failed')
-        res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics unavailable: see the receiver log\n')
-      },
-    )
-  })
-  // a scraper has no reason to hold a connection long or send a body
-  srv.requestTimeout = 10_000
-  srv.headersTimeout = 5_000
-  srv.maxConnections = 16
-  await new Promise<void>((resolve, reject) => {
-    srv.once('error', reject)
-    srv.listen(port, host, () => {
-      srv.off('error', reject)
-      resolve()
-    })
-  })
-  const addr = srv.address() as AddressInfo
-  log.info({ host: addr.address, port: addr.port }, 'metrics listening (GET /metrics)')
-  return {
-    host: addr.address,
-    port: addr.port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        srv.close(() => resolve())
-        srv.closeAllConnections()
-      }),
   }
 }

@@ -10,7 +10,10 @@ import { ReceiverError } from './errors.ts'
 import { DEFAULT_MAX_SESSIONS, bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
 import { guardConnections } from './connection-guard.ts'
 import { RefusalLog } from './refusal-log.ts'
-import { ReceiverMetrics, startMetricsServer, type MetricsServer } from './metrics.ts'
+import { ReceiverMetrics } from './metrics.ts'
+import { startHttpListener, type HttpListener } from './http-listener.ts'
+import { LiveState, fanOut } from './live-state.ts'
+import type { RpoPolicy } from './store-overview.ts'
 import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
@@ -92,11 +95,17 @@ export interface ReceiverInit {
   /** what an agent's per-job retention request may ask; without it requests are ignored (SPEC §5.5) */
   readonly retentionLimits?: RetentionLimits
   /**
-   * serve Prometheus metrics (`GET /metrics`) on this address, apart from the
-   * replication port; plain HTTP, so keep it on loopback or a management
-   * network. @default undefined (off)
+   * serve the HTTP listener on this address, apart from the replication
+   * port: Prometheus metrics (`GET /metrics`), the dashboard and its API
+   * (viewer tokens); https:// when the receiver has a certificate, else
+   * plain HTTP (keep it on loopback or a management network).
+   * @default undefined (off)
    */
+  readonly httpListen?: { readonly host: string; readonly port: number }
+  /** old name of `httpListen` (used when `httpListen` is absent) */
   readonly metricsListen?: { readonly host: string; readonly port: number }
+  /** RPO targets shown by the dashboard. @default 24 h for every VM */
+  readonly rpo?: RpoPolicy
 }
 
 /** A running receiver. */
@@ -109,7 +118,9 @@ export interface Receiver {
   abort(): void
   /** number of open sessions */
   readonly sessions: number
-  /** the metrics endpoint once listening (`metricsListen`), else undefined */
+  /** the HTTP listener (metrics, dashboard, API) once listening (`httpListen`), else undefined */
+  readonly httpAddress: { readonly host: string; readonly port: number } | undefined
+  /** old name of `httpAddress` */
   readonly metricsAddress: { readonly host: string; readonly port: number } | undefined
 }
 
@@ -138,8 +149,10 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     limits: { maxExtentBytes, maxMessageBytes: maxMessageBytesFor(maxExtentBytes), windowBytes: init.windowBytes ?? 64 * MiB },
   }
   const sessions = new Set<Session>()
-  const metrics = init.metricsListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
-  let metricsServer: MetricsServer | undefined
+  const httpListen = init.httpListen ?? init.metricsListen
+  const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
+  const live = new LiveState()
+  let httpServer: HttpListener | undefined
   const refusals = new RefusalLog(log, 10_000, metrics)
   const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
   const handshakeTimeoutMs = init.handshakeTimeoutMs ?? 10_000
@@ -159,7 +172,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     refusals,
     retentionFor: (vm: string) => retentionFor(init, vm),
     ...(init.retentionLimits === undefined ? {} : { retentionLimits: init.retentionLimits }),
-    ...(metrics === undefined ? {} : { observer: metrics }),
+    observer: fanOut(metrics, live),
   }
   /** open sessions per token entry (the per-token cap) */
   const byToken = new Map<TokenEntry, number>()
@@ -208,6 +221,12 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         if (entry === undefined) {
           refusals.refused('auth', { remote })
           cb(false, 401, 'Unauthorized', { 'WWW-Authenticate': 'Bearer' })
+          return
+        }
+        if (entry.role === 'viewer') {
+          // a dashboard viewer's token never replicates
+          refusals.refused('auth', { remote, peer: entry.name, role: 'viewer' })
+          cb(false, 403, 'Forbidden: a viewer token')
           return
         }
         const cap = entry.maxSessions ?? DEFAULT_MAX_SESSIONS
@@ -271,12 +290,25 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       })
     })
     const addr = srv.address() as AddressInfo
-    if (metrics !== undefined && init.metricsListen !== undefined) {
+    if (metrics !== undefined && httpListen !== undefined) {
       try {
-        metricsServer = await startMetricsServer(metrics, init.metricsListen.host, init.metricsListen.port, log)
+        httpServer = await startHttpListener(
+          {
+            host: httpListen.host,
+            port: httpListen.port,
+            ...(tls ? { tls: { cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string) } } : {}),
+            store: init.store,
+            metrics,
+            live,
+            tokens: () => table as TokenTable,
+            refusals,
+            ...(init.rpo === undefined ? {} : { rpo: init.rpo }),
+          },
+          log,
+        )
       } catch (err) {
         srv.close()
-        throw new ReceiverError('E_CONFIG', `cannot serve metrics on ${init.metricsListen.host}:${init.metricsListen.port}: ${(err as Error).message}`)
+        throw new ReceiverError('E_CONFIG', `cannot serve HTTP (metrics, dashboard) on ${httpListen.host}:${httpListen.port}: ${(err as Error).message}`)
       }
     }
     log.info(
@@ -300,7 +332,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     wss?.close()
     srv?.closeAllConnections()
     await closed
-    await metricsServer?.close()
+    await httpServer?.close()
     log.info('receiver closed')
   }
 
@@ -311,7 +343,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     wss?.close()
     server?.close()
     server?.closeAllConnections()
-    void metricsServer?.close()
+    void httpServer?.close()
   }
 
   return {
@@ -321,8 +353,11 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     get sessions() {
       return sessions.size
     },
+    get httpAddress() {
+      return httpServer === undefined ? undefined : { host: httpServer.host, port: httpServer.port }
+    },
     get metricsAddress() {
-      return metricsServer === undefined ? undefined : { host: metricsServer.host, port: metricsServer.port }
+      return httpServer === undefined ? undefined : { host: httpServer.host, port: httpServer.port }
     },
   }
 }

@@ -39,6 +39,7 @@ import { VmMirror } from './vm-mirror.ts'
 import { ResyncMap } from './resync-map.ts'
 import { checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
+import { appendCycleHistory } from './cycle-history.ts'
 
 /**
  * (Over 400 lines: one small handler per message kind of SPEC §8.3; the work
@@ -97,7 +98,11 @@ export class Session {
     })
     this.pipeline = new ApplyPipeline(
       () => this.batchTarget(),
-      (d, seq) => this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq }),
+      (d, seq) => {
+        this.send({ kind: MessageKind.ExtentAck, disk: d.handle, seq })
+        const c = d.apply.counts
+        this.settings.observer?.diskProgress?.(this.vmName, d.name, c.dataBytes + c.zeroBytes)
+      },
       this.abortCtl.signal,
     )
     this.deadlines = new SessionDeadlines({
@@ -255,6 +260,7 @@ export class Session {
     this.cycle = msg.cycle
     this.openedAt = performance.now()
     this.compat = msg.compat
+    this.settings.observer?.cycleOpened?.(msg.vm, msg.cycle, this.token.name)
     const s = this.vm.state
     this.log.info({ vm: msg.vm, cycle: msg.cycle, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, 'vm opened')
     await this.vm.stageFiles(msg.files)
@@ -330,6 +336,7 @@ export class Session {
       this.log.info({ disk: msg.name, mode: msg.mode, cycle: this.cycle, resumeSeq: r.apply.nextSeq }, 'disk opened')
     }
     const counts = r.apply?.counts
+    if (counts !== undefined) this.settings.observer?.diskOpened?.(this.vmName, msg.name, msg.mode, msg.totalBytes, counts.dataBytes + counts.zeroBytes)
     this.send({
       kind: MessageKind.DiskState,
       disk: msg.disk,
@@ -406,7 +413,10 @@ export class Session {
       applied === undefined ? {} : { retention: applied },
     )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
-    this.settings.observer?.cycleCommitted(this.vmName, (performance.now() - this.openedAt) / 1000)
+    const seconds = (performance.now() - this.openedAt) / 1000
+    this.settings.observer?.cycleCommitted(this.vmName, seconds)
+    // before the answer: once an agent holds Committed, the cycle is in the history (one small atomic write)
+    await this.recordHistory(msg.cycle, seconds, disks)
     this.send({
       kind: MessageKind.Committed,
       vm: this.vmName,
@@ -414,6 +424,23 @@ export class Session {
       generation: this.mirror.state.generation as string,
       disks: recs.map((r, i) => ({ disk: (disks[i] as PipelineDisk).handle, mirrorCid: r.mirrorCid, size: r.size })),
       retention: specFromPolicy(applied),
+    })
+  }
+
+  /** Append the committed cycle to the VM's bounded history (dashboard charts); a failure is logged, the commit stands. */
+  private async recordHistory(cycle: number, seconds: number, disks: readonly PipelineDisk[]): Promise<void> {
+    const sum = (k: 'dataBytes' | 'zeroBytes' | 'extents'): number => disks.reduce((n, d) => n + d.apply.counts[k], 0)
+    const entry = {
+      cycle,
+      committedAt: this.mirror.state.committedAt ?? new Date().toISOString(),
+      seconds: Math.round(seconds * 1000) / 1000,
+      dataBytes: sum('dataBytes'),
+      zeroBytes: sum('zeroBytes'),
+      extents: sum('extents'),
+      modes: [...new Set(disks.map((d) => d.apply.info.mode))].sort(),
+    }
+    await appendCycleHistory(this.mirror.paths, entry).catch((err: unknown) => {
+      this.log.warn({ vm: this.vmName, cycle, err: { message: (err as Error).message } }, 'cycle history not written (the commit stands; the dashboard misses this cycle)')
     })
   }
 
@@ -455,6 +482,7 @@ export class Session {
     // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)
     else if (msg.code === 'E_TIMEOUT') this.log.debug({ code: msg.code, why: msg.message }, 'session aborted')
     else this.log.warn({ code: msg.code, why: msg.message }, 'session aborted')
+    if (this.vmName !== '') this.settings.observer?.sessionFailed?.(this.vmName, this.cycle, msg.code, msg.message)
     try {
       await this.pipeline.discard()
       // an I/O failure during an apply: put the mirror back at its committed
@@ -505,6 +533,8 @@ export class Session {
     await this.pipeline.discard()
     for (const d of this.disks.values()) await d.apply.close().catch(() => {})
     for (const m of this.maps.values()) await m.close()
+    // before the lock is released: the next session of the VM reports its own cycle only after it holds the lock
+    if (this.vmName !== '') this.settings.observer?.sessionEnded?.(this.vmName)
     this.vm?.release()
     this.resolveDone()
   }

@@ -11,6 +11,7 @@ import WebSocket from 'ws'
 import { SUBPROTOCOL } from '@grainline/protocol'
 import { assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, type VmStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { httpCall } from './http-client.ts'
 
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
@@ -29,7 +30,9 @@ t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, r
   t.teardown(() => (open ? receiver.close() : undefined))
   const m = receiver.metricsAddress
   t.ok(m !== undefined && m.port > 0, 'metrics address once listening')
-  const base = `http://127.0.0.1:${m?.port}`
+  // the receiver has a certificate: its HTTP listener speaks https with it
+  const base = `https://127.0.0.1:${m?.port}`
+  const get = (path: string, method = 'GET') => httpCall(`${base}${path}`, { method, ca: env.tls.ca })
   const img = Buffer.concat([pattern(1 * MiB, 1), Buffer.alloc(1 * MiB)])
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, 'web-01', 1, [seedPlan(0, 'web-01.vmdk', img, 'aa01aa01aa01aa01')])
@@ -41,9 +44,9 @@ t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, r
     ws.on('error', () => resolve())
   })
   ws.terminate()
-  const r = await fetch(`${base}/metrics`)
+  const r = await get('/metrics')
   t.equal(r.status, 200)
-  const text = await r.text()
+  const text = r.text
   t.equal(sample(text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 1)
   t.equal(sample(text, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 2 * MiB)
   t.equal(sample(text, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
@@ -57,11 +60,12 @@ t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, r
   t.equal(sample(text, 'grainline_cycle_duration_seconds_count', { vm: 'web-01' }), 1)
   t.equal(sample(text, 'grainline_sessions_total', { peer: 'proxy-a' }), 1)
   t.equal(sample(text, 'grainline_connections_refused_total', { reason: 'auth' }), 1)
-  t.equal((await fetch(`${base}/other`)).status, 404)
-  t.equal((await fetch(`${base}/metrics`, { method: 'POST' })).status, 404)
+  t.equal((await get('/other')).status, 404)
+  t.equal((await get('/metrics', 'POST')).status, 405)
+  await t.rejects(fetch(`http://127.0.0.1:${m?.port}/metrics`), 'no plain HTTP when the receiver has a certificate')
   await receiver.close()
   open = false
-  await t.rejects(fetch(`${base}/metrics`), 'the metrics listener closes with the receiver')
+  await t.rejects(get('/metrics'), 'the metrics listener closes with the receiver')
 })
 
 t.test('a metrics address in use is a configuration error at listen', async (t) => {
@@ -71,34 +75,50 @@ t.test('a metrics address in use is a configuration error at listen', async (t) 
   t.teardown(() => new Promise((r) => busy.close(r)))
   const port = (busy.address() as { port: number }).port
   const env = makeEnv(t.testdir())
-  await t.rejects(startReceiver(env, { metricsListen: { host: '127.0.0.1', port } }), { code: 'E_CONFIG', message: /cannot serve metrics on 127\.0\.0\.1:\d+/ })
+  await t.rejects(startReceiver(env, { metricsListen: { host: '127.0.0.1', port } }), { code: 'E_CONFIG', message: /cannot serve HTTP \(metrics, dashboard\) on 127\.0\.0\.1:\d+/ })
 })
 
-t.test('metricsListen in the config file and as a flag', async (t) => {
+t.test('httpListen (and its old name metricsListen) in the config file and as a flag; every config error names its key', async (t) => {
   const dir = t.testdir()
   const cfg = join(dir, 'r.json')
   writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: '127.0.0.1:9464' }))
-  t.same((await loadReceiverConfig(cfg)).metricsListen, { host: '127.0.0.1', port: 9464 })
+  t.same((await loadReceiverConfig(cfg)).httpListen, { host: '127.0.0.1', port: 9464 }, 'the old name still works')
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', httpListen: '127.0.0.1:9465', metricsListen: '127.0.0.1:9464' }))
+  t.same((await loadReceiverConfig(cfg)).httpListen, { host: '127.0.0.1', port: 9465 }, 'the new name wins')
   const over = await resolveReceiverInit({ config: cfg, metricsListen: '[::1]:9000' })
-  t.same(over.metricsListen, { host: '::1', port: 9000 }, 'the flag wins')
-  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: 9464 }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /metricsListen must be "HOST:PORT"/ })
-  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: 'x:99999' }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG' })
-  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', listen: 7 }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /listen must be/ })
-  writeFileSync(cfg, JSON.stringify({ tokens: 't.json' }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /store is required/ })
-  writeFileSync(cfg, JSON.stringify({ store: 'm', insecure: 'yes' }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /insecure must be true or false/ })
-  writeFileSync(cfg, JSON.stringify({ store: 'm', displaySuffix: 3 }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /displaySuffix must be a string/ })
-  writeFileSync(cfg, JSON.stringify({ store: '', tokens: 't.json' }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /store must be a path/ })
-  writeFileSync(cfg, JSON.stringify({ store: 'm', windowBytes: -1 }))
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /windowBytes must be a non-negative integer/ })
-  writeFileSync(cfg, '[1]')
-  await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message: /expected a JSON object/ })
+  t.same(over.httpListen, { host: '::1', port: 9000 }, 'the flag (old name) wins')
+  t.same((await resolveReceiverInit({ config: cfg, httpListen: '127.0.0.2:9001' })).httpListen, { host: '127.0.0.2', port: 9001 })
+  const bad = async (json: unknown, message: RegExp, what: string): Promise<void> => {
+    writeFileSync(cfg, typeof json === 'string' ? json : JSON.stringify(json))
+    await t.rejects(loadReceiverConfig(cfg), { code: 'E_CONFIG', message }, what)
+  }
+  await bad({ store: 'm', tokens: 't.json', metricsListen: 9464 }, /r\.json: metricsListen: .*expected string/, 'a number is not an address')
+  await bad({ store: 'm', tokens: 't.json', httpListen: 'x:99999' }, /httpListen: "x:99999" is not HOST:PORT/, 'port out of range')
+  await bad({ store: 'm', tokens: 't.json', listen: 7 }, /listen: /, 'listen')
+  await bad({ tokens: 't.json' }, /store: .*expected string/, 'store is required')
+  await bad({ store: 'm', insecure: 'yes' }, /insecure: .*expected boolean/, 'insecure')
+  await bad({ store: 'm', displaySuffix: 3 }, /displaySuffix: /, 'displaySuffix')
+  await bad({ store: '', tokens: 't.json' }, /store: /, 'an empty path')
+  await bad({ store: 'm', windowBytes: -1 }, /windowBytes: .*>=0|windowBytes: /, 'a negative size')
+  await bad({ store: 'm', wat: 1 }, /wat: unknown setting/, 'an unknown key')
+  await bad({ store: 'm', rpo: { target: 'soon' } }, /rpo\.target: "soon" is not a duration/, 'an RPO target')
+  await bad({ store: 'm', rpo: { vms: { 'db-*': 0 } } }, /rpo\.vms\["db-\*"\]: 0 is not a duration above 0/, 'a per-VM RPO target names its glob')
+  await bad({ store: 'm', rpo: { targets: '1h' } }, /rpo\.targets: unknown setting/, 'an unknown rpo key')
+  await bad({ store: 'm', retention: { keep: -1 } }, /retention: keep must be/, 'retention')
+  await bad({ store: 'm', retentionVms: { 'db-*': { nope: 1 } } }, /retentionVms\["db-\*"\]: unknown retention key nope/, 'retention by glob')
+  await bad({ store: 'm', retentionLimits: { minKeep: 5, maxKeep: 2 } }, /retentionLimits: minKeep 5 is above maxKeep 2/, 'retention limits')
+  await bad({ store: 3, insecure: 'no' }, /2 problems:\n {2}.*store: .*\n {2}.*insecure: /, 'every problem at once')
+  await bad('[1]', /expected a JSON object/, 'not an object')
+  await bad('{', /cannot read config/, 'not JSON')
+  writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', listen: '0.0.0.0:7443', rpo: { target: '2h', vms: { 'db-*': '15m' } }, retentionLimits: { minKeep: 2 } }))
+  t.match(await loadReceiverConfig(cfg), {
+    host: '0.0.0.0',
+    port: 7443,
+    tokensFile: join(dir, 't.json'),
+    store: join(dir, 'm'),
+    rpo: { targetMs: 7_200_000, vms: { 'db-*': 900_000 } },
+    retentionLimits: { minKeep: 2 },
+  })
   await t.rejects(resolveReceiverInit({ tokens: 't.json' }), { code: 'E_CONFIG', message: /--store/ })
   await t.rejects(resolveReceiverInit({ store: 'm' }), { code: 'E_CONFIG', message: /--tokens/ })
   const flags = await resolveReceiverInit({

@@ -94,7 +94,7 @@ export async function resyncCycle(env: Env, url: string, cycle: number, target: 
   const zeroBytes = extents.filter((e) => e.zero).reduce((n, e) => n + e.length, 0)
   a.send({ kind: MessageKind.DiskEnd, disk: 0, extents: extents.length, dataBytes, zeroBytes, digest: cd.digest() })
   for (;;) if ((await a.next())?.kind === MessageKind.DiskEnded) break
-  a.send({ kind: MessageKind.Commit, vm: VM, cycle })
+  a.send({ kind: MessageKind.Commit, vm: VM, cycle, retention: null })
   await a.expect(MessageKind.Committed)
   a.close()
   await a.whenClosed()

@@ -16,6 +16,9 @@ export interface ReceiveCommandOptions {
   readonly config?: string
   readonly displaySuffix?: string
   readonly trivialMb?: number
+  /** serve metrics, the dashboard and its API on HOST:PORT */
+  readonly httpListen?: string
+  /** old name of `httpListen` */
   readonly metricsListen?: string
   readonly logger: Logger
   /** called once listening (tests, the demo) */
@@ -33,14 +36,15 @@ export async function runReceiver(opts: ReceiveCommandOptions): Promise<void> {
     ...(opts.tlsKey !== undefined ? { tlsKey: opts.tlsKey } : {}),
     ...(opts.displaySuffix !== undefined ? { displaySuffix: opts.displaySuffix } : {}),
     ...(opts.trivialMb !== undefined ? { trivialMiB: opts.trivialMb } : {}),
+    ...(opts.httpListen !== undefined ? { httpListen: opts.httpListen } : {}),
     ...(opts.metricsListen !== undefined ? { metricsListen: opts.metricsListen } : {}),
     insecure: opts.insecure === true,
   })
   const receiver = createReceiver({ logger: opts.logger }, init)
   const addr = await receiver.listen()
-  const m = receiver.metricsAddress
-  opts.logger.info({ host: addr.host, port: addr.port, tls: init.tlsCert !== undefined, store: init.store, metrics: m }, 'receiver listening')
-  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port, ...(m === undefined ? {} : { metricsPort: m.port }) }) + '\n')
+  const m = receiver.httpAddress
+  opts.logger.info({ host: addr.host, port: addr.port, tls: init.tlsCert !== undefined, store: init.store, http: m }, 'receiver listening')
+  process.stdout.write(JSON.stringify({ event: 'listening', host: addr.host, port: addr.port, ...(m === undefined ? {} : { httpPort: m.port, metricsPort: m.port }) }) + '\n')
   opts.onListening?.(addr)
   await new Promise<void>((resolve, reject) => {
     let closing = false
@@ -69,7 +73,11 @@ export const receiveCommand: CliCommand = {
       .option('config', { type: 'string', describe: 'JSON config file with the same settings (flags win)' })
       .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name' })
       .option('trivial-mb', { type: 'number', describe: 'largest prefix (MiB) a trivial check may digest' })
-      .option('metrics-listen', { type: 'string', describe: 'serve Prometheus metrics (GET /metrics, plain HTTP) on HOST:PORT; off by default' }),
+      .option('http-listen', {
+        type: 'string',
+        alias: 'metrics-listen',
+        describe: 'serve the HTTP listener on HOST:PORT: Prometheus metrics (GET /metrics), the dashboard (/) and its JSON API (/api/v1, viewer tokens); https with --tls-cert; off by default',
+      }),
   async run(args, ctx) {
     const str = (k: string): string | undefined => (args[k] === undefined ? undefined : String(args[k]))
     await runReceiver({
@@ -81,7 +89,7 @@ export const receiveCommand: CliCommand = {
       ...(str('config') !== undefined ? { config: str('config') as string } : {}),
       ...(str('display-suffix') !== undefined ? { displaySuffix: str('display-suffix') as string } : {}),
       ...(args['trivial-mb'] !== undefined ? { trivialMb: Number(args['trivial-mb']) } : {}),
-      ...(str('metrics-listen') !== undefined ? { metricsListen: str('metrics-listen') as string } : {}),
+      ...(str('http-listen') !== undefined ? { httpListen: str('http-listen') as string } : {}),
       insecure: args['insecure'] === true,
       logger: loggerFor(args, ctx, 'info'),
     })

@@ -5,13 +5,14 @@
  * whole mirror was last proven equal to its source (a clean certify, a
  * completed scrub rotation or a resync that read every block) and any
  * cycle in flight; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a store that
- * does not exist). `--output json` prints the same object the receiver's API
- * serves (`storeHealth` of @grainline/receiver).
+ * does not exist). `--output json` prints the same object the receiver's
+ * dashboard API serves at `GET /api/v1/status` (`storeOverview` of
+ * @grainline/receiver; read offline, so `live` is null and no errors).
  */
 import type { Argv } from 'yargs'
 import { formatBytes } from '@grainline/protocol'
 import { parseDuration } from '@grainline/protocol'
-import { HealthStates, storeHealth, type StoreHealth } from '@grainline/receiver'
+import { HealthStates, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver'
 import { UsageError } from '../exit-codes.ts'
 import type { CliCommand } from '../command.ts'
 import { table } from '../util.ts'
@@ -72,6 +73,7 @@ export const statusCommand: CliCommand = {
     y
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
       .option('max-age', { type: 'string', describe: 'a mirror whose last commit is older is CRITICAL (stale): 30m, 2h' })
+      .option('config', { type: 'string', describe: "the receiver's config file: its RPO targets (rpo) judge each mirror's age in --output json" })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
   async run(args, ctx) {
     let maxAgeMs: number | undefined
@@ -82,9 +84,10 @@ export const statusCommand: CliCommand = {
         throw new UsageError((err as Error).message)
       }
     }
-    let h: StoreHealth
+    const rpo = args['config'] === undefined ? undefined : (await loadReceiverConfig(String(args['config']))).rpo
+    let h: StoreOverview
     try {
-      h = await storeHealth(String(args['store']), maxAgeMs === undefined ? {} : { maxAgeMs })
+      h = await storeOverview(String(args['store']), { ...(maxAgeMs === undefined ? {} : { maxAgeMs }), ...(rpo === undefined ? {} : { rpo }) })
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'E_NOT_FOUND') throw err
       ctx.write(`GRAINLINE UNKNOWN - ${(err as Error).message}\n`)

@@ -1,0 +1,300 @@
+/**
+ * The receiver's HTTP listener (`httpListen`, old name `metricsListen`; off by
+ * default), apart from the replication port: Prometheus metrics, the DR
+ * dashboard and its JSON API. https:// with the receiver's certificate when
+ * it has one.
+ *
+ * - `GET /metrics` — Prometheus text format, no token (scrapers);
+ * - `GET /login`, `POST /login` (form `token=…`), `POST /logout` — a viewer
+ *   token buys an HttpOnly SameSite=Strict session cookie (viewer-sessions.ts);
+ * - `GET /`, `GET /vm?name=…`, `/assets/…` — the dashboard (no session: 303 to /login);
+ * - `GET /api/v1/status`, `GET /api/v1/vms/NAME`, `GET /api/v1/events` (SSE) —
+ *   JSON for a session cookie or `Authorization: Bearer <viewer token>`:
+ *   none 401, an agent's token 403.
+ *
+ * Strict headers on every answer (CSP without inline script, nosniff,
+ * no-referrer, frame-ancestors none, no-store). Bounded: sockets, requests per
+ * socket, header and request time, login body size, event-stream clients.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import { bearerToken, mayAccess, type TokenEntry, type TokenTable } from './auth.ts'
+import { loadDashboardAssets, type DashboardAsset } from './dashboard-assets.ts'
+import type { LiveState } from './live-state.ts'
+import type { ReceiverMetrics } from './metrics.ts'
+import type { RefusalLog } from './refusal-log.ts'
+import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions } from './store-overview.ts'
+import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
+
+/** Sockets open at once on the HTTP listener. */
+export const HTTP_MAX_SOCKETS = 64
+/** Requests one keep-alive socket may carry. */
+export const HTTP_MAX_REQUESTS_PER_SOCKET = 100
+/** Event-stream (SSE) clients at once; one more gets 503. */
+export const MAX_EVENT_CLIENTS = 16
+/** Largest `POST /login` body, bytes. */
+export const MAX_LOGIN_BODY = 4096
+/** An event stream sends the status at most this often, ms (changes in between are coalesced). */
+export const EVENT_MIN_INTERVAL_MS = 500
+/** An event stream sends the status at least this often (ages move), ms. */
+export const EVENT_REFRESH_MS = 5000
+
+/** Headers on every answer. */
+export const SECURITY_HEADERS = {
+  'Content-Security-Policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+  'X-Content-Type-Options': 'nosniff',
+  'Referrer-Policy': 'no-referrer',
+  'X-Frame-Options': 'DENY',
+  'Cache-Control': 'no-store',
+} as const
+
+/** What the listener serves. */
+export interface HttpListenerInit {
+  readonly host: string
+  readonly port: number
+  /** PEM certificate and key: https:// */
+  readonly tls?: { readonly cert: Buffer; readonly key: Buffer }
+  readonly store: string
+  readonly metrics: ReceiverMetrics
+  readonly live: LiveState
+  readonly tokens: () => TokenTable
+  readonly rpo?: RpoPolicy
+  /** where refused logins are logged, rate-limited (a flood of bad logins must not flood the log) and counted */
+  readonly refusals: RefusalLog
+}
+
+/** A running HTTP listener. */
+export interface HttpListener {
+  readonly host: string
+  readonly port: number
+  close(): Promise<void>
+}
+
+type Res = ServerResponse<IncomingMessage>
+
+function send(res: Res, status: number, type: string, body: string | Buffer, extra: Record<string, string> = {}): void {
+  res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': type, ...extra }).end(body)
+}
+const json = (res: Res, status: number, body: unknown): void => send(res, status, 'application/json; charset=utf-8', `${JSON.stringify(body)}\n`)
+const apiError = (res: Res, status: number, code: string, message: string, extra: Record<string, string> = {}): void =>
+  send(res, status, 'application/json; charset=utf-8', `${JSON.stringify({ error: { code, message } })}\n`, extra)
+
+/** Read a small body; undefined when larger than `max` (the socket is then closed). */
+function readBody(req: IncomingMessage, max: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    let n = 0
+    req.on('data', (c: Buffer) => {
+      n += c.length
+      if (n > max) {
+        resolve(undefined)
+        req.destroy()
+        return
+      }
+      chunks.push(c)
+    })
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    req.on('error', () => resolve(undefined))
+  })
+}
+
+/** Serve metrics, dashboard and API on `init.host:init.port` (0: any free port). */
+export async function startHttpListener(init: HttpListenerInit, log: Logger): Promise<HttpListener> {
+  const assets = await loadDashboardAssets()
+  const viewers = new ViewerSessions()
+  const secure = init.tls !== undefined
+  const events = new Set<() => void>()
+  const hlog = log.child({ component: 'http' })
+
+  /** The viewer of a request: its session cookie, or a Bearer token. `role` tells an agent token apart. */
+  function who(req: IncomingMessage): { entry?: TokenEntry; agent?: boolean } {
+    const s = viewers.lookup(req.headers.cookie)
+    if (s !== undefined) return { entry: s }
+    const presented = bearerToken(req.headers.authorization)
+    if (presented === undefined) return {}
+    const e = init.tokens().lookup(presented)
+    if (e === undefined) return {}
+    return e.role === 'viewer' ? { entry: e } : { agent: true }
+  }
+
+  const optsFor = (v: TokenEntry): StoreOverviewOptions => ({ live: init.live, covers: (vm) => mayAccess(v, vm), ...(init.rpo === undefined ? {} : { rpo: init.rpo }) })
+
+  async function login(req: IncomingMessage, res: Res): Promise<void> {
+    const body = await readBody(req, MAX_LOGIN_BODY)
+    if (body === undefined) {
+      send(res, 413, 'text/plain; charset=utf-8', 'login body too large\n', { Connection: 'close' })
+      return
+    }
+    const token = new URLSearchParams(body).get('token') ?? ''
+    const e = token === '' ? undefined : init.tokens().lookup(token)
+    if (e === undefined || e.role !== 'viewer') {
+      const status = e === undefined ? 401 : 403
+      const fields = { remote: req.socket.remoteAddress, status, via: 'dashboard login', ...(e === undefined ? {} : { peer: e.name }) }
+      init.refusals.refused('auth', fields)
+      send(res, 303, 'text/plain; charset=utf-8', '', { Location: `/login?failed=${status}` })
+      return
+    }
+    const id = viewers.create(e)
+    hlog.info({ remote: req.socket.remoteAddress, viewer: e.name }, 'dashboard login')
+    send(res, 303, 'text/plain; charset=utf-8', '', {
+      Location: '/',
+      'Set-Cookie': `${SESSION_COOKIE}=${id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200${secure ? '; Secure' : ''}`,
+    })
+  }
+
+  function eventStream(req: IncomingMessage, res: Res, v: TokenEntry): void {
+    if (events.size >= MAX_EVENT_CLIENTS) {
+      apiError(res, 503, 'E_LIMIT', `${MAX_EVENT_CLIENTS} event streams are open already`, { 'Retry-After': '10' })
+      return
+    }
+    res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream; charset=utf-8', Connection: 'keep-alive' })
+    req.socket.setTimeout(0)
+    let last = 0
+    let timer: NodeJS.Timeout | undefined
+    let busy = false
+    let again = false
+    const push = async (): Promise<void> => {
+      if (busy) {
+        again = true
+        return
+      }
+      busy = true
+      try {
+        const o = await storeOverview(init.store, optsFor(v))
+        res.write(`event: status\ndata: ${JSON.stringify(o)}\n\n`)
+      } catch (err) {
+        res.write(`event: failure\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`)
+      }
+      last = Date.now()
+      busy = false
+      if (again) {
+        again = false
+        schedule()
+      }
+    }
+    const schedule = (): void => {
+      if (timer !== undefined) return
+      timer = setTimeout(
+        () => {
+          timer = undefined
+          void push()
+        },
+        Math.max(0, EVENT_MIN_INTERVAL_MS - (Date.now() - last)),
+      )
+    }
+    const refresh = setInterval(schedule, EVENT_REFRESH_MS)
+    const stop = init.live.onChange(schedule)
+    const end = (): void => {
+      events.delete(end)
+      stop()
+      clearInterval(refresh)
+      if (timer !== undefined) clearTimeout(timer)
+      res.end()
+    }
+    events.add(end)
+    req.on('close', end)
+    void push()
+  }
+
+  async function handle(req: IncomingMessage, res: Res): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://x')
+    const path = url.pathname
+    const method = req.method ?? 'GET'
+    if (path === '/metrics' && method === 'GET') {
+      const text = await init.metrics.registry.metrics()
+      send(res, 200, init.metrics.registry.contentType, text)
+      return
+    }
+    if (path === '/favicon.ico') {
+      res.writeHead(204, SECURITY_HEADERS).end()
+      return
+    }
+    if (path === '/login' && method === 'POST') return login(req, res)
+    if (path === '/logout' && method === 'POST') {
+      viewers.end(req.headers.cookie)
+      send(res, 303, 'text/plain; charset=utf-8', '', { Location: '/login', 'Set-Cookie': `${SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0${secure ? '; Secure' : ''}` })
+      return
+    }
+    if (method !== 'GET' && method !== 'HEAD') {
+      send(res, 405, 'text/plain; charset=utf-8', 'method not allowed\n', { Allow: 'GET' })
+      return
+    }
+    const asset: DashboardAsset | undefined = assets.get(path)
+    if (path === '/login' || path === '/assets/dashboard.css' || path === '/assets/dashboard.js') {
+      send(res, 200, (asset as DashboardAsset).type, (asset as DashboardAsset).body)
+      return
+    }
+    const w = who(req)
+    if (path.startsWith('/api/')) {
+      if (w.agent === true) return apiError(res, 403, 'E_FORBIDDEN', "an agent's token does not read the dashboard: use a viewer token")
+      if (w.entry === undefined) return apiError(res, 401, 'E_AUTH', 'log in with a viewer token (POST /login) or send Authorization: Bearer <viewer token>', { 'WWW-Authenticate': 'Bearer' })
+      const v = w.entry
+      if (path === '/api/v1/status') return json(res, 200, await storeOverview(init.store, optsFor(v)))
+      if (path === '/api/v1/events') return eventStream(req, res, v)
+      const m = /^\/api\/v1\/vms\/([^/]+)$/.exec(path)
+      if (m !== null) {
+        let name: string
+        try {
+          name = decodeURIComponent(m[1] as string)
+        } catch {
+          return apiError(res, 400, 'E_BAD_REQUEST', 'the VM name is not valid percent-encoding')
+        }
+        const d = await vmDetail(init.store, name, optsFor(v))
+        if (d === undefined) return apiError(res, 404, 'E_NOT_FOUND', 'no such VM in the store')
+        return json(res, 200, d)
+      }
+      return apiError(res, 404, 'E_NOT_FOUND', 'no such endpoint: see the receiver README (HTTP API)')
+    }
+    if (asset !== undefined) {
+      if (w.agent === true) {
+        send(res, 403, 'text/plain; charset=utf-8', "forbidden: an agent's token does not read the dashboard\n")
+        return
+      }
+      if (w.entry === undefined) {
+        send(res, 303, 'text/plain; charset=utf-8', '', { Location: '/login' })
+        return
+      }
+      send(res, 200, asset.type, asset.body)
+      return
+    }
+    send(res, 404, 'text/plain; charset=utf-8', 'not found\n')
+  }
+
+  const onRequest = (req: IncomingMessage, res: Res): void => {
+    handle(req, res).catch((err: unknown) => {
+      hlog.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, path: (req.url ?? '').split('?')[0] }, 'http request failed')
+      if (!res.headersSent) {
+        if ((err as { code?: unknown }).code === 'E_NOT_FOUND') apiError(res, 503, 'E_NOT_FOUND', (err as Error).message)
+        else send(res, 500, 'text/plain; charset=utf-8', 'unavailable: see the receiver log\n')
+      } else res.end()
+    })
+  }
+  const srv: Server = init.tls === undefined ? createHttpServer(onRequest) : createHttpsServer({ cert: init.tls.cert, key: init.tls.key, handshakeTimeout: 10_000 }, onRequest)
+  srv.requestTimeout = 10_000
+  srv.headersTimeout = 5_000
+  srv.keepAliveTimeout = 5_000
+  srv.maxHeadersCount = 50
+  srv.maxRequestsPerSocket = HTTP_MAX_REQUESTS_PER_SOCKET
+  srv.maxConnections = HTTP_MAX_SOCKETS
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject)
+    srv.listen(init.port, init.host, () => {
+      srv.off('error', reject)
+      resolve()
+    })
+  })
+  const addr = srv.address() as AddressInfo
+  log.info({ host: addr.address, port: addr.port, tls: secure }, 'http listening (GET /metrics, dashboard /, API /api/v1)')
+  return {
+    host: addr.address,
+    port: addr.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const end of [...events]) end()
+        srv.close(() => resolve())
+        srv.closeAllConnections()
+      }),
+  }
+}
