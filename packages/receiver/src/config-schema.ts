@@ -103,7 +103,7 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
       { description, type: 'path', ...(example === undefined ? {} : { example }) },
     )
   return z.strictObject({
-    store: path('The mirror store folder (created if missing).', '"/srv/grainline"'),
+    store: path('The mirror store folder (created if missing). Required here or as `--store` (the flag wins).', '"/srv/grainline"').optional(),
     tokens: path('Tokens file: agents\' tokens (`{"tokens":[{name, token, vms}]}`) and dashboard viewers (`"role": "viewer"`). Required here or as `--tokens`.', '"tokens.json"').optional(),
     tokensFile: path('Same as `tokens`.').optional(),
     listen: listenField('Replication address (WebSocket, TLS with `tlsCert`/`tlsKey`).', '"0.0.0.0:7443"').optional(),
@@ -121,7 +121,7 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
     metricsListen: listenField('Old name of `httpListen` (kept working).').optional(),
     rpo: doc(rpoSchema.optional(), { description: 'Recovery point objectives shown on the dashboard and in its API.' }),
     retention: doc(retentionField.optional(), {
-      description: 'Restore points every VM keeps: `{keep, maxAge, maxBytes, gfs: {hourly, daily, weekly, monthly}}` (docs/POINTS.md).',
+      description: 'Restore points every VM keeps: `{keep, maxAge, maxBytes, gfs}` with `gfs` as `"hourly=24,daily=7,weekly=4,monthly=12"` (any subset) (docs/POINTS.md).',
       type: 'retention policy',
       default: 'no points',
     }),

@@ -95,7 +95,10 @@ t.test('httpListen (and its old name metricsListen) in the config file and as a 
   await bad({ store: 'm', tokens: 't.json', metricsListen: 9464 }, /r\.json: metricsListen: .*expected string/, 'a number is not an address')
   await bad({ store: 'm', tokens: 't.json', httpListen: 'x:99999' }, /httpListen: "x:99999" is not HOST:PORT/, 'port out of range')
   await bad({ store: 'm', tokens: 't.json', listen: 7 }, /listen: /, 'listen')
-  await bad({ tokens: 't.json' }, /store: .*expected string/, 'store is required')
+  // a file without a store: the flag gives it (flags win); without either, the receiver refuses to start
+  writeFileSync(cfg, JSON.stringify({ tokens: 't.json', retention: { keep: 3 } }))
+  t.match(await resolveReceiverInit({ config: cfg, store: '/srv/m' }), { store: '/srv/m', retention: { keep: 3 } }, '--store completes a config file without one')
+  await t.rejects(resolveReceiverInit({ config: cfg }), { code: 'E_CONFIG', message: /--store \(or "store" in --config\) is required/ }, 'store is required somewhere')
   await bad({ store: 'm', insecure: 'yes' }, /insecure: .*expected boolean/, 'insecure')
   await bad({ store: 'm', displaySuffix: 3 }, /displaySuffix: /, 'displaySuffix')
   await bad({ store: '', tokens: 't.json' }, /store: /, 'an empty path')
