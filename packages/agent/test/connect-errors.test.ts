@@ -7,7 +7,7 @@ import { createServer as createHttpServer } from 'node:http'
 import { createServer as createTcpServer } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { join } from 'node:path'
-import { memoryLogger, tlsFixture } from '@grainline/test-utils'
+import { memoryLogger } from '@grainline/test-utils'
 import { classifyConnectFailure, speaksTls, tlsProblem, tokenFingerprint } from '../src/connect-errors.ts'
 import { Connection, isRetryable } from '../src/connection.ts'
 import { replicate } from '../src/replicate.ts'
@@ -22,8 +22,21 @@ async function listening(server: { listen: (port: number, host: string) => unkno
   return (server.address() as { port: number }).port
 }
 
+/** A new self-signed certificate (not the receiver's: the receiver uses test-utils' tlsFixture) for `subject`, `san`. */
+function selfSigned(dir: string, subject: string, san: string): { key: string; cert: string } {
+  const key = join(dir, `${subject.replace(/\W/g, '_')}.key.pem`)
+  const cert = join(dir, `${subject.replace(/\W/g, '_')}.cert.pem`)
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${subject}`, '-addext', `subjectAltName=${san}`, '-days', '2', '-keyout', key, '-out', cert],
+    { stdio: 'ignore' },
+  )
+  return { key, cert }
+}
+
 t.test('against a real TLS receiver: each permanent failure fails the VM at once, saying what to do', async (t) => {
   const dir = scratch(t)
+  const otherCa = readFileSync(selfSigned(dir, 'other-ca', 'IP:127.0.0.1').cert)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(join(dir, 'src'), { name: 'conn', disks: [{ sizeBytes: 1 * MiB }] })
@@ -35,7 +48,7 @@ t.test('against a real TLS receiver: each permanent failure fails the VM at once
     { what: 'an untrusted certificate', init: { to: rx.url }, code: 'E_CONNECT', message: /certificate at 127\.0\.0\.1:\d+ is not trusted \(self-signed certificate\): pass --ca FILE/ },
     {
       what: "a CA that is not the receiver's",
-      init: { to: rx.url, ca: tlsFixture().ca, caSource: '--ca /etc/other.crt' },
+      init: { to: rx.url, ca: otherCa, caSource: '--ca /etc/other.crt' },
       code: 'E_CONNECT',
       message: /not trusted \(.*\) by --ca \/etc\/other\.crt: give the receiver's certificate or the CA that signed it/,
     },
@@ -58,31 +71,7 @@ t.test('against a real TLS receiver: each permanent failure fails the VM at once
 
 t.test('a certificate for another name: "does not name"', async (t) => {
   const dir = scratch(t)
-  const key = join(dir, 'k.pem')
-  const cert = join(dir, 'c.pem')
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-subj',
-      '/CN=other.example',
-      '-addext',
-      'subjectAltName=DNS:other.example',
-      '-days',
-      '2',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-    ],
-    { stdio: 'ignore' },
-  )
+  const { key, cert } = selfSigned(dir, 'other.example', 'DNS:other.example')
   const srv = createTlsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (s) => s.end())
   const port = await listening(srv)
   t.teardown(() => srv.close())
