@@ -41,6 +41,8 @@ export interface CephClusterOptions {
   readonly pools?: readonly string[]
   /** memstore bytes of the OSD. @default 1 GiB */
   readonly osdBytes?: number
+  /** give up on a daemon that is neither up nor exited after this long (its logs in the error). @default 180000 */
+  readonly startTimeoutMs?: number
 }
 
 async function freePort(): Promise<number> {
@@ -148,7 +150,18 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
     daemons.push(p)
   }
   /** throw when a daemon died while the cluster comes up (its log is in `dir/log`) */
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 180_000)
   const alive = (): void => {
+    if (Date.now() > deadline) {
+      const logs = readdirSync(join(dir, 'log')).map(
+        (f) =>
+          `--- ${f}\n${readFileSync(join(dir, 'log', f), 'utf8')
+            .split('\n')
+            .slice(-15)
+            .join('\n')}`,
+      )
+      throw new Error(`Ceph daemons not up after ${opts.startTimeoutMs ?? 180_000} ms; the end of the logs:\n${logs.join('\n')}`)
+    }
     for (const p of daemons) {
       if (p.exitCode === null && p.signalCode === null) continue
       const logs = readdirSync(join(dir, 'log')).map(
