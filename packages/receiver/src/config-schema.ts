@@ -55,23 +55,20 @@ const durationMs = (what: string) =>
     }
   })
 
-const retentionField = z.unknown().transform((v, ctx) => {
-  try {
-    return parseRetention(v, 'retention')
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^retention: /, '') })
-    return z.NEVER
-  }
-})
+/** A field read by one of retention.ts's parsers, which prefix their messages with the key (dropped: zod names the path). */
+function parsedBy<T>(parse: (json: unknown, where: string) => T, key: string) {
+  return z.unknown().transform((v, ctx) => {
+    try {
+      return parse(v, key)
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(`${key}: `, '') })
+      return z.NEVER
+    }
+  })
+}
 
-const retentionLimitsField = z.unknown().transform((v, ctx) => {
-  try {
-    return parseRetentionLimits(v, 'retentionLimits')
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^retentionLimits: /, '') })
-    return z.NEVER
-  }
-})
+const retentionField = parsedBy(parseRetention, 'retention')
+const retentionLimitsField = parsedBy(parseRetentionLimits, 'retentionLimits')
 
 const count = (description: string, d: string) => doc(z.int().min(0).optional(), { description, default: d })
 
