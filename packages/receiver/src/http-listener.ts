@@ -23,6 +23,7 @@ import type { Logger } from 'pino'
 import { bearerToken, mayAccess, type TokenEntry, type TokenTable } from './auth.ts'
 import { loadDashboardAssets, type DashboardAsset } from './dashboard-assets.ts'
 import type { LiveState } from './live-state.ts'
+import { LoginThrottle } from './login-throttle.ts'
 import type { ReceiverMetrics } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions } from './store-overview.ts'
@@ -63,6 +64,8 @@ export interface HttpListenerInit {
   readonly rpo?: RpoPolicy
   /** where refused logins are logged, rate-limited (a flood of bad logins must not flood the log) and counted */
   readonly refusals: RefusalLog
+  /** the per-address brake on failed logins and Bearer tokens; a fresh one by default */
+  readonly throttle?: LoginThrottle
 }
 
 /** A running HTTP listener. */
@@ -104,19 +107,33 @@ function readBody(req: IncomingMessage, max: number): Promise<string | undefined
 export async function startHttpListener(init: HttpListenerInit, log: Logger): Promise<HttpListener> {
   const assets = await loadDashboardAssets()
   const viewers = new ViewerSessions()
+  const throttle = init.throttle ?? new LoginThrottle()
   const secure = init.tls !== undefined
   const events = new Set<() => void>()
   const hlog = log.child({ component: 'http' })
 
   /** The viewer of a request: its session cookie, or a Bearer token. `role` tells an agent token apart. */
-  function who(req: IncomingMessage): { entry?: TokenEntry; agent?: boolean } {
+  function who(req: IncomingMessage): { entry?: TokenEntry; agent?: boolean; retryAfter?: number } {
     const s = viewers.lookup(req.headers.cookie)
     if (s !== undefined) return { entry: s }
     const presented = bearerToken(req.headers.authorization)
     if (presented === undefined) return {}
+    const wait = throttle.retryAfter(req.socket.remoteAddress)
+    if (wait > 0) return { retryAfter: wait }
     const e = init.tokens().lookup(presented)
-    if (e === undefined) return {}
+    if (e === undefined) {
+      throttle.failed(req.socket.remoteAddress)
+      return {}
+    }
     return e.role === 'viewer' ? { entry: e } : { agent: true }
+  }
+
+  /** 429 for an address that failed too often; logged once per answer through the rate-limited refusal log. */
+  function throttled(req: IncomingMessage, res: Res, wait: number, api: boolean): void {
+    init.refusals.refused('auth-throttled', { remote: req.socket.remoteAddress, retryAfterSeconds: wait })
+    const message = `too many failed logins from this address: try again in ${wait} s`
+    if (api) apiError(res, 429, 'E_THROTTLED', message, { 'Retry-After': String(wait) })
+    else send(res, 429, 'text/plain; charset=utf-8', `${message}\n`, { 'Retry-After': String(wait) })
   }
 
   const optsFor = (v: TokenEntry): StoreOverviewOptions => ({ live: init.live, covers: (vm) => mayAccess(v, vm), ...(init.rpo === undefined ? {} : { rpo: init.rpo }) })
@@ -127,9 +144,12 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       send(res, 413, 'text/plain; charset=utf-8', 'login body too large\n', { Connection: 'close' })
       return
     }
+    const wait = throttle.retryAfter(req.socket.remoteAddress)
+    if (wait > 0) return throttled(req, res, wait, false)
     const token = new URLSearchParams(body).get('token') ?? ''
     const e = token === '' ? undefined : init.tokens().lookup(token)
     if (e === undefined || e.role !== 'viewer') {
+      if (e === undefined) throttle.failed(req.socket.remoteAddress)
       const status = e === undefined ? 401 : 403
       const fields = { remote: req.socket.remoteAddress, status, via: 'dashboard login', ...(e === undefined ? {} : { peer: e.name }) }
       init.refusals.refused('auth', fields)
@@ -228,6 +248,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     }
     const w = who(req)
     if (path.startsWith('/api/')) {
+      if (w.retryAfter !== undefined) return throttled(req, res, w.retryAfter, true)
       if (w.agent === true) return apiError(res, 403, 'E_FORBIDDEN', "an agent's token does not read the dashboard: use a viewer token")
       if (w.entry === undefined) return apiError(res, 401, 'E_AUTH', 'log in with a viewer token (POST /login) or send Authorization: Bearer <viewer token>', { 'WWW-Authenticate': 'Bearer' })
       const v = w.entry
@@ -248,6 +269,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       return apiError(res, 404, 'E_NOT_FOUND', 'no such endpoint: see the receiver README (HTTP API)')
     }
     if (asset !== undefined) {
+      if (w.retryAfter !== undefined) return throttled(req, res, w.retryAfter, false)
       if (w.agent === true) {
         send(res, 403, 'text/plain; charset=utf-8', "forbidden: an agent's token does not read the dashboard\n")
         return

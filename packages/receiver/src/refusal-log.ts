@@ -2,7 +2,18 @@ import type { Logger } from 'pino'
 import type { ReceiverObserver } from './metrics.ts'
 
 /** Why the receiver turned a connection or session away. */
-export type RefusalReason = 'socket-cap' | 'tls-handshake-timeout' | 'tls-error' | 'upgrade-timeout' | 'auth' | 'subprotocol' | 'session-cap' | 'token-session-cap' | 'hello-timeout' | 'idle-timeout'
+export type RefusalReason =
+  | 'socket-cap'
+  | 'tls-handshake-timeout'
+  | 'tls-error'
+  | 'upgrade-timeout'
+  | 'auth'
+  | 'auth-throttled'
+  | 'subprotocol'
+  | 'session-cap'
+  | 'token-session-cap'
+  | 'hello-timeout'
+  | 'idle-timeout'
 
 /**
  * Logs refusals without letting a flood flood the log: at most one line per
