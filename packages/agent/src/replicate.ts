@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import type { Logger } from 'pino'
-import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, parseRate, type CompressionAlgorithm, type DigestAlgorithm, type RetentionSpec } from '@grainline/protocol'
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionAlgorithm, type DigestAlgorithm, type RetentionSpec } from '@grainline/protocol'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
@@ -19,6 +19,7 @@ import { runVmCycle } from './cycle.ts'
 import { HostLocks, withHostLock } from './host-lock.ts'
 import { JobProgress, type ProgressView } from './job-progress.ts'
 import { createRateLimiter, type RateLimiter } from './rate-limiter.ts'
+import { describeBandwidth, parseBandwidth, type Bandwidth, type RateSchedule } from './rate-schedule.ts'
 import type { ProgressEvent, ProgressSink } from './progress.ts'
 import { LogProgressView } from './progress-log.ts'
 import { TtyProgressView } from './progress-tty.ts'
@@ -51,7 +52,7 @@ export interface ReplicateInit {
   /** MiB of the disk prefix compared by the trivial check (0 = off). @default 16 */
   readonly trivialMiB?: number
   /** bandwidth limit in bytes/s (or "10M"); 0 = unlimited. @default 0 */
-  readonly bwlimit?: number | string
+  readonly bwlimit?: number | string | RateSchedule
   /** preferred compression ('none' disables). @default 'lz4' */
   readonly compress?: CompressionAlgorithm
   /** digest algorithms offered, most preferred first. @default ['xxh64', 'sha256'] */
@@ -138,11 +139,12 @@ export interface ReplicateManyOptions {
   /** VMs replicated at once. @default 2 */
   readonly parallel?: number
   /**
-   * bandwidth limit of the whole run in bytes/s (or `"20M"`), one token bucket
-   * shared by every stream; 0 = unlimited. @default each init's own `bwlimit`
+   * bandwidth limit of the whole run in bytes/s (or `"20M"`, or a timetable
+   * `"08:00,512k 18:00,off"`, rate-schedule.ts), one token bucket shared by
+   * every stream; 0 = unlimited. @default each init's own `bwlimit`
    * (inits with the same value share one bucket)
    */
-  readonly bwlimit?: number | string
+  readonly bwlimit?: number | string | RateSchedule
   /** one bucket shared with other runs (wins over `bwlimit`) */
   readonly rateLimiter?: RateLimiter
   /** stops the run: VMs not started are reported as not run, running ones abandon at their next step */
@@ -155,15 +157,6 @@ export interface ReplicateManyOptions {
   readonly hostLocks?: HostLocks
   /** called when a VM finishes (the job runner's hooks) */
   readonly onVmFinished?: (vm: VmReport, index: number) => void
-}
-
-/** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
-function _bwlimitOf(init: ReplicateInit): number {
-  try {
-    return parseRate(init.bwlimit ?? 0, 'bwlimit')
-  } catch (err) {
-    throw new AgentError('E_CONFIG', (err as Error).message, { cause: err })
-  }
 }
 
 /**
@@ -253,10 +246,11 @@ export async function replicate(components: { logger: Logger }, init: ReplicateI
   return await replicateMany(components, [init], { parallel: 1, ...(init.signal === undefined ? {} : { signal: init.signal }) })
 }
 
-/** The bandwidth limit in bytes/s (Infinity = unlimited; `0` and unset mean unlimited). @throws AgentError E_CONFIG */
-function rateOf(v: number | string | undefined, what: string): number {
+/** The bandwidth limit: bytes/s (Infinity = unlimited; `0` and unset mean unlimited) or a timetable. @throws AgentError E_CONFIG */
+function bandwidthOf(v: number | string | RateSchedule | undefined, what: string): Bandwidth {
+  if (typeof v === 'object') return v
   try {
-    return parseRate(v ?? 0, what)
+    return parseBandwidth(v ?? 0, what)
   } catch (err) {
     throw new AgentError('E_CONFIG', (err as Error).message, { cause: err })
   }
@@ -292,20 +286,23 @@ export async function replicateMany(components: { logger: Logger }, inits: reado
   const parallel = opts.parallel ?? 2
   if (!Number.isSafeInteger(parallel) || parallel < 1) throw new AgentError('E_CONFIG', `parallel must be a whole number ≥ 1, got ${parallel}`)
   // one bucket for the run, or (without a run-wide limit) one per distinct per-VM limit
-  const jobRate = opts.rateLimiter ?? (opts.bwlimit === undefined ? undefined : createRateLimiter({ rate: rateOf(opts.bwlimit, 'bwlimit') }))
-  const buckets = new Map<number, RateLimiter>()
+  const jobRate = opts.rateLimiter ?? (opts.bwlimit === undefined ? undefined : createRateLimiter({ rate: bandwidthOf(opts.bwlimit, 'bwlimit') }))
+  const buckets = new Map<string, RateLimiter>()
   const limiterOf = (init: ReplicateInit): RateLimiter => {
     if (init.rateLimiter !== undefined) return init.rateLimiter
     if (jobRate !== undefined) return jobRate
-    const rate = rateOf(init.bwlimit, 'bwlimit')
-    let rl = buckets.get(rate)
+    const rate = bandwidthOf(init.bwlimit, 'bwlimit')
+    let rl = buckets.get(describeBandwidth(rate))
     if (rl === undefined) {
       rl = createRateLimiter({ rate })
-      buckets.set(rate, rl)
+      buckets.set(describeBandwidth(rate), rl)
     }
     return rl
   }
   const limiters = inits.map(limiterOf)
+  for (const rl of new Set(limiters)) {
+    if (typeof rl.bandwidth === 'object') components.logger.info({ bwlimit: rl.bandwidth.text, inForce: rl.rate === Infinity ? 'unlimited' : rl.rate }, 'bandwidth timetable')
+  }
   const hostLocks = opts.hostLocks ?? new HostLocks()
   const view = inits.some((i) => i.onProgress !== undefined) ? undefined : viewOf(components, inits, opts)
   const progress =

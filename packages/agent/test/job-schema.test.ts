@@ -92,7 +92,7 @@ t.test('every problem of a file at once, each named by its key', async (t) => {
   const p = await problems(loadJob({ file }))
   t.ok(p.includes('job.vms[2].certify: expected one of md5|sha1|sha256|xxh64|none, got "SHA256"'), p.join('\n'))
   t.ok(p.includes('job.colour: unknown key'))
-  t.ok(p.includes('job.bwlimit: "20 furlongs" is not a rate (e.g. 500k, 20M; 0 = unlimited)'))
+  t.ok(p.includes('job.bwlimit: "20 furlongs" is not a rate (e.g. 500k, 20M, off) or a timetable (e.g. "08:00,512k 18:00,off")'), p.join('; '))
   t.ok(
     p.some((m) => /^job\.defaults\.bwlimit: bwlimit is the job's total/.test(m)),
     'bwlimit per VM is refused with where it goes',

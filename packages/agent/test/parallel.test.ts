@@ -127,6 +127,7 @@ t.test('VMs run in parallel with one snapshot operation at a time per host, one 
   let taken = 0
   const spy: RateLimiter = {
     rate: bucket.rate,
+    bandwidth: bucket.bandwidth,
     take: async (n, o) => {
       taken += n
       await bucket.take(n, o)

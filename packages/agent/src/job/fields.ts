@@ -9,6 +9,7 @@ import { readFile, stat } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { parseByteSize, parseDuration, parseRate } from '@grainline/protocol'
+import { parseBandwidth, type Bandwidth } from '../rate-schedule.ts'
 
 /** What the generated reference says about a field. */
 export interface FieldDoc {
@@ -67,6 +68,18 @@ export function rateField() {
       return parseRate(v, 'rate')
     } catch {
       ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a rate (e.g. 500k, 20M; 0 = unlimited)` })
+      return z.NEVER
+    }
+  })
+}
+
+/** A bandwidth limit: a rate (`20M`, `0`/`off` = unlimited) or a timetable (`"08:00,512k 18:00,off"`, rate-schedule.ts). */
+export function bandwidthField() {
+  return sizeOrNumber.transform((v, ctx): Bandwidth => {
+    try {
+      return parseBandwidth(v, 'bwlimit')
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^bwlimit: /, '') })
       return z.NEVER
     }
   })

@@ -6,7 +6,7 @@
  * Relative paths resolve against the file's folder.
  */
 import { z } from 'zod'
-import { doc, pathField, rateField, type SchemaContext } from './fields.ts'
+import { doc, pathField, bandwidthField, type SchemaContext } from './fields.ts'
 import { emailSchema, webhookSchema } from './notify-schema.ts'
 import { jobOnlyKeys, vmOptionsShape } from './vm-options-schema.ts'
 
@@ -37,7 +37,13 @@ export function jobShape(ctx: SchemaContext) {
     ),
     defaults: doc(z.strictObject({ ...vmOptionsShape(ctx), ...jobOnlyKeys }).optional(), { description: "Per-VM options for every VM (a VM's own entry wins)." }),
     parallel: doc(z.int().min(1).max(64).optional(), { description: 'VMs replicated at the same time. Snapshot operations are still one at a time per ESXi host.', default: '2' }),
-    bwlimit: doc(rateField().optional(), { description: 'Bandwidth limit of the whole job in bytes/s, shared by all its streams (`20M`; `0` = unlimited).', default: 'unlimited', type: 'rate' }),
+    bwlimit: doc(bandwidthField().optional(), {
+      description:
+        'Bandwidth limit of the whole job in bytes/s, shared by all its streams (`20M`; `0` or `off` = unlimited), or a timetable of `[Day-]HH:MM,RATE` entries in the proxy\'s local time: `"08:00,512k 18:00,off"` (every day), `"Mon-08:00,2M Fri-18:00,off"` (weekly); the latest entry at or before now is in force.',
+      default: 'unlimited',
+      type: 'rate or timetable',
+      example: '"08:00,512k 18:00,30M 23:00,off"',
+    }),
     report: doc(pathField(ctx).optional(), { description: 'Write the JSON report of the run here (as `--report`).', type: 'path' }),
     email: doc(emailSchema(ctx).optional(), { description: 'E-mail the report (HTML + text) after the run.' }),
     webhooks: doc(z.array(webhookSchema(ctx)).max(16).optional(), { description: 'POST the report (JSON, HMAC-signed) after the run.' }),

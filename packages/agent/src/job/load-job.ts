@@ -17,6 +17,7 @@ import { jobFileSchema, jobShape } from './job-schema.ts'
 import type { EmailSettings, WebhookSettings } from './notify-schema.ts'
 import { readJsonFile } from './settings-file.ts'
 import { vmOptionsSchema, type VmOptions } from './vm-options-schema.ts'
+import type { Bandwidth } from '../rate-schedule.ts'
 
 /** Where a job comes from. */
 export interface JobSources {
@@ -50,7 +51,7 @@ export interface Job {
   /** VMs replicated at once. @default 2 */
   readonly parallel: number
   /** bytes/s for the whole job; Infinity = unlimited */
-  readonly bwlimit: number
+  readonly bwlimit: Bandwidth
   readonly report?: string
   readonly email?: EmailSettings
   readonly webhooks: readonly WebhookSettings[]
@@ -117,7 +118,7 @@ export async function loadJob(src: JobSources): Promise<Job> {
   const jobFlags = Object.fromEntries(Object.entries(src.jobOptions ?? {}).filter(([, v]) => v !== undefined))
   const merged = mergeJobLevel(fileTop, jobFlags)
   let job: z.output<ReturnType<typeof jobFileSchema>> | undefined
-  let jobLevel: { parallel?: number; bwlimit?: number; report?: string; email?: EmailSettings; webhooks?: WebhookSettings[] } = {}
+  let jobLevel: { parallel?: number; bwlimit?: Bandwidth; report?: string; email?: EmailSettings; webhooks?: WebhookSettings[] } = {}
   if (src.file !== undefined) {
     const r = await jobFileSchema(fileCtx).safeParseAsync(merged)
     if (r.success) job = r.data

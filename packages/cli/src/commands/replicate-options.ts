@@ -87,7 +87,14 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   },
   { flag: 'give-up', key: 'giveUp', level: 'vm', yargs: s('how long the receiver may stay unreachable before the run gives up: 90s, 10m (a bare number is seconds; default 10m)') },
   { flag: 'parallel', key: 'parallel', level: 'job', integer: true, yargs: s('VMs replicated at the same time (default 2; snapshot operations stay one at a time per ESXi host)') },
-  { flag: 'bwlimit', key: 'bwlimit', level: 'job', yargs: s('bandwidth limit of the whole run in bytes/s, shared by all its streams: 500k, 20M (0 = unlimited)') },
+  {
+    flag: 'bwlimit',
+    key: 'bwlimit',
+    level: 'job',
+    yargs: s(
+      'bandwidth limit of the whole run in bytes/s, shared by all its streams: 500k, 20M (0 or off = unlimited), or a timetable in local time: "08:00,512k 18:00,off", "Mon-08:00,2M Fri-18:00,off"',
+    ),
+  },
   { flag: 'report', key: 'report', level: 'job', path: true, yargs: s('write the JSON report to this file') },
   { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: s('e-mail the report to this address (repeat for several)', { array: true }) },
   { flag: 'mail-from', key: 'email.from', level: 'job', yargs: s('sender address of the report e-mail') },
