@@ -116,6 +116,11 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
       '"127.0.0.1:9464"',
     ).optional(),
     metricsListen: listenField('Old name of `httpListen` (kept working).').optional(),
+    metricsAuth: doc(z.enum(['open', 'viewer']).optional(), {
+      description:
+        '`GET /metrics` without a token (`open`, for scrapers on a trusted network) or only with a viewer token (`viewer`: Prometheus `authorization: {credentials_file: …}` sends it as Bearer; a session cookie works too). The metrics name every VM and its sizes.',
+      default: '"open"',
+    }),
     rpo: doc(rpoSchema.optional(), { description: 'Recovery point objectives shown on the dashboard and in its API.' }),
     retention: doc(retentionField.optional(), {
       description: 'Restore points every VM keeps: `{keep, maxAge, maxBytes, gfs}` with `gfs` as `"hourly=24,daily=7,weekly=4,monthly=12"` (any subset) (docs/POINTS.md).',

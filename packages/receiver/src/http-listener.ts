@@ -4,7 +4,8 @@
  * dashboard and its JSON API. https:// with the receiver's certificate when
  * it has one.
  *
- * - `GET /metrics` — Prometheus text format, no token (scrapers);
+ * - `GET /metrics` — Prometheus text format, no token (scrapers), or a viewer
+ *   token only with `metricsAuth: 'viewer'`;
  * - `GET /login`, `POST /login` (form `token=…`), `POST /logout` — a viewer
  *   token buys an HttpOnly SameSite=Strict session cookie (viewer-sessions.ts);
  * - `GET /`, `GET /vm?name=…`, `/assets/…` — the dashboard (no session: 303 to /login);
@@ -64,6 +65,8 @@ export interface HttpListenerInit {
   readonly rpo?: RpoPolicy
   /** where refused logins are logged, rate-limited (a flood of bad logins must not flood the log) and counted */
   readonly refusals: RefusalLog
+  /** who may read `GET /metrics`: anyone (scrapers), or viewer tokens / sessions only. @default 'open' */
+  readonly metricsAuth?: 'open' | 'viewer'
   /** the per-address brake on failed logins and Bearer tokens; a fresh one by default */
   readonly throttle?: LoginThrottle
 }
@@ -223,6 +226,15 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     const path = url.pathname
     const method = req.method ?? 'GET'
     if (path === '/metrics' && method === 'GET') {
+      if (init.metricsAuth === 'viewer') {
+        const w = who(req)
+        if (w.retryAfter !== undefined) return throttled(req, res, w.retryAfter, false)
+        if (w.agent === true) return send(res, 403, 'text/plain; charset=utf-8', "forbidden: an agent's token does not read the metrics: use a viewer token\n")
+        if (w.entry === undefined) return send(res, 401, 'text/plain; charset=utf-8', 'metrics need a viewer token: Authorization: Bearer <viewer token>\n', { 'WWW-Authenticate': 'Bearer' })
+        // the metrics name every VM: a viewer limited to some VMs must not read the others' names
+        if (!w.entry.vms.includes('*'))
+          return send(res, 403, 'text/plain; charset=utf-8', 'forbidden: the metrics cover every VM; this viewer token is limited to some (give the scraper a viewer token without "vms")\n')
+      }
       const text = await init.metrics.registry.metrics()
       send(res, 200, init.metrics.registry.contentType, text)
       return

@@ -102,6 +102,8 @@ export interface ReceiverInit {
    * @default undefined (off)
    */
   readonly httpListen?: { readonly host: string; readonly port: number }
+  /** who may read `GET /metrics`: anyone, or viewer tokens only. @default 'open' */
+  readonly metricsAuth?: 'open' | 'viewer'
   /** old name of `httpListen` (used when `httpListen` is absent) */
   readonly metricsListen?: { readonly host: string; readonly port: number }
   /** RPO targets shown by the dashboard. @default 24 h for every VM */
@@ -303,6 +305,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
             tokens: () => table as TokenTable,
             refusals,
             ...(init.rpo === undefined ? {} : { rpo: init.rpo }),
+            ...(init.metricsAuth === undefined ? {} : { metricsAuth: init.metricsAuth }),
           },
           log,
         )

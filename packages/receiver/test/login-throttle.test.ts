@@ -81,3 +81,31 @@ t.test('a real listener: wrong tokens brake the address, 429 with Retry-After, c
     'and logged',
   )
 })
+
+t.test("metricsAuth 'viewer': /metrics only with an unrestricted viewer token or its session", async (t) => {
+  const env = makeEnv(t.testdir())
+  writeFileSync(
+    env.tokensFile,
+    JSON.stringify({
+      tokens: [
+        { name: 'proxy-a', token: TOKEN, vms: ['web-*'] },
+        { name: 'noc', token: VIEWER, role: 'viewer' },
+        { name: 'web-team', token: 'viewer-web-0123456789abcdef0123', role: 'viewer', vms: ['web-*'] },
+      ],
+    }),
+  )
+  const { receiver } = await startReceiver(env, { httpListen: { host: '127.0.0.1', port: 0 }, metricsAuth: 'viewer' })
+  t.teardown(() => receiver.close())
+  const base = `https://127.0.0.1:${receiver.httpAddress?.port as number}`
+  const call = (o: { headers?: Record<string, string> } = {}) => httpCall(`${base}/metrics`, { ...o, ca: env.tls.ca })
+  const none = await call()
+  t.equal(none.status, 401, 'no token: 401')
+  t.equal(none.headers['www-authenticate'], 'Bearer')
+  t.notMatch(none.text, /grainline_/, 'and no metric')
+  t.equal((await call({ headers: { Authorization: `Bearer ${TOKEN}` } })).status, 403, "an agent's token: 403")
+  const limited = await call({ headers: { Authorization: 'Bearer viewer-web-0123456789abcdef0123' } })
+  t.equal(limited.status, 403, 'a viewer limited to some VMs: 403 (the metrics name every VM)')
+  const ok = await call({ headers: { Authorization: `Bearer ${VIEWER}` } })
+  t.equal(ok.status, 200)
+  t.match(ok.text, /^grainline_sessions /m, 'an unrestricted viewer reads the metrics')
+})
