@@ -6,7 +6,8 @@
 // extents to a sink that acknowledges each one, vs a plain Node TLS socket
 // writing the same number of bytes in the same chunk sizes to a sink that
 // counts them — both sinks in a separate process (as a receiver is), both on
-// loopback with the same certificate and Node's default TLS settings.
+// loopback with the same certificate and the receiver's TLS settings
+// (packages/receiver/src/tls-options.ts: AES-128-GCM preferred).
 //
 //   npx tsc -b && node scripts/bench-transport.mjs [MiBPerRound] [rounds] [extentKiB]
 //
@@ -20,7 +21,9 @@
 // counting bytes, fed by the same kind of sender (ws: one-frame messages of
 // `extentKiB`, zero mask; TLS: the same bytes), each once with Node's default
 // TLS 1.3 preference (AES-256-GCM) and once with the receiver's (AES-128-GCM
-// first, see packages/receiver/src/tls-options.ts).
+// first, see packages/receiver/src/tls-options.ts); and the ws sink once more with
+// each message sent in three fragments as the agent sends an Extent (ws joins
+// them: one more copy of the payload at the receiver).
 import { execFileSync, fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
@@ -47,7 +50,8 @@ else await main()
 async function sink(dir) {
   const cert = readFileSync(join(dir, 'c.pem'))
   const key = readFileSync(join(dir, 'k.pem'))
-  const https = createHttpsServer({ cert, key })
+  // the receiver's TLS settings (its cipher order) on both sinks
+  const https = createHttpsServer({ cert, key, ...RECEIVER_TLS_OPTIONS })
   const wss = new WebSocketServer({ server: https, maxPayload: DEFAULT_LIMITS.maxMessageBytes, perMessageDeflate: false, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   wss.on('connection', (ws) => {
     ws.on('message', (d) => {
@@ -74,7 +78,7 @@ async function sink(dir) {
       else if (m.kind === MessageKind.DiskEnd) ws.send(encodeMessage({ kind: MessageKind.DiskEnded, disk: m.disk }))
     })
   })
-  const tls = createTlsServer({ cert, key }, (s) => {
+  const tls = createTlsServer({ cert, key, ...RECEIVER_TLS_OPTIONS }, (s) => {
     let want = -1
     let got = 0
     let head = Buffer.alloc(0)
@@ -291,7 +295,7 @@ async function main() {
   }
 
   /** --sinks: a bare ws client (zero mask, one frame per message) into a sink that discards */
-  async function wsSinkRound(port) {
+  async function wsSinkRound(port, fragments = 1) {
     const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, perMessageDeflate: false, generateMask: (m) => m.fill(0) })
     await once(ws, 'open')
     cipher = `${ws._socket.getProtocol()} ${ws._socket.getCipher().name}`
@@ -301,7 +305,14 @@ async function main() {
     const t0 = process.hrtime.bigint()
     ws.send(head)
     for (let seq = 0; seq < count; seq++) {
-      ws.send(payloads[seq % payloads.length])
+      const p = payloads[seq % payloads.length]
+      if (fragments === 1) ws.send(p)
+      else {
+        // as the agent sends an Extent: a small head, the payload, a small tail, one message
+        ws.send(p.subarray(0, 64), { fin: false })
+        ws.send(p.subarray(64, p.length - 16), { fin: false })
+        ws.send(p.subarray(p.length - 16), { fin: true })
+      }
       if (ws.bufferedAmount > 4 * MiB) await new Promise((r) => ws.send(Buffer.alloc(0), r))
     }
     await done
@@ -347,6 +358,7 @@ async function main() {
       ['tls, receiver ciphers', () => tlsSinkRound(ports.tlsReceiver)],
       ['ws, default ciphers', () => wsSinkRound(ports.wsDefault)],
       ['ws, receiver ciphers', () => wsSinkRound(ports.wsReceiver)],
+      ['ws 3 fragments, rcv c.', () => wsSinkRound(ports.wsReceiver, 3)],
     ]
     const gib = (count * extent) / 1024 / MiB
     const out = kinds.map(() => Object.assign([], { cpu: [], cipher: '' }))
@@ -377,6 +389,7 @@ async function main() {
     const pr = (a, b) => med(out[a].map((x, i) => x / out[b][i]))
     console.log(`ratio ws sink / tls sink (median of pairs): default ciphers ${(100 * pr(2, 0)).toFixed(1)} %, receiver ciphers ${(100 * pr(3, 1)).toFixed(1)} %`)
     console.log(`ratio receiver ciphers / default (median of pairs): tls ${(100 * pr(1, 0)).toFixed(1)} %, ws ${(100 * pr(3, 2)).toFixed(1)} %`)
+    console.log(`ratio ws messages in 3 fragments (the agent's Extent) / in one frame (median of pairs): ${(100 * pr(4, 3)).toFixed(1)} %`)
     return
   }
   const load0 = loadavg()
