@@ -183,7 +183,7 @@ async function cycle(cycle, mode, f, vm = 'bench') {
     if (m.kind === MessageKind.DiskEnded) break
     if (m.kind !== MessageKind.ExtentAck) throw new Error(JSON.stringify(m))
   }
-  ws.send(encodeMessage({ kind: MessageKind.Commit, vm, cycle }))
+  ws.send(encodeMessage({ kind: MessageKind.Commit, vm, cycle, retention: null }))
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9

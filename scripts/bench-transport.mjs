@@ -6,7 +6,8 @@
 // extents to a sink that acknowledges each one, vs a plain Node TLS socket
 // writing the same number of bytes in the same chunk sizes to a sink that
 // counts them — both sinks in a separate process (as a receiver is), both on
-// loopback with the same certificate and Node's default TLS settings.
+// loopback with the same certificate and the receiver's TLS settings
+// (packages/receiver/src/tls-options.ts: AES-128-GCM preferred).
 //
 //   npx tsc -b && node scripts/bench-transport.mjs [MiBPerRound] [rounds] [extentKiB]
 //
@@ -14,6 +15,15 @@
 // client with ws's default per-byte masking, the path before the zero mask);
 // reported are the median MiB/s of each, the median of the per-pair ratios
 // agent/tls, and the load average before and after.
+//
+// `--sinks`: the receiving side alone, interleaved: a bare ws-over-TLS sink
+// (the receiver's ws server options, discarding each message) vs a bare TLS sink
+// counting bytes, fed by the same kind of sender (ws: one-frame messages of
+// `extentKiB`, zero mask; TLS: the same bytes), each once with Node's default
+// TLS 1.3 preference (AES-256-GCM) and once with the receiver's (AES-128-GCM
+// first, see packages/receiver/src/tls-options.ts); and the ws sink once more with
+// each message sent in three fragments as the agent sends an Extent (ws joins
+// them: one more copy of the payload at the receiver).
 import { execFileSync, fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
@@ -30,6 +40,8 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 const withMasked = process.argv.includes('--masked')
 // --only=agent / --only=tls: one side only (for profiling with --cpu-prof)
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7)
+const sinksMode = process.argv.includes('--sinks')
+const { RECEIVER_TLS_OPTIONS } = await import('../packages/receiver/dist/src/tls-options.js')
 
 if (process.argv[2] === 'sink') await sink(process.argv[3])
 else await main()
@@ -38,7 +50,8 @@ else await main()
 async function sink(dir) {
   const cert = readFileSync(join(dir, 'c.pem'))
   const key = readFileSync(join(dir, 'k.pem'))
-  const https = createHttpsServer({ cert, key })
+  // the receiver's TLS settings (its cipher order) on both sinks
+  const https = createHttpsServer({ cert, key, ...RECEIVER_TLS_OPTIONS })
   const wss = new WebSocketServer({ server: https, maxPayload: DEFAULT_LIMITS.maxMessageBytes, perMessageDeflate: false, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   wss.on('connection', (ws) => {
     ws.on('message', (d) => {
@@ -65,7 +78,7 @@ async function sink(dir) {
       else if (m.kind === MessageKind.DiskEnd) ws.send(encodeMessage({ kind: MessageKind.DiskEnded, disk: m.disk }))
     })
   })
-  const tls = createTlsServer({ cert, key }, (s) => {
+  const tls = createTlsServer({ cert, key, ...RECEIVER_TLS_OPTIONS }, (s) => {
     let want = -1
     let got = 0
     let head = Buffer.alloc(0)
@@ -84,11 +97,51 @@ async function sink(dir) {
       }
     })
   })
-  https.listen(0, '127.0.0.1')
-  tls.listen(0, '127.0.0.1')
-  await Promise.all([once(https, 'listening'), once(tls, 'listening')])
+  /** a bare sink: the first 8 bytes say how many follow; one byte back once they are all in */
+  const counter = (send) => {
+    let want = -1
+    let got = 0
+    let head = Buffer.alloc(0)
+    return (d) => {
+      if (want < 0) {
+        head = Buffer.concat([head, d])
+        if (head.length < 8) return
+        want = Number(head.readBigUInt64BE(0))
+        got = head.length - 8
+      } else got += d.length
+      if (got >= want) {
+        send()
+        want = -1
+        head = Buffer.alloc(0)
+      }
+    }
+  }
+  const servers = { https, tls }
+  if (process.argv.includes('--sinks')) {
+    for (const [name, opts] of [
+      ['Default', {}],
+      ['Receiver', RECEIVER_TLS_OPTIONS],
+    ]) {
+      const h = createHttpsServer({ cert, key, ...opts })
+      new WebSocketServer({ server: h, maxPayload: DEFAULT_LIMITS.maxMessageBytes, perMessageDeflate: false }).on('connection', (ws) => {
+        ws.on(
+          'message',
+          counter(() => ws.send(Buffer.from([1]))),
+        )
+      })
+      servers[`ws${name}`] = h
+      servers[`tls${name}`] = createTlsServer({ cert, key, ...opts }, (s) =>
+        s.on(
+          'data',
+          counter(() => s.write(Buffer.from([1]))),
+        ),
+      )
+    }
+  }
+  for (const srv of Object.values(servers)) srv.listen(0, '127.0.0.1')
+  await Promise.all(Object.values(servers).map((srv) => once(srv, 'listening')))
   process.on('message', () => process.send({ cpu: process.cpuUsage() }))
-  process.send({ ws: https.address().port, tls: tls.address().port })
+  process.send({ ws: https.address().port, tls: tls.address().port, ...Object.fromEntries(Object.entries(servers).map(([k, v]) => [k, v.address().port])) })
 }
 
 async function main() {
@@ -120,7 +173,7 @@ async function main() {
     { stdio: 'ignore' },
   )
   const ca = readFileSync(join(dir, 'c.pem'))
-  const child = fork(new URL(import.meta.url).pathname, ['sink', dir], { stdio: 'inherit' })
+  const child = fork(new URL(import.meta.url).pathname, ['sink', dir, ...(sinksMode ? ['--sinks'] : [])], { stdio: 'inherit' })
   process.on('exit', () => child.kill('SIGKILL'))
   const [ports] = await once(child, 'message')
   const { ReceiverClient } = await import('../packages/agent/dist/src/receiver-client.js')
@@ -241,6 +294,49 @@ async function main() {
     return wireBytes / MiB / sec
   }
 
+  /** --sinks: a bare ws client (zero mask, one frame per message) into a sink that discards */
+  async function wsSinkRound(port, fragments = 1) {
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, perMessageDeflate: false, generateMask: (m) => m.fill(0) })
+    await once(ws, 'open')
+    cipher = `${ws._socket.getProtocol()} ${ws._socket.getCipher().name}`
+    const done = once(ws, 'message')
+    const head = Buffer.alloc(8)
+    head.writeBigUInt64BE(BigInt(count * extent))
+    const t0 = process.hrtime.bigint()
+    ws.send(head)
+    for (let seq = 0; seq < count; seq++) {
+      const p = payloads[seq % payloads.length]
+      if (fragments === 1) ws.send(p)
+      else {
+        // as the agent sends an Extent: a small head, the payload, a small tail, one message
+        ws.send(p.subarray(0, 64), { fin: false })
+        ws.send(p.subarray(64, p.length - 16), { fin: false })
+        ws.send(p.subarray(p.length - 16), { fin: true })
+      }
+      if (ws.bufferedAmount > 4 * MiB) await new Promise((r) => ws.send(Buffer.alloc(0), r))
+    }
+    await done
+    const sec = Number(process.hrtime.bigint() - t0) / 1e9
+    ws.terminate()
+    return (count * extent) / MiB / sec
+  }
+  /** --sinks: a plain TLS socket writing the same payload bytes into a counting sink */
+  async function tlsSinkRound(port) {
+    const s = tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' })
+    await once(s, 'secureConnect')
+    cipher = `${s.getProtocol()} ${s.getCipher().name}`
+    const done = once(s, 'data')
+    const head = Buffer.alloc(8)
+    head.writeBigUInt64BE(BigInt(count * extent))
+    const t0 = process.hrtime.bigint()
+    s.write(head)
+    for (let seq = 0; seq < count; seq++) if (!s.write(payloads[seq % payloads.length])) await once(s, 'drain')
+    await done
+    const sec = Number(process.hrtime.bigint() - t0) / 1e9
+    s.destroy()
+    return (count * extent) / MiB / sec
+  }
+
   const sinkCpu = async () => {
     child.send('cpu')
     const [m] = await once(child, 'message')
@@ -255,6 +351,46 @@ async function main() {
     const gib = wireBytes / 1024 / MiB
     into.cpu.push({ sender: (c.user + c.system) / 1e6 / gib, sink: ((await sinkCpu()) - s0) / 1e6 / gib })
     into.push(mibs)
+  }
+  if (sinksMode) {
+    const kinds = [
+      ['tls, default ciphers', () => tlsSinkRound(ports.tlsDefault)],
+      ['tls, receiver ciphers', () => tlsSinkRound(ports.tlsReceiver)],
+      ['ws, default ciphers', () => wsSinkRound(ports.wsDefault)],
+      ['ws, receiver ciphers', () => wsSinkRound(ports.wsReceiver)],
+      ['ws 3 fragments, rcv c.', () => wsSinkRound(ports.wsReceiver, 3)],
+    ]
+    const gib = (count * extent) / 1024 / MiB
+    const out = kinds.map(() => Object.assign([], { cpu: [], cipher: '' }))
+    for (const [, fn] of kinds) await fn() // warm-up
+    const load0 = loadavg()
+    for (let i = 0; i < rounds; i++) {
+      for (let k = 0; k < kinds.length; k++) {
+        const s0 = await sinkCpu()
+        const mibs = await kinds[k][1]()
+        out[k].cipher = cipher
+        out[k].cpu.push(((await sinkCpu()) - s0) / 1e6 / gib)
+        out[k].push(mibs)
+      }
+    }
+    const load1 = loadavg()
+    child.kill('SIGTERM')
+    rmSync(dir, { recursive: true, force: true })
+    const med = (xs) => {
+      const s = [...xs].sort((a, b) => a - b)
+      const n = s.length
+      return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
+    }
+    console.log(`sinks: ${count} messages of ${extent / 1024} KiB per round (${((count * extent) / MiB).toFixed(0)} MiB), ${rounds} interleaved rounds, ${cpus().length} cores`)
+    console.log(`load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`)
+    for (const [k, [name]] of kinds.entries()) {
+      console.log(`${name.padEnd(22)} ${out[k].cipher.padEnd(28)} median ${med(out[k]).toFixed(0)} MiB/s  [${out[k].map((x) => x.toFixed(0)).join(' ')}]  sink CPU ${med(out[k].cpu).toFixed(2)} s/GiB`)
+    }
+    const pr = (a, b) => med(out[a].map((x, i) => x / out[b][i]))
+    console.log(`ratio ws sink / tls sink (median of pairs): default ciphers ${(100 * pr(2, 0)).toFixed(1)} %, receiver ciphers ${(100 * pr(3, 1)).toFixed(1)} %`)
+    console.log(`ratio receiver ciphers / default (median of pairs): tls ${(100 * pr(1, 0)).toFixed(1)} %, ws ${(100 * pr(3, 2)).toFixed(1)} %`)
+    console.log(`ratio ws messages in 3 fragments (the agent's Extent) / in one frame (median of pairs): ${(100 * pr(4, 3)).toFixed(1)} %`)
+    return
   }
   const load0 = loadavg()
   const res = { agent: Object.assign([], { cpu: [] }), tls: Object.assign([], { cpu: [] }), masked: Object.assign([], { cpu: [] }) }

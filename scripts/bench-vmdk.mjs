@@ -22,16 +22,23 @@
 // (needs ~4 GiB of disk; a given workdir is kept and its disks reused.)
 // GRAINLINE_VMDK_DIST=<folder with index.js> measures another build of the
 // package (e.g. an older commit's packages/vmdk/dist/src) with the same method.
+// GRAINLINE_VMDK_BASELINE_DIST=<folder> adds a third side to the map comparison:
+// that build's map() of the same delta, interleaved (ours, raw, theirs, …), with
+// the ratio ours/theirs. BENCH_ONLY=map stops after the map comparison.
 import { spawnSync } from 'node:child_process'
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+const distOf = (d) => new URL(`file://${d.replace(/\/?$/, '/')}index.js`).href
+// a child started with `--child map-baseline` measures GRAINLINE_VMDK_BASELINE_DIST's build
 const vmdk = await import(
-  process.env.GRAINLINE_VMDK_DIST !== undefined
-    ? new URL(`file://${process.env.GRAINLINE_VMDK_DIST.replace(/\/?$/, '/')}index.js`).href
-    : new URL('../packages/vmdk/dist/src/index.js', import.meta.url).href
+  process.argv[3] === 'map-baseline'
+    ? distOf(process.env.GRAINLINE_VMDK_BASELINE_DIST)
+    : process.env.GRAINLINE_VMDK_DIST !== undefined
+      ? distOf(process.env.GRAINLINE_VMDK_DIST)
+      : new URL('../packages/vmdk/dist/src/index.js', import.meta.url).href
 )
 const GiB = 1024 ** 3
 const MiB = 1024 ** 2
@@ -76,10 +83,12 @@ async function measureMap(top) {
   for await (const _e of chain.map()) entries++
   const tMap = performance.now() - t0
   const cpu = process.cpuUsage(c0)
+  const user = cpu.user / 1e6
+  const sys = cpu.system / 1e6
   // grain-table reads issued (builds that count them)
   const stats = chain.layers[0]?.extents[0]?.tableStats
   await chain.close()
-  return { seconds: tMap / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, entries, maxRssMB: rss(), tableReads: stats?.reads, tableBytes: stats?.bytes }
+  return { seconds: tMap / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, user, sys, entries, maxRssMB: rss(), tableReads: stats?.reads, tableBytes: stats?.bytes }
 }
 
 async function measureChanged(top) {
@@ -139,7 +148,7 @@ function measureRaw(file, start, bytes, chunk) {
 if (process.argv[2] === '--child') {
   const [, , , what, ...a] = process.argv
   const res =
-    what === 'map'
+    what === 'map' || what === 'map-baseline'
       ? await measureMap(a[0])
       : what === 'changed'
         ? await measureChanged(a[0])
@@ -222,6 +231,28 @@ try {
     `baseline: sequential fs.read of the same ${(big.gtBytes / MiB).toFixed(0)} MiB of grain tables in 4 MiB reads: median ${rawS.toFixed(2)} s (rounds ${list(raws, (r) => r.seconds)}), max RSS ${Math.max(...raws.map((r) => r.maxRssMB)).toFixed(0)} MB`,
   )
   console.log(`ratio map/raw grain-table read: ${(mapS / rawS).toFixed(2)} (time; >1 = slower than the raw read)`)
+  console.log(
+    `map CPU split: user ${list(maps, (r) => r.user)} s, system ${list(maps, (r) => r.sys)} s (rounds; system = the kernel's copies out of the page cache, thread-pool hand-offs, page faults)`,
+  )
+  if (process.env.GRAINLINE_VMDK_BASELINE_DIST !== undefined) {
+    // ours again against the other build, interleaved in their own pairs
+    const [ours, theirs] = interleave(['map', top], ['map-baseline', top], ROUNDS)
+    const oS = median(ours.map((r) => r.seconds))
+    const tS = median(theirs.map((r) => r.seconds))
+    const oC = median(ours.map((r) => r.cpuSeconds))
+    const tC = median(theirs.map((r) => r.cpuSeconds))
+    console.log(
+      `map, this build vs ${process.env.GRAINLINE_VMDK_BASELINE_DIST} (interleaved pairs): wall ${oS.toFixed(2)} vs ${tS.toFixed(2)} s (ratio ${(oS / tS).toFixed(2)}; rounds ${list(ours, (r) => r.seconds)} / ${list(theirs, (r) => r.seconds)}), CPU ${oC.toFixed(2)} vs ${tC.toFixed(2)} s (ratio ${(oC / tC).toFixed(2)}; user ${list(ours, (r) => r.user)} / ${list(theirs, (r) => r.user)}), max RSS ${Math.max(...ours.map((r) => r.maxRssMB)).toFixed(0)} vs ${Math.max(...theirs.map((r) => r.maxRssMB)).toFixed(0)} MB; ${load()}`,
+    )
+  }
+  if (process.env.BENCH_ONLY === 'map') {
+    console.log(`(${load()})`)
+    console.log(
+      `target: map of the 2 TiB / 100k-grain delta < 1 s: ${mapS < 1 ? 'met' : 'NOT met'} (median ${mapS.toFixed(2)} s wall, ${median(maps.map((r) => r.cpuSeconds)).toFixed(2)} s CPU, ${load()})`,
+    )
+    if (process.argv[2] === undefined) rmSync(dir, { recursive: true, force: true })
+    process.exit(0)
+  }
   const ch = child('changed', top)
   console.log(`changedRanges(0) alone, fresh process: ${ch.seconds.toFixed(2)} s, ${ch.ranges} ranges, ${(ch.changedBytes / MiB).toFixed(0)} MiB`)
   console.log(`(${load()})`)

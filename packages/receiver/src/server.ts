@@ -26,6 +26,7 @@ export function retentionFor(init: Pick<ReceiverInit, 'retention' | 'retentionVm
   for (const [glob, p] of Object.entries(init.retentionVms ?? {})) if (globMatch(glob, vm)) return p
   return init.retention
 }
+import { RECEIVER_TLS_OPTIONS } from './tls-options.ts'
 import { SOFTWARE } from './version.ts'
 
 /** Components handed to the receiver (STYLE §16). */
@@ -199,7 +200,9 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
-    const srv: Server = tls ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs }) : createHttpServer()
+    const srv: Server = tls
+      ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs, ...RECEIVER_TLS_OPTIONS })
+      : createHttpServer()
     guardConnections(srv, tls, guard, refusals)
     srv.on('request', (_req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket', Connection: 'close' })

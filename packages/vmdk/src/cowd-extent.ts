@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError } from './errors.ts'
 import { MAX_CAPACITY, SparseExtent } from './sparse-extent.ts'
-import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
+import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const COWD_MAGIC = 0x44574f43
 /** VMDK.md §2.2: ESX sparse grain tables always hold 4096 entries; the count is not stored. */
@@ -90,30 +90,18 @@ export class CowdExtent extends SparseExtent {
   decodeTable(buf: Buffer, offset: number, gdIndex: number): GrainTable {
     const tb = new TableBuilder()
     const fileSectors = Math.ceil(this.file.size / 512)
-    const BLOCK = 256
-    for (let b = 0; b < COWD_GT_ENTRIES * 4; b += BLOCK) {
-      // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
-      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) {
-        b += 4096 - BLOCK
+    const hits = nonZeroEntries(buf, offset, COWD_GT_ENTRIES * 4, 4)
+    for (let h = 0; h < hits; h++) {
+      const j = ENTRY_HITS[h] as number
+      const s = buf.readUInt32LE(offset + j * 4)
+      // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
+      if (s === 1) {
+        tb.push(j, GTE_ZERO)
         continue
       }
-      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) {
-        b += 1024 - BLOCK
-        continue
-      }
-      if (isZeroBlock(buf, offset + b, BLOCK)) continue
-      for (let j = b / 4; j < (b + BLOCK) / 4; j++) {
-        const s = buf.readUInt32LE(offset + j * 4)
-        if (s === 0) continue
-        // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
-        if (s === 1) {
-          tb.push(j, GTE_ZERO)
-          continue
-        }
-        if (s < COWD_HEADER_BYTES / 512) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the header (sector ${s})`, this.file.path)
-        if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
-        tb.push(j, s * 512)
-      }
+      if (s < COWD_HEADER_BYTES / 512) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the header (sector ${s})`, this.file.path)
+      if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
+      tb.push(j, s * 512)
     }
     return tb.done()
   }

@@ -2,6 +2,7 @@
  * Decoded grain tables and the pure conversions around them (table → runs,
  * table → allocated ranges). Shared by the KDMV, COWD and SEsparse extents.
  */
+import { endianness } from 'node:os'
 import { type Run, RunState, pushRun } from './extent.ts'
 
 /**
@@ -54,6 +55,61 @@ export class TableBuilder {
 /** True if buf[off, off+len) is all zero (len <= 65536; one memcmp). */
 export function isZeroBlock(buf: Buffer, off: number, len: number): boolean {
   return buf.compare(ZERO_BLOCK, 0, len, off, off + len) === 0
+}
+
+const LITTLE_ENDIAN = endianness() === 'LE'
+/** Most entries a table has (SEsparse and COWD: 4096); {@link nonZeroEntries} writes up to this many. */
+const MAX_ENTRIES = 4096
+/**
+ * The entry indices found by the last {@link nonZeroEntries} call (shared scratch,
+ * valid until the next call; decoding is synchronous).
+ */
+export const ENTRY_HITS = new Int32Array(MAX_ENTRIES)
+// an Int32Array over the whole ArrayBuffer of the last buffer scanned: the sweep decodes the
+// 32 tables of one 1 MiB read back to back, so this is one view per read, not one per table
+let viewOf: ArrayBufferLike | undefined
+let view: Int32Array<ArrayBufferLike> = new Int32Array(0)
+
+/**
+ * Find the non-zero entries of a grain table of `bytes` bytes at `buf[offset…]`
+ * whose entries are `entryBytes` (4 or 8) little-endian bytes each: each 4 KiB
+ * block is first compared with zeros in one memcmp, and only a block that is not
+ * all zero is walked, word by word through an Int32Array view of the buffer (no
+ * per-entry bounds-checked reads). Writes the indices, ascending, to
+ * {@link ENTRY_HITS} and returns how many there are (at most `bytes / entryBytes`,
+ * at most 4096).
+ */
+export function nonZeroEntries(buf: Buffer, offset: number, bytes: number, entryBytes: 4 | 8): number {
+  if (bytes / entryBytes > MAX_ENTRIES) throw new RangeError(`a grain table of ${bytes / entryBytes} entries`)
+  let n = 0
+  for (let b = 0; b < bytes; b += 4096) {
+    const len = Math.min(4096, bytes - b)
+    if (isZeroBlock(buf, offset + b, len)) continue
+    const abs = buf.byteOffset + offset + b
+    if (buf.buffer !== viewOf) {
+      viewOf = buf.buffer
+      view = new Int32Array(buf.buffer, 0, buf.buffer.byteLength >> 2)
+    }
+    if (LITTLE_ENDIAN && (abs & 3) === 0 && (len & 3) === 0 && abs + len <= view.length * 4) {
+      const v = view
+      const w0 = abs >> 2
+      const wn = w0 + (len >> 2)
+      if (entryBytes === 8) {
+        const e0 = b >> 3
+        for (let w = w0; w < wn; w += 2) if (((v[w] as number) | (v[w + 1] as number)) !== 0) ENTRY_HITS[n++] = e0 + ((w - w0) >> 1)
+      } else {
+        const e0 = b >> 2
+        for (let w = w0; w < wn; w++) if ((v[w] as number) !== 0) ENTRY_HITS[n++] = e0 + (w - w0)
+      }
+    } else {
+      for (let k = 0; k < len; k += entryBytes) {
+        const lo = buf.readUInt32LE(offset + b + k)
+        const hi = entryBytes === 8 ? buf.readUInt32LE(offset + b + k + 4) : 0
+        if ((lo | hi) !== 0) ENTRY_HITS[n++] = (b + k) / entryBytes
+      }
+    }
+  }
+  return n
 }
 
 /** Approximate bytes a decoded table keeps alive. */

@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
 import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, inflateBounded } from './sparse-extent.ts'
-import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
+import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const KDMV_MAGIC = 0x564d444b
 /** VMDK 1.1 §"Hosted Sparse Extent Header": flag bits */
@@ -140,22 +140,18 @@ export class HostedSparseExtent extends SparseExtent {
     const fileSectors = Math.ceil(this.file.size / 512)
     const minSector = Math.max(1, this.header.overHead > 0 && this.header.overHead < fileSectors ? this.header.overHead : 1)
     const compressed = this.compressed
-    const BLOCK = 512
-    for (let b = 0; b < n * 4; b += BLOCK) {
-      const len = Math.min(BLOCK, n * 4 - b)
-      if (isZeroBlock(buf, offset + b, len)) continue
-      for (let j = b / 4; j < (b + len) / 4; j++) {
-        const s = buf.readUInt32LE(offset + j * 4)
-        if (s === 0) continue
-        // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
-        if (s === 1) {
-          tb.push(j, GTE_ZERO)
-          continue
-        }
-        if (s < minSector) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the metadata (sector ${s})`, this.file.path)
-        if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
-        tb.push(j, compressed ? -(s * 512) : s * 512)
+    const hits = nonZeroEntries(buf, offset, n * 4, 4)
+    for (let h = 0; h < hits; h++) {
+      const j = ENTRY_HITS[h] as number
+      const s = buf.readUInt32LE(offset + j * 4)
+      // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
+      if (s === 1) {
+        tb.push(j, GTE_ZERO)
+        continue
       }
+      if (s < minSector) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points into the metadata (sector ${s})`, this.file.path)
+      if (s >= fileSectors) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file (sector ${s})`, this.file.path)
+      tb.push(j, compressed ? -(s * 512) : s * 512)
     }
     return tb.done()
   }

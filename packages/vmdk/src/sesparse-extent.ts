@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
 import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent } from './sparse-extent.ts'
-import { GTE_ZERO, TableBuilder, isZeroBlock, type GrainTable } from './grain-table.ts'
+import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const SESPARSE_CONST_MAGIC = 0xcafebaben
 export const SESPARSE_VOLATILE_MAGIC = 0xcafecafen
@@ -162,35 +162,23 @@ export class SeSparseExtent extends SparseExtent {
     const grainsBase = this.header.grainsOffset * 512
     const maxSlot = Math.floor(this.header.grainsSize / SESPARSE_GRAIN_SECTORS)
     const fileSize = this.file.size
-    const BLOCK = 256
-    for (let b = 0; b < SESPARSE_GT_ENTRIES * 8; b += BLOCK) {
-      // skip 4 KiB, then 1 KiB, then 256-byte stretches of empty entries with one memcmp each
-      if (b % 4096 === 0 && isZeroBlock(buf, offset + b, 4096)) {
-        b += 4096 - BLOCK
+    const hits = nonZeroEntries(buf, offset, SESPARSE_GT_ENTRIES * 8, 8)
+    for (let h = 0; h < hits; h++) {
+      const j = ENTRY_HITS[h] as number
+      const lo = buf.readUInt32LE(offset + 8 * j)
+      const hi = buf.readUInt32LE(offset + 8 * j + 4)
+      const type = hi >>> 28
+      if (type === 1 || type === 2) {
+        tb.push(j, GTE_ZERO)
         continue
       }
-      if (b % 1024 === 0 && isZeroBlock(buf, offset + b, 1024)) {
-        b += 1024 - BLOCK
-        continue
-      }
-      if (isZeroBlock(buf, offset + b, BLOCK)) continue
-      for (let j = b / 8; j < (b + BLOCK) / 8; j++) {
-        const lo = buf.readUInt32LE(offset + 8 * j)
-        const hi = buf.readUInt32LE(offset + 8 * j + 4)
-        if (hi === 0 && lo === 0) continue
-        const type = hi >>> 28
-        if (type === 1 || type === 2) {
-          tb.push(j, GTE_ZERO)
-          continue
-        }
-        if (type !== 3) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} has invalid type ${type}`, this.file.path)
-        // VMDK.md §3.5: slot = ((e >> 48) & 0xFFF) | ((e & 0xFFFF_FFFF_FFFF) << 12)
-        const slot = ((hi >>> 16) & 0xfff) + ((hi & 0xffff) * 0x100000000 + lo) * 4096
-        if (slot >= maxSlot) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} names slot ${slot} beyond the grain region`, this.file.path)
-        const off = grainsBase + slot * 4096
-        if (off >= fileSize) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file`, this.file.path)
-        tb.push(j, off)
-      }
+      if (type !== 3) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} has invalid type ${type}`, this.file.path)
+      // VMDK.md §3.5: slot = ((e >> 48) & 0xFFF) | ((e & 0xFFFF_FFFF_FFFF) << 12)
+      const slot = ((hi >>> 16) & 0xfff) + ((hi & 0xffff) * 0x100000000 + lo) * 4096
+      if (slot >= maxSlot) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} names slot ${slot} beyond the grain region`, this.file.path)
+      const off = grainsBase + slot * 4096
+      if (off >= fileSize) throw new VmdkError('E_FORMAT', `grain table ${gdIndex} entry ${j} points past the end of file`, this.file.path)
+      tb.push(j, off)
     }
     return tb.done()
   }

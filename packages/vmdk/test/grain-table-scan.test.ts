@@ -1,0 +1,65 @@
+import t from 'tap'
+import { ENTRY_HITS, nonZeroEntries } from '../src/grain-table.ts'
+
+/** the reference: every entry read one by one */
+function naive(buf: Buffer, offset: number, bytes: number, entryBytes: 4 | 8): number[] {
+  const out: number[] = []
+  for (let k = 0; k < bytes; k += entryBytes) {
+    let nz = false
+    for (let i = 0; i < entryBytes; i++) if (buf[offset + k + i] !== 0) nz = true
+    if (nz) out.push(k / entryBytes)
+  }
+  return out
+}
+
+function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let x = a
+    x = Math.imul(x ^ (x >>> 15), x | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+t.test('nonZeroEntries finds exactly the non-zero entries, aligned or not, 4- and 8-byte entries', async (t) => {
+  const rand = prng(7)
+  // offsets 0 and 8 take the Int32Array path; 1, 2, 3 and 5 the byte-wise fallback
+  for (const entryBytes of [4, 8] as const) {
+    for (const lead of [0, 1, 2, 3, 5, 8]) {
+      for (const tableBytes of entryBytes === 8 ? [2048, 16384, 32768] : [2048, 16384]) {
+        const buf = Buffer.alloc(lead + tableBytes + 16)
+        const filled = 1 + Math.floor(rand() * 40)
+        for (let k = 0; k < filled; k++) {
+          // any single byte of an entry, including only the top byte of an 8-byte entry
+          buf[lead + Math.floor(rand() * tableBytes)] = 1 + Math.floor(rand() * 255)
+        }
+        // bytes just outside the table never count
+        buf[lead + tableBytes] = 0xff
+        if (lead > 0) buf[lead - 1] = 0xff
+        const n = nonZeroEntries(buf, lead, tableBytes, entryBytes)
+        t.same(Array.from(ENTRY_HITS.subarray(0, n)), naive(buf, lead, tableBytes, entryBytes), `${entryBytes}-byte entries, offset ${lead}, ${tableBytes} bytes`)
+      }
+    }
+  }
+})
+
+t.test('nonZeroEntries: the first and last entry, a full table, an empty one, a view into a larger buffer', async (t) => {
+  const buf = Buffer.alloc(32768)
+  t.equal(nonZeroEntries(buf, 0, 32768, 8), 0, 'all zero')
+  buf[0] = 1
+  buf[32767] = 0x80 // only the sign bit of the last 8-byte entry: -0 as a double, still non-zero
+  t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
+  t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [0, 4095])
+  buf.fill(0xff)
+  t.equal(nonZeroEntries(buf, 0, 32768, 8), 4096, 'every entry')
+  t.equal(nonZeroEntries(buf, 0, 16384, 4), 4096, 'every 4-byte entry')
+  // a subarray whose byteOffset is not a multiple of 4 in its ArrayBuffer
+  const big = Buffer.alloc(40000)
+  const sub = big.subarray(3, 3 + 32768)
+  sub[8 * 100 + 7] = 0x30
+  t.equal(nonZeroEntries(sub, 0, 32768, 8), 1)
+  t.equal(ENTRY_HITS[0], 100)
+  t.throws(() => nonZeroEntries(Buffer.alloc(65536), 0, 65536, 8), RangeError, 'more entries than a table can have')
+})
