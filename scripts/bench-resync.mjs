@@ -94,9 +94,15 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'info'], {
-  stdio: ['ignore', 'pipe', 'pipe'],
-})
+// BENCH_PROF_DIR=DIR: CPU profiles of the receiver and of each agent process (node --cpu-prof)
+const profArgs = process.env.BENCH_PROF_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF_DIR]
+const rx = spawn(
+  process.execPath,
+  [...profArgs, receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'info'],
+  {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  },
+)
 // the receiver's 'disk sealed' lines (mirror bytes read for a resync's map); other lines are dropped
 const sealed = []
 createInterface({ input: rx.stderr }).on('line', (l) => {
@@ -185,7 +191,7 @@ try {
       if (!withMap) rmSync(join(mirrorDir, '.grainline', 'bench.map'), { force: true })
       dropCaches()
       t0 = performance.now()
-      const { stdout } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, resync: true })], { maxBuffer: 64 << 20 })
+      const { stdout } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, resync: true })], { maxBuffer: 64 << 20 })
       const processMs = performance.now() - t0
       const { report: r } = JSON.parse(stdout)
       if (!r.ok || r.vms[0].disks[0].mode !== 'resync') throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
@@ -215,7 +221,7 @@ try {
 
     dropCaches()
     t0 = performance.now()
-    const { stdout, stderr } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
+    const { stdout, stderr } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
     const processMs = performance.now() - t0
     if (process.env.BENCH_AGENT_LOG !== undefined) log(stderr.trim())
     const { report: r, maxRssKiB } = JSON.parse(stdout)
