@@ -76,6 +76,16 @@ export class ViewBlockDigests {
     this.#perSpan = Math.max(1, Math.floor((o.spanBytes ?? 2 * 1024 * 1024) / o.blockSize))
   }
 
+  /** blocks digested and not yet taken */
+  get ahead(): number {
+    return this.#made - this.#taken
+  }
+
+  /** true while the reading waits for blocks to be taken (`aheadBlocks` reached) */
+  get waiting(): boolean {
+    return this.#room !== undefined
+  }
+
   /** Start reading from block 0. */
   start(): void {
     this.#task ??= this.#produce().catch((err: unknown) => {
@@ -112,7 +122,9 @@ export class ViewBlockDigests {
   /** Stop reading and wait for the reads in flight (before the chain is closed). */
   async close(): Promise<void> {
     this.#stopped = true
-    this.#room?.()
+    const room = this.#room
+    this.#room = undefined
+    room?.()
     await this.#task
   }
 
@@ -160,6 +172,7 @@ export class ViewBlockDigests {
           await new Promise<void>((resolve) => {
             this.#room = resolve
           })
+          this.#room = undefined
         }
       }
     } finally {
