@@ -143,6 +143,8 @@ export class ViewBlockDigests {
         const length = Math.min(spanBytes, capacity - offset)
         const buf = pool[turn++ % pool.length] as Buffer
         const done = chain.readInto !== undefined ? chain.readInto(buf, 0, offset, length, { depth }) : chain.read(offset, length, { depth }).then((b) => void b.copy(buf))
+        // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
+        done.catch(() => {})
         reads.push({ first: nextBlock, buf, length, done })
         nextBlock += Math.ceil(length / blockSize)
       }

@@ -235,7 +235,10 @@ export class ResyncMap {
         const n = Math.min(per, end - issued)
         const off = issued * blockSize
         const buf = pool[turn++ % pool.length] as Buffer
-        reads.push({ from: issued, n, buf, done: readInto(flat, buf, Math.min((issued + n) * blockSize, capacity) - off, off) })
+        const done = readInto(flat, buf, Math.min((issued + n) * blockSize, capacity) - off, off)
+        // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
+        done.catch(() => {})
+        reads.push({ from: issued, n, buf, done })
         issued += n
       }
     }
