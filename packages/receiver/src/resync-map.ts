@@ -28,8 +28,8 @@ import type { VmPaths } from './vm-paths.ts'
 const MAGIC = Buffer.from('GLBMAP1\n', 'latin1')
 /** Bytes of the mirror read per step while hashing (several blocks). */
 const READ_BYTES = 2 * 1024 * 1024
-/** Reads of `READ_BYTES` in flight while the span before is digested. */
-const READS_IN_FLIGHT = 4
+/** Reads of `READ_BYTES` in flight while the span before is digested (libuv has 4 threads: one stays free). */
+const READS_IN_FLIGHT = 3
 
 /** Read up to `length` bytes at `offset` into `buf` (short only at the end of the file); the bytes read. */
 async function readInto(fh: FileHandle, buf: Buffer, length: number, offset: number): Promise<number> {
@@ -216,8 +216,8 @@ export class ResyncMap {
   }
 
   /**
-   * Digest the mirror's blocks from the frontier up to `end`, append,
-   * fdatasync. The flat is read in `READ_BYTES` spans, `READS_IN_FLIGHT` of
+   * Digest the mirror's blocks from the frontier up to `end`, append (one
+   * write), fdatasync. The flat is read in `READ_BYTES` spans, `READS_IN_FLIGHT` of
    * them in flight into reused buffers while the span before is digested
    * (an all-zero block — a hole of a sparse mirror — by comparison).
    */
@@ -229,7 +229,9 @@ export class ResyncMap {
     const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(spanBytes))
     const reads: Array<{ from: number; n: number; buf: Buffer; done: Promise<number> }> = []
     let turn = 0
-    let issued = this.#persisted
+    const first = this.#persisted
+    const out = Buffer.allocUnsafe((end - first) * this.#len)
+    let issued = first
     const issue = (): void => {
       while (reads.length < READS_IN_FLIGHT && issued < end) {
         const n = Math.min(per, end - issued)
@@ -251,10 +253,11 @@ export class ResyncMap {
         reads.shift()
         issue()
         this.bytesRead += got
-        const out = Buffer.allocUnsafe(r.n * this.#len)
-        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, r.buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), i * this.#len)
-        await writeFully(this.#fh, out, this.#start + r.from * this.#len)
+        const at = (r.from - first) * this.#len
+        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, r.buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), at + i * this.#len)
       }
+      // one write of the run's digests (at most MAX_MAP_BLOCKS of them): no write waits behind the reads
+      await writeFully(this.#fh, out, this.#start + first * this.#len)
       await this.#fh.datasync()
       this.#persisted = end
     } finally {
