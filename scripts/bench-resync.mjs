@@ -2,7 +2,7 @@
 /**
  * Benchmark of a resync by block digests (issue #13 "Measured").
  *
- *   node scripts/bench-resync.mjs [--size-gib 16] [--percent 1] [--rounds 3] [--fill sparse|realistic] [--dir DIR] [--cold] [--scenario booted|kept]
+ *   node scripts/bench-resync.mjs [--size-gib 16] [--percent 1] [--rounds 3] [--fill sparse|realistic] [--dir DIR] [--cold] [--scenario booted|kept|verify]
  *
  * A sample VM with one disk is seeded to a real receiver process over TLS on
  * loopback. Then, per round, `percent`% of the mirror's 1 MiB blocks are
@@ -22,6 +22,12 @@
  * without the kept map (`.grainline/bench.map` removed first: the receiver
  * reads the whole mirror); the receiver's mirror bytes read come from its
  * `disk sealed` log line.
+ *
+ * `--scenario verify` measures the cost of checking after the commit
+ * (issue #13 targets): per round, interleaved, four incremental cycles with
+ * `percent`% of the blocks written by a guest — plain, `--verify changed`
+ * (target ≤ +15 %), `--scrub 32` and `--certify xxh64` (a scrub's extra time
+ * against 1/32 of a certify's extra time, target ≤ 1.10).
  *
  * With --cold the page cache is dropped before each timed step (needs root:
  * echo 3 > /proc/sys/vm/drop_caches; said so when not permitted). Medians
@@ -94,9 +100,15 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'info'], {
-  stdio: ['ignore', 'pipe', 'pipe'],
-})
+// BENCH_PROF_DIR=DIR: CPU profiles of the receiver and of each agent process (node --cpu-prof)
+const profArgs = process.env.BENCH_PROF_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROF_DIR]
+const rx = spawn(
+  process.execPath,
+  [...profArgs, receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'info'],
+  {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  },
+)
 // the receiver's 'disk sealed' lines (mirror bytes read for a resync's map); other lines are dropped
 const sealed = []
 createInterface({ input: rx.stderr }).on('line', (l) => {
@@ -185,7 +197,7 @@ try {
       if (!withMap) rmSync(join(mirrorDir, '.grainline', 'bench.map'), { force: true })
       dropCaches()
       t0 = performance.now()
-      const { stdout } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, resync: true })], { maxBuffer: 64 << 20 })
+      const { stdout } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, resync: true })], { maxBuffer: 64 << 20 })
       const processMs = performance.now() - t0
       const { report: r } = JSON.parse(stdout)
       if (!r.ok || r.vms[0].disks[0].mode !== 'resync') throw new Error(`cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
@@ -202,7 +214,45 @@ try {
       `| median of ${rounds} each, interleaved | ${sec(mk(true, 'cycleMs'))} s | ${sec(mk(false, 'cycleMs'))} s | ${(mk(false, 'cycleMs') / mk(true, 'cycleMs')).toFixed(2)}× | ${(mk(true, 'read') / MiB).toFixed(0)} / ${(mk(false, 'read') / MiB).toFixed(0)} MiB | ${load()} |`,
     )
   }
-  for (let round = 0; values.scenario !== 'kept' && round < rounds; round++) {
+  if (values.scenario === 'verify') {
+    // incremental cycles with percent% of the blocks written by a guest, interleaved per round:
+    // plain, --verify changed, --scrub 32, --certify xxh64 (the baseline of the scrub target)
+    const { simulateGuestWrites } = await import(join(root, 'packages/agent/dist/src/index.js'))
+    const variants = [
+      ['plain', {}],
+      ['verify', { verify: 'changed' }],
+      ['scrub', { scrub: 32 }],
+      ['certify', { certify: 'xxh64' }],
+    ]
+    const times = Object.fromEntries(variants.map(([k]) => [k, []]))
+    for (let round = 0; round < rounds; round++) {
+      for (const [name, over] of variants) {
+        await simulateGuestWrites(vm.vmxPath, {
+          bytes: Math.round((size * percent) / 100 / MiB) * MiB,
+          writeSize: MiB,
+          seed: 900 + round * 8 + variants.findIndex(([k]) => k === name),
+          zeroFraction: 0,
+        })
+        dropCaches()
+        const { stdout } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, ...over })], { maxBuffer: 64 << 20 })
+        const { report: r } = JSON.parse(stdout)
+        const d = r.vms[0]?.disks[0]
+        if (!r.ok || d.mode !== 'incremental') throw new Error(`${name} cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
+        times[name].push(r.vms[0].durationMs)
+        log(
+          `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}`,
+        )
+      }
+    }
+    const md = (k) => median(times[k])
+    const scrubBudget = md('plain') + ((md('certify') - md('plain')) / 32) * 1.1
+    console.log(`\n| ${values['size-gib']} GiB, ${percent}% written, incremental | plain | --verify changed | verify / plain | --scrub 32 | --certify | scrub extra / (certify extra / 32) | load |`)
+    console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+    console.log(
+      `| median of ${rounds} each, interleaved | ${sec(md('plain'))} s | ${sec(md('verify'))} s | ${(md('verify') / md('plain')).toFixed(3)} (target ≤ 1.15) | ${sec(md('scrub'))} s | ${sec(md('certify'))} s | ${((md('scrub') - md('plain')) / ((md('certify') - md('plain')) / 32)).toFixed(2)} (target ≤ 1.10; budget ${sec(scrubBudget)} s) | ${load()} |`,
+    )
+  }
+  for (let round = 0; values.scenario === 'booted' && round < rounds; round++) {
     // the mirror is booted: percent% of its blocks are overwritten through QEMU (its CID changes)
     const rnd = prng(100 + round)
     const pick = new Set()
@@ -215,7 +265,7 @@ try {
 
     dropCaches()
     t0 = performance.now()
-    const { stdout, stderr } = await exec(process.execPath, [worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
+    const { stdout, stderr } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })], { maxBuffer: 64 << 20 })
     const processMs = performance.now() - t0
     if (process.env.BENCH_AGENT_LOG !== undefined) log(stderr.trim())
     const { report: r, maxRssKiB } = JSON.parse(stdout)

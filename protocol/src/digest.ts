@@ -99,3 +99,44 @@ export function createDigest(algorithm: DigestAlgorithm): StreamingDigest {
 export function digestOf(algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
   return createDigest(algorithm).update(data).digest()
 }
+
+/** Zero bytes compared against per step by {@link isZeroBytes} (memcmp, no copy). */
+const ZERO_STEP = new Uint8Array(1024 * 1024)
+/** Digests of all-zero blocks, by algorithm and length (a handful of entries: block size and a tail). */
+const zeroDigests = new Map<string, Uint8Array>()
+const ZERO_DIGESTS_KEPT = 16
+
+/** True when every byte of `data` is zero (compared with `Buffer.compare`: memcmp speed, no copy). */
+export function isZeroBytes(data: Uint8Array): boolean {
+  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+  for (let pos = 0; pos < buf.length; pos += ZERO_STEP.length) {
+    const n = Math.min(ZERO_STEP.length, buf.length - pos)
+    if (buf.compare(ZERO_STEP, 0, n, pos, pos + n) !== 0) return false
+  }
+  return true
+}
+
+/** The digest of `length` zero bytes with `algorithm`, computed once per length (shared: do not modify). */
+export function zeroDigest(algorithm: DigestAlgorithm, length: number): Uint8Array {
+  const key = `${algorithm}:${length}`
+  let d = zeroDigests.get(key)
+  if (d === undefined) {
+    const h = createDigest(algorithm)
+    for (let done = 0; done < length; done += ZERO_STEP.length) h.update(ZERO_STEP.subarray(0, Math.min(ZERO_STEP.length, length - done)))
+    d = h.digest()
+    if (zeroDigests.size >= ZERO_DIGESTS_KEPT) zeroDigests.clear()
+    zeroDigests.set(key, d)
+  }
+  return d
+}
+
+/**
+ * The digest of one block — equal to `digestOf(algorithm, data)` — with an
+ * all-zero block recognised by comparison (memcmp, several times faster than
+ * hashing) and answered with (a copy of) the cached {@link zeroDigest}. For
+ * block maps of sparse disks, where most blocks read as zeros.
+ */
+export function blockDigest(algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
+  if (isZeroBytes(data)) return zeroDigest(algorithm, data.length).slice()
+  return createDigest(algorithm).update(data).digest()
+}

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import t from 'tap'
-import { createDigest, digestOf, DigestLengths, initDigests, isDigestAlgorithm } from '../src/digest.ts'
+import { blockDigest, createDigest, digestOf, DigestLengths, initDigests, isDigestAlgorithm, isZeroBytes, zeroDigest } from '../src/digest.ts'
 import { DigestAlgorithms } from '../src/messages.ts'
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex')
@@ -50,4 +50,34 @@ t.test('update returns this and unknown algorithms are refused', async (t) => {
   t.ok(isDigestAlgorithm('md5'))
   t.notOk(isDigestAlgorithm('MD5'))
   t.notOk(isDigestAlgorithm(5))
+})
+
+t.test('blockDigest: zero blocks answered from the cached zero digest, equal to hashing them', async (t) => {
+  await initDigests()
+  for (const alg of DigestAlgorithms) {
+    for (const len of [0, 1, 4096, 1024 * 1024, 3 * 1024 * 1024 + 17]) {
+      const zeros = new Uint8Array(len)
+      t.equal(hex(blockDigest(alg, zeros)), hex(digestOf(alg, zeros)), `${alg} ${len} zero bytes`)
+      t.equal(hex(zeroDigest(alg, len)), hex(digestOf(alg, zeros)), `${alg} zeroDigest ${len}`)
+      if (len === 0) continue
+      // one non-zero byte anywhere (also past the first MiB) is hashed, not taken for zeros
+      for (const at of [0, len - 1, Math.floor(len / 2)]) {
+        const data = new Uint8Array(len)
+        data[at] = 1
+        t.notOk(isZeroBytes(data), `${alg} ${len} byte ${at} set`)
+        t.equal(hex(blockDigest(alg, data)), hex(digestOf(alg, data)), `${alg} ${len} byte ${at} set: hashed`)
+      }
+    }
+  }
+  // more lengths than the cache keeps: still right after it is emptied
+  for (let len = 1; len <= 40; len++) t.equal(hex(zeroDigest('md5', len)), hex(digestOf('md5', new Uint8Array(len))), `md5 ${len} zeros`)
+  // the result is a copy: changing it does not change the next answer
+  const d = blockDigest('xxh64', new Uint8Array(4096))
+  d.fill(0xff)
+  t.equal(hex(blockDigest('xxh64', new Uint8Array(4096))), hex(digestOf('xxh64', new Uint8Array(4096))))
+  // a view into a larger buffer (offset, not a Buffer) is compared over its own bytes only
+  const big = new Uint8Array(8192)
+  big[0] = 9
+  t.ok(isZeroBytes(big.subarray(1)))
+  t.notOk(isZeroBytes(big.subarray(0, 2)))
 })

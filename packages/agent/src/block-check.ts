@@ -8,13 +8,16 @@
  * (`E_CHECK`, `blockCheck.ok = false`); the cycle then marks the disk
  * diverged and the next cycle resyncs exactly the differing blocks.
  */
-import { createDigest, DEFAULT_BLOCK_SIZE, DEFAULT_LIMITS, DigestLengths, MAX_MAP_BLOCKS, blockCount } from '@grainline/protocol'
+import { blockDigest, DEFAULT_BLOCK_SIZE, DEFAULT_LIMITS, DigestLengths, MAX_MAP_BLOCKS, blockCount } from '@grainline/protocol'
 import type { ScrubRecord } from './agent-state.ts'
 import type { DiskWork } from './disk-work.ts'
 import { AgentError } from './errors.ts'
 import { planExtents } from './extent-plan.ts'
 import { refusalError } from './receiver-client.ts'
 import type { VerifyOptions } from './verification.ts'
+
+/** Frozen-view blocks read ahead of the one digested. */
+const READS_IN_FLIGHT = 4
 
 /** The blocks the cycle wrote, ascending: a resync's differing blocks, else every block an extent of the plan covers. */
 async function* writtenBlocks(w: DiskWork, blockSize: number): AsyncGenerator<number> {
@@ -53,12 +56,25 @@ async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number
     const index = new Uint8Array(batch.length * 8)
     const iv = new DataView(index.buffer)
     const digests = new Uint8Array(batch.length * len)
-    for (const [i, b] of batch.entries()) {
-      opts.signal?.throwIfAborted()
-      iv.setBigUint64(i * 8, BigInt(b), true)
-      const offset = b * blockSize
-      const data = await w.chain.read(offset, Math.min(blockSize, capacity - offset), { depth: w.depth })
-      digests.set(createDigest(opts.digest).update(data).digest(), i * len)
+    // the blocks are read READS_IN_FLIGHT ahead of the one digested
+    const reads: Array<Promise<Buffer>> = []
+    let issued = 0
+    try {
+      for (const [i, b] of batch.entries()) {
+        opts.signal?.throwIfAborted()
+        while (reads.length < READS_IN_FLIGHT && issued < batch.length) {
+          const offset = (batch[issued] as number) * blockSize
+          const read = w.chain.read(offset, Math.min(blockSize, capacity - offset), { depth: w.depth })
+          // handled when its turn comes; not an unhandled rejection while an earlier block is awaited
+          read.catch(() => {})
+          reads.push(read)
+          issued++
+        }
+        iv.setBigUint64(i * 8, BigInt(b), true)
+        digests.set(blockDigest(opts.digest, await (reads.shift() as Promise<Buffer>)), i * len)
+      }
+    } finally {
+      for (const r of reads) await r.catch(() => {})
     }
     const r = await opts.client.blockCheck({ disk: w.handle, blockSize, blocks: index, digests })
     if (!r.ok) throw refusalError(`block check of ${w.name}`, r.refusal)

@@ -12,6 +12,8 @@ import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.
 export interface ChainView {
   readonly capacity: number
   read(offset: number, length: number, opts?: { depth?: number }): Promise<Buffer>
+  /** like `read`, into a caller's buffer (reused buffers: no allocation per read) */
+  readInto?(buf: Uint8Array, bufOffset: number, offset: number, length: number, opts?: { depth?: number }): Promise<void>
 }
 
 /** A wire-ready extent. */

@@ -2,21 +2,25 @@
  * Ships one accepted resync disk (SPEC §5.9): asks the receiver for the
  * mirror's block digests (contiguous BlockMapRequests, at most
  * `MAX_MAP_REQUESTS` unanswered, so the receiver hashes while the agent
- * reads), reads and digests the frozen view block by block, and sends every
- * block whose digests differ as one extent (a zero extent when it reads as
- * zeros), in block order, never ahead of the map received. The extent
- * sequence is a function of the two maps: a resume recomputes it and sends
- * from the receiver's `resumeSeq`. The trivial-check and certify digests of
- * the view ride along (the whole view is read in order anyway).
+ * reads), digests the frozen view in large spans ahead of the maps
+ * (view-block-digests.ts: the reading never waits for the receiver), and
+ * sends every block whose digests differ — read again, one block — as one
+ * extent (a zero extent when it reads as zeros), in block order, never ahead
+ * of the map received. The extent sequence is a function of the two maps: a
+ * resume recomputes it and sends from the receiver's `resumeSeq`. The
+ * trivial-check and certify digests of the view ride along (the whole view
+ * is read in order anyway).
  *
- * Memory: the read-ahead, the window and at most `MAX_MAP_REQUESTS` map
+ * Memory: the read buffers, the window, the digests computed ahead (at most
+ * `MAX_MAP_REQUESTS` maps' worth) and at most `MAX_MAP_REQUESTS` map
  * messages — never a whole map.
  */
-import { blockCount, CycleDigest, compress, createDigest, DigestLengths, MAX_MAP_REQUESTS, mapBlocksPerMessage, windowCost, type CompressionAlgorithm } from '@grainline/protocol'
+import { blockCount, blockDigest, CycleDigest, compress, DigestLengths, MAX_MAP_REQUESTS, mapBlocksPerMessage, windowCost, type CompressionAlgorithm } from '@grainline/protocol'
 import { ConnectionLost } from './connection.ts'
 import { STALL_MS, type SendDiskOptions } from './disk-sender.ts'
 import { AgentError } from './errors.ts'
-import { CompressionGate, isAllZero, ViewDigester, type ChainView } from './extent-source.ts'
+import { CompressionGate, isAllZero, ViewDigester } from './extent-source.ts'
+import { ViewBlockDigests } from './view-block-digests.ts'
 import { refusalError } from './receiver-client.ts'
 
 /** Options of {@link sendResync}: those of a disk, and the negotiated frame size (bounds the map messages). */
@@ -29,44 +33,10 @@ export interface SendResyncOptions extends SendDiskOptions {
    */
   readonly mapRequestBytes?: number
   /**
-   * bytes of the frozen view read ahead of the comparison
-   * @default 16 MiB
+   * bytes of the frozen view per read (several in flight, buffers reused)
+   * @default 2 MiB
    */
-  readonly readAheadBytes?: number
-}
-
-/** One block of the frozen view. */
-interface ViewBlock {
-  readonly offset: number
-  readonly length: number
-  readonly raw: Buffer
-}
-
-/** Blocks of the view in order, `readAheadBytes` read ahead. */
-async function* readBlocks(chain: ChainView, depth: number, blockSize: number, readAheadBytes: number, signal: AbortSignal | undefined): AsyncGenerator<ViewBlock> {
-  const capacity = chain.capacity
-  const ahead = Math.max(1, Math.floor(readAheadBytes / blockSize))
-  const pending: Array<{ offset: number; length: number; read: Promise<Buffer> }> = []
-  let next = 0
-  const fill = (): void => {
-    while (pending.length < ahead && next < capacity) {
-      const length = Math.min(blockSize, capacity - next)
-      pending.push({ offset: next, length, read: chain.read(next, length, { depth }) })
-      next += length
-    }
-  }
-  try {
-    fill()
-    while (pending.length > 0) {
-      signal?.throwIfAborted()
-      const head = pending.shift() as { offset: number; length: number; read: Promise<Buffer> }
-      const raw = await head.read
-      fill()
-      yield { offset: head.offset, length: head.length, raw }
-    }
-  } finally {
-    for (const p of pending) p.read.catch(() => {})
-  }
+  readonly readSpanBytes?: number
 }
 
 /** Map answers wait for the receiver to digest a run of the mirror: the idle timeout plus a slow disk (20 MB/s). */
@@ -125,7 +95,18 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       nextFirst += count
     }
   }
-  const source = readBlocks(w.chain, w.depth, blockSize, opts.readAheadBytes ?? 16 * 1024 * 1024, signal)
+  const source = new ViewBlockDigests({
+    chain: w.chain,
+    depth: w.depth,
+    blockSize,
+    algorithm: opts.digest,
+    view,
+    ...(opts.readSpanBytes === undefined ? {} : { spanBytes: opts.readSpanBytes }),
+    // the digests may run ahead of the comparison by the maps requested (and one span)
+    aheadBlocks: MAX_MAP_REQUESTS * per,
+    signal,
+  })
+  source.start()
   let seq = 0
   /** bytes of the extents below the resume point: the receiver's `resumeBytes` must be the same */
   let resumedBytes = 0
@@ -146,16 +127,18 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       await request()
       for (let i = 0; i < run.count; i++) {
         t0 = performance.now()
-        const n = await source.next()
+        const own = await source.next()
         waits.readMs += performance.now() - t0
-        if (n.done === true) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} ended before block ${run.first + i}`)
-        const b = n.value
-        view.feed(b.offset, b.length, b.raw)
-        const digest = createDigest(opts.digest).update(b.raw).digest()
-        w.progress.doneBytes = b.offset + b.length
-        if (Buffer.compare(digest, mirror.subarray(i * len, (i + 1) * len)) === 0) continue
+        const bi = run.first + i
+        const offset = bi * blockSize
+        const length = Math.min(blockSize, capacity - offset)
+        w.progress.doneBytes = offset + length
+        if (Buffer.compare(own, mirror.subarray(i * len, (i + 1) * len)) === 0) continue
+        // a differing block: read again for its data (the view is frozen: the same bytes)
+        const b = { offset, length, raw: await w.chain.read(offset, length, { depth: w.depth }) }
+        const digest = blockDigest(opts.digest, b.raw)
+        if (Buffer.compare(digest, own) !== 0) throw new AgentError('E_CHAIN', `block ${bi} of ${w.name} read twice gave two digests: the frozen view changed while it was read; run the cycle again`)
         stats.differing++
-        const bi = b.offset / blockSize
         touched[bi >> 3] = (touched[bi >> 3] as number) | (1 << (bi & 7))
         const zero = isAllZero(b.raw)
         const extentDigest = zero ? new Uint8Array(0) : digest
@@ -196,7 +179,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       w.progress.update('send')
     }
   } finally {
-    await source.return(undefined)
+    await source.close()
   }
   if (resumeSeq > 0 && resumedBytes !== opts.accepted.resumeBytes) {
     throw new AgentError(

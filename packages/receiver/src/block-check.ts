@@ -5,7 +5,7 @@
  * disk diverged). Cost: the listed blocks only.
  */
 import { timingSafeEqual } from 'node:crypto'
-import { createDigest, type DigestAlgorithm } from '@grainline/protocol'
+import { blockDigest, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { readFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -20,6 +20,9 @@ export interface BlockCheckRequest {
   readonly digests: Uint8Array
   readonly algorithm: DigestAlgorithm
 }
+
+/** Mirror blocks read ahead of the one being digested. */
+const READS_IN_FLIGHT = 4
 
 /**
  * Compare the listed blocks of disk `name` (committed in this session) with
@@ -40,21 +43,37 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   } catch (err) {
     throw ioError(err, `opening the mirror of ${name}`)
   }
+  // the blocks are read READS_IN_FLIGHT ahead of the one digested
+  const reads: Array<Promise<Buffer>> = []
+  let issued = 0
+  const issue = (): void => {
+    while (reads.length < READS_IN_FLIGHT && issued < n) {
+      const b = Number(index.getBigUint64(issued * 8, true))
+      const offset = b * req.blockSize
+      const read =
+        offset >= rec.capacity
+          ? Promise.reject(new ReceiverError('E_RANGE', `block ${b} of ${req.blockSize} bytes is beyond the capacity ${rec.capacity} of ${name}`))
+          : readFully(fh, offset, Math.min(req.blockSize, rec.capacity - offset)).catch((err: unknown) => {
+              throw ioError(err, `reading the mirror of ${name}`)
+            })
+      // handled when its turn comes; not an unhandled rejection while an earlier block is awaited
+      read.catch(() => {})
+      reads.push(read)
+      issued++
+    }
+  }
   try {
     for (let i = 0; i < n; i++) {
       signal?.throwIfAborted()
-      const b = Number(index.getBigUint64(i * 8, true))
-      const offset = b * req.blockSize
-      if (offset >= rec.capacity) throw new ReceiverError('E_RANGE', `block ${b} of ${req.blockSize} bytes is beyond the capacity ${rec.capacity} of ${name}`)
-      const length = Math.min(req.blockSize, rec.capacity - offset)
-      const data = await readFully(fh, offset, length).catch((err: unknown) => {
-        throw ioError(err, `reading the mirror of ${name}`)
-      })
-      bytes += length
-      const d = createDigest(req.algorithm).update(data).digest()
-      if (!timingSafeEqual(d, req.digests.subarray(i * len, (i + 1) * len))) out.push(b)
+      issue()
+      const data = await (reads.shift() as Promise<Buffer>)
+      bytes += data.length
+      const d = blockDigest(req.algorithm, data)
+      if (!timingSafeEqual(d, req.digests.subarray(i * len, (i + 1) * len))) out.push(Number(index.getBigUint64(i * 8, true)))
     }
   } finally {
+    // reads still in flight settle before the file closes
+    for (const r of reads) await r.catch(() => {})
     await fh.close()
   }
   const mismatched = new Uint8Array(out.length * 8)

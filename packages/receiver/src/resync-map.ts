@@ -17,7 +17,7 @@
  * in the header; such a resync does not prove the whole mirror).
  */
 import type { FileHandle } from 'node:fs/promises'
-import { blockCount, createDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
+import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -27,7 +27,22 @@ import type { VmPaths } from './vm-paths.ts'
 
 const MAGIC = Buffer.from('GLBMAP1\n', 'latin1')
 /** Bytes of the mirror read per step while hashing (several blocks). */
-const READ_BYTES = 8 * 1024 * 1024
+const READ_BYTES = 2 * 1024 * 1024
+/** Reads of `READ_BYTES` in flight while the span before is digested (libuv has 4 threads: one stays free). */
+const READS_IN_FLIGHT = 3
+
+/** Read up to `length` bytes at `offset` into `buf` (short only at the end of the file); the bytes read. */
+async function readInto(fh: FileHandle, buf: Buffer, length: number, offset: number): Promise<number> {
+  let done = 0
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
+    if (bytesRead === 0) break
+    done += bytesRead
+  }
+  // a flat shorter than the disk reads as zeros past its end
+  if (done < length) buf.fill(0, done, length)
+  return length
+}
 
 /** What a map file belongs to: one resync cycle of one disk. */
 interface MapHeader {
@@ -187,12 +202,7 @@ export class ResyncMap {
           const off = (b + i) * blockSize
           const buf = await readFully(flat, off, Math.min((b + j) * blockSize, capacity) - off)
           this.bytesRead += buf.length
-          for (let k = i; k < j; k++) {
-            const d = createDigest(algorithm)
-              .update(buf.subarray((k - i) * blockSize, Math.min((k - i + 1) * blockSize, buf.length)))
-              .digest()
-            digests.set(d, k * this.#len)
-          }
+          for (let k = i; k < j; k++) digests.set(blockDigest(algorithm, buf.subarray((k - i) * blockSize, Math.min((k - i + 1) * blockSize, buf.length))), k * this.#len)
           i = j
         }
         await writeFully(this.#fh, digests, this.#start + b * this.#len)
@@ -205,41 +215,54 @@ export class ResyncMap {
     }
   }
 
-  /** Digest the mirror's blocks from the frontier up to `end`, append, fdatasync. */
+  /**
+   * Digest the mirror's blocks from the frontier up to `end`, append (one
+   * write), fdatasync. The flat is read in `READ_BYTES` spans, `READS_IN_FLIGHT` of
+   * them in flight into reused buffers while the span before is digested
+   * (an all-zero block — a hole of a sparse mirror — by comparison).
+   */
   async #extend(end: number, signal: AbortSignal | undefined): Promise<void> {
     const { blockSize, capacity, algorithm } = this.#info
     const flat = await openStoreFile(this.#flat, 'read')
-    let next: Promise<Buffer> | undefined
+    const per = Math.max(1, Math.floor(READ_BYTES / blockSize))
+    const spanBytes = Math.min(per * blockSize, capacity)
+    const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(spanBytes))
+    const reads: Array<{ from: number; n: number; buf: Buffer; done: Promise<number> }> = []
+    let turn = 0
+    const first = this.#persisted
+    const out = Buffer.allocUnsafe((end - first) * this.#len)
+    let issued = first
+    const issue = (): void => {
+      while (reads.length < READS_IN_FLIGHT && issued < end) {
+        const n = Math.min(per, end - issued)
+        const off = issued * blockSize
+        const buf = pool[turn++ % pool.length] as Buffer
+        const done = readInto(flat, buf, Math.min((issued + n) * blockSize, capacity) - off, off)
+        // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
+        done.catch(() => {})
+        reads.push({ from: issued, n, buf, done })
+        issued += n
+      }
+    }
     try {
-      const per = Math.max(1, Math.floor(READ_BYTES / blockSize))
-      let b = this.#persisted
-      const readAt = (from: number): Promise<Buffer> => {
-        const off = from * blockSize
-        return readFully(flat, off, Math.min(Math.min(end, from + per) * blockSize, capacity) - off)
-      }
-      next = readAt(b)
-      while (b < end) {
+      issue()
+      while (reads.length > 0) {
         signal?.throwIfAborted()
-        const buf = await (next as Promise<Buffer>)
-        this.bytesRead += buf.length
-        const n = Math.min(per, end - b)
-        // read the next run while this one is hashed
-        next = b + n < end ? readAt(b + n) : undefined
-        const out = Buffer.alloc(n * this.#len)
-        for (let i = 0; i < n; i++) {
-          const d = createDigest(algorithm)
-            .update(buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, buf.length)))
-            .digest()
-          out.set(d, i * this.#len)
-        }
-        await writeFully(this.#fh, out, this.#start + b * this.#len)
-        b += n
+        const r = reads[0] as (typeof reads)[number]
+        const got = await r.done
+        reads.shift()
+        issue()
+        this.bytesRead += got
+        const at = (r.from - first) * this.#len
+        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, r.buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), at + i * this.#len)
       }
+      // one write of the run's digests (at most MAX_MAP_BLOCKS of them): no write waits behind the reads
+      await writeFully(this.#fh, out, this.#start + first * this.#len)
       await this.#fh.datasync()
       this.#persisted = end
     } finally {
-      // a read still in flight (an abort) settles before the file closes
-      await next?.catch(() => {})
+      // reads still in flight (an abort) settle before the file closes
+      for (const r of reads) await r.done.catch(() => {})
       await flat.close()
     }
   }
