@@ -85,7 +85,11 @@ export async function startReceiver(dir: string, opts: { port?: number } = {}): 
       env.logs.push(l)
     })
     env.port = await new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('receiver did not start')), 20_000)
+      // generous for a loaded machine; a receiver that starts too late is killed, never left to hold the test process open
+      const timer = setTimeout(() => {
+        proc.kill('SIGKILL')
+        reject(new Error(`receiver did not start within 60 s: ${env.logs.slice(-5).join('\n')}`))
+      }, 60_000)
       createInterface({ input: proc.stdout! }).on('line', (line) => {
         try {
           const ev = JSON.parse(line) as { event?: string; port?: number }
