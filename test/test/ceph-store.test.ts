@@ -171,6 +171,13 @@ t.test('two receivers on one pool: the second cannot take a VM the first holds, 
   let agentA: import('node:child_process').ChildProcess | undefined
   const runA = replicateCli(a, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none', ...state], { port: proxy.port, onSpawn: (p) => (agentA = p) })
   await proxy.waitForHolds(1)
+  const durable = await pollUntil(
+    async () => {
+      const seq = (await cephStatus(ceph)).vms.find((v) => v.vm === name)?.disks[0]?.inflight?.resumeSeq ?? 0
+      return seq > 0 ? seq : undefined
+    },
+    { intervalMs: 200 },
+  )
   // B refuses the VM while A holds it: E_BUSY naming A
   const busy = await replicateCli(siteB, vm.vmxPath, ['--give-up', '3', '--state-dir', join(dir, 'agent-state-b')])
   t.not(busy.code, 0, 'B cannot take the VM A holds')
@@ -182,6 +189,8 @@ t.test('two receivers on one pool: the second cannot take a VM the first holds, 
   await runA
   const r = await replicateCli(siteB, vm.vmxPath, ['--give-up', '60', ...state])
   t.equal(r.code, 0, `B takes over and finishes the cycle: ${r.stderr.slice(-1500)}`)
+  const resumed = r.report?.vms[0]?.disks[0]?.resumedFrom ?? []
+  t.ok(resumed.some((s) => s >= durable), `B resumed A's cycle by its identity from the durable point ${durable} (${JSON.stringify(resumed)})`)
   const st = await cephStatus(ceph)
   t.equal(st.vms.find((v) => v.vm === name)?.committedCycle, 2, 'cycle 2 committed through B')
   await pointMatches(t, ceph, name, 2, join(dir, 'mirror-2'), exp, 'after the takeover')
