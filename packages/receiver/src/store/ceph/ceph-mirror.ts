@@ -13,7 +13,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
+import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { DiskOpenRequest } from '../../open-decision.ts'
 import { newGeneration } from '../../commit.ts'
@@ -82,6 +82,8 @@ export class CephVmMirror {
    * @throws ReceiverError E_BAD_NAME, E_BUSY (another receiver holds it, named), E_STATE, E_IO
    */
   static async acquire(target: CephTarget, vm: string, log: Logger, holder: CephHolder): Promise<CephVmMirror> {
+    // the store API checks names itself (not only the wire decoder): separators, NUL, control characters, length
+    validateName(vm, 'VM name')
     checkVmName(vm)
     const names = new CephNames(vm)
     const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds)
@@ -132,6 +134,7 @@ export class CephVmMirror {
 
   /** Decide a DiskOpen (the rules of open-decision.ts that apply to images) and open the apply. */
   async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord }): Promise<CephOpenResult> {
+    validateName(req.name, 'disk name')
     checkDiskName(req.name)
     const s = this.current
     const rec = s.disks[req.name]
