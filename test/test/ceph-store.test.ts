@@ -80,7 +80,14 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   const site = await cephSite(join(dir, 'dr'), ceph)
   t.teardown(() => site.receiver.stop())
   const name = 'rbd app'
-  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 48 * MiB, fill: 'random' }, { sizeBytes: 16 * MiB, node: 'sata0:1', fill: 'sparse' }], seed: 21 })
+  const vm = await createSampleVm(join(dir, 'src'), {
+    name,
+    disks: [
+      { sizeBytes: 48 * MiB, fill: 'random' },
+      { sizeBytes: 16 * MiB, node: 'sata0:1', fill: 'sparse' },
+    ],
+    seed: 21,
+  })
   const qemuRbd = await qemuHasRbd()
   const expected: string[][] = []
   for (let cycle = 1; cycle <= 4; cycle++) {
@@ -110,12 +117,18 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
       t.equal(r.code, 0, `cycle 3 completes after the receiver SIGKILL: ${r.stderr.slice(-1500)}`)
       t.ok((r.report?.vms[0]?.reconnects ?? 0) >= 1, 'the agent reconnected')
       const resumed = r.report?.vms[0]?.disks.flatMap((d) => d.resumedFrom) ?? []
-      t.ok(resumed.some((s) => s >= durable), `resumed from the durable point ${durable} logged in RADOS, not from 0 (${JSON.stringify(resumed)})`)
+      t.ok(
+        resumed.some((s) => s >= durable),
+        `resumed from the durable point ${durable} logged in RADOS, not from 0 (${JSON.stringify(resumed)})`,
+      )
     }
     const st = await cephStatus(ceph)
     const v = st.vms.find((x) => x.vm === name)
     t.equal(v?.committedCycle, cycle, `cycle ${cycle} committed (grainline status)`)
-    t.ok(v?.disks.every((d) => d.inflight === null && d.snapshot.includes(`@c${cycle}-`)), `cycle ${cycle}: each disk's committed point is a snapshot of cycle ${cycle}`)
+    t.ok(
+      v?.disks.every((d) => d.inflight === null && d.snapshot.includes(`@c${cycle}-`)),
+      `cycle ${cycle}: each disk's committed point is a snapshot of cycle ${cycle}`,
+    )
     await pointMatches(t, ceph, name, cycle, join(dir, `mirror-${cycle}`), expected[cycle] as string[], `cycle ${cycle}`)
     if (qemuRbd) await qemuReadsSnapshots(t, ceph, name, join(dir, `mirror-${cycle}`), expected[cycle] as string[], `cycle ${cycle}`)
   }
@@ -190,7 +203,10 @@ t.test('two receivers on one pool: the second cannot take a VM the first holds, 
   const r = await replicateCli(siteB, vm.vmxPath, ['--give-up', '60', ...state])
   t.equal(r.code, 0, `B takes over and finishes the cycle: ${r.stderr.slice(-1500)}`)
   const resumed = r.report?.vms[0]?.disks[0]?.resumedFrom ?? []
-  t.ok(resumed.some((s) => s >= durable), `B resumed A's cycle by its identity from the durable point ${durable} (${JSON.stringify(resumed)})`)
+  t.ok(
+    resumed.some((s) => s >= durable),
+    `B resumed A's cycle by its identity from the durable point ${durable} (${JSON.stringify(resumed)})`,
+  )
   const st = await cephStatus(ceph)
   t.equal(st.vms.find((v) => v.vm === name)?.committedCycle, 2, 'cycle 2 committed through B')
   await pointMatches(t, ceph, name, 2, join(dir, 'mirror-2'), exp, 'after the takeover')

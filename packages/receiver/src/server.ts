@@ -171,7 +171,8 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         ...(init.cephLeaseSeconds === undefined ? {} : { leaseSeconds: init.cephLeaseSeconds }),
       }
     : undefined
-  if (ceph !== undefined && httpListen !== undefined) throw new ReceiverError('E_CONFIG', `the HTTP listener (metrics, dashboard) reads a folder store; it is not supported with ${init.store} yet (docs/CEPH.md)`)
+  if (ceph !== undefined && httpListen !== undefined)
+    throw new ReceiverError('E_CONFIG', `the HTTP listener (metrics, dashboard) reads a folder store; it is not supported with ${init.store} yet (docs/CEPH.md)`)
   const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
   const live = new LiveState()
   let httpServer: HttpListener | undefined

@@ -321,18 +321,18 @@ export class Session {
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
     const req = {
-        name: msg.name,
-        capacity: msg.capacity,
-        cycle: msg.cycle,
-        mode: msg.mode,
-        baseCycle: msg.baseCycle,
-        baseGeneration: msg.baseGeneration,
-        source: msg.source,
-        cycleId: msg.cycleId,
-        ddb: msg.ddb,
-        algorithm: neg.digest,
-        blockSize: msg.blockSize,
-      }
+      name: msg.name,
+      capacity: msg.capacity,
+      cycle: msg.cycle,
+      mode: msg.mode,
+      baseCycle: msg.baseCycle,
+      baseGeneration: msg.baseGeneration,
+      source: msg.source,
+      cycleId: msg.cycleId,
+      ddb: msg.ddb,
+      algorithm: neg.digest,
+      blockSize: msg.blockSize,
+    }
     const r =
       vm instanceof CephVmMirror
         ? await vm.openDisk(req, { compat: this.compat as CompatRecord })

@@ -19,7 +19,17 @@ const POOL = 'glconf'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
 
 t.test('rbd diff v1 stream: header, snapshots, size, data and zero records, end', async (t) => {
-  const b = Buffer.concat(encodeDiff({ size: 1024, from: 'a', to: 'bb', extents: [{ offset: 512, length: 3, data: Buffer.from('xyz') }, { offset: 0, length: 512, data: undefined }] }))
+  const b = Buffer.concat(
+    encodeDiff({
+      size: 1024,
+      from: 'a',
+      to: 'bb',
+      extents: [
+        { offset: 512, length: 3, data: Buffer.from('xyz') },
+        { offset: 0, length: 512, data: undefined },
+      ],
+    }),
+  )
   let o = 0
   t.equal(b.subarray(0, 12).toString(), 'rbd diff v1\n')
   o = 12
@@ -80,7 +90,7 @@ t.test('Ceph store', { skip }, async (t) => {
     for (const vm of ['../x', 'a/b', 'n\u0000', 'v'.repeat(300)]) await t.rejects(CephVmMirror.acquire(target, vm, log, { description: 'test' }), { code: 'E_BAD_NAME' })
   })
 
-  t.test('a Ceph command failure is typed, with Ceph\'s message', async (t) => {
+  t.test("a Ceph command failure is typed, with Ceph's message", async (t) => {
     const err = await runCeph(target, 'rbd', ['info', `${POOL}/no-such-image`]).catch((e: unknown) => e)
     t.ok(err instanceof CephCommandError)
     t.ok((err as CephCommandError).notFound)

@@ -98,7 +98,7 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     t.teardown(() => receiver.close())
     const vm = 'vm-lineage'
     const img = pattern(1 * MiB, 3)
-    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     await runCycle(a, vm, 1, [seedPlan(1, 'l.vmdk', img, cid(21))])
     a.close()
     const ranges = [{ offset: 0, length: 4096 }]

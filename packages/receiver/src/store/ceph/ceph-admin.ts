@@ -102,10 +102,7 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
  */
 export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number, dir: string): Promise<{ disks: Array<{ name: string; file: string; snapshot: string }> }> {
   const s = await stateOf(t, vm)
-  const snaps =
-    cycle === s.committedCycle
-      ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap }]))
-      : s.points.find((p) => p.cycle === cycle)?.disks
+  const snaps = cycle === s.committedCycle ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap }])) : s.points.find((p) => p.cycle === cycle)?.disks
   if (snaps === undefined) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
   await mkdir(dir, { recursive: true })
   const disks = []

@@ -20,7 +20,7 @@ export const LOCK_NAME = 'grainline'
 /** Default lease, seconds. */
 export const DEFAULT_LEASE_SECONDS = 30
 
-const HELPER = String.raw`
+const HELPER = `
 import sys, threading, rados
 conf, cid, keyring, pool, obj, name, cookie, desc, dur = sys.argv[1:10]
 dur = int(dur)

@@ -143,7 +143,10 @@ export class CephVmMirror {
     const refuse = (reason: string, message: string): CephOpenResult => ({ ...base, accepted: false, reason, message })
     if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
     if (req.mode === 'resync') {
-      throw new ReceiverError('E_STORE_KIND', `disk ${req.name} of VM ${this.vm}: a resync (digest comparison of the mirror) is not supported on the Ceph store (pool ${this.target.pool}) yet; seed the disk instead (grainline replicate --seed)`)
+      throw new ReceiverError(
+        'E_STORE_KIND',
+        `disk ${req.name} of VM ${this.vm}: a resync (digest comparison of the mirror) is not supported on the Ceph store (pool ${this.target.pool}) yet; seed the disk instead (grainline replicate --seed)`,
+      )
     }
     if (inf !== undefined) {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
@@ -191,7 +194,13 @@ export class CephVmMirror {
    * Commit sealed applies: a snapshot of every written image, then the state
    * object (the commit point) naming them, then the clean-up.
    */
-  async commit(cycle: number, applies: readonly CephDiskApply[], _suffix: string, compat: CompatRecord, opts: { retention?: RetentionPolicy; now?: () => number } = {}): Promise<Array<{ name: string; mirrorCid: string; size: number }>> {
+  async commit(
+    cycle: number,
+    applies: readonly CephDiskApply[],
+    _suffix: string,
+    compat: CompatRecord,
+    opts: { retention?: RetentionPolicy; now?: () => number } = {},
+  ): Promise<Array<{ name: string; mirrorCid: string; size: number }>> {
     const s = this.current
     const infl = s.inflight
     if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
@@ -237,7 +246,13 @@ export class CephVmMirror {
     points = points.filter((p) => Object.values(p.disks).every((d) => !dropImages.includes(d.image)))
     if (!keepsPoints(opts.retention)) points = []
     else {
-      const drop = new Set(pointsToDrop(points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: 0 })), opts.retention ?? {}, (opts.now ?? Date.now)()))
+      const drop = new Set(
+        pointsToDrop(
+          points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: 0 })),
+          opts.retention ?? {},
+          (opts.now ?? Date.now)(),
+        ),
+      )
       if (drop.size > 0) this.log.info({ vm: this.vm, cycles: [...drop] }, 'restore points pruned (Ceph snapshots)')
       points = points.filter((p) => !drop.has(p.cycle))
     }
@@ -324,7 +339,11 @@ export class CephVmMirror {
    * streamed) — a prefix for a trivial check, all of it for a certify — and
    * record the verdict (a failure marks the disk diverged).
    */
-  async verify(name: string, req: { kind: 'trivial' | 'certify'; algorithm: import('@grainline/protocol').DigestAlgorithm; digest: Uint8Array; prefixBytes?: number; size?: number }, signal?: AbortSignal): Promise<{ ok: boolean; size: number; digest: Uint8Array; bytes: number }> {
+  async verify(
+    name: string,
+    req: { kind: 'trivial' | 'certify'; algorithm: import('@grainline/protocol').DigestAlgorithm; digest: Uint8Array; prefixBytes?: number; size?: number },
+    signal?: AbortSignal,
+  ): Promise<{ ok: boolean; size: number; digest: Uint8Array; bytes: number }> {
     const rec = this.current.disks[name]
     if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
     const limit = req.kind === 'trivial' ? Math.min(req.prefixBytes ?? 0, rec.capacity) : rec.capacity

@@ -20,7 +20,12 @@ export function isCephStore(store: string): boolean {
 export function parseCephStore(store: string, client: { conf?: string; id?: string; keyring?: string } = {}): CephTarget {
   const pool = store.slice(CEPH_PREFIX.length)
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(pool)) throw new ReceiverError('E_CONFIG', `store ${JSON.stringify(store)}: want ceph:POOL with a pool name of letters, digits, ".", "_" or "-"`)
-  return { pool, ...(client.conf === undefined ? {} : { conf: client.conf }), ...(client.id === undefined ? {} : { id: client.id }), ...(client.keyring === undefined ? {} : { keyring: client.keyring }) }
+  return {
+    pool,
+    ...(client.conf === undefined ? {} : { conf: client.conf }),
+    ...(client.id === undefined ? {} : { id: client.id }),
+    ...(client.keyring === undefined ? {} : { keyring: client.keyring }),
+  }
 }
 
 /**
