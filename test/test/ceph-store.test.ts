@@ -69,7 +69,7 @@ async function qemuHasRbd(): Promise<boolean> {
 async function cephSite(dir: string, ceph: CephCluster, extra: object = {}): Promise<Site> {
   const config = join(dir, 'receiver.json')
   await mkdir(dir, { recursive: true })
-  await writeFile(config, JSON.stringify({ retention: { keep: 5 }, cephLeaseSeconds: 10, ...extra }))
+  await writeFile(config, JSON.stringify({ retention: { keep: 5 }, ...extra }))
   return await startSite(dir, ['*'], [], ['--config', config, '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf])
 }
 
