@@ -1,11 +1,12 @@
 import { ioError } from './errors.ts'
-import type { ApplyExtent, DiskApply } from './disk-apply.ts'
+import type { ApplyExtent } from './disk-apply.ts'
+import type { StoreApply } from './store/mirror-store.ts'
 
 /** A disk open in a session, as the pipeline sees it. */
 export interface PipelineDisk {
   readonly handle: number
   readonly name: string
-  readonly apply: DiskApply
+  readonly apply: StoreApply
 }
 
 /**

@@ -100,7 +100,21 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
       { description, type: 'path', ...(example === undefined ? {} : { example }) },
     )
   return z.strictObject({
-    store: path('The mirror store folder (created if missing). Required here or as `--store` (the flag wins).', '"/srv/grainline"').optional(),
+    store: doc(
+      z
+        .string()
+        .min(1)
+        .transform((v) => (v.startsWith('ceph:') ? v : resolve(ctx.baseDir, v))),
+      {
+        description: 'The mirror store: a folder (created if missing), or `ceph:POOL` for RBD images in a Ceph pool (docs/CEPH.md). Required here or as `--store` (the flag wins).',
+        type: 'path',
+        example: '"/srv/grainline"',
+      },
+    ).optional(),
+    cephConf: path('`ceph.conf` of the Ceph store (`--store ceph:POOL`).', '"/etc/ceph/ceph.conf"').optional(),
+    cephId: doc(z.string().min(1).optional(), { description: 'Ceph client id (`client.ID`) of the Ceph store.', default: 'the Ceph client default (admin)' }),
+    cephKeyring: path('Keyring of the Ceph client id.').optional(),
+    cephLeaseSeconds: count('Lease of a VM lock on the Ceph store, seconds: a receiver whose host died frees its VMs after this long.', '30'),
     tokens: path('Tokens file: agents\' tokens (`{"tokens":[{name, token, vms}]}`) and dashboard viewers (`"role": "viewer"`). Required here or as `--tokens`.', '"tokens.json"').optional(),
     tokensFile: path('Same as `tokens`.').optional(),
     listen: listenField('Replication address (WebSocket, TLS with `tlsCert`/`tlsKey`).', '"0.0.0.0:7443"').optional(),

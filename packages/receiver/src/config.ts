@@ -63,6 +63,10 @@ export interface ReceiverFlags {
   readonly httpListen?: string
   /** old name of `httpListen` */
   readonly metricsListen?: string
+  /** Ceph store client settings (`--ceph-conf`, `--ceph-id`, `--keyring`) */
+  readonly cephConf?: string
+  readonly cephId?: string
+  readonly cephKeyring?: string
 }
 
 /**
@@ -83,6 +87,9 @@ export async function resolveReceiverInit(flags: ReceiverFlags): Promise<Receive
   if (flags.displaySuffix !== undefined) over['displaySuffix'] = flags.displaySuffix
   if (flags.trivialMiB !== undefined) over['trivialMiB'] = flags.trivialMiB
   if (flags.batchBytes !== undefined) over['batchBytes'] = flags.batchBytes
+  if (flags.cephConf !== undefined) over['cephConf'] = resolve(flags.cephConf)
+  if (flags.cephId !== undefined) over['cephId'] = flags.cephId
+  if (flags.cephKeyring !== undefined) over['cephKeyring'] = resolve(flags.cephKeyring)
   const http = flags.httpListen ?? flags.metricsListen
   if (http !== undefined) over['httpListen'] = parseListen(http)
   const init = { ...base, ...over } as Partial<ReceiverInit>

@@ -4,6 +4,7 @@
  *   node dist/src/main.js --listen 127.0.0.1:0 --store DIR --tokens FILE
  *        [--tls-cert FILE --tls-key FILE] [--insecure] [--config FILE]
  *        [--http-listen HOST:PORT]   (metrics, dashboard, API; alias --metrics-listen)
+ *        [--store ceph:POOL --ceph-conf FILE --ceph-id ID --keyring FILE]   (Ceph store)
  *        [--exit-with-stdin]   (exit at once when stdin ends: test harnesses)
  * Prints one JSON line {"event":"listening","host":…,"port":…} on stdout when
  * ready; logs (pino JSON) go to stderr. SIGTERM/SIGINT close gracefully.
@@ -29,6 +30,9 @@ async function main(): Promise<void> {
       'metrics-listen': { type: 'string' },
       'log-level': { type: 'string' },
       'exit-with-stdin': { type: 'boolean' },
+      'ceph-conf': { type: 'string' },
+      'ceph-id': { type: 'string' },
+      keyring: { type: 'string' },
     },
     strict: true,
   })
@@ -44,6 +48,9 @@ async function main(): Promise<void> {
     ...(values['batch-bytes'] !== undefined ? { batchBytes: Number(values['batch-bytes']) } : {}),
     ...(values['http-listen'] !== undefined ? { httpListen: values['http-listen'] } : {}),
     ...(values['metrics-listen'] !== undefined ? { metricsListen: values['metrics-listen'] } : {}),
+    ...(values['ceph-conf'] !== undefined ? { cephConf: values['ceph-conf'] } : {}),
+    ...(values['ceph-id'] !== undefined ? { cephId: values['ceph-id'] } : {}),
+    ...(values.keyring !== undefined ? { cephKeyring: values.keyring } : {}),
     insecure: values.insecure === true,
   })
   const receiver = createReceiver({ logger }, init)

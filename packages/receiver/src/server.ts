@@ -28,6 +28,8 @@ export function retentionFor(init: Pick<ReceiverInit, 'retention' | 'retentionVm
 }
 import { RECEIVER_TLS_OPTIONS } from './tls-options.ts'
 import { SOFTWARE } from './version.ts'
+import { hostname } from 'node:os'
+import { checkCephPool, isCephStore, parseCephStore } from './store/ceph/ceph-store.ts'
 
 /** Components handed to the receiver (STYLE §16). */
 export interface ReceiverComponents {
@@ -41,8 +43,16 @@ export interface ReceiverInit {
   readonly host?: string
   /** TCP port; 0 picks a free one. @default 0 */
   readonly port?: number
-  /** the mirror store folder (created if missing) */
+  /** the mirror store folder (created if missing), or `ceph:POOL` (docs/CEPH.md) */
   readonly store: string
+  /** Ceph store: `ceph.conf` @default the client default */
+  readonly cephConf?: string
+  /** Ceph store: client id @default the client default */
+  readonly cephId?: string
+  /** Ceph store: keyring @default the client default */
+  readonly cephKeyring?: string
+  /** Ceph store: lease of a VM lock, seconds @default 30 */
+  readonly cephLeaseSeconds?: number
   /** tokens file `{"tokens":[{name, token, vms}]}`; this or `tokens` is required */
   readonly tokensFile?: string
   /** tokens given directly (instead of `tokensFile`) */
@@ -153,6 +163,19 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   }
   const sessions = new Set<Session>()
   const httpListen = init.httpListen ?? init.metricsListen
+  const ceph = isCephStore(init.store)
+    ? {
+        target: parseCephStore(init.store, {
+          ...(init.cephConf === undefined ? {} : { conf: init.cephConf }),
+          ...(init.cephId === undefined ? {} : { id: init.cephId }),
+          ...(init.cephKeyring === undefined ? {} : { keyring: init.cephKeyring }),
+        }),
+        holder: `receiver ${hostname()} pid ${process.pid}`,
+        ...(init.cephLeaseSeconds === undefined ? {} : { leaseSeconds: init.cephLeaseSeconds }),
+      }
+    : undefined
+  if (ceph !== undefined && httpListen !== undefined)
+    throw new ReceiverError('E_CONFIG', `the HTTP listener (metrics, dashboard) reads a folder store; it is not supported with ${init.store} yet (docs/CEPH.md)`)
   const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
   const live = new LiveState()
   let httpServer: HttpListener | undefined
@@ -162,6 +185,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   const maxConnections = init.maxConnections ?? 64
   const settings: SessionSettings = {
     storeDir: init.store,
+    ...(ceph === undefined ? {} : { ceph }),
     software: SOFTWARE,
     local,
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
@@ -191,12 +215,17 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     table = createTokenTable(init.tokens ?? (await loadTokensFile(init.tokensFile as string)))
     if (table.size === 0) throw new ReceiverError('E_CONFIG', 'the tokens file lists no token')
     await initDigests()
-    try {
-      await mkdir(init.store, { recursive: true })
-    } catch (err) {
-      throw new ReceiverError('E_CONFIG', `cannot create the store ${init.store}: ${(err as Error).message}`)
+    if (ceph !== undefined) {
+      // nothing to recover on the host: a cycle in flight resumes or rolls back from the pool (docs/CEPH.md)
+      await checkCephPool(ceph.target)
+    } else {
+      try {
+        await mkdir(init.store, { recursive: true })
+      } catch (err) {
+        throw new ReceiverError('E_CONFIG', `cannot create the store ${init.store}: ${(err as Error).message}`)
+      }
     }
-    if (init.recover !== false) {
+    if (init.recover !== false && ceph === undefined) {
       const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }

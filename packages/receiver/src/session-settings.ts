@@ -2,10 +2,13 @@ import type { LocalCapabilities } from '@grainline/protocol'
 import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 import type { RetentionLimits, RetentionPolicy } from './retention.ts'
+import type { CephTarget } from './store/ceph/rbd-cli.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
   readonly storeDir: string
+  /** when set, mirrors live on this Ceph pool instead of `storeDir` (docs/CEPH.md) */
+  readonly ceph?: { readonly target: CephTarget; readonly holder: string; readonly leaseSeconds?: number }
   /** `grainline-receiver/<version>`, sent in Welcome */
   readonly software: string
   readonly local: LocalCapabilities

@@ -33,9 +33,12 @@ import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
-import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkVmName } from './receiver-rules.ts'
+import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
+import type { DiskApply } from './disk-apply.ts'
+import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
+import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
 import { ResyncMap } from './resync-map.ts'
 import { checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
@@ -64,7 +67,7 @@ export class Session {
   private running = false
   private dead = false
   private negotiated: Negotiated | undefined
-  private vm: VmMirror | undefined
+  private vm: VmMirror | CephVmMirror | undefined
   private vmName = ''
   private cycle = 0
   /** when VmOpen arrived (performance.now()), for the cycle's duration */
@@ -255,7 +258,18 @@ export class Session {
     // SPEC: an agent may not learn of mirrors its token does not cover — same answer whether or not it exists
     if (!mayAccess(this.token, msg.vm)) throw new ReceiverError('E_FORBIDDEN', 'this token may not replicate that VM')
     for (const f of msg.files) checkFileName(f.name)
-    this.vm = await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
+    const ceph = this.settings.ceph
+    this.vm =
+      ceph === undefined
+        ? await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
+        : await CephVmMirror.acquireWait(
+            ceph.target,
+            msg.vm,
+            this.log.child({ vm: msg.vm }),
+            { description: ceph.holder, ...(ceph.leaseSeconds === undefined ? {} : { leaseSeconds: ceph.leaseSeconds }) },
+            this.settings.lockWaitMs,
+            this.abortCtl.signal,
+          )
     this.vmName = msg.vm
     this.cycle = msg.cycle
     this.openedAt = performance.now()
@@ -276,9 +290,16 @@ export class Session {
   }
 
   /** The locked VM (ConversationState has checked that VmOpen came first). */
-  private get mirror(): VmMirror {
+  private get mirror(): VmMirror | CephVmMirror {
     if (this.vm === undefined) throw new ReceiverError('E_INTERNAL', 'no VM opened')
     return this.vm
+  }
+
+  /** The VM on the folder store; a request only the folder store serves fails with E_STORE_KIND on another. */
+  private folderMirror(what: string): VmMirror {
+    const m = this.mirror
+    if (m instanceof CephVmMirror) throw new ReceiverError('E_STORE_KIND', `${what} of VM ${this.vmName} is not supported on the Ceph store yet (docs/CEPH.md)`)
+    return m
   }
 
   private async onRollback(): Promise<void> {
@@ -299,34 +320,35 @@ export class Session {
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated
     const open = [...this.disks.values()].map((d) => d.name)
-    const r = await vm.openDisk(
-      {
-        name: msg.name,
-        capacity: msg.capacity,
-        cycle: msg.cycle,
-        mode: msg.mode,
-        baseCycle: msg.baseCycle,
-        baseGeneration: msg.baseGeneration,
-        source: msg.source,
-        cycleId: msg.cycleId,
-        ddb: msg.ddb,
-        algorithm: neg.digest,
-        blockSize: msg.blockSize,
-      },
-      {
-        compat: this.compat as CompatRecord,
-        open,
-        ...this.retention(),
-        ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
-      },
-    )
+    const req = {
+      name: msg.name,
+      capacity: msg.capacity,
+      cycle: msg.cycle,
+      mode: msg.mode,
+      baseCycle: msg.baseCycle,
+      baseGeneration: msg.baseGeneration,
+      source: msg.source,
+      cycleId: msg.cycleId,
+      ddb: msg.ddb,
+      algorithm: neg.digest,
+      blockSize: msg.blockSize,
+    }
+    const r =
+      vm instanceof CephVmMirror
+        ? await vm.openDisk(req, { compat: this.compat as CompatRecord })
+        : await vm.openDisk(req, {
+            compat: this.compat as CompatRecord,
+            open,
+            ...this.retention(),
+            ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
+          })
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
       this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply })
-      if (msg.mode === 'resync') {
+      if (msg.mode === 'resync' && !(vm instanceof CephVmMirror)) {
         const applied = r.apply.counts.extents > 0
-        const map = await ResyncMap.open(vm.paths, r.apply.info, applied, vm.state.disks[msg.name], (why) =>
+        const map = await ResyncMap.open(vm.paths, (r.apply as DiskApply).info, applied, vm.state.disks[msg.name], (why) =>
           this.log.info({ disk: msg.name, why }, 'no kept block map: the resync reads the whole mirror'),
         ).catch((err: unknown) => {
           throw ioError(err, `opening the block map of ${msg.name}`)
@@ -405,13 +427,24 @@ export class Session {
             : 'clamped to retentionLimits'
       this.log.info({ vm: this.vmName, requested: msg.retention, applied: specFromPolicy(applied), why }, 'retention requested by the job')
     }
-    const recs = await this.mirror.commit(
-      msg.cycle,
-      disks.map((d) => d.apply),
-      this.settings.displaySuffix,
-      this.compat as CompatRecord,
-      applied === undefined ? {} : { retention: applied },
-    )
+    const m = this.mirror
+    const opts = applied === undefined ? {} : { retention: applied }
+    const recs =
+      m instanceof CephVmMirror
+        ? await m.commit(
+            msg.cycle,
+            disks.map((d) => d.apply as CephDiskApply),
+            this.settings.displaySuffix,
+            this.compat as CompatRecord,
+            opts,
+          )
+        : await m.commit(
+            msg.cycle,
+            disks.map((d) => d.apply as DiskApply),
+            this.settings.displaySuffix,
+            this.compat as CompatRecord,
+            opts,
+          )
     this.log.info({ vm: this.vmName, cycle: msg.cycle, disks: recs.map((r) => ({ name: r.name, cid: r.mirrorCid, size: r.size })) }, 'cycle committed')
     const seconds = (performance.now() - this.openedAt) / 1000
     this.settings.observer?.cycleCommitted(this.vmName, seconds)
@@ -439,7 +472,10 @@ export class Session {
       extents: sum('extents'),
       modes: [...new Set(disks.map((d) => d.apply.info.mode))].sort(),
     }
-    await appendCycleHistory(this.mirror.paths, entry).catch((err: unknown) => {
+    const m = this.mirror
+    // the dashboard's cycle history is a file of the folder store (docs/CEPH.md: not kept on Ceph yet)
+    if (m instanceof CephVmMirror) return
+    await appendCycleHistory(m.paths, entry).catch((err: unknown) => {
       this.log.warn({ vm: this.vmName, cycle, err: { message: (err as Error).message } }, 'cycle history not written (the commit stands; the dashboard misses this cycle)')
     })
   }
@@ -447,7 +483,12 @@ export class Session {
   /** The flat file of a disk committed in this session (ConversationState has checked the handle). */
   private async onTrivial(msg: TrivialCheckMessage): Promise<void> {
     const name = this.disk(msg.disk).name
-    const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
+    const m = this.mirror
+    if (m instanceof CephVmMirror) checkTrivialPrefix(msg.prefixBytes, this.settings.trivialMaxBytes)
+    const r =
+      m instanceof CephVmMirror
+        ? await m.verify(name, { ...msg, kind: 'trivial' }, this.abortCtl.signal)
+        : await verifyDisk(m, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
     this.settings.observer?.checked(this.vmName, name, 'trivial', r.ok)
     this.send({ kind: MessageKind.TrivialResult, disk: msg.disk, ok: r.ok, size: r.size, digest: r.digest })
@@ -455,7 +496,11 @@ export class Session {
 
   private async onCertify(msg: CertifyMessage): Promise<void> {
     const name = this.disk(msg.disk).name
-    const r = await verifyDisk(this.mirror, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
+    const m = this.mirror
+    const r =
+      m instanceof CephVmMirror
+        ? await m.verify(name, { ...msg, kind: 'certify' }, this.abortCtl.signal)
+        : await verifyDisk(m, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
     this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
     this.settings.observer?.checked(this.vmName, name, 'certify', r.ok)
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
@@ -464,7 +509,7 @@ export class Session {
   /** SPEC §5.6: read back the listed blocks of the mirror and compare (a mismatch marks the disk diverged). */
   private async onBlockCheck(msg: BlockCheckMessage): Promise<void> {
     const name = this.disk(msg.disk).name
-    const r = await checkBlocks(this.mirror, name, { ...msg, algorithm: (this.negotiated as Negotiated).digest }, this.abortCtl.signal)
+    const r = await checkBlocks(this.folderMirror('a block check'), name, { ...msg, algorithm: (this.negotiated as Negotiated).digest }, this.abortCtl.signal)
     this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
     this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
   }
@@ -476,7 +521,7 @@ export class Session {
     this.inbox.clear()
     // a store that cannot be read (or holds a link or FIFO) is an I/O failure for the agent
     const local = errorCode(error)
-    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
+    const err = local === 'E_STATE' || local === 'E_STORE_FILE' || local === 'E_STORE_KIND' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
     // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)

@@ -10,6 +10,9 @@ import type { Logger } from 'pino'
 import { join } from 'node:path'
 import {
   archivePoints,
+  cephListPoints,
+  cephRestorePoint,
+  isCephStore,
   closePoint,
   listArchivedPoints,
   listPoints,
@@ -22,6 +25,7 @@ import {
   type RetentionPolicy,
 } from '@grainline/receiver'
 import { bucketFrom, lockFrom, withS3Options } from './archive-options.ts'
+import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
@@ -69,14 +73,14 @@ export const pointsCommand: CliCommand = {
   command: 'points [action]',
   describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one, open one as a runnable VM (held), close it',
   builder: (y: Argv) =>
-    withS3Options(y)
+    withCephOptions(withS3Options(y))
       .positional('action', {
-        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived'] as const,
+        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'export'] as const,
         default: 'list',
         describe:
-          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive',
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
       })
-      .option('store', { type: 'string', describe: 'folder holding the mirrors (all actions but archived)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (list, export) (all actions but archived)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
       .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
@@ -109,6 +113,23 @@ export const pointsCommand: CliCommand = {
     const vm = String(args['vm'])
     const json = args['output'] === 'json'
     const action = String(args['action'] ?? 'list')
+    if (isCephStore(store)) {
+      const target = cephTargetFrom(store, args)
+      if (action === 'list') {
+        const r = await cephListPoints(target, vm)
+        ctx.write(json ? JSON.stringify(r, null, 1) + '\n' : renderPoints(vm, r.points, r.inflightCycle))
+        return ExitCode.Ok
+      }
+      if (action === 'export') {
+        if (args['to'] === undefined) throw new UsageError('points export needs --to DIR')
+        const k = typeof args['point'] === 'number' ? args['point'] : (await cephListPoints(target, vm)).committedCycle
+        const r = await cephRestorePoint(target, vm, k, String(args['to']))
+        ctx.write(json ? JSON.stringify({ vm, cycle: k, disks: r.disks }) + '\n' : r.disks.map((d) => `${vm}: ${d.snapshot} → ${d.file}`).join('\n') + '\n')
+        return ExitCode.Ok
+      }
+      throw new UsageError(`points ${action} is not supported on a Ceph store (${store}) yet: list and export are (docs/CEPH.md)`)
+    }
+    if (action === 'export') throw new UsageError('points export reads a ceph:POOL store; on a folder store use points open or restore')
     if (action === 'list') {
       const r = await listPoints(store, vm)
       ctx.write(json ? JSON.stringify(r, null, 1) + '\n' : renderPoints(vm, r.points, r.inflightCycle))

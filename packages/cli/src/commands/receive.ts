@@ -20,6 +20,10 @@ export interface ReceiveCommandOptions {
   readonly httpListen?: string
   /** old name of `httpListen` */
   readonly metricsListen?: string
+  /** Ceph store client settings (`--store ceph:POOL`) */
+  readonly cephConf?: string
+  readonly cephId?: string
+  readonly keyring?: string
   readonly logger: Logger
   /** called once listening (tests, the demo) */
   readonly onListening?: (addr: { host: string; port: number }) => void
@@ -38,6 +42,9 @@ export async function runReceiver(opts: ReceiveCommandOptions): Promise<void> {
     ...(opts.trivialMb !== undefined ? { trivialMiB: opts.trivialMb } : {}),
     ...(opts.httpListen !== undefined ? { httpListen: opts.httpListen } : {}),
     ...(opts.metricsListen !== undefined ? { metricsListen: opts.metricsListen } : {}),
+    ...(opts.cephConf !== undefined ? { cephConf: opts.cephConf } : {}),
+    ...(opts.cephId !== undefined ? { cephId: opts.cephId } : {}),
+    ...(opts.keyring !== undefined ? { cephKeyring: opts.keyring } : {}),
     insecure: opts.insecure === true,
   })
   const receiver = createReceiver({ logger: opts.logger }, init)
@@ -65,7 +72,10 @@ export const receiveCommand: CliCommand = {
   builder: (y: Argv) =>
     y
       .option('listen', { type: 'string', describe: 'HOST:PORT to listen on (default 127.0.0.1:0 from the config)' })
-      .option('store', { type: 'string', describe: 'folder holding the mirrors' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL for RBD images in a Ceph pool (docs/CEPH.md)' })
+      .option('ceph-conf', { type: 'string', describe: 'ceph.conf of the Ceph store (default: the Ceph client default)' })
+      .option('ceph-id', { type: 'string', describe: 'Ceph client id of the Ceph store (default: admin)' })
+      .option('keyring', { type: 'string', describe: 'keyring of the Ceph client id' })
       .option('tokens', { type: 'string', describe: 'tokens file {"tokens":[{"name","token","vms":["glob"]}]}' })
       .option('tls-cert', { type: 'string', describe: 'PEM certificate (wss://)' })
       .option('tls-key', { type: 'string', describe: 'PEM private key' })
@@ -90,6 +100,9 @@ export const receiveCommand: CliCommand = {
       ...(str('display-suffix') !== undefined ? { displaySuffix: str('display-suffix') as string } : {}),
       ...(args['trivial-mb'] !== undefined ? { trivialMb: Number(args['trivial-mb']) } : {}),
       ...(str('http-listen') !== undefined ? { httpListen: str('http-listen') as string } : {}),
+      ...(str('ceph-conf') !== undefined ? { cephConf: str('ceph-conf') as string } : {}),
+      ...(str('ceph-id') !== undefined ? { cephId: str('ceph-id') as string } : {}),
+      ...(str('keyring') !== undefined ? { keyring: str('keyring') as string } : {}),
       insecure: args['insecure'] === true,
       logger: loggerFor(args, ctx, 'info'),
     })

@@ -12,7 +12,8 @@
 import type { Argv } from 'yargs'
 import { formatBytes } from '@grainline/protocol'
 import { parseDuration } from '@grainline/protocol'
-import { HealthStates, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver'
+import { HealthStates, cephStatus, isCephStore, loadReceiverConfig, storeOverview, type CephStoreStatus, type StoreHealth, type StoreOverview } from '@grainline/receiver'
+import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import { UsageError } from '../exit-codes.ts'
 import type { CliCommand } from '../command.ts'
 import { table } from '../util.ts'
@@ -66,12 +67,30 @@ export function renderStatus(h: StoreHealth): string {
   return lines.join('\n') + '\n'
 }
 
+/** The text of `grainline status` for a Ceph store: one row per disk. */
+export function renderCephStatus(c: CephStoreStatus): string {
+  const rows = c.vms.flatMap((v) =>
+    v.disks.map((d) => [
+      v.vm,
+      d.name,
+      String(d.committedCycle),
+      v.committedAt ?? 'never',
+      formatBytes(d.capacity),
+      String(v.points),
+      d.inflight === null ? '-' : `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})`,
+      d.diverged === null ? 'OK' : 'DIVERGED',
+      d.snapshot,
+    ]),
+  )
+  return `${c.store}: ${c.vms.length} VM(s)\n\n${table(['vm', 'disk', 'cycle', 'committed at', 'size', 'points', 'in flight', 'state', 'snapshot'], rows)}\n`
+}
+
 export const statusCommand: CliCommand = {
   command: 'status',
   describe: 'health of the mirrors of a store (monitoring-plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)',
   builder: (y: Argv) =>
-    y
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+    withCephOptions(y)
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL' })
       .option('max-age', { type: 'string', describe: 'a mirror whose last commit is older is CRITICAL (stale): 30m, 2h' })
       .option('config', { type: 'string', describe: "the receiver's config file: its RPO targets (rpo) judge each mirror's age in --output json" })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
@@ -83,6 +102,11 @@ export const statusCommand: CliCommand = {
       } catch (err) {
         throw new UsageError((err as Error).message)
       }
+    }
+    if (isCephStore(String(args['store']))) {
+      const c = await cephStatus(cephTargetFrom(String(args['store']), args))
+      ctx.write(args['output'] === 'json' ? JSON.stringify(c, null, 2) + '\n' : renderCephStatus(c))
+      return c.vms.some((v) => v.disks.some((d) => d.diverged !== null)) ? HealthStates.CRITICAL : HealthStates.OK
     }
     const rpo = args['config'] === undefined ? undefined : (await loadReceiverConfig(String(args['config']))).rpo
     let h: StoreOverview

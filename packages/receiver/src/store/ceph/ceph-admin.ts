@@ -1,0 +1,115 @@
+/**
+ * Operator views of the Ceph store, read from the pool alone (no lock
+ * taken, nothing written): `grainline status` and `grainline points` of a
+ * `ceph:POOL` store, and a point read back into raw files (`restore`).
+ */
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ReceiverError } from '../../errors.ts'
+import { parseExtentLog } from './ceph-apply.ts'
+import { exportImage } from './ceph-read.ts'
+import { CephNames, listCephStates, readCephState, type CephVmState } from './ceph-state.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
+import type { PointInfo } from '../../points-admin.ts'
+
+/** One disk in `grainline status` of a Ceph store. */
+export interface CephDiskStatus {
+  readonly name: string
+  readonly committedCycle: number
+  readonly capacity: number
+  /** `POOL/IMAGE@SNAP` of the committed cycle */
+  readonly snapshot: string
+  readonly diverged: { readonly reason: string; readonly at: string } | null
+  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
+}
+
+/** `grainline status` of a Ceph store. */
+export interface CephStoreStatus {
+  readonly store: string
+  readonly vms: ReadonlyArray<{ readonly vm: string; readonly committedCycle: number; readonly committedAt: string | null; readonly points: number; readonly disks: readonly CephDiskStatus[] }>
+}
+
+async function resumeSeq(t: CephTarget, log: string): Promise<number> {
+  try {
+    return parseExtentLog((await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-'])).toString('utf8')).length
+  } catch {
+    return 0
+  }
+}
+
+/** Status of every VM of the pool. */
+export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
+  const vms = []
+  for (const s of await listCephStates(t)) {
+    const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
+    const disks: CephDiskStatus[] = []
+    for (const name of [...names].sort()) {
+      const d = s.disks[name]
+      const inf = s.inflight?.disks[name]
+      disks.push({
+        name,
+        committedCycle: d?.cycle ?? 0,
+        capacity: d?.capacity ?? inf?.capacity ?? 0,
+        snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
+        diverged: d?.diverged ?? null,
+        inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
+      })
+    }
+    vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, disks })
+  }
+  return { store: `ceph:${t.pool}`, vms }
+}
+
+async function stateOf(t: CephTarget, vm: string): Promise<CephVmState> {
+  const s = await readCephState(t, new CephNames(vm).state, vm)
+  if (s === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in Ceph pool ${t.pool}`)
+  return s
+}
+
+/** The points of a VM, the mirror last (the shape of the folder store's `listPoints`). */
+export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: string; committedCycle: number; inflightCycle: number; points: PointInfo[] }> {
+  const s = await stateOf(t, vm)
+  const pts: PointInfo[] = s.points.map((p) => ({
+    cycle: p.cycle,
+    committedAt: p.committedAt,
+    generation: p.generation,
+    current: false,
+    bytes: 0,
+    held: false,
+    disks: Object.entries(p.disks)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([name, d]) => ({ name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
+  }))
+  pts.push({
+    cycle: s.committedCycle,
+    committedAt: s.committedAt ?? '',
+    generation: s.generation ?? '',
+    current: true,
+    bytes: 0,
+    held: false,
+    disks: Object.values(s.disks)
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((d) => ({ name: d.name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
+  })
+  return { vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, points: pts }
+}
+
+/**
+ * Read point `cycle` of a VM (its committed cycle when it is the mirror)
+ * into `dir`: one raw file per disk (`<disk stem>.raw`, `rbd export` of its
+ * snapshot) and the VM's configuration files as committed last.
+ * @throws ReceiverError E_NOT_FOUND (no such VM or point)
+ */
+export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number, dir: string): Promise<{ disks: Array<{ name: string; file: string; snapshot: string }> }> {
+  const s = await stateOf(t, vm)
+  const snaps = cycle === s.committedCycle ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap }])) : s.points.find((p) => p.cycle === cycle)?.disks
+  if (snaps === undefined) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
+  await mkdir(dir, { recursive: true })
+  const disks = []
+  for (const [name, d] of Object.entries(snaps).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    const file = join(dir, `${name.replace(/\.vmdk$/i, '')}.raw`)
+    await exportImage(t, `${d.image}@${d.snap}`, file)
+    disks.push({ name, file, snapshot: `${t.pool}/${d.image}@${d.snap}` })
+  }
+  return { disks }
+}

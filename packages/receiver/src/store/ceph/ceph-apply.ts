@@ -1,0 +1,202 @@
+/**
+ * The apply of one disk's cycle into an RBD image: every batch of validated
+ * extents becomes one `rbd import-diff -` of the image's head, and only once
+ * that command has returned 0 are the batch's extent records appended to the
+ * disk's log object (one atomic RADOS append) — the resume point — and the
+ * batch acknowledged. A crash anywhere leaves the committed snapshot intact
+ * and the log a prefix of what is in the head; the agent resends from the
+ * log's end, and writing an extent again writes the same bytes. It owns the
+ * cycle's sequence numbers, counts and cycle digest like the folder store's
+ * DiskApply, and offers the same batch interface to the ApplyPipeline.
+ */
+import { timingSafeEqual } from 'node:crypto'
+import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
+import { ReceiverError } from '../../errors.ts'
+import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
+import type { CephLock } from './ceph-lock.ts'
+import { encodeDiff } from './rbd-diff-stream.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
+import type { CephInflightDisk } from './ceph-state.ts'
+
+/** One logged extent (a line of the log object). */
+interface LogRecord {
+  readonly seq: number
+  readonly offset: number
+  readonly length: number
+  readonly zero: boolean
+  readonly digest: string
+}
+
+/** Parse a log object: the records of seq 0, 1, 2 … in order (a torn or foreign tail is ignored). */
+export function parseExtentLog(raw: string): LogRecord[] {
+  const out: LogRecord[] = []
+  for (const line of raw.split('\n')) {
+    if (line === '') continue
+    let r: LogRecord
+    try {
+      r = JSON.parse(line) as LogRecord
+    } catch {
+      break
+    }
+    if (r.seq !== out.length || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') break
+    out.push(r)
+  }
+  return out
+}
+
+/** The apply of one disk into its RBD image (see the file comment). */
+export class CephDiskApply {
+  readonly info: CephInflightDisk
+  private readonly target: CephTarget
+  private readonly lock: CephLock
+  private readonly vm: string
+  private readonly digest: CycleDigest
+  private next = 0
+  private applied = -1
+  private extents = 0
+  private dataBytes = 0
+  private zeroBytes = 0
+  sealed = false
+  sealedDigest: Uint8Array | undefined
+  batches = 0
+  journalMs = 0
+  writeMs = 0
+
+  private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk) {
+    this.target = target
+    this.lock = lock
+    this.vm = vm
+    this.info = info
+    this.digest = new CycleDigest(info.algorithm)
+  }
+
+  get nextSeq(): number {
+    return this.next
+  }
+  get appliedSeq(): number {
+    return this.applied
+  }
+  get counts(): ExtentCounts {
+    return { extents: this.extents, dataBytes: this.dataBytes, zeroBytes: this.zeroBytes }
+  }
+
+  /** A fresh apply: an empty log (and, for a seed, a new image of the capacity). */
+  static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+    await runCeph(target, 'rados', ['-p', target.pool, 'put', info.log, '-'], Buffer.alloc(0))
+    if (info.baseSnap === null) {
+      // a crash may have left the image of an earlier attempt: start from zeros
+      await removeImage(target, info.image)
+      await runCeph(target, 'rbd', ['create', '--size', `${info.capacity}B`, `${target.pool}/${info.image}`])
+    }
+    return new CephDiskApply(target, lock, vm, info)
+  }
+
+  /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
+  static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+    let raw = ''
+    try {
+      raw = (await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])).toString('utf8')
+    } catch (err) {
+      if (!(err as { notFound?: boolean }).notFound) throw err
+    }
+    const imageThere = await imageExists(target, info.image)
+    if (!imageThere) {
+      if (info.baseSnap !== null) throw new ReceiverError('E_STATE', `image ${info.image} of disk ${info.name} of VM ${vm} is missing from pool ${target.pool}: roll back, then seed`)
+      return await CephDiskApply.start(target, lock, vm, info)
+    }
+    const a = new CephDiskApply(target, lock, vm, info)
+    for (const r of parseExtentLog(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
+    a.applied = a.next - 1
+    return a
+  }
+
+  /**
+   * Take the next extent: checks seq and range, counts it, adds it to the cycle digest.
+   * @throws ReceiverError E_UNEXPECTED (sealed), E_SEQUENCE, E_RANGE
+   */
+  accept(e: ApplyExtent): ApplyExtent {
+    if (this.sealed) throw new ReceiverError('E_UNEXPECTED', `Extent after DiskEnd of ${this.info.name}`)
+    if (e.seq !== this.next) throw new ReceiverError('E_SEQUENCE', `disk ${this.info.name}: expected seq ${this.next}, got ${e.seq}`)
+    if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
+    this.next++
+    this.extents++
+    if (e.zero) this.zeroBytes += e.length
+    else this.dataBytes += e.length
+    this.digest.add({ offset: e.offset, length: e.length, zero: e.zero, digest: e.digest })
+    return e
+  }
+
+  /** What an extent costs a batch: its bytes, a zero extent (a discard in RBD) its window cost. */
+  cost(e: ApplyExtent): number {
+    return e.zero ? ZERO_EXTENT_WINDOW_COST : e.length
+  }
+
+  /** Nothing to journal: the committed snapshot is the undo. Checks that the lock is still ours. */
+  async prepareBatch(_batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+    opts.signal?.throwIfAborted()
+    this.lock.check(this.vm)
+  }
+
+  /** Write the batch into the image's head: one `rbd import-diff -`, done when it returned 0. */
+  async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
+    if (batch.length === 0) return
+    opts.signal?.throwIfAborted()
+    this.lock.check(this.vm)
+    const t0 = performance.now()
+    const parts = encodeDiff({
+      size: this.info.capacity,
+      ...(this.info.baseSnap === null ? {} : { from: this.info.baseSnap }),
+      extents: batch.map((e) => ({ offset: e.offset, length: e.length, data: e.zero ? undefined : e.data })),
+    })
+    await runCeph(this.target, 'rbd', ['import-diff', '--no-progress', '-', `${this.target.pool}/${this.info.image}`], parts)
+    this.writeMs += performance.now() - t0
+  }
+
+  /** Append the batch's records to the log (the resume point): the batch is durable once this returns. */
+  async syncBatch(batch: readonly ApplyExtent[]): Promise<void> {
+    if (batch.length === 0) return
+    const t0 = performance.now()
+    const lines = batch.map((e) => JSON.stringify({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: Buffer.from(e.digest).toString('hex') })).join('\n')
+    await runCeph(this.target, 'rados', ['-p', this.target.pool, 'append', this.info.log, '-'], Buffer.from(`${lines}\n`))
+    this.batches++
+    this.applied = (batch[batch.length - 1] as ApplyExtent).seq
+    this.journalMs += performance.now() - t0
+  }
+
+  /**
+   * DiskEnd: compare counts and cycle digest with what was accepted, seal.
+   * @throws ReceiverError E_END_MISMATCH
+   */
+  async end(claim: DiskEndClaim): Promise<void> {
+    const got = this.counts
+    if (claim.extents !== got.extents || claim.dataBytes !== got.dataBytes || claim.zeroBytes !== got.zeroBytes) {
+      const want = { extents: claim.extents, dataBytes: claim.dataBytes, zeroBytes: claim.zeroBytes }
+      throw new ReceiverError('E_END_MISMATCH', `DiskEnd counts ${JSON.stringify(want)} of ${this.info.name} differ from received ${JSON.stringify(got)}`)
+    }
+    const digest = this.digest.digest()
+    if (!(digest.length === claim.digest.length && timingSafeEqual(digest, claim.digest))) throw new ReceiverError('E_END_MISMATCH', `cycle digest of ${this.info.name} differs`)
+    this.sealedDigest = digest
+    this.sealed = true
+  }
+
+  /** Nothing is held open between batches. */
+  async close(_opts: { flush?: boolean } = {}): Promise<void> {}
+}
+
+/** Whether an image exists in the pool. */
+export async function imageExists(t: CephTarget, image: string): Promise<boolean> {
+  try {
+    await runCeph(t, 'rbd', ['info', `${t.pool}/${image}`])
+    return true
+  } catch (err) {
+    if ((err as { notFound?: boolean }).notFound) return false
+    throw err
+  }
+}
+
+/** Remove an image with its snapshots (missing: nothing to do). */
+export async function removeImage(t: CephTarget, image: string): Promise<void> {
+  if (!(await imageExists(t, image))) return
+  await runCeph(t, 'rbd', ['snap', 'purge', '--no-progress', `${t.pool}/${image}`])
+  await runCeph(t, 'rbd', ['rm', '--no-progress', `${t.pool}/${image}`])
+}

@@ -1,0 +1,359 @@
+/**
+ * (Over 400 lines would be a reason to split; this is the Ceph twin of
+ * vm-mirror.ts: one locked VM and the rules of SPEC §5.1/§5.2 for its disks.)
+ *
+ * A locked VM mirror on the Ceph store: its disks are RBD images, its
+ * committed cycle the newest snapshot of each, its restore points older
+ * snapshots, its record one state object (ceph-state.ts), its lock a RADOS
+ * lease (ceph-lock.ts). The commit point is the state object's write: the
+ * snapshots are created first (a crash between leaves a snapshot the state
+ * does not name, removed by the next commit of that cycle), clean-up
+ * (dropped points, replaced images, logs) after, recorded as `pending` so the
+ * next holder finishes it.
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import type { Logger } from 'pino'
+import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
+import { ReceiverError } from '../../errors.ts'
+import type { DiskOpenRequest } from '../../open-decision.ts'
+import { newGeneration } from '../../commit.ts'
+import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
+import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
+import { CephLock } from './ceph-lock.ts'
+import { CephDiskApply, removeImage } from './ceph-apply.ts'
+import { CephNames, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
+import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { digestImage } from './ceph-read.ts'
+
+/** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
+export interface CephOpenResult {
+  readonly accepted: boolean
+  readonly reason: string
+  readonly message: string
+  readonly committedCycle: number
+  readonly committedSource: SourceIdentity | null
+  readonly mirrorCid: string
+  readonly modified: boolean
+  readonly apply?: CephDiskApply
+}
+
+/** The 8-hex "CID" a Ceph disk reports (SPEC's mirrorCid): derived from its committed snapshot. */
+export function snapCid(image: string, snap: string): string {
+  return createHash('sha256').update(`${image}@${snap}`).digest('hex').slice(0, 8)
+}
+
+/** The snapshot name of a commit. */
+export function snapName(cycle: number, generation: string): string {
+  return `c${cycle}-${generation.slice(0, 16)}`
+}
+
+/** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
+export interface CephHolder {
+  readonly description: string
+  readonly leaseSeconds?: number
+}
+
+/** A locked VM on the Ceph store. */
+export class CephVmMirror {
+  readonly kind = 'ceph' as const
+  readonly vm: string
+  readonly names: CephNames
+  private readonly target: CephTarget
+  private readonly lock: CephLock
+  private readonly log: Logger
+  private current: CephVmState
+  private staged: Record<string, string> | undefined
+
+  private constructor(target: CephTarget, vm: string, state: CephVmState, lock: CephLock, log: Logger) {
+    this.target = target
+    this.vm = vm
+    this.names = new CephNames(vm)
+    this.current = state
+    this.lock = lock
+    this.log = log
+  }
+
+  get state(): CephVmState {
+    return this.current
+  }
+
+  /**
+   * Take the VM's lease and load its state (finishing a commit's clean-up).
+   * @throws ReceiverError E_BAD_NAME, E_BUSY (another receiver holds it, named), E_STATE, E_IO
+   */
+  static async acquire(target: CephTarget, vm: string, log: Logger, holder: CephHolder): Promise<CephVmMirror> {
+    // the store API checks names itself (not only the wire decoder): separators, NUL, control characters, length
+    validateName(vm, 'VM name')
+    checkVmName(vm)
+    const names = new CephNames(vm)
+    const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds)
+    try {
+      const state = (await readCephState(target, names.state, vm)) ?? emptyCephState(vm)
+      const m = new CephVmMirror(target, vm, state, lock, log)
+      await m.finishPending()
+      return m
+    } catch (err) {
+      lock.release()
+      throw err
+    }
+  }
+
+  /** Like `acquire`, retrying a held lock for up to `waitMs` (a closing session of this or another receiver). */
+  static async acquireWait(target: CephTarget, vm: string, log: Logger, holder: CephHolder, waitMs: number, signal?: AbortSignal): Promise<CephVmMirror> {
+    const deadline = Date.now() + waitMs
+    for (;;) {
+      try {
+        return await CephVmMirror.acquire(target, vm, log, holder)
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
+      }
+      signal?.throwIfAborted()
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  }
+
+  release(): void {
+    this.lock.release()
+  }
+
+  private async save(next: CephVmState): Promise<void> {
+    this.lock.check(this.vm)
+    await writeCephState(this.target, this.names.state, next)
+    this.current = next
+  }
+
+  /** Keep the VM's configuration files for the commit (they are written with its state). */
+  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
+    this.staged = Object.fromEntries(files.map((f) => [f.name, Buffer.from(f.data).toString('base64')]))
+  }
+
+  compatible(compat: CompatRecord): boolean {
+    const c = this.current.compat
+    return c === null || (c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType)
+  }
+
+  /** Decide a DiskOpen (the rules of open-decision.ts that apply to images) and open the apply. */
+  async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord }): Promise<CephOpenResult> {
+    validateName(req.name, 'disk name')
+    checkDiskName(req.name)
+    const s = this.current
+    const rec = s.disks[req.name]
+    const inf = s.inflight?.disks[req.name]
+    const base = { committedCycle: rec?.cycle ?? 0, committedSource: rec?.source ?? null, mirrorCid: rec === undefined ? '' : snapCid(rec.image, rec.snap), modified: false }
+    const refuse = (reason: string, message: string): CephOpenResult => ({ ...base, accepted: false, reason, message })
+    if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
+    if (req.mode === 'resync') {
+      throw new ReceiverError(
+        'E_STORE_KIND',
+        `disk ${req.name} of VM ${this.vm}: a resync (digest comparison of the mirror) is not supported on the Ceph store (pool ${this.target.pool}) yet; seed the disk instead (grainline replicate --seed)`,
+      )
+    }
+    if (inf !== undefined) {
+      if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
+        return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
+      }
+      const apply = await CephDiskApply.resume(this.target, this.lock, this.vm, inf)
+      this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq, image: inf.image }, 'resuming in-flight apply (Ceph)')
+      return { ...base, accepted: true, reason: '', message: '', apply }
+    }
+    if (req.cycle <= s.committedCycle) return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${s.committedCycle}`)
+    if (req.mode === 'incremental') {
+      if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
+      if (!this.compatible(ctx.compat)) return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): seed a new mirror`)
+      if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
+      if (req.source.layers[0]?.file !== rec.source.successor) {
+        return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
+      }
+      if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
+      if (req.baseGeneration !== rec.generation) {
+        return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${rec.generation}; resync`)
+      }
+      if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): seed it`)
+    }
+    const seed = req.mode === 'seed'
+    const info: CephInflightDisk = {
+      name: req.name,
+      cycleId: req.cycleId,
+      mode: req.mode,
+      capacity: req.capacity,
+      algorithm: req.algorithm,
+      source: req.source,
+      ddb: req.ddb,
+      image: seed || rec === undefined ? this.names.image(req.name, randomBytes(4).toString('hex')) : rec.image,
+      baseSnap: seed || rec === undefined ? null : rec.snap,
+      log: this.names.log(req.name),
+    }
+    // order: the state names the image before it is created or written (a crash leaves nothing unnamed)
+    const prev = s.inflight
+    await this.save({ ...s, inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } } })
+    const apply = await CephDiskApply.start(this.target, this.lock, this.vm, info)
+    return { ...base, accepted: true, reason: '', message: '', apply }
+  }
+
+  /**
+   * Commit sealed applies: a snapshot of every written image, then the state
+   * object (the commit point) naming them, then the clean-up.
+   */
+  async commit(
+    cycle: number,
+    applies: readonly CephDiskApply[],
+    _suffix: string,
+    compat: CompatRecord,
+    opts: { retention?: RetentionPolicy; now?: () => number } = {},
+  ): Promise<Array<{ name: string; mirrorCid: string; size: number }>> {
+    const s = this.current
+    const infl = s.inflight
+    if (infl === null || infl.cycle !== cycle) throw new ReceiverError('E_UNEXPECTED', `no in-flight cycle ${cycle} to commit`)
+    const names = new Set(applies.map((a) => a.info.name))
+    for (const n of Object.keys(infl.disks)) if (!names.has(n)) throw new ReceiverError('E_UNEXPECTED', `disk ${n} of cycle ${cycle} was not sealed in this session; roll back first`)
+    const generation = newGeneration()
+    const snap = snapName(cycle, generation)
+    const now = new Date().toISOString()
+    const disks: Record<string, CephDiskRecord> = { ...s.disks }
+    const dropImages: string[] = []
+    for (const a of applies) {
+      if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
+      const img = `${this.target.pool}/${a.info.image}`
+      // a snapshot of this cycle the state does not name: left by a commit interrupted before its state write
+      for (const old of await this.snapshots(a.info.image)) if (old.startsWith(`c${cycle}-`)) await runCeph(this.target, 'rbd', ['snap', 'rm', '--no-progress', `${img}@${old}`])
+      await runCeph(this.target, 'rbd', ['snap', 'create', '--no-progress', `${img}@${snap}`])
+      const old = s.disks[a.info.name]
+      if (old !== undefined && old.image !== a.info.image) dropImages.push(old.image)
+      disks[a.info.name] = {
+        name: a.info.name,
+        image: a.info.image,
+        cycle,
+        snap,
+        generation,
+        capacity: a.info.capacity,
+        source: a.info.source,
+        ddb: a.info.ddb,
+        digest: Buffer.from(a.sealedDigest ?? new Uint8Array(0)).toString('hex'),
+        committedAt: now,
+      }
+    }
+    // the cycle committed before becomes a point (when the VM keeps points); retention prunes them
+    let points: CephPoint[] = [...s.points]
+    if (s.committedCycle > 0 && keepsPoints(opts.retention)) {
+      points.push({
+        cycle: s.committedCycle,
+        committedAt: s.committedAt ?? now,
+        generation: s.generation ?? '',
+        disks: Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }])),
+      })
+    }
+    // a seed replaces its image: points of the old image go with it
+    points = points.filter((p) => Object.values(p.disks).every((d) => !dropImages.includes(d.image)))
+    if (!keepsPoints(opts.retention)) points = []
+    else {
+      const drop = new Set(
+        pointsToDrop(
+          points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: 0 })),
+          opts.retention ?? {},
+          (opts.now ?? Date.now)(),
+        ),
+      )
+      if (drop.size > 0) this.log.info({ vm: this.vm, cycles: [...drop] }, 'restore points pruned (Ceph snapshots)')
+      points = points.filter((p) => !drop.has(p.cycle))
+    }
+    const pending: CephPending = {
+      snaps: this.unusedSnaps(s, disks, points),
+      images: dropImages,
+      logs: Object.values(infl.disks).map((d) => d.log),
+    }
+    await this.save({
+      ...s,
+      committedCycle: cycle,
+      committedAt: now,
+      generation,
+      compat,
+      disks,
+      inflight: null,
+      points,
+      files: this.staged ?? s.files,
+      pending,
+    })
+    await this.finishPending()
+    return applies.map((a) => {
+      const r = disks[a.info.name] as CephDiskRecord
+      return { name: r.name, mirrorCid: snapCid(r.image, r.snap), size: r.capacity }
+    })
+  }
+
+  /** Snapshots of the old state no longer named by the new one (current disks or points). */
+  private unusedSnaps(old: CephVmState, disks: Readonly<Record<string, CephDiskRecord>>, points: readonly CephPoint[]): Array<{ image: string; snap: string }> {
+    const used = new Set<string>()
+    for (const d of Object.values(disks)) used.add(`${d.image}@${d.snap}`)
+    for (const p of points) for (const d of Object.values(p.disks)) used.add(`${d.image}@${d.snap}`)
+    const all = new Map<string, { image: string; snap: string }>()
+    for (const d of Object.values(old.disks)) all.set(`${d.image}@${d.snap}`, { image: d.image, snap: d.snap })
+    for (const p of old.points) for (const d of Object.values(p.disks)) all.set(`${d.image}@${d.snap}`, { image: d.image, snap: d.snap })
+    return [...all].filter(([k]) => !used.has(k)).map(([, v]) => v)
+  }
+
+  /** Finish the clean-up a commit recorded (idempotent: what is gone already is skipped). */
+  private async finishPending(): Promise<void> {
+    const p = this.current.pending
+    if (p === null) return
+    for (const { image, snap } of p.snaps) {
+      await runCeph(this.target, 'rbd', ['snap', 'rm', '--no-progress', `${this.target.pool}/${image}@${snap}`]).catch((err: unknown) => {
+        if (!(err instanceof CephCommandError && err.notFound)) throw err
+      })
+    }
+    for (const image of p.images) await removeImage(this.target, image)
+    for (const log of p.logs) await this.removeObject(log)
+    await this.save({ ...this.current, pending: null })
+  }
+
+  private async removeObject(object: string): Promise<void> {
+    await runCeph(this.target, 'rados', ['-p', this.target.pool, 'rm', object]).catch((err: unknown) => {
+      if (!(err instanceof CephCommandError && err.notFound)) throw err
+    })
+  }
+
+  /** The snapshot names of an image. */
+  async snapshots(image: string): Promise<string[]> {
+    const out = await runCeph(this.target, 'rbd', ['snap', 'ls', '--format', 'json', `${this.target.pool}/${image}`])
+    return (JSON.parse(out.toString('utf8')) as Array<{ name: string }>).map((x) => x.name)
+  }
+
+  /**
+   * Roll back the cycle in flight: a seed's new image goes, an incremental's
+   * head returns to its base snapshot (`rbd snap rollback`).
+   */
+  async rollback(): Promise<number> {
+    const infl = this.current.inflight
+    if (infl === null) return this.current.committedCycle
+    for (const d of Object.values(infl.disks)) {
+      if (d.baseSnap === null) await removeImage(this.target, d.image)
+      else await runCeph(this.target, 'rbd', ['snap', 'rollback', '--no-progress', `${this.target.pool}/${d.image}@${d.baseSnap}`])
+      await this.removeObject(d.log)
+    }
+    await this.save({ ...this.current, inflight: null })
+    this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back (Ceph)')
+    return this.current.committedCycle
+  }
+
+  /**
+   * SPEC §5.6 on an image: digest the committed snapshot (`rbd export`,
+   * streamed) — a prefix for a trivial check, all of it for a certify — and
+   * record the verdict (a failure marks the disk diverged).
+   */
+  async verify(
+    name: string,
+    req: { kind: 'trivial' | 'certify'; algorithm: import('@grainline/protocol').DigestAlgorithm; digest: Uint8Array; prefixBytes?: number; size?: number },
+    signal?: AbortSignal,
+  ): Promise<{ ok: boolean; size: number; digest: Uint8Array; bytes: number }> {
+    const rec = this.current.disks[name]
+    if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
+    const limit = req.kind === 'trivial' ? Math.min(req.prefixBytes ?? 0, rec.capacity) : rec.capacity
+    const d = await digestImage(this.target, `${rec.image}@${rec.snap}`, req.algorithm, limit, signal)
+    const same = d.digest.length === req.digest.length && Buffer.from(d.digest).equals(Buffer.from(req.digest))
+    const ok = req.kind === 'trivial' ? rec.capacity === req.size && (req.prefixBytes ?? 0) <= rec.capacity && same : same
+    const at = new Date().toISOString()
+    const next: CephDiskRecord = { ...rec, [req.kind]: { ok, at }, ...(ok ? {} : { diverged: { reason: `${req.kind} of cycle ${rec.cycle} failed`, at } }) }
+    if (!ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: req.kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
+    return { ok, size: rec.capacity, digest: d.digest, bytes: d.bytes }
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * What the Ceph store keeps of a VM besides its images: one JSON state object
+ * per VM in the pool (committed disks with their image and snapshot, the
+ * cycle in flight, restore points, the VM's configuration files), and the
+ * names of every object and image, derived from hashes of the VM and disk
+ * names (length-bounded, free of `/`, `@` and NUL whatever the names are;
+ * the names themselves live in the state).
+ *
+ * Atomicity: the state is written with `rados put` of a few KiB, which is
+ * one `write_full` RADOS operation — atomic: a reader sees the old or the
+ * new record, never a mix. Only the VM's lock holder writes it (ceph-lock.ts).
+ */
+import { createHash } from 'node:crypto'
+import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@grainline/protocol'
+import { ReceiverError } from '../../errors.ts'
+import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
+
+/** Format tag of the state object. */
+export const CEPH_STATE_FORMAT = 'grainline-ceph-vm-1'
+
+/** Largest state object read back (a bound on what a hostile pool can make us parse). */
+export const MAX_STATE_BYTES = 16 * 1024 * 1024
+
+/** One committed disk: the image holding it and the snapshot that is its committed point. */
+export interface CephDiskRecord {
+  readonly name: string
+  readonly image: string
+  readonly cycle: number
+  /** the snapshot of `image` holding the committed cycle */
+  readonly snap: string
+  readonly generation: string
+  readonly capacity: number
+  readonly source: SourceIdentity
+  readonly ddb: Readonly<Record<string, string>>
+  /** the cycle digest (hex) of the cycle that wrote the snapshot */
+  readonly digest: string
+  readonly committedAt: string
+  /** set when a trivial check or certify failed: no incremental until a seed */
+  readonly diverged?: { readonly reason: string; readonly at: string }
+  readonly trivial?: { readonly ok: boolean; readonly at: string }
+  readonly certify?: { readonly ok: boolean; readonly at: string }
+}
+
+/** One disk of the cycle in flight. */
+export interface CephInflightDisk {
+  readonly name: string
+  readonly cycleId: string
+  readonly mode: DiskMode
+  readonly capacity: number
+  readonly algorithm: DigestAlgorithm
+  readonly source: SourceIdentity
+  readonly ddb: Readonly<Record<string, string>>
+  /** the image written: a new one for a seed, the committed one for an incremental */
+  readonly image: string
+  /** the snapshot the head started from (incremental), null for a seed's new image */
+  readonly baseSnap: string | null
+  /** the RADOS object logging the extents applied (the resume point) */
+  readonly log: string
+}
+
+/** A restore point: the snapshot of every disk at a committed cycle. */
+export interface CephPoint {
+  readonly cycle: number
+  readonly committedAt: string
+  readonly generation: string
+  readonly disks: Readonly<Record<string, { readonly image: string; readonly snap: string; readonly capacity: number }>>
+}
+
+/** Clean-up still due after a commit point (finished by the next holder of the lock). */
+export interface CephPending {
+  readonly snaps: ReadonlyArray<{ readonly image: string; readonly snap: string }>
+  readonly images: readonly string[]
+  readonly logs: readonly string[]
+}
+
+/** The state object of one VM. */
+export interface CephVmState {
+  readonly format: typeof CEPH_STATE_FORMAT
+  readonly vm: string
+  readonly committedCycle: number
+  readonly committedAt: string | null
+  readonly generation: string | null
+  readonly compat: CompatRecord | null
+  readonly disks: Readonly<Record<string, CephDiskRecord>>
+  readonly inflight: { readonly cycle: number; readonly startedAt: string; readonly disks: Readonly<Record<string, CephInflightDisk>> } | null
+  readonly points: readonly CephPoint[]
+  /** the VM's configuration files (.vmx …) of the last commit, base64 */
+  readonly files: Readonly<Record<string, string>>
+  readonly pending: CephPending | null
+}
+
+/** A state with nothing committed. */
+export function emptyCephState(vm: string): CephVmState {
+  return { format: CEPH_STATE_FORMAT, vm, committedCycle: 0, committedAt: null, generation: null, compat: null, disks: {}, inflight: null, points: [], files: {}, pending: null }
+}
+
+const key = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex').slice(0, 24)
+
+/** Object and image names of one VM (pure). */
+export class CephNames {
+  readonly vm: string
+  readonly vmKey: string
+  constructor(vm: string) {
+    this.vm = vm
+    this.vmKey = key(vm)
+  }
+  /** the state object */
+  get state(): string {
+    return `grainline.vm.${this.vmKey}`
+  }
+  /** the lock object */
+  get lock(): string {
+    return `grainline.lock.${this.vmKey}`
+  }
+  /** the extent log of a disk's cycle in flight */
+  log(disk: string): string {
+    return `grainline.log.${this.vmKey}.${key(disk)}`
+  }
+  /** a new image for a disk (a seed writes a fresh one: its zero ranges must read as zeros) */
+  image(disk: string, unique: string): string {
+    return `gl.${this.vmKey}.${key(disk)}.${unique}`
+  }
+}
+
+/** Prefix of every state object (listing the VMs of a pool). */
+export const STATE_PREFIX = 'grainline.vm.'
+
+/**
+ * Read a VM's state object; undefined when it does not exist.
+ * @throws ReceiverError E_STATE (unreadable, another VM's, too large), E_IO
+ */
+export async function readCephState(t: CephTarget, object: string, vm?: string): Promise<CephVmState | undefined> {
+  let raw: Buffer
+  try {
+    raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', object, '-'])
+  } catch (err) {
+    if (err instanceof CephCommandError && err.notFound) return undefined
+    throw err
+  }
+  if (raw.length > MAX_STATE_BYTES) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is ${raw.length} bytes, above ${MAX_STATE_BYTES}`)
+  let s: CephVmState
+  try {
+    s = JSON.parse(raw.toString('utf8')) as CephVmState
+  } catch (err) {
+    throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not JSON: ${(err as Error).message}`)
+  }
+  if (s?.format !== CEPH_STATE_FORMAT || typeof s.vm !== 'string' || typeof s.committedCycle !== 'number' || typeof s.disks !== 'object' || !Array.isArray(s.points)) {
+    throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not a ${CEPH_STATE_FORMAT} record`)
+  }
+  if (vm !== undefined && s.vm !== vm) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} belongs to VM ${JSON.stringify(s.vm)}, not ${JSON.stringify(vm)}`)
+  return s
+}
+
+/** Write a VM's state object (one atomic write_full). */
+export async function writeCephState(t: CephTarget, object: string, s: CephVmState): Promise<void> {
+  await runCeph(t, 'rados', ['-p', t.pool, 'put', object, '-'], Buffer.from(JSON.stringify(s)))
+}
+
+/** The states of every VM in the pool. */
+export async function listCephStates(t: CephTarget): Promise<CephVmState[]> {
+  const out = (await runCeph(t, 'rados', ['-p', t.pool, 'ls'])).toString('utf8')
+  const objs = out
+    .split('\n')
+    .filter((o) => o.startsWith(STATE_PREFIX))
+    .sort()
+  const states: CephVmState[] = []
+  for (const o of objs) {
+    const s = await readCephState(t, o)
+    if (s !== undefined) states.push(s)
+  }
+  return states.sort((a, b) => a.vm.localeCompare(b.vm))
+}

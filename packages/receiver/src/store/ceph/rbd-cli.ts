@@ -1,0 +1,117 @@
+/**
+ * The Ceph client commands (`rbd`, `rados`) the Ceph store runs: there is no
+ * maintained Node binding for librbd, and `rbd import-diff -`, `rbd export`,
+ * `rbd snap …` and `rados put/get/append` are part of Ceph itself. Every call
+ * carries the store's client settings (`--conf`, `--id`, `--keyring`); a
+ * failure is a typed {@link CephCommandError} naming the command and Ceph's
+ * own message.
+ */
+import { spawn } from 'node:child_process'
+import type { Readable } from 'node:stream'
+import { ReceiverError } from '../../errors.ts'
+
+/** Where and as whom the store talks to the cluster. */
+export interface CephTarget {
+  /** the RADOS pool holding images, snapshots and state objects */
+  readonly pool: string
+  /** `ceph.conf` path @default the client's default (/etc/ceph/ceph.conf) */
+  readonly conf?: string
+  /** client id (`client.ID`) @default the client's default (admin) */
+  readonly id?: string
+  /** keyring path @default the client's default */
+  readonly keyring?: string
+}
+
+/** Bytes of Ceph's stderr kept in an error message. */
+const STDERR_KEEP = 2048
+
+/** A Ceph client command failed: `exitCode` is its status (ENOENT of `rbd` is 2, EEXIST 17, EBUSY 16 as `rbd` prints them). */
+export class CephCommandError extends ReceiverError {
+  readonly command: string
+  readonly exitCode: number | null
+  readonly stderr: string
+  constructor(command: string, exitCode: number | null, stderr: string) {
+    super('E_IO', `Ceph command \`${command}\` failed (exit ${exitCode ?? 'signal'}): ${stderr.trim().slice(-STDERR_KEEP) || 'no message'}`)
+    this.command = command
+    this.exitCode = exitCode
+    this.stderr = stderr
+  }
+  /** whether Ceph said the object, image or snapshot does not exist */
+  get notFound(): boolean {
+    return /No such file or directory|\(2\)|does not exist/i.test(this.stderr)
+  }
+  /** whether Ceph said it exists already */
+  get exists(): boolean {
+    return /File exists|\(17\)|already exists/i.test(this.stderr)
+  }
+}
+
+/** The client arguments of a target. */
+export function clientArgs(t: CephTarget): string[] {
+  return [...(t.conf === undefined ? [] : ['--conf', t.conf]), ...(t.id === undefined ? [] : ['--id', t.id]), ...(t.keyring === undefined ? [] : ['--keyring', t.keyring])]
+}
+
+/** Run `cmd` (rbd, rados) to completion, `input` on its stdin; stdout returned as bytes. */
+export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+  const full = [...clientArgs(t), ...args]
+  const shown = `${cmd} ${args.join(' ')}`
+  return await new Promise<Buffer>((resolve, reject) => {
+    const p = spawn(cmd, full, { stdio: ['pipe', 'pipe', 'pipe'] })
+    const out: Buffer[] = []
+    const err: Buffer[] = []
+    let errBytes = 0
+    p.stdout.on('data', (b: Buffer) => out.push(b))
+    p.stderr.on('data', (b: Buffer) => {
+      errBytes += b.length
+      if (errBytes < 64 * 1024) err.push(b)
+    })
+    p.on('error', (e) => reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message} (is ceph-common installed?)`)))
+    p.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out))
+      else reject(new CephCommandError(shown, code, Buffer.concat(err).toString('utf8')))
+    })
+    p.stdin.on('error', () => {}) // a command that exits early: its status tells
+    if (input === undefined) p.stdin.end()
+    else {
+      const parts = Buffer.isBuffer(input) ? [input] : (input as readonly Buffer[])
+      writeAll(p.stdin, parts).catch(() => {})
+    }
+  })
+}
+
+async function writeAll(w: NodeJS.WritableStream, parts: readonly Buffer[]): Promise<void> {
+  for (const b of parts) {
+    if (!w.write(b)) await new Promise<void>((resolve) => w.once('drain', () => resolve()))
+  }
+  w.end()
+}
+
+/**
+ * Run `cmd` and hand its stdout over as a stream (`rbd export IMG@SNAP -`);
+ * `done` settles with the exit (a CephCommandError unless 0 or killed by
+ * `stop`). Call `stop` to end it early (a trivial check reads a prefix only).
+ */
+export function streamCeph(t: CephTarget, cmd: 'rbd' | 'rados', args: readonly string[]): { stdout: Readable; done: Promise<void>; stop: () => void } {
+  const shown = `${cmd} ${args.join(' ')}`
+  const p = spawn(cmd, [...clientArgs(t), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stopped = false
+  const err: Buffer[] = []
+  p.stderr.on('data', (b: Buffer) => {
+    if (err.length < 64) err.push(b)
+  })
+  const done = new Promise<void>((resolve, reject) => {
+    p.on('error', (e) => reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message}`)))
+    p.on('close', (code) => {
+      if (code === 0 || stopped) resolve()
+      else reject(new CephCommandError(shown, code, Buffer.concat(err).toString('utf8')))
+    })
+  })
+  return {
+    stdout: p.stdout,
+    done,
+    stop: () => {
+      stopped = true
+      p.kill('SIGTERM')
+    },
+  }
+}

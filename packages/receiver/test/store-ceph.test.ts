@@ -1,0 +1,117 @@
+// The store conformance suite (store-conformance.ts) against the Ceph store,
+// on a real one-node cluster; plus the Ceph pieces alone: the diff stream,
+// the extent log, the store spec, the lease lock and hostile names at the
+// store API.
+import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { haveCeph, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
+import { cephListPoints, cephRestorePoint, parseCephStore } from '../src/index.ts'
+import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
+import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
+import { CephLock } from '../src/store/ceph/ceph-lock.ts'
+import { CephVmMirror } from '../src/store/ceph/ceph-mirror.ts'
+import { CephCommandError, runCeph } from '../src/store/ceph/rbd-cli.ts'
+import { storeConformance } from './store-conformance.ts'
+
+const POOL = 'glconf'
+const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
+
+t.test('rbd diff v1 stream: header, snapshots, size, data and zero records, end', async (t) => {
+  const b = Buffer.concat(
+    encodeDiff({
+      size: 1024,
+      from: 'a',
+      to: 'bb',
+      extents: [
+        { offset: 512, length: 3, data: Buffer.from('xyz') },
+        { offset: 0, length: 512, data: undefined },
+      ],
+    }),
+  )
+  let o = 0
+  t.equal(b.subarray(0, 12).toString(), 'rbd diff v1\n')
+  o = 12
+  t.equal(b.subarray(o, o + 1).toString(), 'f')
+  t.equal(b.readUInt32LE(o + 1), 1)
+  t.equal(b.subarray(o + 5, o + 6).toString(), 'a')
+  o += 6
+  t.equal(b.subarray(o, o + 1).toString(), 't')
+  t.equal(b.subarray(o + 5, o + 7).toString(), 'bb')
+  o += 7
+  t.equal(b.subarray(o, o + 1).toString(), 's')
+  t.equal(Number(b.readBigUInt64LE(o + 1)), 1024)
+  o += 9
+  t.equal(b.subarray(o, o + 1).toString(), 'w')
+  t.equal(Number(b.readBigUInt64LE(o + 1)), 512)
+  t.equal(Number(b.readBigUInt64LE(o + 9)), 3)
+  t.equal(b.subarray(o + 17, o + 20).toString(), 'xyz')
+  o += 20
+  t.equal(b.subarray(o, o + 1).toString(), 'z')
+  t.equal(Number(b.readBigUInt64LE(o + 9)), 512)
+  o += 17
+  t.equal(b.subarray(o).toString(), 'e', 'ends with e')
+})
+
+t.test('extent log: the in-order prefix counts, a torn or foreign tail does not', async (t) => {
+  const rec = (seq: number): string => JSON.stringify({ seq, offset: seq * 10, length: 10, zero: false, digest: 'ab' })
+  t.equal(parseExtentLog([rec(0), rec(1), rec(2)].join('\n') + '\n').length, 3)
+  t.equal(parseExtentLog([rec(0), rec(1), '{"seq":2,"off'].join('\n')).length, 2, 'a torn last line is ignored')
+  t.equal(parseExtentLog([rec(0), rec(2)].join('\n')).length, 1, 'a gap ends the prefix')
+  t.equal(parseExtentLog('').length, 0)
+})
+
+t.test('store spec: ceph:POOL with client settings; a bad pool name is a config error', async (t) => {
+  t.same(parseCephStore('ceph:rbd', { conf: '/c', id: 'gl', keyring: '/k' }), { pool: 'rbd', conf: '/c', id: 'gl', keyring: '/k' })
+  t.throws(() => parseCephStore('ceph:'), { code: 'E_CONFIG' })
+  t.throws(() => parseCephStore('ceph:a/b'), { code: 'E_CONFIG' })
+})
+
+t.test('Ceph store', { skip }, async (t) => {
+  const ceph: CephCluster = await startCephCluster({ pools: [POOL] })
+  t.teardown(() => ceph.stop())
+  const target = { pool: POOL, conf: ceph.conf }
+  const base = scratchDir(t, 'grainline-store-ceph-')
+  let n = 0
+
+  t.test('lease lock: a second holder is refused naming the first; released, it is free', async (t) => {
+    const a = await CephLock.take(target, 'lock-test', 'receiver A', 'cookie-a', 5)
+    await t.rejects(CephLock.take(target, 'lock-test', 'receiver B', 'cookie-b', 5), { code: 'E_BUSY', message: /held by receiver A/ })
+    a.release()
+    const b = await CephLock.take(target, 'lock-test', 'receiver B', 'cookie-b', 5)
+    t.equal(b.lost, undefined)
+    t.doesNotThrow(() => b.check('vm'))
+    b.release()
+  })
+
+  t.test('hostile names at the store API: E_BAD_NAME before anything touches the pool', async (t) => {
+    const log = pino({ level: 'silent' })
+    for (const vm of ['../x', 'a/b', 'n\u0000', 'v'.repeat(300)]) await t.rejects(CephVmMirror.acquire(target, vm, log, { description: 'test' }), { code: 'E_BAD_NAME' })
+  })
+
+  t.test("a Ceph command failure is typed, with Ceph's message", async (t) => {
+    const err = await runCeph(target, 'rbd', ['info', `${POOL}/no-such-image`]).catch((e: unknown) => e)
+    t.ok(err instanceof CephCommandError)
+    t.ok((err as CephCommandError).notFound)
+    t.equal((err as CephCommandError).code, 'E_IO')
+  })
+
+  storeConformance(
+    t,
+    {
+      kind: 'ceph',
+      init: () => ({ store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 }),
+      readDisk: async (env, vm, disk) => {
+        const r = await cephRestorePoint(target, vm, (await cephListPoints(target, vm)).committedCycle, join(env.dir, `mirror-${n++}`))
+        return await readFile((r.disks.find((d) => d.name === disk) as { file: string }).file)
+      },
+      points: async (_env, vm) => (await cephListPoints(target, vm)).points.filter((p) => !p.current).map((p) => p.cycle),
+      readPoint: async (env, vm, cycle, disk) => {
+        const r = await cephRestorePoint(target, vm, cycle, join(env.dir, `point-${cycle}-${n++}`))
+        return await readFile((r.disks.find((d) => d.name === disk) as { file: string }).file)
+      },
+    },
+    () => join(base, String(n++)),
+  )
+})

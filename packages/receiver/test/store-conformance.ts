@@ -1,0 +1,146 @@
+/**
+ * One conformance suite for every store kind (issue #18): the same cases, run
+ * through a real in-process receiver (TLS, the protocol harness of
+ * helpers.ts), against the folder store (store-folder.test.ts) and the Ceph
+ * store (store-ceph.test.ts): seed, incrementals, an atomic commit, the
+ * resume of a cycle whose connection died after a durable batch, lineage and
+ * generation refusals, points listed and read back, retention removing the
+ * oldest, hostile VM and disk names refused with typed errors.
+ */
+import type { Test } from 'tap'
+import { MessageKind, encodeMessage, type Message } from '@grainline/protocol'
+import type { ReceiverInit } from '../src/index.ts'
+import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
+
+/** A frame of `m` even when the codec refuses a field (hand-encoded, so the receiver sees the bad field). */
+async function frameOf(m: Message): Promise<Uint8Array> {
+  try {
+    return encodeMessage(m)
+  } catch {
+    const { Packr } = await import('msgpackr')
+    const { kind, ...fields } = m as unknown as Record<string, unknown>
+    return Buffer.concat([Buffer.from([kind as number]), new Packr({ useRecords: false }).pack(fields)])
+  }
+}
+
+/** A store kind under test. */
+export interface StoreUnderTest {
+  readonly kind: string
+  /** receiver settings selecting this store (`store`, client settings) */
+  init(env: Env): Partial<ReceiverInit>
+  /** the committed content of a disk */
+  readDisk(env: Env, vm: string, disk: string): Promise<Buffer>
+  /** the cycles of a VM's kept points (the mirror excluded), oldest first */
+  points(env: Env, vm: string): Promise<number[]>
+  /** the content of a disk at point `cycle` */
+  readPoint(env: Env, vm: string, cycle: number, disk: string): Promise<Buffer>
+}
+
+const cid = (n: number): string => n.toString(16).padStart(32, '0')
+
+/** Register the conformance cases for `store` on `t`. */
+export function storeConformance(t: Test, store: StoreUnderTest, dir: () => string): void {
+  t.test(`${store.kind}: seed, incrementals, points, retention keeps the newest`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 2 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-conf'
+    const images: Buffer[] = []
+    images[1] = pattern(4 * MiB, 1)
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'd.vmdk', images[1], cid(1))])
+    a.close()
+    t.ok((await store.readDisk(env, vm, 'd.vmdk')).equals(images[1]), 'seed: the mirror holds the image')
+    for (let c = 2; c <= 4; c++) {
+      const ranges = [
+        { offset: (c * 307_200) % (3 * MiB), length: 204_800 },
+        { offset: 3 * MiB + 4096 * c, length: 65536, zero: c === 3 },
+      ]
+      images[c] = evolve(images[c - 1] as Buffer, c, ranges)
+      a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      const r = await runCycle(a, vm, c, [incPlan(1, 'd.vmdk', images[c] as Buffer, c - 1, cid(c), ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+      a.close()
+      t.equal(r.committed?.cycle, c, `cycle ${c} committed`)
+      t.ok((await store.readDisk(env, vm, 'd.vmdk')).equals(images[c] as Buffer), `cycle ${c}: the mirror holds the image`)
+    }
+    t.same(await store.points(env, vm), [2, 3], 'keep=2: points 2 and 3 kept, point 1 removed')
+    for (const k of [2, 3]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
+  })
+
+  t.test(`${store.kind}: a connection killed after a durable batch resumes from it`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), batchBytes: 256 * 1024 })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-resume'
+    const img1 = pattern(2 * MiB, 7)
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'r.vmdk', img1, cid(11), 128 * 1024)])
+    a.close()
+    const ranges = [{ offset: 0, length: 2 * MiB }]
+    const img2 = evolve(img1, 99, ranges)
+    const plan = incPlan(1, 'r.vmdk', img2, 1, cid(12), ranges, 'r-000001.vmdk', 'r-000002.vmdk', 128 * 1024)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 2, [plan], { stopAfter: 6 })
+    const ack = await a.expect(MessageKind.ExtentAck)
+    t.ok(ack.seq >= 0, `a durable batch acknowledged (seq ${ack.seq})`)
+    a.terminate()
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, 2, [plan])
+    a.close()
+    t.ok((r.resume[0] ?? 0) > ack.seq, `resumed after the acknowledged seq ${ack.seq} (at ${r.resume[0]})`)
+    t.equal(r.committed?.cycle, 2)
+    t.ok((await store.readDisk(env, vm, 'r.vmdk')).equals(img2), 'after the resume the mirror holds cycle 2')
+  })
+
+  t.test(`${store.kind}: lineage and generation refusals`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, store.init(env))
+    t.teardown(() => receiver.close())
+    const vm = 'vm-lineage'
+    const img = pattern(1 * MiB, 3)
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'l.vmdk', img, cid(21))])
+    a.close()
+    const ranges = [{ offset: 0, length: 4096 }]
+    const refused = async (plan: ReturnType<typeof incPlan>, generation: string | undefined, cycle = 2): Promise<string> => {
+      const ag = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      ag.send(hello())
+      await ag.expect(MessageKind.Welcome)
+      ag.send(vmOpen(vm, cycle, ['l-000001.vmdk']))
+      const st = await ag.expect(MessageKind.VmState)
+      ag.send(diskOpen(plan, cycle, vm, generation ?? st.generation))
+      const ds = await ag.expect(MessageKind.DiskState)
+      ag.close()
+      return ds.accepted ? 'accepted' : ds.reason
+    }
+    const good = (base: number, layer: string): ReturnType<typeof incPlan> => incPlan(1, 'l.vmdk', evolve(img, 2, ranges), base, cid(22), ranges, layer, 'l-000002.vmdk')
+    t.equal(await refused(good(1, 'l-000001.vmdk'), 'f'.repeat(32)), 'E_GENERATION', 'an incremental planned against another generation')
+    t.equal(await refused(good(5, 'l-000001.vmdk'), undefined, 7), 'E_CHAIN_MISMATCH', 'an incremental on another base cycle')
+    t.equal(await refused(good(1, 'x-000009.vmdk'), undefined), 'E_CHAIN_MISMATCH', 'a delta that is not the recorded successor')
+    t.equal(await refused(good(1, 'l-000001.vmdk'), undefined), 'accepted', 'the right lineage is accepted')
+  })
+
+  t.test(`${store.kind}: hostile VM and disk names are refused with E_BAD_NAME`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, store.init(env))
+    t.teardown(() => receiver.close())
+    for (const vm of ['..', 'vm/../x', 'vm-nul\u0000x', `vm-${'v'.repeat(300)}`]) {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      a.send(hello())
+      await a.expect(MessageKind.Welcome)
+      a.sendRaw(await frameOf({ ...vmOpen('vm-x', 1, ['d-000001.vmdk']), vm } as Message))
+      const e = await a.expectError()
+      t.equal(e.code, vm.length > 255 ? 'E_SCHEMA' : 'E_BAD_NAME', `VM name ${JSON.stringify(vm.slice(0, 20))} refused`)
+    }
+    for (const disk of ['../d.vmdk', 'a/b.vmdk', 'x\u0000.vmdk', `${'d'.repeat(300)}.vmdk`]) {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      a.send(hello())
+      await a.expect(MessageKind.Welcome)
+      a.send(vmOpen('vm-names', 1, ['d-000001.vmdk']))
+      await a.expect(MessageKind.VmState)
+      a.sendRaw(await frameOf({ ...diskOpen(seedPlan(1, 'ok.vmdk', pattern(4096, 1), cid(31)), 1, 'vm-names'), name: disk } as Message))
+      const e = await a.expectError()
+      t.equal(e.code, disk.length > 255 ? 'E_SCHEMA' : 'E_BAD_NAME', `disk name ${JSON.stringify(disk.slice(0, 20))} refused`)
+    }
+  })
+}

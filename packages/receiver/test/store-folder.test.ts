@@ -1,0 +1,28 @@
+// The store conformance suite (store-conformance.ts) against the folder store.
+import t from 'tap'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { scratchDir } from '@grainline/test-utils'
+import { listPoints, restorePoint } from '../src/index.ts'
+import { storeConformance } from './store-conformance.ts'
+
+let n = 0
+const base = scratchDir(t, 'grainline-store-folder-')
+storeConformance(
+  t,
+  {
+    kind: 'folder',
+    init: () => ({}),
+    readDisk: async (env, vm, disk) => await readFile(join(env.store, vm, disk.replace(/\.vmdk$/, '-flat.vmdk'))),
+    points: async (env, vm) => (await listPoints(env.store, vm)).points.filter((p) => !p.current).map((p) => p.cycle),
+    readPoint: async (env, vm, cycle, disk) => {
+      const to = join(env.dir, `restore-${cycle}-${n++}`)
+      const r = await restorePoint(env.store, vm, cycle, to, { logger: pino({ level: 'silent' }) })
+      const d = r.disks.find((x) => x.name === disk)
+      if (d === undefined) throw new Error(`no disk ${disk} restored`)
+      return await readFile(d.flat.startsWith('/') ? d.flat : join(to, d.flat))
+    },
+  },
+  () => join(base, String(n++)),
+)
