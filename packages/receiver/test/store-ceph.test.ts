@@ -14,6 +14,9 @@ import { CephLock } from '../src/store/ceph/ceph-lock.ts'
 import { CephVmMirror } from '../src/store/ceph/ceph-mirror.ts'
 import { CephCommandError, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { storeConformance } from './store-conformance.ts'
+import { createHash } from 'node:crypto'
+import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
+import { digestImage } from '../src/store/ceph/ceph-read.ts'
 
 const POOL = 'glconf'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
@@ -114,4 +117,33 @@ t.test('Ceph store', { skip }, async (t) => {
     },
     () => join(base, String(n++)),
   )
+
+  t.test('status lists what the cases committed; digests of a snapshot equal a digest of its export', async (t) => {
+    const st = await cephStatus(target)
+    t.equal(st.store, `ceph:${POOL}`)
+    const vm = st.vms.find((v) => v.committedCycle > 0 && v.disks.some((d) => d.snapshot !== ''))
+    t.ok(vm !== undefined, `a committed VM among ${st.vms.map((v) => v.vm).join(', ')}`)
+    const disk = vm?.disks.find((d) => d.snapshot !== '')
+    const snap = (disk?.snapshot ?? '').slice(POOL.length + 1)
+    t.match(snap, /@/, 'a disk names its image and snapshot')
+    const data = await readFile(
+      (
+        (await cephRestorePoint(target, vm?.vm as string, vm?.committedCycle as number, join(base, 'digest-check'))).disks.find((d) => d.name === disk?.name) as {
+          file: string
+        }
+      ).file,
+    )
+    t.equal(data.length, disk?.capacity, 'the export is the whole disk')
+    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
+    const full = await digestImage(target, snap, 'sha256', Number.MAX_SAFE_INTEGER)
+    t.equal(full.bytes, data.length)
+    t.equal(Buffer.from(full.digest).toString('hex'), sha(data), 'the whole snapshot')
+    const head = await digestImage(target, snap, 'sha256', 4096)
+    t.equal(head.bytes, 4096)
+    t.equal(Buffer.from(head.digest).toString('hex'), sha(data.subarray(0, 4096)), 'a prefix (the trivial check) stops early')
+    t.equal((await digestImage(target, snap, 'sha256', 0)).bytes, 0, 'no prefix: nothing read')
+    const aborted = new AbortController()
+    aborted.abort(new Error('stop'))
+    await t.rejects(digestImage(target, snap, 'sha256', Number.MAX_SAFE_INTEGER, aborted.signal), /stop/, 'an aborted read stops')
+  })
 })
