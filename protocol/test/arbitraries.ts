@@ -40,7 +40,8 @@ const source = fc.record({
   successor: name,
 })
 const ddb = fc.dictionary(
-  fc.stringMatching(/^[A-Za-z0-9._:-]{1,20}$/),
+  // a DDB key as the schema takes it: "__proto__" matches the pattern but is refused on purpose (src/schema.ts)
+  fc.stringMatching(/^[A-Za-z0-9._:-]{1,20}$/).filter((k) => k !== '__proto__'),
   fc.string({ maxLength: 20 }).filter((s) => !/[\u0000-\u001f\u007f"]/.test(s)),
   { maxKeys: 4 },
 )
