@@ -38,6 +38,9 @@ export interface RateSchedule {
   readonly text: string
 }
 
+/** Most entries a timetable may have (one an hour for a week is 168). */
+export const MAX_SCHEDULE_ENTRIES = 256
+
 /** A bandwidth limit: a constant rate (bytes/s, Infinity = unlimited) or a timetable. */
 export type Bandwidth = number | RateSchedule
 
@@ -65,7 +68,9 @@ export function parseBandwidth(value: string | number, what = 'bwlimit'): Bandwi
     }
   }
   const parts = value.trim().split(/\s+/)
+  if (parts.length > MAX_SCHEDULE_ENTRIES) throw new RateScheduleError(`${what}: ${parts.length} timetable entries; at most ${MAX_SCHEDULE_ENTRIES}`)
   const entries: RateScheduleEntry[] = []
+  const seen = new Set<number>()
   let weekly: boolean | undefined
   for (const part of parts) {
     const m = /^(?:([A-Za-z]{3})-)?(\d{1,2}):(\d{2}),(.+)$/.exec(part)
@@ -90,7 +95,8 @@ export function parseBandwidth(value: string | number, what = 'bwlimit'): Bandwi
       if (day < 0) throw new RateScheduleError(`${what}: ${JSON.stringify(part)}: ${JSON.stringify(dayText)} is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun)`)
       minute += day * DAY_MINUTES
     }
-    if (entries.some((e) => e.minute === minute)) throw new RateScheduleError(`${what}: two entries for the same time (${JSON.stringify(part)})`)
+    if (seen.has(minute)) throw new RateScheduleError(`${what}: two entries for the same time (${JSON.stringify(part)})`)
+    seen.add(minute)
     entries.push({ minute, rate })
   }
   entries.sort((a, b) => a.minute - b.minute)

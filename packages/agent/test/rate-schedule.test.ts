@@ -63,6 +63,7 @@ t.test('bad timetables are refused, naming the entry', async (t) => {
     ['Mon-08:00,1M 18:00,off', /mix of entries with and without a day/],
     ['08:00,1M 08:00,2M', /two entries for the same time/],
     ['20 furlongs', /is not a rate \(e\.g\. 500k, 20M, off\) or a timetable/],
+    [Array.from({ length: 300 }, (_, i) => `${String(Math.floor(i / 60)).padStart(2, '0')}:${String(i % 60).padStart(2, '0')},1M`).join(' '), /300 timetable entries; at most 256/],
   ]
   for (const [text, re] of bad) t.throws(() => parseBandwidth(text), re, text)
 })
