@@ -69,6 +69,8 @@ t.test('store spec: ceph:POOL with client settings; a bad pool name is a config 
   t.same(parseCephStore('ceph:rbd', { conf: '/c', id: 'gl', keyring: '/k' }), { pool: 'rbd', conf: '/c', id: 'gl', keyring: '/k' })
   t.throws(() => parseCephStore('ceph:'), { code: 'E_CONFIG' })
   t.throws(() => parseCephStore('ceph:a/b'), { code: 'E_CONFIG' })
+  t.throws(() => parseCephStore('ceph:rbd', { id: '--conf=/tmp/evil' }), { code: 'E_CONFIG' }, 'a client id that reads as an option')
+  t.throws(() => parseCephStore('ceph:rbd', { id: 'x'.repeat(65) }), { code: 'E_CONFIG' }, 'a client id too long')
 })
 
 t.test('Ceph store', { skip }, async (t) => {

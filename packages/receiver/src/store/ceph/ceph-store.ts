@@ -20,6 +20,9 @@ export function isCephStore(store: string): boolean {
 export function parseCephStore(store: string, client: { conf?: string; id?: string; keyring?: string } = {}): CephTarget {
   const pool = store.slice(CEPH_PREFIX.length)
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(pool)) throw new ReceiverError('E_CONFIG', `store ${JSON.stringify(store)}: want ceph:POOL with a pool name of letters, digits, ".", "_" or "-"`)
+  // passed to rbd/rados as `--id ID`: never something that reads as another option
+  if (client.id !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/.test(client.id))
+    throw new ReceiverError('E_CONFIG', `Ceph client id ${JSON.stringify(client.id)}: want 1–64 letters, digits, ".", "_" or "-", not starting with "-"`)
   return {
     pool,
     ...(client.conf === undefined ? {} : { conf: client.conf }),
