@@ -105,6 +105,9 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
     // the digests may run ahead of the comparison by the maps requested (and one span)
     aheadBlocks: MAX_MAP_REQUESTS * per,
     signal,
+    onUnknownHoles: (bytes) => {
+      log.info({ disk: w.name, bytes }, 'the holes of this disk cannot be found here (no SEEK_DATA: python3 missing, a remote or unsupported file system): every byte is read')
+    },
   })
   source.start()
   let seq = 0
@@ -199,6 +202,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       differing: stats.differing,
       blockSize,
       mapBytes: stats.mapBytes,
+      holeBytes: source.holeBytes,
       wireBytes: w.report.wireBytes,
       waitMs: Object.fromEntries(Object.entries(waits).map(([k, v]) => [k, Math.round(v)])),
     },

@@ -17,7 +17,8 @@
  * in the header; such a resync does not prove the whole mirror).
  */
 import type { FileHandle } from 'node:fs/promises'
-import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
+import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
+import { type DataRange, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -92,6 +93,12 @@ export class ResyncMap {
   bytesRead = 0
   /** blocks whose digests this object took from the kept map */
   keptBlocks = 0
+  /** bytes of the mirror known to be holes (SEEK_DATA) and not read */
+  holeBytes = 0
+  /** true once the mirror's holes could not be asked for (no python3, a file system that refuses): it is read whole */
+  holesUnknown = false
+  /** called once when {@link holesUnknown} becomes true (a log line) */
+  onUnknownHoles: (() => void) | undefined
 
   private constructor(fh: FileHandle, info: InflightDisk & { readonly blockSize: number }, flat: string, start: number, persisted: number, kept: KeptMap | undefined, usesKept: boolean) {
     this.#fh = fh
@@ -227,17 +234,39 @@ export class ResyncMap {
     const per = Math.max(1, Math.floor(READ_BYTES / blockSize))
     const spanBytes = Math.min(per * blockSize, capacity)
     const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(spanBytes))
-    const reads: Array<{ from: number; n: number; buf: Buffer; done: Promise<number> }> = []
+    const reads: Array<{ from: number; n: number; buf: Buffer | undefined; done: Promise<number> }> = []
     let turn = 0
     const first = this.#persisted
     const out = Buffer.allocUnsafe((end - first) * this.#len)
     let issued = first
+    // the mirror's data ranges above the frontier (no extent has been written there: they hold);
+    // undefined = unknown here, every span is read
+    const data = await fileDataRanges(flat.fd, first * blockSize, Math.min(end * blockSize, capacity))
+    if (data === undefined && !this.holesUnknown) {
+      this.holesUnknown = true
+      this.onUnknownHoles?.()
+    }
+    let at = 0
+    const mayHoldData = (from: number, to: number): boolean => {
+      if (data === undefined) return true
+      while (at < data.length && (data[at] as DataRange)[1] <= from) at++
+      const next = data[at]
+      return next !== undefined && next[0] < to
+    }
     const issue = (): void => {
       while (reads.length < READS_IN_FLIGHT && issued < end) {
         const n = Math.min(per, end - issued)
         const off = issued * blockSize
+        const len = Math.min((issued + n) * blockSize, capacity) - off
+        if (!mayHoldData(off, off + len)) {
+          // a hole of the sparse mirror: zeros, not read
+          this.holeBytes += len
+          reads.push({ from: issued, n, buf: undefined, done: Promise.resolve(len) })
+          issued += n
+          continue
+        }
         const buf = pool[turn++ % pool.length] as Buffer
-        const done = readInto(flat, buf, Math.min((issued + n) * blockSize, capacity) - off, off)
+        const done = readInto(flat, buf, len, off)
         // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
         done.catch(() => {})
         reads.push({ from: issued, n, buf, done })
@@ -252,9 +281,14 @@ export class ResyncMap {
         const got = await r.done
         reads.shift()
         issue()
+        const o = (r.from - first) * this.#len
+        const buf = r.buf
+        if (buf === undefined) {
+          for (let i = 0; i < r.n; i++) out.set(zeroDigest(algorithm, Math.min((i + 1) * blockSize, got) - i * blockSize), o + i * this.#len)
+          continue
+        }
         this.bytesRead += got
-        const at = (r.from - first) * this.#len
-        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, r.buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), at + i * this.#len)
+        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), o + i * this.#len)
       }
       // one write of the run's digests (at most MAX_MAP_BLOCKS of them): no write waits behind the reads
       await writeFully(this.#fh, out, this.#start + first * this.#len)
