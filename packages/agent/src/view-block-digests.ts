@@ -49,8 +49,11 @@ export interface ViewBlockDigestsOptions {
   readonly onUnknownHoles?: (bytes: number) => void
 }
 
-/** Bytes of the view whose data ranges are asked for at once (one helper process each). */
-export const HOLE_WINDOW_BYTES = 1024 * 1024 * 1024
+/**
+ * Bytes of the view whose data ranges are asked for at once (one helper
+ * process each; the next window is asked for while this one is read).
+ */
+export const HOLE_WINDOW_BYTES = 4 * 1024 * 1024 * 1024
 
 /**
  * The view's data ranges, asked for a window at a time ({@link HOLE_WINDOW_BYTES})
@@ -75,14 +78,26 @@ class HoleWindows {
     this.#onUnknown = onUnknown
   }
 
+  #next: { start: number; answer: Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }> } | undefined
+
+  #ask(start: number): { start: number; answer: Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }> } {
+    const chain = this.#chain as Required<ChainView>
+    const answer = chain.dataRanges(start, Math.min(chain.capacity, start + this.#windowBytes) - start, { depth: this.#depth })
+    // awaited when its window comes; not an unhandled rejection meanwhile
+    answer.catch(() => {})
+    return { start, answer }
+  }
+
   /** Whether `[offset, offset + length)` (one span, offsets increasing) may hold data. */
   async mayHoldData(offset: number, length: number): Promise<boolean> {
     const chain = this.#chain
     if (chain.dataRanges === undefined) return true
     if (offset >= this.#winEnd) {
+      const asked = this.#next !== undefined && this.#next.start === offset ? this.#next : this.#ask(offset)
       this.#winStart = offset
       this.#winEnd = Math.min(chain.capacity, offset + this.#windowBytes)
-      const r = await chain.dataRanges(this.#winStart, this.#winEnd - this.#winStart, { depth: this.#depth })
+      this.#next = this.#winEnd < chain.capacity ? this.#ask(this.#winEnd) : undefined
+      const r = await asked.answer
       this.#ranges = r.ranges
       this.#at = 0
       if (r.unknownBytes > 0 && !this.#told) {

@@ -31,6 +31,8 @@ const MAGIC = Buffer.from('GLBMAP1\n', 'latin1')
 const READ_BYTES = 2 * 1024 * 1024
 /** Reads of `READ_BYTES` in flight while the span before is digested (libuv has 4 threads: one stays free). */
 const READS_IN_FLIGHT = 3
+/** Bytes of the mirror whose data ranges are asked for at once (one `SEEK_DATA` helper process). */
+const HOLE_WINDOW_BYTES = 64 * 1024 * 1024 * 1024
 
 /** Read up to `length` bytes at `offset` into `buf` (short only at the end of the file); the bytes read. */
 async function readInto(fh: FileHandle, buf: Buffer, length: number, offset: number): Promise<number> {
@@ -97,6 +99,8 @@ export class ResyncMap {
   holeBytes = 0
   /** true once the mirror's holes could not be asked for (no python3, a file system that refuses): it is read whole */
   holesUnknown = false
+  /** the last answer of the mirror's data ranges (see #dataRanges) */
+  #holes: { start: number; end: number; ranges: DataRange[] | undefined } | undefined
   /** called once when {@link holesUnknown} becomes true (a log line) */
   onUnknownHoles: (() => void) | undefined
 
@@ -241,7 +245,7 @@ export class ResyncMap {
     let issued = first
     // the mirror's data ranges above the frontier (no extent has been written there: they hold);
     // undefined = unknown here, every span is read
-    const data = await fileDataRanges(flat.fd, first * blockSize, Math.min(end * blockSize, capacity))
+    const data = await this.#dataRanges(flat, first * blockSize, Math.min(end * blockSize, capacity))
     if (data === undefined && !this.holesUnknown) {
       this.holesUnknown = true
       this.onUnknownHoles?.()
@@ -299,6 +303,23 @@ export class ResyncMap {
       for (const r of reads) await r.done.catch(() => {})
       await flat.close()
     }
+  }
+
+  /**
+   * The mirror's data ranges within `[from, to)`: one question per
+   * `HOLE_WINDOW_BYTES` (a helper process each), kept for the next map
+   * requests — the mirror above the frontier is not written while the map is
+   * made, so the answer holds. Undefined when unknown here.
+   */
+  async #dataRanges(flat: FileHandle, from: number, to: number): Promise<readonly DataRange[] | undefined> {
+    let w = this.#holes
+    if (w === undefined || from < w.start || to > w.end) {
+      const end = Math.min(this.#info.capacity, Math.max(to, from + HOLE_WINDOW_BYTES))
+      w = { start: from, end, ranges: await fileDataRanges(flat.fd, from, end) }
+      this.#holes = w
+    }
+    if (w.ranges === undefined) return undefined
+    return w.ranges.filter((r) => r[1] > from && r[0] < to)
   }
 
   async close(): Promise<void> {

@@ -177,7 +177,9 @@ export class DiskChain {
    * not be asked for (no python3, SFTP, a refusal): they are listed as data.
    */
   async dataRanges(offset: number, length: number, opts: { depth?: number } = {}): Promise<{ ranges: DataRange[]; unknownBytes: number }> {
-    this.#checkRange(offset, length)
+    // no MAX_READ here: nothing is read (a window of a GiB or more is one question)
+    this.#checkRange(offset, Math.min(length, MAX_READ))
+    if (offset + length > this.capacity) this.#checkRange(offset, length)
     const out: Array<[number, number]> = []
     const acc = { unknownBytes: 0 }
     await this.#dataAt(opts.depth ?? 0, offset, length, out, acc)

@@ -16,14 +16,20 @@
  * whole file as data, which is the same fallback.
  */
 import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 
 /** A byte range `[start, end)` of a file that may hold data. */
 export type DataRange = readonly [start: number, end: number]
 
 /** How the data ranges are found; tests point `command` elsewhere to prove the fallback. */
 export const seekHelper = {
-  /** the interpreter run with the script below. @default 'python3' */
-  command: 'python3',
+  /**
+   * the interpreter run with the script below: the system's own when present
+   * (a `python3` found first on PATH may be a version manager's shim that takes
+   * seconds to start).
+   * @default '/usr/bin/python3' when it exists, else 'python3'
+   */
+  command: existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3',
   /** set after the first failure to start the helper (not found): never tried again */
   missing: false,
 }
