@@ -64,7 +64,6 @@ class HoleWindows {
   readonly #depth: number
   readonly #windowBytes: number
   readonly #onUnknown: ((bytes: number) => void) | undefined
-  #winStart = 0
   #winEnd = 0
   #ranges: ReadonlyArray<readonly [number, number]> = []
   #at = 0
@@ -94,7 +93,6 @@ class HoleWindows {
     if (chain.dataRanges === undefined) return true
     if (offset >= this.#winEnd) {
       const asked = this.#next !== undefined && this.#next.start === offset ? this.#next : this.#ask(offset)
-      this.#winStart = offset
       this.#winEnd = Math.min(chain.capacity, offset + this.#windowBytes)
       this.#next = this.#winEnd < chain.capacity ? this.#ask(this.#winEnd) : undefined
       const r = await asked.answer
