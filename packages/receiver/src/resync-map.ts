@@ -251,18 +251,23 @@ export class ResyncMap {
       this.onUnknownHoles?.()
     }
     let at = 0
+    // asked in increasing order of `from`
     const mayHoldData = (from: number, to: number): boolean => {
       if (data === undefined) return true
       while (at < data.length && (data[at] as DataRange)[1] <= from) at++
       const next = data[at]
       return next !== undefined && next[0] < to
     }
+    const blockEnd = (b: number): number => Math.min((b + 1) * blockSize, capacity)
     const issue = (): void => {
       while (reads.length < READS_IN_FLIGHT && issued < end) {
-        const n = Math.min(per, end - issued)
+        // a run of up to `per` blocks that are all holes, or all may hold data (block granularity)
+        const hole = !mayHoldData(issued * blockSize, blockEnd(issued))
+        let n = 1
+        while (n < per && issued + n < end && !mayHoldData((issued + n) * blockSize, blockEnd(issued + n)) === hole) n++
         const off = issued * blockSize
-        const len = Math.min((issued + n) * blockSize, capacity) - off
-        if (!mayHoldData(off, off + len)) {
+        const len = blockEnd(issued + n - 1) - off
+        if (hole) {
           // a hole of the sparse mirror: zeros, not read
           this.holeBytes += len
           reads.push({ from: issued, n, buf: undefined, done: Promise.resolve(len) })
