@@ -281,6 +281,10 @@ try {
     t0 = performance.now()
     await exec('rsync', ['--inplace', '--no-whole-file', '-I', src, dst], { maxBuffer: 1 << 20 })
     const rsyncMs = performance.now() - t0
+    const rxLine = sealed.at(-1) ?? {}
+    log(
+      `receiver: mirror bytes read for the map ${((rxLine.mapMirrorBytes ?? 0) / MiB).toFixed(1)} MiB, holes not read ${((rxLine.mapHoleBytes ?? 0) / MiB).toFixed(1)} MiB, kept blocks ${rxLine.mapKeptBlocks ?? 0}`,
+    )
     log(`rsync: ${sec(rsyncMs)} s`)
     dropCaches()
     t0 = performance.now()

@@ -14,6 +14,8 @@ export interface ChainView {
   read(offset: number, length: number, opts?: { depth?: number }): Promise<Buffer>
   /** like `read`, into a caller's buffer (reused buffers: no allocation per read) */
   readInto?(buf: Uint8Array, bufOffset: number, offset: number, length: number, opts?: { depth?: number }): Promise<void>
+  /** the parts of a range that may hold data, found without reading it (DiskChain.dataRanges) */
+  dataRanges?(offset: number, length: number, opts?: { depth?: number }): Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }>
 }
 
 /** A wire-ready extent. */

@@ -28,8 +28,10 @@ export interface SendResyncOptions extends SendDiskOptions {
   readonly maxMessageBytes: number
   /**
    * most bytes of blocks one BlockMapRequest covers (the receiver digests that
-   * much of the mirror per answer)
-   * @default 256 MiB
+   * much of the mirror per answer, and makes it durable with one fdatasync:
+   * with holes not read, 256 MiB requests left a 16 GiB resync waiting on 64
+   * fdatasyncs of the receiver's map file)
+   * @default 1 GiB
    */
   readonly mapRequestBytes?: number
   /**
@@ -51,7 +53,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   const capacity = w.chain.capacity
   const blocks = blockCount(capacity, blockSize)
   const len = DigestLengths[opts.digest]
-  const per = Math.max(1, Math.min(mapBlocksPerMessage(opts.maxMessageBytes, len), Math.floor((opts.mapRequestBytes ?? 256 * 1024 * 1024) / blockSize)))
+  const per = Math.max(1, Math.min(mapBlocksPerMessage(opts.maxMessageBytes, len), Math.floor((opts.mapRequestBytes ?? 1024 * 1024 * 1024) / blockSize)))
   const resumeSeq = opts.accepted.resumeSeq
   w.report.resumedFrom.push(resumeSeq)
   if (resumeSeq > 0) log.info({ disk: w.name, resumeSeq, resumeBytes: opts.accepted.resumeBytes }, 'resuming resync')
@@ -105,6 +107,9 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
     // the digests may run ahead of the comparison by the maps requested (and one span)
     aheadBlocks: MAX_MAP_REQUESTS * per,
     signal,
+    onUnknownHoles: (bytes) => {
+      log.info({ disk: w.name, bytes }, 'the holes of this disk cannot be found here (no SEEK_DATA: python3 missing, a remote or unsupported file system): every byte is read')
+    },
   })
   source.start()
   let seq = 0
@@ -199,6 +204,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       differing: stats.differing,
       blockSize,
       mapBytes: stats.mapBytes,
+      holeBytes: source.holeBytes,
       wireBytes: w.report.wireBytes,
       waitMs: Object.fromEntries(Object.entries(waits).map(([k, v]) => [k, Math.round(v)])),
     },

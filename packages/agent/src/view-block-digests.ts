@@ -14,7 +14,7 @@
  * the former path read and hashed each 1 MiB block in a buffer of its own,
  * 16 in flight, at most 16 MiB ahead of the map received.
  */
-import { blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
+import { blockDigest, DigestLengths, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
 import { AgentError } from './errors.ts'
 import type { ChainView, ViewDigester } from './extent-source.ts'
 
@@ -41,6 +41,73 @@ export interface ViewBlockDigestsOptions {
   /** most digests computed and not yet taken (bounds how far the reading runs ahead) */
   readonly aheadBlocks: number
   readonly signal?: AbortSignal | undefined
+  /**
+   * Called once when the holes of some flat part of the view cannot be asked
+   * for (no `SEEK_DATA` here: no python3, SFTP, NFS without support): those
+   * bytes are read. Given the bytes concerned in the first window.
+   */
+  readonly onUnknownHoles?: (bytes: number) => void
+}
+
+/**
+ * Bytes of the view whose data ranges are asked for at once (one helper
+ * process each; the next window is asked for while this one is read).
+ */
+export const HOLE_WINDOW_BYTES = 4 * 1024 * 1024 * 1024
+
+/**
+ * The view's data ranges, asked for a window at a time ({@link HOLE_WINDOW_BYTES})
+ * when the chain can tell (`dataRanges`), and queried span by span in order.
+ */
+class HoleWindows {
+  readonly #chain: ChainView
+  readonly #depth: number
+  readonly #windowBytes: number
+  readonly #onUnknown: ((bytes: number) => void) | undefined
+  #winEnd = 0
+  #ranges: ReadonlyArray<readonly [number, number]> = []
+  #at = 0
+  #told = false
+
+  constructor(chain: ChainView, depth: number, spanBytes: number, onUnknown: ((bytes: number) => void) | undefined) {
+    this.#chain = chain
+    this.#depth = depth
+    // whole spans per window
+    this.#windowBytes = Math.max(spanBytes, Math.floor(HOLE_WINDOW_BYTES / spanBytes) * spanBytes)
+    this.#onUnknown = onUnknown
+  }
+
+  #next: { start: number; answer: Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }> } | undefined
+
+  #ask(start: number): { start: number; answer: Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }> } {
+    const chain = this.#chain as Required<ChainView>
+    const answer = chain.dataRanges(start, Math.min(chain.capacity, start + this.#windowBytes) - start, { depth: this.#depth })
+    // awaited when its window comes; not an unhandled rejection meanwhile
+    answer.catch(() => {})
+    return { start, answer }
+  }
+
+  /** Whether `[offset, offset + length)` (one span, offsets increasing) may hold data. */
+  async mayHoldData(offset: number, length: number): Promise<boolean> {
+    const chain = this.#chain
+    if (chain.dataRanges === undefined) return true
+    if (offset >= this.#winEnd) {
+      const asked = this.#next !== undefined && this.#next.start === offset ? this.#next : this.#ask(offset)
+      this.#winEnd = Math.min(chain.capacity, offset + this.#windowBytes)
+      this.#next = this.#winEnd < chain.capacity ? this.#ask(this.#winEnd) : undefined
+      const r = await asked.answer
+      this.#ranges = r.ranges
+      this.#at = 0
+      if (r.unknownBytes > 0 && !this.#told) {
+        this.#told = true
+        this.#onUnknown?.(r.unknownBytes)
+      }
+    }
+    const end = offset + length
+    while (this.#at < this.#ranges.length && (this.#ranges[this.#at] as readonly [number, number])[1] <= offset) this.#at++
+    const next = this.#ranges[this.#at]
+    return next !== undefined && next[0] < end
+  }
 }
 
 /** One span's digests. */
@@ -63,6 +130,8 @@ export class ViewBlockDigests {
   #taken = 0
   /** blocks digested */
   #made = 0
+  /** bytes of the view known to be zero and not read (holes, unallocated grains) */
+  holeBytes = 0
   #failure: unknown
   #stopped = false
   #task: Promise<void> | undefined
@@ -134,13 +203,21 @@ export class ViewBlockDigests {
     const spanBytes = this.#perSpan * blockSize
     const inFlight = Math.max(1, this.#o.inFlight ?? 4)
     const pool = Array.from({ length: inFlight + 1 }, () => Buffer.allocUnsafe(Math.min(spanBytes, capacity)))
-    const reads: Array<{ first: number; buf: Buffer; length: number; done: Promise<void> }> = []
+    const reads: Array<{ first: number; buf: Buffer | undefined; length: number; done: Promise<void> }> = []
+    const holes = new HoleWindows(chain, depth, spanBytes, this.#o.onUnknownHoles)
     let nextBlock = 0
     let turn = 0
-    const issue = (): void => {
+    const issue = async (): Promise<void> => {
       while (reads.length < inFlight && nextBlock < this.#blocks && !this.#stopped) {
         const offset = nextBlock * blockSize
         const length = Math.min(spanBytes, capacity - offset)
+        if (!(await holes.mayHoldData(offset, length))) {
+          // known to read as zeros (a hole of the flat base, an unallocated grain): no read
+          this.holeBytes += length
+          reads.push({ first: nextBlock, buf: undefined, length, done: Promise.resolve() })
+          nextBlock += Math.ceil(length / blockSize)
+          continue
+        }
         const buf = pool[turn++ % pool.length] as Buffer
         const done = chain.readInto !== undefined ? chain.readInto(buf, 0, offset, length, { depth }) : chain.read(offset, length, { depth }).then((b) => void b.copy(buf))
         // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
@@ -150,21 +227,23 @@ export class ViewBlockDigests {
       }
     }
     try {
-      issue()
+      await issue()
       while (reads.length > 0 && !this.#stopped) {
         signal?.throwIfAborted()
         const r = reads[0] as (typeof reads)[number]
         await r.done
         reads.shift()
         // the buffer just read is digested while the next reads (other buffers) are in flight
-        issue()
+        await issue()
         const count = Math.ceil(r.length / blockSize)
         const digests = new Uint8Array(count * this.#len)
+        const buf = r.buf
         for (let i = 0; i < count; i++) {
           const at = i * blockSize
-          digests.set(blockDigest(this.#o.algorithm, r.buf.subarray(at, Math.min(at + blockSize, r.length))), i * this.#len)
+          const n = Math.min(at + blockSize, r.length) - at
+          digests.set(buf === undefined ? zeroDigest(this.#o.algorithm, n) : blockDigest(this.#o.algorithm, buf.subarray(at, at + n)), i * this.#len)
         }
-        this.#o.view.feed(r.first * blockSize, r.length, r.buf.subarray(0, r.length))
+        this.#o.view.feed(r.first * blockSize, r.length, buf?.subarray(0, r.length))
         this.#queue.push({ first: r.first, count, digests })
         this.#made += count
         const wake = this.#wake

@@ -8,8 +8,9 @@
  */
 import t from 'tap'
 import { blockCount, digestOf, initDigests } from '@grainline/protocol'
-import { openChain } from '@grainline/vmdk'
-import { ViewDigester } from '../src/extent-source.ts'
+import { join } from 'node:path'
+import { openChain, seekHelper } from '@grainline/vmdk'
+import { type ChainView, ViewDigester } from '../src/extent-source.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
 import { ViewBlockDigests } from '../src/view-block-digests.ts'
 import { pollUntil } from '@grainline/test-utils'
@@ -81,4 +82,45 @@ t.test('the reading waits at aheadBlocks; close ends it; an abort rejects next()
   aborted.start()
   await t.rejects(aborted.next(), { message: 'stop now' })
   await aborted.close()
+})
+
+t.test('holes of a sparse flat base are not read, and the digests are those of a full read; without SEEK_DATA every byte is read', async (t) => {
+  await initDigests()
+  const dir = scratch(t)
+  const vm = await createSampleVm(dir, { name: 'h', disks: [{ sizeBytes: 64 * MiB, fill: 'sparse' }], seed: 11 })
+  const chain = await openChain(vm.disks[0] as string)
+  t.teardown(() => chain.close())
+  const whole = await chain.read(0, chain.capacity)
+  const run = async (view: ChainView, unknown: number[]): Promise<{ digests: string[]; full: string; holeBytes: number }> => {
+    const digester = new ViewDigester(chain.capacity, 'xxh64', 1000, 'sha256')
+    const src = new ViewBlockDigests({ chain: view, depth: 0, blockSize: MiB, algorithm: 'xxh64', view: digester, spanBytes: 2 * MiB, aheadBlocks: 8, onUnknownHoles: (b) => unknown.push(b) })
+    src.start()
+    const digests: string[] = []
+    for (let b = 0; b < 64; b++) digests.push(hex(await src.next()))
+    await src.close()
+    return { digests, full: hex(digester.fullDigest as Uint8Array), holeBytes: src.holeBytes }
+  }
+  // the oracle: every block read and digested alone
+  const expected = Array.from({ length: 64 }, (_, b) => hex(digestOf('xxh64', whole.subarray(b * MiB, (b + 1) * MiB))))
+  const unknown: number[] = []
+  const sparse = await run(chain, unknown)
+  t.same(sparse.digests, expected, 'holes skipped: the same map as a full read')
+  t.equal(sparse.full, hex(digestOf('sha256', whole)), 'certify digest of the whole view')
+  t.ok(sparse.holeBytes >= 32 * MiB && sparse.holeBytes % (2 * MiB) === 0, `most of the sparse disk not read (${sparse.holeBytes / MiB} MiB)`)
+  t.same(unknown, [], 'SEEK_DATA answered: nothing logged')
+  // a view without dataRanges (as before): every byte read, the same digests
+  const blind = await run({ capacity: chain.capacity, read: chain.read.bind(chain), readInto: chain.readInto.bind(chain) }, unknown)
+  t.same(blind.digests, expected)
+  t.equal(blind.holeBytes, 0)
+  // no SEEK_DATA here (the helper cannot start): told once, every byte read, the same digests
+  const saved = seekHelper.command
+  seekHelper.command = join(dir, 'no-python3-here')
+  t.teardown(() => {
+    seekHelper.command = saved
+    seekHelper.missing = false
+  })
+  const fallback = await run(chain, unknown)
+  t.same(fallback.digests, expected, 'fallback: the same map')
+  t.equal(fallback.holeBytes, 0, 'fallback: every byte read')
+  t.same(unknown, [64 * MiB], 'fallback: told once, with the bytes concerned')
 })

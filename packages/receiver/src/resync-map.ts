@@ -17,7 +17,8 @@
  * in the header; such a resync does not prove the whole mirror).
  */
 import type { FileHandle } from 'node:fs/promises'
-import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
+import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
+import { type DataRange, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -30,6 +31,8 @@ const MAGIC = Buffer.from('GLBMAP1\n', 'latin1')
 const READ_BYTES = 2 * 1024 * 1024
 /** Reads of `READ_BYTES` in flight while the span before is digested (libuv has 4 threads: one stays free). */
 const READS_IN_FLIGHT = 3
+/** Bytes of the mirror whose data ranges are asked for at once (one `SEEK_DATA` helper process). */
+const HOLE_WINDOW_BYTES = 64 * 1024 * 1024 * 1024
 
 /** Read up to `length` bytes at `offset` into `buf` (short only at the end of the file); the bytes read. */
 async function readInto(fh: FileHandle, buf: Buffer, length: number, offset: number): Promise<number> {
@@ -92,6 +95,14 @@ export class ResyncMap {
   bytesRead = 0
   /** blocks whose digests this object took from the kept map */
   keptBlocks = 0
+  /** bytes of the mirror known to be holes (SEEK_DATA) and not read */
+  holeBytes = 0
+  /** true once the mirror's holes could not be asked for (no python3, a file system that refuses): it is read whole */
+  holesUnknown = false
+  /** the last answer of the mirror's data ranges (see #dataRanges) */
+  #holes: { start: number; end: number; ranges: DataRange[] | undefined } | undefined
+  /** called once when {@link holesUnknown} becomes true (a log line) */
+  onUnknownHoles: (() => void) | undefined
 
   private constructor(fh: FileHandle, info: InflightDisk & { readonly blockSize: number }, flat: string, start: number, persisted: number, kept: KeptMap | undefined, usesKept: boolean) {
     this.#fh = fh
@@ -227,17 +238,44 @@ export class ResyncMap {
     const per = Math.max(1, Math.floor(READ_BYTES / blockSize))
     const spanBytes = Math.min(per * blockSize, capacity)
     const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(spanBytes))
-    const reads: Array<{ from: number; n: number; buf: Buffer; done: Promise<number> }> = []
+    const reads: Array<{ from: number; n: number; buf: Buffer | undefined; done: Promise<number> }> = []
     let turn = 0
     const first = this.#persisted
     const out = Buffer.allocUnsafe((end - first) * this.#len)
     let issued = first
+    // the mirror's data ranges above the frontier (no extent has been written there: they hold);
+    // undefined = unknown here, every span is read
+    const data = await this.#dataRanges(flat, first * blockSize, Math.min(end * blockSize, capacity))
+    if (data === undefined && !this.holesUnknown) {
+      this.holesUnknown = true
+      this.onUnknownHoles?.()
+    }
+    let at = 0
+    // asked in increasing order of `from`
+    const mayHoldData = (from: number, to: number): boolean => {
+      if (data === undefined) return true
+      while (at < data.length && (data[at] as DataRange)[1] <= from) at++
+      const next = data[at]
+      return next !== undefined && next[0] < to
+    }
+    const blockEnd = (b: number): number => Math.min((b + 1) * blockSize, capacity)
     const issue = (): void => {
       while (reads.length < READS_IN_FLIGHT && issued < end) {
-        const n = Math.min(per, end - issued)
+        // a run of up to `per` blocks that are all holes, or all may hold data (block granularity)
+        const hole = !mayHoldData(issued * blockSize, blockEnd(issued))
+        let n = 1
+        while (n < per && issued + n < end && !mayHoldData((issued + n) * blockSize, blockEnd(issued + n)) === hole) n++
         const off = issued * blockSize
+        const len = blockEnd(issued + n - 1) - off
+        if (hole) {
+          // a hole of the sparse mirror: zeros, not read
+          this.holeBytes += len
+          reads.push({ from: issued, n, buf: undefined, done: Promise.resolve(len) })
+          issued += n
+          continue
+        }
         const buf = pool[turn++ % pool.length] as Buffer
-        const done = readInto(flat, buf, Math.min((issued + n) * blockSize, capacity) - off, off)
+        const done = readInto(flat, buf, len, off)
         // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
         done.catch(() => {})
         reads.push({ from: issued, n, buf, done })
@@ -252,9 +290,14 @@ export class ResyncMap {
         const got = await r.done
         reads.shift()
         issue()
+        const o = (r.from - first) * this.#len
+        const buf = r.buf
+        if (buf === undefined) {
+          for (let i = 0; i < r.n; i++) out.set(zeroDigest(algorithm, Math.min((i + 1) * blockSize, got) - i * blockSize), o + i * this.#len)
+          continue
+        }
         this.bytesRead += got
-        const at = (r.from - first) * this.#len
-        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, r.buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), at + i * this.#len)
+        for (let i = 0; i < r.n; i++) out.set(blockDigest(algorithm, buf.subarray(i * blockSize, Math.min((i + 1) * blockSize, got))), o + i * this.#len)
       }
       // one write of the run's digests (at most MAX_MAP_BLOCKS of them): no write waits behind the reads
       await writeFully(this.#fh, out, this.#start + first * this.#len)
@@ -265,6 +308,23 @@ export class ResyncMap {
       for (const r of reads) await r.done.catch(() => {})
       await flat.close()
     }
+  }
+
+  /**
+   * The mirror's data ranges within `[from, to)`: one question per
+   * `HOLE_WINDOW_BYTES` (a helper process each), kept for the next map
+   * requests — the mirror above the frontier is not written while the map is
+   * made, so the answer holds. Undefined when unknown here.
+   */
+  async #dataRanges(flat: FileHandle, from: number, to: number): Promise<readonly DataRange[] | undefined> {
+    let w = this.#holes
+    if (w === undefined || from < w.start || to > w.end) {
+      const end = Math.min(this.#info.capacity, Math.max(to, from + HOLE_WINDOW_BYTES))
+      w = { start: from, end, ranges: await fileDataRanges(flat.fd, from, end) }
+      this.#holes = w
+    }
+    if (w.ranges === undefined) return undefined
+    return w.ranges.filter((r) => r[1] > from && r[0] < to)
   }
 
   async close(): Promise<void> {

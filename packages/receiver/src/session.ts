@@ -353,6 +353,8 @@ export class Session {
         ).catch((err: unknown) => {
           throw ioError(err, `opening the block map of ${msg.name}`)
         })
+        map.onUnknownHoles = () =>
+          this.log.info({ disk: msg.name }, 'the holes of the mirror cannot be found here (no SEEK_DATA: python3 missing or a file system that refuses): the resync reads every block')
         this.maps.set(msg.disk, map)
       }
       this.log.info({ disk: msg.name, mode: msg.mode, cycle: this.cycle, resumeSeq: r.apply.nextSeq }, 'disk opened')
@@ -408,7 +410,7 @@ export class Session {
     const c = a.counts
     const map = this.maps.get(msg.disk)
     // a resync's map: mirror bytes read for it in this connection, digests taken from the kept map
-    const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapKeptBlocks: map.keptBlocks }
+    const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapHoleBytes: map.holeBytes, mapKeptBlocks: map.keptBlocks }
     this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })

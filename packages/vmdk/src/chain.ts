@@ -3,6 +3,8 @@ import { VmdkError, ioError, isVmdkError } from './errors.ts'
 import { sameCid } from './descriptor.ts'
 import { RunState } from './extent.ts'
 import { SparseExtent } from './sparse-extent.ts'
+import { FlatExtent } from './extent.ts'
+import type { DataRange } from './data-ranges.ts'
 import { DEFAULT_CONCURRENCY, type FileAccess, localFileAccess } from './file-access.ts'
 import { forEachLimited } from './concurrency.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
@@ -164,6 +166,47 @@ export class DiskChain {
       await forEachLimited(tasks, this.#concurrency, async (t) => {
         await t()
       })
+  }
+
+  /**
+   * The parts of `[offset, offset + length)` of the view at layer `depth` that
+   * may hold data, found without reading data: grain tables of sparse layers
+   * (unallocated → the parent, zero grains → none) and, for a flat layer,
+   * `SEEK_DATA`/`SEEK_HOLE` on its file (data-ranges.ts). Everything outside
+   * `ranges` reads as zeros. `unknownBytes` counts flat bytes whose holes could
+   * not be asked for (no python3, SFTP, a refusal): they are listed as data.
+   */
+  async dataRanges(offset: number, length: number, opts: { depth?: number } = {}): Promise<{ ranges: DataRange[]; unknownBytes: number }> {
+    // no MAX_READ here: nothing is read (a window of a GiB or more is one question)
+    this.#checkRange(offset, Math.min(length, MAX_READ))
+    if (offset + length > this.capacity) this.#checkRange(offset, length)
+    const out: Array<[number, number]> = []
+    const acc = { unknownBytes: 0 }
+    await this.#dataAt(opts.depth ?? 0, offset, length, out, acc)
+    out.sort((a, b) => a[0] - b[0])
+    const merged: Array<[number, number]> = []
+    for (const r of out) {
+      const last = merged[merged.length - 1]
+      if (last !== undefined && r[0] <= last[1]) last[1] = Math.max(last[1], r[1])
+      else merged.push([r[0], r[1]])
+    }
+    return { ranges: merged, unknownBytes: acc.unknownBytes }
+  }
+
+  async #dataAt(depth: number, offset: number, length: number, out: Array<[number, number]>, acc: { unknownBytes: number }): Promise<void> {
+    const layer = this.#layer(depth)
+    for (const r of await layer.runs(offset, length)) {
+      if (r.state === RunState.Data) {
+        const ext = layer.extents[r.ext]
+        if (ext instanceof FlatExtent && r.off >= 0) {
+          const file = await ext.fileDataRanges(r.off, r.length)
+          if (file === undefined) {
+            acc.unknownBytes += r.length
+            out.push([r.start, r.start + r.length])
+          } else for (const [a, b] of file) out.push([r.start + (a - r.off), r.start + (b - r.off)])
+        } else out.push([r.start, r.start + r.length])
+      } else if (r.state === RunState.None && depth + 1 < this.layers.length) await this.#dataAt(depth + 1, r.start, r.length, out, acc)
+    }
   }
 
   /**

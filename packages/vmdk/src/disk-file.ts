@@ -1,6 +1,7 @@
 import { VmdkError, ioError } from './errors.ts'
 import { DEFAULT_CONCURRENCY, DEFAULT_MAX_READ_BYTES, type FileAccess, type FileKind, type RandomAccessFile } from './file-access.ts'
 import { forEachLimited } from './concurrency.ts'
+import type { DataRange } from './data-ranges.ts'
 
 /** What a file is to the chain, for error messages ("parent descriptor … is a FIFO"). */
 export type FileRole = 'disk' | 'parent descriptor' | 'extent file' | 'file'
@@ -79,6 +80,11 @@ export class DiskFile {
 
   get size(): number {
     return this.#size
+  }
+
+  /** The ranges of `[start, end)` that may hold data, when the transport can tell (see data-ranges.ts). */
+  async dataRanges(start: number, end: number): Promise<DataRange[] | undefined> {
+    return await this.#f.dataRanges?.(start, end)
   }
 
   /**

@@ -1,4 +1,5 @@
 import type { DiskFile } from './disk-file.ts'
+import type { DataRange } from './data-ranges.ts'
 
 /** What one stretch of an extent holds. */
 export const RunState = { None: 0, Zero: 1, Data: 2 } as const
@@ -107,6 +108,16 @@ export class FlatExtent implements Extent {
 
   async readRun(run: Run, start: number, length: number, buf: Uint8Array, bufOffset: number): Promise<void> {
     await this.file.readInto(buf, bufOffset, length, run.off + (start - run.start))
+  }
+
+  /**
+   * The parts of file bytes `[off, off + length)` that may hold data, as file
+   * ranges (holes found with `SEEK_DATA`, see data-ranges.ts); undefined
+   * when the file's transport cannot tell.
+   */
+  async fileDataRanges(off: number, length: number): Promise<DataRange[] | undefined> {
+    if (this.allHole) return []
+    return await this.file.dataRanges(off, off + length)
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,7 @@
  */
 import { constants } from 'node:fs'
 import { open, realpath, stat, type FileHandle } from 'node:fs/promises'
+import { type DataRange, fileDataRanges } from './data-ranges.ts'
 import type { Stats } from 'node:fs'
 
 /** What a path names. Only `'file'` is ever opened by the readers. */
@@ -46,6 +47,12 @@ export interface RandomAccessFile {
   truncate?(size: number): Promise<void>
   /** fsync. Only on writable opens. */
   sync?(): Promise<void>
+  /**
+   * The ranges of `[start, end)` that may hold data (`SEEK_DATA`/`SEEK_HOLE`,
+   * see data-ranges.ts); undefined when not known. Absent for transports
+   * that cannot tell (SFTP): every byte is then read.
+   */
+  dataRanges?(start: number, end: number): Promise<DataRange[] | undefined>
   /** Release the handle. Must not throw for an already closed file. */
   close(): Promise<void>
 }
@@ -110,6 +117,11 @@ class LocalFile implements RandomAccessFile {
   async read(buf: Uint8Array, bufOffset: number, length: number, position: number): Promise<number> {
     const { bytesRead } = await this.#fh.read(buf, bufOffset, length, position)
     return bytesRead
+  }
+
+  async dataRanges(start: number, end: number): Promise<DataRange[] | undefined> {
+    if (this.#closed) return undefined
+    return await fileDataRanges(this.#fh.fd, start, end)
   }
 
   async write(data: Uint8Array, offset: number, length: number, position: number): Promise<number> {

@@ -1,0 +1,120 @@
+/**
+ * Where an open local file holds data, without reading it: `lseek(2)` with
+ * `SEEK_DATA`/`SEEK_HOLE` (issue #13: a resync must not read what is known to
+ * be zero). Node has no `lseek`, so the calls are made by the system's
+ * `python3` (standard library `os.lseek`, Debian's python3): no compiled addon,
+ * nothing built or downloaded at install. The child receives the very file
+ * descriptor already open (as its fd 3), so it sees the same file, not a path
+ * that may have been replaced; Node reads at explicit positions, so the shared
+ * file offset the child moves is never used.
+ *
+ * Answers are conservative: a range not listed reads as zeros; a listed range
+ * may still hold zeros. Where the answer is unknown — no python3, a file system
+ * that refuses the calls (EINVAL), more than `maxRanges` pieces — the caller
+ * gets `undefined` (or the rest of the window as data) and reads as before.
+ * A file system without real support (the kernel's generic answer) lists the
+ * whole file as data, which is the same fallback.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+
+/** A byte range `[start, end)` of a file that may hold data. */
+export type DataRange = readonly [start: number, end: number]
+
+/** How the data ranges are found; tests point `command` elsewhere to prove the fallback. */
+export const seekHelper = {
+  /**
+   * the interpreter run with the script below: the system's own when present
+   * (a `python3` found first on PATH may be a version manager's shim that takes
+   * seconds to start).
+   * @default '/usr/bin/python3' when it exists, else 'python3'
+   */
+  command: existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3',
+  /** set after the first failure to start the helper (not found): never tried again */
+  missing: false,
+}
+
+/** Default cap on the ranges of one answer; the rest of the window is then data. */
+export const DEFAULT_MAX_RANGES = 65536
+
+// argv: start end maxRanges; fd 3 the file. Exit 3 = SEEK_DATA not supported.
+const SCRIPT = `
+import os, sys, errno
+s, e, m = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out, p, n = [], s, 0
+try:
+    while p < e:
+        try:
+            d = os.lseek(3, p, os.SEEK_DATA)
+        except OSError as x:
+            if x.errno == errno.ENXIO:
+                break
+            raise
+        if d >= e:
+            break
+        h = os.lseek(3, d, os.SEEK_HOLE)
+        n += 1
+        if n > m:
+            out.append("%d %d" % (d, e))
+            break
+        out.append("%d %d" % (d, min(h, e)))
+        p = h
+except (OSError, AttributeError):
+    sys.exit(3)
+sys.stdout.write("\\n".join(out) + "\\n")
+`
+
+/**
+ * The ranges of `[start, end)` of the open file `fd` that may hold data, in
+ * order; `undefined` when this cannot be known here (see the file comment).
+ * Never throws.
+ */
+export async function fileDataRanges(fd: number, start: number, end: number, maxRanges = DEFAULT_MAX_RANGES): Promise<DataRange[] | undefined> {
+  if (seekHelper.missing || !(end > start) || start < 0) return end > start ? undefined : []
+  return await new Promise((resolve) => {
+    let child: ReturnType<typeof spawn>
+    try {
+      child = spawn(seekHelper.command, ['-c', SCRIPT, String(start), String(end), String(maxRanges)], { stdio: ['ignore', 'pipe', 'ignore', fd] })
+    } catch {
+      resolve(undefined)
+      return
+    }
+    const chunks: Buffer[] = []
+    let bytes = 0
+    // at most maxRanges + 1 lines of two numbers of ≤ 20 digits
+    const limit = (maxRanges + 1) * 42 + 16
+    child.stdout?.on('data', (b: Buffer) => {
+      bytes += b.length
+      if (bytes > limit) child.kill()
+      else chunks.push(b)
+    })
+    child.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') seekHelper.missing = true
+      resolve(undefined)
+    })
+    child.once('close', (code) => {
+      if (code !== 0 || bytes > limit) {
+        resolve(undefined)
+        return
+      }
+      resolve(parseRanges(Buffer.concat(chunks).toString('latin1'), start, end))
+    })
+  })
+}
+
+/** The helper's lines, checked: ordered, inside the window; undefined when malformed. */
+export function parseRanges(text: string, start: number, end: number): DataRange[] | undefined {
+  const out: DataRange[] = []
+  let prev = start
+  for (const line of text.split('\n')) {
+    if (line === '') continue
+    const m = /^(\d{1,17}) (\d{1,17})$/.exec(line)
+    if (m === null) return undefined
+    const a = Number(m[1])
+    const b = Number(m[2])
+    if (!(a >= prev && b > a && b <= end)) return undefined
+    out.push([a, b])
+    prev = b
+  }
+  return out
+}
