@@ -17,6 +17,21 @@ import { storeConformance } from './store-conformance.ts'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
+import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+
+/** Write `hex` at `offset` into the head of an image with librbd (python3-rbd), as a stray client would. */
+const WRITE_PY = `
+import sys, rados, rbd
+conf, pool, image, offset, hexdata = sys.argv[1:6]
+c = rados.Rados(conffile=conf); c.connect(timeout=20)
+io = c.open_ioctx(pool)
+with rbd.Image(io, image) as img:
+    img.write(bytes.fromhex(hexdata), int(offset))
+    img.flush()
+io.close(); c.shutdown()
+`
 
 const POOL = 'glconf'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
@@ -115,6 +130,14 @@ t.test('Ceph store', { skip }, async (t) => {
       readPoint: async (env, vm, cycle, disk) => {
         const r = await cephRestorePoint(target, vm, cycle, join(env.dir, `point-${cycle}-${n++}`))
         return await readFile((r.disks.find((d) => d.name === disk) as { file: string }).file)
+      },
+      // a snapshot cannot be written: the head (equal to it between cycles) is, and the snapshot is taken again under its name
+      corrupt: async (_env, vm, disk, offset, data) => {
+        const rec = (await readCephState(target, new CephNames(vm).state, vm))?.disks[disk]
+        if (rec === undefined) throw new Error(`no committed disk ${disk} of ${vm}`)
+        await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, rec.image, String(offset), data.toString('hex')], { maxBuffer: 1 << 20 })
+        await runCeph(target, 'rbd', ['snap', 'rm', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
+        await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
       },
     },
     () => join(base, String(n++)),
