@@ -18,6 +18,7 @@ import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 
@@ -115,6 +116,36 @@ t.test('Ceph store', { skip }, async (t) => {
     t.ok(err instanceof CephCommandError)
     t.ok((err as CephCommandError).notFound)
     t.equal((err as CephCommandError).code, 'E_IO')
+  })
+
+  t.test('librbd reader: reads of a snapshot anywhere, split into bounded requests; past the end zeros; typed failures', async (t) => {
+    const img = 'reader-test'
+    const size = MAX_READ_BYTES + 3 * 65536
+    const data = Buffer.alloc(size)
+    for (let i = 0; i < size; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i)
+    const { writeFile: wf } = await import('node:fs/promises')
+    const raw = join(base, 'reader.raw')
+    await wf(raw, data)
+    await runCeph(target, 'rbd', ['import', '--no-progress', raw, `${POOL}/${img}`])
+    await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${img}@s1`])
+    // the head changes after the snapshot: the snapshot's reader still sees the old bytes
+    await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, img, '0', 'ff'.repeat(4096)])
+    const r = await RbdImage.open(target, img, 's1')
+    t.teardown(() => r.close())
+    t.equal(r.size, size, 'the snapshot size')
+    t.ok((await r.read(0, 4096)).equals(data.subarray(0, 4096)), 'the snapshot, not the head')
+    const across = await r.read(MAX_READ_BYTES - 100, 65536 + 200)
+    t.ok(across.equals(data.subarray(MAX_READ_BYTES - 100, MAX_READ_BYTES + 65536 + 100)), 'a read across the request bound is split and joined')
+    const all = await Promise.all([r.read(0, size), r.read(65536, 10), r.read(size - 10, 10)])
+    t.ok(all[0].equals(data) && all[1].equals(data.subarray(65536, 65546)) && all[2].equals(data.subarray(size - 10)), 'pipelined reads answer in order')
+    const tail = await r.read(size - 4, 12)
+    t.ok(tail.subarray(0, 4).equals(data.subarray(size - 4)) && tail.subarray(4).equals(Buffer.alloc(8)), 'past the end reads as zeros')
+    const head = await RbdImage.open(target, img, null)
+    t.ok((await head.read(0, 4096)).equals(Buffer.alloc(4096, 0xff)), 'the head when no snapshot is named')
+    await head.close()
+    await t.rejects(head.read(0, 1), { code: 'E_IO', message: /closed/ }, 'a closed reader refuses reads')
+    await t.rejects(RbdImage.open(target, 'no-such-image', null), { code: 'E_IO', message: /no-such-image/ }, 'a missing image: E_IO naming it')
+    await t.rejects(RbdImage.open(target, img, 'no-such-snap'), { code: 'E_IO', message: /no-such-snap/ }, 'a missing snapshot: E_IO naming it')
   })
 
   storeConformance(

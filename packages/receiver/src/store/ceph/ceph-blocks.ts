@@ -1,6 +1,6 @@
 /**
  * Block digests of an RBD snapshot through the librbd reader
- * (rbd-reader.ts): the mirror's block map of a resync (SPEC §5.9) and the
+ * (rbd-image.ts): the mirror's block map of a resync (SPEC §5.9) and the
  * receiver's side of a BlockCheck (SPEC §5.6, `--verify changed`, `--scrub`).
  *
  * A resync on the Ceph store compares with the committed snapshot, which
@@ -13,7 +13,7 @@
 import { timingSafeEqual } from 'node:crypto'
 import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
-import { RbdReader } from './rbd-reader.ts'
+import { RbdImage } from './rbd-image.ts'
 import type { CephTarget } from './rbd-cli.ts'
 
 /** Blocks read ahead of the one digested (requests are pipelined to one helper). */
@@ -24,7 +24,7 @@ const READS_IN_FLIGHT = 4
  * calling `each(i, digest, bytes)`; reads run READS_IN_FLIGHT ahead.
  */
 async function digestBlocks(
-  reader: RbdReader,
+  reader: RbdImage,
   capacity: number,
   blockSize: number,
   algorithm: DigestAlgorithm,
@@ -64,12 +64,12 @@ export class CephBlockMap {
   readonly blocks: number
   /** blocks taken from a kept map: none on Ceph (every digest is read) */
   readonly keptBlocks = 0
-  private readonly reader: RbdReader
+  private readonly reader: RbdImage
   private readonly capacity: number
   private readonly blockSize: number
   private readonly algorithm: DigestAlgorithm
 
-  private constructor(reader: RbdReader, capacity: number, blockSize: number, algorithm: DigestAlgorithm) {
+  private constructor(reader: RbdImage, capacity: number, blockSize: number, algorithm: DigestAlgorithm) {
     this.reader = reader
     this.capacity = capacity
     this.blockSize = blockSize
@@ -83,7 +83,7 @@ export class CephBlockMap {
    * @throws ReceiverError E_IO
    */
   static async open(t: CephTarget, image: string, snap: string, capacity: number, blockSize: number, algorithm: DigestAlgorithm): Promise<CephBlockMap> {
-    return new CephBlockMap(await RbdReader.open(t, image, snap), capacity, blockSize, algorithm)
+    return new CephBlockMap(await RbdImage.open(t, image, snap), capacity, blockSize, algorithm)
   }
 
   /** mirror bytes read for this map */
@@ -104,7 +104,7 @@ export class CephBlockMap {
   }
 
   async close(): Promise<void> {
-    this.reader.close()
+    await this.reader.close()
   }
 }
 
@@ -136,7 +136,7 @@ export async function checkSnapshotBlocks(
   const at = (i: number): number => Number(index.getBigUint64(i * 8, true))
   const out: number[] = []
   let bytes = 0
-  const reader = await RbdReader.open(t, image, snap)
+  const reader = await RbdImage.open(t, image, snap)
   try {
     await digestBlocks(
       reader,
@@ -152,7 +152,7 @@ export async function checkSnapshotBlocks(
       signal,
     )
   } finally {
-    reader.close()
+    await reader.close()
   }
   const mismatched = new Uint8Array(out.length * 8)
   const v = new DataView(mismatched.buffer)
