@@ -67,7 +67,7 @@ async function qemuReadsSnapshots(t: Test, ceph: CephCluster, vm: string, dir: s
 async function rotSnapshot(ceph: CephCluster, spec: string, offset: number, data: Buffer): Promise<void> {
   const { execFile } = await import('node:child_process')
   const { promisify } = await import('node:util')
-  const [pi, snap] = spec.split('@') as [string, string]
+  const [pi] = spec.split('@') as [string, string]
   const image = pi.slice(POOL.length + 1)
   const py = `
 import sys, rados, rbd

@@ -522,7 +522,7 @@ export class Session {
     this.inbox.clear()
     // a store that cannot be read (or holds a link or FIFO) is an I/O failure for the agent
     const local = errorCode(error)
-    const err = local === 'E_STATE' || local === 'E_STORE_FILE' || local === 'E_STORE_KIND' ? new ReceiverError('E_IO', (error as Error).message) : error
+    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
     // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)

@@ -99,7 +99,16 @@ export class CephBlockMap {
     if (first + count > this.blocks) throw new ReceiverError('E_RANGE', `blocks ${first}…${first + count - 1} are beyond the ${this.blocks} blocks of ${this.reader.label}`)
     const len = DigestLengths[this.algorithm]
     const out = new Uint8Array(count * len)
-    await digestBlocks(this.reader, this.capacity, this.blockSize, this.algorithm, (i) => first + i, count, (i, d) => out.set(d, i * len), signal)
+    await digestBlocks(
+      this.reader,
+      this.capacity,
+      this.blockSize,
+      this.algorithm,
+      (i) => first + i,
+      count,
+      (i, d) => out.set(d, i * len),
+      signal,
+    )
     return out
   }
 

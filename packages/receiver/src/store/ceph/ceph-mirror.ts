@@ -154,7 +154,8 @@ export class CephVmMirror {
     if (req.cycle <= s.committedCycle) return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${s.committedCycle}`)
     if (req.mode === 'resync') {
       // SPEC §5.9 (resync-open.ts): generation, chain and divergence do not matter; the committed snapshot is compared with
-      if (!this.compatible(ctx.compat)) return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`)
+      if (!this.compatible(ctx.compat))
+        return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`)
       if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to compare with: seed it`)
       if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity of ${req.name} shrank from ${rec.capacity} to ${req.capacity}: seed it`)
     }
@@ -358,7 +359,11 @@ export class CephVmMirror {
     if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
     const r = await checkSnapshotBlocks(this.target, rec.image, rec.snap, rec.capacity, req, signal)
     const at = new Date().toISOString()
-    const next: CephDiskRecord = { ...rec, blocks: { ok: r.ok, at }, ...(r.ok ? {} : { diverged: { reason: `block check of cycle ${rec.cycle} found ${r.mismatched.length / 8} differing blocks`, at } }) }
+    const next: CephDiskRecord = {
+      ...rec,
+      blocks: { ok: r.ok, at },
+      ...(r.ok ? {} : { diverged: { reason: `block check of cycle ${rec.cycle} found ${r.mismatched.length / 8} differing blocks`, at } }),
+    }
     if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, blocks: r.mismatched.length / 8 }, 'mirror blocks differ from the source: marked diverged, the next cycle must resync it')
     await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
     return r

@@ -163,7 +163,10 @@ export class RbdImage {
         acc = Buffer.concat([acc, b])
         if (acc.length < 5) return
         const n = acc.readUInt32LE(1)
-        if (n > 65536) return resolve(`a first frame of ${n} bytes`)
+        if (n > 65536) {
+          resolve(`a first frame of ${n} bytes`)
+          return
+        }
         if (acc.length < 5 + n) return
         proc.stdout?.off('data', onData)
         resolve({ status: acc[0] as number, data: acc.subarray(5, 5 + n), rest: acc.subarray(5 + n) })
@@ -177,22 +180,28 @@ export class RbdImage {
     }
     proc.kill('SIGKILL')
     const why = typeof first === 'string' ? `${first}: ${Buffer.concat(err).toString('utf8').trim().slice(-1024)}` : first.data.toString('utf8')
-    throw new ReceiverError('E_IO', `cannot open ${label} for reading (librbd helper, python3-rbd): ${why}`)
+    throw new ReceiverError('E_IO', `cannot open ${label} (librbd helper, python3-rbd): ${why}`)
   }
 
   private onData(b: Buffer): void {
     this.buf = this.buf.length === 0 ? b : Buffer.concat([this.buf, b])
     while (this.buf.length >= 5) {
       const n = this.buf.readUInt32LE(1)
-      if (n > MAX_READ_BYTES) return this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} sent a frame of ${n} bytes`))
+      if (n > MAX_READ_BYTES) {
+        this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} sent a frame of ${n} bytes`))
+        return
+      }
       if (this.buf.length < 5 + n) return
       const status = this.buf[0] as number
       const data = Buffer.from(this.buf.subarray(5, 5 + n))
       this.buf = this.buf.subarray(5 + n)
       const w = this.waiting.shift()
-      if (w === undefined) return this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} answered a request never made`))
+      if (w === undefined) {
+        this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} answered a request never made`))
+        return
+      }
       if (status === 0) w.resolve(data)
-      else w.reject(new ReceiverError('E_IO', `reading ${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
+      else w.reject(new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
     }
   }
 
