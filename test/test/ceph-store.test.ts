@@ -226,9 +226,11 @@ t.test('two receivers on one pool: the second cannot take a VM the first holds, 
   await runA
   const r = await replicateCli(siteB, vm.vmxPath, ['--give-up', '60', ...state])
   t.equal(r.code, 0, `B takes over and finishes the cycle: ${r.stderr.slice(-1500)}`)
-  // with A's agent killed too, the new agent process restarted the cycle here (resumedFrom [0] seen): the
-  // receiver-side resume by cycle identity is proven by the SIGKILL test above and the conformance suite
-  t.comment(`takeover: durable point ${durable} under A; B's agent resumed from ${JSON.stringify(r.report?.vms[0]?.disks[0]?.resumedFrom ?? [])}`)
+  // the new agent process reuses the recorded in-flight snapshot, so the cycle identity is the same and B
+  // resumes from the RADOS extent log A left (at or after the durable point seen under A), not from 0
+  const resumedFrom = r.report?.vms[0]?.disks[0]?.resumedFrom ?? []
+  t.comment(`takeover: durable point ${durable} under A; B's agent resumed from ${JSON.stringify(resumedFrom)}`)
+  t.ok((resumedFrom[0] ?? 0) >= durable, `B resumed A's cycle from its durable point ${durable}, not from the start: ${JSON.stringify(resumedFrom)}`)
   const st = await cephStatus(ceph)
   t.equal(st.vms.find((v) => v.vm === name)?.committedCycle, 2, 'cycle 2 committed through B')
   await pointMatches(t, ceph, name, 2, join(dir, 'mirror-2'), exp, 'after the takeover')

@@ -18,9 +18,8 @@ import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { httpCall, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 import { replicateCli, runCli, startSite } from '@grainline/e2e'
-import { httpCall } from './http-client.ts'
 
 // the few browser globals the page functions below use (they run in Chromium, not here; the e2e tsconfig has no DOM lib)
 interface PageElement {

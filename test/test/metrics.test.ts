@@ -7,10 +7,9 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { scratchDir } from '@grainline/test-utils'
+import { httpCall, scratchDir } from '@grainline/test-utils'
 import { replicateCli, startSite } from '@grainline/e2e'
 import { readFile } from 'node:fs/promises'
-import { httpCall } from './http-client.ts'
 
 const MiB = 1024 * 1024
 

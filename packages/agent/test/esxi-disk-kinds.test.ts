@@ -10,7 +10,7 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { pino } from 'pino'
@@ -20,7 +20,7 @@ import { replicate } from '../src/replicate.ts'
 import { createEsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import { classifyDisk } from '../src/esxi/disk-kind.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
+import { startSshHarness, qemuRaw as harnessQemuRaw, mirrorFlat } from './esxi-harness.ts'
 
 const h = await startSshHarness()
 t.teardown(() => h.stop())
@@ -105,20 +105,6 @@ const esxi: EsxiDriverInit = {
   commandTimeoutMs: 600_000,
 }
 
-async function mirrorFlat(stem: string): Promise<string> {
-  const found: string[] = []
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const p = path.join(dir, e.name)
-      if (e.isDirectory()) await walk(p)
-      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
-    }
-  }
-  await walk(path.join(h.dir, 'store'))
-  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
-  return found[0] as string
-}
-
 /**
  * The frozen content of a layer: qemu-img for ordinary disks; a virtual RDM
  * (which qemu does not read) is the LUN image its mapping file presents plus
@@ -197,8 +183,8 @@ t.test('independent disks and physical RDMs are skipped with a warning, virtual 
       { node: 'scsi0:2', fileName: 'kinds_prdm.vmdk', kind: 'physical-rdm', reason: /physical-compatibility RDM/ },
       { node: 'scsi0:4', kind: 'independent' },
     ])
-    t.same(await readFile(await mirrorFlat('kinds')), frozen[0], `cycle ${n}: disk mirror = frozen source`)
-    t.same(await readFile(await mirrorFlat('kinds_vrdm')), frozen[1], `cycle ${n}: virtual RDM mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, 'kinds')), frozen[0], `cycle ${n}: disk mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, 'kinds_vrdm')), frozen[1], `cycle ${n}: virtual RDM mirror = frozen source`)
     t.equal(await snapshotsOf('kinds'), 1, 'the VM runs on exactly one grainline snapshot')
     // the skipped disks are untouched: still on their base file, no delta
     const vmx = await readFile(path.join(dirs.kinds, 'kinds.vmx'), 'utf8')

@@ -9,14 +9,14 @@
  */
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { startReceiverProcess, tokensFixture, TEST_TOKEN } from '@grainline/test-utils'
 import { replicate } from '../src/replicate.ts'
 import { createEsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
-import { startSshHarness } from './esxi-harness.ts'
+import { startSshHarness, mirrorFlat } from './esxi-harness.ts'
 
 const h = await startSshHarness()
 t.teardown(() => h.stop())
@@ -80,20 +80,6 @@ const esxi: EsxiDriverInit = {
   commandTimeoutMs: 600_000,
 }
 
-async function mirrorFlat(stem: string): Promise<string> {
-  const found: string[] = []
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name)
-      if (e.isDirectory()) await walk(p)
-      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
-    }
-  }
-  await walk(path.join(h.dir, 'store'))
-  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
-  return found[0] as string
-}
-
 t.test('seed and incremental of a VM mixing a local and an SFTP datastore, with a windows-1252 disk name', async (t) => {
   const driver = createEsxiDriver({ logger: pino({ level: 'silent' }) }, esxi)
   t.teardown(() => driver.close())
@@ -136,8 +122,8 @@ t.test('seed and incremental of a VM mixing a local and an SFTP datastore, with 
         [`${NAME}.vmdk`, n === 1 ? 'seed' : 'incremental'],
       ],
     )
-    t.same(await readFile(await mirrorFlat('enc')), expected[0], `cycle ${n}: local-datastore disk mirror`)
-    t.same(await readFile(await mirrorFlat(NAME)), expected[1], `cycle ${n}: SFTP disk with the windows-1252 name`)
+    t.same(await readFile(await mirrorFlat(h, 'enc')), expected[0], `cycle ${n}: local-datastore disk mirror`)
+    t.same(await readFile(await mirrorFlat(h, NAME)), expected[1], `cycle ${n}: SFTP disk with the windows-1252 name`)
     for (const p of pending) p.data.copy(expected[p.disk] as Buffer, p.offset)
   }
   t.ok((driver.sftpCounters?.bytes ?? 0) >= SIZE, 'the SFTP datastore was read over SFTP')

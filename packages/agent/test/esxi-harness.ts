@@ -4,7 +4,7 @@
  * datastore folder in a temp dir.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { mkdtemp, writeFile, mkdir, readFile, rm, chmod } from 'node:fs/promises'
+import { mkdtemp, writeFile, mkdir, readFile, readdir, rm, chmod } from 'node:fs/promises'
 import { appendFileSync, readFileSync, rmSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import os from 'node:os'
@@ -210,4 +210,22 @@ export function qemuRaw(descriptor: string, pathMap: Record<string, string>, scr
   } finally {
     rmSync(out, { force: true })
   }
+}
+
+/**
+ * The mirror's flat file of a source disk (base file name `stem.vmdk`) in the
+ * receiver store `<harness dir>/store`: exactly one must exist.
+ */
+export async function mirrorFlat(h: { readonly dir: string }, stem: string): Promise<string> {
+  const found: string[] = []
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) await walk(p)
+      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
+    }
+  }
+  await walk(path.join(h.dir, 'store'))
+  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
+  return found[0] as string
 }

@@ -7,7 +7,7 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import path from 'node:path'
@@ -16,7 +16,7 @@ import { replicate } from '../src/replicate.ts'
 import type { EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import type { VmHandle } from '../src/driver.ts'
 import { openChain, openWriter } from '@grainline/vmdk'
-import { repoRoot, startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
+import { repoRoot, startSshHarness, qemuRaw as harnessQemuRaw, mirrorFlat } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
 const h = await startSshHarness()
@@ -88,21 +88,6 @@ const esxi: EsxiDriverInit = {
   pollIntervalMs: 50,
 }
 
-/** Find the mirror's flat file of a source disk (base file name `stem.vmdk`). */
-async function mirrorFlat(stem: string): Promise<string> {
-  const found: string[] = []
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const p = path.join(dir, e.name)
-      if (e.isDirectory()) await walk(p)
-      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
-    }
-  }
-  await walk(store)
-  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
-  return found[0] as string
-}
-
 async function guestWrites(vm: VmHandle, seed: number): Promise<void> {
   for (const d of vm.disks) {
     const w = await openWriter(d.path, { pathMap: dsPathMap })
@@ -154,8 +139,8 @@ for (const v of VMS)
         cycle === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'],
       )
       t.same(vr?.removedSnapshots, cycle === 1 ? [] : [`grainline-${cycle - 1}`])
-      t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], 'disk 0 mirror = frozen source')
-      t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], 'disk 1 mirror = frozen source')
+      t.same(await readFile(await mirrorFlat(h, v.stem)), frozen[0], 'disk 0 mirror = frozen source')
+      t.same(await readFile(await mirrorFlat(h, `${v.stem}_1`)), frozen[1], 'disk 1 mirror = frozen source')
       // the source VM runs on exactly one grainline snapshot
       const vmsd = await readFile(path.join(h.datastore, `${v.name}/${v.stem}.vmsd`), 'utf8')
       t.match(vmsd, /snapshot\.numSnapshots = "1"/)

@@ -18,7 +18,7 @@ import { replicate } from '../src/replicate.ts'
 import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import { readChainFiles } from '../src/esxi/chain-files.ts'
 import type { VmHandle } from '../src/driver.ts'
-import { startSshHarness, qemuRaw as harnessQemuRaw } from './esxi-harness.ts'
+import { startSshHarness, qemuRaw as harnessQemuRaw, mirrorFlat } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
 
 const h = await startSshHarness()
@@ -51,20 +51,6 @@ const esxi: EsxiDriverInit = {
   // a loaded test machine runs the stand-in slowly; not a timing assertion
   commandTimeoutMs: 600_000,
   sftp: { retry: { initialBackoffMs: 20, maxBackoffMs: 200 } },
-}
-
-async function mirrorFlat(stem: string): Promise<string> {
-  const found: string[] = []
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const p = path.join(dir, e.name)
-      if (e.isDirectory()) await walk(p)
-      else if (e.name === `${stem}-flat.vmdk`) found.push(p)
-    }
-  }
-  await walk(path.join(h.dir, 'store'))
-  if (found.length !== 1) throw new Error(`mirror of ${stem}: found ${JSON.stringify(found)}`)
-  return found[0] as string
 }
 
 /** the frozen point of each disk (the parent of the running delta), through qemu-img */
@@ -130,8 +116,8 @@ t.test('seed and incrementals of a VM whose datastore is reached only over SFTP'
       vr?.disks.map((d) => d.mode),
       n === 1 ? ['seed', 'seed'] : ['incremental', 'incremental'],
     )
-    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
-    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, `${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
     const c = driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>
     // every byte shipped was read over SFTP (plus grain tables and descriptors)
     const shipped = vr?.disks.reduce((a, d) => a + d.dataBytes, 0) ?? 0
@@ -160,8 +146,8 @@ t.test('an SSH connection dropped in the middle of the reads is retried and the 
     const vr = report.vms[0]
     t.equal(report.ok, true, `cycle ${n}: ${JSON.stringify(vr?.error ?? vr)}`)
     t.ok(dropped >= 1, `cycle ${n}: the SSH connection was dropped (${dropped} sshd session processes killed)`)
-    t.same(await readFile(await mirrorFlat(v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
-    t.same(await readFile(await mirrorFlat(`${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, `${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
     const c = driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>
     t.ok(c.retried >= n, `reads retried after the drop (${c.retried})`)
     t.ok(c.reopened >= n, `handles reopened on the new connection (${c.reopened})`)

@@ -177,7 +177,8 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   if (ceph !== undefined && httpListen !== undefined)
     throw new ReceiverError('E_CONFIG', `the HTTP listener (metrics, dashboard) reads a folder store; it is not supported with ${init.store} yet (docs/CEPH.md)`)
   const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
-  const live = new LiveState()
+  // errors are kept with folder mirrors; a Ceph store has no HTTP listener to show them yet
+  const live = new LiveState(ceph === undefined ? { storeDir: init.store, log } : { log })
   let httpServer: HttpListener | undefined
   const refusals = new RefusalLog(log, 10_000, metrics)
   const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
@@ -368,6 +369,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     srv?.closeAllConnections()
     await closed
     await httpServer?.close()
+    await live.flush()
     log.info('receiver closed')
   }
 

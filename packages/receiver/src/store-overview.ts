@@ -139,5 +139,5 @@ export async function vmDetail(storeDir: string, vm: string, opts: StoreOverview
   const o = await storeOverview(storeDir, { ...opts, covers: (n) => n === vm && (opts.covers?.(n) ?? true) })
   const v = o.vms[0]
   if (v === undefined) return undefined
-  return { vm: v, history: await readCycleHistory(new VmPaths(storeDir, vm), opts.now), errors: opts.live?.errors(vm) ?? [] }
+  return { vm: v, history: await readCycleHistory(new VmPaths(storeDir, vm), opts.now), errors: (await opts.live?.loadErrors(vm)) ?? [] }
 }

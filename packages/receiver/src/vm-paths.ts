@@ -28,7 +28,8 @@ export function generatedNames(stem: string): { readonly mirror: readonly string
  * Where every file of one VM mirror lives (the store layout of the README):
  *
  *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
- *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, <stem>.map, incoming/, lock
+ *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, <stem>.map, incoming/, lock,
+ *     history.json (cycle-history.ts), errors.json (session-errors.ts)
  *
  * Pure: builds paths, touches nothing.
  */

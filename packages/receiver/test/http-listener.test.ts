@@ -29,7 +29,7 @@ import {
   type VmDetail,
 } from '../src/index.ts'
 import { Agent, MiB, TOKEN, TOKEN_B, makeEnv, pattern, runCycle, seedPlan, startReceiver, evolve, incPlan } from './helpers.ts'
-import { httpCall, readEvents } from './http-client.ts'
+import { httpCall, readEvents } from '@grainline/test-utils'
 
 const VIEWER = 'viewer-noc-0123456789abcdef0123'
 const VIEWER_WEB = 'viewer-web-0123456789abcdef0123'

@@ -8,7 +8,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { LOGIN_MAX_ADDRESSES, LOGIN_MAX_FAILURES, LOGIN_WINDOW_MS, LoginThrottle, addressKey } from '../src/index.ts'
 import { TOKEN, makeEnv, startReceiver } from './helpers.ts'
-import { httpCall } from './http-client.ts'
+import { httpCall } from '@grainline/test-utils'
 
 const VIEWER = 'viewer-noc-0123456789abcdef0123'
 

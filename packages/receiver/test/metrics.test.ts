@@ -11,7 +11,7 @@ import WebSocket from 'ws'
 import { SUBPROTOCOL } from '@grainline/protocol'
 import { assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, type VmStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
-import { httpCall } from './http-client.ts'
+import { httpCall } from '@grainline/test-utils'
 
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
