@@ -10,8 +10,9 @@
  *
  *   folder  an incremental of `change-mib` in `extent-kib` extents applied
  *           into the folder store (undo journal, fdatasync, state.json)
- *   ceph    the same incremental into `--store ceph:POOL` (rbd import-diff
- *           per batch, RADOS extent log, snapshot + state object at commit)
+ *   ceph    the same incremental into `--store ceph:POOL` (librbd writes
+ *           through the disk's helper, flush + RADOS extent log append per
+ *           batch, snapshot + state object at commit)
  *   import  `rbd import` of the same changed bytes as one raw file (the
  *           baseline: what moving these bytes into RBD costs at all)
  *

@@ -1,7 +1,7 @@
 import { ProtocolErrorCodes, type ProtocolErrorCode } from '@grainline/protocol'
 
 /** Codes of receiver errors: every wire code of SPEC §7 plus local ones. */
-export type ReceiverErrorCode = ProtocolErrorCode | 'E_CONFIG' | 'E_STATE' | 'E_NOT_FOUND' | 'E_STORE_FILE' | 'E_VERIFY' | 'E_ARCHIVE' | 'E_STORE_KIND'
+export type ReceiverErrorCode = ProtocolErrorCode | 'E_CONFIG' | 'E_STATE' | 'E_NOT_FOUND' | 'E_STORE_FILE' | 'E_VERIFY' | 'E_ARCHIVE'
 
 /**
  * A typed receiver error. Wire codes carry the WebSocket close code of SPEC §7;

@@ -40,6 +40,7 @@ import type { DiskApply } from './disk-apply.ts'
 import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
 import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
 import { ResyncMap } from './resync-map.ts'
+import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
 import { checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
@@ -77,7 +78,7 @@ export class Session {
   /** accepted disks by handle (refused handles are spent, SPEC §8.2, and not kept here) */
   private readonly disks = new Map<number, PipelineDisk>()
   /** the mirror block maps of accepted resync disks, by handle (SPEC §5.9) */
-  private readonly maps = new Map<number, ResyncMap>()
+  private readonly maps = new Map<number, ResyncMap | CephBlockMap>()
   private readonly pipeline: ApplyPipeline
   private readonly abortCtl = new AbortController()
   private readonly deadlines: SessionDeadlines
@@ -295,13 +296,6 @@ export class Session {
     return this.vm
   }
 
-  /** The VM on the folder store; a request only the folder store serves fails with E_STORE_KIND on another. */
-  private folderMirror(what: string): VmMirror {
-    const m = this.mirror
-    if (m instanceof CephVmMirror) throw new ReceiverError('E_STORE_KIND', `${what} of VM ${this.vmName} is not supported on the Ceph store yet (docs/CEPH.md)`)
-    return m
-  }
-
   private async onRollback(): Promise<void> {
     const committedCycle = await this.mirror.rollback()
     this.send({ kind: MessageKind.RolledBack, vm: this.vmName, committedCycle })
@@ -346,7 +340,12 @@ export class Session {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
       this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply })
-      if (msg.mode === 'resync' && !(vm instanceof CephVmMirror)) {
+      if (msg.mode === 'resync' && vm instanceof CephVmMirror) {
+        const map = await vm.openBlockMap(msg.name, msg.blockSize ?? 0).catch((err: unknown) => {
+          throw ioError(err, `opening the block map of ${msg.name}`)
+        })
+        this.maps.set(msg.disk, map)
+      } else if (msg.mode === 'resync' && !(vm instanceof CephVmMirror)) {
         const applied = r.apply.counts.extents > 0
         const map = await ResyncMap.open(vm.paths, (r.apply as DiskApply).info, applied, vm.state.disks[msg.name], (why) =>
           this.log.info({ disk: msg.name, why }, 'no kept block map: the resync reads the whole mirror'),
@@ -511,7 +510,9 @@ export class Session {
   /** SPEC §5.6: read back the listed blocks of the mirror and compare (a mismatch marks the disk diverged). */
   private async onBlockCheck(msg: BlockCheckMessage): Promise<void> {
     const name = this.disk(msg.disk).name
-    const r = await checkBlocks(this.folderMirror('a block check'), name, { ...msg, algorithm: (this.negotiated as Negotiated).digest }, this.abortCtl.signal)
+    const m = this.mirror
+    const req = { ...msg, algorithm: (this.negotiated as Negotiated).digest }
+    const r = m instanceof CephVmMirror ? await m.checkBlocks(name, req, this.abortCtl.signal) : await checkBlocks(m, name, req, this.abortCtl.signal)
     this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
     this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
   }
@@ -523,7 +524,7 @@ export class Session {
     this.inbox.clear()
     // a store that cannot be read (or holds a link or FIFO) is an I/O failure for the agent
     const local = errorCode(error)
-    const err = local === 'E_STATE' || local === 'E_STORE_FILE' || local === 'E_STORE_KIND' ? new ReceiverError('E_IO', (error as Error).message) : error
+    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
     // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)

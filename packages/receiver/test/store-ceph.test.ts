@@ -17,6 +17,22 @@ import { storeConformance } from './store-conformance.ts'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
+import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+
+/** Write `hex` at `offset` into the head of an image with librbd (python3-rbd), as a stray client would. */
+const WRITE_PY = `
+import sys, rados, rbd
+conf, pool, image, offset, hexdata = sys.argv[1:6]
+c = rados.Rados(conffile=conf); c.connect(timeout=20)
+io = c.open_ioctx(pool)
+with rbd.Image(io, image) as img:
+    img.write(bytes.fromhex(hexdata), int(offset))
+    img.flush()
+io.close(); c.shutdown()
+`
 
 const POOL = 'glconf'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
@@ -102,6 +118,36 @@ t.test('Ceph store', { skip }, async (t) => {
     t.equal((err as CephCommandError).code, 'E_IO')
   })
 
+  t.test('librbd reader: reads of a snapshot anywhere, split into bounded requests; past the end zeros; typed failures', async (t) => {
+    const img = 'reader-test'
+    const size = MAX_READ_BYTES + 3 * 65536
+    const data = Buffer.alloc(size)
+    for (let i = 0; i < size; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i)
+    const { writeFile: wf } = await import('node:fs/promises')
+    const raw = join(base, 'reader.raw')
+    await wf(raw, data)
+    await runCeph(target, 'rbd', ['import', '--no-progress', raw, `${POOL}/${img}`])
+    await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${img}@s1`])
+    // the head changes after the snapshot: the snapshot's reader still sees the old bytes
+    await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, img, '0', 'ff'.repeat(4096)])
+    const r = await RbdImage.open(target, img, 's1')
+    t.teardown(() => r.close())
+    t.equal(r.size, size, 'the snapshot size')
+    t.ok((await r.read(0, 4096)).equals(data.subarray(0, 4096)), 'the snapshot, not the head')
+    const across = await r.read(MAX_READ_BYTES - 100, 65536 + 200)
+    t.ok(across.equals(data.subarray(MAX_READ_BYTES - 100, MAX_READ_BYTES + 65536 + 100)), 'a read across the request bound is split and joined')
+    const all = await Promise.all([r.read(0, size), r.read(65536, 10), r.read(size - 10, 10)])
+    t.ok(all[0].equals(data) && all[1].equals(data.subarray(65536, 65546)) && all[2].equals(data.subarray(size - 10)), 'pipelined reads answer in order')
+    const tail = await r.read(size - 4, 12)
+    t.ok(tail.subarray(0, 4).equals(data.subarray(size - 4)) && tail.subarray(4).equals(Buffer.alloc(8)), 'past the end reads as zeros')
+    const head = await RbdImage.open(target, img, null)
+    t.ok((await head.read(0, 4096)).equals(Buffer.alloc(4096, 0xff)), 'the head when no snapshot is named')
+    await head.close()
+    await t.rejects(head.read(0, 1), { code: 'E_IO', message: /closed/ }, 'a closed reader refuses reads')
+    await t.rejects(RbdImage.open(target, 'no-such-image', null), { code: 'E_IO', message: /no-such-image/ }, 'a missing image: E_IO naming it')
+    await t.rejects(RbdImage.open(target, img, 'no-such-snap'), { code: 'E_IO', message: /no-such-snap/ }, 'a missing snapshot: E_IO naming it')
+  })
+
   storeConformance(
     t,
     {
@@ -115,6 +161,14 @@ t.test('Ceph store', { skip }, async (t) => {
       readPoint: async (env, vm, cycle, disk) => {
         const r = await cephRestorePoint(target, vm, cycle, join(env.dir, `point-${cycle}-${n++}`))
         return await readFile((r.disks.find((d) => d.name === disk) as { file: string }).file)
+      },
+      // a snapshot cannot be written: the head (equal to it between cycles) is, and the snapshot is taken again under its name
+      corrupt: async (_env, vm, disk, offset, data) => {
+        const rec = (await readCephState(target, new CephNames(vm).state, vm))?.disks[disk]
+        if (rec === undefined) throw new Error(`no committed disk ${disk} of ${vm}`)
+        await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, rec.image, String(offset), data.toString('hex')], { maxBuffer: 1 << 20 })
+        await runCeph(target, 'rbd', ['snap', 'rm', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
+        await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
       },
     },
     () => join(base, String(n++)),

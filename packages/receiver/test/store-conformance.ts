@@ -5,11 +5,14 @@
  * store (store-ceph.test.ts): seed, incrementals, an atomic commit, the
  * resume of a cycle whose connection died after a durable batch, lineage and
  * generation refusals, points listed and read back, retention removing the
- * oldest, hostile VM and disk names refused with typed errors.
+ * oldest, hostile VM and disk names refused with typed errors, a block
+ * check (`--verify changed`, `--scrub`) finding blocks changed behind the
+ * store's back and a resync repairing exactly those.
  */
 import type { Test } from 'tap'
 import { MessageKind, encodeMessage, type Message } from '@grainline/protocol'
 import type { ReceiverInit } from '../src/index.ts'
+import { BLOCKS, BS, NAME, SIZE, VM as RVM, mapOf, resyncCycle } from './resync-helpers.ts'
 import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /** A frame of `m` even when the codec refuses a field (hand-encoded, so the receiver sees the bad field). */
@@ -34,6 +37,8 @@ export interface StoreUnderTest {
   points(env: Env, vm: string): Promise<number[]>
   /** the content of a disk at point `cycle` */
   readPoint(env: Env, vm: string, cycle: number, disk: string): Promise<Buffer>
+  /** change the committed content of a disk behind the store's back (bit rot, a stray write) */
+  corrupt(env: Env, vm: string, disk: string, offset: number, data: Buffer): Promise<void>
 }
 
 const cid = (n: number): string => n.toString(16).padStart(32, '0')
@@ -142,5 +147,56 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
       const e = await a.expectError()
       t.equal(e.code, disk.length > 255 ? 'E_SCHEMA' : 'E_BAD_NAME', `disk name ${JSON.stringify(disk.slice(0, 20))} refused`)
     }
+  })
+
+  t.test(`${store.kind}: a block check finds blocks changed behind the store's back; a resync sends and repairs exactly those`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, store.init(env))
+    t.teardown(() => receiver.close())
+    const img1 = pattern(SIZE, 41)
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, RVM, 1, [seedPlan(0, NAME, img1, cid(41))])
+    const all = new Uint8Array(BLOCKS * 8)
+    const idx = new DataView(all.buffer)
+    for (let b = 0; b < BLOCKS; b++) idx.setBigUint64(b * 8, BigInt(b), true)
+    const check = async (ag: Agent, image: Buffer): Promise<{ ok: boolean; mismatched: number[] }> => {
+      ag.send({ kind: MessageKind.BlockCheck, disk: 0, blockSize: BS, blocks: all, digests: mapOf(image) })
+      const r = await ag.expect(MessageKind.BlockCheckResult)
+      const v = new DataView(r.mismatched.buffer, r.mismatched.byteOffset, r.mismatched.byteLength)
+      return { ok: r.ok, mismatched: Array.from({ length: r.mismatched.length / 8 }, (_, i) => Number(v.getBigUint64(i * 8, true))) }
+    }
+    t.same(await check(a, img1), { ok: true, mismatched: [] }, 'the seeded mirror passes a check of every block')
+    a.close()
+    // two blocks rot in the committed mirror; the next incremental writes elsewhere
+    await store.corrupt(env, RVM, NAME, 5 * BS + 100, Buffer.alloc(300, 0x5a))
+    await store.corrupt(env, RVM, NAME, 20 * BS + 8192, Buffer.alloc(4096, 0))
+    const ranges = [{ offset: BS, length: BS }]
+    const img2 = evolve(img1, 42, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r2 = await runCycle(a, RVM, 2, [incPlan(0, NAME, img2, 1, cid(42), ranges, 'vm-r-000001.vmdk', 'vm-r-000002.vmdk')])
+    t.equal(r2.committed?.cycle, 2, 'the incremental commits')
+    t.same(await check(a, img2), { ok: false, mismatched: [5, 20] }, 'the check names exactly the changed blocks')
+    a.close()
+    // a diverged mirror takes no incremental
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    a.send(hello())
+    await a.expect(MessageKind.Welcome)
+    a.send(vmOpen(RVM, 3, ['vm-r-000002.vmdk']))
+    const st = await a.expect(MessageKind.VmState)
+    a.send(diskOpen(incPlan(0, NAME, img2, 2, cid(43), ranges, 'vm-r-000002.vmdk', 'vm-r-000003.vmdk'), 3, RVM, st.generation))
+    const ds = await a.expect(MessageKind.DiskState)
+    a.close()
+    t.equal(ds.reason, 'E_DIVERGED', 'the next incremental is refused: the mirror is marked diverged')
+    const r3 = await resyncCycle(env, url, 3, img2)
+    t.same(r3.sent, [5, 20], 'the resync map differs in the changed blocks only, and only they are sent')
+    t.ok((await store.readDisk(env, RVM, NAME)).equals(img2), 'after the resync the mirror equals the source')
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const ranges4 = [{ offset: 7 * BS, length: 4096 }]
+    const img4 = evolve(img2, 44, ranges4)
+    const plan4 = { ...incPlan(0, NAME, img4, 3, cid(44), ranges4, 'vm-r-000001.vmdk', 'vm-r-000004.vmdk') }
+    const r4 = await runCycle(a, RVM, 4, [plan4])
+    t.equal(r4.committed?.cycle, 4, 'incrementals go on after the resync')
+    t.same(await check(a, img4), { ok: true, mismatched: [] }, 'and every block checks out')
+    a.close()
   })
 }

@@ -1,6 +1,6 @@
 // The store conformance suite (store-conformance.ts) against the folder store.
 import t from 'tap'
-import { readFile } from 'node:fs/promises'
+import { open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { scratchDir } from '@grainline/test-utils'
@@ -22,6 +22,11 @@ storeConformance(
       const d = r.disks.find((x) => x.name === disk)
       if (d === undefined) throw new Error(`no disk ${disk} restored`)
       return await readFile(d.flat.startsWith('/') ? d.flat : join(to, d.flat))
+    },
+    corrupt: async (env, vm, disk, offset, data) => {
+      const fh = await open(join(env.store, vm, disk.replace(/\.vmdk$/, '-flat.vmdk')), 'r+')
+      await fh.write(data, 0, data.length, offset)
+      await fh.close()
     },
   },
   () => join(base, String(n++)),

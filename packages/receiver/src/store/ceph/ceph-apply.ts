@@ -1,9 +1,13 @@
 /**
  * The apply of one disk's cycle into an RBD image: every batch of validated
- * extents becomes one `rbd import-diff -` of the image's head, and only once
- * that command has returned 0 are the batch's extent records appended to the
- * disk's log object (one atomic RADOS append) — the resume point — and the
- * batch acknowledged. A crash anywhere leaves the committed snapshot intact
+ * extents is written into the image's head through the disk's long-lived
+ * librbd helper (rbd-image.ts: librbd `write`/`write_zeroes`), and only once
+ * the helper's `flush` has returned are the batch's extent records appended
+ * to the disk's log object (one atomic RADOS append, by the same helper) —
+ * the resume point — and the batch acknowledged. (Until this round each batch
+ * was one `rbd import-diff -` and one `rados append` process: two cluster
+ * connections per batch; the diff stream encoder, rbd-diff-stream.ts, stays
+ * for tests and tools.) A crash anywhere leaves the committed snapshot intact
  * and the log a prefix of what is in the head; the agent resends from the
  * log's end, and writing an extent again writes the same bytes. It owns the
  * cycle's sequence numbers, counts and cycle digest like the folder store's
@@ -14,7 +18,7 @@ import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
 import type { CephLock } from './ceph-lock.ts'
-import { encodeDiff } from './rbd-diff-stream.ts'
+import { RbdImage } from './rbd-image.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
@@ -61,6 +65,8 @@ export class CephDiskApply {
   batches = 0
   journalMs = 0
   writeMs = 0
+  /** the image's helper, opened at the first batch */
+  private image: Promise<RbdImage> | undefined
 
   private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk) {
     this.target = target
@@ -137,27 +143,35 @@ export class CephDiskApply {
     this.lock.check(this.vm)
   }
 
-  /** Write the batch into the image's head: one `rbd import-diff -`, done when it returned 0. */
+  /** The helper writing this disk's head (opened once; it checks the base snapshot exists and grows the image). */
+  private helper(): Promise<RbdImage> {
+    if (this.image === undefined) {
+      this.image = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity })
+      this.image.catch(() => {})
+    }
+    return this.image
+  }
+
+  /** Write the batch into the image's head (pipelined requests to the helper); not durable before {@link syncBatch}. */
   async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     opts.signal?.throwIfAborted()
     this.lock.check(this.vm)
     const t0 = performance.now()
-    const parts = encodeDiff({
-      size: this.info.capacity,
-      ...(this.info.baseSnap === null ? {} : { from: this.info.baseSnap }),
-      extents: batch.map((e) => ({ offset: e.offset, length: e.length, data: e.zero ? undefined : e.data })),
-    })
-    await runCeph(this.target, 'rbd', ['import-diff', '--no-progress', '-', `${this.target.pool}/${this.info.image}`], parts)
+    const img = await this.helper()
+    const writes = batch.map((e) => (e.zero ? img.zero(e.offset, e.length) : img.write(e.offset, e.data as Uint8Array)))
+    for (const w of writes) w.catch(() => {})
+    await Promise.all(writes)
     this.writeMs += performance.now() - t0
   }
 
-  /** Append the batch's records to the log (the resume point): the batch is durable once this returns. */
+  /** Flush the head, then append the batch's records to the log (the resume point): the batch is durable once this returns. */
   async syncBatch(batch: readonly ApplyExtent[]): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
     const lines = batch.map((e) => JSON.stringify({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: Buffer.from(e.digest).toString('hex') })).join('\n')
-    await runCeph(this.target, 'rados', ['-p', this.target.pool, 'append', this.info.log, '-'], Buffer.from(`${lines}\n`))
+    this.lock.check(this.vm)
+    await (await this.helper()).flushAndLog(Buffer.from(`${lines}\n`))
     this.batches++
     this.applied = (batch[batch.length - 1] as ApplyExtent).seq
     this.journalMs += performance.now() - t0
@@ -177,10 +191,16 @@ export class CephDiskApply {
     if (!(digest.length === claim.digest.length && timingSafeEqual(digest, claim.digest))) throw new ReceiverError('E_END_MISMATCH', `cycle digest of ${this.info.name} differs`)
     this.sealedDigest = digest
     this.sealed = true
+    // every batch is flushed and logged: the helper goes before the commit snapshots the image
+    await this.close()
   }
 
-  /** Nothing is held open between batches. */
-  async close(_opts: { flush?: boolean } = {}): Promise<void> {}
+  /** Stop the helper (what it wrote but did not log is resent by the agent). */
+  async close(_opts: { flush?: boolean } = {}): Promise<void> {
+    const img = this.image
+    this.image = undefined
+    if (img !== undefined) await (await img.catch(() => undefined))?.close()
+  }
 }
 
 /** Whether an image exists in the pool. */

@@ -24,6 +24,7 @@ import { CephDiskApply, removeImage } from './ceph-apply.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import { digestImage } from './ceph-read.ts'
+import { CephBlockMap, checkSnapshotBlocks, type CephBlockCheck } from './ceph-blocks.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -142,12 +143,6 @@ export class CephVmMirror {
     const base = { committedCycle: rec?.cycle ?? 0, committedSource: rec?.source ?? null, mirrorCid: rec === undefined ? '' : snapCid(rec.image, rec.snap), modified: false }
     const refuse = (reason: string, message: string): CephOpenResult => ({ ...base, accepted: false, reason, message })
     if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
-    if (req.mode === 'resync') {
-      throw new ReceiverError(
-        'E_STORE_KIND',
-        `disk ${req.name} of VM ${this.vm}: a resync (digest comparison of the mirror) is not supported on the Ceph store (pool ${this.target.pool}) yet; seed the disk instead (grainline replicate --seed)`,
-      )
-    }
     if (inf !== undefined) {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
@@ -157,6 +152,13 @@ export class CephVmMirror {
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
     if (req.cycle <= s.committedCycle) return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${s.committedCycle}`)
+    if (req.mode === 'resync') {
+      // SPEC §5.9 (resync-open.ts): generation, chain and divergence do not matter; the committed snapshot is compared with
+      if (!this.compatible(ctx.compat))
+        return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`)
+      if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to compare with: seed it`)
+      if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity of ${req.name} shrank from ${rec.capacity} to ${req.capacity}: seed it`)
+    }
     if (req.mode === 'incremental') {
       if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
       if (!this.compatible(ctx.compat)) return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): seed a new mirror`)
@@ -168,7 +170,7 @@ export class CephVmMirror {
       if (req.baseGeneration !== rec.generation) {
         return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${rec.generation}; resync`)
       }
-      if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): seed it`)
+      if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync or seed it`)
     }
     const seed = req.mode === 'seed'
     const info: CephInflightDisk = {
@@ -335,6 +337,39 @@ export class CephVmMirror {
   }
 
   /**
+   * The block map of a resync disk in flight (SPEC §5.9): digests of its
+   * base snapshot (the committed cycle), which the cycle never writes.
+   * @throws ReceiverError E_INTERNAL (not a resync in flight), E_IO
+   */
+  async openBlockMap(name: string, blockSize: number): Promise<CephBlockMap> {
+    const inf = this.current.inflight?.disks[name]
+    if (inf === undefined || inf.mode !== 'resync' || inf.baseSnap === null) throw new ReceiverError('E_INTERNAL', `disk ${name} of VM ${this.vm} has no resync in flight`)
+    return CephBlockMap.open(this.target, inf.image, inf.baseSnap, inf.capacity, blockSize, inf.algorithm)
+  }
+
+  /**
+   * SPEC §5.6 BlockCheck (`--verify changed`, `--scrub`): read the listed
+   * blocks of the committed snapshot back through librbd, answer the ones
+   * whose digests differ and record the verdict (a mismatch marks the disk
+   * diverged: the next cycle must resync or seed it).
+   * @throws ReceiverError E_RANGE (a block beyond the disk), E_IO
+   */
+  async checkBlocks(name: string, req: CephBlockCheck, signal?: AbortSignal): Promise<{ ok: boolean; mismatched: Uint8Array; bytes: number }> {
+    const rec = this.current.disks[name]
+    if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
+    const r = await checkSnapshotBlocks(this.target, rec.image, rec.snap, rec.capacity, req, signal)
+    const at = new Date().toISOString()
+    const next: CephDiskRecord = {
+      ...rec,
+      blocks: { ok: r.ok, at },
+      ...(r.ok ? {} : { diverged: { reason: `block check of cycle ${rec.cycle} found ${r.mismatched.length / 8} differing blocks`, at } }),
+    }
+    if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, blocks: r.mismatched.length / 8 }, 'mirror blocks differ from the source: marked diverged, the next cycle must resync it')
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
+    return r
+  }
+
+  /**
    * SPEC §5.6 on an image: digest the committed snapshot (`rbd export`,
    * streamed) — a prefix for a trivial check, all of it for a certify — and
    * record the verdict (a failure marks the disk diverged).
@@ -352,7 +387,7 @@ export class CephVmMirror {
     const ok = req.kind === 'trivial' ? rec.capacity === req.size && (req.prefixBytes ?? 0) <= rec.capacity && same : same
     const at = new Date().toISOString()
     const next: CephDiskRecord = { ...rec, [req.kind]: { ok, at }, ...(ok ? {} : { diverged: { reason: `${req.kind} of cycle ${rec.cycle} failed`, at } }) }
-    if (!ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: req.kind }, 'mirror differs from its source: marked diverged, the next cycle must seed it')
+    if (!ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: req.kind }, 'mirror differs from its source: marked diverged, the next cycle must resync or seed it')
     await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
     return { ok, size: rec.capacity, digest: d.digest, bytes: d.bytes }
   }

@@ -35,10 +35,12 @@ export interface CephDiskRecord {
   /** the cycle digest (hex) of the cycle that wrote the snapshot */
   readonly digest: string
   readonly committedAt: string
-  /** set when a trivial check or certify failed: no incremental until a seed */
+  /** set when a trivial check, certify or block check failed: no incremental until a resync or seed */
   readonly diverged?: { readonly reason: string; readonly at: string }
   readonly trivial?: { readonly ok: boolean; readonly at: string }
   readonly certify?: { readonly ok: boolean; readonly at: string }
+  /** the last block check (`--verify changed`, `--scrub`) */
+  readonly blocks?: { readonly ok: boolean; readonly at: string }
 }
 
 /** One disk of the cycle in flight. */

@@ -1,0 +1,299 @@
+/**
+ * Reads and writes of an RBD image through one long-lived helper process
+ * per open image: Python's `rbd`/`rados` modules from Ceph's own
+ * packages (`python3-rbd`; there is no maintained Node binding for librbd),
+ * run by `/usr/bin/python3` (or `GRAINLINE_PYTHON`) like the lock helper.
+ * `rbd export` streams a whole image from its start; resync maps and block
+ * checks need a few blocks anywhere, and the apply writes batch after batch
+ * (one `rbd import-diff` plus one `rados append` process per batch cost
+ * two cluster connections each), so one process connects once and then
+ * answers framed requests on stdin/stdout:
+ *
+ * - request: `u8 op • u64le offset • u32le length` (13 bytes), then for a
+ *   write or a log append `length` bytes; ops: 1 read, 2 write, 3 write
+ *   zeros, 4 flush the image and then append the bytes to the log object;
+ *   a read, write or append of at most {@link MAX_READ_BYTES} (the helper
+ *   refuses more);
+ * - answer: `u8 status (0 ok, 1 error) • u32le length • bytes` (read data,
+ *   or the error message in UTF-8), in request order (requests are pipelined).
+ *
+ * Opened for reading, the image (a snapshot when given) is read-only.
+ * Opened for writing, it is the head: the helper first checks that the base
+ * snapshot exists (what `import-diff`'s from-snapshot guard checked) and
+ * grows the image to the capacity; the log append (op 4) returns only after
+ * `flush` returned, so an acknowledged batch is in the cluster. The helper
+ * exits at EOF on stdin, so it dies with its parent (a receiver killed with
+ * -9 leaves no helper behind: unflushed writes are not in the log and are
+ * resent).
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { ReceiverError } from '../../errors.ts'
+import type { CephTarget } from './rbd-cli.ts'
+
+/** Largest single read the helper answers (bounds its memory and each frame). @default 4 MiB */
+export const MAX_READ_BYTES = 4 * 1024 * 1024
+
+/** How long a writer may take to close its image and exit before it is killed. @default 30 s */
+const WRITER_EXIT_MS = 30_000
+
+/** Write-zeros requests are split at this size (the u32 length). */
+const ZERO_CHUNK = 1024 * 1024 * 1024
+
+/** The Python the Ceph helpers run (Debian's, which has python3-rados/python3-rbd). */
+export function cephPython(): string {
+  return process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3'
+}
+
+const HELPER = `
+import sys, struct, rados, rbd
+conf, cid, keyring, pool, image, snap, maxlen, mode, log, capacity = sys.argv[1:11]
+maxlen = int(maxlen)
+writing = mode == 'write'
+out = sys.stdout.buffer
+inp = sys.stdin.buffer
+def frame(status, data):
+    out.write(struct.pack('<BI', status, len(data)))
+    out.write(data)
+    out.flush()
+kw = {}
+if keyring: kw['conf'] = {'keyring': keyring}
+try:
+    c = rados.Rados(conffile=conf or '', rados_id=(cid or None), **kw)
+    c.connect(timeout=20)
+    io = c.open_ioctx(pool)
+    if writing:
+        img = rbd.Image(io, image)
+        if snap and snap not in [x['name'] for x in img.list_snaps()]:
+            raise Exception('the base snapshot %s of image %s is missing' % (snap, image))
+        if img.size() < int(capacity):
+            img.resize(int(capacity))
+    else:
+        img = rbd.Image(io, image, snapshot=(snap or None), read_only=True)
+    size = img.size()
+except Exception as e:
+    frame(1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
+    sys.exit(2)
+frame(0, struct.pack('<Q', size))
+while True:
+    h = inp.read(13)
+    if h is None or len(h) < 13:
+        break
+    op, off, ln = struct.unpack('<BQI', h)
+    body = b''
+    if op in (2, 4):
+        if ln > maxlen:
+            frame(1, ('a request of %d bytes, at most %d' % (ln, maxlen)).encode())
+            break
+        body = inp.read(ln) if ln > 0 else b''
+        if body is None or len(body) < ln:
+            break
+    bad = op not in (1, 2, 3, 4) or (op in (2, 3, 4) and not writing) or (op == 1 and ln > maxlen) or (op in (1, 2, 3) and off + ln > size)
+    if bad:
+        frame(1, ('bad request op %d offset %d length %d (size %d, at most %d per read)' % (op, off, ln, size, maxlen)).encode())
+        continue
+    try:
+        if op == 1:
+            data = img.read(off, ln) if ln > 0 else b''
+            if len(data) < ln:
+                data = data + bytes(ln - len(data))
+            frame(0, data)
+        elif op == 2:
+            img.write(body, off)
+            frame(0, b'')
+        elif op == 3:
+            img.write_zeroes(off, ln)
+            frame(0, b'')
+        else:
+            img.flush()
+            if ln > 0:
+                io.append(log, body)
+            frame(0, b'')
+    except Exception as e:
+        frame(1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
+img.close(); io.close(); c.shutdown()
+`
+
+interface Waiter {
+  resolve(b: Buffer): void
+  reject(e: Error): void
+}
+
+/** An open image (or snapshot) answering reads; see the file comment. */
+export class RbdImage {
+  readonly size: number
+  readonly label: string
+  private readonly proc: ChildProcess
+  private readonly writing: boolean
+  private readonly waiting: Waiter[] = []
+  private buf: Buffer = Buffer.alloc(0)
+  private dead: Error | undefined
+  /** bytes read through this reader */
+  bytesRead = 0
+
+  private constructor(proc: ChildProcess, size: number, label: string, rest: Buffer, writing: boolean) {
+    this.writing = writing
+    this.proc = proc
+    this.size = size
+    this.label = label
+    this.buf = rest
+    proc.stdout?.on('data', (b: Buffer) => this.onData(b))
+    proc.on('close', (code) => this.fail(new ReceiverError('E_IO', `the librbd helper of ${label} exited (${code ?? 'signal'})`)))
+    this.onData(Buffer.alloc(0))
+  }
+
+  /**
+   * Open `image` (at `snap` when given) of the target's pool for reading;
+   * with `write`, its head for writing (`snap` is then the base snapshot
+   * that must exist, `log` the extent log object, `capacity` the size it grows to).
+   * @throws ReceiverError E_IO when Python, its rbd module or the cluster fail (Ceph's message quoted)
+   */
+  static async open(t: CephTarget, image: string, snap: string | null, write?: { readonly log: string; readonly capacity: number }): Promise<RbdImage> {
+    const label = `${t.pool}/${image}${snap === null ? '' : `@${snap}`}`
+    const mode = write === undefined ? ['read', '', '0'] : ['write', write.log, String(write.capacity)]
+    const args = ['-c', HELPER, t.conf ?? '', t.id ?? '', t.keyring ?? '', t.pool, image, snap ?? '', String(MAX_READ_BYTES), ...mode]
+    const proc = spawn(cephPython(), args, { stdio: ['pipe', 'pipe', 'pipe'] })
+    proc.stdin?.on('error', () => {})
+    const err: Buffer[] = []
+    proc.stderr?.on('data', (b: Buffer) => {
+      if (err.length < 32) err.push(b)
+    })
+    const first = await new Promise<{ status: number; data: Buffer; rest: Buffer } | string>((resolve) => {
+      let acc = Buffer.alloc(0)
+      const onData = (b: Buffer): void => {
+        acc = Buffer.concat([acc, b])
+        if (acc.length < 5) return
+        const n = acc.readUInt32LE(1)
+        if (n > 65536) {
+          resolve(`a first frame of ${n} bytes`)
+          return
+        }
+        if (acc.length < 5 + n) return
+        proc.stdout?.off('data', onData)
+        resolve({ status: acc[0] as number, data: acc.subarray(5, 5 + n), rest: acc.subarray(5 + n) })
+      }
+      proc.stdout?.on('data', onData)
+      proc.on('error', (e) => resolve(`cannot run ${cephPython()}: ${e.message}`))
+      proc.on('close', (code) => resolve(`exit ${code}`))
+    })
+    if (typeof first !== 'string' && first.status === 0 && first.data.length === 8) {
+      return new RbdImage(proc, Number(first.data.readBigUInt64LE(0)), label, first.rest, write !== undefined)
+    }
+    proc.kill('SIGKILL')
+    const why = typeof first === 'string' ? `${first}: ${Buffer.concat(err).toString('utf8').trim().slice(-1024)}` : first.data.toString('utf8')
+    throw new ReceiverError('E_IO', `cannot open ${label} (librbd helper, python3-rbd): ${why}`)
+  }
+
+  private onData(b: Buffer): void {
+    this.buf = this.buf.length === 0 ? b : Buffer.concat([this.buf, b])
+    while (this.buf.length >= 5) {
+      const n = this.buf.readUInt32LE(1)
+      if (n > MAX_READ_BYTES) {
+        this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} sent a frame of ${n} bytes`))
+        return
+      }
+      if (this.buf.length < 5 + n) return
+      const status = this.buf[0] as number
+      const data = Buffer.from(this.buf.subarray(5, 5 + n))
+      this.buf = this.buf.subarray(5 + n)
+      const w = this.waiting.shift()
+      if (w === undefined) {
+        this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} answered a request never made`))
+        return
+      }
+      if (status === 0) w.resolve(data)
+      else w.reject(new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.dead === undefined) this.dead = e
+    for (const w of this.waiting.splice(0)) w.reject(e)
+    this.proc.kill('SIGKILL')
+  }
+
+  /** One request (op, offset, length, body) of at most MAX_READ_BYTES of data. */
+  private request(op: number, offset: number, length: number, body?: Uint8Array): Promise<Buffer> {
+    if (this.dead !== undefined) return Promise.reject(this.dead)
+    return new Promise<Buffer>((resolve, reject) => {
+      this.waiting.push({ resolve, reject })
+      const h = Buffer.alloc(13)
+      h.writeUInt8(op, 0)
+      h.writeBigUInt64LE(BigInt(offset), 1)
+      h.writeUInt32LE(length, 9)
+      this.proc.stdin?.write(h)
+      if (body !== undefined && body.length > 0) this.proc.stdin?.write(body)
+    })
+  }
+
+  private readOne(offset: number, length: number): Promise<Buffer> {
+    return this.request(1, offset, length)
+  }
+
+  /**
+   * Write `data` at `offset` into the head (split into requests of at most
+   * MAX_READ_BYTES, pipelined); not durable before {@link flushAndLog}.
+   * @throws ReceiverError E_IO
+   */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const parts: Array<Promise<Buffer>> = []
+    for (let at = 0; at < data.length; at += MAX_READ_BYTES) parts.push(this.request(2, offset + at, Math.min(MAX_READ_BYTES, data.length - at), data.subarray(at, at + MAX_READ_BYTES)))
+    for (const p of parts) p.catch(() => {})
+    await Promise.all(parts)
+  }
+
+  /** Make `length` bytes at `offset` read as zeros (librbd write_zeroes, split at 1 GiB). */
+  async zero(offset: number, length: number): Promise<void> {
+    const parts: Array<Promise<Buffer>> = []
+    for (let at = 0; at < length; at += ZERO_CHUNK) parts.push(this.request(3, offset + at, Math.min(ZERO_CHUNK, length - at)))
+    for (const p of parts) p.catch(() => {})
+    await Promise.all(parts)
+  }
+
+  /**
+   * Flush every write before it, then append `record` to the log object:
+   * once this returns, the writes and their record are in the cluster.
+   * @throws ReceiverError E_IO (the record is not appended when the flush failed)
+   */
+  async flushAndLog(record: Uint8Array): Promise<void> {
+    if (record.length > MAX_READ_BYTES) throw new ReceiverError('E_IO', `a log record of ${record.length} bytes for ${this.label}, at most ${MAX_READ_BYTES}`)
+    await this.request(4, 0, record.length, record)
+  }
+
+  /**
+   * Read `length` bytes at `offset` (split into requests of at most
+   * MAX_READ_BYTES, pipelined). Bytes past the image's end read as zeros.
+   * @throws ReceiverError E_IO
+   */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const inside = Math.max(0, Math.min(length, this.size - offset))
+    const parts: Array<Promise<Buffer>> = []
+    for (let at = 0; at < inside; at += MAX_READ_BYTES) parts.push(this.readOne(offset + at, Math.min(MAX_READ_BYTES, inside - at)))
+    // every part settles (none left unhandled when an earlier one fails)
+    for (const p of parts) p.catch(() => {})
+    const got = await Promise.all(parts)
+    this.bytesRead += inside
+    if (inside === length) return got.length === 1 ? (got[0] as Buffer) : Buffer.concat(got)
+    return Buffer.concat([...got, Buffer.alloc(length - inside)])
+  }
+
+  /**
+   * Stop the helper (idempotent). A reader is killed; a writer is let go
+   * at EOF so that librbd releases the image's exclusive lock (a killed
+   * owner's lock holds the next writer — `rbd snap create` at commit — until
+   * the cluster times its watch out), and killed only if it has not exited
+   * within {@link WRITER_EXIT_MS}.
+   */
+  async close(): Promise<void> {
+    if (this.dead === undefined) this.dead = new ReceiverError('E_IO', `the librbd helper of ${this.label} is closed`)
+    for (const w of this.waiting.splice(0)) w.reject(this.dead)
+    this.proc.stdin?.end()
+    if (!this.writing || this.proc.exitCode !== null || this.proc.signalCode !== null) {
+      this.proc.kill('SIGKILL')
+      return
+    }
+    const exited = new Promise<void>((resolve) => this.proc.once('close', () => resolve()))
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), WRITER_EXIT_MS)
+    await exited
+    clearTimeout(timer)
+  }
+}
