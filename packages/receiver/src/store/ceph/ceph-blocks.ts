@@ -64,6 +64,8 @@ export class CephBlockMap {
   readonly blocks: number
   /** blocks taken from a kept map: none on Ceph (every digest is read) */
   readonly keptBlocks = 0
+  /** holes skipped without a read: none here (an RBD snapshot is read whole through librbd) */
+  readonly holeBytes = 0
   private readonly reader: RbdImage
   private readonly capacity: number
   private readonly blockSize: number
