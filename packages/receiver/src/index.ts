@@ -47,6 +47,8 @@ export { parseManifest, chunkKey, manifestKey, ARCHIVE_CHUNK_BYTES, ARCHIVE_FORM
 export type { ArchiveManifest, ArchivedDisk, ArchivedFile } from './archive/archive-manifest.ts'
 export { isCephStore, parseCephStore, checkCephPool, CEPH_PREFIX } from './store/ceph/ceph-store.ts'
 export { cephStatus, cephListPoints, cephRestorePoint } from './store/ceph/ceph-admin.ts'
+export { cephRestoreVm } from './store/ceph/ceph-restore.ts'
+export type { CephRestoredDisk, CephRestoreProgress } from './store/ceph/ceph-restore.ts'
 export type { CephStoreStatus, CephDiskStatus } from './store/ceph/ceph-admin.ts'
 export { CephNames, readCephState, listCephStates, CEPH_STATE_FORMAT } from './store/ceph/ceph-state.ts'
 export type { CephVmState, CephDiskRecord, CephPoint } from './store/ceph/ceph-state.ts'

@@ -3,11 +3,12 @@
 // the extent log, the store spec, the lease lock and hostile names at the
 // store API.
 import t from 'tap'
+import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { haveCeph, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
-import { cephListPoints, cephRestorePoint, parseCephStore } from '../src/index.ts'
+import { cephListPoints, cephRestorePoint, cephRestoreVm, parseCephStore } from '../src/index.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { CephLock } from '../src/store/ceph/ceph-lock.ts'
@@ -17,7 +18,7 @@ import { storeConformance } from './store-conformance.ts'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
-import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { CephNames, emptyCephState, readCephState, writeCephState, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -201,5 +202,49 @@ t.test('Ceph store', { skip }, async (t) => {
     const aborted = new AbortController()
     aborted.abort(new Error('stop'))
     await t.rejects(digestImage(target, snap, 'sha256', Number.MAX_SAFE_INTEGER, aborted.signal), /stop/, 'an aborted read stops')
+  })
+
+  t.test('restore: a committed VM as a folder (descriptor + flat per disk) equal to its export; hostile state names refused', async (t) => {
+    const st = await cephStatus(target)
+    const vm = st.vms.find((v) => v.committedCycle > 0 && v.disks.length > 0 && v.disks.every((d) => d.snapshot !== ''))
+    if (vm === undefined) throw new Error('no committed VM to restore')
+    const progress: number[] = []
+    const to = join(base, 'restore-ok')
+    const r = await cephRestoreVm(target, vm.vm, vm.committedCycle, to, { onProgress: (p) => progress.push(p.bytes) })
+    t.equal(r.disks.length, vm.disks.length, 'every disk restored')
+    const exported = await cephRestorePoint(target, vm.vm, vm.committedCycle, join(base, 'restore-ref'))
+    for (const d of r.disks) {
+      const ref = exported.disks.find((e) => e.name === d.name)?.file as string
+      t.same(await readFile(d.flat), await readFile(ref), `${d.name}: the flat equals rbd export of ${d.snapshot}`)
+      t.match(await readFile(d.descriptor, 'utf8'), /createType="vmfs"/, `${d.name}: a vmfs descriptor`)
+      t.equal(d.verified, 'snapshot')
+    }
+    t.equal(
+      progress.at(-1),
+      vm.disks.reduce((n, d) => n + d.capacity, 0),
+      'progress ends at the total',
+    )
+    await t.rejects(cephRestoreVm(target, vm.vm, vm.committedCycle, to), { code: 'E_CONFIG' }, 'a folder that is not empty')
+    await t.rejects(cephRestoreVm(target, vm.vm, 999, join(base, 'restore-999')), { code: 'E_NOT_FOUND' }, 'no such point')
+    await t.rejects(cephRestoreVm(target, 'no-such-vm', 1, join(base, 'restore-none')), { code: 'E_NOT_FOUND' }, 'no such VM')
+    await t.rejects(cephRestoreVm(target, '../etc', 1, join(base, 'restore-bad')), { code: 'E_BAD_NAME' }, 'a VM name that is not a path component')
+    // a hostile pool: names in the state object never become paths unchecked
+    const disk = (name: string, image = 'img', snap = 'c1-x') => ({
+      [name]: { name, image, snap, cycle: 1, generation: 'g', capacity: 512, source: { layers: [], successor: '' }, ddb: {}, digest: '', committedAt: new Date().toISOString() },
+    })
+    const plant = async (vmName: string, disks: object, files: Record<string, string> = {}): Promise<void> => {
+      await writeCephState(target, new CephNames(vmName).state, { ...emptyCephState(vmName), committedCycle: 1, disks, files } as CephVmState)
+    }
+    await plant('hostile-disk', disk('../../etc/passwd'))
+    await t.rejects(cephRestoreVm(target, 'hostile-disk', 1, join(base, 'h1')), { code: 'E_STATE' }, 'a disk name with a separator')
+    await plant('hostile-image', disk('a.vmdk', 'img; rm -rf /'))
+    await t.rejects(cephRestoreVm(target, 'hostile-image', 1, join(base, 'h2')), { code: 'E_STATE' }, 'an image name that is not an RBD name')
+    await plant('hostile-collide', { ...disk('a.vmdk'), ...disk('A.VMDK') })
+    await t.rejects(cephRestoreVm(target, 'hostile-collide', 1, join(base, 'h3')), { code: 'E_STATE' }, 'two disks on one file name')
+    await plant('hostile-file', disk('a.vmdk'), { '../evil.vmx': Buffer.from('x').toString('base64') })
+    await t.rejects(cephRestoreVm(target, 'hostile-file', 1, join(base, 'h4')), { code: 'E_STATE' }, 'a configuration file name with a separator')
+    t.notOk(existsSync(join(base, 'evil.vmx')), 'nothing written outside the folder')
+    await plant('missing-image', disk('a.vmdk', 'nonexistent-image'))
+    await t.rejects(cephRestoreVm(target, 'missing-image', 1, join(base, 'h5')), { code: 'E_IO', message: /a\.vmdk.*point 1/ }, 'a missing image is a typed read failure naming the disk and point')
   })
 })

@@ -3,12 +3,14 @@
  * consolidated VM folder (.vmx + createType="vmfs" descriptor + flat per
  * disk), verified against the digests recorded at that cycle; or, with
  * `--from s3://…`, a point archived by `points archive`, from the bucket
- * alone, every chunk and disk checked against the archive's sha256.
+ * alone, every chunk and disk checked against the archive's sha256. With
+ * `--store ceph:POOL`, a point of the Ceph store (docs/CEPH.md "Restore").
  */
 import type { Argv } from 'yargs'
 import { formatBytes, formatDuration } from '@grainline/protocol'
-import { restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
+import { cephRestoreVm, isCephStore, restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
 import { bucketFrom, withS3Options } from './archive-options.ts'
+import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
@@ -23,8 +25,8 @@ export const restoreCommand: CliCommand = {
   command: 'restore',
   describe: 'restore a point of a mirror into a new standalone VM folder, verified against the digests recorded at that cycle',
   builder: (y: Argv) =>
-    withS3Options(y)
-      .option('store', { type: 'string', describe: 'folder holding the mirrors' })
+    withCephOptions(withS3Options(y))
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL' })
       .option('from', { type: 'string', describe: 'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive)' })
       .check((a) => {
         if ((a['store'] === undefined) === (a['from'] === undefined)) throw new UsageError('restore needs exactly one of --store DIR and --from s3://BUCKET[/PREFIX]')
@@ -65,7 +67,21 @@ export const restoreCommand: CliCommand = {
       }
       return ExitCode.Ok
     }
-    const r = await restorePoint(String(args['store']), String(args['vm']), k, String(args['to']), {
+    const store = String(args['store'])
+    if (isCephStore(store)) {
+      const r = await cephRestoreVm(cephTargetFrom(store, args), String(args['vm']), k, String(args['to']), { onProgress })
+      if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+      ctx.write(
+        json
+          ? JSON.stringify({ event: 'restored', store, ...r }) + '\n'
+          : [
+              `${r.vm}: point ${r.cycle} restored to ${r.to}`,
+              ...r.disks.map((d) => `  ${d.name}: ${formatBytes(d.capacity)}, compared with ${d.snapshot} read again (the Ceph store records no whole-disk digest of a point)`),
+            ].join('\n') + '\n',
+      )
+      return ExitCode.Ok
+    }
+    const r = await restorePoint(store, String(args['vm']), k, String(args['to']), {
       logger: loggerFor(args, ctx, 'warn'),
       onProgress,
     })
