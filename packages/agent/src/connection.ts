@@ -8,7 +8,18 @@
  */
 import { once } from 'node:events'
 import WebSocket from 'ws'
-import { ConversationState, decodeMessage, DEFAULT_LIMITS, encodeMessage, encodeMessageParts, MessageKind, SUBPROTOCOL, type ExtentAckMessage, type Message } from '@grainline/protocol'
+import {
+  ConversationState,
+  decodeMessage,
+  DEFAULT_LIMITS,
+  encodeMessage,
+  encodeMessageParts,
+  MessageKind,
+  SUBPROTOCOL,
+  type ErrorMessage,
+  type ExtentAckMessage,
+  type Message,
+} from '@grainline/protocol'
 import { AgentError } from './errors.ts'
 import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
 import { ConnectionLost } from './connection-lost.ts'
@@ -48,12 +59,28 @@ export function isTlsVerificationFailure(err: unknown): boolean {
   return tlsProblem(err, { url: new URL('wss://receiver') }) !== undefined
 }
 
+/**
+ * Thrown by {@link Connection.send} once the receiver has ended the
+ * conversation with a fatal Error (SPEC §8): nothing more may be sent, and the
+ * receiver's own error is the cause to report — not the agent's next message.
+ */
+export class PeerEnded extends Error {
+  override readonly name = 'PeerEnded'
+  readonly error: ErrorMessage
+  constructor(error: ErrorMessage) {
+    super(`the receiver ended the conversation: ${error.code} ${error.message}`)
+    this.error = error
+  }
+}
+
 /** A connected, framed client. */
 export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
   #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void } | undefined
   #failure: Error | undefined
+  /** the fatal Error the receiver ended the conversation with, if it did */
+  #peerError: ErrorMessage | undefined
   /** SPEC §8 legality of the conversation, fed every message both ways */
   readonly #conversation = new ConversationState()
   readonly #maxMessageBytes: number
@@ -97,6 +124,7 @@ export class Connection {
         this.abort(new AgentError('E_PROTOCOL', `receiver broke the conversation (SPEC §8): ${e.message}`, { cause: err }), e.closeCode ?? 4004)
         return
       }
+      if (msg.kind === MessageKind.Error && msg.fatal) this.#peerError ??= msg
       if (msg.kind === MessageKind.ExtentAck) {
         this.onAck(msg)
         return
@@ -179,6 +207,11 @@ export class Connection {
     this.#rejectClosed(err)
   }
 
+  /** the fatal Error the receiver ended the conversation with, if it did */
+  get peerError(): ErrorMessage | undefined {
+    return this.#peerError
+  }
+
   /** the error that ended the connection, if any */
   get failure(): Error | undefined {
     return this.#failure
@@ -190,6 +223,8 @@ export class Connection {
    * payload by reference: the caller must not modify `data` afterwards.
    */
   async send(msg: Message): Promise<void> {
+    // the receiver's fatal Error may overtake a stream of Extents: it, not this message, is the cause
+    if (this.#peerError !== undefined) throw new PeerEnded(this.#peerError)
     if (this.#failure !== undefined) throw this.#failure
     try {
       this.#conversation.observe(msg, 'agent')

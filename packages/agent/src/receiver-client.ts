@@ -21,6 +21,7 @@ import {
   type DiskEndMessage,
   type DiskOpenMessage,
   type DiskStateMessage,
+  type ErrorMessage,
   type ExtentAckMessage,
   type ExtentMessage,
   type HelloMessage,
@@ -33,7 +34,7 @@ import {
   type WelcomeMessage,
   type RetentionSpec,
 } from '@grainline/protocol'
-import { Connection, ConnectionLost, type ConnectOptions } from './connection.ts'
+import { Connection, ConnectionLost, PeerEnded, type ConnectOptions } from './connection.ts'
 import { AgentError } from './errors.ts'
 
 /** The receiver said no: an Error message in place of the reply, or a refused DiskOpen. */
@@ -77,9 +78,19 @@ export class ReceiverClient {
     this.#conn.onAck = fn
   }
 
-  /** A promise that rejects when the connection fails (for racing window waits). */
+  /**
+   * A promise that rejects when the connection fails (for racing window
+   * waits); when the receiver ended it with a fatal Error, with that Error as a
+   * refusal, not as the lost connection that followed it.
+   */
   failed(): Promise<never> {
-    return this.#conn.failed()
+    const f = this.#conn.failed().catch((err: unknown) => {
+      const pe = this.#conn.peerError
+      if (pe === undefined) throw err
+      throw refusalError('the cycle', errorReply(pe).refusal)
+    })
+    f.catch(() => {})
+    return f
   }
 
   /** Fail the connection with `err`: every pending and later request gets it. */
@@ -123,12 +134,12 @@ export class ReceiverClient {
 
   /** Send one Extent (flow control is the caller's: the window and the rate limit). */
   async sendExtent(msg: Omit<ExtentMessage, 'kind'>): Promise<void> {
-    await this.#conn.send({ kind: MessageKind.Extent, ...msg })
+    await this.#send({ kind: MessageKind.Extent, ...msg }, `extent ${msg.seq} of disk ${msg.disk}`)
   }
 
   /** Send a BlockMapRequest (SPEC §5.9); its BlockMap is read with {@link blockMap}, in request order. */
   async requestBlockMap(msg: Omit<BlockMapRequestMessage, 'kind'>): Promise<void> {
-    await this.#conn.send({ kind: MessageKind.BlockMapRequest, ...msg })
+    await this.#send({ kind: MessageKind.BlockMapRequest, ...msg }, `block map request for disk ${msg.disk}`)
   }
 
   /** The next BlockMap: the answer to the oldest unanswered BlockMapRequest of `disk`, starting at block `first`. */
@@ -181,21 +192,41 @@ export class ReceiverClient {
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
   async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
-    await this.#conn.send(msg)
+    try {
+      await this.#conn.send(msg)
+    } catch (err) {
+      // the receiver ended the conversation before this request: its Error is the reply
+      if (err instanceof PeerEnded) return errorReply(err.error)
+      throw err
+    }
     return await this.#reply(kind, timeoutMs, abortable)
+  }
+
+  /** Send a message that has no reply of its own; a receiver's fatal Error that overtook it is thrown as the refusal it is. */
+  async #send(msg: Message, what: string): Promise<void> {
+    try {
+      await this.#conn.send(msg)
+    } catch (err) {
+      if (!(err instanceof PeerEnded)) throw err
+      const r = errorReply(err.error)
+      throw refusalError(what, r.refusal)
+    }
   }
 
   /** Read the next message: the reply of kind `kind`, or an Error as a refusal. */
   async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean): Promise<Reply<Of<K>>> {
     const m = await this.#conn.receive({ ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
     if (m.kind === kind) return { ok: true, value: m as Of<K> }
-    if (m.kind === MessageKind.Error) {
-      const closeCode = RETRY_CODES[m.code]
-      if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${m.message}`, closeCode)
-      return { ok: false, refusal: { code: m.code, message: m.message, fatal: m.fatal } }
-    }
+    if (m.kind === MessageKind.Error) return errorReply(m)
     throw this.#protocol(`expected message 0x${kind.toString(16)}, got 0x${m.kind.toString(16)}`)
   }
+}
+
+/** The receiver's Error as a refusal; E_BUSY, E_SHUTDOWN and E_TIMEOUT are thrown as retryable connection losses. */
+function errorReply(m: ErrorMessage): { ok: false; refusal: Refusal } {
+  const closeCode = RETRY_CODES[m.code]
+  if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${m.message}`, closeCode)
+  return { ok: false, refusal: { code: m.code, message: m.message, fatal: m.fatal } }
 }
 
 /**

@@ -134,3 +134,54 @@ t.test('a reply out of turn breaks the conversation: E_PROTOCOL', async (t) => {
   t.teardown(() => d.terminate())
   await t.rejects(d.vmOpen(vmOpen), { code: 'E_PROTOCOL', message: /internal: the agent broke the conversation/ }, 'VmOpen before Hello')
 })
+
+t.test("a fatal Error that overtakes the agent's extents is the cause reported, not the agent's next message", async (t) => {
+  // the receiver's disk fills while extents are in flight: its Error arrives before the agent's next send (the
+  // disk-full e2e case once reported "internal: the agent broke the conversation" here)
+  const url = await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.DiskOpen)
+      return { kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 3, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 }
+    if (m.kind !== MessageKind.Extent) return 'default'
+    ws.send(encodeMessage({ kind: MessageKind.Error, code: 'E_NO_SPACE', message: 'no space left while writing disk d.vmdk', fatal: true }))
+    return 'none'
+  })
+  const c = await ReceiverClient.connect({ url, token: 'x' })
+  t.teardown(() => c.terminate())
+  await c.hello(hello)
+  await c.vmOpen(vmOpen)
+  t.match(await c.openDisk(diskOpen), { ok: true })
+  const failed = c.failed()
+  const extent = { disk: 0, seq: 0, offset: 0, length: 512, zero: true, compression: 'none' as const, data: new Uint8Array(0), digest: new Uint8Array(0) }
+  await c.sendExtent(extent)
+  // wait for the Error to arrive before the next extent leaves
+  const deadline = Date.now() + 10_000
+  let err: unknown
+  while (err === undefined && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20))
+    err = await c.sendExtent({ ...extent, seq: 1, offset: 512 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+  }
+  t.match(err, { code: 'E_REFUSED', remoteCode: 'E_NO_SPACE', message: /extent 1 of disk 0: the receiver refused \(E_NO_SPACE: no space left.*free space/ }, 'the next send throws the receiver error')
+  t.notMatch(String((err as Error).message), /broke the conversation/)
+  // a request after it gets the Error as its refusal; the connection's failure is the refusal too
+  t.match(await c.endDisk({ disk: 0, extents: 2, dataBytes: 0, zeroBytes: 1024, digest: new Uint8Array(8) }), { ok: false, refusal: { code: 'E_NO_SPACE', fatal: true } })
+  c.terminate()
+  await t.rejects(failed, { code: 'E_REFUSED', remoteCode: 'E_NO_SPACE' }, 'failed() rejects with the refusal, not the lost connection')
+})
+
+t.test('retryable Errors that end the conversation stay retryable for the next send', async (t) => {
+  const url = await scripted(t, (m, ws) => {
+    if (m.kind !== MessageKind.VmOpen) return 'default'
+    ws.send(encodeMessage({ kind: MessageKind.Error, code: 'E_SHUTDOWN', message: 'stopping', fatal: true }))
+    return 'none'
+  })
+  const c = await ReceiverClient.connect({ url, token: 'x' })
+  t.teardown(() => c.terminate())
+  await c.hello(hello)
+  t.match(await c.vmOpen(vmOpen).then(undefined, (e: unknown) => e), { name: 'ConnectionLost', closeCode: 1001 })
+  const err = await c.rollback('vm').then(undefined, (e: unknown) => e)
+  t.match(err, { name: 'ConnectionLost', closeCode: 1001 })
+  t.ok(isRetryable(err))
+})
