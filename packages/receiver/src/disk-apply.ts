@@ -86,6 +86,15 @@ export class DiskApply {
   /** time spent journaling (stage 1) and writing (stage 2) batches, ms (for logs) */
   journalMs = 0
   writeMs = 0
+  /** fdatasyncs of the target actually run, and batches whose sync an earlier one covered (group commit, for logs) */
+  syncs = 0
+  coveredBatches = 0
+  /** fdatasyncs of the target started so far (a batch is durable once one started after its writes has completed) */
+  private syncsStarted = 0
+  /** fdatasyncs of the target completed so far (they run one at a time, in order) */
+  private syncsCompleted = 0
+  /** per batch: {@link syncsStarted} when its writes completed */
+  private readonly writtenAt = new WeakMap<readonly ApplyExtent[], number>()
 
   private constructor(info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal, inc?: ReverseIncrement) {
     this.info = info
@@ -343,6 +352,7 @@ export class DiskApply {
       else await writevFully(this.fh, run, e.offset)
       for (; k < j; k++) faultPoint('extent-written')
     }
+    this.writtenAt.set(batch, this.syncsStarted)
     this.writeMs += performance.now() - t0
   }
 
@@ -357,7 +367,19 @@ export class DiskApply {
     if (batch.length === 0) return
     this.batches++
     const t0 = performance.now()
-    await this.fh.datasync()
+    // Group commit: an fdatasync that started after this batch's writes had
+    // completed (the one of an earlier batch, run while this one was being
+    // written) already made them durable; otherwise run one, which covers
+    // every write completed before it — later batches' included.
+    const at = this.writtenAt.get(batch)
+    if (at !== undefined && this.syncsCompleted > at) {
+      this.coveredBatches++
+    } else {
+      this.syncsStarted++
+      this.syncs++
+      await this.fh.datasync()
+      this.syncsCompleted++
+    }
     faultPoint('target-synced')
     const last = batch[batch.length - 1] as ApplyExtent
     // The marker follows data that is already durable, so it never claims too

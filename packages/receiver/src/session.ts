@@ -27,7 +27,7 @@ import {
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
-import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
+import { ApplyPipeline, partialBatchWaitMs, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
@@ -178,9 +178,10 @@ export class Session {
       while (!this.dead) {
         let frame = this.inbox.shift()
         if (frame === undefined && this.pipeline.partial) {
-          // the inbox ran dry mid-batch: wait briefly for more so that one
-          // fsync covers more bytes (the agent still has window left)
-          await this.inbox.wait(this.settings.batchIdleMs)
+          // the inbox ran dry mid-batch: wait for more so that one fsync
+          // covers more bytes — briefly when the agent may be out of window
+          // (it waits for our ack), longer while it still has window left
+          await this.inbox.wait(this.holdMs())
           frame = this.inbox.shift()
         }
         if (frame === undefined) {
@@ -206,6 +207,20 @@ export class Session {
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
+  }
+
+  /**
+   * How long to wait for more extents before flushing a partial batch: the
+   * short `batchIdleMs` when the bytes not yet acknowledged leave the agent
+   * less than two messages of window (it may be waiting for an ack, and
+   * bytes still on the wire count against it too), else `batchHoldMs`.
+   */
+  private holdMs(): number {
+    const neg = this.negotiated
+    const hold = this.settings.batchHoldMs ?? this.settings.batchIdleMs
+    if (neg === undefined) return this.settings.batchIdleMs
+    const room = neg.limits.windowBytes - this.pipeline.unackedBytes
+    return room < 2 * neg.limits.maxMessageBytes ? this.settings.batchIdleMs : hold
   }
 
   /** bytes per durable batch: the setting, at most half the negotiated window */
@@ -410,7 +425,7 @@ export class Session {
     const map = this.maps.get(msg.disk)
     // a resync's map: mirror bytes read for it in this connection, digests taken from the kept map
     const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapHoleBytes: map.holeBytes, mapKeptBlocks: map.keptBlocks }
-    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
+    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, ...groupCommitStats(a), journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
@@ -586,4 +601,10 @@ export class Session {
     this.vm?.release()
     this.resolveDone()
   }
+}
+
+/** A folder store's group-commit counts (fdatasyncs run, batches an earlier one covered), for the 'disk sealed' log. */
+function groupCommitStats(a: object): { syncs?: number; coveredBatches?: number } {
+  const g = a as { syncs?: unknown; coveredBatches?: unknown }
+  return typeof g.syncs === 'number' && typeof g.coveredBatches === 'number' ? { syncs: g.syncs, coveredBatches: g.coveredBatches } : {}
 }
