@@ -100,16 +100,16 @@ process.on('exit', () => child.kill('SIGKILL'))
 const [line] = await once(createInterface({ input: child.stdout }), 'line')
 const { port } = JSON.parse(line)
 
-// CPU seconds (user + system) the receiver process has used so far (/proc, Linux): a
+// CPU seconds (user, system) the receiver process has used so far (/proc, Linux): a
 // figure that the machine's load inflates far less than wall time
 const TICK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
 function receiverCpu() {
   try {
     const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
     const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
-    return (Number(v[11]) + Number(v[12])) / TICK
+    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK }
   } catch {
-    return NaN
+    return { user: NaN, system: NaN }
   }
 }
 
@@ -207,7 +207,8 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
-  cpuPerGiB.push((receiverCpu() - c0) / (N / 1024))
+  const c1 = receiverCpu()
+  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024) })
   ws.close()
   return N / s
 }
@@ -314,7 +315,7 @@ console.log(
 console.log(
   `incremental (once, vs dd ${rawEnd.toFixed(0)} MiB/s after them): apply path first/steady ${incApplyFirst.toFixed(0)}/${incApply.toFixed(0)} MiB/s, over TLS first/steady ${incFirst.toFixed(0)}/${inc.toFixed(0)} MiB/s`,
 )
-console.log(`receiver CPU (user+system) per GiB over TLS, per wire cycle: ${cpuPerGiB.map((x) => x.toFixed(2)).join(' ')} s`)
+console.log(`receiver CPU per GiB over TLS, per wire cycle (user/system): ${cpuPerGiB.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -331,6 +332,6 @@ const out = {
   wireIncrementalFirstMiBs: +incFirst.toFixed(0),
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: pct(inc / median([raw, rawEnd])),
-  receiverCpuSecPerGiB: cpuPerGiB.map((x) => +x.toFixed(2)),
+  receiverCpuSecPerGiB: cpuPerGiB.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
 }
 console.log(JSON.stringify(out))
