@@ -49,6 +49,29 @@ async function freshSeed(path: string): Promise<FileHandle> {
 /** Writes of a scattered batch in flight at once, at most. */
 const WRITE_AHEAD = 16
 
+/** Back-to-back data extents written with one (vectored) write. */
+interface WriteRun {
+  readonly offset: number
+  readonly data: Uint8Array[]
+  extents: number
+}
+
+/** The write runs of a batch of data extents in ascending, disjoint order; undefined for any other batch. Pure. */
+function scatteredRuns(batch: readonly ApplyExtent[]): WriteRun[] | undefined {
+  const runs: WriteRun[] = []
+  let end = -1
+  for (const e of batch) {
+    if (e.zero || e.offset < end) return undefined
+    const last = runs[runs.length - 1]
+    if (last !== undefined && e.offset === end) {
+      last.data.push(e.data as Uint8Array)
+      last.extents++
+    } else runs.push({ offset: e.offset, data: [e.data as Uint8Array], extents: 1 })
+    end = e.offset + e.length
+  }
+  return runs
+}
+
 /** An extent's journal record (as `Journal.appendExtent` takes it). */
 type JournalExtentRecord = Parameters<Journal['appendExtent']>[0]
 
@@ -334,7 +357,9 @@ export class DiskApply {
   async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
-    if (await this.writeScattered(batch)) {
+    const runs = scatteredRuns(batch)
+    if (runs !== undefined) {
+      await this.writeRuns(runs)
       this.writtenAt.set(batch, this.syncsStarted)
       this.writeMs += performance.now() - t0
       return
@@ -377,26 +402,15 @@ export class DiskApply {
    * written at once, so the batch waits for one write round trip at a time
    * rather than one per run. The ranges are disjoint, so the order of the
    * writes does not matter; none is durable before the fdatasync of
-   * {@link syncBatch} anyway. Returns false, writing nothing, for any other
-   * batch (zero extents, overlaps, out of order): it is written in order.
+   * {@link syncBatch} anyway. Other batches (zero extents, overlaps, out of
+   * order: {@link scatteredRuns} gives undefined) are written in order.
    */
-  private async writeScattered(batch: readonly ApplyExtent[]): Promise<boolean> {
-    const runs: Array<{ offset: number; data: Uint8Array[]; extents: number }> = []
-    let end = -1
-    for (const e of batch) {
-      if (e.zero || e.offset < end) return false
-      const last = runs[runs.length - 1]
-      if (last !== undefined && e.offset === end) {
-        last.data.push(e.data as Uint8Array)
-        last.extents++
-      } else runs.push({ offset: e.offset, data: [e.data as Uint8Array], extents: 1 })
-      end = e.offset + e.length
-    }
+  private async writeRuns(runs: readonly WriteRun[]): Promise<void> {
     let next = 0
     let failed = false
     const worker = async (): Promise<void> => {
       while (next < runs.length && !failed) {
-        const r = runs[next++] as { offset: number; data: Uint8Array[]; extents: number }
+        const r = runs[next++] as WriteRun
         try {
           if (r.data.length === 1) await writeFully(this.fh, r.data[0] as Uint8Array, r.offset)
           else await writevFully(this.fh, r.data, r.offset)
@@ -409,7 +423,6 @@ export class DiskApply {
     }
     const settled = await Promise.allSettled(Array.from({ length: Math.min(WRITE_AHEAD, runs.length) }, worker))
     for (const r of settled) if (r.status === 'rejected') throw r.reason
-    return true
   }
 
   /**
