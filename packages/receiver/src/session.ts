@@ -209,18 +209,17 @@ export class Session {
     else if (this.inbox.length > 0) void this.run()
   }
 
-  /**
-   * How long to wait for more extents before flushing a partial batch: the
-   * short `batchIdleMs` when the bytes not yet acknowledged leave the agent
-   * less than two messages of window (it may be waiting for an ack, and
-   * bytes still on the wire count against it too), else `batchHoldMs`.
-   */
+  /** How long to wait for more extents before flushing a partial batch ({@link partialBatchWaitMs}). */
   private holdMs(): number {
     const neg = this.negotiated
-    const hold = this.settings.batchHoldMs ?? this.settings.batchIdleMs
     if (neg === undefined) return this.settings.batchIdleMs
-    const room = neg.limits.windowBytes - this.pipeline.unackedBytes
-    return room < 2 * neg.limits.maxMessageBytes ? this.settings.batchIdleMs : hold
+    return partialBatchWaitMs({
+      windowBytes: neg.limits.windowBytes,
+      maxMessageBytes: neg.limits.maxMessageBytes,
+      unackedBytes: this.pipeline.unackedBytes,
+      idleMs: this.settings.batchIdleMs,
+      holdMs: this.settings.batchHoldMs ?? this.settings.batchIdleMs,
+    })
   }
 
   /** bytes per durable batch: the setting, at most half the negotiated window */
