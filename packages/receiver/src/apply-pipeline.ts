@@ -10,18 +10,6 @@ export interface PipelineDisk {
 }
 
 /**
- * How long a session waits for more extents before flushing a partial batch
- * when its inbox ran dry: `idleMs` when the bytes not yet acknowledged leave
- * the agent less than two messages of window (it may be waiting for an ack,
- * and bytes still on the wire count against it too), else `holdMs` — the
- * agent is sending at its own pace, and a fuller batch costs fewer
- * fdatasyncs. Pure.
- */
-export function partialBatchWaitMs(o: { windowBytes: number; maxMessageBytes: number; unackedBytes: number; idleMs: number; holdMs: number }): number {
-  return o.windowBytes - o.unackedBytes < 2 * o.maxMessageBytes ? o.idleMs : o.holdMs
-}
-
-/**
  * The durable batch pipeline of a session. Accepted extents of one disk
  * gather in a batch; {@link flush} journals it (stage 1: old contents,
  * fdatasync) and then, once the previous batch's bytes are written, starts
@@ -40,8 +28,8 @@ export class ApplyPipeline {
   private batch: ApplyExtent[] = []
   private disk: PipelineDisk | undefined
   private bytes = 0
-  /** cost of the batches flushed but not yet durable (acknowledged) */
-  private unsynced = 0
+  /** the disk of the last batch flushed (its store may hold a queued resume marker) */
+  private lastFlushed: PipelineDisk | undefined
   /** stage 2 of the previous batch (write, then sync), still running */
   private writing: Promise<void> | undefined
   /** the writes of the previous batch (stage 2 up to its fdatasync) */
@@ -66,11 +54,6 @@ export class ApplyPipeline {
     return this.batch.length > 0 && this.bytes < this.target()
   }
 
-  /** Cost of the extents accepted and not yet durable: the gathering batch and those flushed but not yet synced. */
-  get unackedBytes(): number {
-    return this.unsynced + this.bytes
-  }
-
   /** Queue an accepted extent; flushes first when it belongs to another disk, after when the batch is full. */
   async add(disk: PipelineDisk, e: ApplyExtent): Promise<void> {
     // a batch holds one disk's extents
@@ -90,11 +73,10 @@ export class ApplyPipeline {
     const d = this.disk
     const batch = this.batch
     if (d === undefined || batch.length === 0) return
-    const cost = this.bytes
     this.batch = []
     this.disk = undefined
     this.bytes = 0
-    this.unsynced += cost
+    this.lastFlushed = d
     const a = d.apply
     const opts = this.signal === undefined ? {} : { signal: this.signal }
     await a.prepareBatch(batch, opts).catch((err: unknown) => {
@@ -125,7 +107,6 @@ export class ApplyPipeline {
       await a.syncBatch(batch).catch((err: unknown) => {
         throw ioError(err, `writing extents of ${d.name}`)
       })
-      this.unsynced -= cost
       this.onDurable(d, a.appliedSeq)
     })()
     p.catch(() => {}) // surfaced by drain
@@ -139,17 +120,31 @@ export class ApplyPipeline {
     this.writing = undefined
     this.written = undefined
     if (p !== undefined) await p
-    this.unsynced = 0
+  }
+
+  /**
+   * The inbox ran dry: flush the gathering batch, wait until every batch is
+   * durable, then let the store write out the resume point of the last one
+   * ({@link StoreApply.settle}) — nothing else writes its journal meanwhile.
+   */
+  async idle(): Promise<void> {
+    await this.flush()
+    await this.drain()
+    const d = this.lastFlushed
+    if (d?.apply.settle === undefined) return
+    await d.apply.settle().catch((err: unknown) => {
+      throw ioError(err, `writing the resume point of ${d.name}`)
+    })
   }
 
   /** Drop the pending batch and wait for the running stage 2, ignoring its outcome (abort paths). */
   async discard(): Promise<void> {
+    this.lastFlushed = undefined
     this.batch = []
     this.disk = undefined
     this.bytes = 0
     await this.writing?.catch(() => {})
     this.writing = undefined
     this.written = undefined
-    this.unsynced = 0
   }
 }

@@ -460,6 +460,18 @@ export class DiskApply {
   }
 
   /**
+   * The pipeline is idle (no batch being journaled or written): write out the
+   * queued "applied" marker of the last durable batch. An in-place target
+   * queues it in {@link syncBatch} because a write there could overlap the
+   * next batch's journal records; with nothing else writing the journal it
+   * goes out alone. Not synced: it survives a killed receiver; a power loss
+   * only moves the resume point back, as before.
+   */
+  async settle(): Promise<void> {
+    if (!this.closed) await this.journal.flush(false)
+  }
+
+  /**
    * DiskEnd: compare the agent's counts and cycle digest with what was
    * accepted, then make the resume point durable and seal the disk.
    * @throws ReceiverError E_END_MISMATCH

@@ -89,10 +89,8 @@ export interface ReceiverInit {
   readonly windowBytes?: number
   /** payload bytes per durable batch (journal, write, fsync, ack); at most half the negotiated window. @default 32 MiB */
   readonly batchBytes?: number
-  /** wait for more extents this long before flushing a partial batch when the agent may be out of window, ms. @default 5 */
+  /** wait for more extents this long before flushing a partial batch, ms. @default 5 */
   readonly batchIdleMs?: number
-  /** wait for more extents this long before flushing a partial batch while the agent still has window left, ms (at least `batchIdleMs`). @default 250 */
-  readonly batchHoldMs?: number
   /** ping interval; a connection that misses a pong is terminated. @default 30000 */
   readonly pingIntervalMs?: number
   /** how long a new session waits for a VM held by a closing one, ms. @default 5000 */
@@ -194,7 +192,6 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
     batchBytes: init.batchBytes ?? 32 * MiB,
     batchIdleMs: init.batchIdleMs ?? 5,
-    batchHoldMs: Math.max(init.batchIdleMs ?? 5, init.batchHoldMs ?? 250),
     highWaterBytes: Math.max(2 * (init.batchBytes ?? 32 * MiB), 2 * local.limits.maxMessageBytes),
     lockWaitMs: init.lockWaitMs ?? 5000,
     trivialMaxBytes: (init.trivialMiB ?? 1024) * MiB,

@@ -15,16 +15,8 @@ export interface SessionSettings {
   readonly displaySuffix: string
   /** flush a batch (journal, write, fsync, ack) at this many payload bytes */
   readonly batchBytes: number
-  /** when the inbox runs dry mid-batch and the agent may be out of window, wait this long for more extents before flushing, ms */
+  /** when the inbox runs dry mid-batch, wait this long for more extents before flushing, ms */
   readonly batchIdleMs: number
-  /**
-   * when the inbox runs dry mid-batch while the agent still has window left
-   * (it is sending at its own pace), wait this long for more before flushing,
-   * ms: fewer, fuller batches, so fewer fdatasyncs. Optional so that
-   * hand-built settings keep working; the server sets it.
-   * @default batchIdleMs
-   */
-  readonly batchHoldMs?: number
   /** pause the socket when this many inbound bytes wait to be processed */
   readonly highWaterBytes: number
   /** how long a session waits for a VM lock held by another session, ms */

@@ -27,7 +27,7 @@ import {
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
-import { ApplyPipeline, partialBatchWaitMs, type PipelineDisk } from './apply-pipeline.ts'
+import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
@@ -178,15 +178,15 @@ export class Session {
       while (!this.dead) {
         let frame = this.inbox.shift()
         if (frame === undefined && this.pipeline.partial) {
-          // the inbox ran dry mid-batch: wait for more so that one fsync
-          // covers more bytes — briefly when the agent may be out of window
-          // (it waits for our ack), longer while it still has window left
-          await this.inbox.wait(this.holdMs())
+          // the inbox ran dry mid-batch: wait briefly for more so that one
+          // fsync covers more bytes (the agent still has window left)
+          await this.inbox.wait(this.settings.batchIdleMs)
           frame = this.inbox.shift()
         }
         if (frame === undefined) {
-          await this.pipeline.flush()
-          await this.pipeline.drain()
+          // nothing more to do until the agent sends again: every batch
+          // durable, and the resume point of the last one written out
+          await this.pipeline.idle()
           break
         }
         const msg = this.decode(frame)
@@ -207,19 +207,6 @@ export class Session {
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
-  }
-
-  /** How long to wait for more extents before flushing a partial batch ({@link partialBatchWaitMs}). */
-  private holdMs(): number {
-    const neg = this.negotiated
-    if (neg === undefined) return this.settings.batchIdleMs
-    return partialBatchWaitMs({
-      windowBytes: neg.limits.windowBytes,
-      maxMessageBytes: neg.limits.maxMessageBytes,
-      unackedBytes: this.pipeline.unackedBytes,
-      idleMs: this.settings.batchIdleMs,
-      holdMs: this.settings.batchHoldMs ?? this.settings.batchIdleMs,
-    })
   }
 
   /** bytes per durable batch: the setting, at most half the negotiated window */

@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { CycleDigest, createDigest, initDigests } from '@grainline/protocol'
 import { VmMirror } from '../src/vm-mirror.ts'
-import { ApplyPipeline, partialBatchWaitMs, type PipelineDisk } from '../src/apply-pipeline.ts'
+import { ApplyPipeline, type PipelineDisk } from '../src/apply-pipeline.ts'
 import type { ApplyExtent, DiskApply } from '../src/disk-apply.ts'
 import { pattern } from './helpers.ts'
 
@@ -91,39 +91,6 @@ t.test('a batch written after the fdatasync started gets its own', async (t) => 
   t.equal(a.appliedSeq, 1)
   const want = await finish(m, a, [...b1, ...b2])
   t.ok(readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(want), 'the mirror is exact')
-})
-
-t.test('the pipeline counts flushed, not yet durable bytes as unacknowledged', async (t) => {
-  const store = join(t.testdir(), 's')
-  const { m, a } = await seed(store)
-  const durable: number[] = []
-  const p = new ApplyPipeline(
-    () => 128 * 1024,
-    (_d, seq) => durable.push(seq),
-  )
-  const disk: PipelineDisk = { handle: 0, name: 'd.vmdk', apply: a }
-  const extents = [ext(0, 0, 64 * 1024), ext(1, 64 * 1024, 64 * 1024), ext(2, 128 * 1024, 64 * 1024)]
-  await p.add(disk, a.accept(extents[0] as ApplyExtent))
-  t.equal(p.unackedBytes, 64 * 1024, 'the gathering batch')
-  t.ok(p.partial)
-  await p.add(disk, a.accept(extents[1] as ApplyExtent))
-  // the batch reached its target and was flushed: its bytes stay unacknowledged until durable
-  await p.add(disk, a.accept(extents[2] as ApplyExtent))
-  t.ok(p.unackedBytes >= 64 * 1024, 'at least the new gathering batch')
-  await p.flush()
-  await p.drain()
-  t.equal(p.unackedBytes, 0, 'nothing unacknowledged once drained')
-  t.same(durable, [1, 2], 'acks in batch order, cumulative')
-  const want = await finish(m, a, extents)
-  t.ok(readFileSync(join(store, 'vm', 'd-flat.vmdk')).equals(want), 'the mirror is exact')
-})
-
-t.test('partial batch wait: short when the agent may be out of window, long otherwise', async (t) => {
-  const base = { windowBytes: 64, maxMessageBytes: 8, idleMs: 5, holdMs: 250 }
-  t.equal(partialBatchWaitMs({ ...base, unackedBytes: 0 }), 250)
-  t.equal(partialBatchWaitMs({ ...base, unackedBytes: 48 }), 250, 'exactly two messages of room left')
-  t.equal(partialBatchWaitMs({ ...base, unackedBytes: 49 }), 5, 'less than two messages of room')
-  t.equal(partialBatchWaitMs({ ...base, unackedBytes: 80 }), 5, 'more than the window (a zero extent over committed bytes costs more)')
 })
 
 t.test('scattered and overlapping in-place batches land exactly', async (t) => {
