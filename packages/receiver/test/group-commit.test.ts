@@ -3,8 +3,7 @@
  * completed before an earlier batch's fdatasync started is made durable by
  * that fdatasync (no second one), a batch written after that fdatasync
  * started gets its own, and the resume point and the mirror are exact either
- * way. Also the pipeline's count of unacknowledged bytes and the partial
- * batch wait that the session derives from it.
+ * way.
  */
 import t from 'tap'
 import { readFileSync } from 'node:fs'
@@ -12,7 +11,6 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { CycleDigest, createDigest, initDigests } from '@grainline/protocol'
 import { VmMirror } from '../src/vm-mirror.ts'
-import { ApplyPipeline, type PipelineDisk } from '../src/apply-pipeline.ts'
 import type { ApplyExtent, DiskApply } from '../src/disk-apply.ts'
 import { pattern } from './helpers.ts'
 

@@ -10,7 +10,6 @@
  * durable point was ever seen while the link was held.
  */
 import t from 'tap'
-import { join } from 'node:path'
 import { MessageKind, initDigests } from '@grainline/protocol'
 import { pollUntil } from '@grainline/test-utils'
 import { storeStatus } from '../src/index.ts'
