@@ -27,6 +27,11 @@ import { fileURLToPath } from 'node:url'
 const MiB = 1024 * 1024
 const N = Number(process.env.BENCH_MIB ?? 1024)
 const EXT = 4 * MiB
+// the agent's window and the receiver's batch (BENCH_WINDOW_MIB, BENCH_BATCH_MIB; defaults: the products' defaults)
+const WINDOW = Number(process.env.BENCH_WINDOW_MIB ?? 64) * MiB
+const BATCH = Number(process.env.BENCH_BATCH_MIB ?? 32) * MiB
+// BENCH_WIRE_ONLY=1: dd and the seed over TLS only (profiling the wire path)
+const WIRE_ONLY = process.env.BENCH_WIRE_ONLY === '1'
 const dir = resolve(process.env.BENCH_DIR ?? 'bench-out', 'receiver')
 rmSync(dir, { recursive: true, force: true })
 mkdirSync(dir, { recursive: true })
@@ -86,13 +91,27 @@ const child = spawn(
     '--log-level',
     process.env.BENCH_LOG ?? 'warn',
     '--batch-bytes',
-    String(32 * MiB),
+    String(BATCH),
+    ...(process.env.BENCH_WINDOW_MIB ? ['--window-bytes', String(WINDOW)] : []),
   ],
   { stdio: ['ignore', 'pipe', 'inherit'] },
 )
 process.on('exit', () => child.kill('SIGKILL'))
 const [line] = await once(createInterface({ input: child.stdout }), 'line')
 const { port } = JSON.parse(line)
+
+// CPU seconds (user, system) the receiver process has used so far (/proc, Linux): a
+// figure that the machine's load inflates far less than wall time
+const TICK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
+function receiverCpu() {
+  try {
+    const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
+    const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
+    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK }
+  } catch {
+    return { user: NaN, system: NaN }
+  }
+}
 
 function frames(disk, seedByte) {
   const out = []
@@ -138,7 +157,7 @@ async function cycle(cycle, mode, f, vm = 'bench') {
       software: 'bench',
       digests: ['xxh64'],
       compressions: ['none'],
-      limits: { maxMessageBytes: EXT + 65536, maxExtentBytes: EXT, windowBytes: 64 * MiB },
+      limits: { maxMessageBytes: EXT + 65536, maxExtentBytes: EXT, windowBytes: WINDOW },
     }),
   )
   await next()
@@ -167,8 +186,9 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const ds = await next()
   if (!ds.accepted) throw new Error(`refused ${JSON.stringify(ds)}`)
   const t0 = process.hrtime.bigint()
+  const c0 = receiverCpu()
   let acked = -1
-  const window = (64 * MiB) / EXT
+  const window = WINDOW / EXT
   for (let seq = 0; seq < f.out.length; seq++) {
     while (seq - acked > window) {
       const m = await next()
@@ -187,9 +207,12 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
+  const c1 = receiverCpu()
+  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024) })
   ws.close()
   return N / s
 }
+const cpuPerGiB = []
 
 // Apply path alone (no network): the receiver's own store code, digest check
 // included, 32 MiB durable batches — what the disk path costs.
@@ -227,7 +250,7 @@ async function applyOnly(cycle, mode, seedByte) {
     const digest = createDigest('xxh64').update(data).digest()
     cd.add({ offset: off, length: EXT, zero: false, digest })
     batch.push(a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
-    if (batch.length * EXT >= 32 * MiB) {
+    if (batch.length * EXT >= BATCH) {
       // pipelined like a session: journal batch n+1 while batch n is written
       await a.prepareBatch(batch)
       await writing
@@ -254,15 +277,15 @@ const rounds = []
 for (let r = 0; r < ROUNDS; r++) {
   const raw = dd()
   rmSync(join(dir, 'store2'), { recursive: true, force: true })
-  const apply = await applyOnly(1, 'seed', 1)
+  const apply = WIRE_ONLY ? NaN : await applyOnly(1, 'seed', 1)
   const wire = await cycle(1, 'seed', frames(0, 1), `bench${r}`)
   rounds.push({ raw, apply, wire })
 }
-const incApplyFirst = await applyOnly(2, 'incremental', 2)
-const incApply = await applyOnly(3, 'incremental', 3)
+const incApplyFirst = WIRE_ONLY ? NaN : await applyOnly(2, 'incremental', 2)
+const incApply = WIRE_ONLY ? NaN : await applyOnly(3, 'incremental', 3)
 const last = `bench${ROUNDS - 1}`
-const incFirst = await cycle(2, 'incremental', frames(0, 2), last)
-const inc = await cycle(3, 'incremental', frames(0, 3), last)
+const incFirst = WIRE_ONLY ? NaN : await cycle(2, 'incremental', frames(0, 2), last)
+const inc = WIRE_ONLY ? NaN : await cycle(3, 'incremental', frames(0, 3), last)
 const rawEnd = dd()
 const load1 = loadavg()
 child.kill('SIGTERM')
@@ -280,7 +303,7 @@ const fmt = (xs) => xs.map((x) => x.toFixed(0)).join(' ')
 const applyPct = median(rounds.map((x) => x.apply / x.raw))
 const wirePct = median(rounds.map((x) => x.wire / x.raw))
 console.log(
-  `receiver: ${N} MiB of random data, 4 MiB extents, ${ROUNDS} interleaved rounds, ${cpus().length} cores; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
+  `receiver: ${N} MiB of random data, 4 MiB extents, window ${WINDOW / MiB} MiB, batch ${BATCH / MiB} MiB, ${ROUNDS} interleaved rounds, ${cpus().length} cores; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
 )
 console.log(`dd conv=fdatasync:         median ${raw.toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.raw))}]`)
 console.log(
@@ -292,6 +315,7 @@ console.log(
 console.log(
   `incremental (once, vs dd ${rawEnd.toFixed(0)} MiB/s after them): apply path first/steady ${incApplyFirst.toFixed(0)}/${incApply.toFixed(0)} MiB/s, over TLS first/steady ${incFirst.toFixed(0)}/${inc.toFixed(0)} MiB/s`,
 )
+console.log(`receiver CPU per GiB over TLS, per wire cycle (user/system): ${cpuPerGiB.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -308,5 +332,6 @@ const out = {
   wireIncrementalFirstMiBs: +incFirst.toFixed(0),
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: pct(inc / median([raw, rawEnd])),
+  receiverCpuSecPerGiB: cpuPerGiB.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
 }
 console.log(JSON.stringify(out))

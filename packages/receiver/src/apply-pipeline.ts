@@ -28,6 +28,8 @@ export class ApplyPipeline {
   private batch: ApplyExtent[] = []
   private disk: PipelineDisk | undefined
   private bytes = 0
+  /** the disk of the last batch flushed (its store may hold a queued resume marker) */
+  private lastFlushed: PipelineDisk | undefined
   /** stage 2 of the previous batch (write, then sync), still running */
   private writing: Promise<void> | undefined
   /** the writes of the previous batch (stage 2 up to its fdatasync) */
@@ -74,6 +76,7 @@ export class ApplyPipeline {
     this.batch = []
     this.disk = undefined
     this.bytes = 0
+    this.lastFlushed = d
     const a = d.apply
     const opts = this.signal === undefined ? {} : { signal: this.signal }
     await a.prepareBatch(batch, opts).catch((err: unknown) => {
@@ -119,8 +122,24 @@ export class ApplyPipeline {
     if (p !== undefined) await p
   }
 
+  /**
+   * The inbox ran dry: flush the gathering batch, wait until every batch is
+   * durable, then let the store write out the resume point of the last one
+   * ({@link StoreApply.settle}) — nothing else writes its journal meanwhile.
+   */
+  async idle(): Promise<void> {
+    await this.flush()
+    await this.drain()
+    const d = this.lastFlushed
+    if (d?.apply.settle === undefined) return
+    await d.apply.settle().catch((err: unknown) => {
+      throw ioError(err, `writing the resume point of ${d.name}`)
+    })
+  }
+
   /** Drop the pending batch and wait for the running stage 2, ignoring its outcome (abort paths). */
   async discard(): Promise<void> {
+    this.lastFlushed = undefined
     this.batch = []
     this.disk = undefined
     this.bytes = 0

@@ -59,6 +59,8 @@ export interface ReceiverFlags {
   readonly displaySuffix?: string
   readonly trivialMiB?: number
   readonly batchBytes?: number
+  /** unacknowledged bytes an agent may have in flight (`--window-bytes`) */
+  readonly windowBytes?: number
   /** serve the HTTP listener (metrics, dashboard, API) on HOST:PORT */
   readonly httpListen?: string
   /** old name of `httpListen` */
@@ -87,6 +89,7 @@ export async function resolveReceiverInit(flags: ReceiverFlags): Promise<Receive
   if (flags.displaySuffix !== undefined) over['displaySuffix'] = flags.displaySuffix
   if (flags.trivialMiB !== undefined) over['trivialMiB'] = flags.trivialMiB
   if (flags.batchBytes !== undefined) over['batchBytes'] = flags.batchBytes
+  if (flags.windowBytes !== undefined) over['windowBytes'] = flags.windowBytes
   if (flags.cephConf !== undefined) over['cephConf'] = resolve(flags.cephConf)
   if (flags.cephId !== undefined) over['cephId'] = flags.cephId
   if (flags.cephKeyring !== undefined) over['cephKeyring'] = resolve(flags.cephKeyring)

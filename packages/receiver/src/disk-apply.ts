@@ -2,10 +2,11 @@ import type { FileHandle } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
 import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { fsyncDir, readFully, unlinkIfExists, writeFully, writevFully, writeZeros } from './fs-util.ts'
+import { fsyncDir, unlinkIfExists, writeFully, writevFully, writeZeros } from './fs-util.ts'
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
+import { readAhead } from './read-ahead.ts'
 import { ReverseIncrement } from './increment.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { TouchedBlocks } from './kept-map.ts'
@@ -44,6 +45,35 @@ async function freshSeed(path: string): Promise<FileHandle> {
   await unlinkIfExists(path)
   return await openStoreFile(path, 'create')
 }
+
+/** Writes of a scattered batch in flight at once, at most. */
+const WRITE_AHEAD = 16
+
+/** Back-to-back data extents written with one (vectored) write. */
+interface WriteRun {
+  readonly offset: number
+  readonly data: Uint8Array[]
+  extents: number
+}
+
+/** The write runs of a batch of data extents in ascending, disjoint order; undefined for any other batch. Pure. */
+function scatteredRuns(batch: readonly ApplyExtent[]): WriteRun[] | undefined {
+  const runs: WriteRun[] = []
+  let end = -1
+  for (const e of batch) {
+    if (e.zero || e.offset < end) return undefined
+    const last = runs[runs.length - 1]
+    if (last !== undefined && e.offset === end) {
+      last.data.push(e.data as Uint8Array)
+      last.extents++
+    } else runs.push({ offset: e.offset, data: [e.data as Uint8Array], extents: 1 })
+    end = e.offset + e.length
+  }
+  return runs
+}
+
+/** An extent's journal record (as `Journal.appendExtent` takes it). */
+type JournalExtentRecord = Parameters<Journal['appendExtent']>[0]
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
@@ -86,6 +116,15 @@ export class DiskApply {
   /** time spent journaling (stage 1) and writing (stage 2) batches, ms (for logs) */
   journalMs = 0
   writeMs = 0
+  /** fdatasyncs of the target actually run, and batches whose sync an earlier one covered (group commit, for logs) */
+  syncs = 0
+  coveredBatches = 0
+  /** fdatasyncs of the target started so far (a batch is durable once one started after its writes has completed) */
+  private syncsStarted = 0
+  /** fdatasyncs of the target completed so far (they run one at a time, in order) */
+  private syncsCompleted = 0
+  /** per batch: {@link syncsStarted} when its writes completed */
+  private readonly writtenAt = new WeakMap<readonly ApplyExtent[], number>()
 
   private constructor(info: InflightDisk, targetPath: string, fh: FileHandle, journal: Journal, inc?: ReverseIncrement) {
     this.info = info
@@ -241,23 +280,25 @@ export class DiskApply {
       this.journalMs += performance.now() - t0
       return
     }
+    // old contents in pieces of at most JOURNAL_PIECE bytes, each its own
+    // record, appended in batch order and written out as we go (bounded
+    // records). The reads run ahead of the appends (readAhead: at most 16
+    // pieces and 16 MiB at once, bounded memory): a batch of many
+    // small scattered extents waits for one read round trip at a time, not
+    // one per extent. All of them read the contents from before this batch
+    // (its writes start only after this stage), as the serial reads did.
+    const pieces: Array<{ rec: JournalExtentRecord; pos: number; n: number }> = []
     for (const e of batch) {
       const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
       const oldLen = this.committedPart(e)
-      if (oldLen === 0) {
-        this.journal.appendExtent(rec, undefined)
-        continue
-      }
-      // old contents in pieces of at most JOURNAL_PIECE bytes, each its own
-      // record, written out as we go: bounded records and bounded memory
-      for (let off = 0; off < oldLen; off += JOURNAL_PIECE) {
-        opts.signal?.throwIfAborted()
-        const n = Math.min(JOURNAL_PIECE, oldLen - off)
-        this.journal.appendExtent(rec, await readFully(this.fh, e.offset + off, n), e.offset + off)
-        if (this.journal.queuedBytes >= JOURNAL_PIECE) {
-          await this.journal.flush(false)
-          faultPoint('journal-piece')
-        }
+      if (oldLen === 0) pieces.push({ rec, pos: e.offset, n: 0 })
+      for (let off = 0; off < oldLen; off += JOURNAL_PIECE) pieces.push({ rec, pos: e.offset + off, n: Math.min(JOURNAL_PIECE, oldLen - off) })
+    }
+    for await (const { range, data } of readAhead(this.fh, pieces, opts.signal === undefined ? {} : { signal: opts.signal })) {
+      this.journal.appendExtent(range.rec, data, range.pos)
+      if (data !== undefined && this.journal.queuedBytes >= JOURNAL_PIECE) {
+        await this.journal.flush(false)
+        faultPoint('journal-piece')
       }
     }
     if (inPlace) {
@@ -316,6 +357,13 @@ export class DiskApply {
   async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
+    const runs = scatteredRuns(batch)
+    if (runs !== undefined) {
+      await this.writeRuns(runs)
+      this.writtenAt.set(batch, this.syncsStarted)
+      this.writeMs += performance.now() - t0
+      return
+    }
     for (let k = 0; k < batch.length; ) {
       const e = batch[k] as ApplyExtent
       if (e.zero) {
@@ -343,7 +391,38 @@ export class DiskApply {
       else await writevFully(this.fh, run, e.offset)
       for (; k < j; k++) faultPoint('extent-written')
     }
+    this.writtenAt.set(batch, this.syncsStarted)
     this.writeMs += performance.now() - t0
+  }
+
+  /**
+   * A batch of data extents in ascending, non-overlapping order (an
+   * incremental's scattered changes, or a seed): each run of back-to-back
+   * extents is one vectored write, and up to {@link WRITE_AHEAD} runs are
+   * written at once, so the batch waits for one write round trip at a time
+   * rather than one per run. The ranges are disjoint, so the order of the
+   * writes does not matter; none is durable before the fdatasync of
+   * {@link syncBatch} anyway. Other batches (zero extents, overlaps, out of
+   * order: {@link scatteredRuns} gives undefined) are written in order.
+   */
+  private async writeRuns(runs: readonly WriteRun[]): Promise<void> {
+    let next = 0
+    let failed = false
+    const worker = async (): Promise<void> => {
+      while (next < runs.length && !failed) {
+        const r = runs[next++] as WriteRun
+        try {
+          if (r.data.length === 1) await writeFully(this.fh, r.data[0] as Uint8Array, r.offset)
+          else await writevFully(this.fh, r.data, r.offset)
+          for (let k = 0; k < r.extents; k++) faultPoint('extent-written')
+        } catch (err) {
+          failed = true // the other writers take no new run
+          throw err
+        }
+      }
+    }
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(WRITE_AHEAD, runs.length) }, worker))
+    for (const r of settled) if (r.status === 'rejected') throw r.reason
   }
 
   /**
@@ -357,7 +436,19 @@ export class DiskApply {
     if (batch.length === 0) return
     this.batches++
     const t0 = performance.now()
-    await this.fh.datasync()
+    // Group commit: an fdatasync that started after this batch's writes had
+    // completed (the one of an earlier batch, run while this one was being
+    // written) already made them durable; otherwise run one, which covers
+    // every write completed before it — later batches' included.
+    const at = this.writtenAt.get(batch)
+    if (at !== undefined && this.syncsCompleted > at) {
+      this.coveredBatches++
+    } else {
+      this.syncsStarted++
+      this.syncs++
+      await this.fh.datasync()
+      this.syncsCompleted++
+    }
     faultPoint('target-synced')
     const last = batch[batch.length - 1] as ApplyExtent
     // The marker follows data that is already durable, so it never claims too
@@ -366,6 +457,18 @@ export class DiskApply {
     if (this.info.target !== 'flat') await this.journal.flush(false)
     this.applied = last.seq
     this.writeMs += performance.now() - t0
+  }
+
+  /**
+   * The pipeline is idle (no batch being journaled or written): write out the
+   * queued "applied" marker of the last durable batch. An in-place target
+   * queues it in {@link syncBatch} because a write there could overlap the
+   * next batch's journal records; with nothing else writing the journal it
+   * goes out alone. Not synced: it survives a killed receiver; a power loss
+   * only moves the resume point back, as before.
+   */
+  async settle(): Promise<void> {
+    if (!this.closed) await this.journal.flush(false)
   }
 
   /**

@@ -184,8 +184,9 @@ export class Session {
           frame = this.inbox.shift()
         }
         if (frame === undefined) {
-          await this.pipeline.flush()
-          await this.pipeline.drain()
+          // nothing more to do until the agent sends again: every batch
+          // durable, and the resume point of the last one written out
+          await this.pipeline.idle()
           break
         }
         const msg = this.decode(frame)
@@ -410,7 +411,7 @@ export class Session {
     const map = this.maps.get(msg.disk)
     // a resync's map: mirror bytes read for it in this connection, digests taken from the kept map
     const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapHoleBytes: map.holeBytes, mapKeptBlocks: map.keptBlocks }
-    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
+    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, ...groupCommitStats(a), journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
@@ -586,4 +587,10 @@ export class Session {
     this.vm?.release()
     this.resolveDone()
   }
+}
+
+/** A folder store's group-commit counts (fdatasyncs run, batches an earlier one covered), for the 'disk sealed' log. */
+function groupCommitStats(a: object): { syncs?: number; coveredBatches?: number } {
+  const g = a as { syncs?: unknown; coveredBatches?: unknown }
+  return typeof g.syncs === 'number' && typeof g.coveredBatches === 'number' ? { syncs: g.syncs, coveredBatches: g.coveredBatches } : {}
 }

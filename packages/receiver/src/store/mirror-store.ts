@@ -31,6 +31,13 @@ export interface StoreApply {
   prepareBatch(batch: readonly ApplyExtent[], opts?: { signal?: AbortSignal }): Promise<void>
   writeBatchData(batch: readonly ApplyExtent[], opts?: { signal?: AbortSignal }): Promise<void>
   syncBatch(batch: readonly ApplyExtent[]): Promise<void>
+  /**
+   * The pipeline went idle (every batch durable, none being journaled): make
+   * the resume point of the last durable batch visible where it is only
+   * queued, so that a stalled link or a killed receiver resumes from it.
+   * Optional: a store whose markers are written per batch needs nothing.
+   */
+  settle?(): Promise<void>
   end(claim: DiskEndClaim): Promise<void>
   close(opts?: { flush?: boolean }): Promise<void>
 }
