@@ -9,7 +9,7 @@ t.test('the Ceph target of --store ceph:POOL and the client options', async (t) 
   t.throws(() => cephTargetFrom('ceph:a/b', {}), { code: 'E_CONFIG' })
 })
 
-t.test('the Ceph status table: one row per disk, in flight and diverged shown', async (t) => {
+t.test('the Ceph status table: one row per disk, in flight, diverged and held shown', async (t) => {
   const text = renderCephStatus({
     store: 'ceph:rbd',
     vms: [
@@ -22,10 +22,20 @@ t.test('the Ceph status table: one row per disk, in flight and diverged shown', 
           { name: 'web.vmdk', committedCycle: 3, capacity: 1024 * 1024, snapshot: 'rbd/gl.a.b.c@c3-x', diverged: null, inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 } },
           { name: 'web_1.vmdk', committedCycle: 3, capacity: 2048, snapshot: 'rbd/gl.a.d.e@c3-x', diverged: { reason: 'trivial', at: 'x' }, inflight: null },
         ],
+        holds: [],
+      },
+      {
+        vm: 'db',
+        committedCycle: 5,
+        committedAt: '2026-11-30T12:00:00.000Z',
+        points: 1,
+        disks: [{ name: 'db.vmdk', committedCycle: 5, capacity: 4096, snapshot: 'rbd/gl.f.g.h@c5-x', diverged: null, inflight: null }],
+        holds: [{ id: 'h', cycle: 5, dir: '/dr/db', kind: 'failover', createdAt: 'x' }],
       },
     ],
   })
-  t.match(text, /ceph:rbd: 1 VM\(s\)/)
+  t.match(text, /ceph:rbd: 2 VM\(s\)/)
+  t.match(text, /db\.vmdk .*HELD \(failover point 5\)/, 'a failed-over VM is shown held')
   t.match(text, /cycle 4 \(incremental, seq 7\)/)
   t.match(text, /DIVERGED/)
   t.match(text, /rbd\/gl\.a\.b\.c@c3-x/)

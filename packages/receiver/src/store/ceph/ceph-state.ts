@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto'
 import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
+import type { HoldRecord } from '../../hold-record.ts'
 import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
 
 /** Format tag of the state object. */
@@ -89,6 +90,8 @@ export interface CephVmState {
   /** the VM's configuration files (.vmx …) of the last commit, base64 */
   readonly files: Readonly<Record<string, string>>
   readonly pending: CephPending | null
+  /** failovers holding the mirror (ceph-holds.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
+  readonly holds?: readonly HoldRecord[]
 }
 
 /** A state with nothing committed. */
