@@ -10,6 +10,9 @@
 // over once the first is gone. Blocks changed behind the store's back in a
 // committed snapshot are found by `--verify changed` and repaired by a
 // resync (`--resync`, or the next cycle) that sends only the differing blocks.
+// Through the CLI: points drop/prune remove the points' snapshots (never the
+// mirror); a failover restores the mirror as a runnable VM folder and holds
+// the VM (the agent is refused E_HELD) until `points close`.
 import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
 import { mkdir, writeFile, readFile } from 'node:fs/promises'
@@ -66,24 +69,10 @@ async function qemuReadsSnapshots(t: Test, ceph: CephCluster, vm: string, dir: s
 
 /** Write `data` at `offset` into the committed snapshot `spec` (POOL/IMG@SNAP) behind the store's back: the head (equal to it between cycles) is written with librbd and the snapshot taken again under its name. */
 async function rotSnapshot(ceph: CephCluster, spec: string, offset: number, data: Buffer): Promise<void> {
-  const { execFile } = await import('node:child_process')
-  const { promisify } = await import('node:util')
   const [pi] = spec.split('@') as [string, string]
-  const image = pi.slice(POOL.length + 1)
-  const py = `
-import sys, rados, rbd
-conf, pool, image, offset, hexdata = sys.argv[1:6]
-c = rados.Rados(conffile=conf); c.connect(timeout=20)
-io = c.open_ioctx(pool)
-with rbd.Image(io, image) as img:
-    img.write(bytes.fromhex(hexdata), int(offset))
-    img.flush()
-io.close(); c.shutdown()
-`
-  const run = promisify(execFile)
-  await run('/usr/bin/python3', ['-c', py, ceph.conf, POOL, image, String(offset), data.toString('hex')])
-  await run('rbd', ['--conf', ceph.conf, 'snap', 'rm', '--no-progress', spec])
-  await run('rbd', ['--conf', ceph.conf, 'snap', 'create', '--no-progress', spec])
+  await ceph.writeImage(POOL, pi.slice(POOL.length + 1), offset, data)
+  await ceph.run('rbd', ['snap', 'rm', '--no-progress', spec])
+  await ceph.run('rbd', ['snap', 'create', '--no-progress', spec])
 }
 
 async function qemuHasRbd(): Promise<boolean> {

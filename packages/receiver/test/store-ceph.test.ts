@@ -1,7 +1,9 @@
 // The store conformance suite (store-conformance.ts) against the Ceph store,
 // on a real one-node cluster; plus the Ceph pieces alone: the diff stream,
 // the extent log, the store spec, the lease lock and hostile names at the
-// store API.
+// store API; `points drop` through the CLI killed between its state write and
+// the snapshot removal (the next cycle finishes it), operator actions refused
+// while a session holds the lease or a cycle is in flight, a hostile hold.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -21,22 +23,9 @@ import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
-import { execFile, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, writeFile } from 'node:fs/promises'
-import { promisify } from 'node:util'
-
-/** Write `hex` at `offset` into the head of an image with librbd (python3-rbd), as a stray client would. */
-const WRITE_PY = `
-import sys, rados, rbd
-conf, pool, image, offset, hexdata = sys.argv[1:6]
-c = rados.Rados(conffile=conf); c.connect(timeout=20)
-io = c.open_ioctx(pool)
-with rbd.Image(io, image) as img:
-    img.write(bytes.fromhex(hexdata), int(offset))
-    img.flush()
-io.close(); c.shutdown()
-`
 
 const POOL = 'glconf'
 const cid = (n: number): string => n.toString(16).padStart(32, '0')
@@ -134,7 +123,7 @@ t.test('Ceph store', { skip }, async (t) => {
     await runCeph(target, 'rbd', ['import', '--no-progress', raw, `${POOL}/${img}`])
     await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${img}@s1`])
     // the head changes after the snapshot: the snapshot's reader still sees the old bytes
-    await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, img, '0', 'ff'.repeat(4096)])
+    await ceph.writeImage(POOL, img, 0, Buffer.alloc(4096, 0xff))
     const r = await RbdImage.open(target, img, 's1')
     t.teardown(() => r.close())
     t.equal(r.size, size, 'the snapshot size')
@@ -171,7 +160,7 @@ t.test('Ceph store', { skip }, async (t) => {
       corrupt: async (_env, vm, disk, offset, data) => {
         const rec = (await readCephState(target, new CephNames(vm).state, vm))?.disks[disk]
         if (rec === undefined) throw new Error(`no committed disk ${disk} of ${vm}`)
-        await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, rec.image, String(offset), data.toString('hex')], { maxBuffer: 1 << 20 })
+        await ceph.writeImage(POOL, rec.image, offset, data)
         await runCeph(target, 'rbd', ['snap', 'rm', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
         await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
       },
@@ -347,5 +336,15 @@ t.test('Ceph store', { skip }, async (t) => {
     t.notOk(existsSync(join(base, 'evil.vmx')), 'nothing written outside the folder')
     await plant('missing-image', disk('a.vmdk', 'nonexistent-image'))
     await t.rejects(cephRestoreVm(target, 'missing-image', 1, join(base, 'h5')), { code: 'E_IO', message: /a\.vmdk.*point 1/ }, 'a missing image is a typed read failure naming the disk and point')
+    // a failover whose copy fails: the hold stays (recorded first), the error says how to release it
+    const log = pino({ level: 'silent' })
+    const fo = join(base, 'fo-missing')
+    await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_IO', message: /stays held.*points close/ }, 'a failed failover says the VM stays held')
+    t.equal((await cephListPoints(target, 'missing-image')).points.at(-1)?.held, true, 'the mirror is listed as held')
+    await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_CONFIG', message: /holds VM/ }, 'a second failover into the same folder')
+    t.equal((await cephClosePoint(target, 'missing-image', { logger: log, dir: fo })).length, 1, 'points close releases it')
+    t.notOk(existsSync(fo), 'and removes the partial folder')
+    await writeCephState(target, new CephNames('hostile-holds').state, { ...emptyCephState('hostile-holds'), holds: 'x' } as unknown as CephVmState)
+    await t.rejects(cephListPoints(target, 'hostile-holds'), { code: 'E_STATE' }, 'holds that are not a list of holds: E_STATE')
   })
 })

@@ -28,7 +28,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdir, readdir, rm } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { ReceiverError } from '../../errors.ts'
+import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 import type { VmxPrepare } from '../../holds.ts'
 import { acquireCommitted } from './ceph-points.ts'
@@ -74,6 +74,13 @@ export async function cephFailover(
   const r = await cephRestoreVm(t, vm, hold.cycle, abs, {
     ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
     run: { ...opts.vmx, suffix: opts.vmx?.suffix ?? FAILOVER_SUFFIX },
+  }).catch((err: unknown) => {
+    const code = (err as { code?: unknown }).code
+    throw new ReceiverError(
+      typeof code === 'string' && code.startsWith('E_') ? (code as ReceiverErrorCode) : 'E_IO',
+      `failover of VM ${vm} to ${abs}: ${(err as Error).message}; the VM stays held: "grainline points close --vm ${vm} --to ${abs}" releases it and removes the folder`,
+      { cause: err },
+    )
   })
   return { vm, cycle: hold.cycle, hold, vmx: resolve(abs, `${vm}.vmx`), disks: r.disks }
 }

@@ -149,7 +149,14 @@ export async function readCephState(t: CephTarget, object: string, vm?: string):
   } catch (err) {
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not JSON: ${(err as Error).message}`)
   }
-  if (s?.format !== CEPH_STATE_FORMAT || typeof s.vm !== 'string' || typeof s.committedCycle !== 'number' || typeof s.disks !== 'object' || !Array.isArray(s.points)) {
+  if (
+    s?.format !== CEPH_STATE_FORMAT ||
+    typeof s.vm !== 'string' ||
+    typeof s.committedCycle !== 'number' ||
+    typeof s.disks !== 'object' ||
+    !Array.isArray(s.points) ||
+    (s.holds !== undefined && (!Array.isArray(s.holds) || !s.holds.every((h) => typeof h?.dir === 'string' && typeof h.cycle === 'number')))
+  ) {
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not a ${CEPH_STATE_FORMAT} record`)
   }
   if (vm !== undefined && s.vm !== vm) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} belongs to VM ${JSON.stringify(s.vm)}, not ${JSON.stringify(vm)}`)
