@@ -29,9 +29,30 @@ export interface CephCluster {
   readonly s3?: { readonly endpoint: string; readonly accessKeyId: string; readonly secretAccessKey: string }
   /** run a Ceph client command against the cluster (`ceph`, `rbd`, `rados`, `radosgw-admin`) with `--conf` */
   run(cmd: 'ceph' | 'rbd' | 'rados' | 'radosgw-admin', args: readonly string[], input?: Buffer): Promise<{ stdout: string; stderr: string }>
+  /**
+   * Write `data` at `offset` into the head of RBD image `pool/image` with
+   * librbd (Python's `rbd` module, `python3-rbd`, as `/usr/bin/python3` or
+   * `GRAINLINE_PYTHON`), flushed: a stray client writing behind a store's
+   * back (bit rot in tests). The bytes go through stdin (no size bound of an
+   * argument).
+   */
+  writeImage(pool: string, image: string, offset: number, data: Buffer): Promise<void>
   /** kill every daemon and remove the folder */
   stop(): Promise<void>
 }
+
+/** The librbd write of {@link CephCluster.writeImage}: the bytes on stdin. */
+const WRITE_PY = `
+import sys, rados, rbd
+conf, pool, image, offset = sys.argv[1:5]
+data = sys.stdin.buffer.read()
+c = rados.Rados(conffile=conf); c.connect(timeout=20)
+io = c.open_ioctx(pool)
+with rbd.Image(io, image) as img:
+    img.write(data, int(offset))
+    img.flush()
+io.close(); c.shutdown()
+`
 
 /** Options of {@link startCephCluster}. */
 export interface CephClusterOptions {
@@ -144,6 +165,18 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       p.stdin.end(input)
     })
   }
+  const writeImage = async (pool: string, image: string, offset: number, data: Buffer): Promise<void> => {
+    await new Promise<void>((resolve, reject) => {
+      const p = spawn(process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3', ['-c', WRITE_PY, conf, pool, image, String(offset)], { stdio: ['pipe', 'ignore', 'pipe'] })
+      let stderr = ''
+      p.stderr.setEncoding('utf8').on('data', (d: string) => {
+        stderr += d
+      })
+      p.on('error', reject)
+      p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} exited ${code}: ${stderr.slice(-800)}`))))
+      p.stdin.end(data)
+    })
+  }
   /** a daemon in the foreground (-f), killed with the cluster */
   const daemon = (cmd: string, args: readonly string[]): void => {
     const p = killOnExit(spawn(cmd, ['--conf', conf, '-f', ...args], { stdio: 'ignore' }))
@@ -235,7 +268,7 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       await run('radosgw-admin', ['user', 'create', '--uid=grainline-test', '--display-name=grainline test', `--access-key=${accessKeyId}`, `--secret-key=${secretAccessKey}`])
       s3 = { endpoint, accessKeyId, secretAccessKey }
     }
-    return { conf, dir, run, stop, ...(s3 === undefined ? {} : { s3 }) }
+    return { conf, dir, run, writeImage, stop, ...(s3 === undefined ? {} : { s3 }) }
   } catch (err) {
     await stop()
     throw err

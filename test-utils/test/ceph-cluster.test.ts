@@ -2,7 +2,8 @@
  * The one-node test cluster: up with radosgw, RBD usable (an image written by
  * `rbd import-diff` of a diff v1 stream — the format the Ceph store of issue
  * #18 will write — and read back by `rbd export`, the next import refused
- * when its from-snapshot is not the image's), S3 answering, every daemon gone
+ * when its from-snapshot is not the image's; writeImage writing the head
+ * through librbd), S3 answering, every daemon gone
  * after stop(). (Its failure paths — a daemon that dies or never comes up —
  * are not exercised here: provoking them reliably would need a broken Ceph.)
  */
@@ -80,6 +81,16 @@ t.test('a one-node cluster with radosgw: RBD import-diff and export, S3 up, stop
   t.ok(g1.equals(want1), 'snapshot g1 holds the first diff')
   t.ok(g2.equals(want2), 'snapshot g2 holds the zeroed range')
   t.match((await c.run('rbd', ['snap', 'ls', 'rbd/img'])).stdout, /g1[\s\S]*g2/)
+  // writeImage: a stray librbd client writing the head (bytes on stdin: larger than an argument may be)
+  const big = Buffer.alloc(256 * 1024, 0x7e)
+  await c.writeImage('rbd', 'img', 2 * MiB + 512, big)
+  await c.run('rbd', ['export', 'rbd/img', join(dir, 'head.raw')])
+  const head = await readFile(join(dir, 'head.raw'))
+  const wantHead = Buffer.from(want2)
+  big.copy(wantHead, 2 * MiB + 512)
+  t.ok(head.equals(wantHead), 'writeImage wrote the head at the offset')
+  t.ok((await readFile(join(dir, 'g2.raw'))).equals(want2), 'the snapshot is untouched')
+  await t.rejects(c.writeImage('rbd', 'no-such-image', 0, Buffer.alloc(1)), /no-such-image exited/, 'a write into a missing image fails, naming it')
   const s3 = c.s3 as NonNullable<typeof c.s3>
   t.equal((await fetch(s3.endpoint)).status, 200, 'radosgw answers S3')
   await c.stop()

@@ -10,7 +10,11 @@
 // over once the first is gone. Blocks changed behind the store's back in a
 // committed snapshot are found by `--verify changed` and repaired by a
 // resync (`--resync`, or the next cycle) that sends only the differing blocks.
+// Through the CLI: points drop/prune remove the points' snapshots (never the
+// mirror); a failover restores the mirror as a runnable VM folder and holds
+// the VM (the agent is refused E_HELD) until `points close`.
 import t, { type Test } from 'tap'
+import { existsSync } from 'node:fs'
 import { mkdir, writeFile, readFile } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
@@ -65,24 +69,10 @@ async function qemuReadsSnapshots(t: Test, ceph: CephCluster, vm: string, dir: s
 
 /** Write `data` at `offset` into the committed snapshot `spec` (POOL/IMG@SNAP) behind the store's back: the head (equal to it between cycles) is written with librbd and the snapshot taken again under its name. */
 async function rotSnapshot(ceph: CephCluster, spec: string, offset: number, data: Buffer): Promise<void> {
-  const { execFile } = await import('node:child_process')
-  const { promisify } = await import('node:util')
   const [pi] = spec.split('@') as [string, string]
-  const image = pi.slice(POOL.length + 1)
-  const py = `
-import sys, rados, rbd
-conf, pool, image, offset, hexdata = sys.argv[1:6]
-c = rados.Rados(conffile=conf); c.connect(timeout=20)
-io = c.open_ioctx(pool)
-with rbd.Image(io, image) as img:
-    img.write(bytes.fromhex(hexdata), int(offset))
-    img.flush()
-io.close(); c.shutdown()
-`
-  const run = promisify(execFile)
-  await run('/usr/bin/python3', ['-c', py, ceph.conf, POOL, image, String(offset), data.toString('hex')])
-  await run('rbd', ['--conf', ceph.conf, 'snap', 'rm', '--no-progress', spec])
-  await run('rbd', ['--conf', ceph.conf, 'snap', 'create', '--no-progress', spec])
+  await ceph.writeImage(POOL, pi.slice(POOL.length + 1), offset, data)
+  await ceph.run('rbd', ['snap', 'rm', '--no-progress', spec])
+  await ceph.run('rbd', ['snap', 'create', '--no-progress', spec])
 }
 
 async function qemuHasRbd(): Promise<boolean> {
@@ -198,9 +188,77 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   const missing = await runCli(['restore', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', name, '--point', '9', '--to', join(dir, 'restored-9')])
   t.not(missing.code, 0, 'a point the pool does not have is refused')
   t.match(missing.stderr, /no point 9/)
-  const unsupported = await runCli(['points', 'prune', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', name, '--keep', '1'])
+  const unsupported = await runCli(['points', 'open', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', name, '--point', '2'])
   t.equal(unsupported.code, 2, 'an action the Ceph store does not have yet is a usage error naming the store')
   t.match(unsupported.stderr, /not supported on a Ceph store/)
+
+  // points drop / prune: the snapshots go with the point; the mirror (the resync base) is never dropped
+  const cli = async (args: string[]) => await runCli([...args, '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', name])
+  const snapsOf = async (): Promise<string[]> => {
+    const out: string[] = []
+    for (const d of (await cephStatus(ceph)).vms.find((v) => v.vm === name)?.disks ?? []) {
+      const image = d.snapshot.slice(POOL.length + 1).split('@')[0] as string
+      const ls = await ceph.run('rbd', ['snap', 'ls', '--format', 'json', `${POOL}/${image}`])
+      out.push(...(JSON.parse(ls.stdout) as { name: string }[]).map((x) => x.name))
+    }
+    return out.sort()
+  }
+  t.equal((await snapsOf()).filter((x) => x.startsWith('c1-')).length, 2, 'point 1 is a snapshot of each disk')
+  const drop1 = await cli(['points', 'drop', '--point', '1', '--output', 'json'])
+  t.equal(drop1.code, 0, `points drop --point 1: ${drop1.stderr}`)
+  t.same(JSON.parse(drop1.stdout), { vm: name, dropped: [1], kept: [2, 3] }, 'point 1 dropped')
+  t.same(
+    (await snapsOf()).filter((x) => x.startsWith('c1-')),
+    [],
+    "point 1's snapshots are removed from both images",
+  )
+  const dropMirror = await cli(['points', 'drop', '--point', '4'])
+  t.not(dropMirror.code, 0, 'the mirror (the committed cycle, the resync base) is not dropped')
+  t.match(dropMirror.stderr, /no point 4/)
+  const prune = await cli(['points', 'prune', '--keep', '1', '--output', 'json'])
+  t.equal(prune.code, 0, `points prune --keep 1: ${prune.stderr}`)
+  t.same(JSON.parse(prune.stdout), { vm: name, dropped: [2], kept: [3] }, 'prune keeps the newest point')
+  t.same(
+    (await snapsOf()).map((x) => x.replace(/-.*/, '')),
+    ['c3', 'c3', 'c4', 'c4'],
+    'left: point 3 and the mirror, on both disks',
+  )
+  await pointMatches(t, ceph, name, 3, join(dir, 'point-3-after-prune'), expected[3] as string[], 'point 3 after the prune')
+
+  // failover: the mirror as a runnable VM folder; the VM is held (the agent's next cycle is refused E_HELD) until points close
+  const fo = join(dir, 'failover')
+  const f = await cli(['mirror', 'failover', '--to', fo, '--network', 'VM Network=DR Network', '--output', 'json'])
+  t.equal(f.code, 0, `mirror failover: ${f.stderr}`)
+  const fr = JSON.parse(f.stdout) as { cycle: number; dir: string; vmx: string }
+  t.equal(fr.cycle, 4, 'the newest committed point (the mirror) by default')
+  const fvmx = await readFile(fr.vmx, 'utf8')
+  t.match(fvmx, /displayName = ".*\(grainline failover\)"/, 'the failover .vmx is marked')
+  t.match(fvmx, /ethernet0\.startConnected = "FALSE"/, 'its NIC does not connect at power-on')
+  t.match(fvmx, /ethernet0\.networkName = "DR Network"/, 'its network is mapped')
+  t.match(fvmx, /uuid\.bios = /, 'a new uuid.bios')
+  for (const [i, d] of vmxDisks(VmxConfig.parse(fvmx, fr.vmx)).entries()) {
+    const raw = join(dir, `failover-${i}.raw`)
+    await qemuRaw(join(fo, d.fileName), raw)
+    t.equal(await firstDifference(raw, (expected[4] as string[])[i] as string), -1, `failover disk ${i} (QEMU through the .vmx's descriptor) equals cycle 4's frozen source`)
+  }
+  const heldStatus = await runCli(['status', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf])
+  t.match(heldStatus.stdout, /HELD \(failover point 4\)/, 'status shows the VM held by the failover')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed: 99, zeroFraction: 0 })
+  const refused = await replicateCli(site, vm.vmxPath, ['--give-up', '10'])
+  t.not(refused.code, 0, 'the agent of a failed-over VM is refused')
+  t.match(JSON.stringify(refused.report ?? {}) + refused.stderr, /E_HELD/, 'with E_HELD, as on the folder store')
+  const heldDrop = await cli(['points', 'drop', '--point', '3'])
+  t.not(heldDrop.code, 0, 'no drop while failed over')
+  t.match(heldDrop.stderr, /held by 1 failover/)
+  const close = await cli(['points', 'close', '--to', fo, '--output', 'json'])
+  t.equal(close.code, 0, `points close: ${close.stderr}`)
+  t.equal((JSON.parse(close.stdout) as { released: unknown[] }).released.length, 1, 'the hold released (failback)')
+  t.notOk(existsSync(fo), 'the failover folder is removed')
+  const e5 = await frozenView(vm.vmxPath, join(dir, 'exp-5'))
+  const r5 = await replicateCli(site, vm.vmxPath, [])
+  t.equal(r5.code, 0, `after points close the agent's cycle goes through: ${r5.stderr.slice(-1500)}`)
+  t.equal((await cephStatus(ceph)).vms.find((v) => v.vm === name)?.committedCycle, 5, 'cycle 5 committed')
+  await pointMatches(t, ceph, name, 5, join(dir, 'mirror-5'), e5, 'cycle 5 after the failback')
 })
 
 t.test('two receivers on one pool: the second cannot take a VM the first holds, and takes it over once the first is gone', { skip }, async (t) => {

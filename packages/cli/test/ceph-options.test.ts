@@ -1,5 +1,8 @@
-// `--store ceph:POOL` options of status/points, and the Ceph status table (docs/CEPH.md).
+// `--store ceph:POOL` options of status/points/mirror, the Ceph status table, and usage errors of the Ceph actions (docs/CEPH.md).
 import t from 'tap'
+import { dirname, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { runNode } from '@grainline/test-utils'
 import { cephTargetFrom } from '../src/commands/ceph-options.ts'
 import { renderCephStatus } from '../src/commands/status.ts'
 
@@ -9,7 +12,7 @@ t.test('the Ceph target of --store ceph:POOL and the client options', async (t) 
   t.throws(() => cephTargetFrom('ceph:a/b', {}), { code: 'E_CONFIG' })
 })
 
-t.test('the Ceph status table: one row per disk, in flight and diverged shown', async (t) => {
+t.test('the Ceph status table: one row per disk, in flight, diverged and held shown', async (t) => {
   const text = renderCephStatus({
     store: 'ceph:rbd',
     vms: [
@@ -22,11 +25,39 @@ t.test('the Ceph status table: one row per disk, in flight and diverged shown', 
           { name: 'web.vmdk', committedCycle: 3, capacity: 1024 * 1024, snapshot: 'rbd/gl.a.b.c@c3-x', diverged: null, inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 } },
           { name: 'web_1.vmdk', committedCycle: 3, capacity: 2048, snapshot: 'rbd/gl.a.d.e@c3-x', diverged: { reason: 'trivial', at: 'x' }, inflight: null },
         ],
+        holds: [],
+      },
+      {
+        vm: 'db',
+        committedCycle: 5,
+        committedAt: '2026-11-30T12:00:00.000Z',
+        points: 1,
+        disks: [{ name: 'db.vmdk', committedCycle: 5, capacity: 4096, snapshot: 'rbd/gl.f.g.h@c5-x', diverged: null, inflight: null }],
+        holds: [{ id: 'h', cycle: 5, dir: '/dr/db', kind: 'failover', createdAt: 'x' }],
       },
     ],
   })
-  t.match(text, /ceph:rbd: 1 VM\(s\)/)
+  t.match(text, /ceph:rbd: 2 VM\(s\)/)
+  t.match(text, /db\.vmdk .*HELD \(failover point 5\)/, 'a failed-over VM is shown held')
   t.match(text, /cycle 4 \(incremental, seq 7\)/)
   t.match(text, /DIVERGED/)
   t.match(text, /rbd\/gl\.a\.b\.c@c3-x/)
+})
+
+t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one message)', async (t) => {
+  const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
+  // a pool no cluster answers for: every case must stop before a Ceph client runs
+  const store = ['--store', 'ceph:nopool', '--ceph-conf', '/nonexistent/ceph.conf', '--vm', 'v']
+  const cases: Array<[string[], RegExp]> = [
+    [['mirror', 'failover', ...store], /failover from a ceph:POOL store needs --to DIR/],
+    [['points', 'open', ...store, '--point', '1'], /points open is not supported on a Ceph store .*mirror failover/],
+    [['points', 'drop', ...store], /points drop needs --point K/],
+    [['points', 'close', ...store], /points close needs --to DIR or --all/],
+    [['points', 'prune', ...store], /points prune needs a policy/],
+  ]
+  for (const [args, want] of cases) {
+    const r = await runNode(bin, args)
+    t.equal(r.code, 2, `${args.slice(0, 2).join(' ')}: exit 2 (${r.stderr.trim()})`)
+    t.match(r.stderr, want)
+  }
 })

@@ -1,14 +1,17 @@
 // The store conformance suite (store-conformance.ts) against the Ceph store,
 // on a real one-node cluster; plus the Ceph pieces alone: the diff stream,
 // the extent log, the store spec, the lease lock and hostile names at the
-// store API.
+// store API; `points drop` through the CLI killed between its state write and
+// the snapshot removal (the next cycle finishes it), operator actions refused
+// while a session holds the lease or a cycle is in flight, a hostile hold.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { haveCeph, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
-import { cephListPoints, cephRestorePoint, cephRestoreVm, parseCephStore } from '../src/index.ts'
+import { cliBin, haveCeph, pollUntil, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
+import { cephClosePoint, cephFailover, cephListPoints, cephPrunePoints, cephRestorePoint, cephRestoreVm, cephRollbackMirror, parseCephStore } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { CephLock } from '../src/store/ceph/ceph-lock.ts'
@@ -20,22 +23,12 @@ import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
-
-/** Write `hex` at `offset` into the head of an image with librbd (python3-rbd), as a stray client would. */
-const WRITE_PY = `
-import sys, rados, rbd
-conf, pool, image, offset, hexdata = sys.argv[1:6]
-c = rados.Rados(conffile=conf); c.connect(timeout=20)
-io = c.open_ioctx(pool)
-with rbd.Image(io, image) as img:
-    img.write(bytes.fromhex(hexdata), int(offset))
-    img.flush()
-io.close(); c.shutdown()
-`
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdir, writeFile } from 'node:fs/promises'
 
 const POOL = 'glconf'
+const cid = (n: number): string => n.toString(16).padStart(32, '0')
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
 
 t.test('rbd diff v1 stream: header, snapshots, size, data and zero records, end', async (t) => {
@@ -130,7 +123,7 @@ t.test('Ceph store', { skip }, async (t) => {
     await runCeph(target, 'rbd', ['import', '--no-progress', raw, `${POOL}/${img}`])
     await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${img}@s1`])
     // the head changes after the snapshot: the snapshot's reader still sees the old bytes
-    await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, img, '0', 'ff'.repeat(4096)])
+    await ceph.writeImage(POOL, img, 0, Buffer.alloc(4096, 0xff))
     const r = await RbdImage.open(target, img, 's1')
     t.teardown(() => r.close())
     t.equal(r.size, size, 'the snapshot size')
@@ -167,13 +160,110 @@ t.test('Ceph store', { skip }, async (t) => {
       corrupt: async (_env, vm, disk, offset, data) => {
         const rec = (await readCephState(target, new CephNames(vm).state, vm))?.disks[disk]
         if (rec === undefined) throw new Error(`no committed disk ${disk} of ${vm}`)
-        await promisify(execFile)('/usr/bin/python3', ['-c', WRITE_PY, ceph.conf, POOL, rec.image, String(offset), data.toString('hex')], { maxBuffer: 1 << 20 })
+        await ceph.writeImage(POOL, rec.image, offset, data)
         await runCeph(target, 'rbd', ['snap', 'rm', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
         await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${rec.image}@${rec.snap}`])
       },
+      prune: async (_env, vm, what) => await cephPrunePoints(target, vm, what, { logger: pino({ level: 'silent' }) }),
+      failover: async (_env, vm, cycle, dir) => {
+        const r = await cephFailover(target, vm, cycle, dir, { logger: pino({ level: 'silent' }) })
+        return Object.fromEntries(r.disks.map((d) => [d.name, d.descriptor]))
+      },
+      close: async (_env, vm, dir) => (await cephClosePoint(target, vm, { logger: pino({ level: 'silent' }), dir })).length,
     },
     () => join(base, String(n++)),
   )
+
+  t.test('points drop killed between the state write and the snapshot removal: the state names no such point, the next cycle finishes the removal', async (t) => {
+    const env = makeEnv(join(base, `crash-${n++}`))
+    const log = pino({ level: 'silent' })
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-prune-crash'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(MiB, 71)]
+    const cycle = async (c: number, opts: { stopAfter?: number } = {}): Promise<Agent> => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      if (c === 1) await runCycle(a, vm, 1, [seedPlan(0, 'x.vmdk', images[1] as Buffer, cid(71))])
+      else {
+        const ranges = [{ offset: c * 65_536, length: 65_536 }]
+        images[c] = evolve(images[c - 1] as Buffer, c, ranges)
+        await runCycle(a, vm, c, [incPlan(0, 'x.vmdk', images[c] as Buffer, c - 1, cid(70 + c), ranges, `x-00000${c - 1}.vmdk`, `x-00000${c}.vmdk`)], opts)
+      }
+      return a
+    }
+    for (let c = 1; c <= 3; c++) (await cycle(c)).close()
+    const names = new CephNames(vm)
+    const before = (await readCephState(target, names.state, vm)) as CephVmState
+    const p1 = before.points.find((p) => p.cycle === 1)?.disks['x.vmdk']
+    if (p1 === undefined) throw new Error('no point 1')
+    const snaps = async (): Promise<string[]> => JSON.parse((await runCeph(target, 'rbd', ['snap', 'ls', '--format', 'json', `${POOL}/${p1.image}`])).toString()).map((x: { name: string }) => x.name)
+    t.ok((await snaps()).includes(p1.snap), 'point 1 is a snapshot')
+    // an operator action while a session holds the VM's lease: it waits, then E_BUSY naming the holder (never races it)
+    const held = await CephVmMirror.acquire(target, vm, log, { description: 'receiver under test' })
+    await t.rejects(cephPrunePoints(target, vm, { cycles: [1] }, { logger: log }), { code: 'E_BUSY', message: /receiver under test/ }, 'the lease is held: E_BUSY')
+    held.release()
+    const child = spawn(process.execPath, [cliBin(), 'points', 'drop', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', vm, '--point', '1', '--log-level', 'warn'], {
+      env: { ...process.env, GRAINLINE_RECEIVER_FAULT: 'ceph-prune-after-state:1' },
+      stdio: 'ignore',
+    })
+    const [, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null]
+    t.equal(signal, 'SIGKILL', 'points drop killed after the state write')
+    const mid = (await readCephState(target, names.state, vm)) as CephVmState
+    t.same(
+      mid.points.map((p) => p.cycle),
+      [2],
+      'the state (the commit point) no longer names point 1',
+    )
+    t.same(mid.pending?.snaps, [{ image: p1.image, snap: p1.snap }], 'its snapshot is pending removal')
+    t.ok((await snaps()).includes(p1.snap), 'the snapshot is still there')
+    t.same(
+      (await cephListPoints(target, vm)).points.map((p) => p.cycle),
+      [2, 3],
+      'points lists it as dropped',
+    )
+    // a cycle in flight refuses a drop, as on the folder store
+    const a4 = await cycle(4, { stopAfter: 0 })
+    a4.terminate()
+    await t.rejects(
+      pollUntil(
+        async () =>
+          await cephPrunePoints(target, vm, { cycles: [2] }, { logger: log }).catch((e: { code?: string }) => (e.code === 'E_BUSY' && /in flight/.test(String(e)) ? Promise.reject(e) : undefined)),
+      ),
+      { code: 'E_BUSY', message: /cycle 4 in flight/ },
+      'a cycle in flight: E_BUSY',
+    )
+    t.notOk((await snaps()).includes(p1.snap), "the next holder of the lease (the cycle's receiver) finished the removal")
+    t.equal(((await readCephState(target, names.state, vm)) as CephVmState).pending, null, 'nothing pending')
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const ranges = [{ offset: 4 * 65_536, length: 65_536 }]
+    const r = await runCycle(a, vm, 4, [incPlan(0, 'x.vmdk', images[4] as Buffer, 3, cid(74), ranges, 'x-000003.vmdk', 'x-000004.vmdk')])
+    a.close()
+    t.equal(r.committed?.cycle, 4, 'the cycle resumes and commits')
+    t.same(
+      (await cephListPoints(target, vm)).points.map((p) => p.cycle),
+      [2, 3, 4],
+    )
+  })
+
+  t.test('points close --all leaves a folder a hostile state names that is not a failover folder; mirror rollback on Ceph', async (t) => {
+    const log = pino({ level: 'silent' })
+    const vm = 'vm-prune-crash'
+    const names = new CephNames(vm)
+    const s = (await readCephState(target, names.state, vm)) as CephVmState
+    const victim = join(base, 'victim')
+    await mkdir(join(victim, 'sub'), { recursive: true })
+    await writeFile(join(victim, 'sub', 'keep'), 'x')
+    await writeCephState(target, names.state, { ...s, holds: [{ id: 'x', cycle: s.committedCycle, dir: victim, kind: 'failover', createdAt: new Date().toISOString() }] })
+    const closed = await cephClosePoint(target, vm, { logger: log, all: true })
+    t.equal(closed.length, 1, 'the hold is released')
+    t.ok(existsSync(join(victim, 'sub', 'keep')), 'a folder with subfolders is not removed')
+    t.same(((await readCephState(target, names.state, vm)) as CephVmState).holds, [])
+    await t.rejects(cephClosePoint(target, vm, { logger: log, all: true }), { code: 'E_NOT_FOUND' }, 'no hold left')
+    await t.rejects(cephFailover(target, vm, 99, join(base, 'fo-99'), { logger: log }), { code: 'E_NOT_FOUND' }, 'failover of a point the pool does not have')
+    await t.rejects(cephFailover(target, 'no-such-vm', undefined, join(base, 'fo-none'), { logger: log }), { code: 'E_NOT_FOUND' }, 'failover of a VM the pool does not have')
+    t.same(await cephRollbackMirror(target, vm, log), { vm, committedCycle: s.committedCycle, rolledBack: false }, 'mirror rollback with nothing in flight')
+    await t.rejects(cephRollbackMirror(target, 'no-such-vm', log), { code: 'E_NOT_FOUND' })
+  })
 
   t.test('status lists what the cases committed; digests of a snapshot equal a digest of its export', async (t) => {
     const st = await cephStatus(target)
@@ -246,5 +336,15 @@ t.test('Ceph store', { skip }, async (t) => {
     t.notOk(existsSync(join(base, 'evil.vmx')), 'nothing written outside the folder')
     await plant('missing-image', disk('a.vmdk', 'nonexistent-image'))
     await t.rejects(cephRestoreVm(target, 'missing-image', 1, join(base, 'h5')), { code: 'E_IO', message: /a\.vmdk.*point 1/ }, 'a missing image is a typed read failure naming the disk and point')
+    // a failover whose copy fails: the hold stays (recorded first), the error says how to release it
+    const log = pino({ level: 'silent' })
+    const fo = join(base, 'fo-missing')
+    await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_IO', message: /stays held.*points close/ }, 'a failed failover says the VM stays held')
+    t.equal((await cephListPoints(target, 'missing-image')).points.at(-1)?.held, true, 'the mirror is listed as held')
+    await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_CONFIG', message: /holds VM/ }, 'a second failover into the same folder')
+    t.equal((await cephClosePoint(target, 'missing-image', { logger: log, dir: fo })).length, 1, 'points close releases it')
+    t.notOk(existsSync(fo), 'and removes the partial folder')
+    await writeCephState(target, new CephNames('hostile-holds').state, { ...emptyCephState('hostile-holds'), holds: 'x' } as unknown as CephVmState)
+    await t.rejects(cephListPoints(target, 'hostile-holds'), { code: 'E_STATE' }, 'holds that are not a list of holds: E_STATE')
   })
 })

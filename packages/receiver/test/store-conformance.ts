@@ -7,11 +7,16 @@
  * generation refusals, points listed and read back, retention removing the
  * oldest, hostile VM and disk names refused with typed errors, a block
  * check (`--verify changed`, `--scrub`) finding blocks changed behind the
- * store's back and a resync repairing exactly those.
+ * store's back and a resync repairing exactly those; `points drop` and
+ * `points prune` (the mirror never dropped), and a failover holding the
+ * mirror (`E_HELD` to the next cycle and to a prune) until `points close`.
  */
 import type { Test } from 'tap'
 import { MessageKind, encodeMessage, type Message } from '@grainline/protocol'
-import type { ReceiverInit } from '../src/index.ts'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { qemuRaw } from '@grainline/test-utils'
+import type { ReceiverInit, RetentionPolicy } from '../src/index.ts'
 import { BLOCKS, BS, NAME, SIZE, VM as RVM, mapOf, resyncCycle } from './resync-helpers.ts'
 import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
 
@@ -39,6 +44,30 @@ export interface StoreUnderTest {
   readPoint(env: Env, vm: string, cycle: number, disk: string): Promise<Buffer>
   /** change the committed content of a disk behind the store's back (bit rot, a stray write) */
   corrupt(env: Env, vm: string, disk: string, offset: number, data: Buffer): Promise<void>
+  /** `grainline points drop` (`cycles`) or `points prune` (a policy) */
+  prune(env: Env, vm: string, what: RetentionPolicy | { cycles: number[] }): Promise<{ dropped: number[]; kept: number[] }>
+  /** `grainline mirror failover` of point `cycle` into `dir`: each disk's file QEMU reads (VMDK) */
+  failover(env: Env, vm: string, cycle: number, dir: string): Promise<Record<string, string>>
+  /** `grainline points close --to dir`: the holds released */
+  close(env: Env, vm: string, dir: string): Promise<number>
+}
+
+/** Retry an operator action while a session that just ended still holds the VM (E_BUSY). */
+async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 200) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+}
+
+/** A disk file (VMDK) as QEMU reads it. */
+async function qemuReads(file: string, out: string): Promise<Buffer> {
+  await qemuRaw(file, out)
+  return await readFile(out)
 }
 
 const cid = (n: number): string => n.toString(16).padStart(32, '0')
@@ -198,5 +227,89 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     t.equal(r4.committed?.cycle, 4, 'incrementals go on after the resync')
     t.same(await check(a, img4), { ok: true, mismatched: [] }, 'and every block checks out')
     a.close()
+  })
+  t.test(`${store.kind}: points drop and prune remove exactly those points; the mirror is never dropped; cycles go on`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-prune'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 51)]
+    const cycle = async (c: number): Promise<void> => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      if (c === 1) await runCycle(a, vm, 1, [seedPlan(1, 'p.vmdk', images[1] as Buffer, cid(51))])
+      else {
+        const ranges = [{ offset: (c * 131_072) % (2 * MiB - 65_536), length: 65_536 }]
+        images[c] = evolve(images[c - 1] as Buffer, c * 3, ranges)
+        const r = await runCycle(a, vm, c, [incPlan(1, 'p.vmdk', images[c] as Buffer, c - 1, cid(50 + c), ranges, `p-00000${c - 1}.vmdk`, `p-00000${c}.vmdk`)])
+        t.equal(r.committed?.cycle, c, `cycle ${c} committed`)
+      }
+      a.close()
+    }
+    for (let c = 1; c <= 5; c++) await cycle(c)
+    t.same(await store.points(env, vm), [1, 2, 3, 4], 'points 1-4 and the mirror at 5')
+    t.same(await whenFree(() => store.prune(env, vm, { cycles: [3] })), { vm, dropped: [3], kept: [1, 2, 4] }, 'drop 3')
+    t.same(await store.points(env, vm), [1, 2, 4])
+    for (const k of [1, 2, 4]) t.ok((await store.readPoint(env, vm, k, 'p.vmdk')).equals(images[k] as Buffer), `after the drop: point ${k} reads back as cycle ${k}`)
+    await t.rejects(
+      whenFree(() => store.prune(env, vm, { cycles: [3] })),
+      { code: 'E_NOT_FOUND' },
+      'a point dropped already',
+    )
+    await t.rejects(
+      whenFree(() => store.prune(env, vm, { cycles: [5] })),
+      { code: 'E_NOT_FOUND' },
+      'the mirror (the resync base) is not a point: never dropped',
+    )
+    t.same(await whenFree(() => store.prune(env, vm, { keep: 1 })), { vm, dropped: [1, 2], kept: [4] }, 'prune --keep 1')
+    t.same(await whenFree(() => store.prune(env, vm, { keep: 1 })), { vm, dropped: [], kept: [4] }, 'a prune with nothing to drop')
+    t.ok((await store.readPoint(env, vm, 4, 'p.vmdk')).equals(images[4] as Buffer), 'point 4 still reads back')
+    t.ok((await store.readDisk(env, vm, 'p.vmdk')).equals(images[5] as Buffer), 'the mirror is untouched')
+    await cycle(6)
+    t.same(await store.points(env, vm), [4, 5], 'the next cycle adds its point after a prune')
+    t.ok((await store.readDisk(env, vm, 'p.vmdk')).equals(images[6] as Buffer), 'and the mirror holds cycle 6')
+    await t.rejects(store.prune(env, 'vm-none', { cycles: [1] }), { code: 'E_NOT_FOUND' }, 'a VM the store does not hold')
+  })
+
+  t.test(`${store.kind}: a failover holds the mirror: the next cycle is refused E_HELD, so is a prune, until points close`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 5 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-failover'
+    const img1 = pattern(2 * MiB, 61)
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'f.vmdk', img1, cid(61))])
+    a.close()
+    const r2 = [{ offset: 65_536, length: 131_072 }]
+    const img2 = evolve(img1, 62, r2)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 2, [incPlan(1, 'f.vmdk', img2, 1, cid(62), r2, 'f-000001.vmdk', 'f-000002.vmdk')])
+    a.close()
+    const fo = join(env.dir, 'failover-2')
+    const files = await whenFree(() => store.failover(env, vm, 2, fo))
+    t.ok((await qemuReads(files['f.vmdk'] as string, join(env.dir, 'fo.raw'))).equals(img2), 'QEMU reads the failed-over disk as the mirror (cycle 2)')
+    const r3 = [{ offset: 0, length: 65_536 }]
+    const img3 = evolve(img2, 63, r3)
+    const plan3 = incPlan(1, 'f.vmdk', img3, 2, cid(63), r3, 'f-000002.vmdk', 'f-000003.vmdk')
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const refused = await runCycle(a, vm, 3, [plan3]).catch((e: unknown) => e as { reason?: string })
+    a.close()
+    t.equal((refused as { reason?: string }).reason, 'E_HELD', 'the next cycle is refused: the VM is failed over')
+    await t.rejects(
+      whenFree(() => store.prune(env, vm, { cycles: [1] })),
+      { code: 'E_HELD' },
+      'no drop while held',
+    )
+    t.same(await store.points(env, vm), [1], 'point 1 is still there')
+    t.equal(await whenFree(() => store.close(env, vm, fo)), 1, 'points close releases the hold')
+    await t.rejects(
+      whenFree(() => store.close(env, vm, fo)),
+      { code: 'E_NOT_FOUND' },
+      'no hold left to close',
+    )
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const ok = await runCycle(a, vm, 3, [plan3])
+    a.close()
+    t.equal(ok.committed?.cycle, 3, 'released: the cycle goes through')
+    t.ok((await store.readDisk(env, vm, 'f.vmdk')).equals(img3), 'the mirror holds cycle 3')
   })
 }

@@ -1,10 +1,10 @@
 // The store conformance suite (store-conformance.ts) against the folder store.
 import t from 'tap'
 import { open, readFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { pino } from 'pino'
 import { scratchDir } from '@grainline/test-utils'
-import { listPoints, restorePoint } from '../src/index.ts'
+import { closePoint, listPoints, openPoint, prunePoints, restorePoint } from '../src/index.ts'
 import { storeConformance } from './store-conformance.ts'
 
 let n = 0
@@ -28,6 +28,13 @@ storeConformance(
       await fh.write(data, 0, data.length, offset)
       await fh.close()
     },
+    prune: async (env, vm, what) => await prunePoints(env.store, vm, what, { logger: pino({ level: 'silent' }) }),
+    failover: async (env, vm, cycle, dir) => {
+      // QEMU reads (and writes) vmfssparse children; ESXi's sesparse default it only reads
+      const o = await openPoint(env.store, vm, cycle, dir, { logger: pino({ level: 'silent' }), kind: 'failover', format: 'vmfssparse' })
+      return Object.fromEntries(o.disks.map((d) => [basename(d), d]))
+    },
+    close: async (env, vm, dir) => (await closePoint(env.store, vm, { logger: pino({ level: 'silent' }), dir })).length,
   },
   () => join(base, String(n++)),
 )

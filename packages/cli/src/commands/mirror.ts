@@ -2,9 +2,11 @@
  * `grainline mirror rollback`: discard an interrupted cycle; the mirror
  * returns to its last commit. `grainline mirror failover`: prepare the
  * mirror (or a point) to run, optionally registered on the DR ESXi host.
+ * Both on a folder store and on a `ceph:POOL` store.
  */
 import type { Argv } from 'yargs'
-import { rollbackMirror } from '@grainline/receiver'
+import { cephRollbackMirror, isCephStore, rollbackMirror } from '@grainline/receiver'
+import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import type { CliCommand } from '../command.ts'
 import { ExitCode } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
@@ -14,13 +16,13 @@ export const mirrorCommand: CliCommand = {
   command: 'mirror <action>',
   describe: 'act on a mirror in a store',
   builder: (y: Argv) =>
-    y
+    withCephOptions(y)
       .positional('action', {
         choices: ['rollback', 'failover'] as const,
         demandOption: true,
         describe: 'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"',
       })
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors' })
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL (failover, rollback)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'failover: run this restore point instead of the mirror' })
       .option('to', { type: 'string', describe: 'failover: the VM folder to prepare (default STORE/.failover/VM-point-K); on a datastore of --register' })
@@ -30,10 +32,13 @@ export const mirrorCommand: CliCommand = {
       .option('format', { choices: ['sesparse', 'vmfssparse'] as const, default: 'sesparse' as const, describe: 'failover: format of the writable child disks' })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
   async run(args, ctx) {
+    const store = String(args['store'])
+    const ceph = isCephStore(store) ? cephTargetFrom(store, args) : undefined
     if (args['action'] === 'failover') {
       const r = await failover(
         {
-          store: String(args['store']),
+          store,
+          ...(ceph === undefined ? {} : { ceph }),
           vm: String(args['vm']),
           ...(typeof args['point'] === 'number' ? { point: args['point'] } : {}),
           ...(args['to'] === undefined ? {} : { to: String(args['to']) }),
@@ -49,11 +54,11 @@ export const mirrorCommand: CliCommand = {
         ctx.write(
           `${r.vm}: point ${r.cycle} prepared to run in ${r.dir}${r.registered === undefined ? '' : `, registered as vmid ${r.registered.vmid} "${r.registered.name}" (${r.registered.path})`}\n`,
         )
-        ctx.write(`the mirror is held (no replication) until "grainline points close --store ${String(args['store'])} --vm ${r.vm} --to ${r.dir}"\n`)
+        ctx.write(`the mirror is held (no replication) until "grainline points close --store ${store} --vm ${r.vm} --to ${r.dir}"\n`)
       }
       return ExitCode.Ok
     }
-    const r = await rollbackMirror(String(args['store']), String(args['vm']), loggerFor(args, ctx, 'info'))
+    const r = ceph === undefined ? await rollbackMirror(store, String(args['vm']), loggerFor(args, ctx, 'info')) : await cephRollbackMirror(ceph, String(args['vm']), loggerFor(args, ctx, 'info'))
     ctx.write(r.rolledBack ? `${r.vm}: interrupted cycle rolled back; mirror at committed cycle ${r.committedCycle}\n` : `${r.vm}: nothing in flight; mirror at committed cycle ${r.committedCycle}\n`)
     return ExitCode.Ok
   },

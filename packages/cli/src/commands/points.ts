@@ -10,7 +10,9 @@ import type { Logger } from 'pino'
 import { join } from 'node:path'
 import {
   archivePoints,
+  cephClosePoint,
   cephListPoints,
+  cephPrunePoints,
   cephRestorePoint,
   isCephStore,
   closePoint,
@@ -80,7 +82,7 @@ export const pointsCommand: CliCommand = {
         describe:
           'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
       })
-      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (list, export) (all actions but archived)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (list, export, drop, prune, close) (all actions but archived)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
       .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
@@ -127,7 +129,18 @@ export const pointsCommand: CliCommand = {
         ctx.write(json ? JSON.stringify({ vm, cycle: k, disks: r.disks }) + '\n' : r.disks.map((d) => `${vm}: ${d.snapshot} → ${d.file}`).join('\n') + '\n')
         return ExitCode.Ok
       }
-      throw new UsageError(`points ${action} is not supported on a Ceph store (${store}) yet: list and export are (docs/CEPH.md)`)
+      if (action === 'drop' || action === 'prune') {
+        const what = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
+        return prunedReport(await cephPrunePoints(target, vm, what, { logger: loggerFor(args, ctx, 'warn') }), json, ctx)
+      }
+      if (action === 'close') {
+        if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
+        const dropped = await cephClosePoint(target, vm, { logger: loggerFor(args, ctx, 'warn'), ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+        return closedReport(vm, dropped, json, ctx)
+      }
+      throw new UsageError(
+        `points ${action} is not supported on a Ceph store (${store}) yet: list, export, drop, prune and close are (open: use "grainline mirror failover" or "grainline restore"; docs/CEPH.md)`,
+      )
     }
     if (action === 'export') throw new UsageError('points export reads a ceph:POOL store; on a folder store use points open or restore')
     if (action === 'list') {
@@ -151,23 +164,32 @@ export const pointsCommand: CliCommand = {
     if (action === 'close') {
       if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
       const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
-      ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
-      return ExitCode.Ok
+      return closedReport(vm, dropped, json, ctx)
     }
-    let what: RetentionPolicy | { cycles: number[] }
-    if (action === 'drop') {
-      const k = args['point']
-      if (typeof k !== 'number' || !Number.isSafeInteger(k)) throw new UsageError('points drop needs --point K')
-      what = { cycles: [k] }
-    } else {
-      what = await policyOf(args, vm)
-    }
-    const r = await prunePoints(store, vm, what, { logger: log })
-    ctx.write(
-      json ? JSON.stringify(r) + '\n' : `${vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`,
-    )
-    return ExitCode.Ok
+    const what: RetentionPolicy | { cycles: number[] } = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
+    return prunedReport(await prunePoints(store, vm, what, { logger: log }), json, ctx)
   },
+}
+
+/** `--point K` of `points drop`. */
+function pointArg(args: Record<string, unknown>): number {
+  const k = args['point']
+  if (typeof k !== 'number' || !Number.isSafeInteger(k)) throw new UsageError('points drop needs --point K')
+  return k
+}
+
+/** The report of `points drop` / `points prune` (either store). */
+function prunedReport(r: { vm: string; dropped: number[]; kept: number[] }, json: boolean, ctx: Parameters<CliCommand['run']>[1]): number {
+  ctx.write(
+    json ? JSON.stringify(r) + '\n' : `${r.vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`,
+  )
+  return ExitCode.Ok
+}
+
+/** The report of `points close` (either store). */
+function closedReport(vm: string, dropped: ReadonlyArray<{ cycle: number; dir: string }>, json: boolean, ctx: Parameters<CliCommand['run']>[1]): number {
+  ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
+  return ExitCode.Ok
 }
 
 /** `points archive` and `points archived`. */

@@ -78,7 +78,7 @@ export function renderCephStatus(c: CephStoreStatus): string {
       formatBytes(d.capacity),
       String(v.points),
       d.inflight === null ? '-' : `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})`,
-      d.diverged === null ? 'OK' : 'DIVERGED',
+      v.holds.length > 0 ? `HELD (${v.holds[0]?.kind} point ${v.holds[0]?.cycle})` : d.diverged === null ? 'OK' : 'DIVERGED',
       d.snapshot,
     ]),
   )

@@ -11,6 +11,7 @@ import { exportImage } from './ceph-read.ts'
 import { CephNames, listCephStates, readCephState, type CephVmState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { PointInfo } from '../../points-admin.ts'
+import type { HoldRecord } from '../../hold-record.ts'
 
 /** One disk in `grainline status` of a Ceph store. */
 export interface CephDiskStatus {
@@ -26,7 +27,15 @@ export interface CephDiskStatus {
 /** `grainline status` of a Ceph store. */
 export interface CephStoreStatus {
   readonly store: string
-  readonly vms: ReadonlyArray<{ readonly vm: string; readonly committedCycle: number; readonly committedAt: string | null; readonly points: number; readonly disks: readonly CephDiskStatus[] }>
+  readonly vms: ReadonlyArray<{
+    readonly vm: string
+    readonly committedCycle: number
+    readonly committedAt: string | null
+    readonly points: number
+    readonly disks: readonly CephDiskStatus[]
+    /** failovers holding the mirror (no cycle is applied until `points close`) */
+    readonly holds: readonly HoldRecord[]
+  }>
 }
 
 async function resumeSeq(t: CephTarget, log: string): Promise<number> {
@@ -55,7 +64,7 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
         inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
       })
     }
-    vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, disks })
+    vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, disks, holds: s.holds ?? [] })
   }
   return { store: `ceph:${t.pool}`, vms }
 }
@@ -69,13 +78,14 @@ async function stateOf(t: CephTarget, vm: string): Promise<CephVmState> {
 /** The points of a VM, the mirror last (the shape of the folder store's `listPoints`). */
 export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: string; committedCycle: number; inflightCycle: number; points: PointInfo[] }> {
   const s = await stateOf(t, vm)
+  const held = (cycle: number): boolean => (s.holds ?? []).some((h) => h.cycle === cycle)
   const pts: PointInfo[] = s.points.map((p) => ({
     cycle: p.cycle,
     committedAt: p.committedAt,
     generation: p.generation,
     current: false,
     bytes: 0,
-    held: false,
+    held: held(p.cycle),
     disks: Object.entries(p.disks)
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([name, d]) => ({ name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
@@ -86,7 +96,7 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
     generation: s.generation ?? '',
     current: true,
     bytes: 0,
-    held: false,
+    held: held(s.committedCycle),
     disks: Object.values(s.disks)
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
       .map((d) => ({ name: d.name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),

@@ -19,6 +19,7 @@ import type { DiskOpenRequest } from '../../open-decision.ts'
 import { newGeneration } from '../../commit.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
+import { heldMessage } from '../../hold-record.ts'
 import { CephLock } from './ceph-lock.ts'
 import { CephDiskApply, removeImage } from './ceph-apply.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
@@ -123,6 +124,11 @@ export class CephVmMirror {
     this.current = next
   }
 
+  /** Write the next state object, the lease checked first (operator actions: ceph-points.ts, ceph-holds.ts). */
+  async write(next: CephVmState): Promise<void> {
+    await this.save(next)
+  }
+
   /** Keep the VM's configuration files for the commit (they are written with its state). */
   async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
     this.staged = Object.fromEntries(files.map((f) => [f.name, Buffer.from(f.data).toString('base64')]))
@@ -142,6 +148,8 @@ export class CephVmMirror {
     const inf = s.inflight?.disks[req.name]
     const base = { committedCycle: rec?.cycle ?? 0, committedSource: rec?.source ?? null, mirrorCid: rec === undefined ? '' : snapCid(rec.image, rec.snap), modified: false }
     const refuse = (reason: string, message: string): CephOpenResult => ({ ...base, accepted: false, reason, message })
+    // SPEC §5.1 rule 2, as the folder store: a failover (ceph-holds.ts) holds the mirror; nothing may change it
+    if ((s.holds ?? []).length > 0) return refuse('E_HELD', heldMessage(this.vm, s.holds ?? []))
     if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
     if (inf !== undefined) {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
@@ -293,8 +301,8 @@ export class CephVmMirror {
     return [...all].filter(([k]) => !used.has(k)).map(([, v]) => v)
   }
 
-  /** Finish the clean-up a commit recorded (idempotent: what is gone already is skipped). */
-  private async finishPending(): Promise<void> {
+  /** Finish the clean-up a commit or a prune recorded (idempotent: what is gone already is skipped). */
+  async finishPending(): Promise<void> {
     const p = this.current.pending
     if (p === null) return
     for (const { image, snap } of p.snaps) {

@@ -24,6 +24,7 @@ import { ReceiverError } from '../../errors.ts'
 import { mirrorDescriptor, newCid } from '../../mirror-descriptor.ts'
 import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx, type DroppedReference } from '../../mirror-vmx.ts'
 import { diskStem, generatedNames } from '../../vm-paths.ts'
+import { prepareVmx, type VmxPrepare } from '../../holds.ts'
 import { digestImage } from './ceph-read.ts'
 import { CephNames, readCephState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
@@ -68,7 +69,11 @@ export async function cephRestoreVm(
   vm: string,
   cycle: number,
   toDir: string,
-  opts: { onProgress?: (p: CephRestoreProgress) => void } = {},
+  opts: {
+    onProgress?: (p: CephRestoreProgress) => void
+    /** prepare the .vmx to run beside the source VM (a failover: ceph-holds.ts): new uuid.bios, NICs, networks, this display suffix @default a plain restore */
+    run?: VmxPrepare
+  } = {},
 ): Promise<{ vm: string; cycle: number; to: string; disks: CephRestoredDisk[]; vmxDropped: DroppedReference[] | undefined }> {
   validateName(vm, 'VM name')
   const s = await readCephState(t, new CephNames(vm).state, vm)
@@ -150,8 +155,8 @@ export async function cephRestoreVm(
     if (typeof b64 !== 'string') continue
     const data = Buffer.from(b64, 'base64')
     if (/\.vmx$/i.test(file)) {
-      const r = mirrorVmx(data.toString('utf8'), { suffix: `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})`, diskMap })
-      await writeFile(join(toDir, `${vm}.vmx`), r.text, { flag: 'wx' })
+      const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : DEFAULT_DISPLAY_SUFFIX, diskMap })
+      await writeFile(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run), { flag: 'wx' })
       vmxDropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(file) && !taken.has(file.toLowerCase())) {
       await writeFile(join(toDir, file), data, { flag: 'wx' })

@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto'
 import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
+import type { HoldRecord } from '../../hold-record.ts'
 import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
 
 /** Format tag of the state object. */
@@ -89,6 +90,8 @@ export interface CephVmState {
   /** the VM's configuration files (.vmx …) of the last commit, base64 */
   readonly files: Readonly<Record<string, string>>
   readonly pending: CephPending | null
+  /** failovers holding the mirror (ceph-holds.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
+  readonly holds?: readonly HoldRecord[]
 }
 
 /** A state with nothing committed. */
@@ -146,7 +149,14 @@ export async function readCephState(t: CephTarget, object: string, vm?: string):
   } catch (err) {
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not JSON: ${(err as Error).message}`)
   }
-  if (s?.format !== CEPH_STATE_FORMAT || typeof s.vm !== 'string' || typeof s.committedCycle !== 'number' || typeof s.disks !== 'object' || !Array.isArray(s.points)) {
+  if (
+    s?.format !== CEPH_STATE_FORMAT ||
+    typeof s.vm !== 'string' ||
+    typeof s.committedCycle !== 'number' ||
+    typeof s.disks !== 'object' ||
+    !Array.isArray(s.points) ||
+    (s.holds !== undefined && (!Array.isArray(s.holds) || !s.holds.every((h) => typeof h?.dir === 'string' && typeof h.cycle === 'number')))
+  ) {
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not a ${CEPH_STATE_FORMAT} record`)
   }
   if (vm !== undefined && s.vm !== vm) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} belongs to VM ${JSON.stringify(s.vm)}, not ${JSON.stringify(vm)}`)

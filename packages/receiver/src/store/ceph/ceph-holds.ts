@@ -1,0 +1,128 @@
+/**
+ * `grainline mirror failover` and `grainline points close` on the Ceph
+ * store. A failover writes the mirror (or a point) as a standalone VM folder
+ * (ceph-restore.ts: a vmfs descriptor and a thin flat per disk, each compared
+ * with its snapshot read again) whose .vmx is prepared to run at the DR site
+ * (holds.ts `prepareVmx`: a new uuid.bios, NICs not connected at power-on
+ * unless asked, networks mapped), and marks the VM failed over in its state
+ * object: a hold, as on the folder store. While held, every DiskOpen is
+ * refused `E_HELD` (the agent's next cycle ships nothing: the DR copy is the
+ * VM now) and `points drop/prune` are refused `E_HELD`. `points close`
+ * releases the hold (the failback/undo path of the folder store): the
+ * record first, then the folder.
+ *
+ * Unlike the folder store's failover (writable children over the mirror's
+ * own files), the folder reads nothing of the pool once written: the hold
+ * keeps replication from overwriting a VM that now runs at the DR site,
+ * not the folder's data.
+ *
+ * Crash safety: the hold is recorded (one atomic state write, under the
+ * VM's lease: `E_BUSY` while a receiver's session holds it; a cycle in
+ * flight refuses `E_BUSY`) before the folder is written, so a folder never
+ * exists without its hold; a crash or failure while writing leaves the hold
+ * and a partial folder, which `points close --to DIR` removes. The lease is
+ * released before the copy: the hold alone keeps the snapshots read from
+ * being dropped or written.
+ */
+import { randomUUID } from 'node:crypto'
+import { mkdir, readdir, rm } from 'node:fs/promises'
+import { isAbsolute, resolve } from 'node:path'
+import type { Logger } from 'pino'
+import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
+import type { HoldRecord } from '../../hold-record.ts'
+import type { VmxPrepare } from '../../holds.ts'
+import { acquireCommitted } from './ceph-points.ts'
+import { cephRestoreVm, type CephRestoredDisk, type CephRestoreProgress } from './ceph-restore.ts'
+import type { CephTarget } from './rbd-cli.ts'
+
+/** Display-name suffix of a failed-over VM (as the folder store's failover). */
+export const FAILOVER_SUFFIX = ' (grainline failover)'
+
+/**
+ * Fail VM `vm` over to `dir` (created; must be empty): point `cycle`, or the
+ * committed cycle (the mirror) when undefined, restored as a runnable VM
+ * folder; the VM is held until {@link cephClosePoint}.
+ * @throws ReceiverError E_NOT_FOUND (no mirror, no such point), E_BUSY (a session holds the VM, a cycle in flight), E_CONFIG (`dir` not empty or held already), E_STATE, E_VERIFY, E_IO
+ */
+export async function cephFailover(
+  t: CephTarget,
+  vm: string,
+  cycle: number | undefined,
+  dir: string,
+  opts: { logger: Logger; vmx?: Omit<VmxPrepare, 'suffix'> & { suffix?: string }; onProgress?: (p: CephRestoreProgress) => void },
+): Promise<{ vm: string; cycle: number; hold: HoldRecord; vmx: string; disks: CephRestoredDisk[] }> {
+  const abs = resolve(dir)
+  const m = await acquireCommitted(t, vm, opts.logger, 'mirror failover')
+  let hold: HoldRecord
+  try {
+    const s = m.state
+    if (s.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${s.inflight.cycle} in flight: roll it back or let it commit before a failover`)
+    const k = cycle ?? s.committedCycle
+    if (k !== s.committedCycle && !s.points.some((p) => p.cycle === k)) {
+      throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${k} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
+    }
+    const holds = s.holds ?? []
+    if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "grainline points close --to ${abs}" releases it`)
+    await mkdir(abs, { recursive: true })
+    if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: fail over into a new folder`)
+    hold = { id: randomUUID(), cycle: k, dir: abs, kind: 'failover', createdAt: new Date().toISOString() }
+    await m.write({ ...s, holds: [...holds, hold] })
+  } finally {
+    m.release()
+  }
+  opts.logger.info({ vm, cycle: hold.cycle, dir: abs }, 'failover: the mirror is held, restoring the point as a VM folder')
+  const r = await cephRestoreVm(t, vm, hold.cycle, abs, {
+    ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
+    run: { ...opts.vmx, suffix: opts.vmx?.suffix ?? FAILOVER_SUFFIX },
+  }).catch((err: unknown) => {
+    const code = (err as { code?: unknown }).code
+    throw new ReceiverError(
+      typeof code === 'string' && code.startsWith('E_') ? (code as ReceiverErrorCode) : 'E_IO',
+      `failover of VM ${vm} to ${abs}: ${(err as Error).message}; the VM stays held: "grainline points close --vm ${vm} --to ${abs}" releases it and removes the folder`,
+      { cause: err },
+    )
+  })
+  return { vm, cycle: hold.cycle, hold, vmx: resolve(abs, `${vm}.vmx`), disks: r.disks }
+}
+
+/**
+ * Whether `dir` looks like a failover folder: absolute, not the root, and
+ * regular files only (what cephFailover writes). The path comes from the
+ * state object, which the pool's other clients can write: a hold naming
+ * `/home` must not make `points close --all` remove it.
+ */
+async function isFailoverFolder(dir: string): Promise<boolean> {
+  if (typeof dir !== 'string' || !isAbsolute(dir) || resolve(dir) === resolve('/')) return false
+  try {
+    return (await readdir(dir, { withFileTypes: true })).every((e) => e.isFile())
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Release the hold(s) of a VM on `dir` (or every hold with `all`): the
+ * record first, then the folders (on this host; a folder that is not a
+ * failover's, see isFailoverFolder, is left and logged). Returns the holds
+ * released.
+ * @throws ReceiverError E_NOT_FOUND (no mirror, no such hold), E_BUSY, E_IO
+ */
+export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<HoldRecord[]> {
+  const m = await acquireCommitted(t, vm, opts.logger, 'points close')
+  let drop: HoldRecord[]
+  try {
+    const holds = m.state.holds ?? []
+    const abs = opts.dir === undefined ? undefined : resolve(opts.dir)
+    drop = holds.filter((h) => opts.all === true || h.dir === abs)
+    if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${abs === undefined ? '' : ` on ${abs}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
+    await m.write({ ...m.state, holds: holds.filter((h) => !drop.includes(h)) })
+  } finally {
+    m.release()
+  }
+  for (const h of drop) {
+    if (await isFailoverFolder(h.dir)) await rm(h.dir, { recursive: true, force: true })
+    else opts.logger.warn({ vm, dir: h.dir }, 'hold released; its folder was left: it is not a failover folder of files only (remove it yourself)')
+  }
+  opts.logger.info({ vm, dirs: drop.map((h) => h.dir) }, 'hold released (Ceph store)')
+  return drop
+}
