@@ -11,13 +11,13 @@
  */
 import t from 'tap'
 import { MessageKind, initDigests } from '@grainline/protocol'
-import { pollUntil } from '@grainline/test-utils'
+import { pollUntil, scratchDir } from '@grainline/test-utils'
 import { storeStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, diskOpen, evolve, extentMessage, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 t.test('an acked in-place batch is the store resume point while the agent sends nothing more', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const img = pattern(4 * MiB, 1)
