@@ -21,6 +21,19 @@ export interface BlockCheckRequest {
   readonly algorithm: DigestAlgorithm
 }
 
+/** What a BlockCheck found, and where its time went (logged by the session). */
+export interface BlockCheckOutcome {
+  readonly ok: boolean
+  /** the mismatched block indexes, u64le */
+  readonly mismatched: Uint8Array
+  /** mirror bytes read */
+  readonly bytes: number
+  /** reading and digesting the listed blocks, ms */
+  readonly readMs: number
+  /** writing the verdict to the VM's state file (fsynced), ms */
+  readonly recordMs: number
+}
+
 /** Mirror blocks read ahead of the one being digested. */
 const READS_IN_FLIGHT = 4
 
@@ -29,7 +42,7 @@ const READS_IN_FLIGHT = 4
  * the agent's digests. Returns the mismatched indexes as u64le.
  * @throws ReceiverError E_RANGE (a block beyond the disk), E_IO
  */
-export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckRequest, signal?: AbortSignal): Promise<{ ok: boolean; mismatched: Uint8Array; bytes: number }> {
+export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckRequest, signal?: AbortSignal): Promise<BlockCheckOutcome> {
   const rec = vm.state.disks[name]
   if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
   const n = req.blocks.length / 8
@@ -37,6 +50,7 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   const index = new DataView(req.blocks.buffer, req.blocks.byteOffset, req.blocks.byteLength)
   const out: number[] = []
   let bytes = 0
+  const t0 = performance.now()
   let fh: Awaited<ReturnType<typeof openStoreFile>>
   try {
     fh = await openStoreFile(vm.paths.flat(rec.stem), 'read')
@@ -80,6 +94,7 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   const v = new DataView(mismatched.buffer)
   for (const [i, b] of out.entries()) v.setBigUint64(i * 8, BigInt(b), true)
   const ok = out.length === 0
+  const t1 = performance.now()
   await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes }, { run: blockRun(req.blocks), blockSize: req.blockSize })
-  return { ok, mismatched, bytes }
+  return { ok, mismatched, bytes, readMs: t1 - t0, recordMs: performance.now() - t1 }
 }
