@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { closeSync, openSync, readFileSync, readSync, statSync, statfsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -21,7 +22,7 @@ const log = pino({ level: 'silent' })
 const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 
 t.test('a zero extent over grown space writes nothing there', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const img1 = pattern(MiB, 1)
@@ -50,7 +51,7 @@ t.test('a zero extent over grown space writes nothing there', async (t) => {
 })
 
 t.test('a capacity increase beyond the free space fails with E_NO_SPACE before any extent', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -71,7 +72,7 @@ t.test('a capacity increase beyond the free space fails with E_NO_SPACE before a
 })
 
 t.test("a token's mirrors stay within its quota", async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const QUOTA = 3 * MiB
   const tokensFile = join(env.dir, 'tokens-q.json')
   writeFileSync(tokensFile, JSON.stringify({ tokens: [{ name: 'proxy-q', token: TOKEN, vms: ['q-*'], quota: '3M' }] }))
@@ -96,7 +97,7 @@ t.test("a token's mirrors stay within its quota", async (t) => {
 
 t.test('in-place zeroing stops between pieces when the session is aborted', async (t) => {
   await initDigests()
-  const store = join(t.testdir(), 'store')
+  const store = join(scratchDir(t), 'store')
   const CAP = 3 * JOURNAL_PIECE
   const base = pattern(CAP, 7)
   const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }

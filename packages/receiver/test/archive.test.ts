@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
-import { startCephCluster } from '@grainline/test-utils'
+import { startCephCluster, scratchDir } from '@grainline/test-utils'
 import { archivePoints, chunkKey, listArchivedPoints, manifestKey, readManifest, restoreFromArchive, S3Bucket } from '../src/index.ts'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
@@ -41,7 +41,7 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
     plain.close()
   })
 
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
   t.teardown(() => receiver.close())
   const vm = 'web-arch'

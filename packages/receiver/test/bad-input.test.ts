@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readdirSync, readFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind, SUBPROTOCOL, encodeMessage, initDigests, type Message } from '@grainline/protocol'
@@ -15,7 +16,7 @@ async function statusOf(p: Promise<unknown>): Promise<number | string> {
 
 t.test('bad input: typed errors, close codes, nothing written, receiver stays up', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { lockWaitMs: 200 })
   t.teardown(() => receiver.close())
   const img = Buffer.concat([pattern(MiB, 5), Buffer.alloc(MiB)])

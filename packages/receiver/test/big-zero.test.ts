@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import type { Test } from 'tap'
 import { cpSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -37,7 +38,7 @@ const ARGS = ['--batch-bytes', String(MiB), '--log-level', 'warn']
 t.equal(planB().extents.length, 2, 'the plan is one zero extent and one data extent')
 t.equal(planB().extents[0]?.zero, true)
 
-const base = t.testdir()
+const base = scratchDir(t)
 let seededStore: string | undefined
 
 /** A store holding the committed seed (seeded once, then copied). */
@@ -71,7 +72,7 @@ async function crashRun(t: Test, env: Env, fault: string): Promise<void> {
 }
 
 t.test('the old contents of a large zero extent are journaled in bounded pieces', async (t) => {
-  const env = await seeded(t.testdir())
+  const env = await seeded(scratchDir(t))
   await crashRun(t, env, 'journal-synced:1')
   const c = await readJournal(join(env.store, VM, '.grainline', 'vm1.journal'))
   const recs = (c?.extents ?? []).filter((e) => e.seq === 0)
@@ -101,7 +102,7 @@ const faults = ['journal-piece:2', 'journal-synced:1', 'zero-piece:3', 'extent-w
 t.test('kill -9 around a zero extent larger than a journal piece', async (t) => {
   for (const fault of faults) {
     await t.test(fault, async (t) => {
-      const env = await seeded(t.testdir())
+      const env = await seeded(scratchDir(t))
       await crashRun(t, env, fault)
       t.equal((await storeStatus(env.store)).vms[0]?.committedCycle, 1, 'nothing committed')
       // a copy of the interrupted store for the resume
@@ -129,7 +130,7 @@ t.test('kill -9 around a zero extent larger than a journal piece', async (t) => 
 t.test('in-place zero extents count at their full length towards batchBytes', async (t) => {
   // 16 zero extents of 256 KiB over a seeded mirror, batches of 1 MiB, a long
   // idle wait so that only the byte count ends a batch: at most 4 per batch
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { batchBytes: MiB, batchIdleMs: 2000 })
   t.teardown(() => receiver.close())
   const img1 = Buffer.alloc(4 * MiB, 7)

@@ -7,6 +7,7 @@
  * finds the same mismatches as reading every block.
  */
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { pino } from 'pino'
 import { createDigest, initDigests } from '@grainline/protocol'
 import { open } from 'node:fs/promises'
@@ -28,7 +29,7 @@ const list = (b: Uint8Array): number[] => {
 
 t.test('checkBlocks reads the listed blocks back and answers the ones that differ', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const img = Buffer.concat([pattern(3 * MiB, 7), Buffer.alloc(MiB - 4096)])
   const { receiver, url } = await startReceiver(env)
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
@@ -7,7 +8,7 @@ import { storeStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 t.test('seed then incremental cycles produce the exact images, bootable descriptors, mirror .vmx', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const cap = 6 * MiB
@@ -104,7 +105,7 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
 })
 
 t.test('many agents and disks at once', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { batchBytes: 256 * 1024 })
   t.teardown(() => receiver.close())
   const vms = ['web-a', 'web-b', 'web-c', 'web-d', 'web-e', 'web-f']

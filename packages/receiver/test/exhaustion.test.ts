@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { once } from 'node:events'
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
@@ -47,7 +48,7 @@ function tokensWithCap(env: Env): string {
 const refusals = (lines: LogLine[], reason: string): LogLine[] => lines.filter((l) => l['msg'] === 'connection refused' && l['reason'] === reason)
 
 t.test('idle sockets are capped and closed; an agent gets through afterwards', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { maxSockets: 8, handshakeTimeoutMs: 300, upgradeTimeoutMs: 300 })
   t.teardown(() => receiver.close())
   const port = Number(new URL(url).port)
@@ -76,7 +77,7 @@ t.test('idle sockets are capped and closed; an agent gets through afterwards', a
 })
 
 t.test('a TLS connection that never sends its upgrade request is closed', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { upgradeTimeoutMs: 200 })
   t.teardown(() => receiver.close())
   const s = tlsConnect({ port: Number(new URL(url).port), host: '127.0.0.1', ca: env.tls.ca, servername: 'localhost' })
@@ -87,7 +88,7 @@ t.test('a TLS connection that never sends its upgrade request is closed', async 
 })
 
 t.test('no Hello in time: E_TIMEOUT; a token at its session cap cannot block another token', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver({ ...env, tokensFile: tokensWithCap(env) }, { helloTimeoutMs: 60_000 })
   t.teardown(() => receiver.close())
   const silent = [await Agent.connect(url, { token: TOKEN, ca: env.tls.ca }), await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })]
@@ -106,7 +107,7 @@ t.test('no Hello in time: E_TIMEOUT; a token at its session cap cannot block ano
 })
 
 t.test('Hello deadline', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { helloTimeoutMs: 200 })
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -115,7 +116,7 @@ t.test('Hello deadline', async (t) => {
 })
 
 t.test('an idle session after VmOpen is ended and its VM lock released', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { idleTimeoutMs: 300, lockWaitMs: 100 })
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })

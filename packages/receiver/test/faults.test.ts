@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -9,7 +10,7 @@ import { Agent, MiB, TOKEN, diskEnd, diskOpen, evolve, extentMessage, hello, inc
 
 // A small tmpfs as the store (the tests run as root here and in CI).
 t.test('disk full, read-only store, vanished folder: typed error, mirror at its committed point, others served', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   // outside the tap fixture dir, so that its clean-up never meets a mount point
   const mnt = mkdtempSync(join(tmpdir(), 'grainline-rx-small-'))
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt])

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind, ProtocolErrorCodes, encodeMessage, initDigests, type Message } from '@grainline/protocol'
@@ -19,7 +20,7 @@ const ITERATIONS = Number(process.env['GRAINLINE_FUZZ_ITERATIONS'] ?? 400)
 
 t.test(`fuzz: ${ITERATIONS} connections of random and mutated frames against a live receiver`, async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { lockWaitMs: 50 })
   t.teardown(() => receiver.close())
   const img = Buffer.concat([pattern(MiB, 3), Buffer.alloc(MiB)])

@@ -29,13 +29,13 @@ import {
   type VmDetail,
 } from '../src/index.ts'
 import { Agent, MiB, TOKEN, TOKEN_B, makeEnv, pattern, runCycle, seedPlan, startReceiver, evolve, incPlan } from './helpers.ts'
-import { httpCall, readEvents } from '@grainline/test-utils'
+import { httpCall, readEvents, scratchDir } from '@grainline/test-utils'
 
 const VIEWER = 'viewer-noc-0123456789abcdef0123'
 const VIEWER_WEB = 'viewer-web-0123456789abcdef0123'
 
 t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, live progress, errors, bounds', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   writeFileSync(
     env.tokensFile,
     JSON.stringify({

@@ -9,6 +9,7 @@
  * resync read the whole mirror again.
  */
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, appendFileSync, existsSync } from 'node:fs'
 import { open as openFile } from 'node:fs/promises'
@@ -39,7 +40,7 @@ async function writeSample(dir: string, touched?: TouchedBlocks): Promise<string
 }
 
 t.test('a kept map round-trips: header, stale bits, digests; an incremental advances it in place', async (t) => {
-  const dir = t.testdir()
+  const dir = scratchDir(t)
   const touched = new TouchedBlocks(HEADER.capacity, HEADER.blockSize)
   touched.mark(4096 * 2 + 100, 10)
   touched.mark(4096 * 10, 512)
@@ -71,7 +72,7 @@ t.test('a kept map round-trips: header, stale bits, digests; an incremental adva
 })
 
 t.test('corrupt, foreign and hostile kept maps are discarded with a reason, never trusted', async (t) => {
-  const dir = t.testdir()
+  const dir = scratchDir(t)
   const cases: Array<[string, (p: string) => void, RegExp, Partial<typeof WANT & { blockSize: number }>?]> = [
     ['truncated by one byte', (p) => truncateSync(p, statSync(p).size - 1), /truncated/],
     ['one byte too long', (p) => appendFileSync(p, Buffer.alloc(1)), /overlong/],
@@ -132,7 +133,7 @@ const mapPath = (store: string): string => join(store, VM, '.grainline', 'vm-r.m
 
 t.test('against a receiver: a second resync reads only the blocks written since the first; what may have changed the mirror drops the map', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const rx = await startReceiver(env)
   t.teardown(() => rx.receiver.close())
   let img = pattern(SIZE, 1)
@@ -215,7 +216,7 @@ t.test('against a receiver: a second resync reads only the blocks written since 
 
 t.test('a hold on the mirror (a failover may boot it) drops the kept maps', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const rx = await startReceiver(env)
   const img = pattern(SIZE, 3)
   const a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })

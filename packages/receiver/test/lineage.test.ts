@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import type { Test } from 'tap'
 import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -49,7 +50,7 @@ async function openAt(env: Env, url: string, cycle: number): Promise<{ a: Agent;
 }
 
 t.test('a store put back from a backup refuses the incremental planned against the newer point', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   let rx = await startReceiver(env)
   const g1 = await committed(t, env, rx.url, 1, seedPlan(0, 'vm-l.vmdk', img1, '01'.repeat(8)))
   const s2 = step(img1, 2)
@@ -84,7 +85,7 @@ t.test('a store put back from a backup refuses the incremental planned against t
 })
 
 t.test('a store carried whole to another receiver keeps its generations (offline seeding)', async (t) => {
-  const base = t.testdir()
+  const base = scratchDir(t)
   const local = makeEnv(join(base, 'local'))
   let rx = await startReceiver(local)
   const g1 = await committed(t, local, rx.url, 1, seedPlan(0, 'vm-l.vmdk', img1, '01'.repeat(8)))
@@ -103,7 +104,7 @@ t.test('a store carried whole to another receiver keeps its generations (offline
 })
 
 t.test('a point committed before generations takes no incremental', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   let rx = await startReceiver(env)
   await committed(t, env, rx.url, 1, seedPlan(0, 'vm-l.vmdk', img1, '01'.repeat(8)))
   await rx.receiver.close()

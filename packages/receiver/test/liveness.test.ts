@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import { MessageKind, SUBPROTOCOL, type Message } from '@grainline/protocol'
@@ -8,7 +9,7 @@ import { storeStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 t.test('a peer that stops answering pings is terminated; one that answers stays', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   // (a ping interval long enough for a loaded machine to answer in time)
   const { receiver, url } = await startReceiver(env, { pingIntervalMs: 1000 })
   t.teardown(() => receiver.close())
@@ -26,7 +27,7 @@ t.test('a peer that stops answering pings is terminated; one that answers stays'
 })
 
 t.test('maxConnections: one more gets 503 before the upgrade', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { maxConnections: 1 })
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -39,7 +40,7 @@ t.test('maxConnections: one more gets 503 before the upgrade', async (t) => {
 })
 
 t.test('abort() terminates every connection at once; VmState reports compatibility', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   const img = pattern(MiB, 8)
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -59,7 +60,7 @@ t.test('abort() terminates every connection at once; VmState reports compatibili
 })
 
 t.test('policy: an interrupted cycle older than abandonAfterMs is rolled back at start-up', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const imgA = pattern(2 * MiB, 1)
   const ranges = [{ offset: 0, length: 2 * MiB }]
   const imgB = evolve(imgA, 2, ranges)

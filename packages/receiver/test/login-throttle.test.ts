@@ -8,7 +8,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { LOGIN_MAX_ADDRESSES, LOGIN_MAX_FAILURES, LOGIN_WINDOW_MS, LoginThrottle, addressKey } from '../src/index.ts'
 import { TOKEN, makeEnv, startReceiver } from './helpers.ts'
-import { httpCall } from '@grainline/test-utils'
+import { httpCall, scratchDir } from '@grainline/test-utils'
 
 const VIEWER = 'viewer-noc-0123456789abcdef0123'
 
@@ -44,7 +44,7 @@ t.test('the counter: a window, no reset by success, bounded memory', async (t) =
 })
 
 t.test('a real listener: wrong tokens brake the address, 429 with Retry-After, cookies keep working', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   writeFileSync(
     env.tokensFile,
     JSON.stringify({
@@ -83,7 +83,7 @@ t.test('a real listener: wrong tokens brake the address, 429 with Retry-After, c
 })
 
 t.test("metricsAuth 'viewer': /metrics only with an unrestricted viewer token or its session", async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   writeFileSync(
     env.tokensFile,
     JSON.stringify({

@@ -11,7 +11,7 @@ import WebSocket from 'ws'
 import { SUBPROTOCOL } from '@grainline/protocol'
 import { assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, type VmStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
-import { httpCall } from '@grainline/test-utils'
+import { httpCall, scratchDir } from '@grainline/test-utils'
 
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
@@ -24,7 +24,7 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
 }
 
 t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, refusals; closed with the receiver', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { metricsListen: { host: '127.0.0.1', port: 0 } })
   let open = true
   t.teardown(() => (open ? receiver.close() : undefined))
@@ -74,12 +74,12 @@ t.test('a metrics address in use is a configuration error at listen', async (t) 
   await once(busy, 'listening')
   t.teardown(() => new Promise((r) => busy.close(r)))
   const port = (busy.address() as { port: number }).port
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   await t.rejects(startReceiver(env, { metricsListen: { host: '127.0.0.1', port } }), { code: 'E_CONFIG', message: /cannot serve HTTP \(metrics, dashboard\) on 127\.0\.0\.1:\d+/ })
 })
 
 t.test('httpListen (and its old name metricsListen) in the config file and as a flag; every config error names its key', async (t) => {
-  const dir = t.testdir()
+  const dir = scratchDir(t)
   const cfg = join(dir, 'r.json')
   writeFileSync(cfg, JSON.stringify({ store: 'm', tokens: 't.json', metricsListen: '127.0.0.1:9464' }))
   t.same((await loadReceiverConfig(cfg)).httpListen, { host: '127.0.0.1', port: 9464 }, 'the old name still works')

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind, type Message } from '@grainline/protocol'
@@ -76,7 +77,7 @@ t.test('mirrorVmx keeps only the mirrored disks and names in the mirror folder',
 })
 
 t.test('a shipped .vmx with references out of the mirror is installed neutralised, and status says so', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const d = seedPlan(0, 'web-x.vmdk', pattern(MiB, 1), '01'.repeat(8))

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
@@ -11,7 +12,7 @@ import { Agent, MiB, TOKEN, diskOpen, hello, makeEnv, pattern, runCycle, seedPla
  */
 
 t.test('disk names whose file stems collide are refused with E_BAD_NAME', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const img = pattern(MiB, 9)

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -44,7 +45,7 @@ function rangesFor(cycle: number, cap: number): Array<{ offset: number; length: 
 }
 
 t.test('every kept point reads (qemu-img) as the image of its cycle; retention drops the oldest', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 4 } })
   t.teardown(() => receiver.close())
   const cap = 4 * MiB
@@ -142,7 +143,7 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
 })
 
 t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
   t.teardown(() => receiver.close())
   const cap = 2 * MiB
@@ -184,7 +185,7 @@ t.test('a rollback undoes from the increment and removes it; a re-seed drops the
 })
 
 t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
   t.teardown(() => receiver.close())
   const cap = 3 * MiB
@@ -231,7 +232,7 @@ t.test('dropping middle points merges increments: every kept point stays exact (
 })
 
 t.test('points open: QEMU boots the point through a writable child; the hold refuses DiskOpen (E_HELD) and prunes until closed', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
   t.teardown(() => receiver.close())
   const cap = 2 * MiB
@@ -305,7 +306,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
 })
 
 t.test("a job's retention request is applied within retentionLimits and answered in Committed (SPEC §5.5)", async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 5 }, retentionLimits: { minKeep: 2, maxKeep: 3 } })
   t.teardown(() => receiver.close())
   const cap = 2 * MiB

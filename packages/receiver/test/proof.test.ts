@@ -5,6 +5,7 @@
  * that skipped blocks or failed.
  */
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { pino } from 'pino'
 import { createDigest, initDigests } from '@grainline/protocol'
 import { blockRun, scrubStep } from '../src/proof.ts'
@@ -42,7 +43,7 @@ t.test('blockRun and scrubStep (pure)', async (t) => {
 
 t.test('a receiver records the proof of a certify and of a scrub rotation; commits carry it', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const rx = await startReceiver(env)
   const img = pattern(4 * MiB, 5)
   const a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })

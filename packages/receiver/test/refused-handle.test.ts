@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
@@ -24,7 +25,7 @@ async function ship(a: Agent, d: DiskPlan): Promise<void> {
 }
 
 t.test('refused handles', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const img = pattern(MiB, 1)

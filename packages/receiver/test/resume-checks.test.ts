@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
@@ -56,7 +57,7 @@ async function refusal(p: Promise<unknown>): Promise<string> {
 }
 
 t.test('a resume with another cycle identity is refused with E_CYCLE_MISMATCH', async (t) => {
-  const r = await interrupted(t.testdir())
+  const r = await interrupted(scratchDir(t))
   t.teardown(r.close)
   const a = await Agent.connect(r.url, { token: TOKEN, ca: r.env.tls.ca })
   t.equal(await refusal(runCycle(a, 'web-r', 2, [inc('web-r-000003.vmdk')])), 'E_CYCLE_MISMATCH')
@@ -73,7 +74,7 @@ t.test('a resume with another cycle identity is refused with E_CYCLE_MISMATCH', 
 t.test('a resume over a mirror modified meanwhile is refused with E_MIRROR_MODIFIED', async (t) => {
   for (const how of ['cid', 'size'] as const) {
     await t.test(how, async (t) => {
-      const r = await interrupted(t.testdir())
+      const r = await interrupted(scratchDir(t))
       t.teardown(r.close)
       const desc = join(r.env.store, 'web-r', 'web-r.vmdk')
       const flat = join(r.env.store, 'web-r', 'web-r-flat.vmdk')

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { initDigests } from '@grainline/protocol'
 import { seekHelper } from '@grainline/vmdk'
 import { Agent, TOKEN, makeEnv, runCycle, seedPlan, startReceiver, type LogLine } from './helpers.ts'
@@ -18,7 +19,7 @@ const sealed = (lines: LogLine[]): LogLine | undefined => lines.filter((l) => l.
 
 t.test('holes of the mirror are not read; the map is a full read; without SEEK_DATA every block is read and it is logged', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const rx = await startReceiver(env)
   t.teardown(() => rx.receiver.close())
   // data in blocks 3, 4 and 20 (a short piece), zeros elsewhere

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import type { Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -19,7 +20,7 @@ import { ALG, BLOCKS, BS, NAME, SIZE, VM, differing, flat, mapOf, open, readMap,
 /** Seed `img1`, then tamper with blocks 3 and 17 of the mirror behind the receiver's back. */
 async function seeded(t: Test): Promise<{ env: Env; rx: Awaited<ReturnType<typeof startReceiver>>; mirror: Buffer }> {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const rx = await startReceiver(env)
   t.teardown(() => rx.receiver.close())
   const a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })

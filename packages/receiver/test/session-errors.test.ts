@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import WebSocket from 'ws'
-import { httpCall } from '@grainline/test-utils'
+import { httpCall, scratchDir } from '@grainline/test-utils'
 import { ERRORS_PER_VM, LiveState, type VmDetail } from '../src/index.ts'
 import { ERRORS_FILE, ERRORS_MAX_FILE_BYTES, readSessionErrors, writeSessionErrors } from '../src/session-errors.ts'
 import { Agent, MiB, TOKEN, makeEnv, memoryLogger, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
@@ -25,7 +25,7 @@ function vmFolder(store: string, vm: string): string {
 }
 
 t.test('errors survive a receiver restart and are shown by the API of the new process', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   writeFileSync(
     env.tokensFile,
     JSON.stringify({
@@ -56,7 +56,7 @@ t.test('errors survive a receiver restart and are shown by the API of the new pr
 })
 
 t.test('kept errors: merged with new ones in order, a burst ends in one file with the newest', async (t) => {
-  const store = t.testdir()
+  const store = scratchDir(t)
   vmFolder(store, 'vm')
   const a = new LiveState({ storeDir: store })
   for (let i = 1; i <= 3; i++) a.sessionFailed('vm', i, 'E_IO', `failure ${i}`)
@@ -93,7 +93,7 @@ t.test('kept errors: merged with new ones in order, a burst ends in one file wit
 })
 
 t.test('no mirror folder: nothing is created, nothing is read', async (t) => {
-  const store = t.testdir()
+  const store = scratchDir(t)
   const live = new LiveState({ storeDir: store })
   live.sessionFailed('ghost', 1, 'E_FORBIDDEN', 'no')
   await live.flush()
@@ -108,8 +108,8 @@ t.test('no mirror folder: nothing is created, nothing is read', async (t) => {
 })
 
 t.test('hostile store entries read as no errors and write nowhere outside the mirror', async (t) => {
-  const store = t.testdir()
-  const outside = join(t.testdir(), '..', 'outside-errors.json')
+  const store = scratchDir(t)
+  const outside = join(scratchDir(t), 'outside-errors.json')
   const good = `${JSON.stringify({ version: 1, errors: [{ at: new Date().toISOString(), cycle: 9, code: 'E_IO', message: 'planted' }] })}\n`
   writeFileSync(outside, good)
   t.teardown(() => rmSync(outside, { force: true }))
@@ -153,7 +153,7 @@ t.test('hostile store entries read as no errors and write nowhere outside the mi
   t.same(await readSessionErrors(store, 'garbage', 20), [])
 
   // .grainline a symlink to a folder outside: refused, logged, the receiver goes on
-  const elsewhere = t.testdir()
+  const elsewhere = scratchDir(t)
   mkdirSync(join(store, 'redirected'))
   symlinkSync(elsewhere, join(store, 'redirected', '.grainline'))
   await t.rejects(writeSessionErrors(store, 'redirected', []), { code: 'E_STORE_FILE' })

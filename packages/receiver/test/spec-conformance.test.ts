@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
@@ -10,7 +11,7 @@ import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver 
  */
 
 t.test('DDB keys with ":" and "-" (SPEC §6) are accepted and kept in the mirror descriptor', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const img = pattern(MiB, 4)

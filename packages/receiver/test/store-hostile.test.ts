@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -46,7 +47,7 @@ async function noHang<T>(p: Promise<T>, what: string): Promise<T> {
 }
 
 t.test('start-up recovery removes exactly the temporary files of atomic writes, and logs each', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const first = await startReceiver(env)
   await seed(env, first.url, 'vm.tmp-1', 'data.tmp-2024.vmdk')
   await first.receiver.close()
@@ -78,7 +79,7 @@ t.test('start-up recovery removes exactly the temporary files of atomic writes, 
 
 t.test('two names of one VM folder share one lock', async (t) => {
   // the store outside the tap fixture folder, so that its clean-up never meets the mount point
-  const env = { ...makeEnv(t.testdir()), store: mkdtempSync(join(tmpdir(), 'grainline-rx-bind-')) }
+  const env = { ...makeEnv(scratchDir(t)), store: mkdtempSync(join(tmpdir(), 'grainline-rx-bind-')) }
   const { receiver, url } = await startReceiver(env, { lockWaitMs: 100 })
   const alias = join(env.store, 'vm-bind')
   let mounted = false
@@ -102,7 +103,7 @@ t.test('two names of one VM folder share one lock', async (t) => {
 })
 
 t.test('a lock file naming this very process is held, not stale', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   await seed(env, url, 'vm-p')
   await receiver.close()
@@ -111,7 +112,7 @@ t.test('a lock file naming this very process is held, not stale', async (t) => {
 })
 
 t.test('symbolic links in the store are never followed', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   await seed(env, url, 'vm-b')
@@ -175,7 +176,7 @@ t.test('symbolic links in the store are never followed', async (t) => {
 })
 
 t.test('a FIFO where a store file should be: typed errors, no hang', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   await seed(env, url, 'vm-f')

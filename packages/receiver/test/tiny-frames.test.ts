@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { once } from 'node:events'
 import { MessageKind } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, hello, makeEnv, startReceiver, vmOpen, type LogLine } from './helpers.ts'
@@ -14,7 +15,7 @@ import { Agent, MiB, TOKEN, hello, makeEnv, startReceiver, vmOpen, type LogLine 
  */
 
 t.test('tiny frames pause the socket: memory per connection is bounded', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   // batchBytes 1 MiB: the high-water mark is 2 × maxMessageBytes (16 MiB + 64 KiB)
   const { receiver, url, logs } = await startReceiver(env, { batchBytes: MiB, lockWaitMs: 120_000 })
   const highWater = 2 * (16 * MiB + 64 * 1024)

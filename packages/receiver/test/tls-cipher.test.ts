@@ -1,6 +1,7 @@
 import { once } from 'node:events'
 import { connect } from 'node:tls'
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { RECEIVER_TLS_OPTIONS } from '../src/tls-options.ts'
 import { makeEnv, startReceiver } from './helpers.ts'
 
@@ -17,7 +18,7 @@ async function negotiated(url: string, ca: Buffer, ciphers?: string): Promise<st
 }
 
 t.test('the receiver prefers AES-128-GCM and still accepts the other TLS 1.3 suites', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(async () => {
     await receiver.close()

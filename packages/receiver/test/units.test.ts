@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -68,7 +69,7 @@ t.test('descriptor', async (t) => {
 })
 
 t.test('config and set-up errors', async (t) => {
-  const dir = t.testdir()
+  const dir = scratchDir(t)
   t.same(parseListen('0.0.0.0:7443'), { host: '0.0.0.0', port: 7443 })
   t.same(parseListen('[::1]:1'), { host: '::1', port: 1 })
   t.same(parseListen('7443'), { host: '127.0.0.1', port: 7443 })

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind, createDigest, type Message } from '@grainline/protocol'
@@ -43,7 +44,7 @@ async function open(env: Env, url: string, vm: string, hwVersion = 14): Promise<
 }
 
 t.test('compatibility: an incompatible VM gets no incremental; the record changes at a commit only', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const s = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
@@ -87,7 +88,7 @@ t.test('compatibility: an incompatible VM gets no incremental; the record change
 })
 
 t.test('divergence: a failed check refuses incrementals until a seed commits', async (t) => {
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const s = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
