@@ -61,7 +61,7 @@ t.test('checkBlocks reads the listed blocks back and answers the ones that diffe
 
 t.test('a long run of blocks (a scrub slice) skips the holes of a sparse mirror and finds the same differences as a full read', async (t) => {
   await initDigests()
-  const env = makeEnv(t.testdir())
+  const env = makeEnv(scratchDir(t))
   const blocks = HOLE_ASK_MIN_BYTES / MiB + 16
   // the source: data in blocks 3 and 70 only
   const img = Buffer.alloc(blocks * MiB)
