@@ -71,8 +71,8 @@ interface CheckOutcome {
 
 /**
  * Compare the blocks `list` yields (ascending) of `w`'s frozen view with the
- * mirror, in frame-sized BlockChecks. The digests come from `digests` (the
- * next block's, in the order of `list`) when given, else each block is read.
+ * mirror, in frame-sized BlockChecks. The digests come from `digestSource`
+ * (the next block's, in the order of `list`) when given, else each block is read.
  */
 async function compareBlocks(
   w: DiskWork,
@@ -182,7 +182,8 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
     for (let b = from; b < to; b++) yield b
   }
   // the slice is read in large spans into reused buffers, the holes of a long one not at all (their digest is the zero block's):
-  // read block by block it cost 4–8× the receiver's side (scripts/bench-resync.mjs --scenario verify)
+  // read block by block it was the largest part of a scrub's extra time (scripts/bench-resync.mjs --scenario verify),
+  // 1.97× this path read alone (scripts/bench-scrub-read.mjs)
   const chain = w.chain
   const source = new ViewBlockDigests({
     chain:
