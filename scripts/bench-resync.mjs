@@ -111,10 +111,13 @@ const rx = spawn(
 )
 // the receiver's 'disk sealed' lines (mirror bytes read for a resync's map); other lines are dropped
 const sealed = []
+// the receiver's 'block check' lines (where a BlockCheck's time went: readMs, recordMs)
+const checks = []
 createInterface({ input: rx.stderr }).on('line', (l) => {
-  if (!l.includes('"disk sealed"')) return
+  const into = l.includes('"disk sealed"') ? sealed : l.includes('"block check"') ? checks : undefined
+  if (into === undefined) return
   try {
-    sealed.push(JSON.parse(l))
+    into.push(JSON.parse(l))
   } catch {}
 })
 const port = await new Promise((resolve, reject) => {
@@ -225,6 +228,8 @@ try {
       ['certify', { certify: 'xxh64' }],
     ]
     const times = Object.fromEntries(variants.map(([k]) => [k, []]))
+    // the checks' own time (the cycle's check and record laps): the rest of a cycle varies by seconds on a loaded machine
+    const checkTimes = Object.fromEntries(variants.map(([k]) => [k, []]))
     for (let round = 0; round < rounds; round++) {
       for (const [name, over] of variants) {
         await simulateGuestWrites(vm.vmxPath, {
@@ -234,13 +239,27 @@ try {
           zeroFraction: 0,
         })
         dropCaches()
-        const { stdout } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, ...over })], { maxBuffer: 64 << 20 })
+        const seen = checks.length
+        const { stdout, stderr } = await exec(process.execPath, [...profArgs, worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath, ...over })], {
+          maxBuffer: 64 << 20,
+          env: { ...process.env, BENCH_AGENT_LOG: process.env.BENCH_AGENT_LOG ?? 'info' },
+        })
         const { report: r } = JSON.parse(stdout)
         const d = r.vms[0]?.disks[0]
         if (!r.ok || d.mode !== 'incremental') throw new Error(`${name} cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
         times[name].push(r.vms[0].durationMs)
+        checkTimes[name].push((r.vms[0].timings.check ?? 0) + (r.vms[0].timings.record ?? 0))
+        // where the checks' time went: the agent's frozen-view read and round trip, the receiver's read and verify record
+        const agentChecks = stderr
+          .split('\n')
+          .filter((l) => l.includes('"scrub ok"') || l.includes('"block check ok"'))
+          .map((l) => {
+            const o = JSON.parse(l)
+            return `${o.msg}: agent read ${o.readMs} ms, round trip ${o.roundTripMs} ms (${o.messages} msg)`
+          })
+        const rxChecks = checks.slice(seen).map((o) => `receiver: read ${o.readMs} ms, record ${o.recordMs} ms`)
         log(
-          `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}`,
+          `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}${[...agentChecks, ...rxChecks].map((x) => `\n    ${x}`).join('')}`,
         )
       }
     }
@@ -250,6 +269,10 @@ try {
     console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
     console.log(
       `| median of ${rounds} each, interleaved | ${sec(md('plain'))} s | ${sec(md('verify'))} s | ${(md('verify') / md('plain')).toFixed(3)} (target ≤ 1.15) | ${sec(md('scrub'))} s | ${sec(md('certify'))} s | ${((md('scrub') - md('plain')) / ((md('certify') - md('plain')) / 32)).toFixed(2)} (target ≤ 1.10; budget ${sec(scrubBudget)} s) | ${load()} |`,
+    )
+    const mc = (k) => median(checkTimes[k])
+    console.log(
+      `| check + record laps only (medians) | ${sec(mc('plain'))} s | ${sec(mc('verify'))} s | +${sec(mc('verify') - mc('plain'))} s = ${(((mc('verify') - mc('plain')) / md('plain')) * 100).toFixed(1)} % of plain's cycle | ${sec(mc('scrub'))} s | ${sec(mc('certify'))} s | ${((mc('scrub') - mc('plain')) / ((mc('certify') - mc('plain')) / 32)).toFixed(2)} | ${load()} |`,
     )
   }
   for (let round = 0; values.scenario === 'booted' && round < rounds; round++) {

@@ -15,9 +15,20 @@ import { AgentError } from './errors.ts'
 import { planExtents } from './extent-plan.ts'
 import { refusalError } from './receiver-client.ts'
 import type { VerifyOptions } from './verification.ts'
+import { ViewBlockDigests } from './view-block-digests.ts'
 
 /** Frozen-view blocks read ahead of the one digested. */
 const READS_IN_FLIGHT = 4
+
+/**
+ * A scrub slice at least this long asks the view's holes first and does not
+ * read them (`SEEK_DATA` of a flat base runs one python3 process: 20 ms on a
+ * quiet machine, 250–330 ms at load 12, more than reading 32 MiB of holes);
+ * a shorter one is read whole. The receiver uses the same bound
+ * (its block-check.ts `HOLE_ASK_MIN_BYTES`).
+ * @default 64 MiB
+ */
+export const SCRUB_HOLE_ASK_MIN_BYTES = 64 * 1024 * 1024
 
 /** The blocks the cycle wrote, ascending: a resync's differing blocks, else every block an extent of the plan covers. */
 async function* writtenBlocks(w: DiskWork, blockSize: number): AsyncGenerator<number> {
@@ -38,20 +49,42 @@ async function* writtenBlocks(w: DiskWork, blockSize: number): AsyncGenerator<nu
   }
 }
 
+/** Blocks per BlockCheck: as many as fit in a frame (SPEC §5.6: at most 65536). */
+function maxBlocksPerCheck(opts: VerifyOptions): number {
+  const len = DigestLengths[opts.digest]
+  return Math.max(1, Math.min(MAX_MAP_BLOCKS, Math.floor(((opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes) - 256) / (8 + len))))
+}
+
 /** What comparing a list of blocks found. */
 interface CheckOutcome {
   blocks: number
   mismatched: number
+  /** time spent reading and digesting the frozen view's blocks, ms */
+  readMs: number
+  /** time from sending each BlockCheck to its answer, ms (the receiver's read, digest and verify record) */
+  roundTripMs: number
+  /** BlockChecks sent */
+  messages: number
   /** the first few mismatched blocks (for the message) */
   readonly first: number[]
 }
 
-/** Compare the blocks `list` yields (ascending) of `w`'s frozen view with the mirror, in frame-sized BlockChecks. */
-async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number, list: AsyncIterable<number> | Iterable<number>): Promise<CheckOutcome> {
+/**
+ * Compare the blocks `list` yields (ascending) of `w`'s frozen view with the
+ * mirror, in frame-sized BlockChecks. The digests come from `digestSource`
+ * (the next block's, in the order of `list`) when given, else each block is read.
+ */
+async function compareBlocks(
+  w: DiskWork,
+  opts: VerifyOptions,
+  blockSize: number,
+  list: AsyncIterable<number> | Iterable<number>,
+  digestSource?: { next(): Promise<Uint8Array> },
+): Promise<CheckOutcome> {
   const capacity = w.chain.capacity
   const len = DigestLengths[opts.digest]
-  const per = Math.max(1, Math.min(MAX_MAP_BLOCKS, Math.floor(((opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes) - 256) / (8 + len))))
-  const out: CheckOutcome = { blocks: 0, mismatched: 0, first: [] }
+  const per = maxBlocksPerCheck(opts)
+  const out: CheckOutcome = { blocks: 0, mismatched: 0, readMs: 0, roundTripMs: 0, messages: 0, first: [] }
   const flush = async (batch: number[]): Promise<void> => {
     const index = new Uint8Array(batch.length * 8)
     const iv = new DataView(index.buffer)
@@ -59,9 +92,15 @@ async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number
     // the blocks are read READS_IN_FLIGHT ahead of the one digested
     const reads: Array<Promise<Buffer>> = []
     let issued = 0
+    const t0 = performance.now()
     try {
       for (const [i, b] of batch.entries()) {
         opts.signal?.throwIfAborted()
+        iv.setBigUint64(i * 8, BigInt(b), true)
+        if (digestSource !== undefined) {
+          digests.set(await digestSource.next(), i * len)
+          continue
+        }
         while (reads.length < READS_IN_FLIGHT && issued < batch.length) {
           const offset = (batch[issued] as number) * blockSize
           const read = w.chain.read(offset, Math.min(blockSize, capacity - offset), { depth: w.depth })
@@ -70,13 +109,16 @@ async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number
           reads.push(read)
           issued++
         }
-        iv.setBigUint64(i * 8, BigInt(b), true)
         digests.set(blockDigest(opts.digest, await (reads.shift() as Promise<Buffer>)), i * len)
       }
     } finally {
       for (const r of reads) await r.catch(() => {})
     }
+    const t1 = performance.now()
     const r = await opts.client.blockCheck({ disk: w.handle, blockSize, blocks: index, digests })
+    out.readMs += t1 - t0
+    out.roundTripMs += performance.now() - t1
+    out.messages++
     if (!r.ok) throw refusalError(`block check of ${w.name}`, r.refusal)
     const listed = new Set(batch)
     const mv = new DataView(r.value.mismatched.buffer, r.value.mismatched.byteOffset, r.value.mismatched.byteLength)
@@ -100,10 +142,15 @@ async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number
   return out
 }
 
+/** Where a comparison's time went (logged: `readMs` the frozen view, `roundTripMs` the receiver's side). */
+function timings(o: CheckOutcome): { readMs: number; roundTripMs: number; messages: number } {
+  return { readMs: Math.round(o.readMs), roundTripMs: Math.round(o.roundTripMs), messages: o.messages }
+}
+
 function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, blockSize: number): void {
   const message = `${what} failed on ${w.name}: ${o.mismatched} of the ${o.blocks} blocks compared differ in the mirror (blocks ${o.first.join(', ')}${o.mismatched > o.first.length ? ', …' : ''} of ${blockSize} bytes)`
   w.report.error = { code: 'E_CHECK', message }
-  opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first }, `${what} failed`)
+  opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first, ...timings(o) }, `${what} failed`)
 }
 
 /** Compare the blocks `w`'s cycle wrote with the mirror; record the outcome in its report. */
@@ -112,7 +159,7 @@ export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions): Prom
   const o = await compareBlocks(w, opts, blockSize, writtenBlocks(w, blockSize))
   w.report.blockCheck = { ok: o.mismatched === 0, blockSize, blocks: o.blocks, mismatched: o.mismatched }
   if (o.mismatched > 0) fail(w, opts, 'block check', o, blockSize)
-  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize }, 'block check ok')
+  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize, ...timings(o) }, 'block check ok')
 }
 
 /**
@@ -134,11 +181,34 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
   const range = function* (): Generator<number> {
     for (let b = from; b < to; b++) yield b
   }
-  const o = await compareBlocks(w, opts, blockSize, range())
+  // the slice is read in large spans into reused buffers, the holes of a long one not at all (their digest is the zero block's):
+  // read block by block it was the largest part of a scrub's extra time (scripts/bench-resync.mjs --scenario verify),
+  // 1.97× this path read alone (scripts/bench-scrub-read.mjs)
+  const chain = w.chain
+  const source = new ViewBlockDigests({
+    chain:
+      (to - from) * blockSize >= SCRUB_HOLE_ASK_MIN_BYTES ? chain : { capacity: chain.capacity, read: (o, n, d) => chain.read(o, n, d), readInto: (b, at, o, n, d) => chain.readInto(b, at, o, n, d) },
+    depth: w.depth,
+    blockSize,
+    algorithm: opts.digest,
+    fromBlock: from,
+    toBlock: to,
+    aheadBlocks: maxBlocksPerCheck(opts),
+    signal: opts.signal,
+    onUnknownHoles: (bytes) => opts.log.info({ disk: w.name, bytes }, 'scrub: the holes of the view cannot be asked for here; they are read'),
+  })
+  source.start()
+  let o: CheckOutcome
+  try {
+    o = await compareBlocks(w, opts, blockSize, range(), source)
+  } finally {
+    await source.close()
+  }
   const clean = rec.clean && o.mismatched === 0
   const done = to >= total
   w.report.scrub = { ok: o.mismatched === 0, blockSize, from, to, blocks: total, mismatched: o.mismatched, rotationComplete: done }
   if (o.mismatched > 0) fail(w, opts, 'scrub', o, blockSize)
+  else opts.log.info({ disk: w.name, from, to, blocks: total, blockSize, holeBytes: source.holeBytes, ...timings(o) }, 'scrub ok')
   const provenAt = done && clean ? now : rec.provenAt
   if (provenAt !== undefined) w.report.scrub.provenAt = provenAt
   return { next: done ? 0 : to, blockSize, clean: done ? true : clean, ...(provenAt === undefined ? {} : { provenAt }) }

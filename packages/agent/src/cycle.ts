@@ -417,7 +417,8 @@ class VmCycle {
       w.progress.update('done', true)
     }
     await this.#recordChecks()
-    this.#lap('check')
+    // the agent record's save after the checks (the scrub rotation, a divergence), apart from the checks themselves
+    this.#lap('record')
   }
 
   /** One connection's worth of the cycle: (rollback,) open and ship each disk, commit, check. */

@@ -25,8 +25,12 @@ export interface ViewBlockDigestsOptions {
   readonly depth: number
   readonly blockSize: number
   readonly algorithm: DigestAlgorithm
-  /** fed with the whole view in order */
-  readonly view: ViewDigester
+  /** fed with the blocks read, in order (the whole view when the range is the whole disk); none for a scrub slice */
+  readonly view?: ViewDigester | undefined
+  /** the first block digested (a `--scrub` slice). @default 0 */
+  readonly fromBlock?: number
+  /** the block after the last one digested. @default the disk's block count */
+  readonly toBlock?: number
   /**
    * bytes of the view read per read call (rounded to whole blocks, at least one block;
    * small enough to be digested while still in the CPU cache)
@@ -63,14 +67,17 @@ class HoleWindows {
   readonly #chain: ChainView
   readonly #depth: number
   readonly #windowBytes: number
+  /** nothing at or above this offset is asked for (the end of the blocks digested) */
+  readonly #limit: number
   readonly #onUnknown: ((bytes: number) => void) | undefined
   #winEnd = 0
   #ranges: ReadonlyArray<readonly [number, number]> = []
   #at = 0
   #told = false
 
-  constructor(chain: ChainView, depth: number, spanBytes: number, onUnknown: ((bytes: number) => void) | undefined) {
+  constructor(chain: ChainView, depth: number, spanBytes: number, onUnknown: ((bytes: number) => void) | undefined, limit = chain.capacity) {
     this.#chain = chain
+    this.#limit = Math.min(limit, chain.capacity)
     this.#depth = depth
     // whole spans per window
     this.#windowBytes = Math.max(spanBytes, Math.floor(HOLE_WINDOW_BYTES / spanBytes) * spanBytes)
@@ -81,7 +88,7 @@ class HoleWindows {
 
   #ask(start: number): { start: number; answer: Promise<{ ranges: ReadonlyArray<readonly [number, number]>; unknownBytes: number }> } {
     const chain = this.#chain as Required<ChainView>
-    const answer = chain.dataRanges(start, Math.min(chain.capacity, start + this.#windowBytes) - start, { depth: this.#depth })
+    const answer = chain.dataRanges(start, Math.min(this.#limit, start + this.#windowBytes) - start, { depth: this.#depth })
     // awaited when its window comes; not an unhandled rejection meanwhile
     answer.catch(() => {})
     return { start, answer }
@@ -93,8 +100,8 @@ class HoleWindows {
     if (chain.dataRanges === undefined) return true
     if (offset >= this.#winEnd) {
       const asked = this.#next !== undefined && this.#next.start === offset ? this.#next : this.#ask(offset)
-      this.#winEnd = Math.min(chain.capacity, offset + this.#windowBytes)
-      this.#next = this.#winEnd < chain.capacity ? this.#ask(this.#winEnd) : undefined
+      this.#winEnd = Math.min(this.#limit, offset + this.#windowBytes)
+      this.#next = this.#winEnd < this.#limit ? this.#ask(this.#winEnd) : undefined
       const r = await asked.answer
       this.#ranges = r.ranges
       this.#at = 0
@@ -121,7 +128,9 @@ interface Span {
 export class ViewBlockDigests {
   readonly #o: ViewBlockDigestsOptions
   readonly #len: number
-  readonly #blocks: number
+  /** the first block and the block after the last one digested */
+  readonly #from: number
+  readonly #end: number
   readonly #perSpan: number
   readonly #queue: Span[] = []
   /** index in the head span of the next block to hand out */
@@ -141,7 +150,9 @@ export class ViewBlockDigests {
   constructor(o: ViewBlockDigestsOptions) {
     this.#o = o
     this.#len = DigestLengths[o.algorithm]
-    this.#blocks = Math.ceil(o.chain.capacity / o.blockSize)
+    const total = Math.ceil(o.chain.capacity / o.blockSize)
+    this.#from = Math.max(0, Math.min(total, o.fromBlock ?? 0))
+    this.#end = Math.max(this.#from, Math.min(total, o.toBlock ?? total))
     this.#perSpan = Math.max(1, Math.floor((o.spanBytes ?? 2 * 1024 * 1024) / o.blockSize))
   }
 
@@ -155,7 +166,7 @@ export class ViewBlockDigests {
     return this.#room !== undefined
   }
 
-  /** Start reading from block 0. */
+  /** Start reading from the first block (`fromBlock`). */
   start(): void {
     this.#task ??= this.#produce().catch((err: unknown) => {
       this.#failure = err
@@ -180,7 +191,7 @@ export class ViewBlockDigests {
         return d
       }
       if (this.#failure !== undefined) throw this.#failure
-      if (this.#taken >= this.#blocks) throw new AgentError('E_PROTOCOL', `internal: block ${this.#taken} beyond the ${this.#blocks} blocks of the view`)
+      if (this.#taken >= this.#end - this.#from) throw new AgentError('E_PROTOCOL', `internal: block ${this.#from + this.#taken} beyond the blocks ${this.#from}–${this.#end} of the view digested`)
       await new Promise<void>((resolve) => {
         this.#wake = resolve
       })
@@ -202,15 +213,16 @@ export class ViewBlockDigests {
     const capacity = chain.capacity
     const spanBytes = this.#perSpan * blockSize
     const inFlight = Math.max(1, this.#o.inFlight ?? 4)
-    const pool = Array.from({ length: inFlight + 1 }, () => Buffer.allocUnsafe(Math.min(spanBytes, capacity)))
+    const endOffset = Math.min(capacity, this.#end * blockSize)
+    const pool = Array.from({ length: inFlight + 1 }, () => Buffer.allocUnsafe(Math.min(spanBytes, endOffset - this.#from * blockSize)))
     const reads: Array<{ first: number; buf: Buffer | undefined; length: number; done: Promise<void> }> = []
-    const holes = new HoleWindows(chain, depth, spanBytes, this.#o.onUnknownHoles)
-    let nextBlock = 0
+    const holes = new HoleWindows(chain, depth, spanBytes, this.#o.onUnknownHoles, endOffset)
+    let nextBlock = this.#from
     let turn = 0
     const issue = async (): Promise<void> => {
-      while (reads.length < inFlight && nextBlock < this.#blocks && !this.#stopped) {
+      while (reads.length < inFlight && nextBlock < this.#end && !this.#stopped) {
         const offset = nextBlock * blockSize
-        const length = Math.min(spanBytes, capacity - offset)
+        const length = Math.min(spanBytes, endOffset - offset)
         if (!(await holes.mayHoldData(offset, length))) {
           // known to read as zeros (a hole of the flat base, an unallocated grain): no read
           this.holeBytes += length
@@ -243,7 +255,7 @@ export class ViewBlockDigests {
           const n = Math.min(at + blockSize, r.length) - at
           digests.set(buf === undefined ? zeroDigest(this.#o.algorithm, n) : blockDigest(this.#o.algorithm, buf.subarray(at, at + n)), i * this.#len)
         }
-        this.#o.view.feed(r.first * blockSize, r.length, buf?.subarray(0, r.length))
+        this.#o.view?.feed(r.first * blockSize, r.length, buf?.subarray(0, r.length))
         this.#queue.push({ first: r.first, count, digests })
         this.#made += count
         const wake = this.#wake

@@ -5,7 +5,8 @@
  * proven; a block tampered with in the mirror under an unchanged CID is found
  * by the rotation (E_CHECK, the disk marked diverged) and the next cycle
  * resyncs exactly the differing block, after which the mirror equals the
- * frozen source again.
+ * frozen source again. A long scrub slice of a sparse disk skips its holes
+ * and still finds a block written into a hole of the mirror.
  */
 import t from 'tap'
 import { open } from 'node:fs/promises'
@@ -18,9 +19,9 @@ import { firstDifference, haveReceiver, memoryLogger, MiB, qemuRaw, scratch, sta
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
-async function cycle(dir: string, vm: SampleVm, rx: ReceiverEnv, tag: string, over: Partial<ReplicateInit>): Promise<{ v: VmReport; raw: string }> {
+async function cycle(dir: string, vm: SampleVm, rx: ReceiverEnv, tag: string, over: Partial<ReplicateInit>): Promise<{ v: VmReport; raw: string; lines: ReadonlyArray<Record<string, unknown>> }> {
   const raw = join(dir, `frozen-${tag}.raw`)
-  const { logger } = memoryLogger()
+  const { logger, lines } = memoryLogger()
   const r = await replicate(
     { logger },
     {
@@ -42,7 +43,7 @@ async function cycle(dir: string, vm: SampleVm, rx: ReceiverEnv, tag: string, ov
       ...over,
     },
   )
-  return { v: r.vms[0] as VmReport, raw }
+  return { v: r.vms[0] as VmReport, raw, lines }
 }
 
 t.test('--verify changed compares the written blocks; --scrub 4 proves the disk in 4 cycles and finds a tampered block', async (t) => {
@@ -93,4 +94,55 @@ t.test('--verify changed compares the written blocks; --scrub 4 proves the disk 
   t.ok(repair.v.ok, 'the next cycle is ok')
   t.equal(repair.v.disks[0]?.mode, 'resync', 'and a resync')
   t.equal(await firstDifference(flat, repair.raw), -1, 'the mirror equals the frozen source again')
+})
+
+t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block written into a hole of the mirror and a changed data byte are found and repaired', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'holes', disks: [{ sizeBytes: 128 * MiB, fill: 'sparse' }], seed: 4 })
+  const flat = join(rx.store, 'holes', 'holes-flat.vmdk')
+  t.ok((await cycle(dir, vm, rx, 'c1', {})).v.ok, 'seed')
+  for (const [c, from] of [
+    [2, 0],
+    [3, 256],
+  ] as const) {
+    const r = await cycle(dir, vm, rx, `c${c}`, { scrub: 2 })
+    const s = r.v.disks[0]?.scrub
+    // blocks of 256 KiB (resyncBlockBytes): 256 a slice
+    t.match(s, { ok: true, from, to: from + 256, blockSize: 256 * 1024 }, `cycle ${c}: scrub of blocks ${from}…${from + 256} ok`)
+    const line = r.lines.find((l) => l['msg'] === 'scrub ok')
+    t.ok(Number(line?.['holeBytes']) >= 32 * MiB, `cycle ${c}: the holes of the 64 MiB slice were not read (${Number(line?.['holeBytes']) / MiB} MiB)`)
+  }
+  // 4 KiB written into the mirror where the source reads zeros in block 10, one data byte changed in block 100
+  const last = await cycle(dir, vm, rx, 'c4', {})
+  const src = await open(last.raw, 'r')
+  const page = Buffer.alloc(4096)
+  let hole = -1
+  for (let off = 10 * MiB; off < 11 * MiB && hole < 0; off += 4096) {
+    await src.read(page, 0, 4096, off)
+    if (page.every((x) => x === 0)) hole = off
+  }
+  let data = -1
+  for (let off = 100 * MiB; off < 128 * MiB && data < 0; off += 4096) {
+    await src.read(page, 0, 4096, off)
+    const i = page.findIndex((x) => x !== 0)
+    if (i >= 0) data = off + i
+  }
+  await src.close()
+  t.ok(hole >= 0 && data >= 0, `a zero page (${hole}) and a data byte (${data}) of the source`)
+  const fh = await open(flat, 'r+')
+  await fh.write(Buffer.alloc(4096, 0xab), 0, 4096, hole)
+  const b = Buffer.alloc(1)
+  await fh.read(b, 0, 1, data)
+  b[0] = (b[0] as number) ^ 0xff
+  await fh.write(b, 0, 1, data)
+  await fh.close()
+  const first = await cycle(dir, vm, rx, 'c5', { scrub: 2 })
+  t.match(first.v.disks[0]?.scrub, { ok: false, from: 0, to: 256, mismatched: 1 }, 'the block written into a hole is found')
+  t.equal(first.v.disks[0]?.error?.code, 'E_CHECK')
+  const repair = await cycle(dir, vm, rx, 'c6', { scrub: 2 })
+  t.equal(repair.v.disks[0]?.mode, 'resync', 'the next cycle resyncs')
+  t.ok(repair.v.ok, `and is ok ${JSON.stringify(repair.v.disks[0]?.error)}`)
+  t.equal(await firstDifference(flat, repair.raw), -1, 'both differences repaired: the mirror equals the frozen source')
 })

@@ -124,3 +124,41 @@ t.test('holes of a sparse flat base are not read, and the digests are those of a
   t.equal(fallback.holeBytes, 0, 'fallback: every byte read')
   t.same(unknown, [64 * MiB], 'fallback: told once, with the bytes concerned')
 })
+
+t.test('a slice of the view (--scrub): the digests of blocks fromBlock…toBlock only, holes not read, nothing asked beyond the slice, no view digester', async (t) => {
+  await initDigests()
+  const dir = scratch(t)
+  const vm = await createSampleVm(dir, { name: 's', disks: [{ sizeBytes: 64 * MiB + 4096, fill: 'sparse' }], seed: 13 })
+  const chain = await openChain(vm.disks[0] as string)
+  t.teardown(() => chain.close())
+  const whole = await chain.read(0, chain.capacity)
+  const asked: Array<[number, number]> = []
+  const view: ChainView = {
+    capacity: chain.capacity,
+    read: chain.read.bind(chain),
+    readInto: chain.readInto.bind(chain),
+    dataRanges: (offset, length, o) => {
+      asked.push([offset, offset + length])
+      return chain.dataRanges(offset, length, o)
+    },
+  }
+  const n = blockCount(chain.capacity, MiB)
+  for (const [from, to] of [
+    [3, 11],
+    [60, n],
+    [5, 6],
+    [7, 7],
+  ] as const) {
+    asked.length = 0
+    const src = new ViewBlockDigests({ chain: view, depth: 0, blockSize: MiB, algorithm: 'xxh64', fromBlock: from, toBlock: to, spanBytes: 2 * MiB, aheadBlocks: 2 })
+    src.start()
+    for (let b = from; b < to; b++) t.equal(hex(await src.next()), hex(digestOf('xxh64', whole.subarray(b * MiB, Math.min((b + 1) * MiB, whole.length)))), `block ${b} of the slice ${from}–${to}`)
+    await t.rejects(src.next(), { code: 'E_PROTOCOL' }, `past the slice ${from}–${to}`)
+    await src.close()
+    t.ok(
+      asked.every(([a, e]) => a >= from * MiB && e <= Math.min(to * MiB, chain.capacity)),
+      `data ranges asked within the slice ${from}–${to}: ${JSON.stringify(asked)}`,
+    )
+    if (to - from >= 8) t.ok(src.holeBytes > 0, `holes of the slice ${from}–${to} not read (${src.holeBytes / MiB} MiB)`)
+  }
+})

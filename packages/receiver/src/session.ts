@@ -514,7 +514,8 @@ export class Session {
     const m = this.mirror
     const req = { ...msg, algorithm: (this.negotiated as Negotiated).digest }
     const r = m instanceof CephVmMirror ? await m.checkBlocks(name, req, this.abortCtl.signal) : await checkBlocks(m, name, req, this.abortCtl.signal)
-    this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
+    const ms = 'readMs' in r ? { holeBytes: r.holeBytes, readMs: Math.round(r.readMs), recordMs: Math.round(r.recordMs) } : {}
+    this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes, ...ms }, 'block check')
     this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
   }
 

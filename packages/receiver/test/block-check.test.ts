@@ -3,12 +3,16 @@
  * the listed blocks are read back from the committed mirror and compared with
  * the agent's digests; only the blocks that differ come back; a block beyond
  * the disk is E_RANGE; a mismatch is recorded and marks the disk diverged.
+ * A long run of blocks (a scrub slice) does not read the flat's holes, and
+ * finds the same mismatches as reading every block.
  */
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { pino } from 'pino'
 import { createDigest, initDigests } from '@grainline/protocol'
-import { checkBlocks } from '../src/block-check.ts'
+import { open } from 'node:fs/promises'
+import { seekHelper } from '@grainline/vmdk'
+import { checkBlocks, HOLE_ASK_MIN_BYTES } from '../src/block-check.ts'
 import { VmMirror } from '../src/vm-mirror.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
@@ -53,4 +57,56 @@ t.test('checkBlocks reads the listed blocks back and answers the ones that diffe
   const ac = new AbortController()
   ac.abort()
   await t.rejects(checkBlocks(vm, 'web-01.vmdk', { blockSize, blocks: u64([0]), digests: digestOf(0), algorithm: 'xxh64' }, ac.signal), 'an aborted session stops reading')
+})
+
+t.test('a long run of blocks (a scrub slice) skips the holes of a sparse mirror and finds the same differences as a full read', async (t) => {
+  await initDigests()
+  const env = makeEnv(scratchDir(t))
+  const blocks = HOLE_ASK_MIN_BYTES / MiB + 16
+  // the source: data in blocks 3 and 70 only
+  const img = Buffer.alloc(blocks * MiB)
+  pattern(MiB, 21).copy(img, 3 * MiB)
+  pattern(MiB, 22).copy(img, 70 * MiB)
+  const { receiver, url } = await startReceiver(env)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'web-02', 1, [seedPlan(0, 'web-02.vmdk', img, 'cd01cd01cd01cd01')])
+  a.ws.close()
+  await receiver.close()
+  const vm = await VmMirror.acquire(env.store, 'web-02', pino({ level: 'silent' }))
+  t.teardown(() => vm.release())
+  // the mirror made sparse behind the receiver's back: block 3 right, block 40 written (a hole at the source), block 70 a hole (data at the source)
+  const rec = vm.state.disks['web-02.vmdk'] as { stem: string }
+  const fh = await open(vm.paths.flat(rec.stem), 'r+')
+  await fh.truncate(0)
+  await fh.truncate(img.length)
+  await fh.write(img, 3 * MiB, MiB, 3 * MiB)
+  await fh.write(pattern(MiB, 23), 0, MiB, 40 * MiB)
+  await fh.close()
+  const digestOf = (b: number): Uint8Array =>
+    createDigest('xxh64')
+      .update(img.subarray(b * MiB, (b + 1) * MiB))
+      .digest()
+  const check = (from: number, to: number) =>
+    checkBlocks(vm, 'web-02.vmdk', {
+      blockSize: MiB,
+      blocks: u64(Array.from({ length: to - from }, (_, i) => from + i)),
+      digests: Buffer.concat(Array.from({ length: to - from }, (_, i) => digestOf(from + i))),
+      algorithm: 'xxh64',
+    })
+  const whole = await check(0, blocks)
+  t.same(list(whole.mismatched), [40, 70], 'the written hole and the punched data block are found')
+  t.equal(whole.bytes, img.length, 'every block compared')
+  t.ok(whole.holeBytes >= img.length - 8 * MiB, `the holes were not read (${whole.holeBytes / MiB} MiB)`)
+  // a short run reads every block: the same answer
+  const short = await check(36, 44)
+  t.same({ mismatched: list(short.mismatched), holeBytes: short.holeBytes }, { mismatched: [40], holeBytes: 0 }, 'a run below HOLE_ASK_MIN_BYTES is read')
+  // without SEEK_DATA (no python3 here): every block read, the same answer
+  const saved = seekHelper.command
+  seekHelper.command = `${env.store}/no-python3-here`
+  t.teardown(() => {
+    seekHelper.command = saved
+    seekHelper.missing = false
+  })
+  const blind = await check(0, blocks)
+  t.same({ mismatched: list(blind.mismatched), holeBytes: blind.holeBytes, bytes: blind.bytes }, { mismatched: [40, 70], holeBytes: 0, bytes: img.length }, 'unknown holes: read, same answer')
 })
