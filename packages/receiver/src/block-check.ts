@@ -6,7 +6,7 @@
  */
 import { timingSafeEqual } from 'node:crypto'
 import { blockDigest, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
-import { type DataRange, fileDataRanges } from '@grainline/vmdk'
+import { type DataRange, dataCursor, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError, ioError } from './errors.ts'
 import { readFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -76,14 +76,8 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   if (run !== undefined && (run.to - run.from) * req.blockSize >= HOLE_ASK_MIN_BYTES && run.from * req.blockSize < rec.capacity) {
     data = await fileDataRanges(fh.fd, run.from * req.blockSize, Math.min(run.to * req.blockSize, rec.capacity)).catch(() => undefined)
   }
-  let at = 0
   // asked with increasing offsets
-  const mayHoldData = (from: number, to: number): boolean => {
-    if (data === undefined) return true
-    while (at < data.length && (data[at] as DataRange)[1] <= from) at++
-    const next = data[at]
-    return next !== undefined && next[0] < to
-  }
+  const mayHoldData = dataCursor(data)
   // the blocks are read READS_IN_FLIGHT ahead of the one digested; undefined: a hole, not read
   const reads: Array<Promise<Buffer | number>> = []
   let issued = 0

@@ -18,7 +18,7 @@
  */
 import type { FileHandle } from 'node:fs/promises'
 import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
-import { type DataRange, fileDataRanges } from '@grainline/vmdk'
+import { type DataRange, dataCursor, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
@@ -250,14 +250,8 @@ export class ResyncMap {
       this.holesUnknown = true
       this.onUnknownHoles?.()
     }
-    let at = 0
     // asked in increasing order of `from`
-    const mayHoldData = (from: number, to: number): boolean => {
-      if (data === undefined) return true
-      while (at < data.length && (data[at] as DataRange)[1] <= from) at++
-      const next = data[at]
-      return next !== undefined && next[0] < to
-    }
+    const mayHoldData = dataCursor(data)
     const blockEnd = (b: number): number => Math.min((b + 1) * blockSize, capacity)
     const issue = (): void => {
       while (reads.length < READS_IN_FLIGHT && issued < end) {

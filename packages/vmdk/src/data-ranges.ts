@@ -119,3 +119,18 @@ export function parseRanges(text: string, start: number, end: number): DataRange
   }
   return out
 }
+
+/**
+ * A forward-only question over `ranges` (ordered, disjoint): may [from, to)
+ * hold data? Asked with non-decreasing `from`, each call costs amortized O(1).
+ * With `ranges` undefined (holes unknown) every range may hold data.
+ */
+export function dataCursor(ranges: readonly DataRange[] | undefined): (from: number, to: number) => boolean {
+  if (ranges === undefined) return () => true
+  let at = 0
+  return (from, to) => {
+    while (at < ranges.length && (ranges[at] as DataRange)[1] <= from) at++
+    const next = ranges[at]
+    return next !== undefined && next[0] < to
+  }
+}

@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { createDelta, createFlatDisk, type FileAccess, fileDataRanges, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
+import { createDelta, createFlatDisk, dataCursor, type FileAccess, fileDataRanges, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
 import { qemuImg } from './helpers.ts'
 
 const MiB = 1024 * 1024
@@ -144,4 +144,19 @@ t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed outp
   t.equal(parseRanges('1 20\n', 0, 10), undefined, 'beyond the window')
   t.equal(parseRanges('3 3\n', 0, 10), undefined, 'empty range')
   t.same(parseRanges('\n', 0, 10), [])
+})
+
+t.test('dataCursor: may a range hold data, asked in increasing order', async (t) => {
+  const may = dataCursor([
+    [10, 20],
+    [40, 50],
+  ])
+  t.equal(may(0, 10), false, 'a hole before the first range')
+  t.equal(may(5, 11), true, 'overlapping the first range')
+  t.equal(may(20, 40), false, 'the hole between the ranges')
+  t.equal(may(39, 41), true, 'overlapping the second')
+  t.equal(may(50, 100), false, 'past the last range')
+  const unknown = dataCursor(undefined)
+  t.equal(unknown(0, 1), true, 'holes unknown: everything may hold data')
+  t.equal(dataCursor([])(0, 1 << 30), false, 'no data at all')
 })
