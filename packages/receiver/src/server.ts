@@ -154,6 +154,16 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     throw new ReceiverError('E_CONFIG', `refusing to listen on ${host} without TLS; give --tls-cert/--tls-key or --insecure`)
   }
   if (init.tokensFile === undefined && init.tokens === undefined) throw new ReceiverError('E_CONFIG', 'a tokens file is required: the receiver never runs without authentication')
+  // flags arrive as Number(text): NaN, 0 or a huge value would only fail later, in every session's Welcome or batch
+  for (const [key, flag] of [
+    ['windowBytes', '--window-bytes'],
+    ['batchBytes', '--batch-bytes'],
+  ] as const) {
+    const v = init[key]
+    if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1 && v <= 1024 * MiB)) {
+      throw new ReceiverError('E_CONFIG', `${flag} (${key}) must be a whole number of bytes from 1 to 1 GiB, not ${String(v)}`)
+    }
+  }
   const maxExtentBytes = init.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   const local: LocalCapabilities = {
     versions: [PROTOCOL_VERSION],

@@ -87,6 +87,10 @@ t.test('config and set-up errors', async (t) => {
   t.throws(() => createReceiver({ logger }, { host: '0.0.0.0', store: dir, tokens: [] }), { code: 'E_CONFIG' }, 'non-loopback without TLS refused')
   t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir }), { code: 'E_CONFIG' }, 'no tokens refused')
   t.throws(() => createReceiver({ logger }, { store: dir, tokens: [], tlsCert: 'c' }), { code: 'E_CONFIG' }, 'cert without key')
+  for (const bad of [Number.NaN, 0, -1, 1.5, 2 ** 31]) {
+    t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], windowBytes: bad }), { code: 'E_CONFIG', message: /--window-bytes/ }, `window ${bad} refused`)
+    t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], batchBytes: bad }), { code: 'E_CONFIG', message: /--batch-bytes/ }, `batch ${bad} refused`)
+  }
   const r = createReceiver({ logger }, { host: '0.0.0.0', store: dir, tokens: [], insecure: true })
   await t.rejects(r.listen(), { code: 'E_CONFIG' }, 'an empty token list is refused at listen')
   writeFileSync(join(dir, 'bad-tokens.json'), '{')
