@@ -249,15 +249,15 @@ try {
         if (!r.ok || d.mode !== 'incremental') throw new Error(`${name} cycle failed: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks)}`)
         times[name].push(r.vms[0].durationMs)
         checkTimes[name].push((r.vms[0].timings.check ?? 0) + (r.vms[0].timings.record ?? 0))
-        // where the checks' time went: the agent's frozen-view read and round trip, the receiver's read and verify record
+        // where the checks' time went: the agent's frozen-view read and its wait for answers, the receiver's read and verify record
         const agentChecks = stderr
           .split('\n')
           .filter((l) => l.includes('"scrub ok"') || l.includes('"block check ok"'))
           .map((l) => {
             const o = JSON.parse(l)
-            return `${o.msg}: agent read ${o.readMs} ms, round trip ${o.roundTripMs} ms (${o.messages} msg)`
+            return `${o.msg}: agent read ${o.readMs} ms${o.listMs === undefined ? '' : ` (of which listing the blocks ${o.listMs} ms)`}, waited for answers ${o.waitMs} ms (${o.messages} msg)`
           })
-        const rxChecks = checks.slice(seen).map((o) => `receiver: read ${o.readMs} ms, record ${o.recordMs} ms`)
+        const rxChecks = checks.slice(seen).map((o) => `receiver: read ${o.readMs} ms, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`)
         log(
           `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}${[...agentChecks, ...rxChecks].map((x) => `\n    ${x}`).join('')}`,
         )

@@ -13,7 +13,7 @@ import type { ScrubRecord } from './agent-state.ts'
 import type { DiskWork } from './disk-work.ts'
 import { AgentError } from './errors.ts'
 import { planExtents } from './extent-plan.ts'
-import { refusalError } from './receiver-client.ts'
+import { blockCheckTimeoutMs, refusalError } from './receiver-client.ts'
 import type { VerifyOptions } from './verification.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'
 
@@ -55,14 +55,83 @@ function maxBlocksPerCheck(opts: VerifyOptions): number {
   return Math.max(1, Math.min(MAX_MAP_BLOCKS, Math.floor(((opts.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes) - 256) / (8 + len))))
 }
 
+/**
+ * BlockChecks sent and not yet answered (SPEC §5.6: at most 4 of a disk):
+ * the receiver reads the blocks of one while the agent reads the next. A
+ * scrub slice is sent in this many parts (the receiver's block-check.ts
+ * `CHECK_RUNS_AHEAD` asks the holes of that many parts at once).
+ * @default 4
+ */
+export const CHECKS_IN_FLIGHT = 4
+
+/**
+ * Bytes of blocks per BlockCheck of `--verify changed` (at least one block):
+ * small, so that the receiver starts reading the first blocks while the
+ * agent still reads the next ones.
+ * @default 4 MiB
+ */
+export const VERIFY_CHECK_BYTES = 4 * 1024 * 1024
+
+/** A block and the digest of its frozen-view bytes (a view: copy to keep it). */
+type BlockDigest = readonly [block: number, digest: Uint8Array]
+
+/**
+ * The digests of the blocks `list` yields (ascending), each read from `w`'s
+ * frozen view, READS_IN_FLIGHT ahead of the one digested, into a small pool
+ * of reused buffers (no allocation per block). `stats.listMs`: the time
+ * spent waiting for `list` (the plan's ranges read again).
+ */
+async function* readBlockDigests(w: DiskWork, opts: VerifyOptions, blockSize: number, list: AsyncIterable<number>, stats: { listMs: number }): AsyncGenerator<BlockDigest> {
+  const chain = w.chain
+  const capacity = chain.capacity
+  const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(Math.min(blockSize, capacity)))
+  const reads: Array<{ block: number; buf: Buffer; length: number; done: Promise<void> }> = []
+  const it = list[Symbol.asyncIterator]()
+  let ended = false
+  let turn = 0
+  const issue = async (): Promise<void> => {
+    while (!ended && reads.length < READS_IN_FLIGHT) {
+      const tl = performance.now()
+      const n = await it.next()
+      stats.listMs += performance.now() - tl
+      if (n.done === true) {
+        ended = true
+        return
+      }
+      const block = n.value
+      const offset = block * blockSize
+      const length = Math.min(blockSize, capacity - offset)
+      const buf = pool[turn++ % pool.length] as Buffer
+      const done = chain.readInto !== undefined ? chain.readInto(buf, 0, offset, length, { depth: w.depth }) : chain.read(offset, length, { depth: w.depth }).then((b) => void b.copy(buf))
+      // handled when its turn comes; not an unhandled rejection while an earlier block is awaited
+      done.catch(() => {})
+      reads.push({ block, buf, length, done })
+    }
+  }
+  try {
+    await issue()
+    while (reads.length > 0) {
+      opts.signal?.throwIfAborted()
+      const r = reads.shift() as (typeof reads)[number]
+      await r.done
+      // the next block is read (into another buffer of the pool) while this one is digested
+      await issue()
+      yield [r.block, blockDigest(opts.digest, r.buf.subarray(0, r.length))]
+    }
+  } finally {
+    // reads still in flight settle before the pool (and the chain) is let go
+    for (const r of reads) await r.done.catch(() => {})
+  }
+}
+
 /** What comparing a list of blocks found. */
 interface CheckOutcome {
   blocks: number
   mismatched: number
-  /** time spent reading and digesting the frozen view's blocks, ms */
+  /** time spent listing, reading and digesting the frozen view's blocks (the agent's own work), ms */
   readMs: number
-  /** time from sending each BlockCheck to its answer, ms (the receiver's read, digest and verify record) */
-  roundTripMs: number
+  /** time the agent waited for answers (the receiver's side not overlapped with its own reading), ms */
+  waitMs: number
   /** BlockChecks sent */
   messages: number
   /** the first few mismatched blocks (for the message) */
@@ -70,81 +139,66 @@ interface CheckOutcome {
 }
 
 /**
- * Compare the blocks `list` yields (ascending) of `w`'s frozen view with the
- * mirror, in frame-sized BlockChecks. The digests come from `digestSource`
- * (the next block's, in the order of `list`) when given, else each block is read.
+ * Compare the blocks `digests` yields (ascending, each with the digest of its
+ * frozen-view bytes) with the mirror, in BlockChecks of at most `chunkBlocks`
+ * blocks, up to {@link CHECKS_IN_FLIGHT} of them unanswered: the receiver
+ * reads one part while the next is read here. Answers are taken in order; a
+ * refusal, or an answer naming a block its BlockCheck did not list, ends the
+ * comparison (E_PROTOCOL for the latter).
  */
-async function compareBlocks(
-  w: DiskWork,
-  opts: VerifyOptions,
-  blockSize: number,
-  list: AsyncIterable<number> | Iterable<number>,
-  digestSource?: { next(): Promise<Uint8Array> },
-): Promise<CheckOutcome> {
-  const capacity = w.chain.capacity
+async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number, digests: AsyncIterable<BlockDigest>, chunkBlocks: number): Promise<CheckOutcome> {
   const len = DigestLengths[opts.digest]
-  const per = maxBlocksPerCheck(opts)
-  const out: CheckOutcome = { blocks: 0, mismatched: 0, readMs: 0, roundTripMs: 0, messages: 0, first: [] }
-  const flush = async (batch: number[]): Promise<void> => {
-    const index = new Uint8Array(batch.length * 8)
-    const iv = new DataView(index.buffer)
-    const digests = new Uint8Array(batch.length * len)
-    // the blocks are read READS_IN_FLIGHT ahead of the one digested
-    const reads: Array<Promise<Buffer>> = []
-    let issued = 0
-    const t0 = performance.now()
-    try {
-      for (const [i, b] of batch.entries()) {
-        opts.signal?.throwIfAborted()
-        iv.setBigUint64(i * 8, BigInt(b), true)
-        if (digestSource !== undefined) {
-          digests.set(await digestSource.next(), i * len)
-          continue
-        }
-        while (reads.length < READS_IN_FLIGHT && issued < batch.length) {
-          const offset = (batch[issued] as number) * blockSize
-          const read = w.chain.read(offset, Math.min(blockSize, capacity - offset), { depth: w.depth })
-          // handled when its turn comes; not an unhandled rejection while an earlier block is awaited
-          read.catch(() => {})
-          reads.push(read)
-          issued++
-        }
-        digests.set(blockDigest(opts.digest, await (reads.shift() as Promise<Buffer>)), i * len)
-      }
-    } finally {
-      for (const r of reads) await r.catch(() => {})
-    }
-    const t1 = performance.now()
-    const r = await opts.client.blockCheck({ disk: w.handle, blockSize, blocks: index, digests })
-    out.readMs += t1 - t0
-    out.roundTripMs += performance.now() - t1
-    out.messages++
+  const per = Math.max(1, Math.min(maxBlocksPerCheck(opts), chunkBlocks))
+  const out: CheckOutcome = { blocks: 0, mismatched: 0, readMs: 0, waitMs: 0, messages: 0, first: [] }
+  const unanswered: Array<{ readonly batch: readonly number[]; readonly timeoutMs: number }> = []
+  const t0 = performance.now()
+  const settle = async (): Promise<void> => {
+    const s = unanswered.shift() as (typeof unanswered)[number]
+    const tw = performance.now()
+    const r = await opts.client.blockCheckResult(w.handle, s.timeoutMs)
+    out.waitMs += performance.now() - tw
     if (!r.ok) throw refusalError(`block check of ${w.name}`, r.refusal)
-    const listed = new Set(batch)
+    const listed = new Set(s.batch)
     const mv = new DataView(r.value.mismatched.buffer, r.value.mismatched.byteOffset, r.value.mismatched.byteLength)
     for (let i = 0; i < r.value.mismatched.length; i += 8) {
       const b = Number(mv.getBigUint64(i, true))
-      if (!listed.has(b)) throw new AgentError('E_PROTOCOL', `BlockCheckResult of ${w.name} names block ${b}, which was not checked`)
+      if (!listed.has(b)) throw new AgentError('E_PROTOCOL', `BlockCheckResult of ${w.name} names block ${b}, which its BlockCheck did not list`)
       if (out.first.length < 8) out.first.push(b)
       out.mismatched++
     }
-    out.blocks += batch.length
+    out.blocks += s.batch.length
+  }
+  const send = async (batch: readonly number[], sums: Uint8Array): Promise<void> => {
+    const index = new Uint8Array(batch.length * 8)
+    const iv = new DataView(index.buffer)
+    for (const [i, b] of batch.entries()) iv.setBigUint64(i * 8, BigInt(b), true)
+    if (unanswered.length >= CHECKS_IN_FLIGHT) await settle()
+    const msg = { disk: w.handle, blockSize, blocks: index, digests: sums.subarray(0, batch.length * len) }
+    await opts.client.sendBlockCheck(msg)
+    unanswered.push({ batch, timeoutMs: blockCheckTimeoutMs(msg) })
+    out.messages++
   }
   let batch: number[] = []
-  for await (const b of list) {
+  let sums = new Uint8Array(per * len)
+  for await (const [b, d] of digests) {
+    opts.signal?.throwIfAborted()
+    sums.set(d, batch.length * len)
     batch.push(b)
     if (batch.length === per) {
-      await flush(batch)
+      await send(batch, sums)
       batch = []
+      sums = new Uint8Array(per * len)
     }
   }
-  if (batch.length > 0) await flush(batch)
+  if (batch.length > 0) await send(batch, sums)
+  while (unanswered.length > 0) await settle()
+  out.readMs = performance.now() - t0 - out.waitMs
   return out
 }
 
-/** Where a comparison's time went (logged: `readMs` the frozen view, `roundTripMs` the receiver's side). */
-function timings(o: CheckOutcome): { readMs: number; roundTripMs: number; messages: number } {
-  return { readMs: Math.round(o.readMs), roundTripMs: Math.round(o.roundTripMs), messages: o.messages }
+/** Where a comparison's time went (logged: `readMs` the frozen view, `waitMs` the receiver's side not overlapped with it). */
+function timings(o: CheckOutcome): { readMs: number; waitMs: number; messages: number } {
+  return { readMs: Math.round(o.readMs), waitMs: Math.round(o.waitMs), messages: o.messages }
 }
 
 function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, blockSize: number): void {
@@ -156,10 +210,11 @@ function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, b
 /** Compare the blocks `w`'s cycle wrote with the mirror; record the outcome in its report. */
 export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions): Promise<void> {
   const blockSize = w.mode === 'resync' ? w.blockSize : (opts.blockSize ?? DEFAULT_BLOCK_SIZE)
-  const o = await compareBlocks(w, opts, blockSize, writtenBlocks(w, blockSize))
+  const stats = { listMs: 0 }
+  const o = await compareBlocks(w, opts, blockSize, readBlockDigests(w, opts, blockSize, writtenBlocks(w, blockSize), stats), Math.floor(VERIFY_CHECK_BYTES / blockSize))
   w.report.blockCheck = { ok: o.mismatched === 0, blockSize, blocks: o.blocks, mismatched: o.mismatched }
   if (o.mismatched > 0) fail(w, opts, 'block check', o, blockSize)
-  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize, ...timings(o) }, 'block check ok')
+  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize, ...timings(o), listMs: Math.round(stats.listMs) }, 'block check ok')
 }
 
 /**
@@ -178,9 +233,6 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
   if (whole) rec = { next: 0, blockSize, clean: true, provenAt: now }
   const from = rec.next
   const to = Math.min(total, from + Math.ceil(total / Math.max(1, opts.scrub)))
-  const range = function* (): Generator<number> {
-    for (let b = from; b < to; b++) yield b
-  }
   // the slice is read in large spans into reused buffers, the holes of a long one not at all (their digest is the zero block's):
   // read block by block it was the largest part of a scrub's extra time (scripts/bench-resync.mjs --scenario verify),
   // 1.97× this path read alone (scripts/bench-scrub-read.mjs)
@@ -198,9 +250,13 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
     onUnknownHoles: (bytes) => opts.log.info({ disk: w.name, bytes }, 'scrub: the holes of the view cannot be asked for here; they are read'),
   })
   source.start()
+  const range = async function* (): AsyncGenerator<BlockDigest> {
+    for (let b = from; b < to; b++) yield [b, await source.next()]
+  }
   let o: CheckOutcome
   try {
-    o = await compareBlocks(w, opts, blockSize, range(), source)
+    // the slice in CHECKS_IN_FLIGHT parts: the receiver reads each while the next is read here
+    o = await compareBlocks(w, opts, blockSize, range(), Math.ceil((to - from) / CHECKS_IN_FLIGHT))
   } finally {
     await source.close()
   }

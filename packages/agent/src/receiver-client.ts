@@ -176,11 +176,21 @@ export class ReceiverClient {
     return r
   }
 
-  /** BlockCheck → BlockCheckResult (SPEC §5.6); the receiver reads the listed blocks back from the mirror. */
-  async blockCheck(msg: Omit<BlockCheckMessage, 'kind'>): Promise<Reply<BlockCheckResultMessage>> {
-    const bytes = (msg.blocks.length / 8) * msg.blockSize
-    const r = await this.#request({ kind: MessageKind.BlockCheck, ...msg }, MessageKind.BlockCheckResult, 120_000 + Math.ceil(bytes / 20_000))
-    if (r.ok && r.value.disk !== msg.disk) throw this.#protocol(`BlockCheckResult for disk ${r.value.disk}, expected ${msg.disk}`)
+  /**
+   * Send a BlockCheck (the receiver reads the listed blocks back from the
+   * mirror) without waiting for its answer (SPEC §5.6: at most 4 of
+   * a disk unanswered); the answers are read with {@link blockCheckResult},
+   * in the order sent. A receiver's fatal Error that overtook it is thrown as
+   * the refusal it is.
+   */
+  async sendBlockCheck(msg: Omit<BlockCheckMessage, 'kind'>): Promise<void> {
+    await this.#send({ kind: MessageKind.BlockCheck, ...msg }, `block check of disk ${msg.disk}`)
+  }
+
+  /** The next BlockCheckResult: the answer to the oldest unanswered BlockCheck, which was of `disk`. */
+  async blockCheckResult(disk: number, timeoutMs: number): Promise<Reply<BlockCheckResultMessage>> {
+    const r = await this.#reply(MessageKind.BlockCheckResult, timeoutMs, true)
+    if (r.ok && r.value.disk !== disk) throw this.#protocol(`BlockCheckResult for disk ${r.value.disk}, expected ${disk}`)
     return r
   }
 
@@ -220,6 +230,11 @@ export class ReceiverClient {
     if (m.kind === MessageKind.Error) return errorReply(m)
     throw this.#protocol(`expected message 0x${kind.toString(16)}, got 0x${m.kind.toString(16)}`)
   }
+}
+
+/** How long the answer to a BlockCheck may take: the idle timeout plus its blocks read from a slow disk (20 MB/s). */
+export function blockCheckTimeoutMs(msg: Pick<BlockCheckMessage, 'blocks' | 'blockSize'>): number {
+  return 120_000 + Math.ceil(((msg.blocks.length / 8) * msg.blockSize) / 20_000)
 }
 
 /** The receiver's Error as a refusal; E_BUSY, E_SHUTDOWN and E_TIMEOUT are thrown as retryable connection losses. */

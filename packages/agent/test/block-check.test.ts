@@ -2,15 +2,17 @@
  * `--verify changed` and `--scrub N` on the agent side (SPEC §5.6) against a
  * real receiver process: the blocks a cycle wrote are compared after commit;
  * a scrub rotation covers the whole disk in N cycles and then reports it
- * proven; a block tampered with in the mirror under an unchanged CID is found
+ * proven (each slice sent as several BlockChecks in flight, chained by the
+ * receiver into its own rotation); a block tampered with in the mirror under an unchanged CID is found
  * by the rotation (E_CHECK, the disk marked diverged) and the next cycle
  * resyncs exactly the differing block, after which the mirror equals the
  * frozen source again. A long scrub slice of a sparse disk skips its holes
  * and still finds a block written into a hole of the mirror.
  */
 import t from 'tap'
-import { open } from 'node:fs/promises'
+import { open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { pollUntil } from '@grainline/test-utils'
 import { openChain } from '@grainline/vmdk'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import type { VmReport } from '../src/report.ts'
@@ -67,6 +69,8 @@ t.test('--verify changed compares the written blocks; --scrub 4 proves the disk 
     const r = await cycle(dir, vm, rx, `c${c}`, { scrub: 4 })
     const s = r.v.disks[0]?.scrub
     t.equal(s?.ok, true, `cycle ${c}: scrub of blocks ${s?.from}…${s?.to} ok`)
+    // 4 blocks of 256 KiB a slice: sent as 4 BlockChecks in flight (the receiver reads one while the next is read)
+    t.equal(r.lines.find((l) => l['msg'] === 'scrub ok')?.['messages'], 4, `cycle ${c}: the slice went in 4 parts`)
     seen.push([s?.from ?? -1, s?.to ?? -1])
     last = r.v
   }
@@ -74,6 +78,12 @@ t.test('--verify changed compares the written blocks; --scrub 4 proves the disk 
   for (let i = 1; i < seen.length; i++) t.equal(seen[i]?.[0], seen[i - 1]?.[1], 'each cycle continues where the last stopped')
   t.equal(last?.disks[0]?.scrub?.rotationComplete, true, 'the rotation is complete after 4 cycles')
   t.ok(last?.disks[0]?.scrub?.provenAt !== undefined, 'and the disk is reported proven')
+  // the receiver chained the parts into its own rotation: proven there too (its clean verdicts are written after the last answer)
+  const proven = await pollUntil(async () => {
+    const st = JSON.parse(await readFile(join(rx.store, 'checked', '.grainline', 'state.json'), 'utf8')) as { disks: Record<string, { proven?: { kind: string } }> }
+    return st.disks['checked.vmdk']?.proven?.kind === 'scrub' ? st.disks['checked.vmdk'].proven : undefined
+  })
+  t.match(proven, { kind: 'scrub' }, 'the receiver records the disk proven by the rotation')
   // tamper one byte of the mirror (the CID stays): the next rotation finds it
   const fh = await open(flat, 'r+')
   const b = Buffer.alloc(1)

@@ -185,3 +185,64 @@ t.test('retryable Errors that end the conversation stay retryable for the next s
   t.match(err, { name: 'ConnectionLost', closeCode: 1001 })
   t.ok(isRetryable(err))
 })
+
+t.test('BlockChecks in flight (SPEC §5.6): up to 4 unanswered, answers read in order; a fifth or an answer for another disk breaks the conversation', async (t) => {
+  const u64 = (xs: readonly number[]): Uint8Array => {
+    const b = new Uint8Array(xs.length * 8)
+    for (const [i, x] of xs.entries()) new DataView(b.buffer).setBigUint64(i * 8, BigInt(x), true)
+    return b
+  }
+  // answers BlockChecks only once four are queued (all were sent before any answer), the one of block 13 for disk 1,
+  // those of blocks from 100 never
+  const firstBlock = (m: { blocks: Uint8Array }): number => Number(new DataView(m.blocks.buffer, m.blocks.byteOffset).getBigUint64(0, true))
+  const held: Array<Extract<Message, { kind: typeof MessageKind.BlockCheck }>> = []
+  const url = await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.DiskOpen)
+      return { kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 3, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 }
+    if (m.kind === MessageKind.DiskEnd) return { kind: MessageKind.DiskEnded, disk: m.disk }
+    if (m.kind === MessageKind.Commit)
+      return { kind: MessageKind.Committed, vm: m.vm, cycle: m.cycle, generation: 'ef'.repeat(16), disks: [{ disk: 0, mirrorCid: '0badcafe', size: 1 << 20 }], retention: null }
+    if (m.kind !== MessageKind.BlockCheck) return 'default'
+    if (firstBlock(m) >= 100) return 'none'
+    held.push(m)
+    if (held.length === 4 || firstBlock(m) === 13) {
+      for (const h of held.splice(0)) {
+        const first = firstBlock(h)
+        ws.send(encodeMessage({ kind: MessageKind.BlockCheckResult, disk: first === 13 ? 1 : h.disk, ok: first !== 2, mismatched: first === 2 ? u64([2]) : new Uint8Array(0) }))
+      }
+    }
+    return 'none'
+  })
+  const committed = async (): Promise<ReceiverClient> => {
+    const c = await ReceiverClient.connect({ url, token: 'x' })
+    t.teardown(() => c.terminate())
+    await c.hello(hello)
+    await c.vmOpen(vmOpen)
+    await c.openDisk(diskOpen)
+    await c.endDisk({ disk: 0, extents: 0, dataBytes: 0, zeroBytes: 0, digest: new Uint8Array(8) })
+    t.match(await c.commit('vm', 4), { ok: true })
+    return c
+  }
+  const c = await committed()
+  const check = (b: number) => ({ disk: 0, blockSize: 4096, blocks: u64([b]), digests: new Uint8Array(8) })
+  for (const b of [100, 101, 102, 103]) await c.sendBlockCheck(check(b))
+  // a fifth before an answer is read: the agent's own conversation state refuses it before it leaves
+  await t.rejects(c.sendBlockCheck(check(104)), { code: 'E_PROTOCOL', message: /internal: the agent broke the conversation/ }, 'a fifth unanswered BlockCheck')
+  const d = await committed()
+  for (const b of [0, 1, 2, 3]) await d.sendBlockCheck(check(b))
+  const answers = []
+  for (let i = 0; i < 4; i++) answers.push(await d.blockCheckResult(0, 60_000))
+  t.same(
+    answers.map((a) => (a.ok ? [a.value.ok, a.value.mismatched.length / 8] : a.refusal.code)),
+    [
+      [true, 0],
+      [true, 0],
+      [false, 1],
+      [true, 0],
+    ],
+    'four answers, in the order sent',
+  )
+  await d.sendBlockCheck(check(13))
+  // checked on receipt by the conversation state machine (disk 1 was never opened)
+  await t.rejects(d.blockCheckResult(0, 60_000), { code: 'E_PROTOCOL', message: /receiver broke the conversation.*disk 1 is not open/ }, 'an answer for another disk')
+})

@@ -33,7 +33,7 @@ export interface BlockCheckOutcome {
   readonly holeBytes: number
   /** reading and digesting the listed blocks, ms */
   readonly readMs: number
-  /** writing the verdict to the VM's state file (fsynced), ms */
+  /** writing the verdict to the VM's state file (fsynced), ms; ~0 when a clean verdict is deferred */
   readonly recordMs: number
 }
 
@@ -50,11 +50,63 @@ const READS_IN_FLIGHT = 4
 export const HOLE_ASK_MIN_BYTES = 64 * 1024 * 1024
 
 /**
+ * BlockChecks of a disk an agent keeps in flight at once (SPEC §5.6: at most
+ * 4 unanswered); the agent sends a scrub slice as that many consecutive runs,
+ * so the first run of a slice asks the holes of this many runs' bytes.
+ * @default 4
+ */
+export const CHECK_RUNS_AHEAD = 4
+
+/**
+ * The flat's data ranges asked for by a BlockCheck that was a run, by disk
+ * name, kept for the next runs of the same slice (one `SEEK_DATA` helper per
+ * slice, not per BlockCheck). Valid while the flat is not written: a session
+ * keeps one after its commit only, when nothing writes the mirror.
+ */
+export type CheckHoleWindows = Map<string, { readonly start: number; readonly end: number; readonly ranges: readonly DataRange[] }>
+
+/** Options of {@link checkBlocks}. */
+export interface CheckBlocksOptions {
+  readonly signal?: AbortSignal | undefined
+  /**
+   * record a clean verdict in memory only (written by the VM's next save,
+   * `VmMirror.saveUnsaved`); a mismatch is always written before the answer
+   * @default false
+   */
+  readonly defer?: boolean
+  /** the data ranges asked for by earlier runs of this session (none: asked per BlockCheck) */
+  readonly windows?: CheckHoleWindows
+}
+
+/** Where `[start, end)` of the flat may hold data (undefined: unknown, every block is read). */
+async function runDataRanges(
+  fd: number,
+  name: string,
+  run: { from: number; to: number } | undefined,
+  blockSize: number,
+  capacity: number,
+  windows: CheckHoleWindows | undefined,
+): Promise<readonly DataRange[] | undefined> {
+  if (run === undefined || run.from * blockSize >= capacity) return undefined
+  const start = run.from * blockSize
+  const end = Math.min(run.to * blockSize, capacity)
+  const known = windows?.get(name)
+  if (known !== undefined && known.start <= start && end <= known.end) return known.ranges
+  // one run alone, or with the runs expected after it (a slice sent in parts), long enough to be worth the helper
+  const ahead = windows === undefined ? end : Math.min(capacity, start + (end - start) * CHECK_RUNS_AHEAD)
+  if (ahead - start < HOLE_ASK_MIN_BYTES) return undefined
+  const ranges = await fileDataRanges(fd, start, ahead).catch(() => undefined)
+  if (ranges !== undefined) windows?.set(name, { start, end: ahead, ranges })
+  return ranges
+}
+
+/**
  * Compare the listed blocks of disk `name` (committed in this session) with
  * the agent's digests. Returns the mismatched indexes as u64le.
  * @throws ReceiverError E_RANGE (a block beyond the disk), E_IO
  */
-export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckRequest, signal?: AbortSignal): Promise<BlockCheckOutcome> {
+export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckRequest, opts: CheckBlocksOptions = {}): Promise<BlockCheckOutcome> {
+  const signal = opts.signal
   const rec = vm.state.disks[name]
   if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
   const n = req.blocks.length / 8
@@ -72,12 +124,8 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   }
   // a long run of blocks: where the flat holds data (undefined: unknown, every block is read)
   const run = blockRun(req.blocks)
-  let data: readonly DataRange[] | undefined
-  if (run !== undefined && (run.to - run.from) * req.blockSize >= HOLE_ASK_MIN_BYTES && run.from * req.blockSize < rec.capacity) {
-    data = await fileDataRanges(fh.fd, run.from * req.blockSize, Math.min(run.to * req.blockSize, rec.capacity)).catch(() => undefined)
-  }
   // asked with increasing offsets
-  const mayHoldData = dataCursor(data)
+  const mayHoldData = dataCursor(await runDataRanges(fh.fd, name, run, req.blockSize, rec.capacity, opts.windows))
   // the blocks are read READS_IN_FLIGHT ahead of the one digested; undefined: a hole, not read
   const reads: Array<Promise<Buffer | number>> = []
   let issued = 0
@@ -121,6 +169,6 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
   for (const [i, b] of out.entries()) v.setBigUint64(i * 8, BigInt(b), true)
   const ok = out.length === 0
   const t1 = performance.now()
-  await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes }, { run, blockSize: req.blockSize })
+  await vm.recordVerify(name, 'blocks', { ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: '', bytes }, { run, blockSize: req.blockSize }, { defer: opts.defer === true })
   return { ok, mismatched, bytes, holeBytes, readMs: t1 - t0, recordMs: performance.now() - t1 }
 }

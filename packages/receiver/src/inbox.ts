@@ -41,6 +41,11 @@ export class Inbox {
     return this.frames.length
   }
 
+  /** The message kind of the next frame (its first byte: `u8(kind) • msgpack(map)`, not yet checked), or undefined when none is queued. */
+  peekKind(): number | undefined {
+    return this.frames[0]?.[0]
+  }
+
   /** Queue a frame; pause the socket above the high-water mark; wake a waiting reader. */
   push(frame: Buffer): void {
     this.frames.push(frame)

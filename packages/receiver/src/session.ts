@@ -41,7 +41,7 @@ import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
 import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
 import { ResyncMap } from './resync-map.ts'
 import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
-import { checkBlocks } from './block-check.ts'
+import { type CheckHoleWindows, checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 
@@ -79,6 +79,8 @@ export class Session {
   private readonly disks = new Map<number, PipelineDisk>()
   /** the mirror block maps of accepted resync disks, by handle (SPEC §5.9) */
   private readonly maps = new Map<number, ResyncMap | CephBlockMap>()
+  /** the flat's data ranges asked for by the BlockChecks of this session (after its commit: nothing writes the mirror) */
+  private readonly checkWindows: CheckHoleWindows = new Map()
   private readonly pipeline: ApplyPipeline
   private readonly abortCtl = new AbortController()
   private readonly deadlines: SessionDeadlines
@@ -513,10 +515,24 @@ export class Session {
     const name = this.disk(msg.disk).name
     const m = this.mirror
     const req = { ...msg, algorithm: (this.negotiated as Negotiated).digest }
-    const r = m instanceof CephVmMirror ? await m.checkBlocks(name, req, this.abortCtl.signal) : await checkBlocks(m, name, req, this.abortCtl.signal)
-    const ms = 'readMs' in r ? { holeBytes: r.holeBytes, readMs: Math.round(r.readMs), recordMs: Math.round(r.recordMs) } : {}
-    this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes, ...ms }, 'block check')
+    if (m instanceof CephVmMirror) {
+      const r = await m.checkBlocks(name, req, this.abortCtl.signal)
+      this.log.info({ disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes }, 'block check')
+      this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
+      return
+    }
+    // a clean verdict is written after the answer, once no further BlockCheck is queued (a slice sent in parts: one
+    // write for all of them); a mismatch is written before its answer (checkBlocks)
+    const r = await checkBlocks(m, name, req, { signal: this.abortCtl.signal, defer: true, windows: this.checkWindows })
     this.send({ kind: MessageKind.BlockCheckResult, disk: msg.disk, ok: r.ok, mismatched: r.mismatched })
+    const t0 = performance.now()
+    const queued = this.inbox.peekKind() === MessageKind.BlockCheck
+    if (!queued) await m.saveUnsaved()
+    const recordMs = Math.round(r.recordMs + performance.now() - t0)
+    this.log.info(
+      { disk: name, ok: r.ok, blocks: msg.blocks.length / 8, mismatched: r.mismatched.length / 8, bytes: r.bytes, holeBytes: r.holeBytes, readMs: Math.round(r.readMs), recordMs, deferred: queued },
+      'block check',
+    )
   }
 
   /** Send a typed Error, close with its code, release everything. */
@@ -583,6 +599,12 @@ export class Session {
     await this.pipeline.discard()
     for (const d of this.disks.values()) await d.apply.close().catch(() => {})
     for (const m of this.maps.values()) await m.close()
+    // clean block-check verdicts not written yet (the session ended with BlockChecks queued): a late proof, not an error
+    if (this.vm instanceof VmMirror && this.vm.hasUnsaved) {
+      await this.vm.saveUnsaved().catch((err: unknown) => {
+        this.log.warn({ vm: this.vmName, err: { message: (err as Error).message } }, 'block check verdicts not recorded (the mirror is unchanged; its next check records them)')
+      })
+    }
     // before the lock is released: the next session of the VM reports its own cycle only after it holds the lock
     if (this.vmName !== '') this.settings.observer?.sessionEnded?.(this.vmName)
     this.vm?.release()

@@ -68,6 +68,8 @@ export class VmMirror {
   readonly paths: VmPaths
   readonly vm: string
   private current: VmStateFile
+  /** clean verdicts recorded in `current` and not yet written (see {@link recordVerify} `defer`) */
+  private unsaved = false
   private readonly log: Logger
   private readonly lock: VmLock
 
@@ -79,9 +81,19 @@ export class VmMirror {
     this.lock = lock
   }
 
-  /** The VM's state as last written. */
+  /** The VM's state as last written (with the deferred clean verdicts, see {@link recordVerify}). */
   get state(): VmStateFile {
     return this.current
+  }
+
+  /** Whether clean verdicts recorded with `defer` are not written yet. */
+  get hasUnsaved(): boolean {
+    return this.unsaved
+  }
+
+  /** Write the deferred clean verdicts (state.json, fsynced); nothing when there are none. */
+  async saveUnsaved(): Promise<void> {
+    if (this.unsaved) await this.save(this.current)
   }
 
   /**
@@ -126,6 +138,7 @@ export class VmMirror {
   private async save(next: VmStateFile): Promise<void> {
     await writeVmState(this.paths, next)
     this.current = next
+    this.unsaved = false
   }
 
   /** Create the folders and stage the VM's config files for the next commit. */
@@ -427,14 +440,19 @@ export class VmMirror {
   }
 
   /**
-   * Record a trivial-check or certify result; a failed one marks the disk
-   * diverged (no incremental on it until a seed is committed).
+   * Record a trivial-check, certify or block-check result; a failed one marks
+   * the disk diverged (no incremental on it until a seed is committed) and is
+   * written at once. With `defer`, a clean one is only recorded in memory and
+   * written by the next save ({@link saveUnsaved}, or any later write of the
+   * state): a clean verdict lost in a crash costs nothing but a late proof
+   * (proof.ts), so a run of BlockChecks costs one fsynced write, not one each.
    */
   async recordVerify(
     name: string,
     kind: 'trivial' | 'certify' | 'blocks',
     r: VerifyRecord,
     blocks?: { readonly run: { from: number; to: number } | undefined; readonly blockSize: number },
+    opts: { readonly defer?: boolean } = {},
   ): Promise<void> {
     const rec = this.current.disks[name]
     if (rec === undefined) return
@@ -453,6 +471,12 @@ export class VmMirror {
       proof = { ...(p.proven === undefined ? {} : { proven: p.proven }), ...(p.scrubRun === undefined ? {} : { scrubRun: p.scrubRun }) }
     }
     const { proven: _p, scrubRun: _s, ...base } = rec
-    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...base, ...proof, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } })
+    const next = { ...this.current, disks: { ...this.current.disks, [name]: { ...base, ...proof, [kind]: r, ...(diverged === undefined ? {} : { diverged }) } } }
+    if (r.ok && opts.defer === true) {
+      this.current = next
+      this.unsaved = true
+      return
+    }
+    await this.save(next)
   }
 }
