@@ -2,6 +2,9 @@ import { ioError } from './errors.ts'
 import type { ApplyExtent } from './disk-apply.ts'
 import type { StoreApply } from './store/mirror-store.ts'
 
+/** One step of a batch's way (flushed: journaled, its writes about to start; written; durable) and the batch. */
+export type PipelineTrace = (step: 'flushed' | 'written' | 'durable', batch: { disk: string; first: number; last: number; bytes: number }) => void
+
 /** A disk open in a session, as the pipeline sees it. */
 export interface PipelineDisk {
   readonly handle: number
@@ -37,16 +40,19 @@ export class ApplyPipeline {
   private readonly target: () => number
   private readonly onDurable: (disk: PipelineDisk, seq: number) => void
   private readonly signal: AbortSignal | undefined
+  private readonly trace: PipelineTrace | undefined
 
   /**
    * @param target bytes per durable batch (read at each extent)
    * @param onDurable called once a batch is durable
    * @param signal the session's: journaling and writing stop between pieces once it is aborted
+   * @param trace told when each batch is flushed, written and durable (the session's debug log: a timeline of batches)
    */
-  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal) {
+  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, trace?: PipelineTrace) {
     this.target = target
     this.onDurable = onDurable
     this.signal = signal
+    this.trace = trace
   }
 
   /** Whether a batch is gathering and below its target size (worth waiting briefly for more). */
@@ -73,11 +79,14 @@ export class ApplyPipeline {
     const d = this.disk
     const batch = this.batch
     if (d === undefined || batch.length === 0) return
+    const bytes = this.bytes
     this.batch = []
     this.disk = undefined
     this.bytes = 0
     this.lastFlushed = d
     const a = d.apply
+    const span = this.trace === undefined ? undefined : { disk: d.name, first: (batch[0] as ApplyExtent).seq, last: (batch[batch.length - 1] as ApplyExtent).seq, bytes }
+    if (span !== undefined) this.trace?.('flushed', span)
     const opts = this.signal === undefined ? {} : { signal: this.signal }
     await a.prepareBatch(batch, opts).catch((err: unknown) => {
       throw ioError(err, `journaling extents of ${d.name}`)
@@ -102,11 +111,13 @@ export class ApplyPipeline {
         await prev?.catch(() => {})
         throw ioError(err, `writing extents of ${d.name}`)
       }
+      if (span !== undefined) this.trace?.('written', span)
       // markers in batch order: the previous batch's fdatasync and marker first (its error is ours)
       if (prev !== undefined) await prev
       await a.syncBatch(batch).catch((err: unknown) => {
         throw ioError(err, `writing extents of ${d.name}`)
       })
+      if (span !== undefined) this.trace?.('durable', span)
       this.onDurable(d, a.appliedSeq)
     })()
     p.catch(() => {}) // surfaced by drain

@@ -108,6 +108,8 @@ export class Session {
         this.settings.observer?.diskProgress?.(this.vmName, d.name, c.dataBytes + c.zeroBytes)
       },
       this.abortCtl.signal,
+      // debug: a timeline of batches (flushed, written, durable), pino's time on each line
+      this.log.isLevelEnabled('debug') ? (step, b) => this.log.debug(b, `batch ${step}`) : undefined,
     )
     this.deadlines = new SessionDeadlines({
       helloMs: settings.helloTimeoutMs,
@@ -186,7 +188,9 @@ export class Session {
         if (frame === undefined) {
           // nothing more to do until the agent sends again: every batch
           // durable, and the resume point of the last one written out
+          this.log.debug('inbox dry: waiting for every batch to be durable')
           await this.pipeline.idle()
+          this.log.debug('pipeline idle')
           break
         }
         const msg = this.decode(frame)
