@@ -9,6 +9,11 @@
 // Rounds are interleaved (dd, seed apply path, seed over TLS; BENCH_ROUNDS,
 // default 3); medians, per-round ratios to dd and the load average are printed.
 // BENCH_PROF=<dir> writes the receiver process's CPU profile there.
+// BENCH_RECEIVER_DIST=<dir>: the receiver process from another build (a copy of
+// packages/receiver/dist kept inside packages/receiver, for an A/B of the wire path).
+// BENCH_TIMELINE=1 prints the sender's time blocked on the window and its acks;
+// BENCH_LOG=debug makes the receiver log each batch flushed/written/durable.
+
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
 //   BENCH_MIB=256 BENCH_ROUNDS=5 BENCH_DIR=/mnt/x node scripts/bench-receiver.mjs
@@ -77,7 +82,7 @@ const child = spawn(
   process.execPath,
   [
     ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-    fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
+    process.env.BENCH_RECEIVER_DIST ? resolve(process.env.BENCH_RECEIVER_DIST, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
     '--listen',
     '127.0.0.1:0',
     '--store',
