@@ -112,9 +112,9 @@ function receiverCpu() {
   try {
     const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
     const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
-    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK }
+    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK, faults: Number(v[7]) }
   } catch {
-    return { user: NaN, system: NaN }
+    return { user: NaN, system: NaN, faults: NaN }
   }
 }
 
@@ -226,7 +226,7 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
   const c1 = receiverCpu()
-  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024) })
+  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024), faults: (c1.faults - c0.faults) / (N / 1024) })
   // BENCH_TIMELINE=1: the sender's side of the window, per wire cycle
   if (process.env.BENCH_TIMELINE === '1') {
     const gaps = acks.map((a, i) => a[0] - (i === 0 ? 0 : acks[i - 1][0]))
@@ -342,6 +342,7 @@ console.log(
   `incremental (once, vs dd ${rawEnd.toFixed(0)} MiB/s after them): apply path first/steady ${incApplyFirst.toFixed(0)}/${incApply.toFixed(0)} MiB/s, over TLS first/steady ${incFirst.toFixed(0)}/${inc.toFixed(0)} MiB/s`,
 )
 console.log(`receiver CPU per GiB over TLS, per wire cycle (user/system): ${cpuPerGiB.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
+console.log(`receiver minor page faults per GiB over TLS, per wire cycle: ${cpuPerGiB.map((x) => x.faults.toFixed(0)).join(' ')}`)
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -359,5 +360,6 @@ const out = {
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: pct(inc / median([raw, rawEnd])),
   receiverCpuSecPerGiB: cpuPerGiB.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
+  receiverMinorFaultsPerGiB: cpuPerGiB.map((x) => Math.round(x.faults)),
 }
 console.log(JSON.stringify(out))
