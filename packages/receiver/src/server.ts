@@ -164,6 +164,9 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       throw new ReceiverError('E_CONFIG', `${flag} (${key}) must be a whole number of bytes from 1 to 1 GiB, not ${String(v)}`)
     }
   }
+  if (init.trivialMiB !== undefined && !(Number.isSafeInteger(init.trivialMiB) && init.trivialMiB >= 0 && init.trivialMiB <= MiB)) {
+    throw new ReceiverError('E_CONFIG', `--trivial-mb (trivialMiB) must be a whole number of MiB from 0 to 1048576 (1 TiB), not ${String(init.trivialMiB)}`)
+  }
   const maxExtentBytes = init.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   const local: LocalCapabilities = {
     versions: [PROTOCOL_VERSION],

@@ -91,6 +91,10 @@ t.test('config and set-up errors', async (t) => {
     t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], windowBytes: bad }), { code: 'E_CONFIG', message: /--window-bytes/ }, `window ${bad} refused`)
     t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], batchBytes: bad }), { code: 'E_CONFIG', message: /--batch-bytes/ }, `batch ${bad} refused`)
   }
+  for (const bad of [Number.NaN, -1, 1.5, 2 ** 21]) {
+    t.throws(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], trivialMiB: bad }), { code: 'E_CONFIG', message: /--trivial-mb/ }, `trivial ${bad} refused`)
+  }
+  t.doesNotThrow(() => createReceiver({ logger }, { host: '127.0.0.1', store: dir, tokens: [], trivialMiB: 0 }), 'trivialMiB 0 (no trivial prefix) accepted')
   const r = createReceiver({ logger }, { host: '0.0.0.0', store: dir, tokens: [], insecure: true })
   await t.rejects(r.listen(), { code: 'E_CONFIG' }, 'an empty token list is refused at listen')
   writeFileSync(join(dir, 'bad-tokens.json'), '{')
