@@ -9,6 +9,11 @@
 // Rounds are interleaved (dd, seed apply path, seed over TLS; BENCH_ROUNDS,
 // default 3); medians, per-round ratios to dd and the load average are printed.
 // BENCH_PROF=<dir> writes the receiver process's CPU profile there.
+// BENCH_RECEIVER_DIST=<dir>: the receiver process from another build (a copy of
+// packages/receiver/dist kept inside packages/receiver, for an A/B of the wire path).
+// BENCH_TIMELINE=1 prints the sender's time blocked on the window and its acks;
+// BENCH_LOG=debug makes the receiver log each batch flushed/written/durable.
+
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
 //   BENCH_MIB=256 BENCH_ROUNDS=5 BENCH_DIR=/mnt/x node scripts/bench-receiver.mjs
@@ -77,7 +82,7 @@ const child = spawn(
   process.execPath,
   [
     ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-    fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
+    process.env.BENCH_RECEIVER_DIST ? resolve(process.env.BENCH_RECEIVER_DIST, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
     '--listen',
     '127.0.0.1:0',
     '--store',
@@ -107,9 +112,9 @@ function receiverCpu() {
   try {
     const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
     const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
-    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK }
+    return { user: Number(v[11]) / TICK, system: Number(v[12]) / TICK, faults: Number(v[7]) }
   } catch {
-    return { user: NaN, system: NaN }
+    return { user: NaN, system: NaN, faults: NaN }
   }
 }
 
@@ -189,30 +194,56 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const c0 = receiverCpu()
   let acked = -1
   const window = WINDOW / EXT
+  // the sender's view: time blocked on a full window, and each ack (ms since the first extent, seq)
+  let blocked = 0
+  const acks = []
+  const ms = () => Number(process.hrtime.bigint() - t0) / 1e6
   for (let seq = 0; seq < f.out.length; seq++) {
-    while (seq - acked > window) {
-      const m = await next()
-      if (m.kind === MessageKind.ExtentAck) acked = m.seq
-      else throw new Error(JSON.stringify(m))
+    if (seq - acked > window) {
+      const b0 = ms()
+      while (seq - acked > window) {
+        const m = await next()
+        if (m.kind === MessageKind.ExtentAck) {
+          acked = m.seq
+          acks.push([ms(), m.seq])
+        } else throw new Error(JSON.stringify(m))
+      }
+      blocked += ms() - b0
     }
     ws.send(f.out[seq])
   }
+  const sentAt = ms()
   ws.send(encodeMessage(f.end))
   for (;;) {
     const m = await next()
     if (m.kind === MessageKind.DiskEnded) break
     if (m.kind !== MessageKind.ExtentAck) throw new Error(JSON.stringify(m))
+    acks.push([ms(), m.seq])
   }
+  const endedAt = ms()
   ws.send(encodeMessage({ kind: MessageKind.Commit, vm, cycle, retention: null }))
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
   const c1 = receiverCpu()
-  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024) })
+  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024), faults: (c1.faults - c0.faults) / (N / 1024) })
+  // BENCH_TIMELINE=1: the sender's side of the window, per wire cycle
+  if (process.env.BENCH_TIMELINE === '1') {
+    const gaps = acks.map((a, i) => a[0] - (i === 0 ? 0 : acks[i - 1][0]))
+    console.log(
+      `timeline ${mode} ${vm}: ${(s * 1000).toFixed(0)} ms, sender blocked on the window ${blocked.toFixed(0)} ms (${((100 * blocked) / (s * 1000)).toFixed(0)} %), last extent sent at ${sentAt.toFixed(0)} ms, DiskEnded at ${endedAt.toFixed(0)} ms, ${acks.length} acks (mean ${(f.out.length / Math.max(1, acks.length)).toFixed(1)} extents each, gaps median ${median(gaps).toFixed(0)} max ${Math.max(...gaps).toFixed(0)} ms)`,
+    )
+    console.log(`acks [ms, seq]: ${JSON.stringify(acks.map(([t, q]) => [Math.round(t), q]))}`)
+  }
   ws.close()
   return N / s
 }
 const cpuPerGiB = []
+function median(xs) {
+  const v = [...xs].sort((a, b) => a - b)
+  const n = v.length
+  return n === 0 ? NaN : n % 2 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
+}
 
 // Apply path alone (no network): the receiver's own store code, digest check
 // included, 32 MiB durable batches — what the disk path costs.
@@ -292,11 +323,6 @@ child.kill('SIGTERM')
 await once(child, 'exit')
 rmSync(join(dir, 'store'), { recursive: true, force: true })
 rmSync(join(dir, 'store2'), { recursive: true, force: true })
-const median = (xs) => {
-  const v = [...xs].sort((a, b) => a - b)
-  const n = v.length
-  return n % 2 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
-}
 const raw = median(rounds.map((x) => x.raw))
 const pct = (x) => +(100 * x).toFixed(1)
 const fmt = (xs) => xs.map((x) => x.toFixed(0)).join(' ')
@@ -316,6 +342,7 @@ console.log(
   `incremental (once, vs dd ${rawEnd.toFixed(0)} MiB/s after them): apply path first/steady ${incApplyFirst.toFixed(0)}/${incApply.toFixed(0)} MiB/s, over TLS first/steady ${incFirst.toFixed(0)}/${inc.toFixed(0)} MiB/s`,
 )
 console.log(`receiver CPU per GiB over TLS, per wire cycle (user/system): ${cpuPerGiB.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
+console.log(`receiver minor page faults per GiB over TLS, per wire cycle: ${cpuPerGiB.map((x) => x.faults.toFixed(0)).join(' ')}`)
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -333,5 +360,6 @@ const out = {
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: pct(inc / median([raw, rawEnd])),
   receiverCpuSecPerGiB: cpuPerGiB.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
+  receiverMinorFaultsPerGiB: cpuPerGiB.map((x) => Math.round(x.faults)),
 }
 console.log(JSON.stringify(out))

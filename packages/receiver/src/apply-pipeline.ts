@@ -1,12 +1,18 @@
 import { ioError } from './errors.ts'
 import type { ApplyExtent } from './disk-apply.ts'
+import type { PayloadPool } from './payload-pool.ts'
 import type { StoreApply } from './store/mirror-store.ts'
+
+/** One step of a batch's way (flushed: journaled, its writes about to start; written; durable) and the batch. */
+export type PipelineTrace = (step: 'flushed' | 'written' | 'durable', batch: { disk: string; first: number; last: number; bytes: number }) => void
 
 /** A disk open in a session, as the pipeline sees it. */
 export interface PipelineDisk {
   readonly handle: number
   readonly name: string
   readonly apply: StoreApply
+  /** whether the store is done with a payload once its batch's writes resolved (its buffer may then be reused) */
+  readonly reusePayload?: boolean
 }
 
 /**
@@ -37,16 +43,22 @@ export class ApplyPipeline {
   private readonly target: () => number
   private readonly onDurable: (disk: PipelineDisk, seq: number) => void
   private readonly signal: AbortSignal | undefined
+  private readonly trace: PipelineTrace | undefined
+  private readonly pool: PayloadPool | undefined
 
   /**
    * @param target bytes per durable batch (read at each extent)
    * @param onDurable called once a batch is durable
    * @param signal the session's: journaling and writing stop between pieces once it is aborted
+   * @param opts `trace`: told when each batch is flushed, written and durable (the session's debug log: a timeline
+   *   of batches); `pool`: payloads of disks with `reusePayload` are copied into its buffers, given back once written
    */
-  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal) {
+  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, opts: { trace?: PipelineTrace; pool?: PayloadPool } = {}) {
     this.target = target
     this.onDurable = onDurable
     this.signal = signal
+    this.trace = opts.trace
+    this.pool = opts.pool
   }
 
   /** Whether a batch is gathering and below its target size (worth waiting briefly for more). */
@@ -58,7 +70,8 @@ export class ApplyPipeline {
   async add(disk: PipelineDisk, e: ApplyExtent): Promise<void> {
     // a batch holds one disk's extents
     if (this.disk !== undefined && this.disk !== disk) await this.flush()
-    this.batch.push(e)
+    // written from a reused buffer (payload-pool.ts): writing from fresh memory is several times slower
+    this.batch.push(this.pool !== undefined && disk.reusePayload === true && e.data !== undefined ? { ...e, data: this.pool.copy(e.data) } : e)
     this.disk = disk
     this.bytes += disk.apply.cost(e)
     if (this.bytes >= this.target()) await this.flush()
@@ -73,11 +86,14 @@ export class ApplyPipeline {
     const d = this.disk
     const batch = this.batch
     if (d === undefined || batch.length === 0) return
+    const bytes = this.bytes
     this.batch = []
     this.disk = undefined
     this.bytes = 0
     this.lastFlushed = d
     const a = d.apply
+    const span = this.trace === undefined ? undefined : { disk: d.name, first: (batch[0] as ApplyExtent).seq, last: (batch[batch.length - 1] as ApplyExtent).seq, bytes }
+    if (span !== undefined) this.trace?.('flushed', span)
     const opts = this.signal === undefined ? {} : { signal: this.signal }
     await a.prepareBatch(batch, opts).catch((err: unknown) => {
       throw ioError(err, `journaling extents of ${d.name}`)
@@ -102,16 +118,24 @@ export class ApplyPipeline {
         await prev?.catch(() => {})
         throw ioError(err, `writing extents of ${d.name}`)
       }
+      if (this.pool !== undefined) for (const e of batch) this.pool.give(e.data)
+      if (span !== undefined) this.trace?.('written', span)
       // markers in batch order: the previous batch's fdatasync and marker first (its error is ours)
       if (prev !== undefined) await prev
       await a.syncBatch(batch).catch((err: unknown) => {
         throw ioError(err, `writing extents of ${d.name}`)
       })
+      if (span !== undefined) this.trace?.('durable', span)
       this.onDurable(d, a.appliedSeq)
     })()
     p.catch(() => {}) // surfaced by drain
     this.written = written
     this.writing = p
+  }
+
+  /** Settles when every batch flushed so far is durable (rejects with the error of one that failed); does not consume it: {@link drain} still rethrows. */
+  settled(): Promise<void> {
+    return this.writing ?? Promise.resolve()
   }
 
   /** Wait for the running stage 2, rethrowing its error. */

@@ -29,6 +29,7 @@ import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
+import { PayloadPool } from './payload-pool.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
@@ -44,6 +45,9 @@ import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
 import { type CheckHoleWindows, checkBlocks } from './block-check.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
+
+/** A dry inbox re-checks this often while batches become durable (a frame or the last durable batch wakes it at once), ms. */
+const DRY_WAIT_MS = 1000
 
 /**
  * (Over 400 lines: one small handler per message kind of SPEC §8.3; the work
@@ -110,6 +114,12 @@ export class Session {
         this.settings.observer?.diskProgress?.(this.vmName, d.name, c.dataBytes + c.zeroBytes)
       },
       this.abortCtl.signal,
+      {
+        // debug: a timeline of batches (flushed, written, durable), pino's time on each line
+        trace: (step, b) => this.log.debug(b, `batch ${step}`),
+        // at most the inbox's bound of reused payload buffers (two batches in flight)
+        pool: new PayloadPool(() => settings.highWaterBytes),
+      },
     )
     this.deadlines = new SessionDeadlines({
       helloMs: settings.helloTimeoutMs,
@@ -186,9 +196,18 @@ export class Session {
           frame = this.inbox.shift()
         }
         if (frame === undefined) {
+          // the inbox ran dry: the gathering batch goes on its way at once
+          // (journaled, its writes started), and the next frame is taken as
+          // soon as it comes — the batches in flight become durable and are
+          // acked meanwhile, so the agent's window keeps the pipe full while
+          // the disk syncs (an ack still follows its batch's fdatasync)
+          await this.pipeline.flush()
+          this.log.debug('inbox dry: waiting for a frame or for every batch to be durable')
+          if (await this.frameBeforeDurable()) continue
           // nothing more to do until the agent sends again: every batch
           // durable, and the resume point of the last one written out
           await this.pipeline.idle()
+          this.log.debug('pipeline idle')
           break
         }
         const msg = this.decode(frame)
@@ -209,6 +228,28 @@ export class Session {
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
+  }
+
+  /**
+   * Wait until a frame arrives (true) or every flushed batch is durable
+   * (false). A batch that failed gives false: the caller's
+   * {@link ApplyPipeline.idle} then rethrows its error before anything else.
+   */
+  private async frameBeforeDurable(): Promise<boolean> {
+    let settled = false
+    let failed = false
+    this.pipeline.settled().then(
+      () => {
+        settled = true
+        this.inbox.interrupt()
+      },
+      () => {
+        settled = failed = true
+        this.inbox.interrupt()
+      },
+    )
+    while (!settled && !this.dead && this.inbox.length === 0) await this.inbox.wait(DRY_WAIT_MS)
+    return !failed && !this.dead && this.inbox.length > 0
   }
 
   /** bytes per durable batch: the setting, at most half the negotiated window */
@@ -342,7 +383,8 @@ export class Session {
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {
-      this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply })
+      // a folder store has copied a payload into the page cache once its batch's writes resolved
+      this.disks.set(msg.disk, { handle: msg.disk, name: msg.name, apply: r.apply, reusePayload: !(vm instanceof CephVmMirror) })
       if (msg.mode === 'resync' && vm instanceof CephVmMirror) {
         const map = await vm.openBlockMap(msg.name, msg.blockSize ?? 0).catch((err: unknown) => {
           throw ioError(err, `opening the block map of ${msg.name}`)
