@@ -50,7 +50,8 @@ t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one
   const store = ['--store', 'ceph:nopool', '--ceph-conf', '/nonexistent/ceph.conf', '--vm', 'v']
   const cases: Array<[string[], RegExp]> = [
     [['mirror', 'failover', ...store], /failover from a ceph:POOL store needs --to DIR/],
-    [['points', 'open', ...store, '--point', '1'], /points open is not supported on a Ceph store .*mirror failover/],
+    [['points', 'open', ...store, '--point', '1', '--to', '/tmp/x'], /points open on a Ceph store makes RBD clones, not a folder/],
+    [['points', 'archive', ...store], /points archive needs --archive s3:\/\/BUCKET/],
     [['points', 'drop', ...store], /points drop needs --point K/],
     [['points', 'close', ...store], /points close needs --to DIR or --all/],
     [['points', 'prune', ...store], /points prune needs a policy/],

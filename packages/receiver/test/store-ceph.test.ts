@@ -10,7 +10,23 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { cliBin, haveCeph, pollUntil, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
-import { cephClosePoint, cephFailover, cephListPoints, cephPrunePoints, cephRestorePoint, cephRestoreVm, cephRollbackMirror, parseCephStore } from '../src/index.ts'
+import {
+  cephArchivePoints,
+  cephClosePoint,
+  cephFailover,
+  cephListPoints,
+  cephOpenPoint,
+  cephPrunePoints,
+  cephRestorePoint,
+  cephRestoreVm,
+  cephRollbackMirror,
+  parseCephStore,
+  qemuRbdName,
+  restoreFromArchive,
+  S3Bucket,
+} from '../src/index.ts'
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import { cephConfigFiles } from '../src/store/ceph/ceph-archive.ts'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
@@ -21,7 +37,7 @@ import { storeConformance } from './store-conformance.ts'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
-import { CephNames, emptyCephState, readCephState, writeCephState, type CephVmState } from '../src/store/ceph/ceph-state.ts'
+import { CephNames, emptyCephState, readCephState, writeCephState, type CephHoldRecord, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
@@ -84,7 +100,7 @@ t.test('store spec: ceph:POOL with client settings; a bad pool name is a config 
 })
 
 t.test('Ceph store', { skip }, async (t) => {
-  const ceph: CephCluster = await startCephCluster({ pools: [POOL] })
+  const ceph: CephCluster = await startCephCluster({ pools: [POOL], rgw: true })
   t.teardown(() => ceph.stop())
   const target = { pool: POOL, conf: ceph.conf }
   const base = scratchDir(t, 'grainline-store-ceph-')
@@ -346,5 +362,193 @@ t.test('Ceph store', { skip }, async (t) => {
     t.notOk(existsSync(fo), 'and removes the partial folder')
     await writeCephState(target, new CephNames('hostile-holds').state, { ...emptyCephState('hostile-holds'), holds: 'x' } as unknown as CephVmState)
     await t.rejects(cephListPoints(target, 'hostile-holds'), { code: 'E_STATE' }, 'holds that are not a list of holds: E_STATE')
+  })
+
+  t.test('points archive from RBD snapshots to radosgw with Object Lock; restored from the bucket alone equal to each snapshot; refusals typed', async (t) => {
+    const log = pino({ level: 'silent' })
+    const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
+    const credentials = { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }
+    const s3 = new S3Client({
+      region: 'us-east-1',
+      endpoint: s3cfg.endpoint,
+      forcePathStyle: true,
+      credentials,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    })
+    t.teardown(() => s3.destroy())
+    await s3.send(new CreateBucketCommand({ Bucket: 'ceph-locked', ObjectLockEnabledForBucket: true }))
+    await s3.send(new CreateBucketCommand({ Bucket: 'ceph-plain' }))
+    const bucket = new S3Bucket({ bucket: 'ceph-locked', prefix: 'r/', endpoint: s3cfg.endpoint, credentials })
+    const plain = new S3Bucket({ bucket: 'ceph-plain', prefix: '', endpoint: s3cfg.endpoint, credentials })
+    t.teardown(() => {
+      bucket.close()
+      plain.close()
+    })
+    const lock = { mode: 'GOVERNANCE' as const, until: new Date(Date.now() + 86_400_000) }
+    const vm = 'vm-prune-crash'
+    const listed = await cephListPoints(target, vm)
+    const cycles = listed.points.map((p) => p.cycle)
+    t.same(cycles, [2, 3, 4], 'points 2, 3 and the mirror 4 (the drop case left them)')
+    const progress: number[] = []
+    const done = await cephArchivePoints(target, vm, undefined, { logger: log, bucket, prefix: 'r/', lock, onProgress: (p) => progress.push(p.bytes) })
+    t.same(
+      done.map((p) => [p.cycle, p.archived]),
+      [
+        [2, true],
+        [3, true],
+        [4, true],
+      ],
+      'every kept point and the mirror archived, oldest first',
+    )
+    t.ok(progress.length >= 3, 'progress reported')
+    t.ok(
+      done.every((p) => p.uploaded >= 1),
+      'each point uploads its changed chunk',
+    )
+    for (const k of cycles) {
+      const to = join(base, `from-bucket-${k}`)
+      const r = await restoreFromArchive(bucket, 'r/', vm, k, to, { logger: log })
+      const ref = await cephRestorePoint(target, vm, k, join(base, `archive-ref-${k}`))
+      t.equal(r.disks.length, ref.disks.length, `point ${k}: every disk`)
+      for (const d of r.disks) {
+        const e = ref.disks.find((x) => x.name === d.name) as { file: string; snapshot: string }
+        t.same(await readFile(d.flat), await readFile(e.file), `point ${k}, ${d.name}: restored from the bucket = rbd export of ${e.snapshot}`)
+      }
+    }
+    t.same(
+      (await cephArchivePoints(target, vm, [3], { logger: log, bucket, prefix: 'r/', lock })).map((p) => p.archived),
+      [false],
+      'archived already: nothing read or sent',
+    )
+    await t.rejects(
+      cephArchivePoints(target, vm, undefined, { logger: log, bucket: plain, prefix: '', lock }),
+      { code: 'E_CONFIG', message: /no Object Lock/ },
+      'a lock on a bucket without Object Lock',
+    )
+    await t.rejects(cephArchivePoints(target, vm, [99], { logger: log, bucket, prefix: 'r/' }), { code: 'E_NOT_FOUND', message: /no point 99/ }, 'a point the pool does not have')
+    await t.rejects(cephArchivePoints(target, 'no-such-vm', undefined, { logger: log, bucket, prefix: 'r/' }), { code: 'E_NOT_FOUND' }, 'a VM the pool does not have')
+    await t.rejects(cephArchivePoints(target, '../x', undefined, { logger: log, bucket, prefix: 'r/' }), { code: 'E_BAD_NAME' }, 'a VM name that is not a name')
+    // hostile states (planted by the restore case): nothing read or sent
+    await t.rejects(cephArchivePoints(target, 'hostile-disk', undefined, { logger: log, bucket, prefix: 'h/' }), { code: 'E_STATE' }, 'a disk name with a separator')
+    await t.rejects(cephArchivePoints(target, 'hostile-image', undefined, { logger: log, bucket, prefix: 'h/' }), { code: 'E_STATE' }, 'an image name that is not an RBD name')
+    await t.rejects(
+      cephArchivePoints(target, 'missing-image', undefined, { logger: log, bucket, prefix: 'h/' }),
+      { code: 'E_IO', message: /a\.vmdk.*point 1/ },
+      'a snapshot that cannot be read: E_IO naming the disk and point',
+    )
+    const s = (await readCephState(target, new CephNames(vm).state, vm)) as CephVmState
+    const real = s.disks['x.vmdk'] as CephVmState['disks'][string]
+    await writeCephState(target, new CephNames('wrong-capacity').state, { ...emptyCephState('wrong-capacity'), committedCycle: 1, disks: { 'x.vmdk': { ...real, capacity: 512 } } })
+    await t.rejects(
+      cephArchivePoints(target, 'wrong-capacity', undefined, { logger: log, bucket, prefix: 'h/' }),
+      { code: 'E_STATE', message: /capacity of 512/ },
+      'a snapshot whose size is not the recorded capacity',
+    )
+    t.same(await bucket.list('h/'), [], 'nothing was written for a refused point')
+  })
+
+  t.test('configuration files of an archived Ceph point: the .vmx as a mirror has it, the .nvram', async (t) => {
+    const vmx = 'displayName = "web"\nscsi0:0.fileName = "web-000002.vmdk"\nscsi0:0.present = "TRUE"\n'
+    const s = { ...emptyCephState('web'), files: { 'web.vmx': Buffer.from(vmx).toString('base64'), 'web.nvram': Buffer.from('nv').toString('base64'), 'web.vmsd': '' } }
+    const files = cephConfigFiles(s, ['web.vmdk'])
+    t.same(
+      files.map((f) => f.name),
+      ['web.vmx', 'web.nvram'],
+    )
+    t.match(files[0]?.data.toString(), /displayName = "web \(grainline mirror\)"/)
+    t.match(files[0]?.data.toString(), /scsi0:0\.fileName = "web\.vmdk"/, 'the .vmx names the restored descriptor')
+    t.equal(files[1]?.data.toString(), 'nv')
+    t.same(cephConfigFiles(emptyCephState('none'), []), [], 'no files: none archived')
+  })
+
+  t.test('points open: RBD clones of a point, held; writes to a clone leave the snapshot; close removes the clones and unprotects', async (t) => {
+    const log = pino({ level: 'silent' })
+    const vm = 'vm-prune-crash'
+    const names = new CephNames(vm)
+    const p2 = ((await readCephState(target, names.state, vm)) as CephVmState).points.find((p) => p.cycle === 2)?.disks['x.vmdk']
+    if (p2 === undefined) throw new Error('no point 2')
+    const snapshotBytes = async (): Promise<Buffer> => {
+      const r = await RbdImage.open(target, p2.image, p2.snap)
+      try {
+        return await r.read(0, r.size)
+      } finally {
+        await r.close()
+      }
+    }
+    const before = await snapshotBytes()
+    const o = await cephOpenPoint(target, vm, 2, { logger: log })
+    t.equal(o.cycle, 2)
+    t.match(o.name, /^open-[0-9a-f]{12}$/)
+    t.equal(o.clones.length, 1, 'one clone per disk')
+    const c = o.clones[0] as (typeof o.clones)[number]
+    t.match(c.image, /^glo\.[0-9a-f]{24}\.[0-9a-f]{24}\.[0-9a-f]{12}$/, 'a clone name no mirror image (gl.) can have')
+    t.equal(c.snapshot, `${POOL}/${p2.image}@${p2.snap}`)
+    t.equal(c.qemu, `rbd:${POOL}/${c.image}:conf=${ceph.conf}`)
+    t.match(o.boot, /qemu-system-x86_64 .*-nic none .*file=rbd:/, 'how to boot it')
+    const info = JSON.parse((await runCeph(target, 'rbd', ['info', '--format', 'json', `${POOL}/${c.image}`])).toString()) as { parent?: { image: string; snapshot: string } }
+    t.equal(info.parent?.snapshot, p2.snap, "the clone's parent is the point's snapshot")
+    const clone = await RbdImage.open(target, c.image, null)
+    t.ok((await clone.read(0, clone.size)).equals(before), 'the clone reads as the snapshot')
+    await clone.close()
+    await ceph.writeImage(POOL, c.image, 0, Buffer.alloc(65536, 0xee))
+    const changed = await RbdImage.open(target, c.image, null)
+    t.ok((await changed.read(0, 65536)).equals(Buffer.alloc(65536, 0xee)), 'the clone is writable')
+    await changed.close()
+    t.ok((await snapshotBytes()).equals(before), "a write to the clone leaves the point's snapshot unchanged")
+    const held = (await readCephState(target, names.state, vm)) as CephVmState
+    t.same(
+      held.holds?.map((h) => [h.kind, h.cycle, h.dir]),
+      [['open', 2, o.name]],
+      'the open is a hold in the state object',
+    )
+    t.equal((await cephListPoints(target, vm)).points.find((p) => p.cycle === 2)?.held, true, 'points lists it held')
+    await t.rejects(cephPrunePoints(target, vm, { cycles: [2] }, { logger: log }), { code: 'E_HELD', message: /opened point/ }, 'a drop of the held point: E_HELD')
+    await t.rejects(cephPrunePoints(target, vm, { keep: 0 }, { logger: log }), { code: 'E_HELD' }, 'a prune while held: E_HELD')
+    const o2 = await cephOpenPoint(target, vm, undefined, { logger: log })
+    t.equal(o2.cycle, held.committedCycle, 'without a point: the mirror')
+    t.not(o2.clones[0]?.image, c.image, 'two opens never share a clone name')
+    // a clone in use (a writer has it open: librbd watches it) is not removed; the hold stays
+    const user = await RbdImage.open(target, c.image, null, { log: 'open-test-log', capacity: p2.capacity })
+    await t.rejects(cephClosePoint(target, vm, { logger: log, dir: o.name }), { code: 'E_BUSY', message: /in use/ }, 'a clone in use: E_BUSY')
+    await user.close()
+    const closed = await cephClosePoint(target, vm, { logger: log, dir: o.name })
+    t.same(
+      closed.map((h) => h.dir),
+      [o.name],
+      'points close --to NAME releases that open',
+    )
+    const gone = async (image: string): Promise<boolean> => {
+      const e = await runCeph(target, 'rbd', ['info', `${POOL}/${image}`]).catch((err: unknown) => err)
+      return e instanceof CephCommandError && e.notFound
+    }
+    t.ok(await gone(c.image), 'its clone is removed')
+    const snapInfo = JSON.parse((await runCeph(target, 'rbd', ['info', '--format', 'json', `${POOL}/${p2.image}@${p2.snap}`])).toString()) as { protected?: string }
+    t.equal(snapInfo.protected, 'false', 'the snapshot is unprotected again')
+    // a crash after the record, before the clones: close removes what exists (nothing) and releases
+    const s = (await readCephState(target, names.state, vm)) as CephVmState
+    const ghost: CephHoldRecord = {
+      ...(s.holds?.[0] as CephHoldRecord),
+      id: 'ghost',
+      dir: 'open-000000000000',
+      clones: [{ disk: 'x.vmdk', image: names.clone('x.vmdk', '000000000000'), parent: { image: p2.image, snap: p2.snap } }],
+    }
+    await writeCephState(target, names.state, { ...s, holds: [...(s.holds ?? []), ghost] })
+    t.equal((await cephClosePoint(target, vm, { logger: log, all: true })).length, 2, 'close --all: the second open and a hold whose clone was never made')
+    t.same(((await readCephState(target, names.state, vm)) as CephVmState).holds, [], 'no hold left')
+    t.ok(await gone(o2.clones[0]?.image as string), 'the second clone is removed')
+    t.equal(((await cephPrunePoints(target, vm, { cycles: [2] }, { logger: log })).dropped as number[])[0], 2, 'after close the point drops (its snapshot unprotected)')
+    // hostile: a hold naming a clone that is not one points open makes is refused, nothing removed
+    const s2 = (await readCephState(target, names.state, vm)) as CephVmState
+    await writeCephState(target, names.state, { ...s2, holds: [{ ...ghost, clones: [{ disk: 'x.vmdk', image: p2.image, parent: { image: p2.image, snap: p2.snap } }] }] })
+    await t.rejects(cephClosePoint(target, vm, { logger: log, all: true }), { code: 'E_STATE' }, 'a hold naming a mirror image as its clone: E_STATE, the image kept')
+    await writeCephState(target, names.state, s2)
+    // a clone that cannot be made (the planted state's image does not exist): the hold stays, the error says how to release it
+    await t.rejects(cephOpenPoint(target, 'missing-image', undefined, { logger: log }), { code: 'E_IO', message: /stays held.*points close/ }, 'a failed open says the VM stays held')
+    t.equal((await cephListPoints(target, 'missing-image')).points.at(-1)?.held, true, 'held after the failed open')
+    t.equal((await cephClosePoint(target, 'missing-image', { logger: log, all: true })).length, 1, 'points close releases a hold whose clones were never made')
+    await t.rejects(cephOpenPoint(target, vm, 99, { logger: log }), { code: 'E_NOT_FOUND' }, 'a point the pool does not have')
+    t.same(((await readCephState(target, names.state, vm)) as CephVmState).holds ?? [], [], 'a refused open records no hold')
+    t.equal(qemuRbdName({ pool: 'p', conf: '/a:b', id: 'gl', keyring: '/k' }, 'img'), 'rbd:p/img:conf=/a\\:b:id=gl:keyring=/k', 'QEMU option values escape ":"')
   })
 })

@@ -10,7 +10,9 @@ import type { Logger } from 'pino'
 import { join } from 'node:path'
 import {
   archivePoints,
+  cephArchivePoints,
   cephClosePoint,
+  cephOpenPoint,
   cephListPoints,
   cephPrunePoints,
   cephRestorePoint,
@@ -23,6 +25,7 @@ import {
   parseGfs,
   prunePoints,
   retentionFor,
+  type ArchiveOptions,
   type PointInfo,
   type RetentionPolicy,
 } from '@grainline/receiver'
@@ -80,12 +83,12 @@ export const pointsCommand: CliCommand = {
         choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'export'] as const,
         default: 'list',
         describe:
-          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror; close: release a hold (--to DIR, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror — on ceph:POOL an RBD clone of each disk snapshot, booted by QEMU as rbd:POOL/CLONE; close: release a hold (--to DIR, or the name open printed on ceph:POOL, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
       })
-      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (list, export, drop, prune, close) (all actions but archived)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (all actions but archived)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
-      .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K); close: the folder to release' })
+      .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K; not on ceph:POOL); close: the folder (ceph:POOL: or the open-… name) to release' })
       .option('all', { type: 'boolean', describe: 'close: release every hold of the VM' })
       .option('format', {
         choices: ['sesparse', 'vmfssparse'] as const,
@@ -138,9 +141,24 @@ export const pointsCommand: CliCommand = {
         const dropped = await cephClosePoint(target, vm, { logger: loggerFor(args, ctx, 'warn'), ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
         return closedReport(vm, dropped, json, ctx)
       }
-      throw new UsageError(
-        `points ${action} is not supported on a Ceph store (${store}) yet: list, export, drop, prune and close are (open: use "grainline mirror failover" or "grainline restore"; docs/CEPH.md)`,
-      )
+      if (action === 'open') {
+        if (args['to'] !== undefined) throw new UsageError('points open on a Ceph store makes RBD clones, not a folder: leave out --to (points close --to takes the name it prints)')
+        const k = typeof args['point'] === 'number' ? args['point'] : undefined
+        const r = await cephOpenPoint(target, vm, k, { logger: loggerFor(args, ctx, 'warn') })
+        ctx.write(
+          json
+            ? JSON.stringify({ vm, cycle: r.cycle, name: r.name, clones: r.clones, boot: r.boot }) + '\n'
+            : [
+                `${vm}: point ${r.cycle} opened as ${r.name}: an RBD clone of each disk's snapshot (copy-on-write; the point itself never changes)`,
+                ...r.clones.map((c) => `  ${c.disk}: ${target.pool}/${c.image} (clone of ${c.snapshot}), QEMU: ${c.qemu}`),
+                `Boot it (no NIC: it must not meet its source's network): ${r.boot}`,
+                `The mirror is held: no cycle is applied and no point dropped until "grainline points close --store ${store} --vm ${vm} --to ${r.name}" (which deletes the clones).`,
+              ].join('\n') + '\n',
+        )
+        return ExitCode.Ok
+      }
+      // the actions left (yargs choices): archive, archived
+      return await archiveAction(action as 'archive' | 'archived', store, vm, args, ctx, loggerFor(args, ctx, 'warn'))
     }
     if (action === 'export') throw new UsageError('points export reads a ceph:POOL store; on a folder store use points open or restore')
     if (action === 'list') {
@@ -207,7 +225,10 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
     if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')
     const lock = lockFrom(args)
     let last = 0
-    const done = await archivePoints(store, vm, typeof k === 'number' ? [k] : undefined, {
+    const archive = isCephStore(store)
+      ? (c: readonly number[] | undefined, o: ArchiveOptions) => cephArchivePoints(cephTargetFrom(store, args), vm, c, o)
+      : (c: readonly number[] | undefined, o: ArchiveOptions) => archivePoints(store, vm, c, o)
+    const done = await archive(typeof k === 'number' ? [k] : undefined, {
       logger: log,
       bucket,
       prefix,

@@ -8,7 +8,9 @@
  * never shortened). The manifest is written last: an archive interrupted at
  * any instant has no manifest and the next run uploads only what is missing.
  * The VM's lock is held while the point is read (a cycle waits, as for
- * `restore`).
+ * `restore`). The writer of one point ({@link archiveOnePoint}) is shared
+ * with the Ceph store (store/ceph/ceph-archive.ts), which reads RBD
+ * snapshots instead of VMDK chains into the same object set.
  */
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
@@ -70,12 +72,7 @@ const isZero = (b: Buffer): boolean => {
  * skipped. @throws ReceiverError E_NOT_FOUND, E_BUSY, E_ARCHIVE
  */
 export async function archivePoints(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
-  if (opts.lock !== undefined && !(await opts.bucket.lockEnabled())) {
-    throw new ReceiverError(
-      'E_CONFIG',
-      `bucket ${opts.bucket.bucket} has no Object Lock: create it with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or archive without --retain`,
-    )
-  }
+  await checkArchiveLock(opts)
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state
@@ -85,75 +82,140 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
     kept.set(state.committedCycle, { committedAt: state.committedAt ?? '', generation: state.generation ?? '' })
     const want = cycles ?? [...kept.keys()].sort((a, b) => a - b)
     for (const c of want) if (!kept.has(c)) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${c} (points: ${[...kept.keys()].join(', ')})`)
+    const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const files = await mirrorConfig(join(m.paths.dir), vm)
     const out: ArchivedPoint[] = []
     for (const cycle of want) {
-      opts.signal?.throwIfAborted()
-      const key = manifestKey(opts.prefix, vm, cycle)
-      if ((await opts.bucket.head(key)) !== undefined) {
-        opts.logger.info({ vm, cycle, manifest: key }, 'point already archived')
-        out.push({ cycle, archived: false, manifest: key, uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 })
-        continue
-      }
-      const id = kept.get(cycle) as { committedAt: string; generation: string }
-      const counts = { uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
-      const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      const total = recs.reduce((n, r) => n + r.capacity, 0)
-      const t0 = performance.now()
-      let done = 0
-      const disks: ArchivedDisk[] = []
-      for (const rec of recs) {
-        const chain = await openChain(pointSource(m.paths, state, rec.name, cycle))
-        try {
-          const whole = createHash('sha256')
-          const chunks: (string | null)[] = []
-          const inflight = new Set<Promise<void>>()
-          for (let off = 0; off < chain.capacity; off += ARCHIVE_CHUNK_BYTES) {
-            opts.signal?.throwIfAborted()
-            const n = Math.min(ARCHIVE_CHUNK_BYTES, chain.capacity - off)
-            const b = Buffer.alloc(n)
-            await chain.readInto(b, 0, off, n)
-            whole.update(b)
-            if (isZero(b)) {
-              chunks.push(null)
-              counts.zero++
-            } else {
-              const h = createHash('sha256').update(b).digest('hex')
-              chunks.push(h)
-              const p = storeChunk(opts, h, b, counts).finally(() => inflight.delete(p))
-              inflight.add(p)
-              if (inflight.size >= (opts.concurrency ?? 4)) await Promise.race(inflight)
-            }
-            done += n
-            const elapsedMs = performance.now() - t0
-            opts.onProgress?.({ cycle, disk: rec.name, bytes: done, total, elapsedMs, etaMs: (elapsedMs * (total - done)) / done })
+      const disks: PointDiskSource[] = recs.map((rec) => ({
+        name: rec.name,
+        stem: rec.stem,
+        capacity: rec.capacity,
+        ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb,
+        open: async () => {
+          const chain = await openChain(pointSource(m.paths, state, rec.name, cycle))
+          return {
+            capacity: chain.capacity,
+            read: async (off: number, n: number) => {
+              const b = Buffer.alloc(n)
+              await chain.readInto(b, 0, off, n)
+              return b
+            },
+            close: () => chain.close(),
           }
-          await Promise.all(inflight)
-          disks.push({ name: rec.name, stem: rec.stem, capacity: chain.capacity, sha256: whole.digest('hex'), chunks, ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb })
-        } finally {
-          await chain.close()
-        }
-      }
-      const files = await archiveConfig(opts, join(m.paths.dir), vm, counts)
-      const manifest: ArchiveManifest = {
-        format: ARCHIVE_FORMAT,
-        vm,
-        cycle,
-        committedAt: id.committedAt,
-        generation: id.generation,
-        archivedAt: new Date().toISOString(),
-        retainUntil: opts.lock?.until.toISOString() ?? null,
-        chunkBytes: ARCHIVE_CHUNK_BYTES,
-        disks,
-        files,
-      }
-      await opts.bucket.put(key, encodeManifest(manifest), opts.lock)
-      opts.logger.info({ vm, cycle, manifest: key, ...counts }, 'point archived')
-      out.push({ cycle, archived: true, manifest: key, ...counts })
+        },
+      }))
+      out.push(await archiveOnePoint(vm, cycle, kept.get(cycle) as { committedAt: string; generation: string }, disks, files, opts))
     }
     return out
   } finally {
     m.release()
   }
+}
+
+/** Refuse a lock on a bucket without Object Lock. @throws ReceiverError E_CONFIG */
+export async function checkArchiveLock(opts: ArchiveOptions): Promise<void> {
+  if (opts.lock !== undefined && !(await opts.bucket.lockEnabled())) {
+    throw new ReceiverError(
+      'E_CONFIG',
+      `bucket ${opts.bucket.bucket} has no Object Lock: create it with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or archive without --retain`,
+    )
+  }
+}
+
+/** A disk of a point as {@link archiveOnePoint} reads it (a VMDK chain of the folder store, an RBD snapshot of the Ceph store). */
+export interface PointDiskSource {
+  readonly name: string
+  readonly stem: string
+  /** the capacity the store records (progress totals); the opened reader's capacity is archived */
+  readonly capacity: number
+  readonly ddb: Readonly<Record<string, string>>
+  open(): Promise<{ readonly capacity: number; read(offset: number, length: number): Promise<Buffer>; close(): Promise<void> }>
+}
+
+/** A configuration file of a point (stored as one content-addressed chunk). */
+export interface ArchiveFileSource {
+  readonly name: string
+  readonly data: Buffer
+}
+
+/**
+ * Archive one point whose disks `disks` read: chunks first (zero chunks
+ * recorded as such, the others stored once under their sha256 and locked),
+ * the manifest last; a point whose manifest is in the bucket already is
+ * skipped (nothing read). Shared by both stores.
+ * @throws ReceiverError E_ARCHIVE, and what a disk's reader throws
+ */
+export async function archiveOnePoint(
+  vm: string,
+  cycle: number,
+  id: { readonly committedAt: string; readonly generation: string },
+  sources: readonly PointDiskSource[],
+  configFiles: readonly ArchiveFileSource[],
+  opts: ArchiveOptions,
+): Promise<ArchivedPoint> {
+  opts.signal?.throwIfAborted()
+  const key = manifestKey(opts.prefix, vm, cycle)
+  if ((await opts.bucket.head(key)) !== undefined) {
+    opts.logger.info({ vm, cycle, manifest: key }, 'point already archived')
+    return { cycle, archived: false, manifest: key, uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
+  }
+  const counts = { uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
+  const total = sources.reduce((n, r) => n + r.capacity, 0)
+  const t0 = performance.now()
+  let done = 0
+  const disks: ArchivedDisk[] = []
+  for (const src of sources) {
+    const reader = await src.open()
+    try {
+      const whole = createHash('sha256')
+      const chunks: (string | null)[] = []
+      const inflight = new Set<Promise<void>>()
+      for (let off = 0; off < reader.capacity; off += ARCHIVE_CHUNK_BYTES) {
+        opts.signal?.throwIfAborted()
+        const n = Math.min(ARCHIVE_CHUNK_BYTES, reader.capacity - off)
+        const b = await reader.read(off, n)
+        whole.update(b)
+        if (isZero(b)) {
+          chunks.push(null)
+          counts.zero++
+        } else {
+          const h = createHash('sha256').update(b).digest('hex')
+          chunks.push(h)
+          const p = storeChunk(opts, h, b, counts).finally(() => inflight.delete(p))
+          inflight.add(p)
+          if (inflight.size >= (opts.concurrency ?? 4)) await Promise.race(inflight)
+        }
+        done += n
+        const elapsedMs = performance.now() - t0
+        opts.onProgress?.({ cycle, disk: src.name, bytes: done, total, elapsedMs, etaMs: (elapsedMs * Math.max(0, total - done)) / done })
+      }
+      await Promise.all(inflight)
+      disks.push({ name: src.name, stem: src.stem, capacity: reader.capacity, sha256: whole.digest('hex'), chunks, ddb: src.ddb })
+    } finally {
+      await reader.close()
+    }
+  }
+  const files: ArchivedFile[] = []
+  for (const f of configFiles) {
+    const sha256 = createHash('sha256').update(f.data).digest('hex')
+    await storeChunk(opts, sha256, f.data, counts)
+    files.push({ name: f.name, sha256, bytes: f.data.length })
+  }
+  const manifest: ArchiveManifest = {
+    format: ARCHIVE_FORMAT,
+    vm,
+    cycle,
+    committedAt: id.committedAt,
+    generation: id.generation,
+    archivedAt: new Date().toISOString(),
+    retainUntil: opts.lock?.until.toISOString() ?? null,
+    chunkBytes: ARCHIVE_CHUNK_BYTES,
+    disks,
+    files,
+  }
+  await opts.bucket.put(key, encodeManifest(manifest), opts.lock)
+  opts.logger.info({ vm, cycle, manifest: key, ...counts }, 'point archived')
+  return { cycle, archived: true, manifest: key, ...counts }
 }
 
 /** Store one chunk unless present; extend a present chunk's lock when it ends before ours. */
@@ -170,20 +232,16 @@ async function storeChunk(opts: ArchiveOptions, sha256: string, data: Buffer, co
   if (opts.lock !== undefined && (have.retainUntil === undefined || have.retainUntil < opts.lock.until)) await opts.bucket.extend(key, opts.lock)
 }
 
-/** The mirror's `.vmx` and `.nvram` (when present) as chunks. */
-async function archiveConfig(opts: ArchiveOptions, dir: string, vm: string, counts: { uploaded: number; present: number; uploadedBytes: number }): Promise<ArchivedFile[]> {
-  const files: ArchivedFile[] = []
+/** The mirror's `.vmx` and `.nvram` (when present). */
+async function mirrorConfig(dir: string, vm: string): Promise<ArchiveFileSource[]> {
+  const files: ArchiveFileSource[] = []
   for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
-    let data: Buffer
     try {
-      data = await readFile(join(dir, name))
+      files.push({ name, data: await readFile(join(dir, name)) })
     } catch (err) {
       if ((err as { code?: unknown }).code === 'ENOENT') continue
       throw err
     }
-    const sha256 = createHash('sha256').update(data).digest('hex')
-    await storeChunk(opts, sha256, data, counts)
-    files.push({ name, sha256, bytes: data.length })
   }
   return files
 }

@@ -1,6 +1,7 @@
 /**
  * `grainline mirror failover` and `grainline points close` on the Ceph
- * store. A failover writes the mirror (or a point) as a standalone VM folder
+ * store (`points open`, whose clones `points close` also removes, is
+ * ceph-open.ts). A failover writes the mirror (or a point) as a standalone VM folder
  * (ceph-restore.ts: a vmfs descriptor and a thin flat per disk, each compared
  * with its snapshot read again) whose .vmx is prepared to run at the DR site
  * (holds.ts `prepareVmx`: a new uuid.bios, NICs not connected at power-on
@@ -31,7 +32,9 @@ import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 import type { VmxPrepare } from '../../holds.ts'
+import { removeClones } from './ceph-open.ts'
 import { acquireCommitted } from './ceph-points.ts'
+import type { CephHoldRecord } from './ceph-state.ts'
 import { cephRestoreVm, type CephRestoredDisk, type CephRestoreProgress } from './ceph-restore.ts'
 import type { CephTarget } from './rbd-cli.ts'
 
@@ -101,25 +104,31 @@ async function isFailoverFolder(dir: string): Promise<boolean> {
 }
 
 /**
- * Release the hold(s) of a VM on `dir` (or every hold with `all`): the
- * record first, then the folders (on this host; a folder that is not a
- * failover's, see isFailoverFolder, is left and logged). Returns the holds
- * released.
- * @throws ReceiverError E_NOT_FOUND (no mirror, no such hold), E_BUSY, E_IO
+ * Release the hold(s) of a VM on `dir` (or every hold with `all`). `dir` is
+ * a failover's folder or an opened point's name (`open-…`, ceph-open.ts).
+ * An opened point's clones are removed first, under the lease (a clone in
+ * use refuses `E_BUSY` and the hold stays), then the record; a failover's
+ * folder after the record (on this host; a folder that is not a failover's,
+ * see isFailoverFolder, is left and logged). Returns the holds released.
+ * @throws ReceiverError E_NOT_FOUND (no mirror, no such hold), E_BUSY, E_STATE, E_IO
  */
-export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<HoldRecord[]> {
+export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<CephHoldRecord[]> {
   const m = await acquireCommitted(t, vm, opts.logger, 'points close')
-  let drop: HoldRecord[]
+  let drop: CephHoldRecord[]
   try {
     const holds = m.state.holds ?? []
     const abs = opts.dir === undefined ? undefined : resolve(opts.dir)
-    drop = holds.filter((h) => opts.all === true || h.dir === abs)
-    if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${abs === undefined ? '' : ` on ${abs}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
-    await m.write({ ...m.state, holds: holds.filter((h) => !drop.includes(h)) })
+    drop = holds.filter((h) => opts.all === true || h.dir === abs || h.dir === opts.dir)
+    if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${opts.dir === undefined ? '' : ` on ${opts.dir}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
+    const staying = holds.filter((h) => !drop.includes(h))
+    // an opened point's clones go before its record: a clone never exists without its hold
+    await removeClones(t, vm, drop, staying, opts.logger)
+    await m.write({ ...m.state, holds: staying })
   } finally {
     m.release()
   }
   for (const h of drop) {
+    if (h.kind === 'open' && h.clones !== undefined) continue
     if (await isFailoverFolder(h.dir)) await rm(h.dir, { recursive: true, force: true })
     else opts.logger.warn({ vm, dir: h.dir }, 'hold released; its folder was left: it is not a failover folder of files only (remove it yourself)')
   }

@@ -124,6 +124,11 @@ export class CephVmMirror {
     this.current = next
   }
 
+  /** Throw E_BUSY unless the VM's lease is still held (an operator action between its Ceph commands). */
+  checkLease(): void {
+    this.lock.check(this.vm)
+  }
+
   /** Write the next state object, the lease checked first (operator actions: ceph-points.ts, ceph-holds.ts). */
   async write(next: CephVmState): Promise<void> {
     await this.save(next)

@@ -26,7 +26,7 @@ import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx, type DroppedReference } from '../../
 import { diskStem, generatedNames } from '../../vm-paths.ts'
 import { prepareVmx, type VmxPrepare } from '../../holds.ts'
 import { digestImage } from './ceph-read.ts'
-import { CephNames, readCephState } from './ceph-state.ts'
+import { CephNames, readCephState, type CephVmState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** One restored disk of a Ceph point. */
@@ -78,30 +78,8 @@ export async function cephRestoreVm(
   validateName(vm, 'VM name')
   const s = await readCephState(t, new CephNames(vm).state, vm)
   if (s === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in Ceph pool ${t.pool}`)
-  const snaps =
-    cycle === s.committedCycle && cycle > 0
-      ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }]))
-      : s.points.find((p) => p.cycle === cycle)?.disks
-  if (snaps === undefined) {
-    throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
-  }
-  const disks = Object.entries(snaps).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-  // every name from the pool becomes a path only after this check; no two disks may share a file
-  const taken = new Set<string>()
-  for (const [name, d] of disks) {
-    try {
-      validateName(name, 'disk name')
-    } catch {
-      throw new ReceiverError('E_STATE', `the state of VM ${vm} in pool ${t.pool} names a disk ${JSON.stringify(name)} that is not a safe file name`)
-    }
-    if (!/^[A-Za-z0-9_.-]{1,200}$/.test(d.image) || !/^[A-Za-z0-9_.-]{1,200}$/.test(d.snap)) {
-      throw new ReceiverError('E_STATE', `the state of VM ${vm} in pool ${t.pool} names an image or snapshot that is not an RBD name: ${JSON.stringify(`${d.image}@${d.snap}`)}`)
-    }
-    for (const f of generatedNames(diskStem(name)).mirror) {
-      if (taken.has(f.toLowerCase())) throw new ReceiverError('E_STATE', `disks of VM ${vm} collide on the file name ${f}`)
-      taken.add(f.toLowerCase())
-    }
-  }
+  const disks = pointSnapshots(t, s, cycle)
+  const taken = new Set(disks.flatMap(([name]) => generatedNames(diskStem(name)).mirror.map((f) => f.toLowerCase())))
   const files = Object.entries(s.files ?? {})
   for (const [file] of files) {
     try {
@@ -163,4 +141,42 @@ export async function cephRestoreVm(
     }
   }
   return { vm, cycle, to: toDir, disks: out, vmxDropped }
+}
+
+/** RBD image and snapshot names: what the store creates (a hostile state's names are refused before they become an argument). */
+export const RBD_NAME = /^[A-Za-z0-9_.-]{1,200}$/
+
+/**
+ * The snapshot of every disk of point `cycle` of state `s` (the committed
+ * cycle: the mirror), sorted by disk name, each name checked before it
+ * becomes a path or an argument (pure).
+ * @throws ReceiverError E_NOT_FOUND (no such point), E_STATE (a disk name that is not a safe file name, two disks on one file, an image or snapshot that is not an RBD name)
+ */
+export function pointSnapshots(t: CephTarget, s: CephVmState, cycle: number): Array<[string, { readonly image: string; readonly snap: string; readonly capacity: number }]> {
+  const vm = s.vm
+  const snaps =
+    cycle === s.committedCycle && cycle > 0
+      ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }]))
+      : s.points.find((p) => p.cycle === cycle)?.disks
+  if (snaps === undefined) {
+    throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
+  }
+  const disks = Object.entries(snaps).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+  // every name from the pool becomes a path only after this check; no two disks may share a file
+  const taken = new Set<string>()
+  for (const [name, d] of disks) {
+    try {
+      validateName(name, 'disk name')
+    } catch {
+      throw new ReceiverError('E_STATE', `the state of VM ${vm} in pool ${t.pool} names a disk ${JSON.stringify(name)} that is not a safe file name`)
+    }
+    if (typeof d?.image !== 'string' || typeof d.snap !== 'string' || !RBD_NAME.test(d.image) || !RBD_NAME.test(d.snap)) {
+      throw new ReceiverError('E_STATE', `the state of VM ${vm} in pool ${t.pool} names an image or snapshot that is not an RBD name: ${String(JSON.stringify(d)).slice(0, 300)}`)
+    }
+    for (const f of generatedNames(diskStem(name)).mirror) {
+      if (taken.has(f.toLowerCase())) throw new ReceiverError('E_STATE', `disks of VM ${vm} collide on the file name ${f}`)
+      taken.add(f.toLowerCase())
+    }
+  }
+  return disks
 }

@@ -90,8 +90,23 @@ export interface CephVmState {
   /** the VM's configuration files (.vmx …) of the last commit, base64 */
   readonly files: Readonly<Record<string, string>>
   readonly pending: CephPending | null
-  /** failovers holding the mirror (ceph-holds.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
-  readonly holds?: readonly HoldRecord[]
+  /** failovers and opened points holding the mirror (ceph-holds.ts, ceph-open.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
+  readonly holds?: readonly CephHoldRecord[]
+}
+
+/** A clone of a point's snapshot made by `points open` (ceph-open.ts). */
+export interface CephClone {
+  readonly disk: string
+  /** the clone image, in the store's pool */
+  readonly image: string
+  /** the protected snapshot it was cloned from */
+  readonly parent: { readonly image: string; readonly snap: string }
+}
+
+/** A hold of the Ceph store: a failover's (its folder in `dir`) or an opened point's (its name in `dir`, its RBD clones in `clones`). */
+export interface CephHoldRecord extends HoldRecord {
+  /** `points open`: the clones of the point's snapshots, removed by `points close` @default none */
+  readonly clones?: readonly CephClone[]
 }
 
 /** A state with nothing committed. */
@@ -120,6 +135,10 @@ export class CephNames {
   /** the extent log of a disk's cycle in flight */
   log(disk: string): string {
     return `grainline.log.${this.vmKey}.${key(disk)}`
+  }
+  /** the clone of a disk's snapshot made by `points open` `openId` (prefix `glo.`: never a mirror image's `gl.`) */
+  clone(disk: string, openId: string): string {
+    return `glo.${this.vmKey}.${key(disk)}.${openId}`
   }
   /** a new image for a disk (a seed writes a fresh one: its zero ranges must read as zeros) */
   image(disk: string, unique: string): string {
