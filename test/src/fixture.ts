@@ -159,3 +159,18 @@ export async function expectedView(vmx: string, out: string): Promise<string> {
   await qemuRaw(join(dirname(vmx), d.fileName), out)
   return out
 }
+
+/**
+ * The views the next cycle will ship of every disk of a VM, in `.vmx` order:
+ * `qemu-img convert` of each disk's current top into `<out>-<i>.raw`.
+ */
+export async function frozenView(vmx: string, out: string): Promise<string[]> {
+  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
+  const raws: string[] = []
+  for (const [i, d] of vmxDisks(cfg).entries()) {
+    const raw = `${out}-${i}.raw`
+    await qemuRaw(join(dirname(vmx), d.fileName), raw)
+    raws.push(raw)
+  }
+  return raws
+}

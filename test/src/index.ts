@@ -1,2 +1,2 @@
-export { startSite, runCli, replicateCli, inflightResumeSeq, expectedView } from './fixture.ts'
+export { startSite, runCli, replicateCli, inflightResumeSeq, expectedView, frozenView } from './fixture.ts'
 export type { Site, RunReport } from './fixture.ts'

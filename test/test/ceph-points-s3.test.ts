@@ -13,27 +13,15 @@
 // (Its own file and cluster: ceph-store.test.ts is near its time bound.)
 import t from 'tap'
 import { readFile, writeFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { firstDifference, haveCeph, qemuCompare, qemuIo, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { replicateCli, runCli, startSite } from '@grainline/e2e'
+import { replicateCli, runCli, startSite, frozenView } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 const POOL = 'glpts'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-mgr ceph-common radosgw)'
-
-/** The frozen view of every disk of a VM, as QEMU reads its current top. */
-async function frozenView(vmx: string, out: string): Promise<string[]> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const raws: string[] = []
-  for (const [i, d] of vmxDisks(cfg).entries()) {
-    const raw = `${out}-${i}.raw`
-    await qemuRaw(join(dirname(vmx), d.fileName), raw)
-    raws.push(raw)
-  }
-  return raws
-}
 
 const lastJson = <T>(stdout: string): T => JSON.parse(stdout.trim().split('\n').at(-1) as string) as T
 

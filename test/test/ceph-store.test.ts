@@ -17,26 +17,14 @@
 import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
 import { mkdir, writeFile, readFile } from 'node:fs/promises'
-import { join, dirname } from 'node:path'
+import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
 import { firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy, startReceiverProcess, type CephCluster } from '@grainline/test-utils'
-import { startSite, replicateCli, runCli, type Site } from '@grainline/e2e'
+import { startSite, replicateCli, runCli, type Site, frozenView } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 const POOL = 'glrbd'
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-mgr ceph-common)'
-
-/** The frozen view of every disk of a VM, as QEMU reads its current top (the next cycle ships exactly this). */
-async function frozenView(vmx: string, out: string): Promise<string[]> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const raws: string[] = []
-  for (const [i, d] of vmxDisks(cfg).entries()) {
-    const raw = `${out}-${i}.raw`
-    await qemuRaw(join(dirname(vmx), d.fileName), raw)
-    raws.push(raw)
-  }
-  return raws
-}
 
 interface CephStatusJson {
   vms: { vm: string; committedCycle: number; points: number; disks: { name: string; committedCycle: number; snapshot: string; inflight: { cycle: number; resumeSeq: number } | null }[] }[]

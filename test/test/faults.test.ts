@@ -3,27 +3,16 @@
 // during a cycle and run again, the receiver's disk filling up.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { readFile, writeFile, rm, mkdtemp, readdir } from 'node:fs/promises'
+import { writeFile, rm, mkdtemp, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join, dirname } from 'node:path'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks, prng } from '@grainline/agent'
-import { qemuRaw, firstDifference, startCuttingProxy, startReceiverProcess, pollUntil, scratchDir } from '@grainline/test-utils'
-import { startSite, replicateCli, runCli, inflightResumeSeq } from '@grainline/e2e'
+import { createSampleVm, simulateGuestWrites, prng } from '@grainline/agent'
+import { firstDifference, startCuttingProxy, startReceiverProcess, pollUntil, scratchDir } from '@grainline/test-utils'
+import { startSite, replicateCli, runCli, inflightResumeSeq, frozenView } from '@grainline/e2e'
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024
-
-async function frozenView(vmx: string, out: string): Promise<string[]> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  const raws: string[] = []
-  for (const [i, d] of vmxDisks(cfg).entries()) {
-    const raw = `${out}-${i}.raw`
-    await qemuRaw(join(dirname(vmx), d.fileName), raw)
-    raws.push(raw)
-  }
-  return raws
-}
 
 /**
  * Wait until the receiver's store shows a durable in-flight point past seq 0
