@@ -13,30 +13,21 @@ import { pino } from 'pino'
 import { CycleDigest, createDigest, initDigests } from '@grainline/protocol'
 import { scratchDir } from '@grainline/test-utils'
 import { ApplyPipeline, type PipelineDisk } from '../src/apply-pipeline.ts'
-import { VmMirror } from '../src/vm-mirror.ts'
+import type { VmMirror } from '../src/vm-mirror.ts'
 import type { ApplyExtent, DiskApply } from '../src/disk-apply.ts'
-import { pattern } from './helpers.ts'
+import { openSeed, pattern, TEST_COMPAT } from './helpers.ts'
 
 const KiB = 1024
 const CAP = 512 * KiB
 const log = pino({ level: 'silent' })
-const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
-const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
+const compat = TEST_COMPAT
 
 function ext(seq: number): ApplyExtent {
   const data = pattern(64 * KiB, seq + 1)
   return { seq, offset: seq * 64 * KiB, length: 64 * KiB, zero: false, data, digest: createDigest('sha256').update(data).digest() }
 }
 
-async function seed(store: string): Promise<{ m: VmMirror; a: DiskApply }> {
-  const m = await VmMirror.acquire(store, 'vm', log)
-  const r = await m.openDisk(
-    { name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' },
-    { compat },
-  )
-  if (r.apply === undefined) throw new Error('seed refused')
-  return { m, a: r.apply }
-}
+const seed = (store: string): Promise<{ m: VmMirror; a: DiskApply }> => openSeed(store, CAP, log)
 
 t.before(async () => {
   await initDigests()

@@ -12,27 +12,19 @@ import { pino } from 'pino'
 import { CycleDigest, createDigest, initDigests } from '@grainline/protocol'
 import { VmMirror } from '../src/vm-mirror.ts'
 import type { ApplyExtent, DiskApply } from '../src/disk-apply.ts'
-import { pattern } from './helpers.ts'
+import { openSeed, pattern, TEST_COMPAT, TEST_SOURCE } from './helpers.ts'
 
 const CAP = 256 * 1024
 const log = pino({ level: 'silent' })
-const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
-const src = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
+const compat = TEST_COMPAT
+const _src = TEST_SOURCE
 
 function ext(seq: number, offset: number, length: number): ApplyExtent {
   const data = pattern(length, seq + 1)
   return { seq, offset, length, zero: false, data, digest: createDigest('sha256').update(data).digest() }
 }
 
-async function seed(store: string): Promise<{ m: VmMirror; a: DiskApply }> {
-  const m = await VmMirror.acquire(store, 'vm', log)
-  const r = await m.openDisk(
-    { name: 'd.vmdk', capacity: CAP, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' },
-    { compat },
-  )
-  if (r.apply === undefined) throw new Error('seed refused')
-  return { m, a: r.apply }
-}
+const seed = (store: string): Promise<{ m: VmMirror; a: DiskApply }> => openSeed(store, CAP, log)
 
 async function finish(m: VmMirror, a: DiskApply, extents: readonly ApplyExtent[]): Promise<Buffer> {
   const cd = new CycleDigest('sha256')

@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import WebSocket from 'ws'
+import { VmMirror } from '../src/vm-mirror.ts'
+import type { DiskApply } from '../src/disk-apply.ts'
 import { patternBytes, tlsFixture } from '@grainline/test-utils'
 import {
   CycleDigest,
@@ -468,4 +470,20 @@ export function evolve(prev: Buffer, seed: number, ranges: Array<{ offset: numbe
     else pattern(r.length, seed + r.offset).copy(out, r.offset)
   }
   return out
+}
+
+/** The compatibility a one-disk test mirror commits with. */
+export const TEST_COMPAT = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
+/** The source chain a one-disk test mirror's seed names. */
+export const TEST_SOURCE = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }
+
+/** VM `vm` of a folder store with the seed (cycle 1, sha256) of its disk `d.vmdk` of `capacity` bytes open. */
+export async function openSeed(store: string, capacity: number, log: Logger): Promise<{ m: VmMirror; a: DiskApply }> {
+  const m = await VmMirror.acquire(store, 'vm', log)
+  const r = await m.openDisk(
+    { name: 'd.vmdk', capacity, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: TEST_SOURCE, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' },
+    { compat: TEST_COMPAT },
+  )
+  if (r.apply === undefined) throw new Error('seed refused')
+  return { m, a: r.apply }
 }
