@@ -144,6 +144,9 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
   }
 }
 
+/** Reads of the frozen view in flight ahead of the step {@link ViewDigester.finishFrom} digests. */
+const VIEW_READS_AHEAD = 2
+
 /**
  * Digests of the frozen view computed while extents stream past in disk order
  * (seed), or by reading (incremental): the trivial-check prefix and certify.
@@ -199,14 +202,46 @@ export class ViewDigester {
     return this.prefixDigest !== undefined && (this.#full === undefined || this.fullDigest !== undefined)
   }
 
-  /** Read the rest of the view from the chain and finish. */
+  /**
+   * Read the rest of the view from the chain and finish: 4 MiB steps into a
+   * small pool of reused buffers, VIEW_READS_AHEAD reads in flight ahead of
+   * the step digested (fresh buffers per step ran ~300 MiB/s on this kind of
+   * VM, page faults included; reused ones several times that).
+   */
   async finishFrom(chain: ChainView, depth: number, signal?: AbortSignal): Promise<void> {
     const step = 4 * 1024 * 1024
-    while (!this.complete && this.#pos < this.capacity) {
-      signal?.throwIfAborted()
-      const n = Math.min(step, this.capacity - this.#pos)
-      const b = await chain.read(this.#pos, n, { depth })
-      this.feed(this.#pos, n, b)
+    // only the prefix is wanted without a certify
+    const end = this.#full === undefined ? this.#prefixBytes : this.capacity
+    if (this.complete || this.#pos >= end) return
+    const pool = Array.from({ length: VIEW_READS_AHEAD + 1 }, () => Buffer.allocUnsafe(Math.min(step, end - this.#pos)))
+    const reads: Array<{ offset: number; length: number; buf: Buffer; done: Promise<void> }> = []
+    let next = this.#pos
+    let turn = 0
+    const issue = (): void => {
+      while (next < end && reads.length < VIEW_READS_AHEAD) {
+        const length = Math.min(step, end - next)
+        const buf = pool[turn++ % pool.length] as Buffer
+        const offset = next
+        const done = chain.readInto !== undefined ? chain.readInto(buf, 0, offset, length, { depth }) : chain.read(offset, length, { depth }).then((b) => void b.copy(buf))
+        // handled when its turn comes; not an unhandled rejection meanwhile
+        done.catch(() => {})
+        reads.push({ offset, length, buf, done })
+        next += length
+      }
+    }
+    try {
+      issue()
+      while (reads.length > 0 && !this.complete) {
+        signal?.throwIfAborted()
+        const r = reads.shift() as (typeof reads)[number]
+        await r.done
+        // the next steps are read into the other buffers while this one is digested
+        issue()
+        this.feed(r.offset, r.length, r.buf.subarray(0, r.length))
+      }
+    } finally {
+      // reads still in flight settle before the pool (and the chain) is let go
+      for (const r of reads) await r.done.catch(() => {})
     }
   }
 }

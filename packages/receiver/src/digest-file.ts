@@ -1,25 +1,68 @@
-import { readFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
 
 /** Bytes read per step when digesting a mirror file. */
 const CHUNK = 4 * 1024 * 1024
 
 /**
+ * Reads in flight ahead of the chunk digested: the next chunk is read while
+ * this one is digested, so a certify costs max(read, digest), not their sum.
+ * @default 2
+ */
+const READS_AHEAD = 2
+
+/**
  * Feed the first `bytes` of a file to `update`, 4 MiB at a time (bytes past
  * its end read as zero). Checks `signal` between chunks. Returns the bytes fed.
+ *
+ * The chunks are read into a small pool of reused buffers (READS_AHEAD + 1):
+ * `update` must consume its argument before it returns (a digest's update
+ * does) and never keep it. Fresh 4 MiB buffers per chunk cost a page fault
+ * per 4 KiB on this kind of VM: the digest ran at ~300 MiB/s from fresh
+ * memory against >1 GiB/s from reused buffers (2026-12-01, quiet machine).
  */
 export async function digestFile(path: string, bytes: number, update: (b: Uint8Array) => void, opts: { signal?: AbortSignal } = {}): Promise<number> {
   const fh = await openStoreFile(path, 'read')
-  try {
+  const pool = Array.from({ length: READS_AHEAD + 1 }, () => Buffer.allocUnsafe(Math.min(CHUNK, Math.max(bytes, 1))))
+  const reads: Array<{ buf: Buffer; length: number; done: Promise<void> }> = []
+  let next = 0
+  let turn = 0
+  const fill = async (buf: Buffer, offset: number, length: number): Promise<void> => {
     let done = 0
-    while (done < bytes) {
-      opts.signal?.throwIfAborted()
-      const n = Math.min(CHUNK, bytes - done)
-      update(await readFully(fh, done, n))
-      done += n
+    while (done < length) {
+      const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
+      if (bytesRead === 0) break
+      done += bytesRead
     }
-    return done
+    // past the end of the file: zeros (the buffer is reused)
+    if (done < length) buf.fill(0, done, length)
+  }
+  const issue = (): void => {
+    while (next < bytes && reads.length < READS_AHEAD) {
+      const length = Math.min(CHUNK, bytes - next)
+      const buf = pool[turn++ % pool.length] as Buffer
+      const done = fill(buf, next, length)
+      // handled when its turn comes; not an unhandled rejection meanwhile
+      done.catch(() => {})
+      reads.push({ buf, length, done })
+      next += length
+    }
+  }
+  let fed = 0
+  try {
+    issue()
+    while (reads.length > 0) {
+      opts.signal?.throwIfAborted()
+      const r = reads.shift() as (typeof reads)[number]
+      await r.done
+      // the next reads go into the other buffers while this one is digested
+      issue()
+      update(r.buf.subarray(0, r.length))
+      fed += r.length
+    }
+    return fed
   } finally {
+    // reads still in flight settle before the file is closed
+    for (const r of reads) await r.done.catch(() => {})
     await fh.close()
   }
 }
