@@ -7,7 +7,7 @@ import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { readAhead } from './read-ahead.ts'
-import { ReverseIncrement } from './increment.ts'
+import { ReverseIncrement, type SaveRun } from './increment.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { TouchedBlocks } from './kept-map.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -316,10 +316,20 @@ export class DiskApply {
    * both are fsync'ed before stage 2 may overwrite the mirror.
    */
   private async prepareIntoIncrement(inc: ReverseIncrement, batch: readonly ApplyExtent[], signal: AbortSignal | undefined): Promise<void> {
+    // the old grains of every extent, read ahead of their saving (readAhead:
+    // bounded pieces and bytes in flight), in batch order; an extent with
+    // nothing to save still gets its record (a piece of length 0)
+    const pieces: Array<{ rec: JournalExtentRecord; first: boolean; run: SaveRun; pos: number; n: number }> = []
     for (const e of batch) {
-      this.journal.appendExtent({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }, undefined)
+      const rec = { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: hex(e.digest) }
       const oldLen = this.committedPart(e)
-      if (oldLen > 0) this.journal.appendGrains(await inc.save(this.fh, e.offset, oldLen, this.info.baseSize, signal))
+      const runs = oldLen > 0 ? inc.reserve(e.offset, oldLen, this.info.baseSize) : []
+      if (runs.length === 0) pieces.push({ rec, first: true, run: { grain: 0, pos: e.offset, n: 0 }, pos: e.offset, n: 0 })
+      for (const [k, run] of runs.entries()) pieces.push({ rec, first: k === 0, run, pos: run.pos, n: run.n })
+    }
+    for await (const { range, data } of readAhead(this.fh, pieces, signal === undefined ? {} : { signal })) {
+      if (range.first) this.journal.appendExtent(range.rec, undefined)
+      if (data !== undefined) this.journal.appendGrains(await inc.saveRun(range.run, data))
     }
     faultPoint('increment-written')
     await Promise.all([inc.flush(), this.journal.flush(true)])

@@ -12,14 +12,20 @@
  * increment do not match its journaled crc belongs to a batch whose stage 2
  * never started: rollback skips it and a resume saves it again.
  */
-import type { FileHandle } from 'node:fs/promises'
 import { crc32 } from 'node:zlib'
 import { join } from 'node:path'
 import { createDelta, openChain, openWriter, randomCid, type DiskWriter } from '@grainline/vmdk'
-import { readFully, unlinkIfExists, writeFully } from './fs-util.ts'
+import { unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
 import type { JournalGrain } from './journal.ts'
 import type { VmPaths } from './vm-paths.ts'
+
+/** A run of grains {@link ReverseIncrement.reserve} set aside: `n` bytes of the mirror at `pos`, first grain `grain`. */
+export interface SaveRun {
+  readonly grain: number
+  readonly pos: number
+  readonly n: number
+}
 
 /** Grain size of reverse increments: ESXi's SEsparse grain. */
 export const POINT_GRAIN = 4096
@@ -62,6 +68,8 @@ export class ReverseIncrement {
   private readonly saved: Set<number>
   /** grains saved by this object (for logs and tests) */
   savedGrains = 0
+  /** the error of a failed save: grains reserved for it may be missing, so nothing more is saved */
+  private failed: Error | undefined
 
   private constructor(path: string, writer: Writer, saved: Set<number>) {
     this.path = path
@@ -92,12 +100,16 @@ export class ReverseIncrement {
   }
 
   /**
-   * Save the old bytes of every grain of [offset, offset + length) not saved
-   * yet, read from `fh` (the mirror, not yet overwritten), into the
-   * increment. Returns the index entries to journal.
+   * The runs of grains of [offset, offset + length) not saved yet (at most
+   * SAVE_PIECE bytes each, grain-aligned, clipped to `capacity`), reserved:
+   * a later call skips them, so two extents of one batch save a grain once.
+   * The caller reads each run's old bytes from the mirror (not yet
+   * overwritten) and hands them to {@link saveRun}. After a failed save the
+   * increment refuses further use (a reserved grain may not be saved).
    */
-  async save(fh: FileHandle, offset: number, length: number, capacity: number, signal?: AbortSignal): Promise<JournalGrain[]> {
-    const out: JournalGrain[] = []
+  reserve(offset: number, length: number, capacity: number): SaveRun[] {
+    if (this.failed !== undefined) throw this.failed
+    const out: SaveRun[] = []
     const first = Math.floor(offset / POINT_GRAIN)
     const end = Math.ceil(Math.min(offset + length, capacity) / POINT_GRAIN)
     let g = first
@@ -109,13 +121,23 @@ export class ReverseIncrement {
       // a run of unsaved grains, at most SAVE_PIECE bytes
       let n = 1
       while (g + n < end && n * POINT_GRAIN < SAVE_PIECE && !this.saved.has(g + n)) n++
-      signal?.throwIfAborted()
-      const start = g * POINT_GRAIN
-      const len = Math.min(n * POINT_GRAIN, capacity - start)
-      const buf = await readFully(fh, start, len)
-      await this.writeRun(buf, g, out)
+      const pos = g * POINT_GRAIN
+      out.push({ grain: g, pos, n: Math.min(n * POINT_GRAIN, capacity - pos) })
       for (let k = 0; k < n; k++) this.saved.add(g + k)
       g += n
+    }
+    return out
+  }
+
+  /** Save a reserved run's old bytes (`data.length === run.n`) into the increment. Returns the index entries to journal. */
+  async saveRun(run: SaveRun, data: Buffer): Promise<JournalGrain[]> {
+    if (this.failed !== undefined) throw this.failed
+    const out: JournalGrain[] = []
+    try {
+      await this.writeRun(data.subarray(0, run.n), run.grain, out)
+    } catch (err) {
+      this.failed = err as Error
+      throw err
     }
     this.savedGrains += out.length
     return out

@@ -157,9 +157,18 @@ export function seSparseDataEntry(slot: number): [lo: number, hi: number] {
   return [lo, hi]
 }
 
+/**
+ * New SEsparse slots whose free-bitmap bits and backmap entries wait for the
+ * allocator's finish() (8 bytes each): past it they are written out.
+ * @default 65536
+ */
+const BACKMAP_PENDING_MAX = 65536
+
 class SeSparseAllocator implements SparseAllocator {
   readonly ext: SeSparseExtent
   readonly zeroMarker = true
+  /** grain numbers of the slots allocated since the last #writeSlots, in slot order */
+  readonly #backmap: number[] = []
   #nextSlot: number
   #freeGt: number
   readonly #maxSlot: number
@@ -183,6 +192,19 @@ class SeSparseAllocator implements SparseAllocator {
     const slot = this.#nextSlot
     if (slot + n > this.#maxSlot) throw new VmdkError('E_RANGE', 'SEsparse grain region full', this.ext.file.path)
     this.#nextSlot += n
+    // the free bitmap and backmap entries of new slots are written at finish()
+    // (one write each per flush, not a read-modify-write per allocation), or
+    // once BACKMAP_PENDING_MAX slots wait
+    for (let k = 0; k < n; k++) this.#backmap.push(firstGrain + k)
+    if (this.#backmap.length >= BACKMAP_PENDING_MAX) await this.#writeSlots()
+    return (this.ext.header.grainsOffset + slot * 8) * 512
+  }
+
+  /** Free bitmap bits and backmap entries of the slots allocated since the last write. */
+  async #writeSlots(): Promise<void> {
+    const n = this.#backmap.length
+    if (n === 0) return
+    const slot = this.#nextSlot - n
     const h = this.ext.header
     // free bitmap: one bit per slot, LSB first (sample: 0xFF bytes for allocated slots)
     const b0 = Math.floor(slot / 8)
@@ -200,13 +222,13 @@ class SeSparseAllocator implements SparseAllocator {
     if ((slot + n) * 8 <= h.backmapSize * 512) {
       const bk = Buffer.alloc(n * 8)
       for (let k = 0; k < n; k++) {
-        const [lo, hi] = seSparseDataEntry(firstGrain + k)
+        const [lo, hi] = seSparseDataEntry(this.#backmap[k] as number)
         bk.writeUInt32LE(lo, k * 8)
         bk.writeUInt32LE(((hi & 0x0fffffff) | 0x10000000) >>> 0, k * 8 + 4)
       }
       await this.ext.file.writeAt(bk, h.backmapOffset * 512 + slot * 8)
     }
-    return (h.grainsOffset + slot * 8) * 512
+    this.#backmap.length = 0
   }
 
   async newTable(gdIndex: number): Promise<Float64Array> {
@@ -244,6 +266,7 @@ class SeSparseAllocator implements SparseAllocator {
   }
 
   async finish(): Promise<void> {
+    await this.#writeSlots()
     if (this.#freeGt !== this.#startGt) {
       const b = Buffer.alloc(8)
       b.writeBigUInt64LE(BigInt(this.#freeGt))

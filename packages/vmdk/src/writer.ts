@@ -43,6 +43,13 @@ export interface OpenWriterOptions {
 
 const ZERO_CHUNK = 4 * 1024 * 1024
 
+/**
+ * Changed grain tables a writer keeps in memory until its flush (32 KiB each
+ * for SEsparse, 2–4 KiB for the other formats): past it they are written out.
+ * @default 256
+ */
+export const PENDING_TABLES_MAX = 256
+
 /** How the writers write a descriptor they change: in UTF-8, or in the encoding it declares. */
 export type DescriptorEncodingOption = 'utf-8' | 'keep'
 
@@ -84,6 +91,18 @@ class ChainWriter implements DiskWriter {
   #cid: string | undefined
   #closed = false
   #queue: Promise<void> = Promise.resolve()
+  /**
+   * Grain tables changed since the last flush, by extent and GD index, and
+   * the GD entries of new tables: written once at flush (tables, then
+   * directory entries, then header counters, then fsync) instead of once per
+   * write call. A write of a few 64 KiB extents into an SEsparse delta used
+   * to rewrite its 32 KiB table each time. Until the fsync nothing is durable
+   * either way; the crash order inside the flush is kept. Bounded: past
+   * {@link PENDING_TABLES_MAX} tables they are written out at once.
+   */
+  readonly #pendingTables = new Map<SparseExtent, Map<number, Float64Array>>()
+  readonly #pendingGd = new Map<SparseExtent, Set<number>>()
+  #pendingCount = 0
 
   constructor(chain: DiskChain, cidMode: 'first-write' | 'close', allocators: ReadonlyMap<Extent, SparseAllocator>, encoding: DescriptorEncodingOption) {
     this.#chain = chain
@@ -182,7 +201,7 @@ class ChainWriter implements DiskWriter {
     const newTables: number[] = []
     for (let gi = start / g; gi < Math.ceil((start + length) / g); gi++) {
       const gdIndex = Math.floor(gi / ext.gtEntries)
-      let t = dirty.get(gdIndex) ?? (await ext.denseTable(gdIndex))
+      let t = dirty.get(gdIndex) ?? (await this.#denseTable(ext, gdIndex))
       if (t === null) {
         t = await alloc.newTable(gdIndex)
         newTables.push(gdIndex)
@@ -190,11 +209,50 @@ class ChainWriter implements DiskWriter {
       dirty.set(gdIndex, t)
       t[gi - gdIndex * ext.gtEntries] = GTE_ZERO
     }
+    await this.#defer(ext, dirty, newTables)
+  }
+
+  /** A table to change: the one waiting for the flush, else the extent's (cached or read). */
+  async #denseTable(ext: SparseExtent, gdIndex: number): Promise<Float64Array | null> {
+    return this.#pendingTables.get(ext)?.get(gdIndex) ?? (await ext.denseTable(gdIndex))
+  }
+
+  /** Tables changed by one write (its data already written): cached for reads now, written at the flush. */
+  async #defer(ext: SparseExtent, dirty: ReadonlyMap<number, Float64Array>, newTables: readonly number[]): Promise<void> {
+    let tables = this.#pendingTables.get(ext)
+    if (tables === undefined) {
+      tables = new Map()
+      this.#pendingTables.set(ext, tables)
+    }
     for (const [i, t] of dirty) {
       ext.setTable(i, t)
-      await alloc.writeTable(i, t)
+      if (!tables.has(i)) this.#pendingCount++
+      tables.set(i, t)
     }
-    for (const i of newTables) await alloc.writeGdEntry(i)
+    if (newTables.length > 0) {
+      let gd = this.#pendingGd.get(ext)
+      if (gd === undefined) {
+        gd = new Set()
+        this.#pendingGd.set(ext, gd)
+      }
+      for (const i of newTables) gd.add(i)
+    }
+    if (this.#pendingCount > PENDING_TABLES_MAX) await this.#writeTables()
+  }
+
+  /** Write the waiting tables, then the GD entries of new ones (crash order: data, tables, directory). */
+  async #writeTables(): Promise<void> {
+    for (const [ext, tables] of this.#pendingTables) {
+      const alloc = this.#alloc.get(ext) as SparseAllocator
+      for (const [i, t] of tables) await alloc.writeTable(i, t)
+    }
+    for (const [ext, gd] of this.#pendingGd) {
+      const alloc = this.#alloc.get(ext) as SparseAllocator
+      for (const i of gd) await alloc.writeGdEntry(i)
+    }
+    this.#pendingTables.clear()
+    this.#pendingGd.clear()
+    this.#pendingCount = 0
   }
 
   /** Split a disk range over the top layer's extents. */
@@ -260,7 +318,7 @@ class ChainWriter implements DiskWriter {
       for (let k = 0; k < n; k++) {
         const gi = firstGrain + k
         const gdIndex = Math.floor(gi / ext.gtEntries)
-        let t = dirty.get(gdIndex) ?? (await ext.denseTable(gdIndex))
+        let t = dirty.get(gdIndex) ?? (await this.#denseTable(ext, gdIndex))
         if (t === null) {
           t = await alloc.newTable(gdIndex)
           newTables.push(gdIndex)
@@ -269,12 +327,8 @@ class ChainWriter implements DiskWriter {
         t[gi - gdIndex * ext.gtEntries] = off + k * g
       }
     }
-    // crash order: data, then tables, then directory entries
-    for (const [i, t] of dirty) {
-      ext.setTable(i, t)
-      await alloc.writeTable(i, t)
-    }
-    for (const i of newTables) await alloc.writeGdEntry(i)
+    // crash order: data (above), then tables, then directory entries (at the flush)
+    await this.#defer(ext, dirty, newTables)
   }
 
   #extentBase(ext: Extent): number {
@@ -283,8 +337,10 @@ class ChainWriter implements DiskWriter {
   }
 
   async flush(): Promise<void> {
-    await this.#queue
-    for (const a of this.#alloc.values()) await a.finish()
+    await this.#serial(async () => {
+      await this.#writeTables()
+      for (const a of this.#alloc.values()) await a.finish()
+    })
     const files = new Set(this.#layer.extents.map((e) => e.file).filter((f) => f !== undefined))
     for (const f of files) await f.sync()
   }
