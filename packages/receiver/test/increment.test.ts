@@ -1,0 +1,61 @@
+/**
+ * ReverseIncrement: grains reserved once per cycle (two extents of one
+ * batch save a shared grain once), saved from bytes the caller read ahead,
+ * and no further use after a failed save (a reserved grain may be missing).
+ */
+import t, { type Test } from 'tap'
+import { mkdirSync } from 'node:fs'
+import { createFlatDisk, openChain } from '@grainline/vmdk'
+import { scratchDir } from '@grainline/test-utils'
+import { POINT_GRAIN, ReverseIncrement, pointFileName, pointPath } from '../src/increment.ts'
+import { VmPaths } from '../src/vm-paths.ts'
+import { pattern } from './helpers.ts'
+
+const MiB = 1024 * 1024
+
+async function setup(t: Test): Promise<{ paths: VmPaths; inc: ReverseIncrement; file: string }> {
+  const store = scratchDir(t)
+  const paths = new VmPaths(store, 'vm')
+  mkdirSync(paths.gdir, { recursive: true })
+  await createFlatDisk(paths.descriptor('disk'), 16 * MiB)
+  const file = pointFileName('disk', 1)
+  const inc = await ReverseIncrement.open(paths, 'disk', file, [])
+  return { paths, inc, file }
+}
+
+t.test('reserve: grain-aligned runs of unsaved grains, each grain once; saveRun writes what it is given', async (t) => {
+  const { paths, inc, file } = await setup(t)
+  const capacity = 16 * MiB
+  // an extent over grains 1..2 (partly), then one overlapping grain 2..3
+  const a = inc.reserve(POINT_GRAIN + 100, POINT_GRAIN, capacity)
+  t.same(a, [{ grain: 1, pos: POINT_GRAIN, n: 2 * POINT_GRAIN }], 'the whole grains an unaligned range touches')
+  const b = inc.reserve(2 * POINT_GRAIN, 2 * POINT_GRAIN, capacity)
+  t.same(b, [{ grain: 3, pos: 3 * POINT_GRAIN, n: POINT_GRAIN }], 'a grain reserved by an earlier extent is not reserved again')
+  t.same(inc.reserve(capacity - 10, 100, capacity), [{ grain: capacity / POINT_GRAIN - 1, pos: capacity - POINT_GRAIN, n: POINT_GRAIN }], 'clipped to the capacity')
+  const old = pattern(2 * POINT_GRAIN, 9)
+  const grains = await inc.saveRun(a[0] as (typeof a)[number], old)
+  t.same(
+    grains.map((g) => g.grain),
+    [1, 2],
+    'one index entry per grain',
+  )
+  const zero = await inc.saveRun(b[0] as (typeof b)[number], Buffer.alloc(POINT_GRAIN))
+  t.equal(zero.length, 1, 'a zero grain is indexed too')
+  t.equal(inc.savedGrains, 3)
+  await inc.close()
+  // the increment reads back the old bytes at their grains (QEMU-readable SEsparse, read here with our reader)
+  const chain = await openChain(pointPath(paths, file))
+  t.teardown(() => chain.close())
+  t.same(await chain.read(POINT_GRAIN, 2 * POINT_GRAIN, { depth: 0 }), old, 'old bytes saved at their offset')
+})
+
+t.test('after a failed save the increment refuses to reserve or save anything more', async (t) => {
+  const { inc } = await setup(t)
+  const capacity = 16 * MiB
+  const [run] = inc.reserve(0, POINT_GRAIN, capacity)
+  // the writer is closed under it: the save fails
+  await inc.close()
+  await t.rejects(inc.saveRun(run as NonNullable<typeof run>, Buffer.alloc(POINT_GRAIN, 1)), /closed/)
+  t.throws(() => inc.reserve(8 * POINT_GRAIN, POINT_GRAIN, capacity), /closed/, 'reserve refuses after the failure')
+  await t.rejects(inc.saveRun({ grain: 8, pos: 8 * POINT_GRAIN, n: POINT_GRAIN }, Buffer.alloc(POINT_GRAIN, 1)), /closed/, 'and so does saveRun')
+})
