@@ -252,10 +252,11 @@ try {
         // where the checks' time went: the agent's frozen-view read and its wait for answers, the receiver's read and verify record
         const agentChecks = stderr
           .split('\n')
-          .filter((l) => l.includes('"scrub ok"') || l.includes('"block check ok"'))
+          .filter((l) => l.includes('"scrub ok"') || l.includes('"block check ok"') || l.includes('"digests of the written blocks taken while shipping"'))
           .map((l) => {
             const o = JSON.parse(l)
-            return `${o.msg}: agent read ${o.readMs} ms${o.listMs === undefined ? '' : ` (of which listing the blocks ${o.listMs} ms)`}, waited for answers ${o.waitMs} ms (${o.messages} msg)`
+            if (o.msg.startsWith('digests')) return `written blocks' digests (taken while shipping): waited ${o.waitMs} ms after the commit`
+            return `${o.msg}: agent read ${o.readMs} ms${o.listMs === undefined ? '' : ` (of which listing the blocks ${o.listMs} ms)`}${o.ready === true ? ' (digests ready)' : ''}, waited for answers ${o.waitMs} ms (${o.messages} msg)`
           })
         const rxChecks = checks.slice(seen).map((o) => `receiver: read ${o.readMs} ms, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`)
         log(

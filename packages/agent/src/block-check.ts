@@ -2,13 +2,18 @@
  * `--verify changed` and `--scrub N` (SPEC §5.6 BlockCheck): after the commit, the digests of
  * every block the cycle wrote — read from the frozen source view — are
  * compared with the same blocks read back from the mirror. Cost O(blocks
- * written), not O(disk). `--scrub N` compares 1/N of the disk per cycle in
+ * written), not O(disk). The agent's own digests are taken before the
+ * commit (an incremental's written blocks read while it ships, a resync's
+ * differing blocks as it sends them: written-block-digests.ts), so after the
+ * commit only the BlockChecks go; without them (a seed, past the cap, a
+ * failed read) the blocks are read after the commit. `--scrub N` compares 1/N of the disk per cycle in
  * rotation (the position is kept in the agent's record), so the whole mirror
  * is proven every N cycles. A mismatch is recorded in the disk's report
  * (`E_CHECK`, `blockCheck.ok = false`); the cycle then marks the disk
  * diverged and the next cycle resyncs exactly the differing blocks.
  */
-import { blockDigest, DEFAULT_BLOCK_SIZE, DEFAULT_LIMITS, DigestLengths, MAX_MAP_BLOCKS, blockCount } from '@grainline/protocol'
+import type { Logger } from 'pino'
+import { blockDigest, DEFAULT_BLOCK_SIZE, DEFAULT_LIMITS, DigestLengths, MAX_MAP_BLOCKS, blockCount, type DigestAlgorithm } from '@grainline/protocol'
 import type { ScrubRecord } from './agent-state.ts'
 import type { DiskWork } from './disk-work.ts'
 import { AgentError } from './errors.ts'
@@ -16,9 +21,18 @@ import { planExtents } from './extent-plan.ts'
 import { blockCheckTimeoutMs, refusalError } from './receiver-client.ts'
 import type { VerifyOptions } from './verification.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'
+import { READY_DIGESTS_MAX_BLOCKS, WrittenBlockDigests } from './written-block-digests.ts'
 
-/** Frozen-view blocks read ahead of the one digested. */
+/** Frozen-view blocks read ahead of the one digested (after the commit: nothing else runs). */
 const READS_IN_FLIGHT = 4
+
+/**
+ * Frozen-view blocks read ahead by the digests taken while an incremental
+ * ships: fewer than after the commit, so that the shipping's own reads keep
+ * most of the disk and the thread pool.
+ * @default 2
+ */
+export const SHIPPING_READS_IN_FLIGHT = 2
 
 /**
  * A scrub slice at least this long asks the view's holes first and does not
@@ -81,16 +95,23 @@ type BlockDigest = readonly [block: number, digest: Uint8Array]
  * of reused buffers (no allocation per block). `stats.listMs`: the time
  * spent waiting for `list` (the plan's ranges read again).
  */
-async function* readBlockDigests(w: DiskWork, opts: VerifyOptions, blockSize: number, list: AsyncIterable<number>, stats: { listMs: number }): AsyncGenerator<BlockDigest> {
+async function* readBlockDigests(
+  w: DiskWork,
+  opts: { readonly digest: DigestAlgorithm; readonly signal?: AbortSignal | undefined; readonly inFlight?: number },
+  blockSize: number,
+  list: AsyncIterable<number>,
+  stats: { listMs: number },
+): AsyncGenerator<BlockDigest> {
   const chain = w.chain
   const capacity = chain.capacity
-  const pool = Array.from({ length: READS_IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(Math.min(blockSize, capacity)))
+  const inFlight = Math.max(1, opts.inFlight ?? READS_IN_FLIGHT)
+  const pool = Array.from({ length: inFlight + 1 }, () => Buffer.allocUnsafe(Math.min(blockSize, capacity)))
   const reads: Array<{ block: number; buf: Buffer; length: number; done: Promise<void> }> = []
   const it = list[Symbol.asyncIterator]()
   let ended = false
   let turn = 0
   const issue = async (): Promise<void> => {
-    while (!ended && reads.length < READS_IN_FLIGHT) {
+    while (!ended && reads.length < inFlight) {
       const tl = performance.now()
       const n = await it.next()
       stats.listMs += performance.now() - tl
@@ -144,15 +165,34 @@ interface CheckOutcome {
  * blocks, up to {@link CHECKS_IN_FLIGHT} of them unanswered: the receiver
  * reads one part while the next is read here. Answers are taken in order; a
  * refusal, or an answer naming a block its BlockCheck did not list, ends the
- * comparison (E_PROTOCOL for the latter).
+ * comparison (E_PROTOCOL for the latter). `beforeAnswers` reads the answers
+ * to requests sent before the first BlockCheck (a trivial check sent just
+ * ahead of them); it runs once, before the first BlockCheckResult is read.
  */
-async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number, digests: AsyncIterable<BlockDigest>, chunkBlocks: number): Promise<CheckOutcome> {
+async function compareBlocks(
+  w: DiskWork,
+  opts: VerifyOptions,
+  blockSize: number,
+  digests: AsyncIterable<BlockDigest>,
+  chunkBlocks: number,
+  beforeAnswers?: () => Promise<void>,
+): Promise<CheckOutcome> {
   const len = DigestLengths[opts.digest]
   const per = Math.max(1, Math.min(maxBlocksPerCheck(opts), chunkBlocks))
   const out: CheckOutcome = { blocks: 0, mismatched: 0, readMs: 0, waitMs: 0, messages: 0, first: [] }
   const unanswered: Array<{ readonly batch: readonly number[]; readonly timeoutMs: number }> = []
   const t0 = performance.now()
+  let earlier = beforeAnswers
+  const answerEarlier = async (): Promise<void> => {
+    const read = earlier
+    earlier = undefined
+    if (read === undefined) return
+    const tw = performance.now()
+    await read()
+    out.waitMs += performance.now() - tw
+  }
   const settle = async (): Promise<void> => {
+    await answerEarlier()
     const s = unanswered.shift() as (typeof unanswered)[number]
     const tw = performance.now()
     const r = await opts.client.blockCheckResult(w.handle, s.timeoutMs)
@@ -192,6 +232,8 @@ async function compareBlocks(w: DiskWork, opts: VerifyOptions, blockSize: number
   }
   if (batch.length > 0) await send(batch, sums)
   while (unanswered.length > 0) await settle()
+  // no block written: the earlier answers are still read
+  await answerEarlier()
   out.readMs = performance.now() - t0 - out.waitMs
   return out
 }
@@ -207,14 +249,79 @@ function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, b
   opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first, ...timings(o) }, `${what} failed`)
 }
 
-/** Compare the blocks `w`'s cycle wrote with the mirror; record the outcome in its report. */
-export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions): Promise<void> {
-  const blockSize = w.mode === 'resync' ? w.blockSize : (opts.blockSize ?? DEFAULT_BLOCK_SIZE)
+/** The block size of `w`'s `--verify changed` (a resync's map blocks, else the option's). */
+export function verifyBlockSize(w: DiskWork, opts: { readonly blockSize?: number | undefined }): number {
+  return w.mode === 'resync' ? w.blockSize : (opts.blockSize ?? DEFAULT_BLOCK_SIZE)
+}
+
+/** The digests of every block `w`'s cycle wrote, taken before the commit with this block size and algorithm, or undefined (they are read). */
+export function readyDigests(w: DiskWork, algorithm: DigestAlgorithm, blockSize: number): WrittenBlockDigests | undefined {
+  const d = w.written
+  return d?.ready === true && d.blockSize === blockSize && d.algorithm === algorithm ? d : undefined
+}
+
+/**
+ * Start taking the digests of the blocks an incremental writes from its
+ * frozen view while it ships (`--verify changed`), {@link SHIPPING_READS_IN_FLIGHT}
+ * reads in flight, into `w.written`; `w.writtenTask` settles when done (it
+ * never rejects: a failed read lets the digests go, and the check reads the
+ * blocks after the commit, where the failure is reported). Once per plan: the
+ * frozen view and the plan do not change with the connection. Not for a seed
+ * (every block is written: reading the whole view a second time while it
+ * ships would compete with the shipping's own reads) nor for a plan that may
+ * write more than {@link READY_DIGESTS_MAX_BLOCKS} blocks.
+ */
+export function startWrittenDigests(w: DiskWork, o: { readonly blockSize: number; readonly digest: DigestAlgorithm; readonly signal?: AbortSignal | undefined; readonly log: Logger }): void {
+  if (w.mode !== 'incremental' || w.writtenTask !== undefined) return
+  // every extent covers at most its length in blocks and one more
+  const most = Math.ceil(w.plan.totalBytes / o.blockSize) + w.plan.totalExtents
+  if (most > READY_DIGESTS_MAX_BLOCKS) {
+    o.log.info({ disk: w.name, mostBlocks: most, max: READY_DIGESTS_MAX_BLOCKS }, 'verify changed: the written blocks are read after the commit (more than kept ahead)')
+    return
+  }
+  const written = new WrittenBlockDigests(o.blockSize, o.digest)
+  w.written = written
+  const t0 = performance.now()
   const stats = { listMs: 0 }
-  const o = await compareBlocks(w, opts, blockSize, readBlockDigests(w, opts, blockSize, writtenBlocks(w, blockSize), stats), Math.floor(VERIFY_CHECK_BYTES / blockSize))
+  w.writtenTask = (async () => {
+    try {
+      for await (const [b, d] of readBlockDigests(w, { digest: o.digest, signal: o.signal, inFlight: SHIPPING_READS_IN_FLIGHT }, o.blockSize, writtenBlocks(w, o.blockSize), stats)) written.add(b, d)
+      written.complete()
+      o.log.debug(
+        { disk: w.name, blocks: written.count, ms: Math.round(performance.now() - t0), listMs: Math.round(stats.listMs) },
+        'verify changed: digests of the written blocks taken while shipping',
+      )
+    } catch (err) {
+      written.drop(`reading the written blocks failed: ${(err as Error).message}`)
+      o.log.info({ disk: w.name, err }, 'verify changed: the written blocks are read after the commit (their digests could not be taken while shipping)')
+    }
+  })()
+}
+
+/**
+ * Compare the blocks `w`'s cycle wrote with the mirror; record the outcome in
+ * its report. Digests taken before the commit are sent as they are, in as few
+ * BlockChecks as frames allow (nothing to read here: the receiver's reading
+ * is all that is left); else the blocks are read in parts of
+ * {@link VERIFY_CHECK_BYTES}, the receiver reading one while the next is read
+ * here. `beforeAnswers`: see {@link compareBlocks}.
+ */
+export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions, beforeAnswers?: () => Promise<void>): Promise<void> {
+  const blockSize = verifyBlockSize(w, opts)
+  const stats = { listMs: 0 }
+  const ready = readyDigests(w, opts.digest, blockSize)
+  const o =
+    ready !== undefined
+      ? await compareBlocks(w, opts, blockSize, fromMemory(ready), maxBlocksPerCheck(opts), beforeAnswers)
+      : await compareBlocks(w, opts, blockSize, readBlockDigests(w, opts, blockSize, writtenBlocks(w, blockSize), stats), Math.floor(VERIFY_CHECK_BYTES / blockSize), beforeAnswers)
   w.report.blockCheck = { ok: o.mismatched === 0, blockSize, blocks: o.blocks, mismatched: o.mismatched }
   if (o.mismatched > 0) fail(w, opts, 'block check', o, blockSize)
-  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize, ...timings(o), listMs: Math.round(stats.listMs) }, 'block check ok')
+  else opts.log.info({ disk: w.name, blocks: o.blocks, blockSize, ...timings(o), listMs: Math.round(stats.listMs), ready: ready !== undefined }, 'block check ok')
+}
+
+/** The digests taken before the commit, as the comparison takes them. */
+async function* fromMemory(d: WrittenBlockDigests): AsyncGenerator<BlockDigest> {
+  yield* d.entries()
 }
 
 /**

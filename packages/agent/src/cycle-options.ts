@@ -36,6 +36,8 @@ export interface CycleOptions {
   readonly signal?: AbortSignal
   /** called after the snapshot is taken and before shipping starts (tests: guest writes) */
   readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /** called after the commit, before the checks (tests: the mirror changed behind the receiver's back) */
+  readonly afterCommit?: (vm: VmHandle) => Promise<void>
   /**
    * called after the commit and checks, before older snapshots are removed
    * (demo/tests: a guest writing concurrently with shipping settles here, the

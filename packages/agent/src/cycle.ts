@@ -368,6 +368,8 @@ class VmCycle {
         view: undefined,
         viewTask: undefined,
         touched: undefined,
+        written: undefined,
+        writtenTask: undefined,
       }
       this.#works.push(w)
       const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
@@ -479,6 +481,7 @@ class VmCycle {
               log: this.log,
               ...this.#sig,
               ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
+              ...(this.#opts.verify === 'changed' ? { verifyBlockSize: this.#planContext().blockSize } : {}),
             })
             break
           }
@@ -508,6 +511,14 @@ class VmCycle {
       for (const w of this.#works) w.progress.update('commit', true)
       this.#lap('commit')
       this.log.info({ cycle: this.#cycleNo, generation: committed.value.generation }, 'committed')
+      // `--verify changed`: the written blocks' digests, taken while the extents shipped and the receiver committed (never rejects)
+      const tasks = this.#works.flatMap((w) => (w.writtenTask === undefined ? [] : [w.writtenTask]))
+      if (tasks.length > 0) {
+        const tw = performance.now()
+        await Promise.all(tasks)
+        this.log.info({ disks: tasks.length, waitMs: Math.round(performance.now() - tw) }, 'digests of the written blocks taken while shipping')
+      }
+      if (this.#opts.afterCommit !== undefined) await this.#opts.afterCommit(this.#vm)
       await verifyDisks(this.#works, {
         client,
         digest: welcome.digest,

@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino'
 import { createDigest, CycleDigest, windowCost, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
+import { startWrittenDigests } from './block-check.ts'
 import { ConnectionLost } from './connection.ts'
 import { DigestLog } from './digest-log.ts'
 import type { DiskWork } from './disk-work.ts'
@@ -39,6 +40,13 @@ export interface SendDiskOptions {
   readonly signal?: AbortSignal
   /** called after every extent handed to the socket (tests: cut the link) */
   readonly onExtentSent?: (info: { disk: string; seq: number; wireBytes: number }) => void
+  /**
+   * `--verify changed` with this block size (an incremental: the option's; a
+   * resync checks its map blocks): the digests of the blocks written are taken
+   * while the disk ships, so that after the commit only the BlockChecks go.
+   * Undefined: no `--verify changed`.
+   */
+  readonly verifyBlockSize?: number | undefined
 }
 
 /** Ship the disk `opts.work` from `opts.accepted.resumeSeq` to DiskEnded. */
@@ -86,6 +94,8 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     }
   }
   const inPass = startViewDigest(opts, resumeSeq)
+  // `--verify changed`: the written blocks' digests from the frozen view, while the extents ship (awaited after the commit)
+  if (opts.verifyBlockSize !== undefined) startWrittenDigests(w, { blockSize: opts.verifyBlockSize, digest: opts.digest, signal, log })
   window.reset(resumeSeq)
   client.onAck = (ack) => {
     if (ack.disk !== w.handle || !window.ack(ack.seq)) {

@@ -13,6 +13,7 @@ import { buildPlan, arraySource, coalesceSource, unionSource, type ExtentPlan, t
 import type { ViewDigester } from './extent-source.ts'
 import type { DiskProgress } from './progress.ts'
 import type { DiskReport } from './report.ts'
+import type { WrittenBlockDigests } from './written-block-digests.ts'
 
 /** A disk being shipped. */
 export interface DiskWork {
@@ -48,6 +49,10 @@ export interface DiskWork {
   viewTask: Promise<void> | undefined
   /** resync: bitmap of the blocks that differed and were written (for `--verify changed`) */
   touched: Uint8Array | undefined
+  /** `--verify changed`: the frozen-view digests of the blocks written, taken before the commit (block-check.ts) */
+  written: WrittenBlockDigests | undefined
+  /** `--verify changed`, incremental: those digests taken while the extents ship; never rejects */
+  writtenTask: Promise<void> | undefined
 }
 
 /** Largest zero extent of an incremental cycle. */
@@ -119,6 +124,9 @@ export async function applyDiskPlan(
     w.plan = await buildPlan(unionSource(layers), { chunkBytes: ctx.chunkBytes, zeroChunkBytes: INCREMENTAL_ZERO_CHUNK })
   }
   w.records?.clear()
+  // the blocks written follow from the plan
+  w.written = undefined
+  w.writtenTask = undefined
   const frozen: ChainLayer[] = []
   for (let d = w.fromDepth; d >= w.depth; d--) frozen.push(layerOf(layerAt(chain, d)))
   w.source = { layers: frozen, successor: layerAt(chain, 0).file }

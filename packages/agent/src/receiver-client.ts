@@ -169,6 +169,23 @@ export class ReceiverClient {
     return r
   }
 
+  /**
+   * Send a TrivialCheck without waiting for its answer, so that the disk's
+   * BlockChecks can follow right behind it (SPEC §5.6: a disk's checks are
+   * answered in the order received); read its answer with
+   * {@link trivialResult} before any answer to a later request.
+   */
+  async sendTrivialCheck(msg: Omit<TrivialCheckMessage, 'kind'>): Promise<void> {
+    await this.#send({ kind: MessageKind.TrivialCheck, ...msg }, `trivial check of disk ${msg.disk}`)
+  }
+
+  /** The TrivialResult of a TrivialCheck sent with {@link sendTrivialCheck} for `disk`. */
+  async trivialResult(disk: number): Promise<Reply<TrivialResultMessage>> {
+    const r = await this.#reply(MessageKind.TrivialResult, undefined, true)
+    if (r.ok && r.value.disk !== disk) throw this.#protocol(`TrivialResult for disk ${r.value.disk}, expected ${disk}`)
+    return r
+  }
+
   /** Certify → CertifyResult; the receiver digests the whole mirror, so the wait is `timeoutMs`. */
   async certify(msg: Omit<CertifyMessage, 'kind'>, timeoutMs: number): Promise<Reply<CertifyResultMessage>> {
     const r = await this.#request({ kind: MessageKind.Certify, ...msg }, MessageKind.CertifyResult, timeoutMs)

@@ -120,6 +120,8 @@ export interface ReplicateInit {
   readonly signal?: AbortSignal
   /** test hook: runs after the snapshot, before shipping */
   readonly afterSnapshot?: (vm: VmHandle) => Promise<void>
+  /** test hook: runs after the commit, before the checks */
+  readonly afterCommit?: (vm: VmHandle) => Promise<void>
   /** test/demo hook: runs after commit and checks, before older snapshots are removed */
   readonly beforeRemove?: (vm: VmHandle) => Promise<void>
   /** test hook: runs after each extent is handed to the socket */
@@ -228,6 +230,7 @@ async function replicateVm(
         progress: shared.progress,
         ...(signal !== undefined ? { signal } : {}),
         ...(init.afterSnapshot !== undefined ? { afterSnapshot: init.afterSnapshot } : {}),
+        ...(init.afterCommit !== undefined ? { afterCommit: init.afterCommit } : {}),
         ...(init.beforeRemove !== undefined ? { beforeRemove: init.beforeRemove } : {}),
         ...(init.onExtentSent !== undefined ? { onExtentSent: init.onExtentSent } : {}),
       },

@@ -21,6 +21,7 @@ import { STALL_MS, type SendDiskOptions } from './disk-sender.ts'
 import { AgentError } from './errors.ts'
 import { CompressionGate, isAllZero, ViewDigester } from './extent-source.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'
+import { WrittenBlockDigests } from './written-block-digests.ts'
 import { refusalError } from './receiver-client.ts'
 
 /** Options of {@link sendResync}: those of a disk, and the negotiated frame size (bounds the map messages). */
@@ -69,6 +70,10 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   // the blocks this cycle writes, for `--verify changed`: a bitmap (2 MiB for 16 M blocks)
   const touched = new Uint8Array(Math.ceil(blocks / 8))
   w.touched = touched
+  // and their digests (taken here anyway, each differing block is read again): after the commit only the BlockChecks go
+  const written = opts.verifyBlockSize === undefined ? undefined : new WrittenBlockDigests(blockSize, opts.digest)
+  w.written = written
+  w.writtenTask = undefined
   window.reset(resumeSeq)
   client.onAck = (ack) => {
     if (ack.disk !== w.handle || !window.ack(ack.seq)) {
@@ -145,6 +150,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
         if (Buffer.compare(digest, own) !== 0) throw new AgentError('E_CHAIN', `block ${bi} of ${w.name} read twice gave two digests: the frozen view changed while it was read; run the cycle again`)
         stats.differing++
         touched[bi >> 3] = (touched[bi >> 3] as number) | (1 << (bi & 7))
+        written?.add(bi, digest)
         const zero = isAllZero(b.raw)
         const extentDigest = zero ? new Uint8Array(0) : digest
         cd.add({ offset: b.offset, length: b.length, zero, digest: extentDigest })
@@ -194,6 +200,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   }
   if (seq < resumeSeq) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${seq} differing blocks of disk ${w.name}`)
   if (!view.complete) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} was not read whole`)
+  written?.complete()
   w.report.extents = seq
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes

@@ -6,11 +6,11 @@
  * throw.
  */
 import type { Logger } from 'pino'
-import type { DigestAlgorithm } from '@grainline/protocol'
+import type { DigestAlgorithm, TrivialResultMessage } from '@grainline/protocol'
 import type { DiskWork } from './disk-work.ts'
 import { ViewDigester } from './extent-source.ts'
-import { refusalError, type ReceiverClient } from './receiver-client.ts'
-import { checkChangedBlocks, scrubDisk } from './block-check.ts'
+import { refusalError, type ReceiverClient, type Reply } from './receiver-client.ts'
+import { checkChangedBlocks, readyDigests, scrubDisk, verifyBlockSize } from './block-check.ts'
 import type { ScrubRecord } from './agent-state.ts'
 
 /** Options of {@link verifyDisks}. */
@@ -51,31 +51,43 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
     const prefixBytes = Math.min(size, opts.trivialBytes)
     const view = w.view ?? new ViewDigester(size, opts.digest, prefixBytes, opts.certify)
     if (!view.complete) await view.finishFrom(w.chain, w.depth, opts.signal)
-    if (opts.trivialBytes > 0) {
-      const r = await client.trivialCheck({ disk: w.handle, prefixBytes, algorithm: opts.digest, size, digest: view.prefixDigest as Uint8Array })
-      if (!r.ok) throw refusalError(`trivial check of ${w.name}`, r.refusal)
-      w.report.trivial = { ok: r.value.ok && r.value.size === size, prefixBytes, algorithm: opts.digest }
-      if (!w.report.trivial.ok) {
-        w.report.error = { code: 'E_CHECK', message: `trivial check failed on ${w.name}: mirror size ${r.value.size}, digest ${Buffer.from(r.value.digest).toString('hex')}` }
-        log.error({ disk: w.name, mirrorSize: r.value.size }, 'trivial check failed')
-      }
-    }
-    if (opts.certify !== undefined) {
-      const digest = view.fullDigest as Uint8Array
-      const r = await client.certify({ disk: w.handle, algorithm: opts.certify, digest }, certifyTimeoutMs(size))
-      if (!r.ok) throw refusalError(`certify of ${w.name}`, r.refusal)
-      const ok = r.value.ok && Buffer.from(r.value.digest).equals(Buffer.from(digest))
-      w.report.certify = { ok, algorithm: opts.certify, digest: Buffer.from(digest).toString('hex') }
-      if (!ok) {
-        w.report.error = {
-          code: 'E_CHECK',
-          message: `certify (${opts.certify}) failed on ${w.name}: source ${Buffer.from(digest).toString('hex')}, mirror ${Buffer.from(r.value.digest).toString('hex')}`,
+    const trivial = opts.trivialBytes > 0 ? { disk: w.handle, prefixBytes, algorithm: opts.digest, size, digest: view.prefixDigest as Uint8Array } : undefined
+    if (trivial !== undefined && opts.verifyChanged === true && opts.certify === undefined && readyDigests(w, opts.digest, verifyBlockSize(w, opts)) !== undefined) {
+      // the written blocks' digests are ready: the BlockChecks follow the trivial check without waiting for its answer
+      // (answers come in the order asked), so the receiver goes on to the blocks as soon as it has digested the prefix
+      await client.sendTrivialCheck(trivial)
+      await checkChangedBlocks(w, opts, async () => {
+        noteTrivial(w, trivial, await client.trivialResult(w.handle), log)
+      })
+    } else {
+      if (trivial !== undefined) noteTrivial(w, trivial, await client.trivialCheck(trivial), log)
+      if (opts.certify !== undefined) {
+        const digest = view.fullDigest as Uint8Array
+        const r = await client.certify({ disk: w.handle, algorithm: opts.certify, digest }, certifyTimeoutMs(size))
+        if (!r.ok) throw refusalError(`certify of ${w.name}`, r.refusal)
+        const ok = r.value.ok && Buffer.from(r.value.digest).equals(Buffer.from(digest))
+        w.report.certify = { ok, algorithm: opts.certify, digest: Buffer.from(digest).toString('hex') }
+        if (!ok) {
+          w.report.error = {
+            code: 'E_CHECK',
+            message: `certify (${opts.certify}) failed on ${w.name}: source ${Buffer.from(digest).toString('hex')}, mirror ${Buffer.from(r.value.digest).toString('hex')}`,
+          }
+          log.error({ disk: w.name }, 'certify failed')
         }
-        log.error({ disk: w.name }, 'certify failed')
       }
+      if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
     }
-    if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
     const scrub = opts.scrub ?? 0
     if (scrub > 0 && opts.scrubState !== undefined) opts.scrubState[w.name] = await scrubDisk(w, { ...opts, scrub }, opts.scrubState[w.name])
+  }
+}
+
+/** Record a trivial check's answer in the disk's report. */
+function noteTrivial(w: DiskWork, asked: { readonly prefixBytes: number; readonly algorithm: DigestAlgorithm; readonly size: number }, r: Reply<TrivialResultMessage>, log: Logger): void {
+  if (!r.ok) throw refusalError(`trivial check of ${w.name}`, r.refusal)
+  w.report.trivial = { ok: r.value.ok && r.value.size === asked.size, prefixBytes: asked.prefixBytes, algorithm: asked.algorithm }
+  if (!w.report.trivial.ok) {
+    w.report.error = { code: 'E_CHECK', message: `trivial check failed on ${w.name}: mirror size ${r.value.size}, digest ${Buffer.from(r.value.digest).toString('hex')}` }
+    log.error({ disk: w.name, mirrorSize: r.value.size }, 'trivial check failed')
   }
 }

@@ -7,13 +7,20 @@
  * by the rotation (E_CHECK, the disk marked diverged) and the next cycle
  * resyncs exactly the differing block, after which the mirror equals the
  * frozen source again. A long scrub slice of a sparse disk skips its holes
- * and still finds a block written into a hole of the mirror.
+ * and still finds a block written into a hole of the mirror. The agent's
+ * digests of the written blocks are taken before the commit (an incremental
+ * while it ships, a resync as it sends): no read of the frozen view between
+ * the commit and the end of the checks (counted through the driver's file
+ * access), and a mirror changed between the commit and the check is still
+ * found; with a trivial check the BlockChecks follow it unanswered.
  */
 import t from 'tap'
 import { open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pollUntil } from '@grainline/test-utils'
-import { openChain } from '@grainline/vmdk'
+import { localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
+import type { HypervisorDriver } from '../src/driver.ts'
+import { createLocalDriver } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import type { VmReport } from '../src/report.ts'
 import { createSampleVm, simulateGuestWrites, type SampleVm } from '../src/sample-vm.ts'
@@ -155,4 +162,91 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
   t.equal(repair.v.disks[0]?.mode, 'resync', 'the next cycle resyncs')
   t.ok(repair.v.ok, `and is ok ${JSON.stringify(repair.v.disks[0]?.error)}`)
   t.equal(await firstDifference(flat, repair.raw), -1, 'both differences repaired: the mirror equals the frozen source')
+})
+
+/** The local driver reading the VM's files through a wrapper that counts the reads of disk files while `on`. */
+function countingDriver(): { driver: HypervisorDriver; reads: { on: boolean; count: number } } {
+  const reads = { on: false, count: 0 }
+  const files: FileAccess = {
+    ...localFileAccess,
+    async open(path, mode) {
+      const f = await localFileAccess.open(path, mode)
+      return new Proxy(f, {
+        get(target, prop) {
+          if (prop === 'read') {
+            return async (buf: Uint8Array, at: number, length: number, position: number): Promise<number> => {
+              if (reads.on && path.endsWith('.vmdk')) reads.count++
+              return await target.read(buf, at, length, position)
+            }
+          }
+          const v: unknown = Reflect.get(target, prop, target)
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+        },
+      })
+    },
+  }
+  return { driver: { ...createLocalDriver(), files }, reads }
+}
+
+t.test('--verify changed: the digests of the written blocks are ready at the commit (no read of the frozen view after it), a mirror changed after the commit is still found', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'ready', disks: [{ sizeBytes: 4 * MiB }], seed: 11 })
+  const flat = join(rx.store, 'ready', 'ready-flat.vmdk')
+  const { driver, reads } = countingDriver()
+  // reads of the VM's disk files from the commit to the end of the checks
+  const counted = (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
+    driver,
+    verify: 'changed',
+    afterCommit: async (h) => {
+      await over.afterCommit?.(h)
+      reads.count = 0
+      reads.on = true
+    },
+    beforeRemove: async () => {
+      reads.on = false
+    },
+  })
+  t.ok((await cycle(dir, vm, rx, 'c1', { driver })).v.ok, 'seed')
+  const c2 = await cycle(dir, vm, rx, 'c2', counted({}))
+  const d2 = c2.v.disks[0]
+  t.ok(c2.v.ok, `incremental ok ${JSON.stringify(d2?.error)}`)
+  t.match(d2?.blockCheck, { ok: true, blockSize: 256 * 1024, mismatched: 0 }, 'the written blocks match')
+  t.ok((d2?.blockCheck?.blocks ?? 0) > 0, `blocks compared (${d2?.blockCheck?.blocks})`)
+  t.equal(reads.count, 0, 'no read of the frozen view between the commit and the end of the checks')
+  t.equal(c2.lines.find((l) => l['msg'] === 'block check ok')?.['ready'], true, 'the digests were taken while shipping')
+  // one byte of every block of the mirror changed after the commit: every block compared differs
+  const tamper = async (): Promise<void> => {
+    const fh = await open(flat, 'r+')
+    const b = Buffer.alloc(1)
+    for (let at = 1000; at < 4 * MiB; at += 256 * 1024) {
+      await fh.read(b, 0, 1, at)
+      b[0] = (b[0] as number) ^ 0x5a
+      await fh.write(b, 0, 1, at)
+    }
+    await fh.close()
+  }
+  const c3 = await cycle(dir, vm, rx, 'c3', counted({ afterCommit: tamper }))
+  const d3 = c3.v.disks[0]
+  t.equal(c3.v.ok, false, 'the cycle is not ok')
+  t.equal(d3?.blockCheck?.ok, false, 'the block check fails')
+  t.ok((d3?.blockCheck?.blocks ?? 0) > 0 && d3?.blockCheck?.mismatched === d3?.blockCheck?.blocks, `every block compared differs (${d3?.blockCheck?.mismatched} of ${d3?.blockCheck?.blocks})`)
+  t.equal(d3?.error?.code, 'E_CHECK')
+  t.equal(reads.count, 0, 'still no read of the frozen view after the commit')
+  // the next cycle resyncs the diverged disk; its differing blocks' digests are kept as they are sent
+  const c4 = await cycle(dir, vm, rx, 'c4', counted({}))
+  const d4 = c4.v.disks[0]
+  t.equal(d4?.mode, 'resync', 'the next cycle resyncs')
+  t.ok(c4.v.ok, `and is ok ${JSON.stringify(d4?.error)}`)
+  t.match(d4?.blockCheck, { ok: true, blocks: 16, mismatched: 0 }, 'the 16 blocks the resync wrote (every block was changed) match')
+  t.equal(reads.count, 0, 'no read of the frozen view after the resync commit')
+  t.equal(await firstDifference(flat, c4.raw), -1, 'the mirror equals the frozen source again')
+  // with a trivial check: the BlockChecks go behind it unanswered, both answers read in order
+  const c5 = await cycle(dir, vm, rx, 'c5', { driver, verify: 'changed', trivialMiB: 1 })
+  const d5 = c5.v.disks[0]
+  t.ok(c5.v.ok, `incremental with a trivial check ok ${JSON.stringify(d5?.error)}`)
+  t.match(d5?.trivial, { ok: true, prefixBytes: MiB }, 'the trivial check passes')
+  t.match(d5?.blockCheck, { ok: true, mismatched: 0 }, 'and the block check')
+  t.equal(c5.lines.find((l) => l['msg'] === 'block check ok')?.['ready'], true, 'with digests taken while shipping')
 })
