@@ -69,6 +69,8 @@ t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one
     [['points', 'drop', ...store], /points drop needs --point K/],
     [['points', 'close', ...store], /points close needs --to DIR or --all/],
     [['points', 'prune', ...store], /points prune needs a policy/],
+    [['mirror', 'import', ...store], /mirror import needs --from DIR/],
+    [['mirror', 'import', '--store', '/tmp/folder-store', '--vm', 'v', '--from', '/tmp/x'], /mirror import writes into a Ceph store/],
   ]
   for (const [args, want] of cases) {
     const r = await runNode(bin, args)
