@@ -218,8 +218,7 @@ export interface CephQuota {
  * and the token's mirrors plus what this apply may add (a seed: its
  * capacity; an incremental or resync: its growth) must stay within its
  * quota (measured only when the token has one). When no manager reports the
- * pool's free space the free-space rule is skipped, with a warning in `log`
- * (the OSDs still refuse writes to a full pool).
+ * pool's free space the free-space rule is skipped, with a warning in `log`.
  * @throws ReceiverError E_NO_SPACE, E_QUOTA (both end the session, SPEC §7), E_IO
  */
 export async function checkCephRoom(
