@@ -62,6 +62,8 @@ export interface CephClusterOptions {
   readonly pools?: readonly string[]
   /** memstore bytes of the OSD. @default 1 GiB */
   readonly osdBytes?: number
+  /** also start a manager (ceph-mgr, Debian `ceph-mgr`): `ceph df` reports pools only with one; resolves once it lists every pool. @default false */
+  readonly mgr?: boolean
   /** give up on a daemon that is neither up nor exited after this long (its logs in the error). @default 180000 */
   readonly startTimeoutMs?: number
 }
@@ -82,6 +84,16 @@ export async function haveCeph(): Promise<boolean> {
   try {
     await exec('ceph-mon', ['--version'])
     await exec('ceph-osd', ['--version'])
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Whether this machine has the Ceph manager daemon (`startCephCluster({ mgr: true })`). */
+export async function haveCephMgr(): Promise<boolean> {
+  try {
+    await exec('ceph-mgr', ['--version'])
     return true
   } catch {
     return false
@@ -139,6 +151,7 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       `memstore device bytes = ${opts.osdBytes ?? 1024 ** 3}`,
       `osd data = ${dir}/osd`,
       `mon data = ${dir}/mon`,
+      `mgr data = ${dir}/mgr`,
       'osd max object name len = 256',
       'osd max object namespace len = 64',
       '[client.rgw.test]',
@@ -246,6 +259,20 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
     for (const pool of opts.pools ?? ['rbd']) {
       await run('ceph', ['osd', 'pool', 'create', pool, '8'])
       await run('ceph', ['osd', 'pool', 'application', 'enable', pool, 'rbd'])
+    }
+    if (opts.mgr === true) {
+      mkdirSync(join(dir, 'mgr', 'ceph-x'), { recursive: true })
+      daemon('ceph-mgr', ['-i', 'x'])
+      // ceph df has figures once the manager has the OSD's statistics
+      const want = opts.pools ?? ['rbd']
+      await pollUntil(
+        async () => {
+          alive()
+          const df = JSON.parse((await run('ceph', ['df', '--format', 'json'])).stdout) as { stats?: { total_bytes?: number }; pools?: Array<{ name: string }> }
+          return (df.stats?.total_bytes ?? 0) > 0 && want.every((p) => df.pools?.some((x) => x.name === p)) ? true : undefined
+        },
+        { intervalMs: 500 },
+      )
     }
     let s3: CephCluster['s3']
     if (opts.rgw === true) {

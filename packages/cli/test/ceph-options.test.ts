@@ -12,7 +12,7 @@ t.test('the Ceph target of --store ceph:POOL and the client options', async (t) 
   t.throws(() => cephTargetFrom('ceph:a/b', {}), { code: 'E_CONFIG' })
 })
 
-t.test('the Ceph status table: one row per disk, in flight, diverged and held shown', async (t) => {
+t.test("the Ceph status table: one row per disk, in flight, diverged and held shown, used bytes and the points' bytes", async (t) => {
   const text = renderCephStatus({
     store: 'ceph:rbd',
     vms: [
@@ -21,9 +21,19 @@ t.test('the Ceph status table: one row per disk, in flight, diverged and held sh
         committedCycle: 3,
         committedAt: '2026-11-30T12:00:00.000Z',
         points: 2,
+        pointBytes: 3 * 1024 * 1024,
+        bytes: 5 * 1024 * 1024,
         disks: [
-          { name: 'web.vmdk', committedCycle: 3, capacity: 1024 * 1024, snapshot: 'rbd/gl.a.b.c@c3-x', diverged: null, inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 } },
-          { name: 'web_1.vmdk', committedCycle: 3, capacity: 2048, snapshot: 'rbd/gl.a.d.e@c3-x', diverged: { reason: 'trivial', at: 'x' }, inflight: null },
+          {
+            name: 'web.vmdk',
+            committedCycle: 3,
+            capacity: 1024 * 1024,
+            snapshot: 'rbd/gl.a.b.c@c3-x',
+            bytes: 4 * 1024 * 1024,
+            diverged: null,
+            inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 },
+          },
+          { name: 'web_1.vmdk', committedCycle: 3, capacity: 2048, snapshot: 'rbd/gl.a.d.e@c3-x', bytes: 1024 * 1024, diverged: { reason: 'trivial', at: 'x' }, inflight: null },
         ],
         holds: [],
       },
@@ -32,7 +42,9 @@ t.test('the Ceph status table: one row per disk, in flight, diverged and held sh
         committedCycle: 5,
         committedAt: '2026-11-30T12:00:00.000Z',
         points: 1,
-        disks: [{ name: 'db.vmdk', committedCycle: 5, capacity: 4096, snapshot: 'rbd/gl.f.g.h@c5-x', diverged: null, inflight: null }],
+        pointBytes: 0,
+        bytes: 4096,
+        disks: [{ name: 'db.vmdk', committedCycle: 5, capacity: 4096, snapshot: 'rbd/gl.f.g.h@c5-x', bytes: 4096, diverged: null, inflight: null }],
         holds: [{ id: 'h', cycle: 5, dir: '/dr/db', kind: 'failover', createdAt: 'x' }],
       },
     ],
@@ -42,6 +54,8 @@ t.test('the Ceph status table: one row per disk, in flight, diverged and held sh
   t.match(text, /cycle 4 \(incremental, seq 7\)/)
   t.match(text, /DIVERGED/)
   t.match(text, /rbd\/gl\.a\.b\.c@c3-x/)
+  t.match(text, /\bused\b/, 'a used column')
+  t.match(text, /web\.vmdk .*4\.00 MiB .*2 \(3\.00 MiB\)/, "a disk's used bytes, the VM's points and their bytes")
 })
 
 t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one message)', async (t) => {
@@ -55,6 +69,8 @@ t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one
     [['points', 'drop', ...store], /points drop needs --point K/],
     [['points', 'close', ...store], /points close needs --to DIR or --all/],
     [['points', 'prune', ...store], /points prune needs a policy/],
+    [['mirror', 'import', ...store], /mirror import needs --from DIR/],
+    [['mirror', 'import', '--store', '/tmp/folder-store', '--vm', 'v', '--from', '/tmp/x'], /mirror import writes into a Ceph store/],
   ]
   for (const [args, want] of cases) {
     const r = await runNode(bin, args)

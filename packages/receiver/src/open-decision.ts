@@ -48,11 +48,11 @@ export interface OpenInputs {
 
 /** What a fresh apply may use. */
 export interface SpaceFacts {
-  /** free bytes of the store's file system (statfs, for unprivileged users) */
+  /** free bytes of the store: its file system's (statfs, for unprivileged users), a Ceph pool's MAX AVAIL within its quota */
   readonly freeBytes: number
   /** the token's quota in bytes (undefined: none) */
   readonly quotaBytes: number | undefined
-  /** bytes allocated by the token's mirrors now (counted only when it has a quota) */
+  /** bytes allocated by the token's mirrors now (counted only when it has a quota): files' blocks, or `rbd du` of images and snapshots */
   readonly usedBytes: number
 }
 
@@ -74,9 +74,51 @@ export type OpenDecision =
  * can be filled up to the capacity (beside the current flat until the
  * commit); an incremental can grow the flat to the capacity.
  */
-export function mayAdd(req: DiskOpenRequest, facts: MirrorFacts): number {
+export function mayAdd(req: Pick<DiskOpenRequest, 'mode' | 'capacity'>, facts: Pick<MirrorFacts, 'flatSize'>): number {
   // an incremental or a resync grows the flat in place
   return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
+}
+
+/** Where the free space of a {@link roomFailure} refusal was measured, and what the operator does about it. */
+export interface RoomPlace {
+  /** e.g. "the store", "Ceph pool rbd" */
+  readonly store: string
+  /** e.g. "free space on the receiver" */
+  readonly remedy: string
+}
+
+const FOLDER_PLACE: RoomPlace = { store: 'the store', remedy: 'free space on the receiver' }
+
+/**
+ * The room rule of a fresh apply (SPEC §7), the same for every store: a
+ * capacity increase must fit in the free space (`E_NO_SPACE`), and the
+ * token's mirrors plus what this apply `adds` at most must stay within its
+ * quota (`E_QUOTA`). Pure; undefined when the disk may open.
+ */
+export function roomFailure(
+  vm: string,
+  req: Pick<DiskOpenRequest, 'name' | 'capacity'>,
+  committedCapacity: number,
+  adds: number,
+  space: SpaceFacts,
+  place: RoomPlace = FOLDER_PLACE,
+): Extract<OpenDecision, { kind: 'fail' }> | undefined {
+  const growth = req.capacity - committedCapacity
+  if (growth > 0 && growth > space.freeBytes) {
+    return {
+      kind: 'fail',
+      code: 'E_NO_SPACE',
+      message: `disk ${req.name} of VM ${vm} would grow by ${growth} bytes, ${place.store} has ${space.freeBytes} free: ${place.remedy}, then retry`,
+    }
+  }
+  if (space.quotaBytes !== undefined && space.usedBytes + adds > space.quotaBytes) {
+    return {
+      kind: 'fail',
+      code: 'E_QUOTA',
+      message: `disk ${req.name} of VM ${vm} may add ${adds} bytes to the ${space.usedBytes} this token's mirrors use, above its quota of ${space.quotaBytes}: raise the quota in the tokens file or remove mirrors`,
+    }
+  }
+  return undefined
 }
 
 /**
@@ -151,23 +193,8 @@ export function decideOpen(x: OpenInputs): OpenDecision {
     const why = resyncRefusal(x)
     if (why !== undefined) return why
   }
-  // room: a capacity increase must fit in the free space; the token's mirrors must stay within its quota
-  const growth = req.capacity - (rec?.capacity ?? 0)
-  if (growth > 0 && growth > x.space.freeBytes) {
-    return {
-      kind: 'fail',
-      code: 'E_NO_SPACE',
-      message: `disk ${req.name} of VM ${x.vm} would grow by ${growth} bytes, the store has ${x.space.freeBytes} free: free space on the receiver, then retry`,
-    }
-  }
-  const adds = mayAdd(req, x.facts)
-  if (x.space.quotaBytes !== undefined && x.space.usedBytes + adds > x.space.quotaBytes) {
-    return {
-      kind: 'fail',
-      code: 'E_QUOTA',
-      message: `disk ${req.name} of VM ${x.vm} may add ${adds} bytes to the ${x.space.usedBytes} this token's mirrors use, above its quota of ${x.space.quotaBytes}: raise the quota in the tokens file or remove mirrors`,
-    }
-  }
+  const room = roomFailure(x.vm, req, rec?.capacity ?? 0, mayAdd(req, x.facts), x.space)
+  if (room !== undefined) return room
   const incremental = req.mode !== 'seed'
   return {
     kind: 'fresh',

@@ -371,15 +371,12 @@ export class Session {
       algorithm: neg.digest,
       blockSize: msg.blockSize,
     }
+    // the token's quota counts the mirrors of every VM it may replicate (both stores)
+    const quota = this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }
     const r =
       vm instanceof CephVmMirror
-        ? await vm.openDisk(req, { compat: this.compat as CompatRecord })
-        : await vm.openDisk(req, {
-            compat: this.compat as CompatRecord,
-            open,
-            ...this.retention(),
-            ...(this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }),
-          })
+        ? await vm.openDisk(req, { compat: this.compat as CompatRecord, ...quota })
+        : await vm.openDisk(req, { compat: this.compat as CompatRecord, open, ...this.retention(), ...quota })
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {

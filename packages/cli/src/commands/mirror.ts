@@ -2,13 +2,15 @@
  * `grainline mirror rollback`: discard an interrupted cycle; the mirror
  * returns to its last commit. `grainline mirror failover`: prepare the
  * mirror (or a point) to run, optionally registered on the DR ESXi host.
- * Both on a folder store and on a `ceph:POOL` store.
+ * Both on a folder store and on a `ceph:POOL` store. `grainline mirror
+ * import`: a VM seeded offline into a folder store becomes a mirror in a
+ * `ceph:POOL` store, with its lineage (docs/CEPH.md "Offline seeding").
  */
 import type { Argv } from 'yargs'
-import { cephRollbackMirror, isCephStore, rollbackMirror } from '@grainline/receiver'
+import { cephImportVm, cephRollbackMirror, isCephStore, rollbackMirror } from '@grainline/receiver'
 import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import type { CliCommand } from '../command.ts'
-import { ExitCode } from '../exit-codes.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
 import { failover, parseNetworkMap } from './failover.ts'
 
@@ -18,11 +20,13 @@ export const mirrorCommand: CliCommand = {
   builder: (y: Argv) =>
     withCephOptions(y)
       .positional('action', {
-        choices: ['rollback', 'failover'] as const,
+        choices: ['rollback', 'failover', 'import'] as const,
         demandOption: true,
-        describe: 'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"',
+        describe:
+          'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"; import: a VM seeded offline into the folder store --from becomes a mirror in --store ceph:POOL',
       })
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL (failover, rollback)' })
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL (failover, rollback; import: the ceph:POOL written)' })
+      .option('from', { type: 'string', describe: 'import: the folder store holding the VM seeded offline (its receiver stopped)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'failover: run this restore point instead of the mirror' })
       .option('to', { type: 'string', describe: 'failover: the VM folder to prepare (default STORE/.failover/VM-point-K); on a datastore of --register' })
@@ -34,6 +38,18 @@ export const mirrorCommand: CliCommand = {
   async run(args, ctx) {
     const store = String(args['store'])
     const ceph = isCephStore(store) ? cephTargetFrom(store, args) : undefined
+    if (args['action'] === 'import') {
+      if (ceph === undefined) throw new UsageError('mirror import writes into a Ceph store: --store ceph:POOL (a folder store is carried whole: README "Seeding offline")')
+      if (args['from'] === undefined) throw new UsageError('mirror import needs --from DIR: the folder store the VM was seeded into')
+      const r = await cephImportVm(ceph, String(args['from']), String(args['vm']), { logger: loggerFor(args, ctx, 'warn') })
+      if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
+      else {
+        ctx.write(`${r.vm}: cycle ${r.cycle} imported into ${store}, every disk read back equal to its flat (sha256)\n`)
+        for (const d of r.disks) ctx.write(`  ${d.name} → ${d.snapshot}\n`)
+        ctx.write('the next cycle to a receiver on this pool is an ordinary incremental\n')
+      }
+      return ExitCode.Ok
+    }
     if (args['action'] === 'failover') {
       const r = await failover(
         {

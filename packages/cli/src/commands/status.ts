@@ -76,13 +76,14 @@ export function renderCephStatus(c: CephStoreStatus): string {
       String(d.committedCycle),
       v.committedAt ?? 'never',
       formatBytes(d.capacity),
-      String(v.points),
+      formatBytes(d.bytes),
+      `${v.points} (${formatBytes(v.pointBytes)})`,
       d.inflight === null ? '-' : `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})`,
       v.holds.length > 0 ? `HELD (${v.holds[0]?.kind} point ${v.holds[0]?.cycle})` : d.diverged === null ? 'OK' : 'DIVERGED',
       d.snapshot,
     ]),
   )
-  return `${c.store}: ${c.vms.length} VM(s)\n\n${table(['vm', 'disk', 'cycle', 'committed at', 'size', 'points', 'in flight', 'state', 'snapshot'], rows)}\n`
+  return `${c.store}: ${c.vms.length} VM(s)\n\n${table(['vm', 'disk', 'cycle', 'committed at', 'size', 'used', 'points', 'in flight', 'state', 'snapshot'], rows)}\n`
 }
 
 export const statusCommand: CliCommand = {

@@ -10,6 +10,7 @@ import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { CephNames, listCephStates, readCephState, type CephVmState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
+import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import type { PointInfo } from '../../points-admin.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 
@@ -20,6 +21,8 @@ export interface CephDiskStatus {
   readonly capacity: number
   /** `POOL/IMAGE@SNAP` of the committed cycle */
   readonly snapshot: string
+  /** bytes its images take (head and snapshots, `rbd du` used; a seed's new image in flight included) */
+  readonly bytes: number
   readonly diverged: { readonly reason: string; readonly at: string } | null
   readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
 }
@@ -32,6 +35,10 @@ export interface CephStoreStatus {
     readonly committedCycle: number
     readonly committedAt: string | null
     readonly points: number
+    /** bytes the points take (`rbd du`: each point's, what the cycle after it wrote) */
+    readonly pointBytes: number
+    /** bytes the VM's images take in the pool, snapshots and `points open` clones included (`rbd du` used) */
+    readonly bytes: number
     readonly disks: readonly CephDiskStatus[]
     /** failovers holding the mirror (no cycle is applied until `points close`) */
     readonly holds: readonly HoldRecord[]
@@ -46,10 +53,14 @@ async function resumeSeq(t: CephTarget, log: string): Promise<number> {
   }
 }
 
-/** Status of every VM of the pool. */
+const total = (r: Readonly<Record<string, number>> | undefined): number => Object.values(r ?? {}).reduce((n, b) => n + b, 0)
+
+/** Status of every VM of the pool, with the bytes it takes (one `rbd du` of the pool). */
 export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
   const vms = []
-  for (const s of await listCephStates(t)) {
+  const states = await listCephStates(t)
+  const usage: RbdUsage[] = states.length === 0 ? [] : await rbdDu(t)
+  for (const s of states) {
     const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
     const disks: CephDiskStatus[] = []
     for (const name of [...names].sort()) {
@@ -60,11 +71,15 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
         committedCycle: d?.cycle ?? 0,
         capacity: d?.capacity ?? inf?.capacity ?? 0,
         snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
+        bytes: usage.reduce((n, u) => n + (u.image === d?.image || u.image === inf?.image ? u.used : 0), 0),
         diverged: d?.diverged ?? null,
         inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
       })
     }
-    vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, disks, holds: s.holds ?? [] })
+    const key = new CephNames(s.vm).vmKey
+    const bytes = usage.reduce((n, u) => n + (imageVmKey(u.image) === key ? u.used : 0), 0)
+    const pointsBytes = [...pointBytes(s.points, usage).values()].reduce((n, r) => n + total(r), 0)
+    vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, pointBytes: pointsBytes, bytes, disks, holds: s.holds ?? [] })
   }
   return { store: `ceph:${t.pool}`, vms }
 }
@@ -79,16 +94,27 @@ async function stateOf(t: CephTarget, vm: string): Promise<CephVmState> {
 export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: string; committedCycle: number; inflightCycle: number; points: PointInfo[] }> {
   const s = await stateOf(t, vm)
   const held = (cycle: number): boolean => (s.holds ?? []).some((h) => h.cycle === cycle)
+  // a point's bytes: what the cycle after it wrote (ceph-space.ts); the mirror's are not a point's (0, as on the folder store)
+  const bytes =
+    s.points.length === 0
+      ? new Map<number, Record<string, number>>()
+      : pointBytes(
+          s.points,
+          await rbdDu(
+            t,
+            s.points.flatMap((p) => Object.values(p.disks).map((d) => d.image)),
+          ),
+        )
   const pts: PointInfo[] = s.points.map((p) => ({
     cycle: p.cycle,
     committedAt: p.committedAt,
     generation: p.generation,
     current: false,
-    bytes: 0,
+    bytes: total(bytes.get(p.cycle)),
     held: held(p.cycle),
     disks: Object.entries(p.disks)
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-      .map(([name, d]) => ({ name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
+      .map(([name, d]) => ({ name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: bytes.get(p.cycle)?.[name] ?? 0, trivial: null, certify: null })),
   }))
   pts.push({
     cycle: s.committedCycle,

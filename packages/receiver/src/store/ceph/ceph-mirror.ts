@@ -26,6 +26,7 @@ import { CephNames, emptyCephState, readCephState, writeCephState, type CephDisk
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import { digestImage } from './ceph-read.ts'
 import { CephBlockMap, checkSnapshotBlocks, type CephBlockCheck } from './ceph-blocks.ts'
+import { checkCephRoom, retainedPoints, type CephQuota } from './ceph-space.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -144,8 +145,8 @@ export class CephVmMirror {
     return c === null || (c.hwVersion === compat.hwVersion && c.datastoreType === compat.datastoreType)
   }
 
-  /** Decide a DiskOpen (the rules of open-decision.ts that apply to images) and open the apply. */
-  async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord }): Promise<CephOpenResult> {
+  /** Decide a DiskOpen (the rules of open-decision.ts that apply to images, room and quota by ceph-space.ts) and open the apply. */
+  async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord; quota?: CephQuota }): Promise<CephOpenResult> {
     validateName(req.name, 'disk name')
     checkDiskName(req.name)
     const s = this.current
@@ -185,6 +186,7 @@ export class CephVmMirror {
       }
       if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync or seed it`)
     }
+    await checkCephRoom(this.target, this.vm, req, rec?.capacity ?? 0, ctx.quota, this.log)
     const seed = req.mode === 'seed'
     const info: CephInflightDisk = {
       name: req.name,
@@ -261,13 +263,8 @@ export class CephVmMirror {
     points = points.filter((p) => Object.values(p.disks).every((d) => !dropImages.includes(d.image)))
     if (!keepsPoints(opts.retention)) points = []
     else {
-      const drop = new Set(
-        pointsToDrop(
-          points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: 0 })),
-          opts.retention ?? {},
-          (opts.now ?? Date.now)(),
-        ),
-      )
+      // a point's bytes (rbd du of the snapshot after it, just created for the newest) only for a maxBytes rule
+      const drop = new Set(pointsToDrop(await retainedPoints(this.target, points, opts.retention?.maxBytes !== undefined), opts.retention ?? {}, (opts.now ?? Date.now)()))
       if (drop.size > 0) this.log.info({ vm: this.vm, cycles: [...drop] }, 'restore points pruned (Ceph snapshots)')
       points = points.filter((p) => !drop.has(p.cycle))
     }

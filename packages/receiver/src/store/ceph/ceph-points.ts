@@ -30,6 +30,7 @@ import { heldMessage } from '../../hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { CephVmMirror } from './ceph-mirror.ts'
 import { CephNames, readCephState, type CephPoint, type CephVmState } from './ceph-state.ts'
+import { retainedPoints } from './ceph-space.ts'
 import type { CephTarget } from './rbd-cli.ts'
 
 /** An operator action waits this long for the lease of a session that is closing (then E_BUSY). */
@@ -68,7 +69,8 @@ export function snapsToRemove(state: CephVmState, kept: readonly CephPoint[], go
 /**
  * Prune a VM's points by `retention` at `now` (a fake clock in tests), or
  * drop the listed `cycles`. Returns the cycles dropped and kept (the mirror
- * excluded). The points' bytes are not measured on Ceph: `maxBytes` sees 0.
+ * excluded). For a `maxBytes` rule each point's bytes are measured with
+ * `rbd du` (ceph-space.ts: what the cycle after it wrote).
  * @throws ReceiverError E_NOT_FOUND (no mirror, no such point, the mirror itself), E_BUSY (a cycle in flight, a session holding the lease), E_HELD (a failover holds the mirror), E_IO
  */
 export async function cephPrunePoints(
@@ -95,13 +97,7 @@ export async function cephPrunePoints(
     } else if (!keepsPoints(what)) {
       drop = new Set(before.map((p) => p.cycle))
     } else {
-      drop = new Set(
-        pointsToDrop(
-          before.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: 0 })),
-          what,
-          (opts.now ?? Date.now)(),
-        ),
-      )
+      drop = new Set(pointsToDrop(await retainedPoints(t, before, what.maxBytes !== undefined), what, (opts.now ?? Date.now)()))
     }
     const kept = before.filter((p) => !drop.has(p.cycle))
     const gone = before.filter((p) => drop.has(p.cycle))

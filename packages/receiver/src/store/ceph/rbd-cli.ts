@@ -51,8 +51,8 @@ export function clientArgs(t: CephTarget): string[] {
   return [...(t.conf === undefined ? [] : ['--conf', t.conf]), ...(t.id === undefined ? [] : ['--id', t.id]), ...(t.keyring === undefined ? [] : ['--keyring', t.keyring])]
 }
 
-/** Run `cmd` (rbd, rados) to completion, `input` on its stdin; stdout returned as bytes. */
-export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+/** Run `cmd` (rbd, rados, ceph) to completion, `input` on its stdin; stdout returned as bytes. */
+export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
   const full = [...clientArgs(t), ...args]
   const shown = `${cmd} ${args.join(' ')}`
   return await new Promise<Buffer>((resolve, reject) => {

@@ -1,0 +1,174 @@
+/**
+ * Offline seeding into a Ceph store: a VM seeded into a folder store next to
+ * the proxy (README "Seeding offline"), carried to the DR site, becomes a
+ * mirror in the pool with the same lineage — the committed cycle, each
+ * disk's generation, source identity and cycle digest — so the agent's next
+ * cycle to a receiver on the pool is an ordinary incremental
+ * (`grainline mirror import --from DIR --store ceph:POOL --vm V`).
+ *
+ * Per disk: `rbd import` of the flat (runs of zeros are not written: the
+ * image stays thin), grown to the capacity, the snapshot `c<cycle>-<gen>`
+ * (the committed point), then the snapshot read back (`rbd export`) and its
+ * sha256 compared with the flat's (`E_VERIFY` otherwise).
+ *
+ * Crash safety is a seed cycle's: under the VM's lease the state object first
+ * records the import as a cycle in flight naming every image, before any is
+ * created; the state naming the committed disks is written last (the commit
+ * point). Killed in between, the VM has a cycle in flight that `grainline
+ * mirror rollback` (or an agent's Rollback) removes with its images.
+ * Restore points of the folder store are not imported (the mirror only).
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { readFile, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { validateName } from '@grainline/protocol'
+import { ReceiverError } from '../../errors.ts'
+import { readVmState } from '../../state-file.ts'
+import { VmPaths } from '../../vm-paths.ts'
+import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
+import { CephVmMirror, snapName } from './ceph-mirror.ts'
+import { digestImage } from './ceph-read.ts'
+import type { CephDiskRecord, CephInflightDisk } from './ceph-state.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
+
+/** One imported disk. */
+export interface CephImportedDisk {
+  readonly name: string
+  /** `POOL/IMAGE@SNAP` of the committed point */
+  readonly snapshot: string
+  readonly capacity: number
+  /** sha256 of the disk (the flat, zero-padded to the capacity), equal to the snapshot's */
+  readonly sha256: string
+}
+
+async function sha256File(path: string, capacity: number): Promise<string> {
+  const h = createHash('sha256')
+  let n = 0
+  for await (const chunk of createReadStream(path) as AsyncIterable<Buffer>) {
+    const take = Math.min(chunk.length, capacity - n)
+    h.update(take === chunk.length ? chunk : chunk.subarray(0, take))
+    n += take
+    if (n >= capacity) break
+  }
+  const zeros = Buffer.alloc(1 << 20)
+  while (n < capacity) {
+    const take = Math.min(zeros.length, capacity - n)
+    h.update(take === zeros.length ? zeros : zeros.subarray(0, take))
+    n += take
+  }
+  return h.digest('hex')
+}
+
+/** The display name a folder store gave the mirror's .vmx, its suffix taken off (a Ceph restore marks it again). */
+function unmarkVmx(text: string, suffix: string): string {
+  return text.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${suffix !== '' && name.endsWith(suffix) ? name.slice(0, -suffix.length) : name}"`)
+}
+
+/**
+ * Import VM `vm` of the folder store `storeDir` into the pool (see the
+ * module comment). The folder store must not be written meanwhile (stop its
+ * receiver, as for a copy of the store).
+ * @throws ReceiverError E_NOT_FOUND (no committed mirror in the folder), E_BUSY (a cycle in flight in the folder, or the VM's lease held), E_CONFIG (the pool holds the VM already), E_VERIFY, E_STATE, E_IO
+ */
+export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, opts: { logger: Logger }): Promise<{ vm: string; cycle: number; disks: CephImportedDisk[] }> {
+  validateName(vm, 'VM name')
+  const paths = new VmPaths(storeDir, vm)
+  const src = await readVmState(paths)
+  if (src === undefined || src.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
+  if (src.inflight !== null || src.pending !== null) {
+    throw new ReceiverError('E_BUSY', `VM ${vm} in ${storeDir} has cycle ${src.inflight?.cycle ?? src.pending?.cycle} unfinished: let its receiver finish or roll it back first`)
+  }
+  const m = await CephVmMirror.acquireWait(t, vm, opts.logger, adminHolder('mirror import'), CEPH_ADMIN_LOCK_WAIT_MS)
+  try {
+    const s = m.state
+    if (s.committedCycle !== 0 || s.inflight !== null || Object.keys(s.disks).length > 0) {
+      throw new ReceiverError('E_CONFIG', `VM ${vm} has a mirror in Ceph pool ${t.pool} already (cycle ${s.inflight?.cycle ?? s.committedCycle}): import only a VM the pool does not hold`)
+    }
+    const cycle = src.committedCycle
+    const records = Object.values(src.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const inflight: Record<string, CephInflightDisk> = {}
+    for (const r of records) {
+      validateName(r.name, 'disk name')
+      inflight[r.name] = {
+        name: r.name,
+        cycleId: r.cycleId,
+        mode: 'seed',
+        capacity: r.capacity,
+        algorithm: r.cycleDigest.algorithm,
+        source: r.source,
+        ddb: r.ddb,
+        image: m.names.image(r.name, randomBytes(4).toString('hex')),
+        baseSnap: null,
+        log: m.names.log(r.name),
+      }
+    }
+    // order: the state names every image before one is created (a crash leaves a cycle in flight, rolled back with its images)
+    await m.write({ ...s, inflight: { cycle, startedAt: new Date().toISOString(), disks: inflight } })
+    const disks: Record<string, CephDiskRecord> = {}
+    const out: CephImportedDisk[] = []
+    for (const r of records) {
+      const info = inflight[r.name] as CephInflightDisk
+      const flat = paths.flat(r.stem)
+      const size = (await stat(flat)).size
+      if (size > r.capacity) throw new ReceiverError('E_STATE', `flat of disk ${r.name} of VM ${vm} is ${size} bytes, above its capacity ${r.capacity}`)
+      const img = `${t.pool}/${info.image}`
+      m.checkLease()
+      await runCeph(t, 'rbd', ['import', '--no-progress', flat, img])
+      if (size < r.capacity) await runCeph(t, 'rbd', ['resize', '--no-progress', '--size', `${r.capacity}B`, img])
+      const generation = r.generation ?? src.generation ?? ''
+      const snap = snapName(cycle, generation)
+      await runCeph(t, 'rbd', ['snap', 'create', '--no-progress', `${img}@${snap}`])
+      const want = await sha256File(flat, r.capacity)
+      const got = Buffer.from((await digestImage(t, `${info.image}@${snap}`, 'sha256', r.capacity)).digest).toString('hex')
+      if (got !== want)
+        throw new ReceiverError('E_VERIFY', `disk ${r.name} of VM ${vm}: ${img}@${snap} reads sha256 ${got}, the flat ${want}: the import is left in flight, roll it back (grainline mirror rollback)`)
+      disks[r.name] = {
+        name: r.name,
+        image: info.image,
+        cycle: r.cycle,
+        snap,
+        generation,
+        capacity: r.capacity,
+        source: r.source,
+        ddb: r.ddb,
+        digest: r.cycleDigest.digest,
+        committedAt: r.committedAt,
+        ...(r.trivial === undefined ? {} : { trivial: { ok: r.trivial.ok, at: r.trivial.at } }),
+        ...(r.certify === undefined ? {} : { certify: { ok: r.certify.ok, at: r.certify.at } }),
+        ...(r.diverged === undefined ? {} : { diverged: r.diverged }),
+      }
+      out.push({ name: r.name, snapshot: `${img}@${snap}`, capacity: r.capacity, sha256: got })
+      opts.logger.info({ vm, disk: r.name, snapshot: `${img}@${snap}`, bytes: r.capacity }, 'disk imported into Ceph')
+    }
+    const files: Record<string, string> = {}
+    for (const [name, transform] of [
+      [`${vm}.vmx`, (b: Buffer) => Buffer.from(unmarkVmx(b.toString('utf8'), src.displaySuffix))],
+      [`${vm}.nvram`, (b: Buffer) => b],
+    ] as const) {
+      const data = await readFile(join(paths.dir, name)).catch((err: unknown) => {
+        if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+        throw err
+      })
+      if (data !== undefined) files[name] = transform(data).toString('base64')
+    }
+    // the commit point: the state names the committed disks; the in-flight record goes
+    await m.write({
+      ...m.state,
+      committedCycle: cycle,
+      committedAt: src.committedAt,
+      generation: src.generation ?? null,
+      compat: src.compat,
+      disks,
+      inflight: null,
+      points: [],
+      files,
+      pending: null,
+    })
+    opts.logger.info({ vm, cycle, disks: out.length }, 'VM imported into Ceph from a folder store')
+    return { vm, cycle, disks: out }
+  } finally {
+    m.release()
+  }
+}
