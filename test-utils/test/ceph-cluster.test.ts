@@ -11,7 +11,7 @@ import t from 'tap'
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { haveCeph, startCephCluster } from '../src/ceph-cluster.ts'
+import { haveCeph, haveCephMgr, startCephCluster } from '../src/ceph-cluster.ts'
 import { scratchDir } from '../src/files.ts'
 
 const MiB = 1024 * 1024
@@ -43,11 +43,19 @@ function diffV1(opts: { from?: string; to: string; size: number; records: Array<
   return Buffer.concat(parts)
 }
 
-t.test('a one-node cluster with radosgw: RBD import-diff and export, S3 up, stopped clean', async (t) => {
+t.test('a one-node cluster with radosgw and a manager: RBD import-diff and export, S3 up, ceph df figures, stopped clean', async (t) => {
   t.ok(await haveCeph(), 'Ceph is installed (.ci/run installs it)')
-  const c = await startCephCluster({ rgw: true })
+  t.ok(await haveCephMgr(), 'ceph-mgr is installed (.ci/run installs it)')
+  const c = await startCephCluster({ rgw: true, mgr: true })
   t.teardown(() => c.stop())
   t.ok(existsSync(c.conf))
+  // with a manager, ceph df has the pool and the cluster's size (the Ceph store's free-space rule reads them)
+  const df = JSON.parse((await c.run('ceph', ['df', '--format', 'json'])).stdout) as { stats: { total_bytes: number }; pools: Array<{ name: string }> }
+  t.ok(df.stats.total_bytes > 0, 'ceph df reports the cluster size')
+  t.ok(
+    df.pools.some((p) => p.name === 'rbd'),
+    'and the pool',
+  )
   await c.run('rbd', ['create', '--size', '8M', 'rbd/img'])
   const a = Buffer.alloc(64 * 1024, 0x61)
   await c.run(
