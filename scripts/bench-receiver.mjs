@@ -19,6 +19,7 @@
 // interleaved A/B of the receiver's environment, e.g. glibc malloc tunables:
 // GLIBC_TUNABLES=glibc.malloc.trim_threshold=…). Neither receiver inherits
 // GLIBC_TUNABLES or MALLOC_*_ from this process (that is the sender's).
+// BENCH_SENDER_B=old: see below (an A/B of the scripted sender).
 
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
@@ -43,13 +44,14 @@ const EXT = 4 * MiB
 // the agent's window and the receiver's batch (BENCH_WINDOW_MIB, BENCH_BATCH_MIB; defaults: the products' defaults)
 const WINDOW = Number(process.env.BENCH_WINDOW_MIB ?? 64) * MiB
 const BATCH = Number(process.env.BENCH_BATCH_MIB ?? 32) * MiB
-// The scripted agent's sender: BENCH_SENDER_HWM_MIB=4 waits, as the agent's
-// Connection does, once ws's bufferedAmount is above that many MiB (default 0:
-// never, the whole window may queue in ws); BENCH_SENDER_NO_JOIN=1 gives ws a
-// TLS socket without `_writev`, so Node does not join the queued writes into
-// one fresh buffer before encrypting them (TLSWrap::DoWrite).
-const SENDER_HWM = Number(process.env.BENCH_SENDER_HWM_MIB ?? 0) * MiB
-const SENDER_NO_JOIN = process.env.BENCH_SENDER_NO_JOIN === '1'
+// The scripted agent's sender sends as the agent's Connection does: it waits
+// once ws's bufferedAmount is above BENCH_SENDER_HWM_MIB (default 4; 0: never,
+// the whole window may queue in ws, as this script did before 2026-12-01), and
+// gives ws a TLS socket without `_writev`, so Node does not join the queued
+// writes into one fresh buffer before encrypting them (TLSWrap::DoWrite;
+// BENCH_SENDER_NO_JOIN=0: Node's own socket, the agent before that day).
+const SENDER_HWM = Number(process.env.BENCH_SENDER_HWM_MIB ?? 4) * MiB
+const SENDER_NO_JOIN = process.env.BENCH_SENDER_NO_JOIN !== '0'
 function tlsNoJoin(opts) {
   // as ws's own tlsConnect
   opts.path = undefined
@@ -143,7 +145,13 @@ async function startReceiver(spec, name) {
   return { child, port, name, spec: spec ?? '', cpu: [] }
 }
 const rxA = await startReceiver(process.env.BENCH_RECEIVER_ENV, 'A')
-const rxB = process.env.BENCH_RECEIVER_ENV_B === undefined ? undefined : await startReceiver(process.env.BENCH_RECEIVER_ENV_B, 'B')
+// BENCH_SENDER_B=old: receiver B has A's variables and is fed by the old sender
+// (no high-water mark, Node's joining TLS socket): an A/B of the sender in one run
+const oldSenderB = process.env.BENCH_SENDER_B === 'old'
+const rxB =
+  process.env.BENCH_RECEIVER_ENV_B === undefined && !oldSenderB
+    ? undefined
+    : Object.assign(await startReceiver(oldSenderB ? process.env.BENCH_RECEIVER_ENV : process.env.BENCH_RECEIVER_ENV_B, 'B'), { oldSender: oldSenderB })
 
 // CPU seconds (user, system) the receiver process has used so far (/proc, Linux): a
 // figure that the machine's load inflates far less than wall time
@@ -181,7 +189,7 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
     ca: readFileSync(join(dir, 'c.pem')),
     perMessageDeflate: false,
     generateMask: (mask) => mask.fill(0),
-    ...(SENDER_NO_JOIN ? { createConnection: tlsNoJoin } : {}),
+    ...(SENDER_NO_JOIN && rx.oldSender !== true ? { createConnection: tlsNoJoin } : {}),
   })
   await once(ws, 'open')
   const inbox = []
@@ -253,7 +261,7 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
       }
       blocked += ms() - b0
     }
-    if (SENDER_HWM > 0) {
+    if (SENDER_HWM > 0 && rx.oldSender !== true) {
       // as the agent's Connection.send: wait for this frame to leave once ws's buffer is above the mark
       const sent = new Promise((res, rej) => ws.send(f.out[seq], (e) => (e ? rej(e) : res())))
       sent.catch(() => {})
@@ -411,7 +419,7 @@ if (rxB !== undefined) {
   console.log(
     `seed over TLS, receiver B: median ${median(rounds.map((x) => x.wireB)).toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.wireB))}]  ${pct(wireBPct)} % of dd; B/A (median of rounds) ${pct(median(rounds.map((x) => x.wireB / x.wire)))} %`,
   )
-  console.log(`receiver A env: ${rxA.spec || '(none)'}; receiver B env: ${rxB.spec || '(none)'}`)
+  console.log(`receiver A env: ${rxA.spec || '(none)'}; receiver B env: ${rxB.spec || '(none)'}${rxB.oldSender ? '; receiver B fed by the old sender (no high-water mark, writev joined)' : ''}`)
 }
 for (const rx of [rxA, rxB]) {
   if (rx === undefined) continue
