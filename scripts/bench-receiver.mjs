@@ -13,6 +13,13 @@
 // packages/receiver/dist kept inside packages/receiver, for an A/B of the wire path).
 // BENCH_TIMELINE=1 prints the sender's time blocked on the window and its acks;
 // BENCH_LOG=debug makes the receiver log each batch flushed/written/durable.
+// BENCH_RECEIVER_ENV='K=V K2=V2': variables of the receiver process;
+// BENCH_RECEIVER_ENV_B='K=V …': a second receiver process with these variables,
+// whose seed over TLS runs in every round right after the first one's (an
+// interleaved A/B of the receiver's environment, e.g. glibc malloc tunables:
+// GLIBC_TUNABLES=glibc.malloc.trim_threshold=…). Neither receiver inherits
+// GLIBC_TUNABLES or MALLOC_*_ from this process (that is the sender's).
+// BENCH_SENDER_B=old: see below (an A/B of the scripted sender).
 
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
@@ -23,6 +30,8 @@ import { join, resolve } from 'node:path'
 import { randomFillSync } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import { once } from 'node:events'
+import { isIP } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import WebSocket from 'ws'
 import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
@@ -35,6 +44,22 @@ const EXT = 4 * MiB
 // the agent's window and the receiver's batch (BENCH_WINDOW_MIB, BENCH_BATCH_MIB; defaults: the products' defaults)
 const WINDOW = Number(process.env.BENCH_WINDOW_MIB ?? 64) * MiB
 const BATCH = Number(process.env.BENCH_BATCH_MIB ?? 32) * MiB
+// The scripted agent's sender sends as the agent's Connection does: it waits
+// once ws's bufferedAmount is above BENCH_SENDER_HWM_MIB (default 4; 0: never,
+// the whole window may queue in ws, as this script did before 2026-12-01), and
+// gives ws a TLS socket without `_writev`, so Node does not join the queued
+// writes into one fresh buffer before encrypting them (TLSWrap::DoWrite;
+// BENCH_SENDER_NO_JOIN=0: Node's own socket, the agent before that day).
+const SENDER_HWM = Number(process.env.BENCH_SENDER_HWM_MIB ?? 4) * MiB
+const SENDER_NO_JOIN = process.env.BENCH_SENDER_NO_JOIN !== '0'
+function tlsNoJoin(opts) {
+  // as ws's own tlsConnect
+  opts.path = undefined
+  if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host) ? '' : opts.host
+  const s = tlsConnect(opts)
+  s._writev = null
+  return s
+}
 // BENCH_WIRE_ONLY=1: dd and the seed over TLS only (profiling the wire path)
 const WIRE_ONLY = process.env.BENCH_WIRE_ONLY === '1'
 const dir = resolve(process.env.BENCH_DIR ?? 'bench-out', 'receiver')
@@ -78,37 +103,60 @@ const token = 'bench-token-0123456789abcdef'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 // the receiver runs as its own process (as in production), so that the
 // scripted agent's TLS and masking do not share its CPU
-const child = spawn(
-  process.execPath,
-  [
-    ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-    process.env.BENCH_RECEIVER_DIST ? resolve(process.env.BENCH_RECEIVER_DIST, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
-    '--listen',
-    '127.0.0.1:0',
-    '--store',
-    join(dir, 'store'),
-    '--tokens',
-    join(dir, 'tokens.json'),
-    '--tls-cert',
-    join(dir, 'c.pem'),
-    '--tls-key',
-    join(dir, 'k.pem'),
-    '--log-level',
-    process.env.BENCH_LOG ?? 'warn',
-    '--batch-bytes',
-    String(BATCH),
-    ...(process.env.BENCH_WINDOW_MIB ? ['--window-bytes', String(WINDOW)] : []),
-  ],
-  { stdio: ['ignore', 'pipe', 'inherit'] },
-)
-process.on('exit', () => child.kill('SIGKILL'))
-const [line] = await once(createInterface({ input: child.stdout }), 'line')
-const { port } = JSON.parse(line)
+/** this process's environment without glibc malloc settings, plus `spec` ('K=V K2=V2') */
+function receiverEnv(spec) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'GLIBC_TUNABLES' && !/^MALLOC_.*_$/.test(k)))
+  for (const kv of (spec ?? '').split(/\s+/).filter(Boolean)) {
+    const i = kv.indexOf('=')
+    if (i <= 0) throw new Error(`BENCH_RECEIVER_ENV: not K=V: ${kv}`)
+    env[kv.slice(0, i)] = kv.slice(i + 1)
+  }
+  return env
+}
+async function startReceiver(spec, name) {
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
+      process.env.BENCH_RECEIVER_DIST ? resolve(process.env.BENCH_RECEIVER_DIST, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
+      '--listen',
+      '127.0.0.1:0',
+      '--store',
+      join(dir, `store${name}`),
+      '--tokens',
+      join(dir, 'tokens.json'),
+      '--tls-cert',
+      join(dir, 'c.pem'),
+      '--tls-key',
+      join(dir, 'k.pem'),
+      '--log-level',
+      process.env.BENCH_LOG ?? 'warn',
+      '--batch-bytes',
+      String(BATCH),
+      ...(process.env.BENCH_WINDOW_MIB ? ['--window-bytes', String(WINDOW)] : []),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'], env: receiverEnv(spec) },
+  )
+  process.on('exit', () => child.kill('SIGKILL'))
+  const [line] = await once(createInterface({ input: child.stdout }), 'line')
+  const { port } = JSON.parse(line)
+  // for attaching a profiler (perf record -p, strace -c -p)
+  console.error(`receiver ${name}: pid ${child.pid}, env ${spec || '(none)'}; this process (the sender): pid ${process.pid}`)
+  return { child, port, name, spec: spec ?? '', cpu: [] }
+}
+const rxA = await startReceiver(process.env.BENCH_RECEIVER_ENV, 'A')
+// BENCH_SENDER_B=old: receiver B has A's variables and is fed by the old sender
+// (no high-water mark, Node's joining TLS socket): an A/B of the sender in one run
+const oldSenderB = process.env.BENCH_SENDER_B === 'old'
+const rxB =
+  process.env.BENCH_RECEIVER_ENV_B === undefined && !oldSenderB
+    ? undefined
+    : Object.assign(await startReceiver(oldSenderB ? process.env.BENCH_RECEIVER_ENV : process.env.BENCH_RECEIVER_ENV_B, 'B'), { oldSender: oldSenderB })
 
 // CPU seconds (user, system) the receiver process has used so far (/proc, Linux): a
 // figure that the machine's load inflates far less than wall time
 const TICK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
-function receiverCpu() {
+function receiverCpu(child) {
   try {
     const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
     const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
@@ -132,7 +180,8 @@ function frames(disk, seedByte) {
   return { out, end: { kind: MessageKind.DiskEnd, disk, extents: out.length, dataBytes: N * MiB, zeroBytes: 0, digest: cd.digest() } }
 }
 
-async function cycle(cycle, mode, f, vm = 'bench') {
+async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
+  const { port } = rx
   // the agent's own transport settings over wss:// (packages/agent connection.ts): no deflate, a zero
   // mask (ws then skips masking; with its default per-byte masking this client measured ~50 MiB/s)
   const ws = new WebSocket(`wss://127.0.0.1:${port}/`, SUBPROTOCOL, {
@@ -140,6 +189,7 @@ async function cycle(cycle, mode, f, vm = 'bench') {
     ca: readFileSync(join(dir, 'c.pem')),
     perMessageDeflate: false,
     generateMask: (mask) => mask.fill(0),
+    ...(SENDER_NO_JOIN && rx.oldSender !== true ? { createConnection: tlsNoJoin } : {}),
   })
   await once(ws, 'open')
   const inbox = []
@@ -191,7 +241,8 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const ds = await next()
   if (!ds.accepted) throw new Error(`refused ${JSON.stringify(ds)}`)
   const t0 = process.hrtime.bigint()
-  const c0 = receiverCpu()
+  const c0 = receiverCpu(rx.child)
+  const u0 = process.resourceUsage()
   let acked = -1
   const window = WINDOW / EXT
   // the sender's view: time blocked on a full window, and each ack (ms since the first extent, seq)
@@ -210,7 +261,12 @@ async function cycle(cycle, mode, f, vm = 'bench') {
       }
       blocked += ms() - b0
     }
-    ws.send(f.out[seq])
+    if (SENDER_HWM > 0 && rx.oldSender !== true) {
+      // as the agent's Connection.send: wait for this frame to leave once ws's buffer is above the mark
+      const sent = new Promise((res, rej) => ws.send(f.out[seq], (e) => (e ? rej(e) : res())))
+      sent.catch(() => {})
+      if (ws.bufferedAmount > SENDER_HWM) await sent
+    } else ws.send(f.out[seq])
   }
   const sentAt = ms()
   ws.send(encodeMessage(f.end))
@@ -225,20 +281,29 @@ async function cycle(cycle, mode, f, vm = 'bench') {
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
-  const c1 = receiverCpu()
-  cpuPerGiB.push({ user: (c1.user - c0.user) / (N / 1024), system: (c1.system - c0.system) / (N / 1024), faults: (c1.faults - c0.faults) / (N / 1024) })
+  const c1 = receiverCpu(rx.child)
+  const u1 = process.resourceUsage()
+  const gib = N / 1024
+  rx.cpu.push({
+    user: (c1.user - c0.user) / gib,
+    system: (c1.system - c0.system) / gib,
+    faults: (c1.faults - c0.faults) / gib,
+    // this process (the scripted agent, its TLS writes) in the same cycle
+    senderUser: (u1.userCPUTime - u0.userCPUTime) / 1e6 / gib,
+    senderSystem: (u1.systemCPUTime - u0.systemCPUTime) / 1e6 / gib,
+    senderFaults: (u1.minorPageFault - u0.minorPageFault) / gib,
+  })
   // BENCH_TIMELINE=1: the sender's side of the window, per wire cycle
   if (process.env.BENCH_TIMELINE === '1') {
     const gaps = acks.map((a, i) => a[0] - (i === 0 ? 0 : acks[i - 1][0]))
     console.log(
-      `timeline ${mode} ${vm}: ${(s * 1000).toFixed(0)} ms, sender blocked on the window ${blocked.toFixed(0)} ms (${((100 * blocked) / (s * 1000)).toFixed(0)} %), last extent sent at ${sentAt.toFixed(0)} ms, DiskEnded at ${endedAt.toFixed(0)} ms, ${acks.length} acks (mean ${(f.out.length / Math.max(1, acks.length)).toFixed(1)} extents each, gaps median ${median(gaps).toFixed(0)} max ${Math.max(...gaps).toFixed(0)} ms)`,
+      `timeline ${mode} ${vm} (receiver ${rx.name}): ${(s * 1000).toFixed(0)} ms, sender blocked on the window ${blocked.toFixed(0)} ms (${((100 * blocked) / (s * 1000)).toFixed(0)} %), last extent sent at ${sentAt.toFixed(0)} ms, DiskEnded at ${endedAt.toFixed(0)} ms, ${acks.length} acks (mean ${(f.out.length / Math.max(1, acks.length)).toFixed(1)} extents each, gaps median ${median(gaps).toFixed(0)} max ${Math.max(...gaps).toFixed(0)} ms)`,
     )
     console.log(`acks [ms, seq]: ${JSON.stringify(acks.map(([t, q]) => [Math.round(t), q]))}`)
   }
   ws.close()
   return N / s
 }
-const cpuPerGiB = []
 function median(xs) {
   const v = [...xs].sort((a, b) => a - b)
   const n = v.length
@@ -309,8 +374,13 @@ for (let r = 0; r < ROUNDS; r++) {
   const raw = dd()
   rmSync(join(dir, 'store2'), { recursive: true, force: true })
   const apply = WIRE_ONLY ? NaN : await applyOnly(1, 'seed', 1)
-  const wire = await cycle(1, 'seed', frames(0, 1), `bench${r}`)
-  rounds.push({ raw, apply, wire })
+  const f = frames(0, 1)
+  // with a receiver B, the two alternate which goes first
+  let wireB = NaN
+  if (rxB !== undefined && r % 2 === 1) wireB = await cycle(1, 'seed', f, `bench${r}`, rxB)
+  const wire = await cycle(1, 'seed', f, `bench${r}`)
+  if (rxB !== undefined && r % 2 === 0) wireB = await cycle(1, 'seed', f, `bench${r}`, rxB)
+  rounds.push({ raw, apply, wire, wireB })
 }
 const incApplyFirst = WIRE_ONLY ? NaN : await applyOnly(2, 'incremental', 2)
 const incApply = WIRE_ONLY ? NaN : await applyOnly(3, 'incremental', 3)
@@ -319,9 +389,12 @@ const incFirst = WIRE_ONLY ? NaN : await cycle(2, 'incremental', frames(0, 2), l
 const inc = WIRE_ONLY ? NaN : await cycle(3, 'incremental', frames(0, 3), last)
 const rawEnd = dd()
 const load1 = loadavg()
-child.kill('SIGTERM')
-await once(child, 'exit')
-rmSync(join(dir, 'store'), { recursive: true, force: true })
+for (const rx of [rxA, rxB]) {
+  if (rx === undefined) continue
+  rx.child.kill('SIGTERM')
+  await once(rx.child, 'exit')
+}
+for (const name of ['A', 'B']) rmSync(join(dir, `store${name}`), { recursive: true, force: true })
 rmSync(join(dir, 'store2'), { recursive: true, force: true })
 const raw = median(rounds.map((x) => x.raw))
 const pct = (x) => +(100 * x).toFixed(1)
@@ -329,7 +402,7 @@ const fmt = (xs) => xs.map((x) => x.toFixed(0)).join(' ')
 const applyPct = median(rounds.map((x) => x.apply / x.raw))
 const wirePct = median(rounds.map((x) => x.wire / x.raw))
 console.log(
-  `receiver: ${N} MiB of random data, 4 MiB extents, window ${WINDOW / MiB} MiB, batch ${BATCH / MiB} MiB, ${ROUNDS} interleaved rounds, ${cpus().length} cores; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
+  `receiver: ${N} MiB of random data, 4 MiB extents, window ${WINDOW / MiB} MiB, batch ${BATCH / MiB} MiB, ${ROUNDS} interleaved rounds, ${cpus().length} cores, sender high-water ${SENDER_HWM > 0 ? `${SENDER_HWM / MiB} MiB` : 'none'}${SENDER_NO_JOIN ? ', no writev join' : ''}${process.env.GLIBC_TUNABLES ? `, sender GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES}` : ''}; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
 )
 console.log(`dd conv=fdatasync:         median ${raw.toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.raw))}]`)
 console.log(
@@ -341,8 +414,22 @@ console.log(
 console.log(
   `incremental (once, vs dd ${rawEnd.toFixed(0)} MiB/s after them): apply path first/steady ${incApplyFirst.toFixed(0)}/${incApply.toFixed(0)} MiB/s, over TLS first/steady ${incFirst.toFixed(0)}/${inc.toFixed(0)} MiB/s`,
 )
-console.log(`receiver CPU per GiB over TLS, per wire cycle (user/system): ${cpuPerGiB.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
-console.log(`receiver minor page faults per GiB over TLS, per wire cycle: ${cpuPerGiB.map((x) => x.faults.toFixed(0)).join(' ')}`)
+if (rxB !== undefined) {
+  const wireBPct = median(rounds.map((x) => x.wireB / x.raw))
+  console.log(
+    `seed over TLS, receiver B: median ${median(rounds.map((x) => x.wireB)).toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.wireB))}]  ${pct(wireBPct)} % of dd; B/A (median of rounds) ${pct(median(rounds.map((x) => x.wireB / x.wire)))} %`,
+  )
+  console.log(`receiver A env: ${rxA.spec || '(none)'}; receiver B env: ${rxB.spec || '(none)'}${rxB.oldSender ? '; receiver B fed by the old sender (no high-water mark, writev joined)' : ''}`)
+}
+for (const rx of [rxA, rxB]) {
+  if (rx === undefined) continue
+  const tag = rxB === undefined ? 'receiver' : `receiver ${rx.name}`
+  console.log(`${tag} CPU per GiB over TLS, per wire cycle (user/system): ${rx.cpu.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
+  console.log(`${tag} minor page faults per GiB over TLS, per wire cycle: ${rx.cpu.map((x) => x.faults.toFixed(0)).join(' ')}`)
+  console.log(
+    `sender (this process) with ${tag}, per GiB per wire cycle: CPU user/system ${rx.cpu.map((x) => `${x.senderUser.toFixed(2)}/${x.senderSystem.toFixed(2)}`).join(' ')} s, minor page faults ${rx.cpu.map((x) => x.senderFaults.toFixed(0)).join(' ')}`,
+  )
+}
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -359,7 +446,16 @@ const out = {
   wireIncrementalFirstMiBs: +incFirst.toFixed(0),
   wireIncrementalMiBs: +inc.toFixed(0),
   wireIncrementalPctOfRaw: pct(inc / median([raw, rawEnd])),
-  receiverCpuSecPerGiB: cpuPerGiB.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
-  receiverMinorFaultsPerGiB: cpuPerGiB.map((x) => Math.round(x.faults)),
+  receiverCpuSecPerGiB: rxA.cpu.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
+  receiverMinorFaultsPerGiB: rxA.cpu.map((x) => Math.round(x.faults)),
+  ...(rxB === undefined
+    ? {}
+    : {
+        receiverEnvB: rxB.spec,
+        wireSeedBMiBs: +median(rounds.map((x) => x.wireB)).toFixed(0),
+        wireSeedBPctOfRaw: pct(median(rounds.map((x) => x.wireB / x.raw))),
+        receiverBCpuSecPerGiB: rxB.cpu.map((x) => ({ user: +x.user.toFixed(2), system: +x.system.toFixed(2) })),
+        receiverBMinorFaultsPerGiB: rxB.cpu.map((x) => Math.round(x.faults)),
+      }),
 }
 console.log(JSON.stringify(out))

@@ -30,6 +30,7 @@ import { once } from 'node:events'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer as createHttpsServer } from 'node:https'
 import { cpus, loadavg, tmpdir } from 'node:os'
+import { isIP } from 'node:net'
 import { join } from 'node:path'
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls'
 import WebSocket, { WebSocketServer } from 'ws'
@@ -173,7 +174,10 @@ async function main() {
     { stdio: 'ignore' },
   )
   const ca = readFileSync(join(dir, 'c.pem'))
-  const child = fork(new URL(import.meta.url).pathname, ['sink', dir, ...(sinksMode ? ['--sinks'] : [])], { stdio: 'inherit' })
+  // BENCH_SINK_ENV='K=V …': variables of the sink process (e.g. the receiver unit's GLIBC_TUNABLES)
+  const sinkEnv = { ...process.env }
+  for (const kv of (process.env.BENCH_SINK_ENV ?? '').split(/\s+/).filter(Boolean)) sinkEnv[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1)
+  const child = fork(new URL(import.meta.url).pathname, ['sink', dir, ...(sinksMode ? ['--sinks'] : [])], { stdio: 'inherit', env: sinkEnv })
   process.on('exit', () => child.kill('SIGKILL'))
   const [ports] = await once(child, 'message')
   const { ReceiverClient } = await import('../packages/agent/dist/src/receiver-client.js')
@@ -294,9 +298,18 @@ async function main() {
     return wireBytes / MiB / sec
   }
 
+  /** a TLS socket whose queued writes go to TLS one by one: no `_writev`, so Node does not join them into a new buffer */
+  const tlsNoJoin = (opts) => {
+    // as ws's own tlsConnect
+    opts.path = undefined
+    if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host) ? '' : opts.host
+    const s = tlsConnect(opts)
+    s._writev = null
+    return s
+  }
   /** --sinks: a bare ws client (zero mask, one frame per message) into a sink that discards */
-  async function wsSinkRound(port, fragments = 1) {
-    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, perMessageDeflate: false, generateMask: (m) => m.fill(0) })
+  async function wsSinkRound(port, fragments = 1, noJoin = false) {
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { ca, perMessageDeflate: false, generateMask: (m) => m.fill(0), ...(noJoin ? { createConnection: tlsNoJoin } : {}) })
     await once(ws, 'open')
     cipher = `${ws._socket.getProtocol()} ${ws._socket.getCipher().name}`
     const done = once(ws, 'message')
@@ -359,17 +372,21 @@ async function main() {
       ['ws, default ciphers', () => wsSinkRound(ports.wsDefault)],
       ['ws, receiver ciphers', () => wsSinkRound(ports.wsReceiver)],
       ['ws 3 fragments, rcv c.', () => wsSinkRound(ports.wsReceiver, 3)],
+      ['ws 3 fr., no writev join', () => wsSinkRound(ports.wsReceiver, 3, true)],
     ]
     const gib = (count * extent) / 1024 / MiB
-    const out = kinds.map(() => Object.assign([], { cpu: [], cipher: '' }))
+    const out = kinds.map(() => Object.assign([], { cpu: [], sender: [], cipher: '' }))
     for (const [, fn] of kinds) await fn() // warm-up
     const load0 = loadavg()
     for (let i = 0; i < rounds; i++) {
       for (let k = 0; k < kinds.length; k++) {
         const s0 = await sinkCpu()
+        const c0 = process.cpuUsage()
         const mibs = await kinds[k][1]()
+        const c = process.cpuUsage(c0)
         out[k].cipher = cipher
         out[k].cpu.push(((await sinkCpu()) - s0) / 1e6 / gib)
+        out[k].sender.push((c.user + c.system) / 1e6 / gib)
         out[k].push(mibs)
       }
     }
@@ -382,14 +399,17 @@ async function main() {
       return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2
     }
     console.log(`sinks: ${count} messages of ${extent / 1024} KiB per round (${((count * extent) / MiB).toFixed(0)} MiB), ${rounds} interleaved rounds, ${cpus().length} cores`)
-    console.log(`load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`)
+    console.log(`load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}; sink env: ${process.env.BENCH_SINK_ENV ?? '(none)'}`)
     for (const [k, [name]] of kinds.entries()) {
-      console.log(`${name.padEnd(22)} ${out[k].cipher.padEnd(28)} median ${med(out[k]).toFixed(0)} MiB/s  [${out[k].map((x) => x.toFixed(0)).join(' ')}]  sink CPU ${med(out[k].cpu).toFixed(2)} s/GiB`)
+      console.log(
+        `${name.padEnd(22)} ${out[k].cipher.padEnd(28)} median ${med(out[k]).toFixed(0)} MiB/s  [${out[k].map((x) => x.toFixed(0)).join(' ')}]  sink CPU ${med(out[k].cpu).toFixed(2)} s/GiB, sender ${med(out[k].sender).toFixed(2)} s/GiB`,
+      )
     }
     const pr = (a, b) => med(out[a].map((x, i) => x / out[b][i]))
     console.log(`ratio ws sink / tls sink (median of pairs): default ciphers ${(100 * pr(2, 0)).toFixed(1)} %, receiver ciphers ${(100 * pr(3, 1)).toFixed(1)} %`)
     console.log(`ratio receiver ciphers / default (median of pairs): tls ${(100 * pr(1, 0)).toFixed(1)} %, ws ${(100 * pr(3, 2)).toFixed(1)} %`)
     console.log(`ratio ws messages in 3 fragments (the agent's Extent) / in one frame (median of pairs): ${(100 * pr(4, 3)).toFixed(1)} %`)
+    console.log(`ratio ws 3 fragments without the writev join / with it (median of pairs): ${(100 * pr(5, 4)).toFixed(1)} %`)
     return
   }
   const load0 = loadavg()
@@ -415,7 +435,7 @@ async function main() {
   const f = (x) => x.toFixed(0)
   const cpu = (r) => `CPU s/GiB: sender ${median(r.cpu.map((c) => c.sender)).toFixed(2)}, sink ${median(r.cpu.map((c) => c.sink)).toFixed(2)}`
   console.log(`transport: ${count} extents of ${extent / 1024} KiB per round (${(wireBytes / MiB).toFixed(0)} MiB on the wire), ${rounds} interleaved rounds, ${cpus().length} cores, ${cipher}`)
-  console.log(`load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`)
+  console.log(`load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}; sink env: ${process.env.BENCH_SINK_ENV ?? '(none)'}`)
   console.log(`agent connection (ws over TLS): median ${f(median(res.agent))} MiB/s  [${res.agent.map(f).join(' ')}]  ${cpu(res.agent)}`)
   console.log(`baseline plain TLS socket:      median ${f(median(res.tls))} MiB/s  [${res.tls.map(f).join(' ')}]  ${cpu(res.tls)}`)
   if (withMasked)

@@ -7,7 +7,7 @@
  * (`encodeMessageParts`), so a data extent is not copied into a frame buffer.
  */
 import { once } from 'node:events'
-import WebSocket from 'ws'
+import WebSocket, { type ClientOptions } from 'ws'
 import {
   ConversationState,
   decodeMessage,
@@ -24,6 +24,7 @@ import { AgentError } from './errors.ts'
 import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
 import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
+import { connectTlsUnjoined } from './tls-socket.ts'
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions extends ConnectSources {
@@ -162,6 +163,8 @@ export class Connection {
             generateMask: (mask: Buffer) => {
               mask.fill(0)
             },
+            // TLS encrypts each queued chunk from its own buffer instead of joining them into a new one (tls-socket.ts)
+            createConnection: connectTlsUnjoined as unknown as ClientOptions['createConnection'],
           }
         : {}),
     })
