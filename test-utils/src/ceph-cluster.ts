@@ -138,6 +138,12 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       'osd pool default pg num = 8',
       'osd pool default pgp num = 8',
       'osd crush chooseleaf type = 0',
+      // the OSD sends no mon commands while it starts (its device class and crush
+      // location): on a loaded CI machine those failed with "wrong fsid" (the mon
+      // saw fsid 0 from the starting OSD) and the OSD exited, twice in a row; the
+      // OSD is put in the crush map from the command line instead (below)
+      'osd class update on start = false',
+      'osd crush update on start = false',
       'mon allow pool size one = true',
       'mon allow pool delete = true',
       'mon warn on pool no redundancy = false',
@@ -248,6 +254,7 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       { intervalMs: 200 },
     )
     await exec('ceph-osd', ['--conf', conf, '-i', '0', '--mkfs', '--osd-uuid', osdUuid])
+    await run('ceph', ['osd', 'crush', 'add', 'osd.0', '1.0', 'root=default'])
     daemon('ceph-osd', ['-i', '0'])
     await pollUntil(
       async () => {
