@@ -8,7 +8,7 @@ import { timingSafeEqual } from 'node:crypto'
 import { blockDigest, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
 import { type DataRange, dataCursor, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError, ioError } from './errors.ts'
-import type { FileHandle } from 'node:fs/promises'
+import { readFullyInto } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
 import type { VmMirror } from './vm-mirror.ts'
 import { blockRun } from './proof.ts'
@@ -100,18 +100,6 @@ async function runDataRanges(
   return ranges
 }
 
-/** Read `length` bytes at `offset` into `buf` (past the end of the file: zeros); the bytes read, as a view of `buf`. */
-async function readBlock(fh: FileHandle, buf: Buffer, offset: number, length: number): Promise<Buffer> {
-  let done = 0
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
-    if (bytesRead === 0) break
-    done += bytesRead
-  }
-  if (done < length) buf.fill(0, done, length)
-  return buf.subarray(0, length)
-}
-
 /**
  * Compare the listed blocks of disk `name` (committed in this session) with
  * the agent's digests. Returns the mismatched indexes as u64le.
@@ -155,7 +143,7 @@ export async function checkBlocks(vm: VmMirror, name: string, req: BlockCheckReq
           ? Promise.reject(new ReceiverError('E_RANGE', `block ${b} of ${req.blockSize} bytes is beyond the capacity ${rec.capacity} of ${name}`))
           : !mayHoldData(offset, offset + length)
             ? Promise.resolve(length)
-            : readBlock(fh, pool[turn++ % pool.length] as Buffer, offset, length).catch((err: unknown) => {
+            : readFullyInto(fh, pool[turn++ % pool.length] as Buffer, offset, length).catch((err: unknown) => {
                 throw ioError(err, `reading the mirror of ${name}`)
               })
       // handled when its turn comes; not an unhandled rejection while an earlier block is awaited

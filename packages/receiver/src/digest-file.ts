@@ -1,3 +1,4 @@
+import { readFullyInto } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
 
 /** Bytes read per step when digesting a mirror file. */
@@ -23,24 +24,14 @@ const READS_AHEAD = 2
 export async function digestFile(path: string, bytes: number, update: (b: Uint8Array) => void, opts: { signal?: AbortSignal } = {}): Promise<number> {
   const fh = await openStoreFile(path, 'read')
   const pool = Array.from({ length: READS_AHEAD + 1 }, () => Buffer.allocUnsafe(Math.min(CHUNK, Math.max(bytes, 1))))
-  const reads: Array<{ buf: Buffer; length: number; done: Promise<void> }> = []
+  const reads: Array<{ buf: Buffer; length: number; done: Promise<unknown> }> = []
   let next = 0
   let turn = 0
-  const fill = async (buf: Buffer, offset: number, length: number): Promise<void> => {
-    let done = 0
-    while (done < length) {
-      const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
-      if (bytesRead === 0) break
-      done += bytesRead
-    }
-    // past the end of the file: zeros (the buffer is reused)
-    if (done < length) buf.fill(0, done, length)
-  }
   const issue = (): void => {
     while (next < bytes && reads.length < READS_AHEAD) {
       const length = Math.min(CHUNK, bytes - next)
       const buf = pool[turn++ % pool.length] as Buffer
-      const done = fill(buf, next, length)
+      const done = readFullyInto(fh, buf, next, length)
       // handled when its turn comes; not an unhandled rejection meanwhile
       done.catch(() => {})
       reads.push({ buf, length, done })

@@ -123,12 +123,21 @@ const WRITEV_MAX = 1024
 
 /** Read exactly `length` bytes at `offset`; bytes past the end of the file read as zero. */
 export async function readFully(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length)
+  return await readFullyInto(fh, Buffer.allocUnsafe(length), offset, length)
+}
+
+/**
+ * Like {@link readFully}, into the caller's (reused) buffer: the first
+ * `length` bytes of `buf` hold the file's bytes at `offset`, zeros past its
+ * end. Returns that view of `buf`.
+ */
+export async function readFullyInto(fh: FileHandle, buf: Buffer, offset: number, length: number): Promise<Buffer> {
   let done = 0
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
     if (bytesRead === 0) break
     done += bytesRead
   }
-  return buf
+  if (done < length) buf.fill(0, done, length)
+  return buf.subarray(0, length)
 }

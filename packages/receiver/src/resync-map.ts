@@ -20,7 +20,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm, zeroDigest } from '@grainline/protocol'
 import { type DataRange, dataCursor, fileDataRanges } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
+import { fsyncDir, readFully, readFullyInto, unlinkIfExists, writeFully } from './fs-util.ts'
 import { openStoreFile } from './store-fs.ts'
 import type { DiskRecord, InflightDisk } from './state-file.ts'
 import { KeptMap } from './kept-map.ts'
@@ -33,19 +33,6 @@ const READ_BYTES = 2 * 1024 * 1024
 const READS_IN_FLIGHT = 3
 /** Bytes of the mirror whose data ranges are asked for at once (one `SEEK_DATA` helper process). */
 const HOLE_WINDOW_BYTES = 64 * 1024 * 1024 * 1024
-
-/** Read up to `length` bytes at `offset` into `buf` (short only at the end of the file); the bytes read. */
-async function readInto(fh: FileHandle, buf: Buffer, length: number, offset: number): Promise<number> {
-  let done = 0
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, offset + done)
-    if (bytesRead === 0) break
-    done += bytesRead
-  }
-  // a flat shorter than the disk reads as zeros past its end
-  if (done < length) buf.fill(0, done, length)
-  return length
-}
 
 /** What a map file belongs to: one resync cycle of one disk. */
 interface MapHeader {
@@ -269,7 +256,8 @@ export class ResyncMap {
           continue
         }
         const buf = pool[turn++ % pool.length] as Buffer
-        const done = readInto(flat, buf, len, off)
+        // a flat shorter than the disk reads as zeros past its end
+        const done = readFullyInto(flat, buf, off, len).then(() => len)
         // handled when its turn comes; not an unhandled rejection while an earlier span is awaited
         done.catch(() => {})
         reads.push({ from: issued, n, buf, done })
