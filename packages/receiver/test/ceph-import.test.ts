@@ -2,9 +2,10 @@
 // cycled into a folder store is imported into a pool with its lineage; the
 // next cycle to a receiver on the pool is an ordinary incremental and the
 // mirror reads equal to the source. Refusals: the pool holds the VM
-// already, no such VM, a cycle in flight in the folder. Real one-node cluster.
+// already, no such VM, a cycle in flight in the folder, a flat that is a
+// symbolic link. Real one-node cluster.
 import t from 'tap'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { haveCeph, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
@@ -73,6 +74,17 @@ t.test('a VM seeded offline into a folder store, imported into a Ceph pool, take
   )
   await t.rejects(cephImportVm(target, folder.store, 'vm-busy', { logger: log }), { code: 'E_BUSY', message: /cycle 2/ }, 'a cycle in flight in the folder store')
   t.equal(await readCephState(target, new CephNames('vm-busy').state, 'vm-busy'), undefined, 'nothing written to the pool for it')
+
+  // a flat that is a symbolic link (the store is not trusted): refused before anything is written
+  const orig = new VmPaths(folder.store, vm)
+  const linked = new VmPaths(folder.store, 'vm-link')
+  await mkdir(linked.gdir, { recursive: true })
+  const state = JSON.parse(await readFile(orig.state, 'utf8')) as { vm: string; disks: Record<string, { stem: string }> }
+  state.vm = 'vm-link'
+  await writeFile(linked.state, JSON.stringify(state))
+  for (const d of Object.values(state.disks)) await symlink(orig.flat(d.stem), linked.flat(d.stem))
+  await t.rejects(cephImportVm(target, folder.store, 'vm-link', { logger: log }), { code: 'E_STORE_FILE' }, 'a flat that is a symlink')
+  t.equal(await readCephState(target, new CephNames('vm-link').state, 'vm-link'), undefined, 'nothing written to the pool for it')
 
   // the agent's next cycle, to a receiver on the pool: an incremental on the imported point
   const env = makeEnv(join(base, 'ceph'))

@@ -20,12 +20,12 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import { readVmState } from '../../state-file.ts'
+import { readStoreFile, regularFileSize } from '../../store-fs.ts'
 import { VmPaths } from '../../vm-paths.ts'
 import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { CephVmMirror, snapName } from './ceph-mirror.ts'
@@ -89,8 +89,14 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
     const cycle = src.committedCycle
     const records = Object.values(src.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     const inflight: Record<string, CephInflightDisk> = {}
+    const sizes = new Map<string, number>()
     for (const r of records) {
       validateName(r.name, 'disk name')
+      // before anything is written: each flat a regular file (never a symlink or FIFO) within its capacity
+      const size = await regularFileSize(paths.flat(r.stem))
+      if (size === undefined) throw new ReceiverError('E_NOT_FOUND', `the flat of disk ${r.name} of VM ${vm} is missing from ${paths.dir}`)
+      if (size > r.capacity) throw new ReceiverError('E_STATE', `flat of disk ${r.name} of VM ${vm} is ${size} bytes, above its capacity ${r.capacity}`)
+      sizes.set(r.name, size)
       inflight[r.name] = {
         name: r.name,
         cycleId: r.cycleId,
@@ -111,8 +117,7 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
     for (const r of records) {
       const info = inflight[r.name] as CephInflightDisk
       const flat = paths.flat(r.stem)
-      const size = (await stat(flat)).size
-      if (size > r.capacity) throw new ReceiverError('E_STATE', `flat of disk ${r.name} of VM ${vm} is ${size} bytes, above its capacity ${r.capacity}`)
+      const size = sizes.get(r.name) as number
       const img = `${t.pool}/${info.image}`
       m.checkLease()
       await runCeph(t, 'rbd', ['import', '--no-progress', flat, img])
@@ -147,7 +152,7 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
       [`${vm}.vmx`, (b: Buffer) => Buffer.from(unmarkVmx(b.toString('utf8'), src.displaySuffix))],
       [`${vm}.nvram`, (b: Buffer) => b],
     ] as const) {
-      const data = await readFile(join(paths.dir, name)).catch((err: unknown) => {
+      const data = await readStoreFile(join(paths.dir, name)).catch((err: unknown) => {
         if ((err as { code?: unknown }).code === 'ENOENT') return undefined
         throw err
       })
