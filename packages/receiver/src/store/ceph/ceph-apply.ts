@@ -19,8 +19,13 @@ import { ReceiverError } from '../../errors.ts'
 import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
 import type { CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
+import type { TouchedBlocks } from '../../kept-map.ts'
+import { cephPoolFull, poolFullError } from './ceph-space.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
+
+/** A write, flush or open of the head waiting this long makes the apply read the pool's flags (a full pool pauses writes). */
+export const STALL_MS = 5000
 
 /** One logged extent (a line of the log object). */
 interface LogRecord {
@@ -65,15 +70,22 @@ export class CephDiskApply {
   batches = 0
   journalMs = 0
   writeMs = 0
+  /** aborted once the pool was found full: a helper still opening gives up */
+  private readonly full = new AbortController()
   /** the image's helper, opened at the first batch */
   private image: Promise<RbdImage> | undefined
+  /** the helper once open */
+  private opened: RbdImage | undefined
+  /** the blocks this cycle wrote (replayed ones included), when its commit carries or writes a kept map (ceph-kept-map.ts) */
+  readonly touched: TouchedBlocks | undefined
 
-  private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk) {
+  private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks) {
     this.target = target
     this.lock = lock
     this.vm = vm
     this.info = info
     this.digest = new CycleDigest(info.algorithm)
+    this.touched = touched
   }
 
   get nextSeq(): number {
@@ -87,18 +99,18 @@ export class CephDiskApply {
   }
 
   /** A fresh apply: an empty log (and, for a seed, a new image of the capacity). */
-  static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+  static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
     await runCeph(target, 'rados', ['-p', target.pool, 'put', info.log, '-'], Buffer.alloc(0))
     if (info.baseSnap === null) {
       // a crash may have left the image of an earlier attempt: start from zeros
       await removeImage(target, info.image)
       await runCeph(target, 'rbd', ['create', '--size', `${info.capacity}B`, `${target.pool}/${info.image}`])
     }
-    return new CephDiskApply(target, lock, vm, info)
+    return new CephDiskApply(target, lock, vm, info, touched)
   }
 
   /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
-  static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+  static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
     let raw = ''
     try {
       raw = (await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])).toString('utf8')
@@ -108,9 +120,9 @@ export class CephDiskApply {
     const imageThere = await imageExists(target, info.image)
     if (!imageThere) {
       if (info.baseSnap !== null) throw new ReceiverError('E_STATE', `image ${info.image} of disk ${info.name} of VM ${vm} is missing from pool ${target.pool}: roll back, then seed`)
-      return await CephDiskApply.start(target, lock, vm, info)
+      return await CephDiskApply.start(target, lock, vm, info, touched)
     }
-    const a = new CephDiskApply(target, lock, vm, info)
+    const a = new CephDiskApply(target, lock, vm, info, touched)
     for (const r of parseExtentLog(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
     a.applied = a.next - 1
     return a
@@ -129,6 +141,7 @@ export class CephDiskApply {
     if (e.zero) this.zeroBytes += e.length
     else this.dataBytes += e.length
     this.digest.add({ offset: e.offset, length: e.length, zero: e.zero, digest: e.digest })
+    this.touched?.mark(e.offset, e.length)
     return e
   }
 
@@ -146,10 +159,50 @@ export class CephDiskApply {
   /** The helper writing this disk's head (opened once; it checks the base snapshot exists and grows the image). */
   private helper(): Promise<RbdImage> {
     if (this.image === undefined) {
-      this.image = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity })
+      const opening = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity, signal: this.full.signal }).then((img) => {
+        this.opened = img
+        return img
+      })
+      this.image = this.guarded(opening)
       this.image.catch(() => {})
     }
     return this.image
+  }
+
+  /**
+   * Wait for `op` (the helper's open, a batch's writes, its flush): Ceph
+   * pauses writes to a full pool — they neither fail nor finish — so while
+   * `op` has waited {@link STALL_MS}, the pool's flags are read every
+   * STALL_MS, and a full pool fails the apply with E_NO_SPACE (the helper is
+   * killed: what it wrote but did not log is resent when the cycle resumes).
+   */
+  private async guarded<T>(op: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    let done = false
+    const full = new Promise<never>((_resolve, reject) => {
+      const tick = async (): Promise<void> => {
+        if (done) return
+        if (await cephPoolFull(this.target).catch(() => false)) {
+          reject(poolFullError(this.target, `writing disk ${this.info.name} of VM ${this.vm}`))
+          return
+        }
+        if (!done) timer = setTimeout(() => void tick(), STALL_MS)
+      }
+      timer = setTimeout(() => void tick(), STALL_MS)
+    })
+    full.catch(() => {})
+    try {
+      return await Promise.race([op, full])
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'E_NO_SPACE' && !this.full.signal.aborted) {
+        this.full.abort(err)
+        this.opened?.kill(err as Error)
+      }
+      throw err
+    } finally {
+      done = true
+      if (timer !== undefined) clearTimeout(timer)
+    }
   }
 
   /** Write the batch into the image's head (pipelined requests to the helper); not durable before {@link syncBatch}. */
@@ -161,7 +214,7 @@ export class CephDiskApply {
     const img = await this.helper()
     const writes = batch.map((e) => (e.zero ? img.zero(e.offset, e.length) : img.write(e.offset, e.data as Uint8Array)))
     for (const w of writes) w.catch(() => {})
-    await Promise.all(writes)
+    await this.guarded(Promise.all(writes))
     this.writeMs += performance.now() - t0
   }
 
@@ -171,7 +224,8 @@ export class CephDiskApply {
     const t0 = performance.now()
     const lines = batch.map((e) => JSON.stringify({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: Buffer.from(e.digest).toString('hex') })).join('\n')
     this.lock.check(this.vm)
-    await (await this.helper()).flushAndLog(Buffer.from(`${lines}\n`))
+    const img = await this.helper()
+    await this.guarded(img.flushAndLog(Buffer.from(`${lines}\n`)))
     this.batches++
     this.applied = (batch[batch.length - 1] as ApplyExtent).seq
     this.journalMs += performance.now() - t0
