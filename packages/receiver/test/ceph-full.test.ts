@@ -5,8 +5,9 @@
 // then the pool's quota is set below what it stores and the rest of the cycle
 // is sent: the receiver answers E_NO_SPACE (typed, the pool named), the
 // committed snapshot, the restore point and the state are intact, the cycle
-// stays in flight with its durable extents; once the quota is lifted the
-// agent's next connection resumes the cycle from its extent log and commits.
+// stays in flight with its durable extents; a retry while the pool is full
+// is answered E_NO_SPACE as well (not left hanging); once the quota is lifted
+// the agent's next connection resumes the cycle from its extent log and commits.
 import t from 'tap'
 import { haveCeph, haveCephMgr, pollUntil, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
 import { MessageKind } from '@grainline/protocol'
@@ -16,7 +17,7 @@ import { cephListPoints, cephRestorePoint } from '../src/index.ts'
 import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { runCeph } from '../src/store/ceph/rbd-cli.ts'
-import { Agent, MiB, TOKEN, diskEnd, evolve, extentMessage, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, diskEnd, evolve, extentMessage, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 const POOL = 'glfull'
 const cid = (n: number): string => n.toString(16).padStart(32, '0')
@@ -70,7 +71,7 @@ t.test('Ceph store: the pool fills up mid-cycle: E_NO_SPACE, nothing lost, the c
   t.equal(e.code, 'E_NO_SPACE', 'the receiver answers E_NO_SPACE')
   t.equal(e.closeCode, 4507)
   const aborted = await logs.waitFor((l) => l['msg'] === 'session aborted' && l['code'] === 'E_NO_SPACE')
-  t.match(String(aborted['why']), new RegExp(`${POOL}/.*pool is full`), 'the log names the pool and what to do')
+  t.match(String(aborted['why']), new RegExp(`Ceph pool ${POOL} is full .*disk f\\.vmdk of VM vm-full: free space in the pool or raise its quota`), 'the log names the pool, the disk and what to do')
 
   // nothing lost: the state, the committed snapshot and the point are as before; the cycle is in flight, resumable
   const after = await readCephState(target, names.state, vm)
@@ -85,6 +86,14 @@ t.test('Ceph store: the pool fills up mid-cycle: E_NO_SPACE, nothing lost, the c
   }
   t.ok((await read(2)).equals(img2), 'the committed snapshot (cycle 2) reads as before')
   t.ok((await read(1)).equals(img1), 'point 1 reads as before')
+
+  // while the pool is full, the agent's retry is answered E_NO_SPACE too (taking the lease is a write): no hang
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen(vm, 3, ['f-000001.vmdk']))
+  t.equal((await a.expectError(600_000)).code, 'E_NO_SPACE', "a retry while the pool is full: E_NO_SPACE, the agent's next run tries again")
+  t.equal((await readCephState(target, names.state, vm))?.inflight?.cycle, 3, 'still in flight')
 
   // room again: the next connection resumes from the log and commits
   await ceph.run('ceph', ['osd', 'pool', 'set-quota', POOL, 'max_bytes', '0'])

@@ -20,12 +20,9 @@ import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.t
 import type { CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
-import { cephPoolFull, poolFullError } from './ceph-space.ts'
+import { unlessPoolFull } from './ceph-space.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
-
-/** A write, flush or open of the head waiting this long makes the apply read the pool's flags (a full pool pauses writes). */
-export const STALL_MS = 5000
 
 /** One logged extent (a line of the log object). */
 interface LogRecord {
@@ -169,40 +166,12 @@ export class CephDiskApply {
     return this.image
   }
 
-  /**
-   * Wait for `op` (the helper's open, a batch's writes, its flush): Ceph
-   * pauses writes to a full pool — they neither fail nor finish — so while
-   * `op` has waited {@link STALL_MS}, the pool's flags are read every
-   * STALL_MS, and a full pool fails the apply with E_NO_SPACE (the helper is
-   * killed: what it wrote but did not log is resent when the cycle resumes).
-   */
-  private async guarded<T>(op: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    let done = false
-    const full = new Promise<never>((_resolve, reject) => {
-      const tick = async (): Promise<void> => {
-        if (done) return
-        if (await cephPoolFull(this.target).catch(() => false)) {
-          reject(poolFullError(this.target, `writing disk ${this.info.name} of VM ${this.vm}`))
-          return
-        }
-        if (!done) timer = setTimeout(() => void tick(), STALL_MS)
-      }
-      timer = setTimeout(() => void tick(), STALL_MS)
+  /** Wait for `op` (the helper's open, a batch's writes, its flush) unless the pool is full: then E_NO_SPACE, the helper killed (what it wrote but did not log is resent when the cycle resumes). */
+  private guarded<T>(op: Promise<T>): Promise<T> {
+    return unlessPoolFull(this.target, op, `writing disk ${this.info.name} of VM ${this.vm}`, (err) => {
+      this.full.abort(err)
+      this.opened?.kill(err)
     })
-    full.catch(() => {})
-    try {
-      return await Promise.race([op, full])
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 'E_NO_SPACE' && !this.full.signal.aborted) {
-        this.full.abort(err)
-        this.opened?.kill(err as Error)
-      }
-      throw err
-    } finally {
-      done = true
-      if (timer !== undefined) clearTimeout(timer)
-    }
   }
 
   /** Write the batch into the image's head (pipelined requests to the helper); not durable before {@link syncBatch}. */

@@ -110,6 +110,41 @@ export function poolFullError(t: CephTarget, what: string): ReceiverError {
   )
 }
 
+/** An operation that writes to the pool and has waited this long makes its caller read the pool's flags (a full pool pauses writes). */
+export const STALL_MS = 5000
+
+/**
+ * Wait for `op`, a write to the pool (a batch, a flush, opening an image for
+ * writing, taking a lease): Ceph pauses writes to a full pool — they neither
+ * fail nor finish — so once `op` has waited {@link STALL_MS}, the pool's
+ * flags are read every STALL_MS, and a full pool rejects with E_NO_SPACE
+ * (`onFull` is told first: it kills what waits in the cluster).
+ */
+export async function unlessPoolFull<T>(t: CephTarget, op: Promise<T>, what: string, onFull?: (err: ReceiverError) => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  let done = false
+  const full = new Promise<never>((_resolve, reject) => {
+    const tick = async (): Promise<void> => {
+      if (done) return
+      if (await cephPoolFull(t).catch(() => false)) {
+        const err = poolFullError(t, what)
+        if (!done) onFull?.(err)
+        reject(err)
+        return
+      }
+      if (!done) timer = setTimeout(() => void tick(), STALL_MS)
+    }
+    timer = setTimeout(() => void tick(), STALL_MS)
+  })
+  full.catch(() => {})
+  try {
+    return await Promise.race([op, full])
+  } finally {
+    done = true
+    if (timer !== undefined) clearTimeout(timer)
+  }
+}
+
 /** One line of `rbd du`: an image's head (`snapshot` null) or one of its snapshots. */
 export interface RbdUsage {
   readonly image: string
