@@ -34,6 +34,10 @@ import { CephLock } from '../src/store/ceph/ceph-lock.ts'
 import { CephVmMirror } from '../src/store/ceph/ceph-mirror.ts'
 import { CephCommandError, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { storeConformance } from './store-conformance.ts'
+import { ReceiverMetrics } from '../src/metrics.ts'
+import { cephStoreReader } from '../src/store/ceph/ceph-overview.ts'
+import { readCephHistory } from '../src/store/ceph/ceph-history.ts'
+import { storeOverview, vmDetail } from '../src/store-overview.ts'
 import { BS as RBS, NAME as RNAME, SIZE as RSIZE, resyncCycle } from './resync-helpers.ts'
 import { MessageKind } from '@grainline/protocol'
 import { createHash } from 'node:crypto'
@@ -258,6 +262,50 @@ t.test('Ceph store', { skip }, async (t) => {
     t.equal((await rec())?.kept, undefined, 'the failed check dropped the map with the divergence')
     t.same((await resyncCycle(env, url, 5, img4, vm)).sent, [], 'the next resync')
     t.same(sealed(), { read: RSIZE, kept: 0 }, 'reads the whole snapshot')
+  })
+
+  t.test('the overview of a Ceph store (status, metrics, dashboard): the state objects, the history objects, rbd du; an unreadable state object is a CRITICAL VM', async (t) => {
+    const reader = cephStoreReader(target)
+    const o = await storeOverview(reader, { now: Date.now() })
+    t.equal(o.store, `ceph:${POOL}`)
+    const v = o.vms.find((x) => x.vm === 'vm-kept-rot')
+    t.equal(v?.committedCycle, 5, 'the VM of the kept-map case, at cycle 5')
+    t.match(v?.disks[0], { name: RNAME, committedCycle: 5, capacity: RSIZE, size: RSIZE, modified: false, diverged: null, inflight: null }, 'its disk, from the state object')
+    t.match((v?.disks[0] as { snapshot?: string } | undefined)?.snapshot, new RegExp(`^${POOL}/gl\\..*@c5-`), 'with its snapshot')
+    t.ok((v?.usedBytes ?? 0) >= RSIZE, 'its bytes (rbd du)')
+    t.equal(v?.lastCycle?.cycle, 5, 'the last cycle from the history object')
+    t.same(
+      (await readCephHistory(target, 'vm-kept-rot')).map((h) => [h.cycle, h.modes]),
+      [
+        [1, ['seed']],
+        [2, ['resync']],
+        [3, ['resync']],
+        [4, ['incremental']],
+        [5, ['resync']],
+      ],
+      'every committed cycle with its mode',
+    )
+    t.same(await readCephHistory(target, 'vm-none'), [], 'no history: empty')
+    const d = await vmDetail(reader, 'vm-kept-rot')
+    t.equal(d?.history.length, 5, "the VM's page")
+    t.equal(await vmDetail(reader, 'vm-none'), undefined, 'a VM the pool does not hold')
+    const metrics = new ReceiverMetrics(reader, () => 0)
+    t.match(await metrics.registry.metrics(), /grainline_mirror_committed_cycle\{vm="vm-kept-rot"\} 5/, '/metrics reads the pool')
+    // a state object that cannot be read: the VM (named by its object) is CRITICAL, the others still shown
+    const bad = `grainline.vm.${'f'.repeat(24)}`
+    await runCeph(target, 'rados', ['-p', POOL, 'put', bad, '-'], Buffer.from('not json'))
+    const withBad = await storeOverview(reader)
+    t.match(
+      withBad.vms.find((x) => x.vm === bad),
+      { error: /not JSON/, health: { state: 'CRITICAL' } },
+      'an unreadable state object: CRITICAL',
+    )
+    t.ok(
+      withBad.vms.some((x) => x.vm === 'vm-kept-rot'),
+      'the other VMs are still read',
+    )
+    await runCeph(target, 'rados', ['-p', POOL, 'rm', bad])
+    await t.rejects(storeOverview(cephStoreReader({ pool: 'glnopool', conf: ceph.conf })), { code: 'E_NOT_FOUND', message: /glnopool does not exist/ }, 'a pool that does not exist')
   })
 
   t.test('points drop killed between the state write and the snapshot removal: the state names no such point, the next cycle finishes the removal', async (t) => {

@@ -248,7 +248,7 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     t.same(r2.sent, [], 'a first resync of an equal mirror sends nothing')
     t.same(sealed(), { read: SIZE, kept: 0 }, 'and reads every block (no kept map yet)')
     // an incremental writes into block 7 only
-    const ranges = [{ offset: 7 * BS + 100, length: 4096 }]
+    const ranges = [{ offset: 7 * BS + 512, length: 4096 }]
     const img3 = evolve(img1, 73, ranges)
     const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     const r3 = await runCycle(b, KVM, 3, [incPlan(0, NAME, img3, 2, cid(73), ranges, 'vm-r-000001.vmdk', 'vm-r-000003.vmdk')])
