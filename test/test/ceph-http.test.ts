@@ -13,35 +13,12 @@ import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { haveCeph, httpCall, readEvents, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { replicateCli, runCli, startSite } from '@grainline/e2e'
+import { httpPort, promSample, replicateCli, runCli, startSite } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
 const POOL = 'glhttp'
 const VIEWER = `viewer-${'fedcba9876543210'.repeat(2)}`
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-mgr ceph-common)'
-
-/** One sample `name{labels} value` of a Prometheus text exposition. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
-    if (m === null || m[1] !== name) continue
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]))
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3])
-  }
-  return undefined
-}
-
-/** The HTTP port from the receiver's latest `listening` line. */
-function httpPort(lines: readonly string[]): number {
-  for (const l of [...lines].reverse()) {
-    try {
-      const j = JSON.parse(l) as { event?: string; httpPort?: number }
-      if (j.event === 'listening' && typeof j.httpPort === 'number') return j.httpPort
-    } catch {}
-  }
-  throw new Error('no httpPort in the listening line')
-}
 
 interface Overview {
   store: string
@@ -84,7 +61,7 @@ t.test('Ceph store: /metrics, the dashboard API, the event stream and grainline 
 
   const empty = await httpCall(`${base()}/metrics`, { ca })
   t.equal(empty.status, 200, 'the HTTP listener serves /metrics with a Ceph store')
-  t.equal(sample(empty.text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), undefined, 'no mirror yet')
+  t.equal(promSample(empty.text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), undefined, 'no mirror yet')
 
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web-01', disks: [{ sizeBytes: 16 * MiB, fill: 'random' }], seed: 8 })
   const seed = await replicateCli(site, vm.vmxPath, ['--certify', 'sha256'])
@@ -96,14 +73,14 @@ t.test('Ceph store: /metrics, the dashboard API, the event stream and grainline 
 
   // /metrics: the mirror's state from the pool's state object, what this process applied
   const m = (await httpCall(`${base()}/metrics`, { ca })).text
-  t.equal(sample(m, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 2, 'committed cycle 2 (read from the state object)')
-  t.equal(sample(m, 'grainline_mirror_cycle_in_flight', { vm: 'web-01' }), 0, 'nothing in flight')
-  t.equal(sample(m, 'grainline_mirror_state_unreadable', { vm: 'web-01' }), 0)
-  t.equal(sample(m, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 16 * MiB)
-  t.equal(sample(m, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'certify' }), 1, "cycle 2's certify recorded ok")
-  t.equal(sample(m, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
-  t.ok((sample(m, 'grainline_mirror_age_seconds', { vm: 'web-01' }) ?? -1) >= 0, 'an age')
-  t.ok((sample(m, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' }) ?? 0) > 0, 'bytes applied by this process')
+  t.equal(promSample(m, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 2, 'committed cycle 2 (read from the state object)')
+  t.equal(promSample(m, 'grainline_mirror_cycle_in_flight', { vm: 'web-01' }), 0, 'nothing in flight')
+  t.equal(promSample(m, 'grainline_mirror_state_unreadable', { vm: 'web-01' }), 0)
+  t.equal(promSample(m, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 16 * MiB)
+  t.equal(promSample(m, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'certify' }), 1, "cycle 2's certify recorded ok")
+  t.equal(promSample(m, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
+  t.ok((promSample(m, 'grainline_mirror_age_seconds', { vm: 'web-01' }) ?? -1) >= 0, 'an age')
+  t.ok((promSample(m, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' }) ?? 0) > 0, 'bytes applied by this process')
 
   // the API and `grainline status --output json` serve the same document
   const o = await api<Overview>('/api/v1/status')

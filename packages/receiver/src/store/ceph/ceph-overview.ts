@@ -17,24 +17,16 @@ import { ReceiverError } from '../../errors.ts'
 import type { DiskStatus, VmStatus } from '../../store-admin.ts'
 import type { VerifyRecord } from '../../state-file.ts'
 import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
-import { parseExtentLog } from './ceph-apply.ts'
+import { resumeSeq } from './ceph-admin.ts'
 import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
-import { CephNames, readCephState, snapCid, STATE_PREFIX, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { CephNames, readCephState, snapCid, STATE_PREFIX, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** A disk's status on the Ceph store: the folder store's fields, plus its snapshot and the bytes its image takes. */
 export type CephDiskOverview = DiskStatus & {
   /** `POOL/IMAGE@SNAP` of the committed cycle ('' when none) */
   readonly snapshot: string
-}
-
-async function logLength(t: CephTarget, log: string): Promise<number> {
-  try {
-    return parseExtentLog((await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-'])).toString('utf8')).length
-  } catch {
-    return 0
-  }
 }
 
 /** A check as the folder store records it (older Ceph records keep only the verdict and the time). */
@@ -45,11 +37,8 @@ function verifyRecord(r: CephCheckRecord | undefined): VerifyRecord | null {
 
 /** The status of one VM from its state object (pure, but for the resume points of disks in flight). */
 export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmStatus> {
-  const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
   const disks: CephDiskOverview[] = []
-  for (const name of [...names].sort()) {
-    const d = s.disks[name]
-    const inf = s.inflight?.disks[name]
+  for (const { name, d, inf } of stateDisks(s)) {
     disks.push({
       name,
       committedCycle: d?.cycle ?? 0,
@@ -63,7 +52,7 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
       certify: verifyRecord(d?.certify),
       diverged: d?.diverged ?? null,
       proven: d?.certify?.ok === true ? { kind: 'certify', at: d.certify.at, cycle: d.cycle } : null,
-      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await logLength(t, inf.log) },
+      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
       snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
     })
   }

@@ -173,6 +173,12 @@ export function snapCid(image: string, snap: string): string {
   return createHash('sha256').update(`${image}@${snap}`).digest('hex').slice(0, 8)
 }
 
+/** Every disk of a state, sorted by name, with its committed record and its cycle in flight (either may be absent). Pure. */
+export function stateDisks(s: CephVmState): Array<{ name: string; d: CephDiskRecord | undefined; inf: CephInflightDisk | undefined }> {
+  const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
+  return [...names].sort().map((name) => ({ name, d: s.disks[name], inf: s.inflight?.disks[name] }))
+}
+
 /** Prefix of every state object (listing the VMs of a pool). */
 export const STATE_PREFIX = 'grainline.vm.'
 
