@@ -275,7 +275,10 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       await pollUntil(
         async () => {
           alive()
-          const df = JSON.parse((await run('ceph', ['df', '--format', 'json'])).stdout) as { stats?: { total_bytes?: number }; pools?: Array<{ name: string }> }
+          // a mon still loading the manager's command descriptions answers EPERM for a moment: asked again
+          const out = await run('ceph', ['df', '--format', 'json']).catch(() => undefined)
+          if (out === undefined) return undefined
+          const df = JSON.parse(out.stdout) as { stats?: { total_bytes?: number }; pools?: Array<{ name: string }> }
           return (df.stats?.total_bytes ?? 0) > 0 && want.every((p) => df.pools?.some((x) => x.name === p)) ? true : undefined
         },
         { intervalMs: 500 },

@@ -19,7 +19,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { httpCall, scratchDir, startCuttingProxy } from '@grainline/test-utils'
-import { replicateCli, runCli, startSite } from '@grainline/e2e'
+import { httpPort, replicateCli, runCli, startSite } from '@grainline/e2e'
 
 // the few browser globals the page functions below use (they run in Chromium, not here; the e2e tsconfig has no DOM lib)
 interface PageElement {
@@ -35,17 +35,6 @@ const CHROMIUM = '/usr/bin/chromium'
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
 const XSS = '<img src=x onerror=alert(1)>'
 const VIEWER = `viewer-${'0123456789abcdef'.repeat(2)}`
-
-/** The HTTP port from the receiver's latest `listening` line. */
-function httpPort(lines: readonly string[]): number {
-  for (const l of [...lines].reverse()) {
-    try {
-      const j = JSON.parse(l) as { event?: string; httpPort?: number }
-      if (j.event === 'listening' && typeof j.httpPort === 'number') return j.httpPort
-    } catch {}
-  }
-  throw new Error('no httpPort in the listening line')
-}
 
 /** The serious and critical axe-core violations of the page (axe injected from node_modules). */
 async function axeViolations(page: Page, source: string): Promise<Array<{ id: string; impact: string | null; help: string; nodes: number }>> {

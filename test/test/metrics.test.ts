@@ -8,22 +8,10 @@ import t from 'tap'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { httpCall, scratchDir } from '@grainline/test-utils'
-import { replicateCli, startSite } from '@grainline/e2e'
+import { promSample, replicateCli, startSite } from '@grainline/e2e'
 import { readFile } from 'node:fs/promises'
 
 const MiB = 1024 * 1024
-
-/** One sample `name{labels} value` of a Prometheus text exposition (labels as written). */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
-    if (m === null || m[1] !== name) continue
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]))
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3])
-  }
-  return undefined
-}
 
 let CA: Buffer | undefined
 
@@ -66,8 +54,8 @@ t.test('a receiver process with --metrics-listen: mirror state, traffic, cycles,
   const empty = await scrape(mp)
   t.equal(empty.status, 200)
   t.match(empty.type, /^text\/plain; version=0\.0\.4/)
-  t.equal(sample(empty.text, 'grainline_sessions'), 0)
-  t.equal(sample(empty.text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), undefined, 'no mirror yet')
+  t.equal(promSample(empty.text, 'grainline_sessions'), 0)
+  t.equal(promSample(empty.text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), undefined, 'no mirror yet')
   t.equal((await scrape(mp, '/')).status, 303, 'the dashboard asks for a login; metrics need none')
 
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web-01', disks: [{ sizeBytes: 8 * MiB }] })
@@ -83,29 +71,29 @@ t.test('a receiver process with --metrics-listen: mirror state, traffic, cycles,
   const m = await scrape(mp)
   t.equal(m.status, 200)
   const text = m.text
-  t.equal(sample(text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 2, 'committed cycle 2')
-  const last = sample(text, 'grainline_mirror_last_commit_timestamp_seconds', { vm: 'web-01' }) as number
+  t.equal(promSample(text, 'grainline_mirror_committed_cycle', { vm: 'web-01' }), 2, 'committed cycle 2')
+  const last = promSample(text, 'grainline_mirror_last_commit_timestamp_seconds', { vm: 'web-01' }) as number
   t.ok(last >= before - 1 && last <= Date.now() / 1000 + 1, `last commit at ${last}`)
-  const age = sample(text, 'grainline_mirror_age_seconds', { vm: 'web-01' }) as number
+  const age = promSample(text, 'grainline_mirror_age_seconds', { vm: 'web-01' }) as number
   t.ok(age >= 0 && age < 120, `RPO age ${age} s`)
-  t.equal(sample(text, 'grainline_mirror_cycle_in_flight', { vm: 'web-01' }), 0)
-  t.equal(sample(text, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 8 * MiB)
-  t.equal(sample(text, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
-  t.equal(sample(text, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial' }), 1)
-  t.equal(sample(text, 'grainline_checks_total', { vm: 'web-01', disk: 'web-01.vmdk', check: 'certify', result: 'ok' }), 1, 'the seed was certified')
-  t.equal(sample(text, 'grainline_checks_total', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial', result: 'ok' }), 2)
+  t.equal(promSample(text, 'grainline_mirror_cycle_in_flight', { vm: 'web-01' }), 0)
+  t.equal(promSample(text, 'grainline_disk_capacity_bytes', { vm: 'web-01', disk: 'web-01.vmdk' }), 8 * MiB)
+  t.equal(promSample(text, 'grainline_disk_diverged', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
+  t.equal(promSample(text, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial' }), 1)
+  t.equal(promSample(text, 'grainline_checks_total', { vm: 'web-01', disk: 'web-01.vmdk', check: 'certify', result: 'ok' }), 1, 'the seed was certified')
+  t.equal(promSample(text, 'grainline_checks_total', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial', result: 'ok' }), 2)
   // bytes applied = what the two cycles covered (the seed's whole disk as data or zero, then the increment)
   const seedDisk = seed.report?.vms[0]?.disks[0]
-  const data = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' })
-  const zero = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'zero' })
+  const data = promSample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' })
+  const zero = promSample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'zero' })
   t.equal(data, (seedDisk?.dataBytes ?? 0) + (incDisk?.dataBytes ?? 0), 'data bytes applied = data bytes the agent sent')
   t.equal(zero, (seedDisk?.zeroBytes ?? 0) + (incDisk?.zeroBytes ?? 0))
-  t.equal(sample(text, 'grainline_cycle_duration_seconds_count', { vm: 'web-01' }), 2, 'two committed cycles timed')
-  t.ok((sample(text, 'grainline_cycle_duration_seconds_sum', { vm: 'web-01' }) ?? 0) > 0)
-  t.equal(sample(text, 'grainline_sessions_total', { peer: 'proxy-a' }), 2, 'one session per run')
-  t.equal(sample(text, 'grainline_sessions'), 0, 'none open now')
-  t.equal(sample(text, 'grainline_connections_refused_total', { reason: 'auth' }), undefined, 'nothing refused yet')
-  t.ok((sample(text, 'grainline_receiver_process_resident_memory_bytes') ?? 0) > 0, 'process metrics')
+  t.equal(promSample(text, 'grainline_cycle_duration_seconds_count', { vm: 'web-01' }), 2, 'two committed cycles timed')
+  t.ok((promSample(text, 'grainline_cycle_duration_seconds_sum', { vm: 'web-01' }) ?? 0) > 0)
+  t.equal(promSample(text, 'grainline_sessions_total', { peer: 'proxy-a' }), 2, 'one session per run')
+  t.equal(promSample(text, 'grainline_sessions'), 0, 'none open now')
+  t.equal(promSample(text, 'grainline_connections_refused_total', { reason: 'auth' }), undefined, 'nothing refused yet')
+  t.ok((promSample(text, 'grainline_receiver_process_resident_memory_bytes') ?? 0) > 0, 'process metrics')
 
   // a wrong token on a real upgrade is counted as refused (auth)
   const WebSocket = (await import('ws')).default
@@ -116,5 +104,5 @@ t.test('a receiver process with --metrics-listen: mirror state, traffic, cycles,
   })
   ws.terminate()
   const after = await scrape(mp)
-  t.equal(sample(after.text, 'grainline_connections_refused_total', { reason: 'auth' }), 1, 'the refused token is counted')
+  t.equal(promSample(after.text, 'grainline_connections_refused_total', { reason: 'auth' }), 1, 'the refused token is counted')
 })

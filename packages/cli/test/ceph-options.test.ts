@@ -1,10 +1,11 @@
-// `--store ceph:POOL` options of status/points/mirror, the Ceph status table, and usage errors of the Ceph actions (docs/CEPH.md).
+// `--store ceph:POOL` options of status/points/mirror, the Ceph status text, and usage errors of the Ceph actions (docs/CEPH.md).
 import t from 'tap'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { runNode } from '@grainline/test-utils'
 import { cephTargetFrom } from '../src/commands/ceph-options.ts'
-import { renderCephStatus } from '../src/commands/status.ts'
+import { assessStore, type VmStatus } from '@grainline/receiver'
+import { renderCephDetails, renderStatus } from '../src/commands/status.ts'
 
 t.test('the Ceph target of --store ceph:POOL and the client options', async (t) => {
   t.same(cephTargetFrom('ceph:rbd', { 'ceph-conf': '/etc/c.conf', 'ceph-id': 'gl', keyring: '/k' }), { pool: 'rbd', conf: '/etc/c.conf', id: 'gl', keyring: '/k' })
@@ -12,50 +13,70 @@ t.test('the Ceph target of --store ceph:POOL and the client options', async (t) 
   t.throws(() => cephTargetFrom('ceph:a/b', {}), { code: 'E_CONFIG' })
 })
 
-t.test("the Ceph status table: one row per disk, in flight, diverged and held shown, used bytes and the points' bytes", async (t) => {
-  const text = renderCephStatus({
-    store: 'ceph:rbd',
-    vms: [
-      {
-        vm: 'web',
-        committedCycle: 3,
-        committedAt: '2026-11-30T12:00:00.000Z',
-        points: 2,
-        pointBytes: 3 * 1024 * 1024,
-        bytes: 5 * 1024 * 1024,
-        disks: [
-          {
-            name: 'web.vmdk',
-            committedCycle: 3,
-            capacity: 1024 * 1024,
-            snapshot: 'rbd/gl.a.b.c@c3-x',
-            bytes: 4 * 1024 * 1024,
-            diverged: null,
-            inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 },
-          },
-          { name: 'web_1.vmdk', committedCycle: 3, capacity: 2048, snapshot: 'rbd/gl.a.d.e@c3-x', bytes: 1024 * 1024, diverged: { reason: 'trivial', at: 'x' }, inflight: null },
-        ],
-        holds: [],
-      },
-      {
-        vm: 'db',
-        committedCycle: 5,
-        committedAt: '2026-11-30T12:00:00.000Z',
-        points: 1,
-        pointBytes: 0,
-        bytes: 4096,
-        disks: [{ name: 'db.vmdk', committedCycle: 5, capacity: 4096, snapshot: 'rbd/gl.f.g.h@c5-x', bytes: 4096, diverged: null, inflight: null }],
-        holds: [{ id: 'h', cycle: 5, dir: '/dr/db', kind: 'failover', createdAt: 'x' }],
-      },
-    ],
+t.test("a Ceph store's status: the health table (held shown), then each disk's snapshot, the VM's used bytes and its points' bytes", async (t) => {
+  const disk = (name: string, cycle: number, snapshot: string, extra: object = {}) => ({
+    name,
+    committedCycle: cycle,
+    committedAt: '2026-11-30T12:00:00.000Z',
+    capacity: 1024 * 1024,
+    size: 1024 * 1024,
+    mirrorCid: 'abcd0123',
+    modified: false,
+    trivial: null,
+    certify: null,
+    diverged: null,
+    proven: null,
+    inflight: null,
+    snapshot,
+    ...extra,
   })
-  t.match(text, /ceph:rbd: 2 VM\(s\)/)
-  t.match(text, /db\.vmdk .*HELD \(failover point 5\)/, 'a failed-over VM is shown held')
+  const vm = (name: string, disks: object[], holds: object[] = []) => ({
+    vm: name,
+    committedCycle: 3,
+    committedAt: '2026-11-30T12:00:00.000Z',
+    generation: 'g',
+    inflightCycle: 0,
+    needsRecovery: false,
+    disks,
+    vmxDropped: [],
+    holds,
+    points: [1, 2],
+  })
+  const h = assessStore(
+    {
+      store: 'ceph:rbd',
+      vms: [
+        vm('web', [
+          disk('web.vmdk', 3, 'rbd/gl.a.b.c@c3-x', { inflight: { cycle: 4, mode: 'incremental', resumeSeq: 7 } }),
+          disk('web_1.vmdk', 3, 'rbd/gl.a.d.e@c3-x', { diverged: { reason: 'trivial', at: 'x' } }),
+        ]),
+        vm('db', [disk('db.vmdk', 3, 'rbd/gl.f.g.h@c3-x')], [{ id: 'h', cycle: 2, dir: '/dr/db', kind: 'failover', createdAt: 'x' }]),
+      ] as unknown as VmStatus[],
+    },
+    { now: Date.parse('2026-11-30T12:10:00.000Z') },
+  )
+  const o = {
+    ...h,
+    vms: h.vms.map((v) => ({
+      ...v,
+      rpo: { targetSeconds: 86400, ageSeconds: 600, state: 'ok' as const },
+      usedBytes: v.vm === 'web' ? 5 * 1024 * 1024 : 4096,
+      restorePoints: [
+        { cycle: 1, committedAt: 'x', bytes: 1024 * 1024, held: false },
+        { cycle: 2, committedAt: 'x', bytes: 2 * 1024 * 1024, held: v.vm === 'db' },
+      ],
+      lastCycle: null,
+      live: null,
+    })),
+  }
+  const text = renderStatus(o) + renderCephDetails(o)
+  t.match(text, /^GRAINLINE CRITICAL - /, 'the monitoring summary line, as for a folder store')
+  t.match(text, /db\.vmdk .*HELD \(failover point 2\)/, 'a failed-over VM is shown held')
   t.match(text, /cycle 4 \(incremental, seq 7\)/)
   t.match(text, /DIVERGED/)
-  t.match(text, /rbd\/gl\.a\.b\.c@c3-x/)
-  t.match(text, /\bused\b/, 'a used column')
-  t.match(text, /web\.vmdk .*4\.00 MiB .*2 \(3\.00 MiB\)/, "a disk's used bytes, the VM's points and their bytes")
+  t.match(text, /rbd\/gl\.a\.b\.c@c3-x/, "each disk's committed snapshot")
+  t.match(text, /web\.vmdk .*5\.00 MiB .*2 \(3\.00 MiB\)/, "the VM's used bytes, its points and their bytes")
+  t.equal(renderCephDetails({ ...o, vms: [] }), '', 'nothing to add without mirrors')
 })
 
 t.test('ceph:POOL actions: usage errors before the cluster is asked (exit 2, one message)', async (t) => {

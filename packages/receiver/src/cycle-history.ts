@@ -8,7 +8,7 @@
  */
 import { join } from 'node:path'
 import { writeFileAtomic } from './fs-util.ts'
-import { readStoreJson, regularFileSize } from './store-fs.ts'
+import { readStoreFile, regularFileSize } from './store-fs.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** History file name inside the VM's state folder. */
@@ -58,13 +58,10 @@ export function trimHistory(entries: readonly CycleHistoryEntry[], now: number):
   return entries.filter((e) => now - Date.parse(e.committedAt) <= HISTORY_MAX_AGE_MS).slice(-HISTORY_MAX_ENTRIES)
 }
 
-/** The VM's history, oldest first; empty when absent, too large or unreadable (never throws). */
-export async function readCycleHistory(paths: VmPaths, now = Date.now()): Promise<CycleHistoryEntry[]> {
-  const file = join(paths.gdir, HISTORY_FILE)
+/** Parse a history document (JSON `{ version, cycles }`), keeping only well-formed entries, trimmed; empty when unreadable (never throws). Pure. */
+export function parseCycleHistory(raw: string, now = Date.now()): CycleHistoryEntry[] {
   try {
-    const size = await regularFileSize(file)
-    if (size === undefined || size > HISTORY_MAX_FILE_BYTES) return []
-    const json = (await readStoreJson(file)) as { cycles?: unknown } | null
+    const json = JSON.parse(raw) as { cycles?: unknown } | null
     const list = Array.isArray(json?.cycles) ? json.cycles : []
     return trimHistory(list.filter(isEntry), now)
   } catch {
@@ -72,8 +69,29 @@ export async function readCycleHistory(paths: VmPaths, now = Date.now()): Promis
   }
 }
 
+/** The history after `entry` committed: entries of later cycles (a rolled-back store) replaced, trimmed. Pure. */
+export function withCycle(entries: readonly CycleHistoryEntry[], entry: CycleHistoryEntry, now = Date.now()): CycleHistoryEntry[] {
+  return trimHistory([...entries.filter((e) => e.cycle < entry.cycle), entry], now)
+}
+
+/** The history document of `cycles` (what both stores keep). Pure. */
+export function encodeCycleHistory(cycles: readonly CycleHistoryEntry[]): string {
+  return `${JSON.stringify({ version: 1, cycles })}\n`
+}
+
+/** The VM's history, oldest first; empty when absent, too large or unreadable (never throws). */
+export async function readCycleHistory(paths: VmPaths, now = Date.now()): Promise<CycleHistoryEntry[]> {
+  const file = join(paths.gdir, HISTORY_FILE)
+  try {
+    const size = await regularFileSize(file)
+    if (size === undefined || size > HISTORY_MAX_FILE_BYTES) return []
+    return parseCycleHistory((await readStoreFile(file)).toString('utf8'), now)
+  } catch {
+    return []
+  }
+}
+
 /** Append one committed cycle (atomic rewrite, trimmed). */
 export async function appendCycleHistory(paths: VmPaths, entry: CycleHistoryEntry, now = Date.now()): Promise<void> {
-  const cycles = trimHistory([...(await readCycleHistory(paths, now)).filter((e) => e.cycle < entry.cycle), entry], now)
-  await writeFileAtomic(join(paths.gdir, HISTORY_FILE), `${JSON.stringify({ version: 1, cycles })}\n`)
+  await writeFileAtomic(join(paths.gdir, HISTORY_FILE), encodeCycleHistory(withCycle(await readCycleHistory(paths, now), entry, now)))
 }

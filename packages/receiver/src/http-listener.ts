@@ -27,7 +27,7 @@ import type { LiveState } from './live-state.ts'
 import { LoginThrottle } from './login-throttle.ts'
 import type { ReceiverMetrics } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
-import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions } from './store-overview.ts'
+import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions, type StoreReader } from './store-overview.ts'
 import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
 
 /** Sockets open at once on the HTTP listener. */
@@ -58,7 +58,8 @@ export interface HttpListenerInit {
   readonly port: number
   /** PEM certificate and key: https:// */
   readonly tls?: { readonly cert: Buffer; readonly key: Buffer }
-  readonly store: string
+  /** the folder store, or a reader of another store (the Ceph store's) */
+  readonly store: string | StoreReader
   readonly metrics: ReceiverMetrics
   readonly live: LiveState
   readonly tokens: () => TokenTable

@@ -16,7 +16,8 @@
  * reasons are a fixed set.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import { storeStatus } from './store-admin.ts'
+import { storeStatus, type VmStatus } from './store-admin.ts'
+import type { StoreReader } from './store-overview.ts'
 import type { RefusalReason } from './refusal-log.ts'
 
 /** What sessions and the server report as it happens (all optional to call). */
@@ -46,7 +47,7 @@ export interface ReceiverObserver {
 /** The metrics of one receiver. */
 export class ReceiverMetrics implements ReceiverObserver {
   readonly registry = new Registry()
-  readonly #store: string
+  readonly #read: () => Promise<{ vms: readonly VmStatus[] }>
   readonly #bytes: Counter<'vm' | 'disk' | 'kind'>
   readonly #cycles: Histogram<'vm'>
   readonly #sessions: Counter<'peer'>
@@ -54,11 +55,11 @@ export class ReceiverMetrics implements ReceiverObserver {
   readonly #checks: Counter<'vm' | 'disk' | 'check' | 'result'>
 
   /**
-   * @param store the mirror store read at each scrape
+   * @param store the mirror store read at each scrape: a folder, or a reader (the Ceph store's, store-overview.ts)
    * @param sessionsNow open sessions right now
    */
-  constructor(store: string, sessionsNow: () => number) {
-    this.#store = store
+  constructor(store: string | StoreReader, sessionsNow: () => number) {
+    this.#read = typeof store === 'string' ? () => storeStatus(store) : () => store.status()
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'grainline_receiver_' })
     this.#bytes = new Counter({
@@ -90,7 +91,7 @@ export class ReceiverMetrics implements ReceiverObserver {
 
   /** Gauges computed from the store at each scrape. */
   #mirrorGauges(registers: Registry[]): void {
-    const store = this.#store
+    const read = this.#read
     // one store read per scrape, shared by every gauge's collect() (prom-client awaits each of them)
     let pending: Promise<void> | undefined
     const collect = (): Promise<void> => {
@@ -111,7 +112,7 @@ export class ReceiverMetrics implements ReceiverObserver {
     const capacity = gauge('grainline_disk_capacity_bytes', 'Virtual size of the mirrored disk', ['vm', 'disk'])
     const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity]
     async function fill(): Promise<void> {
-      const st = await storeStatus(store)
+      const st = await read()
       for (const g of gauges) g.reset()
       const now = Date.now()
       for (const vm of st.vms) {

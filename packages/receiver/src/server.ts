@@ -30,6 +30,7 @@ import { RECEIVER_TLS_OPTIONS } from './tls-options.ts'
 import { SOFTWARE } from './version.ts'
 import { hostname } from 'node:os'
 import { checkCephPool, isCephStore, parseCephStore } from './store/ceph/ceph-store.ts'
+import { cephStoreReader } from './store/ceph/ceph-overview.ts'
 
 /** Components handed to the receiver (STYLE §16). */
 export interface ReceiverComponents {
@@ -187,10 +188,10 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         ...(init.cephLeaseSeconds === undefined ? {} : { leaseSeconds: init.cephLeaseSeconds }),
       }
     : undefined
-  if (ceph !== undefined && httpListen !== undefined)
-    throw new ReceiverError('E_CONFIG', `the HTTP listener (metrics, dashboard) reads a folder store; it is not supported with ${init.store} yet (docs/CEPH.md)`)
-  const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(init.store, () => sessions.size)
-  // errors are kept with folder mirrors; a Ceph store has no HTTP listener to show them yet
+  // the HTTP listener reads the store through one reader: the folder, or the pool's state and history objects
+  const reader = ceph === undefined ? init.store : cephStoreReader(ceph.target)
+  const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(reader, () => sessions.size)
+  // errors are kept with folder mirrors; with a Ceph store they live in this process's memory (docs/CEPH.md)
   const live = new LiveState(ceph === undefined ? { storeDir: init.store, log } : { log })
   let httpServer: HttpListener | undefined
   const refusals = new RefusalLog(log, 10_000, metrics)
@@ -345,7 +346,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
             host: httpListen.host,
             port: httpListen.port,
             ...(tls ? { tls: { cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string) } } : {}),
-            store: init.store,
+            store: reader,
             metrics,
             live,
             tokens: () => table as TokenTable,

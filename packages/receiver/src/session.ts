@@ -516,9 +516,7 @@ export class Session {
       modes: [...new Set(disks.map((d) => d.apply.info.mode))].sort(),
     }
     const m = this.mirror
-    // the dashboard's cycle history is a file of the folder store (docs/CEPH.md: not kept on Ceph yet)
-    if (m instanceof CephVmMirror) return
-    await appendCycleHistory(m.paths, entry).catch((err: unknown) => {
+    await (m instanceof CephVmMirror ? m.recordHistory(entry) : appendCycleHistory(m.paths, entry)).catch((err: unknown) => {
       this.log.warn({ vm: this.vmName, cycle, err: { message: (err as Error).message } }, 'cycle history not written (the commit stands; the dashboard misses this cycle)')
     })
   }
@@ -592,7 +590,10 @@ export class Session {
       await this.pipeline.discard()
       // an I/O failure during an apply: put the mirror back at its committed
       // point before the agent hears of the failure
-      if ((msg.code === 'E_IO' || msg.code === 'E_NO_SPACE') && this.vm !== undefined && this.vm.state.inflight !== null) {
+      // (not on Ceph for a full pool: the committed snapshot is intact whatever the head holds, a rollback would
+      // write into the full pool, and the cycle resumes from its extent log once there is room; docs/CEPH.md)
+      const keep = msg.code === 'E_NO_SPACE' && this.vm instanceof CephVmMirror
+      if ((msg.code === 'E_IO' || msg.code === 'E_NO_SPACE') && !keep && this.vm !== undefined && this.vm.state.inflight !== null) {
         for (const d of this.disks.values()) await d.apply.close().catch(() => {})
         try {
           await this.vm.rollback()

@@ -95,20 +95,59 @@ export function assessRpo(targetMs: number, ageSeconds: number | null): RpoStatu
   return { targetSeconds, ageSeconds, state }
 }
 
-async function overviewOf(storeDir: string, v: VmStatus & { health: MirrorHealth }, opts: StoreOverviewOptions): Promise<VmOverview> {
-  const paths = new VmPaths(storeDir, v.vm)
-  const history = await readCycleHistory(paths, opts.now)
-  let restorePoints: OverviewPoint[] = []
-  if ((v.points ?? []).length > 0) {
-    restorePoints = await listPoints(storeDir, v.vm).then(
-      (l) => l.points.filter((p) => !p.current).map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: p.bytes, held: p.held })),
-      () => [],
-    )
+/**
+ * What the overview reads of a store: the folder store (`folderStoreReader`)
+ * and the Ceph store (ceph-overview.ts `cephStoreReader`) each give the
+ * same shapes, so `grainline status`, `/metrics`, the dashboard and its API
+ * work the same on both.
+ */
+export interface StoreReader {
+  /** the store as documents name it: a folder, or `ceph:POOL` */
+  readonly store: string
+  /**
+   * Every VM's status, sorted by name.
+   * @throws ReceiverError E_NOT_FOUND when the store does not exist
+   */
+  status(): Promise<{ store: string; vms: VmStatus[] }>
+  /** a VM's space (bytes its mirror, points and state take) and restore points, from the last {@link status} read where the store allows */
+  extras(vm: VmStatus): Promise<{ usedBytes: number; restorePoints: OverviewPoint[] }>
+  /** a VM's cycle history, oldest first (empty when none or unreadable) */
+  history(vm: string, now?: number): Promise<CycleHistoryEntry[]>
+}
+
+/** The reader of the folder store at `storeDir`. */
+export function folderStoreReader(storeDir: string): StoreReader {
+  return {
+    store: storeDir,
+    async status() {
+      const st = await stat(storeDir).catch((err: NodeJS.ErrnoException) => err)
+      if (st instanceof Error) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} does not exist (${st.code ?? st.message})`)
+      if (!st.isDirectory()) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} is not a folder`)
+      return await storeStatus(storeDir)
+    },
+    async extras(v) {
+      let restorePoints: OverviewPoint[] = []
+      if ((v.points ?? []).length > 0) {
+        restorePoints = await listPoints(storeDir, v.vm).then(
+          (l) => l.points.filter((p) => !p.current).map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: p.bytes, held: p.held })),
+          () => [],
+        )
+      }
+      return { usedBytes: await allocatedBytes(join(storeDir, v.vm)).catch(() => 0), restorePoints }
+    },
+    history: (vm, now) => readCycleHistory(new VmPaths(storeDir, vm), now),
   }
+}
+
+const readerOf = (store: string | StoreReader): StoreReader => (typeof store === 'string' ? folderStoreReader(store) : store)
+
+async function overviewOf(reader: StoreReader, v: VmStatus & { health: MirrorHealth }, opts: StoreOverviewOptions): Promise<VmOverview> {
+  const history = await reader.history(v.vm, opts.now)
+  const { usedBytes, restorePoints } = await reader.extras(v)
   return {
     ...v,
     rpo: assessRpo(rpoTargetMs(opts.rpo, v.vm), v.health.ageSeconds),
-    usedBytes: await allocatedBytes(join(storeDir, v.vm)).catch(() => 0),
+    usedBytes,
     restorePoints,
     lastCycle: history.at(-1) ?? null,
     live: opts.live?.cycle(v.vm) ?? null,
@@ -116,28 +155,27 @@ async function overviewOf(storeDir: string, v: VmStatus & { health: MirrorHealth
 }
 
 /**
- * The overview of the store at `storeDir` (`GET /api/v1/status`, `grainline status --output json`).
- * @throws ReceiverError E_NOT_FOUND when the store folder does not exist
+ * The overview of a store (`GET /api/v1/status`, `grainline status --output json`): a folder, or a {@link StoreReader}.
+ * @throws ReceiverError E_NOT_FOUND when the store does not exist
  */
-export async function storeOverview(storeDir: string, opts: StoreOverviewOptions = {}): Promise<StoreOverview> {
-  const st = await stat(storeDir).catch((err: NodeJS.ErrnoException) => err)
-  if (st instanceof Error) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} does not exist (${st.code ?? st.message})`)
-  if (!st.isDirectory()) throw new ReceiverError('E_NOT_FOUND', `store ${storeDir} is not a folder`)
-  const status = await storeStatus(storeDir)
+export async function storeOverview(store: string | StoreReader, opts: StoreOverviewOptions = {}): Promise<StoreOverview> {
+  const reader = readerOf(store)
+  const status = await reader.status()
   const covers = opts.covers
   const h = assessStore(covers === undefined ? status : { ...status, vms: status.vms.filter((v) => covers(v.vm)) }, opts)
   const vms: VmOverview[] = []
-  for (const v of h.vms) vms.push(await overviewOf(storeDir, v, opts))
+  for (const v of h.vms) vms.push(await overviewOf(reader, v, opts))
   return { ...h, vms }
 }
 
 /**
  * One VM's page (`GET /api/v1/vms/NAME`), or undefined when the store holds no such VM (or `covers` hides it).
- * @throws ReceiverError E_NOT_FOUND when the store folder does not exist
+ * @throws ReceiverError E_NOT_FOUND when the store does not exist
  */
-export async function vmDetail(storeDir: string, vm: string, opts: StoreOverviewOptions = {}): Promise<VmDetail | undefined> {
-  const o = await storeOverview(storeDir, { ...opts, covers: (n) => n === vm && (opts.covers?.(n) ?? true) })
+export async function vmDetail(store: string | StoreReader, vm: string, opts: StoreOverviewOptions = {}): Promise<VmDetail | undefined> {
+  const reader = readerOf(store)
+  const o = await storeOverview(reader, { ...opts, covers: (n) => n === vm && (opts.covers?.(n) ?? true) })
   const v = o.vms[0]
   if (v === undefined) return undefined
-  return { vm: v, history: await readCycleHistory(new VmPaths(storeDir, vm), opts.now), errors: (await opts.live?.loadErrors(vm)) ?? [] }
+  return { vm: v, history: await reader.history(vm, opts.now), errors: (await opts.live?.loadErrors(vm)) ?? [] }
 }

@@ -13,7 +13,7 @@ import { MessageKind } from '@grainline/protocol'
 import { cephListPoints, cephPrunePoints } from '../src/index.ts'
 import { roomFailure } from '../src/open-decision.ts'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
-import { cephFreeBytes, cephMirrorsUsage, imageVmKey, parseCephDf, parseRbdDu, pointBytes, poolFreeBytes } from '../src/store/ceph/ceph-space.ts'
+import { cephFreeBytes, cephMirrorsUsage, imageVmKey, parseCephDf, parsePoolFull, parseRbdDu, pointBytes, poolFreeBytes } from '../src/store/ceph/ceph-space.ts'
 import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
 import { runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { pino } from 'pino'
@@ -86,6 +86,22 @@ t.test("rbd du: images and snapshots; a point's bytes are the used bytes of the 
   t.equal(imageVmKey(`gl.${'a'.repeat(24)}.${'b'.repeat(24)}.1234`), 'a'.repeat(24))
   t.equal(imageVmKey(`glo.${'c'.repeat(24)}.${'b'.repeat(24)}.open-1`), 'c'.repeat(24), 'a points-open clone is its VM')
   t.equal(imageVmKey('rbd-other'), undefined, "another tool's image is no VM's")
+})
+
+t.test('a full pool from its flags (ceph osd pool ls detail): full_quota or full; a bad document is typed', async (t) => {
+  const ls = (flags: string | undefined): string =>
+    JSON.stringify([
+      { pool_name: 'other', flags_names: 'full' },
+      { pool_name: 'p', ...(flags === undefined ? {} : { flags_names: flags }) },
+    ])
+  t.equal(parsePoolFull(ls('hashpspool,selfmanaged_snaps'), 'p'), false)
+  t.equal(parsePoolFull(ls('hashpspool,full_quota'), 'p'), true, 'its quota reached')
+  t.equal(parsePoolFull(ls('full,hashpspool'), 'p'), true, 'its OSDs full')
+  t.equal(parsePoolFull(ls('hashpspool,nearfull'), 'p'), false, 'near full is not full')
+  t.equal(parsePoolFull(ls(undefined), 'p'), false, 'no flags')
+  t.equal(parsePoolFull(ls('full'), 'q'), false, 'a pool not listed')
+  t.throws(() => parsePoolFull('nope', 'p'), { code: 'E_IO' })
+  t.throws(() => parsePoolFull('{}', 'p'), { code: 'E_IO' })
 })
 
 t.test('the room rule names the pool on Ceph, with the folder store codes and rule', async (t) => {

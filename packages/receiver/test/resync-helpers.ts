@@ -14,22 +14,23 @@ export const BLOCKS = SIZE / BS
 export const ALG = 'sha256' as const
 export const LEN = 32
 
-export function resyncOpen(cycle: number, handle = 0, blockSize = BS): DiskOpenMessage {
+export function resyncOpen(cycle: number, handle = 0, blockSize = BS, vm = VM): DiskOpenMessage {
   const src = source([NAME], 'vm-r-000001.vmdk')
-  const f = { vm: VM, name: NAME, cycle, mode: 'resync' as const, baseCycle: 0, baseGeneration: '', source: src, blockSize }
+  const f = { vm, name: NAME, cycle, mode: 'resync' as const, baseCycle: 0, baseGeneration: '', source: src, blockSize }
   const { vm: _vm, ...fields } = f
   return { kind: MessageKind.DiskOpen, disk: handle, ...fields, capacity: SIZE, cycleId: cycleIdentity(f), ddb: {}, totalBytes: SIZE, totalExtents: 0 }
 }
 
-export async function open(env: Env, url: string, cycle: number, opts: { rollback?: boolean; maxMessageBytes?: number } = {}): Promise<Agent> {
+export async function open(env: Env, url: string, cycle: number, opts: { rollback?: boolean; maxMessageBytes?: number; vm?: string } = {}): Promise<Agent> {
+  const vm = opts.vm ?? VM
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const h = hello(ALG) as Extract<Message, { kind: typeof MessageKind.Hello }>
   a.send(opts.maxMessageBytes === undefined ? h : { ...h, limits: { ...h.limits, maxMessageBytes: opts.maxMessageBytes, maxExtentBytes: 512 * 1024 } })
   await a.expect(MessageKind.Welcome)
-  a.send(vmOpen(VM, cycle, ['vm-r-000001.vmdk']))
+  a.send(vmOpen(vm, cycle, ['vm-r-000001.vmdk']))
   const st = await a.expect(MessageKind.VmState)
   if (opts.rollback === true && st.inflightCycle !== 0) {
-    a.send({ kind: MessageKind.Rollback, vm: VM })
+    a.send({ kind: MessageKind.Rollback, vm })
     await a.expect(MessageKind.RolledBack)
   }
   return a
@@ -78,9 +79,9 @@ export async function untilAck(a: Agent, seq: number): Promise<void> {
  * request, the differing blocks, DiskEnd, Commit. Returns the map the
  * receiver sent and the blocks sent.
  */
-export async function resyncCycle(env: Env, url: string, cycle: number, target: Buffer): Promise<{ map: Buffer; sent: number[] }> {
-  const a = await open(env, url, cycle)
-  a.send(resyncOpen(cycle))
+export async function resyncCycle(env: Env, url: string, cycle: number, target: Buffer, vm = VM): Promise<{ map: Buffer; sent: number[] }> {
+  const a = await open(env, url, cycle, { vm })
+  a.send(resyncOpen(cycle, 0, BS, vm))
   const ds = await a.expect(MessageKind.DiskState)
   if (!ds.accepted) throw new Error(`resync refused: ${ds.reason}`)
   const map = await readMap(a, [[0, BLOCKS]])
@@ -94,7 +95,7 @@ export async function resyncCycle(env: Env, url: string, cycle: number, target: 
   const zeroBytes = extents.filter((e) => e.zero).reduce((n, e) => n + e.length, 0)
   a.send({ kind: MessageKind.DiskEnd, disk: 0, extents: extents.length, dataBytes, zeroBytes, digest: cd.digest() })
   for (;;) if ((await a.next())?.kind === MessageKind.DiskEnded) break
-  a.send({ kind: MessageKind.Commit, vm: VM, cycle, retention: null })
+  a.send({ kind: MessageKind.Commit, vm, cycle, retention: null })
   await a.expect(MessageKind.Committed)
   a.close()
   await a.whenClosed()

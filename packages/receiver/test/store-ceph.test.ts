@@ -34,6 +34,12 @@ import { CephLock } from '../src/store/ceph/ceph-lock.ts'
 import { CephVmMirror } from '../src/store/ceph/ceph-mirror.ts'
 import { CephCommandError, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { storeConformance } from './store-conformance.ts'
+import { ReceiverMetrics } from '../src/metrics.ts'
+import { cephStoreReader } from '../src/store/ceph/ceph-overview.ts'
+import { readCephHistory } from '../src/store/ceph/ceph-history.ts'
+import { storeOverview, vmDetail } from '../src/store-overview.ts'
+import { BS as RBS, NAME as RNAME, SIZE as RSIZE, resyncCycle } from './resync-helpers.ts'
+import { MessageKind } from '@grainline/protocol'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
@@ -156,6 +162,24 @@ t.test('Ceph store', { skip }, async (t) => {
     await t.rejects(head.read(0, 1), { code: 'E_IO', message: /closed/ }, 'a closed reader refuses reads')
     await t.rejects(RbdImage.open(target, 'no-such-image', null), { code: 'E_IO', message: /no-such-image/ }, 'a missing image: E_IO naming it')
     await t.rejects(RbdImage.open(target, img, 'no-such-snap'), { code: 'E_IO', message: /no-such-snap/ }, 'a missing snapshot: E_IO naming it')
+    // the side object (a kept block map): read by a reader, written only by a helper opened writable
+    const snaps = JSON.parse((await runCeph(target, 'rbd', ['snap', 'ls', '--format', 'json', `${POOL}/${img}`])).toString()) as Array<{ id: number; name: string }>
+    t.equal(r.snapId, snaps.find((x) => x.name === 's1')?.id, "the reader reports the snapshot's id")
+    const w = await RbdImage.open(target, img, 's1', undefined, { object: 'side-test', writable: true })
+    t.teardown(() => w.close())
+    await t.rejects(w.readSide(0, 10), { code: 'E_NOT_FOUND' }, 'no side object yet: E_NOT_FOUND')
+    const big = Buffer.alloc(MAX_READ_BYTES + 1000, 7)
+    await w.writeSide(0, big, true)
+    await w.writeSide(MAX_READ_BYTES + 10, Buffer.from('abc'))
+    const back = await w.readSide(0, MAX_READ_BYTES + 2000)
+    t.equal(back.length, MAX_READ_BYTES + 1000, 'a read of the side object ends with it; requests split at the bound')
+    t.ok(back.subarray(MAX_READ_BYTES + 10, MAX_READ_BYTES + 13).equals(Buffer.from('abc')) && back[0] === 7, 'written in parts, at offsets')
+    await w.writeSide(0, Buffer.from('x'), true)
+    t.equal((await w.readSide(0, 100)).length, 1, 'write_full replaces the object')
+    const ro = await RbdImage.open(target, img, 's1', undefined, { object: 'side-test' })
+    t.teardown(() => ro.close())
+    t.ok((await ro.readSide(0, 1)).equals(Buffer.from('x')), 'a reader reads the side object')
+    await t.rejects(ro.writeSide(0, Buffer.from('y')), { code: 'E_IO', message: /bad request op 6/ }, 'but never writes it')
   })
 
   storeConformance(
@@ -189,6 +213,100 @@ t.test('Ceph store', { skip }, async (t) => {
     },
     () => join(base, String(n++)),
   )
+
+  t.test("the kept block map on Ceph: recorded with the snapshot's id; a snapshot taken again behind the store's back, or a failed check, and it is not trusted", async (t) => {
+    const env = makeEnv(join(base, `kept-${n++}`))
+    const { receiver, url, logs } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-kept-rot'
+    const names = new CephNames(vm)
+    const sealed = (): { read: number; kept: number } => {
+      const l = logs.lines.filter((x) => x['msg'] === 'disk sealed' && x['mapMirrorBytes'] !== undefined).at(-1)
+      return { read: Number(l?.['mapMirrorBytes']), kept: Number(l?.['mapKeptBlocks']) }
+    }
+    const rec = async () => (await readCephState(target, names.state, vm))?.disks[RNAME]
+    const img = pattern(RSIZE, 81)
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(0, RNAME, img, cid(81))])
+    a.close()
+    t.equal((await rec())?.kept, undefined, 'a seed keeps no map')
+    t.same((await resyncCycle(env, url, 2, img, vm)).sent, [], 'a resync of an equal mirror')
+    const r2 = await rec()
+    const snapId = (JSON.parse((await runCeph(target, 'rbd', ['snap', 'ls', '--format', 'json', `${POOL}/${r2?.image}`])).toString()) as Array<{ id: number; name: string }>).find(
+      (x) => x.name === r2?.snap,
+    )?.id
+    t.same(r2?.kept, { blockSize: RBS, algorithm: 'sha256', snapId }, "the state records the map and its snapshot's id")
+    t.ok((await runCeph(target, 'rados', ['-p', POOL, 'ls'])).toString().split('\n').includes(names.keptMap(RNAME)), 'the map is a RADOS object')
+    // a block rots in the committed snapshot: the head written, the snapshot taken again under its name (another id)
+    const rotten = Buffer.from(img)
+    rotten.fill(0x5a, 9 * RBS + 10, 9 * RBS + 400)
+    await ceph.writeImage(POOL, r2?.image as string, 9 * RBS + 10, rotten.subarray(9 * RBS + 10, 9 * RBS + 400))
+    await runCeph(target, 'rbd', ['snap', 'rm', '--no-progress', `${POOL}/${r2?.image}@${r2?.snap}`])
+    await runCeph(target, 'rbd', ['snap', 'create', '--no-progress', `${POOL}/${r2?.image}@${r2?.snap}`])
+    const r3 = await resyncCycle(env, url, 3, img, vm)
+    t.same(r3.sent, [9], 'the kept map is not trusted for a snapshot with another id: the rotten block is found and sent')
+    t.same(sealed(), { read: RSIZE, kept: 0 }, 'every block read from the snapshot')
+    await logs.waitFor((l) => l['msg'] === 'no kept block map: the resync reads the whole snapshot' && l['why'] === 'the mirror changed since')
+    // a failed block check drops the map
+    t.not((await rec())?.kept, undefined, 'the resync wrote a new map')
+    const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const ranges = [{ offset: 0, length: 4096 }]
+    const img4 = evolve(img, 84, ranges)
+    await runCycle(b, vm, 4, [incPlan(0, RNAME, img4, 3, cid(84), ranges, 'vm-r-000001.vmdk', 'vm-r-000004.vmdk')])
+    t.not((await rec())?.kept, undefined, 'an incremental carries the map over')
+    const one = new Uint8Array(8)
+    new DataView(one.buffer).setBigUint64(0, 20n, true)
+    b.send({ kind: MessageKind.BlockCheck, disk: 0, blockSize: RBS, blocks: one, digests: Buffer.alloc(32, 1) })
+    t.equal((await b.expect(MessageKind.BlockCheckResult)).ok, false, 'a block check with a wrong digest fails')
+    b.close()
+    t.equal((await rec())?.kept, undefined, 'the failed check dropped the map with the divergence')
+    t.same((await resyncCycle(env, url, 5, img4, vm)).sent, [], 'the next resync')
+    t.same(sealed(), { read: RSIZE, kept: 0 }, 'reads the whole snapshot')
+  })
+
+  t.test('the overview of a Ceph store (status, metrics, dashboard): the state objects, the history objects, rbd du; an unreadable state object is a CRITICAL VM', async (t) => {
+    const reader = cephStoreReader(target)
+    const o = await storeOverview(reader, { now: Date.now() })
+    t.equal(o.store, `ceph:${POOL}`)
+    const v = o.vms.find((x) => x.vm === 'vm-kept-rot')
+    t.equal(v?.committedCycle, 5, 'the VM of the kept-map case, at cycle 5')
+    t.match(v?.disks[0], { name: RNAME, committedCycle: 5, capacity: RSIZE, size: RSIZE, modified: false, diverged: null, inflight: null }, 'its disk, from the state object')
+    t.match((v?.disks[0] as { snapshot?: string } | undefined)?.snapshot, new RegExp(`^${POOL}/gl\\..*@c5-`), 'with its snapshot')
+    t.ok((v?.usedBytes ?? 0) >= RSIZE, 'its bytes (rbd du)')
+    t.equal(v?.lastCycle?.cycle, 5, 'the last cycle from the history object')
+    t.same(
+      (await readCephHistory(target, 'vm-kept-rot')).map((h) => [h.cycle, h.modes]),
+      [
+        [1, ['seed']],
+        [2, ['resync']],
+        [3, ['resync']],
+        [4, ['incremental']],
+        [5, ['resync']],
+      ],
+      'every committed cycle with its mode',
+    )
+    t.same(await readCephHistory(target, 'vm-none'), [], 'no history: empty')
+    const d = await vmDetail(reader, 'vm-kept-rot')
+    t.equal(d?.history.length, 5, "the VM's page")
+    t.equal(await vmDetail(reader, 'vm-none'), undefined, 'a VM the pool does not hold')
+    const metrics = new ReceiverMetrics(reader, () => 0)
+    t.match(await metrics.registry.metrics(), /grainline_mirror_committed_cycle\{vm="vm-kept-rot"\} 5/, '/metrics reads the pool')
+    // a state object that cannot be read: the VM (named by its object) is CRITICAL, the others still shown
+    const bad = `grainline.vm.${'f'.repeat(24)}`
+    await runCeph(target, 'rados', ['-p', POOL, 'put', bad, '-'], Buffer.from('not json'))
+    const withBad = await storeOverview(reader)
+    t.match(
+      withBad.vms.find((x) => x.vm === bad),
+      { error: /not JSON/, health: { state: 'CRITICAL' } },
+      'an unreadable state object: CRITICAL',
+    )
+    t.ok(
+      withBad.vms.some((x) => x.vm === 'vm-kept-rot'),
+      'the other VMs are still read',
+    )
+    await runCeph(target, 'rados', ['-p', POOL, 'rm', bad])
+    await t.rejects(storeOverview(cephStoreReader({ pool: 'glnopool', conf: ceph.conf })), { code: 'E_NOT_FOUND', message: /glnopool does not exist/ }, 'a pool that does not exist')
+  })
 
   t.test('points drop killed between the state write and the snapshot removal: the state names no such point, the next cycle finishes the removal', async (t) => {
     const env = makeEnv(join(base, `crash-${n++}`))

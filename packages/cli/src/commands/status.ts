@@ -12,7 +12,7 @@
 import type { Argv } from 'yargs'
 import { formatBytes } from '@grainline/protocol'
 import { parseDuration } from '@grainline/protocol'
-import { HealthStates, cephStatus, isCephStore, loadReceiverConfig, storeOverview, type CephStoreStatus, type StoreHealth, type StoreOverview } from '@grainline/receiver'
+import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver'
 import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import { UsageError } from '../exit-codes.ts'
 import type { CliCommand } from '../command.ts'
@@ -31,6 +31,12 @@ function provenText(p: { kind: string; at: string; cycle: number } | null, now: 
   if (p === null) return 'never'
   const at = Date.parse(p.at)
   return `${p.kind} at cycle ${p.cycle}, ${Number.isFinite(at) ? ago(Math.max(0, Math.round((now - at) / 1000))) : p.at}`
+}
+
+/** `HELD (failover point 4)` for a VM a failover or an opened point holds. */
+function held(vm: { readonly holds?: ReadonlyArray<{ readonly kind: string; readonly cycle: number }> }): string | undefined {
+  const h = vm.holds?.[0]
+  return h === undefined ? undefined : `HELD (${h.kind} point ${h.cycle})`
 }
 
 /** The text of `grainline status`: summary line, then the table. */
@@ -52,7 +58,7 @@ export function renderStatus(h: StoreHealth): string {
         d.certify === null ? '-' : `${d.certify.algorithm} ${d.certify.ok ? 'ok' : 'MISMATCH'}`,
         provenText(d.proven, now),
         d.inflight !== null ? `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})` : '-',
-        d.diverged !== null ? 'DIVERGED' : d.modified ? 'MODIFIED' : vm.health.state,
+        d.diverged !== null ? 'DIVERGED' : d.modified ? 'MODIFIED' : (held(vm) ?? vm.health.state),
       ])
     }
   }
@@ -67,23 +73,22 @@ export function renderStatus(h: StoreHealth): string {
   return lines.join('\n') + '\n'
 }
 
-/** The text of `grainline status` for a Ceph store: one row per disk. */
-export function renderCephStatus(c: CephStoreStatus): string {
-  const rows = c.vms.flatMap((v) =>
+/**
+ * What a Ceph store adds under the health table: per disk its committed
+ * snapshot (`POOL/IMAGE@SNAP`), per VM the bytes its images take in the pool
+ * (`rbd du` used) and its restore points with their bytes.
+ */
+export function renderCephDetails(h: StoreOverview): string {
+  const rows = h.vms.flatMap((v) =>
     v.disks.map((d) => [
       v.vm,
       d.name,
-      String(d.committedCycle),
-      v.committedAt ?? 'never',
-      formatBytes(d.capacity),
-      formatBytes(d.bytes),
-      `${v.points} (${formatBytes(v.pointBytes)})`,
-      d.inflight === null ? '-' : `cycle ${d.inflight.cycle} (${d.inflight.mode}, seq ${d.inflight.resumeSeq})`,
-      v.holds.length > 0 ? `HELD (${v.holds[0]?.kind} point ${v.holds[0]?.cycle})` : d.diverged === null ? 'OK' : 'DIVERGED',
-      d.snapshot,
+      (d as { snapshot?: string }).snapshot || '-',
+      formatBytes(v.usedBytes),
+      `${v.restorePoints.length} (${formatBytes(v.restorePoints.reduce((n, p) => n + p.bytes, 0))})`,
     ]),
   )
-  return `${c.store}: ${c.vms.length} VM(s)\n\n${table(['vm', 'disk', 'cycle', 'committed at', 'size', 'used', 'points', 'in flight', 'state', 'snapshot'], rows)}\n`
+  return rows.length === 0 ? '' : `\n${table(['vm', 'disk', 'snapshot', 'used', 'points'], rows)}\n`
 }
 
 export const statusCommand: CliCommand = {
@@ -104,21 +109,18 @@ export const statusCommand: CliCommand = {
         throw new UsageError((err as Error).message)
       }
     }
-    if (isCephStore(String(args['store']))) {
-      const c = await cephStatus(cephTargetFrom(String(args['store']), args))
-      ctx.write(args['output'] === 'json' ? JSON.stringify(c, null, 2) + '\n' : renderCephStatus(c))
-      return c.vms.some((v) => v.disks.some((d) => d.diverged !== null)) ? HealthStates.CRITICAL : HealthStates.OK
-    }
     const rpo = args['config'] === undefined ? undefined : (await loadReceiverConfig(String(args['config']))).rpo
+    // a Ceph pool is read through its reader: the same document, health and exit codes as a folder store
+    const store = isCephStore(String(args['store'])) ? cephStoreReader(cephTargetFrom(String(args['store']), args)) : String(args['store'])
     let h: StoreOverview
     try {
-      h = await storeOverview(String(args['store']), { ...(maxAgeMs === undefined ? {} : { maxAgeMs }), ...(rpo === undefined ? {} : { rpo }) })
+      h = await storeOverview(store, { ...(maxAgeMs === undefined ? {} : { maxAgeMs }), ...(rpo === undefined ? {} : { rpo }) })
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'E_NOT_FOUND') throw err
       ctx.write(`GRAINLINE UNKNOWN - ${(err as Error).message}\n`)
       return HealthStates.UNKNOWN
     }
-    ctx.write(args['output'] === 'json' ? JSON.stringify(h, null, 2) + '\n' : renderStatus(h))
+    ctx.write(args['output'] === 'json' ? JSON.stringify(h, null, 2) + '\n' : renderStatus(h) + (typeof store === 'string' ? '' : renderCephDetails(h)))
     return h.exitCode
   },
 }

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
-import { CephNames, listCephStates, readCephState, type CephVmState } from './ceph-state.ts'
+import { CephNames, listCephStates, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import type { PointInfo } from '../../points-admin.ts'
@@ -45,7 +45,8 @@ export interface CephStoreStatus {
   }>
 }
 
-async function resumeSeq(t: CephTarget, log: string): Promise<number> {
+/** The resume point of a disk in flight: the length of its extent log (0 when it cannot be read). */
+export async function resumeSeq(t: CephTarget, log: string): Promise<number> {
   try {
     return parseExtentLog((await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-'])).toString('utf8')).length
   } catch {
@@ -61,11 +62,8 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
   const states = await listCephStates(t)
   const usage: RbdUsage[] = states.length === 0 ? [] : await rbdDu(t)
   for (const s of states) {
-    const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
     const disks: CephDiskStatus[] = []
-    for (const name of [...names].sort()) {
-      const d = s.disks[name]
-      const inf = s.inflight?.disks[name]
+    for (const { name, d, inf } of stateDisks(s)) {
       disks.push({
         name,
         committedCycle: d?.cycle ?? 0,

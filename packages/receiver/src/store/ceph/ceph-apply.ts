@@ -19,6 +19,8 @@ import { ReceiverError } from '../../errors.ts'
 import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
 import type { CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
+import type { TouchedBlocks } from '../../kept-map.ts'
+import { unlessPoolFull } from './ceph-space.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
@@ -65,15 +67,22 @@ export class CephDiskApply {
   batches = 0
   journalMs = 0
   writeMs = 0
+  /** aborted once the pool was found full: a helper still opening gives up */
+  private readonly full = new AbortController()
   /** the image's helper, opened at the first batch */
   private image: Promise<RbdImage> | undefined
+  /** the helper once open */
+  private opened: RbdImage | undefined
+  /** the blocks this cycle wrote (replayed ones included), when its commit carries or writes a kept map (ceph-kept-map.ts) */
+  readonly touched: TouchedBlocks | undefined
 
-  private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk) {
+  private constructor(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks) {
     this.target = target
     this.lock = lock
     this.vm = vm
     this.info = info
     this.digest = new CycleDigest(info.algorithm)
+    this.touched = touched
   }
 
   get nextSeq(): number {
@@ -87,18 +96,18 @@ export class CephDiskApply {
   }
 
   /** A fresh apply: an empty log (and, for a seed, a new image of the capacity). */
-  static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+  static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
     await runCeph(target, 'rados', ['-p', target.pool, 'put', info.log, '-'], Buffer.alloc(0))
     if (info.baseSnap === null) {
       // a crash may have left the image of an earlier attempt: start from zeros
       await removeImage(target, info.image)
       await runCeph(target, 'rbd', ['create', '--size', `${info.capacity}B`, `${target.pool}/${info.image}`])
     }
-    return new CephDiskApply(target, lock, vm, info)
+    return new CephDiskApply(target, lock, vm, info, touched)
   }
 
   /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
-  static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk): Promise<CephDiskApply> {
+  static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
     let raw = ''
     try {
       raw = (await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])).toString('utf8')
@@ -108,9 +117,9 @@ export class CephDiskApply {
     const imageThere = await imageExists(target, info.image)
     if (!imageThere) {
       if (info.baseSnap !== null) throw new ReceiverError('E_STATE', `image ${info.image} of disk ${info.name} of VM ${vm} is missing from pool ${target.pool}: roll back, then seed`)
-      return await CephDiskApply.start(target, lock, vm, info)
+      return await CephDiskApply.start(target, lock, vm, info, touched)
     }
-    const a = new CephDiskApply(target, lock, vm, info)
+    const a = new CephDiskApply(target, lock, vm, info, touched)
     for (const r of parseExtentLog(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
     a.applied = a.next - 1
     return a
@@ -129,6 +138,7 @@ export class CephDiskApply {
     if (e.zero) this.zeroBytes += e.length
     else this.dataBytes += e.length
     this.digest.add({ offset: e.offset, length: e.length, zero: e.zero, digest: e.digest })
+    this.touched?.mark(e.offset, e.length)
     return e
   }
 
@@ -146,10 +156,22 @@ export class CephDiskApply {
   /** The helper writing this disk's head (opened once; it checks the base snapshot exists and grows the image). */
   private helper(): Promise<RbdImage> {
     if (this.image === undefined) {
-      this.image = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity })
+      const opening = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity, signal: this.full.signal }).then((img) => {
+        this.opened = img
+        return img
+      })
+      this.image = this.guarded(opening)
       this.image.catch(() => {})
     }
     return this.image
+  }
+
+  /** Wait for `op` (the helper's open, a batch's writes, its flush) unless the pool is full: then E_NO_SPACE, the helper killed (what it wrote but did not log is resent when the cycle resumes). */
+  private guarded<T>(op: Promise<T>): Promise<T> {
+    return unlessPoolFull(this.target, op, `writing disk ${this.info.name} of VM ${this.vm}`, (err) => {
+      this.full.abort(err)
+      this.opened?.kill(err)
+    })
   }
 
   /** Write the batch into the image's head (pipelined requests to the helper); not durable before {@link syncBatch}. */
@@ -161,7 +183,7 @@ export class CephDiskApply {
     const img = await this.helper()
     const writes = batch.map((e) => (e.zero ? img.zero(e.offset, e.length) : img.write(e.offset, e.data as Uint8Array)))
     for (const w of writes) w.catch(() => {})
-    await Promise.all(writes)
+    await this.guarded(Promise.all(writes))
     this.writeMs += performance.now() - t0
   }
 
@@ -171,7 +193,8 @@ export class CephDiskApply {
     const t0 = performance.now()
     const lines = batch.map((e) => JSON.stringify({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: Buffer.from(e.digest).toString('hex') })).join('\n')
     this.lock.check(this.vm)
-    await (await this.helper()).flushAndLog(Buffer.from(`${lines}\n`))
+    const img = await this.helper()
+    await this.guarded(img.flushAndLog(Buffer.from(`${lines}\n`)))
     this.batches++
     this.applied = (batch[batch.length - 1] as ApplyExtent).seq
     this.journalMs += performance.now() - t0

@@ -7,13 +7,18 @@
  * nothing in a cycle writes (the apply goes to the head): the digests of a
  * block are the same whenever they are asked for, so a resumed cycle (same
  * or another receiver) is answered with exactly the map the first connection
- * saw without keeping the map anywhere — the folder store must persist its
- * map (resync-map.ts) because its apply rewrites the blocks it digests.
+ * saw without keeping the map of the cycle anywhere — the folder store must
+ * persist its map (resync-map.ts) because its apply rewrites the blocks it
+ * digests. Between cycles a kept map (ceph-kept-map.ts) spares the reads of
+ * blocks not written since their digest was taken.
  */
 import { timingSafeEqual } from 'node:crypto'
 import { blockCount, blockDigest, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import { RbdImage } from './rbd-image.ts'
+import { HEAD_BYTES, TouchedBlocks } from '../../kept-map.ts'
+import { keepable, keptHeaderOf, keptProblem } from './ceph-kept-map.ts'
+import type { CephDiskRecord } from './ceph-state.ts'
 import type { CephTarget } from './rbd-cli.ts'
 
 /** Blocks read ahead of the one digested (requests are pipelined to one helper). */
@@ -59,33 +64,79 @@ async function digestBlocks(
   }
 }
 
-/** The mirror's block map of one resync disk on the Ceph store (the committed snapshot's digests, on request). */
+/** A kept map to take fresh digests from (ceph-kept-map.ts): its object and the header it must have, but for the snapshot id the reader reports. */
+export interface CephKeptSource {
+  readonly object: string
+  readonly rec: Pick<CephDiskRecord, 'image' | 'snap' | 'generation' | 'capacity'>
+  readonly blockSize: number
+  readonly algorithm: DigestAlgorithm
+}
+
+/**
+ * The mirror's block map of one resync disk on the Ceph store: the committed
+ * snapshot's digests, on request. With a kept map matching the committed
+ * record (ceph-kept-map.ts) only its stale blocks are read from the
+ * snapshot; every other digest comes from the map. The digests served are
+ * gathered (within the kept map's bound) so that the resync's commit can
+ * write the next kept map.
+ */
 export class CephBlockMap {
   readonly blocks: number
-  /** blocks taken from a kept map: none on Ceph (every digest is read) */
-  readonly keptBlocks = 0
+  /** blocks whose digest came from the kept map */
+  keptBlocks = 0
   /** holes skipped without a read: none here (an RBD snapshot is read whole through librbd) */
   readonly holeBytes = 0
+  readonly blockSize: number
+  readonly algorithm: DigestAlgorithm
   private readonly reader: RbdImage
   private readonly capacity: number
-  private readonly blockSize: number
-  private readonly algorithm: DigestAlgorithm
+  /** the kept map usable for this snapshot, when there is one */
+  private readonly kept: boolean
+  /** every served digest (undefined: too many blocks to keep a map) and which blocks were served */
+  private readonly served: { digests: Buffer; seen: TouchedBlocks } | undefined
 
-  private constructor(reader: RbdImage, capacity: number, blockSize: number, algorithm: DigestAlgorithm) {
+  private constructor(reader: RbdImage, capacity: number, blockSize: number, algorithm: DigestAlgorithm, kept: boolean) {
     this.reader = reader
     this.capacity = capacity
     this.blockSize = blockSize
     this.algorithm = algorithm
+    this.kept = kept
     this.blocks = blockCount(capacity, blockSize)
+    this.served = keepable(capacity, blockSize, algorithm) ? { digests: Buffer.alloc(this.blocks * DigestLengths[algorithm]), seen: new TouchedBlocks(capacity, blockSize) } : undefined
   }
 
   /**
    * Open the map of `image@snap` for a disk of `capacity` bytes (the new
-   * capacity: blocks past the snapshot's size read as zeros, as a grown flat does).
+   * capacity: blocks past the snapshot's size read as zeros, as a grown
+   * flat does), with `kept` when the state records a kept map of that
+   * snapshot (used only when its header names this snapshot's id).
+   * @param why told why a kept map was not used
    * @throws ReceiverError E_IO
    */
-  static async open(t: CephTarget, image: string, snap: string, capacity: number, blockSize: number, algorithm: DigestAlgorithm): Promise<CephBlockMap> {
-    return new CephBlockMap(await RbdImage.open(t, image, snap), capacity, blockSize, algorithm)
+  static async open(
+    t: CephTarget,
+    image: string,
+    snap: string,
+    capacity: number,
+    blockSize: number,
+    algorithm: DigestAlgorithm,
+    kept?: CephKeptSource,
+    why?: (reason: string) => void,
+  ): Promise<CephBlockMap> {
+    const usable = kept !== undefined && kept.blockSize === blockSize && kept.algorithm === algorithm && kept.rec.capacity === capacity
+    const reader = await RbdImage.open(t, image, snap, undefined, usable ? { object: kept.object } : undefined)
+    let ok = false
+    try {
+      if (usable) {
+        const problem = await keptProblem(reader, keptHeaderOf(kept.rec, { blockSize, algorithm, snapId: reader.snapId }))
+        if (problem !== undefined) why?.(problem)
+        ok = problem === undefined
+      } else why?.(kept === undefined ? 'none' : 'another block size, algorithm or capacity')
+    } catch (err) {
+      await reader.close()
+      throw err
+    }
+    return new CephBlockMap(reader, capacity, blockSize, algorithm, ok)
   }
 
   /** mirror bytes read for this map */
@@ -101,17 +152,42 @@ export class CephBlockMap {
     if (first + count > this.blocks) throw new ReceiverError('E_RANGE', `blocks ${first}…${first + count - 1} are beyond the ${this.blocks} blocks of ${this.reader.label}`)
     const len = DigestLengths[this.algorithm]
     const out = new Uint8Array(count * len)
+    let read = Array.from({ length: count }, (_, i) => i)
+    if (this.kept) {
+      const b0 = first >> 3
+      const bits = await this.reader.readSide(HEAD_BYTES + b0, ((first + count + 7) >> 3) - b0)
+      const kept = await this.reader.readSide(HEAD_BYTES + Math.ceil(this.blocks / 8) + first * len, count * len)
+      if (kept.length !== count * len) throw new ReceiverError('E_IO', `the kept block map of ${this.reader.label} ended early`)
+      read = []
+      for (let i = 0; i < count; i++) {
+        const b = first + i
+        if ((((bits[(b >> 3) - b0] as number) >> (b & 7)) & 1) === 1) read.push(i)
+        else {
+          out.set(kept.subarray(i * len, (i + 1) * len), i * len)
+          this.keptBlocks++
+        }
+      }
+    }
     await digestBlocks(
       this.reader,
       this.capacity,
       this.blockSize,
       this.algorithm,
-      (i) => first + i,
-      count,
-      (i, d) => out.set(d, i * len),
+      (k) => first + (read[k] as number),
+      read.length,
+      (k, d) => out.set(d, (read[k] as number) * len),
       signal,
     )
+    if (this.served !== undefined) {
+      this.served.digests.set(out, first * len)
+      this.served.seen.mark(first * this.blockSize, count * this.blockSize)
+    }
     return out
+  }
+
+  /** Every block's digest, when every block was served in this session (the next kept map), else undefined. */
+  complete(): Buffer | undefined {
+    return this.served !== undefined && this.served.seen.count === this.blocks ? this.served.digests : undefined
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { ReceiverError } from '../../errors.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
+import { unlessPoolFull } from './ceph-space.ts'
 
 /** The lock name on every lock object. */
 export const LOCK_NAME = 'grainline'
@@ -91,20 +92,26 @@ export class CephLock {
     proc.stderr?.on('data', (b: Buffer) => {
       if (err.length < 32) err.push(b)
     })
-    const first = await new Promise<string>((resolve) => {
-      let buf = ''
-      const onData = (b: Buffer): void => {
-        buf += b.toString('utf8')
-        const nl = buf.indexOf('\n')
-        if (nl >= 0) {
-          proc.stdout?.off('data', onData)
-          resolve(buf.slice(0, nl))
+    // taking a lease is a write: a full pool pauses it (E_NO_SPACE once the pool's flags say so)
+    const first = await unlessPoolFull(
+      t,
+      new Promise<string>((resolve) => {
+        let buf = ''
+        const onData = (b: Buffer): void => {
+          buf += b.toString('utf8')
+          const nl = buf.indexOf('\n')
+          if (nl >= 0) {
+            proc.stdout?.off('data', onData)
+            resolve(buf.slice(0, nl))
+          }
         }
-      }
-      proc.stdout?.on('data', onData)
-      proc.on('error', (e) => resolve(`error ${e.message}`))
-      proc.on('close', (code) => resolve(`exit ${code}`))
-    })
+        proc.stdout?.on('data', onData)
+        proc.on('error', (e) => resolve(`error ${e.message}`))
+        proc.on('close', (code) => resolve(`exit ${code}`))
+      }),
+      `taking the lock ${object}`,
+      () => proc.kill('SIGKILL'),
+    )
     if (first === 'locked') {
       const lock = new CephLock(proc)
       let rest = ''

@@ -11,7 +11,7 @@
  * (dropped points, replaced images, logs) after, recorded as `pending` so the
  * next holder finishes it.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
@@ -22,11 +22,15 @@ import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
 import { heldMessage } from '../../hold-record.ts'
 import { CephLock } from './ceph-lock.ts'
 import { CephDiskApply, removeImage } from './ceph-apply.ts'
-import { CephNames, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
+import { CephNames, snapCid, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import { digestImage } from './ceph-read.ts'
 import { CephBlockMap, checkSnapshotBlocks, type CephBlockCheck } from './ceph-blocks.ts'
 import { checkCephRoom, retainedPoints, type CephQuota } from './ceph-space.ts'
+import { appendCephHistory } from './ceph-history.ts'
+import type { CycleHistoryEntry } from '../../cycle-history.ts'
+import { TouchedBlocks } from '../../kept-map.ts'
+import { dropCephKeptMap, keepable, keptMapAtCommit } from './ceph-kept-map.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -40,14 +44,20 @@ export interface CephOpenResult {
   readonly apply?: CephDiskApply
 }
 
-/** The 8-hex "CID" a Ceph disk reports (SPEC's mirrorCid): derived from its committed snapshot. */
-export function snapCid(image: string, snap: string): string {
-  return createHash('sha256').update(`${image}@${snap}`).digest('hex').slice(0, 8)
-}
-
 /** The snapshot name of a commit. */
 export function snapName(cycle: number, generation: string): string {
   return `c${cycle}-${generation.slice(0, 16)}`
+}
+
+/**
+ * What the apply of a DiskOpen records of the blocks it writes (ceph-kept-map.ts):
+ * a resync always (its commit writes the next kept map), an incremental on a
+ * disk whose committed record keeps a map of the same capacity, nothing otherwise.
+ */
+function trackerFor(req: DiskOpenRequest, rec: CephDiskRecord | undefined): TouchedBlocks | undefined {
+  if (req.mode === 'resync') return req.blockSize !== undefined && keepable(req.capacity, req.blockSize, req.algorithm) ? new TouchedBlocks(req.capacity, req.blockSize) : undefined
+  if (req.mode === 'incremental' && rec?.kept !== undefined && rec.capacity === req.capacity) return new TouchedBlocks(req.capacity, rec.kept.blockSize)
+  return undefined
 }
 
 /** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
@@ -66,6 +76,8 @@ export class CephVmMirror {
   private readonly log: Logger
   private current: CephVmState
   private staged: Record<string, string> | undefined
+  /** the block maps of this session's resync disks, by disk name (their digests become the next kept map at commit) */
+  private readonly blockMaps = new Map<string, CephBlockMap>()
 
   private constructor(target: CephTarget, vm: string, state: CephVmState, lock: CephLock, log: Logger) {
     this.target = target
@@ -135,6 +147,12 @@ export class CephVmMirror {
     await this.save(next)
   }
 
+  /** Append a committed cycle to the VM's history object (ceph-history.ts), under the lease. */
+  async recordHistory(entry: CycleHistoryEntry): Promise<void> {
+    this.lock.check(this.vm)
+    await appendCephHistory(this.target, this.vm, entry)
+  }
+
   /** Keep the VM's configuration files for the commit (they are written with its state). */
   async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
     this.staged = Object.fromEntries(files.map((f) => [f.name, Buffer.from(f.data).toString('base64')]))
@@ -161,7 +179,7 @@ export class CephVmMirror {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
       }
-      const apply = await CephDiskApply.resume(this.target, this.lock, this.vm, inf)
+      const apply = await CephDiskApply.resume(this.target, this.lock, this.vm, inf, trackerFor(req, rec))
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq, image: inf.image }, 'resuming in-flight apply (Ceph)')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
@@ -203,7 +221,7 @@ export class CephVmMirror {
     // order: the state names the image before it is created or written (a crash leaves nothing unnamed)
     const prev = s.inflight
     await this.save({ ...s, inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } } })
-    const apply = await CephDiskApply.start(this.target, this.lock, this.vm, info)
+    const apply = await CephDiskApply.start(this.target, this.lock, this.vm, info, trackerFor(req, rec))
     return { ...base, accepted: true, reason: '', message: '', apply }
   }
 
@@ -236,7 +254,17 @@ export class CephVmMirror {
       await runCeph(this.target, 'rbd', ['snap', 'create', '--no-progress', `${img}@${snap}`])
       const old = s.disks[a.info.name]
       if (old !== undefined && old.image !== a.info.image) dropImages.push(old.image)
+      // before the commit point, naming the commit about to be written (ceph-kept-map.ts)
+      const kept = await keptMapAtCommit(
+        this.target,
+        { object: this.names.keptMap(a.info.name), info: a.info, touched: a.touched, map: this.blockMaps.get(a.info.name) },
+        old,
+        snap,
+        generation,
+        this.log.child({ vm: this.vm }),
+      )
       disks[a.info.name] = {
+        ...(kept === undefined ? {} : { kept }),
         name: a.info.name,
         image: a.info.image,
         cycle,
@@ -285,6 +313,7 @@ export class CephVmMirror {
       files: this.staged ?? s.files,
       pending,
     })
+    this.blockMaps.clear()
     await this.finishPending()
     return applies.map((a) => {
       const r = disks[a.info.name] as CephDiskRecord
@@ -354,7 +383,24 @@ export class CephVmMirror {
   async openBlockMap(name: string, blockSize: number): Promise<CephBlockMap> {
     const inf = this.current.inflight?.disks[name]
     if (inf === undefined || inf.mode !== 'resync' || inf.baseSnap === null) throw new ReceiverError('E_INTERNAL', `disk ${name} of VM ${this.vm} has no resync in flight`)
-    return CephBlockMap.open(this.target, inf.image, inf.baseSnap, inf.capacity, blockSize, inf.algorithm)
+    const rec = this.current.disks[name]
+    const kept =
+      rec?.kept !== undefined && rec.image === inf.image && rec.snap === inf.baseSnap
+        ? { object: this.names.keptMap(name), rec, blockSize: rec.kept.blockSize, algorithm: rec.kept.algorithm }
+        : undefined
+    const map = await CephBlockMap.open(this.target, inf.image, inf.baseSnap, inf.capacity, blockSize, inf.algorithm, kept, (why) =>
+      this.log.info({ vm: this.vm, disk: name, why }, 'no kept block map: the resync reads the whole snapshot'),
+    )
+    this.blockMaps.set(name, map)
+    return map
+  }
+
+  /** A disk record without its kept block map (a failed check: the map is dropped with it; ceph-kept-map.ts). */
+  private withoutKept(rec: CephDiskRecord): CephDiskRecord {
+    if (rec.kept === undefined) return rec
+    const { kept: _dropped, ...rest } = rec
+    dropCephKeptMap(this.target, this.names.keptMap(rec.name)).catch(() => {})
+    return rest
   }
 
   /**
@@ -370,7 +416,7 @@ export class CephVmMirror {
     const r = await checkSnapshotBlocks(this.target, rec.image, rec.snap, rec.capacity, req, signal)
     const at = new Date().toISOString()
     const next: CephDiskRecord = {
-      ...rec,
+      ...(r.ok ? rec : this.withoutKept(rec)),
       blocks: { ok: r.ok, at },
       ...(r.ok ? {} : { diverged: { reason: `block check of cycle ${rec.cycle} found ${r.mismatched.length / 8} differing blocks`, at } }),
     }
@@ -396,7 +442,8 @@ export class CephVmMirror {
     const same = d.digest.length === req.digest.length && Buffer.from(d.digest).equals(Buffer.from(req.digest))
     const ok = req.kind === 'trivial' ? rec.capacity === req.size && (req.prefixBytes ?? 0) <= rec.capacity && same : same
     const at = new Date().toISOString()
-    const next: CephDiskRecord = { ...rec, [req.kind]: { ok, at }, ...(ok ? {} : { diverged: { reason: `${req.kind} of cycle ${rec.cycle} failed`, at } }) }
+    const check = { ok, at, algorithm: req.algorithm, digest: Buffer.from(d.digest).toString('hex'), bytes: d.bytes }
+    const next: CephDiskRecord = { ...(ok ? rec : this.withoutKept(rec)), [req.kind]: check, ...(ok ? {} : { diverged: { reason: `${req.kind} of cycle ${rec.cycle} failed`, at } }) }
     if (!ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: req.kind }, 'mirror differs from its source: marked diverged, the next cycle must resync or seed it')
     await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
     return { ok, size: rec.capacity, digest: d.digest, bytes: d.bytes }

@@ -78,6 +78,73 @@ export async function cephFreeBytes(t: CephTarget): Promise<number | undefined> 
   return df === undefined ? undefined : poolFreeBytes(df)
 }
 
+/**
+ * Whether a pool is full (pure): `ceph osd pool ls detail --format json`
+ * flags it `full_quota` once its quota is reached and `full` once its OSDs
+ * are; Ceph then pauses every write to it (they neither fail nor finish).
+ * @throws ReceiverError E_IO (not a pool listing)
+ */
+export function parsePoolFull(json: string, pool: string): boolean {
+  let doc: unknown
+  try {
+    doc = JSON.parse(json)
+  } catch {
+    throw new ReceiverError('E_IO', 'ceph osd pool ls detail printed no JSON')
+  }
+  if (!Array.isArray(doc)) throw new ReceiverError('E_IO', 'ceph osd pool ls detail printed no list of pools')
+  const p = (doc as Array<{ pool_name?: unknown; flags_names?: unknown }>).find((x) => x?.pool_name === pool)
+  const flags = typeof p?.flags_names === 'string' ? p.flags_names.split(',') : []
+  return flags.includes('full') || flags.includes('full_quota')
+}
+
+/** Whether the store's pool is full now (one `ceph osd pool ls detail`: the monitors answer, no manager needed). */
+export async function cephPoolFull(t: CephTarget): Promise<boolean> {
+  return parsePoolFull((await runCeph(t, 'ceph', ['osd', 'pool', 'ls', 'detail', '--format', 'json'])).toString('utf8'), t.pool)
+}
+
+/** The E_NO_SPACE of a full pool, naming what to do. */
+export function poolFullError(t: CephTarget, what: string): ReceiverError {
+  return new ReceiverError(
+    'E_NO_SPACE',
+    `Ceph pool ${t.pool} is full (its quota reached, or its OSDs full) while ${what}: free space in the pool or raise its quota (ceph osd pool set-quota); the cycle then resumes from its last durable batch`,
+  )
+}
+
+/** An operation that writes to the pool and has waited this long makes its caller read the pool's flags (a full pool pauses writes). */
+export const STALL_MS = 5000
+
+/**
+ * Wait for `op`, a write to the pool (a batch, a flush, opening an image for
+ * writing, taking a lease): Ceph pauses writes to a full pool — they neither
+ * fail nor finish — so once `op` has waited {@link STALL_MS}, the pool's
+ * flags are read every STALL_MS, and a full pool rejects with E_NO_SPACE
+ * (`onFull` is told first: it kills what waits in the cluster).
+ */
+export async function unlessPoolFull<T>(t: CephTarget, op: Promise<T>, what: string, onFull?: (err: ReceiverError) => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  let done = false
+  const full = new Promise<never>((_resolve, reject) => {
+    const tick = async (): Promise<void> => {
+      if (done) return
+      if (await cephPoolFull(t).catch(() => false)) {
+        const err = poolFullError(t, what)
+        if (!done) onFull?.(err)
+        reject(err)
+        return
+      }
+      if (!done) timer = setTimeout(() => void tick(), STALL_MS)
+    }
+    timer = setTimeout(() => void tick(), STALL_MS)
+  })
+  full.catch(() => {})
+  try {
+    return await Promise.race([op, full])
+  } finally {
+    done = true
+    if (timer !== undefined) clearTimeout(timer)
+  }
+}
+
 /** One line of `rbd du`: an image's head (`snapshot` null) or one of its snapshots. */
 export interface RbdUsage {
   readonly image: string
@@ -219,6 +286,7 @@ export interface CephQuota {
  * capacity; an incremental or resync: its growth) must stay within its
  * quota (measured only when the token has one). When no manager reports the
  * pool's free space the free-space rule is skipped, with a warning in `log`.
+ * A pool flagged full (`full_quota`, `full`) refuses every fresh DiskOpen.
  * @throws ReceiverError E_NO_SPACE, E_QUOTA (both end the session, SPEC §7), E_IO
  */
 export async function checkCephRoom(
@@ -229,6 +297,8 @@ export async function checkCephRoom(
   quota: CephQuota | undefined,
   log?: Logger,
 ): Promise<void> {
+  // a full pool pauses writes: the state object naming this disk could not even be written
+  if (await cephPoolFull(t)) throw poolFullError(t, `opening disk ${req.name} of VM ${vm}`)
   const growth = req.capacity - committedCapacity
   if (growth <= 0 && quota === undefined) return
   // the rule reads the free space only for a capacity increase

@@ -15,12 +15,24 @@ import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@g
 import { ReceiverError } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
+import type { CephKeptRecord } from './ceph-kept-map.ts'
 
 /** Format tag of the state object. */
 export const CEPH_STATE_FORMAT = 'grainline-ceph-vm-1'
 
 /** Largest state object read back (a bound on what a hostile pool can make us parse). */
 export const MAX_STATE_BYTES = 16 * 1024 * 1024
+
+/** A trivial check's or certify's verdict (algorithm, digest and bytes recorded since the overview reads them; older records lack them). */
+export interface CephCheckRecord {
+  readonly ok: boolean
+  readonly at: string
+  readonly algorithm?: DigestAlgorithm
+  /** hex digest of the snapshot read */
+  readonly digest?: string
+  /** bytes of the snapshot digested */
+  readonly bytes?: number
+}
 
 /** One committed disk: the image holding it and the snapshot that is its committed point. */
 export interface CephDiskRecord {
@@ -38,10 +50,12 @@ export interface CephDiskRecord {
   readonly committedAt: string
   /** set when a trivial check, certify or block check failed: no incremental until a resync or seed */
   readonly diverged?: { readonly reason: string; readonly at: string }
-  readonly trivial?: { readonly ok: boolean; readonly at: string }
-  readonly certify?: { readonly ok: boolean; readonly at: string }
+  readonly trivial?: CephCheckRecord
+  readonly certify?: CephCheckRecord
   /** the last block check (`--verify changed`, `--scrub`) */
   readonly blocks?: { readonly ok: boolean; readonly at: string }
+  /** a kept block map of this snapshot exists (ceph-kept-map.ts) @default none */
+  readonly kept?: CephKeptRecord
 }
 
 /** One disk of the cycle in flight. */
@@ -132,6 +146,14 @@ export class CephNames {
   get lock(): string {
     return `grainline.lock.${this.vmKey}`
   }
+  /** the bounded history of committed cycles (dashboard charts; ceph-history.ts) */
+  get history(): string {
+    return `grainline.hist.${this.vmKey}`
+  }
+  /** the kept block map of a disk (digests of its committed snapshot; ceph-kept-map.ts) */
+  keptMap(disk: string): string {
+    return `grainline.kmap.${this.vmKey}.${key(disk)}`
+  }
   /** the extent log of a disk's cycle in flight */
   log(disk: string): string {
     return `grainline.log.${this.vmKey}.${key(disk)}`
@@ -144,6 +166,17 @@ export class CephNames {
   image(disk: string, unique: string): string {
     return `gl.${this.vmKey}.${key(disk)}.${unique}`
   }
+}
+
+/** The 8-hex "CID" a Ceph disk reports (SPEC's mirrorCid): derived from its committed snapshot. */
+export function snapCid(image: string, snap: string): string {
+  return createHash('sha256').update(`${image}@${snap}`).digest('hex').slice(0, 8)
+}
+
+/** Every disk of a state, sorted by name, with its committed record and its cycle in flight (either may be absent). Pure. */
+export function stateDisks(s: CephVmState): Array<{ name: string; d: CephDiskRecord | undefined; inf: CephInflightDisk | undefined }> {
+  const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
+  return [...names].sort().map((name) => ({ name, d: s.disks[name], inf: s.inflight?.disks[name] }))
 }
 
 /** Prefix of every state object (listing the VMs of a pool). */

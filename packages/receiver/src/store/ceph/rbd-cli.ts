@@ -53,6 +53,17 @@ export function clientArgs(t: CephTarget): string[] {
 
 /** Run `cmd` (rbd, rados, ceph) to completion, `input` on its stdin; stdout returned as bytes. */
 export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await runOnce(t, cmd, args, input)
+    } catch (err) {
+      // a monitor that has not loaded its command descriptions yet (seen on a loaded machine) answers EPERM for a moment
+      if (!(cmd === 'ceph' && err instanceof CephCommandError && err.stderr.includes('problem getting command descriptions') && attempt < 3)) throw err
+    }
+  }
+}
+
+async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
   const full = [...clientArgs(t), ...args]
   const shown = `${cmd} ${args.join(' ')}`
   return await new Promise<Buffer>((resolve, reject) => {

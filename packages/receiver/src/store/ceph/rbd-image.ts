@@ -11,10 +11,15 @@
  *
  * - request: `u8 op • u64le offset • u32le length` (13 bytes), then for a
  *   write or a log append `length` bytes; ops: 1 read, 2 write, 3 write
- *   zeros, 4 flush the image and then append the bytes to the log object;
- *   a read, write or append of at most {@link MAX_READ_BYTES} (the helper
- *   refuses more);
- * - answer: `u8 status (0 ok, 1 error) • u32le length • bytes` (read data,
+ *   zeros, 4 flush the image and then append the bytes to the log object,
+ *   5 read the side object, 6 write the side object at an offset, 7 replace
+ *   the side object (write_full); a read, write or append of at most
+ *   {@link MAX_READ_BYTES} (the helper refuses more). The side object is a
+ *   kept block map (ceph-kept-map.ts): readable by a reader, writable only by
+ *   a helper opened `side.writable` (the image stays read-only);
+ * - the first answer: `u64le size • u64le snapshot id` (0 for a head);
+ * - answer: `u8 status (0 ok, 1 error, 2 no such side object, 3 the pool is full:
+ *   ENOSPC or EDQUOT) • u32le length • bytes` (read data,
  *   or the error message in UTF-8), in request order (requests are pipelined).
  *
  * Opened for reading, the image (a snapshot when given) is read-only.
@@ -49,6 +54,7 @@ import sys, struct, rados, rbd
 conf, cid, keyring, pool, image, snap, maxlen, mode, log, capacity = sys.argv[1:11]
 maxlen = int(maxlen)
 writing = mode == 'write'
+side = mode == 'side'
 out = sys.stdout.buffer
 inp = sys.stdin.buffer
 def frame(status, data):
@@ -70,24 +76,27 @@ try:
     else:
         img = rbd.Image(io, image, snapshot=(snap or None), read_only=True)
     size = img.size()
+    sid = 0
+    if snap and not writing:
+        sid = next((x['id'] for x in img.list_snaps() if x['name'] == snap), 0)
 except Exception as e:
     frame(1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
     sys.exit(2)
-frame(0, struct.pack('<Q', size))
+frame(0, struct.pack('<QQ', size, sid))
 while True:
     h = inp.read(13)
     if h is None or len(h) < 13:
         break
     op, off, ln = struct.unpack('<BQI', h)
     body = b''
-    if op in (2, 4):
+    if op in (2, 4, 6, 7):
         if ln > maxlen:
             frame(1, ('a request of %d bytes, at most %d' % (ln, maxlen)).encode())
             break
         body = inp.read(ln) if ln > 0 else b''
         if body is None or len(body) < ln:
             break
-    bad = op not in (1, 2, 3, 4) or (op in (2, 3, 4) and not writing) or (op == 1 and ln > maxlen) or (op in (1, 2, 3) and off + ln > size)
+    bad = op not in (1, 2, 3, 4, 5, 6, 7) or (op in (2, 3, 4) and not writing) or (op in (5, 6, 7) and not log) or (op in (6, 7) and not side) or (op in (1, 5) and ln > maxlen) or (op in (1, 2, 3) and off + ln > size)
     if bad:
         frame(1, ('bad request op %d offset %d length %d (size %d, at most %d per read)' % (op, off, ln, size, maxlen)).encode())
         continue
@@ -103,13 +112,25 @@ while True:
         elif op == 3:
             img.write_zeroes(off, ln)
             frame(0, b'')
+        elif op == 5:
+            try:
+                frame(0, io.read(log, ln, off) if ln > 0 else b'')
+            except rados.ObjectNotFound:
+                frame(2, b'')
+        elif op == 6:
+            io.write(log, body, off)
+            frame(0, b'')
+        elif op == 7:
+            io.write_full(log, body)
+            frame(0, b'')
         else:
             img.flush()
             if ln > 0:
                 io.append(log, body)
             frame(0, b'')
     except Exception as e:
-        frame(1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
+        # ENOSPC, EDQUOT: a full pool (its quota, or the cluster's full ratio)
+        frame(3 if getattr(e, 'errno', None) in (28, 122) else 1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
 img.close(); io.close(); c.shutdown()
 `
 
@@ -129,6 +150,8 @@ export class RbdImage {
   private dead: Error | undefined
   /** bytes read through this reader */
   bytesRead = 0
+  /** the id of the snapshot opened for reading (a snapshot removed and taken again under its name has another id); 0 for a head */
+  snapId = 0
 
   private constructor(proc: ChildProcess, size: number, label: string, rest: Buffer, writing: boolean) {
     this.writing = writing
@@ -147,9 +170,15 @@ export class RbdImage {
    * that must exist, `log` the extent log object, `capacity` the size it grows to).
    * @throws ReceiverError E_IO when Python, its rbd module or the cluster fail (Ceph's message quoted)
    */
-  static async open(t: CephTarget, image: string, snap: string | null, write?: { readonly log: string; readonly capacity: number }): Promise<RbdImage> {
+  static async open(
+    t: CephTarget,
+    image: string,
+    snap: string | null,
+    write?: { readonly log: string; readonly capacity: number; readonly signal?: AbortSignal },
+    side?: { readonly object: string; readonly writable?: boolean },
+  ): Promise<RbdImage> {
     const label = `${t.pool}/${image}${snap === null ? '' : `@${snap}`}`
-    const mode = write === undefined ? ['read', '', '0'] : ['write', write.log, String(write.capacity)]
+    const mode = write !== undefined ? ['write', write.log, String(write.capacity)] : [side?.writable === true ? 'side' : 'read', side?.object ?? '', '0']
     const args = ['-c', HELPER, t.conf ?? '', t.id ?? '', t.keyring ?? '', t.pool, image, snap ?? '', String(MAX_READ_BYTES), ...mode]
     const proc = spawn(cephPython(), args, { stdio: ['pipe', 'pipe', 'pipe'] })
     proc.stdin?.on('error', () => {})
@@ -174,9 +203,17 @@ export class RbdImage {
       proc.stdout?.on('data', onData)
       proc.on('error', (e) => resolve(`cannot run ${cephPython()}: ${e.message}`))
       proc.on('close', (code) => resolve(`exit ${code}`))
+      // a writer's open waits for the cluster (a full pool pauses it): its owner may give up
+      write?.signal?.addEventListener('abort', () => resolve('aborted'), { once: true })
     })
-    if (typeof first !== 'string' && first.status === 0 && first.data.length === 8) {
-      return new RbdImage(proc, Number(first.data.readBigUInt64LE(0)), label, first.rest, write !== undefined)
+    if (first === 'aborted') {
+      proc.kill('SIGKILL')
+      throw write?.signal?.reason instanceof Error ? write.signal.reason : new ReceiverError('E_IO', `opening ${label} was given up`)
+    }
+    if (typeof first !== 'string' && first.status === 0 && first.data.length === 16) {
+      const img = new RbdImage(proc, Number(first.data.readBigUInt64LE(0)), label, first.rest, write !== undefined)
+      img.snapId = Number(first.data.readBigUInt64LE(8))
+      return img
     }
     proc.kill('SIGKILL')
     const why = typeof first === 'string' ? `${first}: ${Buffer.concat(err).toString('utf8').trim().slice(-1024)}` : first.data.toString('utf8')
@@ -201,8 +238,16 @@ export class RbdImage {
         return
       }
       if (status === 0) w.resolve(data)
+      else if (status === 2) w.reject(new ReceiverError('E_NOT_FOUND', `${this.label}: the side object does not exist`))
+      else if (status === 3)
+        w.reject(new ReceiverError('E_NO_SPACE', `${this.label}: the pool is full (${data.toString('utf8').slice(0, 512)}): free space in the pool or raise its quota; the cycle then resumes`))
       else w.reject(new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
     }
+  }
+
+  /** Give up every request in flight with `e` and kill the helper (a writer paused by a full pool: what it did not log is resent). */
+  kill(e: Error): void {
+    this.fail(e)
   }
 
   private fail(e: Error): void {
@@ -274,6 +319,32 @@ export class RbdImage {
     this.bytesRead += inside
     if (inside === length) return got.length === 1 ? (got[0] as Buffer) : Buffer.concat(got)
     return Buffer.concat([...got, Buffer.alloc(length - inside)])
+  }
+
+  /**
+   * Read `length` bytes at `offset` of the side object (opened with `side`:
+   * a kept block map), split into requests of at most MAX_READ_BYTES; shorter
+   * when the object ends first.
+   * @throws ReceiverError E_NOT_FOUND (no such object), E_IO
+   */
+  async readSide(offset: number, length: number): Promise<Buffer> {
+    const parts: Array<Promise<Buffer>> = []
+    for (let at = 0; at < length; at += MAX_READ_BYTES) parts.push(this.request(5, offset + at, Math.min(MAX_READ_BYTES, length - at)))
+    for (const p of parts) p.catch(() => {})
+    return Buffer.concat(await Promise.all(parts))
+  }
+
+  /**
+   * Write `data` into the side object (opened with `side.writable`): the
+   * first part replaces the object whole when `full` (RADOS write_full), the
+   * rest is written at its offsets; parts of at most MAX_READ_BYTES.
+   * @throws ReceiverError E_IO
+   */
+  async writeSide(offset: number, data: Uint8Array, full = false): Promise<void> {
+    for (let at = 0; at < data.length || (at === 0 && full); at += MAX_READ_BYTES) {
+      const part = data.subarray(at, at + MAX_READ_BYTES)
+      await this.request(full && at === 0 ? 7 : 6, offset + at, part.length, part)
+    }
   }
 
   /**

@@ -1,0 +1,134 @@
+/**
+ * The Ceph store as the overview reads it (store-overview.ts `StoreReader`):
+ * `grainline status` (text, `--output json`, the monitoring-plugin exit
+ * codes), the receiver's `/metrics`, the dashboard and its JSON API read a
+ * `ceph:POOL` store through this as they read a folder — the same
+ * documents, from the state objects (ceph-state.ts), the history objects
+ * (ceph-history.ts) and `rbd du` (ceph-space.ts).
+ *
+ * Cost per read: one `rados ls` and one `rados get` per VM (plus one per
+ * disk with a cycle in flight: its resume point); `rbd du` of the pool only
+ * when the space of a VM is asked for (the overview, not `/metrics`), once
+ * per read. A state object that cannot be read is a VM with `error` (named
+ * by its object), as an unreadable state file is on the folder store.
+ */
+import type { DigestAlgorithm } from '@grainline/protocol'
+import { ReceiverError } from '../../errors.ts'
+import type { DiskStatus, VmStatus } from '../../store-admin.ts'
+import type { VerifyRecord } from '../../state-file.ts'
+import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
+import { resumeSeq } from './ceph-admin.ts'
+import { readCephHistory } from './ceph-history.ts'
+import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
+import { CephNames, readCephState, snapCid, STATE_PREFIX, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+
+/** A disk's status on the Ceph store: the folder store's fields, plus its snapshot and the bytes its image takes. */
+export type CephDiskOverview = DiskStatus & {
+  /** `POOL/IMAGE@SNAP` of the committed cycle ('' when none) */
+  readonly snapshot: string
+}
+
+/** A check as the folder store records it (older Ceph records keep only the verdict and the time). */
+function verifyRecord(r: CephCheckRecord | undefined): VerifyRecord | null {
+  if (r === undefined) return null
+  return { ok: r.ok, at: r.at, algorithm: r.algorithm ?? ('' as DigestAlgorithm), digest: r.digest ?? '', bytes: r.bytes ?? 0 }
+}
+
+/** The status of one VM from its state object (pure, but for the resume points of disks in flight). */
+export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmStatus> {
+  const disks: CephDiskOverview[] = []
+  for (const { name, d, inf } of stateDisks(s)) {
+    disks.push({
+      name,
+      committedCycle: d?.cycle ?? 0,
+      committedAt: d?.committedAt ?? null,
+      capacity: d?.capacity ?? inf?.capacity ?? 0,
+      size: d?.capacity ?? 0,
+      mirrorCid: d === undefined ? '' : snapCid(d.image, d.snap),
+      // a snapshot is immutable: nothing boots or edits a committed point behind the store
+      modified: false,
+      trivial: verifyRecord(d?.trivial),
+      certify: verifyRecord(d?.certify),
+      diverged: d?.diverged ?? null,
+      proven: d?.certify?.ok === true ? { kind: 'certify', at: d.certify.at, cycle: d.cycle } : null,
+      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
+      snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
+    })
+  }
+  return {
+    vm: s.vm,
+    committedCycle: s.committedCycle,
+    committedAt: s.committedAt,
+    generation: s.committedCycle > 0 ? (s.generation ?? '') : '',
+    inflightCycle: s.inflight?.cycle ?? 0,
+    needsRecovery: s.inflight !== null || s.pending !== null,
+    disks,
+    vmxDropped: [],
+    holds: s.holds ?? [],
+    points: s.points.map((p) => p.cycle),
+  }
+}
+
+/** The reader of the Ceph store `t` (see the file comment). */
+export function cephStoreReader(t: CephTarget): StoreReader {
+  const store = `ceph:${t.pool}`
+  let states = new Map<string, CephVmState>()
+  let usage: Promise<RbdUsage[]> | undefined
+  return {
+    store,
+    async status() {
+      let listing: string
+      try {
+        listing = (await runCeph(t, 'rados', ['-p', t.pool, 'ls'])).toString('utf8')
+      } catch (err) {
+        if (err instanceof CephCommandError && err.notFound) throw new ReceiverError('E_NOT_FOUND', `Ceph pool ${t.pool} does not exist (${err.stderr.trim().slice(-200)})`)
+        throw err
+      }
+      const next = new Map<string, CephVmState>()
+      const vms: VmStatus[] = []
+      for (const o of listing.split('\n').filter((x) => x.startsWith(STATE_PREFIX))) {
+        try {
+          const s = await readCephState(t, o)
+          if (s === undefined) continue
+          next.set(s.vm, s)
+          vms.push(await cephVmStatus(t, s))
+        } catch (err) {
+          vms.push({
+            vm: o,
+            committedCycle: 0,
+            committedAt: null,
+            generation: '',
+            inflightCycle: 0,
+            needsRecovery: true,
+            disks: [],
+            vmxDropped: [],
+            holds: [],
+            points: [],
+            error: (err as Error).message,
+          })
+        }
+      }
+      states = next
+      usage = undefined
+      return { store, vms: vms.sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : 0)) }
+    },
+    async extras(v) {
+      const s = states.get(v.vm)
+      if (s === undefined) return { usedBytes: 0, restorePoints: [] }
+      usage ??= rbdDu(t).catch(() => [])
+      const u = await usage
+      const key = new CephNames(s.vm).vmKey
+      const bytes = pointBytes(s.points, u)
+      const held = (cycle: number): boolean => (s.holds ?? []).some((h) => h.cycle === cycle)
+      const restorePoints: OverviewPoint[] = s.points.map((p) => ({
+        cycle: p.cycle,
+        committedAt: p.committedAt,
+        bytes: Object.values(bytes.get(p.cycle) ?? {}).reduce((n, b) => n + b, 0),
+        held: held(p.cycle),
+      }))
+      return { usedBytes: u.reduce((n, x) => n + (imageVmKey(x.image) === key ? x.used : 0), 0), restorePoints }
+    },
+    history: (vm, now) => readCephHistory(t, vm, now).catch(() => []),
+  }
+}
