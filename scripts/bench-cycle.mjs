@@ -16,7 +16,9 @@
  *   floor   the I/O floor of a crash-safe apply: the changed bytes written
  *           twice (journal, then in place) with fdatasync
  *
- * and the agent's peak RSS during the cycle is sampled (this process).
+ * and the agent's peak RSS during the cycle is sampled (this process), and the
+ * receiver's CPU time (user + system, /proc) for the seed and each cycle.
+ * `GRAINLINE_RECEIVER_MAIN=<main.js>` runs another receiver build (an A/B).
  * Needs: built packages (npx tsc -b), qemu-img, rsync, openssl.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process'
@@ -79,6 +81,15 @@ const port = await new Promise((resolve, reject) => {
   })
   rx.once('exit', (c) => reject(new Error(`receiver exited ${c}`)))
 })
+// for attaching a profiler (perf record -p, strace -c -p)
+log(`receiver: pid ${rx.pid} (${receiverMain()})`)
+// the receiver process's CPU seconds so far, user + system (/proc, Linux)
+const TICK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
+const rxCpu = () => {
+  const f = readFileSync(`/proc/${rx.pid}/stat`, 'utf8')
+  const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
+  return (Number(v[11]) + Number(v[12])) / TICK
+}
 const cleanup = async () => {
   rx.kill('SIGTERM')
   await once(rx, 'exit').catch(() => {})
@@ -123,10 +134,14 @@ try {
   const vm = await createSampleVm(dir, { name: 'bench', disks: [{ sizeBytes: size, fill: 'sparse' }], seed: 1 })
   log(`sample VM created in ${sec(performance.now() - t0)} s`)
   t0 = performance.now()
+  const seedCpu0 = rxCpu()
   const seed = await replicate({ logger }, { ...init, vm: vm.vmxPath })
   if (!seed.ok) throw new Error(`seed failed: ${JSON.stringify(seed.vms[0]?.error)}`)
   const sd = seed.vms[0].disks[0]
-  log(`seed: ${sec(performance.now() - t0)} s (${(sd.dataBytes / MiB).toFixed(0)} MiB data, ${(sd.zeroBytes / GiB).toFixed(1)} GiB zero)`)
+  const seedCpu = rxCpu() - seedCpu0
+  log(
+    `seed: ${sec(performance.now() - t0)} s (${(sd.dataBytes / MiB).toFixed(0)} MiB data, ${(sd.zeroBytes / GiB).toFixed(1)} GiB zero); receiver CPU ${seedCpu.toFixed(2)} s (${(seedCpu / (sd.dataBytes / GiB)).toFixed(2)} s per GiB of data)`,
+  )
   const mirror = join(store, 'bench', 'bench-flat.vmdk')
   const rows = []
   for (const [i, rate] of rates.entries()) {
@@ -150,6 +165,7 @@ try {
     execFileSync('sync')
 
     // the cycle runs in a fresh agent process so that its peak RSS is the agent's alone
+    const cpu0 = rxCpu()
     t0 = performance.now()
     const { stdout } = await exec(
       process.execPath,
@@ -157,6 +173,7 @@ try {
       { maxBuffer: 64 << 20 },
     )
     const processMs = performance.now() - t0
+    const rxCpuS = rxCpu() - cpu0
     const { report: r, maxRssKiB, peak: mem } = JSON.parse(stdout)
     log(
       `agent memory peaks (MiB): ${Object.entries(mem)
@@ -202,15 +219,16 @@ try {
     rmSync(dst, { force: true })
     // the snapshot operations the cycle cannot avoid: taking the snapshot and removing it (consolidation)
     const snapMs = (r.vms[0].timings?.snapshot ?? 0) + (r.vms[0].timings?.remove ?? 0)
-    rows.push({ rate, mib: bytes / MiB, cycleMs, rsyncMs, floorMs, snapMs, rssMiB: peak / MiB, load: loadavg()[0] })
+    log(`receiver CPU in the cycle: ${rxCpuS.toFixed(2)} s (${(rxCpuS / (d.dataBytes / GiB)).toFixed(2)} s per GiB of data)`)
+    rows.push({ rate, mib: bytes / MiB, cycleMs, rsyncMs, floorMs, snapMs, rssMiB: peak / MiB, rxCpuS, rxCpuPerGiB: rxCpuS / (d.dataBytes / GiB), load: loadavg()[0] })
   }
   console.log(
-    `\n| changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | snapshot operations (take + remove) | cycle / (floor + snapshot operations), issue #17 target ≤ 1.3 | agent peak RSS (own process) | load (1 min) |`,
+    `\n| changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | snapshot operations (take + remove) | cycle / (floor + snapshot operations), issue #17 target ≤ 1.3 | agent peak RSS (own process) | receiver CPU (per GiB of data) | load (1 min) |`,
   )
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of rows) {
     console.log(
-      `| ${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${sec(r.snapMs)} s | ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB | ${r.load.toFixed(1)} |`,
+      `| ${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${sec(r.snapMs)} s | ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB | ${r.rxCpuS.toFixed(2)} s (${r.rxCpuPerGiB.toFixed(2)} s) | ${r.load.toFixed(1)} |`,
     )
   }
 } finally {

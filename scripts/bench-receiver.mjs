@@ -20,6 +20,10 @@
 // GLIBC_TUNABLES=glibc.malloc.trim_threshold=…). Neither receiver inherits
 // GLIBC_TUNABLES or MALLOC_*_ from this process (that is the sender's).
 // BENCH_SENDER_B=old: see below (an A/B of the scripted sender).
+// BENCH_RECEIVER_DIST_B=<dir>: a second receiver process (alternated per round as
+// with BENCH_RECEIVER_ENV_B) from another build — e.g. main's receiver dist
+// copied inside packages/receiver — an interleaved A/B of receiver code, with
+// each one's CPU and faults per GiB from the same run.
 
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
@@ -33,7 +37,7 @@ import { once } from 'node:events'
 import { isIP } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
 import WebSocket from 'ws'
-import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, initDigests } from '@grainline/protocol'
+import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, encodeMessageParts, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -52,6 +56,10 @@ const BATCH = Number(process.env.BENCH_BATCH_MIB ?? 32) * MiB
 // BENCH_SENDER_NO_JOIN=0: Node's own socket, the agent before that day).
 const SENDER_HWM = Number(process.env.BENCH_SENDER_HWM_MIB ?? 4) * MiB
 const SENDER_NO_JOIN = process.env.BENCH_SENDER_NO_JOIN !== '0'
+// BENCH_SENDER_PARTS=1: each Extent goes out as the agent sends it — one message in
+// three fragments (map head, payload by reference, digest: encodeMessageParts)
+// instead of one frame
+const SENDER_PARTS = process.env.BENCH_SENDER_PARTS === '1'
 function tlsNoJoin(opts) {
   // as ws's own tlsConnect
   opts.path = undefined
@@ -113,12 +121,12 @@ function receiverEnv(spec) {
   }
   return env
 }
-async function startReceiver(spec, name) {
+async function startReceiver(spec, name, dist = process.env.BENCH_RECEIVER_DIST) {
   const child = spawn(
     process.execPath,
     [
       ...(process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []),
-      process.env.BENCH_RECEIVER_DIST ? resolve(process.env.BENCH_RECEIVER_DIST, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
+      dist ? resolve(dist, 'src/main.js') : fileURLToPath(new URL('../packages/receiver/dist/src/main.js', import.meta.url)),
       '--listen',
       '127.0.0.1:0',
       '--store',
@@ -141,17 +149,20 @@ async function startReceiver(spec, name) {
   const [line] = await once(createInterface({ input: child.stdout }), 'line')
   const { port } = JSON.parse(line)
   // for attaching a profiler (perf record -p, strace -c -p)
-  console.error(`receiver ${name}: pid ${child.pid}, env ${spec || '(none)'}; this process (the sender): pid ${process.pid}`)
-  return { child, port, name, spec: spec ?? '', cpu: [] }
+  console.error(`receiver ${name}: pid ${child.pid}, env ${spec || '(none)'}, build ${dist ?? 'packages/receiver/dist'}; this process (the sender): pid ${process.pid}`)
+  return { child, port, name, spec: spec ?? '', dist: dist ?? '', cpu: [] }
 }
 const rxA = await startReceiver(process.env.BENCH_RECEIVER_ENV, 'A')
 // BENCH_SENDER_B=old: receiver B has A's variables and is fed by the old sender
 // (no high-water mark, Node's joining TLS socket): an A/B of the sender in one run
 const oldSenderB = process.env.BENCH_SENDER_B === 'old'
+const distB = process.env.BENCH_RECEIVER_DIST_B
 const rxB =
-  process.env.BENCH_RECEIVER_ENV_B === undefined && !oldSenderB
+  process.env.BENCH_RECEIVER_ENV_B === undefined && !oldSenderB && distB === undefined
     ? undefined
-    : Object.assign(await startReceiver(oldSenderB ? process.env.BENCH_RECEIVER_ENV : process.env.BENCH_RECEIVER_ENV_B, 'B'), { oldSender: oldSenderB })
+    : Object.assign(await startReceiver(oldSenderB || process.env.BENCH_RECEIVER_ENV_B === undefined ? process.env.BENCH_RECEIVER_ENV : process.env.BENCH_RECEIVER_ENV_B, 'B', distB), {
+        oldSender: oldSenderB,
+      })
 
 // CPU seconds (user, system) the receiver process has used so far (/proc, Linux): a
 // figure that the machine's load inflates far less than wall time
@@ -169,13 +180,14 @@ function receiverCpu(child) {
 function frames(disk, seedByte) {
   const out = []
   const cd = new CycleDigest('xxh64')
-  const buf = Buffer.alloc(EXT)
   for (let seq = 0, off = 0; off < N * MiB; seq++, off += EXT) {
-    randomFillSync(buf)
+    // a buffer per extent: in parts the payload is sent by reference
+    const buf = randomFillSync(Buffer.allocUnsafe(EXT))
     buf[0] = seedByte
     const digest = createDigest('xxh64').update(buf).digest()
     cd.add({ offset: off, length: EXT, zero: false, digest })
-    out.push(encodeMessage({ kind: MessageKind.Extent, disk, seq, offset: off, length: EXT, zero: false, compression: 'none', data: buf, digest }))
+    const msg = { kind: MessageKind.Extent, disk, seq, offset: off, length: EXT, zero: false, compression: 'none', data: buf, digest }
+    out.push(SENDER_PARTS ? encodeMessageParts(msg) : encodeMessage(msg))
   }
   return { out, end: { kind: MessageKind.DiskEnd, disk, extents: out.length, dataBytes: N * MiB, zeroBytes: 0, digest: cd.digest() } }
 }
@@ -263,10 +275,10 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
     }
     if (SENDER_HWM > 0 && rx.oldSender !== true) {
       // as the agent's Connection.send: wait for this frame to leave once ws's buffer is above the mark
-      const sent = new Promise((res, rej) => ws.send(f.out[seq], (e) => (e ? rej(e) : res())))
+      const sent = new Promise((res, rej) => send(ws, f.out[seq], (e) => (e ? rej(e) : res())))
       sent.catch(() => {})
       if (ws.bufferedAmount > SENDER_HWM) await sent
-    } else ws.send(f.out[seq])
+    } else send(ws, f.out[seq])
   }
   const sentAt = ms()
   ws.send(encodeMessage(f.end))
@@ -303,6 +315,17 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
   }
   ws.close()
   return N / s
+}
+/** One message: a frame, or its parts as fragments (BENCH_SENDER_PARTS) */
+function send(ws, frame, cb) {
+  if (!Array.isArray(frame)) {
+    ws.send(frame, cb)
+    return
+  }
+  for (const [i, part] of frame.entries()) {
+    if (i < frame.length - 1) ws.send(part, { binary: true, fin: false })
+    else ws.send(part, { binary: true, fin: true }, cb)
+  }
 }
 function median(xs) {
   const v = [...xs].sort((a, b) => a - b)
@@ -385,8 +408,13 @@ for (let r = 0; r < ROUNDS; r++) {
 const incApplyFirst = WIRE_ONLY ? NaN : await applyOnly(2, 'incremental', 2)
 const incApply = WIRE_ONLY ? NaN : await applyOnly(3, 'incremental', 3)
 const last = `bench${ROUNDS - 1}`
-const incFirst = WIRE_ONLY ? NaN : await cycle(2, 'incremental', frames(0, 2), last)
-const inc = WIRE_ONLY ? NaN : await cycle(3, 'incremental', frames(0, 3), last)
+const f2 = WIRE_ONLY ? undefined : frames(0, 2)
+const incFirst = WIRE_ONLY ? NaN : await cycle(2, 'incremental', f2, last)
+// with a receiver B, its mirror of the last round takes the same incrementals
+const incFirstB = WIRE_ONLY || rxB === undefined ? NaN : await cycle(2, 'incremental', f2, last, rxB)
+const f3 = WIRE_ONLY ? undefined : frames(0, 3)
+const incB = WIRE_ONLY || rxB === undefined ? NaN : await cycle(3, 'incremental', f3, last, rxB)
+const inc = WIRE_ONLY ? NaN : await cycle(3, 'incremental', f3, last)
 const rawEnd = dd()
 const load1 = loadavg()
 for (const rx of [rxA, rxB]) {
@@ -402,7 +430,7 @@ const fmt = (xs) => xs.map((x) => x.toFixed(0)).join(' ')
 const applyPct = median(rounds.map((x) => x.apply / x.raw))
 const wirePct = median(rounds.map((x) => x.wire / x.raw))
 console.log(
-  `receiver: ${N} MiB of random data, 4 MiB extents, window ${WINDOW / MiB} MiB, batch ${BATCH / MiB} MiB, ${ROUNDS} interleaved rounds, ${cpus().length} cores, sender high-water ${SENDER_HWM > 0 ? `${SENDER_HWM / MiB} MiB` : 'none'}${SENDER_NO_JOIN ? ', no writev join' : ''}${process.env.GLIBC_TUNABLES ? `, sender GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES}` : ''}; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
+  `receiver: ${N} MiB of random data, 4 MiB extents${SENDER_PARTS ? ' (3 fragments each)' : ''}, window ${WINDOW / MiB} MiB, batch ${BATCH / MiB} MiB, ${ROUNDS} interleaved rounds, ${cpus().length} cores, sender high-water ${SENDER_HWM > 0 ? `${SENDER_HWM / MiB} MiB` : 'none'}${SENDER_NO_JOIN ? ', no writev join' : ''}${process.env.GLIBC_TUNABLES ? `, sender GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES}` : ''}; load average before ${load0.map((x) => x.toFixed(2)).join(' ')}, after ${load1.map((x) => x.toFixed(2)).join(' ')}`,
 )
 console.log(`dd conv=fdatasync:         median ${raw.toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.raw))}]`)
 console.log(
@@ -419,12 +447,17 @@ if (rxB !== undefined) {
   console.log(
     `seed over TLS, receiver B: median ${median(rounds.map((x) => x.wireB)).toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.wireB))}]  ${pct(wireBPct)} % of dd; B/A (median of rounds) ${pct(median(rounds.map((x) => x.wireB / x.wire)))} %`,
   )
-  console.log(`receiver A env: ${rxA.spec || '(none)'}; receiver B env: ${rxB.spec || '(none)'}${rxB.oldSender ? '; receiver B fed by the old sender (no high-water mark, writev joined)' : ''}`)
+  if (!WIRE_ONLY) console.log(`incremental over TLS, receiver B: first/steady ${incFirstB.toFixed(0)}/${incB.toFixed(0)} MiB/s`)
+  console.log(
+    `receiver A env: ${rxA.spec || '(none)'}, build ${rxA.dist || 'packages/receiver/dist'}; receiver B env: ${rxB.spec || '(none)'}, build ${rxB.dist || 'packages/receiver/dist'}${rxB.oldSender ? '; receiver B fed by the old sender (no high-water mark, writev joined)' : ''}`,
+  )
 }
 for (const rx of [rxA, rxB]) {
   if (rx === undefined) continue
   const tag = rxB === undefined ? 'receiver' : `receiver ${rx.name}`
-  console.log(`${tag} CPU per GiB over TLS, per wire cycle (user/system): ${rx.cpu.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`)
+  console.log(
+    `${tag} CPU per GiB over TLS, per wire cycle (${rx.cpu.length > ROUNDS ? `${ROUNDS} seeds, then the incrementals` : 'seeds'}; user/system): ${rx.cpu.map((x) => `${x.user.toFixed(2)}/${x.system.toFixed(2)}`).join(' ')} s`,
+  )
   console.log(`${tag} minor page faults per GiB over TLS, per wire cycle: ${rx.cpu.map((x) => x.faults.toFixed(0)).join(' ')}`)
   console.log(
     `sender (this process) with ${tag}, per GiB per wire cycle: CPU user/system ${rx.cpu.map((x) => `${x.senderUser.toFixed(2)}/${x.senderSystem.toFixed(2)}`).join(' ')} s, minor page faults ${rx.cpu.map((x) => x.senderFaults.toFixed(0)).join(' ')}`,

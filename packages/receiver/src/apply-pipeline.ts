@@ -1,5 +1,6 @@
 import { ioError } from './errors.ts'
 import type { ApplyExtent } from './disk-apply.ts'
+import type { FramePool } from './frame-pool.ts'
 import type { PayloadPool } from './payload-pool.ts'
 import type { StoreApply } from './store/mirror-store.ts'
 
@@ -32,6 +33,8 @@ export interface PipelineDisk {
  */
 export class ApplyPipeline {
   private batch: ApplyExtent[] = []
+  /** the pooled frames the gathering batch's payloads lie in (given back once the batch is written) */
+  private leases: Uint8Array[] = []
   private disk: PipelineDisk | undefined
   private bytes = 0
   /** the disk of the last batch flushed (its store may hold a queued resume marker) */
@@ -45,20 +48,23 @@ export class ApplyPipeline {
   private readonly signal: AbortSignal | undefined
   private readonly trace: PipelineTrace | undefined
   private readonly pool: PayloadPool | undefined
+  private readonly frames: FramePool | undefined
 
   /**
    * @param target bytes per durable batch (read at each extent)
    * @param onDurable called once a batch is durable
    * @param signal the session's: journaling and writing stop between pieces once it is aborted
    * @param opts `trace`: told when each batch is flushed, written and durable (the session's debug log: a timeline
-   *   of batches); `pool`: payloads of disks with `reusePayload` are copied into its buffers, given back once written
+   *   of batches); `pool`: payloads of disks with `reusePayload` are copied into its buffers, given back once written;
+   *   `frames`: the pool of the frames {@link add} takes as leases
    */
-  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, opts: { trace?: PipelineTrace; pool?: PayloadPool } = {}) {
+  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, opts: { trace?: PipelineTrace; pool?: PayloadPool; frames?: FramePool } = {}) {
     this.target = target
     this.onDurable = onDurable
     this.signal = signal
     this.trace = opts.trace
     this.pool = opts.pool
+    this.frames = opts.frames
   }
 
   /** Whether a batch is gathering and below its target size (worth waiting briefly for more). */
@@ -66,12 +72,23 @@ export class ApplyPipeline {
     return this.batch.length > 0 && this.bytes < this.target()
   }
 
-  /** Queue an accepted extent; flushes first when it belongs to another disk, after when the batch is full. */
-  async add(disk: PipelineDisk, e: ApplyExtent): Promise<void> {
+  /**
+   * Queue an accepted extent; flushes first when it belongs to another disk, after when the batch is full.
+   * `lease`: a frame of the `frames` pool that `e`'s payload (of a disk with `reusePayload`) lies in; it is
+   * written from there and given back to the pool once its batch's bytes are written (dropped, never reused,
+   * when the batch is discarded).
+   */
+  async add(disk: PipelineDisk, e: ApplyExtent, lease?: Uint8Array): Promise<void> {
     // a batch holds one disk's extents
     if (this.disk !== undefined && this.disk !== disk) await this.flush()
-    // written from a reused buffer (payload-pool.ts): writing from fresh memory is several times slower
-    this.batch.push(this.pool !== undefined && disk.reusePayload === true && e.data !== undefined ? { ...e, data: this.pool.copy(e.data) } : e)
+    if (lease !== undefined && disk.reusePayload === true) {
+      this.batch.push(e)
+      this.leases.push(lease)
+    } else {
+      this.frames?.forget(lease)
+      // written from a reused buffer (payload-pool.ts): writing from fresh memory is several times slower
+      this.batch.push(this.pool !== undefined && disk.reusePayload === true && e.data !== undefined ? { ...e, data: this.pool.copy(e.data) } : e)
+    }
     this.disk = disk
     this.bytes += disk.apply.cost(e)
     if (this.bytes >= this.target()) await this.flush()
@@ -87,7 +104,9 @@ export class ApplyPipeline {
     const batch = this.batch
     if (d === undefined || batch.length === 0) return
     const bytes = this.bytes
+    const leases = this.leases
     this.batch = []
+    this.leases = []
     this.disk = undefined
     this.bytes = 0
     this.lastFlushed = d
@@ -118,7 +137,9 @@ export class ApplyPipeline {
         await prev?.catch(() => {})
         throw ioError(err, `writing extents of ${d.name}`)
       }
+      // the bytes are in the page cache: nothing reads the payloads any more
       if (this.pool !== undefined) for (const e of batch) this.pool.give(e.data)
+      for (const f of leases) this.frames?.give(f)
       if (span !== undefined) this.trace?.('written', span)
       // markers in batch order: the previous batch's fdatasync and marker first (its error is ours)
       if (prev !== undefined) await prev
@@ -164,6 +185,8 @@ export class ApplyPipeline {
   /** Drop the pending batch and wait for the running stage 2, ignoring its outcome (abort paths). */
   async discard(): Promise<void> {
     this.lastFlushed = undefined
+    for (const f of this.leases) this.frames?.forget(f)
+    this.leases = []
     this.batch = []
     this.disk = undefined
     this.bytes = 0

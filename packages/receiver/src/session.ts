@@ -30,6 +30,7 @@ import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
 import { PayloadPool } from './payload-pool.ts'
+import { FramePool, consumeIntoPool, joinFragments } from './frame-pool.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
@@ -86,6 +87,8 @@ export class Session {
   /** the flat's data ranges asked for by the BlockChecks of this session (after its commit: nothing writes the mirror) */
   private readonly checkWindows: CheckHoleWindows = new Map()
   private readonly pipeline: ApplyPipeline
+  /** reused memory for inbound frames: the inbox's bound plus two batches in flight (frame-pool.ts) */
+  private readonly frames = new FramePool(() => this.settings.highWaterBytes + 2 * this.batchTarget())
   private readonly abortCtl = new AbortController()
   private readonly deadlines: SessionDeadlines
   /** resolves when the session has released every resource */
@@ -117,8 +120,10 @@ export class Session {
       {
         // debug: a timeline of batches (flushed, written, durable), pino's time on each line
         trace: (step, b) => this.log.debug(b, `batch ${step}`),
-        // at most the inbox's bound of reused payload buffers (two batches in flight)
+        // at most the inbox's bound of reused payload buffers (two batches in flight): for payloads
+        // not in a pooled frame (the frame pool at its bound, decompressed payloads)
         pool: new PayloadPool(() => settings.highWaterBytes),
+        frames: this.frames,
       },
     )
     this.deadlines = new SessionDeadlines({
@@ -130,6 +135,10 @@ export class Session {
         void this.abortWith(new ReceiverError('E_TIMEOUT', reason === 'hello-timeout' ? `no Hello within ${ms} ms` : `nothing received for ${ms} ms`))
       },
     })
+    // large payloads are read from the TLS chunks into pooled frames, and messages come as their
+    // fragments, joined here without copying the payload again (frame-pool.ts)
+    ws.binaryType = 'fragments'
+    const pooled = consumeIntoPool((ws as unknown as { _receiver?: unknown })._receiver, this.frames)
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => this.onMessage(data, isBinary))
     ws.on('ping', () => this.deadlines.activity())
     ws.on('close', (code: number) => {
@@ -139,7 +148,7 @@ export class Session {
     ws.on('error', (err: Error) => {
       this.log.warn({ err: { message: err.message, code: (err as { code?: unknown }).code } }, 'socket error')
     })
-    this.log.info({ protocol: ws.protocol }, 'connection opened')
+    this.log.info({ protocol: ws.protocol, pooledFrames: pooled }, 'connection opened')
   }
 
   private onMessage(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
@@ -149,7 +158,7 @@ export class Session {
       void this.abortWith(new ReceiverError('E_MALFORMED', 'text frames are not part of the protocol'))
       return
     }
-    this.inbox.push(Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data))
+    this.inbox.push(Buffer.isBuffer(data) ? data : Array.isArray(data) ? joinFragments(data, this.frames) : Buffer.from(data))
     if (!this.running) void this.run()
   }
 
@@ -212,8 +221,10 @@ export class Session {
         }
         const msg = this.decode(frame)
         if (msg.kind === MessageKind.Extent) {
-          await this.onExtent(msg)
+          await this.onExtent(msg, frame)
         } else {
+          // the message's fields may point into the frame: never reused
+          this.frames.forget(frame)
           await this.pipeline.flush()
           await this.pipeline.drain()
           await this.handle(msg)
@@ -423,11 +434,14 @@ export class Session {
     return d
   }
 
-  private async onExtent(msg: ExtentMessage): Promise<void> {
+  private async onExtent(msg: ExtentMessage, frame: Buffer): Promise<void> {
     const d = this.disk(msg.disk)
     const data = extentPayload(msg, (this.negotiated as Negotiated).digest)
     const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: msg.digest })
-    await this.pipeline.add(d, e)
+    // a pooled frame holding the payload travels with it until its batch is written (the pipeline forgets any other)
+    const lease = data !== undefined && data.buffer === frame.buffer && this.frames.owns(frame) ? frame : undefined
+    if (lease === undefined) this.frames.forget(frame)
+    await this.pipeline.add(d, e, lease)
   }
 
   /** SPEC §5.9: the mirror's digests of the requested blocks, durable before they are sent. */
