@@ -168,8 +168,15 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
   t.equal(await firstDifference(flat, repair.raw), -1, 'both differences repaired: the mirror equals the frozen source')
 })
 
-/** The local driver reading the VM's files through a wrapper that counts the reads of disk files while `on`. */
-function countingDriver(): { driver: HypervisorDriver; reads: { on: boolean; count: number } } {
+/**
+ * The local driver reading the VM's files through a wrapper that counts the reads of disk files while `on`, and
+ * `counted(base)(over)`: cycle options with that driver that count the reads from the commit to the end of the checks.
+ */
+function countingDriver(): {
+  driver: HypervisorDriver
+  reads: { on: boolean; count: number }
+  counted: (base: Partial<ReplicateInit>) => (over: Partial<ReplicateInit>) => Partial<ReplicateInit>
+} {
   const reads = { on: false, count: 0 }
   const files: FileAccess = {
     ...localFileAccess,
@@ -189,7 +196,23 @@ function countingDriver(): { driver: HypervisorDriver; reads: { on: boolean; cou
       })
     },
   }
-  return { driver: { ...createLocalDriver(), files }, reads }
+  const driver = { ...createLocalDriver(), files }
+  const counted =
+    (base: Partial<ReplicateInit>) =>
+    (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
+      driver,
+      ...base,
+      ...over,
+      afterCommit: async (h) => {
+        await over.afterCommit?.(h)
+        reads.count = 0
+        reads.on = true
+      },
+      beforeRemove: async () => {
+        reads.on = false
+      },
+    })
+  return { driver, reads, counted }
 }
 
 t.test('--verify changed: the digests of the written blocks are ready at the commit (no read of the frozen view after it), a mirror changed after the commit is still found', async (t) => {
@@ -198,20 +221,8 @@ t.test('--verify changed: the digests of the written blocks are ready at the com
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'ready', disks: [{ sizeBytes: 4 * MiB }], seed: 11 })
   const flat = join(rx.store, 'ready', 'ready-flat.vmdk')
-  const { driver, reads } = countingDriver()
-  // reads of the VM's disk files from the commit to the end of the checks
-  const counted = (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
-    driver,
-    verify: 'changed',
-    afterCommit: async (h) => {
-      await over.afterCommit?.(h)
-      reads.count = 0
-      reads.on = true
-    },
-    beforeRemove: async () => {
-      reads.on = false
-    },
-  })
+  const { driver, reads, counted: countedWith } = countingDriver()
+  const counted = countedWith({ verify: 'changed' })
   t.ok((await cycle(dir, vm, rx, 'c1', { driver })).v.ok, 'seed')
   const c2 = await cycle(dir, vm, rx, 'c2', counted({}))
   const d2 = c2.v.disks[0]
@@ -264,21 +275,8 @@ t.test(
     // 16 blocks of 256 KiB, 4 a slice
     const vm = await createSampleVm(dir, { name: 'sliced', disks: [{ sizeBytes: 4 * MiB }], seed: 13 })
     const flat = join(rx.store, 'sliced', 'sliced-flat.vmdk')
-    const { driver, reads } = countingDriver()
-    // reads of the VM's disk files from the commit to the end of the checks
-    const counted = (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
-      driver,
-      scrub: 4,
-      ...over,
-      afterCommit: async (h) => {
-        await over.afterCommit?.(h)
-        reads.count = 0
-        reads.on = true
-      },
-      beforeRemove: async () => {
-        reads.on = false
-      },
-    })
+    const { driver, reads, counted: countedWith } = countingDriver()
+    const counted = countedWith({ scrub: 4 })
     const ready = (c: { lines: ReadonlyArray<Record<string, unknown>> }): unknown => c.lines.find((l) => l['msg'] === 'scrub ok' || l['msg'] === 'scrub failed')?.['ready']
     // a seed reads its slice after the commit (the wrapper counts those reads)
     const c1 = await cycle(dir, vm, rx, 'c1', counted({}))
