@@ -114,7 +114,7 @@ const sealed = []
 // the receiver's 'block check' lines (where a BlockCheck's time went: readMs, recordMs)
 const checks = []
 createInterface({ input: rx.stderr }).on('line', (l) => {
-  const into = l.includes('"disk sealed"') ? sealed : l.includes('"block check"') ? checks : undefined
+  const into = l.includes('"disk sealed"') ? sealed : l.includes('"block check"') || l.includes('"msg":"certify"') ? checks : undefined
   if (into === undefined) return
   try {
     into.push(JSON.parse(l))
@@ -252,13 +252,28 @@ try {
         // where the checks' time went: the agent's frozen-view read and its wait for answers, the receiver's read and verify record
         const agentChecks = stderr
           .split('\n')
-          .filter((l) => l.includes('"scrub ok"') || l.includes('"block check ok"') || l.includes('"digests of the written blocks taken while shipping"'))
+          .filter(
+            (l) =>
+              l.includes('"scrub ok"') ||
+              l.includes('"block check ok"') ||
+              l.includes('"digests of the written blocks taken while shipping"') ||
+              l.includes('"digests of the scrub slices taken while shipping"'),
+          )
           .map((l) => {
             const o = JSON.parse(l)
-            if (o.msg.startsWith('digests')) return `written blocks' digests (taken while shipping): waited ${o.waitMs} ms after the commit`
+            if (o.msg.startsWith('digests of the written')) return `written blocks' digests (taken while shipping): waited ${o.waitMs} ms after the commit`
+            if (o.msg.startsWith('digests of the scrub')) return `scrub slice's digests (taken while shipping): waited ${o.waitMs} ms after the commit`
             return `${o.msg}: agent read ${o.readMs} ms${o.listMs === undefined ? '' : ` (of which listing the blocks ${o.listMs} ms)`}${o.ready === true ? ' (digests ready)' : ''}, waited for answers ${o.waitMs} ms (${o.messages} msg)`
           })
-        const rxChecks = checks.slice(seen).map((o) => `receiver: read ${o.readMs} ms, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`)
+        // the receiver's read of the blocks, per byte read against its certify's (issue #13: the slice as fast as certify)
+        const perByte = (o) => (o.bytes - (o.holeBytes ?? 0) > 0 && o.readMs > 0 ? `, ${((o.bytes - (o.holeBytes ?? 0)) / MiB / (o.readMs / 1000)).toFixed(0)} MiB/s read` : '')
+        const rxChecks = checks
+          .slice(seen)
+          .map((o) =>
+            o.msg === 'certify'
+              ? `receiver certify: read ${o.readMs} ms for ${(o.bytes / MiB).toFixed(0)} MiB${perByte(o)}`
+              : `receiver: read ${o.readMs} ms for ${(o.bytes / MiB).toFixed(0)} MiB (${((o.holeBytes ?? 0) / MiB).toFixed(0)} MiB holes)${perByte(o)}, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`,
+          )
         log(
           `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}${[...agentChecks, ...rxChecks].map((x) => `\n    ${x}`).join('')}`,
         )

@@ -8,7 +8,12 @@
  * commit only the BlockChecks go; without them (a seed, past the cap, a
  * failed read) the blocks are read after the commit. `--scrub N` compares 1/N of the disk per cycle in
  * rotation (the position is kept in the agent's record), so the whole mirror
- * is proven every N cycles. A mismatch is recorded in the disk's report
+ * is proven every N cycles. The rotation is known before the cycle ships, so
+ * the slice's digests are taken before the commit too (an incremental reads
+ * the slice while it ships, a resync keeps the digests of the slice's blocks
+ * as it compares them: scrub-slice-digests.ts); without them (a seed, a slice
+ * past the cap, a failed read, a slice that moved) it is read after the
+ * commit. A mismatch is recorded in the disk's report
  * (`E_CHECK`, `blockCheck.ok = false`); the cycle then marks the disk
  * diverged and the next cycle resyncs exactly the differing blocks.
  */
@@ -20,6 +25,7 @@ import { AgentError } from './errors.ts'
 import { planExtents } from './extent-plan.ts'
 import { blockCheckTimeoutMs, refusalError } from './receiver-client.ts'
 import type { VerifyOptions } from './verification.ts'
+import { ScrubSliceDigests, SLICE_DIGESTS_MAX_BLOCKS } from './scrub-slice-digests.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'
 import { READY_DIGESTS_MAX_BLOCKS, WrittenBlockDigests } from './written-block-digests.ts'
 
@@ -243,10 +249,10 @@ function timings(o: CheckOutcome): { readMs: number; waitMs: number; messages: n
   return { readMs: Math.round(o.readMs), waitMs: Math.round(o.waitMs), messages: o.messages }
 }
 
-function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, blockSize: number): void {
+function fail(w: DiskWork, opts: VerifyOptions, what: string, o: CheckOutcome, blockSize: number, extra: Record<string, unknown> = {}): void {
   const message = `${what} failed on ${w.name}: ${o.mismatched} of the ${o.blocks} blocks compared differ in the mirror (blocks ${o.first.join(', ')}${o.mismatched > o.first.length ? ', …' : ''} of ${blockSize} bytes)`
   w.report.error = { code: 'E_CHECK', message }
-  opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first, ...timings(o) }, `${what} failed`)
+  opts.log.error({ disk: w.name, blocks: o.blocks, mismatched: o.mismatched, first: o.first, ...timings(o), ...extra }, `${what} failed`)
 }
 
 /** The block size of `w`'s `--verify changed` (a resync's map blocks, else the option's). */
@@ -320,58 +326,165 @@ export async function checkChangedBlocks(w: DiskWork, opts: VerifyOptions, befor
 }
 
 /** The digests taken before the commit, as the comparison takes them. */
-async function* fromMemory(d: WrittenBlockDigests): AsyncGenerator<BlockDigest> {
+async function* fromMemory(d: { entries(): Iterable<BlockDigest> }): AsyncGenerator<BlockDigest> {
   yield* d.entries()
+}
+
+/** What a disk's scrub needs to know before the cycle ships to plan its slice. */
+export interface ScrubPlan {
+  /** `--scrub N` (at least 1) */
+  readonly scrub: number
+  /** block size of the scrub (the option's) */
+  readonly blockSize: number
+  /** the disk's rotation in the agent's record (none yet: from block 0) */
+  readonly prev: ScrubRecord | undefined
+}
+
+/**
+ * The rotation a scrub continues: the recorded one when it fits the disk and
+ * the block size, else one from block 0; a `whole` cycle (a seed or resync
+ * without error, which compared every block) proves the mirror and starts a
+ * new rotation.
+ */
+function scrubRotation(total: number, blockSize: number, prev: ScrubRecord | undefined, whole: boolean, now: string): ScrubRecord {
+  if (whole) return { next: 0, blockSize, clean: true, provenAt: now }
+  return prev !== undefined && prev.blockSize === blockSize && prev.next < total ? prev : { next: 0, blockSize, clean: true, ...(prev?.provenAt === undefined ? {} : { provenAt: prev.provenAt }) }
+}
+
+/** The blocks `[from, to)` a scrub compares this cycle (see {@link scrubRotation} for `whole`). */
+export function scrubSlice(capacity: number, plan: ScrubPlan, whole: boolean): { readonly from: number; readonly to: number } {
+  const total = blockCount(capacity, plan.blockSize)
+  const from = scrubRotation(total, plan.blockSize, plan.prev, whole, '').next
+  return { from, to: Math.min(total, from + Math.ceil(total / Math.max(1, plan.scrub))) }
+}
+
+/**
+ * The block digests of the slice `[from, to)` of `w`'s frozen view, read in
+ * large spans into reused buffers, the holes of a long slice not at all
+ * (their digest is the zero block's): read block by block it was the largest
+ * part of a scrub's extra time (scripts/bench-resync.mjs --scenario verify),
+ * 1.97× this path read alone (scripts/bench-scrub-read.mjs).
+ */
+function sliceSource(
+  w: DiskWork,
+  slice: { readonly from: number; readonly to: number; readonly blockSize: number; readonly algorithm: DigestAlgorithm },
+  o: { readonly aheadBlocks: number; readonly inFlight?: number; readonly signal?: AbortSignal | undefined; readonly log: Logger },
+): ViewBlockDigests {
+  const chain = w.chain
+  return new ViewBlockDigests({
+    chain:
+      (slice.to - slice.from) * slice.blockSize >= SCRUB_HOLE_ASK_MIN_BYTES
+        ? chain
+        : { capacity: chain.capacity, read: (at, n, d) => chain.read(at, n, d), readInto: (b, bAt, at, n, d) => chain.readInto(b, bAt, at, n, d) },
+    depth: w.depth,
+    blockSize: slice.blockSize,
+    algorithm: slice.algorithm,
+    fromBlock: slice.from,
+    toBlock: slice.to,
+    aheadBlocks: o.aheadBlocks,
+    ...(o.inFlight === undefined ? {} : { inFlight: o.inFlight }),
+    signal: o.signal,
+    onUnknownHoles: (bytes) => o.log.info({ disk: w.name, bytes }, 'scrub: the holes of the view cannot be asked for here; they are read'),
+  })
+}
+
+/**
+ * Start taking the digests of an incremental's scrub slice from its frozen
+ * view while it ships (`--scrub N`), {@link SHIPPING_READS_IN_FLIGHT} span
+ * reads in flight, into `w.scrubSlice`; `w.scrubTask` settles when done (it
+ * never rejects: a failed read lets the digests go, and the scrub reads its
+ * slice after the commit, where the failure is reported). Once per disk: the
+ * frozen view does not change with the plan or the connection. Not for a seed
+ * (it reads every block while it ships; its slice is read after the commit)
+ * nor for a slice longer than {@link SLICE_DIGESTS_MAX_BLOCKS} blocks.
+ */
+export function startScrubDigests(w: DiskWork, o: { readonly plan: ScrubPlan; readonly digest: DigestAlgorithm; readonly signal?: AbortSignal | undefined; readonly log: Logger }): void {
+  if (w.mode !== 'incremental' || w.scrubTask !== undefined) return
+  const { from, to } = scrubSlice(w.chain.capacity, o.plan, false)
+  if (!ScrubSliceDigests.fits(from, to)) {
+    o.log.info({ disk: w.name, from, to, max: SLICE_DIGESTS_MAX_BLOCKS }, 'scrub: the slice is read after the commit (longer than kept ahead)')
+    return
+  }
+  const slice = new ScrubSliceDigests(from, to, o.plan.blockSize, o.digest)
+  w.scrubSlice = slice
+  const t0 = performance.now()
+  w.scrubTask = (async () => {
+    const source = sliceSource(w, slice, { aheadBlocks: to - from, inFlight: SHIPPING_READS_IN_FLIGHT, signal: o.signal, log: o.log })
+    source.start()
+    try {
+      for (let b = from; b < to; b++) slice.set(b, await source.next())
+      slice.holeBytes = source.holeBytes
+      slice.complete()
+      o.log.debug({ disk: w.name, from, to, holeBytes: source.holeBytes, ms: Math.round(performance.now() - t0) }, 'scrub: digests of the slice taken while shipping')
+    } catch (err) {
+      slice.drop(`reading the slice failed: ${(err as Error).message}`)
+      o.log.info({ disk: w.name, from, to, err }, 'scrub: the slice is read after the commit (its digests could not be taken while shipping)')
+    } finally {
+      await source.close()
+    }
+  })()
+}
+
+/** The digests of the scrub slice `[from, to)` of `w` taken before the commit with this block size and algorithm, or undefined (it is read). */
+function readySlice(w: DiskWork, algorithm: DigestAlgorithm, blockSize: number, from: number, to: number): ScrubSliceDigests | undefined {
+  const d = w.scrubSlice
+  return d?.serves(from, to, blockSize, algorithm) === true ? d : undefined
+}
+
+/** Whether `w`'s scrub this cycle (see {@link scrubDisk}) finds its slice's digests ready (nothing to read after the commit). */
+export function scrubReady(w: DiskWork, opts: { readonly digest: DigestAlgorithm; readonly blockSize?: number | undefined; readonly scrub: number }, prev: ScrubRecord | undefined): boolean {
+  const plan = { scrub: opts.scrub, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, prev }
+  const { from, to } = scrubSlice(w.chain.capacity, plan, isWhole(w))
+  return readySlice(w, opts.digest, plan.blockSize, from, to) !== undefined
+}
+
+/** A seed or resync without error compared every block: the mirror is proven whole. */
+function isWhole(w: DiskWork): boolean {
+  return (w.mode === 'seed' || w.mode === 'resync') && w.report.error === undefined
 }
 
 /**
  * `--scrub N`: compare the next 1/N of the disk's blocks (a rotation kept in
  * the agent's record) with the mirror. Returns the disk's new scrub record:
  * the rotation moves on; a rotation completed without a mismatch — or a seed
- * or resync, which compared every block — proves the whole mirror.
+ * or resync, which compared every block — proves the whole mirror. The
+ * slice's digests taken before the commit are sent as they are; else the
+ * slice is read here. Either way it goes in {@link CHECKS_IN_FLIGHT} parts:
+ * the receiver reads each while the next is read (or sent) here, and asks the
+ * holes of the parts at once (its block-check.ts `CHECK_RUNS_AHEAD`).
+ * `beforeAnswers`: see {@link compareBlocks}.
  */
-export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly scrub: number }, prev: ScrubRecord | undefined): Promise<ScrubRecord> {
+export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly scrub: number }, prev: ScrubRecord | undefined, beforeAnswers?: () => Promise<void>): Promise<ScrubRecord> {
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE
   const total = blockCount(w.chain.capacity, blockSize)
   const now = new Date().toISOString()
-  const whole = (w.mode === 'seed' || w.mode === 'resync') && w.report.error === undefined
-  let rec: ScrubRecord =
-    prev !== undefined && prev.blockSize === blockSize && prev.next < total ? prev : { next: 0, blockSize, clean: true, ...(prev?.provenAt === undefined ? {} : { provenAt: prev.provenAt }) }
-  if (whole) rec = { next: 0, blockSize, clean: true, provenAt: now }
-  const from = rec.next
-  const to = Math.min(total, from + Math.ceil(total / Math.max(1, opts.scrub)))
-  // the slice is read in large spans into reused buffers, the holes of a long one not at all (their digest is the zero block's):
-  // read block by block it was the largest part of a scrub's extra time (scripts/bench-resync.mjs --scenario verify),
-  // 1.97× this path read alone (scripts/bench-scrub-read.mjs)
-  const chain = w.chain
-  const source = new ViewBlockDigests({
-    chain:
-      (to - from) * blockSize >= SCRUB_HOLE_ASK_MIN_BYTES ? chain : { capacity: chain.capacity, read: (o, n, d) => chain.read(o, n, d), readInto: (b, at, o, n, d) => chain.readInto(b, at, o, n, d) },
-    depth: w.depth,
-    blockSize,
-    algorithm: opts.digest,
-    fromBlock: from,
-    toBlock: to,
-    aheadBlocks: maxBlocksPerCheck(opts),
-    signal: opts.signal,
-    onUnknownHoles: (bytes) => opts.log.info({ disk: w.name, bytes }, 'scrub: the holes of the view cannot be asked for here; they are read'),
-  })
-  source.start()
-  const range = async function* (): AsyncGenerator<BlockDigest> {
-    for (let b = from; b < to; b++) yield [b, await source.next()]
-  }
+  const rec = scrubRotation(total, blockSize, prev, isWhole(w), now)
+  const { from, to } = scrubSlice(w.chain.capacity, { scrub: opts.scrub, blockSize, prev }, isWhole(w))
+  const parts = Math.ceil((to - from) / CHECKS_IN_FLIGHT)
+  const ready = readySlice(w, opts.digest, blockSize, from, to)
   let o: CheckOutcome
-  try {
-    // the slice in CHECKS_IN_FLIGHT parts: the receiver reads each while the next is read here
-    o = await compareBlocks(w, opts, blockSize, range(), Math.ceil((to - from) / CHECKS_IN_FLIGHT))
-  } finally {
-    await source.close()
+  let holeBytes: number
+  if (ready !== undefined) {
+    o = await compareBlocks(w, opts, blockSize, fromMemory(ready), parts, beforeAnswers)
+    holeBytes = ready.holeBytes
+  } else {
+    const source = sliceSource(w, { from, to, blockSize, algorithm: opts.digest }, { aheadBlocks: maxBlocksPerCheck(opts), signal: opts.signal, log: opts.log })
+    source.start()
+    const range = async function* (): AsyncGenerator<BlockDigest> {
+      for (let b = from; b < to; b++) yield [b, await source.next()]
+    }
+    try {
+      o = await compareBlocks(w, opts, blockSize, range(), parts, beforeAnswers)
+    } finally {
+      await source.close()
+    }
+    holeBytes = source.holeBytes
   }
   const clean = rec.clean && o.mismatched === 0
   const done = to >= total
   w.report.scrub = { ok: o.mismatched === 0, blockSize, from, to, blocks: total, mismatched: o.mismatched, rotationComplete: done }
-  if (o.mismatched > 0) fail(w, opts, 'scrub', o, blockSize)
-  else opts.log.info({ disk: w.name, from, to, blocks: total, blockSize, holeBytes: source.holeBytes, ...timings(o) }, 'scrub ok')
+  if (o.mismatched > 0) fail(w, opts, 'scrub', o, blockSize, { ready: ready !== undefined })
+  else opts.log.info({ disk: w.name, from, to, blocks: total, blockSize, holeBytes, ...timings(o), ready: ready !== undefined }, 'scrub ok')
   const provenAt = done && clean ? now : rec.provenAt
   if (provenAt !== undefined) w.report.scrub.provenAt = provenAt
   return { next: done ? 0 : to, blockSize, clean: done ? true : clean, ...(provenAt === undefined ? {} : { provenAt }) }

@@ -120,6 +120,8 @@ class VmCycle {
     return this.#committed
   }
   #rolledBack = false
+  /** the record's save after clean checks (the scrub rotation moved on), awaited at the end of the run */
+  #rotationSave: Promise<void> | undefined
   #replans = 0
   #mark = performance.now()
 
@@ -146,12 +148,21 @@ class VmCycle {
     await this.#takeSnapshot()
     await this.#planDisks()
     await this.#shipCommitVerify()
-    await this.#removeOtherSnapshots()
+    try {
+      await this.#removeOtherSnapshots()
+    } catch (err) {
+      await this.#rotationSave?.catch(() => {})
+      throw err
+    }
+    // the scrub rotation's save, overlapped with the removal: its failure fails the run as before (E_STATE)
+    await this.#rotationSave
   }
 
   /** Close every connection (a failed cycle must not leave the receiver's VM lock behind) and every chain. */
   async dispose(): Promise<void> {
     for (const c of this.#clients) c.terminate()
+    // digests still taken in the background (a cycle that failed before its checks) settle before their chain closes
+    for (const w of this.#works) await Promise.all([w.writtenTask, w.scrubTask])
     for (const w of this.#works) await w.chain.close().catch(() => {})
   }
 
@@ -370,6 +381,8 @@ class VmCycle {
         touched: undefined,
         written: undefined,
         writtenTask: undefined,
+        scrubSlice: undefined,
+        scrubTask: undefined,
       }
       this.#works.push(w)
       const snapDisk = lineage.kind === 'incremental' ? lineage.base.disks.find((d) => d.node.toLowerCase() === disk.node.toLowerCase()) : undefined
@@ -482,6 +495,7 @@ class VmCycle {
               ...this.#sig,
               ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
               ...(this.#opts.verify === 'changed' ? { verifyBlockSize: this.#planContext().blockSize } : {}),
+              ...(this.#opts.scrub > 0 ? { scrubPlan: { scrub: this.#opts.scrub, blockSize: this.#planContext().blockSize, prev: this.#record.scrub?.[w.name] } } : {}),
             })
             break
           }
@@ -517,6 +531,13 @@ class VmCycle {
         const tw = performance.now()
         await Promise.all(tasks)
         this.log.info({ disks: tasks.length, waitMs: Math.round(performance.now() - tw) }, 'digests of the written blocks taken while shipping')
+      }
+      // `--scrub N`: the slices' digests, likewise (never rejects)
+      const slices = this.#works.flatMap((w) => (w.scrubTask === undefined ? [] : [w.scrubTask]))
+      if (slices.length > 0) {
+        const tw = performance.now()
+        await Promise.all(slices)
+        this.log.info({ disks: slices.length, waitMs: Math.round(performance.now() - tw) }, 'digests of the scrub slices taken while shipping')
       }
       if (this.#opts.afterCommit !== undefined) await this.#opts.afterCommit(this.#vm)
       await verifyDisks(this.#works, {
@@ -574,8 +595,13 @@ class VmCycle {
   async #recordChecks(): Promise<void> {
     const failed = this.#works.filter((w) => w.report.trivial?.ok === false || w.report.certify?.ok === false || w.report.blockCheck?.ok === false || w.report.scrub?.ok === false)
     if (failed.length === 0) {
-      // the scrub rotation moved on
-      if (this.#record.scrub !== undefined && this.#opts.scrub > 0) await this.#store.save(this.#record)
+      // the scrub rotation moved on: saved while the older snapshots are removed (nothing there reads the record;
+      // a run that ends before the save completes scrubs the same slice again next time)
+      if (this.#record.scrub !== undefined && this.#opts.scrub > 0) {
+        this.#rotationSave = this.#store.save(this.#record)
+        // awaited at the end of the run; not an unhandled rejection meanwhile
+        this.#rotationSave.catch(() => {})
+      }
       return
     }
     const reason = failed.map((w) => `${w.name}: ${w.report.error?.message ?? 'check failed'}`).join('; ')

@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino'
 import { createDigest, CycleDigest, windowCost, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
-import { startWrittenDigests } from './block-check.ts'
+import { startScrubDigests, startWrittenDigests, type ScrubPlan } from './block-check.ts'
 import { ConnectionLost } from './connection.ts'
 import { DigestLog } from './digest-log.ts'
 import type { DiskWork } from './disk-work.ts'
@@ -47,6 +47,14 @@ export interface SendDiskOptions {
    * Undefined: no `--verify changed`.
    */
   readonly verifyBlockSize?: number | undefined
+  /**
+   * `--scrub N`: the slice this cycle's scrub compares follows from the
+   * disk's rotation, known before it ships: its frozen-view digests are taken
+   * while the disk ships (an incremental reads the slice alongside, a resync
+   * keeps the digests of the slice's blocks as it compares them), so that
+   * after the commit only the BlockChecks go. Undefined: no `--scrub`.
+   */
+  readonly scrubPlan?: ScrubPlan | undefined
 }
 
 /** Ship the disk `opts.work` from `opts.accepted.resumeSeq` to DiskEnded. */
@@ -96,6 +104,8 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   const inPass = startViewDigest(opts, resumeSeq)
   // `--verify changed`: the written blocks' digests from the frozen view, while the extents ship (awaited after the commit)
   if (opts.verifyBlockSize !== undefined) startWrittenDigests(w, { blockSize: opts.verifyBlockSize, digest: opts.digest, signal, log })
+  // `--scrub N`: the slice's digests from the frozen view, while the extents ship (awaited after the commit)
+  if (opts.scrubPlan !== undefined) startScrubDigests(w, { plan: opts.scrubPlan, digest: opts.digest, signal, log })
   window.reset(resumeSeq)
   client.onAck = (ack) => {
     if (ack.disk !== w.handle || !window.ack(ack.seq)) {

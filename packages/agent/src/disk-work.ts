@@ -13,6 +13,7 @@ import { buildPlan, arraySource, coalesceSource, unionSource, type ExtentPlan, t
 import type { ViewDigester } from './extent-source.ts'
 import type { DiskProgress } from './progress.ts'
 import type { DiskReport } from './report.ts'
+import type { ScrubSliceDigests } from './scrub-slice-digests.ts'
 import type { WrittenBlockDigests } from './written-block-digests.ts'
 
 /** A disk being shipped. */
@@ -53,6 +54,13 @@ export interface DiskWork {
   written: WrittenBlockDigests | undefined
   /** `--verify changed`, incremental: those digests taken while the extents ship; never rejects */
   writtenTask: Promise<void> | undefined
+  /**
+   * `--scrub N`: the frozen-view digests of this cycle's scrub slice, taken before the commit (block-check.ts).
+   * Not reset by a new plan: the frozen view does not change, and the check uses them only for the slice they cover.
+   */
+  scrubSlice: ScrubSliceDigests | undefined
+  /** `--scrub N`, incremental: those digests taken while the extents ship; never rejects */
+  scrubTask: Promise<void> | undefined
 }
 
 /** Largest zero extent of an incremental cycle. */

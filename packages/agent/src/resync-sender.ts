@@ -20,6 +20,8 @@ import { ConnectionLost } from './connection.ts'
 import { STALL_MS, type SendDiskOptions } from './disk-sender.ts'
 import { AgentError } from './errors.ts'
 import { CompressionGate, isAllZero, ViewDigester } from './extent-source.ts'
+import { scrubSlice } from './block-check.ts'
+import { ScrubSliceDigests } from './scrub-slice-digests.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'
 import { WrittenBlockDigests } from './written-block-digests.ts'
 import { refusalError } from './receiver-client.ts'
@@ -74,6 +76,10 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   const written = opts.verifyBlockSize === undefined ? undefined : new WrittenBlockDigests(blockSize, opts.digest)
   w.written = written
   w.writtenTask = undefined
+  // `--scrub N`: a resync without error starts a new rotation, whose first slice's digests are taken here too
+  // (unless an incremental attempt of this disk is still reading its own slice: that one is read after the commit)
+  const slice = scrubSliceDigests(opts, w.scrubTask === undefined, blockSize, capacity)
+  if (slice !== undefined) w.scrubSlice = slice
   window.reset(resumeSeq)
   client.onAck = (ack) => {
     if (ack.disk !== w.handle || !window.ack(ack.seq)) {
@@ -140,6 +146,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
         const own = await source.next()
         waits.readMs += performance.now() - t0
         const bi = run.first + i
+        if (slice !== undefined && bi >= slice.from && bi < slice.to) slice.set(bi, own)
         const offset = bi * blockSize
         const length = Math.min(blockSize, capacity - offset)
         w.progress.doneBytes = offset + length
@@ -201,6 +208,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   if (seq < resumeSeq) throw new AgentError('E_PROTOCOL', `receiver resume point ${resumeSeq} beyond the ${seq} differing blocks of disk ${w.name}`)
   if (!view.complete) throw new AgentError('E_PROTOCOL', `internal: the view of ${w.name} was not read whole`)
   written?.complete()
+  slice?.complete()
   w.report.extents = seq
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
@@ -220,4 +228,12 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
   w.progress.update('end', true)
   const ended = await client.endDisk({ disk: w.handle, extents: seq, dataBytes, zeroBytes, digest: cd.digest() })
   if (!ended.ok) throw refusalError(`DiskEnd of ${w.name}`, ended.refusal)
+}
+
+/** The store of the first scrub slice of the rotation a resync starts (`--scrub N` with the resync's block size), or undefined. */
+function scrubSliceDigests(opts: SendResyncOptions, free: boolean, blockSize: number, capacity: number): ScrubSliceDigests | undefined {
+  const plan = opts.scrubPlan
+  if (plan === undefined || !free || plan.blockSize !== blockSize) return undefined
+  const { from, to } = scrubSlice(capacity, plan, true)
+  return ScrubSliceDigests.fits(from, to) ? new ScrubSliceDigests(from, to, blockSize, opts.digest) : undefined
 }

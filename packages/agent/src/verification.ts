@@ -10,7 +10,7 @@ import type { DigestAlgorithm, TrivialResultMessage } from '@grainline/protocol'
 import type { DiskWork } from './disk-work.ts'
 import { ViewDigester } from './extent-source.ts'
 import { refusalError, type ReceiverClient, type Reply } from './receiver-client.ts'
-import { checkChangedBlocks, readyDigests, scrubDisk, verifyBlockSize } from './block-check.ts'
+import { checkChangedBlocks, readyDigests, scrubDisk, scrubReady, verifyBlockSize } from './block-check.ts'
 import type { ScrubRecord } from './agent-state.ts'
 
 /** Options of {@link verifyDisks}. */
@@ -52,13 +52,24 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
     const view = w.view ?? new ViewDigester(size, opts.digest, prefixBytes, opts.certify)
     if (!view.complete) await view.finishFrom(w.chain, w.depth, opts.signal)
     const trivial = opts.trivialBytes > 0 ? { disk: w.handle, prefixBytes, algorithm: opts.digest, size, digest: view.prefixDigest as Uint8Array } : undefined
-    if (trivial !== undefined && opts.verifyChanged === true && opts.certify === undefined && readyDigests(w, opts.digest, verifyBlockSize(w, opts)) !== undefined) {
-      // the written blocks' digests are ready: the BlockChecks follow the trivial check without waiting for its answer
-      // (answers come in the order asked), so the receiver goes on to the blocks as soon as it has digested the prefix
+    const scrub = opts.scrub ?? 0
+    const scrubbing = scrub > 0 && opts.scrubState !== undefined
+    // the digests of the first BlockChecks are ready (`--verify changed`'s written blocks, else an incremental's scrub
+    // slice): they follow the trivial check without waiting for its answer (answers come in the order asked), so the
+    // receiver goes on to the blocks as soon as it has digested the prefix. Not a seed's or resync's scrub: whether it
+    // starts a new rotation (proven whole) depends on the trivial check's answer
+    const pipelined =
+      trivial !== undefined &&
+      opts.certify === undefined &&
+      (opts.verifyChanged === true
+        ? readyDigests(w, opts.digest, verifyBlockSize(w, opts)) !== undefined
+        : scrubbing && w.mode === 'incremental' && scrubReady(w, { ...opts, scrub }, opts.scrubState?.[w.name]))
+    let trivialAnswer: (() => Promise<void>) | undefined
+    if (pipelined) {
       await client.sendTrivialCheck(trivial)
-      await checkChangedBlocks(w, opts, async () => {
+      trivialAnswer = async () => {
         noteTrivial(w, trivial, await client.trivialResult(w.handle), log)
-      })
+      }
     } else {
       if (trivial !== undefined) noteTrivial(w, trivial, await client.trivialCheck(trivial), log)
       if (opts.certify !== undefined) {
@@ -75,10 +86,16 @@ export async function verifyDisks(works: readonly DiskWork[], opts: VerifyOption
           log.error({ disk: w.name }, 'certify failed')
         }
       }
-      if (opts.verifyChanged === true) await checkChangedBlocks(w, opts)
     }
-    const scrub = opts.scrub ?? 0
-    if (scrub > 0 && opts.scrubState !== undefined) opts.scrubState[w.name] = await scrubDisk(w, { ...opts, scrub }, opts.scrubState[w.name])
+    if (opts.verifyChanged === true) {
+      await checkChangedBlocks(w, opts, trivialAnswer)
+      trivialAnswer = undefined
+    }
+    if (scrubbing) {
+      const state = opts.scrubState as Record<string, ScrubRecord>
+      state[w.name] = await scrubDisk(w, { ...opts, scrub }, state[w.name], trivialAnswer)
+      trivialAnswer = undefined
+    }
   }
 }
 

@@ -12,7 +12,11 @@
  * while it ships, a resync as it sends): no read of the frozen view between
  * the commit and the end of the checks (counted through the driver's file
  * access), and a mirror changed between the commit and the check is still
- * found; with a trivial check the BlockChecks follow it unanswered.
+ * found; with a trivial check the BlockChecks follow it unanswered. The
+ * same for the scrub slice: an incremental digests it while it ships, a
+ * resync as it compares its blocks (no read of the frozen view after the
+ * commit), a seed reads it after the commit; a block of the slice tampered
+ * with in the mirror after the commit is found and repaired by the next cycle.
  */
 import t from 'tap'
 import { open, readFile } from 'node:fs/promises'
@@ -164,8 +168,15 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
   t.equal(await firstDifference(flat, repair.raw), -1, 'both differences repaired: the mirror equals the frozen source')
 })
 
-/** The local driver reading the VM's files through a wrapper that counts the reads of disk files while `on`. */
-function countingDriver(): { driver: HypervisorDriver; reads: { on: boolean; count: number } } {
+/**
+ * The local driver reading the VM's files through a wrapper that counts the reads of disk files while `on`, and
+ * `counted(base)(over)`: cycle options with that driver that count the reads from the commit to the end of the checks.
+ */
+function countingDriver(): {
+  driver: HypervisorDriver
+  reads: { on: boolean; count: number }
+  counted: (base: Partial<ReplicateInit>) => (over: Partial<ReplicateInit>) => Partial<ReplicateInit>
+} {
   const reads = { on: false, count: 0 }
   const files: FileAccess = {
     ...localFileAccess,
@@ -185,7 +196,23 @@ function countingDriver(): { driver: HypervisorDriver; reads: { on: boolean; cou
       })
     },
   }
-  return { driver: { ...createLocalDriver(), files }, reads }
+  const driver = { ...createLocalDriver(), files }
+  const counted =
+    (base: Partial<ReplicateInit>) =>
+    (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
+      driver,
+      ...base,
+      ...over,
+      afterCommit: async (h) => {
+        await over.afterCommit?.(h)
+        reads.count = 0
+        reads.on = true
+      },
+      beforeRemove: async () => {
+        reads.on = false
+      },
+    })
+  return { driver, reads, counted }
 }
 
 t.test('--verify changed: the digests of the written blocks are ready at the commit (no read of the frozen view after it), a mirror changed after the commit is still found', async (t) => {
@@ -194,20 +221,8 @@ t.test('--verify changed: the digests of the written blocks are ready at the com
   t.teardown(() => rx.stop())
   const vm = await createSampleVm(dir, { name: 'ready', disks: [{ sizeBytes: 4 * MiB }], seed: 11 })
   const flat = join(rx.store, 'ready', 'ready-flat.vmdk')
-  const { driver, reads } = countingDriver()
-  // reads of the VM's disk files from the commit to the end of the checks
-  const counted = (over: Partial<ReplicateInit>): Partial<ReplicateInit> => ({
-    driver,
-    verify: 'changed',
-    afterCommit: async (h) => {
-      await over.afterCommit?.(h)
-      reads.count = 0
-      reads.on = true
-    },
-    beforeRemove: async () => {
-      reads.on = false
-    },
-  })
+  const { driver, reads, counted: countedWith } = countingDriver()
+  const counted = countedWith({ verify: 'changed' })
   t.ok((await cycle(dir, vm, rx, 'c1', { driver })).v.ok, 'seed')
   const c2 = await cycle(dir, vm, rx, 'c2', counted({}))
   const d2 = c2.v.disks[0]
@@ -250,3 +265,61 @@ t.test('--verify changed: the digests of the written blocks are ready at the com
   t.match(d5?.blockCheck, { ok: true, mismatched: 0 }, 'and the block check')
   t.equal(c5.lines.find((l) => l['msg'] === 'block check ok')?.['ready'], true, 'with digests taken while shipping')
 })
+
+t.test(
+  '--scrub: the slice digests are ready at the commit (no read of the frozen view after it) for an incremental and a resync; a seed reads its slice; a mirror block tampered with after the commit is still found and repaired',
+  async (t) => {
+    const dir = scratch(t)
+    const rx = await startReceiver(join(dir, 'rx'))
+    t.teardown(() => rx.stop())
+    // 16 blocks of 256 KiB, 4 a slice
+    const vm = await createSampleVm(dir, { name: 'sliced', disks: [{ sizeBytes: 4 * MiB }], seed: 13 })
+    const flat = join(rx.store, 'sliced', 'sliced-flat.vmdk')
+    const { driver, reads, counted: countedWith } = countingDriver()
+    const counted = countedWith({ scrub: 4 })
+    const ready = (c: { lines: ReadonlyArray<Record<string, unknown>> }): unknown => c.lines.find((l) => l['msg'] === 'scrub ok' || l['msg'] === 'scrub failed')?.['ready']
+    // a seed reads its slice after the commit (the wrapper counts those reads)
+    const c1 = await cycle(dir, vm, rx, 'c1', counted({}))
+    t.ok(c1.v.ok, `seed ok ${JSON.stringify(c1.v.disks[0]?.error)}`)
+    t.match(c1.v.disks[0]?.scrub, { ok: true, from: 0, to: 4 }, 'the seed starts the rotation')
+    t.ok(reads.count > 0, `the seed read its slice after the commit (${reads.count} reads)`)
+    t.equal(ready(c1), false, 'not ready: read after the commit')
+    // an incremental: the slice read while it shipped
+    const c2 = await cycle(dir, vm, rx, 'c2', counted({}))
+    t.ok(c2.v.ok, `incremental ok ${JSON.stringify(c2.v.disks[0]?.error)}`)
+    t.match(c2.v.disks[0]?.scrub, { ok: true, from: 4, to: 8, mismatched: 0 }, 'the next slice matches')
+    t.equal(reads.count, 0, 'no read of the frozen view between the commit and the end of the checks')
+    t.equal(ready(c2), true, 'the slice digests were taken while shipping')
+    t.equal(c2.lines.find((l) => l['msg'] === 'scrub ok')?.['messages'], 4, 'sent in 4 parts as before')
+    // a block of the next slice tampered with in the mirror after the commit (its CID unchanged): found
+    const tamper = async (): Promise<void> => {
+      const fh = await open(flat, 'r+')
+      const b = Buffer.alloc(1)
+      await fh.read(b, 0, 1, 9 * 256 * 1024 + 5)
+      b[0] = (b[0] as number) ^ 0xa5
+      await fh.write(b, 0, 1, 9 * 256 * 1024 + 5)
+      await fh.close()
+    }
+    const c3 = await cycle(dir, vm, rx, 'c3', counted({ afterCommit: tamper }))
+    t.equal(c3.v.ok, false, 'the cycle is not ok')
+    t.match(c3.v.disks[0]?.scrub, { ok: false, from: 8, to: 12, mismatched: 1 }, 'the tampered block is found')
+    t.equal(c3.v.disks[0]?.error?.code, 'E_CHECK')
+    t.equal(reads.count, 0, 'still no read of the frozen view after the commit')
+    t.equal(ready(c3), true, 'with the digests taken while shipping')
+    // the next cycle resyncs the diverged disk; the first slice of the new rotation is digested as it compares
+    const c4 = await cycle(dir, vm, rx, 'c4', counted({}))
+    t.equal(c4.v.disks[0]?.mode, 'resync', 'the next cycle resyncs')
+    t.ok(c4.v.ok, `and is ok ${JSON.stringify(c4.v.disks[0]?.error)}`)
+    t.match(c4.v.disks[0]?.scrub, { ok: true, from: 0, to: 4 }, 'a new rotation from block 0')
+    t.ok(c4.v.disks[0]?.scrub?.provenAt !== undefined, 'proven whole by the resync')
+    t.equal(reads.count, 0, 'no read of the frozen view after the resync commit')
+    t.equal(ready(c4), true, "the slice's digests kept by the resync")
+    t.equal(await firstDifference(flat, c4.raw), -1, 'the mirror equals the frozen source again')
+    // with a trivial check: the scrub's BlockChecks go behind it unanswered, both answers read in order
+    const c5 = await cycle(dir, vm, rx, 'c5', { driver, scrub: 4, trivialMiB: 1 })
+    t.ok(c5.v.ok, `incremental with a trivial check ok ${JSON.stringify(c5.v.disks[0]?.error)}`)
+    t.match(c5.v.disks[0]?.trivial, { ok: true, prefixBytes: MiB }, 'the trivial check passes')
+    t.match(c5.v.disks[0]?.scrub, { ok: true, from: 4, to: 8 }, 'and the scrub')
+    t.equal(ready(c5), true, 'with digests taken while shipping')
+  },
+)

@@ -552,11 +552,12 @@ export class Session {
   private async onCertify(msg: CertifyMessage): Promise<void> {
     const name = this.disk(msg.disk).name
     const m = this.mirror
+    const t0 = performance.now()
     const r =
       m instanceof CephVmMirror
         ? await m.verify(name, { ...msg, kind: 'certify' }, this.abortCtl.signal)
         : await verifyDisk(m, name, { ...msg, kind: 'certify' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
-    this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm }, 'certify')
+    this.log.info({ disk: name, ok: r.ok, bytes: r.bytes, algorithm: msg.algorithm, readMs: Math.round(performance.now() - t0) }, 'certify')
     this.settings.observer?.checked(this.vmName, name, 'certify', r.ok)
     this.send({ kind: MessageKind.CertifyResult, disk: msg.disk, ok: r.ok, algorithm: msg.algorithm, digest: r.digest, bytes: r.bytes })
   }
