@@ -69,9 +69,28 @@ const token = 'bench-token-0123456789abcdef0123'
 writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ tokens: [{ name: 'bench', token, vms: ['*'] }] }))
 const store = join(dir, 'store')
 mkdirSync(store)
-const rx = spawn(process.execPath, [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), receiverMain(), '--listen', '127.0.0.1:0', '--store', store, '--tokens', join(dir, 'tokens.json'), '--tls-cert', cert, '--tls-key', key, '--log-level', 'warn'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-})
+const rx = spawn(
+  process.execPath,
+  [
+    ...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []),
+    receiverMain(),
+    '--listen',
+    '127.0.0.1:0',
+    '--store',
+    store,
+    '--tokens',
+    join(dir, 'tokens.json'),
+    '--tls-cert',
+    cert,
+    '--tls-key',
+    key,
+    '--log-level',
+    'warn',
+  ],
+  {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  },
+)
 const port = await new Promise((resolve, reject) => {
   createInterface({ input: rx.stdout }).on('line', (l) => {
     try {
