@@ -30,11 +30,14 @@ export class CephCommandError extends ReceiverError {
   readonly command: string
   readonly exitCode: number | null
   readonly stderr: string
-  constructor(command: string, exitCode: number | null, stderr: string) {
+  /** the command did not finish in its time and was killed (rbd-cli.ts `cephTimeouts`) */
+  readonly timedOut: boolean
+  constructor(command: string, exitCode: number | null, stderr: string, timedOut = false) {
     super('E_IO', `Ceph command \`${command}\` failed (exit ${exitCode ?? 'signal'}): ${stderr.trim().slice(-STDERR_KEEP) || 'no message'}`)
     this.command = command
     this.exitCode = exitCode
     this.stderr = stderr
+    this.timedOut = timedOut
   }
   /** whether Ceph said the object, image or snapshot does not exist */
   get notFound(): boolean {
@@ -51,19 +54,50 @@ export function clientArgs(t: CephTarget): string[] {
   return [...(t.conf === undefined ? [] : ['--conf', t.conf]), ...(t.id === undefined ? [] : ['--id', t.id]), ...(t.keyring === undefined ? [] : ['--keyring', t.keyring])]
 }
 
+/**
+ * How long a Ceph client command may run before it is killed (a client can
+ * hang: an `rbd du` was seen waiting forever on a healthy one-node cluster,
+ * and answered at once when asked again). Queries (`ceph …`, `rbd du`,
+ * `rbd info`, `rbd ls`, `rbd status`, `rbd snap ls`) get `queryMs` and are
+ * asked `queryAttempts` times; anything else gets `commandMs` and is never
+ * repeated (a write must not be sent twice behind the store's back). Tests
+ * shorten them.
+ */
+export const cephTimeouts = {
+  /** @default 60 s */
+  queryMs: 60_000,
+  /** @default 2 */
+  queryAttempts: 2,
+  /** @default 10 min */
+  commandMs: 600_000,
+}
+
+/** Whether a command only reads (safe to ask again after a timeout). */
+export function isCephQuery(cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[]): boolean {
+  if (cmd === 'ceph') return true
+  if (cmd !== 'rbd') return false
+  const [a, b] = args
+  return a === 'du' || a === 'info' || a === 'ls' || a === 'status' || (a === 'snap' && b === 'ls')
+}
+
 /** Run `cmd` (rbd, rados, ceph) to completion, `input` on its stdin; stdout returned as bytes. */
 export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+  const query = isCephQuery(cmd, args)
+  const timeoutMs = query ? cephTimeouts.queryMs : cephTimeouts.commandMs
   for (let attempt = 1; ; attempt++) {
     try {
-      return await runOnce(t, cmd, args, input)
+      return await runOnce(t, cmd, args, input, timeoutMs)
     } catch (err) {
       // a monitor that has not loaded its command descriptions yet (seen on a loaded machine) answers EPERM for a moment
-      if (!(cmd === 'ceph' && err instanceof CephCommandError && err.stderr.includes('problem getting command descriptions') && attempt < 3)) throw err
+      if (cmd === 'ceph' && err instanceof CephCommandError && err.stderr.includes('problem getting command descriptions') && attempt < 3) continue
+      // a query that hung is asked again; a write never is
+      if (query && err instanceof CephCommandError && err.timedOut && attempt < cephTimeouts.queryAttempts) continue
+      throw err
     }
   }
 }
 
-async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input: Buffer | readonly Buffer[] | undefined, timeoutMs: number): Promise<Buffer> {
   const full = [...clientArgs(t), ...args]
   const shown = `${cmd} ${args.join(' ')}`
   return await new Promise<Buffer>((resolve, reject) => {
@@ -71,14 +105,24 @@ async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: reado
     const out: Buffer[] = []
     const err: Buffer[] = []
     let errBytes = 0
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      p.kill('SIGKILL')
+    }, timeoutMs)
     p.stdout.on('data', (b: Buffer) => out.push(b))
     p.stderr.on('data', (b: Buffer) => {
       errBytes += b.length
       if (errBytes < 64 * 1024) err.push(b)
     })
-    p.on('error', (e) => reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message} (is ceph-common installed?)`)))
+    p.on('error', (e) => {
+      clearTimeout(timer)
+      reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message} (is ceph-common installed?)`))
+    })
     p.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(out))
+      clearTimeout(timer)
+      if (timedOut) reject(new CephCommandError(shown, null, `no answer in ${Math.round(timeoutMs / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true))
+      else if (code === 0) resolve(Buffer.concat(out))
       else reject(new CephCommandError(shown, code, Buffer.concat(err).toString('utf8')))
     })
     p.stdin.on('error', () => {}) // a command that exits early: its status tells

@@ -1,0 +1,79 @@
+/**
+ * A Ceph client command that hangs is killed (rbd-cli.ts `cephTimeouts`): a
+ * query is asked once more, a write never is. Seen in CI: an `rbd du` waited
+ * forever on a healthy one-node cluster (and answered at once when asked
+ * again), so the receiver hung with it. Fake `rbd` and `ceph` commands on
+ * PATH stand in for a cluster here: no Ceph needed.
+ */
+import t from 'tap'
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { scratchDir } from '@grainline/test-utils'
+import { CephCommandError, cephTimeouts, isCephQuery, runCeph } from '../src/store/ceph/rbd-cli.ts'
+
+const target = { pool: 'p' }
+
+/** `rbd` and `ceph` scripts counting their calls in DIR/calls; the first call of each hangs (exec: the kill reaches it). */
+function fakeClients(dir: string): void {
+  const script = `#!/bin/sh
+echo "$*" >> "${dir}/calls"
+n=$(grep -c . "${dir}/calls")
+case " $* " in
+  *" du "*) if [ "$n" -eq 1 ]; then exec sleep 60; fi; echo '{"images":[]}' ;;
+  *" snap create "*) exec sleep 60 ;;
+  *" df "*) exec sleep 60 ;;
+  *) echo "unexpected: $*" >&2; exit 22 ;;
+esac
+`
+  for (const name of ['rbd', 'ceph']) {
+    writeFileSync(join(dir, name), script)
+    chmodSync(join(dir, name), 0o755)
+  }
+}
+
+t.test('a hung Ceph command is killed: a query is asked again, a write fails E_IO without a second try', async (t) => {
+  const dir = scratchDir(t)
+  fakeClients(dir)
+  const path = process.env['PATH']
+  const saved = { ...cephTimeouts }
+  process.env['PATH'] = `${dir}:${path ?? ''}`
+  cephTimeouts.queryMs = 400
+  cephTimeouts.commandMs = 400
+  t.teardown(() => {
+    process.env['PATH'] = path
+    Object.assign(cephTimeouts, saved)
+  })
+  const calls = (): string[] => readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n')
+
+  const du = await runCeph(target, 'rbd', ['du', '--format', 'json', 'p/img'])
+  t.same(JSON.parse(du.toString('utf8')), { images: [] }, 'the du that hung was killed and asked again: its answer')
+  t.equal(calls().length, 2, 'two calls: the hung one and the retry')
+
+  const snap = await runCeph(target, 'rbd', ['snap', 'create', 'p/img@c1']).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.ok(snap instanceof CephCommandError && snap.timedOut, 'the write that hung fails with a timeout')
+  t.equal((snap as CephCommandError).code, 'E_IO', 'typed E_IO')
+  t.match((snap as Error).message, /rbd snap create p\/img@c1.*no answer in 0 s, killed/, 'the message names the command and what happened')
+  t.equal(calls().filter((c) => c.includes('snap create')).length, 1, 'a write is never sent twice')
+
+  const df = await runCeph(target, 'ceph', ['df', 'detail', '--format', 'json']).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.ok(df instanceof CephCommandError && df.timedOut, 'a query that hangs every time fails after its attempts')
+  t.equal(calls().filter((c) => c.includes('df')).length, cephTimeouts.queryAttempts, 'asked queryAttempts times')
+})
+
+t.test('which commands count as queries', async (t) => {
+  t.ok(isCephQuery('ceph', ['df']), 'every ceph command the store runs reads')
+  for (const a of [['du'], ['info', 'x'], ['ls'], ['status', 'x'], ['snap', 'ls', 'x']]) t.ok(isCephQuery('rbd', a), `rbd ${a.join(' ')}`)
+  for (const a of [
+    ['snap', 'create', 'x@y'],
+    ['import-diff', '-'],
+    ['rm', 'x'],
+  ])
+    t.notOk(isCephQuery('rbd', a), `rbd ${a.join(' ')} writes`)
+  t.notOk(isCephQuery('rados', ['get', 'o', '-']), 'rados commands are not repeated')
+})
