@@ -75,5 +75,16 @@ t.test('which commands count as queries', async (t) => {
     ['rm', 'x'],
   ])
     t.notOk(isCephQuery('rbd', a), `rbd ${a.join(' ')} writes`)
-  t.notOk(isCephQuery('rados', ['get', 'o', '-']), 'rados commands are not repeated')
+  for (const a of [
+    ['-p', 'p', 'get', 'o', '-'],
+    ['-p', 'p', 'ls'],
+    ['-p', 'p', 'lock', 'info', 'o', 'l'],
+  ])
+    t.ok(isCephQuery('rados', a), `rados ${a.join(' ')}`)
+  for (const a of [
+    ['-p', 'p', 'put', 'o', '-'],
+    ['-p', 'p', 'rm', 'o'],
+    ['-p', 'p', 'lock', 'get', 'o', 'l'],
+  ])
+    t.notOk(isCephQuery('rados', a), `rados ${a.join(' ')} writes`)
 })
