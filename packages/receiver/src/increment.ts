@@ -186,8 +186,15 @@ async function verifiedGrains(path: string, journaled: readonly JournalGrain[]):
   const seen = new Set<number>()
   const chain = await openChain(path)
   try {
+    // only grains the increment itself holds: read through the chain, a grain it lacks (its table was not written
+    // before the crash) reads the mirror, its parent, whose bytes still equal the old ones until the batch
+    // overwrites them — counted saved, it would never be saved again and the point would read the new bytes
+    const held = new Set<number>()
+    for await (const r of chain.changedRanges(0)) {
+      for (let g = Math.floor(r.offset / POINT_GRAIN); g * POINT_GRAIN < r.offset + r.length; g++) held.add(g)
+    }
     for (const j of journaled) {
-      if (seen.has(j.grain)) continue
+      if (seen.has(j.grain) || !held.has(j.grain)) continue
       seen.add(j.grain)
       const start = j.grain * POINT_GRAIN
       const len = Math.min(POINT_GRAIN, chain.capacity - start)

@@ -5,6 +5,7 @@
  */
 import t, { type Test } from 'tap'
 import { mkdirSync } from 'node:fs'
+import { crc32 } from 'node:zlib'
 import { createFlatDisk, openChain } from '@grainline/vmdk'
 import { scratchDir } from '@grainline/test-utils'
 import { POINT_GRAIN, ReverseIncrement, pointFileName, pointPath } from '../src/increment.ts'
@@ -58,4 +59,16 @@ t.test('after a failed save the increment refuses to reserve or save anything mo
   await t.rejects(inc.saveRun(run as NonNullable<typeof run>, Buffer.alloc(POINT_GRAIN, 1)), /closed/)
   t.throws(() => inc.reserve(8 * POINT_GRAIN, POINT_GRAIN, capacity), /closed/, 'reserve refuses after the failure')
   await t.rejects(inc.saveRun({ grain: 8, pos: 8 * POINT_GRAIN, n: POINT_GRAIN }, Buffer.alloc(POINT_GRAIN, 1)), /closed/, 'and so does saveRun')
+})
+
+t.test('after a crash a journaled grain the increment does not hold is saved again (never read from the mirror as if saved)', async (t) => {
+  const { paths, inc, file } = await setup(t)
+  const capacity = 16 * MiB
+  await inc.close()
+  // the journal names grain 5 with the crc of its old bytes (zeros, as the mirror still holds them), but the
+  // increment's table for it was never written (a kill -9 between the journal's flush and the increment's)
+  const journaled = [{ grain: 5, crc: crc32(Buffer.alloc(POINT_GRAIN)) >>> 0 }]
+  const again = await ReverseIncrement.open(paths, 'disk', file, journaled)
+  t.teardown(() => again.close())
+  t.same(again.reserve(5 * POINT_GRAIN, POINT_GRAIN, capacity), [{ grain: 5, pos: 5 * POINT_GRAIN, n: POINT_GRAIN }], 'grain 5 is not counted saved: it is saved again')
 })
