@@ -28,7 +28,7 @@ export interface CephCluster {
   /** radosgw's S3 endpoint (`http://127.0.0.1:PORT`), when started with `rgw` */
   readonly s3?: { readonly endpoint: string; readonly accessKeyId: string; readonly secretAccessKey: string }
   /** run a Ceph client command against the cluster (`ceph`, `rbd`, `rados`, `radosgw-admin`) with `--conf` */
-  run(cmd: 'ceph' | 'rbd' | 'rados' | 'radosgw-admin', args: readonly string[], input?: Buffer): Promise<{ stdout: string; stderr: string }>
+  run(cmd: CephCommand, args: readonly string[], input?: Buffer, opts?: { readonly timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>
   /**
    * Write `data` at `offset` into the head of RBD image `pool/image` with
    * librbd (Python's `rbd` module, `python3-rbd`, as `/usr/bin/python3` or
@@ -54,6 +54,35 @@ with rbd.Image(io, image) as img:
 io.close(); c.shutdown()
 `
 
+/** The Ceph client commands {@link CephCluster.run} runs. */
+export type CephCommand = 'ceph' | 'rbd' | 'rados' | 'radosgw-admin'
+
+/** A test-side Ceph client command killed at its deadline. */
+export class CephCommandTimeout extends Error {
+  constructor(cmd: CephCommand, args: readonly string[], timeoutMs: number, stderr: string) {
+    super(`test Ceph cluster: ${cmd} ${args.join(' ')} did not end in ${timeoutMs} ms: killed${stderr === '' ? '' : `; its stderr: ${stderr.slice(-800)}`}`)
+    this.name = 'CephCommandTimeout'
+  }
+}
+
+const RBD_QUERIES = new Set(['info', 'ls', 'list', 'du', 'disk-usage', 'status', 'export', 'diff', 'snap ls', 'snap list', 'lock ls', 'lock list', 'image-meta get', 'image-meta list'])
+const RADOS_QUERIES = new Set(['get', 'ls', 'stat', 'lock info', 'lock list', 'listomapkeys', 'listomapvals', 'getomapval', 'getxattr', 'listxattr', 'df', 'lspools'])
+const CEPH_QUERY_WORDS = new Set(['ls', 'stat', 'df', 'get', 'dump', 'status', 'health', 'stats', 'detail'])
+
+/**
+ * Whether a client command only reads (so asking it again is harmless): a
+ * Ceph client that hung on a healthy test cluster (an `rbd du`, 19 min in CI)
+ * answered at once when asked again, so {@link CephCluster.run} kills a query
+ * at its deadline and asks once more; anything that writes is killed and fails.
+ */
+export function cephCommandOnlyReads(cmd: CephCommand, args: readonly string[]): boolean {
+  const words = args.filter((a, i) => !a.startsWith('-') && !(i > 0 && /^--?(format|pool|p|conf|connect-timeout|id|name|snap|image|namespace|object-size)$/.test(args[i - 1] ?? '')))
+  if (cmd === 'rbd') return RBD_QUERIES.has(words.slice(0, 2).join(' ')) || RBD_QUERIES.has(words[0] ?? '')
+  if (cmd === 'rados') return RADOS_QUERIES.has(words.slice(0, 2).join(' ')) || RADOS_QUERIES.has(words[0] ?? '')
+  if (cmd === 'ceph') return words.some((w) => CEPH_QUERY_WORDS.has(w))
+  return false
+}
+
 /** Options of {@link startCephCluster}. */
 export interface CephClusterOptions {
   /** also start radosgw with an S3 user. @default false */
@@ -66,6 +95,10 @@ export interface CephClusterOptions {
   readonly mgr?: boolean
   /** give up on a daemon that is neither up nor exited after this long (its logs in the error). @default 180000 */
   readonly startTimeoutMs?: number
+  /** {@link CephCluster.run}: a command that only reads is killed after this long and asked once more. @default 90000 */
+  readonly queryTimeoutMs?: number
+  /** {@link CephCluster.run} and {@link CephCluster.writeImage}: any other command is killed after this long and fails. @default 300000 */
+  readonly commandTimeoutMs?: number
 }
 
 async function freePort(): Promise<number> {
@@ -151,6 +184,9 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       'mon data avail crit = 0',
       `run dir = ${dir}/run`,
       `log file = ${dir}/log/$name.log`,
+      // daemons only: with the path in [global], every rbd/rados/ceph client
+      // bound the same client.admin.asok, pinged whichever client held it
+      // (a blocking connect with no deadline) and logged a failed bind
       `admin socket = ${dir}/run/$name.asok`,
       `pid file = ${dir}/run/$name.pid`,
       'osd objectstore = memstore',
@@ -160,6 +196,8 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
       `mgr data = ${dir}/mgr`,
       'osd max object name len = 256',
       'osd max object namespace len = 64',
+      '[client]',
+      'admin socket = ',
       '[client.rgw.test]',
       `rgw frontends = beast endpoint=127.0.0.1:${rgwPort}`,
       `rgw data = ${dir}/rgw`,
@@ -168,31 +206,65 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
     ].join('\n'),
   )
   const daemons: ChildProcess[] = []
-  const run = async (cmd: 'ceph' | 'rbd' | 'rados' | 'radosgw-admin', args: readonly string[], input?: Buffer): Promise<{ stdout: string; stderr: string }> => {
+  const runOnce = async (cmd: CephCommand, args: readonly string[], input: Buffer | undefined, timeoutMs: number): Promise<{ stdout: string; stderr: string }> => {
     return await new Promise((resolve, reject) => {
       const p = spawn(cmd, ['--conf', conf, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
       let stdout = ''
       let stderr = ''
+      const timer = setTimeout(() => {
+        p.kill('SIGKILL')
+        reject(new CephCommandTimeout(cmd, args, timeoutMs, stderr))
+      }, timeoutMs)
       p.stdout.setEncoding('utf8').on('data', (d: string) => {
         stdout += d
       })
       p.stderr.setEncoding('utf8').on('data', (d: string) => {
         stderr += d
       })
-      p.on('error', reject)
-      p.on('close', (code) => (code === 0 ? resolve({ stdout, stderr }) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr.slice(-800)}`))))
+      p.on('error', (err) => {
+        clearTimeout(timer)
+        reject(err)
+      })
+      p.on('close', (code) => {
+        clearTimeout(timer)
+        if (code === 0) resolve({ stdout, stderr })
+        else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr.slice(-800)}`))
+      })
       p.stdin.end(input)
     })
+  }
+  const run = async (cmd: CephCommand, args: readonly string[], input?: Buffer, runOpts?: { readonly timeoutMs?: number }): Promise<{ stdout: string; stderr: string }> => {
+    const query = cephCommandOnlyReads(cmd, args)
+    const timeoutMs = runOpts?.timeoutMs ?? (query ? (opts.queryTimeoutMs ?? 90_000) : (opts.commandTimeoutMs ?? 300_000))
+    try {
+      return await runOnce(cmd, args, input, timeoutMs)
+    } catch (err) {
+      if (!(err instanceof CephCommandTimeout) || !query) throw err
+      process.stderr.write(`${err.message}; asked once more (it only reads)\n`)
+      return await runOnce(cmd, args, input, timeoutMs)
+    }
   }
   const writeImage = async (pool: string, image: string, offset: number, data: Buffer): Promise<void> => {
     await new Promise<void>((resolve, reject) => {
       const p = spawn(process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3', ['-c', WRITE_PY, conf, pool, image, String(offset)], { stdio: ['pipe', 'ignore', 'pipe'] })
       let stderr = ''
+      const timeoutMs = opts.commandTimeoutMs ?? 300_000
+      const timer = setTimeout(() => {
+        p.kill('SIGKILL')
+        reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} did not end in ${timeoutMs} ms: killed; its stderr: ${stderr.slice(-800)}`))
+      }, timeoutMs)
       p.stderr.setEncoding('utf8').on('data', (d: string) => {
         stderr += d
       })
-      p.on('error', reject)
-      p.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} exited ${code}: ${stderr.slice(-800)}`))))
+      p.on('error', (err) => {
+        clearTimeout(timer)
+        reject(err)
+      })
+      p.on('close', (code) => {
+        clearTimeout(timer)
+        if (code === 0) resolve()
+        else reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} exited ${code}: ${stderr.slice(-800)}`))
+      })
       p.stdin.end(data)
     })
   }

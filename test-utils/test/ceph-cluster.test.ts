@@ -8,10 +8,10 @@
  * are not exercised here: provoking them reliably would need a broken Ceph.)
  */
 import t from 'tap'
-import { existsSync } from 'node:fs'
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
-import { haveCeph, haveCephMgr, startCephCluster } from '../src/ceph-cluster.ts'
+import { delimiter, join } from 'node:path'
+import { CephCommandTimeout, cephCommandOnlyReads, haveCeph, haveCephMgr, startCephCluster } from '../src/ceph-cluster.ts'
 import { scratchDir } from '../src/files.ts'
 
 const MiB = 1024 * 1024
@@ -99,6 +99,34 @@ t.test('a one-node cluster with radosgw and a manager: RBD import-diff and expor
   t.ok(head.equals(wantHead), 'writeImage wrote the head at the offset')
   t.ok((await readFile(join(dir, 'g2.raw'))).equals(want2), 'the snapshot is untouched')
   await t.rejects(c.writeImage('rbd', 'no-such-image', 0, Buffer.alloc(1)), /no-such-image exited/, 'a write into a missing image fails, naming it')
+  // clients have no admin socket: with one path for every client.admin they pinged each other's
+  t.same(
+    readdirSync(join(c.dir, 'run')).filter((f) => f.endsWith('.asok') && f.startsWith('client.admin')),
+    [],
+    'no client bound an admin socket',
+  )
+  // a client that hangs: a query is killed at its deadline and asked once more, a write only killed
+  const bin = scratchDir(t)
+  const calls = join(bin, 'calls')
+  writeFileSync(calls, '')
+  const realRbd =
+    process.env['PATH']
+      ?.split(delimiter)
+      .map((d) => join(d, 'rbd'))
+      .find((f) => existsSync(f)) ?? '/usr/bin/rbd'
+  writeFileSync(join(bin, 'rbd'), `#!/bin/sh\necho "$*" >> '${calls}'\nif [ "$(wc -l < '${calls}')" -eq 1 ] || [ "$3" = create ]; then exec sleep 3600; fi\nexec '${realRbd}' "$@"\n`)
+  chmodSync(join(bin, 'rbd'), 0o755)
+  const path = process.env['PATH']
+  process.env['PATH'] = `${bin}${delimiter}${path ?? ''}`
+  try {
+    const ls = await c.run('rbd', ['ls', 'rbd'], undefined, { timeoutMs: 1500 })
+    t.match(ls.stdout, /^img$/m, 'a query that hung answered when asked once more')
+    t.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 2, 'asked twice')
+    await t.rejects(c.run('rbd', ['create', '--size', '1M', 'rbd/other'], undefined, { timeoutMs: 1500 }), CephCommandTimeout, 'a write that hangs is killed and fails')
+    t.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 3, 'and is never sent twice')
+  } finally {
+    process.env['PATH'] = path
+  }
   const s3 = c.s3 as NonNullable<typeof c.s3>
   t.equal((await fetch(s3.endpoint)).status, 200, 'radosgw answers S3')
   await c.stop()
@@ -111,4 +139,19 @@ t.test('a one-node cluster with radosgw and a manager: RBD import-diff and expor
     'down',
     'radosgw is stopped',
   )
+})
+
+t.test('which test-side Ceph commands only read (asked again after a deadline)', async (t) => {
+  t.ok(cephCommandOnlyReads('rbd', ['du', '--format', 'json', 'p/i']))
+  t.ok(cephCommandOnlyReads('rbd', ['snap', 'ls', '--format', 'json', 'p/i']))
+  t.ok(cephCommandOnlyReads('rbd', ['export', 'p/i@s', '/tmp/x']))
+  t.ok(cephCommandOnlyReads('rados', ['-p', 'p', 'ls']))
+  t.ok(cephCommandOnlyReads('rados', ['-p', 'ls', 'lock', 'info', 'o', 'n']), 'a pool named ls is not the verb')
+  t.ok(cephCommandOnlyReads('ceph', ['osd', 'pool', 'ls', 'detail', '--format', 'json']))
+  t.ok(cephCommandOnlyReads('ceph', ['df', '--format', 'json']))
+  t.notOk(cephCommandOnlyReads('rbd', ['snap', 'rm', 'p/i@s']))
+  t.notOk(cephCommandOnlyReads('rbd', ['import-diff', '-', 'p/i']))
+  t.notOk(cephCommandOnlyReads('rados', ['-p', 'ls', 'put', 'o', '/tmp/x']), 'a pool named ls does not make a put a query')
+  t.notOk(cephCommandOnlyReads('ceph', ['osd', 'pool', 'set-quota', 'p', 'max_bytes', '1']))
+  t.notOk(cephCommandOnlyReads('radosgw-admin', ['user', 'info', '--uid', 'x']), 'radosgw-admin is never asked twice')
 })
