@@ -14,7 +14,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { killOnExit, whenExited } from './child-process.ts'
+import { killOnExit, lastLines, reportOnTimeout, whenExited } from './child-process.ts'
 import { pollUntil } from './poll.ts'
 
 const exec = promisify(execFile)
@@ -215,6 +215,7 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
         p.kill('SIGKILL')
         reject(new CephCommandTimeout(cmd, args, timeoutMs, stderr))
       }, timeoutMs)
+      reportOnTimeout(p, () => `stderr:\n${lastLines(stderr)}`)
       p.stdout.setEncoding('utf8').on('data', (d: string) => {
         stdout += d
       })

@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { writeSync } from 'node:fs'
 
 const live = new Set<ChildProcess>()
 let exitHookInstalled = false
@@ -24,6 +25,47 @@ export function killOnExit<P extends ChildProcess>(proc: P): P {
   live.add(proc)
   proc.once('exit', () => live.delete(proc))
   return proc
+}
+
+const reported = new Map<ChildProcess, () => string>()
+let timeoutHookInstalled = false
+
+/**
+ * When tap times this test file out, write `describe()` of `proc` to stderr
+ * if it is still running (its command and the last lines of its output), so
+ * a CI log names what a hung test was waiting on: tap itself prints only the
+ * open handles. tap announces the timeout by an IPC message (`tapAbort`)
+ * before it kills the process; the channel stays unreferenced, as tap leaves it.
+ */
+export function reportOnTimeout(proc: ChildProcess, describe: () => string): void {
+  if (!timeoutHookInstalled && process.channel !== undefined) {
+    timeoutHookInstalled = true
+    process.on('message', (msg: unknown) => {
+      if (typeof msg !== 'object' || msg === null || (msg as { tapAbort?: unknown }).tapAbort !== 'timeout') return
+      writeTimeoutReport()
+    })
+    process.channel.unref()
+  }
+  reported.set(proc, describe)
+  proc.once('exit', () => reported.delete(proc))
+}
+
+/** What {@link reportOnTimeout} writes: every registered child still running. */
+export function writeTimeoutReport(): void {
+  for (const [proc, describe] of reported) {
+    let text: string
+    try {
+      text = describe()
+    } catch (err) {
+      text = `(cannot describe: ${(err as Error).message})`
+    }
+    writeSync(2, `\n--- still running at the timeout: pid ${proc.pid ?? '?'} ${proc.spawnargs.slice(0, 6).join(' ')}${proc.spawnargs.length > 6 ? ' …' : ''}\n${text}\n`)
+  }
+}
+
+/** The last `n` lines of `text`, for {@link reportOnTimeout}. */
+export function lastLines(text: string, n = 30): string {
+  return text.split('\n').slice(-n).join('\n')
 }
 
 /** How a child ended. */
@@ -84,6 +126,7 @@ export async function runNode(script: string, args: readonly string[], opts: Run
   proc.stderr.setEncoding('utf8').on('data', (d: string) => {
     stderr += d
   })
+  reportOnTimeout(proc, () => `stdout:\n${lastLines(stdout)}\nstderr:\n${lastLines(stderr)}`)
   opts.onSpawn?.(proc)
   // 'close' comes after 'exit' and after both pipes ended: no output is lost
   const [code, signal] = (await once(proc, 'close')) as [number | null, NodeJS.Signals | null]

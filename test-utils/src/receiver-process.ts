@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { childEnv, killOnExit, whenExited, type ExitStatus } from './child-process.ts'
+import { childEnv, killOnExit, reportOnTimeout, whenExited, type ExitStatus } from './child-process.ts'
 import { receiverMain } from './package-files.ts'
 
 /** How to start a receiver process. */
@@ -98,6 +98,7 @@ export async function startReceiverProcess(init: ReceiverProcessInit): Promise<R
     stderr += d
   })
   createInterface({ input: proc.stderr }).on('line', onLine)
+  reportOnTimeout(proc, () => lines.slice(-40).join('\n'))
 
   const waitForLine = (match: (line: string, json: Record<string, unknown> | undefined) => boolean): Promise<string> =>
     new Promise((resolve, reject) => {
