@@ -13,6 +13,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { killOnExit, lastLines, reportOnTimeout, whenExited } from './child-process.ts'
 import { pollUntil } from './poll.ts'
@@ -81,6 +82,11 @@ export function cephCommandOnlyReads(cmd: CephCommand, args: readonly string[]):
   if (cmd === 'rados') return RADOS_QUERIES.has(words.slice(0, 2).join(' ')) || RADOS_QUERIES.has(words[0] ?? '')
   if (cmd === 'ceph') return words.some((w) => CEPH_QUERY_WORDS.has(w))
   return false
+}
+
+/** The ceph CLI's "problem getting command descriptions from mon." (EPERM): nothing was sent yet. */
+export function isCommandDescriptionsHiccup(err: unknown): boolean {
+  return err instanceof Error && err.message.includes('problem getting command descriptions')
 }
 
 /** Options of {@link startCephCluster}. */
@@ -237,12 +243,27 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
   const run = async (cmd: CephCommand, args: readonly string[], input?: Buffer, runOpts?: { readonly timeoutMs?: number }): Promise<{ stdout: string; stderr: string }> => {
     const query = cephCommandOnlyReads(cmd, args)
     const timeoutMs = runOpts?.timeoutMs ?? (query ? (opts.queryTimeoutMs ?? 90_000) : (opts.commandTimeoutMs ?? 300_000))
-    try {
-      return await runOnce(cmd, args, input, timeoutMs)
-    } catch (err) {
-      if (!(err instanceof CephCommandTimeout) || !query) throw err
-      process.stderr.write(`${err.message}; asked once more (it only reads)\n`)
-      return await runOnce(cmd, args, input, timeoutMs)
+    let timedOut = false
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await runOnce(cmd, args, input, timeoutMs)
+      } catch (err) {
+        if (err instanceof CephCommandTimeout) {
+          if (!query || timedOut) throw err
+          timedOut = true
+          process.stderr.write(`${err.message}; asked once more (it only reads)\n`)
+          continue
+        }
+        // the ceph CLI asks the monitor for its command descriptions before it sends
+        // anything; a monitor busy on a loaded machine answered that with EPERM
+        // (CI: "osd pool application enable … problem getting command descriptions
+        // from mon") — the command itself was never sent, so even a write is asked again
+        if (cmd === 'ceph' && isCommandDescriptionsHiccup(err) && attempt < 5) {
+          await sleep(200 * attempt)
+          continue
+        }
+        throw err
+      }
     }
   }
   const writeImage = async (pool: string, image: string, offset: number, data: Buffer): Promise<void> => {

@@ -11,7 +11,7 @@ import t from 'tap'
 import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { delimiter, join } from 'node:path'
-import { CephCommandTimeout, cephCommandOnlyReads, haveCeph, haveCephMgr, startCephCluster } from '../src/ceph-cluster.ts'
+import { CephCommandTimeout, cephCommandOnlyReads, haveCeph, isCommandDescriptionsHiccup, haveCephMgr, startCephCluster } from '../src/ceph-cluster.ts'
 import { scratchDir } from '../src/files.ts'
 
 const MiB = 1024 * 1024
@@ -124,6 +124,21 @@ t.test('a one-node cluster with radosgw and a manager: RBD import-diff and expor
     t.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 2, 'asked twice')
     await t.rejects(c.run('rbd', ['create', '--size', '1M', 'rbd/other'], undefined, { timeoutMs: 1500 }), CephCommandTimeout, 'a write that hangs is killed and fails')
     t.equal(readFileSync(calls, 'utf8').trim().split('\n').length, 3, 'and is never sent twice')
+    // a monitor that answers the CLI's command-descriptions request with EPERM: nothing was sent, so even a write is asked again
+    const cephCalls = join(bin, 'ceph-calls')
+    writeFileSync(cephCalls, '')
+    const realCeph =
+      path
+        ?.split(delimiter)
+        .map((d) => join(d, 'ceph'))
+        .find((f) => existsSync(f)) ?? '/usr/bin/ceph'
+    writeFileSync(
+      join(bin, 'ceph'),
+      `#!/bin/sh\necho "$*" >> '${cephCalls}'\nif [ "$(wc -l < '${cephCalls}')" -le 2 ]; then echo 'Error EPERM: problem getting command descriptions from mon.' >&2; exit 1; fi\nexec '${realCeph}' "$@"\n`,
+    )
+    chmodSync(join(bin, 'ceph'), 0o755)
+    await c.run('ceph', ['osd', 'pool', 'application', 'enable', 'rbd', 'rbd'])
+    t.equal(readFileSync(cephCalls, 'utf8').trim().split('\n').length, 3, 'a write refused before it was sent is asked again until the monitor answers')
   } finally {
     process.env['PATH'] = path
   }
@@ -154,4 +169,6 @@ t.test('which test-side Ceph commands only read (asked again after a deadline)',
   t.notOk(cephCommandOnlyReads('rados', ['-p', 'ls', 'put', 'o', '/tmp/x']), 'a pool named ls does not make a put a query')
   t.notOk(cephCommandOnlyReads('ceph', ['osd', 'pool', 'set-quota', 'p', 'max_bytes', '1']))
   t.notOk(cephCommandOnlyReads('radosgw-admin', ['user', 'info', '--uid', 'x']), 'radosgw-admin is never asked twice')
+  t.ok(isCommandDescriptionsHiccup(new Error('ceph osd pool application enable p rbd exited 1: Error EPERM: problem getting command descriptions from mon.')))
+  t.notOk(isCommandDescriptionsHiccup(new Error('ceph osd pool create p exited 1: Error EPERM: access denied')))
 })
