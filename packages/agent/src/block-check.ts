@@ -44,8 +44,10 @@ export const SHIPPING_READS_IN_FLIGHT = 2
  * A scrub slice at least this long asks the view's holes first and does not
  * read them (`SEEK_DATA` of a flat base runs one python3 process: 20 ms on a
  * quiet machine, 250–330 ms at load 12, more than reading 32 MiB of holes);
- * a shorter one is read whole. The receiver uses the same bound
- * (its block-check.ts `HOLE_ASK_MIN_BYTES`).
+ * a shorter one is read whole. An incremental takes its slice while it
+ * ships, off the scrub's path after the commit. The receiver asks as a slice
+ * of this size arrives (its block-check.ts `EARLY_HOLE_ASK_MIN_BYTES`), and
+ * when it processes one only from 256 MiB (`HOLE_ASK_MIN_BYTES`).
  * @default 64 MiB
  */
 export const SCRUB_HOLE_ASK_MIN_BYTES = 64 * 1024 * 1024

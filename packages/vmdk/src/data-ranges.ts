@@ -4,7 +4,9 @@
  * be zero). Node has no `lseek`, so the calls are made by the system's
  * `python3` (standard library `os.lseek`, Debian's python3): no compiled addon,
  * nothing built or downloaded at install; run isolated (`-I`: no PYTHON*
- * environment, no user site). The child receives the very file
+ * environment, no user site) and without the `site` module (`-S`: the script
+ * needs only built-in modules; importing `site` was most of the helper's
+ * start-up, which sits on a scrub's path after the commit). The child receives the very file
  * descriptor already open (as its fd 3), so it sees the same file, not a path
  * that may have been replaced; Node reads at explicit positions, so the shared
  * file offset the child moves is never used.
@@ -75,7 +77,7 @@ export async function fileDataRanges(fd: number, start: number, end: number, max
   return await new Promise((resolve) => {
     let child: ReturnType<typeof spawn>
     try {
-      child = spawn(seekHelper.command, ['-I', '-c', SCRIPT, String(start), String(end), String(maxRanges)], { stdio: ['ignore', 'pipe', 'ignore', fd] })
+      child = spawn(seekHelper.command, ['-I', '-S', '-c', SCRIPT, String(start), String(end), String(maxRanges)], { stdio: ['ignore', 'pipe', 'ignore', fd] })
     } catch {
       resolve(undefined)
       return
