@@ -450,10 +450,14 @@ function isWhole(w: DiskWork): boolean {
  * the agent's record) with the mirror. Returns the disk's new scrub record:
  * the rotation moves on; a rotation completed without a mismatch — or a seed
  * or resync, which compared every block — proves the whole mirror. The
- * slice's digests taken before the commit are sent as they are; else the
- * slice is read here. Either way it goes in {@link CHECKS_IN_FLIGHT} parts:
- * the receiver reads each while the next is read (or sent) here, and asks the
- * holes of the parts at once (its block-check.ts `CHECK_RUNS_AHEAD`).
+ * slice's digests taken before the commit are sent as they are, in as few
+ * BlockChecks as frames allow (one for a slice up to 65536 blocks): nothing
+ * is read here, so parts would only add a message, a file open and a read
+ * pipeline start per part on the receiver (and a 128 MiB slice arrives whole,
+ * so the receiver asks its holes as it arrives: its block-check.ts
+ * `askHolesEarly`). Else the slice is read here and goes in
+ * {@link CHECKS_IN_FLIGHT} parts: the receiver reads each while the next is
+ * read here, and asks the holes of the parts at once (its `CHECK_RUNS_AHEAD`).
  * `beforeAnswers`: see {@link compareBlocks}.
  */
 export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly scrub: number }, prev: ScrubRecord | undefined, beforeAnswers?: () => Promise<void>): Promise<ScrubRecord> {
@@ -467,7 +471,7 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
   let o: CheckOutcome
   let holeBytes: number
   if (ready !== undefined) {
-    o = await compareBlocks(w, opts, blockSize, fromMemory(ready), parts, beforeAnswers)
+    o = await compareBlocks(w, opts, blockSize, fromMemory(ready), maxBlocksPerCheck(opts), beforeAnswers)
     holeBytes = ready.holeBytes
   } else {
     const source = sliceSource(w, { from, to, blockSize, algorithm: opts.digest }, { aheadBlocks: maxBlocksPerCheck(opts), signal: opts.signal, log: opts.log })

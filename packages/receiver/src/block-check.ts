@@ -71,10 +71,10 @@ export const SPANS_IN_FLIGHT = 3
 export const HOLE_ASK_MIN_BYTES = 256 * 1024 * 1024
 
 /**
- * The window a BlockCheck's run asks the holes of as soon as it arrives
+ * A BlockCheck's run at least this long asks its holes as soon as it arrives
  * ({@link askHolesEarly}: the helper runs while the session answers what is
- * queued ahead of it, the trivial check) when it is at least this long;
- * shorter ones are read when processed, or asked then when at least
+ * queued ahead of it, the trivial check); shorter ones are read when
+ * processed, or asked then when their window is at least
  * {@link HOLE_ASK_MIN_BYTES}.
  * @default 64 MiB
  */
@@ -146,12 +146,14 @@ async function runDataRanges(
 
 /**
  * A BlockCheck of disk `name` has arrived and waits behind other messages
- * (the trivial check the agent sends just ahead of a scrub slice): when its
- * blocks are a run whose window (its {@link CHECK_RUNS_AHEAD} parts) is at
- * least {@link EARLY_HOLE_ASK_MIN_BYTES} and not asked yet, ask the flat's
- * data ranges of that window now, into `windows`, so that the `SEEK_DATA`
- * helper runs while the session answers what is ahead of it rather than on
- * the scrub's path. Only after the session's commit (the answer holds while
+ * (the trivial check the agent sends just ahead of a scrub slice whose
+ * digests it took while shipping, whole in one BlockCheck): when its blocks
+ * are a run of at least {@link EARLY_HOLE_ASK_MIN_BYTES} not asked yet, ask
+ * the flat's data ranges of that run now, into `windows`, so that the
+ * `SEEK_DATA` helper runs while the session answers what is ahead of it
+ * rather than on the scrub's path. (A slice sent in parts — read by the
+ * agent after the commit — is not behind a trivial check: its first part
+ * asks for the parts' window when processed, {@link HOLE_ASK_MIN_BYTES}.) Only after the session's commit (the answer holds while
  * nothing writes the mirror: see {@link CheckHoleWindows}). Returns the
  * window asked, or undefined; never rejects (a failed question: the blocks
  * are read).
@@ -159,7 +161,7 @@ async function runDataRanges(
 export function askHolesEarly(vm: VmMirror, name: string, req: { readonly blockSize: number; readonly blocks: Uint8Array }, windows: CheckHoleWindows): { start: number; end: number } | undefined {
   const rec = vm.state.disks[name]
   if (rec === undefined || !(req.blockSize > 0)) return undefined
-  const w = runWindow(blockRun(req.blocks), req.blockSize, rec.capacity, true)
+  const w = runWindow(blockRun(req.blocks), req.blockSize, rec.capacity, false)
   if (w === undefined || w.ahead - w.start < EARLY_HOLE_ASK_MIN_BYTES) return undefined
   const known = windows.get(name)
   if (known !== undefined && known.start <= w.start && w.end <= known.end) return undefined
