@@ -45,6 +45,7 @@ import { ResyncMap } from './resync-map.ts'
 import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
 import { askHolesEarly, type CheckHoleWindows, checkBlocks } from './block-check.ts'
 import { blockRun } from './proof.ts'
+import { keptSeekHelper } from '@grainline/vmdk'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 
@@ -366,6 +367,10 @@ export class Session {
           )
     this.vmName = msg.vm
     this.cycle = msg.cycle
+    // a VM in a scrub rotation: its BlockChecks will ask the flat's holes after the commit; the kept SEEK_DATA helper
+    // starts now, while the cycle ships, not on the scrub's path
+    const vm = this.vm
+    if (vm instanceof VmMirror && Object.values(vm.state.disks).some((d) => d.scrubRun !== undefined || d.proven?.kind === 'scrub')) keptSeekHelper.warm()
     this.openedAt = performance.now()
     this.compat = msg.compat
     this.settings.observer?.cycleOpened?.(msg.vm, msg.cycle, this.token.name)

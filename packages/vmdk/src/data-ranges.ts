@@ -209,6 +209,17 @@ export class KeptSeekHelper {
     return next.catch(() => undefined)
   }
 
+  /**
+   * Start the helper now, off the path of a question expected soon (a
+   * receiver whose VM is in a scrub rotation: its start under load took
+   * 100–600 ms, and slowed what ran beside it); nothing when it runs, has
+   * died, or cannot be used here.
+   */
+  warm(): void {
+    if (this.#command !== seekHelper.command || this.#dead || seekHelper.missing || !existsSync(`/proc/${process.pid}/fd`)) return
+    this.#start()
+  }
+
   /** End the helper (the next question starts another). */
   close(): void {
     this.#proc?.kill()

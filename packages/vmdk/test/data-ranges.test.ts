@@ -157,6 +157,9 @@ t.test('KeptSeekHelper: one process answers every question, as fileDataRanges do
   await fh.datasync()
   const kept = new KeptSeekHelper()
   t.teardown(() => kept.close())
+  kept.warm()
+  t.equal(kept.starts, 1, 'warmed: started before any question')
+  kept.warm()
   const windows: Array<[number, number, number?]> = [
     [0, 16 * MiB],
     [0, 16 * MiB, 2],
