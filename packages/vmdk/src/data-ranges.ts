@@ -40,31 +40,37 @@ export const seekHelper = {
 /** Default cap on the ranges of one answer; the rest of the window is then data. */
 export const DEFAULT_MAX_RANGES = 65536
 
-// argv: start end maxRanges; fd 3 the file. Exit 3 = SEEK_DATA not supported.
-const SCRIPT = `
+// ask(fd, start, end, maxRanges): the data ranges, a "start end" line each; OSError/AttributeError when unsupported
+const ASK = `
 import os, sys, errno
-s, e, m = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-out, p, n = [], s, 0
-try:
+def ask(fd, s, e, m):
+    out, p, n = [], s, 0
     while p < e:
         try:
-            d = os.lseek(3, p, os.SEEK_DATA)
+            d = os.lseek(fd, p, os.SEEK_DATA)
         except OSError as x:
             if x.errno == errno.ENXIO:
                 break
             raise
         if d >= e:
             break
-        h = os.lseek(3, d, os.SEEK_HOLE)
+        h = os.lseek(fd, d, os.SEEK_HOLE)
         n += 1
         if n > m:
-            out.append("%d %d" % (d, e))
+            out.append("%d %d\\n" % (d, e))
             break
-        out.append("%d %d" % (d, min(h, e)))
+        out.append("%d %d\\n" % (d, min(h, e)))
         p = h
+    return "".join(out)
+`
+
+// argv: start end maxRanges; fd 3 the file. Exit 3 = SEEK_DATA not supported.
+const SCRIPT = `${ASK}
+try:
+    r = ask(3, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
 except (OSError, AttributeError):
     sys.exit(3)
-sys.stdout.write("\\n".join(out) + "\\n")
+sys.stdout.write(r)
 `
 
 /**
@@ -139,35 +145,15 @@ export function dataCursor(ranges: readonly DataRange[] | undefined): (from: num
 
 // one question a line: "path start end maxRanges" (path: /proc/PID/fd/FD, the asker's very descriptor reopened);
 // answer: the ranges, a line each, then "."; or "E" when unknown
-const KEPT_SCRIPT = `
-import os, sys, errno
-def ask(path, s, e, m):
-    out, p, n = [], s, 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while p < e:
-            try:
-                d = os.lseek(fd, p, os.SEEK_DATA)
-            except OSError as x:
-                if x.errno == errno.ENXIO:
-                    break
-                raise
-            if d >= e:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            n += 1
-            if n > m:
-                out.append("%d %d\\n" % (d, e))
-                break
-            out.append("%d %d\\n" % (d, min(h, e)))
-            p = h
-    finally:
-        os.close(fd)
-    return "".join(out)
+const KEPT_SCRIPT = `${ASK}
 for line in sys.stdin:
     try:
         a = line.split()
-        r = ask(a[0], int(a[1]), int(a[2]), int(a[3])) + ".\\n"
+        fd = os.open(a[0], os.O_RDONLY)
+        try:
+            r = ask(fd, int(a[1]), int(a[2]), int(a[3])) + ".\\n"
+        finally:
+            os.close(fd)
     except (OSError, AttributeError, ValueError, IndexError):
         r = "E\\n"
     sys.stdout.write(r)

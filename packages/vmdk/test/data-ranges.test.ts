@@ -9,9 +9,10 @@
  * A kept helper answers many questions with one process, the same answers.
  */
 import { execFileSync } from 'node:child_process'
-import { open } from 'node:fs/promises'
+import { type FileHandle, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
+import type { Test } from 'tap'
 import { createDelta, createFlatDisk, dataCursor, type FileAccess, fileDataRanges, KeptSeekHelper, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
 import { qemuImg } from './helpers.ts'
 
@@ -115,14 +116,19 @@ t.test('without SEEK_DATA the flat is data, counted as unknown; the answers are 
   t.equal((await local.dataRanges(0, local.capacity)).unknownBytes, r2.unknownBytes, 'asked again: same answer without a child')
 })
 
-t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed output', async (t) => {
+/** A 16 MiB file with 4 KiB of data at every 4 MiB, the rest holes. */
+async function sparseFile(t: Test): Promise<{ dir: string; fh: FileHandle }> {
   const dir = t.testdir({})
-  const p = join(dir, 'sparse.raw')
-  const fh = await open(p, 'w+')
+  const fh = await open(join(dir, 'sparse.raw'), 'w+')
   t.teardown(() => fh.close())
   await fh.truncate(16 * MiB)
   for (let i = 0; i < 4; i++) await fh.write(Buffer.alloc(4096, 1), 0, 4096, i * 4 * MiB)
   await fh.datasync()
+  return { dir, fh }
+}
+
+t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed output', async (t) => {
+  const { fh } = await sparseFile(t)
   t.same(await fileDataRanges(fh.fd, 0, 16 * MiB), [
     [0, 4096],
     [4 * MiB, 4 * MiB + 4096],
@@ -148,13 +154,7 @@ t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed outp
 })
 
 t.test('KeptSeekHelper: one process answers every question, as fileDataRanges does; without python3, unknown', async (t) => {
-  const dir = t.testdir({})
-  const p = join(dir, 'sparse.raw')
-  const fh = await open(p, 'w+')
-  t.teardown(() => fh.close())
-  await fh.truncate(16 * MiB)
-  for (let i = 0; i < 4; i++) await fh.write(Buffer.alloc(4096, 1), 0, 4096, i * 4 * MiB)
-  await fh.datasync()
+  const { dir, fh } = await sparseFile(t)
   const kept = new KeptSeekHelper()
   t.teardown(() => kept.close())
   kept.warm()
