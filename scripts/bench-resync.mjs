@@ -114,7 +114,7 @@ const sealed = []
 // the receiver's 'block check' lines (where a BlockCheck's time went: readMs, recordMs)
 const checks = []
 createInterface({ input: rx.stderr }).on('line', (l) => {
-  const into = l.includes('"disk sealed"') ? sealed : l.includes('"block check"') || l.includes('"msg":"certify"') ? checks : undefined
+  const into = l.includes('"disk sealed"') ? sealed : l.includes('"block check"') || l.includes('"msg":"certify"') || l.includes('"msg":"trivial check"') ? checks : undefined
   if (into === undefined) return
   try {
     into.push(JSON.parse(l))
@@ -272,7 +272,9 @@ try {
           .map((o) =>
             o.msg === 'certify'
               ? `receiver certify: read ${o.readMs} ms for ${(o.bytes / MiB).toFixed(0)} MiB${perByte(o)}`
-              : `receiver: read ${o.readMs} ms for ${(o.bytes / MiB).toFixed(0)} MiB (${((o.holeBytes ?? 0) / MiB).toFixed(0)} MiB holes)${perByte(o)}, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`,
+              : o.msg === 'trivial check'
+                ? `receiver trivial check: ${o.ms} ms${o.deferred ? " (verdict written with the block checks')" : ''}`
+                : `receiver: read ${o.readMs} ms for ${(o.bytes / MiB).toFixed(0)} MiB (${((o.holeBytes ?? 0) / MiB).toFixed(0)} MiB holes)${perByte(o)}, record ${o.recordMs} ms${o.deferred ? ' (deferred)' : ''}`,
           )
         log(
           `round ${round + 1} ${name.padEnd(7)}: ${sec(r.vms[0].durationMs)} s; ms ${JSON.stringify(r.vms[0].timings)}${d.blockCheck ? `; checked ${d.blockCheck.blocks} blocks` : ''}${d.scrub ? `; scrubbed ${d.scrub.from}–${d.scrub.to}` : ''}; load ${load()}${[...agentChecks, ...rxChecks].map((x) => `\n    ${x}`).join('')}`,

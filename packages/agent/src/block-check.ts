@@ -44,8 +44,10 @@ export const SHIPPING_READS_IN_FLIGHT = 2
  * A scrub slice at least this long asks the view's holes first and does not
  * read them (`SEEK_DATA` of a flat base runs one python3 process: 20 ms on a
  * quiet machine, 250–330 ms at load 12, more than reading 32 MiB of holes);
- * a shorter one is read whole. The receiver uses the same bound
- * (its block-check.ts `HOLE_ASK_MIN_BYTES`).
+ * a shorter one is read whole. An incremental takes its slice while it
+ * ships, off the scrub's path after the commit. The receiver asks as a slice
+ * of this size arrives (its block-check.ts `EARLY_HOLE_ASK_MIN_BYTES`), and
+ * when it processes one only from 256 MiB (`HOLE_ASK_MIN_BYTES`).
  * @default 64 MiB
  */
 export const SCRUB_HOLE_ASK_MIN_BYTES = 64 * 1024 * 1024
@@ -448,10 +450,14 @@ function isWhole(w: DiskWork): boolean {
  * the agent's record) with the mirror. Returns the disk's new scrub record:
  * the rotation moves on; a rotation completed without a mismatch — or a seed
  * or resync, which compared every block — proves the whole mirror. The
- * slice's digests taken before the commit are sent as they are; else the
- * slice is read here. Either way it goes in {@link CHECKS_IN_FLIGHT} parts:
- * the receiver reads each while the next is read (or sent) here, and asks the
- * holes of the parts at once (its block-check.ts `CHECK_RUNS_AHEAD`).
+ * slice's digests taken before the commit are sent as they are, in as few
+ * BlockChecks as frames allow (one for a slice up to 65536 blocks): nothing
+ * is read here, so parts would only add a message, a file open and a read
+ * pipeline start per part on the receiver (and a 128 MiB slice arrives whole,
+ * so the receiver asks its holes as it arrives: its block-check.ts
+ * `askHolesEarly`). Else the slice is read here and goes in
+ * {@link CHECKS_IN_FLIGHT} parts: the receiver reads each while the next is
+ * read here, and asks the holes of the parts at once (its `CHECK_RUNS_AHEAD`).
  * `beforeAnswers`: see {@link compareBlocks}.
  */
 export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly scrub: number }, prev: ScrubRecord | undefined, beforeAnswers?: () => Promise<void>): Promise<ScrubRecord> {
@@ -465,7 +471,7 @@ export async function scrubDisk(w: DiskWork, opts: VerifyOptions & { readonly sc
   let o: CheckOutcome
   let holeBytes: number
   if (ready !== undefined) {
-    o = await compareBlocks(w, opts, blockSize, fromMemory(ready), parts, beforeAnswers)
+    o = await compareBlocks(w, opts, blockSize, fromMemory(ready), maxBlocksPerCheck(opts), beforeAnswers)
     holeBytes = ready.holeBytes
   } else {
     const source = sliceSource(w, { from, to, blockSize, algorithm: opts.digest }, { aheadBlocks: maxBlocksPerCheck(opts), signal: opts.signal, log: opts.log })

@@ -43,7 +43,9 @@ import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
 import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
 import { ResyncMap } from './resync-map.ts'
 import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
-import { type CheckHoleWindows, checkBlocks } from './block-check.ts'
+import { askHolesEarly, type CheckHoleWindows, checkBlocks } from './block-check.ts'
+import { blockRun } from './proof.ts'
+import { keptSeekHelper } from '@grainline/vmdk'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 
@@ -86,6 +88,10 @@ export class Session {
   private readonly maps = new Map<number, ResyncMap | CephBlockMap>()
   /** the flat's data ranges asked for by the BlockChecks of this session (after its commit: nothing writes the mirror) */
   private readonly checkWindows: CheckHoleWindows = new Map()
+  /** the kind of the message being handled (decoded, not yet done), for a BlockCheck arriving behind it */
+  private handling: number | undefined
+  /** disk handles whose first run of blocks (a scrub slice's first part) was noticed as it arrived: one hole question each */
+  private readonly noticed = new Set<number>()
   private readonly pipeline: ApplyPipeline
   /** reused memory for inbound frames: the inbox's bound plus two batches in flight (frame-pool.ts) */
   private readonly frames = new FramePool(() => this.settings.highWaterBytes + 2 * this.batchTarget())
@@ -158,8 +164,39 @@ export class Session {
       void this.abortWith(new ReceiverError('E_MALFORMED', 'text frames are not part of the protocol'))
       return
     }
-    this.inbox.push(Buffer.isBuffer(data) ? data : Array.isArray(data) ? joinFragments(data, this.frames) : Buffer.from(data))
+    const frame = Buffer.isBuffer(data) ? data : Array.isArray(data) ? joinFragments(data, this.frames) : Buffer.from(data)
+    this.inbox.push(frame)
+    if (frame[0] === MessageKind.BlockCheck) this.noticeBlockCheck(frame)
     if (!this.running) void this.run()
+  }
+
+  /**
+   * A BlockCheck arrived behind a message still being handled or queued (a
+   * scrub slice right behind its trivial check): ask the holes of its slice
+   * now (block-check.ts `askHolesEarly`), so that the `SEEK_DATA` helper runs
+   * meanwhile, not when the BlockCheck's turn comes. Only after the commit, on
+   * a folder store; the frame is decoded here for its blocks only (it is
+   * checked and observed by the conversation in its turn: a malformed one is
+   * refused then). Bounded: the first run of each disk only, so a peer
+   * queueing many BlockChecks starts at most one helper per disk here.
+   */
+  private noticeBlockCheck(frame: Buffer): void {
+    const vm = this.vm
+    const neg = this.negotiated
+    if (!(vm instanceof VmMirror) || neg === undefined || this.conv.phase !== 'committed' || this.noticed.size >= this.disks.size) return
+    if (this.handling === undefined && this.inbox.length <= 1) return
+    let msg: Message
+    try {
+      msg = decodeMessage(frame, { maxMessageBytes: neg.limits.maxMessageBytes, maxExtentBytes: neg.limits.maxExtentBytes, digest: neg.digest, compression: neg.compression })
+    } catch {
+      return
+    }
+    if (msg.kind !== MessageKind.BlockCheck) return
+    const d = this.disks.get(msg.disk)
+    if (d === undefined || this.noticed.has(msg.disk) || blockRun(msg.blocks) === undefined) return
+    this.noticed.add(msg.disk)
+    const asked = askHolesEarly(vm, d.name, msg, this.checkWindows)
+    if (asked !== undefined) this.log.debug({ disk: d.name, ...asked }, 'block check: holes of its slice asked as it arrived')
   }
 
   /** Send a message after checking it against the conversation (a refusal there is our bug). */
@@ -220,6 +257,7 @@ export class Session {
           break
         }
         const msg = this.decode(frame)
+        this.handling = msg.kind
         if (msg.kind === MessageKind.Extent) {
           await this.onExtent(msg, frame)
         } else {
@@ -229,6 +267,7 @@ export class Session {
           await this.pipeline.drain()
           await this.handle(msg)
         }
+        this.handling = undefined
       }
     } catch (err) {
       await this.abortWith(err)
@@ -328,6 +367,10 @@ export class Session {
           )
     this.vmName = msg.vm
     this.cycle = msg.cycle
+    // a VM in a scrub rotation: its BlockChecks will ask the flat's holes after the commit; the kept SEEK_DATA helper
+    // starts now, while the cycle ships, not on the scrub's path
+    const vm = this.vm
+    if (vm instanceof VmMirror && Object.values(vm.state.disks).some((d) => d.scrubRun !== undefined || d.proven?.kind === 'scrub')) keptSeekHelper.warm()
     this.openedAt = performance.now()
     this.compat = msg.compat
     this.settings.observer?.cycleOpened?.(msg.vm, msg.cycle, this.token.name)
@@ -540,11 +583,23 @@ export class Session {
     const name = this.disk(msg.disk).name
     const m = this.mirror
     if (m instanceof CephVmMirror) checkTrivialPrefix(msg.prefixBytes, this.settings.trivialMaxBytes)
+    const t0 = performance.now()
+    // a clean verdict with a BlockCheck queued behind it (a scrub slice, `--verify changed`) is written with theirs,
+    // after their answers (one fsynced write for all: onBlockCheck); a failed one is written before the answer
     const r =
       m instanceof CephVmMirror
-        ? await m.verify(name, { ...msg, kind: 'trivial' }, this.abortCtl.signal)
-        : await verifyDisk(m, name, { ...msg, kind: 'trivial' }, { trivialMaxBytes: this.settings.trivialMaxBytes, signal: this.abortCtl.signal })
-    this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes }, 'trivial check')
+        ? { ...(await m.verify(name, { ...msg, kind: 'trivial' }, this.abortCtl.signal)), deferred: false }
+        : await verifyDisk(
+            m,
+            name,
+            { ...msg, kind: 'trivial' },
+            {
+              trivialMaxBytes: this.settings.trivialMaxBytes,
+              signal: this.abortCtl.signal,
+              defer: () => this.inbox.peekKind() === MessageKind.BlockCheck,
+            },
+          )
+    this.log.info({ disk: name, ok: r.ok, size: r.size, prefixBytes: msg.prefixBytes, ms: Math.round(performance.now() - t0), deferred: r.deferred }, 'trivial check')
     this.settings.observer?.checked(this.vmName, name, 'trivial', r.ok)
     this.send({ kind: MessageKind.TrivialResult, disk: msg.disk, ok: r.ok, size: r.size, digest: r.digest })
   }

@@ -61,10 +61,17 @@ export async function certifyMirror(path: string, req: { algorithm: DigestAlgori
 /**
  * Verify a disk committed in this session (SPEC §5.6) and record the verdict
  * in its state (a failed one marks it diverged). `trivialMaxBytes` is the
- * receiver's limit on a trivial check's prefix.
+ * receiver's limit on a trivial check's prefix. `defer`, asked once the
+ * digest is taken: record a clean verdict in memory only, written by the VM's
+ * next save (`VmMirror.recordVerify`); a failed one is always written first.
  * @throws ReceiverError E_RANGE (prefix above the limit), E_IO
  */
-export async function verifyDisk(vm: VmMirror, name: string, req: VerifyRequest, opts: { trivialMaxBytes: number; signal?: AbortSignal }): Promise<VerifyOutcome> {
+export async function verifyDisk(
+  vm: VmMirror,
+  name: string,
+  req: VerifyRequest,
+  opts: { trivialMaxBytes: number; signal?: AbortSignal; defer?: () => boolean },
+): Promise<VerifyOutcome & { readonly deferred: boolean }> {
   const rec = vm.state.disks[name]
   if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
   const path = vm.paths.flat(rec.stem)
@@ -76,8 +83,11 @@ export async function verifyDisk(vm: VmMirror, name: string, req: VerifyRequest,
   } else {
     r = await certifyMirror(path, req, signal)
   }
-  await vm.recordVerify(name, req.kind, { ok: r.ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: Buffer.from(r.digest).toString('hex'), bytes: r.bytes })
-  return r
+  const deferred = r.ok && opts.defer?.() === true
+  await vm.recordVerify(name, req.kind, { ok: r.ok, at: new Date().toISOString(), algorithm: req.algorithm, digest: Buffer.from(r.digest).toString('hex'), bytes: r.bytes }, undefined, {
+    defer: deferred,
+  })
+  return { ...r, deferred }
 }
 
 /** What the agent asked: a trivial check or a certify. */

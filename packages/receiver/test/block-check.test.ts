@@ -5,18 +5,26 @@
  * the disk is E_RANGE; a mismatch is recorded and marks the disk diverged.
  * A long run of blocks (a scrub slice) does not read the flat's holes, and
  * finds the same mismatches as reading every block; a slice sent as several
- * runs asks the holes once. A clean verdict may be deferred (written by the
- * next save), a mismatch never is.
+ * runs asks the holes once. A slice whose window is below
+ * HOLE_ASK_MIN_BYTES starts no `SEEK_DATA` helper when processed; asked as it
+ * arrives (askHolesEarly), one helper serves the whole slice. A clean verdict
+ * (a BlockCheck's, or a trivial check's with BlockChecks behind it) may be
+ * deferred (written by the next save), a mismatch never is.
  */
 import t from 'tap'
+import type { Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { pino } from 'pino'
 import { createDigest, initDigests, MessageKind } from '@grainline/protocol'
 import { open } from 'node:fs/promises'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { seekHelper } from '@grainline/vmdk'
-import { CHECK_RUNS_AHEAD, type CheckHoleWindows, checkBlocks, HOLE_ASK_MIN_BYTES } from '../src/block-check.ts'
+import { askHolesEarly, CHECK_RUNS_AHEAD, type CheckHoleWindows, checkBlocks, EARLY_HOLE_ASK_MIN_BYTES, HOLE_ASK_MIN_BYTES } from '../src/block-check.ts'
 import { readVmState } from '../src/state-file.ts'
+import { verifyDisk } from '../src/verification.ts'
 import { VmMirror } from '../src/vm-mirror.ts'
+import { VmPaths } from '../src/vm-paths.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const u64 = (xs: readonly number[]): Uint8Array => {
@@ -25,6 +33,24 @@ const u64 = (xs: readonly number[]): Uint8Array => {
   for (const [i, x] of xs.entries()) v.setBigUint64(i * 8, BigInt(x), true)
   return b
 }
+/** Point the `SEEK_DATA` helper at a wrapper that counts its starts and runs the real interpreter; returns the count so far. */
+function countHelperStarts(t: Test, dir: string): () => number {
+  const saved = seekHelper.command
+  const log = join(dir, 'helper-starts.log')
+  const wrapper = join(dir, 'python3-counted')
+  writeFileSync(log, '')
+  writeFileSync(wrapper, `#!/bin/sh\necho start >> '${log}'\nexec '${saved}' "$@"\n`, { mode: 0o755 })
+  seekHelper.command = wrapper
+  t.teardown(() => {
+    seekHelper.command = saved
+    seekHelper.missing = false
+  })
+  return () =>
+    readFileSync(log, 'utf8')
+      .split('\n')
+      .filter((l) => l !== '').length
+}
+
 const list = (b: Uint8Array): number[] => {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
   return Array.from({ length: b.length / 8 }, (_, i) => Number(v.getBigUint64(i * 8, true)))
@@ -257,4 +283,168 @@ t.test('a session answers BlockChecks in flight in order; its clean verdicts are
   const vm = await VmMirror.acquire(env.store, 'web-05', pino({ level: 'silent' }))
   t.teardown(() => vm.release())
   t.match(vm.state.disks['web-05.vmdk'], { proven: { kind: 'scrub', cycle: 1 }, blocks: { ok: true, bytes: MiB } }, 'the runs chained into a rotation: the disk is proven, on disk')
+})
+
+t.test('a 128 MiB slice in 4 parts: no helper when processed (below HOLE_ASK_MIN_BYTES), one for the slice when asked as it arrives; the tampered block found both ways', async (t) => {
+  await initDigests()
+  const dir = scratchDir(t)
+  const env = makeEnv(dir)
+  const part = 32
+  const blocks = part * CHECK_RUNS_AHEAD
+  t.ok(blocks * MiB < HOLE_ASK_MIN_BYTES && blocks * MiB >= EARLY_HOLE_ASK_MIN_BYTES, 'the slice lies between the two bounds (a 4 GiB disk at --scrub 32)')
+  // the source: data in blocks 3 and 100 only
+  const img = Buffer.alloc(blocks * MiB)
+  pattern(MiB, 61).copy(img, 3 * MiB)
+  pattern(MiB, 62).copy(img, 100 * MiB)
+  const { receiver, url } = await startReceiver(env)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'web-06', 1, [seedPlan(0, 'web-06.vmdk', img, 'ab06ab06ab06ab06')])
+  a.ws.close()
+  await receiver.close()
+  const vm = await VmMirror.acquire(env.store, 'web-06', pino({ level: 'silent' }))
+  t.teardown(() => vm.release())
+  // the mirror sparse as a seed leaves it (holes where the source is zero), then tampered behind the receiver's back
+  // under an unchanged CID: block 50, a hole of the source, written
+  const rec = vm.state.disks['web-06.vmdk'] as { stem: string }
+  const fh = await open(vm.paths.flat(rec.stem), 'r+')
+  await fh.truncate(0)
+  await fh.truncate(img.length)
+  for (const b of [3, 100]) await fh.write(img, b * MiB, MiB, b * MiB)
+  await fh.write(pattern(MiB, 63), 0, MiB, 50 * MiB)
+  await fh.close()
+  const digestOf = (b: number): Uint8Array =>
+    createDigest('xxh64')
+      .update(img.subarray(b * MiB, (b + 1) * MiB))
+      .digest()
+  const req = (k: number, size = part) => ({
+    blockSize: MiB,
+    blocks: u64(Array.from({ length: size }, (_, i) => k * size + i)),
+    digests: Buffer.concat(Array.from({ length: size }, (_, i) => digestOf(k * size + i))),
+    algorithm: 'xxh64' as const,
+  })
+  const starts = countHelperStarts(t, dir)
+  const slice = async (windows: CheckHoleWindows) => {
+    const out = []
+    for (let k = 0; k < CHECK_RUNS_AHEAD; k++) out.push(await checkBlocks(vm, 'web-06.vmdk', req(k), { windows, defer: true }))
+    return out
+  }
+  const read = await slice(new Map())
+  t.equal(starts(), 0, 'no helper started: the slice is read')
+  t.same(
+    read.map((r) => list(r.mismatched)),
+    [[], [50], [], []],
+    'the tampered block is found',
+  )
+  t.same(
+    read.map((r) => r.holeBytes),
+    [0, 0, 0, 0],
+    'every block read',
+  )
+  // as it arrives (the agent sends a slice whose digests it took while shipping whole, behind the trivial check):
+  // a run of 32 MiB is not asked for; the whole 128 MiB slice is, once, with one helper
+  const small: CheckHoleWindows = new Map()
+  t.equal(askHolesEarly(vm, 'web-06.vmdk', req(0), small), undefined, 'a 32 MiB run, below EARLY_HOLE_ASK_MIN_BYTES: nothing asked')
+  t.equal(small.size, 0)
+  const early: CheckHoleWindows = new Map()
+  const whole = req(0, blocks)
+  t.same(askHolesEarly(vm, 'web-06.vmdk', whole, early), { start: 0, end: blocks * MiB }, 'the window of the whole slice')
+  t.equal(askHolesEarly(vm, 'web-06.vmdk', whole, early), undefined, 'asked once')
+  t.equal(askHolesEarly(vm, 'web-06.vmdk', { blockSize: MiB, blocks: u64([1, 5]) }, new Map()), undefined, 'scattered blocks (--verify changed): nothing asked')
+  const asked = await checkBlocks(vm, 'web-06.vmdk', whole, { windows: early, defer: true })
+  t.equal(starts(), 1, 'one helper for the whole slice')
+  t.same(list(asked.mismatched), [50], 'the tampered block (data in a hole) is found: the helper saw the mirror as it is')
+  t.ok(asked.holeBytes >= (blocks - 3) * MiB, `the holes not read (${asked.holeBytes / MiB} MiB)`)
+  t.equal(asked.bytes, blocks * MiB, 'every block compared')
+  // processed without an early question: its window (as a slice's first part, within the disk) is below HOLE_ASK_MIN_BYTES
+  const late = await checkBlocks(vm, 'web-06.vmdk', whole, { windows: new Map(), defer: true })
+  t.same({ starts: starts(), mismatched: list(late.mismatched), holeBytes: late.holeBytes }, { starts: 1, mismatched: [50], holeBytes: 0 }, 'read, no helper, the same answer')
+})
+
+t.test('a clean trivial verdict can be deferred to the next save; a failed one is written before the answer', async (t) => {
+  await initDigests()
+  const env = makeEnv(scratchDir(t))
+  const img = pattern(4 * MiB, 71)
+  const { receiver, url } = await startReceiver(env)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'web-07', 1, [seedPlan(0, 'web-07.vmdk', img, 'ab07ab07ab07ab07')])
+  a.ws.close()
+  await receiver.close()
+  const vm = await VmMirror.acquire(env.store, 'web-07', pino({ level: 'silent' }))
+  t.teardown(() => vm.release())
+  const onDisk = async () => (await readVmState(vm.paths))?.disks['web-07.vmdk']
+  const before = (await onDisk())?.trivial
+  const prefix = createDigest('xxh64').update(img.subarray(0, MiB)).digest()
+  const trivial = (digest: Uint8Array) => ({ kind: 'trivial' as const, prefixBytes: MiB, algorithm: 'xxh64' as const, size: img.length, digest })
+  let asked = 0
+  const clean = await verifyDisk(vm, 'web-07.vmdk', trivial(prefix), {
+    trivialMaxBytes: 16 * MiB,
+    defer: () => {
+      asked++
+      return true
+    },
+  })
+  t.same({ ok: clean.ok, deferred: clean.deferred, asked }, { ok: true, deferred: true, asked: 1 }, 'clean, deferred')
+  t.match(vm.state.disks['web-07.vmdk'], { trivial: { ok: true, algorithm: 'xxh64', bytes: MiB } }, 'recorded in memory')
+  t.same((await onDisk())?.trivial, before, 'not written yet')
+  await vm.saveUnsaved()
+  t.match(await onDisk(), { trivial: { ok: true, algorithm: 'xxh64', bytes: MiB } }, 'written by the next save')
+  const bad = await verifyDisk(vm, 'web-07.vmdk', trivial(new Uint8Array(8).fill(0xee)), { trivialMaxBytes: 16 * MiB, defer: () => true })
+  t.same({ ok: bad.ok, deferred: bad.deferred }, { ok: false, deferred: false }, 'a failed check is never deferred')
+  t.equal(vm.hasUnsaved, false)
+  t.match(await onDisk(), { trivial: { ok: false }, diverged: { reason: /trivial check/ } }, 'the failure is on disk at once')
+})
+
+t.test('a session: a scrub slice sent behind its trivial check is answered right, and every verdict is on disk once it has ended', async (t) => {
+  await initDigests()
+  const dir = scratchDir(t)
+  const env = makeEnv(dir)
+  const blocks = 128
+  const img = Buffer.alloc(blocks * MiB)
+  pattern(MiB, 81).copy(img, 0)
+  pattern(MiB, 82).copy(img, 90 * MiB)
+  const { receiver, url, logs } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'web-08', 1, [seedPlan(0, 'web-08.vmdk', img, 'ab08ab08ab08ab08')], { alg: 'xxh64' })
+  const digestOf = (b: number): Uint8Array =>
+    createDigest('xxh64')
+      .update(img.subarray(b * MiB, (b + 1) * MiB))
+      .digest()
+  const starts = countHelperStarts(t, dir)
+  // as the agent sends them: the trivial check, then the slice whose digests it took while shipping, whole, without
+  // waiting for the trivial check's answer (one block's digest wrong)
+  a.send({
+    kind: MessageKind.TrivialCheck,
+    disk: 0,
+    prefixBytes: 16 * MiB,
+    algorithm: 'xxh64',
+    size: img.length,
+    digest: createDigest('xxh64')
+      .update(img.subarray(0, 16 * MiB))
+      .digest(),
+  })
+  a.send({
+    kind: MessageKind.BlockCheck,
+    disk: 0,
+    blockSize: MiB,
+    blocks: u64(Array.from({ length: blocks }, (_, i) => i)),
+    digests: Buffer.concat(Array.from({ length: blocks }, (_, i) => (i === 91 ? new Uint8Array(8).fill(0xee) : digestOf(i)))),
+  })
+  const tr = await a.expect(MessageKind.TrivialResult)
+  t.equal(tr.ok, true, 'the trivial check passes')
+  const answer = await a.expect(MessageKind.BlockCheckResult)
+  t.same(list(answer.mismatched), [91], 'the slice answered, the wrong digest found')
+  t.ok(starts() <= 1, `at most one helper for the slice (${starts()})`)
+  a.ws.close()
+  await receiver.close()
+  const st = await readVmState(new VmPaths(env.store, 'web-08'))
+  t.match(
+    st?.disks['web-08.vmdk'],
+    { trivial: { ok: true, bytes: 16 * MiB }, blocks: { ok: false }, diverged: { reason: /block check/ } },
+    'the trivial verdict and the mismatch (diverged) are on disk',
+  )
+  t.ok(
+    logs.lines.some((l) => l.msg === 'trivial check'),
+    'the trivial check logged',
+  )
 })

@@ -6,12 +6,14 @@
  * for the chain; every byte outside the ranges reads as zero. Without
  * SEEK_DATA (no helper, a transport that cannot tell) the flat is listed
  * whole as data and counted as unknown. Malformed helper output is refused.
+ * A kept helper answers many questions with one process, the same answers.
  */
 import { execFileSync } from 'node:child_process'
-import { open } from 'node:fs/promises'
+import { type FileHandle, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { createDelta, createFlatDisk, dataCursor, type FileAccess, fileDataRanges, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
+import type { Test } from 'tap'
+import { createDelta, createFlatDisk, dataCursor, type FileAccess, fileDataRanges, KeptSeekHelper, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
 import { qemuImg } from './helpers.ts'
 
 const MiB = 1024 * 1024
@@ -114,14 +116,19 @@ t.test('without SEEK_DATA the flat is data, counted as unknown; the answers are 
   t.equal((await local.dataRanges(0, local.capacity)).unknownBytes, r2.unknownBytes, 'asked again: same answer without a child')
 })
 
-t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed output', async (t) => {
+/** A 16 MiB file with 4 KiB of data at every 4 MiB, the rest holes. */
+async function sparseFile(t: Test): Promise<{ dir: string; fh: FileHandle }> {
   const dir = t.testdir({})
-  const p = join(dir, 'sparse.raw')
-  const fh = await open(p, 'w+')
+  const fh = await open(join(dir, 'sparse.raw'), 'w+')
   t.teardown(() => fh.close())
   await fh.truncate(16 * MiB)
   for (let i = 0; i < 4; i++) await fh.write(Buffer.alloc(4096, 1), 0, 4096, i * 4 * MiB)
   await fh.datasync()
+  return { dir, fh }
+}
+
+t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed output', async (t) => {
+  const { fh } = await sparseFile(t)
   t.same(await fileDataRanges(fh.fd, 0, 16 * MiB), [
     [0, 4096],
     [4 * MiB, 4 * MiB + 4096],
@@ -144,6 +151,48 @@ t.test('fileDataRanges: caps, empty windows, a helper that fails, malformed outp
   t.equal(parseRanges('1 20\n', 0, 10), undefined, 'beyond the window')
   t.equal(parseRanges('3 3\n', 0, 10), undefined, 'empty range')
   t.same(parseRanges('\n', 0, 10), [])
+})
+
+t.test('KeptSeekHelper: one process answers every question, as fileDataRanges does; without python3, unknown', async (t) => {
+  const { dir, fh } = await sparseFile(t)
+  const kept = new KeptSeekHelper()
+  t.teardown(() => kept.close())
+  kept.warm()
+  t.equal(kept.starts, 1, 'warmed: started before any question')
+  kept.warm()
+  const windows: Array<[number, number, number?]> = [
+    [0, 16 * MiB],
+    [0, 16 * MiB, 2],
+    [2 * MiB, 9 * MiB],
+    [13 * MiB, 16 * MiB],
+    [20 * MiB, 24 * MiB],
+  ]
+  // asked at once: answered in order, each as the one-shot helper answers it
+  const answers = await Promise.all(windows.map(([s, e, m]) => kept.dataRanges(fh.fd, s, e, m)))
+  for (const [i, [s, e, m]] of windows.entries()) t.same(answers[i], await fileDataRanges(fh.fd, s, e, m), `[${s / MiB}, ${e / MiB}) MiB${m === undefined ? '' : ` at most ${m}`}`)
+  t.same(answers[0], [
+    [0, 4096],
+    [4 * MiB, 4 * MiB + 4096],
+    [8 * MiB, 8 * MiB + 4096],
+    [12 * MiB, 12 * MiB + 4096],
+  ])
+  t.same(await kept.dataRanges(fh.fd, 5 * MiB, 5 * MiB), [], 'an empty window: no question')
+  t.equal(await kept.dataRanges(987654, 0, MiB), undefined, 'a descriptor not open here: unknown (one-shot fallback)')
+  t.equal(kept.starts, 1, 'one helper process for all of them')
+  // the file written again: the next answer sees it (the descriptor is reopened per question)
+  await fh.write(Buffer.alloc(4096, 2), 0, 4096, 14 * MiB)
+  await fh.datasync()
+  t.same(await kept.dataRanges(fh.fd, 13 * MiB, 16 * MiB), [[14 * MiB, 14 * MiB + 4096]], 'asked again: the new data')
+  t.equal(kept.starts, 1)
+  // another interpreter (tests point the command elsewhere): a new helper; none there: unknown, remembered
+  const saved = seekHelper.command
+  seekHelper.command = join(dir, 'no-python3-here')
+  t.teardown(() => {
+    seekHelper.command = saved
+    seekHelper.missing = false
+  })
+  t.equal(await kept.dataRanges(fh.fd, 0, 16 * MiB), undefined, 'no helper: unknown')
+  t.equal(seekHelper.missing, true, 'remembered')
 })
 
 t.test('dataCursor: may a range hold data, asked in increasing order', async (t) => {
