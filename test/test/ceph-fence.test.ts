@@ -37,10 +37,10 @@ function children(pid: number): number[] {
   return out
 }
 
-/** Whether process `pid` is stopped (state T). */
-function stopped(pid: number): boolean {
+/** The state of process `pid` (its main thread): R running, S sleeping, T stopped … */
+function procState(pid: number): string {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
 }
 
 const signal = (pid: number, sig: NodeJS.Signals): void => {
@@ -94,7 +94,7 @@ t.test('a receiver stalled past its lease is fenced by the one that takes its VM
   const runA = replicateCli(siteA, vm.vmxPath, state, { onSpawn: (p) => (agentA = p) })
   await a.waitForLine((_l, j) => j?.['event'] === 'fault-stop')
   const pidA = a.proc.pid as number
-  await pollUntil(async () => (stopped(pidA) ? true : undefined), { intervalMs: 50 })
+  await pollUntil(async () => (procState(pidA) === 'T' ? true : undefined), { intervalMs: 50 })
   frozen = children(pidA)
   t.ok(frozen.length > 0, `A's Ceph helpers are stopped with it (${frozen.length})`)
   // A holds the lease while stopped; once it ran out (cls_lock drops an expired locker) B may take the VM
@@ -131,13 +131,16 @@ t.test('a receiver stalled past its lease is fenced by the one that takes its VM
   const expected = exp[0] as string
   t.equal(await firstDifference(await exportTo(`${disk.image}@${disk.snap}`, join(dir, 'b-snap.raw')), expected), -1, "B's snapshot of cycle 2 equals the frozen source")
 
-  // A continues: the state write it was about to send, and anything after it, must be refused
+  // A continues: the state write it was about to send, and anything after it, must be refused. A's event loop
+  // runs first until it sleeps again (the write handed to its stopped session client, in the pipe), then its
+  // helpers continue: the write reaches the cluster before the client's next lease renewal can stop it
   signal(pidA, 'SIGCONT')
+  await pollUntil(async () => (procState(pidA) === 'S' ? true : undefined), { intervalMs: 20 })
   for (const p of frozen) signal(p, 'SIGCONT')
-  const fenced = await a.waitForLine((_l, j) => typeof j?.['msg'] === 'string' && /^fenced/.test(j['msg'] as string))
-  t.match(fenced, new RegExp(`VM ${name}`), `A's process reports the fencing, naming the VM: ${fenced}`)
+  const outcome = await a.waitForLine((_l, j) => typeof j?.['msg'] === 'string' && /^(fenced|lost the Ceph lease)/.test(j['msg'] as string))
+  t.match(JSON.parse(outcome), { msg: new RegExp(`^fenced: another receiver took VM ${name} over`), code: 'E_BUSY' }, `A's process reports the fencing, naming the VM: ${outcome}`)
   const ended = await pollUntil(async () => (children(pidA).some((p) => frozen.includes(p)) ? undefined : true), { intervalMs: 200 })
-  t.ok(ended, "A's helpers of the fenced session are gone")
+  t.ok(ended, "A's session client is gone (the session ended)")
 
   t.equal((await ceph.run('rados', ['-p', POOL, 'get', stObj, '-'])).stdout, before, "the state object is byte for byte B's")
   t.equal(await snaps(), snapsBefore, "the image's snapshots are B's")

@@ -218,10 +218,9 @@ export class CephLock {
   private markLost(why: string, fenced: boolean): void {
     if (fenced && !this.fenced) {
       this.fenced = true
-      this.log?.error(
-        { vm: this.vm, lock: this.object, addr: this.addr, code: 'E_BUSY' },
-        `fenced: another receiver took VM ${this.vm} over and blocklisted this session; nothing more is written by it`,
-      )
+      this.log?.error({ lock: this.object, addr: this.addr, code: 'E_BUSY', why }, `fenced: another receiver took VM ${this.vm} over and blocklisted this session; nothing more is written by it`)
+    } else if (this.lost === undefined && !this.released) {
+      this.log?.warn({ lock: this.object, code: 'E_BUSY', why }, `lost the Ceph lease of VM ${this.vm}: another receiver may hold it now; nothing more is written by this session`)
     }
     if (this.lost === undefined) this.lost = why
     const e = this.fenced ? fencedError(this.vm, why) : this.lostError()

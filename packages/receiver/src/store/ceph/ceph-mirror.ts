@@ -96,8 +96,7 @@ export class CephVmMirror {
     const names = new CephNames(vm)
     const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds)
     lock.attach(vm, log)
-    if (lock.fencedAddrs.length > 0)
-      log.warn({ vm, fenced: lock.fencedAddrs }, 'took the VM over from a holder whose lease ran out: its Ceph clients are blocklisted (fenced) before anything is written')
+    if (lock.fencedAddrs.length > 0) log.warn({ fenced: lock.fencedAddrs }, 'took the VM over from a holder whose lease ran out: its Ceph clients are blocklisted (fenced) before anything is written')
     try {
       const state = (await readCephState(target, names.state, vm)) ?? emptyCephState(vm)
       const m = new CephVmMirror(target, vm, state, lock, log)

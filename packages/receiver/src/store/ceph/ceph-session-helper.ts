@@ -8,7 +8,7 @@
  *
  * Output lines (JSON): `{"event":"locked","addr":A,"fenced":[A…]}` or
  * `{"event":"busy"}` first; `{"event":"lost","errno":N,"msg":M}` when a
- * renewal fails (it then exits); `{"id":N,"ok":true}` /
+ * renewal fails (every later request is then refused with that error); `{"id":N,"ok":true}` /
  * `{"id":N,"ok":false,"errno":N,"msg":M}` per request, in order. Input lines:
  * `{"id":N,"op":…}` requests; `{"op":"release"}` removes this session's
  * registrations and unlocks (a clean end); EOF without it only unlocks, so
@@ -24,7 +24,7 @@
  * `locked`.
  */
 export const SESSION_HELPER = `
-import sys, json, base64, threading, os, rados, rbd
+import sys, json, base64, threading, rados, rbd
 conf, cid, keyring, pool, obj, name, cookie, desc, dur = sys.argv[1:10]
 dur = int(dur)
 out_lock = threading.Lock()
@@ -80,13 +80,15 @@ except Exception as e:
     say(dict({'event': 'error', 'what': 'fence'}, **errinfo(e))); sys.exit(3)
 say({'event': 'locked', 'addr': me, 'fenced': fenced})
 stop = threading.Event()
+lost = []
 def renewer():
     while not stop.wait(max(1, dur / 3)):
         try:
             renew()
         except Exception as e:
-            say(dict({'event': 'lost'}, **errinfo(e)))
-            os._exit(3)
+            lost.append(errinfo(e))
+            say(dict({'event': 'lost'}, **lost[0]))
+            return
 threading.Thread(target=renewer, daemon=True).start()
 def image_op(req, fn):
     with rbd.Image(io, req['image']) as img:
@@ -105,6 +107,10 @@ for line in sys.stdin:
     if op == 'release':
         clean = True
         break
+    if lost:
+        # the lease is gone: nothing more is written for it
+        say(dict({'id': req.get('id'), 'ok': False}, **lost[0]))
+        continue
     try:
         if op == 'renew': renew()
         elif op == 'put': io.write_full(req['obj'], base64.b64decode(req['data']))
