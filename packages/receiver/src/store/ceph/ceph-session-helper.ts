@@ -23,8 +23,11 @@
  * the blocklist, removes those keys, registers itself, and only then reports
  * `locked`.
  */
+import { PY_CONNECT } from './rbd-image-helper.ts'
+
 export const SESSION_HELPER = `
 import sys, json, base64, threading, rados, rbd
+${PY_CONNECT}
 conf, cid, keyring, pool, obj, name, cookie, desc, dur = sys.argv[1:10]
 dur = int(dur)
 out_lock = threading.Lock()
@@ -34,12 +37,8 @@ def say(d):
         sys.stdout.flush()
 def errinfo(e):
     return {'errno': int(getattr(e, 'errno', 0) or 0), 'msg': (type(e).__name__ + ': ' + str(e))[:2000]}
-kw = {}
-if keyring: kw['conf'] = {'keyring': keyring}
 try:
-    c = rados.Rados(conffile=conf or '', rados_id=(cid or None), **kw)
-    c.connect(timeout=20)
-    io = c.open_ioctx(pool)
+    c, io = connect(conf, cid, keyring, pool)
 except Exception as e:
     say(dict({'event': 'error', 'what': 'connect'}, **errinfo(e))); sys.exit(2)
 try:

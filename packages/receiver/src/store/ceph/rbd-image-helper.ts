@@ -6,8 +6,19 @@
  * which a writer registers its client address before it writes
  * (ceph-lock.ts: fencing; '' for none).
  */
+/** Python: connect to the cluster as the store's client and open the pool (both helpers). */
+export const PY_CONNECT = `
+def connect(conf, cid, keyring, pool):
+    kw = {}
+    if keyring: kw['conf'] = {'keyring': keyring}
+    c = rados.Rados(conffile=conf or '', rados_id=(cid or None), **kw)
+    c.connect(timeout=20)
+    return c, c.open_ioctx(pool)
+`
+
 export const IMAGE_HELPER = `
 import sys, struct, rados, rbd
+${PY_CONNECT}
 conf, cid, keyring, pool, image, snap, maxlen, mode, log, capacity, fence_obj, fence_key = sys.argv[1:13]
 maxlen = int(maxlen)
 writing = mode == 'write'
@@ -18,12 +29,8 @@ def frame(status, data):
     out.write(struct.pack('<BI', status, len(data)))
     out.write(data)
     out.flush()
-kw = {}
-if keyring: kw['conf'] = {'keyring': keyring}
 try:
-    c = rados.Rados(conffile=conf or '', rados_id=(cid or None), **kw)
-    c.connect(timeout=20)
-    io = c.open_ioctx(pool)
+    c, io = connect(conf, cid, keyring, pool)
     if fence_obj:
         # registered for the lease before any write (ceph-lock.ts): a later taker of the lease fences this client
         with rados.WriteOpCtx() as op:
