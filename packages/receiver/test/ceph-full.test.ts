@@ -8,6 +8,8 @@
 // stays in flight with its durable extents; a retry while the pool is full
 // is answered E_NO_SPACE as well (not left hanging); once the quota is lifted
 // the agent's next connection resumes the cycle from its extent log and commits.
+// Then the pool fills between a cycle's last batch and its commit: the commit
+// is answered E_NO_SPACE as well, nothing changes, and the next run commits.
 import t from 'tap'
 import { haveCeph, haveCephMgr, pollUntil, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
 import { MessageKind } from '@grainline/protocol'
@@ -109,4 +111,39 @@ t.test('Ceph store: the pool fills up mid-cycle: E_NO_SPACE, nothing lost, the c
     [1, 2, 3],
     'points 1 and 2 and the mirror',
   )
+
+  // the pool fills between the last batch and the commit: the commit's writes (its snapshot, the state object) are
+  // watched like a batch's — E_NO_SPACE, not a hang; nothing changes, the cycle stays in flight with every batch logged
+  const r4 = [{ offset: 0, length: 2 * MiB }]
+  const img4 = evolve(img3, 94, r4)
+  const plan4 = incPlan(0, 'f.vmdk', img4, 3, cid(94), r4, 'f-000003.vmdk', 'f-000004.vmdk')
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 4, [plan4], { commit: false })
+  const sealed = await readCephState(target, names.state, vm)
+  await ceph.run('ceph', ['osd', 'pool', 'set-quota', POOL, 'max_bytes', String(4 * MiB)])
+  await pollUntil(async () => ((await poolFlags(ceph)).includes('full_quota') ? true : undefined), { intervalMs: 500 })
+  a.send({ kind: MessageKind.Commit, vm, cycle: 4, retention: null })
+  const ce = await a.expectError(600_000)
+  t.equal(ce.code, 'E_NO_SPACE', 'a commit into a full pool: E_NO_SPACE')
+  const commitAborted = await logs.waitFor((l) => l['msg'] === 'session aborted' && l['code'] === 'E_NO_SPACE' && /rbd snap create/.test(String(l['why'])))
+  t.match(String(commitAborted['why']), new RegExp(`Ceph pool ${POOL} is full .*rbd snap create`), 'the log names the pool and the commit step')
+  const unchanged = await readCephState(target, names.state, vm)
+  t.same(unchanged?.disks, sealed?.disks, 'the committed records are unchanged (cycle 3)')
+  t.equal(unchanged?.inflight?.cycle, 4, 'cycle 4 stays in flight')
+  t.ok((await read(3)).equals(img3), 'the mirror still reads cycle 3')
+  // room again; the session client that waited in the full pool was killed (its lease runs out, the next holder fences it)
+  await ceph.run('ceph', ['osd', 'pool', 'set-quota', POOL, 'max_bytes', '0'])
+  await pollUntil(async () => ((await poolFlags(ceph)).includes('full_quota') ? undefined : true), { intervalMs: 500 })
+  await pollUntil(
+    async () => ((await runCeph(target, 'rados', ['-p', POOL, 'lock', 'info', names.lock, 'grainline', '--format', 'json'])).toString('utf8').includes('"lockers":[]') ? true : undefined),
+    {
+      intervalMs: 500,
+    },
+  )
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const done4 = await runCycle(a, vm, 4, [plan4])
+  a.close()
+  t.equal(done4.resume[0], plan4.extents.length, 'every batch was logged: the next run resumes at the end of the log')
+  t.equal(done4.committed?.cycle, 4, 'cycle 4 commits')
+  t.ok((await read(4)).equals(img4), 'the mirror holds cycle 4')
 })

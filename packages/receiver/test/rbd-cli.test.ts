@@ -10,6 +10,8 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { scratchDir } from '@grainline/test-utils'
 import { CephCommandError, cephTimeouts, isCephQuery, runCeph } from '../src/store/ceph/rbd-cli.ts'
+import { digestImage } from '../src/store/ceph/ceph-read.ts'
+import { RbdImage } from '../src/store/ceph/rbd-image.ts'
 
 const target = { pool: 'p' }
 
@@ -87,4 +89,64 @@ t.test('which commands count as queries', async (t) => {
     ['-p', 'p', 'lock', 'get', 'o', 'l'],
   ])
     t.notOk(isCephQuery('rados', a), `rados ${a.join(' ')} writes`)
+})
+
+/** Fakes for the streamed export and the librbd helper: `rbd export` sends a few bytes, then nothing; the "python" answers the open (or not), then nothing. */
+function fakeStalls(dir: string, openAnswer: boolean): void {
+  writeFileSync(join(dir, 'rbd'), `#!/bin/sh\necho "$*" >> "${dir}/calls"\ncase " $* " in\n  *" export "*) printf 'abc'; exec sleep 60 ;;\n  *) exit 22 ;;\nesac\n`)
+  chmodSync(join(dir, 'rbd'), 0o755)
+  // the first frame of rbd-image.ts: status 0, 16 bytes: size 1 MiB (u64le), snapshot id 0
+  const first = "printf '\\000\\020\\000\\000\\000\\000\\000\\020\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000'"
+  writeFileSync(join(dir, 'python'), `#!/bin/sh\n${openAnswer ? first : ':'}\nexec sleep 60\n`)
+  chmodSync(join(dir, 'python'), 0o755)
+}
+
+t.test('a streamed rbd export and a librbd helper that stall are killed: E_IO naming the command, nothing hangs', async (t) => {
+  const dir = scratchDir(t)
+  fakeStalls(dir, true)
+  const path = process.env['PATH']
+  const python = process.env['GRAINLINE_PYTHON']
+  const saved = { ...cephTimeouts }
+  process.env['PATH'] = `${dir}:${path ?? ''}`
+  process.env['GRAINLINE_PYTHON'] = join(dir, 'python')
+  cephTimeouts.queryMs = 300
+  cephTimeouts.commandMs = 300
+  t.teardown(() => {
+    process.env['PATH'] = path
+    if (python === undefined) delete process.env['GRAINLINE_PYTHON']
+    else process.env['GRAINLINE_PYTHON'] = python
+    Object.assign(cephTimeouts, saved)
+  })
+
+  // a trivial check's digest of a snapshot whose export stops sending
+  const digest = await digestImage(target, 'img@c1', 'sha256', 1 << 20).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.ok(digest instanceof CephCommandError && digest.timedOut, `the stalled export fails with a timeout: ${String(digest)}`)
+  t.equal((digest as CephCommandError).code, 'E_IO', 'typed E_IO')
+  t.match((digest as Error).message, /rbd export --no-progress p\/img@c1 -.*no data in 0 s, killed/, 'the message names the command')
+  // a reader's request that gets no answer
+  const img = await RbdImage.open(target, 'img', 'c1')
+  const read = await img.read(0, 4096).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.ok(read instanceof CephCommandError && read.timedOut, `the stalled read fails with a timeout: ${String(read)}`)
+  t.match((read as Error).message, /librbd helper of p\/img@c1: read at 0 \(4096 bytes\).*no answer in 0 s, killed/, 'the message names the helper and the request')
+  const again = await img.read(0, 4096).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.equal((again as Error).message, (read as Error).message, 'the killed helper refuses every later request with the same error')
+  await img.close()
+
+  // a helper that never answers its open
+  fakeStalls(dir, false)
+  const open = await RbdImage.open(target, 'img', null, { log: 'l', capacity: 1 << 20 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  t.match(open, { code: 'E_IO' }, 'a writer whose open gets no answer: E_IO')
+  t.match((open as Error).message, /cannot open p\/img .*no answer in 0 s, killed/, 'naming the image and the deadline')
 })

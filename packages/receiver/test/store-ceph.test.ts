@@ -119,6 +119,37 @@ t.test('Ceph store', { skip }, async (t) => {
     const b = await CephLock.take(target, 'lock-test', 'receiver B', 'cookie-b', 5)
     t.equal(b.lost, undefined)
     t.doesNotThrow(() => b.check('vm'))
+    t.same(b.fencedAddrs, [], 'A released cleanly (its registrations removed first): nothing to fence')
+    b.release()
+  })
+
+  t.test('fencing: a holder gone without releasing (its lease ran out) is blocklisted by the next; its late writes are refused', async (t) => {
+    const a = await CephLock.take(target, 'fence-test', 'receiver A', 'cookie-fa', 2)
+    await a.put('fence-obj', Buffer.from('a1'))
+    t.match(a.addr, /:\d+\/\d+$/, `A's session client has an address: ${a.addr}`)
+    // A's helper stalls (SIGSTOP): its lease runs out, nothing is released
+    process.kill(a.helperPid as number, 'SIGSTOP')
+    const b = await CephLock.take(target, 'fence-test', 'receiver B', 'cookie-fb', 5).catch(async (err: unknown) => {
+      // still held: wait for the lease to run out (cls_lock drops an expired locker)
+      await pollUntil(
+        async () => ((await runCeph(target, 'rados', ['-p', POOL, 'lock', 'info', 'fence-test', 'grainline', '--format', 'json'])).toString().includes('"lockers":[]') ? true : undefined),
+        { intervalMs: 250 },
+      )
+      t.match(err, { code: 'E_BUSY' })
+      return await CephLock.take(target, 'fence-test', 'receiver B', 'cookie-fb', 5)
+    })
+    t.same(b.fencedAddrs, [a.addr], "B blocklisted A's address before reporting the lease taken")
+    t.match((await ceph.run('ceph', ['osd', 'blocklist', 'ls'])).stdout, a.addr, 'the cluster lists it')
+    await b.put('fence-obj', Buffer.from('b1'))
+    // A continues: its write is refused by the cluster, typed, and nothing more is sent
+    const late = a.put('fence-obj', Buffer.from('a2'))
+    process.kill(a.helperPid as number, 'SIGCONT')
+    await t.rejects(late, { code: 'E_BUSY', message: /fenced/ }, "A's late write: the fencing error")
+    t.equal(a.fenced, true)
+    t.throws(() => a.check('vm'), { code: 'E_BUSY', message: /fenced/ }, 'the lease check fails from now on')
+    await t.rejects(a.put('fence-obj', Buffer.from('a3')), { code: 'E_BUSY' }, 'and no request is sent')
+    t.equal((await runCeph(target, 'rados', ['-p', POOL, 'get', 'fence-obj', '-'])).toString(), 'b1', "the object is B's")
+    a.release()
     b.release()
   })
 

@@ -17,7 +17,7 @@ import { timingSafeEqual } from 'node:crypto'
 import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
-import type { CephLock } from './ceph-lock.ts'
+import { isFenced, type CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
@@ -97,11 +97,12 @@ export class CephDiskApply {
 
   /** A fresh apply: an empty log (and, for a seed, a new image of the capacity). */
   static async start(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
-    await runCeph(target, 'rados', ['-p', target.pool, 'put', info.log, '-'], Buffer.alloc(0))
+    // through the session client (ceph-lock.ts): its writes are fenced with the lease
+    await lock.put(info.log, Buffer.alloc(0))
     if (info.baseSnap === null) {
       // a crash may have left the image of an earlier attempt: start from zeros
-      await removeImage(target, info.image)
-      await runCeph(target, 'rbd', ['create', '--size', `${info.capacity}B`, `${target.pool}/${info.image}`])
+      await lock.removeImage(info.image)
+      await lock.createImage(info.image, info.capacity)
     }
     return new CephDiskApply(target, lock, vm, info, touched)
   }
@@ -156,10 +157,18 @@ export class CephDiskApply {
   /** The helper writing this disk's head (opened once; it checks the base snapshot exists and grows the image). */
   private helper(): Promise<RbdImage> {
     if (this.image === undefined) {
-      const opening = RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity, signal: this.full.signal }).then((img) => {
+      const opening = (async () => {
+        // grown by the session client; the helper registers its address for the lease before it writes, and the
+        // lease is confirmed after that (ceph-lock.ts: a later taker fences it, or this fails and it never writes)
+        await this.lock.growImage(this.info.image, this.info.capacity)
+        const img = await RbdImage.open(this.target, this.info.image, this.info.baseSnap, { log: this.info.log, capacity: this.info.capacity, signal: this.full.signal, fence: this.lock.fence })
         this.opened = img
+        await this.lock.confirm().catch(async (err: unknown) => {
+          await img.close()
+          throw err
+        })
         return img
-      })
+      })()
       this.image = this.guarded(opening)
       this.image.catch(() => {})
     }
@@ -168,9 +177,14 @@ export class CephDiskApply {
 
   /** Wait for `op` (the helper's open, a batch's writes, its flush) unless the pool is full: then E_NO_SPACE, the helper killed (what it wrote but did not log is resent when the cycle resumes). */
   private guarded<T>(op: Promise<T>): Promise<T> {
-    return unlessPoolFull(this.target, op, `writing disk ${this.info.name} of VM ${this.vm}`, (err) => {
+    const watched = unlessPoolFull(this.target, op, `writing disk ${this.info.name} of VM ${this.vm}`, (err) => {
       this.full.abort(err)
       this.opened?.kill(err)
+    })
+    // a writer refused as blocklisted: the whole session is fenced (no other write of it is sent)
+    return watched.catch((err: unknown) => {
+      if (isFenced(err)) this.lock.noteFenced((err as Error).message)
+      throw err
     })
   }
 
@@ -235,11 +249,4 @@ export async function imageExists(t: CephTarget, image: string): Promise<boolean
     if ((err as { notFound?: boolean }).notFound) return false
     throw err
   }
-}
-
-/** Remove an image with its snapshots (missing: nothing to do). */
-export async function removeImage(t: CephTarget, image: string): Promise<void> {
-  if (!(await imageExists(t, image))) return
-  await runCeph(t, 'rbd', ['snap', 'purge', '--no-progress', `${t.pool}/${image}`])
-  await runCeph(t, 'rbd', ['rm', '--no-progress', `${t.pool}/${image}`])
 }

@@ -25,8 +25,8 @@ export async function readCephHistory(t: CephTarget, vm: string, now = Date.now(
   return parseCycleHistory(raw.toString('utf8'), now)
 }
 
-/** Append one committed cycle (the object rewritten whole, trimmed). */
-export async function appendCephHistory(t: CephTarget, vm: string, entry: CycleHistoryEntry, now = Date.now()): Promise<void> {
+/** Append one committed cycle (the object rewritten whole, trimmed) through `put`: the VM's session client (ceph-lock.ts). */
+export async function appendCephHistory(t: CephTarget, vm: string, entry: CycleHistoryEntry, put: (object: string, data: Uint8Array) => Promise<void>, now = Date.now()): Promise<void> {
   const next = withCycle(await readCephHistory(t, vm, now), entry, now)
-  await runCeph(t, 'rados', ['-p', t.pool, 'put', new CephNames(vm).history, '-'], Buffer.from(encodeCycleHistory(next)))
+  await put(new CephNames(vm).history, Buffer.from(encodeCycleHistory(next)))
 }

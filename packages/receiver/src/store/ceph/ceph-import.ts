@@ -120,11 +120,13 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
       const size = sizes.get(r.name) as number
       const img = `${t.pool}/${info.image}`
       m.checkLease()
+      // the bytes go through `rbd import` (a new image the state names already: not fenced, docs/CEPH.md); the rest
+      // through the session client, fenced with the lease
       await runCeph(t, 'rbd', ['import', '--no-progress', flat, img])
-      if (size < r.capacity) await runCeph(t, 'rbd', ['resize', '--no-progress', '--size', `${r.capacity}B`, img])
+      if (size < r.capacity) await m.lock.growImage(info.image, r.capacity)
       const generation = r.generation ?? src.generation ?? ''
       const snap = snapName(cycle, generation)
-      await runCeph(t, 'rbd', ['snap', 'create', '--no-progress', `${img}@${snap}`])
+      await m.lock.snap('create', info.image, snap)
       const want = await sha256File(flat, r.capacity)
       const got = Buffer.from((await digestImage(t, `${info.image}@${snap}`, 'sha256', r.capacity)).digest).toString('hex')
       if (got !== want)

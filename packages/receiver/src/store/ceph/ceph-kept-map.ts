@@ -33,6 +33,7 @@
 import { blockCount, DigestLengths, type DigestAlgorithm } from '@grainline/protocol'
 import { decodeKeptHeader, encodeKeptHeader, HEAD_BYTES, keptMapLength, keptMismatch, type TouchedBlocks, type KeptHeader } from '../../kept-map.ts'
 import { RbdImage } from './rbd-image.ts'
+import { isFenced, type CephLock } from './ceph-lock.ts'
 import { snapCid, type CephDiskRecord, type CephInflightDisk } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import type { Logger } from 'pino'
@@ -114,13 +115,20 @@ export async function advanceCephKeptMap(img: RbdImage, touched: TouchedBlocks, 
   await img.writeSide(0, encodeKeptHeader(next))
 }
 
-/** Open a helper on `image@snap` whose side object is the kept map `object` (writable: a commit's update). */
-export async function openKeptMap(t: CephTarget, image: string, snap: string, object: string, writable: boolean): Promise<RbdImage> {
-  return await RbdImage.open(t, image, snap, undefined, { object, writable })
+/** Open a helper on `image@snap` whose side object is the kept map `object` (writable: a commit's update, registered for the lease `lock` and confirmed). */
+export async function openKeptMap(t: CephTarget, image: string, snap: string, object: string, writable: boolean, lock?: CephLock): Promise<RbdImage> {
+  const img = await RbdImage.open(t, image, snap, undefined, { object, writable, ...(lock === undefined ? {} : { fence: lock.fence }) })
+  if (lock !== undefined)
+    await lock.confirm().catch(async (err: unknown) => {
+      await img.close()
+      throw err
+    })
+  return img
 }
 
-/** Remove a kept map object (gone already: nothing to do). */
-export async function dropCephKeptMap(t: CephTarget, object: string): Promise<void> {
+/** Remove a kept map object (gone already: nothing to do); through the session client `lock` when given. */
+export async function dropCephKeptMap(t: CephTarget, object: string, lock?: CephLock): Promise<void> {
+  if (lock !== undefined) return await lock.remove(object)
   await runCeph(t, 'rados', ['-p', t.pool, 'rm', object]).catch((err: unknown) => {
     if (!(err instanceof CephCommandError && err.notFound)) throw err
   })
@@ -144,17 +152,25 @@ export interface KeptCommitDisk {
  * any other commit drops it. A failure drops it and never fails the commit.
  * @returns what the disk's next record says of its map (undefined: none)
  */
-export async function keptMapAtCommit(t: CephTarget, d: KeptCommitDisk, prev: CephDiskRecord | undefined, snap: string, generation: string, log: Logger): Promise<CephKeptRecord | undefined> {
+export async function keptMapAtCommit(
+  t: CephTarget,
+  d: KeptCommitDisk,
+  prev: CephDiskRecord | undefined,
+  snap: string,
+  generation: string,
+  log: Logger,
+  lock?: CephLock,
+): Promise<CephKeptRecord | undefined> {
   const next = { image: d.info.image, snap, generation, capacity: d.info.capacity }
   const full = d.info.mode === 'resync' ? d.map?.complete() : undefined
   const was = d.info.mode === 'incremental' && prev?.image === d.info.image && prev.capacity === d.info.capacity ? prev.kept : undefined
   const touched = d.touched
   try {
     if (touched === undefined || (full === undefined && was === undefined)) {
-      if (prev?.kept !== undefined) await dropCephKeptMap(t, d.object)
+      if (prev?.kept !== undefined) await dropCephKeptMap(t, d.object, lock)
       return undefined
     }
-    const img = await openKeptMap(t, d.info.image, snap, d.object, true)
+    const img = await openKeptMap(t, d.info.image, snap, d.object, true, lock)
     try {
       if (d.map !== undefined && full !== undefined) {
         const kept = { blockSize: d.map.blockSize, algorithm: d.map.algorithm, snapId: img.snapId }
@@ -165,7 +181,7 @@ export async function keptMapAtCommit(t: CephTarget, d: KeptCommitDisk, prev: Ce
       const problem = await keptProblem(img, keptHeaderOf(prev as CephDiskRecord, w))
       if (problem !== undefined) {
         log.info({ disk: d.info.name, why: problem }, 'kept block map unusable: dropped, the next resync reads the whole snapshot')
-        await dropCephKeptMap(t, d.object)
+        await dropCephKeptMap(t, d.object, lock)
         return undefined
       }
       const kept = { ...w, snapId: img.snapId }
@@ -175,8 +191,10 @@ export async function keptMapAtCommit(t: CephTarget, d: KeptCommitDisk, prev: Ce
       await img.close()
     }
   } catch (err) {
+    // fenced: nothing more is written by this session, the commit fails
+    if (isFenced(err) || lock?.lost !== undefined) throw err
     log.warn({ disk: d.info.name, err: { message: (err as Error).message } }, 'kept block map not carried over: dropped, the next resync reads the whole snapshot')
-    await dropCephKeptMap(t, d.object).catch(() => {})
+    await dropCephKeptMap(t, d.object, lock).catch(() => {})
     return undefined
   }
 }

@@ -1,6 +1,7 @@
 /**
- * (Over 400 lines would be a reason to split; this is the Ceph twin of
- * vm-mirror.ts: one locked VM and the rules of SPEC §5.1/§5.2 for its disks.)
+ * The Ceph twin of vm-mirror.ts: one locked VM and the rules of SPEC
+ * §5.1/§5.2 for its disks (verification of committed snapshots:
+ * ceph-checks.ts).
  *
  * A locked VM mirror on the Ceph store: its disks are RBD images, its
  * committed cycle the newest snapshot of each, its restore points older
@@ -20,17 +21,18 @@ import { newGeneration } from '../../commit.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
 import { heldMessage } from '../../hold-record.ts'
+import { faultPoint } from '../../fault.ts'
 import { CephLock } from './ceph-lock.ts'
-import { CephDiskApply, removeImage } from './ceph-apply.ts'
+import { CephDiskApply } from './ceph-apply.ts'
 import { CephNames, snapCid, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
-import { digestImage } from './ceph-read.ts'
-import { CephBlockMap, checkSnapshotBlocks, type CephBlockCheck } from './ceph-blocks.ts'
+import type { CephBlockMap, CephBlockCheck } from './ceph-blocks.ts'
+import { checkCephBlocks, openCephBlockMap, verifyCephDisk, type CephVerifyRequest } from './ceph-checks.ts'
 import { checkCephRoom, retainedPoints, type CephQuota } from './ceph-space.ts'
 import { appendCephHistory } from './ceph-history.ts'
 import type { CycleHistoryEntry } from '../../cycle-history.ts'
-import { TouchedBlocks } from '../../kept-map.ts'
-import { dropCephKeptMap, keepable, keptMapAtCommit } from './ceph-kept-map.ts'
+import { keptMapAtCommit } from './ceph-kept-map.ts'
+import { freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -49,17 +51,6 @@ export function snapName(cycle: number, generation: string): string {
   return `c${cycle}-${generation.slice(0, 16)}`
 }
 
-/**
- * What the apply of a DiskOpen records of the blocks it writes (ceph-kept-map.ts):
- * a resync always (its commit writes the next kept map), an incremental on a
- * disk whose committed record keeps a map of the same capacity, nothing otherwise.
- */
-function trackerFor(req: DiskOpenRequest, rec: CephDiskRecord | undefined): TouchedBlocks | undefined {
-  if (req.mode === 'resync') return req.blockSize !== undefined && keepable(req.capacity, req.blockSize, req.algorithm) ? new TouchedBlocks(req.capacity, req.blockSize) : undefined
-  if (req.mode === 'incremental' && rec?.kept !== undefined && rec.capacity === req.capacity) return new TouchedBlocks(req.capacity, rec.kept.blockSize)
-  return undefined
-}
-
 /** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
 export interface CephHolder {
   readonly description: string
@@ -71,9 +62,11 @@ export class CephVmMirror {
   readonly kind = 'ceph' as const
   readonly vm: string
   readonly names: CephNames
-  private readonly target: CephTarget
-  private readonly lock: CephLock
-  private readonly log: Logger
+  /** the pool (for ceph-checks.ts) */
+  readonly target: CephTarget
+  /** the VM's lease and session client: every write of this mirror goes through it (fenced with the lease) */
+  readonly lock: CephLock
+  readonly log: Logger
   private current: CephVmState
   private staged: Record<string, string> | undefined
   /** the block maps of this session's resync disks, by disk name (their digests become the next kept map at commit) */
@@ -102,6 +95,8 @@ export class CephVmMirror {
     checkVmName(vm)
     const names = new CephNames(vm)
     const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds)
+    lock.attach(vm, log)
+    if (lock.fencedAddrs.length > 0) log.warn({ fenced: lock.fencedAddrs }, 'took the VM over from a holder whose lease ran out: its Ceph clients are blocklisted (fenced) before anything is written')
     try {
       const state = (await readCephState(target, names.state, vm)) ?? emptyCephState(vm)
       const m = new CephVmMirror(target, vm, state, lock, log)
@@ -131,9 +126,11 @@ export class CephVmMirror {
     this.lock.release()
   }
 
-  private async save(next: CephVmState): Promise<void> {
+  /** Write the next state object through the session client (the lease checked first); `point` names a fault point (fault.ts) between the check and the write. */
+  private async save(next: CephVmState, point?: string): Promise<void> {
     this.lock.check(this.vm)
-    await writeCephState(this.target, this.names.state, next)
+    if (point !== undefined) faultPoint(point)
+    await writeCephState(this.target, this.names.state, next, (o, d) => this.lock.put(o, d))
     this.current = next
   }
 
@@ -150,7 +147,7 @@ export class CephVmMirror {
   /** Append a committed cycle to the VM's history object (ceph-history.ts), under the lease. */
   async recordHistory(entry: CycleHistoryEntry): Promise<void> {
     this.lock.check(this.vm)
-    await appendCephHistory(this.target, this.vm, entry)
+    await appendCephHistory(this.target, this.vm, entry, (o, d) => this.lock.put(o, d))
   }
 
   /** Keep the VM's configuration files for the commit (they are written with its state). */
@@ -184,26 +181,8 @@ export class CephVmMirror {
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
     if (req.cycle <= s.committedCycle) return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${s.committedCycle}`)
-    if (req.mode === 'resync') {
-      // SPEC §5.9 (resync-open.ts): generation, chain and divergence do not matter; the committed snapshot is compared with
-      if (!this.compatible(ctx.compat))
-        return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`)
-      if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to compare with: seed it`)
-      if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity of ${req.name} shrank from ${rec.capacity} to ${req.capacity}: seed it`)
-    }
-    if (req.mode === 'incremental') {
-      if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
-      if (!this.compatible(ctx.compat)) return refuse('E_INCOMPATIBLE', `VM ${this.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): seed a new mirror`)
-      if (req.baseCycle !== rec.cycle) return refuse('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
-      if (req.source.layers[0]?.file !== rec.source.successor) {
-        return refuse('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
-      }
-      if (req.capacity < rec.capacity) return refuse('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
-      if (req.baseGeneration !== rec.generation) {
-        return refuse('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${rec.generation}; resync`)
-      }
-      if (rec.diverged !== undefined) return refuse('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync or seed it`)
-    }
+    const refusal = freshOpenRefusal(this.vm, req, rec, this.compatible(ctx.compat))
+    if (refusal !== undefined) return refuse(refusal.reason, refusal.message)
     await checkCephRoom(this.target, this.vm, req, rec?.capacity ?? 0, ctx.quota, this.log)
     const seed = req.mode === 'seed'
     const info: CephInflightDisk = {
@@ -248,10 +227,10 @@ export class CephVmMirror {
     const dropImages: string[] = []
     for (const a of applies) {
       if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
-      const img = `${this.target.pool}/${a.info.image}`
       // a snapshot of this cycle the state does not name: left by a commit interrupted before its state write
-      for (const old of await this.snapshots(a.info.image)) if (old.startsWith(`c${cycle}-`)) await runCeph(this.target, 'rbd', ['snap', 'rm', '--no-progress', `${img}@${old}`])
-      await runCeph(this.target, 'rbd', ['snap', 'create', '--no-progress', `${img}@${snap}`])
+      for (const old of await this.snapshots(a.info.image)) if (old.startsWith(`c${cycle}-`)) await this.lock.snap('rm', a.info.image, old)
+      // through the session client: fenced with the lease, and watched for a full pool (E_NO_SPACE)
+      await this.lock.snap('create', a.info.image, snap)
       const old = s.disks[a.info.name]
       if (old !== undefined && old.image !== a.info.image) dropImages.push(old.image)
       // before the commit point, naming the commit about to be written (ceph-kept-map.ts)
@@ -262,6 +241,7 @@ export class CephVmMirror {
         snap,
         generation,
         this.log.child({ vm: this.vm }),
+        this.lock,
       )
       disks[a.info.name] = {
         ...(kept === undefined ? {} : { kept }),
@@ -301,18 +281,21 @@ export class CephVmMirror {
       images: dropImages,
       logs: Object.values(infl.disks).map((d) => d.log),
     }
-    await this.save({
-      ...s,
-      committedCycle: cycle,
-      committedAt: now,
-      generation,
-      compat,
-      disks,
-      inflight: null,
-      points,
-      files: this.staged ?? s.files,
-      pending,
-    })
+    await this.save(
+      {
+        ...s,
+        committedCycle: cycle,
+        committedAt: now,
+        generation,
+        compat,
+        disks,
+        inflight: null,
+        points,
+        files: this.staged ?? s.files,
+        pending,
+      },
+      'ceph-commit-state',
+    )
     this.blockMaps.clear()
     await this.finishPending()
     return applies.map((a) => {
@@ -337,19 +320,13 @@ export class CephVmMirror {
     const p = this.current.pending
     if (p === null) return
     for (const { image, snap } of p.snaps) {
-      await runCeph(this.target, 'rbd', ['snap', 'rm', '--no-progress', `${this.target.pool}/${image}@${snap}`]).catch((err: unknown) => {
+      await this.lock.snap('rm', image, snap).catch((err: unknown) => {
         if (!(err instanceof CephCommandError && err.notFound)) throw err
       })
     }
-    for (const image of p.images) await removeImage(this.target, image)
-    for (const log of p.logs) await this.removeObject(log)
+    for (const image of p.images) await this.lock.removeImage(image)
+    for (const log of p.logs) await this.lock.remove(log)
     await this.save({ ...this.current, pending: null })
-  }
-
-  private async removeObject(object: string): Promise<void> {
-    await runCeph(this.target, 'rados', ['-p', this.target.pool, 'rm', object]).catch((err: unknown) => {
-      if (!(err instanceof CephCommandError && err.notFound)) throw err
-    })
   }
 
   /** The snapshot names of an image. */
@@ -366,9 +343,9 @@ export class CephVmMirror {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
     for (const d of Object.values(infl.disks)) {
-      if (d.baseSnap === null) await removeImage(this.target, d.image)
-      else await runCeph(this.target, 'rbd', ['snap', 'rollback', '--no-progress', `${this.target.pool}/${d.image}@${d.baseSnap}`])
-      await this.removeObject(d.log)
+      if (d.baseSnap === null) await this.lock.removeImage(d.image)
+      else await this.lock.snap('rollback', d.image, d.baseSnap)
+      await this.lock.remove(d.log)
     }
     await this.save({ ...this.current, inflight: null })
     this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back (Ceph)')
@@ -381,71 +358,18 @@ export class CephVmMirror {
    * @throws ReceiverError E_INTERNAL (not a resync in flight), E_IO
    */
   async openBlockMap(name: string, blockSize: number): Promise<CephBlockMap> {
-    const inf = this.current.inflight?.disks[name]
-    if (inf === undefined || inf.mode !== 'resync' || inf.baseSnap === null) throw new ReceiverError('E_INTERNAL', `disk ${name} of VM ${this.vm} has no resync in flight`)
-    const rec = this.current.disks[name]
-    const kept =
-      rec?.kept !== undefined && rec.image === inf.image && rec.snap === inf.baseSnap
-        ? { object: this.names.keptMap(name), rec, blockSize: rec.kept.blockSize, algorithm: rec.kept.algorithm }
-        : undefined
-    const map = await CephBlockMap.open(this.target, inf.image, inf.baseSnap, inf.capacity, blockSize, inf.algorithm, kept, (why) =>
-      this.log.info({ vm: this.vm, disk: name, why }, 'no kept block map: the resync reads the whole snapshot'),
-    )
+    const map = await openCephBlockMap(this, name, blockSize)
     this.blockMaps.set(name, map)
     return map
   }
 
-  /** A disk record without its kept block map (a failed check: the map is dropped with it; ceph-kept-map.ts). */
-  private withoutKept(rec: CephDiskRecord): CephDiskRecord {
-    if (rec.kept === undefined) return rec
-    const { kept: _dropped, ...rest } = rec
-    dropCephKeptMap(this.target, this.names.keptMap(rec.name)).catch(() => {})
-    return rest
-  }
-
-  /**
-   * SPEC §5.6 BlockCheck (`--verify changed`, `--scrub`): read the listed
-   * blocks of the committed snapshot back through librbd, answer the ones
-   * whose digests differ and record the verdict (a mismatch marks the disk
-   * diverged: the next cycle must resync or seed it).
-   * @throws ReceiverError E_RANGE (a block beyond the disk), E_IO
-   */
+  /** SPEC §5.6 BlockCheck on the committed snapshot (ceph-checks.ts), the verdict recorded. */
   async checkBlocks(name: string, req: CephBlockCheck, signal?: AbortSignal): Promise<{ ok: boolean; mismatched: Uint8Array; bytes: number }> {
-    const rec = this.current.disks[name]
-    if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
-    const r = await checkSnapshotBlocks(this.target, rec.image, rec.snap, rec.capacity, req, signal)
-    const at = new Date().toISOString()
-    const next: CephDiskRecord = {
-      ...(r.ok ? rec : this.withoutKept(rec)),
-      blocks: { ok: r.ok, at },
-      ...(r.ok ? {} : { diverged: { reason: `block check of cycle ${rec.cycle} found ${r.mismatched.length / 8} differing blocks`, at } }),
-    }
-    if (!r.ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, blocks: r.mismatched.length / 8 }, 'mirror blocks differ from the source: marked diverged, the next cycle must resync it')
-    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
-    return r
+    return await checkCephBlocks(this, name, req, signal)
   }
 
-  /**
-   * SPEC §5.6 on an image: digest the committed snapshot (`rbd export`,
-   * streamed) — a prefix for a trivial check, all of it for a certify — and
-   * record the verdict (a failure marks the disk diverged).
-   */
-  async verify(
-    name: string,
-    req: { kind: 'trivial' | 'certify'; algorithm: import('@grainline/protocol').DigestAlgorithm; digest: Uint8Array; prefixBytes?: number; size?: number },
-    signal?: AbortSignal,
-  ): Promise<{ ok: boolean; size: number; digest: Uint8Array; bytes: number }> {
-    const rec = this.current.disks[name]
-    if (rec === undefined) throw new ReceiverError('E_INTERNAL', `disk ${name} has no committed record`)
-    const limit = req.kind === 'trivial' ? Math.min(req.prefixBytes ?? 0, rec.capacity) : rec.capacity
-    const d = await digestImage(this.target, `${rec.image}@${rec.snap}`, req.algorithm, limit, signal)
-    const same = d.digest.length === req.digest.length && Buffer.from(d.digest).equals(Buffer.from(req.digest))
-    const ok = req.kind === 'trivial' ? rec.capacity === req.size && (req.prefixBytes ?? 0) <= rec.capacity && same : same
-    const at = new Date().toISOString()
-    const check = { ok, at, algorithm: req.algorithm, digest: Buffer.from(d.digest).toString('hex'), bytes: d.bytes }
-    const next: CephDiskRecord = { ...(ok ? rec : this.withoutKept(rec)), [req.kind]: check, ...(ok ? {} : { diverged: { reason: `${req.kind} of cycle ${rec.cycle} failed`, at } }) }
-    if (!ok) this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, check: req.kind }, 'mirror differs from its source: marked diverged, the next cycle must resync or seed it')
-    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: next } })
-    return { ok, size: rec.capacity, digest: d.digest, bytes: d.bytes }
+  /** SPEC §5.6 trivial check or certify of the committed snapshot (ceph-checks.ts), the verdict recorded. */
+  async verify(name: string, req: CephVerifyRequest, signal?: AbortSignal): Promise<{ ok: boolean; size: number; digest: Uint8Array; bytes: number }> {
+    return await verifyCephDisk(this, name, req, signal)
   }
 }

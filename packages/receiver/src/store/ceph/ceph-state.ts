@@ -215,9 +215,15 @@ export async function readCephState(t: CephTarget, object: string, vm?: string):
   return s
 }
 
-/** Write a VM's state object (one atomic write_full). */
-export async function writeCephState(t: CephTarget, object: string, s: CephVmState): Promise<void> {
-  await runCeph(t, 'rados', ['-p', t.pool, 'put', object, '-'], Buffer.from(JSON.stringify(s)))
+/**
+ * Write a VM's state object (one atomic write_full) — through `put` when
+ * given: the VM's session client (ceph-lock.ts), whose writes are fenced
+ * with its lease.
+ */
+export async function writeCephState(t: CephTarget, object: string, s: CephVmState, put?: (object: string, data: Uint8Array) => Promise<void>): Promise<void> {
+  const data = Buffer.from(JSON.stringify(s))
+  if (put !== undefined) await put(object, data)
+  else await runCeph(t, 'rados', ['-p', t.pool, 'put', object, '-'], data)
 }
 
 /** The states of every VM in the pool. */

@@ -7,7 +7,7 @@
  * own message.
  */
 import { spawn } from 'node:child_process'
-import type { Readable } from 'node:stream'
+import { PassThrough, type Readable } from 'node:stream'
 import { ReceiverError } from '../../errors.ts'
 
 /** Where and as whom the store talks to the cluster. */
@@ -61,8 +61,12 @@ export function clientArgs(t: CephTarget): string[] {
  * `rbd info`, `rbd ls`, `rbd status`, `rbd snap ls`, `rados get/ls/stat/lock info`)
  * get `queryMs` and are
  * asked `queryAttempts` times; anything else gets `commandMs` and is never
- * repeated (a write must not be sent twice behind the store's back). Tests
- * shorten them.
+ * repeated (a write must not be sent twice behind the store's back). The
+ * same deadlines bound what is not a one-shot command: a streamed `rbd
+ * export` that sends nothing for `queryMs` while its reader waits
+ * ({@link streamCeph}), a librbd helper's read (`queryMs`) or write
+ * (`commandMs`) without an answer (rbd-image.ts), and a request to a VM's
+ * session client (`commandMs`, ceph-lock.ts). Tests shorten them.
  */
 export const cephTimeouts = {
   /** @default 60 s */
@@ -151,24 +155,50 @@ async function writeAll(w: NodeJS.WritableStream, parts: readonly Buffer[]): Pro
  * Run `cmd` and hand its stdout over as a stream (`rbd export IMG@SNAP -`);
  * `done` settles with the exit (a CephCommandError unless 0 or killed by
  * `stop`). Call `stop` to end it early (a trivial check reads a prefix only).
+ * Deadline: a command that sends nothing for `cephTimeouts.queryMs` while
+ * its reader waits for bytes (nothing buffered: not a slow reader) is
+ * killed; the stream ends and `done` rejects with a timed-out
+ * CephCommandError (E_IO naming the command).
  */
 export function streamCeph(t: CephTarget, cmd: 'rbd' | 'rados', args: readonly string[]): { stdout: Readable; done: Promise<void>; stop: () => void } {
   const shown = `${cmd} ${args.join(' ')}`
   const p = spawn(cmd, [...clientArgs(t), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   let stopped = false
+  let timedOut = false
   const err: Buffer[] = []
   p.stderr.on('data', (b: Buffer) => {
     if (err.length < 64) err.push(b)
   })
+  // bytes counted on their way to the reader: no bytes in a whole period while none wait for the reader is a stall
+  let bytes = 0
+  const out = new PassThrough()
+  p.stdout.on('data', (b: Buffer) => {
+    bytes += b.length
+  })
+  p.stdout.pipe(out)
+  let seen = -1
+  const ms = cephTimeouts.queryMs
+  const watch = setInterval(() => {
+    if (bytes === seen && out.readableLength === 0 && out.writableLength === 0 && p.stdout.readableLength === 0) {
+      timedOut = true
+      p.kill('SIGKILL')
+    }
+    seen = bytes
+  }, ms)
   const done = new Promise<void>((resolve, reject) => {
-    p.on('error', (e) => reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message}`)))
+    p.on('error', (e) => {
+      clearInterval(watch)
+      reject(new ReceiverError('E_IO', `cannot run \`${shown}\`: ${e.message}`))
+    })
     p.on('close', (code) => {
-      if (code === 0 || stopped) resolve()
+      clearInterval(watch)
+      if (timedOut) reject(new CephCommandError(shown, null, `no data in ${Math.round(ms / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true))
+      else if (code === 0 || stopped) resolve()
       else reject(new CephCommandError(shown, code, Buffer.concat(err).toString('utf8')))
     })
   })
   return {
-    stdout: p.stdout,
+    stdout: out,
     done,
     stop: () => {
       stopped = true

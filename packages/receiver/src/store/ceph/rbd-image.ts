@@ -19,21 +19,30 @@
  *   a helper opened `side.writable` (the image stays read-only);
  * - the first answer: `u64le size • u64le snapshot id` (0 for a head);
  * - answer: `u8 status (0 ok, 1 error, 2 no such side object, 3 the pool is full:
- *   ENOSPC or EDQUOT) • u32le length • bytes` (read data,
+ *   ENOSPC or EDQUOT, 4 this client is blocklisted: fenced) • u32le length • bytes` (read data,
  *   or the error message in UTF-8), in request order (requests are pipelined).
  *
  * Opened for reading, the image (a snapshot when given) is read-only.
  * Opened for writing, it is the head: the helper first checks that the base
- * snapshot exists (what `import-diff`'s from-snapshot guard checked) and
- * grows the image to the capacity; the log append (op 4) returns only after
+ * snapshot exists (what `import-diff`'s from-snapshot guard checked; the
+ * image was grown to the capacity by the session client, ceph-lock.ts); a
+ * writer (and a side writer) first registers its client address for the
+ * VM's lease (`fence`: ceph-lock.ts, fencing); the log append (op 4) returns only after
  * `flush` returned, so an acknowledged batch is in the cluster. The helper
  * exits at EOF on stdin, so it dies with its parent (a receiver killed with
  * -9 leaves no helper behind: unflushed writes are not in the log and are
  * resent).
+ *
+ * Deadline: a request (or the open) without an answer for
+ * `cephTimeouts.helperMs` kills the helper; every request waiting fails with
+ * `E_IO` naming the helper and the request (a helper that hangs never hangs
+ * the session).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { ReceiverError } from '../../errors.ts'
-import type { CephTarget } from './rbd-cli.ts'
+import { CephCommandError, cephTimeouts, type CephTarget } from './rbd-cli.ts'
+import { fencedError, type CephFence } from './ceph-lock.ts'
+import { IMAGE_HELPER } from './rbd-image-helper.ts'
 
 /** Largest single read the helper answers (bounds its memory and each frame). @default 4 MiB */
 export const MAX_READ_BYTES = 4 * 1024 * 1024
@@ -49,94 +58,20 @@ export function cephPython(): string {
   return process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3'
 }
 
-const HELPER = `
-import sys, struct, rados, rbd
-conf, cid, keyring, pool, image, snap, maxlen, mode, log, capacity = sys.argv[1:11]
-maxlen = int(maxlen)
-writing = mode == 'write'
-side = mode == 'side'
-out = sys.stdout.buffer
-inp = sys.stdin.buffer
-def frame(status, data):
-    out.write(struct.pack('<BI', status, len(data)))
-    out.write(data)
-    out.flush()
-kw = {}
-if keyring: kw['conf'] = {'keyring': keyring}
-try:
-    c = rados.Rados(conffile=conf or '', rados_id=(cid or None), **kw)
-    c.connect(timeout=20)
-    io = c.open_ioctx(pool)
-    if writing:
-        img = rbd.Image(io, image)
-        if snap and snap not in [x['name'] for x in img.list_snaps()]:
-            raise Exception('the base snapshot %s of image %s is missing' % (snap, image))
-        if img.size() < int(capacity):
-            img.resize(int(capacity))
-    else:
-        img = rbd.Image(io, image, snapshot=(snap or None), read_only=True)
-    size = img.size()
-    sid = 0
-    if snap and not writing:
-        sid = next((x['id'] for x in img.list_snaps() if x['name'] == snap), 0)
-except Exception as e:
-    frame(1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
-    sys.exit(2)
-frame(0, struct.pack('<QQ', size, sid))
-while True:
-    h = inp.read(13)
-    if h is None or len(h) < 13:
-        break
-    op, off, ln = struct.unpack('<BQI', h)
-    body = b''
-    if op in (2, 4, 6, 7):
-        if ln > maxlen:
-            frame(1, ('a request of %d bytes, at most %d' % (ln, maxlen)).encode())
-            break
-        body = inp.read(ln) if ln > 0 else b''
-        if body is None or len(body) < ln:
-            break
-    bad = op not in (1, 2, 3, 4, 5, 6, 7) or (op in (2, 3, 4) and not writing) or (op in (5, 6, 7) and not log) or (op in (6, 7) and not side) or (op in (1, 5) and ln > maxlen) or (op in (1, 2, 3) and off + ln > size)
-    if bad:
-        frame(1, ('bad request op %d offset %d length %d (size %d, at most %d per read)' % (op, off, ln, size, maxlen)).encode())
-        continue
-    try:
-        if op == 1:
-            data = img.read(off, ln) if ln > 0 else b''
-            if len(data) < ln:
-                data = data + bytes(ln - len(data))
-            frame(0, data)
-        elif op == 2:
-            img.write(body, off)
-            frame(0, b'')
-        elif op == 3:
-            img.write_zeroes(off, ln)
-            frame(0, b'')
-        elif op == 5:
-            try:
-                frame(0, io.read(log, ln, off) if ln > 0 else b'')
-            except rados.ObjectNotFound:
-                frame(2, b'')
-        elif op == 6:
-            io.write(log, body, off)
-            frame(0, b'')
-        elif op == 7:
-            io.write_full(log, body)
-            frame(0, b'')
-        else:
-            img.flush()
-            if ln > 0:
-                io.append(log, body)
-            frame(0, b'')
-    except Exception as e:
-        # ENOSPC, EDQUOT: a full pool (its quota, or the cluster's full ratio)
-        frame(3 if getattr(e, 'errno', None) in (28, 122) else 1, (type(e).__name__ + ': ' + str(e)).encode('utf-8', 'replace'))
-img.close(); io.close(); c.shutdown()
-`
-
 interface Waiter {
   resolve(b: Buffer): void
   reject(e: Error): void
+  /** the request, named in a deadline's error */
+  what: string
+  /** a write (the longer deadline) */
+  write: boolean
+}
+
+const OPS = ['', 'read', 'write', 'write zeros', 'flush and log', 'read side object', 'write side object', 'replace side object']
+
+/** The deadline of a helper's requests: reads as Ceph queries, anything else as Ceph writes (rbd-cli.ts `cephTimeouts`). */
+function helperDeadlineMs(write: boolean): number {
+  return write ? cephTimeouts.commandMs : cephTimeouts.queryMs
 }
 
 /** An open image (or snapshot) answering reads; see the file comment. */
@@ -148,13 +83,18 @@ export class RbdImage {
   private readonly waiting: Waiter[] = []
   private buf: Buffer = Buffer.alloc(0)
   private dead: Error | undefined
+  /** the deadline of the oldest request waiting (restarted by every answer) */
+  private timer: NodeJS.Timeout | undefined
+  /** the VM whose lease a writer is registered for (named by a fencing error) */
+  private readonly vm: string
   /** bytes read through this reader */
   bytesRead = 0
   /** the id of the snapshot opened for reading (a snapshot removed and taken again under its name has another id); 0 for a head */
   snapId = 0
 
-  private constructor(proc: ChildProcess, size: number, label: string, rest: Buffer, writing: boolean) {
+  private constructor(proc: ChildProcess, size: number, label: string, rest: Buffer, writing: boolean, vm: string) {
     this.writing = writing
+    this.vm = vm
     this.proc = proc
     this.size = size
     this.label = label
@@ -167,19 +107,23 @@ export class RbdImage {
   /**
    * Open `image` (at `snap` when given) of the target's pool for reading;
    * with `write`, its head for writing (`snap` is then the base snapshot
-   * that must exist, `log` the extent log object, `capacity` the size it grows to).
+   * that must exist, `log` the extent log object, `capacity` the image's size).
+   * `fence` (a writer, a side writer): the lease its address is registered
+   * for before it writes — the caller confirms the lease (CephLock.confirm) before its first write.
    * @throws ReceiverError E_IO when Python, its rbd module or the cluster fail (Ceph's message quoted)
    */
   static async open(
     t: CephTarget,
     image: string,
     snap: string | null,
-    write?: { readonly log: string; readonly capacity: number; readonly signal?: AbortSignal },
-    side?: { readonly object: string; readonly writable?: boolean },
+    write?: { readonly log: string; readonly capacity: number; readonly signal?: AbortSignal; readonly fence?: CephFence },
+    side?: { readonly object: string; readonly writable?: boolean; readonly fence?: CephFence },
   ): Promise<RbdImage> {
     const label = `${t.pool}/${image}${snap === null ? '' : `@${snap}`}`
     const mode = write !== undefined ? ['write', write.log, String(write.capacity)] : [side?.writable === true ? 'side' : 'read', side?.object ?? '', '0']
-    const args = ['-c', HELPER, t.conf ?? '', t.id ?? '', t.keyring ?? '', t.pool, image, snap ?? '', String(MAX_READ_BYTES), ...mode]
+    const args = ['-c', IMAGE_HELPER, t.conf ?? '', t.id ?? '', t.keyring ?? '', t.pool, image, snap ?? '', String(MAX_READ_BYTES), ...mode]
+    const fence = write?.fence ?? side?.fence
+    args.push(fence?.object ?? '', fence === undefined ? '' : `${fence.cookie}.img`)
     const proc = spawn(cephPython(), args, { stdio: ['pipe', 'pipe', 'pipe'] })
     proc.stdin?.on('error', () => {})
     const err: Buffer[] = []
@@ -203,6 +147,10 @@ export class RbdImage {
       proc.stdout?.on('data', onData)
       proc.on('error', (e) => resolve(`cannot run ${cephPython()}: ${e.message}`))
       proc.on('close', (code) => resolve(`exit ${code}`))
+      const ms = helperDeadlineMs(write !== undefined)
+      const timer = setTimeout(() => resolve(`no answer in ${Math.round(ms / 1000)} s, killed: is the cluster healthy (ceph -s)?`), ms)
+      proc.on('close', () => clearTimeout(timer))
+      proc.stdout?.once('data', () => clearTimeout(timer))
       // a writer's open waits for the cluster (a full pool pauses it): its owner may give up
       write?.signal?.addEventListener('abort', () => resolve('aborted'), { once: true })
     })
@@ -211,7 +159,7 @@ export class RbdImage {
       throw write?.signal?.reason instanceof Error ? write.signal.reason : new ReceiverError('E_IO', `opening ${label} was given up`)
     }
     if (typeof first !== 'string' && first.status === 0 && first.data.length === 16) {
-      const img = new RbdImage(proc, Number(first.data.readBigUInt64LE(0)), label, first.rest, write !== undefined)
+      const img = new RbdImage(proc, Number(first.data.readBigUInt64LE(0)), label, first.rest, write !== undefined, fence?.vm ?? label)
       img.snapId = Number(first.data.readBigUInt64LE(8))
       return img
     }
@@ -233,12 +181,14 @@ export class RbdImage {
       const data = Buffer.from(this.buf.subarray(5, 5 + n))
       this.buf = this.buf.subarray(5 + n)
       const w = this.waiting.shift()
+      this.rearm()
       if (w === undefined) {
         this.fail(new ReceiverError('E_IO', `the librbd helper of ${this.label} answered a request never made`))
         return
       }
       if (status === 0) w.resolve(data)
       else if (status === 2) w.reject(new ReceiverError('E_NOT_FOUND', `${this.label}: the side object does not exist`))
+      else if (status === 4) w.reject(fencedError(this.vm, `${this.label}: ${data.toString('utf8').slice(0, 512)}`))
       else if (status === 3)
         w.reject(new ReceiverError('E_NO_SPACE', `${this.label}: the pool is full (${data.toString('utf8').slice(0, 512)}): free space in the pool or raise its quota; the cycle then resumes`))
       else w.reject(new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
@@ -250,7 +200,21 @@ export class RbdImage {
     this.fail(e)
   }
 
+  /** Restart the deadline for the oldest request waiting (none: stop it). */
+  private rearm(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    if (this.waiting.length === 0 || this.dead !== undefined) return
+    const ms = helperDeadlineMs(this.waiting.some((w) => w.write))
+    const what = (this.waiting[0] as Waiter).what
+    this.timer = setTimeout(() => {
+      this.fail(new CephCommandError(`librbd helper of ${this.label}: ${what}`, null, `no answer in ${Math.round(ms / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true))
+    }, ms)
+  }
+
   private fail(e: Error): void {
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
     if (this.dead === undefined) this.dead = e
     for (const w of this.waiting.splice(0)) w.reject(e)
     this.proc.kill('SIGKILL')
@@ -260,7 +224,8 @@ export class RbdImage {
   private request(op: number, offset: number, length: number, body?: Uint8Array): Promise<Buffer> {
     if (this.dead !== undefined) return Promise.reject(this.dead)
     return new Promise<Buffer>((resolve, reject) => {
-      this.waiting.push({ resolve, reject })
+      this.waiting.push({ resolve, reject, what: `${OPS[op] ?? `op ${op}`} at ${offset} (${length} bytes)`, write: op !== 1 && op !== 5 })
+      if (this.timer === undefined) this.rearm()
       const h = Buffer.alloc(13)
       h.writeUInt8(op, 0)
       h.writeBigUInt64LE(BigInt(offset), 1)
@@ -356,6 +321,8 @@ export class RbdImage {
    */
   async close(): Promise<void> {
     if (this.dead === undefined) this.dead = new ReceiverError('E_IO', `the librbd helper of ${this.label} is closed`)
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
     for (const w of this.waiting.splice(0)) w.reject(this.dead)
     this.proc.stdin?.end()
     if (!this.writing || this.proc.exitCode !== null || this.proc.signalCode !== null) {

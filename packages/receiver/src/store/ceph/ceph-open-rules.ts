@@ -1,0 +1,50 @@
+/**
+ * The DiskOpen rules of SPEC §5.1/§5.2 (and §5.9 for a resync) that decide
+ * a fresh open of a disk on the Ceph store from its committed record — the
+ * twin of open-decision.ts for images (split from ceph-mirror.ts) — and
+ * what the apply records of the blocks it writes. Pure.
+ */
+import type { DiskOpenRequest } from '../../open-decision.ts'
+import { TouchedBlocks } from '../../kept-map.ts'
+import { keepable } from './ceph-kept-map.ts'
+import type { CephDiskRecord } from './ceph-state.ts'
+
+const refusal = (reason: string, message: string): { reason: string; message: string } => ({ reason, message })
+
+/**
+ * Why a fresh (not resumed) DiskOpen of a resync or an incremental is refused, or undefined (a seed is never refused here;
+ * room and quota: ceph-space.ts). `compatible`: the VM's compatibility record matches the mirror's.
+ */
+export function freshOpenRefusal(vm: string, req: DiskOpenRequest, rec: CephDiskRecord | undefined, compatible: boolean): { reason: string; message: string } | undefined {
+  if (req.mode === 'resync') {
+    // SPEC §5.9 (resync-open.ts): generation, chain and divergence do not matter; the committed snapshot is compared with
+    if (!compatible) return refusal('E_INCOMPATIBLE', `VM ${vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no resync; seed a new mirror after checking the VM`)
+    if (rec === undefined) return refusal('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to compare with: seed it`)
+    if (req.capacity < rec.capacity) return refusal('E_CHAIN_MISMATCH', `capacity of ${req.name} shrank from ${rec.capacity} to ${req.capacity}: seed it`)
+  }
+  if (req.mode === 'incremental') {
+    if (rec === undefined) return refusal('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)
+    if (!compatible) return refusal('E_INCOMPATIBLE', `VM ${vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): seed a new mirror`)
+    if (req.baseCycle !== rec.cycle) return refusal('E_CHAIN_MISMATCH', `incremental on cycle ${req.baseCycle} but the mirror is at cycle ${rec.cycle}`)
+    if (req.source.layers[0]?.file !== rec.source.successor) {
+      return refusal('E_CHAIN_MISMATCH', `first delta ${req.source.layers[0]?.file ?? '(none)'} is not the successor ${rec.source.successor} recorded at the last commit`)
+    }
+    if (req.capacity < rec.capacity) return refusal('E_CHAIN_MISMATCH', `capacity shrank from ${rec.capacity} to ${req.capacity}`)
+    if (req.baseGeneration !== rec.generation) {
+      return refusal('E_GENERATION', `incremental planned against generation ${req.baseGeneration || '(none)'}, but the mirror of ${req.name} is at generation ${rec.generation}; resync`)
+    }
+    if (rec.diverged !== undefined) return refusal('E_DIVERGED', `mirror of ${req.name} was found to differ from its source at ${rec.diverged.at} (${rec.diverged.reason}): resync or seed it`)
+  }
+  return undefined
+}
+
+/**
+ * What the apply of a DiskOpen records of the blocks it writes (ceph-kept-map.ts):
+ * a resync always (its commit writes the next kept map), an incremental on a
+ * disk whose committed record keeps a map of the same capacity, nothing otherwise.
+ */
+export function trackerFor(req: DiskOpenRequest, rec: CephDiskRecord | undefined): TouchedBlocks | undefined {
+  if (req.mode === 'resync') return req.blockSize !== undefined && keepable(req.capacity, req.blockSize, req.algorithm) ? new TouchedBlocks(req.capacity, req.blockSize) : undefined
+  if (req.mode === 'incremental' && rec?.kept !== undefined && rec.capacity === req.capacity) return new TouchedBlocks(req.capacity, rec.kept.blockSize)
+  return undefined
+}
