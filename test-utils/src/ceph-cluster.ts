@@ -89,6 +89,49 @@ export function isCommandDescriptionsHiccup(err: unknown): boolean {
   return err instanceof Error && err.message.includes('problem getting command descriptions')
 }
 
+/**
+ * Run `file args` with `input` on stdin to its exit, its output collected:
+ * killed (SIGKILL) and rejected with `onTimeout(stderr)` after `timeoutMs`,
+ * rejected naming `what` when it exits non-zero; reported by
+ * {@link reportOnTimeout} while it runs.
+ */
+function runWithDeadline(
+  file: string,
+  args: readonly string[],
+  input: Buffer | undefined,
+  timeoutMs: number,
+  what: string,
+  onTimeout: (stderr: string) => Error,
+): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL')
+      reject(onTimeout(stderr))
+    }, timeoutMs)
+    reportOnTimeout(p, () => `stderr:\n${lastLines(stderr)}`)
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d
+    })
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d
+    })
+    p.stdin.on('error', () => {})
+    p.on('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+    p.on('close', (code) => {
+      clearTimeout(timer)
+      if (code === 0) resolve({ stdout, stderr })
+      else reject(new Error(`${what} exited ${code}: ${stderr.slice(-800)}`))
+    })
+    p.stdin.end(input)
+  })
+}
+
 /** Options of {@link startCephCluster}. */
 export interface CephClusterOptions {
   /** also start radosgw with an S3 user. @default false */
@@ -212,34 +255,8 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
     ].join('\n'),
   )
   const daemons: ChildProcess[] = []
-  const runOnce = async (cmd: CephCommand, args: readonly string[], input: Buffer | undefined, timeoutMs: number): Promise<{ stdout: string; stderr: string }> => {
-    return await new Promise((resolve, reject) => {
-      const p = spawn(cmd, ['--conf', conf, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
-      let stdout = ''
-      let stderr = ''
-      const timer = setTimeout(() => {
-        p.kill('SIGKILL')
-        reject(new CephCommandTimeout(cmd, args, timeoutMs, stderr))
-      }, timeoutMs)
-      reportOnTimeout(p, () => `stderr:\n${lastLines(stderr)}`)
-      p.stdout.setEncoding('utf8').on('data', (d: string) => {
-        stdout += d
-      })
-      p.stderr.setEncoding('utf8').on('data', (d: string) => {
-        stderr += d
-      })
-      p.on('error', (err) => {
-        clearTimeout(timer)
-        reject(err)
-      })
-      p.on('close', (code) => {
-        clearTimeout(timer)
-        if (code === 0) resolve({ stdout, stderr })
-        else reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr.slice(-800)}`))
-      })
-      p.stdin.end(input)
-    })
-  }
+  const runOnce = (cmd: CephCommand, args: readonly string[], input: Buffer | undefined, timeoutMs: number): Promise<{ stdout: string; stderr: string }> =>
+    runWithDeadline(cmd, ['--conf', conf, ...args], input, timeoutMs, `${cmd} ${args.join(' ')}`, (stderr) => new CephCommandTimeout(cmd, args, timeoutMs, stderr))
   const run = async (cmd: CephCommand, args: readonly string[], input?: Buffer, runOpts?: { readonly timeoutMs?: number }): Promise<{ stdout: string; stderr: string }> => {
     const query = cephCommandOnlyReads(cmd, args)
     const timeoutMs = runOpts?.timeoutMs ?? (query ? (opts.queryTimeoutMs ?? 90_000) : (opts.commandTimeoutMs ?? 300_000))
@@ -267,28 +284,16 @@ async function startOnce(opts: CephClusterOptions): Promise<CephCluster> {
     }
   }
   const writeImage = async (pool: string, image: string, offset: number, data: Buffer): Promise<void> => {
-    await new Promise<void>((resolve, reject) => {
-      const p = spawn(process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3', ['-c', WRITE_PY, conf, pool, image, String(offset)], { stdio: ['pipe', 'ignore', 'pipe'] })
-      let stderr = ''
-      const timeoutMs = opts.commandTimeoutMs ?? 300_000
-      const timer = setTimeout(() => {
-        p.kill('SIGKILL')
-        reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} did not end in ${timeoutMs} ms: killed; its stderr: ${stderr.slice(-800)}`))
-      }, timeoutMs)
-      p.stderr.setEncoding('utf8').on('data', (d: string) => {
-        stderr += d
-      })
-      p.on('error', (err) => {
-        clearTimeout(timer)
-        reject(err)
-      })
-      p.on('close', (code) => {
-        clearTimeout(timer)
-        if (code === 0) resolve()
-        else reject(new Error(`librbd write of ${data.length} bytes at ${offset} into ${pool}/${image} exited ${code}: ${stderr.slice(-800)}`))
-      })
-      p.stdin.end(data)
-    })
+    const what = `librbd write of ${data.length} bytes at ${offset} into ${pool}/${image}`
+    const timeoutMs = opts.commandTimeoutMs ?? 300_000
+    await runWithDeadline(
+      process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3',
+      ['-c', WRITE_PY, conf, pool, image, String(offset)],
+      data,
+      timeoutMs,
+      what,
+      (stderr) => new Error(`${what} did not end in ${timeoutMs} ms: killed; its stderr: ${stderr.slice(-800)}`),
+    )
   }
   /** a daemon in the foreground (-f), killed with the cluster */
   const daemon = (cmd: string, args: readonly string[]): void => {
