@@ -257,11 +257,14 @@ try {
               l.includes('"scrub ok"') ||
               l.includes('"block check ok"') ||
               l.includes('"digests of the written blocks taken while shipping"') ||
-              l.includes('"digests of the scrub slices taken while shipping"'),
+              l.includes('"digests of the scrub slices taken while shipping"') ||
+              // debug (BENCH_AGENT_LOG=debug): how long the slice's digests took while shipping
+              l.includes('"scrub: digests of the slice taken while shipping"'),
           )
           .map((l) => {
             const o = JSON.parse(l)
             if (o.msg.startsWith('digests of the written')) return `written blocks' digests (taken while shipping): waited ${o.waitMs} ms after the commit`
+            if (o.msg.startsWith('scrub: digests of the slice')) return `scrub slice digested while shipping: ${o.ms} ms, ${((o.holeBytes ?? 0) / MiB).toFixed(0)} MiB of holes not read`
             if (o.msg.startsWith('digests of the scrub')) return `scrub slice's digests (taken while shipping): waited ${o.waitMs} ms after the commit`
             return `${o.msg}: agent read ${o.readMs} ms${o.listMs === undefined ? '' : ` (of which listing the blocks ${o.listMs} ms)`}${o.ready === true ? ' (digests ready)' : ''}, waited for answers ${o.waitMs} ms (${o.messages} msg)`
           })

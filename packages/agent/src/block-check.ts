@@ -42,15 +42,27 @@ export const SHIPPING_READS_IN_FLIGHT = 2
 
 /**
  * A scrub slice at least this long asks the view's holes first and does not
- * read them (`SEEK_DATA` of a flat base runs one python3 process: 20 ms on a
- * quiet machine, 250–330 ms at load 12, more than reading 32 MiB of holes);
- * a shorter one is read whole. An incremental takes its slice while it
- * ships, off the scrub's path after the commit. The receiver asks as a slice
- * of this size arrives (its block-check.ts `EARLY_HOLE_ASK_MIN_BYTES`), and
- * when it processes one only from 256 MiB (`HOLE_ASK_MIN_BYTES`).
- * @default 64 MiB
+ * read them; a shorter one is read whole. Asking starts the process's
+ * `SEEK_DATA` helper (one `python3`, kept for the run: vmdk's
+ * `keptSeekHelper`), and the agent runs once per cycle, so every cycle that
+ * asks pays one start: a fork of the agent (5–19 ms of blocked event loop at
+ * 43–194 MiB RSS) and the interpreter's start (20–25 ms of CPU), on a quiet
+ * machine. An incremental takes its slice while it ships, and that ship is
+ * CPU-bound on both cores, so the start lengthens it as much as reading
+ * 128 MiB of holes from the page cache does (4 GiB disk, `--scrub 32`,
+ * 2026-12-01 15:14–15:24, load 1.2–2.0, 5 interleaved rounds each: scrub
+ * cycle 1.04 s vs plain 0.90 s asking, 0.94 s vs 0.91 s reading the holes;
+ * scripts/bench-resync.mjs --scenario verify). Below this size the holes
+ * are read. The receiver, a long-running process, keeps its helper and asks
+ * as a slice of this size arrives (its block-check.ts
+ * `EARLY_HOLE_ASK_MIN_BYTES`), and when it processes one only from 256 MiB
+ * (`HOLE_ASK_MIN_BYTES`).
+ * @default 256 MiB
  */
-export const SCRUB_HOLE_ASK_MIN_BYTES = 64 * 1024 * 1024
+export const SCRUB_HOLE_ASK_MIN_BYTES = 256 * 1024 * 1024
+
+/** The size from which a scrub slice asks its holes ({@link SCRUB_HOLE_ASK_MIN_BYTES}); tests and benchmarks set it. */
+export const scrubHoles = { askMinBytes: SCRUB_HOLE_ASK_MIN_BYTES }
 
 /** The blocks the cycle wrote, ascending: a resync's differing blocks, else every block an extent of the plan covers. */
 async function* writtenBlocks(w: DiskWork, blockSize: number): AsyncGenerator<number> {
@@ -375,7 +387,7 @@ function sliceSource(
   const chain = w.chain
   return new ViewBlockDigests({
     chain:
-      (slice.to - slice.from) * slice.blockSize >= SCRUB_HOLE_ASK_MIN_BYTES
+      (slice.to - slice.from) * slice.blockSize >= scrubHoles.askMinBytes
         ? chain
         : { capacity: chain.capacity, read: (at, n, d) => chain.read(at, n, d), readInto: (b, bAt, at, n, d) => chain.readInto(b, bAt, at, n, d) },
     depth: w.depth,

@@ -22,7 +22,8 @@ import t from 'tap'
 import { open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pollUntil } from '@grainline/test-utils'
-import { localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
+import { keptSeekHelper, localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
+import { SCRUB_HOLE_ASK_MIN_BYTES, scrubHoles } from '../src/block-check.ts'
 import type { HypervisorDriver } from '../src/driver.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
@@ -124,17 +125,27 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
   const vm = await createSampleVm(dir, { name: 'holes', disks: [{ sizeBytes: 128 * MiB, fill: 'sparse' }], seed: 4 })
   const flat = join(rx.store, 'holes', 'holes-flat.vmdk')
   t.ok((await cycle(dir, vm, rx, 'c1', {})).v.ok, 'seed')
-  for (const [c, from] of [
-    [2, 0],
-    [3, 256],
+  const startsBefore = keptSeekHelper.starts
+  for (const [c, from, ask] of [
+    [2, 0, false],
+    [3, 256, true],
   ] as const) {
+    // a slice shorter than SCRUB_HOLE_ASK_MIN_BYTES (256 MiB) reads its holes: asking would start a helper process
+    scrubHoles.askMinBytes = ask ? 64 * MiB : SCRUB_HOLE_ASK_MIN_BYTES
     const r = await cycle(dir, vm, rx, `c${c}`, { scrub: 2 })
+    scrubHoles.askMinBytes = SCRUB_HOLE_ASK_MIN_BYTES
     const s = r.v.disks[0]?.scrub
     // blocks of 256 KiB (resyncBlockBytes): 256 a slice
     t.match(s, { ok: true, from, to: from + 256, blockSize: 256 * 1024 }, `cycle ${c}: scrub of blocks ${from}…${from + 256} ok`)
     const line = r.lines.find((l) => l['msg'] === 'scrub ok')
-    t.ok(Number(line?.['holeBytes']) >= 32 * MiB, `cycle ${c}: the holes of the 64 MiB slice were not read (${Number(line?.['holeBytes']) / MiB} MiB)`)
+    if (ask) t.ok(Number(line?.['holeBytes']) >= 32 * MiB, `cycle ${c}: the holes of the 64 MiB slice were not read (${Number(line?.['holeBytes']) / MiB} MiB)`)
+    else {
+      t.equal(Number(line?.['holeBytes'] ?? 0), 0, `cycle ${c}: the 64 MiB slice, below the size that asks, was read whole`)
+      t.equal(keptSeekHelper.starts, startsBefore, 'and no SEEK_DATA helper was started for it')
+    }
   }
+  // the flat base's holes were asked through the process's kept helper, not a python3 per question
+  t.ok(keptSeekHelper.starts - startsBefore <= 1 && keptSeekHelper.starts === 1, 'one SEEK_DATA helper process for the whole process')
   // 4 KiB written into the mirror where the source reads zeros in block 10, one data byte changed in block 100
   const last = await cycle(dir, vm, rx, 'c4', {})
   const src = await open(last.raw, 'r')

@@ -13,7 +13,7 @@
  */
 import { constants } from 'node:fs'
 import { open, realpath, stat, type FileHandle } from 'node:fs/promises'
-import { type DataRange, fileDataRanges } from './data-ranges.ts'
+import { type DataRange, keptSeekHelper } from './data-ranges.ts'
 import type { Stats } from 'node:fs'
 
 /** What a path names. Only `'file'` is ever opened by the readers. */
@@ -108,6 +108,8 @@ class LocalFile implements RandomAccessFile {
   readonly stat: FileStat
   readonly #fh: FileHandle
   #closed = false
+  /** `SEEK_DATA` questions not yet answered (see {@link dataRanges}) */
+  readonly #asking = new Set<Promise<DataRange[] | undefined>>()
 
   constructor(fh: FileHandle, st: FileStat) {
     this.#fh = fh
@@ -119,9 +121,24 @@ class LocalFile implements RandomAccessFile {
     return bytesRead
   }
 
+  /**
+   * Asked through the process's kept `SEEK_DATA` helper (data-ranges.ts
+   * `keptSeekHelper`): one `python3` for the process, not one per question —
+   * a scrub slice's holes, asked while an incremental ships, started 1–3
+   * helpers per cycle, ~40 ms each on a quiet machine (issue #13). The
+   * descriptor stays open until every question asked is answered (the
+   * helper reopens it by number: a closed and reused number would be
+   * another file).
+   */
   async dataRanges(start: number, end: number): Promise<DataRange[] | undefined> {
     if (this.#closed) return undefined
-    return await fileDataRanges(this.#fh.fd, start, end)
+    const answer = keptSeekHelper.dataRanges(this.#fh.fd, start, end)
+    this.#asking.add(answer)
+    try {
+      return await answer
+    } finally {
+      this.#asking.delete(answer)
+    }
   }
 
   async write(data: Uint8Array, offset: number, length: number, position: number): Promise<number> {
@@ -139,6 +156,8 @@ class LocalFile implements RandomAccessFile {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    // questions never reject (unknown: undefined)
+    await Promise.all(this.#asking)
     await this.#fh.close().catch(() => {})
   }
 }

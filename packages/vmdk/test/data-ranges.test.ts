@@ -9,11 +9,25 @@
  * A kept helper answers many questions with one process, the same answers.
  */
 import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { type FileHandle, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
-import { createDelta, createFlatDisk, dataCursor, type FileAccess, fileDataRanges, KeptSeekHelper, localFileAccess, openChain, openWriter, parseRanges, seekHelper } from '../src/index.ts'
+import {
+  createDelta,
+  createFlatDisk,
+  dataCursor,
+  type FileAccess,
+  fileDataRanges,
+  KeptSeekHelper,
+  keptSeekHelper,
+  localFileAccess,
+  openChain,
+  openWriter,
+  parseRanges,
+  seekHelper,
+} from '../src/index.ts'
 import { qemuImg } from './helpers.ts'
 
 const MiB = 1024 * 1024
@@ -193,6 +207,51 @@ t.test('KeptSeekHelper: one process answers every question, as fileDataRanges do
   })
   t.equal(await kept.dataRanges(fh.fd, 0, 16 * MiB), undefined, 'no helper: unknown')
   t.equal(seekHelper.missing, true, 'remembered')
+})
+
+t.test("local files ask through the process's kept helper: one python3 for a chain's questions; close waits for an asked question", async (t) => {
+  const dir = t.testdir({})
+  const { base, top } = await makeChain(dir)
+  // a wrapper that counts the helper processes started
+  const starts = join(dir, 'starts')
+  const wrapper = join(dir, 'counting-python3')
+  writeFileSync(wrapper, `#!/bin/sh\necho started >> '${starts}'\nexec '${seekHelper.command}' "$@"\n`, { mode: 0o755 })
+  const saved = seekHelper.command
+  seekHelper.command = wrapper
+  t.teardown(() => {
+    seekHelper.command = saved
+    keptSeekHelper.close()
+  })
+  const started = (): number =>
+    existsSync(starts)
+      ? readFileSync(starts, 'utf8')
+          .split('\n')
+          .filter((l) => l === 'started').length
+      : 0
+  const chain = await openChain(top)
+  // windows of the base seen through the delta: each asks the flat base about one or more runs
+  const want = qemuNonZero(top)
+  const clip = (s: number, e: number): Array<[number, number]> => want.filter(([a, b]) => b > s && a < e).map(([a, b]) => [Math.max(a, s), Math.min(b, e)])
+  for (const [s, e] of [
+    [0, 64 * MiB],
+    [0, 16 * MiB],
+    [16 * MiB, 48 * MiB],
+    [39 * MiB, 41 * MiB],
+    [60 * MiB, 64 * MiB],
+  ] as const) {
+    const r = await chain.dataRanges(s, e - s)
+    t.equal(r.unknownBytes, 0, `[${s / MiB}, ${e / MiB}) MiB answered`)
+    t.same(r.ranges, clip(s, e), `[${s / MiB}, ${e / MiB}) MiB: qemu-img map's non-zero entries`)
+  }
+  await chain.close()
+  t.equal(started(), 1, 'one helper process for every question (one per question before)')
+
+  // a question asked just before the file closes is still answered about that file
+  const f = await localFileAccess.open(join(dir, 'base-flat.vmdk'), 'r')
+  const asked = f.dataRanges?.(0, 64 * MiB)
+  await f.close()
+  t.same(await asked, qemuNonZero(base), 'answered: the descriptor stayed open until then')
+  t.equal(await f.dataRanges?.(0, 64 * MiB), undefined, 'closed: unknown, not asked')
 })
 
 t.test('dataCursor: may a range hold data, asked in increasing order', async (t) => {
