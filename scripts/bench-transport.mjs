@@ -12,7 +12,10 @@
 //   npx tsc -b && node scripts/bench-transport.mjs [MiBPerRound] [rounds] [extentKiB]
 //
 // Rounds run interleaved (agent, tls, agent, tls, …; with `--masked` also a ws
-// client with ws's default per-byte masking, the path before the zero mask);
+// client with ws's default per-byte masking, the path before the zero mask;
+// with `--pooled-sink` also the agent's connection into a sink that receives as
+// the receiver does since perf7: payloads read into reused frames,
+// packages/receiver/src/frame-pool.ts — the main ws sink is plain ws);
 // reported are the median MiB/s of each, the median of the per-pair ratios
 // agent/tls, and the load average before and after.
 //
@@ -39,6 +42,7 @@ import { DEFAULT_LIMITS, decodeMessage, encodeMessage, encodeMessageParts, Messa
 const MiB = 1024 * 1024
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 const withMasked = process.argv.includes('--masked')
+const withPooled = process.argv.includes('--pooled-sink')
 // --only=agent / --only=tls: one side only (for profiling with --cpu-prof)
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice(7)
 const sinksMode = process.argv.includes('--sinks')
@@ -53,9 +57,27 @@ async function sink(dir) {
   const key = readFileSync(join(dir, 'k.pem'))
   // the receiver's TLS settings (its cipher order) on both sinks
   const https = createHttpsServer({ cert, key, ...RECEIVER_TLS_OPTIONS })
-  const wss = new WebSocketServer({ server: https, maxPayload: DEFAULT_LIMITS.maxMessageBytes, perMessageDeflate: false, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
-  wss.on('connection', (ws) => {
+  // the receiver's ws receive path (its session.ts since perf7): large payloads read from the TLS chunks into
+  // reused frames, messages as fragments joined around them; the frame goes back once the message is handled
+  const { FramePool, consumeIntoPool, joinFragments } = await import('../packages/receiver/dist/src/frame-pool.js')
+  const pooledHttps = createHttpsServer({ cert, key, ...RECEIVER_TLS_OPTIONS })
+  const wsOptions = { maxPayload: DEFAULT_LIMITS.maxMessageBytes, perMessageDeflate: false, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) }
+  new WebSocketServer({ server: pooledHttps, ...wsOptions }).on('connection', (ws) => {
+    const pool = new FramePool(() => 128 * MiB)
+    ws.binaryType = 'fragments'
+    if (!consumeIntoPool(ws._receiver, pool)) console.error('bench-transport: ws internals differ, the pooled sink reads as plain ws does')
     ws.on('message', (d) => {
+      const frame = joinFragments(Array.isArray(d) ? d : [d], pool)
+      handle(ws, frame)
+      pool.give(frame)
+    })
+  })
+  const wss = new WebSocketServer({ server: https, ...wsOptions })
+  wss.on('connection', (ws) => {
+    ws.on('message', (d) => handle(ws, d))
+  })
+  function handle(ws, d) {
+    {
       const m = decodeMessage(d, { maxMessageBytes: DEFAULT_LIMITS.maxMessageBytes })
       if (m.kind === MessageKind.Extent) ws.send(encodeMessage({ kind: MessageKind.ExtentAck, disk: m.disk, seq: m.seq }))
       else if (m.kind === MessageKind.Hello)
@@ -77,8 +99,8 @@ async function sink(dir) {
           }),
         )
       else if (m.kind === MessageKind.DiskEnd) ws.send(encodeMessage({ kind: MessageKind.DiskEnded, disk: m.disk }))
-    })
-  })
+    }
+  }
   const tls = createTlsServer({ cert, key, ...RECEIVER_TLS_OPTIONS }, (s) => {
     let want = -1
     let got = 0
@@ -117,7 +139,7 @@ async function sink(dir) {
       }
     }
   }
-  const servers = { https, tls }
+  const servers = { https, tls, pooled: pooledHttps }
   if (process.argv.includes('--sinks')) {
     for (const [name, opts] of [
       ['Default', {}],
@@ -191,8 +213,8 @@ async function main() {
   const wireBytes = count * partSizes.reduce((a, b) => a + b, 0)
   let cipher = ''
 
-  async function agentRound() {
-    const c = await ReceiverClient.connect({ url: `wss://127.0.0.1:${ports.ws}/`, token: 'bench', ca })
+  async function agentRound(port = ports.ws) {
+    const c = await ReceiverClient.connect({ url: `wss://127.0.0.1:${port}/`, token: 'bench', ca })
     await c.hello({
       versions: [PROTOCOL_VERSION],
       software: 'bench',
@@ -413,14 +435,16 @@ async function main() {
     return
   }
   const load0 = loadavg()
-  const res = { agent: Object.assign([], { cpu: [] }), tls: Object.assign([], { cpu: [] }), masked: Object.assign([], { cpu: [] }) }
+  const res = { agent: Object.assign([], { cpu: [] }), tls: Object.assign([], { cpu: [] }), masked: Object.assign([], { cpu: [] }), pooled: Object.assign([], { cpu: [] }) }
   // one warm-up pair, not counted
   await agentRound()
   await tlsRound()
+  if (withPooled) await agentRound(ports.pooled)
   for (let i = 0; i < rounds; i++) {
     if (only !== 'tls') await timed(agentRound, res.agent)
     if (only !== 'agent') await timed(tlsRound, res.tls)
     if (withMasked) await timed(maskedRound, res.masked)
+    if (withPooled) await timed(() => agentRound(ports.pooled), res.pooled)
   }
   const load1 = loadavg()
   child.kill('SIGTERM')
@@ -442,6 +466,12 @@ async function main() {
     console.log(
       `ws client, default masking:     median ${f(median(res.masked))} MiB/s  [${res.masked.map(f).join(' ')}] (${((100 * median(res.masked)) / median(res.tls)).toFixed(1)} % of TLS)  ${cpu(res.masked)}`,
     )
+  if (withPooled) {
+    const pr = res.pooled.map((a, i) => a / res.tls[i])
+    console.log(
+      `agent into the receiver's pooled ws path: median ${f(median(res.pooled))} MiB/s  [${res.pooled.map(f).join(' ')}]  ${cpu(res.pooled)}; ratio pooled/tls (median of pairs) ${(100 * median(pr)).toFixed(1)} %  [${pr.map((r) => (100 * r).toFixed(0)).join(' ')}]`,
+    )
+  }
   console.log(`ratio agent/tls (median of pairs): ${(100 * ratio).toFixed(1)} %  [${ratios.map((r) => (100 * r).toFixed(0)).join(' ')}]  target ≥ 85 %: ${ratio >= 0.85 ? 'met' : 'missed'}`)
   console.log(
     JSON.stringify({
@@ -450,6 +480,7 @@ async function main() {
       agentMiBs: +median(res.agent).toFixed(0),
       tlsMiBs: +median(res.tls).toFixed(0),
       ...(withMasked ? { maskedMiBs: +median(res.masked).toFixed(0) } : {}),
+      ...(withPooled ? { pooledMiBs: +median(res.pooled).toFixed(0), pooledRatio: +median(res.pooled.map((a, i) => a / res.tls[i])).toFixed(3) } : {}),
       ratio: +ratio.toFixed(3),
       load: [load0, load1].map((l) => +l[0].toFixed(2)),
     }),
