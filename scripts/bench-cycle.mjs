@@ -146,9 +146,11 @@ writeFileSync(
 import { readFileSync } from 'node:fs'
 import { setFlagsFromString } from 'node:v8'
 import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
-// V8 flags NODE_OPTIONS does not take (an A/B of --max-opt), set before the agent's code is loaded
-if (process.env.BENCH_V8_FLAGS) setFlagsFromString(process.env.BENCH_V8_FLAGS)
-const { replicate } = await import(${JSON.stringify(process.env.BENCH_AGENT_DIST ? pathToFileURL(process.env.BENCH_AGENT_DIST).href : new URL('../packages/agent/dist/src/index.js', import.meta.url).href)})
+const agent = await import(${JSON.stringify(process.env.BENCH_AGENT_DIST ? pathToFileURL(process.env.BENCH_AGENT_DIST).href : new URL('../packages/agent/dist/src/index.js', import.meta.url).href)})
+const { replicate } = agent
+// as the CLI's replicate does (a build that has it); BENCH_V8_FLAGS: other V8 flags instead (NODE_OPTIONS takes few), 'none' for none
+if (process.env.BENCH_V8_FLAGS) { if (process.env.BENCH_V8_FLAGS !== 'none') setFlagsFromString(process.env.BENCH_V8_FLAGS) }
+else agent.tuneAgentProcess?.()
 const init = JSON.parse(process.argv[2])
 init.ca = readFileSync(init.ca)
 const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
