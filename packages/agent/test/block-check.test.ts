@@ -126,6 +126,10 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
   const flat = join(rx.store, 'holes', 'holes-flat.vmdk')
   t.ok((await cycle(dir, vm, rx, 'c1', {})).v.ok, 'seed')
   const startsBefore = keptSeekHelper.starts
+  // restored even when a cycle throws
+  t.teardown(() => {
+    scrubHoles.askMinBytes = SCRUB_HOLE_ASK_MIN_BYTES
+  })
   for (const [c, from, ask] of [
     [2, 0, false],
     [3, 256, true],
@@ -145,7 +149,7 @@ t.test('--scrub 2 of a sparse 128 MiB disk: the slices skip the holes, a block w
     }
   }
   // the flat base's holes were asked through the process's kept helper, not a python3 per question
-  t.ok(keptSeekHelper.starts - startsBefore <= 1 && keptSeekHelper.starts === 1, 'one SEEK_DATA helper process for the whole process')
+  t.equal(keptSeekHelper.starts, 1, 'one SEEK_DATA helper process for the whole process')
   // 4 KiB written into the mirror where the source reads zeros in block 10, one data byte changed in block 100
   const last = await cycle(dir, vm, rx, 'c4', {})
   const src = await open(last.raw, 'r')
