@@ -19,6 +19,17 @@
  * and the agent's peak RSS during the cycle is sampled (this process), and the
  * receiver's CPU time (user + system, /proc) for the seed and each cycle.
  * `GRAINLINE_RECEIVER_MAIN=<main.js>` runs another receiver build (an A/B).
+ * `BENCH_AGENT_ENV_B="NAME=VALUE[,NAME=VALUE]"` runs every second cycle's agent
+ * with those variables (e.g. `GRAINLINE_EXTENT_WORKER=0`: an interleaved A/B in
+ * one build; give a rate twice or more, `--rates 1,1,1,1,1,1`), and prints the
+ * medians of both.
+ * `BENCH_AGENT_DIST=<agent dist/src/index.js>` runs the cycles' agent from
+ * another build (with `GRAINLINE_RECEIVER_MAIN`: a whole other build, for an
+ * A/B of runs interleaved by scripts/bench-cycle-ab.mjs). Per cycle it prints
+ * the CPU of the receiver (user / system) and of the agent (user / system, in
+ * `replicate()` and with start-up), and the machine's busy CPU seconds
+ * (/proc/stat, every process and the kernel: other work on the machine counts
+ * too); `BENCH_JSON=1` prints the rows as one JSON line at the end.
  * Needs: built packages (npx tsc -b), qemu-img, rsync, openssl.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process'
@@ -28,7 +39,7 @@ import { open } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { parseArgs, promisify } from 'node:util'
 import { pino } from 'pino'
 import { receiverMain } from '@grainline/test-utils'
@@ -104,10 +115,19 @@ const port = await new Promise((resolve, reject) => {
 log(`receiver: pid ${rx.pid} (${receiverMain()})`)
 // the receiver process's CPU seconds so far, user + system (/proc, Linux)
 const TICK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim())
-const rxCpu = () => {
+const rxCpuSplit = () => {
   const f = readFileSync(`/proc/${rx.pid}/stat`, 'utf8')
   const v = f.slice(f.lastIndexOf(')') + 2).split(' ')
-  return (Number(v[11]) + Number(v[12])) / TICK
+  return { user: Number(v[11]) / TICK, sys: Number(v[12]) / TICK }
+}
+const rxCpu = () => {
+  const c = rxCpuSplit()
+  return c.user + c.sys
+}
+// busy CPU seconds of the whole machine (every process and the kernel; idle and iowait excluded)
+const machineBusy = () => {
+  const v = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / TICK
 }
 const cleanup = async () => {
   rx.kill('SIGTERM')
@@ -124,16 +144,24 @@ writeFileSync(
   worker,
   `
 import { readFileSync } from 'node:fs'
+import { setFlagsFromString } from 'node:v8'
 import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
-import { replicate } from ${JSON.stringify(new URL('../packages/agent/dist/src/index.js', import.meta.url).href)}
+const agent = await import(${JSON.stringify(process.env.BENCH_AGENT_DIST ? pathToFileURL(process.env.BENCH_AGENT_DIST).href : new URL('../packages/agent/dist/src/index.js', import.meta.url).href)})
+const { replicate } = agent
+// as the CLI's replicate does (a build that has it); BENCH_V8_FLAGS: other V8 flags instead (NODE_OPTIONS takes few), 'none' for none
+if (process.env.BENCH_V8_FLAGS) { if (process.env.BENCH_V8_FLAGS !== 'none') setFlagsFromString(process.env.BENCH_V8_FLAGS) }
+else agent.tuneAgentProcess?.()
 const init = JSON.parse(process.argv[2])
 init.ca = readFileSync(init.ca)
 const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
 const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
 const timer = setInterval(sample, 20)
+const c0 = process.cpuUsage()
 const report = await replicate({ logger: pino({ level: 'warn' }, pino.destination(2)) }, init)
+const c1 = process.cpuUsage(c0)
 clearInterval(timer)
-process.stdout.write(JSON.stringify({ report, maxRssKiB: process.resourceUsage().maxRSS, peak }))
+const ru = process.resourceUsage()
+process.stdout.write(JSON.stringify({ report, maxRssKiB: ru.maxRSS, peak, cpuS: (ru.userCPUTime + ru.systemCPUTime) / 1e6, cycleCpu: { user: c1.user / 1e6, sys: c1.system / 1e6 } }))
 `,
 )
 const init = {
@@ -163,11 +191,21 @@ try {
   )
   const mirror = join(store, 'bench', 'bench-flat.vmdk')
   const rows = []
+  const envB = Object.fromEntries(
+    (process.env.BENCH_AGENT_ENV_B ?? '')
+      .split(',')
+      .filter((kv) => kv.includes('='))
+      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+  )
+  const ab = Object.keys(envB).length > 0
   for (const [i, rate] of rates.entries()) {
+    const variant = ab && i % 2 === 1 ? 'B' : 'A'
     const bytes = Math.round((size * rate) / 100 / 65536) * 65536
     t0 = performance.now()
     const writes = await simulateGuestWrites(vm.vmxPath, { bytes, writeSize: 65536, seed: 10 + i, zeroFraction: 0 })
-    log(`\n## ${rate}% changed: ${(bytes / MiB).toFixed(0)} MiB in ${writes.length} writes of 64 KiB (guest writes took ${sec(performance.now() - t0)} s)`)
+    log(
+      `\n## ${ab ? `${variant} (${variant === 'B' ? JSON.stringify(envB) : 'as is'}), ` : ''}${rate}% changed: ${(bytes / MiB).toFixed(0)} MiB in ${writes.length} writes of 64 KiB (guest writes took ${sec(performance.now() - t0)} s)`,
+    )
     // the equivalent flat images for rsync: source = the view the cycle will ship; target = the mirror before the cycle
     const src = join(dir, 'src.raw')
     const dst = join(dir, 'dst.raw')
@@ -184,16 +222,21 @@ try {
     execFileSync('sync')
 
     // the cycle runs in a fresh agent process so that its peak RSS is the agent's alone
-    const cpu0 = rxCpu()
+    const cpu0 = rxCpuSplit()
+    const busy0 = machineBusy()
     t0 = performance.now()
     const { stdout } = await exec(
       process.execPath,
       [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })],
-      { maxBuffer: 64 << 20 },
+      { maxBuffer: 64 << 20, env: { ...process.env, ...(variant === 'B' ? envB : {}) } },
     )
     const processMs = performance.now() - t0
-    const rxCpuS = rxCpu() - cpu0
-    const { report: r, maxRssKiB, peak: mem } = JSON.parse(stdout)
+    const busyS = machineBusy() - busy0
+    const cpu1 = rxCpuSplit()
+    const rxUser = cpu1.user - cpu0.user
+    const rxSys = cpu1.sys - cpu0.sys
+    const rxCpuS = rxUser + rxSys
+    const { report: r, maxRssKiB, peak: mem, cpuS: agentCpuS, cycleCpu } = JSON.parse(stdout)
     log(
       `agent memory peaks (MiB): ${Object.entries(mem)
         .map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`)
@@ -238,17 +281,55 @@ try {
     rmSync(dst, { force: true })
     // the snapshot operations the cycle cannot avoid: taking the snapshot and removing it (consolidation)
     const snapMs = (r.vms[0].timings?.snapshot ?? 0) + (r.vms[0].timings?.remove ?? 0)
-    log(`receiver CPU in the cycle: ${rxCpuS.toFixed(2)} s (${(rxCpuS / (d.dataBytes / GiB)).toFixed(2)} s per GiB of data)`)
-    rows.push({ rate, mib: bytes / MiB, cycleMs, rsyncMs, floorMs, snapMs, rssMiB: peak / MiB, rxCpuS, rxCpuPerGiB: rxCpuS / (d.dataBytes / GiB), load: loadavg()[0] })
+    log(
+      `receiver CPU in the cycle: ${rxCpuS.toFixed(2)} s (user ${rxUser.toFixed(2)}, system ${rxSys.toFixed(2)}; ${(rxCpuS / (d.dataBytes / GiB)).toFixed(2)} s per GiB of data); agent CPU in replicate() ${(cycleCpu.user + cycleCpu.sys).toFixed(2)} s (user ${cycleCpu.user.toFixed(2)}, system ${cycleCpu.sys.toFixed(2)}), process ${agentCpuS.toFixed(2)} s (start-up included); machine busy ${busyS.toFixed(2)} CPU s over the agent process's ${sec(processMs)} s`,
+    )
+    rows.push({
+      rxUser,
+      rxSys,
+      agentCycleCpuS: cycleCpu.user + cycleCpu.sys,
+      agentCycleUser: cycleCpu.user,
+      agentCycleSys: cycleCpu.sys,
+      busyS,
+      processMs,
+      timings: r.vms[0].timings,
+      variant,
+      agentCpuS,
+      ship: r.vms[0].timings?.ship ?? NaN,
+      rate,
+      mib: bytes / MiB,
+      cycleMs,
+      rsyncMs,
+      floorMs,
+      snapMs,
+      rssMiB: peak / MiB,
+      rxCpuS,
+      rxCpuPerGiB: rxCpuS / (d.dataBytes / GiB),
+      load: loadavg()[0],
+    })
   }
   console.log(
-    `\n| changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | snapshot operations (take + remove) | cycle / (floor + snapshot operations), issue #17 target ≤ 1.3 | agent peak RSS (own process) | receiver CPU (per GiB of data) | load (1 min) |`,
+    `\n| ${ab ? 'variant | ' : ''}changed | MiB | grainline cycle | rsync -I --inplace | I/O floor (2× + fdatasync) | rsync / cycle | cycle / (2×floor + 0.5 s) | snapshot operations (take + remove) | cycle / (floor + snapshot operations), issue #17 target ≤ 1.3 | agent peak RSS (own process) | receiver CPU (per GiB of data) | agent CPU (process) | load (1 min) |`,
   )
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  console.log(`|${ab ? ' --- |' : ''} --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |`)
   for (const r of rows) {
     console.log(
-      `| ${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${sec(r.snapMs)} s | ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB | ${r.rxCpuS.toFixed(2)} s (${r.rxCpuPerGiB.toFixed(2)} s) | ${r.load.toFixed(1)} |`,
+      `| ${ab ? `${r.variant} | ` : ''}${r.rate}% | ${r.mib.toFixed(0)} | ${sec(r.cycleMs)} s | ${sec(r.rsyncMs)} s | ${sec(r.floorMs)} s | ${(r.rsyncMs / r.cycleMs).toFixed(1)}× | ${(r.cycleMs / (2 * r.floorMs + 500)).toFixed(2)} | ${sec(r.snapMs)} s | ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)} | ${r.rssMiB.toFixed(0)} MiB | ${r.rxCpuS.toFixed(2)} s (${r.rxCpuPerGiB.toFixed(2)} s) | ${r.agentCpuS.toFixed(2)} s | ${r.load.toFixed(1)} |`,
     )
+  }
+  if (process.env.BENCH_JSON === '1') console.log(`BENCH_JSON ${JSON.stringify(rows)}`)
+  if (ab) {
+    const median = (xs) => {
+      const v = [...xs].sort((a, b) => a - b)
+      return v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
+    }
+    for (const v of ['A', 'B']) {
+      const rs = rows.filter((r) => r.variant === v)
+      if (rs.length === 0) continue
+      console.log(
+        `${v}${v === 'B' ? ` ${JSON.stringify(envB)}` : ''}: ${rs.length} cycles, medians: cycle ${sec(median(rs.map((r) => r.cycleMs)))} s, ship ${sec(median(rs.map((r) => r.ship)))} s, cycle / (floor + snapshot operations) ${median(rs.map((r) => r.cycleMs / (r.floorMs + r.snapMs))).toFixed(2)}, agent CPU ${median(rs.map((r) => r.agentCpuS)).toFixed(2)} s, receiver CPU ${median(rs.map((r) => r.rxCpuS)).toFixed(2)} s, peak RSS ${median(rs.map((r) => r.rssMiB)).toFixed(0)} MiB, load ${rs.map((r) => r.load.toFixed(1)).join(' / ')}`,
+      )
+    }
   }
 } finally {
   await cleanup()

@@ -223,9 +223,12 @@ export class Connection {
   /**
    * Send one message; waits while the socket buffer is above the high-water
    * mark. A data Extent goes out as one WebSocket message in fragments, its
-   * payload by reference: the caller must not modify `data` afterwards.
+   * payload by reference: the caller must not modify `data` afterwards —
+   * until `onWritten`, called once the socket is done with the message
+   * (written, or failed: never read again). A message that is not sent at all
+   * (the connection had failed) never calls it.
    */
-  async send(msg: Message): Promise<void> {
+  async send(msg: Message, onWritten?: () => void): Promise<void> {
     // the receiver's fatal Error may overtake a stream of Extents: it, not this message, is the cause
     if (this.#peerError !== undefined) throw new PeerEnded(this.#peerError)
     if (this.#failure !== undefined) throw this.#failure
@@ -238,6 +241,9 @@ export class Connection {
     }
     const parts = msg.kind === MessageKind.Extent && !msg.zero ? encodeMessageParts(msg) : [encodeMessage(msg)]
     const last = parts.length - 1
+    // the fragments' chunks queue up and leave together: the short ones joined into one write (tls-socket.ts)
+    const socket = last > 0 ? (this.#ws as unknown as { _socket?: { cork?: () => void; uncork?: () => void } })._socket : undefined
+    socket?.cork?.()
     const sent = new Promise<void>((resolve, reject) => {
       for (let i = 0; i <= last; i++) {
         const part = parts[i] as Uint8Array
@@ -247,11 +253,14 @@ export class Connection {
           continue
         }
         this.#ws.send(part, { binary: true, fin: true }, (err) => {
+          // the fragments before this one were written before it (one socket, in order)
+          onWritten?.()
           if (err != null) reject(new ConnectionLost(`send failed: ${err.message}`, 1006, { cause: err }))
           else resolve()
         })
       }
     })
+    socket?.uncork?.()
     if (this.#ws.bufferedAmount > this.#highWaterMark) {
       // the callback fires once this frame left for the kernel: the buffer drained below it
       await Promise.race([sent, this.#closed])

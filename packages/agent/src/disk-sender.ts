@@ -98,6 +98,7 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
       for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: 'none', fromSeq: fromLog, toSeq: resumeSeq })) {
         account(e.offset, e.length, e.zero, e.digest)
         dlog.record(e.seq, e.zero, e.digest)
+        e.release?.()
       }
     }
   }
@@ -125,10 +126,16 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     account(e.offset, e.length, e.zero, e.digest)
     dlog.record(e.seq, e.zero, e.digest)
     if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
+    // the read buffer is read into again once nothing reads it: compressed, now; sent as it is, once the socket wrote it
+    const sentRaw = e.raw !== undefined && e.data === e.raw
+    if (!sentRaw) e.release?.()
     const cost = windowCost(e)
     await window.reserve(cost, failed, STALL_MS, onStall)
     await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
-    await client.sendExtent({ disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest })
+    await client.sendExtent(
+      { disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest },
+      sentRaw ? e.release : undefined,
+    )
     window.sent(e.seq, cost)
     w.report.wireBytes += e.data.length
     w.progress.wireBytes += e.data.length

@@ -22,7 +22,70 @@ export interface ChainView {
 export interface PreparedExtent extends Omit<ExtentMessage, 'kind' | 'disk'> {
   /** the uncompressed bytes (for the in-pass view digest); undefined for zero extents */
   readonly raw?: Buffer
+  /**
+   * Call once nothing reads `raw` any more — nor `data` when it is `raw`
+   * (uncompressed: once the socket wrote it): its memory is then read into
+   * again ({@link ReadBuffers}). Not calling it is safe (the buffer is left
+   * to the garbage collector); calling it early is not.
+   */
+  readonly release?: () => void
 }
+
+/**
+ * Buffers the extents are read into, kept for the process (issue #17): an
+ * incremental of 644 extents of 64 KiB read each into a fresh buffer (page
+ * faults, garbage for V8 to collect) and the agent runs on a machine shared
+ * with the receiver. A buffer comes back through {@link PreparedExtent.release}
+ * once the socket has written it, and is read into again: every byte it
+ * exposes is overwritten by the read (`readInto` zero-fills past a file's end).
+ * At most {@link READ_BUFFERS_KEPT_BYTES} are kept; beyond, buffers are
+ * garbage-collected as before.
+ */
+export class ReadBuffers {
+  readonly #free = new Map<number, Buffer[]>()
+  #freeBytes = 0
+  readonly #maxBytes: number
+  /** buffers handed out that were read into before (tests, logs) */
+  reused = 0
+
+  constructor(maxBytes: number) {
+    this.#maxBytes = maxBytes
+  }
+
+  /** Free bytes kept now. */
+  get freeBytes(): number {
+    return this.#freeBytes
+  }
+
+  /** A buffer of exactly `length` bytes, contents undefined (kept, else new and uninitialised). */
+  take(length: number): Buffer {
+    const b = this.#free.get(length)?.pop()
+    if (b === undefined) return Buffer.allocUnsafeSlow(length)
+    this.#freeBytes -= length
+    this.reused++
+    return b
+  }
+
+  /** Keep `b` for a later read (dropped beyond the bound). Nothing may read it afterwards. */
+  give(b: Buffer): void {
+    if (this.#freeBytes + b.length > this.#maxBytes) return
+    const list = this.#free.get(b.length)
+    if (list === undefined) this.#free.set(b.length, [b])
+    else if (!list.includes(b)) list.push(b)
+    else return
+    this.#freeBytes += b.length
+  }
+}
+
+/**
+ * Free read buffers the agent keeps at most: its read-ahead (8 MiB) and the
+ * socket's high-water mark (4 MiB) in flight, with room to spare.
+ * @default 16 MiB
+ */
+export const READ_BUFFERS_KEPT_BYTES = 16 * 1024 * 1024
+
+/** The process's read buffers (one agent process runs one job: every disk's stream shares them). */
+export const READ_BUFFERS = new ReadBuffers(READ_BUFFERS_KEPT_BYTES)
 
 const ZEROS = Buffer.alloc(1024 * 1024)
 
@@ -53,6 +116,8 @@ export interface ExtentSourceOptions {
   readonly readAheadBytes?: number
   /** compressed must be below this fraction of the original to be used. @default 0.9 */
   readonly compressRatio?: number
+  /** the buffers extents are read into. @default READ_BUFFERS (the process's) */
+  readonly buffers?: ReadBuffers
   readonly signal?: AbortSignal
 }
 
@@ -83,8 +148,10 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
   const gate = new CompressionGate()
   const ratio = opts.compressRatio ?? 0.9
   const toSeq = opts.toSeq ?? plan.totalExtents
+  const buffers = opts.buffers ?? READ_BUFFERS
   const prepare = (p: PlannedExtent, raw: Buffer | undefined): PreparedExtent => {
     if (raw === undefined || isAllZero(raw)) {
+      if (raw !== undefined) buffers.give(raw)
       return { seq: p.seq, offset: p.offset, length: p.length, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) }
     }
     const digest = createDigest(opts.digest).update(raw).digest()
@@ -99,7 +166,19 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
         compression = opts.compression
       }
     }
-    return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw }
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      buffers.give(raw)
+    }
+    return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw, release }
+  }
+  // into a kept buffer when the chain reads into a caller's buffer
+  const read = (p: PlannedExtent): Promise<Buffer> => {
+    if (chain.readInto === undefined) return chain.read(p.offset, p.length, { depth: opts.depth })
+    const buf = buffers.take(p.length)
+    return chain.readInto(buf, 0, p.offset, p.length, { depth: opts.depth }).then(() => buf)
   }
   const planned = planExtents(plan, opts.fromSeq ?? 0)
   const readAhead = Math.max(1, opts.readAhead ?? 64)
@@ -124,7 +203,7 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
       if (pending.length > 0 && pendingBytes + cost > readAheadBytes) return
       lookahead = undefined
       pendingBytes += cost
-      pending.push({ p, read: p.zero ? Promise.resolve(undefined) : chain.read(p.offset, p.length, { depth: opts.depth }) })
+      pending.push({ p, read: p.zero ? Promise.resolve(undefined) : read(p) })
     }
   }
   try {

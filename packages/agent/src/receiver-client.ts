@@ -132,9 +132,13 @@ export class ReceiverClient {
     return { ok: false, refusal: { code: r.value.reason, message: `disk ${msg.name} refused: ${r.value.reason}`, fatal: false }, state: r.value }
   }
 
-  /** Send one Extent (flow control is the caller's: the window and the rate limit). */
-  async sendExtent(msg: Omit<ExtentMessage, 'kind'>): Promise<void> {
-    await this.#send({ kind: MessageKind.Extent, ...msg }, `extent ${msg.seq} of disk ${msg.disk}`)
+  /**
+   * Send one Extent (flow control is the caller's: the window and the rate
+   * limit). Its payload is sent by reference: `onWritten` is called once the
+   * socket is done with it (then its memory may be reused).
+   */
+  async sendExtent(msg: Omit<ExtentMessage, 'kind'>, onWritten?: () => void): Promise<void> {
+    await this.#send({ kind: MessageKind.Extent, ...msg }, `extent ${msg.seq} of disk ${msg.disk}`, onWritten)
   }
 
   /** Send a BlockMapRequest (SPEC §5.9); its BlockMap is read with {@link blockMap}, in request order. */
@@ -230,9 +234,9 @@ export class ReceiverClient {
   }
 
   /** Send a message that has no reply of its own; a receiver's fatal Error that overtook it is thrown as the refusal it is. */
-  async #send(msg: Message, what: string): Promise<void> {
+  async #send(msg: Message, what: string, onWritten?: () => void): Promise<void> {
     try {
-      await this.#conn.send(msg)
+      await this.#conn.send(msg, onWritten)
     } catch (err) {
       if (!(err instanceof PeerEnded)) throw err
       const r = errorReply(err.error)

@@ -1,7 +1,7 @@
 import { ioError } from './errors.ts'
 import type { ApplyExtent } from './disk-apply.ts'
-import type { FramePool } from './frame-pool.ts'
-import type { PayloadPool } from './payload-pool.ts'
+import type { FrameLender } from './frame-pool.ts'
+import type { PayloadLender } from './payload-pool.ts'
 import type { StoreApply } from './store/mirror-store.ts'
 
 /** One step of a batch's way (flushed: journaled, its writes about to start; written; durable) and the batch. */
@@ -47,8 +47,8 @@ export class ApplyPipeline {
   private readonly onDurable: (disk: PipelineDisk, seq: number) => void
   private readonly signal: AbortSignal | undefined
   private readonly trace: PipelineTrace | undefined
-  private readonly pool: PayloadPool | undefined
-  private readonly frames: FramePool | undefined
+  private readonly pool: PayloadLender | undefined
+  private readonly frames: FrameLender | undefined
 
   /**
    * @param target bytes per durable batch (read at each extent)
@@ -58,7 +58,7 @@ export class ApplyPipeline {
    *   of batches); `pool`: payloads of disks with `reusePayload` are copied into its buffers, given back once written;
    *   `frames`: the pool of the frames {@link add} takes as leases
    */
-  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, opts: { trace?: PipelineTrace; pool?: PayloadPool; frames?: FramePool } = {}) {
+  constructor(target: () => number, onDurable: (disk: PipelineDisk, seq: number) => void, signal?: AbortSignal, opts: { trace?: PipelineTrace; pool?: PayloadLender; frames?: FrameLender } = {}) {
     this.target = target
     this.onDurable = onDurable
     this.signal = signal

@@ -294,33 +294,55 @@ export class Journal {
     return this.pendingBytes
   }
 
-  /** Write the queued records; with `sync`, fdatasync afterwards. */
+  /**
+   * Write the queued records; with `sync`, fdatasync afterwards. Resolves once
+   * every record queued before the call is written (and, with `sync`,
+   * durable) — also those an overlapping earlier flush took and is still
+   * writing: the caller may then reuse the buffers of its records
+   * (disk-apply.ts) and rely on their durability.
+   */
   async flush(sync: boolean): Promise<void> {
+    const earlier = this.writing
+    let mine: Promise<void> | undefined
     if (this.pending.length > 0) {
       const bufs = this.pending
       const total = this.pendingBytes
       this.pending = []
       this.pendingBytes = 0
       // reserve the range now: flushes may overlap (pipelined batches)
-      let pos = this.end
+      const pos = this.end
       this.end += total
-      // writev may write short; fall back to per-buffer writes
-      const { bytesWritten } = await this.fh.writev(bufs, pos)
-      if (bytesWritten !== total) {
-        let skip = bytesWritten
-        for (const b of bufs) {
-          if (skip >= b.length) {
-            skip -= b.length
-            pos += b.length
-            continue
-          }
-          await writeFully(this.fh, b.subarray(skip), pos + skip)
+      mine = this.writeAt(bufs, total, pos)
+      this.writing = Promise.all([earlier, mine]).then(
+        () => {},
+        () => {},
+      )
+    }
+    await earlier
+    await mine
+    if (sync) await this.fh.datasync()
+  }
+
+  /** Every write started so far settled (its error is its flush's). */
+  private writing: Promise<void> = Promise.resolve()
+
+  private async writeAt(bufs: Buffer[], total: number, start: number): Promise<void> {
+    // writev may write short; fall back to per-buffer writes
+    const { bytesWritten } = await this.fh.writev(bufs, start)
+    if (bytesWritten !== total) {
+      let pos = start
+      let skip = bytesWritten
+      for (const b of bufs) {
+        if (skip >= b.length) {
+          skip -= b.length
           pos += b.length
-          skip = 0
+          continue
         }
+        await writeFully(this.fh, b.subarray(skip), pos + skip)
+        pos += b.length
+        skip = 0
       }
     }
-    if (sync) await this.fh.datasync()
   }
 
   async close(): Promise<void> {

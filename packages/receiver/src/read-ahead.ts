@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises'
-import { readFully } from './fs-util.ts'
+import { readFully, readFullyInto } from './fs-util.ts'
 
 /** Reads in flight at once, at most (pieces, bytes). @default 16 pieces, 16 MiB */
 export interface ReadAheadLimits {
@@ -17,13 +17,17 @@ export const READ_AHEAD: ReadAheadLimits = { pieces: 16, bytes: 16 * 1024 * 1024
  * alone), so that many small scattered ranges wait for one read round trip at
  * a time rather than one each. A range of length 0 yields `undefined` without
  * reading. `signal` is checked before each read is started; a failed read
- * rejects when its turn comes (the others are not left unhandled).
+ * rejects when its turn comes (the others are not left unhandled). `take`
+ * gives the buffer each range is read into (reused memory; called in range
+ * order, once per range of length > 0, as its read starts); without it each
+ * range gets a fresh one.
  */
 export async function* readAhead<T extends { readonly pos: number; readonly n: number }>(
   fh: FileHandle,
   ranges: readonly T[],
-  opts: { signal?: AbortSignal; limits?: ReadAheadLimits } = {},
+  opts: { signal?: AbortSignal; limits?: ReadAheadLimits; take?: (n: number) => Buffer } = {},
 ): AsyncGenerator<{ range: T; data: Buffer | undefined }> {
+  const take = opts.take
   const limits = opts.limits ?? READ_AHEAD
   const reads: Array<Promise<Buffer> | undefined> = []
   let started = 0
@@ -34,7 +38,7 @@ export async function* readAhead<T extends { readonly pos: number; readonly n: n
         const r = ranges[started] as T
         if (r.n > 0) {
           opts.signal?.throwIfAborted()
-          const p = readFully(fh, r.pos, r.n)
+          const p = take === undefined ? readFully(fh, r.pos, r.n) : readFullyInto(fh, take(r.n), r.pos, r.n)
           p.catch(() => {}) // awaited in order below
           reads[started] = p
           aheadBytes += r.n

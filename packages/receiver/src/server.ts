@@ -17,6 +17,8 @@ import type { RpoPolicy } from './store-overview.ts'
 import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
+import { FramePool } from './frame-pool.ts'
+import { PayloadPool } from './payload-pool.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { globMatch } from './auth.ts'
 import type { RetentionLimits, RetentionPolicy } from './retention.ts'
@@ -198,15 +200,17 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   const guard = { maxSockets: init.maxSockets ?? 256, upgradeTimeoutMs: init.upgradeTimeoutMs ?? 10_000 }
   const handshakeTimeoutMs = init.handshakeTimeoutMs ?? 10_000
   const maxConnections = init.maxConnections ?? 64
+  const batchBytes = init.batchBytes ?? 32 * MiB
+  const highWaterBytes = Math.max(2 * batchBytes, 2 * local.limits.maxMessageBytes)
   const settings: SessionSettings = {
     storeDir: init.store,
     ...(ceph === undefined ? {} : { ceph }),
     software: SOFTWARE,
     local,
     displaySuffix: init.displaySuffix ?? DEFAULT_DISPLAY_SUFFIX,
-    batchBytes: init.batchBytes ?? 32 * MiB,
+    batchBytes,
     batchIdleMs: init.batchIdleMs ?? 5,
-    highWaterBytes: Math.max(2 * (init.batchBytes ?? 32 * MiB), 2 * local.limits.maxMessageBytes),
+    highWaterBytes,
     lockWaitMs: init.lockWaitMs ?? 5000,
     trivialMaxBytes: (init.trivialMiB ?? 1024) * MiB,
     helloTimeoutMs: init.helloTimeoutMs ?? 10_000,
@@ -215,6 +219,9 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     retentionFor: (vm: string) => retentionFor(init, vm),
     ...(init.retentionLimits === undefined ? {} : { retentionLimits: init.retentionLimits }),
     observer: fanOut(metrics, live),
+    // frames and payloads in reused memory, kept from one agent connection to the next (each cycle is a new
+    // session): at most what one session's own pools may own (the inbox's bound plus two batches; the inbox's)
+    buffers: { frames: new FramePool(() => highWaterBytes + 2 * batchBytes), payloads: new PayloadPool(() => highWaterBytes) },
   }
   /** open sessions per token entry (the per-token cap) */
   const byToken = new Map<TokenEntry, number>()

@@ -3,6 +3,8 @@ import type { ReceiverObserver } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 import type { RetentionLimits, RetentionPolicy } from './retention.ts'
 import type { CephTarget } from './store/ceph/rbd-cli.ts'
+import type { FramePool } from './frame-pool.ts'
+import type { PayloadPool } from './payload-pool.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
@@ -35,4 +37,10 @@ export interface SessionSettings {
   readonly retentionLimits?: RetentionLimits
   /** told of sealed disks, commits and checks as they happen (metrics) */
   readonly observer?: ReceiverObserver
+  /**
+   * Reused memory for inbound frames and payloads, shared by every session of
+   * the receiver (frame-pool.ts, payload-pool.ts): kept from one agent
+   * connection to the next. Undefined: each session makes its own.
+   */
+  readonly buffers?: { readonly frames: FramePool; readonly payloads: PayloadPool }
 }

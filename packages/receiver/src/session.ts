@@ -29,8 +29,8 @@ import { ReceiverError, errorCode, ioError } from './errors.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
-import { PayloadPool } from './payload-pool.ts'
-import { FramePool, consumeIntoPool, joinFragments } from './frame-pool.ts'
+import { PayloadPool, type PayloadBorrower } from './payload-pool.ts'
+import { FramePool, consumeIntoPool, joinFragments, type FrameBorrower } from './frame-pool.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
@@ -93,8 +93,12 @@ export class Session {
   /** disk handles whose first run of blocks (a scrub slice's first part) was noticed as it arrived: one hole question each */
   private readonly noticed = new Set<number>()
   private readonly pipeline: ApplyPipeline
-  /** reused memory for inbound frames: the inbox's bound plus two batches in flight (frame-pool.ts) */
-  private readonly frames = new FramePool(() => this.settings.highWaterBytes + 2 * this.batchTarget())
+  /**
+   * reused memory for inbound frames and payloads: this session's share of the receiver's pools (kept between
+   * sessions), else of its own (the inbox's bound plus two batches in flight); released at cleanup
+   */
+  private readonly frames: FrameBorrower
+  private readonly payloads: PayloadBorrower
   private readonly abortCtl = new AbortController()
   private readonly deadlines: SessionDeadlines
   /** resolves when the session has released every resource */
@@ -106,6 +110,8 @@ export class Session {
     this.ws = ws
     this.token = token
     this.settings = settings
+    this.frames = (settings.buffers?.frames ?? new FramePool(() => this.settings.highWaterBytes + 2 * this.batchTarget())).borrower()
+    this.payloads = (settings.buffers?.payloads ?? new PayloadPool(() => settings.highWaterBytes)).borrower()
     this.log = logger.child({ session: this.id, peer: token.name })
     this.done = new Promise((resolve) => {
       this.resolveDone = resolve
@@ -128,7 +134,7 @@ export class Session {
         trace: (step, b) => this.log.debug(b, `batch ${step}`),
         // at most the inbox's bound of reused payload buffers (two batches in flight): for payloads
         // not in a pooled frame (the frame pool at its bound, decompressed payloads)
-        pool: new PayloadPool(() => settings.highWaterBytes),
+        pool: this.payloads,
         frames: this.frames,
       },
     )
@@ -480,10 +486,14 @@ export class Session {
   private async onExtent(msg: ExtentMessage, frame: Buffer): Promise<void> {
     const d = this.disk(msg.disk)
     const data = extentPayload(msg, (this.negotiated as Negotiated).digest)
-    const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: msg.digest })
     // a pooled frame holding the payload travels with it until its batch is written (the pipeline forgets any other)
     const lease = data !== undefined && data.buffer === frame.buffer && this.frames.owns(frame) ? frame : undefined
-    if (lease === undefined) this.frames.forget(frame)
+    // a decompressed payload lies in memory of its own: with the digest copied out, nothing points into
+    // the frame any more, and it goes back to the pool at once instead of being dropped
+    const done = lease === undefined && data !== undefined && this.frames.owns(frame)
+    const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: done ? msg.digest.slice() : msg.digest })
+    if (done) this.frames.give(frame)
+    else if (lease === undefined) this.frames.forget(frame)
     await this.pipeline.add(d, e, lease)
   }
 
@@ -707,6 +717,10 @@ export class Session {
     if (this.cleaned) return
     this.cleaned = true
     await this.pipeline.discard()
+    // nothing of this session's is written any more: what it still holds of the pools is forgotten, never lent again
+    this.frames.release()
+    this.payloads.release()
+    this.log.debug({ frames: this.frames.counts, payloads: this.payloads.counts }, 'session buffers')
     for (const d of this.disks.values()) await d.apply.close().catch(() => {})
     for (const m of this.maps.values()) await m.close()
     // clean block-check verdicts not written yet (the session ended with BlockChecks queued): a late proof, not an error

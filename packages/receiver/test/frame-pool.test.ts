@@ -68,40 +68,83 @@ function extent(seq: number, length: number, fill: number): ExtentMessage {
 }
 
 t.test('a pool: reuses what is given back, never what is lent or forgotten, within its bound', async (t) => {
-  const pool = new FramePool(() => 4 * 128 * KiB)
+  // a frame of 100 KiB with its room takes 104 KiB: buffers come in steps of a page
+  const S = 104 * KiB
+  const pool = new FramePool(() => 4 * S)
   const a = pool.take(100 * KiB, FRAME_ROOM) as Buffer
   t.equal(a.length, 100 * KiB)
   t.equal(a.byteOffset, FRAME_ROOM, 'room before the view')
-  t.ok(a.buffer.byteLength >= 100 * KiB + 2 * FRAME_ROOM, 'and after it')
+  t.equal(a.buffer.byteLength, S, 'and after it, in a buffer of the next page step')
   t.ok(pool.owns(a) && pool.owns(a.subarray(10, 20)), 'a view and views of it are the pool’s')
   const b = pool.take(100 * KiB, FRAME_ROOM) as Buffer
   t.not(b.buffer, a.buffer, 'a lent buffer is not lent again')
   pool.give(a)
   t.notOk(pool.owns(a), 'given back: no longer lent')
-  const c = pool.take(90 * KiB, FRAME_ROOM) as Buffer
+  const c = pool.take(100 * KiB - 1000, FRAME_ROOM) as Buffer
   t.equal(c.buffer, a.buffer, 'a buffer given back is reused for a frame of its size step')
   pool.give(a)
   pool.give(c)
   pool.give(c)
-  const d1 = pool.take(100 * KiB) as Buffer
-  const d2 = pool.take(100 * KiB) as Buffer
+  const d1 = pool.take(100 * KiB, FRAME_ROOM) as Buffer
+  const d2 = pool.take(100 * KiB, FRAME_ROOM) as Buffer
   t.not(d1.buffer, d2.buffer, 'a buffer given twice is lent once')
-  t.equal(pool.ownedBytes, 3 * 128 * KiB)
+  t.equal(pool.ownedBytes, 3 * S)
   pool.forget(b)
-  t.equal(pool.ownedBytes, 2 * 128 * KiB, 'a forgotten buffer leaves the count')
+  t.equal(pool.ownedBytes, 2 * S, 'a forgotten buffer leaves the count')
   pool.give(b)
-  const e = pool.take(100 * KiB) as Buffer
+  const e = pool.take(100 * KiB, FRAME_ROOM) as Buffer
   t.not(e.buffer, b.buffer, 'a forgotten buffer is never reused, even if given back later')
-  t.equal(pool.take(300 * KiB), undefined, 'beyond the bound: nothing')
+  t.equal(pool.take(200 * KiB), undefined, 'beyond the bound: nothing')
   t.equal(pool.refused, 1)
   pool.give(d1)
   pool.give(d2)
   // a larger frame: the free buffers of another size are dropped to make room
-  const f = pool.take(300 * KiB) as Buffer
-  t.equal(f.length, 300 * KiB)
-  t.ok(pool.ownedBytes <= 4 * 128 * KiB, 'within the bound')
+  const f = pool.take(200 * KiB) as Buffer
+  t.equal(f.length, 200 * KiB)
+  t.ok(pool.ownedBytes <= 4 * S, 'within the bound')
   pool.give(new Uint8Array(10))
   t.notOk(pool.owns(new Uint8Array(10)), 'a foreign buffer is not the pool’s, and giving it is a no-op')
+})
+
+t.test('buffers in page steps: a 64 KiB payload with its room takes 68 KiB; a reused one is lent as exactly the frame', async (t) => {
+  const pool = new FramePool(() => 64 * MiB)
+  const a = pool.take(64 * KiB, FRAME_ROOM) as Buffer
+  // what consumeIntoPool does: every byte of the view is written
+  a.fill(0xab)
+  pool.give(a)
+  const b = pool.take(64 * KiB, FRAME_ROOM) as Buffer
+  t.equal(b.buffer, a.buffer, 'reused')
+  t.equal(b.length, 64 * KiB, 'the view is exactly the frame: the old bytes beyond it are not part of it')
+  t.equal(a.buffer.byteLength, 68 * KiB, 'a 64 KiB payload with its room: 68 KiB, not 128')
+})
+
+t.test('borrowers share one pool: what a session gave back another reuses; what it still held at its end is forgotten', async (t) => {
+  const S = 68 * KiB
+  const pool = new FramePool(() => 8 * S)
+  const s1 = pool.borrower()
+  const x = s1.take(64 * KiB, FRAME_ROOM) as Buffer
+  const y = s1.take(64 * KiB, FRAME_ROOM) as Buffer
+  const z = s1.take(64 * KiB, FRAME_ROOM) as Buffer
+  t.ok(s1.owns(x) && pool.owns(x), 'lent through the borrower')
+  s1.give(x)
+  s1.forget(y)
+  t.equal(s1.held, 1, 'one still held (say, left in an inbox)')
+  t.equal(pool.ownedBytes, 2 * S)
+  s1.release()
+  t.equal(s1.held, 0)
+  t.equal(pool.ownedBytes, S, 'the held one left the count: only the free one is owned')
+  t.notOk(pool.owns(z), 'and it is no longer lent')
+  t.equal(s1.take(64 * KiB, FRAME_ROOM), undefined, 'a released borrower lends nothing (ws allocates)')
+  s1.give(z)
+  const s2 = pool.borrower()
+  const w = s2.take(64 * KiB, FRAME_ROOM) as Buffer
+  t.equal(w.buffer, x.buffer, 'the next session reuses what the first gave back')
+  const v = s2.take(64 * KiB, FRAME_ROOM) as Buffer
+  t.ok(v.buffer !== z.buffer && v.buffer !== y.buffer, 'never one the first still held or forgot')
+  t.notOk(s2.owns(z), 'a borrower owns only what it was lent')
+  s2.forget(z)
+  s2.give(undefined)
+  t.equal(pool.ownedBytes, 2 * S)
 })
 
 t.test('ws reads large payloads into the pool; split into any chunks the message is exact', async (t) => {

@@ -119,3 +119,59 @@ t.test('a reused journal file: stale records of the previous generation are neve
   await j3.close()
   t.equal((await readJournal(join(dir, 'e.journal')))?.extents.length, 0)
 })
+
+t.test('a flush resolves only once every record queued before it is written, also those an overlapping flush took', async (t) => {
+  const dir = t.testdir()
+  const p = join(dir, 'o.journal')
+  const j = await Journal.create(p, head)
+  // hold the first write of records until released (a slow disk): the second flush must wait for it
+  const fh = (j as unknown as { fh: { writev: (bufs: Buffer[], pos: number) => Promise<{ bytesWritten: number }> } }).fh
+  const writev = fh.writev.bind(fh)
+  let release: () => void = () => {}
+  const held = new Promise<void>((r) => {
+    release = r
+  })
+  let calls = 0
+  let firstStarted: () => void = () => {}
+  const started = new Promise<void>((r) => {
+    firstStarted = r
+  })
+  let secondWritten: () => void = () => {}
+  const written = new Promise<void>((r) => {
+    secondWritten = r
+  })
+  fh.writev = async (bufs, pos) => {
+    const call = calls++
+    if (call === 0) {
+      firstStarted()
+      await held
+    }
+    const r = await writev(bufs, pos)
+    if (call === 1) secondWritten()
+    return r
+  }
+  j.appendExtent({ seq: 0, offset: 0, length: 4096, zero: false, digest: 'aa' }, pattern(4096, 1))
+  const first = j.flush(false)
+  await started
+  j.appendExtent({ seq: 1, offset: 8192, length: 4096, zero: false, digest: 'bb' }, pattern(4096, 2))
+  let secondDone = false
+  const second = j.flush(false).then(() => {
+    secondDone = true
+  })
+  // the second record's own write goes out at once and completes; its flush still waits for the first one's
+  await written
+  for (let k = 0; k < 5; k++) await new Promise(setImmediate)
+  t.equal(calls, 2, 'both writes started')
+  t.notOk(secondDone, 'the second flush has not resolved while the first write is held')
+  release()
+  await first
+  await second
+  t.ok(secondDone)
+  await j.close()
+  const c = await readJournal(p)
+  t.equal(c?.extents.length, 2, 'both records written')
+  t.same(
+    c?.extents.map((e) => e.seq),
+    [0, 1],
+  )
+})

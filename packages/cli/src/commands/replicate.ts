@@ -7,7 +7,7 @@
  * write the report with the interruption and exit 130/143.
  */
 import type { Argv } from 'yargs'
-import { formatReport, loadJob, runJob, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent'
+import { formatReport, loadJob, runJob, tuneAgentProcess, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent'
 import type { LevelWithSilent } from 'pino'
 import { ExitCode } from '../exit-codes.ts'
 import { createCliLogger, humanLogs } from '../logger.ts'
@@ -37,6 +37,8 @@ export const replicateCommand: CliCommand = {
     return out
   },
   async run(args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
+    // a process that runs one job and exits: TurboFan later (packages/agent/src/process-tuning.ts)
+    tuneAgentProcess()
     // 1. everything validated before anything happens
     const job = await jobFromArgs(args)
     // 2. where progress and logs go
