@@ -491,7 +491,9 @@ export class Session {
     // a decompressed payload lies in memory of its own: with the digest copied out, nothing points into
     // the frame any more, and it goes back to the pool at once instead of being dropped
     const done = lease === undefined && data !== undefined && this.frames.owns(frame)
-    const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: done ? msg.digest.slice() : msg.digest })
+    // a copy (Uint8Array's slice: Buffer's would be a view into the frame): the journal reads the digest only
+    // when the batch is journaled, by then the frame holds another extent (a resume would replay a wrong digest)
+    const e = d.apply.accept({ seq: msg.seq, offset: msg.offset, length: msg.length, zero: msg.zero, data, digest: done ? Uint8Array.prototype.slice.call(msg.digest) : msg.digest })
     if (done) this.frames.give(frame)
     else if (lease === undefined) this.frames.forget(frame)
     await this.pipeline.add(d, e, lease)
