@@ -137,6 +137,7 @@ export function zeroDigest(algorithm: DigestAlgorithm, length: number): Uint8Arr
  * block maps of sparse disks, where most blocks read as zeros.
  */
 export function blockDigest(algorithm: DigestAlgorithm, data: Uint8Array): Uint8Array {
-  if (isZeroBytes(data)) return zeroDigest(algorithm, data.length).slice()
+  // Uint8Array's slice copies; a Buffer's (Node's hashes) would be a view of the cached digest
+  if (isZeroBytes(data)) return Uint8Array.prototype.slice.call(zeroDigest(algorithm, data.length))
   return createDigest(algorithm).update(data).digest()
 }
