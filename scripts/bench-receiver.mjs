@@ -23,7 +23,15 @@
 // BENCH_RECEIVER_DIST_B=<dir>: a second receiver process (alternated per round as
 // with BENCH_RECEIVER_ENV_B) from another build — e.g. main's receiver dist
 // copied inside packages/receiver — an interleaved A/B of receiver code, with
-// each one's CPU and faults per GiB from the same run.
+// each one's CPU and faults per GiB from the same run; its apply path (loaded
+// into this process) also runs in every round, alternated with this build's.
+// Before each timed step the file system is synced (`sync -f`; BENCH_SETTLE=0:
+// not), so that no step carries the previous one's deletions (discards, on a
+// file system mounted with `discard`) or writeback; the settle times, and what
+// the block device did during each step (/proc/diskstats: written, discarded,
+// flushes), are printed. The apply path runs through the session's
+// ApplyPipeline (BENCH_APPLY=serial: the old serial loop) and prints each
+// batch's journal / write / sync times.
 
 //
 //   node scripts/bench-receiver.mjs            # 1024 MiB, dir ./bench-out
@@ -40,7 +48,7 @@ import WebSocket from 'ws'
 import { CycleDigest, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, createDigest, cycleIdentity, decodeMessage, encodeMessage, encodeMessageParts, initDigests } from '@grainline/protocol'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 const MiB = 1024 * 1024
 const N = Number(process.env.BENCH_MIB ?? 1024)
@@ -76,11 +84,75 @@ mkdirSync(dir, { recursive: true })
 
 function dd() {
   const f = join(dir, 'dd.raw')
+  settle('dd')
+  const io = ioMark()
   const t0 = process.hrtime.bigint()
   execFileSync('dd', ['if=/dev/zero', `of=${f}`, 'bs=1M', `count=${N}`, 'conv=fdatasync'], { stdio: 'ignore' })
   const s = Number(process.hrtime.bigint() - t0) / 1e9
+  ioSteps.push(ioSince(io, 'dd'))
   rmSync(f)
   return N / s
+}
+
+// Settling between timed steps (issue #17, perf13). Every step deletes what the
+// previous one wrote (dd's file, the apply path's store) and writes 512 MiB+; on
+// this file system (ext4 mounted with `discard`) the blocks a deletion frees are
+// discarded by the journal commit that follows it — ~1.4 s of device time per GiB
+// on this VM (/proc/diskstats) — and that commit is the one the next step's first
+// fdatasync waits for. So a step's figure carried the previous step's deletions:
+// the seed apply path ran right after two 512 MiB deletions (dd's file and the
+// previous round's store). Before each timed step the file system is synced
+// (`sync -f`: the journal committed, its discards and any writeback done) and the
+// time that took is printed per step (what the previous step left behind).
+// BENCH_SETTLE=0: no settling (the figures before 2026-12-01 19:45).
+const SETTLE = process.env.BENCH_SETTLE !== '0'
+const settles = []
+function settle(step) {
+  if (!SETTLE) return
+  const t0 = process.hrtime.bigint()
+  execFileSync('sync', ['-f', dir], { stdio: 'ignore' })
+  settles.push([step, Number(process.hrtime.bigint() - t0) / 1e6])
+}
+// what the block device did during a step (/proc/diskstats of the store's device, Linux; fields after the
+// name: 7 sectors written, 14 sectors discarded, 15 ms discarding, 16 flushes, 17 ms flushing)
+const DEV = (() => {
+  try {
+    const st = execFileSync('stat', ['-c', '%d', dir], { encoding: 'utf8' }).trim()
+    const major = Number(st) >> 8
+    const minor = Number(st) & 0xff
+    const line = readFileSync('/proc/diskstats', 'utf8')
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .find((v) => Number(v[0]) === major && Number(v[1]) === minor)
+    return line?.[2]
+  } catch {
+    return undefined
+  }
+})()
+function ioMark() {
+  if (DEV === undefined) return undefined
+  const v = readFileSync('/proc/diskstats', 'utf8')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .find((x) => x[2] === DEV)
+  const dirty = /Dirty:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))
+  return { t: process.hrtime.bigint(), f: v.slice(3).map(Number), dirtyKiB: Number(dirty?.[1] ?? NaN) }
+}
+const ioSteps = []
+function ioSince(m, step) {
+  const n = ioMark()
+  if (m === undefined || n === undefined) return { step }
+  const d = (i) => n.f[i - 1] - m.f[i - 1]
+  return {
+    step,
+    ms: Number(n.t - m.t) / 1e6,
+    dirtyAtStartMiB: m.dirtyKiB / 1024,
+    writtenMiB: (d(7) * 512) / MiB,
+    discardedMiB: (d(14) * 512) / MiB,
+    discardMs: d(15),
+    flushes: d(16),
+    flushMs: d(17),
+  }
 }
 
 await initDigests()
@@ -194,6 +266,7 @@ function frames(disk, seedByte) {
 
 async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
   const { port } = rx
+  settle(`${mode} over TLS`)
   // the agent's own transport settings over wss:// (packages/agent connection.ts): no deflate, a zero
   // mask (ws then skips masking; with its default per-byte masking this client measured ~50 MiB/s)
   const ws = new WebSocket(`wss://127.0.0.1:${port}/`, SUBPROTOCOL, {
@@ -255,6 +328,7 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
   const t0 = process.hrtime.bigint()
   const c0 = receiverCpu(rx.child)
   const u0 = process.resourceUsage()
+  const io = ioMark()
   let acked = -1
   const window = WINDOW / EXT
   // the sender's view: time blocked on a full window, and each ack (ms since the first extent, seq)
@@ -293,6 +367,7 @@ async function cycle(cycle, mode, f, vm = 'bench', rx = rxA) {
   const c = await next()
   if (c.kind !== MessageKind.Committed) throw new Error(JSON.stringify(c))
   const s = Number(process.hrtime.bigint() - t0) / 1e9
+  ioSteps.push(ioSince(io, `${mode} over TLS${rx === rxA ? '' : ' B'}`))
   const c1 = receiverCpu(rx.child)
   const u1 = process.resourceUsage()
   const gib = N / 1024
@@ -334,12 +409,28 @@ function median(xs) {
 }
 
 // Apply path alone (no network): the receiver's own store code, digest check
-// included, 32 MiB durable batches — what the disk path costs.
+// included, 32 MiB durable batches — what the disk path costs. The batches go
+// through the session's own ApplyPipeline, as a session drives them: a batch is
+// journaled, its writes start once the previous batch's bytes are written (they
+// overlap the previous batch's fdatasync), its fdatasync follows the previous
+// one's (a group commit covers batches written before it started) — and the
+// agent's window: an extent goes in only while at most the window (64 MiB) is
+// not yet durable, as over the wire.
+// BENCH_APPLY=serial: each batch written and fdatasync'ed before the next one's
+// writes start (this script's loop before 2026-12-01 19:45: no overlap of
+// writes with fdatasyncs, which the receiver has done since perf3).
+// `dist`: another build's receiver (BENCH_RECEIVER_DIST_B), loaded in this process.
+// Returns MiB/s and, per batch, the store's stages (ms): journal (prepareBatch),
+// write (writeBatchData: the copy into the page cache), sync (syncBatch: the
+// target's fdatasync and the resume marker), and the fdatasyncs actually run.
+const APPLY_SERIAL = process.env.BENCH_APPLY === 'serial'
 const compat = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
-async function applyOnly(cycle, mode, seedByte) {
-  const { VmMirror } = await import(new URL('../packages/receiver/dist/src/vm-mirror.js', import.meta.url).href)
+async function applyOnly(cycle, mode, seedByte, dist = undefined, store = 'store2') {
+  const src = dist ? `${pathToFileURL(resolve(dist, 'src')).href}/` : new URL('../packages/receiver/dist/src/', import.meta.url).href
+  const { VmMirror } = await import(new URL('vm-mirror.js', src).href)
+  const { ApplyPipeline } = await import(new URL('apply-pipeline.js', src).href)
   const log = (await import('pino')).pino({ level: 'warn' })
-  const m = await VmMirror.acquire(join(dir, 'store2'), 'bench', log)
+  const m = await VmMirror.acquire(join(dir, store), 'bench', log)
   const source = { layers: [{ file: cycle === 1 ? 'bench.vmdk' : `bench-00000${cycle - 1}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `bench-00000${cycle}.vmdk` }
   const baseGeneration = mode === 'seed' ? '' : m.state.generation
   const r = await m.openDisk(
@@ -358,32 +449,86 @@ async function applyOnly(cycle, mode, seedByte) {
     { compat },
   )
   const a = r.apply
+  // each stage of each batch, timed on this instance (writeBatch calls the two stage 2 methods through it)
+  const stages = { journal: [], write: [], sync: [] }
+  const timed =
+    (name, f) =>
+    async (...args) => {
+      const s0 = performance.now()
+      try {
+        return await f.apply(a, args)
+      } finally {
+        stages[name].push(performance.now() - s0)
+      }
+    }
+  a.prepareBatch = timed('journal', a.prepareBatch)
+  a.writeBatchData = timed('write', a.writeBatchData)
+  a.syncBatch = timed('sync', a.syncBatch)
   const bufs = Array.from({ length: 24 }, () => randomFillSync(Buffer.alloc(EXT)))
   const cd = new CycleDigest('xxh64')
+  settle(`${mode} apply`)
+  const io = ioMark()
   const t0 = process.hrtime.bigint()
-  let batch = []
-  let writing
-  for (let seq = 0, off = 0; off < N * MiB; seq++, off += EXT) {
-    const data = bufs[seq % 24]
-    data[0] = seedByte
-    const digest = createDigest('xxh64').update(data).digest()
-    cd.add({ offset: off, length: EXT, zero: false, digest })
-    batch.push(a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
-    if (batch.length * EXT >= BATCH) {
-      // pipelined like a session: journal batch n+1 while batch n is written
-      await a.prepareBatch(batch)
-      await writing
-      writing = a.writeBatch(batch)
-      batch = []
+  if (APPLY_SERIAL) {
+    let batch = []
+    let writing
+    for (let seq = 0, off = 0; off < N * MiB; seq++, off += EXT) {
+      const data = bufs[seq % 24]
+      data[0] = seedByte
+      const digest = createDigest('xxh64').update(data).digest()
+      cd.add({ offset: off, length: EXT, zero: false, digest })
+      batch.push(a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
+      if (batch.length * EXT >= BATCH) {
+        // journal batch n+1 while batch n is written and synced
+        await a.prepareBatch(batch)
+        await writing
+        writing = a.writeBatch(batch)
+        batch = []
+      }
     }
+    await a.prepareBatch(batch)
+    await writing
+    await a.writeBatch(batch)
+  } else {
+    // a buffer is reused three batches later: by then the pipeline has written that batch (a flush waits
+    // for the previous batch's writes before it returns)
+    // and the agent's window: an extent goes in only while at most WINDOW bytes are not durable (acked), as
+    // over the wire — without it the writes run ahead at page-cache speed and one fdatasync covers many batches
+    const disk = { handle: 0, name: 'bench.vmdk', apply: a, reusePayload: true }
+    let acked = -1
+    let wake
+    const p = new ApplyPipeline(
+      () => BATCH,
+      (_d, seq) => {
+        acked = seq
+        wake?.()
+      },
+    )
+    for (let seq = 0, off = 0; off < N * MiB; seq++, off += EXT) {
+      while (seq - acked > WINDOW / EXT)
+        await new Promise((res) => {
+          wake = res
+        })
+      const data = bufs[seq % 24]
+      data[0] = seedByte
+      const digest = createDigest('xxh64').update(data).digest()
+      cd.add({ offset: off, length: EXT, zero: false, digest })
+      await p.add(disk, a.accept({ seq, offset: off, length: EXT, zero: false, data, digest }))
+    }
+    await p.idle()
   }
-  await a.prepareBatch(batch)
-  await writing
-  await a.writeBatch(batch)
   await a.end({ ...a.counts, digest: cd.digest() })
   await m.commit(cycle, [a], '', compat)
   m.release()
-  return N / (Number(process.hrtime.bigint() - t0) / 1e9)
+  const mibs = N / (Number(process.hrtime.bigint() - t0) / 1e9)
+  ioSteps.push(ioSince(io, `${mode} apply${dist ? ' B' : ''}`))
+  return { mibs, stages, syncs: a.syncs, covered: a.coveredBatches }
+}
+const applyStats = []
+/** MiB/s of an apply run; its batch stages kept for the summary */
+function applied(kind, x) {
+  applyStats.push({ kind, ...x })
+  return x.mibs
 }
 
 // Interleaved rounds (ROUNDS, default 3): dd, the seed's apply path, a seed over
@@ -396,17 +541,22 @@ const rounds = []
 for (let r = 0; r < ROUNDS; r++) {
   const raw = dd()
   rmSync(join(dir, 'store2'), { recursive: true, force: true })
-  const apply = WIRE_ONLY ? NaN : await applyOnly(1, 'seed', 1)
+  rmSync(join(dir, 'store2b'), { recursive: true, force: true })
+  // with a receiver build B, its apply path runs in every round too, the two alternating which goes first
+  let applyB = NaN
+  if (!WIRE_ONLY && distB !== undefined && r % 2 === 1) applyB = applied('seed B', await applyOnly(1, 'seed', 1, distB, 'store2b'))
+  const apply = WIRE_ONLY ? NaN : applied('seed', await applyOnly(1, 'seed', 1))
+  if (!WIRE_ONLY && distB !== undefined && r % 2 === 0) applyB = applied('seed B', await applyOnly(1, 'seed', 1, distB, 'store2b'))
   const f = frames(0, 1)
   // with a receiver B, the two alternate which goes first
   let wireB = NaN
   if (rxB !== undefined && r % 2 === 1) wireB = await cycle(1, 'seed', f, `bench${r}`, rxB)
   const wire = await cycle(1, 'seed', f, `bench${r}`)
   if (rxB !== undefined && r % 2 === 0) wireB = await cycle(1, 'seed', f, `bench${r}`, rxB)
-  rounds.push({ raw, apply, wire, wireB })
+  rounds.push({ raw, apply, applyB, wire, wireB })
 }
-const incApplyFirst = WIRE_ONLY ? NaN : await applyOnly(2, 'incremental', 2)
-const incApply = WIRE_ONLY ? NaN : await applyOnly(3, 'incremental', 3)
+const incApplyFirst = WIRE_ONLY ? NaN : applied('incremental first', await applyOnly(2, 'incremental', 2))
+const incApply = WIRE_ONLY ? NaN : applied('incremental steady', await applyOnly(3, 'incremental', 3))
 const last = `bench${ROUNDS - 1}`
 const f2 = WIRE_ONLY ? undefined : frames(0, 2)
 const incFirst = WIRE_ONLY ? NaN : await cycle(2, 'incremental', f2, last)
@@ -424,6 +574,7 @@ for (const rx of [rxA, rxB]) {
 }
 for (const name of ['A', 'B']) rmSync(join(dir, `store${name}`), { recursive: true, force: true })
 rmSync(join(dir, 'store2'), { recursive: true, force: true })
+rmSync(join(dir, 'store2b'), { recursive: true, force: true })
 const raw = median(rounds.map((x) => x.raw))
 const pct = (x) => +(100 * x).toFixed(1)
 const fmt = (xs) => xs.map((x) => x.toFixed(0)).join(' ')
@@ -463,6 +614,42 @@ for (const rx of [rxA, rxB]) {
     `sender (this process) with ${tag}, per GiB per wire cycle: CPU user/system ${rx.cpu.map((x) => `${x.senderUser.toFixed(2)}/${x.senderSystem.toFixed(2)}`).join(' ')} s, minor page faults ${rx.cpu.map((x) => x.senderFaults.toFixed(0)).join(' ')}`,
   )
 }
+if (distB !== undefined && !WIRE_ONLY) {
+  console.log(
+    `seed, apply path, build B: median ${median(rounds.map((x) => x.applyB)).toFixed(0)} MiB/s  [${fmt(rounds.map((x) => x.applyB))}]  ${pct(median(rounds.map((x) => x.applyB / x.raw)))} % of dd; B/A (median of rounds) ${pct(median(rounds.map((x) => x.applyB / x.apply)))} %`,
+  )
+}
+const ms1 = (xs) => (xs.length === 0 ? '-' : median(xs).toFixed(1))
+for (const kind of [...new Set(applyStats.map((x) => x.kind))]) {
+  const xs = applyStats.filter((x) => x.kind === kind)
+  const all = (k) => xs.flatMap((x) => x.stages[k])
+  console.log(
+    `${kind} apply${APPLY_SERIAL ? ' (serial)' : ''}, per 32 MiB batch, ms median [max]: journal ${ms1(all('journal'))} [${Math.max(...all('journal')).toFixed(0)}], write ${ms1(all('write'))} [${Math.max(...all('write')).toFixed(0)}], sync ${ms1(all('sync'))} [${Math.max(...all('sync')).toFixed(0)}]; fdatasyncs run / batches covered by an earlier one, per run: ${xs.map((x) => `${x.syncs}/${x.covered}`).join(' ')}`,
+  )
+}
+if (SETTLE) {
+  const kinds = [...new Set(settles.map(([k]) => k))]
+  console.log(
+    `settled before each step (sync -f: what the step before left to the journal, its discards and writeback), ms: ${kinds
+      .map(
+        (k) =>
+          `${k} [${settles
+            .filter(([x]) => x === k)
+            .map(([, v]) => v.toFixed(0))
+            .join(' ')}]`,
+      )
+      .join(', ')}`,
+  )
+}
+if (DEV !== undefined) {
+  for (const kind of [...new Set(ioSteps.map((x) => x.step))]) {
+    const xs = ioSteps.filter((x) => x.step === kind)
+    const f = (k, d = 0) => xs.map((x) => x[k].toFixed(d)).join(' ')
+    console.log(
+      `${DEV} during ${kind}: dirty at start [${f('dirtyAtStartMiB')}] MiB, written [${f('writtenMiB')}] MiB, discarded [${f('discardedMiB')}] MiB in [${f('discardMs')}] ms, flushes [${f('flushes')}] in [${f('flushMs')}] ms`,
+    )
+  }
+}
 const out = {
   mib: N,
   rounds: ROUNDS,
@@ -471,6 +658,9 @@ const out = {
   rawRuns: [...rounds.map((x) => x.raw), rawEnd].map((x) => +x.toFixed(0)),
   applySeedMiBs: +median(rounds.map((x) => x.apply)).toFixed(0),
   applySeedPctOfRaw: pct(applyPct),
+  applySerial: APPLY_SERIAL,
+  settled: SETTLE,
+  ...(distB === undefined || WIRE_ONLY ? {} : { applySeedBMiBs: +median(rounds.map((x) => x.applyB)).toFixed(0), applySeedBPctOfRaw: pct(median(rounds.map((x) => x.applyB / x.raw))) }),
   applyIncrementalFirstMiBs: +incApplyFirst.toFixed(0),
   applyIncrementalMiBs: +incApply.toFixed(0),
   applyIncrementalPctOfRaw: pct(incApply / median([raw, rawEnd])),
