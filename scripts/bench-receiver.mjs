@@ -94,17 +94,17 @@ function dd() {
   return N / s
 }
 
-// Settling between timed steps (issue #17, perf13). Every step deletes what the
-// previous one wrote (dd's file, the apply path's store) and writes 512 MiB+; on
-// this file system (ext4 mounted with `discard`) the blocks a deletion frees are
-// discarded by the journal commit that follows it — ~1.4 s of device time per GiB
-// on this VM (/proc/diskstats) — and that commit is the one the next step's first
-// fdatasync waits for. So a step's figure carried the previous step's deletions:
-// the seed apply path ran right after two 512 MiB deletions (dd's file and the
-// previous round's store). Before each timed step the file system is synced
-// (`sync -f`: the journal committed, its discards and any writeback done) and the
-// time that took is printed per step (what the previous step left behind).
-// BENCH_SETTLE=0: no settling (the figures before 2026-12-01 19:45).
+// Settling between timed steps (issue #17, perf13). On a file system mounted with
+// `discard` (this VM's ext4) the blocks a deletion frees are discarded by the
+// journal commit that follows, and any fdatasync waits for that commit; dirty
+// pages of a step (or of another process) are written back during the next.
+// Every step deletes what the previous one wrote. Before each timed step the
+// file system is synced (`sync -f`: the journal committed, its discards and
+// writeback done), so a step carries nothing of the one before; the time that
+// took is printed per step. (The apply step's openDisk fsyncs before its timer
+// anyway; the dd and wire steps had no such sync.) What other processes do on
+// the device during a step is printed with it (/proc/diskstats).
+// BENCH_SETTLE=0: no settling (the script before 2026-12-01 19:45).
 const SETTLE = process.env.BENCH_SETTLE !== '0'
 const settles = []
 function settle(step) {
