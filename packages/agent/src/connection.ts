@@ -24,7 +24,7 @@ import { AgentError } from './errors.ts'
 import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
 import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
-import { connectTlsJoined } from './tls-socket.ts'
+import { connectTlsUnjoined } from './tls-socket.ts'
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions extends ConnectSources {
@@ -163,8 +163,8 @@ export class Connection {
             generateMask: (mask: Buffer) => {
               mask.fill(0)
             },
-            // queued chunks joined into a buffer the socket keeps, not a new one per write (tls-socket.ts)
-            createConnection: connectTlsJoined as unknown as ClientOptions['createConnection'],
+            // TLS encrypts each queued chunk from its own buffer instead of joining them into a new one (tls-socket.ts)
+            createConnection: connectTlsUnjoined as unknown as ClientOptions['createConnection'],
           }
         : {}),
     })
@@ -241,7 +241,7 @@ export class Connection {
     }
     const parts = msg.kind === MessageKind.Extent && !msg.zero ? encodeMessageParts(msg) : [encodeMessage(msg)]
     const last = parts.length - 1
-    // the fragments' chunks queue up and leave together, joined into one write with the Extents queued around them (tls-socket.ts)
+    // the fragments' chunks queue up and leave together: the short ones joined into one write (tls-socket.ts)
     const socket = last > 0 ? (this.#ws as unknown as { _socket?: { cork?: () => void; uncork?: () => void } })._socket : undefined
     socket?.cork?.()
     const sent = new Promise<void>((resolve, reject) => {

@@ -7,14 +7,11 @@
  * corked, and everything queued behind a busy write is flushed as one writev:
  * so every extent payload was copied into new memory, whose pages are faulted
  * in one by one — costly on a virtual machine, and up to the whole queue at a
- * time. Here the socket's Writable hands TLS one write at a time, each at
- * most {@link JOINED_WRITE_BYTES}: the queued chunks copied back to back into
- * one buffer the socket keeps (no fresh memory), a chunk at least that long
- * encrypted straight from the caller's buffer. An incremental's Extent (three
- * WebSocket frames: head, a 64 KiB payload, digest; six chunks) went out as
- * two or three writes of its own — a system call each, and on loopback the
- * receiving side's TCP work and wake-up with it; now several Extents go in
- * one write.
+ * time. Here the socket's Writable hands TLS one write at a time: a large
+ * chunk encrypted straight from the caller's buffer, a run of short ones
+ * (frame headers, message heads, digests) joined into one small write — one
+ * TLS record and one system call instead of one each (issue #17: an Extent
+ * went out as six writes, four of them a few bytes long).
  */
 import { isIP } from 'node:net'
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls'
@@ -22,24 +19,25 @@ import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls'
 /**
  * `tls.connect` for ws's `createConnection`: the options ws passes are an HTTP
  * request's (their `path` is the URL's, not an IPC path), handled as ws's own
- * tlsConnect does; the socket writes its queued chunks as {@link writeChunksJoined} says.
+ * tlsConnect does; the socket writes its queued chunks as {@link writeChunksSeparately} says.
  */
-export function connectTlsJoined(options: ConnectionOptions & { path?: string; host?: string }): TLSSocket {
+export function connectTlsUnjoined(options: ConnectionOptions & { path?: string; host?: string }): TLSSocket {
   const opts: ConnectionOptions = { ...options, path: undefined } as ConnectionOptions
   if (!opts.servername && opts.servername !== '') opts.servername = isIP(opts.host ?? '') ? '' : opts.host
   const socket = connect(opts)
-  writeChunksJoined(socket)
+  writeChunksSeparately(socket)
   return socket
 }
 
 /**
- * Queued chunks are copied into one kept buffer of this size per socket and
- * written together; a chunk at least this long is written from its own
- * buffer (a seed's 1 MiB payloads). The buffer is filled again only once TLS
- * is done with its previous write (that write's callback).
- * @default 256 KiB
+ * Chunks shorter than this that follow each other in the socket's queue are
+ * joined into one write (one TLS record, one system call); longer ones are
+ * encrypted from their own buffers. An Extent's frame is head, payload,
+ * digest: three WebSocket frames of two chunks each, all short but the
+ * payload.
+ * @default 4 KiB (encodeMessageParts copies binary fields shorter than that anyway)
  */
-export const JOINED_WRITE_BYTES = 256 * 1024
+export const SMALL_CHUNK_BYTES = 4 * 1024
 
 /** The part of a socket's Writable this file replaces (Node's `_writev` joins every chunk into one new buffer). */
 interface WritableInternals {
@@ -48,70 +46,54 @@ interface WritableInternals {
 }
 
 /**
- * The writes a queue of chunks becomes, as [first, end) index ranges: runs
- * of chunks shorter than {@link JOINED_WRITE_BYTES} joined up to that many
- * bytes, every longer chunk on its own; empty chunks dropped. Pure.
+ * The writes a queue of chunks becomes: runs of chunks shorter than
+ * {@link SMALL_CHUNK_BYTES} joined, every longer chunk on its own (by
+ * reference, never copied). Pure.
  */
-export function groupChunks(lengths: readonly number[], limit = JOINED_WRITE_BYTES): Array<[number, number]> {
-  const out: Array<[number, number]> = []
-  let first = -1
-  let bytes = 0
-  for (let i = 0; i < lengths.length; i++) {
-    const n = lengths[i] as number
-    // an empty chunk writes nothing: dropped (or copied as nothing inside a run)
-    if (n === 0) continue
-    if (n >= limit) {
-      if (first >= 0) out.push([first, i])
-      out.push([i, i + 1])
-      first = -1
-      bytes = 0
-    } else if (first >= 0 && bytes + n <= limit) {
-      bytes += n
-    } else {
-      if (first >= 0) out.push([first, i])
-      first = i
-      bytes = n
+export function groupChunks(chunks: readonly Buffer[]): Buffer[] {
+  const out: Buffer[] = []
+  let run: Buffer[] = []
+  let runBytes = 0
+  const end = (): void => {
+    if (run.length === 1) out.push(run[0] as Buffer)
+    else if (run.length > 1) out.push(Buffer.concat(run, runBytes))
+    run = []
+    runBytes = 0
+  }
+  for (const c of chunks) {
+    if (c.length >= SMALL_CHUNK_BYTES) {
+      end()
+      out.push(c)
+    } else if (c.length > 0) {
+      run.push(c)
+      runBytes += c.length
     }
   }
-  if (first >= 0) out.push([first, lengths.length])
+  end()
   return out
 }
 
 /**
- * Make a socket's Writable write its queued chunks joined into one kept
- * buffer ({@link groupChunks}), one write after the other: Node's TLS socket
- * would copy every chunk of a `writev` into one new buffer, and writing each
- * chunk on its own costs a system call per chunk.
+ * Make a socket's Writable write its queued chunks without joining large ones
+ * (Node's TLS socket copies every chunk of a `writev` into one new buffer):
+ * runs of short chunks (WebSocket frame headers, message heads, digests) go
+ * as one write each ({@link groupChunks}), every large chunk from its own
+ * buffer, one write after the other.
  */
-export function writeChunksJoined(socket: TLSSocket): void {
+export function writeChunksSeparately(socket: TLSSocket): void {
   const w = socket as unknown as WritableInternals
-  let kept: Buffer | undefined
   w._writev = function (this: WritableInternals, chunks, cb) {
     // the HTTP upgrade request may be queued as a string
-    const bufs = chunks.map((c) => (typeof c.chunk === 'string' ? Buffer.from(c.chunk, c.encoding === 'buffer' ? 'utf8' : c.encoding) : c.chunk))
-    const groups = groupChunks(bufs.map((b) => b.length))
-    let g = 0
+    const writes = groupChunks(chunks.map((c) => (typeof c.chunk === 'string' ? Buffer.from(c.chunk, c.encoding === 'buffer' ? 'utf8' : c.encoding) : c.chunk)))
+    let i = 0
     const next = (err?: Error | null): void => {
       if (err != null) {
         cb(err)
         return
       }
-      const range = groups[g++]
-      if (range === undefined) {
-        cb()
-        return
-      }
-      const [first, end] = range
-      if (end - first === 1) {
-        // one chunk: from its own buffer
-        this._write(bufs[first] as Buffer, 'buffer', next)
-        return
-      }
-      // the previous write's callback has run: TLS is done with the kept buffer
-      kept ??= Buffer.allocUnsafeSlow(JOINED_WRITE_BYTES)
-      let n = 0
-      for (let i = first; i < end; i++) n += (bufs[i] as Buffer).copy(kept, n)
-      this._write(kept.subarray(0, n), 'buffer', next)
+      const b = writes[i++]
+      if (b === undefined) cb()
+      else this._write(b, 'buffer', next)
     }
     next()
   }
