@@ -30,6 +30,13 @@
  * `replicate()` and with start-up), and the machine's busy CPU seconds
  * (/proc/stat, every process and the kernel: other work on the machine counts
  * too); `BENCH_JSON=1` prints the rows as one JSON line at the end.
+ * `BENCH_AGENT_LOG=<level>` prints the agent's log lines (at `debug`, a 'disk
+ * shipped' line per disk: the time to hand its extents to the socket, the
+ * wait for the receiver's DiskEnded, and the agent's CPU over both);
+ * `BENCH_RECEIVER_LOG=<level>` runs the receiver at that level (at `debug`,
+ * its batches flushed, written and durable; its log goes to stderr).
+ * `BENCH_AGENT_PREFIX="strace -f -c -o /tmp/agent-{i}.strace"` runs each
+ * cycle's agent process under a command (`{i}`: the cycle's index).
  * Needs: built packages (npx tsc -b), qemu-img, rsync, openssl.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process'
@@ -96,7 +103,7 @@ const rx = spawn(
     '--tls-key',
     key,
     '--log-level',
-    'warn',
+    process.env.BENCH_RECEIVER_LOG ?? 'warn',
   ],
   {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -157,7 +164,7 @@ const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
 const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
 const timer = setInterval(sample, 20)
 const c0 = process.cpuUsage()
-const report = await replicate({ logger: pino({ level: 'warn' }, pino.destination(2)) }, init)
+const report = await replicate({ logger: pino({ level: process.env.BENCH_AGENT_LOG ?? 'warn' }, pino.destination(2)) }, init)
 const c1 = process.cpuUsage(c0)
 clearInterval(timer)
 const ru = process.resourceUsage()
@@ -225,11 +232,18 @@ try {
     const cpu0 = rxCpuSplit()
     const busy0 = machineBusy()
     t0 = performance.now()
-    const { stdout } = await exec(
-      process.execPath,
-      [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })],
-      { maxBuffer: 64 << 20, env: { ...process.env, ...(variant === 'B' ? envB : {}) } },
-    )
+    // BENCH_AGENT_PREFIX="strace -f -c -o /tmp/agent-{i}.strace": a command the agent process runs under ({i}: the cycle's index)
+    const prefix = (process.env.BENCH_AGENT_PREFIX ?? '')
+      .split(' ')
+      .filter((w) => w !== '')
+      .map((w) => w.replaceAll('{i}', String(i)))
+    const nodeArgs = [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })]
+    const { stdout, stderr: agentErr } = await exec(prefix[0] ?? process.execPath, prefix.length > 0 ? [...prefix.slice(1), process.execPath, ...nodeArgs] : nodeArgs, {
+      maxBuffer: 64 << 20,
+      env: { ...process.env, ...(variant === 'B' ? envB : {}) },
+    })
+    // BENCH_AGENT_LOG=<level>: the agent's log lines
+    if (process.env.BENCH_AGENT_LOG !== undefined) log(agentErr.trim())
     const processMs = performance.now() - t0
     const busyS = machineBusy() - busy0
     const cpu1 = rxCpuSplit()

@@ -122,6 +122,8 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     client.terminate()
     return new ConnectionLost(`no acknowledgement from the receiver for ${STALL_MS / 1000} s`, 1006)
   }
+  const shipStart = performance.now()
+  const cpu0 = process.cpuUsage()
   for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: opts.compression, fromSeq: resumeSeq })) {
     account(e.offset, e.length, e.zero, e.digest)
     dlog.record(e.seq, e.zero, e.digest)
@@ -147,8 +149,21 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   w.report.zeroBytes = zeroBytes
   if (cd.count !== total) throw new AgentError('E_PROTOCOL', `internal: ${cd.count} extents digested, plan has ${total}`)
   w.progress.update('end', true)
+  const handedMs = performance.now() - shipStart
   const ended = await client.endDisk({ disk: w.handle, extents: total, dataBytes, zeroBytes, digest: cd.digest() })
   if (!ended.ok) throw refusalError(`DiskEnd of ${w.name}`, ended.refusal)
+  // where a ship lap goes: handing the extents to the socket, then the receiver making the last of them durable
+  const cpu = process.cpuUsage(cpu0)
+  log.debug(
+    {
+      disk: w.name,
+      extents: total - resumeSeq,
+      handedMs: Math.round(handedMs),
+      endedMs: Math.round(performance.now() - shipStart - handedMs),
+      cpuMs: { user: Math.round(cpu.user / 1000), system: Math.round(cpu.system / 1000) },
+    },
+    'disk shipped',
+  )
 }
 
 /**
