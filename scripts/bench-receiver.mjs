@@ -115,15 +115,18 @@ function settle(step) {
 }
 // what the block device did during a step (/proc/diskstats of the store's device, Linux; fields after the
 // name: 7 sectors written, 14 sectors discarded, 15 ms discarding, 16 flushes, 17 ms flushing)
+/** /proc/diskstats, a row of fields per device */
+function diskstats() {
+  return readFileSync('/proc/diskstats', 'utf8')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+}
 const DEV = (() => {
   try {
     const st = execFileSync('stat', ['-c', '%d', dir], { encoding: 'utf8' }).trim()
     const major = Number(st) >> 8
     const minor = Number(st) & 0xff
-    const line = readFileSync('/proc/diskstats', 'utf8')
-      .split('\n')
-      .map((l) => l.trim().split(/\s+/))
-      .find((v) => Number(v[0]) === major && Number(v[1]) === minor)
+    const line = diskstats().find((v) => Number(v[0]) === major && Number(v[1]) === minor)
     return line?.[2]
   } catch {
     return undefined
@@ -131,10 +134,7 @@ const DEV = (() => {
 })()
 function ioMark() {
   if (DEV === undefined) return undefined
-  const v = readFileSync('/proc/diskstats', 'utf8')
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/))
-    .find((x) => x[2] === DEV)
+  const v = diskstats().find((x) => x[2] === DEV)
   const dirty = /Dirty:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))
   return { t: process.hrtime.bigint(), f: v.slice(3).map(Number), dirtyKiB: Number(dirty?.[1] ?? NaN) }
 }

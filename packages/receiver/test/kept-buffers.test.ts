@@ -13,7 +13,7 @@ import { scratchDir, prng } from '@grainline/test-utils'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, type LogLine } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, type DiskPlan, type Env, type LogLine } from './helpers.ts'
 import { OLD_CONTENTS } from '../src/disk-apply.ts'
 import { rollbackMirror } from '../src/index.ts'
 
@@ -38,6 +38,26 @@ function scattered(cap: number, count: number, seed: number): Array<{ offset: nu
   return [...slots].sort((a, b) => a - b).map((s) => ({ offset: s * EXTENT, length: EXTENT }))
 }
 
+/** One agent connection running one cycle (runCycle's options), closed once it is done. */
+async function cycleOn(url: string, env: Env, vm: string, cycle: number, disks: DiskPlan[], opts: Parameters<typeof runCycle>[4] = {}): ReturnType<typeof runCycle> {
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(a, vm, cycle, disks, opts)
+  a.close()
+  await a.whenClosed()
+  return r
+}
+
+/** `img` with each range overwritten by a pattern whose every other KiB is zero (lz4 about halves it). */
+function halfZeroChange(img: Buffer, ranges: ReadonlyArray<{ offset: number; length: number }>, seed: number): Buffer {
+  const next = Buffer.from(img)
+  for (const r of ranges) {
+    const p = pattern(r.length, seed + r.offset)
+    for (let k = 0; k < r.length; k += 2 * KiB) p.fill(0, k, k + KiB)
+    p.copy(next, r.offset)
+  }
+  return next
+}
+
 t.test('sessions share the frame pool: the second incremental takes no new buffer for its frames; compressed frames go back at once', async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env)
@@ -46,22 +66,16 @@ t.test('sessions share the frame pool: the second incremental takes no new buffe
   const name = 'kb.vmdk'
   const flat = join(env.store, 'vm-kb', 'kb-flat.vmdk')
   const img1 = pattern(cap, 1)
-  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a1, 'vm-kb', 1, [seedPlan(0, name, img1, 'aa01aa01aa01aa01', EXTENT)])
-  a1.close()
-  await a1.whenClosed()
+  await cycleOn(url, env, 'vm-kb', 1, [seedPlan(0, name, img1, 'aa01aa01aa01aa01', EXTENT)])
   t.ok(readFileSync(flat).equals(img1), 'seed exact')
   let img = img1
   const news: number[] = []
   for (let cycle = 2; cycle <= 3; cycle++) {
     const ranges = scattered(cap, 24, cycle)
     img = evolve(img, cycle, ranges)
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, 'vm-kb', cycle, [incPlan(0, name, img, cycle - 1, `cc0${cycle}cc0${cycle}cc0${cycle}cc0${cycle}`, ranges, `kb-00000${cycle - 1}.vmdk`, `kb-00000${cycle}.vmdk`, EXTENT)], {
+    await cycleOn(url, env, 'vm-kb', cycle, [incPlan(0, name, img, cycle - 1, `cc0${cycle}cc0${cycle}cc0${cycle}cc0${cycle}`, ranges, `kb-00000${cycle - 1}.vmdk`, `kb-00000${cycle}.vmdk`, EXTENT)], {
       alg: 'xxh64',
     })
-    a.close()
-    await a.whenClosed()
     t.ok(readFileSync(flat).equals(img), `cycle ${cycle}: mirror exact`)
     const b = await sessionBuffers(logs, cycle)
     t.equal(b.frames['taken'], 24, `cycle ${cycle}: every 64 KiB payload read into a pooled frame`)
@@ -74,16 +88,8 @@ t.test('sessions share the frame pool: the second incremental takes no new buffe
   // compressed payloads (half zeros: lz4 halves them, still pooled frames): decompressed into memory of their
   // own, their frames go back to the pool at once
   const ranges = scattered(cap, 24, 4)
-  const next = Buffer.from(img)
-  for (const r of ranges) {
-    const p = pattern(r.length, 40 + r.offset)
-    for (let k = 0; k < r.length; k += 2 * KiB) p.fill(0, k, k + KiB)
-    p.copy(next, r.offset)
-  }
-  const a4 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a4, 'vm-kb', 4, [incPlan(0, name, next, 3, 'dd04dd04dd04dd04', ranges, 'kb-000003.vmdk', 'kb-000004.vmdk', EXTENT)], { alg: 'xxh64', compression: 'lz4' })
-  a4.close()
-  await a4.whenClosed()
+  const next = halfZeroChange(img, ranges, 40)
+  await cycleOn(url, env, 'vm-kb', 4, [incPlan(0, name, next, 3, 'dd04dd04dd04dd04', ranges, 'kb-000003.vmdk', 'kb-000004.vmdk', EXTENT)], { alg: 'xxh64', compression: 'lz4' })
   t.ok(readFileSync(flat).equals(next), 'compressed cycle: mirror exact')
   const b4 = await sessionBuffers(logs, 4)
   t.equal(b4.frames['taken'], 24, 'the compressed payloads arrived in pooled frames')
@@ -100,19 +106,13 @@ t.test('the old contents for the journal are read into kept buffers: reused acro
   const name = 'oc.vmdk'
   const flat = join(env.store, 'vm-oc', 'oc-flat.vmdk')
   let img = pattern(cap, 7)
-  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a1, 'vm-oc', 1, [seedPlan(0, name, img, 'ee01ee01ee01ee01', EXTENT)])
-  a1.close()
-  await a1.whenClosed()
+  await cycleOn(url, env, 'vm-oc', 1, [seedPlan(0, name, img, 'ee01ee01ee01ee01', EXTENT)])
   const created0 = OLD_CONTENTS.created
   const taken0 = OLD_CONTENTS.taken
   for (let cycle = 2; cycle <= 3; cycle++) {
     const ranges = scattered(cap, 32, 10 + cycle)
     img = evolve(img, cycle, ranges)
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, 'vm-oc', cycle, [incPlan(0, name, img, cycle - 1, `ff0${cycle}ff0${cycle}ff0${cycle}ff0${cycle}`, ranges, `oc-00000${cycle - 1}.vmdk`, `oc-00000${cycle}.vmdk`, EXTENT)])
-    a.close()
-    await a.whenClosed()
+    await cycleOn(url, env, 'vm-oc', cycle, [incPlan(0, name, img, cycle - 1, `ff0${cycle}ff0${cycle}ff0${cycle}ff0${cycle}`, ranges, `oc-00000${cycle - 1}.vmdk`, `oc-00000${cycle}.vmdk`, EXTENT)])
     t.ok(readFileSync(flat).equals(img), `cycle ${cycle}: mirror exact`)
   }
   const created = OLD_CONTENTS.created - created0
@@ -141,17 +141,11 @@ t.test('an old-contents buffer goes back only once its journal record is written
   const name = 'sc.vmdk'
   const flat = join(env.store, 'vm-sc', 'sc-flat.vmdk')
   const img1 = pattern(cap, 3)
-  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a1, 'vm-sc', 1, [seedPlan(0, name, img1, 'ab01ab01ab01ab01', EXTENT)])
-  a1.close()
-  await a1.whenClosed()
+  await cycleOn(url, env, 'vm-sc', 1, [seedPlan(0, name, img1, 'ab01ab01ab01ab01', EXTENT)])
   const ranges = scattered(cap, 48, 21)
   const img2 = evolve(img1, 2, ranges)
-  const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   // applied, not committed: the journal holds the old contents
-  await runCycle(a2, 'vm-sc', 2, [incPlan(0, name, img2, 1, 'ab02ab02ab02ab02', ranges, 'sc-000001.vmdk', 'sc-000002.vmdk', EXTENT)], { commit: false })
-  a2.close()
-  await a2.whenClosed()
+  await cycleOn(url, env, 'vm-sc', 2, [incPlan(0, name, img2, 1, 'ab02ab02ab02ab02', ranges, 'sc-000001.vmdk', 'sc-000002.vmdk', EXTENT)], { commit: false })
   t.ok(readFileSync(flat).equals(img2), 'the cycle was applied')
   t.ok(scribbled >= 48, `${scribbled} buffers scribbled over as they came back`)
   // the offline rollback, as an operator runs it: with the receiver stopped (its session may still hold the VM's lock
@@ -171,18 +165,10 @@ t.test('a compressed extent whose frame went back at once: its digest is journal
   const name = 'rz.vmdk'
   const flat = join(env.store, 'vm-rz', 'rz-flat.vmdk')
   const img1 = pattern(cap, 11)
-  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a1, 'vm-rz', 1, [seedPlan(0, name, img1, 'ab01ab01ab01ab01', EXTENT)])
-  a1.close()
-  await a1.whenClosed()
+  await cycleOn(url, env, 'vm-rz', 1, [seedPlan(0, name, img1, 'ab01ab01ab01ab01', EXTENT)])
   // half-zero payloads: lz4 halves them, so each frame goes back to the pool as soon as it is decompressed
   const ranges = scattered(cap, 48, 21)
-  const next = Buffer.from(img1)
-  for (const r of ranges) {
-    const p = pattern(r.length, 70 + r.offset)
-    for (let k = 0; k < r.length; k += 2 * KiB) p.fill(0, k, k + KiB)
-    p.copy(next, r.offset)
-  }
+  const next = halfZeroChange(img1, ranges, 70)
   const plan = () => incPlan(0, name, next, 1, 'ab02ab02ab02ab02', ranges, 'rz-000001.vmdk', 'rz-000002.vmdk', EXTENT)
   const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a2, 'vm-rz', 2, [plan()], { alg: 'xxh64', compression: 'lz4', stopAfter: 32 })
@@ -190,10 +176,7 @@ t.test('a compressed extent whose frame went back at once: its digest is journal
   for (;;) if ((await a2.expect(MessageKind.ExtentAck)).seq >= 15) break
   a2.close()
   await a2.whenClosed()
-  const a3 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const r = await runCycle(a3, 'vm-rz', 2, [plan()], { alg: 'xxh64', compression: 'lz4' })
-  a3.close()
-  await a3.whenClosed()
+  const r = await cycleOn(url, env, 'vm-rz', 2, [plan()], { alg: 'xxh64', compression: 'lz4' })
   t.ok((r.resume[0] as number) >= 16, `resumed at ${String(r.resume[0])}: the replayed extents' digests came from the journal`)
   t.ok(r.committed !== undefined, 'DiskEnd accepted (the cycle digest matched) and the cycle committed')
   t.ok(readFileSync(flat).equals(next), 'mirror exact')
