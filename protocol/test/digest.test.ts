@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import t from 'tap'
-import { blockDigest, createDigest, digestOf, DigestLengths, initDigests, isDigestAlgorithm, isZeroBytes, zeroDigest } from '../src/digest.ts'
+import xxhash from 'xxhash-wasm'
+import { blockDigest, createDigest, digestOf, DigestLengths, initDigests, isDigestAlgorithm, isZeroBytes, XXH64_PIECE_BYTES, xxh64Stats, zeroDigest } from '../src/digest.ts'
 import { DigestAlgorithms } from '../src/messages.ts'
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex')
@@ -20,6 +21,25 @@ t.test('known answers', async (t) => {
   t.equal(hex(digestOf('sha256', abc)), 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
   t.equal(hex(digestOf('sha1', abc)), 'a9993e364706816aba3e25717850c26c9cd0d89d')
   t.equal(hex(digestOf('md5', abc)), '900150983cd24fb0d6963f7d28e17f72')
+})
+
+t.test('xxh64 is fed to the wasm module in pieces: its memory does not grow to the largest update (issue #17)', async (t) => {
+  await initDigests()
+  // 4 MiB and an odd tail in one update, as the trivial check's prefix steps are
+  const data = randomBytes(4 * 1024 * 1024 + 12_345)
+  const d = createDigest('xxh64').update(data).digest()
+  t.ok(xxh64Stats.largestPiece <= XXH64_PIECE_BYTES, `largest piece fed ${xxh64Stats.largestPiece} bytes`)
+  // the same digest as xxhash-wasm's own one-shot hash of the whole input (its own module instance)
+  const x = await xxhash()
+  const oneShot = Buffer.alloc(8)
+  oneShot.writeBigUInt64BE(x.h64Raw(data))
+  t.equal(hex(d), hex(oneShot))
+  // and as any split across pieces
+  const s = createDigest('xxh64')
+  s.update(data.subarray(0, XXH64_PIECE_BYTES - 1))
+  s.update(data.subarray(XXH64_PIECE_BYTES - 1, 3 * XXH64_PIECE_BYTES + 5))
+  s.update(data.subarray(3 * XXH64_PIECE_BYTES + 5))
+  t.equal(hex(s.digest()), hex(oneShot))
 })
 
 t.test('streaming equals one-shot for every algorithm, any split', async (t) => {
