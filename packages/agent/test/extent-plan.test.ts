@@ -1,6 +1,6 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { arraySource, buildPlan, planExtents, unionSource, type PlanRange } from '../src/extent-plan.ts'
+import { arraySource, buildPlan, planExtents, unionSource, type PlanRange, type RangeSource } from '../src/extent-plan.ts'
 
 /** The union of array layers, collected (the cycle streams `unionSource` over grain tables instead). */
 async function unionRanges(layers: ReadonlyArray<readonly PlanRange[]>): Promise<PlanRange[]> {
@@ -76,6 +76,38 @@ t.test('plan: chunks cover every range, seqs are stable when skipping', async (t
   t.equal(plan.firstOffset, 0)
   t.same(all[2], { seq: 2, offset: 4096, length: 1024, zero: false })
   await t.rejects(buildPlan(arraySource(ranges), { chunkBytes: 1000 }))
+})
+
+t.test("plan: a small plan's ranges are kept from the counting pass, a large one streams again (issue #17)", async (t) => {
+  const ranges: PlanRange[] = Array.from({ length: 40 }, (_, i) => ({ offset: i * 1024 * 1024, length: 64 * 1024, zero: i % 7 === 3 }))
+  // a source that counts its passes, like the chain's grain-table walk of an incremental
+  const counted = (): { source: RangeSource; passes: () => number } => {
+    let passes = 0
+    return {
+      source: async function* () {
+        passes++
+        yield* ranges
+      },
+      passes: () => passes,
+    }
+  }
+  const extentsOf = async (plan: Awaited<ReturnType<typeof buildPlan>>): Promise<unknown[]> => {
+    const out = []
+    for await (const e of planExtents(plan, 0)) out.push(e)
+    return out
+  }
+  const small = counted()
+  const kept = await buildPlan(small.source, { chunkBytes: 32 * 1024, keptRanges: 40 })
+  const first = await extentsOf(kept)
+  t.same(await extentsOf(kept), first, 'every pass yields the same extents')
+  t.equal(first.length, kept.totalExtents)
+  t.equal(small.passes(), 1, 'the source walked once: by the counting pass')
+  const large = counted()
+  const streamed = await buildPlan(large.source, { chunkBytes: 32 * 1024, keptRanges: 39 })
+  t.same(await extentsOf(streamed), first, 'same extents when streamed')
+  await extentsOf(streamed)
+  t.equal(large.passes(), 3, 'above the bound: the source walked on every pass')
+  t.same([streamed.totalExtents, streamed.totalBytes, streamed.dataBytes, streamed.firstOffset], [kept.totalExtents, kept.totalBytes, kept.dataBytes, kept.firstOffset])
 })
 
 t.test('digest log: compact, in order only, bounded', async (t) => {
