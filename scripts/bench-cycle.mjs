@@ -22,7 +22,10 @@
  * `BENCH_AGENT_ENV_B="NAME=VALUE[,NAME=VALUE]"` runs every second cycle's agent
  * with those variables (e.g. `GRAINLINE_EXTENT_WORKER=0`: an interleaved A/B in
  * one build; give a rate twice or more, `--rates 1,1,1,1,1,1`), and prints the
- * medians of both.
+ * medians of both; `BENCH_AGENT_ENV_A` likewise for the other cycles' agents
+ * (not this process nor the receiver: `UV_THREADPOOL_SIZE=4` vs `=2`). Every
+ * agent runs with the `Environment=` of contrib/systemd/grainline-agent.service
+ * of its checkout first (as deployed: `UV_THREADPOOL_SIZE=2`), under those.
  * `BENCH_AGENT_DIST=<agent dist/src/index.js>` runs the cycles' agent from
  * another build (with `GRAINLINE_RECEIVER_MAIN`: a whole other build, for an
  * A/B of runs interleaved by scripts/bench-cycle-ab.mjs). Per cycle it prints
@@ -198,12 +201,27 @@ try {
   )
   const mirror = join(store, 'bench', 'bench-flat.vmdk')
   const rows = []
-  const envB = Object.fromEntries(
-    (process.env.BENCH_AGENT_ENV_B ?? '')
-      .split(',')
-      .filter((kv) => kv.includes('='))
+  const envOf = (spec) =>
+    Object.fromEntries(
+      (spec ?? '')
+        .split(',')
+        .filter((kv) => kv.includes('='))
+        .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+    )
+  // the agent runs as deployed: with the Environment= of contrib/systemd/grainline-agent.service (UV_THREADPOOL_SIZE=2)
+  // of the agent's checkout (BENCH_AGENT_DIST's: packages/agent/dist/src/index.js, four levels down)
+  const agentRoot = process.env.BENCH_AGENT_DIST ? join(dirname(process.env.BENCH_AGENT_DIST), '../../../..') : root
+  const unitEnv = Object.fromEntries(
+    readFileSync(join(agentRoot, 'contrib/systemd/grainline-agent.service'), 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('Environment='))
+      .flatMap((l) => l.slice('Environment='.length).trim().split(/\s+/))
       .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
   )
+  if (Object.keys(unitEnv).length > 0) log(`agent environment from grainline-agent.service: ${JSON.stringify(unitEnv)}`)
+  const envB = envOf(process.env.BENCH_AGENT_ENV_B)
+  // BENCH_AGENT_ENV_A: variables of the A cycles' agents only (not of this process nor the receiver)
+  const envA = envOf(process.env.BENCH_AGENT_ENV_A)
   const ab = Object.keys(envB).length > 0
   for (const [i, rate] of rates.entries()) {
     const variant = ab && i % 2 === 1 ? 'B' : 'A'
@@ -240,7 +258,7 @@ try {
     const nodeArgs = [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })]
     const { stdout, stderr: agentErr } = await exec(prefix[0] ?? process.execPath, prefix.length > 0 ? [...prefix.slice(1), process.execPath, ...nodeArgs] : nodeArgs, {
       maxBuffer: 64 << 20,
-      env: { ...process.env, ...(variant === 'B' ? envB : {}) },
+      env: { ...process.env, ...unitEnv, ...(variant === 'B' ? envB : envA) },
     })
     // BENCH_AGENT_LOG=<level>: the agent's log lines
     if (process.env.BENCH_AGENT_LOG !== undefined) log(agentErr.trim())
@@ -341,7 +359,7 @@ try {
       const rs = rows.filter((r) => r.variant === v)
       if (rs.length === 0) continue
       console.log(
-        `${v}${v === 'B' ? ` ${JSON.stringify(envB)}` : ''}: ${rs.length} cycles, medians: cycle ${sec(median(rs.map((r) => r.cycleMs)))} s, ship ${sec(median(rs.map((r) => r.ship)))} s, cycle / (floor + snapshot operations) ${median(rs.map((r) => r.cycleMs / (r.floorMs + r.snapMs))).toFixed(2)}, agent CPU ${median(rs.map((r) => r.agentCpuS)).toFixed(2)} s, receiver CPU ${median(rs.map((r) => r.rxCpuS)).toFixed(2)} s, peak RSS ${median(rs.map((r) => r.rssMiB)).toFixed(0)} MiB, load ${rs.map((r) => r.load.toFixed(1)).join(' / ')}`,
+        `${v} ${JSON.stringify(v === 'B' ? envB : envA)}: ${rs.length} cycles, medians: cycle ${sec(median(rs.map((r) => r.cycleMs)))} s, ship ${sec(median(rs.map((r) => r.ship)))} s, cycle / (floor + snapshot operations) ${median(rs.map((r) => r.cycleMs / (r.floorMs + r.snapMs))).toFixed(2)}, agent CPU ${median(rs.map((r) => r.agentCpuS)).toFixed(2)} s, receiver CPU ${median(rs.map((r) => r.rxCpuS)).toFixed(2)} s, peak RSS ${median(rs.map((r) => r.rssMiB)).toFixed(0)} MiB, load ${rs.map((r) => r.load.toFixed(1)).join(' / ')}`,
       )
     }
   }
