@@ -211,12 +211,12 @@ try {
   // the agent runs as deployed: with the Environment= of contrib/systemd/grainline-agent.service (UV_THREADPOOL_SIZE=2)
   // of the agent's checkout (BENCH_AGENT_DIST's: packages/agent/dist/src/index.js, four levels down)
   const agentRoot = process.env.BENCH_AGENT_DIST ? join(dirname(process.env.BENCH_AGENT_DIST), '../../../..') : root
-  const unitEnv = Object.fromEntries(
+  const unitEnv = envOf(
     readFileSync(join(agentRoot, 'contrib/systemd/grainline-agent.service'), 'utf8')
       .split('\n')
       .filter((l) => l.startsWith('Environment='))
       .flatMap((l) => l.slice('Environment='.length).trim().split(/\s+/))
-      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+      .join(','),
   )
   if (Object.keys(unitEnv).length > 0) log(`agent environment from grainline-agent.service: ${JSON.stringify(unitEnv)}`)
   const envB = envOf(process.env.BENCH_AGENT_ENV_B)
