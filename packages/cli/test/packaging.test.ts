@@ -77,45 +77,6 @@ t.test('the systemd units verify and run commands the CLI accepts', async (t) =>
   }
 })
 
-/** The Environment= assignments of a unit (the units use no quoting). */
-const environment = (unit: string): Record<string, string> =>
-  Object.fromEntries(
-    unit
-      .split('\n')
-      .filter((l) => l.startsWith('Environment='))
-      .flatMap((l) => l.slice('Environment='.length).trim().split(/\s+/))
-      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-  )
-
-t.test("the agent's unit runs it with two libuv pool threads, set before the process starts (issue #17)", async (t) => {
-  const agent = environment(await readFile(join(unitsDir, 'grainline-agent.service'), 'utf8'))
-  t.equal(agent.UV_THREADPOOL_SIZE, '2', 'grainline-agent.service: Environment=UV_THREADPOOL_SIZE=2')
-  // the long-lived receiver keeps libuv's default (its journal and store I/O)
-  const receiver = environment(await readFile(join(unitsDir, 'grainline-receiver.service'), 'utf8'))
-  t.equal(receiver.UV_THREADPOOL_SIZE, undefined, 'grainline-receiver.service keeps the default')
-  // only the environment works: by the time the CLI's first module runs, loading it (ESM) has started the pool
-  const dir = scratchDir(t)
-  const probe = join(dir, 'threads.mjs')
-  await writeFile(
-    probe,
-    [
-      "import { readdirSync } from 'node:fs'",
-      "import { readFile } from 'node:fs/promises'",
-      'process.env.UV_THREADPOOL_SIZE = process.argv[2] ?? process.env.UV_THREADPOOL_SIZE',
-      'await Promise.all(Array.from({ length: 8 }, () => readFile(process.argv[1])))',
-      "console.log(readdirSync('/proc/self/task').length)",
-    ].join('\n'),
-  )
-  const threads = async (env: Record<string, string | undefined>, args: string[] = []): Promise<number> => {
-    const r = await runNode(probe, args, { env })
-    t.equal(r.code, 0, r.stderr)
-    return Number(r.stdout.trim())
-  }
-  const byDefault = await threads({ UV_THREADPOOL_SIZE: undefined })
-  t.equal(byDefault - (await threads({ UV_THREADPOOL_SIZE: agent.UV_THREADPOOL_SIZE })), 2, "the unit's environment: two of libuv's four pool threads fewer")
-  t.equal(await threads({ UV_THREADPOOL_SIZE: undefined }, ['2']), byDefault, 'set by the module itself: too late')
-})
-
 t.test('the grainline package tarball holds its bin, the compiled code and no tests', async (t) => {
   const { stdout } = await exec('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: cliDir })
   const [pack] = JSON.parse(stdout) as Array<{ name: string; files: Array<{ path: string; mode: number }> }>
