@@ -125,7 +125,7 @@ t.test('writeInPieces: each call covers at most a piece of the file, never acros
   t.ok(withinPieces(ranges, piece), 'no call beyond a piece or across a multiple of it')
   t.equal(ranges.length, Math.ceil((at + want.length) / piece), 'one call per piece of the file touched')
   t.ok(
-    ranges.every(([pos, n], i) => i === 0 || pos === (ranges[i - 1] as [number, number])[0] + (ranges[i - 1] as [number, number])[1]),
+    ranges.every(([pos], i) => i === 0 || pos === (ranges[i - 1] as [number, number])[0] + (ranges[i - 1] as [number, number])[1]),
     'in file order, back to back',
   )
 })
