@@ -133,34 +133,54 @@ export async function writevFully(fh: FileHandle, bufs: readonly Uint8Array[], o
 export const WRITE_PIECE = 1024 * 1024
 
 /**
+ * Pieces of one {@link writeInPieces} call written at once, at most: the
+ * thread pool runs them back to back, where one piece at a time waited for
+ * the main thread between pieces (a busy session's event loop: its frames
+ * held longer, more fresh memory).
+ */
+export const PIECES_IN_FLIGHT = 4
+
+/**
  * Write the buffers back to back from `offset`, each system call covering at
- * most `piece` bytes of the file and none crossing a multiple of `piece`
- * (so the page cache's folios stay at most that size; see
- * {@link WRITE_PIECE}). One piece at a time, in file order; short writes
- * continue where they stopped.
+ * most `piece` bytes of the file and none crossing a multiple of `piece` (so
+ * the page cache's folios stay at most that size; see {@link WRITE_PIECE}).
+ * Up to {@link PIECES_IN_FLIGHT} pieces at once (disjoint ranges: their order
+ * does not matter, none is durable before an fdatasync anyway); short writes
+ * continue where they stopped. Resolves, or rejects with the first error,
+ * only once no write is running.
  */
 export async function writeInPieces(fh: FileHandle, bufs: readonly Uint8Array[], offset: number, piece = WRITE_PIECE): Promise<void> {
+  const pieces: Array<{ pos: number; list: Uint8Array[] }> = []
   let pos = offset
-  let list: Uint8Array[] = []
-  let start = offset
-  const out = async (): Promise<void> => {
-    if (list.length === 1) await writeFully(fh, list[0] as Uint8Array, start)
-    else if (list.length > 1) await writevFully(fh, list, start)
-    list = []
-  }
   for (const b of bufs) {
     let at = 0
     while (at < b.length) {
       const room = piece - (pos % piece)
       const n = Math.min(room, b.length - at)
-      if (list.length === 0) start = pos
-      list.push(b.subarray(at, at + n))
+      const last = pieces[pieces.length - 1]
+      // a piece goes on until the next multiple of `piece`
+      if (last !== undefined && pos % piece !== 0) last.list.push(b.subarray(at, at + n))
+      else pieces.push({ pos, list: [b.subarray(at, at + n)] })
       at += n
       pos += n
-      if (n === room) await out()
     }
   }
-  await out()
+  let next = 0
+  let failed = false
+  const worker = async (): Promise<void> => {
+    while (next < pieces.length && !failed) {
+      const p = pieces[next++] as { pos: number; list: Uint8Array[] }
+      try {
+        if (p.list.length === 1) await writeFully(fh, p.list[0] as Uint8Array, p.pos)
+        else await writevFully(fh, p.list, p.pos)
+      } catch (err) {
+        failed = true // the other writers take no new piece
+        throw err
+      }
+    }
+  }
+  const settled = await Promise.allSettled(Array.from({ length: Math.min(PIECES_IN_FLIGHT, pieces.length) }, worker))
+  for (const r of settled) if (r.status === 'rejected') throw r.reason
 }
 
 /** Buffers per pwritev(2) call (IOV_MAX is 1024 on Linux). */

@@ -15,26 +15,37 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { createDigest, initDigests } from '@grainline/protocol'
 import { scratchDir } from '@grainline/test-utils'
-import { WRITE_PIECE, writeInPieces, writevFully } from '../src/fs-util.ts'
+import { PIECES_IN_FLIGHT, WRITE_PIECE, writeInPieces, writevFully } from '../src/fs-util.ts'
 import type { ApplyExtent } from '../src/disk-apply.ts'
 import { openSeed, pattern } from './helpers.ts'
 
 const MiB = 1024 * 1024
 
-/** The real handle, recording the file range ([position, bytes]) of every write and writev issued through it. */
-function recording(fh: FileHandle, ranges: Array<[number, number]>): FileHandle {
+/**
+ * The real handle, recording the file range ([position, bytes]) of every write and writev issued through it, and
+ * in `busy.max` the most of them running at once; a write at `failAt` fails with EIO instead.
+ */
+function recording(fh: FileHandle, ranges: Array<[number, number]>, busy = { now: 0, max: 0 }, failAt = -1): FileHandle {
+  const run = async <T>(pos: number, n: number, write: () => Promise<T>): Promise<T> => {
+    ranges.push([pos, n])
+    busy.max = Math.max(busy.max, ++busy.now)
+    try {
+      if (pos === failAt) throw Object.assign(new Error('injected'), { code: 'EIO' })
+      return await write()
+    } finally {
+      busy.now--
+    }
+  }
   return new Proxy(fh, {
     get(target, prop, receiver) {
       if (prop === 'writev')
-        return async (bufs: NodeJS.ArrayBufferView[], pos: number) => {
-          ranges.push([pos, bufs.reduce((n, b) => n + b.byteLength, 0)])
-          return await target.writev(bufs, pos)
-        }
-      if (prop === 'write')
-        return async (b: Uint8Array, off: number, len: number, pos: number) => {
-          ranges.push([pos, len])
-          return await target.write(b, off, len, pos)
-        }
+        return (bufs: NodeJS.ArrayBufferView[], pos: number) =>
+          run(
+            pos,
+            bufs.reduce((n, b) => n + b.byteLength, 0),
+            () => target.writev(bufs, pos),
+          )
+      if (prop === 'write') return (b: Uint8Array, off: number, len: number, pos: number) => run(pos, len, () => target.write(b, off, len, pos))
       return Reflect.get(target, prop, receiver)
     },
   })
@@ -114,8 +125,9 @@ t.test('writeInPieces: each call covers at most a piece of the file, never acros
   const at = piece - 1000
   const fh = await open(p, 'w+')
   const ranges: Array<[number, number]> = []
+  const busy = { now: 0, max: 0 }
   try {
-    await writeInPieces(recording(fh, ranges), bufs, at, piece)
+    await writeInPieces(recording(fh, ranges, busy), bufs, at, piece)
   } finally {
     await fh.close()
   }
@@ -124,10 +136,28 @@ t.test('writeInPieces: each call covers at most a piece of the file, never acros
   t.ok(got.subarray(at).equals(want), 'every byte at its place')
   t.ok(withinPieces(ranges, piece), 'no call beyond a piece or across a multiple of it')
   t.equal(ranges.length, Math.ceil((at + want.length) / piece), 'one call per piece of the file touched')
+  const sorted = [...ranges].sort((x, y) => x[0] - y[0])
   t.ok(
-    ranges.every(([pos], i) => i === 0 || pos === (ranges[i - 1] as [number, number])[0] + (ranges[i - 1] as [number, number])[1]),
-    'in file order, back to back',
+    sorted.every(([pos], i) => i === 0 || pos === (sorted[i - 1] as [number, number])[0] + (sorted[i - 1] as [number, number])[1]),
+    'the pieces cover the range back to back, each once',
   )
+  t.ok(busy.max > 1 && busy.max <= PIECES_IN_FLIGHT, `several pieces at once, at most ${PIECES_IN_FLIGHT} (${busy.max})`)
+  t.equal(busy.now, 0, 'none still running')
+})
+
+t.test('writeInPieces rejects with a failed piece once no write is running, and starts none after it', async (t) => {
+  const dir = t.testdir()
+  const fh = await open(join(dir, 'j'), 'w+')
+  const piece = 4096
+  const ranges: Array<[number, number]> = []
+  const busy = { now: 0, max: 0 }
+  try {
+    await t.rejects(writeInPieces(recording(fh, ranges, busy, 2 * piece), [pattern(40 * piece, 9)], 0, piece), { code: 'EIO' })
+    t.equal(busy.now, 0, 'no write running once it rejected')
+  } finally {
+    await fh.close()
+  }
+  t.ok(ranges.length < 40, `the pieces after the failure not started (${ranges.length} of 40)`)
 })
 
 t.test('writeInPieces continues after short writes', async (t) => {
