@@ -125,10 +125,10 @@ export async function writevFully(fh: FileHandle, bufs: readonly Uint8Array[], o
  * large free blocks that this VM's balloon (free page reporting, order 11)
  * has handed back to the host, so every 4 KiB page of them faults on the
  * host when the copy first touches it. Measured here (512 MiB, pwritev of 32
- * MiB per batch + fdatasync, pages freed > 2 s before): 0.96–1.32 s of
- * system time in 2 MiB-or-larger writes, 0.18–0.55 s in 1 MiB ones; `dd`
- * (bs=1M) 0.11 s, `dd bs=2M` 1.03–1.54 s. Elsewhere a 1 MiB write costs the
- * same as a larger one.
+ * MiB per batch + fdatasync, pages freed > 2 s before, 4 pairs): median 1.12
+ * s of system time in 32 MiB writes, 0.23 s in 1 MiB ones; `dd bs=1M`
+ * 0.09–0.15 s, `dd bs=2M` 1.03–1.54 s (receiver README "Ninth round").
+ * Elsewhere a 1 MiB write costs the same as a larger one.
  */
 export const WRITE_PIECE = 1024 * 1024
 
