@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { timingSafeEqual } from 'node:crypto'
 import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { fsyncDir, unlinkIfExists, writeInPieces, writeZeros } from './fs-util.ts'
+import { fsyncDir, unlinkIfExists, writeFully, writevFully, writeZeros } from './fs-util.ts'
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
@@ -389,9 +389,7 @@ export class DiskApply {
 
   /**
    * Stage 2a: write the batch's bytes (not yet durable). Data extents that
-   * follow each other on the disk go out together, in `pwritev(2)` calls of
-   * at most 1 MiB of the file each ({@link writeInPieces}: larger writes get
-   * 2 MiB page-cache folios, several times as costly on this VM). A zero extent
+   * follow each other on the disk go out in one `pwritev(2)`. A zero extent
    * writes zeros only over committed bytes (a seed's file and grown space are
    * holes already), in pieces, and `signal` is checked before each piece:
    * zeroing is the one unbounded step (a range can be as large as the disk).
@@ -421,7 +419,7 @@ export class DiskApply {
         k++
         continue
       }
-      // a run of data extents back to back on the disk: vectored writes of at most 1 MiB
+      // a run of data extents back to back on the disk: one vectored write
       const run: Uint8Array[] = [e.data as Uint8Array]
       let end = e.offset + e.length
       let j = k + 1
@@ -431,7 +429,8 @@ export class DiskApply {
         run.push(f.data as Uint8Array)
         end += f.length
       }
-      await writeInPieces(this.fh, run, e.offset)
+      if (run.length === 1) await writeFully(this.fh, e.data as Uint8Array, e.offset)
+      else await writevFully(this.fh, run, e.offset)
       for (; k < j; k++) faultPoint('extent-written')
     }
     this.writtenAt.set(batch, this.syncsStarted)
@@ -441,7 +440,7 @@ export class DiskApply {
   /**
    * A batch of data extents in ascending, non-overlapping order (an
    * incremental's scattered changes, or a seed): each run of back-to-back
-   * extents is written in vectored writes of at most 1 MiB ({@link writeInPieces}), and up to {@link WRITE_AHEAD} runs are
+   * extents is one vectored write, and up to {@link WRITE_AHEAD} runs are
    * written at once, so the batch waits for one write round trip at a time
    * rather than one per run. The ranges are disjoint, so the order of the
    * writes does not matter; none is durable before the fdatasync of
@@ -455,7 +454,8 @@ export class DiskApply {
       while (next < runs.length && !failed) {
         const r = runs[next++] as WriteRun
         try {
-          await writeInPieces(this.fh, r.data, r.offset)
+          if (r.data.length === 1) await writeFully(this.fh, r.data[0] as Uint8Array, r.offset)
+          else await writevFully(this.fh, r.data, r.offset)
           for (let k = 0; k < r.extents; k++) faultPoint('extent-written')
         } catch (err) {
           failed = true // the other writers take no new run
