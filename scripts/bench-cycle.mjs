@@ -23,9 +23,7 @@
  * with those variables (e.g. `GRAINLINE_EXTENT_WORKER=0`: an interleaved A/B in
  * one build; give a rate twice or more, `--rates 1,1,1,1,1,1`), and prints the
  * medians of both; `BENCH_AGENT_ENV_A` likewise for the other cycles' agents
- * (not this process nor the receiver: `UV_THREADPOOL_SIZE=4` vs `=2`). Every
- * agent runs with the `Environment=` of contrib/systemd/grainline-agent.service
- * of its checkout first (as deployed: `UV_THREADPOOL_SIZE=2`), under those.
+ * (not this process nor the receiver: e.g. `UV_THREADPOOL_SIZE=4` vs `=2`).
  * `BENCH_AGENT_DIST=<agent dist/src/index.js>` runs the cycles' agent from
  * another build (with `GRAINLINE_RECEIVER_MAIN`: a whole other build, for an
  * A/B of runs interleaved by scripts/bench-cycle-ab.mjs). Per cycle it prints
@@ -208,17 +206,6 @@ try {
         .filter((kv) => kv.includes('='))
         .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
     )
-  // the agent runs as deployed: with the Environment= of contrib/systemd/grainline-agent.service (UV_THREADPOOL_SIZE=2)
-  // of the agent's checkout (BENCH_AGENT_DIST's: packages/agent/dist/src/index.js, four levels down)
-  const agentRoot = process.env.BENCH_AGENT_DIST ? join(dirname(process.env.BENCH_AGENT_DIST), '../../../..') : root
-  const unitEnv = envOf(
-    readFileSync(join(agentRoot, 'contrib/systemd/grainline-agent.service'), 'utf8')
-      .split('\n')
-      .filter((l) => l.startsWith('Environment='))
-      .flatMap((l) => l.slice('Environment='.length).trim().split(/\s+/))
-      .join(','),
-  )
-  if (Object.keys(unitEnv).length > 0) log(`agent environment from grainline-agent.service: ${JSON.stringify(unitEnv)}`)
   const envB = envOf(process.env.BENCH_AGENT_ENV_B)
   // BENCH_AGENT_ENV_A: variables of the A cycles' agents only (not of this process nor the receiver)
   const envA = envOf(process.env.BENCH_AGENT_ENV_A)
@@ -258,7 +245,7 @@ try {
     const nodeArgs = [...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []), worker, JSON.stringify({ ...init, ca: cert, vm: vm.vmxPath })]
     const { stdout, stderr: agentErr } = await exec(prefix[0] ?? process.execPath, prefix.length > 0 ? [...prefix.slice(1), process.execPath, ...nodeArgs] : nodeArgs, {
       maxBuffer: 64 << 20,
-      env: { ...process.env, ...unitEnv, ...(variant === 'B' ? envB : envA) },
+      env: { ...process.env, ...(variant === 'B' ? envB : envA) },
     })
     // BENCH_AGENT_LOG=<level>: the agent's log lines
     if (process.env.BENCH_AGENT_LOG !== undefined) log(agentErr.trim())
