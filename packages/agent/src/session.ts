@@ -88,13 +88,3 @@ export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'v
     throw err
   }
 }
-
-/**
- * Connect and open the VM for cycle `cycleNo` ({@link greet}, then
- * {@link openVmOn}). A refusal (Error message) is thrown as `E_REMOTE` with
- * the receiver's code; a lost connection as `ConnectionLost` (retryable).
- * The client is dropped on any failure.
- */
-export async function openSession(opts: SessionOptions, cycleNo: number): Promise<Session> {
-  return await openVmOn(await greet(opts), opts, cycleNo)
-}
