@@ -93,4 +93,10 @@ for (const v of names) {
     )
   }
 }
+// the cycle's laps (its report's timings), warm medians: the fixed laps (connect, plan, commit, check) beside the ship
+for (const v of names) {
+  const rs = rows[v].filter((r) => !r.first)
+  const laps = [...new Set(rs.flatMap((r) => Object.keys(r.timings ?? {})))]
+  console.log(`${v} warm laps (ms, medians): ${laps.map((k) => `${k} ${Math.round(median(rs.map((r) => r.timings?.[k] ?? NaN)))}`).join(', ')}`)
+}
 console.log(`${names.map((v) => `${v} = ${builds[v]}`).join(', ')}; ${rounds} rounds, runs interleaved (order rotating); medians`)

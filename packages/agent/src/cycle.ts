@@ -2,8 +2,8 @@
  * The cycle engine (ARCHITECTURE §1 and §3): brings one VM's mirror forward
  * to a new point in time. `VmCycle.run` reads as the data flow:
  *
- *   open the VM and the agent's record → connect (Hello, VmOpen: the
- *   mirror's state) → snapshot → plan every disk (lineage: incremental or
+ *   open the VM and the agent's record, beside it connect and Hello →
+ *   VmOpen (the mirror's state) → snapshot → plan every disk (lineage: incremental or
  *   resync) → ship (window, resume) → DiskEnd → Commit (record the
  *   generation) → trivial check / certify → remove the other grainline
  *   snapshot(s).
@@ -35,7 +35,7 @@ import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
 import { emptyDiskReport, emptyVmReport, errorInfo, type VmReport } from './report.ts'
-import { openSession, type Session } from './session.ts'
+import { greet, openVmOn, type Greeting, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
 import { chainOptions, mirrorDiskNames, vmFiles } from './vm-files.ts'
 import { removeOtherSnapshots, settleForeignSnapshots } from './vm-snapshots.ts'
@@ -124,6 +124,13 @@ class VmCycle {
   #rotationSave: Promise<void> | undefined
   #replans = 0
   #mark = performance.now()
+  /**
+   * Connect and Hello, started beside `#openVm` (they need nothing of the VM): the
+   * TLS handshake's and Hello's round trips overlap the reading of the VM's files.
+   * Taken by the first connect attempt; dropped (aborted, its client closed) by `dispose`.
+   */
+  #early: Promise<Greeting> | undefined
+  readonly #earlyAbort = new AbortController()
 
   constructor(root: Logger, opts: CycleOptions, report: VmReport) {
     this.#opts = opts
@@ -143,6 +150,9 @@ class VmCycle {
   }
 
   async run(): Promise<void> {
+    this.#early = this.#greet(true)
+    // handled here, taken (and its failure thrown) by the first connect attempt
+    this.#early.catch(() => {})
     await this.#openVm()
     await this.#connect()
     await this.#takeSnapshot()
@@ -160,6 +170,12 @@ class VmCycle {
 
   /** Close every connection (a failed cycle must not leave the receiver's VM lock behind) and every chain. */
   async dispose(): Promise<void> {
+    if (this.#early !== undefined) {
+      // never taken (the VM could not be opened): its connection must not outlive the cycle
+      this.#earlyAbort.abort()
+      await this.#early.catch(() => {})
+      this.#early = undefined
+    }
     for (const c of this.#clients) c.terminate()
     // digests still taken in the background (a cycle that failed before its checks) settle before their chain closes
     for (const w of this.#works) await Promise.all([w.writtenTask, w.scrubTask])
@@ -199,27 +215,29 @@ class VmCycle {
     this.#diskNames = await mirrorDiskNames(this.#vm, driver)
   }
 
-  #session(cycleNo: number): Promise<Session> {
+  /** Connect and Hello (`early`: also ended by `dispose` when never taken). */
+  #greet(early = false): Promise<Greeting> {
     const o = this.#opts
-    return openSession(
-      {
-        connect: { ...o.connect, ...this.#sig },
-        digests: o.digests,
-        compressions: o.compressions,
-        maxExtentBytes: o.maxExtentBytes,
-        windowBytes: o.windowBytes,
-        vm: this.#vm,
-        files: this.#files,
-        disks: this.#diskNames,
-        onClient: (c) => {
-          this.#clients.add(c)
-        },
+    const signal = early ? (o.signal === undefined ? this.#earlyAbort.signal : AbortSignal.any([o.signal, this.#earlyAbort.signal])) : o.signal
+    return greet({
+      connect: { ...o.connect, ...(signal === undefined ? {} : { signal }) },
+      digests: o.digests,
+      compressions: o.compressions,
+      maxExtentBytes: o.maxExtentBytes,
+      windowBytes: o.windowBytes,
+      onClient: (c) => {
+        this.#clients.add(c)
       },
-      cycleNo,
-    ).then((s) => {
-      this.#reconnect.connected()
-      return s
     })
+  }
+
+  /** Hello + VmOpen for `cycleNo`: the first attempt on the connection started beside `#openVm`, any other on a new one. */
+  async #session(cycleNo: number): Promise<Session> {
+    const early = this.#early
+    this.#early = undefined
+    const s = await openVmOn(await (early ?? this.#greet()), { vm: this.#vm, files: this.#files, disks: this.#diskNames }, cycleNo)
+    this.#reconnect.connected()
+    return s
   }
 
   /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */

@@ -18,28 +18,39 @@ export interface Session {
   readonly state: VmStateMessage
 }
 
-/** What a session announces. */
-export interface SessionOptions {
+/** A connection after Hello → Welcome, before VmOpen. */
+export interface Greeting {
+  readonly client: ReceiverClient
+  readonly welcome: WelcomeMessage
+}
+
+/** What a connection announces in its Hello. */
+export interface GreetOptions {
   readonly connect: ConnectOptions
   readonly digests: readonly DigestAlgorithm[]
   readonly compressions: readonly CompressionAlgorithm[]
   readonly maxExtentBytes: number
   readonly windowBytes: number
+  /** called with every client opened (the cycle closes them all at the end) */
+  readonly onClient: (c: ReceiverClient) => void
+}
+
+/** What a session announces. */
+export interface SessionOptions extends GreetOptions {
   readonly vm: VmHandle
   /** the VM's config files shipped with the mirror */
   readonly files: readonly VmFile[]
   /** the mirror's name of every disk */
   readonly disks: readonly string[]
-  /** called with every client opened (the cycle closes them all at the end) */
-  readonly onClient: (c: ReceiverClient) => void
 }
 
 /**
- * Connect and open the VM for cycle `cycleNo`. A refusal (Error message) is
- * thrown as `E_REMOTE` with the receiver's code; a lost connection as
- * `ConnectionLost` (retryable). The client is dropped on any failure.
+ * Connect and say Hello: needs nothing of the VM, so a cycle starts it while
+ * it reads the VM's files (`cycle.ts`). A refusal is thrown as `E_REMOTE`, a
+ * lost connection as `ConnectionLost` (retryable); the client is dropped on
+ * any failure.
  */
-export async function openSession(opts: SessionOptions, cycleNo: number): Promise<Session> {
+export async function greet(opts: GreetOptions): Promise<Greeting> {
   const client = await ReceiverClient.connect(opts.connect)
   opts.onClient(client)
   try {
@@ -51,6 +62,17 @@ export async function openSession(opts: SessionOptions, cycleNo: number): Promis
       limits: { maxMessageBytes: maxMessageBytesFor(opts.maxExtentBytes), maxExtentBytes: opts.maxExtentBytes, windowBytes: opts.windowBytes },
     })
     if (!welcome.ok) throw refusalError('Hello', welcome.refusal)
+    return { client, welcome: welcome.value }
+  } catch (err) {
+    client.terminate()
+    throw err
+  }
+}
+
+/** VmOpen for cycle `cycleNo` on a greeted connection (dropped on any failure, like {@link greet}). */
+export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'vm' | 'files' | 'disks'>, cycleNo: number): Promise<Session> {
+  const { client, welcome } = greeting
+  try {
     const vm = opts.vm
     const state = await client.vmOpen({
       vm: vm.name,
@@ -60,7 +82,7 @@ export async function openSession(opts: SessionOptions, cycleNo: number): Promis
       disks: [...opts.disks],
     })
     if (!state.ok) throw refusalError(`VmOpen of ${vm.name}`, state.refusal)
-    return { client, welcome: welcome.value, state: state.value }
+    return { client, welcome, state: state.value }
   } catch (err) {
     client.terminate()
     throw err

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { fsyncDir, isTempName, writeFileAtomic } from './fs-util.ts'
+import { fsyncDir, isTempName, writeFileAtomicIfChanged } from './fs-util.ts'
 import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
@@ -112,10 +112,10 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
     if (/\.vmx$/i.test(name)) {
       const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
       for (const d of r.dropped) log.warn({ vm: state.vm, file: name, reference: d }, '.vmx reference out of the mirror dropped')
-      await writeFileAtomic(join(paths.dir, `${state.vm}.vmx`), r.text)
+      await writeFileAtomicIfChanged(join(paths.dir, `${state.vm}.vmx`), r.text)
       dropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(name)) {
-      await writeFileAtomic(join(paths.dir, name), data)
+      await writeFileAtomicIfChanged(join(paths.dir, name), data)
     }
   }
   return dropped
@@ -139,7 +139,7 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
   for (const name of p.descriptors) {
     const rec = state.disks[name]
     if (rec === undefined) continue
-    await writeFileAtomic(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
+    await writeFileAtomicIfChanged(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
   }
   faultPoint('commit-descriptors')
   await rollForwardPoints(paths, state)

@@ -49,6 +49,49 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
   await fsyncDir(dirname(path))
 }
 
+/**
+ * {@link writeFileAtomic}, unless `path` already is a regular file holding
+ * exactly `data` (a VM's nvram, and its mirrored .vmx, come unchanged cycle
+ * after cycle): then the write, the rename and the file's fsync are skipped
+ * and only its folder is fsynced, so that the same file left visible but not
+ * yet durable by a process that died between its rename and the folder's
+ * fsync is durable now. Anything else at `path` (missing, another size or
+ * content, a link, a FIFO: read as the store reads, never followed nor
+ * blocked on) is replaced by {@link writeFileAtomic} as before. Returns
+ * whether it wrote.
+ */
+export async function writeFileAtomicIfChanged(path: string, data: string | Uint8Array): Promise<boolean> {
+  const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data
+  if (!(await holdsExactly(path, bytes))) {
+    await writeFileAtomic(path, bytes)
+    return true
+  }
+  await fsyncDir(dirname(path))
+  return false
+}
+
+/** Whether `path` is a regular file whose contents are `bytes` (false on any error). */
+async function holdsExactly(path: string, bytes: Uint8Array): Promise<boolean> {
+  let fh: FileHandle | undefined
+  try {
+    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    const st = await fh.stat()
+    if (!st.isFile() || st.size !== bytes.length) return false
+    const have = Buffer.allocUnsafe(bytes.length)
+    let got = 0
+    while (got < have.length) {
+      const { bytesRead } = await fh.read(have, got, have.length - got, got)
+      if (bytesRead === 0) return false
+      got += bytesRead
+    }
+    return Buffer.compare(have, bytes) === 0
+  } catch {
+    return false
+  } finally {
+    await fh?.close().catch(() => {})
+  }
+}
+
 /** Remove a file if it exists. */
 export async function unlinkIfExists(path: string): Promise<boolean> {
   try {

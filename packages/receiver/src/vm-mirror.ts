@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
-import { unlinkIfExists, writeFileAtomic, fsyncDir } from './fs-util.ts'
+import { unlinkIfExists, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
@@ -149,7 +149,8 @@ export class VmMirror {
       for (const old of await readStoreDir(this.paths.incoming)) {
         if (!files.some((f) => f.name === old)) await unlinkIfExists(join(this.paths.incoming, old))
       }
-      for (const f of files) await writeFileAtomic(join(this.paths.incoming, f.name), f.data)
+      // the same files come again every cycle (the nvram, a .vmx whose disks did not change): rewritten only when changed
+      for (const f of files) await writeFileAtomicIfChanged(join(this.paths.incoming, f.name), f.data)
     } catch (err) {
       throw ioError(err, 'staging the VM configuration files')
     }

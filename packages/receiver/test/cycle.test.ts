@@ -41,11 +41,16 @@ t.test('seed then incremental cycles produce the exact images, bootable descript
     { offset: 5 * MiB, length: MiB, zero: true },
   ]
   const img2 = evolve(img1, 9, ranges)
+  // the VM's files come again unchanged: neither staged nor installed again (the same inodes after the next commit)
+  const inodes = (): number[] =>
+    [join(env.store, 'web-01', 'web-01.vmx'), join(env.store, 'web-01', 'web-01.nvram'), join(env.store, 'web-01', '.grainline', 'incoming', 'web-01.nvram')].map((p) => statSync(p).ino)
+  const before = inodes()
   const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const r2 = await runCycle(a2, 'web-01', 2, [incPlan(0, 'web-01.vmdk', img2, 1, 'bb02bb02bb02bb02', ranges, 'web-01-000001.vmdk', 'web-01-000002.vmdk')], { alg: 'xxh64', compression: 'deflate' })
   t.equal(r2.committed?.cycle, 2)
   t.not(r2.committed?.disks[0]?.mirrorCid, r1.committed?.disks[0]?.mirrorCid, 'new CID per commit')
   t.ok(readFileSync(flat).equals(img2), 'incremental flat == image 2')
+  t.same(inodes(), before, 'unchanged .vmx and nvram neither staged nor installed again')
   // trivial check + certify
   const { createDigest } = await import('@grainline/protocol')
   const prefix = createDigest('sha256').update(img2.subarray(0, MiB)).digest()

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ENTRY_HITS, nonZeroEntries } from '../src/grain-table.ts'
+import { ENTRY_HITS, nonZeroEntries, scanStats } from '../src/grain-table.ts'
 
 /** the reference: every entry read one by one */
 function naive(buf: Buffer, offset: number, bytes: number, entryBytes: 4 | 8): number[] {
@@ -62,4 +62,24 @@ t.test('nonZeroEntries: the first and last entry, a full table, an empty one, a 
   t.equal(nonZeroEntries(sub, 0, 32768, 8), 1)
   t.equal(ENTRY_HITS[0], 100)
   t.throws(() => nonZeroEntries(Buffer.alloc(65536), 0, 65536, 8), RangeError, 'more entries than a table can have')
+})
+
+t.test('nonZeroEntries walks only the 256-byte pieces that hold a non-zero entry', async (t) => {
+  // a guest's 64 KiB write is 16 adjacent 8-byte entries (128 bytes): one piece of a 4 KiB block, not all 512 entries
+  const buf = Buffer.alloc(32768)
+  for (let j = 1000; j < 1016; j++) buf.writeUInt32LE(j + 1, 8 * j)
+  buf[8 * 4095 + 7] = 1
+  const before = scanStats.subBlocksWalked
+  t.equal(nonZeroEntries(buf, 0, 32768, 8), 17)
+  t.same(Array.from(ENTRY_HITS.subarray(0, 17)), [...Array.from({ length: 16 }, (_, k) => 1000 + k), 4095])
+  // entries 1000-1015 sit in bytes 8000-8127: piece 31; entry 4095 in the last piece
+  t.equal(scanStats.subBlocksWalked - before, 2, 'two pieces walked')
+  // an entry that straddles no piece boundary but ends one piece and begins the next
+  buf.fill(0)
+  buf[255] = 1
+  buf[256] = 1
+  const at = scanStats.subBlocksWalked
+  t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
+  t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [31, 32])
+  t.equal(scanStats.subBlocksWalked - at, 2)
 })
