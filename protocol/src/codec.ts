@@ -262,7 +262,8 @@ function encodeExtent(msg: ExtentMessage, limits: DecodeLimits, byRef: boolean):
   checkMessage(msg, limits)
   const dataHeader = binHeaderSize(data.length)
   // kind, map header, the keys, the four integers, the bool, the compression's fixstr, data and digest as bin
-  const size = 2 + EXTENT_KEY_BYTES + uintSize(disk) + uintSize(seq) + uintSize(offset) + uintSize(length) + 1 + (1 + comp.length) + (dataHeader + data.length) + (binHeaderSize(digest.length) + digest.length)
+  const size =
+    2 + EXTENT_KEY_BYTES + uintSize(disk) + uintSize(seq) + uintSize(offset) + uintSize(length) + 1 + (1 + comp.length) + (dataHeader + data.length) + (binHeaderSize(digest.length) + digest.length)
   const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
   if (size > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${size} bytes exceeds ${max}`)
   const ref = byRef && data.length >= PART_MIN_BYTES

@@ -461,7 +461,11 @@ t.test('the Extent encoder writes the bytes of the generic encoder (msgpackr), w
   // the golden vectors' Extents (vectors.test.ts compares every vector's bytes too)
   for (const { name, message } of samples) {
     if (message.kind !== MessageKind.Extent) continue
-    t.equal(Buffer.from(encodeMessage(message)).toString('hex'), Buffer.concat(encodeGeneric(message, { maxMessageBytes: 64 * MiB + 65536, maxExtentBytes: 64 * MiB }, undefined)).toString('hex'), name)
+    t.equal(
+      Buffer.from(encodeMessage(message)).toString('hex'),
+      Buffer.concat(encodeGeneric(message, { maxMessageBytes: 64 * MiB + 65536, maxExtentBytes: 64 * MiB }, undefined)).toString('hex'),
+      name,
+    )
   }
 })
 

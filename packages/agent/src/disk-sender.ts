@@ -122,6 +122,8 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     client.terminate()
     return new ConnectionLost(`no acknowledgement from the receiver for ${STALL_MS / 1000} s`, 1006)
   }
+  // a constant 'unlimited' (no timetable) never waits
+  const unlimited = opts.rateLimiter.bandwidth === Infinity
   const shipStart = performance.now()
   const cpu0 = process.cpuUsage()
   const faults0 = process.resourceUsage().minorPageFault
@@ -135,8 +137,9 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     const sentRaw = e.raw !== undefined && e.data === e.raw
     if (!sentRaw) e.release?.()
     const cost = windowCost(e)
-    await window.reserve(cost, failed, STALL_MS, onStall)
-    await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
+    // an await per extent only where there is something to wait for (issue #17: hundreds of extents per cycle)
+    if (!window.fits(cost)) await window.reserve(cost, failed, STALL_MS, onStall)
+    if (!unlimited) await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
     await client.sendExtent(
       { disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest },
       sentRaw ? e.release : undefined,
