@@ -185,26 +185,34 @@ function putUint(buf: Buffer, at: number, v: number): number {
     buf[at] = v
     return at + 1
   }
-  if (v <= 0xff) {
-    buf[at] = 0xcc
-    buf[at + 1] = v
-    return at + 2
-  }
-  if (v <= 0xffff) {
-    buf[at] = 0xcd
-    buf[at + 1] = v >>> 8
-    buf[at + 2] = v & 0xff
-    return at + 3
-  }
-  if (v <= 0xffffffff) {
-    buf[at] = 0xce
-    putU32(buf, at + 1, v)
-    return at + 5
-  }
+  if (v <= 0xffffffff) return putSized(buf, at, v, 0xcc)
   buf[at] = 0xcf
   putU32(buf, at + 1, Math.floor(v / 0x100000000))
   putU32(buf, at + 5, v >>> 0)
   return at + 9
+}
+
+/** A bin header: `c4`, `c5` or `c6` and the length. */
+function putBinHeader(buf: Buffer, at: number, n: number): number {
+  return putSized(buf, at, n, 0xc4)
+}
+
+/** `tag8` (u8), `tag8 + 1` (u16) or `tag8 + 2` (u32) and `v` (≤ 2^32 − 1) in as few bytes, big-endian. */
+function putSized(buf: Buffer, at: number, v: number, tag8: number): number {
+  if (v <= 0xff) {
+    buf[at] = tag8
+    buf[at + 1] = v
+    return at + 2
+  }
+  if (v <= 0xffff) {
+    buf[at] = tag8 + 1
+    buf[at + 1] = v >>> 8
+    buf[at + 2] = v & 0xff
+    return at + 3
+  }
+  buf[at] = tag8 + 2
+  putU32(buf, at + 1, v)
+  return at + 5
 }
 
 /** big-endian u32 (plain stores: Buffer#writeUInt32BE checks its arguments in JS) */
@@ -213,23 +221,6 @@ function putU32(buf: Buffer, at: number, v: number): void {
   buf[at + 1] = (v >>> 16) & 0xff
   buf[at + 2] = (v >>> 8) & 0xff
   buf[at + 3] = v & 0xff
-}
-
-function putBinHeader(buf: Buffer, at: number, n: number): number {
-  if (n <= 0xff) {
-    buf[at] = 0xc4
-    buf[at + 1] = n
-    return at + 2
-  }
-  if (n <= 0xffff) {
-    buf[at] = 0xc5
-    buf[at + 1] = n >>> 8
-    buf[at + 2] = n & 0xff
-    return at + 3
-  }
-  buf[at] = 0xc6
-  putU32(buf, at + 1, n)
-  return at + 5
 }
 
 function putKey(buf: Buffer, at: number, i: number): number {
