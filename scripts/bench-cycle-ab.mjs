@@ -13,7 +13,8 @@
  * cycle but each run's first incremental, which warms a fresh receiver) and
  * over the first ones, of the cycle, its ship lap, the issue's ratio
  * cycle / (floor + snapshot operations), the receiver's and the agent's CPU
- * (user + system; the agent's within `replicate()`), and the machine's busy
+ * (user + system; the agent's within `replicate()`, and of it the agent's main
+ * thread alone, with the agent's minor page faults there), and the machine's busy
  * CPU seconds over the agent process; with the load average of each run.
  */
 import { execFile } from 'node:child_process'
