@@ -13,7 +13,8 @@
  * cycle but each run's first incremental, which warms a fresh receiver) and
  * over the first ones, of the cycle, its ship lap, the issue's ratio
  * cycle / (floor + snapshot operations), the receiver's and the agent's CPU
- * (user + system; the agent's within `replicate()`), and the machine's busy
+ * (user + system; the agent's within `replicate()`, and of it the agent's main
+ * thread alone, with the agent's minor page faults there), and the machine's busy
  * CPU seconds over the agent process; with the load average of each run.
  */
 import { execFile } from 'node:child_process'
@@ -41,6 +42,7 @@ const median = (xs) => {
   return v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
 }
 
+const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '–')
 const rows = Object.fromEntries(names.map((v) => [v, []]))
 const loads = Object.fromEntries(names.map((v) => [v, []]))
 for (let round = 0; round < rounds; round++) {
@@ -70,16 +72,15 @@ for (let round = 0; round < rounds; round++) {
     loads[v].push(`${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}`)
     for (const r of rs)
       log(
-        `  ${v} cycle ${(r.cycleMs / 1000).toFixed(2)} s, ship ${(r.ship / 1000).toFixed(2)} s, ratio ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)}, receiver ${r.rxCpuS.toFixed(2)} s (${r.rxUser.toFixed(2)} + ${r.rxSys.toFixed(2)}), agent ${r.agentCycleCpuS.toFixed(2)} s (${r.agentCycleUser.toFixed(2)} + ${r.agentCycleSys.toFixed(2)}; process ${r.agentCpuS.toFixed(2)}), machine busy ${r.busyS.toFixed(2)} s, load ${r.load.toFixed(1)}`,
+        `  ${v} cycle ${(r.cycleMs / 1000).toFixed(2)} s, ship ${(r.ship / 1000).toFixed(2)} s, ratio ${(r.cycleMs / (r.floorMs + r.snapMs)).toFixed(2)}, receiver ${r.rxCpuS.toFixed(2)} s (${r.rxUser.toFixed(2)} + ${r.rxSys.toFixed(2)}), agent ${r.agentCycleCpuS.toFixed(2)} s (${r.agentCycleUser.toFixed(2)} + ${r.agentCycleSys.toFixed(2)}; main thread ${f2(r.agentMainCpuS)}; ${r.agentFaults ?? '–'} faults; process ${r.agentCpuS.toFixed(2)}), machine busy ${r.busyS.toFixed(2)} s, load ${r.load.toFixed(1)}`,
       )
   }
 }
 
-const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '–')
 console.log(
-  '| build | cycles | cycle | ship | cycle / (floor + snapshot operations) | receiver CPU (user + system) | agent CPU in replicate() (user + system) | agent process CPU | machine busy CPU s | load (runs) |',
+  '| build | cycles | cycle | ship | cycle / (floor + snapshot operations) | receiver CPU (user + system) | agent CPU in replicate() (user + system) | agent main thread CPU in replicate() | agent minor faults in replicate() | agent process CPU | machine busy CPU s | load (runs) |',
 )
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const v of names) {
   for (const [label, pick] of [
     ['warm', (r) => !r.first],
@@ -89,7 +90,7 @@ for (const v of names) {
     if (rs.length === 0) continue
     const m = (fn) => median(rs.map(fn))
     console.log(
-      `| ${v} ${label} | ${rs.length} | ${f2(m((r) => r.cycleMs) / 1000)} s | ${f2(m((r) => r.ship) / 1000)} s | ${f2(m((r) => r.cycleMs / (r.floorMs + r.snapMs)))} | ${f2(m((r) => r.rxCpuS))} s (${f2(m((r) => r.rxUser))} + ${f2(m((r) => r.rxSys))}) | ${f2(m((r) => r.agentCycleCpuS))} s (${f2(m((r) => r.agentCycleUser))} + ${f2(m((r) => r.agentCycleSys))}) | ${f2(m((r) => r.agentCpuS))} s | ${f2(m((r) => r.busyS))} | ${loads[v].join(', ')} |`,
+      `| ${v} ${label} | ${rs.length} | ${f2(m((r) => r.cycleMs) / 1000)} s | ${f2(m((r) => r.ship) / 1000)} s | ${f2(m((r) => r.cycleMs / (r.floorMs + r.snapMs)))} | ${f2(m((r) => r.rxCpuS))} s (${f2(m((r) => r.rxUser))} + ${f2(m((r) => r.rxSys))}) | ${f2(m((r) => r.agentCycleCpuS))} s (${f2(m((r) => r.agentCycleUser))} + ${f2(m((r) => r.agentCycleSys))}) | ${f2(m((r) => r.agentMainCpuS))} s | ${m((r) => r.agentFaults ?? NaN).toFixed(0)} | ${f2(m((r) => r.agentCpuS))} s | ${f2(m((r) => r.busyS))} | ${loads[v].join(', ')} |`,
     )
   }
 }

@@ -30,7 +30,8 @@
  * the CPU of the receiver (user / system) and of the agent (user / system, in
  * `replicate()` and with start-up), and the machine's busy CPU seconds
  * (/proc/stat, every process and the kernel: other work on the machine counts
- * too); `BENCH_JSON=1` prints the rows as one JSON line at the end.
+ * too), the agent's main thread alone in `replicate()` (/proc/thread-self/schedstat) and
+ * its minor page faults there; `BENCH_JSON=1` prints the rows as one JSON line at the end.
  * `BENCH_AGENT_LOG=<level>` prints the agent's log lines (at `debug`, a 'disk
  * shipped' line per disk: the time to hand its extents to the socket, the
  * wait for the receiver's DiskEnded, and the agent's CPU over both);
@@ -164,12 +165,18 @@ init.ca = readFileSync(init.ca)
 const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
 const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
 const timer = setInterval(sample, 20)
+// the main thread's own CPU (Linux: ns on CPU, /proc/thread-self/schedstat) and the process's minor faults, over replicate()
+const mainNs = () => { try { return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]) } catch { return NaN } }
+const m0 = mainNs()
+const f0 = process.resourceUsage().minorPageFault
 const c0 = process.cpuUsage()
 const report = await replicate({ logger: pino({ level: process.env.BENCH_AGENT_LOG ?? 'warn' }, pino.destination(2)) }, init)
 const c1 = process.cpuUsage(c0)
+const mainCpuS = (mainNs() - m0) / 1e9
+const minorFaults = process.resourceUsage().minorPageFault - f0
 clearInterval(timer)
 const ru = process.resourceUsage()
-process.stdout.write(JSON.stringify({ report, maxRssKiB: ru.maxRSS, peak, cpuS: (ru.userCPUTime + ru.systemCPUTime) / 1e6, cycleCpu: { user: c1.user / 1e6, sys: c1.system / 1e6 } }))
+process.stdout.write(JSON.stringify({ report, maxRssKiB: ru.maxRSS, peak, cpuS: (ru.userCPUTime + ru.systemCPUTime) / 1e6, cycleCpu: { user: c1.user / 1e6, sys: c1.system / 1e6 }, mainCpuS, minorFaults }))
 `,
 )
 const init = {
@@ -255,7 +262,7 @@ try {
     const rxUser = cpu1.user - cpu0.user
     const rxSys = cpu1.sys - cpu0.sys
     const rxCpuS = rxUser + rxSys
-    const { report: r, maxRssKiB, peak: mem, cpuS: agentCpuS, cycleCpu } = JSON.parse(stdout)
+    const { report: r, maxRssKiB, peak: mem, cpuS: agentCpuS, cycleCpu, mainCpuS, minorFaults } = JSON.parse(stdout)
     log(
       `agent memory peaks (MiB): ${Object.entries(mem)
         .map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`)
@@ -301,7 +308,7 @@ try {
     // the snapshot operations the cycle cannot avoid: taking the snapshot and removing it (consolidation)
     const snapMs = (r.vms[0].timings?.snapshot ?? 0) + (r.vms[0].timings?.remove ?? 0)
     log(
-      `receiver CPU in the cycle: ${rxCpuS.toFixed(2)} s (user ${rxUser.toFixed(2)}, system ${rxSys.toFixed(2)}; ${(rxCpuS / (d.dataBytes / GiB)).toFixed(2)} s per GiB of data); agent CPU in replicate() ${(cycleCpu.user + cycleCpu.sys).toFixed(2)} s (user ${cycleCpu.user.toFixed(2)}, system ${cycleCpu.sys.toFixed(2)}), process ${agentCpuS.toFixed(2)} s (start-up included); machine busy ${busyS.toFixed(2)} CPU s over the agent process's ${sec(processMs)} s`,
+      `receiver CPU in the cycle: ${rxCpuS.toFixed(2)} s (user ${rxUser.toFixed(2)}, system ${rxSys.toFixed(2)}; ${(rxCpuS / (d.dataBytes / GiB)).toFixed(2)} s per GiB of data); agent CPU in replicate() ${(cycleCpu.user + cycleCpu.sys).toFixed(2)} s (user ${cycleCpu.user.toFixed(2)}, system ${cycleCpu.sys.toFixed(2)}; main thread ${mainCpuS.toFixed(2)} s; ${minorFaults} minor faults), process ${agentCpuS.toFixed(2)} s (start-up included); machine busy ${busyS.toFixed(2)} CPU s over the agent process's ${sec(processMs)} s`,
     )
     rows.push({
       rxUser,
@@ -309,6 +316,8 @@ try {
       agentCycleCpuS: cycleCpu.user + cycleCpu.sys,
       agentCycleUser: cycleCpu.user,
       agentCycleSys: cycleCpu.sys,
+      agentMainCpuS: mainCpuS,
+      agentFaults: minorFaults,
       busyS,
       processMs,
       timings: r.vms[0].timings,

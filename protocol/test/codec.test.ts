@@ -425,3 +425,86 @@ t.test('a retention request is a struct of seven bounded rules, or nil (SPEC §5
   t.throws(() => encodeMessage({ ...req, retention: missing } as never), { code: 'E_SCHEMA', field: 'retention.weekly' })
   t.throws(() => encodeMessage({ ...req, retention: { ...spec, extra: 1 } } as never), { code: 'E_SCHEMA', field: 'retention.extra' })
 })
+
+t.test('the Extent encoder writes the bytes of the generic encoder (msgpackr), whole and in parts', async (t) => {
+  const { encodeGeneric, encodeMessageParts, extentEncoderStats } = await import('../src/codec.ts')
+  const limits = { maxMessageBytes: 64 * MiB + 65536, maxExtentBytes: 64 * MiB }
+  const ints = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, 2 ** 40 + 3, Number.MAX_SAFE_INTEGER]
+  const sectors = ints.map((v) => Math.floor(v / 512) * 512).filter((v) => v + 512 <= Number.MAX_SAFE_INTEGER)
+  const sizes = [0, 1, 255, 256, 4095, 4096, 65535, 65536, 70000]
+  const cases: ExtentMessage[] = []
+  for (const disk of [0, 0x7f, 0x80, 255]) cases.push({ ...extent, disk })
+  for (const seq of ints) cases.push({ ...extent, seq })
+  for (const offset of sectors) cases.push({ ...extent, offset, length: 512 })
+  for (const length of [512, 0x10000, 0xfe00, 0x100000, 64 * MiB]) cases.push({ ...extent, length, compression: 'lz4', data: new Uint8Array(Math.min(length, 300)).fill(9) })
+  for (const n of sizes) if (n > 0) cases.push({ ...extent, length: Math.ceil(n / 512) * 512, compression: n % 512 === 0 ? 'none' : 'deflate', data: new Uint8Array(n).fill(n & 0xff) })
+  for (const d of [8, 16, 20, 32]) cases.push({ ...extent, digest: new Uint8Array(d).fill(d) })
+  cases.push({ ...extent, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0), length: 1 << 30 })
+  for (const m of cases) {
+    const name = `disk ${m.disk} seq ${m.seq} offset ${m.offset} length ${m.length} data ${m.data.length} digest ${m.digest.length} ${m.compression}${m.zero ? ' zero' : ''}`
+    const before = extentEncoderStats.fast
+    const whole = encodeMessage(m, limits)
+    const parts = encodeMessageParts(m, limits)
+    t.equal(extentEncoderStats.fast, before + 2, `${name}: the hand-written encoder`)
+    const generic = Buffer.concat(encodeGeneric(m, limits, undefined))
+    t.equal(Buffer.from(whole).toString('hex'), generic.toString('hex'), name)
+    t.equal(Buffer.concat(parts).toString('hex'), generic.toString('hex'), `${name} (parts)`)
+    const genericParts = encodeGeneric(m, limits, [])
+    t.same(
+      parts.map((p) => p.length),
+      genericParts.map((p) => p.length),
+      `${name}: the same parts`,
+    )
+    if (m.data.length >= 4096) t.equal(parts[1], m.data, `${name}: the payload by reference`)
+    t.same(decodeMessage(whole, limits), { ...m, data: Buffer.from(m.data), digest: Buffer.from(m.digest) }, `${name} decodes`)
+  }
+  // the golden vectors' Extents (vectors.test.ts compares every vector's bytes too)
+  for (const { name, message } of samples) {
+    if (message.kind !== MessageKind.Extent) continue
+    t.equal(
+      Buffer.from(encodeMessage(message)).toString('hex'),
+      Buffer.concat(encodeGeneric(message, { maxMessageBytes: 64 * MiB + 65536, maxExtentBytes: 64 * MiB }, undefined)).toString('hex'),
+      name,
+    )
+  }
+})
+
+t.test('the Extent encoder refuses what the generic encoder refuses, with the same errors', async (t) => {
+  const { encodeGeneric, extentEncoderStats } = await import('../src/codec.ts')
+  const limits = { maxMessageBytes: 4096, maxExtentBytes: 65536, digest: 'xxh64' as const, compression: 'lz4' as const }
+  const bad: Array<[string, unknown]> = [
+    ['disk', { ...extent, disk: 256 }],
+    ['disk', { ...extent, disk: '0' }],
+    ['seq', { ...extent, seq: -1 }],
+    ['seq', { ...extent, seq: 1.5 }],
+    ['offset', { ...extent, offset: 2 ** 53 }],
+    ['offset', { ...extent, offset: 100 }],
+    ['length', { ...extent, length: 'x' }],
+    ['zero', { ...extent, zero: 1 }],
+    ['data', { ...extent, data: [1, 2] }],
+    ['digest', { ...extent, digest: 'aa' }],
+    ['digest', { ...extent, digest: new Uint8Array(65) }],
+    ['digest', { ...extent, digest: new Uint8Array(32) }],
+    ['compression', { ...extent, compression: 'zstd' }],
+    ['compression', { ...extent, compression: 7 }],
+    ['compression', { ...extent, compression: 'deflate' }],
+    ['extra', { ...extent, extra: 1 }],
+    ['length', { ...extent, length: 131072, compression: 'lz4' }],
+    ['size', { ...extent, length: 8192, data: new Uint8Array(8192) }],
+  ]
+  for (const [name, m] of bad) {
+    let generic: unknown
+    try {
+      encodeGeneric(m as Message, limits, undefined)
+    } catch (err) {
+      generic = err
+    }
+    t.ok(generic instanceof Error, `${name}: the generic encoder refuses it`)
+    const g = generic as { code: string; message: string }
+    t.throws(() => encodeMessage(m as Message, limits), { code: g.code, message: g.message }, `${name}: ${g.message}`)
+  }
+  // a field set to undefined is no field, as for the generic encoder
+  const before = extentEncoderStats.fast
+  t.same(encodeMessage({ ...extent, extra: undefined } as unknown as Message), encodeMessage(extent))
+  t.equal(extentEncoderStats.fast, before + 2)
+})

@@ -12,7 +12,7 @@ import { DigestLog } from './digest-log.ts'
 import type { DiskWork } from './disk-work.ts'
 import { AgentError } from './errors.ts'
 import { planExtents } from './extent-plan.ts'
-import { readPlannedExtents, ViewDigester } from './extent-source.ts'
+import { READ_BUFFERS, readPlannedExtents, ViewDigester } from './extent-source.ts'
 import type { RateLimiter } from './rate-limiter.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import type { SendWindow } from './window.ts'
@@ -124,6 +124,9 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   }
   const shipStart = performance.now()
   const cpu0 = process.cpuUsage()
+  const faults0 = process.resourceUsage().minorPageFault
+  const fresh0 = READ_BUFFERS.fresh
+  const reused0 = READ_BUFFERS.reused
   for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: opts.compression, fromSeq: resumeSeq })) {
     account(e.offset, e.length, e.zero, e.digest)
     dlog.record(e.seq, e.zero, e.digest)
@@ -132,7 +135,9 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     const sentRaw = e.raw !== undefined && e.data === e.raw
     if (!sentRaw) e.release?.()
     const cost = windowCost(e)
-    await window.reserve(cost, failed, STALL_MS, onStall)
+    // await the window only when it is full (issue #17: hundreds of extents per cycle); every extent's
+    // bytes pass through the rate limiter, even an unlimited one (a job's VMs share it)
+    if (!window.fits(cost)) await window.reserve(cost, failed, STALL_MS, onStall)
     await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
     await client.sendExtent(
       { disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest },
@@ -161,6 +166,9 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
       handedMs: Math.round(handedMs),
       endedMs: Math.round(performance.now() - shipStart - handedMs),
       cpuMs: { user: Math.round(cpu.user / 1000), system: Math.round(cpu.system / 1000) },
+      // page faults of the process over both (fresh memory's first touch: ~10–25 µs each on the development VM)
+      minorFaults: process.resourceUsage().minorPageFault - faults0,
+      readBuffers: { fresh: READ_BUFFERS.fresh - fresh0, reused: READ_BUFFERS.reused - reused0 },
     },
     'disk shipped',
   )

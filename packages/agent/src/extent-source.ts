@@ -47,6 +47,8 @@ export class ReadBuffers {
   readonly #maxBytes: number
   /** buffers handed out that were read into before (tests, logs) */
   reused = 0
+  /** buffers handed out new: fresh memory, each page faulted in on its first touch (logs) */
+  fresh = 0
 
   constructor(maxBytes: number) {
     this.#maxBytes = maxBytes
@@ -60,7 +62,10 @@ export class ReadBuffers {
   /** A buffer of exactly `length` bytes, contents undefined (kept, else new and uninitialised). */
   take(length: number): Buffer {
     const b = this.#free.get(length)?.pop()
-    if (b === undefined) return Buffer.allocUnsafeSlow(length)
+    if (b === undefined) {
+      this.fresh++
+      return Buffer.allocUnsafeSlow(length)
+    }
     this.#freeBytes -= length
     this.reused++
     return b

@@ -39,12 +39,17 @@ export class SendWindow {
     this.#wakeUp()
   }
 
+  /** True when an extent costing `bytes` fits now: `reserve` would not wait (the sender skips the await). */
+  fits(bytes: number): boolean {
+    return this.count === 0 || (this.#bytes + bytes <= this.windowBytes && this.count < this.maxExtents)
+  }
+
   /**
    * Wait until an extent costing `bytes` fits (an extent larger than the window goes alone).
    * Rejects with `onStall()`'s error when no ack arrives for `stallMs` while waiting.
    */
   async reserve(bytes: number, failed: Promise<never>, stallMs = Infinity, onStall?: () => Error): Promise<void> {
-    while (this.count > 0 && (this.#bytes + bytes > this.windowBytes || this.count >= this.maxExtents)) {
+    while (!this.fits(bytes)) {
       await this.#wait(failed, stallMs, onStall)
     }
   }

@@ -249,3 +249,27 @@ t.test('a connection cut during the TLS handshake is retryable, not a certificat
   t.ok(isTlsVerificationFailure(Object.assign(new Error('unable to verify the first certificate'), { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' })))
   t.ok(isTlsVerificationFailure({ message: 'x', cause: { code: 'ERR_TLS_CERT_ALTNAME_INVALID', message: 'Hostname/IP does not match' } }))
 })
+
+t.test('fits: true exactly when reserve would not wait (the sender awaits only then)', async (t) => {
+  const win = new SendWindow(100, 3)
+  const never = new Promise<never>(() => {})
+  t.ok(win.fits(1000), 'an empty window takes an extent larger than itself')
+  win.sent(0, 60)
+  t.ok(win.fits(40))
+  t.notOk(win.fits(41), 'bytes')
+  win.sent(1, 20)
+  win.sent(2, 10)
+  t.notOk(win.fits(1), 'extents: maxExtents in flight')
+  let reserved = false
+  const p = win.reserve(41, never).then(() => {
+    reserved = true
+  })
+  await new Promise((resolve) => setImmediate(resolve))
+  t.notOk(reserved, 'reserve waits while fits is false')
+  t.ok(win.ack(0))
+  t.ok(win.fits(41))
+  await p
+  t.ok(reserved, 'and returns once it is true')
+  t.ok(win.ack(2))
+  t.ok(win.fits(1000))
+})
