@@ -71,6 +71,12 @@ function region(own: number, maxStr: number): Buffer {
   return slab.subarray(slabPos, slabPos + len)
 }
 
+/** A frame of `size` bytes is within the negotiated (or default) maxMessageBytes, else `E_FRAME_TOO_LARGE`. */
+function checkFrameSize(size: number, limits: DecodeLimits): void {
+  const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
+  if (size > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${size} bytes exceeds ${max}`)
+}
+
 function encode(msg: Message, limits: DecodeLimits, refs: BinRef[] | undefined): Uint8Array[] {
   if (msg?.kind === MessageKind.Extent) {
     const parts = encodeExtent(msg, limits, refs !== undefined)
@@ -95,8 +101,7 @@ export function encodeGeneric(msg: Message, limits: DecodeLimits, refs: BinRef[]
   const tally: SizeTally = { maxStr: 0, bigBin: 0 }
   const size = 1 + sizeSpec(spec, msg, '', tally)
   checkMessage(msg, limits)
-  const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
-  if (size > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${size} bytes exceeds ${max}`)
+  checkFrameSize(size, limits)
   const own = refs === undefined ? size : size - tally.bigBin
   const wire = toWire(spec, msg, refs)
   const buf = region(own, tally.maxStr)
@@ -135,8 +140,7 @@ export function encodeGeneric(msg: Message, limits: DecodeLimits, refs: BinRef[]
  */
 export function decodeMessage(frame: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): Message {
   if (!(frame instanceof Uint8Array)) throw new ProtocolError('E_MALFORMED', 'frame is not binary')
-  const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
-  if (frame.length > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${frame.length} bytes exceeds ${max}`)
+  checkFrameSize(frame.length, limits)
   if (frame.length < 2) throw new ProtocolError('E_MALFORMED', `frame of ${frame.length} bytes is too short`)
   const kind = frame[0] as number
   const spec = Schemas[kind]
@@ -255,8 +259,7 @@ function encodeExtent(msg: ExtentMessage, limits: DecodeLimits, byRef: boolean):
   // kind, map header, the keys, the four integers, the bool, the compression's fixstr, data and digest as bin
   const size =
     2 + EXTENT_KEY_BYTES + uintSize(disk) + uintSize(seq) + uintSize(offset) + uintSize(length) + 1 + (1 + comp.length) + (dataHeader + data.length) + (binHeaderSize(digest.length) + digest.length)
-  const max = limits.maxMessageBytes ?? DEFAULT_LIMITS.maxMessageBytes
-  if (size > max) throw new ProtocolError('E_FRAME_TOO_LARGE', `frame of ${size} bytes exceeds ${max}`)
+  checkFrameSize(size, limits)
   const ref = byRef && data.length >= PART_MIN_BYTES
   const tailLen = (extentKey[7] as Buffer).length + binHeaderSize(digest.length) + digest.length
   const headLen = size - data.length - tailLen
