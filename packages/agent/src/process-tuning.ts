@@ -9,17 +9,41 @@
  * two cores are both busy while the extents ship, time taken from the agent's
  * own work and from the receiver. Most of the agent's heavy work is native
  * (TLS, lz4, xxh64 in WebAssembly, reads, copies), so later tier-up costs
- * little: with a 4× interrupt budget a function is optimised after four
- * times as much bytecode has run in it, so only what stays hot for longer
- * (a seed's or a resync's loops) reaches TurboFan.
+ * little: a function reaches TurboFan after about four times as many calls
+ * as by default, so only what stays hot for longer (a seed's or a resync's
+ * loops) gets there.
+ *
+ * The knob depends on the engine. V8 11 (Node.js 20) tiers up on an
+ * interrupt budget, counted in bytecode run. V8 12 (Node.js 22) and 13
+ * (Node.js 24) have no `--interrupt-budget` — setting it there printed
+ * "Error: unrecognized flag" on every run and changed nothing — and send a
+ * function to TurboFan after an invocation count instead (Maglev, their
+ * mid tier, compiles cheaply and is left as it is).
  */
 import { setFlagsFromString } from 'node:v8'
 
 /**
- * The flags {@link tuneAgentProcess} sets: V8 11's default interrupt budget
- * (67584) times four.
+ * The flags {@link tuneAgentProcess} sets under the V8 version `v8Version`
+ * (`process.versions.v8`). Measured with `--trace-opt
+ * --no-concurrent-recompilation` on a small function called from an
+ * unoptimised loop (test/process-tuning.test.ts), the call at which it is
+ * marked for TurboFan:
+ *
+ * | engine | default | with these flags |
+ * | --- | --- | --- |
+ * | V8 11.3 (Node 20.20) | 2,000–4,000 | 8,000–16,000 (`--interrupt-budget=270336`, 4 × 67,584) |
+ * | V8 12.4 (Node 22.23) | 2,000–4,000 | 8,000–16,000 (`--invocation-count-for-turbofan=12000`, 4 × 3,000) |
+ * | V8 13.6 (Node 24.22) | 10,000–11,000 | 48,000–64,000 (`--invocation-count-for-turbofan=48000`; 12000 only moved it to 12,000–16,000) |
  */
-export const AGENT_V8_FLAGS: readonly string[] = ['--interrupt-budget=270336']
+export function agentV8Flags(v8Version: string = process.versions.v8): readonly string[] {
+  const major = Number.parseInt(v8Version, 10)
+  if (!(major >= 12)) return ['--interrupt-budget=270336']
+  if (major === 12) return ['--invocation-count-for-turbofan=12000']
+  return ['--invocation-count-for-turbofan=48000']
+}
+
+/** The flags {@link tuneAgentProcess} sets in this process ({@link agentV8Flags} of its engine). */
+export const AGENT_V8_FLAGS: readonly string[] = agentV8Flags()
 
 /**
  * Set {@link AGENT_V8_FLAGS} in this process. Call it first in a process that
