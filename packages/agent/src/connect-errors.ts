@@ -67,11 +67,13 @@ export function tlsProblem(err: unknown, ctx: { url: URL } & ConnectSources): Ag
     const code = codeOf(e)
     const msg = messageOf(e)
     if (UNTRUSTED.test(code) || /self.signed|unable to (get|verify)/i.test(msg)) {
+      // Node 24 appends advice for its own command line ("…; if the root CA is installed locally, try running Node.js with --use-system-ca"): ours replaces it
+      const why = (msg || code).split(';')[0]?.trim() || code
       return new AgentError(
         'E_CONNECT',
         ctx.caSource !== undefined
-          ? `the receiver's certificate at ${host} is not trusted (${msg || code}) by ${ctx.caSource}: give the receiver's certificate or the CA that signed it`
-          : `the receiver's certificate at ${host} is not trusted (${msg || code}): pass --ca FILE (the receiver's certificate or its CA; "caFile" in a job file)`,
+          ? `the receiver's certificate at ${host} is not trusted (${why}) by ${ctx.caSource}: give the receiver's certificate or the CA that signed it`
+          : `the receiver's certificate at ${host} is not trusted (${why}): pass --ca FILE (the receiver's certificate or its CA; "caFile" in a job file)`,
         { cause: err },
       )
     }

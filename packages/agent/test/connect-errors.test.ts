@@ -150,6 +150,11 @@ t.test('classifyConnectFailure: an abort is an abort; other TLS words and expire
   t.match(tlsProblem({ code: 'CERT_HAS_EXPIRED', message: 'certificate has expired' }, { url: new URL('wss://dr:7443') }), { code: 'E_CONNECT', message: /dr:7443 is expired: renew it/ })
   t.match(tlsProblem({ code: 'ERR_SSL_SOMETHING', message: 'odd' }, { url: new URL('wss://dr:7443') }), { code: 'E_CONNECT', message: 'TLS with the receiver at dr:7443 failed: odd' })
   t.equal(tlsProblem(new Error('plain'), { url: new URL('wss://dr:7443') }), undefined)
+  // Node 24's words carry advice for Node's own command line: the agent's advice replaces it
+  const node24 = { code: 'DEPTH_ZERO_SELF_SIGNED_CERT', message: 'self-signed certificate; if the root CA is installed locally, try running Node.js with --use-system-ca' }
+  t.match(tlsProblem(node24, { url: new URL('wss://dr:7443') }), { code: 'E_CONNECT', message: /^the receiver's certificate at dr:7443 is not trusted \(self-signed certificate\): pass --ca FILE/ })
+  t.notMatch(tlsProblem(node24, { url: new URL('wss://dr:7443') })?.message, /use-system-ca|Node\.js/)
+  t.match(tlsProblem({ code: 'SELF_SIGNED_CERT_IN_CHAIN', message: '' }, { url: new URL('wss://dr:7443') }), { message: /not trusted \(SELF_SIGNED_CERT_IN_CHAIN\)/ })
   const insecure = await classifyConnectFailure({ code: 'DEPTH_ZERO_SELF_SIGNED_CERT', message: 'self-signed certificate' }, { url: new URL('wss://h:1'), token: 't', status: 0, insecure: true })
   t.match(insecure, { name: 'ConnectionLost' }, 'with insecure TLS a certificate complaint cannot be the cause: treated as transient')
 })
