@@ -10,7 +10,7 @@ import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { pino, type Logger } from 'pino'
-import { tlsFixture } from '@grainline/test-utils'
+import { killOnExit, tlsFixture } from '@grainline/test-utils'
 
 const exec = promisify(execFile)
 export const MiB = 1024 * 1024
@@ -76,11 +76,13 @@ export async function startReceiver(dir: string, opts: { port?: number } = {}): 
     },
   }
   const launch = async (port: number): Promise<void> => {
-    const proc = spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key, '--exit-with-stdin'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    })
+    // one exit hook for every receiver of the process (test-utils), not one per launch
+    const proc = killOnExit(
+      spawn(process.execPath, [RECEIVER_MAIN, '--listen', `127.0.0.1:${port}`, '--store', store, '--tokens', tokens, '--tls-cert', cert, '--tls-key', key, '--exit-with-stdin'], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      }),
+    )
     env.proc = proc
-    process.once('exit', () => proc.kill('SIGKILL'))
     createInterface({ input: proc.stderr! }).on('line', (l) => {
       env.logs.push(l)
     })
