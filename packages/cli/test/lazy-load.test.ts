@@ -100,16 +100,26 @@ t.test('grainline replicate loads the agent and its dependencies, not the receiv
   )
 })
 
-t.test('grainline status loads the receiver, not the agent', async (t) => {
+t.test('grainline status loads the store overview of the receiver, not the agent, the receiver server or the S3 archive', async (t) => {
   const dir = scratchDir(t, 'grainline-lazy-store-')
   const r = await loaded(t, ['status', '--store', join(dir, 'missing')])
   t.equal(r.code, 3, 'UNKNOWN: no such store')
   t.match(r.stdout, /^GRAINLINE UNKNOWN - /)
-  t.ok(workspaceIn(r.urls).includes('receiver'))
+  t.ok(
+    r.urls.some((u) => u.includes('/packages/receiver/dist/src/store-overview.js')),
+    "the receiver's store overview",
+  )
   t.notOk(workspaceIn(r.urls).includes('agent'))
   t.same(
     heavyIn(r.urls).filter((p) => p === 'ssh2' || p === 'nodemailer'),
     [],
     'nothing of the agent',
+  )
+  // the receiver's narrow entry (@grainline/receiver/store-status): not its server, metrics or S3 archive
+  t.notOk(workspaceIn(r.urls).includes('receiver'), "not the receiver's index")
+  t.same(
+    heavyIn(r.urls).filter((p) => p === '@aws-sdk/' || p === '@smithy/' || p === 'prom-client' || p === 'ws'),
+    [],
+    'no AWS SDK, prom-client or ws',
   )
 })

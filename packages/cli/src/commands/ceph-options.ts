@@ -1,5 +1,5 @@
 /** The Ceph target of a `ceph:POOL` store from the Ceph client options (their flags: store-flags.ts), for the commands that read one. */
-import { parseCephStore, type CephTarget } from '@grainline/receiver'
+import { parseCephStore, type CephTarget } from '@grainline/receiver/store-status'
 
 /** The Ceph target of `--store ceph:POOL` and the client options. */
 export function cephTargetFrom(store: string, args: Record<string, unknown>): CephTarget {

@@ -11,7 +11,8 @@
  */
 import { formatBytes } from '@grainline/protocol'
 import { parseDuration } from '@grainline/protocol'
-import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver'
+// the receiver's narrow entry: no server, metrics or S3 archive (the AWS SDK) for a status check
+import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver/store-status'
 import { cephTargetFrom } from './ceph-options.ts'
 import { UsageError } from '../exit-codes.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
