@@ -1,7 +1,9 @@
 /**
  * The shape of a `grainline` command: its yargs definition (one file per
  * command, so commands and their flags are added without touching the
- * others) and a `run` that returns the exit code.
+ * others) and a `run` that returns the exit code. `run` imports the
+ * command's implementation (commands/X-run.ts) when it is called, so the
+ * definitions load nothing heavy.
  */
 import type { Argv } from 'yargs'
 

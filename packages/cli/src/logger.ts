@@ -11,12 +11,15 @@
  *
  * Tokens and `Authorization` headers are redacted everywhere.
  */
+import { createRequire } from 'node:module'
 import { pino, type Logger, type LevelWithSilent, type DestinationStream } from 'pino'
 import { Writable } from 'node:stream'
-import PinoPretty from 'pino-pretty'
+import type PinoPrettyModule from 'pino-pretty'
 
-/** Log levels a user may pass. */
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+export { LOG_LEVELS } from './log-levels.ts'
+
+/** pino-pretty, loaded only for human lines on a terminal (a timer-run agent writes JSON and never needs it). */
+const loadPinoPretty = (): typeof PinoPrettyModule => createRequire(import.meta.url)('pino-pretty') as typeof PinoPrettyModule
 
 /** Options for the CLI logger. */
 export interface CliLoggerOptions {
@@ -61,6 +64,6 @@ export function createCliLogger(opts: CliLoggerOptions = {}): Logger {
             cb()
           },
         })
-  const pretty = PinoPretty({ colorize: stderr.hasColors?.() ?? false, sync: true, destination, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss', singleLine: true })
+  const pretty = loadPinoPretty()({ colorize: stderr.hasColors?.() ?? false, sync: true, destination, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss', singleLine: true })
   return pino({ level: opts.level ?? opts.ttyDefault ?? 'info', redact: REDACT }, pretty as DestinationStream)
 }

@@ -1,6 +1,9 @@
 /**
  * The `grainline` command: yargs over one module per command
- * (src/commands/). Usage errors — an unknown command or option, a bad
+ * (src/commands/). A command's module holds its flags; it imports what the
+ * command does (and with it the agent, the receiver and their dependencies)
+ * only when the command runs, so `--version`, `--help` and a command pay for
+ * their own modules alone (packages/cli/test/lazy-load.test.ts). Usage errors — an unknown command or option, a bad
  * choice, a missing argument, a value the settings schema refuses — print one
  * message and exit 2 before anything happens; a failure prints one line
  * naming the VM, the disk and the code (`[E_CHAIN_CID]`) and exits 1.
@@ -16,7 +19,7 @@ import { statusCommand } from './commands/status.ts'
 import { pointsCommand } from './commands/points.ts'
 import { restoreCommand } from './commands/restore.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
-import { LOG_LEVELS } from './logger.ts'
+import { LOG_LEVELS } from './log-levels.ts'
 import { VERSION } from './version.ts'
 
 export { ExitCode } from './exit-codes.ts'

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { runNode } from '@grainline/test-utils'
 import { cephTargetFrom } from '../src/commands/ceph-options.ts'
 import { assessStore, type VmStatus } from '@grainline/receiver'
-import { renderCephDetails, renderStatus } from '../src/commands/status.ts'
+import { renderCephDetails, renderStatus } from '../src/commands/status-run.ts'
 
 t.test('the Ceph target of --store ceph:POOL and the client options', async (t) => {
   t.same(cephTargetFrom('ceph:rbd', { 'ceph-conf': '/etc/c.conf', 'ceph-id': 'gl', keyring: '/k' }), { pool: 'rbd', conf: '/etc/c.conf', id: 'gl', keyring: '/k' })

@@ -77,6 +77,15 @@ t.test('the systemd units verify and run commands the CLI accepts', async (t) =>
   }
 })
 
+t.test("the agent's unit gives Node a compile cache in a folder systemd makes writable", async (t) => {
+  const unit = await readFile(join(unitsDir, 'grainline-agent.service'), 'utf8')
+  const lines = unit.split('\n')
+  t.ok(lines.includes('ProtectSystem=strict'), "the file system is read-only but for the unit's own folders")
+  t.ok(lines.includes('CacheDirectory=grainline'), "systemd creates /var/cache/grainline, owned by the unit's user, writable")
+  // %C: the cache root (/var/cache for a system unit); Node >= 22.1 reads NODE_COMPILE_CACHE, Node 20 ignores it
+  t.ok(lines.includes('Environment=NODE_COMPILE_CACHE=%C/grainline/node-compile-cache'), 'inside the CacheDirectory')
+})
+
 t.test('the grainline package tarball holds its bin, the compiled code and no tests', async (t) => {
   const { stdout } = await exec('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: cliDir })
   const [pack] = JSON.parse(stdout) as Array<{ name: string; files: Array<{ path: string; mode: number }> }>

@@ -2,7 +2,8 @@ import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { storeHealth } from '@grainline/receiver'
-import { renderStatus, statusCommand } from '../src/commands/status.ts'
+import { renderStatus } from '../src/commands/status-run.ts'
+import { statusCommand } from '../src/commands/status.ts'
 import type { CliContext } from '../src/command.ts'
 
 /* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */

@@ -4,13 +4,9 @@
  */
 import { z } from 'zod'
 import { certificateFileField, doc, durationField, secretFileField, type SchemaContext } from './fields.ts'
+import { EmailLayouts, NotifyOutcomes, SmtpTlsModes } from './choices.ts'
 
-/** When a notification is sent. */
-export const NotifyOutcomes = ['success', 'failure'] as const
-/** E-mail layouts: per run kind (as XSIBackup sends one for trivial-check runs and one for certified runs). */
-export const EmailLayouts = ['auto', 'trivial', 'certified'] as const
-/** How the SMTP connection is protected. */
-export const SmtpTlsModes = ['starttls', 'implicit', 'none'] as const
+export { EmailLayouts, NotifyOutcomes, SmtpTlsModes } from './choices.ts'
 
 // a deliberately plain check: an address with one @ and a dot in the domain (the SMTP server has the last word)
 const address = z.string().regex(/^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/, 'is not an e-mail address (user@example.net)')

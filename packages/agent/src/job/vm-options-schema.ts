@@ -14,12 +14,9 @@ import { esxiSettingsSchema } from './esxi-settings-schema.ts'
 import { loadSettingsFile } from './settings-file.ts'
 import { retentionField } from './retention-field.ts'
 
-/** `certify` values: a digest algorithm, or `none`. */
-export const CertifyChoices = [...[...DigestAlgorithms].sort(), 'none'] as const
-/** Delta formats of the local driver's snapshots. */
-export const DeltaFormats = ['sesparse', 'vmfssparse', 'hosted'] as const
-/** Hypervisor drivers. */
-export const DriverNames = ['local', 'esxi'] as const
+import { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
+
+export { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
 
 /** `esxi`: the settings object, or the path of a JSON file holding it (relative to the file naming it). */
 function esxiField(ctx: SchemaContext) {

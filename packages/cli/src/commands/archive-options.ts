@@ -2,18 +2,9 @@
  * The S3 options of `points archive`, `points archived` and `restore --from`:
  * the archive URL, endpoint, credentials and Object Lock retention.
  */
-import type { Argv } from 'yargs'
 import { parseDuration } from '@grainline/protocol'
 import { S3Bucket, parseArchiveUrl, readCredentialsFile, type ArchiveLock } from '@grainline/receiver'
 import { UsageError } from '../exit-codes.ts'
-
-/** Add the S3 options to a command. */
-export function withS3Options<T>(y: Argv<T>): Argv<T> {
-  return y
-    .option('s3-endpoint', { type: 'string', describe: 'S3 endpoint URL (radosgw, MinIO …; default: AWS)' })
-    .option('s3-region', { type: 'string', describe: 'S3 region (default us-east-1)' })
-    .option('s3-credentials', { type: 'string', describe: 'JSON file {"accessKeyId", "secretAccessKey"} (default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the usual AWS chain)' }) as Argv<T>
-}
 
 /** The bucket and prefix of an `s3://BUCKET/PREFIX` URL with the S3 options. */
 export async function bucketFrom(url: string, args: Record<string, unknown>): Promise<{ bucket: S3Bucket; prefix: string }> {

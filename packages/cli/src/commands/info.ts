@@ -1,9 +1,8 @@
-/** `grainline info` and `grainline map`: a VMDK's chain, and what each layer holds. */
+/** `grainline info` and `grainline map`: a VMDK's chain, and what each layer holds (disk-info.ts, imported when the command runs). */
 import type { Argv } from 'yargs'
 import type { CliCommand } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { parsePathMap } from '../util.ts'
-import { infoCommand as describeDisk, mapCommand as mapDisk } from './disk-info.ts'
 
 const pathMapOf = (v: unknown): Record<string, string> => {
   try {
@@ -22,6 +21,7 @@ export const infoCommand: CliCommand = {
       .option('output', { alias: 'o', choices: ['json', 'human'] as const, default: 'human' as const })
       .option('path-map', { type: 'string', array: true, describe: 'DATASTORE=LOCALPATH for absolute /vmfs/volumes/... parent hints' }),
   async run(args, ctx) {
+    const { infoCommand: describeDisk } = await import('./disk-info.ts')
     await describeDisk({ disk: String(args['disk']), output: args['output'] === 'json' ? 'json' : 'human', pathMap: pathMapOf(args['path-map']), write: ctx.write })
     return ExitCode.Ok
   },
@@ -36,6 +36,7 @@ export const mapCommand: CliCommand = {
       .option('output', { alias: 'o', choices: ['json', 'human'] as const, default: 'human' as const })
       .option('path-map', { type: 'string', array: true, describe: 'DATASTORE=LOCALPATH for absolute parent hints' }),
   async run(args, ctx) {
+    const { mapCommand: mapDisk } = await import('./disk-info.ts')
     await mapDisk({ disk: String(args['disk']), output: args['output'] === 'json' ? 'json' : 'human', pathMap: pathMapOf(args['path-map']), write: ctx.write })
     return ExitCode.Ok
   },

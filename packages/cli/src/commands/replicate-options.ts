@@ -10,8 +10,9 @@
  */
 import { resolve } from 'node:path'
 import type { Options } from 'yargs'
-import { CertifyChoices, DeltaFormats, DriverNames, EmailLayouts, NotifyOutcomes, SmtpTlsModes } from '@grainline/agent'
-import { CompressionAlgorithms } from '@grainline/protocol'
+// the value lists alone (narrow entry points): the flags load neither the agent nor zod
+import { CertifyChoices, DeltaFormats, DriverNames, EmailLayouts, NotifyOutcomes, SmtpTlsModes } from '@grainline/agent/choices'
+import { CompressionAlgorithms } from '@grainline/protocol/messages'
 import { UsageError } from '../exit-codes.ts'
 
 /** One flag. */

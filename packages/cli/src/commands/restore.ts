@@ -5,21 +5,15 @@
  * `--from s3://…`, a point archived by `points archive`, from the bucket
  * alone, every chunk and disk checked against the archive's sha256. With
  * `--store ceph:POOL`, a point of the Ceph store (docs/CEPH.md "Restore").
+ *
+ * This module holds the flags; what the command does is in restore-run.ts,
+ * imported only when it runs (so `--help`, `--version` and the other
+ * commands do not load its dependencies).
  */
 import type { Argv } from 'yargs'
-import { formatBytes, formatDuration } from '@grainline/protocol'
-import { cephRestoreVm, isCephStore, restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
-import { bucketFrom, withS3Options } from './archive-options.ts'
-import { cephTargetFrom, withCephOptions } from './ceph-options.ts'
 import type { CliCommand } from '../command.ts'
-import { ExitCode, UsageError } from '../exit-codes.ts'
-import { loggerFor } from '../logger-args.ts'
-
-function progressLine(p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): string {
-  const pct = p.total === 0 ? 100 : Math.floor((p.bytes / p.total) * 100)
-  const eta = p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`
-  return `${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)} (${pct} %${eta})`
-}
+import { UsageError } from '../exit-codes.ts'
+import { withCephOptions, withS3Options } from './store-flags.ts'
 
 export const restoreCommand: CliCommand = {
   command: 'restore',
@@ -37,68 +31,7 @@ export const restoreCommand: CliCommand = {
       .option('to', { type: 'string', demandOption: true, describe: 'a new (or empty) folder' })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
   async run(args, ctx) {
-    const k = args['point']
-    if (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1) throw new UsageError('--point must be a cycle number')
-    const json = args['output'] === 'json'
-    let last = 0
-    const onProgress = (p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): void => {
-      const now = performance.now()
-      if (now - last < 1000 && p.bytes < p.total) return
-      last = now
-      if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
-      else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${progressLine(p)}\u001b[K`)
-      else ctx.error(progressLine(p))
-    }
-    if (args['from'] !== undefined) {
-      const { bucket, prefix } = await bucketFrom(String(args['from']), args)
-      try {
-        const r = await restoreFromArchive(bucket, prefix, String(args['vm']), k, String(args['to']), { logger: loggerFor(args, ctx, 'warn'), onProgress })
-        if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
-        ctx.write(
-          json
-            ? JSON.stringify({ event: 'restored', from: String(args['from']), ...r }) + '\n'
-            : [
-                `${r.vm}: archived point ${r.cycle} restored to ${r.to}`,
-                ...r.disks.map((d) => `  ${d.name}: ${formatBytes(d.capacity)}, every chunk and the whole disk verified (sha256 ${d.sha256.slice(0, 16)}…)`),
-              ].join('\n') + '\n',
-        )
-      } finally {
-        bucket.close()
-      }
-      return ExitCode.Ok
-    }
-    const store = String(args['store'])
-    if (isCephStore(store)) {
-      const r = await cephRestoreVm(cephTargetFrom(store, args), String(args['vm']), k, String(args['to']), { onProgress })
-      if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
-      ctx.write(
-        json
-          ? JSON.stringify({ event: 'restored', store, ...r }) + '\n'
-          : [
-              `${r.vm}: point ${r.cycle} restored to ${r.to}`,
-              ...r.disks.map((d) => `  ${d.name}: ${formatBytes(d.capacity)}, compared with ${d.snapshot} read again (the Ceph store records no whole-disk digest of a point)`),
-            ].join('\n') + '\n',
-      )
-      return ExitCode.Ok
-    }
-    const r = await restorePoint(store, String(args['vm']), k, String(args['to']), {
-      logger: loggerFor(args, ctx, 'warn'),
-      onProgress,
-    })
-    if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
-    if (json) {
-      ctx.write(JSON.stringify({ event: 'restored', ...r }) + '\n')
-    } else {
-      const lines = [`${r.vm}: point ${r.cycle} restored to ${r.to}`]
-      for (const d of r.disks) {
-        const how =
-          d.verified === 'none'
-            ? 'NOT verified: no certify or trivial digest was recorded at that cycle'
-            : `verified against the ${d.verified === 'certify' ? 'certify (whole disk)' : 'trivial-check (prefix)'} digest recorded at that cycle${d.sourceChecked ? '' : ' (that check had FAILED against the source)'}`
-        lines.push(`  ${d.name}: ${formatBytes(d.capacity)}, ${how}`)
-      }
-      ctx.write(lines.join('\n') + '\n')
-    }
-    return ExitCode.Ok
+    const { runRestore } = await import('./restore-run.ts')
+    return await runRestore(args, ctx)
   },
 }

@@ -1,0 +1,57 @@
+/**
+ * `grainline mirror rollback`: discard an interrupted cycle; the mirror
+ * returns to its last commit. `grainline mirror failover`: prepare the
+ * mirror (or a point) to run, optionally registered on the DR ESXi host.
+ * Both on a folder store and on a `ceph:POOL` store. `grainline mirror
+ * import`: a VM seeded offline into a folder store becomes a mirror in a
+ * `ceph:POOL` store, with its lineage (docs/CEPH.md "Offline seeding").
+ */
+import { cephImportVm, cephRollbackMirror, isCephStore, rollbackMirror } from '@grainline/receiver'
+import { cephTargetFrom } from './ceph-options.ts'
+import type { CliContext, GlobalArgs } from '../command.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
+import { loggerFor } from '../logger-args.ts'
+import { failover, parseNetworkMap } from './failover.ts'
+
+/** `mirror`'s run (loaded by commands/mirror.ts only when the command runs). */
+export async function runMirror(args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
+  const store = String(args['store'])
+  const ceph = isCephStore(store) ? cephTargetFrom(store, args) : undefined
+  if (args['action'] === 'import') {
+    if (ceph === undefined) throw new UsageError('mirror import writes into a Ceph store: --store ceph:POOL (a folder store is carried whole: README "Seeding offline")')
+    if (args['from'] === undefined) throw new UsageError('mirror import needs --from DIR: the folder store the VM was seeded into')
+    const r = await cephImportVm(ceph, String(args['from']), String(args['vm']), { logger: loggerFor(args, ctx, 'warn') })
+    if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
+    else {
+      ctx.write(`${r.vm}: cycle ${r.cycle} imported into ${store}, every disk read back equal to its flat (sha256)\n`)
+      for (const d of r.disks) ctx.write(`  ${d.name} → ${d.snapshot}\n`)
+      ctx.write('the next cycle to a receiver on this pool is an ordinary incremental\n')
+    }
+    return ExitCode.Ok
+  }
+  if (args['action'] === 'failover') {
+    const r = await failover(
+      {
+        store,
+        ...(ceph === undefined ? {} : { ceph }),
+        vm: String(args['vm']),
+        ...(typeof args['point'] === 'number' ? { point: args['point'] } : {}),
+        ...(args['to'] === undefined ? {} : { to: String(args['to']) }),
+        ...(args['register'] === undefined ? {} : { register: String(args['register']) }),
+        networks: parseNetworkMap((args['network'] as string[] | undefined) ?? []),
+        connectNics: args['connect-nics'] === true,
+        format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse',
+      },
+      loggerFor(args, ctx, 'warn'),
+    )
+    if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
+    else {
+      ctx.write(`${r.vm}: point ${r.cycle} prepared to run in ${r.dir}${r.registered === undefined ? '' : `, registered as vmid ${r.registered.vmid} "${r.registered.name}" (${r.registered.path})`}\n`)
+      ctx.write(`the mirror is held (no replication) until "grainline points close --store ${store} --vm ${r.vm} --to ${r.dir}"\n`)
+    }
+    return ExitCode.Ok
+  }
+  const r = ceph === undefined ? await rollbackMirror(store, String(args['vm']), loggerFor(args, ctx, 'info')) : await cephRollbackMirror(ceph, String(args['vm']), loggerFor(args, ctx, 'info'))
+  ctx.write(r.rolledBack ? `${r.vm}: interrupted cycle rolled back; mirror at committed cycle ${r.committedCycle}\n` : `${r.vm}: nothing in flight; mirror at committed cycle ${r.committedCycle}\n`)
+  return ExitCode.Ok
+}

@@ -1,0 +1,218 @@
+/**
+ * `grainline points`: the restore points of a mirror (cycle, time, size,
+ * checks recorded at that cycle, held), and `points prune` (by a retention
+ * policy: the receiver config's, or flags) / `points drop --point K`, and
+ * `points archive` / `points archived` (copies in an S3 bucket, docs/ARCHIVE.md).
+ */
+import { formatBytes, formatDuration, parseByteSize, parseDuration } from '@grainline/protocol'
+import type { Logger } from 'pino'
+import { join } from 'node:path'
+import {
+  archivePoints,
+  cephArchivePoints,
+  cephClosePoint,
+  cephOpenPoint,
+  cephListPoints,
+  cephPrunePoints,
+  cephRestorePoint,
+  isCephStore,
+  closePoint,
+  listArchivedPoints,
+  listPoints,
+  loadReceiverConfig,
+  openPoint,
+  parseGfs,
+  prunePoints,
+  retentionFor,
+  type ArchiveOptions,
+  type PointInfo,
+  type RetentionPolicy,
+} from '@grainline/receiver'
+import { bucketFrom, lockFrom } from './archive-options.ts'
+import { cephTargetFrom } from './ceph-options.ts'
+import type { CliContext, GlobalArgs } from '../command.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
+import { loggerFor } from '../logger-args.ts'
+import { table } from '../util.ts'
+
+function check(r: { ok: boolean; algorithm: string } | null): string {
+  return r === null ? '-' : `${r.algorithm} ${r.ok ? 'ok' : 'MISMATCH'}`
+}
+
+/** The text of `grainline points`. */
+export function renderPoints(vm: string, points: readonly PointInfo[], inflightCycle: number): string {
+  const rows = points.map((p) => [
+    p.current ? `${p.cycle} (mirror)` : String(p.cycle),
+    p.committedAt,
+    p.current ? '-' : formatBytes(p.bytes),
+    p.disks.map((d) => check(d.trivial)).join(' '),
+    p.disks.map((d) => check(d.certify)).join(' '),
+    p.held ? 'held' : '-',
+  ])
+  const lines = [`${vm}: ${points.length - 1} restore point(s) and the mirror`, '', table(['point', 'committed', 'size', 'trivial', 'certify', 'held'], rows)]
+  if (inflightCycle !== 0) lines.push('', `cycle ${inflightCycle} is in flight: points cannot be restored or pruned until it commits or is rolled back`)
+  return lines.join('\n') + '\n'
+}
+
+/** The policy of the flags (`--keep`, `--max-age`, `--max-bytes`, `--gfs`), or the receiver config's for the VM. */
+async function policyOf(args: Record<string, unknown>, vm: string): Promise<RetentionPolicy> {
+  const p: { keep?: number; maxAgeMs?: number; maxBytes?: number; gfs?: RetentionPolicy['gfs'] } = {}
+  try {
+    if (args['keep'] !== undefined) p.keep = Number(args['keep'])
+    if (args['max-age'] !== undefined) p.maxAgeMs = parseDuration(String(args['max-age']), '--max-age')
+    if (args['max-bytes'] !== undefined) p.maxBytes = parseByteSize(String(args['max-bytes']), '--max-bytes')
+    if (args['gfs'] !== undefined) p.gfs = parseGfs(String(args['gfs']))
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (Object.keys(p).length > 0) return p
+  if (args['config'] === undefined) throw new UsageError('points prune needs a policy: --keep, --max-age, --max-bytes, --gfs, or --config (the receiver config with "retention")')
+  const init = await loadReceiverConfig(String(args['config']))
+  const r = retentionFor(init, vm)
+  if (r === undefined) throw new UsageError(`${String(args['config'])} sets no retention for VM ${vm}`)
+  return r
+}
+
+/** `points`'s run (loaded by commands/points.ts only when the command runs). */
+export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx: CliContext): Promise<number> {
+  const store = String(args['store'])
+  const vm = String(args['vm'])
+  const json = args['output'] === 'json'
+  const action = String(args['action'] ?? 'list')
+  if (isCephStore(store)) {
+    const target = cephTargetFrom(store, args)
+    if (action === 'list') {
+      const r = await cephListPoints(target, vm)
+      ctx.write(json ? JSON.stringify(r, null, 1) + '\n' : renderPoints(vm, r.points, r.inflightCycle))
+      return ExitCode.Ok
+    }
+    if (action === 'export') {
+      if (args['to'] === undefined) throw new UsageError('points export needs --to DIR')
+      const k = typeof args['point'] === 'number' ? args['point'] : (await cephListPoints(target, vm)).committedCycle
+      const r = await cephRestorePoint(target, vm, k, String(args['to']))
+      ctx.write(json ? JSON.stringify({ vm, cycle: k, disks: r.disks }) + '\n' : r.disks.map((d) => `${vm}: ${d.snapshot} → ${d.file}`).join('\n') + '\n')
+      return ExitCode.Ok
+    }
+    if (action === 'drop' || action === 'prune') {
+      const what = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
+      return prunedReport(await cephPrunePoints(target, vm, what, { logger: loggerFor(args, ctx, 'warn') }), json, ctx)
+    }
+    if (action === 'close') {
+      if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
+      const dropped = await cephClosePoint(target, vm, { logger: loggerFor(args, ctx, 'warn'), ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+      return closedReport(vm, dropped, json, ctx)
+    }
+    if (action === 'open') {
+      if (args['to'] !== undefined) throw new UsageError('points open on a Ceph store makes RBD clones, not a folder: leave out --to (points close --to takes the name it prints)')
+      const k = typeof args['point'] === 'number' ? args['point'] : undefined
+      const r = await cephOpenPoint(target, vm, k, { logger: loggerFor(args, ctx, 'warn') })
+      ctx.write(
+        json
+          ? JSON.stringify({ vm, cycle: r.cycle, name: r.name, clones: r.clones, boot: r.boot }) + '\n'
+          : [
+              `${vm}: point ${r.cycle} opened as ${r.name}: an RBD clone of each disk's snapshot (copy-on-write; the point itself never changes)`,
+              ...r.clones.map((c) => `  ${c.disk}: ${target.pool}/${c.image} (clone of ${c.snapshot}), QEMU: ${c.qemu}`),
+              `Boot it (no NIC: it must not meet its source's network): ${r.boot}`,
+              `The mirror is held: no cycle is applied and no point dropped until "grainline points close --store ${store} --vm ${vm} --to ${r.name}" (which deletes the clones).`,
+            ].join('\n') + '\n',
+      )
+      return ExitCode.Ok
+    }
+    // the actions left (yargs choices): archive, archived
+    return await archiveAction(action as 'archive' | 'archived', store, vm, args, ctx, loggerFor(args, ctx, 'warn'))
+  }
+  if (action === 'export') throw new UsageError('points export reads a ceph:POOL store; on a folder store use points open or restore')
+  if (action === 'list') {
+    const r = await listPoints(store, vm)
+    ctx.write(json ? JSON.stringify(r, null, 1) + '\n' : renderPoints(vm, r.points, r.inflightCycle))
+    return ExitCode.Ok
+  }
+  const log = loggerFor(args, ctx, 'warn')
+  if (action === 'archive' || action === 'archived') return await archiveAction(action, store, vm, args, ctx, log)
+  if (action === 'open') {
+    const k = typeof args['point'] === 'number' ? args['point'] : (await listPoints(store, vm)).committedCycle
+    const to = args['to'] === undefined ? join(store, '.open', `${vm}-point-${k}`) : String(args['to'])
+    const r = await openPoint(store, vm, k, to, { logger: log, format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse' })
+    ctx.write(
+      json
+        ? JSON.stringify({ vm, cycle: k, dir: r.hold.dir, vmx: r.vmx, disks: r.disks }) + '\n'
+        : `${vm}: point ${k} opened in ${r.hold.dir} (${r.vmx}); NICs do not connect at power-on. The mirror is held: no cycle is applied until "grainline points close --store ${store} --vm ${vm} --to ${r.hold.dir}"\n`,
+    )
+    return ExitCode.Ok
+  }
+  if (action === 'close') {
+    if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
+    const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+    return closedReport(vm, dropped, json, ctx)
+  }
+  const what: RetentionPolicy | { cycles: number[] } = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
+  return prunedReport(await prunePoints(store, vm, what, { logger: log }), json, ctx)
+}
+
+/** `--point K` of `points drop`. */
+function pointArg(args: Record<string, unknown>): number {
+  const k = args['point']
+  if (typeof k !== 'number' || !Number.isSafeInteger(k)) throw new UsageError('points drop needs --point K')
+  return k
+}
+
+/** The report of `points drop` / `points prune` (either store). */
+function prunedReport(r: { vm: string; dropped: number[]; kept: number[] }, json: boolean, ctx: CliContext): number {
+  ctx.write(
+    json ? JSON.stringify(r) + '\n' : `${r.vm}: ${r.dropped.length === 0 ? 'no point dropped' : `dropped point(s) ${r.dropped.join(', ')}`}; kept ${r.kept.join(', ') || 'none'} and the mirror\n`,
+  )
+  return ExitCode.Ok
+}
+
+/** The report of `points close` (either store). */
+function closedReport(vm: string, dropped: ReadonlyArray<{ cycle: number; dir: string }>, json: boolean, ctx: CliContext): number {
+  ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
+  return ExitCode.Ok
+}
+
+/** `points archive` and `points archived`. */
+async function archiveAction(action: 'archive' | 'archived', store: string, vm: string, args: Record<string, unknown>, ctx: CliContext, log: Logger): Promise<number> {
+  const json = args['output'] === 'json'
+  const url = String(args['archive'])
+  const { bucket, prefix } = await bucketFrom(url, args)
+  try {
+    if (action === 'archived') {
+      const cycles = await listArchivedPoints(bucket, prefix, vm)
+      ctx.write(json ? JSON.stringify({ vm, archive: url, cycles }) + '\n' : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${cycles.join(', ')}`} in ${url}\n`)
+      return ExitCode.Ok
+    }
+    const k = args['point']
+    if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')
+    const lock = lockFrom(args)
+    let last = 0
+    const archive = isCephStore(store)
+      ? (c: readonly number[] | undefined, o: ArchiveOptions) => cephArchivePoints(cephTargetFrom(store, args), vm, c, o)
+      : (c: readonly number[] | undefined, o: ArchiveOptions) => archivePoints(store, vm, c, o)
+    const done = await archive(typeof k === 'number' ? [k] : undefined, {
+      logger: log,
+      bucket,
+      prefix,
+      ...(lock === undefined ? {} : { lock }),
+      onProgress: (p) => {
+        const now = performance.now()
+        if (now - last < 1000 && p.bytes < p.total) return
+        last = now
+        const line = `point ${p.cycle}, ${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)}${p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`}`
+        if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
+        else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${line}\u001b[K`)
+        else ctx.error(line)
+      },
+    })
+    if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+    if (json) ctx.write(JSON.stringify({ event: 'archived', vm, archive: url, lock: lock === undefined ? null : { mode: lock.mode, until: lock.until.toISOString() }, points: done }) + '\n')
+    else {
+      const lines = done.map((p) =>
+        p.archived ? `  point ${p.cycle}: ${p.uploaded} chunk(s) uploaded (${formatBytes(p.uploadedBytes)}), ${p.present} already there, ${p.zero} zero` : `  point ${p.cycle}: already archived`,
+      )
+      ctx.write(`${vm}: archived to ${url}${lock === undefined ? '' : ` (locked, ${lock.mode.toLowerCase()}, until ${lock.until.toISOString()})`}\n${lines.join('\n')}\n`)
+    }
+    return ExitCode.Ok
+  } finally {
+    bucket.close()
+  }
+}
