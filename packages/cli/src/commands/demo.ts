@@ -4,6 +4,7 @@
  * commands do not load its dependencies.
  */
 import type { Argv } from 'yargs'
+import { DeltaFormats } from '@grainline/agent/choices'
 import type { CliCommand } from '../command.ts'
 
 export const demoCommand: CliCommand = {
@@ -15,7 +16,7 @@ export const demoCommand: CliCommand = {
       .option('cycles', { type: 'number', default: 3, describe: 'incremental cycles after the seed' })
       .option('disk-size', { type: 'string', default: '2G', describe: 'size of the first disk (the second is half)' })
       .option('guest-write', { type: 'string', default: '48M', describe: 'bytes the guest writes per disk per cycle' })
-      .option('delta-format', { choices: ['sesparse', 'vmfssparse', 'hosted'] as const, default: 'sesparse' as const }),
+      .option('delta-format', { choices: DeltaFormats, default: 'sesparse' as const }),
   async run(args, ctx) {
     const { runDemoCommand } = await import('./demo-run.ts')
     return await runDemoCommand(args, ctx)
