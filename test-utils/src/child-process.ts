@@ -94,6 +94,8 @@ export function childEnv(env: Readonly<Record<string, string | undefined>> = {})
 export interface RunResult extends ExitStatus {
   readonly stdout: string
   readonly stderr: string
+  /** the `timeoutMs` watchdog ended it */
+  readonly timedOut?: boolean
 }
 
 /** Options of {@link runNode}. */
@@ -104,6 +106,13 @@ export interface RunNodeOptions {
   readonly cwd?: string
   /** called with the child right after spawning (to signal it at a chosen event) */
   readonly onSpawn?: (proc: ChildProcess) => void
+  /**
+   * A watchdog: a child still running after this many ms gets SIGTERM, and
+   * SIGKILL 10 s later; the result says `timedOut` and keeps its output, so a
+   * hung child fails its test with what it printed instead of stalling the
+   * file until tap's timeout. @default none
+   */
+  readonly timeoutMs?: number
 }
 
 /**
@@ -128,7 +137,19 @@ export async function runNode(script: string, args: readonly string[], opts: Run
   })
   reportOnTimeout(proc, () => `stdout:\n${lastLines(stdout)}\nstderr:\n${lastLines(stderr)}`)
   opts.onSpawn?.(proc)
+  let timedOut = false
+  const timers: NodeJS.Timeout[] = []
+  if (opts.timeoutMs !== undefined) {
+    timers.push(
+      setTimeout(() => {
+        timedOut = true
+        proc.kill('SIGTERM')
+        timers.push(setTimeout(() => proc.kill('SIGKILL'), 10_000))
+      }, opts.timeoutMs),
+    )
+  }
   // 'close' comes after 'exit' and after both pipes ended: no output is lost
   const [code, signal] = (await once(proc, 'close')) as [number | null, NodeJS.Signals | null]
-  return { code, signal, stdout, stderr }
+  for (const timer of timers) clearTimeout(timer)
+  return timedOut ? { code, signal, stdout, stderr, timedOut } : { code, signal, stdout, stderr }
 }

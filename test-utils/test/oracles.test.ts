@@ -171,3 +171,22 @@ t.test('runNode collects output and status; package entries resolve by name', as
   t.throws(() => packageFile('@grainline/no-such-package', 'x.js'), /cannot resolve package @grainline\/no-such-package/)
   t.throws(() => packageFile('@grainline/receiver', 'no-such-file.js'), /does not exist: build first/)
 })
+
+t.test('runNode timeoutMs: a hung child is ended (SIGTERM, then SIGKILL), its output kept', async (t) => {
+  const dir = scratchDir(t)
+  const hang = join(dir, 'hang.mjs')
+  writeFileSync(hang, "process.stderr.write('started\\n'); setInterval(() => {}, 1000)\n")
+  // 5 s: the child has surely started (and printed) by then, even on a loaded machine
+  const r = await runNode(hang, [], { timeoutMs: 5000 })
+  t.same(r, { code: null, signal: 'SIGTERM', stdout: '', stderr: 'started\n', timedOut: true })
+  // a child that ignores SIGTERM is killed 10 s later
+  const stubborn = join(dir, 'stubborn.mjs')
+  writeFileSync(stubborn, "process.on('SIGTERM', () => {}); process.stderr.write('started\\n'); setInterval(() => {}, 1000)\n")
+  const r2 = await runNode(stubborn, [], { timeoutMs: 5000 })
+  t.equal(r2.signal, 'SIGKILL')
+  t.equal(r2.timedOut, true)
+  // a child that ends in time: no timedOut field
+  const quick = join(dir, 'quick.mjs')
+  writeFileSync(quick, "process.stdout.write('done\\n')\n")
+  t.same(await runNode(quick, [], { timeoutMs: 60_000 }), { code: 0, signal: null, stdout: 'done\n', stderr: '' })
+})

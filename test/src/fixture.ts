@@ -104,7 +104,7 @@ export async function replicateCli(
   site: Site,
   vmx: string,
   args: string[] = [],
-  opts: { port?: number; onSpawn?: (p: ChildProcess) => void } = {},
+  opts: { port?: number; onSpawn?: (p: ChildProcess) => void; logLevel?: string; timeoutMs?: number } = {},
 ): Promise<RunResult & { report: RunReport | undefined }> {
   const reportFile = join(site.dir, `report-${process.pid}-${++reports}.json`)
   // the agent's record per VM stays with the site (never the machine's /var/lib/grainline), unless the test names one
@@ -122,11 +122,11 @@ export async function replicateCli(
       '--report',
       reportFile,
       '--log-level',
-      'warn',
+      opts.logLevel ?? 'warn',
       ...stateDir,
       ...args,
     ],
-    opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {},
+    { ...(opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {}), ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}) },
   )
   let report: RunReport | undefined
   try {

@@ -263,9 +263,41 @@ export class Connection {
     socket?.uncork?.()
     if (this.#ws.bufferedAmount > this.#highWaterMark) {
       // the callback fires once this frame left for the kernel: the buffer drained below it
-      await Promise.race([sent, this.#closed])
+      await this.#drained(sent)
     } else {
       sent.catch(() => {})
+    }
+  }
+
+  /**
+   * Wait for `sent` while the socket buffer drains. A receiver that stops
+   * reading (its socket paused, never resumed) while the connection stays up
+   * would hold this wait forever: when the buffer has not shrunk for the idle
+   * timeout, the connection is dropped (`ConnectionLost`, retried).
+   */
+  async #drained(sent: Promise<void>): Promise<void> {
+    const limitMs = this.#idleTimeoutMs
+    let last = this.#ws.bufferedAmount
+    let since = performance.now()
+    let timer: NodeJS.Timeout | undefined
+    const stalled = new Promise<never>((_resolve, reject) => {
+      timer = setInterval(
+        () => {
+          const now = this.#ws.bufferedAmount
+          if (now < last) since = performance.now()
+          last = now
+          if (performance.now() - since < limitMs) return
+          this.#ws.terminate()
+          reject(new ConnectionLost(`the receiver read nothing for ${Math.round(limitMs / 1000)} s (${now} bytes wait in the socket buffer)`, 1006))
+        },
+        Math.max(10, Math.min(5000, limitMs / 4)),
+      )
+    })
+    stalled.catch(() => {})
+    try {
+      await Promise.race([sent, this.#closed, stalled])
+    } finally {
+      clearInterval(timer)
     }
   }
 

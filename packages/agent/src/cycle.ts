@@ -96,6 +96,8 @@ class VmCycle {
   readonly #root: Logger
   log: Logger
   readonly #reconnect: Reconnector
+  /** the furthest ExtentAck of each disk (and mode) over every attempt of the cycle: the reconnect rule's progress */
+  readonly #furthestAck = new Map<string, number>()
   readonly #store: AgentStateStore
   /** every client opened, closed at the end whatever happens (the receiver's VM lock is freed) */
   readonly #clients = new Set<ReceiverClient>()
@@ -235,9 +237,7 @@ class VmCycle {
   async #session(cycleNo: number): Promise<Session> {
     const early = this.#early
     this.#early = undefined
-    const s = await openVmOn(await (early ?? this.#greet()), { vm: this.#vm, files: this.#files, disks: this.#diskNames }, cycleNo)
-    this.#reconnect.connected()
-    return s
+    return await openVmOn(await (early ?? this.#greet()), { vm: this.#vm, files: this.#files, disks: this.#diskNames }, cycleNo)
   }
 
   /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */
@@ -476,7 +476,14 @@ class VmCycle {
         }
       }
       const { client, welcome } = session
-      const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes))
+      // progress is an ack beyond the furthest one of this disk (and mode) in any attempt: a receiver that
+      // accepts every connection and then drops it, or acknowledges the same extents again, is an outage
+      let current = ''
+      const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes), undefined, (seq) => {
+        if (seq <= (this.#furthestAck.get(current) ?? -1)) return
+        this.#furthestAck.set(current, seq)
+        this.#reconnect.progressed()
+      })
       let nextHandle = 0
       for (const w of this.#works) {
         for (;;) {
@@ -498,6 +505,7 @@ class VmCycle {
             blockSize: w.blockSize,
           })
           if (opened.ok) {
+            current = `${w.name}\0${w.mode}`
             await (w.mode === 'resync' ? sendResync : sendDisk)({
               maxMessageBytes: welcome.limits.maxMessageBytes,
               client,

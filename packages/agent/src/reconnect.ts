@@ -1,12 +1,17 @@
 /**
  * Reconnect with backoff (STYLE §18): a step that fails with a retryable
  * connection loss is run again after `min(2^n × 100 ms, maxBackoff)` plus up
- * to 50 % jitter, until the receiver has been unreachable for `giveUpMs`.
+ * to 50 % jitter, until the receiver has been unreachable, or has acknowledged
+ * nothing new, for `giveUpMs`.
  *
  * The outage rule: an outage starts at the first failure after the last
- * successful handshake (`connected()`), so a link that keeps coming back and
- * dropping again never gives up while progress is made, and the backoff
- * restarts at 100 ms after every successful handshake.
+ * progress the receiver confirmed (`progressed()`: it acknowledged an extent
+ * not acknowledged before), so a link that keeps coming back and dropping
+ * again never gives up while data gets through, and the backoff restarts at
+ * 100 ms after such progress. A handshake alone is not progress: a receiver
+ * that accepts every connection and Hello and VmOpen, then drops or times out
+ * the session before acknowledging anything, ends in `E_GAVE_UP` after
+ * `giveUpMs` instead of holding the agent (and the VM's snapshot) forever.
  */
 import type { Logger } from 'pino'
 import { isRetryable } from './connection.ts'
@@ -14,7 +19,7 @@ import { AgentError } from './errors.ts'
 
 /** Options of a {@link Reconnector}. */
 export interface ReconnectInit {
-  /** give up once the receiver has been unreachable this long, ms */
+  /** give up once the receiver has been unreachable, or has acknowledged nothing new, this long, ms */
   readonly giveUpMs: number
   /** largest backoff before jitter, ms */
   readonly maxBackoffMs: number
@@ -59,7 +64,7 @@ export class Reconnector {
   readonly #init: ReconnectInit
   readonly #now: () => number
   readonly #random: () => number
-  #lastConnected = -Infinity
+  #lastProgress = -Infinity
 
   constructor(init: ReconnectInit) {
     this.#init = init
@@ -67,9 +72,9 @@ export class Reconnector {
     this.#random = init.random ?? Math.random
   }
 
-  /** Record a successful handshake: the current outage (if any) is over. */
-  connected(): void {
-    this.#lastConnected = this.#now()
+  /** Record progress the receiver confirmed (an extent acknowledged for the first time): the current outage (if any) is over. */
+  progressed(): void {
+    this.#lastProgress = this.#now()
   }
 
   /**
@@ -85,14 +90,18 @@ export class Reconnector {
       } catch (err) {
         if (!isRetryable(err)) throw err
         const t = this.#now()
-        if (outageStart === undefined || this.#lastConnected > outageStart) {
+        if (outageStart === undefined || this.#lastProgress > outageStart) {
           outageStart = t
           attempt = 0
         }
         if (t - outageStart > this.#init.giveUpMs) {
-          throw new AgentError('E_GAVE_UP', `${what}: receiver unreachable for ${Math.round((t - outageStart) / 1000)} s (${(err as Error).message}); the snapshot chain is left for the next run`, {
-            cause: err,
-          })
+          throw new AgentError(
+            'E_GAVE_UP',
+            `${what}: receiver unreachable or acknowledging nothing for ${Math.round((t - outageStart) / 1000)} s (${(err as Error).message}); the snapshot chain is left for the next run`,
+            {
+              cause: err,
+            },
+          )
         }
         const delay = backoffDelay(attempt, this.#init.maxBackoffMs, this.#random())
         this.#init.log().warn({ err: (err as Error).message, attempt: attempt + 1, delayMs: Math.round(delay) }, 'connection lost, reconnecting')

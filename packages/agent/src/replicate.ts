@@ -67,7 +67,7 @@ export interface ReplicateInit {
   readonly insecure?: boolean
   /** allow a plain ws:// URL to a non-loopback host, sending the token in clear (SPEC §1.2 forbids it otherwise). @default false */
   readonly insecurePlaintext?: boolean
-  /** give up after the receiver stayed unreachable this long, ms. @default 600000 */
+  /** give up after the receiver stayed unreachable (or acknowledged nothing new) this long, ms. @default 600000 */
   readonly giveUpMs?: number
   /** largest reconnect back-off, ms. @default 30000 */
   readonly maxBackoffMs?: number

@@ -11,10 +11,13 @@ export class SendWindow {
   #bytes = 0
   #acked = -1
   #wake: (() => void) | undefined
+  readonly #onAdvance: ((seq: number) => void) | undefined
 
-  constructor(windowBytes: number, maxExtents = 8192) {
+  /** @param onAdvance called with the new cumulative ack when an ack moves it forward (progress, for the reconnect rule) */
+  constructor(windowBytes: number, maxExtents = 8192, onAdvance?: (seq: number) => void) {
     this.windowBytes = windowBytes
     this.maxExtents = maxExtents
+    this.#onAdvance = onAdvance
   }
 
   /** unacknowledged payload bytes */
@@ -90,6 +93,7 @@ export class SendWindow {
     }
     this.#acked = seq
     this.#wakeUp()
+    this.#onAdvance?.(seq)
     return true
   }
 

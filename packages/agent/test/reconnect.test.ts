@@ -62,7 +62,7 @@ t.test('retries retryable losses, passes other errors through', async (t) => {
   )
 })
 
-t.test('gives up after giveUpMs of outage; a handshake in between starts a new outage', async (t) => {
+t.test('gives up after giveUpMs of outage; progress in between starts a new outage, a handshake does not', async (t) => {
   const { r, clock } = fake({ giveUpMs: 1000, maxBackoffMs: 0 })
   let calls = 0
   await t.rejects(
@@ -71,22 +71,33 @@ t.test('gives up after giveUpMs of outage; a handshake in between starts a new o
       clock.t += 400
       throw new ConnectionLost('down', 1006)
     }),
-    { code: 'E_GAVE_UP', message: /connect: receiver unreachable for 1 s/ },
+    { code: 'E_GAVE_UP', message: /connect: receiver unreachable or acknowledging nothing for 1 s/ },
   )
   t.equal(calls, 4, 'failures at +0.4, +0.8, +1.2 s (outage 0.8 s at the last retry), the fourth gives up')
-  // the link keeps coming back: every handshake resets the outage, so it never gives up while progress is made
+  // the link keeps coming back and data gets through each time: every acknowledged extent ends the outage
   calls = 0
   const v = await r.run('cycle', async () => {
     calls++
     clock.t += 900
     if (calls < 6) {
-      r.connected()
+      r.progressed()
       clock.t += 100
       throw new ConnectionLost('cut again', 1006)
     }
     return calls
   })
-  t.equal(v, 6, 'five cuts spread over 5 s, each after a successful handshake: no give-up')
+  t.equal(v, 6, 'five cuts spread over 5 s, each after the receiver acknowledged something: no give-up')
+  // a receiver that accepts each connection (handshake, VmOpen) and then times it out, acknowledging nothing
+  calls = 0
+  await t.rejects(
+    r.run('cycle', async () => {
+      calls++
+      clock.t += 300
+      throw new ConnectionLost('connection closed (4408 E_TIMEOUT)', 4408)
+    }),
+    { code: 'E_GAVE_UP', message: /cycle: receiver unreachable or acknowledging nothing for 1 s/ },
+  )
+  t.equal(calls, 5, 'sessions that never make progress are an outage: given up after giveUpMs')
 })
 
 t.test('sleep honours the abort signal', async (t) => {

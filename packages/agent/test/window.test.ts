@@ -39,7 +39,7 @@ async function server(t: { teardown: (fn: () => unknown) => void }, onConn: (ws:
 }
 
 /** Open a connection and walk it to an accepted disk 0 (Hello, VmOpen, DiskOpen). */
-async function openAccepted(opts: { url: string; token: string; highWaterMark?: number }): Promise<Connection> {
+async function openAccepted(opts: { url: string; token: string; highWaterMark?: number; idleTimeoutMs?: number }): Promise<Connection> {
   const conn = await Connection.open(opts)
   await conn.send({
     kind: MessageKind.Hello,
@@ -170,6 +170,31 @@ t.test('bufferedAmount high-water mark: send waits while the peer does not read'
   await new Promise((r) => setTimeout(r, 200))
   t.ok(got > 0)
   await conn.close()
+})
+
+t.test('a peer that never reads again: the send waiting for the buffer to drain ends after the idle timeout', async (t) => {
+  let serverSocket: WebSocket | undefined
+  const url = await server(t, (ws) => {
+    serverSocket = ws
+  })
+  const conn = await openAccepted({ url, token: 'x', highWaterMark: 256 * 1024, idleTimeoutMs: 1000 })
+  while (serverSocket === undefined)
+    await new Promise((r) => setTimeout(r, 5))
+    // paused for good, the connection left open: only the agent's own deadline can end the wait
+  ;(serverSocket as unknown as { _socket: import('node:net').Socket })._socket.pause()
+  const pump = (async () => {
+    for (let seq = 0; seq < 4096; seq++) await conn.send(extent(seq, 64 * 1024))
+  })()
+  let watchdog: NodeJS.Timeout | undefined
+  const hung = new Promise<never>((_r, reject) => {
+    watchdog = setTimeout(() => reject(new Error('send() still waiting after 30 s')), 30_000)
+  })
+  const t0 = performance.now()
+  await t.rejects(Promise.race([pump, hung]), { name: 'ConnectionLost', message: /the receiver read nothing for 1 s/ })
+  clearTimeout(watchdog)
+  t.ok(performance.now() - t0 < 15_000, `ended in ${Math.round(performance.now() - t0)} ms`)
+  const { isRetryable } = await import('../src/connection.ts')
+  t.ok(isRetryable(conn.failure), 'retryable: the cycle reconnects and resumes')
 })
 
 t.test('connection loss rejects waiters with a retryable error', async (t) => {

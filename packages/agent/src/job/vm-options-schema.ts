@@ -93,7 +93,7 @@ export function vmOptionsShape(ctx: SchemaContext) {
       default: '/var/lib/grainline as root, else $XDG_STATE_HOME/grainline',
     }),
     giveUp: doc(durationField({ min: 0, max: 7 * 86_400_000 }).optional(), {
-      description: 'Give up after the receiver stayed unreachable this long; the snapshot chain is left for the next run.',
+      description: 'Give up after the receiver stayed unreachable, or acknowledged nothing new, this long; the snapshot chain is left for the next run.',
       default: '10m',
       type: 'duration',
     }),
