@@ -5,7 +5,7 @@
  * report and exits 130 (SIGINT) or 143 (SIGTERM). A second signal exits at
  * once with the same code.
  */
-import { AgentError } from '@grainline/agent'
+import { AgentError } from '@grainline/agent/run'
 import { ExitCode } from './exit-codes.ts'
 
 /** A stop controller bound to the process signals until `dispose()`. */

@@ -83,15 +83,25 @@ for (const args of [['--version'], ['--help'], ['replicate', '--help'], ['status
   })
 }
 
-t.test('grainline replicate loads the agent and its dependencies, not the receiver', async (t) => {
+t.test("grainline replicate loads the agent's run entry and its dependencies, not ssh2 nor the receiver", async (t) => {
   const dir = scratchDir(t, 'grainline-lazy-job-')
-  // a job file that does not exist: the job is validated (zod) and refused (usage, exit 2) before any snapshot or connection
+  // a job file that does not exist: the job is validated (zod) and refused (usage, exit 2) before any snapshot or connection;
+  // by then everything a run imports statically is loaded
   const r = await loaded(t, ['replicate', '--job', join(dir, 'missing.json')])
   t.equal(r.code, 2)
-  t.same(workspaceIn(r.urls).sort(), ['agent', 'protocol', 'vmdk'])
+  t.ok(
+    r.urls.some((u) => u.includes('/packages/agent/dist/src/run.js')),
+    "the agent's narrow entry (@grainline/agent/run)",
+  )
+  t.same(workspaceIn(r.urls).sort(), ['protocol', 'vmdk'], "not the agent's index")
+  // ssh2 and the esxi driver are imported when a VM uses that driver: a local-driver run never loads them
   t.same(
     heavyIn(r.urls).filter((p) => p === 'ssh2' || p === 'zod' || p === 'ws'),
-    ['ssh2', 'ws', 'zod'],
+    ['ws', 'zod'],
+  )
+  t.notOk(
+    r.urls.some((u) => u.includes('/packages/agent/dist/src/esxi/esxi-driver.js')),
+    'not the esxi driver',
   )
   t.same(
     heavyIn(r.urls).filter((p) => p === '@aws-sdk/' || p === 'prom-client'),

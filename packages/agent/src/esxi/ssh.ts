@@ -3,11 +3,13 @@
  * pinned by its SHA256 fingerprint (no trust on first use), commands run with
  * a timeout and an output bound, every command and its output logged at debug.
  */
-import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { Client, type ClientChannel, type SFTPWrapper } from 'ssh2'
 import type { Logger } from 'pino'
 import { EsxiError } from './errors.ts'
+import { normalizeFingerprint, sshFingerprint } from './fingerprint.ts'
+
+export { normalizeFingerprint, sshFingerprint }
 
 /** How to reach one ESXi host. */
 export interface EsxiSshConfig {
@@ -55,23 +57,6 @@ export interface ExecOptions {
   readonly vm?: string
   /** fail with E_OUTPUT_LIMIT beyond this many bytes of stdout + stderr. @default 8 MiB */
   readonly maxOutputBytes?: number
-}
-
-const FINGERPRINT = /^SHA256:([A-Za-z0-9+/]{43})=?$/
-
-/** The OpenSSH-style fingerprint (`SHA256:...`) of a raw public key blob. */
-export function sshFingerprint(keyBlob: Uint8Array): string {
-  return 'SHA256:' + createHash('sha256').update(keyBlob).digest('base64').replace(/=+$/, '')
-}
-
-/**
- * Validate and normalise a configured fingerprint (trailing `=` dropped).
- * @throws EsxiError E_CONFIG when it is not `SHA256:` + 43 base64 characters
- */
-export function normalizeFingerprint(fp: string): string {
-  const m = FINGERPRINT.exec(fp.trim())
-  if (m === null) throw new EsxiError('E_CONFIG', `host key fingerprint must look like "SHA256:<43 base64 chars>" (as ssh-keygen -l prints it), got ${JSON.stringify(fp)}`)
-  return `SHA256:${m[1] as string}`
 }
 
 /** An SSH connection to one ESXi host. Create with {@link EsxiSsh.connect}. */

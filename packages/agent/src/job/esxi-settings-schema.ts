@@ -8,7 +8,7 @@
  * `esxiSettingsShape` for host-level keys), and `EsxiDriverInit` follows.
  */
 import { z } from 'zod'
-import { normalizeFingerprint } from '../esxi/ssh.ts'
+import { normalizeFingerprint } from '../esxi/fingerprint.ts'
 import type { EsxiDriverInit } from '../esxi/esxi-driver.ts'
 import { doc, durationField, existingDirField, privateKeyFileField, type SchemaContext } from './fields.ts'
 

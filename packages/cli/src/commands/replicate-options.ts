@@ -86,7 +86,12 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     path: true,
     yargs: s("folder of the agent's record per VM (last commit's generation and snapshot); default /var/lib/grainline as root, else $XDG_STATE_HOME/grainline"),
   },
-  { flag: 'give-up', key: 'giveUp', level: 'vm', yargs: s('how long the receiver may stay unreachable, or acknowledge nothing new, before the run gives up: 90s, 10m (a bare number is seconds; default 10m)') },
+  {
+    flag: 'give-up',
+    key: 'giveUp',
+    level: 'vm',
+    yargs: s('how long the receiver may stay unreachable, or acknowledge nothing new, before the run gives up: 90s, 10m (a bare number is seconds; default 10m)'),
+  },
   { flag: 'parallel', key: 'parallel', level: 'job', integer: true, yargs: s('VMs replicated at the same time (default 2; snapshot operations stay one at a time per ESXi host)') },
   {
     flag: 'bwlimit',

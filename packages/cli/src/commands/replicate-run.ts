@@ -6,7 +6,7 @@
  * finish the durable step in flight, keep its snapshot for the next run,
  * write the report with the interruption and exit 130/143.
  */
-import { formatReport, loadJob, runJob, tuneAgentProcess, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent'
+import { formatReport, loadJob, runJob, tuneAgentProcess, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent/run'
 import type { LevelWithSilent } from 'pino'
 import { ExitCode } from '../exit-codes.ts'
 import { createCliLogger, humanLogs } from '../logger.ts'
