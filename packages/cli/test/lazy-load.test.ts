@@ -110,6 +110,20 @@ t.test("grainline replicate loads the agent's run entry and its dependencies, no
   )
 })
 
+t.test("grainline info and map load the VMDK reader, not the protocol's index (msgpackr, lz4, xxhash)", async (t) => {
+  const disk = resolve(here, '../../../vmdk/test/fixtures/tiny-sparse.vmdk')
+  for (const cmd of ['info', 'map']) {
+    const r = await loaded(t, [cmd, disk])
+    t.equal(r.code, 0, `${cmd} exits 0`)
+    t.same(workspaceIn(r.urls), ['vmdk'], `${cmd}: the vmdk package only`)
+    t.ok(
+      r.urls.some((u) => u.includes('/protocol/dist/src/units.js')),
+      `${cmd}: the protocol's units (@grainline/protocol/units)`,
+    )
+    t.same(heavyIn(r.urls), [], `${cmd}: no heavy package`)
+  }
+})
+
 t.test('grainline status loads the store overview of the receiver, not the agent, the receiver server or the S3 archive', async (t) => {
   const dir = scratchDir(t, 'grainline-lazy-store-')
   const r = await loaded(t, ['status', '--store', join(dir, 'missing')])

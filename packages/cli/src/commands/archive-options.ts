@@ -2,7 +2,7 @@
  * The S3 options of `points archive`, `points archived` and `restore --from`:
  * the archive URL, endpoint, credentials and Object Lock retention.
  */
-import { parseDuration } from '@grainline/protocol'
+import { parseDuration } from '@grainline/protocol/units'
 import { S3Bucket, parseArchiveUrl, readCredentialsFile, type ArchiveLock } from '@grainline/receiver'
 import { UsageError } from '../exit-codes.ts'
 

@@ -1,5 +1,5 @@
 import { describeChain, openChain } from '@grainline/vmdk'
-import { formatBytes } from '@grainline/protocol'
+import { formatBytes } from '@grainline/protocol/units'
 import { table } from '../util.ts'
 
 /** Options of `grainline info` and `grainline map`. */

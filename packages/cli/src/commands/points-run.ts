@@ -4,7 +4,7 @@
  * policy: the receiver config's, or flags) / `points drop --point K`, and
  * `points archive` / `points archived` (copies in an S3 bucket, docs/ARCHIVE.md).
  */
-import { formatBytes, formatDuration, parseByteSize, parseDuration } from '@grainline/protocol'
+import { formatBytes, formatDuration, parseByteSize, parseDuration } from '@grainline/protocol/units'
 import type { Logger } from 'pino'
 import { join } from 'node:path'
 import {

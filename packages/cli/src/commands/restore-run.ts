@@ -6,7 +6,7 @@
  * alone, every chunk and disk checked against the archive's sha256. With
  * `--store ceph:POOL`, a point of the Ceph store (docs/CEPH.md "Restore").
  */
-import { formatBytes, formatDuration } from '@grainline/protocol'
+import { formatBytes, formatDuration } from '@grainline/protocol/units'
 import { cephRestoreVm, isCephStore, restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
 import { bucketFrom } from './archive-options.ts'
 import { cephTargetFrom } from './ceph-options.ts'

@@ -9,8 +9,7 @@
  * dashboard API serves at `GET /api/v1/status` (`storeOverview` of
  * @grainline/receiver; read offline, so `live` is null and no errors).
  */
-import { formatBytes } from '@grainline/protocol'
-import { parseDuration } from '@grainline/protocol'
+import { formatBytes, parseDuration } from '@grainline/protocol/units'
 // the receiver's narrow entry: no server, metrics or S3 archive (the AWS SDK) for a status check
 import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver/store-status'
 import { cephTargetFrom } from './ceph-options.ts'
