@@ -394,14 +394,15 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
 
   await t.test('the hostile clients gone, the receiver holds no more descriptors than it started with', async (t) => {
     // every socket, session, lock and file of the hostile clients is released (a leak would end in EMFILE
-    // under the 512-file limit: every later session failing in the receiver, however legitimate)
+    // under the 512-file limit: every later session failing in the receiver, however legitimate); the
+    // slack of 8 is for what a runtime may open lazily (no leak of the clients' sockets fits in it)
     const deadline = Date.now() + 20_000
     let now = await fds()
-    while (now > fdsAtStart + 4 && Date.now() < deadline) {
+    while (now > fdsAtStart + 8 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 250))
       now = await fds()
     }
-    t.ok(now <= fdsAtStart + 4, `${now} descriptors open, ${fdsAtStart} at start`)
+    t.ok(now <= fdsAtStart + 8, `${now} descriptors open, ${fdsAtStart} at start`)
   })
 
   await t.test('a legitimate agent runs a certified cycle', async (t) => {
