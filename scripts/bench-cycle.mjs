@@ -35,6 +35,7 @@
  * `BENCH_AGENT_LOG=<level>` prints the agent's log lines (at `debug`, a 'disk
  * shipped' line per disk: the time to hand its extents to the socket, the
  * wait for the receiver's DiskEnded, and the agent's CPU over both);
+ * `BENCH_RECEIVER_NODE_FLAGS="--max-semi-space-size=32"` passes Node/V8 flags to the receiver process.
  * `BENCH_RECEIVER_LOG=<level>` runs the receiver at that level (at `debug`,
  * its batches flushed, written and durable; its log goes to stderr).
  * `BENCH_AGENT_PREFIX="strace -f -c -o /tmp/agent-{i}.strace"` runs each
@@ -93,6 +94,7 @@ const rx = spawn(
   process.execPath,
   [
     ...(process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_PROFILE_DIR] : []),
+    ...(process.env.BENCH_RECEIVER_NODE_FLAGS ? process.env.BENCH_RECEIVER_NODE_FLAGS.split(' ').filter((f) => f !== '') : []),
     receiverMain(),
     '--listen',
     '127.0.0.1:0',
