@@ -12,6 +12,11 @@
  * that accepts every connection and Hello and VmOpen, then drops or times out
  * the session before acknowledging anything, ends in `E_GAVE_UP` after
  * `giveUpMs` instead of holding the agent (and the VM's snapshot) forever.
+ * An attempt that itself lasted longer than `giveUpMs` before it failed also
+ * starts a new outage (a long session is not one: a resync's block maps can
+ * take long before the first ack); a receiver cannot stretch a session that
+ * far without acknowledging, for the agent's own deadlines end it first
+ * (no answer, no ack while the window is full, no drain: 120 s each).
  */
 import type { Logger } from 'pino'
 import { isRetryable } from './connection.ts'
@@ -85,12 +90,16 @@ export class Reconnector {
     let attempt = 0
     let outageStart: number | undefined
     for (;;) {
+      const started = this.#now()
       try {
         return await fn()
       } catch (err) {
         if (!isRetryable(err)) throw err
         const t = this.#now()
-        if (outageStart === undefined || this.#lastProgress > outageStart) {
+        // a new outage: the first failure, the first after progress, or one ending an attempt that itself lasted
+        // longer than giveUpMs (a long session is no outage: a resync's block maps take long before any ack)
+        const longAttempt = this.#init.giveUpMs > 0 && t - started > this.#init.giveUpMs
+        if (outageStart === undefined || this.#lastProgress > outageStart || longAttempt) {
           outageStart = t
           attempt = 0
         }
