@@ -96,8 +96,8 @@ class VmCycle {
   readonly #root: Logger
   log: Logger
   readonly #reconnect: Reconnector
-  /** the furthest ExtentAck of each disk (and mode) over every attempt of the cycle: the reconnect rule's progress */
-  readonly #furthestAck = new Map<string, number>()
+  /** the furthest work the receiver confirmed of each disk (and mode) over every attempt of the cycle (acks, block maps, the disk's end): the reconnect rule's progress */
+  readonly #furthest = new Map<string, number>()
   readonly #store: AgentStateStore
   /** every client opened, closed at the end whatever happens (the receiver's VM lock is freed) */
   readonly #clients = new Set<ReceiverClient>()
@@ -472,18 +472,24 @@ class VmCycle {
         if (rollback) {
           await this.#rollback(session.client)
           for (const w of this.#works) w.records?.clear()
+          // the receiver's in-flight cycle is gone: what it confirmed before is sent (and confirmed) again
+          this.#furthest.clear()
           this.log.warn("rolled back the receiver's in-flight cycle of another identity")
         }
       }
       const { client, welcome } = session
-      // progress is an ack beyond the furthest one of this disk (and mode) in any attempt: a receiver that
-      // accepts every connection and then drops it, or acknowledges the same extents again, is an outage
+      // progress is work the receiver confirmed beyond the furthest of this disk (and mode) in any attempt: an
+      // ack, a resync's block map, the disk's end. A receiver that accepts every connection and then drops it,
+      // or confirms the same work again, is an outage; each measure is bounded by the disk, so no receiver can
+      // hold the cycle forever however slowly it answers
       let current = ''
-      const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes), undefined, (seq) => {
-        if (seq <= (this.#furthestAck.get(current) ?? -1)) return
-        this.#furthestAck.set(current, seq)
+      const advance = (what: string, position: number): void => {
+        const key = `${current}\0${what}`
+        if (position <= (this.#furthest.get(key) ?? -1)) return
+        this.#furthest.set(key, position)
         this.#reconnect.progressed()
-      })
+      }
+      const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes), undefined, (seq) => advance('ack', seq))
       let nextHandle = 0
       for (const w of this.#works) {
         for (;;) {
@@ -520,9 +526,11 @@ class VmCycle {
               log: this.log,
               ...this.#sig,
               ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
+              onMapped: (blocks: number) => advance('map', blocks),
               ...(this.#opts.verify === 'changed' ? { verifyBlockSize: this.#planContext().blockSize } : {}),
               ...(this.#opts.scrub > 0 ? { scrubPlan: { scrub: this.#opts.scrub, blockSize: this.#planContext().blockSize, prev: this.#record.scrub?.[w.name] } } : {}),
             })
+            advance('end', 0)
             break
           }
           const ds = opened.state

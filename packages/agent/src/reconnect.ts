@@ -12,11 +12,10 @@
  * that accepts every connection and Hello and VmOpen, then drops or times out
  * the session before acknowledging anything, ends in `E_GAVE_UP` after
  * `giveUpMs` instead of holding the agent (and the VM's snapshot) forever.
- * An attempt that itself lasted longer than `giveUpMs` before it failed also
- * starts a new outage (a long session is not one: a resync's block maps can
- * take long before the first ack); a receiver cannot stretch a session that
- * far without acknowledging, for the agent's own deadlines end it first
- * (no answer, no ack while the window is full, no drain: 120 s each).
+ * What counts as progress is the caller's (the cycle: an extent acknowledged,
+ * a resync's block mapped, a disk ended, each beyond the furthest so far):
+ * every such measure is bounded by the disk, so however slowly a receiver
+ * answers, the progress it can show is finite and the retries end.
  */
 import type { Logger } from 'pino'
 import { isRetryable } from './connection.ts'
@@ -77,7 +76,7 @@ export class Reconnector {
     this.#random = init.random ?? Math.random
   }
 
-  /** Record progress the receiver confirmed (an extent acknowledged for the first time): the current outage (if any) is over. */
+  /** Record progress the receiver confirmed (work it had not confirmed before): the current outage (if any) is over. */
   progressed(): void {
     this.#lastProgress = this.#now()
   }
@@ -90,16 +89,12 @@ export class Reconnector {
     let attempt = 0
     let outageStart: number | undefined
     for (;;) {
-      const started = this.#now()
       try {
         return await fn()
       } catch (err) {
         if (!isRetryable(err)) throw err
         const t = this.#now()
-        // a new outage: the first failure, the first after progress, or one ending an attempt that itself lasted
-        // longer than giveUpMs (a long session is no outage: a resync's block maps take long before any ack)
-        const longAttempt = this.#init.giveUpMs > 0 && t - started > this.#init.giveUpMs
-        if (outageStart === undefined || this.#lastProgress > outageStart || longAttempt) {
+        if (outageStart === undefined || this.#lastProgress > outageStart) {
           outageStart = t
           attempt = 0
         }

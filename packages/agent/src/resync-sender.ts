@@ -42,6 +42,8 @@ export interface SendResyncOptions extends SendDiskOptions {
    * @default 2 MiB
    */
   readonly readSpanBytes?: number
+  /** called with the blocks mapped so far (from block 0) after each BlockMap answer: the reconnect rule's progress */
+  readonly onMapped?: (blocks: number) => void
 }
 
 /** Map answers wait for the receiver to digest a run of the mirror: the idle timeout plus a slow disk (20 MB/s). */
@@ -139,6 +141,7 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
       requested.shift()
       const mirror = r.value.digests
       if (mirror.length !== run.count * len) throw new AgentError('E_PROTOCOL', `BlockMap of ${w.name} at block ${run.first}: ${mirror.length} bytes for ${run.count} ${opts.digest} digests`)
+      opts.onMapped?.(run.first + run.count)
       stats.mapBytes += mirror.length
       await request()
       for (let i = 0; i < run.count; i++) {
