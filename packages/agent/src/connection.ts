@@ -287,8 +287,11 @@ export class Connection {
           if (now < last) since = performance.now()
           last = now
           if (performance.now() - since < limitMs) return
+          // the connection's failure is this (every waiter and later send gets it), before the socket's own close
+          const err = new ConnectionLost(`the receiver read nothing for ${Math.round(limitMs / 1000)} s (${now} bytes wait in the socket buffer)`, 1006)
+          this.#fail(err)
           this.#ws.terminate()
-          reject(new ConnectionLost(`the receiver read nothing for ${Math.round(limitMs / 1000)} s (${now} bytes wait in the socket buffer)`, 1006))
+          reject(err)
         },
         Math.max(10, Math.min(5000, limitMs / 4)),
       )

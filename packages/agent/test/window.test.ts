@@ -194,6 +194,7 @@ t.test('a peer that never reads again: the send waiting for the buffer to drain 
   clearTimeout(watchdog)
   t.ok(performance.now() - t0 < 15_000, `ended in ${Math.round(performance.now() - t0)} ms`)
   const { isRetryable } = await import('../src/connection.ts')
+  t.match(conn.failure, { name: 'ConnectionLost', message: /the receiver read nothing for 1 s/ }, "the connection's failure is the stall, at once")
   t.ok(isRetryable(conn.failure), 'retryable: the cycle reconnects and resumes')
 })
 
