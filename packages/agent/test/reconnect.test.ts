@@ -36,6 +36,19 @@ function fake(init: { giveUpMs: number; maxBackoffMs: number }): { r: Reconnecto
   return { r, clock, retries }
 }
 
+/** A step that fails `ms` of fake time after it starts, every time, with a retryable loss; counts its calls. */
+function failing(clock: { t: number }, ms: number, message = 'down', code = 1006): { step: () => Promise<never>; calls: () => number } {
+  let calls = 0
+  return {
+    step: async () => {
+      calls++
+      clock.t += ms
+      throw new ConnectionLost(message, code)
+    },
+    calls: () => calls,
+  }
+}
+
 t.test('retries retryable losses, passes other errors through', async (t) => {
   const { r } = fake({ giveUpMs: 60_000, maxBackoffMs: 0 })
   let n = 0
@@ -64,18 +77,11 @@ t.test('retries retryable losses, passes other errors through', async (t) => {
 
 t.test('gives up after giveUpMs of outage; progress in between starts a new outage, a handshake does not', async (t) => {
   const { r, clock } = fake({ giveUpMs: 1000, maxBackoffMs: 0 })
-  let calls = 0
-  await t.rejects(
-    r.run('connect', async () => {
-      calls++
-      clock.t += 400
-      throw new ConnectionLost('down', 1006)
-    }),
-    { code: 'E_GAVE_UP', message: /connect: receiver unreachable or acknowledging nothing for 1 s/ },
-  )
-  t.equal(calls, 4, 'failures at +0.4, +0.8, +1.2 s (outage 0.8 s at the last retry), the fourth gives up')
+  const down = failing(clock, 400)
+  await t.rejects(r.run('connect', down.step), { code: 'E_GAVE_UP', message: /connect: receiver unreachable or acknowledging nothing for 1 s/ })
+  t.equal(down.calls(), 4, 'failures at +0.4, +0.8, +1.2 s (outage 0.8 s at the last retry), the fourth gives up')
   // the link keeps coming back and data gets through each time: every acknowledged extent ends the outage
-  calls = 0
+  let calls = 0
   const v = await r.run('cycle', async () => {
     calls++
     clock.t += 900
@@ -88,42 +94,21 @@ t.test('gives up after giveUpMs of outage; progress in between starts a new outa
   })
   t.equal(v, 6, 'five cuts spread over 5 s, each after the receiver acknowledged something: no give-up')
   // a receiver that accepts each connection (handshake, VmOpen) and then times it out, acknowledging nothing
-  calls = 0
-  await t.rejects(
-    r.run('cycle', async () => {
-      calls++
-      clock.t += 300
-      throw new ConnectionLost('connection closed (4408 E_TIMEOUT)', 4408)
-    }),
-    { code: 'E_GAVE_UP', message: /cycle: receiver unreachable or acknowledging nothing for 1 s/ },
-  )
-  t.equal(calls, 5, 'sessions that never make progress are an outage: given up after giveUpMs')
+  const timedOut = failing(clock, 300, 'connection closed (4408 E_TIMEOUT)', 4408)
+  await t.rejects(r.run('cycle', timedOut.step), { code: 'E_GAVE_UP', message: /cycle: receiver unreachable or acknowledging nothing for 1 s/ })
+  t.equal(timedOut.calls(), 5, 'sessions that never make progress are an outage: given up after giveUpMs')
   // attempts that each ran longer than giveUpMs before failing, without progress: a receiver answering each
   // step slowly and then dropping the session holds nothing either
-  calls = 0
-  await t.rejects(
-    r.run('cycle', async () => {
-      calls++
-      clock.t += 1500
-      throw new ConnectionLost('cut after a long session', 1006)
-    }),
-    { code: 'E_GAVE_UP' },
-  )
-  t.equal(calls, 2, 'long attempts without progress are an outage too')
+  const long = failing(clock, 1500, 'cut after a long session')
+  await t.rejects(r.run('cycle', long.step), { code: 'E_GAVE_UP' })
+  t.equal(long.calls(), 2, 'long attempts without progress are an outage too')
 })
 
 t.test('giveUpMs 0: one retry, then E_GAVE_UP', async (t) => {
   const { r, clock } = fake({ giveUpMs: 0, maxBackoffMs: 0 })
-  let calls = 0
-  await t.rejects(
-    r.run('connect', async () => {
-      calls++
-      clock.t += 50
-      throw new ConnectionLost('down', 1006)
-    }),
-    { code: 'E_GAVE_UP' },
-  )
-  t.equal(calls, 2)
+  const down = failing(clock, 50)
+  await t.rejects(r.run('connect', down.step), { code: 'E_GAVE_UP' })
+  t.equal(down.calls(), 2)
 })
 
 t.test('sleep honours the abort signal', async (t) => {
