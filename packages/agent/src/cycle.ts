@@ -491,64 +491,76 @@ class VmCycle {
       }
       const window = new SendWindow(Math.min(welcome.limits.windowBytes, this.#opts.windowBytes), undefined, (seq) => advance('ack', seq))
       let nextHandle = 0
-      for (const w of this.#works) {
-        for (;;) {
-          if (nextHandle > MAX_HANDLE) throw new AgentError('E_PROTOCOL', `more than ${MAX_HANDLE + 1} disk opens in one connection`)
-          w.handle = nextHandle++
-          const opened = await client.openDisk({
-            disk: w.handle,
-            name: w.name,
-            capacity: w.chain.capacity,
-            cycle: w.cycleNo,
-            mode: w.mode,
-            baseCycle: w.baseCycle,
-            baseGeneration: w.baseGeneration,
-            source: w.source,
-            cycleId: w.cycleId,
-            ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
-            totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
-            totalExtents: w.plan.totalExtents,
-            blockSize: w.blockSize,
-          })
-          if (opened.ok) {
-            current = `${w.name}\0${w.mode}`
-            await (w.mode === 'resync' ? sendResync : sendDisk)({
-              maxMessageBytes: welcome.limits.maxMessageBytes,
-              client,
-              work: w,
-              accepted: opened.value,
-              window,
-              digest: welcome.digest,
-              compression: welcome.compression,
-              trivialBytes: this.#trivialBytes,
-              certify: this.#certify,
-              rateLimiter: this.#opts.rateLimiter,
-              log: this.log,
-              ...this.#sig,
-              ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
-              onMapped: (blocks: number) => advance('map', blocks),
-              ...(this.#opts.verify === 'changed' ? { verifyBlockSize: this.#planContext().blockSize } : {}),
-              ...(this.#opts.scrub > 0 ? { scrubPlan: { scrub: this.#opts.scrub, blockSize: this.#planContext().blockSize, prev: this.#record.scrub?.[w.name] } } : {}),
+      // a stop ends the shipping at once, even while the window or the socket waits on a receiver that
+      // acknowledges or reads nothing (those waits know only the connection): the connection is ended with it
+      const signal = this.#opts.signal
+      checkAborted(signal)
+      const stopShipping = (): void => {
+        client.abort(new AgentError('E_ABORTED', abortReason(signal as AbortSignal)), 1001)
+      }
+      signal?.addEventListener('abort', stopShipping, { once: true })
+      try {
+        for (const w of this.#works) {
+          for (;;) {
+            if (nextHandle > MAX_HANDLE) throw new AgentError('E_PROTOCOL', `more than ${MAX_HANDLE + 1} disk opens in one connection`)
+            w.handle = nextHandle++
+            const opened = await client.openDisk({
+              disk: w.handle,
+              name: w.name,
+              capacity: w.chain.capacity,
+              cycle: w.cycleNo,
+              mode: w.mode,
+              baseCycle: w.baseCycle,
+              baseGeneration: w.baseGeneration,
+              source: w.source,
+              cycleId: w.cycleId,
+              ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
+              totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
+              totalExtents: w.plan.totalExtents,
+              blockSize: w.blockSize,
             })
-            advance('end', 0)
-            break
+            if (opened.ok) {
+              current = `${w.name}\0${w.mode}`
+              await (w.mode === 'resync' ? sendResync : sendDisk)({
+                maxMessageBytes: welcome.limits.maxMessageBytes,
+                client,
+                work: w,
+                accepted: opened.value,
+                window,
+                digest: welcome.digest,
+                compression: welcome.compression,
+                trivialBytes: this.#trivialBytes,
+                certify: this.#certify,
+                rateLimiter: this.#opts.rateLimiter,
+                log: this.log,
+                ...this.#sig,
+                ...(this.#opts.onExtentSent === undefined ? {} : { onExtentSent: this.#opts.onExtentSent }),
+                onMapped: (blocks: number) => advance('map', blocks),
+                ...(this.#opts.verify === 'changed' ? { verifyBlockSize: this.#planContext().blockSize } : {}),
+                ...(this.#opts.scrub > 0 ? { scrubPlan: { scrub: this.#opts.scrub, blockSize: this.#planContext().blockSize, prev: this.#record.scrub?.[w.name] } } : {}),
+              })
+              advance('end', 0)
+              break
+            }
+            const ds = opened.state
+            if (ds === undefined) throw refusalError(`DiskOpen of ${w.name}`, opened.refusal)
+            if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
+            const decision = planAfterRefusal(w.mode, { code: ds.reason, modified: ds.modified }, this.#rolledBack)
+            if (decision.kind === 'fail') throw refusalError(w.name, opened.refusal, { disk: true })
+            if (decision.kind === 'rollback') {
+              await client.close().catch(() => {})
+              return { kind: 'rollback' }
+            }
+            this.log.warn(
+              { disk: w.name, reason: decision.reason, mode: decision.kind },
+              decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
+            )
+            await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
+            await this.#recordResyncs()
           }
-          const ds = opened.state
-          if (ds === undefined) throw refusalError(`DiskOpen of ${w.name}`, opened.refusal)
-          if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
-          const decision = planAfterRefusal(w.mode, { code: ds.reason, modified: ds.modified }, this.#rolledBack)
-          if (decision.kind === 'fail') throw refusalError(w.name, opened.refusal, { disk: true })
-          if (decision.kind === 'rollback') {
-            await client.close().catch(() => {})
-            return { kind: 'rollback' }
-          }
-          this.log.warn(
-            { disk: w.name, reason: decision.reason, mode: decision.kind },
-            decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
-          )
-          await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
-          await this.#recordResyncs()
         }
+      } finally {
+        signal?.removeEventListener('abort', stopShipping)
       }
       this.#lap('ship')
       // the commit is the durable step: once asked, its answer is awaited even through a stop

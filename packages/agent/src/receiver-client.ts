@@ -93,9 +93,9 @@ export class ReceiverClient {
     return f
   }
 
-  /** Fail the connection with `err`: every pending and later request gets it. */
-  abort(err: Error): void {
-    this.#conn.abort(err)
+  /** Fail the connection with `err`: every pending and later request gets it; the socket closes with `closeCode`. */
+  abort(err: Error, closeCode?: number): void {
+    this.#conn.abort(err, closeCode)
   }
 
   /** Drop the connection now. */

@@ -1,25 +1,30 @@
 /**
- * A receiver that accepts every connection, Hello, VmOpen and DiskOpen and
- * then ends the session before acknowledging anything (a hostile or broken
- * peer with a valid token, or one that times every session out) must not hold
- * the agent, and the VM's snapshot, forever: a handshake is not progress, so
- * the outage clock runs on and the run ends in E_GAVE_UP after giveUpMs.
+ * Receivers that accept every connection, Hello, VmOpen and DiskOpen and then
+ * confirm nothing: a hostile or broken peer with a valid token, or one that
+ * times every session out.
+ *
+ * - One that ends each session before acknowledging anything must not hold the
+ *   agent, and the VM's snapshot, forever: a handshake is not progress, so the
+ *   outage clock runs on and the run ends in E_GAVE_UP after giveUpMs.
+ * - A stop (SIGINT, SIGTERM, a job's stop) while the send window waits for acks
+ *   that never come, or while the socket waits for a receiver that reads
+ *   nothing, ends the run at once (E_ABORTED, the snapshot kept), not after the
+ *   2-minute stall timeout.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { join } from 'node:path'
-import { WebSocketServer } from 'ws'
-import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL } from '@grainline/protocol'
-import { replicate } from '../src/replicate.ts'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
+import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
 import { memoryLogger, MiB, scratch } from './helpers.ts'
 
-t.test('a receiver that ends every session before its first ack: E_GAVE_UP after giveUpMs, no endless loop', async (t) => {
-  const dir = scratch(t)
+/** A receiver that answers the handshake and DiskOpen and hands every Extent to `onExtent`; never acknowledges. */
+async function confirmingNothing(t: Test, onExtent: (ws: WebSocket, m: Extract<Message, { kind: typeof MessageKind.Extent }>) => void): Promise<{ url: string; sessions: () => number }> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   await once(wss, 'listening')
   let sessions = 0
-  let extents = 0
   wss.on('connection', (ws) => {
     sessions++
     ws.on('message', (d: Buffer) => {
@@ -31,10 +36,7 @@ t.test('a receiver that ends every session before its first ack: E_GAVE_UP after
       if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' })
       if (m.kind === MessageKind.DiskOpen)
         reply({ kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 0, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 })
-      if (m.kind === MessageKind.Extent) {
-        extents++
-        ws.close(4408, 'E_TIMEOUT')
-      }
+      if (m.kind === MessageKind.Extent) onExtent(ws, m)
     })
   })
   t.teardown(
@@ -44,30 +46,69 @@ t.test('a receiver that ends every session before its first ack: E_GAVE_UP after
         wss.close(() => resolve())
       }),
   )
-  const vm = await createSampleVm(dir, { name: 'held', disks: [{ sizeBytes: 2 * MiB, fill: 'random' }], seed: 5 })
+  return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`, sessions: () => sessions }
+}
+
+/** Replicate a sample VM of `diskBytes` random bytes to `url`, failing the test when the run outlasts `watchdogMs`. */
+async function replicateTo(t: Test, url: string, diskBytes: number, init: Partial<ReplicateInit>, watchdogMs = 60_000) {
+  const dir = scratch(t)
+  const vm = await createSampleVm(dir, { name: 'held', disks: [{ sizeBytes: diskBytes, fill: 'random' }], seed: 5 })
   const { logger } = memoryLogger()
-  const run = replicate(
-    { logger },
-    {
-      vm: vm.vmxPath,
-      to: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`,
-      token: 't',
-      progress: 'none',
-      giveUpMs: 1500,
-      maxBackoffMs: 100,
-      maxExtentBytes: 64 * 1024,
-      stateDir: join(dir, 'agent-state'),
-    },
-  )
+  const t0 = performance.now()
+  const run = replicate({ logger }, { vm: vm.vmxPath, to: url, token: 't', progress: 'none', maxExtentBytes: 64 * 1024, stateDir: join(dir, 'agent-state'), ...init })
   let watchdog: NodeJS.Timeout | undefined
   const hung = new Promise<never>((_r, reject) => {
-    watchdog = setTimeout(() => reject(new Error(`replicate still running after 60 s (${sessions} sessions)`)), 60_000)
+    watchdog = setTimeout(() => reject(new Error(`replicate still running after ${watchdogMs / 1000} s`)), watchdogMs)
   })
-  const r = await Promise.race([run, hung])
-  clearTimeout(watchdog)
+  try {
+    const r = await Promise.race([run, hung])
+    return { r, ms: performance.now() - t0 }
+  } finally {
+    clearTimeout(watchdog)
+  }
+}
+
+t.test('a receiver that ends every session before its first ack: E_GAVE_UP after giveUpMs, no endless loop', async (t) => {
+  let extents = 0
+  const rx = await confirmingNothing(t, (ws) => {
+    extents++
+    ws.close(4408, 'E_TIMEOUT')
+  })
+  const { r } = await replicateTo(t, rx.url, 2 * MiB, { giveUpMs: 1500, maxBackoffMs: 100 })
   t.equal(r.vms[0]?.error?.code, 'E_GAVE_UP', String(r.vms[0]?.error?.message))
   t.match(r.vms[0]?.error?.message ?? '', /receiver unreachable or acknowledging nothing for \d+ s .*4408/)
   // the first attempt runs on the connect phase's session: at least one retry (8 sessions on a quiet machine)
-  t.ok(sessions >= 2, `the agent retried (${sessions} sessions, each accepted through DiskOpen)`)
+  t.ok(rx.sessions() >= 2, `the agent retried (${rx.sessions()} sessions, each accepted through DiskOpen)`)
   t.ok(extents >= 2, `and sent extents in each attempt (${extents}), none acknowledged`)
+})
+
+t.test('a stop while the send window waits for acks that never come ends the run at once', async (t) => {
+  const stop = new AbortController()
+  let extents = 0
+  // a 256 KiB window holds four 64 KiB extents: the fifth waits for an ack
+  const rx = await confirmingNothing(t, () => {
+    if (++extents === 4) setTimeout(() => stop.abort(new Error('interrupted by SIGTERM')), 200)
+  })
+  const { r, ms } = await replicateTo(t, rx.url, 2 * MiB, { windowBytes: 256 * 1024, signal: stop.signal })
+  t.equal(extents, 4, 'the window held the fifth extent back')
+  t.match(r.vms[0]?.error, { code: 'E_ABORTED', message: /^interrupted by SIGTERM: snapshot grainline-1 is kept and the next run resumes from it/ })
+  // the old agent waited out the 120 s stall timeout
+  t.ok(ms < 20_000, `stopped in ${Math.round(ms)} ms`)
+  t.equal(rx.sessions(), 1, 'and did not reconnect')
+})
+
+t.test('a stop while the socket waits for a receiver that reads nothing ends the run at once', async (t) => {
+  const stop = new AbortController()
+  let paused = false
+  const rx = await confirmingNothing(t, (ws) => {
+    if (paused) return
+    paused = true
+    // the receiver stops reading: the agent's socket buffer fills and its sends wait for a drain
+    ;(ws as unknown as { _socket: { pause(): void } })._socket.pause()
+    setTimeout(() => stop.abort(new Error('interrupted by SIGINT')), 1000)
+  })
+  const { r, ms } = await replicateTo(t, rx.url, 64 * MiB, { signal: stop.signal })
+  t.match(r.vms[0]?.error, { code: 'E_ABORTED', message: /^interrupted by SIGINT: snapshot grainline-1 is kept/ })
+  // the old agent waited out the connection's 120 s idle timeout
+  t.ok(ms < 20_000, `stopped in ${Math.round(ms)} ms`)
 })
