@@ -20,7 +20,7 @@ import {
   type ExtentAckMessage,
   type Message,
 } from '@grainline/protocol'
-import { AgentError } from './errors.ts'
+import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { classifyConnectFailure, tlsProblem, type ConnectSources } from './connect-errors.ts'
 import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
@@ -149,6 +149,8 @@ export class Connection {
   /** Connect and wait for the upgrade to complete. */
   static async open(opts: ConnectOptions): Promise<Connection> {
     const u = checkReceiverUrl(opts.url, opts.insecurePlaintext === true ? { insecurePlaintext: true } : {})
+    // a listener added to a signal that has already fired never hears it
+    checkAborted(opts.signal)
     const ws = new WebSocket(opts.url, SUBPROTOCOL, {
       headers: { Authorization: `Bearer ${opts.token}` },
       perMessageDeflate: false,
@@ -310,6 +312,7 @@ export class Connection {
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure
     if (this.#waiter !== undefined) throw new AgentError('E_PROTOCOL', 'concurrent receive')
+    checkAborted(opts.signal)
     const timeoutMs = opts.timeoutMs ?? this.#idleTimeoutMs
     return await new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -320,7 +323,7 @@ export class Connection {
       const onAbort = (): void => {
         clearTimeout(timer)
         this.#waiter = undefined
-        reject(new AgentError('E_ABORTED', 'aborted'))
+        reject(new AgentError('E_ABORTED', abortReason(opts.signal as AbortSignal)))
       }
       opts.signal?.addEventListener('abort', onAbort, { once: true })
       this.#waiter = {

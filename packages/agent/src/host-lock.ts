@@ -7,6 +7,7 @@
  * (openVm, listSnapshots, disk I/O) are not serialised.
  */
 import type { HypervisorDriver } from './driver.ts'
+import { checkAborted } from './errors.ts'
 
 /** Driver methods that change the VM's snapshot tree (present ones are serialised). */
 export const SNAPSHOT_OPERATIONS = ['createSnapshot', 'removeSnapshot', 'consolidate'] as const
@@ -66,8 +67,11 @@ export function hostLockKey(driver: HypervisorDriver): string | undefined {
 /**
  * `driver` with its snapshot operations serialised per host through `locks`.
  * A driver without a host (the local driver: every VM's files are its own) is returned as it is.
+ * An operation that waited its turn does not start once `signal` has fired (`E_ABORTED`): a stop
+ * lets the operation in flight finish, not every one queued behind it on the host (a job's VMs
+ * could otherwise each still create or consolidate a snapshot, up to 30 minutes each, after it).
  */
-export function withHostLock<D extends HypervisorDriver>(driver: D, locks: HostLocks): D {
+export function withHostLock<D extends HypervisorDriver>(driver: D, locks: HostLocks, signal?: AbortSignal): D {
   const key = hostLockKey(driver)
   if (key === undefined) return driver
   const serialised = new Set<PropertyKey>(SNAPSHOT_OPERATIONS)
@@ -78,7 +82,11 @@ export function withHostLock<D extends HypervisorDriver>(driver: D, locks: HostL
       const fn = v as (...a: unknown[]) => unknown
       // methods run on the real driver (its private fields are not on the proxy)
       if (!serialised.has(prop)) return fn.bind(target)
-      return async (...args: unknown[]) => await locks.run(key, async () => await fn.apply(target, args))
+      return async (...args: unknown[]) =>
+        await locks.run(key, async () => {
+          checkAborted(signal)
+          return await fn.apply(target, args)
+        })
     },
   })
 }

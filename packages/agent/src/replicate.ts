@@ -212,7 +212,7 @@ async function replicateVm(
           ...(init.tokenSource !== undefined ? { tokenSource: init.tokenSource } : {}),
           ...(init.caSource !== undefined ? { caSource: init.caSource } : {}),
         },
-        driver: withHostLock(driver, shared.hostLocks),
+        driver: withHostLock(driver, shared.hostLocks, signal),
         stateDir: init.stateDir ?? defaultStateDir(),
         certify,
         trivialMiB,

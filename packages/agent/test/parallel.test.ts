@@ -65,6 +65,39 @@ t.test('withHostLock: a driver without a host is left alone; other methods pass 
   t.equal(hostLockKey(wrapped), 'esxi:h')
 })
 
+t.test('withHostLock: a stop lets the operation in flight finish; the ones queued behind it on the host do not start', async (t) => {
+  const local = createLocalDriver()
+  const ran: string[] = []
+  let releaseFirst!: () => void
+  const first = new Promise<void>((resolve) => {
+    releaseFirst = resolve
+  })
+  const stop = new AbortController()
+  const locks = new HostLocks()
+  const hosted = (vm: string): HypervisorDriver => ({
+    ...local,
+    name: 'esxi',
+    host: 'esx-shared',
+    resolvePath: local.resolvePath.bind(local),
+    removeSnapshot: async () => {
+      ran.push(`remove ${vm}`)
+      if (vm === 'a') await first
+    },
+  })
+  const a = withHostLock(hosted('a'), locks, stop.signal)
+  const b = withHostLock(hosted('b'), locks, stop.signal)
+  const vm = { name: 'x' } as Parameters<HypervisorDriver['removeSnapshot']>[0]
+  const snap = { name: 's', id: '1' } as Parameters<HypervisorDriver['removeSnapshot']>[1]
+  const inFlight = a.removeSnapshot(vm, snap)
+  const queued = b.removeSnapshot(vm, snap)
+  stop.abort(new Error('interrupted by SIGTERM'))
+  releaseFirst()
+  await inFlight
+  await t.rejects(queued, { code: 'E_ABORTED', message: 'interrupted by SIGTERM' })
+  t.same(ran, ['remove a'], 'the queued operation never ran')
+  t.match(locks.stats.get('esxi:esx-shared'), { active: 0, waiting: 0 })
+})
+
 /**
  * A local driver posing as one ESXi host: its snapshot operations record how
  * many run at once. The first creation waits until another VM is queued

@@ -223,6 +223,23 @@ t.test('connection loss rejects waiters with a retryable error', async (t) => {
   t.ok(isRetryable(conn.failure))
 })
 
+t.test('a stop that fired before open or receive is heard at once (a listener added later never hears it)', async (t) => {
+  const url = await server(t, () => {}, false)
+  const stopped = new AbortController()
+  stopped.abort(new Error('interrupted by SIGTERM'))
+  await t.rejects(Connection.open({ url, token: 'x', signal: stopped.signal }), { code: 'E_ABORTED', message: 'interrupted by SIGTERM' })
+  const conn = await Connection.open({ url, token: 'x' })
+  t.teardown(() => conn.terminate())
+  const t0 = performance.now()
+  // the silent server answers nothing: the old receive waited for the 120 s idle timeout
+  await t.rejects(conn.receive({ signal: stopped.signal }), { code: 'E_ABORTED', message: 'interrupted by SIGTERM' })
+  t.ok(performance.now() - t0 < 1000)
+  const later = new AbortController()
+  const r = conn.receive({ signal: later.signal })
+  later.abort(new Error('interrupted by SIGINT'))
+  await t.rejects(r, { code: 'E_ABORTED', message: 'interrupted by SIGINT' }, 'a stop while waiting names its reason too')
+})
+
 t.test('refused upgrade is a typed, non-retryable error', async (t) => {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, verifyClient: (_i, cb) => cb(false, 401) })
   await once(wss, 'listening')
