@@ -354,6 +354,7 @@ class VmCycle {
     const opts = this.#opts
     const lineage = this.#lineage
     for (const [i, disk] of this.#vm.disks.entries()) {
+      checkAborted(opts.signal)
       const chain = await openChain(disk.path, chainOptions(opts.driver))
       const L = chain.layers.length
       if (L < 2) {
@@ -425,12 +426,13 @@ class VmCycle {
     this.#lap('plan')
   }
 
-  #planContext(): { vm: string; cycleNo: number; chunkBytes: number; blockSize: number } {
+  #planContext(): { vm: string; cycleNo: number; chunkBytes: number; blockSize: number; signal?: AbortSignal } {
     // SPEC §5.9: a power of two that fits in one extent
     const maxExtent = Math.min(this.#welcome.limits.maxExtentBytes, this.#opts.maxExtentBytes)
     let blockSize = this.#opts.blockSize
     while (blockSize > maxExtent && blockSize > MIN_BLOCK_SIZE) blockSize /= 2
-    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes, blockSize }
+    // a stop ends a plan's walk of the grain tables (minutes for large deltas read over SFTP)
+    return { vm: this.#vm.name, cycleNo: this.#cycleNo, chunkBytes: this.#chunkBytes, blockSize, ...this.#sig }
   }
 
   /** 5–6. Ship every disk, commit, check; reconnect and resume on connection loss. */

@@ -95,8 +95,9 @@ export async function emptyPlan(chunkBytes: number): Promise<ExtentPlan> {
 export async function applyDiskPlan(
   w: DiskWork,
   decision: DiskPlanDecision,
-  ctx: { readonly vm: string; readonly cycleNo: number; readonly chunkBytes: number; readonly blockSize: number },
+  ctx: { readonly vm: string; readonly cycleNo: number; readonly chunkBytes: number; readonly blockSize: number; readonly signal?: AbortSignal },
 ): Promise<void> {
+  const sig = ctx.signal === undefined ? {} : { signal: ctx.signal }
   const chain = w.chain
   w.blockSize = 0
   if (decision.kind === 'resync') {
@@ -111,7 +112,7 @@ export async function applyDiskPlan(
   } else if (decision.kind === 'seed') {
     const depth = w.depth
     const mapped: RangeSource = async function* () {
-      for await (const e of chain.map({ depth })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
+      for await (const e of chain.map({ depth, ...sig })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
     }
     w.mode = 'seed'
     w.baseCycle = 0
@@ -121,7 +122,7 @@ export async function applyDiskPlan(
     if (decision.reason !== undefined) w.report.fallbackReason = decision.reason
   } else {
     const layers: RangeSource[] = []
-    for (let d = decision.fromDepth; d >= w.depth; d--) layers.push(() => chain.changedRanges(d))
+    for (let d = decision.fromDepth; d >= w.depth; d--) layers.push(() => chain.changedRanges(d, sig))
     w.mode = 'incremental'
     w.baseCycle = decision.baseCycle
     w.baseGeneration = decision.baseGeneration

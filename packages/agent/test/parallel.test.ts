@@ -222,6 +222,7 @@ t.test('a stop: the VM in flight keeps its snapshot and resumes next run, VMs no
   t.equal(report.interrupted, 'interrupted by SIGINT')
   t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: 'interrupted by SIGINT: snapshot grainline-1 is kept and the next run resumes from it' })
   t.equal(report.vms[0]?.snapshot, 'grainline-1')
+  t.equal(report.vms[0]?.timings['plan'], undefined, 'the disks were not planned after the stop')
   for (const i of [1, 2]) t.match(report.vms[i]?.error, { code: 'E_ABORTED', message: /^not started: the run was stopped \(interrupted by SIGINT\)/ })
   const state = await new AgentStateStore(stateDir).load('stop-0', `local::${vms[0]?.vmxPath}`)
   t.equal(state.state.inflight?.snapshot.name, 'grainline-1', 'the agent recorded the in-flight snapshot')
