@@ -89,6 +89,22 @@ function interruptedInfo(signal: AbortSignal, report: VmReport, committed: boole
   return { code: 'E_ABORTED', message: `${abortReason(signal)}: ${kept}` }
 }
 
+/**
+ * Until the returned function is called, a stop ends `client`'s connection at once (close 1001): the
+ * waits of a send (the window, the socket's drain) know only the connection. Not for a durable step.
+ */
+function closeOnStop(client: ReceiverClient, signal: AbortSignal | undefined): () => void {
+  if (signal === undefined) return () => {}
+  const stop = (): void => {
+    client.abort(new AgentError('E_ABORTED', abortReason(signal)), 1001)
+  }
+  if (signal.aborted) stop()
+  else signal.addEventListener('abort', stop, { once: true })
+  return () => {
+    signal.removeEventListener('abort', stop)
+  }
+}
+
 /** The state of one VM cycle; `run()` is the cycle, top to bottom. */
 class VmCycle {
   readonly #opts: CycleOptions
@@ -495,12 +511,8 @@ class VmCycle {
       let nextHandle = 0
       // a stop ends the shipping at once, even while the window or the socket waits on a receiver that
       // acknowledges or reads nothing (those waits know only the connection): the connection is ended with it
-      const signal = this.#opts.signal
-      checkAborted(signal)
-      const stopShipping = (): void => {
-        client.abort(new AgentError('E_ABORTED', abortReason(signal as AbortSignal)), 1001)
-      }
-      signal?.addEventListener('abort', stopShipping, { once: true })
+      checkAborted(this.#opts.signal)
+      let stopShipping = closeOnStop(client, this.#opts.signal)
       try {
         for (const w of this.#works) {
           for (;;) {
@@ -562,7 +574,7 @@ class VmCycle {
           }
         }
       } finally {
-        signal?.removeEventListener('abort', stopShipping)
+        stopShipping()
       }
       this.#lap('ship')
       // the commit is the durable step: once asked, its answer is awaited even through a stop
@@ -588,19 +600,25 @@ class VmCycle {
         this.log.info({ disks: slices.length, waitMs: Math.round(performance.now() - tw) }, 'digests of the scrub slices taken while shipping')
       }
       if (this.#opts.afterCommit !== undefined) await this.#opts.afterCommit(this.#vm)
-      await verifyDisks(this.#works, {
-        client,
-        digest: welcome.digest,
-        trivialBytes: this.#trivialBytes,
-        certify: this.#certify,
-        verifyChanged: this.#opts.verify === 'changed',
-        blockSize: this.#planContext().blockSize,
-        maxMessageBytes: welcome.limits.maxMessageBytes,
-        scrub: this.#opts.scrub,
-        scrubState: this.#scrubState(),
-        log: this.log,
-        ...this.#sig,
-      })
+      // the checks likewise (a BlockCheck of several MiB waits on the socket): the cycle is committed, they are not run
+      stopShipping = closeOnStop(client, this.#opts.signal)
+      try {
+        await verifyDisks(this.#works, {
+          client,
+          digest: welcome.digest,
+          trivialBytes: this.#trivialBytes,
+          certify: this.#certify,
+          verifyChanged: this.#opts.verify === 'changed',
+          blockSize: this.#planContext().blockSize,
+          maxMessageBytes: welcome.limits.maxMessageBytes,
+          scrub: this.#opts.scrub,
+          scrubState: this.#scrubState(),
+          log: this.log,
+          ...this.#sig,
+        })
+      } finally {
+        stopShipping()
+      }
       this.#lap('check')
       await client.close().catch(() => {})
       return { kind: 'committed' }
