@@ -70,7 +70,9 @@ export async function runVmCycle(components: { logger: Logger }, opts: CycleOpti
   } catch (err) {
     const info = opts.signal?.aborted === true ? interruptedInfo(opts.signal, report, cycle.committed) : errorInfo(err)
     report.error = info
-    cycle.log.error({ err, code: info.code, remoteCode: info.remoteCode }, 'cycle failed')
+    // an operator's stop is not a failure: what was kept, at warn and without a stack
+    if (opts.signal?.aborted === true) cycle.log.warn({ code: info.code, kept: info.message }, 'cycle stopped')
+    else cycle.log.error({ err, code: info.code, remoteCode: info.remoteCode }, 'cycle failed')
     for (const d of report.disks) if (d.error === undefined && !d.ok) d.error = { code: info.code, message: info.message }
   } finally {
     await cycle.dispose()
