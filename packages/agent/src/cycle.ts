@@ -68,11 +68,14 @@ export async function runVmCycle(components: { logger: Logger }, opts: CycleOpti
     await cycle.run()
     report.ok = report.disks.length > 0 && report.disks.every((d) => d.ok)
   } catch (err) {
-    const info = opts.signal?.aborted === true ? interruptedInfo(opts.signal, report, cycle.committed) : errorInfo(err)
+    const stopped = opts.signal?.aborted === true
+    // an error that came with the stop but is not the stop itself (a refused commit, a record not saved) is kept
+    const other = stopped && (err as { code?: unknown }).code !== 'E_ABORTED' ? errorInfo(err) : undefined
+    const info = stopped ? interruptedInfo(opts.signal as AbortSignal, report, cycle.committed, other) : errorInfo(err)
     report.error = info
-    // an operator's stop is not a failure: what was kept, at warn and without a stack
-    if (opts.signal?.aborted === true) cycle.log.warn({ code: info.code, kept: info.message }, 'cycle stopped')
-    else cycle.log.error({ err, code: info.code, remoteCode: info.remoteCode }, 'cycle failed')
+    // an operator's stop is not a failure: what was kept, at warn and without a stack (unless another error came with it)
+    if (stopped && other === undefined) cycle.log.warn({ code: info.code, kept: info.message }, 'cycle stopped')
+    else cycle.log.error({ err, code: info.code, remoteCode: info.remoteCode }, stopped ? 'cycle stopped with an error' : 'cycle failed')
     for (const d of report.disks) if (d.error === undefined && !d.ok) d.error = { code: info.code, message: info.message }
   } finally {
     await cycle.dispose()
@@ -82,13 +85,14 @@ export async function runVmCycle(components: { logger: Logger }, opts: CycleOpti
 }
 
 /** The report's error of a cycle stopped through its signal: what was kept for the next run. */
-function interruptedInfo(signal: AbortSignal, report: VmReport, committed: boolean): { code: string; message: string; remoteCode?: string } {
+function interruptedInfo(signal: AbortSignal, report: VmReport, committed: boolean, other?: { code: string; message: string }): { code: string; message: string; remoteCode?: string } {
+  const checks = report.timings['check'] === undefined ? ', its checks were not run' : ''
   const kept = committed
-    ? `cycle ${report.cycle} was committed; the older snapshot is removed by the next run`
+    ? `cycle ${report.cycle} was committed${checks}; the older snapshot is removed by the next run`
     : report.snapshot !== undefined
       ? `snapshot ${report.snapshot} is kept and the next run resumes from it`
       : 'nothing was changed on the VM'
-  return { code: 'E_ABORTED', message: `${abortReason(signal)}: ${kept}` }
+  return { code: 'E_ABORTED', message: `${abortReason(signal)}: ${kept}${other === undefined ? '' : ` (and ${other.code}: ${other.message})`}` }
 }
 
 /**

@@ -58,6 +58,8 @@ export async function removeOtherSnapshots(driver: HypervisorDriver, vm: VmHandl
       current = await driver.openVm(vm.ref, sig)
       opts.log.info({ snapshot: s.name, id: s.id }, 'older snapshot removed')
     } catch (err) {
+      // a stop that came while the removal waited for its turn on the host: not a failure of the removal
+      if (err instanceof AgentError && err.code === 'E_ABORTED') throw err
       opts.log.error({ err, snapshot: s.name }, 'removing an older snapshot failed; the next cycle retries')
       // keep the driver's own code (E_CONSOLIDATION_NEEDED, E_TIMEOUT, …) in front of the operator
       const code = (err as { code?: unknown }).code

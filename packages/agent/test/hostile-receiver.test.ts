@@ -103,8 +103,9 @@ t.test('a stop while the socket waits for a receiver that reads nothing ends the
   const rx = await confirmingNothing(t, (ws) => {
     if (paused) return
     paused = true
-    // the receiver stops reading: the agent's socket buffer fills and its sends wait for a drain
-    ;(ws as unknown as { _socket: { pause(): void } })._socket.pause()
+    // the receiver stops reading (ws's own pause: a paused raw socket is resumed by ws's parser on its next
+    // drain): the agent's socket buffer fills and its sends wait for a drain
+    ws.pause()
     setTimeout(() => stop.abort(new Error('interrupted by SIGINT')), 1000)
   })
   const { r, ms } = await replicateTo(t, rx.url, 64 * MiB, { signal: stop.signal })

@@ -3,13 +3,14 @@ import t from 'tap'
 import { join } from 'node:path'
 import { memoryLogger } from '@grainline/test-utils'
 import { AgentStateStore } from '../src/agent-state.ts'
-import type { HypervisorDriver } from '../src/driver.ts'
+import type { HypervisorDriver, SnapshotRef } from '../src/driver.ts'
 import { AgentError } from '../src/errors.ts'
 import { HostLocks, hostLockKey, withHostLock } from '../src/host-lock.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { createRateLimiter, type RateLimiter } from '../src/rate-limiter.ts'
 import { replicateMany } from '../src/replicate.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
+import { removeOtherSnapshots } from '../src/vm-snapshots.ts'
 import { haveReceiver, MiB, scratch, startReceiver, TOKEN } from './helpers.ts'
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
@@ -96,6 +97,28 @@ t.test('withHostLock: a stop lets the operation in flight finish; the ones queue
   await t.rejects(queued, { code: 'E_ABORTED', message: 'interrupted by SIGTERM' })
   t.same(ran, ['remove a'], 'the queued operation never ran')
   t.match(locks.stats.get('esxi:esx-shared'), { active: 0, waiting: 0 })
+})
+
+t.test('removeOtherSnapshots: a stop met while a removal waits for the host stays a stop; a failed removal is E_SNAPSHOT', async (t) => {
+  const snap = (id: string): SnapshotRef => ({ id, name: `grainline-${id}`, grainline: true, cycle: Number(id), disks: [] })
+  const driverThrowing = (err: Error): HypervisorDriver =>
+    ({
+      listSnapshots: async () => [snap('1'), snap('2')],
+      openVm: async () => ({}),
+      removeSnapshot: async () => {
+        throw err
+      },
+    }) as unknown as HypervisorDriver
+  const vm = {} as Parameters<typeof removeOtherSnapshots>[1]
+  const log = memoryLogger({ level: 'info' })
+  const opts = { log: log.logger, onRemoved: () => {} }
+  await t.rejects(removeOtherSnapshots(driverThrowing(new AgentError('E_ABORTED', 'interrupted by SIGTERM')), vm, snap('2'), opts), { code: 'E_ABORTED', message: 'interrupted by SIGTERM' })
+  t.notOk(
+    log.lines.some((l) => /removing an older snapshot failed/.test(String(l['msg']))),
+    'a stop is not logged as a failed removal',
+  )
+  const timedOut = Object.assign(new Error('task timed out'), { code: 'E_TIMEOUT' })
+  await t.rejects(removeOtherSnapshots(driverThrowing(timedOut), vm, snap('2'), opts), { code: 'E_SNAPSHOT', message: /removing snapshot grainline-1 failed \[E_TIMEOUT\]/ })
 })
 
 /**
@@ -234,6 +257,66 @@ t.test('a stop: the VM in flight keeps its snapshot and resumes next run, VMs no
   t.ok(again.ok, JSON.stringify(again.vms.map((v) => v.error)))
   t.equal(again.vms[0]?.reusedSnapshot, true, 'the next run resumed with the kept snapshot')
   t.equal(again.vms[0]?.cycle, 1)
+})
+
+t.test('a stop right after the commit: the checks are not run and the report says so; the next run is a plain incremental', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'late', disks: [{ sizeBytes: 4 * MiB }], seed: 11 })
+  const log = memoryLogger({ level: 'info' })
+  const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1, vm: vm.vmxPath }
+  const stop = new AbortController()
+  const report = await replicateMany({ logger: log.logger }, [{ ...common, afterCommit: async () => stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM')) }], {
+    parallel: 1,
+    signal: stop.signal,
+    view: 'none',
+  })
+  t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: 'interrupted by SIGTERM: cycle 1 was committed, its checks were not run; the older snapshot is removed by the next run' })
+  t.equal(report.vms[0]?.disks[0]?.trivial, undefined, 'no trivial check result')
+  t.ok(
+    log.lines.some((l) => l['msg'] === 'cycle stopped' && l['level'] === 40),
+    'logged at warn as a stop, not as a failure',
+  )
+  t.notOk(
+    log.lines.some((l) => l['msg'] === 'cycle failed'),
+    'no "cycle failed"',
+  )
+  const again = await replicateMany({ logger: log.logger }, [common], { parallel: 1, view: 'none' })
+  t.ok(again.ok, JSON.stringify(again.vms[0]?.error))
+  t.equal(again.vms[0]?.cycle, 2)
+  t.equal(again.vms[0]?.disks[0]?.mode, 'incremental')
+})
+
+t.test('an error that comes with a stop is reported beside it and logged with its stack', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'both', disks: [{ sizeBytes: 4 * MiB }], seed: 12 })
+  const log = memoryLogger({ level: 'info' })
+  const stop = new AbortController()
+  const report = await replicateMany(
+    { logger: log.logger },
+    [
+      {
+        to: rx.url,
+        token: TOKEN,
+        ca: rx.ca,
+        stateDir: join(dir, 'state'),
+        vm: vm.vmxPath,
+        afterCommit: async () => {
+          stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM'))
+          throw new AgentError('E_STATE', 'the record could not be saved')
+        },
+      },
+    ],
+    { parallel: 1, signal: stop.signal, view: 'none' },
+  )
+  t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: /^interrupted by SIGTERM: cycle 1 was committed, .* \(and E_STATE: the record could not be saved\)$/ })
+  t.ok(
+    log.lines.some((l) => l['msg'] === 'cycle stopped with an error' && l['level'] === 50 && (l['err'] as { message?: string } | undefined)?.message === 'the record could not be saved'),
+    'logged at error with the error that came with the stop',
+  )
 })
 
 t.test('a VM whose options cannot work fails alone; the others run', async (t) => {
