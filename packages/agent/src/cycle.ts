@@ -518,7 +518,7 @@ class VmCycle {
       // a stop ends the shipping at once, even while the window or the socket waits on a receiver that
       // acknowledges or reads nothing (those waits know only the connection): the connection is ended with it
       checkAborted(this.#opts.signal)
-      let stopShipping = closeOnStop(client, this.#opts.signal)
+      let forgetStop = closeOnStop(client, this.#opts.signal)
       try {
         for (const w of this.#works) {
           for (;;) {
@@ -580,7 +580,7 @@ class VmCycle {
           }
         }
       } finally {
-        stopShipping()
+        forgetStop()
       }
       this.#lap('ship')
       // the commit is the durable step: once asked, its answer is awaited even through a stop
@@ -607,7 +607,7 @@ class VmCycle {
       }
       if (this.#opts.afterCommit !== undefined) await this.#opts.afterCommit(this.#vm)
       // the checks likewise (a BlockCheck of several MiB waits on the socket): the cycle is committed, they are not run
-      stopShipping = closeOnStop(client, this.#opts.signal)
+      forgetStop = closeOnStop(client, this.#opts.signal)
       try {
         await verifyDisks(this.#works, {
           client,
@@ -623,7 +623,7 @@ class VmCycle {
           ...this.#sig,
         })
       } finally {
-        stopShipping()
+        forgetStop()
       }
       this.#lap('check')
       await client.close().catch(() => {})

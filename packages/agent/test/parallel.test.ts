@@ -1,5 +1,5 @@
 /** Many VMs per proxy: VMs in parallel, one snapshot operation at a time per host, one bandwidth bucket, one report; a stop keeps what it must. */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { memoryLogger } from '@grainline/test-utils'
 import { AgentStateStore } from '../src/agent-state.ts'
@@ -259,18 +259,26 @@ t.test('a stop: the VM in flight keeps its snapshot and resumes next run, VMs no
   t.equal(again.vms[0]?.cycle, 1)
 })
 
-t.test('a stop right after the commit: the checks are not run and the report says so; the next run is a plain incremental', async (t) => {
+/** One VM seeded to a fresh receiver with `afterCommit` as its hook and a stop the hook can fire. */
+async function runStoppedAfterCommit(t: Test, name: string, seed: number, afterCommit: (stop: AbortController) => Promise<void>) {
   const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))
   t.teardown(() => rx.stop())
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'late', disks: [{ sizeBytes: 4 * MiB }], seed: 11 })
+  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 4 * MiB }], seed })
   const log = memoryLogger({ level: 'info' })
   const common = { to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1, vm: vm.vmxPath }
   const stop = new AbortController()
-  const report = await replicateMany({ logger: log.logger }, [{ ...common, afterCommit: async () => stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM')) }], {
+  const report = await replicateMany({ logger: log.logger }, [{ ...common, afterCommit: async () => await afterCommit(stop) }], {
     parallel: 1,
     signal: stop.signal,
     view: 'none',
+  })
+  return { report, log, common }
+}
+
+t.test('a stop right after the commit: the checks are not run and the report says so; the next run is a plain incremental', async (t) => {
+  const { report, log, common } = await runStoppedAfterCommit(t, 'late', 11, async (stop) => {
+    stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM'))
   })
   t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: 'interrupted by SIGTERM: cycle 1 was committed, its checks were not run; the older snapshot is removed by the next run' })
   t.equal(report.vms[0]?.disks[0]?.trivial, undefined, 'no trivial check result')
@@ -289,29 +297,10 @@ t.test('a stop right after the commit: the checks are not run and the report say
 })
 
 t.test('an error that comes with a stop is reported beside it and logged with its stack', async (t) => {
-  const dir = scratch(t)
-  const rx = await startReceiver(join(dir, 'rx'))
-  t.teardown(() => rx.stop())
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'both', disks: [{ sizeBytes: 4 * MiB }], seed: 12 })
-  const log = memoryLogger({ level: 'info' })
-  const stop = new AbortController()
-  const report = await replicateMany(
-    { logger: log.logger },
-    [
-      {
-        to: rx.url,
-        token: TOKEN,
-        ca: rx.ca,
-        stateDir: join(dir, 'state'),
-        vm: vm.vmxPath,
-        afterCommit: async () => {
-          stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM'))
-          throw new AgentError('E_STATE', 'the record could not be saved')
-        },
-      },
-    ],
-    { parallel: 1, signal: stop.signal, view: 'none' },
-  )
+  const { report, log } = await runStoppedAfterCommit(t, 'both', 12, async (stop) => {
+    stop.abort(new AgentError('E_ABORTED', 'interrupted by SIGTERM'))
+    throw new AgentError('E_STATE', 'the record could not be saved')
+  })
   t.match(report.vms[0]?.error, { code: 'E_ABORTED', message: /^interrupted by SIGTERM: cycle 1 was committed, .* \(and E_STATE: the record could not be saved\)$/ })
   t.ok(
     log.lines.some((l) => l['msg'] === 'cycle stopped with an error' && l['level'] === 50 && (l['err'] as { message?: string } | undefined)?.message === 'the record could not be saved'),
