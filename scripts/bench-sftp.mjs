@@ -79,7 +79,7 @@ if (process.argv[2] === '--child') {
     await Promise.all(inflight)
     await chain.close()
     await driver.close()
-    out = { bytes, ranges, seconds: (performance.now() - t0) / 1000, requests: driver.sftpCounters?.requests }
+    out = { bytes, ranges, seconds: (performance.now() - t0) / 1000, requests: driver.sftpCounters?.requests, scratch: driver.sftpCounters?.scratchAllocated }
   } else if (mode === 'ssh-cat' || mode === 'ssh-dd') {
     const [skip, count] = [process.argv[6], process.argv[7]]
     const remote = mode === 'ssh-cat' ? `cat '${target}'` : `dd if='${target}' bs=1M iflag=skip_bytes,count_bytes skip=${skip} count=${count} status=none`
@@ -102,7 +102,7 @@ if (process.argv[2] === '--child') {
     for await (const _ of chain.map({ depth: 0 })) entries++
     await chain.close()
     await driver.close()
-    out = { entries, seconds: (performance.now() - t0) / 1000, requests: driver.sftpCounters?.requests, rssMB: process.resourceUsage().maxRSS / 1024 }
+    out = { entries, seconds: (performance.now() - t0) / 1000, requests: driver.sftpCounters?.requests, scratch: driver.sftpCounters?.scratchAllocated, rssMB: process.resourceUsage().maxRSS / 1024 }
   }
   process.stdout.write(JSON.stringify(out))
   process.exit(0)
@@ -177,7 +177,7 @@ try {
   const oursT = median(ours.map((r) => r.bytes / r.seconds))
   const catT = median(cat.map((r) => r.bytes / r.seconds))
   console.log(
-    `changed extents over SFTP: ${(ours[0].bytes / MiB).toFixed(0)} MiB in ${ours[0].ranges} ranges, ${ours[0].requests} SFTP requests: median ${(oursT / MiB).toFixed(0)} MiB/s (rounds ${list(ours, (r) => r.bytes / r.seconds / MiB)})`,
+    `changed extents over SFTP: ${(ours[0].bytes / MiB).toFixed(0)} MiB in ${ours[0].ranges} ranges, ${ours[0].requests} SFTP requests (${ours[0].scratch} scratch buffers allocated): median ${(oursT / MiB).toFixed(0)} MiB/s (rounds ${list(ours, (r) => r.bytes / r.seconds / MiB)})`,
   )
   console.log(
     `baseline: ssh cat of the extent file (${(cat[0].bytes / MiB).toFixed(0)} MiB) > /dev/null: median ${(catT / MiB).toFixed(0)} MiB/s (rounds ${list(cat, (r) => r.bytes / r.seconds / MiB)})`,
@@ -220,7 +220,7 @@ try {
     `baseline: ssh dd of the ${vh.freeGtNumber} grain tables in use (${(gtBytes / MiB).toFixed(0)} MiB, what map() must read) > /dev/null: median ${ddS.toFixed(2)} s (rounds ${list(dds, (r) => r.seconds)}); ratio map/baseline ${(mapS / ddS).toFixed(2)}`,
   )
   console.log(
-    `map over SFTP (2 TiB, 100k grains, fresh process, SSH handshake included): median ${mapS.toFixed(2)} s (rounds ${list(maps, (r) => r.seconds)}), ${maps[0].entries} entries, ${maps[0].requests} SFTP requests, max RSS ${Math.max(...maps.map((r) => r.rssMB)).toFixed(0)} MB`,
+    `map over SFTP (2 TiB, 100k grains, fresh process, SSH handshake included): median ${mapS.toFixed(2)} s (rounds ${list(maps, (r) => r.seconds)}), ${maps[0].entries} entries, ${maps[0].requests} SFTP requests (${maps[0].scratch} scratch buffers allocated), max RSS ${Math.max(...maps.map((r) => r.rssMB)).toFixed(0)} MB`,
   )
   verdicts.push(`map of the 2 TiB / 100k-grain delta over SFTP < 3 s: ${mapS < 3 ? 'met' : 'NOT met'} (median ${mapS.toFixed(2)} s)`)
   console.log(load())

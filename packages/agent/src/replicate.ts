@@ -171,6 +171,7 @@ async function replicateVm(
   shared: { rateLimiter: RateLimiter; hostLocks: HostLocks; progress: ProgressSink; signal?: AbortSignal },
 ): Promise<VmReport> {
   const logger = components.logger
+  const signal = shared.signal ?? init.signal
   // before anything else (a driver, a snapshot, a connection): never send the token in clear
   checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   let driver: HypervisorDriver
@@ -181,7 +182,8 @@ async function replicateVm(
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
-    driver = createEsxiDriver({ logger: logger.child({ driver: 'esxi' }) }, init.esxi)
+    // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)
+    driver = createEsxiDriver({ logger: logger.child({ driver: 'esxi' }), ...(signal === undefined ? {} : { signal }) }, init.esxi)
     ownDriver = true
   } else {
     driver = init.driver
@@ -197,7 +199,6 @@ async function replicateVm(
     throw new AgentError('E_CONFIG', `bad resync block size ${blockSize}: a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE} bytes`)
   }
   if (init.scrub !== undefined && (!Number.isSafeInteger(init.scrub) || init.scrub < 0)) throw new AgentError('E_CONFIG', `bad scrub ${init.scrub}: a whole number of cycles per rotation (0 = off)`)
-  const signal = shared.signal ?? init.signal
   try {
     return await runVmCycle(
       { logger },

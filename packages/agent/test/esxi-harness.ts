@@ -50,6 +50,8 @@ export interface SshHarness {
   writeState(s: StandinState): Promise<void>
   /** SIGKILL the per-connection sshd processes (children of our sshd): every SSH connection drops */
   dropConnections(): number
+  /** send `signal` to every sftp-server under our sshd (SIGSTOP: a hung datastore while SSH stays alive); the pids */
+  signalSftpServers(signal: NodeJS.Signals): number[]
   stop(): Promise<void>
 }
 
@@ -173,6 +175,28 @@ export async function startSshHarness(): Promise<SshHarness> {
         .filter((n) => n > 0)
       for (const pid of pids) process.kill(pid, 'SIGKILL')
       return pids.length
+    },
+    signalSftpServers: (signal) => {
+      const rows = execFileSync('ps', ['-e', '-o', 'pid=,ppid=,comm='])
+        .toString()
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .filter((r) => r.length >= 3)
+        .map(([pid, ppid, comm]) => ({ pid: Number(pid), ppid: Number(ppid), comm: comm as string }))
+      const ours = new Set([proc.pid as number])
+      // descendants of our sshd (rows are in pid order, which parents need not precede: repeat until stable)
+      for (let grew = true; grew; ) {
+        grew = false
+        for (const r of rows) {
+          if (!ours.has(r.pid) && ours.has(r.ppid)) {
+            ours.add(r.pid)
+            grew = true
+          }
+        }
+      }
+      const pids = rows.filter((r) => ours.has(r.pid) && r.comm.startsWith('sftp-server')).map((r) => r.pid)
+      for (const pid of pids) process.kill(pid, signal)
+      return pids
     },
     stop: async () => {
       if (proc.exitCode === null) {

@@ -3,8 +3,11 @@
  * sshd on loopback, its sftp-server read-only, the vim-cmd stand-in): no local
  * mount is configured at all. Seed + incrementals end with an exact mirror
  * (qemu-img of the frozen source as the oracle); a connection dropped in the
- * middle of the reads is retried and the cycle completes; FIFOs, folders and
- * write opens are refused over SFTP as they are locally.
+ * middle of the reads is retried and the cycle completes; an sftp-server that
+ * hangs (SIGSTOP: a stuck datastore while SSH stays alive) is given up after
+ * its deadline and the reads go on on a new channel, and a stop while it hangs
+ * is heard at once; FIFOs, folders and write opens are refused over SFTP as
+ * they are locally.
  */
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
@@ -34,6 +37,8 @@ const VMS = [
   { id: '41', name: 'sftp 01', stem: 'sftp01', deltaFormat: 'sesparse' as const, sizes: [2 * 1024 * 1024, 1024 * 1024] },
   // large enough that reads are still outstanding when the first extent leaves (read-ahead is 8 MiB)
   { id: '42', name: 'sftp 02', stem: 'sftp02', deltaFormat: 'vmfssparse' as const, sizes: [24 * 1024 * 1024, 1024 * 1024] },
+  { id: '43', name: 'sftp 03', stem: 'sftp03', deltaFormat: 'sesparse' as const, sizes: [24 * 1024 * 1024, 1024 * 1024] },
+  { id: '44', name: 'sftp 04', stem: 'sftp04', deltaFormat: 'vmfssparse' as const, sizes: [24 * 1024 * 1024, 1024 * 1024] },
 ]
 const s = await h.readState()
 for (const v of VMS) {
@@ -79,7 +84,7 @@ async function guestWrites(vm: VmHandle, seed: number, bytes: number): Promise<v
   }
 }
 
-async function cycle(driver: EsxiDriver, v: (typeof VMS)[number], n: number, opts: { writeBytes: number; onExtentSent?: () => void }) {
+async function cycle(driver: EsxiDriver, v: (typeof VMS)[number], n: number, opts: { writeBytes: number; onExtentSent?: () => void; signal?: AbortSignal }) {
   let frozen: Buffer[] = []
   const report = await replicate(
     { logger: pino({ level: process.env.DBG ?? 'silent' }) },
@@ -94,6 +99,7 @@ async function cycle(driver: EsxiDriver, v: (typeof VMS)[number], n: number, opt
       certify: 'sha256',
       maxExtentBytes: 64 * 1024,
       ...(opts.onExtentSent === undefined ? {} : { onExtentSent: opts.onExtentSent }),
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
       afterSnapshot: async (vm) => {
         frozen = await frozenPoint(vm)
         await guestWrites(vm, n * 10, opts.writeBytes)
@@ -152,6 +158,88 @@ t.test('an SSH connection dropped in the middle of the reads is retried and the 
     t.ok(c.retried >= n, `reads retried after the drop (${c.retried})`)
     t.ok(c.reopened >= n, `handles reopened on the new connection (${c.reopened})`)
   }
+})
+
+/** SIGKILL the sftp-servers a test stopped (a stopped process takes SIGKILL). */
+function killStopped(pids: readonly number[]): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+}
+
+t.test('an sftp-server that hangs in the middle of the reads is given up after its deadline; the reads go on on a new channel', async (t) => {
+  const v = VMS[2] as (typeof VMS)[number]
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, { ...esxi, sftp: { ...esxi.sftp, requestTimeoutMs: 1500 } })
+  const stopped: number[] = []
+  t.teardown(async () => {
+    await driver.close()
+    killStopped(stopped)
+  })
+  for (const n of [1, 2]) {
+    const before = { ...(driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>) }
+    let hung = false
+    const { report, frozen } = await cycle(driver, v, n, {
+      writeBytes: 12 * 1024 * 1024,
+      onExtentSent: () => {
+        // once per cycle, when the first extent left (reads are in flight): the sftp-server stops answering, SSH stays up
+        if (hung) return
+        hung = true
+        stopped.push(...h.signalSftpServers('SIGSTOP'))
+      },
+    })
+    const vr = report.vms[0]
+    t.equal(report.ok, true, `cycle ${n}: ${JSON.stringify(vr?.error ?? vr)}`)
+    t.ok(stopped.length >= n, `cycle ${n}: sftp-servers stopped so far: ${stopped.join(', ')}`)
+    t.same(await readFile(await mirrorFlat(h, v.stem)), frozen[0], `cycle ${n}: disk 0 mirror = frozen source`)
+    t.same(await readFile(await mirrorFlat(h, `${v.stem}_1`)), frozen[1], `cycle ${n}: disk 1 mirror = frozen source`)
+    const c = driver.sftpCounters as NonNullable<EsxiDriver['sftpCounters']>
+    t.ok(c.timedOut > before.timedOut, `cycle ${n}: requests given up after their deadline (${c.timedOut - before.timedOut})`)
+    t.ok(c.retried > before.retried && c.reopened > before.reopened, `cycle ${n}: retried and reopened on a new channel`)
+  }
+})
+
+t.test('a stop while the sftp-server hangs is heard at once (not at the 60 s deadline); the next run resumes and is exact', async (t) => {
+  const v = VMS[3] as (typeof VMS)[number]
+  const stopped: number[] = []
+  t.teardown(() => killStopped(stopped))
+  const seedDriver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  const seed = await cycle(seedDriver, v, 1, { writeBytes: 64 * 1024 })
+  await seedDriver.close()
+  t.equal(seed.report.ok, true, 'the seed')
+
+  const stop = new AbortController()
+  // the default deadline (60 s): only the stop can end the hung reads in time
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }), signal: stop.signal }, esxi)
+  let stoppedAt = 0
+  const { report } = await cycle(driver, v, 2, {
+    writeBytes: 12 * 1024 * 1024,
+    signal: stop.signal,
+    onExtentSent: () => {
+      if (stoppedAt !== 0) return
+      stoppedAt = Date.now()
+      stopped.push(...h.signalSftpServers('SIGSTOP'))
+      setTimeout(() => stop.abort(new Error('SIGTERM')), 300)
+    },
+  })
+  const heardIn = Date.now() - stoppedAt - 300
+  await driver.close()
+  t.ok(stopped.length >= 1, `sftp-servers stopped: ${stopped.join(', ')}`)
+  const vr = report.vms[0]
+  t.equal(report.ok, false)
+  t.equal(vr?.error?.code, 'E_ABORTED', JSON.stringify(vr?.error))
+  t.match(vr?.error?.message ?? '', /SIGTERM.*grainline-2 is kept/)
+  t.notMatch(vr?.error?.message ?? '', /\(and /, 'the aborted reads are the stop itself, not an error beside it')
+  t.ok(heardIn < 20_000, `the run ended ${heardIn} ms after the stop (the SFTP deadline is 60 s)`)
+  killStopped(stopped)
+
+  const next = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  t.teardown(() => next.close())
+  const { report: again, frozen } = await cycle(next, v, 3, { writeBytes: 64 * 1024 })
+  t.equal(again.ok, true, JSON.stringify(again.vms[0]?.error))
+  t.same(await readFile(await mirrorFlat(h, v.stem)), frozen[0], 'the next run: disk 0 mirror = frozen source')
+  t.same(await readFile(await mirrorFlat(h, `${v.stem}_1`)), frozen[1], 'the next run: disk 1 mirror = frozen source')
 })
 
 t.test('over SFTP: FIFOs and folders are refused before any open, write opens are refused', async (t) => {

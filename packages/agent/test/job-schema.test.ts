@@ -43,7 +43,13 @@ t.test('a job file: top level, defaults and per-VM options, the most specific wi
       defaults: { certify: 'xxh64', giveUp: '2m' },
       vms: [
         'a/a.vmx',
-        { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4, esxi: { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } } },
+        {
+          vm: 'db01',
+          driver: 'esxi',
+          certify: 'sha256',
+          trivialMiB: 4,
+          esxi: { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' }, sftpConcurrency: 8, sftpTimeout: '90s' },
+        },
       ],
       report: 'out/last.json',
     }),
@@ -68,6 +74,7 @@ t.test('a job file: top level, defaults and per-VM options, the most specific wi
   t.match(job.vms[1], { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4 })
   t.same(job.vms[1]?.esxi?.ssh, { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP })
   t.same(job.vms[1]?.esxi?.datastores, { ds1: join(dir, 'mnt/ds1') })
+  t.same(job.vms[1]?.esxi?.sftp, { concurrency: 8, requestTimeoutMs: 90_000 }, 'sftpConcurrency and sftpTimeout reach the driver')
   t.same(
     (await loadJobConfig(file)).map((v) => v.vm),
     [join(dir, 'a/a.vmx'), 'db01'],

@@ -60,7 +60,8 @@ export function ioError(err: unknown, file: string, what: string): VmdkError {
   if (code === 'ENOENT') return new VmdkError('E_NOT_FOUND', `${what}: no such file`, file, { cause: err })
   if (code === 'EISDIR' || code === 'ENXIO') return new VmdkError('E_NOT_REGULAR', `${what}: not a regular file`, file, { cause: err })
   if (code === 'EEXIST') return new VmdkError('E_EXISTS', `${what}: file exists`, file, { cause: err })
-  if (code === 'ABORT_ERR' || (err as { name?: unknown } | null)?.name === 'AbortError') {
+  // ABORT_ERR: Node's own; E_ABORTED: a FileAccess that heard its stop (the agent's SFTP access)
+  if (code === 'ABORT_ERR' || code === 'E_ABORTED' || (err as { name?: unknown } | null)?.name === 'AbortError') {
     return new VmdkError('E_ABORTED', `${what}: aborted`, file, { cause: err })
   }
   return new VmdkError('E_IO', `${what}: ${(err as Error)?.message ?? String(err)}`, file, { cause: err })

@@ -54,6 +54,8 @@ export interface EsxiDriverInit {
     readonly maxReadBytes?: number
     /** reconnect policy after a dropped connection */
     readonly retry?: SftpRetryOptions
+    /** how long one request may go unanswered before its channel counts as dead and the request is retried on a new one. @default 60000 */
+    readonly requestTimeoutMs?: number
   }
   /** recorded in the VM handle for the compatibility record. @default "vmfs" */
   readonly datastoreType?: string
@@ -115,7 +117,11 @@ interface DiskState {
  * Create an esxi driver. Nothing connects until the first operation.
  * @throws EsxiError E_CONFIG on a bad datastore map or fingerprint
  */
-export function createEsxiDriver(components: { logger: Logger }, init: EsxiDriverInit): EsxiDriver {
+/**
+ * An esxi driver for one host. `components.signal` (a run's stop) ends the
+ * waits of its SFTP reads at once; snapshot operations take theirs per call.
+ */
+export function createEsxiDriver(components: { logger: Logger; signal?: AbortSignal }, init: EsxiDriverInit): EsxiDriver {
   return new EsxiDriverImpl(components, init)
 }
 
@@ -136,7 +142,7 @@ class EsxiDriverImpl implements EsxiDriver {
   /** the host's snapshot.remove argument order, checked once */
   #removeUsage: Promise<void> | undefined
 
-  constructor(components: { logger: Logger }, init: EsxiDriverInit) {
+  constructor(components: { logger: Logger; signal?: AbortSignal }, init: EsxiDriverInit) {
     this.host = init.ssh.host
     this.#log = components.logger.child({ driver: 'esxi', esxiHost: init.ssh.host })
     this.#init = init
@@ -151,7 +157,7 @@ class EsxiDriverImpl implements EsxiDriver {
               this.#sshNow?.invalidateSftp(c)
             },
           },
-          { logger: this.#log, ...(init.sftp ?? {}) },
+          { logger: this.#log, ...(init.sftp ?? {}), ...(components.signal === undefined ? {} : { signal: components.signal }) },
         )
       : undefined
     this.files = datastoreFileAccess(this.#map, this.#sftpFiles)

@@ -17,6 +17,14 @@
  *   reconnect with backoff, reopen the handle (the file must still be a regular
  *   file), re-issue every outstanding request. Authentication, host key and
  *   configuration failures are permanent and thrown at once.
+ * - Deadlines: every request (stat, open, read, …) must be answered within
+ *   `requestTimeoutMs`. An sftp-server that hangs while SSH stays alive (a
+ *   stuck datastore: keepalives still pass) is a dropped channel: it is
+ *   ended and the request retried on a new one. A read lands in a scratch
+ *   buffer of this access and is copied to the caller's only once answered,
+ *   so an answer arriving after its deadline can never write into a buffer
+ *   the caller has since reused (the abandoned scratch buffer is dropped).
+ * - A stop (`signal`) ends every wait at once with `E_ABORTED`.
  */
 import type { FileAccess, FileKind, FileStat, RandomAccessFile } from '@grainline/vmdk'
 import type { Logger } from 'pino'
@@ -49,6 +57,10 @@ export interface SftpFileAccessOptions {
   /** requests in flight per load or read. @default 16 */
   readonly concurrency?: number
   readonly retry?: SftpRetryOptions
+  /** how long one request may go unanswered before its channel counts as dead. @default 60000 */
+  readonly requestTimeoutMs?: number
+  /** a stop: every request and backoff ends at once with `E_ABORTED` */
+  readonly signal?: AbortSignal
 }
 
 /** What an {@link SftpFileAccess} did (tests, logs). */
@@ -60,6 +72,10 @@ export interface SftpCounters {
   retried: number
   /** handles reopened on a new channel */
   reopened: number
+  /** requests not answered within `requestTimeoutMs` (their channel was ended) */
+  timedOut: number
+  /** scratch read buffers allocated (the rest were reused) */
+  scratchAllocated: number
 }
 
 /** OpenSSH sftp-server's `limits@openssh.com` max-read-length (256 KiB − 1 KiB). */
@@ -129,27 +145,26 @@ function mapError(err: unknown, path: string): unknown {
   return err
 }
 
-function call<T>(fn: (cb: (err: Error | undefined | null, v: T) => void) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    try {
-      fn((err, v) => {
-        if (err !== undefined && err !== null) reject(err)
-        else resolve(v)
-      })
-    } catch (err) {
-      reject(err)
-    }
-  })
-}
+/** One SFTP request as a promise, with its deadline and the stop (see {@link SftpFileAccess.call}). */
+type Call = <T>(what: string, path: string, fn: (cb: (err: Error | undefined | null, v: T) => void) => void) => Promise<T>
+
+/** Scratch buffers kept for reuse beyond this many are left to the GC. */
+const SCRATCH_KEPT = 32
 
 /** {@link FileAccess} over the esxi driver's SFTP channel. */
 export class SftpFileAccess implements FileAccess {
   readonly maxReadBytes: number
   readonly concurrency: number
-  readonly counters: SftpCounters = { opens: 0, requests: 0, bytes: 0, retried: 0, reopened: 0 }
+  readonly requestTimeoutMs: number
+  readonly counters: SftpCounters = { opens: 0, requests: 0, bytes: 0, retried: 0, reopened: 0, timedOut: 0, scratchAllocated: 0 }
   readonly #session: SftpSession
   readonly #log: Logger
   readonly #retry: Required<SftpRetryOptions>
+  readonly #signal: AbortSignal | undefined
+  /** how to end each request in flight at a stop */
+  readonly #inFlight = new Set<() => void>()
+  /** free read buffers of `maxReadBytes` (see {@link takeScratch}) */
+  readonly #scratch: Buffer[] = []
 
   constructor(session: SftpSession, opts: SftpFileAccessOptions) {
     this.#session = session
@@ -157,6 +172,82 @@ export class SftpFileAccess implements FileAccess {
     this.maxReadBytes = Math.max(512, Math.min(opts.maxReadBytes ?? SFTP_MAX_READ_BYTES, SFTP_MAX_READ_BYTES))
     this.concurrency = Math.max(1, opts.concurrency ?? 16)
     this.#retry = { attempts: opts.retry?.attempts ?? 8, initialBackoffMs: opts.retry?.initialBackoffMs ?? 200, maxBackoffMs: opts.retry?.maxBackoffMs ?? 5000 }
+    this.requestTimeoutMs = Math.max(1, opts.requestTimeoutMs ?? 60_000)
+    this.#signal = opts.signal
+    // one listener for every request in flight (not one each: a read has many)
+    this.#signal?.addEventListener(
+      'abort',
+      () => {
+        for (const stop of [...this.#inFlight]) stop()
+      },
+      { once: true },
+    )
+  }
+
+  #stopped(): boolean {
+    return this.#signal?.aborted === true
+  }
+
+  #aborted(what: string, path: string): Error & { code: string } {
+    return fsError('E_ABORTED', `sftp: ${what} ${path}: stopped`, this.#signal?.reason)
+  }
+
+  /**
+   * Run one request: its answer, or `E_TIMEOUT` when none came within
+   * `requestTimeoutMs` (a transient error: {@link withChannel} ends the
+   * channel and retries), or `E_ABORTED` at a stop.
+   * @internal
+   */
+  readonly call: Call = <T>(what: string, path: string, fn: (cb: (err: Error | undefined | null, v: T) => void) => void): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (this.#stopped()) {
+        reject(this.#aborted(what, path))
+        return
+      }
+      let settled = false
+      const settle = (): boolean => {
+        if (settled) return false
+        settled = true
+        clearTimeout(timer)
+        this.#inFlight.delete(onAbort)
+        return true
+      }
+      const onAbort = (): void => {
+        if (settle()) reject(this.#aborted(what, path))
+      }
+      const timer = setTimeout(() => {
+        if (!settle()) return
+        this.counters.timedOut++
+        reject(fsError('E_TIMEOUT', `sftp: ${what} ${path}: no answer within ${this.requestTimeoutMs} ms (the datastore or sftp-server hangs)`))
+      }, this.requestTimeoutMs)
+      this.#inFlight.add(onAbort)
+      try {
+        fn((err, v) => {
+          if (!settle()) return
+          if (err !== undefined && err !== null) reject(err)
+          else resolve(v)
+        })
+      } catch (err) {
+        if (settle()) reject(err)
+      }
+    })
+
+  /**
+   * A read buffer of `maxReadBytes`; give it back with {@link keepScratch}
+   * only once ssh2 answered the request it was lent to (a request that timed
+   * out may still be answered into it later).
+   * @internal
+   */
+  takeScratch(): Buffer {
+    const kept = this.#scratch.pop()
+    if (kept !== undefined) return kept
+    this.counters.scratchAllocated++
+    return Buffer.allocUnsafeSlow(this.maxReadBytes)
+  }
+
+  /** @internal */
+  keepScratch(b: Buffer): void {
+    if (this.#scratch.length < SCRATCH_KEPT) this.#scratch.push(b)
   }
 
   /**
@@ -167,11 +258,14 @@ export class SftpFileAccess implements FileAccess {
   async withChannel<T>(what: string, path: string, op: (sftp: SFTPWrapper) => Promise<T>): Promise<T> {
     let backoff = this.#retry.initialBackoffMs
     for (let attempt = 1; ; attempt++) {
+      if (this.#stopped()) throw this.#aborted(what, path)
       let sftp: SFTPWrapper | undefined
       try {
         sftp = await this.#session.sftp()
         return await op(sftp)
       } catch (err) {
+        // a stop ends the request with E_ABORTED, and whatever failed with it is not retried
+        if (this.#stopped()) throw this.#aborted(what, path)
         if (!isTransient(err)) throw mapError(err, path)
         if (sftp !== undefined) this.#session.invalidateSftp(sftp)
         if (attempt >= this.#retry.attempts) {
@@ -179,23 +273,27 @@ export class SftpFileAccess implements FileAccess {
         }
         this.counters.retried++
         this.#log.warn({ path, what, attempt, backoffMs: backoff, err }, 'sftp connection lost; reconnecting and retrying')
-        await sleep(backoff)
+        try {
+          await sleep(backoff, undefined, this.#signal === undefined ? {} : { signal: this.#signal })
+        } catch {
+          throw this.#aborted(what, path)
+        }
         backoff = Math.min(backoff * 2, this.#retry.maxBackoffMs)
       }
     }
   }
 
   async stat(path: string): Promise<FileStat> {
-    return toStat(await this.withChannel('stat', path, (s) => call<Stats>((cb) => s.stat(path, cb))))
+    return toStat(await this.withChannel('stat', path, (s) => this.call<Stats>('stat', path, (cb) => s.stat(path, cb))))
   }
 
   async realpath(path: string): Promise<string> {
-    return await this.withChannel('realpath', path, (s) => call<string>((cb) => s.realpath(path, cb)))
+    return await this.withChannel('realpath', path, (s) => this.call<string>('realpath', path, (cb) => s.realpath(path, cb)))
   }
 
   async open(path: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> {
     if (mode !== 'r') throw fsError('EROFS', `sftp: ${path}: datastores reached over SFTP are read-only`)
-    const opened = await this.withChannel('open', path, (s) => openChecked(s, path))
+    const opened = await this.withChannel('open', path, (s) => openChecked(s, path, this.call))
     this.counters.opens++
     return new SftpFile(this, path, opened)
   }
@@ -208,12 +306,13 @@ interface OpenHandle {
 }
 
 /** stat, refuse non-regular files, open read-only, fstat again. */
-async function openChecked(sftp: SFTPWrapper, path: string): Promise<OpenHandle> {
-  const before = toStat(await call<Stats>((cb) => sftp.stat(path, cb)))
+async function openChecked(sftp: SFTPWrapper, path: string, call: Call): Promise<OpenHandle> {
+  const before = toStat(await call<Stats>('stat', path, (cb) => sftp.stat(path, cb)))
   if (before.kind !== 'file') throw fsError(before.kind === 'directory' ? 'EISDIR' : 'ENXIO', `sftp: ${path} is a ${before.kind}, not a regular file`)
-  const handle = await call<Buffer>((cb) => sftp.open(path, 'r', cb))
+  // a handle opened after its deadline is never closed here: its channel is ended, which closes it
+  const handle = await call<Buffer>('open', path, (cb) => sftp.open(path, 'r', cb))
   try {
-    const st = toStat(await call<Stats>((cb) => sftp.fstat(handle, cb)))
+    const st = toStat(await call<Stats>('fstat', path, (cb) => sftp.fstat(handle, cb)))
     if (st.kind !== 'file') throw fsError('ENXIO', `sftp: ${path} became a ${st.kind} while being opened`)
     return { sftp, handle, stat: st }
   } catch (err) {
@@ -242,7 +341,7 @@ class SftpFile implements RandomAccessFile {
   async #handleOn(sftp: SFTPWrapper): Promise<Buffer> {
     if (this.#open.sftp === sftp) return this.#open.handle
     if (this.#reopening === undefined) {
-      this.#reopening = openChecked(sftp, this.#path).then(
+      this.#reopening = openChecked(sftp, this.#path, this.#access.call).then(
         (h) => {
           this.#open = h
           this.#reopening = undefined
@@ -287,14 +386,37 @@ class SftpFile implements RandomAccessFile {
     return total
   }
 
-  /** One request, read to its end (SFTP may answer short), retried on a new channel after a drop. */
+  /**
+   * One request, read to its end (SFTP may answer short), retried on a new
+   * channel after a drop or a missed deadline. The answer lands in a scratch
+   * buffer and is copied to `target` once answered: a request that missed its
+   * deadline keeps its scratch buffer (ssh2 may still write into it) and
+   * never touches `target` again.
+   */
   async #readPiece(target: Buffer, off: number, len: number, pos: number): Promise<number> {
+    const access = this.#access
     let done = 0
     while (done < len) {
-      const n = await this.#access.withChannel('read', this.#path, async (sftp) => {
+      const n = await access.withChannel('read', this.#path, async (sftp) => {
         const handle = await this.#handleOn(sftp)
-        this.#access.counters.requests++
-        return await call<number>((cb) => sftp.read(handle, target, off + done, len - done, pos + done, cb))
+        access.counters.requests++
+        const scratch = access.takeScratch()
+        const want = len - done
+        let answered = false
+        try {
+          const got = await access.call<number>('read', this.#path, (cb) =>
+            sftp.read(handle, scratch, 0, want, pos + done, (err, nb) => {
+              answered = true
+              cb(err, nb)
+            }),
+          )
+          const n = Math.min(got, want)
+          scratch.copy(target, off + done, 0, n)
+          return n
+        } finally {
+          // answered (data or an error): ssh2 is done with it; otherwise it may still write into it
+          if (answered) access.keepScratch(scratch)
+        }
       })
       if (n === 0) break
       this.#access.counters.bytes += n

@@ -69,6 +69,12 @@ export function esxiSettingsShape(ctx: SchemaContext) {
       example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" }, "san-vmfs": { "access": "sftp" } }',
     }),
     sftpConcurrency: doc(z.int().min(1).max(64).optional(), { description: 'SFTP read requests in flight per read (datastores with `"access": "sftp"`).', default: '16' }),
+    sftpTimeout: doc(durationField({ min: 1000 }).optional(), {
+      description:
+        'How long one SFTP request may go unanswered (an sftp-server stuck on its datastore while SSH stays alive): its channel is then ended and the request retried on a new one, up to 8 times, before the read fails with E_IO naming the file.',
+      default: '60s',
+      type: 'duration',
+    }),
     datastoreType: doc(z.string().min(1).optional(), { description: "Datastore type recorded for the mirror's compatibility check.", default: '"vmfs"' }),
     vimCmd: doc(z.string().min(1).optional(), { description: 'The vim-cmd program on the host.', default: '"vim-cmd"' }),
     commandTimeout: doc(durationField({ min: 1000 }).optional(), { description: 'Timeout of quick commands (getallvms, snapshot.get).', default: '60s', type: 'duration' }),
@@ -120,7 +126,7 @@ export function toEsxiDriverInit(s: EsxiSettings): EsxiDriverInit {
       keepaliveIntervalMs: ssh.keepaliveInterval,
     }),
     datastores: s.datastores,
-    sftp: s.sftpConcurrency === undefined ? undefined : { concurrency: s.sftpConcurrency },
+    sftp: s.sftpConcurrency === undefined && s.sftpTimeout === undefined ? undefined : definedOnly({ concurrency: s.sftpConcurrency, requestTimeoutMs: s.sftpTimeout }),
     datastoreType: s.datastoreType,
     vimCmd: s.vimCmd,
     commandTimeoutMs: s.commandTimeout,
