@@ -48,6 +48,7 @@ import { blockRun } from './proof.ts'
 import { keptSeekHelper } from '@grainline/vmdk'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
+import { outboundLimit, waitForOutboundRoom } from './outbound-room.ts'
 
 /** A dry inbox re-checks this often while batches become durable (a frame or the last durable batch wakes it at once), ms. */
 const DRY_WAIT_MS = 1000
@@ -92,6 +93,8 @@ export class Session {
   private handling: number | undefined
   /** disk handles whose first run of blocks (a scrub slice's first part) was noticed as it arrived: one hole question each */
   private readonly noticed = new Set<number>()
+  /** times this session waited for the agent to read its answers (outbound-room.ts) */
+  private outboundWaits = 0
   private readonly pipeline: ApplyPipeline
   /**
    * reused memory for inbound frames and payloads: this session's share of the receiver's pools (kept between
@@ -262,6 +265,8 @@ export class Session {
           this.log.debug('pipeline idle')
           break
         }
+        // a peer that asks without reading: no next answer until the last ones left (outbound-room.ts)
+        if (this.ws.bufferedAmount > outboundLimit(this.negotiated?.limits.maxMessageBytes)) await this.outboundRoom()
         const msg = this.decode(frame)
         this.handling = msg.kind
         if (msg.kind === MessageKind.Extent) {
@@ -284,6 +289,16 @@ export class Session {
     }
     if (this.dead) await this.cleanup()
     else if (this.inbox.length > 0) void this.run()
+  }
+
+  /** Wait (not reading frames) until our messages waiting in the socket are below the limit; E_TIMEOUT when the peer reads nothing. */
+  private async outboundRoom(): Promise<void> {
+    const limit = outboundLimit(this.negotiated?.limits.maxMessageBytes)
+    const buffered = this.ws.bufferedAmount
+    // routine for a slow link; the first wait of a session at info, the others at debug
+    this.log[this.outboundWaits++ === 0 ? 'info' : 'debug']({ vm: this.vmName || undefined, buffered, limit }, 'the agent is not reading our answers: the next request waits')
+    const ms = await waitForOutboundRoom(this.ws, { limit, stallMs: this.settings.idleTimeoutMs, stopped: () => this.dead })
+    this.log.debug({ ms: Math.round(ms), buffered: this.ws.bufferedAmount }, 'answers left: reading requests again')
   }
 
   /**
