@@ -52,6 +52,10 @@ export interface SshHarness {
   dropConnections(): number
   /** send `signal` to every sftp-server under our sshd (SIGSTOP: a hung datastore while SSH stays alive); the pids */
   signalSftpServers(signal: NodeJS.Signals): number[]
+  /** from now on, SFTP subsystems start but never answer (`true`), or work again (`false`) */
+  hangSftp(on: boolean): Promise<void>
+  /** SFTP subsystems started while hanging was on */
+  hungSftpStarts(): Promise<number>
   stop(): Promise<void>
 }
 
@@ -116,6 +120,8 @@ export async function startSshHarness(): Promise<SshHarness> {
       `PATH=${JSON.stringify(standinDir)}:/usr/local/bin:/usr/bin:/bin; export PATH`,
       `ESXI_STANDIN_STATE=${JSON.stringify(statePath)}; export ESXI_STANDIN_STATE`,
       `ESXI_STANDIN_NODE=${JSON.stringify(process.execPath)}; export ESXI_STANDIN_NODE`,
+      // hangSftp(true): the SFTP subsystem starts but never speaks (a host whose sftp-server hangs at once)
+      `case "$SSH_ORIGINAL_COMMAND" in *sftp-server*) if [ -e ${JSON.stringify(path.join(dir, 'hang-sftp'))} ]; then echo hung >> ${JSON.stringify(path.join(dir, 'hung-sftp.log'))}; exec sleep 120; fi;; esac`,
       'exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"',
       '',
     ].join('\n'),
@@ -197,6 +203,14 @@ export async function startSshHarness(): Promise<SshHarness> {
       const pids = rows.filter((r) => ours.has(r.pid) && r.comm.startsWith('sftp-server')).map((r) => r.pid)
       for (const pid of pids) process.kill(pid, signal)
       return pids
+    },
+    hangSftp: async (on) => {
+      if (on) await writeFile(path.join(dir, 'hang-sftp'), '')
+      else await rm(path.join(dir, 'hang-sftp'), { force: true })
+    },
+    hungSftpStarts: async () => {
+      const text = await readFile(path.join(dir, 'hung-sftp.log'), 'utf8').catch(() => '')
+      return text.split('\n').filter((l) => l === 'hung').length
     },
     stop: async () => {
       if (proc.exitCode === null) {

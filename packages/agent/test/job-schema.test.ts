@@ -148,6 +148,30 @@ t.test('referenced files are read and checked while validating', async (t) => {
   t.ok(p.some((m) => /esxi\.json: datastores\.ds1: .*\/nonexistent\/mount: ENOENT/.test(m)))
 })
 
+t.test('sftpTimeout: 1 s to 1 h (a longer timer would fire at once)', async (t) => {
+  const dir = await fixture(t)
+  const file = join(dir, 'job.json')
+  const esxi = (sftpTimeout: string) => ({ ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' }, sftpTimeout })
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr:7443',
+      tokenFile: 'token.txt',
+      vms: [
+        { vm: 'a', driver: 'esxi', esxi: esxi('30d') },
+        { vm: 'b', driver: 'esxi', esxi: esxi('500ms') },
+      ],
+    }),
+  )
+  const p = await problems(loadJob({ file }))
+  t.ok(
+    p.some((m) => /^job\.vms\[0\]\.esxi\.sftpTimeout: /.test(m)),
+    p.join('\n'),
+  )
+  t.ok(p.some((m) => /^job\.vms\[1\]\.esxi\.sftpTimeout: /.test(m)))
+  t.equal(p.length, 2, p.join('\n'))
+})
+
 t.test('required values, receiver URL rule, driver settings: named with their flag or key', async (t) => {
   const dir = await fixture(t)
   const file = join(dir, 'job.json')

@@ -152,9 +152,12 @@ class EsxiDriverImpl implements EsxiDriver {
     this.#sftpFiles = this.#map.hasSftp
       ? new SftpFileAccess(
           {
-            sftp: async () => await (await this.#connection()).sftp(),
+            sftp: async (opts) => await (await this.#connection(opts.signal)).sftp(opts),
             invalidateSftp: (c) => {
               this.#sshNow?.invalidateSftp(c)
+            },
+            dropConnection: (c) => {
+              this.#sshNow?.dropConnection(c)
             },
           },
           { logger: this.#log, ...(init.sftp ?? {}), ...(components.signal === undefined ? {} : { signal: components.signal }) },
@@ -753,6 +756,7 @@ class EsxiDriverImpl implements EsxiDriver {
 
   async close(): Promise<void> {
     this.#closed = true
+    this.#sftpFiles?.close()
     const p = this.#ssh
     this.#ssh = undefined
     this.#sshNow = undefined

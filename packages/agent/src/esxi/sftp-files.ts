@@ -17,14 +17,20 @@
  *   reconnect with backoff, reopen the handle (the file must still be a regular
  *   file), re-issue every outstanding request. Authentication, host key and
  *   configuration failures are permanent and thrown at once.
- * - Deadlines: every request (stat, open, read, …) must be answered within
- *   `requestTimeoutMs`. An sftp-server that hangs while SSH stays alive (a
- *   stuck datastore: keepalives still pass) is a dropped channel: it is
- *   ended and the request retried on a new one. A read lands in a scratch
- *   buffer of this access and is copied to the caller's only once answered,
- *   so an answer arriving after its deadline can never write into a buffer
- *   the caller has since reused (the abandoned scratch buffer is dropped).
- * - A stop (`signal`) ends every wait at once with `E_ABORTED`.
+ * - Deadlines: every request (stat, open, read, …) and the opening of a
+ *   channel must be answered within `requestTimeoutMs`. An sftp-server that
+ *   hangs while SSH stays alive (a stuck datastore: keepalives still pass)
+ *   counts as a dropped connection: the whole SSH connection is dropped (not
+ *   only the channel: a host's sessions per connection are few, and a hung
+ *   sftp-server keeps its own) and the request retried on a new one. A read
+ *   lands in a scratch buffer of this access and is copied to the caller's
+ *   only once answered, so an answer arriving after its deadline can never
+ *   write into a buffer the caller has since reused (the abandoned scratch
+ *   buffer is dropped). A read that fails returns only once none of its
+ *   pieces is in flight.
+ * - A stop (`signal`) ends every wait of this access at once with
+ *   `E_ABORTED`: requests in flight, the opening of a channel or connection,
+ *   a backoff.
  */
 import type { FileAccess, FileKind, FileStat, RandomAccessFile } from '@grainline/vmdk'
 import type { Logger } from 'pino'
@@ -33,10 +39,21 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 /** Where the SFTP channel comes from (the driver's {@link EsxiSsh}). */
 export interface SftpSession {
-  /** the current channel; connects (again) when needed */
-  sftp(): Promise<SFTPWrapper>
+  /**
+   * the current channel; connects (again) when needed. A channel that does
+   * not open within `openTimeoutMs` fails with `E_TIMEOUT` and its connection
+   * is dropped (by the session); the stop ends the wait.
+   */
+  sftp(opts: { signal?: AbortSignal; openTimeoutMs: number }): Promise<SFTPWrapper>
   /** forget a channel that failed with a transport error */
   invalidateSftp(channel: SFTPWrapper): void
+  /**
+   * A request on `channel` got no answer in time (undefined: the channel
+   * still opening on the current connection): drop its whole SSH connection. Its channels, their hung
+   * sftp-servers' sessions and any late answer go with it; the next
+   * {@link sftp} connects anew.
+   */
+  dropConnection(channel: SFTPWrapper | undefined): void
 }
 
 /** Retry policy of a dropped connection. */
@@ -57,7 +74,7 @@ export interface SftpFileAccessOptions {
   /** requests in flight per load or read. @default 16 */
   readonly concurrency?: number
   readonly retry?: SftpRetryOptions
-  /** how long one request may go unanswered before its channel counts as dead. @default 60000 */
+  /** how long one request may go unanswered before its connection counts as dead (1 ms … 2^31−1 ms). @default 60000 */
   readonly requestTimeoutMs?: number
   /** a stop: every request and backoff ends at once with `E_ABORTED` */
   readonly signal?: AbortSignal
@@ -72,7 +89,7 @@ export interface SftpCounters {
   retried: number
   /** handles reopened on a new channel */
   reopened: number
-  /** requests not answered within `requestTimeoutMs` (their channel was ended) */
+  /** requests (or channel openings) not answered within `requestTimeoutMs` (their connection was dropped) */
   timedOut: number
   /** scratch read buffers allocated (the rest were reused) */
   scratchAllocated: number
@@ -150,6 +167,8 @@ type Call = <T>(what: string, path: string, fn: (cb: (err: Error | undefined | n
 
 /** Scratch buffers kept for reuse beyond this many are left to the GC. */
 const SCRATCH_KEPT = 32
+/** The longest timer Node keeps (a larger one fires after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** {@link FileAccess} over the esxi driver's SFTP channel. */
 export class SftpFileAccess implements FileAccess {
@@ -172,16 +191,24 @@ export class SftpFileAccess implements FileAccess {
     this.maxReadBytes = Math.max(512, Math.min(opts.maxReadBytes ?? SFTP_MAX_READ_BYTES, SFTP_MAX_READ_BYTES))
     this.concurrency = Math.max(1, opts.concurrency ?? 16)
     this.#retry = { attempts: opts.retry?.attempts ?? 8, initialBackoffMs: opts.retry?.initialBackoffMs ?? 200, maxBackoffMs: opts.retry?.maxBackoffMs ?? 5000 }
-    this.requestTimeoutMs = Math.max(1, opts.requestTimeoutMs ?? 60_000)
+    const timeout = opts.requestTimeoutMs ?? 60_000
+    this.requestTimeoutMs = Number.isFinite(timeout) ? Math.min(Math.max(1, timeout), MAX_TIMER_MS) : 60_000
     this.#signal = opts.signal
-    // one listener for every request in flight (not one each: a read has many)
-    this.#signal?.addEventListener(
-      'abort',
-      () => {
-        for (const stop of [...this.#inFlight]) stop()
-      },
-      { once: true },
-    )
+    // one listener for every request in flight (not one each: a read has many); removed by close()
+    this.#signal?.addEventListener('abort', this.#onStop, { once: true })
+  }
+
+  readonly #onStop = (): void => {
+    for (const stop of [...this.#inFlight]) stop()
+  }
+
+  /**
+   * Done with this access (the driver closes): forget the run's signal and
+   * the kept scratch buffers. Requests still in flight end at their deadline.
+   */
+  close(): void {
+    this.#signal?.removeEventListener('abort', this.#onStop)
+    this.#scratch.length = 0
   }
 
   #stopped(): boolean {
@@ -198,8 +225,11 @@ export class SftpFileAccess implements FileAccess {
    * channel and retries), or `E_ABORTED` at a stop.
    * @internal
    */
-  readonly call: Call = <T>(what: string, path: string, fn: (cb: (err: Error | undefined | null, v: T) => void) => void): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
+  readonly call: Call = <T>(what: string, path: string, fn: (cb: (err: Error | undefined | null, v: T) => void) => void): Promise<T> => this.#bounded<T>(what, path, fn)
+
+  /** `fn`'s answer within the deadline, E_TIMEOUT after it, E_ABORTED at a stop (see {@link call}). */
+  #bounded<T>(what: string, path: string, fn: (cb: (err: Error | undefined | null, v: T) => void) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       if (this.#stopped()) {
         reject(this.#aborted(what, path))
         return
@@ -231,6 +261,33 @@ export class SftpFileAccess implements FileAccess {
         if (settle()) reject(err)
       }
     })
+  }
+
+  /** `p`, or `E_ABORTED` at once at a stop (`p` goes on; its failure is ignored then). */
+  #untilStopped<T>(p: Promise<T>, what: string, path: string): Promise<T> {
+    p.catch(() => {})
+    return new Promise<T>((resolve, reject) => {
+      if (this.#stopped()) {
+        reject(this.#aborted(what, path))
+        return
+      }
+      const onStop = (): void => {
+        this.#inFlight.delete(onStop)
+        reject(this.#aborted(what, path))
+      }
+      this.#inFlight.add(onStop)
+      p.then(
+        (v) => {
+          this.#inFlight.delete(onStop)
+          resolve(v)
+        },
+        (err: unknown) => {
+          this.#inFlight.delete(onStop)
+          reject(err)
+        },
+      )
+    })
+  }
 
   /**
    * A read buffer of `maxReadBytes`; give it back with {@link keepScratch}
@@ -261,18 +318,29 @@ export class SftpFileAccess implements FileAccess {
       if (this.#stopped()) throw this.#aborted(what, path)
       let sftp: SFTPWrapper | undefined
       try {
-        sftp = await this.#session.sftp()
+        // connecting has its own timeout; the channel's opening has the requests' deadline (the session drops
+        // a connection whose channel never opens); both hear the stop
+        sftp = await this.#untilStopped(this.#session.sftp({ openTimeoutMs: this.requestTimeoutMs, ...(this.#signal === undefined ? {} : { signal: this.#signal }) }), what, path)
         return await op(sftp)
       } catch (err) {
         // a stop ends the request with E_ABORTED, and whatever failed with it is not retried
         if (this.#stopped()) throw this.#aborted(what, path)
         if (!isTransient(err)) throw mapError(err, path)
-        if (sftp !== undefined) this.#session.invalidateSftp(sftp)
+        const timedOut = (err as { code?: unknown }).code === 'E_TIMEOUT'
+        // no answer in time: the whole connection goes (its hung sftp-server keeps a session of the host's few);
+        // a channel that never opened took its connection with it already
+        if (timedOut && sftp === undefined) this.counters.timedOut++
+        if (timedOut && sftp !== undefined) this.#session.dropConnection(sftp)
+        else if (sftp !== undefined) this.#session.invalidateSftp(sftp)
         if (attempt >= this.#retry.attempts) {
-          throw fsError('EIO', `sftp: ${what} ${path} failed ${attempt} times on a dropping connection: ${(err as Error).message}`, err)
+          const why = timedOut ? `no answer within ${this.requestTimeoutMs} ms` : 'on a dropping connection'
+          throw fsError('EIO', `sftp: ${what} ${path} failed ${attempt} times (${why}): ${(err as Error).message}`, err)
         }
         this.counters.retried++
-        this.#log.warn({ path, what, attempt, backoffMs: backoff, err }, 'sftp connection lost; reconnecting and retrying')
+        this.#log.warn(
+          { path, what, attempt, backoffMs: backoff, err },
+          timedOut ? 'sftp request unanswered (a hung datastore or sftp-server?); reconnecting and retrying' : 'sftp connection lost; reconnecting and retrying',
+        )
         try {
           await sleep(backoff, undefined, this.#signal === undefined ? {} : { signal: this.#signal })
         } catch {
@@ -367,16 +435,25 @@ class SftpFile implements RandomAccessFile {
     const count = Math.ceil(length / piece)
     const got = new Array<number>(count).fill(0)
     let next = 0
+    let failed = false
     const worker = async (): Promise<void> => {
       for (;;) {
         const i = next++
-        if (i >= count) return
+        if (i >= count || failed) return
         const off = i * piece
         const len = Math.min(piece, length - off)
-        got[i] = await this.#readPiece(target, bufOffset + off, len, position + off)
+        try {
+          got[i] = await this.#readPiece(target, bufOffset + off, len, position + off)
+        } catch (err) {
+          failed = true
+          throw err
+        }
       }
     }
-    await Promise.all(Array.from({ length: Math.min(count, this.#access.concurrency) }, worker))
+    // a failed read returns once none of its pieces is in flight: nothing writes into `buf` after it
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(count, this.#access.concurrency) }, worker))
+    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failure !== undefined) throw failure.reason
     // contiguous bytes from the start (a short piece is the end of the file)
     let total = 0
     for (let i = 0; i < count; i++) {

@@ -306,33 +306,49 @@ export class EsxiSsh {
   /**
    * The SFTP channel on this connection (opened on first use; after the
    * connection dropped, a new connection and channel). Reads the datastores
-   * of `{ "access": "sftp" }` (sftp-files.ts).
-   * @throws EsxiError E_SSH_CONNECT (the channel was refused), and what connecting throws
+   * of `{ "access": "sftp" }` (sftp-files.ts). A channel that does not open
+   * within `openTimeoutMs` (the host starts the subsystem, which never
+   * answers) drops the connection it was opening on, and every waiter gets
+   * `E_TIMEOUT`. `signal` stops a connection attempt; the wait for the
+   * channel is the caller's to race with its stop.
+   * @throws EsxiError E_SSH_CONNECT (the channel was refused), E_TIMEOUT, and what connecting throws
    */
-  async sftp(signal?: AbortSignal): Promise<SFTPWrapper> {
-    const client = await this.#ensure(signal)
-    const cached = this.#sftp
-    if (cached !== undefined && cached.client === client) return await cached.channel
-    const channel = new Promise<SFTPWrapper>((resolve, reject) => {
-      try {
-        client.sftp((err, sftp) => {
-          if (err !== undefined && err !== null) reject(new EsxiError('E_SSH_CONNECT', `esxi: the host refused the SFTP subsystem: ${err.message}`, { host: this.host, cause: err }))
-          else resolve(sftp)
-        })
-      } catch (err) {
-        reject(new EsxiError('E_SSH_CONNECT', `esxi: cannot open an SFTP channel: ${(err as Error).message}`, { host: this.host, cause: err }))
+  async sftp(opts: { signal?: AbortSignal; openTimeoutMs?: number } = {}): Promise<SFTPWrapper> {
+    const client = await this.#ensure(opts.signal)
+    let entry = this.#sftp
+    if (entry === undefined || entry.client !== client) {
+      const timeoutMs = opts.openTimeoutMs ?? 60_000
+      let timer: NodeJS.Timeout | undefined
+      const channel = new Promise<SFTPWrapper>((resolve, reject) => {
+        timer = setTimeout(() => {
+          reject(new EsxiError('E_TIMEOUT', `esxi: the host opened no SFTP channel within ${timeoutMs} ms (a hung sftp-server?)`, { host: this.host }))
+          // the subsystem that never answered goes with its connection
+          if (this.#sftp === created) this.dropConnection(undefined)
+        }, timeoutMs)
+        try {
+          client.sftp((err, sftp) => {
+            clearTimeout(timer)
+            if (err !== undefined && err !== null) reject(new EsxiError('E_SSH_CONNECT', `esxi: the host refused the SFTP subsystem: ${err.message}`, { host: this.host, cause: err }))
+            else resolve(sftp)
+          })
+        } catch (err) {
+          clearTimeout(timer)
+          reject(new EsxiError('E_SSH_CONNECT', `esxi: cannot open an SFTP channel: ${(err as Error).message}`, { host: this.host, cause: err }))
+        }
+      })
+      const created: { client: Client; channel: Promise<SFTPWrapper>; resolved?: SFTPWrapper } = { client, channel }
+      entry = created
+      this.#sftp = created
+      const forget = (): void => {
+        if (this.#sftp === created) this.#sftp = undefined
       }
-    })
-    const entry: { client: Client; channel: Promise<SFTPWrapper>; resolved?: SFTPWrapper } = { client, channel }
-    this.#sftp = entry
-    const forget = (): void => {
-      if (this.#sftp === entry) this.#sftp = undefined
+      channel.then((s) => {
+        created.resolved = s
+        s.once('close', forget)
+      }, forget)
     }
-    channel.then((s) => {
-      entry.resolved = s
-      s.once('close', forget)
-    }, forget)
-    return await channel
+    // the caller races this with its stop (sftp-files.ts): no listener per waiter on the run's signal here
+    return await entry.channel
   }
 
   /**
@@ -345,6 +361,25 @@ export class EsxiSsh {
     try {
       channel.end()
     } catch {}
+  }
+
+  /**
+   * Drop the connection a channel that stopped answering belongs to (or,
+   * `channel` undefined, the one whose channel is still opening): destroyed
+   * at once, so nothing more arrives on it — no late SFTP answer, and the
+   * host frees its sessions (a hung sftp-server holds one). Another caller
+   * of the same channel finds it already dropped: a newer connection is
+   * kept. The next {@link sftp} or {@link exec} connects anew.
+   */
+  dropConnection(channel: SFTPWrapper | undefined): void {
+    const entry = this.#sftp
+    if (channel !== undefined && entry?.resolved !== channel) return
+    const client = entry?.client ?? this.#client
+    this.#sftp = undefined
+    if (client === undefined) return
+    if (this.#client === client) this.#client = undefined
+    this.#log.warn({}, 'esxi ssh connection dropped: an SFTP request got no answer in time')
+    client.destroy()
   }
 
   /** Close the connection (safe to call twice). */

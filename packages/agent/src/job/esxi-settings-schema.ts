@@ -69,9 +69,9 @@ export function esxiSettingsShape(ctx: SchemaContext) {
       example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" }, "san-vmfs": { "access": "sftp" } }',
     }),
     sftpConcurrency: doc(z.int().min(1).max(64).optional(), { description: 'SFTP read requests in flight per read (datastores with `"access": "sftp"`).', default: '16' }),
-    sftpTimeout: doc(durationField({ min: 1000 }).optional(), {
+    sftpTimeout: doc(durationField({ min: 1000, max: 3_600_000 }).optional(), {
       description:
-        'How long one SFTP request may go unanswered (an sftp-server stuck on its datastore while SSH stays alive): its channel is then ended and the request retried on a new one, up to 8 times, before the read fails with E_IO naming the file.',
+        'How long one SFTP request may go unanswered (an sftp-server stuck on its datastore while SSH stays alive): the SSH connection is then dropped and the request retried on a new one, up to 8 times, before the read fails with E_IO naming the file. 1s to 1h.',
       default: '60s',
       type: 'duration',
     }),
