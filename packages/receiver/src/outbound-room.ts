@@ -8,8 +8,10 @@
  * a large disk — until the ping timeout. So the session takes its next frame
  * only while at most {@link outboundLimit} bytes of its messages wait in the
  * socket; meanwhile its inbox fills and pauses the socket, which holds the
- * peer back in turn. An agent reads continuously, so this never waits for
- * one that is reading.
+ * peer back in turn. An agent reads continuously, so one that reads waits
+ * only when its link is slower than the mirror reads. A peer that reads
+ * nothing is normally ended by the ping first; the stall deadline here
+ * (no whole message left the buffer for `stallMs`) is the backstop.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ReceiverError } from './errors.ts'

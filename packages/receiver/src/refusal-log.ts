@@ -14,6 +14,7 @@ export type RefusalReason =
   | 'token-session-cap'
   | 'hello-timeout'
   | 'idle-timeout'
+  | 'unread-answers'
 
 /**
  * Logs refusals without letting a flood flood the log: at most one line per

@@ -266,7 +266,11 @@ export class Session {
           break
         }
         // a peer that asks without reading: no next answer until the last ones left (outbound-room.ts)
-        if (this.ws.bufferedAmount > outboundLimit(this.negotiated?.limits.maxMessageBytes)) await this.outboundRoom()
+        if (this.ws.bufferedAmount > outboundLimit(this.negotiated?.limits.maxMessageBytes)) {
+          await this.outboundRoom()
+          // stopped while waiting (the peer closed, a shutdown): the held frame is not handled
+          if (this.dead) break
+        }
         const msg = this.decode(frame)
         this.handling = msg.kind
         if (msg.kind === MessageKind.Extent) {
@@ -295,9 +299,18 @@ export class Session {
   private async outboundRoom(): Promise<void> {
     const limit = outboundLimit(this.negotiated?.limits.maxMessageBytes)
     const buffered = this.ws.bufferedAmount
-    // routine for a slow link; the first wait of a session at info, the others at debug
+    // a reading agent waits here only when its link is slower than the mirror reads: the first wait at info, others at debug
     this.log[this.outboundWaits++ === 0 ? 'info' : 'debug']({ vm: this.vmName || undefined, buffered, limit }, 'the agent is not reading our answers: the next request waits')
-    const ms = await waitForOutboundRoom(this.ws, { limit, stallMs: this.settings.idleTimeoutMs, stopped: () => this.dead })
+    let ms: number
+    try {
+      ms = await waitForOutboundRoom(this.ws, { limit, stallMs: this.settings.idleTimeoutMs, stopped: () => this.dead })
+    } catch (err) {
+      this.settings.refusals.refused('unread-answers', { session: this.id, peer: this.token.name, vm: this.vmName === '' ? undefined : this.vmName, ms: this.settings.idleTimeoutMs })
+      this.log.warn({ vm: this.vmName || undefined, buffered: this.ws.bufferedAmount, err }, 'the agent read none of our answers: session ended')
+      // a close frame would wait behind the unread bytes for ws's 30 s close timer: end the socket now
+      this.ws.terminate()
+      throw err
+    }
     this.log.debug({ ms: Math.round(ms), buffered: this.ws.bufferedAmount }, 'answers left: reading requests again')
   }
 
