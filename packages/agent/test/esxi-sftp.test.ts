@@ -172,7 +172,12 @@ function killStopped(pids: readonly number[]): void {
 
 t.test('an sftp-server that hangs in the middle of the reads is given up after its deadline; the reads go on on a new channel', async (t) => {
   const v = VMS[2] as (typeof VMS)[number]
-  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, { ...esxi, sftp: { ...esxi.sftp, requestTimeoutMs: 1500 } })
+  // the deadline also covers opening a channel, which takes seconds on a loaded machine (a new sshd session, its
+  // shell, sftp-server): 5 s and 20 attempts keep this a deadline, not a race
+  const driver = createEsxiDriver(
+    { logger: pino({ level: process.env.DBG ?? 'silent' }) },
+    { ...esxi, sftp: { requestTimeoutMs: 5000, retry: { attempts: 20, initialBackoffMs: 20, maxBackoffMs: 200 } } },
+  )
   const stopped: number[] = []
   t.teardown(async () => {
     await driver.close()
@@ -245,8 +250,9 @@ t.test('a stop while the sftp-server hangs is heard at once (not at the 60 s dea
 t.test('sftp-servers that never answer, many in a row: each costs its SSH connection (not one of the few sessions of one); then reads and vim-cmd go on', async (t) => {
   const driver = createEsxiDriver(
     { logger: pino({ level: process.env.DBG ?? 'silent' }) },
-    // opening a channel here (ForceCommand's shell, then sftp-server) takes ~0.5–0.8 s: 2 s is a deadline, not a race
-    { ...esxi, sftp: { requestTimeoutMs: 2000, retry: { attempts: 40, initialBackoffMs: 10, maxBackoffMs: 50 } } },
+    // opening a channel here (ForceCommand's shell, then sftp-server) takes ~0.5–0.8 s on a quiet machine and
+    // seconds on a loaded one: 3 s and 60 attempts keep this a deadline, not a race
+    { ...esxi, sftp: { requestTimeoutMs: 3000, retry: { attempts: 60, initialBackoffMs: 10, maxBackoffMs: 50 } } },
   )
   t.teardown(async () => {
     await h.hangSftp(false)
