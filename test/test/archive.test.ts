@@ -14,8 +14,11 @@ import { join, dirname } from 'node:path'
 import { readFile } from 'node:fs/promises'
 import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 

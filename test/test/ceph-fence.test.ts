@@ -14,8 +14,11 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { firstDifference, haveCeph, pollUntil, scratchDir, startCephCluster, startReceiverProcess, type CephCluster } from '@grainline/test-utils'
+import { type CephCluster, failIfLingering, firstDifference, haveCeph, pollUntil, scratchDir, startCephCluster, startReceiverProcess } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli, type Site, frozenView } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = 'glfence'

@@ -12,8 +12,11 @@ import t from 'tap'
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { haveCeph, httpCall, readEvents, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { failIfLingering, haveCeph, httpCall, readEvents, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { httpPort, promSample, replicateCli, runCli, startSite } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = 'glhttp'

@@ -16,8 +16,11 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { firstDifference, haveCeph, qemuCompare, qemuIo, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, haveCeph, qemuCompare, qemuIo, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { replicateCli, runCli, startSite, frozenView } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = 'glpts'

@@ -5,8 +5,11 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { failIfLingering, haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { CEPH_POOL, cephSite, cephStatus, frozenView, pointMatches, qemuHasRbd, qemuReadsSnapshots, replicateCli, rotSnapshot } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = CEPH_POOL

@@ -18,8 +18,11 @@ import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy } from '@grainline/test-utils'
 import { CEPH_POOL, cephSite, cephStatus, frozenView, pointMatches, qemuHasRbd, qemuReadsSnapshots, replicateCli, runCli } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = CEPH_POOL

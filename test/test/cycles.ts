@@ -5,7 +5,7 @@ import t from 'tap'
 import { readFile } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { qemuRaw, firstDifference, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
 import { startSite, replicateCli } from '@grainline/e2e'
 
 const MiB = 1024 * 1024
@@ -20,6 +20,8 @@ export type DeltaKind = 'sesparse' | 'vmfssparse' | 'hosted'
 
 /** One delta kind's six cycles (one test file per kind: each gets tap's whole timeout on a loaded machine). */
 export function cyclesOf(kind: DeltaKind): void {
+  // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+  failIfLingering(t)
   t.test(`seed + 5 incremental cycles, ${kind} deltas, two disks`, async (t) => {
     const dir = scratchDir(t, 'grainline-e2e-')
     const site = await startSite(join(dir, 'dr'))

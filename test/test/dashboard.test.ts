@@ -18,8 +18,11 @@ import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { httpCall, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, httpCall, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 import { httpPort, replicateCli, runCli, startSite } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 // the few browser globals the page functions below use (they run in Chromium, not here; the e2e tsconfig has no DOM lib)
 interface PageElement {

@@ -8,8 +8,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites, prng } from '@grainline/agent'
-import { firstDifference, startCuttingProxy, startReceiverProcess, pollUntil, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, pollUntil, scratchDir, startCuttingProxy, startReceiverProcess } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli, inflightResumeSeq, frozenView } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024

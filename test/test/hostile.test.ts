@@ -27,7 +27,7 @@ import {
 } from '@grainline/protocol'
 import { generateSelfSignedTls, generateToken, writeTokenFile } from 'grainline'
 import { replicateCli, runCli, type Site } from '@grainline/e2e'
-import { receiverMain, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, lastLines, receiverMain, reportOnTimeout, scratchDir } from '@grainline/test-utils'
 
 const MiB = 1024 * 1024
 type Line = Record<string, unknown>
@@ -44,6 +44,8 @@ interface Rx {
 async function startLimitedReceiver(args: string[]): Promise<Rx> {
   const proc = spawn('prlimit', ['--nofile=512:512', process.execPath, receiverMain(), ...args, '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
+  // a tap timeout names the receiver if it is still running, with its last log lines
+  reportOnTimeout(proc, () => `stderr:\n${lastLines(lines.map((l) => JSON.stringify(l)).join('\n'))}`)
   const waiters: Array<{ match: (l: Line) => boolean; resolve: (l: Line) => void }> = []
   createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (s) => {
     let l: Line
@@ -234,6 +236,9 @@ async function noHang<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
     clearTimeout(timer)
   }
 }
+
+// once, on Node 24 in CI, this file's tests all passed and its process then lived on to tap's 20-minute timeout
+failIfLingering(t)
 
 t.test('hostile clients cannot take a receiver down; a legitimate agent gets through', async (t) => {
   await initDigests()

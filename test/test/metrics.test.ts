@@ -7,9 +7,12 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { httpCall, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, httpCall, scratchDir } from '@grainline/test-utils'
 import { promSample, replicateCli, startSite } from '@grainline/e2e'
 import { readFile } from 'node:fs/promises'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 

@@ -10,7 +10,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { replicateCli, startSite, expectedView } from '@grainline/e2e'
-import { firstDifference, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, scratchDir } from '@grainline/test-utils'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024

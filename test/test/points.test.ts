@@ -9,8 +9,11 @@ import { writeFile } from 'node:fs/promises'
 import { readFile } from 'node:fs/promises'
 import { join, dirname } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { qemuRaw, firstDifference, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 

@@ -13,7 +13,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, prng, simulateGuestWrites } from '@grainline/agent'
 import { expectedView, inflightResumeSeq, replicateCli, runCli, startSite, type RunReport, type Site } from '@grainline/e2e'
-import { firstDifference, pollUntil, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, pollUntil, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024

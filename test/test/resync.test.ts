@@ -14,7 +14,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites, type SampleVm } from '@grainline/agent'
 import { replicateCli, startSite, type RunReport, type Site, expectedView } from '@grainline/e2e'
-import { firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const exec = promisify(execFile)
 const MiB = 1024 * 1024

@@ -8,8 +8,11 @@ import t from 'tap'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { scratchDir } from '@grainline/test-utils'
+import { failIfLingering, scratchDir } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 

@@ -6,8 +6,11 @@ import { join } from 'node:path'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import { createSampleVm } from '@grainline/agent'
-import { scratchDir } from '@grainline/test-utils'
+import { failIfLingering, scratchDir } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli } from '@grainline/e2e'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 

@@ -10,7 +10,10 @@ import t from 'tap'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { expectedView, replicateCli, startSite } from '@grainline/e2e'
-import { firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+
+// a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
+failIfLingering(t)
 
 const MiB = 1024 * 1024
 // no compression and no rate limit: the changed bytes outgrow every buffer between the agent and the stalled proxy
