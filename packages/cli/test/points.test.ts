@@ -7,6 +7,7 @@
  */
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -108,6 +109,10 @@ t.test('points, restore, open/close and failover with registration, as processes
   const fr = join(dir, 'failover.raw')
   execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(to, 'db01.vmdk'), fr])
   t.equal(await firstDifference(fr, frozen[3] as string), -1, 'the failover disk reads as point 3')
-  const close2 = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all'])
+  const refused = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all'])
+  t.not(refused.code, 0, 'close --all refuses a failover hold')
+  t.match(refused.stderr, /failover folder.*--failover \[E_HELD\]/s)
+  t.ok(existsSync(join(to, 'db01.vmx')), 'the failover folder is kept')
+  const close2 = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all', '--failover'])
   t.equal(close2.code, 0, close2.stderr)
 })

@@ -12,14 +12,15 @@
  * once the receiver goes on, and `points close` of the same folder cleans it).
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { isAbsolute, join, relative, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { readStoreFile } from './store-fs.ts'
 import { pointsOf, pointSource } from './points.ts'
 import { readVmState } from './state-file.ts'
-import { holdsOf, type HoldRecord } from './hold-record.ts'
+import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 
 export { holdsOf, heldMessage, type HoldRecord } from './hold-record.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -87,6 +88,11 @@ export async function openPoint(
     vmx?: Omit<VmxPrepare, 'suffix'> & { suffix?: string }
     /** format of the writable children: `sesparse` (ESXi's own; QEMU reads but cannot write it) or `vmfssparse` (≤ 2 TiB; QEMU writes it too) @default 'sesparse' */
     format?: 'sesparse' | 'vmfssparse'
+    /**
+     * `cycle` was read as the mirror's committed cycle before the lock (the operator asked for the latest): a
+     * cycle committed since is refused (E_BUSY, run again) rather than the older one opened as if it were the latest
+     */
+    latest?: boolean
   },
 ): Promise<{ hold: HoldRecord; vmx: string; disks: string[] }> {
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
@@ -94,6 +100,8 @@ export async function openPoint(
     const state = m.state
     if (state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
     if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: roll it back or let it commit first`)
+    if (opts.latest === true && cycle !== state.committedCycle)
+      throw new ReceiverError('E_BUSY', `VM ${vm}: cycle ${state.committedCycle} was committed after the latest (${cycle}) was read: is replication still running? Stop it, then run again`)
     if (cycle !== state.committedCycle && !pointsOf(state).some((p) => p.cycle === cycle)) {
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} (points: ${[...pointsOf(state).map((p) => p.cycle), state.committedCycle].join(', ')})`)
     }
@@ -112,13 +120,14 @@ export async function openPoint(
     const vmxPath = join(abs, `${vm}.vmx`)
     const suffix = opts.vmx?.suffix ?? (cycle === state.committedCycle ? ` (${kind === 'failover' ? 'failover' : 'opened'})` : ` (point ${cycle})`)
     try {
-      const text = await readFile(join(m.paths.dir, `${vm}.vmx`), 'utf8')
+      // a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
+      const text = (await readStoreFile(join(m.paths.dir, `${vm}.vmx`))).toString('utf8')
       await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }
     try {
-      await writeFile(join(abs, `${vm}.nvram`), await readFile(join(m.paths.dir, `${vm}.nvram`)))
+      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`)))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }
@@ -134,13 +143,15 @@ export async function openPoint(
  * folders' files. Returns the holds dropped.
  * @throws ReceiverError E_NOT_FOUND (no such hold)
  */
-export async function closePoint(storeDir: string, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<HoldRecord[]> {
+export async function closePoint(storeDir: string, vm: string, opts: { logger: Logger; dir?: string; all?: boolean; failover?: boolean }): Promise<HoldRecord[]> {
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const holds = holdsOf(m.state)
     const abs = opts.dir === undefined ? undefined : resolve(opts.dir)
     const drop = holds.filter((h) => opts.all === true || h.dir === abs)
     if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${abs === undefined ? '' : ` on ${abs}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
+    await checkClosable(vm, drop, opts.failover === true)
+    for (const h of drop) checkRemovableDir(vm, h.dir, storeDir)
     await m.setHolds(holds.filter((h) => !drop.includes(h)))
     for (const h of drop) await rm(h.dir, { recursive: true, force: true })
     opts.logger.info({ vm, dirs: drop.map((h) => h.dir) }, 'hold released')
@@ -148,6 +159,22 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
   } finally {
     m.release()
   }
+}
+
+/**
+ * A hold's folder is removed whole: it must be one openPoint could have made
+ * (absolute, normalised), never `/`, the store or a folder holding the store
+ * (a state.json edited by hand or by an attacker names any folder).
+ * @throws ReceiverError E_STATE
+ */
+function checkRemovableDir(vm: string, dir: unknown, storeDir: string): void {
+  const ok = typeof dir === 'string' && isAbsolute(dir) && resolve(dir) === dir && dir !== resolve('/')
+  const rel = ok ? relative(dir as string, resolve(storeDir)) : ''
+  if (!ok || rel === '' || (!rel.startsWith('..') && !isAbsolute(rel)))
+    throw new ReceiverError(
+      'E_STATE',
+      `VM ${vm}: the hold's folder ${JSON.stringify(dir)} is not one a point was opened into (it is not absolute, or it is the store or holds it): state.json was changed by hand; nothing was removed`,
+    )
 }
 
 /** The holds of a VM, read only. */

@@ -3,13 +3,14 @@
  * `restore`): list them, prune them by a policy, restore one to a standalone
  * VM folder verified against the checks recorded at its cycle.
  */
-import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
+import { readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { pointsOf, pointSource, type PointDisk } from './points.ts'
 import type { RetentionPolicy } from './retention.ts'
@@ -246,14 +247,15 @@ function isZero(b: Buffer): boolean {
 /** The mirror's .vmx (display name marked with the point) and .nvram, if present. */
 async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toDir: string): Promise<void> {
   try {
-    const vmx = await readFile(join(paths.dir, `${state.vm}.vmx`), 'utf8')
+    // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
+    const vmx = (await readStoreFile(join(paths.dir, `${state.vm}.vmx`))).toString('utf8')
     const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
     await writeFile(join(toDir, `${state.vm}.vmx`), marked)
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }
   try {
-    await writeFile(join(toDir, `${state.vm}.nvram`), await readFile(join(paths.dir, `${state.vm}.nvram`)))
+    await writeFile(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`)))
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }

@@ -221,7 +221,12 @@ function gfsKeeps(points: readonly RetainedPoint[], gfs: GfsPolicy): Set<number>
 
 /**
  * The cycles of the points a policy drops at `nowMs`, oldest first. Pure.
- * Only a GFS policy can drop a point between two kept ones.
+ * Only a GFS policy can drop a point between two kept ones. `maxAge` and
+ * `maxBytes` bound the history but never drop the newest point: after a
+ * pause longer than `maxAge`, or an increment larger than `maxBytes` (a
+ * ransomware rewrite of the disk makes exactly that one, and it holds the
+ * last good data), they would otherwise leave only the mirror. Only the count
+ * rules (`keep`, GFS) can leave no point.
  */
 export function pointsToDrop(points: readonly RetainedPoint[], policy: RetentionPolicy, nowMs: number): number[] {
   const sorted = [...points].sort((a, b) => a.cycle - b.cycle)
@@ -231,12 +236,12 @@ export function pointsToDrop(points: readonly RetainedPoint[], policy: Retention
   sorted.forEach((p, i) => {
     const rank = sorted.length - 1 - i // 0 = newest
     const byCount = policy.keep === undefined || rank < policy.keep
-    const byAge = policy.maxAgeMs === undefined || nowMs - Date.parse(p.committedAt) <= policy.maxAgeMs
+    const byAge = policy.maxAgeMs === undefined || rank === 0 || nowMs - Date.parse(p.committedAt) <= policy.maxAgeMs
     if ((plain && byCount && byAge) || gfs?.has(p.cycle) === true) kept.add(p.cycle)
   })
   if (policy.maxBytes !== undefined) {
     let total = sorted.filter((p) => kept.has(p.cycle)).reduce((s, p) => s + p.bytes, 0)
-    for (const p of sorted) {
+    for (const p of sorted.slice(0, -1)) {
       if (total <= policy.maxBytes) break
       if (!kept.has(p.cycle)) continue
       kept.delete(p.cycle)

@@ -364,6 +364,15 @@ export class VmMirror {
     )
     const r = dropPoints(points, drop)
     if (drop.length > 0) this.log.info({ vm: this.vm, cycles: drop, merges: r.merges.length }, 'restore points pruned')
+    const maxBytes = opts.retention?.maxBytes
+    const kept = points.filter((p) => !drop.includes(p.cycle))
+    const keptBytes = kept.reduce((n, p) => n + bytes(p), 0)
+    if (maxBytes !== undefined && keptBytes > maxBytes)
+      // the newest point alone is larger than the cap (retention.ts pointsToDrop): kept, as the last restore point
+      this.log.warn(
+        { vm: this.vm, cycle: kept[kept.length - 1]?.cycle, bytes: keptBytes, maxBytes },
+        'restore points take more than maxBytes: the newest point alone exceeds it and is kept (the last restore point before the mirror); raise maxBytes or free space',
+      )
     return r
   }
 

@@ -266,8 +266,8 @@ t.test('Ceph store: room, quota and the bytes of points', { skip }, async (t) =>
       return (await cephListPoints(target, vm)).points.filter((p) => !p.current).map((p) => p.cycle)
     }
     t.same(await run(1, []), [])
-    t.same(await run(2, [{ offset: 65_536, length: 65_536 }]), [], 'point 1 keeps what cycle 2 overwrote (> 1 byte): pruned at the commit')
-    t.same(await run(3, []), [2], 'cycle 3 wrote nothing: point 2 costs 0 bytes and is kept')
+    t.same(await run(2, [{ offset: 65_536, length: 65_536 }]), [1], 'point 1 keeps what cycle 2 overwrote (> 1 byte), but it is the newest point: kept above maxBytes')
+    t.same(await run(3, []), [2], 'cycle 3 wrote nothing: point 2 costs 0 bytes and is kept; point 1, no longer the newest, is pruned at the commit')
     const snaps = JSON.parse(
       (await runCeph(target, 'rbd', ['snap', 'ls', '--format', 'json', `${POOL}/${(await readCephState(target, new CephNames(vm).state, vm))?.disks['m.vmdk']?.image}`])).toString(),
     ) as Array<{ name: string }>

@@ -1,13 +1,13 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
-import { closePoint, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
+import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 
 /** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
 function qemuRead(dir: string, desc: string): Buffer {
@@ -134,11 +134,18 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     { code: 'E_VERIFY' },
     'damaged point 5 fails verification',
   )
-  // prune on demand against a fake clock: points older than an hour at "now + 2 h"
+  // prune on demand against a fake clock: points older than an hour at "now + 2 h" — all of them, but the
+  // newest is the last restore point before the mirror and an age rule never drops it (retention.ts)
   const now = Date.parse(s.committedAt ?? '') + 2 * 3_600_000
   const pr = await whenFree(() => prunePoints(env.store, vm, { maxAgeMs: 3_600_000 }, { logger: log, now: () => now }))
-  t.same(pr.dropped, [3, 4, 5, 6])
-  t.same(readdirSync(pdir), [], 'every increment removed')
+  t.same(pr.dropped, [3, 4, 5])
+  t.same(pr.kept, [6], 'the newest point stays')
+  t.same(
+    readdirSync(pdir).filter((f) => !f.startsWith('d.p6')),
+    [],
+    'every older increment removed',
+  )
+  t.ok(qemuRead(env.dir, join(pdir, 'd.p6.vmdk')).equals(images[6] as Buffer), 'point 6 still reads as cycle 6')
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
 })
 
@@ -302,7 +309,59 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   const m = await whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-m'), { logger: log, kind: 'failover', vmx: { networks: { 'VM Network': 'DR Network' } } }))
   t.ok(qemuRead(env.dir, join(env.dir, 'open-m', 'd.vmdk')).equals(images[4] as Buffer), 'the mirror opened')
   t.match(readFileSync(m.vmx, 'utf8'), /displayName = ".*\(failover\)"/)
-  await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
+  // after a failover the VM runs from that folder: --all alone never deletes it
+  await t.rejects(
+    whenFree(() => closePoint(env.store, vm, { logger: log, all: true })),
+    { code: 'E_HELD', message: /failover folder.*--failover/ },
+    'a failover hold needs --failover',
+  )
+  // a folder that shows a powered-on VM (ESXi's NFS lock file, the swap file) is refused, even with --failover
+  for (const sign of ['.lck-0000000000001234', 'db.vswp']) {
+    writeFileSync(join(env.dir, 'open-m', sign), '')
+    await t.rejects(
+      whenFree(() => closePoint(env.store, vm, { logger: log, all: true, failover: true })),
+      { code: 'E_BUSY', message: new RegExp(`holds ${sign.replace('.', '\\.')}: .*powered on`) },
+      `${sign}: refused`,
+    )
+    rmSync(join(env.dir, 'open-m', sign))
+  }
+  t.ok(existsSync(join(env.dir, 'open-m', 'd.vmdk')) && (await listHolds(env.store, vm)).length === 1, 'refused closes changed nothing')
+  // a state.json naming another folder (by hand, or an attacker): nothing is removed
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const saved = readFileSync(stateFile, 'utf8')
+  for (const bad of ['/', env.dir, 'relative/dir', `${env.dir}/open-m/../open-m`]) {
+    const st = JSON.parse(saved) as { holds: Array<{ dir: string }> }
+    for (const h of st.holds) h.dir = bad
+    writeFileSync(stateFile, JSON.stringify(st))
+    await t.rejects(
+      whenFree(() => closePoint(env.store, vm, { logger: log, all: true, failover: true })),
+      { code: 'E_STATE' },
+      `a hold naming ${bad}: refused`,
+    )
+  }
+  writeFileSync(stateFile, saved)
+  t.ok(existsSync(env.store), 'the store is still there')
+  t.equal((await whenFree(() => closePoint(env.store, vm, { logger: log, all: true, failover: true }))).length, 1, 'with --failover the hold goes')
+  t.notOk(existsSync(join(env.dir, 'open-m')), 'and its folder')
+  // "the latest" read before the lock, and a cycle committed since: refused, never the older one opened as the latest
+  await t.rejects(
+    whenFree(() => openPoint(env.store, vm, 3, join(env.dir, 'open-latest'), { logger: log, kind: 'failover', latest: true })),
+    { code: 'E_BUSY', message: /cycle 4 was committed after the latest \(3\)/ },
+    'a stale "latest" is refused',
+  )
+  t.same(await listHolds(env.store, vm), [], 'and holds nothing')
+  // a FIFO where the mirror's .vmx or .nvram is: a typed E_STORE_FILE, never a hang holding the VM's lock
+  for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
+    const file = join(env.store, vm, name)
+    const before = existsSync(file) ? readFileSync(file) : undefined
+    rmSync(file, { force: true })
+    execFileSync('mkfifo', [file])
+    await t.rejects(whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-fifo'), { logger: log })), { code: 'E_STORE_FILE', message: /a FIFO/ }, `points open: ${name} a FIFO`)
+    await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
+    await t.rejects(whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, `restore-fifo-${name}`), { logger: log })), { code: 'E_STORE_FILE', message: /a FIFO/ }, `restore: ${name} a FIFO`)
+    rmSync(file)
+    if (before !== undefined) writeFileSync(file, before)
+  }
 })
 
 t.test("a job's retention request is applied within retentionLimits and answered in Committed (SPEC §5.5)", async (t) => {

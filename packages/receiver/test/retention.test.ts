@@ -24,7 +24,16 @@ const cases: Array<{ name: string; points: RetainedPoint[]; policy: RetentionPol
   { name: 'count and age: both must hold', points: series(6, H), policy: { keep: 4, maxAgeMs: 3.5 * H }, drop: [1, 2, 3] },
   { name: 'space: oldest go until the cap holds', points: series(5, H, 100), policy: { maxBytes: 250 }, drop: [1, 2, 3] },
   { name: 'space with unequal sizes', points: [...series(3, H, 10), { cycle: 4, committedAt: new Date(NOW - 1000).toISOString(), bytes: 500 }], policy: { maxBytes: 505 }, drop: [1, 2, 3] },
-  { name: 'space cap below the newest point drops every point (never the mirror)', points: series(2, H, 100), policy: { maxBytes: 50 }, drop: [1, 2] },
+  // the newest point is the last restore point before the mirror: space and age rules never take it
+  { name: 'space cap below the newest point keeps the newest alone', points: series(2, H, 100), policy: { maxBytes: 50 }, drop: [1] },
+  {
+    name: 'an increment larger than the cap (a disk rewritten, e.g. by ransomware) is kept, the older ones go',
+    points: [...series(4, H, 10), { cycle: 5, committedAt: new Date(NOW - 1000).toISOString(), bytes: 500 }],
+    policy: { keep: 7, maxBytes: 200 },
+    drop: [1, 2, 3, 4],
+  },
+  { name: 'a pause longer than maxAge keeps the newest point', points: series(4, 36 * D), policy: { keep: 7, maxAgeMs: 30 * D }, drop: [1, 2, 3] },
+  { name: 'keep 0 with age and space rules still drops all', points: series(3, H), policy: { keep: 0, maxAgeMs: 1, maxBytes: 1 }, drop: [1, 2, 3] },
   { name: 'no limits keeps all', points: series(4, H), policy: {}, drop: [] },
   // hourly points over 3 days; GFS keeps the newest of each of the last 5 hours and each of the last 2 days
   {

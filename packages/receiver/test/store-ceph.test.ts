@@ -240,7 +240,7 @@ t.test('Ceph store', { skip }, async (t) => {
         const r = await cephFailover(target, vm, cycle, dir, { logger: pino({ level: 'silent' }) })
         return Object.fromEntries(r.disks.map((d) => [d.name, d.descriptor]))
       },
-      close: async (_env, vm, dir) => (await cephClosePoint(target, vm, { logger: pino({ level: 'silent' }), dir })).length,
+      close: async (_env, vm, dir, failover) => (await cephClosePoint(target, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
     },
     () => join(base, String(n++)),
   )
@@ -419,7 +419,8 @@ t.test('Ceph store', { skip }, async (t) => {
     await mkdir(join(victim, 'sub'), { recursive: true })
     await writeFile(join(victim, 'sub', 'keep'), 'x')
     await writeCephState(target, names.state, { ...s, holds: [{ id: 'x', cycle: s.committedCycle, dir: victim, kind: 'failover', createdAt: new Date().toISOString() }] })
-    const closed = await cephClosePoint(target, vm, { logger: log, all: true })
+    await t.rejects(cephClosePoint(target, vm, { logger: log, all: true }), { code: 'E_HELD' }, 'a failover hold needs --failover')
+    const closed = await cephClosePoint(target, vm, { logger: log, all: true, failover: true })
     t.equal(closed.length, 1, 'the hold is released')
     t.ok(existsSync(join(victim, 'sub', 'keep')), 'a folder with subfolders is not removed')
     t.same(((await readCephState(target, names.state, vm)) as CephVmState).holds, [])
@@ -507,7 +508,7 @@ t.test('Ceph store', { skip }, async (t) => {
     await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_IO', message: /stays held.*points close/ }, 'a failed failover says the VM stays held')
     t.equal((await cephListPoints(target, 'missing-image')).points.at(-1)?.held, true, 'the mirror is listed as held')
     await t.rejects(cephFailover(target, 'missing-image', undefined, fo, { logger: log }), { code: 'E_CONFIG', message: /holds VM/ }, 'a second failover into the same folder')
-    t.equal((await cephClosePoint(target, 'missing-image', { logger: log, dir: fo })).length, 1, 'points close releases it')
+    t.equal((await cephClosePoint(target, 'missing-image', { logger: log, dir: fo, failover: true })).length, 1, 'points close releases it')
     t.notOk(existsSync(fo), 'and removes the partial folder')
     await writeCephState(target, new CephNames('hostile-holds').state, { ...emptyCephState('hostile-holds'), holds: 'x' } as unknown as CephVmState)
     await t.rejects(cephListPoints(target, 'hostile-holds'), { code: 'E_STATE' }, 'holds that are not a list of holds: E_STATE')

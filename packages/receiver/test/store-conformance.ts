@@ -50,7 +50,8 @@ export interface StoreUnderTest {
   /** `grainline mirror failover` of point `cycle` into `dir`: each disk's file QEMU reads (VMDK) */
   failover(env: Env, vm: string, cycle: number, dir: string): Promise<Record<string, string>>
   /** `grainline points close --to dir`: the holds released */
-  close(env: Env, vm: string, dir: string): Promise<number>
+  /** `points close --to dir` (`failover`: with --failover) */
+  close(env: Env, vm: string, dir: string, failover?: boolean): Promise<number>
 }
 
 /** Retry an operator action while a session that just ended still holds the VM (E_BUSY). */
@@ -333,9 +334,14 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
       'no drop while held',
     )
     t.same(await store.points(env, vm), [1], 'point 1 is still there')
-    t.equal(await whenFree(() => store.close(env, vm, fo)), 1, 'points close releases the hold')
     await t.rejects(
       whenFree(() => store.close(env, vm, fo)),
+      { code: 'E_HELD', message: /failover folder/ },
+      'a failover hold is not closed without --failover',
+    )
+    t.equal(await whenFree(() => store.close(env, vm, fo, true)), 1, 'points close --failover releases the hold')
+    await t.rejects(
+      whenFree(() => store.close(env, vm, fo, true)),
       { code: 'E_NOT_FOUND' },
       'no hold left to close',
     )

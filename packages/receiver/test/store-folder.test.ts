@@ -34,7 +34,7 @@ storeConformance(
       const o = await openPoint(env.store, vm, cycle, dir, { logger: pino({ level: 'silent' }), kind: 'failover', format: 'vmfssparse' })
       return Object.fromEntries(o.disks.map((d) => [basename(d), d]))
     },
-    close: async (env, vm, dir) => (await closePoint(env.store, vm, { logger: pino({ level: 'silent' }), dir })).length,
+    close: async (env, vm, dir, failover) => (await closePoint(env.store, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
   },
   () => join(base, String(n++)),
 )

@@ -65,7 +65,7 @@ export async function failover(a: FailoverArgs, log: Logger): Promise<{ vm: stri
   // a Ceph store: the point restored as a standalone folder (flats read from its snapshots), the VM held in its state object
   const o =
     a.ceph === undefined
-      ? { ...(await openPoint(a.store, a.vm, k as number, dir, { logger: log, kind: 'failover', format: a.format, vmx })), cycle: k as number }
+      ? { ...(await openPoint(a.store, a.vm, k as number, dir, { logger: log, kind: 'failover', format: a.format, vmx, latest: a.point === undefined })), cycle: k as number }
       : await cephFailover(a.ceph, a.vm, k, dir, { logger: log, vmx })
   if (init === undefined || dsVmx === undefined) return { vm: a.vm, cycle: o.cycle, dir: o.hold.dir, vmx: o.vmx }
   const ssh = await EsxiSsh.connect(init.ssh, { logger: log })

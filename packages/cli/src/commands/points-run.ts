@@ -99,7 +99,12 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
     }
     if (action === 'close') {
       if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
-      const dropped = await cephClosePoint(target, vm, { logger: loggerFor(args, ctx, 'warn'), ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+      const dropped = await cephClosePoint(target, vm, {
+        logger: loggerFor(args, ctx, 'warn'),
+        ...(args['to'] === undefined ? {} : { dir: String(args['to']) }),
+        all: args['all'] === true,
+        failover: args['failover'] === true,
+      })
       return closedReport(vm, dropped, json, ctx)
     }
     if (action === 'open') {
@@ -132,7 +137,7 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
   if (action === 'open') {
     const k = typeof args['point'] === 'number' ? args['point'] : (await listPoints(store, vm)).committedCycle
     const to = args['to'] === undefined ? join(store, '.open', `${vm}-point-${k}`) : String(args['to'])
-    const r = await openPoint(store, vm, k, to, { logger: log, format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse' })
+    const r = await openPoint(store, vm, k, to, { logger: log, format: args['format'] === 'vmfssparse' ? 'vmfssparse' : 'sesparse', latest: typeof args['point'] !== 'number' })
     ctx.write(
       json
         ? JSON.stringify({ vm, cycle: k, dir: r.hold.dir, vmx: r.vmx, disks: r.disks }) + '\n'
@@ -142,7 +147,7 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
   }
   if (action === 'close') {
     if (args['to'] === undefined && args['all'] !== true) throw new UsageError('points close needs --to DIR or --all')
-    const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true })
+    const dropped = await closePoint(store, vm, { logger: log, ...(args['to'] === undefined ? {} : { dir: String(args['to']) }), all: args['all'] === true, failover: args['failover'] === true })
     return closedReport(vm, dropped, json, ctx)
   }
   const what: RetentionPolicy | { cycles: number[] } = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)

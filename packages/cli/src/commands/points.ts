@@ -28,7 +28,12 @@ export const pointsCommand: CliCommand = {
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
       .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K; not on ceph:POOL); close: the folder (ceph:POOL: or the open-… name) to release' })
-      .option('all', { type: 'boolean', describe: 'close: release every hold of the VM' })
+      .option('all', { type: 'boolean', describe: 'close: release every hold of the VM (a failover hold also needs --failover)' })
+      .option('failover', {
+        type: 'boolean',
+        describe:
+          'close: also release failover holds, deleting the failover folder — only once the VM failed back and its DR copy is off (a folder that shows a powered-on VM, .lck-* or *.vswp, is refused anyway)',
+      })
       .option('format', {
         choices: ['sesparse', 'vmfssparse'] as const,
         default: 'sesparse' as const,

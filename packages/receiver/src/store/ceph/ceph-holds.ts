@@ -30,7 +30,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
-import type { HoldRecord } from '../../hold-record.ts'
+import { checkClosable, type HoldRecord } from '../../hold-record.ts'
 import type { VmxPrepare } from '../../holds.ts'
 import { removeClones } from './ceph-open.ts'
 import { acquireCommitted } from './ceph-points.ts'
@@ -112,7 +112,7 @@ async function isFailoverFolder(dir: string): Promise<boolean> {
  * see isFailoverFolder, is left and logged). Returns the holds released.
  * @throws ReceiverError E_NOT_FOUND (no mirror, no such hold), E_BUSY, E_STATE, E_IO
  */
-export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: Logger; dir?: string; all?: boolean }): Promise<CephHoldRecord[]> {
+export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: Logger; dir?: string; all?: boolean; failover?: boolean }): Promise<CephHoldRecord[]> {
   const m = await acquireCommitted(t, vm, opts.logger, 'points close')
   let drop: CephHoldRecord[]
   try {
@@ -120,6 +120,7 @@ export async function cephClosePoint(t: CephTarget, vm: string, opts: { logger: 
     const abs = opts.dir === undefined ? undefined : resolve(opts.dir)
     drop = holds.filter((h) => opts.all === true || h.dir === abs || h.dir === opts.dir)
     if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${opts.dir === undefined ? '' : ` on ${opts.dir}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
+    await checkClosable(vm, drop, opts.failover === true)
     const staying = holds.filter((h) => !drop.includes(h))
     // an opened point's clones go before its record: a clone never exists without its hold
     await removeClones(t, vm, drop, staying, opts.logger)
