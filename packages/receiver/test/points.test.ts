@@ -356,9 +356,17 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
     const before = existsSync(file) ? readFileSync(file) : undefined
     rmSync(file, { force: true })
     execFileSync('mkfifo', [file])
-    await t.rejects(whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-fifo'), { logger: log })), { code: 'E_STORE_FILE', message: /a FIFO/ }, `points open: ${name} a FIFO`)
+    await t.rejects(
+      whenFree(() => openPoint(env.store, vm, 4, join(env.dir, 'open-fifo'), { logger: log })),
+      { code: 'E_STORE_FILE', message: /a FIFO/ },
+      `points open: ${name} a FIFO`,
+    )
     await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
-    await t.rejects(whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, `restore-fifo-${name}`), { logger: log })), { code: 'E_STORE_FILE', message: /a FIFO/ }, `restore: ${name} a FIFO`)
+    await t.rejects(
+      whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, `restore-fifo-${name}`), { logger: log })),
+      { code: 'E_STORE_FILE', message: /a FIFO/ },
+      `restore: ${name} a FIFO`,
+    )
     rmSync(file)
     if (before !== undefined) writeFileSync(file, before)
   }
