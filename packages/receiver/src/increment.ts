@@ -15,6 +15,7 @@
 import { crc32 } from 'node:zlib'
 import { join } from 'node:path'
 import { createDelta, openChain, openWriter, randomCid, type DiskWriter } from '@grainline/vmdk'
+import { ReceiverError } from './errors.ts'
 import { unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
 import type { JournalGrain } from './journal.ts'
@@ -48,8 +49,19 @@ export function pointExtentName(file: string): string {
   return file.replace(/\.vmdk$/i, '-sesparse.vmdk')
 }
 
-/** Absolute path of a point descriptor named `file` (in `.grainline/points`). */
+/**
+ * Absolute path of a point descriptor named `file` (in `.grainline/points`).
+ * The names come from `state.json`: one that is not a plain `.vmdk` file name
+ * (a separator, `..`) would make a prune remove, or a restore read, a file
+ * outside the store.
+ * @throws ReceiverError E_STATE
+ */
 export function pointPath(paths: VmPaths, file: string): string {
+  if (typeof file !== 'string' || !/^[^/\\\0]+\.vmdk$/i.test(file))
+    throw new ReceiverError(
+      'E_STATE',
+      `${paths.state} names the point file ${JSON.stringify(file)}, which is not a file name of .grainline/points: the state file was changed by hand; nothing was read or removed`,
+    )
   return join(paths.gdir, POINTS_DIR, file)
 }
 

@@ -2,7 +2,7 @@ import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
@@ -134,6 +134,28 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     { code: 'E_VERIFY' },
     'damaged point 5 fails verification',
   )
+  // a state.json whose point names a file outside .grainline/points (edited by hand, or an attacker): nothing outside is
+  // removed or read; the operator gets E_STATE naming the file
+  const victim = join(env.dir, 'victim.vmdk')
+  writeFileSync(victim, 'not a point')
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const saved = readFileSync(stateFile, 'utf8')
+  const rel = relative(pdir, victim)
+  const hostile = JSON.parse(saved) as { points: Array<{ cycle: number; disks: Record<string, { file: string }> }> }
+  ;(hostile.points[0]?.disks['d.vmdk'] as { file: string }).file = rel
+  writeFileSync(stateFile, JSON.stringify(hostile))
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-hostile'), { logger: log })),
+    { code: 'E_STATE', message: /not a file name of \.grainline\/points/ },
+    `restore of a point named ${rel}`,
+  )
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+    { code: 'E_STATE' },
+    `drop of a point named ${rel}`,
+  )
+  t.equal(readFileSync(victim, 'utf8'), 'not a point', 'the file outside the store is untouched')
+  writeFileSync(stateFile, saved)
   // prune on demand against a fake clock: points older than an hour at "now + 2 h" — all of them, but the
   // newest is the last restore point before the mirror and an age rule never drops it (retention.ts)
   const now = Date.parse(s.committedAt ?? '') + 2 * 3_600_000
