@@ -1,7 +1,9 @@
-import { open, type FileHandle } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { link, open, stat, type FileHandle } from 'node:fs/promises'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
+import { faultPoint } from './fault.ts'
 import { unlinkIfExists } from './fs-util.ts'
 import { checkVmDir, readStoreFile } from './store-fs.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -76,41 +78,72 @@ export function lockHolderAlive(text: string): boolean {
   return true
 }
 
+/** How long a lock file may stay empty (its creator writing it) or a takeover claim may stay before it counts as stale. */
+export const LOCK_SETTLE_MS = 5_000
+/** How long lockFile keeps trying while another process takes over the same stale lock. */
+const TAKE_TIMEOUT_MS = 10_000
+
+/** The age of a file in ms (undefined when it is gone). */
+async function ageMs(path: string): Promise<number | undefined> {
+  try {
+    return Date.now() - (await stat(path)).mtimeMs
+  } catch {
+    return undefined
+  }
+}
+
 /**
- * Take the VM's lock file (`.grainline/lock`, created exclusively, holding
- * our pid, boot id and process start time) so that two processes — a
- * receiver and `grainline mirror rollback`, say — never write one mirror at
- * once. A lock whose process is gone is taken over. Returns false when the
- * VM folder does not exist yet (a first VmOpen creates it under the
+ * Take the VM's lock file (`.grainline/lock`: our pid, boot id and process
+ * start time) so that two processes — a receiver and `grainline mirror
+ * rollback`, say — never write one mirror at once. The lock is written to a
+ * file of its own first and then linked into place (`link` fails when the
+ * lock exists): it never exists empty or half-written, except one left by an
+ * older version or a full disk, which counts as stale only once older than
+ * {@link LOCK_SETTLE_MS}. A lock whose process is gone is taken over under a
+ * claim (`lock.takeover`, created exclusively): the claimant looks again and
+ * removes the lock only if it is still the stale one it judged, so that two
+ * processes taking over the same stale lock (a receiver's recovery and a
+ * `points prune` after a crash) never both end up holding it. Returns false
+ * when the VM folder does not exist yet (a first VmOpen creates it under the
  * in-process lock) or the lock cannot be written for lack of space (a
  * rollback must still work on a full disk).
  */
 async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
-  for (let attempt = 0; attempt < 3; attempt++) {
+  const deadline = Date.now() + TAKE_TIMEOUT_MS
+  const claim = `${paths.lock}.takeover`
+  const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 25 + Math.random() * 50))
+  while (Date.now() < deadline) {
+    const created = await createLock(paths, vm, log)
+    if (created !== 'exists') return created
+    const text = await readLockText(paths.lock)
+    if (text === undefined) continue // gone meanwhile: try again
+    const pid = Number.parseInt(text, 10)
+    if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+      throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
+    }
+    if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
+      // an empty lock (an older version writing it right now, or a full disk): stale only once it has settled
+      await pause()
+      continue
+    }
+    // stale: take it over under the claim, and only if it is still the lock judged stale
+    faultPoint('lock-stale')
     let fh: FileHandle
     try {
-      fh = await open(paths.lock, 'wx', 0o644)
+      fh = await open(claim, 'wx', 0o644)
     } catch (err) {
       const code = (err as { code?: unknown }).code
-      if (code === 'ENOENT') return false
-      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS') {
-        log.warn({ vm, code }, 'VM lock file not written')
-        return false
-      }
-      if (code !== 'EEXIST') throw ioError(err, 'taking the VM lock')
-      const text = await readStoreFile(paths.lock).then(
-        (b) => b.toString('utf8'),
-        () => '',
-      )
-      const pid = Number.parseInt(text, 10)
-      if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
-        throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
-      }
-      if (!Number.isSafeInteger(pid) && attempt === 0) {
-        // being written right now by its creator: look again shortly
-        await new Promise((resolve) => setTimeout(resolve, 50))
-        continue
-      }
+      if (code === 'ENOENT') continue
+      if (code === 'EROFS') return false
+      if (code !== 'EEXIST') throw ioError(err, 'taking over a stale VM lock')
+      // another process is taking it over: wait for it (a claim left by a crash goes once it has settled)
+      if (((await ageMs(claim)) ?? 0) >= LOCK_SETTLE_MS) await unlinkIfExists(claim).catch(() => {})
+      await pause()
+      continue
+    }
+    await fh.close()
+    try {
+      if ((await readLockText(paths.lock)) !== text) continue
       log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
       leaked.delete(key)
       try {
@@ -120,18 +153,78 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
         if ((e as { code?: unknown }).code === 'EROFS') return false
         throw ioError(e, 'taking over a stale VM lock')
       }
-      continue
+    } finally {
+      await unlinkIfExists(claim).catch(() => {})
     }
+  }
+  throw new ReceiverError('E_BUSY', `VM ${vm}: could not take its lock within ${TAKE_TIMEOUT_MS / 1000} s (other processes kept taking it over)`)
+}
+
+/** The lock created exclusively in place and then written (a file system without hard links): empty for a moment. */
+async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+  let fh: FileHandle
+  try {
+    fh = await open(paths.lock, 'wx', 0o644)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'EEXIST') return 'exists'
+    throw ioError(err, 'taking the VM lock')
+  }
+  try {
+    await fh.writeFile(lockText())
+  } catch (err) {
+    log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
+  } finally {
+    await fh.close()
+  }
+  return true
+}
+
+/** The lock's text; undefined when there is no lock. */
+async function readLockText(path: string): Promise<string | undefined> {
+  try {
+    return (await readStoreFile(path)).toString('utf8')
+  } catch (err) {
+    return (err as { code?: unknown }).code === 'ENOENT' ? undefined : ''
+  }
+}
+
+/** Write our lock to a file of its own and link it into place: true (ours), false (no folder, no space), 'exists'. */
+async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+  const tmp = `${paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
+  let fh: FileHandle
+  try {
+    fh = await open(tmp, 'wx', 0o644)
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (code === 'ENOENT') return false
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS') {
+      log.warn({ vm, code }, 'VM lock file not written')
+      return false
+    }
+    throw ioError(err, 'taking the VM lock')
+  }
+  try {
     try {
       await fh.writeFile(lockText())
     } catch (err) {
+      // a full disk: the lock goes in place without our pid (others take it as stale once it settled)
       log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
     } finally {
       await fh.close()
     }
-    return true
+    try {
+      await link(tmp, paths.lock)
+      return true
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      if (code === 'EEXIST') return 'exists'
+      // a file system without hard links (SMB, some FUSE): created exclusively in place, then written
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log)
+      throw ioError(err, 'taking the VM lock')
+    }
+  } finally {
+    await unlinkIfExists(tmp).catch(() => {})
   }
-  throw new ReceiverError('E_BUSY', `VM ${vm}: could not take its lock`)
 }
 
 /**

@@ -1,6 +1,8 @@
 import t from 'tap'
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { rollbackMirror } from '../src/index.ts'
 import { lockHolderAlive, lockText, processStartTime } from '../src/vm-lock.ts'
 
@@ -60,4 +62,98 @@ t.test('a live holder (same boot, same start time) still means E_BUSY', async (t
 t.test('a lock of a gone pid is stale', async (t) => {
   const v = vmWithLock(t.testdir(), `${2 ** 22 + 12345}\n${bootId}\n1\n`)
   await t.resolves(rollbackMirror(v.store, 'vm-l'))
+})
+
+/** A process that takes the VM's lock, says so, and holds it until its stdin ends. */
+function locker(
+  store: string,
+  env: Record<string, string> = {},
+): { done: Promise<{ ok: boolean; code?: string }>; first: Promise<string>; taken: Promise<void>; stopped: Promise<void>; pid: number; end(): void } {
+  const src = new URL('../src/', import.meta.url)
+  const script = `
+    import { VmLock } from ${JSON.stringify(new URL('vm-lock.js', src).href)}
+    import { VmPaths } from ${JSON.stringify(new URL('vm-paths.js', src).href)}
+    import { pino } from ${JSON.stringify(import.meta.resolve('pino'))}
+    try {
+      const l = await VmLock.take(new VmPaths(${JSON.stringify(store)}, 'vm-l'), 'vm-l', pino({ level: 'silent' }))
+      process.stdout.write('taken\\n')
+      process.stdin.resume()
+      process.stdin.on('end', () => { l.release(); process.stdout.write(JSON.stringify({ ok: true }) + '\\n') })
+    } catch (e) {
+      process.stdout.write(JSON.stringify({ ok: false, code: e.code }) + '\\n')
+      process.exit(0)
+    }
+  `
+  const p = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+  let out = ''
+  let err = ''
+  let onTaken: () => void = () => {}
+  let onStopped: () => void = () => {}
+  let onFirst: (line: string) => void = () => {}
+  const first = new Promise<string>((r) => {
+    onFirst = r
+  })
+  const taken = new Promise<void>((r) => {
+    onTaken = r
+  })
+  const stopped = new Promise<void>((r) => {
+    onStopped = r
+  })
+  p.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d
+    if (out.includes('\n')) onFirst(out.slice(0, out.indexOf('\n')))
+    if (out.includes('taken')) onTaken()
+  })
+  p.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d
+    if (err.includes('fault-stop')) onStopped()
+  })
+  const done = once(p, 'close').then(
+    () =>
+      JSON.parse(
+        out
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .at(-1) ?? '{"ok":false,"code":"no answer"}',
+      ) as { ok: boolean; code?: string },
+  )
+  return { done, first, taken, stopped, pid: p.pid as number, end: () => p.stdin.end() }
+}
+
+t.test('two processes taking over one stale lock: the second to act finds the first one holding it (E_BUSY)', async (t) => {
+  // a lock of a gone pid; A judges it stale and is frozen there (fault point), B takes it over and holds it
+  const v = vmWithLock(t.testdir(), `${2 ** 22 + 12345}\n${bootId}\n1\n`)
+  const a = locker(v.store, { GRAINLINE_RECEIVER_FAULT: 'lock-stale:1:stop' })
+  await a.stopped
+  const b = locker(v.store)
+  await b.taken
+  t.match(readFileSync(v.lock, 'utf8'), new RegExp(`^${b.pid}\n`), 'B holds the lock')
+  process.kill(a.pid, 'SIGCONT')
+  const answer = await a.first
+  if (answer === 'taken') a.end()
+  t.same(JSON.parse(answer === 'taken' ? '{"ok":true}' : answer), { ok: false, code: 'E_BUSY' }, 'A, resumed, does not take the lock B holds')
+  await a.done
+  t.match(readFileSync(v.lock, 'utf8'), new RegExp(`^${b.pid}\n`), 'B still holds it')
+  b.end()
+  t.same(await b.done, { ok: true })
+  t.notOk(existsSync(v.lock), 'released')
+  t.same(
+    readdirSync(dirname(v.lock)).filter((f) => f.startsWith('lock')),
+    [],
+    'no claim or lock file left',
+  )
+})
+
+t.test('an empty lock is not taken over while it may still be being written', async (t) => {
+  // a fresh empty lock whose writer fills it in a second: its holder's, never taken over meanwhile
+  const v = vmWithLock(t.testdir(), '')
+  const taking = rollbackMirror(v.store, 'vm-l')
+  await new Promise((r) => setTimeout(r, 1000))
+  writeFileSync(v.lock, `${other}\n${bootId}\n${processStartTime(other)}\n`)
+  await t.rejects(taking, { code: 'E_BUSY', message: new RegExp(`being written by process ${other}`) }, 'the writer filled it: E_BUSY')
+  writeFileSync(v.lock, '')
+  const old = new Date(Date.now() - 60_000)
+  utimesSync(v.lock, old, old)
+  await t.resolves(rollbackMirror(v.store, 'vm-l'), 'an empty lock older than the settle time is stale')
+  t.notOk(existsSync(v.lock))
 })
