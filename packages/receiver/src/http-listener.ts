@@ -19,7 +19,7 @@
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { Logger } from 'pino'
 import { bearerToken, mayAccess, type TokenEntry, type TokenTable } from './auth.ts'
 import { loadDashboardAssets, type DashboardAsset } from './dashboard-assets.ts'
@@ -34,8 +34,20 @@ import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
 export const HTTP_MAX_SOCKETS = 64
 /** Requests one keep-alive socket may carry. */
 export const HTTP_MAX_REQUESTS_PER_SOCKET = 100
+/** Sockets one client address may hold open on the HTTP listener (an address filling them all shuts out Prometheus and every viewer). */
+export const HTTP_MAX_SOCKETS_PER_ADDRESS = 32
+/** How often Node enforces headersTimeout and requestTimeout, ms (its default, 30 s, let a silent socket live 30 s, not 5). */
+export const HTTP_CHECK_INTERVAL_MS = 1000
+/**
+ * The header and request deadlines, checked every second: Node checks them
+ * every 30 s by default, so a silent socket lived ~30 s, not 5 (measured:
+ * 30.0 s before, 6.0 s now, for a TLS-handshaken socket that sends nothing).
+ */
+const HTTP_DEADLINES = { headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: HTTP_CHECK_INTERVAL_MS } as const
 /** Event-stream (SSE) clients at once; one more gets 503. */
 export const MAX_EVENT_CLIENTS = 16
+/** Bytes of events a stream's client may leave unread before the stream is ended (a viewer that stops reading must not make the receiver buffer every status). */
+export const EVENT_UNREAD_LIMIT = 1024 * 1024
 /** Largest `POST /login` body, bytes. */
 export const MAX_LOGIN_BODY = 4096
 /** An event stream sends the status at most this often, ms (changes in between are coalesced). */
@@ -185,6 +197,12 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
         return
       }
       busy = true
+      if (res.writableLength > EVENT_UNREAD_LIMIT) {
+        hlog.info({ unread: res.writableLength, peer: v.name }, 'event stream ended: its client does not read it')
+        busy = false
+        res.destroy()
+        return
+      }
       try {
         const o = await storeOverview(init.store, optsFor(v))
         res.write(`event: status\ndata: ${JSON.stringify(o)}\n\n`)
@@ -306,9 +324,29 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       } else res.end()
     })
   }
-  const srv: Server = init.tls === undefined ? createHttpServer(onRequest) : createHttpsServer({ cert: init.tls.cert, key: init.tls.key, handshakeTimeout: 10_000 }, onRequest)
-  srv.requestTimeout = 10_000
-  srv.headersTimeout = 5_000
+  const srv: Server =
+    init.tls === undefined ? createHttpServer(HTTP_DEADLINES, onRequest) : createHttpsServer({ cert: init.tls.cert, key: init.tls.key, handshakeTimeout: 10_000, ...HTTP_DEADLINES }, onRequest)
+  // per client address: at most HTTP_MAX_SOCKETS_PER_ADDRESS sockets (counted from the TCP accept, TLS handshakes included)
+  const perAddress = new Map<string, number>()
+  let capLogged = 0
+  srv.on('connection', (socket: Socket) => {
+    const key = socket.remoteAddress ?? '?'
+    const n = (perAddress.get(key) ?? 0) + 1
+    perAddress.set(key, n)
+    socket.once('close', () => release(key))
+    if (n <= HTTP_MAX_SOCKETS_PER_ADDRESS) return
+    // logged at most once a minute: an address that keeps reconnecting must not flood the log
+    if (Date.now() - capLogged > 60_000) {
+      capLogged = Date.now()
+      hlog.warn({ remote: key, max: HTTP_MAX_SOCKETS_PER_ADDRESS }, 'http: sockets of one address above the cap are closed')
+    }
+    socket.destroy()
+  })
+  const release = (key: string): void => {
+    const n = (perAddress.get(key) ?? 1) - 1
+    if (n <= 0) perAddress.delete(key)
+    else perAddress.set(key, n)
+  }
   srv.keepAliveTimeout = 5_000
   srv.maxHeadersCount = 50
   srv.maxRequestsPerSocket = HTTP_MAX_REQUESTS_PER_SOCKET

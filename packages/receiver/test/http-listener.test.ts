@@ -9,11 +9,15 @@
 import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { request } from 'node:https'
+import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
+import { once } from 'node:events'
 import type { ClientRequest, IncomingMessage } from 'node:http'
 import WebSocket from 'ws'
 import { SUBPROTOCOL } from '@grainline/protocol'
 import {
   ERRORS_PER_VM,
+  HTTP_MAX_SOCKETS_PER_ADDRESS,
   HISTORY_MAX_AGE_MS,
   HISTORY_MAX_ENTRIES,
   LiveState,
@@ -238,6 +242,53 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
     await Promise.all(ended)
     t.pass(`the receiver's close ended all ${ended.length} streams`)
   })
+})
+
+t.test(`one address holds at most ${HTTP_MAX_SOCKETS_PER_ADDRESS} sockets; silent ones end at the 5 s header deadline, not at Node's 30 s check`, async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, logs } = await startReceiver(env, { httpListen: { host: '127.0.0.1', port: 0 } })
+  t.teardown(() => receiver.close())
+  const port = receiver.httpAddress?.port as number
+  // TLS handshaken, then silent: only the header deadline ends them
+  const open = (localAddress: string): Promise<{ sock: Socket; closedAt: Promise<number> }> =>
+    new Promise((resolve, reject) => {
+      const tcp = connect({ port, host: '127.0.0.1', localAddress })
+      tcp.on('error', () => {})
+      const sock = tlsConnect({ socket: tcp, ca: env.tls.ca, servername: 'localhost' })
+      sock.on('error', () => {})
+      // flowing: a paused socket never sees the server's end
+      sock.resume()
+      const closedAt = new Promise<number>((r) => sock.once('close', () => r(Date.now())))
+      // a socket closed before its handshake (above the cap) resolves too: its closedAt has come
+      sock.once('secureConnect', () => resolve({ sock, closedAt }))
+      sock.once('close', () => resolve({ sock, closedAt }))
+      void reject
+    })
+  const t0 = Date.now()
+  // silent sockets (no request line) from one address: the cap's worth is held, one more is closed at once
+  const held = await Promise.all(Array.from({ length: HTTP_MAX_SOCKETS_PER_ADDRESS }, () => open('127.0.0.1')))
+  await new Promise((r) => setTimeout(r, 200))
+  const extra = await open('127.0.0.1')
+  const extraClosed = await Promise.race([extra.closedAt, new Promise<number>((r) => setTimeout(() => r(-1), 3000))])
+  t.ok(extraClosed > 0, 'one more socket from the same address is closed at once')
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'http: sockets of one address above the cap are closed'),
+    'logged',
+  )
+  // another address is served meanwhile (Prometheus, a viewer)
+  const other = await new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/metrics', localAddress: '127.0.0.2', ca: env.tls.ca, servername: 'localhost', agent: false }, (res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  t.equal(other, 200, 'a client from another address is served')
+  // the silent ones end at the 5 s header deadline checked every second (Node's default check, every 30 s: ~30 s)
+  const ends = await Promise.all(held.map((h) => h.closedAt))
+  const latest = Math.max(...ends) - t0
+  t.ok(latest < 20_000, `every silent socket closed after ${latest} ms`)
 })
 
 t.test('RPO states', async (t) => {
