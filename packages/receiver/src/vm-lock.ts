@@ -169,6 +169,12 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promi
     if ((err as { code?: unknown }).code === 'EEXIST') return 'exists'
     throw ioError(err, 'taking the VM lock')
   }
+  await writeLockText(fh, vm, log)
+  return true
+}
+
+/** Write our lock text into `fh` and close it; on a full disk the lock stays without our pid (others take it as stale once it settled). */
+async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<void> {
   try {
     await fh.writeFile(lockText())
   } catch (err) {
@@ -176,7 +182,6 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promi
   } finally {
     await fh.close()
   }
-  return true
 }
 
 /** The lock's text; undefined when there is no lock. */
@@ -204,14 +209,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<bool
     throw ioError(err, 'taking the VM lock')
   }
   try {
-    try {
-      await fh.writeFile(lockText())
-    } catch (err) {
-      // a full disk: the lock goes in place without our pid (others take it as stale once it settled)
-      log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
-    } finally {
-      await fh.close()
-    }
+    await writeLockText(fh, vm, log)
     try {
       await link(tmp, paths.lock)
       return true
