@@ -18,7 +18,7 @@ import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { readStoreFile } from './store-fs.ts'
-import { pointsOf, pointSource } from './points.ts'
+import { checkedPointSource, pointsOf } from './points.ts'
 import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 
@@ -114,7 +114,7 @@ export async function openPoint(
     const disks: string[] = []
     for (const rec of Object.values(state.disks)) {
       const child = join(abs, `${rec.stem}.vmdk`)
-      await createDelta(pointSource(m.paths, state, rec.name, cycle), child, { format: opts.format ?? 'sesparse' })
+      await createDelta(await checkedPointSource(m.paths, state, rec.name, cycle), child, { format: opts.format ?? 'sesparse' })
       disks.push(child)
     }
     const vmxPath = join(abs, `${vm}.vmx`)

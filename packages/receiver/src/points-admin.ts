@@ -12,7 +12,7 @@ import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
 import { readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { pointsOf, pointSource, type PointDisk } from './points.ts'
+import { checkedPointSource, pointsOf, pointSource, type PointDisk } from './points.ts'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -196,7 +196,7 @@ async function restoreDisk(
   const flatName = `${rec.stem}-flat.vmdk`
   const flat = join(toDir, flatName)
   const descriptor = join(toDir, `${rec.stem}.vmdk`)
-  const chain = await openChain(pointSource(paths, state, rec.name, cycle))
+  const chain = await openChain(await checkedPointSource(paths, state, rec.name, cycle))
   const check = ch.certify ?? ch.trivial
   const hash = check === null ? undefined : createDigest(check.algorithm as DigestAlgorithm)
   const hashBytes = check === null ? 0 : check === ch.certify ? chain.capacity : check.bytes

@@ -12,6 +12,7 @@ import { writeFileAtomic } from './fs-util.ts'
 import { faultPoint } from './fault.ts'
 import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointPath, removePointFiles } from './increment.ts'
+import { checkPointChain, checkPointMerge } from './point-chain.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import type { VerifyRecord, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -72,13 +73,30 @@ export function newestPointOf(points: readonly PointRecord[], disk: string): Poi
  * did not change since).
  */
 export function pointSource(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): string {
+  const file = pointFileAt(state, disk, cycle)
+  return file !== undefined ? pointPath(paths, file) : paths.descriptor(state.disks[disk]?.stem ?? disk)
+}
+
+/** The point file {@link pointSource} reads disk `disk` of point `cycle` from; undefined when it is the mirror. */
+function pointFileAt(state: VmStateFile, disk: string, cycle: number): string | undefined {
   for (const p of pointsOf(state)) {
     if (p.cycle < cycle) continue
     const d = p.disks[disk]
-    if (d !== undefined) return pointPath(paths, d.file)
+    if (d !== undefined) return d.file
   }
-  const rec = state.disks[disk]
-  return paths.descriptor(rec?.stem ?? disk)
+  return undefined
+}
+
+/**
+ * {@link pointSource}, with the chain of point files it reads through
+ * checked first (point-chain.ts): what a restore, an open and an archive
+ * read a point from.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkedPointSource(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): Promise<string> {
+  const file = pointFileAt(state, disk, cycle)
+  if (file !== undefined) await checkPointChain(paths, file, state.disks[disk]?.stem ?? disk)
+  return pointSource(paths, state, disk, cycle)
 }
 
 /** Allocated bytes of a point's descriptor and extent (0 when missing). */
@@ -132,6 +150,8 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile): Pro
   for (const m of p.merges ?? []) {
     // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
     if (await entryExists(pointPath(paths, m.child))) {
+      // consolidate writes into the parent the child names and deletes the files it lists
+      await checkPointMerge(paths, m)
       await consolidate(pointPath(paths, m.child), { onProgress: (e) => faultPoint(`merge-${e.step}`) })
     }
   }

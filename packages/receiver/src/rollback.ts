@@ -4,6 +4,8 @@ import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
+import { checkPointChain } from './point-chain.ts'
+import { entryExists } from './store-fs.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -45,7 +47,9 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise
       ucontents = contents
     }
     if (d.increment !== undefined) {
-      // the old grains are in the reverse increment; the journal indexes them
+      // the old grains are in the reverse increment; the journal indexes them — read into the mirror,
+      // so its files must be the receiver's own (point-chain.ts), not a link to another file
+      if (ucontents.grains.length > 0 && (await entryExists(pointPath(paths, d.increment)))) await checkPointChain(paths, d.increment, d.stem)
       await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize)
     } else {
       await undoJournal(upath, ucontents, paths.flat(d.stem))

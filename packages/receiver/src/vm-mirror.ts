@@ -22,6 +22,7 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 /** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
 import { pointFileName } from './increment.ts'
+import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointRecord } from './points.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
@@ -332,7 +333,7 @@ export class VmMirror {
       )
       records = c.records.map((r) => (proven.has(r.name) ? { ...r, proven: { kind: 'resync' as const, at: now, cycle } } : r))
       if (proven.size > 0) c.next = { ...c.next, disks: { ...c.next.disks, ...Object.fromEntries(records.filter((r) => proven.has(r.name)).map((r) => [r.name, r])) } }
-      const kept = this.retain(plan.points, opts)
+      const kept = await this.retainChecked(plan.points, opts)
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       faultPoint('commit-before-state')
       await this.save({
@@ -349,6 +350,24 @@ export class VmMirror {
     await this.rollForward()
     await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
+  }
+
+  /**
+   * {@link retain} at a commit, its merges checked first (point-chain.ts):
+   * when a point's files are not as the receiver wrote them, the commit
+   * goes on and this time no point is dropped (logged as an error naming
+   * the point and what to do) — a merge would write through them, and the
+   * cycle's data must not wait for the operator.
+   */
+  private async retainChecked(points: readonly PointRecord[], opts: CommitOptions): Promise<{ points: PointRecord[]; removePoints: string[]; merges: PointMerge[] }> {
+    const r = this.retain(points, opts)
+    try {
+      for (const m of r.merges) await checkPointMerge(this.paths, m)
+      return r
+    } catch (err) {
+      this.log.error({ vm: this.vm, err: (err as Error).message, code: (err as { code?: unknown }).code }, 'restore points not pruned at this commit: a point to merge is not as grainline wrote it')
+      return { points: [...points], removePoints: [], merges: [] }
+    }
   }
 
   /** Apply a retention policy to a list of points: the oldest dropped ones are removed, middle ones merged. */
@@ -397,6 +416,8 @@ export class VmMirror {
       kept = this.retain(before, opts)
     }
     if (kept.points.length === before.length) return []
+    // before the state names them: a merge writes into the dropped point and deletes the older one's files
+    for (const m of kept.merges) await checkPointMerge(this.paths, m)
     await this.save({
       ...this.current,
       points: kept.points,

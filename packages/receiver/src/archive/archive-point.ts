@@ -19,7 +19,7 @@ import type { Logger } from 'pino'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
-import { pointsOf, pointSource } from '../points.ts'
+import { checkedPointSource, pointsOf } from '../points.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
 import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
@@ -92,7 +92,7 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
         capacity: rec.capacity,
         ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb,
         open: async () => {
-          const chain = await openChain(pointSource(m.paths, state, rec.name, cycle))
+          const chain = await openChain(await checkedPointSource(m.paths, state, rec.name, cycle))
           return {
             capacity: chain.capacity,
             read: async (off: number, n: number) => {

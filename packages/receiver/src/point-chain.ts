@@ -1,0 +1,102 @@
+/**
+ * The files of restore points, checked against the layout the receiver
+ * writes before anything reads or merges through them.
+ *
+ * A point is a text descriptor in `.grainline/points` with one SEsparse
+ * extent beside it (`<name>-sesparse.vmdk`) and no change-tracking file;
+ * its parent is the next newer point of the disk (a plain file name in the
+ * same folder) or, for the newest, the mirror (`../../<stem>.vmdk`). The
+ * vmdk readers follow whatever a descriptor names (ESXi datastores need
+ * that), and `consolidate` writes into the parent its child names and
+ * deletes the files the child lists. A descriptor edited by hand, damaged,
+ * or carried in a store from elsewhere could otherwise make a prune merge a
+ * point's old grains into the live mirror or into a file outside the store,
+ * delete a file outside it, or make a restore read another file; a symbolic
+ * link in the points folder would be written or read through.
+ */
+import { parseDescriptor, type Descriptor } from '@grainline/vmdk'
+import { basename } from 'node:path'
+import { ReceiverError } from './errors.ts'
+import { pointExtentName, pointPath } from './increment.ts'
+import { readStoreFile, regularFileSize } from './store-fs.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+/** A point descriptor is a few hundred bytes; anything larger is not one of ours. */
+const MAX_POINT_DESCRIPTOR_BYTES = 64 * 1024
+
+/** Longest chain of points a check walks (a loop in the links ends it). */
+const MAX_POINT_HOPS = 100_000
+
+/** The parent hint of a disk's newest point: the mirror's descriptor, two folders up. */
+export function mirrorHint(stem: string): string {
+  return `../../${stem}.vmdk`
+}
+
+function linkError(paths: VmPaths, file: string, why: string): ReceiverError {
+  return new ReceiverError(
+    'E_STATE',
+    `restore point ${file} of VM ${basename(paths.dir)}: ${why}; it is not as grainline wrote it (edited, damaged or carried from another store), so nothing was read, merged or removed through it. Put back the points folder from a backup, or drop the VM's points (grainline points prune --store ${paths.store} --vm ${basename(paths.dir)} --keep 0) and let the next cycles make new ones`,
+  )
+}
+
+/**
+ * Check one point's files: its descriptor and its extent are regular files
+ * (not symbolic links, FIFOs or folders), the descriptor lists exactly its
+ * own extent and no change-tracking file. Returns the descriptor.
+ * @throws ReceiverError E_STATE (not a point's layout, missing), E_STORE_FILE (a link, FIFO, folder or device)
+ */
+export async function checkPointFiles(paths: VmPaths, file: string): Promise<Descriptor> {
+  const path = pointPath(paths, file)
+  const size = await regularFileSize(path)
+  if (size === undefined) throw linkError(paths, file, 'its descriptor is missing')
+  if (size > MAX_POINT_DESCRIPTOR_BYTES) throw linkError(paths, file, `its descriptor is ${size} bytes (a point's is a few hundred)`)
+  let d: Descriptor
+  try {
+    d = parseDescriptor((await readStoreFile(path)).toString('utf8'))
+  } catch (err) {
+    throw linkError(paths, file, `its descriptor does not parse (${(err as Error).message})`)
+  }
+  const extent = pointExtentName(file)
+  const names = d.extents.map((e) => e.file)
+  if (names.length !== 1 || names[0] !== extent) throw linkError(paths, file, `its descriptor names the extents ${JSON.stringify(names)}, not ${JSON.stringify([extent])}`)
+  if (d.changeTrackPath !== undefined) throw linkError(paths, file, `its descriptor names a change-tracking file ${JSON.stringify(d.changeTrackPath)}`)
+  if ((await regularFileSize(pointPath(paths, extent))) === undefined) throw linkError(paths, file, `its extent ${extent} is missing`)
+  return d
+}
+
+/** The parent a point's descriptor names: another point's file name, or `null` for the mirror of `stem`. */
+function parentOf(paths: VmPaths, file: string, d: Descriptor, stem: string): string | null {
+  const hint = d.parentFileNameHint
+  if (hint === mirrorHint(stem)) return null
+  if (hint !== undefined && /^[^/\\\0]+\.vmdk$/i.test(hint) && basename(hint) === hint) return hint
+  throw linkError(paths, file, `its parent is ${JSON.stringify(hint ?? null)}, neither a point of the same folder nor the mirror ${mirrorHint(stem)}`)
+}
+
+/**
+ * Check the chain a read of point `file` of the disk `stem` goes through:
+ * every point file up to the mirror (see {@link checkPointFiles}), each
+ * linked to a point of the same folder or, last, to the mirror of `stem`.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkPointChain(paths: VmPaths, file: string, stem: string): Promise<void> {
+  const seen = new Set<string>()
+  for (let f: string | null = file; f !== null; ) {
+    if (seen.has(f)) throw linkError(paths, file, `its chain loops back to ${f}`)
+    if (seen.size >= MAX_POINT_HOPS) throw linkError(paths, file, `its chain is longer than ${MAX_POINT_HOPS} points`)
+    seen.add(f)
+    f = parentOf(paths, f, await checkPointFiles(paths, f), stem)
+  }
+}
+
+/**
+ * Check a merge of a dropped point before `consolidate` writes: the child
+ * (the next older point) names the dropped point as its parent, and both
+ * points' files are as the receiver writes them — so the merge writes only
+ * into the dropped point's extent and deletes only the child's two files.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkPointMerge(paths: VmPaths, merge: { readonly child: string; readonly parent: string }): Promise<void> {
+  const d = await checkPointFiles(paths, merge.child)
+  if (d.parentFileNameHint !== merge.parent) throw linkError(paths, merge.child, `its parent is ${JSON.stringify(d.parentFileNameHint ?? null)}, but the merge expects ${merge.parent}`)
+  await checkPointFiles(paths, merge.parent)
+}

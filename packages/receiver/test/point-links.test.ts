@@ -1,0 +1,171 @@
+/**
+ * Restore points whose files are not as the receiver wrote them (edited by
+ * hand, damaged, carried in a store from elsewhere): a prune must never
+ * merge old grains into the mirror or into a file outside the store, and a
+ * restore must never read another file (point-chain.ts).
+ */
+import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
+import { execFileSync } from 'node:child_process'
+import { copyFileSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
+import { prunePoints, restorePoint, type VmStateFile } from '../src/index.ts'
+
+const log = pino({ level: 'silent' })
+
+function qemuRead(dir: string, desc: string): Buffer {
+  const out = join(dir, `read-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+  const b = readFileSync(out)
+  rmSync(out)
+  return b
+}
+
+async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 1000) throw err
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+}
+
+t.test('a point whose files are not the receiver’s: no merge writes through it, no restore reads through it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-links'
+  const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(MiB, 1), Buffer.alloc(2 * MiB), pattern(MiB, 2)])]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'cd01cd01cd01cd01')])
+  a.close()
+  for (let c = 2; c <= 5; c++) {
+    const ranges = [{ offset: c * 300 * 1024, length: 256 * 1024 }]
+    images[c] = evolve(images[c - 1] as Buffer, c * 13, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `cd0${c}cd0${c}cd0${c}cd0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const state = JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile
+  t.same(
+    (state.points ?? []).map((p) => p.cycle),
+    [1, 2, 3, 4],
+    'points 1–4 kept',
+  )
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const mirror = join(env.store, vm, 'd.vmdk')
+  const p2 = join(pdir, 'd.p2.vmdk')
+  const p3 = join(pdir, 'd.p3.vmdk')
+  const p3ext = join(pdir, 'd.p3-sesparse.vmdk')
+  t.ok(qemuRead(env.dir, mirror).equals(images[5] as Buffer), 'the mirror reads as cycle 5')
+  const saved = new Map([p2, p3, p3ext].map((f) => [f, readFileSync(f)]))
+  const putBack = (): void => {
+    for (const [f, b] of saved) {
+      rmSync(f, { force: true })
+      writeFileSync(f, b)
+    }
+  }
+  const relink = (file: string, hint: string, cid: string): void => {
+    writeFileSync(file, serializeDescriptor(parseDescriptor(readFileSync(file, 'utf8')).withParent(hint, cid)))
+  }
+  const mirrorCid = formatCid(parseDescriptor(readFileSync(mirror, 'utf8')).cid)
+  const p3Cid = formatCid(parseDescriptor(readFileSync(p3, 'utf8')).cid)
+
+  await t.test('point 2 linked to the mirror: dropping point 3 would merge old grains into the mirror', async (t) => {
+    relink(p2, '../../d.vmdk', mirrorCid)
+    await t.rejects(
+      whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+      { code: 'E_STATE', message: /d\.p2\.vmdk of VM web-links: its parent is "\.\.\/\.\.\/d\.vmdk", but the merge expects d\.p3\.vmdk.*--keep 0/ },
+      'the drop is refused before anything is written',
+    )
+    t.ok(qemuRead(env.dir, mirror).equals(images[5] as Buffer), 'the mirror still reads as cycle 5')
+    t.same(
+      (JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).points?.map((p) => p.cycle),
+      [1, 2, 3, 4],
+      'no point dropped',
+    )
+    t.equal((JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).pending ?? null, null, 'no prune pending')
+    putBack()
+  })
+
+  await t.test('point 3’s extent a symbolic link to a file outside the store: neither merged into nor read', async (t) => {
+    const outside = join(env.dir, 'outside-sesparse.vmdk')
+    copyFileSync(p3ext, outside)
+    const before = readFileSync(outside)
+    rmSync(p3ext)
+    symlinkSync(outside, p3ext)
+    await t.rejects(
+      whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+      { code: 'E_STORE_FILE', message: /d\.p3-sesparse\.vmdk is a symbolic link/ },
+      'drop refused',
+    )
+    t.ok(readFileSync(outside).equals(before), 'the file outside the store is untouched')
+    await t.rejects(
+      whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-link'), { logger: log })),
+      { code: 'E_STORE_FILE' },
+      'restore of point 3 refused',
+    )
+    await t.rejects(
+      whenFree(() => restorePoint(env.store, vm, 1, join(env.dir, 'restore-link1'), { logger: log })),
+      { code: 'E_STORE_FILE' },
+      'restore of point 1, whose chain passes point 3, refused',
+    )
+    putBack()
+  })
+
+  await t.test('point 2 linked to a copy of point 3 outside the store: not read, not merged', async (t) => {
+    const outDesc = join(env.dir, 'elsewhere.vmdk')
+    writeFileSync(outDesc, readFileSync(p3, 'utf8').replace('"d.p3-sesparse.vmdk"', '"elsewhere-sesparse.vmdk"'))
+    copyFileSync(p3ext, join(env.dir, 'elsewhere-sesparse.vmdk'))
+    relink(outDesc, '../store/web-links/d.vmdk', mirrorCid)
+    relink(p2, outDesc, p3Cid)
+    const before = readFileSync(join(env.dir, 'elsewhere-sesparse.vmdk'))
+    await t.rejects(
+      whenFree(() => restorePoint(env.store, vm, 2, join(env.dir, 'restore-out'), { logger: log })),
+      { code: 'E_STATE', message: /neither a point of the same folder nor the mirror/ },
+      'restore of point 2 refused',
+    )
+    await t.rejects(
+      whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+      { code: 'E_STATE' },
+      'drop of point 3 refused',
+    )
+    t.ok(readFileSync(join(env.dir, 'elsewhere-sesparse.vmdk')).equals(before), 'the copy outside the store is untouched')
+    putBack()
+  })
+
+  await t.test('point 3’s descriptor naming an extent outside its folder', async (t) => {
+    const outside = join(env.dir, 'victim-sesparse.vmdk')
+    copyFileSync(p3ext, outside)
+    const before = readFileSync(outside)
+    writeFileSync(p3, readFileSync(p3, 'utf8').replace('"d.p3-sesparse.vmdk"', '"../../../victim-sesparse.vmdk"'))
+    await t.rejects(
+      whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
+      { code: 'E_STATE', message: /names the extents \["\.\.\/\.\.\/\.\.\/victim-sesparse\.vmdk"\]/ },
+      'drop refused',
+    )
+    await t.rejects(
+      whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-ext'), { logger: log })),
+      { code: 'E_STATE' },
+      'restore refused',
+    )
+    t.ok(readFileSync(outside).equals(before), 'the file outside the store is untouched')
+    putBack()
+  })
+
+  // put back as written, the same drop merges point 2 into point 3's file and every point reads as its cycle
+  const r = await whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log }))
+  t.same(r.dropped, [3], 'point 3 dropped once its files are the receiver’s again')
+  for (const k of [1, 2, 4]) {
+    const to = join(env.dir, `restore-${k}`)
+    await whenFree(() => restorePoint(env.store, vm, k, to, { logger: log }))
+    t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `point ${k} restores as cycle ${k}`)
+  }
+  t.ok(qemuRead(env.dir, mirror).equals(images[5] as Buffer), 'the mirror reads as cycle 5')
+})
