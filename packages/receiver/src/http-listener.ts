@@ -46,6 +46,8 @@ export const HTTP_CHECK_INTERVAL_MS = 1000
 const HTTP_DEADLINES = { headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: HTTP_CHECK_INTERVAL_MS } as const
 /** Event-stream (SSE) clients at once; one more gets 503. */
 export const MAX_EVENT_CLIENTS = 16
+/** Event streams of one viewer token at once (a quarter: one token cannot take them all); one more gets 503. */
+export const MAX_EVENT_CLIENTS_PER_VIEWER = 4
 /** Bytes of events a stream's client may leave unread before the stream is ended (a viewer that stops reading must not make the receiver buffer every status). */
 export const EVENT_UNREAD_LIMIT = 1024 * 1024
 /** Largest `POST /login` body, bytes. */
@@ -125,7 +127,8 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
   const viewers = new ViewerSessions()
   const throttle = init.throttle ?? new LoginThrottle()
   const secure = init.tls !== undefined
-  const events = new Set<() => void>()
+  /** the open event streams: how each ends, and its viewer */
+  const events = new Map<() => void, string>()
   const hlog = log.child({ component: 'http' })
 
   /** The viewer of a request: its session cookie, or a Bearer token. `role` tells an agent token apart. */
@@ -185,6 +188,12 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       apiError(res, 503, 'E_LIMIT', `${MAX_EVENT_CLIENTS} event streams are open already`, { 'Retry-After': '10' })
       return
     }
+    let own = 0
+    for (const name of events.values()) if (name === v.name) own++
+    if (own >= MAX_EVENT_CLIENTS_PER_VIEWER) {
+      apiError(res, 503, 'E_LIMIT', `viewer ${v.name} has ${MAX_EVENT_CLIENTS_PER_VIEWER} event streams open already (close a dashboard tab)`, { 'Retry-After': '10' })
+      return
+    }
     res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'text/event-stream; charset=utf-8', Connection: 'keep-alive' })
     req.socket.setTimeout(0)
     let last = 0
@@ -235,7 +244,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       if (timer !== undefined) clearTimeout(timer)
       res.end()
     }
-    events.add(end)
+    events.set(end, v.name)
     req.on('close', end)
     void push()
   }
@@ -365,7 +374,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     port: addr.port,
     close: () =>
       new Promise<void>((resolve) => {
-        for (const end of [...events]) end()
+        for (const end of [...events.keys()]) end()
         srv.close(() => resolve())
         srv.closeAllConnections()
       }),

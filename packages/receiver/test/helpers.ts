@@ -473,6 +473,22 @@ export function evolve(prev: Buffer, seed: number, ranges: Array<{ offset: numbe
 }
 
 /** The compatibility a one-disk test mirror commits with. */
+/**
+ * Retry an operator action while the VM lock of a session that just closed
+ * is still held (E_BUSY until the receiver has finished the session's
+ * teardown): every `pause` ms, at most `tries` times.
+ */
+export async function whenFree<T>(fn: () => Promise<T>, tries = 1000, pause = 10): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > tries) throw err
+      await new Promise((resolve) => setTimeout(resolve, pause))
+    }
+  }
+}
+
 export const TEST_COMPAT = { hwVersion: 14, datastoreType: 'local', guestOS: 'otherlinux-64' }
 /** The source chain a one-disk test mirror's seed names. */
 export const TEST_SOURCE = { layers: [{ file: 'd.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'd-000001.vmdk' }

@@ -21,6 +21,9 @@ import {
   HISTORY_MAX_ENTRIES,
   LiveState,
   MAX_EVENT_CLIENTS,
+  MAX_EVENT_CLIENTS_PER_VIEWER,
+  MAX_SESSIONS_PER_VIEWER,
+  MAX_VIEWER_SESSIONS,
   MAX_LOGIN_BODY,
   SESSION_COOKIE,
   ViewerSessions,
@@ -36,6 +39,8 @@ import { httpCall, readEvents, scratchDir } from '@grainline/test-utils'
 
 const VIEWER = 'viewer-noc-0123456789abcdef0123'
 const VIEWER_WEB = 'viewer-web-0123456789abcdef0123'
+/** more viewer tokens: the event streams' cap in all (each token holds at most a quarter of it) */
+const VIEWERS_MORE = ['viewer-v03-0123456789abcdef0123', 'viewer-v04-0123456789abcdef0123', 'viewer-v05-0123456789abcdef0123']
 
 t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, live progress, errors, bounds', async (t) => {
   const env = makeEnv(scratchDir(t))
@@ -47,6 +52,7 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
         { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
         { name: 'noc', token: VIEWER, role: 'viewer' },
         { name: 'noc-web', token: VIEWER_WEB, role: 'viewer', vms: ['web-*'] },
+        ...VIEWERS_MORE.map((token, i) => ({ name: `wall-${i}`, token, role: 'viewer', vms: ['none-*'] })),
       ],
     }),
   )
@@ -220,11 +226,11 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
     t.match(d.errors, [{ cycle: 1, code: 'E_MALFORMED' }])
   })
 
-  t.test(`at most ${MAX_EVENT_CLIENTS} event streams; closing the receiver ends them`, async (t) => {
+  t.test(`at most ${MAX_EVENT_CLIENTS} event streams, ${MAX_EVENT_CLIENTS_PER_VIEWER} per viewer token; closing the receiver ends them`, async (t) => {
     const ended: Array<Promise<void>> = []
-    const start = (): Promise<number> =>
+    const start = (token = VIEWER): Promise<number> =>
       new Promise((resolve, reject) => {
-        const req = request(`${base}/api/v1/events`, { headers: { Authorization: `Bearer ${VIEWER}` }, ca: env.tls.ca, agent: false })
+        const req = request(`${base}/api/v1/events`, { headers: { Authorization: `Bearer ${token}` }, ca: env.tls.ca, agent: false })
         req.on('response', (res) => {
           res.on('error', () => {})
           if (res.statusCode === 200) ended.push(new Promise((r) => res.on('close', () => r())))
@@ -234,8 +240,11 @@ t.test('the HTTP listener: auth matrix, headers, login, API after real cycles, l
         req.on('error', reject)
         req.end()
       })
-    for (let i = 0; i < MAX_EVENT_CLIENTS; i++) t.equal(await start(), 200)
-    t.equal(await start(), 503, 'one more: 503')
+    for (let i = 0; i < MAX_EVENT_CLIENTS_PER_VIEWER; i++) t.equal(await start(), 200)
+    t.equal(await start(), 503, `a ${MAX_EVENT_CLIENTS_PER_VIEWER + 1}th stream of one viewer token: 503 (it cannot take them all)`)
+    const tokens = [VIEWER_WEB, ...VIEWERS_MORE]
+    for (let i = MAX_EVENT_CLIENTS_PER_VIEWER; i < MAX_EVENT_CLIENTS; i++) t.equal(await start(tokens[Math.floor(i / MAX_EVENT_CLIENTS_PER_VIEWER) - 1]), 200)
+    t.equal(await start(VIEWERS_MORE[2]), 503, `one more in all (${MAX_EVENT_CLIENTS + 1}): 503`)
     closed = true
     await receiver.close()
     await Promise.all(ended)
@@ -358,6 +367,14 @@ t.test('viewer sessions: cookie parsing, expiry, cap', async (t) => {
   t.equal(s.lookup(undefined), undefined)
   now += 12 * 3600 * 1000
   t.equal(s.lookup(`${SESSION_COOKIE}=${id}`), undefined, 'expired after 12 h')
+  // one token logging in in a loop evicts only its own sessions, never another viewer's
+  const other = { ...entry, name: 'wall', token: VIEWER_WEB }
+  const kept = s.create(other)
   for (let i = 0; i < 300; i++) s.create(entry)
-  t.equal(s.size, 256, 'at most 256 sessions')
+  t.equal(s.size, MAX_SESSIONS_PER_VIEWER + 1, `${MAX_SESSIONS_PER_VIEWER} sessions of the looping token, and the other's`)
+  t.equal(s.lookup(`${SESSION_COOKIE}=${kept}`), other, "the other viewer's session survives 300 logins of one token")
+  // in all at most 256: when full, the oldest session of the token holding the most goes
+  for (let v = 0; v < 20; v++) for (let i = 0; i < MAX_SESSIONS_PER_VIEWER; i++) s.create({ ...entry, name: `v${v}` })
+  t.equal(s.size, MAX_VIEWER_SESSIONS, `at most ${MAX_VIEWER_SESSIONS} sessions`)
+  t.equal(s.lookup(`${SESSION_COOKIE}=${kept}`), other, 'the token with one session keeps it when the cap in all is reached')
 })

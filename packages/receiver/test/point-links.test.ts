@@ -11,7 +11,7 @@ import { copyFileSync, readFileSync, rmSync, symlinkSync, writeFileSync } from '
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
 import { prunePoints, restorePoint, type VmStateFile } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
@@ -22,17 +22,6 @@ function qemuRead(dir: string, desc: string): Buffer {
   const b = readFileSync(out)
   rmSync(out)
   return b
-}
-
-async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn()
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 1000) throw err
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
-  }
 }
 
 t.test('a point whose files are not the receiver’s: no merge writes through it, no restore reads through it', async (t) => {

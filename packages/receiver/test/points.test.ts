@@ -6,7 +6,7 @@ import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 
 /** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
@@ -14,21 +14,6 @@ function qemuRead(dir: string, desc: string): Buffer {
   const out = join(dir, `read-${Math.random().toString(16).slice(2)}.raw`)
   execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
   return readFileSync(out)
-}
-
-/**
- * Run a store action once the VM lock of a session that just closed is
- * released: E_BUSY until the receiver has finished the session's teardown.
- */
-async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn()
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 1000) throw err
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
-  }
 }
 
 function state(store: string, vm: string): VmStateFile {

@@ -19,7 +19,7 @@ import { join } from 'node:path'
 import { qemuRaw } from '@grainline/test-utils'
 import type { ReceiverInit, RetentionPolicy } from '../src/index.ts'
 import { BLOCKS, BS, NAME, SIZE, VM as RVM, mapOf, resyncCycle } from './resync-helpers.ts'
-import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
+import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env, whenFree as whenFreeAfter } from './helpers.ts'
 
 /** A frame of `m` even when the codec refuses a field (hand-encoded, so the receiver sees the bad field). */
 async function frameOf(m: Message): Promise<Uint8Array> {
@@ -54,17 +54,8 @@ export interface StoreUnderTest {
   close(env: Env, vm: string, dir: string, failover?: boolean): Promise<number>
 }
 
-/** Retry an operator action while a session that just ended still holds the VM (E_BUSY). */
-async function whenFree<T>(fn: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn()
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== 'E_BUSY' || i > 200) throw err
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-  }
-}
+/** Retry an operator action while a session that just ended still holds the VM (E_BUSY), every 50 ms. */
+const whenFree = <T>(fn: () => Promise<T>): Promise<T> => whenFreeAfter(fn, 200, 50)
 
 /** A disk file (VMDK) as QEMU reads it. */
 async function qemuReads(file: string, out: string): Promise<Buffer> {
