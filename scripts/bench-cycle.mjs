@@ -36,6 +36,7 @@
  * shipped' line per disk: the time to hand its extents to the socket, the
  * wait for the receiver's DiskEnded, and the agent's CPU over both);
  * `BENCH_RECEIVER_NODE_FLAGS="--max-semi-space-size=32"` passes Node/V8 flags to the receiver process.
+ * `BENCH_RECEIVER_ARGS="--batch-bytes 4194304"` passes options to the receiver.
  * `BENCH_RECEIVER_LOG=<level>` runs the receiver at that level (at `debug`,
  * its batches flushed, written and durable; its log goes to stderr).
  * `BENCH_AGENT_PREFIX="strace -f -c -o /tmp/agent-{i}.strace"` runs each
@@ -108,6 +109,7 @@ const rx = spawn(
     key,
     '--log-level',
     process.env.BENCH_RECEIVER_LOG ?? 'warn',
+    ...(process.env.BENCH_RECEIVER_ARGS ? process.env.BENCH_RECEIVER_ARGS.split(' ').filter((f) => f !== '') : []),
   ],
   {
     stdio: ['ignore', 'pipe', 'inherit'],
