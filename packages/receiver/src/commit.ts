@@ -34,6 +34,8 @@ function committedRecord(d: SealedDisk, cycle: number, now: string, generation: 
     capacity: d.info.capacity,
     size: d.size,
     cycle,
+    // a disk new to the mirror is held from this cycle on; a known one keeps its start
+    ...(prev === undefined ? { since: cycle } : prev.since === undefined ? {} : { since: prev.since }),
     committedAt: now,
     source: d.info.source,
     cycleId: d.info.cycleId,

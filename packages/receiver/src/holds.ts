@@ -18,7 +18,7 @@ import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { readStoreFile } from './store-fs.ts'
-import { checkedPointSource, pointsOf } from './points.ts'
+import { checkedPointSource, disksAt, pointsOf, pointVmx } from './points.ts'
 import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 
@@ -112,7 +112,7 @@ export async function openPoint(
     const hold: HoldRecord = { id: randomUUID(), cycle, dir: abs, kind, createdAt: new Date().toISOString() }
     await m.setHolds([...holdsOf(state), hold])
     const disks: string[] = []
-    for (const rec of Object.values(state.disks)) {
+    for (const rec of disksAt(state, cycle)) {
       const child = join(abs, `${rec.stem}.vmdk`)
       await createDelta(await checkedPointSource(m.paths, state, rec.name, cycle), child, { format: opts.format ?? 'sesparse' })
       disks.push(child)
@@ -122,7 +122,7 @@ export async function openPoint(
     try {
       // a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
       const text = (await readStoreFile(join(m.paths.dir, `${vm}.vmx`))).toString('utf8')
-      await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
+      await writeFile(vmxPath, prepareVmx(pointVmx(text, state, cycle), { ...opts.vmx, suffix }))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }

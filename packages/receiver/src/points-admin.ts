@@ -12,7 +12,7 @@ import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
 import { readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { checkedPointSource, pointsOf, pointSource, type PointDisk } from './points.ts'
+import { checkedPointSource, disksAt, pointsOf, pointSource, pointVmx, type PointDisk } from './points.ts'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -76,8 +76,8 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
   const cycles = [...pointsOf(state).map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, generation: p.generation, current: false }))]
   cycles.push({ cycle: state.committedCycle, committedAt: state.committedAt ?? '', generation: state.generation ?? '', current: true })
   const points = cycles.map((c) => {
-    const disks = Object.keys(state.disks)
-      .sort()
+    const disks = disksAt(state, c.cycle)
+      .map((r) => r.name)
       .map((name) => {
         const ch = checksAt(state, name, c.cycle)
         return { name, source: pointSource(paths, state, name, c.cycle), bytes: ch.own?.bytes ?? 0, trivial: ch.trivial, certify: ch.certify }
@@ -162,7 +162,7 @@ export async function restorePoint(
     await mkdir(toDir, { recursive: true })
     if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
     await initDigests()
-    const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const recs = disksAt(state, cycle)
     const total = recs.reduce((n, r) => n + r.capacity, 0)
     const t0 = performance.now()
     let done = 0
@@ -249,7 +249,7 @@ async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toD
   try {
     // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
     const vmx = (await readStoreFile(join(paths.dir, `${state.vm}.vmx`))).toString('utf8')
-    const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
+    const marked = pointVmx(vmx, state, cycle).replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
     await writeFile(join(toDir, `${state.vm}.vmx`), marked)
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err

@@ -14,7 +14,8 @@ import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointPath, removePointFiles } from './increment.ts'
 import { checkPointChain, checkPointMerge } from './point-chain.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
-import type { VerifyRecord, VmStateFile } from './state-file.ts'
+import { mirrorVmx } from './mirror-vmx.ts'
+import type { DiskRecord, VerifyRecord, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** One disk of a restore point. */
@@ -65,6 +66,29 @@ export function newestPointOf(points: readonly PointRecord[], disk: string): Poi
     if (d !== undefined) return d
   }
   return undefined
+}
+
+/**
+ * The disks the VM had at point `cycle` (the mirror's disks held since that
+ * cycle or before), sorted by name: a disk added to the VM later is not part
+ * of an older point — restoring it there would attach today's data to the
+ * past.
+ */
+export function disksAt(state: VmStateFile, cycle: number): DiskRecord[] {
+  return Object.values(state.disks)
+    .filter((r) => (r.since ?? 0) <= cycle)
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+}
+
+/**
+ * The mirror's .vmx as point `cycle` runs it: the devices of disks added
+ * after that cycle are disabled (`present = "FALSE"`, mirror-vmx.ts), so that
+ * a restored or opened point boots without a missing disk.
+ */
+export function pointVmx(text: string, state: VmStateFile, cycle: number): string {
+  const held = disksAt(state, cycle)
+  if (held.length === Object.keys(state.disks).length) return text
+  return mirrorVmx(text, { suffix: '', diskMap: new Map(held.map((r) => [`${r.stem}.vmdk`, `${r.stem}.vmdk`])) }).text
 }
 
 /**

@@ -29,6 +29,12 @@ export interface DiskRecord {
   /** flat file size at commit */
   readonly size: number
   readonly cycle: number
+  /**
+   * the first committed cycle whose mirror held this disk: points older than
+   * it leave the disk out (it was added to the VM later). Absent in state
+   * files older than it: the disk counts as held at every point.
+   */
+  readonly since?: number
   readonly committedAt: string
   readonly source: SourceIdentity
   readonly cycleId: string

@@ -8,7 +8,8 @@
  * an object larger than expected.
  */
 import t from 'tap'
-import { readFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
@@ -91,6 +92,20 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
   t.same(await listArchivedPoints(bucket, 'p/', vm), [1, 2, 3])
   t.same(await listArchivedPoints(bucket, 'p/', 'nobody'), [])
   t.equal((await archivePoints(env.store, vm, [2], { logger: log, bucket, prefix: 'p/' }))[0]?.archived, false, 'an archived point is skipped')
+  // a hostile store: the mirror's .vmx a link to a file outside the store, or a FIFO: refused, typed, nothing uploaded from outside
+  const vmxPath = join(env.store, vm, `${vm}.vmx`)
+  const vmxText = readFileSync(vmxPath)
+  const secret = join(env.dir, 'secret.txt')
+  writeFileSync(secret, 'not for the bucket')
+  rmSync(vmxPath)
+  symlinkSync(secret, vmxPath)
+  await t.rejects(archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'h/' }), { code: 'E_STORE_FILE' }, 'a .vmx that is a link to a file outside the store')
+  rmSync(vmxPath)
+  execFileSync('mkfifo', [vmxPath])
+  await t.rejects(archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'h/' }), { code: 'E_STORE_FILE' }, 'a .vmx that is a FIFO: refused, no hang')
+  rmSync(vmxPath)
+  writeFileSync(vmxPath, vmxText)
+  t.same(await bucket.list('h/'), [], 'nothing uploaded under the refused prefix')
 
   for (let k = 1; k <= 3; k++) {
     const to = join(env.dir, `restored-${k}`)

@@ -156,6 +156,90 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
 })
 
+t.test('a disk added after a point is not part of it: restore, open, list leave it out and disable it in the .vmx', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts-add'
+  const d: Buffer[] = [Buffer.alloc(0), pattern(cap, 31)]
+  const e: Buffer[] = []
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', d[1] as Buffer, 'ad01ad01ad01ad01')])
+  a.close()
+  for (let c = 2; c <= 4; c++) {
+    const ranges = rangesFor(c, cap)
+    d[c] = evolve(d[c - 1] as Buffer, c * 3, ranges)
+    const plans = [incPlan(0, 'd.vmdk', d[c] as Buffer, c - 1, `ad0${c}ad0${c}ad0${c}ad0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)]
+    if (c === 3) {
+      // the VM gets a second disk: cycle 3 seeds it
+      e[3] = pattern(MiB, 33)
+      plans.push(seedPlan(1, 'e.vmdk', e[3], 'ae03ae03ae03ae03'))
+    } else if (c === 4) {
+      const er = [{ offset: 65_536, length: 131_072 }]
+      e[4] = evolve(e[3] as Buffer, 44, er)
+      plans.push(incPlan(1, 'e.vmdk', e[4], 3, 'ae04ae04ae04ae04', er, 'e-000001.vmdk', 'e-000002.vmdk'))
+    }
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, c, plans)
+    a.close()
+    t.equal(r.committed?.cycle, c)
+  }
+  await receiver.close()
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [1, 2, 3],
+    'points 1 to 3 kept (a new disk breaks no point)',
+  )
+  const listed = await listPoints(env.store, vm)
+  t.same(
+    listed.points.map((p) => [p.cycle, p.disks.map((x) => x.name)]),
+    [
+      [1, ['d.vmdk']],
+      [2, ['d.vmdk']],
+      [3, ['d.vmdk', 'e.vmdk']],
+      [4, ['d.vmdk', 'e.vmdk']],
+    ],
+    'a point lists only the disks the VM had at its cycle',
+  )
+  const log = pino({ level: 'silent' })
+  const to2 = join(env.dir, 'restore-2')
+  const r2 = await restorePoint(env.store, vm, 2, to2, { logger: log })
+  t.same(
+    r2.disks.map((x) => x.name),
+    ['d.vmdk'],
+    'point 2 restores one disk',
+  )
+  t.ok(readFileSync(join(to2, 'd-flat.vmdk')).equals(d[2] as Buffer), 'disk d at point 2')
+  t.notOk(existsSync(join(to2, 'e-flat.vmdk')), 'no flat of the disk added at cycle 3 (it would hold cycle 4 data)')
+  const vmx2 = readFileSync(join(to2, `${vm}.vmx`), 'utf8')
+  t.match(vmx2, /scsi0:0\.fileName = "d\.vmdk"/, 'disk d attached')
+  t.match(vmx2, /scsi0:1\.present = "FALSE"/, 'the later disk is disabled in the restored .vmx')
+  const to3 = join(env.dir, 'restore-3')
+  const r3 = await restorePoint(env.store, vm, 3, to3, { logger: log })
+  t.same(
+    r3.disks.map((x) => x.name),
+    ['d.vmdk', 'e.vmdk'],
+    'point 3 restores both disks',
+  )
+  t.ok(readFileSync(join(to3, 'e-flat.vmdk')).equals(e[3] as Buffer), 'disk e at point 3 = its seed')
+  t.notMatch(readFileSync(join(to3, `${vm}.vmx`), 'utf8'), /present = "FALSE"/, 'nothing disabled at point 3')
+  const dir2 = join(env.dir, 'open-2')
+  const o = await openPoint(env.store, vm, 2, dir2, { logger: log })
+  t.same(
+    o.disks.map((x) => relative(dir2, x)),
+    ['d.vmdk'],
+    'opening point 2 makes one child',
+  )
+  t.ok(qemuRead(env.dir, join(dir2, 'd.vmdk')).equals(d[2] as Buffer), 'QEMU reads d at point 2 through the child')
+  t.match(readFileSync(o.vmx, 'utf8'), /scsi0:1\.present = "FALSE"/, 'the opened .vmx disables the later disk')
+  t.same(
+    (await closePoint(env.store, vm, { logger: log, dir: dir2 })).map((h) => h.cycle),
+    [2],
+    'closed',
+  )
+})
+
 t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })

@@ -13,13 +13,13 @@
  * snapshots instead of VMDK chains into the same object set.
  */
 import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
-import { checkedPointSource, pointsOf } from '../points.ts'
+import { checkedPointSource, disksAt, pointsOf, pointVmx } from '../points.ts'
+import { readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
 import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
@@ -82,11 +82,10 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
     kept.set(state.committedCycle, { committedAt: state.committedAt ?? '', generation: state.generation ?? '' })
     const want = cycles ?? [...kept.keys()].sort((a, b) => a - b)
     for (const c of want) if (!kept.has(c)) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${c} (points: ${[...kept.keys()].join(', ')})`)
-    const recs = Object.values(state.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     const files = await mirrorConfig(join(m.paths.dir), vm)
     const out: ArchivedPoint[] = []
     for (const cycle of want) {
-      const disks: PointDiskSource[] = recs.map((rec) => ({
+      const disks: PointDiskSource[] = disksAt(state, cycle).map((rec) => ({
         name: rec.name,
         stem: rec.stem,
         capacity: rec.capacity,
@@ -104,7 +103,8 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
           }
         },
       }))
-      out.push(await archiveOnePoint(vm, cycle, kept.get(cycle) as { committedAt: string; generation: string }, disks, files, opts))
+      const own = files.map((f) => (f.name.endsWith('.vmx') ? { name: f.name, data: Buffer.from(pointVmx(f.data.toString('utf8'), state, cycle)) } : f))
+      out.push(await archiveOnePoint(vm, cycle, kept.get(cycle) as { committedAt: string; generation: string }, disks, own, opts))
     }
     return out
   } finally {
@@ -237,7 +237,8 @@ async function mirrorConfig(dir: string, vm: string): Promise<ArchiveFileSource[
   const files: ArchiveFileSource[] = []
   for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
     try {
-      files.push({ name, data: await readFile(join(dir, name)) })
+      // store files: a link or FIFO there is a typed E_STORE_FILE, never a hang with the VM locked or a file from outside the store in the bucket
+      files.push({ name, data: await readStoreFile(join(dir, name)) })
     } catch (err) {
       if ((err as { code?: unknown }).code === 'ENOENT') continue
       throw err
