@@ -52,11 +52,12 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
     let m: VmMirror | undefined
     try {
       const paths = new VmPaths(storeDir, vm)
+      const before = await readVmState(paths)
+      m = await VmMirror.acquire(storeDir, vm, log, { create: false })
+      // only under the VM's lock: a temporary file of a VM another process holds (a prune, a second receiver) is its write in progress
       await removeTemps(paths.dir, log)
       await removeTemps(paths.gdir, log)
       await removeTemps(paths.incoming, log)
-      const before = await readVmState(paths)
-      m = await VmMirror.acquire(storeDir, vm, log, { create: false })
       const rolled = before?.pending != null
       const inflight = m.state.inflight
       // stray journals: not listed in the state (crash between journal creation and state write)

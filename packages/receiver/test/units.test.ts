@@ -1,11 +1,12 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
-import { writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { bearerToken, createTokenTable, globMatch, mayAccess, parseTokens } from '../src/auth.ts'
 import { mirrorVmx, baseDiskName } from '../src/mirror-vmx.ts'
 import { descriptorCid, mirrorDescriptor } from '../src/mirror-descriptor.ts'
+import { VmMirror } from '../src/vm-mirror.ts'
 import { createReceiver, loadReceiverConfig, parseListen, storeStatus, rollbackMirror, recoverStore } from '../src/index.ts'
 
 t.test('tokens and globs', async (t) => {
@@ -102,4 +103,24 @@ t.test('config and set-up errors', async (t) => {
   t.same(await storeStatus(join(dir, 'nope')), { store: join(dir, 'nope'), vms: [] })
   await t.rejects(rollbackMirror(dir, 'nope'), { code: 'E_NOT_FOUND' })
   t.same(await recoverStore(join(dir, 'nope'), logger), [])
+})
+
+t.test('start-up recovery leaves the temporary files of a VM another process holds', async (t) => {
+  const dir = scratchDir(t)
+  const logger = pino({ level: 'silent' })
+  const vm = 'held-vm'
+  const gdir = join(dir, vm, '.grainline')
+  mkdirSync(gdir, { recursive: true })
+  writeFileSync(join(gdir, 'state.json'), JSON.stringify({ format: 1, vm, committedCycle: 0, disks: {}, inflight: null, pending: null }))
+  // another process (a prune, a second receiver) holds the VM and is writing state.json atomically
+  const held = await VmMirror.acquire(dir, vm, logger, { create: false })
+  const temp = join(gdir, 'state.json.tmp-4242-0123abcd')
+  writeFileSync(temp, '{"half":')
+  const busy = await recoverStore(dir, logger)
+  t.equal(busy[0]?.action, 'failed', 'the VM is busy')
+  t.ok(existsSync(temp), "the holder's temporary file is left alone")
+  held.release()
+  const done = await recoverStore(dir, logger)
+  t.equal(done[0]?.action, 'none')
+  t.notOk(existsSync(temp), 'removed once the VM is free')
 })
