@@ -27,7 +27,8 @@ import type { LiveState } from './live-state.ts'
 import { LoginThrottle } from './login-throttle.ts'
 import type { ReceiverMetrics } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
-import { storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions, type StoreReader } from './store-overview.ts'
+import { folderStoreReader, storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions, type StoreReader } from './store-overview.ts'
+import { sharedStoreReader } from './shared-store-reader.ts'
 import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
 
 /** Sockets open at once on the HTTP listener. */
@@ -130,6 +131,9 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
   /** the open event streams: how each ends, and its viewer */
   const events = new Map<() => void, string>()
   const hlog = log.child({ component: 'http' })
+  // one store read shared by every viewer, dropped on every live change (shared-store-reader.ts)
+  const reader = sharedStoreReader(typeof init.store === 'string' ? folderStoreReader(init.store) : init.store)
+  const stopInvalidate = init.live.onChange(() => reader.invalidate())
 
   /** The viewer of a request: its session cookie, or a Bearer token. `role` tells an agent token apart. */
   function who(req: IncomingMessage): { entry?: TokenEntry; agent?: boolean; retryAfter?: number } {
@@ -213,7 +217,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
         return
       }
       try {
-        const o = await storeOverview(init.store, optsFor(v))
+        const o = await storeOverview(reader, optsFor(v))
         res.write(`event: status\ndata: ${JSON.stringify(o)}\n\n`)
       } catch (err) {
         res.write(`event: failure\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`)
@@ -292,7 +296,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
       if (w.agent === true) return apiError(res, 403, 'E_FORBIDDEN', "an agent's token does not read the dashboard: use a viewer token")
       if (w.entry === undefined) return apiError(res, 401, 'E_AUTH', 'log in with a viewer token (POST /login) or send Authorization: Bearer <viewer token>', { 'WWW-Authenticate': 'Bearer' })
       const v = w.entry
-      if (path === '/api/v1/status') return json(res, 200, await storeOverview(init.store, optsFor(v)))
+      if (path === '/api/v1/status') return json(res, 200, await storeOverview(reader, optsFor(v)))
       if (path === '/api/v1/events') return eventStream(req, res, v)
       const m = /^\/api\/v1\/vms\/([^/]+)$/.exec(path)
       if (m !== null) {
@@ -302,7 +306,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
         } catch {
           return apiError(res, 400, 'E_BAD_REQUEST', 'the VM name is not valid percent-encoding')
         }
-        const d = await vmDetail(init.store, name, optsFor(v))
+        const d = await vmDetail(reader, name, optsFor(v))
         if (d === undefined) return apiError(res, 404, 'E_NOT_FOUND', 'no such VM in the store')
         return json(res, 200, d)
       }
@@ -375,6 +379,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     close: () =>
       new Promise<void>((resolve) => {
         for (const end of [...events.keys()]) end()
+        stopInvalidate()
         srv.close(() => resolve())
         srv.closeAllConnections()
       }),

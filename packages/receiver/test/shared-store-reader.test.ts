@@ -1,0 +1,87 @@
+import t from 'tap'
+import { sharedStoreReader } from '../src/shared-store-reader.ts'
+import type { StoreReader } from '../src/store-overview.ts'
+import type { VmStatus } from '../src/store-admin.ts'
+
+/** A reader counting its reads; each status read resolves when `release` is called (or at once with `auto`). */
+function countingReader(auto = true): StoreReader & { counts: { status: number; extras: number; history: number }; release(): void; failNext: boolean } {
+  const waiting: Array<() => void> = []
+  const r = {
+    store: '/s',
+    counts: { status: 0, extras: 0, history: 0 },
+    failNext: false,
+    release: () => {
+      for (const w of waiting.splice(0)) w()
+    },
+    status: async () => {
+      r.counts.status++
+      const n = r.counts.status
+      if (r.failNext) {
+        r.failNext = false
+        throw Object.assign(new Error('store unreadable'), { code: 'E_IO' })
+      }
+      if (!auto) await new Promise<void>((res) => waiting.push(res))
+      return { store: '/s', vms: [{ vm: `read-${n}` } as unknown as VmStatus] }
+    },
+    extras: async () => {
+      r.counts.extras++
+      return { usedBytes: r.counts.extras, restorePoints: [] }
+    },
+    history: async () => {
+      r.counts.history++
+      return []
+    },
+  }
+  return r
+}
+
+t.test('concurrent requests share one store read; extras and history once per read', async (t) => {
+  const inner = countingReader(false)
+  let clock = 1000
+  const r = sharedStoreReader(inner, { maxAgeMs: 1000, now: () => clock })
+  const pending = Array.from({ length: 50 }, () => r.status())
+  inner.release()
+  const all = await Promise.all(pending)
+  t.equal(inner.counts.status, 1, '50 concurrent requests: one read')
+  t.ok(
+    all.every((s) => s.vms[0]?.vm === 'read-1'),
+    'all see it',
+  )
+  const v = all[0]?.vms[0] as VmStatus
+  await Promise.all(Array.from({ length: 20 }, () => r.extras(v)))
+  await Promise.all(Array.from({ length: 20 }, () => r.history('read-1')))
+  t.same([inner.counts.extras, inner.counts.history], [1, 1], 'per VM once per read')
+  clock += 999
+  await r.status()
+  t.equal(inner.counts.status, 1, 'younger than maxAgeMs: reused')
+  clock += 1
+  const p = r.status()
+  inner.release()
+  t.equal((await p).vms[0]?.vm, 'read-2', 'at maxAgeMs: read again')
+  await r.extras(v)
+  t.equal(inner.counts.extras, 2, 'extras read again with the new read')
+})
+
+t.test('invalidate drops the read, including one in flight', async (t) => {
+  const inner = countingReader(false)
+  const r = sharedStoreReader(inner, { maxAgeMs: 60_000, now: () => 0 })
+  const before = r.status()
+  r.invalidate()
+  const after = r.status()
+  inner.release()
+  t.equal((await before).vms[0]?.vm, 'read-1')
+  t.equal((await after).vms[0]?.vm, 'read-2', 'a request after the change does not get the read begun before it')
+  r.invalidate()
+  const again = r.status()
+  inner.release()
+  t.equal((await again).vms[0]?.vm, 'read-3')
+})
+
+t.test('a failed read is not kept', async (t) => {
+  const inner = countingReader()
+  const r = sharedStoreReader(inner, { maxAgeMs: 60_000, now: () => 0 })
+  inner.failNext = true
+  await t.rejects(r.status(), { code: 'E_IO' })
+  t.equal((await r.status()).vms[0]?.vm, 'read-2', 'the next request reads again')
+  t.equal((await r.status()).vms[0]?.vm, 'read-2', 'then shares it')
+})
