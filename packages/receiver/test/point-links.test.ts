@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
-import { prunePoints, restorePoint, type VmStateFile } from '../src/index.ts'
+import { prunePoints, restorePoint, rollbackMirror, type VmStateFile } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -21,6 +21,15 @@ function qemuRead(dir: string, desc: string): Buffer {
   execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
   const b = readFileSync(out)
   rmSync(out)
+  return b
+}
+
+/** Move `file` to `outside` as a copy and leave a symbolic link to it in its place; returns its bytes. */
+function linkOutside(file: string, outside: string): Buffer {
+  copyFileSync(file, outside)
+  const b = readFileSync(file)
+  rmSync(file)
+  symlinkSync(outside, file)
   return b
 }
 
@@ -85,10 +94,7 @@ t.test('a point whose files are not the receiver’s: no merge writes through it
 
   await t.test('point 3’s extent a symbolic link to a file outside the store: neither merged into nor read', async (t) => {
     const outside = join(env.dir, 'outside-sesparse.vmdk')
-    copyFileSync(p3ext, outside)
-    const before = readFileSync(outside)
-    rmSync(p3ext)
-    symlinkSync(outside, p3ext)
+    const before = linkOutside(p3ext, outside)
     await t.rejects(
       whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log })),
       { code: 'E_STORE_FILE', message: /d\.p3-sesparse\.vmdk is a symbolic link/ },
@@ -157,4 +163,95 @@ t.test('a point whose files are not the receiver’s: no merge writes through it
     t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `point ${k} restores as cycle ${k}`)
   }
   t.ok(qemuRead(env.dir, mirror).equals(images[5] as Buffer), 'the mirror reads as cycle 5')
+})
+
+t.test('a commit whose retention would merge through a hand-edited point commits the cycle, prunes nothing and logs why', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const first = await startReceiver(env, { retention: { keep: 10 } })
+  const vm = 'web-links-gfs'
+  const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(MiB, 5), Buffer.alloc(MiB)])]
+  const cycle = async (url: string, c: number): Promise<void> => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    if (c === 1) await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ce01ce01ce01ce01')])
+    else {
+      const ranges = [{ offset: c * 100 * 1024, length: 64 * 1024 }]
+      images[c] = evolve(images[c - 1] as Buffer, c * 7, ranges)
+      await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ce0${c}ce0${c}ce0${c}ce0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    }
+    a.close()
+  }
+  for (let c = 1; c <= 5; c++) await cycle(first.url, c)
+  await first.receiver.close()
+  // points 1–4 spread over past hours: hourly GFS keeps the newest of each hour, so the next commit drops point 2
+  // between kept points 1 and 3 — a merge of point 1 into point 2's file
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const s = JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile
+  const hour = 3_600_000
+  const top = Math.floor(Date.now() / hour) * hour
+  const at = [top - 3 * hour + 60_000, top - 2 * hour + 60_000, top - 2 * hour + 120_000, top - hour + 60_000]
+  writeFileSync(stateFile, JSON.stringify({ ...s, points: (s.points ?? []).map((p, i) => ({ ...p, committedAt: new Date(at[i] as number).toISOString() })) }))
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const p1 = join(pdir, 'd.p1.vmdk')
+  const good = readFileSync(p1)
+  const mirror = join(env.store, vm, 'd.vmdk')
+  // point 1 relinked onto the mirror: the merge would consolidate week-old grains into the live mirror
+  writeFileSync(p1, serializeDescriptor(parseDescriptor(good.toString('utf8')).withParent('../../d.vmdk', formatCid(parseDescriptor(readFileSync(mirror, 'utf8')).cid))))
+  const second = await startReceiver(env, { retention: { gfs: { hourly: 4 } } })
+  t.teardown(() => second.receiver.close())
+  await cycle(second.url, 6)
+  const after = JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile
+  t.equal(after.committedCycle, 6, 'the cycle committed')
+  t.same(
+    (after.points ?? []).map((p) => p.cycle),
+    [1, 2, 3, 4, 5],
+    'no point pruned this time',
+  )
+  t.ok(
+    second.logs.lines.some((l) => l.level === 50 && /not pruned at this commit/.test(String(l.msg)) && /d\.p1\.vmdk/.test(String(l['err']))),
+    'an error names the point',
+  )
+  t.ok(qemuRead(env.dir, mirror).equals(images[6] as Buffer), 'the mirror reads as cycle 6')
+  // put back, the next commit prunes by the same policy and every kept point reads as its cycle
+  writeFileSync(p1, good)
+  await cycle(second.url, 7)
+  const pruned = JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile
+  t.notOk(
+    (pruned.points ?? []).some((p) => p.cycle === 2),
+    'point 2 merged away once point 1 is the receiver’s again',
+  )
+  for (const p of pruned.points ?? []) {
+    t.ok(qemuRead(env.dir, join(pdir, p.disks['d.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `point ${p.cycle} reads as cycle ${p.cycle}`)
+  }
+})
+
+t.test('a rollback refuses an increment that is a link out of the store, and completes once it is put back', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-links-rb'
+  const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(MiB, 8), Buffer.alloc(MiB)])]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'cf01cf01cf01cf01')])
+  a.close()
+  const ranges = [{ offset: 256 * 1024, length: 512 * 1024 }]
+  const next = evolve(images[1] as Buffer, 99, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', next, 1, 'cf02cf02cf02cf02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')], { commit: false })
+  a.close()
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const inc = (JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).inflight?.disks['d.vmdk']?.increment as string
+  t.ok(inc, 'the in-flight apply keeps a reverse increment')
+  const ext = join(env.store, vm, '.grainline', 'points', inc.replace(/\.vmdk$/, '-sesparse.vmdk'))
+  const saved = linkOutside(ext, join(env.dir, 'outside-inc-sesparse.vmdk'))
+  await t.rejects(
+    whenFree(() => rollbackMirror(env.store, vm)),
+    { code: 'E_STORE_FILE' },
+    'the undo does not read old grains through a link',
+  )
+  t.equal((JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).inflight?.cycle, 2, 'the cycle stays in flight: nothing lost')
+  rmSync(ext)
+  writeFileSync(ext, saved)
+  const r = await whenFree(() => rollbackMirror(env.store, vm))
+  t.same([r.rolledBack, r.committedCycle], [true, 1], 'rolled back once the increment is the receiver’s again')
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[1] as Buffer), 'the mirror reads as cycle 1')
 })
