@@ -13,6 +13,7 @@ import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
+import { removeUnusedConfigs } from './point-config.ts'
 import { faultPoint } from './fault.ts'
 import { rollForwardPoints } from './points.ts'
 import type { DiskRecord, InflightDisk, VmStateFile } from './state-file.ts'
@@ -145,6 +146,7 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
   }
   faultPoint('commit-descriptors')
   await rollForwardPoints(paths, state)
+  await removeUnusedConfigs(paths, state)
   faultPoint('commit-points')
   const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))

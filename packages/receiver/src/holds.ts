@@ -18,7 +18,8 @@ import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { readStoreFile } from './store-fs.ts'
-import { checkedPointSource, disksAt, pointsOf, pointVmx } from './points.ts'
+import { checkedPointSource, disksAt, pointsOf } from './points.ts'
+import { pointConfigText } from './point-config.ts'
 import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 
@@ -119,13 +120,9 @@ export async function openPoint(
     }
     const vmxPath = join(abs, `${vm}.vmx`)
     const suffix = opts.vmx?.suffix ?? (cycle === state.committedCycle ? ` (${kind === 'failover' ? 'failover' : 'opened'})` : ` (point ${cycle})`)
-    try {
-      // a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
-      const text = (await readStoreFile(join(m.paths.dir, `${vm}.vmx`))).toString('utf8')
-      await writeFile(vmxPath, prepareVmx(pointVmx(text, state, cycle), { ...opts.vmx, suffix }))
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== 'ENOENT') throw err
-    }
+    // the point's own .vmx (point-config.ts), read as a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
+    const text = await pointConfigText(m.paths, state, cycle, opts.logger)
+    if (text !== undefined) await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
     try {
       await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`)))
     } catch (err) {

@@ -12,7 +12,8 @@ import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
 import { readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { checkedPointSource, disksAt, pointsOf, pointSource, pointVmx, type PointDisk } from './points.ts'
+import { checkedPointSource, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
+import { pointConfigText } from './point-config.ts'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -176,7 +177,7 @@ export async function restorePoint(
       })
       disks.push(r)
     }
-    await copyConfig(m.paths, state, cycle, toDir)
+    await copyConfig(m.paths, state, cycle, toDir, opts.logger)
     return { vm, cycle, to: toDir, disks }
   } finally {
     m.release()
@@ -245,14 +246,12 @@ function isZero(b: Buffer): boolean {
 }
 
 /** The mirror's .vmx (display name marked with the point) and .nvram, if present. */
-async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toDir: string): Promise<void> {
-  try {
-    // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
-    const vmx = (await readStoreFile(join(paths.dir, `${state.vm}.vmx`))).toString('utf8')
-    const marked = pointVmx(vmx, state, cycle).replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
+async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toDir: string, log: Logger): Promise<void> {
+  // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
+  const vmx = await pointConfigText(paths, state, cycle, log)
+  if (vmx !== undefined) {
+    const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
     await writeFile(join(toDir, `${state.vm}.vmx`), marked)
-  } catch (err) {
-    if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }
   try {
     await writeFile(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`)))

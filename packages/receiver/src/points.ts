@@ -40,6 +40,8 @@ export interface PointRecord {
   readonly generation: string
   /** the disks whose increment holds this point; another disk reads as its next newer point (it did not change) */
   readonly disks: Readonly<Record<string, PointDisk>>
+  /** the mirror's .vmx while the VM was at this point, saved in `.grainline/points` (point-config.ts); absent in points recorded before configurations were kept */
+  readonly config?: string
 }
 
 /** A chain link a commit rewrites: `file`'s parent becomes the mirror of `disk` (null) or the point `parent`. */

@@ -23,7 +23,8 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
 import { pointFileName } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
-import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointRecord } from './points.ts'
+import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
+import { savePointConfig } from './point-config.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
@@ -319,7 +320,8 @@ export class VmMirror {
         const file = a.info.increment
         incs.push({ disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
       }
-      const plan = planCommitPoints(this.current, incs)
+      const planned = planCommitPoints(this.current, incs)
+      const plan = await this.withPointConfig(planned)
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
@@ -350,6 +352,19 @@ export class VmMirror {
     await this.rollForward()
     await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
+  }
+
+  /**
+   * The new point of a commit's plan with its configuration: the mirror's
+   * .vmx, saved before the cycle's roll-forward installs the new one
+   * (point-config.ts).
+   */
+  private async withPointConfig(plan: PointPlan): Promise<PointPlan> {
+    const last = plan.points[plan.points.length - 1]
+    if (last === undefined || last.cycle !== this.current.committedCycle || pointsOf(this.current).some((p) => p.cycle === last.cycle)) return plan
+    const config = await savePointConfig(this.paths, this.vm, this.log)
+    if (config === undefined) return plan
+    return { ...plan, points: [...plan.points.slice(0, -1), { ...last, config }] }
   }
 
   /**

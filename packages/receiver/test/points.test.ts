@@ -1,7 +1,7 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
@@ -67,10 +67,15 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
     'keep 4: the newest four points, the oldest pruned',
   )
   const pdir = join(env.store, vm, '.grainline', 'points')
+  const increments = (): string[] =>
+    readdirSync(pdir)
+      .filter((f) => !f.startsWith('config-'))
+      .sort()
+  t.same(increments(), ['d.p3-sesparse.vmdk', 'd.p3.vmdk', 'd.p4-sesparse.vmdk', 'd.p4.vmdk', 'd.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'], 'pruned increments deleted')
   t.same(
-    readdirSync(pdir).sort(),
-    ['d.p3-sesparse.vmdk', 'd.p3.vmdk', 'd.p4-sesparse.vmdk', 'd.p4.vmdk', 'd.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'],
-    'pruned increments deleted',
+    readdirSync(pdir).filter((f) => f.startsWith('config-')),
+    [s.points?.[0]?.config],
+    'one configuration, shared by the four points (the .vmx never changed)',
   )
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'mirror = cycle 7')
   for (const p of s.points ?? []) {
@@ -149,8 +154,8 @@ t.test('every kept point reads (qemu-img) as the image of its cycle; retention d
   t.same(pr.kept, [6], 'the newest point stays')
   t.same(
     readdirSync(pdir).filter((f) => !f.startsWith('d.p6')),
-    [],
-    'every older increment removed',
+    [state(env.store, vm).points?.[0]?.config],
+    'every older increment removed (the configuration point 6 names stays)',
   )
   t.ok(qemuRead(env.dir, join(pdir, 'd.p6.vmdk')).equals(images[6] as Buffer), 'point 6 still reads as cycle 6')
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[7] as Buffer), 'the mirror is never pruned')
@@ -214,7 +219,7 @@ t.test('a disk added after a point is not part of it: restore, open, list leave 
   t.notOk(existsSync(join(to2, 'e-flat.vmdk')), 'no flat of the disk added at cycle 3 (it would hold cycle 4 data)')
   const vmx2 = readFileSync(join(to2, `${vm}.vmx`), 'utf8')
   t.match(vmx2, /scsi0:0\.fileName = "d\.vmdk"/, 'disk d attached')
-  t.match(vmx2, /scsi0:1\.present = "FALSE"/, 'the later disk is disabled in the restored .vmx')
+  t.notMatch(vmx2, /scsi0:1/, "point 2's own .vmx (point-config.ts) knows no second disk")
   const to3 = join(env.dir, 'restore-3')
   const r3 = await restorePoint(env.store, vm, 3, to3, { logger: log })
   t.same(
@@ -232,12 +237,102 @@ t.test('a disk added after a point is not part of it: restore, open, list leave 
     'opening point 2 makes one child',
   )
   t.ok(qemuRead(env.dir, join(dir2, 'd.vmdk')).equals(d[2] as Buffer), 'QEMU reads d at point 2 through the child')
-  t.match(readFileSync(o.vmx, 'utf8'), /scsi0:1\.present = "FALSE"/, 'the opened .vmx disables the later disk')
+  t.notMatch(readFileSync(o.vmx, 'utf8'), /scsi0:1/, 'the opened .vmx has no second disk either')
   t.same(
     (await closePoint(env.store, vm, { logger: log, dir: dir2 })).map((h) => h.cycle),
     [2],
     'closed',
   )
+  // points recorded before configurations were kept: the mirror's .vmx, the later disk disabled
+  const st = state(env.store, vm)
+  writeFileSync(join(env.store, vm, '.grainline', 'state.json'), JSON.stringify({ ...st, points: (st.points ?? []).map(({ config: _c, ...p }) => p) }))
+  const to2l = join(env.dir, 'restore-2-legacy')
+  await restorePoint(env.store, vm, 2, to2l, { logger: log })
+  t.match(readFileSync(join(to2l, `${vm}.vmx`), 'utf8'), /scsi0:1\.present = "FALSE"/, "a legacy point: the later disk is disabled in the mirror's .vmx")
+})
+
+t.test('a point boots with its own .vmx: a disk removed since is attached again, unused configurations go, hostile ones are refused', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts-cfg'
+  const d: Buffer[] = [Buffer.alloc(0), pattern(cap, 51)]
+  const e: Buffer[] = [Buffer.alloc(0), pattern(MiB, 53)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', d[1] as Buffer, 'cf01cf01cf01cf01'), seedPlan(1, 'e.vmdk', e[1] as Buffer, 'ce01ce01ce01ce01')])
+  a.close()
+  const pointsDir = join(env.store, vm, '.grainline', 'points')
+  for (let c = 2; c <= 4; c++) {
+    const ranges = rangesFor(c, cap)
+    d[c] = evolve(d[c - 1] as Buffer, c * 5, ranges)
+    const plans = [incPlan(0, 'd.vmdk', d[c] as Buffer, c - 1, `cf0${c}cf0${c}cf0${c}cf0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)]
+    if (c === 2) {
+      const er = [{ offset: 65_536, length: 131_072 }]
+      e[2] = evolve(e[1] as Buffer, 22, er)
+      plans.push(incPlan(1, 'e.vmdk', e[2], 1, 'ce02ce02ce02ce02', er, 'e-000001.vmdk', 'e-000002.vmdk'))
+    }
+    // from cycle 3 the VM has disk d only (e was removed from it)
+    if (c === 4) writeFileSync(join(pointsDir, `config-${'ab'.repeat(16)}.vmx`), 'left by a crash before its state named it')
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, c, plans)
+    a.close()
+    t.equal(r.committed?.cycle, c)
+  }
+  await receiver.close()
+  const log = pino({ level: 'silent' })
+  const pts = state(env.store, vm).points ?? []
+  t.same(
+    pts.map((p) => p.cycle),
+    [1, 2, 3],
+    'points 1 to 3',
+  )
+  const configs = (): string[] =>
+    readdirSync(pointsDir)
+      .filter((f) => f.startsWith('config-'))
+      .sort()
+  t.same(configs(), [...new Set(pts.map((p) => p.config))].sort(), 'the folder holds exactly the configurations the points name (a stray one removed at the next commit)')
+  t.equal(pts[0]?.config, pts[1]?.config, 'points 1 and 2 share one configuration file (same .vmx)')
+  t.not(pts[1]?.config, pts[2]?.config, 'point 3 has its own')
+  const to2 = join(env.dir, 'restore-2')
+  const r2 = await restorePoint(env.store, vm, 2, to2, { logger: log })
+  t.same(
+    r2.disks.map((x) => x.name),
+    ['d.vmdk', 'e.vmdk'],
+    'point 2 restores both disks',
+  )
+  t.ok(readFileSync(join(to2, 'e-flat.vmdk')).equals(e[2] as Buffer), 'disk e at point 2')
+  const vmx2 = readFileSync(join(to2, `${vm}.vmx`), 'utf8')
+  t.match(vmx2, /scsi0:1\.fileName = "e\.vmdk"/, "the removed disk is attached in point 2 (the mirror's .vmx no longer names it)")
+  t.notMatch(readFileSync(join(env.store, vm, `${vm}.vmx`), 'utf8'), /e\.vmdk/, "the mirror's .vmx: disk d only")
+  const dir2 = join(env.dir, 'open-2')
+  const o = await openPoint(env.store, vm, 2, dir2, { logger: log })
+  t.match(readFileSync(o.vmx, 'utf8'), /scsi0:1\.fileName = "e\.vmdk"/, 'the opened point attaches it too')
+  t.ok(qemuRead(env.dir, join(dir2, 'e.vmdk')).equals(e[2] as Buffer), 'QEMU reads e at point 2 through the child')
+  await closePoint(env.store, vm, { logger: log, dir: dir2 })
+  const to3 = join(env.dir, 'restore-3')
+  await restorePoint(env.store, vm, 3, to3, { logger: log })
+  t.notMatch(readFileSync(join(to3, `${vm}.vmx`), 'utf8'), /scsi0:1/, 'point 3: the VM had disk d only')
+  // unused configurations go with their points
+  await whenFree(() => prunePoints(env.store, vm, { cycles: [1, 2] }, { logger: log }))
+  t.same(configs(), [pts[2]?.config], "the dropped points' configuration removed, point 3's kept")
+  // a hand-edited state: a configuration named outside the store is refused before anything is read
+  const st = state(env.store, vm)
+  const stFile = join(env.store, vm, '.grainline', 'state.json')
+  writeFileSync(stFile, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, config: '../../../state.json' })) }))
+  await t.rejects(restorePoint(env.store, vm, 3, join(env.dir, 'restore-3h'), { logger: log }), { code: 'E_STATE' }, 'a configuration name with a path: E_STATE')
+  writeFileSync(stFile, JSON.stringify(st))
+  // a link in place of the file: a typed error, never a file from outside the store
+  const cfg = join(pointsDir, st.points?.[0]?.config as string)
+  rmSync(cfg)
+  writeFileSync(join(env.dir, 'outside.vmx'), 'displayName = "outside"\n')
+  symlinkSync(join(env.dir, 'outside.vmx'), cfg)
+  await t.rejects(restorePoint(env.store, vm, 3, join(env.dir, 'restore-3l'), { logger: log }), { code: 'E_STORE_FILE' }, 'a link as the configuration: E_STORE_FILE')
+  // gone: the mirror's .vmx is used (logged), the restore still happens
+  rmSync(cfg)
+  const to3m = join(env.dir, 'restore-3m')
+  await restorePoint(env.store, vm, 3, to3m, { logger: log })
+  t.match(readFileSync(join(to3m, `${vm}.vmx`), 'utf8'), /scsi0:0\.fileName = "d\.vmdk"/, "a missing configuration: restored with the mirror's .vmx")
 })
 
 t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
@@ -326,7 +421,12 @@ t.test('dropping middle points merges increments: every kept point stays exact (
   t.same(g.dropped, [1, 4, 5])
   t.same(g.kept, [2, 6])
   exact('after GFS')
-  t.same(readdirSync(pdir).sort(), ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'])
+  t.same(
+    readdirSync(pdir)
+      .filter((f) => !f.startsWith('config-'))
+      .sort(),
+    ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'],
+  )
 })
 
 t.test('points open: QEMU boots the point through a writable child; the hold refuses DiskOpen (E_HELD) and prunes until closed', async (t) => {
@@ -454,13 +554,23 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
     )
     await whenFree(() => closePoint(env.store, vm, { logger: log, all: true }))
     await t.rejects(
-      whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, `restore-fifo-${name}`), { logger: log })),
+      // the latest: its .vmx is the mirror's (an older point's is its own, point-config.ts)
+      whenFree(() => restorePoint(env.store, vm, 4, join(env.dir, `restore-fifo-${name}`), { logger: log })),
       { code: 'E_STORE_FILE', message: /a FIFO/ },
       `restore: ${name} a FIFO`,
     )
     rmSync(file)
     if (before !== undefined) writeFileSync(file, before)
   }
+  // and where an older point's own .vmx is
+  const cfg = join(env.store, vm, '.grainline', 'points', state(env.store, vm).points?.find((p) => p.cycle === 3)?.config as string)
+  rmSync(cfg)
+  execFileSync('mkfifo', [cfg])
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-fifo-config'), { logger: log })),
+    { code: 'E_STORE_FILE', message: /a FIFO/ },
+    "restore: the point's configuration a FIFO",
+  )
 })
 
 t.test("a job's retention request is applied within retentionLimits and answered in Committed (SPEC §5.5)", async (t) => {

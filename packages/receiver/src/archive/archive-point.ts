@@ -18,7 +18,8 @@ import type { Logger } from 'pino'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
-import { checkedPointSource, disksAt, pointsOf, pointVmx } from '../points.ts'
+import { checkedPointSource, disksAt, pointsOf } from '../points.ts'
+import { pointConfigText } from '../point-config.ts'
 import { readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
@@ -82,7 +83,8 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
     kept.set(state.committedCycle, { committedAt: state.committedAt ?? '', generation: state.generation ?? '' })
     const want = cycles ?? [...kept.keys()].sort((a, b) => a - b)
     for (const c of want) if (!kept.has(c)) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${c} (points: ${[...kept.keys()].join(', ')})`)
-    const files = await mirrorConfig(join(m.paths.dir), vm)
+    // the .nvram is the mirror's; the .vmx each point's own (point-config.ts)
+    const nvram = await mirrorNvram(join(m.paths.dir), vm)
     const out: ArchivedPoint[] = []
     for (const cycle of want) {
       const disks: PointDiskSource[] = disksAt(state, cycle).map((rec) => ({
@@ -103,7 +105,8 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
           }
         },
       }))
-      const own = files.map((f) => (f.name.endsWith('.vmx') ? { name: f.name, data: Buffer.from(pointVmx(f.data.toString('utf8'), state, cycle)) } : f))
+      const vmx = await pointConfigText(m.paths, state, cycle, opts.logger)
+      const own = [...(vmx === undefined ? [] : [{ name: `${vm}.vmx`, data: Buffer.from(vmx) }]), ...nvram]
       out.push(await archiveOnePoint(vm, cycle, kept.get(cycle) as { committedAt: string; generation: string }, disks, own, opts))
     }
     return out
@@ -232,17 +235,14 @@ async function storeChunk(opts: ArchiveOptions, sha256: string, data: Buffer, co
   if (opts.lock !== undefined && (have.retainUntil === undefined || have.retainUntil < opts.lock.until)) await opts.bucket.extend(key, opts.lock)
 }
 
-/** The mirror's `.vmx` and `.nvram` (when present). */
-async function mirrorConfig(dir: string, vm: string): Promise<ArchiveFileSource[]> {
-  const files: ArchiveFileSource[] = []
-  for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
-    try {
-      // store files: a link or FIFO there is a typed E_STORE_FILE, never a hang with the VM locked or a file from outside the store in the bucket
-      files.push({ name, data: await readStoreFile(join(dir, name)) })
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 'ENOENT') continue
-      throw err
-    }
+/** The mirror's `.nvram` (none when absent). */
+async function mirrorNvram(dir: string, vm: string): Promise<ArchiveFileSource[]> {
+  const name = `${vm}.nvram`
+  try {
+    // a store file: a link or FIFO there is a typed E_STORE_FILE, never a hang with the VM locked or a file from outside the store in the bucket
+    return [{ name, data: await readStoreFile(join(dir, name)) }]
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return []
+    throw err
   }
-  return files
 }
