@@ -15,7 +15,7 @@
 // own timeout.)
 import t from 'tap'
 import { existsSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
 import { failIfLingering, firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy } from '@grainline/test-utils'
@@ -47,6 +47,8 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   const expected: string[][] = []
   for (let cycle = 1; cycle <= 4; cycle++) {
     if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: (cycle === 3 ? 24 : 2) * MiB, writeSize: 64 * 1024, seed: cycle * 7, zeroFraction: 0.2 })
+    // the VM's memory raised before cycle 4: older points keep the .vmx they had (ceph-point-config.ts)
+    if (cycle === 4) await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(/^memSize = "\d+"$/m, 'memSize = "3072"'))
     expected[cycle] = await frozenView(vm.vmxPath, join(dir, `exp-${cycle}`))
     if (cycle !== 3) {
       const r = await replicateCli(site, vm.vmxPath, ['--trivial-mb', '4'])
@@ -122,6 +124,7 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   }
   const vmxText = await readFile(join(to, `${name}.vmx`), 'utf8')
   t.match(vmxText, /displayName = ".*\(point 2\)"/, 'the .vmx is marked with the point')
+  t.match(vmxText, /^memSize = "1024"$/m, 'point 2 restores with the memory it had (its own .vmx), not the 3072 MiB set before cycle 4')
   for (const d of restored.disks) t.match(vmxText, new RegExp(`"${d.descriptor.split('/').at(-1)?.replace(/[.]/g, '\\.')}"`), `the .vmx boots from ${d.name}'s restored descriptor`)
   const again = await runCli(['restore', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', name, '--point', '2', '--to', to])
   t.not(again.code, 0, 'a restore into a folder that is not empty is refused')
@@ -175,6 +178,7 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   t.match(fvmx, /ethernet0\.startConnected = "FALSE"/, 'its NIC does not connect at power-on')
   t.match(fvmx, /ethernet0\.networkName = "DR Network"/, 'its network is mapped')
   t.match(fvmx, /uuid\.bios = /, 'a new uuid.bios')
+  t.match(fvmx, /^memSize = "3072"$/m, 'the failover (the latest cycle) runs with the .vmx of that cycle')
   for (const [i, d] of vmxDisks(VmxConfig.parse(fvmx, fr.vmx)).entries()) {
     const raw = join(dir, `failover-${i}.raw`)
     await qemuRaw(join(fo, d.fileName), raw)

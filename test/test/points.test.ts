@@ -38,6 +38,8 @@ t.test('seed + 8 cycles with points: every kept point and its restore equal the 
   const expected: string[][] = []
   for (let cycle = 1; cycle <= 9; cycle++) {
     if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 32 * 1024, seed: cycle * 7, zeroFraction: 0.2 })
+    // the VM's memory raised before cycle 7: points 3-6 keep the .vmx they had (point-config.ts)
+    if (cycle === 7) await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(/^memSize = "\d+"$/m, 'memSize = "2048"'))
     expected[cycle] = []
     for (const [i, d] of (await topDescriptors(vm.vmxPath)).entries()) {
       const raw = join(dir, `expected-${cycle}-${i}.raw`)
@@ -82,6 +84,8 @@ t.test('seed + 8 cycles with points: every kept point and its restore equal the 
     const rr = await runCli(['restore', '--store', site.store, '--vm', name, '--point', String(p.cycle), '--to', to, '--output', 'json'])
     t.equal(rr.code, 0, rr.stderr)
     const done = JSON.parse(rr.stdout.trim().split('\n').at(-1) ?? '{}') as { disks: { name: string; flat: string; descriptor: string; verified: string }[] }
+    const mem = p.cycle < 7 ? '1024' : '2048'
+    t.match(await readFile(join(to, `${name}.vmx`), 'utf8'), new RegExp(`^memSize = "${mem}"$`, 'm'), `restore of point ${p.cycle}: the .vmx of that cycle (${mem} MiB)`)
     for (const d of done.disks) {
       const i = p.disks.findIndex((x) => x.name === d.name)
       t.equal(await firstDifference(d.flat, exp[i] as string), -1, `restore of point ${p.cycle}, disk ${d.name} = the frozen source`)

@@ -499,6 +499,10 @@ t.test('Ceph store', { skip }, async (t) => {
     await t.rejects(cephRestoreVm(target, 'hostile-collide', 1, join(base, 'h3')), { code: 'E_STATE' }, 'two disks on one file name')
     await plant('hostile-file', disk('a.vmdk'), { '../evil.vmx': Buffer.from('x').toString('base64') })
     await t.rejects(cephRestoreVm(target, 'hostile-file', 1, join(base, 'h4')), { code: 'E_STATE' }, 'a configuration file name with a separator')
+    for (const configs of ['x', ['eA=='], { k: 7 }]) {
+      await writeCephState(target, new CephNames('hostile-configs').state, { ...emptyCephState('hostile-configs'), committedCycle: 1, disks: disk('a.vmdk'), configs } as unknown as CephVmState)
+      await t.rejects(cephRestoreVm(target, 'hostile-configs', 1, join(base, 'h-cfg')), { code: 'E_STATE' }, `points' configurations ${JSON.stringify(configs)}: not a state record`)
+    }
     t.notOk(existsSync(join(base, 'evil.vmx')), 'nothing written outside the folder')
     await plant('missing-image', disk('a.vmdk', 'nonexistent-image'))
     await t.rejects(cephRestoreVm(target, 'missing-image', 1, join(base, 'h5')), { code: 'E_IO', message: /a\.vmdk.*point 1/ }, 'a missing image is a typed read failure naming the disk and point')
@@ -601,7 +605,7 @@ t.test('Ceph store', { skip }, async (t) => {
   t.test('configuration files of an archived Ceph point: the .vmx as a mirror has it, the .nvram', async (t) => {
     const vmx = 'displayName = "web"\nscsi0:0.fileName = "web-000002.vmdk"\nscsi0:0.present = "TRUE"\n'
     const s = { ...emptyCephState('web'), files: { 'web.vmx': Buffer.from(vmx).toString('base64'), 'web.nvram': Buffer.from('nv').toString('base64'), 'web.vmsd': '' } }
-    const files = cephConfigFiles(s, ['web.vmdk'])
+    const files = cephConfigFiles(s, s.committedCycle, ['web.vmdk'])
     t.same(
       files.map((f) => f.name),
       ['web.vmx', 'web.nvram'],
@@ -609,7 +613,7 @@ t.test('Ceph store', { skip }, async (t) => {
     t.match(files[0]?.data.toString(), /displayName = "web \(grainline mirror\)"/)
     t.match(files[0]?.data.toString(), /scsi0:0\.fileName = "web\.vmdk"/, 'the .vmx names the restored descriptor')
     t.equal(files[1]?.data.toString(), 'nv')
-    t.same(cephConfigFiles(emptyCephState('none'), []), [], 'no files: none archived')
+    t.same(cephConfigFiles(emptyCephState('none'), 0, []), [], 'no files: none archived')
   })
 
   t.test('points open: RBD clones of a point, held; writes to a clone leave the snapshot; close removes the clones and unprotects', async (t) => {

@@ -25,20 +25,20 @@ import { ReceiverError } from '../../errors.ts'
 import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx } from '../../mirror-vmx.ts'
 import { diskStem } from '../../vm-paths.ts'
 import { pointSnapshots } from './ceph-restore.ts'
+import { cephPointFiles } from './ceph-point-config.ts'
 import { CephNames, readCephState, type CephVmState } from './ceph-state.ts'
 import type { CephTarget } from './rbd-cli.ts'
 import { RbdImage } from './rbd-image.ts'
 
 /**
- * The configuration files of a point as a folder store's mirror has them:
- * the `.vmx` rewritten to the disks' descriptors (`<stem>.vmdk`, display
- * name marked as a mirror) as `<vm>.vmx`, and the `.nvram` as `<vm>.nvram`.
- * The Ceph state keeps the files of the last commit only, as the folder
- * store's mirror folder does (pure).
+ * The configuration files of point `cycle` as a folder store's mirror has
+ * them: the `.vmx` (the point's own: ceph-point-config.ts) rewritten to the
+ * disks' descriptors (`<stem>.vmdk`, display name marked as a mirror) as
+ * `<vm>.vmx`, and the last commit's `.nvram` as `<vm>.nvram` (pure).
  */
-export function cephConfigFiles(s: CephVmState, diskNames: readonly string[]): ArchiveFileSource[] {
+export function cephConfigFiles(s: CephVmState, cycle: number, diskNames: readonly string[]): ArchiveFileSource[] {
   const out: ArchiveFileSource[] = []
-  const entries = Object.entries(s.files ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+  const entries = Object.entries(cephPointFiles(s, cycle)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
   const vmx = entries.find(([f, b]) => /\.vmx$/i.test(f) && typeof b === 'string')
   if (vmx !== undefined) {
     const diskMap = new Map(diskNames.map((name) => [name, `${diskStem(name)}.vmdk`]))
@@ -66,7 +66,6 @@ export async function cephArchivePoints(t: CephTarget, vm: string, cycles: reado
   for (const c of want) if (!kept.has(c)) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${c} in Ceph pool ${t.pool} (points: ${[...kept.keys()].join(', ')})`)
   // every point's names are checked before anything is read or sent
   const points = want.map((cycle) => ({ cycle, disks: pointSnapshots(t, s, cycle) }))
-  const files = cephConfigFiles(s, Object.keys(s.disks))
   const out: ArchivedPoint[] = []
   for (const { cycle, disks } of points) {
     const sources: PointDiskSource[] = disks.map(([name, d]) => ({
@@ -92,6 +91,7 @@ export async function cephArchivePoints(t: CephTarget, vm: string, cycles: reado
         return { capacity: img.size, read: (off: number, n: number) => img.read(off, n), close: () => img.close() }
       },
     }))
+    const files = cephConfigFiles(s, cycle, Object.keys(s.disks))
     out.push(await archiveOnePoint(vm, cycle, kept.get(cycle) as { committedAt: string; generation: string }, sources, files, opts))
   }
   return out

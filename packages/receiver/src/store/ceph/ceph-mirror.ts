@@ -24,6 +24,7 @@ import { heldMessage } from '../../hold-record.ts'
 import { faultPoint } from '../../fault.ts'
 import { CephLock } from './ceph-lock.ts'
 import { CephDiskApply } from './ceph-apply.ts'
+import { keptCephConfigs, withCephPointConfig } from './ceph-point-config.ts'
 import { CephNames, snapCid, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephBlockMap, CephBlockCheck } from './ceph-blocks.ts'
@@ -259,13 +260,17 @@ export class CephVmMirror {
     }
     // the cycle committed before becomes a point (when the VM keeps points); retention prunes them
     let points: CephPoint[] = [...s.points]
+    let configs = s.configs
     if (s.committedCycle > 0 && keepsPoints(opts.retention)) {
-      points.push({
+      // with the .vmx of that cycle, before the staged files of this one replace it
+      const c = withCephPointConfig(s, {
         cycle: s.committedCycle,
         committedAt: s.committedAt ?? now,
         generation: s.generation ?? '',
         disks: Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }])),
       })
+      points.push(c.point)
+      configs = c.configs
     }
     // a seed replaces its image: points of the old image go with it
     points = points.filter((p) => Object.values(p.disks).every((d) => !dropImages.includes(d.image)))
@@ -292,6 +297,7 @@ export class CephVmMirror {
         inflight: null,
         points,
         files: this.staged ?? s.files,
+        configs: keptCephConfigs(configs, points),
         pending,
       },
       'ceph-commit-state',

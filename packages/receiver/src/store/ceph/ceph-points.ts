@@ -29,6 +29,7 @@ import { faultPoint } from '../../fault.ts'
 import { heldMessage } from '../../hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { CephVmMirror } from './ceph-mirror.ts'
+import { keptCephConfigs } from './ceph-point-config.ts'
 import { CephNames, readCephState, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { retainedPoints } from './ceph-space.ts'
 import type { CephTarget } from './rbd-cli.ts'
@@ -103,7 +104,7 @@ export async function cephPrunePoints(
     const gone = before.filter((p) => drop.has(p.cycle))
     if (gone.length === 0) return { vm, dropped: [], kept: kept.map((p) => p.cycle) }
     // the commit point: the state no longer names the points; their snapshots are pending removal
-    await m.write({ ...s, points: kept, pending: { snaps: snapsToRemove(s, kept, gone), images: [], logs: [] } })
+    await m.write({ ...s, points: kept, configs: keptCephConfigs(s.configs, kept), pending: { snaps: snapsToRemove(s, kept, gone), images: [], logs: [] } })
     faultPoint('ceph-prune-after-state')
     await m.finishPending()
     opts.logger.info({ vm, dropped: gone.map((p) => p.cycle), kept: kept.map((p) => p.cycle) }, 'restore points dropped (Ceph snapshots removed)')

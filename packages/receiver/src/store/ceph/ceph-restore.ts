@@ -16,6 +16,7 @@
  * The state object comes from the pool: every name it gives is checked
  * before it becomes a path (a hostile pool cannot write outside `toDir`).
  */
+import { cephPointFiles } from './ceph-point-config.ts'
 import { createReadStream } from 'node:fs'
 import { mkdir, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -80,7 +81,8 @@ export async function cephRestoreVm(
   if (s === undefined) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in Ceph pool ${t.pool}`)
   const disks = pointSnapshots(t, s, cycle)
   const taken = new Set(disks.flatMap(([name]) => generatedNames(diskStem(name)).mirror.map((f) => f.toLowerCase())))
-  const files = Object.entries(s.files ?? {})
+  // the last commit's files, the point's own .vmx in place of its .vmx (ceph-point-config.ts)
+  const files = Object.entries(cephPointFiles(s, cycle))
   for (const [file] of files) {
     try {
       validateName(file, 'file name')
@@ -126,7 +128,7 @@ export async function cephRestoreVm(
     const elapsedMs = performance.now() - t0
     opts.onProgress?.({ disk: name, bytes: done, total, elapsedMs, etaMs: done === 0 ? undefined : (elapsedMs * (total - done)) / done })
   }
-  // configuration files of the last commit: the .vmx rewritten to these disks, others copied (never a disk or lock file)
+  // configuration files: the .vmx rewritten to these disks, others copied (never a disk or lock file)
   const diskMap = new Map(disks.map(([name]) => [name, `${diskStem(name)}.vmdk`]))
   let vmxDropped: DroppedReference[] | undefined
   for (const [file, b64] of files) {

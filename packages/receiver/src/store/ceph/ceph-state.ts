@@ -81,6 +81,8 @@ export interface CephPoint {
   readonly committedAt: string
   readonly generation: string
   readonly disks: Readonly<Record<string, { readonly image: string; readonly snap: string; readonly capacity: number }>>
+  /** the key in the state's `configs` of the .vmx the VM had at this point (ceph-point-config.ts); absent in points recorded before configurations were kept */
+  readonly vmx?: string
 }
 
 /** Clean-up still due after a commit point (finished by the next holder of the lock). */
@@ -103,6 +105,8 @@ export interface CephVmState {
   readonly points: readonly CephPoint[]
   /** the VM's configuration files (.vmx …) of the last commit, base64 */
   readonly files: Readonly<Record<string, string>>
+  /** the .vmx of the points (base64) by key, each named by a point's `vmx` (ceph-point-config.ts) @default none */
+  readonly configs?: Readonly<Record<string, string>>
   readonly pending: CephPending | null
   /** failovers and opened points holding the mirror (ceph-holds.ts, ceph-open.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
   readonly holds?: readonly CephHoldRecord[]
@@ -207,7 +211,8 @@ export async function readCephState(t: CephTarget, object: string, vm?: string):
     typeof s.committedCycle !== 'number' ||
     typeof s.disks !== 'object' ||
     !Array.isArray(s.points) ||
-    (s.holds !== undefined && (!Array.isArray(s.holds) || !s.holds.every((h) => typeof h?.dir === 'string' && typeof h.cycle === 'number')))
+    (s.holds !== undefined && (!Array.isArray(s.holds) || !s.holds.every((h) => typeof h?.dir === 'string' && typeof h.cycle === 'number'))) ||
+    (s.configs !== undefined && (typeof s.configs !== 'object' || s.configs === null || Array.isArray(s.configs) || !Object.values(s.configs).every((v) => typeof v === 'string')))
   ) {
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not a ${CEPH_STATE_FORMAT} record`)
   }
