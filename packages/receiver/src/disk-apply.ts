@@ -6,6 +6,7 @@ import { fsyncDir, unlinkIfExists, writeFully, writevFully, writeZeros } from '.
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
+import { isAllZero } from './zero-bytes.ts'
 import { READ_AHEAD, readAhead } from './read-ahead.ts'
 import { PayloadPool } from './payload-pool.ts'
 import { ReverseIncrement, type SaveRun } from './increment.ts'
@@ -127,6 +128,8 @@ export class DiskApply {
   touched: TouchedBlocks | undefined = undefined
   /** time spent journaling (stage 1) and writing (stage 2) batches, ms (for logs) */
   journalMs = 0
+  /** old contents journaled by length alone, being zeros (journal.ts type 2; for logs) */
+  journalZeroBytes = 0
   writeMs = 0
   /** fdatasyncs of the target actually run, and batches whose sync an earlier one covered (group commit, for logs) */
   syncs = 0
@@ -318,7 +321,11 @@ export class DiskApply {
     }
     try {
       for await (const { range, data } of readAhead(this.fh, pieces, opts.signal === undefined ? { take } : { signal: opts.signal, take })) {
-        this.journal.appendExtent(range.rec, data, range.pos)
+        // old zeros (a hole of the thin mirror) are journaled by their length alone (journal.ts type 2)
+        if (data !== undefined && data.length > 0 && isAllZero(data)) {
+          this.journal.appendExtentOverZeros(range.rec, range.pos, data.length)
+          this.journalZeroBytes += data.length
+        } else this.journal.appendExtent(range.rec, data, range.pos)
         if (data === undefined) continue
         yielded++
         if (this.journal.queuedBytes >= JOURNAL_PIECE) {

@@ -2,7 +2,7 @@ import { rename, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { crc32 } from 'node:zlib'
 import { dirname } from 'node:path'
-import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.ts'
+import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
 import { openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskMode } from '@grainline/protocol'
 
@@ -25,7 +25,12 @@ import type { DiskMode } from '@grainline/protocol'
  *   contents of a large in-place range are journaled as several records of at
  *   most JOURNAL_PIECE bytes each, all with the extent's seq/offset/length and
  *   each with its own `oldOffset` (target offset of its old bytes; absent in
- *   older journals: the extent's offset).
+ *   older journals: the extent's offset). Old contents that are all zeros (a
+ *   hole of the thin mirror, never-written space) are not stored: the header
+ *   says `oldZeros` (their length, at most JOURNAL_PIECE) and the record has
+ *   no bytes; undo writes that many zeros back. (A receiver older than this
+ *   rule reads such a record as "nothing to restore": roll an in-flight cycle
+ *   back or let it commit before downgrading.)
  * type 3 (applied): every extent with seq ≤ `seq` is durably in the target
  *   file (written after the target's fdatasync) — the resume point.
  *
@@ -94,6 +99,8 @@ export interface JournalExtent {
   readonly oldLength: number
   /** journal file position of the old contents */
   readonly oldPos: number
+  /** the old contents were `oldLength` zeros, not stored (`oldPos` means nothing) */
+  readonly oldZeros: boolean
 }
 
 export interface JournalApplied {
@@ -170,9 +177,12 @@ export async function readJournal(path: string): Promise<JournalContents | undef
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
         headEnd = pos + 8 + len
       } else if (type === T_EXTENT && head !== undefined) {
-        const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown }
+        const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown; oldZeros?: unknown }
         const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
-        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos })
+        const z = e.oldZeros
+        if (z !== undefined && (typeof z !== 'number' || !Number.isSafeInteger(z) || z <= 0 || z > JOURNAL_PIECE || dataLen !== 0)) break
+        if (z !== undefined) extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: z, oldPos: dataPos, oldZeros: true })
+        else extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos, oldZeros: false })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
@@ -271,6 +281,12 @@ export class Journal {
         ? { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest }
         : { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset }
     this.push(frame(T_EXTENT, header, old, this.gen))
+  }
+
+  /** Queue an extent record whose old contents at `oldOffset` were `n` zeros (none stored: see type 2). */
+  appendExtentOverZeros(e: { seq: number; offset: number; length: number; zero: boolean; digest: string }, oldOffset: number, n: number): void {
+    if (!Number.isSafeInteger(n) || n <= 0 || n > JOURNAL_PIECE) throw new RangeError(`journal zero piece of ${n} bytes (1 to ${JOURNAL_PIECE})`)
+    this.push(frame(T_EXTENT, { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldZeros: n }, undefined, this.gen))
   }
 
   /** Queue a grains record: grains saved in the reverse increment (see type 4). */
@@ -386,6 +402,10 @@ export async function undoJournal(journalPath: string, contents: JournalContents
       for (let i = contents.extents.length - 1; i >= 0; i--) {
         const e = contents.extents[i] as JournalExtent
         if (e.oldLength === 0) continue
+        if (e.oldZeros) {
+          await writeZeros(tfh, e.oldOffset, e.oldLength)
+          continue
+        }
         for (let off = 0; off < e.oldLength; off += 4 * 1024 * 1024) {
           const n = Math.min(4 * 1024 * 1024, e.oldLength - off)
           const old = await readFully(jfh, e.oldPos + off, n)

@@ -14,6 +14,7 @@ import { readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { checkedPointSource, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
+import { isAllZero } from './zero-bytes.ts'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -212,7 +213,7 @@ async function restoreDisk(
       await chain.readInto(b, 0, off, n)
       if (hash !== undefined && off < hashBytes) hash.update(b.subarray(0, Math.min(n, hashBytes - off)))
       // zeros stay a hole: the flat is thin, like the mirror
-      if (!isZero(b)) await writeFully(fh, b, off)
+      if (!isAllZero(b)) await writeFully(fh, b, off)
       progress(n)
     }
     await fh.datasync()
@@ -233,16 +234,6 @@ async function restoreDisk(
     verified = check === ch.certify ? 'certify' : 'trivial'
   }
   return { name: rec.name, descriptor, flat, capacity: chain.capacity, verified, sourceChecked: check?.ok === true }
-}
-
-const ZERO = Buffer.alloc(65536)
-
-function isZero(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i += ZERO.length) {
-    const s = b.subarray(i, Math.min(b.length, i + ZERO.length))
-    if (s[0] !== 0 || !s.equals(ZERO.subarray(0, s.length))) return false
-  }
-  return true
 }
 
 /** The mirror's .vmx (display name marked with the point) and .nvram, if present. */

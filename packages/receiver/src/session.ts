@@ -766,8 +766,11 @@ export class Session {
   }
 }
 
-/** A folder store's group-commit counts (fdatasyncs run, batches an earlier one covered), for the 'disk sealed' log. */
-function groupCommitStats(a: object): { syncs?: number; coveredBatches?: number } {
-  const g = a as { syncs?: unknown; coveredBatches?: unknown }
-  return typeof g.syncs === 'number' && typeof g.coveredBatches === 'number' ? { syncs: g.syncs, coveredBatches: g.coveredBatches } : {}
+/** A folder store's group-commit counts (fdatasyncs run, batches an earlier one covered) and old zeros journaled by length, for the 'disk sealed' log. */
+function groupCommitStats(a: object): { syncs?: number; coveredBatches?: number; journalZeroBytes?: number } {
+  const g = a as { syncs?: unknown; coveredBatches?: unknown; journalZeroBytes?: unknown }
+  return {
+    ...(typeof g.syncs === 'number' && typeof g.coveredBatches === 'number' ? { syncs: g.syncs, coveredBatches: g.coveredBatches } : {}),
+    ...(typeof g.journalZeroBytes === 'number' ? { journalZeroBytes: g.journalZeroBytes } : {}),
+  }
 }

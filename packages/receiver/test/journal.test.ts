@@ -1,6 +1,7 @@
 import t from 'tap'
 import { openSync, readFileSync, writeFileSync, truncateSync, statSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
+import { crc32 } from 'node:zlib'
 import { Journal, readJournal, undoJournal } from '../src/journal.ts'
 import { pattern } from './helpers.ts'
 
@@ -91,6 +92,70 @@ t.test('undo restores old contents in reverse order and cuts back to the base si
   t.ok(readFileSync(target).equals(base), 'exact base image')
   await undoJournal(p, c, target)
   t.ok(readFileSync(target).equals(base), 'idempotent')
+})
+
+/** An extent record (type 2) framed as journal.ts frames it: u32 length, u32 crc seeded with `gen`, type, header length, header, bytes. */
+function frameFor(gen: number, header: object, data: Buffer | undefined): Buffer[] {
+  const h = Buffer.from(JSON.stringify(header), 'utf8')
+  const pre = Buffer.alloc(13)
+  pre.writeUInt32LE(1 + 4 + h.length + (data?.length ?? 0), 0)
+  pre.writeUInt8(2, 8)
+  pre.writeUInt32LE(h.length, 9)
+  let c = crc32(pre.subarray(8, 13), gen)
+  c = crc32(h, c)
+  if (data !== undefined) c = crc32(data, c)
+  pre.writeUInt32LE(c >>> 0, 4)
+  return data === undefined ? [pre, h] : [pre, h, data]
+}
+
+t.test('old contents that are zeros are journaled by their length alone; undo writes the zeros back; a malformed zero record ends the journal', async (t) => {
+  const dir = t.testdir()
+  const target = join(dir, 'flat')
+  // a thin mirror: data, a hole, data
+  const base = Buffer.concat([pattern(65536, 3), Buffer.alloc(131072), pattern((1 << 19) - 196608, 4)])
+  writeFileSync(target, base)
+  const p = join(dir, 'z.journal')
+  const j = await Journal.create(p, head)
+  const e = { seq: 0, offset: 32768, length: 98304, zero: false, digest: 'aa' }
+  j.appendExtent(e, base.subarray(32768, 65536), 32768)
+  j.appendExtentOverZeros(e, 65536, 65536)
+  t.throws(() => j.appendExtentOverZeros(e, 0, 0), RangeError, 'a zero piece of no bytes is refused')
+  await j.flush(true)
+  await j.close()
+  t.ok(statSync(p).size < 32768 + 4096, 'the 64 KiB of old zeros take no room in the journal')
+  const fd = openSync(target, 'r+')
+  writeSync(fd, pattern(98304, 9), 0, 98304, 32768)
+  closeSync(fd)
+  const c = await readJournal(p)
+  if (c === undefined) throw new Error('no journal')
+  t.same(
+    c.extents.map((x) => [x.oldOffset, x.oldLength, x.oldZeros]),
+    [
+      [32768, 32768, false],
+      [65536, 65536, true],
+    ],
+  )
+  await undoJournal(p, c, target)
+  t.ok(readFileSync(target).equals(base), 'exact base image: the overwritten hole reads as zeros again')
+  // a zero record that carries bytes, or a length out of bounds: corruption, the journal ends before it
+  for (const bad of [{ oldZeros: 4096, control: true }, { oldZeros: 4096, bytes: 4096 }, { oldZeros: -1 }, { oldZeros: 2 ** 40 }, { oldZeros: '4096' }] as Array<{
+    oldZeros: unknown
+    bytes?: number
+    control?: boolean
+  }>) {
+    const q = join(dir, `bad-${Math.random().toString(16).slice(2)}.journal`)
+    const k = await Journal.create(q, head)
+    const gen = (await readJournal(q))?.head.gen ?? 0
+    k.appendExtent(e, base.subarray(32768, 65536), 32768)
+    // a well-framed record (its crc right) whose header is wrong
+    ;(k as unknown as { push: (b: Buffer[]) => void }).push(
+      frameFor(gen, { seq: 0, offset: 32768, length: 98304, zero: false, digest: 'aa', oldOffset: 65536, oldZeros: bad.oldZeros }, bad.bytes === undefined ? undefined : Buffer.alloc(bad.bytes)),
+    )
+    await k.flush(true)
+    await k.close()
+    if (bad.control === true) t.equal((await readJournal(q))?.extents.length, 2, 'control: a well-formed zero record framed by the test is read')
+    else t.equal((await readJournal(q))?.extents.length, 1, `oldZeros ${JSON.stringify(bad)}: the journal ends at that record`)
+  }
 })
 
 t.test('a reused journal file: stale records of the previous generation are never read', async (t) => {
