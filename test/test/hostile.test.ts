@@ -253,7 +253,7 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
     JSON.stringify({
       tokens: [
         { name: 'proxy-a', token: good, vms: ['*'], maxSessions: 8 },
-        { name: 'mallory', token: evil, vms: ['evil-*'], maxSessions: 2, quota: '256M' },
+        { name: 'mallory', token: evil, vms: ['evil-*'], maxSessions: 2, maxVms: 8, quota: '256M' },
       ],
     }),
   )
@@ -395,6 +395,34 @@ t.test('hostile clients cannot take a receiver down; a legitimate agent gets thr
     t.match(installed, /serial0.present = "FALSE"/)
     const st = JSON.parse((await runCli(['status', '--store', store, '--output', 'json'])).stdout) as { vms: Array<{ vm: string; vmxDropped: unknown[] }> }
     t.equal(st.vms.find((v) => v.vm === 'vmx-1')?.vmxDropped.length, 3, 'grainline status lists the three dropped references')
+  })
+
+  await t.test('a VmOpen flood of new VM names: at most maxVms folders, then E_QUOTA, nothing more written', async (t) => {
+    let opened = 0
+    const codes: string[] = []
+    for (let i = 0; i < 20; i++) {
+      const p = await Peer.open(rx.port, evil, ca)
+      await p.hello()
+      p.send({
+        kind: MessageKind.VmOpen,
+        vm: `evil-flood-${i}`,
+        cycle: 1,
+        compat: { hwVersion: 14, datastoreType: 'local', guestOS: 'other' },
+        files: [{ name: `evil-flood-${i}.vmx`, data: Buffer.alloc(MiB, 0x41) }],
+        disks: [],
+      })
+      const m = await noHang(p.next(), 'a VmOpen answer')
+      if (m?.kind === MessageKind.VmState) {
+        opened++
+        p.ws.close()
+        await p.closed
+      } else codes.push((await noHang(p.ended(), 'a refused VmOpen')).code)
+    }
+    const evilFolders = (await readdir(store)).filter((n) => n.startsWith('evil-'))
+    t.equal(evilFolders.length, 8, `8 VM folders of the token at most (maxVms 8): ${evilFolders.join(', ')}`)
+    t.equal(opened, 8 - 2, 'six new ones opened besides evil-1 and evil-2')
+    t.same([...new Set(codes)], ['E_QUOTA'], 'every one more refused E_QUOTA')
+    t.equal(rx.proc.exitCode, null, 'the receiver is still running')
   })
 
   await t.test('the hostile clients gone, the receiver holds no more descriptors than it started with', async (t) => {

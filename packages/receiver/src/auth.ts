@@ -6,6 +6,9 @@ import { ReceiverError } from './errors.ts'
 /** Sessions one token may hold at once unless its entry says otherwise. */
 export const DEFAULT_MAX_SESSIONS = 4
 
+/** VMs one token may keep in the store unless its entry says otherwise (vm-count.ts). */
+export const DEFAULT_MAX_VMS = 1024
+
 /** One entry of the tokens file. */
 export interface TokenEntry {
   /** who holds the token (logged; the token itself never is) */
@@ -26,6 +29,13 @@ export interface TokenEntry {
    */
   readonly quota?: number
   /**
+   * VMs this token may keep in the store (the store's VMs its `vms` globs
+   * cover); a VmOpen of one more new VM fails with E_QUOTA before anything
+   * of it is written
+   * @default 1024
+   */
+  readonly maxVms?: number
+  /**
    * `"agent"` replicates (the replication port); `"viewer"` only reads the
    * dashboard and its API on the HTTP listener (and sees only the VMs its
    * `vms` globs cover). Neither is accepted where the other belongs.
@@ -38,7 +48,7 @@ export interface TokenEntry {
 export const TokenRoles = ['agent', 'viewer'] as const
 export type TokenRole = (typeof TokenRoles)[number]
 
-const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'quota', 'role'])
+const TOKEN_KEYS = new Set(['name', 'token', 'vms', 'maxSessions', 'maxVms', 'quota', 'role'])
 
 /** A loaded token table: constant-time lookup and VM globs. */
 export interface TokenTable {
@@ -47,7 +57,7 @@ export interface TokenTable {
   readonly size: number
 }
 
-/** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"quota"?,"role"?}]}` (a viewer's `vms` defaults to `["*"]`). */
+/** Parse and validate `{"tokens":[{"name","token","vms":[…],"maxSessions"?,"maxVms"?,"quota"?,"role"?}]}` (a viewer's `vms` defaults to `["*"]`). */
 export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
   const list = (json as { tokens?: unknown } | null)?.tokens
   if (!Array.isArray(list)) throw new ReceiverError('E_CONFIG', `${source}: expected {"tokens": [...]}`)
@@ -55,7 +65,7 @@ export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
   list.forEach((e: unknown, i) => {
     const o = e as Record<string, unknown> | null
     if (o === null || typeof o !== 'object') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] is not an object`)
-    const { name, token, maxSessions, quota, role } = o
+    const { name, token, maxSessions, maxVms, quota, role } = o
     const vms = o['vms'] === undefined && role === 'viewer' ? ['*'] : o['vms']
     if (typeof name !== 'string' || name === '') throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}].name must be a non-empty string`)
     for (const k of Object.keys(o)) if (!TOKEN_KEYS.has(k)) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): unknown key ${k}`)
@@ -64,6 +74,9 @@ export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
     if (!Array.isArray(vms) || !vms.every((v) => typeof v === 'string' && v !== '')) throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): vms must be a list of globs`)
     if (maxSessions !== undefined && (typeof maxSessions !== 'number' || !Number.isSafeInteger(maxSessions) || maxSessions < 1)) {
       throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): maxSessions must be a positive integer`)
+    }
+    if (maxVms !== undefined && (typeof maxVms !== 'number' || !Number.isSafeInteger(maxVms) || maxVms < 1)) {
+      throw new ReceiverError('E_CONFIG', `${source}: tokens[${i}] (${name}): maxVms must be a positive integer`)
     }
     let quotaBytes: number | undefined
     if (quota !== undefined && quota !== null) {
@@ -80,6 +93,7 @@ export function parseTokens(json: unknown, source = 'tokens'): TokenEntry[] {
         token,
         vms: Object.freeze([...(vms as string[])]),
         ...(maxSessions === undefined ? {} : { maxSessions }),
+        ...(maxVms === undefined ? {} : { maxVms: maxVms as number }),
         ...(quotaBytes === undefined ? {} : { quota: quotaBytes }),
         ...(role === 'viewer' ? { role: 'viewer' as const } : {}),
       }),

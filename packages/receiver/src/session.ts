@@ -46,6 +46,7 @@ import type { CephBlockMap } from './store/ceph/ceph-blocks.ts'
 import { askHolesEarly, type CheckHoleWindows, checkBlocks } from './block-check.ts'
 import { blockRun } from './proof.ts'
 import { keptSeekHelper } from '@grainline/vmdk'
+import { checkVmCount } from './vm-count.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 import { outboundLimit, waitForOutboundRoom } from './outbound-room.ts'
@@ -388,6 +389,8 @@ export class Session {
     if (!mayAccess(this.token, msg.vm)) throw new ReceiverError('E_FORBIDDEN', 'this token may not replicate that VM')
     for (const f of msg.files) checkFileName(f.name)
     const ceph = this.settings.ceph
+    // a new VM's folder and staged files come before any quota check: the token's VM count is bounded (vm-count.ts)
+    if (ceph === undefined) await checkVmCount(this.settings.storeDir, this.token, msg.vm)
     this.vm =
       ceph === undefined
         ? await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)

@@ -3,7 +3,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { once } from 'node:events'
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
-import { writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { SessionDeadlines, type Clock } from '../src/session-deadlines.ts'
@@ -134,6 +134,49 @@ t.test('an idle session after VmOpen is ended and its VM lock released', async (
   t.equal((await b.expect(MessageKind.VmState)).vm, 'vm-i', 'the VM is free again')
   b.close()
   await b.whenClosed()
+})
+
+t.test('VMs per token: a VmOpen of one VM more than maxVms is E_QUOTA before its folder exists; its VMs and other tokens go on', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const file = join(env.dir, 'tokens-vms.json')
+  writeFileSync(
+    file,
+    JSON.stringify({
+      tokens: [
+        { name: 'proxy-a', token: TOKEN, vms: ['vm*'], maxVms: 3 },
+        { name: 'proxy-b', token: TOKEN_B, vms: ['other-*'] },
+      ],
+    }),
+  )
+  const { receiver, url } = await startReceiver(env, { tokensFile: file })
+  t.teardown(() => receiver.close())
+  // a folder of another token's VM, a file and a link in the store count for nobody
+  mkdirSync(join(env.store, 'other-1'))
+  writeFileSync(join(env.store, 'vm-file'), 'not a VM')
+  symlinkSync(env.dir, join(env.store, 'vm-link'))
+  const open = async (token: string, vm: string): Promise<'ok' | string> => {
+    const a = await Agent.connect(url, { token, ca: env.tls.ca })
+    a.send(hello())
+    await a.expect(MessageKind.Welcome)
+    a.send(vmOpen(vm, 1, ['d.vmdk']))
+    const m = await a.next()
+    if (m?.kind === MessageKind.VmState) {
+      a.close()
+      await a.whenClosed()
+      return 'ok'
+    }
+    const err = m as { code?: string; message?: string }
+    await a.whenClosed()
+    return `${err.code}: ${err.message}`
+  }
+  for (const vm of ['vm-1', 'vm-2', 'vm-3']) t.equal(await open(TOKEN, vm), 'ok', `${vm} created`)
+  const refused = await open(TOKEN, 'vm-4')
+  t.match(refused, /^E_QUOTA: token proxy-a keeps 3 VMs in this store, its limit \(maxVms 3\)/, 'a fourth VM: E_QUOTA naming the token and what to do')
+  t.notOk(existsSync(join(env.store, 'vm-4')), 'and nothing of it was created')
+  t.equal(await open(TOKEN, 'vm-2'), 'ok', 'a VM the token keeps still opens')
+  t.equal(await open(TOKEN_B, 'other-2'), 'ok', "another token's VMs are not counted against it")
+  rmSync(join(env.store, 'vm-3'), { recursive: true })
+  t.equal(await open(TOKEN, 'vm-4'), 'ok', 'a removed mirror frees its place')
 })
 
 t.test('deadlines, by a hand-driven clock: pings and busy steps are not silence', async (t) => {

@@ -33,6 +33,13 @@ t.test('tokens and globs', async (t) => {
   t.match(parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], quota: 4096 }] })[0], { quota: 4096 }, 'what writeTokensFile writes reads back')
   t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], quota: 'lots' }] }), { code: 'E_CONFIG' })
   t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxSessions: 0 }] }), { code: 'E_CONFIG' })
+  t.match(parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxVms: 20 }] })[0], { maxVms: 20 })
+  for (const maxVms of [0, -1, 1.5, '20', null])
+    t.throws(
+      () => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxVms }] }),
+      { code: 'E_CONFIG', message: /maxVms must be a positive integer/ },
+      `maxVms ${JSON.stringify(maxVms)}`,
+    )
   t.throws(() => parseTokens({ tokens: [{ name: 'q', token: 'x'.repeat(20), vms: ['a'], maxsessions: 2 }] }), { code: 'E_CONFIG' }, 'a misspelt key is not ignored')
 })
 

@@ -1,0 +1,42 @@
+/**
+ * How many VMs a token keeps in a folder store (`maxVms`, auth.ts): a VmOpen
+ * of a VM the store does not hold yet creates its folder and writes its
+ * staged configuration files (up to a message's size) before any DiskOpen —
+ * so before any quota check. Without a bound, one token could create VM
+ * folders without end (disk, inodes, status and metrics rows).
+ */
+import { lstat, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from './auth.ts'
+import { ReceiverError, ioError } from './errors.ts'
+
+/**
+ * Refuse a VmOpen of `vm` when the store does not hold it yet and `token`
+ * keeps `maxVms` VMs already (the folders of the store its globs cover; a
+ * link or a file is no VM). Two sessions of one token creating VMs at the
+ * same moment may both pass: the count can exceed the bound by the token's
+ * sessions less one.
+ * @throws ReceiverError E_QUOTA, E_IO
+ */
+export async function checkVmCount(storeDir: string, token: TokenEntry, vm: string): Promise<void> {
+  const max = token.maxVms ?? DEFAULT_MAX_VMS
+  let names: string[]
+  try {
+    names = await readdir(storeDir)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw ioError(err, `listing the store ${storeDir}`)
+  }
+  if (names.includes(vm)) return
+  let n = 0
+  for (const name of names) {
+    if (name.startsWith('.') || !mayAccess(token, name)) continue
+    const st = await lstat(join(storeDir, name)).catch(() => undefined)
+    if (st?.isDirectory() === true) n++
+  }
+  if (n >= max)
+    throw new ReceiverError(
+      'E_QUOTA',
+      `token ${token.name} keeps ${n} VMs in this store, its limit (maxVms ${max}): VM ${vm} is not created; raise maxVms in the tokens file, or remove the mirrors of VMs no longer replicated`,
+    )
+}
