@@ -99,6 +99,15 @@ type Res = ServerResponse<IncomingMessage>
 function send(res: Res, status: number, type: string, body: string | Buffer, extra: Record<string, string> = {}): void {
   res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': type, ...extra }).end(body)
 }
+/** What a viewer is told when the store cannot be read: the detail names paths, and goes to the receiver's log only. */
+export const STORE_UNREADABLE = 'the store could not be read: see the receiver log'
+
+/** A typed error's code, else E_IO. */
+const errorCode = (err: unknown): string => {
+  const c = (err as { code?: unknown }).code
+  return typeof c === 'string' && /^E_[A-Z_]+$/.test(c) ? c : 'E_IO'
+}
+
 const json = (res: Res, status: number, body: unknown): void => send(res, status, 'application/json; charset=utf-8', `${JSON.stringify(body)}\n`)
 const apiError = (res: Res, status: number, code: string, message: string, extra: Record<string, string> = {}): void =>
   send(res, status, 'application/json; charset=utf-8', `${JSON.stringify({ error: { code, message } })}\n`, extra)
@@ -131,6 +140,14 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
   /** the open event streams: how each ends, and its viewer */
   const events = new Map<() => void, string>()
   const hlog = log.child({ component: 'http' })
+  // a failing store read, logged when its message changes (an event stream retries it every few seconds)
+  let lastStoreFailure = ''
+  const logStoreFailure = (err: unknown): void => {
+    const message = (err as Error).message
+    if (message === lastStoreFailure) return
+    lastStoreFailure = message
+    hlog.warn({ err: { message, code: (err as { code?: unknown }).code } }, 'the store could not be read for the dashboard')
+  }
   // one store read shared by every viewer, dropped on every live change (shared-store-reader.ts)
   const reader = sharedStoreReader(typeof init.store === 'string' ? folderStoreReader(init.store) : init.store)
   const stopInvalidate = init.live.onChange(() => reader.invalidate())
@@ -220,7 +237,9 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
         const o = await storeOverview(reader, optsFor(v))
         res.write(`event: status\ndata: ${JSON.stringify(o)}\n\n`)
       } catch (err) {
-        res.write(`event: failure\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`)
+        // the detail (store paths, file names) goes to the receiver's log, not to a viewer
+        logStoreFailure(err)
+        res.write(`event: failure\ndata: ${JSON.stringify({ code: errorCode(err), message: STORE_UNREADABLE })}\n\n`)
       }
       last = Date.now()
       busy = false
@@ -332,7 +351,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     handle(req, res).catch((err: unknown) => {
       hlog.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code }, path: (req.url ?? '').split('?')[0] }, 'http request failed')
       if (!res.headersSent) {
-        if ((err as { code?: unknown }).code === 'E_NOT_FOUND') apiError(res, 503, 'E_NOT_FOUND', (err as Error).message)
+        if ((err as { code?: unknown }).code === 'E_NOT_FOUND') apiError(res, 503, 'E_NOT_FOUND', STORE_UNREADABLE)
         else send(res, 500, 'text/plain; charset=utf-8', 'unavailable: see the receiver log\n')
       } else res.end()
     })

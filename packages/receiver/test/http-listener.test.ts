@@ -7,7 +7,7 @@
  * the pure parts (RPO states, history trimming, error ring, login sessions).
  */
 import t from 'tap'
-import { writeFileSync } from 'node:fs'
+import { renameSync, writeFileSync } from 'node:fs'
 import { request } from 'node:https'
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
@@ -26,6 +26,7 @@ import {
   MAX_VIEWER_SESSIONS,
   MAX_LOGIN_BODY,
   SESSION_COOKIE,
+  STORE_UNREADABLE,
   ViewerSessions,
   assessRpo,
   rpoTargetMs,
@@ -297,6 +298,30 @@ t.test(`one address holds at most ${HTTP_MAX_SOCKETS_PER_ADDRESS} sockets; silen
   const ends = await Promise.all(held.map((h) => h.closedAt))
   const latest = Math.max(...ends) - t0
   t.ok(latest < 20_000, `every silent socket closed after ${latest} ms`)
+})
+
+t.test('a store that cannot be read: viewers get a typed error without its paths, the receiver log the detail (once)', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  writeFileSync(env.tokensFile, JSON.stringify({ tokens: [{ name: 'noc', token: VIEWER, role: 'viewer' }] }))
+  const { receiver, logs } = await startReceiver(env, { httpListen: { host: '127.0.0.1', port: 0 } })
+  t.teardown(() => receiver.close())
+  const base = `https://127.0.0.1:${receiver.httpAddress?.port as number}`
+  const auth = { headers: { Authorization: `Bearer ${VIEWER}` }, ca: env.tls.ca }
+  renameSync(env.store, `${env.store}.gone`)
+  const r = await httpCall(`${base}/api/v1/status`, auth)
+  t.equal(r.status, 503)
+  t.same(JSON.parse(r.text), { error: { code: 'E_NOT_FOUND', message: STORE_UNREADABLE } }, 'a typed answer')
+  t.notMatch(r.text, env.dir, 'no path of the receiver in it')
+  const ev = await readEvents(`${base}/api/v1/events`, 2, auth)
+  t.same(
+    ev.events.map((e) => e.event),
+    ['failure', 'failure'],
+  )
+  t.same(JSON.parse(ev.events[0]?.data ?? '{}'), { code: 'E_NOT_FOUND', message: STORE_UNREADABLE }, 'the event stream says the same')
+  for (const e of ev.events) t.notMatch(e.data, env.dir, 'no path in an event')
+  const logged = logs.lines.filter((l) => l['msg'] === 'the store could not be read for the dashboard')
+  t.equal(logged.length, 1, 'the detail logged once, however many events failed')
+  t.match(JSON.stringify(logged[0]), env.store, 'naming the store')
 })
 
 t.test('RPO states', async (t) => {
