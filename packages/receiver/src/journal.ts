@@ -181,8 +181,8 @@ export async function readJournal(path: string): Promise<JournalContents | undef
         const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
         const z = e.oldZeros
         if (z !== undefined && (typeof z !== 'number' || !Number.isSafeInteger(z) || z <= 0 || z > JOURNAL_PIECE || dataLen !== 0)) break
-        if (z !== undefined) extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: z, oldPos: dataPos, oldZeros: true })
-        else extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: dataLen, oldPos: dataPos, oldZeros: false })
+        const oldZeros = z !== undefined
+        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: oldZeros ? z : dataLen, oldPos: dataPos, oldZeros })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {

@@ -552,7 +552,7 @@ export class Session {
     const map = this.maps.get(msg.disk)
     // a resync's map: mirror bytes read for it in this connection, digests taken from the kept map
     const mapStats = map === undefined ? {} : { mapMirrorBytes: map.bytesRead, mapHoleBytes: map.holeBytes, mapKeptBlocks: map.keptBlocks }
-    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, ...groupCommitStats(a), journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
+    this.log.info({ disk: d.name, ...c, ...mapStats, batches: a.batches, ...folderApplyStats(a), journalMs: Math.round(a.journalMs), writeMs: Math.round(a.writeMs) }, 'disk sealed')
     this.settings.observer?.diskSealed(this.vmName, d.name, c)
     this.send({ kind: MessageKind.DiskEnded, disk: d.handle })
   }
@@ -770,7 +770,7 @@ export class Session {
 }
 
 /** A folder store's group-commit counts (fdatasyncs run, batches an earlier one covered) and old zeros journaled by length, for the 'disk sealed' log. */
-function groupCommitStats(a: object): { syncs?: number; coveredBatches?: number; journalZeroBytes?: number } {
+function folderApplyStats(a: object): { syncs?: number; coveredBatches?: number; journalZeroBytes?: number } {
   const g = a as { syncs?: unknown; coveredBatches?: unknown; journalZeroBytes?: unknown }
   return {
     ...(typeof g.syncs === 'number' && typeof g.coveredBatches === 'number' ? { syncs: g.syncs, coveredBatches: g.coveredBatches } : {}),

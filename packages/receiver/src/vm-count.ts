@@ -9,6 +9,7 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from './auth.ts'
 import { ReceiverError, ioError } from './errors.ts'
+import { entryExists } from './store-fs.ts'
 
 /**
  * Refuse a VmOpen of `vm` when the store does not hold it yet and `token`
@@ -19,6 +20,8 @@ import { ReceiverError, ioError } from './errors.ts'
  * @throws ReceiverError E_QUOTA, E_IO
  */
 export async function checkVmCount(storeDir: string, token: TokenEntry, vm: string): Promise<void> {
+  // a VM the store holds (every cycle's VmOpen): one lstat, no listing
+  if (await entryExists(join(storeDir, vm)).catch(() => false)) return
   const max = token.maxVms ?? DEFAULT_MAX_VMS
   let names: string[]
   try {
@@ -27,7 +30,6 @@ export async function checkVmCount(storeDir: string, token: TokenEntry, vm: stri
     if ((err as { code?: unknown }).code === 'ENOENT') return
     throw ioError(err, `listing the store ${storeDir}`)
   }
-  if (names.includes(vm)) return
   let n = 0
   for (const name of names) {
     if (name.startsWith('.') || !mayAccess(token, name)) continue

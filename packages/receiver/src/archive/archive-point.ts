@@ -20,6 +20,7 @@ import { ReceiverError } from '../errors.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
 import { checkedPointSource, disksAt, pointsOf } from '../points.ts'
 import { pointConfigText } from '../point-config.ts'
+import { isAllZero } from '../zero-bytes.ts'
 import { readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
@@ -60,11 +61,6 @@ export interface ArchiveOptions {
   readonly signal?: AbortSignal
   /** chunk uploads in flight. @default 4 */
   readonly concurrency?: number
-}
-
-const isZero = (b: Buffer): boolean => {
-  for (let i = 0; i < b.length; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false
-  return true
 }
 
 /**
@@ -178,7 +174,7 @@ export async function archiveOnePoint(
         const n = Math.min(ARCHIVE_CHUNK_BYTES, reader.capacity - off)
         const b = await reader.read(off, n)
         whole.update(b)
-        if (isZero(b)) {
+        if (isAllZero(b)) {
           chunks.push(null)
           counts.zero++
         } else {
