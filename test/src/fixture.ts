@@ -85,6 +85,7 @@ export interface RunReport {
       dataBytes: number
       zeroBytes: number
       wireBytes: number
+      holesSkippedBytes?: number
       resumedFrom: number[]
       fallbackReason?: string
       resync?: { blockSize: number; blocks: number; differing: number; mapBytes: number }

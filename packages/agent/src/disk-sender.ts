@@ -75,7 +75,10 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   }
   const dlog = w.records ?? new DigestLog(createDigest(opts.digest).digest().length)
   w.records = dlog
-  const read = { depth: w.depth, digest: opts.digest, ...(signal === undefined ? {} : { signal }) }
+  // a seed reads only what may hold data (data-window.ts); a certify reads every byte of the view it proves
+  const holeStats = { skippedBytes: 0, holeExtents: 0, questions: 0 }
+  const skipHoles = w.mode === 'seed' && opts.certify === undefined
+  const read = { depth: w.depth, digest: opts.digest, skipHoles, holeStats, ...(signal === undefined ? {} : { signal }) }
   if (resumeSeq > 0) {
     // the cycle digest covers every extent in seq order: replay the acknowledged prefix from the
     // digest log, reading from the frozen view what the log does not hold (another process, or past its bound)
@@ -152,6 +155,7 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   }
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
+  if (skipHoles) w.report.holesSkippedBytes = (w.report.holesSkippedBytes ?? 0) + holeStats.skippedBytes
   if (cd.count !== total) throw new AgentError('E_PROTOCOL', `internal: ${cd.count} extents digested, plan has ${total}`)
   w.progress.update('end', true)
   const handedMs = performance.now() - shipStart
@@ -169,6 +173,7 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
       // page faults of the process over both (fresh memory's first touch: ~10–25 µs each on the development VM)
       minorFaults: process.resourceUsage().minorPageFault - faults0,
       readBuffers: { fresh: READ_BUFFERS.fresh - fresh0, reused: READ_BUFFERS.reused - reused0 },
+      ...(skipHoles ? { holes: holeStats } : {}),
     },
     'disk shipped',
   )

@@ -6,6 +6,7 @@
  */
 import type { CompressionAlgorithm, DigestAlgorithm, ExtentMessage } from '@grainline/protocol'
 import { compress, createDigest } from '@grainline/protocol'
+import { DataWindow } from './data-window.ts'
 import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.ts'
 
 /** What the extent source needs from a chain (a subset of @grainline/vmdk's DiskChain). */
@@ -123,8 +124,33 @@ export interface ExtentSourceOptions {
   readonly compressRatio?: number
   /** the buffers extents are read into. @default READ_BUFFERS (the process's) */
   readonly buffers?: ReadBuffers
+  /**
+   * read only the parts of an extent the chain says may hold data
+   * (data-window.ts: a seed's flat base, issue #17); the rest is zeros without
+   * a read, an extent wholly in a hole is a zero extent. The bytes, zero flags
+   * and digests are the same either way. @default false
+   */
+  readonly skipHoles?: boolean
+  /** counts what {@link skipHoles} saved (logs) */
+  readonly holeStats?: HoleStats
   readonly signal?: AbortSignal
 }
+
+/** What reading around holes saved in one pass. */
+export interface HoleStats {
+  /** bytes of planned data extents not read (holes) */
+  skippedBytes: number
+  /** planned data extents that were holes entirely (sent as zero extents without a read) */
+  holeExtents: number
+  /** questions asked of the chain */
+  questions: number
+}
+
+/**
+ * An extent with more data ranges than this is read whole: one `pread` of
+ * 1 MiB costs less than many small ones.
+ */
+const MAX_PIECES = 4
 
 /** Adaptive "does compression pay" state: after repeated misses, only probe now and then. */
 export class CompressionGate {
@@ -180,11 +206,42 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
     return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw, release }
   }
   // into a kept buffer when the chain reads into a caller's buffer
-  const read = (p: PlannedExtent): Promise<Buffer> => {
+  const readWhole = (p: PlannedExtent): Promise<Buffer> => {
     if (chain.readInto === undefined) return chain.read(p.offset, p.length, { depth: opts.depth })
     const buf = buffers.take(p.length)
     return chain.readInto(buf, 0, p.offset, p.length, { depth: opts.depth }).then(() => buf)
   }
+  const dataRanges = chain.dataRanges?.bind(chain)
+  const holes = opts.skipHoles === true && dataRanges !== undefined && chain.readInto !== undefined ? new DataWindow((o, l) => dataRanges(o, l, { depth: opts.depth }), chain.capacity) : undefined
+  const stats = opts.holeStats
+  // only the parts that may hold data; undefined = a hole (a zero extent, nothing read)
+  const readAround = async (w: DataWindow, p: PlannedExtent): Promise<Buffer | undefined> => {
+    const parts = await w.dataIn(p.offset, p.length)
+    if (stats !== undefined) stats.questions = w.questions
+    let covered = 0
+    for (const [s, e] of parts) covered += e - s
+    if (parts.length === 0 && stats !== undefined) stats.holeExtents++
+    if (parts.length === 0 || parts.length > MAX_PIECES || covered === p.length) {
+      if (stats !== undefined && parts.length === 0) stats.skippedBytes += p.length
+      return parts.length === 0 ? undefined : await readWhole(p)
+    }
+    if (stats !== undefined) stats.skippedBytes += p.length - covered
+    // the pieces into their places of one kept buffer, the gaps between them zeros
+    // (a failed piece leaves the buffer to the garbage collector: others may still be read into it)
+    const readInto = (chain.readInto as NonNullable<ChainView['readInto']>).bind(chain)
+    const buf = buffers.take(p.length)
+    const reads: Promise<void>[] = []
+    let at = p.offset
+    for (const [s, e] of parts) {
+      buf.fill(0, at - p.offset, s - p.offset)
+      reads.push(readInto(buf, s - p.offset, s, e - s, { depth: opts.depth }))
+      at = e
+    }
+    buf.fill(0, at - p.offset, p.length)
+    await Promise.all(reads)
+    return buf
+  }
+  const read = (p: PlannedExtent): Promise<Buffer | undefined> => (holes === undefined ? readWhole(p) : readAround(holes, p))
   const planned = planExtents(plan, opts.fromSeq ?? 0)
   const readAhead = Math.max(1, opts.readAhead ?? 64)
   const readAheadBytes = opts.readAheadBytes ?? 8 * 1024 * 1024

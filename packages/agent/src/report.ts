@@ -22,6 +22,12 @@ export interface DiskReport {
   zeroBytes: number
   /** payload bytes actually sent by this run (after compression) */
   wireBytes: number
+  /**
+   * a seed without a certify: bytes of its planned data extents this run did
+   * not read, because the chain said they were holes (issue #17; sent as
+   * zeros). Absent when every byte was read.
+   */
+  holesSkippedBytes?: number
   /** first seq sent after each (re)open: [0] for a clean run */
   resumedFrom: number[]
   /** frozen layers shipped, bottom first */

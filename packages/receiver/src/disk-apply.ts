@@ -13,6 +13,7 @@ import { ReverseIncrement, type SaveRun } from './increment.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { TouchedBlocks } from './kept-map.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { scatteredRuns, seedRuns, type WriteRun } from './write-runs.ts'
 
 /** One extent ready to apply: validated, decompressed, digest checked. */
 export interface ApplyExtent {
@@ -61,29 +62,6 @@ const WRITE_AHEAD = 16
  * journaling at once) fresh buffers are used.
  */
 export const OLD_CONTENTS = new PayloadPool(() => READ_AHEAD.bytes + JOURNAL_PIECE)
-
-/** Back-to-back data extents written with one (vectored) write. */
-interface WriteRun {
-  readonly offset: number
-  readonly data: Uint8Array[]
-  extents: number
-}
-
-/** The write runs of a batch of data extents in ascending, disjoint order; undefined for any other batch. Pure. */
-function scatteredRuns(batch: readonly ApplyExtent[]): WriteRun[] | undefined {
-  const runs: WriteRun[] = []
-  let end = -1
-  for (const e of batch) {
-    if (e.zero || e.offset < end) return undefined
-    const last = runs[runs.length - 1]
-    if (last !== undefined && e.offset === end) {
-      last.data.push(e.data as Uint8Array)
-      last.extents++
-    } else runs.push({ offset: e.offset, data: [e.data as Uint8Array], extents: 1 })
-    end = e.offset + e.length
-  }
-  return runs
-}
 
 /** An extent's journal record (as `Journal.appendExtent` takes it). */
 type JournalExtentRecord = Parameters<Journal['appendExtent']>[0]
@@ -406,7 +384,8 @@ export class DiskApply {
   async writeBatchData(batch: readonly ApplyExtent[], opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (batch.length === 0) return
     const t0 = performance.now()
-    const runs = scatteredRuns(batch)
+    // a seed's fresh file: its zero granules stay holes (write-runs.ts)
+    const runs = this.info.target === 'seed' ? seedRuns(batch) : scatteredRuns(batch)
     if (runs !== undefined) {
       await this.writeRuns(runs)
       this.writtenAt.set(batch, this.syncsStarted)
@@ -461,8 +440,9 @@ export class DiskApply {
       while (next < runs.length && !failed) {
         const r = runs[next++] as WriteRun
         try {
+          // a run of no bytes: extents with nothing to write (zero, or zeros in a fresh seed file)
           if (r.data.length === 1) await writeFully(this.fh, r.data[0] as Uint8Array, r.offset)
-          else await writevFully(this.fh, r.data, r.offset)
+          else if (r.data.length > 1) await writevFully(this.fh, r.data, r.offset)
           for (let k = 0; k < r.extents; k++) faultPoint('extent-written')
         } catch (err) {
           failed = true // the other writers take no new run
