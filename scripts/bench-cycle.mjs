@@ -209,7 +209,7 @@ try {
   const seedCpu = rxCpu() - seedCpu0
   const seedMs = performance.now() - t0
   log(
-    `seed: ${sec(seedMs)} s (${(sd.dataBytes / MiB).toFixed(0)} MiB data, ${(sd.zeroBytes / GiB).toFixed(1)} GiB zero); receiver CPU ${seedCpu.toFixed(2)} s (${(seedCpu / (sd.dataBytes / GiB)).toFixed(2)} s per GiB of data)`,
+    `seed: ${sec(seedMs)} s (${(sd.dataBytes / MiB).toFixed(0)} MiB data, ${(sd.zeroBytes / GiB).toFixed(1)} GiB zero); receiver CPU ${seedCpu.toFixed(2)} s (${(seedCpu / (sd.dataBytes / GiB)).toFixed(2)} s per GiB of data); ms ${JSON.stringify(seed.vms[0].timings)}`,
   )
   // the seed's baseline in the same run: a sparse-aware local copy of the same base flat, made durable
   // (GNU cp 9 copies only the data ranges: SEEK_DATA / copy_file_range); both read a warm page cache
