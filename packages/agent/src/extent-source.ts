@@ -6,6 +6,7 @@
  */
 import type { CompressionAlgorithm, DigestAlgorithm, ExtentMessage } from '@grainline/protocol'
 import { compress, createDigest } from '@grainline/protocol'
+import { isAllZero } from '@grainline/vmdk'
 import { DataWindow } from './data-window.ts'
 import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.ts'
 
@@ -94,16 +95,6 @@ export const READ_BUFFERS_KEPT_BYTES = 16 * 1024 * 1024
 export const READ_BUFFERS = new ReadBuffers(READ_BUFFERS_KEPT_BYTES)
 
 const ZEROS = Buffer.alloc(1024 * 1024)
-
-/** True when every byte of `b` is zero. */
-export function isAllZero(b: Uint8Array): boolean {
-  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
-  for (let pos = 0; pos < buf.length; pos += ZEROS.length) {
-    const n = Math.min(ZEROS.length, buf.length - pos)
-    if (buf.compare(ZEROS, 0, n, pos, pos + n) !== 0) return false
-  }
-  return true
-}
 
 /** Options of `readPlannedExtents`. */
 export interface ExtentSourceOptions {

@@ -16,10 +16,11 @@
  * messages — never a whole map.
  */
 import { blockCount, blockDigest, CycleDigest, compress, DigestLengths, MAX_MAP_REQUESTS, mapBlocksPerMessage, windowCost, type CompressionAlgorithm } from '@grainline/protocol'
+import { isAllZero } from '@grainline/vmdk'
 import { ConnectionLost } from './connection.ts'
 import { STALL_MS, type SendDiskOptions } from './disk-sender.ts'
 import { AgentError } from './errors.ts'
-import { CompressionGate, isAllZero, ViewDigester } from './extent-source.ts'
+import { CompressionGate, ViewDigester } from './extent-source.ts'
 import { scrubSlice } from './block-check.ts'
 import { ScrubSliceDigests } from './scrub-slice-digests.ts'
 import { ViewBlockDigests } from './view-block-digests.ts'

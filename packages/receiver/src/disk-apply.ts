@@ -6,7 +6,7 @@ import { fsyncDir, unlinkIfExists, writeFully, writevFully, writeZeros } from '.
 import { entryExists, openStoreFile } from './store-fs.ts'
 import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
-import { isAllZero } from './zero-bytes.ts'
+import { isAllZero } from '@grainline/vmdk'
 import { READ_AHEAD, readAhead } from './read-ahead.ts'
 import { PayloadPool } from './payload-pool.ts'
 import { ReverseIncrement, type SaveRun } from './increment.ts'

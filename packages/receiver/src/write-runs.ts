@@ -13,7 +13,7 @@
  * cache, wrote and synced, and which made the mirror several times larger on
  * disk than its source.
  */
-import { isAllZero } from './zero-bytes.ts'
+import { isAllZero } from '@grainline/vmdk'
 
 /** Back-to-back bytes written with one (vectored) write; `extents` it completes. */
 export interface WriteRun {

@@ -1,3 +1,8 @@
+/**
+ * Whether bytes are all zero: the one check the agent (a read extent that is
+ * zeros is sent as a zero extent), the receiver (old contents journaled by
+ * length, a seed's zero granules, archive chunks) and this package share.
+ */
 /** Whether bytes are all zero (compared with a kept zero buffer in 64 KiB steps: memcmp speed, no allocation). */
 const ZERO = Buffer.alloc(65536)
 
