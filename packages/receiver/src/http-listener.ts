@@ -28,7 +28,7 @@ import { LoginThrottle } from './login-throttle.ts'
 import type { ReceiverMetrics } from './metrics.ts'
 import type { RefusalLog } from './refusal-log.ts'
 import { folderStoreReader, storeOverview, vmDetail, type RpoPolicy, type StoreOverviewOptions, type StoreReader } from './store-overview.ts'
-import { sharedStoreReader } from './shared-store-reader.ts'
+import { isShared, sharedStoreReader } from './shared-store-reader.ts'
 import { SESSION_COOKIE, ViewerSessions } from './viewer-sessions.ts'
 
 /** Sockets open at once on the HTTP listener. */
@@ -73,7 +73,7 @@ export interface HttpListenerInit {
   readonly port: number
   /** PEM certificate and key: https:// */
   readonly tls?: { readonly cert: Buffer; readonly key: Buffer }
-  /** the folder store, or a reader of another store (the Ceph store's) */
+  /** the folder store, or a reader of another store (the Ceph store's); a shared one (the receiver's, which its metrics read too) is used as it is */
   readonly store: string | StoreReader
   readonly metrics: ReceiverMetrics
   readonly live: LiveState
@@ -149,7 +149,7 @@ export async function startHttpListener(init: HttpListenerInit, log: Logger): Pr
     hlog.warn({ err: { message, code: (err as { code?: unknown }).code } }, 'the store could not be read for the dashboard')
   }
   // one store read shared by every viewer, dropped on every live change (shared-store-reader.ts)
-  const reader = sharedStoreReader(typeof init.store === 'string' ? folderStoreReader(init.store) : init.store)
+  const reader = isShared(init.store) ? init.store : sharedStoreReader(typeof init.store === 'string' ? folderStoreReader(init.store) : init.store)
   const stopInvalidate = init.live.onChange(() => reader.invalidate())
 
   /** The viewer of a request: its session cookie, or a Bearer token. `role` tells an agent token apart. */

@@ -13,7 +13,8 @@ import { RefusalLog } from './refusal-log.ts'
 import { ReceiverMetrics } from './metrics.ts'
 import { startHttpListener, type HttpListener } from './http-listener.ts'
 import { LiveState, fanOut } from './live-state.ts'
-import type { RpoPolicy } from './store-overview.ts'
+import { folderStoreReader, type RpoPolicy } from './store-overview.ts'
+import { sharedStoreReader } from './shared-store-reader.ts'
 import { recoverStore } from './recovery.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
@@ -191,7 +192,9 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       }
     : undefined
   // the HTTP listener reads the store through one reader: the folder, or the pool's state and history objects
-  const reader = ceph === undefined ? init.store : cephStoreReader(ceph.target)
+  // shared by the scrapes of /metrics and every viewer (shared-store-reader.ts): at most one store read per second
+  // whoever asks — /metrics answers without a token by default — dropped on every live change
+  const reader = sharedStoreReader(ceph === undefined ? folderStoreReader(init.store) : cephStoreReader(ceph.target))
   const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(reader, () => sessions.size)
   // errors are kept with folder mirrors; with a Ceph store they live in this process's memory (docs/CEPH.md)
   const live = new LiveState(ceph === undefined ? { storeDir: init.store, log } : { log })

@@ -29,6 +29,11 @@ interface Round {
   readonly history: Map<string, Promise<CycleHistoryEntry[]>>
 }
 
+/** Whether `r` is already a {@link SharedStoreReader} (not wrapped again). */
+export function isShared(r: string | StoreReader): r is SharedStoreReader {
+  return typeof r !== 'string' && typeof (r as Partial<SharedStoreReader>).invalidate === 'function'
+}
+
 /** Share the reads of `inner` (see the file comment); `now` is a clock for tests. */
 export function sharedStoreReader(inner: StoreReader, opts: { maxAgeMs?: number; now?: () => number } = {}): SharedStoreReader {
   const maxAge = opts.maxAgeMs ?? SHARED_READ_MAX_AGE_MS

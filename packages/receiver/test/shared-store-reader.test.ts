@@ -1,5 +1,6 @@
 import t from 'tap'
-import { sharedStoreReader } from '../src/shared-store-reader.ts'
+import { ReceiverMetrics } from '../src/metrics.ts'
+import { isShared, sharedStoreReader } from '../src/shared-store-reader.ts'
 import type { StoreReader } from '../src/store-overview.ts'
 import type { VmStatus } from '../src/store-admin.ts'
 
@@ -84,4 +85,35 @@ t.test('a failed read is not kept', async (t) => {
   await t.rejects(r.status(), { code: 'E_IO' })
   t.equal((await r.status()).vms[0]?.vm, 'read-2', 'the next request reads again')
   t.equal((await r.status()).vms[0]?.vm, 'read-2', 'then shares it')
+})
+
+t.test('/metrics scrapes read through the shared reader: a scrape loop costs one store read per maxAgeMs', async (t) => {
+  let reads = 0
+  const inner: StoreReader = {
+    store: '/s',
+    status: async () => {
+      reads++
+      return { store: '/s', vms: [{ vm: 'web', committedCycle: reads, needsRecovery: false, committedAt: null, disks: [] } as unknown as VmStatus] }
+    },
+    extras: async () => ({ usedBytes: 0, restorePoints: [] }),
+    history: async () => [],
+  }
+  let clock = 5000
+  const shared = sharedStoreReader(inner, { maxAgeMs: 1000, now: () => clock })
+  t.ok(isShared(shared), 'the receiver hands its HTTP listener a shared reader, used as it is')
+  t.notOk(isShared(inner), 'a plain reader is wrapped')
+  t.notOk(isShared('/store'), 'a folder is wrapped')
+  const metrics = new ReceiverMetrics(shared, () => 0)
+  for (let k = 0; k < 30; k++) await metrics.registry.metrics()
+  t.equal(reads, 1, '30 scrapes back to back (no token needed by default): one store read')
+  // a viewer's status in the same second is the same read
+  await shared.status()
+  t.equal(reads, 1, 'the dashboard shares it')
+  clock += 1000
+  const text = await metrics.registry.metrics()
+  t.equal(reads, 2, 'read again once it is maxAgeMs old')
+  t.match(text, /grainline_mirror_committed_cycle\{vm="web"\} 2/, 'the new read is what the scrape shows')
+  shared.invalidate()
+  await metrics.registry.metrics()
+  t.equal(reads, 3, 'a live change (a commit) drops it at once')
 })
