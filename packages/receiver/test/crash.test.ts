@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { Test } from 'tap'
-import { readFileSync, existsSync } from 'node:fs'
+import { readFileSync, existsSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { pino } from 'pino'
@@ -233,6 +233,40 @@ t.test('kill -9 during a seed and a re-seed', async (t) => {
       if (committed === 1) t.ok(early.equals(imgA), 'a re-seed never touches the committed flat before its commit point')
       const r = await rollbackMirror(env.store, VM)
       t.ok(readFileSync(flatPath(env)).equals(r.committedCycle === 2 ? imgC : imgA), 'mirror == last committed image')
+    })
+  }
+})
+
+t.test('kill -9 during a seed whose data extents hold zero granules: resumed exact, the granules left holes', async (t) => {
+  // extents of 256 KiB: data in the first 64 KiB granule, one byte in the last, zeros between; one extent all zeros
+  const SEG = 4 * EXT
+  const img = Buffer.alloc(CAP)
+  for (let k = 0; k < CAP / SEG; k++) {
+    if (k === 3) continue
+    img.set(pattern(EXT, 40 + k), k * SEG)
+    img[k * SEG + 3 * EXT + 17 * k] = 0xa0 + k
+  }
+  const plan = () => seedPlan(0, 'vm1.vmdk', img, 'e5'.repeat(8), SEG)
+  for (const fault of ['extent-written:2', 'extent-written:5', 'target-synced:2', 'target-synced:4']) {
+    await t.test(fault, async (t) => {
+      const env = makeEnv(t.testdir())
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 1, [plan()])
+      })
+      const c = await startChild(env, { args: ARGS })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
+      if (((await storeStatus(env.store)).vms[0]?.committedCycle ?? 0) === 0) {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 1, [plan()])
+        a.close()
+      }
+      t.ok(readFileSync(flatPath(env)).equals(img), 'mirror == seed image')
+      // 7 data extents write 2 granules each; their 2 zero granules and the zero extent stay holes
+      const allocated = statSync(flatPath(env)).blocks * 512
+      t.ok(allocated <= 7 * 2 * EXT + EXT, `the flat holds the data granules only (${allocated} bytes allocated)`)
     })
   }
 })
