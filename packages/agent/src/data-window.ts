@@ -77,6 +77,24 @@ export class DataWindow {
   }
 }
 
+/**
+ * An extent with more data ranges than this is read whole: one `pread` of
+ * 1 MiB costs less than many small ones.
+ */
+export const MAX_PIECES = 4
+
+/** How an extent is read given its data ranges, and the bytes that reads. */
+export type ReadDecision = { readonly how: 'none' | 'whole' | 'pieces'; readonly bytes: number }
+
+/** The one rule the reads and the ETA's count share: nothing for a hole, the extent whole for data throughout or many pieces. Pure. */
+export function readDecision(parts: readonly ViewRange[], length: number): ReadDecision {
+  if (parts.length === 0) return { how: 'none', bytes: 0 }
+  let covered = 0
+  for (const [s, e] of parts) covered += e - s
+  if (parts.length > MAX_PIECES || covered === length) return { how: 'whole', bytes: length }
+  return { how: 'pieces', bytes: covered }
+}
+
 /** The ranges (ordered, disjoint) that meet `[from, to)`, clipped to it. */
 export function clip(ranges: readonly ViewRange[], from: number, to: number): ViewRange[] {
   // binary search for the first range ending after `from`
@@ -94,4 +112,25 @@ export function clip(ranges: readonly ViewRange[], from: number, to: number): Vi
     out.push([Math.max(s, from), Math.min(e, to)])
   }
   return out
+}
+
+/**
+ * The bytes a pass over `extents` (in disk order) reads by {@link readDecision}:
+ * the ETA's measure of a seed that skips holes, counted beside the shipping
+ * with its own window (the same questions again: a line each way per GiB).
+ * Known-zero extents read nothing. Gives way to I/O every 4096 extents (a
+ * plan of a 2 TiB disk has two million).
+ */
+export async function bytesToRead(extents: AsyncIterable<{ readonly offset: number; readonly length: number; readonly zero: boolean }>, window: DataWindow, signal?: AbortSignal): Promise<number> {
+  let bytes = 0
+  let n = 0
+  for await (const e of extents) {
+    if (++n % 4096 === 0) {
+      signal?.throwIfAborted()
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    if (e.zero) continue
+    bytes += readDecision(await window.dataIn(e.offset, e.length), e.length).bytes
+  }
+  return bytes
 }

@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import { createDigest, CycleDigest, windowCost, type CompressionAlgorithm, type DigestAlgorithm, type DiskStateMessage } from '@grainline/protocol'
 import { startScrubDigests, startWrittenDigests, type ScrubPlan } from './block-check.ts'
 import { ConnectionLost } from './connection.ts'
+import { bytesToRead, DataWindow } from './data-window.ts'
 import { DigestLog } from './digest-log.ts'
 import type { DiskWork } from './disk-work.ts'
 import { AgentError } from './errors.ts'
@@ -119,6 +120,21 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     w.progress.update('send')
   }
   w.progress.doneBytes = dataBytes + zeroBytes
+  // the ETA of a seed that skips holes follows the bytes it reads, counted beside the shipping (progress.ts)
+  w.progress.workMode = skipHoles
+  w.progress.workDoneBytes = 0
+  w.progress.workTotalBytes = undefined
+  if (skipHoles) {
+    const chain = w.chain
+    const counting = new DataWindow((o, l) => chain.dataRanges(o, l, { depth: w.depth }), chain.capacity)
+    const progress = w.progress
+    bytesToRead(planExtents(w.plan, resumeSeq), counting, signal).then(
+      (n) => {
+        progress.workTotalBytes = n
+      },
+      (err: unknown) => log.debug({ disk: w.name, err: (err as Error).message }, 'the bytes to read were not counted: the ETA follows the bytes covered'),
+    )
+  }
   w.progress.update('send', true)
   const failed = client.failed()
   const onStall = (): Error => {
@@ -150,6 +166,7 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
     w.report.wireBytes += e.data.length
     w.progress.wireBytes += e.data.length
     w.progress.doneBytes += e.length
+    w.progress.workDoneBytes += e.readBytes
     w.progress.update('send')
     opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: e.data.length })
   }

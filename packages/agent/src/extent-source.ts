@@ -7,7 +7,7 @@
 import type { CompressionAlgorithm, DigestAlgorithm, ExtentMessage } from '@grainline/protocol'
 import { compress, createDigest } from '@grainline/protocol'
 import { isAllZero } from '@grainline/vmdk'
-import { DataWindow } from './data-window.ts'
+import { DataWindow, readDecision } from './data-window.ts'
 import { planExtents, type ExtentPlan, type PlannedExtent } from './extent-plan.ts'
 
 /** What the extent source needs from a chain (a subset of @grainline/vmdk's DiskChain). */
@@ -31,6 +31,8 @@ export interface PreparedExtent extends Omit<ExtentMessage, 'kind' | 'disk'> {
    * to the garbage collector); calling it early is not.
    */
   readonly release?: () => void
+  /** bytes read from the chain for it (0: a hole, or known zero; the extent's length when read whole) */
+  readonly readBytes: number
 }
 
 /**
@@ -137,12 +139,6 @@ export interface HoleStats {
   questions: number
 }
 
-/**
- * An extent with more data ranges than this is read whole: one `pread` of
- * 1 MiB costs less than many small ones.
- */
-const MAX_PIECES = 4
-
 /** Adaptive "does compression pay" state: after repeated misses, only probe now and then. */
 export class CompressionGate {
   #misses = 0
@@ -171,10 +167,10 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
   const ratio = opts.compressRatio ?? 0.9
   const toSeq = opts.toSeq ?? plan.totalExtents
   const buffers = opts.buffers ?? READ_BUFFERS
-  const prepare = (p: PlannedExtent, raw: Buffer | undefined): PreparedExtent => {
+  const prepare = (p: PlannedExtent, raw: Buffer | undefined, readBytes: number): PreparedExtent => {
     if (raw === undefined || isAllZero(raw)) {
       if (raw !== undefined) buffers.give(raw)
-      return { seq: p.seq, offset: p.offset, length: p.length, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0) }
+      return { seq: p.seq, offset: p.offset, length: p.length, zero: true, compression: 'none', data: new Uint8Array(0), digest: new Uint8Array(0), readBytes }
     }
     const digest = createDigest(opts.digest).update(raw).digest()
     let data: Uint8Array = raw
@@ -194,7 +190,7 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
       released = true
       buffers.give(raw)
     }
-    return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw, release }
+    return { seq: p.seq, offset: p.offset, length: p.length, zero: false, compression, data, digest, raw, release, readBytes }
   }
   // into a kept buffer when the chain reads into a caller's buffer
   const readWhole = (p: PlannedExtent): Promise<Buffer> => {
@@ -206,17 +202,16 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
   const holes = opts.skipHoles === true && dataRanges !== undefined && chain.readInto !== undefined ? new DataWindow((o, l) => dataRanges(o, l, { depth: opts.depth }), chain.capacity) : undefined
   const stats = opts.holeStats
   // only the parts that may hold data; undefined = a hole (a zero extent, nothing read)
-  const readAround = async (w: DataWindow, p: PlannedExtent): Promise<Buffer | undefined> => {
+  const readAround = async (w: DataWindow, p: PlannedExtent): Promise<{ buf: Buffer | undefined; bytes: number }> => {
     const parts = await w.dataIn(p.offset, p.length)
     if (stats !== undefined) stats.questions = w.questions
-    let covered = 0
-    for (const [s, e] of parts) covered += e - s
-    if (parts.length === 0 && stats !== undefined) stats.holeExtents++
-    if (parts.length === 0 || parts.length > MAX_PIECES || covered === p.length) {
-      if (stats !== undefined && parts.length === 0) stats.skippedBytes += p.length
-      return parts.length === 0 ? undefined : await readWhole(p)
+    const d = readDecision(parts, p.length)
+    if (stats !== undefined) {
+      stats.skippedBytes += p.length - d.bytes
+      if (d.how === 'none') stats.holeExtents++
     }
-    if (stats !== undefined) stats.skippedBytes += p.length - covered
+    if (d.how === 'none') return { buf: undefined, bytes: 0 }
+    if (d.how === 'whole') return { buf: await readWhole(p), bytes: p.length }
     // the pieces into their places of one kept buffer, the gaps between them zeros
     // (a failed piece leaves the buffer to the garbage collector: others may still be read into it)
     const readInto = (chain.readInto as NonNullable<ChainView['readInto']>).bind(chain)
@@ -230,14 +225,15 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
     }
     buf.fill(0, at - p.offset, p.length)
     await Promise.all(reads)
-    return buf
+    return { buf, bytes: d.bytes }
   }
-  const read = (p: PlannedExtent): Promise<Buffer | undefined> => (holes === undefined ? readWhole(p) : readAround(holes, p))
+  const read = (p: PlannedExtent): Promise<{ buf: Buffer | undefined; bytes: number }> => (holes === undefined ? readWhole(p).then((buf) => ({ buf, bytes: p.length })) : readAround(holes, p))
   const planned = planExtents(plan, opts.fromSeq ?? 0)
   const readAhead = Math.max(1, opts.readAhead ?? 64)
   const readAheadBytes = opts.readAheadBytes ?? 8 * 1024 * 1024
   // reads run ahead (bounded by count and bytes); digest and compression happen in order as the consumer pulls
-  const pending: Array<{ p: PlannedExtent; read: Promise<Buffer | undefined> }> = []
+  type Pending = { p: PlannedExtent; read: Promise<{ buf: Buffer | undefined; bytes: number }> }
+  const pending: Pending[] = []
   let pendingBytes = 0
   let lookahead: PlannedExtent | undefined
   let exhausted = false
@@ -256,18 +252,18 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
       if (pending.length > 0 && pendingBytes + cost > readAheadBytes) return
       lookahead = undefined
       pendingBytes += cost
-      pending.push({ p, read: p.zero ? Promise.resolve(undefined) : read(p) })
+      pending.push({ p, read: p.zero ? Promise.resolve({ buf: undefined, bytes: 0 }) : read(p) })
     }
   }
   try {
     await fill()
     while (pending.length > 0) {
       opts.signal?.throwIfAborted()
-      const head = pending.shift() as { p: PlannedExtent; read: Promise<Buffer | undefined> }
-      const raw = await head.read
+      const head = pending.shift() as Pending
+      const got = await head.read
       pendingBytes -= head.p.zero ? 0 : head.p.length
       await fill()
-      yield prepare(head.p, raw)
+      yield prepare(head.p, got.buf, got.bytes)
     }
   } finally {
     // settle reads still in flight so no rejection goes unhandled

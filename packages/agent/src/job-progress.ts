@@ -19,6 +19,19 @@ export interface DiskProgressState {
   readonly wireBytes: number
   readonly rate: number
   readonly etaSeconds: number | undefined
+  /** what the disk's ETA follows, when not its covered bytes (progress.ts: a seed that skips holes) */
+  readonly workDoneBytes?: number
+  readonly workTotalBytes?: number
+}
+
+/**
+ * The bytes the ETA follows for a disk: those it reads (a seed that skips
+ * holes; until counted, the bytes it has left to cover bound what it has
+ * left to read), else those it covers.
+ */
+export function etaMeasure(d: DiskProgressState): { done: number; total: number } {
+  if (d.workDoneBytes === undefined) return { done: d.doneBytes, total: d.totalBytes }
+  return { done: d.workDoneBytes, total: d.workTotalBytes ?? d.workDoneBytes + Math.max(0, d.totalBytes - d.doneBytes) }
 }
 
 /** A VM being replicated. */
@@ -68,6 +81,8 @@ interface VmTrack {
   /** bytes counted once the VM finished */
   finalDone: number
   finalTotal: number
+  /** the ETA's measure once the VM finished (done = total) */
+  finalEta: number
 }
 
 /** What to call a VM before its own name is known: a .vmx path by its file name. */
@@ -84,13 +99,13 @@ export class JobProgress {
   readonly #view: ProgressView
   readonly #now: () => number
   readonly #t0: number
-  readonly #samples: Array<{ t: number; done: number }> = []
+  readonly #samples: Array<{ t: number; done: number; eta: number }> = []
   #failed = 0
   #closed = false
 
   /** @param names what the job names each VM (shown until the VM's own name is known) */
   constructor(names: readonly string[], view: ProgressView, now: () => number = () => performance.now()) {
-    this.#vms = names.map((n) => ({ name: shortName(n), started: false, finished: false, planned: false, disks: new Map(), finalDone: 0, finalTotal: 0 }))
+    this.#vms = names.map((n) => ({ name: shortName(n), started: false, finished: false, planned: false, disks: new Map(), finalDone: 0, finalTotal: 0, finalEta: 0 }))
     this.#view = view
     this.#now = now
     this.#t0 = now()
@@ -113,7 +128,18 @@ export class JobProgress {
     const v = this.#vm(index)
     if (v.finished) return
     v.name = ev.vm
-    v.disks.set(ev.disk, { vm: ev.vm, disk: ev.disk, phase: ev.phase, doneBytes: ev.doneBytes, totalBytes: ev.totalBytes, wireBytes: ev.wireBytes, rate: ev.rate, etaSeconds: ev.etaSeconds })
+    v.disks.set(ev.disk, {
+      vm: ev.vm,
+      disk: ev.disk,
+      phase: ev.phase,
+      doneBytes: ev.doneBytes,
+      totalBytes: ev.totalBytes,
+      wireBytes: ev.wireBytes,
+      rate: ev.rate,
+      etaSeconds: ev.etaSeconds,
+      ...(ev.workDoneBytes === undefined ? {} : { workDoneBytes: ev.workDoneBytes }),
+      ...(ev.workTotalBytes === undefined ? {} : { workTotalBytes: ev.workTotalBytes }),
+    })
     // the cycle plans every disk before its first extent: any sample past 'plan' means the VM's total is known
     if (ev.phase !== 'plan') v.planned = true
     this.#emit()
@@ -135,6 +161,8 @@ export class JobProgress {
         )
       : covered
     v.finalTotal = v.finalDone
+    // its part of the ETA's measure stays what it was planned as (done = total): the job's rate does not drop
+    v.finalEta = [...v.disks.values()].reduce((s, d) => s + (report.ok ? etaMeasure(d).total : etaMeasure(d).done), 0)
     v.planned = true
     const state = this.#state()
     this.#view.vmFinished(report, state)
@@ -162,19 +190,29 @@ export class JobProgress {
     let done = 0
     let planned = 0
     let plannedVms = 0
+    // the ETA's measure (etaMeasure): bytes read where a disk says so, else bytes covered
+    let etaDone = 0
+    let etaPlanned = 0
     const running: RunningVm[] = []
     for (const [index, v] of this.#vms.entries()) {
       if (v.finished) {
         done += v.finalDone
         planned += v.finalTotal
+        etaDone += v.finalEta
+        etaPlanned += v.finalEta
         plannedVms++
         continue
       }
       const disks = [...v.disks.values()]
-      const vDone = disks.reduce((s, d) => s + d.doneBytes, 0)
-      done += vDone
+      for (const d of disks) {
+        done += d.doneBytes
+        etaDone += etaMeasure(d).done
+      }
       if (v.planned) {
-        planned += disks.reduce((s, d) => s + d.totalBytes, 0)
+        for (const d of disks) {
+          planned += d.totalBytes
+          etaPlanned += etaMeasure(d).total
+        }
         plannedVms++
       }
       if (v.started) running.push({ index, name: v.name, disks })
@@ -182,13 +220,16 @@ export class JobProgress {
     const unplanned = this.#vms.length - plannedVms
     const mean = plannedVms > 0 ? planned / plannedVms : 0
     const total = planned + unplanned * mean
+    const etaTotal = etaPlanned + unplanned * (plannedVms > 0 ? etaPlanned / plannedVms : 0)
     const last = this.#samples[this.#samples.length - 1]
-    if (last === undefined || last.done !== done || t - last.t > 1000) this.#samples.push({ t, done })
+    if (last === undefined || last.done !== done || last.eta !== etaDone || t - last.t > 1000) this.#samples.push({ t, done, eta: etaDone })
     while (this.#samples.length > 2 && t - (this.#samples[0] as { t: number }).t > RATE_WINDOW_MS) this.#samples.shift()
-    const first = this.#samples[0] as { t: number; done: number }
+    const first = this.#samples[0] as { t: number; done: number; eta: number }
     const dt = (t - first.t) / 1000
     const rate = dt > 0.2 ? Math.max(0, (done - first.done) / dt) : 0
+    const etaRate = dt > 0.2 ? Math.max(0, (etaDone - first.eta) / dt) : 0
     const left = Math.max(0, total - done)
+    const etaLeft = Math.max(0, etaTotal - etaDone)
     const vmsDone = this.#vms.filter((v) => v.finished).length
     return {
       vmsTotal: this.#vms.length,
@@ -199,7 +240,7 @@ export class JobProgress {
       totalBytes: total,
       estimated: unplanned > 0,
       rate,
-      etaSeconds: vmsDone === this.#vms.length || (left === 0 && unplanned === 0) ? 0 : rate > 0 && plannedVms > 0 ? left / rate : undefined,
+      etaSeconds: vmsDone === this.#vms.length || ((left === 0 || etaLeft === 0) && unplanned === 0) ? 0 : etaRate > 0 && plannedVms > 0 ? etaLeft / etaRate : undefined,
       elapsedMs: t - this.#t0,
     }
   }

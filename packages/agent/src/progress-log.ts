@@ -49,7 +49,18 @@ export class LogProgressView implements ProgressView {
         }
         this.#disks.set(key, { t, phase: d.phase })
         this.#log.info(
-          { vm: d.vm, disk: d.disk, phase: d.phase, doneBytes: d.doneBytes, totalBytes: d.totalBytes, wireBytes: d.wireBytes, rate: round(d.rate), etaSeconds: round(d.etaSeconds) },
+          {
+            vm: d.vm,
+            disk: d.disk,
+            phase: d.phase,
+            doneBytes: d.doneBytes,
+            totalBytes: d.totalBytes,
+            wireBytes: d.wireBytes,
+            rate: round(d.rate),
+            etaSeconds: round(d.etaSeconds),
+            // a seed that skips holes: the bytes it reads, which its ETA follows
+            ...(d.workDoneBytes === undefined ? {} : { readBytes: d.workDoneBytes, ...(d.workTotalBytes === undefined ? {} : { readTotalBytes: d.workTotalBytes }) }),
+          },
           'progress',
         )
       }

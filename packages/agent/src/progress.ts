@@ -19,6 +19,15 @@ export interface ProgressEvent {
   readonly rate: number
   /** seconds left at the current rate; undefined while unknown */
   readonly etaSeconds: number | undefined
+  /**
+   * the bytes the disk reads from its source, done by this run and in all
+   * (once counted) — what the ETA follows when present: a seed that skips
+   * holes covers a hole's bytes at once and its data at the link's pace, so
+   * covered bytes would promise an end while holes fly by (absent: the
+   * covered bytes are the measure)
+   */
+  readonly workDoneBytes?: number
+  readonly workTotalBytes?: number
 }
 
 /** Where progress goes. */
@@ -31,29 +40,50 @@ export class DiskProgress {
   totalBytes = 0
   doneBytes = 0
   wireBytes = 0
-  readonly #samples: Array<{ t: number; bytes: number }> = []
+  /** the ETA follows the bytes read, not those covered (a seed that skips holes) */
+  workMode = false
+  /** bytes to read in all from the first extent this run sends, once counted */
+  workTotalBytes: number | undefined = undefined
+  /** bytes read so far by this run */
+  workDoneBytes = 0
+  readonly #samples: Array<{ t: number; bytes: number; work: number }> = []
   readonly #sink: ProgressSink
   #lastEmit = 0
   readonly #intervalMs: number
 
-  constructor(vm: string, disk: string, sink: ProgressSink, intervalMs = 250) {
+  readonly #now: () => number
+
+  /** `now`: a clock in ms (tests) */
+  constructor(vm: string, disk: string, sink: ProgressSink, intervalMs = 250, now: () => number = () => performance.now()) {
     this.vm = vm
     this.disk = disk
     this.#sink = sink
     this.#intervalMs = intervalMs
+    this.#now = now
   }
 
   /** Record progress; emits at most every `intervalMs` unless `force`. */
   update(phase: ProgressEvent['phase'], force = false): void {
-    const t = performance.now()
-    this.#samples.push({ t, bytes: this.doneBytes })
+    const t = this.#now()
+    this.#samples.push({ t, bytes: this.doneBytes, work: this.workDoneBytes })
     while (this.#samples.length > 2 && t - (this.#samples[0] as { t: number }).t > 5000) this.#samples.shift()
     if (!force && t - this.#lastEmit < this.#intervalMs) return
     this.#lastEmit = t
-    const first = this.#samples[0] as { t: number; bytes: number }
+    const first = this.#samples[0] as { t: number; bytes: number; work: number }
     const dt = (t - first.t) / 1000
     const rate = dt > 0.05 ? (this.doneBytes - first.bytes) / dt : 0
     const left = this.totalBytes - this.doneBytes
+    const work = this.workTotalBytes
+    let etaSeconds: number | undefined
+    if (left <= 0) etaSeconds = 0
+    else if (!this.workMode) etaSeconds = rate > 0 ? left / rate : undefined
+    else {
+      // what is left to read, at the pace reading goes (the holes left cost next to nothing);
+      // until counted, the bytes left to cover bound it
+      const workLeft = work === undefined ? left : work - this.workDoneBytes
+      const workRate = dt > 0.05 ? (this.workDoneBytes - first.work) / dt : 0
+      etaSeconds = workLeft <= 0 ? 0 : workRate > 0 ? workLeft / workRate : undefined
+    }
     this.#sink({
       vm: this.vm,
       disk: this.disk,
@@ -62,7 +92,8 @@ export class DiskProgress {
       totalBytes: this.totalBytes,
       wireBytes: this.wireBytes,
       rate,
-      etaSeconds: left <= 0 ? 0 : rate > 0 ? left / rate : undefined,
+      etaSeconds,
+      ...(this.workMode ? { workDoneBytes: this.workDoneBytes, ...(work === undefined ? {} : { workTotalBytes: work }) } : {}),
     })
   }
 }

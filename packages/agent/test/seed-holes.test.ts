@@ -13,8 +13,8 @@ import { join } from 'node:path'
 import t from 'tap'
 import { initDigests } from '@grainline/protocol'
 import { createDelta, createFlatDisk, openChain, openWriter, seekHelper } from '@grainline/vmdk'
-import { clip, DataWindow } from '../src/data-window.ts'
-import { arraySource, buildPlan, type PlanRange } from '../src/extent-plan.ts'
+import { bytesToRead, clip, DataWindow } from '../src/data-window.ts'
+import { arraySource, buildPlan, planExtents, type PlanRange } from '../src/extent-plan.ts'
 import { type ChainView, type HoleStats, readPlannedExtents } from '../src/extent-source.ts'
 import { MiB, scratch } from './helpers.ts'
 
@@ -179,4 +179,33 @@ t.test('a failed question fails the pass: no extent invented as zeros', async (t
   }
   const pieces: PlanRange[] = [{ offset: 7 * MiB + 200 * 1024, length: 512 * 1024, zero: false }]
   await t.rejects(pass(broken, pieces, true), /EIO reading a piece/)
+})
+
+t.test("the ETA's count (bytesToRead) is what the pass reads", async (t) => {
+  await initDigests()
+  const chain = await openChain(await thinChain(scratch(t)))
+  t.teardown(() => chain.close())
+  const plan = await buildPlan(arraySource([{ offset: 0, length: chain.capacity, zero: false }]), { chunkBytes: MiB })
+  const readBy = async (skipHoles: boolean): Promise<number> => {
+    let n = 0
+    for await (const e of readPlannedExtents(chain, plan, { depth: 0, digest: 'xxh64', compression: 'none', skipHoles })) {
+      n += e.readBytes
+      e.release?.()
+    }
+    return n
+  }
+  const counted = await bytesToRead(planExtents(plan, 0), new DataWindow((o, l) => chain.dataRanges(o, l, { depth: 0 }), chain.capacity))
+  const read = await readBy(true)
+  t.equal(counted, read, `counted ${counted} bytes, read ${read}`)
+  t.ok(read < 8 * MiB, 'far less than the disk')
+  t.equal(await readBy(false), chain.capacity, 'without skipping, every planned byte is read')
+  // from a resume point on: the rest of the same count
+  const win = (): DataWindow => new DataWindow((o, l) => chain.dataRanges(o, l, { depth: 0 }), chain.capacity)
+  async function* firstTen() {
+    for await (const e of planExtents(plan, 0)) {
+      if (e.seq >= 10) return
+      yield e
+    }
+  }
+  t.equal(await bytesToRead(planExtents(plan, 10), win()), counted - (await bytesToRead(firstTen(), win())), 'from seq 10: the count less the first ten')
 })
