@@ -49,6 +49,8 @@ export class DataWindow {
   #answer: Promise<readonly ViewRange[]> | undefined
   /** questions asked (tests, logs) */
   questions = 0
+  /** bytes whose holes could not be asked for, over every answer (no python3, SFTP: read whole) */
+  unknownBytes = 0
 
   constructor(query: DataRangesQuery, capacity: number, windowBytes = DATA_WINDOW_BYTES) {
     if (!(windowBytes > 0)) throw new RangeError(`windowBytes ${windowBytes} must be positive`)
@@ -68,7 +70,10 @@ export class DataWindow {
       this.#start = offset
       this.#end = Math.min(this.#capacity, Math.max(end, offset + this.#windowBytes))
       this.questions++
-      const asked = this.#query(offset, this.#end - offset).then((a) => a.ranges.map(([s, e]): ViewRange => [s, e]))
+      const asked = this.#query(offset, this.#end - offset).then((a) => {
+        this.unknownBytes += a.unknownBytes
+        return a.ranges.map(([s, e]): ViewRange => [s, e])
+      })
       // a failed question is the reads' failure, reported by the extent that awaits it
       asked.catch(() => {})
       this.#answer = asked

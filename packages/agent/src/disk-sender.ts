@@ -77,7 +77,7 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   const dlog = w.records ?? new DigestLog(createDigest(opts.digest).digest().length)
   w.records = dlog
   // a seed reads only what may hold data (data-window.ts); a certify reads every byte of the view it proves
-  const holeStats = { skippedBytes: 0, holeExtents: 0, questions: 0 }
+  const holeStats = { skippedBytes: 0, holeExtents: 0, questions: 0, unknownBytes: 0 }
   const skipHoles = w.mode === 'seed' && opts.certify === undefined
   const read = { depth: w.depth, digest: opts.digest, skipHoles, holeStats, ...(signal === undefined ? {} : { signal }) }
   if (resumeSeq > 0) {
@@ -172,7 +172,15 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   }
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
-  if (skipHoles) w.report.holesSkippedBytes = (w.report.holesSkippedBytes ?? 0) + holeStats.skippedBytes
+  if (skipHoles) {
+    w.report.holesSkippedBytes = (w.report.holesSkippedBytes ?? 0) + holeStats.skippedBytes
+    if (holeStats.unknownBytes > 0) {
+      log.info(
+        { disk: w.name, unknownBytes: holeStats.unknownBytes },
+        'the seed read the base whole where its holes could not be asked for (no python3 on this proxy, or a datastore over SFTP): holes cost as much as data there',
+      )
+    }
+  }
   if (cd.count !== total) throw new AgentError('E_PROTOCOL', `internal: ${cd.count} extents digested, plan has ${total}`)
   w.progress.update('end', true)
   const handedMs = performance.now() - shipStart

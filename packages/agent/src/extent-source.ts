@@ -137,6 +137,8 @@ export interface HoleStats {
   holeExtents: number
   /** questions asked of the chain */
   questions: number
+  /** bytes whose holes could not be asked for (no python3, SFTP): read whole */
+  unknownBytes: number
 }
 
 /** Adaptive "does compression pay" state: after repeated misses, only probe now and then. */
@@ -204,7 +206,10 @@ export async function* readPlannedExtents(chain: ChainView, plan: ExtentPlan, op
   // only the parts that may hold data; undefined = a hole (a zero extent, nothing read)
   const readAround = async (w: DataWindow, p: PlannedExtent): Promise<{ buf: Buffer | undefined; bytes: number }> => {
     const parts = await w.dataIn(p.offset, p.length)
-    if (stats !== undefined) stats.questions = w.questions
+    if (stats !== undefined) {
+      stats.questions = w.questions
+      stats.unknownBytes = w.unknownBytes
+    }
     const d = readDecision(parts, p.length)
     if (stats !== undefined) {
       stats.skippedBytes += p.length - d.bytes

@@ -118,7 +118,7 @@ t.test('a seed read around the holes ships the extents a full read ships, readin
   // a seed's plan: the whole view as data ranges (a flat base is present everywhere)
   const whole: PlanRange[] = [{ offset: 0, length: chain.capacity, zero: false }]
   const full = await pass(chain, whole, false)
-  const stats: HoleStats = { skippedBytes: 0, holeExtents: 0, questions: 0 }
+  const stats: HoleStats = { skippedBytes: 0, holeExtents: 0, questions: 0, unknownBytes: 0 }
   const around = await pass(chain, whole, true, stats)
   t.same(around, full, 'the same 64 extents: seq, range, zero flag, digest and bytes')
   t.equal(full.length, 64)
@@ -129,6 +129,7 @@ t.test('a seed read around the holes ships the extents a full read ships, readin
   // (13 MiB; 9 MiB unless qemu-io punched a hole for its zeros)
   t.ok(stats.holeExtents >= 64 - 7 - 2 && stats.holeExtents <= 64 - 7 - 1, `extents not read at all: ${stats.holeExtents}`)
   t.ok(stats.skippedBytes > 55 * MiB, `bytes not read: ${stats.skippedBytes}`)
+  t.equal(stats.unknownBytes, 0, 'every hole could be asked for')
 
   // a plan in pieces (as a resumed pass starts mid-disk) agrees too
   const pieces: PlanRange[] = [
@@ -148,12 +149,13 @@ t.test('without SEEK_DATA (no helper) every byte is read, the same extents', asy
   const saved = { ...seekHelper }
   seekHelper.command = join(scratch(t), 'no-python3-here')
   t.teardown(() => Object.assign(seekHelper, saved))
-  const stats: HoleStats = { skippedBytes: 0, holeExtents: 0, questions: 0 }
+  const stats: HoleStats = { skippedBytes: 0, holeExtents: 0, questions: 0, unknownBytes: 0 }
   t.same(await pass(chain, whole, true, stats), full)
   // the flat base cannot be asked (listed as data): every extent is read, only the delta's zero grains
   // (known from its grain table) are not
   t.equal(stats.holeExtents, 0, 'no extent taken for a hole')
   t.equal(stats.skippedBytes, 512 * 1024, 'only the zero grains skipped')
+  t.ok(stats.unknownBytes > 60 * MiB, `the base's bytes counted as unknown (${stats.unknownBytes}): the seed logs it`)
 })
 
 t.test('a failed question fails the pass: no extent invented as zeros', async (t) => {
