@@ -92,6 +92,8 @@ export async function sendResync(opts: SendResyncOptions): Promise<void> {
     w.progress.update('send')
   }
   w.progress.doneBytes = 0
+  // a resync's ETA follows the bytes it compares (the whole disk), not a seed's bytes read
+  w.progress.workMode = false
   w.progress.update('send', true)
   const failed = client.failed()
   const onStall = (): Error => {
