@@ -124,11 +124,13 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   w.progress.workMode = skipHoles
   w.progress.workDoneBytes = 0
   w.progress.workTotalBytes = undefined
+  // the count ends with this pass (a failed or finished ship asks no further questions)
+  const counted = new AbortController()
   if (skipHoles) {
     const chain = w.chain
     const counting = new DataWindow((o, l) => chain.dataRanges(o, l, { depth: w.depth }), chain.capacity)
     const progress = w.progress
-    bytesToRead(planExtents(w.plan, resumeSeq), counting, signal).then(
+    bytesToRead(planExtents(w.plan, resumeSeq), counting, signal === undefined ? counted.signal : AbortSignal.any([signal, counted.signal])).then(
       (n) => {
         progress.workTotalBytes = n
       },
@@ -146,29 +148,33 @@ export async function sendDisk(opts: SendDiskOptions): Promise<void> {
   const faults0 = process.resourceUsage().minorPageFault
   const fresh0 = READ_BUFFERS.fresh
   const reused0 = READ_BUFFERS.reused
-  for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: opts.compression, fromSeq: resumeSeq })) {
-    account(e.offset, e.length, e.zero, e.digest)
-    dlog.record(e.seq, e.zero, e.digest)
-    if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
-    // the read buffer is read into again once nothing reads it: compressed, now; sent as it is, once the socket wrote it
-    const sentRaw = e.raw !== undefined && e.data === e.raw
-    if (!sentRaw) e.release?.()
-    const cost = windowCost(e)
-    // await the window only when it is full (issue #17: hundreds of extents per cycle); every extent's
-    // bytes pass through the rate limiter, even an unlimited one (a job's VMs share it)
-    if (!window.fits(cost)) await window.reserve(cost, failed, STALL_MS, onStall)
-    await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
-    await client.sendExtent(
-      { disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest },
-      sentRaw ? e.release : undefined,
-    )
-    window.sent(e.seq, cost)
-    w.report.wireBytes += e.data.length
-    w.progress.wireBytes += e.data.length
-    w.progress.doneBytes += e.length
-    w.progress.workDoneBytes += e.readBytes
-    w.progress.update('send')
-    opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: e.data.length })
+  try {
+    for await (const e of readPlannedExtents(w.chain, w.plan, { ...read, compression: opts.compression, fromSeq: resumeSeq })) {
+      account(e.offset, e.length, e.zero, e.digest)
+      dlog.record(e.seq, e.zero, e.digest)
+      if (inPass && w.view !== undefined && w.view.position === e.offset) w.view.feed(e.offset, e.length, e.raw)
+      // the read buffer is read into again once nothing reads it: compressed, now; sent as it is, once the socket wrote it
+      const sentRaw = e.raw !== undefined && e.data === e.raw
+      if (!sentRaw) e.release?.()
+      const cost = windowCost(e)
+      // await the window only when it is full (issue #17: hundreds of extents per cycle); every extent's
+      // bytes pass through the rate limiter, even an unlimited one (a job's VMs share it)
+      if (!window.fits(cost)) await window.reserve(cost, failed, STALL_MS, onStall)
+      await opts.rateLimiter.take(e.data.length + 64, signal === undefined ? {} : { signal })
+      await client.sendExtent(
+        { disk: w.handle, seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, compression: e.compression, data: e.data, digest: e.digest },
+        sentRaw ? e.release : undefined,
+      )
+      window.sent(e.seq, cost)
+      w.report.wireBytes += e.data.length
+      w.progress.wireBytes += e.data.length
+      w.progress.doneBytes += e.length
+      w.progress.workDoneBytes += e.readBytes
+      w.progress.update('send')
+      opts.onExtentSent?.({ disk: w.name, seq: e.seq, wireBytes: e.data.length })
+    }
+  } finally {
+    counted.abort()
   }
   w.report.dataBytes = dataBytes
   w.report.zeroBytes = zeroBytes
