@@ -65,3 +65,6 @@ export { CephNames, readCephState, listCephStates, CEPH_STATE_FORMAT } from './s
 export type { CephVmState, CephDiskRecord, CephPoint, CephClone, CephHoldRecord } from './store/ceph/ceph-state.ts'
 export type { CephTarget } from './store/ceph/rbd-cli.ts'
 export type { StoreApply, StoreSpec, StoreKind } from './store/mirror-store.ts'
+export { removeMirror, REMOVED_PREFIX } from './mirror-remove.ts'
+export type { RemovedMirror } from './mirror-remove.ts'
+export { cephRemoveMirror } from './store/ceph/ceph-remove.ts'

@@ -47,6 +47,7 @@ import { askHolesEarly, type CheckHoleWindows, checkBlocks } from './block-check
 import { blockRun } from './proof.ts'
 import { keptSeekHelper } from '@grainline/vmdk'
 import { checkVmCount } from './vm-count.ts'
+import { checkCephVmCount } from './store/ceph/ceph-vm-count.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 import { outboundLimit, waitForOutboundRoom } from './outbound-room.ts'
@@ -389,8 +390,10 @@ export class Session {
     if (!mayAccess(this.token, msg.vm)) throw new ReceiverError('E_FORBIDDEN', 'this token may not replicate that VM')
     for (const f of msg.files) checkFileName(f.name)
     const ceph = this.settings.ceph
-    // a new VM's folder and staged files come before any quota check: the token's VM count is bounded (vm-count.ts)
+    // a new VM's folder (its lock object and state object on Ceph) and staged files come before any quota check: the
+    // token's VM count is bounded (vm-count.ts, ceph-vm-count.ts)
     if (ceph === undefined) await checkVmCount(this.settings.storeDir, this.token, msg.vm)
+    else await checkCephVmCount(ceph.target, this.token, msg.vm)
     this.vm =
       ceph === undefined
         ? await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
@@ -404,6 +407,7 @@ export class Session {
           )
     this.vmName = msg.vm
     this.cycle = msg.cycle
+    if (this.vm instanceof CephVmMirror) await this.vm.record()
     // a VM in a scrub rotation: its BlockChecks will ask the flat's holes after the commit; the kept SEEK_DATA helper
     // starts now, while the cycle ships, not on the scrub's path
     const vm = this.vm

@@ -13,7 +13,11 @@ import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
-/** List VM folders holding a grainline state file, sorted. A symbolic link in the store is not a VM folder. */
+/**
+ * List VM folders holding a grainline state file, sorted. A symbolic link in
+ * the store is not a VM folder, nor is a hidden one (no VM name starts with
+ * a dot: `.failover`, the tombstone of a removal, mirror-remove.ts).
+ */
 export async function listVms(storeDir: string): Promise<string[]> {
   let entries: string[]
   try {
@@ -24,6 +28,7 @@ export async function listVms(storeDir: string): Promise<string[]> {
   }
   const out: string[] = []
   for (const e of entries.sort()) {
+    if (e.startsWith('.')) continue
     const st = await lstat(join(storeDir, e)).catch(() => undefined)
     if (st?.isDirectory() !== true) continue
     if (await entryExists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)

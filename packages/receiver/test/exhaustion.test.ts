@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { SessionDeadlines, type Clock } from '../src/session-deadlines.ts'
-import { Agent, MiB, TOKEN, TOKEN_B, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env, type LogLine } from './helpers.ts'
+import { Agent, MiB, TOKEN, TOKEN_B, hello, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env, type LogLine } from './helpers.ts'
 
 /*
  * Connection exhaustion: sockets that send nothing were never closed nor
@@ -154,21 +154,7 @@ t.test('VMs per token: a VmOpen of one VM more than maxVms is E_QUOTA before its
   mkdirSync(join(env.store, 'other-1'))
   writeFileSync(join(env.store, 'vm-file'), 'not a VM')
   symlinkSync(env.dir, join(env.store, 'vm-link'))
-  const open = async (token: string, vm: string): Promise<'ok' | string> => {
-    const a = await Agent.connect(url, { token, ca: env.tls.ca })
-    a.send(hello())
-    await a.expect(MessageKind.Welcome)
-    a.send(vmOpen(vm, 1, ['d.vmdk']))
-    const m = await a.next()
-    if (m?.kind === MessageKind.VmState) {
-      a.close()
-      await a.whenClosed()
-      return 'ok'
-    }
-    const err = m as { code?: string; message?: string }
-    await a.whenClosed()
-    return `${err.code}: ${err.message}`
-  }
+  const open = (token: string, vm: string): Promise<string> => openVmOnly(url, token, env.tls.ca, vm)
   for (const vm of ['vm-1', 'vm-2', 'vm-3']) t.equal(await open(TOKEN, vm), 'ok', `${vm} created`)
   const refused = await open(TOKEN, 'vm-4')
   t.match(refused, /^E_QUOTA: token proxy-a keeps 3 VMs in this store, its limit \(maxVms 3\)/, 'a fourth VM: E_QUOTA naming the token and what to do')

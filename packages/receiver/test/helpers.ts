@@ -366,6 +366,27 @@ export function vmOpen(vm: string, cycle: number, disks: string[]): Message {
   }
 }
 
+/**
+ * A session that only opens `vm` (Hello, VmOpen of cycle 1) and closes:
+ * 'ok' when the receiver answers with the VM's state, else the error it
+ * sent as `CODE: message`.
+ */
+export async function openVmOnly(url: string, token: string, ca: Buffer, vm: string): Promise<string> {
+  const a = await Agent.connect(url, { token, ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen(vm, 1, ['d.vmdk']))
+  const m = await a.next()
+  if (m?.kind === MessageKind.VmState) {
+    a.close()
+    await a.whenClosed()
+    return 'ok'
+  }
+  const err = m as { code?: string; message?: string }
+  await a.whenClosed()
+  return `${err.code}: ${err.message}`
+}
+
 export function source(layers: string[], successor: string): SourceIdentity {
   return { layers: layers.map((f, i) => ({ file: f, cid: (0x10000000 + i).toString(16), parentCid: i === 0 ? 'ffffffff' : (0x10000000 + i - 1).toString(16) })), successor }
 }

@@ -5,7 +5,7 @@
 // the snapshot removal (the next cycle finishes it), operator actions refused
 // while a session holds the lease or a cycle is in flight, a hostile hold.
 import t from 'tap'
-import { existsSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
@@ -17,6 +17,7 @@ import {
   cephListPoints,
   cephOpenPoint,
   cephPrunePoints,
+  cephRemoveMirror,
   cephRestorePoint,
   cephRestoreVm,
   cephRollbackMirror,
@@ -27,7 +28,7 @@ import {
 } from '../src/index.ts'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { cephConfigFiles } from '../src/store/ceph/ceph-archive.ts'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, TOKEN_B, evolve, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { CephLock } from '../src/store/ceph/ceph-lock.ts'
@@ -156,6 +157,127 @@ t.test('Ceph store', { skip }, async (t) => {
   t.test('hostile names at the store API: E_BAD_NAME before anything touches the pool', async (t) => {
     const log = pino({ level: 'silent' })
     for (const vm of ['../x', 'a/b', 'n\u0000', 'v'.repeat(300)]) await t.rejects(CephVmMirror.acquire(target, vm, log, { description: 'test' }), { code: 'E_BAD_NAME' })
+  })
+
+  t.test('VMs per token on Ceph: a VmOpen records its VM; one VM more than maxVms is E_QUOTA before its lock or state object exists', async (t) => {
+    const env = makeEnv(join(base, `vms-${n++}`))
+    const file = join(env.dir, 'tokens-vms.json')
+    writeFileSync(
+      file,
+      JSON.stringify({
+        tokens: [
+          { name: 'proxy-a', token: TOKEN, vms: ['cnt-a-*'], maxVms: 2 },
+          { name: 'proxy-b', token: TOKEN_B, vms: ['cnt-b-*'] },
+        ],
+      }),
+    )
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, tokensFile: file })
+    t.teardown(() => receiver.close())
+    const exists = async (o: string): Promise<boolean> =>
+      runCeph(target, 'rados', ['-p', POOL, 'stat', o]).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof CephCommandError && err.notFound) return false
+          throw err
+        },
+      )
+    // another token's VM and a state object nobody can read count for nobody
+    t.equal(await openVmOnly(url, TOKEN_B, env.tls.ca, 'cnt-b-1'), 'ok')
+    const junk = `grainline.vm.${'e'.repeat(24)}`
+    await runCeph(target, 'rados', ['-p', POOL, 'put', junk, '-'], Buffer.from('not json'))
+    t.teardown(() => runCeph(target, 'rados', ['-p', POOL, 'rm', junk]).then(() => undefined))
+    for (const vm of ['cnt-a-1', 'cnt-a-2']) {
+      t.equal(await openVmOnly(url, TOKEN, env.tls.ca, vm), 'ok', `${vm} opened`)
+      t.match(await readCephState(target, new CephNames(vm).state, vm), { vm, committedCycle: 0, disks: {} }, `${vm}: its state object is written at VmOpen, before any DiskOpen`)
+    }
+    const third = new CephNames('cnt-a-3')
+    t.match(
+      await openVmOnly(url, TOKEN, env.tls.ca, 'cnt-a-3'),
+      /^E_QUOTA: token proxy-a keeps 2 VMs in Ceph pool glconf, its limit \(maxVms 2\): VM cnt-a-3 is not created; .*grainline mirror remove/,
+      'a third VM: E_QUOTA naming the token, the pool and what to do',
+    )
+    t.notOk(await exists(third.lock), 'no lock object of it')
+    t.notOk(await exists(third.state), 'no state object of it')
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'cnt-a-2'), 'ok', 'a VM the token keeps still opens')
+    t.equal(await openVmOnly(url, TOKEN_B, env.tls.ca, 'cnt-b-2'), 'ok', "another token's VMs are not counted against it")
+    // an operator removes a VM's objects: its place is free again
+    const first = new CephNames('cnt-a-1')
+    await runCeph(target, 'rados', ['-p', POOL, 'rm', first.state])
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'cnt-a-3'), 'ok', 'a removed mirror frees its place')
+  })
+
+  t.test('mirror remove on Ceph: refused while held; killed after the state object, run again it finishes; nothing of the VM is left in the pool', async (t) => {
+    const env = makeEnv(join(base, `remove-${n++}`))
+    const log = pino({ level: 'silent' })
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-remove'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(MiB, 91)]
+    for (let c = 1; c <= 3; c++) {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      if (c === 1) await runCycle(a, vm, 1, [seedPlan(0, 'r.vmdk', images[1] as Buffer, cid(91))])
+      else {
+        const ranges = [{ offset: c * 65_536, length: 65_536 }]
+        images[c] = evolve(images[c - 1] as Buffer, c, ranges)
+        await runCycle(a, vm, c, [incPlan(0, 'r.vmdk', images[c] as Buffer, c - 1, cid(90 + c), ranges, `r-00000${c - 1}.vmdk`, `r-00000${c}.vmdk`)])
+      }
+      a.close()
+    }
+    const names = new CephNames(vm)
+    const k = names.vmKey
+    const mine = async (): Promise<string[]> => [
+      ...(await runCeph(target, 'rbd', ['ls', POOL]))
+        .toString()
+        .split('\n')
+        .filter((i) => i.includes(`.${k}.`)),
+      ...(await runCeph(target, 'rados', ['-p', POOL, 'ls']))
+        .toString()
+        .split('\n')
+        .filter((o) => o.includes(k)),
+    ]
+    t.ok((await mine()).length >= 5, 'the VM has images and objects (state, lock, history, logs)')
+    const o = await cephOpenPoint(target, vm, 2, { logger: log })
+    await t.rejects(cephRemoveMirror(target, vm, log), { code: 'E_HELD', message: /points close .*then remove it/ }, 'an opened point holds it: E_HELD')
+    await cephClosePoint(target, vm, { logger: log, dir: o.hold.dir })
+    const held = await CephVmMirror.acquire(target, vm, log, { description: 'receiver under test' })
+    await t.rejects(cephRemoveMirror(target, vm, log), { code: 'E_BUSY', message: /receiver under test/ }, 'the lease is held: E_BUSY')
+    held.release()
+    const child = spawn(process.execPath, [cliBin(), 'mirror', 'remove', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', vm, '--yes', '--log-level', 'warn'], {
+      env: { ...process.env, GRAINLINE_RECEIVER_FAULT: 'ceph-remove-after-state:1' },
+      stdio: 'ignore',
+    })
+    const [, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null]
+    t.equal(signal, 'SIGKILL', 'mirror remove killed after the state object went')
+    t.equal(await readCephState(target, names.state, vm), undefined, 'the VM is gone for every reader')
+    t.notOk(
+      (await storeOverview(cephStoreReader(target))).vms.some((v) => v.vm === vm),
+      'the overview no longer lists it',
+    )
+    t.ok(
+      (await mine()).some((x) => x.startsWith('gl.')),
+      'its images are still there',
+    )
+    const r = await cephRemoveMirror(target, vm, log)
+    t.match(r, { vm, committedCycle: 0, leftovers: 1 }, 'run again: it finishes the interrupted removal')
+    t.ok(r.bytes >= MiB, `the bytes freed (${r.bytes})`)
+    t.same(await mine(), [], 'no image, snapshot, log, map, history, state or lock object of the VM is left')
+    await t.rejects(cephRemoveMirror(target, vm, log), { code: 'E_NOT_FOUND' }, 'removed: not found')
+    await t.rejects(cephRemoveMirror(target, 'vm-never', log), { code: 'E_NOT_FOUND' })
+    t.same(
+      (await runCeph(target, 'rados', ['-p', POOL, 'ls']))
+        .toString()
+        .split('\n')
+        .filter((x) => x.includes(new CephNames('vm-never').vmKey)),
+      [],
+      'a removal of a VM the pool never held leaves no lock object',
+    )
+    // the VM replicated again: a seed into the empty pool
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 4, [seedPlan(0, 'r.vmdk', images[3] as Buffer, cid(94))])
+    a.close()
+    t.equal((await readCephState(target, names.state, vm))?.committedCycle, 4, 'seeded again after its removal')
+    t.match(await cephRemoveMirror(target, vm, log), { committedCycle: 4, disks: ['r.vmdk'], points: [], leftovers: 0 }, 'and removed again in one go')
+    t.same(await mine(), [])
   })
 
   t.test("a Ceph command failure is typed, with Ceph's message", async (t) => {

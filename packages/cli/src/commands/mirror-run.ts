@@ -5,8 +5,12 @@
  * Both on a folder store and on a `ceph:POOL` store. `grainline mirror
  * import`: a VM seeded offline into a folder store becomes a mirror in a
  * `ceph:POOL` store, with its lineage (docs/CEPH.md "Offline seeding").
+ * `grainline mirror remove`: a VM no longer replicated leaves the store,
+ * with its restore points, its history and its place under its token's
+ * `maxVms` and quota (receiver mirror-remove.ts, ceph-remove.ts).
  */
-import { cephImportVm, cephRollbackMirror, isCephStore, rollbackMirror } from '@grainline/receiver'
+import { cephImportVm, cephRemoveMirror, cephRollbackMirror, isCephStore, removeMirror, rollbackMirror } from '@grainline/receiver'
+import { formatBytes } from '@grainline/protocol/units'
 import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
@@ -26,6 +30,20 @@ export async function runMirror(args: GlobalArgs & Record<string, unknown>, ctx:
       ctx.write(`${r.vm}: cycle ${r.cycle} imported into ${store}, every disk read back equal to its flat (sha256)\n`)
       for (const d of r.disks) ctx.write(`  ${d.name} → ${d.snapshot}\n`)
       ctx.write('the next cycle to a receiver on this pool is an ordinary incremental\n')
+    }
+    return ExitCode.Ok
+  }
+  if (args['action'] === 'remove') {
+    const vm = String(args['vm'])
+    if (args['yes'] !== true) throw new UsageError(`mirror remove deletes the mirror of VM ${vm} in ${store} with its restore points and history, and cannot be undone: add --yes`)
+    const log = loggerFor(args, ctx, 'info')
+    const r = ceph === undefined ? await removeMirror(store, vm, log) : await cephRemoveMirror(ceph, vm, log)
+    if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
+    else {
+      const points = r.points.length === 0 ? 'no restore point' : `${r.points.length} restore point(s) (${r.points.join(', ')})`
+      ctx.write(`${r.vm}: removed from ${store} — committed cycle ${r.committedCycle}, ${r.disks.length} disk(s), ${points}, ${formatBytes(r.bytes)} freed\n`)
+      if (r.leftovers > 0) ctx.write(`also finished ${r.leftovers} removal(s) interrupted before\n`)
+      ctx.write('archives of its points, if any, are kept (points archive); an agent still replicating it seeds it again\n')
     }
     return ExitCode.Ok
   }

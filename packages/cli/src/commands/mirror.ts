@@ -5,6 +5,8 @@
  * Both on a folder store and on a `ceph:POOL` store. `grainline mirror
  * import`: a VM seeded offline into a folder store becomes a mirror in a
  * `ceph:POOL` store, with its lineage (docs/CEPH.md "Offline seeding").
+ * `grainline mirror remove`: a VM no longer replicated leaves the store,
+ * with its restore points (its archives are kept).
  *
  * This module holds the flags; what the command does is in mirror-run.ts,
  * imported only when it runs (so `--help`, `--version` and the other
@@ -20,12 +22,12 @@ export const mirrorCommand: CliCommand = {
   builder: (y: Argv) =>
     withCephOptions(y)
       .positional('action', {
-        choices: ['rollback', 'failover', 'import'] as const,
+        choices: ['rollback', 'failover', 'import', 'remove'] as const,
         demandOption: true,
         describe:
-          'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"; import: a VM seeded offline into the folder store --from becomes a mirror in --store ceph:POOL',
+          'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"; import: a VM seeded offline into the folder store --from becomes a mirror in --store ceph:POOL; remove: a VM no longer replicated leaves the store with its restore points (--yes; archives are kept)',
       })
-      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL (failover, rollback; import: the ceph:POOL written)' })
+      .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL (failover, rollback, remove; import: the ceph:POOL written)' })
       .option('from', { type: 'string', describe: 'import: the folder store holding the VM seeded offline (its receiver stopped)' })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'failover: run this restore point instead of the mirror' })
@@ -34,6 +36,7 @@ export const mirrorCommand: CliCommand = {
       .option('connect-nics', { type: 'boolean', default: false, describe: 'failover: connect the NICs at power-on (default: not connected)' })
       .option('register', { type: 'string', describe: 'failover: esxi driver settings (esxi.json) of the DR host: register the VM there with vim-cmd solo/registervm over SSH' })
       .option('format', { choices: ['sesparse', 'vmfssparse'] as const, default: 'sesparse' as const, describe: 'failover: format of the writable child disks' })
+      .option('yes', { type: 'boolean', default: false, describe: 'remove: confirm that the mirror and its restore points are deleted (cannot be undone)' })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),
   async run(args, ctx) {
     const { runMirror } = await import('./mirror-run.ts')

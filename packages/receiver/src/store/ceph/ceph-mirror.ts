@@ -69,15 +69,18 @@ export class CephVmMirror {
   readonly lock: CephLock
   readonly log: Logger
   private current: CephVmState
+  /** whether the pool holds this VM's state object (false: a VM new to the pool, until {@link record} or a save) */
+  private stored: boolean
   private staged: Record<string, string> | undefined
   /** the block maps of this session's resync disks, by disk name (their digests become the next kept map at commit) */
   private readonly blockMaps = new Map<string, CephBlockMap>()
 
-  private constructor(target: CephTarget, vm: string, state: CephVmState, lock: CephLock, log: Logger) {
+  private constructor(target: CephTarget, vm: string, state: CephVmState | undefined, lock: CephLock, log: Logger) {
     this.target = target
     this.vm = vm
     this.names = new CephNames(vm)
-    this.current = state
+    this.current = state ?? emptyCephState(vm)
+    this.stored = state !== undefined
     this.lock = lock
     this.log = log
   }
@@ -99,8 +102,7 @@ export class CephVmMirror {
     lock.attach(vm, log)
     if (lock.fencedAddrs.length > 0) log.warn({ fenced: lock.fencedAddrs }, 'took the VM over from a holder whose lease ran out: its Ceph clients are blocklisted (fenced) before anything is written')
     try {
-      const state = (await readCephState(target, names.state, vm)) ?? emptyCephState(vm)
-      const m = new CephVmMirror(target, vm, state, lock, log)
+      const m = new CephVmMirror(target, vm, await readCephState(target, names.state, vm), lock, log)
       await m.finishPending()
       return m
     } catch (err) {
@@ -133,6 +135,17 @@ export class CephVmMirror {
     if (point !== undefined) faultPoint(point)
     await writeCephState(this.target, this.names.state, next, (o, d) => this.lock.put(o, d))
     this.current = next
+    this.stored = true
+  }
+
+  /**
+   * Write the state object of a VM new to the pool (nothing committed), under
+   * the lease; nothing for a VM the pool holds. A session records its VM at
+   * VmOpen, so that the VM counts against its token's `maxVms` from then on
+   * (ceph-vm-count.ts): its lock object never outlives it unnamed.
+   */
+  async record(): Promise<void> {
+    if (!this.stored) await this.save(this.current)
   }
 
   /** Throw E_BUSY unless the VM's lease is still held (an operator action between its Ceph commands). */

@@ -20,8 +20,8 @@ import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
 import { resumeSeq } from './ceph-admin.ts'
 import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
-import { CephNames, readCephState, snapCid, STATE_PREFIX, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
-import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephNames, listStateObjects, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { CephCommandError, type CephTarget } from './rbd-cli.ts'
 
 /** A disk's status on the Ceph store: the folder store's fields, plus its snapshot and the bytes its image takes. */
 export type CephDiskOverview = DiskStatus & {
@@ -78,16 +78,16 @@ export function cephStoreReader(t: CephTarget): StoreReader {
   return {
     store,
     async status() {
-      let listing: string
+      let objects: string[]
       try {
-        listing = (await runCeph(t, 'rados', ['-p', t.pool, 'ls'])).toString('utf8')
+        objects = await listStateObjects(t)
       } catch (err) {
         if (err instanceof CephCommandError && err.notFound) throw new ReceiverError('E_NOT_FOUND', `Ceph pool ${t.pool} does not exist (${err.stderr.trim().slice(-200)})`)
         throw err
       }
       const next = new Map<string, CephVmState>()
       const vms: VmStatus[] = []
-      for (const o of listing.split('\n').filter((x) => x.startsWith(STATE_PREFIX))) {
+      for (const o of objects) {
         try {
           const s = await readCephState(t, o)
           if (s === undefined) continue

@@ -244,7 +244,7 @@ export function imageVmKey(image: string): string | undefined {
 const vmNames = new Map<string, string>()
 const VM_NAMES_MAX = 100_000
 
-async function vmOfKey(t: CephTarget, key: string): Promise<string | undefined> {
+export async function vmOfKey(t: CephTarget, key: string): Promise<string | undefined> {
   const object = `grainline.vm.${key}`
   const id = `${t.conf ?? ''}\u0000${t.pool}\u0000${object}`
   const known = vmNames.get(id)

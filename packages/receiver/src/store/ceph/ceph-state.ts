@@ -231,15 +231,19 @@ export async function writeCephState(t: CephTarget, object: string, s: CephVmSta
   else await runCeph(t, 'rados', ['-p', t.pool, 'put', object, '-'], data)
 }
 
-/** The states of every VM in the pool. */
-export async function listCephStates(t: CephTarget): Promise<CephVmState[]> {
+/** The state objects of a pool (`rados ls`: the objects named `grainline.vm.*`), sorted. @throws CephCommandError */
+export async function listStateObjects(t: CephTarget): Promise<string[]> {
   const out = (await runCeph(t, 'rados', ['-p', t.pool, 'ls'])).toString('utf8')
-  const objs = out
+  return out
     .split('\n')
     .filter((o) => o.startsWith(STATE_PREFIX))
     .sort()
+}
+
+/** The states of every VM in the pool. */
+export async function listCephStates(t: CephTarget): Promise<CephVmState[]> {
   const states: CephVmState[] = []
-  for (const o of objs) {
+  for (const o of await listStateObjects(t)) {
     const s = await readCephState(t, o)
     if (s !== undefined) states.push(s)
   }

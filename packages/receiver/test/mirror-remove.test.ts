@@ -1,0 +1,149 @@
+// `grainline mirror remove` on a folder store: a VM with restore points
+// leaves the store whole (mirror, points, journals, history); refused while a
+// session writes it or a point is open; a removal killed after its rename is
+// finished by the next one; a hostile store's links and tombstones never lead
+// it outside the store; the VM's place under maxVms is free again and the
+// next cycle of the VM is a seed.
+import t from 'tap'
+import type { Test } from 'tap'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { MessageKind } from '@grainline/protocol'
+import { scratchDir } from '@grainline/test-utils'
+import { pino } from 'pino'
+import { closePoint, openPoint, removeMirror, storeStatus, REMOVED_PREFIX } from '../src/index.ts'
+import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
+
+const CLI = fileURLToPath(new URL('../../../cli/dist/src/bin.js', import.meta.url))
+const log = pino({ level: 'silent' })
+
+/** A VM of `cycles` committed cycles (retention keeps the points) in env's store, through an in-process receiver. */
+async function withVm(t: Test, env: Env, vm: string, cycles: number): Promise<void> {
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  try {
+    let image: Buffer = Buffer.concat([pattern(MiB, 3), Buffer.alloc(MiB)])
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', image, 'aa01aa01aa01aa01')])
+    a.close()
+    for (let c = 2; c <= cycles; c++) {
+      const ranges = [{ offset: c * 65_536, length: 65_536 }]
+      image = evolve(image, c, ranges)
+      a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', image, c - 1, `aa0${c}aa0${c}aa0${c}aa0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+      a.close()
+    }
+  } finally {
+    await receiver.close()
+  }
+  t.ok(existsSync(join(env.store, vm, '.grainline', 'state.json')), `${vm} committed`)
+}
+
+t.test('a VM with restore points leaves the store whole; its report; status no longer lists it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  await withVm(t, env, 'vm-a', 3)
+  await withVm(t, env, 'vm-b', 1)
+  const r = await removeMirror(env.store, 'vm-a', log)
+  t.match(r, { vm: 'vm-a', committedCycle: 3, disks: ['d.vmdk'], points: [1, 2], leftovers: 0 }, 'the report names the cycle, the disks and the points')
+  t.ok(r.bytes > MiB, `the bytes freed (${r.bytes})`)
+  t.same(readdirSync(env.store).sort(), ['vm-b'], 'nothing of it is left, no tombstone')
+  t.same(
+    (await storeStatus(env.store)).vms.map((v) => v.vm),
+    ['vm-b'],
+    'status lists the other VM only',
+  )
+  await t.rejects(removeMirror(env.store, 'vm-a', log), { code: 'E_NOT_FOUND', message: /no mirror of VM vm-a in / }, 'removed twice: not found')
+  await t.rejects(removeMirror(env.store, 'nope', log), { code: 'E_NOT_FOUND' })
+  for (const bad of ['.failover', '../vm-b', 'a/b', '']) await t.rejects(removeMirror(env.store, bad, log), { code: /^E_BAD_NAME|E_NOT_FOUND$/ }, `hostile name ${JSON.stringify(bad)} refused`)
+  t.ok(existsSync(join(env.store, 'vm-b', 'd-flat.vmdk')), 'the other VM untouched')
+})
+
+t.test('refused while a session writes the VM and while a point is open; allowed once closed', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  await withVm(t, env, 'vm-h', 2)
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen('vm-h', 3, ['d-000002.vmdk']))
+  await a.expect(MessageKind.VmState)
+  await t.rejects(removeMirror(env.store, 'vm-h', log), { code: 'E_BUSY' }, 'a session holds it: E_BUSY')
+  t.ok(existsSync(join(env.store, 'vm-h', 'd-flat.vmdk')), 'and nothing was removed')
+  a.close()
+  await a.whenClosed()
+  const dir = join(env.dir, 'open-1')
+  await openPoint(env.store, 'vm-h', 1, dir, { logger: log })
+  await t.rejects(removeMirror(env.store, 'vm-h', log), { code: 'E_HELD', message: /points close .*then remove it/ }, 'an opened point holds it: E_HELD naming what to do')
+  t.ok(existsSync(join(env.store, 'vm-h', 'd-flat.vmdk')), 'the mirror the open point reads is still there')
+  await closePoint(env.store, 'vm-h', { logger: log, dir })
+  t.match(await removeMirror(env.store, 'vm-h', log), { vm: 'vm-h', committedCycle: 2, points: [1] }, 'closed: removed')
+})
+
+t.test('the CLI: --yes required; killed after the rename, the VM is gone and the next removal deletes its files; links are never followed', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  await withVm(t, env, 'vm-k', 2)
+  await withVm(t, env, 'vm-l', 1)
+  const run = (args: string[], fault?: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> =>
+    new Promise((resolve) => {
+      const env2 = { ...process.env }
+      if (fault === undefined) delete env2['GRAINLINE_RECEIVER_FAULT']
+      else env2['GRAINLINE_RECEIVER_FAULT'] = fault
+      const c = spawn(process.execPath, [CLI, 'mirror', 'remove', ...args, '--log-level', 'warn'], { env: env2 })
+      let out = ''
+      let err = ''
+      c.stdout.on('data', (d: Buffer) => (out += d.toString()))
+      c.stderr.on('data', (d: Buffer) => (err += d.toString()))
+      c.once('exit', (code, signal) => resolve({ code, signal, out, err }))
+    })
+  const noYes = await run(['--store', env.store, '--vm', 'vm-k'])
+  t.equal(noYes.code, 2, 'without --yes: a usage error')
+  t.match(noYes.err, /cannot be undone: add --yes/)
+  t.ok(existsSync(join(env.store, 'vm-k', 'd-flat.vmdk')), 'and nothing removed')
+  const killed = await run(['--store', env.store, '--vm', 'vm-k', '--yes'], 'remove-renamed:1')
+  t.equal(killed.signal, 'SIGKILL', 'killed right after the rename')
+  t.notOk(existsSync(join(env.store, 'vm-k')), 'the VM is gone at once')
+  const stones = readdirSync(env.store).filter((n) => n.startsWith(REMOVED_PREFIX))
+  t.equal(stones.length, 1, 'its files wait in one tombstone')
+  t.same(
+    (await storeStatus(env.store)).vms.map((v) => v.vm),
+    ['vm-l'],
+    'status does not list the tombstone',
+  )
+  // a hostile store: a link named like a tombstone, to a folder outside the store
+  const outside = join(env.dir, 'outside')
+  mkdirSync(outside)
+  writeFileSync(join(outside, 'precious'), 'keep me')
+  symlinkSync(outside, join(env.store, `${REMOVED_PREFIX}link`))
+  const ok = await run(['--store', env.store, '--vm', 'vm-l', '--yes', '--output', 'json'])
+  t.equal(ok.code, 0, ok.err)
+  t.match(JSON.parse(ok.out), { vm: 'vm-l', committedCycle: 1, points: [], leftovers: 2 }, 'the next removal finished the interrupted one (and took the link away)')
+  t.same(readdirSync(env.store), [], 'the store is empty')
+  t.equal(readFileSync(join(outside, 'precious'), 'utf8'), 'keep me', 'what the link pointed to is untouched')
+  const human = await run(['--store', env.store, '--vm', 'vm-l', '--yes'])
+  t.equal(human.code, 1, 'a VM the store does not hold: a failure')
+  t.match(human.err, /E_NOT_FOUND/)
+})
+
+t.test('its place under maxVms is free again, and the next cycle of the VM is a seed', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const file = join(env.dir, 'tokens-vms.json')
+  writeFileSync(file, JSON.stringify({ tokens: [{ name: 'proxy-a', token: TOKEN, vms: ['*'], maxVms: 2 }] }))
+  await withVm(t, env, 'vm-1', 2)
+  const { receiver, url } = await startReceiver(env, { tokensFile: file })
+  t.teardown(() => receiver.close())
+  t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'vm-2'), 'ok')
+  t.match(await openVmOnly(url, TOKEN, env.tls.ca, 'vm-3'), /^E_QUOTA: /, 'at maxVms')
+  await removeMirror(env.store, 'vm-2', log)
+  t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'vm-3'), 'ok', 'a VM opened and never committed can be removed, and its place is free')
+  await removeMirror(env.store, 'vm-1', log)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen('vm-1', 3, ['d-000002.vmdk']))
+  const st = await a.expect(MessageKind.VmState)
+  t.match(st, { exists: false, committedCycle: 0 }, 'the VM is new to the store: its agent seeds it')
+  a.close()
+  await a.whenClosed()
+})
