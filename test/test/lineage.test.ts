@@ -8,12 +8,12 @@
 // interrupted seed was sent again in full beside a second `grainline-1`.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { rm } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createLocalDriver, createSampleVm, simulateGuestWrites, type SampleVm } from '@grainline/agent'
 import { replicateCli, startSite, type RunReport, type Site, expectedView } from '@grainline/e2e'
-import { failIfLingering, firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
+import { cliBin, failIfLingering, firstDifference, scratchDir, startCuttingProxy } from '@grainline/test-utils'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
 failIfLingering(t)
@@ -80,6 +80,34 @@ t.test('store restored from a backup: the next cycle resyncs by block digests (n
   t.match(v?.disks[0]?.fallbackReason, /receiver is at committed cycle 2, generation .*, but the agent recorded cycle 4/)
   await write(6)
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e6.raw')), 'incremental', 'the next cycle continues')
+})
+
+t.test('a mirror removed at the DR site (grainline mirror remove) while its agent still replicates: the next cycle seeds it, exact', async (t) => {
+  const dir = scratchDir(t)
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'gone', disks: [{ sizeBytes: 16 * MiB }], seed: 23 })
+  const state = join(dir, 'agent-state')
+  const write = async (seed: number): Promise<void> => {
+    await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 })
+  }
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
+  await write(2)
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e2.raw')), 'incremental', 'cycle 2')
+  const name = vm.vmxPath.split('/').at(-2) as string
+  // the receiver keeps running: the operator removes the mirror beside it
+  const removed = await exec(process.execPath, [cliBin(), 'mirror', 'remove', '--store', site.store, '--vm', name, '--yes', '--output', 'json'])
+  t.match(JSON.parse(removed.stdout), { vm: name, committedCycle: 2 }, 'mirror remove: the VM at cycle 2 is gone')
+  t.same(await readdir(site.store).then((n) => n.filter((x) => !x.startsWith('.'))), [], 'nothing of it is left in the store')
+  await write(3)
+  const v = await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e3.raw')), 'seed', 'after the removal')
+  t.match(
+    v?.disks[0]?.fallbackReason,
+    /the receiver holds no committed mirror of this VM, but the agent recorded cycle 2, generation [0-9a-f]{8}… \(the mirror removed at the DR site/,
+    'the agent says why it seeds',
+  )
+  await write(4)
+  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e4.raw')), 'incremental', 'the next cycle continues')
 })
 
 t.test('one VM replicated alternately to two receivers: every switch resyncs, both mirrors exact', async (t) => {

@@ -39,8 +39,12 @@ export interface MirrorFacts {
 
 /** Whether the VM's mirror can be continued, and from which snapshot. */
 export type Lineage =
-  /** the mirror has no committed point: a first seed */
-  | { readonly kind: 'first-seed' }
+  /**
+   * the mirror has no committed point: a first seed; `reason` when the agent
+   * recorded a commit of it all the same (the mirror removed at the DR site,
+   * a new store)
+   */
+  | { readonly kind: 'first-seed'; readonly reason?: string }
   /** the mirror has a committed point this agent cannot prove it continues: every disk is resynced */
   | { readonly kind: 'resync'; readonly reason: string }
   /** the record, the receiver and the VM agree: incrementals onto `base` */
@@ -55,7 +59,13 @@ const short = (g: string): string => (g === '' ? '(none)' : `${g.slice(0, 8)}…
  */
 export function decideLineage(f: { readonly mirror: MirrorFacts; readonly record: CommittedRecord | null; readonly recordProblem?: string; readonly snapshots: readonly SnapshotRef[] }): Lineage {
   const { mirror, record } = f
-  if (!mirror.exists || mirror.committedCycle === 0) return { kind: 'first-seed' }
+  if (!mirror.exists || mirror.committedCycle === 0) {
+    if (record === null) return { kind: 'first-seed' }
+    return {
+      kind: 'first-seed',
+      reason: `the receiver holds no committed mirror of this VM, but the agent recorded cycle ${record.cycle}, generation ${short(record.generation)} (the mirror removed at the DR site, or a new store): seeding it whole`,
+    }
+  }
   if (f.recordProblem !== undefined) return { kind: 'resync', reason: `the agent's record is unusable: ${f.recordProblem}` }
   if (record === null) return { kind: 'resync', reason: "the agent has no record of the mirror's committed point (agent state lost, or another state folder or agent made it)" }
   if (mirror.generation === '') return { kind: 'resync', reason: `the mirror's committed cycle ${mirror.committedCycle} has no generation (committed before lineage existed)` }
@@ -90,7 +100,7 @@ export interface DiskChainFacts {
 
 /** The first plan of a disk under the VM's lineage (and the diverged record, if checks failed last time). */
 export function planDisk(lineage: Lineage, disk: DiskChainFacts, diverged?: DivergedRecord, forceResync = false): DiskPlanDecision {
-  if (lineage.kind === 'first-seed') return { kind: 'seed' }
+  if (lineage.kind === 'first-seed') return lineage.reason === undefined ? { kind: 'seed' } : { kind: 'seed', reason: lineage.reason }
   if (lineage.kind === 'resync') return { kind: 'resync', reason: lineage.reason }
   if (forceResync) return { kind: 'resync', reason: 'asked for (--resync)' }
   if (diverged?.disks.includes(disk.name) === true) return { kind: 'resync', reason: `the mirror disk failed its check after cycle ${diverged.cycle} (${diverged.reason}); resyncing` }

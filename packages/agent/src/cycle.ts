@@ -303,6 +303,7 @@ class VmCycle {
     )
     this.#lineage = decideLineage({ mirror: state, record: rec.committed, snapshots: this.#snapshots, ...(this.#recordProblem === undefined ? {} : { recordProblem: this.#recordProblem }) })
     if (this.#lineage.kind === 'resync') this.log.warn({ reason: this.#lineage.reason }, 'lineage not proven: full resync of every disk')
+    else if (this.#lineage.kind === 'first-seed' && this.#lineage.reason !== undefined) this.log.warn({ reason: this.#lineage.reason }, 'the mirror is gone: a seed of every disk')
   }
 
   /** 3. The snapshot: our recorded in-flight one of this cycle is reused (the cycle resumes), else a new one. */

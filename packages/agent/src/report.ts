@@ -139,7 +139,7 @@ export function formatReport(report: ReplicationReport): string {
     for (const d of vm.disks) {
       const checks = checksText(d)
       lines.push(
-        `  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (resync: ${d.fallbackReason})` : ''}, ` +
+        `  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (${d.mode === 'seed' ? 'seed' : 'resync'}: ${d.fallbackReason})` : ''}, ` +
           `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
           `${d.cidVerified === false ? ', chain UNVERIFIED (parentCID fffffffe)' : ''}` +
           `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`,

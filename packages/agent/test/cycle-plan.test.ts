@@ -26,7 +26,17 @@ const committed = (over: Partial<CommittedRecord> = {}): CommittedRecord => ({
 t.test('decideLineage: an incremental only when record, receiver and VM agree', async (t) => {
   const base = snap('grainline-4', '40')
   const cases: Array<{ name: string; mirror: MirrorFacts; record: CommittedRecord | null; problem?: string; snaps: SnapshotRef[]; want: Lineage | RegExp }> = [
-    { name: 'no mirror: first seed', mirror: mirror({ exists: false, committedCycle: 0, generation: '' }), record: committed(), snaps: [base], want: { kind: 'first-seed' } },
+    { name: 'no mirror, no record: first seed', mirror: mirror({ exists: false, committedCycle: 0, generation: '' }), record: null, snaps: [], want: { kind: 'first-seed' } },
+    {
+      name: 'no mirror, though the agent recorded a commit (mirror removed at the DR site): a seed that says why',
+      mirror: mirror({ exists: false, committedCycle: 0, generation: '' }),
+      record: committed(),
+      snaps: [base],
+      want: {
+        kind: 'first-seed',
+        reason: 'the receiver holds no committed mirror of this VM, but the agent recorded cycle 4, generation 01234567… (the mirror removed at the DR site, or a new store): seeding it whole',
+      },
+    },
     { name: 'mirror folder, nothing committed: first seed', mirror: mirror({ committedCycle: 0, generation: '' }), record: null, snaps: [], want: { kind: 'first-seed' } },
     { name: 'all agree', mirror: mirror(), record: committed(), snaps: [base], want: { kind: 'incremental', base, baseCycle: 4, generation: G1 } },
     {
@@ -82,6 +92,7 @@ t.test("planDisk: layers above the base snapshot's disk, else a resync with the 
   const diverged = { cycle: 4, generation: G1, disks: ['d.vmdk'], reason: 'trivial check failed', at: '' }
   const cases: Array<{ name: string; lineage: Lineage; facts: Parameters<typeof planDisk>[1]; diverged?: typeof diverged; force?: boolean; want: unknown }> = [
     { name: 'first seed', lineage: { kind: 'first-seed' }, facts: disk, want: { kind: 'seed' } },
+    { name: 'first seed with a reason: the seed carries it', lineage: { kind: 'first-seed', reason: 'gone' }, facts: disk, want: { kind: 'seed', reason: 'gone' } },
     { name: 'resync keeps the lineage reason', lineage: { kind: 'resync', reason: 'why' }, facts: disk, want: { kind: 'resync', reason: 'why' } },
     {
       name: 'base snapshot on the bottom layer: ship both deltas',
