@@ -27,7 +27,8 @@ const work = mkdtempSync(join(tmpdir(), 'grainline-pack-'))
 try {
   /** `npm pack` of a workspace folder into `work`, unpacked into `dest`; returns its package.json */
   const unpack = (folder, dest) => {
-    const [info] = JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: join(repo, folder), encoding: 'utf8' }))
+    // npm's JSON lists every file: past execFileSync's default 1 MiB buffer for the bundle (since 2026-12-04)
+    const [info] = JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: join(repo, folder), encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))
     mkdirSync(dest, { recursive: true })
     execFileSync('tar', ['-xzf', join(work, info.filename), '-C', dest, '--strip-components=1'])
     return JSON.parse(readFileSync(join(dest, 'package.json'), 'utf8'))
@@ -63,7 +64,8 @@ try {
   cli.bundleDependencies = Object.keys(cli.dependencies)
   writeFileSync(join(stage, 'package.json'), JSON.stringify(cli, null, 2) + '\n')
   mkdirSync(out, { recursive: true })
-  const [info] = JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', out], { cwd: stage, encoding: 'utf8' }))
+  // npm lists every file of the bundle in its JSON (past 1 MiB, execFileSync's default buffer, since 2026-12-04)
+  const [info] = JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', out], { cwd: stage, encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))
   const inside = new Set(info.bundled ?? [])
   const missing = Object.keys(bundled).filter((n) => !inside.has(n))
   if (missing.length > 0) throw new Error(`npm did not bundle ${missing.join(', ')}`)

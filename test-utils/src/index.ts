@@ -23,3 +23,5 @@ export { CephCommandTimeout, cephCommandOnlyReads, haveCeph, haveCephMgr, isComm
 export type { CephCluster, CephClusterOptions, CephCommand } from './ceph-cluster.ts'
 export { httpCall, readEvents } from './http-client.ts'
 export type { HttpAnswer } from './http-client.ts'
+export { startSlowLink } from './slow-link.ts'
+export type { SlowLink } from './slow-link.ts'

@@ -46,6 +46,15 @@ export interface ConnectOptions extends ConnectSources {
   readonly handshakeTimeoutMs?: number
   /** close the connection when no message arrives for this long while waiting, ms. @default 120000 */
   readonly idleTimeoutMs?: number
+  /**
+   * the longest the agent stays silent on an open connection: a WebSocket
+   * ping goes out when it has sent nothing for half of this (SPEC §1.1: a
+   * ping every 30 s), so that the receiver's inactivity deadline and NAT or
+   * firewall idle timeouts on the path never end a session the agent is busy
+   * in (digesting a large disk for certify after the commit); 0: off, ms.
+   * @default 30000
+   */
+  readonly keepAliveMs?: number
   readonly signal?: AbortSignal
 }
 
@@ -93,6 +102,11 @@ export class Connection {
   readonly #closed: Promise<never>
   /** bytes handed to the socket */
   bytesSent = 0
+  /** when the agent last handed the socket a frame or a ping (performance.now()) */
+  #lastSentAt = performance.now()
+  #keepAlive: NodeJS.Timeout | undefined
+  /** pings sent by the keep-alive */
+  pingsSent = 0
 
   private constructor(ws: WebSocket, opts: ConnectOptions) {
     this.#ws = ws
@@ -138,6 +152,12 @@ export class Connection {
         this.#inbox.push(msg)
       }
     })
+    const keepAliveMs = opts.keepAliveMs ?? 30_000
+    if (keepAliveMs > 0) {
+      // checked twice per period: no silence on the agent's side outlasts keepAliveMs by more than half of it
+      this.#keepAlive = setInterval(() => this.#ping(keepAliveMs), Math.max(10, Math.floor(keepAliveMs / 2)))
+      this.#keepAlive.unref()
+    }
     ws.on('close', (code: number, reason: Buffer) => {
       this.#fail(new ConnectionLost(`connection closed (${code}${reason.length > 0 ? ' ' + reason.toString('utf8') : ''})`, code))
     })
@@ -203,7 +223,21 @@ export class Connection {
     return conn
   }
 
+  /** The keep-alive's tick: a ping when nothing was sent for half the period or more. */
+  #ping(keepAliveMs: number): void {
+    if (this.#ws.readyState !== WebSocket.OPEN || this.#failure !== undefined) return
+    if (performance.now() - this.#lastSentAt < keepAliveMs / 2) return
+    this.#lastSentAt = performance.now()
+    this.pingsSent++
+    try {
+      this.#ws.ping()
+    } catch {
+      // the socket is closing: its 'close' event ends the connection
+    }
+  }
+
   #fail(err: Error): void {
+    clearInterval(this.#keepAlive)
     if (this.#failure !== undefined) return
     this.#failure = err
     const w = this.#waiter
@@ -241,6 +275,7 @@ export class Connection {
       this.abort(e)
       throw e
     }
+    this.#lastSentAt = performance.now()
     const parts = msg.kind === MessageKind.Extent && !msg.zero ? encodeMessageParts(msg) : [encodeMessage(msg)]
     const last = parts.length - 1
     // the fragments' chunks queue up and leave together: the short ones joined into one write (tls-socket.ts)
@@ -348,6 +383,7 @@ export class Connection {
 
   /** Graceful close. */
   async close(code = 1000): Promise<void> {
+    clearInterval(this.#keepAlive)
     if (this.#ws.readyState === WebSocket.CLOSED) return
     const closed = once(this.#ws, 'close').catch(() => {})
     this.#ws.close(code)
@@ -358,6 +394,7 @@ export class Connection {
 
   /** Drop the connection now. */
   terminate(): void {
+    clearInterval(this.#keepAlive)
     this.#ws.terminate()
   }
 

@@ -71,6 +71,8 @@ export interface ReplicateInit {
   readonly giveUpMs?: number
   /** largest reconnect back-off, ms. @default 30000 */
   readonly maxBackoffMs?: number
+  /** the longest the agent stays silent on a connection: it pings when idle (connection.ts `keepAliveMs`), ms; 0: off. @default 30000 */
+  readonly keepAliveMs?: number
   /** the agent's own window of unacknowledged bytes (the receiver's limit also applies). @default 64 MiB */
   readonly windowBytes?: number
   /** largest data extent, bytes. @default 1 MiB */
@@ -212,6 +214,7 @@ async function replicateVm(
           ...(init.insecurePlaintext === true ? { insecurePlaintext: true } : {}),
           ...(init.tokenSource !== undefined ? { tokenSource: init.tokenSource } : {}),
           ...(init.caSource !== undefined ? { caSource: init.caSource } : {}),
+          ...(init.keepAliveMs !== undefined ? { keepAliveMs: init.keepAliveMs } : {}),
         },
         driver: withHostLock(driver, shared.hostLocks, signal),
         stateDir: init.stateDir ?? defaultStateDir(),

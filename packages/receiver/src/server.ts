@@ -234,6 +234,15 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   let wss: WebSocketServer | undefined
   let pinger: NodeJS.Timeout | undefined
   const alive = new WeakMap<WebSocket, boolean>()
+  /**
+   * Each connection's socket and the bytes read from it at the last ping: bytes
+   * still arriving prove the peer alive as a pong does. On a slow uplink the
+   * agent's pong waits behind the megabytes it queued before it (its send
+   * buffers hold more than a ping interval's worth of the link), so a missed
+   * pong alone would cut an agent in the middle of delivering a seed, at
+   * every ping, for ever.
+   */
+  const reads = new WeakMap<WebSocket, { readonly socket: { readonly bytesRead: number }; readonly peer: string; last: number }>()
 
   async function listen(): Promise<{ host: string; port: number }> {
     if (server !== undefined) throw new ReceiverError('E_CONFIG', 'already listening')
@@ -313,6 +322,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         return
       }
       alive.set(sock, true)
+      reads.set(sock, { socket: req.socket, peer: entry.name, last: req.socket.bytesRead })
       sock.on('pong', () => alive.set(sock, true))
       const s = new Session(sock, entry, settings, log)
       sessions.add(s)
@@ -331,8 +341,14 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     const interval = init.pingIntervalMs ?? 30000
     pinger = setInterval(() => {
       for (const c of ws.clients) {
+        const r = reads.get(c)
+        const read = r?.socket.bytesRead ?? 0
+        if (r !== undefined && read !== r.last) {
+          r.last = read
+          alive.set(c, true)
+        }
         if (alive.get(c) !== true) {
-          log.warn('peer missed a pong: terminating')
+          log.warn({ peer: r?.peer }, 'peer missed a pong and sent nothing since the last ping: terminating')
           c.terminate()
           continue
         }

@@ -26,6 +26,26 @@ t.test('a peer that stops answering pings is terminated; one that answers stays'
   await live.whenClosed()
 })
 
+t.test('a peer whose pongs are late but whose bytes keep arriving is alive (a slow uplink); once it sends nothing, it is terminated', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { pingIntervalMs: 300 })
+  t.teardown(() => receiver.close())
+  // never answers a ping (as an agent whose pong waits behind its queued frames), but keeps sending
+  const busy = new WebSocket(url, SUBPROTOCOL, { headers: { Authorization: `Bearer ${TOKEN}` }, ca: env.tls.ca, autoPong: false })
+  await once(busy, 'open')
+  let closedAt = 0
+  busy.once('close', () => {
+    closedAt = performance.now()
+  })
+  const sending = setInterval(() => busy.ping(), 100)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  t.equal(closedAt, 0, 'five ping intervals without a pong, bytes arriving: still connected')
+  clearInterval(sending)
+  const stopped = performance.now()
+  while (closedAt === 0) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.ok(closedAt - stopped < 1500, `silent and mute: terminated ${Math.round(closedAt - stopped)} ms after its last bytes`)
+})
+
 t.test('maxConnections: one more gets 503 before the upgrade', async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { maxConnections: 1 })

@@ -215,6 +215,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
   const ca = pick(L, 'caFile')
   const giveUp = val('giveUp')
   const maxBackoff = val('maxBackoff')
+  const keepAlive = val('keepAlive')
   return definedOnly({
     label: e.label,
     vm: driver === 'local' && !isAbsolute(e.vm) ? resolve(e.baseDir, e.vm) : e.vm,
@@ -242,6 +243,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     stateDir: val('stateDir'),
     giveUpMs: giveUp,
     maxBackoffMs: maxBackoff,
+    keepAliveMs: keepAlive,
     windowBytes: val('windowBytes'),
     maxExtentBytes: val('maxExtentBytes'),
   }) as VmJob

@@ -98,6 +98,12 @@ export function vmOptionsShape(ctx: SchemaContext) {
       type: 'duration',
     }),
     maxBackoff: doc(durationField({ min: 100, max: 3_600_000 }).optional(), { description: 'Largest reconnect back-off.', default: '30s', type: 'duration' }),
+    keepAlive: doc(durationField({ min: 0, max: 3_600_000 }).optional(), {
+      description:
+        "The longest the agent stays silent on a connection: it pings the receiver when it has sent nothing for half of this, so that the receiver's idle timeout and NAT or firewall idle timeouts on the path never end a session while the agent is busy (a certify's digest of a large disk). Keep it below the receiver's `idleTimeoutMs` and the path's shortest idle timeout; 0 turns the pings off.",
+      default: '30s',
+      type: 'duration',
+    }),
     windowBytes: doc(sizeField({ min: 1024 * 1024, max: 1024 ** 3 }).optional(), {
       description: "Unacknowledged payload in flight (the receiver's limit also applies).",
       default: '64M',

@@ -92,6 +92,14 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     level: 'vm',
     yargs: s('how long the receiver may stay unreachable, or acknowledge nothing new, before the run gives up: 90s, 10m (a bare number is seconds; default 10m)'),
   },
+  {
+    flag: 'keepalive',
+    key: 'keepAlive',
+    level: 'vm',
+    yargs: s(
+      "the longest the agent stays silent on a connection: it pings the receiver when idle (a certify's digest of a large disk), below the receiver's idle timeout and the path's NAT or firewall timeouts: 30s, 2m (0 = off; default 30s)",
+    ),
+  },
   { flag: 'parallel', key: 'parallel', level: 'job', integer: true, yargs: s('VMs replicated at the same time (default 2; snapshot operations stay one at a time per ESXi host)') },
   {
     flag: 'bwlimit',
