@@ -162,7 +162,10 @@ export function receiverConfigSchema(ctx: { readonly baseDir: string }) {
     handshakeTimeoutMs: count('A TLS handshake must finish within this many ms.', '10000'),
     upgradeTimeoutMs: count('The WebSocket upgrade request must arrive within this many ms.', '10000'),
     helloTimeoutMs: count('Hello must arrive within this many ms of the upgrade.', '10000'),
-    idleTimeoutMs: count("A session that receives nothing for this long, not even a ping, is ended (E_TIMEOUT); agents ping when they have sent nothing for half their keepAlive (30 s by default): keep it above that.", '300000'),
+    idleTimeoutMs: count(
+      'A session that receives nothing for this long, not even a ping, is ended (E_TIMEOUT); agents ping when they have sent nothing for half their keepAlive (30 s by default): keep it above that.',
+      '300000',
+    ),
     lockWaitMs: count('How long a new session waits for a VM held by a closing one, ms.', '5000'),
     pingIntervalMs: count('Ping interval; a connection that misses a pong and has sent nothing since the last ping is terminated, ms.', '30000'),
   })
