@@ -49,11 +49,16 @@ async function run(
   return v
 }
 
-t.test('store restored from a backup: the next cycle resyncs by block digests (never an incremental), the mirror is exact', async (t) => {
+/**
+ * One receiver site and a sample VM `name` of one disk, replicated twice (a
+ * seed, then an incremental after guest writes); `write(seed)` makes the
+ * guest writes of a later cycle.
+ */
+async function seededTwice(t: Test, name: string, sizeBytes: number, seed: number): Promise<{ dir: string; site: Site; vm: SampleVm; state: string; write: (seed: number) => Promise<void> }> {
   const dir = scratchDir(t)
   const site = await startSite(join(dir, 'dr'))
   t.teardown(() => site.receiver.stop())
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'backup', disks: [{ sizeBytes: 24 * MiB }], seed: 21 })
+  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes }], seed })
   const state = join(dir, 'agent-state')
   const write = async (seed: number): Promise<void> => {
     await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 })
@@ -61,6 +66,11 @@ t.test('store restored from a backup: the next cycle resyncs by block digests (n
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
   await write(2)
   await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e2.raw')), 'incremental', 'cycle 2')
+  return { dir, site, vm, state, write }
+}
+
+t.test('store restored from a backup: the next cycle resyncs by block digests (never an incremental), the mirror is exact', async (t) => {
+  const { dir, site, vm, state, write } = await seededTwice(t, 'backup', 24 * MiB, 21)
   // copy the store aside (receiver stopped, as a backup job would see it)
   await site.receiver.stop()
   await exec('cp', ['-a', site.store, join(dir, 'store-copy')])
@@ -83,17 +93,7 @@ t.test('store restored from a backup: the next cycle resyncs by block digests (n
 })
 
 t.test('a mirror removed at the DR site (grainline mirror remove) while its agent still replicates: the next cycle seeds it, exact', async (t) => {
-  const dir = scratchDir(t)
-  const site = await startSite(join(dir, 'dr'))
-  t.teardown(() => site.receiver.stop())
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'gone', disks: [{ sizeBytes: 16 * MiB }], seed: 23 })
-  const state = join(dir, 'agent-state')
-  const write = async (seed: number): Promise<void> => {
-    await simulateGuestWrites(vm.vmxPath, { bytes: 2 * MiB, writeSize: 64 * 1024, seed, zeroFraction: 0.1 })
-  }
-  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e1.raw')), 'seed', 'seed')
-  await write(2)
-  await run(t, site, vm, state, await expectedView(vm.vmxPath, join(dir, 'e2.raw')), 'incremental', 'cycle 2')
+  const { dir, site, vm, state, write } = await seededTwice(t, 'gone', 16 * MiB, 23)
   const name = vm.vmxPath.split('/').at(-2) as string
   // the receiver keeps running: the operator removes the mirror beside it
   const removed = await exec(process.execPath, [cliBin(), 'mirror', 'remove', '--store', site.store, '--vm', name, '--yes', '--output', 'json'])
