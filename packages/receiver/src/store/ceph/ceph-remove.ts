@@ -27,20 +27,14 @@ import type { RemovedMirror } from '../../mirror-remove.ts'
 import { CephVmMirror } from './ceph-mirror.ts'
 import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { imageVmKey, rbdDu } from './ceph-space.ts'
-import { type CephNames, readCephState } from './ceph-state.ts'
+import { type CephNames, listPool, readCephState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** What of VM `names` the pool holds: its images (clones first) and its objects other than the state and lock objects. */
 async function vmLeftovers(t: CephTarget, names: CephNames): Promise<{ clones: string[]; images: string[]; objects: string[] }> {
-  const images = (await runCeph(t, 'rbd', ['ls', t.pool]))
-    .toString('utf8')
-    .split('\n')
-    .filter((i) => imageVmKey(i) === names.vmKey)
+  const images = (await listPool(t, 'images')).filter((i) => imageVmKey(i) === names.vmKey)
   const k = names.vmKey
-  const objects = (await runCeph(t, 'rados', ['-p', t.pool, 'ls']))
-    .toString('utf8')
-    .split('\n')
-    .filter((o) => o === `grainline.hist.${k}` || o.startsWith(`grainline.kmap.${k}.`) || o.startsWith(`grainline.log.${k}.`))
+  const objects = (await listPool(t, 'objects')).filter((o) => o === `grainline.hist.${k}` || o.startsWith(`grainline.kmap.${k}.`) || o.startsWith(`grainline.log.${k}.`))
   return { clones: images.filter((i) => i.startsWith('glo.')).sort(), images: images.filter((i) => i.startsWith('gl.')).sort(), objects: objects.sort() }
 }
 

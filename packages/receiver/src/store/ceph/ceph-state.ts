@@ -231,13 +231,18 @@ export async function writeCephState(t: CephTarget, object: string, s: CephVmSta
   else await runCeph(t, 'rados', ['-p', t.pool, 'put', object, '-'], data)
 }
 
+/** The names of the store pool's RADOS objects (`rados ls`) or RBD images (`rbd ls`), in the order listed. @throws CephCommandError */
+export async function listPool(t: CephTarget, what: 'objects' | 'images'): Promise<string[]> {
+  const out = what === 'objects' ? await runCeph(t, 'rados', ['-p', t.pool, 'ls']) : await runCeph(t, 'rbd', ['ls', t.pool])
+  return out
+    .toString('utf8')
+    .split('\n')
+    .filter((n) => n !== '')
+}
+
 /** The state objects of a pool (`rados ls`: the objects named `grainline.vm.*`), sorted. @throws CephCommandError */
 export async function listStateObjects(t: CephTarget): Promise<string[]> {
-  const out = (await runCeph(t, 'rados', ['-p', t.pool, 'ls'])).toString('utf8')
-  return out
-    .split('\n')
-    .filter((o) => o.startsWith(STATE_PREFIX))
-    .sort()
+  return (await listPool(t, 'objects')).filter((o) => o.startsWith(STATE_PREFIX)).sort()
 }
 
 /** The states of every VM in the pool. */
