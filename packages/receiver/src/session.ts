@@ -404,10 +404,10 @@ export class Session {
             { description: ceph.holder, ...(ceph.leaseSeconds === undefined ? {} : { leaseSeconds: ceph.leaseSeconds }) },
             this.settings.lockWaitMs,
             this.abortCtl.signal,
+            { record: true },
           )
     this.vmName = msg.vm
     this.cycle = msg.cycle
-    if (this.vm instanceof CephVmMirror) await this.vm.record()
     // a VM in a scrub rotation: its BlockChecks will ask the flat's holes after the commit; the kept SEEK_DATA helper
     // starts now, while the cycle ships, not on the scrub's path
     const vm = this.vm

@@ -111,18 +111,33 @@ export class CephVmMirror {
     }
   }
 
-  /** Like `acquire`, retrying a held lock for up to `waitMs` (a closing session of this or another receiver). */
-  static async acquireWait(target: CephTarget, vm: string, log: Logger, holder: CephHolder, waitMs: number, signal?: AbortSignal): Promise<CephVmMirror> {
+  /**
+   * Like `acquire`, retrying a held lock for up to `waitMs` (a closing session
+   * of this or another receiver). With `record` (a session's VmOpen), then
+   * {@link record} the VM under the lease, released when that fails.
+   */
+  static async acquireWait(target: CephTarget, vm: string, log: Logger, holder: CephHolder, waitMs: number, signal?: AbortSignal, opts: { record?: boolean } = {}): Promise<CephVmMirror> {
     const deadline = Date.now() + waitMs
+    let m: CephVmMirror
     for (;;) {
       try {
-        return await CephVmMirror.acquire(target, vm, log, holder)
+        m = await CephVmMirror.acquire(target, vm, log, holder)
+        break
       } catch (err) {
         if ((err as { code?: unknown }).code !== 'E_BUSY' || Date.now() >= deadline) throw err
       }
       signal?.throwIfAborted()
       await new Promise((resolve) => setTimeout(resolve, 200))
     }
+    if (opts.record === true) {
+      try {
+        await m.record()
+      } catch (err) {
+        m.release()
+        throw err
+      }
+    }
+    return m
   }
 
   release(): void {
@@ -141,10 +156,11 @@ export class CephVmMirror {
   /**
    * Write the state object of a VM new to the pool (nothing committed), under
    * the lease; nothing for a VM the pool holds. A session records its VM at
-   * VmOpen, so that the VM counts against its token's `maxVms` from then on
-   * (ceph-vm-count.ts): its lock object never outlives it unnamed.
+   * VmOpen (`acquireWait` with `record`), so that the VM counts against its
+   * token's `maxVms` from then on (ceph-vm-count.ts): its lock object never
+   * outlives it unnamed.
    */
-  async record(): Promise<void> {
+  private async record(): Promise<void> {
     if (!this.stored) await this.save(this.current)
   }
 

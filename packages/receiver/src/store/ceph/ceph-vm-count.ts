@@ -8,12 +8,12 @@
  * and metrics rows, a `rados ls` that grows for every reader).
  *
  * A VM counts from its VmOpen: the session records a new VM's (empty) state
- * object right after taking its lease (CephVmMirror.record), so every lock
- * object a session leaves has a state object naming its VM. The count reads
- * the pool's state objects (`rados ls`, then one `rados get` per VM not read
- * before by this process: ceph-space.ts `vmOfKey` keeps their names) — only
- * for a VM the pool does not hold yet, never on a cycle of a kept VM (one
- * `rados stat`).
+ * object right after taking its lease (CephVmMirror.acquireWait with
+ * `record`), so every lock object a session leaves has a state object naming
+ * its VM. The count reads the pool's state objects (`rados ls`, then one
+ * `rados get` per VM not read before by this process: ceph-space.ts
+ * `vmOfKey` keeps their names) — only for a VM the pool does not hold yet,
+ * never on a cycle of a kept VM (one `rados stat`).
  */
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from '../../auth.ts'
 import { ReceiverError } from '../../errors.ts'
