@@ -79,6 +79,7 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
   })
   let removed: Omit<RemovedMirror, 'leftovers'>
   let tombstone: string
+  let renamed = false
   try {
     const s = m.state
     const holds = s.holds ?? []
@@ -88,6 +89,7 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
     tombstone = join(storeDir, `${REMOVED_PREFIX}${key}-${randomBytes(4).toString('hex')}`)
     try {
       await rename(m.paths.dir, tombstone)
+      renamed = true
       await fsyncDir(storeDir)
     } catch (err) {
       throw ioError(err, `renaming ${m.paths.dir} to ${tombstone}`)
@@ -102,7 +104,8 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
       bytes,
     }
   } finally {
-    m.release()
+    // once renamed, our lock file is in the tombstone: the VM's name may already be a new folder of a session, with its lock
+    m.release({ moved: renamed })
   }
   await rm(tombstone, { recursive: true, force: true }).catch((err: unknown) => {
     throw ioError(err, `deleting ${tombstone}, the files of VM ${vm} (the VM is removed: the next mirror remove deletes the rest)`)

@@ -264,11 +264,16 @@ export class VmLock {
     }
   }
 
-  /** Release the lock (idempotent; synchronous so that it also runs on abort paths). */
-  release(): void {
+  /**
+   * Release the lock (idempotent; synchronous so that it also runs on abort paths).
+   * `moved`: the VM folder was renamed away with our lock file in it (mirror-remove.ts): the
+   * folder's old name may be a new VM folder by now, whose lock is another writer's.
+   */
+  release(opts: { moved?: boolean } = {}): void {
     if (this.released) return
     this.released = true
     held.delete(this.key)
+    if (opts.moved === true) this.fileLocked = false
     try {
       if (this.fileLocked) rmSync(this.paths.lock, { force: true })
     } catch (err) {

@@ -132,9 +132,9 @@ export class VmMirror {
     }
   }
 
-  /** Release the VM's lock (idempotent). */
-  release(): void {
-    this.lock.release()
+  /** Release the VM's lock (idempotent); `moved`: its folder was renamed away, lock file and all (mirror-remove.ts). */
+  release(opts: { moved?: boolean } = {}): void {
+    this.lock.release(opts)
   }
 
   private async save(next: VmStateFile): Promise<void> {

@@ -147,3 +147,53 @@ t.test('its place under maxVms is free again, and the next cycle of the VM is a 
   a.close()
   await a.whenClosed()
 })
+
+t.test("a removal paused after its rename never takes the lock of the VM's new folder: a session's VmOpen meanwhile keeps its lock", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  await withVm(t, env, 'vm-r', 1)
+  const run = (fault?: string): { exited: Promise<{ code: number | null; err: string }>; stopped: Promise<void>; pid: number } => {
+    const env2 = { ...process.env }
+    if (fault === undefined) delete env2['GRAINLINE_RECEIVER_FAULT']
+    else env2['GRAINLINE_RECEIVER_FAULT'] = fault
+    const c = spawn(process.execPath, [CLI, 'mirror', 'remove', '--store', env.store, '--vm', 'vm-r', '--yes', '--log-level', 'warn'], { env: env2 })
+    let err = ''
+    let onStop: () => void = () => {}
+    const stopped = new Promise<void>((resolve) => (onStop = resolve))
+    c.stderr.on('data', (d: Buffer) => {
+      err += d.toString()
+      if (err.includes('"fault-stop"')) onStop()
+    })
+    c.stdout.resume()
+    const exited = new Promise<{ code: number | null; err: string }>((resolve) => c.once('exit', (code) => resolve({ code, err })))
+    return { exited, stopped, pid: c.pid as number }
+  }
+  const first = run('remove-renamed:1:stop')
+  t.teardown(() => {
+    try {
+      process.kill(first.pid, 'SIGKILL')
+    } catch {
+      // exited
+    }
+  })
+  await first.stopped
+  t.notOk(existsSync(join(env.store, 'vm-r')), 'renamed away, the removal paused before it releases the lock')
+  // the VM's agent opens it again meanwhile: a new folder, with the session's own lock
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen('vm-r', 2, ['d.vmdk']))
+  t.match(await a.expect(MessageKind.VmState), { exists: false }, 'the VM is new to the store')
+  const lock = join(env.store, 'vm-r', '.grainline', 'lock')
+  t.ok(existsSync(lock), "the session's lock file")
+  process.kill(first.pid, 'SIGCONT')
+  t.equal((await first.exited).code, 0, 'the paused removal finished')
+  t.ok(existsSync(lock), "the session's lock file is still there: the removal released its own lock only")
+  const second = await run().exited
+  t.equal(second.code, 1, 'a second removal while the session holds the VM fails')
+  t.match(second.err, /E_BUSY/, 'E_BUSY: the session holds the VM')
+  t.ok(existsSync(join(env.store, 'vm-r', '.grainline')), "and the session's folder is still there")
+  a.close()
+  await a.whenClosed()
+})
