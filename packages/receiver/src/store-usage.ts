@@ -27,11 +27,12 @@ export async function allocatedBytes(dir: string): Promise<number> {
   return total
 }
 
-/** Bytes allocated by the mirrors of the VMs `covers` accepts (the folders of the store, links skipped). */
+/** Bytes allocated by the mirrors of the VMs `covers` accepts (the folders of the store, links and hidden names skipped). */
 export async function mirrorsUsage(storeDir: string, covers: (vm: string) => boolean): Promise<number> {
   let total = 0
   for (const vm of await readdir(storeDir).catch(() => [] as string[])) {
-    if (!covers(vm)) continue
+    // no VM name starts with a dot (a `*` glob matches one): the tombstone of a removal is nobody's (mirror-remove.ts)
+    if (vm.startsWith('.') || !covers(vm)) continue
     const st = await lstat(join(storeDir, vm)).catch(() => undefined)
     if (st?.isDirectory() === true) total += await allocatedBytes(join(storeDir, vm))
   }

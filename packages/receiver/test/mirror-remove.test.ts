@@ -197,3 +197,28 @@ t.test("a removal paused after its rename never takes the lock of the VM's new f
   a.close()
   await a.whenClosed()
 })
+
+t.test("the tombstone of a removal killed after its rename counts against no token's quota", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  // a token whose glob also matches hidden names
+  const tokensFile = join(env.dir, 'tokens-q.json')
+  writeFileSync(tokensFile, JSON.stringify({ tokens: [{ name: 'proxy-q', token: TOKEN, vms: ['*'], quota: '3M' }] }))
+  const { receiver, url } = await startReceiver({ ...env, tokensFile })
+  t.teardown(() => receiver.close())
+  const img = pattern(2 * MiB, 1)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, 'q-1', 1, [seedPlan(0, 'q-1.vmdk', img, '01'.repeat(8))])).committed?.cycle, 1, 'a seed of 2 MiB within the 3 MiB quota')
+  a.close()
+  await a.whenClosed()
+  const env2 = { ...process.env, GRAINLINE_RECEIVER_FAULT: 'remove-renamed:1' }
+  const killed = await new Promise<NodeJS.Signals | null>((resolve) => {
+    const c = spawn(process.execPath, [CLI, 'mirror', 'remove', '--store', env.store, '--vm', 'q-1', '--yes', '--log-level', 'warn'], { env: env2, stdio: 'ignore' })
+    c.once('exit', (_code, signal) => resolve(signal))
+  })
+  t.equal(killed, 'SIGKILL', 'the removal was killed after its rename')
+  t.equal(readdirSync(env.store).filter((n) => n.startsWith(REMOVED_PREFIX)).length, 1, "the VM's files wait in a tombstone")
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(b, 'q-2', 1, [seedPlan(0, 'q-2.vmdk', img, '02'.repeat(8))]).catch((err: unknown) => err)
+  b.close()
+  t.equal((r as { committed?: { cycle: number } }).committed?.cycle, 1, `another VM of 2 MiB fits: the removed VM no longer counts (${String(r instanceof Error ? r.message : '')})`)
+})
