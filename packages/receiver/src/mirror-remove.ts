@@ -9,7 +9,8 @@
  * `rename`, the store folder synced), so from that moment the VM is gone for
  * every reader, session and count; the tombstone is then deleted. A removal
  * killed after the rename leaves a tombstone, which the next `mirror
- * remove` of any VM deletes (a name starting with a dot is no VM). Refused
+ * remove` deletes — of any VM, or of the same one run again (a name
+ * starting with a dot is no VM). Refused
  * while the VM is held by a failover or an opened point (its disks are
  * children of the mirror's) and while a session writes it (E_BUSY).
  * Archives of its points (`points archive`) are not touched: they are the
@@ -47,6 +48,11 @@ export interface RemovedMirror {
   readonly leftovers: number
 }
 
+/** The VM's part of its tombstone's name: 64 bits of the sha256 of its name (any name, no separator). */
+function vmKey(vm: string): string {
+  return createHash('sha256').update(vm, 'utf8').digest('hex').slice(0, 16)
+}
+
 /** Delete the tombstones interrupted removals left in `storeDir`; how many. */
 async function deleteTombstones(storeDir: string, log: Logger): Promise<number> {
   let n = 0
@@ -73,10 +79,24 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
   // the name is checked here, not only by the lock: '' or '..' would name the store or what holds it
   validateName(vm, 'VM name')
   checkVmName(vm)
-  const m = await VmMirror.acquireWait(storeDir, vm, log, ADMIN_LOCK_WAIT_MS, undefined, { create: false }).catch((err: unknown) => {
-    if ((err as { code?: unknown }).code === 'E_NOT_FOUND') throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
-    throw err
-  })
+  const key = vmKey(vm)
+  let m: VmMirror
+  try {
+    m = await VmMirror.acquireWait(storeDir, vm, log, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'E_NOT_FOUND') throw err
+    // a removal of this VM killed after its rename left its tombstone: running it again finishes it (as on Ceph)
+    const own = (await readdir(storeDir).catch(() => [] as string[])).filter((n) => n.startsWith(`${REMOVED_PREFIX}${key}-`))
+    if (own.length === 0) throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in ${storeDir}`)
+    let bytes = 0
+    for (const n of own) {
+      // a link named like a tombstone is not followed, not even to count its bytes
+      const st = await lstat(join(storeDir, n)).catch(() => undefined)
+      if (st?.isDirectory() === true) bytes += await allocatedBytes(join(storeDir, n)).catch(() => 0)
+    }
+    log.info({ vm, tombstones: own.length, bytes }, 'finishing an interrupted removal')
+    return { vm, committedCycle: 0, disks: [], points: [], bytes, leftovers: await deleteTombstones(storeDir, log) }
+  }
   let removed: Omit<RemovedMirror, 'leftovers'>
   let tombstone: string
   let renamed = false
@@ -85,7 +105,6 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
     const holds = s.holds ?? []
     if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds)}; then remove it`)
     const bytes = await allocatedBytes(m.paths.dir)
-    const key = createHash('sha256').update(vm, 'utf8').digest('hex').slice(0, 16)
     tombstone = join(storeDir, `${REMOVED_PREFIX}${key}-${randomBytes(4).toString('hex')}`)
     try {
       await rename(m.paths.dir, tombstone)

@@ -1,12 +1,13 @@
 // `grainline mirror remove` on a folder store: a VM with restore points
 // leaves the store whole (mirror, points, journals, history); refused while a
 // session writes it or a point is open; a removal killed after its rename is
-// finished by the next one; a hostile store's links and tombstones never lead
+// finished by the next one, of another VM or of the same VM run again; a hostile store's links and tombstones never lead
 // it outside the store; the VM's place under maxVms is free again and the
 // next cycle of the VM is a seed.
 import t from 'tap'
 import type { Test } from 'tap'
 import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -124,6 +125,22 @@ t.test('the CLI: --yes required; killed after the rename, the VM is gone and the
   const human = await run(['--store', env.store, '--vm', 'vm-l', '--yes'])
   t.equal(human.code, 1, 'a VM the store does not hold: a failure')
   t.match(human.err, /E_NOT_FOUND/)
+  // the operator runs the interrupted removal of the same VM again: it finishes it (as on Ceph)
+  await withVm(t, env, 'vm-m', 1)
+  const killedM = await run(['--store', env.store, '--vm', 'vm-m', '--yes'], 'remove-renamed:1')
+  t.equal(killedM.signal, 'SIGKILL', 'a removal of vm-m killed right after its rename')
+  const key = createHash('sha256').update('vm-m', 'utf8').digest('hex').slice(0, 16)
+  // a link named like vm-m's own tombstone, to the folder outside: deleted, never followed or counted
+  symlinkSync(outside, join(env.store, `${REMOVED_PREFIX}${key}-link`))
+  const again = await run(['--store', env.store, '--vm', 'vm-m', '--yes'])
+  t.equal(again.code, 0, again.err)
+  t.match(again.out, /^vm-m: finished its interrupted removal from .* — [\d.]+ [KMG]i?B freed\n/, 'says it finished the interrupted removal')
+  t.notMatch(again.out, /committed cycle 0/, 'not reported as a removal of an empty mirror')
+  t.same(readdirSync(env.store), [], 'its tombstone and the link are gone')
+  t.equal(readFileSync(join(outside, 'precious'), 'utf8'), 'keep me', 'what the link pointed to is untouched')
+  const third = await run(['--store', env.store, '--vm', 'vm-m', '--yes', '--output', 'json'])
+  t.equal(third.code, 1, 'run a third time: nothing left of vm-m')
+  t.match(third.err, /E_NOT_FOUND/)
 })
 
 t.test('its place under maxVms is free again, and the next cycle of the VM is a seed', async (t) => {

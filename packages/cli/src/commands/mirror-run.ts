@@ -41,8 +41,14 @@ export async function runMirror(args: GlobalArgs & Record<string, unknown>, ctx:
     if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
     else {
       const points = r.points.length === 0 ? 'no restore point' : `${r.points.length} restore point(s) (${r.points.join(', ')})`
-      ctx.write(`${r.vm}: removed from ${store} — committed cycle ${r.committedCycle}, ${r.disks.length} disk(s), ${points}, ${formatBytes(r.bytes)} freed\n`)
-      if (r.leftovers > 0) ctx.write(`also finished ${r.leftovers} removal(s) interrupted before\n`)
+      if (r.committedCycle === 0 && r.disks.length === 0 && r.leftovers > 0) {
+        // run again after a removal of this VM was interrupted: it was already gone for every reader
+        ctx.write(`${r.vm}: finished its interrupted removal from ${store} — ${formatBytes(r.bytes)} freed\n`)
+        if (r.leftovers > 1) ctx.write(`also finished ${r.leftovers - 1} other interrupted removal(s)\n`)
+      } else {
+        ctx.write(`${r.vm}: removed from ${store} — committed cycle ${r.committedCycle}, ${r.disks.length} disk(s), ${points}, ${formatBytes(r.bytes)} freed\n`)
+        if (r.leftovers > 0) ctx.write(`also finished ${r.leftovers} removal(s) interrupted before\n`)
+      }
       ctx.write('archives of its points, if any, are kept (points archive); an agent still replicating it seeds it again\n')
     }
     return ExitCode.Ok
