@@ -46,6 +46,8 @@ export interface RemovedMirror {
   readonly bytes: number
   /** tombstones of earlier removals that were interrupted, deleted now */
   readonly leftovers: number
+  /** this VM was already gone (a removal of it interrupted after its rename, or on Ceph after its state object): this run finished that removal */
+  readonly resumed: boolean
 }
 
 /** The VM's part of its tombstone's name: 64 bits of the sha256 of its name (any name, no separator). */
@@ -95,9 +97,9 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
       if (st?.isDirectory() === true) bytes += await allocatedBytes(join(storeDir, n)).catch(() => 0)
     }
     log.info({ vm, tombstones: own.length, bytes }, 'finishing an interrupted removal')
-    return { vm, committedCycle: 0, disks: [], points: [], bytes, leftovers: await deleteTombstones(storeDir, log) }
+    return { vm, committedCycle: 0, disks: [], points: [], bytes, leftovers: await deleteTombstones(storeDir, log), resumed: true }
   }
-  let removed: Omit<RemovedMirror, 'leftovers'>
+  let removed: Omit<RemovedMirror, 'leftovers' | 'resumed'>
   let tombstone: string
   let renamed = false
   try {
@@ -129,5 +131,5 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
   await rm(tombstone, { recursive: true, force: true }).catch((err: unknown) => {
     throw ioError(err, `deleting ${tombstone}, the files of VM ${vm} (the VM is removed: the next mirror remove deletes the rest)`)
   })
-  return { ...removed, leftovers: await deleteTombstones(storeDir, log) }
+  return { ...removed, leftovers: await deleteTombstones(storeDir, log), resumed: false }
 }

@@ -46,7 +46,7 @@ t.test('a VM with restore points leaves the store whole; its report; status no l
   await withVm(t, env, 'vm-a', 3)
   await withVm(t, env, 'vm-b', 1)
   const r = await removeMirror(env.store, 'vm-a', log)
-  t.match(r, { vm: 'vm-a', committedCycle: 3, disks: ['d.vmdk'], points: [1, 2], leftovers: 0 }, 'the report names the cycle, the disks and the points')
+  t.match(r, { vm: 'vm-a', committedCycle: 3, disks: ['d.vmdk'], points: [1, 2], leftovers: 0, resumed: false }, 'the report names the cycle, the disks and the points')
   t.ok(r.bytes > MiB, `the bytes freed (${r.bytes})`)
   t.same(readdirSync(env.store).sort(), ['vm-b'], 'nothing of it is left, no tombstone')
   t.same(
@@ -119,7 +119,7 @@ t.test('the CLI: --yes required; killed after the rename, the VM is gone and the
   symlinkSync(outside, join(env.store, `${REMOVED_PREFIX}link`))
   const ok = await run(['--store', env.store, '--vm', 'vm-l', '--yes', '--output', 'json'])
   t.equal(ok.code, 0, ok.err)
-  t.match(JSON.parse(ok.out), { vm: 'vm-l', committedCycle: 1, points: [], leftovers: 2 }, 'the next removal finished the interrupted one (and took the link away)')
+  t.match(JSON.parse(ok.out), { vm: 'vm-l', committedCycle: 1, points: [], leftovers: 2, resumed: false }, 'the next removal finished the interrupted one (and took the link away)')
   t.same(readdirSync(env.store), [], 'the store is empty')
   t.equal(readFileSync(join(outside, 'precious'), 'utf8'), 'keep me', 'what the link pointed to is untouched')
   const human = await run(['--store', env.store, '--vm', 'vm-l', '--yes'])
@@ -138,6 +138,20 @@ t.test('the CLI: --yes required; killed after the rename, the VM is gone and the
   t.notMatch(again.out, /committed cycle 0/, 'not reported as a removal of an empty mirror')
   t.same(readdirSync(env.store), [], 'its tombstone and the link are gone')
   t.equal(readFileSync(join(outside, 'precious'), 'utf8'), 'keep me', 'what the link pointed to is untouched')
+  // a VM never committed (one VmOpen), removed while another VM's tombstone waits: its own removal, not a resumed one
+  const { receiver, url } = await startReceiver(env)
+  t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'vm-n'), 'ok')
+  await receiver.close()
+  await withVm(t, env, 'vm-o', 1)
+  t.equal((await run(['--store', env.store, '--vm', 'vm-o', '--yes'], 'remove-renamed:1')).signal, 'SIGKILL', "vm-o's removal killed after its rename")
+  const never = await run(['--store', env.store, '--vm', 'vm-n', '--yes'])
+  t.equal(never.code, 0, never.err)
+  t.match(
+    never.out,
+    /^vm-n: removed from .* — committed cycle 0, 0 disk\(s\), no restore point, .* freed\nalso finished 1 removal\(s\) interrupted before\n/,
+    'a removal of its own, finishing the other',
+  )
+  t.same(readdirSync(env.store), [], 'nothing left')
   const third = await run(['--store', env.store, '--vm', 'vm-m', '--yes', '--output', 'json'])
   t.equal(third.code, 1, 'run a third time: nothing left of vm-m')
   t.match(third.err, /E_NOT_FOUND/)

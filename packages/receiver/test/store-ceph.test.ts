@@ -258,7 +258,7 @@ t.test('Ceph store', { skip }, async (t) => {
       'its images are still there',
     )
     const r = await cephRemoveMirror(target, vm, log)
-    t.match(r, { vm, committedCycle: 0, leftovers: 1 }, 'run again: it finishes the interrupted removal')
+    t.match(r, { vm, committedCycle: 0, leftovers: 1, resumed: true }, 'run again: it finishes the interrupted removal')
     t.ok(r.bytes >= MiB, `the bytes freed (${r.bytes})`)
     t.same(await mine(), [], 'no image, snapshot, log, map, history, state or lock object of the VM is left')
     await t.rejects(cephRemoveMirror(target, vm, log), { code: 'E_NOT_FOUND' }, 'removed: not found')
@@ -276,7 +276,7 @@ t.test('Ceph store', { skip }, async (t) => {
     await runCycle(a, vm, 4, [seedPlan(0, 'r.vmdk', images[3] as Buffer, cid(94))])
     a.close()
     t.equal((await readCephState(target, names.state, vm))?.committedCycle, 4, 'seeded again after its removal')
-    t.match(await cephRemoveMirror(target, vm, log), { committedCycle: 4, disks: ['r.vmdk'], points: [], leftovers: 0 }, 'and removed again in one go')
+    t.match(await cephRemoveMirror(target, vm, log), { committedCycle: 4, disks: ['r.vmdk'], points: [], leftovers: 0, resumed: false }, 'and removed again in one go')
     t.same(await mine(), [])
   })
 

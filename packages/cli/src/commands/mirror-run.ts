@@ -41,7 +41,7 @@ export async function runMirror(args: GlobalArgs & Record<string, unknown>, ctx:
     if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
     else {
       const points = r.points.length === 0 ? 'no restore point' : `${r.points.length} restore point(s) (${r.points.join(', ')})`
-      if (r.committedCycle === 0 && r.disks.length === 0 && r.leftovers > 0) {
+      if (r.resumed) {
         // run again after a removal of this VM was interrupted: it was already gone for every reader
         ctx.write(`${r.vm}: finished its interrupted removal from ${store} — ${formatBytes(r.bytes)} freed\n`)
         if (r.leftovers > 1) ctx.write(`also finished ${r.leftovers - 1} other interrupted removal(s)\n`)

@@ -105,6 +105,7 @@ export async function cephRemoveMirror(t: CephTarget, vm: string, log: Logger): 
       points: (s?.points ?? []).map((p) => p.cycle),
       bytes,
       leftovers: s === undefined ? 1 : 0,
+      resumed: s === undefined,
     }
   } finally {
     m.release()
