@@ -146,7 +146,9 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
         const rec = db.snapshots[idx] as Vmsd['snapshots'][number]
         for (const rd of rec.disks) {
           const disk = fresh.disks.find((d) => d.node.toLowerCase() === rd.node.toLowerCase())
-          if (disk === undefined) throw new AgentError('E_SNAPSHOT', `snapshot ${rec.displayName}: disk ${rd.node} is not in the .vmx`)
+          // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): as on ESXi, the VM no
+          // longer runs on its chain, so nothing of it is merged; its files stay where they are
+          if (disk === undefined) continue
           const chain = await openChain(disk.path)
           let childPath: string
           let parentPath: string

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { existsSync } from 'node:fs'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { openChain } from '@grainline/vmdk'
@@ -125,3 +126,46 @@ async function rawOf(dir: string, vmdk: string, name: string): Promise<string> {
   await qemuRaw(vmdk, out)
   return out
 }
+
+t.test('a disk removed from the VM since a snapshot: removing the snapshot merges the disks the VM still has and leaves the removed one as it is', async (t) => {
+  const dir = scratch(t)
+  const vm = await createSampleVm(dir, { name: 'rm', disks: [{ sizeBytes: 2 * MiB }, { sizeBytes: MiB, node: 'sata0:1' }], seed: 4 })
+  const driver = createLocalDriver()
+  const s1 = await driver.createSnapshot(await driver.openVm(vm.vmxPath), 'grainline-1')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 128 * 1024, seed: 5 })
+  const s2 = await driver.createSnapshot(await driver.openVm(vm.vmxPath), 'grainline-2')
+  // the operator removes the second disk from the VM (its lines leave the .vmx; its files stay)
+  const vmx = await readFile(vm.vmxPath, 'utf8')
+  const removedLines = vmx.split('\n').filter((l) => l.startsWith('sata0:1.'))
+  t.ok(removedLines.length > 0)
+  await writeFile(
+    vm.vmxPath,
+    vmx
+      .split('\n')
+      .filter((l) => !l.startsWith('sata0:1.'))
+      .join('\n'),
+  )
+  const before = await readdir(vm.dir)
+  const frozen = await rawOf(dir, join(vm.dir, 'rm-000001.vmdk'), 'frozen.raw')
+  const h = await driver.openVm(vm.vmxPath)
+  t.same(
+    h.disks.map((d) => d.node),
+    ['scsi0:0'],
+  )
+  await driver.removeSnapshot(h, s1)
+  t.equal(await firstDifference(frozen, await rawOf(dir, vm.disks[0] as string, 'base.raw')), -1, 'the remaining disk consolidated as before')
+  t.same(
+    (await driver.listSnapshots(h)).map((s) => s.name),
+    ['grainline-2'],
+  )
+  t.ok(
+    before.filter((f) => f.startsWith('rm_1')).every((f) => existsSync(join(vm.dir, f))),
+    "the removed disk's files are left as they are",
+  )
+  await driver.removeSnapshot(await driver.openVm(vm.vmxPath), s2)
+  t.same(await driver.listSnapshots(h), [], 'and the next snapshot goes too')
+  t.same(
+    (await driver.openVm(vm.vmxPath)).disks.map((d) => d.fileName),
+    ['rm.vmdk'],
+  )
+})

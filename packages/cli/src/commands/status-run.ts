@@ -11,7 +11,7 @@
  */
 import { formatBytes, parseDuration } from '@grainline/protocol/units'
 // the receiver's narrow entry: no server, metrics or S3 archive (the AWS SDK) for a status check
-import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type StoreHealth, type StoreOverview } from '@grainline/receiver/store-status'
+import { HealthStates, cephStoreReader, isCephStore, loadReceiverConfig, storeOverview, type DiskStatus, type StoreHealth, type StoreOverview, type VmStatus } from '@grainline/receiver/store-status'
 import { cephTargetFrom } from './ceph-options.ts'
 import { UsageError } from '../exit-codes.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
@@ -36,6 +36,16 @@ function provenText(p: { kind: string; at: string; cycle: number } | null, now: 
 function held(vm: { readonly holds?: ReadonlyArray<{ readonly kind: string; readonly cycle: number }> }): string | undefined {
   const h = vm.holds?.[0]
   return h === undefined ? undefined : `HELD (${h.kind} point ${h.cycle})`
+}
+
+/**
+ * The disks of a VM its last committed cycle did not carry: every cycle opens
+ * every disk the source's .vmx attaches (an unchanged one too), so a disk
+ * whose last commit is older was removed from the VM or is skipped
+ * (independent). Not a health problem: the operator removed it.
+ */
+function behindDisks(vm: VmStatus): DiskStatus[] {
+  return vm.disks.filter((d) => d.inflight === null && d.committedCycle > 0 && d.committedCycle < vm.committedCycle)
 }
 
 /** The text of `grainline status`: summary line, then the table. */
@@ -64,6 +74,13 @@ export function renderStatus(h: StoreHealth): string {
   lines.push('', table(['vm', 'disk', 'cycle', 'committed', 'size', 'trivial', 'certify', 'last proven', 'in flight', 'state'], rows))
   const notes = h.vms.filter((v) => v.health.problems.length > 0)
   if (notes.length > 0) lines.push('', ...notes.flatMap((v) => v.health.problems.map((p) => `${v.vm}: ${p}`)))
+  const behind = h.vms.flatMap((v) =>
+    behindDisks(v).map(
+      (d) =>
+        `${v.vm}: ${d.name} last replicated in cycle ${d.committedCycle} (the VM is at cycle ${v.committedCycle}): removed from the VM or no longer replicated (an independent disk); its mirror stays as of cycle ${d.committedCycle}, for the restore points that attach it`,
+    ),
+  )
+  if (behind.length > 0) lines.push('', ...behind)
   for (const vm of h.vms) {
     if (vm.vmxDropped.length === 0) continue
     lines.push('', `${vm.vm}: ${vm.vmxDropped.length} .vmx reference(s) out of the mirror dropped or neutralised:`)

@@ -1,0 +1,87 @@
+// A disk removed from a protected VM, end to end through real receiver and
+// agent processes: the operator takes the second disk out of the .vmx while
+// grainline's snapshot is on the VM. The next cycles succeed (the snapshot's
+// removal merges only the disks the VM still has), the mirror's .vmx attaches
+// only the remaining disk, certify proves it, and `grainline status` says
+// which disk the cycles no longer carry — its mirror kept as of its last
+// cycle — without raising the mirror's health.
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
+import { replicateCli, runCli, startSite } from '@grainline/e2e'
+
+failIfLingering(t)
+
+const MiB = 1024 * 1024
+
+t.test('a disk removed from the VM: the cycles go on with the others, status names it, its mirror stays', async (t) => {
+  const dir = scratchDir(t, 'grainline-removed-disk-')
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const name = 'app two disks'
+  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 4 * MiB, node: 'sata0:1' }], seed: 6 })
+  for (let cycle = 1; cycle <= 2; cycle++) {
+    if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 32 * 1024, seed: cycle })
+    const r = await replicateCli(site, vm.vmxPath)
+    t.equal(r.code, 0, `cycle ${cycle}: ${r.stderr.slice(-1500)}`)
+  }
+  const mirror = join(site.store, name)
+  const second = join(mirror, `${name}_1.vmdk`)
+  t.ok(existsSync(join(mirror, `${name}_1-flat.vmdk`)), 'the second disk is mirrored')
+  const secondBefore = join(dir, 'second-at-2.raw')
+  await qemuRaw(second, secondBefore)
+
+  // the operator removes the second disk from the VM: its lines leave the .vmx, grainline's snapshot is still on the VM
+  const vmx = await readFile(vm.vmxPath, 'utf8')
+  await writeFile(
+    vm.vmxPath,
+    `${vmx
+      .split('\n')
+      .filter((l) => !l.startsWith('sata0:1.'))
+      .join('\n')}`,
+  )
+  for (let cycle = 3; cycle <= 4; cycle++) {
+    await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 32 * 1024, seed: cycle })
+    const r = await replicateCli(site, vm.vmxPath, cycle === 4 ? ['--certify', 'sha256'] : [])
+    t.equal(r.code, 0, `cycle ${cycle} after the removal: ${r.stderr.slice(-1500)}`)
+    t.equal(r.report?.vms[0]?.cycle, cycle)
+  }
+  const mirrorVmx = await readFile(join(mirror, `${name}.vmx`), 'utf8')
+  t.notMatch(mirrorVmx, /^sata0:1\.fileName/m, "the mirror's .vmx attaches the remaining disk only")
+  t.match(mirrorVmx, /^scsi0:0\.fileName = "app two disks\.vmdk"/m)
+  t.equal(await firstDifference(secondBefore, await rawOf(second, join(dir, 'second-at-4.raw'))), -1, "the removed disk's mirror is kept as of its last cycle")
+
+  const st = await runCli(['status', '--store', site.store])
+  t.equal(st.code, 0, `the mirror stays OK: ${st.stdout}${st.stderr}`)
+  t.match(
+    st.stdout,
+    /app two disks: app two disks_1\.vmdk last replicated in cycle 2 \(the VM is at cycle 4\): removed from the VM or no longer replicated/,
+    'status names the disk the cycles no longer carry',
+  )
+  t.notMatch(st.stdout, /app two disks: app two disks\.vmdk last replicated/, 'not the disk the VM still has')
+  const json = JSON.parse((await runCli(['status', '--store', site.store, '--output', 'json'])).stdout) as {
+    vms: { vm: string; committedCycle: number; disks: { name: string; committedCycle: number }[] }[]
+  }
+  t.same(
+    json.vms.map((v) => [v.vm, v.committedCycle, v.disks.map((d) => [d.name, d.committedCycle])]),
+    [
+      [
+        name,
+        4,
+        [
+          ['app two disks.vmdk', 4],
+          ['app two disks_1.vmdk', 2],
+        ],
+      ],
+    ],
+    'the JSON carries each disk its last cycle',
+  )
+})
+
+async function rawOf(src: string, out: string): Promise<string> {
+  await qemuRaw(src, out)
+  return out
+}
