@@ -146,7 +146,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
         const rec = db.snapshots[idx] as Vmsd['snapshots'][number]
         for (const rd of rec.disks) {
           const disk = fresh.disks.find((d) => d.node.toLowerCase() === rd.node.toLowerCase())
-          // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): as on ESXi, the VM no
+          // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): the VM no
           // longer runs on its chain, so nothing of it is merged; its files stay where they are
           if (disk === undefined) continue
           const chain = await openChain(disk.path)
