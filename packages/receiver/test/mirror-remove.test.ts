@@ -20,6 +20,36 @@ import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, openVmOnly, pattern
 const CLI = fileURLToPath(new URL('../../../cli/dist/src/bin.js', import.meta.url))
 const log = pino({ level: 'silent' })
 
+/** What a `grainline mirror remove` process ended with. */
+interface Removal {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+  readonly out: string
+  readonly err: string
+}
+
+/**
+ * `grainline mirror remove <args>` as its own process, with the fault point `fault` armed
+ * (GRAINLINE_RECEIVER_FAULT); `stopped` settles when a `…:stop` fault has stopped it.
+ */
+function removeCli(args: readonly string[], fault?: string): { exited: Promise<Removal>; stopped: Promise<void>; pid: number } {
+  const env = { ...process.env }
+  if (fault === undefined) delete env['GRAINLINE_RECEIVER_FAULT']
+  else env['GRAINLINE_RECEIVER_FAULT'] = fault
+  const c = spawn(process.execPath, [CLI, 'mirror', 'remove', ...args, '--log-level', 'warn'], { env })
+  let out = ''
+  let err = ''
+  let onStop: () => void = () => {}
+  const stopped = new Promise<void>((resolve) => (onStop = resolve))
+  c.stdout.on('data', (d: Buffer) => (out += d.toString()))
+  c.stderr.on('data', (d: Buffer) => {
+    err += d.toString()
+    if (err.includes('"fault-stop"')) onStop()
+  })
+  const exited = new Promise<Removal>((resolve) => c.once('exit', (code, signal) => resolve({ code, signal, out, err })))
+  return { exited, stopped, pid: c.pid as number }
+}
+
 /** A VM of `cycles` committed cycles (retention keeps the points) in env's store, through an in-process receiver. */
 async function withVm(t: Test, env: Env, vm: string, cycles: number): Promise<void> {
   const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
@@ -86,18 +116,7 @@ t.test('the CLI: --yes required; killed after the rename, the VM is gone and the
   const env = makeEnv(scratchDir(t))
   await withVm(t, env, 'vm-k', 2)
   await withVm(t, env, 'vm-l', 1)
-  const run = (args: string[], fault?: string): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> =>
-    new Promise((resolve) => {
-      const env2 = { ...process.env }
-      if (fault === undefined) delete env2['GRAINLINE_RECEIVER_FAULT']
-      else env2['GRAINLINE_RECEIVER_FAULT'] = fault
-      const c = spawn(process.execPath, [CLI, 'mirror', 'remove', ...args, '--log-level', 'warn'], { env: env2 })
-      let out = ''
-      let err = ''
-      c.stdout.on('data', (d: Buffer) => (out += d.toString()))
-      c.stderr.on('data', (d: Buffer) => (err += d.toString()))
-      c.once('exit', (code, signal) => resolve({ code, signal, out, err }))
-    })
+  const run = (args: string[], fault?: string): Promise<Removal> => removeCli(args, fault).exited
   const noYes = await run(['--store', env.store, '--vm', 'vm-k'])
   t.equal(noYes.code, 2, 'without --yes: a usage error')
   t.match(noYes.err, /cannot be undone: add --yes/)
@@ -182,22 +201,7 @@ t.test('its place under maxVms is free again, and the next cycle of the VM is a 
 t.test("a removal paused after its rename never takes the lock of the VM's new folder: a session's VmOpen meanwhile keeps its lock", async (t) => {
   const env = makeEnv(scratchDir(t))
   await withVm(t, env, 'vm-r', 1)
-  const run = (fault?: string): { exited: Promise<{ code: number | null; err: string }>; stopped: Promise<void>; pid: number } => {
-    const env2 = { ...process.env }
-    if (fault === undefined) delete env2['GRAINLINE_RECEIVER_FAULT']
-    else env2['GRAINLINE_RECEIVER_FAULT'] = fault
-    const c = spawn(process.execPath, [CLI, 'mirror', 'remove', '--store', env.store, '--vm', 'vm-r', '--yes', '--log-level', 'warn'], { env: env2 })
-    let err = ''
-    let onStop: () => void = () => {}
-    const stopped = new Promise<void>((resolve) => (onStop = resolve))
-    c.stderr.on('data', (d: Buffer) => {
-      err += d.toString()
-      if (err.includes('"fault-stop"')) onStop()
-    })
-    c.stdout.resume()
-    const exited = new Promise<{ code: number | null; err: string }>((resolve) => c.once('exit', (code) => resolve({ code, err })))
-    return { exited, stopped, pid: c.pid as number }
-  }
+  const run = (fault?: string): ReturnType<typeof removeCli> => removeCli(['--store', env.store, '--vm', 'vm-r', '--yes'], fault)
   const first = run('remove-renamed:1:stop')
   t.teardown(() => {
     try {
@@ -241,11 +245,7 @@ t.test("the tombstone of a removal killed after its rename counts against no tok
   t.equal((await runCycle(a, 'q-1', 1, [seedPlan(0, 'q-1.vmdk', img, '01'.repeat(8))])).committed?.cycle, 1, 'a seed of 2 MiB within the 3 MiB quota')
   a.close()
   await a.whenClosed()
-  const env2 = { ...process.env, GRAINLINE_RECEIVER_FAULT: 'remove-renamed:1' }
-  const killed = await new Promise<NodeJS.Signals | null>((resolve) => {
-    const c = spawn(process.execPath, [CLI, 'mirror', 'remove', '--store', env.store, '--vm', 'q-1', '--yes', '--log-level', 'warn'], { env: env2, stdio: 'ignore' })
-    c.once('exit', (_code, signal) => resolve(signal))
-  })
+  const killed = (await removeCli(['--store', env.store, '--vm', 'q-1', '--yes'], 'remove-renamed:1').exited).signal
   t.equal(killed, 'SIGKILL', 'the removal was killed after its rename')
   t.equal(readdirSync(env.store).filter((n) => n.startsWith(REMOVED_PREFIX)).length, 1, "the VM's files wait in a tombstone")
   const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
