@@ -12,9 +12,18 @@ import { ReceiverError } from './errors.ts'
 /** Largest disk capacity accepted: 64 TiB, above VMDK's 62 TB cap. */
 export const MAX_CAPACITY = 64 * 1024 ** 4
 
-/** A VM name is a folder of the store: no hidden name (the store's own files start with "."). */
+/**
+ * Whether a store entry's name can be a VM's: no hidden name — the store's own
+ * files start with "." (`.failover`, the tombstone of a removal), and a glob
+ * such as `*` would match them. Listings, counts and usage skip the others.
+ */
+export function isVmName(name: string): boolean {
+  return !name.startsWith('.')
+}
+
+/** A VM name is a folder of the store: no hidden name ({@link isVmName}). */
 export function checkVmName(vm: string): void {
-  if (vm.startsWith('.')) throw new ReceiverError('E_BAD_NAME', 'a VM name may not start with "."')
+  if (!isVmName(vm)) throw new ReceiverError('E_BAD_NAME', 'a VM name may not start with "."')
 }
 
 /** A configuration file is installed beside the mirror disks: no hidden name, no disk or seed file. */

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
+import { isVmName } from './receiver-rules.ts'
 import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
@@ -28,7 +29,7 @@ export async function listVms(storeDir: string): Promise<string[]> {
   }
   const out: string[] = []
   for (const e of entries.sort()) {
-    if (e.startsWith('.')) continue
+    if (!isVmName(e)) continue
     const st = await lstat(join(storeDir, e)).catch(() => undefined)
     if (st?.isDirectory() !== true) continue
     if (await entryExists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)

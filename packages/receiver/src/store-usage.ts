@@ -1,6 +1,7 @@
 /** How much of the store a token's mirrors take, and how much room is left (SPEC §7 E_NO_SPACE, E_QUOTA). */
 import { lstat, readdir, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
+import { isVmName } from './receiver-rules.ts'
 
 /** Free bytes of the file system holding `dir`, as an unprivileged user may use them. */
 export async function freeBytes(dir: string): Promise<number> {
@@ -31,8 +32,8 @@ export async function allocatedBytes(dir: string): Promise<number> {
 export async function mirrorsUsage(storeDir: string, covers: (vm: string) => boolean): Promise<number> {
   let total = 0
   for (const vm of await readdir(storeDir).catch(() => [] as string[])) {
-    // no VM name starts with a dot (a `*` glob matches one): the tombstone of a removal is nobody's (mirror-remove.ts)
-    if (vm.startsWith('.') || !covers(vm)) continue
+    // the tombstone of a removal is nobody's, though a `*` glob matches it (mirror-remove.ts)
+    if (!isVmName(vm) || !covers(vm)) continue
     const st = await lstat(join(storeDir, vm)).catch(() => undefined)
     if (st?.isDirectory() === true) total += await allocatedBytes(join(storeDir, vm))
   }

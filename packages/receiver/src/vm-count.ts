@@ -9,6 +9,7 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from './auth.ts'
 import { ReceiverError, ioError } from './errors.ts'
+import { isVmName } from './receiver-rules.ts'
 import { entryExists } from './store-fs.ts'
 
 /**
@@ -32,7 +33,7 @@ export async function checkVmCount(storeDir: string, token: TokenEntry, vm: stri
   }
   let n = 0
   for (const name of names) {
-    if (name.startsWith('.') || !mayAccess(token, name)) continue
+    if (!isVmName(name) || !mayAccess(token, name)) continue
     const st = await lstat(join(storeDir, name)).catch(() => undefined)
     if (st?.isDirectory() === true) n++
   }
