@@ -80,12 +80,14 @@ t.test('which commands count as queries', async (t) => {
   for (const a of [
     ['-p', 'p', 'get', 'o', '-'],
     ['-p', 'p', 'ls'],
+    ['-p', 'p', 'listomapkeys', 'o'],
     ['-p', 'p', 'lock', 'info', 'o', 'l'],
   ])
     t.ok(isCephQuery('rados', a), `rados ${a.join(' ')}`)
   for (const a of [
     ['-p', 'p', 'put', 'o', '-'],
     ['-p', 'p', 'rm', 'o'],
+    ['-p', 'p', 'setomapval', 'o', 'k', 'v'],
     ['-p', 'p', 'lock', 'get', 'o', 'l'],
   ])
     t.notOk(isCephQuery('rados', a), `rados ${a.join(' ')} writes`)

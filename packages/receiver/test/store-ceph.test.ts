@@ -46,7 +46,7 @@ import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephHoldRecord, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, writeFile } from 'node:fs/promises'
 
@@ -444,8 +444,9 @@ t.test('Ceph store', { skip }, async (t) => {
     t.equal(await vmDetail(reader, 'vm-none'), undefined, 'a VM the pool does not hold')
     const metrics = new ReceiverMetrics(reader, () => 0)
     t.match(await metrics.registry.metrics(), /grainline_mirror_committed_cycle\{vm="vm-kept-rot"\} 5/, '/metrics reads the pool')
-    // a state object that cannot be read: the VM (named by its object) is CRITICAL, the others still shown
+    // a VM's state object that cannot be read (its key in the pool's VM index): the VM (named by its object) is CRITICAL, the others still shown
     const bad = `grainline.vm.${'f'.repeat(24)}`
+    await runCeph(target, 'rados', ['-p', POOL, 'setomapval', 'grainline.vms', bad, 'bad'])
     await runCeph(target, 'rados', ['-p', POOL, 'put', bad, '-'], Buffer.from('not json'))
     const withBad = await storeOverview(reader)
     t.match(
@@ -458,7 +459,82 @@ t.test('Ceph store', { skip }, async (t) => {
       'the other VMs are still read',
     )
     await runCeph(target, 'rados', ['-p', POOL, 'rm', bad])
+    t.notOk(
+      (await storeOverview(reader)).vms.some((x) => x.vm === bad),
+      'its object removed by hand: no VM (the key left in the index names nothing)',
+    )
+    await runCeph(target, 'rados', ['-p', POOL, 'rmomapkey', 'grainline.vms', bad])
     await t.rejects(storeOverview(cephStoreReader({ pool: 'glnopool', conf: ceph.conf })), { code: 'E_NOT_FOUND', message: /glnopool does not exist/ }, 'a pool that does not exist')
+  })
+
+  t.test("the pool's VM index: status, the VM count and a new VM never list the pool; a pool from before the index is indexed once; mirror remove takes the key out", async (t) => {
+    const env = makeEnv(join(base, `index-${n++}`))
+    const file = join(env.dir, 'tokens-index.json')
+    writeFileSync(file, JSON.stringify({ tokens: [{ name: 'proxy-a', token: TOKEN, vms: ['idx-*'], maxVms: 5 }] }))
+    // every rados command the store runs, through a wrapper first on PATH (the session client is librados, not the command)
+    const wrap = join(env.dir, 'bin')
+    const calls = join(env.dir, 'rados-calls')
+    await mkdir(wrap)
+    const real = execFileSync('sh', ['-c', 'command -v rados'], { encoding: 'utf8' }).trim()
+    await writeFile(join(wrap, 'rados'), `#!/bin/sh\necho "$*" >> '${calls}'\nexec ${real} "$@"\n`, { mode: 0o755 })
+    const path = process.env.PATH
+    process.env.PATH = `${wrap}:${path}`
+    t.teardown(() => {
+      process.env.PATH = path
+    })
+    const listings = async (): Promise<number> => (existsSync(calls) ? (await readFile(calls, 'utf8')).split('\n').filter((l) => / ls$/.test(l)).length : 0)
+    const keys = async (): Promise<string[]> =>
+      (await runCeph(target, 'rados', ['-p', POOL, 'listomapkeys', 'grainline.vms']))
+        .toString()
+        .split('\n')
+        .filter((k) => k !== '')
+    const stateObjects = async (): Promise<string[]> =>
+      (await runCeph(target, 'rados', ['-p', POOL, 'ls']))
+        .toString()
+        .split('\n')
+        .filter((o) => o.startsWith('grainline.vm.'))
+        .sort()
+    // a pool written before the index: the VMs the earlier cases left, no index object
+    await runCeph(target, 'rados', ['-p', POOL, 'rm', 'grainline.vms'])
+    const held = await stateObjects()
+    t.ok(held.length >= 3, `the pool holds VMs (${held.length})`)
+    const names = async (): Promise<string[]> => (await cephStatus(target)).vms.map((v) => new CephNames(v.vm).state).sort()
+    const beforeCalls = await listings()
+    t.same(await names(), held, 'status lists every VM of a pool from before the index')
+    t.equal((await listings()) - beforeCalls, 1, 'by one listing of the pool')
+    t.same((await keys()).filter((k) => k !== 'complete').sort(), held, 'which indexed every state object')
+    t.ok((await keys()).includes('complete'), 'and marked the index complete')
+    // from now on: no listing of the pool
+    const indexed = await listings()
+    t.same(await names(), held, 'status again: the same VMs')
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, tokensFile: file })
+    t.teardown(() => receiver.close())
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-1'), 'ok', 'a VM new to the pool, counted against maxVms')
+    const idx1 = new CephNames('idx-1').state
+    t.ok((await keys()).includes(idx1), 'its VmOpen put its key in the index')
+    t.match((await runCeph(target, 'rados', ['-p', POOL, 'getomapval', 'grainline.vms', idx1])).toString(), /idx-1/, "the key's value names the VM (for an operator)")
+    t.ok((await names()).includes(idx1), 'status lists it')
+    const reader = cephStoreReader(target)
+    t.ok(
+      (await storeOverview(reader)).vms.some((v) => v.vm === 'idx-1'),
+      'the overview (dashboard, metrics) lists it',
+    )
+    t.equal(await listings(), indexed, 'none of status, the count, VmOpen or the overview listed the pool')
+    // a key whose state object never came (a first write killed after its key): no VM, counted for nobody
+    const ghost = new CephNames('idx-ghost').state
+    await runCeph(target, 'rados', ['-p', POOL, 'setomapval', 'grainline.vms', ghost, 'idx-ghost'])
+    t.notOk((await names()).includes(ghost), 'a key without a state object is no VM')
+    for (let i = 2; i <= 5; i++) t.equal(await openVmOnly(url, TOKEN, env.tls.ca, `idx-${i}`), 'ok', `idx-${i} (the ghost key is not counted)`)
+    t.match(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-6'), /^E_QUOTA: token proxy-a keeps 5 VMs/, 'the sixth: E_QUOTA')
+    // mirror remove takes the key out; run for the ghost, it finds nothing and takes its key out too
+    const log = pino({ level: 'silent' })
+    await cephRemoveMirror(target, 'idx-1', log)
+    t.notOk((await keys()).includes(idx1), 'mirror remove took its key out of the index')
+    t.notOk((await names()).includes(idx1), 'status no longer lists it')
+    await t.rejects(cephRemoveMirror(target, 'idx-ghost', log), { code: 'E_NOT_FOUND' }, 'the ghost: nothing to remove')
+    t.notOk((await keys()).includes(ghost), 'but its key is gone')
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-6'), 'ok', 'a place under maxVms is free again')
+    t.equal(await listings(), indexed + 2, 'only the two removals listed the pool (for their leftovers)')
   })
 
   t.test('points drop killed between the state write and the snapshot removal: the state names no such point, the next cycle finishes the removal', async (t) => {

@@ -288,6 +288,18 @@ export class CephLock {
     })
   }
 
+  /** Set omap key `key` of `object` to `value` (the object created when missing). */
+  async setKey(object: string, key: string, value: string): Promise<void> {
+    await this.request({ op: 'omap_set', obj: object, key, val: value }, `rados setomapval ${object} ${key}`)
+  }
+
+  /** Remove omap key `key` of `object`; a missing key or object is fine. */
+  async removeKey(object: string, key: string): Promise<void> {
+    await this.request({ op: 'omap_rm', obj: object, key }, `rados rmomapkey ${object} ${key}`).catch((err: unknown) => {
+      if (!(err instanceof CephCommandError && err.notFound)) throw err
+    })
+  }
+
   /** `rbd snap create|rm|rollback IMAGE@SNAP` through the session client. */
   async snap(op: 'create' | 'rm' | 'rollback', image: string, snap: string): Promise<void> {
     await this.request({ op: `snap_${op}`, image, snap }, `rbd snap ${op} ${this.target.pool}/${image}@${snap}`)

@@ -31,6 +31,7 @@ import type { CephBlockMap, CephBlockCheck } from './ceph-blocks.ts'
 import { checkCephBlocks, openCephBlockMap, verifyCephDisk, type CephVerifyRequest } from './ceph-checks.ts'
 import { checkCephRoom, retainedPoints, type CephQuota } from './ceph-space.ts'
 import { appendCephHistory } from './ceph-history.ts'
+import { VM_INDEX } from './ceph-vm-index.ts'
 import type { CycleHistoryEntry } from '../../cycle-history.ts'
 import { keptMapAtCommit } from './ceph-kept-map.ts'
 import { freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
@@ -148,6 +149,8 @@ export class CephVmMirror {
   private async save(next: CephVmState, point?: string): Promise<void> {
     this.lock.check(this.vm)
     if (point !== undefined) faultPoint(point)
+    // a VM new to the pool: its key in the pool's VM index before its state object exists (ceph-vm-index.ts)
+    if (!this.stored) await this.lock.setKey(VM_INDEX, this.names.state, this.vm)
     await writeCephState(this.target, this.names.state, next, (o, d) => this.lock.put(o, d))
     this.current = next
     this.stored = true

@@ -6,7 +6,8 @@
  * documents, from the state objects (ceph-state.ts), the history objects
  * (ceph-history.ts) and `rbd du` (ceph-space.ts).
  *
- * Cost per read: one `rados ls` and one `rados get` per VM (plus one per
+ * Cost per read: one omap read of the pool's VM index (ceph-vm-index.ts)
+ * and one `rados get` per VM (plus one per
  * disk with a cycle in flight: its resume point); `rbd du` of the pool only
  * when the space of a VM is asked for (the overview, not `/metrics`), once
  * per read. A state object that cannot be read is a VM with `error` (named
@@ -20,7 +21,8 @@ import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
 import { resumeSeq } from './ceph-admin.ts'
 import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
-import { CephNames, listStateObjects, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { CephNames, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { listStateObjects } from './ceph-vm-index.ts'
 import { CephCommandError, type CephTarget } from './rbd-cli.ts'
 
 /** A disk's status on the Ceph store: the folder store's fields, plus its snapshot and the bytes its image takes. */

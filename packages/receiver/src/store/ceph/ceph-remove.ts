@@ -7,7 +7,9 @@
  *
  * Under the VM's lease, the state object goes first: from that moment the
  * VM is gone for every reader, session and count (ceph-vm-count.ts counts
- * state objects; a state-less image is nobody's, ceph-space.ts). What
+ * state objects; a state-less image is nobody's, ceph-space.ts), then its
+ * key in the pool's VM index (ceph-vm-index.ts; a run that finds no state
+ * object deletes the key too). What
  * follows is found by the VM's key in the names (`gl.<key>.…` and
  * `glo.<key>.…` images, `grainline.{log,kmap,hist}.<key>…` objects), not by
  * the state, so a removal killed half-way is finished by running it again:
@@ -29,6 +31,7 @@ import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { imageVmKey, rbdDu } from './ceph-space.ts'
 import { type CephNames, listPool, readCephState } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { VM_INDEX } from './ceph-vm-index.ts'
 
 /** What of VM `names` the pool holds: its images (clones first) and its objects other than the state and lock objects. */
 async function vmLeftovers(t: CephTarget, names: CephNames): Promise<{ clones: string[]; images: string[]; objects: string[] }> {
@@ -67,6 +70,8 @@ export async function cephRemoveMirror(t: CephTarget, vm: string, log: Logger): 
     const s = await readCephState(t, names.state, vm)
     const left = await vmLeftovers(t, names)
     if (s === undefined && left.images.length + left.clones.length + left.objects.length === 0) {
+      // a key a killed removal (or first write) left in the VM index
+      await m.lock.removeKey(VM_INDEX, names.state)
       await m.lock.remove(names.lock)
       throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in Ceph pool ${t.pool}`)
     }
@@ -78,8 +83,12 @@ export async function cephRemoveMirror(t: CephTarget, vm: string, log: Logger): 
       m.checkLease()
       await m.lock.remove(names.state, false)
       faultPoint('ceph-remove-after-state')
+      await m.lock.removeKey(VM_INDEX, names.state)
       log.info({ vm, pool: t.pool, committedCycle: s.committedCycle, images: all.length, bytes }, 'VM removed from the pool (its state object); removing its images and objects')
-    } else log.info({ vm, pool: t.pool, images: all.length }, 'finishing an interrupted removal')
+    } else {
+      await m.lock.removeKey(VM_INDEX, names.state)
+      log.info({ vm, pool: t.pool, images: all.length }, 'finishing an interrupted removal')
+    }
     for (const c of left.clones) {
       try {
         await runCeph(t, 'rbd', ['rm', '--no-progress', `${t.pool}/${c}`])

@@ -3,7 +3,8 @@
  * client per locked VM that takes and renews the lease, fences the holder
  * before it, and runs every metadata write of the session (state object,
  * logs, history, snapshots, image creation and removal), so that those
- * writes come from one known client address. Arguments: conf, client id,
+ * writes come from one known client address (and the VM's key in the pool's
+ * VM index, ceph-vm-index.ts). Arguments: conf, client id,
  * keyring, pool, lock object, lock name, cookie, description, lease seconds.
  *
  * Output lines (JSON): `{"event":"locked","addr":A,"fenced":[A…]}` or
@@ -119,6 +120,14 @@ for line in sys.stdin:
         elif op == 'snap_rollback': image_op(req, lambda i: i.rollback_to_snap(req['snap']))
         elif op == 'grow': image_op(req, lambda i: grow(i, int(req['size'])))
         elif op == 'create': rbd.RBD().create(io, req['image'], int(req['size']))
+        elif op == 'omap_set':
+            with rados.WriteOpCtx() as w:
+                io.set_omap(w, (req['key'],), (req['val'].encode('utf-8'),))
+                io.operate_write_op(w, req['obj'])
+        elif op == 'omap_rm':
+            with rados.WriteOpCtx() as w:
+                io.remove_omap_keys(w, (req['key'],))
+                io.operate_write_op(w, req['obj'])
         elif op == 'remove':
             image_op(req, purge)
             rbd.RBD().remove(io, req['image'])

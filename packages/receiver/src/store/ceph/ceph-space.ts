@@ -244,9 +244,12 @@ export function imageVmKey(image: string): string | undefined {
 const vmNames = new Map<string, string>()
 const VM_NAMES_MAX = 100_000
 
+const vmNameId = (t: CephTarget, key: string): string => `${t.conf ?? ''}\u0000${t.pool}\u0000grainline.vm.${key}`
+
+/** The VM whose state object is `grainline.vm.<key>` (remembered once read), undefined when there is none or it is not that VM's. */
 export async function vmOfKey(t: CephTarget, key: string): Promise<string | undefined> {
   const object = `grainline.vm.${key}`
-  const id = `${t.conf ?? ''}\u0000${t.pool}\u0000${object}`
+  const id = vmNameId(t, key)
   const known = vmNames.get(id)
   if (known !== undefined) return known
   // a state object that is unreadable or not its VM's: its images belong to no VM a token covers
@@ -255,6 +258,11 @@ export async function vmOfKey(t: CephTarget, key: string): Promise<string | unde
   if (vmNames.size >= VM_NAMES_MAX) vmNames.clear()
   vmNames.set(id, s.vm)
   return s.vm
+}
+
+/** Forget the name remembered for a state object found gone (ceph-vm-count.ts). */
+export function forgetVmKey(t: CephTarget, key: string): void {
+  vmNames.delete(vmNameId(t, key))
 }
 
 /**

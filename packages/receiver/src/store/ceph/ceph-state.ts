@@ -239,18 +239,3 @@ export async function listPool(t: CephTarget, what: 'objects' | 'images'): Promi
     .split('\n')
     .filter((n) => n !== '')
 }
-
-/** The state objects of a pool (`rados ls`: the objects named `grainline.vm.*`), sorted. @throws CephCommandError */
-export async function listStateObjects(t: CephTarget): Promise<string[]> {
-  return (await listPool(t, 'objects')).filter((o) => o.startsWith(STATE_PREFIX)).sort()
-}
-
-/** The states of every VM in the pool. */
-export async function listCephStates(t: CephTarget): Promise<CephVmState[]> {
-  const states: CephVmState[] = []
-  for (const o of await listStateObjects(t)) {
-    const s = await readCephState(t, o)
-    if (s !== undefined) states.push(s)
-  }
-  return states.sort((a, b) => a.vm.localeCompare(b.vm))
-}

@@ -5,20 +5,23 @@
  * DiskOpen writes a state object, an extent log and an image, checked
  * against the token's byte quota only when the token has one. Without a
  * bound one token could create VMs without end (objects, images, status
- * and metrics rows, a `rados ls` that grows for every reader).
+ * and metrics rows, an index that grows for every reader).
  *
  * A VM counts from its VmOpen: the session records a new VM's (empty) state
  * object right after taking its lease (CephVmMirror.acquireWait with
  * `record`), so every lock object a session leaves has a state object naming
- * its VM. The count reads the pool's state objects (`rados ls`, then one
- * `rados get` per VM not read before by this process: ceph-space.ts
- * `vmOfKey` keeps their names) — only for a VM the pool does not hold yet,
- * never on a cycle of a kept VM (one `rados stat`).
+ * its VM. The count reads the pool's VM index (ceph-vm-index.ts: one omap
+ * read, not a listing of the pool), then one `rados get` per VM not read
+ * before by this process (ceph-space.ts `vmOfKey` keeps their names), and
+ * at the limit one `rados stat` per counted VM (a remembered name whose
+ * state object another process removed is not counted) — only for a VM the
+ * pool does not hold yet, never on a cycle of a kept VM (one `rados stat`).
  */
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from '../../auth.ts'
 import { ReceiverError } from '../../errors.ts'
-import { vmOfKey } from './ceph-space.ts'
-import { CephNames, listStateObjects, STATE_PREFIX } from './ceph-state.ts'
+import { forgetVmKey, vmOfKey } from './ceph-space.ts'
+import { CephNames, STATE_PREFIX } from './ceph-state.ts'
+import { listStateObjects } from './ceph-vm-index.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** Whether an object exists in the pool. @throws CephCommandError but for "not found" */
@@ -45,10 +48,19 @@ export async function checkCephVmCount(t: CephTarget, token: TokenEntry, vm: str
   const names = new CephNames(vm)
   if (await cephObjectExists(t, names.state)) return
   const max = token.maxVms ?? DEFAULT_MAX_VMS
-  let n = 0
+  const counted: string[] = []
   for (const object of await listStateObjects(t)) {
     const owner = await vmOfKey(t, object.slice(STATE_PREFIX.length))
-    if (owner !== undefined && mayAccess(token, owner)) n++
+    if (owner !== undefined && mayAccess(token, owner)) counted.push(object)
+  }
+  let n = counted.length
+  if (n >= max) {
+    // names are remembered: before refusing, count only the state objects that still exist (a VM removed by another process, a key its removal left)
+    n = 0
+    for (const object of counted) {
+      if (await cephObjectExists(t, object)) n++
+      else forgetVmKey(t, object.slice(STATE_PREFIX.length))
+    }
   }
   if (n >= max)
     throw new ReceiverError(

@@ -58,7 +58,7 @@ export function clientArgs(t: CephTarget): string[] {
  * How long a Ceph client command may run before it is killed (a client can
  * hang: an `rbd du` was seen waiting forever on a healthy one-node cluster,
  * and answered at once when asked again). Queries (`ceph …`, `rbd du`,
- * `rbd info`, `rbd ls`, `rbd status`, `rbd snap ls`, `rados get/ls/stat/lock info`)
+ * `rbd info`, `rbd ls`, `rbd status`, `rbd snap ls`, `rados get/ls/stat/listomapkeys/lock info`)
  * get `queryMs` and are
  * asked `queryAttempts` times; anything else gets `commandMs` and is never
  * repeated (a write must not be sent twice behind the store's back). The
@@ -84,7 +84,7 @@ export function isCephQuery(cmd: 'rbd' | 'rados' | 'ceph', args: readonly string
     // rados -p POOL <subcommand> …
     const at = args[0] === '-p' ? 2 : 0
     const [a, b] = [args[at], args[at + 1]]
-    return a === 'get' || a === 'ls' || a === 'stat' || (a === 'lock' && b === 'info')
+    return a === 'get' || a === 'ls' || a === 'stat' || a === 'listomapkeys' || (a === 'lock' && b === 'info')
   }
   const [a, b] = args
   return a === 'du' || a === 'info' || a === 'ls' || a === 'status' || (a === 'snap' && b === 'ls')
