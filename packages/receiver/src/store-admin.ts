@@ -1,10 +1,9 @@
 /** Read-only and operator views of a store: listing, status, rollback (`grainline status`, `grainline mirror rollback`). */
-import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
-import { ReceiverError, ioError } from './errors.ts'
-import { isVmName } from './receiver-rules.ts'
+import { ReceiverError } from './errors.ts'
+import { listVmFolders } from './vm-folders.ts'
 import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
@@ -14,24 +13,10 @@ import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
-/**
- * List VM folders holding a grainline state file, sorted. A symbolic link in
- * the store is not a VM folder, nor is a hidden one (no VM name starts with
- * a dot: `.failover`, the tombstone of a removal, mirror-remove.ts).
- */
+/** The VM folders holding a grainline state file, sorted (recovery: a folder without one has nothing to recover). */
 export async function listVms(storeDir: string): Promise<string[]> {
-  let entries: string[]
-  try {
-    entries = await readdir(storeDir)
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return []
-    throw ioError(err, `listing the store ${storeDir}`)
-  }
   const out: string[] = []
-  for (const e of entries.sort()) {
-    if (!isVmName(e)) continue
-    const st = await lstat(join(storeDir, e)).catch(() => undefined)
-    if (st?.isDirectory() !== true) continue
+  for (const e of await listVmFolders(storeDir)) {
     if (await entryExists(join(storeDir, e, STATE_DIR, STATE_FILE)).catch(() => false)) out.push(e)
   }
   return out
@@ -98,11 +83,15 @@ export interface VmStatus {
 /** Per VM and disk status of a store (`grainline status`). Read-only. */
 export async function storeStatus(storeDir: string): Promise<{ store: string; vms: VmStatus[] }> {
   const vms: VmStatus[] = []
-  for (const vm of await listVms(storeDir)) {
+  for (const vm of await listVmFolders(storeDir)) {
     const paths = new VmPaths(storeDir, vm)
     try {
       const s = await readVmState(paths)
-      if (s === undefined) continue
+      if (s === undefined) {
+        // a VmOpen made the folder and no cycle recorded anything yet (its first DiskOpen refused, the agent stopped): never committed, as on Ceph, and counted under maxVms
+        vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: false, disks: [], vmxDropped: [], holds: [], points: [] })
+        continue
+      }
       const names = new Set([...Object.keys(s.disks), ...Object.keys(s.inflight?.disks ?? {})])
       const disks: DiskStatus[] = []
       for (const name of [...names].sort()) {

@@ -1,7 +1,7 @@
 /** How much of the store a token's mirrors take, and how much room is left (SPEC §7 E_NO_SPACE, E_QUOTA). */
 import { lstat, readdir, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
-import { isVmName } from './receiver-rules.ts'
+import { listVmFolders } from './vm-folders.ts'
 
 /** Free bytes of the file system holding `dir`, as an unprivileged user may use them. */
 export async function freeBytes(dir: string): Promise<number> {
@@ -28,14 +28,17 @@ export async function allocatedBytes(dir: string): Promise<number> {
   return total
 }
 
-/** Bytes allocated by the mirrors of the VMs `covers` accepts (the folders of the store, links and hidden names skipped). */
+/**
+ * Bytes allocated by the mirrors of the VMs `covers` accepts: the VM folders
+ * of the store (vm-folders.ts: links, hidden names — the tombstone of a
+ * removal is nobody's, though a `*` glob matches it — and folders grainline
+ * did not make skipped).
+ * @throws ReceiverError E_IO (the store cannot be listed)
+ */
 export async function mirrorsUsage(storeDir: string, covers: (vm: string) => boolean): Promise<number> {
   let total = 0
-  for (const vm of await readdir(storeDir).catch(() => [] as string[])) {
-    // the tombstone of a removal is nobody's, though a `*` glob matches it (mirror-remove.ts)
-    if (!isVmName(vm) || !covers(vm)) continue
-    const st = await lstat(join(storeDir, vm)).catch(() => undefined)
-    if (st?.isDirectory() === true) total += await allocatedBytes(join(storeDir, vm))
+  for (const vm of await listVmFolders(storeDir)) {
+    if (covers(vm)) total += await allocatedBytes(join(storeDir, vm))
   }
   return total
 }

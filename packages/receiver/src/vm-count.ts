@@ -5,17 +5,17 @@
  * so before any quota check. Without a bound, one token could create VM
  * folders without end (disk, inodes, status and metrics rows).
  */
-import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from './auth.ts'
-import { ReceiverError, ioError } from './errors.ts'
-import { isVmName } from './receiver-rules.ts'
+import { ReceiverError } from './errors.ts'
 import { entryExists } from './store-fs.ts'
+import { listVmFolders } from './vm-folders.ts'
 
 /**
  * Refuse a VmOpen of `vm` when the store does not hold it yet and `token`
- * keeps `maxVms` VMs already (the folders of the store its globs cover; a
- * link or a file is no VM). Two sessions of one token creating VMs at the
+ * keeps `maxVms` VMs already (the VM folders of the store its globs cover,
+ * vm-folders.ts: what `status` lists; a link, a file or a
+ * folder without `.grainline` is no VM). Two sessions of one token creating VMs at the
  * same moment may both pass: the count can exceed the bound by the token's
  * sessions less one.
  * @throws ReceiverError E_QUOTA, E_IO
@@ -24,19 +24,7 @@ export async function checkVmCount(storeDir: string, token: TokenEntry, vm: stri
   // a VM the store holds (every cycle's VmOpen): one lstat, no listing
   if (await entryExists(join(storeDir, vm)).catch(() => false)) return
   const max = token.maxVms ?? DEFAULT_MAX_VMS
-  let names: string[]
-  try {
-    names = await readdir(storeDir)
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return
-    throw ioError(err, `listing the store ${storeDir}`)
-  }
-  let n = 0
-  for (const name of names) {
-    if (!isVmName(name) || !mayAccess(token, name)) continue
-    const st = await lstat(join(storeDir, name)).catch(() => undefined)
-    if (st?.isDirectory() === true) n++
-  }
+  const n = (await listVmFolders(storeDir)).filter((name) => mayAccess(token, name)).length
   if (n >= max)
     throw new ReceiverError(
       'E_QUOTA',

@@ -150,10 +150,11 @@ t.test('VMs per token: a VmOpen of one VM more than maxVms is E_QUOTA before its
   )
   const { receiver, url } = await startReceiver(env, { tokensFile: file })
   t.teardown(() => receiver.close())
-  // a folder of another token's VM, a file and a link in the store count for nobody
-  mkdirSync(join(env.store, 'other-1'))
+  // a folder of another token's VM, a file, a link and a folder grainline did not make (lost+found of a file system's root) count for nobody
+  mkdirSync(join(env.store, 'other-1', '.grainline'), { recursive: true })
   writeFileSync(join(env.store, 'vm-file'), 'not a VM')
   symlinkSync(env.dir, join(env.store, 'vm-link'))
+  mkdirSync(join(env.store, 'vm+found'))
   const open = (token: string, vm: string): Promise<string> => openVmOnly(url, token, env.tls.ca, vm)
   for (const vm of ['vm-1', 'vm-2', 'vm-3']) t.equal(await open(TOKEN, vm), 'ok', `${vm} created`)
   const refused = await open(TOKEN, 'vm-4')

@@ -363,6 +363,7 @@ t.test('Ceph store', { skip }, async (t) => {
         return Object.fromEntries(r.disks.map((d) => [d.name, d.descriptor]))
       },
       close: async (_env, vm, dir, failover) => (await cephClosePoint(target, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
+      overview: async () => await storeOverview(cephStoreReader(target)),
     },
     () => join(base, String(n++)),
   )

@@ -18,8 +18,9 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { qemuRaw } from '@grainline/test-utils'
 import type { ReceiverInit, RetentionPolicy } from '../src/index.ts'
+import type { StoreOverview } from '../src/store-overview.ts'
 import { BLOCKS, BS, NAME, SIZE, VM as RVM, mapOf, resyncCycle } from './resync-helpers.ts'
-import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env, whenFree as whenFreeAfter } from './helpers.ts'
+import { Agent, MiB, TOKEN, diskOpen, evolve, hello, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env, whenFree as whenFreeAfter } from './helpers.ts'
 
 /** A frame of `m` even when the codec refuses a field (hand-encoded, so the receiver sees the bad field). */
 async function frameOf(m: Message): Promise<Uint8Array> {
@@ -52,6 +53,8 @@ export interface StoreUnderTest {
   /** `grainline points close --to dir`: the holds released */
   /** `points close --to dir` (`failover`: with --failover) */
   close(env: Env, vm: string, dir: string, failover?: boolean): Promise<number>
+  /** the store's overview (`grainline status --output json`, the dashboard) */
+  overview(env: Env): Promise<StoreOverview>
 }
 
 /** Retry an operator action while a session that just ended still holds the VM (E_BUSY), every 50 ms. */
@@ -92,6 +95,23 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     }
     t.same(await store.points(env, vm), [2, 3], 'keep=2: points 2 and 3 kept, point 1 removed')
     for (const k of [2, 3]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
+  })
+
+  t.test(`${store.kind}: a VM whose first cycle stopped after its VmOpen: status lists it, never committed (the VM count counts it); its next cycle seeds`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, store.init(env))
+    t.teardown(() => receiver.close())
+    const vm = 'vm-opened'
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, vm), 'ok', 'VmOpen, then the agent went away')
+    const v = (await store.overview(env)).vms.find((x) => x.vm === vm)
+    t.match(v, { vm, committedCycle: 0, inflightCycle: 0, disks: [], points: [] }, 'listed at cycle 0, nothing in flight')
+    t.match(v?.health, { state: 'WARNING', problems: [/never committed/] }, 'WARNING: never committed')
+    const image = pattern(MiB, 7)
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await whenFree(() => runCycle(a, vm, 1, [seedPlan(1, 'd.vmdk', image, cid(7))]))
+    a.close()
+    t.ok((await store.readDisk(env, vm, 'd.vmdk')).equals(image), 'the next cycle seeds it')
+    t.match((await store.overview(env)).vms.find((x) => x.vm === vm), { committedCycle: 1, health: { state: 'OK' } }, 'then OK at cycle 1')
   })
 
   t.test(`${store.kind}: a connection killed after a durable batch resumes from it`, async (t) => {

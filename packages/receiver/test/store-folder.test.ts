@@ -6,6 +6,7 @@ import { pino } from 'pino'
 import { scratchDir } from '@grainline/test-utils'
 import { closePoint, listPoints, openPoint, prunePoints, restorePoint } from '../src/index.ts'
 import { storeConformance } from './store-conformance.ts'
+import { storeOverview } from '../src/store-overview.ts'
 
 let n = 0
 const base = scratchDir(t, 'grainline-store-folder-')
@@ -35,6 +36,7 @@ storeConformance(
       return Object.fromEntries(o.disks.map((d) => [basename(d), d]))
     },
     close: async (env, vm, dir, failover) => (await closePoint(env.store, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
+    overview: async (env) => await storeOverview(env.store),
   },
   () => join(base, String(n++)),
 )

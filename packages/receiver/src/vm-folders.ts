@@ -1,0 +1,34 @@
+/** Which folders of a folder store are VMs (status, the VM count, a quota's usage, recovery). */
+import { lstat, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ioError } from './errors.ts'
+import { isVmName } from './receiver-rules.ts'
+import { STATE_DIR } from './vm-paths.ts'
+
+/**
+ * The VM folders of a store, sorted: the folders a VmOpen created — a real
+ * folder holding a real `.grainline` folder — whether or not a state file
+ * is in them yet (the VM count counts them, vm-count.ts). A symbolic link
+ * in the store is not a VM folder, nor is a hidden one (no VM name starts
+ * with a dot: `.failover`, the tombstone of a removal, mirror-remove.ts),
+ * nor a folder grainline did not make (`lost+found` of a store that is a
+ * file system's root).
+ */
+export async function listVmFolders(storeDir: string): Promise<string[]> {
+  let entries: string[]
+  try {
+    entries = await readdir(storeDir)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return []
+    throw ioError(err, `listing the store ${storeDir}`)
+  }
+  const out: string[] = []
+  for (const e of entries.sort()) {
+    if (!isVmName(e)) continue
+    const st = await lstat(join(storeDir, e)).catch(() => undefined)
+    if (st?.isDirectory() !== true) continue
+    const g = await lstat(join(storeDir, e, STATE_DIR)).catch(() => undefined)
+    if (g?.isDirectory() === true) out.push(e)
+  }
+  return out
+}
