@@ -43,6 +43,7 @@ import { BS as RBS, NAME as RNAME, SIZE as RSIZE, resyncCycle } from './resync-h
 import { MessageKind } from '@grainline/protocol'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
+import { vmSeen } from '../src/store/ceph/ceph-space.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephHoldRecord, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
@@ -200,9 +201,14 @@ t.test('Ceph store', { skip }, async (t) => {
     t.notOk(await exists(third.state), 'no state object of it')
     t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'cnt-a-2'), 'ok', 'a VM the token keeps still opens')
     t.equal(await openVmOnly(url, TOKEN_B, env.tls.ca, 'cnt-b-2'), 'ok', "another token's VMs are not counted against it")
-    // an operator removes a VM's objects: its place is free again
+    // an operator removes a VM's state object by hand (its key stays in the pool's VM index): its place is free again once the count, at its limit, checks the VMs it has not seen for vmSeen.ms
     const first = new CephNames('cnt-a-1')
     await runCeph(target, 'rados', ['-p', POOL, 'rm', first.state])
+    const seen = vmSeen.ms
+    vmSeen.ms = 0
+    t.teardown(() => {
+      vmSeen.ms = seen
+    })
     t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'cnt-a-3'), 'ok', 'a removed mirror frees its place')
   })
 
@@ -249,6 +255,8 @@ t.test('Ceph store', { skip }, async (t) => {
     const [, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null]
     t.equal(signal, 'SIGKILL', 'mirror remove killed after the state object went')
     t.equal(await readCephState(target, names.state, vm), undefined, 'the VM is gone for every reader')
+    const indexed = async (): Promise<boolean> => (await runCeph(target, 'rados', ['-p', POOL, 'listomapkeys', 'grainline.vms'])).toString().split('\n').includes(names.state)
+    t.ok(await indexed(), "its key is still in the pool's VM index (the kill came before it)")
     t.notOk(
       (await storeOverview(cephStoreReader(target))).vms.some((v) => v.vm === vm),
       'the overview no longer lists it',
@@ -259,6 +267,7 @@ t.test('Ceph store', { skip }, async (t) => {
     )
     const r = await cephRemoveMirror(target, vm, log)
     t.match(r, { vm, committedCycle: 0, leftovers: 1, resumed: true }, 'run again: it finishes the interrupted removal')
+    t.notOk(await indexed(), 'and takes its key out of the index')
     t.ok(r.bytes >= MiB, `the bytes freed (${r.bytes})`)
     t.same(await mine(), [], 'no image, snapshot, log, map, history, state or lock object of the VM is left')
     await t.rejects(cephRemoveMirror(target, vm, log), { code: 'E_NOT_FOUND' }, 'removed: not found')
@@ -276,8 +285,10 @@ t.test('Ceph store', { skip }, async (t) => {
     await runCycle(a, vm, 4, [seedPlan(0, 'r.vmdk', images[3] as Buffer, cid(94))])
     a.close()
     t.equal((await readCephState(target, names.state, vm))?.committedCycle, 4, 'seeded again after its removal')
+    t.ok(await indexed(), 'indexed again by its new first write')
     t.match(await cephRemoveMirror(target, vm, log), { committedCycle: 4, disks: ['r.vmdk'], points: [], leftovers: 0, resumed: false }, 'and removed again in one go')
     t.same(await mine(), [])
+    t.notOk(await indexed(), 'its key with it')
   })
 
   t.test("a Ceph command failure is typed, with Ceph's message", async (t) => {
@@ -526,16 +537,33 @@ t.test('Ceph store', { skip }, async (t) => {
     await runCeph(target, 'rados', ['-p', POOL, 'setomapval', 'grainline.vms', ghost, 'idx-ghost'])
     t.notOk((await names()).includes(ghost), 'a key without a state object is no VM')
     for (let i = 2; i <= 5; i++) t.equal(await openVmOnly(url, TOKEN, env.tls.ca, `idx-${i}`), 'ok', `idx-${i} (the ghost key is not counted)`)
+    const stats = async (): Promise<number> => (await readFile(calls, 'utf8')).split('\n').filter((l) => / stat /.test(l)).length
+    const statsBefore = await stats()
     t.match(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-6'), /^E_QUOTA: token proxy-a keeps 5 VMs/, 'the sixth: E_QUOTA')
-    // mirror remove takes the key out; run for the ghost, it finds nothing and takes its key out too
+    t.equal((await stats()) - statsBefore, 1, "at the limit, only the new VM's own rados stat: the counted VMs were read within vmSeen.ms")
+    // a removal killed between its state object and its key (the state object removed by hand here): at its limit the count asks whether the VMs it has not seen lately still exist
+    await runCeph(target, 'rados', ['-p', POOL, 'rm', idx1])
+    const seen = vmSeen.ms
+    vmSeen.ms = 0
+    t.teardown(() => {
+      vmSeen.ms = seen
+    })
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-6'), 'ok', 'a VM whose state object is gone (its key left) is not counted')
+    vmSeen.ms = seen
+    // mirror remove of it and of the ghost: nothing else of them left (E_NOT_FOUND), their keys taken out
     const log = pino({ level: 'silent' })
-    await cephRemoveMirror(target, 'idx-1', log)
-    t.notOk((await keys()).includes(idx1), 'mirror remove took its key out of the index')
-    t.notOk((await names()).includes(idx1), 'status no longer lists it')
+    t.ok((await keys()).includes(idx1), "the gone VM's key was still in the index")
+    await t.rejects(cephRemoveMirror(target, 'idx-1', log), { code: 'E_NOT_FOUND' }, 'idx-1: nothing left to remove')
+    t.notOk((await keys()).includes(idx1), 'mirror remove took its key out')
     await t.rejects(cephRemoveMirror(target, 'idx-ghost', log), { code: 'E_NOT_FOUND' }, 'the ghost: nothing to remove')
     t.notOk((await keys()).includes(ghost), 'but its key is gone')
-    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-6'), 'ok', 'a place under maxVms is free again')
-    t.equal(await listings(), indexed + 2, 'only the two removals listed the pool (for their leftovers)')
+    // a removal that finds the state object: the key goes with it
+    const idx2 = new CephNames('idx-2').state
+    t.match(await cephRemoveMirror(target, 'idx-2', log), { vm: 'idx-2', resumed: false })
+    t.notOk((await keys()).includes(idx2), 'mirror remove took its key out of the index')
+    t.notOk((await names()).includes(idx2), 'status no longer lists it')
+    t.equal(await openVmOnly(url, TOKEN, env.tls.ca, 'idx-7'), 'ok', 'a place under maxVms is free again')
+    t.equal(await listings(), indexed + 3, 'only the three removals listed the pool (for their leftovers)')
   })
 
   t.test('points drop killed between the state write and the snapshot removal: the state names no such point, the next cycle finishes the removal', async (t) => {

@@ -111,7 +111,11 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     await whenFree(() => runCycle(a, vm, 1, [seedPlan(1, 'd.vmdk', image, cid(7))]))
     a.close()
     t.ok((await store.readDisk(env, vm, 'd.vmdk')).equals(image), 'the next cycle seeds it')
-    t.match((await store.overview(env)).vms.find((x) => x.vm === vm), { committedCycle: 1, health: { state: 'OK' } }, 'then OK at cycle 1')
+    t.match(
+      (await store.overview(env)).vms.find((x) => x.vm === vm),
+      { committedCycle: 1, health: { state: 'OK' } },
+      'then OK at cycle 1',
+    )
   })
 
   t.test(`${store.kind}: a connection killed after a durable batch resumes from it`, async (t) => {

@@ -241,8 +241,14 @@ export function imageVmKey(image: string): string | undefined {
  * the name never changes; kept so that a quota's usage reads each VM's
  * state once per process, not at every DiskOpen.
  */
-const vmNames = new Map<string, string>()
+const vmNames = new Map<string, { vm: string; seenAt: number }>()
 const VM_NAMES_MAX = 100_000
+
+/** How long a state object read or checked is taken to exist without asking again (ceph-vm-count.ts at its limit). Tests shorten it. */
+export const vmSeen = {
+  /** @default 1 min */
+  ms: 60_000,
+}
 
 const vmNameId = (t: CephTarget, key: string): string => `${t.conf ?? ''}\u0000${t.pool}\u0000grainline.vm.${key}`
 
@@ -251,13 +257,25 @@ export async function vmOfKey(t: CephTarget, key: string): Promise<string | unde
   const object = `grainline.vm.${key}`
   const id = vmNameId(t, key)
   const known = vmNames.get(id)
-  if (known !== undefined) return known
+  if (known !== undefined) return known.vm
   // a state object that is unreadable or not its VM's: its images belong to no VM a token covers
   const s = await readCephState(t, object).catch(() => undefined)
   if (s === undefined || new CephNames(s.vm).state !== object) return undefined
   if (vmNames.size >= VM_NAMES_MAX) vmNames.clear()
-  vmNames.set(id, s.vm)
+  vmNames.set(id, { vm: s.vm, seenAt: Date.now() })
   return s.vm
+}
+
+/** Whether `grainline.vm.<key>` was last read or checked more than `vmSeen.ms` ago (so may be gone since); false when not remembered. */
+export function vmKeyStale(t: CephTarget, key: string, now = Date.now()): boolean {
+  const known = vmNames.get(vmNameId(t, key))
+  return known !== undefined && now - known.seenAt >= vmSeen.ms
+}
+
+/** Record that `grainline.vm.<key>` was found to exist just now. */
+export function vmKeySeen(t: CephTarget, key: string, now = Date.now()): void {
+  const known = vmNames.get(vmNameId(t, key))
+  if (known !== undefined) known.seenAt = now
 }
 
 /** Forget the name remembered for a state object found gone (ceph-vm-count.ts). */

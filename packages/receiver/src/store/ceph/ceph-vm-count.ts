@@ -13,13 +13,15 @@
  * its VM. The count reads the pool's VM index (ceph-vm-index.ts: one omap
  * read, not a listing of the pool), then one `rados get` per VM not read
  * before by this process (ceph-space.ts `vmOfKey` keeps their names), and
- * at the limit one `rados stat` per counted VM (a remembered name whose
- * state object another process removed is not counted) — only for a VM the
+ * at the limit one `rados stat` per counted VM not read or checked in the
+ * last minute (`vmSeen`: a remembered name whose state object another
+ * process removed is not counted; a token retrying at its limit costs at
+ * most one check per VM a minute) — only for a VM the
  * pool does not hold yet, never on a cycle of a kept VM (one `rados stat`).
  */
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from '../../auth.ts'
 import { ReceiverError } from '../../errors.ts'
-import { forgetVmKey, vmOfKey } from './ceph-space.ts'
+import { forgetVmKey, vmKeySeen, vmKeyStale, vmOfKey } from './ceph-space.ts'
 import { CephNames, STATE_PREFIX } from './ceph-state.ts'
 import { listStateObjects } from './ceph-vm-index.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
@@ -48,19 +50,26 @@ export async function checkCephVmCount(t: CephTarget, token: TokenEntry, vm: str
   const names = new CephNames(vm)
   if (await cephObjectExists(t, names.state)) return
   const max = token.maxVms ?? DEFAULT_MAX_VMS
-  const counted: string[] = []
+  let n = 0
+  // names remembered from earlier calls: their state objects may be gone since (removed by another process, a key its removal left)
+  const stale: string[] = []
   for (const object of await listStateObjects(t)) {
-    const owner = await vmOfKey(t, object.slice(STATE_PREFIX.length))
-    if (owner !== undefined && mayAccess(token, owner)) counted.push(object)
+    const key = object.slice(STATE_PREFIX.length)
+    const owner = await vmOfKey(t, key)
+    if (owner === undefined || !mayAccess(token, owner)) continue
+    n++
+    if (vmKeyStale(t, key)) stale.push(object)
   }
-  let n = counted.length
-  if (n >= max) {
-    // names are remembered: before refusing, count only the state objects that still exist (a VM removed by another process, a key its removal left)
-    n = 0
-    for (const object of counted) {
-      if (await cephObjectExists(t, object)) n++
-      else forgetVmKey(t, object.slice(STATE_PREFIX.length))
+  // before refusing: a VM not seen for `vmSeen.ms` counts only if its state object still exists (one `rados stat` each, until the count is below the limit)
+  for (const object of stale) {
+    if (n < max) break
+    const key = object.slice(STATE_PREFIX.length)
+    if (await cephObjectExists(t, object)) {
+      vmKeySeen(t, key)
+      continue
     }
+    forgetVmKey(t, key)
+    n--
   }
   if (n >= max)
     throw new ReceiverError(
