@@ -73,10 +73,12 @@ t.test('seedRuns: the bytes of every extent, without the zero granules; each ext
       // every extent once
       const credited = runs.reduce((n, r) => n + r.extents, 0)
       if (credited !== batch.length) throw new Error(`${credited} extents credited for ${batch.length}`)
-      // no written range covers a whole aligned granule of zeros
-      for (const [a, b] of got.ranges) {
-        for (let g = Math.ceil(a / G) * G; g + G <= b; g += G) {
-          if (want.subarray(g, g + G).every((x) => x === 0)) throw new Error(`a zero granule at ${g} was written`)
+      // no byte is written of an aligned granule of zeros that lies inside one data extent (the rule: a piece of one extent; a zero granule split between two extents is written, found by seed 698816409: 123 + 5 sectors of zeros)
+      for (const e of batch) {
+        if (e.zero) continue
+        for (let g = Math.ceil(e.offset / G) * G; g + G <= e.offset + e.length; g += G) {
+          if (!want.subarray(g, g + G).every((x) => x === 0)) continue
+          if (got.ranges.some(([a, b]) => a < g + G && b > g)) throw new Error(`a zero granule at ${g} was written`)
         }
       }
       // runs do not overlap and ascend
