@@ -3,8 +3,8 @@ import { join } from 'node:path'
 import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
 import { ReceiverError } from './errors.ts'
-import { listVmFolders } from './vm-folders.ts'
-import { entryExists } from './store-fs.ts'
+import { hasStateDir, listVmFolders } from './vm-folders.ts'
+import { checkVmDir, entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
@@ -86,8 +86,12 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
   for (const vm of await listVmFolders(storeDir)) {
     const paths = new VmPaths(storeDir, vm)
     try {
+      // a `.grainline` that is a link or no folder, a VM folder resolving elsewhere: E_STORE_FILE, the VM CRITICAL
+      await checkVmDir(storeDir, paths.dir, paths.gdir, false)
       const s = await readVmState(paths)
       if (s === undefined) {
+        // gone since the listing (a removal renamed the folder to its tombstone): not a VM any more
+        if (!(await hasStateDir(paths.dir))) continue
         // a VmOpen made the folder and no cycle recorded anything yet (its first DiskOpen refused, the agent stopped): never committed, as on Ceph, and counted under maxVms
         vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: false, disks: [], vmxDropped: [], holds: [], points: [] })
         continue
@@ -131,6 +135,8 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         points: (s.points ?? []).map((p) => p.cycle),
       })
     } catch (err) {
+      // the folder gone since the listing (a removal's rename): not a VM any more
+      if ((err as { code?: unknown }).code === 'E_NOT_FOUND') continue
       vms.push({ vm, committedCycle: 0, committedAt: null, generation: '', inflightCycle: 0, needsRecovery: true, disks: [], vmxDropped: [], holds: [], points: [], error: (err as Error).message })
     }
   }

@@ -32,12 +32,12 @@ export async function allocatedBytes(dir: string): Promise<number> {
  * Bytes allocated by the mirrors of the VMs `covers` accepts: the VM folders
  * of the store (vm-folders.ts: links, hidden names — the tombstone of a
  * removal is nobody's, though a `*` glob matches it — and folders grainline
- * did not make skipped).
- * @throws ReceiverError E_IO (the store cannot be listed)
+ * did not make skipped; a store that cannot be listed counts nothing).
  */
 export async function mirrorsUsage(storeDir: string, covers: (vm: string) => boolean): Promise<number> {
   let total = 0
-  for (const vm of await listVmFolders(storeDir)) {
+  // a store that cannot be listed counts nothing, as before: a failure here must not fail (and roll back) the DiskOpen of a cycle in flight
+  for (const vm of await listVmFolders(storeDir).catch(() => [] as string[])) {
     if (covers(vm)) total += await allocatedBytes(join(storeDir, vm))
   }
   return total

@@ -8,8 +8,7 @@
 import { join } from 'node:path'
 import { DEFAULT_MAX_VMS, mayAccess, type TokenEntry } from './auth.ts'
 import { ReceiverError } from './errors.ts'
-import { entryExists } from './store-fs.ts'
-import { listVmFolders } from './vm-folders.ts'
+import { hasStateDir, listVmFolders } from './vm-folders.ts'
 
 /**
  * Refuse a VmOpen of `vm` when the store does not hold it yet and `token`
@@ -21,8 +20,8 @@ import { listVmFolders } from './vm-folders.ts'
  * @throws ReceiverError E_QUOTA, E_IO
  */
 export async function checkVmCount(storeDir: string, token: TokenEntry, vm: string): Promise<void> {
-  // a VM the store holds (every cycle's VmOpen): one lstat, no listing
-  if (await entryExists(join(storeDir, vm)).catch(() => false)) return
+  // a VM the store holds (every cycle's VmOpen): one lstat, no listing; a folder without `.grainline` is none (lost+found, a VmOpen that died between its two mkdirs): counted like a new VM
+  if (await hasStateDir(join(storeDir, vm))) return
   const max = token.maxVms ?? DEFAULT_MAX_VMS
   const n = (await listVmFolders(storeDir)).filter((name) => mayAccess(token, name)).length
   if (n >= max)

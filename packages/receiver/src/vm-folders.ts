@@ -7,8 +7,8 @@ import { STATE_DIR } from './vm-paths.ts'
 
 /**
  * The VM folders of a store, sorted: the folders a VmOpen created — a real
- * folder holding a real `.grainline` folder — whether or not a state file
- * is in them yet (the VM count counts them, vm-count.ts). A symbolic link
+ * folder holding `.grainline` ({@link hasStateDir}) — whether or not a
+ * state file is in them yet (the VM count counts them, vm-count.ts). A symbolic link
  * in the store is not a VM folder, nor is a hidden one (no VM name starts
  * with a dot: `.failover`, the tombstone of a removal, mirror-remove.ts),
  * nor a folder grainline did not make (`lost+found` of a store that is a
@@ -26,9 +26,22 @@ export async function listVmFolders(storeDir: string): Promise<string[]> {
   for (const e of entries.sort()) {
     if (!isVmName(e)) continue
     const st = await lstat(join(storeDir, e)).catch(() => undefined)
-    if (st?.isDirectory() !== true) continue
-    const g = await lstat(join(storeDir, e, STATE_DIR)).catch(() => undefined)
-    if (g?.isDirectory() === true) out.push(e)
+    if (st?.isDirectory() === true && (await hasStateDir(join(storeDir, e)))) out.push(e)
   }
   return out
+}
+
+/**
+ * Whether `<dir>/.grainline` is there, whatever it is: a link, a file or a
+ * FIFO in its place is a damaged VM (listed, its status an error: CRITICAL;
+ * counted), never a folder that is no VM. Only ENOENT says no.
+ */
+export async function hasStateDir(dir: string): Promise<boolean> {
+  try {
+    await lstat(join(dir, STATE_DIR))
+    return true
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT' || (err as { code?: unknown }).code === 'ENOTDIR') return false
+    return true
+  }
 }

@@ -173,6 +173,17 @@ t.test('symbolic links in the store are never followed', async (t) => {
       { error: /symbolic link/ },
     )
   })
+
+  await t.test('a .grainline that is a link: the VM is listed with an error (CRITICAL), the link not followed', async (t) => {
+    await seed(env, url, 'vm-gl')
+    const g = join(env.store, 'vm-gl', '.grainline')
+    renameSync(g, join(outside, 'gl'))
+    symlinkSync(join(outside, 'gl'), g)
+    t.match(
+      (await storeStatus(env.store)).vms.find((v) => v.vm === 'vm-gl'),
+      { committedCycle: 0, error: /\.grainline is a symbolic link/ },
+    )
+  })
 })
 
 t.test('a FIFO where a store file should be: typed errors, no hang', async (t) => {
