@@ -31,6 +31,7 @@
  * VMs the index does not list (docs/CEPH.md "The pool's VM index (and upgrading)").
  */
 import { spawn } from 'node:child_process'
+import { cephPython } from './rbd-image.ts'
 import { cephPoolFull } from './ceph-space.ts'
 import { type CephVmState, listPool, readCephState, STATE_PREFIX } from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
@@ -113,7 +114,7 @@ async function buildIndex(t: CephTarget): Promise<string[]> {
 
 /** Run INDEX_BUILD_HELPER for `keys`; killed after INDEX_BUILD_SECONDS + 5 s. @throws Error when it fails */
 async function writeIndex(t: CephTarget, keys: readonly string[]): Promise<void> {
-  const python = process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3'
+  const python = cephPython()
   const args = ['-c', INDEX_BUILD_HELPER, t.conf ?? '', t.id ?? '', t.keyring ?? '', t.pool, VM_INDEX, INDEX_COMPLETE, new Date().toISOString(), String(INDEX_BUILD_SECONDS)]
   await new Promise<void>((resolve, reject) => {
     const p = spawn(python, args, { stdio: ['pipe', 'ignore', 'pipe'] })
