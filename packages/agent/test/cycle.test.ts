@@ -259,6 +259,10 @@ t.test('two disks with the same basename on different datastores get distinct mi
     // recordFrozen keys by base file name: the first disk's raw was overwritten by the second; compare the second by name
     t.equal(await firstDifference(mirrorFlat(rx.store, 'dup', 'scsi0-1_dup.vmdk'), frozen.get('dup.vmdk') as string), -1, `cycle ${cycle}: second disk mirror correct`)
     t.equal(r.vms[0]?.disks[0]?.certify?.ok, true, 'first disk certified against its own frozen view')
+    // the mirror's .vmx attaches each device to its own disk's mirror: scsi0:1 names ds2/dup.vmdk, whose base name is the first disk's too
+    const mirrorVmx = await readFile(join(rx.store, 'dup', 'dup.vmx'), 'utf8')
+    t.match(mirrorVmx, /^scsi0:0\.fileName = "dup\.vmdk"$/m, `cycle ${cycle}: scsi0:0 attaches the first disk's mirror`)
+    t.match(mirrorVmx, /^scsi0:1\.fileName = "scsi0-1_dup\.vmdk"$/m, `cycle ${cycle}: scsi0:1 attaches the second disk's mirror, not the first's`)
   }
 })
 

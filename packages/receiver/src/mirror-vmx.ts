@@ -15,6 +15,18 @@ export function baseDiskName(ref: string): string {
   return b.replace(/-\d{6}\.vmdk$/i, '.vmdk')
 }
 
+/**
+ * The mirror disk a device's `fileName` stands for. Two disks of a VM with
+ * one base name (on two datastores) are mirrored under distinct names: the
+ * agent prefixes every later one with its device node (`scsi0:1` →
+ * `scsi0-1_x.vmdk`, agent vm-files.ts), so that name is looked up first;
+ * by its base name alone the second device would attach the first disk.
+ */
+export function mirrorDiskOf(diskMap: ReadonlyMap<string, string>, device: string, value: string): string | undefined {
+  const base = baseDiskName(value)
+  return diskMap.get(`${device.replace(/:/g, '-')}_${base}`) ?? diskMap.get(base)
+}
+
 /** A reference the rewrite did not keep, and what it did instead. */
 export interface DroppedReference {
   /** the .vmx key, e.g. "scsi0:2.fileName", "nvram" */
@@ -62,7 +74,7 @@ function isPathKey(k: string): boolean {
 
 /**
  * Rewrite a source .vmx for the mirror. `displayName` gets `suffix`. A
- * `<device>.fileName` naming a disk whose base name is in `diskMap` points
+ * `<device>.fileName` naming a mirrored disk (mirrorDiskOf: its node-prefixed name, then its base name, in `diskMap`) points
  * at the mirror descriptor. Every other file reference is kept only if it is
  * a bare name inside the mirror folder (not a .vmdk that is not mirrored):
  * a disk elsewhere gets its device disabled (`present = "FALSE"`), a CD-ROM
@@ -100,7 +112,7 @@ export function mirrorVmx(text: string, opts: { suffix: string; diskMap: Readonl
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)
     if (k.endsWith('.filename') && isVmdk) {
-      const mirror = opts.diskMap.get(baseDiskName(value))
+      const mirror = mirrorDiskOf(opts.diskMap, key.slice(0, -'.fileName'.length), value)
       if (mirror !== undefined) return `${lead}${key}${eq}"${mirror}"`
     } else if (insideFolder(value) || (k === 'workingdir' && value === '.')) {
       return line

@@ -43,6 +43,36 @@ const HOSTILE = [
   '',
 ].join('\n')
 
+t.test('two disks with one base name: each device attaches its own mirror disk (the later one prefixed with its node)', async (t) => {
+  const src = [
+    'displayName = "dup"',
+    'scsi0:0.present = "TRUE"',
+    'scsi0:0.fileName = "dup-000001.vmdk"',
+    'scsi0:1.present = "TRUE"',
+    'scsi0:1.fileName = "/vmfs/volumes/ds2/dup/dup-000001.vmdk"',
+    'SATA0:2.present = "TRUE"',
+    'SATA0:2.fileName = "../ds3/dup.vmdk"',
+    'scsi0:3.present = "TRUE"',
+    'scsi0:3.fileName = "other.vmdk"',
+    '',
+  ].join('\n')
+  const diskMap = new Map([
+    ['dup.vmdk', 'dup.vmdk'],
+    ['scsi0-1_dup.vmdk', 'scsi0-1_dup.vmdk'],
+    ['SATA0-2_dup.vmdk', 'SATA0-2_dup.vmdk'],
+    ['other.vmdk', 'other.vmdk'],
+  ])
+  const { text, dropped } = mirrorVmx(src, { suffix: ' (DR)', diskMap })
+  t.match(text, /^scsi0:0\.fileName = "dup\.vmdk"$/m, 'the first keeps the plain name')
+  t.match(text, /^scsi0:1\.fileName = "scsi0-1_dup\.vmdk"$/m, 'the second attaches its own mirror, not the first disk')
+  t.match(text, /^SATA0:2\.fileName = "SATA0-2_dup\.vmdk"$/m, 'the node as the .vmx spells it')
+  t.match(text, /^scsi0:3\.fileName = "other\.vmdk"$/m, 'a disk with a name of its own is looked up by it')
+  t.same(dropped, [])
+  // the mirror's own .vmx rewritten again (a point's .vmx: mirror names map to themselves) keeps every device on its disk
+  const again = mirrorVmx(text, { suffix: ' (DR)', diskMap: new Map([...diskMap.values()].map((v) => [v, v])) })
+  t.equal(again.text, text, 'idempotent on the mirror .vmx')
+})
+
 t.test('mirrorVmx keeps only the mirrored disks and names in the mirror folder', async (t) => {
   const { text, dropped } = mirrorVmx(HOSTILE, { suffix: ' (DR)', diskMap: new Map([['web-x.vmdk', 'web-x.vmdk']]) })
   const lines = text.split('\n')
