@@ -4,10 +4,11 @@
 // removal merges only the disks the VM still has), the mirror's .vmx attaches
 // only the remaining disk, certify proves it, and `grainline status` says
 // which disk the cycles no longer carry — its mirror kept as of its last
-// cycle — without raising the mirror's health.
+// cycle — without raising the mirror's health. The points before the removal
+// keep the disk; the points after it and the mirror's cycle leave it out.
 import t from 'tap'
 import { existsSync } from 'node:fs'
-import { readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
@@ -19,7 +20,10 @@ const MiB = 1024 * 1024
 
 t.test('a disk removed from the VM: the cycles go on with the others, status names it, its mirror stays', async (t) => {
   const dir = scratchDir(t, 'grainline-removed-disk-')
-  const site = await startSite(join(dir, 'dr'))
+  const config = join(dir, 'receiver.json')
+  await mkdir(join(dir, 'dr'), { recursive: true })
+  await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 5 } }))
+  const site = await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
   t.teardown(() => site.receiver.stop())
   const name = 'app two disks'
   const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 4 * MiB, node: 'sata0:1' }], seed: 6 })
@@ -58,27 +62,53 @@ t.test('a disk removed from the VM: the cycles go on with the others, status nam
   t.equal(st.code, 0, `the mirror stays OK: ${st.stdout}${st.stderr}`)
   t.match(
     st.stdout,
-    /app two disks: app two disks_1\.vmdk last replicated in cycle 2 \(the VM is at cycle 4\): removed from the VM or no longer replicated/,
-    'status names the disk the cycles no longer carry',
+    /app two disks: app two disks_1\.vmdk removed from the VM in cycle 3 \(its \.vmx no longer names it; the VM is at cycle 4\): its mirror stays as of cycle 2 for the restore points before cycle 3/,
+    'status names the disk removed and the cycle its .vmx stopped naming it',
   )
-  t.notMatch(st.stdout, /app two disks: app two disks\.vmdk last replicated/, 'not the disk the VM still has')
+  t.notMatch(st.stdout, /app two disks: app two disks\.vmdk (removed|last replicated)/, 'not the disk the VM still has')
   const json = JSON.parse((await runCli(['status', '--store', site.store, '--output', 'json'])).stdout) as {
-    vms: { vm: string; committedCycle: number; disks: { name: string; committedCycle: number }[] }[]
+    vms: { vm: string; committedCycle: number; disks: { name: string; committedCycle: number; removed?: number }[] }[]
   }
   t.same(
-    json.vms.map((v) => [v.vm, v.committedCycle, v.disks.map((d) => [d.name, d.committedCycle])]),
+    json.vms.map((v) => [v.vm, v.committedCycle, v.disks.map((d) => [d.name, d.committedCycle, d.removed ?? null])]),
     [
       [
         name,
         4,
         [
-          ['app two disks.vmdk', 4],
-          ['app two disks_1.vmdk', 2],
+          ['app two disks.vmdk', 4, null],
+          ['app two disks_1.vmdk', 2, 3],
         ],
       ],
     ],
-    'the JSON carries each disk its last cycle',
+    'the JSON carries each disk its last cycle, and the removed one the cycle of its removal',
   )
+
+  // the points: those before the removal hold both disks; the point of cycle 3 and the mirror only the one the VM has
+  const pts = await runCli(['points', '--store', site.store, '--vm', name, '--output', 'json'])
+  t.equal(pts.code, 0, pts.stderr)
+  const list = JSON.parse(pts.stdout) as { points: { cycle: number; current: boolean; disks: { name: string }[] }[] }
+  t.same(
+    list.points.map((p) => [p.cycle, p.current, p.disks.map((d) => d.name)]),
+    [
+      [1, false, ['app two disks.vmdk', 'app two disks_1.vmdk']],
+      [2, false, ['app two disks.vmdk', 'app two disks_1.vmdk']],
+      [3, false, ['app two disks.vmdk']],
+      [4, true, ['app two disks.vmdk']],
+    ],
+    'a point after the removal leaves the removed disk out',
+  )
+  // a restore of point 2 brings the removed disk back as it was; one of point 3 does not copy it
+  const at2 = join(dir, 'restored-2')
+  const r2 = await runCli(['restore', '--store', site.store, '--vm', name, '--point', '2', '--to', at2, '--output', 'json'])
+  t.equal(r2.code, 0, r2.stderr)
+  t.equal(await firstDifference(secondBefore, await rawOf(join(at2, `${name}_1.vmdk`), join(dir, 'second-restored-2.raw'))), -1, 'point 2 restores the removed disk as of cycle 2')
+  t.match(await readFile(join(at2, `${name}.vmx`), 'utf8'), /^sata0:1\.fileName = "app two disks_1\.vmdk"$/m, "point 2's .vmx attaches it")
+  const at3 = join(dir, 'restored-3')
+  const r3 = await runCli(['restore', '--store', site.store, '--vm', name, '--point', '3', '--to', at3, '--output', 'json'])
+  t.equal(r3.code, 0, r3.stderr)
+  t.notOk(existsSync(join(at3, `${name}_1-flat.vmdk`)), 'point 3 does not copy the removed disk')
+  t.ok(existsSync(join(at3, `${name}-flat.vmdk`)), 'point 3 restores the disk the VM has')
 })
 
 async function rawOf(src: string, out: string): Promise<string> {

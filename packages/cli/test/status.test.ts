@@ -8,6 +8,46 @@ import type { CliContext } from '../src/command.ts'
 
 /* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */
 
+/** Write `<store>/<vm>/.grainline/state.json`: committed at cycle 7 (2026-01-03 00:00) with `disks`. */
+function writeState(store: string, vm: string, disks: Record<string, object>): void {
+  const g = join(store, vm, '.grainline')
+  mkdirSync(g, { recursive: true })
+  writeFileSync(
+    join(g, 'state.json'),
+    JSON.stringify({
+      format: 1,
+      vm,
+      compat: null,
+      committedCycle: 7,
+      committedAt: '2026-01-03T00:00:00.000Z',
+      generation: 'ab'.repeat(16),
+      displaySuffix: '',
+      inflight: null,
+      pending: null,
+      disks,
+    }),
+  )
+}
+
+/** A committed disk record of a hand-written state.json (committed 2026-01-03 00:00). */
+function diskRecord(name: string, stem: string, cycle: number, extra: object): object {
+  return {
+    name,
+    stem,
+    capacity: 1024,
+    size: 1024,
+    cycle,
+    committedAt: '2026-01-03T00:00:00.000Z',
+    source: { layers: [{ file: `${stem}.vmdk`, cid: '00000001', parentCid: 'ffffffff' }], successor: `${stem}-000001.vmdk` },
+    cycleId: 'cd'.repeat(32),
+    generation: 'ab'.repeat(16),
+    mirrorCid: '0000cafe',
+    ddb: {},
+    cycleDigest: { algorithm: 'sha256', digest: '' },
+    ...extra,
+  }
+}
+
 t.test('status shows divergence and dropped .vmx references', async (t) => {
   const store = join(t.testdir(), 'store')
   const g = join(store, 'web-01', '.grainline')
@@ -74,42 +114,11 @@ t.test('status shows divergence and dropped .vmx references', async (t) => {
 
 t.test('status shows when each disk was last fully proven, and how (human and JSON)', async (t) => {
   const store = join(t.testdir(), 'store')
-  const g = join(store, 'db-01', '.grainline')
-  mkdirSync(g, { recursive: true })
-  const source = { layers: [{ file: 'db-01.vmdk', cid: '00000001', parentCid: 'ffffffff' }], successor: 'db-01-000001.vmdk' }
-  const disk = (name: string, stem: string, extra: object): object => ({
-    name,
-    stem,
-    capacity: 1024,
-    size: 1024,
-    cycle: 7,
-    committedAt: '2026-01-03T00:00:00.000Z',
-    source,
-    cycleId: 'cd'.repeat(32),
-    generation: 'ab'.repeat(16),
-    mirrorCid: '0000cafe',
-    ddb: {},
-    cycleDigest: { algorithm: 'sha256', digest: '' },
-    ...extra,
+  const disk = (name: string, stem: string, extra: object): object => diskRecord(name, stem, 7, extra)
+  writeState(store, 'db-01', {
+    'db-01.vmdk': disk('db-01.vmdk', 'db-01', { proven: { kind: 'scrub', at: '2026-01-02T22:00:00.000Z', cycle: 6 } }),
+    'db-01_1.vmdk': disk('db-01_1.vmdk', 'db-01_1', {}),
   })
-  writeFileSync(
-    join(g, 'state.json'),
-    JSON.stringify({
-      format: 1,
-      vm: 'db-01',
-      compat: null,
-      committedCycle: 7,
-      committedAt: '2026-01-03T00:00:00.000Z',
-      generation: 'ab'.repeat(16),
-      displaySuffix: '',
-      inflight: null,
-      pending: null,
-      disks: {
-        'db-01.vmdk': disk('db-01.vmdk', 'db-01', { proven: { kind: 'scrub', at: '2026-01-02T22:00:00.000Z', cycle: 6 } }),
-        'db-01_1.vmdk': disk('db-01_1.vmdk', 'db-01_1', {}),
-      },
-    }),
-  )
   const h = await storeHealth(store, { now: Date.parse('2026-01-03T00:30:00.000Z') })
   const human = renderStatus(h)
   t.match(human, /last proven/, 'a column for it')
@@ -123,5 +132,31 @@ t.test('status shows when each disk was last fully proven, and how (human and JS
       ['db-01_1.vmdk', null],
     ],
     'JSON: proven per disk, null when never',
+  )
+})
+
+t.test('status tells a disk removed from the VM (its cycle) from one the cycles skip but the .vmx still names', async (t) => {
+  const store = join(t.testdir(), 'store')
+  const disk = (name: string, cycle: number, extra: object): object => diskRecord(name, name.replace(/\.vmdk$/, ''), cycle, extra)
+  writeState(store, 'app-01', {
+    'app-01.vmdk': disk('app-01.vmdk', 7, {}),
+    'app-01_1.vmdk': disk('app-01_1.vmdk', 4, { removed: 5 }),
+    'app-01_2.vmdk': disk('app-01_2.vmdk', 3, {}),
+  })
+  const h = await storeHealth(store, { now: Date.parse('2026-01-03T00:30:00.000Z') })
+  // (no mirror files here: health is the conformance case's, on a real mirror)
+  const human = renderStatus(h)
+  t.match(human, /app-01: app-01_1\.vmdk removed from the VM in cycle 5 \(its \.vmx no longer names it; the VM is at cycle 7\): its mirror stays as of cycle 4 for the restore points before cycle 5/)
+  t.match(human, /app-01: app-01_2\.vmdk last replicated in cycle 3 \(the VM is at cycle 7\): no longer replicated though the VM's \.vmx still names it/)
+  t.notMatch(human, /app-01: app-01\.vmdk (removed|last replicated)/, 'not the disk the cycles carry')
+  const st = JSON.parse(JSON.stringify(h)) as { vms: Array<{ disks: Array<{ name: string; removed?: number }> }> }
+  t.same(
+    st.vms[0]?.disks.map((d) => [d.name, d.removed ?? null]),
+    [
+      ['app-01.vmdk', null],
+      ['app-01_1.vmdk', 5],
+      ['app-01_2.vmdk', null],
+    ],
+    'JSON: removed on the removed disk only',
   )
 })

@@ -12,7 +12,7 @@ import { fsyncDir, isTempName, writeFileAtomicIfChanged } from './fs-util.ts'
 import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
+import { attachedDisks, mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
 import { removeUnusedConfigs } from './point-config.ts'
 import { faultPoint } from './fault.ts'
 import { rollForwardPoints } from './points.ts'
@@ -58,12 +58,40 @@ export function newGeneration(): string {
 }
 
 /**
- * The state that commits `cycle` with `sealed` disks (every in-flight disk of
- * the cycle) under `generation`, and the roll-forward work it records. Pure
- * apart from the random CIDs. Returns the new records in the order of `sealed`.
+ * A disk the cycle did not carry, after the commit of `cycle` whose .vmx
+ * attaches `attached` (undefined: no .vmx staged, nothing known): named by
+ * the .vmx, it is not removed (an independent disk); not named, it was
+ * removed from the VM at this cycle, or earlier if already recorded (pure;
+ * the Ceph store's records too).
  */
-export function commitState(state: VmStateFile, cycle: number, sealed: readonly SealedDisk[], suffix: string, now: string, generation: string): { next: VmStateFile; records: DiskRecord[] } {
-  const disks: Record<string, DiskRecord> = { ...state.disks }
+export function uncarriedRecord<R extends { readonly name: string; readonly removed?: number }>(rec: R, cycle: number, attached: ReadonlySet<string> | undefined): R {
+  if (attached === undefined) return rec
+  if (attached.has(rec.name)) {
+    if (rec.removed === undefined) return rec
+    const { removed: _removed, ...kept } = rec
+    return kept as R
+  }
+  return rec.removed === undefined ? { ...rec, removed: cycle } : rec
+}
+
+/**
+ * The state that commits `cycle` with `sealed` disks (every in-flight disk of
+ * the cycle) under `generation`, and the roll-forward work it records; a
+ * disk the cycle did not carry is marked removed when the cycle's .vmx does
+ * not name it (`attached`: {@link uncarriedRecord}). Pure apart from the
+ * random CIDs. Returns the new records in the order of `sealed`.
+ */
+export function commitState(
+  state: VmStateFile,
+  cycle: number,
+  sealed: readonly SealedDisk[],
+  suffix: string,
+  now: string,
+  generation: string,
+  attached?: ReadonlySet<string>,
+): { next: VmStateFile; records: DiskRecord[] } {
+  const disks: Record<string, DiskRecord> = {}
+  for (const [name, rec] of Object.entries(state.disks)) disks[name] = uncarriedRecord(rec, cycle, attached)
   const renames: Array<{ from: string; to: string }> = []
   const records: DiskRecord[] = []
   for (const d of sealed) {
@@ -89,6 +117,24 @@ export function commitState(state: VmStateFile, cycle: number, sealed: readonly 
     },
   }
   return { next, records }
+}
+
+/**
+ * The disks (of `names`) the cycle's staged .vmx attaches (mirror-vmx.ts
+ * attachedDisks); undefined when no .vmx is staged or it cannot be read as a
+ * regular file — then no disk is taken for removed.
+ */
+export async function stagedAttached(paths: VmPaths, names: Iterable<string>): Promise<Set<string> | undefined> {
+  for (const name of await readStoreDir(paths.incoming)) {
+    if (isTempName(name) || !/\.vmx$/i.test(name)) continue
+    try {
+      return attachedDisks((await readStoreFile(join(paths.incoming, name))).toString('utf8'), names)
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
+      return undefined
+    }
+  }
+  return undefined
 }
 
 /**

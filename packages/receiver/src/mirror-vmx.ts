@@ -16,15 +16,27 @@ export function baseDiskName(ref: string): string {
 }
 
 /**
- * The mirror disk a device's `fileName` stands for. Two disks of a VM with
+ * The mirrored disk (its key in `diskMap`) a device's `fileName` stands for. Two disks of a VM with
  * one base name (on two datastores) are mirrored under distinct names: the
  * agent prefixes every later one with its device node (`scsi0:1` →
  * `scsi0-1_x.vmdk`, agent vm-files.ts), so that name is looked up first;
  * by its base name alone the second device would attach the first disk.
  */
-export function mirrorDiskOf(diskMap: ReadonlyMap<string, string>, device: string, value: string): string | undefined {
+function mirrorDiskKey(diskMap: ReadonlyMap<string, string>, device: string, value: string): string | undefined {
   const base = baseDiskName(value)
-  return diskMap.get(`${device.replace(/:/g, '-')}_${base}`) ?? diskMap.get(base)
+  const prefixed = `${device.replace(/:/g, '-')}_${base}`
+  return diskMap.has(prefixed) ? prefixed : diskMap.has(base) ? base : undefined
+}
+
+/**
+ * The mirrored disks (of `names`) a source .vmx attaches: a device's
+ * `fileName` names it ({@link mirrorDiskKey}), whatever the device's
+ * `present` says — a disk an independent or disabled device still names is
+ * not taken for removed. A disk the .vmx does not name was removed from the
+ * VM (commit.ts records the cycle).
+ */
+export function attachedDisks(text: string, names: Iterable<string>): Set<string> {
+  return new Set(mirrorVmx(text, { suffix: '', diskMap: new Map([...names].map((n) => [n, n])) }).attached)
 }
 
 /** A reference the rewrite did not keep, and what it did instead. */
@@ -74,7 +86,7 @@ function isPathKey(k: string): boolean {
 
 /**
  * Rewrite a source .vmx for the mirror. `displayName` gets `suffix`. A
- * `<device>.fileName` naming a mirrored disk (mirrorDiskOf: its node-prefixed name, then its base name, in `diskMap`) points
+ * `<device>.fileName` naming a mirrored disk (mirrorDiskKey: its node-prefixed name, then its base name, in `diskMap`) points
  * at the mirror descriptor. Every other file reference is kept only if it is
  * a bare name inside the mirror folder (not a .vmdk that is not mirrored):
  * a disk elsewhere gets its device disabled (`present = "FALSE"`), a CD-ROM
@@ -84,10 +96,12 @@ function isPathKey(k: string): boolean {
  * VM uses its defaults in its own folder. Other lines are kept byte for byte.
  * Returns the text and what was dropped.
  */
-export function mirrorVmx(text: string, opts: { suffix: string; diskMap: ReadonlyMap<string, string> }): { text: string; dropped: DroppedReference[] } {
+export function mirrorVmx(text: string, opts: { suffix: string; diskMap: ReadonlyMap<string, string> }): { text: string; dropped: DroppedReference[]; attached: string[] } {
   const eol = text.includes('\r\n') ? '\r\n' : '\n'
   const lines = text.split(/\r?\n/)
   const dropped: DroppedReference[] = []
+  /** keys of `diskMap` a device's fileName was pointed at */
+  const attached = new Set<string>()
   /** device → the setting forced on it */
   const force = new Map<string, { key: 'present' | 'startconnected'; name: string }>()
   let sawName = false
@@ -112,8 +126,11 @@ export function mirrorVmx(text: string, opts: { suffix: string; diskMap: Readonl
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)
     if (k.endsWith('.filename') && isVmdk) {
-      const mirror = mirrorDiskOf(opts.diskMap, key.slice(0, -'.fileName'.length), value)
-      if (mirror !== undefined) return `${lead}${key}${eq}"${mirror}"`
+      const mk = mirrorDiskKey(opts.diskMap, key.slice(0, -'.fileName'.length), value)
+      if (mk !== undefined) {
+        attached.add(mk)
+        return `${lead}${key}${eq}"${opts.diskMap.get(mk)}"`
+      }
     } else if (insideFolder(value) || (k === 'workingdir' && value === '.')) {
       return line
     }
@@ -153,5 +170,5 @@ export function mirrorVmx(text: string, opts: { suffix: string; diskMap: Readonl
   }
   if (!sawName) extra.push(`displayName = "${opts.suffix.trim()}"`)
   kept.splice(at, 0, ...extra)
-  return { text: kept.join(eol), dropped }
+  return { text: kept.join(eol), dropped, attached: [...attached] }
 }

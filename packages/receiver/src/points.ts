@@ -72,13 +72,14 @@ export function newestPointOf(points: readonly PointRecord[], disk: string): Poi
 
 /**
  * The disks the VM had at point `cycle` (the mirror's disks held since that
- * cycle or before), sorted by name: a disk added to the VM later is not part
- * of an older point — restoring it there would attach today's data to the
- * past.
+ * cycle or before, and not removed at it or before), sorted by name: a disk
+ * added to the VM later is not part of an older point — restoring it there
+ * would attach today's data to the past — and a disk removed from the VM is
+ * not part of the points after (nor of the mirror's own cycle).
  */
 export function disksAt(state: VmStateFile, cycle: number): DiskRecord[] {
   return Object.values(state.disks)
-    .filter((r) => (r.since ?? 0) <= cycle)
+    .filter((r) => (r.since ?? 0) <= cycle && (r.removed === undefined || cycle < r.removed))
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
 }
 

@@ -35,6 +35,13 @@ export interface DiskRecord {
    * files older than it: the disk counts as held at every point.
    */
   readonly since?: number
+  /**
+   * the first committed cycle whose .vmx no longer named this disk (removed
+   * from the VM, mirror-vmx.ts attachedDisks): that point and newer ones
+   * leave it out; its mirror stays as of `cycle` for the older points.
+   * Cleared when a cycle carries or names the disk again.
+   */
+  readonly removed?: number
   readonly committedAt: string
   readonly source: SourceIdentity
   readonly cycleId: string

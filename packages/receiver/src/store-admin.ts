@@ -57,6 +57,8 @@ export interface DiskStatus {
   /** when the whole mirror was last proven equal to its source (a clean certify, a completed scrub rotation, a resync that read every block), null if never */
   readonly proven: ProvenRecord | null
   readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
+  /** the first cycle whose .vmx no longer named the disk (removed from the VM; its mirror kept as of `committedCycle` for older points); absent while the VM has it */
+  readonly removed?: number
 }
 
 /** Status of one VM (json-able). */
@@ -120,6 +122,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
           diverged: rec?.diverged ?? null,
           proven: rec?.proven ?? null,
           inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq },
+          ...(rec?.removed === undefined ? {} : { removed: rec.removed }),
         })
       }
       vms.push({

@@ -6,7 +6,7 @@ import { unlinkIfExists, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
-import { commitState, newGeneration, rollForwardFiles } from './commit.ts'
+import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
@@ -325,7 +325,15 @@ export class VmMirror {
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
-      const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration())
+      const attached = await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names])
+      const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration(), attached)
+      for (const r of Object.values(c.next.disks)) {
+        if (r.removed === cycle)
+          this.log.info(
+            { vm: this.vm, disk: r.name, cycle, lastCycle: r.cycle },
+            "disk removed from the VM: the cycle's .vmx no longer names it; its mirror stays as of its last cycle for the older restore points",
+          )
+      }
       // the kept block maps name the generation about to be committed (kept-map-update.ts)
       const proven = await updateKeptMaps(
         this.paths,

@@ -400,19 +400,22 @@ export async function runCycle(
   vm: string,
   cycle: number,
   disks: DiskPlan[],
-  opts: { alg?: DigestAlgorithm; compression?: CompressionAlgorithm; stopAfter?: number; rollbackFirst?: boolean; commit?: boolean; retention?: RetentionSpec | null } = {},
+  opts: {
+    alg?: DigestAlgorithm
+    compression?: CompressionAlgorithm
+    stopAfter?: number
+    rollbackFirst?: boolean
+    commit?: boolean
+    retention?: RetentionSpec | null
+    /** the disk files the VmOpen's .vmx names (default: the cycle's disks) */
+    vmxDisks?: string[]
+  } = {},
 ): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }> }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
   agent.send(hello(alg, opts.compression ?? 'none'))
   await agent.expect(MessageKind.Welcome)
-  agent.send(
-    vmOpen(
-      vm,
-      cycle,
-      disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk')),
-    ),
-  )
+  agent.send(vmOpen(vm, cycle, opts.vmxDisks ?? disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))))
   const st = await agent.expect(MessageKind.VmState)
   if (opts.rollbackFirst === true && st.inflightCycle !== 0) {
     agent.send({ kind: MessageKind.Rollback, vm })

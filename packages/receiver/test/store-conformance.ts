@@ -97,6 +97,65 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     for (const k of [2, 3]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
   })
 
+  t.test(`${store.kind}: a disk removed from the VM (its .vmx no longer names it): points before keep it, the point of the removal and the mirror leave it out`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 5 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-removed'
+    const a1 = pattern(MiB, 81)
+    const b1 = pattern(MiB, 82)
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'a.vmdk', a1, cid(81)), seedPlan(2, 'b.vmdk', b1, cid(82))])
+    a.close()
+    const r = [{ offset: 65_536, length: 65_536 }]
+    const a2 = evolve(a1, 83, r)
+    const b2 = evolve(b1, 84, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await whenFree(() => runCycle(a, vm, 2, [incPlan(1, 'a.vmdk', a2, 1, cid(83), r, 'a-000001.vmdk', 'a-000002.vmdk'), incPlan(2, 'b.vmdk', b2, 1, cid(84), r, 'b-000001.vmdk', 'b-000002.vmdk')]))
+    a.close()
+    // cycles 3 and 4 carry a.vmdk only, and their .vmx (helpers' VMX) names only it: b.vmdk was removed from the VM
+    const a3 = evolve(a2, 85, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await whenFree(() => runCycle(a, vm, 3, [incPlan(1, 'a.vmdk', a3, 2, cid(85), r, 'a-000002.vmdk', 'a-000003.vmdk')]))
+    a.close()
+    const a4 = evolve(a3, 86, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await whenFree(() => runCycle(a, vm, 4, [incPlan(1, 'a.vmdk', a4, 3, cid(86), r, 'a-000003.vmdk', 'a-000004.vmdk')]))
+    a.close()
+    const v = (await store.overview(env)).vms.find((x) => x.vm === vm)
+    t.match(
+      v?.disks.map((d) => [d.name, d.committedCycle, d.removed ?? null]),
+      [
+        ['a.vmdk', 4, null],
+        ['b.vmdk', 2, 3],
+      ],
+      'b.vmdk: last cycle 2, removed in cycle 3',
+    )
+    t.equal(v?.health.state, 'OK', 'a removed disk raises no alarm')
+    t.same(await store.points(env, vm), [1, 2, 3])
+    t.ok((await store.readPoint(env, vm, 2, 'b.vmdk')).equals(b2), 'point 2 holds b.vmdk as of cycle 2')
+    for (const k of [2, 3, 4]) {
+      const fo = join(env.dir, `failover-${k}`)
+      const files = await whenFree(() => store.failover(env, vm, k, fo))
+      t.same(Object.keys(files).sort(), k < 3 ? ['a.vmdk', 'b.vmdk'] : ['a.vmdk'], `point ${k}: ${k < 3 ? 'both disks' : 'the removed disk left out'}`)
+      if (k < 3) t.ok((await qemuReads(files['b.vmdk'] as string, join(env.dir, `fo-b-${k}.raw`))).equals(b2), `point ${k}: b.vmdk as of cycle 2`)
+      t.equal(await whenFree(() => store.close(env, vm, fo, true)), 1, `point ${k}: released`)
+    }
+    // named again by the .vmx (re-attached, not carried: an independent disk), it is part of the VM again
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await whenFree(() => runCycle(a, vm, 5, [incPlan(1, 'a.vmdk', evolve(a4, 87, r), 4, cid(87), r, 'a-000004.vmdk', 'a-000005.vmdk')], { vmxDisks: ['a-000004.vmdk', 'b-000002.vmdk'] }))
+    a.close()
+    const v5 = (await store.overview(env)).vms.find((x) => x.vm === vm)
+    t.match(
+      v5?.disks.map((d) => [d.name, d.removed ?? null]),
+      [
+        ['a.vmdk', null],
+        ['b.vmdk', null],
+      ],
+      'b.vmdk named again: no longer removed',
+    )
+  })
+
   t.test(`${store.kind}: a VM whose first cycle stopped after its VmOpen: status lists it, never committed (the VM count counts it); its next cycle seeds`, async (t) => {
     const env = makeEnv(dir())
     const { receiver, url } = await startReceiver(env, store.init(env))

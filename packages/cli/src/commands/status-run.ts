@@ -75,9 +75,10 @@ export function renderStatus(h: StoreHealth): string {
   const notes = h.vms.filter((v) => v.health.problems.length > 0)
   if (notes.length > 0) lines.push('', ...notes.flatMap((v) => v.health.problems.map((p) => `${v.vm}: ${p}`)))
   const behind = h.vms.flatMap((v) =>
-    behindDisks(v).map(
-      (d) =>
-        `${v.vm}: ${d.name} last replicated in cycle ${d.committedCycle} (the VM is at cycle ${v.committedCycle}): removed from the VM or no longer replicated (an independent disk); its mirror stays as of cycle ${d.committedCycle}, for the restore points that attach it`,
+    behindDisks(v).map((d) =>
+      d.removed !== undefined
+        ? `${v.vm}: ${d.name} removed from the VM in cycle ${d.removed} (its .vmx no longer names it; the VM is at cycle ${v.committedCycle}): its mirror stays as of cycle ${d.committedCycle} for the restore points before cycle ${d.removed}; newer points and the mirror's cycle leave it out`
+        : `${v.vm}: ${d.name} last replicated in cycle ${d.committedCycle} (the VM is at cycle ${v.committedCycle}): no longer replicated though the VM's .vmx still names it (an independent disk, a physical RDM); its mirror stays as of cycle ${d.committedCycle} and the mirror's .vmx attaches it`,
     ),
   )
   if (behind.length > 0) lines.push('', ...behind)

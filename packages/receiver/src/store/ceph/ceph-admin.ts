@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
-import { CephNames, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
+import { CephNames, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
@@ -122,9 +122,7 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
     current: true,
     bytes: 0,
     held: held(s.committedCycle),
-    disks: Object.values(s.disks)
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      .map((d) => ({ name: d.name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
+    disks: heldDisks(s).map((d) => ({ name: d.name, source: `${t.pool}/${d.image}@${d.snap}`, bytes: 0, trivial: null, certify: null })),
   })
   return { vm, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0, points: pts }
 }
@@ -137,7 +135,7 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
  */
 export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number, dir: string): Promise<{ disks: Array<{ name: string; file: string; snapshot: string }> }> {
   const s = await stateOf(t, vm)
-  const snaps = cycle === s.committedCycle ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap }])) : s.points.find((p) => p.cycle === cycle)?.disks
+  const snaps = cycle === s.committedCycle ? Object.fromEntries(heldDisks(s).map((d) => [d.name, { image: d.image, snap: d.snap }])) : s.points.find((p) => p.cycle === cycle)?.disks
   if (snaps === undefined) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
   await mkdir(dir, { recursive: true })
   const disks = []

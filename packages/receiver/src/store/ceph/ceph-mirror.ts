@@ -17,7 +17,8 @@ import type { Logger } from 'pino'
 import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { DiskOpenRequest } from '../../open-decision.ts'
-import { newGeneration } from '../../commit.ts'
+import { newGeneration, uncarriedRecord } from '../../commit.ts'
+import { attachedDisks } from '../../mirror-vmx.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
 import { heldMessage } from '../../hold-record.ts'
@@ -25,7 +26,19 @@ import { faultPoint } from '../../fault.ts'
 import { CephLock } from './ceph-lock.ts'
 import { CephDiskApply } from './ceph-apply.ts'
 import { keptCephConfigs, withCephPointConfig } from './ceph-point-config.ts'
-import { CephNames, snapCid, emptyCephState, readCephState, writeCephState, type CephDiskRecord, type CephInflightDisk, type CephPending, type CephPoint, type CephVmState } from './ceph-state.ts'
+import {
+  CephNames,
+  heldDisks,
+  snapCid,
+  emptyCephState,
+  readCephState,
+  writeCephState,
+  type CephDiskRecord,
+  type CephInflightDisk,
+  type CephPending,
+  type CephPoint,
+  type CephVmState,
+} from './ceph-state.ts'
 import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephBlockMap, CephBlockCheck } from './ceph-blocks.ts'
 import { checkCephBlocks, openCephBlockMap, verifyCephDisk, type CephVerifyRequest } from './ceph-checks.ts'
@@ -46,6 +59,12 @@ export interface CephOpenResult {
   readonly mirrorCid: string
   readonly modified: boolean
   readonly apply?: CephDiskApply
+}
+
+/** The disks (of `names`) the staged .vmx attaches (mirror-vmx.ts attachedDisks); undefined when none is staged. */
+export function stagedCephAttached(staged: Readonly<Record<string, string>> | undefined, names: Iterable<string>): Set<string> | undefined {
+  const vmx = Object.entries(staged ?? {}).find(([f]) => /\.vmx$/i.test(f))
+  return vmx === undefined ? undefined : attachedDisks(Buffer.from(vmx[1], 'base64').toString('utf8'), names)
 }
 
 /** The snapshot name of a commit. */
@@ -256,7 +275,18 @@ export class CephVmMirror {
     const generation = newGeneration()
     const snap = snapName(cycle, generation)
     const now = new Date().toISOString()
-    const disks: Record<string, CephDiskRecord> = { ...s.disks }
+    // a disk the cycle did not carry and its .vmx no longer names was removed from the VM (as commit.ts uncarriedRecord)
+    const attached = stagedCephAttached(this.staged, [...Object.keys(s.disks), ...names])
+    const disks: Record<string, CephDiskRecord> = {}
+    for (const [name, d] of Object.entries(s.disks)) {
+      const next = uncarriedRecord(d, cycle, attached)
+      if (next.removed === cycle)
+        this.log.info(
+          { vm: this.vm, disk: name, cycle, lastCycle: d.cycle },
+          "disk removed from the VM: the cycle's .vmx no longer names it; its image stays as of its last cycle for the older restore points",
+        )
+      disks[name] = next
+    }
     const dropImages: string[] = []
     for (const a of applies) {
       if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
@@ -299,7 +329,7 @@ export class CephVmMirror {
         cycle: s.committedCycle,
         committedAt: s.committedAt ?? now,
         generation: s.generation ?? '',
-        disks: Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }])),
+        disks: Object.fromEntries(heldDisks(s).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }])),
       })
       points.push(c.point)
       configs = c.configs

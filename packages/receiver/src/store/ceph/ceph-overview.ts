@@ -56,6 +56,7 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
       proven: d?.certify?.ok === true ? { kind: 'certify', at: d.certify.at, cycle: d.cycle } : null,
       inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
       snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
+      ...(d?.removed === undefined ? {} : { removed: d.removed }),
     })
   }
   return {

@@ -27,7 +27,7 @@ import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx, type DroppedReference } from '../../
 import { diskStem, generatedNames } from '../../vm-paths.ts'
 import { prepareVmx, type VmxPrepare } from '../../holds.ts'
 import { digestImage } from './ceph-read.ts'
-import { CephNames, readCephState, type CephVmState } from './ceph-state.ts'
+import { CephNames, heldDisks, readCephState, type CephVmState } from './ceph-state.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** One restored disk of a Ceph point. */
@@ -158,7 +158,7 @@ export function pointSnapshots(t: CephTarget, s: CephVmState, cycle: number): Ar
   const vm = s.vm
   const snaps =
     cycle === s.committedCycle && cycle > 0
-      ? Object.fromEntries(Object.values(s.disks).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }]))
+      ? Object.fromEntries(heldDisks(s).map((d) => [d.name, { image: d.image, snap: d.snap, capacity: d.capacity }]))
       : s.points.find((p) => p.cycle === cycle)?.disks
   if (snaps === undefined) {
     throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)

@@ -56,6 +56,15 @@ export interface CephDiskRecord {
   readonly blocks?: { readonly ok: boolean; readonly at: string }
   /** a kept block map of this snapshot exists (ceph-kept-map.ts) @default none */
   readonly kept?: CephKeptRecord
+  /** the first committed cycle whose .vmx no longer named this disk (removed from the VM): points from it on leave the disk out (as the folder store's DiskRecord.removed) @default none */
+  readonly removed?: number
+}
+
+/** The committed disks the mirror's own cycle holds: every disk but those removed from the VM (sorted by name). */
+export function heldDisks(s: Pick<CephVmState, 'disks'>): CephDiskRecord[] {
+  return Object.values(s.disks)
+    .filter((d) => d.removed === undefined)
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
 }
 
 /** One disk of the cycle in flight. */
