@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { fsyncDir, isTempName, writeFileAtomicIfChanged } from './fs-util.ts'
+import { fsyncDir, isTempName, unlinkIfExists, writeFileAtomicIfChanged } from './fs-util.ts'
 import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
@@ -171,6 +171,18 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
 }
 
 /**
+ * Delete every file of a disk the state no longer names (a removed disk no
+ * point needs: pending `removeDisks`): its descriptor and flat, and its
+ * journal, spare, block maps in `.grainline` (idempotent).
+ */
+async function removeDiskFiles(paths: VmPaths, stem: string): Promise<void> {
+  for (const f of [paths.descriptor(stem), paths.flat(stem), paths.seed(stem)]) await unlinkIfExists(f)
+  for (const f of [paths.journal(stem), paths.spare(stem), paths.undoing(stem), paths.blockMap(stem), paths.keptMap(stem)]) await unlinkIfExists(f)
+  faultPoint('commit-disk-removed')
+  await fsyncDir(paths.dir)
+}
+
+/**
  * Do the roll-forward work `state.pending` records (idempotent: every step
  * can be repeated after a crash). The caller then clears `pending` and
  * records the .vmx references dropped (undefined: no .vmx installed).
@@ -194,6 +206,7 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
   await rollForwardPoints(paths, state)
   await removeUnusedConfigs(paths, state)
   faultPoint('commit-points')
+  for (const stem of p.removeDisks ?? []) await removeDiskFiles(paths, stem)
   const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))
   await fsyncDir(paths.gdir)

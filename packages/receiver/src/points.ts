@@ -84,6 +84,20 @@ export function disksAt(state: VmStateFile, cycle: number): DiskRecord[] {
 }
 
 /**
+ * The disks removed from the VM that no point of `points` holds any more
+ * (none at a cycle in [since, removed)): nothing reads their mirror, which
+ * a commit or prune reclaims (vm-mirror.ts). None while the VM is held (an
+ * opened point or a failover may read through a mirror). Pure.
+ */
+export function reclaimableDisks(state: VmStateFile, points: readonly PointRecord[]): DiskRecord[] {
+  if ((state.holds ?? []).length > 0) return []
+  return Object.values(state.disks).filter((r) => {
+    const removed = r.removed
+    return removed !== undefined && !points.some((p) => p.cycle >= (r.since ?? 0) && p.cycle < removed)
+  })
+}
+
+/**
  * The mirror's .vmx as point `cycle` runs it: the devices of disks added
  * after that cycle are disabled (`present = "FALSE"`, mirror-vmx.ts), so that
  * a restored or opened point boots without a missing disk.

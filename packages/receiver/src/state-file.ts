@@ -138,6 +138,8 @@ export interface PendingCommit {
   readonly merges?: readonly PointMerge[]
   /** point files (descriptors in `.grainline/points`) deleted with their extents */
   readonly removePoints?: readonly string[]
+  /** stems of disks removed from the VM whose files are deleted: no point needs them any more (points.ts reclaimableDisks) */
+  readonly removeDisks?: readonly string[]
 }
 
 /** The cycle in flight. */

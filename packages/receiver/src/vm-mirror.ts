@@ -23,7 +23,7 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
 import { pointFileName } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
-import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
+import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
 import { savePointConfig } from './point-config.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
@@ -345,12 +345,13 @@ export class VmMirror {
       if (proven.size > 0) c.next = { ...c.next, disks: { ...c.next.disks, ...Object.fromEntries(records.filter((r) => proven.has(r.name)).map((r) => [r.name, r])) } }
       const kept = await this.retainChecked(plan.points, opts)
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
+      const reclaim = this.reclaim(c.next, kept.points)
       faultPoint('commit-before-state')
       await this.save({
-        ...c.next,
+        ...reclaim.state,
         compat,
         points: kept.points,
-        pending: { ...pending, links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints] },
+        pending: { ...pending, links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints], ...reclaim.pending },
       })
     } catch (err) {
       throw ioError(err, 'committing')
@@ -419,6 +420,22 @@ export class VmMirror {
   }
 
   /**
+   * The disks removed from the VM that the points kept by a commit or prune
+   * no longer need (points.ts reclaimableDisks): `state` without their
+   * records, and the roll-forward that deletes their files.
+   */
+  private reclaim(state: VmStateFile, points: readonly PointRecord[]): { state: VmStateFile; pending: { removeDisks?: string[] } } {
+    const gone = reclaimableDisks(state, points)
+    if (gone.length === 0) return { state, pending: {} }
+    for (const r of gone) {
+      this.log.info({ vm: this.vm, disk: r.name, removedAt: r.removed, lastCycle: r.cycle }, 'disk removed from the VM reclaimed: no restore point holds it any more; its mirror files are deleted')
+    }
+    const names = new Set(gone.map((r) => r.name))
+    const disks = Object.fromEntries(Object.entries(state.disks).filter(([n]) => !names.has(n)))
+    return { state: { ...state, disks }, pending: { removeDisks: gone.map((r) => r.stem) } }
+  }
+
+  /**
    * Prune the VM's points by `retention` now (`grainline points prune`), or
    * drop the points `cycles` (`grainline points drop`): the state is written
    * first (the commit point of the prune), then the merges run and the files
@@ -441,10 +458,11 @@ export class VmMirror {
     if (kept.points.length === before.length) return []
     // before the state names them: a merge writes into the dropped point and deletes the older one's files
     for (const m of kept.merges) await checkPointMerge(this.paths, m)
+    const reclaim = this.reclaim(this.current, kept.points)
     await this.save({
-      ...this.current,
+      ...reclaim.state,
       points: kept.points,
-      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints },
+      pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints, ...reclaim.pending },
     })
     faultPoint('prune-after-state')
     await this.rollForward()

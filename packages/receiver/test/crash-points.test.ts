@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { MessageKind } from '@grainline/protocol'
@@ -73,8 +73,8 @@ async function withPoints(dir: string, upTo: number): Promise<Env> {
   return env
 }
 
-async function crashRun(t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>): Promise<void> {
-  const c = await startChild(env, { fault, args: args(env) })
+async function crashRun(t: Test, env: Env, fault: string, run: (url: string) => Promise<unknown>, childArgs = args(env)): Promise<void> {
+  const c = await startChild(env, { fault, args: childArgs })
   await run(c.url).catch(() => {})
   const e = await Promise.race([c.exited, new Promise<{ code: null; signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ code: null, signal: 'timeout' }), 20000))])
   if (e.signal === 'timeout') c.child.kill('SIGKILL')
@@ -178,6 +178,59 @@ t.test('kill -9 of `grainline points drop` merging the newest point into the mir
         (state(env).points ?? []).map((p) => p.cycle),
         [1, 2],
       )
+      checkExact(t, env, fault)
+    })
+  }
+})
+
+t.test('kill -9 of the commit that reclaims a removed disk, before and amid deleting its files: the restart finishes it', async (t) => {
+  for (const fault of ['commit-before-state:1', 'commit-points:1', 'commit-disk-removed:1']) {
+    await t.test(fault, async (t) => {
+      const env = makeEnv(t.testdir())
+      const cfg = join(env.dir, 'receiver-keep1.json')
+      writeFileSync(cfg, JSON.stringify({ store: env.store, retention: { keep: 1 } }))
+      const childArgs = ['--log-level', 'warn', '--config', cfg]
+      const c = await startChild(env, { args: childArgs })
+      // cycle 1 seeds vm1.vmdk and b.vmdk; cycles 2 and 3 carry vm1.vmdk only and their .vmx names only it (b.vmdk removed in cycle 2)
+      let a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+      await runCycle(a, VM, 1, [plan(1), seedPlan(1, 'b.vmdk', pattern(MiB, 5), 'b1'.repeat(16), EXT)])
+      a.close()
+      a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+      await runCycle(a, VM, 2, [plan(2)])
+      a.close()
+      await a.whenClosed()
+      c.child.kill('SIGTERM')
+      await c.exited
+      t.same(Object.keys(state(env).disks).sort(), ['b.vmdk', 'vm1.vmdk'], 'point 1 holds b.vmdk: kept')
+      // cycle 3 (keep 1) drops point 1: its commit reclaims b.vmdk
+      await crashRun(
+        t,
+        env,
+        fault,
+        async (url) => {
+          const ag = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+          await runCycle(ag, VM, 3, [plan(3)])
+        },
+        childArgs,
+      )
+      const c2 = await startChild(env, { args: childArgs })
+      t.teardown(() => {
+        c2.child.kill('SIGKILL')
+      })
+      if (state(env).committedCycle === 2) {
+        t.equal(fault, 'commit-before-state:1', 'only a kill before the commit point leaves cycle 2')
+        a = await Agent.connect(c2.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 3, [plan(3)], { rollbackFirst: true })
+        a.close()
+        await a.whenClosed()
+      }
+      const s = state(env)
+      t.equal(s.committedCycle, 3)
+      t.equal(s.pending, null, 'nothing left to roll forward')
+      t.same(Object.keys(s.disks), ['vm1.vmdk'], 'b.vmdk reclaimed')
+      const left = readdirSync(join(env.store, VM)).filter((f) => f.startsWith('b'))
+      const leftG = readdirSync(join(env.store, VM, '.grainline')).filter((f) => f.startsWith('b'))
+      t.same([...left, ...leftG], [], 'no file of b.vmdk is left')
       checkExact(t, env, fault)
     })
   }

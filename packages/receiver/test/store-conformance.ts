@@ -156,6 +156,59 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     )
   })
 
+  t.test(`${store.kind}: a removed disk is reclaimed once no kept point holds it (a prune, a commit's retention)`, async (t) => {
+    const r = [{ offset: 65_536, length: 65_536 }]
+    /** cycles `from`…`to` of `vm`: cycle 1 seeds a.vmdk and b.vmdk, the later ones carry a.vmdk only and their .vmx no longer names b.vmdk */
+    const cycles = async (url: string, ca: Buffer, vm: string, a: { img: Buffer }, from: number, to: number): Promise<void> => {
+      for (let c = from; c <= to; c++) {
+        const ag = await Agent.connect(url, { token: TOKEN, ca })
+        if (c === 1) {
+          a.img = pattern(MiB, 91)
+          await whenFree(() => runCycle(ag, vm, 1, [seedPlan(1, 'a.vmdk', a.img, cid(91)), seedPlan(2, 'b.vmdk', pattern(MiB, 92), cid(92))]))
+        } else {
+          a.img = evolve(a.img, 90 + c, r)
+          await whenFree(() => runCycle(ag, vm, c, [incPlan(1, 'a.vmdk', a.img, c - 1, cid(90 + c), r, `a-00000${c - 1}.vmdk`, `a-00000${c}.vmdk`)]))
+        }
+        ag.close()
+      }
+    }
+    const diskNames = async (env: Env, vm: string): Promise<string[] | undefined> => (await store.overview(env)).vms.find((x) => x.vm === vm)?.disks.map((d) => d.name)
+
+    // points drop: b.vmdk (removed in cycle 2) stays while point 1 is kept, and goes with it
+    const env = makeEnv(dir())
+    const rx = await startReceiver(env, { ...store.init(env), retention: { keep: 5 } })
+    t.teardown(() => rx.receiver.close())
+    const a = { img: Buffer.alloc(0) }
+    await cycles(rx.url, env.tls.ca, 'vm-reclaim', a, 1, 3)
+    t.same(await store.points(env, 'vm-reclaim'), [1, 2])
+    t.same(await diskNames(env, 'vm-reclaim'), ['a.vmdk', 'b.vmdk'], 'point 1 holds b.vmdk: kept')
+    t.ok((await store.readPoint(env, 'vm-reclaim', 1, 'b.vmdk')).equals(pattern(MiB, 92)), 'point 1 reads b.vmdk')
+    t.same((await whenFree(() => store.prune(env, 'vm-reclaim', { cycles: [2] }))).dropped, [2], 'dropping point 2 (after the removal)…')
+    t.same(await diskNames(env, 'vm-reclaim'), ['a.vmdk', 'b.vmdk'], '…keeps b.vmdk: point 1 still holds it')
+    t.ok((await store.readPoint(env, 'vm-reclaim', 1, 'b.vmdk')).equals(pattern(MiB, 92)), 'point 1 still reads b.vmdk')
+    t.same((await whenFree(() => store.prune(env, 'vm-reclaim', { cycles: [1] }))).dropped, [1], 'dropping point 1…')
+    t.same(await diskNames(env, 'vm-reclaim'), ['a.vmdk'], '…reclaims b.vmdk')
+    await t.rejects(store.readDisk(env, 'vm-reclaim', 'b.vmdk'), "b.vmdk's mirror is gone")
+    t.ok((await store.readDisk(env, 'vm-reclaim', 'a.vmdk')).equals(a.img), 'a.vmdk untouched')
+    t.match((await store.overview(env)).vms.find((x) => x.vm === 'vm-reclaim')?.health, { state: 'OK' })
+    await cycles(rx.url, env.tls.ca, 'vm-reclaim', a, 4, 4)
+    t.ok((await store.readDisk(env, 'vm-reclaim', 'a.vmdk')).equals(a.img), 'the next cycle commits')
+
+    // a commit whose retention drops the last point holding it
+    const env1 = makeEnv(dir())
+    const rx1 = await startReceiver(env1, { ...store.init(env1), retention: { keep: 1 } })
+    t.teardown(() => rx1.receiver.close())
+    const a1 = { img: Buffer.alloc(0) }
+    await cycles(rx1.url, env1.tls.ca, 'vm-reclaim-1', a1, 1, 2)
+    t.same(await store.points(env1, 'vm-reclaim-1'), [1])
+    t.same(await diskNames(env1, 'vm-reclaim-1'), ['a.vmdk', 'b.vmdk'], 'after cycle 2: point 1 holds b.vmdk')
+    await cycles(rx1.url, env1.tls.ca, 'vm-reclaim-1', a1, 3, 3)
+    t.same(await store.points(env1, 'vm-reclaim-1'), [2])
+    t.same(await diskNames(env1, 'vm-reclaim-1'), ['a.vmdk'], 'after cycle 3 (keep 1: point 1 dropped): b.vmdk reclaimed by the commit')
+    await t.rejects(store.readDisk(env1, 'vm-reclaim-1', 'b.vmdk'), "b.vmdk's mirror is gone")
+    t.ok((await store.readPoint(env1, 'vm-reclaim-1', 2, 'a.vmdk')).equals(evolve(pattern(MiB, 91), 92, r)), 'point 2 reads a.vmdk as of cycle 2')
+  })
+
   t.test(`${store.kind}: a VM whose first cycle stopped after its VmOpen: status lists it, never committed (the VM count counts it); its next cycle seeds`, async (t) => {
     const env = makeEnv(dir())
     const { receiver, url } = await startReceiver(env, store.init(env))

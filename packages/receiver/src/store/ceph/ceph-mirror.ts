@@ -29,6 +29,7 @@ import { keptCephConfigs, withCephPointConfig } from './ceph-point-config.ts'
 import {
   CephNames,
   heldDisks,
+  reclaimableCephDisks,
   snapCid,
   emptyCephState,
   readCephState,
@@ -65,6 +66,18 @@ export interface CephOpenResult {
 export function stagedCephAttached(staged: Readonly<Record<string, string>> | undefined, names: Iterable<string>): Set<string> | undefined {
   const vmx = Object.entries(staged ?? {}).find(([f]) => /\.vmx$/i.test(f))
   return vmx === undefined ? undefined : attachedDisks(Buffer.from(vmx[1], 'base64').toString('utf8'), names)
+}
+
+/**
+ * The disks of `s` removed from the VM that `points` no longer name
+ * (ceph-state.ts reclaimableCephDisks), logged: their names, their images
+ * and the RADOS objects (kept block maps) a pending clean-up removes.
+ */
+export function reclaimCephDisks(s: Pick<CephVmState, 'disks' | 'holds'>, points: readonly CephPoint[], names: CephNames, log: Logger): { names: string[]; images: string[]; objects: string[] } {
+  const gone = reclaimableCephDisks(s, points)
+  for (const d of gone)
+    log.info({ disk: d.name, image: d.image, removedAt: d.removed, lastCycle: d.cycle }, 'disk removed from the VM reclaimed: no restore point holds it any more; its image is removed')
+  return { names: gone.map((d) => d.name), images: gone.map((d) => d.image), objects: gone.flatMap((d) => (d.kept === undefined ? [] : [names.keptMap(d.name)])) }
 }
 
 /** The snapshot name of a commit. */
@@ -343,10 +356,13 @@ export class CephVmMirror {
       if (drop.size > 0) this.log.info({ vm: this.vm, cycles: [...drop] }, 'restore points pruned (Ceph snapshots)')
       points = points.filter((p) => !drop.has(p.cycle))
     }
+    // a disk removed from the VM that no kept point names: its image (and kept map) go
+    const reclaimed = reclaimCephDisks({ disks, holds: s.holds }, points, this.names, this.log.child({ vm: this.vm }))
+    for (const name of reclaimed.names) delete disks[name]
     const pending: CephPending = {
       snaps: this.unusedSnaps(s, disks, points),
-      images: dropImages,
-      logs: Object.values(infl.disks).map((d) => d.log),
+      images: [...dropImages, ...reclaimed.images],
+      logs: [...Object.values(infl.disks).map((d) => d.log), ...reclaimed.objects],
     }
     await this.save(
       {

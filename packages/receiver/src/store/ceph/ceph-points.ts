@@ -28,7 +28,7 @@ import { ReceiverError } from '../../errors.ts'
 import { faultPoint } from '../../fault.ts'
 import { heldMessage } from '../../hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
-import { CephVmMirror } from './ceph-mirror.ts'
+import { CephVmMirror, reclaimCephDisks } from './ceph-mirror.ts'
 import { keptCephConfigs } from './ceph-point-config.ts'
 import { CephNames, readCephState, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { retainedPoints } from './ceph-space.ts'
@@ -103,8 +103,17 @@ export async function cephPrunePoints(
     const kept = before.filter((p) => !drop.has(p.cycle))
     const gone = before.filter((p) => drop.has(p.cycle))
     if (gone.length === 0) return { vm, dropped: [], kept: kept.map((p) => p.cycle) }
+    // a disk removed from the VM that only the dropped points named: its image (and kept map) go too
+    const reclaimed = reclaimCephDisks(s, kept, new CephNames(vm), opts.logger.child({ vm }))
+    const disks = Object.fromEntries(Object.entries(s.disks).filter(([n]) => !reclaimed.names.includes(n)))
     // the commit point: the state no longer names the points; their snapshots are pending removal
-    await m.write({ ...s, points: kept, configs: keptCephConfigs(s.configs, kept), pending: { snaps: snapsToRemove(s, kept, gone), images: [], logs: [] } })
+    await m.write({
+      ...s,
+      disks,
+      points: kept,
+      configs: keptCephConfigs(s.configs, kept),
+      pending: { snaps: snapsToRemove({ ...s, disks }, kept, gone), images: reclaimed.images, logs: reclaimed.objects },
+    })
     faultPoint('ceph-prune-after-state')
     await m.finishPending()
     opts.logger.info({ vm, dropped: gone.map((p) => p.cycle), kept: kept.map((p) => p.cycle) }, 'restore points dropped (Ceph snapshots removed)')

@@ -60,6 +60,16 @@ export interface CephDiskRecord {
   readonly removed?: number
 }
 
+/**
+ * The disks removed from the VM that no point of `points` names any more:
+ * nothing reads their image, which a commit or prune removes (as the folder
+ * store's points.ts reclaimableDisks). None while the VM is held. Pure.
+ */
+export function reclaimableCephDisks(s: Pick<CephVmState, 'disks' | 'holds'>, points: readonly CephPoint[]): CephDiskRecord[] {
+  if ((s.holds ?? []).length > 0) return []
+  return Object.values(s.disks).filter((d) => d.removed !== undefined && !points.some((p) => p.disks[d.name] !== undefined || Object.values(p.disks).some((x) => x.image === d.image)))
+}
+
 /** The committed disks the mirror's own cycle holds: every disk but those removed from the VM (sorted by name). */
 export function heldDisks(s: Pick<CephVmState, 'disks'>): CephDiskRecord[] {
   return Object.values(s.disks)
