@@ -264,6 +264,49 @@ t.test('two disks with the same basename on different datastores get distinct mi
     t.match(mirrorVmx, /^scsi0:0\.fileName = "dup\.vmdk"$/m, `cycle ${cycle}: scsi0:0 attaches the first disk's mirror`)
     t.match(mirrorVmx, /^scsi0:1\.fileName = "scsi0-1_dup\.vmdk"$/m, `cycle ${cycle}: scsi0:1 attaches the second disk's mirror, not the first's`)
   }
+  // the first disk leaves the VM: the second is now the only dup.vmdk, mirrored under the plain name (a resync onto that mirror)
+  await writeFile(
+    vm.vmxPath,
+    (await readFile(vm.vmxPath, 'utf8'))
+      .split('\n')
+      .filter((l) => !l.startsWith('scsi0:0.'))
+      .join('\n'),
+  )
+  let frozen = new Map<string, string>()
+  const r = await replicate(
+    { logger },
+    {
+      vm: vm.vmxPath,
+      to: rx.url,
+      token: TOKEN,
+      ca: rx.ca,
+      stateDir: join(dir, 'agent-state'),
+      progress: 'none',
+      certify: 'md5',
+      afterSnapshot: async (h) => {
+        frozen = await recordFrozen(h, dir, 'd3')
+      },
+    },
+  )
+  t.ok(r.ok, JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks.map((d) => d.error)))
+  t.same(
+    r.vms[0]?.disks.map((d) => d.name),
+    ['dup.vmdk'],
+  )
+  t.equal(await firstDifference(mirrorFlat(rx.store, 'dup', 'dup.vmdk'), frozen.get('dup.vmdk') as string), -1, 'cycle 3: dup.vmdk holds the second disk')
+  const vmx3 = await readFile(join(rx.store, 'dup', 'dup.vmx'), 'utf8')
+  t.match(vmx3, /^scsi0:1\.fileName = "dup\.vmdk"$/m, "cycle 3: scsi0:1 attaches the mirror the cycle wrote, not the second disk's old one")
+  const state = JSON.parse(await readFile(join(rx.store, 'dup', '.grainline', 'state.json'), 'utf8')) as { disks: Record<string, { cycle: number; removed?: number }> }
+  t.same(
+    Object.entries(state.disks).map(([n, d]) => [n, d.cycle, d.removed ?? null]),
+    [['dup.vmdk', 3, null]],
+    'the old name no cycle writes any more was removed at cycle 3, and reclaimed (this receiver keeps no restore points)',
+  )
+  t.same(
+    (await readdir(join(rx.store, 'dup'))).filter((f) => f.startsWith('scsi0-1_')),
+    [],
+    'its files are gone',
+  )
 })
 
 t.test("several frozen deltas since the mirror's successor: the union is shipped, newest data wins", async (t) => {

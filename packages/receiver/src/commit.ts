@@ -124,11 +124,11 @@ export function commitState(
  * attachedDisks); undefined when no .vmx is staged or it cannot be read as a
  * regular file — then no disk is taken for removed.
  */
-export async function stagedAttached(paths: VmPaths, names: Iterable<string>): Promise<Set<string> | undefined> {
+export async function stagedAttached(paths: VmPaths, names: Iterable<string>, carried: ReadonlySet<string>): Promise<Set<string> | undefined> {
   for (const name of await readStoreDir(paths.incoming)) {
     if (isTempName(name) || !/\.vmx$/i.test(name)) continue
     try {
-      return attachedDisks((await readStoreFile(join(paths.incoming, name))).toString('utf8'), names)
+      return attachedDisks((await readStoreFile(join(paths.incoming, name))).toString('utf8'), names, carried)
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
       return undefined
@@ -148,6 +148,12 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
   let dropped: DroppedReference[] | undefined
   const diskMap = new Map<string, string>()
   for (const rec of Object.values(state.disks)) diskMap.set(rec.name, `${rec.stem}.vmdk`)
+  // the disks the commit being rolled forward wrote (mirror-vmx.ts: they win a shifted name)
+  const carried = new Set(
+    Object.values(state.disks)
+      .filter((r) => r.cycle === state.pending?.cycle)
+      .map((r) => r.name),
+  )
   for (const name of names) {
     if (isTempName(name)) continue
     let data: Buffer
@@ -159,7 +165,7 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
       continue
     }
     if (/\.vmx$/i.test(name)) {
-      const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap })
+      const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap, carried })
       for (const d of r.dropped) log.warn({ vm: state.vm, file: name, reference: d }, '.vmx reference out of the mirror dropped')
       await writeFileAtomicIfChanged(join(paths.dir, `${state.vm}.vmx`), r.text)
       dropped = r.dropped

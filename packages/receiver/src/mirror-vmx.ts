@@ -21,11 +21,14 @@ export function baseDiskName(ref: string): string {
  * agent prefixes every later one with its device node (`scsi0:1` →
  * `scsi0-1_x.vmdk`, agent vm-files.ts), so that name is looked up first;
  * by its base name alone the second device would attach the first disk.
+ * Of two names present, one the agent `carried` in the cycle wins.
  */
-function mirrorDiskKey(diskMap: ReadonlyMap<string, string>, device: string, value: string): string | undefined {
+function mirrorDiskKey(diskMap: ReadonlyMap<string, string>, device: string, value: string, carried?: ReadonlySet<string>): string | undefined {
   const base = baseDiskName(value)
-  const prefixed = `${device.replace(/:/g, '-')}_${base}`
-  return diskMap.has(prefixed) ? prefixed : diskMap.has(base) ? base : undefined
+  const keys = [`${device.replace(/:/g, '-')}_${base}`, base].filter((k) => diskMap.has(k))
+  // the names shift when the first of two such disks leaves the VM (the second is then mirrored under the plain name):
+  // the name the agent carried in the cycle wins over a mirror it no longer writes
+  return keys.find((k) => carried?.has(k) === true) ?? keys[0]
 }
 
 /**
@@ -33,10 +36,10 @@ function mirrorDiskKey(diskMap: ReadonlyMap<string, string>, device: string, val
  * `fileName` names it ({@link mirrorDiskKey}), whatever the device's
  * `present` says — a disk an independent or disabled device still names is
  * not taken for removed. A disk the .vmx does not name was removed from the
- * VM (commit.ts records the cycle).
+ * VM (commit.ts records the cycle). `carried`: the disks the cycle wrote.
  */
-export function attachedDisks(text: string, names: Iterable<string>): Set<string> {
-  return new Set(mirrorVmx(text, { suffix: '', diskMap: new Map([...names].map((n) => [n, n])) }).attached)
+export function attachedDisks(text: string, names: Iterable<string>, carried?: ReadonlySet<string>): Set<string> {
+  return new Set(mirrorVmx(text, { suffix: '', diskMap: new Map([...names].map((n) => [n, n])), ...(carried === undefined ? {} : { carried }) }).attached)
 }
 
 /** A reference the rewrite did not keep, and what it did instead. */
@@ -96,7 +99,10 @@ function isPathKey(k: string): boolean {
  * VM uses its defaults in its own folder. Other lines are kept byte for byte.
  * Returns the text and what was dropped.
  */
-export function mirrorVmx(text: string, opts: { suffix: string; diskMap: ReadonlyMap<string, string> }): { text: string; dropped: DroppedReference[]; attached: string[] } {
+export function mirrorVmx(
+  text: string,
+  opts: { suffix: string; diskMap: ReadonlyMap<string, string>; carried?: ReadonlySet<string> },
+): { text: string; dropped: DroppedReference[]; attached: string[] } {
   const eol = text.includes('\r\n') ? '\r\n' : '\n'
   const lines = text.split(/\r?\n/)
   const dropped: DroppedReference[] = []
@@ -126,7 +132,7 @@ export function mirrorVmx(text: string, opts: { suffix: string; diskMap: Readonl
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)
     if (k.endsWith('.filename') && isVmdk) {
-      const mk = mirrorDiskKey(opts.diskMap, key.slice(0, -'.fileName'.length), value)
+      const mk = mirrorDiskKey(opts.diskMap, key.slice(0, -'.fileName'.length), value, opts.carried)
       if (mk !== undefined) {
         attached.add(mk)
         return `${lead}${key}${eq}"${opts.diskMap.get(mk)}"`

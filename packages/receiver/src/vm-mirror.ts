@@ -325,7 +325,7 @@ export class VmMirror {
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
-      const attached = await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names])
+      const attached = await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names)
       const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration(), attached)
       for (const r of Object.values(c.next.disks)) {
         if (r.removed === cycle)

@@ -71,6 +71,14 @@ t.test('two disks with one base name: each device attaches its own mirror disk (
   // the mirror's own .vmx rewritten again (a point's .vmx: mirror names map to themselves) keeps every device on its disk
   const again = mirrorVmx(text, { suffix: ' (DR)', diskMap: new Map([...diskMap.values()].map((v) => [v, v])) })
   t.equal(again.text, text, 'idempotent on the mirror .vmx')
+  // the first dup.vmdk left the VM: the agent now carries the second under the plain name, the prefixed mirror is stale
+  const shifted = mirrorVmx(['scsi0:1.present = "TRUE"', 'scsi0:1.fileName = "/vmfs/volumes/ds2/dup/dup-000002.vmdk"', ''].join('\n'), {
+    suffix: '',
+    diskMap,
+    carried: new Set(['dup.vmdk']),
+  })
+  t.match(shifted.text, /^scsi0:1\.fileName = "dup\.vmdk"$/m, 'the name the cycle carried wins over a mirror no cycle writes')
+  t.same(shifted.attached, ['dup.vmdk'])
 })
 
 t.test('mirrorVmx keeps only the mirrored disks and names in the mirror folder', async (t) => {

@@ -63,9 +63,9 @@ export interface CephOpenResult {
 }
 
 /** The disks (of `names`) the staged .vmx attaches (mirror-vmx.ts attachedDisks); undefined when none is staged. */
-export function stagedCephAttached(staged: Readonly<Record<string, string>> | undefined, names: Iterable<string>): Set<string> | undefined {
+export function stagedCephAttached(staged: Readonly<Record<string, string>> | undefined, names: Iterable<string>, carried: ReadonlySet<string>): Set<string> | undefined {
   const vmx = Object.entries(staged ?? {}).find(([f]) => /\.vmx$/i.test(f))
-  return vmx === undefined ? undefined : attachedDisks(Buffer.from(vmx[1], 'base64').toString('utf8'), names)
+  return vmx === undefined ? undefined : attachedDisks(Buffer.from(vmx[1], 'base64').toString('utf8'), names, carried)
 }
 
 /**
@@ -289,7 +289,7 @@ export class CephVmMirror {
     const snap = snapName(cycle, generation)
     const now = new Date().toISOString()
     // a disk the cycle did not carry and its .vmx no longer names was removed from the VM (as commit.ts uncarriedRecord)
-    const attached = stagedCephAttached(this.staged, [...Object.keys(s.disks), ...names])
+    const attached = stagedCephAttached(this.staged, [...Object.keys(s.disks), ...names], names)
     const disks: Record<string, CephDiskRecord> = {}
     for (const [name, d] of Object.entries(s.disks)) {
       const next = uncarriedRecord(d, cycle, attached)
