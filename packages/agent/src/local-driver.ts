@@ -94,9 +94,16 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
         const fresh = await driver.openVm(vm.vmxPath)
         if (fresh.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk to snapshot`)
         const db = await readVmsd(fresh.vmxPath)
-        const existing = new Set((await readdir(fresh.dir)).map((f) => f.toLowerCase()))
+        // the files of each folder a delta is created in (a disk on another datastore has its own): a new name must be free there
+        const folders = new Map<string, Set<string>>()
         const created: Array<{ node: string; parent: string; child: string }> = []
         for (const d of fresh.disks) {
+          const folder = dirname(d.path)
+          let existing = folders.get(folder)
+          if (existing === undefined) {
+            existing = new Set((await readdir(folder)).map((f) => f.toLowerCase()))
+            folders.set(folder, existing)
+          }
           const stem = diskStem(d.fileName)
           let n = 1
           let child = ''
@@ -106,7 +113,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           }
           const childFile = `${child}.vmdk`
           existing.add(childFile.toLowerCase())
-          const childPath = join(dirname(d.path), childFile)
+          const childPath = join(folder, childFile)
           try {
             await createDelta(d.path, childPath, { format })
           } catch (err) {

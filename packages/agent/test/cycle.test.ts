@@ -307,6 +307,14 @@ t.test('two disks with the same basename on different datastores get distinct mi
     [],
     'its files are gone',
   )
+  // the next snapshot names its delta by the files of the disk's own folder (ds2), not the VM folder's: it was E_SNAPSHOT (file exists)
+  await simulateGuestWrites(vm.vmxPath, { bytes: 64 * 1024, seed: 4 })
+  const r4 = await replicate({ logger }, { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none', certify: 'md5' })
+  t.ok(r4.ok, `cycle 4: ${JSON.stringify(r4.vms[0]?.error ?? r4.vms[0]?.disks.map((d) => d.error))}`)
+  t.same(
+    r4.vms[0]?.disks.map((d) => [d.name, d.mode, d.certify?.ok]),
+    [['dup.vmdk', 'incremental', true]],
+  )
 })
 
 t.test("several frozen deltas since the mirror's successor: the union is shipped, newest data wins", async (t) => {
