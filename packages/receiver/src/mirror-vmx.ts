@@ -42,6 +42,21 @@ export function attachedDisks(text: string, names: Iterable<string>, carried?: R
   return new Set(mirrorVmx(text, { suffix: '', diskMap: new Map([...names].map((n) => [n, n])), ...(carried === undefined ? {} : { carried }) }).attached)
 }
 
+/** VmOpen.disks as mirror disk names (a delta file name stands for its base: `x-000002.vmdk` → `x.vmdk`). */
+export function namedDisks(disks: readonly string[]): Set<string> {
+  return new Set(disks.map(baseDiskName))
+}
+
+/**
+ * The disks a commit takes for attached: those the staged .vmx attaches and
+ * those the VmOpen names (the agent read them from that .vmx: a disk it
+ * names is never taken for removed, whatever the rewrite's mapping makes of
+ * its device); undefined (nothing known) stays undefined.
+ */
+export function withNamed(attached: ReadonlySet<string> | undefined, named: ReadonlySet<string>): Set<string> | undefined {
+  return attached === undefined ? undefined : new Set([...attached, ...named])
+}
+
 /** A reference the rewrite did not keep, and what it did instead. */
 export interface DroppedReference {
   /** the .vmx key, e.g. "scsi0:2.fileName", "nvram" */

@@ -417,7 +417,7 @@ export class Session {
     this.settings.observer?.cycleOpened?.(msg.vm, msg.cycle, this.token.name)
     const s = this.vm.state
     this.log.info({ vm: msg.vm, cycle: msg.cycle, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, 'vm opened')
-    await this.vm.stageFiles(msg.files)
+    await this.vm.stageFiles(msg.files, msg.disks)
     this.send({
       kind: MessageKind.VmState,
       vm: msg.vm,

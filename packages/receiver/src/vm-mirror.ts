@@ -7,6 +7,7 @@ import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
+import { namedDisks, withNamed } from './mirror-vmx.ts'
 import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
@@ -137,14 +138,22 @@ export class VmMirror {
     this.lock.release(opts)
   }
 
+  /** the disks the cycle's VmOpen names (stageFiles) */
+  private named: ReadonlySet<string> = new Set()
+
   private async save(next: VmStateFile): Promise<void> {
     await writeVmState(this.paths, next)
     this.current = next
     this.unsaved = false
   }
 
-  /** Create the folders and stage the VM's config files for the next commit. */
-  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
+  /**
+   * Create the folders and stage the VM's config files for the next commit;
+   * `disks` (VmOpen.disks) are the disks the agent says the .vmx attaches:
+   * none of them is taken for removed at the commit (mirror-vmx.ts namedDisks).
+   */
+  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>, disks: readonly string[] = []): Promise<void> {
+    this.named = namedDisks(disks)
     try {
       await ensureStoreDir(this.paths.gdir)
       await ensureStoreDir(this.paths.incoming)
@@ -325,7 +334,7 @@ export class VmMirror {
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
-      const attached = await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names)
+      const attached = withNamed(await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names), this.named)
       const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration(), attached)
       for (const r of Object.values(c.next.disks)) {
         if (r.removed === cycle)

@@ -57,7 +57,7 @@ t.test('mirror .vmx rewrite', async (t) => {
   t.match(out, /ide1:0.startConnected = "FALSE"/)
   t.match(out, /nvram = "web01.nvram"/, 'a file of the VM (in its folder) is kept')
   t.same(dropped, [{ key: 'ide1:0.fileName', value: '/iso/x.iso', action: 'disconnected' }])
-  t.same(mirrorVmx(out, { suffix: ' (DR)', diskMap }), { text: out, dropped: [] }, 'idempotent')
+  t.same(mirrorVmx(out, { suffix: ' (DR)', diskMap }), { text: out, dropped: [], attached: ['web01.vmdk', 'web01_1.vmdk'] }, 'idempotent')
   t.equal(baseDiskName('a\\b\\c-000012.vmdk'), 'c.vmdk')
   t.match(mirrorVmx('guestOS = "x"\n', { suffix: ' (DR)', diskMap: new Map() }).text, /displayName = "\(DR\)"/)
 })

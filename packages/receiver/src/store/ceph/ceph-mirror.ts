@@ -18,7 +18,7 @@ import { validateName, type CompatRecord, type SourceIdentity } from '@grainline
 import { ReceiverError } from '../../errors.ts'
 import type { DiskOpenRequest } from '../../open-decision.ts'
 import { newGeneration, uncarriedRecord } from '../../commit.ts'
-import { attachedDisks } from '../../mirror-vmx.ts'
+import { attachedDisks, namedDisks, withNamed } from '../../mirror-vmx.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
 import { heldMessage } from '../../hold-record.ts'
@@ -105,6 +105,8 @@ export class CephVmMirror {
   /** whether the pool holds this VM's state object (false: a VM new to the pool, until {@link record} or a save) */
   private stored: boolean
   private staged: Record<string, string> | undefined
+  /** the disks the cycle's VmOpen names (stageFiles) */
+  private named: ReadonlySet<string> = new Set()
   /** the block maps of this session's resync disks, by disk name (their digests become the next kept map at commit) */
   private readonly blockMaps = new Map<string, CephBlockMap>()
 
@@ -215,9 +217,10 @@ export class CephVmMirror {
     await appendCephHistory(this.target, this.vm, entry, (o, d) => this.lock.put(o, d))
   }
 
-  /** Keep the VM's configuration files for the commit (they are written with its state). */
-  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>): Promise<void> {
+  /** Keep the VM's configuration files for the commit (they are written with its state), and the disks its VmOpen names (never taken for removed). */
+  async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>, disks: readonly string[] = []): Promise<void> {
     this.staged = Object.fromEntries(files.map((f) => [f.name, Buffer.from(f.data).toString('base64')]))
+    this.named = namedDisks(disks)
   }
 
   compatible(compat: CompatRecord): boolean {
@@ -289,7 +292,7 @@ export class CephVmMirror {
     const snap = snapName(cycle, generation)
     const now = new Date().toISOString()
     // a disk the cycle did not carry and its .vmx no longer names was removed from the VM (as commit.ts uncarriedRecord)
-    const attached = stagedCephAttached(this.staged, [...Object.keys(s.disks), ...names], names)
+    const attached = withNamed(stagedCephAttached(this.staged, [...Object.keys(s.disks), ...names], names), this.named)
     const disks: Record<string, CephDiskRecord> = {}
     for (const [name, d] of Object.entries(s.disks)) {
       const next = uncarriedRecord(d, cycle, attached)
