@@ -15,25 +15,68 @@ export function baseDiskName(ref: string): string {
   return b.replace(/-\d{6}\.vmdk$/i, '.vmdk')
 }
 
-/**
- * The mirrored disk (its key in `diskMap`) a device's `fileName` stands for. Two disks of a VM with
- * one base name (on two datastores) are mirrored under distinct names: the
- * agent prefixes every later one with its device node (`scsi0:1` →
- * `scsi0-1_x.vmdk`, agent vm-files.ts), so that name is looked up first;
- * by its base name alone the second device would attach the first disk.
- * Of two names present, one the agent `carried` in the cycle wins.
- */
-function mirrorDiskKey(diskMap: ReadonlyMap<string, string>, device: string, value: string, carried?: ReadonlySet<string>): string | undefined {
+/** The names a device's `fileName` may be mirrored under, most specific first (agent vm-files.ts mirrorDiskNames). */
+function diskCandidates(diskMap: ReadonlyMap<string, string>, device: string, value: string): string[] {
+  const raw = basename(value.replace(/\\/g, '/'))
   const base = baseDiskName(value)
-  const keys = [`${device.replace(/:/g, '-')}_${base}`, base].filter((k) => diskMap.has(k))
-  // the names shift when the first of two such disks leaves the VM (the second is then mirrored under the plain name):
-  // the name the agent carried in the cycle wins over a mirror it no longer writes
-  return keys.find((k) => carried?.has(k) === true) ?? keys[0]
+  const node = device.replace(/:/g, '-')
+  return [...new Set([`${node}_${raw}`, `${node}_${base}`, raw, base])].filter((k) => diskMap.has(k))
+}
+
+/**
+ * Which mirrored disk (its key in `diskMap`) each disk device of a .vmx
+ * attaches (by lowercased device), each disk to one device at most.
+ * - Two disks of a VM with one base name (on two datastores) are mirrored
+ *   under distinct names: the agent prefixes every later one with its
+ *   device node (`scsi0:1` → `scsi0-1_x.vmdk`); by its base name alone the
+ *   second device would attach the first disk.
+ * - The names are given by position among the disks the agent replicates:
+ *   when the first of two such disks leaves the VM or is made independent,
+ *   the second is mirrored under the plain name. A name the agent `carried`
+ *   in the cycle wins over one no cycle writes any more.
+ * - A device whose candidates are all taken attaches nothing (its device is
+ *   disabled): devices not in independent mode choose first (the agent
+ *   replicates them), then file order — so an independent disk sharing a
+ *   replicated disk's name never attaches that disk's mirror.
+ * A base disk whose own name ends in `-NNNNNN` is found by its name as is.
+ */
+function assignDisks(lines: readonly string[], diskMap: ReadonlyMap<string, string>, carried: ReadonlySet<string> | undefined): Map<string, string> {
+  const values = new Map<string, string>()
+  const refs: Array<{ device: string; value: string }> = []
+  for (const line of lines) {
+    const m = LINE.exec(line)
+    if (m === null) continue
+    const key = m[2] as string
+    const value = unescapeVmx(m[4] ?? m[5] ?? '')
+    values.set(key.toLowerCase(), value)
+    if (/\.filename$/i.test(key) && /\.vmdk$/i.test(value)) refs.push({ device: key.slice(0, -'.fileName'.length), value })
+  }
+  const devices = refs.map((r, order) => {
+    const cands = diskCandidates(diskMap, r.device, r.value)
+    return {
+      device: r.device.toLowerCase(),
+      // carried names first, otherwise the most specific
+      cands: [...cands.filter((k) => carried?.has(k) === true), ...cands.filter((k) => carried?.has(k) !== true)],
+      independent: /independent/i.test(values.get(`${r.device.toLowerCase()}.mode`) ?? ''),
+      order,
+    }
+  })
+  devices.sort((a, b) => Number(a.independent) - Number(b.independent) || a.order - b.order)
+  const taken = new Set<string>()
+  const out = new Map<string, string>()
+  for (const d of devices) {
+    if (out.has(d.device)) continue
+    const k = d.cands.find((c) => !taken.has(c))
+    if (k === undefined) continue
+    taken.add(k)
+    out.set(d.device, k)
+  }
+  return out
 }
 
 /**
  * The mirrored disks (of `names`) a source .vmx attaches: a device's
- * `fileName` names it ({@link mirrorDiskKey}), whatever the device's
+ * `fileName` names it ({@link assignDisks}), whatever the device's
  * `present` says — a disk an independent or disabled device still names is
  * not taken for removed. A disk the .vmx does not name was removed from the
  * VM (commit.ts records the cycle). `carried`: the disks the cycle wrote.
@@ -42,9 +85,9 @@ export function attachedDisks(text: string, names: Iterable<string>, carried?: R
   return new Set(mirrorVmx(text, { suffix: '', diskMap: new Map([...names].map((n) => [n, n])), ...(carried === undefined ? {} : { carried }) }).attached)
 }
 
-/** VmOpen.disks as mirror disk names (a delta file name stands for its base: `x-000002.vmdk` → `x.vmdk`). */
+/** VmOpen.disks as mirror disk names: each as it is (the agent sends mirror names), and as a delta file name would stand for its base (`x-000002.vmdk` → `x.vmdk`). */
 export function namedDisks(disks: readonly string[]): Set<string> {
-  return new Set(disks.map(baseDiskName))
+  return new Set([...disks, ...disks.map(baseDiskName)])
 }
 
 /**
@@ -104,7 +147,7 @@ function isPathKey(k: string): boolean {
 
 /**
  * Rewrite a source .vmx for the mirror. `displayName` gets `suffix`. A
- * `<device>.fileName` naming a mirrored disk (mirrorDiskKey: its node-prefixed name, then its base name, in `diskMap`) points
+ * `<device>.fileName` naming a mirrored disk (assignDisks: its node-prefixed name, then its base name, in `diskMap`; each disk to one device) points
  * at the mirror descriptor. Every other file reference is kept only if it is
  * a bare name inside the mirror folder (not a .vmdk that is not mirrored):
  * a disk elsewhere gets its device disabled (`present = "FALSE"`), a CD-ROM
@@ -123,6 +166,7 @@ export function mirrorVmx(
   const dropped: DroppedReference[] = []
   /** keys of `diskMap` a device's fileName was pointed at */
   const attached = new Set<string>()
+  const assigned = assignDisks(lines, opts.diskMap, opts.carried)
   /** device → the setting forced on it */
   const force = new Map<string, { key: 'present' | 'startconnected'; name: string }>()
   let sawName = false
@@ -147,7 +191,7 @@ export function mirrorVmx(
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)
     if (k.endsWith('.filename') && isVmdk) {
-      const mk = mirrorDiskKey(opts.diskMap, key.slice(0, -'.fileName'.length), value, opts.carried)
+      const mk = assigned.get(key.slice(0, -'.fileName'.length).toLowerCase())
       if (mk !== undefined) {
         attached.add(mk)
         return `${lead}${key}${eq}"${opts.diskMap.get(mk)}"`

@@ -79,6 +79,34 @@ t.test('two disks with one base name: each device attaches its own mirror disk (
   })
   t.match(shifted.text, /^scsi0:1\.fileName = "dup\.vmdk"$/m, 'the name the cycle carried wins over a mirror no cycle writes')
   t.same(shifted.attached, ['dup.vmdk'])
+  // one mirror disk is attached to one device at most: an independent disk sharing a replicated disk's name gets nothing
+  const indep = mirrorVmx(
+    [
+      'scsi0:0.present = "TRUE"',
+      'scsi0:0.mode = "independent-persistent"',
+      'scsi0:0.fileName = "/vmfs/volumes/ds2/dup/dup.vmdk"',
+      'scsi0:1.present = "TRUE"',
+      'scsi0:1.fileName = "dup-000001.vmdk"',
+      '',
+    ].join('\n'),
+    { suffix: '', diskMap: new Map([['dup.vmdk', 'dup.vmdk']]) },
+  )
+  t.match(indep.text, /^scsi0:1\.fileName = "dup\.vmdk"$/m, 'the replicated device attaches the mirror')
+  t.notMatch(indep.text, /^scsi0:0\.fileName/m, 'the independent device does not attach it too (it listed first)')
+  t.match(indep.text, /^scsi0:0\.present = "FALSE"$/m, 'its device is disabled')
+  // the first of the two made independent: the second is mirrored under the plain name, the independent one gets nothing
+  const madeIndep = mirrorVmx(['scsi0:0.mode = "independent-persistent"', 'scsi0:0.fileName = "dup.vmdk"', 'scsi0:1.fileName = "/vmfs/volumes/ds2/dup/dup-000001.vmdk"', ''].join('\n'), {
+    suffix: '',
+    diskMap,
+    carried: new Set(['dup.vmdk']),
+  })
+  t.match(madeIndep.text, /^scsi0:1\.fileName = "dup\.vmdk"$/m)
+  t.match(madeIndep.text, /^scsi0:0\.present = "FALSE"$/m)
+  t.same(madeIndep.attached, ['dup.vmdk'])
+  // a base disk whose own name ends in -NNNNNN (a clone of a delta) is found by its name as is
+  const clone = mirrorVmx('scsi0:0.fileName = "app-000001.vmdk"\n', { suffix: '', diskMap: new Map([['app-000001.vmdk', 'app-000001.vmdk']]) })
+  t.match(clone.text, /^scsi0:0\.fileName = "app-000001\.vmdk"$/m, 'attached, not disabled')
+  t.same(clone.attached, ['app-000001.vmdk'])
 })
 
 t.test('mirrorVmx keeps only the mirrored disks and names in the mirror folder', async (t) => {
