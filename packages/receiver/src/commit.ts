@@ -35,8 +35,9 @@ function committedRecord(d: SealedDisk, cycle: number, now: string, generation: 
     capacity: d.info.capacity,
     size: d.size,
     cycle,
-    // a disk new to the mirror is held from this cycle on; a known one keeps its start
+    // a disk new to the mirror is held from this cycle on; a known one keeps its start, and the gaps it was out of the VM
     ...(prev === undefined ? { since: cycle } : prev.since === undefined ? {} : { since: prev.since }),
+    ...(prev === undefined ? {} : absentOf(backInVm(prev, cycle))),
     committedAt: now,
     source: d.info.source,
     cycleId: d.info.cycleId,
@@ -52,6 +53,10 @@ function committedRecord(d: SealedDisk, cycle: number, now: string, generation: 
   }
 }
 
+function absentOf(r: RemovalMarks): { absent?: RemovalMarks['absent'] } {
+  return r.absent === undefined ? {} : { absent: r.absent }
+}
+
 /** A new generation (SPEC §5.8): 128 bits from a secure random source, 32 lowercase hex digits. */
 export function newGeneration(): string {
   return randomBytes(16).toString('hex')
@@ -64,14 +69,27 @@ export function newGeneration(): string {
  * removed from the VM at this cycle, or earlier if already recorded (pure;
  * the Ceph store's records too).
  */
-export function uncarriedRecord<R extends { readonly name: string; readonly removed?: number }>(rec: R, cycle: number, attached: ReadonlySet<string> | undefined): R {
+export function uncarriedRecord<R extends RemovalMarks & { readonly name: string }>(rec: R, cycle: number, attached: ReadonlySet<string> | undefined): R {
   if (attached === undefined) return rec
-  if (attached.has(rec.name)) {
-    if (rec.removed === undefined) return rec
-    const { removed: _removed, ...kept } = rec
-    return kept as R
-  }
+  if (attached.has(rec.name)) return backInVm(rec, cycle)
   return rec.removed === undefined ? { ...rec, removed: cycle } : rec
+}
+
+/** The marks of a disk's removals from the VM (state-file.ts DiskRecord). */
+export interface RemovalMarks {
+  readonly removed?: number
+  readonly absent?: ReadonlyArray<{ readonly from: number; readonly to: number }>
+}
+
+/**
+ * A disk named or carried again at `cycle` after its removal: the mark
+ * becomes a closed gap [removed, cycle) in `absent`, so that the points
+ * taken while it was out of the VM still leave it out (points.ts disksAt).
+ */
+export function backInVm<R extends RemovalMarks>(rec: R, cycle: number): R {
+  if (rec.removed === undefined) return rec
+  const { removed, ...kept } = rec
+  return { ...kept, absent: [...(rec.absent ?? []), { from: removed, to: cycle }] } as unknown as R
 }
 
 /**

@@ -79,22 +79,24 @@ export function newestPointOf(points: readonly PointRecord[], disk: string): Poi
  */
 export function disksAt(state: VmStateFile, cycle: number): DiskRecord[] {
   return Object.values(state.disks)
-    .filter((r) => (r.since ?? 0) <= cycle && (r.removed === undefined || cycle < r.removed))
+    .filter((r) => heldAt(r, cycle))
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+}
+
+/** Whether the VM had disk `r` at point `cycle`: added at or before it, not removed at or before it, not in a gap it was out of the VM. */
+function heldAt(r: DiskRecord, cycle: number): boolean {
+  return (r.since ?? 0) <= cycle && (r.removed === undefined || cycle < r.removed) && !(r.absent ?? []).some((g) => g.from <= cycle && cycle < g.to)
 }
 
 /**
  * The disks removed from the VM that no point of `points` holds any more
- * (none at a cycle in [since, removed)): nothing reads their mirror, which
+ * (none at a cycle the VM had them: {@link heldAt}): nothing reads their mirror, which
  * a commit or prune reclaims (vm-mirror.ts). None while the VM is held (an
  * opened point or a failover may read through a mirror). Pure.
  */
 export function reclaimableDisks(state: VmStateFile, points: readonly PointRecord[]): DiskRecord[] {
   if ((state.holds ?? []).length > 0) return []
-  return Object.values(state.disks).filter((r) => {
-    const removed = r.removed
-    return removed !== undefined && !points.some((p) => p.cycle >= (r.since ?? 0) && p.cycle < removed)
-  })
+  return Object.values(state.disks).filter((r) => r.removed !== undefined && !points.some((p) => heldAt(r, p.cycle)))
 }
 
 /**

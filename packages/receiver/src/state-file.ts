@@ -39,9 +39,12 @@ export interface DiskRecord {
    * the first committed cycle whose .vmx no longer named this disk (removed
    * from the VM, mirror-vmx.ts attachedDisks): that point and newer ones
    * leave it out; its mirror stays as of `cycle` for the older points.
-   * Cleared when a cycle carries or names the disk again.
+   * Cleared when a cycle carries or names the disk again: it then becomes a
+   * gap in `absent`.
    */
   readonly removed?: number
+  /** cycles [from, to) the VM did not have the disk (removed, then named again): those points leave it out */
+  readonly absent?: ReadonlyArray<{ readonly from: number; readonly to: number }>
   readonly committedAt: string
   readonly source: SourceIdentity
   readonly cycleId: string

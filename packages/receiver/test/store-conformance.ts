@@ -154,6 +154,16 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
       ],
       'b.vmdk named again: no longer removed',
     )
+    // the points taken while it was out of the VM still leave it out; the ones before keep it
+    for (const [k, want] of [
+      [3, ['a.vmdk']],
+      [2, ['a.vmdk', 'b.vmdk']],
+    ] as const) {
+      const fo = join(env.dir, `failover-again-${k}`)
+      const files = await whenFree(() => store.failover(env, vm, k, fo))
+      t.same(Object.keys(files).sort(), want, `after the re-attach, point ${k}: ${want.join(', ')}`)
+      t.equal(await whenFree(() => store.close(env, vm, fo, true)), 1)
+    }
   })
 
   t.test(`${store.kind}: a removed disk is reclaimed once no kept point holds it (a prune, a commit's retention)`, async (t) => {

@@ -58,6 +58,8 @@ export interface CephDiskRecord {
   readonly kept?: CephKeptRecord
   /** the first committed cycle whose .vmx no longer named this disk (removed from the VM): points from it on leave the disk out (as the folder store's DiskRecord.removed) @default none */
   readonly removed?: number
+  /** cycles [from, to) the VM did not have the disk (removed, then named again; informational: the Ceph points name their disks) @default none */
+  readonly absent?: ReadonlyArray<{ readonly from: number; readonly to: number }>
 }
 
 /**
