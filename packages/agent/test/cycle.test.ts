@@ -233,18 +233,13 @@ t.test('two disks with the same basename on different datastores get distinct mi
   await fh.close()
   await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')) + 'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "ds2/dup.vmdk"\n')
   const { logger } = memoryLogger()
+  const job = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none' as const, certify: 'md5' as const }
   for (let cycle = 1; cycle <= 2; cycle++) {
     let frozen = new Map<string, string>()
     const r = await replicate(
       { logger },
       {
-        vm: vm.vmxPath,
-        to: rx.url,
-        token: TOKEN,
-        ca: rx.ca,
-        stateDir: join(dir, 'agent-state'),
-        progress: 'none',
-        certify: 'md5',
+        ...job,
         afterSnapshot: async (h) => {
           frozen = await recordFrozen(h, dir, `d${cycle}`)
           await simulateGuestWrites(h.vmxPath, { bytes: 64 * 1024, seed: cycle })
@@ -276,13 +271,7 @@ t.test('two disks with the same basename on different datastores get distinct mi
   const r = await replicate(
     { logger },
     {
-      vm: vm.vmxPath,
-      to: rx.url,
-      token: TOKEN,
-      ca: rx.ca,
-      stateDir: join(dir, 'agent-state'),
-      progress: 'none',
-      certify: 'md5',
+      ...job,
       afterSnapshot: async (h) => {
         frozen = await recordFrozen(h, dir, 'd3')
       },
@@ -309,7 +298,7 @@ t.test('two disks with the same basename on different datastores get distinct mi
   )
   // the next snapshot names its delta by the files of the disk's own folder (ds2), not the VM folder's: it was E_SNAPSHOT (file exists)
   await simulateGuestWrites(vm.vmxPath, { bytes: 64 * 1024, seed: 4 })
-  const r4 = await replicate({ logger }, { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'agent-state'), progress: 'none', certify: 'md5' })
+  const r4 = await replicate({ logger }, job)
   t.ok(r4.ok, `cycle 4: ${JSON.stringify(r4.vms[0]?.error ?? r4.vms[0]?.disks.map((d) => d.error))}`)
   t.same(
     r4.vms[0]?.disks.map((d) => [d.name, d.mode, d.certify?.ok]),
