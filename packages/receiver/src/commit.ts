@@ -1,12 +1,12 @@
 /**
  * Committing a VM cycle: the new state (one atomic state.json replace is the
  * commit point) and the roll-forward work after it, redone at start-up when
- * interrupted: seed renames, descriptors with the new CID, the installed
+ * interrupted: re-seeded mirrors kept as base points, seed renames, descriptors with the new CID, the installed
  * configuration files, retired journals.
  */
 import { randomBytes } from 'node:crypto'
 import { rename } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import type { Logger } from 'pino'
 import { fsyncDir, isTempName, unlinkIfExists, writeFileAtomicIfChanged } from './fs-util.ts'
 import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
@@ -16,7 +16,8 @@ import { attachedDisks, mirrorVmx, type DroppedReference } from './mirror-vmx.ts
 import { removeUnusedConfigs } from './point-config.ts'
 import { faultPoint } from './fault.ts'
 import { rollForwardPoints } from './points.ts'
-import type { DiskRecord, InflightDisk, VmStateFile } from './state-file.ts'
+import { pointFlatName, pointPath } from './increment.ts'
+import type { DiskRecord, InflightDisk, PendingCommit, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** One sealed disk of the cycle being committed. */
@@ -207,6 +208,24 @@ async function removeDiskFiles(paths: VmPaths, stem: string): Promise<void> {
 }
 
 /**
+ * Move each re-seeded disk's old mirror flat into `.grainline/points` as the
+ * extent of its base point, before the seed is renamed over it (idempotent:
+ * done when the extent is there; never once the seed is renamed, which
+ * would move the new mirror).
+ */
+async function retireMirrors(paths: VmPaths, retire: NonNullable<PendingCommit['retire']>): Promise<void> {
+  if (retire.length === 0) return
+  for (const r of retire) {
+    const to = pointPath(paths, pointFlatName(r.file))
+    if ((await entryExists(to)) || !(await entryExists(paths.seed(r.stem))) || !(await entryExists(paths.flat(r.stem)))) continue
+    await rename(paths.flat(r.stem), to)
+    faultPoint('commit-retired')
+  }
+  await fsyncDir(dirname(pointPath(paths, retire[0]?.file as string)))
+  await fsyncDir(paths.dir)
+}
+
+/**
  * Do the roll-forward work `state.pending` records (idempotent: every step
  * can be repeated after a crash). The caller then clears `pending` and
  * records the .vmx references dropped (undefined: no .vmx installed).
@@ -214,6 +233,7 @@ async function removeDiskFiles(paths: VmPaths, stem: string): Promise<void> {
 export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
   const p = state.pending
   if (p === null) return { vmxDropped: undefined }
+  await retireMirrors(paths, p.retire ?? [])
   for (const r of p.renames) {
     if (await entryExists(join(paths.dir, r.from))) {
       await rename(join(paths.dir, r.from), join(paths.dir, r.to))

@@ -50,6 +50,15 @@ export function pointExtentName(file: string): string {
 }
 
 /**
+ * The flat extent of a base point (docs/POINTS.md "Re-seeds keep the
+ * points"): the disk's old mirror flat, moved beside its descriptor when a
+ * seed replaced the mirror; a full copy of the disk, the end of its chain.
+ */
+export function pointFlatName(file: string): string {
+  return file.replace(/\.vmdk$/i, '-flat.vmdk')
+}
+
+/**
  * Absolute path of a point descriptor named `file` (in `.grainline/points`).
  * The names come from `state.json`: one that is not a plain `.vmdk` file name
  * (a separator, `..`) would make a prune remove, or a restore read, a file
@@ -65,10 +74,11 @@ export function pointPath(paths: VmPaths, file: string): string {
   return join(paths.gdir, POINTS_DIR, file)
 }
 
-/** Remove a point's descriptor, then its extent (idempotent). */
+/** Remove a point's descriptor, then its extent, SEsparse or (a base point) flat (idempotent). */
 export async function removePointFiles(paths: VmPaths, file: string): Promise<void> {
   await unlinkIfExists(pointPath(paths, file))
   await unlinkIfExists(pointPath(paths, pointExtentName(file)))
+  await unlinkIfExists(pointPath(paths, pointFlatName(file)))
 }
 
 type Writer = DiskWriter & { readonly cid: string; renewCid: (cid?: string) => Promise<string>; abandon: () => Promise<void> }

@@ -5,7 +5,9 @@
  * A point is a text descriptor in `.grainline/points` with one SEsparse
  * extent beside it (`<name>-sesparse.vmdk`) and no change-tracking file;
  * its parent is the next newer point of the disk (a plain file name in the
- * same folder) or, for the newest, the mirror (`../../<stem>.vmdk`). The
+ * same folder) or, for the newest, the mirror (`../../<stem>.vmdk`). A base
+ * point (the old mirror a re-seed replaced) has one flat extent
+ * (`<name>-flat.vmdk`) and no parent: the end of its chain. The
  * vmdk readers follow whatever a descriptor names (ESXi datastores need
  * that), and `consolidate` writes into the parent its child names and
  * deletes the files the child lists. A descriptor edited by hand, damaged,
@@ -17,7 +19,7 @@
 import { parseDescriptor, type Descriptor } from '@grainline/vmdk'
 import { basename } from 'node:path'
 import { ReceiverError } from './errors.ts'
-import { pointExtentName, pointPath } from './increment.ts'
+import { pointExtentName, pointFlatName, pointPath } from './increment.ts'
 import { readStoreFile, regularFileSize } from './store-fs.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -56,12 +58,20 @@ export async function checkPointFiles(paths: VmPaths, file: string): Promise<Des
   } catch (err) {
     throw linkError(paths, file, `its descriptor does not parse (${(err as Error).message})`)
   }
-  const extent = pointExtentName(file)
+  // a base point: one flat extent of its own and no parent; any other point: its SEsparse extent
+  const base = d.extents.length === 1 && isBase(d)
+  const extent = base ? pointFlatName(file) : pointExtentName(file)
   const names = d.extents.map((e) => e.file)
   if (names.length !== 1 || names[0] !== extent) throw linkError(paths, file, `its descriptor names the extents ${JSON.stringify(names)}, not ${JSON.stringify([extent])}`)
   if (d.changeTrackPath !== undefined) throw linkError(paths, file, `its descriptor names a change-tracking file ${JSON.stringify(d.changeTrackPath)}`)
   if ((await regularFileSize(pointPath(paths, extent))) === undefined) throw linkError(paths, file, `its extent ${extent} is missing`)
   return d
+}
+
+/** Whether a point's (checked) descriptor is a base point's: a full copy of the disk, its chain ends there. */
+function isBase(d: Descriptor): boolean {
+  const type = d.extents[0]?.type
+  return d.parentFileNameHint === undefined && (type === 'VMFS' || type === 'FLAT')
 }
 
 /** The parent a point's descriptor names: another point's file name, or `null` for the mirror of `stem`. */
@@ -74,8 +84,9 @@ function parentOf(paths: VmPaths, file: string, d: Descriptor, stem: string): st
 
 /**
  * Check the chain a read of point `file` of the disk `stem` goes through:
- * every point file up to the mirror (see {@link checkPointFiles}), each
- * linked to a point of the same folder or, last, to the mirror of `stem`.
+ * every point file up to the mirror or a base point (see
+ * {@link checkPointFiles}), each linked to a point of the same folder or,
+ * last, to the mirror of `stem`.
  * @throws ReceiverError E_STATE, E_STORE_FILE
  */
 export async function checkPointChain(paths: VmPaths, file: string, stem: string): Promise<void> {
@@ -84,7 +95,8 @@ export async function checkPointChain(paths: VmPaths, file: string, stem: string
     if (seen.has(f)) throw linkError(paths, file, `its chain loops back to ${f}`)
     if (seen.size >= MAX_POINT_HOPS) throw linkError(paths, file, `its chain is longer than ${MAX_POINT_HOPS} points`)
     seen.add(f)
-    f = parentOf(paths, f, await checkPointFiles(paths, f), stem)
+    const d = await checkPointFiles(paths, f)
+    f = isBase(d) ? null : parentOf(paths, f, d, stem)
   }
 }
 

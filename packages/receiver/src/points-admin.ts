@@ -221,7 +221,8 @@ async function restoreDisk(
     await fh.close()
     await chain.close()
   }
-  await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity: rec.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
+  // the capacity the disk had at the point (a disk re-seeded at another size keeps its older points)
+  await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity: chain.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
   let verified: RestoredDisk['verified'] = 'none'
   if (hash !== undefined && check !== null) {
     const got = Buffer.from(hash.digest()).toString('hex')

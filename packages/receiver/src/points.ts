@@ -11,7 +11,7 @@ import { consolidate } from '@grainline/vmdk'
 import { writeFileAtomic } from './fs-util.ts'
 import { faultPoint } from './fault.ts'
 import { entryExists, readStoreFile } from './store-fs.ts'
-import { pointExtentName, pointPath, removePointFiles } from './increment.ts'
+import { pointExtentName, pointFlatName, pointPath, removePointFiles } from './increment.ts'
 import { checkPointChain, checkPointMerge } from './point-chain.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { mirrorVmx } from './mirror-vmx.ts'
@@ -31,6 +31,12 @@ export interface PointDisk {
   /** the trivial check / certify recorded for the mirror while it was at this cycle */
   readonly trivial?: VerifyRecord
   readonly certify?: VerifyRecord
+  /**
+   * a base point: the disk's old mirror, which a seed replaced, kept whole
+   * (a flat extent, no parent): the older points of the disk read through
+   * it, the newer ones never do (docs/POINTS.md "Re-seeds keep the points")
+   */
+  readonly base?: true
 }
 
 /** A restore point: the VM as it was committed at `cycle`. */
@@ -142,10 +148,10 @@ export async function checkedPointSource(paths: VmPaths, state: VmStateFile, dis
   return pointSource(paths, state, disk, cycle)
 }
 
-/** Allocated bytes of a point's descriptor and extent (0 when missing). */
+/** Allocated bytes of a point's descriptor and extent, SEsparse or flat (0 when missing). */
 export async function pointBytes(paths: VmPaths, file: string): Promise<number> {
   let n = 0
-  for (const f of [file, pointExtentName(file)]) {
+  for (const f of [file, pointExtentName(file), pointFlatName(file)]) {
     try {
       n += (await stat(pointPath(paths, f))).blocks * 512
     } catch {
@@ -208,6 +214,8 @@ export interface CommittedIncrement {
   readonly file: string | undefined
   /** allocated bytes of the increment */
   readonly bytes: number
+  /** `file` is a base point: the disk's old mirror, replaced by a seed, kept whole ({@link PointDisk.base}) */
+  readonly base?: true
 }
 
 /** The point part of a commit: the VM's points after it and the roll-forward work. */
@@ -222,10 +230,12 @@ export interface PointPlan {
 /**
  * Plan the points of a commit (pure): the increments of the cycle become
  * point `state.committedCycle` — each linked onto the mirror, the disk's
- * previous newest point re-linked onto it. A disk of the cycle applied
- * without an increment while it had a committed mirror (a re-seed, a
- * capacity change, points turned off) breaks every point of the VM: they are
- * all dropped, with the reason returned.
+ * previous newest point re-linked onto it. A re-seeded disk's old mirror
+ * kept whole (`base`) is that disk's file of the point: the end of its
+ * chain, the previous newest point re-linked onto it. A disk of the cycle
+ * applied without either while it had a committed mirror (a capacity
+ * change, a resync of a modified mirror, points turned off) breaks every
+ * point of the VM: they are all dropped, with the reason returned.
  */
 export function planCommitPoints(state: VmStateFile, incs: readonly CommittedIncrement[]): PointPlan {
   const old = pointsOf(state)
@@ -238,7 +248,7 @@ export function planCommitPoints(state: VmStateFile, incs: readonly CommittedInc
     const why =
       breaking === undefined
         ? 'the cycle kept no increment'
-        : `disk ${breaking.disk} was applied without a reverse increment (seed, capacity change, a resync of a modified mirror, or points off): older points no longer read through its mirror`
+        : `disk ${breaking.disk} was applied without a reverse increment (capacity change, a seed or resync of a modified mirror, or points off): older points no longer read through its mirror`
     return { points: [], links: [], removePoints: all, droppedAll: why }
   }
   const disks: Record<string, PointDisk> = {}
@@ -255,10 +265,13 @@ export function planCommitPoints(state: VmStateFile, incs: readonly CommittedInc
       cycleDigest: rec.cycleDigest,
       ...(rec.trivial === undefined ? {} : { trivial: rec.trivial }),
       ...(rec.certify === undefined ? {} : { certify: rec.certify }),
+      ...(i.base === true ? { base: true as const } : {}),
     }
-    links.push({ disk: i.disk, file: i.file, parent: null })
+    // a base point has no parent: it is the whole disk
+    if (i.base !== true) links.push({ disk: i.disk, file: i.file, parent: null })
+    // the previous newest point reads through the new one, unless it is a base point (whole, no parent)
     const prev = newestPointOf(old, i.disk)
-    if (prev !== undefined) links.push({ disk: i.disk, file: prev.file, parent: i.file })
+    if (prev !== undefined && prev.base !== true) links.push({ disk: i.disk, file: prev.file, parent: i.file })
   }
   const point: PointRecord = { cycle: base, committedAt: state.committedAt ?? new Date(0).toISOString(), generation: state.generation ?? '', disks }
   return { points: [...old, point], links, removePoints: [] }
@@ -276,7 +289,10 @@ export interface PointMerge {
  * one (the older grains win: `consolidate`), whose file then holds the older
  * point — O(their size); when older points exist but none holds the disk (it
  * did not change in between), the file passes to the next older point; when
- * no point is older, the file is removed — O(1).
+ * no point is older, the file is removed — O(1). A base point (a re-seeded
+ * disk's old mirror) ends a chain: an older base point is not merged into a
+ * newer point (nothing older reads through the dropped one), but an older
+ * increment is merged into a dropped base point, which stays a base.
  */
 export function dropPoints(points: readonly PointRecord[], drop: readonly number[]): { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] } {
   const pts = [...points].sort((a, b) => a.cycle - b.cycle)
@@ -289,12 +305,20 @@ export function dropPoints(points: readonly PointRecord[], drop: readonly number
     for (const [disk, d] of Object.entries(gone.disks)) {
       let j = idx - 1
       while (j >= 0 && (pts[j] as PointRecord).disks[disk] === undefined) j--
-      if (j >= 0) {
+      if (j >= 0 && (pts[j] as PointRecord).disks[disk]?.base === true) {
+        // the older holder is whole and reads nothing through `d`: only the points in between read `d`
+        if (j < idx - 1) {
+          const prev = pts[idx - 1] as PointRecord
+          pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }
+        } else {
+          removePoints.push(d.file)
+        }
+      } else if (j >= 0) {
         const older = pts[j] as PointRecord
         const od = older.disks[disk] as PointDisk
         merges.push({ child: od.file, parent: d.file })
         removePoints.push(od.file)
-        pts[j] = { ...older, disks: { ...older.disks, [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes } } }
+        pts[j] = { ...older, disks: { ...older.disks, [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes, ...(d.base === true ? { base: true as const } : {}) } } }
       } else if (idx > 0) {
         const prev = pts[idx - 1] as PointRecord
         pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }

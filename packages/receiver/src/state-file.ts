@@ -127,6 +127,12 @@ export interface InflightDisk {
 /** Roll-forward work after the commit point (state.json says committed). */
 export interface PendingCommit {
   readonly cycle: number
+  /**
+   * re-seeded disks whose old mirror flat becomes a base point (moved to
+   * `.grainline/points/<file minus .vmdk>-flat.vmdk`; its descriptor `file`
+   * is written before the commit point), before the seed renames
+   */
+  readonly retire?: ReadonlyArray<{ readonly stem: string; readonly file: string }>
   /** seed files renamed over their flats (names relative to the VM folder) */
   readonly renames: ReadonlyArray<{ readonly from: string; readonly to: string }>
   /** disk names whose descriptors are rewritten */

@@ -1,8 +1,10 @@
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
-import { unlinkIfExists, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
+import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
+import { mirrorDescriptor } from './mirror-descriptor.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
@@ -22,7 +24,7 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 
 /** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
-import { pointFileName } from './increment.ts'
+import { POINTS_DIR, pointFileName, pointFlatName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
 import { savePointConfig } from './point-config.ts'
@@ -56,6 +58,15 @@ export interface OpenContext {
 }
 
 /** How a commit treats restore points. */
+/** A re-seeded disk's old mirror kept as its file of the commit's new point (VmMirror basePoint). */
+interface BasePoint extends CommittedIncrement {
+  readonly stem: string
+  readonly file: string
+  readonly base: true
+  /** the base point's descriptor: the old mirror's, naming the flat moved beside it */
+  readonly descriptor: string
+}
+
 export interface CommitOptions {
   /** the VM's retention policy (none: points off, existing ones dropped) */
   readonly retention?: RetentionPolicy
@@ -324,10 +335,13 @@ export class VmMirror {
       }
       // the increments become point `committedCycle`: complete and durable before the commit point
       const incs: CommittedIncrement[] = []
+      const bases: BasePoint[] = []
       for (const a of applies) {
         await a.closeIncrement()
         const file = a.info.increment
-        incs.push({ disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
+        const base = file === undefined ? await this.basePoint(a.info, opts) : undefined
+        if (base !== undefined) bases.push(base)
+        incs.push(base ?? { disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
       }
       const planned = planCommitPoints(this.current, incs)
       const plan = await this.withPointConfig(planned)
@@ -355,12 +369,13 @@ export class VmMirror {
       const kept = await this.retainChecked(plan.points, opts)
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       const reclaim = this.reclaim(c.next, kept.points)
+      const retire = await this.writeBaseDescriptors(bases, kept.points, cycle)
       faultPoint('commit-before-state')
       await this.save({
         ...reclaim.state,
         compat,
         points: kept.points,
-        pending: { ...pending, links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints], ...reclaim.pending },
+        pending: { ...pending, ...(retire.length > 0 ? { retire } : {}), links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints], ...reclaim.pending },
       })
     } catch (err) {
       throw ioError(err, 'committing')
@@ -370,6 +385,51 @@ export class VmMirror {
     await this.rollForward()
     await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
+  }
+
+  /**
+   * A seed replacing a committed mirror of a VM that keeps points: the old
+   * mirror, as committed, becomes the disk's file of point `committedCycle`
+   * (a base point), so that the older points keep reading through it instead
+   * of being dropped (docs/POINTS.md "Re-seeds keep the points"). Undefined
+   * when it cannot: not a seed, points off, another stem, or a mirror
+   * changed since its commit (booted, edited, missing: then the commit drops
+   * the points, as before, with the reason logged).
+   */
+  private async basePoint(info: InflightDisk, opts: CommitOptions): Promise<BasePoint | undefined> {
+    const rec = this.current.disks[info.name]
+    if (info.target !== 'seed' || rec === undefined || rec.stem !== info.stem || !keepsPoints(opts.retention)) return undefined
+    if (mirrorModified(rec, undefined, await inspectMirror(this.paths, rec, undefined))) {
+      this.log.warn(
+        { vm: this.vm, disk: info.name, cycle: rec.cycle },
+        'mirror changed since its last commit: it cannot be kept as a restore point for the re-seed, so the restore points are dropped at this commit',
+      )
+      return undefined
+    }
+    const file = pointFileName(rec.stem, this.current.committedCycle)
+    const blocks = (await stat(this.paths.flat(rec.stem))).blocks * 512
+    const descriptor = mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: pointFlatName(file), ddb: rec.ddb })
+    return { disk: info.name, stem: rec.stem, file, bytes: blocks + Buffer.byteLength(descriptor), base: true, descriptor }
+  }
+
+  /**
+   * The descriptors of the base points a commit keeps, written (durable)
+   * before the commit point; their flats move at the roll-forward
+   * (commit.ts retireMirrors). Returns the pending `retire` work.
+   */
+  private async writeBaseDescriptors(bases: readonly BasePoint[], kept: readonly PointRecord[], cycle: number): Promise<Array<{ stem: string; file: string }>> {
+    const keptBases = bases.filter((b) => kept.some((p) => p.disks[b.disk]?.file === b.file))
+    if (keptBases.length === 0) return []
+    await ensureStoreDir(join(this.paths.gdir, POINTS_DIR))
+    for (const b of keptBases) {
+      await writeFileAtomic(pointPath(this.paths, b.file), b.descriptor)
+      this.log.info(
+        { vm: this.vm, disk: b.disk, cycle, point: this.current.committedCycle, bytes: b.bytes },
+        'disk re-seeded: its old mirror is kept whole as restore point of the previous cycle, so the older restore points still read through it',
+      )
+    }
+    await fsyncDir(join(this.paths.gdir, POINTS_DIR))
+    return keptBases.map((b) => ({ stem: b.stem, file: b.file }))
   }
 
   /**

@@ -235,3 +235,53 @@ t.test('kill -9 of the commit that reclaims a removed disk, before and amid dele
     })
   }
 })
+
+t.test('kill -9 of the commit of a re-seed that keeps the old mirror as a base point, at each step: the restart finishes it, every point exact', async (t) => {
+  const reseed = pattern(CAP, 21)
+  const read = (env: Env, desc: string): Buffer => {
+    const out = join(env.dir, `r-${Math.random().toString(16).slice(2)}.raw`)
+    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+    return readFileSync(out)
+  }
+  const base = await withPoints(join(t.testdir(), 'base'), 4)
+  for (const fault of ['commit-before-state:1', 'commit-after-state:1', 'commit-retired:1', 'commit-renamed:1', 'commit-descriptors:1', 'commit-points:1']) {
+    await t.test(fault, async (t) => {
+      const env = { ...base, dir: t.testdir(), store: join(t.testdir(), 'store') }
+      execFileSync('cp', ['-a', base.store, env.store])
+      const seed5 = (id: string) => seedPlan(0, 'vm1.vmdk', reseed, id, EXT)
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [seed5('5a'.repeat(8))])
+      })
+      const c = await startChild(env, { args: args(env) })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
+      if (state(env).committedCycle === 4) {
+        t.equal(fault, 'commit-before-state:1', 'only a kill before the commit point leaves cycle 4')
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [seed5('5b'.repeat(8))], { rollbackFirst: true })
+        a.close()
+        await a.whenClosed()
+      }
+      const s = state(env)
+      t.equal(s.committedCycle, 5)
+      t.equal(s.pending, null, 'nothing left to roll forward')
+      t.same(
+        (s.points ?? []).map((p) => p.cycle),
+        [2, 3, 4],
+        'keep 3: point 1 pruned, the old mirror is point 4',
+      )
+      t.match(s.points?.[2]?.disks['vm1.vmdk'], { file: 'vm1.p4.vmdk', base: true })
+      t.ok(read(env, join(env.store, VM, 'vm1.vmdk')).equals(reseed), `${fault}: mirror == the re-seed`)
+      for (const p of s.points ?? []) {
+        t.ok(read(env, join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${fault}: point ${p.cycle} exact`)
+      }
+      t.same(
+        readdirSync(join(env.store, VM)).filter((f) => f.endsWith('.seed')),
+        [],
+        'no seed file left',
+      )
+    })
+  }
+})

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
@@ -335,7 +335,7 @@ t.test('a point boots with its own .vmx: a disk removed since is attached again,
   t.match(readFileSync(join(to3m, `${vm}.vmx`), 'utf8'), /scsi0:0\.fileName = "d\.vmdk"/, "a missing configuration: restored with the mirror's .vmx")
 })
 
-t.test('a rollback undoes from the increment and removes it; a re-seed drops the points', async (t) => {
+t.test('a rollback undoes from the increment and removes it; a re-seed keeps the points (the old mirror becomes a base point)', async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
   t.teardown(() => receiver.close())
@@ -351,30 +351,142 @@ t.test('a rollback undoes from the increment and removes it; a re-seed drops the
   await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', img2, 1, 'dd02dd02dd02dd02', ranges, 'd-000001.vmdk', 'd-000002.vmdk', 64 * 1024)], { commit: false })
   a.close()
   const flat = join(env.store, vm, 'd-flat.vmdk')
+  const pdir = join(env.store, vm, '.grainline', 'points')
   t.ok(readFileSync(flat).equals(img2), 'applied, not committed')
-  t.ok(existsSync(join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')), 'in-flight increment')
+  t.ok(existsSync(join(pdir, 'd.p1.vmdk')), 'in-flight increment')
   a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const img3 = evolve(img1, 4, ranges)
   await runCycle(a, vm, 3, [incPlan(0, 'd.vmdk', img3, 1, 'dd03dd03dd03dd03', ranges, 'd-000001.vmdk', 'd-000002.vmdk')], { rollbackFirst: true })
   a.close()
   t.ok(readFileSync(flat).equals(img3), 'rolled back, then cycle 3 applied')
-  const s = state(env.store, vm)
   t.same(
-    (s.points ?? []).map((p) => p.cycle),
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
     [1],
   )
-  t.ok(qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', 'd.p1.vmdk')).equals(img1), 'point 1 after a rollback and a new cycle')
-  // a re-seed of the disk: older points no longer read through the mirror
+  t.ok(qemuRead(env.dir, join(pdir, 'd.p1.vmdk')).equals(img1), 'point 1 after a rollback and a new cycle')
+
+  // a re-seed of the disk (cycle 4): the old mirror, as committed at cycle 3, is kept whole as point 3
+  const images: Buffer[] = [Buffer.alloc(0), img1, img2, img3, pattern(cap, 9)]
   a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 4, [seedPlan(0, 'd.vmdk', pattern(cap, 9), 'dd04dd04dd04dd04')])
+  await runCycle(a, vm, 4, [seedPlan(0, 'd.vmdk', images[4] as Buffer, 'dd04dd04dd04dd04')])
+  a.close()
+  let s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1, 3],
+    'the older point stays, the old mirror is point 3',
+  )
+  t.match(s.points?.[1]?.disks['d.vmdk'], { file: 'd.p3.vmdk', base: true })
+  t.same(
+    readdirSync(pdir)
+      .filter((f) => !f.startsWith('config-'))
+      .sort(),
+    ['d.p1-sesparse.vmdk', 'd.p1.vmdk', 'd.p3-flat.vmdk', 'd.p3.vmdk'],
+  )
+  t.notOk(
+    logs.lines.some((l) => l['msg'] === 'restore points dropped'),
+    'nothing dropped',
+  )
+  t.ok(
+    logs.lines.some((l) => String(l['msg']).startsWith('disk re-seeded: its old mirror is kept whole')),
+    'the base point is logged',
+  )
+  const exact = (what: string): void => {
+    const st = state(env.store, vm)
+    for (const p of st.points ?? []) {
+      const file = p.disks['d.vmdk']?.file
+      if (file !== undefined) t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} reads (qemu-img) as cycle ${p.cycle}`)
+    }
+    t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[images.length - 1] as Buffer), `${what}: mirror exact`)
+  }
+  exact('after the re-seed')
+
+  // cycles 5 and 6 in place over the new mirror: points 4 and 5 chain onto it, not onto the base
+  for (let c = 5; c <= 6; c++) {
+    const r = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 7, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `dd0${c}dd0${c}dd0${c}dd0${c}`, r, `d-00000${c - 4}.vmdk`, `d-00000${c - 3}.vmdk`)])
+    a.close()
+  }
+  s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1, 3, 4, 5],
+  )
+  exact('after two more cycles')
+  await receiver.close()
+  const log = pino({ level: 'silent' })
+  // a restore reads through the base point and verifies
+  const to1 = join(env.dir, 'restore-1')
+  await whenFree(() => restorePoint(env.store, vm, 1, to1, { logger: log }))
+  t.ok(readFileSync(join(to1, 'd-flat.vmdk')).equals(img1), 'restore of point 1 (through the base point) exact')
+  // dropping the point just newer than the base: nothing older reads through it, it goes whole
+  await whenFree(() => prunePoints(env.store, vm, { cycles: [4] }, { logger: log }))
+  exact('after dropping point 4')
+  t.notOk(existsSync(join(pdir, 'd.p4.vmdk')), 'point 4 files removed, not merged into the base')
+  // dropping the base: the older increment is merged into it, which then holds point 1 and stays whole
+  await whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log }))
+  s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1, 5],
+  )
+  t.match(s.points?.[0]?.disks['d.vmdk'], { file: 'd.p3.vmdk', base: true })
+  exact('after dropping the base point')
+  t.same(
+    readdirSync(pdir)
+      .filter((f) => !f.startsWith('config-'))
+      .sort(),
+    ['d.p3-flat.vmdk', 'd.p3.vmdk', 'd.p5-sesparse.vmdk', 'd.p5.vmdk'],
+  )
+  // the oldest point dropped: the base goes with it
+  await whenFree(() => prunePoints(env.store, vm, { cycles: [1] }, { logger: log }))
+  t.same(
+    readdirSync(pdir)
+      .filter((f) => !f.startsWith('config-'))
+      .sort(),
+    ['d.p5-sesparse.vmdk', 'd.p5.vmdk'],
+  )
+  exact('after dropping the oldest point')
+})
+
+t.test('a re-seed over a mirror changed since its commit still drops the points, logged', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts2b'
+  const img1 = pattern(cap, 6)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'db01db01db01db01')])
+  a.close()
+  const ranges = [{ offset: 8192, length: MiB }]
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', evolve(img1, 2, ranges), 1, 'db02db02db02db02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')])
+  a.close()
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [1],
+  )
+  // someone grew the mirror behind the receiver's back: it is not the committed cycle 2 any more
+  appendFileSync(join(env.store, vm, 'd-flat.vmdk'), Buffer.alloc(512, 1))
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', pattern(cap, 10), 'db03db03db03db03')])
   a.close()
   t.same(state(env.store, vm).points, [])
-  t.same(readdirSync(join(env.store, vm, '.grainline', 'points')), [])
+  t.same(
+    readdirSync(join(env.store, vm, '.grainline', 'points')).filter((f) => !f.startsWith('config-')),
+    [],
+  )
   t.ok(
     logs.lines.some((l) => l['msg'] === 'restore points dropped'),
     'the drop is logged with its reason',
   )
-  writeFileSync(join(env.dir, 'done'), '')
+  t.ok(
+    logs.lines.some((l) => String(l['msg']).startsWith('mirror changed since its last commit: it cannot be kept')),
+    'and why the old mirror could not be kept',
+  )
 })
 
 t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {
