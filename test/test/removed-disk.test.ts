@@ -6,8 +6,8 @@
 // which disk the cycles no longer carry — its mirror kept as of its last
 // cycle — without raising the mirror's health. The points before the removal
 // keep the disk; the points after it and the mirror's cycle leave it out. A
-// new disk of the same size then reusing the removed disk's name lands on its
-// mirror and keeps the points: the older ones still restore the old disk.
+// new, larger disk then reusing the removed disk's name lands on its mirror
+// and keeps the points: the older ones still restore the old disk.
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { copyFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
@@ -112,12 +112,13 @@ t.test('a disk removed from the VM: the cycles go on with the others, status nam
   t.notOk(existsSync(join(at3, `${name}_1-flat.vmdk`)), 'point 3 does not copy the removed disk')
   t.ok(existsSync(join(at3, `${name}-flat.vmdk`)), 'point 3 restores the disk the VM has')
 
-  // the operator deletes the old disk's files and adds a new disk of the same size on the same device: ESXi gives
-  // it the same file name, so it lands on the removed disk's mirror record, and the agent resyncs it onto that
-  // mirror in place (cycle 5) — through a reverse increment, so the points before the removal still restore the
-  // old disk. (A new disk of another size still drops the VM's points: see docs/POINTS.md.)
+  // the operator deletes the old disk's files and adds a new, larger disk on the same device: ESXi gives it the
+  // same file name, so it lands on the removed disk's mirror record, and the agent resyncs it onto that mirror in
+  // place (cycle 5). The capacity changes, so no reverse increment can hold the old data: the receiver copies the
+  // old mirror into a base point first, and the points before the removal still restore the old disk (they were
+  // all dropped before).
   for (const f of await readdir(vm.dir)) if (f.startsWith(`${name}_1`)) await rm(join(vm.dir, f))
-  const fresh = await createSampleVm(join(dir, 'new-disk'), { name: `${name}_1`, disks: [{ sizeBytes: 4 * MiB }], seed: 9 })
+  const fresh = await createSampleVm(join(dir, 'new-disk'), { name: `${name}_1`, disks: [{ sizeBytes: 6 * MiB }], seed: 9 })
   for (const f of await readdir(fresh.dir)) if (f.endsWith('.vmdk')) await copyFile(join(fresh.dir, f), join(vm.dir, f))
   const added = vmx
     .split('\n')
@@ -145,7 +146,7 @@ t.test('a disk removed from the VM: the cycles go on with the others, status nam
   const at2b = join(dir, 'restored-2b')
   const r2b = await runCli(['restore', '--store', site.store, '--vm', name, '--point', '2', '--to', at2b, '--output', 'json'])
   t.equal(r2b.code, 0, r2b.stderr)
-  t.equal(await firstDifference(secondBefore, await rawOf(join(at2b, `${name}_1.vmdk`), join(dir, 'second-restored-2b.raw'))), -1, 'point 2 still restores the old disk as of cycle 2')
+  t.equal(await firstDifference(secondBefore, await rawOf(join(at2b, `${name}_1.vmdk`), join(dir, 'second-restored-2b.raw'))), -1, 'point 2 still restores the old disk as of cycle 2, at its own size')
   t.match(
     JSON.parse(r2b.stdout.trim().split('\n').at(-1) ?? ''),
     { disks: [{}, { name: `${name}_1.vmdk`, capacity: 4 * MiB, verified: 'trivial' }] },

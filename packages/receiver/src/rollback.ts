@@ -5,6 +5,7 @@ import { readJournal, resetJournal, undoJournal, type JournalContents } from './
 import { faultPoint } from './fault.ts'
 import { pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
+import { removeBasePoint } from './base-point.ts'
 import { entryExists } from './store-fs.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -60,6 +61,7 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise
     await resetJournal(upath, ucontents.headEnd)
     // the increment is no point: nothing refers to it once the markers are gone
     if (d.increment !== undefined) await removePointFiles(paths, d.increment)
+    if (d.baseCopy !== undefined) await removeBasePoint(paths, d.baseCopy)
     await rename(upath, jpath)
     await fsyncDir(paths.gdir)
     faultPoint('rollback-reset')

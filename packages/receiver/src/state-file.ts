@@ -122,6 +122,13 @@ export interface InflightDisk {
    * becomes point `baseCycle` at commit.
    */
   readonly increment?: string
+  /**
+   * An in-place apply that changes the disk's capacity (no increment can sit
+   * on it) in a VM that keeps points: the base point (descriptor name in
+   * `.grainline/points`) holding a copy of the committed mirror, made before
+   * the first write; it becomes point `baseCycle` at commit (base-point.ts).
+   */
+  readonly baseCopy?: string
 }
 
 /** Roll-forward work after the commit point (state.json says committed). */

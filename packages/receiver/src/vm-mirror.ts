@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
-import { mirrorDescriptor } from './mirror-descriptor.ts'
+import { baseDescriptor, copyBasePoint, removeBasePoint } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
@@ -24,7 +24,7 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 
 /** The stems of the resync disks among `disks` (their block maps go at commit and rollback). */
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
-import { POINTS_DIR, pointFileName, pointFlatName, pointPath } from './increment.ts'
+import { POINTS_DIR, pointFileName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
 import { savePointConfig } from './point-config.ts'
@@ -63,8 +63,8 @@ interface BasePoint extends CommittedIncrement {
   readonly stem: string
   readonly file: string
   readonly base: true
-  /** the base point's descriptor: the old mirror's, naming the flat moved beside it */
-  readonly descriptor: string
+  /** a seed's base point: its descriptor (the old mirror's, naming the flat moved beside it), written at commit; undefined: copied before the apply (InflightDisk.baseCopy) */
+  readonly descriptor?: string
 }
 
 export interface CommitOptions {
@@ -258,7 +258,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = this.withIncrement(d.info, rec, ctx.retention)
+    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -311,6 +311,38 @@ export class VmMirror {
       return info
     }
     return { ...info, increment: pointFileName(info.stem, this.current.committedCycle) }
+  }
+
+  /**
+   * An in-place apply that changes the capacity of a committed mirror of a VM
+   * that keeps points: no reverse increment can sit on the new capacity, so
+   * the committed mirror is copied whole into a base point first
+   * (base-point.ts), which becomes point `committedCycle` at commit, and the
+   * older points keep reading through it. When the copy fails (no space),
+   * the apply goes on without it and the commit drops the points, as before,
+   * logged: the cycle's data does not wait for the archive.
+   */
+  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined): Promise<InflightDisk> {
+    if (info.target !== 'flat' || info.increment !== undefined || rec === undefined || rec.capacity === info.capacity || !keepsPoints(retention)) return info
+    if (mirrorModified(rec, undefined, await inspectMirror(this.paths, rec, undefined))) return info
+    const from = info.resyncFrom
+    if (from !== undefined && (from.cid !== rec.mirrorCid || from.flatSize !== rec.size)) return info
+    const file = pointFileName(rec.stem, this.current.committedCycle)
+    try {
+      await copyBasePoint(this.paths, rec, file)
+    } catch (err) {
+      await removeBasePoint(this.paths, file).catch(() => {})
+      this.log.warn(
+        { vm: this.vm, disk: info.name, capacity: rec.capacity, newCapacity: info.capacity, err: (err as Error).message },
+        'the disk changes capacity and its mirror could not be copied into a restore point: the restore points are dropped at this commit; free space in the store to keep them next time',
+      )
+      return info
+    }
+    this.log.info(
+      { vm: this.vm, disk: info.name, capacity: rec.capacity, newCapacity: info.capacity, point: this.current.committedCycle },
+      'the disk changes capacity: its mirror is copied whole into the restore point of the previous cycle, so that the older points still read through it',
+    )
+    return { ...info, baseCopy: file }
   }
 
   /**
@@ -398,6 +430,8 @@ export class VmMirror {
    */
   private async basePoint(info: InflightDisk, opts: CommitOptions): Promise<BasePoint | undefined> {
     const rec = this.current.disks[info.name]
+    // an in-place apply across a capacity change made its base point before its first write
+    if (info.baseCopy !== undefined && rec !== undefined) return { disk: info.name, stem: rec.stem, file: info.baseCopy, bytes: await pointBytes(this.paths, info.baseCopy), base: true }
     if (info.target !== 'seed' || rec === undefined || rec.stem !== info.stem || !keepsPoints(opts.retention)) return undefined
     if (mirrorModified(rec, undefined, await inspectMirror(this.paths, rec, undefined))) {
       this.log.warn(
@@ -408,7 +442,7 @@ export class VmMirror {
     }
     const file = pointFileName(rec.stem, this.current.committedCycle)
     const blocks = (await stat(this.paths.flat(rec.stem))).blocks * 512
-    const descriptor = mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: pointFlatName(file), ddb: rec.ddb })
+    const descriptor = baseDescriptor(rec, file)
     return { disk: info.name, stem: rec.stem, file, bytes: blocks + Buffer.byteLength(descriptor), base: true, descriptor }
   }
 
@@ -418,11 +452,11 @@ export class VmMirror {
    * (commit.ts retireMirrors). Returns the pending `retire` work.
    */
   private async writeBaseDescriptors(bases: readonly BasePoint[], kept: readonly PointRecord[], cycle: number): Promise<Array<{ stem: string; file: string }>> {
-    const keptBases = bases.filter((b) => kept.some((p) => p.disks[b.disk]?.file === b.file))
+    const keptBases = bases.filter((b) => b.descriptor !== undefined && kept.some((p) => p.disks[b.disk]?.file === b.file))
     if (keptBases.length === 0) return []
     await ensureStoreDir(join(this.paths.gdir, POINTS_DIR))
     for (const b of keptBases) {
-      await writeFileAtomic(pointPath(this.paths, b.file), b.descriptor)
+      await writeFileAtomic(pointPath(this.paths, b.file), b.descriptor as string)
       this.log.info(
         { vm: this.vm, disk: b.disk, cycle, point: this.current.committedCycle, bytes: b.bytes },
         'disk re-seeded: its old mirror is kept whole as restore point of the previous cycle, so the older restore points still read through it',

@@ -44,14 +44,17 @@ function state(env: Env): VmStateFile {
   return JSON.parse(readFileSync(join(env.store, VM, '.grainline', 'state.json'), 'utf8')) as VmStateFile
 }
 
+/** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
+function readRaw(env: Env, desc: string): Buffer {
+  const out = join(env.dir, `r-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
+  return readFileSync(out)
+}
+
 /** The mirror and every kept point read as the images of their cycles. */
 function checkExact(t: Test, env: Env, what: string): void {
   const s = state(env)
-  const read = (desc: string): Buffer => {
-    const out = join(env.dir, `r-${Math.random().toString(16).slice(2)}.raw`)
-    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
-    return readFileSync(out)
-  }
+  const read = (desc: string): Buffer => readRaw(env, desc)
   t.ok(read(join(env.store, VM, 'vm1.vmdk')).equals(images[s.committedCycle] as Buffer), `${what}: mirror == image ${s.committedCycle}`)
   for (const p of s.points ?? []) {
     t.ok(read(join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} exact`)
@@ -154,6 +157,28 @@ t.test('kill -9 during an apply into a reverse increment and its commit (which p
   }
 })
 
+/**
+ * After cycle 5 (keep 3) replaced the mirror of cycle 4 whole (a re-seed, a
+ * capacity change): committed, nothing pending, point 4 is the old mirror
+ * kept as a base point at its own capacity, the mirror is `mirror`, and
+ * every point reads as the image of its cycle.
+ */
+function checkBasePoint(t: Test, env: Env, fault: string, mirror: Buffer): void {
+  const s = state(env)
+  t.equal(s.committedCycle, 5)
+  t.equal(s.pending, null, 'nothing left to roll forward')
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [2, 3, 4],
+    'keep 3: point 1 pruned, the old mirror is point 4',
+  )
+  t.match(s.points?.[2]?.disks['vm1.vmdk'], { file: 'vm1.p4.vmdk', base: true, capacity: CAP })
+  t.ok(readRaw(env, join(env.store, VM, 'vm1.vmdk')).equals(mirror), `${fault}: mirror == cycle 5`)
+  for (const p of s.points ?? []) {
+    t.ok(readRaw(env, join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${fault}: point ${p.cycle} exact`)
+  }
+}
+
 const mergeFaults = ['prune-after-state:1', 'merge-cid-recorded:1', 'merge-copied:1', 'merge-copied:3', 'merge-parent-flushed:1', 'merge-repointed:1', 'merge-parent-cid:1', 'merge-removed:1']
 
 t.test('kill -9 of `grainline points drop` merging the newest point into the mirror-side chain: recovery finishes it, every kept point exact', async (t) => {
@@ -238,11 +263,6 @@ t.test('kill -9 of the commit that reclaims a removed disk, before and amid dele
 
 t.test('kill -9 of the commit of a re-seed that keeps the old mirror as a base point, at each step: the restart finishes it, every point exact', async (t) => {
   const reseed = pattern(CAP, 21)
-  const read = (env: Env, desc: string): Buffer => {
-    const out = join(env.dir, `r-${Math.random().toString(16).slice(2)}.raw`)
-    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
-    return readFileSync(out)
-  }
   const base = await withPoints(join(t.testdir(), 'base'), 4)
   for (const fault of ['commit-before-state:1', 'commit-after-state:1', 'commit-retired:1', 'commit-renamed:1', 'commit-descriptors:1', 'commit-points:1']) {
     await t.test(fault, async (t) => {
@@ -264,23 +284,52 @@ t.test('kill -9 of the commit of a re-seed that keeps the old mirror as a base p
         a.close()
         await a.whenClosed()
       }
-      const s = state(env)
-      t.equal(s.committedCycle, 5)
-      t.equal(s.pending, null, 'nothing left to roll forward')
-      t.same(
-        (s.points ?? []).map((p) => p.cycle),
-        [2, 3, 4],
-        'keep 3: point 1 pruned, the old mirror is point 4',
-      )
-      t.match(s.points?.[2]?.disks['vm1.vmdk'], { file: 'vm1.p4.vmdk', base: true })
-      t.ok(read(env, join(env.store, VM, 'vm1.vmdk')).equals(reseed), `${fault}: mirror == the re-seed`)
-      for (const p of s.points ?? []) {
-        t.ok(read(env, join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(images[p.cycle] as Buffer), `${fault}: point ${p.cycle} exact`)
-      }
+      checkBasePoint(t, env, fault, reseed)
       t.same(
         readdirSync(join(env.store, VM)).filter((f) => f.endsWith('.seed')),
         [],
         'no seed file left',
+      )
+    })
+  }
+})
+
+t.test('kill -9 while a capacity change copies the mirror into a base point, applies and commits: resume or rollback, every point exact', async (t) => {
+  // the grown part reads as zeros until written (as on ESXi)
+  const grown = Buffer.concat([images[4] as Buffer, Buffer.alloc(MiB)])
+  const r5 = [
+    { offset: EXT, length: 2 * EXT },
+    { offset: CAP + EXT, length: 4 * EXT },
+  ]
+  const img5 = evolve(grown, 77, r5)
+  const grow5 = (id: string) => incPlan(0, 'vm1.vmdk', img5, 4, id, r5, 'vm1-000004.vmdk', 'vm1-000005.vmdk', EXT)
+  const base = await withPoints(join(t.testdir(), 'base'), 4)
+  let i = 0
+  for (const fault of ['base-copied:1', 'journal-synced:1', 'extent-written:2', 'commit-before-state:1', 'commit-points:1']) {
+    const then = i++ % 2 === 0 ? 'resume' : 'rollback-cli'
+    await t.test(`${fault} then ${then}`, async (t) => {
+      const env = { ...base, dir: t.testdir(), store: join(t.testdir(), 'store') }
+      execFileSync('cp', ['-a', base.store, env.store])
+      await crashRun(t, env, fault, async (url) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [grow5('5c'.repeat(8))])
+      })
+      if (then === 'rollback-cli' && state(env).inflight !== null) await rollbackMirror(env.store, VM)
+      const c = await startChild(env, { args: args(env) })
+      t.teardown(() => {
+        c.child.kill('SIGKILL')
+      })
+      if (state(env).committedCycle === 4) {
+        const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+        await runCycle(a, VM, 5, [grow5(then === 'resume' ? '5c'.repeat(8) : '5d'.repeat(8))], { rollbackFirst: then !== 'resume' })
+        a.close()
+        await a.whenClosed()
+      }
+      checkBasePoint(t, env, fault, img5)
+      t.same(
+        readdirSync(join(env.store, VM, '.grainline', 'points')).filter((f) => f.endsWith('.copying')),
+        [],
+        'no partial copy left',
       )
     })
   }

@@ -1,4 +1,5 @@
 import t from 'tap'
+import type { Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
@@ -14,6 +15,16 @@ function qemuRead(dir: string, desc: string): Buffer {
   const out = join(dir, `read-${Math.random().toString(16).slice(2)}.raw`)
   execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', desc, out])
   return readFileSync(out)
+}
+
+/** Every point of disk d.vmdk reads (qemu-img) as the image of its cycle, at its own size, and the mirror as the newest image. */
+function pointsExact(t: Test, env: { dir: string; store: string }, vm: string, images: readonly Buffer[], what: string): void {
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  for (const p of state(env.store, vm).points ?? []) {
+    const file = p.disks['d.vmdk']?.file
+    if (file !== undefined) t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} reads (qemu-img) as cycle ${p.cycle}`)
+  }
+  t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[images.length - 1] as Buffer), `${what}: mirror exact`)
 }
 
 function state(store: string, vm: string): VmStateFile {
@@ -391,14 +402,7 @@ t.test('a rollback undoes from the increment and removes it; a re-seed keeps the
     logs.lines.some((l) => String(l['msg']).startsWith('disk re-seeded: its old mirror is kept whole')),
     'the base point is logged',
   )
-  const exact = (what: string): void => {
-    const st = state(env.store, vm)
-    for (const p of st.points ?? []) {
-      const file = p.disks['d.vmdk']?.file
-      if (file !== undefined) t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `${what}: point ${p.cycle} reads (qemu-img) as cycle ${p.cycle}`)
-    }
-    t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[images.length - 1] as Buffer), `${what}: mirror exact`)
-  }
+  const exact = (what: string): void => pointsExact(t, env, vm, images, what)
   exact('after the re-seed')
 
   // cycles 5 and 6 in place over the new mirror: points 4 and 5 chain onto it, not onto the base
@@ -449,6 +453,70 @@ t.test('a rollback undoes from the increment and removes it; a re-seed keeps the
     ['d.p5-sesparse.vmdk', 'd.p5.vmdk'],
   )
   exact('after dropping the oldest point')
+})
+
+t.test('a capacity change keeps the points: the mirror is copied into a base point before the in-place apply; a rollback removes it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const vm = 'web-pts-grow'
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 12)]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'dc01dc01dc01dc01')])
+  a.close()
+  const inc = (c: number, img: Buffer, r: Array<{ offset: number; length: number }>, id = `dc0${c}dc0${c}dc0${c}dc0${c}`) =>
+    incPlan(0, 'd.vmdk', img, c - 1, id, r, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)
+  for (let c = 2; c <= 3; c++) {
+    const r = rangesFor(c, cap)
+    images[c] = evolve(images[c - 1] as Buffer, c * 5, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [inc(c, images[c] as Buffer, r)])
+    a.close()
+  }
+  // cycle 4 grows the disk to 3 MiB and writes into the old and the new part
+  const grown = Buffer.concat([images[3] as Buffer, Buffer.alloc(MiB)])
+  const r4 = [
+    { offset: 65_536, length: 131_072 },
+    { offset: cap + 4096, length: 262_144 },
+  ]
+  // first an attempt that is rolled back: its base copy goes with it
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 4, [inc(4, evolve(grown, 99, r4), r4, 'dcf4dcf4dcf4dcf4')], { commit: false })
+  a.close()
+  t.ok(existsSync(join(pdir, 'd.p3-flat.vmdk')), 'the base copy is made before the apply')
+  images[4] = evolve(grown, 44, r4)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 4, [inc(4, images[4] as Buffer, r4)], { rollbackFirst: true })
+  a.close()
+  const s = state(env.store, vm)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1, 2, 3],
+    'no point dropped',
+  )
+  t.match(s.points?.[2]?.disks['d.vmdk'], { file: 'd.p3.vmdk', base: true, capacity: cap })
+  t.notOk(
+    logs.lines.some((l) => l['msg'] === 'restore points dropped'),
+    'nothing dropped',
+  )
+  const exact = (what: string): void => pointsExact(t, env, vm, images, what)
+  exact('after the capacity change')
+  // one more cycle on the grown disk: its increment chains onto the mirror, the base stays whole
+  const r5 = [{ offset: cap + 8192, length: 65_536 }]
+  images[5] = evolve(images[4] as Buffer, 55, r5)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 5, [inc(5, images[5] as Buffer, r5)])
+  a.close()
+  exact('after one more cycle')
+  await receiver.close()
+  const log = pino({ level: 'silent' })
+  const to2 = join(env.dir, 'restore-2')
+  const restored = await whenFree(() => restorePoint(env.store, vm, 2, to2, { logger: log }))
+  t.ok(readFileSync(join(to2, 'd-flat.vmdk')).equals(images[2] as Buffer), 'restore of point 2 exact, at the old size')
+  t.match(readFileSync(join(to2, 'd.vmdk'), 'utf8'), new RegExp(`RW ${cap / 512} VMFS`), 'its descriptor has the old capacity')
+  t.equal(restored.disks[0]?.capacity, cap)
 })
 
 t.test('a re-seed over a mirror changed since its commit still drops the points, logged', async (t) => {

@@ -1,0 +1,77 @@
+/**
+ * Base points (docs/POINTS.md "Re-seeds and capacity changes keep the
+ * points"): a disk's old mirror kept whole as its file of a restore point, a
+ * flat with no parent that ends the disk's chain. A seed moves the old flat
+ * there at the roll-forward (commit.ts retireMirrors); an in-place apply
+ * that changes the disk's capacity — which no reverse increment can sit on:
+ * every layer of a VMDK chain has one capacity — copies it there before its
+ * first write ({@link copyBasePoint}).
+ */
+import { execFile } from 'node:child_process'
+import { open, rename } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
+import { fsyncDir, unlinkIfExists, writeFileAtomic } from './fs-util.ts'
+import { POINTS_DIR, pointFlatName, pointPath, removePointFiles } from './increment.ts'
+import { mirrorDescriptor } from './mirror-descriptor.ts'
+import { ReceiverError } from './errors.ts'
+import { faultPoint } from './fault.ts'
+import { ensureStoreDir, entryExists, regularFileSize } from './store-fs.ts'
+import type { DiskRecord } from './state-file.ts'
+import type { VmPaths } from './vm-paths.ts'
+
+const run = promisify(execFile)
+
+/** The descriptor of a base point `file` over the committed mirror `rec`: its CID, capacity and DDB, the flat beside it, no parent. */
+export function baseDescriptor(rec: Pick<DiskRecord, 'mirrorCid' | 'capacity' | 'ddb'>, file: string): string {
+  return mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: pointFlatName(file), ddb: rec.ddb })
+}
+
+/** The partial copy of base point `file`'s flat while {@link copyBasePoint} runs. */
+function copyingPath(paths: VmPaths, file: string): string {
+  return `${pointPath(paths, pointFlatName(file))}.copying`
+}
+
+/**
+ * Copy the committed mirror flat of `rec` into `.grainline/points` as base
+ * point `file`, durable before the caller writes the mirror: the flat to a
+ * `.copying` file (`cp --reflink=auto --sparse=always`: a clone where the
+ * file system shares blocks, XFS or Btrfs; else the allocated data only,
+ * holes kept), fsync'ed and renamed, then the descriptor, written last, so
+ * that an existing descriptor means a complete copy (idempotent: a copy
+ * made for this committed cycle before a crash is kept).
+ * @throws ReceiverError E_STORE_FILE (the flat is a link, FIFO, folder), E_IO (the copy failed: no space, cp missing)
+ */
+export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: string): Promise<void> {
+  const descriptor = pointPath(paths, file)
+  if (await entryExists(descriptor)) return
+  const flat = paths.flat(rec.stem)
+  if ((await regularFileSize(flat)) === undefined) throw new ReceiverError('E_STORE_FILE', `mirror flat ${flat} is missing: no base point`)
+  await ensureStoreDir(join(paths.gdir, POINTS_DIR))
+  const to = pointPath(paths, pointFlatName(file))
+  const partial = copyingPath(paths, file)
+  await unlinkIfExists(partial)
+  try {
+    await run('cp', ['--reflink=auto', '--sparse=always', '--no-dereference', '--', flat, partial], { maxBuffer: 64 * 1024 })
+    const fh = await open(partial, 'r+')
+    try {
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+  } catch (err) {
+    await unlinkIfExists(partial).catch(() => {})
+    const e = err as { code?: unknown; stderr?: unknown; message?: string }
+    throw new ReceiverError('E_IO', `copying the mirror ${flat} into a base point failed: ${typeof e.stderr === 'string' && e.stderr !== '' ? e.stderr.trim() : (e.message ?? String(err))}`)
+  }
+  await rename(partial, to)
+  faultPoint('base-copied')
+  await writeFileAtomic(descriptor, baseDescriptor(rec, file))
+  await fsyncDir(dirname(descriptor))
+}
+
+/** Remove a base point made for an apply that did not commit (its files and a partial copy; idempotent). */
+export async function removeBasePoint(paths: VmPaths, file: string): Promise<void> {
+  await removePointFiles(paths, file)
+  await unlinkIfExists(copyingPath(paths, file))
+}
