@@ -5,7 +5,8 @@
  * store (store-ceph.test.ts): seed, incrementals, an atomic commit, the
  * resume of a cycle whose connection died after a durable batch, lineage and
  * generation refusals, points listed and read back, retention removing the
- * oldest, hostile VM and disk names refused with typed errors, a block
+ * oldest, a disk grown in place keeping its points (each read back at its own
+ * size), hostile VM and disk names refused with typed errors, a block
  * check (`--verify changed`, `--scrub`) finding blocks changed behind the
  * store's back and a resync repairing exactly those, a second resync reading
  * only the blocks written since the first (the kept block map); `points drop` and
@@ -95,6 +96,38 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     }
     t.same(await store.points(env, vm), [2, 3], 'keep=2: points 2 and 3 kept, point 1 removed')
     for (const k of [2, 3]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
+  })
+
+  t.test(`${store.kind}: a disk grown in place keeps the points: each older point reads back at its own size`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 5 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-grow'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 41)]
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'd.vmdk', images[1] as Buffer, cid(41))])
+    a.close()
+    const grow: Record<number, number> = { 2: 2 * MiB, 3: 3 * MiB, 4: 3 * MiB, 5: 4 * MiB }
+    for (let c = 2; c <= 5; c++) {
+      const size = grow[c] as number
+      const prev = images[c - 1] as Buffer
+      const ranges = [
+        { offset: 65_536 * c, length: 131_072 },
+        { offset: size - 262_144, length: 131_072 },
+      ]
+      // a grown disk reads as zeros past its old end until written
+      images[c] = evolve(size > prev.length ? Buffer.concat([prev, Buffer.alloc(size - prev.length)]) : prev, c + 40, ranges)
+      a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      const r = await runCycle(a, vm, c, [incPlan(1, 'd.vmdk', images[c] as Buffer, c - 1, cid(40 + c), ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+      a.close()
+      t.equal(r.committed?.cycle, c, `cycle ${c} (${size / MiB} MiB) committed`)
+    }
+    t.ok((await store.readDisk(env, vm, 'd.vmdk')).equals(images[5] as Buffer), 'the mirror holds the disk at 4 MiB')
+    t.same(await store.points(env, vm), [1, 2, 3, 4], 'no point dropped by the two capacity changes')
+    for (const k of [1, 2, 3, 4]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k} (${(images[k] as Buffer).length / MiB} MiB)`)
+    await receiver.close()
+    const files = await whenFree(() => store.failover(env, vm, 2, join(env.dir, 'failover-2')))
+    t.ok((await qemuReads(files['d.vmdk'] as string, join(env.dir, 'fo2.raw'))).equals(images[2] as Buffer), 'a failover of point 2 boots the disk at 2 MiB')
   })
 
   t.test(`${store.kind}: a disk removed from the VM (its .vmx no longer names it): points before keep it, the point of the removal and the mirror leave it out`, async (t) => {
