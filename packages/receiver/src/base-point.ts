@@ -14,6 +14,8 @@ import { promisify } from 'node:util'
 import { fsyncDir, unlinkIfExists, writeFileAtomic } from './fs-util.ts'
 import { POINTS_DIR, pointFlatName, pointPath, removePointFiles } from './increment.ts'
 import { mirrorDescriptor } from './mirror-descriptor.ts'
+import { checkPointFiles } from './point-chain.ts'
+import { formatCid } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { faultPoint } from './fault.ts'
 import { ensureStoreDir, entryExists, regularFileSize } from './store-fs.ts'
@@ -44,7 +46,9 @@ function copyingPath(paths: VmPaths, file: string): string {
  */
 export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: string): Promise<void> {
   const descriptor = pointPath(paths, file)
-  if (await entryExists(descriptor)) return
+  if (await completeCopy(paths, rec, file)) return
+  // anything else under the name (a seed's base descriptor left by a failed commit, a partial copy, a planted entry) goes
+  await removeBasePoint(paths, file)
   const flat = paths.flat(rec.stem)
   if ((await regularFileSize(flat)) === undefined) throw new ReceiverError('E_STORE_FILE', `mirror flat ${flat} is missing: no base point`)
   await ensureStoreDir(join(paths.gdir, POINTS_DIR))
@@ -68,6 +72,22 @@ export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: strin
   faultPoint('base-copied')
   await writeFileAtomic(descriptor, baseDescriptor(rec, file))
   await fsyncDir(dirname(descriptor))
+}
+
+/**
+ * Whether base point `file` is a complete copy of the committed mirror
+ * `rec`: its descriptor and flat are the receiver's layout of a base point
+ * (point-chain.ts checkPointFiles: regular files, no parent), with the
+ * mirror's CID and the flat's committed size.
+ */
+async function completeCopy(paths: VmPaths, rec: DiskRecord, file: string): Promise<boolean> {
+  if (!(await entryExists(pointPath(paths, file)))) return false
+  try {
+    const d = await checkPointFiles(paths, file)
+    return d.parentFileNameHint === undefined && formatCid(d.cid) === rec.mirrorCid && (await regularFileSize(pointPath(paths, pointFlatName(file)))) === rec.size
+  } catch {
+    return false
+  }
 }
 
 /** Remove a base point made for an apply that did not commit (its files and a partial copy; idempotent). */

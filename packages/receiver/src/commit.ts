@@ -209,15 +209,16 @@ async function removeDiskFiles(paths: VmPaths, stem: string): Promise<void> {
 
 /**
  * Move each re-seeded disk's old mirror flat into `.grainline/points` as the
- * extent of its base point, before the seed is renamed over it (idempotent:
- * done when the extent is there; never once the seed is renamed, which
- * would move the new mirror).
+ * extent of its base point (over whatever has that name), before the seed is
+ * renamed over it. Idempotent: only while both the seed file and the flat
+ * are there — once moved, the flat is gone; once the seed is renamed, the
+ * flat is the new mirror and must stay.
  */
 async function retireMirrors(paths: VmPaths, retire: NonNullable<PendingCommit['retire']>): Promise<void> {
   if (retire.length === 0) return
   for (const r of retire) {
     const to = pointPath(paths, pointFlatName(r.file))
-    if ((await entryExists(to)) || !(await entryExists(paths.seed(r.stem))) || !(await entryExists(paths.flat(r.stem)))) continue
+    if (!(await entryExists(paths.seed(r.stem))) || !(await entryExists(paths.flat(r.stem)))) continue
     await rename(paths.flat(r.stem), to)
     faultPoint('commit-retired')
   }

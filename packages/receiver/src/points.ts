@@ -284,8 +284,10 @@ export interface PointMerge {
 }
 
 /**
- * Drop points by cycle (pure). Per disk of a dropped point: when an older
- * kept point holds the disk, that older increment is merged into the dropped
+ * Drop points by cycle (pure). Per disk of a dropped point: when points
+ * just older do not hold the disk (it did not change), they read it from the
+ * dropped file, which passes to the newest of them; else, when the next
+ * older point holds the disk, that older increment is merged into the dropped
  * one (the older grains win: `consolidate`), whose file then holds the older
  * point — O(their size); when older points exist but none holds the disk (it
  * did not change in between), the file passes to the next older point; when
@@ -305,14 +307,14 @@ export function dropPoints(points: readonly PointRecord[], drop: readonly number
     for (const [disk, d] of Object.entries(gone.disks)) {
       let j = idx - 1
       while (j >= 0 && (pts[j] as PointRecord).disks[disk] === undefined) j--
-      if (j >= 0 && (pts[j] as PointRecord).disks[disk]?.base === true) {
-        // the older holder is whole and reads nothing through `d`: only the points in between read `d`
-        if (j < idx - 1) {
-          const prev = pts[idx - 1] as PointRecord
-          pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }
-        } else {
-          removePoints.push(d.file)
-        }
+      if (j >= 0 && j < idx - 1) {
+        // points in between do not hold the disk and read it from `d`: it passes to the newest of them (the
+        // older holder still reads through it, a base reads nothing) — a merge would leave them reading a newer point
+        const prev = pts[idx - 1] as PointRecord
+        pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }
+      } else if (j >= 0 && (pts[j] as PointRecord).disks[disk]?.base === true) {
+        // the older holder (just before) is whole and reads nothing through `d`
+        removePoints.push(d.file)
       } else if (j >= 0) {
         const older = pts[j] as PointRecord
         const od = older.disks[disk] as PointDisk

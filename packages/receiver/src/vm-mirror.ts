@@ -328,6 +328,17 @@ export class VmMirror {
     const from = info.resyncFrom
     if (from !== undefined && (from.cid !== rec.mirrorCid || from.flatSize !== rec.size)) return info
     const file = pointFileName(rec.stem, this.current.committedCycle)
+    // the copy must not take the room the apply was admitted with: a copy that leaves no room for the
+    // growth would fail the apply, whose rollback deletes the copy, and every retry would copy again
+    const allocated = (await stat(this.paths.flat(rec.stem))).blocks * 512
+    const free = await freeBytes(this.paths.dir)
+    if (free < allocated + Math.max(0, info.capacity - rec.capacity)) {
+      this.log.warn(
+        { vm: this.vm, disk: info.name, capacity: rec.capacity, newCapacity: info.capacity, copyBytes: allocated, freeBytes: free },
+        'the disk changes capacity and the store has no room to copy its mirror into a restore point: the restore points are dropped at this commit; free space in the store to keep them next time',
+      )
+      return info
+    }
     try {
       await copyBasePoint(this.paths, rec, file)
     } catch (err) {

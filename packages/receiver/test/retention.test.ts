@@ -2,7 +2,7 @@ import t from 'tap'
 import type { RetentionSpec } from '@grainline/protocol'
 import { ReceiverError, keepsPoints, parseGfs, parseRetention, pointsToDrop, type RetainedPoint, type RetentionPolicy } from '../src/index.ts'
 import { effectiveRetention, parseRetentionLimits, policyFromSpec, specFromPolicy } from '../src/retention.ts'
-import { dropPoints, planCommitPoints } from '../src/points.ts'
+import { dropPoints, planCommitPoints, type PointRecord } from '../src/points.ts'
 import { emptyState, type VmStateFile } from '../src/state-file.ts'
 
 const H = 3_600_000
@@ -112,6 +112,37 @@ t.test('dropPoints: the oldest are removed, a middle one merged, a file of an un
   t.same(r2.points[0]?.disks['b']?.file, 'b.p2')
   t.same(r2.merges, [{ child: 'a.p1', parent: 'a.p2' }])
   t.same(dropPoints([p(1, ['a'])], [7]).points.length, 1, 'an unknown cycle changes nothing')
+  // disk a did not change in cycle 2: point 2 reads a from point 3's file; dropping point 3 hands that file to
+  // point 2 (point 1 still reads through it) — a merge of a.p1 into it left point 2 reading a as of cycle 4
+  const r3 = dropPoints([p(1, ['a', 'b']), p(2, ['b']), p(3, ['a', 'b']), p(4, ['a', 'b'])], [3])
+  t.same(
+    r3.points.map((x) => [x.cycle, x.disks['a']?.file ?? null]),
+    [
+      [1, 'a.p1'],
+      [2, 'a.p3'],
+      [4, 'a.p4'],
+    ],
+    'point 2 keeps reading a as of cycle 3',
+  )
+  t.same(r3.merges, [{ child: 'b.p2', parent: 'b.p3' }], 'b: the next older point is just before: merged')
+  t.same(r3.removePoints, ['b.p2'])
+})
+
+t.test("dropPoints with base points (a re-seeded disk's old mirror kept whole): never merged into a newer point; an older increment merges into a dropped base", async (t) => {
+  const dd = (f: string, base = false) => ({ file: f, stem: 'd', capacity: 1, bytes: 1, ddb: {}, ...(base ? { base: true as const } : {}) })
+  const p = (cycle: number, a?: 'inc' | 'base'): PointRecord => ({ cycle, committedAt: '', generation: '', disks: a === undefined ? {} : { a: dd(`a.p${cycle}`, a === 'base') } })
+  const pts = [p(1, 'inc'), p(2, 'base'), p(3, 'inc'), p(4), p(5, 'inc')]
+  const r1 = dropPoints(pts, [3])
+  t.same(r1.merges, [], 'the base before it is not merged into point 3')
+  t.same(r1.removePoints, ['a.p3'], 'nothing older reads point 3')
+  const r2 = dropPoints(pts, [5])
+  t.same(r2.points.find((x) => x.cycle === 4)?.disks['a']?.file, 'a.p5', 'point 4 (no a of its own) takes the file it read')
+  const r3 = dropPoints(pts, [2])
+  t.same(r3.merges, [{ child: 'a.p1', parent: 'a.p2' }], 'the older increment merges into the base')
+  t.match(r3.points[0]?.disks['a'], { file: 'a.p2', base: true }, 'which holds point 1 and stays whole')
+  const r4 = dropPoints([p(1, 'base'), p(2), p(3, 'base')], [3])
+  t.same(r4.points[1]?.disks['a']?.file, 'a.p3', 'a base passes to the point between')
+  t.same(r4.merges, [])
 })
 
 t.test('planCommitPoints: links the new point onto the mirror and the previous newest onto it', async (t) => {
