@@ -258,7 +258,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention)
+    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention, base.modified)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -322,9 +322,10 @@ export class VmMirror {
    * the apply goes on without it and the commit drops the points, as before,
    * logged: the cycle's data does not wait for the archive.
    */
-  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined): Promise<InflightDisk> {
+  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined, modified: boolean): Promise<InflightDisk> {
     if (info.target !== 'flat' || info.increment !== undefined || rec === undefined || rec.capacity === info.capacity || !keepsPoints(retention)) return info
-    if (mirrorModified(rec, undefined, await inspectMirror(this.paths, rec, undefined))) return info
+    // the open's own look at the mirror (openDisk): not the committed point, nothing to keep
+    if (modified) return info
     const from = info.resyncFrom
     if (from !== undefined && (from.cid !== rec.mirrorCid || from.flatSize !== rec.size)) return info
     const file = pointFileName(rec.stem, this.current.committedCycle)
