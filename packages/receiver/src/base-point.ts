@@ -7,10 +7,9 @@
  * every layer of a VMDK chain has one capacity — copies it there before its
  * first write ({@link copyBasePoint}).
  */
-import { execFile } from 'node:child_process'
-import { open, rename } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { promisify } from 'node:util'
 import { fsyncDir, unlinkIfExists, writeFileAtomic } from './fs-util.ts'
 import { POINTS_DIR, pointFlatName, pointPath, removePointFiles } from './increment.ts'
 import { mirrorDescriptor } from './mirror-descriptor.ts'
@@ -18,11 +17,9 @@ import { checkPointFiles } from './point-chain.ts'
 import { formatCid } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { faultPoint } from './fault.ts'
-import { ensureStoreDir, entryExists, regularFileSize } from './store-fs.ts'
+import { ensureStoreDir, entryExists, openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskRecord } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
-
-const run = promisify(execFile)
 
 /** The descriptor of a base point `file` over the committed mirror `rec`: its CID, capacity and DDB, the flat beside it, no parent. */
 export function baseDescriptor(rec: Pick<DiskRecord, 'mirrorCid' | 'capacity' | 'ddb'>, file: string): string {
@@ -50,28 +47,59 @@ export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: strin
   // anything else under the name (a seed's base descriptor left by a failed commit, a partial copy, a planted entry) goes
   await removeBasePoint(paths, file)
   const flat = paths.flat(rec.stem)
-  if ((await regularFileSize(flat)) === undefined) throw new ReceiverError('E_STORE_FILE', `mirror flat ${flat} is missing: no base point`)
-  await ensureStoreDir(join(paths.gdir, POINTS_DIR))
-  const to = pointPath(paths, pointFlatName(file))
+  // cp reads the file this open checked (O_NOFOLLOW | O_NONBLOCK, fstat: a regular file), not whatever the
+  // name holds when cp starts: a FIFO or a link swapped in meanwhile would block it, or copy another file
+  const src = await openStoreFile(flat, 'read').catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_STORE_FILE', `mirror flat ${flat} is missing: no base point`)
+    throw err
+  })
   const partial = copyingPath(paths, file)
-  await unlinkIfExists(partial)
   try {
-    await run('cp', ['--reflink=auto', '--sparse=always', '--no-dereference', '--', flat, partial], { maxBuffer: 64 * 1024 })
-    const fh = await open(partial, 'r+')
+    await ensureStoreDir(join(paths.gdir, POINTS_DIR))
+    await unlinkIfExists(partial)
+    const dst = await openStoreFile(partial, 'create')
     try {
-      await fh.sync()
+      faultPoint('base-copy-opened')
+      await cpFd(src.fd, dst.fd)
+      await dst.sync()
     } finally {
-      await fh.close()
+      await dst.close()
     }
   } catch (err) {
     await unlinkIfExists(partial).catch(() => {})
-    const e = err as { code?: unknown; stderr?: unknown; message?: string }
-    throw new ReceiverError('E_IO', `copying the mirror ${flat} into a base point failed: ${typeof e.stderr === 'string' && e.stderr !== '' ? e.stderr.trim() : (e.message ?? String(err))}`)
+    if (err instanceof ReceiverError) throw err
+    throw new ReceiverError('E_IO', `copying the mirror ${flat} into a base point failed: ${(err as Error).message}`)
+  } finally {
+    await src.close()
   }
-  await rename(partial, to)
+  await rename(partial, pointPath(paths, pointFlatName(file)))
   faultPoint('base-copied')
   await writeFileAtomic(descriptor, baseDescriptor(rec, file))
   await fsyncDir(dirname(descriptor))
+}
+
+/** At most this much of cp's error output is kept for the message. */
+const MAX_CP_STDERR = 4096
+
+/**
+ * `cp --reflink=auto --sparse=always` from open file `from` into open file
+ * `to`, both handed to cp as its descriptors 3 and 4 (`/proc/self/fd/N`
+ * reopens the same files): a clone where the file system shares blocks
+ * (XFS, Btrfs), else the allocated data only, holes kept.
+ */
+function cpFd(from: number, to: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('cp', ['--reflink=auto', '--sparse=always', '--', '/proc/self/fd/3', '/proc/self/fd/4'], { stdio: ['ignore', 'ignore', 'pipe', from, to] })
+    let stderr = ''
+    child.stderr?.on('data', (d: Buffer) => {
+      if (stderr.length < MAX_CP_STDERR) stderr += d.toString('utf8').slice(0, MAX_CP_STDERR - stderr.length)
+    })
+    child.once('error', reject)
+    child.once('close', (code, signal) => {
+      if (code === 0) resolve()
+      else reject(new Error(stderr.trim() || `cp ended with ${signal ?? `code ${code}`}`))
+    })
+  })
 }
 
 /**

@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises'
+import { lstat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
@@ -10,7 +10,7 @@ import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
-import { decideOpen, mirrorModified, type DiskOpenRequest } from './open-decision.ts'
+import { decideOpen, mirrorModified, type DiskOpenRequest, type SpaceFacts } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
 import { undoInflight } from './rollback.ts'
@@ -258,7 +258,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention, base.modified)
+    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention, base.modified, space)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -322,7 +322,7 @@ export class VmMirror {
    * the apply goes on without it and the commit drops the points, as before,
    * logged: the cycle's data does not wait for the archive.
    */
-  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined, modified: boolean): Promise<InflightDisk> {
+  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined, modified: boolean, space: SpaceFacts): Promise<InflightDisk> {
     if (info.target !== 'flat' || info.increment !== undefined || rec === undefined || rec.capacity === info.capacity || !keepsPoints(retention)) return info
     // the open's own look at the mirror (openDisk): not the committed point, nothing to keep
     if (modified) return info
@@ -331,14 +331,23 @@ export class VmMirror {
     const file = pointFileName(rec.stem, this.current.committedCycle)
     // the copy must not take the room the apply was admitted with: a copy that leaves no room for the
     // growth would fail the apply, whose rollback deletes the copy, and every retry would copy again
-    const allocated = (await stat(this.paths.flat(rec.stem))).blocks * 512
+    const allocated = (await lstat(this.paths.flat(rec.stem))).blocks * 512
+    const growth = Math.max(0, info.capacity - rec.capacity)
     const free = await freeBytes(this.paths.dir)
-    if (free < allocated + Math.max(0, info.capacity - rec.capacity)) {
+    if (free < allocated + growth) {
       this.log.warn(
         { vm: this.vm, disk: info.name, capacity: rec.capacity, newCapacity: info.capacity, copyBytes: allocated, freeBytes: free },
         'the disk changes capacity and the store has no room to copy its mirror into a restore point: the restore points are dropped at this commit; free space in the store to keep them next time',
       )
       return info
+    }
+    // the copy counts in the token's quota: a peer that grows a disk every cycle must not keep one whole
+    // disk per retained point beyond it, and must not be able to make the receiver drop the VM's points either
+    if (space.quotaBytes !== undefined && space.usedBytes + growth + allocated > space.quotaBytes) {
+      throw new ReceiverError(
+        'E_QUOTA',
+        `disk ${info.name} of VM ${this.vm} changes capacity from ${rec.capacity} to ${info.capacity} bytes: keeping its restore points copies its mirror (${allocated} bytes allocated) into a base point, which with the growth brings this token's mirrors from ${space.usedBytes} to ${space.usedBytes + growth + allocated} bytes, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, or drop the VM's older points (grainline points prune), then retry; nothing was written`,
+      )
     }
     try {
       await copyBasePoint(this.paths, rec, file)
@@ -453,7 +462,7 @@ export class VmMirror {
       return undefined
     }
     const file = pointFileName(rec.stem, this.current.committedCycle)
-    const blocks = (await stat(this.paths.flat(rec.stem))).blocks * 512
+    const blocks = (await lstat(this.paths.flat(rec.stem))).blocks * 512
     const descriptor = baseDescriptor(rec, file)
     return { disk: info.name, stem: rec.stem, file, bytes: blocks + Buffer.byteLength(descriptor), base: true, descriptor }
   }

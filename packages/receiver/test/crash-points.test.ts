@@ -1,11 +1,12 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { MessageKind } from '@grainline/protocol'
 import { pino } from 'pino'
+import { pollUntil } from '@grainline/test-utils'
 import { recoverStore, rollbackMirror, type VmStateFile } from '../src/index.ts'
 import { Agent, MiB, TOKEN, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, vmOpen, type Env } from './helpers.ts'
 
@@ -333,4 +334,44 @@ t.test('kill -9 while a capacity change copies the mirror into a base point, app
       )
     })
   }
+})
+
+t.test('the base copy reads the mirror flat it checked: a FIFO swapped in before cp starts neither blocks it nor is copied', async (t) => {
+  const env = await withPoints(t.testdir(), 4)
+  const grown = Buffer.concat([images[4] as Buffer, Buffer.alloc(MiB)])
+  const r5 = [{ offset: CAP + EXT, length: 2 * EXT }]
+  const img5 = evolve(grown, 78, r5)
+  const grow5 = () => incPlan(0, 'vm1.vmdk', img5, 4, '5e'.repeat(8), r5, 'vm1-000004.vmdk', 'vm1-000005.vmdk', EXT)
+  const flat = join(env.store, VM, 'vm1-flat.vmdk')
+  const pflat = join(env.store, VM, '.grainline', 'points', 'vm1.p4-flat.vmdk')
+  const c = await startChild(env, { fault: 'base-copy-opened:1:stop', args: args(env) })
+  t.teardown(() => {
+    c.child.kill('SIGKILL')
+  })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  const cycle = runCycle(a, VM, 5, [grow5()]).catch((err: unknown) => err)
+  // frozen between the check of the flat and cp: someone swaps the flat for a FIFO nobody writes
+  await pollUntil(() => (c.stderr().includes('fault-stop') ? true : undefined), { signal: AbortSignal.timeout(30_000) })
+  renameSync(flat, `${flat}.orig`)
+  execFileSync('mkfifo', [flat])
+  process.kill(c.child.pid as number, 'SIGCONT')
+  // the copy is of the file that was checked; the apply then meets the FIFO by name and refuses it
+  t.equal((await a.expectError(30_000)).code, 'E_IO', 'the apply refuses the FIFO (not a hang)')
+  await cycle
+  await pollUntil(() => (c.stderr().includes('vm1-flat.vmdk is a FIFO: grainline never follows or opens it') ? true : undefined), { signal: AbortSignal.timeout(10_000) })
+  t.ok(readFileSync(pflat).equals(images[4] as Buffer), 'the base copy is the mirror as it was checked')
+  c.child.kill('SIGKILL')
+  await c.exited
+  // the operator puts the flat back: the cycle resumes onto its copy and commits
+  rmSync(flat)
+  renameSync(`${flat}.orig`, flat)
+  const d = await startChild(env, { args: args(env) })
+  t.teardown(() => {
+    d.child.kill('SIGKILL')
+  })
+  const b = await Agent.connect(d.url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(b, VM, 5, [grow5()])).committed?.cycle, 5)
+  b.close()
+  await b.whenClosed()
+  checkBasePoint(t, env, 'after the FIFO', img5)
 })

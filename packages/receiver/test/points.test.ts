@@ -2,7 +2,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
@@ -519,6 +519,83 @@ t.test('a capacity change keeps the points: the mirror is copied into a base poi
   t.ok(readFileSync(join(to2, 'd-flat.vmdk')).equals(images[2] as Buffer), 'restore of point 2 exact, at the old size')
   t.match(readFileSync(join(to2, 'd.vmdk'), 'utf8'), new RegExp(`RW ${cap / 512} VMFS`), 'its descriptor has the old capacity')
   t.equal(restored.disks[0]?.capacity, cap)
+})
+
+/** Bytes allocated under `dir` (every file's blocks), as the receiver counts a token's mirrors. */
+function allocatedUnder(dir: string): number {
+  let n = 0
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) n += statSync(join(e.parentPath, e.name)).blocks * 512
+  }
+  return n
+}
+
+t.test("a capacity change's base copy counts in the token's quota: E_QUOTA, nothing written, the points kept; within the quota it goes through", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const cap = 2 * MiB
+  const vm = 'web-q-grow'
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 21)]
+  const inc = (c: number, img: Buffer, r: Array<{ offset: number; length: number }>) => incPlan(0, 'd.vmdk', img, c - 1, `de0${c}de0${c}de0${c}de0${c}`, r, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)
+  {
+    const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'de01de01de01de01')])
+    a.close()
+    const r = rangesFor(2, cap)
+    images[2] = evolve(images[1] as Buffer, 10, r)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 2, [inc(2, images[2] as Buffer, r)])
+    a.close()
+    await receiver.close()
+  }
+  // cycle 3 grows the disk by 1 MiB: the growth fits in the quota, the growth plus the copy of the 2 MiB mirror does not
+  const used = allocatedUnder(join(env.store, vm))
+  const quota = used + MiB + MiB / 2
+  const tokens = (q: number): string => {
+    const f = join(env.dir, `tokens-${q}.json`)
+    writeFileSync(f, JSON.stringify({ tokens: [{ name: 'proxy-q', token: TOKEN, vms: ['web-*'], quota: q }] }))
+    return f
+  }
+  const r3 = [{ offset: cap + 4096, length: 131_072 }]
+  images[3] = evolve(Buffer.concat([images[2] as Buffer, Buffer.alloc(MiB)]), 30, r3)
+  const before = readFileSync(join(env.store, vm, 'd-flat.vmdk'))
+  {
+    const { receiver, url, logs } = await startReceiver({ ...env, tokensFile: tokens(quota) }, { retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 3, [inc(3, images[3] as Buffer, r3)]).catch(() => {})
+    t.same(await a.expectError(), { code: 'E_QUOTA', closeCode: 4508 }, `growth + copy > quota ${quota} (used ${used})`)
+    a.close()
+    await receiver.close()
+    t.match(logs.text(), /disk d\.vmdk of VM web-q-grow changes capacity .*copies its mirror .*above its quota .*raise the quota/, 'the error names the VM, the disk, the copy and what to do')
+  }
+  const s = state(env.store, vm)
+  t.equal(s.committedCycle, 2)
+  t.equal(s.inflight, null, 'nothing in flight')
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [1],
+    'the points kept',
+  )
+  t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(before), 'the mirror untouched')
+  t.same(
+    readdirSync(pdir).filter((f) => f.startsWith('d.p2')),
+    [],
+    'no base copy made',
+  )
+  // with room for the copy in the quota, the same cycle keeps the points
+  {
+    const { receiver, url } = await startReceiver({ ...env, tokensFile: tokens(used + 4 * MiB) }, { retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    t.equal((await runCycle(a, vm, 3, [inc(3, images[3] as Buffer, r3)])).committed?.cycle, 3)
+    a.close()
+    await receiver.close()
+  }
+  t.match(state(env.store, vm).points?.[1]?.disks['d.vmdk'], { file: 'd.p2.vmdk', base: true, capacity: cap })
+  pointsExact(t, env, vm, images, 'within the quota')
 })
 
 t.test('a re-seed over a mirror changed since its commit still drops the points, logged', async (t) => {
