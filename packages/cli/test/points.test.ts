@@ -116,3 +116,24 @@ t.test('points, restore, open/close and failover with registration, as processes
   const close2 = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all', '--failover'])
   t.equal(close2.code, 0, close2.stderr)
 })
+
+t.test('the listing marks a point that keeps a whole disk (a base point) beside its size', async (t) => {
+  const { renderPoints } = await import('../src/commands/points-run.js')
+  const disk = (name: string, base?: true) => ({ name, source: `${name}.p3.vmdk`, bytes: 2 * MiB, trivial: null, certify: null, ...(base ? { base } : {}) })
+  const pts = [
+    { cycle: 3, committedAt: '2026-12-05T00:00:00.000Z', generation: 'g3', current: false, bytes: 2 * MiB, held: false, disks: [disk('a.vmdk', true), disk('b.vmdk')] },
+    { cycle: 4, committedAt: '2026-12-05T01:00:00.000Z', generation: 'g4', current: false, bytes: 2 * MiB, held: false, disks: [disk('a.vmdk'), disk('b.vmdk')] },
+    { cycle: 5, committedAt: '2026-12-05T02:00:00.000Z', generation: 'g5', current: true, bytes: 0, held: false, disks: [disk('a.vmdk'), disk('b.vmdk')] },
+  ]
+  const lines = renderPoints('vm1', pts, 0).split('\n')
+  t.match(
+    lines.find((l) => l.startsWith('3 ')),
+    /\(whole a\.vmdk\)/,
+    'point 3 keeps a.vmdk whole',
+  )
+  t.notMatch(
+    lines.find((l) => l.startsWith('4 ')),
+    /whole/,
+    'point 4 holds increments only',
+  )
+})

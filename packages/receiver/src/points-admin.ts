@@ -32,6 +32,8 @@ export interface PointDiskInfo {
   readonly bytes: number
   readonly trivial: VerifyRecord | null
   readonly certify: VerifyRecord | null
+  /** a base point: the disk's old mirror kept whole (a re-seed or a capacity change), so `bytes` is a whole disk's (the folder store; absent otherwise) */
+  readonly base?: true
 }
 
 /** A restore point as `grainline points` shows it; the mirror is the newest (`current`). */
@@ -82,7 +84,14 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
       .map((r) => r.name)
       .map((name) => {
         const ch = checksAt(state, name, c.cycle)
-        return { name, source: pointSource(paths, state, name, c.cycle), bytes: ch.own?.bytes ?? 0, trivial: ch.trivial, certify: ch.certify }
+        return {
+          name,
+          source: pointSource(paths, state, name, c.cycle),
+          bytes: ch.own?.bytes ?? 0,
+          trivial: ch.trivial,
+          certify: ch.certify,
+          ...(ch.own?.base === true ? { base: true as const } : {}),
+        }
       })
     return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: (state.holds ?? []).some((h) => h.cycle === c.cycle), disks }
   })

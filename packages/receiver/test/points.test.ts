@@ -499,6 +499,16 @@ t.test('a capacity change keeps the points: the mirror is copied into a base poi
     'no point dropped',
   )
   t.match(s.points?.[2]?.disks['d.vmdk'], { file: 'd.p3.vmdk', base: true, capacity: cap })
+  t.same(
+    (await listPoints(env.store, vm)).points.map((p) => [p.cycle, p.disks[0]?.base ?? false]),
+    [
+      [1, false],
+      [2, false],
+      [3, true],
+      [4, false],
+    ],
+    'the listing marks the base point',
+  )
   t.notOk(
     logs.lines.some((l) => l['msg'] === 'restore points dropped'),
     'nothing dropped',

@@ -44,7 +44,16 @@ export function renderPoints(vm: string, points: readonly PointInfo[], inflightC
   const rows = points.map((p) => [
     p.current ? `${p.cycle} (mirror)` : String(p.cycle),
     p.committedAt,
-    p.current ? '-' : formatBytes(p.bytes),
+    p.current
+      ? '-'
+      : `${formatBytes(p.bytes)}${
+          p.disks.some((d) => d.base === true)
+            ? ` (whole ${p.disks
+                .filter((d) => d.base === true)
+                .map((d) => d.name)
+                .join(', ')})`
+            : ''
+        }`,
     p.disks.map((d) => check(d.trivial)).join(' '),
     p.disks.map((d) => check(d.certify)).join(' '),
     p.held ? 'held' : '-',
