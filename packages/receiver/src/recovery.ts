@@ -4,6 +4,8 @@ import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
 import { entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
+import { POINTS_DIR } from './increment.ts'
+import { sweepPointOrphans } from './point-sweep.ts'
 import { readVmState } from './state-file.ts'
 import { listVms } from './store-admin.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -42,7 +44,7 @@ export interface RecoveryReport {
  * Start-up recovery of every VM in the store: finish commits past their
  * commit point, keep interrupted applies (journal + state) so the same cycle
  * can resume, finish interrupted rollbacks, cut torn journal tails, drop
- * stray journals and temp files. With `abandonAfterMs`, interrupted cycles
+ * stray journals, temp files and point files no state names. With `abandonAfterMs`, interrupted cycles
  * older than that are rolled back instead of kept.
  */
 export async function recoverStore(storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
@@ -68,6 +70,9 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
           log.info({ journal: f }, 'stray journal removed')
         }
       }
+      // point files no state names: a base copy or a `.copying` partial of a crash, a base descriptor of a commit that never reached its commit point
+      await removeTemps(join(paths.gdir, POINTS_DIR), log)
+      await sweepPointOrphans(paths, m.state, log)
       const age = inflight === null ? 0 : Date.now() - Date.parse(inflight.startedAt)
       if (inflight !== null && (await Promise.all(Object.values(inflight.disks).map((d) => entryExists(paths.undoing(d.stem))))).some(Boolean)) {
         const committedCycle = await m.rollback()

@@ -375,3 +375,38 @@ t.test('the base copy reads the mirror flat it checked: a FIFO swapped in before
   await b.whenClosed()
   checkBasePoint(t, env, 'after the FIFO', img5)
 })
+
+t.test('recovery removes the point files no state names (an orphaned base copy, a partial copy, a stale descriptor) and keeps every named one', async (t) => {
+  const env = await withPoints(t.testdir(), 4)
+  const pdir = join(env.store, VM, '.grainline', 'points')
+  const named = readdirSync(pdir).sort()
+  t.ok(named.includes('vm1.p3.vmdk') && named.includes('vm1.p3-sesparse.vmdk'), 'points 1–3 have their files')
+  // a capacity change's copy made before the in-flight record named it, then the crash; a killed copy's partial; a base
+  // descriptor written for a commit that never reached its commit point; an increment of a cycle nobody resumes
+  const flat = readFileSync(join(env.store, VM, 'vm1-flat.vmdk'))
+  writeFileSync(join(pdir, 'vm1.p4-flat.vmdk'), flat)
+  writeFileSync(join(pdir, 'vm1.p4.vmdk'), '# Disk DescriptorFile\n')
+  writeFileSync(join(pdir, 'vm1.p7-flat.vmdk.copying'), flat.subarray(0, MiB))
+  writeFileSync(join(pdir, 'vm1.p9.vmdk'), '# Disk DescriptorFile\n')
+  writeFileSync(join(pdir, 'vm1.p9-sesparse.vmdk'), Buffer.alloc(4096))
+  writeFileSync(join(pdir, 'vm1.p4.vmdk.tmp-123-0badf00d'), 'x')
+  // not the receiver's names: left alone
+  writeFileSync(join(pdir, 'README.txt'), 'the operator notes')
+  const logs: string[] = []
+  const log = pino({ level: 'info' }, { write: (l: string) => logs.push(l) })
+  const rep = await recoverStore(env.store, log)
+  t.same(rep, [{ vm: VM, action: 'none' }])
+  t.same(readdirSync(pdir).sort(), [...named, 'README.txt'].sort(), 'only the named files and the foreign one stay')
+  t.equal(logs.filter((l) => l.includes('restore point file no state names removed')).length, 5, 'each removal logged')
+  checkExact(t, env, 'after the sweep')
+  // the next cycles still read and prune through the kept files
+  const c = await startChild(env, { args: args(env) })
+  t.teardown(() => {
+    c.child.kill('SIGKILL')
+  })
+  const a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, VM, 5, [plan(5)])).committed?.cycle, 5)
+  a.close()
+  await a.whenClosed()
+  checkExact(t, env, 'after one more cycle')
+})
