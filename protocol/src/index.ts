@@ -1,4 +1,4 @@
-export { PROTOCOL_VERSION, SUBPROTOCOL, MessageKind, DigestAlgorithms, CompressionAlgorithms } from './messages.ts'
+export { PROTOCOL_VERSION, PROTOCOL_VERSIONS, DISK_PROGRESS_VERSION, SUBPROTOCOL, MessageKind, DigestAlgorithms, CompressionAlgorithms } from './messages.ts'
 export type {
   Message,
   HelloMessage,
@@ -7,6 +7,7 @@ export type {
   VmStateMessage,
   DiskOpenMessage,
   DiskStateMessage,
+  DiskProgressMessage,
   ExtentMessage,
   ExtentAckMessage,
   DiskEndMessage,

@@ -10,8 +10,14 @@
  * and below 2^53 unless said otherwise.
  */
 
-/** Protocol major version spoken by this package. */
+/** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
+
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress). */
+export const PROTOCOL_VERSIONS: readonly number[] = [3, 2]
+
+/** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
+export const DISK_PROGRESS_VERSION = 3
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -30,6 +36,8 @@ export const MessageKind = {
   DiskOpen: 0x10,
   /** receiver → agent: the disk mirror's state and the resume point */
   DiskState: 0x11,
+  /** receiver → agent (v3): a long DiskOpen is still being worked on (a base copy); no reply */
+  DiskProgress: 0x12,
   /** agent → receiver: one extent (data or zero) */
   Extent: 0x20,
   /** receiver → agent: cumulative acknowledgement (all seq ≤ ack.seq durable) */
@@ -268,6 +276,25 @@ export interface DiskStateMessage {
   readonly resumeBytes: number
 }
 
+/**
+ * Receiver → agent, version 3 only (SPEC §5.1): the DiskOpen of `disk` is
+ * still being worked on — today the copy of the committed mirror into a base
+ * point when the disk changes capacity, which takes minutes on a store
+ * without reflinks. Sent when the work starts, at least every 10 s while it
+ * runs and when it ends, always before the DiskState. The agent answers
+ * nothing; it restarts its wait for the DiskState and shows the progress.
+ */
+export interface DiskProgressMessage {
+  readonly kind: typeof MessageKind.DiskProgress
+  readonly disk: number
+  /** what is being done: "base-copy" */
+  readonly step: string
+  /** bytes done so far, ≤ totalBytes */
+  readonly doneBytes: number
+  /** bytes the step has to do */
+  readonly totalBytes: number
+}
+
 /** Agent → receiver: one extent, data or zero (SPEC §5.3). */
 export interface ExtentMessage {
   readonly kind: typeof MessageKind.Extent
@@ -459,6 +486,7 @@ export type Message =
   | VmStateMessage
   | DiskOpenMessage
   | DiskStateMessage
+  | DiskProgressMessage
   | ExtentMessage
   | ExtentAckMessage
   | DiskEndMessage

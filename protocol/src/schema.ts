@@ -214,6 +214,12 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     resumeSeq: uint(),
     resumeBytes: uint(),
   }),
+  [MessageKind.DiskProgress]: struct({
+    disk,
+    step: str(32, pattern(/^[a-z][a-z0-9-]{0,31}$/, 'a lowercase step name'), '/^[a-z][a-z0-9-]{0,31}$/'),
+    doneBytes: uint(),
+    totalBytes: uint(),
+  }),
   [MessageKind.Extent]: struct({
     disk,
     seq: uint(),

@@ -5,7 +5,7 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { MessageKind, type Message } from './messages.ts'
+import { DISK_PROGRESS_VERSION, MessageKind, type Message } from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -53,6 +53,7 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.VmState]: 'receiver',
   [MessageKind.DiskOpen]: 'agent',
   [MessageKind.DiskState]: 'receiver',
+  [MessageKind.DiskProgress]: 'receiver',
   [MessageKind.Extent]: 'agent',
   [MessageKind.ExtentAck]: 'receiver',
   [MessageKind.DiskEnd]: 'agent',
@@ -86,10 +87,17 @@ export class ConversationState {
   #phase: Phase = 'start'
   #vm = ''
   #cycle = 0
+  /** the version Welcome chose (0 before it) */
+  #version = 0
   readonly #disks = new Map<number, DiskTrack>()
 
   get phase(): Phase {
     return this.#phase
+  }
+
+  /** The version Welcome chose, 0 before Welcome. */
+  get version(): number {
+    return this.#version
   }
 
   /** The phase of disk `handle`, or undefined if it was never opened. */
@@ -120,6 +128,7 @@ export class ConversationState {
         return
       case MessageKind.Welcome:
         need('hello')
+        this.#version = msg.version
         this.#phase = 'ready'
         return
       case MessageKind.VmOpen:
@@ -173,6 +182,12 @@ export class ConversationState {
         d.phase = msg.accepted ? 'accepted' : 'refused'
         d.nextSeq = msg.resumeSeq
         d.acked = msg.resumeSeq - 1
+        return
+      }
+      case MessageKind.DiskProgress: {
+        // SPEC §5.1: version 3 only, between a DiskOpen and its DiskState
+        if (this.#version < DISK_PROGRESS_VERSION) throw unexpected(`DiskProgress is not part of protocol version ${this.#version}`)
+        disk(msg.disk, 'opening')
         return
       }
       case MessageKind.Extent: {

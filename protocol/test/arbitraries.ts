@@ -123,6 +123,9 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
       resumeBytes: nat,
     })
     .map(({ code, ...r }) => ({ kind: MessageKind.DiskState, ...r, reason: r.accepted ? '' : code })),
+  fc
+    .record({ disk, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
+    .map(({ a, b, ...r }) => ({ kind: MessageKind.DiskProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
   extent,
   fc.record({ kind: fc.constant(MessageKind.ExtentAck), disk, seq: nat }),
   fc.record({ kind: fc.constant(MessageKind.DiskEnd), disk, extents: nat, dataBytes: fc.integer({ min: 0, max: 2 ** 52 }), zeroBytes: fc.integer({ min: 0, max: 2 ** 52 }), digest }),

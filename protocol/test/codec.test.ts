@@ -152,6 +152,8 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['ddb value with a quote', { ...sample('disk-open incremental'), ddb: { 'ddb.x': 'a"b' } }, 'E_SCHEMA', 'ddb["ddb.x"]'],
   ['accepted with a reason', { ...sample('disk-state accepted, resuming'), reason: 'E_BUSY' }, 'E_SCHEMA', 'reason'],
   ['refused without a reason', { ...sample('disk-state refused, no mirror yet'), reason: '' }, 'E_SCHEMA', 'reason'],
+  ['progress beyond its total', { ...sample('disk-progress of a base copy'), doneBytes: 201 * 1024 ** 3 }, 'E_SCHEMA', 'doneBytes'],
+  ['progress step with a capital', { ...sample('disk-progress of a base copy'), step: 'Base-copy' }, 'E_SCHEMA', 'step'],
   ['trivial prefix above size', { ...sample('trivial-check'), prefixBytes: 17 * 1024 * MiB }, 'E_SCHEMA', 'prefixBytes'],
   ['trivial digest of the wrong length', { ...sample('trivial-check'), digest: new Uint8Array(32) }, 'E_SCHEMA', 'digest'],
   ['certify with an unknown algorithm', { ...sample('certify'), algorithm: 'crc32' }, 'E_SCHEMA', 'algorithm'],

@@ -176,6 +176,10 @@ export const samples: readonly Sample[] = [
     },
   },
   {
+    name: 'disk-progress of a base copy',
+    message: { kind: MessageKind.DiskProgress, disk: 3, step: 'base-copy', doneBytes: 3 * 1024 ** 3, totalBytes: 200 * 1024 ** 3 },
+  },
+  {
     name: 'extent data, uncompressed, xxh64',
     message: { kind: MessageKind.Extent, disk: 0, seq: 0, offset: 1048576, length: 512, zero: false, compression: 'none', data: bytes(512), digest: bytes(8, (i) => 0xa0 + i) },
   },

@@ -253,3 +253,19 @@ t.test('illegal messages', async (t) => {
     t.equal(s.phase, phase, `${name}: state unchanged`)
   }
 })
+
+t.test('DiskProgress: version 3 only, between a DiskOpen and its DiskState, any number (SPEC §5.1, §8.2)', async (t) => {
+  const v3: Step[] = [A({ ...M.hello, versions: [3, 2] }), R({ ...M.welcome, version: 3 }), A(M.vmOpen), R(M.vmState)]
+  const progress = (disk: number, doneBytes: number) => ({ kind: K.DiskProgress, disk, step: 'base-copy', doneBytes, totalBytes: 1 << 20 })
+  const s = run([...v3, A(M.diskOpen(0)), R(progress(0, 0)), R(progress(0, 4096)), R(progress(0, 1 << 20)), R(M.diskState(0)), A(M.extent(0, 0))])
+  t.equal(s.version, 3)
+  t.equal(s.diskPhase(0), 'accepted')
+  // the same on a version 2 connection: a v2 agent does not know the kind
+  t.throws(() => run([...opening, A(M.diskOpen(0)), R(progress(0, 0))]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // after the DiskState, for a handle never opened, or from the agent
+  t.throws(() => run([...v3, A(M.diskOpen(0)), R(M.diskState(0)), R(progress(0, 0))]), { code: 'E_UNEXPECTED', message: /state accepted/ })
+  t.throws(() => run([...v3, A(M.diskOpen(0)), R(progress(1, 0))]), { code: 'E_UNEXPECTED', message: /disk 1 is not open/ })
+  t.throws(() => run([...v3, A(M.diskOpen(0)), A(progress(0, 0))]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
+  // before Welcome there is no version
+  t.equal(new ConversationState().version, 0)
+})

@@ -125,9 +125,16 @@ t.test('a disk removed from the VM: the cycles go on with the others, status nam
     .filter((l) => l.startsWith('sata0:1.'))
     .map((l) => (l.startsWith('sata0:1.fileName') ? `sata0:1.fileName = "${name}_1.vmdk"` : l))
   await writeFile(vm.vmxPath, `${(await readFile(vm.vmxPath, 'utf8')).trimEnd()}\n${added.join('\n')}\n`)
-  const r5 = await replicateCli(site, vm.vmxPath, ['--certify', 'sha256'])
+  const r5 = await replicateCli(site, vm.vmxPath, ['--certify', 'sha256'], { logLevel: 'info' })
   t.equal(r5.code, 0, `cycle 5 with the new disk: ${r5.stderr.slice(-1500)}`)
   t.equal(r5.report?.vms[0]?.cycle, 5)
+  // SPEC §5.1 (v3): the receiver told the agent of the copy before it answered the DiskOpen, and the agent showed it
+  const copyLines = r5.stderr
+    .split('\n')
+    .filter((l) => l.includes('the receiver copies the mirror of the disk into a restore point'))
+    .map((l) => JSON.parse(l) as { disk: string; doneBytes: number; totalBytes: number; msg: string })
+  t.match(copyLines[0], { disk: `${name}_1.vmdk`, doneBytes: 0, totalBytes: 4 * MiB }, 'the agent logs the base copy as it starts, with its size')
+  t.match(copyLines.at(-1), { disk: `${name}_1.vmdk`, doneBytes: 4 * MiB, totalBytes: 4 * MiB, msg: /: done$/ }, '… and as it ends')
   const newDisk = join(dir, 'new-disk.raw')
   await qemuRaw(fresh.disks[0] as string, newDisk)
   t.equal(await firstDifference(newDisk, await rawOf(second, join(dir, 'second-at-5.raw'))), -1, 'the mirror holds the new disk')

@@ -16,6 +16,7 @@ import {
   encodeMessageParts,
   MessageKind,
   SUBPROTOCOL,
+  type DiskProgressMessage,
   type ErrorMessage,
   type ExtentAckMessage,
   type Message,
@@ -87,7 +88,7 @@ export class PeerEnded extends Error {
 export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
-  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void } | undefined
+  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: DiskProgressMessage) => void } | undefined
   #failure: Error | undefined
   /** the fatal Error the receiver ended the conversation with, if it did */
   #peerError: ErrorMessage | undefined
@@ -142,6 +143,11 @@ export class Connection {
       if (msg.kind === MessageKind.Error && msg.fatal) this.#peerError ??= msg
       if (msg.kind === MessageKind.ExtentAck) {
         this.onAck(msg)
+        return
+      }
+      // SPEC §5.1 (v3): not a reply; the conversation has checked that a DiskOpen awaits its DiskState
+      if (msg.kind === MessageKind.DiskProgress) {
+        this.#waiter?.progress(msg)
         return
       }
       if (this.#waiter !== undefined) {
@@ -341,8 +347,12 @@ export class Connection {
     }
   }
 
-  /** The next non-ack message. Error messages are returned, not thrown. */
-  async receive(opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Message> {
+  /**
+   * The next non-ack message. Error messages are returned, not thrown.
+   * `timeoutMs` bounds the wait; a DiskProgress that arrives meanwhile goes
+   * to `onProgress`, and when that returns true the wait starts over.
+   */
+  async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: DiskProgressMessage) => boolean } = {}): Promise<Message> {
     const queued = this.#inbox.shift()
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure
@@ -350,11 +360,12 @@ export class Connection {
     checkAborted(opts.signal)
     const timeoutMs = opts.timeoutMs ?? this.#idleTimeoutMs
     return await new Promise<Message>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const expire = (): void => {
         this.#waiter = undefined
         this.#ws.terminate()
         reject(new ConnectionLost(`no answer from receiver for ${timeoutMs} ms`, 1006))
-      }, timeoutMs)
+      }
+      let timer = setTimeout(expire, timeoutMs)
       const onAbort = (): void => {
         clearTimeout(timer)
         this.#waiter = undefined
@@ -362,6 +373,11 @@ export class Connection {
       }
       opts.signal?.addEventListener('abort', onAbort, { once: true })
       this.#waiter = {
+        progress: (m) => {
+          if (opts.onProgress?.(m) !== true) return
+          clearTimeout(timer)
+          timer = setTimeout(expire, timeoutMs)
+        },
         resolve: (m) => {
           clearTimeout(timer)
           opts.signal?.removeEventListener('abort', onAbort)

@@ -18,6 +18,7 @@
  * cycle, recorded as in flight in the agent's state so the next run reuses
  * it and resumes where the receiver stopped.
  */
+import { diskOpenProgress } from './disk-open-progress.ts'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
@@ -525,21 +526,24 @@ class VmCycle {
           for (;;) {
             if (nextHandle > MAX_HANDLE) throw new AgentError('E_PROTOCOL', `more than ${MAX_HANDLE + 1} disk opens in one connection`)
             w.handle = nextHandle++
-            const opened = await client.openDisk({
-              disk: w.handle,
-              name: w.name,
-              capacity: w.chain.capacity,
-              cycle: w.cycleNo,
-              mode: w.mode,
-              baseCycle: w.baseCycle,
-              baseGeneration: w.baseGeneration,
-              source: w.source,
-              cycleId: w.cycleId,
-              ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
-              totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
-              totalExtents: w.plan.totalExtents,
-              blockSize: w.blockSize,
-            })
+            const opened = await client.openDisk(
+              {
+                disk: w.handle,
+                name: w.name,
+                capacity: w.chain.capacity,
+                cycle: w.cycleNo,
+                mode: w.mode,
+                baseCycle: w.baseCycle,
+                baseGeneration: w.baseGeneration,
+                source: w.source,
+                cycleId: w.cycleId,
+                ddb: Object.fromEntries(baseLayer(w.chain).descriptor.ddb),
+                totalBytes: w.mode === 'resync' ? w.chain.capacity : w.plan.totalBytes,
+                totalExtents: w.plan.totalExtents,
+                blockSize: w.blockSize,
+              },
+              diskOpenProgress(this.log, w.name),
+            )
             if (opened.ok) {
               current = `${w.name}\0${w.mode}`
               await (w.mode === 'resync' ? sendResync : sendDisk)({

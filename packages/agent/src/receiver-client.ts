@@ -20,6 +20,7 @@ import {
   type CommittedMessage,
   type DiskEndMessage,
   type DiskOpenMessage,
+  type DiskProgressMessage,
   type DiskStateMessage,
   type ErrorMessage,
   type ExtentAckMessage,
@@ -123,9 +124,26 @@ export class ReceiverClient {
     return await this.#request({ kind: MessageKind.Rollback, vm }, MessageKind.RolledBack)
   }
 
-  /** DiskOpen → DiskState; a refused DiskState is a refusal carrying the mirror's committed facts. */
-  async openDisk(msg: Omit<DiskOpenMessage, 'kind'>): Promise<DiskOpenReply> {
-    const r = await this.#request({ kind: MessageKind.DiskOpen, ...msg }, MessageKind.DiskState)
+  /**
+   * DiskOpen → DiskState; a refused DiskState is a refusal carrying the
+   * mirror's committed facts. The receiver may work long before it answers
+   * (a capacity change's base copy) and say so with DiskProgress (SPEC §5.1,
+   * v3): each one that moves forward restarts the wait for the answer and
+   * goes to `onProgress`. A copy that stops moving still times out after the
+   * idle timeout, and the whole wait stays bounded, so that a receiver cannot
+   * hold the agent with progress that never ends (diskOpenLimitMs).
+   */
+  async openDisk(msg: Omit<DiskOpenMessage, 'kind'>, onProgress?: (p: DiskProgressMessage) => void): Promise<DiskOpenReply> {
+    const started = performance.now()
+    const limitMs = diskOpenLimitMs(msg.capacity)
+    let done = -1
+    const progress = (p: DiskProgressMessage): boolean => {
+      if (p.disk !== msg.disk || p.doneBytes <= done) return false
+      done = p.doneBytes
+      onProgress?.(p)
+      return performance.now() - started < limitMs
+    }
+    const r = await this.#request({ kind: MessageKind.DiskOpen, ...msg }, MessageKind.DiskState, undefined, true, progress)
     if (!r.ok) return r
     if (r.value.disk !== msg.disk) throw this.#protocol(`DiskState for disk ${r.value.disk}, expected ${msg.disk}`)
     if (r.value.accepted) return r
@@ -222,7 +240,7 @@ export class ReceiverClient {
   }
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true): Promise<Reply<Of<K>>> {
+  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true, onProgress?: (m: DiskProgressMessage) => boolean): Promise<Reply<Of<K>>> {
     try {
       await this.#conn.send(msg)
     } catch (err) {
@@ -230,7 +248,7 @@ export class ReceiverClient {
       if (err instanceof PeerEnded) return errorReply(err.error)
       throw err
     }
-    return await this.#reply(kind, timeoutMs, abortable)
+    return await this.#reply(kind, timeoutMs, abortable, onProgress)
   }
 
   /** Send a message that has no reply of its own; a receiver's fatal Error that overtook it is thrown as the refusal it is. */
@@ -245,12 +263,26 @@ export class ReceiverClient {
   }
 
   /** Read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean): Promise<Reply<Of<K>>> {
-    const m = await this.#conn.receive({ ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }), ...(timeoutMs === undefined ? {} : { timeoutMs }) })
+  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean, onProgress?: (m: DiskProgressMessage) => boolean): Promise<Reply<Of<K>>> {
+    const m = await this.#conn.receive({
+      ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }),
+      ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(onProgress === undefined ? {} : { onProgress }),
+    })
     if (m.kind === kind) return { ok: true, value: m as Of<K> }
     if (m.kind === MessageKind.Error) return errorReply(m)
     throw this.#protocol(`expected message 0x${kind.toString(16)}, got 0x${m.kind.toString(16)}`)
   }
+}
+
+/**
+ * The longest a DiskOpen's answer may be put off by DiskProgress: the idle
+ * timeout plus a copy of the whole disk at 10 MB/s (a base copy reads the
+ * mirror, at most the disk's capacity). Past it, progress no longer restarts
+ * the wait, and the idle timeout ends it.
+ */
+export function diskOpenLimitMs(capacity: number): number {
+  return 120_000 + Math.ceil(capacity / 10_000)
 }
 
 /** How long the answer to a BlockCheck may take: the idle timeout plus its blocks read from a slow disk (20 MB/s). */

@@ -4,7 +4,7 @@
  * limits), VmOpen → VmState (the mirror's committed and in-flight cycles and
  * its generation).
  */
-import { maxMessageBytesFor, PROTOCOL_VERSION, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { maxMessageBytesFor, PROTOCOL_VERSIONS, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import type { ConnectOptions } from './connection.ts'
 import type { VmHandle } from './driver.ts'
 import { ReceiverClient, refusalError } from './receiver-client.ts'
@@ -55,7 +55,7 @@ export async function greet(opts: GreetOptions): Promise<Greeting> {
   opts.onClient(client)
   try {
     const welcome = await client.hello({
-      versions: [PROTOCOL_VERSION],
+      versions: [...PROTOCOL_VERSIONS],
       software: AGENT_SOFTWARE,
       digests: [...opts.digests],
       compressions: [...opts.compressions],

@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
 import { isRetryable } from '../src/connection.ts'
-import { ReceiverClient } from '../src/receiver-client.ts'
+import { ReceiverClient, diskOpenLimitMs } from '../src/receiver-client.ts'
 
 /** A receiver whose answer to each message kind is scripted (undefined: the default happy answer). */
 async function scripted(t: { teardown: (fn: () => unknown) => void }, answer: (m: Message, ws: WebSocket) => Message | 'default' | 'none'): Promise<string> {
@@ -245,4 +245,90 @@ t.test('BlockChecks in flight (SPEC §5.6): up to 4 unanswered, answers read in 
   await d.sendBlockCheck(check(13))
   // checked on receipt by the conversation state machine (disk 1 was never opened)
   await t.rejects(d.blockCheckResult(0, 60_000), { code: 'E_PROTOCOL', message: /receiver broke the conversation.*disk 1 is not open/ }, 'an answer for another disk')
+})
+
+/** A DiskState accepting `disk`. */
+const accepted = (disk: number): Message => ({
+  kind: MessageKind.DiskState,
+  disk,
+  accepted: true,
+  reason: '',
+  committedCycle: 3,
+  committedSource: null,
+  mirrorCid: '',
+  modified: false,
+  resumeSeq: 0,
+  resumeBytes: 0,
+})
+
+/**
+ * A receiver that speaks `version`, and answers a DiskOpen after `reports`
+ * DiskProgress frames 150 ms apart (their doneBytes from `done(i)`), or
+ * never when `answer` is false.
+ */
+async function slowOpen(t: { teardown: (fn: () => unknown) => void }, version: number, reports: number, done: (i: number) => number, answer = true): Promise<string> {
+  return await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.Hello) return { kind: MessageKind.Welcome, version, software: 'slow', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }
+    if (m.kind !== MessageKind.DiskOpen) return 'default'
+    let i = 0
+    const tick = setInterval(() => {
+      if (ws.readyState !== ws.OPEN) return clearInterval(tick)
+      if (i < reports) {
+        ws.send(encodeMessage({ kind: MessageKind.DiskProgress, disk: m.disk, step: 'base-copy', doneBytes: done(i++), totalBytes: 10 << 20 }))
+        return
+      }
+      clearInterval(tick)
+      if (answer) ws.send(encodeMessage(accepted(m.disk)))
+    }, 150)
+    return 'none'
+  })
+}
+
+t.test('DiskProgress (v3) restarts the wait for a long DiskOpen; progress that does not move forward does not', async (t) => {
+  // 10 reports over 1.5 s against a 500 ms wait: the copy moves, the open is answered
+  const moving = await slowOpen(t, 3, 10, (i) => i << 20)
+  const c = await ReceiverClient.connect({ url: moving, token: 'x', idleTimeoutMs: 500 })
+  t.teardown(() => c.terminate())
+  t.match(await c.hello({ ...hello, versions: [3, 2] }), { ok: true, value: { version: 3 } })
+  await c.vmOpen(vmOpen)
+  const seen: number[] = []
+  const r = await c.openDisk(diskOpen, (p) => seen.push(p.doneBytes))
+  t.match(r, { ok: true, value: { disk: 0, accepted: true } })
+  t.same(
+    seen,
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((i) => i << 20),
+    'every report that moved forward was heard',
+  )
+
+  // the same reports, all at 1 MiB: a copy that has stopped; the first one restarts the wait, then it runs out
+  const stuck = await slowOpen(t, 3, 10, () => 1 << 20)
+  const s = await ReceiverClient.connect({ url: stuck, token: 'x', idleTimeoutMs: 500 })
+  t.teardown(() => s.terminate())
+  await s.hello({ ...hello, versions: [3, 2] })
+  await s.vmOpen(vmOpen)
+  const t0 = performance.now()
+  await t.rejects(s.openDisk(diskOpen), { name: 'ConnectionLost', message: /no answer from receiver for 500 ms/ })
+  t.ok(performance.now() - t0 < 1400, 'timed out before the reports ended')
+
+  // without DiskProgress, the same wait runs out as before
+  const silent = await slowOpen(t, 3, 0, () => 0, false)
+  const q = await ReceiverClient.connect({ url: silent, token: 'x', idleTimeoutMs: 300 })
+  t.teardown(() => q.terminate())
+  await q.hello({ ...hello, versions: [3, 2] })
+  await q.vmOpen(vmOpen)
+  await t.rejects(q.openDisk(diskOpen), { name: 'ConnectionLost' })
+})
+
+t.test('DiskProgress on a version 2 connection breaks the conversation (E_PROTOCOL)', async (t) => {
+  const url = await slowOpen(t, 2, 3, (i) => i)
+  const c = await ReceiverClient.connect({ url, token: 'x', idleTimeoutMs: 2000 })
+  t.teardown(() => c.terminate())
+  await c.hello(hello)
+  await c.vmOpen(vmOpen)
+  await t.rejects(c.openDisk(diskOpen), { code: 'E_PROTOCOL', message: /DiskProgress is not part of protocol version 2/ })
+})
+
+t.test('the wait a DiskOpen may be put off by progress is bounded by the disk (diskOpenLimitMs)', async (t) => {
+  t.equal(diskOpenLimitMs(0), 120_000)
+  t.equal(diskOpenLimitMs(1e12), 120_000 + 1e8, '1 TB at 10 MB/s')
 })

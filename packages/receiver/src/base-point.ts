@@ -39,9 +39,12 @@ function copyingPath(paths: VmPaths, file: string): string {
  * holes kept), fsync'ed and renamed, then the descriptor, written last, so
  * that an existing descriptor means a complete copy (idempotent: a copy
  * made for this committed cycle before a crash is kept).
+ * `onProgress` hears of the copy (SPEC §5.1 DiskProgress): when it starts
+ * (0 bytes done), every BASE_COPY_PROGRESS_MS while it runs (the size of
+ * the copy so far) and when it is durable (all of it).
  * @throws ReceiverError E_STORE_FILE (the flat is a link, FIFO, folder), E_IO (the copy failed: no space, cp missing)
  */
-export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: string): Promise<void> {
+export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: string, onProgress?: CopyProgress): Promise<void> {
   const descriptor = pointPath(paths, file)
   if (await completeCopy(paths, rec, file)) return
   // anything else under the name (a seed's base descriptor left by a failed commit, a partial copy, a planted entry) goes
@@ -58,13 +61,29 @@ export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: strin
     await ensureStoreDir(join(paths.gdir, POINTS_DIR))
     await unlinkIfExists(partial)
     const dst = await openStoreFile(partial, 'create')
+    const total = (await src.stat()).size
+    // the size of the copy so far: cp writes in order, seeking over holes, so the size is where it has got to
+    // a stat still under way when the copy ends must not report after it (nor after the DiskState)
+    let running = true
+    const tick = setInterval(() => {
+      dst.stat().then(
+        (st) => {
+          if (running) onProgress?.(Math.min(st.size, total), total)
+        },
+        () => {},
+      )
+    }, BASE_COPY_PROGRESS_MS)
     try {
+      onProgress?.(0, total)
       faultPoint('base-copy-opened')
       await cpFd(src.fd, dst.fd)
       await dst.sync()
     } finally {
+      running = false
+      clearInterval(tick)
       await dst.close()
     }
+    onProgress?.(total, total)
   } catch (err) {
     await unlinkIfExists(partial).catch(() => {})
     if (err instanceof ReceiverError) throw err
@@ -77,6 +96,12 @@ export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: strin
   await writeFileAtomic(descriptor, baseDescriptor(rec, file))
   await fsyncDir(dirname(descriptor))
 }
+
+/** How often a running base copy reports its progress, ms (SPEC §5.1: at least every 10 s). */
+export const BASE_COPY_PROGRESS_MS = 5000
+
+/** Hears of a base copy's progress: bytes done of the flat's size. */
+export type CopyProgress = (doneBytes: number, totalBytes: number) => void
 
 /** At most this much of cp's error output is kept for the message. */
 const MAX_CP_STDERR = 4096

@@ -5,7 +5,7 @@ import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { CompressionAlgorithms, DEFAULT_MAX_EXTENT_BYTES, DigestAlgorithms, PROTOCOL_VERSION, SUBPROTOCOL, initDigests, maxMessageBytesFor, type LocalCapabilities } from '@grainline/protocol'
+import { CompressionAlgorithms, DEFAULT_MAX_EXTENT_BYTES, DigestAlgorithms, PROTOCOL_VERSIONS, SUBPROTOCOL, initDigests, maxMessageBytesFor, type LocalCapabilities } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { DEFAULT_MAX_SESSIONS, bearerToken, createTokenTable, loadTokensFile, type TokenEntry, type TokenTable } from './auth.ts'
 import { guardConnections } from './connection-guard.ts'
@@ -173,7 +173,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   }
   const maxExtentBytes = init.maxExtentBytes ?? DEFAULT_MAX_EXTENT_BYTES
   const local: LocalCapabilities = {
-    versions: [PROTOCOL_VERSION],
+    versions: [...PROTOCOL_VERSIONS],
     digests: [...DigestAlgorithms],
     compressions: [...CompressionAlgorithms],
     limits: { maxExtentBytes, maxMessageBytes: maxMessageBytesFor(maxExtentBytes), windowBytes: init.windowBytes ?? 64 * MiB },

@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
   ConversationState,
+  DISK_PROGRESS_VERSION,
   MessageKind,
   ProtocolErrorCodes,
   decodeMessage,
@@ -38,6 +39,7 @@ import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
+import type { CopyProgress } from './base-point.ts'
 import type { DiskApply } from './disk-apply.ts'
 import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
 import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
@@ -446,6 +448,37 @@ export class Session {
     return r === undefined ? {} : { retention: r }
   }
 
+  /**
+   * A DiskOpen's long work (a capacity change's base copy): logged with its
+   * ETA — when it starts, when it ends and every 30 s between — and, on a
+   * version 3 connection, told to the agent as DiskProgress (SPEC §5.1), so
+   * that its bounded wait for the DiskState restarts instead of running out.
+   */
+  private progressOf(msg: DiskOpenMessage): CopyProgress {
+    const t0 = performance.now()
+    let logged = -Infinity
+    return (doneBytes, totalBytes) => {
+      if (this.dead) return
+      if ((this.negotiated?.version ?? 0) >= DISK_PROGRESS_VERSION) {
+        try {
+          this.send({ kind: MessageKind.DiskProgress, disk: msg.disk, step: 'base-copy', doneBytes, totalBytes })
+        } catch (err) {
+          // called from the copy's timer: a send the conversation refuses is logged, never thrown there
+          this.log.error({ err, disk: msg.name }, 'DiskProgress not sent')
+        }
+      }
+      const now = performance.now()
+      if (doneBytes !== 0 && doneBytes !== totalBytes && now - logged < 30_000) return
+      logged = now
+      const elapsedS = (now - t0) / 1000
+      const etaS = doneBytes > 0 && doneBytes < totalBytes ? Math.round((elapsedS * (totalBytes - doneBytes)) / doneBytes) : undefined
+      this.log.info(
+        { disk: msg.name, doneBytes, totalBytes, elapsedS: Math.round(elapsedS), ...(etaS === undefined ? {} : { etaS }) },
+        doneBytes === totalBytes ? 'base copy of the mirror done' : 'copying the mirror into a base point before the disk changes capacity',
+      )
+    }
+  }
+
   private async onDiskOpen(msg: DiskOpenMessage): Promise<void> {
     const vm = this.mirror
     checkDiskName(msg.name)
@@ -471,7 +504,7 @@ export class Session {
     const r =
       vm instanceof CephVmMirror
         ? await vm.openDisk(req, { compat: this.compat as CompatRecord, ...quota })
-        : await vm.openDisk(req, { compat: this.compat as CompatRecord, open, ...this.retention(), ...quota })
+        : await vm.openDisk(req, { compat: this.compat as CompatRecord, open, ...this.retention(), ...quota, onProgress: this.progressOf(msg) })
     if (r.apply === undefined) {
       this.log.info({ disk: msg.name, reason: r.reason, why: r.message }, 'disk open refused')
     } else {

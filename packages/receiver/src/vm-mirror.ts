@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
-import { baseDescriptor, copyBasePoint, removeBasePoint } from './base-point.ts'
+import { baseDescriptor, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
@@ -55,6 +55,8 @@ export interface OpenContext {
   readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean }
   /** the VM's retention policy: an in-place apply keeps a reverse increment when it keeps points */
   readonly retention?: RetentionPolicy
+  /** hears of long work before the answer: the base copy of a disk that changes capacity (SPEC §5.1 DiskProgress) */
+  readonly onProgress?: CopyProgress
 }
 
 /** How a commit treats restore points. */
@@ -258,7 +260,7 @@ export class VmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq }, 'resuming in-flight apply')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention, base.modified, space)
+    const info = await this.withBaseCopy(this.withIncrement(d.info, rec, ctx.retention), rec, ctx.retention, base.modified, space, ctx.onProgress)
     try {
       await ensureStoreDir(this.paths.gdir)
       // order: journal head durable → state lists the disk → target touched
@@ -322,7 +324,14 @@ export class VmMirror {
    * the apply goes on without it and the commit drops the points, as before,
    * logged: the cycle's data does not wait for the archive.
    */
-  private async withBaseCopy(info: InflightDisk, rec: DiskRecord | undefined, retention: RetentionPolicy | undefined, modified: boolean, space: SpaceFacts): Promise<InflightDisk> {
+  private async withBaseCopy(
+    info: InflightDisk,
+    rec: DiskRecord | undefined,
+    retention: RetentionPolicy | undefined,
+    modified: boolean,
+    space: SpaceFacts,
+    onProgress: CopyProgress | undefined,
+  ): Promise<InflightDisk> {
     if (info.target !== 'flat' || info.increment !== undefined || rec === undefined || rec.capacity === info.capacity || !keepsPoints(retention)) return info
     // the open's own look at the mirror (openDisk): not the committed point, nothing to keep
     if (modified) return info
@@ -350,7 +359,7 @@ export class VmMirror {
       )
     }
     try {
-      await copyBasePoint(this.paths, rec, file)
+      await copyBasePoint(this.paths, rec, file, onProgress)
     } catch (err) {
       await removeBasePoint(this.paths, file).catch(() => {})
       this.log.warn(

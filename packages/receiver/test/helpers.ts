@@ -23,6 +23,7 @@ import {
   initDigests,
   type CompressionAlgorithm,
   type DigestAlgorithm,
+  type DiskProgressMessage,
   type DiskOpenMessage,
   type ExtentMessage,
   type Message,
@@ -328,10 +329,10 @@ export function diskEnd(d: DiskPlan, alg: DigestAlgorithm): Message {
   return { kind: MessageKind.DiskEnd, disk: d.handle, extents: d.extents.length, dataBytes, zeroBytes, digest: cd.digest() }
 }
 
-export function hello(alg: DigestAlgorithm = 'sha256', compression: CompressionAlgorithm = 'none'): Message {
+export function hello(alg: DigestAlgorithm = 'sha256', compression: CompressionAlgorithm = 'none', versions: readonly number[] = [PROTOCOL_VERSION]): Message {
   return {
     kind: MessageKind.Hello,
-    versions: [PROTOCOL_VERSION],
+    versions,
     software: 'test-agent/0',
     digests: [alg],
     compressions: [compression, 'none'],
@@ -409,11 +410,13 @@ export async function runCycle(
     retention?: RetentionSpec | null
     /** the disk files the VmOpen's .vmx names (default: the cycle's disks) */
     vmxDisks?: string[]
+    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress) */
+    versions?: readonly number[]
   } = {},
-): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }> }> {
+): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }>; progress: DiskProgressMessage[] }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
-  agent.send(hello(alg, opts.compression ?? 'none'))
+  agent.send(hello(alg, opts.compression ?? 'none', opts.versions))
   await agent.expect(MessageKind.Welcome)
   agent.send(vmOpen(vm, cycle, opts.vmxDisks ?? disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))))
   const st = await agent.expect(MessageKind.VmState)
@@ -422,14 +425,20 @@ export async function runCycle(
     await agent.expect(MessageKind.RolledBack)
   }
   const resume: number[] = []
+  const progress: DiskProgressMessage[] = []
   let sent = 0
   for (const d of disks) {
     agent.send(diskOpen(d, cycle, vm, st.generation))
-    const ds = await agent.expect(MessageKind.DiskState)
+    let ds = await agent.next()
+    while (ds?.kind === MessageKind.DiskProgress) {
+      progress.push(ds)
+      ds = await agent.next()
+    }
+    if (ds?.kind !== MessageKind.DiskState) throw new Error(`expected DiskState, got ${ds === undefined ? `a close ${JSON.stringify(agent.closed)}` : `kind 0x${ds.kind.toString(16)}`}`)
     if (!ds.accepted) throw Object.assign(new Error(`disk refused: ${ds.reason}`), { reason: ds.reason, state: ds })
     resume.push(ds.resumeSeq)
     for (let seq = ds.resumeSeq; seq < d.extents.length; seq++) {
-      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume }
+      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume, progress }
       agent.send(extentMessage(d, seq, alg, opts.compression ?? 'none'))
       sent++
     }
@@ -442,10 +451,10 @@ export async function runCycle(
       throw new Error(`unexpected ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
     }
   }
-  if (opts.commit === false) return { resume }
+  if (opts.commit === false) return { resume, progress }
   agent.send({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null })
   const committed = await agent.expect(MessageKind.Committed)
-  return { resume, committed }
+  return { resume, committed, progress }
 }
 
 export function seedPlan(handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {

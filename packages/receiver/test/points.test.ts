@@ -531,6 +531,55 @@ t.test('a capacity change keeps the points: the mirror is copied into a base poi
   t.equal(restored.disks[0]?.capacity, cap)
 })
 
+t.test("a capacity change's base copy is told to a version 3 agent as DiskProgress before the DiskState (SPEC §5.1); a version 2 agent hears none", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url, logs } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-pts-progress'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 21)]
+  const cycle = async (c: number, plan: Parameters<typeof runCycle>[3][number], versions: number[]) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, c, [plan], { versions })
+    a.close()
+    t.ok(r.committed !== undefined, `cycle ${c} committed`)
+    return r.progress
+  }
+  t.same(await cycle(1, seedPlan(0, 'd.vmdk', images[1] as Buffer, 'de01de01de01de01'), [3, 2]), [], 'a seed copies nothing: no progress')
+  const inc = (c: number, img: Buffer, r: Array<{ offset: number; length: number }>) => incPlan(0, 'd.vmdk', img, c - 1, `de0${c}de0${c}de0${c}de0${c}`, r, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)
+  const r2 = [{ offset: 65_536, length: 65_536 }]
+  images[2] = evolve(images[1] as Buffer, 22, r2)
+  t.same(await cycle(2, inc(2, images[2] as Buffer, r2), [3, 2]), [], 'an incremental at the same capacity copies nothing: no progress')
+  // cycle 3 grows the disk to 3 MiB over a version 3 connection: the 2 MiB mirror is copied first
+  const r3 = [{ offset: 2 * MiB + 4096, length: 131_072 }]
+  images[3] = evolve(Buffer.concat([images[2] as Buffer, Buffer.alloc(MiB)]), 33, r3)
+  const p3 = await cycle(3, inc(3, images[3] as Buffer, r3), [3, 2])
+  t.ok(p3.length >= 2, `${p3.length} DiskProgress frames`)
+  t.match(p3[0], { kind: MessageKind.DiskProgress, disk: 0, step: 'base-copy', doneBytes: 0, totalBytes: 2 * MiB }, 'the first one when the copy starts')
+  t.match(p3[p3.length - 1], { disk: 0, step: 'base-copy', doneBytes: 2 * MiB, totalBytes: 2 * MiB }, 'the last one when it is durable')
+  t.ok(
+    p3.every((p, i) => i === 0 || p.doneBytes >= (p3[i - 1] as { doneBytes: number }).doneBytes),
+    'never backwards',
+  )
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'base copy of the mirror done' && l['disk'] === 'd.vmdk' && l['totalBytes'] === 2 * MiB),
+    'the receiver logs the copy with its size',
+  )
+  // cycle 4 grows it again over a version 2 connection: the same copy, silent on the wire
+  const r4 = [{ offset: 3 * MiB + 8192, length: 65_536 }]
+  images[4] = evolve(Buffer.concat([images[3] as Buffer, Buffer.alloc(MiB)]), 44, r4)
+  t.same(await cycle(4, inc(4, images[4] as Buffer, r4), [2]), [], 'version 2: no DiskProgress')
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => [p.cycle, p.disks['d.vmdk']?.base ?? false]),
+    [
+      [1, false],
+      [2, true],
+      [3, true],
+    ],
+    'both copies became base points',
+  )
+  pointsExact(t, env, vm, images, 'after two capacity changes')
+})
+
 /** Bytes allocated under `dir` (every file's blocks), as the receiver counts a token's mirrors. */
 function allocatedUnder(dir: string): number {
   let n = 0
