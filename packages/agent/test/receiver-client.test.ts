@@ -63,22 +63,23 @@ const diskOpen = {
   blockSize: 0,
 }
 
+/** A DiskState for `disk`: accepted, or refused with `reason`. */
+const diskState = (disk: number, reason = ''): Message => ({
+  kind: MessageKind.DiskState,
+  disk,
+  accepted: reason === '',
+  reason,
+  committedCycle: 3,
+  committedSource: null,
+  mirrorCid: '',
+  modified: false,
+  resumeSeq: 0,
+  resumeBytes: 0,
+})
+
 t.test('replies and refusals are values', async (t) => {
   const url = await scripted(t, (m) => {
-    if (m.kind === MessageKind.DiskOpen) {
-      return {
-        kind: MessageKind.DiskState,
-        disk: m.disk,
-        accepted: m.disk !== 0,
-        reason: m.disk === 0 ? 'E_GENERATION' : '',
-        committedCycle: 3,
-        committedSource: null,
-        mirrorCid: '',
-        modified: false,
-        resumeSeq: 0,
-        resumeBytes: 0,
-      }
-    }
+    if (m.kind === MessageKind.DiskOpen) return diskState(m.disk, m.disk === 0 ? 'E_GENERATION' : '')
     return 'default'
   })
   const c = await ReceiverClient.connect({ url, token: 'x' })
@@ -247,20 +248,6 @@ t.test('BlockChecks in flight (SPEC §5.6): up to 4 unanswered, answers read in 
   await t.rejects(d.blockCheckResult(0, 60_000), { code: 'E_PROTOCOL', message: /receiver broke the conversation.*disk 1 is not open/ }, 'an answer for another disk')
 })
 
-/** A DiskState accepting `disk`. */
-const accepted = (disk: number): Message => ({
-  kind: MessageKind.DiskState,
-  disk,
-  accepted: true,
-  reason: '',
-  committedCycle: 3,
-  committedSource: null,
-  mirrorCid: '',
-  modified: false,
-  resumeSeq: 0,
-  resumeBytes: 0,
-})
-
 /**
  * A receiver that speaks `version`, and answers a DiskOpen after `reports`
  * DiskProgress frames 150 ms apart (their doneBytes from `done(i)`), or
@@ -278,7 +265,7 @@ async function slowOpen(t: { teardown: (fn: () => unknown) => void }, version: n
         return
       }
       clearInterval(tick)
-      if (answer) ws.send(encodeMessage(accepted(m.disk)))
+      if (answer) ws.send(encodeMessage(diskState(m.disk)))
     }, 150)
     return 'none'
   })
