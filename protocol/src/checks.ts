@@ -179,6 +179,7 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       if (m.ok !== (m.mismatched.length === 0)) throw bad('mismatched', m.ok ? 'must be empty when ok' : 'must list a block when not ok')
       return
     case MessageKind.DiskProgress:
+    case MessageKind.CommitProgress:
       if (m.doneBytes > m.totalBytes) throw bad('doneBytes', `${m.doneBytes} exceeds totalBytes (${m.totalBytes})`)
       return
     case MessageKind.ExtentAck:

@@ -1,4 +1,4 @@
-export { PROTOCOL_VERSION, PROTOCOL_VERSIONS, DISK_PROGRESS_VERSION, SUBPROTOCOL, MessageKind, DigestAlgorithms, CompressionAlgorithms } from './messages.ts'
+export { PROTOCOL_VERSION, PROTOCOL_VERSIONS, DISK_PROGRESS_VERSION, COMMIT_PROGRESS_VERSION, SUBPROTOCOL, MessageKind, DigestAlgorithms, CompressionAlgorithms } from './messages.ts'
 export type {
   Message,
   HelloMessage,
@@ -8,6 +8,7 @@ export type {
   DiskOpenMessage,
   DiskStateMessage,
   DiskProgressMessage,
+  CommitProgressMessage,
   ExtentMessage,
   ExtentAckMessage,
   DiskEndMessage,

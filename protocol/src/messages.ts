@@ -13,11 +13,14 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress). */
-export const PROTOCOL_VERSIONS: readonly number[] = [3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress). */
+export const PROTOCOL_VERSIONS: readonly number[] = [4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
+
+/** The first version in which the receiver may send CommitProgress (SPEC §5.5, §9). */
+export const COMMIT_PROGRESS_VERSION = 4
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -54,6 +57,8 @@ export const MessageKind = {
   Commit: 0x30,
   /** receiver → agent: the VM's new committed cycle is durable */
   Committed: 0x31,
+  /** receiver → agent (v4): a long Commit is still being worked on (restore points merged); no reply */
+  CommitProgress: 0x32,
   /** agent → receiver: size + digest of the first N MiB of the frozen source */
   TrivialCheck: 0x40,
   /** receiver → agent: the mirror's values and the verdict */
@@ -394,6 +399,27 @@ export interface CommittedMessage {
   readonly retention: RetentionSpec | null
 }
 
+/**
+ * Receiver → agent, version 4 only (SPEC §5.5): the Commit of `cycle` is
+ * still being worked on — today the merges of the restore points the
+ * retention drops at this commit, which read and write the dropped points'
+ * increments and take minutes when they are large. Sent when the work
+ * starts, at least every 10 s while it moves and when it ends, always before
+ * the Committed. The agent answers nothing; it restarts its wait for the
+ * Committed and shows the progress.
+ */
+export interface CommitProgressMessage {
+  readonly kind: typeof MessageKind.CommitProgress
+  readonly vm: string
+  readonly cycle: number
+  /** what is being done: "merge-points" */
+  readonly step: string
+  /** bytes done so far, ≤ totalBytes */
+  readonly doneBytes: number
+  /** bytes the step has to do */
+  readonly totalBytes: number
+}
+
 /** Agent → receiver: size and prefix digest of the frozen source (SPEC §5.6). */
 export interface TrivialCheckMessage {
   readonly kind: typeof MessageKind.TrivialCheck
@@ -495,6 +521,7 @@ export type Message =
   | BlockMapMessage
   | CommitMessage
   | CommittedMessage
+  | CommitProgressMessage
   | TrivialCheckMessage
   | TrivialResultMessage
   | CertifyMessage

@@ -120,6 +120,8 @@ const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'), '/^[0-9a-
 const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'), 'token /^[a-z0-9][a-z0-9._-]{0,31}$/')
 const digestBytes = bin(64)
 const disk = uint(HARD_LIMITS.maxDisks - 1)
+/** the step a DiskProgress or CommitProgress reports (SPEC §5.1, §5.5) */
+const progressStep = str(32, pattern(/^[a-z][a-z0-9-]{0,31}$/, 'a lowercase step name'), '/^[a-z][a-z0-9-]{0,31}$/')
 /** SPEC §5.8: a generation id is 128 random bits as 32 lowercase hex digits */
 const generation = str(32, pattern(/^[0-9a-f]{32}$/, '32 lowercase hex digits'), '/^[0-9a-f]{32}$/')
 const maybeGeneration = str(32, pattern(/^(?:|[0-9a-f]{32})$/, '32 lowercase hex digits or ""'), '"" | /^[0-9a-f]{32}$/')
@@ -214,12 +216,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     resumeSeq: uint(),
     resumeBytes: uint(),
   }),
-  [MessageKind.DiskProgress]: struct({
-    disk,
-    step: str(32, pattern(/^[a-z][a-z0-9-]{0,31}$/, 'a lowercase step name'), '/^[a-z][a-z0-9-]{0,31}$/'),
-    doneBytes: uint(),
-    totalBytes: uint(),
-  }),
+  [MessageKind.DiskProgress]: struct({ disk, step: progressStep, doneBytes: uint(), totalBytes: uint() }),
   [MessageKind.Extent]: struct({
     disk,
     seq: uint(),
@@ -243,6 +240,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     disks: array(struct({ disk, mirrorCid: cid, size: uint() }), HARD_LIMITS.maxDisks),
     retention: nullable(retentionSpec),
   }),
+  [MessageKind.CommitProgress]: struct({ vm: name('vm'), cycle: uint(), step: progressStep, doneBytes: uint(), totalBytes: uint() }),
   [MessageKind.TrivialCheck]: struct({ disk, prefixBytes: uint(), algorithm: token, size: uint(), digest: digestBytes }),
   [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),
   [MessageKind.Certify]: struct({ disk, algorithm: token, digest: digestBytes }),

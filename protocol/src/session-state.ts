@@ -5,7 +5,7 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { DISK_PROGRESS_VERSION, MessageKind, type Message } from './messages.ts'
+import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, type Message } from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -62,6 +62,7 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.BlockMap]: 'receiver',
   [MessageKind.Commit]: 'agent',
   [MessageKind.Committed]: 'receiver',
+  [MessageKind.CommitProgress]: 'receiver',
   [MessageKind.TrivialCheck]: 'agent',
   [MessageKind.TrivialResult]: 'receiver',
   [MessageKind.Certify]: 'agent',
@@ -257,6 +258,12 @@ export class ConversationState {
         if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('Committed names another VM or cycle')
         for (const d of this.#disks.values()) if (d.phase === 'sealed') d.phase = 'committed'
         this.#phase = 'committed'
+        return
+      case MessageKind.CommitProgress:
+        // SPEC §5.5: version 4 only, between a Commit and its Committed
+        if (this.#version < COMMIT_PROGRESS_VERSION) throw unexpected(`CommitProgress is not part of protocol version ${this.#version}`)
+        need('committing')
+        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('CommitProgress names another VM or cycle')
         return
       case MessageKind.TrivialCheck:
         need('committed')

@@ -156,6 +156,9 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     retention,
   }),
   fc
+    .record({ vm: name, cycle, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
+    .map(({ a, b, ...r }) => ({ kind: MessageKind.CommitProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
+  fc
     .record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk })
     .chain(({ alg, size, p, disk }) => digestFor(alg).map((digest) => ({ kind: MessageKind.TrivialCheck, disk, prefixBytes: Math.floor(size * p), algorithm: alg, size, digest }))),
   fc.record({ kind: fc.constant(MessageKind.TrivialResult), disk, ok: fc.boolean(), size: nat, digest: fc.oneof(fc.constant(new Uint8Array(0)), digest) }),

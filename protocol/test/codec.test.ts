@@ -154,6 +154,8 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['refused without a reason', { ...sample('disk-state refused, no mirror yet'), reason: '' }, 'E_SCHEMA', 'reason'],
   ['progress beyond its total', { ...sample('disk-progress of a base copy'), doneBytes: 201 * 1024 ** 3 }, 'E_SCHEMA', 'doneBytes'],
   ['progress step with a capital', { ...sample('disk-progress of a base copy'), step: 'Base-copy' }, 'E_SCHEMA', 'step'],
+  ['commit progress beyond its total', { ...sample('commit-progress of point merges'), doneBytes: 13 * 1024 * MiB }, 'E_SCHEMA', 'doneBytes'],
+  ['commit progress with a negative cycle', { ...sample('commit-progress of point merges'), cycle: -1 }, 'E_SCHEMA', 'cycle'],
   ['trivial prefix above size', { ...sample('trivial-check'), prefixBytes: 17 * 1024 * MiB }, 'E_SCHEMA', 'prefixBytes'],
   ['trivial digest of the wrong length', { ...sample('trivial-check'), digest: new Uint8Array(32) }, 'E_SCHEMA', 'digest'],
   ['certify with an unknown algorithm', { ...sample('certify'), algorithm: 'crc32' }, 'E_SCHEMA', 'algorithm'],

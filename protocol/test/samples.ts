@@ -241,6 +241,10 @@ export const samples: readonly Sample[] = [
     },
   },
   {
+    name: 'commit-progress of point merges',
+    message: { kind: MessageKind.CommitProgress, vm: 'web01', cycle: 4, step: 'merge-points', doneBytes: 5 * 1024 * MiB, totalBytes: 12 * 1024 * MiB },
+  },
+  {
     name: 'trivial-check',
     message: { kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: 64 * MiB, algorithm: 'sha1', size: 16 * 1024 * MiB, digest: bytes(20) },
   },

@@ -269,3 +269,28 @@ t.test('DiskProgress: version 3 only, between a DiskOpen and its DiskState, any 
   // before Welcome there is no version
   t.equal(new ConversationState().version, 0)
 })
+
+t.test('CommitProgress: version 4 only, between a Commit and its Committed, with their VM and cycle, any number (SPEC §5.5, §8.1)', async (t) => {
+  const at = (version: number): Step[] => [A({ ...M.hello, versions: [4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen), R(M.vmState)]
+  const sealed: Step[] = [A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0))]
+  const progress = (doneBytes: number, o: { vm?: string; cycle?: number } = {}) => ({
+    kind: K.CommitProgress,
+    vm: o.vm ?? 'vm',
+    cycle: o.cycle ?? 2,
+    step: 'merge-points',
+    doneBytes,
+    totalBytes: 1 << 20,
+  })
+  const s = run([...at(4), ...sealed, A(M.commit), R(progress(0)), R(progress(4096)), R(progress(1 << 20)), R(M.committed), A(M.trivial(0))])
+  t.equal(s.version, 4)
+  t.equal(s.phase, 'committed')
+  // version 3 and 2 do not know the kind
+  t.throws(() => run([...at(3), ...sealed, A(M.commit), R(progress(0))]), { code: 'E_UNEXPECTED', message: /version 3/ })
+  t.throws(() => run([...opening, ...sealed, A(M.commit), R(progress(0))]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // before the Commit, after the Committed, for another VM or cycle, or from the agent
+  t.throws(() => run([...at(4), ...sealed, R(progress(0))]), { code: 'E_UNEXPECTED', message: /phase vm-open/ })
+  t.throws(() => run([...at(4), ...sealed, A(M.commit), R(M.committed), R(progress(0))]), { code: 'E_UNEXPECTED', message: /phase committed/ })
+  t.throws(() => run([...at(4), ...sealed, A(M.commit), R(progress(0, { vm: 'other' }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
+  t.throws(() => run([...at(4), ...sealed, A(M.commit), R(progress(0, { cycle: 3 }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
+  t.throws(() => run([...at(4), ...sealed, A(M.commit), A(progress(0))]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
+})

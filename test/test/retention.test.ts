@@ -5,10 +5,10 @@
 // limits holds (unit-tested in the receiver), a request above the ceiling is lowered — and the run report
 // and the agent's log say what was applied.
 import t from 'tap'
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { failIfLingering, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli } from '@grainline/e2e'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
@@ -58,4 +58,55 @@ t.test('per-job retention within the receiver limits: floor, request, ceiling', 
       `${j.name}: ${j.keep} points kept before the mirror (${j.note})`,
     )
   }
+})
+
+t.test("a job's retention that drops a middle point: the receiver merges it before the Committed and the agent shows the merge (SPEC §5.5 CommitProgress, v4)", async (t) => {
+  const dir = scratchDir(t, 'grainline-retention-merge-')
+  const config = join(dir, 'receiver.json')
+  await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 10 }, retentionLimits: { minKeep: 1, maxKeep: 10 } }))
+  const site = await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
+  t.teardown(() => site.receiver.stop())
+  const name = 'merges'
+  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 8 * MiB }], seed: 4 })
+  const cycle = async (c: number, args: string[] = []) => {
+    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 16 * 1024, seed: c * 5, zeroFraction: 0.1 })
+    const r = await replicateCli(site, vm.vmxPath, args, { logLevel: 'info' })
+    t.equal(r.code, 0, `cycle ${c}: ${r.stderr.slice(-1500)}`)
+    return r
+  }
+  const frozen1 = join(dir, 'expected-1.raw')
+  await qemuRaw(vm.disks[0] as string, frozen1)
+  for (let c = 1; c <= 4; c++) await cycle(c)
+  // points 1, 2 and 3, spread over the last days (UTC) while the receiver is idle: 1 three days ago, 2 and 3 two days ago
+  const sf = join(site.store, name, '.grainline', 'state.json')
+  const st = JSON.parse(await readFile(sf, 'utf8')) as { points: { cycle: number; committedAt: string }[] }
+  const now = new Date()
+  const day = (back: number, hour: number): string => new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() - back, hour)).toISOString()
+  const at: Record<number, string> = { 1: day(3, 12), 2: day(2, 6), 3: day(2, 18) }
+  t.same(
+    st.points.map((p) => p.cycle),
+    [1, 2, 3],
+  )
+  await writeFile(sf, JSON.stringify({ ...st, points: st.points.map((p) => ({ ...p, committedAt: at[p.cycle] })) }))
+  // the newest point and the newest of each of the 3 newest days: 4 (today), 3 and 1 — point 2 goes, and point 1's increment is merged into its file
+  const r5 = await cycle(5, ['--retention', 'keep=1,daily=3'])
+  const merging = r5.stderr
+    .split('\n')
+    .filter((l) => l.includes('the receiver merges the restore points its retention drops'))
+    .map((l) => JSON.parse(l) as { doneBytes: number; totalBytes: number; msg: string })
+  t.ok(merging.length >= 2, `the agent logs the merge (${merging.length} lines)`)
+  t.match(merging[0], { doneBytes: 0 }, '… as it starts')
+  t.ok((merging[0]?.totalBytes ?? 0) > 0, `… with its size (${merging[0]?.totalBytes} bytes)`)
+  t.match(merging.at(-1), { doneBytes: merging[0]?.totalBytes, totalBytes: merging[0]?.totalBytes, msg: /: done$/ }, '… and as it ends')
+  const ls = await runCli(['points', '--store', site.store, '--vm', name, '--output', 'json'])
+  t.same(
+    (JSON.parse(ls.stdout) as Listed).points.map((p) => p.cycle),
+    [1, 3, 4, 5],
+    'point 2 dropped, the others kept, and the mirror',
+  )
+  // point 1 now lives in the merged file (point 2's, with point 1's increment merged in): its restore is still the source of cycle 1
+  const rr = await runCli(['restore', '--store', site.store, '--vm', name, '--point', '1', '--to', join(dir, 'restored-1'), '--output', 'json'])
+  t.equal(rr.code, 0, rr.stderr)
+  const restored = JSON.parse(rr.stdout.trim().split('\n').at(-1) ?? '{}') as { disks: { flat: string }[] }
+  t.equal(await firstDifference(restored.disks[0]?.flat as string, frozen1), -1, 'the restore of point 1 = the frozen source of cycle 1')
 })

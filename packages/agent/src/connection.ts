@@ -16,6 +16,7 @@ import {
   encodeMessageParts,
   MessageKind,
   SUBPROTOCOL,
+  type CommitProgressMessage,
   type DiskProgressMessage,
   type ErrorMessage,
   type ExtentAckMessage,
@@ -26,6 +27,9 @@ import { classifyConnectFailure, tlsProblem, type ConnectSources } from './conne
 import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 import { connectTlsUnjoined } from './tls-socket.ts'
+
+/** The receiver's report of long work before a reply (SPEC §5.1 DiskProgress, §5.5 CommitProgress). */
+export type ProgressMessage = DiskProgressMessage | CommitProgressMessage
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions extends ConnectSources {
@@ -88,7 +92,7 @@ export class PeerEnded extends Error {
 export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
-  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: DiskProgressMessage) => void } | undefined
+  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: ProgressMessage) => void } | undefined
   #failure: Error | undefined
   /** the fatal Error the receiver ended the conversation with, if it did */
   #peerError: ErrorMessage | undefined
@@ -145,8 +149,8 @@ export class Connection {
         this.onAck(msg)
         return
       }
-      // SPEC §5.1 (v3): not a reply; the conversation has checked that a DiskOpen awaits its DiskState
-      if (msg.kind === MessageKind.DiskProgress) {
+      // SPEC §5.1 (v3), §5.5 (v4): not a reply; the conversation has checked that a DiskOpen awaits its DiskState, a Commit its Committed
+      if (msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress) {
         this.#waiter?.progress(msg)
         return
       }
@@ -347,12 +351,18 @@ export class Connection {
     }
   }
 
+  /** How long a wait for a reply lasts without a message, ms (ConnectOptions.idleTimeoutMs). */
+  get idleTimeoutMs(): number {
+    return this.#idleTimeoutMs
+  }
+
   /**
    * The next non-ack message. Error messages are returned, not thrown.
-   * `timeoutMs` bounds the wait; a DiskProgress that arrives meanwhile goes
-   * to `onProgress`, and when that returns true the wait starts over.
+   * `timeoutMs` bounds the wait; a DiskProgress or CommitProgress that
+   * arrives meanwhile goes to `onProgress`, and when that returns true the
+   * wait starts over.
    */
-  async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: DiskProgressMessage) => boolean } = {}): Promise<Message> {
+  async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: ProgressMessage) => boolean } = {}): Promise<Message> {
     const queued = this.#inbox.shift()
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure

@@ -18,7 +18,7 @@
  * cycle, recorded as in flight in the agent's state so the next run reuses
  * it and resumes where the receiver stopped.
  */
-import { diskOpenProgress } from './disk-open-progress.ts'
+import { commitProgress, diskOpenProgress } from './receiver-progress.ts'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
@@ -589,7 +589,12 @@ class VmCycle {
       }
       this.#lap('ship')
       // the commit is the durable step: once asked, its answer is awaited even through a stop
-      const committed = await client.commit(this.#vm.name, this.#cycleNo, { abortable: false, retention: this.#opts.retention })
+      const committed = await client.commit(this.#vm.name, this.#cycleNo, {
+        abortable: false,
+        retention: this.#opts.retention,
+        capacity: this.#works.reduce((n, w) => n + w.chain.capacity, 0),
+        onProgress: commitProgress(this.log),
+      })
       if (!committed.ok) throw refusalError(`Commit of cycle ${this.#cycleNo}`, committed.refusal)
       this.#noteRetention(committed.value.retention)
       await this.#recordCommit(committed.value.generation)

@@ -20,6 +20,7 @@ import {
   type CommittedMessage,
   type DiskEndMessage,
   type DiskOpenMessage,
+  type CommitProgressMessage,
   type DiskProgressMessage,
   type DiskStateMessage,
   type ErrorMessage,
@@ -35,7 +36,7 @@ import {
   type WelcomeMessage,
   type RetentionSpec,
 } from '@grainline/protocol'
-import { Connection, ConnectionLost, PeerEnded, type ConnectOptions } from './connection.ts'
+import { Connection, ConnectionLost, PeerEnded, type ConnectOptions, type ProgressMessage } from './connection.ts'
 import { AgentError } from './errors.ts'
 
 /** The receiver said no: an Error message in place of the reply, or a refused DiskOpen. */
@@ -135,10 +136,10 @@ export class ReceiverClient {
    */
   async openDisk(msg: Omit<DiskOpenMessage, 'kind'>, onProgress?: (p: DiskProgressMessage) => void): Promise<DiskOpenReply> {
     const started = performance.now()
-    const limitMs = diskOpenLimitMs(msg.capacity)
+    const limitMs = diskOpenLimitMs(msg.capacity, this.#conn.idleTimeoutMs)
     let done = -1
-    const progress = (p: DiskProgressMessage): boolean => {
-      if (p.disk !== msg.disk || p.doneBytes <= done) return false
+    const progress = (p: ProgressMessage): boolean => {
+      if (p.kind !== MessageKind.DiskProgress || p.disk !== msg.disk || p.doneBytes <= done) return false
       done = p.doneBytes
       onProgress?.(p)
       return performance.now() - started < limitMs
@@ -179,9 +180,33 @@ export class ReceiverClient {
     return { ok: true, value: undefined }
   }
 
-  /** Commit → Committed: every sealed disk of the cycle is committed at once. */
-  async commit(vm: string, cycle: number, opts: { abortable?: boolean; retention?: RetentionSpec | null } = {}): Promise<Reply<CommittedMessage>> {
-    return await this.#request({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null }, MessageKind.Committed, undefined, opts.abortable ?? true)
+  /**
+   * Commit → Committed: every sealed disk of the cycle is committed at once.
+   * The receiver may work long before it answers (the merges of the restore
+   * points its retention drops) and say so with CommitProgress (SPEC §5.5,
+   * v4): each one of this Commit that moves forward restarts the wait and
+   * goes to `onProgress`. Work that stops moving still times out after the
+   * idle timeout, and the whole wait stays bounded (commitLimitMs of the
+   * first report's total and `capacity`, the cycle's disks together).
+   */
+  async commit(
+    vm: string,
+    cycle: number,
+    opts: { abortable?: boolean; retention?: RetentionSpec | null; capacity?: number; onProgress?: (p: CommitProgressMessage) => void } = {},
+  ): Promise<Reply<CommittedMessage>> {
+    const started = performance.now()
+    let limitMs: number | undefined
+    let done = -1
+    const progress = (p: ProgressMessage): boolean => {
+      if (p.kind !== MessageKind.CommitProgress || p.vm !== vm || p.cycle !== cycle || p.doneBytes <= done) return false
+      done = p.doneBytes
+      // the bound is set by the first report: a later, larger total cannot stretch it
+      limitMs ??= commitLimitMs(p.totalBytes, opts.capacity ?? 0, this.#conn.idleTimeoutMs)
+      opts.onProgress?.(p)
+      return performance.now() - started < limitMs
+    }
+    // the conversation has checked that a Committed names this VM and cycle
+    return await this.#request({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null }, MessageKind.Committed, undefined, opts.abortable ?? true, progress)
   }
 
   /** TrivialCheck → TrivialResult. */
@@ -240,7 +265,7 @@ export class ReceiverClient {
   }
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true, onProgress?: (m: DiskProgressMessage) => boolean): Promise<Reply<Of<K>>> {
+  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true, onProgress?: (m: ProgressMessage) => boolean): Promise<Reply<Of<K>>> {
     try {
       await this.#conn.send(msg)
     } catch (err) {
@@ -263,7 +288,7 @@ export class ReceiverClient {
   }
 
   /** Read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean, onProgress?: (m: DiskProgressMessage) => boolean): Promise<Reply<Of<K>>> {
+  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean, onProgress?: (m: ProgressMessage) => boolean): Promise<Reply<Of<K>>> {
     const m = await this.#conn.receive({
       ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }),
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
@@ -277,12 +302,24 @@ export class ReceiverClient {
 
 /**
  * The longest a DiskOpen's answer may be put off by DiskProgress: the idle
- * timeout plus a copy of the whole disk at 10 MB/s (a base copy reads the
- * mirror, at most the disk's capacity). Past it, progress no longer restarts
- * the wait, and the idle timeout ends it.
+ * timeout (`idleMs`) plus a copy of the whole disk at 10 MB/s (a base copy
+ * reads the mirror, at most the disk's capacity). Past it, progress no
+ * longer restarts the wait, and the idle timeout ends it.
  */
-export function diskOpenLimitMs(capacity: number): number {
-  return 120_000 + Math.ceil(capacity / 10_000)
+export function diskOpenLimitMs(capacity: number, idleMs = 120_000): number {
+  return idleMs + Math.ceil(capacity / 10_000)
+}
+
+/**
+ * The longest a Commit's answer may be put off by CommitProgress: the idle
+ * timeout (`idleMs`) plus the work the receiver announced (`totalBytes` of
+ * its first report) at 10 MB/s, that work counted at most as 16 merges of
+ * every disk of the cycle whole (`capacity`), the increments a retention
+ * change can drop at once. Past it, progress no longer restarts the wait,
+ * and the idle timeout ends it.
+ */
+export function commitLimitMs(totalBytes: number, capacity: number, idleMs = 120_000): number {
+  return idleMs + Math.ceil(Math.min(totalBytes, 16 * capacity) / 10_000)
 }
 
 /** How long the answer to a BlockCheck may take: the idle timeout plus its blocks read from a slow disk (20 MB/s). */

@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
 import { isRetryable } from '../src/connection.ts'
-import { ReceiverClient, diskOpenLimitMs } from '../src/receiver-client.ts'
+import { ReceiverClient, commitLimitMs, diskOpenLimitMs } from '../src/receiver-client.ts'
 
 /** A receiver whose answer to each message kind is scripted (undefined: the default happy answer). */
 async function scripted(t: { teardown: (fn: () => unknown) => void }, answer: (m: Message, ws: WebSocket) => Message | 'default' | 'none'): Promise<string> {
@@ -279,7 +279,8 @@ t.test('DiskProgress (v3) restarts the wait for a long DiskOpen; progress that d
   t.match(await c.hello({ ...hello, versions: [3, 2] }), { ok: true, value: { version: 3 } })
   await c.vmOpen(vmOpen)
   const seen: number[] = []
-  const r = await c.openDisk(diskOpen, (p) => seen.push(p.doneBytes))
+  // a disk of 1 GiB: progress may put the answer off by 107 s past the idle timeout (diskOpenLimitMs)
+  const r = await c.openDisk({ ...diskOpen, capacity: 1 << 30 }, (p) => seen.push(p.doneBytes))
   t.match(r, { ok: true, value: { disk: 0, accepted: true } })
   t.same(
     seen,
@@ -318,4 +319,103 @@ t.test('DiskProgress on a version 2 connection breaks the conversation (E_PROTOC
 t.test('the wait a DiskOpen may be put off by progress is bounded by the disk (diskOpenLimitMs)', async (t) => {
   t.equal(diskOpenLimitMs(0), 120_000)
   t.equal(diskOpenLimitMs(1e12), 120_000 + 1e8, '1 TB at 10 MB/s')
+  t.equal(diskOpenLimitMs(1e12, 500), 500 + 1e8, 'from the idle timeout')
+  // a 1 MiB disk's copy reported for 3 s against a 500 ms idle wait: past 500 + 105 ms, progress no longer restarts it
+  const c = await ReceiverClient.connect({ url: await slowOpen(t, 3, 20, (i) => i), token: 'x', idleTimeoutMs: 500 })
+  t.teardown(() => c.terminate())
+  await c.hello({ ...hello, versions: [3, 2] })
+  await c.vmOpen(vmOpen)
+  const t0 = performance.now()
+  await t.rejects(c.openDisk(diskOpen), { name: 'ConnectionLost' })
+  t.ok(performance.now() - t0 < 2900, 'timed out before the reports ended')
+})
+
+/** The Committed a scripted receiver answers to the Commit `m`. */
+const committedOf = (m: { vm: string; cycle: number }): Message => ({
+  kind: MessageKind.Committed,
+  vm: m.vm,
+  cycle: m.cycle,
+  generation: 'ef'.repeat(16),
+  disks: [{ disk: 0, mirrorCid: '0badcafe', size: 1 << 20 }],
+  retention: null,
+})
+
+/**
+ * A receiver that speaks `version`, seals the disk, and answers a Commit
+ * after `reports` CommitProgress frames 150 ms apart (`progress(i)`: their
+ * doneBytes, or fields that replace the frame's), or never when `answer` is
+ * false.
+ */
+async function slowCommit(t: { teardown: (fn: () => unknown) => void }, version: number, reports: number, progress: (i: number) => number | Partial<Message>, answer = true): Promise<string> {
+  return await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.Hello) return { kind: MessageKind.Welcome, version, software: 'slow', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }
+    if (m.kind === MessageKind.DiskOpen) return diskState(m.disk)
+    if (m.kind === MessageKind.DiskEnd) return { kind: MessageKind.DiskEnded, disk: m.disk }
+    if (m.kind !== MessageKind.Commit) return 'default'
+    let i = 0
+    const tick = setInterval(() => {
+      if (ws.readyState !== ws.OPEN) return clearInterval(tick)
+      if (i < reports) {
+        const p = progress(i++)
+        const frame = { kind: MessageKind.CommitProgress, vm: m.vm, cycle: m.cycle, step: 'merge-points', doneBytes: 0, totalBytes: 100 << 20, ...(typeof p === 'number' ? { doneBytes: p } : p) }
+        ws.send(encodeMessage(frame as Message))
+        return
+      }
+      clearInterval(tick)
+      if (answer) ws.send(encodeMessage(committedOf(m)))
+    }, 150)
+    return 'none'
+  })
+}
+
+/** A client of `url` speaking `versions`, with the cycle's one disk sealed, ready to Commit. */
+async function sealedClient(t: { teardown: (fn: () => unknown) => void }, url: string, versions: number[], idleTimeoutMs: number): Promise<ReceiverClient> {
+  const c = await ReceiverClient.connect({ url, token: 'x', idleTimeoutMs })
+  t.teardown(() => c.terminate())
+  await c.hello({ ...hello, versions })
+  await c.vmOpen(vmOpen)
+  await c.openDisk(diskOpen)
+  await c.endDisk({ disk: 0, extents: 0, dataBytes: 0, zeroBytes: 0, digest: new Uint8Array(8) })
+  return c
+}
+
+t.test('CommitProgress (v4) restarts the wait for a long Commit; progress that does not move forward does not', async (t) => {
+  // 10 reports over 1.5 s against a 500 ms wait: the merges move, the commit is answered
+  const c = await sealedClient(t, await slowCommit(t, 4, 10, (i) => i << 20), [4, 3, 2], 500)
+  const seen: number[] = []
+  const r = await c.commit('vm', 4, { capacity: 1 << 30, onProgress: (p) => seen.push(p.doneBytes) })
+  t.match(r, { ok: true, value: { vm: 'vm', cycle: 4 } })
+  t.same(
+    seen,
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((i) => i << 20),
+    'every report that moved forward was heard',
+  )
+
+  // the same reports, all at 1 MiB: merges that have stopped; the first one restarts the wait, then it runs out
+  const s = await sealedClient(t, await slowCommit(t, 4, 10, () => 1 << 20), [4, 3, 2], 500)
+  const t0 = performance.now()
+  await t.rejects(s.commit('vm', 4, { capacity: 1 << 30 }), { name: 'ConnectionLost', message: /no answer from receiver for 500 ms/ })
+  t.ok(performance.now() - t0 < 1400, 'timed out before the reports ended')
+
+  // without CommitProgress, the same wait runs out as before
+  const q = await sealedClient(t, await slowCommit(t, 4, 0, () => 0, false), [4, 3, 2], 300)
+  await t.rejects(q.commit('vm', 4), { name: 'ConnectionLost' })
+})
+
+t.test('CommitProgress on a version 3 connection, or of another cycle, breaks the conversation (E_PROTOCOL)', async (t) => {
+  const v3 = await sealedClient(t, await slowCommit(t, 3, 3, (i) => i), [4, 3, 2], 2000)
+  await t.rejects(v3.commit('vm', 4), { code: 'E_PROTOCOL', message: /CommitProgress is not part of protocol version 3/ })
+  const other = await sealedClient(t, await slowCommit(t, 4, 3, () => ({ cycle: 5 })), [4, 3, 2], 2000)
+  await t.rejects(other.commit('vm', 4), { code: 'E_PROTOCOL', message: /CommitProgress names another VM or cycle/ })
+})
+
+t.test('the wait a Commit may be put off by progress is bounded by the work announced first, at most 16 merges of the disks whole (commitLimitMs)', async (t) => {
+  t.equal(commitLimitMs(0, 1e12), 120_000)
+  t.equal(commitLimitMs(1e11, 1e12), 120_000 + 1e7, '100 GB announced at 10 MB/s')
+  t.equal(commitLimitMs(2 ** 52, 1e12), 120_000 + 1.6e9, 'a hostile total is capped at 16 × the capacity')
+  // a receiver that announces 1 byte and then ever larger totals is held to the first: past 500 ms + 1 ms, progress no longer restarts the wait
+  const c = await sealedClient(t, await slowCommit(t, 4, 20, (i) => ({ doneBytes: i + 1, totalBytes: i === 0 ? 1 : 1e15 })), [4, 3, 2], 500)
+  const t0 = performance.now()
+  await t.rejects(c.commit('vm', 4, { capacity: 1e12 }), { name: 'ConnectionLost' })
+  t.ok(performance.now() - t0 < 2900, 'the later totals did not stretch the bound')
 })

@@ -20,6 +20,7 @@ import { faultPoint } from './fault.ts'
 import { ensureStoreDir, entryExists, openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskRecord } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import type { WorkProgress } from './work-progress.ts'
 
 /** The descriptor of a base point `file` over the committed mirror `rec`: its CID, capacity and DDB, the flat beside it, no parent. */
 export function baseDescriptor(rec: Pick<DiskRecord, 'mirrorCid' | 'capacity' | 'ddb'>, file: string): string {
@@ -101,7 +102,7 @@ export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: strin
 export const BASE_COPY_PROGRESS_MS = 5000
 
 /** Hears of a base copy's progress: bytes done of the flat's size. */
-export type CopyProgress = (doneBytes: number, totalBytes: number) => void
+export type CopyProgress = WorkProgress
 
 /** At most this much of cp's error output is kept for the message. */
 const MAX_CP_STDERR = 4096

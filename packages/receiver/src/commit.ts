@@ -16,6 +16,7 @@ import { attachedDisks, mirrorVmx, type DroppedReference } from './mirror-vmx.ts
 import { removeUnusedConfigs } from './point-config.ts'
 import { faultPoint } from './fault.ts'
 import { rollForwardPoints } from './points.ts'
+import type { WorkProgress } from './work-progress.ts'
 import { pointFlatName, pointPath } from './increment.ts'
 import type { DiskRecord, InflightDisk, PendingCommit, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -230,8 +231,9 @@ async function retireMirrors(paths: VmPaths, retire: NonNullable<PendingCommit['
  * Do the roll-forward work `state.pending` records (idempotent: every step
  * can be repeated after a crash). The caller then clears `pending` and
  * records the .vmx references dropped (undefined: no .vmx installed).
+ * `onProgress` hears of the merges of dropped points (rollForwardPoints).
  */
-export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: Logger): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
+export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: Logger, onProgress?: WorkProgress): Promise<{ vmxDropped: DroppedReference[] | undefined }> {
   const p = state.pending
   if (p === null) return { vmxDropped: undefined }
   await retireMirrors(paths, p.retire ?? [])
@@ -248,7 +250,7 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
     await writeFileAtomicIfChanged(paths.descriptor(rec.stem), mirrorDescriptor({ cid: rec.mirrorCid, capacity: rec.capacity, flatFile: `${rec.stem}-flat.vmdk`, ddb: rec.ddb }))
   }
   faultPoint('commit-descriptors')
-  await rollForwardPoints(paths, state)
+  await rollForwardPoints(paths, state, onProgress)
   await removeUnusedConfigs(paths, state)
   faultPoint('commit-points')
   for (const stem of p.removeDisks ?? []) await removeDiskFiles(paths, stem)

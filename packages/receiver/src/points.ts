@@ -13,6 +13,7 @@ import { faultPoint } from './fault.ts'
 import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointFlatName, pointPath, removePointFiles } from './increment.ts'
 import { checkPointChain, checkPointMerge } from './point-chain.ts'
+import type { WorkProgress } from './work-progress.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { mirrorVmx } from './mirror-vmx.ts'
 import type { DiskRecord, VerifyRecord, VmStateFile } from './state-file.ts'
@@ -191,19 +192,42 @@ export async function linkPoint(paths: VmPaths, state: VmStateFile, link: PointL
   await writeFileAtomic(path, serializeDescriptor(d.withParent(hint, cid)))
 }
 
-/** Carry out the point work of a pending commit or prune: links, then removals (idempotent). */
-export async function rollForwardPoints(paths: VmPaths, state: VmStateFile): Promise<void> {
+/** How often a running merge of dropped points is reported, at most, between its first and last report (ms). */
+export const MERGE_PROGRESS_MS = 5000
+
+/**
+ * Carry out the point work of a pending commit or prune: links, merges, then
+ * removals (idempotent). `onProgress` hears of the merges, the long part
+ * (SPEC §5.5 CommitProgress): 0 done of the increments' allocated bytes when
+ * they start, then the bytes copied, at most every MERGE_PROGRESS_MS, and
+ * the whole total when the last one is durable; nothing when there is no
+ * merge. Copied zero ranges count too, so the count is capped at the total.
+ */
+export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onProgress?: WorkProgress, now: () => number = () => performance.now()): Promise<void> {
   const p = state.pending
   if (p === null) return
   for (const l of p.links ?? []) await linkPoint(paths, state, l)
-  for (const m of p.merges ?? []) {
-    // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
-    if (await entryExists(pointPath(paths, m.child))) {
-      // consolidate writes into the parent the child names and deletes the files it lists
-      await checkPointMerge(paths, m)
-      await consolidate(pointPath(paths, m.child), { onProgress: (e) => faultPoint(`merge-${e.step}`) })
-    }
+  // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
+  const merges: Array<PointMerge & { bytes: number }> = []
+  for (const m of p.merges ?? []) if (await entryExists(pointPath(paths, m.child))) merges.push({ ...m, bytes: await pointBytes(paths, m.child) })
+  const total = merges.reduce((n, m) => n + m.bytes, 0)
+  let before = 0
+  let reported = now()
+  if (merges.length > 0) onProgress?.(0, total)
+  for (const m of merges) {
+    // consolidate writes into the parent the child names and deletes the files it lists
+    await checkPointMerge(paths, m)
+    await consolidate(pointPath(paths, m.child), {
+      onProgress: (e) => {
+        faultPoint(`merge-${e.step}`)
+        if (e.step !== 'copied' || onProgress === undefined || now() - reported < MERGE_PROGRESS_MS) return
+        reported = now()
+        onProgress(before + Math.min(e.bytes ?? 0, m.bytes), total)
+      },
+    })
+    before += m.bytes
   }
+  if (merges.length > 0) onProgress?.(total, total)
   for (const f of p.removePoints ?? []) await removePointFiles(paths, f)
 }
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
 import {
+  COMMIT_PROGRESS_VERSION,
   ConversationState,
   DISK_PROGRESS_VERSION,
   MessageKind,
@@ -39,7 +40,7 @@ import { extentPayload } from './extent-payload.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
-import type { CopyProgress } from './base-point.ts'
+import { workProgressLog, type WorkProgress } from './work-progress.ts'
 import type { DiskApply } from './disk-apply.ts'
 import { CephVmMirror } from './store/ceph/ceph-mirror.ts'
 import type { CephDiskApply } from './store/ceph/ceph-apply.ts'
@@ -454,28 +455,39 @@ export class Session {
    * version 3 connection, told to the agent as DiskProgress (SPEC §5.1), so
    * that its bounded wait for the DiskState restarts instead of running out.
    */
-  private progressOf(msg: DiskOpenMessage): CopyProgress {
-    const t0 = performance.now()
-    let logged = -Infinity
+  private progressOf(msg: DiskOpenMessage): WorkProgress {
+    const logged = workProgressLog(this.log, { disk: msg.name }, 'copying the mirror into a base point before the disk changes capacity', 'base copy of the mirror done')
+    return this.progressTo(DISK_PROGRESS_VERSION, (doneBytes, totalBytes) => ({ kind: MessageKind.DiskProgress, disk: msg.disk, step: 'base-copy', doneBytes, totalBytes }), logged)
+  }
+
+  /**
+   * A Commit's long work (the merges of the restore points its retention
+   * drops): logged likewise and, on a version 4 connection, told to the
+   * agent as CommitProgress (SPEC §5.5), so that its wait for the Committed
+   * restarts instead of running out.
+   */
+  private commitProgressOf(msg: CommitMessage): WorkProgress {
+    const logged = workProgressLog(this.log, { vm: this.vmName, cycle: msg.cycle }, 'merging the restore points the retention drops', 'restore points merged')
+    return this.progressTo(
+      COMMIT_PROGRESS_VERSION,
+      (doneBytes, totalBytes) => ({ kind: MessageKind.CommitProgress, vm: msg.vm, cycle: msg.cycle, step: 'merge-points', doneBytes, totalBytes }),
+      logged,
+    )
+  }
+
+  /** A WorkProgress that sends `frame` when the connection speaks `version` or later, and logs with `logged`. */
+  private progressTo(version: number, frame: (doneBytes: number, totalBytes: number) => Message, logged: WorkProgress): WorkProgress {
     return (doneBytes, totalBytes) => {
       if (this.dead) return
-      if ((this.negotiated?.version ?? 0) >= DISK_PROGRESS_VERSION) {
+      if ((this.negotiated?.version ?? 0) >= version) {
         try {
-          this.send({ kind: MessageKind.DiskProgress, disk: msg.disk, step: 'base-copy', doneBytes, totalBytes })
+          this.send(frame(doneBytes, totalBytes))
         } catch (err) {
-          // called from the copy's timer: a send the conversation refuses is logged, never thrown there
-          this.log.error({ err, disk: msg.name }, 'DiskProgress not sent')
+          // called from the work's timer or callback: a send the conversation refuses is logged, never thrown there
+          this.log.error({ err, kind: frame(0, 0).kind }, 'progress not sent')
         }
       }
-      const now = performance.now()
-      if (doneBytes !== 0 && doneBytes !== totalBytes && now - logged < 30_000) return
-      logged = now
-      const elapsedS = (now - t0) / 1000
-      const etaS = doneBytes > 0 && doneBytes < totalBytes ? Math.round((elapsedS * (totalBytes - doneBytes)) / doneBytes) : undefined
-      this.log.info(
-        { disk: msg.name, doneBytes, totalBytes, elapsedS: Math.round(elapsedS), ...(etaS === undefined ? {} : { etaS }) },
-        doneBytes === totalBytes ? 'base copy of the mirror done' : 'copying the mirror into a base point before the disk changes capacity',
-      )
+      logged(doneBytes, totalBytes)
     }
   }
 
@@ -608,7 +620,7 @@ export class Session {
       this.log.info({ vm: this.vmName, requested: msg.retention, applied: specFromPolicy(applied), why }, 'retention requested by the job')
     }
     const m = this.mirror
-    const opts = applied === undefined ? {} : { retention: applied }
+    const opts = { ...(applied === undefined ? {} : { retention: applied }), onProgress: this.commitProgressOf(msg) }
     const recs =
       m instanceof CephVmMirror
         ? await m.commit(

@@ -27,6 +27,7 @@ const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: str
 import { POINTS_DIR, pointFileName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
+import type { WorkProgress } from './work-progress.ts'
 import { savePointConfig } from './point-config.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
@@ -74,6 +75,8 @@ export interface CommitOptions {
   readonly retention?: RetentionPolicy
   /** clock for retention, ms since the epoch @default Date.now */
   readonly now?: () => number
+  /** hears of the merges of the points the retention drops, before the commit returns (SPEC §5.5 CommitProgress) */
+  readonly onProgress?: WorkProgress
 }
 
 /**
@@ -444,7 +447,7 @@ export class VmMirror {
     }
     faultPoint('commit-after-state')
     await Promise.allSettled(applies.map((a) => a.close()))
-    await this.rollForward()
+    await this.rollForward(opts.onProgress)
     await removeResyncMaps(this.paths, resyncStems(applies.map((a) => a.info))).catch(() => {})
     return records
   }
@@ -614,12 +617,12 @@ export class VmMirror {
     await this.save({ ...this.current, holds })
   }
 
-  /** Finish a commit whose state.json is already written (idempotent). */
-  async rollForward(): Promise<void> {
+  /** Finish a commit whose state.json is already written (idempotent); `onProgress` hears of its merges of dropped points. */
+  async rollForward(onProgress?: WorkProgress): Promise<void> {
     const p = this.current.pending
     if (p === null) return
     try {
-      const { vmxDropped } = await rollForwardFiles(this.paths, this.current, this.log)
+      const { vmxDropped } = await rollForwardFiles(this.paths, this.current, this.log, onProgress)
       await this.save({ ...this.current, pending: null, ...(vmxDropped === undefined ? {} : { vmxDropped }) })
     } catch (err) {
       throw ioError(err, 'finishing a commit')

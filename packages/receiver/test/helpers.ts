@@ -23,6 +23,7 @@ import {
   initDigests,
   type CompressionAlgorithm,
   type DigestAlgorithm,
+  type CommitProgressMessage,
   type DiskProgressMessage,
   type DiskOpenMessage,
   type ExtentMessage,
@@ -410,10 +411,10 @@ export async function runCycle(
     retention?: RetentionSpec | null
     /** the disk files the VmOpen's .vmx names (default: the cycle's disks) */
     vmxDisks?: string[]
-    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress) */
+    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too) */
     versions?: readonly number[]
   } = {},
-): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }>; progress: DiskProgressMessage[] }> {
+): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }>; progress: DiskProgressMessage[]; commitProgress: CommitProgressMessage[] }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
   agent.send(hello(alg, opts.compression ?? 'none', opts.versions))
@@ -438,7 +439,7 @@ export async function runCycle(
     if (!ds.accepted) throw Object.assign(new Error(`disk refused: ${ds.reason}`), { reason: ds.reason, state: ds })
     resume.push(ds.resumeSeq)
     for (let seq = ds.resumeSeq; seq < d.extents.length; seq++) {
-      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume, progress }
+      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume, progress, commitProgress: [] }
       agent.send(extentMessage(d, seq, alg, opts.compression ?? 'none'))
       sent++
     }
@@ -451,10 +452,17 @@ export async function runCycle(
       throw new Error(`unexpected ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
     }
   }
-  if (opts.commit === false) return { resume, progress }
+  if (opts.commit === false) return { resume, progress, commitProgress: [] }
   agent.send({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null })
-  const committed = await agent.expect(MessageKind.Committed)
-  return { resume, committed, progress }
+  const commitProgress: CommitProgressMessage[] = []
+  let cm = await agent.next()
+  while (cm?.kind === MessageKind.CommitProgress) {
+    commitProgress.push(cm)
+    cm = await agent.next()
+  }
+  if (cm?.kind !== MessageKind.Committed)
+    throw new Error(`expected Committed, got ${cm === undefined ? `a close ${JSON.stringify(agent.closed)}` : JSON.stringify(cm, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
+  return { resume, committed: cm, progress, commitProgress }
 }
 
 export function seedPlan(handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {

@@ -580,6 +580,69 @@ t.test("a capacity change's base copy is told to a version 3 agent as DiskProgre
   pointsExact(t, env, vm, images, 'after two capacity changes')
 })
 
+t.test("the merges of the points a commit's retention drops are told to a version 4 agent as CommitProgress before the Committed (SPEC §5.5); a version 3 agent hears none", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const cap = 3 * MiB
+  const vm = 'web-pts-merge'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 51)]
+  const cycle = async (url: string, c: number, versions: number[]) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const plan =
+      c === 1
+        ? seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ab01ab01ab01ab01')
+        : (() => {
+            const ranges = rangesFor(c, cap)
+            images[c] = evolve(images[c - 1] as Buffer, c * 17, ranges)
+            return incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ab0${c}ab0${c}ab0${c}ab0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)
+          })()
+    const r = await runCycle(a, vm, c, [plan], { versions })
+    a.close()
+    t.ok(r.committed !== undefined, `cycle ${c} committed`)
+    return r
+  }
+  // points 1, 2 and 3 (cycles up to 4), kept by count
+  const first = await startReceiver(env, { retention: { keep: 10 } })
+  for (let c = 1; c <= 4; c++) t.same((await cycle(first.url, c, [4, 3, 2])).commitProgress, [], `cycle ${c}: nothing dropped, nothing merged, no progress`)
+  await first.receiver.close()
+  // the points spread over the last days (UTC): 1 three days ago, 2 and 3 two days ago; a daily policy of 3 keeps the
+  // newest of each of the 3 newest days, so the commit of cycle 5 (point 4, today) drops point 2, a middle one: point 1's
+  // increment is merged into point 2's file
+  const day = (back: number, hour: number): string => new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate() - back, hour)).toISOString()
+  const sf = join(env.store, vm, '.grainline', 'state.json')
+  const st = state(env.store, vm)
+  const at: Record<number, string> = { 1: day(3, 12), 2: day(2, 6), 3: day(2, 18) }
+  writeFileSync(sf, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: at[p.cycle] ?? p.committedAt })) }))
+  const { receiver, url, logs } = await startReceiver(env, { retention: { gfs: { daily: 3 } } })
+  t.teardown(() => receiver.close())
+  const p5 = (await cycle(url, 5, [4, 3, 2])).commitProgress
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [1, 3, 4],
+    'point 2 dropped',
+  )
+  t.ok(p5.length >= 2, `${p5.length} CommitProgress frames`)
+  const total = p5[0]?.totalBytes ?? 0
+  t.ok(total > 0, `the merge announced: ${total} bytes of point 1's increment`)
+  t.match(p5[0], { kind: MessageKind.CommitProgress, vm, cycle: 5, step: 'merge-points', doneBytes: 0 }, 'the first one when the merges start')
+  t.match(p5[p5.length - 1], { vm, cycle: 5, step: 'merge-points', doneBytes: total, totalBytes: total }, 'the last one when they are durable')
+  t.ok(
+    p5.every((p, i) => p.totalBytes === total && (i === 0 || p.doneBytes >= (p5[i - 1] as { doneBytes: number }).doneBytes)),
+    'one total, never backwards',
+  )
+  t.ok(
+    logs.lines.some((l) => l['msg'] === 'restore points merged' && l['vm'] === vm && l['cycle'] === 5 && l['totalBytes'] === total),
+    'the receiver logs the merges with their size',
+  )
+  // cycle 6 (point 5, today) drops point 4 the same way (point 3's increment merged into it), over version 3: silent
+  t.same((await cycle(url, 6, [3, 2])).commitProgress, [], 'version 3: no CommitProgress')
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [1, 3, 5],
+    'point 4 dropped',
+  )
+  pointsExact(t, env, vm, images, 'after the merges')
+})
+
 /** Bytes allocated under `dir` (every file's blocks), as the receiver counts a token's mirrors. */
 function allocatedUnder(dir: string): number {
   let n = 0
