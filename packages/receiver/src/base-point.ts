@@ -7,7 +7,6 @@
  * every layer of a VMDK chain has one capacity — copies it there before its
  * first write ({@link copyBasePoint}).
  */
-import { spawn } from 'node:child_process'
 import { rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fsyncDir, unlinkIfExists, writeFileAtomic } from './fs-util.ts'
@@ -16,6 +15,7 @@ import { mirrorDescriptor } from './mirror-descriptor.ts'
 import { checkPointFiles } from './point-chain.ts'
 import { formatCid } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { spawnTied } from './tied-spawn.ts'
 import { faultPoint } from './fault.ts'
 import { ensureStoreDir, entryExists, openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskRecord } from './state-file.ts'
@@ -111,11 +111,12 @@ const MAX_CP_STDERR = 4096
  * `cp --reflink=auto --sparse=always` from open file `from` into open file
  * `to`, both handed to cp as its descriptors 3 and 4 (`/proc/self/fd/N`
  * reopens the same files): a clone where the file system shares blocks
- * (XFS, Btrfs), else the allocated data only, holes kept.
+ * (XFS, Btrfs), else the allocated data only, holes kept. cp dies with
+ * the receiver (tied-spawn.ts): a killed receiver's copy does not run on.
  */
 function cpFd(from: number, to: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('cp', ['--reflink=auto', '--sparse=always', '--', '/proc/self/fd/3', '/proc/self/fd/4'], { stdio: ['ignore', 'ignore', 'pipe', from, to] })
+    const child = spawnTied('cp', ['--reflink=auto', '--sparse=always', '--', '/proc/self/fd/3', '/proc/self/fd/4'], { stdio: ['ignore', 'ignore', 'pipe', from, to] })
     let stderr = ''
     child.stderr?.on('data', (d: Buffer) => {
       if (stderr.length < MAX_CP_STDERR) stderr += d.toString('utf8').slice(0, MAX_CP_STDERR - stderr.length)
