@@ -594,6 +594,8 @@ class VmCycle {
         retention: this.#opts.retention,
         capacity: this.#works.reduce((n, w) => n + w.chain.capacity, 0),
         onProgress: commitProgress(this.log),
+        // a stop still waits for the answer, but no longer than without progress
+        ...(this.#opts.signal === undefined ? {} : { stop: this.#opts.signal }),
       })
       if (!committed.ok) throw refusalError(`Commit of cycle ${this.#cycleNo}`, committed.refusal)
       this.#noteRetention(committed.value.retention)

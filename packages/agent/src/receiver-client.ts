@@ -187,12 +187,15 @@ export class ReceiverClient {
    * v4): each one of this Commit that moves forward restarts the wait and
    * goes to `onProgress`. Work that stops moving still times out after the
    * idle timeout, and the whole wait stays bounded (commitLimitMs of the
-   * first report's total and `capacity`, the cycle's disks together).
+   * first report's total and `capacity`, the cycle's disks together). Once
+   * `stop` is aborted (an unabortable commit's answer is awaited through a
+   * stop), progress no longer restarts the wait either: a stop waits at
+   * most one idle timeout more, as without progress.
    */
   async commit(
     vm: string,
     cycle: number,
-    opts: { abortable?: boolean; retention?: RetentionSpec | null; capacity?: number; onProgress?: (p: CommitProgressMessage) => void } = {},
+    opts: { abortable?: boolean; retention?: RetentionSpec | null; capacity?: number; onProgress?: (p: CommitProgressMessage) => void; stop?: AbortSignal } = {},
   ): Promise<Reply<CommittedMessage>> {
     const started = performance.now()
     let limitMs: number | undefined
@@ -203,7 +206,7 @@ export class ReceiverClient {
       // the bound is set by the first report: a later, larger total cannot stretch it
       limitMs ??= commitLimitMs(p.totalBytes, opts.capacity ?? 0, this.#conn.idleTimeoutMs)
       opts.onProgress?.(p)
-      return performance.now() - started < limitMs
+      return opts.stop?.aborted !== true && performance.now() - started < limitMs
     }
     // the conversation has checked that a Committed names this VM and cycle
     return await this.#request({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null }, MessageKind.Committed, undefined, opts.abortable ?? true, progress)

@@ -402,6 +402,18 @@ t.test('CommitProgress (v4) restarts the wait for a long Commit; progress that d
   await t.rejects(q.commit('vm', 4), { name: 'ConnectionLost' })
 })
 
+t.test('a stop during a long Commit: the answer is still awaited, but progress no longer restarts the wait', async (t) => {
+  const c = await sealedClient(t, await slowCommit(t, 4, 10, (i) => i << 20), [4, 3, 2], 500)
+  const stop = new AbortController()
+  setTimeout(() => stop.abort(), 400)
+  const seen: number[] = []
+  const t0 = performance.now()
+  await t.rejects(c.commit('vm', 4, { abortable: false, capacity: 1 << 30, stop: stop.signal, onProgress: (p) => seen.push(p.doneBytes) }), { name: 'ConnectionLost' })
+  const ms = performance.now() - t0
+  t.ok(ms >= 400 && ms < 1400, `gave up ${Math.round(ms)} ms in: one idle timeout after the last report before the stop, not after the reports ended`)
+  t.ok(seen.length >= 2, `the reports went on being heard (${seen.length})`)
+})
+
 t.test('CommitProgress on a version 3 connection, or of another cycle, breaks the conversation (E_PROTOCOL)', async (t) => {
   const v3 = await sealedClient(t, await slowCommit(t, 3, 3, (i) => i), [4, 3, 2], 2000)
   await t.rejects(v3.commit('vm', 4), { code: 'E_PROTOCOL', message: /CommitProgress is not part of protocol version 3/ })
