@@ -1,11 +1,13 @@
 /**
  * A helper the receiver spawns for store work dies with it (tied-spawn.ts):
  * a receiver process killed with SIGKILL leaves no `cp` running on; a child
- * spawned the plain way (the control) does outlive it.
+ * spawned the plain way (the control) does outlive it. The orphans go to a
+ * subreaper of the test's own (python3, below), not to the machine's PID 1:
+ * in a clean-clone CI run on this machine (a firecracker init as PID 1) the
+ * plain control was found dead too, whatever killed it.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { pdeathsigAvailable } from '../src/tied-spawn.ts'
@@ -30,25 +32,74 @@ async function until(ok: () => boolean, ms: number): Promise<boolean> {
   return ok()
 }
 
-/** A parent process that spawns `sleep 300` (tied or plain), prints its pid, and waits; killed with SIGKILL, it returns the sleep's pid. */
-async function orphanOf(how: 'tied' | 'plain'): Promise<number> {
+/** What `/proc` says of `pid`, for a failing assertion's message. */
+function describe(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return `pid ${pid} state ${state} ppid ${ppid}: ${readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim()}`
+  } catch (err) {
+    return `pid ${pid}: ${(err as Error).message}`
+  }
+}
+
+/**
+ * The grandparent: python3 makes itself the child subreaper
+ * (PR_SET_CHILD_SUBREAPER), so that the orphaned sleep is reparented to it
+ * — not to this machine's PID 1, which may kill or never reap orphans — and
+ * reaps what ends. It starts a node parent that spawns `sleep 300` (tied or
+ * plain) and prints its pid, prints that pid, and waits for stdin to close.
+ */
+const GRANDPARENT = `
+import ctypes, os, subprocess, sys, threading
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+env = {k: v for k, v in os.environ.items() if k not in ("NODE_OPTIONS", "NODE_V8_COVERAGE")}
+parent = subprocess.Popen([sys.argv[1], "-e", sys.argv[2]], stdout=subprocess.PIPE, env=env)
+print(parent.pid, parent.stdout.readline().decode().strip(), flush=True)
+def reap():
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            threading.Event().wait(0.05)
+threading.Thread(target=reap, daemon=True).start()
+sys.stdin.read()
+`
+
+/**
+ * Start a node parent that spawns `sleep 300` (tied or plain) under the
+ * subreaper grandparent, wait until the sleep runs, kill the parent with
+ * SIGKILL, and return the sleep's pid.
+ */
+async function orphanOf(t: Test, how: 'tied' | 'plain'): Promise<number> {
   const code =
     how === 'tied'
       ? `import(${JSON.stringify(tied)}).then((m) => { const c = m.spawnTied('sleep', ['300'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000) })`
       : `const c = require('node:child_process').spawn('sleep', ['300'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000)`
-  const parent = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const [line] = (await once(parent.stdout, 'data')) as [Buffer]
-  const pid = Number(line.toString().trim())
+  const gp = spawn('python3', ['-I', '-c', GRANDPARENT, process.execPath, code], { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    gp.stdin.end()
+    gp.kill('SIGKILL')
+  })
+  let out = ''
+  for await (const chunk of gp.stdout) {
+    out += String(chunk)
+    if (out.includes('\n')) break
+  }
+  const [parent, pid] = (out.split('\n')[0] ?? '').trim().split(' ').map(Number) as [number, number]
+  t.ok(Number.isSafeInteger(pid) && pid > 0 && Number.isSafeInteger(parent), `${how}: the parent ${parent} printed its child's pid ${pid} (${JSON.stringify(out)})`)
   // setpriv runs first, then execs sleep in place: the same pid
-  await until(() => {
+  const started = await until(() => {
     try {
       return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('sleep')
     } catch {
       return false
     }
-  }, 5000)
-  parent.kill('SIGKILL')
-  await once(parent, 'exit')
+  }, 15_000)
+  t.ok(started, `${how}: the child runs sleep (${describe(pid)})`)
+  process.kill(parent, 'SIGKILL')
+  t.ok(await until(() => !running(parent), 15_000), `${how}: the parent is gone`)
   return pid
 }
 
@@ -57,19 +108,19 @@ t.test('setpriv --pdeathsig runs on this machine (util-linux)', async (t) => {
 })
 
 t.test("a tied child dies with its parent's SIGKILL; a plain one lives on (the control)", async (t) => {
-  const plain = await orphanOf('plain')
+  const plain = await orphanOf(t, 'plain')
   t.teardown(() => {
     try {
       process.kill(plain, 'SIGKILL')
     } catch {}
   })
-  t.ok(running(plain), 'the plain child outlives its killed parent')
-  const child = await orphanOf('tied')
+  t.ok(running(plain), `the plain child outlives its killed parent (${describe(plain)})`)
+  const child = await orphanOf(t, 'tied')
   t.teardown(() => {
     try {
       process.kill(child, 'SIGKILL')
     } catch {}
   })
-  t.ok(await until(() => !running(child), 5000), 'the tied child is gone once its parent is killed')
-  t.ok(running(plain), 'the plain one still runs')
+  t.ok(await until(() => !running(child), 15_000), `the tied child is gone once its parent is killed (${describe(child)})`)
+  t.ok(running(plain), `the plain one still runs (${describe(plain)})`)
 })
