@@ -2,9 +2,10 @@
  * A helper the receiver spawns for store work dies with it (tied-spawn.ts):
  * a receiver process killed with SIGKILL leaves no `cp` running on; a child
  * spawned the plain way (the control) does outlive it. The orphans go to a
- * subreaper of the test's own (python3, below), not to the machine's PID 1:
- * in a clean-clone CI run on this machine (a firecracker init as PID 1) the
- * plain control was found dead too, whatever killed it.
+ * subreaper of the test's own (python3, below), not to the machine's PID 1
+ * (here a firecracker init that never reaps them). The node parents print
+ * their child's pid with `process.stdout.write`, not `console.log`, which
+ * colours a number under the runner's FORCE_COLOR (a CI run read NaN).
  */
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
@@ -54,7 +55,7 @@ const GRANDPARENT = `
 import ctypes, os, subprocess, sys, threading
 if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
     sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
-env = {k: v for k, v in os.environ.items() if k not in ("NODE_OPTIONS", "NODE_V8_COVERAGE")}
+env = {k: v for k, v in os.environ.items() if k not in ("NODE_OPTIONS", "NODE_V8_COVERAGE", "FORCE_COLOR")}
 parent = subprocess.Popen([sys.argv[1], "-e", sys.argv[2]], stdout=subprocess.PIPE, env=env)
 print(parent.pid, parent.stdout.readline().decode().strip(), flush=True)
 def reap():
@@ -75,8 +76,8 @@ sys.stdin.read()
 async function orphanOf(t: Test, how: 'tied' | 'plain'): Promise<number> {
   const code =
     how === 'tied'
-      ? `import(${JSON.stringify(tied)}).then((m) => { const c = m.spawnTied('sleep', ['300'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000) })`
-      : `const c = require('node:child_process').spawn('sleep', ['300'], { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 1000)`
+      ? `import(${JSON.stringify(tied)}).then((m) => { const c = m.spawnTied('sleep', ['300'], { stdio: 'ignore' }); process.stdout.write(String(c.pid) + '\\n'); setInterval(() => {}, 1000) })`
+      : `const c = require('node:child_process').spawn('sleep', ['300'], { stdio: 'ignore' }); process.stdout.write(String(c.pid) + '\\n'); setInterval(() => {}, 1000)`
   const gp = spawn('python3', ['-I', '-c', GRANDPARENT, process.execPath, code], { stdio: ['pipe', 'pipe', 'inherit'] })
   t.teardown(() => {
     gp.stdin.end()
