@@ -282,11 +282,11 @@ export interface DiskStateMessage {
 }
 
 /**
- * Receiver → agent, version 3 only (SPEC §5.1): the DiskOpen of `disk` is
+ * Receiver → agent, version 3 and later (SPEC §5.1): the DiskOpen of `disk` is
  * still being worked on — today the copy of the committed mirror into a base
  * point when the disk changes capacity, which takes minutes on a store
- * without reflinks. Sent when the work starts, at least every 10 s while it
- * runs and when it ends, always before the DiskState. The agent answers
+ * without reflinks. Sent when the work starts, every 5 s while it runs (the
+ * reference receiver; at least every 10 s) and when it ends, always before the DiskState. The agent answers
  * nothing; it restarts its wait for the DiskState and shows the progress.
  */
 export interface DiskProgressMessage {
@@ -400,13 +400,14 @@ export interface CommittedMessage {
 }
 
 /**
- * Receiver → agent, version 4 only (SPEC §5.5): the Commit of `cycle` is
+ * Receiver → agent, version 4 and later (SPEC §5.5): the Commit of `cycle` is
  * still being worked on — today the merges of the restore points the
  * retention drops at this commit, which read and write the dropped points'
  * increments and take minutes when they are large. Sent when the work
- * starts, at least every 10 s while it moves and when it ends, always before
- * the Committed. The agent answers nothing; it restarts its wait for the
- * Committed and shows the progress.
+ * starts, no more often than every 5 s while data is copied, and when it
+ * ends, always before the Committed. The agent answers nothing; a report
+ * that moved forward restarts its wait for the Committed (within a bound,
+ * SPEC §8.4), and it shows the progress.
  */
 export interface CommitProgressMessage {
   readonly kind: typeof MessageKind.CommitProgress

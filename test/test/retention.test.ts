@@ -109,4 +109,27 @@ t.test("a job's retention that drops a middle point: the receiver merges it befo
   t.equal(rr.code, 0, rr.stderr)
   const restored = JSON.parse(rr.stdout.trim().split('\n').at(-1) ?? '{}') as { disks: { flat: string }[] }
   t.equal(await firstDifference(restored.disks[0]?.flat as string, frozen1), -1, 'the restore of point 1 = the frozen source of cycle 1')
+  // the operator drops point 3 by hand: point 1's file is merged into it, and the CLI shows the merge as it goes
+  const drop = await runCli(['points', 'drop', '--store', site.store, '--vm', name, '--point', '3', '--output', 'json'])
+  t.equal(drop.code, 0, drop.stderr)
+  const events = drop.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { event?: string; step?: string; vm?: string; doneBytes?: number; totalBytes?: number; dropped?: number[] })
+  const shown = events.filter((e) => e.event === 'progress')
+  t.ok(shown.length >= 2, `points drop reports the merge (${shown.length} events)`)
+  t.match(shown[0], { vm: name, step: 'merge-points', doneBytes: 0 }, '… as it starts')
+  const mergeTotal = shown[0]?.totalBytes ?? 0
+  t.ok(mergeTotal > 0, `… with its size (${mergeTotal} bytes)`)
+  t.match(shown.at(-1), { doneBytes: mergeTotal, totalBytes: mergeTotal }, '… and as it ends')
+  t.match(events.at(-1), { vm: name, dropped: [3], kept: [1, 4] }, 'then the report: point 3 dropped')
+  const rr1 = await runCli(['restore', '--store', site.store, '--vm', name, '--point', '1', '--to', join(dir, 'restored-1b'), '--output', 'json'])
+  t.equal(rr1.code, 0, rr1.stderr)
+  const again = JSON.parse(rr1.stdout.trim().split('\n').at(-1) ?? '{}') as { disks: { flat: string }[] }
+  t.equal(await firstDifference(again.disks[0]?.flat as string, frozen1), -1, 'merged twice, the restore of point 1 is still the frozen source of cycle 1')
+  // without --output json, on a pipe: a line per report on stderr
+  const human = await runCli(['points', 'drop', '--store', site.store, '--vm', name, '--point', '4'])
+  t.equal(human.code, 0, human.stderr)
+  t.match(human.stderr, new RegExp(`${name}: merging the dropped points' increments: .* of `), 'the human display names the VM and the bytes merged of the total')
+  t.match(human.stdout, /dropped point\(s\) 4; kept 1 and the mirror/)
 })

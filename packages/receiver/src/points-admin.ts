@@ -18,6 +18,7 @@ import { isAllZero } from '@grainline/vmdk'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmMirror } from './vm-mirror.ts'
+import type { WorkProgress } from './work-progress.ts'
 
 /** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
 export const ADMIN_LOCK_WAIT_MS = 5000
@@ -100,20 +101,21 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
 
 /**
  * Prune a VM's points by `retention` at `now` (a fake clock in tests), or
- * drop the listed `cycles` (middle points are merged into their neighbour).
- * Takes the VM's lock (`E_BUSY` while a session writes it).
+ * drop the listed `cycles` (middle points are merged into their neighbour;
+ * `onProgress` hears of the merges: bytes done of the total, as a commit's
+ * CommitProgress). Takes the VM's lock (`E_BUSY` while a session writes it).
  */
 export async function prunePoints(
   storeDir: string,
   vm: string,
   retention: RetentionPolicy | { readonly cycles: readonly number[] },
-  opts: { logger: Logger; now?: () => number },
+  opts: { logger: Logger; now?: () => number; onProgress?: WorkProgress },
 ): Promise<{ vm: string; dropped: number[]; kept: number[] }> {
   await loadState(storeDir, vm)
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const what = 'cycles' in retention ? { cycles: retention.cycles } : { retention }
-    const dropped = await m.prunePoints({ ...what, ...(opts.now === undefined ? {} : { now: opts.now }) })
+    const dropped = await m.prunePoints({ ...what, ...(opts.now === undefined ? {} : { now: opts.now }), ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }) })
     return { vm, dropped, kept: pointsOf(m.state).map((p) => p.cycle) }
   } finally {
     m.release()

@@ -199,9 +199,11 @@ export const MERGE_PROGRESS_MS = 5000
  * Carry out the point work of a pending commit or prune: links, merges, then
  * removals (idempotent). `onProgress` hears of the merges, the long part
  * (SPEC §5.5 CommitProgress): 0 done of the increments' allocated bytes when
- * they start, then the bytes copied, at most every MERGE_PROGRESS_MS, and
- * the whole total when the last one is durable; nothing when there is no
- * merge. Copied zero ranges count too, so the count is capped at the total.
+ * they start (a merge counts what earlier merges of the plan bring into its
+ * increment too), then the data bytes copied, at most every
+ * MERGE_PROGRESS_MS, each merge capped at its own count so the sum never
+ * passes the total, and the whole total when the last one is durable;
+ * nothing when there is no merge.
  */
 export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onProgress?: WorkProgress, now: () => number = () => performance.now()): Promise<void> {
   const p = state.pending
@@ -209,7 +211,15 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onPr
   for (const l of p.links ?? []) await linkPoint(paths, state, l)
   // consolidate finishes an interrupted merge with the same CID; a finished one has no child descriptor left
   const merges: Array<PointMerge & { bytes: number }> = []
-  for (const m of p.merges ?? []) if (await entryExists(pointPath(paths, m.child))) merges.push({ ...m, bytes: await pointBytes(paths, m.child) })
+  // sized in plan order: a merge whose child an earlier merge of the plan fills (consecutive dropped points)
+  // copies what that merge brings too, which is not on disk yet
+  const fed = new Map<string, number>()
+  for (const m of p.merges ?? []) {
+    if (!(await entryExists(pointPath(paths, m.child)))) continue
+    const bytes = (await pointBytes(paths, m.child)) + (fed.get(m.child) ?? 0)
+    merges.push({ ...m, bytes })
+    fed.set(m.parent, (fed.get(m.parent) ?? 0) + bytes)
+  }
   const total = merges.reduce((n, m) => n + m.bytes, 0)
   let before = 0
   let reported = now()
@@ -222,7 +232,7 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onPr
         faultPoint(`merge-${e.step}`)
         if (e.step !== 'copied' || onProgress === undefined || now() - reported < MERGE_PROGRESS_MS) return
         reported = now()
-        onProgress(before + Math.min(e.bytes ?? 0, m.bytes), total)
+        onProgress(before + Math.min(e.dataBytes ?? 0, m.bytes), total)
       },
     })
     before += m.bytes

@@ -16,6 +16,7 @@ import { LiveState, fanOut } from './live-state.ts'
 import { folderStoreReader, type RpoPolicy } from './store-overview.ts'
 import { sharedStoreReader } from './shared-store-reader.ts'
 import { recoverStore } from './recovery.ts'
+import { pdeathsigAvailable } from './tied-spawn.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
 import { FramePool } from './frame-pool.ts'
@@ -259,6 +260,11 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         throw new ReceiverError('E_CONFIG', `cannot create the store ${init.store}: ${(err as Error).message}`)
       }
     }
+    if (ceph === undefined && !pdeathsigAvailable())
+      log.warn(
+        { command: 'setpriv --pdeathsig KILL' },
+        "util-linux's setpriv is missing or too old here: a base point's cp does not die with a receiver killed with SIGKILL (docs/POINTS.md); install util-linux ≥ 2.33",
+      )
     if (init.recover !== false && ceph === undefined) {
       const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')

@@ -6,7 +6,8 @@
  * an unlinked inode. Linux's parent-death signal does it: `setpriv
  * --pdeathsig KILL` (util-linux) sets it, then runs the command. Where
  * setpriv is missing or too old to know the option, the command runs as
- * before (checked once per process).
+ * before (checked once per process, at the receiver's start-up, which
+ * warns then).
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process'
 

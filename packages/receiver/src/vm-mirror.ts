@@ -601,7 +601,7 @@ export class VmMirror {
       pending: { cycle: this.current.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints, ...reclaim.pending },
     })
     faultPoint('prune-after-state')
-    await this.rollForward()
+    await this.rollForward(opts.onProgress)
     const left = new Set(kept.points.map((p) => p.cycle))
     return before.filter((p) => !left.has(p.cycle)).map((p) => p.cycle)
   }

@@ -9,6 +9,8 @@ import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
+import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
+import { VmPaths } from '../src/vm-paths.ts'
 
 /** qemu-img's reading of a descriptor (and its chain) as raw bytes. */
 function qemuRead(dir: string, desc: string): Buffer {
@@ -38,6 +40,34 @@ function rangesFor(cycle: number, cap: number): Array<{ offset: number; length: 
     { offset: ((cycle * 1_300_003) % (cap - 70_000)) & ~511, length: 65_536, zero: cycle % 3 === 0 },
   ]
   return r.sort((a, b) => a.offset - b.offset).filter((x, i, a) => i === 0 || x.offset >= (a[i - 1] as { offset: number; length: number }).offset + (a[i - 1] as { length: number }).length)
+}
+
+/**
+ * Seed disk d.vmdk of `vm` with `images[1]`, then run incremental cycles 2 to
+ * `last`, each writing `rangesOf(c)` (evolve's seed `c * salt`) into
+ * `images[c]`; `tag` is the two hex digits that make each cycle's id.
+ */
+async function pointCycles(
+  env: { tls: { ca: Buffer } },
+  url: string,
+  vm: string,
+  images: Buffer[],
+  last: number,
+  rangesOf: (c: number) => Array<{ offset: number; length: number; zero?: boolean }>,
+  salt: number,
+  tag: string,
+): Promise<void> {
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, `${tag}01${tag}01${tag}01${tag}01`)])
+  a.close()
+  for (let c = 2; c <= last; c++) {
+    const ranges = rangesOf(c)
+    images[c] = evolve(images[c - 1] as Buffer, c * salt, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const id = `${tag}0${c}`.repeat(4)
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, id, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
 }
 
 t.test('every kept point reads (qemu-img) as the image of its cycle; retention drops the oldest', async (t) => {
@@ -765,16 +795,7 @@ t.test('dropping middle points merges increments: every kept point stays exact (
   const cap = 3 * MiB
   const vm = 'web-pts3'
   const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 11)]
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ee01ee01ee01ee01')])
-  a.close()
-  for (let c = 2; c <= 7; c++) {
-    const ranges = rangesFor(c, cap)
-    images[c] = evolve(images[c - 1] as Buffer, c * 31, ranges)
-    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ee0${c}ee0${c}ee0${c}ee0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
-    a.close()
-  }
+  await pointCycles(env, url, vm, images, 7, (c) => rangesFor(c, cap), 31, 'ee')
   await receiver.close()
   const log = pino({ level: 'silent' })
   const pdir = join(env.store, vm, '.grainline', 'points')
@@ -810,6 +831,67 @@ t.test('dropping middle points merges increments: every kept point stays exact (
   )
 })
 
+t.test('consecutive dropped points merge in a chain: each merge is sized with what the earlier ones bring into its increment, so the reports go on moving to the total', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const cap = 3 * MiB
+  const vm = 'web-pts-chain'
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 17)]
+  // disjoint data per cycle, so that a merged increment holds more than any one of them
+  await pointCycles(env, url, vm, images, 6, (c) => [{ offset: (c - 2) * 512 * 1024, length: 384 * 1024 }], 13, 'ec')
+  await receiver.close()
+  // drop points 2, 3 and 4 as a prune would, then roll the plan forward with a clock that lets every copy step report
+  const before = state(env.store, vm)
+  const kept = dropPoints(before.points ?? [], [2, 3, 4])
+  t.equal(kept.merges.length, 3, 'three merges, each into the next dropped point')
+  t.equal(kept.merges[1]?.child, kept.merges[0]?.parent, 'the second merge copies what the first one wrote')
+  const paths = new VmPaths(env.store, vm)
+  const sizes = await Promise.all(kept.merges.map((m) => pointBytes(paths, m.child)))
+  const next: VmStateFile = {
+    ...before,
+    points: kept.points,
+    pending: { cycle: before.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints },
+  }
+  writeFileSync(join(env.store, vm, '.grainline', 'state.json'), JSON.stringify(next))
+  let clock = 0
+  const reports: Array<[number, number]> = []
+  await rollForwardPoints(
+    paths,
+    next,
+    (d, total) => reports.push([d, total]),
+    () => (clock += MERGE_PROGRESS_MS),
+  )
+  const total = reports[0]?.[1] ?? 0
+  const naive = sizes.reduce((n, b) => n + b, 0)
+  t.ok(total > naive, `the total (${total}) counts the chained data, more than the increments hold on disk at the start (${naive})`)
+  t.ok(
+    reports.every(([, tt]) => tt === total),
+    'one total throughout',
+  )
+  t.ok(
+    reports.every(([d], i) => i === 0 || d >= (reports[i - 1]?.[0] ?? 0)),
+    'the count never goes back',
+  )
+  t.same(reports[reports.length - 1], [total, total], 'the last report is the total')
+  const copying = reports.slice(1, -1).map(([d]) => d)
+  const last = copying[copying.length - 1] ?? 0
+  t.ok(last > naive, `the last merge's copy steps report past the unchained sizes (${last} > ${naive}): the count does not stall there`)
+  t.ok(last <= total, 'within the total')
+  t.ok(last >= total * 0.75, `the copy steps end near the total (${last} of ${total}; the rest is the increments' own metadata)`)
+  const after = state(env.store, vm)
+  t.same(
+    (after.points ?? []).map((p) => p.cycle),
+    [1, 5],
+    'points 2 to 4 dropped',
+  )
+  const pdir = join(env.store, vm, '.grainline', 'points')
+  for (const p of after.points ?? []) {
+    const file = p.disks['d.vmdk']?.file
+    if (file !== undefined) t.ok(qemuRead(env.dir, join(pdir, file)).equals(images[p.cycle] as Buffer), `point ${p.cycle} reads (qemu-img) as cycle ${p.cycle} after the chained merges`)
+  }
+})
+
 t.test('points open: QEMU boots the point through a writable child; the hold refuses DiskOpen (E_HELD) and prunes until closed', async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
@@ -817,16 +899,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   const cap = 2 * MiB
   const vm = 'web-pts4'
   const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 21)]
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ff01ff01ff01ff01')])
-  a.close()
-  for (let c = 2; c <= 3; c++) {
-    const ranges = rangesFor(c, cap)
-    images[c] = evolve(images[c - 1] as Buffer, c * 5, ranges)
-    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ff0${c}ff0${c}ff0${c}ff0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
-    a.close()
-  }
+  await pointCycles(env, url, vm, images, 3, (c) => rangesFor(c, cap), 5, 'ff')
   const log = pino({ level: 'silent' })
   const dir = join(env.dir, 'open-1')
   const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
@@ -852,7 +925,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   // an agent is refused, non-fatally, with E_HELD
   const ranges = rangesFor(4, cap)
   images[4] = evolve(images[3] as Buffer, 44, ranges)
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const refused = await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', images[4] as Buffer, 3, 'ff04ff04ff04ff04', ranges, 'd-000003.vmdk', 'd-000004.vmdk')]).catch((e: unknown) => e as { reason?: string })
   a.close()
   t.equal((refused as { reason?: string }).reason, 'E_HELD', 'DiskOpen refused with E_HELD')

@@ -125,3 +125,24 @@ t.test("a tied child dies with its parent's SIGKILL; a plain one lives on (the c
   t.ok(await until(() => !running(child), 15_000), `the tied child is gone once its parent is killed (${describe(child)})`)
   t.ok(running(plain), `the plain one still runs (${describe(plain)})`)
 })
+
+t.test('without setpriv the command runs untied: pdeathsigAvailable says so, spawnTied still runs it', async (t) => {
+  // a process whose PATH finds no setpriv (node itself by its full path)
+  const script = [
+    `import { pdeathsigAvailable, spawnTied } from ${JSON.stringify(tied)}`,
+    'const available = pdeathsigAvailable()',
+    `const c = spawnTied(process.execPath, ['-e', 'process.stdout.write("ran")'], { stdio: ['ignore', 'pipe', 'inherit'] })`,
+    `let out = ''`,
+    `c.stdout.on('data', (d) => (out += d))`,
+    `c.on('close', (code) => process.stdout.write(JSON.stringify({ available, out, code })))`,
+  ].join('\n')
+  const env: NodeJS.ProcessEnv = { PATH: '/nonexistent' }
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()))
+  const code = await new Promise<number | null>((r) => child.on('close', r))
+  t.equal(code, 0, err)
+  t.same(JSON.parse(out), { available: false, out: 'ran', code: 0 }, 'not available, and the command ran the plain way')
+})

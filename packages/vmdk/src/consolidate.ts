@@ -21,12 +21,16 @@ export interface ConsolidateOptions {
 
 /**
  * A step of {@link consolidate} that has just completed: `cid-recorded` (0),
- * `copied` (1, once per range or 8 MiB chunk; `bytes` so far), `parent-flushed`
+ * `copied` (1, once per range or 8 MiB chunk; `bytes` so far, zero ranges
+ * included at their length; `dataBytes` so far, the data read and written
+ * only — what the merge's time goes into), `parent-flushed`
  * (end of 1), `repointed` (2, per descriptor; `path`), `parent-cid` (3), `removed` (4).
  */
 export interface ConsolidateProgress {
   readonly step: 'cid-recorded' | 'copied' | 'parent-flushed' | 'repointed' | 'parent-cid' | 'removed'
   readonly bytes?: number
+  /** `copied`, `parent-flushed`: the data bytes copied so far (zero ranges, written as zeroes, not counted) */
+  readonly dataBytes?: number
   readonly path?: string
 }
 
@@ -123,11 +127,12 @@ export async function consolidate(childPath: string, opts: ConsolidateOptions = 
     let repointed: string[]
     try {
       let copied = 0
+      let data = 0
       for await (const r of chain.changedRanges(0, opts.signal !== undefined ? { signal: opts.signal } : {})) {
         if (r.zero) {
           await w.writeZeroes(r.offset, r.length)
           copied += r.length
-          opts.onProgress?.({ step: 'copied', bytes: copied })
+          opts.onProgress?.({ step: 'copied', bytes: copied, dataBytes: data })
           continue
         }
         for (let p = 0; p < r.length; p += CHUNK) {
@@ -135,12 +140,13 @@ export async function consolidate(childPath: string, opts: ConsolidateOptions = 
           const n = Math.min(CHUNK, r.length - p)
           await w.write(r.offset + p, await chain.read(r.offset + p, n, { depth: 0 }))
           copied += n
-          opts.onProgress?.({ step: 'copied', bytes: copied })
+          data += n
+          opts.onProgress?.({ step: 'copied', bytes: copied, dataBytes: data })
         }
       }
       await w.renewCid(cid)
       await w.flush()
-      opts.onProgress?.({ step: 'parent-flushed', bytes: copied })
+      opts.onProgress?.({ step: 'parent-flushed', bytes: copied, dataBytes: data })
       // grandchildren first, then the parent's CID (a rerun completes either half)
       repointed = await repointChildren(child.path, parent.path, cid, opts.pathMap, enc, opts.onProgress)
       await w.close()

@@ -178,6 +178,49 @@ for (const formats of [
   })
 }
 
+t.test('consolidate reports the data bytes it copied apart from the zero ranges it wrote', async (t) => {
+  const dir = t.testdir()
+  const base = join(dir, 'b.vmdk')
+  qemuImg('create', '-q', '-f', 'vmdk', base, String(4 * MiB))
+  await createDelta(base, join(dir, 'c.vmdk'), { format: 'sesparse' })
+  const w = await openWriter(join(dir, 'c.vmdk'))
+  await w.write(1000, Buffer.alloc(5000, 9))
+  await w.writeZeroes(64 * 1024, 1 * MiB)
+  await w.write(2 * MiB, Buffer.alloc(3 * 4096, 7))
+  await w.close()
+  let data = 0
+  let zero = 0
+  const chain = await openChain(join(dir, 'c.vmdk'))
+  try {
+    for await (const r of chain.changedRanges(0)) {
+      if (r.zero) zero += r.length
+      else data += r.length
+    }
+  } finally {
+    await chain.close()
+  }
+  t.ok(data > 0 && zero >= MiB, `the child holds data (${data}) and zero ranges (${zero})`)
+  const events: Array<{ step: string; bytes?: number; dataBytes?: number }> = []
+  await consolidate(join(dir, 'c.vmdk'), { onProgress: (e) => events.push({ ...e }) })
+  const copied = events.filter((e) => e.step === 'copied')
+  t.ok(copied.length >= 2, 'copied is reported per range')
+  t.ok(
+    copied.every((e, i) => i === 0 || ((e.dataBytes ?? 0) >= (copied[i - 1]?.dataBytes ?? 0) && (e.bytes ?? 0) > (copied[i - 1]?.bytes ?? 0))),
+    'both counts only go forward',
+  )
+  t.ok(
+    copied.every((e) => (e.dataBytes ?? -1) <= (e.bytes ?? 0)),
+    'data bytes never exceed all bytes',
+  )
+  const flushed = events.find((e) => e.step === 'parent-flushed')
+  t.equal(flushed?.dataBytes, data, 'parent-flushed: the data bytes, zero ranges left out')
+  t.equal(flushed?.bytes, data + zero, 'parent-flushed: all bytes, zero ranges at their length')
+  const model = new Model(4 * MiB)
+  model.write(1000, Buffer.alloc(5000, 9))
+  model.write(2 * MiB, Buffer.alloc(3 * 4096, 7))
+  await checkAgainstQemu(t, base, model, dir)
+})
+
 t.test('consolidate into a sparse parent keeps siblings in other folders alone and refuses a base', async (t) => {
   const dir = t.testdir()
   const base = join(dir, 'b.vmdk')

@@ -25,6 +25,7 @@ import {
   prunePoints,
   retentionFor,
   type ArchiveOptions,
+  type ArchiveProgress,
   type PointInfo,
   type RetentionPolicy,
 } from '@grainline/receiver'
@@ -33,6 +34,7 @@ import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
+import { progressDisplay } from '../progress-display.ts'
 import { table } from '../util.ts'
 
 function check(r: { ok: boolean; algorithm: string } | null): string {
@@ -160,7 +162,33 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
     return closedReport(vm, dropped, json, ctx)
   }
   const what: RetentionPolicy | { cycles: number[] } = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
-  return prunedReport(await prunePoints(store, vm, what, { logger: log }), json, ctx)
+  const display = mergeDisplay(vm, json, ctx)
+  const r = await prunePoints(store, vm, what, { logger: log, onProgress: display.report })
+  display.end()
+  return prunedReport(r, json, ctx)
+}
+
+/**
+ * What `points drop` / `points prune` show while the receiver merges the
+ * increments of dropped points (a point in the middle; the long part):
+ * the bytes merged of the total and the time left.
+ */
+function mergeDisplay(vm: string, json: boolean, ctx: CliContext): { report: (doneBytes: number, totalBytes: number) => void; end: () => void } {
+  const t0 = performance.now()
+  const d = progressDisplay<{ doneBytes: number; totalBytes: number; etaMs: number | undefined }>(
+    ctx,
+    json,
+    (p) => `${vm}: merging the dropped points' increments: ${formatBytes(p.doneBytes)} of ${formatBytes(p.totalBytes)}${p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`}`,
+    (p) => ({ vm, step: 'merge-points', ...p }),
+    (p) => p.doneBytes >= p.totalBytes,
+  )
+  return {
+    report: (doneBytes, totalBytes) => {
+      const ms = performance.now() - t0
+      d.report({ doneBytes, totalBytes, etaMs: doneBytes > 0 && doneBytes < totalBytes ? Math.round((ms * (totalBytes - doneBytes)) / doneBytes) : undefined })
+    },
+    end: d.end,
+  }
 }
 
 /** `--point K` of `points drop`. */
@@ -198,7 +226,13 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
     const k = args['point']
     if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')
     const lock = lockFrom(args)
-    let last = 0
+    const display = progressDisplay<ArchiveProgress>(
+      ctx,
+      json,
+      (p) => `point ${p.cycle}, ${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)}${p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`}`,
+      (p) => ({ ...p }),
+      (p) => p.bytes >= p.total,
+    )
     const archive = isCephStore(store)
       ? (c: readonly number[] | undefined, o: ArchiveOptions) => cephArchivePoints(cephTargetFrom(store, args), vm, c, o)
       : (c: readonly number[] | undefined, o: ArchiveOptions) => archivePoints(store, vm, c, o)
@@ -207,17 +241,9 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
       bucket,
       prefix,
       ...(lock === undefined ? {} : { lock }),
-      onProgress: (p) => {
-        const now = performance.now()
-        if (now - last < 1000 && p.bytes < p.total) return
-        last = now
-        const line = `point ${p.cycle}, ${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)}${p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`}`
-        if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
-        else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${line}\u001b[K`)
-        else ctx.error(line)
-      },
+      onProgress: display.report,
     })
-    if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+    display.end()
     if (json) ctx.write(JSON.stringify({ event: 'archived', vm, archive: url, lock: lock === undefined ? null : { mode: lock.mode, until: lock.until.toISOString() }, points: done }) + '\n')
     else {
       const lines = done.map((p) =>

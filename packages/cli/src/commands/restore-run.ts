@@ -13,6 +13,7 @@ import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
+import { progressDisplay } from '../progress-display.ts'
 
 function progressLine(p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): string {
   const pct = p.total === 0 ? 100 : Math.floor((p.bytes / p.total) * 100)
@@ -25,20 +26,19 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
   const k = args['point']
   if (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1) throw new UsageError('--point must be a cycle number')
   const json = args['output'] === 'json'
-  let last = 0
-  const onProgress = (p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): void => {
-    const now = performance.now()
-    if (now - last < 1000 && p.bytes < p.total) return
-    last = now
-    if (json) ctx.write(JSON.stringify({ event: 'progress', ...p }) + '\n')
-    else if (ctx.stderr.isTTY === true) ctx.stderr.write(`\r${progressLine(p)}\u001b[K`)
-    else ctx.error(progressLine(p))
-  }
+  const display = progressDisplay<Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>>(
+    ctx,
+    json,
+    progressLine,
+    (p) => ({ ...p }),
+    (p) => p.bytes >= p.total,
+  )
+  const onProgress = display.report
   if (args['from'] !== undefined) {
     const { bucket, prefix } = await bucketFrom(String(args['from']), args)
     try {
       const r = await restoreFromArchive(bucket, prefix, String(args['vm']), k, String(args['to']), { logger: loggerFor(args, ctx, 'warn'), onProgress })
-      if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+      display.end()
       ctx.write(
         json
           ? JSON.stringify({ event: 'restored', from: String(args['from']), ...r }) + '\n'
@@ -55,7 +55,7 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
   const store = String(args['store'])
   if (isCephStore(store)) {
     const r = await cephRestoreVm(cephTargetFrom(store, args), String(args['vm']), k, String(args['to']), { onProgress })
-    if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+    display.end()
     ctx.write(
       json
         ? JSON.stringify({ event: 'restored', store, ...r }) + '\n'
@@ -70,7 +70,7 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
     logger: loggerFor(args, ctx, 'warn'),
     onProgress,
   })
-  if (!json && ctx.stderr.isTTY === true) ctx.stderr.write('\n')
+  display.end()
   if (json) {
     ctx.write(JSON.stringify({ event: 'restored', ...r }) + '\n')
   } else {

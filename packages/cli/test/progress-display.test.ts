@@ -1,0 +1,82 @@
+import t from 'tap'
+import type { CliContext } from '../src/command.ts'
+import { PROGRESS_DISPLAY_MS, progressDisplay } from '../src/progress-display.ts'
+
+interface P {
+  done: number
+  total: number
+}
+
+/** A context that records what goes where; `tty` decides the display. */
+function recorder(tty: boolean): { ctx: CliContext; out: string[]; errors: string[]; raw: string[] } {
+  const out: string[] = []
+  const errors: string[] = []
+  const raw: string[] = []
+  const stderr = { isTTY: tty, write: (s: string) => raw.push(s) } as unknown as NodeJS.WriteStream
+  return { ctx: { write: (s) => out.push(s), error: (l) => errors.push(l), stderr }, out, errors, raw }
+}
+
+function display(ctx: CliContext, json: boolean, clock: { t: number }) {
+  return progressDisplay<P>(
+    ctx,
+    json,
+    (p) => `${p.done} of ${p.total}`,
+    (p) => ({ ...p }),
+    (p) => p.done >= p.total,
+    () => clock.t,
+  )
+}
+
+t.test('on a pipe: a line per report, at most one a second, the last one always', async (t) => {
+  const r = recorder(false)
+  const clock = { t: 0 }
+  const d = display(r.ctx, false, clock)
+  d.report({ done: 0, total: 10 })
+  clock.t += PROGRESS_DISPLAY_MS / 2
+  d.report({ done: 3, total: 10 })
+  clock.t += PROGRESS_DISPLAY_MS
+  d.report({ done: 6, total: 10 })
+  clock.t += 1
+  d.report({ done: 10, total: 10 })
+  d.end()
+  t.same(r.errors, ['0 of 10', '6 of 10', '10 of 10'], 'the one within a second of the last is skipped; the end is shown')
+  t.same(r.raw, [], 'nothing written to the terminal itself')
+  t.same(r.out, [], 'stdout kept for the report')
+})
+
+t.test('on a TTY: one line rewritten in place, closed by end()', async (t) => {
+  const r = recorder(true)
+  const clock = { t: 0 }
+  const d = display(r.ctx, false, clock)
+  d.report({ done: 0, total: 4 })
+  clock.t += PROGRESS_DISPLAY_MS
+  d.report({ done: 4, total: 4 })
+  d.end()
+  t.same(r.raw, ['\r0 of 4\u001b[K', '\r4 of 4\u001b[K', '\n'])
+  t.same(r.errors, [])
+  const quiet = recorder(true)
+  display(quiet.ctx, false, clock).end()
+  t.same(quiet.raw, [], 'nothing shown: no newline either')
+})
+
+t.test('--output json: an event per report on stdout, nothing on stderr', async (t) => {
+  const r = recorder(true)
+  const clock = { t: 0 }
+  const d = display(r.ctx, true, clock)
+  d.report({ done: 1, total: 2 })
+  d.report({ done: 2, total: 2 })
+  d.end()
+  t.same(
+    r.out.map((l) => JSON.parse(l)),
+    [
+      { event: 'progress', done: 1, total: 2 },
+      { event: 'progress', done: 2, total: 2 },
+    ],
+  )
+  t.ok(
+    r.out.every((l) => l.endsWith('\n')),
+    'one object per line',
+  )
+  t.same(r.raw, [])
+  t.same(r.errors, [])
+})
