@@ -234,9 +234,15 @@ async function verifiedGrains(path: string, journaled: readonly JournalGrain[]):
  * Undo an interrupted in-place apply from its reverse increment: copy every
  * journaled grain whose bytes match their crc back into the flat (the first
  * entry of a grain is the committed bytes), cut the flat to `baseSize`,
- * fdatasync. Idempotent.
+ * fdatasync. Idempotent. `onUndone` hears of the bytes of the grains done so far.
  */
-export async function undoFromIncrement(incrementPath: string, journaled: readonly JournalGrain[], flatPath: string, baseSize: number): Promise<void> {
+export async function undoFromIncrement(
+  incrementPath: string,
+  journaled: readonly JournalGrain[],
+  flatPath: string,
+  baseSize: number,
+  onUndone?: (bytes: number) => void,
+): Promise<void> {
   const tfh = await openStoreFile(flatPath, 'update')
   try {
     if (journaled.length > 0 && (await entryExists(incrementPath))) {
@@ -251,6 +257,7 @@ export async function undoFromIncrement(incrementPath: string, journaled: readon
           if (len <= 0) continue
           const data = await chain.read(start, len)
           if (crc32(data) >>> 0 === j.crc >>> 0) await writeFully(tfh, data, start)
+          onUndone?.(seen.size * POINT_GRAIN)
         }
       } finally {
         await chain.close()

@@ -393,23 +393,29 @@ export async function resetJournal(path: string, headEnd: number): Promise<void>
  * journaled extent in REVERSE order (so the oldest copy of a range wins when an
  * extent was journaled twice across a resume), cut the file back to its base
  * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
+ * `onUndone` hears of the bytes written back so far (zeroed ones included).
  */
-export async function undoJournal(journalPath: string, contents: JournalContents, targetPath: string): Promise<void> {
+export async function undoJournal(journalPath: string, contents: JournalContents, targetPath: string, onUndone?: (bytes: number) => void): Promise<void> {
   const jfh = await openStoreFile(journalPath, 'read')
   try {
     const tfh = await openStoreFile(targetPath, 'update')
     try {
+      let undone = 0
       for (let i = contents.extents.length - 1; i >= 0; i--) {
         const e = contents.extents[i] as JournalExtent
         if (e.oldLength === 0) continue
         if (e.oldZeros) {
           await writeZeros(tfh, e.oldOffset, e.oldLength)
+          undone += e.oldLength
+          onUndone?.(undone)
           continue
         }
         for (let off = 0; off < e.oldLength; off += 4 * 1024 * 1024) {
           const n = Math.min(4 * 1024 * 1024, e.oldLength - off)
           const old = await readFully(jfh, e.oldPos + off, n)
           await writeFully(tfh, old, e.oldOffset + off)
+          undone += n
+          onUndone?.(undone)
         }
       }
       const size = (await tfh.stat()).size

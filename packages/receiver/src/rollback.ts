@@ -3,12 +3,13 @@ import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
-import { pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
+import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
 import { removeBasePoint } from './base-point.ts'
 import { entryExists } from './store-fs.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import type { WorkProgress } from './work-progress.ts'
 
 async function readIfExists(path: string): Promise<JournalContents | undefined> {
   try {
@@ -25,9 +26,29 @@ async function readIfExists(path: string): Promise<JournalContents | undefined> 
  * undone from its journal, newest record first, and the flat cut back to its
  * committed size. Idempotent: after a crash mid-undo, running it again
  * finishes the job. The caller then clears the in-flight state.
+ * `onProgress` hears of the bytes written back of the total (the journals'
+ * old bytes, the increments' grains): 0 at the start, at most every
+ * UNDO_PROGRESS_MS while they are written, the total at the end; nothing
+ * when there is nothing to write back (seeds only).
  */
-export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise<void> {
+export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgress?: WorkProgress, now: () => number = () => performance.now()): Promise<void> {
+  // what is to undo, per disk, before any of it is (the journals are read again one by one below: memory stays one journal's)
+  const work: Array<{ d: InflightCycle['disks'][string]; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
+    const bytes = d.target === 'seed' ? 0 : undoBytes((await readIfExists(paths.undoing(d.stem))) ?? (await readIfExists(paths.journal(d.stem))), d.increment !== undefined)
+    work.push({ d, bytes })
+  }
+  const total = work.reduce((n, w) => n + w.bytes, 0)
+  let before = 0
+  let reported = now()
+  if (total > 0) onProgress?.(0, total)
+  const undone = (w: { bytes: number }) => (bytes: number) => {
+    if (onProgress === undefined || now() - reported < UNDO_PROGRESS_MS) return
+    reported = now()
+    onProgress(before + Math.min(bytes, w.bytes), total)
+  }
+  for (const w of work) {
+    const d = w.d
     const jpath = paths.journal(d.stem)
     const contents = await readIfExists(jpath)
     if (d.target === 'seed') {
@@ -51,10 +72,11 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise
       // the old grains are in the reverse increment; the journal indexes them — read into the mirror,
       // so its files must be the receiver's own (point-chain.ts), not a link to another file
       if (ucontents.grains.length > 0 && (await entryExists(pointPath(paths, d.increment)))) await checkPointChain(paths, d.increment, d.stem)
-      await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize)
+      await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize, undone(w))
     } else {
-      await undoJournal(upath, ucontents, paths.flat(d.stem))
+      await undoJournal(upath, ucontents, paths.flat(d.stem), undone(w))
     }
+    before += w.bytes
     faultPoint('rollback-undone')
     // the flat is back at its committed point: forget the markers, so that
     // a resume after a failed state write starts again at seq 0
@@ -67,4 +89,15 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle): Promise
     faultPoint('rollback-reset')
   }
   await fsyncDir(paths.dir)
+  if (total > 0) onProgress?.(total, total)
+}
+
+/** How often a running undo is reported, at most, between its first and last report (ms). */
+export const UNDO_PROGRESS_MS = 5000
+
+/** The bytes an undo writes back: the increment's distinct grains, or the journal's old bytes. */
+function undoBytes(c: JournalContents | undefined, fromIncrement: boolean): number {
+  if (c === undefined) return 0
+  if (fromIncrement) return new Set(c.grains.map((g) => g.grain)).size * POINT_GRAIN
+  return c.extents.reduce((n, e) => n + e.oldLength, 0)
 }

@@ -27,7 +27,7 @@ const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: str
 import { POINTS_DIR, pointFileName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
-import type { WorkProgress } from './work-progress.ts'
+import { workProgressLog, type WorkProgress } from './work-progress.ts'
 import { savePointConfig } from './point-config.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
@@ -127,7 +127,11 @@ export class VmMirror {
     try {
       const state = (await readVmState(paths)) ?? emptyState(vm)
       const m = new VmMirror(paths, vm, state, log, lock)
-      if (state.pending !== null) await m.rollForward()
+      // a commit interrupted by a crash: its merges can take minutes, and whoever waits on this lock is told why in the log
+      if (state.pending !== null)
+        await m.rollForward(
+          workProgressLog(log, { vm, cycle: state.pending.cycle, step: 'merge-points' }, 'finishing an interrupted commit: merging the restore points it drops', 'interrupted commit: restore points merged'),
+        )
       return m
     } catch (err) {
       lock.release()
@@ -630,12 +634,19 @@ export class VmMirror {
     this.log.info({ vm: this.vm, cycle: p.cycle }, 'commit rolled forward')
   }
 
-  /** Roll the VM back to its last committed point (undo every in-flight disk). */
-  async rollback(): Promise<number> {
+  /**
+   * Roll the VM back to its last committed point (undo every in-flight disk),
+   * its progress logged (O(what the cycle wrote)) and heard by `onProgress`.
+   */
+  async rollback(onProgress?: WorkProgress): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
+    const logged = workProgressLog(this.log, { vm: this.vm, cycle: infl.cycle, step: 'undo' }, 'rolling back the in-flight cycle: writing back what it overwrote', 'in-flight cycle undone')
     try {
-      await undoInflight(this.paths, infl)
+      await undoInflight(this.paths, infl, (done, total) => {
+        logged(done, total)
+        onProgress?.(done, total)
+      })
       await this.save({ ...this.current, inflight: null })
       await removeResyncMaps(this.paths, resyncStems(Object.values(infl.disks)))
       for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
