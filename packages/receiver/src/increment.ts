@@ -236,13 +236,7 @@ async function verifiedGrains(path: string, journaled: readonly JournalGrain[]):
  * entry of a grain is the committed bytes), cut the flat to `baseSize`,
  * fdatasync. Idempotent. `onUndone` hears of the bytes of the grains done so far.
  */
-export async function undoFromIncrement(
-  incrementPath: string,
-  journaled: readonly JournalGrain[],
-  flatPath: string,
-  baseSize: number,
-  onUndone?: (bytes: number) => void,
-): Promise<void> {
+export async function undoFromIncrement(incrementPath: string, journaled: readonly JournalGrain[], flatPath: string, baseSize: number, onUndone?: (bytes: number) => void): Promise<void> {
   const tfh = await openStoreFile(flatPath, 'update')
   try {
     if (journaled.length > 0 && (await entryExists(incrementPath))) {

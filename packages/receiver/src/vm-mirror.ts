@@ -130,7 +130,12 @@ export class VmMirror {
       // a commit interrupted by a crash: its merges can take minutes, and whoever waits on this lock is told why in the log
       if (state.pending !== null)
         await m.rollForward(
-          workProgressLog(log, { vm, cycle: state.pending.cycle, step: 'merge-points' }, 'finishing an interrupted commit: merging the restore points it drops', 'interrupted commit: restore points merged'),
+          workProgressLog(
+            log,
+            { vm, cycle: state.pending.cycle, step: 'merge-points' },
+            'finishing an interrupted commit: merging the restore points it drops',
+            'interrupted commit: restore points merged',
+          ),
         )
       return m
     } catch (err) {
