@@ -63,15 +63,17 @@ t.test('--output json: an event per report on stdout, nothing on stderr', async 
   const r = recorder(true)
   const clock = { t: 0 }
   const d = display(r.ctx, true, clock)
-  d.report({ done: 1, total: 2 })
-  d.report({ done: 2, total: 2 })
+  d.report({ done: 1, total: 3 })
+  d.report({ done: 2, total: 3 })
+  d.report({ done: 3, total: 3 })
   d.end()
   t.same(
     r.out.map((l) => JSON.parse(l)),
     [
-      { event: 'progress', done: 1, total: 2 },
-      { event: 'progress', done: 2, total: 2 },
+      { event: 'progress', done: 1, total: 3 },
+      { event: 'progress', done: 3, total: 3 },
     ],
+    'throttled as on a terminal: the one within a second skipped, the last one shown',
   )
   t.ok(
     r.out.every((l) => l.endsWith('\n')),

@@ -223,6 +223,7 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onPr
   const total = merges.reduce((n, m) => n + m.bytes, 0)
   let before = 0
   let reported = now()
+  let last = 0
   if (merges.length > 0) onProgress?.(0, total)
   for (const m of merges) {
     // consolidate writes into the parent the child names and deletes the files it lists
@@ -231,8 +232,12 @@ export async function rollForwardPoints(paths: VmPaths, state: VmStateFile, onPr
       onProgress: (e) => {
         faultPoint(`merge-${e.step}`)
         if (e.step !== 'copied' || onProgress === undefined || now() - reported < MERGE_PROGRESS_MS) return
+        // a zero range moves nothing: it does not use up the slot of the next report that moves
+        const done = before + Math.min(e.dataBytes ?? 0, m.bytes)
+        if (done <= last) return
         reported = now()
-        onProgress(before + Math.min(e.dataBytes ?? 0, m.bytes), total)
+        last = done
+        onProgress(done, total)
       },
     })
     before += m.bytes

@@ -32,11 +32,13 @@ async function readIfExists(path: string): Promise<JournalContents | undefined> 
  * when there is nothing to write back (seeds only).
  */
 export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgress?: WorkProgress, now: () => number = () => performance.now()): Promise<void> {
-  // what is to undo, per disk, before any of it is (the journals are read again one by one below: memory stays one journal's)
-  const work: Array<{ d: InflightCycle['disks'][string]; bytes: number }> = []
+  // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
+  // here, and its index (not its data) kept for the undo below
+  const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalContents | undefined; ucontents: JournalContents | undefined; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
-    const bytes = d.target === 'seed' ? 0 : undoBytes((await readIfExists(paths.undoing(d.stem))) ?? (await readIfExists(paths.journal(d.stem))), d.increment !== undefined)
-    work.push({ d, bytes })
+    const ucontents = d.target === 'seed' ? undefined : await readIfExists(paths.undoing(d.stem))
+    const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem)) : undefined
+    work.push({ d, contents, ucontents, bytes: d.target === 'seed' ? 0 : undoBytes(ucontents ?? contents, d.increment !== undefined) })
   }
   const total = work.reduce((n, w) => n + w.bytes, 0)
   let before = 0
@@ -48,9 +50,8 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
     onProgress(before + Math.min(bytes, w.bytes), total)
   }
   for (const w of work) {
-    const d = w.d
+    const { d, contents } = w
     const jpath = paths.journal(d.stem)
-    const contents = await readIfExists(jpath)
     if (d.target === 'seed') {
       // forget the resume point first, then the data it described
       if (contents !== undefined) await resetJournal(jpath, contents.headEnd)
@@ -61,7 +62,7 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
     // no free space): a half-undone flat must never be resumed from the
     // journal's markers; recovery and the next rollback finish the undo.
     const upath = paths.undoing(d.stem)
-    let ucontents = await readIfExists(upath)
+    let ucontents = w.ucontents
     if (ucontents === undefined) {
       if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`)
       await rename(jpath, upath)

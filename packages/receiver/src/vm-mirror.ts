@@ -127,14 +127,14 @@ export class VmMirror {
     try {
       const state = (await readVmState(paths)) ?? emptyState(vm)
       const m = new VmMirror(paths, vm, state, log, lock)
-      // a commit interrupted by a crash: its merges can take minutes, and whoever waits on this lock is told why in the log
+      // a commit or prune interrupted by a crash: its merges can take minutes, and whoever waits on this lock is told why in the log
       if (state.pending !== null)
         await m.rollForward(
           workProgressLog(
             log,
             { vm, cycle: state.pending.cycle, step: 'merge-points' },
-            'finishing an interrupted commit: merging the restore points it drops',
-            'interrupted commit: restore points merged',
+            'finishing an interrupted commit or prune: merging the restore points it drops',
+            'interrupted commit or prune: restore points merged',
           ),
         )
       return m
@@ -641,17 +641,14 @@ export class VmMirror {
 
   /**
    * Roll the VM back to its last committed point (undo every in-flight disk),
-   * its progress logged (O(what the cycle wrote)) and heard by `onProgress`.
+   * its progress logged (O(what the cycle wrote)).
    */
-  async rollback(onProgress?: WorkProgress): Promise<number> {
+  async rollback(): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
     const logged = workProgressLog(this.log, { vm: this.vm, cycle: infl.cycle, step: 'undo' }, 'rolling back the in-flight cycle: writing back what it overwrote', 'in-flight cycle undone')
     try {
-      await undoInflight(this.paths, infl, (done, total) => {
-        logged(done, total)
-        onProgress?.(done, total)
-      })
+      await undoInflight(this.paths, infl, logged)
       await this.save({ ...this.current, inflight: null })
       await removeResyncMaps(this.paths, resyncStems(Object.values(infl.disks)))
       for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))

@@ -143,8 +143,8 @@ t.test('locking a VM whose commit a crash left with merges pending (a VmOpen, st
   t.ok(lines.length >= 2, `the merges are logged (${lines.length} lines)`)
   const total = lines[0]?.['totalBytes'] as number
   t.ok(total > 0, `with their size (${total} bytes)`)
-  t.match(lines[0], { cycle: 4, doneBytes: 0, msg: /^finishing an interrupted commit/ })
-  t.match(lines.at(-1), { cycle: 4, doneBytes: total, totalBytes: total, msg: 'interrupted commit: restore points merged' })
+  t.match(lines[0], { cycle: 4, doneBytes: 0, msg: /^finishing an interrupted commit or prune/ })
+  t.match(lines.at(-1), { cycle: 4, doneBytes: total, totalBytes: total, msg: 'interrupted commit or prune: restore points merged' })
   t.equal(state(env.store, vm).pending, null, 'the commit is finished')
   t.same(
     (state(env.store, vm).points ?? []).map((p) => p.cycle),

@@ -163,8 +163,12 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
   }
   const what: RetentionPolicy | { cycles: number[] } = action === 'drop' ? { cycles: [pointArg(args)] } : await policyOf(args, vm)
   const display = mergeDisplay(vm, json, ctx)
-  const r = await prunePoints(store, vm, what, { logger: log, onProgress: display.report })
-  display.end()
+  let r: Awaited<ReturnType<typeof prunePoints>>
+  try {
+    r = await prunePoints(store, vm, what, { logger: log, onProgress: display.report })
+  } finally {
+    display.end()
+  }
   return prunedReport(r, json, ctx)
 }
 
@@ -174,7 +178,8 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
  * the bytes merged of the total and the time left.
  */
 function mergeDisplay(vm: string, json: boolean, ctx: CliContext): { report: (doneBytes: number, totalBytes: number) => void; end: () => void } {
-  const t0 = performance.now()
+  // the merges' clock starts at their first report (after the lock, the state and the checks)
+  let t0: number | undefined
   const d = progressDisplay<{ doneBytes: number; totalBytes: number; etaMs: number | undefined }>(
     ctx,
     json,
@@ -184,6 +189,7 @@ function mergeDisplay(vm: string, json: boolean, ctx: CliContext): { report: (do
   )
   return {
     report: (doneBytes, totalBytes) => {
+      t0 ??= performance.now()
       const ms = performance.now() - t0
       d.report({ doneBytes, totalBytes, etaMs: doneBytes > 0 && doneBytes < totalBytes ? Math.round((ms * (totalBytes - doneBytes)) / doneBytes) : undefined })
     },
