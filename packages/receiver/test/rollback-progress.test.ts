@@ -7,7 +7,7 @@
  */
 import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { scratchDir } from '@grainline/test-utils'
 import { MessageKind } from '@grainline/protocol'
@@ -150,4 +150,63 @@ t.test('locking a VM whose commit a crash left with merges pending (a VmOpen, st
     (state(env.store, vm).points ?? []).map((p) => p.cycle),
     [1, 3],
   )
+})
+
+t.test('a two-disk undo counts both disks in one total; an undo a crash left half-done (the journal already renamed .undo) is sized from that file and finished', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-undo-two'
+  const cap = 6 * MiB
+  const d1 = pattern(cap, 31)
+  const e1 = pattern(cap, 32)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', d1, 'ac01ac01ac01ac01'), seedPlan(1, 'e.vmdk', e1, 'ad01ad01ad01ad01')])
+  a.close()
+  const rd = [{ offset: MiB, length: 3 * MiB }]
+  const re = [{ offset: 0, length: 2 * MiB }]
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(
+    a,
+    vm,
+    2,
+    [
+      incPlan(0, 'd.vmdk', evolve(d1, 3, rd), 1, 'ac02ac02ac02ac02', rd, 'd-000001.vmdk', 'd-000002.vmdk'),
+      incPlan(1, 'e.vmdk', evolve(e1, 4, re), 1, 'ad02ad02ad02ad02', re, 'e-000001.vmdk', 'e-000002.vmdk'),
+    ],
+    { commit: false },
+  )
+  a.close()
+  await receiver.close()
+  const infl = state(env.store, vm).inflight
+  if (infl === null || infl === undefined) throw new Error('no cycle in flight')
+  const paths = new VmPaths(env.store, vm)
+  // a crash after the first step of e's undo: its journal is renamed, nothing written back yet
+  renameSync(paths.journal('e'), paths.undoing('e'))
+  let clock = 0
+  const reports: Array<[number, number]> = []
+  await undoInflight(
+    paths,
+    infl,
+    (d, total) => reports.push([d, total]),
+    () => (clock += UNDO_PROGRESS_MS),
+  )
+  const total = reports[0]?.[1] ?? 0
+  t.ok(total >= 5 * MiB, `one total for both disks (${total} bytes: 3 MiB of d, 2 MiB of e, the .undo file read for e)`)
+  t.ok(
+    reports.every(([d, tt], i) => tt === total && d <= total && (i === 0 || d >= (reports[i - 1]?.[0] ?? 0))),
+    'never passed, never going back across the disks',
+  )
+  t.ok(
+    reports.some(([d]) => d > 0 && d < total),
+    'reports between the start and the end',
+  )
+  t.same(reports.at(-1), [total, total])
+  const read = (disk: string): Buffer => {
+    const out = join(env.dir, `${disk}-${Math.random().toString(16).slice(2)}.raw`)
+    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(env.store, vm, `${disk}.vmdk`), out])
+    return readFileSync(out)
+  }
+  t.ok(read('d').equals(d1), 'disk d reads as cycle 1 again')
+  t.ok(read('e').equals(e1), 'disk e, whose undo the crash had begun, reads as cycle 1 again')
 })
