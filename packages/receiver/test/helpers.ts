@@ -129,9 +129,9 @@ export const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url))
 /** Receiver as a child process via main.ts. */
 export async function startChild(
   env: Env,
-  opts: { fault?: string; args?: string[] } = {},
+  opts: { fault?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<{ child: ChildProcess; url: string; port: number; stderr: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }> {
-  const envVars: NodeJS.ProcessEnv = { ...process.env }
+  const envVars: NodeJS.ProcessEnv = { ...process.env, ...opts.env }
   if (opts.fault !== undefined) envVars['GRAINLINE_RECEIVER_FAULT'] = opts.fault
   else delete envVars['GRAINLINE_RECEIVER_FAULT']
   const child = spawn(

@@ -12,6 +12,8 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { pdeathsigAvailable } from '../src/tied-spawn.ts'
+import { scratchDir } from '@grainline/test-utils'
+import { makeEnv, startChild } from './helpers.ts'
 
 const tied = fileURLToPath(new URL('../src/tied-spawn.js', import.meta.url))
 
@@ -145,4 +147,17 @@ t.test('without setpriv the command runs untied: pdeathsigAvailable says so, spa
   const code = await new Promise<number | null>((r) => child.on('close', r))
   t.equal(code, 0, err)
   t.same(JSON.parse(out), { available: false, out: 'ran', code: 0 }, 'not available, and the command ran the plain way')
+})
+
+t.test('a receiver started where setpriv is missing says so at start-up; where it runs, it says nothing', async (t) => {
+  const run = async (env: NodeJS.ProcessEnv | undefined): Promise<string> => {
+    const e = makeEnv(scratchDir(t))
+    const r = await startChild(e, env === undefined ? {} : { env })
+    r.child.stdin?.end()
+    await r.exited
+    return r.stderr()
+  }
+  const missing = await run({ PATH: '/nonexistent' })
+  t.match(missing, /setpriv is missing or too old here: a base point's cp does not die with a receiver killed with SIGKILL/, 'warned, with what it means')
+  t.notMatch(await run(undefined), /setpriv is missing/, 'no warning where setpriv --pdeathsig runs')
 })
