@@ -38,8 +38,10 @@ t.test('an idle connection pings at least once per keepAliveMs; none after close
   t.ok(s.pings.length >= 5 && s.pings.length <= 12, `pings over 1.1 s of silence with keepAliveMs 200: ${s.pings.length}`)
   const gaps = [t0, ...s.pings].slice(1).map((p, i) => p - ([t0, ...s.pings][i] as number))
   t.ok(Math.max(...gaps) < 400, `no silence much longer than keepAliveMs (largest gap ${Math.round(Math.max(...gaps))} ms)`)
-  t.equal(c.pingsSent, s.pings.length, 'the connection counts what it sent')
+  // counted once closed: a ping sent just before this point may still be on its way (the Node 24 pass of a
+  // CI run counted 11 sent, 10 received); the server answers the close only after every frame before it
   await c.close()
+  t.equal(c.pingsSent, s.pings.length, 'the connection counts what it sent')
   const n = s.pings.length
   await sleep(500)
   t.equal(s.pings.length, n, 'no ping after close')
