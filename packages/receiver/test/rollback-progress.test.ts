@@ -22,9 +22,10 @@ function state(store: string, vm: string): VmStateFile {
   return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
 }
 
-function mirrorBytes(dir: string, store: string, vm: string): Buffer {
-  const out = join(dir, `m-${Math.random().toString(16).slice(2)}.raw`)
-  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(store, vm, 'd.vmdk'), out])
+/** qemu-img's reading of the mirror of disk `disk` (default d) as raw bytes. */
+function mirrorBytes(dir: string, store: string, vm: string, disk = 'd'): Buffer {
+  const out = join(dir, `${disk}-${Math.random().toString(16).slice(2)}.raw`)
+  execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(store, vm, `${disk}.vmdk`), out])
   return readFileSync(out)
 }
 
@@ -202,11 +203,7 @@ t.test('a two-disk undo counts both disks in one total; an undo a crash left hal
     'reports between the start and the end',
   )
   t.same(reports.at(-1), [total, total])
-  const read = (disk: string): Buffer => {
-    const out = join(env.dir, `${disk}-${Math.random().toString(16).slice(2)}.raw`)
-    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(env.store, vm, `${disk}.vmdk`), out])
-    return readFileSync(out)
-  }
+  const read = (disk: string): Buffer => mirrorBytes(env.dir, env.store, vm, disk)
   t.ok(read('d').equals(d1), 'disk d reads as cycle 1 again')
   t.ok(read('e').equals(e1), 'disk e, whose undo the crash had begun, reads as cycle 1 again')
 })
