@@ -178,6 +178,7 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       blockList(m.mismatched, 'mismatched')
       if (m.ok !== (m.mismatched.length === 0)) throw bad('mismatched', m.ok ? 'must be empty when ok' : 'must list a block when not ok')
       return
+    case MessageKind.VmProgress:
     case MessageKind.DiskProgress:
     case MessageKind.CommitProgress:
       if (m.doneBytes > m.totalBytes) throw bad('doneBytes', `${m.doneBytes} exceeds totalBytes (${m.totalBytes})`)

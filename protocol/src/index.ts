@@ -1,4 +1,14 @@
-export { PROTOCOL_VERSION, PROTOCOL_VERSIONS, DISK_PROGRESS_VERSION, COMMIT_PROGRESS_VERSION, SUBPROTOCOL, MessageKind, DigestAlgorithms, CompressionAlgorithms } from './messages.ts'
+export {
+  PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
+  DISK_PROGRESS_VERSION,
+  COMMIT_PROGRESS_VERSION,
+  VM_PROGRESS_VERSION,
+  SUBPROTOCOL,
+  MessageKind,
+  DigestAlgorithms,
+  CompressionAlgorithms,
+} from './messages.ts'
 export type {
   Message,
   HelloMessage,
@@ -7,6 +17,7 @@ export type {
   VmStateMessage,
   DiskOpenMessage,
   DiskStateMessage,
+  VmProgressMessage,
   DiskProgressMessage,
   CommitProgressMessage,
   ExtentMessage,

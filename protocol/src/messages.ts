@@ -13,14 +13,17 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress). */
-export const PROTOCOL_VERSIONS: readonly number[] = [4, 3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress). */
+export const PROTOCOL_VERSIONS: readonly number[] = [5, 4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
 
 /** The first version in which the receiver may send CommitProgress (SPEC §5.5, §9). */
 export const COMMIT_PROGRESS_VERSION = 4
+
+/** The first version in which the receiver may send VmProgress (SPEC §4.2, §4.3, §9). */
+export const VM_PROGRESS_VERSION = 5
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -35,6 +38,8 @@ export const MessageKind = {
   VmOpen: 0x08,
   /** receiver → agent: the VM mirror's committed state */
   VmState: 0x09,
+  /** receiver → agent (v5): a long VmOpen or Rollback is still being worked on (an interrupted commit finished, an undo); no reply */
+  VmProgress: 0x0a,
   /** agent → receiver: open one disk of the VM for this cycle */
   DiskOpen: 0x10,
   /** receiver → agent: the disk mirror's state and the resume point */
@@ -282,6 +287,28 @@ export interface DiskStateMessage {
 }
 
 /**
+ * Receiver → agent, version 5 and later (SPEC §4.2, §4.3): the VmOpen or the
+ * Rollback of `vm` is still being worked on — for a VmOpen the end of a
+ * commit or prune a crash interrupted (the merges of the restore points it
+ * drops, step "merge-points"), for a Rollback the undo of the in-flight
+ * cycle (its overwritten data written back, step "undo"). Sent when the work
+ * starts, no more often than every 5 s while it moves, and when it ends,
+ * always before the VmState or RolledBack. The agent answers nothing; a
+ * report that moved forward restarts its wait (within a bound, SPEC §8.4),
+ * and it shows the progress.
+ */
+export interface VmProgressMessage {
+  readonly kind: typeof MessageKind.VmProgress
+  readonly vm: string
+  /** what is being done: "merge-points" (VmOpen) or "undo" (Rollback) */
+  readonly step: string
+  /** bytes done so far, ≤ totalBytes */
+  readonly doneBytes: number
+  /** bytes the step has to do */
+  readonly totalBytes: number
+}
+
+/**
  * Receiver → agent, version 3 and later (SPEC §5.1): the DiskOpen of `disk` is
  * still being worked on — today the copy of the committed mirror into a base
  * point when the disk changes capacity, which takes minutes on a store
@@ -513,6 +540,7 @@ export type Message =
   | VmStateMessage
   | DiskOpenMessage
   | DiskStateMessage
+  | VmProgressMessage
   | DiskProgressMessage
   | ExtentMessage
   | ExtentAckMessage

@@ -120,7 +120,7 @@ const cid = str(8, pattern(/^[0-9a-f]{8}$/, '8 lowercase hex digits'), '/^[0-9a-
 const token = str(32, pattern(/^[a-z0-9][a-z0-9._-]{0,31}$/, 'an algorithm name'), 'token /^[a-z0-9][a-z0-9._-]{0,31}$/')
 const digestBytes = bin(64)
 const disk = uint(HARD_LIMITS.maxDisks - 1)
-/** the step a DiskProgress or CommitProgress reports (SPEC §5.1, §5.5) */
+/** the step a VmProgress, DiskProgress or CommitProgress reports (SPEC §4.2, §4.3, §5.1, §5.5) */
 const progressStep = str(32, pattern(/^[a-z][a-z0-9-]{0,31}$/, 'a lowercase step name'), '/^[a-z][a-z0-9-]{0,31}$/')
 /** SPEC §5.8: a generation id is 128 random bits as 32 lowercase hex digits */
 const generation = str(32, pattern(/^[0-9a-f]{32}$/, '32 lowercase hex digits'), '/^[0-9a-f]{32}$/')
@@ -216,6 +216,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     resumeSeq: uint(),
     resumeBytes: uint(),
   }),
+  [MessageKind.VmProgress]: struct({ vm: name('vm'), step: progressStep, doneBytes: uint(), totalBytes: uint() }),
   [MessageKind.DiskProgress]: struct({ disk, step: progressStep, doneBytes: uint(), totalBytes: uint() }),
   [MessageKind.Extent]: struct({
     disk,

@@ -5,7 +5,7 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, type Message } from './messages.ts'
+import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, VM_PROGRESS_VERSION, type Message } from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -53,6 +53,7 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.VmState]: 'receiver',
   [MessageKind.DiskOpen]: 'agent',
   [MessageKind.DiskState]: 'receiver',
+  [MessageKind.VmProgress]: 'receiver',
   [MessageKind.DiskProgress]: 'receiver',
   [MessageKind.Extent]: 'agent',
   [MessageKind.ExtentAck]: 'receiver',
@@ -142,6 +143,12 @@ export class ConversationState {
         need('vm-opening')
         if (msg.vm !== this.#vm) throw unexpected('VmState names another VM')
         this.#phase = 'vm-open'
+        return
+      case MessageKind.VmProgress:
+        // SPEC §4.2, §4.3: version 5 only, between a VmOpen and its VmState or a Rollback and its RolledBack
+        if (this.#version < VM_PROGRESS_VERSION) throw unexpected(`VmProgress is not part of protocol version ${this.#version}`)
+        need('vm-opening', 'rolling-back')
+        if (msg.vm !== this.#vm) throw unexpected('VmProgress names another VM')
         return
       case MessageKind.Rollback:
         need('vm-open')

@@ -156,6 +156,9 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     retention,
   }),
   fc
+    .record({ vm: name, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
+    .map(({ a, b, ...r }) => ({ kind: MessageKind.VmProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
+  fc
     .record({ vm: name, cycle, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
     .map(({ a, b, ...r }) => ({ kind: MessageKind.CommitProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
   fc

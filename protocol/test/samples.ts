@@ -89,6 +89,14 @@ export const samples: readonly Sample[] = [
     message: { kind: MessageKind.VmState, vm: 'db01', exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' },
   },
   {
+    name: 'vm-progress of an interrupted commit finished',
+    message: { kind: MessageKind.VmProgress, vm: 'web01', step: 'merge-points', doneBytes: 3 * 1024 * MiB, totalBytes: 7 * 1024 * MiB },
+  },
+  {
+    name: 'vm-progress of an undo',
+    message: { kind: MessageKind.VmProgress, vm: 'web01', step: 'undo', doneBytes: 0, totalBytes: 640 * MiB },
+  },
+  {
     name: 'disk-open incremental',
     message: {
       kind: MessageKind.DiskOpen,

@@ -294,3 +294,38 @@ t.test('CommitProgress: version 4 only, between a Commit and its Committed, with
   t.throws(() => run([...at(4), ...sealed, A(M.commit), R(progress(0, { cycle: 3 }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
   t.throws(() => run([...at(4), ...sealed, A(M.commit), A(progress(0))]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
 })
+
+t.test('VmProgress: version 5 only, between a VmOpen and its VmState or a Rollback and its RolledBack, for that VM, any number (SPEC §4.2, §4.3, §8.1)', async (t) => {
+  const welcomed = (version: number): Step[] => [A({ ...M.hello, versions: [5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen)]
+  const progress = (doneBytes: number, o: { vm?: string; step?: string } = {}) => ({
+    kind: K.VmProgress,
+    vm: o.vm ?? 'vm',
+    step: o.step ?? 'merge-points',
+    doneBytes,
+    totalBytes: 1 << 20,
+  })
+  // an interrupted commit finished at the VmOpen, then an undo at the Rollback
+  const s = run([
+    ...welcomed(5),
+    R(progress(0)),
+    R(progress(4096)),
+    R(progress(1 << 20)),
+    R(M.vmState),
+    A(M.rollback),
+    R(progress(0, { step: 'undo' })),
+    R(progress(1 << 20, { step: 'undo' })),
+    R(M.rolledBack),
+    A(M.diskOpen(0)),
+  ])
+  t.equal(s.version, 5)
+  t.equal(s.phase, 'vm-open')
+  // version 4 and 2 do not know the kind
+  t.throws(() => run([...welcomed(4), R(progress(0))]), { code: 'E_UNEXPECTED', message: /version 4/ })
+  t.throws(() => run([...opening.slice(0, 3), R(progress(0))]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // before the VmOpen, after the VmState (outside a Rollback), after the RolledBack, for another VM, or from the agent
+  t.throws(() => run([A({ ...M.hello, versions: [5] }), R({ ...M.welcome, version: 5 }), R(progress(0))]), { code: 'E_UNEXPECTED', message: /phase ready/ })
+  t.throws(() => run([...welcomed(5), R(M.vmState), R(progress(0))]), { code: 'E_UNEXPECTED', message: /phase vm-open/ })
+  t.throws(() => run([...welcomed(5), R(M.vmState), A(M.rollback), R(M.rolledBack), R(progress(0))]), { code: 'E_UNEXPECTED', message: /phase vm-open/ })
+  t.throws(() => run([...welcomed(5), R(progress(0, { vm: 'other' }))]), { code: 'E_UNEXPECTED', message: /another VM/ })
+  t.throws(() => run([...welcomed(5), A(progress(0))]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
+})

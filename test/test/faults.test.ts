@@ -7,7 +7,7 @@ import { writeFile, rm, mkdtemp, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, prng } from '@grainline/agent'
+import { createLocalDriver, createSampleVm, simulateGuestWrites, prng } from '@grainline/agent'
 import { failIfLingering, firstDifference, pollUntil, scratchDir, startCuttingProxy, startReceiverProcess } from '@grainline/test-utils'
 import { startSite, replicateCli, runCli, inflightResumeSeq, frozenView } from '@grainline/e2e'
 
@@ -131,6 +131,59 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
   const next = await frozenView(vm.vmxPath, join(dir, 'exp-3'))
   t.equal((await replicateCli(site, vm.vmxPath)).code, 0, 'a further cycle')
   await mirrorMatches(t, flats, next, 'cycle 3')
+})
+
+t.test("the in-flight snapshot removed on the host after the agent was killed: the rerun rolls the receiver's cycle back, hears the undo as VmProgress (protocol v5), and ends correct", async (t) => {
+  const dir = scratchDir(t, 'grainline-e2e-')
+  const site = await startSite(join(dir, 'dr'))
+  t.teardown(() => site.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'rb', disks: [{ sizeBytes: 64 * MiB, fill: 'random' }], seed: 17 })
+  const flats = [join(site.store, 'rb', 'rb-flat.vmdk')]
+  t.equal((await replicateCli(site, vm.vmxPath)).code, 0, 'seed')
+  await simulateGuestWrites(vm.vmxPath, { bytes: 40 * MiB, seed: 5, zeroFraction: 0 })
+  // held at 16 MiB of the ~40 MiB change: the agent is killed with part of cycle 2 written on the receiver
+  const proxy = await startCuttingProxy(site.receiver.port)
+  t.teardown(() => proxy.close())
+  proxy.plan = [{ holdAfter: 16 * MiB }]
+  const killed = await replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none'], {
+    port: proxy.port,
+    onSpawn: (p) => {
+      proxy
+        .waitForHolds(1)
+        .then(() => waitInflight(site.store, 'rb'))
+        .then(
+          () => p.kill('SIGKILL'),
+          () => p.kill('SIGKILL'),
+        )
+    },
+  })
+  t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
+  // someone removes the agent's in-flight snapshot on the host: the cycle cannot resume, its changes merge into the
+  // older snapshot's delta
+  const driver = createLocalDriver()
+  const handle = await driver.openVm(vm.vmxPath)
+  const snaps = await driver.listSnapshots(handle)
+  const inflight = snaps.find((s) => s.name === 'grainline-2')
+  t.ok(inflight !== undefined, `the in-flight snapshot exists (${snaps.map((s) => s.name).join(', ')})`)
+  await driver.removeSnapshot(handle, inflight as NonNullable<typeof inflight>)
+  const exp = await frozenView(vm.vmxPath, join(dir, 'exp-2'))
+  const r = await replicateCli(site, vm.vmxPath, ['--certify', 'xxh64'], { logLevel: 'info' })
+  t.equal(r.code, 0, `the rerun completes: ${r.stderr.slice(-1500)}`)
+  const lines = r.stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { msg?: string; step?: string; doneBytes?: number; totalBytes?: number })
+  t.ok(
+    lines.some((l) => l.msg === 'rolled back an abandoned in-flight cycle'),
+    'the agent rolled the abandoned cycle back',
+  )
+  const heard = lines.filter((l) => l.step === 'undo')
+  t.ok(heard.length >= 2, `the agent heard the undo (${heard.length} reports)`)
+  t.match(heard[0], { msg: 'the receiver rolls back the interrupted cycle (writing back what it overwrote)', doneBytes: 0 }, 'from its start')
+  const total = heard[0]?.totalBytes ?? 0
+  t.ok(total >= (16 * MiB) / 2, `to its end: the bytes the cycle had overwritten (${total})`)
+  t.match(heard.at(-1), { doneBytes: total, totalBytes: total })
+  await mirrorMatches(t, flats, exp, 'after the rollback and a new cycle')
 })
 
 t.test('the receiver disk fills up: a clean, reported failure; the mirror stays at its last commit', async (t) => {

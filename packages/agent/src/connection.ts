@@ -18,6 +18,7 @@ import {
   SUBPROTOCOL,
   type CommitProgressMessage,
   type DiskProgressMessage,
+  type VmProgressMessage,
   type ErrorMessage,
   type ExtentAckMessage,
   type Message,
@@ -28,8 +29,8 @@ import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 import { connectTlsUnjoined } from './tls-socket.ts'
 
-/** The receiver's report of long work before a reply (SPEC §5.1 DiskProgress, §5.5 CommitProgress). */
-export type ProgressMessage = DiskProgressMessage | CommitProgressMessage
+/** The receiver's report of long work before a reply (SPEC §4.2 VmProgress, §5.1 DiskProgress, §5.5 CommitProgress). */
+export type ProgressMessage = VmProgressMessage | DiskProgressMessage | CommitProgressMessage
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions extends ConnectSources {
@@ -149,8 +150,9 @@ export class Connection {
         this.onAck(msg)
         return
       }
-      // SPEC §5.1 (v3), §5.5 (v4): not a reply; the conversation has checked that a DiskOpen awaits its DiskState, a Commit its Committed
-      if (msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress) {
+      // SPEC §4.2 (v5), §5.1 (v3), §5.5 (v4): not a reply; the conversation has checked that a VmOpen awaits its VmState or a
+      // Rollback its RolledBack, a DiskOpen its DiskState, a Commit its Committed
+      if (msg.kind === MessageKind.VmProgress || msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress) {
         this.#waiter?.progress(msg)
         return
       }

@@ -18,7 +18,7 @@
  * cycle, recorded as in flight in the agent's state so the next run reuses
  * it and resumes where the receiver stopped.
  */
-import { commitProgress, diskOpenProgress } from './receiver-progress.ts'
+import { commitProgress, diskOpenProgress, vmProgress } from './receiver-progress.ts'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
@@ -260,7 +260,7 @@ class VmCycle {
   async #session(cycleNo: number): Promise<Session> {
     const early = this.#early
     this.#early = undefined
-    return await openVmOn(await (early ?? this.#greet()), { vm: this.#vm, files: this.#files, disks: this.#diskNames }, cycleNo)
+    return await openVmOn(await (early ?? this.#greet()), { vm: this.#vm, files: this.#files, disks: this.#diskNames }, cycleNo, vmProgress(this.log))
   }
 
   /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */
@@ -353,7 +353,7 @@ class VmCycle {
   }
 
   async #rollback(client: ReceiverClient): Promise<void> {
-    const r = await client.rollback(this.#vm.name)
+    const r = await client.rollback(this.#vm.name, vmProgress(this.log))
     if (!r.ok) throw refusalError(`Rollback of ${this.#vm.name}`, r.refusal)
     this.#rolledBack = true
   }

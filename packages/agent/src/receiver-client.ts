@@ -22,6 +22,7 @@ import {
   type DiskOpenMessage,
   type CommitProgressMessage,
   type DiskProgressMessage,
+  type VmProgressMessage,
   type DiskStateMessage,
   type ErrorMessage,
   type ExtentAckMessage,
@@ -115,14 +116,39 @@ export class ReceiverClient {
     return await this.#request({ kind: MessageKind.Hello, ...msg }, MessageKind.Welcome)
   }
 
-  /** VmOpen → VmState (the mirror's committed and in-flight cycles). */
-  async vmOpen(msg: Omit<VmOpenMessage, 'kind'>): Promise<Reply<VmStateMessage>> {
-    return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState)
+  /**
+   * VmOpen → VmState (the mirror's committed and in-flight cycles). The
+   * receiver may first finish a commit or prune a crash interrupted (its
+   * merges of dropped restore points) and say so with VmProgress (SPEC §4.2,
+   * v5): each one that moves forward restarts the wait and goes to
+   * `onProgress`, within a bound (vmProgressLimitMs).
+   */
+  async vmOpen(msg: Omit<VmOpenMessage, 'kind'>, onProgress?: (p: VmProgressMessage) => void): Promise<Reply<VmStateMessage>> {
+    return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState, undefined, true, this.#vmProgress(msg.vm, onProgress))
   }
 
-  /** Rollback → RolledBack: the receiver undoes its in-flight cycle. */
-  async rollback(vm: string): Promise<Reply<RolledBackMessage>> {
-    return await this.#request({ kind: MessageKind.Rollback, vm }, MessageKind.RolledBack)
+  /**
+   * Rollback → RolledBack: the receiver undoes its in-flight cycle, which
+   * takes as long as the cycle's writes, and says so with VmProgress (SPEC
+   * §4.3, v5), heard like a VmOpen's.
+   */
+  async rollback(vm: string, onProgress?: (p: VmProgressMessage) => void): Promise<Reply<RolledBackMessage>> {
+    return await this.#request({ kind: MessageKind.Rollback, vm }, MessageKind.RolledBack, undefined, true, this.#vmProgress(vm, onProgress))
+  }
+
+  /** A VmProgress listener for one VmOpen or Rollback of `vm`: true (restart the wait) while it moves forward, within vmProgressLimitMs. */
+  #vmProgress(vm: string, onProgress: ((p: VmProgressMessage) => void) | undefined): (p: ProgressMessage) => boolean {
+    const started = performance.now()
+    let limitMs: number | undefined
+    let done = -1
+    return (p) => {
+      if (p.kind !== MessageKind.VmProgress || p.vm !== vm || p.doneBytes <= done) return false
+      done = p.doneBytes
+      // the bound is set by the first report: a later, larger total cannot stretch it
+      limitMs ??= vmProgressLimitMs(p.totalBytes, this.#conn.idleTimeoutMs)
+      onProgress?.(p)
+      return performance.now() - started < limitMs
+    }
   }
 
   /**
@@ -323,6 +349,20 @@ export function diskOpenLimitMs(capacity: number, idleMs = 120_000): number {
  */
 export function commitLimitMs(totalBytes: number, capacity: number, idleMs = 120_000): number {
   return idleMs + Math.ceil(Math.min(totalBytes, 16 * capacity) / 10_000)
+}
+
+/** The most a VmProgress's total counts towards its bound: 16 TiB (vmProgressLimitMs). */
+export const VM_PROGRESS_MAX_BYTES = 16 * 2 ** 40
+
+/**
+ * The longest a VmOpen's or a Rollback's answer may be put off by VmProgress:
+ * the idle timeout (`idleMs`) plus the work the receiver announced
+ * (`totalBytes` of its first report, counted at most as 16 TiB — the agent
+ * does not know the mirror's disks yet) at 10 MB/s. Past it, progress no
+ * longer restarts the wait, and the idle timeout ends it.
+ */
+export function vmProgressLimitMs(totalBytes: number, idleMs = 120_000): number {
+  return idleMs + Math.ceil(Math.min(totalBytes, VM_PROGRESS_MAX_BYTES) / 10_000)
 }
 
 /** How long the answer to a BlockCheck may take: the idle timeout plus its blocks read from a slow disk (20 MB/s). */

@@ -3,12 +3,14 @@
  * a DiskOpen (SPEC §5.1 DiskProgress, v3: the copy of a disk's mirror into a
  * base point when the disk changes capacity) or a Commit (§5.5
  * CommitProgress, v4: the merges of the restore points the retention
- * drops), each minutes on a large store. Logged when the work starts, when
+ * drops), a VmOpen (§4.2 VmProgress, v5: a commit a crash interrupted,
+ * finished) or a Rollback (§4.3 VmProgress, v5: the in-flight cycle undone),
+ * each minutes on a large store. Logged when the work starts, when
  * it ends and every 30 s between, with the bytes done, the total and an
  * ETA, so that the operator sees why a cycle waits.
  */
 import type { Logger } from 'pino'
-import type { CommitProgressMessage, DiskProgressMessage } from '@grainline/protocol'
+import type { CommitProgressMessage, DiskProgressMessage, VmProgressMessage } from '@grainline/protocol'
 
 /** How often the receiver's long work is logged between its first and last report, ms. */
 export const RECEIVER_PROGRESS_LOG_MS = 30_000
@@ -33,7 +35,27 @@ export function commitProgress(log: Logger, now: () => number = () => performanc
   )
 }
 
-function progressLog(log: Logger, fields: Readonly<Record<string, unknown>>, what: (step: string) => string, now: () => number): (p: DiskProgressMessage | CommitProgressMessage) => void {
+/** A VmProgress listener for the VmOpen or the Rollback of one VM. */
+export function vmProgress(log: Logger, now: () => number = () => performance.now()): (p: VmProgressMessage) => void {
+  return progressLog(
+    log,
+    {},
+    (step) =>
+      step === 'merge-points'
+        ? 'the receiver finishes a commit a crash interrupted (merging the restore points it drops) before it opens the VM'
+        : step === 'undo'
+          ? 'the receiver rolls back the interrupted cycle (writing back what it overwrote)'
+          : `the receiver works on the VM (${step})`,
+    now,
+  )
+}
+
+function progressLog(
+  log: Logger,
+  fields: Readonly<Record<string, unknown>>,
+  what: (step: string) => string,
+  now: () => number,
+): (p: VmProgressMessage | DiskProgressMessage | CommitProgressMessage) => void {
   const t0 = now()
   let logged = -Infinity
   return (p) => {

@@ -4,7 +4,16 @@
  * limits), VmOpen → VmState (the mirror's committed and in-flight cycles and
  * its generation).
  */
-import { maxMessageBytesFor, PROTOCOL_VERSIONS, type CompressionAlgorithm, type DigestAlgorithm, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import {
+  maxMessageBytesFor,
+  PROTOCOL_VERSIONS,
+  type CompressionAlgorithm,
+  type DigestAlgorithm,
+  type VmFile,
+  type VmProgressMessage,
+  type VmStateMessage,
+  type WelcomeMessage,
+} from '@grainline/protocol'
 import type { ConnectOptions } from './connection.ts'
 import type { VmHandle } from './driver.ts'
 import { ReceiverClient, refusalError } from './receiver-client.ts'
@@ -70,17 +79,20 @@ export async function greet(opts: GreetOptions): Promise<Greeting> {
 }
 
 /** VmOpen for cycle `cycleNo` on a greeted connection (dropped on any failure, like {@link greet}). */
-export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'vm' | 'files' | 'disks'>, cycleNo: number): Promise<Session> {
+export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'vm' | 'files' | 'disks'>, cycleNo: number, onProgress?: (p: VmProgressMessage) => void): Promise<Session> {
   const { client, welcome } = greeting
   try {
     const vm = opts.vm
-    const state = await client.vmOpen({
-      vm: vm.name,
-      cycle: cycleNo,
-      compat: { hwVersion: vmxHardwareVersion(vm.config), datastoreType: vm.datastoreType, guestOS: vm.config.get('guestOS') ?? '' },
-      files: [...opts.files],
-      disks: [...opts.disks],
-    })
+    const state = await client.vmOpen(
+      {
+        vm: vm.name,
+        cycle: cycleNo,
+        compat: { hwVersion: vmxHardwareVersion(vm.config), datastoreType: vm.datastoreType, guestOS: vm.config.get('guestOS') ?? '' },
+        files: [...opts.files],
+        disks: [...opts.disks],
+      },
+      onProgress,
+    )
     if (!state.ok) throw refusalError(`VmOpen of ${vm.name}`, state.refusal)
     return { client, welcome, state: state.value }
   } catch (err) {

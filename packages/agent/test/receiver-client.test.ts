@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
 import { isRetryable } from '../src/connection.ts'
-import { ReceiverClient, commitLimitMs, diskOpenLimitMs } from '../src/receiver-client.ts'
+import { ReceiverClient, VM_PROGRESS_MAX_BYTES, commitLimitMs, diskOpenLimitMs, vmProgressLimitMs } from '../src/receiver-client.ts'
 
 /** A receiver whose answer to each message kind is scripted (undefined: the default happy answer). */
 async function scripted(t: { teardown: (fn: () => unknown) => void }, answer: (m: Message, ws: WebSocket) => Message | 'default' | 'none'): Promise<string> {
@@ -429,5 +429,95 @@ t.test('the wait a Commit may be put off by progress is bounded by the work anno
   const c = await sealedClient(t, await slowCommit(t, 4, 20, (i) => ({ doneBytes: i + 1, totalBytes: i === 0 ? 1 : 1e15 })), [4, 3, 2], 500)
   const t0 = performance.now()
   await t.rejects(c.commit('vm', 4, { capacity: 1e12 }), { name: 'ConnectionLost' })
+  t.ok(performance.now() - t0 < 2900, 'the later totals did not stretch the bound')
+})
+
+/**
+ * A receiver that speaks `version` and answers the VmOpen (`at` 'open') or
+ * the Rollback (`at` 'rollback'; its VmState reports cycle 4 in flight)
+ * after `reports` VmProgress frames 150 ms apart (`progress(i)`: their
+ * doneBytes, or fields that replace the frame's), or never when `answer` is
+ * false.
+ */
+async function slowVm(
+  t: { teardown: (fn: () => unknown) => void },
+  at: 'open' | 'rollback',
+  version: number,
+  reports: number,
+  progress: (i: number) => number | Partial<Message>,
+  answer = true,
+): Promise<string> {
+  return await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.Hello) return { kind: MessageKind.Welcome, version, software: 'slow', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }
+    const state: Message = { kind: MessageKind.VmState, vm: 'vm', exists: true, committedCycle: 3, inflightCycle: 4, compatible: true, generation: 'ab'.repeat(16) }
+    const reply: Message | undefined = m.kind === MessageKind.VmOpen ? state : m.kind === MessageKind.Rollback ? { kind: MessageKind.RolledBack, vm: m.vm, committedCycle: 3 } : undefined
+    if (reply === undefined) return 'default'
+    if ((m.kind === MessageKind.VmOpen) !== (at === 'open')) return reply
+    let i = 0
+    const tick = setInterval(() => {
+      if (ws.readyState !== ws.OPEN) return clearInterval(tick)
+      if (i < reports) {
+        const p = progress(i++)
+        const frame = { kind: MessageKind.VmProgress, vm: 'vm', step: at === 'open' ? 'merge-points' : 'undo', doneBytes: 0, totalBytes: 100 << 20, ...(typeof p === 'number' ? { doneBytes: p } : p) }
+        ws.send(encodeMessage(frame as Message))
+        return
+      }
+      clearInterval(tick)
+      if (answer) ws.send(encodeMessage(reply))
+    }, 150)
+    return 'none'
+  })
+}
+
+/** A client of `url` speaking `versions`, greeted; with `opened`, its VmOpen answered. */
+async function greetedClient(t: { teardown: (fn: () => unknown) => void }, url: string, versions: number[], idleTimeoutMs: number, opened = false): Promise<ReceiverClient> {
+  const c = await ReceiverClient.connect({ url, token: 'x', idleTimeoutMs })
+  t.teardown(() => c.terminate())
+  await c.hello({ ...hello, versions })
+  if (opened) await c.vmOpen(vmOpen)
+  return c
+}
+
+for (const at of ['open', 'rollback'] as const) {
+  const ask = (c: ReceiverClient, onProgress?: (p: { step: string; doneBytes: number }) => void): Promise<unknown> => (at === 'open' ? c.vmOpen(vmOpen, onProgress) : c.rollback('vm', onProgress))
+  const what = at === 'open' ? 'a VmOpen that finishes an interrupted commit' : "a Rollback's undo"
+  t.test(`VmProgress (v5) restarts the wait for ${what}; progress that does not move forward does not`, async (t) => {
+    // 10 reports over 1.5 s against a 500 ms wait: the work moves, the answer comes
+    const c = await greetedClient(t, await slowVm(t, at, 5, 10, (i) => i << 20), [5, 4, 3, 2], 500, at === 'rollback')
+    const seen: Array<[string, number]> = []
+    const r = await ask(c, (p) => seen.push([p.step, p.doneBytes]))
+    t.match(r, { ok: true, value: { vm: 'vm' } })
+    t.same(
+      seen,
+      [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((i) => [at === 'open' ? 'merge-points' : 'undo', i << 20]),
+      'every report that moved forward was heard',
+    )
+    // the same reports, all at 1 MiB: work that has stopped; the first one restarts the wait, then it runs out
+    const s = await greetedClient(t, await slowVm(t, at, 5, 10, () => 1 << 20), [5, 4, 3, 2], 500, at === 'rollback')
+    const t0 = performance.now()
+    await t.rejects(ask(s), { name: 'ConnectionLost', message: /no answer from receiver for 500 ms/ })
+    t.ok(performance.now() - t0 < 1400, 'timed out before the reports ended')
+    // without VmProgress, the same wait runs out as before
+    const q = await greetedClient(t, await slowVm(t, at, 5, 0, () => 0, false), [5, 4, 3, 2], 300, at === 'rollback')
+    await t.rejects(ask(q), { name: 'ConnectionLost' })
+  })
+
+  t.test(`VmProgress for ${what} on a version 4 connection, or of another VM, breaks the conversation (E_PROTOCOL)`, async (t) => {
+    const v4 = await greetedClient(t, await slowVm(t, at, 4, 3, (i) => i), [5, 4, 3, 2], 2000, at === 'rollback')
+    await t.rejects(ask(v4), { code: 'E_PROTOCOL', message: /VmProgress is not part of protocol version 4/ })
+    const other = await greetedClient(t, await slowVm(t, at, 5, 3, () => ({ vm: 'other' })), [5, 4, 3, 2], 2000, at === 'rollback')
+    await t.rejects(ask(other), { code: 'E_PROTOCOL', message: /VmProgress names another VM/ })
+  })
+}
+
+t.test('the wait a VmOpen or a Rollback may be put off by progress is bounded by the work announced first, at most 16 TiB (vmProgressLimitMs)', async (t) => {
+  t.equal(vmProgressLimitMs(0), 120_000)
+  t.equal(vmProgressLimitMs(1e11), 120_000 + 1e7, '100 GB announced at 10 MB/s')
+  t.equal(vmProgressLimitMs(2 ** 52), 120_000 + Math.ceil(VM_PROGRESS_MAX_BYTES / 10_000), 'a hostile total is capped at 16 TiB')
+  t.equal(vmProgressLimitMs(1e11, 500), 500 + 1e7, 'from the idle timeout')
+  // a receiver that announces 1 byte and then ever larger totals is held to the first: past 500 ms + 1 ms, progress no longer restarts the wait
+  const c = await greetedClient(t, await slowVm(t, 'open', 5, 20, (i) => ({ doneBytes: i + 1, totalBytes: i === 0 ? 1 : 1e15 })), [5, 4, 3, 2], 500)
+  const t0 = performance.now()
+  await t.rejects(c.vmOpen(vmOpen), { name: 'ConnectionLost' })
   t.ok(performance.now() - t0 < 2900, 'the later totals did not stretch the bound')
 })

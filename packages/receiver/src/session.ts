@@ -5,6 +5,7 @@ import {
   COMMIT_PROGRESS_VERSION,
   ConversationState,
   DISK_PROGRESS_VERSION,
+  VM_PROGRESS_VERSION,
   MessageKind,
   ProtocolErrorCodes,
   decodeMessage,
@@ -399,7 +400,9 @@ export class Session {
     else await checkCephVmCount(ceph.target, this.token, msg.vm)
     this.vm =
       ceph === undefined
-        ? await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal)
+        ? await VmMirror.acquireWait(this.settings.storeDir, msg.vm, this.log.child({ vm: msg.vm }), this.settings.lockWaitMs, this.abortCtl.signal, {
+            onProgress: this.vmProgressOf(msg.vm, 'merge-points'),
+          })
         : await CephVmMirror.acquireWait(
             ceph.target,
             msg.vm,
@@ -439,7 +442,8 @@ export class Session {
   }
 
   private async onRollback(): Promise<void> {
-    const committedCycle = await this.mirror.rollback()
+    const vm = this.mirror
+    const committedCycle = vm instanceof VmMirror ? await vm.rollback(this.vmProgressOf(this.vmName, 'undo')) : await vm.rollback()
     this.send({ kind: MessageKind.RolledBack, vm: this.vmName, committedCycle })
   }
 
@@ -472,6 +476,20 @@ export class Session {
       COMMIT_PROGRESS_VERSION,
       (doneBytes, totalBytes) => ({ kind: MessageKind.CommitProgress, vm: msg.vm, cycle: msg.cycle, step: 'merge-points', doneBytes, totalBytes }),
       logged,
+    )
+  }
+
+  /**
+   * A VmOpen's or a Rollback's long work (an interrupted commit finished,
+   * an undo), which the mirror logs itself: on a version 5 connection told
+   * to the agent as VmProgress (SPEC §4.2, §4.3), so that its wait for the
+   * VmState or RolledBack restarts instead of running out.
+   */
+  private vmProgressOf(vm: string, step: 'merge-points' | 'undo'): WorkProgress {
+    return this.progressTo(
+      VM_PROGRESS_VERSION,
+      (doneBytes, totalBytes) => ({ kind: MessageKind.VmProgress, vm, step, doneBytes, totalBytes }),
+      () => {},
     )
   }
 

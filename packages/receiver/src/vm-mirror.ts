@@ -121,7 +121,12 @@ export class VmMirror {
    * must exist already.
    * @throws ReceiverError E_BUSY when another writer holds it, E_STORE_FILE, E_NOT_FOUND
    */
-  static async acquire(storeDir: string, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmMirror> {
+  /**
+   * Lock the VM and read its state; a commit or prune a crash interrupted is
+   * finished first, logged and heard by `opts.onProgress` (a VmOpen's
+   * VmProgress, SPEC §4.2).
+   */
+  static async acquire(storeDir: string, vm: string, log: Logger, opts: { create?: boolean; onProgress?: WorkProgress } = {}): Promise<VmMirror> {
     const paths = new VmPaths(storeDir, vm)
     const lock = await VmLock.take(paths, vm, log, { create: opts.create !== false })
     try {
@@ -130,11 +135,14 @@ export class VmMirror {
       // a commit or prune interrupted by a crash: its merges can take minutes, and whoever waits on this lock is told why in the log
       if (state.pending !== null)
         await m.rollForward(
-          workProgressLog(
-            log,
-            { vm, cycle: state.pending.cycle, step: 'merge-points' },
-            'finishing an interrupted commit or prune: merging the restore points it drops',
-            'interrupted commit or prune: restore points merged',
+          alsoTo(
+            workProgressLog(
+              log,
+              { vm, cycle: state.pending.cycle, step: 'merge-points' },
+              'finishing an interrupted commit or prune: merging the restore points it drops',
+              'interrupted commit or prune: restore points merged',
+            ),
+            opts.onProgress,
           ),
         )
       return m
@@ -145,7 +153,7 @@ export class VmMirror {
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
-  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal, opts: { create?: boolean } = {}): Promise<VmMirror> {
+  static async acquireWait(storeDir: string, vm: string, log: Logger, waitMs: number, signal?: AbortSignal, opts: { create?: boolean; onProgress?: WorkProgress } = {}): Promise<VmMirror> {
     const deadline = Date.now() + waitMs
     for (;;) {
       try {
@@ -641,14 +649,15 @@ export class VmMirror {
 
   /**
    * Roll the VM back to its last committed point (undo every in-flight disk),
-   * its progress logged (O(what the cycle wrote)).
+   * its progress logged (O(what the cycle wrote)) and heard by `onProgress`
+   * (a Rollback's VmProgress, SPEC §4.3).
    */
-  async rollback(): Promise<number> {
+  async rollback(onProgress?: WorkProgress): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
     const logged = workProgressLog(this.log, { vm: this.vm, cycle: infl.cycle, step: 'undo' }, 'rolling back the in-flight cycle: writing back what it overwrote', 'in-flight cycle undone')
     try {
-      await undoInflight(this.paths, infl, logged)
+      await undoInflight(this.paths, infl, alsoTo(logged, onProgress))
       await this.save({ ...this.current, inflight: null })
       await removeResyncMaps(this.paths, resyncStems(Object.values(infl.disks)))
       for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
@@ -700,4 +709,14 @@ export class VmMirror {
     }
     await this.save(next)
   }
+}
+
+/** `logged`, and `more` too when there is one. */
+function alsoTo(logged: WorkProgress, more: WorkProgress | undefined): WorkProgress {
+  return more === undefined
+    ? logged
+    : (doneBytes, totalBytes) => {
+        logged(doneBytes, totalBytes)
+        more(doneBytes, totalBytes)
+      }
 }

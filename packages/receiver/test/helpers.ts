@@ -25,6 +25,7 @@ import {
   type DigestAlgorithm,
   type CommitProgressMessage,
   type DiskProgressMessage,
+  type VmProgressMessage,
   type DiskOpenMessage,
   type ExtentMessage,
   type Message,
@@ -411,19 +412,38 @@ export async function runCycle(
     retention?: RetentionSpec | null
     /** the disk files the VmOpen's .vmx names (default: the cycle's disks) */
     vmxDisks?: string[]
-    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too) */
+    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too, 5 VmProgress too) */
     versions?: readonly number[]
   } = {},
-): Promise<{ resume: number[]; committed?: Extract<Message, { kind: typeof MessageKind.Committed }>; progress: DiskProgressMessage[]; commitProgress: CommitProgressMessage[] }> {
+): Promise<{
+  resume: number[]
+  committed?: Extract<Message, { kind: typeof MessageKind.Committed }>
+  progress: DiskProgressMessage[]
+  commitProgress: CommitProgressMessage[]
+  /** the VmProgress frames before the VmState and before the RolledBack */
+  vmProgress: VmProgressMessage[]
+}> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
   agent.send(hello(alg, opts.compression ?? 'none', opts.versions))
   await agent.expect(MessageKind.Welcome)
   agent.send(vmOpen(vm, cycle, opts.vmxDisks ?? disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))))
-  const st = await agent.expect(MessageKind.VmState)
+  const vmProgress: VmProgressMessage[] = []
+  const after = async <K extends Message['kind']>(kind: K): Promise<Extract<Message, { kind: K }>> => {
+    for (;;) {
+      const m = await agent.next()
+      if (m?.kind === MessageKind.VmProgress) vmProgress.push(m)
+      else if (m?.kind === kind) return m as Extract<Message, { kind: K }>
+      else
+        throw new Error(
+          `expected kind 0x${kind.toString(16)}, got ${m === undefined ? `a close ${JSON.stringify(agent.closed)}` : JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`,
+        )
+    }
+  }
+  const st = await after(MessageKind.VmState)
   if (opts.rollbackFirst === true && st.inflightCycle !== 0) {
     agent.send({ kind: MessageKind.Rollback, vm })
-    await agent.expect(MessageKind.RolledBack)
+    await after(MessageKind.RolledBack)
   }
   const resume: number[] = []
   const progress: DiskProgressMessage[] = []
@@ -439,7 +459,7 @@ export async function runCycle(
     if (!ds.accepted) throw Object.assign(new Error(`disk refused: ${ds.reason}`), { reason: ds.reason, state: ds })
     resume.push(ds.resumeSeq)
     for (let seq = ds.resumeSeq; seq < d.extents.length; seq++) {
-      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume, progress, commitProgress: [] }
+      if (opts.stopAfter !== undefined && sent >= opts.stopAfter) return { resume, progress, commitProgress: [], vmProgress }
       agent.send(extentMessage(d, seq, alg, opts.compression ?? 'none'))
       sent++
     }
@@ -452,7 +472,7 @@ export async function runCycle(
       throw new Error(`unexpected ${JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
     }
   }
-  if (opts.commit === false) return { resume, progress, commitProgress: [] }
+  if (opts.commit === false) return { resume, progress, commitProgress: [], vmProgress }
   agent.send({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null })
   const commitProgress: CommitProgressMessage[] = []
   let cm = await agent.next()
@@ -462,7 +482,7 @@ export async function runCycle(
   }
   if (cm?.kind !== MessageKind.Committed)
     throw new Error(`expected Committed, got ${cm === undefined ? `a close ${JSON.stringify(agent.closed)}` : JSON.stringify(cm, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
-  return { resume, committed: cm, progress, commitProgress }
+  return { resume, committed: cm, progress, commitProgress, vmProgress }
 }
 
 export function seedPlan(handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {

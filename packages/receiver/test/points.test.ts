@@ -7,7 +7,7 @@ import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
@@ -31,6 +31,17 @@ function pointsExact(t: Test, env: { dir: string; store: string }, vm: string, i
 
 function state(store: string, vm: string): VmStateFile {
   return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
+}
+
+/**
+ * Date points 1, 2 and 3 of `vm` over the last days (UTC): 1 three days ago, 2 and 3 two days ago. A daily policy of 3
+ * keeps the newest of each of the 3 newest days, so the next commit (a point today) drops point 2, a middle one.
+ */
+function spreadPointsOverDays(store: string, vm: string): void {
+  const day = (back: number, hour: number): string => new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate() - back, hour)).toISOString()
+  const st = state(store, vm)
+  const at: Record<number, string> = { 1: day(3, 12), 2: day(2, 6), 3: day(2, 18) }
+  writeFileSync(join(store, vm, '.grainline', 'state.json'), JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: at[p.cycle] ?? p.committedAt })) }))
 }
 
 /** Ranges of one incremental cycle: unaligned data, a zeroed range, a range over a former hole. */
@@ -634,14 +645,8 @@ t.test("the merges of the points a commit's retention drops are told to a versio
   const first = await startReceiver(env, { retention: { keep: 10 } })
   for (let c = 1; c <= 4; c++) t.same((await cycle(first.url, c, [4, 3, 2])).commitProgress, [], `cycle ${c}: nothing dropped, nothing merged, no progress`)
   await first.receiver.close()
-  // the points spread over the last days (UTC): 1 three days ago, 2 and 3 two days ago; a daily policy of 3 keeps the
-  // newest of each of the 3 newest days, so the commit of cycle 5 (point 4, today) drops point 2, a middle one: point 1's
-  // increment is merged into point 2's file
-  const day = (back: number, hour: number): string => new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate() - back, hour)).toISOString()
-  const sf = join(env.store, vm, '.grainline', 'state.json')
-  const st = state(env.store, vm)
-  const at: Record<number, string> = { 1: day(3, 12), 2: day(2, 6), 3: day(2, 18) }
-  writeFileSync(sf, JSON.stringify({ ...st, points: (st.points ?? []).map((p) => ({ ...p, committedAt: at[p.cycle] ?? p.committedAt })) }))
+  // the commit of cycle 5 (point 4, today) drops point 2, a middle one: point 1's increment is merged into point 2's file
+  spreadPointsOverDays(env.store, vm)
   const { receiver, url, logs } = await startReceiver(env, { retention: { gfs: { daily: 3 } } })
   t.teardown(() => receiver.close())
   const p5 = (await cycle(url, 5, [4, 3, 2])).commitProgress
@@ -672,6 +677,91 @@ t.test("the merges of the points a commit's retention drops are told to a versio
   )
   pointsExact(t, env, vm, images, 'after the merges')
 })
+
+t.test(
+  "a commit a crash interrupted is finished at the next VmOpen and a Rollback's undo runs, each told to a version 5 agent as VmProgress before the answer (SPEC §4.2, §4.3); a version 4 agent hears none",
+  async (t) => {
+    const env = makeEnv(scratchDir(t))
+    const cap = 3 * MiB
+    const vm = 'web-pts-vmprog'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 61)]
+    // cycle c on the mirror of cycle `base` (cycles 6 and 7 are rolled back: 7 and 8 build on 5)
+    const planOf = (c: number, base: number) => {
+      if (c === 1) return seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ac01ac01ac01ac01')
+      const ranges = rangesFor(c, cap)
+      images[c] = evolve(images[base] as Buffer, c * 19, ranges)
+      return incPlan(0, 'd.vmdk', images[c] as Buffer, base, `ac0${c}ac0${c}ac0${c}ac0${c}`, ranges, `d-00000${base}.vmdk`, `d-00000${c}.vmdk`)
+    }
+    const cycle = async (url: string, c: number, versions: number[], opts: { commit?: boolean; rollbackFirst?: boolean } = {}) => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      try {
+        return await runCycle(a, vm, c, [planOf(c, Math.min(c - 1, 5))], { versions, ...opts })
+      } finally {
+        a.close()
+      }
+    }
+    const first = await startReceiver(env, { retention: { keep: 10 } })
+    for (let c = 1; c <= 4; c++) t.same((await cycle(first.url, c, [5, 4, 3, 2])).vmProgress, [], `cycle ${c}: nothing to finish, nothing to undo, no VmProgress`)
+    await first.receiver.close()
+    // a daily policy of 3 will drop point 2 at the commit of cycle 5
+    spreadPointsOverDays(env.store, vm)
+    // cycle 5's commit: the receiver process dies once its state is durable, before it merges point 1's increment into point 2's file
+    const cfg = join(env.dir, 'receiver.json')
+    writeFileSync(cfg, JSON.stringify({ store: env.store, retention: { gfs: 'daily=3' } }))
+    const crashing = await startChild(env, { fault: 'commit-after-state:1', args: ['--config', cfg] })
+    await t.rejects(cycle(crashing.url, 5, [5, 4, 3, 2]), 'the receiver died in the commit')
+    t.match(await crashing.exited, { signal: 'SIGKILL' })
+    t.ok(state(env.store, vm).pending !== null, 'the commit is pending: its merges are not done')
+    // the next receiver does no start-up recovery here (as on a store carried whole, or a prune killed under a running
+    // receiver): the agent's VmOpen finishes the commit
+    const { receiver, url, logs } = await startReceiver(env, { retention: { gfs: { daily: 3 } }, recover: false })
+    t.teardown(() => receiver.close())
+    const r6 = await cycle(url, 6, [5, 4, 3, 2], { commit: false })
+    const open = r6.vmProgress
+    t.ok(open.length >= 2, `${open.length} VmProgress frames before the VmState`)
+    const total = open[0]?.totalBytes ?? 0
+    t.ok(total > 0, `the merge announced: ${total} bytes of point 1's increment`)
+    t.match(open[0], { kind: MessageKind.VmProgress, vm, step: 'merge-points', doneBytes: 0 }, 'the first one when the merges start')
+    t.match(open[open.length - 1], { vm, step: 'merge-points', doneBytes: total, totalBytes: total }, 'the last one when they are durable')
+    t.ok(
+      open.every((p, i) => p.totalBytes === total && (i === 0 || p.doneBytes >= (open[i - 1] as { doneBytes: number }).doneBytes)),
+      'one total, never backwards',
+    )
+    t.ok(
+      logs.lines.some((l) => l['msg'] === 'interrupted commit or prune: restore points merged' && l['vm'] === vm && l['totalBytes'] === total),
+      'the receiver logs the merges with their size',
+    )
+    t.same(
+      (state(env.store, vm).points ?? []).map((p) => p.cycle),
+      [1, 3, 4],
+      'point 2 dropped, the commit of cycle 5 finished',
+    )
+    t.equal(state(env.store, vm).inflight?.cycle, 6, 'cycle 6 shipped and left in flight')
+    // cycle 7 rolls cycle 6 back over version 5: its undo is told before the RolledBack
+    const r7 = await cycle(url, 7, [5, 4, 3, 2], { commit: false, rollbackFirst: true })
+    const undo = r7.vmProgress
+    t.ok(undo.length >= 2, `${undo.length} VmProgress frames before the RolledBack`)
+    const undone = undo[0]?.totalBytes ?? 0
+    t.ok(undone > 0, `the undo announced: ${undone} bytes written back`)
+    t.match(undo[0], { kind: MessageKind.VmProgress, vm, step: 'undo', doneBytes: 0 }, 'the first one when the undo starts')
+    t.match(undo[undo.length - 1], { vm, step: 'undo', doneBytes: undone, totalBytes: undone }, 'the last one when it is done')
+    t.ok(
+      logs.lines.some((l) => l['msg'] === 'in-flight cycle undone' && l['vm'] === vm && l['totalBytes'] === undone),
+      'the receiver logs the undo with its size',
+    )
+    // cycle 8 rolls cycle 7 back over version 4: the same undo, silent on the wire
+    const r8 = await cycle(url, 8, [4, 3, 2], { rollbackFirst: true })
+    t.same(r8.vmProgress, [], 'version 4: no VmProgress')
+    t.ok(r8.committed !== undefined, 'cycle 8 committed after the rollback')
+    t.ok(logs.lines.filter((l) => l['msg'] === 'in-flight cycle undone').length >= 2, 'both undos logged')
+    t.same(
+      (state(env.store, vm).points ?? []).map((p) => p.cycle),
+      [1, 3, 5],
+      'point 4 dropped at the commit of cycle 8 (one point a day)',
+    )
+    pointsExact(t, env, vm, images, 'after the finished commit and the undos')
+  },
+)
 
 /** Bytes allocated under `dir` (every file's blocks), as the receiver counts a token's mirrors. */
 function allocatedUnder(dir: string): number {
