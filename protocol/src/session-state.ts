@@ -267,7 +267,7 @@ export class ConversationState {
         this.#phase = 'committed'
         return
       case MessageKind.CommitProgress:
-        // SPEC §5.5: version 4 only, between a Commit and its Committed
+        // SPEC §5.5: version 4 and later, between a Commit and its Committed
         if (this.#version < COMMIT_PROGRESS_VERSION) throw unexpected(`CommitProgress is not part of protocol version ${this.#version}`)
         need('committing')
         if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('CommitProgress names another VM or cycle')

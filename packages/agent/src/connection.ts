@@ -360,7 +360,7 @@ export class Connection {
 
   /**
    * The next non-ack message. Error messages are returned, not thrown.
-   * `timeoutMs` bounds the wait; a DiskProgress or CommitProgress that
+   * `timeoutMs` bounds the wait; a VmProgress, DiskProgress or CommitProgress that
    * arrives meanwhile goes to `onProgress`, and when that returns true the
    * wait starts over.
    */

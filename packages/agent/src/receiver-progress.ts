@@ -58,10 +58,15 @@ function progressLog(
 ): (p: VmProgressMessage | DiskProgressMessage | CommitProgressMessage) => void {
   const t0 = now()
   let logged = -Infinity
+  let ended = false
   return (p) => {
     const t = now()
-    const edge = p.doneBytes === 0 || p.doneBytes === p.totalBytes
+    // the start and the end are logged at once, the end only once: reports that each claim to end (1 of 1, 2 of 2, …)
+    // from a peer are rate-limited like the others
+    const end = p.doneBytes === p.totalBytes && !ended
+    const edge = p.doneBytes === 0 || end
     if (!edge && t - logged < RECEIVER_PROGRESS_LOG_MS) return
+    if (end) ended = true
     logged = t
     const elapsedS = (t - t0) / 1000
     const etaS = p.doneBytes > 0 && p.doneBytes < p.totalBytes ? Math.round((elapsedS * (p.totalBytes - p.doneBytes)) / p.doneBytes) : undefined

@@ -516,8 +516,10 @@ t.test('the wait a VmOpen or a Rollback may be put off by progress is bounded by
   t.equal(vmProgressLimitMs(2 ** 52), 120_000 + Math.ceil(VM_PROGRESS_MAX_BYTES / 10_000), 'a hostile total is capped at 16 TiB')
   t.equal(vmProgressLimitMs(1e11, 500), 500 + 1e7, 'from the idle timeout')
   // a receiver that announces 1 byte and then ever larger totals is held to the first: past 500 ms + 1 ms, progress no longer restarts the wait
-  const c = await greetedClient(t, await slowVm(t, 'open', 5, 20, (i) => ({ doneBytes: i + 1, totalBytes: i === 0 ? 1 : 1e15 })), [5, 4, 3, 2], 500)
-  const t0 = performance.now()
-  await t.rejects(c.vmOpen(vmOpen), { name: 'ConnectionLost' })
-  t.ok(performance.now() - t0 < 2900, 'the later totals did not stretch the bound')
+  for (const at of ['open', 'rollback'] as const) {
+    const c = await greetedClient(t, await slowVm(t, at, 5, 20, (i) => ({ doneBytes: i + 1, totalBytes: i === 0 ? 1 : 1e15 })), [5, 4, 3, 2], 500, at === 'rollback')
+    const t0 = performance.now()
+    await t.rejects((at === 'open' ? c.vmOpen(vmOpen) : c.rollback('vm')) as Promise<unknown>, { name: 'ConnectionLost' })
+    t.ok(performance.now() - t0 < 2900, `${at}: the later totals did not stretch the bound`)
+  }
 })

@@ -116,15 +116,11 @@ export class VmMirror {
   }
 
   /**
-   * Lock and load a VM mirror, finishing a commit interrupted after its
-   * commit point. With `create: false` (rollback, recovery) the VM folder
-   * must exist already.
+   * Lock and load a VM mirror, finishing first a commit or prune a crash
+   * interrupted after its commit point — logged, and heard by
+   * `opts.onProgress` (a VmOpen's VmProgress, SPEC §4.2). With `create:
+   * false` (rollback, recovery) the VM folder must exist already.
    * @throws ReceiverError E_BUSY when another writer holds it, E_STORE_FILE, E_NOT_FOUND
-   */
-  /**
-   * Lock the VM and read its state; a commit or prune a crash interrupted is
-   * finished first, logged and heard by `opts.onProgress` (a VmOpen's
-   * VmProgress, SPEC §4.2).
    */
   static async acquire(storeDir: string, vm: string, log: Logger, opts: { create?: boolean; onProgress?: WorkProgress } = {}): Promise<VmMirror> {
     const paths = new VmPaths(storeDir, vm)

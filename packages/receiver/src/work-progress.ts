@@ -1,13 +1,14 @@
 /**
  * Long store work that a request waits on before its answer — a capacity
  * change's base copy (DiskOpen), the merges of dropped restore points
- * (Commit): how it is heard (bytes done of the total) and how it is logged
+ * (Commit, or a VmOpen that finishes an interrupted commit), an undo
+ * (Rollback): how it is heard (bytes done of the total) and how it is logged
  * for the operator (when it starts, when it ends and every 30 s between,
  * with an ETA), so that a cycle that waits says why.
  */
 import type { Logger } from 'pino'
 
-/** A listener for long store work: bytes done of the total (SPEC §5.1 DiskProgress, §5.5 CommitProgress). */
+/** A listener for long store work: bytes done of the total (SPEC §4.2 VmProgress, §5.1 DiskProgress, §5.5 CommitProgress). */
 export type WorkProgress = (doneBytes: number, totalBytes: number) => void
 
 /** How often long work is logged between its first and last report, ms. */
