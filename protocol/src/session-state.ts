@@ -145,7 +145,7 @@ export class ConversationState {
         this.#phase = 'vm-open'
         return
       case MessageKind.VmProgress:
-        // SPEC §4.2, §4.3: version 5 only, between a VmOpen and its VmState or a Rollback and its RolledBack
+        // SPEC §4.2, §4.3: version 5 and later, between a VmOpen and its VmState or a Rollback and its RolledBack
         if (this.#version < VM_PROGRESS_VERSION) throw unexpected(`VmProgress is not part of protocol version ${this.#version}`)
         need('vm-opening', 'rolling-back')
         if (msg.vm !== this.#vm) throw unexpected('VmProgress names another VM')
