@@ -32,6 +32,34 @@ async function waitInflight(store: string, vm: string): Promise<number> {
   )
 }
 
+/**
+ * Run a cycle of `vmx` through a proxy that holds the connection after 16 MiB of its (~40 MiB) change, and SIGKILL the
+ * agent once the receiver has some of it durable in flight: killed mid-cycle, never after it. Returns that resume seq.
+ */
+async function killAgentMidCycle(t: Test, site: Awaited<ReturnType<typeof startSite>>, vmx: string, vm: string): Promise<number> {
+  const proxy = await startCuttingProxy(site.receiver.port)
+  t.teardown(() => proxy.close())
+  proxy.plan = [{ holdAfter: 16 * MiB }]
+  let durable = 0
+  const killed = await replicateCli(site, vmx, ['--bwlimit', '8M', '--compress', 'none'], {
+    port: proxy.port,
+    onSpawn: (p) => {
+      proxy
+        .waitForHolds(1)
+        .then(() => waitInflight(site.store, vm))
+        .then(
+          (seq) => {
+            durable = seq
+            p.kill('SIGKILL')
+          },
+          () => p.kill('SIGKILL'),
+        )
+    },
+  })
+  t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
+  return durable
+}
+
 async function mirrorMatches(t: Test, mirrorFlats: string[], raws: string[], what: string): Promise<void> {
   for (const [i, raw] of raws.entries()) {
     t.equal(await firstDifference(mirrorFlats[i] as string, raw), -1, `${what}: mirror disk ${i} equals the frozen view`)
@@ -100,27 +128,7 @@ t.test('agent killed during a cycle and run again: the mirror ends correct', asy
   t.equal((await replicateCli(site, vm.vmxPath)).code, 0, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 40 * MiB, seed: 3, zeroFraction: 0 })
   const exp = await frozenView(vm.vmxPath, join(dir, 'exp-2'))
-  // held at 16 MiB of the ~40 MiB change: the agent is killed mid-cycle, never after it
-  const proxy = await startCuttingProxy(site.receiver.port)
-  t.teardown(() => proxy.close())
-  proxy.plan = [{ holdAfter: 16 * MiB }]
-  let durable = 0
-  const killed = await replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none'], {
-    port: proxy.port,
-    onSpawn: (p) => {
-      proxy
-        .waitForHolds(1)
-        .then(() => waitInflight(site.store, 'ak'))
-        .then(
-          (seq) => {
-            durable = seq
-            p.kill('SIGKILL')
-          },
-          () => p.kill('SIGKILL'),
-        )
-    },
-  })
-  t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
+  const durable = await killAgentMidCycle(t, site, vm.vmxPath, 'ak')
   // the guest keeps writing into the new running delta; the rerun must still ship exactly the frozen view
   await simulateGuestWrites(vm.vmxPath, { bytes: 8 * MiB, seed: 33, zeroFraction: 0.2 })
   const r = await replicateCli(site, vm.vmxPath, ['--certify', 'sha1'])
@@ -141,23 +149,7 @@ t.test("the in-flight snapshot removed on the host after the agent was killed: t
   const flats = [join(site.store, 'rb', 'rb-flat.vmdk')]
   t.equal((await replicateCli(site, vm.vmxPath)).code, 0, 'seed')
   await simulateGuestWrites(vm.vmxPath, { bytes: 40 * MiB, seed: 5, zeroFraction: 0 })
-  // held at 16 MiB of the ~40 MiB change: the agent is killed with part of cycle 2 written on the receiver
-  const proxy = await startCuttingProxy(site.receiver.port)
-  t.teardown(() => proxy.close())
-  proxy.plan = [{ holdAfter: 16 * MiB }]
-  const killed = await replicateCli(site, vm.vmxPath, ['--bwlimit', '8M', '--compress', 'none'], {
-    port: proxy.port,
-    onSpawn: (p) => {
-      proxy
-        .waitForHolds(1)
-        .then(() => waitInflight(site.store, 'rb'))
-        .then(
-          () => p.kill('SIGKILL'),
-          () => p.kill('SIGKILL'),
-        )
-    },
-  })
-  t.equal(killed.signal, 'SIGKILL', 'the agent was killed mid-cycle')
+  await killAgentMidCycle(t, site, vm.vmxPath, 'rb')
   // someone removes the agent's in-flight snapshot on the host: the cycle cannot resume, its changes merge into the
   // older snapshot's delta
   const driver = createLocalDriver()
