@@ -8,12 +8,12 @@
 //   (with the reason logged) instead of keeping points that read wrong data.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
-import { rm, writeFile } from 'node:fs/promises'
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
-import { failIfLingering, firstDifference, qemuRaw, scratchDir } from '@grainline/test-utils'
+import { httpPort, promSample, replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
+import { failIfLingering, firstDifference, httpCall, qemuRaw, scratchDir } from '@grainline/test-utils'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
 failIfLingering(t)
@@ -34,7 +34,14 @@ async function listed(site: Site, vm: string): Promise<Listed> {
 async function site(dir: string): Promise<Site> {
   const config = join(dir, 'receiver.json')
   await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 10 } }))
-  return await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
+  return await startSite(join(dir, 'dr'), ['*'], [], ['--config', config, '--http-listen', '127.0.0.1:0'])
+}
+
+/** The receiver's /metrics, scraped over https with the site's certificate. */
+async function metrics(s: Site): Promise<string> {
+  const r = await httpCall(`https://127.0.0.1:${httpPort(s.receiver.lines)}/metrics`, { ca: await readFile(s.cert) })
+  if (r.status !== 200) throw new Error(`/metrics: ${r.status}`)
+  return r.text
 }
 
 async function cycle(t: Test, s: Site, vmx: string, mode: string, label: string): Promise<void> {
@@ -106,6 +113,11 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
     (await listed(s, 'pboot')).points.map((p) => p.cycle),
     [1, 2, 3],
   )
+  const before = await metrics(s)
+  t.equal(promSample(before, 'grainline_restore_points', { vm: 'pboot' }), 2, '/metrics: points 1 and 2 (3 is the mirror)')
+  t.ok((promSample(before, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'pboot' }) ?? 0) > Date.now() / 1000 - 600, 'and how far back they reach')
+  t.equal(promSample(before, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'pboot', broken: 'true' }), undefined, 'none dropped yet')
+  t.equal((await runCli(['status', '--store', s.store])).code, 0, 'status OK')
   // someone boots the mirror itself: QEMU writes through its descriptor (new CID); the points chained on it now read the boot's data
   await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0xcd 2M 2M', join(s.store, 'pboot', 'pboot.vmdk')])
   await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 20 })
@@ -121,6 +133,15 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
     s.receiver.lines.some((l) => l.includes('restore points dropped') && l.includes('modified mirror')),
     'the receiver logged which points it dropped and why',
   )
+  // and says so where an operator looks, after the log has rotated: /metrics and status (WARNING for a week)
+  const after = await metrics(s)
+  t.equal(promSample(after, 'grainline_restore_points', { vm: 'pboot' }), 0)
+  t.equal(promSample(after, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'pboot' }), undefined)
+  const droppedAt = promSample(after, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'pboot', broken: 'true' }) ?? 0
+  t.ok(Math.abs(droppedAt - Date.now() / 1000) < 600, `/metrics dates the drop (${droppedAt})`)
+  const status = await runCli(['status', '--store', s.store])
+  t.equal(status.code, 1, 'status WARNING')
+  t.match(status.stdout, /restore points 1, 2 dropped by the commit of cycle 4 \d+ s ago: .*modified mirror.*; the VM can be restored to cycle 4 and later only/)
   // the next cycle builds points again
   await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 21 })
   await cycle(t, s, vm.vmxPath, 'incremental', 'next cycle')
@@ -128,4 +149,5 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
     (await listed(s, 'pboot')).points.map((p) => p.cycle),
     [4, 5],
   )
+  t.equal(promSample(await metrics(s), 'grainline_restore_points', { vm: 'pboot' }), 1, '/metrics: point 4 again')
 })

@@ -6,8 +6,9 @@
  * Two kinds of figures:
  * - the state of every mirror, read from the store at each scrape (last
  *   commit time and age — the RPO —, committed cycle, check results,
- *   divergence, a cycle in flight): what an alert rule needs, true even right
- *   after a restart;
+ *   divergence, a cycle in flight, its restore points — how many, how far
+ *   back, the last time they were all dropped — and holds): what an alert
+ *   rule needs, true even right after a restart;
  * - what this process did since it started, counted as it happens: bytes
  *   applied, cycle durations, sessions, refused connections.
  *
@@ -110,7 +111,16 @@ export class ReceiverMetrics implements ReceiverObserver {
     const diverged = gauge('grainline_disk_diverged', '1 when the disk is marked diverged from its source (the next cycle resyncs it)', ['vm', 'disk'])
     const modified = gauge('grainline_disk_modified', '1 when the mirror disk changed since its last commit (booted or edited)', ['vm', 'disk'])
     const capacity = gauge('grainline_disk_capacity_bytes', 'Virtual size of the mirrored disk', ['vm', 'disk'])
-    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity]
+    const points = gauge('grainline_restore_points', 'Restore points kept of the VM (not counting the mirror)', ['vm'])
+    const oldestPoint = gauge('grainline_restore_point_oldest_timestamp_seconds', 'Unix time of the oldest restore point (how far back the VM can be restored); absent when it has none', ['vm'])
+    const newestPoint = gauge('grainline_restore_point_newest_timestamp_seconds', 'Unix time of the newest restore point; absent when it has none', ['vm'])
+    const dropped = gauge(
+      'grainline_restore_points_dropped_timestamp_seconds',
+      'Unix time of the last commit that dropped every restore point of the VM outside its retention (a capacity change without room, a re-seed or resync of a modified mirror, points turned off); absent when none did',
+      ['vm', 'broken'],
+    )
+    const holds = gauge('grainline_mirror_holds', 'Opened points and failovers holding the mirror: while above 0, no cycle is applied (E_HELD)', ['vm'])
+    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity, points, oldestPoint, newestPoint, dropped, holds]
     async function fill(): Promise<void> {
       const st = await read()
       for (const g of gauges) g.reset()
@@ -129,6 +139,23 @@ export class ReceiverMetrics implements ReceiverObserver {
           lastCommit.set(v, at / 1000)
           age.set(v, Math.max(0, (now - at) / 1000))
         }
+        points.set(v, vm.points?.length ?? 0)
+        // a loop, not Math.min(...): a store's state can list any number of points
+        let oldest = Number.POSITIVE_INFINITY
+        let newest = Number.NEGATIVE_INFINITY
+        for (const p of vm.pointsCommittedAt ?? []) {
+          const t = typeof p === 'string' ? Date.parse(p) : Number.NaN
+          if (!Number.isFinite(t)) continue
+          oldest = Math.min(oldest, t)
+          newest = Math.max(newest, t)
+        }
+        if (Number.isFinite(oldest)) {
+          oldestPoint.set(v, oldest / 1000)
+          newestPoint.set(v, newest / 1000)
+        }
+        const dropAt = vm.pointsDropped === undefined ? Number.NaN : Date.parse(vm.pointsDropped.at)
+        if (Number.isFinite(dropAt)) dropped.set({ ...v, broken: vm.pointsDropped?.broken === true ? 'true' : 'false' }, dropAt / 1000)
+        holds.set(v, vm.holds?.length ?? 0)
         for (const d of vm.disks) {
           const l = { vm: vm.vm, disk: d.name }
           capacity.set(l, d.capacity)

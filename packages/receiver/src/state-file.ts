@@ -189,6 +189,46 @@ export interface VmStateFile {
   readonly points?: readonly PointRecord[]
   /** opened points and failovers holding the mirror (no change until released) */
   readonly holds?: readonly HoldRecord[]
+  /** the last commit that dropped every restore point outside the retention (absent: none ever did) */
+  readonly pointsDropped?: PointsDroppedRecord
+}
+
+/**
+ * A commit that dropped every restore point of a VM outside its retention:
+ * kept in the VM's state so that `grainline status`, the dashboard and
+ * `/metrics` say so after the receiver's log has rotated (store-health.ts).
+ */
+export interface PointsDroppedRecord {
+  /** the cycle whose commit dropped them */
+  readonly cycle: number
+  /** ISO time of that commit */
+  readonly at: string
+  /** the points dropped (cycles, oldest first) */
+  readonly cycles: readonly number[]
+  /** why, as the receiver logged it */
+  readonly why: string
+  /**
+   * true when the points no longer read right and had to go (a capacity
+   * change without room for a base point, a re-seed or resync of a mirror
+   * modified behind the receiver's back, a re-seed that replaced the disk's
+   * image); false when the VM stopped keeping points (retention turned off)
+   */
+  readonly broken: boolean
+}
+
+/** The {@link PointsDroppedRecord} of a state file as read from a store (undefined when absent or malformed: a store can be hostile). */
+export function pointsDroppedOf(s: { readonly pointsDropped?: unknown }): PointsDroppedRecord | undefined {
+  const r = s.pointsDropped as Partial<PointsDroppedRecord> | null | undefined
+  if (r === null || typeof r !== 'object') return undefined
+  if (!Number.isSafeInteger(r.cycle) || typeof r.at !== 'string' || !Number.isFinite(Date.parse(r.at)) || typeof r.why !== 'string' || typeof r.broken !== 'boolean') return undefined
+  if (!Array.isArray(r.cycles) || r.cycles.length > 100_000 || !r.cycles.every((c) => Number.isSafeInteger(c))) return undefined
+  return { cycle: r.cycle as number, at: r.at, cycles: r.cycles, why: r.why.slice(0, 1000), broken: r.broken }
+}
+
+/** `{ pointsDropped }` of a state file for a status record, or nothing ({@link pointsDroppedOf}). */
+export function withPointsDropped(s: { readonly pointsDropped?: unknown }): { pointsDropped?: PointsDroppedRecord } {
+  const r = pointsDroppedOf(s)
+  return r === undefined ? {} : { pointsDropped: r }
 }
 
 /** The state of a VM that has never been written. */

@@ -8,7 +8,7 @@ import { checkVmDir, entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { mirrorModified } from './open-decision.ts'
-import { readVmState, type DivergedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
+import { readVmState, withPointsDropped, type DivergedRecord, type PointsDroppedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
 import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
@@ -78,6 +78,10 @@ export interface VmStatus {
   readonly holds?: readonly HoldRecord[]
   /** restore points kept (cycles, oldest first) */
   readonly points?: readonly number[]
+  /** when each of {@link points} was committed (ISO times, in the same order) */
+  readonly pointsCommittedAt?: readonly string[]
+  /** the last commit that dropped every restore point outside the retention (absent: none did) */
+  readonly pointsDropped?: PointsDroppedRecord
   /** why the VM's state could not be read */
   readonly error?: string
 }
@@ -136,6 +140,8 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         vmxDropped: s.vmxDropped ?? [],
         holds: s.holds ?? [],
         points: (s.points ?? []).map((p) => p.cycle),
+        pointsCommittedAt: (s.points ?? []).map((p) => (typeof p.committedAt === 'string' ? p.committedAt : '')),
+        ...withPointsDropped(s),
       })
     } catch (err) {
       // the folder gone since the listing (a removal's rename): not a VM any more

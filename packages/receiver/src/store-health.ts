@@ -11,7 +11,9 @@
  *   a state that cannot be read, or a last commit older than `maxAgeMs`;
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
- *   rollback`), a mirror never committed yet;
+ *   rollback`), a mirror never committed yet, a mirror held by an opened
+ *   point or a failover, restore points that broke and were dropped within
+ *   the last week ({@link POINTS_DROPPED_WARNING_MS});
  * - OK otherwise.
  * The store's state is the worst of its mirrors; a store without mirrors is
  * UNKNOWN.
@@ -56,6 +58,13 @@ export interface StoreHealthOptions {
   readonly now?: number
 }
 
+/**
+ * How long a mirror stays WARNING after a commit dropped every restore point
+ * it had outside the retention (state-file.ts `pointsDropped`): a week, so
+ * that a weekly look at the status still sees it.
+ */
+export const POINTS_DROPPED_WARNING_MS = 7 * 24 * 3600 * 1000
+
 const worse = (a: HealthState, b: HealthState): HealthState => (HealthStates[b] > HealthStates[a] ? b : a)
 
 function ageText(s: number): string {
@@ -88,6 +97,15 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): Mirro
   }
   for (const h of vm.holds ?? []) {
     problems.push(['WARNING', `held by ${h.kind === 'failover' ? 'a failover' : 'an opened point'} (point ${h.cycle} in ${h.dir}): no cycle is applied until "grainline points close" releases it`])
+  }
+  const drop = vm.pointsDropped
+  const dropAt = drop === undefined ? NaN : Date.parse(drop.at)
+  if (drop?.broken === true && Number.isFinite(dropAt) && now - dropAt < POINTS_DROPPED_WARNING_MS) {
+    const list = drop.cycles.length <= 3 ? drop.cycles.join(', ') : `${drop.cycles[0]}–${drop.cycles.at(-1)} (${drop.cycles.length})`
+    problems.push([
+      'WARNING',
+      `restore point${drop.cycles.length === 1 ? '' : 's'} ${list} dropped by the commit of cycle ${drop.cycle} ${ageText(Math.max(0, Math.floor((now - dropAt) / 1000)))} ago: ${drop.why}; the VM can be restored to cycle ${drop.cycle} and later only`,
+    ])
   }
   if (vm.needsRecovery && vm.error === undefined) {
     problems.push([

@@ -14,7 +14,7 @@ import { decideOpen, mirrorModified, type DiskOpenRequest, type SpaceFacts } fro
 import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes, mirrorsUsage } from './store-usage.ts'
 import { undoInflight } from './rollback.ts'
-import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type PointsDroppedRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
@@ -426,6 +426,10 @@ export class VmMirror {
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
+      // kept in the state, so that status, the dashboard and /metrics say so after the log has rotated
+      const dropped = pointsOf(this.current).map((p) => p.cycle)
+      const pointsDropped: PointsDroppedRecord | undefined =
+        plan.droppedAll !== undefined && dropped.length > 0 ? { cycle, at: now, cycles: dropped, why: plan.droppedAll, broken: keepsPoints(opts.retention) } : undefined
       const attached = withNamed(await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names), this.named)
       const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration(), attached)
       for (const r of Object.values(c.next.disks)) {
@@ -453,6 +457,7 @@ export class VmMirror {
         ...reclaim.state,
         compat,
         points: kept.points,
+        ...(pointsDropped === undefined ? {} : { pointsDropped }),
         pending: { ...pending, ...(retire.length > 0 ? { retire } : {}), links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints], ...reclaim.pending },
       })
     } catch (err) {

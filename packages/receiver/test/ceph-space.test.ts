@@ -79,6 +79,11 @@ t.test("rbd du: images and snapshots; a point's bytes are the used bytes of the 
   t.same(b.get(2), { 'a.vmdk': 30 })
   t.same(b.get(3), { 'a.vmdk': 5 }, 'no snapshot after it: the head')
   t.same(b.get(4), { 'a.vmdk': 0 }, 'a snapshot rbd du does not list: 0')
+  // gl.a replaced by a re-seed (no disk's head any more): its newest point keeps the whole image alive, and counts it
+  const retired = pointBytes([point(1, 's1'), point(2, 's2'), point(3, 's3')], u, new Set(['gl.new']))
+  t.same(retired.get(1), { 'a.vmdk': 20 }, 'an older point of a retired image: what the next cycle wrote, as before')
+  t.same(retired.get(3), { 'a.vmdk': 155 }, "the retired image's newest point: every snapshot's bytes and the head's")
+  t.same(pointBytes([point(3, 's3')], u, new Set(['gl.a'])).get(3), { 'a.vmdk': 5 }, 'an image still a head: the head, as before')
   t.throws(() => parseRbdDu('[]'), { code: 'E_IO' })
   t.throws(() => parseRbdDu('{"images":[{"used_size":1}]}'), { code: 'E_IO' })
   t.throws(() => parseRbdDu('{"images":[{"name":"a","snapshot":"s"}]}'), { code: 'E_IO' })

@@ -5,11 +5,11 @@
 import t from 'tap'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import WebSocket from 'ws'
 import { SUBPROTOCOL } from '@grainline/protocol'
-import { assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, type VmStatus } from '../src/index.ts'
+import { ReceiverMetrics, assessMirror, assessStore, loadReceiverConfig, resolveReceiverInit, storeHealth, storeStatus, type VmStatus } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 import { httpCall, scratchDir } from '@grainline/test-utils'
 
@@ -182,6 +182,34 @@ t.test('store health: each case, its state and the words an operator reads', asy
     ['never committed', vmStatus({ committedCycle: 0, committedAt: null }), undefined, 'WARNING', /never committed/],
     ['in flight', vmStatus({ needsRecovery: true, inflightCycle: 4 }), undefined, 'WARNING', /cycle 4 in flight/],
     ['commit to roll forward', vmStatus({ needsRecovery: true, inflightCycle: 0 }), undefined, 'WARNING', /roll forward/],
+    [
+      'restore points broken and dropped 2 days ago',
+      vmStatus({ pointsDropped: { cycle: 3, at: '2026-05-30T12:00:00Z', cycles: [1, 2], why: 'disk web-01.vmdk was applied without a reverse increment', broken: true } }),
+      undefined,
+      'WARNING',
+      /restore points 1, 2 dropped by the commit of cycle 3 2 d 00 h ago: disk web-01\.vmdk was applied without a reverse increment; the VM can be restored to cycle 3 and later only/,
+    ],
+    [
+      'many restore points dropped: the range',
+      vmStatus({ pointsDropped: { cycle: 30, at: '2026-06-01T11:00:00Z', cycles: [10, 11, 12, 13, 29], why: 'w', broken: true } }),
+      undefined,
+      'WARNING',
+      /restore points 10–29 \(5\) dropped by the commit of cycle 30 60 min ago/,
+    ],
+    [
+      'restore points dropped 8 days ago: a week of WARNING is over',
+      vmStatus({ pointsDropped: { cycle: 3, at: '2026-05-24T11:59:00Z', cycles: [1, 2], why: 'w', broken: true } }),
+      undefined,
+      'OK',
+      undefined,
+    ],
+    [
+      'restore points dropped because the VM keeps none any more: the operator chose it',
+      vmStatus({ pointsDropped: { cycle: 3, at: '2026-06-01T11:50:00Z', cycles: [1, 2], why: 'w', broken: false } }),
+      undefined,
+      'OK',
+      undefined,
+    ],
   ]
   for (const [what, vm, maxAgeMs, state, words] of cases) {
     const h = assessMirror(vm, { now: NOW, ...(maxAgeMs === undefined ? {} : { maxAgeMs }) })
@@ -208,4 +236,46 @@ t.test('store health: each case, its state and the words an operator reads', asy
   await t.rejects(storeHealth(join(dir, 'missing')), { code: 'E_NOT_FOUND', message: /does not exist/ })
   await t.rejects(storeHealth(join(dir, 'file')), { code: 'E_NOT_FOUND', message: /not a folder/ })
   t.equal((await storeHealth(dir)).state, 'UNKNOWN')
+})
+
+t.test('restore points and holds from the store at each scrape; a hostile state file is read, never trusted', async (t) => {
+  const store = scratchDir(t)
+  const state = (vm: string, extra: Record<string, unknown>): void => {
+    mkdirSync(join(store, vm, '.grainline'), { recursive: true })
+    writeFileSync(
+      join(store, vm, '.grainline', 'state.json'),
+      JSON.stringify({ format: 1, vm, compat: null, committedCycle: 5, committedAt: '2026-06-01T11:50:00Z', displaySuffix: '', disks: {}, inflight: null, pending: null, ...extra }),
+    )
+  }
+  const point = (cycle: number, committedAt: unknown) => ({ cycle, committedAt, generation: '', disks: {} })
+  state('kept', {
+    points: [point(2, '2026-05-29T12:00:00Z'), point(3, '2026-05-30T12:00:00Z'), point(4, '2026-05-31T12:00:00Z')],
+    holds: [{ kind: 'open', cycle: 3, dir: '/x', at: '2026-06-01T11:00:00Z' }],
+  })
+  state('dropped', { points: [], pointsDropped: { cycle: 5, at: '2026-06-01T11:50:00Z', cycles: [1, 2, 3, 4], why: 'disk a.vmdk was applied without a reverse increment', broken: true } })
+  // every field of the record and of the points the wrong type or absurd: no metric from them, no failed scrape
+  state('hostile', { points: [point(1, 42), point(2, 'not a date'), point(3, null)], pointsDropped: { cycle: '5', at: [], cycles: 'x', why: 7, broken: 'yes' }, holds: [] })
+  state('hostile2', { points: [], pointsDropped: { cycle: 5, at: '2026-06-01T11:50:00Z', cycles: [1, 'two'], why: 'w', broken: true } })
+  const m = new ReceiverMetrics(store, () => 0)
+  const text = await m.registry.metrics()
+  t.equal(sample(text, 'grainline_restore_points', { vm: 'kept' }), 3)
+  t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'kept' }), Date.parse('2026-05-29T12:00:00Z') / 1000, 'how far back the VM can be restored')
+  t.equal(sample(text, 'grainline_restore_point_newest_timestamp_seconds', { vm: 'kept' }), Date.parse('2026-05-31T12:00:00Z') / 1000)
+  t.equal(sample(text, 'grainline_mirror_holds', { vm: 'kept' }), 1)
+  t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'kept' }), undefined, 'never dropped: absent')
+  t.equal(sample(text, 'grainline_restore_points', { vm: 'dropped' }), 0)
+  t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'dropped' }), undefined, 'no point: absent')
+  t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'dropped', broken: 'true' }), Date.parse('2026-06-01T11:50:00Z') / 1000)
+  t.equal(sample(text, 'grainline_mirror_holds', { vm: 'dropped' }), 0)
+  t.equal(sample(text, 'grainline_restore_points', { vm: 'hostile' }), 3, 'the points are counted')
+  t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'hostile' }), undefined, 'no valid time: no timestamp')
+  t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'hostile' }), undefined, 'a malformed record is ignored')
+  t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'hostile2' }), undefined, 'a record with a malformed cycle list is ignored')
+  const st = await storeStatus(store)
+  t.equal(st.vms.find((v) => v.vm === 'hostile')?.pointsDropped, undefined)
+  t.equal(
+    assessMirror(st.vms.find((v) => v.vm === 'hostile') as VmStatus, { now: NOW }).problems.some((p) => p.includes('dropped')),
+    false,
+  )
+  t.same(st.vms.find((v) => v.vm === 'dropped')?.pointsDropped?.cycles, [1, 2, 3, 4])
 })

@@ -864,6 +864,24 @@ t.test('a re-seed over a mirror changed since its commit still drops the points,
   await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', pattern(cap, 10), 'db03db03db03db03')])
   a.close()
   t.same(state(env.store, vm).points, [])
+  // the drop outlives the log: the state records it, and status says it for a week
+  const dropped = state(env.store, vm).pointsDropped
+  t.match(dropped, { cycle: 3, cycles: [1], broken: true, why: /disk d\.vmdk was applied without a reverse increment/ })
+  t.ok(Math.abs(Date.parse(dropped?.at ?? '') - Date.now()) < 60_000, 'dated at the commit')
+  const st = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)
+  t.same(st?.pointsDropped, dropped, 'in the status')
+  t.same(st?.points, [])
+  const health = (await storeHealth(env.store)).vms.find((v) => v.vm === vm)?.health
+  t.equal(health?.state, 'WARNING')
+  t.match(
+    health?.problems.join('; '),
+    /restore point 1 dropped by the commit of cycle 3 \d+ s ago: disk d\.vmdk was applied without a reverse increment.*; the VM can be restored to cycle 3 and later only/,
+  )
+  // a week later it is history: still in the state, no longer a warning
+  t.equal(
+    (await storeHealth(env.store, { now: Date.now() + 8 * 24 * 3600_000 })).vms.find((v) => v.vm === vm)?.health.problems.some((p) => p.includes('dropped')),
+    false,
+  )
   t.same(
     readdirSync(join(env.store, vm, '.grainline', 'points')).filter((f) => !f.startsWith('config-')),
     [],

@@ -43,7 +43,7 @@ import { BS as RBS, NAME as RNAME, SIZE as RSIZE, resyncCycle } from './resync-h
 import { MessageKind } from '@grainline/protocol'
 import { createHash } from 'node:crypto'
 import { cephStatus } from '../src/store/ceph/ceph-admin.ts'
-import { vmSeen } from '../src/store/ceph/ceph-space.ts'
+import { imageVmKey, vmSeen } from '../src/store/ceph/ceph-space.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { CephNames, emptyCephState, readCephState, writeCephState, type CephHoldRecord, type CephVmState } from '../src/store/ceph/ceph-state.ts'
 import { MAX_READ_BYTES, RbdImage } from '../src/store/ceph/rbd-image.ts'
@@ -375,6 +375,13 @@ t.test('Ceph store', { skip }, async (t) => {
       },
       close: async (_env, vm, dir, failover) => (await cephClosePoint(target, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
       overview: async () => await storeOverview(cephStoreReader(target)),
+      // the VM's images (its points-open clones, glo., are no disk data)
+      storage: async (_env, vm) =>
+        (await runCeph(target, 'rbd', ['ls', '-p', POOL]))
+          .toString('utf8')
+          .split('\n')
+          .filter((i) => i.startsWith('gl.') && imageVmKey(i) === new CephNames(vm).vmKey)
+          .sort(),
     },
     () => join(base, String(n++)),
   )

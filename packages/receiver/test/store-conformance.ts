@@ -6,7 +6,8 @@
  * resume of a cycle whose connection died after a durable batch, lineage and
  * generation refusals, points listed and read back, retention removing the
  * oldest, a disk grown in place keeping its points (each read back at its own
- * size), hostile VM and disk names refused with typed errors, a block
+ * size), a re-seed keeping them (the old disk data kept until the last point
+ * that reads it goes), hostile VM and disk names refused with typed errors, a block
  * check (`--verify changed`, `--scrub`) finding blocks changed behind the
  * store's back and a resync repairing exactly those, a second resync reading
  * only the blocks written since the first (the kept block map); `points drop` and
@@ -56,6 +57,8 @@ export interface StoreUnderTest {
   close(env: Env, vm: string, dir: string, failover?: boolean): Promise<number>
   /** the store's overview (`grainline status --output json`, the dashboard) */
   overview(env: Env): Promise<StoreOverview>
+  /** the names of what holds a VM's disk data (the folder store's flats, the Ceph store's images), sorted */
+  storage(env: Env, vm: string): Promise<string[]>
 }
 
 /** Retry an operator action while a session that just ended still holds the VM (E_BUSY), every 50 ms. */
@@ -430,6 +433,52 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     t.same(sealed(), { read: BS, kept: BLOCKS - 1 }, 'and reads only block 7 from the mirror: every other digest comes from the kept map')
     t.same(r4.map, mapOf(img3), "the map sent is the mirror's, block 7 included")
     t.ok((await store.readDisk(env, KVM, NAME)).equals(img3), 'the mirror holds cycle 3')
+  })
+
+  t.test(`${store.kind}: a re-seed keeps the restore points: each reads back, the old disk's data stays until the last point that reads it goes`, async (t) => {
+    const env = makeEnv(dir())
+    const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 10 } })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-reseed'
+    const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 61)]
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(1, 'r.vmdk', images[1] as Buffer, cid(61))])
+    a.close()
+    for (let c = 2; c <= 3; c++) {
+      const ranges = [{ offset: c * 131_072, length: 65_536 }]
+      images[c] = evolve(images[c - 1] as Buffer, c + 60, ranges)
+      a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      t.equal((await runCycle(a, vm, c, [incPlan(1, 'r.vmdk', images[c] as Buffer, c - 1, cid(60 + c), ranges, `r-00000${c - 1}.vmdk`, `r-00000${c}.vmdk`)])).committed?.cycle, c)
+      a.close()
+    }
+    const before = await store.storage(env, vm)
+    t.equal(before.length, 1, `one disk, one ${store.kind === 'ceph' ? 'image' : 'flat'}: ${before.join(', ')}`)
+    // a new lineage of the disk (replaced on the host): the agent seeds it again
+    images[4] = pattern(2 * MiB, 64)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, 4, [seedPlan(1, 'r.vmdk', images[4] as Buffer, cid(164))])
+    a.close()
+    t.equal(r.committed?.cycle, 4, 're-seed committed')
+    t.ok((await store.readDisk(env, vm, 'r.vmdk')).equals(images[4] as Buffer), 'the mirror holds the new seed')
+    t.same(await store.points(env, vm), [1, 2, 3], 'no point dropped: the mirror as it was before the re-seed is point 3')
+    for (const k of [1, 2, 3]) t.ok((await store.readPoint(env, vm, k, 'r.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
+    const ov = (await store.overview(env)).vms.find((v) => v.vm === vm)
+    t.equal(ov?.pointsDropped, undefined, 'nothing recorded as dropped')
+    t.equal(ov?.health.state, 'OK')
+    t.equal((await store.storage(env, vm)).length, 2, 'the old disk data is kept for the points')
+    t.same(await whenFree(() => store.prune(env, vm, { cycles: [1, 2] })), { vm, dropped: [1, 2], kept: [3] })
+    t.ok((await store.readPoint(env, vm, 3, 'r.vmdk')).equals(images[3] as Buffer), 'point 3 still reads back')
+    t.equal((await store.storage(env, vm)).length, 2, 'point 3 still reads the old data')
+    t.same(await whenFree(() => store.prune(env, vm, { cycles: [3] })), { vm, dropped: [3], kept: [] })
+    t.equal((await store.storage(env, vm)).length, 1, 'the last point that read the old data gone, it goes too')
+    t.ok((await store.readDisk(env, vm, 'r.vmdk')).equals(images[4] as Buffer), 'the mirror is untouched')
+    const ranges = [{ offset: 65_536, length: 65_536 }]
+    images[5] = evolve(images[4] as Buffer, 65, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    t.equal((await runCycle(a, vm, 5, [incPlan(1, 'r.vmdk', images[5] as Buffer, 4, cid(165), ranges, 'r-000001.vmdk', 'r-000002.vmdk')])).committed?.cycle, 5, 'cycles go on')
+    a.close()
+    t.same(await store.points(env, vm), [4])
+    t.ok((await store.readPoint(env, vm, 4, 'r.vmdk')).equals(images[4] as Buffer), 'point 4 reads back as the re-seed')
   })
 
   t.test(`${store.kind}: points drop and prune remove exactly those points; the mirror is never dropped; cycles go on`, async (t) => {

@@ -1,6 +1,6 @@
 // The store conformance suite (store-conformance.ts) against the folder store.
 import t from 'tap'
-import { open, readFile } from 'node:fs/promises'
+import { open, readFile, readdir } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { pino } from 'pino'
 import { scratchDir } from '@grainline/test-utils'
@@ -37,6 +37,11 @@ storeConformance(
     },
     close: async (env, vm, dir, failover) => (await closePoint(env.store, vm, { logger: pino({ level: 'silent' }), dir, failover: failover === true })).length,
     overview: async (env) => await storeOverview(env.store),
+    // whole-disk data: the mirror's flats and the base points' (a re-seeded disk's old mirror)
+    storage: async (env, vm) => {
+      const flats = async (d: string): Promise<string[]> => (await readdir(d).catch(() => [])).filter((f) => f.endsWith('-flat.vmdk')).map((f) => join(d, f))
+      return [...(await flats(join(env.store, vm))), ...(await flats(join(env.store, vm, '.grainline', 'points')))].sort()
+    },
   },
   () => join(base, String(n++)),
 )

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
-import { CephNames, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
+import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
@@ -77,7 +77,7 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
     }
     const key = new CephNames(s.vm).vmKey
     const bytes = usage.reduce((n, u) => n + (imageVmKey(u.image) === key ? u.used : 0), 0)
-    const pointsBytes = [...pointBytes(s.points, usage).values()].reduce((n, r) => n + total(r), 0)
+    const pointsBytes = [...pointBytes(s.points, usage, headImages(s)).values()].reduce((n, r) => n + total(r), 0)
     vms.push({ vm: s.vm, committedCycle: s.committedCycle, committedAt: s.committedAt, points: s.points.length, pointBytes: pointsBytes, bytes, disks, holds: s.holds ?? [] })
   }
   return { store: `ceph:${t.pool}`, vms }
@@ -103,6 +103,7 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
             t,
             s.points.flatMap((p) => Object.values(p.disks).map((d) => d.image)),
           ),
+          headImages(s),
         )
   const pts: PointInfo[] = s.points.map((p) => ({
     cycle: p.cycle,

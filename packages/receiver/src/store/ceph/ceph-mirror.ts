@@ -17,6 +17,7 @@ import type { Logger } from 'pino'
 import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { DiskOpenRequest } from '../../open-decision.ts'
+import type { PointsDroppedRecord } from '../../state-file.ts'
 import { newGeneration, uncarriedRecord } from '../../commit.ts'
 import { attachedDisks, namedDisks, withNamed } from '../../mirror-vmx.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
@@ -28,8 +29,10 @@ import { CephDiskApply } from './ceph-apply.ts'
 import { keptCephConfigs, withCephPointConfig } from './ceph-point-config.ts'
 import {
   CephNames,
+  headImages,
   heldDisks,
   reclaimableCephDisks,
+  unreferencedImages,
   snapCid,
   emptyCephState,
   readCephState,
@@ -303,7 +306,6 @@ export class CephVmMirror {
         )
       disks[name] = next
     }
-    const dropImages: string[] = []
     for (const a of applies) {
       if (!a.sealed) throw new ReceiverError('E_UNEXPECTED', `disk ${a.info.name} is not sealed`)
       // a snapshot of this cycle the state does not name: left by a commit interrupted before its state write
@@ -311,7 +313,11 @@ export class CephVmMirror {
       // through the session client: fenced with the lease, and watched for a full pool (E_NO_SPACE)
       await this.lock.snap('create', a.info.image, snap)
       const old = s.disks[a.info.name]
-      if (old !== undefined && old.image !== a.info.image) dropImages.push(old.image)
+      if (old !== undefined && old.image !== a.info.image && keepsPoints(opts.retention) && s.committedCycle > 0)
+        this.log.info(
+          { vm: this.vm, disk: a.info.name, cycle, image: a.info.image, oldImage: old.image, point: s.committedCycle },
+          'disk re-seeded into a new image: the old image stays as long as a restore point reads it (the point of the previous cycle and the older ones)',
+        )
       // before the commit point, naming the commit about to be written (ceph-kept-map.ts)
       const kept = await keptMapAtCommit(
         this.target,
@@ -350,12 +356,20 @@ export class CephVmMirror {
       points.push(c.point)
       configs = c.configs
     }
-    // a seed replaces its image: points of the old image go with it
-    points = points.filter((p) => Object.values(p.disks).every((d) => !dropImages.includes(d.image)))
-    if (!keepsPoints(opts.retention)) points = []
-    else {
+    // a seed writes a new image; the old one stays while a kept point reads it (unreferencedImages below), as the
+    // folder store keeps a re-seeded disk's old mirror whole as a base point
+    let pointsDropped: PointsDroppedRecord | undefined
+    if (!keepsPoints(opts.retention)) {
+      // the VM keeps no points any more: they go, recorded (not broken: the operator chose it)
+      if (s.points.length > 0) {
+        const why = 'the VM keeps no restore points any more (retention off)'
+        this.log.warn({ vm: this.vm, cycle, points: s.points.map((p) => p.cycle), why }, 'restore points dropped')
+        pointsDropped = { cycle, at: now, cycles: s.points.map((p) => p.cycle), why, broken: false }
+      }
+      points = []
+    } else {
       // a point's bytes (rbd du of the snapshot after it, just created for the newest) only for a maxBytes rule
-      const drop = new Set(pointsToDrop(await retainedPoints(this.target, points, opts.retention?.maxBytes !== undefined), opts.retention ?? {}, (opts.now ?? Date.now)()))
+      const drop = new Set(pointsToDrop(await retainedPoints(this.target, points, opts.retention?.maxBytes !== undefined, headImages({ disks })), opts.retention ?? {}, (opts.now ?? Date.now)()))
       if (drop.size > 0) this.log.info({ vm: this.vm, cycles: [...drop] }, 'restore points pruned (Ceph snapshots)')
       points = points.filter((p) => !drop.has(p.cycle))
     }
@@ -364,7 +378,7 @@ export class CephVmMirror {
     for (const name of reclaimed.names) delete disks[name]
     const pending: CephPending = {
       snaps: this.unusedSnaps(s, disks, points),
-      images: [...dropImages, ...reclaimed.images],
+      images: [...new Set([...unreferencedImages(s, disks, points), ...reclaimed.images])],
       logs: [...Object.values(infl.disks).map((d) => d.log), ...reclaimed.objects],
     }
     await this.save(
@@ -380,6 +394,7 @@ export class CephVmMirror {
         files: this.staged ?? s.files,
         configs: keptCephConfigs(configs, points),
         pending,
+        ...(pointsDropped === undefined ? {} : { pointsDropped }),
       },
       'ceph-commit-state',
     )

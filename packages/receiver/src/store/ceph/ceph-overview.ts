@@ -16,12 +16,12 @@
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { DiskStatus, VmStatus } from '../../store-admin.ts'
-import type { VerifyRecord } from '../../state-file.ts'
+import { withPointsDropped, type VerifyRecord } from '../../state-file.ts'
 import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
 import { resumeSeq } from './ceph-admin.ts'
 import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
-import { CephNames, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
+import { CephNames, headImages, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
 import { listStateObjects } from './ceph-vm-index.ts'
 import { CephCommandError, type CephTarget } from './rbd-cli.ts'
 
@@ -70,6 +70,8 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
     vmxDropped: [],
     holds: s.holds ?? [],
     points: s.points.map((p) => p.cycle),
+    pointsCommittedAt: s.points.map((p) => p.committedAt),
+    ...withPointsDropped(s),
   }
 }
 
@@ -122,7 +124,7 @@ export function cephStoreReader(t: CephTarget): StoreReader {
       usage ??= rbdDu(t).catch(() => [])
       const u = await usage
       const key = new CephNames(s.vm).vmKey
-      const bytes = pointBytes(s.points, u)
+      const bytes = pointBytes(s.points, u, headImages(s))
       const held = (cycle: number): boolean => (s.holds ?? []).some((h) => h.cycle === cycle)
       const restorePoints: OverviewPoint[] = s.points.map((p) => ({
         cycle: p.cycle,

@@ -30,7 +30,7 @@ import { heldMessage } from '../../hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { CephVmMirror, reclaimCephDisks } from './ceph-mirror.ts'
 import { keptCephConfigs } from './ceph-point-config.ts'
-import { CephNames, readCephState, type CephPoint, type CephVmState } from './ceph-state.ts'
+import { CephNames, headImages, readCephState, unreferencedImages, type CephPoint, type CephVmState } from './ceph-state.ts'
 import { retainedPoints } from './ceph-space.ts'
 import type { CephTarget } from './rbd-cli.ts'
 
@@ -98,7 +98,7 @@ export async function cephPrunePoints(
     } else if (!keepsPoints(what)) {
       drop = new Set(before.map((p) => p.cycle))
     } else {
-      drop = new Set(pointsToDrop(await retainedPoints(t, before, what.maxBytes !== undefined), what, (opts.now ?? Date.now)()))
+      drop = new Set(pointsToDrop(await retainedPoints(t, before, what.maxBytes !== undefined, headImages(s)), what, (opts.now ?? Date.now)()))
     }
     const kept = before.filter((p) => !drop.has(p.cycle))
     const gone = before.filter((p) => drop.has(p.cycle))
@@ -112,7 +112,8 @@ export async function cephPrunePoints(
       disks,
       points: kept,
       configs: keptCephConfigs(s.configs, kept),
-      pending: { snaps: snapsToRemove({ ...s, disks }, kept, gone), images: reclaimed.images, logs: reclaimed.objects },
+      // an image only the dropped points read (a re-seed replaced it) goes with them
+      pending: { snaps: snapsToRemove({ ...s, disks }, kept, gone), images: [...new Set([...unreferencedImages(s, disks, kept), ...reclaimed.images])], logs: reclaimed.objects },
     })
     faultPoint('ceph-prune-after-state')
     await m.finishPending()

@@ -195,9 +195,14 @@ export async function rbdDu(t: CephTarget, images?: readonly string[]): Promise<
 /**
  * The bytes of each point's disks (cycle → disk → bytes): the used bytes of
  * the snapshot that follows the point's in its image, or of the head when
- * none does; 0 when the snapshot is not in `usage` (pure).
+ * none does; 0 when the snapshot is not in `usage` (pure). An image that is
+ * no disk's head any more (`heads`: the images the VM's disks are written
+ * in; a re-seed replaced the old one) lives on for its points alone: its
+ * newest point counts the whole image (every snapshot's bytes and the
+ * head's), as the folder store's base point counts its whole flat, so a
+ * `maxBytes` rule sees what dropping that point frees.
  */
-export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsage[]): Map<number, Record<string, number>> {
+export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsage[], heads?: ReadonlySet<string>): Map<number, Record<string, number>> {
   const byImage = new Map<string, RbdUsage[]>()
   for (const u of usage) byImage.set(u.image, [...(byImage.get(u.image) ?? []), u])
   for (const list of byImage.values()) list.sort((a, b) => (a.snapshot === null ? 1 : b.snapshot === null ? -1 : a.snapshotId - b.snapshotId))
@@ -207,7 +212,9 @@ export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsag
     for (const [name, d] of Object.entries(p.disks)) {
       const list = byImage.get(d.image) ?? []
       const i = list.findIndex((u) => u.snapshot === d.snap)
-      disks[name] = i < 0 ? 0 : (list[i + 1]?.used ?? 0)
+      const newest = i >= 0 && list.slice(i + 1).every((u) => u.snapshot === null)
+      if (i >= 0 && newest && heads !== undefined && !heads.has(d.image)) disks[name] = list.reduce((n, u) => n + u.used, 0)
+      else disks[name] = i < 0 ? 0 : (list[i + 1]?.used ?? 0)
     }
     out.set(p.cycle, disks)
   }
@@ -216,8 +223,8 @@ export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsag
 
 const sum = (r: Readonly<Record<string, number>> | undefined): number => Object.values(r ?? {}).reduce((n, b) => n + b, 0)
 
-/** The points as retention sees them; their bytes measured (`rbd du` of their images) only when `measure` (a `maxBytes` rule). */
-export async function retainedPoints(t: CephTarget, points: readonly CephPoint[], measure: boolean): Promise<RetainedPoint[]> {
+/** The points as retention sees them; their bytes measured (`rbd du` of their images) only when `measure` (a `maxBytes` rule); `heads` as {@link pointBytes}. */
+export async function retainedPoints(t: CephTarget, points: readonly CephPoint[], measure: boolean, heads?: ReadonlySet<string>): Promise<RetainedPoint[]> {
   const bytes = measure
     ? pointBytes(
         points,
@@ -225,6 +232,7 @@ export async function retainedPoints(t: CephTarget, points: readonly CephPoint[]
           t,
           points.flatMap((p) => Object.values(p.disks).map((d) => d.image)),
         ),
+        heads,
       )
     : new Map<number, Record<string, number>>()
   return points.map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: sum(bytes.get(p.cycle)) }))

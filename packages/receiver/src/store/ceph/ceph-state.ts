@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto'
 import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
+import type { PointsDroppedRecord } from '../../state-file.ts'
 import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
 import type { CephKeptRecord } from './ceph-kept-map.ts'
 
@@ -70,6 +71,25 @@ export interface CephDiskRecord {
 export function reclaimableCephDisks(s: Pick<CephVmState, 'disks' | 'holds'>, points: readonly CephPoint[]): CephDiskRecord[] {
   if ((s.holds ?? []).length > 0) return []
   return Object.values(s.disks).filter((d) => d.removed !== undefined && !points.some((p) => p.disks[d.name] !== undefined || Object.values(p.disks).some((x) => x.image === d.image)))
+}
+
+/** The images the VM's disks are written in (the heads, removed disks included: their image stays while points need it). */
+export function headImages(s: Pick<CephVmState, 'disks'>): Set<string> {
+  return new Set(Object.values(s.disks).map((d) => d.image))
+}
+
+/**
+ * The images `old` named — its disks' heads and its points' snapshots — that
+ * the next state (`disks`, `points`) names no more: removed with the
+ * clean-up after the state write. An image a re-seed replaced stays while a
+ * kept point reads one of its snapshots, and goes with the last of them.
+ */
+export function unreferencedImages(old: Pick<CephVmState, 'disks' | 'points'>, disks: Readonly<Record<string, Pick<CephDiskRecord, 'image'>>>, points: readonly CephPoint[]): string[] {
+  const used = new Set<string>(Object.values(disks).map((d) => d.image))
+  for (const p of points) for (const d of Object.values(p.disks)) used.add(d.image)
+  const before = new Set<string>(Object.values(old.disks).map((d) => d.image))
+  for (const p of old.points) for (const d of Object.values(p.disks)) before.add(d.image)
+  return [...before].filter((i) => !used.has(i)).sort()
 }
 
 /** The committed disks the mirror's own cycle holds: every disk but those removed from the VM (sorted by name). */
@@ -131,6 +151,8 @@ export interface CephVmState {
   readonly pending: CephPending | null
   /** failovers and opened points holding the mirror (ceph-holds.ts, ceph-open.ts): every DiskOpen is refused `E_HELD` until `points close` @default none */
   readonly holds?: readonly CephHoldRecord[]
+  /** the last commit that dropped every restore point outside the retention (state-file.ts) @default none */
+  readonly pointsDropped?: PointsDroppedRecord
 }
 
 /** A clone of a point's snapshot made by `points open` (ceph-open.ts). */
