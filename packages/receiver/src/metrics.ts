@@ -20,6 +20,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { storeStatus, type VmStatus } from './store-admin.ts'
 import type { StoreReader } from './store-overview.ts'
 import type { RefusalReason } from './refusal-log.ts'
+import { HealthStates, assessMirror } from './store-health.ts'
 
 /** What sessions and the server report as it happens (all optional to call). */
 export interface ReceiverObserver {
@@ -119,14 +120,20 @@ export class ReceiverMetrics implements ReceiverObserver {
       'Unix time of the last commit that dropped every restore point of the VM outside its retention (a capacity change without room, a re-seed or resync of a modified mirror, points turned off); absent when none did',
       ['vm', 'broken'],
     )
+    const health = gauge(
+      'grainline_mirror_health',
+      "The mirror's health as grainline status reports it (0 OK, 1 WARNING, 2 CRITICAL), its age aside: alert on grainline_mirror_age_seconds for the RPO",
+      ['vm'],
+    )
     const holds = gauge('grainline_mirror_holds', 'Opened points and failovers holding the mirror: while above 0, no cycle is applied (E_HELD)', ['vm'])
-    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity, points, oldestPoint, newestPoint, dropped, holds]
+    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity, points, oldestPoint, newestPoint, dropped, holds, health]
     async function fill(): Promise<void> {
       const st = await read()
       for (const g of gauges) g.reset()
       const now = Date.now()
       for (const vm of st.vms) {
         const v = { vm: vm.vm }
+        health.set(v, HealthStates[assessMirror(vm, { now }).state])
         if (vm.error !== undefined) {
           unreadable.set(v, 1)
           continue

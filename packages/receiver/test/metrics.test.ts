@@ -253,6 +253,7 @@ t.test('restore points and holds from the store at each scrape; a hostile state 
     holds: [{ kind: 'open', cycle: 3, dir: '/x', at: '2026-06-01T11:00:00Z' }],
   })
   state('dropped', { points: [], pointsDropped: { cycle: 5, at: '2026-06-01T11:50:00Z', cycles: [1, 2, 3, 4], why: 'disk a.vmdk was applied without a reverse increment', broken: true } })
+  state('recent', { points: [], pointsDropped: { cycle: 5, at: new Date().toISOString(), cycles: [4], why: 'w', broken: true } })
   // every field of the record and of the points the wrong type or absurd: no metric from them, no failed scrape
   state('hostile', { points: [point(1, 42), point(2, 'not a date'), point(3, null)], pointsDropped: { cycle: '5', at: [], cycles: 'x', why: 7, broken: 'yes' }, holds: [] })
   state('hostile2', { points: [], pointsDropped: { cycle: 5, at: '2026-06-01T11:50:00Z', cycles: [1, 'two'], why: 'w', broken: true } })
@@ -267,6 +268,11 @@ t.test('restore points and holds from the store at each scrape; a hostile state 
   t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'dropped' }), undefined, 'no point: absent')
   t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'dropped', broken: 'true' }), Date.parse('2026-06-01T11:50:00Z') / 1000)
   t.equal(sample(text, 'grainline_mirror_holds', { vm: 'dropped' }), 0)
+  // one gauge for every problem status names (0 OK, 1 WARNING, 2 CRITICAL): held, points broken this week
+  t.equal(sample(text, 'grainline_mirror_health', { vm: 'kept' }), 1, 'held by an opened point: WARNING')
+  t.equal(sample(text, 'grainline_mirror_health', { vm: 'hostile' }), 0)
+  t.equal(sample(text, 'grainline_mirror_health', { vm: 'recent' }), 1, 'points broken and dropped this week: WARNING')
+  t.equal(sample(text, 'grainline_mirror_health', { vm: 'dropped' }), 0, 'dropped months ago: OK')
   t.equal(sample(text, 'grainline_restore_points', { vm: 'hostile' }), 3, 'the points are counted')
   t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'hostile' }), undefined, 'no valid time: no timestamp')
   t.equal(sample(text, 'grainline_restore_points_dropped_timestamp_seconds', { vm: 'hostile' }), undefined, 'a malformed record is ignored')
