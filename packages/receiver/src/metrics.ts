@@ -133,43 +133,51 @@ export class ReceiverMetrics implements ReceiverObserver {
       const now = Date.now()
       for (const vm of st.vms) {
         const v = { vm: vm.vm }
-        health.set(v, HealthStates[assessMirror(vm, { now }).state])
-        if (vm.error !== undefined) {
+        // a store's state file can hold anything (a hostile or damaged store): one VM that cannot be
+        // read into gauges is that VM unreadable, never a failed scrape of every VM
+        try {
+          health.set(v, HealthStates[assessMirror(vm, { now }).state])
+          if (vm.error !== undefined) {
+            unreadable.set(v, 1)
+            continue
+          }
+          unreadable.set(v, 0)
+          cycle.set(v, vm.committedCycle)
+          inflight.set(v, vm.needsRecovery ? 1 : 0)
+          const at = vm.committedAt === null ? Number.NaN : Date.parse(vm.committedAt)
+          if (Number.isFinite(at)) {
+            lastCommit.set(v, at / 1000)
+            age.set(v, Math.max(0, (now - at) / 1000))
+          }
+          points.set(v, vm.points?.length ?? 0)
+          // a loop, not Math.min(...): a store's state can list any number of points
+          let oldest = Number.POSITIVE_INFINITY
+          let newest = Number.NEGATIVE_INFINITY
+          for (const p of vm.pointsCommittedAt ?? []) {
+            const t = typeof p === 'string' ? Date.parse(p) : Number.NaN
+            if (!Number.isFinite(t)) continue
+            oldest = Math.min(oldest, t)
+            newest = Math.max(newest, t)
+          }
+          if (Number.isFinite(oldest)) {
+            oldestPoint.set(v, oldest / 1000)
+            newestPoint.set(v, newest / 1000)
+          }
+          const dropAt = vm.pointsDropped === undefined ? Number.NaN : Date.parse(vm.pointsDropped.at)
+          if (Number.isFinite(dropAt)) dropped.set({ ...v, broken: vm.pointsDropped?.broken === true ? 'true' : 'false' }, dropAt / 1000)
+          holds.set(v, vm.holds?.length ?? 0)
+          for (const d of vm.disks) {
+            const l = { vm: vm.vm, disk: d.name }
+            capacity.set(l, d.capacity)
+            diverged.set(l, d.diverged === null ? 0 : 1)
+            modified.set(l, d.modified ? 1 : 0)
+            if (d.trivial !== null) check.set({ ...l, check: 'trivial' }, d.trivial.ok ? 1 : 0)
+            if (d.certify !== null) check.set({ ...l, check: 'certify' }, d.certify.ok ? 1 : 0)
+          }
+        } catch {
+          // what was set before the bad field stays; the VM reads as unreadable, CRITICAL
           unreadable.set(v, 1)
-          continue
-        }
-        unreadable.set(v, 0)
-        cycle.set(v, vm.committedCycle)
-        inflight.set(v, vm.needsRecovery ? 1 : 0)
-        const at = vm.committedAt === null ? Number.NaN : Date.parse(vm.committedAt)
-        if (Number.isFinite(at)) {
-          lastCommit.set(v, at / 1000)
-          age.set(v, Math.max(0, (now - at) / 1000))
-        }
-        points.set(v, vm.points?.length ?? 0)
-        // a loop, not Math.min(...): a store's state can list any number of points
-        let oldest = Number.POSITIVE_INFINITY
-        let newest = Number.NEGATIVE_INFINITY
-        for (const p of vm.pointsCommittedAt ?? []) {
-          const t = typeof p === 'string' ? Date.parse(p) : Number.NaN
-          if (!Number.isFinite(t)) continue
-          oldest = Math.min(oldest, t)
-          newest = Math.max(newest, t)
-        }
-        if (Number.isFinite(oldest)) {
-          oldestPoint.set(v, oldest / 1000)
-          newestPoint.set(v, newest / 1000)
-        }
-        const dropAt = vm.pointsDropped === undefined ? Number.NaN : Date.parse(vm.pointsDropped.at)
-        if (Number.isFinite(dropAt)) dropped.set({ ...v, broken: vm.pointsDropped?.broken === true ? 'true' : 'false' }, dropAt / 1000)
-        holds.set(v, vm.holds?.length ?? 0)
-        for (const d of vm.disks) {
-          const l = { vm: vm.vm, disk: d.name }
-          capacity.set(l, d.capacity)
-          diverged.set(l, d.diverged === null ? 0 : 1)
-          modified.set(l, d.modified ? 1 : 0)
-          if (d.trivial !== null) check.set({ ...l, check: 'trivial' }, d.trivial.ok ? 1 : 0)
-          if (d.certify !== null) check.set({ ...l, check: 'certify' }, d.certify.ok ? 1 : 0)
+          health.set(v, HealthStates.CRITICAL)
         }
       }
     }

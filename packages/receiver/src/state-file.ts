@@ -210,8 +210,7 @@ export interface PointsDroppedRecord {
   /**
    * true when the points no longer read right and had to go (a capacity
    * change without room for a base point, a re-seed or resync of a mirror
-   * modified behind the receiver's back, a re-seed that replaced the disk's
-   * image); false when the VM stopped keeping points (retention turned off)
+   * modified behind the receiver's back); false when the VM stopped keeping points (retention turned off)
    */
   readonly broken: boolean
 }

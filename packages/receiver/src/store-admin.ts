@@ -138,7 +138,8 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         needsRecovery: s.pending !== null || s.inflight !== null,
         disks,
         vmxDropped: s.vmxDropped ?? [],
-        holds: s.holds ?? [],
+        // a hostile or damaged state: only records (health and metrics read their fields)
+        holds: Array.isArray(s.holds) ? s.holds.filter((h) => typeof h === 'object' && h !== null) : [],
         points: (s.points ?? []).map((p) => p.cycle),
         pointsCommittedAt: (s.points ?? []).map((p) => (typeof p.committedAt === 'string' ? p.committedAt : '')),
         ...withPointsDropped(s),

@@ -100,7 +100,7 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): Mirro
   }
   const drop = vm.pointsDropped
   const dropAt = drop === undefined ? NaN : Date.parse(drop.at)
-  if (drop?.broken === true && Number.isFinite(dropAt) && now - dropAt < POINTS_DROPPED_WARNING_MS) {
+  if (drop?.broken === true && Number.isFinite(dropAt) && dropAt <= now + 60_000 && now - dropAt < POINTS_DROPPED_WARNING_MS) {
     const list = drop.cycles.length <= 3 ? drop.cycles.join(', ') : `${drop.cycles[0]}–${drop.cycles.at(-1)} (${drop.cycles.length})`
     problems.push([
       'WARNING',

@@ -82,7 +82,13 @@ t.test("rbd du: images and snapshots; a point's bytes are the used bytes of the 
   // gl.a replaced by a re-seed (no disk's head any more): its newest point keeps the whole image alive, and counts it
   const retired = pointBytes([point(1, 's1'), point(2, 's2'), point(3, 's3')], u, new Set(['gl.new']))
   t.same(retired.get(1), { 'a.vmdk': 20 }, 'an older point of a retired image: what the next cycle wrote, as before')
-  t.same(retired.get(3), { 'a.vmdk': 155 }, "the retired image's newest point: every snapshot's bytes and the head's")
+  t.same(retired.get(3), { 'a.vmdk': 105 }, "the retired image's newest point: the rest of the image (155 less the older points' 20 and 30)")
+  t.equal(
+    [...retired.values()].reduce((n, r) => n + (r['a.vmdk'] ?? 0), 0),
+    155,
+    'the points of a retired image sum to the image, never more',
+  )
+  t.same(pointBytes([point(3, 's3')], u, new Set(['gl.new'])).get(3), { 'a.vmdk': 155 }, 'the only point left of it: the whole image')
   t.same(pointBytes([point(3, 's3')], u, new Set(['gl.a'])).get(3), { 'a.vmdk': 5 }, 'an image still a head: the head, as before')
   t.throws(() => parseRbdDu('[]'), { code: 'E_IO' })
   t.throws(() => parseRbdDu('{"images":[{"used_size":1}]}'), { code: 'E_IO' })

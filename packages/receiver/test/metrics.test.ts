@@ -204,6 +204,13 @@ t.test('store health: each case, its state and the words an operator reads', asy
       undefined,
     ],
     [
+      'a drop dated in the future (a hostile store, a skewed clock): no week-long warning from it',
+      vmStatus({ pointsDropped: { cycle: 3, at: '2026-07-01T12:00:00Z', cycles: [1, 2], why: 'w', broken: true } }),
+      undefined,
+      'OK',
+      undefined,
+    ],
+    [
       'restore points dropped because the VM keeps none any more: the operator chose it',
       vmStatus({ pointsDropped: { cycle: 3, at: '2026-06-01T11:50:00Z', cycles: [1, 2], why: 'w', broken: false } }),
       undefined,
@@ -256,10 +263,18 @@ t.test('restore points and holds from the store at each scrape; a hostile state 
   state('recent', { points: [], pointsDropped: { cycle: 5, at: new Date().toISOString(), cycles: [4], why: 'w', broken: true } })
   // every field of the record and of the points the wrong type or absurd: no metric from them, no failed scrape
   state('hostile', { points: [point(1, 42), point(2, 'not a date'), point(3, null)], pointsDropped: { cycle: '5', at: [], cycles: 'x', why: 7, broken: 'yes' }, holds: [] })
+  // holds that are no list, or no records; a cycle that is no number: that VM unreadable, never a failed scrape
+  state('hostile-holds', { holds: {} })
+  state('hostile-holds2', { holds: [null, 1, 'x'] })
+  state('hostile-cycle', { committedCycle: 'five' })
   state('hostile2', { points: [], pointsDropped: { cycle: 5, at: '2026-06-01T11:50:00Z', cycles: [1, 'two'], why: 'w', broken: true } })
   const m = new ReceiverMetrics(store, () => 0)
   const text = await m.registry.metrics()
   t.equal(sample(text, 'grainline_restore_points', { vm: 'kept' }), 3)
+  t.equal(sample(text, 'grainline_mirror_holds', { vm: 'hostile-holds' }), 0, 'holds that are no list: none')
+  t.equal(sample(text, 'grainline_mirror_holds', { vm: 'hostile-holds2' }), 0, 'holds that are no records: none')
+  t.equal(sample(text, 'grainline_mirror_state_unreadable', { vm: 'hostile-cycle' }), 1, 'a cycle that is no number: that VM unreadable')
+  t.equal(sample(text, 'grainline_mirror_health', { vm: 'hostile-cycle' }), 2)
   t.equal(sample(text, 'grainline_restore_point_oldest_timestamp_seconds', { vm: 'kept' }), Date.parse('2026-05-29T12:00:00Z') / 1000, 'how far back the VM can be restored')
   t.equal(sample(text, 'grainline_restore_point_newest_timestamp_seconds', { vm: 'kept' }), Date.parse('2026-05-31T12:00:00Z') / 1000)
   t.equal(sample(text, 'grainline_mirror_holds', { vm: 'kept' }), 1)

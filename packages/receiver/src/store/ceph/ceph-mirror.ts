@@ -316,7 +316,7 @@ export class CephVmMirror {
       if (old !== undefined && old.image !== a.info.image && keepsPoints(opts.retention) && s.committedCycle > 0)
         this.log.info(
           { vm: this.vm, disk: a.info.name, cycle, image: a.info.image, oldImage: old.image, point: s.committedCycle },
-          'disk re-seeded into a new image: the old image stays as long as a restore point reads it (the point of the previous cycle and the older ones)',
+          'disk re-seeded into a new image: the old image stays while a kept restore point reads it (the point of the previous cycle and the older ones, as the retention keeps them)',
         )
       // before the commit point, naming the commit about to be written (ceph-kept-map.ts)
       const kept = await keptMapAtCommit(

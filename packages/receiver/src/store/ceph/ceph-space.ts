@@ -198,9 +198,10 @@ export async function rbdDu(t: CephTarget, images?: readonly string[]): Promise<
  * none does; 0 when the snapshot is not in `usage` (pure). An image that is
  * no disk's head any more (`heads`: the images the VM's disks are written
  * in; a re-seed replaced the old one) lives on for its points alone: its
- * newest point counts the whole image (every snapshot's bytes and the
- * head's), as the folder store's base point counts its whole flat, so a
- * `maxBytes` rule sees what dropping that point frees.
+ * newest point counts the rest of the image (every snapshot's bytes and the
+ * head's, less what its older points count), as the folder store's base
+ * point counts its whole flat: the points of the image sum to the image,
+ * and once it is the last of them, dropping it frees what it counts.
  */
 export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsage[], heads?: ReadonlySet<string>): Map<number, Record<string, number>> {
   const byImage = new Map<string, RbdUsage[]>()
@@ -213,8 +214,16 @@ export function pointBytes(points: readonly CephPoint[], usage: readonly RbdUsag
       const list = byImage.get(d.image) ?? []
       const i = list.findIndex((u) => u.snapshot === d.snap)
       const newest = i >= 0 && list.slice(i + 1).every((u) => u.snapshot === null)
-      if (i >= 0 && newest && heads !== undefined && !heads.has(d.image)) disks[name] = list.reduce((n, u) => n + u.used, 0)
-      else disks[name] = i < 0 ? 0 : (list[i + 1]?.used ?? 0)
+      if (i >= 0 && newest && heads !== undefined && !heads.has(d.image)) {
+        // the whole image, less what its other points count already (what the cycle after each wrote): the points' sum is the image
+        const others = new Set(points.flatMap((q) => Object.values(q.disks).flatMap((x) => (x.image === d.image && x.snap !== d.snap ? [x.snap] : []))))
+        let counted = 0
+        for (const s of others) {
+          const j = list.findIndex((u) => u.snapshot === s)
+          if (j >= 0) counted += list[j + 1]?.used ?? 0
+        }
+        disks[name] = Math.max(0, list.reduce((n, u) => n + u.used, 0) - counted)
+      } else disks[name] = i < 0 ? 0 : (list[i + 1]?.used ?? 0)
     }
     out.set(p.cycle, disks)
   }
