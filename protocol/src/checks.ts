@@ -183,6 +183,12 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
     case MessageKind.CommitProgress:
       if (m.doneBytes > m.totalBytes) throw bad('doneBytes', `${m.doneBytes} exceeds totalBytes (${m.totalBytes})`)
       return
+    case MessageKind.PointsDropped:
+      if (m.count < 1) throw bad('count', 'at least one point is dropped')
+      if (m.oldest > m.newest) throw bad('oldest', `${m.oldest} is after newest (${m.newest})`)
+      if (m.newest >= m.cycle) throw bad('newest', `point ${m.newest} is not older than the committed cycle ${m.cycle}`)
+      if (m.count > m.newest - m.oldest + 1) throw bad('count', `${m.count} points do not fit between cycles ${m.oldest} and ${m.newest}`)
+      return
     case MessageKind.ExtentAck:
     case MessageKind.DiskEnded:
     case MessageKind.Rollback:

@@ -13,8 +13,8 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress). */
-export const PROTOCOL_VERSIONS: readonly number[] = [5, 4, 3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped). */
+export const PROTOCOL_VERSIONS: readonly number[] = [6, 5, 4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
@@ -24,6 +24,9 @@ export const COMMIT_PROGRESS_VERSION = 4
 
 /** The first version in which the receiver may send VmProgress (SPEC §4.2, §4.3, §9). */
 export const VM_PROGRESS_VERSION = 5
+
+/** The first version in which the receiver may send PointsDropped (SPEC §5.5, §9). */
+export const POINTS_DROPPED_VERSION = 6
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -64,6 +67,8 @@ export const MessageKind = {
   Committed: 0x31,
   /** receiver → agent (v4): a long Commit is still being worked on (restore points merged); no reply */
   CommitProgress: 0x32,
+  /** receiver → agent (v6): this Commit dropped every restore point the VM had; no reply */
+  PointsDropped: 0x33,
   /** agent → receiver: size + digest of the first N MiB of the frozen source */
   TrivialCheck: 0x40,
   /** receiver → agent: the mirror's values and the verdict */
@@ -448,6 +453,35 @@ export interface CommitProgressMessage {
   readonly totalBytes: number
 }
 
+/**
+ * Receiver → agent, version 6 and later (SPEC §5.5): the Commit of `cycle`
+ * dropped every restore point the VM had, so that the mirror can be
+ * restored to this cycle and later only. Sent at most once per Commit,
+ * before its Committed (the commit has happened: it is no refusal). The
+ * agent answers nothing; it reports it (a warning of the run, e-mail,
+ * webhooks) besides the receiver's own status and metrics.
+ */
+export interface PointsDroppedMessage {
+  readonly kind: typeof MessageKind.PointsDropped
+  readonly vm: string
+  readonly cycle: number
+  /** points dropped, ≥ 1 */
+  readonly count: number
+  /** the cycle of the oldest point dropped */
+  readonly oldest: number
+  /** the cycle of the newest point dropped: oldest ≤ newest < cycle */
+  readonly newest: number
+  /**
+   * true when the points could not be kept (a capacity change without room
+   * for a base point, a re-seed or resync of a mirror changed behind the
+   * receiver's back); false when the VM keeps no restore points any more
+   * (its retention turned off: the operator's choice)
+   */
+  readonly broken: boolean
+  /** why, in words (≤ 1024 UTF-8 bytes) */
+  readonly reason: string
+}
+
 /** Agent → receiver: size and prefix digest of the frozen source (SPEC §5.6). */
 export interface TrivialCheckMessage {
   readonly kind: typeof MessageKind.TrivialCheck
@@ -551,6 +585,7 @@ export type Message =
   | CommitMessage
   | CommittedMessage
   | CommitProgressMessage
+  | PointsDroppedMessage
   | TrivialCheckMessage
   | TrivialResultMessage
   | CertifyMessage

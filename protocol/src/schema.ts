@@ -242,6 +242,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     retention: nullable(retentionSpec),
   }),
   [MessageKind.CommitProgress]: struct({ vm: name('vm'), cycle: uint(), step: progressStep, doneBytes: uint(), totalBytes: uint() }),
+  [MessageKind.PointsDropped]: struct({ vm: name('vm'), cycle: uint(), count: uint(), oldest: uint(), newest: uint(), broken: bool, reason: str(1024) }),
   [MessageKind.TrivialCheck]: struct({ disk, prefixBytes: uint(), algorithm: token, size: uint(), digest: digestBytes }),
   [MessageKind.TrivialResult]: struct({ disk, ok: bool, size: uint(), digest: digestBytes }),
   [MessageKind.Certify]: struct({ disk, algorithm: token, digest: digestBytes }),

@@ -5,7 +5,7 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, VM_PROGRESS_VERSION, type Message } from './messages.ts'
+import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, POINTS_DROPPED_VERSION, VM_PROGRESS_VERSION, type Message } from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -64,6 +64,7 @@ export const SENDER: Readonly<Record<number, Sender | 'both'>> = {
   [MessageKind.Commit]: 'agent',
   [MessageKind.Committed]: 'receiver',
   [MessageKind.CommitProgress]: 'receiver',
+  [MessageKind.PointsDropped]: 'receiver',
   [MessageKind.TrivialCheck]: 'agent',
   [MessageKind.TrivialResult]: 'receiver',
   [MessageKind.Certify]: 'agent',
@@ -91,6 +92,8 @@ export class ConversationState {
   #cycle = 0
   /** the version Welcome chose (0 before it) */
   #version = 0
+  /** a PointsDropped was sent for the Commit in flight (at most one) */
+  #pointsDropped = false
   readonly #disks = new Map<number, DiskTrack>()
 
   get phase(): Phase {
@@ -258,6 +261,7 @@ export class ConversationState {
         if (!all.some((d) => d.phase === 'sealed')) throw unexpected('Commit without a sealed disk')
         if (all.some((d) => d.phase !== 'sealed' && d.phase !== 'refused')) throw unexpected('Commit while a disk is still open')
         this.#phase = 'committing'
+        this.#pointsDropped = false
         return
       }
       case MessageKind.Committed:
@@ -271,6 +275,14 @@ export class ConversationState {
         if (this.#version < COMMIT_PROGRESS_VERSION) throw unexpected(`CommitProgress is not part of protocol version ${this.#version}`)
         need('committing')
         if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('CommitProgress names another VM or cycle')
+        return
+      case MessageKind.PointsDropped:
+        // SPEC §5.5: version 6 and later, between a Commit and its Committed, at most once
+        if (this.#version < POINTS_DROPPED_VERSION) throw unexpected(`PointsDropped is not part of protocol version ${this.#version}`)
+        need('committing')
+        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('PointsDropped names another VM or cycle')
+        if (this.#pointsDropped) throw unexpected('a second PointsDropped for one Commit')
+        this.#pointsDropped = true
         return
       case MessageKind.TrivialCheck:
         need('committed')

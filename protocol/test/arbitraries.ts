@@ -162,6 +162,9 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     .record({ vm: name, cycle, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
     .map(({ a, b, ...r }) => ({ kind: MessageKind.CommitProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
   fc
+    .record({ vm: name, a: fc.integer({ min: 0, max: 1 << 30 }), span: fc.integer({ min: 0, max: 1000 }), gap: fc.integer({ min: 1, max: 1000 }), f: fc.double({ min: 0, max: 1, noNaN: true }), broken: fc.boolean(), reason: text(200) })
+    .map(({ a, span, gap, f, ...r }) => ({ kind: MessageKind.PointsDropped, ...r, cycle: a + span + gap, oldest: a, newest: a + span, count: 1 + Math.floor(f * span) })),
+  fc
     .record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk })
     .chain(({ alg, size, p, disk }) => digestFor(alg).map((digest) => ({ kind: MessageKind.TrivialCheck, disk, prefixBytes: Math.floor(size * p), algorithm: alg, size, digest }))),
   fc.record({ kind: fc.constant(MessageKind.TrivialResult), disk, ok: fc.boolean(), size: nat, digest: fc.oneof(fc.constant(new Uint8Array(0)), digest) }),

@@ -253,6 +253,23 @@ export const samples: readonly Sample[] = [
     message: { kind: MessageKind.CommitProgress, vm: 'web01', cycle: 4, step: 'merge-points', doneBytes: 5 * 1024 * MiB, totalBytes: 12 * 1024 * MiB },
   },
   {
+    name: 'points-dropped by a re-seed of a changed mirror',
+    message: {
+      kind: MessageKind.PointsDropped,
+      vm: 'web01',
+      cycle: 9,
+      count: 3,
+      oldest: 5,
+      newest: 8,
+      broken: true,
+      reason: 'a disk was re-seeded or resynced over a mirror changed since its commit (booted or edited behind the receiver)',
+    },
+  },
+  {
+    name: 'points-dropped with the retention turned off',
+    message: { kind: MessageKind.PointsDropped, vm: 'db01', cycle: 12, count: 1, oldest: 11, newest: 11, broken: false, reason: 'the VM keeps no restore points any more' },
+  },
+  {
     name: 'trivial-check',
     message: { kind: MessageKind.TrivialCheck, disk: 0, prefixBytes: 64 * MiB, algorithm: 'sha1', size: 16 * 1024 * MiB, digest: bytes(20) },
   },

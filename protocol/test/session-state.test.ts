@@ -329,3 +329,24 @@ t.test('VmProgress: version 5 only, between a VmOpen and its VmState or a Rollba
   t.throws(() => run([...welcomed(5), R(progress(0, { vm: 'other' }))]), { code: 'E_UNEXPECTED', message: /another VM/ })
   t.throws(() => run([...welcomed(5), A(progress(0))]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
 })
+
+t.test('PointsDropped: version 6 only, between a Commit and its Committed, with their VM and cycle, at most once (SPEC §5.5, §8.1)', async (t) => {
+  const at = (version: number): Step[] => [A({ ...M.hello, versions: [6, 5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen), R(M.vmState)]
+  const sealed: Step[] = [A(M.diskOpen(0)), R(M.diskState(0)), A(M.diskEnd(0, 0)), R(M.diskEnded(0))]
+  const dropped = (o: { vm?: string; cycle?: number } = {}) => ({ kind: K.PointsDropped, vm: o.vm ?? 'vm', cycle: o.cycle ?? 2, count: 1, oldest: 1, newest: 1, broken: true, reason: 'r' })
+  const progress = { kind: K.CommitProgress, vm: 'vm', cycle: 2, step: 'merge-points', doneBytes: 0, totalBytes: 1 }
+  // with CommitProgress before and after it
+  const s = run([...at(6), ...sealed, A(M.commit), R(progress), R(dropped()), R(progress), R(M.committed), A(M.trivial(0))])
+  t.equal(s.version, 6)
+  t.equal(s.phase, 'committed')
+  // version 5 and 2 do not know the kind
+  t.throws(() => run([...at(5), ...sealed, A(M.commit), R(dropped())]), { code: 'E_UNEXPECTED', message: /version 5/ })
+  t.throws(() => run([...opening, ...sealed, A(M.commit), R(dropped())]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // twice for one Commit, before the Commit, after the Committed, for another VM or cycle, or from the agent
+  t.throws(() => run([...at(6), ...sealed, A(M.commit), R(dropped()), R(dropped())]), { code: 'E_UNEXPECTED', message: /second PointsDropped/ })
+  t.throws(() => run([...at(6), ...sealed, R(dropped())]), { code: 'E_UNEXPECTED', message: /phase vm-open/ })
+  t.throws(() => run([...at(6), ...sealed, A(M.commit), R(M.committed), R(dropped())]), { code: 'E_UNEXPECTED', message: /phase committed/ })
+  t.throws(() => run([...at(6), ...sealed, A(M.commit), R(dropped({ vm: 'other' }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
+  t.throws(() => run([...at(6), ...sealed, A(M.commit), R(dropped({ cycle: 3 }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
+  t.throws(() => run([...at(6), ...sealed, A(M.commit), A(dropped())]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
+})
