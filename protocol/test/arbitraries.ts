@@ -162,7 +162,15 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     .record({ vm: name, cycle, step: fc.stringMatching(/^[a-z][a-z0-9-]{0,31}$/), a: nat, b: nat })
     .map(({ a, b, ...r }) => ({ kind: MessageKind.CommitProgress, ...r, doneBytes: Math.min(a, b), totalBytes: Math.max(a, b) })),
   fc
-    .record({ vm: name, a: fc.integer({ min: 0, max: 1 << 30 }), span: fc.integer({ min: 0, max: 1000 }), gap: fc.integer({ min: 1, max: 1000 }), f: fc.double({ min: 0, max: 1, noNaN: true }), broken: fc.boolean(), reason: text(200) })
+    .record({
+      vm: name,
+      a: fc.integer({ min: 0, max: 1 << 30 }),
+      span: fc.integer({ min: 0, max: 1000 }),
+      gap: fc.integer({ min: 1, max: 1000 }),
+      f: fc.double({ min: 0, max: 1, noNaN: true }),
+      broken: fc.boolean(),
+      reason: text(200),
+    })
     .map(({ a, span, gap, f, ...r }) => ({ kind: MessageKind.PointsDropped, ...r, cycle: a + span + gap, oldest: a, newest: a + span, count: 1 + Math.floor(f * span) })),
   fc
     .record({ alg: digestAlg, size: nat, p: fc.double({ min: 0, max: 1, noNaN: true }), disk })

@@ -78,6 +78,8 @@ export interface RunReport {
     reusedSnapshot?: boolean
     error?: { code: string; message: string }
     retention?: { requested: Record<string, number> | null; applied: Record<string, number> | null }
+    pointsDropped?: { count: number; oldest: number; newest: number; broken: boolean; reason: string }
+    warnings?: { code: string; message: string }[]
     disks: {
       name: string
       ok: boolean

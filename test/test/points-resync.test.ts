@@ -8,6 +8,8 @@
 //   (with the reason logged) instead of keeping points that read wrong data.
 import t, { type Test } from 'tap'
 import { execFile } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer } from 'node:http'
 import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -44,10 +46,29 @@ async function metrics(s: Site): Promise<string> {
   return r.text
 }
 
-async function cycle(t: Test, s: Site, vmx: string, mode: string, label: string): Promise<void> {
-  const r = await replicateCli(s, vmx, ['--trivial-mb', '4'])
+async function cycle(t: Test, s: Site, vmx: string, mode: string, label: string, args: string[] = []): Promise<Awaited<ReturnType<typeof replicateCli>>> {
+  const r = await replicateCli(s, vmx, ['--trivial-mb', '4', ...args])
   t.equal(r.code, 0, `${label}: ${r.stderr.slice(-1500)}`)
   t.equal(r.report?.vms[0]?.disks[0]?.mode, mode, `${label}: ${mode}`)
+  return r
+}
+
+/** A local HTTP endpoint that keeps what is POSTed to it. */
+async function endpoint(t: Test): Promise<{ url: string; hits: Array<{ event: string | undefined; body: string }> }> {
+  const hits: Array<{ event: string | undefined; body: string }> = []
+  const srv = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      hits.push({ event: req.headers['x-grainline-event'] as string | undefined, body: Buffer.concat(chunks).toString('utf8') })
+      res.writeHead(200)
+      res.end()
+    })
+  })
+  srv.listen(0, '127.0.0.1')
+  await once(srv, 'listening')
+  t.teardown(() => new Promise((r) => srv.close(r)))
+  return { url: `http://127.0.0.1:${(srv.address() as { port: number }).port}/hook`, hits }
 }
 
 t.test('a store restored from a backup: the resync keeps every point exact and adds the restored one', async (t) => {
@@ -122,7 +143,27 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
   await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0xcd 2M 2M', join(s.store, 'pboot', 'pboot.vmdk')])
   await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 20 })
   const view = await expectedView(vm.vmxPath, join(dir, 'v4.raw'))
-  await cycle(t, s, vm.vmxPath, 'resync', 'after the boot')
+  // the agent's operator hears it too (protocol v6 PointsDropped): the report, the terminal, a webhook that asked for failures only
+  const hook = await endpoint(t)
+  await writeFile(join(dir, 'hook.secret'), 'webhook-secret-0123456789\n')
+  const hookArgs = ['--webhook', hook.url, '--webhook-secret-file', join(dir, 'hook.secret'), '--webhook-on', 'failure']
+  const r4 = await cycle(t, s, vm.vmxPath, 'resync', 'after the boot', hookArgs)
+  t.match(r4.report?.vms[0], {
+    ok: true,
+    pointsDropped: { count: 2, oldest: 1, newest: 2, broken: true, reason: /modified mirror/ },
+    warnings: [
+      {
+        code: 'W_POINTS_DROPPED',
+        message:
+          /^the receiver dropped 2 restore points \(cycles 1 to 2\) at the commit of cycle 4: they could not be kept \(.*modified mirror.*\)\. The mirror can be restored to cycle 4 and later only/,
+      },
+    ],
+  })
+  t.match(r4.stdout, /^WARN pboot cycle 4/m, 'the summary says WARN')
+  t.match(r4.stdout, /^ {2}WARN W_POINTS_DROPPED: the receiver dropped 2 restore points/m)
+  t.equal(hook.hits.length, 1, 'a "failure" webhook fired for the warning')
+  t.equal(hook.hits[0]?.event, 'run.warning')
+  t.match(JSON.parse(hook.hits[0]?.body ?? '{}'), { event: 'run.warning', report: { ok: true, vms: [{ vm: 'pboot', warnings: [{ code: 'W_POINTS_DROPPED' }] }] } })
   t.equal(await firstDifference(join(s.store, 'pboot', 'pboot-flat.vmdk'), view), -1, 'the mirror is the frozen source again')
   t.same(
     (await listed(s, 'pboot')).points.map((p) => [p.cycle, p.current]),
@@ -144,7 +185,9 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
   t.match(status.stdout, /restore points 1, 2 dropped by the commit of cycle 4 \d+ s ago: .*modified mirror.*; the VM can be restored to cycle 4 and later only/)
   // the next cycle builds points again
   await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 21 })
-  await cycle(t, s, vm.vmxPath, 'incremental', 'next cycle')
+  const r5 = await cycle(t, s, vm.vmxPath, 'incremental', 'next cycle', hookArgs)
+  t.equal(r5.report?.vms[0]?.warnings, undefined, 'an ordinary cycle warns nothing')
+  t.equal(hook.hits.length, 1, 'and a clean run is no failure: no POST')
   t.same(
     (await listed(s, 'pboot')).points.map((p) => p.cycle),
     [4, 5],

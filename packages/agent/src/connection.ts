@@ -19,6 +19,7 @@ import {
   type CommitProgressMessage,
   type DiskProgressMessage,
   type VmProgressMessage,
+  type PointsDroppedMessage,
   type ErrorMessage,
   type ExtentAckMessage,
   type Message,
@@ -31,6 +32,9 @@ import { connectTlsUnjoined } from './tls-socket.ts'
 
 /** The receiver's report of long work before a reply (SPEC §4.2 VmProgress, §5.1 DiskProgress, §5.5 CommitProgress). */
 export type ProgressMessage = VmProgressMessage | DiskProgressMessage | CommitProgressMessage
+
+/** What the receiver may send before a reply that is no reply itself: progress, and a commit's PointsDropped (SPEC §5.5, v6). */
+export type InterimMessage = ProgressMessage | PointsDroppedMessage
 
 /** TLS and transport options of a connection. */
 export interface ConnectOptions extends ConnectSources {
@@ -93,7 +97,7 @@ export class PeerEnded extends Error {
 export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
-  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: ProgressMessage) => void } | undefined
+  #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: InterimMessage) => void } | undefined
   #failure: Error | undefined
   /** the fatal Error the receiver ended the conversation with, if it did */
   #peerError: ErrorMessage | undefined
@@ -150,9 +154,9 @@ export class Connection {
         this.onAck(msg)
         return
       }
-      // SPEC §4.2 (v5), §5.1 (v3), §5.5 (v4): not a reply; the conversation has checked that a VmOpen awaits its VmState or a
+      // SPEC §4.2 (v5), §5.1 (v3), §5.5 (v4, v6): not a reply; the conversation has checked that a VmOpen awaits its VmState or a
       // Rollback its RolledBack, a DiskOpen its DiskState, a Commit its Committed
-      if (msg.kind === MessageKind.VmProgress || msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress) {
+      if (msg.kind === MessageKind.VmProgress || msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress || msg.kind === MessageKind.PointsDropped) {
         this.#waiter?.progress(msg)
         return
       }
@@ -360,11 +364,11 @@ export class Connection {
 
   /**
    * The next non-ack message. Error messages are returned, not thrown.
-   * `timeoutMs` bounds the wait; a VmProgress, DiskProgress or CommitProgress that
-   * arrives meanwhile goes to `onProgress`, and when that returns true the
-   * wait starts over.
+   * `timeoutMs` bounds the wait; a VmProgress, DiskProgress, CommitProgress
+   * or PointsDropped that arrives meanwhile goes to `onProgress`, and when
+   * that returns true the wait starts over.
    */
-  async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: ProgressMessage) => boolean } = {}): Promise<Message> {
+  async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: InterimMessage) => boolean } = {}): Promise<Message> {
     const queued = this.#inbox.shift()
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure

@@ -21,7 +21,7 @@
 import { commitProgress, diskOpenProgress, vmProgress } from './receiver-progress.ts'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type PointsDroppedMessage, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { AgentStateStore, markCommitted, markDiverged, markInflight, markInflightResync, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
@@ -35,7 +35,7 @@ import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
-import { emptyDiskReport, emptyVmReport, errorInfo, type VmReport } from './report.ts'
+import { emptyDiskReport, emptyVmReport, errorInfo, pointsDroppedWarning, type VmReport } from './report.ts'
 import { greet, openVmOn, type Greeting, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
 import { chainOptions, mirrorDiskNames, vmFiles } from './vm-files.ts'
@@ -594,6 +594,7 @@ class VmCycle {
         retention: this.#opts.retention,
         capacity: this.#works.reduce((n, w) => n + w.chain.capacity, 0),
         onProgress: commitProgress(this.log),
+        onPointsDropped: (p) => this.#notePointsDropped(p),
         // a stop still waits for the answer, but no longer than without progress
         ...(this.#opts.signal === undefined ? {} : { stop: this.#opts.signal }),
       })
@@ -644,6 +645,15 @@ class VmCycle {
       session?.client.terminate()
       throw err
     }
+  }
+
+  /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6): a warning of the run. */
+  #notePointsDropped(p: PointsDroppedMessage): void {
+    const dropped = { count: p.count, oldest: p.oldest, newest: p.newest, broken: p.broken, reason: p.reason }
+    this.#report.pointsDropped = dropped
+    const w = pointsDroppedWarning(p.cycle, dropped)
+    this.#report.warnings = [...(this.#report.warnings ?? []).filter((x) => x.code !== w.code), w]
+    this.log.warn({ vm: this.#vm.name, cycle: p.cycle, ...dropped }, w.message)
   }
 
   /** Report the retention the receiver applied; warn when it is not what the job asked. */

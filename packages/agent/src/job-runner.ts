@@ -15,7 +15,7 @@ import { outcomesOf } from './job/notify-schema.ts'
 import { sendReportEmail } from './notify/email.ts'
 import { sendWebhook } from './notify/webhook.ts'
 import { replicateMany } from './replicate.ts'
-import type { NotificationResult, ReplicationReport } from './report.ts'
+import { runOutcome, type NotificationResult, type ReplicationReport } from './report.ts'
 
 /** Options of {@link runJob}. */
 export interface RunJobOptions {
@@ -51,7 +51,7 @@ export async function runJob(components: { logger: Logger }, job: Job, opts: Run
   })
   // the report exists before anything else can go wrong (a notification hanging, a second signal)
   if (job.report !== undefined) await writeReportFile(job.report, report)
-  const outcome = report.ok ? 'success' : 'failure'
+  const outcome = runOutcome(report)
   const results: NotificationResult[] = []
   if (job.email !== undefined && outcomesOf(job.email.on).has(outcome)) {
     const to = typeof job.email.to === 'string' ? job.email.to : job.email.to.join(', ')

@@ -23,6 +23,7 @@ import {
   type CommitProgressMessage,
   type DiskProgressMessage,
   type VmProgressMessage,
+  type PointsDroppedMessage,
   type DiskStateMessage,
   type ErrorMessage,
   type ExtentAckMessage,
@@ -37,7 +38,7 @@ import {
   type WelcomeMessage,
   type RetentionSpec,
 } from '@grainline/protocol'
-import { Connection, ConnectionLost, PeerEnded, type ConnectOptions, type ProgressMessage } from './connection.ts'
+import { Connection, ConnectionLost, PeerEnded, type ConnectOptions, type InterimMessage } from './connection.ts'
 import { AgentError } from './errors.ts'
 
 /** The receiver said no: an Error message in place of the reply, or a refused DiskOpen. */
@@ -137,7 +138,7 @@ export class ReceiverClient {
   }
 
   /** A VmProgress listener for one VmOpen or Rollback of `vm`: true (restart the wait) while it moves forward, within vmProgressLimitMs. */
-  #vmProgress(vm: string, onProgress: ((p: VmProgressMessage) => void) | undefined): (p: ProgressMessage) => boolean {
+  #vmProgress(vm: string, onProgress: ((p: VmProgressMessage) => void) | undefined): (p: InterimMessage) => boolean {
     const started = performance.now()
     let limitMs: number | undefined
     let done = -1
@@ -164,7 +165,7 @@ export class ReceiverClient {
     const started = performance.now()
     const limitMs = diskOpenLimitMs(msg.capacity, this.#conn.idleTimeoutMs)
     let done = -1
-    const progress = (p: ProgressMessage): boolean => {
+    const progress = (p: InterimMessage): boolean => {
       if (p.kind !== MessageKind.DiskProgress || p.disk !== msg.disk || p.doneBytes <= done) return false
       done = p.doneBytes
       onProgress?.(p)
@@ -216,17 +217,31 @@ export class ReceiverClient {
    * first report's total and `capacity`, the cycle's disks together). Once
    * `stop` is aborted (an unabortable commit's answer is awaited through a
    * stop), progress no longer restarts the wait either: a stop waits at
-   * most one idle timeout more, as without progress.
+   * most one idle timeout more, as without progress. A PointsDropped (SPEC
+   * §5.5, v6: the commit dropped every restore point of the VM) goes to
+   * `onPointsDropped` and does not restart the wait.
    */
   async commit(
     vm: string,
     cycle: number,
-    opts: { abortable?: boolean; retention?: RetentionSpec | null; capacity?: number; onProgress?: (p: CommitProgressMessage) => void; stop?: AbortSignal } = {},
+    opts: {
+      abortable?: boolean
+      retention?: RetentionSpec | null
+      capacity?: number
+      onProgress?: (p: CommitProgressMessage) => void
+      onPointsDropped?: (p: PointsDroppedMessage) => void
+      stop?: AbortSignal
+    } = {},
   ): Promise<Reply<CommittedMessage>> {
     const started = performance.now()
     let limitMs: number | undefined
     let done = -1
-    const progress = (p: ProgressMessage): boolean => {
+    const progress = (p: InterimMessage): boolean => {
+      // the conversation has checked its VM and cycle, and that it comes once
+      if (p.kind === MessageKind.PointsDropped) {
+        opts.onPointsDropped?.(p)
+        return false
+      }
       if (p.kind !== MessageKind.CommitProgress || p.vm !== vm || p.cycle !== cycle || p.doneBytes <= done) return false
       done = p.doneBytes
       // the bound is set by the first report: a later, larger total cannot stretch it
@@ -294,7 +309,7 @@ export class ReceiverClient {
   }
 
   /** Send `msg` and read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true, onProgress?: (m: ProgressMessage) => boolean): Promise<Reply<Of<K>>> {
+  async #request<K extends Message['kind']>(msg: Message, kind: K, timeoutMs?: number, abortable = true, onProgress?: (m: InterimMessage) => boolean): Promise<Reply<Of<K>>> {
     try {
       await this.#conn.send(msg)
     } catch (err) {
@@ -317,7 +332,7 @@ export class ReceiverClient {
   }
 
   /** Read the next message: the reply of kind `kind`, or an Error as a refusal. */
-  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean, onProgress?: (m: ProgressMessage) => boolean): Promise<Reply<Of<K>>> {
+  async #reply<K extends Message['kind']>(kind: K, timeoutMs: number | undefined, abortable: boolean, onProgress?: (m: InterimMessage) => boolean): Promise<Reply<Of<K>>> {
     const m = await this.#conn.receive({
       ...(this.#signal === undefined || !abortable ? {} : { signal: this.#signal }),
       ...(timeoutMs === undefined ? {} : { timeoutMs }),

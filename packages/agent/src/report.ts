@@ -47,6 +47,30 @@ export interface DiskReport {
   error?: { code: string; message: string }
 }
 
+/**
+ * Something the operator must look at although the cycle committed and
+ * passed its checks (the run is `ok`; its outcome is `warning`, see
+ * {@link runOutcome}).
+ */
+export interface ReportWarning {
+  /** stable code: `W_POINTS_DROPPED` (the receiver dropped every restore point of the VM at this commit) */
+  readonly code: 'W_POINTS_DROPPED'
+  /** in words, with what to do */
+  readonly message: string
+}
+
+/** The restore points the receiver dropped at this cycle's commit (SPEC §5.5 PointsDropped, protocol version 6). */
+export interface PointsDroppedReport {
+  readonly count: number
+  /** cycles of the oldest and the newest point dropped */
+  readonly oldest: number
+  readonly newest: number
+  /** true: they could not be kept (the mirror changed behind the receiver, a capacity change); false: the receiver keeps no points of this VM any more */
+  readonly broken: boolean
+  /** the receiver's words */
+  readonly reason: string
+}
+
 /** The result of one VM cycle. */
 export interface VmReport {
   readonly ref: string
@@ -63,6 +87,10 @@ export interface VmReport {
   skippedDisks?: Array<{ node: string; fileName: string; kind: string; reason: string }>
   /** the restore-point retention the receiver applied at this commit (null: it keeps no points of this VM), and the job's request when it made one */
   retention?: { requested: RetentionSpec | null; applied: RetentionSpec | null }
+  /** the receiver dropped every restore point of the VM at this commit (a protocol version 6 receiver says so) */
+  pointsDropped?: PointsDroppedReport
+  /** what needs a look although the cycle committed */
+  warnings?: ReportWarning[]
   durationMs: number
   /** where the time went, ms: connect, snapshot, plan, ship (to DiskEnded), commit, check, remove */
   timings: Record<string, number>
@@ -79,6 +107,28 @@ export interface ReplicationReport {
   interrupted?: string
   /** notifications sent after the run (e-mail, webhooks) and how they went */
   notifications?: NotificationResult[]
+}
+
+/** How a run went, for notifications: `warning` when every VM is ok but one has a warning. */
+export type RunOutcome = 'success' | 'warning' | 'failure'
+
+/** The outcome of a run: `failure` unless `ok`, else `warning` when any VM reports a warning, else `success`. */
+export function runOutcome(report: Pick<ReplicationReport, 'ok' | 'vms'>): RunOutcome {
+  if (!report.ok) return 'failure'
+  return report.vms.some((v) => (v.warnings?.length ?? 0) > 0) ? 'warning' : 'success'
+}
+
+/** Every warning of a run, each with its VM. */
+export function runWarnings(report: Pick<ReplicationReport, 'vms'>): Array<{ vm: string; warning: ReportWarning }> {
+  return report.vms.flatMap((v) => (v.warnings ?? []).map((warning) => ({ vm: v.vm, warning })))
+}
+
+/** The warning of restore points dropped at the commit of `cycle`. */
+export function pointsDroppedWarning(cycle: number, p: PointsDroppedReport): ReportWarning {
+  const which = p.count === 1 ? `restore point ${p.oldest}` : `${p.count} restore points (cycles ${p.oldest} to ${p.newest})`
+  const why = p.broken ? `they could not be kept (${p.reason})` : `it keeps no restore points of this VM any more (${p.reason})`
+  const then = p.broken ? 'the archive grows again from this cycle' : "turn the receiver's retention back on if the VM should have restore points"
+  return { code: 'W_POINTS_DROPPED', message: `the receiver dropped ${which} at the commit of cycle ${cycle}: ${why}. The mirror can be restored to cycle ${cycle} and later only; ${then}.` }
 }
 
 /** One notification of a run. */
@@ -128,7 +178,7 @@ export function formatReport(report: ReplicationReport): string {
   const lines: string[] = []
   for (const vm of report.vms) {
     const head = [
-      `${vm.ok ? 'OK  ' : 'FAIL'} ${vm.vm}`,
+      `${vm.ok ? ((vm.warnings?.length ?? 0) > 0 ? 'WARN' : 'OK  ') : 'FAIL'} ${vm.vm}`,
       vm.cycle > 0 ? ` cycle ${vm.cycle}` : '',
       vm.snapshot !== undefined ? ` (${vm.snapshot}${vm.reusedSnapshot ? ', resumed' : ''})` : '',
       vm.reconnects > 0 ? `, ${vm.reconnects} reconnect${vm.reconnects === 1 ? '' : 's'}` : '',
@@ -146,6 +196,7 @@ export function formatReport(report: ReplicationReport): string {
       )
     }
     for (const s of vm.skippedDisks ?? []) lines.push(`  SKIP ${s.node} ${s.fileName}: ${s.reason}`)
+    for (const w of vm.warnings ?? []) lines.push(`  WARN ${w.code}: ${w.message}`)
   }
   if (report.interrupted !== undefined) lines.push(`stopped: ${report.interrupted}`)
   for (const n of report.notifications ?? []) lines.push(`${n.ok ? 'sent' : 'NOT SENT'} ${n.kind} to ${n.target}${n.error !== undefined ? `: ${n.error}` : ''}`)

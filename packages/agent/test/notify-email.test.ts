@@ -11,7 +11,7 @@ import { loadJob } from '../src/job/load-job.ts'
 import { runJob } from '../src/job-runner.ts'
 import { renderReportEmail } from '../src/notify/email-render.ts'
 import { sendReportEmail } from '../src/notify/email.ts'
-import { emptyDiskReport, emptyVmReport, type ReplicationReport } from '../src/report.ts'
+import { emptyDiskReport, emptyVmReport, formatReport, pointsDroppedWarning, type ReplicationReport, type VmReport } from '../src/report.ts'
 import { scratch } from './helpers.ts'
 
 const MiB = 1024 * 1024
@@ -159,6 +159,38 @@ t.test('a certified run that failed: the certified layout, the digest, the error
   t.match(m.text, /MISMATCH sha256/)
   t.match(m.text, /Errors:\n {2}web 01 \/ web 01\.vmdk: E_CHECK: certify sha256 mismatch/)
   t.equal(m.headers.get('x-grainline-result'), 'failed')
+})
+
+t.test('a run that committed with a warning: WARNING in the subject and the header, the warning with what to do in both parts', async (t) => {
+  const dir = scratch(t)
+  const srv = await smtpServer(t)
+  const { email } = await settings(dir, srv.port)
+  const r = sampleReport({ certify: false, fail: false })
+  const vm = r.vms[0] as VmReport
+  vm.pointsDropped = { count: 3, oldest: 9, newest: 11, broken: true, reason: 'a re-seed of a mirror booted at the <DR> site' }
+  vm.warnings = [pointsDroppedWarning(12, vm.pointsDropped)]
+  await sendReportEmail(email, r, { hostname: 'proxy-a' })
+  const m = await srv.next()
+  t.equal(m.subject, '[grainline] WARNING: 2 VMs replicated, a warning: web 01 (proxy-a)')
+  t.equal(m.headers.get('x-grainline-result'), 'warning')
+  t.match(m.text, /VMs: 2 ok, 0 failed, 1 with warnings/)
+  t.match(
+    m.text,
+    /Warnings:\n {2}web 01: W_POINTS_DROPPED: the receiver dropped 3 restore points \(cycles 9 to 11\) at the commit of cycle 12: they could not be kept \(a re-seed of a mirror booted at the <DR> site\)\. The mirror can be restored to cycle 12 and later only; the archive grows again from this cycle\./,
+  )
+  const html = typeof m.html === 'string' ? m.html : ''
+  t.match(html, /<h3>Warnings<\/h3><ul>\n<li class="warning">web 01: W_POINTS_DROPPED: the receiver dropped 3 restore points/)
+  t.match(html, /booted at the &lt;DR&gt; site/, 'escaped in HTML')
+  t.match(html, /color:#9a6700/, 'amber, not green')
+  // the terminal summary says it too
+  t.match(formatReport(r), /^WARN web 01 cycle 12.*\n(?:.*\n)* {2}WARN W_POINTS_DROPPED: the receiver dropped 3 restore points/m)
+  // the receiver's retention turned off: one point, what to do differs
+  const off = pointsDroppedWarning(5, { count: 1, oldest: 4, newest: 4, broken: false, reason: 'retention off' })
+  t.match(off.message, /^the receiver dropped restore point 4 at the commit of cycle 5: it keeps no restore points of this VM any more \(retention off\)\. .*turn the receiver's retention back on/)
+  // a failed run with a warning is FAILED: failure wins
+  r.ok = false
+  ;(r.vms[1] as VmReport).ok = false
+  t.match(renderReportEmail(r, { hostname: 'p' }).subject, /^\[grainline\] FAILED: 1 of 2 VMs failed/)
 })
 
 t.test('refusals are errors: no STARTTLS offered, a wrong password', async (t) => {

@@ -8,10 +8,10 @@ import { createServer as createHttpsServer } from 'node:https'
 import { join } from 'node:path'
 import { memoryLogger, tlsFixture } from '@grainline/test-utils'
 import { loadJob } from '../src/job/load-job.ts'
-import type { WebhookSettings } from '../src/job/notify-schema.ts'
+import { outcomesOf, type WebhookSettings } from '../src/job/notify-schema.ts'
 import { runJob } from '../src/job-runner.ts'
 import { DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sendWebhook, signWebhook, verifyWebhookSignature, type WebhookPayload } from '../src/notify/webhook.ts'
-import type { ReplicationReport } from '../src/report.ts'
+import { emptyVmReport, pointsDroppedWarning, runOutcome, type ReplicationReport } from '../src/report.ts'
 import { scratch } from './helpers.ts'
 
 const SECRET = 'webhook-secret-0123456789'
@@ -99,6 +99,25 @@ t.test('https with a private CA', async (t) => {
   const ep = await endpoint(t, [], { tls: true })
   t.match(await sendWebhook(hook(ep.url, { attempts: 1 }), report), { ok: false, error: /self-signed/ }, 'untrusted without the CA')
   t.same(await sendWebhook(hook(ep.url, { caFile: { path: '/ca', pem: tlsFixture().ca.toString('utf8') } }), report), { ok: true, attempts: 1, status: 200 })
+})
+
+t.test('a run that committed with a warning is event run.warning; "failure" subscribers hear it, "success" ones do not', async (t) => {
+  const ep = await endpoint(t, [])
+  const vm = { ...emptyVmReport('web01'), ok: true, cycle: 7 }
+  vm.warnings = [pointsDroppedWarning(7, { count: 2, oldest: 5, newest: 6, broken: true, reason: 'a re-seed of a changed mirror' })]
+  const warned: ReplicationReport = { ...report, vms: [vm] }
+  t.equal(runOutcome(warned), 'warning')
+  t.equal(runOutcome(report), 'success')
+  t.equal(runOutcome({ ...warned, ok: false }), 'failure', 'a failure wins over a warning')
+  t.match(await sendWebhook(hook(ep.url), warned), { ok: true })
+  t.equal(ep.hits[0]?.headers[EVENT_HEADER], 'run.warning')
+  const payload = JSON.parse(ep.hits[0]?.body ?? '{}') as WebhookPayload
+  t.match(payload, { event: 'run.warning', report: { ok: true, vms: [{ vm: 'web01', warnings: [{ code: 'W_POINTS_DROPPED', message: /restore points \(cycles 5 to 6\)/ }] }] } })
+  t.ok(verifyWebhookSignature({ secret: SECRET, header: ep.hits[0]?.headers[SIGNATURE_HEADER] as string, body: ep.hits[0]?.body ?? '' }).ok)
+  t.same([...outcomesOf(['failure'])].sort(), ['failure', 'warning'], '"failure" covers warnings')
+  t.same([...outcomesOf('success')], ['success'])
+  t.same([...outcomesOf(['warning'])], ['warning'])
+  t.same([...outcomesOf(undefined)].sort(), ['failure', 'success', 'warning'])
 })
 
 t.test('a job run posts its report to its webhooks, on the outcomes asked for', async (t) => {

@@ -421,6 +421,60 @@ t.test('CommitProgress on a version 3 connection, or of another cycle, breaks th
   await t.rejects(other.commit('vm', 4), { code: 'E_PROTOCOL', message: /CommitProgress names another VM or cycle/ })
 })
 
+/** A receiver that speaks `version`, seals the disk and answers a Commit with `before` (PointsDropped frames and the like), then `pause` ms later the Committed. */
+async function droppingCommit(
+  t: { teardown: (fn: () => unknown) => void },
+  version: number,
+  before: (m: Extract<Message, { kind: typeof MessageKind.Commit }>) => Array<Message | Uint8Array>,
+  pause = 0,
+): Promise<string> {
+  return await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.Hello) return { kind: MessageKind.Welcome, version, software: 'drop', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }
+    if (m.kind === MessageKind.DiskOpen) return diskState(m.disk)
+    if (m.kind === MessageKind.DiskEnd) return { kind: MessageKind.DiskEnded, disk: m.disk }
+    if (m.kind !== MessageKind.Commit) return 'default'
+    for (const f of before(m)) ws.send(f instanceof Uint8Array ? f : encodeMessage(f))
+    const answer = setTimeout(() => ws.send(encodeMessage(committedOf(m))), pause)
+    ws.on('close', () => clearTimeout(answer))
+    return 'none'
+  })
+}
+
+const dropped = (m: { vm: string; cycle: number }, o: Partial<Message> = {}): Message =>
+  ({ kind: MessageKind.PointsDropped, vm: m.vm, cycle: m.cycle, count: 2, oldest: 1, newest: 3, broken: true, reason: 'a re-seed of a changed mirror', ...o }) as Message
+
+t.test('PointsDropped (v6) before the Committed goes to onPointsDropped; it does not restart the wait', async (t) => {
+  const c = await sealedClient(t, await droppingCommit(t, 6, (m) => [dropped(m)]), [6, 5, 4, 3, 2], 2000)
+  const heard: unknown[] = []
+  const r = await c.commit('vm', 4, { onPointsDropped: (p) => heard.push(p) })
+  t.match(r, { ok: true, value: { vm: 'vm', cycle: 4 } })
+  t.match(heard, [{ vm: 'vm', cycle: 4, count: 2, oldest: 1, newest: 3, broken: true, reason: 'a re-seed of a changed mirror' }])
+  // a receiver that says it and then never answers: the wait runs out as without it
+  const s = await sealedClient(t, await droppingCommit(t, 6, (m) => [dropped(m)], 60_000), [6, 5, 4, 3, 2], 300)
+  const t0 = performance.now()
+  await t.rejects(s.commit('vm', 4), { name: 'ConnectionLost', message: /no answer from receiver for 300 ms/ })
+  t.ok(performance.now() - t0 < 1000, 'not put off by the PointsDropped')
+})
+
+t.test('PointsDropped on a version 5 connection, twice, or of another cycle breaks the conversation (E_PROTOCOL)', async (t) => {
+  const v5 = await sealedClient(t, await droppingCommit(t, 5, (m) => [dropped(m)]), [6, 5, 4, 3, 2], 2000)
+  await t.rejects(v5.commit('vm', 4), { code: 'E_PROTOCOL', message: /PointsDropped is not part of protocol version 5/ })
+  const twice = await sealedClient(t, await droppingCommit(t, 6, (m) => [dropped(m), dropped(m)]), [6, 5, 4, 3, 2], 2000)
+  await t.rejects(twice.commit('vm', 4), { code: 'E_PROTOCOL', message: /a second PointsDropped/ })
+  const other = await sealedClient(t, await droppingCommit(t, 6, (m) => [dropped(m, { cycle: 5 })]), [6, 5, 4, 3, 2], 2000)
+  await t.rejects(other.commit('vm', 4), { code: 'E_PROTOCOL', message: /PointsDropped names another VM or cycle/ })
+  // a malformed one (a point not older than the cycle: the encoder refuses it, so its bytes are patched) is a bad frame
+  const malformed = (m: { vm: string; cycle: number }): Uint8Array => {
+    const f = Buffer.from(encodeMessage(dropped(m)))
+    const at = f.indexOf(Buffer.from('\xa6newest', 'latin1')) + 7
+    t.equal(f[at], 3, 'newest is the fixint 3')
+    f[at] = 4
+    return f
+  }
+  const bad = await sealedClient(t, await droppingCommit(t, 6, (m) => [malformed(m)]), [6, 5, 4, 3, 2], 2000)
+  await t.rejects(bad.commit('vm', 4), { code: 'E_PROTOCOL', message: /newest/ })
+})
+
 t.test('the wait a Commit may be put off by progress is bounded by the work announced first, at most 16 merges of the disks whole (commitLimitMs)', async (t) => {
   t.equal(commitLimitMs(0, 1e12), 120_000)
   t.equal(commitLimitMs(1e11, 1e12), 120_000 + 1e7, '100 GB announced at 10 MB/s')

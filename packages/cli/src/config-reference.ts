@@ -166,11 +166,17 @@ the file (docs/CLI.md).
         schema: vmOptionsSchema(ctx),
       },
       { title: '`vms[]` entries', intro: 'A string names the VM alone; an object names it (`vm`) with per-VM options.', schema: z.strictObject({ vm: vmEntrySchema(ctx).shape.vm }), prefix: 'vms[].' },
-      { title: 'E-mail (`email`)', intro: 'An HTML and a text part per run; the subject says OK or FAILED and which VMs failed.', schema: emailSchema(ctx), prefix: 'email.' },
+      {
+        title: 'E-mail (`email`)',
+        intro:
+          'An HTML and a text part per run; the subject says OK, WARNING (every VM committed, one needs a look: restore points the receiver dropped — the warnings are listed with what to do) or FAILED, and which VMs failed or warned.',
+        schema: emailSchema(ctx),
+        prefix: 'email.',
+      },
       {
         title: 'Webhooks (`webhooks[]`)',
         intro:
-          'A JSON POST of `{ event, host, software, report }` with `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, `X-Grainline-Event` and `X-Grainline-Delivery`; see the README.',
+          'A JSON POST of `{ event, host, software, report }`: `event` is `run.succeeded`, `run.warning` (every VM committed, one needs a look: its `report.vms[].warnings`, e.g. `W_POINTS_DROPPED`) or `run.failed`. Headers: `X-Grainline-Event` (the event), `X-Grainline-Delivery` (one id for every attempt of a delivery: drop duplicates by it) and `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` — check the HMAC over the raw body and refuse a `t` more than a few minutes old. Network errors, timeouts, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … at most 30 s); any other answer is final.',
         schema: webhookSchema(ctx),
         prefix: 'webhooks[].',
       },

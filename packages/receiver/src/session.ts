@@ -6,6 +6,7 @@ import {
   ConversationState,
   DISK_PROGRESS_VERSION,
   VM_PROGRESS_VERSION,
+  POINTS_DROPPED_VERSION,
   MessageKind,
   ProtocolErrorCodes,
   decodeMessage,
@@ -38,6 +39,7 @@ import type { SessionSettings } from './session-settings.ts'
 import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './retention.ts'
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
+import { pointsDroppedNotice } from './points-dropped.ts'
 import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -660,6 +662,9 @@ export class Session {
     this.settings.observer?.cycleCommitted(this.vmName, seconds)
     // before the answer: once an agent holds Committed, the cycle is in the history (one small atomic write)
     await this.recordHistory(msg.cycle, seconds, disks)
+    // SPEC §5.5 (v6): a commit that dropped every restore point of the VM tells the agent, whose operator reads its report
+    const dropped = (this.negotiated?.version ?? 0) >= POINTS_DROPPED_VERSION ? pointsDroppedNotice(this.vmName, msg.cycle, this.mirror.state) : undefined
+    if (dropped !== undefined) this.send(dropped)
     this.send({
       kind: MessageKind.Committed,
       vm: this.vmName,

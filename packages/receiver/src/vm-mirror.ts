@@ -426,10 +426,6 @@ export class VmMirror {
       if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
-      // kept in the state, so that status, the dashboard and /metrics say so after the log has rotated
-      const dropped = pointsOf(this.current).map((p) => p.cycle)
-      const pointsDropped: PointsDroppedRecord | undefined =
-        plan.droppedAll !== undefined && dropped.length > 0 ? { cycle, at: now, cycles: dropped, why: plan.droppedAll, broken: keepsPoints(opts.retention) } : undefined
       const attached = withNamed(await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names), this.named)
       const c = commitState(this.current, cycle, sealed, suffix, now, newGeneration(), attached)
       for (const r of Object.values(c.next.disks)) {
@@ -449,6 +445,13 @@ export class VmMirror {
       records = c.records.map((r) => (proven.has(r.name) ? { ...r, proven: { kind: 'resync' as const, at: now, cycle } } : r))
       if (proven.size > 0) c.next = { ...c.next, disks: { ...c.next.disks, ...Object.fromEntries(records.filter((r) => proven.has(r.name)).map((r) => [r.name, r])) } }
       const kept = await this.retainChecked(plan.points, opts)
+      // kept in the state, so that status, the dashboard, /metrics and the agent (PointsDropped) say so after the log has rotated
+      const dropped = pointsOf(this.current).map((p) => p.cycle)
+      // points turned off at this commit while the cycle kept increments: the retention step drops them (not broken: chosen)
+      const off = !keepsPoints(opts.retention) && dropped.length > 0 && kept.points.length === 0 ? 'the VM keeps no restore points any more (retention off)' : undefined
+      if (plan.droppedAll === undefined && off !== undefined) this.log.warn({ vm: this.vm, cycle, points: dropped, why: off }, 'restore points dropped')
+      const why = plan.droppedAll ?? off
+      const pointsDropped: PointsDroppedRecord | undefined = why !== undefined && dropped.length > 0 ? { cycle, at: now, cycles: dropped, why, broken: keepsPoints(opts.retention) } : undefined
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       const reclaim = this.reclaim(c.next, kept.points)
       const retire = await this.writeBaseDescriptors(bases, kept.points, cycle)

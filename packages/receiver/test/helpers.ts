@@ -26,6 +26,7 @@ import {
   type CommitProgressMessage,
   type DiskProgressMessage,
   type VmProgressMessage,
+  type PointsDroppedMessage,
   type DiskOpenMessage,
   type ExtentMessage,
   type Message,
@@ -412,7 +413,7 @@ export async function runCycle(
     retention?: RetentionSpec | null
     /** the disk files the VmOpen's .vmx names (default: the cycle's disks) */
     vmxDisks?: string[]
-    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too, 5 VmProgress too) */
+    /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too, 5 VmProgress too, 6 PointsDropped too) */
     versions?: readonly number[]
   } = {},
 ): Promise<{
@@ -422,6 +423,8 @@ export async function runCycle(
   commitProgress: CommitProgressMessage[]
   /** the VmProgress frames before the VmState and before the RolledBack */
   vmProgress: VmProgressMessage[]
+  /** the PointsDropped before the Committed (version 6) */
+  pointsDropped?: PointsDroppedMessage[]
 }> {
   const alg = opts.alg ?? 'sha256'
   await initDigests()
@@ -475,14 +478,16 @@ export async function runCycle(
   if (opts.commit === false) return { resume, progress, commitProgress: [], vmProgress }
   agent.send({ kind: MessageKind.Commit, vm, cycle, retention: opts.retention ?? null })
   const commitProgress: CommitProgressMessage[] = []
+  const pointsDropped: PointsDroppedMessage[] = []
   let cm = await agent.next()
-  while (cm?.kind === MessageKind.CommitProgress) {
-    commitProgress.push(cm)
+  while (cm?.kind === MessageKind.CommitProgress || cm?.kind === MessageKind.PointsDropped) {
+    if (cm.kind === MessageKind.CommitProgress) commitProgress.push(cm)
+    else pointsDropped.push(cm)
     cm = await agent.next()
   }
   if (cm?.kind !== MessageKind.Committed)
     throw new Error(`expected Committed, got ${cm === undefined ? `a close ${JSON.stringify(agent.closed)}` : JSON.stringify(cm, (_k, v: unknown) => (v instanceof Uint8Array ? `<${v.length}>` : v))}`)
-  return { resume, committed: cm, progress, commitProgress, vmProgress }
+  return { resume, committed: cm, progress, commitProgress, vmProgress, pointsDropped }
 }
 
 export function seedPlan(handle: number, name: string, image: Buffer, cycleId: string, max = MiB): DiskPlan {

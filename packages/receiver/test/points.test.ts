@@ -7,7 +7,7 @@ import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, whenFree } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
@@ -861,9 +861,12 @@ t.test('a re-seed over a mirror changed since its commit still drops the points,
   // someone grew the mirror behind the receiver's back: it is not the committed cycle 2 any more
   appendFileSync(join(env.store, vm, 'd-flat.vmdk'), Buffer.alloc(512, 1))
   a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', pattern(cap, 10), 'db03db03db03db03')])
+  const c3 = await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', pattern(cap, 10), 'db03db03db03db03')], { versions: [6, 5, 4, 3, 2] })
   a.close()
   t.same(state(env.store, vm).points, [])
+  // a version 6 agent hears it before the Committed (SPEC §5.5), as the state records it
+  t.match(c3.pointsDropped, [{ kind: MessageKind.PointsDropped, vm, cycle: 3, count: 1, oldest: 1, newest: 1, broken: true, reason: /disk d\.vmdk was applied without a reverse increment/ }])
+  t.equal(c3.committed?.cycle, 3, 'and the Committed follows')
   // the drop outlives the log: the state records it, and status says it for a week
   const dropped = state(env.store, vm).pointsDropped
   t.match(dropped, { cycle: 3, cycles: [1], broken: true, why: /disk d\.vmdk was applied without a reverse increment/ })
@@ -894,6 +897,83 @@ t.test('a re-seed over a mirror changed since its commit still drops the points,
     logs.lines.some((l) => String(l['msg']).startsWith('mirror changed since its last commit: it cannot be kept')),
     'and why the old mirror could not be kept',
   )
+})
+
+t.test('points turned off while a cycle is in flight: the commit drops them, recorded as chosen, told to a v6 agent and to no v5 one', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  let rx = await startReceiver(env, { retention: { keep: 10 } })
+  const cap = 2 * MiB
+  const vm = 'web-ptsoff'
+  const v6 = [6, 5, 4, 3, 2]
+  let img = pattern(cap, 21)
+  let a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  let c = await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img, 'ab01ab01ab01ab01')], { versions: v6 })
+  a.close()
+  t.same(c.pointsDropped, [], 'a seed drops nothing')
+  const plans: DiskPlan[] = []
+  for (const cycle of [2, 3]) {
+    const ranges = [{ offset: cycle * 65536, length: 65536 }]
+    const next = evolve(img, cycle, ranges)
+    plans[cycle] = incPlan(0, 'd.vmdk', next, cycle - 1, `ab0${cycle}ab0${cycle}ab0${cycle}ab0${cycle}`, ranges, `d-00000${cycle - 1}.vmdk`, `d-00000${cycle}.vmdk`)
+    if (cycle === 3) break
+    img = next
+    a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+    c = await runCycle(a, vm, cycle, [plans[cycle] as DiskPlan], { versions: v6 })
+    a.close()
+    t.same(c.pointsDropped, [], 'an ordinary commit drops nothing')
+  }
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [1],
+  )
+  // cycle 3 starts with points on (its reverse increment written), then the receiver restarts with none
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 3, [plans[3] as DiskPlan], { versions: v6, commit: false })
+  a.close()
+  await rx.receiver.close()
+  rx = await startReceiver(env)
+  t.teardown(() => rx.receiver.close())
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  c = await runCycle(a, vm, 3, [plans[3] as DiskPlan], { versions: v6 })
+  a.close()
+  t.equal(c.committed?.cycle, 3)
+  t.same(state(env.store, vm).points ?? [], [])
+  t.match(state(env.store, vm).pointsDropped, { cycle: 3, cycles: [1], broken: false, why: /keeps no restore points any more/ })
+  t.match(c.pointsDropped, [{ cycle: 3, count: 1, oldest: 1, newest: 1, broken: false, reason: /keeps no restore points any more/ }])
+  // the operator's choice: no warning
+  t.equal(
+    (await storeHealth(env.store)).vms.find((v) => v.vm === vm)?.health.problems.some((p) => p.includes('dropped')),
+    false,
+  )
+  t.ok(
+    rx.logs.lines.some((l) => l['msg'] === 'restore points dropped' && /retention off/.test(String(l['why']))),
+    'logged',
+  )
+  // a version 5 connection is told nothing (the kind is not part of it), and its commit goes through
+  await rx.receiver.close()
+  rx = await startReceiver(env, { retention: { keep: 10 } })
+  for (const cycle of [4, 5]) {
+    const ranges = [{ offset: cycle * 65536, length: 65536 }]
+    img = evolve(img, cycle, ranges)
+    a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+    c = await runCycle(a, vm, cycle, [incPlan(0, 'd.vmdk', img, cycle - 1, `ab0${cycle}ab0${cycle}ab0${cycle}ab0${cycle}`, ranges, `d-00000${cycle - 1}.vmdk`, `d-00000${cycle}.vmdk`)], {
+      versions: [5, 4, 3, 2],
+    })
+    a.close()
+  }
+  t.same(
+    (state(env.store, vm).points ?? []).map((p) => p.cycle),
+    [3, 4],
+  )
+  await rx.receiver.close()
+  rx = await startReceiver(env)
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  img = evolve(img, 6, [{ offset: 0, length: 65536 }])
+  c = await runCycle(a, vm, 6, [incPlan(0, 'd.vmdk', img, 5, 'ab06ab06ab06ab06', [{ offset: 0, length: 65536 }], 'd-000005.vmdk', 'd-000006.vmdk')], { versions: [5, 4, 3, 2] })
+  a.close()
+  t.equal(c.committed?.cycle, 6)
+  t.same(c.pointsDropped, [], 'nothing on version 5')
+  t.match(state(env.store, vm).pointsDropped, { cycle: 6, cycles: [3, 4], broken: false }, 'recorded all the same')
 })
 
 t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {

@@ -12,8 +12,8 @@ export const DeltaFormats = ['sesparse', 'vmfssparse', 'hosted'] as const
 /** Hypervisor drivers. */
 export const DriverNames = ['local', 'esxi'] as const
 
-/** When a notification is sent. */
-export const NotifyOutcomes = ['success', 'failure'] as const
+/** When a notification is sent: after a clean run, a run that committed with a warning (report.ts runOutcome), a failed run. */
+export const NotifyOutcomes = ['success', 'warning', 'failure'] as const
 /** E-mail layouts: per run kind (as XSIBackup sends one for trivial-check runs and one for certified runs). */
 export const EmailLayouts = ['auto', 'trivial', 'certified'] as const
 /** How the SMTP connection is protected. */

@@ -1,6 +1,6 @@
 /**
  * The report notifications of a job: an e-mail (HTML + text) and signed
- * webhooks, sent after every run (or only after failed ones).
+ * webhooks, sent after every run (or only after some outcomes: `on`).
  */
 import { z } from 'zod'
 import { certificateFileField, doc, durationField, secretFileField, type SchemaContext } from './fields.ts'
@@ -13,9 +13,10 @@ const address = z.string().regex(/^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/, 'is not an 
 
 const onField = () =>
   doc(z.union([z.enum(NotifyOutcomes), z.array(z.enum(NotifyOutcomes)).min(1)]).optional(), {
-    description: 'Send after successful runs, failed runs or both (`["failure"]`: only when something failed).',
-    default: '["success", "failure"]',
-    type: '"success", "failure" or an array of them',
+    description:
+      'Send after clean runs (`success`), runs that committed with a warning such as restore points the receiver dropped (`warning`), failed runs (`failure`). `failure` covers warnings too: `["failure"]` sends whenever something needs a look.',
+    default: '["success", "warning", "failure"]',
+    type: '"success", "warning", "failure" or an array of them',
   })
 
 /** SMTP settings. */
@@ -59,7 +60,7 @@ export function emailSchema(ctx: SchemaContext) {
 export function webhookSchema(ctx: SchemaContext) {
   return z.strictObject({
     url: doc(z.url({ protocol: /^https?$/ }), { description: 'Endpoint receiving the JSON POST (`http://` or `https://`).' }),
-    secretFile: doc(secretFileField(ctx), { description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`, see the README).', type: 'path' }),
+    secretFile: doc(secretFileField(ctx), { description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`, see above).', type: 'path' }),
     on: onField(),
     caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
     timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'Timeout of one attempt.', default: '10s', type: 'duration' }),
@@ -75,8 +76,10 @@ export type EmailSettings = z.output<ReturnType<typeof emailSchema>>
 /** Validated webhook settings. */
 export type WebhookSettings = z.output<ReturnType<typeof webhookSchema>>
 
-/** The outcomes a notification is sent on. */
-export function outcomesOf(on: EmailSettings['on']): ReadonlySet<'success' | 'failure'> {
+/** The outcomes a notification is sent on: `on` as a set, `failure` covering `warning` (a run that needs a look). */
+export function outcomesOf(on: EmailSettings['on']): ReadonlySet<(typeof NotifyOutcomes)[number]> {
   if (on === undefined) return new Set(NotifyOutcomes)
-  return new Set(typeof on === 'string' ? [on] : on)
+  const set = new Set(typeof on === 'string' ? [on] : on)
+  if (set.has('failure')) set.add('warning')
+  return set
 }

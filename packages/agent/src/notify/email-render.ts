@@ -6,7 +6,7 @@
  * value per disk). Pure: no I/O.
  */
 import { formatBytes, formatDuration } from '@grainline/protocol'
-import type { DiskReport, ReplicationReport, VmReport } from '../report.ts'
+import { runWarnings, type DiskReport, type ReplicationReport, type VmReport } from '../report.ts'
 
 /** A rendered e-mail. */
 export interface RenderedEmail {
@@ -104,9 +104,13 @@ const sum = (vms: readonly VmReport[], f: (d: DiskReport) => number): number => 
 export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOptions): RenderedEmail {
   const layout = opts.layout === undefined || opts.layout === 'auto' ? (report.vms.some((v) => v.disks.some((d) => d.certify !== undefined)) ? 'certified' : 'trivial') : opts.layout
   const failed = report.vms.filter((v) => !v.ok)
-  const status = report.ok ? 'OK' : report.interrupted !== undefined ? 'INTERRUPTED' : 'FAILED'
+  const warnings = runWarnings(report)
+  const status = report.ok ? (warnings.length > 0 ? 'WARNING' : 'OK') : report.interrupted !== undefined ? 'INTERRUPTED' : 'FAILED'
+  const warned = [...new Set(warnings.map((w) => w.vm))]
   const what = report.ok
-    ? `${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} replicated${layout === 'certified' ? ' and certified' : ''}`
+    ? `${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} replicated${layout === 'certified' ? ' and certified' : ''}${
+        warned.length > 0 ? `, ${warnings.length === 1 ? 'a warning' : `${warnings.length} warnings`}: ${warned.slice(0, 3).join(', ')}${warned.length > 3 ? ', …' : ''}` : ''
+      }`
     : `${failed.length} of ${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} failed${
         failed.length > 0
           ? `: ${failed
@@ -121,15 +125,25 @@ export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOp
     `Result: ${status}${report.interrupted !== undefined ? ` (${report.interrupted})` : ''}`,
     `Proxy: ${opts.hostname}`,
     `Started: ${report.startedAt}, took ${formatDuration(Number.isFinite(took) ? took : 0)}`,
-    `VMs: ${report.vms.length - failed.length} ok, ${failed.length} failed`,
+    `VMs: ${report.vms.length - failed.length} ok, ${failed.length} failed${warned.length > 0 ? `, ${warned.length} with warnings` : ''}`,
     `Changed: ${formatBytes(sum(report.vms, (d) => d.dataBytes))} data, ${formatBytes(sum(report.vms, (d) => d.zeroBytes))} zero, ${formatBytes(sum(report.vms, (d) => d.wireBytes))} on the wire`,
     `Checks: ${layout === 'certified' ? 'certified (full digest of the frozen source and the mirror)' : 'trivial (size and a digest of the start of each disk)'}`,
   ]
   const h = head(layout)
   const r = rows(report, layout)
   const errors = errorsOf(report)
-  const text = [`grainline replication report — ${status}`, '', ...summary, '', textTable(h, r), '', ...(errors.length > 0 ? ['Errors:', ...errors.map((e) => `  ${e}`), ''] : [])].join('\n')
-  const color = report.ok ? '#1a7f37' : '#cf222e'
+  const warn = warnings.map((w) => `${w.vm}: ${w.warning.code}: ${w.warning.message}`)
+  const text = [
+    `grainline replication report — ${status}`,
+    '',
+    ...summary,
+    '',
+    textTable(h, r),
+    '',
+    ...(warn.length > 0 ? ['Warnings:', ...warn.map((e) => `  ${e}`), ''] : []),
+    ...(errors.length > 0 ? ['Errors:', ...errors.map((e) => `  ${e}`), ''] : []),
+  ].join('\n')
+  const color = report.ok ? (warnings.length > 0 ? '#9a6700' : '#1a7f37') : '#cf222e'
   const th = 'style="text-align:left;padding:4px 8px;border-bottom:1px solid #999;background:#f0f0f0"'
   const td = 'style="padding:4px 8px;border-bottom:1px solid #ddd;font-family:monospace"'
   const html = [
@@ -139,6 +153,7 @@ export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOp
     `<table style="border-collapse:collapse" data-layout="${layout}"><thead><tr>${h.map((c) => `<th ${th}>${esc(c)}</th>`).join('')}</tr></thead><tbody>`,
     ...r.map((row) => `<tr>${row.map((c, i) => `<td ${td}${i === row.length - 1 && c !== 'ok' ? ' class="failed"' : ''}>${esc(c)}</td>`).join('')}</tr>`),
     '</tbody></table>',
+    ...(warn.length > 0 ? ['<h3>Warnings</h3><ul>', ...warn.map((e) => `<li class="warning">${esc(e)}</li>`), '</ul>'] : []),
     ...(errors.length > 0 ? ['<h3>Errors</h3><ul>', ...errors.map((e) => `<li>${esc(e)}</li>`), '</ul>'] : []),
     '</body></html>',
   ].join('\n')

@@ -6,9 +6,12 @@
  */
 import { hostname as osHostname } from 'node:os'
 import type { EmailSettings } from '../job/notify-schema.ts'
-import type { ReplicationReport } from '../report.ts'
+import { runOutcome, type ReplicationReport } from '../report.ts'
 import { AGENT_SOFTWARE } from '../version.ts'
 import { renderReportEmail, type RenderedEmail } from './email-render.ts'
+
+/** The `X-Grainline-Result` header of each run outcome (for mail filters). */
+const RESULT_HEADER = { success: 'ok', warning: 'warning', failure: 'failed' } as const
 
 /** Send the report of a run; resolves with what was sent. @throws Error when the server refuses or cannot be reached */
 export async function sendReportEmail(settings: EmailSettings, report: ReplicationReport, opts: { hostname?: string } = {}): Promise<RenderedEmail & { messageId: string }> {
@@ -43,7 +46,7 @@ export async function sendReportEmail(settings: EmailSettings, report: Replicati
       subject: mail.subject,
       text: mail.text,
       html: mail.html,
-      headers: { 'X-Grainline-Result': report.ok ? 'ok' : 'failed', 'X-Mailer': AGENT_SOFTWARE },
+      headers: { 'X-Grainline-Result': RESULT_HEADER[runOutcome(report)], 'X-Mailer': AGENT_SOFTWARE },
     })) as { messageId: string }
     return { ...mail, messageId: info.messageId }
   } finally {

@@ -23,15 +23,18 @@ import { request as httpsRequest } from 'node:https'
 import { hostname as osHostname } from 'node:os'
 import type { Logger } from 'pino'
 import type { WebhookSettings } from '../job/notify-schema.ts'
-import type { ReplicationReport } from '../report.ts'
+import { runOutcome, type ReplicationReport } from '../report.ts'
 import { AGENT_SOFTWARE } from '../version.ts'
 
 /** The signature header. */
 export const SIGNATURE_HEADER = 'x-grainline-signature'
 /** The delivery id header (one per delivery, the same on each attempt). */
 export const DELIVERY_HEADER = 'x-grainline-delivery'
-/** The event header: `run.succeeded` or `run.failed`. */
+/** The event header: `run.succeeded`, `run.warning` (every VM committed, one needs a look: report.ts runOutcome) or `run.failed`. */
 export const EVENT_HEADER = 'x-grainline-event'
+
+/** The event of each run outcome. */
+const WEBHOOK_EVENTS = { success: 'run.succeeded', warning: 'run.warning', failure: 'run.failed' } as const
 
 /** Longest back-off between attempts, ms. */
 const MAX_BACKOFF_MS = 30_000
@@ -40,7 +43,7 @@ const MAX_ANSWER_BYTES = 64 * 1024
 
 /** The body of a webhook POST. */
 export interface WebhookPayload {
-  readonly event: 'run.succeeded' | 'run.failed'
+  readonly event: 'run.succeeded' | 'run.warning' | 'run.failed'
   /** the proxy that ran the job */
   readonly host: string
   readonly software: string
@@ -136,7 +139,7 @@ const sleep = (ms: number): Promise<void> =>
 export async function sendWebhook(hook: WebhookSettings, report: ReplicationReport, opts: SendWebhookOptions = {}): Promise<WebhookResult> {
   const url = new URL(hook.url)
   const now = opts.now ?? Date.now
-  const payload: WebhookPayload = { event: report.ok ? 'run.succeeded' : 'run.failed', host: opts.hostname ?? osHostname(), software: AGENT_SOFTWARE, report }
+  const payload: WebhookPayload = { event: WEBHOOK_EVENTS[runOutcome(report)], host: opts.hostname ?? osHostname(), software: AGENT_SOFTWARE, report }
   const body = JSON.stringify(payload)
   const delivery = randomUUID()
   const attempts = hook.attempts ?? 5

@@ -112,7 +112,13 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'report', key: 'report', level: 'job', path: true, yargs: s('write the JSON report to this file') },
   { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: s('e-mail the report to this address (repeat for several)', { array: true }) },
   { flag: 'mail-from', key: 'email.from', level: 'job', yargs: s('sender address of the report e-mail') },
-  { flag: 'mail-on', key: 'email.on', level: 'job', list: true, yargs: s('send the e-mail after successful runs, failed runs or both (default both)', { array: true, choices: NotifyOutcomes }) },
+  {
+    flag: 'mail-on',
+    key: 'email.on',
+    level: 'job',
+    list: true,
+    yargs: s('send the e-mail after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { array: true, choices: NotifyOutcomes }),
+  },
   { flag: 'mail-layout', key: 'email.layout', level: 'job', yargs: s('e-mail layout (default auto: certified when a VM was certified)', { choices: EmailLayouts }) },
   { flag: 'smtp-host', key: 'email.smtp.host', level: 'job', yargs: s('SMTP server') },
   { flag: 'smtp-port', key: 'email.smtp.port', level: 'job', integer: true, yargs: s('SMTP port (default 587; 465 with --smtp-tls implicit)') },
@@ -122,7 +128,13 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'smtp-ca', key: 'email.smtp.caFile', level: 'job', path: true, yargs: s('PEM CA trusted for the SMTP server') },
   { flag: 'webhook', key: 'webhooks.url', level: 'job', yargs: s('POST the JSON report, HMAC-signed, to this URL after the run') },
   { flag: 'webhook-secret-file', key: 'webhooks.secretFile', level: 'job', path: true, yargs: s("file holding the webhook's HMAC key") },
-  { flag: 'webhook-on', key: 'webhooks.on', level: 'job', list: true, yargs: s('POST after successful runs, failed runs or both (default both)', { array: true, choices: NotifyOutcomes }) },
+  {
+    flag: 'webhook-on',
+    key: 'webhooks.on',
+    level: 'job',
+    list: true,
+    yargs: s('POST after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { array: true, choices: NotifyOutcomes }),
+  },
 ]
 
 /** What the flags say, ready for the agent's `loadJob`. */
