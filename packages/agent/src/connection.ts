@@ -98,6 +98,8 @@ export class Connection {
   readonly #ws: WebSocket
   readonly #inbox: Message[] = []
   #waiter: { resolve: (m: Message) => void; reject: (e: Error) => void; progress: (m: InterimMessage) => void } | undefined
+  /** interim messages that came while nothing waited: PointsDropped only (progress without a wait is stale) */
+  readonly #interim: InterimMessage[] = []
   #failure: Error | undefined
   /** the fatal Error the receiver ended the conversation with, if it did */
   #peerError: ErrorMessage | undefined
@@ -157,7 +159,9 @@ export class Connection {
       // SPEC §4.2 (v5), §5.1 (v3), §5.5 (v4, v6): not a reply; the conversation has checked that a VmOpen awaits its VmState or a
       // Rollback its RolledBack, a DiskOpen its DiskState, a Commit its Committed
       if (msg.kind === MessageKind.VmProgress || msg.kind === MessageKind.DiskProgress || msg.kind === MessageKind.CommitProgress || msg.kind === MessageKind.PointsDropped) {
-        this.#waiter?.progress(msg)
+        if (this.#waiter !== undefined) this.#waiter.progress(msg)
+        // not progress but news (at most one per Commit, SPEC §8.1): kept for the wait that follows, never lost
+        else if (msg.kind === MessageKind.PointsDropped) this.#interim.push(msg)
         return
       }
       if (this.#waiter !== undefined) {
@@ -369,6 +373,8 @@ export class Connection {
    * that returns true the wait starts over.
    */
   async receive(opts: { signal?: AbortSignal; timeoutMs?: number; onProgress?: (m: InterimMessage) => boolean } = {}): Promise<Message> {
+    // a PointsDropped that came before this wait started (its Commit still being sent)
+    for (let m = this.#interim.shift(); m !== undefined; m = this.#interim.shift()) opts.onProgress?.(m)
     const queued = this.#inbox.shift()
     if (queued !== undefined) return queued
     if (this.#failure !== undefined) throw this.#failure

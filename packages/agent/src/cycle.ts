@@ -35,7 +35,7 @@ import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
 import { Reconnector } from './reconnect.ts'
-import { emptyDiskReport, emptyVmReport, errorInfo, pointsDroppedWarning, type VmReport } from './report.ts'
+import { emptyDiskReport, emptyVmReport, errorInfo, oneLine, pointsDroppedWarning, type VmReport } from './report.ts'
 import { greet, openVmOn, type Greeting, type Session } from './session.ts'
 import { verifyDisks } from './verification.ts'
 import { chainOptions, mirrorDiskNames, vmFiles } from './vm-files.ts'
@@ -649,9 +649,9 @@ class VmCycle {
 
   /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6): a warning of the run. */
   #notePointsDropped(p: PointsDroppedMessage): void {
-    const dropped = { count: p.count, oldest: p.oldest, newest: p.newest, broken: p.broken, reason: p.reason }
-    this.#report.pointsDropped = dropped
+    const dropped = { count: p.count, oldest: p.oldest, newest: p.newest, broken: p.broken, reason: oneLine(p.reason) }
     const w = pointsDroppedWarning(p.cycle, dropped)
+    this.#report.pointsDropped = dropped
     this.#report.warnings = [...(this.#report.warnings ?? []).filter((x) => x.code !== w.code), w]
     this.log.warn({ vm: this.#vm.name, cycle: p.cycle, ...dropped }, w.message)
   }

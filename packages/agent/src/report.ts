@@ -48,9 +48,9 @@ export interface DiskReport {
 }
 
 /**
- * Something the operator must look at although the cycle committed and
- * passed its checks (the run is `ok`; its outcome is `warning`, see
- * {@link runOutcome}).
+ * Something the operator must look at although the cycle committed. A VM
+ * can have warnings and still fail (its checks); a run whose VMs are all
+ * `ok` and one has a warning has the outcome `warning` ({@link runOutcome}).
  */
 export interface ReportWarning {
   /** stable code: `W_POINTS_DROPPED` (the receiver dropped every restore point of the VM at this commit) */
@@ -123,8 +123,14 @@ export function runWarnings(report: Pick<ReplicationReport, 'vms'>): Array<{ vm:
   return report.vms.flatMap((v) => (v.warnings ?? []).map((warning) => ({ vm: v.vm, warning })))
 }
 
+/** A peer's words on one line: control characters and line separators as spaces (a newline would fake a line of the report, the e-mail or the log). */
+export function oneLine(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, ' ')
+}
+
 /** The warning of restore points dropped at the commit of `cycle`. */
-export function pointsDroppedWarning(cycle: number, p: PointsDroppedReport): ReportWarning {
+export function pointsDroppedWarning(cycle: number, dropped: PointsDroppedReport): ReportWarning {
+  const p = { ...dropped, reason: oneLine(dropped.reason) }
   const which = p.count === 1 ? `restore point ${p.oldest}` : `${p.count} restore points (cycles ${p.oldest} to ${p.newest})`
   const why = p.broken ? `they could not be kept (${p.reason})` : `it keeps no restore points of this VM any more (${p.reason})`
   const then = p.broken ? 'the archive grows again from this cycle' : "turn the receiver's retention back on if the VM should have restore points"

@@ -187,6 +187,10 @@ t.test('a run that committed with a warning: WARNING in the subject and the head
   // the receiver's retention turned off: one point, what to do differs
   const off = pointsDroppedWarning(5, { count: 1, oldest: 4, newest: 4, broken: false, reason: 'retention off' })
   t.match(off.message, /^the receiver dropped restore point 4 at the commit of cycle 5: it keeps no restore points of this VM any more \(retention off\)\. .*turn the receiver's retention back on/)
+  // the receiver's words stay on one line: a newline cannot fake a line of the report
+  const forged = pointsDroppedWarning(5, { count: 1, oldest: 4, newest: 4, broken: true, reason: 'x\nOK   other-vm cycle 9\r\u2028y' })
+  t.notMatch(forged.message, /[\n\r\u2028]/)
+  t.match(forged.message, /\(x OK {3}other-vm cycle 9 y\)/)
   // a failed run with a warning is FAILED: failure wins
   r.ok = false
   ;(r.vms[1] as VmReport).ok = false

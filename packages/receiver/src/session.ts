@@ -663,8 +663,15 @@ export class Session {
     // before the answer: once an agent holds Committed, the cycle is in the history (one small atomic write)
     await this.recordHistory(msg.cycle, seconds, disks)
     // SPEC §5.5 (v6): a commit that dropped every restore point of the VM tells the agent, whose operator reads its report
-    const dropped = (this.negotiated?.version ?? 0) >= POINTS_DROPPED_VERSION ? pointsDroppedNotice(this.vmName, msg.cycle, this.mirror.state) : undefined
-    if (dropped !== undefined) this.send(dropped)
+    // (the commit is durable: a notice the conversation or the encoder refused is logged, never in the way of the Committed)
+    if ((this.negotiated?.version ?? 0) >= POINTS_DROPPED_VERSION) {
+      try {
+        const dropped = pointsDroppedNotice(this.vmName, msg.cycle, this.mirror.state)
+        if (dropped !== undefined) this.send(dropped)
+      } catch (err) {
+        this.log.error({ err, vm: this.vmName, cycle: msg.cycle }, 'PointsDropped not sent (the commit stands; status and /metrics say the drop)')
+      }
+    }
     this.send({
       kind: MessageKind.Committed,
       vm: this.vmName,

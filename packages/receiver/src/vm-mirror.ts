@@ -423,7 +423,6 @@ export class VmMirror {
       }
       const planned = planCommitPoints(this.current, incs)
       const plan = await this.withPointConfig(planned)
-      if (plan.droppedAll !== undefined) this.log.warn({ vm: this.vm, cycle, points: pointsOf(this.current).map((p) => p.cycle), why: plan.droppedAll }, 'restore points dropped')
       // SPEC §5.8: a new random generation for every commit, durable with it
       const now = new Date().toISOString()
       const attached = withNamed(await stagedAttached(this.paths, [...Object.keys(this.current.disks), ...names], names), this.named)
@@ -447,10 +446,10 @@ export class VmMirror {
       const kept = await this.retainChecked(plan.points, opts)
       // kept in the state, so that status, the dashboard, /metrics and the agent (PointsDropped) say so after the log has rotated
       const dropped = pointsOf(this.current).map((p) => p.cycle)
-      // points turned off at this commit while the cycle kept increments: the retention step drops them (not broken: chosen)
+      // points turned off (whether the cycle kept increments, which the retention step then drops, or not): not broken, chosen
       const off = !keepsPoints(opts.retention) && dropped.length > 0 && kept.points.length === 0 ? 'the VM keeps no restore points any more (retention off)' : undefined
-      if (plan.droppedAll === undefined && off !== undefined) this.log.warn({ vm: this.vm, cycle, points: dropped, why: off }, 'restore points dropped')
-      const why = plan.droppedAll ?? off
+      const why = off ?? plan.droppedAll
+      if (why !== undefined && dropped.length > 0) this.log.warn({ vm: this.vm, cycle, points: dropped, why }, 'restore points dropped')
       const pointsDropped: PointsDroppedRecord | undefined = why !== undefined && dropped.length > 0 ? { cycle, at: now, cycles: dropped, why, broken: keepsPoints(opts.retention) } : undefined
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       const reclaim = this.reclaim(c.next, kept.points)

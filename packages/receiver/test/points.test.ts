@@ -973,7 +973,7 @@ t.test('points turned off while a cycle is in flight: the commit drops them, rec
   a.close()
   t.equal(c.committed?.cycle, 6)
   t.same(c.pointsDropped, [], 'nothing on version 5')
-  t.match(state(env.store, vm).pointsDropped, { cycle: 6, cycles: [3, 4], broken: false }, 'recorded all the same')
+  t.match(state(env.store, vm).pointsDropped, { cycle: 6, cycles: [3, 4], broken: false, why: /keeps no restore points any more/ }, 'recorded all the same, as chosen')
 })
 
 t.test('dropping middle points merges increments: every kept point stays exact (explicit drop, then GFS on a fake clock)', async (t) => {

@@ -14,7 +14,7 @@ const address = z.string().regex(/^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$/, 'is not an 
 const onField = () =>
   doc(z.union([z.enum(NotifyOutcomes), z.array(z.enum(NotifyOutcomes)).min(1)]).optional(), {
     description:
-      'Send after clean runs (`success`), runs that committed with a warning such as restore points the receiver dropped (`warning`), failed runs (`failure`). `failure` covers warnings too: `["failure"]` sends whenever something needs a look.',
+      'Send after clean runs (`success`), runs that committed with a warning such as restore points the receiver dropped (`warning`), failed runs (`failure`). A run with a warning committed and needs a look, so `success` and `failure` both cover it: `["failure"]` sends whenever something needs a look, `["success"]` after every committed run; `["warning"]` alone sends only those.',
     default: '["success", "warning", "failure"]',
     type: '"success", "warning", "failure" or an array of them',
   })
@@ -60,7 +60,10 @@ export function emailSchema(ctx: SchemaContext) {
 export function webhookSchema(ctx: SchemaContext) {
   return z.strictObject({
     url: doc(z.url({ protocol: /^https?$/ }), { description: 'Endpoint receiving the JSON POST (`http://` or `https://`).' }),
-    secretFile: doc(secretFileField(ctx), { description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`, see above).', type: 'path' }),
+    secretFile: doc(secretFileField(ctx), {
+      description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`: see Webhooks below).',
+      type: 'path',
+    }),
     on: onField(),
     caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
     timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'Timeout of one attempt.', default: '10s', type: 'duration' }),
@@ -76,10 +79,14 @@ export type EmailSettings = z.output<ReturnType<typeof emailSchema>>
 /** Validated webhook settings. */
 export type WebhookSettings = z.output<ReturnType<typeof webhookSchema>>
 
-/** The outcomes a notification is sent on: `on` as a set, `failure` covering `warning` (a run that needs a look). */
+/**
+ * The outcomes a notification is sent on: `on` as a set, where `success`
+ * and `failure` both cover `warning` (a run with a warning committed, as a
+ * clean one, and needs a look, as a failed one).
+ */
 export function outcomesOf(on: EmailSettings['on']): ReadonlySet<(typeof NotifyOutcomes)[number]> {
   if (on === undefined) return new Set(NotifyOutcomes)
   const set = new Set(typeof on === 'string' ? [on] : on)
-  if (set.has('failure')) set.add('warning')
+  if (set.has('failure') || set.has('success')) set.add('warning')
   return set
 }
