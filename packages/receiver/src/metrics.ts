@@ -18,7 +18,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { storeStatus, type VmStatus } from './store-admin.ts'
-import type { StoreReader } from './store-overview.ts'
+import { RpoStates, assessRpo, rpoTargetMs, type RpoPolicy, type StoreReader } from './store-overview.ts'
 import type { RefusalReason } from './refusal-log.ts'
 import { HealthStates, assessMirror } from './store-health.ts'
 
@@ -55,12 +55,15 @@ export class ReceiverMetrics implements ReceiverObserver {
   readonly #sessions: Counter<'peer'>
   readonly #refused: Counter<'reason'>
   readonly #checks: Counter<'vm' | 'disk' | 'check' | 'result'>
+  readonly #rpo: RpoPolicy | undefined
 
   /**
    * @param store the mirror store read at each scrape: a folder, or a reader (the Ceph store's, store-overview.ts)
    * @param sessionsNow open sessions right now
+   * @param rpo the receiver's RPO targets (`rpo` in its configuration), as the dashboard assesses them
    */
-  constructor(store: string | StoreReader, sessionsNow: () => number) {
+  constructor(store: string | StoreReader, sessionsNow: () => number, rpo?: RpoPolicy) {
+    this.#rpo = rpo
     this.#read = typeof store === 'string' ? () => storeStatus(store) : () => store.status()
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'grainline_receiver_' })
@@ -122,11 +125,36 @@ export class ReceiverMetrics implements ReceiverObserver {
     )
     const health = gauge(
       'grainline_mirror_health',
-      "The mirror's health as grainline status reports it (0 OK, 1 WARNING, 2 CRITICAL), its age aside: alert on grainline_mirror_age_seconds for the RPO",
+      "The mirror's health as grainline status reports it (0 OK, 1 WARNING, 2 CRITICAL), its age aside: grainline_mirror_rpo_state is the age against the RPO target",
       ['vm'],
     )
     const holds = gauge('grainline_mirror_holds', 'Opened points and failovers holding the mirror: while above 0, no cycle is applied (E_HELD)', ['vm'])
-    const gauges: Array<{ reset(): void }> = [lastCommit, age, cycle, inflight, unreadable, check, diverged, modified, capacity, points, oldestPoint, newestPoint, dropped, holds, health]
+    const rpoTarget = gauge('grainline_mirror_rpo_target_seconds', "The VM's recovery point objective (the receiver's rpo setting, default 24 h)", ['vm'])
+    const rpoState = gauge(
+      'grainline_mirror_rpo_state',
+      "The mirror's age against its RPO target as the dashboard shows it: 0 OK, 1 WARNING (past 80 % of the target), 2 CRITICAL (past the target, or never committed)",
+      ['vm'],
+    )
+    const gauges: Array<{ reset(): void }> = [
+      lastCommit,
+      age,
+      cycle,
+      inflight,
+      unreadable,
+      check,
+      diverged,
+      modified,
+      capacity,
+      points,
+      oldestPoint,
+      newestPoint,
+      dropped,
+      holds,
+      health,
+      rpoTarget,
+      rpoState,
+    ]
+    const rpo = this.#rpo
     async function fill(): Promise<void> {
       const st = await read()
       for (const g of gauges) g.reset()
@@ -145,10 +173,14 @@ export class ReceiverMetrics implements ReceiverObserver {
           cycle.set(v, vm.committedCycle)
           inflight.set(v, vm.needsRecovery ? 1 : 0)
           const at = vm.committedAt === null ? Number.NaN : Date.parse(vm.committedAt)
-          if (Number.isFinite(at)) {
+          const ageSeconds = Number.isFinite(at) ? Math.max(0, (now - at) / 1000) : null
+          if (ageSeconds !== null) {
             lastCommit.set(v, at / 1000)
-            age.set(v, Math.max(0, (now - at) / 1000))
+            age.set(v, ageSeconds)
           }
+          const targetMs = rpoTargetMs(rpo, vm.vm)
+          rpoTarget.set(v, targetMs / 1000)
+          rpoState.set(v, RpoStates.indexOf(assessRpo(targetMs, ageSeconds === null ? null : Math.floor(ageSeconds)).state))
           points.set(v, vm.points?.length ?? 0)
           // a loop, not Math.min(...): a store's state can list any number of points
           let oldest = Number.POSITIVE_INFINITY

@@ -196,7 +196,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   // shared by the scrapes of /metrics and every viewer (shared-store-reader.ts): at most one store read per second
   // whoever asks — /metrics answers without a token by default — dropped on every live change
   const reader = sharedStoreReader(ceph === undefined ? folderStoreReader(init.store) : cephStoreReader(ceph.target))
-  const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(reader, () => sessions.size)
+  const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(reader, () => sessions.size, init.rpo)
   // errors are kept with folder mirrors; with a Ceph store they live in this process's memory (docs/CEPH.md)
   const live = new LiveState(ceph === undefined ? { storeDir: init.store, log } : { log })
   let httpServer: HttpListener | undefined

@@ -25,7 +25,7 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
 
 t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, refusals; closed with the receiver', async (t) => {
   const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env, { metricsListen: { host: '127.0.0.1', port: 0 } })
+  const { receiver, url } = await startReceiver(env, { metricsListen: { host: '127.0.0.1', port: 0 }, rpo: { targetMs: 3_600_000, vms: { 'db-*': 60_000 } } })
   let open = true
   t.teardown(() => (open ? receiver.close() : undefined))
   const m = receiver.metricsAddress
@@ -53,6 +53,9 @@ t.test('metrics of an in-process receiver: a committed cycle, bytes, sessions, r
   t.equal(sample(text, 'grainline_disk_modified', { vm: 'web-01', disk: 'web-01.vmdk' }), 0)
   t.equal(sample(text, 'grainline_mirror_state_unreadable', { vm: 'web-01' }), 0)
   t.equal(sample(text, 'grainline_disk_check_ok', { vm: 'web-01', disk: 'web-01.vmdk', check: 'trivial' }), undefined, 'never checked: absent')
+  // the receiver's RPO setting, as the dashboard reads it
+  t.equal(sample(text, 'grainline_mirror_rpo_target_seconds', { vm: 'web-01' }), 3600)
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'web-01' }), 0, 'committed just now: OK')
   const data = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'data' }) ?? 0
   const zero = sample(text, 'grainline_applied_bytes_total', { vm: 'web-01', disk: 'web-01.vmdk', kind: 'zero' }) ?? 0
   t.equal(data + zero, 2 * MiB, 'the whole seed applied, as data or zero')
@@ -243,6 +246,36 @@ t.test('store health: each case, its state and the words an operator reads', asy
   await t.rejects(storeHealth(join(dir, 'missing')), { code: 'E_NOT_FOUND', message: /does not exist/ })
   await t.rejects(storeHealth(join(dir, 'file')), { code: 'E_NOT_FOUND', message: /not a folder/ })
   t.equal((await storeHealth(dir)).state, 'UNKNOWN')
+})
+
+t.test("the age against each VM's RPO target, as the dashboard shows it: OK, WARNING past 80 %, CRITICAL past it or never committed", async (t) => {
+  const store = scratchDir(t)
+  const ago = (ms: number): string => new Date(Date.now() - ms).toISOString()
+  const state = (vm: string, cycle: number, committedAt: string | null): void => {
+    mkdirSync(join(store, vm, '.grainline'), { recursive: true })
+    writeFileSync(
+      join(store, vm, '.grainline', 'state.json'),
+      JSON.stringify({ format: 1, vm, compat: null, committedCycle: cycle, committedAt, displaySuffix: '', disks: {}, inflight: null, pending: null }),
+    )
+  }
+  state('web', 3, ago(10 * 60_000))
+  state('web-late', 3, ago(50 * 60_000))
+  state('web-stale', 3, ago(2 * 3_600_000))
+  state('db-1', 3, ago(2 * 60_000))
+  state('never', 0, null)
+  const text = await new ReceiverMetrics(store, () => 0, { targetMs: 3_600_000, vms: { 'db-*': 60_000 } }).registry.metrics()
+  t.equal(sample(text, 'grainline_mirror_rpo_target_seconds', { vm: 'web' }), 3600, 'the default target')
+  t.equal(sample(text, 'grainline_mirror_rpo_target_seconds', { vm: 'db-1' }), 60, 'a VM glob')
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'web' }), 0, '10 min of 1 h: OK')
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'web-late' }), 1, '50 min of 1 h: WARNING')
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'web-stale' }), 2, '2 h of 1 h: CRITICAL')
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'db-1' }), 2, '2 min of 1 min: CRITICAL')
+  t.equal(sample(text, 'grainline_mirror_rpo_state', { vm: 'never' }), 2, 'never committed: CRITICAL')
+  t.equal(sample(text, 'grainline_mirror_age_seconds', { vm: 'never' }), undefined)
+  // without an rpo setting: 24 h, as the dashboard
+  const plain = await new ReceiverMetrics(store, () => 0).registry.metrics()
+  t.equal(sample(plain, 'grainline_mirror_rpo_target_seconds', { vm: 'web' }), 86_400)
+  t.equal(sample(plain, 'grainline_mirror_rpo_state', { vm: 'web-stale' }), 0)
 })
 
 t.test('restore points and holds from the store at each scrape; a hostile state file is read, never trusted', async (t) => {
