@@ -8,7 +8,7 @@ import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, whenFree } from './helpers.ts'
-import { closePoint, listHolds, listPoints, openPoint, prunePoints, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
+import { closePoint, listHolds, listPoints, openPoint, prunePoints, recoverStore, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 
@@ -1017,6 +1017,91 @@ t.test('dropping middle points merges increments: every kept point stays exact (
       .sort(),
     ['d.p5-sesparse.vmdk', 'd.p5.vmdk', 'd.p6-sesparse.vmdk', 'd.p6.vmdk'],
   )
+})
+
+t.test('merges carry old zeros: a point whose increment holds zeros (old content that was zero) keeps reading zeros after its neighbours are dropped, one by one and chained', async (t) => {
+  const cap = 2 * MiB
+  const R = { offset: 256 * 1024, length: 128 * 1024 }
+  const H = { offset: 1024 * 1024, length: 192 * 1024 }
+  const S = { offset: 1536 * 1024, length: 64 * 1024 }
+  // the seed has data everywhere but H, a hole
+  const seed = pattern(cap, 41)
+  seed.fill(0, H.offset, H.offset + H.length)
+  // cycle 2 zeroes R; 3 writes R and H (their old contents are zeros: point 2's increment holds zeros there, point 1's has no H);
+  // 4 writes R again; 5 writes elsewhere
+  const plan: Record<number, Array<{ offset: number; length: number; zero?: boolean }>> = { 2: [{ ...R, zero: true }], 3: [R, H], 4: [R], 5: [S], 6: [S] }
+  for (const variant of ['one by one', 'chained', 'chained, interrupted'] as const) {
+    await t.test(variant, async (t) => {
+      const env = makeEnv(scratchDir(t))
+      const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+      const vm = `web-zeros-${variant.length}`
+      const images: Buffer[] = [Buffer.alloc(0), seed]
+      await pointCycles(env, url, vm, images, 6, (c) => plan[c] ?? [], 7, `f${variant.length % 10}`)
+      await receiver.close()
+      t.ok((images[2] as Buffer).subarray(R.offset, R.offset + R.length).equals(Buffer.alloc(R.length)), 'cycle 2 reads zeros at R')
+      t.ok((images[3] as Buffer).subarray(H.offset, H.offset + H.length).equals(Buffer.alloc(H.length)) === false, 'cycle 3 wrote H')
+      pointsExact(t, env, vm, images, 'before any drop')
+      const log = pino({ level: 'silent' })
+      if (variant === 'one by one') {
+        // point 3's increment (R as cycle 3 wrote it) merges into point 2's (R as zeros: old zeros must win)
+        t.same((await whenFree(() => prunePoints(env.store, vm, { cycles: [3] }, { logger: log }))).kept, [1, 2, 4, 5])
+        pointsExact(t, env, vm, images, 'after dropping point 3')
+        // point 2's increment (zeros at R and H) merges into point 1's (pattern at R, nothing at H: the zeros must land there)
+        t.same((await whenFree(() => prunePoints(env.store, vm, { cycles: [2] }, { logger: log }))).kept, [1, 4, 5])
+        pointsExact(t, env, vm, images, 'after dropping point 2')
+      } else if (variant === 'chained') {
+        t.same((await whenFree(() => prunePoints(env.store, vm, { cycles: [2, 3, 4] }, { logger: log }))).kept, [1, 5])
+        pointsExact(t, env, vm, images, 'after dropping points 2 to 4 at once')
+      } else {
+        // the same three merges stopped at each of their copy steps in turn (a crash there), then finished by start-up recovery
+        const base = join(env.dir, 'base')
+        execFileSync('cp', ['-a', env.store, base])
+        const before = state(base, vm)
+        const kept = dropPoints(before.points ?? [], [2, 3, 4])
+        t.equal(kept.merges.length, 3)
+        const pending: VmStateFile = {
+          ...before,
+          points: kept.points,
+          pending: { cycle: before.committedCycle, renames: [], descriptors: [], journals: [], files: false, merges: kept.merges, removePoints: kept.removePoints },
+        }
+        let steps = 0
+        for (let stopAt = 1; ; stopAt++) {
+          const store = join(env.dir, `stop-${stopAt}`)
+          execFileSync('cp', ['-a', base, store])
+          writeFileSync(join(store, vm, '.grainline', 'state.json'), JSON.stringify(pending))
+          let n = 0
+          let clock = 0
+          const stopped = await rollForwardPoints(
+            new VmPaths(store, vm),
+            pending,
+            () => {
+              if (++n === stopAt) throw new Error('stopped')
+            },
+            () => (clock += MERGE_PROGRESS_MS),
+          ).then(
+            () => false,
+            () => true,
+          )
+          if (!stopped) {
+            steps = stopAt - 1
+            break
+          }
+          const rep = await recoverStore(store, log)
+          t.equal(rep.find((r) => r.vm === vm)?.action, 'rolled-forward', `stopped at report ${stopAt}: recovery finished the merges`)
+          t.same(
+            (state(store, vm).points ?? []).map((p) => p.cycle),
+            [1, 5],
+          )
+          pointsExact(t, { dir: env.dir, store }, vm, images, `stopped at report ${stopAt}, recovered`)
+        }
+        t.ok(steps >= 4, `every one of the ${steps} reports was a place to stop`)
+        execFileSync('rm', ['-rf', base])
+      }
+      const p1 = state(env.store, vm).points?.find((p) => p.cycle === 1)?.disks['d.vmdk']?.file as string
+      const one = qemuRead(env.dir, join(env.store, vm, '.grainline', 'points', p1))
+      t.ok(one.subarray(H.offset, H.offset + H.length).equals(Buffer.alloc(H.length)), 'point 1 reads its hole H as zeros, not the later data')
+    })
+  }
 })
 
 t.test('consecutive dropped points merge in a chain: each merge is sized with what the earlier ones bring into its increment, so the reports go on moving to the total', async (t) => {
