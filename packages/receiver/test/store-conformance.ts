@@ -481,6 +481,39 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     t.ok((await store.readPoint(env, vm, 4, 'r.vmdk')).equals(images[4] as Buffer), 'point 4 reads back as the re-seed')
   })
 
+  t.test(`${store.kind}: points turned off: the next commit drops them, recorded as chosen (no warning), told to a version 6 agent`, async (t) => {
+    const env = makeEnv(dir())
+    let rx = await startReceiver(env, { ...store.init(env), retention: { keep: 5 } })
+    const vm = 'vm-off'
+    const v6 = [6, 5, 4, 3, 2]
+    const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 71)]
+    let a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+    t.same((await runCycle(a, vm, 1, [seedPlan(1, 'o.vmdk', images[1] as Buffer, cid(71))], { versions: v6 })).pointsDropped, [])
+    a.close()
+    const cycle = async (c: number) => {
+      const ranges = [{ offset: c * 131_072, length: 65_536 }]
+      images[c] = evolve(images[c - 1] as Buffer, c + 70, ranges)
+      a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+      const r = await runCycle(a, vm, c, [incPlan(1, 'o.vmdk', images[c] as Buffer, c - 1, cid(70 + c), ranges, `o-00000${c - 1}.vmdk`, `o-00000${c}.vmdk`)], { versions: v6 })
+      a.close()
+      t.equal(r.committed?.cycle, c, `cycle ${c} committed`)
+      return r
+    }
+    for (const c of [2, 3]) t.same((await cycle(c)).pointsDropped, [], `cycle ${c}: nothing dropped, nothing told`)
+    t.same(await store.points(env, vm), [1, 2])
+    await rx.receiver.close()
+    rx = await startReceiver(env, store.init(env))
+    t.teardown(() => rx.receiver.close())
+    const r = await cycle(4)
+    t.match(r.pointsDropped, [{ vm, cycle: 4, count: 2, oldest: 1, newest: 2, broken: false, reason: /keeps no restore points any more/ }], 'told before the Committed')
+    t.same(await store.points(env, vm), [])
+    t.ok((await store.readDisk(env, vm, 'o.vmdk')).equals(images[4] as Buffer), 'the mirror holds cycle 4')
+    const ov = (await store.overview(env)).vms.find((v) => v.vm === vm)
+    t.match(ov?.pointsDropped, { cycle: 4, cycles: [1, 2], broken: false })
+    t.equal(ov?.health.state, 'OK', "the operator's choice: no warning")
+    t.same((await cycle(5)).pointsDropped, [], 'the next commit tells nothing again')
+  })
+
   t.test(`${store.kind}: points drop and prune remove exactly those points; the mirror is never dropped; cycles go on`, async (t) => {
     const env = makeEnv(dir())
     const { receiver, url } = await startReceiver(env, { ...store.init(env), retention: { keep: 10 } })
