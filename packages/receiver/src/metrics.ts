@@ -55,7 +55,6 @@ export class ReceiverMetrics implements ReceiverObserver {
   readonly #sessions: Counter<'peer'>
   readonly #refused: Counter<'reason'>
   readonly #checks: Counter<'vm' | 'disk' | 'check' | 'result'>
-  readonly #rpo: RpoPolicy | undefined
 
   /**
    * @param store the mirror store read at each scrape: a folder, or a reader (the Ceph store's, store-overview.ts)
@@ -63,7 +62,6 @@ export class ReceiverMetrics implements ReceiverObserver {
    * @param rpo the receiver's RPO targets (`rpo` in its configuration), as the dashboard assesses them
    */
   constructor(store: string | StoreReader, sessionsNow: () => number, rpo?: RpoPolicy) {
-    this.#rpo = rpo
     this.#read = typeof store === 'string' ? () => storeStatus(store) : () => store.status()
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'grainline_receiver_' })
@@ -91,11 +89,11 @@ export class ReceiverMetrics implements ReceiverObserver {
         this.set(sessionsNow())
       },
     })
-    this.#mirrorGauges(registers)
+    this.#mirrorGauges(registers, rpo)
   }
 
   /** Gauges computed from the store at each scrape. */
-  #mirrorGauges(registers: Registry[]): void {
+  #mirrorGauges(registers: Registry[], rpo: RpoPolicy | undefined): void {
     const read = this.#read
     // one store read per scrape, shared by every gauge's collect() (prom-client awaits each of them)
     let pending: Promise<void> | undefined
@@ -154,7 +152,6 @@ export class ReceiverMetrics implements ReceiverObserver {
       rpoTarget,
       rpoState,
     ]
-    const rpo = this.#rpo
     async function fill(): Promise<void> {
       const st = await read()
       for (const g of gauges) g.reset()

@@ -27,6 +27,6 @@ export function pointsDroppedNotice(vm: string, cycle: number, state: { readonly
     if (c < oldest) oldest = c
     if (c > newest) newest = c
   }
-  const count = Math.min(new Set(cycles).size, newest - oldest + 1)
-  return { kind: MessageKind.PointsDropped, vm, cycle, count, oldest, newest, broken: r.broken, reason: truncateUtf8(r.why, MAX_REASON_BYTES) }
+  // distinct integers between oldest and newest: never more than the range holds (pointsDroppedOf checked them)
+  return { kind: MessageKind.PointsDropped, vm, cycle, count: new Set(cycles).size, oldest, newest, broken: r.broken, reason: truncateUtf8(r.why, MAX_REASON_BYTES) }
 }

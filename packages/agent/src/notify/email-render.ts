@@ -6,7 +6,7 @@
  * value per disk). Pure: no I/O.
  */
 import { formatBytes, formatDuration } from '@grainline/protocol'
-import { runWarnings, type DiskReport, type ReplicationReport, type VmReport } from '../report.ts'
+import { runOutcome, runWarnings, type DiskReport, type ReplicationReport, type VmReport } from '../report.ts'
 
 /** A rendered e-mail. */
 export interface RenderedEmail {
@@ -104,8 +104,9 @@ const sum = (vms: readonly VmReport[], f: (d: DiskReport) => number): number => 
 export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOptions): RenderedEmail {
   const layout = opts.layout === undefined || opts.layout === 'auto' ? (report.vms.some((v) => v.disks.some((d) => d.certify !== undefined)) ? 'certified' : 'trivial') : opts.layout
   const failed = report.vms.filter((v) => !v.ok)
+  const outcome = runOutcome(report)
   const warnings = runWarnings(report)
-  const status = report.ok ? (warnings.length > 0 ? 'WARNING' : 'OK') : report.interrupted !== undefined ? 'INTERRUPTED' : 'FAILED'
+  const status = outcome === 'success' ? 'OK' : outcome === 'warning' ? 'WARNING' : report.interrupted !== undefined ? 'INTERRUPTED' : 'FAILED'
   const warned = [...new Set(warnings.map((w) => w.vm))]
   const what = report.ok
     ? `${report.vms.length} VM${report.vms.length === 1 ? '' : 's'} replicated${layout === 'certified' ? ' and certified' : ''}${
@@ -143,7 +144,7 @@ export function renderReportEmail(report: ReplicationReport, opts: RenderEmailOp
     ...(warn.length > 0 ? ['Warnings:', ...warn.map((e) => `  ${e}`), ''] : []),
     ...(errors.length > 0 ? ['Errors:', ...errors.map((e) => `  ${e}`), ''] : []),
   ].join('\n')
-  const color = report.ok ? (warnings.length > 0 ? '#9a6700' : '#1a7f37') : '#cf222e'
+  const color = { success: '#1a7f37', warning: '#9a6700', failure: '#cf222e' }[outcome]
   const th = 'style="text-align:left;padding:4px 8px;border-bottom:1px solid #999;background:#f0f0f0"'
   const td = 'style="padding:4px 8px;border-bottom:1px solid #ddd;font-family:monospace"'
   const html = [
