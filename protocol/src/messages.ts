@@ -13,8 +13,8 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped). */
-export const PROTOCOL_VERSIONS: readonly number[] = [6, 5, 4, 3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped, v7 is v6 plus PointsDropped before the VmState of a cycle committed already). */
+export const PROTOCOL_VERSIONS: readonly number[] = [7, 6, 5, 4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
@@ -27,6 +27,14 @@ export const VM_PROGRESS_VERSION = 5
 
 /** The first version in which the receiver may send PointsDropped (SPEC §5.5, §9). */
 export const POINTS_DROPPED_VERSION = 6
+
+/**
+ * The first version in which the receiver may also send PointsDropped between
+ * a VmOpen and its VmState, when the VmOpen's cycle is the one the receiver
+ * committed last: the notice of a commit whose Committed was lost with its
+ * connection (SPEC §4.2, §5.5, §9).
+ */
+export const POINTS_DROPPED_AT_OPEN_VERSION = 7
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'

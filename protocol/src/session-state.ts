@@ -5,7 +5,7 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, POINTS_DROPPED_VERSION, VM_PROGRESS_VERSION, type Message } from './messages.ts'
+import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, POINTS_DROPPED_AT_OPEN_VERSION, POINTS_DROPPED_VERSION, VM_PROGRESS_VERSION, type Message } from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -92,7 +92,7 @@ export class ConversationState {
   #cycle = 0
   /** the version Welcome chose (0 before it) */
   #version = 0
-  /** a PointsDropped was sent for the Commit in flight (at most one) */
+  /** a PointsDropped was sent for the Commit in flight, or (version 7) for the VmOpen in flight: at most one each */
   #pointsDropped = false
   readonly #disks = new Map<number, DiskTrack>()
 
@@ -140,11 +140,14 @@ export class ConversationState {
         need('ready')
         this.#vm = msg.vm
         this.#cycle = msg.cycle
+        this.#pointsDropped = false
         this.#phase = 'vm-opening'
         return
       case MessageKind.VmState:
         need('vm-opening')
         if (msg.vm !== this.#vm) throw unexpected('VmState names another VM')
+        // SPEC §4.2 (v7): a PointsDropped before the VmState is the notice of the VmOpen's cycle, committed already
+        if (this.#pointsDropped && msg.committedCycle !== this.#cycle) throw unexpected(`PointsDropped of cycle ${this.#cycle} before a VmState whose committed cycle is ${msg.committedCycle}`)
         this.#phase = 'vm-open'
         return
       case MessageKind.VmProgress:
@@ -277,11 +280,13 @@ export class ConversationState {
         if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('CommitProgress names another VM or cycle')
         return
       case MessageKind.PointsDropped:
-        // SPEC §5.5: version 6 and later, between a Commit and its Committed, at most once
+        // SPEC §5.5: version 6 and later, between a Commit and its Committed, at most once; version 7 and later also
+        // between a VmOpen and its VmState (the notice of the VmOpen's cycle, which the VmState must say is committed)
         if (this.#version < POINTS_DROPPED_VERSION) throw unexpected(`PointsDropped is not part of protocol version ${this.#version}`)
-        need('committing')
-        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected('PointsDropped names another VM or cycle')
-        if (this.#pointsDropped) throw unexpected('a second PointsDropped for one Commit')
+        if (p === 'vm-opening' && this.#version < POINTS_DROPPED_AT_OPEN_VERSION) throw unexpected(`PointsDropped before a VmState is not part of protocol version ${this.#version}`)
+        need('committing', 'vm-opening')
+        if (msg.vm !== this.#vm || msg.cycle !== this.#cycle) throw unexpected(`PointsDropped names another VM or cycle than the ${p === 'committing' ? 'Commit' : 'VmOpen'}`)
+        if (this.#pointsDropped) throw unexpected(`a second PointsDropped for one ${p === 'committing' ? 'Commit' : 'VmOpen'}`)
         this.#pointsDropped = true
         return
       case MessageKind.TrivialCheck:

@@ -350,3 +350,28 @@ t.test('PointsDropped: version 6 only, between a Commit and its Committed, with 
   t.throws(() => run([...at(6), ...sealed, A(M.commit), R(dropped({ cycle: 3 }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle/ })
   t.throws(() => run([...at(6), ...sealed, A(M.commit), A(dropped())]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
 })
+
+t.test("PointsDropped before a VmState: version 7 only, the VmOpen's VM and cycle, at most once, and only when the VmState says that cycle is committed (SPEC §4.2, §5.5, §8.1)", async (t) => {
+  const hello = (version: number): Step[] => [A({ ...M.hello, versions: [7, 6, 5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen)]
+  const dropped = (o: { vm?: string; cycle?: number } = {}) => ({ kind: K.PointsDropped, vm: o.vm ?? 'vm', cycle: o.cycle ?? 2, count: 1, oldest: 1, newest: 1, broken: true, reason: 'r' })
+  const committed = { ...M.vmState, committedCycle: 2 }
+  const progress = { kind: K.VmProgress, vm: 'vm', step: 'merge-points', doneBytes: 0, totalBytes: 1 }
+  // the commit of the VmOpen's cycle went through before the connection dropped: told before its VmState, with VmProgress around it
+  const s = run([...hello(7), R(progress), R(dropped()), R(progress), R(committed)])
+  t.equal(s.version, 7)
+  t.equal(s.phase, 'vm-open')
+  // version 6 and 2 do not know it there (version 6 still does after a Commit)
+  t.throws(() => run([...hello(6), R(dropped())]), { code: 'E_UNEXPECTED', message: /before a VmState is not part of protocol version 6/ })
+  t.throws(() => run([A(M.hello), R(M.welcome), A(M.vmOpen), R(dropped())]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // a VmState that does not say the VmOpen's cycle is committed (in flight, or the one before) contradicts the notice
+  t.throws(() => run([...hello(7), R(dropped()), R(M.vmState)]), { code: 'E_UNEXPECTED', message: /committed cycle is 1/ })
+  t.throws(() => run([...hello(7), R(dropped()), R({ ...M.vmState, committedCycle: 3 })]), { code: 'E_UNEXPECTED', message: /committed cycle is 3/ })
+  // twice, of another VM or cycle, from the agent, or after the VmState (outside a Commit)
+  t.throws(() => run([...hello(7), R(dropped()), R(dropped())]), { code: 'E_UNEXPECTED', message: /second PointsDropped for one VmOpen/ })
+  t.throws(() => run([...hello(7), R(dropped({ vm: 'other' }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle than the VmOpen/ })
+  t.throws(() => run([...hello(7), R(dropped({ cycle: 1 }))]), { code: 'E_UNEXPECTED', message: /another VM or cycle than the VmOpen/ })
+  t.throws(() => run([...hello(7), A(dropped())]), { code: 'E_UNEXPECTED', message: /sent by the receiver/ })
+  t.throws(() => run([...hello(7), R(committed), R(dropped())]), { code: 'E_UNEXPECTED', message: /phase vm-open/ })
+  // a VmState without a notice is as before, whatever its committed cycle
+  t.equal(run([...hello(7), R(committed)]).phase, 'vm-open')
+})

@@ -15,7 +15,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { httpPort, promSample, replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
-import { failIfLingering, firstDifference, httpCall, qemuRaw, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, httpCall, qemuRaw, scratchDir, startReceiverProcess } from '@grainline/test-utils'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
 failIfLingering(t)
@@ -193,4 +193,46 @@ t.test('a booted mirror: the resync drops the restore points that no longer hold
     [4, 5],
   )
   t.equal(promSample(await metrics(s), 'grainline_restore_points', { vm: 'pboot' }), 1, '/metrics: point 4 again')
+})
+
+t.test('the receiver dies right after a commit that dropped the points: the agent reconnects, learns the commit, and still reports the drop (protocol v7)', async (t) => {
+  const dir = scratchDir(t, 'grainline-points-lost-')
+  const s = await site(dir)
+  t.teardown(() => s.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'plost', disks: [{ sizeBytes: 16 * MiB }], seed: 43 })
+  for (let c = 1; c <= 2; c++) {
+    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: 30 + c, zeroFraction: 0.2 })
+    await cycle(t, s, vm.vmxPath, c === 1 ? 'seed' : 'incremental', `cycle ${c}`)
+  }
+  // the mirror booted behind the receiver's back: the next commit (a resync) drops point 1
+  await exec('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0xcd 1M 1M', join(s.store, 'plost', 'plost.vmdk')])
+  await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 33 })
+  const view = await expectedView(vm.vmxPath, join(dir, 'v3.raw'))
+  // a receiver that SIGKILLs itself once that commit is durable, before its PointsDropped and Committed go out
+  const base = s.receiver.init
+  const port = s.receiver.port
+  await s.receiver.stop()
+  s.receiver = await startReceiverProcess({ ...base, port, env: { ...base.env, GRAINLINE_RECEIVER_FAULT: 'commit-after-state:1' } })
+  const run = replicateCli(s, vm.vmxPath, ['--trivial-mb', '0', '--give-up', '120'])
+  const died = await s.receiver.exited
+  t.equal(died.signal, 'SIGKILL', 'the receiver died at the durable commit')
+  t.match(await readFile(join(s.store, 'plost', '.grainline', 'state.json'), 'utf8'), /"pointsDropped"/, 'and the drop is recorded with it')
+  s.receiver = await startReceiverProcess({ ...base, port })
+  const r = await run
+  t.equal(r.code, 0, `the run ends well: ${r.stderr.slice(-1500)}`)
+  const v = r.report?.vms[0]
+  t.ok((v?.reconnects ?? 0) >= 1, 'after a reconnect')
+  t.equal(v?.cycle, 3)
+  t.match(v, {
+    ok: true,
+    pointsDropped: { count: 1, oldest: 1, newest: 1, broken: true, reason: /modified mirror/ },
+    warnings: [{ code: 'W_POINTS_DROPPED', message: /^the receiver dropped restore point 1 at the commit of cycle 3: they could not be kept/ }],
+  })
+  t.equal(v?.warnings?.length, 1, 'one warning')
+  t.match(r.stdout, /^WARN plost cycle 3/m, 'the summary says WARN')
+  t.equal(await firstDifference(join(s.store, 'plost', 'plost-flat.vmdk'), view), -1, 'the mirror is the frozen source')
+  // the next cycle is an ordinary one: no warning, and it is not told again
+  await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, writeSize: 32 * 1024, seed: 34 })
+  const r4 = await cycle(t, s, vm.vmxPath, 'incremental', 'next cycle')
+  t.equal(r4.report?.vms[0]?.warnings, undefined, 'an ordinary cycle warns nothing')
 })

@@ -268,6 +268,8 @@ class VmCycle {
     const rec = this.#record
     const proposal = rec.inflight?.cycle ?? (rec.committed?.cycle ?? 0) + 1
     let s = await this.#reconnect.run('connect', () => this.#session(proposal))
+    // the cycle a former run sent the Commit of went through, and that commit dropped every restore point (v7)
+    if (s.pointsDropped !== undefined) this.#notePointsDropped(s.pointsDropped)
     if (s.state.committedCycle + 1 !== proposal) {
       this.log.info({ proposal, committed: s.state.committedCycle }, 'mirror is at another cycle than the agent recorded; reopening')
       await s.client.close()
@@ -488,7 +490,9 @@ class VmCycle {
       if (session === undefined) {
         session = await this.#session(this.#cycleNo)
         if (session.state.committedCycle === this.#cycleNo) {
-          // the commit went through before the connection dropped: VmState carries its generation
+          // the commit went through before the connection dropped: VmState carries its generation, and a version 7
+          // receiver tells again the drop of every restore point that commit made (reported once)
+          if (session.pointsDropped !== undefined) this.#notePointsDropped(session.pointsDropped)
           await this.#recordCommit(session.state.generation)
           await session.client.close().catch(() => {})
           return { kind: 'committed' }
@@ -647,10 +651,12 @@ class VmCycle {
     }
   }
 
-  /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6): a warning of the run. */
+  /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6; §4.2, v7): a warning of the run. */
   #notePointsDropped(p: PointsDroppedMessage): void {
     const dropped = { count: p.count, oldest: p.oldest, newest: p.newest, broken: p.broken, reason: oneLine(p.reason) }
     const w = pointsDroppedWarning(p.cycle, dropped)
+    // heard after the Commit and again before the VmState of a reconnect (v7): one warning, one log line
+    if (this.#report.warnings?.some((x) => x.code === w.code && x.message === w.message) === true) return
     this.#report.pointsDropped = dropped
     this.#report.warnings = [...(this.#report.warnings ?? []).filter((x) => x.code !== w.code), w]
     this.log.warn({ vm: this.#vm.name, cycle: p.cycle, ...dropped }, w.message)

@@ -122,10 +122,20 @@ export class ReceiverClient {
    * receiver may first finish a commit or prune a crash interrupted (its
    * merges of dropped restore points) and say so with VmProgress (SPEC §4.2,
    * v5): each one that moves forward restarts the wait and goes to
-   * `onProgress`, within a bound (vmProgressLimitMs).
+   * `onProgress`, within a bound (vmProgressLimitMs). A PointsDropped
+   * before the VmState (SPEC §4.2, v7: the VmOpen's cycle is the receiver's
+   * last commit, which dropped every restore point of the VM) goes to
+   * `onPointsDropped` and does not restart the wait; the conversation has
+   * checked that the VmState then says that cycle is committed.
    */
-  async vmOpen(msg: Omit<VmOpenMessage, 'kind'>, onProgress?: (p: VmProgressMessage) => void): Promise<Reply<VmStateMessage>> {
-    return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState, undefined, true, this.#vmProgress(msg.vm, onProgress))
+  async vmOpen(msg: Omit<VmOpenMessage, 'kind'>, onProgress?: (p: VmProgressMessage) => void, onPointsDropped?: (p: PointsDroppedMessage) => void): Promise<Reply<VmStateMessage>> {
+    const progress = this.#vmProgress(msg.vm, onProgress)
+    const interim = (p: InterimMessage): boolean => {
+      if (p.kind !== MessageKind.PointsDropped) return progress(p)
+      onPointsDropped?.(p)
+      return false
+    }
+    return await this.#request({ kind: MessageKind.VmOpen, ...msg }, MessageKind.VmState, undefined, true, interim)
   }
 
   /**

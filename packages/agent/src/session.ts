@@ -9,6 +9,7 @@ import {
   PROTOCOL_VERSIONS,
   type CompressionAlgorithm,
   type DigestAlgorithm,
+  type PointsDroppedMessage,
   type VmFile,
   type VmProgressMessage,
   type VmStateMessage,
@@ -25,6 +26,12 @@ export interface Session {
   readonly client: ReceiverClient
   readonly welcome: WelcomeMessage
   readonly state: VmStateMessage
+  /**
+   * the PointsDropped the receiver sent before the VmState (SPEC §4.2, v7):
+   * the VmOpen's cycle is its last commit, whose Committed this agent did not
+   * hear, and that commit dropped every restore point of the VM
+   */
+  readonly pointsDropped?: PointsDroppedMessage
 }
 
 /** A connection after Hello → Welcome, before VmOpen. */
@@ -83,6 +90,7 @@ export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'v
   const { client, welcome } = greeting
   try {
     const vm = opts.vm
+    let pointsDropped: PointsDroppedMessage | undefined
     const state = await client.vmOpen(
       {
         vm: vm.name,
@@ -92,9 +100,12 @@ export async function openVmOn(greeting: Greeting, opts: Pick<SessionOptions, 'v
         disks: [...opts.disks],
       },
       onProgress,
+      (p) => {
+        pointsDropped = p
+      },
     )
     if (!state.ok) throw refusalError(`VmOpen of ${vm.name}`, state.refusal)
-    return { client, welcome, state: state.value }
+    return { client, welcome, state: state.value, ...(pointsDropped === undefined ? {} : { pointsDropped }) }
   } catch (err) {
     client.terminate()
     throw err

@@ -475,6 +475,33 @@ t.test('PointsDropped on a version 5 connection, twice, or of another cycle brea
   await t.rejects(bad.commit('vm', 4), { code: 'E_PROTOCOL', message: /newest/ })
 })
 
+/** A receiver that speaks `version` and answers a VmOpen with `before` (PointsDropped frames and the like), then a VmState whose committed cycle is `committed`. */
+async function droppingOpen(t: { teardown: (fn: () => unknown) => void }, version: number, before: (m: { vm: string; cycle: number }) => Message[], committed = 4): Promise<string> {
+  return await scripted(t, (m, ws) => {
+    if (m.kind === MessageKind.Hello) return { kind: MessageKind.Welcome, version, software: 'drop', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' }
+    if (m.kind !== MessageKind.VmOpen) return 'default'
+    for (const f of before(m)) ws.send(encodeMessage(f))
+    return { kind: MessageKind.VmState, vm: m.vm, exists: true, committedCycle: committed, inflightCycle: 0, compatible: true, generation: 'ab'.repeat(16) }
+  })
+}
+
+t.test('PointsDropped (v7) before the VmState of the cycle committed already goes to onPointsDropped; it does not restart the wait', async (t) => {
+  const c = await greetedClient(t, await droppingOpen(t, 7, (m) => [dropped(m)]), [7, 6, 5, 4, 3, 2], 2000)
+  const heard: unknown[] = []
+  const r = await c.vmOpen(vmOpen, undefined, (p) => heard.push(p))
+  t.match(r, { ok: true, value: { vm: 'vm', committedCycle: 4 } })
+  t.match(heard, [{ vm: 'vm', cycle: 4, count: 2, oldest: 1, newest: 3, broken: true }])
+  // on version 6 it is no part of a VmOpen; twice, of another cycle, or before a VmState that does not say the cycle is committed
+  const v6 = await greetedClient(t, await droppingOpen(t, 6, (m) => [dropped(m)]), [7, 6, 5, 4, 3, 2], 2000)
+  await t.rejects(v6.vmOpen(vmOpen), { code: 'E_PROTOCOL', message: /before a VmState is not part of protocol version 6/ })
+  const twice = await greetedClient(t, await droppingOpen(t, 7, (m) => [dropped(m), dropped(m)]), [7, 6, 5, 4, 3, 2], 2000)
+  await t.rejects(twice.vmOpen(vmOpen), { code: 'E_PROTOCOL', message: /a second PointsDropped for one VmOpen/ })
+  const other = await greetedClient(t, await droppingOpen(t, 7, (m) => [dropped({ vm: m.vm, cycle: 3 }, { oldest: 1, newest: 2 })]), [7, 6, 5, 4, 3, 2], 2000)
+  await t.rejects(other.vmOpen(vmOpen), { code: 'E_PROTOCOL', message: /another VM or cycle than the VmOpen/ })
+  const notCommitted = await greetedClient(t, await droppingOpen(t, 7, (m) => [dropped(m)], 3), [7, 6, 5, 4, 3, 2], 2000)
+  await t.rejects(notCommitted.vmOpen(vmOpen), { code: 'E_PROTOCOL', message: /before a VmState whose committed cycle is 3/ })
+})
+
 t.test('the wait a Commit may be put off by progress is bounded by the work announced first, at most 16 merges of the disks whole (commitLimitMs)', async (t) => {
   t.equal(commitLimitMs(0, 1e12), 120_000)
   t.equal(commitLimitMs(1e11, 1e12), 120_000 + 1e7, '100 GB announced at 10 MB/s')

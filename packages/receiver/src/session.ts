@@ -6,6 +6,7 @@ import {
   ConversationState,
   DISK_PROGRESS_VERSION,
   VM_PROGRESS_VERSION,
+  POINTS_DROPPED_AT_OPEN_VERSION,
   POINTS_DROPPED_VERSION,
   MessageKind,
   ProtocolErrorCodes,
@@ -426,6 +427,9 @@ export class Session {
     const s = this.vm.state
     this.log.info({ vm: msg.vm, cycle: msg.cycle, committedCycle: s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, 'vm opened')
     await this.vm.stageFiles(msg.files, msg.disks)
+    // SPEC §4.2 (v7): the VmOpen of the cycle committed last is an agent whose Committed was lost with its connection:
+    // the drop that commit made is told again (the agent reports one cycle's notice once)
+    if (msg.cycle > 0 && s.committedCycle === msg.cycle) this.tellPointsDropped(msg.cycle, POINTS_DROPPED_AT_OPEN_VERSION)
     this.send({
       kind: MessageKind.VmState,
       vm: msg.vm,
@@ -663,15 +667,7 @@ export class Session {
     // before the answer: once an agent holds Committed, the cycle is in the history (one small atomic write)
     await this.recordHistory(msg.cycle, seconds, disks)
     // SPEC §5.5 (v6): a commit that dropped every restore point of the VM tells the agent, whose operator reads its report
-    // (the commit is durable: a notice the conversation or the encoder refused is logged, never in the way of the Committed)
-    if ((this.negotiated?.version ?? 0) >= POINTS_DROPPED_VERSION) {
-      try {
-        const dropped = pointsDroppedNotice(this.vmName, msg.cycle, this.mirror.state)
-        if (dropped !== undefined) this.send(dropped)
-      } catch (err) {
-        this.log.error({ err, vm: this.vmName, cycle: msg.cycle }, 'PointsDropped not sent (the commit stands; status and /metrics say the drop)')
-      }
-    }
+    this.tellPointsDropped(msg.cycle, POINTS_DROPPED_VERSION)
     this.send({
       kind: MessageKind.Committed,
       vm: this.vmName,
@@ -680,6 +676,21 @@ export class Session {
       disks: recs.map((r, i) => ({ disk: (disks[i] as PipelineDisk).handle, mirrorCid: r.mirrorCid, size: r.size })),
       retention: specFromPolicy(applied),
     })
+  }
+
+  /**
+   * Send the PointsDropped of the commit of `cycle`, when that commit dropped every restore point of the VM and the
+   * connection speaks `version` or later. The commit is durable: a notice the conversation or the encoder refused is
+   * logged, never in the way of the answer that follows.
+   */
+  private tellPointsDropped(cycle: number, version: number): void {
+    if ((this.negotiated?.version ?? 0) < version) return
+    try {
+      const dropped = pointsDroppedNotice(this.vmName, cycle, this.mirror.state)
+      if (dropped !== undefined) this.send(dropped)
+    } catch (err) {
+      this.log.error({ err, vm: this.vmName, cycle }, 'PointsDropped not sent (the commit stands; status and /metrics say the drop)')
+    }
   }
 
   /** Append the committed cycle to the VM's bounded history (dashboard charts); a failure is logged, the commit stands. */

@@ -7,7 +7,7 @@ import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, evolve, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, whenFree } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, hello, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, vmOpen, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, recoverStore, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
@@ -897,6 +897,74 @@ t.test('a re-seed over a mirror changed since its commit still drops the points,
     logs.lines.some((l) => String(l['msg']).startsWith('mirror changed since its last commit: it cannot be kept')),
     'and why the old mirror could not be kept',
   )
+})
+
+t.test('a commit that dropped the points, its Committed lost with the connection: the VmOpen of that cycle is told again on version 7, before the VmState (SPEC §4.2)', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  let rx = await startReceiver(env, { retention: { keep: 10 } })
+  const cap = 2 * MiB
+  const vm = 'web-pts7'
+  const img1 = pattern(cap, 16)
+  let a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'dc01dc01dc01dc01')])
+  a.close()
+  const ranges = [{ offset: 8192, length: MiB }]
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', evolve(img1, 2, ranges), 1, 'dc02dc02dc02dc02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')])
+  a.close()
+  // the mirror grown behind the receiver's back: the re-seed of cycle 3 drops point 1; this connection hears nothing (a
+  // version 5 one here, standing for a Committed and its notice lost with the connection)
+  appendFileSync(join(env.store, vm, 'd-flat.vmdk'), Buffer.alloc(512, 1))
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  const c3 = await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', pattern(cap, 17), 'dc03dc03dc03dc03')], { versions: [5, 4, 3, 2] })
+  a.close()
+  t.same(c3.pointsDropped, [])
+  t.match(state(env.store, vm).pointsDropped, { cycle: 3, cycles: [1], broken: true })
+  // the agent reconnects and opens the cycle it sent the Commit of: the messages up to the VmState
+  const reopen = async (cycle: number, versions: number[]): Promise<Array<Record<string, unknown>>> => {
+    const b = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+    try {
+      b.send(hello('sha256', 'none', versions))
+      await b.expect(MessageKind.Welcome)
+      b.send(vmOpen(vm, cycle, ['d-000001.vmdk']))
+      const seen: Array<Record<string, unknown>> = []
+      for (;;) {
+        const m = await b.next()
+        if (m === undefined) throw new Error(`closed ${JSON.stringify(b.closed)}`)
+        seen.push(m as unknown as Record<string, unknown>)
+        if (m.kind === MessageKind.VmState) return seen
+      }
+    } finally {
+      b.close()
+      await b.whenClosed()
+    }
+  }
+  const v7 = [7, 6, 5, 4, 3, 2]
+  const told = await reopen(3, v7)
+  t.match(told, [
+    { kind: MessageKind.PointsDropped, vm, cycle: 3, count: 1, oldest: 1, newest: 1, broken: true, reason: /disk d\.vmdk was applied without a reverse increment/ },
+    { kind: MessageKind.VmState, vm, committedCycle: 3 },
+  ])
+  t.equal(told.length, 2, 'once')
+  // a receiver restarted in between still tells it: the drop is in the VM's state, not in memory
+  await rx.receiver.close()
+  rx = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => rx.receiver.close())
+  t.match(await reopen(3, v7), [
+    { kind: MessageKind.PointsDropped, cycle: 3 },
+    { kind: MessageKind.VmState, committedCycle: 3 },
+  ])
+  // version 6 is told only after a Commit; the next cycle's VmOpen is told nothing (that commit is not its own)
+  t.match(await reopen(3, [6, 5, 4, 3, 2]), [{ kind: MessageKind.VmState, committedCycle: 3 }])
+  t.equal((await reopen(3, [6, 5, 4, 3, 2])).length, 1)
+  t.equal((await reopen(4, v7)).length, 1)
+  // a later commit without a drop: its reopening is told nothing
+  a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+  const img3 = pattern(cap, 17)
+  const r4 = [{ offset: 0, length: 65536 }]
+  await runCycle(a, vm, 4, [incPlan(0, 'd.vmdk', evolve(img3, 4, r4), 3, 'dc04dc04dc04dc04', r4, 'd-000001.vmdk', 'd-000002.vmdk')], { versions: v7 })
+  a.close()
+  t.equal((await reopen(4, v7)).length, 1)
 })
 
 t.test('points turned off while a cycle is in flight: the commit drops them, recorded as chosen, told to a v6 agent and to no v5 one', async (t) => {
