@@ -19,7 +19,7 @@ import { ReceiverError } from './errors.ts'
 import { unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
 import type { JournalGrain } from './journal.ts'
-import type { VmPaths } from './vm-paths.ts'
+import { POINTS_DIR, type VmPaths } from './vm-paths.ts'
 
 /** A run of grains {@link ReverseIncrement.reserve} set aside: `n` bytes of the mirror at `pos`, first grain `grain`. */
 export interface SaveRun {
@@ -31,8 +31,8 @@ export interface SaveRun {
 /** Grain size of reverse increments: ESXi's SEsparse grain. */
 export const POINT_GRAIN = 4096
 
-/** Folder (inside `.grainline`) holding the restore points' increments. */
-export const POINTS_DIR = 'points'
+// the points folder is part of the store layout (vm-paths.ts); re-exported for the modules that import it from here
+export { POINTS_DIR } from './vm-paths.ts'
 
 const ZERO_GRAIN = Buffer.alloc(POINT_GRAIN)
 

@@ -2,7 +2,7 @@ import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
-import { entryExists } from './store-fs.ts'
+import { entryExists, readStoreDir } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
@@ -16,7 +16,8 @@ async function removeTemps(dir: string, log: Logger): Promise<number> {
   let n = 0
   let entries: string[]
   try {
-    entries = await readdir(dir)
+    // a link in the folder's place is refused (the VM's lock already did), never listed through
+    entries = await readStoreDir(dir)
   } catch {
     return 0
   }

@@ -13,6 +13,7 @@ import { constants, type Stats } from 'node:fs'
 import { lstat, mkdir, open, readdir, realpath, type FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { ReceiverError } from './errors.ts'
+import { STATE_SUBDIRS } from './vm-paths.ts'
 
 const { O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = constants
 
@@ -130,14 +131,22 @@ export async function ensureStoreDir(path: string): Promise<void> {
   if (!st.isDirectory()) throw storeFileError(path, kindOf(st))
 }
 
-/** Names in a store folder that is known to be real (empty when it does not exist). */
+/**
+ * Names in a store folder (empty when it does not exist). The folder itself
+ * must be real: readdir follows a symbolic link, and the callers delete
+ * what they list (temporary files, orphaned point files, stale staged files).
+ * @throws ReceiverError E_STORE_FILE (a link, a file, a FIFO in the folder's place)
+ */
 export async function readStoreDir(path: string): Promise<string[]> {
+  let st: Stats
   try {
-    return await readdir(path)
+    st = await lstat(path)
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return []
     throw err
   }
+  if (!st.isDirectory()) throw storeFileError(path, kindOf(st))
+  return await readdir(path)
 }
 
 /** The identity of a VM folder: its device and inode (two names of one folder share it). */
@@ -148,7 +157,8 @@ export interface FolderIdentity {
 /**
  * Check (and with `create`, make) a VM folder `<store>/<vm>` and its
  * `.grainline`: real folders, no symbolic link, resolving to a folder
- * directly inside the store. Returns its identity.
+ * directly inside the store; so are the folders grainline keeps in
+ * `.grainline` (`incoming`, `points`) where they exist. Returns its identity.
  * @throws ReceiverError E_STORE_FILE (a symlink, a file, a path leaving the store), E_NOT_FOUND (absent, without `create`)
  */
 export async function checkVmDir(storeDir: string, dir: string, gdir: string, create: boolean): Promise<FolderIdentity> {
@@ -170,7 +180,29 @@ export async function checkVmDir(storeDir: string, dir: string, gdir: string, cr
     throw err
   })
   if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, kindOf(g))
+  if (g !== undefined) for (const sub of STATE_SUBDIRS) await checkStateSubdir(basename(dir), join(gdir, sub))
   const [real, root] = await Promise.all([realpath(dir), realpath(storeDir)])
   if (real !== join(root, basename(dir))) throw storeFileError(dir, `outside the store (it resolves to ${real})`)
   return { key: `${st.dev}:${st.ino}` }
+}
+
+/**
+ * A folder of `.grainline` (a real one, checked) must be a real folder too:
+ * a link there — to another VM's points, say — would have start-up recovery
+ * take that VM's point files for orphans and delete them, a prune remove them,
+ * a commit write this VM's increments among them.
+ */
+async function checkStateSubdir(vm: string, path: string): Promise<void> {
+  let st: Stats
+  try {
+    st = await lstat(path)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
+    throw err
+  }
+  if (!st.isDirectory())
+    throw new ReceiverError(
+      'E_STORE_FILE',
+      `VM ${vm}: ${path} is ${kindOf(st)}, not a folder of the VM's own: grainline never lists, writes or deletes through it, and nothing of VM ${vm} was changed; put the VM's own folder there (move the link away, restore the folder from a backup), then retry`,
+    )
 }

@@ -5,6 +5,14 @@ export const STATE_DIR = '.grainline'
 /** The VM state file inside {@link STATE_DIR}. */
 export const STATE_FILE = 'state.json'
 const INCOMING = 'incoming'
+/** Folder (inside {@link STATE_DIR}) holding the restore points' increments, base points and configurations. */
+export const POINTS_DIR = 'points'
+/**
+ * The folders grainline makes inside {@link STATE_DIR}, and lists and deletes
+ * in: each must be a real folder of its own (store-fs.ts checkVmDir), never a
+ * link to another VM's (whose files a sweep would take for orphans).
+ */
+export const STATE_SUBDIRS: readonly string[] = [INCOMING, POINTS_DIR]
 
 /** The file stem of a disk name: "web01_1.vmdk" → "web01_1". */
 export function diskStem(name: string): string {
@@ -28,7 +36,7 @@ export function generatedNames(stem: string): { readonly mirror: readonly string
  * Where every file of one VM mirror lives (the store layout of the README):
  *
  *   STORE/<vm>/<stem>.vmdk, <stem>-flat.vmdk, <stem>-flat.vmdk.seed, <vm>.vmx, …
- *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, <stem>.map, incoming/, lock,
+ *   STORE/<vm>/.grainline/state.json, <stem>.journal[.spare|.undo], <stem>.blockmap, <stem>.map, incoming/, points/, lock,
  *     history.json (cycle-history.ts), errors.json (session-errors.ts)
  *
  * Pure: builds paths, touches nothing.

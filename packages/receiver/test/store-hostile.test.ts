@@ -5,9 +5,9 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSy
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
-import { rollbackMirror, storeStatus } from '../src/index.ts'
+import { recoverStore, rollbackMirror, storeStatus } from '../src/index.ts'
 import { lockText } from '../src/vm-lock.ts'
-import { Agent, MiB, TOKEN, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
+import { Agent, MiB, TOKEN, hello, incPlan, makeEnv, memoryLogger, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /*
  * Hostile or unlucky stores: files whose names merely look temporary,
@@ -229,4 +229,75 @@ t.test('a FIFO where a store file should be: typed errors, no hang', async (t) =
     again.logs.lines.some((l) => l['msg'] === 'recovery failed' && l['vm'] === 'vm-g'),
     'recovery reports the VM and goes on',
   )
+})
+
+t.test("a VM's .grainline/points or incoming that is a link to another VM's: recovery, a cycle and status delete nothing through it", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const first = await startReceiver(env, { retention: { keep: 10 } })
+  // VM vm-b has restore point 1 (d.p1.vmdk and its extent); vm-a and vm-c have the same disk name and no point
+  const img2 = Buffer.from(img)
+  pattern(64 * 1024, 9).copy(img2, 0)
+  let a = await Agent.connect(first.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-b', 1, [seedPlan(0, 'd.vmdk', img, '01'.repeat(8))])
+  a.close()
+  a = await Agent.connect(first.url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-b', 2, [incPlan(0, 'd.vmdk', img2, 1, '02'.repeat(8), [{ offset: 0, length: 64 * 1024 }], 'd-000001.vmdk', 'd-000002.vmdk')])
+  a.close()
+  for (const vm of ['vm-a', 'vm-c']) {
+    a = await Agent.connect(first.url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img, '03'.repeat(8))])
+    a.close()
+    await a.whenClosed()
+  }
+  await first.receiver.close()
+  const bPoints = join(env.store, 'vm-b', '.grainline', 'points')
+  const bFiles = readdirSync(bPoints).sort()
+  t.ok(bFiles.includes('d.p1.vmdk') && bFiles.includes('d.p1-sesparse.vmdk'), "vm-b's point 1 is there")
+  const aPoints = join(env.store, 'vm-a', '.grainline', 'points')
+  rmSync(aPoints, { recursive: true, force: true })
+  symlinkSync('../../vm-b/.grainline/points', aPoints)
+  // vm-c's incoming: a link to a folder outside the VM holding a file whose name looks temporary
+  const outside = join(env.dir, 'outside')
+  mkdirSync(outside)
+  writeFileSync(join(outside, 'notes.txt.tmp-12-deadbeef'), 'not grainline’s')
+  const cIncoming = join(env.store, 'vm-c', '.grainline', 'incoming')
+  rmSync(cIncoming, { recursive: true, force: true })
+  symlinkSync(outside, cIncoming)
+
+  const logs = memoryLogger()
+  const reports = await recoverStore(env.store, logs.logger)
+  t.same(readdirSync(bPoints).sort(), bFiles, "start-up recovery of vm-a removes none of vm-b's point files")
+  t.same(readdirSync(outside), ['notes.txt.tmp-12-deadbeef'], "nor of the folder vm-c's incoming links to")
+  for (const [vm, folder] of [
+    ['vm-a', 'points'],
+    ['vm-c', 'incoming'],
+  ] as const) {
+    t.match(
+      reports.find((r) => r.vm === vm),
+      { action: 'failed', error: new RegExp(`VM ${vm}: .*\\.grainline/${folder} is a symbolic link, not a folder of the VM's own.*nothing of VM ${vm} was changed`) },
+      `${vm}: recovery refuses the VM, naming it and the folder`,
+    )
+  }
+  t.equal(reports.find((r) => r.vm === 'vm-b')?.action, 'none', 'vm-b recovers as usual')
+
+  const second = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => second.receiver.close())
+  // vm-a's next cycle would make its increment d.p1.vmdk: in vm-b's points folder, over vm-b's point
+  const b = await openVm(env, second.url, 'vm-a')
+  t.same(await b.expectError(), { code: 'E_IO', closeCode: 4500 }, 'a cycle of vm-a is refused')
+  b.close()
+  await b.whenClosed()
+  t.same(readdirSync(bPoints).sort(), bFiles, "vm-b's point files are still all there")
+  const st = await storeStatus(env.store)
+  t.match(
+    st.vms.find((v) => v.vm === 'vm-a'),
+    { error: /\.grainline\/points is a symbolic link/ },
+    'status: vm-a in error (CRITICAL)',
+  )
+  t.match(
+    st.vms.find((v) => v.vm === 'vm-b'),
+    { points: [1] },
+    'vm-b keeps its point',
+  )
+  t.notOk(st.vms.find((v) => v.vm === 'vm-b')?.error)
 })
