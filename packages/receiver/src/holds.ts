@@ -10,10 +10,14 @@
  * written, so a folder never exists without its hold; a close removes the
  * record first, then the folder (a leftover folder reads nothing of the store
  * once the receiver goes on, and `points close` of the same folder cleans it).
+ *
+ * A close removes a folder whole, and the folder comes from `state.json`:
+ * only one that carries the marker its open wrote first ({@link HOLD_MARKER},
+ * naming the hold) is removed, never one inside a VM folder of the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
-import { isAbsolute, join, relative, resolve } from 'node:path'
+import { lstat, mkdir, readdir, realpath, rm, writeFile } from 'node:fs/promises'
+import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
@@ -22,12 +26,20 @@ import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
+import { isVmName } from './receiver-rules.ts'
 
 export { holdsOf, heldMessage, type HoldRecord } from './hold-record.ts'
 import { VmMirror } from './vm-mirror.ts'
 
 /** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
 const ADMIN_LOCK_WAIT_MS = 5000
+
+/**
+ * The file `points open` writes first into the folder it opens a point in
+ * (JSON: the hold's id, the VM, the cycle); `points close` removes only a
+ * folder whose marker names the hold it drops.
+ */
+export const HOLD_MARKER = '.grainline-hold'
 
 /** How a .vmx is prepared to run beside the mirror. */
 export interface VmxPrepare {
@@ -107,11 +119,19 @@ export async function openPoint(
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} (points: ${[...pointsOf(state).map((p) => p.cycle), state.committedCycle].join(', ')})`)
     }
     const abs = resolve(dir)
+    const inVm = await vmFolderHolding(storeDir, abs)
+    if (inVm !== undefined)
+      throw new ReceiverError(
+        'E_CONFIG',
+        `${abs} is inside ${inVm}, where the store keeps (or will keep) a VM's mirror: open the point outside the store, or under ${join(resolve(storeDir), '.open')} (the default)`,
+      )
     await mkdir(abs, { recursive: true })
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: open the point into a new folder`)
     const kind = opts.kind ?? 'open'
     const hold: HoldRecord = { id: randomUUID(), cycle, dir: abs, kind, createdAt: new Date().toISOString() }
     await m.setHolds([...holdsOf(state), hold])
+    // first into the folder: a close removes only a folder that names its hold (a crash before it leaves the folder empty)
+    await writeFile(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`, { flag: 'wx' })
     const disks: string[] = []
     for (const rec of disksAt(state, cycle)) {
       const child = join(abs, `${rec.stem}.vmdk`)
@@ -148,7 +168,7 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
     const drop = holds.filter((h) => opts.all === true || h.dir === abs)
     if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${abs === undefined ? '' : ` on ${abs}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
     await checkClosable(vm, drop, opts.failover === true)
-    for (const h of drop) checkRemovableDir(vm, h.dir, storeDir)
+    for (const h of drop) await checkRemovableDir(vm, h, storeDir)
     await m.setHolds(holds.filter((h) => !drop.includes(h)))
     for (const h of drop) await rm(h.dir, { recursive: true, force: true })
     opts.logger.info({ vm, dirs: drop.map((h) => h.dir) }, 'hold released')
@@ -160,18 +180,64 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
 
 /**
  * A hold's folder is removed whole: it must be one openPoint could have made
- * (absolute, normalised), never `/`, the store or a folder holding the store
- * (a state.json edited by hand or by an attacker names any folder).
+ * (absolute, normalised), never `/`, the store or a folder holding the store,
+ * nor a folder inside a VM folder of the store (a state.json edited by hand
+ * or by an attacker names any folder: another VM's mirror, this VM's own);
+ * and it must carry the marker naming this hold ({@link HOLD_MARKER}), or be
+ * empty (a crash between the hold's record and its marker), or be gone.
  * @throws ReceiverError E_STATE
  */
-function checkRemovableDir(vm: string, dir: unknown, storeDir: string): void {
+async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string): Promise<void> {
+  const dir: unknown = hold.dir
+  const refuse = (why: string, todo = 'state.json was changed by hand; nothing was removed'): ReceiverError =>
+    new ReceiverError('E_STATE', `VM ${vm}: the hold's folder ${JSON.stringify(dir)} (point ${hold.cycle}) ${why}: ${todo}`)
   const ok = typeof dir === 'string' && isAbsolute(dir) && resolve(dir) === dir && dir !== resolve('/')
   const rel = ok ? relative(dir as string, resolve(storeDir)) : ''
-  if (!ok || rel === '' || (!rel.startsWith('..') && !isAbsolute(rel)))
-    throw new ReceiverError(
-      'E_STATE',
-      `VM ${vm}: the hold's folder ${JSON.stringify(dir)} is not one a point was opened into (it is not absolute, or it is the store or holds it): state.json was changed by hand; nothing was removed`,
+  if (!ok || rel === '' || (!rel.startsWith('..') && !isAbsolute(rel))) throw refuse('is not one a point was opened into (it is not absolute, or it is the store or holds it)')
+  const path = dir as string
+  const inVm = await vmFolderHolding(storeDir, path)
+  if (inVm !== undefined) throw refuse(`is inside ${inVm}, a VM folder of the store, where no point is ever opened`)
+  const st = await lstat(path).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  })
+  // gone already (removed by hand, or a close that crashed after the record): only the record goes
+  if (st === undefined) return
+  if (!st.isDirectory()) throw refuse('is not a folder (a link, a file)')
+  let marker: unknown
+  try {
+    marker = JSON.parse((await readStoreFile(join(path, HOLD_MARKER))).toString('utf8'))
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ENOENT') throw refuse(`has a ${HOLD_MARKER} that is not the one points open writes (${(err as Error).message})`)
+    if ((await readdir(path)).length === 0) return
+    throw refuse(
+      `carries no ${HOLD_MARKER}: it was opened by an earlier grainline (which wrote no marker), or it is not a folder a point was opened into`,
+      `nothing was removed. Check it holds nothing you need (and that no VM runs from it), remove the folder by hand, then run points close again`,
     )
+  }
+  if ((marker as { id?: unknown } | null)?.id !== hold.id)
+    throw refuse(`carries a ${HOLD_MARKER} of another hold`, 'nothing was removed; close that hold, or remove the folder by hand and run points close again')
+}
+
+/**
+ * The VM folder of the store (`<store>/<name>`, any name a VM may have: a
+ * VmOpen makes it) that is or holds `dir`, or undefined — a folder outside
+ * the store, or under a hidden folder of it (`.open`, `.failover`, where
+ * points are opened by default). Compared both as written and with links
+ * resolved.
+ */
+async function vmFolderHolding(storeDir: string, dir: string): Promise<string | undefined> {
+  const real = async (p: string): Promise<string | undefined> => await realpath(p).catch(() => undefined)
+  const pairs: Array<[string, string]> = [[resolve(storeDir), dir]]
+  const [rs, rd] = await Promise.all([real(storeDir), real(dir)])
+  if (rs !== undefined) pairs.push([rs, rd ?? dir])
+  for (const [store, d] of pairs) {
+    const rel = relative(store, d)
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) continue
+    const top = rel.split(sep)[0] as string
+    if (isVmName(top)) return join(store, top)
+  }
+  return undefined
 }
 
 /** The holds of a VM, read only. */

@@ -2,7 +2,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { pino } from 'pino'
 import { openWriter } from '@grainline/vmdk'
@@ -1366,6 +1366,91 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
     { code: 'E_STORE_FILE', message: /a FIFO/ },
     "restore: the point's configuration a FIFO",
   )
+})
+
+t.test("points close removes only a folder its open made: never another VM's mirror or this VM's own, nor an unmarked folder", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = MiB
+  const images: Buffer[] = [Buffer.alloc(0), pattern(cap, 31)]
+  await pointCycles(env, url, 'vm-a', images, 2, (c) => rangesFor(c, cap), 7, 'ea')
+  await pointCycles(env, url, 'vm-b', [Buffer.alloc(0), pattern(cap, 32)], 1, (c) => rangesFor(c, cap), 7, 'eb')
+  const log = pino({ level: 'silent' })
+  // the lock file comes and goes with the sessions: not part of the mirror
+  const listing = (dir: string): string[] =>
+    readdirSync(dir, { recursive: true })
+      .map(String)
+      .filter((f) => f !== join('.grainline', 'lock'))
+      .sort()
+  const bDir = join(env.store, 'vm-b')
+  const bFiles = listing(bDir)
+  const aDir = join(env.store, 'vm-a')
+  // a hold opened as usual (the CLI's default folder under <store>/.open): its folder carries the marker naming it
+  const opened = join(env.store, '.open', 'vm-a-point-1')
+  const o = await whenFree(() => openPoint(env.store, 'vm-a', 1, opened, { logger: log }))
+  const stateFile = join(aDir, '.grainline', 'state.json')
+  const saved = readFileSync(stateFile, 'utf8')
+  const withHoldDir = (dir: string): void => {
+    const st = JSON.parse(saved) as { holds: Array<{ dir: string }> }
+    for (const h of st.holds) h.dir = dir
+    writeFileSync(stateFile, JSON.stringify(st))
+  }
+  // a state.json naming a VM folder of the store (by hand, or an attacker): refused, nothing removed
+  for (const bad of [bDir, join(bDir, '.grainline'), aDir, join(aDir, '.grainline', 'points')]) {
+    withHoldDir(bad)
+    await t.rejects(
+      whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true })),
+      { code: 'E_STATE', message: /^VM vm-a: the hold's folder .* \(point 1\) is inside .*vm-[ab], a VM folder of the store.*nothing was removed/ },
+      `a hold naming ${relative(env.store, bad)}: refused`,
+    )
+  }
+  t.same(listing(bDir), bFiles, "vm-b's mirror folder is whole")
+  t.ok(existsSync(join(aDir, 'd-flat.vmdk')) && existsSync(join(aDir, '.grainline', 'points')), "vm-a's own folder is whole")
+  t.equal((await listHolds(env.store, 'vm-a')).length, 1, 'and the hold is kept')
+  t.match(JSON.parse(readFileSync(join(opened, '.grainline-hold'), 'utf8')), { id: o.hold.id, vm: 'vm-a', cycle: 1 }, 'points open marks its folder')
+  // a folder outside the store without the marker (opened by an earlier version, or any folder): refused until removed by hand
+  const unmarked = join(env.dir, 'unmarked')
+  mkdirSync(unmarked)
+  writeFileSync(join(unmarked, 'precious.txt'), 'keep me')
+  withHoldDir(unmarked)
+  await t.rejects(
+    whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true })),
+    { code: 'E_STATE', message: /carries no \.grainline-hold.*remove the folder by hand, then run points close again/ },
+    'an unmarked folder: refused',
+  )
+  t.ok(existsSync(join(unmarked, 'precious.txt')), 'and kept')
+  // a marker of another hold: refused too
+  writeFileSync(join(unmarked, '.grainline-hold'), JSON.stringify({ id: 'another', vm: 'vm-a', cycle: 1 }))
+  await t.rejects(
+    whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true })),
+    { code: 'E_STATE', message: /another hold/ },
+    "another hold's marker: refused",
+  )
+  rmSync(unmarked, { recursive: true })
+  t.equal((await whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true }))).length, 1, 'once removed by hand, the hold closes')
+  t.ok(existsSync(opened), 'the folder the state no longer named is untouched')
+  // an empty folder without the marker (a crash between the hold's record and its marker) is removed
+  writeFileSync(stateFile, saved)
+  rmSync(opened, { recursive: true })
+  mkdirSync(opened)
+  t.equal((await whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true }))).length, 1, 'an empty unmarked folder: closed')
+  t.notOk(existsSync(opened), 'and removed')
+  // the normal way: the marked folder goes
+  const again = await whenFree(() => openPoint(env.store, 'vm-a', 1, opened, { logger: log }))
+  t.same(
+    (await whenFree(() => closePoint(env.store, 'vm-a', { logger: log, dir: opened }))).map((h) => h.id),
+    [again.hold.id],
+  )
+  t.notOk(existsSync(opened), 'a marked folder is removed')
+  // and points open never opens into a VM folder of the store
+  await t.rejects(
+    whenFree(() => openPoint(env.store, 'vm-a', 1, join(bDir, 'opened'), { logger: log })),
+    { code: 'E_CONFIG', message: /inside .*vm-b, where the store keeps .* a VM's mirror/ },
+    "open into vm-b's folder: refused",
+  )
+  t.same(listing(bDir), bFiles, 'nothing made there')
+  t.same(await listHolds(env.store, 'vm-a'), [], 'and no hold recorded')
 })
 
 t.test("a job's retention request is applied within retentionLimits and answered in Committed (SPEC §5.5)", async (t) => {
