@@ -17,6 +17,7 @@
  * link in the points folder would be written or read through.
  */
 import { parseDescriptor, type Descriptor } from '@grainline/vmdk'
+import { lstat } from 'node:fs/promises'
 import { basename } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { pointExtentName, pointFlatName, pointPath } from './increment.ts'
@@ -110,5 +111,27 @@ export async function checkPointChain(paths: VmPaths, file: string, stem: string
 export async function checkPointMerge(paths: VmPaths, merge: { readonly child: string; readonly parent: string }): Promise<void> {
   const d = await checkPointFiles(paths, merge.child)
   if (d.parentFileNameHint !== merge.parent) throw linkError(paths, merge.child, `its parent is ${JSON.stringify(d.parentFileNameHint ?? null)}, but the merge expects ${merge.parent}`)
-  await checkPointFiles(paths, merge.parent)
+  const p = await checkPointFiles(paths, merge.parent)
+  // consolidate rewrites the child's descriptor and writes into the parent's descriptor and extent, in place
+  await checkOwnFile(paths, merge.child, merge.child)
+  await checkOwnFile(paths, merge.parent, merge.parent)
+  await checkOwnFile(paths, merge.parent, isBase(p) ? pointFlatName(merge.parent) : pointExtentName(merge.parent))
+}
+
+/**
+ * A point file a merge writes into has one name: a hard link passes every
+ * other check (a regular file of the points folder), and the merge would
+ * write through it into whatever else it names — the live mirror's flat,
+ * another VM's file. The receiver never hard-links point files (it copies,
+ * renames and creates them).
+ * @throws ReceiverError E_STATE
+ */
+async function checkOwnFile(paths: VmPaths, file: string, name: string): Promise<void> {
+  const st = await lstat(pointPath(paths, name))
+  if (st.nlink > 1)
+    throw linkError(
+      paths,
+      file,
+      `${name} has ${st.nlink} names (a hard link: its inode ${st.dev}:${st.ino} is also another file, the mirror's flat or another VM's perhaps), and a merge would write into all of them; if a backup tool made the link, replace ${name} by a copy of its own (cp, then mv over it) and retry`,
+    )
 }

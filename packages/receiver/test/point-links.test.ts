@@ -7,7 +7,7 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, linkSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
@@ -254,4 +254,51 @@ t.test('a rollback refuses an increment that is a link out of the store, and com
   const r = await whenFree(() => rollbackMirror(env.store, vm))
   t.same([r.rolledBack, r.committedCycle], [true, 1], 'rolled back once the increment is the receiver’s again')
   t.ok(qemuRead(env.dir, join(env.store, vm, 'd.vmdk')).equals(images[1] as Buffer), 'the mirror reads as cycle 1')
+})
+
+t.test("a base point's flat hard-linked to the mirror's flat: dropping it merges nothing into the live mirror", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-hard'
+  const ranges = [{ offset: 64 * 1024, length: 512 * 1024 }]
+  const images: Buffer[] = [Buffer.alloc(0), pattern(2 * MiB, 41)]
+  images[2] = evolve(images[1] as Buffer, 42, ranges)
+  images[3] = pattern(2 * MiB, 43)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ce01ce01ce01ce01')])
+  a.close()
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', images[2] as Buffer, 1, 'ce02ce02ce02ce02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')])
+  a.close()
+  // a re-seed: the mirror as committed at cycle 2 is kept whole as base point 2, point 1 reads through it
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 3, [seedPlan(0, 'd.vmdk', images[3] as Buffer, 'ce03ce03ce03ce03')])
+  a.close()
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const points = (): number[] => ((JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).points ?? []).map((p) => p.cycle)
+  t.same(points(), [1, 2], 'point 1 and base point 2')
+  const flat = join(env.store, vm, 'd-flat.vmdk')
+  const baseFlat = join(env.store, vm, '.grainline', 'points', 'd.p2-flat.vmdk')
+  const saved = readFileSync(baseFlat)
+  t.ok(saved.equals(images[2] as Buffer), "base point 2's flat is the old mirror")
+  // the base point's flat replaced by a hard link to the live mirror's flat: a regular file of the points folder, the same size
+  rmSync(baseFlat)
+  linkSync(flat, baseFlat)
+  await t.rejects(
+    whenFree(() => prunePoints(env.store, vm, { cycles: [2] }, { logger: log })),
+    { code: 'E_STATE', message: /restore point d\.p2\.vmdk of VM web-hard: d\.p2-flat\.vmdk has 2 names \(a hard link.*nothing was read, merged or removed/ },
+    'the drop of base point 2 is refused',
+  )
+  t.ok(readFileSync(flat).equals(images[3] as Buffer), 'the live mirror is untouched')
+  t.same(points(), [1, 2], 'no point dropped')
+  t.equal((JSON.parse(readFileSync(stateFile, 'utf8')) as VmStateFile).pending ?? null, null, 'no prune pending')
+  // its own file again: the same drop merges point 1 into it, and point 1 still restores as cycle 1
+  rmSync(baseFlat)
+  writeFileSync(baseFlat, saved)
+  t.same((await whenFree(() => prunePoints(env.store, vm, { cycles: [2] }, { logger: log }))).dropped, [2], 'dropped once the flat is its own')
+  const to = join(env.dir, 'restore-1')
+  await whenFree(() => restorePoint(env.store, vm, 1, to, { logger: log }))
+  t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[1] as Buffer), 'point 1 restores as cycle 1')
+  t.ok(readFileSync(flat).equals(images[3] as Buffer), 'the mirror reads as cycle 3')
 })
