@@ -17,7 +17,7 @@ import { isAbsolute, join, relative, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { readStoreFile } from './store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { readVmState } from './state-file.ts'
@@ -124,7 +124,7 @@ export async function openPoint(
     const text = await pointConfigText(m.paths, state, cycle, opts.logger)
     if (text !== undefined) await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
     try {
-      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`)))
+      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }
