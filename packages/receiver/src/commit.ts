@@ -9,7 +9,7 @@ import { rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { Logger } from 'pino'
 import { fsyncDir, isTempName, unlinkIfExists, writeFileAtomicIfChanged } from './fs-util.ts'
-import { entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, entryExists, readStoreDir, readStoreFile } from './store-fs.ts'
 import { retireJournal } from './journal.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { attachedDisks, mirrorVmx, type DroppedReference } from './mirror-vmx.ts'
@@ -148,7 +148,7 @@ export async function stagedAttached(paths: VmPaths, names: Iterable<string>, ca
   for (const name of await readStoreDir(paths.incoming)) {
     if (isTempName(name) || !/\.vmx$/i.test(name)) continue
     try {
-      return attachedDisks((await readStoreFile(join(paths.incoming, name))).toString('utf8'), names, carried)
+      return attachedDisks((await readStoreFile(join(paths.incoming, name), CONFIG_FILE_MAX_BYTES)).toString('utf8'), names, carried)
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
       return undefined
@@ -178,7 +178,7 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
     if (isTempName(name)) continue
     let data: Buffer
     try {
-      data = await readStoreFile(join(paths.incoming, name))
+      data = await readStoreFile(join(paths.incoming, name), CONFIG_FILE_MAX_BYTES)
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'E_STORE_FILE') throw err
       log.warn({ vm: state.vm, file: name, why: (err as Error).message }, 'staged file not installed')

@@ -85,7 +85,7 @@ export async function readCycleHistory(paths: VmPaths, now = Date.now()): Promis
   try {
     const size = await regularFileSize(file)
     if (size === undefined || size > HISTORY_MAX_FILE_BYTES) return []
-    return parseCycleHistory((await readStoreFile(file)).toString('utf8'), now)
+    return parseCycleHistory((await readStoreFile(file, HISTORY_MAX_FILE_BYTES)).toString('utf8'), now)
   } catch {
     return []
   }

@@ -21,7 +21,7 @@ import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { readStoreFile } from './store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { readVmState } from './state-file.ts'
@@ -40,6 +40,8 @@ const ADMIN_LOCK_WAIT_MS = 5000
  * folder whose marker names the hold it drops.
  */
 export const HOLD_MARKER = '.grainline-hold'
+/** A marker is one short JSON line; a larger file is not one `points open` wrote. */
+const HOLD_MARKER_MAX_BYTES = 4096
 
 /** How a .vmx is prepared to run beside the mirror. */
 export interface VmxPrepare {
@@ -144,7 +146,7 @@ export async function openPoint(
     const text = await pointConfigText(m.paths, state, cycle, opts.logger)
     if (text !== undefined) await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
     try {
-      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`)))
+      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }
@@ -206,7 +208,7 @@ async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string)
   if (!st.isDirectory()) throw refuse('is not a folder (a link, a file)')
   let marker: unknown
   try {
-    marker = JSON.parse((await readStoreFile(join(path, HOLD_MARKER))).toString('utf8'))
+    marker = JSON.parse((await readStoreFile(join(path, HOLD_MARKER), HOLD_MARKER_MAX_BYTES)).toString('utf8'))
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw refuse(`has a ${HOLD_MARKER} that is not the one points open writes (${(err as Error).message})`)
     if ((await readdir(path)).length === 0) return

@@ -58,6 +58,11 @@ export function pointFlatName(file: string): string {
   return file.replace(/\.vmdk$/i, '-flat.vmdk')
 }
 
+/** Whether `file` is a plain `.vmdk` file name (no separator, no `..`): what a point descriptor of `.grainline/points` is named. */
+export function isPointFileName(file: unknown): file is string {
+  return typeof file === 'string' && /^[^/\\\0]+\.vmdk$/i.test(file)
+}
+
 /**
  * Absolute path of a point descriptor named `file` (in `.grainline/points`).
  * The names come from `state.json`: one that is not a plain `.vmdk` file name
@@ -66,7 +71,7 @@ export function pointFlatName(file: string): string {
  * @throws ReceiverError E_STATE
  */
 export function pointPath(paths: VmPaths, file: string): string {
-  if (typeof file !== 'string' || !/^[^/\\\0]+\.vmdk$/i.test(file))
+  if (!isPointFileName(file))
     throw new ReceiverError(
       'E_STATE',
       `${paths.state} names the point file ${JSON.stringify(file)}, which is not a file name of .grainline/points: the state file was changed by hand; nothing was read or removed`,

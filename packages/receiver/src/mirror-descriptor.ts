@@ -2,6 +2,13 @@ import { randomBytes } from 'node:crypto'
 import { buildDescriptor, formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
 
 /**
+ * The most a mirror descriptor holds: its few lines and the source's DDB, at
+ * most 256 entries of a 128-byte key and a 4 KiB value (SPEC §6 DiskOpen.ddb),
+ * about 1.1 MiB.
+ */
+export const MIRROR_DESCRIPTOR_MAX_BYTES = 2 * 1024 * 1024
+
+/**
  * The mirror disk's descriptor: `createType="vmfs"`, one flat extent, the
  * source DDB values kept (VMDK.md "descriptor file"). ESXi and QEMU open it.
  */

@@ -1,6 +1,6 @@
 import { ioError } from './errors.ts'
 import { entryExists, readStoreFile, regularFileSize } from './store-fs.ts'
-import { descriptorCid } from './mirror-descriptor.ts'
+import { descriptorCid, MIRROR_DESCRIPTOR_MAX_BYTES } from './mirror-descriptor.ts'
 import type { MirrorFacts } from './open-decision.ts'
 import type { DiskRecord, InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -12,10 +12,10 @@ import type { VmPaths } from './vm-paths.ts'
 export async function inspectMirror(paths: VmPaths, rec: DiskRecord | undefined, inflight: InflightDisk | undefined): Promise<MirrorFacts> {
   const undoing = inflight === undefined ? false : await entryExists(paths.undoing(inflight.stem))
   if (rec === undefined) return { cid: '', flatSize: 0, undoing }
-  // a descriptor or flat that is missing, a link or a FIFO reads as "modified": the agent seeds, and the commit replaces the entry
+  // a descriptor or flat that is missing, a link, a FIFO or (the descriptor) too large reads as "modified": the agent seeds, and the commit replaces the entry
   let cid = ''
   try {
-    cid = descriptorCid((await readStoreFile(paths.descriptor(rec.stem))).toString('latin1')) ?? ''
+    cid = descriptorCid((await readStoreFile(paths.descriptor(rec.stem), MIRROR_DESCRIPTOR_MAX_BYTES)).toString('latin1')) ?? ''
   } catch (err) {
     const code = (err as { code?: unknown }).code
     if (code !== 'ENOENT' && code !== 'E_STORE_FILE') throw ioError(err, 'reading the mirror descriptor')

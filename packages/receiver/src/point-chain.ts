@@ -25,7 +25,7 @@ import { readStoreFile, regularFileSize } from './store-fs.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** A point descriptor is a few hundred bytes; anything larger is not one of ours. */
-const MAX_POINT_DESCRIPTOR_BYTES = 64 * 1024
+export const MAX_POINT_DESCRIPTOR_BYTES = 64 * 1024
 
 /** Longest chain of points a check walks (a loop in the links ends it). */
 const MAX_POINT_HOPS = 100_000
@@ -55,7 +55,7 @@ export async function checkPointFiles(paths: VmPaths, file: string): Promise<Des
   if (size > MAX_POINT_DESCRIPTOR_BYTES) throw linkError(paths, file, `its descriptor is ${size} bytes (a point's is a few hundred)`)
   let d: Descriptor
   try {
-    d = parseDescriptor((await readStoreFile(path)).toString('utf8'))
+    d = parseDescriptor((await readStoreFile(path, MAX_POINT_DESCRIPTOR_BYTES)).toString('utf8'))
   } catch (err) {
     throw linkError(paths, file, `its descriptor does not parse (${(err as Error).message})`)
   }

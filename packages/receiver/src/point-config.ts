@@ -14,7 +14,7 @@ import { ReceiverError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomicIfChanged } from './fs-util.ts'
 import { POINTS_DIR } from './increment.ts'
 import { pointsOf, pointVmx } from './points.ts'
-import { ensureStoreDir, readStoreDir, readStoreFile } from './store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, ensureStoreDir, readStoreDir, readStoreFile } from './store-fs.ts'
 import type { VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -51,7 +51,7 @@ export function pointConfigPath(paths: VmPaths, name: string): string {
 export async function savePointConfig(paths: VmPaths, vm: string, log: Logger): Promise<string | undefined> {
   let data: Buffer
   try {
-    data = await readStoreFile(join(paths.dir, `${vm}.vmx`))
+    data = await readStoreFile(join(paths.dir, `${vm}.vmx`), CONFIG_FILE_MAX_BYTES)
   } catch (err) {
     const code = (err as { code?: unknown }).code
     if (code === 'ENOENT') return undefined
@@ -78,14 +78,14 @@ export async function pointConfigText(paths: VmPaths, state: VmStateFile, cycle:
   const name = pointsOf(state).find((p) => p.cycle === cycle)?.config
   if (name !== undefined && cycle !== state.committedCycle) {
     try {
-      return pointVmx((await readStoreFile(pointConfigPath(paths, name))).toString('utf8'), state, cycle)
+      return pointVmx((await readStoreFile(pointConfigPath(paths, name), CONFIG_FILE_MAX_BYTES)).toString('utf8'), state, cycle)
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
       log.warn({ vm: state.vm, cycle, file: name }, "the point's saved .vmx is missing from .grainline/points: the mirror's current .vmx is used instead; check the VM's devices before booting it")
     }
   }
   try {
-    return pointVmx((await readStoreFile(join(paths.dir, `${state.vm}.vmx`))).toString('utf8'), state, cycle)
+    return pointVmx((await readStoreFile(join(paths.dir, `${state.vm}.vmx`), CONFIG_FILE_MAX_BYTES)).toString('utf8'), state, cycle)
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     return undefined

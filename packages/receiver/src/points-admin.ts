@@ -10,7 +10,7 @@ import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/prot
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { writeFully } from './fs-util.ts'
-import { readStoreFile } from './store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { checkedPointSource, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
@@ -257,7 +257,7 @@ async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toD
     await writeFile(join(toDir, `${state.vm}.vmx`), marked)
   }
   try {
-    await writeFile(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`)))
+    await writeFile(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES))
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }

@@ -12,7 +12,7 @@ import { writeFileAtomic } from './fs-util.ts'
 import { faultPoint } from './fault.ts'
 import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointFlatName, pointPath, removePointFiles } from './increment.ts'
-import { checkPointChain, checkPointMerge } from './point-chain.ts'
+import { checkPointChain, checkPointMerge, MAX_POINT_DESCRIPTOR_BYTES } from './point-chain.ts'
 import type { WorkProgress } from './work-progress.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { mirrorVmx } from './mirror-vmx.ts'
@@ -173,7 +173,7 @@ export async function linkPoint(paths: VmPaths, state: VmStateFile, link: PointL
   const path = pointPath(paths, link.file)
   let text: string
   try {
-    text = (await readStoreFile(path)).toString('utf8')
+    text = (await readStoreFile(path, MAX_POINT_DESCRIPTOR_BYTES)).toString('utf8')
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return
     throw err
@@ -186,7 +186,7 @@ export async function linkPoint(paths: VmPaths, state: VmStateFile, link: PointL
     cid = rec.mirrorCid
   } else {
     hint = link.parent
-    cid = formatCid(parseDescriptor((await readStoreFile(pointPath(paths, link.parent))).toString('utf8')).cid)
+    cid = formatCid(parseDescriptor((await readStoreFile(pointPath(paths, link.parent), MAX_POINT_DESCRIPTOR_BYTES)).toString('utf8')).cid)
   }
   if (d.parentFileNameHint === hint && formatCid(d.parentCid) === cid) return
   await writeFileAtomic(path, serializeDescriptor(d.withParent(hint, cid)))

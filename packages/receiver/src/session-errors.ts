@@ -49,7 +49,7 @@ export async function readSessionErrors(storeDir: string, vm: string, max: numbe
     const file = join(paths.gdir, ERRORS_FILE)
     const size = await regularFileSize(file)
     if (size === undefined || size > ERRORS_MAX_FILE_BYTES) return []
-    const json = (await readStoreJson(file)) as { errors?: unknown } | null
+    const json = (await readStoreJson(file, ERRORS_MAX_FILE_BYTES)) as { errors?: unknown } | null
     const list = Array.isArray(json?.errors) ? json.errors : []
     return list
       .filter(isRecord)

@@ -2,6 +2,7 @@ import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@g
 import { ReceiverError, ioError } from './errors.ts'
 import { writeFileAtomic } from './fs-util.ts'
 import { ensureStoreDir, readStoreJson } from './store-fs.ts'
+import { checkStateNames } from './state-names.ts'
 import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { PointLink, PointMerge, PointRecord } from './points.ts'
@@ -236,13 +237,22 @@ export function emptyState(vm: string): VmStateFile {
 }
 
 /**
- * Read a VM's state file (undefined when the VM has none).
- * @throws ReceiverError E_STATE (not JSON, not a state file), E_IO
+ * The most a state file may hold. A big legitimate one — 256 disks (SPEC §6
+ * maxDisks), 100 points each holding every disk with its trivial check and
+ * certify — is about 30 MiB; anything above this is not one grainline wrote,
+ * and reading it whole would hold that much memory in every reader.
+ */
+export const STATE_MAX_BYTES = 128 * 1024 * 1024
+
+/**
+ * Read a VM's state file (undefined when the VM has none), every name in it
+ * that becomes a path checked (state-names.ts).
+ * @throws ReceiverError E_STATE (not JSON, not a state file, a name grainline does not write), E_IO
  */
 export async function readVmState(paths: VmPaths): Promise<VmStateFile | undefined> {
   let json: unknown
   try {
-    json = await readStoreJson(paths.state)
+    json = await readStoreJson(paths.state, STATE_MAX_BYTES, 'E_STATE')
   } catch (err) {
     if (err instanceof SyntaxError) throw new ReceiverError('E_STATE', `${paths.state} is not valid JSON: ${err.message}`)
     if ((err as { code?: unknown }).code === 'E_STORE_FILE') throw err
@@ -253,6 +263,7 @@ export async function readVmState(paths: VmPaths): Promise<VmStateFile | undefin
   if (s.format !== 1 || typeof s.vm !== 'string' || typeof s.disks !== 'object' || s.disks === null) {
     throw new ReceiverError('E_STATE', `${paths.state} is not a grainline state file`)
   }
+  checkStateNames(paths, s as Record<string, unknown>)
   return { ...emptyState(s.vm), ...s } as VmStateFile
 }
 

@@ -12,8 +12,16 @@
 import { constants, type Stats } from 'node:fs'
 import { lstat, mkdir, open, readdir, realpath, type FileHandle } from 'node:fs/promises'
 import { basename, join } from 'node:path'
+import { HARD_LIMITS } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { STATE_SUBDIRS } from './vm-paths.ts'
+
+/**
+ * The most a VM configuration file of the store (.vmx, .nvram, a staged file,
+ * a point's saved .vmx) holds: what one VmOpen may carry (SPEC §6
+ * `maxFileBytes`).
+ */
+export const CONFIG_FILE_MAX_BYTES = HARD_LIMITS.maxFileBytes
 
 const { O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = constants
 
@@ -66,21 +74,41 @@ export async function openStoreFile(path: string, mode: StoreOpenMode, perm = 0o
   return fh
 }
 
-/** Read a whole store file (see {@link openStoreFile}). */
-export async function readStoreFile(path: string): Promise<Buffer> {
+/**
+ * Read a whole store file of at most `maxBytes` (see {@link openStoreFile}).
+ * Its size is checked on the opened handle before anything is allocated: a
+ * huge (or sparse) file planted in a store costs no memory, where reading it
+ * whole would hold gigabytes in every process that looks at the VM.
+ * @throws ReceiverError `tooLarge` (E_STORE_FILE unless told) above `maxBytes`; see {@link openStoreFile} for the others
+ */
+export async function readStoreFile(path: string, maxBytes: number, tooLarge: 'E_STORE_FILE' | 'E_STATE' = 'E_STORE_FILE'): Promise<Buffer> {
   const fh = await openStoreFile(path, 'read')
   try {
-    return await fh.readFile()
+    const { size } = await fh.stat()
+    if (size > maxBytes)
+      throw new ReceiverError(
+        tooLarge,
+        `${path} is ${size} bytes, more than the ${maxBytes} grainline ever writes there: it is damaged or was not written by grainline, so it was not read; move it away (or put back the file from a backup), then retry`,
+      )
+    // the size fstat gave: store files are replaced by rename, never grown in place while read
+    const buf = Buffer.alloc(size)
+    let n = 0
+    while (n < size) {
+      const { bytesRead } = await fh.read(buf, n, size - n, n)
+      if (bytesRead === 0) break
+      n += bytesRead
+    }
+    return buf.subarray(0, n)
   } finally {
     await fh.close()
   }
 }
 
-/** Read and parse a JSON store file; `undefined` when it does not exist. */
-export async function readStoreJson(path: string): Promise<unknown> {
+/** Read and parse a JSON store file of at most `maxBytes` ({@link readStoreFile}); `undefined` when it does not exist. */
+export async function readStoreJson(path: string, maxBytes: number, tooLarge: 'E_STORE_FILE' | 'E_STATE' = 'E_STORE_FILE'): Promise<unknown> {
   let text: string
   try {
-    text = (await readStoreFile(path)).toString('utf8')
+    text = (await readStoreFile(path, maxBytes, tooLarge)).toString('utf8')
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err

@@ -184,10 +184,13 @@ async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<v
   }
 }
 
-/** The lock's text; undefined when there is no lock. */
+/** A lock holds a pid, a boot id and a start time (lockText): a few dozen bytes. */
+const LOCK_MAX_BYTES = 4096
+
+/** The lock's text; undefined when there is no lock; empty when it cannot be read (a link, or too large: not a lock of ours, stale once settled). */
 async function readLockText(path: string): Promise<string | undefined> {
   try {
-    return (await readStoreFile(path)).toString('utf8')
+    return (await readStoreFile(path, LOCK_MAX_BYTES)).toString('utf8')
   } catch (err) {
     return (err as { code?: unknown }).code === 'ENOENT' ? undefined : ''
   }

@@ -1,12 +1,13 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
-import { recoverStore, rollbackMirror, storeStatus } from '../src/index.ts'
+import { cephRestorePoint, prunePoints, recoverStore, rollbackMirror, storeStatus } from '../src/index.ts'
 import { lockText } from '../src/vm-lock.ts'
+import { readStoreFile, readStoreJson } from '../src/store-fs.ts'
 import { Agent, MiB, TOKEN, hello, incPlan, makeEnv, memoryLogger, pattern, runCycle, seedPlan, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /*
@@ -300,4 +301,229 @@ t.test("a VM's .grainline/points or incoming that is a link to another VM's: rec
     'vm-b keeps its point',
   )
   t.notOk(st.vms.find((v) => v.vm === 'vm-b')?.error)
+})
+
+/*
+ * A carried-in or hand-edited state.json: its names become paths (seed
+ * renames, removed disks, journals, stems, the VM's own name) in the hands
+ * of whoever takes the VM next and finishes its pending commit. Each hostile
+ * name is refused E_STATE before anything is renamed, removed or written.
+ */
+
+const AT = '2026-01-01T00:00:00.000Z'
+
+/** A disk record as the receiver writes one (the fields the readers use). */
+function diskRecord(name: string, stem = name.replace(/\.vmdk$/i, '')): Record<string, unknown> {
+  return {
+    name,
+    stem,
+    capacity: MiB,
+    size: MiB,
+    cycle: 3,
+    since: 1,
+    committedAt: AT,
+    source: { layers: [], successor: 'x-000001.vmdk' },
+    cycleId: 'c',
+    mirrorCid: '0000abcd',
+    ddb: {},
+    cycleDigest: { algorithm: 'sha256', digest: '' },
+  }
+}
+
+/** `base/store/<vm>` with a hand-written state (`patch` over a committed, idle VM) and `base/outside` beside the store. */
+function handStore(base: string, vm: string, patch: Record<string, unknown>): { store: string; outside: string; dir: string } {
+  const store = join(base, 'store')
+  const outside = join(base, 'outside')
+  const dir = join(store, vm)
+  mkdirSync(join(dir, '.grainline', 'incoming'), { recursive: true })
+  mkdirSync(outside, { recursive: true })
+  const state = { format: 1, vm, compat: null, committedCycle: 3, committedAt: AT, displaySuffix: ' (DR)', disks: {}, inflight: null, pending: null, ...patch }
+  writeFileSync(join(dir, '.grainline', 'state.json'), JSON.stringify(state))
+  return { store, outside, dir }
+}
+
+/** Every file of a folder with its content (`.grainline` apart). */
+function contents(dir: string): Record<string, string> {
+  return Object.fromEntries(
+    readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => [e.name, readFileSync(join(dir, e.name), 'utf8')]),
+  )
+}
+
+t.test('a hand-edited state.json cannot rename, delete or write files outside its VM folder, nor delete a disk it still has', async (t) => {
+  const pending = (p: Record<string, unknown>): Record<string, unknown> => ({ pending: { cycle: 3, renames: [], descriptors: [], journals: [], files: false, ...p } })
+  const web = { 'web.vmdk': diskRecord('web.vmdk') }
+  const cases: Array<{ what: string; field: RegExp; state: Record<string, unknown>; via: 'prune' | 'rollback' | 'recovery' }> = [
+    // the auditor's repro: `grainline points prune` finished this pending commit and exited 0
+    {
+      what: 'seed renames and removed disks leaving the folder',
+      field: /pending\.renames\[0\]/,
+      via: 'prune',
+      state: pending({ renames: [{ from: '../../outside/moveme.txt', to: '../../outside/moved.txt' }], removeDisks: ['../../outside/victim'] }),
+    },
+    { what: 'a removed disk leaving the folder', field: /pending\.removeDisks\[0\]/, via: 'recovery', state: pending({ removeDisks: ['../../outside/victim'] }) },
+    {
+      what: 'a rename that is not a seed over its own flat',
+      field: /pending\.renames\[0\]/,
+      via: 'rollback',
+      state: { disks: web, ...pending({ renames: [{ from: 'web-flat.vmdk.seed', to: 'web.vmdk' }] }) },
+    },
+    { what: 'a retired journal leaving the folder', field: /pending\.journals\[0\]/, via: 'rollback', state: pending({ journals: ['../../../outside/victim.journal'] }) },
+    { what: 'a removed disk the VM still has', field: /pending\.removeDisks\[0\].*still has/, via: 'rollback', state: { disks: web, ...pending({ removeDisks: ['web'] }) } },
+    {
+      what: 'a disk stem leaving the folder (its descriptor rewritten)',
+      field: /disks\["web\.vmdk"\]\.stem/,
+      via: 'recovery',
+      state: { disks: { 'web.vmdk': diskRecord('web.vmdk', '../../outside/victim') }, ...pending({ descriptors: ['web.vmdk'] }) },
+    },
+    { what: 'a disk name leaving the folder', field: /disks key/, via: 'rollback', state: { disks: { '../../outside/victim.vmdk': diskRecord('../../outside/victim.vmdk') } } },
+    {
+      what: 'an in-flight seed stem leaving the folder (its seed removed by a rollback)',
+      field: /inflight\.disks\["web\.vmdk"\]\.stem/,
+      via: 'rollback',
+      state: { inflight: { cycle: 4, startedAt: AT, disks: { 'web.vmdk': { ...diskRecord('web.vmdk', '../../outside/victim'), target: 'seed', mode: 'seed' } } } },
+    },
+    {
+      what: 'a VM name that is not its folder (the .vmx installed under it)',
+      field: /vm = .*not the name of its folder/,
+      via: 'rollback',
+      state: { vm: '../../outside/victim', ...pending({ files: true }) },
+    },
+    {
+      what: 'a point merge leaving the points folder',
+      field: /pending\.merges\[0\]/,
+      via: 'prune',
+      state: { disks: web, ...pending({ renames: [{ from: 'web-flat.vmdk.seed', to: 'web-flat.vmdk' }], merges: [{ child: '../../../../outside/victim.vmdk', parent: 'web.p2.vmdk' }] }) },
+    },
+  ]
+  for (const c of cases) {
+    const { store, outside, dir } = handStore(join(scratchDir(t), 'b'), 'web', c.state)
+    for (const f of ['moveme.txt', 'victim.vmdk', 'victim-flat.vmdk', 'victim-flat.vmdk.seed', 'victim.journal']) writeFileSync(join(outside, f), `outside ${f}`)
+    for (const f of ['web.vmdk', 'web-flat.vmdk', 'web-flat.vmdk.seed']) writeFileSync(join(dir, f), `mirror ${f}`)
+    writeFileSync(join(dir, '.grainline', 'incoming', 'web.vmx'), 'displayName = "web"\n')
+    const before = { outside: contents(outside), dir: contents(dir) }
+    const { logger } = memoryLogger()
+    const field = new RegExp(`VM web: .*state\\.json has .*${c.field.source}.*Put back \\.grainline/state\\.json from a backup`)
+    if (c.via === 'recovery') {
+      const r = await recoverStore(store, logger)
+      t.match(r, [{ vm: 'web', action: 'failed', error: field }], `${c.what}: start-up recovery reports the VM`)
+    } else {
+      const run: Promise<unknown> = c.via === 'prune' ? prunePoints(store, 'web', { keep: 1 }, { logger }) : rollbackMirror(store, 'web', logger)
+      await t.rejects(run, { code: 'E_STATE', message: field }, `${c.what}: ${c.via} refused`)
+    }
+    t.same(contents(outside), before.outside, `${c.what}: nothing outside the VM folder touched`)
+    t.same(contents(dir), before.dir, `${c.what}: nothing in the VM folder touched`)
+  }
+})
+
+t.test('the names a commit writes still roll forward: a seed over its flat, a removed disk, a journal', async (t) => {
+  const { store, dir } = handStore(scratchDir(t), 'web', {
+    disks: { 'web.vmdk': diskRecord('web.vmdk') },
+    pending: { cycle: 3, renames: [{ from: 'web-flat.vmdk.seed', to: 'web-flat.vmdk' }], descriptors: [], journals: ['web.journal'], files: false, removeDisks: ['old'] },
+  })
+  writeFileSync(join(dir, 'web-flat.vmdk.seed'), 'new mirror')
+  writeFileSync(join(dir, 'web-flat.vmdk'), 'old mirror')
+  writeFileSync(join(dir, 'old.vmdk'), 'removed disk')
+  writeFileSync(join(dir, 'old-flat.vmdk'), 'removed disk')
+  const r = await rollbackMirror(store, 'web', memoryLogger().logger)
+  t.match(r, { vm: 'web', committedCycle: 3 })
+  t.equal(readFileSync(join(dir, 'web-flat.vmdk'), 'utf8'), 'new mirror', 'the seed is the mirror')
+  t.notOk(existsSync(join(dir, 'web-flat.vmdk.seed')))
+  t.notOk(existsSync(join(dir, 'old.vmdk')), 'the removed disk is gone')
+  t.notOk(existsSync(join(dir, 'old-flat.vmdk')))
+  t.equal(JSON.parse(readFileSync(join(dir, '.grainline', 'state.json'), 'utf8')).pending, null, 'the commit is finished')
+})
+
+t.test('a store file is read only within its bound: the size is checked on the opened file before anything is allocated', async (t) => {
+  const dir = scratchDir(t)
+  const file = join(dir, 'f.json')
+  writeFileSync(file, '{"a":12345}')
+  await t.rejects(readStoreFile(file, 10), { code: 'E_STORE_FILE', message: `${file} is 11 bytes, more than the 10 grainline ever writes there` })
+  await t.rejects(readStoreJson(file, 10, 'E_STATE'), { code: 'E_STATE', message: /is 11 bytes/ })
+  t.equal((await readStoreFile(file, 11)).toString('utf8'), '{"a":12345}')
+  t.same(await readStoreJson(file, 11), { a: 12345 })
+  t.equal(await readStoreJson(join(dir, 'absent.json'), 11), undefined)
+})
+
+t.test('a huge (sparse) state.json, lock or mirror descriptor: typed errors or a stale lock, and no memory spent on them', async (t) => {
+  const base = scratchDir(t)
+  const HUGE = 200 * MiB
+  // sparse: no disk space, but a reader of the whole file allocates 200 MiB (the audit: `grainline status` peaked at 485 MB)
+  const { store, dir: stateDir } = handStore(base, 'state-vm', {})
+  truncateSync(join(stateDir, '.grainline', 'state.json'), HUGE)
+  const { dir: lockDir } = handStore(base, 'lock-vm', {})
+  const lock = join(lockDir, '.grainline', 'lock')
+  writeFileSync(lock, '')
+  truncateSync(lock, HUGE)
+  // settled: a lock no process of ours wrote, taken over as stale
+  utimesSync(lock, new Date(Date.now() - 60_000), new Date(Date.now() - 60_000))
+  const { dir: descDir } = handStore(base, 'desc-vm', { disks: { 'd.vmdk': diskRecord('d.vmdk') } })
+  writeFileSync(join(descDir, 'd-flat.vmdk'), Buffer.alloc(MiB))
+  writeFileSync(join(descDir, 'd.vmdk'), '')
+  truncateSync(join(descDir, 'd.vmdk'), HUGE)
+  // a process of its own: the growth of its peak memory (VmHWM) from the moment the receiver is loaded is these reads' alone
+  const index = new URL('../src/index.js', import.meta.url).href
+  const script = `
+    import { readFileSync } from 'node:fs'
+    import { rollbackMirror, storeStatus } from ${JSON.stringify(index)}
+    const hwm = () => Number(/VmHWM:\\s*(\\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) * 1024
+    const loaded = hwm()
+    const store = ${JSON.stringify(store)}
+    const fail = (e) => ({ code: e.code, message: e.message })
+    const status = await storeStatus(store)
+    const lock = await rollbackMirror(store, 'lock-vm').catch(fail)
+    const state = await rollbackMirror(store, 'state-vm').catch(fail)
+    console.log(JSON.stringify({ status, lock, state, grown: hwm() - loaded }))
+  `
+  const out = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } })) as {
+    status: { vms: Array<{ vm: string; error?: string; disks: unknown[] }> }
+    lock: unknown
+    state: unknown
+    grown: number
+  }
+  const size = `is ${HUGE} bytes, more than the ${128 * MiB} grainline ever writes there`
+  t.match(
+    out.status.vms.find((v) => v.vm === 'state-vm'),
+    { error: `${join(stateDir, '.grainline', 'state.json')} ${size}` },
+    'status: the state file is named with its size',
+  )
+  t.match(out.status.vms.find((v) => v.vm === 'desc-vm')?.disks, [{ name: 'd.vmdk', modified: true, mirrorCid: '' }], 'status: a huge descriptor reads as modified (the agent seeds)')
+  t.same(out.lock, { vm: 'lock-vm', committedCycle: 3, rolledBack: false }, 'a huge lock is no lock of ours: taken over once settled')
+  t.match(out.state, { code: 'E_STATE', message: size }, 'a rollback refuses the huge state file')
+  t.ok(out.grown < 32 * MiB, `peak memory grew ${Math.round(out.grown / MiB)} MiB: none of the 200 MiB files was read whole`)
+})
+
+t.test('a Ceph state object whose disk name leaves the folder: points restore refuses it E_STATE and writes nothing outside', async (t) => {
+  // fake `rados` and `rbd` on PATH stand in for the cluster (as in rbd-cli.test): the state object names a disk `../outside/victim`
+  const base = scratchDir(t)
+  const bin = join(base, 'bin')
+  mkdirSync(bin)
+  const disk = { image: 'img1', snap: 'c3', capacity: 4096 }
+  const state = {
+    format: 'grainline-ceph-vm-1',
+    vm: 'web',
+    committedCycle: 3,
+    committedAt: AT,
+    generation: null,
+    compat: null,
+    disks: {},
+    inflight: null,
+    points: [{ cycle: 2, committedAt: AT, generation: 'g', disks: { '../outside/victim.vmdk': disk } }],
+    files: {},
+    pending: null,
+  }
+  writeFileSync(join(base, 'state.json'), JSON.stringify(state))
+  writeFileSync(join(bin, 'rados'), `#!/bin/sh\necho "rados $*" >> "${base}/calls"\ncat "${base}/state.json"\n`)
+  writeFileSync(join(bin, 'rbd'), `#!/bin/sh\necho "rbd $*" >> "${base}/calls"\nprintf data\n`)
+  for (const f of ['rados', 'rbd']) chmodSync(join(bin, f), 0o755)
+  const path = process.env['PATH']
+  process.env['PATH'] = `${bin}:${path}`
+  t.teardown(() => {
+    process.env['PATH'] = path
+  })
+  mkdirSync(join(base, 'outside'))
+  await t.rejects(cephRestorePoint({ pool: 'p' }, 'web', 2, join(base, 'to')), { code: 'E_STATE', message: /names a disk "\.\.\/outside\/victim\.vmdk" that is not a safe file name/ })
+  t.same(readdirSync(join(base, 'outside')), [], 'nothing written beside the restore folder')
+  t.notMatch(readFileSync(join(base, 'calls'), 'utf8'), /rbd/, 'no image was exported')
 })

@@ -21,7 +21,7 @@ import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
 import { checkedPointSource, disksAt, pointsOf } from '../points.ts'
 import { pointConfigText } from '../point-config.ts'
 import { isAllZero } from '@grainline/vmdk'
-import { readStoreFile } from '../store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
 import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
@@ -236,7 +236,7 @@ async function mirrorNvram(dir: string, vm: string): Promise<ArchiveFileSource[]
   const name = `${vm}.nvram`
   try {
     // a store file: a link or FIFO there is a typed E_STORE_FILE, never a hang with the VM locked or a file from outside the store in the bucket
-    return [{ name, data: await readStoreFile(join(dir, name)) }]
+    return [{ name, data: await readStoreFile(join(dir, name), CONFIG_FILE_MAX_BYTES) }]
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return []
     throw err

@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
+import { pointSnapshots } from './ceph-restore.ts'
 import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
 import { runCeph, type CephTarget } from './rbd-cli.ts'
@@ -132,15 +133,15 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
  * Read point `cycle` of a VM (its committed cycle when it is the mirror)
  * into `dir`: one raw file per disk (`<disk stem>.raw`, `rbd export` of its
  * snapshot) and the VM's configuration files as committed last.
- * @throws ReceiverError E_NOT_FOUND (no such VM or point)
+ * @throws ReceiverError E_NOT_FOUND (no such VM or point), E_STATE (a disk, image or snapshot name in the state object that is not a safe one)
  */
 export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number, dir: string): Promise<{ disks: Array<{ name: string; file: string; snapshot: string }> }> {
   const s = await stateOf(t, vm)
-  const snaps = cycle === s.committedCycle ? Object.fromEntries(heldDisks(s).map((d) => [d.name, { image: d.image, snap: d.snap }])) : s.points.find((p) => p.cycle === cycle)?.disks
-  if (snaps === undefined) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
+  // the disk names of the pool's state become file names in `dir`, its images and snapshots arguments: checked first
+  const snaps = pointSnapshots(t, s, cycle)
   await mkdir(dir, { recursive: true })
   const disks = []
-  for (const [name, d] of Object.entries(snaps).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+  for (const [name, d] of snaps) {
     const file = join(dir, `${name.replace(/\.vmdk$/i, '')}.raw`)
     await exportImage(t, `${d.image}@${d.snap}`, file)
     disks.push({ name, file, snapshot: `${t.pool}/${d.image}@${d.snap}` })

@@ -25,7 +25,7 @@ import type { Logger } from 'pino'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import { readVmState } from '../../state-file.ts'
-import { readStoreFile, regularFileSize } from '../../store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile, regularFileSize } from '../../store-fs.ts'
 import { VmPaths } from '../../vm-paths.ts'
 import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { CephVmMirror, snapName } from './ceph-mirror.ts'
@@ -154,7 +154,7 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
       [`${vm}.vmx`, (b: Buffer) => Buffer.from(unmarkVmx(b.toString('utf8'), src.displaySuffix))],
       [`${vm}.nvram`, (b: Buffer) => b],
     ] as const) {
-      const data = await readStoreFile(join(paths.dir, name)).catch((err: unknown) => {
+      const data = await readStoreFile(join(paths.dir, name), CONFIG_FILE_MAX_BYTES).catch((err: unknown) => {
         if ((err as { code?: unknown }).code === 'ENOENT') return undefined
         throw err
       })
