@@ -23,6 +23,8 @@ export interface MirrorFacts {
   readonly cid: string
   /** size of the flat file, -1 when it is missing */
   readonly flatSize: number
+  /** bytes the flat file allocates (st_blocks × 512), 0 when it is missing: a thin mirror's holes are below its size */
+  readonly flatAllocated: number
   /** whether an interrupted rollback left the journal renamed `.journal.undo` */
   readonly undoing: boolean
 }
@@ -54,6 +56,12 @@ export interface SpaceFacts {
   readonly quotaBytes: number | undefined
   /** bytes allocated by the token's mirrors now (counted only when it has a quota): files' blocks, or `rbd du` of images and snapshots */
   readonly usedBytes: number
+  /**
+   * bytes the token's other accepted, not yet committed applies may still add
+   * (quota-room.ts): each up to its capacity, less what its target file
+   * allocates already; 0 without a quota (and on Ceph, which counts one disk)
+   */
+  readonly reservedBytes: number
 }
 
 /** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
@@ -72,11 +80,12 @@ export type OpenDecision =
 /**
  * What a fresh apply of `req` may add to the store at most: a seed's file
  * can be filled up to the capacity (beside the current flat until the
- * commit); an incremental can grow the flat to the capacity.
+ * commit); an incremental or a resync can fill the flat up to the capacity —
+ * its growth and the holes of a thin mirror (a seed of zero extents leaves
+ * the whole flat a hole, which a later cycle may fill with data).
  */
-export function mayAdd(req: Pick<DiskOpenRequest, 'mode' | 'capacity'>, facts: Pick<MirrorFacts, 'flatSize'>): number {
-  // an incremental or a resync grows the flat in place
-  return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatSize))
+export function mayAdd(req: Pick<DiskOpenRequest, 'mode' | 'capacity'>, facts: Pick<MirrorFacts, 'flatAllocated'>): number {
+  return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatAllocated))
 }
 
 /** Where the free space of a {@link roomFailure} refusal was measured, and what the operator does about it. */
@@ -92,8 +101,9 @@ const FOLDER_PLACE: RoomPlace = { store: 'the store', remedy: 'free space on the
 /**
  * The room rule of a fresh apply (SPEC §7), the same for every store: a
  * capacity increase must fit in the free space (`E_NO_SPACE`), and the
- * token's mirrors plus what this apply `adds` at most must stay within its
- * quota (`E_QUOTA`). Pure; undefined when the disk may open.
+ * token's mirrors plus what its other open applies may still add plus what
+ * this apply `adds` at most must stay within its quota (`E_QUOTA`). Pure;
+ * undefined when the disk may open.
  */
 export function roomFailure(
   vm: string,
@@ -111,11 +121,12 @@ export function roomFailure(
       message: `disk ${req.name} of VM ${vm} would grow by ${growth} bytes, ${place.store} has ${space.freeBytes} free: ${place.remedy}, then retry`,
     }
   }
-  if (space.quotaBytes !== undefined && space.usedBytes + adds > space.quotaBytes) {
+  if (space.quotaBytes !== undefined && space.usedBytes + space.reservedBytes + adds > space.quotaBytes) {
+    const others = space.reservedBytes > 0 ? ` and the ${space.reservedBytes} its disks open and not yet committed may still add` : ''
     return {
       kind: 'fail',
       code: 'E_QUOTA',
-      message: `disk ${req.name} of VM ${vm} may add ${adds} bytes to the ${space.usedBytes} this token's mirrors use, above its quota of ${space.quotaBytes}: raise the quota in the tokens file or remove mirrors`,
+      message: `disk ${req.name} of VM ${vm} may add ${adds} bytes to the ${space.usedBytes} this token's mirrors use${others}, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, remove mirrors, or commit the cycles in flight first, then retry`,
     }
   }
   return undefined

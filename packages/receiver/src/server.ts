@@ -21,6 +21,7 @@ import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
 import { FramePool } from './frame-pool.ts'
 import { PayloadPool } from './payload-pool.ts'
+import { PendingOpens } from './quota-room.ts'
 import type { SessionSettings } from './session-settings.ts'
 import { globMatch } from './auth.ts'
 import type { RetentionLimits, RetentionPolicy } from './retention.ts'
@@ -226,6 +227,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     // frames and payloads in reused memory, kept from one agent connection to the next (each cycle is a new
     // session): at most what one session's own pools may own (the inbox's bound plus two batches; the inbox's)
     buffers: { frames: new FramePool(() => highWaterBytes + 2 * batchBytes), payloads: new PayloadPool(() => highWaterBytes) },
+    pendingOpens: new PendingOpens(),
   }
   /** open sessions per token entry (the per-token cap) */
   const byToken = new Map<TokenEntry, number>()

@@ -5,6 +5,7 @@ import type { RetentionLimits, RetentionPolicy } from './retention.ts'
 import type { CephTarget } from './store/ceph/rbd-cli.ts'
 import type { FramePool } from './frame-pool.ts'
 import type { PayloadPool } from './payload-pool.ts'
+import type { PendingOpens } from './quota-room.ts'
 
 /** Settings shared by all sessions of a receiver. */
 export interface SessionSettings {
@@ -43,4 +44,10 @@ export interface SessionSettings {
    * connection to the next. Undefined: each session makes its own.
    */
   readonly buffers?: { readonly frames: FramePool; readonly payloads: PayloadPool }
+  /**
+   * The DiskOpens of every session being decided, so that a token's quota
+   * counts those of its other sessions too (quota-room.ts). Undefined: a
+   * session sees the others' applies only once their in-flight records are written.
+   */
+  readonly pendingOpens?: PendingOpens
 }

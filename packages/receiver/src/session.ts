@@ -536,7 +536,8 @@ export class Session {
       blockSize: msg.blockSize,
     }
     // the token's quota counts the mirrors of every VM it may replicate (both stores)
-    const quota = this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm) } }
+    const pending = this.settings.pendingOpens === undefined ? {} : { pending: this.settings.pendingOpens }
+    const quota = this.token.quota === undefined ? {} : { quota: { bytes: this.token.quota, covers: (vm: string) => mayAccess(this.token, vm), ...pending } }
     const r =
       vm instanceof CephVmMirror
         ? await vm.openDisk(req, { compat: this.compat as CompatRecord, ...quota })

@@ -132,6 +132,15 @@ export async function entryExists(path: string): Promise<boolean> {
  * @throws ReceiverError E_STORE_FILE when something other than a regular file is there
  */
 export async function regularFileSize(path: string): Promise<number | undefined> {
+  return (await regularFileSpace(path))?.size
+}
+
+/**
+ * The size of a regular store file and the bytes it allocates (st_blocks ×
+ * 512: a sparse file's holes are not counted), undefined when nothing is there.
+ * @throws ReceiverError E_STORE_FILE when something other than a regular file is there
+ */
+export async function regularFileSpace(path: string): Promise<{ size: number; allocated: number } | undefined> {
   let st: Stats
   try {
     st = await lstat(path)
@@ -140,7 +149,7 @@ export async function regularFileSize(path: string): Promise<number | undefined>
     throw err
   }
   if (!st.isFile()) throw storeFileError(path, kindOf(st))
-  return st.size
+  return { size: st.size, allocated: st.blocks * 512 }
 }
 
 /**

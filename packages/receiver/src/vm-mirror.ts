@@ -10,9 +10,10 @@ import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
-import { decideOpen, mirrorModified, type DiskOpenRequest, type SpaceFacts } from './open-decision.ts'
+import { decideOpen, mayAdd, mirrorModified, type DiskOpenRequest, type MirrorFacts, type SpaceFacts } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
-import { freeBytes, mirrorsUsage } from './store-usage.ts'
+import { freeBytes } from './store-usage.ts'
+import { diskKey, tokenRoom, type PendingOpens } from './quota-room.ts'
 import { undoInflight } from './rollback.ts'
 import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type PointsDroppedRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
@@ -52,8 +53,11 @@ export interface OpenContext {
   readonly compat: CompatRecord
   /** disks open under accepted handles in this session */
   readonly open?: Iterable<string>
-  /** the token's store quota, bytes, and which VMs' mirrors count towards it */
-  readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean }
+  /**
+   * the token's store quota, bytes, and which VMs' mirrors count towards it;
+   * `pending`: the receiver's DiskOpens being decided (quota-room.ts)
+   */
+  readonly quota?: { readonly bytes: number; readonly covers: (vm: string) => boolean; readonly pending?: PendingOpens }
   /** the VM's retention policy: an in-place apply keeps a reverse increment when it keeps points */
   readonly retention?: RetentionPolicy
   /** hears of long work before the answer: the base copy of a disk that changes capacity (SPEC §5.1 DiskProgress) */
@@ -244,11 +248,39 @@ export class VmMirror {
     }
     // SPEC §5.1 rule 2: an opened point or a failover reads through the mirror
     if (holdsOf(s).length > 0) return { ...base, accepted: false, reason: 'E_HELD', message: heldMessage(this.vm, holdsOf(s)) }
-    const space = {
-      freeBytes: await freeBytes(this.paths.dir),
-      quotaBytes: ctx.quota?.bytes,
-      usedBytes: ctx.quota === undefined ? 0 : await mirrorsUsage(this.paths.store, ctx.quota.covers),
+    // a fresh apply holds what it may add from before the token's room is measured until its in-flight record
+    // is written: a DiskOpen of the token decided meanwhile in another session counts it (quota-room.ts)
+    const letGo = inf === undefined ? ctx.quota?.pending?.hold(this.vm, req.name, mayAdd(req, facts)) : undefined
+    try {
+      return await this.openInspected(req, ctx, rec, inf, facts, base)
+    } finally {
+      letGo?.()
     }
+  }
+
+  /** The token's room: free space, its quota, what its mirrors take and what its other open applies may still add. */
+  private async spaceFor(name: string, quota: OpenContext['quota']): Promise<SpaceFacts> {
+    const free = await freeBytes(this.paths.dir)
+    if (quota === undefined) return { freeBytes: free, quotaBytes: undefined, usedBytes: 0, reservedBytes: 0 }
+    const room = await tokenRoom(this.paths.store, quota.covers)
+    const self = diskKey(this.vm, name)
+    let reservedBytes = 0
+    for (const [key, bytes] of room.inflight) if (key !== self) reservedBytes += bytes
+    reservedBytes += quota.pending?.bytes(quota.covers, (key) => key === self || room.inflight.has(key)) ?? 0
+    return { freeBytes: free, quotaBytes: quota.bytes, usedBytes: room.usedBytes, reservedBytes }
+  }
+
+  /** {@link openDisk} once the disk is inspected and not held. */
+  private async openInspected(
+    req: DiskOpenRequest,
+    ctx: OpenContext,
+    rec: DiskRecord | undefined,
+    inf: InflightDisk | undefined,
+    facts: MirrorFacts,
+    base: Omit<OpenDiskResult, 'accepted' | 'reason' | 'message' | 'apply'>,
+  ): Promise<OpenDiskResult> {
+    const s = this.current
+    const space = await this.spaceFor(req.name, ctx.quota)
     const d = decideOpen({
       vm: this.vm,
       committedCycle: s.committedCycle,
@@ -368,10 +400,12 @@ export class VmMirror {
     }
     // the copy counts in the token's quota: a peer that grows a disk every cycle must not keep one whole
     // disk per retained point beyond it, and must not be able to make the receiver drop the VM's points either
-    if (space.quotaBytes !== undefined && space.usedBytes + growth + allocated > space.quotaBytes) {
+    // (with what the token's other open applies may still add: quota-room.ts)
+    const counted = space.usedBytes + space.reservedBytes
+    if (space.quotaBytes !== undefined && counted + growth + allocated > space.quotaBytes) {
       throw new ReceiverError(
         'E_QUOTA',
-        `disk ${info.name} of VM ${this.vm} changes capacity from ${rec.capacity} to ${info.capacity} bytes: keeping its restore points copies its mirror (${allocated} bytes allocated) into a base point, which with the growth brings this token's mirrors from ${space.usedBytes} to ${space.usedBytes + growth + allocated} bytes, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, or drop the VM's older points (grainline points prune), then retry; nothing was written`,
+        `disk ${info.name} of VM ${this.vm} changes capacity from ${rec.capacity} to ${info.capacity} bytes: keeping its restore points copies its mirror (${allocated} bytes allocated) into a base point, which with the growth brings this token's mirrors from ${counted} to ${counted + growth + allocated} bytes, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, or drop the VM's older points (grainline points prune), then retry; nothing was written`,
       )
     }
     try {

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { closeSync, openSync, readFileSync, readSync, statSync, statfsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -7,7 +7,28 @@ import { CycleDigest, MessageKind, createDigest, initDigests } from '@grainline/
 import { VmMirror } from '../src/vm-mirror.ts'
 import { JOURNAL_PIECE } from '../src/journal.ts'
 import type { ApplyExtent } from '../src/disk-apply.ts'
-import { Agent, MiB, TOKEN, diskOpen, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
+import {
+  Agent,
+  MiB,
+  TOKEN,
+  diskEnd,
+  diskOpen,
+  evolve,
+  extentMessage,
+  hello,
+  incPlan,
+  makeEnv,
+  pattern,
+  runCycle,
+  seedPlan,
+  startReceiver,
+  vmOpen,
+  type DiskPlan,
+  type Env,
+  type memoryLogger,
+} from './helpers.ts'
+import { allocatedBytes } from '../src/store-usage.ts'
+import { PendingOpens, diskKey } from '../src/quota-room.ts'
 
 /*
  * Zero-extent amplification: one frame that grows a disk and one zero extent
@@ -15,7 +36,9 @@ import { Agent, MiB, TOKEN, diskOpen, hello, incPlan, makeEnv, pattern, runCycle
  * going on after the sender left and delaying SIGTERM. Now grown space is
  * left a hole, in-place zeroing stops between pieces when the session is
  * aborted, a capacity increase must fit in the free space (E_NO_SPACE), and a
- * token's mirrors stay within its quota (E_QUOTA).
+ * token's mirrors stay within its quota (E_QUOTA) — counting what the disks
+ * it opened and has not committed may still add (several at once, in several
+ * sessions) and the holes of a thin mirror a cycle may fill.
  */
 
 const log = pino({ level: 'silent' })
@@ -93,6 +116,163 @@ t.test("a token's mirrors stay within its quota", async (t) => {
   const r = await runCycle(c, 'q-1', 2, [incPlan(0, 'q-1.vmdk', img2, 1, 'i', ranges, 'q-1-000001.vmdk', 'q-1-000002.vmdk')])
   c.close()
   t.equal(r.committed?.cycle, 2, 'an incremental that does not grow the disk adds nothing')
+})
+
+/** A receiver whose only token (TOKEN) covers the VMs `q-*` with an 8 MiB quota. */
+async function quotaReceiver(t: Test): Promise<{ env: Env; url: string; logs: ReturnType<typeof memoryLogger> }> {
+  const env = makeEnv(scratchDir(t))
+  const tokensFile = join(env.dir, 'tokens-q.json')
+  writeFileSync(tokensFile, JSON.stringify({ tokens: [{ name: 'proxy-q', token: TOKEN, vms: ['q-*'], quota: QUOTA }] }))
+  const { receiver, url, logs } = await startReceiver({ ...env, tokensFile })
+  t.teardown(() => receiver.close())
+  return { env, url, logs }
+}
+
+const QUOTA = 8 * MiB
+
+/** Hello and VmOpen of `vm`'s cycle 1 naming `disks`; the VmState. */
+async function openVm(a: Agent, vm: string, disks: readonly string[]): Promise<void> {
+  await initDigests()
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(
+    vmOpen(
+      vm,
+      1,
+      disks.map((d) => d.replace(/\.vmdk$/, '-000001.vmdk')),
+    ),
+  )
+  await a.expect(MessageKind.VmState)
+}
+
+/** The answer to a DiskOpen: 'accepted', or the code of the Error that ended the session. */
+async function openAnswer(a: Agent, d: DiskPlan, vm: string): Promise<string> {
+  a.send(diskOpen(d, 1, vm))
+  const m = await a.next()
+  if (m?.kind === MessageKind.DiskState) return m.accepted ? 'accepted' : m.reason
+  return m?.kind === MessageKind.Error ? m.code : '(closed)'
+}
+
+t.test("a token's quota counts the disks it opened and has not committed: four at once before any extent", async (t) => {
+  const { env, url, logs } = await quotaReceiver(t)
+  const CAP = QUOTA - MiB
+  const names = ['d0.vmdk', 'd1.vmdk', 'd2.vmdk', 'd3.vmdk']
+  const plans = names.map((n, i) => seedPlan(i, n, pattern(CAP, 100 + i), 'x'))
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(a, 'q-four', names)
+  t.equal(await openAnswer(a, plans[0] as DiskPlan, 'q-four'), 'accepted', `a first disk of ${CAP} bytes fits in ${QUOTA}`)
+  t.equal(await openAnswer(a, plans[1] as DiskPlan, 'q-four'), 'E_QUOTA', 'a second, before the first wrote anything: its capacity counts, E_QUOTA')
+  t.same(await a.expectError(), { code: 'E_QUOTA', closeCode: 4508 }, 'the session ends')
+  t.match(
+    logs.text(),
+    /disk d1\.vmdk of VM q-four may add 7340032 bytes .* and the 7340032 its disks open and not yet committed may still add, above its quota of 8388608: raise the quota/,
+    'the error names the disk, the VM, what the open disks hold and what to do',
+  )
+  const state = JSON.parse(readFileSync(join(env.store, 'q-four', '.grainline', 'state.json'), 'utf8')) as { inflight: { disks: Record<string, unknown> } }
+  t.same(Object.keys(state.inflight.disks), ['d0.vmdk'], 'only the first disk is in flight')
+  t.ok((await allocatedBytes(env.store)) <= QUOTA, 'the store holds no more than the quota')
+})
+
+t.test("a token's quota counts the open disks of its other sessions, until they are rolled back", async (t) => {
+  const { env, url } = await quotaReceiver(t)
+  const CAP = QUOTA - MiB
+  const plan = (vm: string): DiskPlan => seedPlan(0, `${vm}.vmdk`, pattern(CAP, 7), 'x')
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(a, 'q-a', ['q-a.vmdk'])
+  t.equal(await openAnswer(a, plan('q-a'), 'q-a'), 'accepted', 'session A opens a disk of VM q-a and writes nothing yet')
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(b, 'q-b', ['q-b.vmdk'])
+  t.equal(await openAnswer(b, plan('q-b'), 'q-b'), 'E_QUOTA', "session B's disk of VM q-b, beside A's: E_QUOTA")
+  t.same(await b.expectError(), { code: 'E_QUOTA', closeCode: 4508 })
+  a.close()
+  await a.whenClosed()
+  const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(c, 'q-b', ['q-b.vmdk'])
+  t.equal(await openAnswer(c, plan('q-b'), 'q-b'), 'E_QUOTA', 'A left without a rollback: its disk is in flight (a resume is not charged again), it still counts')
+  await c.expectError()
+  const d = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(d, 'q-a', ['q-a.vmdk'])
+  d.send({ kind: MessageKind.Rollback, vm: 'q-a' })
+  await d.expect(MessageKind.RolledBack)
+  d.close()
+  await d.whenClosed()
+  const e = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(e, 'q-b', 1, [plan('q-b')])).committed?.cycle, 1, 'once A is rolled back, the disk of VM q-b opens and commits')
+  e.close()
+  t.ok((await allocatedBytes(env.store)) <= QUOTA, 'the store holds no more than the quota')
+})
+
+t.test("a token's quota counts the holes of a thin mirror: a seed of zeros, then a cycle that fills it", async (t) => {
+  const { env, url } = await quotaReceiver(t)
+  const CAP = QUOTA - MiB
+  const zeros = Buffer.alloc(CAP)
+  const full = pattern(CAP, 9)
+  for (const vm of ['q-s1', 'q-s2']) {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    t.equal((await runCycle(a, vm, 1, [seedPlan(0, `${vm}.vmdk`, zeros, 'x')])).committed?.cycle, 1, `VM ${vm}: a seed of zeros leaves its flat a hole`)
+    a.close()
+    await a.whenClosed()
+  }
+  t.ok((await allocatedBytes(env.store)) < MiB, 'the two mirrors allocate almost nothing')
+  const fill = (vm: string): DiskPlan => incPlan(0, `${vm}.vmdk`, full, 1, 'f', [{ offset: 0, length: CAP }], `${vm}-000001.vmdk`, `${vm}-000002.vmdk`)
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(b, 'q-s1', 2, [fill('q-s1')])).committed?.cycle, 2, 'VM q-s1: a cycle filling its holes fits in the quota')
+  b.close()
+  await b.whenClosed()
+  const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(c, 'q-s2', 2, [fill('q-s2')]).catch(() => {})
+  t.same(await c.expectError(), { code: 'E_QUOTA', closeCode: 4508 }, 'VM q-s2: the same cycle does not, its holes count (they were free before)')
+  t.ok((await allocatedBytes(env.store)) <= QUOTA, 'the store holds no more than the quota')
+})
+
+t.test("disks within a token's quota: opened at once before any extent, they commit; so does an incremental of them all", async (t) => {
+  const { env, url } = await quotaReceiver(t)
+  const CAP = 1.5 * MiB
+  const names = ['d0.vmdk', 'd1.vmdk', 'd2.vmdk', 'd3.vmdk']
+  const images = names.map((_n, i) => pattern(CAP, 20 + i))
+  const plans = names.map((n, i) => seedPlan(i, n, images[i] as Buffer, 'x'))
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await openVm(a, 'q-ok', names)
+  for (const d of plans) t.equal(await openAnswer(a, d, 'q-ok'), 'accepted', `${d.name}: ${4 * CAP} bytes of disks fit in ${QUOTA}`)
+  for (const d of plans) {
+    for (let seq = 0; seq < d.extents.length; seq++) a.send(extentMessage(d, seq, 'sha256'))
+    a.send(diskEnd(d, 'sha256'))
+    for (let m = await a.next(); m?.kind !== MessageKind.DiskEnded; m = await a.next()) if (m === undefined || m.kind === MessageKind.Error) throw new Error(`no DiskEnded: ${JSON.stringify(m)}`)
+  }
+  a.send({ kind: MessageKind.Commit, vm: 'q-ok', cycle: 1, retention: null })
+  t.equal((await a.expect(MessageKind.Committed)).cycle, 1, 'committed')
+  a.close()
+  await a.whenClosed()
+  const ranges = [{ offset: 64 * 1024, length: 64 * 1024 }]
+  const incs = names.map((n, i) => incPlan(i, n, evolve(images[i] as Buffer, 40 + i, ranges), 1, 'i', ranges, n.replace('.vmdk', '-000001.vmdk'), n.replace('.vmdk', '-000002.vmdk')))
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(b, 'q-ok', 2, incs)).committed?.cycle, 2, 'an incremental of the four disks (their mirrors allocated) commits')
+  b.close()
+})
+
+t.test('PendingOpens: a DiskOpen being decided is counted by the others of its VMs, once, until it lets go', async (t) => {
+  const p = new PendingOpens()
+  const letGo = p.hold('q-1', 'd.vmdk', 100)
+  p.hold('other', 'd.vmdk', 1000)
+  const covers = (vm: string): boolean => vm.startsWith('q-')
+  t.equal(
+    p.bytes(covers, () => false),
+    100,
+    'only the VMs the token covers',
+  )
+  t.equal(
+    p.bytes(covers, (k) => k === diskKey('q-1', 'd.vmdk')),
+    0,
+    'not a disk counted already (in flight), nor the one deciding',
+  )
+  letGo()
+  p.hold('q-1', 'd.vmdk', 50)
+  letGo()
+  t.equal(
+    p.bytes(covers, () => false),
+    50,
+    'letting go twice does not drop a later hold of the same disk',
+  )
 })
 
 t.test('in-place zeroing stops between pieces when the session is aborted', async (t) => {

@@ -116,7 +116,7 @@ t.test('a full pool from its flags (ceph osd pool ls detail): full_quota or full
 })
 
 t.test('the room rule names the pool on Ceph, with the folder store codes and rule', async (t) => {
-  const space = { freeBytes: 10, quotaBytes: 100, usedBytes: 95 }
+  const space = { freeBytes: 10, quotaBytes: 100, usedBytes: 95, reservedBytes: 0 }
   const place = { store: 'Ceph pool p', remedy: 'free space in the pool' }
   t.match(roomFailure('vm', { name: 'd', capacity: 20 }, 0, 20, space, place), { code: 'E_NO_SPACE', message: /grow by 20 bytes, Ceph pool p has 10 free: free space in the pool, then retry/ })
   t.match(roomFailure('vm', { name: 'd', capacity: 20 }, 20, 6, space, place), { code: 'E_QUOTA', message: /may add 6 bytes to the 95 .* quota of 100/ })

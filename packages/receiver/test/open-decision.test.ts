@@ -37,7 +37,7 @@ const inc: DiskOpenRequest = {
 }
 const seed: DiskOpenRequest = { ...inc, mode: 'seed', baseCycle: 0, baseGeneration: '', source: src1, cycleId: 'cc'.repeat(32) }
 const resync: DiskOpenRequest = { ...inc, mode: 'resync', baseCycle: 0, baseGeneration: '', source: src1, cycleId: 'ee'.repeat(32), blockSize: 4096 }
-const intact: MirrorFacts = { cid: '0000cafe', flatSize: 64 * KiB, undoing: false }
+const intact: MirrorFacts = { cid: '0000cafe', flatSize: 64 * KiB, flatAllocated: 64 * KiB, undoing: false }
 const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => ({
   name: req.name,
   stem: 'd',
@@ -52,7 +52,7 @@ const inflightOf = (req: DiskOpenRequest, baseSize = 64 * KiB): InflightDisk => 
   algorithm: req.algorithm,
 })
 
-const room = { freeBytes: 1024 ** 4, quotaBytes: undefined, usedBytes: 0 }
+const room = { freeBytes: 1024 ** 4, quotaBytes: undefined, usedBytes: 0, reservedBytes: 0 }
 const base: OpenInputs = { vm: 'vm', committedCycle: 1, inflightCycle: 0, record, inflight: undefined, facts: intact, request: inc, compatible: true, space: room }
 const diverged = { ...record, diverged: { reason: 'certify (sha256) of cycle 1 failed', at: '2026-01-02T00:00:00.000Z' } }
 
@@ -118,6 +118,17 @@ const rows: Row[] = [
   { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
   { name: "growth above the token's quota", in: { request: { ...inc, capacity: 128 * KiB }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
+  {
+    name: "a seed within the token's quota alone, above it with what its other open applies may still add",
+    in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 32 * KiB, reservedBytes: 64 * KiB } },
+    want: 'E_QUOTA',
+  },
+  {
+    name: 'an incremental on a thin mirror: the holes it may fill count',
+    in: { facts: { ...intact, flatAllocated: 0 }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } },
+    want: 'E_QUOTA',
+  },
+  { name: 'an incremental on a fully allocated mirror adds nothing', in: { space: { ...room, quotaBytes: 64 * KiB, usedBytes: 64 * KiB, reservedBytes: 0 } }, want: 'fresh' },
   // SPEC §5.9: a resync compares with whatever the mirror holds
   { name: 'resync of a booted mirror (CID changed)', in: { request: resync, facts: { ...intact, cid: '0badc0de' } }, want: 'fresh' },
   { name: 'resync onto another generation (a store restored from a backup)', in: { request: resync, record: { ...record, generation: 'f'.repeat(32) } }, want: 'fresh' },
@@ -137,7 +148,7 @@ const rows: Row[] = [
   },
   {
     name: 'in flight resync, flat shrank since its start',
-    in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { cid: '0badc0de', flatSize: 32 * KiB, undoing: false } },
+    in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { cid: '0badc0de', flatSize: 32 * KiB, flatAllocated: 32 * KiB, undoing: false } },
     want: 'E_MIRROR_MODIFIED',
   },
   {
@@ -145,7 +156,7 @@ const rows: Row[] = [
     in: { request: resync, inflightCycle: 2, inflight: { ...inflightOf(resync), resyncFrom: undefined } as unknown as InflightDisk, facts: { ...intact, cid: '0badc0de' } },
     want: 'E_MIRROR_MODIFIED',
   },
-  { name: 'a resume is not charged again', in: { inflightCycle: 2, inflight: inflightOf(inc), space: { freeBytes: 0, quotaBytes: 1, usedBytes: 64 * KiB } }, want: 'resume' },
+  { name: 'a resume is not charged again', in: { inflightCycle: 2, inflight: inflightOf(inc), space: { freeBytes: 0, quotaBytes: 1, usedBytes: 64 * KiB, reservedBytes: 64 * KiB } }, want: 'resume' },
 ]
 
 t.test('decideOpen: every row', async (t) => {

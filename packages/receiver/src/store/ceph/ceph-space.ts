@@ -351,8 +351,11 @@ export async function checkCephRoom(
     freeBytes: free ?? Number.MAX_SAFE_INTEGER,
     quotaBytes: quota?.bytes,
     usedBytes: quota === undefined ? 0 : await cephMirrorsUsage(t, quota.covers),
+    // the other open applies of the token are not counted on Ceph (docs/CEPH.md "A token's quota")
+    reservedBytes: 0,
   }
-  const adds = mayAdd(req, { flatSize: committedCapacity > 0 ? committedCapacity : -1 })
+  // an image is taken as allocated up to its committed capacity: only the growth counts
+  const adds = mayAdd(req, { flatAllocated: committedCapacity })
   const fail = roomFailure(vm, req, committedCapacity, adds, space, { store: `Ceph pool ${t.pool}`, remedy: 'free space in the pool (or raise its quota)' })
   if (fail !== undefined) throw new ReceiverError(fail.code, fail.message)
 }
