@@ -130,14 +130,17 @@ export async function openPoint(
     await mkdir(abs, { recursive: true })
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: open the point into a new folder`)
     const kind = opts.kind ?? 'open'
+    // every chain checked (points and mirror, points.ts) before the hold is recorded: a refused open leaves no hold behind
+    const sources: Array<{ stem: string; source: string }> = []
+    for (const rec of disksAt(state, cycle)) sources.push({ stem: rec.stem, source: await checkedPointSource(m.paths, state, rec.name, cycle) })
     const hold: HoldRecord = { id: randomUUID(), cycle, dir: abs, kind, createdAt: new Date().toISOString() }
     await m.setHolds([...holdsOf(state), hold])
     // first into the folder: a close removes only a folder that names its hold (a crash before it leaves the folder empty)
     await writeFile(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`, { flag: 'wx' })
     const disks: string[] = []
-    for (const rec of disksAt(state, cycle)) {
-      const child = join(abs, `${rec.stem}.vmdk`)
-      await createDelta(await checkedPointSource(m.paths, state, rec.name, cycle), child, { format: opts.format ?? 'sesparse' })
+    for (const { stem, source } of sources) {
+      const child = join(abs, `${stem}.vmdk`)
+      await createDelta(source, child, { format: opts.format ?? 'sesparse' })
       disks.push(child)
     }
     const vmxPath = join(abs, `${vm}.vmx`)

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { buildDescriptor, formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
+import { buildDescriptor, formatCid, parseDescriptor, serializeDescriptor, type Descriptor } from '@grainline/vmdk'
 
 /**
  * The most a mirror descriptor holds: its few lines and the source's DDB, at
@@ -28,6 +28,28 @@ export function mirrorDescriptor(opts: { cid: string; capacity: number; flatFile
       ddb,
     }),
   )
+}
+
+/**
+ * How a mirror descriptor differs from the one {@link mirrorDescriptor}
+ * writes for disk `stem` of `capacity` bytes — exactly one flat extent, its
+ * own `<stem>-flat.vmdk` of the capacity, no parent, no change-tracking
+ * file — or undefined when it does not. The vmdk readers follow whatever the
+ * descriptor names, so a descriptor naming another file (`../../x`) would
+ * make a restore, an open or a failover read it while the receiver keeps
+ * writing the real flat. Pure; the CID is compared by the caller.
+ */
+export function mirrorLayoutProblem(d: Descriptor, stem: string, capacity: number): string | undefined {
+  const flat = `${stem}-flat.vmdk`
+  const names = d.extents.map((e) => e.file)
+  if (names.length !== 1 || names[0] !== flat) return `its descriptor names the extents ${JSON.stringify(names)}, not ${JSON.stringify([flat])}`
+  const e = d.extents[0]
+  if (e !== undefined && e.type !== 'VMFS' && e.type !== 'FLAT') return `its extent is of type ${e.type}, not a flat extent`
+  if (e?.offset !== undefined && e.offset !== 0) return `its extent starts ${e.offset} sectors into the flat`
+  if (e !== undefined && e.sectors !== Math.ceil(capacity / 512)) return `its extent is ${e.sectors} sectors, the disk's capacity ${Math.ceil(capacity / 512)}`
+  if (d.parentFileNameHint !== undefined) return `its descriptor names a parent ${JSON.stringify(d.parentFileNameHint)}`
+  if (d.changeTrackPath !== undefined) return `its descriptor names a change-tracking file ${JSON.stringify(d.changeTrackPath)}`
+  return undefined
 }
 
 /** The CID of a descriptor's text as 8 lowercase hex digits, or undefined if it is not a descriptor. */

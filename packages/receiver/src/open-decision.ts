@@ -21,6 +21,8 @@ export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacit
 export interface MirrorFacts {
   /** CID of the mirror descriptor, "" when missing or unreadable */
   readonly cid: string
+  /** how the descriptor is not the receiver's layout (names another extent, a parent, …: mirror-check.ts); absent when it is */
+  readonly foreign?: string
   /** size of the flat file, -1 when it is missing */
   readonly flatSize: number
   /** bytes the flat file allocates (st_blocks × 512), 0 when it is missing: a thin mirror's holes are below its size */
@@ -134,13 +136,13 @@ export function roomFailure(
 
 /**
  * Whether the committed mirror changed since its commit: another descriptor
- * CID, or another flat size. An in-place apply in flight may have grown the
+ * CID, a descriptor not of the receiver's layout, or another flat size. An in-place apply in flight may have grown the
  * flat: a larger size is then its own doing, not a modification.
  */
 export function mirrorModified(record: DiskRecord | undefined, inflight: InflightDisk | undefined, facts: MirrorFacts): boolean {
   if (record === undefined) return false
   const sizeOk = inflight?.target === 'flat' ? facts.flatSize >= record.size : facts.flatSize === record.size
-  return facts.cid !== record.mirrorCid || !sizeOk
+  return facts.cid !== record.mirrorCid || facts.foreign !== undefined || !sizeOk
 }
 
 function incompatibleText(x: OpenInputs): string {
@@ -160,7 +162,8 @@ function refuse(code: RefusalCode, message: string): OpenDecision {
 export function decideOpen(x: OpenInputs): OpenDecision {
   const { request: req, record: rec, inflight: inf } = x
   const modified = mirrorModified(rec, inf, x.facts)
-  const modifiedText = (): string => `mirror of ${req.name} changed since the last commit (CID ${x.facts.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''})`
+  const modifiedText = (): string =>
+    `mirror of ${req.name} changed since the last commit (CID ${x.facts.cid || 'missing'}, recorded ${rec?.mirrorCid ?? ''}${x.facts.foreign === undefined ? '' : `; ${x.facts.foreign}`})`
   if (x.inflightCycle !== 0 && x.inflightCycle !== req.cycle) {
     return refuse('E_CYCLE_MISMATCH', `cycle ${x.inflightCycle} of VM ${x.vm} is in flight; roll it back first`)
   }

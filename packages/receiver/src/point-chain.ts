@@ -87,18 +87,22 @@ function parentOf(paths: VmPaths, file: string, d: Descriptor, stem: string): st
  * Check the chain a read of point `file` of the disk `stem` goes through:
  * every point file up to the mirror or a base point (see
  * {@link checkPointFiles}), each linked to a point of the same folder or,
- * last, to the mirror of `stem`.
+ * last, to the mirror of `stem`. Returns whether the chain ends at the
+ * mirror (false: at a base point), whose own files the caller checks
+ * (mirror-check.ts).
  * @throws ReceiverError E_STATE, E_STORE_FILE
  */
-export async function checkPointChain(paths: VmPaths, file: string, stem: string): Promise<void> {
+export async function checkPointChain(paths: VmPaths, file: string, stem: string): Promise<boolean> {
   const seen = new Set<string>()
   for (let f: string | null = file; f !== null; ) {
     if (seen.has(f)) throw linkError(paths, file, `its chain loops back to ${f}`)
     if (seen.size >= MAX_POINT_HOPS) throw linkError(paths, file, `its chain is longer than ${MAX_POINT_HOPS} points`)
     seen.add(f)
     const d = await checkPointFiles(paths, f)
-    f = isBase(d) ? null : parentOf(paths, f, d, stem)
+    if (isBase(d)) return false
+    f = parentOf(paths, f, d, stem)
   }
+  return true
 }
 
 /**

@@ -9,10 +9,12 @@ import { stat } from 'node:fs/promises'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
 import { consolidate } from '@grainline/vmdk'
 import { writeFileAtomic } from './fs-util.ts'
+import { ReceiverError } from './errors.ts'
 import { faultPoint } from './fault.ts'
 import { entryExists, readStoreFile } from './store-fs.ts'
 import { pointExtentName, pointFlatName, pointPath, removePointFiles } from './increment.ts'
 import { checkPointChain, checkPointMerge, MAX_POINT_DESCRIPTOR_BYTES } from './point-chain.ts'
+import { checkMirrorFiles } from './mirror-check.ts'
 import type { WorkProgress } from './work-progress.ts'
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { mirrorVmx } from './mirror-vmx.ts'
@@ -139,13 +141,19 @@ function pointFileAt(state: VmStateFile, disk: string, cycle: number): string | 
 
 /**
  * {@link pointSource}, with the chain of point files it reads through
- * checked first (point-chain.ts): what a restore, an open and an archive
- * read a point from.
+ * checked first (point-chain.ts) and, when the chain ends at the mirror (not
+ * at a base point), the mirror's descriptor and flat (mirror-check.ts): what
+ * a restore, an open, a failover and an archive read a point from.
  * @throws ReceiverError E_STATE, E_STORE_FILE
  */
 export async function checkedPointSource(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): Promise<string> {
   const file = pointFileAt(state, disk, cycle)
-  if (file !== undefined) await checkPointChain(paths, file, state.disks[disk]?.stem ?? disk)
+  const rec = state.disks[disk]
+  const throughMirror = file === undefined || (await checkPointChain(paths, file, rec?.stem ?? disk))
+  if (throughMirror) {
+    if (rec === undefined) throw new ReceiverError('E_STATE', `VM ${state.vm} has no record of disk ${disk}: state.json was changed by hand; nothing was read`)
+    await checkMirrorFiles(paths, rec)
+  }
   return pointSource(paths, state, disk, cycle)
 }
 

@@ -18,6 +18,8 @@ const good: ArchiveManifest = {
 
 t.test('a manifest round-trips; keys sort by cycle and keep VM names inside their folder', async (t) => {
   t.same(parseManifest(encodeManifest(good), 'm'), good)
+  const checked: ArchiveManifest = { ...good, disks: good.disks.map((d) => ({ ...d, verified: 'certify' as const })) }
+  t.same(parseManifest(encodeManifest(checked), 'm'), checked, 'the check a disk matched at archiving round-trips')
   t.equal(manifestKey('dr/', 'web 01/../x', 7), 'dr/vms/web%2001%2F..%2Fx/points/000000000007.json')
   t.equal(chunkKey('', H), `chunks/ab/${H}`)
 })
@@ -37,6 +39,7 @@ t.test('hostile manifests get E_ARCHIVE naming the field', async (t) => {
     ['another chunk size', { ...good, chunkBytes: 1 }, /chunkBytes/],
     ['a huge file', { ...good, files: [{ name: 'a.vmx', sha256: H, bytes: 2 ** 40 }] }, /files\[0\]/],
     ['no disks', { ...good, disks: [] }, /disks/],
+    ['an unknown verification', { ...good, disks: [{ ...disk, verified: 'yes' }] }, /disks\[0\]\.verified/],
   ]
   for (const [what, v, re] of cases) {
     const bytes = Buffer.from(typeof v === 'string' ? v : JSON.stringify(v))

@@ -9,9 +9,10 @@
  */
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { openSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
+import { createDigest, MessageKind } from '@grainline/protocol'
 import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { startCephCluster, scratchDir } from '@grainline/test-utils'
 import { archivePoints, chunkKey, listArchivedPoints, manifestKey, readManifest, restoreFromArchive, S3Bucket } from '../src/index.ts'
@@ -135,4 +136,91 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
   t.teardown(() => wrong.close())
   await t.rejects(wrong.list('p/'), { code: 'E_ARCHIVE', message: /check the credentials/ })
   await t.rejects(wrong.head('p/x'), { code: 'E_ARCHIVE' })
+})
+
+t.test('a point that no longer matches the digest recorded at its cycle is not archived as verified; nor is one read through an edited mirror descriptor', async (t) => {
+  const ceph = await startCephCluster({ rgw: true })
+  t.teardown(() => ceph.stop())
+  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
+  const credentials = { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }
+  const s3 = new S3Client({
+    region: 'us-east-1',
+    endpoint: s3cfg.endpoint,
+    forcePathStyle: true,
+    credentials,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  })
+  t.teardown(() => s3.destroy())
+  await s3.send(new CreateBucketCommand({ Bucket: 'checked' }))
+  const bucket = new S3Bucket({ bucket: 'checked', prefix: '', endpoint: s3cfg.endpoint, credentials })
+  t.teardown(() => bucket.close())
+
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-arch-check'
+  const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(4 * MiB, 5), pattern(MiB, 6)])]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'ac01ac01ac01ac01')])
+  a.close()
+  // cycles 2 and 3 certified (md5 of the whole disk): point 2 and the mirror carry a certify record
+  for (let c = 2; c <= 3; c++) {
+    const ranges = [{ offset: c * 131_072, length: 65_536 }]
+    images[c] = evolve(images[c - 1] as Buffer, c, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `ac0${c}ac0${c}ac0${c}ac0${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.send({
+      kind: MessageKind.Certify,
+      disk: 0,
+      algorithm: 'md5',
+      digest: createDigest('md5')
+        .update(images[c] as Buffer)
+        .digest(),
+    })
+    t.equal((await a.expect(MessageKind.CertifyResult)).ok, true, `certify at cycle ${c}`)
+    a.close()
+  }
+  await receiver.close()
+
+  const ok = await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'ok/' })
+  t.same(
+    ok.map((p) => p.archived),
+    [true, true, true],
+  )
+  const verified: unknown[] = []
+  for (let k = 1; k <= 3; k++) verified.push((await readManifest(bucket, 'ok/', vm, k)).disks[0]?.verified)
+  t.same(verified, ['none', 'certify', 'certify'], 'the manifest records which check each point matched')
+
+  // bit rot in the mirror's flat (same size, same descriptor): status cannot see it, the certify digests can
+  const flat = join(env.store, vm, 'd-flat.vmdk')
+  const at = 3 * MiB + 12_345
+  const good = readFileSync(flat).subarray(at, at + 1)
+  const fd = openSync(flat, 'r+')
+  writeSync(fd, Buffer.from([(good[0] as number) ^ 0xff]), 0, 1, at)
+  closeSync(fd)
+  await t.rejects(
+    archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'bad/' }),
+    { code: 'E_VERIFY', message: /disk d\.vmdk of point 3 of VM web-arch-check does not match the certify digest recorded at that cycle \(md5 .*no manifest written/ },
+    'the mirror (point 3) refused',
+  )
+  await t.rejects(archivePoints(env.store, vm, [2], { logger: log, bucket, prefix: 'bad/' }), { code: 'E_VERIFY' }, 'point 2, read through the mirror, refused')
+  t.same(await listArchivedPoints(bucket, 'bad/', vm), [], 'no manifest written for a damaged point')
+  const p1 = await archivePoints(env.store, vm, [1], { logger: log, bucket, prefix: 'bad/' })
+  t.equal(p1[0]?.archived, true, 'point 1 has no check recorded: archived, and its manifest says so')
+  t.equal((await readManifest(bucket, 'bad/', vm, 1)).disks[0]?.verified, 'none')
+  const fd2 = openSync(flat, 'r+')
+  writeSync(fd2, good, 0, 1, at)
+  closeSync(fd2)
+
+  // the mirror descriptor names a file outside the store with its recorded CID: the archive reads nothing through it
+  const desc = join(env.store, vm, 'd.vmdk')
+  const text = readFileSync(desc, 'utf8')
+  const outside = join(env.dir, 'secret.bin')
+  writeFileSync(outside, pattern(5 * MiB, 77))
+  writeFileSync(desc, text.replace('"d-flat.vmdk"', JSON.stringify(outside)))
+  await t.rejects(archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'desc/' }), { code: 'E_STATE', message: /descriptor names the extents/ }, 'an edited mirror descriptor: refused')
+  t.same(await bucket.list('desc/'), [], 'nothing uploaded from the outside file')
+  writeFileSync(desc, text)
+  t.equal((await archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'desc/' }))[0]?.archived, true, 'archived once the descriptor is put back')
 })

@@ -3,14 +3,17 @@
 // next cycle to a receiver on the pool is an ordinary incremental and the
 // mirror reads equal to the source. Refusals: the pool holds the VM
 // already, no such VM, a cycle in flight in the folder, a flat that is a
-// symbolic link. Real one-node cluster.
+// symbolic link, a folder mirror changed since its last commit (booted,
+// edited), diverged or held — the folder side of those is checked without
+// Ceph (openImportSource). Real one-node cluster.
 import t from 'tap'
-import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, open, readFile, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { haveCeph, scratchDir, startCephCluster, type CephCluster } from '@grainline/test-utils'
 import { cephImportVm, cephListPoints, cephRestorePoint } from '../src/index.ts'
 import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { closeImportFlats, openImportSource } from '../src/store/ceph/import-source.ts'
 import { readVmState } from '../src/state-file.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
@@ -103,4 +106,87 @@ t.test('a VM seeded offline into a folder store, imported into a Ceph pool, take
     [2, 3],
     'the imported cycle is now a restore point',
   )
+})
+
+/** A folder store with VM `vm` seeded (cycle 1); returns its paths and the committed state text. */
+async function seededFolder(dir: string, vm: string, img: Buffer): Promise<{ paths: VmPaths; state: string }> {
+  const folder = makeEnv(dir)
+  const { receiver, url } = await startReceiver(folder)
+  const a = await Agent.connect(url, { token: TOKEN, ca: folder.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'i.vmdk', img, cid(41))])
+  a.close()
+  await receiver.close()
+  const paths = new VmPaths(folder.store, vm)
+  return { paths, state: await readFile(paths.state, 'utf8') }
+}
+
+/** What a DR test boot does to a mirror: ESXi gives the descriptor a new CID and writes the flat (its size unchanged). */
+async function bootMirror(paths: VmPaths, stem: string): Promise<void> {
+  const desc = paths.descriptor(stem)
+  await writeFile(desc, (await readFile(desc, 'latin1')).replace(/^CID=.*$/m, 'CID=0b00710b'))
+  const fh = await open(paths.flat(stem), 'r+')
+  await fh.write(Buffer.from('booted'), 0, 6, 4096)
+  await fh.close()
+}
+
+t.test('the folder side of an import: only a mirror still as its last commit wrote it, not diverged nor held', async (t) => {
+  const vm = 'vm-pre'
+  const img = Buffer.concat([pattern(MiB, 41), Buffer.alloc(MiB)])
+  const { paths, state } = await seededFolder(join(scratchDir(t, 'grainline-import-pre-'), 'folder'), vm, img)
+  const src = async (): Promise<NonNullable<Awaited<ReturnType<typeof readVmState>>>> => (await readVmState(paths)) as NonNullable<Awaited<ReturnType<typeof readVmState>>>
+  const flats = await openImportSource(paths, await src(), paths.store)
+  t.same(
+    flats.map((f) => [f.record.name, f.size]),
+    [['i.vmdk', 2 * MiB]],
+    'a mirror as committed: its flat opened',
+  )
+  await closeImportFlats(flats)
+
+  const desc = paths.descriptor('i')
+  const goodDesc = await readFile(desc)
+  const goodFlat = await readFile(paths.flat('i'))
+  const putBack = async (): Promise<void> => {
+    await writeFile(desc, goodDesc)
+    await writeFile(paths.flat('i'), goodFlat)
+    await writeFile(paths.state, state)
+  }
+  await bootMirror(paths, 'i')
+  await t.rejects(
+    openImportSource(paths, await src(), paths.store),
+    { code: 'E_MIRROR_MODIFIED', message: /mirror of disk i\.vmdk of VM vm-pre .* changed since its last commit \(descriptor CID 0b00710b, recorded [0-9a-f]{8}.*resync/ },
+    'booted since its commit (new CID, flat written): refused',
+  )
+  await putBack()
+  await writeFile(desc, goodDesc.toString('latin1').replace('"i-flat.vmdk"', '"../../outside.bin"'))
+  await t.rejects(
+    openImportSource(paths, await src(), paths.store),
+    { code: 'E_MIRROR_MODIFIED', message: /names the extents \["\.\.\/\.\.\/outside\.bin"\]/ },
+    'a descriptor naming another file, its CID kept: refused',
+  )
+  await putBack()
+  const s = JSON.parse(state) as { disks: Record<string, Record<string, unknown>>; holds?: unknown[] }
+  await writeFile(
+    paths.state,
+    JSON.stringify({ ...s, disks: { 'i.vmdk': { ...s.disks['i.vmdk'], diverged: { at: '2026-12-01T00:00:00.000Z', reason: 'trivial check (sha256) of cycle 1 failed' } } } }),
+  )
+  await t.rejects(openImportSource(paths, await src(), paths.store), { code: 'E_DIVERGED', message: /differ from its source .*resync/ }, 'diverged: refused')
+  await putBack()
+  await writeFile(paths.state, JSON.stringify({ ...s, holds: [{ id: 'h1', cycle: 1, dir: '/tmp/dr-test', kind: 'failover', createdAt: '2026-12-01T00:00:00.000Z' }] }))
+  await t.rejects(openImportSource(paths, await src(), paths.store), { code: 'E_HELD', message: /held by 1 failover/ }, 'held by a failover: refused')
+  await putBack()
+  const again = await openImportSource(paths, await src(), paths.store)
+  t.equal(again.length, 1, 'put back: accepted')
+  await closeImportFlats(again)
+})
+
+t.test('a folder mirror booted since its last commit is not imported into Ceph under its committed generation', { skip }, async (t) => {
+  const ceph: CephCluster = await startCephCluster({ pools: [POOL] })
+  t.teardown(() => ceph.stop())
+  const target = { pool: POOL, conf: ceph.conf }
+  const log = pino({ level: 'silent' })
+  const vm = 'vm-booted'
+  const { paths } = await seededFolder(join(scratchDir(t, 'grainline-ceph-import-b-'), 'folder'), vm, Buffer.concat([pattern(MiB, 42), Buffer.alloc(MiB)]))
+  await bootMirror(paths, 'i')
+  await t.rejects(cephImportVm(target, paths.store, vm, { logger: log }), { code: 'E_MIRROR_MODIFIED', message: /changed since its last commit/ }, 'refused')
+  t.equal(await readCephState(target, new CephNames(vm).state, vm), undefined, 'nothing written to the pool for it')
 })

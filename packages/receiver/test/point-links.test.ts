@@ -7,12 +7,12 @@
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
-import { copyFileSync, linkSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { formatCid, parseDescriptor, serializeDescriptor } from '@grainline/vmdk'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, runCycle, seedPlan, startReceiver, pattern, whenFree } from './helpers.ts'
-import { prunePoints, restorePoint, rollbackMirror, type VmStateFile } from '../src/index.ts'
+import { listHolds, openPoint, prunePoints, restorePoint, rollbackMirror, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -301,4 +301,82 @@ t.test("a base point's flat hard-linked to the mirror's flat: dropping it merges
   await whenFree(() => restorePoint(env.store, vm, 1, to, { logger: log }))
   t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[1] as Buffer), 'point 1 restores as cycle 1')
   t.ok(readFileSync(flat).equals(images[3] as Buffer), 'the mirror reads as cycle 3')
+})
+
+t.test('a mirror descriptor that keeps its CID but names a file outside the store: status not OK, nothing read through it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-mirror-desc'
+  const images: Buffer[] = [Buffer.alloc(0), Buffer.concat([pattern(MiB, 11), Buffer.alloc(MiB)])]
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, 'd101d101d101d101')])
+  a.close()
+  for (let c = 2; c <= 3; c++) {
+    const ranges = [{ offset: c * 128 * 1024, length: 64 * 1024 }]
+    images[c] = evolve(images[c - 1] as Buffer, c * 17, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, `d10${c}d10${c}d10${c}d10${c}`, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    a.close()
+  }
+  const mirror = join(env.store, vm, 'd.vmdk')
+  const good = readFileSync(mirror, 'utf8')
+  // the auditor's file: same size as the disk, other bytes; reached from the VM folder as ../../outside/secret.bin
+  const outsideDir = join(env.store, '..', 'outside')
+  mkdirSync(outsideDir, { recursive: true })
+  const secret = pattern(2 * MiB, 99)
+  writeFileSync(join(outsideDir, 'secret.bin'), secret)
+  const edited = good.replace('"d-flat.vmdk"', '"../../outside/secret.bin"')
+  t.not(edited, good, 'the extent line is edited')
+  t.equal(formatCid(parseDescriptor(edited).cid), formatCid(parseDescriptor(good).cid), 'the CID is the recorded one')
+  writeFileSync(mirror, edited)
+  t.ok(qemuRead(env.dir, mirror).equals(secret), 'a reader following the descriptor reads the outside file')
+
+  const disk = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)?.disks.find((d) => d.name === 'd.vmdk')
+  t.equal(disk?.modified, true, 'status: the mirror is modified')
+  t.not((await storeHealth(env.store)).vms.find((v) => v.vm === vm)?.health.state, 'OK', 'health: the VM is not OK')
+  const refused = { code: 'E_STATE', message: /mirror .*d\.vmdk of disk d\.vmdk of VM web-mirror-desc: its descriptor names the extents \["\.\.\/\.\.\/outside\/secret\.bin"\].*resync/ }
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-m3'), { logger: log })),
+    refused,
+    'restore of the mirror refused',
+  )
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 2, join(env.dir, 'restore-m2'), { logger: log })),
+    refused,
+    'restore of point 2, whose chain ends at the mirror, refused',
+  )
+  for (const f of ['restore-m3', 'restore-m2']) {
+    const flat = join(env.dir, f, 'd-flat.vmdk')
+    t.notOk(existsSync(flat) && readFileSync(flat).equals(secret), `${f}: the outside file was not copied`)
+  }
+  await t.rejects(
+    whenFree(() => openPoint(env.store, vm, 2, join(env.dir, 'open-m2'), { logger: log })),
+    refused,
+    'open of point 2 refused',
+  )
+  await t.rejects(
+    whenFree(() => openPoint(env.store, vm, 3, join(env.dir, 'failover-m'), { logger: log, kind: 'failover' })),
+    refused,
+    'failover refused',
+  )
+  t.same(await listHolds(env.store, vm), [], 'no hold left by the refused open and failover')
+  t.ok(readFileSync(join(outsideDir, 'secret.bin')).equals(secret), 'the outside file is untouched')
+
+  // the CID changed as well (a boot): the same refusal names the CID
+  writeFileSync(mirror, good.replace(/^CID=.*$/m, 'CID=0badc1d0'))
+  await t.rejects(
+    whenFree(() => restorePoint(env.store, vm, 3, join(env.dir, 'restore-cid'), { logger: log })),
+    { code: 'E_STATE', message: /CID is 0badc1d0, the last commit recorded/ },
+    'another CID: refused',
+  )
+
+  // put back as the receiver wrote it: status OK, every point restores as its cycle
+  writeFileSync(mirror, good)
+  t.equal((await storeStatus(env.store)).vms.find((v) => v.vm === vm)?.disks[0]?.modified, false, 'status: unmodified once put back')
+  for (const k of [2, 3]) {
+    const to = join(env.dir, `restore-ok-${k}`)
+    await whenFree(() => restorePoint(env.store, vm, k, to, { logger: log }))
+    t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `point ${k} restores as cycle ${k}`)
+  }
 })

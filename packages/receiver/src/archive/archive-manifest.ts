@@ -29,7 +29,18 @@ export interface ArchivedDisk {
   readonly chunks: readonly (string | null)[]
   /** the descriptor's DDB entries of the point */
   readonly ddb: Readonly<Record<string, string>>
+  /**
+   * what the point read matched when it was archived: the certify (whole
+   * disk) or trivial-check (prefix) digest recorded at its cycle, or `none`
+   * (no check recorded, or a store that keeps none); absent in manifests
+   * written before archives checked it
+   */
+  readonly verified?: ArchiveVerified
 }
+
+/** How an archived disk was checked against its cycle's record ({@link ArchivedDisk.verified}). */
+export type ArchiveVerified = 'certify' | 'trivial' | 'none'
+const VERIFIED: readonly ArchiveVerified[] = ['certify', 'trivial', 'none']
 
 /** A configuration file of the point (`.vmx`, `.nvram`), stored as one content-addressed chunk. */
 export interface ArchivedFile {
@@ -118,7 +129,17 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
     for (const c of chunks) if (c !== null && (typeof c !== 'string' || !HEX64.test(c))) throw bad(where, `${at}.chunks: ${JSON.stringify(c).slice(0, 80)}`)
     const ddb = d['ddb']
     if (!isObj(ddb) || Object.values(ddb).some((v) => typeof v !== 'string')) throw bad(where, `${at}.ddb`)
-    return { name: d['name'], stem: d['stem'], capacity: d['capacity'], sha256: d['sha256'], chunks: chunks as (string | null)[], ddb: ddb as Record<string, string> }
+    const verified = d['verified']
+    if (verified !== undefined && !VERIFIED.includes(verified as ArchiveVerified)) throw bad(where, `${at}.verified`)
+    return {
+      name: d['name'],
+      stem: d['stem'],
+      capacity: d['capacity'],
+      sha256: d['sha256'],
+      chunks: chunks as (string | null)[],
+      ddb: ddb as Record<string, string>,
+      ...(verified === undefined ? {} : { verified: verified as ArchiveVerified }),
+    }
   })
   if (!Array.isArray(j['files']) || j['files'].length > 64) throw bad(where, 'files')
   const files = j['files'].map((f: unknown, i: number): ArchivedFile => {

@@ -15,6 +15,7 @@
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
+import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
@@ -88,6 +89,7 @@ export async function archivePoints(storeDir: string, vm: string, cycles: readon
         stem: rec.stem,
         capacity: rec.capacity,
         ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb,
+        ...recordedCheck(checksAt(state, rec.name, cycle)),
         open: async () => {
           const chain = await openChain(await checkedPointSource(m.paths, state, rec.name, cycle))
           return {
@@ -121,6 +123,25 @@ export async function checkArchiveLock(opts: ArchiveOptions): Promise<void> {
   }
 }
 
+/**
+ * The check recorded for a disk at a point's cycle (points-admin.ts
+ * checksAt), which what the point reads must still match: a certify digest
+ * covers the whole disk, a trivial check the first `bytes`.
+ */
+export interface PointDiskCheck {
+  readonly kind: 'certify' | 'trivial'
+  readonly algorithm: DigestAlgorithm
+  readonly digest: string
+  readonly bytes: number
+}
+
+/** The check {@link archiveOnePoint} holds a disk to: the certify recorded at the cycle, else its trivial check, else none (as `restorePoint`). */
+function recordedCheck(ch: ReturnType<typeof checksAt>): { check?: PointDiskCheck } {
+  if (ch.certify !== null) return { check: { kind: 'certify', algorithm: ch.certify.algorithm, digest: ch.certify.digest, bytes: ch.certify.bytes } }
+  if (ch.trivial !== null) return { check: { kind: 'trivial', algorithm: ch.trivial.algorithm, digest: ch.trivial.digest, bytes: ch.trivial.bytes } }
+  return {}
+}
+
 /** A disk of a point as {@link archiveOnePoint} reads it (a VMDK chain of the folder store, an RBD snapshot of the Ceph store). */
 export interface PointDiskSource {
   readonly name: string
@@ -128,6 +149,8 @@ export interface PointDiskSource {
   /** the capacity the store records (progress totals); the opened reader's capacity is archived */
   readonly capacity: number
   readonly ddb: Readonly<Record<string, string>>
+  /** the check recorded at the point's cycle (absent: none recorded, or the store keeps no digest — Ceph) */
+  readonly check?: PointDiskCheck
   open(): Promise<{ readonly capacity: number; read(offset: number, length: number): Promise<Buffer>; close(): Promise<void> }>
 }
 
@@ -141,8 +164,13 @@ export interface ArchiveFileSource {
  * Archive one point whose disks `disks` read: chunks first (zero chunks
  * recorded as such, the others stored once under their sha256 and locked),
  * the manifest last; a point whose manifest is in the bucket already is
- * skipped (nothing read). Shared by both stores.
- * @throws ReceiverError E_ARCHIVE, and what a disk's reader throws
+ * skipped (nothing read). A disk with a check recorded at its cycle is
+ * hashed with that check's algorithm too, and a point that no longer matches
+ * it is refused before the manifest is written: a damaged point is never
+ * locked away as verified (its chunks already sent are referenced by no
+ * manifest). The manifest says per disk which check it matched. Shared by
+ * both stores.
+ * @throws ReceiverError E_VERIFY (a disk differs from its cycle's check), E_ARCHIVE, and what a disk's reader throws
  */
 export async function archiveOnePoint(
   vm: string,
@@ -163,10 +191,14 @@ export async function archiveOnePoint(
   const t0 = performance.now()
   let done = 0
   const disks: ArchivedDisk[] = []
+  if (sources.some((s) => s.check !== undefined)) await initDigests()
   for (const src of sources) {
     const reader = await src.open()
     try {
       const whole = createHash('sha256')
+      const check = src.check
+      const checked = check === undefined ? undefined : createDigest(check.algorithm)
+      const checkBytes = check === undefined ? 0 : check.kind === 'certify' ? reader.capacity : check.bytes
       const chunks: (string | null)[] = []
       const inflight = new Set<Promise<void>>()
       for (let off = 0; off < reader.capacity; off += ARCHIVE_CHUNK_BYTES) {
@@ -174,6 +206,7 @@ export async function archiveOnePoint(
         const n = Math.min(ARCHIVE_CHUNK_BYTES, reader.capacity - off)
         const b = await reader.read(off, n)
         whole.update(b)
+        if (checked !== undefined && off < checkBytes) checked.update(b.subarray(0, Math.min(n, checkBytes - off)))
         if (isAllZero(b)) {
           chunks.push(null)
           counts.zero++
@@ -189,7 +222,16 @@ export async function archiveOnePoint(
         opts.onProgress?.({ cycle, disk: src.name, bytes: done, total, elapsedMs, etaMs: (elapsedMs * Math.max(0, total - done)) / done })
       }
       await Promise.all(inflight)
-      disks.push({ name: src.name, stem: src.stem, capacity: reader.capacity, sha256: whole.digest('hex'), chunks, ddb: src.ddb })
+      if (check !== undefined && checked !== undefined) {
+        const got = Buffer.from(checked.digest()).toString('hex')
+        if (got !== check.digest) {
+          throw new ReceiverError(
+            'E_VERIFY',
+            `disk ${src.name} of point ${cycle} of VM ${vm} does not match the ${check.kind === 'certify' ? 'certify' : 'trivial-check'} digest recorded at that cycle (${check.algorithm} ${check.digest}, got ${got}): the point is damaged, so it was not archived (no manifest written). Restore or archive another point, and check the store (grainline points list, grainline status)`,
+          )
+        }
+      }
+      disks.push({ name: src.name, stem: src.stem, capacity: reader.capacity, sha256: whole.digest('hex'), chunks, ddb: src.ddb, verified: check?.kind ?? 'none' })
     } finally {
       await reader.close()
     }

@@ -19,19 +19,20 @@
  * Restore points of the folder store are not imported (the mirror only).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream } from 'node:fs'
+import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import { readVmState } from '../../state-file.ts'
-import { CONFIG_FILE_MAX_BYTES, readStoreFile, regularFileSize } from '../../store-fs.ts'
+import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../../store-fs.ts'
 import { VmPaths } from '../../vm-paths.ts'
 import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { CephVmMirror, snapName } from './ceph-mirror.ts'
 import { digestImage } from './ceph-read.ts'
 import type { CephDiskRecord, CephInflightDisk } from './ceph-state.ts'
-import { runCeph, type CephTarget } from './rbd-cli.ts'
+import { closeImportFlats, openImportSource } from './import-source.ts'
+import { PASSED_FD_PATH, runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** One imported disk. */
 export interface CephImportedDisk {
@@ -43,14 +44,16 @@ export interface CephImportedDisk {
   readonly sha256: string
 }
 
-async function sha256File(path: string, capacity: number): Promise<string> {
+/** sha256 of the flat read through its checked handle (never by path), zero-padded to the capacity. */
+async function sha256File(fh: FileHandle, capacity: number): Promise<string> {
   const h = createHash('sha256')
   let n = 0
-  for await (const chunk of createReadStream(path) as AsyncIterable<Buffer>) {
-    const take = Math.min(chunk.length, capacity - n)
-    h.update(take === chunk.length ? chunk : chunk.subarray(0, take))
-    n += take
-    if (n >= capacity) break
+  const buf = Buffer.alloc(1 << 20)
+  while (n < capacity) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, capacity - n), n)
+    if (bytesRead === 0) break
+    h.update(buf.subarray(0, bytesRead))
+    n += bytesRead
   }
   const zeros = Buffer.alloc(1 << 20)
   while (n < capacity) {
@@ -70,7 +73,7 @@ function unmarkVmx(text: string, suffix: string): string {
  * Import VM `vm` of the folder store `storeDir` into the pool (see the
  * module comment). The folder store must not be written meanwhile (stop its
  * receiver, as for a copy of the store).
- * @throws ReceiverError E_NOT_FOUND (no committed mirror in the folder), E_BUSY (a cycle in flight in the folder, or the VM's lease held), E_CONFIG (the pool holds the VM already), E_VERIFY, E_STATE, E_IO
+ * @throws ReceiverError E_NOT_FOUND (no committed mirror in the folder), E_BUSY (a cycle in flight in the folder, or the VM's lease held), E_CONFIG (the pool holds the VM already), E_HELD, E_MIRROR_MODIFIED, E_DIVERGED (the folder mirror is not its last commit's: resync it there first, import-source.ts), E_VERIFY, E_STATE, E_IO
  */
 export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, opts: { logger: Logger }): Promise<{ vm: string; cycle: number; disks: CephImportedDisk[] }> {
   validateName(vm, 'VM name')
@@ -80,23 +83,22 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
   if (src.inflight !== null || src.pending !== null) {
     throw new ReceiverError('E_BUSY', `VM ${vm} in ${storeDir} has cycle ${src.inflight?.cycle ?? src.pending?.cycle} unfinished: let its receiver finish or roll it back first`)
   }
-  const m = await CephVmMirror.acquireWait(t, vm, opts.logger, adminHolder('mirror import'), CEPH_ADMIN_LOCK_WAIT_MS)
+  // before anything is written: each mirror as its last commit wrote it, not held or diverged, its flat opened once (import-source.ts)
+  for (const r of Object.values(src.disks)) validateName(r.name, 'disk name')
+  const flats = await openImportSource(paths, src, storeDir)
+  const m = await CephVmMirror.acquireWait(t, vm, opts.logger, adminHolder('mirror import'), CEPH_ADMIN_LOCK_WAIT_MS).catch(async (err: unknown) => {
+    await closeImportFlats(flats)
+    throw err
+  })
   try {
     const s = m.state
     if (s.committedCycle !== 0 || s.inflight !== null || Object.keys(s.disks).length > 0) {
       throw new ReceiverError('E_CONFIG', `VM ${vm} has a mirror in Ceph pool ${t.pool} already (cycle ${s.inflight?.cycle ?? s.committedCycle}): import only a VM the pool does not hold`)
     }
     const cycle = src.committedCycle
-    const records = Object.values(src.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const records = flats.map((f) => f.record)
     const inflight: Record<string, CephInflightDisk> = {}
-    const sizes = new Map<string, number>()
     for (const r of records) {
-      validateName(r.name, 'disk name')
-      // before anything is written: each flat a regular file (never a symlink or FIFO) within its capacity
-      const size = await regularFileSize(paths.flat(r.stem))
-      if (size === undefined) throw new ReceiverError('E_NOT_FOUND', `the flat of disk ${r.name} of VM ${vm} is missing from ${paths.dir}`)
-      if (size > r.capacity) throw new ReceiverError('E_STATE', `flat of disk ${r.name} of VM ${vm} is ${size} bytes, above its capacity ${r.capacity}`)
-      sizes.set(r.name, size)
       inflight[r.name] = {
         name: r.name,
         cycleId: r.cycleId,
@@ -114,20 +116,19 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
     await m.write({ ...s, inflight: { cycle, startedAt: new Date().toISOString(), disks: inflight } })
     const disks: Record<string, CephDiskRecord> = {}
     const out: CephImportedDisk[] = []
-    for (const r of records) {
+    for (const { record: r, fh, size } of flats) {
       const info = inflight[r.name] as CephInflightDisk
-      const flat = paths.flat(r.stem)
-      const size = sizes.get(r.name) as number
       const img = `${t.pool}/${info.image}`
       m.checkLease()
       // the bytes go through `rbd import` (a new image the state names already: not fenced, docs/CEPH.md); the rest
-      // through the session client, fenced with the lease
-      await runCeph(t, 'rbd', ['import', '--no-progress', flat, img])
+      // through the session client, fenced with the lease. It reads the checked flat through our handle, never the
+      // path (a link put there since would be followed)
+      await runCeph(t, 'rbd', ['import', '--no-progress', PASSED_FD_PATH, img], undefined, { fd: fh.fd })
       if (size < r.capacity) await m.lock.growImage(info.image, r.capacity)
       const generation = r.generation ?? src.generation ?? ''
       const snap = snapName(cycle, generation)
       await m.lock.snap('create', info.image, snap)
-      const want = await sha256File(flat, r.capacity)
+      const want = await sha256File(fh, r.capacity)
       const got = Buffer.from((await digestImage(t, `${info.image}@${snap}`, 'sha256', r.capacity)).digest).toString('hex')
       if (got !== want)
         throw new ReceiverError('E_VERIFY', `disk ${r.name} of VM ${vm}: ${img}@${snap} reads sha256 ${got}, the flat ${want}: the import is left in flight, roll it back (grainline mirror rollback)`)
@@ -177,5 +178,6 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
     return { vm, cycle, disks: out }
   } finally {
     m.release()
+    await closeImportFlats(flats)
   }
 }

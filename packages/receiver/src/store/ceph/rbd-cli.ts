@@ -6,7 +6,7 @@
  * failure is a typed {@link CephCommandError} naming the command and Ceph's
  * own message.
  */
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { PassThrough, type Readable } from 'node:stream'
 import { ReceiverError } from '../../errors.ts'
 
@@ -90,13 +90,21 @@ export function isCephQuery(cmd: 'rbd' | 'rados' | 'ceph', args: readonly string
   return a === 'du' || a === 'info' || a === 'ls' || a === 'status' || (a === 'snap' && b === 'ls')
 }
 
-/** Run `cmd` (rbd, rados, ceph) to completion, `input` on its stdin; stdout returned as bytes. */
-export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[]): Promise<Buffer> {
+/** The path under which a command run with `runCeph(…, { fd })` opens the file handed to it. */
+export const PASSED_FD_PATH = '/dev/fd/3'
+
+/**
+ * Run `cmd` (rbd, rados, ceph) to completion, `input` on its stdin; stdout
+ * returned as bytes. `opts.fd`, an open file, is handed to the command as
+ * its descriptor 3 ({@link PASSED_FD_PATH} in its arguments): it reads the
+ * file the receiver checked, not whatever a path names by then (a link).
+ */
+export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[], opts: { fd?: number } = {}): Promise<Buffer> {
   const query = isCephQuery(cmd, args)
   const timeoutMs = query ? cephTimeouts.queryMs : cephTimeouts.commandMs
   for (let attempt = 1; ; attempt++) {
     try {
-      return await runOnce(t, cmd, args, input, timeoutMs)
+      return await runOnce(t, cmd, args, input, timeoutMs, opts.fd)
     } catch (err) {
       // a monitor that has not loaded its command descriptions yet (seen on a loaded machine) answers EPERM for a moment
       if (cmd === 'ceph' && err instanceof CephCommandError && err.stderr.includes('problem getting command descriptions') && attempt < 3) continue
@@ -107,11 +115,12 @@ export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args
   }
 }
 
-async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input: Buffer | readonly Buffer[] | undefined, timeoutMs: number): Promise<Buffer> {
+async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input: Buffer | readonly Buffer[] | undefined, timeoutMs: number, fd?: number): Promise<Buffer> {
   const full = [...clientArgs(t), ...args]
   const shown = `${cmd} ${args.join(' ')}`
   return await new Promise<Buffer>((resolve, reject) => {
-    const p = spawn(cmd, full, { stdio: ['pipe', 'pipe', 'pipe'] })
+    // with a fourth descriptor the typings lose the three pipes, which are there all the same
+    const p = fd === undefined ? spawn(cmd, full, { stdio: ['pipe', 'pipe', 'pipe'] }) : (spawn(cmd, full, { stdio: ['pipe', 'pipe', 'pipe', fd] }) as ChildProcessWithoutNullStreams)
     const out: Buffer[] = []
     const err: Buffer[] = []
     let errBytes = 0
