@@ -47,7 +47,7 @@ function copyingPath(paths: VmPaths, file: string): string {
  */
 export async function copyBasePoint(paths: VmPaths, rec: DiskRecord, file: string, onProgress?: CopyProgress): Promise<void> {
   const descriptor = pointPath(paths, file)
-  if (await completeCopy(paths, rec, file)) return
+  if (await completeBaseCopy(paths, rec, file)) return
   // anything else under the name (a seed's base descriptor left by a failed commit, a partial copy, a planted entry) goes
   await removeBasePoint(paths, file)
   const flat = paths.flat(rec.stem)
@@ -133,9 +133,9 @@ function cpFd(from: number, to: number): Promise<void> {
  * Whether base point `file` is a complete copy of the committed mirror
  * `rec`: its descriptor and flat are the receiver's layout of a base point
  * (point-chain.ts checkPointFiles: regular files, no parent), with the
- * mirror's CID and the flat's committed size.
+ * mirror's CID and the flat's committed size. False when missing.
  */
-async function completeCopy(paths: VmPaths, rec: DiskRecord, file: string): Promise<boolean> {
+export async function completeBaseCopy(paths: VmPaths, rec: DiskRecord, file: string): Promise<boolean> {
   if (!(await entryExists(pointPath(paths, file)))) return false
   try {
     const d = await checkPointFiles(paths, file)

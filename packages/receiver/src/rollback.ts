@@ -5,7 +5,6 @@ import { readJournal, resetJournal, undoJournal, type JournalContents } from './
 import { faultPoint } from './fault.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
-import { removeBasePoint } from './base-point.ts'
 import { entryExists } from './store-fs.ts'
 import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -25,7 +24,9 @@ async function readIfExists(path: string): Promise<JournalContents | undefined> 
  * file is dropped (its resume point forgotten first); an in-place apply is
  * undone from its journal, newest record first, and the flat cut back to its
  * committed size. Idempotent: after a crash mid-undo, running it again
- * finishes the job. The caller then clears the in-flight state.
+ * finishes the job. The caller then clears the in-flight state, and only
+ * then removes the disks' base copies (InflightDisk.baseCopy): until that
+ * state is written the cycle may be resumed, and its commit keeps the copy.
  * `onProgress` hears of the bytes written back of the total (the journals'
  * old bytes, the increments' grains): 0 at the start, at most every
  * UNDO_PROGRESS_MS while they are written, the total at the end; nothing
@@ -82,9 +83,10 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
     // the flat is back at its committed point: forget the markers, so that
     // a resume after a failed state write starts again at seq 0
     await resetJournal(upath, ucontents.headEnd)
-    // the increment is no point: nothing refers to it once the markers are gone
+    // the increment is no point: nothing refers to it once the markers are gone (a resume from seq 0 makes it afresh)
     if (d.increment !== undefined) await removePointFiles(paths, d.increment)
-    if (d.baseCopy !== undefined) await removeBasePoint(paths, d.baseCopy)
+    // the base copy stays: it is still a copy of the committed mirror, which a resume of the cycle (after a
+    // failed state write) cannot make again; the caller removes it once the in-flight record no longer names it
     await rename(upath, jpath)
     await fsyncDir(paths.gdir)
     faultPoint('rollback-reset')

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
-import { baseDescriptor, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
+import { baseDescriptor, completeBaseCopy, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
 import { DiskApply } from './disk-apply.ts'
@@ -448,11 +448,14 @@ export class VmMirror {
       // the increments become point `committedCycle`: complete and durable before the commit point
       const incs: CommittedIncrement[] = []
       const bases: BasePoint[] = []
+      // base copies that are not whole (basePoint): what is left of them goes at the roll-forward
+      const brokenCopies: string[] = []
       for (const a of applies) {
         await a.closeIncrement()
         const file = a.info.increment
         const base = file === undefined ? await this.basePoint(a.info, opts) : undefined
         if (base !== undefined) bases.push(base)
+        else if (file === undefined && a.info.baseCopy !== undefined) brokenCopies.push(a.info.baseCopy)
         incs.push(base ?? { disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
       }
       const planned = planCommitPoints(this.current, incs)
@@ -494,7 +497,14 @@ export class VmMirror {
         compat,
         points: kept.points,
         ...(pointsDropped === undefined ? {} : { pointsDropped }),
-        pending: { ...pending, ...(retire.length > 0 ? { retire } : {}), links: plan.links, merges: kept.merges, removePoints: [...plan.removePoints, ...kept.removePoints], ...reclaim.pending },
+        pending: {
+          ...pending,
+          ...(retire.length > 0 ? { retire } : {}),
+          links: plan.links,
+          merges: kept.merges,
+          removePoints: [...plan.removePoints, ...kept.removePoints, ...brokenCopies],
+          ...reclaim.pending,
+        },
       })
     } catch (err) {
       throw ioError(err, 'committing')
@@ -518,7 +528,19 @@ export class VmMirror {
   private async basePoint(info: InflightDisk, opts: CommitOptions): Promise<BasePoint | undefined> {
     const rec = this.current.disks[info.name]
     // an in-place apply across a capacity change made its base point before its first write
-    if (info.baseCopy !== undefined && rec !== undefined) return { disk: info.name, stem: rec.stem, file: info.baseCopy, bytes: await pointBytes(this.paths, info.baseCopy), base: true }
+    if (info.baseCopy !== undefined && rec !== undefined) {
+      // a point without its files would break the roll-forward (its older point is linked onto it) and every
+      // later open: a copy gone or not whole (deleted by hand, or by the rollback of an older receiver before a
+      // resume) is no point, and the commit drops the points instead
+      if (!(await completeBaseCopy(this.paths, rec, info.baseCopy))) {
+        this.log.warn(
+          { vm: this.vm, disk: info.name, cycle: this.current.inflight?.cycle, file: info.baseCopy },
+          `the base copy ${info.baseCopy} of disk ${info.name} of VM ${this.vm} (its committed mirror, copied for the capacity change to be restore point ${this.current.committedCycle}) is missing or not as grainline wrote it: the VM's restore points are dropped at this commit, and the next cycles keep new ones`,
+        )
+        return undefined
+      }
+      return { disk: info.name, stem: rec.stem, file: info.baseCopy, bytes: await pointBytes(this.paths, info.baseCopy), base: true }
+    }
     if (info.target !== 'seed' || rec === undefined || rec.stem !== info.stem || !keepsPoints(opts.retention)) return undefined
     if (mirrorModified(rec, undefined, await inspectMirror(this.paths, rec, undefined))) {
       this.log.warn(
@@ -696,6 +718,9 @@ export class VmMirror {
     try {
       await undoInflight(this.paths, infl, alsoTo(logged, onProgress))
       await this.save({ ...this.current, inflight: null })
+      // the base copies only now that no state names them: until then the cycle may still be resumed and committed
+      // (a crash right after the save leaves them to the start-up sweep, point-sweep.ts)
+      for (const d of Object.values(infl.disks)) if (d.baseCopy !== undefined) await removeBasePoint(this.paths, d.baseCopy)
       await removeResyncMaps(this.paths, resyncStems(Object.values(infl.disks)))
       for (const d of Object.values(infl.disks)) await retireJournal(this.paths.journal(d.stem))
       await fsyncDir(this.paths.gdir)

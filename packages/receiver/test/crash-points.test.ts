@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { MessageKind } from '@grainline/protocol'
@@ -295,15 +295,15 @@ t.test('kill -9 of the commit of a re-seed that keeps the old mirror as a base p
   }
 })
 
+/** Cycle 5 grows vm1.vmdk by 1 MiB (the grown part reads as zeros until written, as on ESXi) and writes on both sides of the old end. */
+const r5 = [
+  { offset: EXT, length: 2 * EXT },
+  { offset: CAP + EXT, length: 4 * EXT },
+]
+const img5 = evolve(Buffer.concat([images[4] as Buffer, Buffer.alloc(MiB)]), 77, r5)
+const grow5 = (id: string) => incPlan(0, 'vm1.vmdk', img5, 4, id, r5, 'vm1-000004.vmdk', 'vm1-000005.vmdk', EXT)
+
 t.test('kill -9 while a capacity change copies the mirror into a base point, applies and commits: resume or rollback, every point exact', async (t) => {
-  // the grown part reads as zeros until written (as on ESXi)
-  const grown = Buffer.concat([images[4] as Buffer, Buffer.alloc(MiB)])
-  const r5 = [
-    { offset: EXT, length: 2 * EXT },
-    { offset: CAP + EXT, length: 4 * EXT },
-  ]
-  const img5 = evolve(grown, 77, r5)
-  const grow5 = (id: string) => incPlan(0, 'vm1.vmdk', img5, 4, id, r5, 'vm1-000004.vmdk', 'vm1-000005.vmdk', EXT)
   const base = await withPoints(join(t.testdir(), 'base'), 4)
   let i = 0
   for (const fault of ['base-copied:1', 'journal-synced:1', 'extent-written:2', 'commit-before-state:1', 'commit-points:1']) {
@@ -334,6 +334,107 @@ t.test('kill -9 while a capacity change copies the mirror into a base point, app
       )
     })
   }
+})
+
+/** Cycle 6: an incremental on the grown disk of cycle 5. */
+const r6 = [
+  { offset: 3 * EXT, length: 2 * EXT },
+  { offset: CAP + 8 * EXT, length: EXT },
+]
+const img6 = evolve(img5, 91, r6)
+const plan6 = () => incPlan(0, 'vm1.vmdk', img6, 5, '6a'.repeat(8), r6, 'vm1-000005.vmdk', 'vm1-000006.vmdk', EXT)
+
+/** Cycle 5 (a capacity change) killed after its second extent: in flight, its base copy `vm1.p4.vmdk` made and named. */
+async function growKilled(t: Test, dir: string): Promise<Env> {
+  const env = await withPoints(dir, 4)
+  await crashRun(t, env, 'extent-written:2', async (url) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, VM, 5, [grow5('5c'.repeat(8))])
+  })
+  t.equal(state(env).inflight?.disks['vm1.vmdk']?.baseCopy, 'vm1.p4.vmdk', 'the in-flight record names the base copy')
+  return env
+}
+
+t.test('kill -9 after a rollback undid a capacity change, before its state write: the resumed cycle keeps the base copy as point 4, and the next cycles commit', async (t) => {
+  const env = await growKilled(t, t.testdir())
+  // the Rollback undoes the disk and is killed before the state write (kill -9 standing in for a full disk)
+  await crashRun(t, env, 'rollback-reset:1', async (url) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    a.send(hello())
+    await a.expect(MessageKind.Welcome)
+    a.send(vmOpen(VM, 5, ['vm1-000005.vmdk']))
+    await a.expect(MessageKind.VmState)
+    a.send({ kind: MessageKind.Rollback, vm: VM })
+    await a.whenClosed()
+  })
+  t.equal(state(env).inflight?.cycle, 5, 'the cycle is still in flight')
+  t.ok(readFileSync(join(env.store, VM, 'vm1-flat.vmdk')).equals(images[4] as Buffer), 'the mirror is back at cycle 4')
+  const copy = join(env.store, VM, '.grainline', 'points', 'vm1.p4.vmdk')
+  t.ok(existsSync(copy) && readRaw(env, copy).equals(images[4] as Buffer), 'the base copy the in-flight record names is kept: still a copy of the committed mirror')
+  // the agent resumes the same cycle: from 0 (the undo reset the journal), onto the kept copy
+  const c = await startChild(env, { args: args(env) })
+  t.teardown(() => {
+    c.child.kill('SIGKILL')
+  })
+  let a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(a, VM, 5, [grow5('5c'.repeat(8))])
+  a.close()
+  await a.whenClosed()
+  t.equal(r.resume[0], 0, 'resumed from 0')
+  t.equal(r.committed?.cycle, 5)
+  checkBasePoint(t, env, 'resumed after the killed rollback', img5)
+  // the next VmOpen and cycle go on, their points read through the base point
+  a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, VM, 6, [plan6()])).committed?.cycle, 6)
+  a.close()
+  await a.whenClosed()
+  const s = state(env)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [3, 4, 5],
+  )
+  const imageOf: Record<number, Buffer> = { 3: images[3] as Buffer, 4: images[4] as Buffer, 5: img5 }
+  for (const p of s.points ?? []) {
+    t.ok(readRaw(env, join(env.store, VM, '.grainline', 'points', p.disks['vm1.vmdk']?.file as string)).equals(imageOf[p.cycle] as Buffer), `after cycle 6: point ${p.cycle} exact`)
+  }
+  t.ok(readRaw(env, join(env.store, VM, 'vm1.vmdk')).equals(img6), 'mirror == cycle 6')
+})
+
+t.test('a resumed capacity change whose base copy is gone (deleted by the rollback of an older receiver) commits with the points dropped, not a point without files', async (t) => {
+  const env = await growKilled(t, t.testdir())
+  const pdir = join(env.store, VM, '.grainline', 'points')
+  rmSync(join(pdir, 'vm1.p4.vmdk'))
+  rmSync(join(pdir, 'vm1.p4-flat.vmdk'))
+  const c = await startChild(env, { args: args(env) })
+  t.teardown(() => {
+    c.child.kill('SIGKILL')
+  })
+  let a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, VM, 5, [grow5('5c'.repeat(8))])).committed?.cycle, 5, 'the cycle commits')
+  a.close()
+  await a.whenClosed()
+  let s = state(env)
+  t.equal(s.pending, null, 'nothing left to roll forward')
+  t.same(s.points, [], 'no point recorded without its files')
+  t.match(s.pointsDropped, { cycle: 5, cycles: [1, 2, 3], broken: true }, 'the drop is recorded (status, PointsDropped)')
+  t.match(c.stderr(), /base copy vm1\.p4\.vmdk .*is missing/, 'the reason is logged, naming the copy')
+  t.ok(readRaw(env, join(env.store, VM, 'vm1.vmdk')).equals(img5), 'mirror == cycle 5')
+  t.same(
+    readdirSync(pdir).filter((f) => f.startsWith('vm1.p')),
+    [],
+    'no point file left',
+  )
+  // and the next cycles commit and keep points again
+  a = await Agent.connect(c.url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a, VM, 6, [plan6()])).committed?.cycle, 6)
+  a.close()
+  await a.whenClosed()
+  s = state(env)
+  t.same(
+    (s.points ?? []).map((p) => p.cycle),
+    [5],
+  )
+  t.ok(readRaw(env, join(pdir, s.points?.[0]?.disks['vm1.vmdk']?.file as string)).equals(img5), 'point 5 exact')
 })
 
 t.test('the base copy reads the mirror flat it checked: a FIFO swapped in before cp starts neither blocks it nor is copied', async (t) => {
