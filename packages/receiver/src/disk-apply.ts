@@ -228,6 +228,14 @@ export class DiskApply {
     if (this.sealed) throw new ReceiverError('E_UNEXPECTED', `Extent after DiskEnd of ${this.info.name}`)
     if (e.seq !== this.next) throw new ReceiverError('E_SEQUENCE', `disk ${this.info.name}: expected seq ${this.next}, got ${e.seq}`)
     if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
+    // SPEC §5.1: an incremental ships what its DiskOpen announced, no more (the token's quota reserved that much)
+    const a = this.info.announced
+    if (a !== undefined && (this.extents + 1 > a.extents || this.dataBytes + this.zeroBytes + e.length > a.bytes)) {
+      throw new ReceiverError(
+        'E_RANGE',
+        `extent ${e.seq} of ${this.info.name} goes beyond the ${a.extents} extents and ${a.bytes} bytes its DiskOpen announced (${this.extents} extents, ${this.dataBytes + this.zeroBytes} bytes received)`,
+      )
+    }
     this.next++
     this.extents++
     this.touched?.mark(e.offset, e.length)

@@ -5,12 +5,15 @@
  * out the answer; the table-driven test covers every row.
  */
 import type { DigestAlgorithm, DiskOpenMessage } from '@grainline/protocol'
-import type { DiskRecord, InflightDisk } from './state-file.ts'
+import type { DiskRecord, InflightAnnounced, InflightDisk } from './state-file.ts'
 import { diskStem } from './vm-paths.ts'
 import { resyncRefusal, resyncStartChanged } from './resync-open.ts'
 
 /** The parameters of a DiskOpen the store needs. */
 export interface DiskOpenRequest extends Pick<DiskOpenMessage, 'name' | 'capacity' | 'cycle' | 'mode' | 'baseCycle' | 'baseGeneration' | 'source' | 'cycleId' | 'ddb'> {
+  /** what the cycle will ship (DiskOpen totals): an incremental is held to them (SPEC §5.1) and charged by them ({@link mayAdd}); absent: not announced, charged by the capacity */
+  readonly totalBytes?: number
+  readonly totalExtents?: number
   /** resync: the block size of its maps (SPEC §5.9); absent or 0 otherwise */
   readonly blockSize?: number
   /** the negotiated digest algorithm (part of a resumable cycle's identity) */
@@ -80,14 +83,41 @@ export type OpenDecision =
   | { readonly kind: 'fail'; readonly code: FailureCode; readonly message: string }
 
 /**
+ * What one extent may allocate beyond its own bytes: a write allocates whole
+ * file-system blocks (clusters), so at most one partial block at each end;
+ * 64 KiB covers the block and cluster sizes of the usual file systems.
+ */
+export const EXTENT_ALLOCATION_SLACK = 2 * 64 * 1024
+
+/**
+ * What an incremental that ships `bytes` in `extents` extents may allocate
+ * at most: the receiver holds it to those totals as it applies (disk-apply.ts
+ * `accept`), so its writes fill no more holes than that.
+ */
+export function announcedBound(announced: { readonly bytes: number; readonly extents: number }): number {
+  return Math.max(0, announced.bytes) + Math.max(0, announced.extents) * EXTENT_ALLOCATION_SLACK
+}
+
+/** The totals an incremental is held to, or undefined (a seed, a resync, or none announced). */
+export function announcedOf(req: Pick<DiskOpenRequest, 'mode' | 'totalBytes' | 'totalExtents'>): { bytes: number; extents: number } | undefined {
+  if (req.mode !== 'incremental' || req.totalBytes === undefined || req.totalExtents === undefined) return undefined
+  return { bytes: req.totalBytes, extents: req.totalExtents }
+}
+
+/**
  * What a fresh apply of `req` may add to the store at most: a seed's file
  * can be filled up to the capacity (beside the current flat until the
- * commit); an incremental or a resync can fill the flat up to the capacity —
- * its growth and the holes of a thin mirror (a seed of zero extents leaves
- * the whole flat a hole, which a later cycle may fill with data).
+ * commit); a resync can fill the flat up to the capacity — its growth and
+ * the holes of a thin mirror (a seed of zero extents leaves the whole flat a
+ * hole, which a later cycle may fill with data); an incremental as much,
+ * but no more than the totals it announced allow ({@link announcedBound}):
+ * a thin mirror's incremental is charged its change, not its holes.
  */
-export function mayAdd(req: Pick<DiskOpenRequest, 'mode' | 'capacity'>, facts: Pick<MirrorFacts, 'flatAllocated'>): number {
-  return req.mode === 'seed' ? req.capacity : Math.max(0, req.capacity - Math.max(0, facts.flatAllocated))
+export function mayAdd(req: Pick<DiskOpenRequest, 'mode' | 'capacity' | 'totalBytes' | 'totalExtents'>, facts: Pick<MirrorFacts, 'flatAllocated'>): number {
+  if (req.mode === 'seed') return req.capacity
+  const fill = Math.max(0, req.capacity - Math.max(0, facts.flatAllocated))
+  const announced = announcedOf(req)
+  return announced === undefined ? fill : Math.min(fill, announcedBound(announced))
 }
 
 /** Where the free space of a {@link roomFailure} refusal was measured, and what the operator does about it. */
@@ -224,6 +254,13 @@ export function decideOpen(x: OpenInputs): OpenDecision {
       ddb: req.ddb,
       algorithm: req.algorithm,
       ...(req.mode === 'resync' ? { blockSize: req.blockSize ?? 0, resyncFrom: { cid: x.facts.cid, flatSize: x.facts.flatSize } } : {}),
+      ...withAnnounced(req, x.facts),
     },
   }
+}
+
+/** An incremental's in-flight record keeps the totals it is held to, from its first DiskOpen (a resume does not announce new ones), and what the flat allocated then. */
+function withAnnounced(req: DiskOpenRequest, facts: Pick<MirrorFacts, 'flatAllocated'>): { announced?: InflightAnnounced } {
+  const a = announcedOf(req)
+  return a === undefined ? {} : { announced: { ...a, allocatedAtOpen: Math.max(0, facts.flatAllocated) } }
 }

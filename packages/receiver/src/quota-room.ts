@@ -18,6 +18,7 @@ import { listVmFolders } from './vm-folders.ts'
 import { allocatedBytes } from './store-usage.ts'
 import { readVmState } from './state-file.ts'
 import { VmPaths } from './vm-paths.ts'
+import { announcedBound } from './open-decision.ts'
 
 /** The key of one disk of one VM (names never hold a NUL: receiver-rules.ts). */
 export function diskKey(vm: string, disk: string): string {
@@ -55,7 +56,11 @@ export async function tokenRoom(storeDir: string, covers: (vm: string) => boolea
     const state = await readVmState(paths).catch(() => undefined)
     for (const d of Object.values(state?.inflight?.disks ?? {})) {
       const target = d.target === 'seed' ? paths.seed(d.stem) : paths.flat(d.stem)
-      inflight.set(diskKey(vm, d.name), Math.max(0, d.capacity - (await fileAllocated(target))))
+      const now = await fileAllocated(target)
+      const fill = Math.max(0, d.capacity - now)
+      // an incremental is held to its announced totals: what they may allocate, less what it allocated since
+      const a = d.announced
+      inflight.set(diskKey(vm, d.name), a === undefined ? fill : Math.min(fill, Math.max(0, announcedBound(a) - Math.max(0, now - a.allocatedAtOpen))))
     }
   }
   return { usedBytes, inflight }

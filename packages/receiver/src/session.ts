@@ -534,6 +534,8 @@ export class Session {
       ddb: msg.ddb,
       algorithm: neg.digest,
       blockSize: msg.blockSize,
+      totalBytes: msg.totalBytes,
+      totalExtents: msg.totalExtents,
     }
     // the token's quota counts the mirrors of every VM it may replicate (both stores)
     const pending = this.settings.pendingOpens === undefined ? {} : { pending: this.settings.pendingOpens }

@@ -97,6 +97,17 @@ export interface DivergedRecord {
 }
 
 /** Per-disk in-flight (uncommitted) cycle. */
+/**
+ * The totals an incremental announced at its first DiskOpen: its apply is
+ * held to them (disk-apply.ts `accept`) and the token's quota reserves what
+ * they may allocate beyond what the flat allocated then (quota-room.ts).
+ */
+export interface InflightAnnounced {
+  readonly bytes: number
+  readonly extents: number
+  readonly allocatedAtOpen: number
+}
+
 export interface InflightDisk {
   readonly name: string
   readonly stem: string
@@ -117,6 +128,8 @@ export interface InflightDisk {
    * (a resync starts from a modified mirror; a resume needs it unchanged since)
    */
   readonly resyncFrom?: { readonly cid: string; readonly flatSize: number }
+  /** incremental: the totals it announced (absent in records of older receivers: charged and applied as before) */
+  readonly announced?: InflightAnnounced
   /**
    * The reverse increment (descriptor name in `.grainline/points`) receiving
    * the old grains of an in-place apply when the VM keeps restore points; it

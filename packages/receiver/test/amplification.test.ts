@@ -130,6 +130,9 @@ async function quotaReceiver(t: Test): Promise<{ env: Env; url: string; logs: Re
 
 const QUOTA = 8 * MiB
 
+/** The bytes of a VM's mirror flat (named after its one disk). */
+const flatOf = (env: Env, vm: string): Buffer => readFileSync(join(env.store, vm, `${vm}-flat.vmdk`))
+
 /** Hello and VmOpen of `vm`'s cycle 1 naming `disks`; the VmState. */
 async function openVm(a: Agent, vm: string, disks: readonly string[]): Promise<void> {
   await initDigests()
@@ -223,6 +226,70 @@ t.test("a token's quota counts the holes of a thin mirror: a seed of zeros, then
   await runCycle(c, 'q-s2', 2, [fill('q-s2')]).catch(() => {})
   t.same(await c.expectError(), { code: 'E_QUOTA', closeCode: 4508 }, 'VM q-s2: the same cycle does not, its holes count (they were free before)')
   t.ok((await allocatedBytes(env.store)) <= QUOTA, 'the store holds no more than the quota')
+})
+
+t.test("a thin mirror's incremental is charged the change it announces, not the holes it might fill; and held to it", async (t) => {
+  const { env, url } = await quotaReceiver(t)
+  // q-t is a 6 MiB mirror seeded with zeros (a hole), then q-d takes 5 MiB of data: 5 + 6 > 8 MiB, but 5 + q-t's 128 KiB change fit
+  const data = pattern(5 * MiB, 30)
+  const zeros = Buffer.alloc(6 * MiB)
+  for (const [vm, img] of [
+    ['q-t', zeros],
+    ['q-d', data],
+  ] as const) {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    t.equal((await runCycle(a, vm, 1, [seedPlan(0, `${vm}.vmdk`, img, 'x')])).committed?.cycle, 1, `VM ${vm} seeded`)
+    a.close()
+    await a.whenClosed()
+  }
+  const ranges = [
+    { offset: MiB, length: 64 * 1024 },
+    { offset: 3 * MiB, length: 64 * 1024 },
+  ]
+  const next = evolve(zeros, 31, ranges)
+  const inc = incPlan(0, 'q-t.vmdk', next, 1, 'i', ranges, 'q-t-000001.vmdk', 'q-t-000002.vmdk')
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(b, 'q-t', 2, [inc])).committed?.cycle, 2, 'the incremental commits: charged its change, not the 6 MiB of holes')
+  b.close()
+  await b.whenClosed()
+  t.ok(flatOf(env, 'q-t').equals(next), 'and the mirror is the source')
+  // an agent that announces one extent of 64 KiB and sends more is refused at the first byte beyond (E_RANGE), before writing it
+  const more = [
+    { offset: 0, length: 64 * 1024 },
+    { offset: 4 * MiB, length: 64 * 1024 },
+  ]
+  const big = incPlan(0, 'q-t.vmdk', evolve(next, 32, more), 2, 'j', more, 'q-t-000002.vmdk', 'q-t-000003.vmdk')
+  const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await initDigests()
+  c.send(hello())
+  await c.expect(MessageKind.Welcome)
+  c.send(vmOpen('q-t', 3, ['q-t-000003.vmdk']))
+  const vs = await c.expect(MessageKind.VmState)
+  c.send(diskOpen({ ...big, extents: big.extents.slice(0, 1) }, 3, 'q-t', vs.generation))
+  t.equal((await c.expect(MessageKind.DiskState)).accepted, true)
+  c.send(extentMessage(big, 0, 'sha256'))
+  c.send(extentMessage(big, 1, 'sha256'))
+  t.same(await c.expectError(), { code: 'E_RANGE', closeCode: 4412 }, 'the second extent is beyond what the DiskOpen announced')
+  // and one extent that is longer than announced
+  const d = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  d.send(hello())
+  await d.expect(MessageKind.Welcome)
+  d.send(vmOpen('q-t', 3, ['q-t-000003.vmdk']))
+  const vs2 = await d.expect(MessageKind.VmState)
+  const one = incPlan(0, 'q-t.vmdk', evolve(next, 33, [{ offset: 0, length: 128 * 1024 }]), 2, 'k', [{ offset: 0, length: 128 * 1024 }], 'q-t-000002.vmdk', 'q-t-000003.vmdk')
+  d.send({ kind: MessageKind.Rollback, vm: 'q-t' })
+  for (let m = await d.next(); m?.kind !== MessageKind.RolledBack; m = await d.next()) if (m === undefined || m.kind === MessageKind.Error) throw new Error(`no RolledBack: ${JSON.stringify(m)}`)
+  const openMsg = diskOpen(one, 3, 'q-t', vs2.generation) as Extract<ReturnType<typeof diskOpen>, { kind: typeof MessageKind.DiskOpen }>
+  d.send({ ...openMsg, totalBytes: 64 * 1024 })
+  t.equal((await d.expect(MessageKind.DiskState)).accepted, true)
+  d.send(extentMessage(one, 0, 'sha256'))
+  t.same(await d.expectError(), { code: 'E_RANGE', closeCode: 4412 }, 'a 128 KiB extent after 64 KiB announced')
+  t.ok(
+    flatOf(env, 'q-t')
+      .subarray(0, 128 * 1024)
+      .equals(next.subarray(0, 128 * 1024)),
+    'nothing of the refused extents reached the mirror',
+  )
 })
 
 t.test("disks within a token's quota: opened at once before any extent, they commit; so does an incremental of them all", async (t) => {
