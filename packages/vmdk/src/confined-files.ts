@@ -48,7 +48,8 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[]): 
       `${where}, outside the folders this VM's files may be read from (${named.join(', ')}): not read. A descriptor or .vmx that names a file off its datastores (an absolute path, "..", or a symbolic link that leads out) is refused; fix the reference, or map the datastore the file is on`,
       p,
     )
-  const check = async (p: string): Promise<string> => {
+  // `strict`: a missing path rejects (ENOENT, as realpath does) instead of passing to the open that reports it
+  const check = async (p: string, strict = false): Promise<string> => {
     const abs = resolve(p)
     if (!named.some((r) => isInsideRoot(abs, r))) throw refuse(p, `${p} lies`)
     if (files.realpath === undefined) return abs
@@ -56,7 +57,7 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[]): 
     try {
       rp = await files.realpath(abs)
     } catch (err) {
-      if ((err as { code?: unknown } | null)?.code === 'ENOENT') return abs
+      if (!strict && (err as { code?: unknown } | null)?.code === 'ENOENT') return abs
       throw err
     }
     if (named.some((r) => isInsideRoot(rp, r))) return rp
@@ -73,7 +74,7 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[]): 
       await check(p)
       return await files.open(p, mode)
     },
-    realpath: async (p: string): Promise<string> => await check(p),
+    realpath: async (p: string): Promise<string> => await check(p, true),
     ...(files.maxReadBytes === undefined ? {} : { maxReadBytes: files.maxReadBytes }),
     ...(files.concurrency === undefined ? {} : { concurrency: files.concurrency }),
   })

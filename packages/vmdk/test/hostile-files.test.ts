@@ -251,4 +251,7 @@ t.test('with roots, legitimate chains still open: a linked clone in another VM f
   c = await openChain(join(dir, 'ds-name', 'clone', 'clone.vmdk'), { roots: [join(dir, 'ds-name')], pathMap: { '/vmfs/volumes/ds-name': join(dir, 'ds-name') } })
   t.equal(await chainDigest(c), want, 'absolute parent through the path map, root named through a link')
   await c.close()
+  // a missing parent inside the roots is still reported as missing
+  writeFileSync(clone, readFileSync(clone, 'utf8').replace('"/vmfs/volumes/ds-name/base/vm.vmdk"', '"../base/gone.vmdk"'))
+  await t.rejects(openChain(clone, { roots: [ds] }), { code: 'E_CHAIN_MISSING', file: clone })
 })
