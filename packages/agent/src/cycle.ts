@@ -381,7 +381,7 @@ class VmCycle {
     const lineage = this.#lineage
     for (const [i, disk] of this.#vm.disks.entries()) {
       checkAborted(opts.signal)
-      const chain = await openChain(disk.path, chainOptions(opts.driver))
+      const chain = await openChain(disk.path, chainOptions(opts.driver, this.#vm))
       const L = chain.layers.length
       if (L < 2) {
         await chain.close()

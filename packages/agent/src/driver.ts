@@ -50,6 +50,13 @@ export interface VmHandle {
   readonly skippedDisks?: readonly SkippedDisk[]
   /** datastore type for the compatibility record, e.g. "vmfs6", "nfs", "local" */
   readonly datastoreType: string
+  /**
+   * Folders the VM's files (disk chains, nvram) may be read from; a file
+   * outside them, or linked out of them, is refused (`E_OUTSIDE_ROOT`).
+   * The local driver sets it; the esxi driver's `files` are confined to
+   * its mapped datastores already.
+   */
+  readonly roots?: readonly string[]
 }
 
 /** Per-disk record of a snapshot (.vmsd `snapshotK.diskD.*`). */

@@ -13,7 +13,7 @@ import { AgentError } from './errors.ts'
 import { MAX_CONFIG_BYTES, readRegularFile, writeFileAtomic } from './fs-util.ts'
 import { VmxConfig, vmxDisks } from './vmx.ts'
 import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
-import { consolidate, createDelta, openChain, type DeltaFormat } from '@grainline/vmdk'
+import { confineFileAccess, consolidate, createDelta, isVmdkError, localFileAccess, openChain, type DeltaFormat } from '@grainline/vmdk'
 
 /** Options of the local driver. */
 export interface LocalDriverInit {
@@ -21,6 +21,15 @@ export interface LocalDriverInit {
   readonly deltaFormat?: DeltaFormat
   /** datastore type reported in the compatibility record. @default 'local' */
   readonly datastoreType?: string
+  /**
+   * The folders a VM's files may be read from — the local stand-in for its
+   * datastores. Disks, extent files, parents and the nvram outside them (by
+   * name or through a symbolic link) are refused with `E_OUTSIDE_ROOT`, so
+   * a hostile .vmx or descriptor cannot make the agent ship another file.
+   * @default the folder that holds the VM's folder (its sibling VM folders,
+   *   e.g. a linked clone's base, are inside)
+   */
+  readonly roots?: readonly string[]
 }
 
 function vmsdPath(vmxPath: string): string {
@@ -80,8 +89,19 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       }
       const config = VmxConfig.parse(text, vmxPath)
       const dir = dirname(vmxPath)
+      const roots = (init.roots ?? [dirname(dir)]).map((r) => resolve(r))
+      const confined = confineFileAccess(localFileAccess, roots)
       const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
-      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType }
+      // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
+      for (const d of disks) {
+        try {
+          await confined.realpath?.(d.path)
+        } catch (err) {
+          if (!isVmdkError(err) || err.code !== 'E_OUTSIDE_ROOT') throw err
+          throw new AgentError('E_VMX', `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}`, { cause: err })
+        }
+      }
+      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots }
     },
 
     async listSnapshots(vm) {
@@ -156,7 +176,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): the VM no
           // longer runs on its chain, so nothing of it is merged; its files stay where they are
           if (disk === undefined) continue
-          const chain = await openChain(disk.path)
+          const chain = await openChain(disk.path, fresh.roots === undefined ? {} : { roots: fresh.roots })
           let childPath: string
           let parentPath: string
           try {

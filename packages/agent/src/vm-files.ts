@@ -4,7 +4,7 @@
  */
 import { basename, dirname, join } from 'node:path'
 import type { VmFile } from '@grainline/protocol'
-import { localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
+import { confineFileAccess, localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { baseLayer } from './disk-work.ts'
 import { MAX_CONFIG_BYTES, readRegularFileVia } from './fs-util.ts'
@@ -19,7 +19,7 @@ const MAX_NVRAM_BYTES = 4 * 1024 * 1024
  * with a fresh nvram).
  */
 export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<VmFile[]> {
-  const files = driver.files ?? localFileAccess
+  const files = vm.roots === undefined ? (driver.files ?? localFileAccess) : confineFileAccess(driver.files ?? localFileAccess, vm.roots)
   const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFileVia(files, vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
   const stem = basename(vm.vmxPath).replace(/\.vmx$/i, '')
   const nvram = vm.config.get('nvram') ?? `${stem}.nvram`
@@ -42,7 +42,7 @@ export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<V
 export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
   const names = await Promise.all(
     vm.disks.map(async (d) => {
-      const c = await openChain(d.path, chainOptions(driver))
+      const c = await openChain(d.path, chainOptions(driver, vm))
       try {
         return baseLayer(c).file
       } finally {
@@ -53,7 +53,11 @@ export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): P
   return names.map((n, i) => (names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`))
 }
 
-/** The `openChain` options of a driver's disks: its path map and file access. */
-export function chainOptions(driver: HypervisorDriver): { pathMap?: Record<string, string>; files?: FileAccess } {
-  return { ...(driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } }), ...(driver.files === undefined ? {} : { files: driver.files }) }
+/** The `openChain` options of a VM's disks: the driver's path map and file access, the VM's roots. */
+export function chainOptions(driver: HypervisorDriver, vm: VmHandle): { pathMap?: Record<string, string>; files?: FileAccess; roots?: readonly string[] } {
+  return {
+    ...(driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } }),
+    ...(driver.files === undefined ? {} : { files: driver.files }),
+    ...(vm.roots === undefined ? {} : { roots: vm.roots }),
+  }
 }

@@ -5,7 +5,9 @@ import { DatastoreMap, parseDatastorePath, resolveVmFile } from '../src/esxi/dat
 import { shQuote, shJoin } from '../src/esxi/shell-quote.ts'
 import { kindOfMode } from '../src/esxi/sftp-files.ts'
 import { datastoreFileAccess } from '../src/esxi/datastore-files.ts'
-import { localFileAccess } from '@grainline/vmdk'
+import { symlinkSync } from 'node:fs'
+import path from 'node:path'
+import { localFileAccess, type FileAccess } from '@grainline/vmdk'
 
 t.test('parseDatastorePath', async (t) => {
   t.same(parseDatastorePath('[datastore 2] my vm/my vm.vmx'), { datastore: 'datastore 2', relative: 'my vm/my vm.vmx' })
@@ -57,7 +59,55 @@ t.test('resolveVmFile: datastore, absolute and relative names', async (t) => {
   t.equal(resolveVmFile(map, '/mnt/ds1/vm', 'vm-000001.vmdk'), '/mnt/ds1/vm/vm-000001.vmdk')
   t.equal(resolveVmFile(map, '/mnt/ds1/vm', '/vmfs/volumes/ds1/other/o.vmdk'), '/mnt/ds1/other/o.vmdk')
   t.equal(resolveVmFile(map, '/mnt/ds1/vm', '[ds1] other/o.vmdk'), '/mnt/ds1/other/o.vmdk')
-  t.equal(resolveVmFile(map, '/mnt/ds1/vm', '/srv/x.vmdk'), '/srv/x.vmdk')
+  // a linked clone's base in another VM folder of the same datastore, an absolute name inside a mount
+  t.equal(resolveVmFile(map, '/mnt/ds1/vm', '../base/base.vmdk'), '/mnt/ds1/base/base.vmdk')
+  t.equal(resolveVmFile(map, '/mnt/ds1/vm', '/mnt/ds1/other/o.vmdk'), '/mnt/ds1/other/o.vmdk')
+  // an absolute name off every datastore was kept as is (read from the proxy's disk): now refused
+  t.throws(() => resolveVmFile(map, '/mnt/ds1/vm', '/srv/x.vmdk'), { code: 'E_DATASTORE', message: /"\/srv\/x\.vmdk".*outside every mapped datastore \(\/mnt\/ds1\)/ })
+})
+
+t.test('resolveVmFile refuses names that leave every datastore (absolute, "..") on local and SFTP datastores alike', async (t) => {
+  const map = DatastoreMap.from({ ds1: '/mnt/ds1', ds2: { access: 'sftp' } })
+  const sftpDir = map.resolve('[ds2] vm1')
+  t.equal(sftpDir, '/vmfs/volumes/ds2/vm1')
+  for (const dir of ['/mnt/ds1/vm1', sftpDir]) {
+    for (const name of ['/etc/grainline/token', '../../../../root/.ssh/id_ed25519', '../../../etc/passwd', '/vmfs/volumes-x/a']) {
+      t.throws(() => resolveVmFile(map, dir, name), { name: 'EsxiError', code: 'E_DATASTORE', message: /outside every mapped datastore.*map that datastore/ }, `${dir}: ${name}`)
+    }
+    t.equal(resolveVmFile(map, dir, 'disk-flat.vmdk'), `${dir}/disk-flat.vmdk`)
+  }
+  t.equal(map.isSftpPath(resolveVmFile(map, sftpDir, '../base/base.vmdk')), true, 'a linked clone on the SFTP datastore stays on it')
+})
+
+t.test('the driver file access reads nothing off its datastores: no local fallback for unmapped paths, no link out of a mount', async (t) => {
+  const root = t.testdir({ ds1: { vm: { 'vm.vmx': 'config.version = "8"\n' } }, 'secret.txt': 'TOKEN=supersecret\n' })
+  const ds1 = path.join(root, 'ds1')
+  symlinkSync(path.join(root, 'secret.txt'), path.join(ds1, 'vm', 'vm.nvram'))
+  symlinkSync(root, path.join(ds1, 'vm', 'up'))
+  const asked: string[] = []
+  // stands for the SFTP reader: records what is sent to the host
+  const sftp: FileAccess = {
+    stat: async (p) => {
+      asked.push(p)
+      return await localFileAccess.stat(p)
+    },
+    open: async (p, mode) => {
+      asked.push(p)
+      return await localFileAccess.open(p, mode)
+    },
+    realpath: async (p) => p,
+  }
+  for (const map of [DatastoreMap.from({ ds1 }), DatastoreMap.from({ ds1, ds2: { access: 'sftp' } })]) {
+    const files = datastoreFileAccess(map, map.hasSftp ? sftp : undefined)
+    t.equal((await files.stat(path.join(ds1, 'vm', 'vm.vmx'))).kind, 'file', 'a file of the mount is read')
+    for (const p of [path.join(root, 'secret.txt'), '/etc/hostname', path.join(ds1, 'vm', 'vm.nvram'), path.join(ds1, 'vm', 'up', 'secret.txt')]) {
+      await t.rejects(files.stat(p), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: p }, `stat ${p}`)
+      await t.rejects(files.open(p, 'r'), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: p }, `open ${p}`)
+    }
+    await t.rejects(files.open('/etc/hostname', 'r'), { message: /on no mapped datastore.*neither over SFTP nor from the proxy's own disk/ })
+    await t.rejects(files.open(path.join(ds1, 'vm', 'vm.nvram'), 'r'), { message: /resolves to .*secret\.txt \(through a symbolic link\)/ })
+  }
+  t.same(asked, [], 'nothing off the SFTP datastore was sent to the host either')
 })
 
 t.test('shQuote passes any string through a real POSIX shell unchanged', async (t) => {
@@ -108,7 +158,8 @@ t.test('SFTP datastores: host paths, routing, overlap with a local mount refused
     { code: 'E_CONFIG', message: /mapped twice/ },
   )
   t.equal(DatastoreMap.from({ nfs: '/mnt/nfs' }).hasSftp, false)
-  t.equal(datastoreFileAccess(DatastoreMap.from({ nfs: '/mnt/nfs' }), undefined), localFileAccess, 'no SFTP datastore: the local reader as is')
+  // no SFTP datastore: the local reader, confined to the mounts (was localFileAccess as is, which read anything)
+  await t.rejects(datastoreFileAccess(DatastoreMap.from({ nfs: '/mnt/nfs' }), undefined).stat('/etc/hostname'), { code: 'E_OUTSIDE_ROOT' })
 })
 
 t.test('SFTP file modes map to file kinds', async (t) => {

@@ -12,7 +12,8 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readdir, readFile } from 'node:fs/promises'
+import { symlinkSync } from 'node:fs'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { pino } from 'pino'
 import { openChain, openWriter } from '@grainline/vmdk'
@@ -20,6 +21,7 @@ import { startReceiverProcess, tokensFixture, TEST_TOKEN } from '@grainline/test
 import { replicate } from '../src/replicate.ts'
 import { createEsxiDriver, type EsxiDriver, type EsxiDriverInit } from '../src/esxi/esxi-driver.ts'
 import { readChainFiles } from '../src/esxi/chain-files.ts'
+import { DatastoreMap, resolveVmFile, type DatastoreSetting } from '../src/esxi/datastore-path.ts'
 import type { VmHandle } from '../src/driver.ts'
 import { startSshHarness, qemuRaw as harnessQemuRaw, mirrorFlat } from './esxi-harness.ts'
 import { buildVm } from './esxi-vm-builder.ts'
@@ -301,4 +303,33 @@ t.test('over SFTP: FIFOs and folders are refused before any open, write opens ar
   } finally {
     await chain.close()
   }
+})
+
+t.test('over SFTP: a descriptor naming a file off the datastore ("..", absolute, a link out) is refused; nothing falls back to the proxy\'s disk', async (t) => {
+  const driver = createEsxiDriver({ logger: pino({ level: process.env.DBG ?? 'silent' }) }, esxi)
+  t.teardown(() => driver.close())
+  const dir = path.join(h.datastore, 'hostile-paths')
+  execFileSync('mkdir', ['-p', dir])
+  // a file of the proxy (here the same machine as the host) outside the datastore
+  const secret = path.join(h.dir, 'proxy-secret.txt')
+  await writeFile(secret, Buffer.alloc(4096, 'TOKEN=supersecret\n'))
+  const descriptor = (extent: string): string => `# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="vmfs"\n\nRW 8 VMFS "${extent}"\n\nddb.virtualHWVersion = "19"\n`
+  const names = { up: path.relative(dir, secret), absolute: secret, link: 'linked-flat.vmdk' }
+  symlinkSync(secret, path.join(dir, 'linked-flat.vmdk'))
+  for (const [kind, name] of Object.entries(names)) {
+    const p = path.join(dir, `${kind}.vmdk`)
+    await writeFile(p, descriptor(name))
+    await t.rejects(openChain(p, { files: driver.files, pathMap: { ...driver.pathMap } }), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: p }, `${kind}: openChain`)
+    if (kind !== 'link') {
+      const map = DatastoreMap.from(esxi.datastores as Record<string, DatastoreSetting>)
+      await t.rejects(
+        readChainFiles(p, (b, n) => resolveVmFile(map, b, n), { files: driver.files }),
+        { code: 'E_DATASTORE', message: /outside every mapped datastore/ },
+        `${kind}: readChainFiles`,
+      )
+    }
+  }
+  // the link itself, and a path off every datastore, through the driver's own reader
+  await t.rejects(driver.files.open(path.join(dir, 'linked-flat.vmdk'), 'r'), { code: 'E_OUTSIDE_ROOT', message: /through a symbolic link/ })
+  await t.rejects(driver.files.stat(secret), { code: 'E_OUTSIDE_ROOT', message: /on no mapped datastore/ })
 })

@@ -1,8 +1,9 @@
 import t from 'tap'
-import { existsSync } from 'node:fs'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { existsSync, symlinkSync } from 'node:fs'
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { openChain } from '@grainline/vmdk'
+import { createDelta, openChain } from '@grainline/vmdk'
+import { mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import { parseVmsd } from '../src/vmsd.ts'
@@ -168,4 +169,56 @@ t.test('a disk removed from the VM since a snapshot: removing the snapshot merge
     (await driver.openVm(vm.vmxPath)).disks.map((d) => d.fileName),
     ['rm.vmdk'],
   )
+})
+
+t.test('the local driver reads a VM only inside the folder that holds its folder: hostile .vmx, descriptor and nvram names are refused', async (t) => {
+  const dir = scratch(t)
+  const secret = join(dir, 'secret.txt')
+  await writeFile(secret, Buffer.alloc(4 * MiB, 'TOKEN=supersecret\n'))
+  const vms = join(dir, 'vms')
+  const vm = await createSampleVm(vms, { name: 'web', disks: [{ sizeBytes: 4 * MiB }] })
+  const driver = createLocalDriver()
+  const good = await readFile(vm.vmxPath, 'utf8')
+  const h = await driver.openVm(vm.vmxPath)
+  t.same(h.roots, [vms], 'the root: the folder holding the VM folder')
+  t.same(await mirrorDiskNames(h, driver), ['web.vmdk'])
+  // a .vmx naming a disk off the root: refused at open (a snapshot would create its delta next to it)
+  for (const name of ['/etc/hostname', '../../secret.txt']) {
+    await writeFile(vm.vmxPath, good.replace('scsi0:0.fileName = "web.vmdk"', `scsi0:0.fileName = "${name}"`))
+    await t.rejects(driver.openVm(vm.vmxPath), { name: 'AgentError', code: 'E_VMX', message: /VM web: disk scsi0:0 .*outside the folders this VM's files may be read from/ }, name)
+  }
+  await writeFile(vm.vmxPath, good)
+  // a descriptor whose extent climbs out, or is an absolute path: the chain is refused, naming the descriptor
+  const desc = vm.disks[0] as string
+  const text = await readFile(desc, 'utf8')
+  for (const name of ['../../secret.txt', secret]) {
+    await writeFile(desc, text.replace('"web-flat.vmdk"', JSON.stringify(name)))
+    await t.rejects(mirrorDiskNames(await driver.openVm(vm.vmxPath), driver), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: desc }, name)
+  }
+  await writeFile(desc, text)
+  // the nvram linked out of the folder is not shipped with the mirror
+  await rm(join(vm.dir, 'web.nvram'))
+  symlinkSync(secret, join(vm.dir, 'web.nvram'))
+  await t.rejects(vmFiles(await driver.openVm(vm.vmxPath), driver), { code: 'E_OUTSIDE_ROOT', message: /through a symbolic link/ })
+  // an explicit root can widen (or narrow) what is read
+  const wide = createLocalDriver({ roots: [dir] })
+  const files = await vmFiles(await wide.openVm(vm.vmxPath), wide)
+  t.same(
+    files.map((f) => f.name),
+    ['web.vmx', 'web.nvram'],
+  )
+})
+
+t.test('the local driver: a linked clone whose base is in a sibling VM folder replicates its chain', async (t) => {
+  const dir = scratch(t)
+  const vms = join(dir, 'vms')
+  const base = await createSampleVm(vms, { name: 'base', disks: [{ sizeBytes: 2 * MiB }] })
+  const clone = join(vms, 'clone')
+  await mkdir(clone)
+  await createDelta(base.disks[0] as string, join(clone, 'clone.vmdk'), { format: 'sesparse' })
+  t.match(await readFile(join(clone, 'clone.vmdk'), 'utf8'), /parentFileNameHint="\.\.\/base\/base\.vmdk"/)
+  await writeFile(join(clone, 'clone.vmx'), 'config.version = "8"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "clone.vmdk"\n')
+  const driver = createLocalDriver()
+  const h = await driver.openVm(join(clone, 'clone.vmx'))
+  t.same(await mirrorDiskNames(h, driver), ['base.vmdk'], 'the chain opens through the sibling folder')
 })

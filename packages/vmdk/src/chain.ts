@@ -7,6 +7,7 @@ import { FlatExtent } from './extent.ts'
 import type { DataRange } from './data-ranges.ts'
 import { DEFAULT_CONCURRENCY, type FileAccess, localFileAccess } from './file-access.ts'
 import { forEachLimited } from './concurrency.ts'
+import { confineFileAccess } from './confined-files.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 import { MapMerger } from './map-merger.ts'
 import { flattenBatches } from './batch-iterator.ts'
@@ -41,6 +42,16 @@ export interface OpenChainOptions {
    * @default localFileAccess (node:fs/promises)
    */
   files?: FileAccess
+  /**
+   * Folders every file of the chain — the disk named, its extent files, every
+   * parent — must lie in, by name and after symbolic links are resolved (e.g.
+   * the local folders or host paths of the mapped datastores). A file outside
+   * all of them is refused with `E_OUTSIDE_ROOT` before it is opened, so a
+   * hostile descriptor cannot make the reader ship another file (an extent
+   * `/etc/…` or `../../…`, a link out of the datastore) as disk data.
+   * @default not confined (for files you trust: your own store, a test)
+   */
+  roots?: readonly string[]
   /** @internal open the top layer's files read-write (the writer) */
   writableTop?: boolean
 }
@@ -259,19 +270,25 @@ export class DiskChain {
  * (relative to the child, or absolute through `pathMap`), checks each `parentCID`
  * against the parent's `CID` (a `parentCID` of `fffffffe` is accepted but leaves
  * the link unverified, see {@link DiskChain.cidVerified}) and the capacities, and
- * refuses loops. Symbolic links are followed (ESXi datastores use them); loops
+ * refuses loops. Symbolic links are followed (ESXi datastores use them) —
+ * with `roots`, only as far as they stay inside them; loops
  * are detected on resolved paths. Anything but a regular file — a FIFO, socket,
  * device or directory — as the disk, a parent or an extent is `E_NOT_REGULAR`,
  * before it is opened.
  */
 export async function openChain(path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
   const maxDepth = opts.maxDepth ?? 64
-  const files = opts.files ?? localFileAccess
+  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots)
   const layers: Layer[] = []
   const seen = new Set<string>()
   const missingParent = (p: string, err: unknown): VmdkError => {
     const child = layers[layers.length - 1] as Layer
     return new VmdkError('E_CHAIN_MISSING', `parent ${JSON.stringify(child.parentFileNameHint)} of ${child.file} not found at ${p}`, child.path, { cause: err })
+  }
+  // a parent out of the roots: name the child whose hint leads there (the descriptor to fix)
+  const outsideParent = (err: VmdkError): VmdkError => {
+    const child = layers[layers.length - 1] as Layer
+    return new VmdkError('E_OUTSIDE_ROOT', `parent ${JSON.stringify(child.parentFileNameHint)} of ${child.file}: ${err.message}`, child.path, { cause: err })
   }
   try {
     let p = path
@@ -282,6 +299,7 @@ export async function openChain(path: string, opts: OpenChainOptions = {}): Prom
       } catch (err) {
         const e = ioError(err, p, 'open')
         if (layers.length > 0 && e.code === 'E_NOT_FOUND') throw missingParent(p, err)
+        if (layers.length > 0 && e.code === 'E_OUTSIDE_ROOT') throw outsideParent(e)
         throw e
       }
       if (seen.has(real)) throw new VmdkError('E_CHAIN_LOOP', `chain loops back to ${p}`, layers[layers.length - 1]?.path ?? p)

@@ -21,6 +21,7 @@ export const VmdkErrorCodes = [
   'E_ABORTED',
   'E_NOT_REGULAR',
   'E_ENCODING',
+  'E_OUTSIDE_ROOT',
 ] as const
 export type VmdkErrorCode = (typeof VmdkErrorCodes)[number]
 

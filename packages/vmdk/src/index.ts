@@ -12,6 +12,7 @@ export { decodeDescriptor, encodeDescriptor, declaredEncoding } from './descript
 export { localFileAccess, DEFAULT_MAX_READ_BYTES, DEFAULT_CONCURRENCY } from './file-access.ts'
 export type { FileAccess, RandomAccessFile, FileStat, FileKind } from './file-access.ts'
 export { Layer, openLayer, resolveVmdkPath } from './layer.ts'
+export { confineFileAccess, isInsideRoot } from './confined-files.ts'
 export type { PathMap, OpenLayerOptions } from './layer.ts'
 export { DiskChain, openChain, MAX_READ, UNKNOWN_PARENT_CID } from './chain.ts'
 export type { Range, MapEntry, OpenChainOptions } from './chain.ts'

@@ -5,6 +5,7 @@ import { type Descriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor, buildDescriptor
 import { decodeDescriptor } from './descriptor-encoding.ts'
 import { type Extent, type ExtentWalk, type Run, FlatExtent, ZeroExtent } from './extent.ts'
 import { type FileAccess, localFileAccess } from './file-access.ts'
+import { confineFileAccess } from './confined-files.ts'
 import { HostedSparseExtent, KDMV_MAGIC } from './hosted-sparse-extent.ts'
 import { CowdExtent, COWD_MAGIC } from './cowd-extent.ts'
 import { SeSparseExtent } from './sesparse-extent.ts'
@@ -191,6 +192,11 @@ export interface OpenLayerOptions {
   writable?: boolean
   /** what the file is to the chain, for error messages @default 'disk' */
   role?: FileRole
+  /**
+   * Folders the layer's files must lie in (as `openChain`'s `roots`).
+   * @default not confined
+   */
+  roots?: readonly string[]
 }
 
 /**
@@ -199,7 +205,7 @@ export interface OpenLayerOptions {
  */
 export async function openLayer(path: string, opts: OpenLayerOptions = {}): Promise<Layer> {
   const writable = opts.writable === true
-  const files = opts.files ?? localFileAccess
+  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots)
   // a text descriptor is only ever replaced by rename, so open read-only until we know the kind
   let file = await DiskFile.open(files, path, { role: opts.role ?? 'disk' })
   const opened: Extent[] = []
@@ -264,7 +270,14 @@ export async function openLayer(path: string, opts: OpenLayerOptions = {}): Prom
         // VMFSRDM: the mapping file of a virtual-compatibility RDM, which VMFS presents as the LUN (read flat)
         const known = ['FLAT', 'VMFS', 'VMFSRDM', 'SPARSE', 'VMFSSPARSE', 'SESPARSE']
         if (!known.includes(line.type)) throw new VmdkError('E_UNSUPPORTED', `extent type ${line.type} is not readable here`, p)
-        const f = await DiskFile.open(files, p, { writable: writable && line.access === 'RW', role: 'extent file' })
+        let f: DiskFile
+        try {
+          f = await DiskFile.open(files, p, { writable: writable && line.access === 'RW', role: 'extent file' })
+        } catch (err) {
+          // name the descriptor to fix and the reference as written
+          if (isVmdkError(err) && err.code === 'E_OUTSIDE_ROOT') throw new VmdkError('E_OUTSIDE_ROOT', `extent ${JSON.stringify(line.file)} of ${basename(path)}: ${err.message}`, path, { cause: err })
+          throw err
+        }
         try {
           slots[k] = await openExtent(line.type, f, size, p, (line.offset ?? 0) * 512)
         } catch (err) {

@@ -179,3 +179,79 @@ t.test('consolidate skips a FIFO among the descriptors it re-points', async (t) 
   t.equal(await chainDigest(c), want)
   await c.close()
 })
+
+t.test('with roots, a descriptor cannot make the reader ship a file off its datastore: "..", absolute names and links out are refused', async (t) => {
+  const dir = t.testdir()
+  // the proxy's own file, 4 MiB so that it would serve as the whole extent
+  const secret = join(dir, 'secret.txt')
+  writeFileSync(secret, Buffer.alloc(4 * MiB, 'TOKEN=supersecret\n'))
+  const ds = join(dir, 'ds')
+  mkdirSync(join(ds, 'vm'), { recursive: true })
+  const { top } = await chain(join(ds, 'vm'))
+  const desc = join(ds, 'vm', 'vm.vmdk')
+  const good = readFileSync(desc, 'utf8')
+  t.match(good, /RW 8192 VMFS "vm-flat.vmdk"/)
+  const roots = [ds]
+  const refused = async (what: string, file: string): Promise<void> => {
+    const want = { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file, message: /outside the folders this VM's files may be read from/ }
+    await t.rejects(openChain(top, { roots }), want, `${what}: openChain`)
+    await t.rejects(describeChain(top, { roots }), want, `${what}: describeChain`)
+  }
+  for (const name of ['../../secret.txt', secret]) {
+    writeFileSync(desc, good.replace('"vm-flat.vmdk"', JSON.stringify(name)))
+    await refused(`extent ${name}`, desc)
+  }
+  // an absolute datastore path is mapped, then checked: ".." cannot climb out of the mapped root
+  writeFileSync(desc, good.replace('"vm-flat.vmdk"', '"/vmfs/volumes/ds1/../../secret.txt"'))
+  await t.rejects(openChain(top, { roots, pathMap: { '/vmfs/volumes/ds1': ds } }), { code: 'E_OUTSIDE_ROOT', file: desc })
+  // a link inside the datastore that leads out (an NFS datastore holds what its writers put there)
+  writeFileSync(desc, good)
+  renameSync(join(ds, 'vm', 'vm-flat.vmdk'), join(ds, 'vm', 'real-flat.vmdk'))
+  symlinkSync(secret, join(ds, 'vm', 'vm-flat.vmdk'))
+  await refused('extent linked out', desc)
+  rmSync(join(ds, 'vm', 'vm-flat.vmdk'))
+  renameSync(join(ds, 'vm', 'real-flat.vmdk'), join(ds, 'vm', 'vm-flat.vmdk'))
+  // a parent hint that climbs out to a valid disk elsewhere on the proxy: the child is named
+  mkdirSync(join(dir, 'outside'))
+  await createFlatDisk(join(dir, 'outside', 'vm.vmdk'), 4 * MiB)
+  const child = readFileSync(top, 'utf8')
+  const cid = /^CID=(\w+)/m.exec(readFileSync(join(dir, 'outside', 'vm.vmdk'), 'utf8'))?.[1] ?? ''
+  writeFileSync(top, child.replace('parentFileNameHint="vm.vmdk"', 'parentFileNameHint="../../outside/vm.vmdk"').replace(/^parentCID=\w+/m, `parentCID=${cid}`))
+  await refused('parent out of the root', top)
+  writeFileSync(top, child)
+  // the disk named itself must lie inside
+  await t.rejects(openChain(join(dir, 'outside', 'vm.vmdk'), { roots }), { code: 'E_OUTSIDE_ROOT', file: join(dir, 'outside', 'vm.vmdk') })
+  // the untouched chain opens
+  const c = await openChain(top, { roots })
+  t.equal(c.layers.length, 2)
+  await c.close()
+})
+
+t.test('with roots, legitimate chains still open: a linked clone in another VM folder, a mapped absolute parent, roots named through links', async (t) => {
+  const dir = t.testdir()
+  const ds = join(dir, 'ds')
+  mkdirSync(join(ds, 'base'), { recursive: true })
+  mkdirSync(join(ds, 'clone'))
+  const { base } = await chain(join(ds, 'base'))
+  const want = await openChain(base).then(async (c) => {
+    const d = await chainDigest(c)
+    await c.close()
+    return d
+  })
+  // a linked clone: its delta in its own folder, the parent hint "../base/vm.vmdk"
+  const clone = join(ds, 'clone', 'clone.vmdk')
+  await createDelta(base, clone, { format: 'sesparse' })
+  t.match(readFileSync(clone, 'utf8'), /parentFileNameHint="\.\.\/base\/vm\.vmdk"/)
+  let c = await openChain(clone, { roots: [ds] })
+  t.equal(await chainDigest(c), want, 'relative parent in another VM folder of the datastore')
+  await c.close()
+  // the datastore named through a link (/vmfs/volumes/<name> → <uuid>), the parent by its absolute datastore path
+  symlinkSync(ds, join(dir, 'ds-name'))
+  writeFileSync(clone, readFileSync(clone, 'utf8').replace('"../base/vm.vmdk"', '"/vmfs/volumes/ds-name/base/vm.vmdk"'))
+  c = await openChain(join(dir, 'ds-name', 'clone', 'clone.vmdk'), { roots: [join(dir, 'ds-name')], pathMap: { '/vmfs/volumes/ds-name': join(dir, 'ds-name') } })
+  t.equal(await chainDigest(c), want, 'absolute parent through the path map, root named through a link')
+  await c.close()
+  // a missing parent inside the roots is still reported as missing
+  writeFileSync(clone, readFileSync(clone, 'utf8').replace('"/vmfs/volumes/ds-name/base/vm.vmdk"', '"../base/gone.vmdk"'))
+  await t.rejects(openChain(clone, { roots: [ds] }), { code: 'E_CHAIN_MISSING', file: clone })
+})

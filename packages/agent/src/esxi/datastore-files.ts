@@ -1,26 +1,47 @@
 /**
  * The {@link FileAccess} of an esxi driver: paths on a datastore configured
  * `{ "access": "sftp" }` are read over the host's SSH connection
- * ({@link SftpFileAccess}), every other path through the local file system
- * (a mounted datastore). Handed to `@grainline/vmdk` and used for the
- * driver's own .vmx/.vmsd/nvram/descriptor reads.
+ * ({@link SftpFileAccess}), paths on a locally mounted datastore through the
+ * local file system. Handed to `@grainline/vmdk` and used for the driver's
+ * own .vmx/.vmsd/nvram/descriptor reads.
+ *
+ * Nothing else is read: a path on no mapped datastore, or one whose symbolic
+ * links lead out of its datastore (an NFS datastore holds whatever its
+ * writers put there, `vm.nvram -> /etc/…` included), is refused with
+ * `VmdkError` `E_OUTSIDE_ROOT` (vmdk's confineFileAccess) instead of being
+ * read from the proxy's own disk.
  */
-import { localFileAccess, type FileAccess, type FileStat, type RandomAccessFile } from '@grainline/vmdk'
+import { confineFileAccess, localFileAccess, VmdkError, type FileAccess, type FileStat, type RandomAccessFile } from '@grainline/vmdk'
 import type { DatastoreMap } from './datastore-path.ts'
 
 /** Route each path to the SFTP or the local reader. `sftp` is required when the map has SFTP datastores. */
 export function datastoreFileAccess(map: DatastoreMap, sftp: FileAccess | undefined): FileAccess {
-  if (sftp === undefined || !map.hasSftp) return localFileAccess
-  const pick = (p: string): FileAccess => (map.isSftpPath(p) ? sftp : localFileAccess)
+  const local = confineFileAccess(localFileAccess, map.localRoots())
+  const remote =
+    sftp === undefined || !map.hasSftp
+      ? undefined
+      : confineFileAccess(
+          sftp,
+          map.roots().filter((r) => map.isSftpPath(r)),
+        )
+  const pick = (p: string): FileAccess => {
+    if (remote !== undefined && map.isSftpPath(p)) return remote
+    if (map.isMappedPath(p) && !map.isSftpPath(p)) return local
+    throw new VmdkError(
+      'E_OUTSIDE_ROOT',
+      `${p} is on no mapped datastore (${map.roots().join(', ')}): not read, neither over SFTP nor from the proxy's own disk; a .vmx or descriptor that names it is refused (map the datastore it is on)`,
+      p,
+    )
+  }
   return Object.freeze({
-    stat: (p: string): Promise<FileStat> => pick(p).stat(p),
-    open: (p: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> => pick(p).open(p, mode),
+    stat: async (p: string): Promise<FileStat> => await pick(p).stat(p),
+    open: async (p: string, mode: 'r' | 'r+'): Promise<RandomAccessFile> => await pick(p).open(p, mode),
     realpath: async (p: string): Promise<string> => {
       const a = pick(p)
       return a.realpath === undefined ? p : await a.realpath(p)
     },
     // the remote transport decides: small requests, many in flight (local reads do well with them too)
-    maxReadBytes: sftp.maxReadBytes ?? localFileAccess.maxReadBytes ?? 1024 * 1024,
-    concurrency: sftp.concurrency ?? 2,
+    maxReadBytes: sftp?.maxReadBytes ?? localFileAccess.maxReadBytes ?? 1024 * 1024,
+    concurrency: sftp?.concurrency ?? (sftp === undefined ? (localFileAccess.concurrency ?? 2) : 2),
   })
 }

@@ -7,6 +7,7 @@
  * serves a path is decided by {@link DatastoreMap.isSftpPath}.
  */
 import path from 'node:path'
+import { isInsideRoot } from '@grainline/vmdk'
 import { EsxiError } from './errors.ts'
 
 /** One mapped datastore. */
@@ -106,7 +107,22 @@ export class DatastoreMap {
 
   /** True when `p` (a resolved path) lies on a datastore read over SFTP. */
   isSftpPath(p: string): boolean {
-    return this.#sftpRoots.some((r) => p === r || p.startsWith(r.endsWith('/') ? r : `${r}/`))
+    return this.#sftpRoots.some((r) => isInsideRoot(p, r))
+  }
+
+  /** The folder of every mapped datastore: local mount paths and SFTP host folders. */
+  roots(): string[] {
+    return [...new Set(this.mounts.map((m) => this.#root(m)))]
+  }
+
+  /** The local mount folders (datastores read through the proxy's file system). */
+  localRoots(): string[] {
+    return [...new Set(this.mounts.filter((m) => m.access !== 'sftp').map((m) => this.#root(m)))]
+  }
+
+  /** True when `p` (a resolved path) lies inside a mapped datastore. */
+  isMappedPath(p: string): boolean {
+    return this.roots().some((r) => isInsideRoot(p, r))
   }
 
   /** The mount of a datastore name or UUID, or undefined. */
@@ -154,11 +170,22 @@ export class DatastoreMap {
 
 /**
  * Resolve a file name found in a .vmx or descriptor: a datastore path goes
- * through the map, an absolute local path is kept, a relative one is taken
- * relative to `baseDir` (the folder of the file that names it).
+ * through the map, a relative one is taken relative to `baseDir` (the folder
+ * of the file that names it). Whoever can write to a datastore writes these
+ * names, so the result must lie inside a mapped datastore: an absolute path
+ * elsewhere (`/etc/…`) or a relative one that climbs out (`../../../../root/…`)
+ * would otherwise be read from the proxy's own disk.
+ * @throws EsxiError E_DATASTORE for a name that resolves outside every mapped datastore
  */
 export function resolveVmFile(map: DatastoreMap, baseDir: string, p: string): string {
   if (parseDatastorePath(p) !== undefined) return map.resolve(p)
-  if (path.isAbsolute(p)) return path.normalize(p)
-  return path.resolve(baseDir, p)
+  if (p.includes('\0')) throw new EsxiError('E_DATASTORE', `NUL in file name ${JSON.stringify(p)}`)
+  const out = path.isAbsolute(p) ? path.normalize(p) : path.resolve(baseDir, p)
+  if (!map.isMappedPath(out)) {
+    throw new EsxiError(
+      'E_DATASTORE',
+      `file name ${JSON.stringify(p)} (named in ${baseDir}) resolves to ${out}, outside every mapped datastore (${map.roots().join(', ')}): refused, nothing is read from the proxy's own disk; write the name as "[datastore] folder/file", "/vmfs/volumes/<datastore>/…" or relative to the VM's folder, and map that datastore`,
+    )
+  }
+  return out
 }

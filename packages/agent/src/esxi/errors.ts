@@ -20,7 +20,7 @@ export const EsxiErrorCodes = [
   'E_SNAPSHOT_NOT_FOUND', // the snapshot is not (or no longer) in the tree
   'E_SNAPSHOT', // a snapshot operation did not leave the chain we expect
   'E_CONSOLIDATION_NEEDED', // the snapshot is gone but its delta was not merged
-  'E_DATASTORE', // a datastore path names no mapped datastore, or is malformed
+  'E_DATASTORE', // a datastore path names no mapped datastore, or is malformed; a file name resolves outside every mapped datastore
   'E_VMX', // the .vmx cannot be read or names no disk
   'E_CHAIN', // a disk chain does not open / verify
   'E_HOST_VERSION', // the host's snapshot.remove takes the pre-5.1 argument order (or one we do not know)
