@@ -234,7 +234,7 @@ export class CephVmMirror {
   /** Decide a DiskOpen (the rules of open-decision.ts that apply to images, room and quota by ceph-space.ts) and open the apply. */
   async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord; quota?: CephQuota }): Promise<CephOpenResult> {
     validateName(req.name, 'disk name')
-    checkDiskName(req.name)
+    checkDiskName(req.name, this.vm)
     const s = this.current
     const rec = s.disks[req.name]
     const inf = s.inflight?.disks[req.name]
