@@ -167,6 +167,9 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
     }
     case MessageKind.BlockCheck: {
       if (m.blockSize < MIN_BLOCK_SIZE || (m.blockSize & (m.blockSize - 1)) !== 0) throw bad('blockSize', `must be a power of two ≥ ${MIN_BLOCK_SIZE}`)
+      // SPEC §5.6: a block fits in one extent, as a resync's (§5.9): a receiver reads several blocks ahead, and
+      // blocks of up to 64 MiB would let one BlockCheck hold hundreds of MiB of it per session
+      if (m.blockSize > maxExtent) throw bad('blockSize', `${m.blockSize} exceeds maxExtentBytes ${maxExtent}`)
       const n = blockList(m.blocks, 'blocks')
       if (n === 0) throw bad('blocks', 'must list at least one block')
       if (m.digests.length % n !== 0 || !KNOWN_DIGEST_LENGTHS.has(m.digests.length / n)) throw bad('digests', `${m.digests.length} bytes for ${n} blocks`)

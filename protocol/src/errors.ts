@@ -20,7 +20,11 @@ export const ProtocolErrorCodes = {
       'offset + length beyond the disk capacity, a block map request beyond the last block, a resync extent ahead of the block map (SPEC §5.9), or another value beyond what the receiver allows',
   },
   E_DECOMPRESS: { closeCode: 4413, fatal: true, meaning: 'a compressed payload is corrupt or does not expand to exactly length bytes' },
-  E_CYCLE_MISMATCH: { closeCode: 4420, fatal: false, meaning: 'resume refused: the in-flight cycle has another cycle identity' },
+  E_CYCLE_MISMATCH: {
+    closeCode: 4420,
+    fatal: false,
+    meaning: "a DiskOpen's cycle is not the committed cycle + 1, another cycle is in flight, or a resume's in-flight cycle has another cycle identity",
+  },
   E_MIRROR_MODIFIED: { closeCode: 4421, fatal: false, meaning: 'the mirror changed since its last commit (CID or size): incremental refused' },
   E_CHAIN_MISMATCH: { closeCode: 4422, fatal: false, meaning: 'the source chain does not continue the committed one: incremental refused' },
   E_INCOMPATIBLE: { closeCode: 4423, fatal: false, meaning: "the VM's compat record differs from the mirror's" },

@@ -143,6 +143,7 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['block check, indexes not ascending', { ...sample('block-check'), blocks: new Uint8Array(16) }, 'E_SCHEMA', 'blocks'],
   ['block check, digests for another count', { ...sample('block-check'), digests: new Uint8Array(24) }, 'E_SCHEMA', 'digests'],
   ['block check, block size not a power of two', { ...sample('block-check'), blockSize: 3 * MiB }, 'E_SCHEMA', 'blockSize'],
+  ['block check, block size above maxExtentBytes', { ...sample('block-check'), blockSize: 32 * MiB }, 'E_SCHEMA', 'blockSize'],
   ['block check result ok with mismatches', { ...sample('block-check-result'), ok: true }, 'E_SCHEMA', 'mismatched'],
   ['block check result not ok without mismatches', { ...sample('block-check-result ok'), ok: false }, 'E_SCHEMA', 'mismatched'],
   ['empty block map', { ...sample('block-map'), digests: new Uint8Array(0) }, 'E_SCHEMA', 'digests'],

@@ -13,6 +13,11 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** The longest {@link tempName} of `name`: a pid of 10 digits, as many as {@link isTempName} allows. */
+export function longestTempName(name: string): string {
+  return `${name}.tmp-${'9'.repeat(10)}-${'f'.repeat(8)}`
+}
+
 /** The name of {@link writeFileAtomic}'s temporary file for `name`: `<name>.tmp-<pid>-<8 hex>`. */
 export function tempName(name: string): string {
   return `${name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`
@@ -92,13 +97,19 @@ async function holdsExactly(path: string, bytes: Uint8Array): Promise<boolean> {
   }
 }
 
-/** Remove a file if it exists. */
+/**
+ * Remove a file if it exists. A name too long for the file system
+ * (ENAMETOOLONG) names no file, so it is absent too: a disk whose seed name
+ * did not fit, taken in flight by a receiver that did not refuse such names,
+ * must still roll back (receiver-rules.ts checkDiskName).
+ */
 export async function unlinkIfExists(path: string): Promise<boolean> {
   try {
     await unlink(path)
     return true
   } catch (err) {
-    if ((err as { code?: unknown }).code === 'ENOENT') return false
+    const code = (err as { code?: unknown }).code
+    if (code === 'ENOENT' || code === 'ENAMETOOLONG') return false
     throw err
   }
 }

@@ -179,6 +179,20 @@ function incompatibleText(x: OpenInputs): string {
   return `VM ${x.vm}: hardware version or datastore type differ from the mirror's (SPEC §4.2): no incremental; seed a new mirror after checking the VM`
 }
 
+/**
+ * SPEC §5.1: a DiskOpen applies the cycle after the VM's committed one (1 for
+ * a VM with no mirror), fresh or resumed: the reference agent never ships
+ * another, so one in flight is always the next. Any other skips cycle
+ * numbers — and one at 2^53 − 1, the largest the schema allows, would leave
+ * the VM no next cycle, ever. A VmOpen of another cycle stays legal (an
+ * agent learns the mirror's cycle by it, §4.2); applying it is not. Returns
+ * why `cycle` is refused, undefined when it is the next. Pure; both stores.
+ */
+export function notNextCycle(vm: string, cycle: number, committedCycle: number): string | undefined {
+  if (cycle === committedCycle + 1) return undefined
+  return `cycle ${cycle} of VM ${vm} is not the one after its committed cycle ${committedCycle}: only cycle ${committedCycle + 1} may be applied (VmState's committedCycle + 1); roll back what is in flight, then ship that cycle`
+}
+
 function refuse(code: RefusalCode, message: string): OpenDecision {
   return { kind: 'refuse', code, message }
 }
@@ -197,6 +211,8 @@ export function decideOpen(x: OpenInputs): OpenDecision {
   if (x.inflightCycle !== 0 && x.inflightCycle !== req.cycle) {
     return refuse('E_CYCLE_MISMATCH', `cycle ${x.inflightCycle} of VM ${x.vm} is in flight; roll it back first`)
   }
+  const notNext = notNextCycle(x.vm, req.cycle, x.committedCycle)
+  if (notNext !== undefined) return refuse('E_CYCLE_MISMATCH', notNext)
   if (inf !== undefined) {
     if (x.facts.undoing) return refuse('E_CYCLE_MISMATCH', `an interrupted rollback of disk ${req.name} must be finished first: send Rollback`)
     if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
@@ -210,9 +226,6 @@ export function decideOpen(x: OpenInputs): OpenDecision {
       if (inf.mode === 'resync' ? resyncStartChanged(inf, x.facts) : modified) return refuse('E_MIRROR_MODIFIED', `${modifiedText()}; roll back, then seed`)
     }
     return { kind: 'resume', info: inf }
-  }
-  if (req.cycle <= x.committedCycle) {
-    return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${x.committedCycle}`)
   }
   if (req.mode === 'incremental') {
     if (rec === undefined) return refuse('E_CHAIN_MISMATCH', `disk ${req.name} has no committed mirror to apply an incremental on`)

@@ -2,12 +2,13 @@
  * The receiver's own rules, beyond what SPEC §6 and the decoder already
  * guarantee (SPEC §1.3: "a receiver MAY apply stricter local limits"; §4.1:
  * "a receiver MAY refuse further names that would collide with its own
- * files"), and the cycle identity it recomputes rather than trusts (§5.2).
+ * files", or whose files' names would not fit), and the cycle identity it recomputes rather than trusts (§5.2).
  * Everything else about a message is checked by `decodeMessage` and
  * `ConversationState`; nothing here repeats those checks.
  */
 import { cycleIdentity, DigestLengths, type DiskOpenMessage, type Negotiated } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
+import { derivedNames, diskStem } from './vm-paths.ts'
 
 /** Largest disk capacity accepted: 64 TiB, above VMDK's 62 TB cap. */
 export const MAX_CAPACITY = 64 * 1024 ** 4
@@ -31,10 +32,30 @@ export function checkFileName(name: string): void {
   if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
 }
 
-/** A disk name becomes `<stem>.vmdk`, `<stem>-flat.vmdk`, journals…: none of them may be hidden or another disk's file. */
-export function checkDiskName(name: string): void {
+/** Longest file name of the store's file systems, bytes (NAME_MAX of ext4, XFS, Btrfs, ZFS). */
+const NAME_MAX = 255
+
+/**
+ * A disk name becomes `<stem>.vmdk`, `<stem>-flat.vmdk`, journals, point
+ * files…: none of them may be hidden or another disk's file, and the longest
+ * of them (vm-paths.ts derivedNames) must fit in a file name — checked
+ * before anything is written: a seed file whose name does not fit, found
+ * only once the journal and the state name the disk, left the VM in flight
+ * with no way forward (SPEC §4.1 lets a receiver refuse such names).
+ * @throws ReceiverError E_BAD_NAME
+ */
+export function checkDiskName(name: string, vm: string): void {
   if (name.startsWith('.') || /-flat\.vmdk$/i.test(name) || /\.(vmx|nvram|vmsd|vmxf|journal|seed)$/i.test(name)) {
     throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} is not allowed`)
+  }
+  const stem = diskStem(name)
+  const longest = derivedNames(stem).reduce((a, b) => (Buffer.byteLength(b) > Buffer.byteLength(a) ? b : a))
+  if (Buffer.byteLength(longest) > NAME_MAX) {
+    const extra = Buffer.byteLength(longest) - Buffer.byteLength(stem)
+    throw new ReceiverError(
+      'E_BAD_NAME',
+      `disk ${JSON.stringify(name)} of VM ${vm}: the receiver's file names for it reach ${Buffer.byteLength(longest)} bytes (the ${Buffer.byteLength(stem)} bytes of its name without ".vmdk" and up to ${extra} more), above the ${NAME_MAX} bytes of a file name: rename the disk on the source to at most ${NAME_MAX - extra} bytes before ".vmdk"; nothing was written`,
+    )
   }
 }
 

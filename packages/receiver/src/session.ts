@@ -517,7 +517,7 @@ export class Session {
 
   private async onDiskOpen(msg: DiskOpenMessage): Promise<void> {
     const vm = this.mirror
-    checkDiskName(msg.name)
+    checkDiskName(msg.name, this.vmName)
     checkCapacity(msg.capacity)
     checkCycleIdentity(this.vmName, msg)
     const neg = this.negotiated as Negotiated

@@ -1,4 +1,6 @@
 import { join } from 'node:path'
+import { longestTempName } from './fs-util.ts'
+import { pointExtentName, pointFileName, pointFlatName } from './increment.ts'
 
 /** Hidden folder inside each VM mirror holding grainline's own state. */
 export const STATE_DIR = '.grainline'
@@ -30,6 +32,23 @@ export function generatedNames(stem: string): { readonly mirror: readonly string
     mirror: [`${stem}.vmdk`, `${stem}-flat.vmdk`, `${stem}-flat.vmdk.seed`],
     state: [`${stem}.journal`, `${stem}.journal.spare`, `${stem}.journal.undo`, `${stem}.blockmap`, `${stem}.map`],
   }
+}
+
+/**
+ * Every file name the folder store may ever derive from a disk stem, each at
+ * its longest: {@link generatedNames}, the restore point files of the disk
+ * (`<stem>.p<cycle>.vmdk` and its extents, increment.ts; the largest cycle
+ * the protocol allows, 2^53 − 1) and the temporary names of the files
+ * written by replacement (fs-util.ts writeFileAtomic: the descriptors, the
+ * kept block map). A disk name is accepted only when all of them fit in a
+ * file name (receiver-rules.ts checkDiskName).
+ */
+export function derivedNames(stem: string): string[] {
+  const { mirror, state } = generatedNames(stem)
+  const point = pointFileName(stem, Number.MAX_SAFE_INTEGER)
+  const points = [point, pointExtentName(point), pointFlatName(point), `${pointFlatName(point)}.copying`]
+  const replaced = [`${stem}.vmdk`, `${stem}.map`, point].map(longestTempName)
+  return [...mirror, ...state, ...points, ...replaced]
 }
 
 /**

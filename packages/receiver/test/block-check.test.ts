@@ -465,3 +465,28 @@ t.test('a session: a scrub slice sent behind its trivial check is answered right
     'the trivial check logged',
   )
 })
+
+t.test('a BlockCheck whose blockSize is above the negotiated maxExtentBytes is refused before any block is read', async (t) => {
+  await initDigests()
+  const env = makeEnv(scratchDir(t))
+  const img = pattern(4 * MiB, 61)
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  // the Hello offers 16 MiB extents: the negotiated maxExtentBytes
+  await runCycle(a, 'web-09', 1, [seedPlan(0, 'web-09.vmdk', img, 'ab09ab09ab09ab09')])
+  const digest = (b: Uint8Array): Uint8Array => createDigest('sha256').update(b).digest()
+  // at the limit: answered (the last block of the disk ends at its capacity)
+  a.send({ kind: MessageKind.BlockCheck, disk: 0, blockSize: 16 * MiB, blocks: u64([0]), digests: digest(img) })
+  t.match(await a.expect(MessageKind.BlockCheckResult), { ok: true }, 'a 16 MiB block is read')
+  // above it: a 64 MiB block (on a large disk, four of them in flight: 256 MiB a session) — and a wrong digest, which
+  // would mark the disk diverged if it were read
+  a.send({ kind: MessageKind.BlockCheck, disk: 0, blockSize: 64 * MiB, blocks: u64([0]), digests: new Uint8Array(32).fill(0xee) })
+  t.same(await a.expectError(), { code: 'E_SCHEMA', closeCode: 1008 })
+  await a.whenClosed()
+  await receiver.close()
+  const vm = await VmMirror.acquire(env.store, 'web-09', pino({ level: 'silent' }))
+  t.teardown(() => vm.release())
+  t.match(vm.state.disks['web-09.vmdk'], { blocks: { ok: true, bytes: 4 * MiB } }, 'the refused one recorded no verdict: the last is the 16 MiB block check')
+  t.equal(vm.state.disks['web-09.vmdk']?.diverged, undefined, 'not diverged')
+})

@@ -5,7 +5,7 @@ import { readFileSync, statSync, writeFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind } from '@grainline/protocol'
 import { storeStatus } from '../src/index.ts'
-import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, diskEnd, diskOpen, extentMessage, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 t.test('seed then incremental cycles produce the exact images, bootable descriptors, mirror .vmx', async (t) => {
   const env = makeEnv(scratchDir(t))
@@ -134,4 +134,51 @@ t.test('many agents and disks at once', async (t) => {
     st.vms.map((v) => [v.vm, v.committedCycle, v.disks.length]),
     vms.map((vm) => [vm, 1, 2]),
   )
+})
+
+/*
+ * Only the cycle after the committed one is applied (SPEC §5.1): a seed
+ * committed at cycle 2^53 − 1, the largest the schema allows, left the VM no
+ * next cycle — only `mirror remove`, losing its points, got it replicating
+ * again. A VmOpen of any cycle stays legal: the agent opens the cycle its
+ * record proposes to learn the mirror's, and (v7) reopens a committed one.
+ */
+t.test('a DiskOpen of a cycle other than the committed one + 1 is refused (E_CYCLE_MISMATCH); the VmOpen of it is not', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const img = pattern(MiB, 41)
+  const attempt = async (cycle: number, plan: Parameters<typeof diskOpen>[0]): Promise<{ committedCycle: number; reason: string }> => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    a.send(hello())
+    await a.expect(MessageKind.Welcome)
+    a.send(vmOpen('web-07', cycle, ['web-07-000001.vmdk']))
+    const st = await a.expect(MessageKind.VmState)
+    a.send(diskOpen(plan, cycle, 'web-07', st.generation))
+    const ds = await a.expect(MessageKind.DiskState)
+    a.close()
+    await a.whenClosed()
+    return { committedCycle: st.committedCycle, reason: ds.reason }
+  }
+  const last = Number.MAX_SAFE_INTEGER
+  t.same(await attempt(last, seedPlan(0, 'web-07.vmdk', img, 'aa07'.repeat(4))), { committedCycle: 0, reason: 'E_CYCLE_MISMATCH' }, 'a first seed at cycle 2^53 − 1')
+  t.same(await attempt(2, seedPlan(0, 'web-07.vmdk', img, 'ab07'.repeat(4))), { committedCycle: 0, reason: 'E_CYCLE_MISMATCH' }, 'a first seed at cycle 2')
+  const a1 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  t.equal((await runCycle(a1, 'web-07', 1, [seedPlan(0, 'web-07.vmdk', img, 'ac07'.repeat(4))])).committed?.cycle, 1, 'cycle 1 is seeded')
+  a1.close()
+  await a1.whenClosed()
+  const ranges = [{ offset: 0, length: 65_536 }]
+  const img2 = evolve(img, 42, ranges)
+  t.same(
+    await attempt(last, incPlan(0, 'web-07.vmdk', img2, 1, 'ad07'.repeat(4), ranges, 'web-07-000001.vmdk', 'web-07-000002.vmdk')),
+    { committedCycle: 1, reason: 'E_CYCLE_MISMATCH' },
+    'an incremental at cycle 2^53 − 1',
+  )
+  t.same(await attempt(last, seedPlan(0, 'web-07.vmdk', img2, 'ae07'.repeat(4))), { committedCycle: 1, reason: 'E_CYCLE_MISMATCH' }, 'a re-seed at cycle 2^53 − 1')
+  t.same(await attempt(1, seedPlan(0, 'web-07.vmdk', img2, 'af07'.repeat(4))), { committedCycle: 1, reason: 'E_CYCLE_MISMATCH' }, 'the committed cycle again')
+  const a2 = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r2 = await runCycle(a2, 'web-07', 2, [incPlan(0, 'web-07.vmdk', img2, 1, 'b007'.repeat(4), ranges, 'web-07-000001.vmdk', 'web-07-000002.vmdk')])
+  a2.close()
+  t.equal(r2.committed?.cycle, 2, 'the next cycle still replicates')
+  t.ok(readFileSync(join(env.store, 'web-07', 'web-07-flat.vmdk')).equals(img2))
 })

@@ -2,8 +2,12 @@ import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { pino } from 'pino'
 import { MessageKind } from '@grainline/protocol'
-import { Agent, MiB, TOKEN, diskOpen, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
+import { VmMirror } from '../src/vm-mirror.ts'
+import { readVmState } from '../src/state-file.ts'
+import { VmPaths, diskStem } from '../src/vm-paths.ts'
+import { Agent, MiB, TEST_COMPAT, TEST_SOURCE, TOKEN, diskOpen, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 /*
  * Disk names whose file stems collide ignoring case (`a.vmdk`, `a.VMDK`, `a`)
@@ -95,4 +99,80 @@ t.test('disk names whose file stems collide are refused with E_BAD_NAME', async 
     t.ok(readFileSync(flat).equals(img2))
     t.ok(readFileSync(join(env.store, 'vm-n', 'b-flat.vmdk')).equals(pattern(MiB, 11)))
   })
+})
+
+/*
+ * A disk name of up to 255 bytes passes the wire's rule (SPEC §4.1), but the
+ * receiver derives longer file names from it (`<stem>-flat.vmdk.seed`, the
+ * point files `<stem>.p<cycle>-sesparse.vmdk`, temporary names): one that does
+ * not fit in a file name is refused at DiskOpen (E_BAD_NAME) before anything
+ * is written. Before, the seed file's creation failed with ENAMETOOLONG after
+ * the journal and the state named the disk, and every rollback failed on the
+ * same unlink: the VM could never replicate again.
+ */
+t.test('a disk name whose derived file names do not fit is refused with E_BAD_NAME before anything is written', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  // a file name's bytes; the longest derived: `<stem>.p<2^53 − 1>.vmdk.tmp-<pid>-<8 hex>` (a point descriptor being replaced), 47 bytes more than the stem
+  const NAME_MAX = 255
+  const fits = `${'b'.repeat(NAME_MAX - 47)}.vmdk`
+  for (const name of [`${'a'.repeat(241)}.vmdk`, `${'a'.repeat(NAME_MAX - 46)}.vmdk`, 'é'.repeat(105)]) {
+    await t.test(`${Buffer.byteLength(name)} bytes: ${name.slice(0, 12)}…`, async (t) => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      a.send(hello())
+      await a.expect(MessageKind.Welcome)
+      a.send(vmOpen('vm-long', 1, [name]))
+      await a.expect(MessageKind.VmState)
+      a.send(diskOpen(seedPlan(0, name, pattern(MiB, 21), '09'.repeat(8)), 1, 'vm-long'))
+      t.same(await a.expectError(), { code: 'E_BAD_NAME', closeCode: 4400 })
+      await a.whenClosed()
+      t.equal((await readVmState(new VmPaths(env.store, 'vm-long')))?.inflight ?? null, null, 'no cycle in flight')
+      t.same(
+        readdirSync(join(env.store, 'vm-long', '.grainline')).filter((f) => f.includes('journal')),
+        [],
+        'no journal',
+      )
+    })
+  }
+  await t.test(`the longest that fits (${Buffer.byteLength(fits)} bytes) is seeded and committed`, async (t) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const img = pattern(MiB, 22)
+    const r = await runCycle(a, 'vm-long', 1, [seedPlan(0, fits, img, '0a'.repeat(8))])
+    a.close()
+    t.equal(r.committed?.cycle, 1)
+    t.ok(readFileSync(join(env.store, 'vm-long', `${diskStem(fits)}-flat.vmdk`)).equals(img))
+  })
+})
+
+t.test('a VM left in flight by a seed whose file name did not fit rolls back, and replicates again', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const log = pino({ level: 'silent' })
+  const name = `${'a'.repeat(241)}.vmdk`
+  // as an older receiver took it: the store API does not apply the session's name rules
+  const m = await VmMirror.acquire(env.store, 'vm-wedged', log)
+  await m.stageFiles([], [name])
+  const open = m.openDisk(
+    { name, capacity: MiB, cycle: 1, mode: 'seed', baseCycle: 0, baseGeneration: '', source: TEST_SOURCE, cycleId: '1'.repeat(16), ddb: {}, algorithm: 'sha256' },
+    { compat: TEST_COMPAT },
+  )
+  await t.rejects(open, { code: 'E_IO' }, 'the seed file cannot be created')
+  t.equal(m.state.inflight?.cycle, 1, 'the state names the disk in flight')
+  m.release()
+
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  a.send(hello())
+  await a.expect(MessageKind.Welcome)
+  a.send(vmOpen('vm-wedged', 1, []))
+  t.equal((await a.expect(MessageKind.VmState)).inflightCycle, 1)
+  a.send({ kind: MessageKind.Rollback, vm: 'vm-wedged' })
+  t.equal((await a.expect(MessageKind.RolledBack)).committedCycle, 0, 'rolled back (before: E_IO on every Rollback)')
+  a.close()
+  await a.whenClosed()
+  const b = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const r = await runCycle(b, 'vm-wedged', 1, [seedPlan(0, 'short.vmdk', pattern(MiB, 23), '0b'.repeat(8))])
+  b.close()
+  t.equal(r.committed?.cycle, 1, 'the VM replicates again')
 })

@@ -81,14 +81,14 @@ const rows: Row[] = [
   // nothing of this disk in flight
   { name: 'cycle not after the committed one', in: { committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
   { name: 'seed of a cycle not after the committed one', in: { request: seed, committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
-  { name: 'incremental without a committed mirror', in: { record: undefined, committedCycle: 0 }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'incremental without a committed mirror', in: { record: undefined }, want: 'E_CHAIN_MISMATCH' },
   { name: 'incremental, VM not compatible (SPEC §4.2)', in: { compatible: false }, want: 'E_INCOMPATIBLE' },
   { name: 'incremental onto a diverged mirror', in: { record: diverged }, want: 'E_DIVERGED' },
   { name: 'incremental, mirror CID changed', in: { facts: { ...intact, cid: '0badc0de' } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, descriptor missing', in: { facts: { ...intact, cid: '' } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, flat size changed', in: { facts: { ...intact, flatSize: 64 * KiB + 512 } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental, flat missing', in: { facts: { ...intact, flatSize: -1 } }, want: 'E_MIRROR_MODIFIED' },
-  { name: 'incremental on another base cycle', in: { request: { ...inc, cycle: 3, baseCycle: 2 } }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'incremental on another base cycle', in: { committedCycle: 2, request: { ...inc, cycle: 3, baseCycle: 2 } }, want: 'E_CHAIN_MISMATCH' },
   {
     name: 'incremental whose first delta is not the recorded successor',
     in: { request: { ...inc, source: { ...src2, layers: [{ file: 'd-000009.vmdk', cid: '00000002', parentCid: '00000001' }] } } },
@@ -99,14 +99,14 @@ const rows: Row[] = [
   { name: 'incremental onto a point committed before generations', in: { record: { ...record, generation: undefined } as unknown as DiskRecord }, want: 'E_GENERATION' },
   { name: 'incremental onto a point committed before generations, agent sends ""', in: { record: { ...record, generation: '' }, request: { ...inc, baseGeneration: '' } }, want: 'E_GENERATION' },
   // SPEC §5.1: the rules run in order
-  { name: 'incompatible before a chain mismatch', in: { compatible: false, request: { ...inc, cycle: 3, baseCycle: 2 } }, want: 'E_INCOMPATIBLE' },
-  { name: 'chain mismatch before a generation mismatch', in: { request: { ...inc, cycle: 3, baseCycle: 2, baseGeneration: 'f'.repeat(32) } }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'incompatible before a chain mismatch', in: { compatible: false, committedCycle: 2, request: { ...inc, cycle: 3, baseCycle: 2 } }, want: 'E_INCOMPATIBLE' },
+  { name: 'chain mismatch before a generation mismatch', in: { committedCycle: 2, request: { ...inc, cycle: 3, baseCycle: 2, baseGeneration: 'f'.repeat(32) } }, want: 'E_CHAIN_MISMATCH' },
   { name: 'generation mismatch before a modified mirror', in: { request: { ...inc, baseGeneration: 'f'.repeat(32) }, facts: { ...intact, cid: '0badc0de' } }, want: 'E_GENERATION' },
   { name: 'modified before diverged', in: { record: diverged, facts: { ...intact, cid: '0badc0de' } }, want: 'E_MIRROR_MODIFIED' },
   { name: 'incremental that follows the chain', in: {}, want: 'fresh' },
   { name: 'incremental that grows the disk', in: { request: { ...inc, capacity: 128 * KiB } }, want: 'fresh' },
   { name: 'incremental while another disk of the same cycle is in flight', in: { inflightCycle: 2 }, want: 'fresh' },
-  { name: 'first seed', in: { request: seed, record: undefined, committedCycle: 0 }, want: 'fresh' },
+  { name: 'first seed', in: { request: { ...seed, cycle: 1 }, record: undefined, committedCycle: 0 }, want: 'fresh' },
   { name: 'seed over a modified mirror', in: { request: seed, facts: { ...intact, cid: '0badc0de' } }, want: 'fresh' },
   { name: 'seed of an incompatible VM (after operator action)', in: { request: seed, compatible: false }, want: 'fresh' },
   { name: 'seed over a diverged mirror', in: { request: seed, record: diverged }, want: 'fresh' },
@@ -114,7 +114,7 @@ const rows: Row[] = [
   { name: 'a disk that grows by more than the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4095 } }, want: 'E_NO_SPACE' },
   { name: 'a disk that grows by the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4096 } }, want: 'fresh' },
   { name: 'an incremental that does not grow needs no free space', in: { space: { ...room, freeBytes: 0 } }, want: 'fresh' },
-  { name: 'a new disk larger than the free space', in: { request: seed, record: undefined, committedCycle: 0, space: { ...room, freeBytes: 32 * KiB } }, want: 'E_NO_SPACE' },
+  { name: 'a new disk larger than the free space', in: { request: { ...seed, cycle: 1 }, record: undefined, committedCycle: 0, space: { ...room, freeBytes: 32 * KiB } }, want: 'E_NO_SPACE' },
   { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
   { name: "growth above the token's quota", in: { request: { ...inc, capacity: 128 * KiB }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
@@ -135,11 +135,23 @@ const rows: Row[] = [
   { name: 'resync of a diverged mirror', in: { request: resync, record: diverged }, want: 'fresh' },
   { name: 'resync of a point committed before generations', in: { request: resync, record: { ...record, generation: undefined } as unknown as DiskRecord }, want: 'fresh' },
   { name: 'resync that grows the disk', in: { request: { ...resync, capacity: 128 * KiB } }, want: 'fresh' },
-  { name: 'resync without a committed mirror', in: { request: resync, record: undefined, committedCycle: 0 }, want: 'E_CHAIN_MISMATCH' },
+  { name: 'resync without a committed mirror', in: { request: resync, record: undefined }, want: 'E_CHAIN_MISMATCH' },
   { name: 'resync, flat missing', in: { request: resync, facts: { ...intact, flatSize: -1 } }, want: 'E_CHAIN_MISMATCH' },
   { name: 'resync that shrinks the disk', in: { request: { ...resync, capacity: 32 * KiB } }, want: 'E_CHAIN_MISMATCH' },
   { name: 'resync of an incompatible VM', in: { request: resync, compatible: false }, want: 'E_INCOMPATIBLE' },
   { name: 'resync of a cycle not after the committed one', in: { request: resync, committedCycle: 2 }, want: 'E_CYCLE_MISMATCH' },
+  // only the cycle after the committed one is applied: 2^53 − 1 would leave the VM no next cycle
+  { name: 'a first seed of a cycle other than 1', in: { request: { ...seed, cycle: 2 }, record: undefined, committedCycle: 0 }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'a first seed of cycle 2^53 − 1', in: { request: { ...seed, cycle: Number.MAX_SAFE_INTEGER }, record: undefined, committedCycle: 0 }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'a seed that skips a cycle', in: { request: { ...seed, cycle: 3 } }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'an incremental that skips a cycle', in: { request: { ...inc, cycle: 3 } }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'a resync that skips a cycle', in: { request: { ...resync, cycle: 3 } }, want: 'E_CYCLE_MISMATCH' },
+  { name: 'a disk joining a cycle in flight that is not the next (left by an older receiver)', in: { inflightCycle: 5, request: { ...seed, cycle: 5 } }, want: 'E_CYCLE_MISMATCH' },
+  {
+    name: 'the resume of a cycle in flight that is not the next (left by an older receiver): rolled back instead',
+    in: { inflightCycle: 5, inflight: inflightOf({ ...seed, cycle: 5 }), request: { ...seed, cycle: 5 } },
+    want: 'E_CYCLE_MISMATCH',
+  },
   { name: 'in flight resync, mirror as at its start', in: { request: resync, inflightCycle: 2, inflight: inflightOf(resync), facts: { ...intact, cid: '0badc0de' } }, want: 'resume' },
   {
     name: 'in flight resync, mirror changed again since its start',
@@ -170,7 +182,7 @@ t.test('decideOpen: every row', async (t) => {
 t.test('decideOpen: what a fresh apply records', async (t) => {
   const d = decideOpen({ ...base, facts: { ...intact, flatSize: 64 * KiB } })
   t.match(d, { kind: 'fresh', info: { target: 'flat', baseSize: 64 * KiB, mode: 'incremental', stem: 'd', cycleId: inc.cycleId } })
-  const s = decideOpen({ ...base, request: { ...seed, name: 'Web 01.VMDK' }, record: undefined, committedCycle: 0 })
+  const s = decideOpen({ ...base, request: { ...seed, name: 'Web 01.VMDK', cycle: 1 }, record: undefined, committedCycle: 0 })
   t.match(s, { kind: 'fresh', info: { target: 'seed', baseSize: 0, mode: 'seed', stem: 'Web 01' } })
   const r = decideOpen({ ...base, inflightCycle: 2, inflight: inflightOf(inc) })
   t.same(r, { kind: 'resume', info: inflightOf(inc) }, 'a resume carries the recorded in-flight disk')

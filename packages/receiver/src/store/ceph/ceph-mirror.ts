@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
-import type { DiskOpenRequest } from '../../open-decision.ts'
+import { notNextCycle, type DiskOpenRequest } from '../../open-decision.ts'
 import type { PointsDroppedRecord } from '../../state-file.ts'
 import { newGeneration, uncarriedRecord } from '../../commit.ts'
 import { attachedDisks, namedDisks, withNamed } from '../../mirror-vmx.ts'
@@ -234,7 +234,7 @@ export class CephVmMirror {
   /** Decide a DiskOpen (the rules of open-decision.ts that apply to images, room and quota by ceph-space.ts) and open the apply. */
   async openDisk(req: DiskOpenRequest, ctx: { compat: CompatRecord; quota?: CephQuota }): Promise<CephOpenResult> {
     validateName(req.name, 'disk name')
-    checkDiskName(req.name)
+    checkDiskName(req.name, this.vm)
     const s = this.current
     const rec = s.disks[req.name]
     const inf = s.inflight?.disks[req.name]
@@ -243,6 +243,8 @@ export class CephVmMirror {
     // SPEC §5.1 rule 2, as the folder store: a failover (ceph-holds.ts) holds the mirror; nothing may change it
     if ((s.holds ?? []).length > 0) return refuse('E_HELD', heldMessage(this.vm, s.holds ?? []))
     if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
+    const notNext = notNextCycle(this.vm, req.cycle, s.committedCycle)
+    if (notNext !== undefined) return refuse('E_CYCLE_MISMATCH', notNext)
     if (inf !== undefined) {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
@@ -251,7 +253,6 @@ export class CephVmMirror {
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq, image: inf.image }, 'resuming in-flight apply (Ceph)')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
-    if (req.cycle <= s.committedCycle) return refuse('E_CYCLE_MISMATCH', `cycle ${req.cycle} is not after the committed cycle ${s.committedCycle}`)
     const refusal = freshOpenRefusal(this.vm, req, rec, this.compatible(ctx.compat))
     if (refusal !== undefined) return refuse(refusal.reason, refusal.message)
     await checkCephRoom(this.target, this.vm, req, rec?.capacity ?? 0, ctx.quota, this.log)
