@@ -36,6 +36,19 @@ export function checkFileName(name: string): void {
 const NAME_MAX = 255
 
 /**
+ * The form of a disk name the store may hold: no hidden name, nor one of the
+ * receiver's own files (a flat, a .vmx, a journal…). A state file's disk
+ * names are checked with this alone (state-names.ts): a mirror committed
+ * before the length rule of {@link checkDiskName} stays readable.
+ * @throws ReceiverError E_BAD_NAME
+ */
+export function checkDiskNameForm(name: string): void {
+  if (name.startsWith('.') || /-flat\.vmdk$/i.test(name) || /\.(vmx|nvram|vmsd|vmxf|journal|seed)$/i.test(name)) {
+    throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} is not allowed`)
+  }
+}
+
+/**
  * A disk name becomes `<stem>.vmdk`, `<stem>-flat.vmdk`, journals, point
  * files…: none of them may be hidden or another disk's file, and the longest
  * of them (vm-paths.ts derivedNames) must fit in a file name — checked
@@ -45,9 +58,7 @@ const NAME_MAX = 255
  * @throws ReceiverError E_BAD_NAME
  */
 export function checkDiskName(name: string, vm: string): void {
-  if (name.startsWith('.') || /-flat\.vmdk$/i.test(name) || /\.(vmx|nvram|vmsd|vmxf|journal|seed)$/i.test(name)) {
-    throw new ReceiverError('E_BAD_NAME', `disk name ${JSON.stringify(name)} is not allowed`)
-  }
+  checkDiskNameForm(name)
   const stem = diskStem(name)
   const longest = derivedNames(stem).reduce((a, b) => (Buffer.byteLength(b) > Buffer.byteLength(a) ? b : a))
   if (Buffer.byteLength(longest) > NAME_MAX) {

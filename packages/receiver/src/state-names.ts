@@ -13,7 +13,7 @@
 import { basename } from 'node:path'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { checkDiskName } from './receiver-rules.ts'
+import { checkDiskNameForm } from './receiver-rules.ts'
 import { isPointFileName } from './increment.ts'
 import { diskStem, type VmPaths } from './vm-paths.ts'
 
@@ -84,7 +84,7 @@ function checkDiskRecords(field: string, disks: unknown, bad: (field: string, va
   for (const [name, rec] of Object.entries(disks)) {
     try {
       validateName(name, 'disk name')
-      checkDiskName(name)
+      checkDiskNameForm(name)
     } catch {
       throw bad(`${field} key`, name, 'which is not a disk name the receiver accepts')
     }
