@@ -3,7 +3,9 @@
 // the extent log, the store spec, the lease lock and hostile names at the
 // store API; `points drop` through the CLI killed between its state write and
 // the snapshot removal (the next cycle finishes it), operator actions refused
-// while a session holds the lease or a cycle is in flight, a hostile hold.
+// while a session holds the lease or a cycle is in flight, a hostile hold;
+// `mirror rollback` killed between its steps, or its log removal failing (the
+// resumed cycle still commits every extent).
 import t from 'tap'
 import { existsSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -28,7 +30,7 @@ import {
 } from '../src/index.ts'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { cephConfigFiles } from '../src/store/ceph/ceph-archive.ts'
-import { Agent, MiB, TOKEN, TOKEN_B, evolve, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, TOKEN_B, evolve, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, whenFree, type DiskPlan } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { CephLock } from '../src/store/ceph/ceph-lock.ts'
@@ -642,6 +644,92 @@ t.test('Ceph store', { skip }, async (t) => {
       (await cephListPoints(target, vm)).points.map((p) => p.cycle),
       [2, 3, 4],
     )
+  })
+
+  // A cycle in flight with batches logged (an incremental rewriting the whole 2 MiB disk over its seed, or the seed
+  // itself), its connection killed: the plan, what the committed image must hold once the cycle commits, and what a
+  // durable ExtentAck acknowledged.
+  const inflightCycle = async (url: string, ca: Buffer, vm: string, mode: 'seed' | 'incremental', seed: number): Promise<{ cycle: number; plan: DiskPlan; want: Buffer; acked: number }> => {
+    const img1 = pattern(2 * MiB, seed)
+    let plan = seedPlan(0, 'r.vmdk', img1, cid(seed), 128 * 1024)
+    if (mode === 'incremental') {
+      const a = await Agent.connect(url, { token: TOKEN, ca })
+      await runCycle(a, vm, 1, [plan])
+      a.close()
+      const ranges = [{ offset: 0, length: 2 * MiB }]
+      plan = incPlan(0, 'r.vmdk', evolve(img1, seed + 1, ranges), 1, cid(seed + 1), ranges, 'r-000001.vmdk', 'r-000002.vmdk', 128 * 1024)
+    }
+    const cycle = mode === 'seed' ? 1 : 2
+    const a = await Agent.connect(url, { token: TOKEN, ca })
+    await runCycle(a, vm, cycle, [plan], { stopAfter: 6 })
+    const ack = await a.expect(MessageKind.ExtentAck)
+    a.terminate()
+    return { cycle, plan, want: plan.image, acked: ack.seq }
+  }
+  const committedBytes = async (vm: string, cycle: number): Promise<Buffer> => await readFile((await cephRestorePoint(target, vm, cycle, join(base, `committed-${n++}`))).disks[0]?.file as string)
+
+  t.test(
+    "mirror rollback killed between its steps (after the extent log's removal, after the image's undo, before the state write): the resumed cycle writes every extent again; the committed snapshot holds the cycle",
+    async (t) => {
+      const env = makeEnv(join(base, `rollback-crash-${n++}`))
+      const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, batchBytes: 256 * 1024 })
+      t.teardown(() => receiver.close())
+      const cases = [
+        { point: 'ceph-rollback-head', mode: 'incremental' },
+        { point: 'ceph-rollback-log', mode: 'incremental' },
+        { point: 'ceph-rollback-log', mode: 'seed' },
+        { point: 'ceph-rollback-state', mode: 'incremental' },
+      ] as const
+      for (const [i, c] of cases.entries()) {
+        const vm = `vm-rb-crash-${i}`
+        const what = `${c.mode} killed at ${c.point}`
+        const f = await inflightCycle(url, env.tls.ca, vm, c.mode, 40 + 2 * i)
+        t.ok(f.acked >= 0, `${what}: a durable batch acknowledged (seq ${f.acked})`)
+        const child = spawn(process.execPath, [cliBin(), 'mirror', 'rollback', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--vm', vm, '--log-level', 'warn'], {
+          env: { ...process.env, GRAINLINE_RECEIVER_FAULT: `${c.point}:1` },
+          stdio: 'ignore',
+        })
+        const [, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null]
+        t.equal(signal, 'SIGKILL', `${what}: mirror rollback killed`)
+        t.equal(((await readCephState(target, new CephNames(vm).state, vm)) as CephVmState).inflight?.cycle, f.cycle, `${what}: the cycle is still in flight`)
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        const r = await runCycle(a, vm, f.cycle, [f.plan])
+        a.close()
+        t.equal(r.resume[0], 0, `${what}: the resume starts at seq 0 (the log went before the undo)`)
+        t.equal(r.committed?.cycle, f.cycle, `${what}: the cycle commits`)
+        t.ok((await committedBytes(vm, f.cycle)).equals(f.want), `${what}: the committed snapshot holds every extent of the cycle`)
+      }
+    },
+  )
+
+  t.test('a rollback whose extent log removal fails undoes nothing: typed error naming the VM and disk; the cycle resumes after its logged extents and commits the right bytes', async (t) => {
+    const env = makeEnv(join(base, `rollback-fail-${n++}`))
+    const log = pino({ level: 'silent' })
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, batchBytes: 256 * 1024 })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-rb-fail'
+    const f = await inflightCycle(url, env.tls.ca, vm, 'incremental', 60)
+    const m = await whenFree(() => CephVmMirror.acquire(target, vm, log, { description: 'test' }))
+    const logObject = m.state.inflight?.disks['r.vmdk']?.log as string
+    // the cluster refuses the removal of the log object (as a RADOS failure would), every other request goes through
+    const remove = m.lock.remove.bind(m.lock)
+    m.lock.remove = async (object: string, missingOk?: boolean): Promise<void> => {
+      if (object === logObject) throw new CephCommandError(`rados rm ${object} (session client)`, 5, 'Input/output error (5)')
+      await remove(object, missingOk)
+    }
+    await t.rejects(
+      m.rollback(),
+      { code: 'E_IO', message: new RegExp(`VM ${vm}: removing the extent log .* of disk r\\.vmdk failed .*run grainline mirror rollback again`) },
+      'typed, naming VM, disk and what to do',
+    )
+    m.release()
+    t.equal(((await readCephState(target, new CephNames(vm).state, vm)) as CephVmState).inflight?.cycle, 2, 'the cycle is still in flight')
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const r = await runCycle(a, vm, 2, [f.plan])
+    a.close()
+    t.ok((r.resume[0] ?? 0) > f.acked, `the resume trusts the log, which the head still holds (at ${r.resume[0]})`)
+    t.equal(r.committed?.cycle, 2)
+    t.ok((await committedBytes(vm, 2)).equals(f.want), 'the committed snapshot holds every extent of the cycle')
   })
 
   t.test('points close --all leaves a folder a hostile state names that is not a failover folder; mirror rollback on Ceph', async (t) => {

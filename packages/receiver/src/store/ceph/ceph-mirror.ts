@@ -439,18 +439,37 @@ export class CephVmMirror {
   }
 
   /**
-   * Roll back the cycle in flight: a seed's new image goes, an incremental's
-   * head returns to its base snapshot (`rbd snap rollback`).
+   * Roll back the cycle in flight: per disk its extent log goes, then a
+   * seed's new image goes, an incremental's head returns to its base
+   * snapshot (`rbd snap rollback`); the state write last.
+   * @throws ReceiverError (the code of the failed step: E_IO, E_BUSY, E_NO_SPACE) naming the VM, the disk and the step; the cycle stays in flight
    */
   async rollback(): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
-    for (const d of Object.values(infl.disks)) {
-      if (d.baseSnap === null) await this.lock.removeImage(d.image)
-      else await this.lock.snap('rollback', d.image, d.baseSnap)
-      await this.lock.remove(d.log)
+    const undo = async (d: CephInflightDisk, step: string, op: () => Promise<void>): Promise<void> => {
+      await op().catch((err: unknown) => {
+        const code = err instanceof ReceiverError ? err.code : 'E_IO'
+        throw new ReceiverError(
+          code,
+          `rolling back cycle ${infl.cycle} of VM ${this.vm}: ${step} of disk ${d.name} failed (${(err as Error).message}); the cycle stays in flight: run grainline mirror rollback again (or let the agent resume the cycle)`,
+          { cause: err },
+        )
+      })
     }
-    await this.save({ ...this.current, inflight: null })
+    for (const d of Object.values(infl.disks)) {
+      // the log first: it lists writes the head holds, which the undo takes away. A log that outlived them (a crash
+      // during or after the undo, a failed removal) would resume the cycle after extents the image no longer holds,
+      // and the commit would snapshot the image without them (the cycle digest is the agent's: it cannot tell).
+      // Without the log a resume starts at seq 0 and writes every extent again, whatever part of the undo was done.
+      await undo(d, `removing the extent log ${d.log}`, () => this.lock.remove(d.log))
+      faultPoint('ceph-rollback-log')
+      const base = d.baseSnap
+      if (base === null) await undo(d, `removing the seeded image ${d.image}`, () => this.lock.removeImage(d.image))
+      else await undo(d, `rolling the image ${d.image} back to its snapshot ${base}`, () => this.lock.snap('rollback', d.image, base))
+      faultPoint('ceph-rollback-head')
+    }
+    await this.save({ ...this.current, inflight: null }, 'ceph-rollback-state')
     this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back (Ceph)')
     return this.current.committedCycle
   }

@@ -1,8 +1,8 @@
 /**
  * `grainline mirror rollback --store ceph:POOL`: discard a VM's interrupted
- * cycle (CephVmMirror.rollback: a seed's new image removed, an
- * incremental's head rolled back to its base snapshot, the extent logs
- * removed); the mirror stays at its last commit. Under the VM's lease
+ * cycle (CephVmMirror.rollback: per disk the extent log removed, then a
+ * seed's new image removed or an incremental's head rolled back to its base
+ * snapshot); the mirror stays at its last commit. Under the VM's lease
  * (`E_BUSY` while a receiver's session holds it).
  */
 import type { Logger } from 'pino'
