@@ -119,23 +119,39 @@ export type SnapshotDecision =
   /**
    * a new `grainline-<cycle>` snapshot; `remove` are grainline snapshots that
    * already carry that name but are not ours to resume (another target's,
-   * or of a lost record): removed first, so no two share a name
+   * or of a lost record): removed first, so no two share a name. `keep` is
+   * the one exception: the snapshot of the agent's recorded commit carries
+   * the name too (the receiver reports an older committed cycle than the
+   * agent recorded: a store restored from a backup, or a hostile receiver).
+   * It stays until this cycle commits (the old snapshots are removed after
+   * a commit, by id), so a receiver's word never removes the base of the
+   * agent's lineage before a new one exists.
    */
-  | { readonly kind: 'take'; readonly remove: readonly SnapshotRef[] }
+  | { readonly kind: 'take'; readonly remove: readonly SnapshotRef[]; readonly keep?: SnapshotRef }
 
 /**
  * Reuse the in-flight snapshot the agent recorded for cycle `cycleNo` when it
  * is still on the VM (by id, with that cycle's name); else take a new one.
- * Never by the largest cycle number in a name.
+ * Never by the largest cycle number in a name; never removing the snapshot
+ * of `committed` (the agent's record of its last commit).
  */
-export function decideSnapshot(f: { readonly cycleNo: number; readonly inflight: InflightRecord | null; readonly snapshots: readonly SnapshotRef[] }): SnapshotDecision {
+export function decideSnapshot(f: {
+  readonly cycleNo: number
+  readonly inflight: InflightRecord | null
+  readonly committed?: Pick<CommittedRecord, 'snapshot'> | null
+  readonly snapshots: readonly SnapshotRef[]
+}): SnapshotDecision {
   const name = grainlineSnapshotName(f.cycleNo)
   const rec = f.inflight
   if (rec !== null && rec.cycle === f.cycleNo) {
     const s = f.snapshots.find((x) => x.id === rec.snapshot.id)
     if (s !== undefined && s.name === name) return { kind: 'reuse', snapshot: s }
   }
-  return { kind: 'take', remove: f.snapshots.filter((s) => s.name === name) }
+  const ours = f.committed?.snapshot.id
+  const same = f.snapshots.filter((s) => s.name === name)
+  const keep = same.find((s) => s.id === ours)
+  const remove = same.filter((s) => s !== keep)
+  return keep === undefined ? { kind: 'take', remove } : { kind: 'take', remove, keep }
 }
 
 /**

@@ -30,7 +30,7 @@ import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.
 import { sendDisk } from './disk-sender.ts'
 import { sendResync } from './resync-sender.ts'
 import type { SnapshotRef, VmHandle } from './driver.ts'
-import { grainlineSnapshotName } from './driver.ts'
+import { grainlineSnapshotName, MAX_GRAINLINE_CYCLE } from './driver.ts'
 import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
@@ -266,8 +266,17 @@ class VmCycle {
   /** 2. Hello + VmOpen: the mirror's committed cycle decides this cycle's number; its generation, the lineage. */
   async #connect(): Promise<void> {
     const rec = this.#record
+    // the cycle names the snapshot: one past the names grainline parses as its own would be foreign to every later run
+    const checkRoom = (committed: number): void => {
+      if (committed < MAX_GRAINLINE_CYCLE) return
+      throw new AgentError(
+        'E_PROTOCOL',
+        `the receiver reports committed cycle ${committed} for ${this.#vm.name}: the next cycle would exceed ${MAX_GRAINLINE_CYCLE}, the largest a grainline snapshot name holds; no snapshot was taken — check the receiver (a hostile or corrupt store), or move the mirror of ${this.#vm.name} away to seed a new one`,
+      )
+    }
     const proposal = rec.inflight?.cycle ?? (rec.committed?.cycle ?? 0) + 1
     let s = await this.#reconnect.run('connect', () => this.#session(proposal))
+    checkRoom(s.state.committedCycle)
     // the cycle a former run sent the Commit of went through, and that commit dropped every restore point (v7)
     if (s.pointsDropped !== undefined) this.#notePointsDropped(s.pointsDropped)
     if (s.state.committedCycle + 1 !== proposal) {
@@ -275,6 +284,7 @@ class VmCycle {
       await s.client.close()
       const next = s.state.committedCycle + 1
       s = await this.#reconnect.run('connect', () => this.#session(next))
+      checkRoom(s.state.committedCycle)
       if (s.state.committedCycle + 1 !== next) throw new AgentError('E_PROTOCOL', `receiver committed cycle moved during connect (${s.state.committedCycle})`)
     }
     this.#fresh = s
@@ -312,7 +322,7 @@ class VmCycle {
   /** 3. The snapshot: our recorded in-flight one of this cycle is reused (the cycle resumes), else a new one. */
   async #takeSnapshot(): Promise<void> {
     const { driver } = this.#opts
-    const decision = decideSnapshot({ cycleNo: this.#cycleNo, inflight: this.#record.inflight, snapshots: this.#snapshots })
+    const decision = decideSnapshot({ cycleNo: this.#cycleNo, inflight: this.#record.inflight, committed: this.#record.committed, snapshots: this.#snapshots })
     if (needsRollback(this.#mirror, this.#cycleNo, decision)) {
       await this.#rollback((this.#fresh as Session).client)
       this.log.warn({ inflight: this.#mirror.inflightCycle }, 'rolled back an abandoned in-flight cycle')
@@ -322,6 +332,11 @@ class VmCycle {
       this.#report.reusedSnapshot = true
       this.log.info({ snapshot: decision.snapshot.name, id: decision.snapshot.id }, 'resuming with the recorded in-flight snapshot of an earlier run')
     } else {
+      if (decision.keep !== undefined)
+        this.log.warn(
+          { snapshot: decision.keep.name, id: decision.keep.id, committed: this.#mirror.committedCycle },
+          'the snapshot of the commit the agent recorded has the name of this cycle (the receiver is at an older committed cycle: a store restored from a backup?); kept until this cycle commits',
+        )
       for (const s of decision.remove) {
         // never two snapshots of one name: this one is not ours to resume (another target's, or a lost record)
         this.log.warn({ snapshot: s.name, id: s.id }, 'removing a grainline snapshot of the same name that is not the recorded in-flight one')

@@ -87,6 +87,21 @@ export async function emptyPlan(chunkBytes: number): Promise<ExtentPlan> {
 }
 
 /**
+ * A seed's ranges: the view at `depth` as `map` describes it, unallocated and
+ * zero ranges as zero. A range that is data *and* zero (a flat file that
+ * reported no allocated blocks, see the vmdk `FlatExtent.allHole`) stays
+ * data: `st_blocks` 0 is what some mounts (FUSE, NAS/dedup back-ends) report
+ * for files that hold data, so only reading decides (a seed reads around
+ * holes by `SEEK_DATA`, extent-source.ts `skipHoles`).
+ */
+export function seedRanges(chain: DiskChain, depth: number, signal?: AbortSignal): RangeSource {
+  const sig = signal === undefined ? {} : { signal }
+  return async function* () {
+    for await (const e of chain.map({ depth, ...sig })) yield { offset: e.start, length: e.length, zero: !e.present || (e.zero && !e.data) }
+  }
+}
+
+/**
  * Turn a plan decision into the disk's extent plan and cycle identity. A seed
  * ships the whole frozen view (unallocated and zero chunks as zero extents);
  * an incremental the union of the changed ranges (grain tables only) of the
@@ -110,15 +125,11 @@ export async function applyDiskPlan(
     w.plan = await emptyPlan(ctx.chunkBytes)
     w.report.fallbackReason = decision.reason
   } else if (decision.kind === 'seed') {
-    const depth = w.depth
-    const mapped: RangeSource = async function* () {
-      for await (const e of chain.map({ depth, ...sig })) yield { offset: e.start, length: e.length, zero: !e.present || e.zero }
-    }
     w.mode = 'seed'
     w.baseCycle = 0
     w.baseGeneration = ''
     w.fromDepth = chain.layers.length - 1
-    w.plan = await buildPlan(coalesceSource(mapped), { chunkBytes: ctx.chunkBytes })
+    w.plan = await buildPlan(coalesceSource(seedRanges(chain, w.depth, ctx.signal)), { chunkBytes: ctx.chunkBytes })
     if (decision.reason !== undefined) w.report.fallbackReason = decision.reason
   } else {
     const layers: RangeSource[] = []

@@ -110,6 +110,13 @@ export interface HypervisorDriver {
 
 const GRAINLINE_NAME = /^grainline-(\d{1,15})$/
 
+/**
+ * The largest cycle a grainline snapshot name holds (15 digits, see
+ * `GRAINLINE_NAME`): a snapshot of a later cycle would be foreign to the
+ * parser. The agent refuses a receiver whose committed cycle leaves no room.
+ */
+export const MAX_GRAINLINE_CYCLE = 999_999_999_999_999
+
 /** The snapshot name grainline uses for a cycle. */
 export function grainlineSnapshotName(cycle: number): string {
   return `grainline-${cycle}`

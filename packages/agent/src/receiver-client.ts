@@ -112,9 +112,27 @@ export class ReceiverClient {
     await this.#conn.close()
   }
 
-  /** Hello → Welcome (the negotiated digest, compression and limits). */
+  /**
+   * Hello → Welcome (the negotiated digest, compression and limits). SPEC
+   * §3.4: the receiver picks from what the Hello offered; a version, digest or
+   * compression the agent did not offer breaks the conversation (`E_PROTOCOL`):
+   * the agent would speak a protocol it does not know, or digest and compress
+   * with an algorithm it never agreed to.
+   */
   async hello(msg: Omit<HelloMessage, 'kind'>): Promise<Reply<WelcomeMessage>> {
-    return await this.#request({ kind: MessageKind.Hello, ...msg }, MessageKind.Welcome)
+    const r = await this.#request({ kind: MessageKind.Hello, ...msg }, MessageKind.Welcome)
+    if (!r.ok) return r
+    const w = r.value
+    const offered = (what: string, chosen: string | number, list: readonly (string | number)[]): void => {
+      if (!list.includes(chosen))
+        throw this.#protocol(
+          `Welcome chose ${what} ${JSON.stringify(chosen)}, which the agent did not offer (${list.join(', ')}): the receiver does not follow the protocol (SPEC §3.4); check its version and configuration`,
+        )
+    }
+    offered('protocol version', w.version, msg.versions)
+    offered('digest', w.digest, msg.digests)
+    offered('compression', w.compression, msg.compressions)
+    return r
   }
 
   /**

@@ -139,37 +139,66 @@ t.test("planDisk: layers above the base snapshot's disk, else a resync with the 
   for (const c of cases) t.same(planDisk(c.lineage, c.facts, c.diverged, c.force ?? false), c.want, c.name)
 })
 
-t.test('decideSnapshot / needsRollback: by recorded id, never two of one name', async (t) => {
+t.test("decideSnapshot / needsRollback: by recorded id, never two of one name but the recorded commit's", async (t) => {
   const inflight = (cycle: number, id: string): InflightRecord => ({ cycle, snapshot: { name: `grainline-${cycle}`, id }, at: '' })
   const s5 = snap('grainline-5', '5')
   const s1 = snap('grainline-1', '11')
   const s1other = snap('grainline-1', '12')
-  const cases: Array<{ name: string; cycleNo: number; inflight: InflightRecord | null; snaps: SnapshotRef[]; want: unknown; rollback: Partial<Record<number, boolean>> }> = [
-    { name: 'no record: a new snapshot', cycleNo: 1, inflight: null, snaps: [], want: { kind: 'take', remove: [] }, rollback: { 0: false, 1: true } },
-    {
-      name: 'recorded in-flight snapshot of this cycle: reuse (resume)',
-      cycleNo: 1,
-      inflight: inflight(1, '11'),
-      snaps: [s5, s1],
-      want: { kind: 'reuse', snapshot: s1 },
-      rollback: { 0: false, 1: false, 2: true },
-    },
-    { name: 'the largest cycle number in a name does not matter', cycleNo: 1, inflight: inflight(1, '11'), snaps: [s1, s5], want: { kind: 'reuse', snapshot: s1 }, rollback: {} },
-    { name: "record of another cycle (an older target's run): a new one", cycleNo: 1, inflight: inflight(5, '5'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: { 1: true } },
-    { name: 'recorded snapshot gone: a new one', cycleNo: 1, inflight: inflight(1, '11'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: {} },
-    {
-      name: 'same name, other id (record lost or another target): removed first',
-      cycleNo: 1,
-      inflight: inflight(1, '11'),
-      snaps: [s5, s1other],
-      want: { kind: 'take', remove: [s1other] },
-      rollback: {},
-    },
-    { name: 'same name, no record: removed first', cycleNo: 1, inflight: null, snaps: [s1other], want: { kind: 'take', remove: [s1other] }, rollback: {} },
-    { name: 'recorded id renamed: not reused, not removed by name', cycleNo: 1, inflight: inflight(1, '5'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: {} },
-  ]
+  const cases: Array<{ name: string; cycleNo: number; inflight: InflightRecord | null; committed?: CommittedRecord; snaps: SnapshotRef[]; want: unknown; rollback: Partial<Record<number, boolean>> }> =
+    [
+      { name: 'no record: a new snapshot', cycleNo: 1, inflight: null, snaps: [], want: { kind: 'take', remove: [] }, rollback: { 0: false, 1: true } },
+      {
+        name: 'recorded in-flight snapshot of this cycle: reuse (resume)',
+        cycleNo: 1,
+        inflight: inflight(1, '11'),
+        snaps: [s5, s1],
+        want: { kind: 'reuse', snapshot: s1 },
+        rollback: { 0: false, 1: false, 2: true },
+      },
+      { name: 'the largest cycle number in a name does not matter', cycleNo: 1, inflight: inflight(1, '11'), snaps: [s1, s5], want: { kind: 'reuse', snapshot: s1 }, rollback: {} },
+      { name: "record of another cycle (an older target's run): a new one", cycleNo: 1, inflight: inflight(5, '5'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: { 1: true } },
+      { name: 'recorded snapshot gone: a new one', cycleNo: 1, inflight: inflight(1, '11'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: {} },
+      {
+        name: 'same name, other id (record lost or another target): removed first',
+        cycleNo: 1,
+        inflight: inflight(1, '11'),
+        snaps: [s5, s1other],
+        want: { kind: 'take', remove: [s1other] },
+        rollback: {},
+      },
+      { name: 'same name, no record: removed first', cycleNo: 1, inflight: null, snaps: [s1other], want: { kind: 'take', remove: [s1other] }, rollback: {} },
+      { name: 'recorded id renamed: not reused, not removed by name', cycleNo: 1, inflight: inflight(1, '5'), snaps: [s5], want: { kind: 'take', remove: [] }, rollback: {} },
+      {
+        // the receiver reports committed cycle 4 where the agent recorded 5 (a store restored from a backup, a hostile receiver)
+        name: "the snapshot of the agent's recorded commit has this cycle's name: kept (removed only after this cycle commits)",
+        cycleNo: 5,
+        inflight: null,
+        committed: committed({ cycle: 5, snapshot: { name: 'grainline-5', id: '5' } }),
+        snaps: [s5],
+        want: { kind: 'take', remove: [], keep: s5 },
+        rollback: { 4: true },
+      },
+      {
+        name: 'kept by id: another snapshot of that name is still removed',
+        cycleNo: 5,
+        inflight: inflight(5, '55'),
+        committed: committed({ cycle: 5, snapshot: { name: 'grainline-5', id: '5' } }),
+        snaps: [snap('grainline-5', '56'), s5],
+        want: { kind: 'take', remove: [snap('grainline-5', '56')], keep: s5 },
+        rollback: {},
+      },
+      {
+        name: 'the recorded commit of another cycle does not keep a snapshot of this name',
+        cycleNo: 1,
+        inflight: null,
+        committed: committed({ cycle: 5, snapshot: { name: 'grainline-5', id: '5' } }),
+        snaps: [s5, s1other],
+        want: { kind: 'take', remove: [s1other] },
+        rollback: {},
+      },
+    ]
   for (const c of cases) {
-    const d = decideSnapshot({ cycleNo: c.cycleNo, inflight: c.inflight, snapshots: c.snaps })
+    const d = decideSnapshot({ cycleNo: c.cycleNo, inflight: c.inflight, committed: c.committed ?? null, snapshots: c.snaps })
     t.same(d, c.want, c.name)
     for (const [inflightCycle, want] of Object.entries(c.rollback)) {
       t.equal(needsRollback(mirror({ inflightCycle: Number(inflightCycle) }), c.cycleNo, d), want, `${c.name}: receiver in flight ${inflightCycle} → rollback ${String(want)}`)

@@ -20,6 +20,8 @@ state.vms.push(
   { id: '13', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
   { id: '14', name: 'dup', vmx: '[datastore1] web 01/web 01.vmx' },
   { id: '15', name: 'elsewhere', vmx: '[datastore9] x/x.vmx' },
+  // a name that looks like a File column (ESXi escapes only % / \ in names): the row's file cannot be told
+  { id: '16', name: 'evil [datastore1] victim.vmx g vmx-1', vmx: '[datastore1] web 01/web 01.vmx' },
 )
 await h.writeState(state)
 
@@ -60,7 +62,7 @@ t.test('finds VMs by name (spaces, quotes, escaped /) and by id; reads the .vmx 
   t.equal(vms.find((v) => v.id === '7')?.annotation, 'front end\nowner: ops\n\n  ticket 42', 'a multi-line annotation survives the trip')
   t.same(
     vms.map((v) => v.id),
-    ['7', '12', '13', '14', '15'],
+    ['7', '12', '13', '14', '15', '16'],
   )
   t.same(await d.listSnapshots(a), [])
 })
@@ -99,6 +101,11 @@ t.test('unknown VM, ambiguous name, unmapped datastore, stale id', async (t) => 
   await t.rejects(d.openVm('999'), { code: 'E_VM_NOT_FOUND' })
   await t.rejects(d.openVm('dup'), { code: 'E_VM_AMBIGUOUS', message: /13, 14/ })
   await t.rejects(d.openVm('elsewhere'), { code: 'E_DATASTORE', vm: 'elsewhere', message: /"datastore9".*not in the datastore map/ })
+  await t.rejects(d.openVm('16'), {
+    code: 'E_VM_AMBIGUOUS',
+    vm: '16',
+    message: /the getallvms row of VM 16 \("evil"\) cannot be read safely: its line holds 2 .*rename the VM/,
+  })
   // the VM disappears from the inventory after it was opened: vim-cmd prints a NotFound fault
   const a = await d.openVm('web 01')
   await t.rejects(d.listSnapshots({ ...a, id: '4242' }), {

@@ -55,6 +55,35 @@ t.test('getallvms: "Skipping invalid VM" lines are ignored', async (t) => {
   )
 })
 
+t.test("getallvms: a name or annotation that looks like another VM's file marks the row ambiguous, never redirects it", async (t) => {
+  const out = [
+    'Vmid            Name                       File                      Guest OS      Version   Annotation',
+    '1      victim                    [ds1] victim/victim.vmx       centos64Guest   vmx-19',
+    '5      evil [ds1] victim/victim.vmx g vmx-1    [ds1] evil/evil.vmx   otherGuest   vmx-19',
+    '7      note-vm     [ds1] n/n.vmx    otherGuest   vmx-19   hello',
+    '1      victim   [ds1] attacker/x.vmx   otherGuest vmx-19',
+    '9      plain    [ds1] plain/plain.vmx   otherGuest   vmx-19   see [ds1] victim/victim.vmx',
+    '',
+  ].join('\n')
+  const vms = parseGetAllVms(out)
+  const byLine = vms.map((v) => [v.id, v.ambiguous === undefined ? 'ok' : v.ambiguous])
+  t.match(byLine, [
+    ['1', /Vmid 1 is listed 2 times/],
+    ['5', /its line holds 2 "\[datastore\] ….vmx" paths/],
+    ['7', 'ok'],
+    ['1', /Vmid 1 is listed 2 times/],
+    ['9', /its line holds 2 /],
+  ])
+  t.equal(vms[2]?.vmxPath, '[ds1] n/n.vmx')
+  // the ESXi layouts seen in the field hold one path a row: nothing ambiguous
+  for (const f of ['getallvms-esxi8.txt', 'getallvms-esxi7.txt', 'getallvms-esxi65.txt', 'getallvms-spaces-annotations.txt', 'getallvms-skipping-invalid.txt'])
+    t.same(
+      parseGetAllVms(fixture(f)).filter((v) => v.ambiguous !== undefined),
+      [],
+      f,
+    )
+})
+
 t.test('getallvms: garbage is a typed error', async (t) => {
   t.throws(() => parseGetAllVms(''), { code: 'E_PARSE' })
   t.throws(() => parseGetAllVms('sh: vim-cmd: not found\n'), { code: 'E_PARSE' })

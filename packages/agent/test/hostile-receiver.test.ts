@@ -10,18 +10,25 @@
  *   that never come, or while the socket waits for a receiver that reads
  *   nothing, ends the run at once (E_ABORTED, the snapshot kept), not after the
  *   2-minute stall timeout.
+ * - One that reports a committed cycle so large that the next one's snapshot
+ *   name would not parse as grainline's is refused before any snapshot.
  */
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
+import { createLocalDriver } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
 import { memoryLogger, MiB, scratch } from './helpers.ts'
 
-/** A receiver that answers the handshake and DiskOpen and hands every Extent to `onExtent`; never acknowledges. */
-async function confirmingNothing(t: Test, onExtent: (ws: WebSocket, m: Extract<Message, { kind: typeof MessageKind.Extent }>) => void): Promise<{ url: string; sessions: () => number }> {
+/** A receiver that answers the handshake (VmState: `state`) and DiskOpen and hands every Extent to `onExtent`; never acknowledges. */
+async function confirmingNothing(
+  t: Test,
+  onExtent: (ws: WebSocket, m: Extract<Message, { kind: typeof MessageKind.Extent }>) => void,
+  state: { exists: boolean; committedCycle: number; generation: string } = { exists: false, committedCycle: 0, generation: '' },
+): Promise<{ url: string; sessions: () => number }> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   await once(wss, 'listening')
   let sessions = 0
@@ -33,7 +40,7 @@ async function confirmingNothing(t: Test, onExtent: (ws: WebSocket, m: Extract<M
         ws.send(encodeMessage(r))
       }
       if (m.kind === MessageKind.Hello) reply({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'hostile', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's' })
-      if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' })
+      if (m.kind === MessageKind.VmOpen) reply({ kind: MessageKind.VmState, vm: m.vm, inflightCycle: 0, compatible: true, ...state })
       if (m.kind === MessageKind.DiskOpen)
         reply({ kind: MessageKind.DiskState, disk: m.disk, accepted: true, reason: '', committedCycle: 0, committedSource: null, mirrorCid: '', modified: false, resumeSeq: 0, resumeBytes: 0 })
       if (m.kind === MessageKind.Extent) onExtent(ws, m)
@@ -112,4 +119,18 @@ t.test('a stop while the socket waits for a receiver that reads nothing ends the
   t.match(r.vms[0]?.error, { code: 'E_ABORTED', message: /^interrupted by SIGINT: snapshot grainline-1 is kept/ })
   // the old agent waited out the connection's 120 s idle timeout
   t.ok(ms < 20_000, `stopped in ${Math.round(ms)} ms`)
+})
+
+t.test('a receiver reporting a committed cycle with no room for the next snapshot name: E_PROTOCOL, no snapshot taken', async (t) => {
+  // grainline-1000000000000000 would be foreign to the agent's own parser (15 digits): every later run would refuse the VM
+  for (const committedCycle of [999_999_999_999_999, Number.MAX_SAFE_INTEGER]) {
+    const rx = await confirmingNothing(t, () => {}, { exists: true, committedCycle, generation: 'ab'.repeat(16) })
+    const dir = scratch(t)
+    const vm = await createSampleVm(dir, { name: 'nines', disks: [{ sizeBytes: MiB, fill: 'random' }], seed: 6 })
+    const { logger } = memoryLogger()
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: rx.url, token: 't', progress: 'none', stateDir: join(dir, 'agent-state') })
+    t.match(r.vms[0]?.error, { code: 'E_PROTOCOL', message: new RegExp(`committed cycle ${committedCycle} for nines: the next cycle would exceed 999999999999999`) }, String(committedCycle))
+    const d = createLocalDriver()
+    t.same(await d.listSnapshots(await d.openVm(vm.vmxPath)), [], `${committedCycle}: no snapshot taken`)
+  }
 })

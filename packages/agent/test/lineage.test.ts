@@ -99,6 +99,57 @@ t.test('a store restored from a backup is resynced, never patched', async (t) =>
   await assertCycle(t, rx, 'restored', await cycle({ ...ctx, tag: 'c6' }, rx), 'incremental', 'the next cycle continues the new lineage')
 })
 
+t.test("a store restored from a backup one cycle back: the agent's committed snapshot (this cycle's name) stays until the new cycle commits", async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(dir, { name: 'oneback', disks: [{ sizeBytes: 4 * MiB }], seed: 4 })
+  const ctx = { dir, vm, stateDir: join(dir, 'agent-state'), tag: '' }
+  await assertCycle(t, rx, 'oneback', await cycle({ ...ctx, tag: 'c1' }, rx), 'seed', 'cycle 1')
+  await rx.stop()
+  execFileSync('cp', ['-a', rx.store, join(dir, 'store-backup')])
+  await rx.restart()
+  await assertCycle(t, rx, 'oneback', await cycle({ ...ctx, tag: 'c2' }, rx), 'incremental', 'cycle 2')
+  const d = createLocalDriver()
+  const committed2 = (await d.listSnapshots(await d.openVm(vm.vmxPath))).map((s) => s.id)
+  t.equal(committed2.length, 1, 'grainline-2, the snapshot of the commit the agent records')
+  // the store is restored from the backup taken after cycle 1: the receiver numbers the next cycle 2 again
+  await rx.stop()
+  await rm(rx.store, { recursive: true })
+  execFileSync('cp', ['-a', join(dir, 'store-backup'), rx.store])
+  await rx.restart()
+  // the cycle fails right after its snapshot (a crash, a lost receiver): the committed snapshot must still be there
+  let during: Array<{ name: string; id: string }> = []
+  const failed = await cycle({ ...ctx, tag: 'c3' }, rx, {
+    afterSnapshot: async () => {
+      during = (await d.listSnapshots(await d.openVm(vm.vmxPath))).map((s) => ({ name: s.name, id: s.id }))
+      throw new Error('the agent host lost power')
+    },
+  })
+  t.notOk(failed.v.ok, 'the cycle failed after its snapshot')
+  t.equal(failed.v.cycle, 2)
+  t.ok(
+    during.some((s) => s.id === committed2[0]),
+    `the snapshot of the recorded commit is still on the VM beside the new one: ${JSON.stringify(during)}`,
+  )
+  t.same(
+    during.map((s) => s.name),
+    ['grainline-2', 'grainline-2'],
+  )
+  // the next run resumes the cycle with its own snapshot, resyncs, commits, and only then removes the old one
+  const c = await cycle({ ...ctx, tag: 'c4' }, rx)
+  await assertCycle(t, rx, 'oneback', c, 'resync', 'after the restore')
+  t.equal(c.v.cycle, 2)
+  const after = await d.listSnapshots(await d.openVm(vm.vmxPath))
+  t.same(
+    after.map((s) => s.name),
+    ['grainline-2'],
+    'one grainline snapshot left',
+  )
+  t.not(after[0]?.id, committed2[0], 'the new one: the old was removed after the commit')
+  await assertCycle(t, rx, 'oneback', await cycle({ ...ctx, tag: 'c5' }, rx), 'incremental', 'the next cycle continues the new lineage')
+})
+
 t.test('agent state lost: the next cycle resyncs', async (t) => {
   const dir = scratch(t)
   const rx = await startReceiver(join(dir, 'rx'))

@@ -6,7 +6,7 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, SUBPROTOCOL, type Message } from '@grainline/protocol'
+import { decodeMessage, encodeMessage, MessageKind, PROTOCOL_VERSION, PROTOCOL_VERSIONS, SUBPROTOCOL, type Message } from '@grainline/protocol'
 import { isRetryable } from '../src/connection.ts'
 import { ReceiverClient, VM_PROGRESS_MAX_BYTES, commitLimitMs, diskOpenLimitMs, vmProgressLimitMs } from '../src/receiver-client.ts'
 
@@ -39,8 +39,9 @@ async function scripted(t: { teardown: (fn: () => unknown) => void }, answer: (m
   return `ws://127.0.0.1:${(wss.address() as { port: number }).port}`
 }
 
+// every version, as the agent offers them (session.ts greet): the scripted receivers answer older ones too
 const hello = {
-  versions: [PROTOCOL_VERSION],
+  versions: [...PROTOCOL_VERSIONS],
   software: 't',
   digests: ['xxh64'] as const,
   compressions: ['none'] as const,
@@ -121,6 +122,31 @@ t.test('an Error in place of a reply is a refusal; E_BUSY, E_SHUTDOWN and E_TIME
     t.ok(isRetryable(err), `${code} is retried`)
     k.terminate()
   }
+})
+
+t.test('a Welcome choosing a version, digest or compression the Hello did not offer breaks the conversation: E_PROTOCOL', async (t) => {
+  const welcome =
+    (over: Partial<Record<'version' | 'digest' | 'compression', unknown>>) =>
+    (m: Message): Message | 'default' =>
+      m.kind === MessageKind.Hello
+        ? ({ kind: MessageKind.Welcome, version: PROTOCOL_VERSION, software: 'hostile', digest: 'xxh64', compression: 'none', limits: m.limits, session: 's', ...over } as Message)
+        : 'default'
+  const cases: Array<[string, Partial<Record<'version' | 'digest' | 'compression', unknown>>, RegExp]> = [
+    ['a version never offered', { version: 99 }, /protocol version 99, which the agent did not offer/],
+    ['a version older than offered', { version: 1 }, /protocol version 1, which the agent did not offer/],
+    ['a digest not offered', { digest: 'md5' }, /digest "md5", which the agent did not offer \(xxh64\)/],
+    ['a compression not offered', { compression: 'lz4' }, /compression "lz4", which the agent did not offer \(none\)/],
+  ]
+  for (const [what, over, message] of cases) {
+    const c = await ReceiverClient.connect({ url: await scripted(t, welcome(over)), token: 'x' })
+    t.teardown(() => c.terminate())
+    await t.rejects(c.hello(hello), { code: 'E_PROTOCOL', message }, what)
+    await t.rejects(c.vmOpen(vmOpen), { code: 'E_PROTOCOL' }, `${what}: the connection is done`)
+  }
+  // what was offered is accepted, an older version included
+  const ok = await ReceiverClient.connect({ url: await scripted(t, welcome({ version: 2, digest: 'sha256', compression: 'lz4' })), token: 'x' })
+  t.teardown(() => ok.terminate())
+  t.match(await ok.hello({ ...hello, digests: ['xxh64', 'sha256'], compressions: ['lz4', 'none'] }), { ok: true, value: { version: 2, digest: 'sha256', compression: 'lz4' } })
 })
 
 t.test('a reply out of turn breaks the conversation: E_PROTOCOL', async (t) => {

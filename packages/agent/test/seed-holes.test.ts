@@ -12,8 +12,9 @@ import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import t from 'tap'
 import { initDigests } from '@grainline/protocol'
-import { createDelta, createFlatDisk, openChain, openWriter, seekHelper } from '@grainline/vmdk'
+import { createDelta, createFlatDisk, type FileAccess, localFileAccess, openChain, openWriter, seekHelper } from '@grainline/vmdk'
 import { bytesToRead, clip, DataWindow } from '../src/data-window.ts'
+import { seedRanges } from '../src/disk-work.ts'
 import { arraySource, buildPlan, planExtents, type PlanRange } from '../src/extent-plan.ts'
 import { type ChainView, type HoleStats, readPlannedExtents } from '../src/extent-source.ts'
 import { MiB, scratch } from './helpers.ts'
@@ -138,6 +139,36 @@ t.test('a seed read around the holes ships the extents a full read ships, readin
     { offset: 8 * MiB, length: 56 * MiB, zero: false },
   ]
   t.same(await pass(chain, pieces, true), await pass(chain, pieces, false), 'extents not aligned to 1 MiB')
+})
+
+t.test('a flat base whose file reports no allocated blocks (st_blocks 0: FUSE/NAS mounts) is read by a seed, not shipped as zeros', async (t) => {
+  await initDigests()
+  const dir = scratch(t)
+  const base = join(dir, 'base.vmdk')
+  await createFlatDisk(base, 8 * MiB)
+  execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 2M 1M', base], { stdio: 'ignore' })
+  // the same files through a mount whose status says nothing is allocated
+  const noBlocks: FileAccess = {
+    stat: async (p) => ({ ...(await localFileAccess.stat(p)), allocatedBytes: 0 }),
+    open: async (p, m) => {
+      const f = await localFileAccess.open(p, m)
+      return { stat: { ...f.stat, allocatedBytes: 0 }, read: f.read.bind(f), dataRanges: f.dataRanges?.bind(f), close: f.close.bind(f) }
+    },
+  }
+  const chain = await openChain(base, { files: noBlocks })
+  t.teardown(() => chain.close())
+  const plan = await buildPlan(seedRanges(chain, 0), { chunkBytes: MiB })
+  const seen: Array<{ offset: number; zero: boolean; first: number | undefined }> = []
+  for await (const e of readPlannedExtents(chain, plan, { depth: 0, digest: 'xxh64', compression: 'none', skipHoles: true })) {
+    seen.push({ offset: e.offset / MiB, zero: e.zero, first: e.raw?.[0] })
+    e.release?.()
+  }
+  t.same(
+    seen.filter((e) => !e.zero),
+    [{ offset: 2, zero: false, first: 0x11 }],
+    'the data is read and shipped; the holes (SEEK_DATA) are zero extents',
+  )
+  t.equal(seen.length, 8)
 })
 
 t.test('without SEEK_DATA (no helper) every byte is read, the same extents', async (t) => {

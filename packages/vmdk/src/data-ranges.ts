@@ -274,12 +274,15 @@ export class KeptSeekHelper {
       for (const l of parts) this.#onLine?.(l)
     })
     proc.stdin?.on('error', () => {})
+    // a helper ended by close() (its command changed) exits later: that must
+    // not mark the helper started since as dead
     proc.once('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') seekHelper.missing = true
-      this.#dead = true
+      if (this.#proc === proc) this.#dead = true
     })
     proc.once('exit', () => {
-      if (this.#proc === proc) this.#proc = undefined
+      if (this.#proc !== proc) return
+      this.#proc = undefined
       this.#dead = true
     })
     this.#ref(proc, false)

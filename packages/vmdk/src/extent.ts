@@ -83,7 +83,12 @@ export class FlatExtent implements Extent {
   readonly grainSize: number
   readonly sparse = false
   readonly base: number
-  /** the file had no allocated blocks when opened (a fresh thin disk): reads as zero */
+  /**
+   * the file reported no allocated blocks when opened (a fresh thin disk):
+   * `map` reports it as zero, as QEMU does. Display only: some mounts (FUSE,
+   * NAS/dedup back-ends) report `st_blocks` 0 for files that hold data, so
+   * what is read (and shipped) never follows it — see {@link fileDataRanges}.
+   */
   readonly allHole: boolean
 
   constructor(file: DiskFile, size: number, base: number) {
@@ -113,10 +118,10 @@ export class FlatExtent implements Extent {
   /**
    * The parts of file bytes `[off, off + length)` that may hold data, as file
    * ranges (holes found with `SEEK_DATA`, see data-ranges.ts); undefined
-   * when the file's transport cannot tell.
+   * when the file's transport cannot tell. Only `SEEK_DATA` answers, never
+   * {@link allHole}: a file whose `st_blocks` says empty may hold data.
    */
   async fileDataRanges(off: number, length: number): Promise<DataRange[] | undefined> {
-    if (this.allHole) return []
     return await this.file.dataRanges(off, off + length)
   }
 

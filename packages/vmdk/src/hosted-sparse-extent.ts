@@ -164,11 +164,8 @@ export class HostedSparseExtent extends SparseExtent {
     const maxCompressed = this.grainSize * 2 + 1024
     if (size === 0 || size > maxCompressed) throw new VmdkError('E_FORMAT', `compressed grain size ${size} at ${off} out of range`, this.file.path)
     const data = await this.file.readExact(off + prefix, size, 'compressed grain')
-    const out = inflateBounded(data, this.grainSize, this.file.path)
-    if (out.length === this.grainSize) return out
-    const full = Buffer.alloc(this.grainSize)
-    out.copy(full)
-    return full
+    // as inflated: a grain shorter than it must be is refused where it is read (SparseExtent.readRun)
+    return inflateBounded(data, this.grainSize, this.file.path)
   }
 
   /** The embedded descriptor text (NUL-padded area cut at the first NUL), or undefined. */

@@ -141,6 +141,16 @@ export abstract class SparseExtent implements Extent {
     }
     const grain = await this.readCompressedGrain(-run.off)
     const within = start % this.grainSize
+    // a grain inflates to the whole grain, or to the end of the extent for its last, partial grain
+    // (VMDK.md §4.2 "last grain may be partial"): shorter is a corrupt grain, never zeros (QEMU refuses it too)
+    const need = Math.min(this.grainSize, this.size - (start - within))
+    if (grain.length < need) {
+      throw new VmdkError(
+        'E_FORMAT',
+        `compressed grain at byte ${-run.off} (disk bytes ${start - within}–${start - within + need}) inflates to ${grain.length} bytes, not ${need}: the file is corrupt; make it again from the source`,
+        this.file.path,
+      )
+    }
     buf.set(grain.subarray(within, within + length), bufOffset)
   }
 

@@ -130,6 +130,30 @@ t.test('without SEEK_DATA the flat is data, counted as unknown; the answers are 
   t.equal((await local.dataRanges(0, local.capacity)).unknownBytes, r2.unknownBytes, 'asked again: same answer without a child')
 })
 
+t.test('a file that reports no allocated blocks (st_blocks 0: some FUSE/NAS mounts) still has its data listed', async (t) => {
+  const dir = t.testdir({})
+  const { base } = await makeChain(dir)
+  // the same files, but their status says nothing is allocated
+  const noBlocks = (withSeek: boolean): FileAccess => ({
+    stat: async (p) => ({ ...(await localFileAccess.stat(p)), allocatedBytes: 0 }),
+    open: async (p, m) => {
+      const f = await localFileAccess.open(p, m)
+      const stat = { ...f.stat, allocatedBytes: 0 }
+      return withSeek ? { stat, read: f.read.bind(f), dataRanges: f.dataRanges?.bind(f), close: f.close.bind(f) } : { stat, read: f.read.bind(f), close: f.close.bind(f) }
+    },
+  })
+  const chain = await openChain(base, { files: noBlocks(true) })
+  t.teardown(() => chain.close())
+  const r = await chain.dataRanges(0, chain.capacity)
+  t.same(r.ranges, qemuNonZero(base), 'SEEK_DATA decides, not st_blocks: the data is listed')
+  t.equal((await chain.read(8 * MiB, 1))[0], 0x11, 'and it is data')
+  const blind = await openChain(base, { files: noBlocks(false) })
+  t.teardown(() => blind.close())
+  const b = await blind.dataRanges(0, blind.capacity)
+  t.same(b.ranges, [[0, 64 * MiB]], 'a transport that cannot tell: the whole flat is data')
+  t.equal(b.unknownBytes, 64 * MiB)
+})
+
 /** A 16 MiB file with 4 KiB of data at every 4 MiB, the rest holes. */
 async function sparseFile(t: Test): Promise<{ dir: string; fh: FileHandle }> {
   const dir = t.testdir({})

@@ -1,4 +1,6 @@
 import t, { type Test } from 'tap'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { deflateSync } from 'node:zlib'
 import { join } from 'node:path'
 import { openChain, describeChain, type MapEntry, type Range } from '../src/index.ts'
 import { chainDigest, collect, flatDepths, normalizeFlat, prng, qemuDigest, qemuImg, qemuIo, qemuMap } from './helpers.ts'
@@ -95,6 +97,35 @@ t.test('streamOptimized (compressed grains) reads like qemu', async (t) => {
   const so = join(dir, 'so.vmdk')
   qemuImg('convert', '-f', 'vmdk', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, so)
   await compare(t, so, dir)
+})
+
+t.test('streamOptimized: a grain that inflates short is a corrupt file (E_FORMAT), as QEMU refuses it; a partial last grain reads', async (t) => {
+  const dir = t.testdir()
+  const src = join(dir, 'src.vmdk')
+  // the capacity is not a multiple of the 64 KiB grain: the last grain is partial
+  const capacity = 8 * MiB + 4096
+  qemuImg('create', '-q', '-f', 'vmdk', src, String(capacity))
+  qemuIo(src, ['write -P 0x5a 0 64k', `write -P 0x33 ${8 * MiB} 4096`])
+  const so = join(dir, 'so.vmdk')
+  qemuImg('convert', '-f', 'vmdk', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, so)
+  await compare(t, so, dir)
+  // the first grain's record: a sector holding LBA 0, its size, then a zlib stream
+  const bytes = readFileSync(so)
+  let at = -1
+  for (let s = 512; s + 512 <= bytes.length && at < 0; s += 512) {
+    if (bytes.readBigUInt64LE(s) === 0n && bytes.readUInt32LE(s + 8) > 0 && bytes.readUInt32LE(s + 8) < 4096 && bytes[s + 12] === 0x78) at = s
+  }
+  t.ok(at > 0, 'found the first grain')
+  const short = deflateSync(Buffer.alloc(60 * 1024, 0x5a))
+  t.ok(short.length <= bytes.readUInt32LE(at + 8), 'fits where the grain was')
+  bytes.writeUInt32LE(short.length, at + 8)
+  short.copy(bytes, at + 12)
+  writeFileSync(so, bytes)
+  t.throws(() => qemuImg('convert', '-f', 'vmdk', '-O', 'raw', so, join(dir, 'oracle.raw')), 'qemu-img refuses it')
+  const chain = await openChain(so)
+  t.teardown(() => chain.close())
+  await t.rejects(chain.read(0, 4096), { code: 'E_FORMAT', message: /compressed grain at byte \d+ \(disk bytes 0–65536\) inflates to 61440 bytes, not 65536: the file is corrupt/ })
+  t.same([...(await chain.read(capacity - 4096, 4))], [0x33, 0x33, 0x33, 0x33], 'the partial last grain still reads')
 })
 
 t.test('read at any depth and odd offsets', async (t) => {

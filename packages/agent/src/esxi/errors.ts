@@ -16,7 +16,7 @@ export const EsxiErrorCodes = [
   'E_VIM_FAULT', // vim-cmd printed a fault (see `fault`)
   'E_PARSE', // vim-cmd printed something we do not understand
   'E_VM_NOT_FOUND', // no VM with that name or id
-  'E_VM_AMBIGUOUS', // more than one VM with that name
+  'E_VM_AMBIGUOUS', // more than one VM with that name, or a getallvms row whose file cannot be told from its name or annotation
   'E_SNAPSHOT_NOT_FOUND', // the snapshot is not (or no longer) in the tree
   'E_SNAPSHOT', // a snapshot operation did not leave the chain we expect
   'E_CONSOLIDATION_NEEDED', // the snapshot is gone but its delta was not merged

@@ -247,6 +247,14 @@ class EsxiDriverImpl implements EsxiDriver {
       throw new EsxiError('E_VM_AMBIGUOUS', `esxi: ${matches.length} VMs are named ${JSON.stringify(ref)} (ids ${matches.map((m) => m.id).join(', ')}): use the id`, { host: this.host, vm: ref })
     }
     const entry = matches[0] as VmListEntry
+    if (entry.ambiguous !== undefined) {
+      // the parsed File column may be another VM's .vmx: reading it would replicate (and snapshot) the wrong VM
+      throw new EsxiError(
+        'E_VM_AMBIGUOUS',
+        `esxi: the getallvms row of VM ${entry.id} (${JSON.stringify(decodeVmName(entry.name))}) cannot be read safely: ${entry.ambiguous}; rename the VM or edit its annotation on the host so that it holds no "[datastore] ….vmx" text`,
+        { host: this.host, vm: ref },
+      )
+    }
     const vmxPath = this.#resolveOrThrow(entry.vmxPath, ref)
     const config = await this.#readVmx(vmxPath, ref)
     const dir = path.dirname(vmxPath)

@@ -22,12 +22,22 @@ export interface VmListEntry {
   readonly version: string
   /** the Annotation column; continuation lines joined with "\n" */
   readonly annotation: string
+  /**
+   * why this row cannot be trusted (absent when it can): its line holds more
+   * than one `[datastore] ….vmx` (a name or annotation that looks like a
+   * file: the File column cannot be told apart), or its Vmid is listed twice
+   * (an annotation line that looks like a row). The driver refuses to open
+   * such a VM rather than read another VM's files.
+   */
+  readonly ambiguous?: string
 }
 
 const GETALLVMS_HEADER = /^Vmid\s+Name\s+File\b/
 // Vmid, Name (may hold spaces), `[datastore] path.vmx` (both may hold spaces),
 // then optionally Guest OS, Version (vmx-NN) and Annotation.
 const GETALLVMS_ROW = /^(\d+)\s+(\S.*?)\s+\[([^\]]+)\] ?(.*?\.vmx)(?:\s+(\S+)\s+(vmx-\d+)(?:\s+(.*?))?)?\s*$/
+// every `[datastore] ….vmx` a row line holds: more than one and the File column is ambiguous
+const VMX_PATH = /\[[^\]]+\] ?[^[]*?\.vmx(?=\s|$)/g
 // hostd prints this (on stderr or stdout) for inventory entries it cannot load
 const GETALLVMS_SKIP = /^Skipping invalid VM '\d+'/
 
@@ -66,6 +76,8 @@ export function parseGetAllVms(text: string): VmListEntry[] {
         version: m[6] ?? '',
         annotation: m[7] ?? '',
       })
+      const paths = line.match(VMX_PATH)?.length ?? 0
+      if (paths > 1) (out[out.length - 1] as (typeof out)[number]).ambiguous = `its line holds ${paths} "[datastore] ….vmx" paths, so its name, file and annotation cannot be told apart`
       continue
     }
     const last = out[out.length - 1]
@@ -76,7 +88,12 @@ export function parseGetAllVms(text: string): VmListEntry[] {
     last.annotation = last.annotation === '' && line.trim() === '' ? '' : `${last.annotation}\n${line}`
   }
   if (!header) throw new EsxiError('E_PARSE', 'getallvms: no "Vmid Name File" header in the output')
-  for (const e of out) e.annotation = e.annotation.replace(/\s+$/, '')
+  const ids = new Map<string, number>()
+  for (const e of out) ids.set(e.id, (ids.get(e.id) ?? 0) + 1)
+  for (const e of out) {
+    e.annotation = e.annotation.replace(/\s+$/, '')
+    if ((ids.get(e.id) ?? 0) > 1) e.ambiguous ??= `Vmid ${e.id} is listed ${ids.get(e.id)} times (an annotation line that looks like a row)`
+  }
   return out
 }
 
