@@ -324,7 +324,9 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     }
     const good = (base: number, layer: string): ReturnType<typeof incPlan> => incPlan(1, 'l.vmdk', evolve(img, 2, ranges), base, cid(22), ranges, layer, 'l-000002.vmdk')
     t.equal(await refused(good(1, 'l-000001.vmdk'), 'f'.repeat(32)), 'E_GENERATION', 'an incremental planned against another generation')
-    t.equal(await refused(good(5, 'l-000001.vmdk'), undefined, 7), 'E_CHAIN_MISMATCH', 'an incremental on another base cycle')
+    // the cycle after the committed one, nothing else (SPEC §5.1): a cycle on another base is a skipped one
+    t.equal(await refused(good(5, 'l-000001.vmdk'), undefined, 7), 'E_CYCLE_MISMATCH', 'an incremental on another base cycle, not the next cycle')
+    t.equal(await refused(good(1, 'l-000001.vmdk'), undefined, 7), 'E_CYCLE_MISMATCH', 'an incremental on the committed base that skips cycles')
     t.equal(await refused(good(1, 'x-000009.vmdk'), undefined), 'E_CHAIN_MISMATCH', 'a delta that is not the recorded successor')
     t.equal(await refused(good(1, 'l-000001.vmdk'), undefined), 'accepted', 'the right lineage is accepted')
   })
