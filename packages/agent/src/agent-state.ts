@@ -15,6 +15,7 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { AgentError } from './errors.ts'
 import { readRegularFile, writeFileAtomic } from './fs-util.ts'
+import { VmRunLock } from './vm-run-lock.ts'
 
 /** A snapshot as the agent records it: its name and the hypervisor's id. */
 export interface SnapshotRecord {
@@ -201,6 +202,26 @@ export class AgentStateStore {
   }
 
   /**
+   * Take the run lock of a VM (vm-run-lock.ts): before its record is loaded,
+   * released when the cycle is disposed. The folder is created (mode 0700).
+   * @throws AgentError E_BUSY (another run holds it), E_STATE
+   */
+  async lock(name: string, key: string): Promise<VmRunLock> {
+    await this.#usableDir()
+    return await VmRunLock.acquire(`${this.pathOf(name, key)}.lock`, name)
+  }
+
+  /** The folder, created (mode 0700) and writable. @throws AgentError E_STATE */
+  async #usableDir(): Promise<void> {
+    try {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 })
+      await access(this.dir, fsConstants.W_OK)
+    } catch (err) {
+      throw new AgentError('E_STATE', `agent state folder ${this.dir} is not usable: ${(err as Error).message} (set --state-dir / stateDir)`, { cause: err })
+    }
+  }
+
+  /**
    * Load a VM's record (a fresh, empty one when there is none). The folder is
    * created (mode 0700) and must be writable: `E_STATE` before the cycle
    * touches the VM otherwise. A file that is not a regular file is `E_STATE`;
@@ -209,12 +230,7 @@ export class AgentStateStore {
    */
   async load(name: string, key: string): Promise<LoadedState> {
     const fresh: AgentVmState = { version: 1, vm: name, key, committed: null, inflight: null }
-    try {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 })
-      await access(this.dir, fsConstants.W_OK)
-    } catch (err) {
-      throw new AgentError('E_STATE', `agent state folder ${this.dir} is not usable: ${(err as Error).message} (set --state-dir / stateDir)`, { cause: err })
-    }
+    await this.#usableDir()
     const file = this.pathOf(name, key)
     let text: string
     try {

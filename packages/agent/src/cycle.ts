@@ -23,6 +23,7 @@ import { resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type PointsDroppedMessage, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
+import type { VmRunLock } from './vm-run-lock.ts'
 import { AgentStateStore, markCommitted, markDiverged, markInflight, markInflightResync, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
@@ -122,6 +123,8 @@ class VmCycle {
   /** the furthest work the receiver confirmed of each disk (and mode) over every attempt of the cycle (acks, block maps, the disk's end): the reconnect rule's progress */
   readonly #furthest = new Map<string, number>()
   readonly #store: AgentStateStore
+  /** held from before the record is loaded until {@link dispose} */
+  #runLock: VmRunLock | undefined
   /** every client opened, closed at the end whatever happens (the receiver's VM lock is freed) */
   readonly #clients = new Set<ReceiverClient>()
   readonly #works: DiskWork[] = []
@@ -205,6 +208,7 @@ class VmCycle {
     // digests still taken in the background (a cycle that failed before its checks) settle before their chain closes
     for (const w of this.#works) await Promise.all([w.writtenTask, w.scrubTask])
     for (const w of this.#works) await w.chain.close().catch(() => {})
+    await this.#runLock?.release()
   }
 
   get #sig(): { signal?: AbortSignal } {
@@ -225,7 +229,10 @@ class VmCycle {
     this.#report.vm = vm.name
     this.log = this.#root.child({ vm: vm.name })
     if (vm.disks.length === 0) throw new AgentError('E_VMX', `${vm.vmxPath}: no hard disk`)
-    const loaded = await this.#store.load(vm.name, stateKey({ driver: driver.name, host: driver.host, id: vm.id }))
+    const key = stateKey({ driver: driver.name, host: driver.host, id: vm.id })
+    // one run of a VM at a time: its record and snapshots are this run's until it is disposed
+    this.#runLock = await this.#store.lock(vm.name, key)
+    const loaded = await this.#store.load(vm.name, key)
     this.#record = loaded.state
     this.#recordProblem = loaded.problem
     if (loaded.problem !== undefined) this.log.warn({ problem: loaded.problem }, 'agent state unusable; the mirror will be resynced')

@@ -15,6 +15,7 @@ export const AgentErrorCodes = [
   'E_CONFIG', // bad job configuration or option
   'E_STATE', // the agent state file cannot be read or written
   'E_ABORTED', // cancelled through an AbortSignal
+  'E_BUSY', // another agent run replicates this VM now (its run lock in the state folder)
 ] as const
 export type AgentErrorCode = (typeof AgentErrorCodes)[number]
 

@@ -2,6 +2,7 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { AgentStateStore, checkStateShape, defaultStateDir, markInflightResync, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
 import { scratch } from './helpers.ts'
@@ -81,4 +82,37 @@ t.test('a FIFO as the state file or an unwritable folder is E_STATE, not a hang'
     await t.rejects(new AgentStateStore(ro).load('a', 'k'), { code: 'E_STATE' })
   }
   t.ok((await readFile(join(ro, 'f'), 'utf8')) === '')
+})
+
+t.test('the run lock of a VM: one holder; a dead, rebooted or garbled one is taken over; another host is never judged stale', async (t) => {
+  const dir = scratch(t)
+  const store = new AgentStateStore(join(dir, 'state'))
+  const key = stateKey({ driver: 'local', id: '/vms/a/a.vmx' })
+  const lock = await store.lock('a', key)
+  const path = `${store.pathOf('a', key)}.lock`
+  t.match(JSON.parse(await readFile(path, 'utf8')), { pid: process.pid, host: hostname() }, 'it names this process')
+  await t.rejects(store.lock('a', key), { code: 'E_BUSY', message: new RegExp(`VM a is being replicated by another grainline run \\(pid ${process.pid} on `) })
+  // another VM has a lock of its own
+  const other = await store.lock('b', stateKey({ driver: 'local', id: '/vms/b/b.vmx' }))
+  await other.release()
+  await lock.release()
+  await lock.release()
+  await t.rejects(readFile(path), { code: 'ENOENT' }, 'released: the file is gone')
+  // a run that died (a pid that is no process), one of a former boot, a torn file: taken over
+  const dead = execFileSync('sh', ['-c', 'echo $$']).toString().trim()
+  const stale = (o: Record<string, unknown>): string => JSON.stringify({ pid: Number(dead), boot: '', start: '', host: hostname(), since: '2026-01-01T00:00:00.000Z', ...o })
+  for (const text of [stale({}), stale({ pid: process.pid, boot: 'another-boot' }), '{"pid": 12', '']) {
+    await writeFile(path, text)
+    const l = await store.lock('a', key)
+    t.match(JSON.parse(await readFile(path, 'utf8')), { pid: process.pid }, `taken over from ${JSON.stringify(text).slice(0, 40)}`)
+    await l.release()
+  }
+  t.same(
+    (await readdir(join(dir, 'state'))).filter((f) => f.includes('.lock')),
+    [],
+    'nothing left beside the records',
+  )
+  // a lock of another host (a state folder on shared storage): held, whatever its pid
+  await writeFile(path, stale({ host: `${hostname()}-other` }))
+  await t.rejects(store.lock('a', key), { code: 'E_BUSY', message: /on .*-other, since 2026-01-01.*remove .*\.lock/ })
 })

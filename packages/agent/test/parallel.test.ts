@@ -331,3 +331,25 @@ t.test('a VM whose options cannot work fails alone; the others run', async (t) =
   await t.rejects(replicateMany({ logger: log.logger }, [{ ...common, vm: vm.vmxPath }], { parallel: 0 }), { code: 'E_CONFIG' })
   await t.rejects(replicateMany({ logger: log.logger }, [{ ...common, vm: vm.vmxPath }], { bwlimit: 'fast' }), { code: 'E_CONFIG' })
 })
+
+t.test('two runs of one VM at once (a cron entry firing while the last run goes on): one replicates, the other leaves the VM alone (E_BUSY)', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'twice', disks: [{ sizeBytes: 4 * MiB }], seed: 9 })
+  const log = memoryLogger({ level: 'info' })
+  const run = async (): Promise<Awaited<ReturnType<typeof replicateMany>>> =>
+    await replicateMany({ logger: log.logger }, [{ vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), trivialMiB: 1 }], { parallel: 1, view: 'none' })
+  const reports = await Promise.all([run(), run()])
+  const codes = reports.map((r) => r.vms[0]?.error?.code ?? 'ok').sort()
+  t.same(codes, ['E_BUSY', 'ok'], 'one run replicated, the other was refused')
+  const busy = reports.find((r) => r.vms[0]?.error?.code === 'E_BUSY')?.vms[0]
+  t.match(busy?.error?.message, /VM twice is being replicated by another grainline run \(pid \d+ on .*\): this run leaves the VM alone/)
+  t.same(busy?.removedSnapshots, [], 'the refused run removed nothing')
+  const snaps = (await createLocalDriver().listSnapshots(await createLocalDriver().openVm(vm.vmxPath))).filter((s) => s.name.startsWith('grainline-'))
+  t.equal(snaps.length, 1, 'one grainline snapshot: the one of the run that replicated')
+  // the lock goes with its run: the next one is an ordinary incremental
+  const next = await run()
+  t.ok(next.ok, JSON.stringify(next.vms[0]?.error))
+  t.equal(next.vms[0]?.disks[0]?.mode, 'incremental')
+})
