@@ -97,8 +97,14 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
         try {
           await confined.realpath?.(d.path)
         } catch (err) {
+          // a missing disk is reported where it is read (the chain's own E_NOT_FOUND / E_CHAIN_MISSING), as before
+          if ((err as { code?: unknown }).code === 'ENOENT') continue
           if (!isVmdkError(err) || err.code !== 'E_OUTSIDE_ROOT') throw err
-          throw new AgentError('E_VMX', `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}`, { cause: err })
+          throw new AgentError(
+            'E_VMX',
+            `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}. The local driver reads a VM's files only below ${roots.join(', ')} (the folder that holds the VM's folder, or the driver's roots): move the disk there`,
+            { cause: err },
+          )
         }
       }
       return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots }

@@ -13,18 +13,19 @@
  *
  * The file is created exclusively and says who holds it: pid, boot id, the
  * process's start time and the host name. A lock whose process is gone (or
- * whose boot id or start time differs: a reboot, a reused pid) is stale and
- * taken over; one of another host (a state folder on shared storage) is
- * never judged stale from here. A stale lock is moved aside before the new
+ * whose boot id or start time differs: a reboot, a reused pid, a container
+ * run again) is stale and taken over: a state folder is one proxy's (one
+ * shared by two proxies at once is not supported). A stale lock is moved aside before the new
  * one is created, and put back (link: never over another) when what was
  * moved is not what was judged stale, so two runs taking over at once never
  * both hold it.
  */
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { link, open, readFile, rename, unlink } from 'node:fs/promises'
+import { link, open, rename, unlink } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { AgentError } from './errors.ts'
+import { readRegularFile } from './fs-util.ts'
 
 /** A lock file is one short JSON line; anything larger is not one. */
 const MAX_LOCK_BYTES = 4096
@@ -85,9 +86,13 @@ function parseHolder(text: string): Holder | undefined {
   }
 }
 
-/** Whether the run `h` names still runs (a lock of another host: assumed so). */
+/**
+ * Whether the run `h` names still runs. Judged on this machine: its boot id,
+ * pid and the pid's start time (a state folder is one proxy's; the host name
+ * is for the message only — a container's changes with every run, and a run
+ * killed there must not hold the VM for ever).
+ */
 function holds(h: Holder): boolean {
-  if (h.host !== hostname()) return true
   if (h.boot !== '' && h.boot !== bootId()) return false
   if (!alive(h.pid)) return false
   const now = startTime(h.pid)
@@ -95,10 +100,11 @@ function holds(h: Holder): boolean {
   return !(h.start !== '' && now !== undefined && now !== '' && now !== h.start)
 }
 
+/** The lock's text ('' when larger than a lock), undefined when there is none; a link, FIFO or device is E_STATE (never followed or opened to block). */
 async function readLock(path: string): Promise<string | undefined> {
   try {
-    const b = await readFile(path)
-    return b.length > MAX_LOCK_BYTES ? '' : b.toString('utf8')
+    // larger than any lock: garbage, taken over as stale
+    return (await readRegularFile(path, { maxBytes: MAX_LOCK_BYTES, code: 'E_STATE', what: 'agent run lock', tooLarge: 'skip' }))?.toString('utf8') ?? ''
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
@@ -130,7 +136,7 @@ export class VmRunLock {
       if (h !== undefined && holds(h)) {
         throw new AgentError(
           'E_BUSY',
-          `VM ${vm} is being replicated by another grainline run (pid ${h.pid} on ${h.host}, since ${h.since}): this run leaves the VM alone. If no such run exists (its host was renamed, or the state folder is shared), remove ${path}`,
+          `VM ${vm} is being replicated by another grainline run (pid ${h.pid} on ${h.host}, since ${h.since}): this run leaves the VM alone. If no such run exists, remove ${path}`,
         )
       }
       // stale: moved aside, and put back if what moved is not what was judged stale (another run took it over first)
@@ -177,6 +183,6 @@ export class VmRunLock {
     if (this.#released) return
     this.#released = true
     const h = parseHolder((await readLock(this.path).catch(() => undefined)) ?? '')
-    if (h?.pid === process.pid && h.host === hostname()) await unlink(this.path).catch(() => {})
+    if (h?.pid === process.pid && h.boot === bootId()) await unlink(this.path).catch(() => {})
   }
 }

@@ -1,7 +1,7 @@
 /** The agent state file: default folder, key and file name, round trip, damaged and hostile files. */
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { AgentStateStore, checkStateShape, defaultStateDir, markInflightResync, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
@@ -112,7 +112,16 @@ t.test('the run lock of a VM: one holder; a dead, rebooted or garbled one is tak
     [],
     'nothing left beside the records',
   )
-  // a lock of another host (a state folder on shared storage): held, whatever its pid
-  await writeFile(path, stale({ host: `${hostname()}-other` }))
+  // the host name is for the message only (a container's changes with every run): a dead run of another name is taken over,
+  // a live one of this boot is held whatever name it gave
+  await writeFile(path, stale({ host: `${hostname()}-old-container` }))
+  const l = await store.lock('a', key)
+  await l.release()
+  const held = JSON.parse(stale({})) as Record<string, unknown>
+  await writeFile(path, JSON.stringify({ ...held, pid: process.pid, boot: '', start: '', host: `${hostname()}-other` }))
   await t.rejects(store.lock('a', key), { code: 'E_BUSY', message: /on .*-other, since 2026-01-01.*remove .*\.lock/ })
+  // a FIFO in the lock's place is refused at once, never opened to block
+  await rm(path)
+  execFileSync('mkfifo', [path])
+  await t.rejects(store.lock('a', key), { code: 'E_STATE', message: /agent run lock .* is a FIFO/ })
 })

@@ -200,14 +200,14 @@ async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string)
   const rel = ok ? relative(dir as string, resolve(storeDir)) : ''
   if (!ok || rel === '' || (!rel.startsWith('..') && !isAbsolute(rel))) throw refuse('is not one a point was opened into (it is not absolute, or it is the store or holds it)')
   const path = dir as string
-  const inVm = await vmFolderHolding(storeDir, path)
-  if (inVm !== undefined) throw refuse(`is inside ${inVm}, a VM folder of the store, where no point is ever opened`)
   const st = await lstat(path).catch((err: unknown) => {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
   })
-  // gone already (removed by hand, or a close that crashed after the record): only the record goes
+  // gone already (removed by hand, or a close that crashed after the record): only the record goes, nothing is removed
   if (st === undefined) return
+  const inVm = await vmFolderHolding(storeDir, path, true)
+  if (inVm !== undefined) throw refuse(`is inside ${inVm}, a VM folder of the store, where no point is ever opened`)
   if (!st.isDirectory()) throw refuse('is not a folder (a link, a file)')
   let marker: unknown
   try {
@@ -229,9 +229,9 @@ async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string)
  * VmOpen makes it) that is or holds `dir`, or undefined — a folder outside
  * the store, or under a hidden folder of it (`.open`, `.failover`, where
  * points are opened by default). Compared both as written and with links
- * resolved.
+ * resolved. With `mirrorsOnly`, only a folder holding `.grainline` counts.
  */
-async function vmFolderHolding(storeDir: string, dir: string): Promise<string | undefined> {
+async function vmFolderHolding(storeDir: string, dir: string, mirrorsOnly = false): Promise<string | undefined> {
   const real = async (p: string): Promise<string | undefined> => await realpath(p).catch(() => undefined)
   const pairs: Array<[string, string]> = [[resolve(storeDir), dir]]
   const [rs, rd] = await Promise.all([real(storeDir), real(dir)])
@@ -240,7 +240,15 @@ async function vmFolderHolding(storeDir: string, dir: string): Promise<string | 
     const rel = relative(store, d)
     if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) continue
     const top = rel.split(sep)[0] as string
-    if (isVmName(top)) return join(store, top)
+    // a VM folder holds `.grainline` (a VmOpen makes it first); any other folder of the store is not a mirror
+    if (
+      isVmName(top) &&
+      (await lstat(join(store, top, '.grainline')).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return join(store, top)
   }
   return undefined
 }

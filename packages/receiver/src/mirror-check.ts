@@ -12,7 +12,7 @@
  * descriptor's size, be exactly what {@link mirrorLayoutProblem} allows,
  * carry the recorded CID, and its flat must be a regular file.
  */
-import { formatCid, parseDescriptor, type Descriptor } from '@grainline/vmdk'
+import { decodeDescriptor, formatCid, parseDescriptor, type Descriptor } from '@grainline/vmdk'
 import { basename } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { MIRROR_DESCRIPTOR_MAX_BYTES, mirrorLayoutProblem } from './mirror-descriptor.ts'
@@ -43,7 +43,12 @@ export async function readMirrorDescriptor(paths: VmPaths, rec: Pick<DiskRecord,
     if (size > MAX_MIRROR_DESCRIPTOR_BYTES) return { cid: '', foreign: `its descriptor is ${size} bytes (the receiver's is a few hundred)` }
     const buf = Buffer.alloc(size)
     const { bytesRead } = await fh.read(buf, 0, size, 0)
-    text = buf.subarray(0, bytesRead).toString('latin1')
+    // in the encoding it declares (UTF-8 as the receiver writes it): a disk named "café disk.vmdk" names its flat in UTF-8
+    try {
+      text = decodeDescriptor(buf.subarray(0, bytesRead), paths.descriptor(rec.stem))
+    } catch (err) {
+      return { cid: '', foreign: `its descriptor is not text in the encoding it declares (${(err as Error).message})` }
+    }
   } finally {
     await fh.close()
   }

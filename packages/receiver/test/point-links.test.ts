@@ -380,3 +380,26 @@ t.test('a mirror descriptor that keeps its CID but names a file outside the stor
     t.ok(readFileSync(join(to, 'd-flat.vmdk')).equals(images[k] as Buffer), `point ${k} restores as cycle ${k}`)
   }
 })
+
+t.test('a disk named outside ASCII ("café disk.vmdk"): its mirror descriptor reads as the receiver wrote it, so the next cycle is an incremental and a restore reads through it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 10 } })
+  t.teardown(() => receiver.close())
+  const vm = 'web-cafe'
+  const name = 'café disk.vmdk'
+  const img1 = pattern(MiB, 71)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, name, img1, 'cafe01cafe01cafe')])
+  a.close()
+  const ranges = [{ offset: 64 * 1024, length: 64 * 1024 }]
+  const img2 = evolve(img1, 72, ranges)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const c2 = await runCycle(a, vm, 2, [incPlan(0, name, img2, 1, 'cafe02cafe02cafe', ranges, 'café disk-000001.vmdk', 'café disk-000002.vmdk')])
+  a.close()
+  t.equal(c2.committed?.cycle, 2, 'the incremental is accepted: the mirror is not "modified"')
+  const st = (await storeStatus(env.store)).vms.find((v) => v.vm === vm)
+  t.notOk(st?.error, 'status reads it')
+  const to = join(env.dir, 'restore-cafe')
+  await whenFree(() => restorePoint(env.store, vm, 1, to, { logger: pino({ level: 'silent' }) }))
+  t.ok(readFileSync(join(to, 'café disk-flat.vmdk')).equals(img1), 'point 1 restored through the mirror descriptor')
+})

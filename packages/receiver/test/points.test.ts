@@ -1431,6 +1431,20 @@ t.test("points close removes only a folder its open made: never another VM's mir
     { code: 'E_STATE', message: /another hold/ },
     "another hold's marker: refused",
   )
+  // an older version's hold in another (not a VM's) folder of the store: refused while it holds files, closed once removed by hand
+  const older = join(env.store, 'tests', 'web01')
+  mkdirSync(older, { recursive: true })
+  writeFileSync(join(older, 'd.vmdk'), 'a child descriptor')
+  withHoldDir(older)
+  await t.rejects(
+    whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true })),
+    { code: 'E_STATE', message: /carries no \.grainline-hold/ },
+    'unmarked: refused',
+  )
+  rmSync(older, { recursive: true })
+  t.equal((await whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true }))).length, 1, 'removed by hand: the hold closes, though the folder was in the store')
+  t.equal((await listHolds(env.store, 'vm-a')).length, 0)
+  withHoldDir(unmarked)
   rmSync(unmarked, { recursive: true })
   t.equal((await whenFree(() => closePoint(env.store, 'vm-a', { logger: log, all: true }))).length, 1, 'once removed by hand, the hold closes')
   t.ok(existsSync(opened), 'the folder the state no longer named is untouched')

@@ -354,8 +354,9 @@ export async function checkCephRoom(
     // the other open applies of the token are not counted on Ceph (docs/CEPH.md "A token's quota")
     reservedBytes: 0,
   }
-  // an image is taken as allocated up to its committed capacity: only the growth counts
-  const adds = mayAdd(req, { flatAllocated: committedCapacity })
+  // an image is taken as allocated up to its committed capacity: only the growth counts — not bounded by the
+  // totals an incremental announces, which only the folder store holds an apply to (disk-apply.ts accept)
+  const adds = mayAdd({ mode: req.mode, capacity: req.capacity }, { flatAllocated: committedCapacity })
   const fail = roomFailure(vm, req, committedCapacity, adds, space, { store: `Ceph pool ${t.pool}`, remedy: 'free space in the pool (or raise its quota)' })
   if (fail !== undefined) throw new ReceiverError(fail.code, fail.message)
 }
