@@ -240,15 +240,14 @@ async function vmFolderHolding(storeDir: string, dir: string, mirrorsOnly = fals
     const rel = relative(store, d)
     if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) continue
     const top = rel.split(sep)[0] as string
-    // a VM folder holds `.grainline` (a VmOpen makes it first); any other folder of the store is not a mirror
-    if (
-      isVmName(top) &&
-      (await lstat(join(store, top, '.grainline')).then(
-        () => true,
-        () => false,
-      ))
+    if (!isVmName(top)) continue
+    // with `mirrorsOnly`, a VM folder is one holding `.grainline` (a VmOpen makes it first): a hold an older version
+    // opened in another folder of the store can still be closed
+    const mirror = await lstat(join(store, top, '.grainline')).then(
+      () => true,
+      () => false,
     )
-      return join(store, top)
+    if (!mirrorsOnly || mirror) return join(store, top)
   }
   return undefined
 }
