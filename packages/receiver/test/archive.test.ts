@@ -7,7 +7,7 @@
  * flight, wrong credentials, an object missing, a manifest for another VM,
  * an object larger than expected.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { openSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
@@ -20,7 +20,8 @@ import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPla
 
 const log = pino({ level: 'silent' })
 
-t.test('archive points to radosgw with a lock, restore each from the bucket; every refusal typed', async (t) => {
+/** A one-node Ceph cluster with radosgw for this test, and an S3 client of it (both stopped with the test). */
+async function radosgw(t: Test): Promise<{ s3cfg: NonNullable<Awaited<ReturnType<typeof startCephCluster>>['s3']>; credentials: { accessKeyId: string; secretAccessKey: string }; s3: S3Client }> {
   const ceph = await startCephCluster({ rgw: true })
   t.teardown(() => ceph.stop())
   const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
@@ -34,6 +35,11 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
     responseChecksumValidation: 'WHEN_REQUIRED',
   })
   t.teardown(() => s3.destroy())
+  return { s3cfg, credentials, s3 }
+}
+
+t.test('archive points to radosgw with a lock, restore each from the bucket; every refusal typed', async (t) => {
+  const { s3cfg, credentials, s3 } = await radosgw(t)
   await s3.send(new CreateBucketCommand({ Bucket: 'locked', ObjectLockEnabledForBucket: true }))
   await s3.send(new CreateBucketCommand({ Bucket: 'plain' }))
   const bucket = new S3Bucket({ bucket: 'locked', prefix: 'p/', endpoint: s3cfg.endpoint, credentials })
@@ -139,19 +145,7 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
 })
 
 t.test('a point that no longer matches the digest recorded at its cycle is not archived as verified; nor is one read through an edited mirror descriptor', async (t) => {
-  const ceph = await startCephCluster({ rgw: true })
-  t.teardown(() => ceph.stop())
-  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-  const credentials = { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }
-  const s3 = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3cfg.endpoint,
-    forcePathStyle: true,
-    credentials,
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  })
-  t.teardown(() => s3.destroy())
+  const { s3cfg, credentials, s3 } = await radosgw(t)
   await s3.send(new CreateBucketCommand({ Bucket: 'checked' }))
   const bucket = new S3Bucket({ bucket: 'checked', prefix: '', endpoint: s3cfg.endpoint, credentials })
   t.teardown(() => bucket.close())
