@@ -35,6 +35,7 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
   if (inflight !== null && inflight !== undefined) {
     if (typeof inflight !== 'object') throw bad('inflight', inflight, 'which is not a cycle in flight')
     checkDiskRecords('inflight.disks', inflight['disks'], bad)
+    checkAnnounced(inflight['disks'], bad)
   }
   const pending = s['pending'] as Record<string, unknown> | null | undefined
   if (pending === null || pending === undefined) return
@@ -95,6 +96,20 @@ function checkDiskRecords(field: string, disks: unknown, bad: (field: string, va
 }
 
 /** A disk's file stem as the receiver makes one: a plain, visible name (no separator, `..` or control character). */
+/**
+ * An in-flight incremental's announced totals (state-file.ts `announced`) bound what the token's quota reserves for it
+ * and what its apply accepts: anything but non-negative integers would compare as NaN and reserve nothing.
+ */
+function checkAnnounced(disks: unknown, bad: (field: string, value: unknown, why: string) => ReceiverError): void {
+  for (const [name, rec] of Object.entries((disks ?? {}) as Record<string, unknown>)) {
+    const a = (rec as { announced?: unknown } | null)?.announced
+    if (a === undefined) continue
+    const o = a as Record<string, unknown> | null
+    const ok = o !== null && typeof o === 'object' && ['bytes', 'extents', 'allocatedAtOpen'].every((k) => Number.isSafeInteger(o[k]) && (o[k] as number) >= 0)
+    if (!ok) throw bad(`inflight.disks[${JSON.stringify(name)}].announced`, a, 'which is not the totals the receiver records (non-negative integers bytes, extents, allocatedAtOpen)')
+  }
+}
+
 function isPlainStem(stem: unknown): stem is string {
   try {
     validateName(stem, 'stem')

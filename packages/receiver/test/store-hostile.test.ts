@@ -527,3 +527,25 @@ t.test('a Ceph state object whose disk name leaves the folder: points restore re
   t.same(readdirSync(join(base, 'outside')), [], 'nothing written beside the restore folder')
   t.notMatch(readFileSync(join(base, 'calls'), 'utf8'), /rbd/, 'no image was exported')
 })
+
+t.test("a state.json whose in-flight incremental's announced totals are not integers is refused (E_STATE): they bound the token's quota", async (t) => {
+  const { checkStateNames } = await import('../src/state-names.ts')
+  const { VmPaths } = await import('../src/vm-paths.ts')
+  const paths = new VmPaths(scratchDir(t), 'web')
+  const disk = (announced: unknown): Record<string, unknown> => ({
+    vm: 'web',
+    disks: {},
+    inflight: { cycle: 2, disks: { 'd.vmdk': { name: 'd.vmdk', stem: 'd', announced } } },
+  })
+  t.doesNotThrow(() => checkStateNames(paths, disk({ bytes: 65536, extents: 1, allocatedAtOpen: 0 })), 'the totals the receiver records')
+  for (const bad of [
+    { bytes: '1', extents: 1, allocatedAtOpen: 0 },
+    { bytes: -1, extents: 1, allocatedAtOpen: 0 },
+    { bytes: 1, extents: 1.5, allocatedAtOpen: 0 },
+    { bytes: 1, extents: 1 },
+    null,
+    'x',
+  ]) {
+    t.throws(() => checkStateNames(paths, disk(bad)), { code: 'E_STATE', message: /announced/ }, JSON.stringify(bad))
+  }
+})
