@@ -168,6 +168,8 @@ if (process.env.BENCH_V8_FLAGS) { if (process.env.BENCH_V8_FLAGS !== 'none') set
 else agent.tuneAgentProcess?.()
 const init = JSON.parse(process.argv[2])
 init.ca = readFileSync(init.ca)
+// BENCH_AGENT_ENV_B="BENCH_AGENT_COMPRESS=none": this cycle's agent offers that compression (an interleaved A/B)
+if (process.env.BENCH_AGENT_COMPRESS) init.compress = process.env.BENCH_AGENT_COMPRESS
 const peak = { rss: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
 const sample = () => { const m = process.memoryUsage(); for (const k of Object.keys(peak)) peak[k] = Math.max(peak[k], m[k]) }
 const timer = setInterval(sample, 20)
