@@ -5,7 +5,7 @@
  * the running delta, a `.vmsd` snapshot database — and consolidating a delta
  * into its parent on removal.
  */
-import { readdir } from 'node:fs/promises'
+import { readdir, realpath, stat } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
 import type { HypervisorDriver, SnapshotRef, VmDisk } from './driver.ts'
 import { parseGrainlineSnapshotName } from './driver.ts'
@@ -22,14 +22,63 @@ export interface LocalDriverInit {
   /** datastore type reported in the compatibility record. @default 'local' */
   readonly datastoreType?: string
   /**
-   * The folders a VM's files may be read from — the local stand-in for its
-   * datastores. Disks, extent files, parents and the nvram outside them (by
-   * name or through a symbolic link) are refused with `E_OUTSIDE_ROOT`, so
-   * a hostile .vmx or descriptor cannot make the agent ship another file.
-   * @default the folder that holds the VM's folder (its sibling VM folders,
-   *   e.g. a linked clone's base, are inside)
+   * More folders a VM's files may be read from — the local stand-ins for
+   * its other datastores (`/vmfs/volumes/ds2`, an NFS mount on a Linux
+   * proxy): absolute paths of existing folders. The folder that holds the
+   * VM's folder (its sibling VM folders, e.g. a linked clone's base, are
+   * inside) is always one of the roots, these add to it. Disks, extent
+   * files, parents and the nvram outside every root (by name or through a
+   * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
+   * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
+   * ship another file. A root's symbolic links are resolved once, before the
+   * first VM is opened ({@link resolveLocalRoots}); a relative root throws
+   * `E_CONFIG` at once, a missing one or a file at the first `openVm`.
+   * The job file's `datastoreRoots`, `grainline replicate --datastore-root`.
+   * @default none: only the folder that holds the VM's folder
    */
   readonly roots?: readonly string[]
+}
+
+/** How an operator names the local driver's roots, for messages. */
+export const LOCAL_ROOTS_SETTING = '--datastore-root DIR (job file: "datastoreRoots": ["DIR", …])'
+
+function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
+  for (const r of roots) {
+    if (typeof r !== 'string' || !isAbsolute(r)) {
+      throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is not an absolute path: give the datastore folder the VMs' disks are on from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`)
+    }
+  }
+}
+
+/**
+ * The local driver's extra roots made ready: each must be an absolute path of
+ * an existing folder; its symbolic links are resolved now, once (realpath),
+ * and both the name given and the folder it leads to are kept (a .vmx names
+ * its disks by the one, their real paths lie in the other).
+ * @param setting how the roots were given, for messages (`--datastore-root`)
+ * @throws AgentError `E_CONFIG` naming the root and what is wrong
+ */
+export async function resolveLocalRoots(roots: readonly string[] | undefined, setting = 'local driver roots'): Promise<string[]> {
+  if (roots === undefined) return []
+  checkAbsoluteRoots(roots, setting)
+  const out: string[] = []
+  for (const r of roots) {
+    const named = resolve(r)
+    let real: string
+    try {
+      real = await realpath(named)
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'ENOTDIR' ? 'lies below a file, not a folder' : `cannot be resolved (${String(code ?? (err as Error).message)})`
+      throw new AgentError('E_CONFIG', `${setting}: ${named} ${why}: give the folder a datastore is mounted at (is it mounted?)`, { cause: err })
+    }
+    const st = await stat(real).catch((err: unknown) => {
+      throw new AgentError('E_CONFIG', `${setting}: ${named}: ${(err as Error).message}`, { cause: err })
+    })
+    if (!st.isDirectory()) throw new AgentError('E_CONFIG', `${setting}: ${named} is not a folder: give the folder a datastore is mounted at, not a file in it`)
+    for (const p of [named, real]) if (!out.includes(p)) out.push(p)
+  }
+  return out
 }
 
 function vmsdPath(vmxPath: string): string {
@@ -62,6 +111,18 @@ function diskStem(fileName: string): string {
 export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver {
   const format = init.deltaFormat ?? 'sesparse'
   const datastoreType = init.datastoreType ?? 'local'
+  checkAbsoluteRoots(init.roots ?? [], 'local driver roots')
+  // resolved once, at the first openVm (a failure is not kept: the next openVm reports it again)
+  let extraRoots: Promise<string[]> | undefined
+  const rootsReady = async (): Promise<string[]> => {
+    extraRoots ??= resolveLocalRoots(init.roots)
+    try {
+      return await extraRoots
+    } catch (err) {
+      extraRoots = undefined
+      throw err
+    }
+  }
   // one snapshot operation at a time per VM folder within this process
   const locks = new Map<string, Promise<unknown>>()
   const locked = async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
@@ -79,6 +140,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
     name: 'local',
 
     async openVm(ref) {
+      const extra = await rootsReady()
       const vmxPath = resolve(ref)
       let text: string
       try {
@@ -89,7 +151,9 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       }
       const config = VmxConfig.parse(text, vmxPath)
       const dir = dirname(vmxPath)
-      const roots = (init.roots ?? [dirname(dir)]).map((r) => resolve(r))
+      // the folder that holds the VM's folder is always a root: a VM's own files are always readable
+      const roots = [dirname(dir)]
+      for (const r of extra) if (!roots.includes(r)) roots.push(r)
       const confined = confineFileAccess(localFileAccess, roots)
       const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
       // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
@@ -102,7 +166,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           if (!isVmdkError(err) || err.code !== 'E_OUTSIDE_ROOT') throw err
           throw new AgentError(
             'E_VMX',
-            `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}. The local driver reads a VM's files only below ${roots.join(', ')} (the folder that holds the VM's folder, or the driver's roots): move the disk there`,
+            `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}. The local driver reads a VM's files only below ${roots.join(', ')} (the folder that holds the VM's folder, and the datastore roots given): when the disk is on another datastore, add the folder it is mounted at with ${LOCAL_ROOTS_SETTING}; otherwise fix the .vmx`,
             { cause: err },
           )
         }

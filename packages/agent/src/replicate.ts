@@ -13,7 +13,7 @@ import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
-import { createLocalDriver } from './local-driver.ts'
+import { createLocalDriver, resolveLocalRoots } from './local-driver.ts'
 import type { EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
 import { HostLocks, withHostLock } from './host-lock.ts'
@@ -47,6 +47,16 @@ export interface ReplicateInit {
   readonly esxi?: EsxiDriverInit
   /** delta format of local snapshots. @default 'sesparse' */
   readonly deltaFormat?: DeltaFormat
+  /**
+   * local driver: more folders the VM's files may be read from (its other
+   * datastores: absolute paths of existing folders, symbolic links resolved
+   * when the VM's cycle starts); the folder that holds the VM's folder is
+   * always one. A missing, relative or non-folder root fails the VM with
+   * `E_CONFIG` before anything is read. Ignored by the esxi driver (its
+   * `datastores` map the folders it reads).
+   * @default none: only the folder that holds the VM's folder
+   */
+  readonly datastoreRoots?: readonly string[]
   /** full-digest verification after commit. @default 'none' */
   readonly certify?: DigestAlgorithm | 'none'
   /** MiB of the disk prefix compared by the trivial check (0 = off). @default 16 */
@@ -179,7 +189,9 @@ async function replicateVm(
   let driver: HypervisorDriver
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
-    driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse' })
+    // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
+    const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots')
+    driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing

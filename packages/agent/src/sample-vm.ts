@@ -10,7 +10,7 @@
 import { execFile } from 'node:child_process'
 import { createCipheriv } from 'node:crypto'
 import { mkdir, open, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
 import { AgentError } from './errors.ts'
 import { createLocalDriver } from './local-driver.ts'
@@ -97,6 +97,12 @@ export interface SampleDisk {
   readonly fill?: 'realistic' | 'random' | 'zero' | 'sparse'
   /** bus node. @default `scsi0:<index>` */
   readonly node?: string
+  /**
+   * the folder the disk's files go to, as on a second datastore (ESXi's
+   * `/vmfs/volumes/ds2/<vm>/`): the .vmx names the disk by its absolute path
+   * @default the VM's folder (the .vmx names it relative to it)
+   */
+  readonly folder?: string
 }
 
 /** Options of `createSampleVm`. */
@@ -142,12 +148,14 @@ export async function createSampleVm(dir: string, opts: SampleVmOptions): Promis
   for (const [i, d] of opts.disks.entries()) {
     if (!Number.isSafeInteger(d.sizeBytes) || d.sizeBytes <= 0 || d.sizeBytes % 512 !== 0) throw new AgentError('E_CONFIG', `disk ${i}: sizeBytes must be a positive multiple of 512`)
     const file = i === 0 ? `${opts.name}.vmdk` : `${opts.name}_${i}.vmdk`
-    const path = join(vmDir, file)
+    const diskDir = d.folder === undefined ? vmDir : resolve(d.folder)
+    if (diskDir !== vmDir) await mkdir(diskDir, { recursive: true })
+    const path = join(diskDir, file)
     await createFlatDisk(path, d.sizeBytes, {
       createType: 'vmfs',
       ddb: { 'ddb.adapterType': 'pvscsi', 'ddb.virtualHWVersion': '14', 'ddb.uuid': `60 00 C2 9${i} 00 11 22 33-44 55 66 77 88 99 aa bb` },
     })
-    const flat = join(vmDir, `${opts.name}${i === 0 ? '' : `_${i}`}-flat.vmdk`)
+    const flat = join(diskDir, `${opts.name}${i === 0 ? '' : `_${i}`}-flat.vmdk`)
     await fillFlat(flat, d.sizeBytes, d.fill ?? 'realistic', rnd)
     const node = d.node ?? `scsi0:${i}`
     const bus = node.split(':')[0] as string
@@ -155,7 +163,7 @@ export async function createSampleVm(dir: string, opts: SampleVmOptions): Promis
       buses.add(bus)
       lines.push(`${bus}.present = "TRUE"`)
     }
-    lines.push(`${node}.present = "TRUE"`, `${node}.deviceType = "scsi-hardDisk"`, `${node}.fileName = "${file}"`)
+    lines.push(`${node}.present = "TRUE"`, `${node}.deviceType = "scsi-hardDisk"`, `${node}.fileName = "${diskDir === vmDir ? file : path}"`)
     disks.push(path)
   }
   const vmxPath = join(vmDir, `${opts.name}.vmx`)
@@ -201,6 +209,8 @@ export interface GuestWriteOptions {
   readonly seed?: number
   /** fraction of writes that write zeros (discard-like). @default 0.1 */
   readonly zeroFraction?: number
+  /** more folders the VM's disks may be on (the local driver's `roots`: its other datastores). @default none */
+  readonly roots?: readonly string[]
 }
 
 /** One simulated write. */
@@ -216,7 +226,7 @@ export interface GuestWrite {
  * any frozen layer) is never touched; refuses a disk that has no delta.
  */
 export async function simulateGuestWrites(vmxPath: string, opts: GuestWriteOptions): Promise<GuestWrite[]> {
-  const driver = createLocalDriver()
+  const driver = createLocalDriver(opts.roots === undefined ? {} : { roots: opts.roots })
   const vm = await driver.openVm(vmxPath)
   const writeSize = opts.writeSize ?? 65536
   if (writeSize <= 0 || writeSize % 4096 !== 0) throw new AgentError('E_CONFIG', 'writeSize must be a positive multiple of 4096')

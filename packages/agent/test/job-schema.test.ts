@@ -229,6 +229,56 @@ t.test('--independent and --consolidate (or the per-VM keys) win over the esxi s
   t.match(bad.join('\n'), /independentDisks|--independent/)
 })
 
+t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string or a list; the most specific wins; every mistake named before anything runs', async (t) => {
+  const dir = await fixture(t)
+  const ds2 = join(dir, 'mnt', 'ds2')
+  const ds3 = join(dir, 'mnt', 'ds3')
+  await mkdir(ds2, { recursive: true })
+  await mkdir(ds3, { recursive: true })
+  await writeFile(join(dir, 'a-file'), 'x')
+  const file = join(dir, 'job.json')
+  const esxi = { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } }
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      datastoreRoots: `${ds2}/`,
+      vms: ['a.vmx', { vm: 'b.vmx', datastoreRoots: [ds2, ds3] }, { vm: 'db01', driver: 'esxi', esxi }],
+    }),
+  )
+  const job = await loadJob({ file })
+  t.same(job.vms[0]?.datastoreRoots, [ds2], 'a string is a list of one, normalized')
+  t.same(job.vms[1]?.datastoreRoots, [ds2, ds3], "a VM's own list replaces the job's")
+  t.equal(job.vms[2]?.datastoreRoots, undefined, 'not passed to the esxi driver (its datastores)')
+  const flagged = await loadJob({ file, cwd: dir, options: { datastoreRoots: [ds3] }, names: { datastoreRoots: '--datastore-root' } })
+  t.same(
+    flagged.vms.slice(0, 2).map((v) => v.datastoreRoots),
+    [[ds3], [ds3]],
+    'the flag wins over the file',
+  )
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      datastoreRoots: 'mnt/ds2',
+      vms: [
+        { vm: 'a.vmx', datastoreRoots: [ds2, join(dir, 'nope'), join(dir, 'a-file')] },
+        { vm: 'b.vmx', datastoreRoots: [] },
+      ],
+    }),
+  )
+  const p = await problems(loadJob({ file }))
+  t.ok(p.includes('job.datastoreRoots: "mnt/ds2" is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'), p.join('\n'))
+  t.ok(p.includes(`job.vms[0].datastoreRoots[1]: ${join(dir, 'nope')} does not exist (is the datastore mounted?)`), p.join('\n'))
+  t.ok(p.includes(`job.vms[0].datastoreRoots[2]: ${join(dir, 'a-file')} is not a folder`), p.join('\n'))
+  t.ok(p.includes('job.vms[1].datastoreRoots: needs at least 1 entry'), p.join('\n'))
+  t.equal(p.length, 4, p.join('\n'))
+  const f = await problems(loadJob({ cwd: dir, vms: ['a.vmx'], options: { to: 'wss://dr:7443', tokenFile: 'token.txt', datastoreRoots: 'ds2' }, names: { datastoreRoots: '--datastore-root' } }))
+  t.same(f, ['--datastore-root: "ds2" is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'], 'a flag: named by the flag, a relative path refused (not resolved)')
+})
+
 t.test('retention: an object in a job file, a string as a flag, both the wire request; every mistake named', async (t) => {
   const dir = await fixture(t)
   const file = join(dir, 'job.json')

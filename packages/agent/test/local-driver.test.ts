@@ -1,14 +1,15 @@
 import t from 'tap'
 import { existsSync, symlinkSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { createDelta, openChain } from '@grainline/vmdk'
 import { mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
-import { createLocalDriver } from '../src/local-driver.ts'
+import { createLocalDriver, resolveLocalRoots } from '../src/local-driver.ts'
+import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import { parseVmsd } from '../src/vmsd.ts'
 import { VmxConfig, vmxDisks } from '../src/vmx.ts'
-import { firstDifference, MiB, qemuMap, qemuRaw, scratch } from './helpers.ts'
+import { firstDifference, haveReceiver, memoryLogger, MiB, qemuMap, qemuRaw, scratch, startReceiver, TOKEN } from './helpers.ts'
 
 for (const format of ['sesparse', 'vmfssparse', 'hosted'] as const) {
   t.test(`local snapshots with ${format} deltas: create, map, remove = consolidate`, async (t) => {
@@ -200,7 +201,7 @@ t.test('the local driver reads a VM only inside the folder that holds its folder
   await rm(join(vm.dir, 'web.nvram'))
   symlinkSync(secret, join(vm.dir, 'web.nvram'))
   await t.rejects(vmFiles(await driver.openVm(vm.vmxPath), driver), { code: 'E_OUTSIDE_ROOT', message: /through a symbolic link/ })
-  // an explicit root can widen (or narrow) what is read
+  // an explicit root widens what is read (the folder holding the VM folder stays one)
   const wide = createLocalDriver({ roots: [dir] })
   const files = await vmFiles(await wide.openVm(vm.vmxPath), wide)
   t.same(
@@ -221,4 +222,105 @@ t.test('the local driver: a linked clone whose base is in a sibling VM folder re
   const driver = createLocalDriver()
   const h = await driver.openVm(join(clone, 'clone.vmx'))
   t.same(await mirrorDiskNames(h, driver), ['base.vmdk'], 'the chain opens through the sibling folder')
+})
+
+t.test('a VM with a disk on a second datastore: refused without its root (E_VMX naming the setting), replicated with it; the folder holding the VM folder stays a root', async (t) => {
+  if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
+  const dir = scratch(t)
+  const ds1 = join(dir, 'ds1')
+  const ds2 = join(dir, 'ds2')
+  // /vmfs/volumes/ds1/app/app.vmx and /vmfs/volumes/ds2/app/app_1.vmdk
+  const vm = await createSampleVm(ds1, { name: 'app', disks: [{ sizeBytes: 4 * MiB }, { sizeBytes: 3 * MiB, folder: join(ds2, 'app') }], seed: 11 })
+  const second = join(ds2, 'app', 'app_1.vmdk')
+  t.equal(vm.disks[1], second)
+  t.match(await readFile(vm.vmxPath, 'utf8'), `scsi0:1.fileName = "${second}"`, 'the .vmx names the disk by its absolute path')
+  await t.rejects(
+    createLocalDriver().openVm(vm.vmxPath),
+    {
+      name: 'AgentError',
+      code: 'E_VMX',
+      message: new RegExp(`^VM app: disk scsi0:1 .*only below ${ds1} .*add the folder it is mounted at with --datastore-root DIR \\(job file: "datastoreRoots": \\["DIR", …\\]\\)`),
+    },
+    'without the setting: refused, naming the VM, the disk and the setting',
+  )
+
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const { logger } = memoryLogger()
+  const base: ReplicateInit = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(dir, 'state'), progress: 'none', trivialMiB: 1 }
+  const refused = await replicate({ logger }, base)
+  t.equal(refused.vms[0]?.error?.code, 'E_VMX', 'replicate() without datastoreRoots: the VM is refused')
+  t.notOk(existsSync(join(vm.dir, 'app.vmsd')), 'before any snapshot')
+
+  const h = await createLocalDriver({ roots: [ds2] }).openVm(vm.vmxPath)
+  t.same(h.roots, [ds1, ds2], 'the folder holding the VM folder, then the roots given')
+  for (let cycle = 1; cycle <= 2; cycle++) {
+    if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 512 * 1024, seed: cycle, roots: [ds2] })
+    const frozen: string[] = []
+    const r = await replicate(
+      { logger },
+      {
+        ...base,
+        datastoreRoots: [ds2],
+        certify: 'sha256',
+        // the frozen view of each disk (the layer under the new delta), by qemu-img
+        afterSnapshot: async (v) => {
+          for (const [i, d] of v.disks.entries()) {
+            const chain = await openChain(d.path)
+            const layer = chain.layers[1]?.path as string
+            await chain.close()
+            frozen.push(await rawOf(dir, layer, `c${cycle}-${i}.raw`))
+          }
+        },
+      },
+    )
+    t.ok(r.ok, `cycle ${cycle}: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks.map((d) => d.error))}`)
+    t.same(
+      r.vms[0]?.disks.map((d) => [d.name, d.certify?.ok]),
+      [
+        ['app.vmdk', true],
+        ['app_1.vmdk', true],
+      ],
+      `cycle ${cycle}: both disks shipped and certified`,
+    )
+    for (const [i, name] of ['app', 'app_1'].entries()) {
+      t.equal(await firstDifference(join(rx.store, 'app', `${name}-flat.vmdk`), frozen[i] as string), -1, `cycle ${cycle}: mirror of ${name}.vmdk == the frozen source`)
+    }
+  }
+  const running = (await createLocalDriver({ roots: [ds2] }).openVm(vm.vmxPath)).disks[1]?.path as string
+  t.equal(dirname(running), join(ds2, 'app'), "the second disk's delta is made on its own datastore")
+})
+
+t.test('local driver roots: relative, missing or a file is refused with E_CONFIG before anything is read; a root reached through a link is resolved once', async (t) => {
+  const dir = scratch(t)
+  const ds2 = join(dir, 'ds2')
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'db', disks: [{ sizeBytes: MiB }, { sizeBytes: MiB, folder: join(ds2, 'db') }] })
+  const file = join(dir, 'a-file')
+  await writeFile(file, 'x')
+  t.throws(() => createLocalDriver({ roots: ['ds2'] }), { name: 'AgentError', code: 'E_CONFIG', message: /^local driver roots: "ds2" is not an absolute path/ }, 'relative: at once')
+  for (const [root, why] of [
+    [join(dir, 'nope'), /does not exist/],
+    [file, /is not a folder/],
+    [join(file, 'sub'), /lies below a file/],
+  ] as const) {
+    await t.rejects(createLocalDriver({ roots: [root] }).openVm(vm.vmxPath), { name: 'AgentError', code: 'E_CONFIG', message: why }, `${root}: at the first openVm, before the .vmx is read`)
+    await t.rejects(resolveLocalRoots([root], '--datastore-root'), { code: 'E_CONFIG', message: new RegExp(`^--datastore-root: ${root}`) })
+  }
+  await t.rejects(resolveLocalRoots(['./ds2'], 'datastoreRoots'), { code: 'E_CONFIG', message: /^datastoreRoots: "\.\/ds2" is not an absolute path/ })
+  // the replicate() API: the VM fails with E_CONFIG before its snapshot or any connection
+  const { logger } = memoryLogger()
+  for (const root of ['ds2', join(dir, 'nope'), file]) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: join(dir, 'state'), progress: 'none', giveUpMs: 0, datastoreRoots: [root] })
+    t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `datastoreRoots ${root}`)
+    t.match(r.vms[0]?.error?.message, /^datastoreRoots: /)
+  }
+  t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
+  // a root given through a symbolic link (a mount point's alias): the link and its target are roots; the .vmx may name either
+  const link = join(dir, 'ds2-link')
+  symlinkSync(ds2, link)
+  t.same(await resolveLocalRoots([link, `${ds2}/`]), [link, ds2], 'the name given and the folder it leads to, once each')
+  const viaLink = createLocalDriver({ roots: [link] })
+  t.same((await viaLink.openVm(vm.vmxPath)).disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'))
+  await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(`"${join(ds2, 'db', 'db_1.vmdk')}"`, `"${join(link, 'db', 'db_1.vmdk')}"`))
+  t.same(await mirrorDiskNames(await viaLink.openVm(vm.vmxPath), viaLink), ['db.vmdk', 'db_1.vmdk'], 'a disk named through the link opens')
 })

@@ -131,6 +131,35 @@ export function existingDirField(ctx: SchemaContext) {
   })
 }
 
+/**
+ * An absolute path of a folder that exists (checked while validating),
+ * normalized. A relative path is refused, not resolved: for folders that
+ * bound what the agent may read, where the path is written must not change
+ * what it means.
+ */
+export function absoluteDirField() {
+  return z
+    .string()
+    .min(1)
+    .transform(async (p, c) => {
+      if (!isAbsolute(p)) {
+        c.addIssue({ code: 'custom', message: `${JSON.stringify(p)} is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)` })
+        return z.NEVER
+      }
+      const abs = resolve(p)
+      const st = await stat(abs).catch((err: NodeJS.ErrnoException) => err)
+      if (st instanceof Error) {
+        c.addIssue({ code: 'custom', message: st.code === 'ENOENT' ? `${abs} does not exist (is the datastore mounted?)` : `${abs}: ${st.code ?? st.message}` })
+        return z.NEVER
+      }
+      if (!st.isDirectory()) {
+        c.addIssue({ code: 'custom', message: `${abs} is not a folder` })
+        return z.NEVER
+      }
+      return abs
+    })
+}
+
 /** Largest secret/token/CA file read while validating. */
 const MAX_SMALL_FILE = 1024 * 1024
 

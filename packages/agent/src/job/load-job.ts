@@ -231,6 +231,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     insecure: val('insecureTls'),
     insecurePlaintext: insecurePlaintext ? true : undefined,
     deltaFormat: val('deltaFormat'),
+    datastoreRoots: driver === 'local' ? val('datastoreRoots') : undefined,
     certify: val('certify'),
     trivialMiB: val('trivialMiB'),
     compress: val('compress'),

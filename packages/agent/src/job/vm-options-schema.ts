@@ -9,7 +9,7 @@
  */
 import { z } from 'zod'
 import { CompressionAlgorithms, DigestAlgorithms } from '@grainline/protocol'
-import { certificateFileField, doc, durationField, pathField, secretFileField, sizeField, type SchemaContext } from './fields.ts'
+import { absoluteDirField, certificateFileField, doc, durationField, pathField, secretFileField, sizeField, type SchemaContext } from './fields.ts'
 import { esxiSettingsSchema } from './esxi-settings-schema.ts'
 import { loadSettingsFile } from './settings-file.ts'
 import { retentionField } from './retention-field.ts'
@@ -33,6 +33,9 @@ function esxiField(ctx: SchemaContext) {
   ])
 }
 
+/** Most folders `datastoreRoots` may list (a bound, not a target). */
+export const MAX_DATASTORE_ROOTS = 256
+
 /** The per-VM keys (an object shape: one line per option). */
 export function vmOptionsShape(ctx: SchemaContext) {
   return {
@@ -45,6 +48,13 @@ export function vmOptionsShape(ctx: SchemaContext) {
     driver: doc(z.enum(DriverNames).optional(), { description: 'Hypervisor driver: `local` (a VM folder grainline snapshots itself) or `esxi` (vim-cmd over SSH).', default: '"local"' }),
     esxi: doc(esxiField(ctx).optional(), { description: 'esxi driver settings (see [esxi.md](esxi.md)), or the path of a JSON file holding them.', type: 'object or path' }),
     deltaFormat: doc(z.enum(DeltaFormats).optional(), { description: 'local driver: delta format of new snapshots.', default: '"sesparse"' }),
+    datastoreRoots: doc(z.union([absoluteDirField().transform((p) => [p]), z.array(absoluteDirField()).min(1).max(MAX_DATASTORE_ROOTS)]).optional(), {
+      description:
+        "local driver: more folders the VM's files may be read from: its other datastores (a VM whose .vmx names a disk on a second datastore, an NFS mount on a Linux proxy). Absolute paths of existing folders, symbolic links resolved when the run starts. The folder that holds the VM's folder is always readable and these add to it; a disk, extent, parent or nvram outside all of them is refused (E_VMX, E_OUTSIDE_ROOT). Like every per-VM option, a VM's own list replaces the job's. Ignored by the esxi driver (its `datastores`).",
+      default: "the folder that holds the VM's folder",
+      type: 'path or array of paths',
+      example: '["/vmfs/volumes/ds2", "/mnt/nfs/ds3"]',
+    }),
     certify: doc(z.enum(CertifyChoices).optional(), { description: 'Full digest of the frozen source and the mirror after commit.', default: '"none"' }),
     trivialMiB: doc(
       z

@@ -46,6 +46,16 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'driver', key: 'driver', level: 'vm', yargs: s('hypervisor driver (default local)', { choices: DriverNames }) },
   { flag: 'esxi-config', key: 'esxi', level: 'vm', path: true, yargs: s('JSON file with the esxi driver settings (docs/config/esxi.md)') },
   { flag: 'delta-format', key: 'deltaFormat', level: 'vm', yargs: s('local driver: delta format of new snapshots (default sesparse)', { choices: DeltaFormats }) },
+  {
+    flag: 'datastore-root',
+    key: 'datastoreRoots',
+    level: 'vm',
+    // repeated, not a yargs array: an array would swallow the .vmx paths that follow it
+    list: true,
+    yargs: s(
+      "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder; repeat the flag for several). The folder that holds the VM's folder is always readable; a disk outside every such folder is refused (E_VMX)",
+    ),
+  },
   { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
   { flag: 'trivial-mb', key: 'trivialMiB', level: 'vm', integer: true, yargs: s('MiB of the disk prefix compared after every cycle (default 16; 0 = off)') },
   { flag: 'compress', key: 'compress', level: 'vm', yargs: s('preferred compression (default lz4)', { choices: CompressionAlgorithms }) },
