@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { dirname, isAbsolute, join } from 'node:path'
 import { VmxConfig, vmxDisks } from '@grainline/agent'
 import { generateSelfSignedTls, generateToken, writeTokensFile, writeTokenFile } from 'grainline'
 import { cliBin, qemuRaw, runNode, startReceiverProcess, type ReceiverProcess, type RunNodeOptions, type RunResult } from '@grainline/test-utils'
@@ -102,7 +102,11 @@ export interface RunReport {
 
 let reports = 0
 
-/** Run `grainline replicate` as a real agent process against a site (or through a proxy on `opts.port`). */
+/**
+ * Run `grainline replicate` as a real agent process against a site (or through
+ * a proxy on `opts.port`): of `vmx`, or (`vmx` '') of the VMs of the `--job`
+ * file that `args` name.
+ */
 export async function replicateCli(
   site: Site,
   vmx: string,
@@ -115,7 +119,7 @@ export async function replicateCli(
   const r = await runCli(
     [
       'replicate',
-      vmx,
+      ...(vmx === '' ? [] : [vmx]),
       '--to',
       `wss://127.0.0.1:${opts.port ?? site.receiver.port}`,
       '--token-file',
@@ -159,20 +163,21 @@ export async function expectedView(vmx: string, out: string): Promise<string> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   const d = vmxDisks(cfg)[0]
   if (d === undefined) throw new Error(`${vmx}: no disk`)
-  await qemuRaw(join(dirname(vmx), d.fileName), out)
+  await qemuRaw(isAbsolute(d.fileName) ? d.fileName : join(dirname(vmx), d.fileName), out)
   return out
 }
 
 /**
  * The views the next cycle will ship of every disk of a VM, in `.vmx` order:
- * `qemu-img convert` of each disk's current top into `<out>-<i>.raw`.
+ * `qemu-img convert` of each disk's current top (named relative to the .vmx's
+ * folder, or absolute: a disk on another datastore) into `<out>-<i>.raw`.
  */
 export async function frozenView(vmx: string, out: string): Promise<string[]> {
   const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
   const raws: string[] = []
   for (const [i, d] of vmxDisks(cfg).entries()) {
     const raw = `${out}-${i}.raw`
-    await qemuRaw(join(dirname(vmx), d.fileName), raw)
+    await qemuRaw(isAbsolute(d.fileName) ? d.fileName : join(dirname(vmx), d.fileName), raw)
     raws.push(raw)
   }
   return raws

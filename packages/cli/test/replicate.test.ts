@@ -140,6 +140,31 @@ t.test('a job file with several VMs in parallel: one report, a failed VM fails t
   t.match(r.stderr, /grainline: 1 of 3 VMs failed: .*gone.* \[E_VM_NOT_FOUND\]/)
 })
 
+t.test("a VM with a disk on a second datastore: refused without --datastore-root (exit 1, E_VMX naming the flag), replicated with the flag or the job file's datastoreRoots", async (t) => {
+  const s = await site(t)
+  const ds2 = join(s.dir, 'ds2')
+  const vm = await createSampleVm(join(s.dir, 'ds1'), { name: 'two-ds', disks: [{ sizeBytes: 2 * MiB }, { sizeBytes: 2 * MiB, folder: join(ds2, 'two-ds') }] })
+  const refused = await runNode(bin, s.args(vm.vmxPath))
+  t.equal(refused.code, 1, refused.stderr.slice(-2000))
+  t.match(refused.stdout, /^FAIL .*E_VMX VM two-ds: disk scsi0:1 .*add the folder it is mounted at with --datastore-root DIR \(job file: "datastoreRoots": \["DIR", …\]\)/)
+  t.match(refused.stderr, /grainline: 1 of 1 VM failed: .*\[E_VMX\]/)
+  // the flag before the VM: repeated, not an array that would take the .vmx for a root
+  const [, ...rest] = s.args(vm.vmxPath)
+  const flag = await runNode(bin, ['replicate', '--datastore-root', ds2, ...rest])
+  t.equal(flag.code, 0, flag.stderr.slice(-2000))
+  t.match(flag.stdout, /^OK {3}two-ds cycle 1 /)
+  t.match(flag.stdout, /ok {3}scsi0:1 two-ds_1\.vmdk: seed, /)
+  const job = join(s.dir, 'job.json')
+  await writeFile(job, JSON.stringify({ datastoreRoots: ds2, vms: [vm.vmxPath] }))
+  const fromJob = await runNode(
+    bin,
+    s.args('', '--job', job).filter((x) => x !== ''),
+  )
+  t.equal(fromJob.code, 0, fromJob.stderr.slice(-2000))
+  t.match(fromJob.stdout, /^OK {3}two-ds cycle 2 /)
+  t.match(fromJob.stdout, /ok {3}scsi0:1 two-ds_1\.vmdk: incremental, /)
+})
+
 const haveScript = (() => {
   try {
     execFileSync('script', ['--version'], { stdio: 'ignore' })

@@ -37,6 +37,8 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
     [['--give-up', 'soon', '--trivial-mb', '-4'], /^grainline: 2 problems:\n {2}--trivial-mb: must be at least 0\n {2}--give-up: "soon" is not a duration/],
     [['--ca', join(dir, 'missing.crt')], /^grainline: --ca: cannot read .*missing\.crt \(ENOENT\)/],
     [['--to', `ws://127.0.0.1:${w.port}`], /^grainline: --to: given 2 times; give it once\n/],
+    [['--datastore-root', 'ds2'], /^grainline: --datastore-root: "ds2" is not an absolute path: give the folder from \//],
+    [['--datastore-root', dir, '--datastore-root', join(dir, 'no-ds')], /^grainline: --datastore-root\[1\]: .*no-ds does not exist \(is the datastore mounted\?\)\n/],
     [['--driver', 'esxi'], /^grainline: VM ".*untouched\.vmx": driver "esxi" needs its settings: set "esxi" \(or --esxi-config FILE\)/],
   ]
   for (const [extra, message] of cases) {
