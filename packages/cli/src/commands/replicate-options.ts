@@ -14,6 +14,7 @@ import type { Options } from 'yargs'
 import { CertifyChoices, DeltaFormats, DriverNames, EmailLayouts, NotifyOutcomes, SmtpTlsModes } from '@grainline/agent/choices'
 import { CompressionAlgorithms } from '@grainline/protocol/messages'
 import { UsageError } from '../exit-codes.ts'
+import { repeatableOption } from '../repeatable-option.ts'
 
 /** One flag. */
 export interface FlagSpec {
@@ -27,7 +28,7 @@ export interface FlagSpec {
   readonly path?: boolean
   /** a whole number written as text (validated by the schema, which names the flag) */
   readonly integer?: boolean
-  /** the value is a list (`--mail-to a --mail-to b`) */
+  /** the value is a list: a repeatable single-value flag (`--mail-to a --mail-to b`, yargs from `repeatableOption`) */
   readonly list?: boolean
   readonly yargs: Options
 }
@@ -50,10 +51,10 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     flag: 'datastore-root',
     key: 'datastoreRoots',
     level: 'vm',
-    // repeated, not a yargs array: an array would swallow the .vmx paths that follow it
+    // repeated, not a yargs array: an array would swallow the .vmx paths that follow it (no comma list: a path may hold one)
     list: true,
-    yargs: s(
-      "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder; repeat the flag for several). The folder that holds the VM's folder is always readable; a disk outside every such folder is refused (E_VMX)",
+    yargs: repeatableOption(
+      "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder). The folder that holds the VM's folder is always readable; a disk outside every such folder is refused (E_VMX)",
     ),
   },
   { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
@@ -120,14 +121,14 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     ),
   },
   { flag: 'report', key: 'report', level: 'job', path: true, yargs: s('write the JSON report to this file') },
-  { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: s('e-mail the report to this address (repeat for several)', { array: true }) },
+  { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: repeatableOption('e-mail the report to this address', { commaList: true }) },
   { flag: 'mail-from', key: 'email.from', level: 'job', yargs: s('sender address of the report e-mail') },
   {
     flag: 'mail-on',
     key: 'email.on',
     level: 'job',
     list: true,
-    yargs: s('send the e-mail after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { array: true, choices: NotifyOutcomes }),
+    yargs: repeatableOption('send the e-mail after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { commaList: true, choices: NotifyOutcomes }),
   },
   { flag: 'mail-layout', key: 'email.layout', level: 'job', yargs: s('e-mail layout (default auto: certified when a VM was certified)', { choices: EmailLayouts }) },
   { flag: 'smtp-host', key: 'email.smtp.host', level: 'job', yargs: s('SMTP server') },
@@ -143,7 +144,7 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     key: 'webhooks.on',
     level: 'job',
     list: true,
-    yargs: s('POST after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { array: true, choices: NotifyOutcomes }),
+    yargs: repeatableOption('POST after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { commaList: true, choices: NotifyOutcomes }),
   },
 ]
 

@@ -1,0 +1,170 @@
+/**
+ * Options that take several values (`--mail-to`, `--mail-on`, `--webhook-on`,
+ * `--datastore-root`, `--path-map`, `--network`) take ONE value per
+ * occurrence: written before a positional (`grainline replicate --mail-to
+ * ops@x.net vm.vmx`) they leave it alone. A yargs `array` option would take
+ * every word up to the next flag: the VM would become a second address.
+ */
+import t from 'tap'
+import { mkdir } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import yargs from 'yargs'
+import { createSampleVm } from '@grainline/agent'
+import { runNode, scratchDir, tokenFileFixture } from '@grainline/test-utils'
+import type { CliCommand } from '../src/command.ts'
+import { mirrorCommand } from '../src/commands/mirror.ts'
+import { infoCommand, mapCommand } from '../src/commands/info.ts'
+import { replicateCommand } from '../src/commands/replicate.ts'
+import { jobFromArgs } from '../src/commands/replicate-run.ts'
+import { COMMANDS } from '../src/main.ts'
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
+
+/** Parse `argv` as `command` does (strict, choices checked), without running it. */
+function parse(command: CliCommand, argv: readonly string[]): Record<string, unknown> {
+  return yargs([...argv])
+    .strict()
+    .command(command.command, command.describe, command.builder)
+    .fail((msg, err) => {
+      throw err ?? new Error(msg)
+    })
+    .parseSync() as Record<string, unknown>
+}
+
+t.test('no command declares an array option: only a positional (replicate [vm..]) takes several words', async (t) => {
+  for (const c of COMMANDS) {
+    const positionals = new Set([...c.command.matchAll(/[<[]([\w-]+)(?:\.\.)?[>\]]/g)].map((m) => m[1]))
+    // getOptions() is yargs' own (not in its typings): the keys declared `array`
+    const declared = c.builder(yargs([])) as unknown as { getOptions(): { array: string[] } }
+    const arrays = declared.getOptions().array.filter((k) => !positionals.has(k))
+    t.same(arrays, [], `${c.command}: no greedy option`)
+  }
+})
+
+t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root before the VMs leave the VMs alone', async (t) => {
+  const secret = tokenFileFixture(scratchDir(t))
+  const common = [
+    '--to',
+    'wss://dr.example.net:7443',
+    '--mail-from',
+    'dr@example.net',
+    '--smtp-host',
+    'smtp.example.net',
+    '--webhook',
+    'https://hooks.example.net/x',
+    '--webhook-secret-file',
+    secret,
+    '--token-file',
+    secret,
+  ]
+  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', '/', 'a.vmx', 'b.vmx', ...common])
+  t.same(args['vm'], ['a.vmx', 'b.vmx'], 'both VMs are positionals')
+  t.same(args['mail-to'], ['ops@example.net'])
+  t.same(args['mail-on'], ['failure'])
+  t.same(args['webhook-on'], ['warning'])
+  t.same(args['datastore-root'], ['/'])
+  const job = await jobFromArgs(args, '/tmp')
+  t.same(
+    job.vms.map((v) => v.vm),
+    ['/tmp/a.vmx', '/tmp/b.vmx'].map((p) => resolve(p)),
+  )
+  t.same(job.email?.to, 'ops@example.net', 'one address')
+  t.same(job.email?.on, 'failure')
+  t.same(job.webhooks[0]?.on, 'warning')
+})
+
+t.test('replicate: repeated occurrences accumulate; comma lists are split (addresses, events), never paths', async (t) => {
+  const secret = tokenFileFixture(scratchDir(t))
+  const args = parse(replicateCommand, [
+    'replicate',
+    '--mail-to',
+    'a@example.net, b@example.net',
+    'vm.vmx',
+    '--mail-to',
+    'c@example.net',
+    '--mail-on',
+    'warning,failure',
+    '--webhook-on',
+    'success',
+    '--webhook-on',
+    'failure',
+    '--datastore-root',
+    '/',
+    '--datastore-root',
+    '/tmp',
+    '--to',
+    'wss://dr.example.net:7443',
+    '--mail-from',
+    'dr@example.net',
+    '--smtp-host',
+    'smtp.example.net',
+    '--webhook',
+    'https://hooks.example.net/x',
+    '--webhook-secret-file',
+    secret,
+    '--token-file',
+    secret,
+  ])
+  t.same(args['vm'], ['vm.vmx'])
+  t.same(args['mail-to'], ['a@example.net', 'b@example.net', 'c@example.net'], 'comma list split and trimmed, then the repeat')
+  t.same(args['mail-on'], ['warning', 'failure'])
+  t.same(args['webhook-on'], ['success', 'failure'])
+  t.same(args['datastore-root'], ['/', '/tmp'])
+  const job = await jobFromArgs(args, '/tmp')
+  t.same(job.email?.to, ['a@example.net', 'b@example.net', 'c@example.net'])
+  t.same(job.email?.on, ['warning', 'failure'])
+  t.same(job.webhooks[0]?.on, ['success', 'failure'])
+  t.equal(job.vms.length, 1)
+  const paths = parse(mirrorCommand, ['mirror', 'failover', '--store', '/s', '--vm', 'x', '--network', 'A,B=C', '--network', 'D=E'])
+  t.same(paths['network'], ['A,B=C', 'D=E'], '--network: a label may hold a comma, no split')
+  t.same(parse(infoCommand, ['info', '--path-map', 'ds1=/a,b', 'x.vmdk'])['path-map'], ['ds1=/a,b'], '--path-map: a path may hold a comma, no split')
+  t.equal(parse(replicateCommand, ['replicate', 'vm.vmx'])['mail-to'], undefined, 'absent: undefined')
+})
+
+t.test('info, map and mirror: --path-map and --network before the positional leave it alone', async (t) => {
+  const info = parse(infoCommand, ['info', '--path-map', 'ds1=/mnt/ds1', 'disk.vmdk'])
+  t.equal(info['disk'], 'disk.vmdk')
+  t.same(info['path-map'], ['ds1=/mnt/ds1'])
+  const map = parse(mapCommand, ['map', '--path-map', 'ds1=/mnt/ds1', '--path-map', 'ds2=/mnt/ds2', 'disk.vmdk'])
+  t.equal(map['disk'], 'disk.vmdk')
+  t.same(map['path-map'], ['ds1=/mnt/ds1', 'ds2=/mnt/ds2'])
+  const mirror = parse(mirrorCommand, ['mirror', '--network', 'VM Network=DR Network', 'failover', '--store', '/s', '--vm', 'x'])
+  t.equal(mirror['action'], 'failover')
+  t.same(mirror['network'], ['VM Network=DR Network'])
+})
+
+t.test('as processes: the flag before the positional reaches the command; bad values still exit 2 naming the flag', async (t) => {
+  const dir = scratchDir(t)
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'kept', disks: [{ sizeBytes: 1024 * 1024 }] })
+  const token = tokenFileFixture(dir)
+  const mail = ['--mail-from', 'dr@example.net', '--smtp-host', 'smtp.example.net']
+  const base = ['--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state'), ...mail]
+  // --driver esxi without its settings: refused before anything, naming the VM (the positional after --mail-to)
+  const kept = await runNode(bin, ['replicate', '--mail-to', 'ops@example.net', vm.vmxPath, ...base, '--driver', 'esxi'])
+  t.equal(kept.code, 2)
+  t.match(kept.stderr, /^grainline: VM ".*kept\.vmx": driver "esxi" needs its settings/, 'the VM is the positional, not a second address')
+  const cases: Array<[string[], RegExp]> = [
+    [['--mail-to', 'ops'], /^grainline: --mail-to: is not an e-mail address/],
+    [['--mail-to', 'ops@example.net,'], /^grainline: --mail-to\[1\]: is not an e-mail address/],
+    [['--mail-to', 'ops@example.net', '--mail-on', 'always'], /^grainline: Invalid values:\n {2}Argument: mail-on, Given: "always", Choices: "success", "warning", "failure"\n/],
+    [['--mail-to', 'ops@example.net', '--mail-on', 'failure,always'], /^grainline: Invalid values:\n {2}Argument: mail-on, Given: "always"/],
+    [
+      ['--webhook', 'https://hooks.example.net/x', '--webhook-secret-file', token, '--webhook-on', 'success,', '--webhook-on', 'failure'],
+      /^grainline: Invalid values:\n {2}Argument: webhook-on, Given: ""/,
+    ],
+  ]
+  for (const [extra, message] of cases) {
+    const r = await runNode(bin, ['replicate', ...extra, vm.vmxPath, ...base])
+    t.equal(r.code, 2, `${extra.join(' ')}: exit 2`)
+    t.match(r.stderr, message, extra.join(' '))
+    t.equal(r.stdout, '')
+  }
+  const info = await runNode(bin, ['info', '--path-map', 'ds1=/mnt/ds1', join(dir, 'missing.vmdk')])
+  t.equal(info.code, 1, 'info ran: the disk was not taken as a second --path-map')
+  t.match(info.stderr, /missing\.vmdk/)
+  await mkdir(join(dir, 'store'))
+  const mirror = await runNode(bin, ['mirror', '--network', 'VM Network=DR Network', 'rollback', '--store', join(dir, 'store'), '--vm', 'x'])
+  t.equal(mirror.code, 1, 'mirror ran its action')
+  t.match(mirror.stderr, /^grainline: no mirror of VM x .* \[E_NOT_FOUND\]\n$/)
+})
