@@ -57,6 +57,12 @@ export interface VmHandle {
    * its mapped datastores already.
    */
   readonly roots?: readonly string[]
+  /**
+   * What an `E_OUTSIDE_ROOT` outside `roots` tells the operator to do: how
+   * this driver's roots are set (the local driver: `--datastore-root`).
+   * @default vmdk's generic remedy
+   */
+  readonly rootsRemedy?: string
 }
 
 /** Per-disk record of a snapshot (.vmsd `snapshotK.diskD.*`). */

@@ -42,6 +42,9 @@ export interface LocalDriverInit {
 /** How an operator names the local driver's roots, for messages. */
 export const LOCAL_ROOTS_SETTING = '--datastore-root DIR (job file: "datastoreRoots": ["DIR", …])'
 
+/** What an `E_OUTSIDE_ROOT` of the local driver tells the operator to do (vmdk's default speaks of roots in general). */
+export const LOCAL_OUTSIDE_ROOT_REMEDY = `fix the reference, or, when the file is on another datastore, add the folder it is mounted at with ${LOCAL_ROOTS_SETTING}`
+
 function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
   for (const r of roots) {
     if (typeof r !== 'string' || !isAbsolute(r)) {
@@ -154,7 +157,8 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       // the folder that holds the VM's folder is always a root: a VM's own files are always readable
       const roots = [dirname(dir)]
       for (const r of extra) if (!roots.includes(r)) roots.push(r)
-      const confined = confineFileAccess(localFileAccess, roots)
+      // no remedy in the vmdk message: the E_VMX below names the local driver's own
+      const confined = confineFileAccess(localFileAccess, roots, { remedy: '' })
       const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
       // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
       for (const d of disks) {
@@ -171,7 +175,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           )
         }
       }
-      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots }
+      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY }
     },
 
     async listSnapshots(vm) {
@@ -246,7 +250,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): the VM no
           // longer runs on its chain, so nothing of it is merged; its files stay where they are
           if (disk === undefined) continue
-          const chain = await openChain(disk.path, fresh.roots === undefined ? {} : { roots: fresh.roots })
+          const chain = await openChain(disk.path, fresh.roots === undefined ? {} : { roots: fresh.roots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY })
           let childPath: string
           let parentPath: string
           try {

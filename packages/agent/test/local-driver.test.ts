@@ -186,7 +186,12 @@ t.test('the local driver reads a VM only inside the folder that holds its folder
   // a .vmx naming a disk off the root: refused at open (a snapshot would create its delta next to it)
   for (const name of ['/etc/hostname', '../../secret.txt']) {
     await writeFile(vm.vmxPath, good.replace('scsi0:0.fileName = "web.vmdk"', `scsi0:0.fileName = "${name}"`))
-    await t.rejects(driver.openVm(vm.vmxPath), { name: 'AgentError', code: 'E_VMX', message: /VM web: disk scsi0:0 .*outside the folders this VM's files may be read from/ }, name)
+    const err = (await driver.openVm(vm.vmxPath).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error | undefined
+    t.match(err, { name: 'AgentError', code: 'E_VMX', message: /VM web: disk scsi0:0 .*outside the folders this VM's files may be read from.*with --datastore-root DIR/ }, name)
+    t.notMatch(err?.message, /map the datastore/, `${name}: one remedy, the local driver's`)
   }
   await writeFile(vm.vmxPath, good)
   // a descriptor whose extent climbs out, or is an absolute path: the chain is refused, naming the descriptor
@@ -194,13 +199,24 @@ t.test('the local driver reads a VM only inside the folder that holds its folder
   const text = await readFile(desc, 'utf8')
   for (const name of ['../../secret.txt', secret]) {
     await writeFile(desc, text.replace('"web-flat.vmdk"', JSON.stringify(name)))
-    await t.rejects(mirrorDiskNames(await driver.openVm(vm.vmxPath), driver), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: desc }, name)
+    const err = (await mirrorDiskNames(await driver.openVm(vm.vmxPath), driver).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error | undefined
+    t.match(err, { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', file: desc }, name)
+    // the local driver's remedy: its setting, not the esxi driver's datastore mapping
+    t.match(
+      err?.message,
+      /is refused; fix the reference, or, when the file is on another datastore, add the folder it is mounted at with --datastore-root DIR \(job file: "datastoreRoots": \["DIR", …\]\)/,
+      `${name}: names --datastore-root`,
+    )
+    t.notMatch(err?.message, /map the datastore/, `${name}: not the esxi remedy`)
   }
   await writeFile(desc, text)
   // the nvram linked out of the folder is not shipped with the mirror
   await rm(join(vm.dir, 'web.nvram'))
   symlinkSync(secret, join(vm.dir, 'web.nvram'))
-  await t.rejects(vmFiles(await driver.openVm(vm.vmxPath), driver), { code: 'E_OUTSIDE_ROOT', message: /through a symbolic link/ })
+  await t.rejects(vmFiles(await driver.openVm(vm.vmxPath), driver), { code: 'E_OUTSIDE_ROOT', message: /through a symbolic link.* is refused; .*--datastore-root DIR/ })
   // an explicit root widens what is read (the folder holding the VM folder stays one)
   const wide = createLocalDriver({ roots: [dir] })
   const files = await vmFiles(await wide.openVm(vm.vmxPath), wide)

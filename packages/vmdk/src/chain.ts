@@ -52,6 +52,12 @@ export interface OpenChainOptions {
    * @default not confined (for files you trust: your own store, a test)
    */
   roots?: readonly string[]
+  /**
+   * With `roots`: what an `E_OUTSIDE_ROOT` message tells the operator to do
+   * (how the caller's roots are set), as confineFileAccess's `remedy`.
+   * @default DEFAULT_OUTSIDE_ROOT_REMEDY
+   */
+  rootsRemedy?: string
   /** @internal open the top layer's files read-write (the writer) */
   writableTop?: boolean
 }
@@ -278,7 +284,8 @@ export class DiskChain {
  */
 export async function openChain(path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
   const maxDepth = opts.maxDepth ?? 64
-  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots)
+  const files =
+    opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, opts.rootsRemedy === undefined ? {} : { remedy: opts.rootsRemedy })
   const layers: Layer[] = []
   const seen = new Set<string>()
   const missingParent = (p: string, err: unknown): VmdkError => {

@@ -18,6 +18,20 @@ export function isInsideRoot(p: string, root: string): boolean {
   return p === root || p.startsWith(root.endsWith('/') ? root : `${root}/`)
 }
 
+/** What an `E_OUTSIDE_ROOT` message tells the operator to do when the caller names nothing more specific. */
+export const DEFAULT_OUTSIDE_ROOT_REMEDY = 'fix the reference, or add the folder the file is on to the roots'
+
+/** Options of {@link confineFileAccess}. */
+export interface ConfineOptions {
+  /**
+   * What to do, ending the `E_OUTSIDE_ROOT` message: the caller knows how its
+   * roots are set (the agent's local driver: `--datastore-root`; its esxi
+   * driver: map the datastore). `''`: none (the caller's own message says it).
+   * @default DEFAULT_OUTSIDE_ROOT_REMEDY
+   */
+  readonly remedy?: string
+}
+
 /**
  * A {@link FileAccess} that refuses, with `VmdkError` `E_OUTSIDE_ROOT` naming
  * the path, anything outside `roots`: first by the path as given (normalized),
@@ -26,7 +40,8 @@ export function isInsideRoot(p: string, root: string): boolean {
  * runs right before each stat/open; a folder of the path replaced by a link in
  * between is not caught (the readers open what they checked a moment before).
  */
-export function confineFileAccess(files: FileAccess, roots: readonly string[]): FileAccess {
+export function confineFileAccess(files: FileAccess, roots: readonly string[], opts: ConfineOptions = {}): FileAccess {
+  const remedy = opts.remedy ?? DEFAULT_OUTSIDE_ROOT_REMEDY
   const named = roots.map((r) => resolve(r))
   // real paths of the roots (on ESXi /vmfs/volumes/<name> is a link to /vmfs/volumes/<uuid>); a failure is retried next time
   const real = new Map<string, string>()
@@ -45,7 +60,7 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[]): 
   const refuse = (p: string, where: string): VmdkError =>
     new VmdkError(
       'E_OUTSIDE_ROOT',
-      `${where}, outside the folders this VM's files may be read from (${named.join(', ')}): not read. A descriptor or .vmx that names a file off its datastores (an absolute path, "..", or a symbolic link that leads out) is refused; fix the reference, or map the datastore the file is on`,
+      `${where}, outside the folders this VM's files may be read from (${named.join(', ')}): not read. A descriptor or .vmx that names a file off its datastores (an absolute path, "..", or a symbolic link that leads out) is refused${remedy === '' ? '' : `; ${remedy}`}`,
       p,
     )
   // `strict`: a missing path rejects (ENOENT, as realpath does) instead of passing to the open that reports it

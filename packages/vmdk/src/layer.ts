@@ -197,6 +197,8 @@ export interface OpenLayerOptions {
    * @default not confined
    */
   roots?: readonly string[]
+  /** with `roots`: what an `E_OUTSIDE_ROOT` message tells the operator to do (as `openChain`'s `rootsRemedy`) */
+  rootsRemedy?: string
 }
 
 /**
@@ -205,7 +207,8 @@ export interface OpenLayerOptions {
  */
 export async function openLayer(path: string, opts: OpenLayerOptions = {}): Promise<Layer> {
   const writable = opts.writable === true
-  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots)
+  const files =
+    opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, opts.rootsRemedy === undefined ? {} : { remedy: opts.rootsRemedy })
   // a text descriptor is only ever replaced by rename, so open read-only until we know the kind
   let file = await DiskFile.open(files, path, { role: opts.role ?? 'disk' })
   const opened: Extent[] = []

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { join } from 'node:path'
-import { openChain, describeChain, openWriter, openLayer, createFlatDisk, createDelta, consolidate } from '../src/index.ts'
+import { openChain, describeChain, openWriter, openLayer, createFlatDisk, createDelta, consolidate, confineFileAccess, DEFAULT_OUTSIDE_ROOT_REMEDY, localFileAccess } from '../src/index.ts'
 import { chainDigest, collect } from './helpers.ts'
 
 const MiB = 1024 * 1024
@@ -225,6 +225,32 @@ t.test('with roots, a descriptor cannot make the reader ship a file off its data
   const c = await openChain(top, { roots })
   t.equal(c.layers.length, 2)
   await c.close()
+  // the message ends with what to do: by default about roots in general (vmdk knows no datastore settings), or the caller's
+  writeFileSync(desc, good.replace('"vm-flat.vmdk"', JSON.stringify(secret)))
+  const generic = /is refused; fix the reference, or add the folder the file is on to the roots \(/
+  await t.rejects(openChain(top, { roots }), { code: 'E_OUTSIDE_ROOT', message: generic }, 'default remedy')
+  t.equal(DEFAULT_OUTSIDE_ROOT_REMEDY, 'fix the reference, or add the folder the file is on to the roots')
+  const remedy = 'add its datastore with --datastore-root DIR'
+  for (const open of [openChain, describeChain]) {
+    const err = (await open(top, { roots, rootsRemedy: remedy }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error | undefined
+    t.match(err, { code: 'E_OUTSIDE_ROOT', file: desc, message: /^extent .*secret\.txt.* is refused; add its datastore with --datastore-root DIR \(/ }, `${open.name}: the caller's remedy`)
+    t.notMatch(err?.message, /map the datastore|to the roots/, `${open.name}: no other remedy`)
+  }
+  await t.rejects(openChain(top, { roots, rootsRemedy: '' }), { code: 'E_OUTSIDE_ROOT', message: /is refused \(/ }, "'': no remedy (the caller's message says it)")
+  writeFileSync(desc, good)
+  writeFileSync(top, child.replace('parentFileNameHint="vm.vmdk"', 'parentFileNameHint="../../outside/vm.vmdk"').replace(/^parentCID=\w+/m, `parentCID=${cid}`))
+  await t.rejects(
+    openChain(top, { roots, rootsRemedy: remedy }),
+    { code: 'E_OUTSIDE_ROOT', file: top, message: /^parent .* is refused; add its datastore with --datastore-root DIR \(/ },
+    'a parent: the remedy too',
+  )
+  writeFileSync(top, child)
+  await t.rejects(openLayer(join(dir, 'outside', 'vm.vmdk'), { roots, rootsRemedy: remedy }), { code: 'E_OUTSIDE_ROOT', message: /is refused; add its datastore/ }, 'openLayer')
+  const files = confineFileAccess(localFileAccess, roots, { remedy })
+  await t.rejects(files.open(secret, 'r'), { code: 'E_OUTSIDE_ROOT', file: secret, message: /is refused; add its datastore with --datastore-root DIR \(/ }, 'confineFileAccess')
 })
 
 t.test('with roots, legitimate chains still open: a linked clone in another VM folder, a mapped absolute parent, roots named through links', async (t) => {

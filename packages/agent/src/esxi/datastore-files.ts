@@ -14,22 +14,26 @@
 import { confineFileAccess, localFileAccess, VmdkError, type FileAccess, type FileStat, type RandomAccessFile } from '@grainline/vmdk'
 import type { DatastoreMap } from './datastore-path.ts'
 
+/** What an `E_OUTSIDE_ROOT` of the esxi driver tells the operator to do: its roots are the datastores of its settings. */
+export const ESXI_OUTSIDE_ROOT_REMEDY = 'fix the reference, or map the datastore the file is on (esxi settings "datastores")'
+
 /** Route each path to the SFTP or the local reader. `sftp` is required when the map has SFTP datastores. */
 export function datastoreFileAccess(map: DatastoreMap, sftp: FileAccess | undefined): FileAccess {
-  const local = confineFileAccess(localFileAccess, map.localRoots())
+  const local = confineFileAccess(localFileAccess, map.localRoots(), { remedy: ESXI_OUTSIDE_ROOT_REMEDY })
   const remote =
     sftp === undefined || !map.hasSftp
       ? undefined
       : confineFileAccess(
           sftp,
           map.roots().filter((r) => map.isSftpPath(r)),
+          { remedy: ESXI_OUTSIDE_ROOT_REMEDY },
         )
   const pick = (p: string): FileAccess => {
     if (remote !== undefined && map.isSftpPath(p)) return remote
     if (map.isMappedPath(p) && !map.isSftpPath(p)) return local
     throw new VmdkError(
       'E_OUTSIDE_ROOT',
-      `${p} is on no mapped datastore (${map.roots().join(', ')}): not read, neither over SFTP nor from the proxy's own disk; a .vmx or descriptor that names it is refused (map the datastore it is on)`,
+      `${p} is on no mapped datastore (${map.roots().join(', ')}): not read, neither over SFTP nor from the proxy's own disk; a .vmx or descriptor that names it is refused; ${ESXI_OUTSIDE_ROOT_REMEDY}`,
       p,
     )
   }
