@@ -58,6 +58,29 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
   t.match(none.stderr, /name a VM/)
 })
 
+t.test('an e-mail or webhook from the flags with a value missing: named by the flag that sets it; exit 2', async (t) => {
+  const dir = scratchDir(t)
+  const token = tokenFileFixture(dir)
+  const base = ['replicate', join(dir, 'vm.vmx'), '--to', 'wss://127.0.0.1:9', '--token-file', token]
+  const cases: Array<[string[], string]> = [
+    [['--mail-to', 'ops@example.net'], 'grainline: 2 problems:\n  --mail-from: is required\n  --smtp-host: is required\n'],
+    [['--mail-to', 'ops@example.net', '--mail-from', 'dr@example.net', '--smtp-port', '70000'], 'grainline: 2 problems:\n  --smtp-host: is required\n  --smtp-port: must be at most 65535\n'],
+    [['--webhook', 'https://hooks.example.net/x'], 'grainline: --webhook-secret-file: is required\n'],
+    [['--webhook-on', 'failure'], 'grainline: 2 problems:\n  --webhook: is required\n  --webhook-secret-file: is required\n'],
+  ]
+  for (const [extra, message] of cases) {
+    const r = await runNode(bin, [...base, ...extra])
+    t.equal(r.code, 2, `${extra.join(' ')}: exit 2`)
+    t.equal(r.stderr, message, extra.join(' '))
+  }
+  // the same values missing from a job file are named by its keys, not by flags never given
+  const job = join(dir, 'job.json')
+  await writeFile(job, JSON.stringify({ to: 'wss://127.0.0.1:9', tokenFile: token, email: { to: 'ops@example.net' }, vms: [{ vm: 'vm.vmx' }] }))
+  const fromFile = await runNode(bin, ['replicate', '--job', job])
+  t.equal(fromFile.code, 2)
+  t.equal(fromFile.stderr, 'grainline: 2 problems:\n  job.email.from: is required\n  job.email.smtp: is required\n')
+})
+
 t.test('a job file: every problem at once, named by key; exit 2', async (t) => {
   const dir = scratchDir(t)
   const job = join(dir, 'job.json')

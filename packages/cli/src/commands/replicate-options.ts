@@ -200,5 +200,13 @@ export function flagValues(args: Readonly<Record<string, unknown>>, cwd: string)
   if (names['webhooks.url'] !== undefined || names['webhooks.secretFile'] !== undefined) names['webhooks.0'] = '--webhook'
   for (const k of ['url', 'secretFile', 'on']) if (names[`webhooks.${k}`] !== undefined) names[`webhooks.0.${k}`] = names[`webhooks.${k}`] as string
   if (jobOptions['email'] !== undefined) names['email'] ??= '--mail-to'
+  // a value the flags' e-mail or webhook needs but was not given (--mail-to without --mail-from) is named by
+  // the flag that sets it, not by a path under another flag ("--mail-to.from"); only when the flags made the group
+  for (const f of REPLICATE_FLAGS) {
+    const [group, ...rest] = f.key.split('.')
+    if (f.level !== 'job' || rest.length === 0 || (group !== 'email' && group !== 'webhooks') || jobOptions[group] === undefined) continue
+    names[group === 'webhooks' ? `webhooks.0.${rest.join('.')}` : f.key] ??= `--${f.flag}`
+  }
+  if (jobOptions['email'] !== undefined) names['email.smtp'] ??= '--smtp-host'
   return { ...(file === undefined ? {} : { file }), options, jobOptions, names }
 }
