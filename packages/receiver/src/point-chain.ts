@@ -125,20 +125,37 @@ export async function checkPointMerge(paths: VmPaths, merge: { readonly child: s
 }
 
 /**
- * A point file a merge writes into has one name: a hard link passes every
- * other check (a regular file of the points folder), and the merge would
- * write through it into whatever else it names — the live mirror's flat,
- * another VM's file. The receiver never hard-links point files (it copies,
- * renames and creates them).
+ * Check the reverse increment `file` an interrupted apply left, before it is
+ * reopened for writing (increment.ts `ReverseIncrement.open`): its files are
+ * as the receiver writes them ({@link checkPointFiles}: regular files, the
+ * descriptor naming only its own SEsparse extent), not a base point, and
+ * each has one name ({@link checkOwnFile}) — the resumed apply writes old
+ * grains into its extent, and through a hard link it would write them into
+ * the live mirror's flat or another VM's file, as a merge would.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkIncrementFiles(paths: VmPaths, file: string): Promise<void> {
+  const d = await checkPointFiles(paths, file)
+  if (isBase(d)) throw linkError(paths, file, 'it is a base point (a flat, no parent), where the in-flight cycle expects its reverse increment')
+  await checkOwnFile(paths, file, file, 'the resumed apply')
+  await checkOwnFile(paths, file, pointExtentName(file), 'the resumed apply')
+}
+
+/**
+ * A point file a merge (or a resumed apply, into its reverse increment)
+ * writes into has one name: a hard link passes every other check (a regular
+ * file of the points folder), and the write would go through it into
+ * whatever else it names — the live mirror's flat, another VM's file. The
+ * receiver never hard-links point files (it copies, renames and creates them).
  * @throws ReceiverError E_STATE
  */
-async function checkOwnFile(paths: VmPaths, file: string, name: string): Promise<void> {
+async function checkOwnFile(paths: VmPaths, file: string, name: string, writer = 'a merge'): Promise<void> {
   const st = await lstat(pointPath(paths, name))
   if (st.nlink > 1)
     throw linkError(
       paths,
       file,
-      `${name} has ${st.nlink} names (a hard link: its inode ${st.dev}:${st.ino} is also another file, the mirror's flat or another VM's perhaps), and a merge would write into all of them; if a backup tool made the link, replace ${name} by a copy of its own (cp, then mv over it) and retry`,
+      `${name} has ${st.nlink} names (a hard link: its inode ${st.dev}:${st.ino} is also another file, the mirror's flat or another VM's perhaps), and ${writer} would write into all of them; if a backup tool made the link, replace ${name} by a copy of its own (cp, then mv over it) and retry`,
     )
 }
 
