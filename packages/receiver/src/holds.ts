@@ -21,6 +21,7 @@ import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { writeFileAtomic } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
@@ -135,8 +136,10 @@ export async function openPoint(
     for (const rec of disksAt(state, cycle)) sources.push({ stem: rec.stem, source: await checkedPointSource(m.paths, state, rec.name, cycle) })
     const hold: HoldRecord = { id: randomUUID(), cycle, dir: abs, kind, createdAt: new Date().toISOString() }
     await m.setHolds([...holdsOf(state), hold])
-    // first into the folder: a close removes only a folder that names its hold (a crash before it leaves the folder empty)
-    await writeFile(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`, { flag: 'wx' })
+    // first into the folder: a close removes only a folder that names its hold (a crash before it leaves the folder empty);
+    // durable (a temporary file fsync'ed, renamed, the folder fsync'ed): a crash never leaves an empty or partial marker,
+    // which the close would refuse as not its own
+    await writeFileAtomic(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`)
     const disks: string[] = []
     for (const { stem, source } of sources) {
       const child = join(abs, `${stem}.vmdk`)

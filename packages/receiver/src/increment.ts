@@ -18,6 +18,7 @@ import { createDelta, openChain, openWriter, randomCid, type DiskWriter } from '
 import { ReceiverError } from './errors.ts'
 import { unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
+import { checkIncrementFiles } from './point-chain.ts'
 import type { JournalGrain } from './journal.ts'
 import { POINTS_DIR, type VmPaths } from './vm-paths.ts'
 
@@ -107,12 +108,16 @@ export class ReverseIncrement {
   /**
    * Create the increment `file` over the mirror descriptor of `stem`, or
    * reopen the one an interrupted apply left, trusting only the journaled
-   * grains whose bytes match their crc.
+   * grains whose bytes match their crc. A reopened one is checked first
+   * (point-chain.ts `checkIncrementFiles`): each of its files has one name.
+   * @throws ReceiverError E_STATE (a hard link, a descriptor not as written), E_STORE_FILE (a symbolic link, FIFO, folder)
    */
   static async open(paths: VmPaths, stem: string, file: string, journaled: readonly JournalGrain[]): Promise<ReverseIncrement> {
     const path = pointPath(paths, file)
     let saved = new Set<number>()
     if (journaled.length > 0 && (await entryExists(path))) {
+      // written into again: not through a link, a hard link (the live mirror's flat) or a descriptor naming another extent
+      await checkIncrementFiles(paths, file)
       saved = await verifiedGrains(path, journaled)
     } else {
       // nothing durable refers to it: start afresh (a crash may have left half of it)

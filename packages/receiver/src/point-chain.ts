@@ -16,12 +16,14 @@
  * delete a file outside it, or make a restore read another file; a symbolic
  * link in the points folder would be written or read through.
  */
-import { parseDescriptor, type Descriptor } from '@grainline/vmdk'
+import { parseDescriptor, seSparseLayout, type Descriptor } from '@grainline/vmdk'
+import type { Stats } from 'node:fs'
 import { lstat } from 'node:fs/promises'
 import { basename } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { pointExtentName, pointFlatName, pointPath } from './increment.ts'
 import { readStoreFile, regularFileSize } from './store-fs.ts'
+import type { PointRecord } from './points.ts'
 import type { VmPaths } from './vm-paths.ts'
 
 /** A point descriptor is a few hundred bytes; anything larger is not one of ours. */
@@ -123,19 +125,103 @@ export async function checkPointMerge(paths: VmPaths, merge: { readonly child: s
 }
 
 /**
- * A point file a merge writes into has one name: a hard link passes every
- * other check (a regular file of the points folder), and the merge would
- * write through it into whatever else it names — the live mirror's flat,
- * another VM's file. The receiver never hard-links point files (it copies,
- * renames and creates them).
+ * Check the reverse increment `file` an interrupted apply left, before it is
+ * reopened for writing (increment.ts `ReverseIncrement.open`): its files are
+ * as the receiver writes them ({@link checkPointFiles}: regular files, the
+ * descriptor naming only its own SEsparse extent), not a base point, and
+ * each has one name ({@link checkOwnFile}) — the resumed apply writes old
+ * grains into its extent, and through a hard link it would write them into
+ * the live mirror's flat or another VM's file, as a merge would.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkIncrementFiles(paths: VmPaths, file: string): Promise<void> {
+  const d = await checkPointFiles(paths, file)
+  if (isBase(d)) throw linkError(paths, file, 'it is a base point (a flat, no parent), where the in-flight cycle expects its reverse increment')
+  await checkOwnFile(paths, file, file, 'the resumed apply')
+  await checkOwnFile(paths, file, pointExtentName(file), 'the resumed apply')
+}
+
+/**
+ * A point file a merge (or a resumed apply, into its reverse increment)
+ * writes into has one name: a hard link passes every other check (a regular
+ * file of the points folder), and the write would go through it into
+ * whatever else it names — the live mirror's flat, another VM's file. The
+ * receiver never hard-links point files (it copies, renames and creates them).
  * @throws ReceiverError E_STATE
  */
-async function checkOwnFile(paths: VmPaths, file: string, name: string): Promise<void> {
+async function checkOwnFile(paths: VmPaths, file: string, name: string, writer = 'a merge'): Promise<void> {
   const st = await lstat(pointPath(paths, name))
   if (st.nlink > 1)
     throw linkError(
       paths,
       file,
-      `${name} has ${st.nlink} names (a hard link: its inode ${st.dev}:${st.ino} is also another file, the mirror's flat or another VM's perhaps), and a merge would write into all of them; if a backup tool made the link, replace ${name} by a copy of its own (cp, then mv over it) and retry`,
+      `${name} has ${st.nlink} names (a hard link: its inode ${st.dev}:${st.ino} is also another file, the mirror's flat or another VM's perhaps), and ${writer} would write into all of them; if a backup tool made the link, replace ${name} by a copy of its own (cp, then mv over it) and retry`,
     )
+}
+
+/** A restore point file `grainline status` found missing or not as the receiver wrote it. */
+export interface DamagedPointFile {
+  /** the point (its cycle) */
+  readonly cycle: number
+  readonly disk: string
+  /** the file of `.grainline/points` (the descriptor, or its extent) */
+  readonly file: string
+  /** what is wrong: missing, not a regular file, shorter than the point's capacity requires */
+  readonly problem: string
+}
+
+/**
+ * The least size of a point's extent that its capacity requires: a base
+ * point's flat holds the whole disk; an SEsparse extent holds at least the
+ * headers and tables `createDelta` lays out for the capacity (the grains
+ * start after them). 0 when the capacity is not a whole number of sectors
+ * (a damaged record: nothing to compare).
+ */
+export function pointExtentMinSize(capacity: number, base: boolean): number {
+  if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % 512 !== 0) return 0
+  return base ? capacity : (seSparseLayout(capacity / 512).grainsOffset ?? 0) * 512
+}
+
+/** What lstat finds at a point file: undefined when it is a regular file of at least `min` bytes. */
+async function pointFileProblem(path: string, min: number): Promise<string | undefined> {
+  let st: Stats
+  try {
+    st = await lstat(path)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return 'is missing'
+    return `cannot be looked at (${(err as { code?: string }).code ?? (err as Error).message})`
+  }
+  if (st.isSymbolicLink()) return 'is a symbolic link, not a regular file'
+  if (!st.isFile()) return `is ${st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : 'a special file'}, not a regular file`
+  if (st.size === 0) return 'is empty (truncated)'
+  if (st.size < min) return `is ${st.size} bytes, shorter than the ${min} bytes the point's capacity requires (truncated)`
+  return undefined
+}
+
+/**
+ * Look at the files of every disk of restore point `point` with lstat only
+ * (`grainline status` stays cheap: no descriptor or data is read): its
+ * descriptor is a non-empty regular file, its extent (SEsparse, or a base
+ * point's flat) a regular file at least as large as the point's capacity
+ * requires ({@link pointExtentMinSize}). A link is never followed.
+ */
+export async function damagedPointFiles(paths: VmPaths, point: PointRecord): Promise<DamagedPointFile[]> {
+  const out: DamagedPointFile[] = []
+  const disks = typeof point.disks === 'object' && point.disks !== null ? Object.entries(point.disks) : []
+  for (const [disk, d] of disks) {
+    const file = typeof d?.file === 'string' ? d.file : String(d?.file)
+    let descriptor: string
+    try {
+      descriptor = pointPath(paths, file)
+    } catch {
+      out.push({ cycle: point.cycle, disk, file, problem: 'is not a file name of .grainline/points (the state file was changed by hand)' })
+      continue
+    }
+    const dp = await pointFileProblem(descriptor, 1)
+    if (dp !== undefined) out.push({ cycle: point.cycle, disk, file, problem: dp })
+    const extent = d.base === true ? pointFlatName(file) : pointExtentName(file)
+    const ep = await pointFileProblem(pointPath(paths, extent), pointExtentMinSize(d.capacity, d.base === true))
+    if (ep !== undefined) out.push({ cycle: point.cycle, disk, file: extent, problem: ep })
+  }
+  return out
 }

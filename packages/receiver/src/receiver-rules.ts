@@ -8,6 +8,7 @@
  */
 import { cycleIdentity, DigestLengths, type DiskOpenMessage, type Negotiated } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
+import { longestTempName } from './fs-util.ts'
 import { derivedNames, diskStem } from './vm-paths.ts'
 
 /** Largest disk capacity accepted: 64 TiB, above VMDK's 62 TB cap. */
@@ -27,13 +28,61 @@ export function checkVmName(vm: string): void {
   if (!isVmName(vm)) throw new ReceiverError('E_BAD_NAME', 'a VM name may not start with "."')
 }
 
-/** A configuration file is installed beside the mirror disks: no hidden name, no disk or seed file. */
-export function checkFileName(name: string): void {
-  if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
-}
-
 /** Longest file name of the store's file systems, bytes (NAME_MAX of ext4, XFS, Btrfs, ZFS). */
 const NAME_MAX = 255
+
+/** A name as an error shows it: JSON, its first 48 characters when longer. */
+const shown = (name: string): string => JSON.stringify(name.length > 48 ? `${name.slice(0, 48)}…` : name)
+
+/**
+ * Every file name the receiver derives from a VM name, each at its longest:
+ * the mirror folder `<vm>`, the mirror's `<vm>.vmx` (installed at commit,
+ * commit.ts installFiles) and the temporary name it is written under,
+ * `<vm>.vmx.tmp-<pid>-<8 hex>` (fs-util.ts writeFileAtomic), and the
+ * `<vm>.nvram` of an opened or restored point (holds.ts).
+ */
+export function vmDerivedNames(vm: string): string[] {
+  return [vm, `${vm}.vmx`, `${vm}.nvram`, longestTempName(`${vm}.vmx`)]
+}
+
+/** The most bytes a VM name may have: a file name less the most {@link vmDerivedNames} adds (227). */
+export const MAX_VM_NAME_BYTES = NAME_MAX - Math.max(...vmDerivedNames('').map((n) => Buffer.byteLength(n)))
+
+/**
+ * A VM name from which the receiver derives a file name that does not fit
+ * (its `.vmx` replaced at commit, {@link vmDerivedNames}) is refused at
+ * VmOpen, before anything is written (SPEC §4.1 lets a receiver refuse such
+ * names): before, the VM's folder and state were made and every commit failed
+ * on the .vmx's temporary name.
+ * @throws ReceiverError E_BAD_NAME
+ */
+export function checkVmNameFits(vm: string): void {
+  const bytes = Buffer.byteLength(vm)
+  if (bytes > MAX_VM_NAME_BYTES)
+    throw new ReceiverError(
+      'E_BAD_NAME',
+      `VM name ${shown(vm)} is ${bytes} bytes: the receiver's file names for it are up to ${NAME_MAX - MAX_VM_NAME_BYTES} bytes longer (its mirror's .vmx, written at commit as "<name>.vmx.tmp-<pid>-<8 hex>"), above the ${NAME_MAX} bytes of a file name: rename the VM on the source to at most ${MAX_VM_NAME_BYTES} bytes (UTF-8); nothing was written`,
+    )
+}
+
+/** The most bytes a configuration file's name may have: it is staged and installed under its temporary name `<name>.tmp-<pid>-<8 hex>` (231). */
+export const MAX_FILE_NAME_BYTES = NAME_MAX - Buffer.byteLength(longestTempName(''))
+
+/**
+ * A configuration file is installed beside the mirror disks: no hidden name,
+ * no disk or seed file, and a name whose temporary name fits in a file name
+ * ({@link MAX_FILE_NAME_BYTES}: staged and installed by replacement).
+ * @throws ReceiverError E_BAD_NAME
+ */
+export function checkFileName(name: string, vm?: string): void {
+  if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
+  const bytes = Buffer.byteLength(name)
+  if (bytes > MAX_FILE_NAME_BYTES)
+    throw new ReceiverError(
+      'E_BAD_NAME',
+      `file ${shown(name)}${vm === undefined ? '' : ` of VM ${shown(vm)}`} is ${bytes} bytes: it is staged and installed as "<name>.tmp-<pid>-<8 hex>", ${NAME_MAX - MAX_FILE_NAME_BYTES} bytes more, above the ${NAME_MAX} bytes of a file name: rename it on the source to at most ${MAX_FILE_NAME_BYTES} bytes (UTF-8); nothing was written`,
+    )
+}
 
 /**
  * The form of a disk name the store may hold: no hidden name, nor one of the

@@ -7,10 +7,12 @@ import { hasStateDir, listVmFolders } from './vm-folders.ts'
 import { checkVmDir, entryExists } from './store-fs.ts'
 import { readJournal } from './journal.ts'
 import { inspectMirror } from './mirror-inspection.ts'
+import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
 import { mirrorModified } from './open-decision.ts'
 import { readVmState, withPointsDropped, type DivergedRecord, type PointsDroppedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
 import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
+import type { PointRecord } from './points.ts'
 import { STATE_DIR, STATE_FILE, VmPaths } from './vm-paths.ts'
 
 /** The VM folders holding a grainline state file, sorted (recovery: a folder without one has nothing to recover). */
@@ -82,8 +84,23 @@ export interface VmStatus {
   readonly pointsCommittedAt?: readonly string[]
   /** the last commit that dropped every restore point outside the retention (absent: none did) */
   readonly pointsDropped?: PointsDroppedRecord
+  /**
+   * restore point files missing, not regular files, or shorter than their
+   * point's capacity requires (looked at with lstat only; not while a commit
+   * is to roll forward): restoring that point, or an older one, fails
+   */
+  readonly damagedPoints?: readonly DamagedPointFile[]
   /** why the VM's state could not be read */
   readonly error?: string
+}
+
+/** The damaged files of a VM's restore points (each point's files looked at with lstat, see point-chain.ts damagedPointFiles). */
+async function pointsDamage(paths: VmPaths, points: readonly unknown[]): Promise<DamagedPointFile[]> {
+  const out: DamagedPointFile[] = []
+  for (const p of Array.isArray(points) ? points : []) {
+    if (typeof p === 'object' && p !== null) out.push(...(await damagedPointFiles(paths, p as PointRecord)))
+  }
+  return out
 }
 
 /** Per VM and disk status of a store (`grainline status`). Read-only. */
@@ -143,6 +160,8 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         points: (s.points ?? []).map((p) => p.cycle),
         pointsCommittedAt: (s.points ?? []).map((p) => (typeof p.committedAt === 'string' ? p.committedAt : '')),
         ...withPointsDropped(s),
+        // a commit to roll forward moves, merges and removes point files: looked at once it is finished
+        damagedPoints: s.pending === null ? await pointsDamage(paths, s.points ?? []) : [],
       })
     } catch (err) {
       // the folder gone since the listing (a removal's rename): not a VM any more

@@ -8,6 +8,8 @@
  * Per mirror:
  * - CRITICAL: a failed trivial check or certify, a diverged disk (the next
  *   cycle must resync it), a modified mirror (someone booted or edited it),
+ *   a restore point whose files are missing, not regular files or truncated
+ *   (a restore of it would fail),
  *   a state that cannot be read, or a last commit older than `maxAgeMs`;
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
@@ -84,11 +86,13 @@ function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
 }
 
 /** The health of one mirror. */
-export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): MirrorHealth {
+export function assessMirror(vm: VmStatus, opts: StoreHealthOptions & { readonly store?: string } = {}): MirrorHealth {
   const now = opts.now ?? Date.now()
   const problems: Array<[HealthState, string]> = []
   if (vm.error !== undefined) problems.push(['CRITICAL', `state unreadable: ${vm.error}`])
   for (const d of vm.disks) problems.push(...diskProblems(d))
+  const damaged = damagedPointsProblem(vm, opts.store)
+  if (damaged !== undefined) problems.push(['CRITICAL', damaged])
   const at = vm.committedAt === null ? NaN : Date.parse(vm.committedAt)
   const ageSeconds = Number.isFinite(at) ? Math.max(0, Math.floor((now - at) / 1000)) : null
   if (vm.committedCycle === 0 && vm.error === undefined) problems.push(['WARNING', 'never committed (seed not finished)'])
@@ -122,12 +126,30 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions = {}): Mirro
   }
 }
 
+/**
+ * The problem of a VM whose restore point files are damaged (store-admin.ts
+ * `damagedPoints`): which point, disk and file, and what to do. A point's
+ * chain reads through the newer points only, so the points after the newest
+ * damaged one still restore; a prune keeping just those drops the damaged
+ * ones (the oldest go by removal, with no merge).
+ */
+function damagedPointsProblem(vm: VmStatus, store: string | undefined): string | undefined {
+  const list = vm.damagedPoints ?? []
+  if (list.length === 0) return undefined
+  const newest = Math.max(...list.map((d) => d.cycle))
+  const keep = (vm.points ?? []).filter((c) => c > newest).length
+  const shown = list.slice(0, 3).map((d) => `point ${d.cycle} disk ${d.disk}: ${d.file} ${d.problem}`)
+  if (list.length > 3) shown.push(`${list.length - 3} more`)
+  const prune = `grainline points prune --store ${store ?? 'STORE'} --vm ${vm.vm} --keep ${keep}`
+  return `restore point file${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; put back the VM's .grainline/points folder from a backup, or drop point ${newest} and the older ones (${prune}${keep === 0 ? ': the next cycles make new points' : keep === 1 ? ': the newer point stays' : `: the ${keep} newer points stay`})`
+}
+
 const perfLabel = (vm: string): string => `'${vm.replace(/'/g, "''").replace(/[=]/g, '_')}_age'`
 
 /** The health of a store from its status (pure). */
 export function assessStore(status: { store: string; vms: readonly VmStatus[] }, opts: StoreHealthOptions = {}): StoreHealth {
   const now = opts.now ?? Date.now()
-  const vms = status.vms.map((v) => ({ ...v, health: assessMirror(v, { ...opts, now }) }))
+  const vms = status.vms.map((v) => ({ ...v, health: assessMirror(v, { ...opts, now, store: status.store }) }))
   const state: HealthState = vms.length === 0 ? 'UNKNOWN' : vms.reduce<HealthState>((s, v) => worse(s, v.health.state), 'OK')
   const bad = vms.filter((v) => v.health.state !== 'OK')
   const maxAge = opts.maxAgeMs === undefined ? null : Math.floor(opts.maxAgeMs / 1000)

@@ -32,6 +32,7 @@ import {
   type Message,
   type RetentionSpec,
   type SourceIdentity,
+  type VmOpenMessage,
 } from '@grainline/protocol'
 import { createReceiver, type Receiver, type ReceiverInit } from '../src/index.ts'
 
@@ -415,6 +416,8 @@ export async function runCycle(
     vmxDisks?: string[]
     /** the protocol versions the Hello offers (default: [2]; 3 lets the receiver send DiskProgress, 4 CommitProgress too, 5 VmProgress too, 6 PointsDropped too) */
     versions?: readonly number[]
+    /** the VmOpen's configuration files (default: `<vm>.vmx` naming the disks and `<vm>.nvram`) */
+    files?: ReadonlyArray<{ name: string; data: Uint8Array }>
   } = {},
 ): Promise<{
   resume: number[]
@@ -430,7 +433,8 @@ export async function runCycle(
   await initDigests()
   agent.send(hello(alg, opts.compression ?? 'none', opts.versions))
   await agent.expect(MessageKind.Welcome)
-  agent.send(vmOpen(vm, cycle, opts.vmxDisks ?? disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))))
+  const open = vmOpen(vm, cycle, opts.vmxDisks ?? disks.map((d) => d.name.replace(/\.vmdk$/, '-000001.vmdk'))) as VmOpenMessage
+  agent.send(opts.files === undefined ? open : { ...open, files: opts.files })
   const vmProgress: VmProgressMessage[] = []
   const after = async <K extends Message['kind']>(kind: K): Promise<Extract<Message, { kind: K }>> => {
     for (;;) {

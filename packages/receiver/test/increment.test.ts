@@ -4,11 +4,12 @@
  * and no further use after a failed save (a reserved grain may be missing).
  */
 import t, { type Test } from 'tap'
-import { mkdirSync } from 'node:fs'
+import { copyFileSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { createFlatDisk, openChain } from '@grainline/vmdk'
 import { scratchDir } from '@grainline/test-utils'
-import { POINT_GRAIN, ReverseIncrement, pointFileName, pointPath } from '../src/increment.ts'
+import { POINT_GRAIN, ReverseIncrement, pointExtentName, pointFileName, pointPath } from '../src/increment.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 import { pattern } from './helpers.ts'
 
@@ -71,4 +72,40 @@ t.test('after a crash a journaled grain the increment does not hold is saved aga
   const again = await ReverseIncrement.open(paths, 'disk', file, journaled)
   t.teardown(() => again.close())
   t.same(again.reserve(5 * POINT_GRAIN, POINT_GRAIN, capacity), [{ grain: 5, pos: 5 * POINT_GRAIN, n: POINT_GRAIN }], 'grain 5 is not counted saved: it is saved again')
+})
+
+t.test('a reverse increment reopened after a crash is refused while one of its files has another name (a hard link): the resumed apply never writes through it', async (t) => {
+  const { paths, inc, file } = await setup(t)
+  const capacity = 16 * MiB
+  const [run] = inc.reserve(0, POINT_GRAIN, capacity)
+  const journaled = await inc.saveRun(run as NonNullable<typeof run>, pattern(POINT_GRAIN, 3))
+  await inc.close()
+  const other = join(paths.store, 'other')
+  mkdirSync(other)
+  for (const name of [pointExtentName(file), file]) {
+    const own = pointPath(paths, name)
+    const outside = join(other, name)
+    // a second name for the file (a backup tool's hard link, or the live mirror's flat linked in its place)
+    linkSync(own, outside)
+    const before = readFileSync(outside)
+    await t.rejects(
+      ReverseIncrement.open(paths, 'disk', file, journaled),
+      {
+        code: 'E_STATE',
+        message: new RegExp(
+          `restore point ${file.replace(/\./g, '\\.')} of VM vm: ${name.replace(/\./g, '\\.')} has 2 names \\(a hard link.*the resumed apply would write into all of them.*replace .* by a copy of its own`,
+        ),
+      },
+      `${name} hard-linked: the reopen is refused`,
+    )
+    t.ok(readFileSync(outside).equals(before), `${name}: the other name's file is untouched`)
+    t.equal(statSync(own).nlink, 2, `${name}: nothing was removed or replaced`)
+    // the remedy the error names: a copy of its own in place of the link
+    copyFileSync(own, `${own}.copy`)
+    renameSync(`${own}.copy`, own)
+    rmSync(outside)
+  }
+  const again = await ReverseIncrement.open(paths, 'disk', file, journaled)
+  t.teardown(() => again.close())
+  t.same(again.reserve(0, POINT_GRAIN, capacity), [], 'its own files again: reopened, the journaled grain counted saved')
 })

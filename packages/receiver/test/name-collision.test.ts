@@ -3,11 +3,12 @@ import { scratchDir } from '@grainline/test-utils'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { MessageKind } from '@grainline/protocol'
+import { MessageKind, type VmOpenMessage } from '@grainline/protocol'
 import { VmMirror } from '../src/vm-mirror.ts'
 import { readVmState } from '../src/state-file.ts'
 import { VmPaths, diskStem } from '../src/vm-paths.ts'
-import { Agent, MiB, TEST_COMPAT, TEST_SOURCE, TOKEN, diskOpen, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
+import { MAX_FILE_NAME_BYTES, MAX_VM_NAME_BYTES, checkFileName, checkVmNameFits } from '../src/receiver-rules.ts'
+import { Agent, MiB, TEST_COMPAT, TEST_SOURCE, TOKEN, VMX, diskOpen, hello, makeEnv, pattern, runCycle, seedPlan, startReceiver, vmOpen } from './helpers.ts'
 
 /*
  * Disk names whose file stems collide ignoring case (`a.vmdk`, `a.VMDK`, `a`)
@@ -142,6 +143,67 @@ t.test('a disk name whose derived file names do not fit is refused with E_BAD_NA
     a.close()
     t.equal(r.committed?.cycle, 1)
     t.ok(readFileSync(join(env.store, 'vm-long', `${diskStem(fits)}-flat.vmdk`)).equals(img))
+  })
+})
+
+/*
+ * A VM name of up to 255 bytes passes the wire's rule (SPEC §4.1), but the
+ * receiver writes the mirror's .vmx at commit as `<vm>.vmx.tmp-<pid>-<8 hex>`,
+ * 28 bytes longer: a name above 227 bytes is refused at VmOpen (E_BAD_NAME)
+ * before anything is written. Before, the VM's folder and state were made,
+ * the disks seeded, and every commit failed on the .vmx's temporary name.
+ * A configuration file's name is staged and installed the same way: above
+ * 231 bytes, refused at VmOpen too.
+ */
+t.test('a VM name (or a file name) whose derived file names do not fit is refused at VmOpen with E_BAD_NAME before anything is written', async (t) => {
+  t.equal(MAX_VM_NAME_BYTES, 227, 'the limit: 255 less ".vmx.tmp-<10 digits>-<8 hex>"')
+  t.equal(MAX_FILE_NAME_BYTES, 231, 'a file: 255 less ".tmp-<10 digits>-<8 hex>"')
+  t.throws(() => checkVmNameFits('v'.repeat(228)), {
+    code: 'E_BAD_NAME',
+    message: /VM name "v{48}…" is 228 bytes: .*\.vmx\.tmp-<pid>-<8 hex>.*above the 255 bytes of a file name: rename the VM on the source to at most 227 bytes \(UTF-8\); nothing was written/,
+  })
+  t.throws(() => checkFileName(`${'f'.repeat(228)}.vmx`, 'web'), { code: 'E_BAD_NAME', message: /file "f{48}…" of VM "web" is 232 bytes: .*at most 231 bytes/ })
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  for (const [vm, files] of [
+    // the token covers `vm*`
+    [`vm${'v'.repeat(226)}`, undefined],
+    [`vm${'é'.repeat(113)}`, undefined],
+    ['vm-file', [{ name: `${'n'.repeat(226)}.nvram`, data: Buffer.from('nvram') }]],
+  ] as const) {
+    await t.test(`${Buffer.byteLength(vm)} bytes: ${vm.slice(0, 12)}…${files === undefined ? '' : ' with a file name of 232 bytes'}`, async (t) => {
+      const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      a.send(hello())
+      await a.expect(MessageKind.Welcome)
+      const open = vmOpen(vm, 1, ['d.vmdk']) as VmOpenMessage
+      // files of short names (the source's own): only the VM name, or the long file added, is at fault
+      const own = [
+        { name: 'v.vmx', data: Buffer.from(VMX(vm, ['d.vmdk'])) },
+        { name: 'v.nvram', data: pattern(8192, 7) },
+      ]
+      a.send({ ...open, files: [...own, ...(files ?? [])] })
+      t.same(await a.expectError(), { code: 'E_BAD_NAME', closeCode: 4400 })
+      await a.whenClosed()
+      t.same(
+        readdirSync(env.store).filter((e) => !e.startsWith('.')),
+        [],
+        'no VM folder made',
+      )
+    })
+  }
+  const fits = `vm${'w'.repeat(225)}`
+  await t.test('the longest VM name that fits (227 bytes) is seeded and committed, its .vmx installed', async (t) => {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    // its nvram under a name of the source's that fits (a `<vm>.nvram` of 233 bytes is refused as above)
+    const files = [
+      { name: `${fits}.vmx`, data: Buffer.from(VMX(fits, ['d-000001.vmdk'])) },
+      { name: 'w.nvram', data: pattern(8192, 7) },
+    ]
+    const r = await runCycle(a, fits, 1, [seedPlan(0, 'd.vmdk', pattern(MiB, 24), '0c'.repeat(8))], { files })
+    a.close()
+    t.equal(r.committed?.cycle, 1)
+    t.match(readFileSync(join(env.store, fits, `${fits}.vmx`), 'utf8'), /d\.vmdk/, 'its .vmx installed')
   })
 })
 

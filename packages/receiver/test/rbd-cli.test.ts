@@ -12,6 +12,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { CephCommandError, cephTimeouts, isCephQuery, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { RbdImage } from '../src/store/ceph/rbd-image.ts'
+import { CEPH_STATE_FORMAT, MAX_STATE_BYTES, readCephState } from '../src/store/ceph/ceph-state.ts'
 
 const target = { pool: 'p' }
 
@@ -151,4 +152,45 @@ t.test('a streamed rbd export and a librbd helper that stall are killed: E_IO na
   )
   t.match(open, { code: 'E_IO' }, 'a writer whose open gets no answer: E_IO')
   t.match((open as Error).message, /cannot open p\/img .*no answer in 0 s, killed/, 'naming the image and the deadline')
+})
+
+t.test('a Ceph state object above 16 MiB is refused while read (E_STATE): the rados get is killed past the bound, never buffered whole', async (t) => {
+  const dir = scratchDir(t)
+  // `rados get` of `big` writes 1 MiB past the bound, then holds the pipe open (as a huge object still streaming);
+  // of `huge-done` writes as much and exits; of `fits` a state of the bound's size exactly
+  writeFileSync(
+    join(dir, 'rados'),
+    `#!/bin/sh
+echo "$*" >> "${dir}/calls"
+case " $* " in
+  *" get big "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero; exec sleep 60 ;;
+  *" get huge-done "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero ;;
+  *" get fits "*) cat "${dir}/fits.json" ;;
+  *) echo "unexpected: $*" >&2; exit 22 ;;
+esac
+`,
+  )
+  chmodSync(join(dir, 'rados'), 0o755)
+  const state = { format: CEPH_STATE_FORMAT, vm: 'vm1', committedCycle: 0, disks: {}, points: [] }
+  const json = JSON.stringify(state)
+  writeFileSync(join(dir, 'fits.json'), json + ' '.repeat(MAX_STATE_BYTES - Buffer.byteLength(json)))
+  const path = process.env['PATH']
+  const saved = { ...cephTimeouts }
+  process.env['PATH'] = `${dir}:${path ?? ''}`
+  // the old read waited for the command's end: the hung one would time out (E_IO) instead
+  cephTimeouts.queryMs = 5000
+  t.teardown(() => {
+    process.env['PATH'] = path
+    Object.assign(cephTimeouts, saved)
+  })
+  const started = Date.now()
+  await t.rejects(
+    readCephState(target, 'big'),
+    { code: 'E_STATE', message: `state object big in pool p is above ${MAX_STATE_BYTES} bytes (not read further): not a state the receiver writes` },
+    'refused once past the bound, the command still writing',
+  )
+  t.ok(Date.now() - started < 4000, 'at once: the command was killed, not waited for')
+  t.equal(readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n').length, 1, 'not asked again')
+  await t.rejects(readCephState(target, 'huge-done'), { code: 'E_STATE', message: /above 16777216 bytes/ }, 'a command that ended past the bound: the same')
+  t.match(await readCephState(target, 'fits', 'vm1'), { vm: 'vm1', committedCycle: 0 }, 'a state of exactly the bound is read')
 })

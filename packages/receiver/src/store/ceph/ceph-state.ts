@@ -15,7 +15,7 @@ import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@g
 import { ReceiverError } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 import type { PointsDroppedRecord } from '../../state-file.ts'
-import { runCeph, CephCommandError, type CephTarget } from './rbd-cli.ts'
+import { runCeph, CephCommandError, CephOutputTooLarge, type CephTarget } from './rbd-cli.ts'
 import type { CephKeptRecord } from './ceph-kept-map.ts'
 
 /** Format tag of the state object. */
@@ -236,12 +236,14 @@ export const STATE_PREFIX = 'grainline.vm.'
 export async function readCephState(t: CephTarget, object: string, vm?: string): Promise<CephVmState | undefined> {
   let raw: Buffer
   try {
-    raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', object, '-'])
+    // bounded while read: an object planted in the pool costs at most the bound, not its size, in every reader
+    raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', object, '-'], undefined, { maxBytes: MAX_STATE_BYTES })
   } catch (err) {
     if (err instanceof CephCommandError && err.notFound) return undefined
+    if (err instanceof CephOutputTooLarge)
+      throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is above ${MAX_STATE_BYTES} bytes (not read further): not a state the receiver writes`)
     throw err
   }
-  if (raw.length > MAX_STATE_BYTES) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is ${raw.length} bytes, above ${MAX_STATE_BYTES}`)
   let s: CephVmState
   try {
     s = JSON.parse(raw.toString('utf8')) as CephVmState

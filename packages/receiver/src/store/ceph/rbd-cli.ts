@@ -49,6 +49,21 @@ export class CephCommandError extends ReceiverError {
   }
 }
 
+/**
+ * A command's output passed the bound its caller set (`runCeph`'s
+ * `maxBytes`): the command was killed there, nothing more was read. The
+ * caller turns it into its own error (a state object too large: E_STATE).
+ */
+export class CephOutputTooLarge extends ReceiverError {
+  readonly command: string
+  readonly maxBytes: number
+  constructor(command: string, maxBytes: number) {
+    super('E_IO', `Ceph command \`${command}\` wrote more than ${maxBytes} bytes: killed, its output not read further`)
+    this.command = command
+    this.maxBytes = maxBytes
+  }
+}
+
 /** The client arguments of a target. */
 export function clientArgs(t: CephTarget): string[] {
   return [...(t.conf === undefined ? [] : ['--conf', t.conf]), ...(t.id === undefined ? [] : ['--id', t.id]), ...(t.keyring === undefined ? [] : ['--keyring', t.keyring])]
@@ -98,13 +113,22 @@ export const PASSED_FD_PATH = '/dev/fd/3'
  * returned as bytes. `opts.fd`, an open file, is handed to the command as
  * its descriptor 3 ({@link PASSED_FD_PATH} in its arguments): it reads the
  * file the receiver checked, not whatever a path names by then (a link).
+ * `opts.maxBytes` bounds its stdout: past it the command is killed and
+ * {@link CephOutputTooLarge} thrown, so that an object planted in the pool
+ * costs no more memory than the bound (never asked again).
  */
-export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input?: Buffer | readonly Buffer[], opts: { fd?: number } = {}): Promise<Buffer> {
+export async function runCeph(
+  t: CephTarget,
+  cmd: 'rbd' | 'rados' | 'ceph',
+  args: readonly string[],
+  input?: Buffer | readonly Buffer[],
+  opts: { fd?: number; maxBytes?: number } = {},
+): Promise<Buffer> {
   const query = isCephQuery(cmd, args)
   const timeoutMs = query ? cephTimeouts.queryMs : cephTimeouts.commandMs
   for (let attempt = 1; ; attempt++) {
     try {
-      return await runOnce(t, cmd, args, input, timeoutMs, opts.fd)
+      return await runOnce(t, cmd, args, input, timeoutMs, opts.fd, opts.maxBytes)
     } catch (err) {
       // a monitor that has not loaded its command descriptions yet (seen on a loaded machine) answers EPERM for a moment
       if (cmd === 'ceph' && err instanceof CephCommandError && err.stderr.includes('problem getting command descriptions') && attempt < 3) continue
@@ -115,7 +139,15 @@ export async function runCeph(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args
   }
 }
 
-async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: readonly string[], input: Buffer | readonly Buffer[] | undefined, timeoutMs: number, fd?: number): Promise<Buffer> {
+async function runOnce(
+  t: CephTarget,
+  cmd: 'rbd' | 'rados' | 'ceph',
+  args: readonly string[],
+  input: Buffer | readonly Buffer[] | undefined,
+  timeoutMs: number,
+  fd?: number,
+  maxBytes = Number.POSITIVE_INFINITY,
+): Promise<Buffer> {
   const full = [...clientArgs(t), ...args]
   const shown = `${cmd} ${args.join(' ')}`
   return await new Promise<Buffer>((resolve, reject) => {
@@ -125,11 +157,24 @@ async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: reado
     const err: Buffer[] = []
     let errBytes = 0
     let timedOut = false
+    let outBytes = 0
+    let tooLarge = false
     const timer = setTimeout(() => {
       timedOut = true
       p.kill('SIGKILL')
     }, timeoutMs)
-    p.stdout.on('data', (b: Buffer) => out.push(b))
+    p.stdout.on('data', (b: Buffer) => {
+      if (tooLarge) return
+      outBytes += b.length
+      if (outBytes <= maxBytes) {
+        out.push(b)
+        return
+      }
+      // past the caller's bound: stop reading, kill it, drop what was kept
+      tooLarge = true
+      out.length = 0
+      p.kill('SIGKILL')
+    })
     p.stderr.on('data', (b: Buffer) => {
       errBytes += b.length
       if (errBytes < 64 * 1024) err.push(b)
@@ -140,7 +185,8 @@ async function runOnce(t: CephTarget, cmd: 'rbd' | 'rados' | 'ceph', args: reado
     })
     p.on('close', (code) => {
       clearTimeout(timer)
-      if (timedOut) reject(new CephCommandError(shown, null, `no answer in ${Math.round(timeoutMs / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true))
+      if (tooLarge) reject(new CephOutputTooLarge(shown, maxBytes))
+      else if (timedOut) reject(new CephCommandError(shown, null, `no answer in ${Math.round(timeoutMs / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true))
       else if (code === 0) resolve(Buffer.concat(out))
       else reject(new CephCommandError(shown, code, Buffer.concat(err).toString('utf8')))
     })

@@ -1,0 +1,57 @@
+/**
+ * `points open` writes its hold marker (`.grainline-hold`) durably: a
+ * temporary file fsync'ed, renamed over the marker's name, the folder
+ * fsync'ed (fs-util.ts writeFileAtomic). A plain write left it in the page
+ * cache: a crash (power loss) could leave an empty marker, and `points
+ * close` then refused the folder as not its own.
+ */
+import t from 'tap'
+import { scratchDir } from '@grainline/test-utils'
+import type { FileHandle } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
+import { readFileSync, readlinkSync } from 'node:fs'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, whenFree } from './helpers.ts'
+import { closePoint, openPoint } from '../src/index.ts'
+import { HOLD_MARKER } from '../src/holds.ts'
+
+const log = pino({ level: 'silent' })
+
+t.test('points open: the hold marker is written to a temporary file, fsynced, renamed, and its folder fsynced', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-hold'
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
+  a.close()
+
+  // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
+  const synced: string[] = []
+  const probe = await open(join(env.dir, 'probe'), 'w')
+  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync'] }
+  await probe.close()
+  const sync = proto.sync
+  proto.sync = function (this: FileHandle) {
+    try {
+      synced.push(readlinkSync(`/proc/self/fd/${this.fd}`))
+    } catch {
+      // a descriptor closed meanwhile: nothing to name
+    }
+    return sync.call(this)
+  }
+  t.teardown(() => {
+    proto.sync = sync
+  })
+  const dir = join(env.dir, 'opened')
+  const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
+  proto.sync = sync
+  const marker = join(dir, HOLD_MARKER)
+  t.same(JSON.parse(readFileSync(marker, 'utf8')), { id: o.hold.id, vm, cycle: 1 }, 'the marker names the hold')
+  const tmp = synced.findIndex((p) => p.startsWith(`${marker}.tmp-`))
+  t.ok(tmp >= 0, `the marker's temporary file was fsynced before its rename (synced: ${synced.join(', ')})`)
+  t.ok(synced.indexOf(dir, tmp) > tmp, 'then the folder, so that the rename is durable')
+  const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
+  t.equal(closed.length, 1, 'the close finds its marker and drops the hold')
+})
