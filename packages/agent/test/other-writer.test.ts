@@ -26,7 +26,7 @@ import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { WebSocket, WebSocketServer } from 'ws'
-import { MessageKind, SUBPROTOCOL } from '@grainline/protocol'
+import { decodeMessage, encodeMessage, MessageKind, SUBPROTOCOL, type Message } from '@grainline/protocol'
 import { createLocalDriver } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import type { VmReport } from '../src/report.ts'
@@ -44,6 +44,8 @@ interface CommitProxy {
   onCut: (() => void) | undefined
   /** new connections wait for this before they reach the receiver */
   gate: Promise<void>
+  /** when set, every Hello and VmState passes through it (re-encoded) */
+  rewrite: ((m: Message) => Message) | undefined
 }
 
 /** A plain-WebSocket proxy on loopback in front of the receiver (wss), passing every frame as it is but the one `cut` names. */
@@ -51,7 +53,11 @@ async function commitProxy(t: Test, rx: ReceiverEnv): Promise<CommitProxy> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 256 * MiB, handleProtocols: (p) => (p.has(SUBPROTOCOL) ? SUBPROTOCOL : false) })
   await once(wss, 'listening')
   const sockets = new Set<WebSocket>()
-  const proxy: CommitProxy = { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`, cut: undefined, cuts: 0, onCut: undefined, gate: Promise.resolve() }
+  const proxy: CommitProxy = { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}`, cut: undefined, cuts: 0, onCut: undefined, gate: Promise.resolve(), rewrite: undefined }
+  const pass = (d: Buffer): Buffer => {
+    if (proxy.rewrite === undefined || (d[0] !== MessageKind.Hello && d[0] !== MessageKind.VmState)) return d
+    return encodeMessage(proxy.rewrite(decodeMessage(d)))
+  }
   wss.on('connection', (client, req) => {
     sockets.add(client)
     const early: Buffer[] = []
@@ -68,8 +74,8 @@ async function commitProxy(t: Test, rx: ReceiverEnv): Promise<CommitProxy> {
     }
     client.on('message', (d: Buffer) => {
       if (proxy.cut === 'commit' && d[0] === MessageKind.Commit) return cutHere()
-      if (upstream?.readyState === WebSocket.OPEN) upstream.send(d)
-      else early.push(d)
+      if (upstream?.readyState === WebSocket.OPEN) upstream.send(pass(d))
+      else early.push(pass(d))
     })
     client.on('close', () => upstream?.terminate())
     client.on('error', cutBoth)
@@ -84,7 +90,7 @@ async function commitProxy(t: Test, rx: ReceiverEnv): Promise<CommitProxy> {
       })
       up.on('message', (d: Buffer) => {
         if (proxy.cut === 'committed' && d[0] === MessageKind.Committed) return cutHere()
-        client.send(d)
+        client.send(pass(d))
       })
       up.on('close', () => client.terminate())
       up.on('error', cutBoth)
@@ -202,4 +208,40 @@ t.test("this run's own Commit went through and its Committed was lost: the recon
   const third = await run(a, rx.url, stateA, rx)
   t.ok(third.ok)
   t.equal(third.disks[0]?.mode, 'incremental', String(third.disks[0]?.fallbackReason))
+})
+
+t.test('a receiver that does not know the identity ("", a commit an older receiver recorded) or speaks version 7: a lost Committed is taken as before', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const proxy = await commitProxy(t, rx)
+  const a = await createSampleVm(join(dir, 'a'), { name: 'older', disks: [{ sizeBytes: MiB, fill: 'random' }], seed: 31 })
+  const stateA = join(dir, 'state-a')
+  t.ok((await run(a, proxy.url, stateA, rx)).ok, 'seed')
+  const cases: Array<[string, (m: Message) => Message, (m: Message) => void]> = [
+    ['committedCycleId ""', (m) => (m.kind === MessageKind.VmState ? { ...m, committedCycleId: '' } : m), () => {}],
+    // the Hello offers 7 at most: no committedCycleId on the wire
+    [
+      'version 7',
+      (m) => (m.kind === MessageKind.Hello ? { ...m, versions: [7, 6, 5, 4, 3, 2] } : m),
+      (m) => t.notOk(m.kind === MessageKind.VmState && 'committedCycleId' in m, 'no field on version 7'),
+    ],
+  ]
+  let cycle = 1
+  for (const [what, rewrite, check] of cases) {
+    cycle++
+    await simulateGuestWrites(a.vmxPath, { bytes: 128 * 1024, writeSize: 64 * 1024, seed: cycle })
+    proxy.rewrite = (m) => {
+      const out = rewrite(m)
+      check(out)
+      return out
+    }
+    proxy.cut = 'committed'
+    const r = await run(a, proxy.url, stateA, rx)
+    proxy.rewrite = undefined
+    t.equal(proxy.cuts, cycle - 1, `${what}: the Committed was cut`)
+    t.ok(r.ok, `${what}: committed ${JSON.stringify(r.error)}`)
+    t.equal(r.cycle, cycle)
+    t.same(await snapshotNames(a), [`grainline-${cycle}`], `${what}: recorded as its own, the older snapshot removed`)
+  }
 })
