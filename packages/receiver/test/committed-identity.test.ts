@@ -150,3 +150,47 @@ t.test('a hostile committedIdentity in state.json is refused (E_STATE) where the
   b.close()
   await b.whenClosed()
 })
+
+t.test('a hostile committedIdentity in a Ceph state object is refused (E_STATE) where the object is read', async (t) => {
+  const { chmodSync, mkdirSync } = await import('node:fs')
+  const { readCephState } = await import('../src/store/ceph/ceph-state.ts')
+  // a fake `rados` on PATH stands in for the cluster (as in store-hostile.test): `get` prints the state object
+  const base = scratchDir(t)
+  const bin = join(base, 'bin')
+  mkdirSync(bin)
+  writeFileSync(join(bin, 'rados'), `#!/bin/sh\ncat "${base}/state.json"\n`)
+  chmodSync(join(bin, 'rados'), 0o755)
+  const path = process.env['PATH']
+  process.env['PATH'] = `${bin}:${path}`
+  t.teardown(() => {
+    process.env['PATH'] = path
+  })
+  const generation = '0123456789abcdef'.repeat(2)
+  const state = (committedIdentity: unknown): Record<string, unknown> => ({
+    format: 'grainline-ceph-vm-1',
+    vm: 'web',
+    committedCycle: 3,
+    committedAt: '2026-01-01T00:00:00.000Z',
+    generation,
+    compat: null,
+    disks: {},
+    inflight: null,
+    points: [],
+    files: {},
+    pending: null,
+    ...(committedIdentity === undefined ? {} : { committedIdentity }),
+  })
+  const good = { cycle: 3, generation, id: 'cd'.repeat(32) }
+  for (const ok of [good, undefined]) {
+    writeFileSync(join(base, 'state.json'), JSON.stringify(state(ok)))
+    t.match(await readCephState({ pool: 'p' }, 'grainline.vm.web', 'web'), { committedCycle: 3 }, `read: ${JSON.stringify(ok)}`)
+  }
+  for (const bad of [{ ...good, id: 'xyz' }, { ...good, cycle: 0 }, { ...good, generation: null }, 'cd'.repeat(32)]) {
+    writeFileSync(join(base, 'state.json'), JSON.stringify(state(bad)))
+    await t.rejects(
+      readCephState({ pool: 'p' }, 'grainline.vm.web', 'web'),
+      { code: 'E_STATE', message: /VM web: state object grainline\.vm\.web in pool p has committedIdentity = .*put it back from a backup of the pool/ },
+      JSON.stringify(bad),
+    )
+  }
+})
