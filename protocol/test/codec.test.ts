@@ -547,3 +547,28 @@ t.test('the Extent encoder refuses what the generic encoder refuses, with the sa
   t.same(encodeMessage({ ...extent, extra: undefined } as unknown as Message), encodeMessage(extent))
   t.equal(extentEncoderStats.fast, before + 2)
 })
+
+t.test('an optional field (VmState.committedCycleId, SPEC §2.1) may be absent; every other field is still required, and nothing unknown passes', async (t) => {
+  const v8 = sample('vm-state of version 8, with the identity of the committed cycle') as unknown as Record<string, unknown>
+  const { kind: _k, ...fields } = v8
+  const { committedCycleId: _c, ...v7 } = fields
+  // absent: the version 7 VmState, byte for byte what it was
+  t.same(decodeMessage(frame(MessageKind.VmState, v7)), { kind: MessageKind.VmState, ...v7 })
+  const written = Buffer.from(encodeMessage({ kind: MessageKind.VmState, ...v7 } as never))
+  t.equal(written[1], 0x86, 'absent: a map of the six other fields')
+  t.notOk(written.includes('committedCycleId'), 'absent: not written')
+  t.equal(Buffer.from(encodeMessage(v8 as never))[1], 0x87, 'present: seven')
+  t.same(decodeMessage(frame(MessageKind.VmState, fields)), v8)
+  // a required field missing beside the optional one, before or after it in the map
+  const { generation: _g, ...noGeneration } = fields
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, noGeneration)), { code: 'E_SCHEMA', message: /generation: missing field/ })
+  t.throws(() => encodeMessage({ kind: MessageKind.VmState, ...noGeneration } as never), { code: 'E_SCHEMA', field: 'generation' })
+  const { vm: _v, ...noVm } = fields
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, noVm)), { code: 'E_SCHEMA', message: /vm: missing field/ })
+  // twice, or beside an unknown field
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, { ...fields, committedCycleID: '' })), { code: 'E_SCHEMA', message: /unknown field/ })
+  // the canonical frame (fixmap of 7) with an eighth entry: committedCycleId again
+  const once = Buffer.from(encodeMessage(v8 as never))
+  const twice = Buffer.concat([once.subarray(0, 1), Buffer.from([0x88]), once.subarray(2), Buffer.from([0xb0]), Buffer.from('committedCycleId', 'ascii'), Buffer.from([0xa0])])
+  t.throws(() => decodeMessage(twice), { code: 'E_SCHEMA', message: /duplicate field/ })
+})
