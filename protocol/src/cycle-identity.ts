@@ -84,8 +84,8 @@ const COMMITTED_DOMAIN = 'grainline.committed-cycle.v1'
  * committed (every DiskOpen of the cycle); each cycleId already names the VM,
  * the cycle, its mode, base and source layers, so two writers' cycles of one
  * number differ. The receiver records it at commit and reports it in VmState
- * (version 8); the agent computes it from the DiskOpens it sent. Throws on two
- * disks of one name (a cycle opens each disk once).
+ * (version 8); the agent computes it from the DiskOpens it sent.
+ * @throws ProtocolError E_SCHEMA for two disks of one name (a cycle commits each disk once)
  */
 export function committedCycleIdentity(disks: readonly CommittedDiskIdentity[]): string {
   const sorted = disks.map((d) => ({ name: Buffer.from(d.name, 'utf8'), cycleId: Buffer.from(d.cycleId, 'utf8') })).sort((a, b) => Buffer.compare(a.name, b.name))
