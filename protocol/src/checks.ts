@@ -110,6 +110,8 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       return
     case MessageKind.VmState:
       if (!m.exists && (m.committedCycle !== 0 || m.generation !== '')) throw bad('exists', 'no mirror has no committed cycle and no generation')
+      // SPEC §5.10: the identity of a committed cycle; nothing committed, none
+      if (m.committedCycle === 0 && m.committedCycleId !== undefined && m.committedCycleId !== '') throw bad('committedCycleId', 'must be "" when no cycle is committed')
       return
     case MessageKind.DiskOpen:
       if (m.capacity < SECTOR || m.capacity % SECTOR !== 0) throw bad('capacity', 'must be a positive multiple of 512')

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { ProtocolError } from './errors.ts'
 import type { DiskOpenMessage } from './messages.ts'
 
 /** The fields that identify one cycle of one disk (SPEC §5.2). */
@@ -61,5 +62,51 @@ export function cycleIdentity(fields: CycleIdentityFields): string {
   str(fields.source.successor)
   // a resync's extent sequence depends on its block size; seed and incremental identities are unchanged
   if (fields.mode === 'resync') num(fields.blockSize ?? 0)
+  return h.digest('hex')
+}
+
+/** One disk of a committed cycle: its name (DiskOpen.name) and its cycle identity (DiskOpen.cycleId). */
+export interface CommittedDiskIdentity {
+  readonly name: string
+  readonly cycleId: string
+}
+
+const COMMITTED_DOMAIN = 'grainline.committed-cycle.v1'
+
+/**
+ * The identity of a committed cycle (SPEC §5.10): lowercase hex SHA-256 (64
+ * characters) over
+ *
+ *   str("grainline.committed-cycle.v1") • u32le(disks.length) •
+ *   for each disk in the byte order of its UTF-8 name: str(name) • str(cycleId)
+ *
+ * with str(s) as in {@link cycleIdentity}. The disks are every disk the cycle
+ * committed (every DiskOpen of the cycle); each cycleId already names the VM,
+ * the cycle, its mode, base and source layers, so two writers' cycles of one
+ * number differ. The receiver records it at commit and reports it in VmState
+ * (version 8); the agent computes it from the DiskOpens it sent.
+ * @throws ProtocolError E_SCHEMA for two disks of one name (a cycle commits each disk once)
+ */
+export function committedCycleIdentity(disks: readonly CommittedDiskIdentity[]): string {
+  const sorted = disks.map((d) => ({ name: Buffer.from(d.name, 'utf8'), cycleId: Buffer.from(d.cycleId, 'utf8') })).sort((a, b) => Buffer.compare(a.name, b.name))
+  for (let i = 1; i < sorted.length; i++) {
+    const name = (sorted[i] as { name: Buffer }).name
+    if (Buffer.compare((sorted[i - 1] as { name: Buffer }).name, name) === 0)
+      throw new ProtocolError('E_SCHEMA', `disk ${name.toString('utf8')} is named twice in one committed cycle`, { field: 'name' })
+  }
+  const h = createHash('sha256')
+  const u32 = Buffer.alloc(4)
+  const bytes = (b: Buffer): void => {
+    u32.writeUInt32LE(b.length, 0)
+    h.update(u32)
+    h.update(b)
+  }
+  bytes(Buffer.from(COMMITTED_DOMAIN, 'utf8'))
+  u32.writeUInt32LE(sorted.length, 0)
+  h.update(u32)
+  for (const d of sorted) {
+    bytes(d.name)
+    bytes(d.cycleId)
+  }
   return h.digest('hex')
 }

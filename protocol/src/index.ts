@@ -6,6 +6,7 @@ export {
   VM_PROGRESS_VERSION,
   POINTS_DROPPED_VERSION,
   POINTS_DROPPED_AT_OPEN_VERSION,
+  COMMITTED_CYCLE_ID_VERSION,
   SUBPROTOCOL,
   MessageKind,
   DigestAlgorithms,
@@ -64,8 +65,8 @@ export type { StreamingDigest } from './digest.ts'
 export { compress, decompress, isCompressionAlgorithm } from './compression.ts'
 export { CycleDigest } from './cycle-digest.ts'
 export type { CycleDigestExtent } from './cycle-digest.ts'
-export { cycleIdentity } from './cycle-identity.ts'
-export type { CycleIdentityFields } from './cycle-identity.ts'
+export { cycleIdentity, committedCycleIdentity } from './cycle-identity.ts'
+export type { CycleIdentityFields, CommittedDiskIdentity } from './cycle-identity.ts'
 export { validateName, isWellFormed, MAX_NAME_BYTES } from './names.ts'
 export { ConversationState, SENDER } from './session-state.ts'
 export type { Sender, Phase, DiskPhase } from './session-state.ts'

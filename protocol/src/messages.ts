@@ -13,8 +13,8 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped, v7 is v6 plus PointsDropped before the VmState of a cycle committed already). */
-export const PROTOCOL_VERSIONS: readonly number[] = [7, 6, 5, 4, 3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped, v7 is v6 plus PointsDropped before the VmState of a cycle committed already, v8 is v7 plus VmState.committedCycleId). */
+export const PROTOCOL_VERSIONS: readonly number[] = [8, 7, 6, 5, 4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
@@ -35,6 +35,15 @@ export const POINTS_DROPPED_VERSION = 6
  * connection (SPEC §4.2, §5.5, §9).
  */
 export const POINTS_DROPPED_AT_OPEN_VERSION = 7
+
+/**
+ * The first version whose VmState carries `committedCycleId`, the identity of
+ * the mirror's last committed cycle (SPEC §4.2, §5.10): an agent whose
+ * Committed was lost with its connection takes that commit for its own only
+ * when the identity is the one of the cycle it sent. Before it the field is
+ * absent.
+ */
+export const COMMITTED_CYCLE_ID_VERSION = 8
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -211,6 +220,13 @@ export interface VmStateMessage {
    * digits, "" when there is no committed point
    */
   readonly generation: string
+  /**
+   * version 8 and later (present exactly then): the identity of the mirror's
+   * last committed cycle (SPEC §5.10, `committedCycleIdentity()`), 64
+   * lowercase hex digits; "" when nothing is committed or the receiver does
+   * not know it (a commit made before version 8 or by an older agent)
+   */
+  readonly committedCycleId?: string
 }
 
 /** Agent → receiver: open one disk of the VM for this cycle (SPEC §5.1). */

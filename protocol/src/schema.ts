@@ -59,6 +59,17 @@ export interface StructSpec {
   readonly fields: Readonly<Record<string, Spec>>
   /** the keys as UTF-8, in schema order (the pre-scan matches wire keys against them without decoding) */
   readonly keyBytes: readonly Uint8Array[]
+  /** bit k set: key k must be present (the others are {@link OptionalSpec} fields) */
+  readonly required: number
+}
+/**
+ * A struct field that may be absent (SPEC §2.1, §6 `absent | …`): which
+ * versions send it is the conversation's rule (session-state.ts), not the
+ * codec's, which stays stateless. Present, it is checked as `of`.
+ */
+export interface OptionalSpec {
+  readonly t: 'optional'
+  readonly of: Spec
 }
 export interface NullableSpec {
   readonly t: 'nullable'
@@ -70,7 +81,7 @@ export interface DictSpec {
   readonly key: StrSpec
   readonly value: StrSpec
 }
-export type Spec = UintSpec | BoolSpec | StrSpec | BinSpec | ArraySpec | StructSpec | NullableSpec | DictSpec
+export type Spec = UintSpec | BoolSpec | StrSpec | BinSpec | ArraySpec | StructSpec | NullableSpec | DictSpec | OptionalSpec
 
 const SAFE = Number.MAX_SAFE_INTEGER
 
@@ -84,11 +95,13 @@ const str = (maxBytes: number, check?: StrSpec['check'], doc?: string): StrSpec 
 const bin = (maxBytes: number): BinSpec => ({ t: 'bin', maxBytes })
 const array = (of: Spec, max: number, min = 0): ArraySpec => ({ t: 'array', of, max, min })
 const nullable = (of: Spec): NullableSpec => ({ t: 'nullable', of })
+const optional = (of: Spec): OptionalSpec => ({ t: 'optional', of })
 function struct(fields: Record<string, Spec>): StructSpec {
   const keys = Object.keys(fields)
   if (keys.length > 31) throw new Error('a struct has at most 31 keys (the pre-scan tracks them in a bit mask)')
   const keyBytes = keys.map((k) => Buffer.from(k, 'utf8'))
-  return { t: 'struct', keys, fields, keyBytes }
+  const required = keys.reduce((m, k, i) => (fields[k]?.t === 'optional' ? m : m | (1 << i)), 0)
+  return { t: 'struct', keys, fields, keyBytes, required }
 }
 const pattern =
   (re: RegExp, what: string) =>
@@ -189,6 +202,8 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     inflightCycle: uint(),
     compatible: bool,
     generation: maybeGeneration,
+    /** SPEC §4.2, §5.10 (version 8 and later, where it is required): the identity of the last committed cycle, "" if unknown */
+    committedCycleId: optional(str(64, pattern(/^(?:|[0-9a-f]{64})$/, '64 lowercase hex digits or ""'), '"" | /^[0-9a-f]{64}$/')),
   }),
   [MessageKind.DiskOpen]: struct({
     disk,
@@ -279,6 +294,10 @@ export function scanSpec(r: Scanner, spec: Spec): void {
     case 'nullable':
       if (!r.nil()) scanSpec(r, spec.of)
       return
+    case 'optional':
+      // present: the field's value (absence is the struct's business)
+      scanSpec(r, spec.of)
+      return
     case 'array': {
       const n = r.arrayHeader(spec.max)
       if (n < spec.min) throw r.bad(`needs at least ${spec.min} item(s)`)
@@ -309,8 +328,8 @@ export function scanSpec(r: Scanner, spec: Spec): void {
         scanSpec(r, spec.fields[key] as Spec)
         r.leave()
       }
-      if (n < spec.keys.length) {
-        const missing = spec.keys.find((_, k) => (seen & (1 << k)) === 0) as string
+      if ((seen & spec.required) !== spec.required) {
+        const missing = spec.keys.find((_, k) => (spec.required & ~seen & (1 << k)) !== 0) as string
         throw r.bad('missing field', missing)
       }
       return
@@ -409,6 +428,8 @@ export function sizeSpec(spec: Spec, value: unknown, field: string, tally: SizeT
       return binHeaderSize(value.length) + value.length
     case 'nullable':
       return value === null ? 1 : sizeSpec(spec.of, value, field, tally)
+    case 'optional':
+      return sizeSpec(spec.of, value, field, tally)
     case 'array': {
       if (!Array.isArray(value)) throw bad(field, `expected an array, got ${describe(value)}`)
       if (value.length > spec.max) throw bad(field, `${value.length} items exceed ${spec.max}`)
@@ -420,13 +441,19 @@ export function sizeSpec(spec: Spec, value: unknown, field: string, tally: SizeT
     case 'struct': {
       if (typeof value !== 'object' || value === null || Array.isArray(value) || value instanceof Uint8Array) throw bad(field, `expected an object, got ${describe(value)}`)
       const o = value as Record<string, unknown>
-      let n = collectionHeaderSize(spec.keys.length)
+      let n = 0
+      let present = 0
       for (let i = 0; i < spec.keys.length; i++) {
         const key = spec.keys[i] as string
         const v = o[key]
-        if (v === undefined) throw bad(join(field, key), 'missing field')
+        if (v === undefined) {
+          if ((spec.required & (1 << i)) !== 0) throw bad(join(field, key), 'missing field')
+          continue
+        }
+        present++
         n += 1 + (spec.keyBytes[i] as Uint8Array).length + sizeSpec(spec.fields[key] as Spec, v, join(field, key), tally)
       }
+      n += collectionHeaderSize(present)
       for (const key of Object.keys(o)) {
         if (key !== 'kind' || field !== '') {
           if (!Object.hasOwn(spec.fields, key) && o[key] !== undefined) throw bad(join(field, key), 'unknown field')
@@ -470,12 +497,15 @@ export function toWire(spec: Spec, value: unknown, refs: BinRef[] | undefined): 
     }
     case 'nullable':
       return value === null ? null : toWire(spec.of, value, refs)
+    case 'optional':
+      return toWire(spec.of, value, refs)
     case 'array':
       return (value as unknown[]).map((item) => toWire(spec.of, item, refs))
     case 'struct': {
       const o = value as Record<string, unknown>
       const out: Record<string, unknown> = {}
-      for (const key of spec.keys) out[key] = toWire(spec.fields[key] as Spec, o[key], refs)
+      // an absent optional field is not written (sizeSpec counted only the present ones)
+      for (const key of spec.keys) if (o[key] !== undefined) out[key] = toWire(spec.fields[key] as Spec, o[key], refs)
       return out
     }
     case 'dict': {
@@ -506,6 +536,8 @@ function describeSpec(spec: Spec, indent: string): string {
       return `bin ≤ ${spec.maxBytes} B`
     case 'nullable':
       return `nil | ${describeSpec(spec.of, indent)}`
+    case 'optional':
+      return `absent | ${describeSpec(spec.of, indent)}`
     case 'array':
       return `array[${spec.min > 0 ? `${spec.min}…` : '≤ '}${spec.max}] of ${describeSpec(spec.of, indent)}`
     case 'dict':

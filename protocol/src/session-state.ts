@@ -5,7 +5,16 @@
  * Extent) for a message that is not legal at that point.
  */
 import { ProtocolError } from './errors.ts'
-import { COMMIT_PROGRESS_VERSION, DISK_PROGRESS_VERSION, MessageKind, POINTS_DROPPED_AT_OPEN_VERSION, POINTS_DROPPED_VERSION, VM_PROGRESS_VERSION, type Message } from './messages.ts'
+import {
+  COMMIT_PROGRESS_VERSION,
+  COMMITTED_CYCLE_ID_VERSION,
+  DISK_PROGRESS_VERSION,
+  MessageKind,
+  POINTS_DROPPED_AT_OPEN_VERSION,
+  POINTS_DROPPED_VERSION,
+  VM_PROGRESS_VERSION,
+  type Message,
+} from './messages.ts'
 import { MAX_MAP_REQUESTS, blockCount } from './block-map.ts'
 import { DigestLengths } from './digest.ts'
 
@@ -148,6 +157,9 @@ export class ConversationState {
         if (msg.vm !== this.#vm) throw unexpected('VmState names another VM')
         // SPEC §4.2 (v7): a PointsDropped before the VmState is the notice of the VmOpen's cycle, committed already
         if (this.#pointsDropped && msg.committedCycle !== this.#cycle) throw unexpected(`PointsDropped of cycle ${this.#cycle} before a VmState whose committed cycle is ${msg.committedCycle}`)
+        // SPEC §4.2, §9 (v8): committedCycleId is part of the VmState of version 8 and later, and of no earlier one
+        if (this.#version >= COMMITTED_CYCLE_ID_VERSION && msg.committedCycleId === undefined) throw unexpected(`a VmState of protocol version ${this.#version} needs committedCycleId`)
+        if (this.#version < COMMITTED_CYCLE_ID_VERSION && msg.committedCycleId !== undefined) throw unexpected(`committedCycleId is not part of the VmState of protocol version ${this.#version}`)
         this.#phase = 'vm-open'
         return
       case MessageKind.VmProgress:

@@ -84,8 +84,22 @@ export const message: fc.Arbitrary<Message> = fc.oneof(
     disks: uniqueNames,
   }),
   fc
-    .record({ kind: fc.constant(MessageKind.VmState), vm: name, exists: fc.boolean(), committedCycle: nat, inflightCycle: nat, compatible: fc.boolean(), generation })
-    .map((r) => (r.exists ? r : { ...r, committedCycle: 0, generation: '' })),
+    .record({
+      kind: fc.constant(MessageKind.VmState),
+      vm: name,
+      exists: fc.boolean(),
+      committedCycle: nat,
+      inflightCycle: nat,
+      compatible: fc.boolean(),
+      generation,
+      // version 8 and later (absent before): the committed cycle's identity, or ""
+      committedCycleId: fc.option(fc.oneof(fc.constant(''), fc.stringMatching(/^[0-9a-f]{64}$/)), { nil: undefined }),
+    })
+    .map(({ committedCycleId, ...r }) => {
+      const v = r.exists ? r : { ...r, committedCycle: 0, generation: '' }
+      if (committedCycleId === undefined) return v
+      return { ...v, committedCycleId: v.committedCycle === 0 ? '' : committedCycleId }
+    }),
   fc
     .record({
       disk,

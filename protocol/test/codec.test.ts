@@ -126,6 +126,31 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['base generation not 32 hex digits', { ...sample('disk-open incremental'), baseGeneration: '9F1C3B5E7A2D4F6081A3C5E7092B4D6F' }, 'E_SCHEMA', 'baseGeneration'],
   ['committed without a generation', { ...sample('committed'), generation: '' }, 'E_SCHEMA', 'generation'],
   ['vm-state: no mirror but a generation', { ...sample('vm-state of a VM with no mirror'), generation: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f' }, 'E_SCHEMA', 'exists'],
+  ['vm-state: no committed cycle but a committed cycle identity', { ...sample('vm-state of a VM with no mirror'), committedCycleId: 'ab'.repeat(32) }, 'E_SCHEMA', 'committedCycleId'],
+  [
+    'vm-state: a committed cycle identity in capitals',
+    { ...sample('vm-state of version 8, with the identity of the committed cycle'), committedCycleId: 'AB'.repeat(32) },
+    'E_SCHEMA',
+    'committedCycleId',
+  ],
+  [
+    'vm-state: a committed cycle identity of 62 digits',
+    { ...sample('vm-state of version 8, with the identity of the committed cycle'), committedCycleId: 'ab'.repeat(31) },
+    'E_SCHEMA',
+    'committedCycleId',
+  ],
+  [
+    'vm-state: a committed cycle identity of 66 digits',
+    { ...sample('vm-state of version 8, with the identity of the committed cycle'), committedCycleId: 'ab'.repeat(33) },
+    'E_SCHEMA',
+    'committedCycleId',
+  ],
+  [
+    'vm-state: a committed cycle identity that is not a string',
+    { ...sample('vm-state of version 8, with the identity of the committed cycle'), committedCycleId: null },
+    'E_SCHEMA',
+    'committedCycleId',
+  ],
   ['unknown mode', { ...sample('disk-open incremental'), mode: 'full' }, 'E_SCHEMA', 'mode'],
   ['resync with a base cycle', { ...sample('disk-open resync'), baseCycle: 3 }, 'E_SCHEMA', 'baseCycle'],
   ['resync with a base generation', { ...sample('disk-open resync'), baseGeneration: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f' }, 'E_SCHEMA', 'baseGeneration'],
@@ -521,4 +546,29 @@ t.test('the Extent encoder refuses what the generic encoder refuses, with the sa
   const before = extentEncoderStats.fast
   t.same(encodeMessage({ ...extent, extra: undefined } as unknown as Message), encodeMessage(extent))
   t.equal(extentEncoderStats.fast, before + 2)
+})
+
+t.test('an optional field (VmState.committedCycleId, SPEC §2.1) may be absent; every other field is still required, and nothing unknown passes', async (t) => {
+  const v8 = sample('vm-state of version 8, with the identity of the committed cycle') as unknown as Record<string, unknown>
+  const { kind: _k, ...fields } = v8
+  const { committedCycleId: _c, ...v7 } = fields
+  // absent: the version 7 VmState, byte for byte what it was
+  t.same(decodeMessage(frame(MessageKind.VmState, v7)), { kind: MessageKind.VmState, ...v7 })
+  const written = Buffer.from(encodeMessage({ kind: MessageKind.VmState, ...v7 } as never))
+  t.equal(written[1], 0x86, 'absent: a map of the six other fields')
+  t.notOk(written.includes('committedCycleId'), 'absent: not written')
+  t.equal(Buffer.from(encodeMessage(v8 as never))[1], 0x87, 'present: seven')
+  t.same(decodeMessage(frame(MessageKind.VmState, fields)), v8)
+  // a required field missing beside the optional one, before or after it in the map
+  const { generation: _g, ...noGeneration } = fields
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, noGeneration)), { code: 'E_SCHEMA', message: /generation: missing field/ })
+  t.throws(() => encodeMessage({ kind: MessageKind.VmState, ...noGeneration } as never), { code: 'E_SCHEMA', field: 'generation' })
+  const { vm: _v, ...noVm } = fields
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, noVm)), { code: 'E_SCHEMA', message: /vm: missing field/ })
+  // twice, or beside an unknown field
+  t.throws(() => decodeMessage(frame(MessageKind.VmState, { ...fields, committedCycleID: '' })), { code: 'E_SCHEMA', message: /unknown field/ })
+  // the canonical frame (fixmap of 7) with an eighth entry: committedCycleId again
+  const once = Buffer.from(encodeMessage(v8 as never))
+  const twice = Buffer.concat([once.subarray(0, 1), Buffer.from([0x88]), once.subarray(2), Buffer.from([0xb0]), Buffer.from('committedCycleId', 'ascii'), Buffer.from([0xa0])])
+  t.throws(() => decodeMessage(twice), { code: 'E_SCHEMA', message: /duplicate field/ })
 })

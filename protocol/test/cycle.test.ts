@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import t from 'tap'
 import { CycleDigest } from '../src/cycle-digest.ts'
-import { cycleIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
+import { committedCycleIdentity, cycleIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
 import { digestOf, initDigests } from '../src/digest.ts'
 import { DigestAlgorithms } from '../src/messages.ts'
 
@@ -123,4 +123,37 @@ t.test('cycle identity changes with every field', async (t) => {
     seen.add(x)
   }
   t.equal(cycleIdentity({ ...base }), id, 'deterministic')
+})
+
+t.test('committed cycle identity is SHA-256 over the SPEC §5.10 encoding, in disk-name byte order', async (t) => {
+  const str = (s: string): Buffer => {
+    const b = Buffer.from(s)
+    const l = Buffer.alloc(4)
+    l.writeUInt32LE(b.length)
+    return Buffer.concat([l, b])
+  }
+  const a = { name: 'web01.vmdk', cycleId: 'aa'.repeat(32) }
+  // 'é' (0xc3 0xa9) sorts after 'z' by bytes, before it by nothing else
+  const b = { name: 'web01_é.vmdk', cycleId: 'bb'.repeat(32) }
+  const c = { name: 'web01_z.vmdk', cycleId: 'cc'.repeat(32) }
+  const id = committedCycleIdentity([b, c, a])
+  t.match(id, /^[0-9a-f]{64}$/)
+  const manual = createHash('sha256')
+    .update(Buffer.concat([str('grainline.committed-cycle.v1'), Buffer.of(3, 0, 0, 0), str(a.name), str(a.cycleId), str(c.name), str(c.cycleId), str(b.name), str(b.cycleId)]))
+    .digest('hex')
+  t.equal(id, manual)
+  t.equal(committedCycleIdentity([a, b, c]), id, 'the order given does not matter')
+  // another writer's cycle of the same number differs in a disk's identity, a disk more or less
+  t.not(committedCycleIdentity([a, b, { ...c, cycleId: 'cd'.repeat(32) }]), id)
+  t.not(committedCycleIdentity([a, b]), id)
+  t.not(committedCycleIdentity([a, b, c, { name: 'x.vmdk', cycleId: 'dd'.repeat(32) }]), id)
+  // a name and an identity cannot trade bytes (each is length-prefixed)
+  t.not(committedCycleIdentity([{ name: 'ab', cycleId: 'c' }]), committedCycleIdentity([{ name: 'a', cycleId: 'bc' }]))
+  t.equal(
+    committedCycleIdentity([]),
+    createHash('sha256')
+      .update(Buffer.concat([str('grainline.committed-cycle.v1'), Buffer.of(0, 0, 0, 0)]))
+      .digest('hex'),
+  )
+  t.throws(() => committedCycleIdentity([a, { ...a, cycleId: 'ee'.repeat(32) }]), { name: 'ProtocolError', code: 'E_SCHEMA', message: /web01\.vmdk is named twice/ })
 })

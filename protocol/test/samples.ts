@@ -89,6 +89,23 @@ export const samples: readonly Sample[] = [
     message: { kind: MessageKind.VmState, vm: 'db01', exists: false, committedCycle: 0, inflightCycle: 0, compatible: true, generation: '' },
   },
   {
+    name: 'vm-state of version 8, with the identity of the committed cycle',
+    message: {
+      kind: MessageKind.VmState,
+      vm: 'web01',
+      exists: true,
+      committedCycle: 2,
+      inflightCycle: 0,
+      compatible: true,
+      generation: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f',
+      committedCycleId: 'c4a1e2f3b5d6a7980a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071',
+    },
+  },
+  {
+    name: 'vm-state of version 8 of a commit made before version 8',
+    message: { kind: MessageKind.VmState, vm: 'web01', exists: true, committedCycle: 2, inflightCycle: 0, compatible: true, generation: '9f1c3b5e7a2d4f6081a3c5e7092b4d6f', committedCycleId: '' },
+  },
+  {
     name: 'vm-progress of an interrupted commit finished',
     message: { kind: MessageKind.VmProgress, vm: 'web01', step: 'merge-points', doneBytes: 3 * 1024 * MiB, totalBytes: 7 * 1024 * MiB },
   },

@@ -375,3 +375,19 @@ t.test("PointsDropped before a VmState: version 7 only, the VmOpen's VM and cycl
   // a VmState without a notice is as before, whatever its committed cycle
   t.equal(run([...hello(7), R(committed)]).phase, 'vm-open')
 })
+
+t.test('committedCycleId: in every VmState of version 8 and later, in none before (SPEC §4.2, §9)', async (t) => {
+  const hello = (version: number): Step[] => [A({ ...M.hello, versions: [8, 7, 6, 5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen)]
+  const id = 'ab'.repeat(32)
+  // version 8: the identity of the committed cycle, or "" (a commit made before version 8)
+  t.equal(run([...hello(8), R({ ...M.vmState, committedCycleId: id })]).phase, 'vm-open')
+  t.equal(run([...hello(8), R({ ...M.vmState, committedCycleId: '' })]).phase, 'vm-open')
+  t.throws(() => run([...hello(8), R(M.vmState)]), { code: 'E_UNEXPECTED', message: /version 8 needs committedCycleId/ })
+  // version 7 and older: as before, and the field (which their decoders refuse as unknown) is not sent
+  t.equal(run([...hello(7), R(M.vmState)]).phase, 'vm-open')
+  t.throws(() => run([...hello(7), R({ ...M.vmState, committedCycleId: id })]), { code: 'E_UNEXPECTED', message: /not part of the VmState of protocol version 7/ })
+  t.throws(() => run([A(M.hello), R(M.welcome), A(M.vmOpen), R({ ...M.vmState, committedCycleId: '' })]), { code: 'E_UNEXPECTED', message: /version 2/ })
+  // a notice before it (v7) still needs the VmOpen's cycle committed
+  const dropped = { kind: K.PointsDropped, vm: 'vm', cycle: 2, count: 1, oldest: 1, newest: 1, broken: true, reason: 'r' }
+  t.equal(run([...hello(8), R(dropped), R({ ...M.vmState, committedCycle: 2, committedCycleId: id })]).phase, 'vm-open')
+})

@@ -5,7 +5,7 @@ import type { Message } from '../src/messages.ts'
 import { canonical, fromJson } from './json.ts'
 import { decompress } from '../src/compression.ts'
 import { CycleDigest } from '../src/cycle-digest.ts'
-import { cycleIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
+import { committedCycleIdentity, cycleIdentity, type CommittedDiskIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
 import { digestOf, initDigests } from '../src/digest.ts'
 import type { CompressionAlgorithm, DigestAlgorithm } from '../src/messages.ts'
 import { buildVectors, VECTOR_LIMITS, type InvalidVector, type ValidVector } from './vectors.ts'
@@ -54,6 +54,7 @@ t.test('derived known answers: digests, cycle identity, cycle digest, decompress
   const d = JSON.parse(readFileSync(new URL('derived.json', dir), 'utf8')) as {
     digests: Array<{ algorithm: DigestAlgorithm; input: string; digest: string }>
     cycleIdentity: Array<{ fields: CycleIdentityFields; cycleId: string }>
+    committedCycleIdentity: Array<{ disks: CommittedDiskIdentity[]; committedCycleId: string }>
     cycleDigest: Array<{ algorithm: DigestAlgorithm; extents: Array<{ offset: number; length: number; zero: boolean; digest: string }>; cycleDigest: string }>
     decompression: Array<{ algorithm: CompressionAlgorithm; plain: string; compressed: string }>
   }
@@ -63,6 +64,8 @@ t.test('derived known answers: digests, cycle identity, cycle digest, decompress
   t.equal(d.digests.find((x) => x.algorithm === 'sha256' && x.input === '616263')?.digest, 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad')
   for (const x of d.digests) t.equal(hex(digestOf(x.algorithm, Buffer.from(x.input, 'hex'))), x.digest, `${x.algorithm}(${x.input})`)
   for (const x of d.cycleIdentity) t.equal(cycleIdentity(x.fields), x.cycleId)
+  t.equal(d.committedCycleIdentity.length, 3)
+  for (const x of d.committedCycleIdentity) t.equal(committedCycleIdentity(x.disks), x.committedCycleId)
   for (const x of d.cycleDigest) {
     const cd = new CycleDigest(x.algorithm)
     for (const e of x.extents) cd.add({ ...e, digest: Buffer.from(e.digest, 'hex') })

@@ -6,7 +6,7 @@
 import { decodeMessage, encodeMessage } from '../src/codec.ts'
 import { compress } from '../src/compression.ts'
 import { CycleDigest } from '../src/cycle-digest.ts'
-import { cycleIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
+import { committedCycleIdentity, cycleIdentity, type CommittedDiskIdentity, type CycleIdentityFields } from '../src/cycle-identity.ts'
 import { digestOf, initDigests } from '../src/digest.ts'
 import { CompressionAlgorithms, DigestAlgorithms } from '../src/messages.ts'
 import { ProtocolError } from '../src/errors.ts'
@@ -87,7 +87,17 @@ function derived(): unknown {
     return { algorithm, extents, cycleDigest: hex(cd.digest()) }
   })
   const decompression = CompressionAlgorithms.map((algorithm) => ({ algorithm, plain: hex(pattern.subarray(0, 1024)), compressed: hex(compress(algorithm, pattern.subarray(0, 1024))) }))
-  return { digests, cycleIdentity: identities, cycleDigest: cycleDigests, decompression }
+  // SPEC §5.10: the committed cycle of the two disks above (in disk-name order whatever the order given), and of none
+  const committedDisks: CommittedDiskIdentity[][] = [
+    [
+      { name: 'web01_1.vmdk', cycleId: cycleIdentity({ ...fields, name: 'web01_1.vmdk' }) },
+      { name: 'web01.vmdk', cycleId: identities[0]?.cycleId as string },
+    ],
+    [{ name: 'disk.vmdk', cycleId: identities[1]?.cycleId as string }],
+    [],
+  ]
+  const committedCycle = committedDisks.map((disks) => ({ disks, committedCycleId: committedCycleIdentity(disks) }))
+  return { digests, cycleIdentity: identities, committedCycleIdentity: committedCycle, cycleDigest: cycleDigests, decompression }
 }
 
 /** file name → file contents */

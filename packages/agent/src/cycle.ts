@@ -21,7 +21,17 @@
 import { commitProgress, diskOpenProgress, vmProgress } from './receiver-progress.ts'
 import { resolve } from 'node:path'
 import type { Logger } from 'pino'
-import { initDigests, MIN_BLOCK_SIZE, type DigestAlgorithm, type PointsDroppedMessage, type RetentionSpec, type VmFile, type VmStateMessage, type WelcomeMessage } from '@grainline/protocol'
+import {
+  committedCycleIdentity,
+  initDigests,
+  MIN_BLOCK_SIZE,
+  type DigestAlgorithm,
+  type PointsDroppedMessage,
+  type RetentionSpec,
+  type VmFile,
+  type VmStateMessage,
+  type WelcomeMessage,
+} from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import type { VmRunLock } from './vm-run-lock.ts'
 import { AgentStateStore, markCommitted, markDiverged, markInflight, markInflightResync, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
@@ -512,8 +522,11 @@ class VmCycle {
       if (session === undefined) {
         session = await this.#session(this.#cycleNo)
         if (session.state.committedCycle === this.#cycleNo) {
-          // the commit went through before the connection dropped: VmState carries its generation, and a version 7
-          // receiver tells again the drop of every restore point that commit made (reported once)
+          // a commit of this cycle went through before the connection dropped: this run's only if a version 8 receiver
+          // names this run's cycle (SPEC §5.10) — another writer of the mirror may have rolled ours back and committed its own
+          this.#checkOwnCommit(session.state)
+          // ours: VmState carries its generation, and a version 7 receiver tells again the drop of every restore point
+          // that commit made (reported once)
           if (session.pointsDropped !== undefined) this.#notePointsDropped(session.pointsDropped)
           await this.#recordCommit(session.state.generation)
           await session.client.close().catch(() => {})
@@ -671,6 +684,28 @@ class VmCycle {
       session?.client.terminate()
       throw err
     }
+  }
+
+  /**
+   * The VmState of a reconnect says this run's cycle is committed, but its Committed was lost with the connection:
+   * the commit is this run's own when the receiver (version 8) names the identity of the cycle this run sent (SPEC
+   * §5.10). Another identity is another writer's commit of this cycle number: nothing is recorded and no snapshot
+   * removed (the next run resyncs, as for a mirror committed behind its back). "" or an older version: nothing to
+   * compare, taken for this run's own as before.
+   * @throws AgentError E_OTHER_WRITER
+   */
+  #checkOwnCommit(state: VmStateMessage): void {
+    const theirs = state.committedCycleId ?? ''
+    if (theirs === '') return
+    const ours = committedCycleIdentity(this.#works.map((w) => ({ name: w.name, cycleId: w.cycleId })))
+    if (theirs === ours) return
+    const vm = this.#vm.name
+    const url = this.#opts.connect.url
+    this.log.error({ vm, cycle: this.#cycleNo, receiver: url, committedCycleId: theirs, ours }, 'another writer committed this cycle to the mirror')
+    throw new AgentError(
+      'E_OTHER_WRITER',
+      `another writer committed cycle ${this.#cycleNo} of ${vm} to the receiver ${url} while this run's Commit of that cycle went unanswered (its connection was lost): the mirror holds that writer's cycle (committed cycle identity ${theirs}), not this run's (${ours}). No commit was recorded and no snapshot removed. Check that one job, on one proxy, protects this VM under the name ${vm} with this token (another VM of the same name, a job configured twice); the next run resyncs the mirror from this VM`,
+    )
   }
 
   /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6; §4.2, v7): a warning of the run. */

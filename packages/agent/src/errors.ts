@@ -16,6 +16,7 @@ export const AgentErrorCodes = [
   'E_STATE', // the agent state file cannot be read or written
   'E_ABORTED', // cancelled through an AbortSignal
   'E_BUSY', // another agent run replicates this VM now (its run lock in the state folder)
+  'E_OTHER_WRITER', // another writer committed this run's cycle to the mirror while this run's Commit went unanswered (SPEC §5.10)
 ] as const
 export type AgentErrorCode = (typeof AgentErrorCodes)[number]
 

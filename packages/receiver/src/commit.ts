@@ -20,6 +20,7 @@ import type { WorkProgress } from './work-progress.ts'
 import { pointFlatName, pointPath } from './increment.ts'
 import type { DiskRecord, InflightDisk, PendingCommit, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { committedIdentityRecord } from './committed-identity.ts'
 
 /** One sealed disk of the cycle being committed. */
 export interface SealedDisk {
@@ -125,6 +126,12 @@ export function commitState(
     committedCycle: cycle,
     committedAt: now,
     generation,
+    // SPEC §5.10: the cycle's disks as their DiskOpens named them, reported in VmState (v8)
+    committedIdentity: committedIdentityRecord(
+      cycle,
+      generation,
+      sealed.map((d) => d.info),
+    ),
     displaySuffix: suffix,
     disks,
     inflight: null,

@@ -4,6 +4,7 @@ import type { WebSocket } from 'ws'
 import {
   COMMIT_PROGRESS_VERSION,
   ConversationState,
+  COMMITTED_CYCLE_ID_VERSION,
   DISK_PROGRESS_VERSION,
   VM_PROGRESS_VERSION,
   POINTS_DROPPED_AT_OPEN_VERSION,
@@ -58,6 +59,7 @@ import { checkCephVmCount } from './store/ceph/ceph-vm-count.ts'
 import { checkMapRequest } from './receiver-rules.ts'
 import { appendCycleHistory } from './cycle-history.ts'
 import { outboundLimit, waitForOutboundRoom } from './outbound-room.ts'
+import { reportedCommittedCycleId } from './committed-identity.ts'
 
 /** A dry inbox re-checks this often while batches become durable (a frame or the last durable batch wakes it at once), ms. */
 const DRY_WAIT_MS = 1000
@@ -439,6 +441,8 @@ export class Session {
       inflightCycle: s.inflight?.cycle ?? 0,
       compatible: this.vm.compatible(msg.compat),
       generation: s.committedCycle > 0 ? (s.generation ?? '') : '',
+      // SPEC §4.2, §5.10 (v8): whose cycle is committed — an agent whose Committed was lost takes it for its own only by it
+      ...((this.negotiated?.version ?? 0) >= COMMITTED_CYCLE_ID_VERSION ? { committedCycleId: reportedCommittedCycleId(s) } : {}),
     })
   }
 

@@ -7,6 +7,7 @@ import { DEFAULT_DISPLAY_SUFFIX, type DroppedReference } from './mirror-vmx.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { PointLink, PointMerge, PointRecord } from './points.ts'
 import type { HoldRecord } from './hold-record.ts'
+import type { CommittedIdentityRecord } from './committed-identity.ts'
 
 /** Result of the last trivial check or certify of a disk. */
 export interface VerifyRecord {
@@ -193,6 +194,8 @@ export interface VmStateFile {
   readonly committedAt: string | null
   /** generation of the last commit (SPEC §5.8); absent before the first commit or in state files older than generations */
   readonly generation?: string
+  /** the identity of the last committed cycle (SPEC §5.10, committed-identity.ts); absent in state files older than it */
+  readonly committedIdentity?: CommittedIdentityRecord
   readonly displaySuffix: string
   readonly disks: Readonly<Record<string, DiskRecord>>
   readonly inflight: InflightCycle | null

@@ -16,6 +16,7 @@ import { ReceiverError } from './errors.ts'
 import { checkDiskNameForm } from './receiver-rules.ts'
 import { isPointFileName } from './increment.ts'
 import { diskStem, type VmPaths } from './vm-paths.ts'
+import { committedIdentityProblem } from './committed-identity.ts'
 
 /**
  * Check the names of a state file just parsed (its `format`, `vm` and
@@ -31,6 +32,9 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
     )
   if (s['vm'] !== vm) throw bad('vm', s['vm'], `which is not the name of its folder ${JSON.stringify(vm)}`)
   checkDiskRecords('disks', s['disks'], bad)
+  // reported to agents as VmState.committedCycleId (SPEC §5.10): an agent takes a commit for its own by it
+  const identity = committedIdentityProblem(s['committedIdentity'])
+  if (identity !== undefined) throw bad('committedIdentity', s['committedIdentity'], identity)
   const inflight = s['inflight'] as Record<string, unknown> | null | undefined
   if (inflight !== null && inflight !== undefined) {
     if (typeof inflight !== 'object') throw bad('inflight', inflight, 'which is not a cycle in flight')

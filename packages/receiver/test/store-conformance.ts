@@ -15,7 +15,7 @@
  * mirror (`E_HELD` to the next cycle and to a prune) until `points close`.
  */
 import type { Test } from 'tap'
-import { MessageKind, encodeMessage, type Message } from '@grainline/protocol'
+import { MessageKind, committedCycleIdentity, encodeMessage, type Message } from '@grainline/protocol'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { qemuRaw } from '@grainline/test-utils'
@@ -99,6 +99,37 @@ export function storeConformance(t: Test, store: StoreUnderTest, dir: () => stri
     }
     t.same(await store.points(env, vm), [2, 3], 'keep=2: points 2 and 3 kept, point 1 removed')
     for (const k of [2, 3]) t.ok((await store.readPoint(env, vm, k, 'd.vmdk')).equals(images[k] as Buffer), `point ${k} reads back as cycle ${k}`)
+  })
+
+  t.test(`${store.kind}: VmState on protocol version 8 names the identity of the committed cycle (SPEC §5.10), recorded with the commit: after a restart too`, async (t) => {
+    const env = makeEnv(dir())
+    let rx = await startReceiver(env, store.init(env))
+    t.teardown(() => rx.receiver.close())
+    const vm = 'vm-ident'
+    const v8 = [8, 7, 6, 5, 4, 3, 2]
+    const plans = [seedPlan(0, 'b.vmdk', pattern(MiB, 51), cid(51)), seedPlan(1, 'a.vmdk', pattern(MiB, 52), cid(52))]
+    const a = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, plans, { versions: v8 })
+    a.close()
+    // the cycleIds of the DiskOpens runCycle sent
+    const want = committedCycleIdentity(plans.map((d) => ({ name: d.name, cycleId: diskOpen(d, 1, vm).cycleId })))
+    // the VmState of a VmOpen of the committed cycle (an agent whose Committed was lost)
+    const reopen = async (): Promise<Message | undefined> => {
+      const b = await Agent.connect(rx.url, { token: TOKEN, ca: env.tls.ca })
+      try {
+        b.send(hello('sha256', 'none', v8))
+        await b.expect(MessageKind.Welcome)
+        b.send(vmOpen(vm, 1, ['a-000001.vmdk', 'b-000001.vmdk']))
+        return await b.next()
+      } finally {
+        b.close()
+        await b.whenClosed()
+      }
+    }
+    t.match(await reopen(), { kind: MessageKind.VmState, committedCycle: 1, committedCycleId: want }, 'the reopening of the committed cycle hears its identity')
+    await rx.receiver.close()
+    rx = await startReceiver(env, store.init(env))
+    t.match(await reopen(), { kind: MessageKind.VmState, committedCycle: 1, committedCycleId: want }, 'after a restart: from the VM state')
   })
 
   t.test(`${store.kind}: a disk grown in place keeps the points: each older point reads back at its own size`, async (t) => {

@@ -19,6 +19,7 @@ import { ReceiverError } from '../../errors.ts'
 import { notNextCycle, type DiskOpenRequest } from '../../open-decision.ts'
 import type { PointsDroppedRecord } from '../../state-file.ts'
 import { newGeneration, uncarriedRecord } from '../../commit.ts'
+import { committedIdentityRecord } from '../../committed-identity.ts'
 import { attachedDisks, namedDisks, withNamed } from '../../mirror-vmx.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from '../../retention.ts'
 import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
@@ -388,6 +389,12 @@ export class CephVmMirror {
         committedCycle: cycle,
         committedAt: now,
         generation,
+        // SPEC §5.10: the cycle's disks as their DiskOpens named them, reported in VmState (v8)
+        committedIdentity: committedIdentityRecord(
+          cycle,
+          generation,
+          applies.map((a) => a.info),
+        ),
         compat,
         disks,
         inflight: null,

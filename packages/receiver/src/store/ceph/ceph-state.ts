@@ -15,6 +15,7 @@ import type { CompatRecord, DigestAlgorithm, DiskMode, SourceIdentity } from '@g
 import { ReceiverError } from '../../errors.ts'
 import type { HoldRecord } from '../../hold-record.ts'
 import type { PointsDroppedRecord } from '../../state-file.ts'
+import { committedIdentityProblem, type CommittedIdentityRecord } from '../../committed-identity.ts'
 import { runCeph, CephCommandError, CephOutputTooLarge, type CephTarget } from './rbd-cli.ts'
 import type { CephKeptRecord } from './ceph-kept-map.ts'
 
@@ -140,6 +141,8 @@ export interface CephVmState {
   readonly committedCycle: number
   readonly committedAt: string | null
   readonly generation: string | null
+  /** the identity of the last committed cycle (SPEC §5.10, committed-identity.ts) @default none (state objects older than it) */
+  readonly committedIdentity?: CommittedIdentityRecord
   readonly compat: CompatRecord | null
   readonly disks: Readonly<Record<string, CephDiskRecord>>
   readonly inflight: { readonly cycle: number; readonly startedAt: string; readonly disks: Readonly<Record<string, CephInflightDisk>> } | null
@@ -262,6 +265,13 @@ export async function readCephState(t: CephTarget, object: string, vm?: string):
     throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} is not a ${CEPH_STATE_FORMAT} record`)
   }
   if (vm !== undefined && s.vm !== vm) throw new ReceiverError('E_STATE', `state object ${object} in pool ${t.pool} belongs to VM ${JSON.stringify(s.vm)}, not ${JSON.stringify(vm)}`)
+  // reported to agents as VmState.committedCycleId (SPEC §5.10): an agent takes a commit for its own by it
+  const identity = committedIdentityProblem(s.committedIdentity)
+  if (identity !== undefined)
+    throw new ReceiverError(
+      'E_STATE',
+      `VM ${s.vm}: state object ${object} in pool ${t.pool} has committedIdentity = ${String(JSON.stringify(s.committedIdentity)).slice(0, 300)}, ${identity}: the state object was edited or is corrupt; put it back from a backup of the pool, or remove the mirror and seed the VM again`,
+    )
   return s
 }
 
