@@ -307,6 +307,30 @@ t.test('a VM with a disk on a second datastore: refused without its root (E_VMX 
   t.equal(dirname(running), join(ds2, 'app'), "the second disk's delta is made on its own datastore")
 })
 
+t.test('local driver roots: / (given, through "..", or a link to it) and a root holding the agent\'s own state are refused with E_CONFIG', async (t) => {
+  const dir = scratch(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'db', disks: [{ sizeBytes: MiB }] })
+  const toRoot = join(dir, 'to-root')
+  symlinkSync('/', toRoot)
+  t.throws(() => createLocalDriver({ roots: ['/'] }), { name: 'AgentError', code: 'E_CONFIG', message: /^local driver roots: "\/" is the whole filesystem/ }, '/: at once')
+  t.throws(() => createLocalDriver({ roots: [`${dir}/../../..`] }), { name: 'AgentError', code: 'E_CONFIG', message: /contains "\.\."/ }, '"..": at once')
+  await t.rejects(resolveLocalRoots([toRoot], '--datastore-root'), { code: 'E_CONFIG', message: new RegExp(`^--datastore-root: ${toRoot} leads to /`) }, 'a link to /')
+  await t.rejects(createLocalDriver({ roots: [toRoot] }).openVm(vm.vmxPath), { code: 'E_CONFIG' }, 'a link to /: at the first openVm')
+  const state = join(dir, 'state')
+  await mkdir(state)
+  await t.rejects(
+    resolveLocalRoots([dir], 'datastoreRoots', [state]),
+    { code: 'E_CONFIG', message: new RegExp(`^datastoreRoots: ${dir} contains the agent's own ${state}`) },
+    'a root holding the state dir',
+  )
+  const { logger } = memoryLogger()
+  for (const root of ['/', toRoot, `${dir}/ds1/..`, dir]) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root] })
+    t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `replicate, datastoreRoots ${root}`)
+  }
+  t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
+})
+
 t.test('local driver roots: relative, missing or a file is refused with E_CONFIG before anything is read; a root reached through a link is resolved once', async (t) => {
   const dir = scratch(t)
   const ds2 = join(dir, 'ds2')
