@@ -13,7 +13,7 @@ import { AgentError } from './errors.ts'
 import { MAX_CONFIG_BYTES, readRegularFile, writeFileAtomic } from './fs-util.ts'
 import { VmxConfig, vmxDisks } from './vmx.ts'
 import { parseVmsd, serializeVmsd, type Vmsd } from './vmsd.ts'
-import { confineFileAccess, consolidate, createDelta, isVmdkError, localFileAccess, openChain, type DeltaFormat } from '@grainline/vmdk'
+import { confineFileAccess, consolidate, isInsideRoot, createDelta, isVmdkError, localFileAccess, openChain, type DeltaFormat } from '@grainline/vmdk'
 
 /** Options of the local driver. */
 export interface LocalDriverInit {
@@ -30,8 +30,9 @@ export interface LocalDriverInit {
    * files, parents and the nvram outside every root (by name or through a
    * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
    * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
-   * ship another file. A root's symbolic links are resolved once, before the
-   * first VM is opened ({@link resolveLocalRoots}); a relative root throws
+   * ship another file. A root's symbolic links are resolved once, at the
+   * first `openVm` ({@link pinLocalRoots}): the real folder then is the root,
+   * a disk named through the link is mapped onto it; a relative root throws
    * `E_CONFIG` at once, a missing one or a file at the first `openVm`.
    * The job file's `datastoreRoots`, `grainline replicate --datastore-root`.
    * @default none: only the folder that holds the VM's folder
@@ -50,7 +51,36 @@ function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
     if (typeof r !== 'string' || !isAbsolute(r)) {
       throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is not an absolute path: give the datastore folder the VMs' disks are on from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`)
     }
+    // where a root is written must not change what it means: `/mnt/ds2/..` is `/mnt` once normalised
+    if (r.split('/').includes('..')) {
+      throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} contains "..": give the datastore folder without ".." (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`)
+    }
+    if (resolve(r) === '/') throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is the whole filesystem (/), which would let a descriptor read any file of this machine: ${ROOT_REMEDY}`)
   }
+}
+
+const ROOT_REMEDY = 'give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'
+
+/** A local root pinned at start: the name given and the real folder it led to then. */
+export interface PinnedRoot {
+  readonly named: string
+  readonly real: string
+}
+
+/**
+ * Resolve the real path of each protected file or folder (the agent's state
+ * dir, its token, CA, key, job file) that exists; a missing one is checked by
+ * its name only.
+ */
+async function realPaths(paths: readonly string[]): Promise<string[]> {
+  const out: string[] = []
+  for (const p of paths) {
+    const abs = resolve(p)
+    out.push(abs)
+    const rp = await realpath(abs).catch(() => undefined)
+    if (rp !== undefined && rp !== abs) out.push(rp)
+  }
+  return out
 }
 
 /**
@@ -61,10 +91,20 @@ function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
  * @param setting how the roots were given, for messages (`--datastore-root`)
  * @throws AgentError `E_CONFIG` naming the root and what is wrong
  */
-export async function resolveLocalRoots(roots: readonly string[] | undefined, setting = 'local driver roots'): Promise<string[]> {
+export async function resolveLocalRoots(roots: readonly string[] | undefined, setting = 'local driver roots', protect: readonly string[] = []): Promise<string[]> {
+  return (await pinLocalRoots(roots, setting, protect)).flatMap((r) => (r.named === r.real ? [r.named] : [r.named, r.real])).filter((p, i, all) => all.indexOf(p) === i)
+}
+
+/**
+ * {@link resolveLocalRoots}, keeping each root as the pair (name given, real
+ * path now): the real path is what confines from then on.
+ * @param protect the agent's own files and folders (state dir, token, CA, key, job file): a root that contains one is refused
+ */
+export async function pinLocalRoots(roots: readonly string[] | undefined, setting = 'local driver roots', protect: readonly string[] = []): Promise<PinnedRoot[]> {
   if (roots === undefined) return []
   checkAbsoluteRoots(roots, setting)
-  const out: string[] = []
+  const guarded = await realPaths(protect)
+  const out: PinnedRoot[] = []
   for (const r of roots) {
     const named = resolve(r)
     let real: string
@@ -79,7 +119,16 @@ export async function resolveLocalRoots(roots: readonly string[] | undefined, se
       throw new AgentError('E_CONFIG', `${setting}: ${named}: ${(err as Error).message}`, { cause: err })
     })
     if (!st.isDirectory()) throw new AgentError('E_CONFIG', `${setting}: ${named} is not a folder: give the folder a datastore is mounted at, not a file in it`)
-    for (const p of [named, real]) if (!out.includes(p)) out.push(p)
+    if (real === '/')
+      throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${ROOT_REMEDY}`)
+    const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
+    if (own !== undefined) {
+      throw new AgentError(
+        'E_CONFIG',
+        `${setting}: ${named} contains the agent's own ${own} (its state or credentials), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
+      )
+    }
+    if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })
   }
   return out
 }
@@ -116,9 +165,10 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
   const datastoreType = init.datastoreType ?? 'local'
   checkAbsoluteRoots(init.roots ?? [], 'local driver roots')
   // resolved once, at the first openVm (a failure is not kept: the next openVm reports it again)
-  let extraRoots: Promise<string[]> | undefined
-  const rootsReady = async (): Promise<string[]> => {
-    extraRoots ??= resolveLocalRoots(init.roots)
+  // pinned: the real path resolved then is what confines; a path through the name given is mapped onto it (re-pointing a link later moves nothing)
+  let extraRoots: Promise<PinnedRoot[]> | undefined
+  const rootsReady = async (): Promise<PinnedRoot[]> => {
+    extraRoots ??= pinLocalRoots(init.roots)
     try {
       return await extraRoots
     } catch (err) {
@@ -155,11 +205,19 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       const config = VmxConfig.parse(text, vmxPath)
       const dir = dirname(vmxPath)
       // the folder that holds the VM's folder is always a root: a VM's own files are always readable
-      const roots = [dirname(dir)]
-      for (const r of extra) if (!roots.includes(r)) roots.push(r)
+      // (the VM's folder itself when it sits at the top, e.g. /vm: never / as a whole)
+      const parent = dirname(dir)
+      const roots = [parent === '/' ? dir : parent]
+      for (const r of extra) if (!roots.includes(r.real)) roots.push(r.real)
+      // a disk named through a root's alias: read at the real folder pinned at start, not wherever the alias leads now
+      const pinned = (path: string): string => {
+        const abs = resolve(path)
+        const via = extra.find((r) => r.named !== r.real && isInsideRoot(abs, r.named))
+        return via === undefined ? abs : via.real + abs.slice(via.named.length)
+      }
       // no remedy in the vmdk message: the E_VMX below names the local driver's own
       const confined = confineFileAccess(localFileAccess, roots, { remedy: '' })
-      const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
+      const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: pinned(isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName)) }))
       // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
       for (const d of disks) {
         try {

@@ -190,7 +190,9 @@ async function replicateVm(
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
-    const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots')
+    // a root that holds the agent's own state or CA would let a descriptor name and ship them
+    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile])]
+    const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')

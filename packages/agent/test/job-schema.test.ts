@@ -1,5 +1,6 @@
 /** Job files and flags: one schema, every problem named by key or flag, every referenced file read before anything runs. */
 import t from 'tap'
+import { symlinkSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadJob } from '../src/job/load-job.ts'
@@ -277,6 +278,25 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
   t.equal(p.length, 4, p.join('\n'))
   const f = await problems(loadJob({ cwd: dir, vms: ['a.vmx'], options: { to: 'wss://dr:7443', tokenFile: 'token.txt', datastoreRoots: 'ds2' }, names: { datastoreRoots: '--datastore-root' } }))
   t.same(f, ['--datastore-root: "ds2" is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'], 'a flag: named by the flag, a relative path refused (not resolved)')
+
+  // a root of / (given, normalised from "..", or through a link) would let a descriptor read any file of the proxy
+  symlinkSync('/', join(dir, 'to-root'))
+  await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', vms: [{ vm: 'a.vmx', datastoreRoots: ['/', `${ds2}/../..`, join(dir, 'to-root')] }] }))
+  const r = await problems(loadJob({ file }))
+  t.ok(
+    r.includes(
+      'job.vms[0].datastoreRoots[0]: / is the whole filesystem, which would let a descriptor read any file of this machine: give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2)',
+    ),
+    r.join('\n'),
+  )
+  t.ok(r.includes(`job.vms[0].datastoreRoots[1]: ${JSON.stringify(`${ds2}/../..`)} contains "..": give the folder without ".." (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`), r.join('\n'))
+  t.ok(
+    r.includes(
+      `job.vms[0].datastoreRoots[2]: ${join(dir, 'to-root')} leads to / and is the whole filesystem, which would let a descriptor read any file of this machine: give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2)`,
+    ),
+    r.join('\n'),
+  )
+  t.equal(r.length, 3, r.join('\n'))
 })
 
 t.test('retention: an object in a job file, a string as a flag, both the wire request; every mistake named', async (t) => {

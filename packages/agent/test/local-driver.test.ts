@@ -2,7 +2,7 @@ import t from 'tap'
 import { existsSync, symlinkSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { createDelta, openChain } from '@grainline/vmdk'
+import { confineFileAccess, createDelta, localFileAccess, openChain } from '@grainline/vmdk'
 import { mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
 import { createLocalDriver, resolveLocalRoots } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
@@ -307,6 +307,30 @@ t.test('a VM with a disk on a second datastore: refused without its root (E_VMX 
   t.equal(dirname(running), join(ds2, 'app'), "the second disk's delta is made on its own datastore")
 })
 
+t.test('local driver roots: / (given, through "..", or a link to it) and a root holding the agent\'s own state are refused with E_CONFIG', async (t) => {
+  const dir = scratch(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'db', disks: [{ sizeBytes: MiB }] })
+  const toRoot = join(dir, 'to-root')
+  symlinkSync('/', toRoot)
+  t.throws(() => createLocalDriver({ roots: ['/'] }), { name: 'AgentError', code: 'E_CONFIG', message: /^local driver roots: "\/" is the whole filesystem/ }, '/: at once')
+  t.throws(() => createLocalDriver({ roots: [`${dir}/../../..`] }), { name: 'AgentError', code: 'E_CONFIG', message: /contains "\.\."/ }, '"..": at once')
+  await t.rejects(resolveLocalRoots([toRoot], '--datastore-root'), { code: 'E_CONFIG', message: new RegExp(`^--datastore-root: ${toRoot} leads to /`) }, 'a link to /')
+  await t.rejects(createLocalDriver({ roots: [toRoot] }).openVm(vm.vmxPath), { code: 'E_CONFIG' }, 'a link to /: at the first openVm')
+  const state = join(dir, 'state')
+  await mkdir(state)
+  await t.rejects(
+    resolveLocalRoots([dir], 'datastoreRoots', [state]),
+    { code: 'E_CONFIG', message: new RegExp(`^datastoreRoots: ${dir} contains the agent's own ${state}`) },
+    'a root holding the state dir',
+  )
+  const { logger } = memoryLogger()
+  for (const root of ['/', toRoot, `${dir}/ds1/..`, dir]) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root] })
+    t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `replicate, datastoreRoots ${root}`)
+  }
+  t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
+})
+
 t.test('local driver roots: relative, missing or a file is refused with E_CONFIG before anything is read; a root reached through a link is resolved once', async (t) => {
   const dir = scratch(t)
   const ds2 = join(dir, 'ds2')
@@ -339,4 +363,17 @@ t.test('local driver roots: relative, missing or a file is refused with E_CONFIG
   t.same((await viaLink.openVm(vm.vmxPath)).disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'))
   await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(`"${join(ds2, 'db', 'db_1.vmdk')}"`, `"${join(link, 'db', 'db_1.vmdk')}"`))
   t.same(await mirrorDiskNames(await viaLink.openVm(vm.vmxPath), viaLink), ['db.vmdk', 'db_1.vmdk'], 'a disk named through the link opens')
+  // resolved once: the link re-pointed after the first openVm (at a folder with a disk of the same name) moves nothing
+  const ds3 = join(dir, 'ds3')
+  await mkdir(join(ds3, 'db'), { recursive: true })
+  await writeFile(join(ds3, 'db', 'db_1.vmdk'), await readFile(join(ds2, 'db', 'db_1.vmdk')))
+  await rm(link)
+  symlinkSync(ds3, link)
+  const again = await viaLink.openVm(vm.vmxPath)
+  t.same(again.disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'), 'the disk named through the link is read at the folder pinned at start')
+  t.notOk(
+    again.roots?.some((r) => r === link || r === ds3),
+    'neither the alias nor its new target is a root',
+  )
+  await t.rejects(confineFileAccess(localFileAccess, again.roots ?? []).stat(join(link, 'db', 'db_1.vmdk')), { code: 'E_OUTSIDE_ROOT' }, 'a file reached through the new target is refused')
 })

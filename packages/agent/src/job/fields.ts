@@ -5,7 +5,7 @@
  * documentation attached to each field (`doc`), from which docs/config/*.md
  * is generated.
  */
-import { readFile, stat } from 'node:fs/promises'
+import { readFile, realpath, stat } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { parseByteSize, parseDuration, parseRate } from '@grainline/protocol'
@@ -146,7 +146,20 @@ export function absoluteDirField() {
         c.addIssue({ code: 'custom', message: `${JSON.stringify(p)} is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)` })
         return z.NEVER
       }
+      // where the path is written must not change what it means: `/mnt/ds2/..` is `/mnt`
+      if (p.split('/').includes('..')) {
+        c.addIssue({ code: 'custom', message: `${JSON.stringify(p)} contains "..": give the folder without ".." (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)` })
+        return z.NEVER
+      }
       const abs = resolve(p)
+      const real = abs === '/' ? abs : await realpath(abs).catch(() => abs)
+      if (real === '/') {
+        c.addIssue({
+          code: 'custom',
+          message: `${abs}${abs === '/' ? '' : ' leads to / and'} is the whole filesystem, which would let a descriptor read any file of this machine: give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2)`,
+        })
+        return z.NEVER
+      }
       const st = await stat(abs).catch((err: NodeJS.ErrnoException) => err)
       if (st instanceof Error) {
         c.addIssue({ code: 'custom', message: st.code === 'ENOENT' ? `${abs} does not exist (is the datastore mounted?)` : `${abs}: ${st.code ?? st.message}` })
