@@ -58,12 +58,12 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
     '--token-file',
     secret,
   ]
-  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', '/', 'a.vmx', 'b.vmx', ...common])
+  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', '/tmp', 'a.vmx', 'b.vmx', ...common])
   t.same(args['vm'], ['a.vmx', 'b.vmx'], 'both VMs are positionals')
   t.same(args['mail-to'], ['ops@example.net'])
   t.same(args['mail-on'], ['failure'])
   t.same(args['webhook-on'], ['warning'])
-  t.same(args['datastore-root'], ['/'])
+  t.same(args['datastore-root'], ['/tmp'])
   const job = await jobFromArgs(args, '/tmp')
   t.same(
     job.vms.map((v) => v.vm),
@@ -90,7 +90,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
     '--webhook-on',
     'failure',
     '--datastore-root',
-    '/',
+    '/usr',
     '--datastore-root',
     '/tmp',
     '--to',
@@ -110,7 +110,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
   t.same(args['mail-to'], ['a@example.net', 'b@example.net', 'c@example.net'], 'comma list split and trimmed, then the repeat')
   t.same(args['mail-on'], ['warning', 'failure'])
   t.same(args['webhook-on'], ['success', 'failure'])
-  t.same(args['datastore-root'], ['/', '/tmp'])
+  t.same(args['datastore-root'], ['/usr', '/tmp'])
   const job = await jobFromArgs(args, '/tmp')
   t.same(job.email?.to, ['a@example.net', 'b@example.net', 'c@example.net'])
   t.same(job.email?.on, ['warning', 'failure'])
@@ -158,6 +158,21 @@ t.test('as processes: the flag before the positional reaches the command; bad va
     const r = await runNode(bin, ['replicate', ...extra, vm.vmxPath, ...base])
     t.equal(r.code, 2, `${extra.join(' ')}: exit 2`)
     t.match(r.stderr, message, extra.join(' '))
+    t.equal(r.stdout, '')
+  }
+  // the old array form (`--mail-on success failure`) would make the second word a VM: refused, naming the flag to repeat
+  const oldForm: Array<[string[], string]> = [
+    [
+      ['--mail-to', 'ops@example.net', '--mail-on', 'success', 'failure'],
+      '`failure` looks like a value of --mail-on, not a VM: repeat the flag (--mail-on success --mail-on failure) or give a comma list (--mail-on success,failure)',
+    ],
+    [['--webhook', 'https://hooks.example.net/x', '--webhook-secret-file', token, '--webhook-on', 'success', 'warning'], '`warning` looks like a value of --webhook-on, not a VM'],
+    [['--mail-to', 'ops@example.net', 'dr@example.net'], '`dr@example.net` looks like a value of --mail-to, not a VM: repeat the flag (--mail-to ops@example.net --mail-to dr@example.net)'],
+  ]
+  for (const [extra, message] of oldForm) {
+    const r = await runNode(bin, ['replicate', ...extra, vm.vmxPath, ...base])
+    t.equal(r.code, 2, `${extra.join(' ')}: exit 2`)
+    t.ok(r.stderr.startsWith(`grainline: ${message}`), `${extra.join(' ')}: ${r.stderr}`)
     t.equal(r.stdout, '')
   }
   const info = await runNode(bin, ['info', '--path-map', 'ds1=/mnt/ds1', join(dir, 'missing.vmdk')])

@@ -8,10 +8,11 @@
  */
 import { formatReport, loadJob, runJob, tuneAgentProcess, TtyProgressView, type Job, type ReplicationReport } from '@grainline/agent/run'
 import type { LevelWithSilent } from 'pino'
-import { ExitCode } from '../exit-codes.ts'
+import { ExitCode, UsageError } from '../exit-codes.ts'
 import { createCliLogger, humanLogs } from '../logger.ts'
 import { stopOnSignals } from '../signals.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
+import { NotifyOutcomes } from '@grainline/agent/choices'
 import { flagValues } from './replicate-options.ts'
 
 /** The exit code of a finished run. */
@@ -20,10 +21,28 @@ export function replicateExitCode(report: ReplicationReport, signalCode: number 
   return report.ok ? ExitCode.Ok : ExitCode.Failed
 }
 
+/**
+ * A VM positional that is really a value of a repeatable flag written the old
+ * array way (`--mail-on success failure`, `--mail-to a@x.net b@x.net`): each
+ * occurrence of those flags takes one value, so the second word became a VM.
+ * Refused (exit 2) naming the flag to repeat, rather than changing meaning.
+ * @throws UsageError
+ */
+function checkNotAFlagValue(vm: string, args: Readonly<Record<string, unknown>>): void {
+  const given = (flag: string): boolean => args[flag] !== undefined
+  let flag: string | undefined
+  if ((NotifyOutcomes as readonly string[]).includes(vm)) flag = given('webhook-on') && !given('mail-on') ? 'webhook-on' : 'mail-on'
+  else if (vm.includes('@') && !vm.includes('/') && !/\.vmx$/i.test(vm)) flag = 'mail-to'
+  if (flag === undefined) return
+  const first = ((args[flag] as string[] | undefined) ?? [])[0] ?? (flag === 'mail-to' ? 'ops@example.net' : 'success')
+  throw new UsageError(`\`${vm}\` looks like a value of --${flag}, not a VM: repeat the flag (--${flag} ${first} --${flag} ${vm}) or give a comma list (--${flag} ${first},${vm})`)
+}
+
 /** Validate the flags (and job file) into a job: a ConfigError names every problem. */
 export async function jobFromArgs(args: Readonly<Record<string, unknown>>, cwd = process.cwd()): Promise<Job> {
   const flags = flagValues(args, cwd)
   const vms = (args['vm'] as string[] | undefined) ?? []
+  for (const vm of vms) checkNotAFlagValue(vm, args)
   return await loadJob({ ...flags, vms, cwd })
 }
 
