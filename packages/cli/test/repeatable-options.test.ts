@@ -72,6 +72,13 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
   t.same(job.email?.to, 'ops@example.net', 'one address')
   t.same(job.email?.on, 'failure')
   t.same(job.webhooks[0]?.on, 'warning')
+  // without the flag whose value it could be, such a word is a VM (an ESXi VM may be named so)
+  const named = await jobFromArgs(parse(replicateCommand, ['replicate', '--to', 'wss://dr.example.net:7443', '--token-file', secret, 'failure', 'a@b']), '/tmp')
+  t.same(
+    named.vms.map((v) => v.vm),
+    ['/tmp/failure', '/tmp/a@b'].map((p) => resolve(p)),
+    'a VM named failure or a@b is taken when no mail or webhook flag is given',
+  )
 })
 
 t.test('replicate: repeated occurrences accumulate; comma lists are split (addresses, events), never paths', async (t) => {

@@ -31,8 +31,9 @@ export function replicateExitCode(report: ReplicationReport, signalCode: number 
 function checkNotAFlagValue(vm: string, args: Readonly<Record<string, unknown>>): void {
   const given = (flag: string): boolean => args[flag] !== undefined
   let flag: string | undefined
-  if ((NotifyOutcomes as readonly string[]).includes(vm)) flag = given('webhook-on') && !given('mail-on') ? 'webhook-on' : 'mail-on'
-  else if (vm.includes('@') && !vm.includes('/') && !/\.vmx$/i.test(vm)) flag = 'mail-to'
+  // only beside the flag whose value it could be: a VM may be named `failure` or `a@b`
+  if ((NotifyOutcomes as readonly string[]).includes(vm) && (given('mail-on') || given('webhook-on'))) flag = given('webhook-on') && !given('mail-on') ? 'webhook-on' : 'mail-on'
+  else if (given('mail-to') && vm.includes('@') && !vm.includes('/') && !/\.vmx$/i.test(vm)) flag = 'mail-to'
   if (flag === undefined) return
   const first = ((args[flag] as string[] | undefined) ?? [])[0] ?? (flag === 'mail-to' ? 'ops@example.net' : 'success')
   throw new UsageError(`\`${vm}\` looks like a value of --${flag}, not a VM: repeat the flag (--${flag} ${first} --${flag} ${vm}) or give a comma list (--${flag} ${first},${vm})`)
