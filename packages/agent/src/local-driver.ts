@@ -30,9 +30,8 @@ export interface LocalDriverInit {
    * files, parents and the nvram outside every root (by name or through a
    * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
    * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
-   * ship another file. A root's symbolic links are resolved once, at the
-   * first `openVm` ({@link pinLocalRoots}): the real folder then is the root,
-   * a disk named through the link is mapped onto it; a relative root throws
+   * ship another file. A root's symbolic links are resolved once, before the
+   * first VM is opened ({@link resolveLocalRoots}); a relative root throws
    * `E_CONFIG` at once, a missing one or a file at the first `openVm`.
    * The job file's `datastoreRoots`, `grainline replicate --datastore-root`.
    * @default none: only the folder that holds the VM's folder
@@ -165,10 +164,9 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
   const datastoreType = init.datastoreType ?? 'local'
   checkAbsoluteRoots(init.roots ?? [], 'local driver roots')
   // resolved once, at the first openVm (a failure is not kept: the next openVm reports it again)
-  // pinned: the real path resolved then is what confines; a path through the name given is mapped onto it (re-pointing a link later moves nothing)
-  let extraRoots: Promise<PinnedRoot[]> | undefined
-  const rootsReady = async (): Promise<PinnedRoot[]> => {
-    extraRoots ??= pinLocalRoots(init.roots)
+  let extraRoots: Promise<string[]> | undefined
+  const rootsReady = async (): Promise<string[]> => {
+    extraRoots ??= resolveLocalRoots(init.roots)
     try {
       return await extraRoots
     } catch (err) {
@@ -208,16 +206,10 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       // (the VM's folder itself when it sits at the top, e.g. /vm: never / as a whole)
       const parent = dirname(dir)
       const roots = [parent === '/' ? dir : parent]
-      for (const r of extra) if (!roots.includes(r.real)) roots.push(r.real)
-      // a disk named through a root's alias: read at the real folder pinned at start, not wherever the alias leads now
-      const pinned = (path: string): string => {
-        const abs = resolve(path)
-        const via = extra.find((r) => r.named !== r.real && isInsideRoot(abs, r.named))
-        return via === undefined ? abs : via.real + abs.slice(via.named.length)
-      }
+      for (const r of extra) if (!roots.includes(r)) roots.push(r)
       // no remedy in the vmdk message: the E_VMX below names the local driver's own
       const confined = confineFileAccess(localFileAccess, roots, { remedy: '' })
-      const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: pinned(isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName)) }))
+      const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
       // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
       for (const d of disks) {
         try {

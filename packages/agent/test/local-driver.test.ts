@@ -2,7 +2,7 @@ import t from 'tap'
 import { existsSync, symlinkSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { confineFileAccess, createDelta, localFileAccess, openChain } from '@grainline/vmdk'
+import { createDelta, openChain } from '@grainline/vmdk'
 import { mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
 import { createLocalDriver, resolveLocalRoots } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
@@ -363,17 +363,4 @@ t.test('local driver roots: relative, missing or a file is refused with E_CONFIG
   t.same((await viaLink.openVm(vm.vmxPath)).disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'))
   await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(`"${join(ds2, 'db', 'db_1.vmdk')}"`, `"${join(link, 'db', 'db_1.vmdk')}"`))
   t.same(await mirrorDiskNames(await viaLink.openVm(vm.vmxPath), viaLink), ['db.vmdk', 'db_1.vmdk'], 'a disk named through the link opens')
-  // resolved once: the link re-pointed after the first openVm (at a folder with a disk of the same name) moves nothing
-  const ds3 = join(dir, 'ds3')
-  await mkdir(join(ds3, 'db'), { recursive: true })
-  await writeFile(join(ds3, 'db', 'db_1.vmdk'), await readFile(join(ds2, 'db', 'db_1.vmdk')))
-  await rm(link)
-  symlinkSync(ds3, link)
-  const again = await viaLink.openVm(vm.vmxPath)
-  t.same(again.disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'), 'the disk named through the link is read at the folder pinned at start')
-  t.notOk(
-    again.roots?.some((r) => r === link || r === ds3),
-    'neither the alias nor its new target is a root',
-  )
-  await t.rejects(confineFileAccess(localFileAccess, again.roots ?? []).stat(join(link, 'db', 'db_1.vmdk')), { code: 'E_OUTSIDE_ROOT' }, 'a file reached through the new target is refused')
 })
