@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ENTRY_HITS, nonZeroEntries, scanStats } from '../src/grain-table.ts'
+import { ENTRY_HI, ENTRY_HITS, ENTRY_LO, nonZeroEntries, scanStats } from '../src/grain-table.ts'
 
 /** the reference: every entry read one by one */
 function naive(buf: Buffer, offset: number, bytes: number, entryBytes: 4 | 8): number[] {
@@ -39,7 +39,20 @@ t.test('nonZeroEntries finds exactly the non-zero entries, aligned or not, 4- an
         buf[lead + tableBytes] = 0xff
         if (lead > 0) buf[lead - 1] = 0xff
         const n = nonZeroEntries(buf, lead, tableBytes, entryBytes)
-        t.same(Array.from(ENTRY_HITS.subarray(0, n)), naive(buf, lead, tableBytes, entryBytes), `${entryBytes}-byte entries, offset ${lead}, ${tableBytes} bytes`)
+        const hits = naive(buf, lead, tableBytes, entryBytes)
+        t.same(Array.from(ENTRY_HITS.subarray(0, n)), hits, `${entryBytes}-byte entries, offset ${lead}, ${tableBytes} bytes`)
+        // the decoders take each entry's words from ENTRY_LO / ENTRY_HI: the same as reading them from the buffer
+        const at = (j: number, half: number): number => buf.readUInt32LE(lead + j * entryBytes + 4 * half)
+        t.same(
+          Array.from(ENTRY_LO.subarray(0, n)),
+          hits.map((j) => at(j, 0)),
+          `${entryBytes}-byte entries, offset ${lead}: low words`,
+        )
+        t.same(
+          Array.from(ENTRY_HI.subarray(0, n)),
+          hits.map((j) => (entryBytes === 8 ? at(j, 1) : 0)),
+          `${entryBytes}-byte entries, offset ${lead}: high words`,
+        )
       }
     }
   }
@@ -52,8 +65,10 @@ t.test('nonZeroEntries: the first and last entry, a full table, an empty one, a 
   buf[32767] = 0x80 // only the sign bit of the last 8-byte entry: -0 as a double, still non-zero
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
   t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [0, 4095])
+  t.same([ENTRY_LO[0], ENTRY_HI[0], ENTRY_LO[1], ENTRY_HI[1]], [1, 0, 0, 0x80000000], 'the words of both, the sign bit unsigned')
   buf.fill(0xff)
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 4096, 'every entry')
+  t.equal(ENTRY_LO[4095], 0xffffffff, 'an all-ones word unsigned')
   t.equal(nonZeroEntries(buf, 0, 16384, 4), 4096, 'every 4-byte entry')
   // a subarray whose byteOffset is not a multiple of 4 in its ArrayBuffer
   const big = Buffer.alloc(40000)
