@@ -28,7 +28,8 @@ t.test('nonZeroEntries finds exactly the non-zero entries, aligned or not, 4- an
   // offsets 0 and 8 take the Int32Array path; 1, 2, 3 and 5 the byte-wise fallback
   for (const entryBytes of [4, 8] as const) {
     for (const lead of [0, 1, 2, 3, 5, 8]) {
-      for (const tableBytes of entryBytes === 8 ? [2048, 16384, 32768] : [2048, 16384]) {
+      // 512 / 1536 / 2560 / 3584: a last 4 KiB block that ends inside a 1 KiB quarter (KDMV tables of other sizes)
+      for (const tableBytes of entryBytes === 8 ? [1536, 2048, 3584, 16384, 32768] : [512, 1536, 2048, 2560, 16384]) {
         const buf = Buffer.alloc(lead + tableBytes + 16)
         const filled = 1 + Math.floor(rand() * 40)
         for (let k = 0; k < filled; k++) {
@@ -97,4 +98,11 @@ t.test('nonZeroEntries walks only the 256-byte pieces that hold a non-zero entry
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
   t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [31, 32])
   t.equal(scanStats.subBlocksWalked - at, 2)
+  // a zero 1 KiB quarter is skipped whole; an entry in a block's last, partial quarter is still found
+  const odd = Buffer.alloc(1536)
+  odd.writeUInt32LE(9, 4 * 383)
+  const q = scanStats.subBlocksWalked
+  t.equal(nonZeroEntries(odd, 0, 1536, 4), 1)
+  t.same([ENTRY_HITS[0], ENTRY_LO[0], ENTRY_HI[0]], [383, 9, 0])
+  t.equal(scanStats.subBlocksWalked - q, 1, 'only the piece holding it walked')
 })
