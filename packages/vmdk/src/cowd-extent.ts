@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError } from './errors.ts'
 import { MAX_CAPACITY, SparseExtent } from './sparse-extent.ts'
-import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
+import { ENTRY_HITS, ENTRY_LO, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const COWD_MAGIC = 0x44574f43
 /** VMDK.md §2.2: ESX sparse grain tables always hold 4096 entries; the count is not stored. */
@@ -93,7 +93,7 @@ export class CowdExtent extends SparseExtent {
     const hits = nonZeroEntries(buf, offset, COWD_GT_ENTRIES * 4, 4)
     for (let h = 0; h < hits; h++) {
       const j = ENTRY_HITS[h] as number
-      const s = buf.readUInt32LE(offset + j * 4)
+      const s = ENTRY_LO[h] as number
       // VMDK.md §2.2: GTE 1 lies inside the header; the only tool known to write it means "zero"
       if (s === 1) {
         tb.push(j, GTE_ZERO)

@@ -60,6 +60,12 @@ export function isZeroBlock(buf: Buffer, off: number, len: number): boolean {
 const LITTLE_ENDIAN = endianness() === 'LE'
 /** Bytes of a non-zero 4 KiB block compared with zeros at a time before its words are walked (a multiple of 8). */
 const SUB_BLOCK = 256
+/**
+ * Bytes of a non-zero 4 KiB block compared with zeros before its 256-byte pieces are (a multiple of SUB_BLOCK):
+ * a guest's 64 KiB write is 128 bytes of entries, so most of a block's pieces lie in quarters that are all zero,
+ * and a cold agent process pays ~1.4 µs per `Buffer.compare` call (its argument checks run in the interpreter).
+ */
+const QUARTER = 1024
 /** Counters of {@link nonZeroEntries} (for tests): the sub-blocks whose words were walked one by one. */
 export const scanStats = { subBlocksWalked: 0 }
 /** Most entries a table has (SEsparse and COWD: 4096); {@link nonZeroEntries} writes up to this many. */
@@ -69,6 +75,15 @@ const MAX_ENTRIES = 4096
  * valid until the next call; decoding is synchronous).
  */
 export const ENTRY_HITS = new Int32Array(MAX_ENTRIES)
+/**
+ * The little-endian words of those entries (shared scratch like {@link ENTRY_HITS}):
+ * `ENTRY_LO[h]` the low 32 bits of hit `h`, `ENTRY_HI[h]` its high 32 bits (0 for
+ * 4-byte entries). The decoders read these instead of calling `readUInt32LE` per
+ * entry: a cold agent process decodes a plan's tables in the interpreter, where
+ * each such call costs more than the rest of the entry's decoding (issue #17).
+ */
+export const ENTRY_LO = new Uint32Array(MAX_ENTRIES)
+export const ENTRY_HI = new Uint32Array(MAX_ENTRIES)
 // an Int32Array over the whole ArrayBuffer of the last buffer scanned: the sweep decodes the
 // 32 tables of one 1 MiB read back to back, so this is one view per read, not one per table
 let viewOf: ArrayBufferLike | undefined
@@ -77,8 +92,9 @@ let view: Int32Array<ArrayBufferLike> = new Int32Array(0)
 /**
  * Find the non-zero entries of a grain table of `bytes` bytes at `buf[offset…]`
  * whose entries are `entryBytes` (4 or 8) little-endian bytes each: each 4 KiB
- * block is first compared with zeros in one memcmp, then each 256-byte piece of a
- * block that is not all zero, and only a piece that is not all zero is walked,
+ * block is first compared with zeros in one memcmp, then each 1 KiB quarter of a
+ * block that is not all zero, then each 256-byte piece of a quarter that is not,
+ * and only a piece that is not all zero is walked,
  * word by word through an Int32Array view of the buffer (no per-entry
  * bounds-checked reads). Writes the indices, ascending, to
  * {@link ENTRY_HITS} and returns how many there are (at most `bytes / entryBytes`,
@@ -101,6 +117,11 @@ export function nonZeroEntries(buf: Buffer, offset: number, bytes: number, entry
       // compared with zeros first, and only the non-zero ones are walked (a cold agent process walks
       // this loop in the interpreter, where every word costs ~30 ns)
       for (let s = 0; s < len; s += SUB_BLOCK) {
+        // a whole QUARTER that is zero is skipped in one memcmp (a block's non-zero entries are mostly one run or two)
+        if (s % QUARTER === 0 && isZeroBlock(buf, offset + b + s, Math.min(QUARTER, len - s))) {
+          s += QUARTER - SUB_BLOCK
+          continue
+        }
         const sl = Math.min(SUB_BLOCK, len - s)
         if (isZeroBlock(buf, offset + b + s, sl)) continue
         scanStats.subBlocksWalked++
@@ -108,17 +129,33 @@ export function nonZeroEntries(buf: Buffer, offset: number, bytes: number, entry
         const wn = w0 + (sl >> 2)
         if (entryBytes === 8) {
           const e0 = (b + s) >> 3
-          for (let w = w0; w < wn; w += 2) if (((v[w] as number) | (v[w + 1] as number)) !== 0) ENTRY_HITS[n++] = e0 + ((w - w0) >> 1)
+          for (let w = w0; w < wn; w += 2) {
+            const lo = v[w] as number
+            const hi = v[w + 1] as number
+            if ((lo | hi) === 0) continue
+            ENTRY_HITS[n] = e0 + ((w - w0) >> 1)
+            ENTRY_LO[n] = lo
+            ENTRY_HI[n++] = hi
+          }
         } else {
           const e0 = (b + s) >> 2
-          for (let w = w0; w < wn; w++) if ((v[w] as number) !== 0) ENTRY_HITS[n++] = e0 + (w - w0)
+          for (let w = w0; w < wn; w++) {
+            const lo = v[w] as number
+            if (lo === 0) continue
+            ENTRY_HITS[n] = e0 + (w - w0)
+            ENTRY_LO[n] = lo
+            ENTRY_HI[n++] = 0
+          }
         }
       }
     } else {
       for (let k = 0; k < len; k += entryBytes) {
         const lo = buf.readUInt32LE(offset + b + k)
         const hi = entryBytes === 8 ? buf.readUInt32LE(offset + b + k + 4) : 0
-        if ((lo | hi) !== 0) ENTRY_HITS[n++] = (b + k) / entryBytes
+        if ((lo | hi) === 0) continue
+        ENTRY_HITS[n] = (b + k) / entryBytes
+        ENTRY_LO[n] = lo
+        ENTRY_HI[n++] = hi
       }
     }
   }

@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
 import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent, inflateBounded } from './sparse-extent.ts'
-import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
+import { ENTRY_HITS, ENTRY_LO, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const KDMV_MAGIC = 0x564d444b
 /** VMDK 1.1 §"Hosted Sparse Extent Header": flag bits */
@@ -143,7 +143,7 @@ export class HostedSparseExtent extends SparseExtent {
     const hits = nonZeroEntries(buf, offset, n * 4, 4)
     for (let h = 0; h < hits; h++) {
       const j = ENTRY_HITS[h] as number
-      const s = buf.readUInt32LE(offset + j * 4)
+      const s = ENTRY_LO[h] as number
       // GTE 1 = zeroed grain (VMDK 5.0 §"zeroed-grain GTE"; VMware's reader honours it always)
       if (s === 1) {
         tb.push(j, GTE_ZERO)

@@ -1,7 +1,7 @@
 import type { DiskFile } from './disk-file.ts'
 import { VmdkError, toSafeInteger } from './errors.ts'
 import { MAX_CAPACITY, MAX_GD_BYTES, SparseExtent } from './sparse-extent.ts'
-import { ENTRY_HITS, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
+import { ENTRY_HI, ENTRY_HITS, ENTRY_LO, GTE_ZERO, TableBuilder, nonZeroEntries, type GrainTable } from './grain-table.ts'
 
 export const SESPARSE_CONST_MAGIC = 0xcafebaben
 export const SESPARSE_VOLATILE_MAGIC = 0xcafecafen
@@ -165,8 +165,8 @@ export class SeSparseExtent extends SparseExtent {
     const hits = nonZeroEntries(buf, offset, SESPARSE_GT_ENTRIES * 8, 8)
     for (let h = 0; h < hits; h++) {
       const j = ENTRY_HITS[h] as number
-      const lo = buf.readUInt32LE(offset + 8 * j)
-      const hi = buf.readUInt32LE(offset + 8 * j + 4)
+      const lo = ENTRY_LO[h] as number
+      const hi = ENTRY_HI[h] as number
       const type = hi >>> 28
       if (type === 1 || type === 2) {
         tb.push(j, GTE_ZERO)

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ENTRY_HITS, nonZeroEntries, scanStats } from '../src/grain-table.ts'
+import { ENTRY_HI, ENTRY_HITS, ENTRY_LO, nonZeroEntries, scanStats } from '../src/grain-table.ts'
 
 /** the reference: every entry read one by one */
 function naive(buf: Buffer, offset: number, bytes: number, entryBytes: 4 | 8): number[] {
@@ -28,7 +28,8 @@ t.test('nonZeroEntries finds exactly the non-zero entries, aligned or not, 4- an
   // offsets 0 and 8 take the Int32Array path; 1, 2, 3 and 5 the byte-wise fallback
   for (const entryBytes of [4, 8] as const) {
     for (const lead of [0, 1, 2, 3, 5, 8]) {
-      for (const tableBytes of entryBytes === 8 ? [2048, 16384, 32768] : [2048, 16384]) {
+      // 512 / 1536 / 2560 / 3584: a last 4 KiB block that ends inside a 1 KiB quarter (KDMV tables of other sizes)
+      for (const tableBytes of entryBytes === 8 ? [1536, 2048, 3584, 16384, 32768] : [512, 1536, 2048, 2560, 16384]) {
         const buf = Buffer.alloc(lead + tableBytes + 16)
         const filled = 1 + Math.floor(rand() * 40)
         for (let k = 0; k < filled; k++) {
@@ -39,7 +40,20 @@ t.test('nonZeroEntries finds exactly the non-zero entries, aligned or not, 4- an
         buf[lead + tableBytes] = 0xff
         if (lead > 0) buf[lead - 1] = 0xff
         const n = nonZeroEntries(buf, lead, tableBytes, entryBytes)
-        t.same(Array.from(ENTRY_HITS.subarray(0, n)), naive(buf, lead, tableBytes, entryBytes), `${entryBytes}-byte entries, offset ${lead}, ${tableBytes} bytes`)
+        const hits = naive(buf, lead, tableBytes, entryBytes)
+        t.same(Array.from(ENTRY_HITS.subarray(0, n)), hits, `${entryBytes}-byte entries, offset ${lead}, ${tableBytes} bytes`)
+        // the decoders take each entry's words from ENTRY_LO / ENTRY_HI: the same as reading them from the buffer
+        const at = (j: number, half: number): number => buf.readUInt32LE(lead + j * entryBytes + 4 * half)
+        t.same(
+          Array.from(ENTRY_LO.subarray(0, n)),
+          hits.map((j) => at(j, 0)),
+          `${entryBytes}-byte entries, offset ${lead}: low words`,
+        )
+        t.same(
+          Array.from(ENTRY_HI.subarray(0, n)),
+          hits.map((j) => (entryBytes === 8 ? at(j, 1) : 0)),
+          `${entryBytes}-byte entries, offset ${lead}: high words`,
+        )
       }
     }
   }
@@ -52,8 +66,10 @@ t.test('nonZeroEntries: the first and last entry, a full table, an empty one, a 
   buf[32767] = 0x80 // only the sign bit of the last 8-byte entry: -0 as a double, still non-zero
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
   t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [0, 4095])
+  t.same([ENTRY_LO[0], ENTRY_HI[0], ENTRY_LO[1], ENTRY_HI[1]], [1, 0, 0, 0x80000000], 'the words of both, the sign bit unsigned')
   buf.fill(0xff)
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 4096, 'every entry')
+  t.equal(ENTRY_LO[4095], 0xffffffff, 'an all-ones word unsigned')
   t.equal(nonZeroEntries(buf, 0, 16384, 4), 4096, 'every 4-byte entry')
   // a subarray whose byteOffset is not a multiple of 4 in its ArrayBuffer
   const big = Buffer.alloc(40000)
@@ -82,4 +98,11 @@ t.test('nonZeroEntries walks only the 256-byte pieces that hold a non-zero entry
   t.equal(nonZeroEntries(buf, 0, 32768, 8), 2)
   t.same([ENTRY_HITS[0], ENTRY_HITS[1]], [31, 32])
   t.equal(scanStats.subBlocksWalked - at, 2)
+  // a zero 1 KiB quarter is skipped whole; an entry in a block's last, partial quarter is still found
+  const odd = Buffer.alloc(1536)
+  odd.writeUInt32LE(9, 4 * 383)
+  const q = scanStats.subBlocksWalked
+  t.equal(nonZeroEntries(odd, 0, 1536, 4), 1)
+  t.same([ENTRY_HITS[0], ENTRY_LO[0], ENTRY_HI[0]], [383, 9, 0])
+  t.equal(scanStats.subBlocksWalked - q, 1, 'only the piece holding it walked')
 })
