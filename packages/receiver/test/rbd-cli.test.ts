@@ -12,7 +12,9 @@ import { scratchDir } from '@grainline/test-utils'
 import { CephCommandError, cephTimeouts, isCephQuery, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { RbdImage } from '../src/store/ceph/rbd-image.ts'
-import { CEPH_STATE_FORMAT, MAX_STATE_BYTES, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { CEPH_STATE_FORMAT, CephNames, MAX_STATE_BYTES, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { readCephHistory } from '../src/store/ceph/ceph-history.ts'
+import { HISTORY_MAX_FILE_BYTES } from '../src/cycle-history.ts'
 
 const target = { pool: 'p' }
 
@@ -193,4 +195,35 @@ esac
   t.equal(readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n').length, 1, 'not asked again')
   await t.rejects(readCephState(target, 'huge-done'), { code: 'E_STATE', message: /above 16777216 bytes/ }, 'a command that ended past the bound: the same')
   t.match(await readCephState(target, 'fits', 'vm1'), { vm: 'vm1', committedCycle: 0 }, 'a state of exactly the bound is read')
+})
+
+t.test('a Ceph history object above 2 MiB is dropped while read (no charts): the rados get is killed past the bound, never buffered whole', async (t) => {
+  const dir = scratchDir(t)
+  const vm = 'vm1'
+  const object = new CephNames(vm).history
+  // `rados get` of the history writes 1 MiB past the bound, then holds the pipe open (a huge planted object still streaming)
+  writeFileSync(
+    join(dir, 'rados'),
+    `#!/bin/sh
+echo "$*" >> "${dir}/calls"
+case " $* " in
+  *" get ${object} "*) head -c ${HISTORY_MAX_FILE_BYTES + 1024 * 1024} /dev/zero; exec sleep 60 ;;
+  *) echo "unexpected: $*" >&2; exit 22 ;;
+esac
+`,
+  )
+  chmodSync(join(dir, 'rados'), 0o755)
+  const path = process.env['PATH']
+  const saved = { ...cephTimeouts }
+  process.env['PATH'] = `${dir}:${path ?? ''}`
+  // the old read waited for the command's end: the hung one timed out (E_IO) instead
+  cephTimeouts.queryMs = 5000
+  t.teardown(() => {
+    process.env['PATH'] = path
+    Object.assign(cephTimeouts, saved)
+  })
+  const started = Date.now()
+  t.same(await readCephHistory(target, vm), [], 'no history: not one the receiver writes')
+  t.ok(Date.now() - started < 4000, 'at once: the command was killed past the bound, not waited for')
+  t.equal(readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n').length, 1, 'not asked again')
 })
