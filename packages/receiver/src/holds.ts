@@ -21,7 +21,7 @@ import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { writeFileAtomic } from './fs-util.ts'
+import { isTempName, writeFileAtomic } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
@@ -43,6 +43,9 @@ const ADMIN_LOCK_WAIT_MS = 5000
 export const HOLD_MARKER = '.grainline-hold'
 /** A marker is one short JSON line; a larger file is not one `points open` wrote. */
 const HOLD_MARKER_MAX_BYTES = 4096
+
+/** Whether a file name is a temporary file of the marker's atomic write (`.grainline-hold.tmp-<pid>-<8 hex>`, fs-util.ts writeFileAtomic). */
+const isMarkerTemp = (name: string): boolean => name.startsWith(`${HOLD_MARKER}.tmp-`) && isTempName(name)
 
 /** How a .vmx is prepared to run beside the mirror. */
 export interface VmxPrepare {
@@ -192,7 +195,8 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
  * nor a folder inside a VM folder of the store (a state.json edited by hand
  * or by an attacker names any folder: another VM's mirror, this VM's own);
  * and it must carry the marker naming this hold ({@link HOLD_MARKER}), or be
- * empty (a crash between the hold's record and its marker), or be gone.
+ * empty or hold only the marker's temporary file (a crash between the hold's
+ * record and its marker's rename), or be gone.
  * @throws ReceiverError E_STATE
  */
 async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string): Promise<void> {
@@ -217,7 +221,9 @@ async function checkRemovableDir(vm: string, hold: HoldRecord, storeDir: string)
     marker = JSON.parse((await readStoreFile(join(path, HOLD_MARKER), HOLD_MARKER_MAX_BYTES)).toString('utf8'))
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw refuse(`has a ${HOLD_MARKER} that is not the one points open writes (${(err as Error).message})`)
-    if ((await readdir(path)).length === 0) return
+    // empty, or holding only the marker's temporary file: a crash between the hold's record and the marker's rename
+    // (openPoint writes nothing else before the marker is in place)
+    if ((await readdir(path)).every(isMarkerTemp)) return
     throw refuse(
       `carries no ${HOLD_MARKER}: it was opened by an earlier grainline (which wrote no marker), or it is not a folder a point was opened into`,
       `nothing was removed. Check it holds nothing you need (and that no VM runs from it), remove the folder by hand, then run points close again`,

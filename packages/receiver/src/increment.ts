@@ -116,8 +116,9 @@ export class ReverseIncrement {
     const path = pointPath(paths, file)
     let saved = new Set<number>()
     if (journaled.length > 0 && (await entryExists(path))) {
-      // written into again: not through a link, a hard link (the live mirror's flat) or a descriptor naming another extent
-      await checkIncrementFiles(paths, file)
+      // written into again: not through a link, a hard link (the live mirror's flat), a descriptor naming another extent
+      // or another parent than the mirror
+      await checkIncrementFiles(paths, file, stem)
       saved = await verifiedGrains(path, journaled)
     } else {
       // nothing durable refers to it: start afresh (a crash may have left half of it)

@@ -128,15 +128,19 @@ export async function checkPointMerge(paths: VmPaths, merge: { readonly child: s
  * Check the reverse increment `file` an interrupted apply left, before it is
  * reopened for writing (increment.ts `ReverseIncrement.open`): its files are
  * as the receiver writes them ({@link checkPointFiles}: regular files, the
- * descriptor naming only its own SEsparse extent), not a base point, and
- * each has one name ({@link checkOwnFile}) — the resumed apply writes old
+ * descriptor naming only its own SEsparse extent), not a base point, its
+ * parent the mirror of `stem` (the reopen reads through it), and each has
+ * one name ({@link checkOwnFile}) — the resumed apply writes old
  * grains into its extent, and through a hard link it would write them into
  * the live mirror's flat or another VM's file, as a merge would.
  * @throws ReceiverError E_STATE, E_STORE_FILE
  */
-export async function checkIncrementFiles(paths: VmPaths, file: string): Promise<void> {
+export async function checkIncrementFiles(paths: VmPaths, file: string, stem: string): Promise<void> {
   const d = await checkPointFiles(paths, file)
   if (isBase(d)) throw linkError(paths, file, 'it is a base point (a flat, no parent), where the in-flight cycle expects its reverse increment')
+  // the reopen reads its chain (unconfined): the in-flight increment is always made over the mirror's descriptor
+  if (d.parentFileNameHint !== mirrorHint(stem))
+    throw linkError(paths, file, `its parent is ${JSON.stringify(d.parentFileNameHint ?? null)}, where the in-flight cycle's reverse increment has the mirror ${mirrorHint(stem)}`)
   await checkOwnFile(paths, file, file, 'the resumed apply')
   await checkOwnFile(paths, file, pointExtentName(file), 'the resumed apply')
 }

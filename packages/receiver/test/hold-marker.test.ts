@@ -9,7 +9,7 @@ import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
 import type { FileHandle } from 'node:fs/promises'
 import { open } from 'node:fs/promises'
-import { readFileSync, readlinkSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, whenFree } from './helpers.ts'
@@ -54,4 +54,36 @@ t.test('points open: the hold marker is written to a temporary file, fsynced, re
   t.ok(synced.indexOf(dir, tmp) > tmp, 'then the folder, so that the rename is durable')
   const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
   t.equal(closed.length, 1, 'the close finds its marker and drops the hold')
+})
+
+t.test('points close: a folder holding only the marker temporary file (a crash before its rename) is closed; with anything else beside it, refused', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-crash'
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
+  a.close()
+  // the state openPoint leaves when the process dies after the hold's record and the marker's temporary file,
+  // before the rename: the folder holds that temporary file only (partly written)
+  const crashed = async (dir: string, extra?: string): Promise<void> => {
+    await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
+    rmSync(dir, { recursive: true })
+    mkdirSync(dir)
+    writeFileSync(join(dir, `${HOLD_MARKER}.tmp-4242-0badf00d`), '{"id":')
+    if (extra !== undefined) writeFileSync(join(dir, extra), 'the operator put this here')
+  }
+  const dir = join(env.dir, 'crashed')
+  await crashed(dir)
+  const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
+  t.equal(closed.length, 1, 'the hold is dropped')
+  t.notOk(existsSync(dir), 'and its folder removed')
+  const other = join(env.dir, 'crashed-other')
+  await crashed(other, 'notes.txt')
+  await t.rejects(
+    whenFree(() => closePoint(env.store, vm, { logger: log, dir: other })),
+    { code: 'E_STATE', message: /carries no \.grainline-hold/ },
+    'a file that is not the marker temporary file: refused as before',
+  )
+  t.ok(existsSync(join(other, 'notes.txt')), 'nothing removed')
 })

@@ -4,7 +4,7 @@
  * and no further use after a failed save (a reserved grain may be missing).
  */
 import t, { type Test } from 'tap'
-import { copyFileSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import { copyFileSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { createFlatDisk, openChain } from '@grainline/vmdk'
@@ -108,4 +108,32 @@ t.test('a reverse increment reopened after a crash is refused while one of its f
   const again = await ReverseIncrement.open(paths, 'disk', file, journaled)
   t.teardown(() => again.close())
   t.same(again.reserve(0, POINT_GRAIN, capacity), [], 'its own files again: reopened, the journaled grain counted saved')
+})
+
+t.test('a reverse increment reopened after a crash is refused while its descriptor names another parent than the mirror (E_STATE): its chain is never opened', async (t) => {
+  const { paths, inc, file } = await setup(t)
+  const capacity = 16 * MiB
+  const [run] = inc.reserve(0, POINT_GRAIN, capacity)
+  const journaled = await inc.saveRun(run as NonNullable<typeof run>, pattern(POINT_GRAIN, 3))
+  await inc.close()
+  // another descriptor with the mirror's CID (a copy of it, reading the same flat): every other check passes
+  copyFileSync(paths.descriptor('disk'), join(paths.dir, 'other.vmdk'))
+  const descriptor = pointPath(paths, file)
+  const own = readFileSync(descriptor, 'utf8')
+  t.match(own, /parentFileNameHint="\.\.\/\.\.\/disk\.vmdk"/, 'made over the mirror')
+  writeFileSync(descriptor, own.replace('parentFileNameHint="../../disk.vmdk"', 'parentFileNameHint="../../other.vmdk"'))
+  await t.rejects(
+    ReverseIncrement.open(paths, 'disk', file, journaled),
+    {
+      code: 'E_STATE',
+      message: new RegExp(
+        `restore point ${file.replace(/\./g, '\\.')} of VM vm: its parent is "\\.\\./\\.\\./other\\.vmdk", where the in-flight cycle's reverse increment has the mirror \\.\\./\\.\\./disk\\.vmdk`,
+      ),
+    },
+    'refused, naming the parent it names and the one it must have',
+  )
+  writeFileSync(descriptor, own)
+  const again = await ReverseIncrement.open(paths, 'disk', file, journaled)
+  t.teardown(() => again.close())
+  t.same(again.reserve(0, POINT_GRAIN, capacity), [], 'put back: reopened, the journaled grain counted saved')
 })

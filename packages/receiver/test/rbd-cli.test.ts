@@ -5,14 +5,16 @@
  * again), so the receiver hung with it. Fake `rbd` and `ceph` commands on
  * PATH stand in for a cluster here: no Ceph needed.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { scratchDir } from '@grainline/test-utils'
 import { CephCommandError, cephTimeouts, isCephQuery, runCeph } from '../src/store/ceph/rbd-cli.ts'
 import { digestImage } from '../src/store/ceph/ceph-read.ts'
 import { RbdImage } from '../src/store/ceph/rbd-image.ts'
-import { CEPH_STATE_FORMAT, MAX_STATE_BYTES, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { CEPH_STATE_FORMAT, CephNames, MAX_STATE_BYTES, readCephState } from '../src/store/ceph/ceph-state.ts'
+import { readCephHistory } from '../src/store/ceph/ceph-history.ts'
+import { HISTORY_MAX_FILE_BYTES } from '../src/cycle-history.ts'
 
 const target = { pool: 'p' }
 
@@ -154,35 +156,45 @@ t.test('a streamed rbd export and a librbd helper that stall are killed: E_IO na
   t.match((open as Error).message, /cannot open p\/img .*no answer in 0 s, killed/, 'naming the image and the deadline')
 })
 
-t.test('a Ceph state object above 16 MiB is refused while read (E_STATE): the rados get is killed past the bound, never buffered whole', async (t) => {
-  const dir = scratchDir(t)
-  // `rados get` of `big` writes 1 MiB past the bound, then holds the pipe open (as a huge object still streaming);
-  // of `huge-done` writes as much and exits; of `fits` a state of the bound's size exactly
+/**
+ * A fake `rados` first on PATH (for the test's length) whose `get` answers by `cases` (sh case patterns matched
+ * against " <args> ", each a command line); every call is appended to `<dir>/calls`. Queries time out after 5 s.
+ */
+function fakeRados(t: Test, dir: string, cases: readonly string[]): void {
   writeFileSync(
     join(dir, 'rados'),
     `#!/bin/sh
 echo "$*" >> "${dir}/calls"
 case " $* " in
-  *" get big "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero; exec sleep 60 ;;
-  *" get huge-done "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero ;;
-  *" get fits "*) cat "${dir}/fits.json" ;;
+${cases.map((c) => `  ${c} ;;`).join('\n')}
   *) echo "unexpected: $*" >&2; exit 22 ;;
 esac
 `,
   )
   chmodSync(join(dir, 'rados'), 0o755)
-  const state = { format: CEPH_STATE_FORMAT, vm: 'vm1', committedCycle: 0, disks: {}, points: [] }
-  const json = JSON.stringify(state)
-  writeFileSync(join(dir, 'fits.json'), json + ' '.repeat(MAX_STATE_BYTES - Buffer.byteLength(json)))
   const path = process.env['PATH']
   const saved = { ...cephTimeouts }
   process.env['PATH'] = `${dir}:${path ?? ''}`
-  // the old read waited for the command's end: the hung one would time out (E_IO) instead
+  // a bounded read kills the command at once; an unbounded one waits for its end: a hung one times out (E_IO)
   cephTimeouts.queryMs = 5000
   t.teardown(() => {
     process.env['PATH'] = path
     Object.assign(cephTimeouts, saved)
   })
+}
+
+t.test('a Ceph state object above 16 MiB is refused while read (E_STATE): the rados get is killed past the bound, never buffered whole', async (t) => {
+  const dir = scratchDir(t)
+  // `rados get` of `big` writes 1 MiB past the bound, then holds the pipe open (as a huge object still streaming);
+  // of `huge-done` writes as much and exits; of `fits` a state of the bound's size exactly
+  fakeRados(t, dir, [
+    `*" get big "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero; exec sleep 60`,
+    `*" get huge-done "*) head -c ${MAX_STATE_BYTES + 1024 * 1024} /dev/zero`,
+    `*" get fits "*) cat "${dir}/fits.json"`,
+  ])
+  const state = { format: CEPH_STATE_FORMAT, vm: 'vm1', committedCycle: 0, disks: {}, points: [] }
+  const json = JSON.stringify(state)
+  writeFileSync(join(dir, 'fits.json'), json + ' '.repeat(MAX_STATE_BYTES - Buffer.byteLength(json)))
   const started = Date.now()
   await t.rejects(
     readCephState(target, 'big'),
@@ -193,4 +205,16 @@ esac
   t.equal(readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n').length, 1, 'not asked again')
   await t.rejects(readCephState(target, 'huge-done'), { code: 'E_STATE', message: /above 16777216 bytes/ }, 'a command that ended past the bound: the same')
   t.match(await readCephState(target, 'fits', 'vm1'), { vm: 'vm1', committedCycle: 0 }, 'a state of exactly the bound is read')
+})
+
+t.test('a Ceph history object above 2 MiB is dropped while read (no charts): the rados get is killed past the bound, never buffered whole', async (t) => {
+  const dir = scratchDir(t)
+  const vm = 'vm1'
+  const object = new CephNames(vm).history
+  // `rados get` of the history writes 1 MiB past the bound, then holds the pipe open (a huge planted object still streaming)
+  fakeRados(t, dir, [`*" get ${object} "*) head -c ${HISTORY_MAX_FILE_BYTES + 1024 * 1024} /dev/zero; exec sleep 60`])
+  const started = Date.now()
+  t.same(await readCephHistory(target, vm), [], 'no history: not one the receiver writes')
+  t.ok(Date.now() - started < 4000, 'at once: the command was killed past the bound, not waited for')
+  t.equal(readFileSync(join(dir, 'calls'), 'utf8').trim().split('\n').length, 1, 'not asked again')
 })

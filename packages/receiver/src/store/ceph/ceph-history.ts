@@ -10,18 +10,21 @@
  */
 import { encodeCycleHistory, HISTORY_MAX_FILE_BYTES, parseCycleHistory, withCycle, type CycleHistoryEntry } from '../../cycle-history.ts'
 import { CephNames } from './ceph-state.ts'
-import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephCommandError, CephOutputTooLarge, runCeph, type CephTarget } from './rbd-cli.ts'
 
 /** The VM's history, oldest first; empty when absent, too large or unreadable. @throws ReceiverError E_IO (the cluster does not answer) */
 export async function readCephHistory(t: CephTarget, vm: string, now = Date.now()): Promise<CycleHistoryEntry[]> {
   let raw: Buffer
   try {
-    raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', new CephNames(vm).history, '-'])
+    // bounded while read (as the state object, ceph-state.ts): read at every commit and by the dashboard, an object
+    // planted in the pool would cost its size in memory each time, and its whole transfer
+    raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', new CephNames(vm).history, '-'], undefined, { maxBytes: HISTORY_MAX_FILE_BYTES })
   } catch (err) {
     if (err instanceof CephCommandError && err.notFound) return []
+    // too large: not one the receiver writes (the charts start again; the next commit rewrites it)
+    if (err instanceof CephOutputTooLarge) return []
     throw err
   }
-  if (raw.length > HISTORY_MAX_FILE_BYTES) return []
   return parseCycleHistory(raw.toString('utf8'), now)
 }
 
