@@ -52,8 +52,8 @@ export interface ReplicateInit {
    * datastores: absolute paths of existing folders, symbolic links resolved
    * when the VM's cycle starts); the folder that holds the VM's folder is
    * always one. A missing, relative or non-folder root fails the VM with
-   * `E_CONFIG` before anything is read. Ignored by the esxi driver (its
-   * `datastores` map the folders it reads).
+   * `E_CONFIG` before anything is read. With the esxi driver (its
+   * `datastores` map the folders it reads): `E_CONFIG`, never ignored.
    * @default none: only the folder that holds the VM's folder
    */
   readonly datastoreRoots?: readonly string[]
@@ -196,6 +196,12 @@ async function replicateVm(
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
+    if (init.datastoreRoots !== undefined) {
+      throw new AgentError(
+        'E_CONFIG',
+        `VM ${init.vm}: datastoreRoots are the local driver's, refused with driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores and leave datastoreRoots out`,
+      )
+    }
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
     // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)

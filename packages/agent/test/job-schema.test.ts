@@ -279,6 +279,56 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
   const f = await problems(loadJob({ cwd: dir, vms: ['a.vmx'], options: { to: 'wss://dr:7443', tokenFile: 'token.txt', datastoreRoots: 'ds2' }, names: { datastoreRoots: '--datastore-root' } }))
   t.same(f, ['--datastore-root: "ds2" is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'], 'a flag: named by the flag, a relative path refused (not resolved)')
 
+  // the esxi driver reads its esxi.datastores: roots given where only it would see them are refused, never dropped
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi, datastoreRoots: [ds2] }],
+    }),
+  )
+  t.same(
+    await problems(loadJob({ file })),
+    [
+      `job.vms[1].datastoreRoots: the local driver's datastore roots, but VM "db01" uses job.vms[1].driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of job.vms[1].esxi) and remove job.vms[1].datastoreRoots`,
+    ],
+    'a VM entry of the esxi driver with its own roots: refused, even beside a local VM',
+  )
+  await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi, datastoreRoots: [ds2], vms: ['db01', 'db02'] }))
+  t.same(
+    await problems(loadJob({ file })),
+    [
+      `job.datastoreRoots: the local driver's datastore roots, but every VM of this run uses job.driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of job.esxi) and remove job.datastoreRoots`,
+    ],
+    "the job's roots with no local VM to use them: refused, said once for the two VMs",
+  )
+  await writeFile(join(dir, 'esxi.json'), JSON.stringify(esxi))
+  const byFlags = { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: 'esxi.json', datastoreRoots: [ds2] }
+  const flagNames = { datastoreRoots: '--datastore-root', driver: '--driver', esxi: '--esxi-config' }
+  t.same(
+    await problems(loadJob({ cwd: dir, vms: ['db01'], options: byFlags, names: flagNames })),
+    [
+      `--datastore-root: the local driver's datastore roots, but every VM of this run uses --driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of --esxi-config) and remove --datastore-root`,
+    ],
+    '--datastore-root with --driver esxi: both flags named',
+  )
+  await writeFile(file, JSON.stringify({ datastoreRoots: [ds2], vms: ['a.vmx', 'db01'] }))
+  const mixed = await loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }, names: flagNames })
+  t.same(
+    mixed.vms.map((v) => v.datastoreRoots),
+    [[ds2], [ds2]],
+    'local VMs: the roots are theirs',
+  )
+  const esxiByFlag = await problems(loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: 'esxi.json' }, names: flagNames }))
+  t.same(
+    esxiByFlag,
+    [
+      `job.datastoreRoots: the local driver's datastore roots, but every VM of this run uses --driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of --esxi-config) and remove job.datastoreRoots`,
+    ],
+    "--driver esxi over a job file's roots: refused, the key and the flag named",
+  )
+
   // a root of / (given, normalised from "..", or through a link) would let a descriptor read any file of the proxy
   symlinkSync('/', join(dir, 'to-root'))
   await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', vms: [{ vm: 'a.vmx', datastoreRoots: ['/', `${ds2}/../..`, join(dir, 'to-root')] }] }))

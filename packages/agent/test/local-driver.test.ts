@@ -354,6 +354,16 @@ t.test('local driver roots: relative, missing or a file is refused with E_CONFIG
     t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `datastoreRoots ${root}`)
     t.match(r.vms[0]?.error?.message, /^datastoreRoots: /)
   }
+  // the esxi driver reads only its esxi.datastores: roots handed to it are refused, not ignored
+  const esxiRun = await replicate(
+    { logger },
+    { vm: 'db01', driver: 'esxi', esxi: {} as never, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: join(dir, 'state'), progress: 'none', giveUpMs: 0, datastoreRoots: [ds2] },
+  )
+  t.match(
+    esxiRun.vms[0]?.error,
+    { code: 'E_CONFIG', message: /^VM db01: datastoreRoots are the local driver's, refused with driver "esxi".* map the datastore in esxi\.datastores/ },
+    'replicate(): driver esxi with datastoreRoots',
+  )
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
   // a root given through a symbolic link (a mount point's alias): the link and its target are roots; the .vmx may name either
   const link = join(dir, 'ds2-link')

@@ -162,9 +162,11 @@ export async function loadJob(src: JobSources): Promise<Job> {
   for (const vm of src.vms ?? []) entries.push({ vm, label: `VM ${JSON.stringify(vm)}`, layers: [...fileLayers, flagLayer], baseDir: cwd })
   if (entries.length === 0) throw new ConfigError(['name a VM (a .vmx path or, with --driver esxi, a VM name) or a --job file'])
 
+  // the local driver's roots given where no VM can use them are refused, not dropped (below, per VM)
+  const anyLocal = entries.some((e) => (pick(e.layers, 'driver')?.value ?? 'local') === 'local')
   const vms: VmJob[] = []
   for (const e of entries) {
-    const vm = resolveVm(e, names, problems)
+    const vm = resolveVm(e, names, problems, anyLocal)
     if (vm !== undefined) vms.push(vm)
   }
   if (problems.length > 0) throw new ConfigError(problems)
@@ -183,7 +185,24 @@ function stripJobOnly(o: VmOptions & { bwlimit?: unknown; parallel?: unknown }):
   return rest
 }
 
-function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: string }, names: Readonly<Record<string, string>>, problems: string[]): VmJob | undefined {
+/**
+ * `datastoreRoots` reaching a VM of the esxi driver, which reads only the
+ * datastores its settings map: a mistake, unless the key is shared by the
+ * job's VMs (top level, `defaults`, a flag) and some of them use the local
+ * driver — then it is theirs, and this VM does without it. The message is the
+ * same for every VM it concerns (said once).
+ */
+function esxiRootsProblem(e: { vm: string; label: string; layers: Layer[] }, names: Readonly<Record<string, string>>, anyLocal: boolean): string | undefined {
+  const roots = pick(e.layers, 'datastoreRoots')
+  if (roots === undefined) return undefined
+  const own = e.layers.findLast((l) => l.values.datastoreRoots !== undefined)?.label === e.label
+  if (!own && anyLocal) return undefined
+  const driverFrom = pick(e.layers, 'driver')?.from ?? names['driver'] ?? '--driver'
+  const esxiFrom = pick(e.layers, 'esxi')?.from ?? names['esxi'] ?? '--esxi-config'
+  return `${roots.from}: the local driver's datastore roots, but ${own ? `VM ${JSON.stringify(e.vm)}` : 'every VM of this run'} uses ${driverFrom} "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of ${esxiFrom}) and remove ${roots.from}`
+}
+
+function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: string }, names: Readonly<Record<string, string>>, problems: string[], anyLocal: boolean): VmJob | undefined {
   const L = e.layers
   const val = <K extends keyof VmOptions>(k: K): VmOptions[K] => pick(L, k)?.value
   const before = problems.length
@@ -203,6 +222,9 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
         : undefined
   if (tokenPick?.secret === undefined) problems.push(`${e.label}: no token: set "tokenFile" (or ${names['tokenFile'] ?? '--token-file'} FILE)`)
   if (driver === 'esxi' && esxi === undefined) problems.push(`${e.label}: driver "esxi" needs its settings: set "esxi" (or ${names['esxi'] ?? '--esxi-config'} FILE)`)
+  const rootsProblem = driver === 'esxi' ? esxiRootsProblem(e, names, anyLocal) : undefined
+  // said once for all the VMs it concerns
+  if (rootsProblem !== undefined && !problems.includes(rootsProblem)) problems.push(rootsProblem)
   const insecurePlaintext = val('insecurePlaintext') === true
   if (to !== undefined) {
     try {
@@ -211,7 +233,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
       problems.push(`${to.from}: ${(err as Error).message}`)
     }
   }
-  if (problems.length > before) return undefined
+  if (problems.length > before || rootsProblem !== undefined) return undefined
   const ca = pick(L, 'caFile')
   const giveUp = val('giveUp')
   const maxBackoff = val('maxBackoff')
