@@ -124,7 +124,7 @@ export async function pinLocalRoots(roots: readonly string[] | undefined, settin
     if (own !== undefined) {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} contains the agent's own ${own} (its state or credentials), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
+        `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
       )
     }
     if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })

@@ -57,6 +57,16 @@ export interface ReplicateInit {
    * @default none: only the folder that holds the VM's folder
    */
   readonly datastoreRoots?: readonly string[]
+  /**
+   * local driver: the agent's own files besides `stateDir` and `caFile` —
+   * the job file, the token file, esxi key and settings files, notification
+   * secrets (`loadJob` lists every one its job names). A datastore root that
+   * contains one (by name or real path) fails the VM with `E_CONFIG`: a
+   * hostile .vmx could name it as a disk and ship its contents to the
+   * receiver. `token` holds only the token's contents: give its file here.
+   * @default none
+   */
+  readonly ownFiles?: readonly string[]
   /** full-digest verification after commit. @default 'none' */
   readonly certify?: DigestAlgorithm | 'none'
   /** MiB of the disk prefix compared by the trivial check (0 = off). @default 16 */
@@ -190,8 +200,8 @@ async function replicateVm(
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
-    // a root that holds the agent's own state or CA would let a descriptor name and ship them
-    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile])]
+    // a root that holds the agent's own state, CA, token, key, job file… would let a descriptor name and ship them
+    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
     const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {

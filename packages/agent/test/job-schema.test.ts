@@ -382,3 +382,72 @@ t.test('retention: an object in a job file, a string as a flag, both the wire re
     t.match(p.join('\n'), re, `${JSON.stringify(value)}: ${p.join(' | ')}`)
   }
 })
+
+t.test("datastoreRoots: a root holding one of the agent's own files (token, job file, esxi key and settings, notification secrets) is refused before anything runs", async (t) => {
+  const dir = await fixture(t)
+  // every file of the agent's in a folder of its own, each a candidate root
+  const own = join(dir, 'own')
+  await mkdir(own)
+  for (const [name, text] of [
+    ['token.txt', 'secret-token-0123456789\n'],
+    ['esx.key', KEY],
+    ['smtp.pw', 'pw\n'],
+    ['hook.key', 'k\n'],
+  ] as const)
+    await writeFile(join(own, name), text)
+  await writeFile(join(own, 'esxi.json'), JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP }, datastores: { ds1: join(dir, 'mnt', 'ds1') } }))
+  const ds2 = join(dir, 'mnt', 'ds2')
+  await mkdir(ds2)
+  const file = join(dir, 'job.json')
+  const base = { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    ['the token file', { ...base, tokenFile: 'own/token.txt', datastoreRoots: own }, join(own, 'token.txt')],
+    [
+      "an esxi VM's key",
+      {
+        ...base,
+        datastoreRoots: own,
+        vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi: { ssh: { host: 'esx1', privateKeyFile: 'own/esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } } }],
+      },
+      join(own, 'esx.key'),
+    ],
+    ["an esxi VM's settings file", { ...base, datastoreRoots: own, vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi: 'own/esxi.json' }] }, join(own, 'esxi.json')],
+    [
+      'the SMTP password',
+      { ...base, datastoreRoots: own, email: { to: 'ops@example.net', from: 'dr@example.net', smtp: { host: 'smtp.example.net', user: 'u', passwordFile: 'own/smtp.pw' } } },
+      join(own, 'smtp.pw'),
+    ],
+    ["a webhook's secret", { ...base, datastoreRoots: own, webhooks: [{ url: 'https://hooks.example.net/x', secretFile: 'own/hook.key' }] }, join(own, 'hook.key')],
+    ['the job file itself', { ...base, datastoreRoots: dir }, file],
+  ]
+  for (const [what, job, path] of cases) {
+    await writeFile(file, JSON.stringify({ vms: ['a.vmx'], ...job }))
+    const p = await problems(loadJob({ file }))
+    t.equal(p.length, 1, `${what}: ${p.join('\n')}`)
+    t.match(
+      p[0],
+      new RegExp(`^job\\.datastoreRoots: ${job['datastoreRoots'] as string} contains the agent's own ${path} \\(its state, credentials or settings\\), which a descriptor could then name and ship: `),
+      what,
+    )
+  }
+  // by flags: --datastore-root holding the --token-file, also through a symbolic link to the folder
+  const link = join(dir, 'own-link')
+  symlinkSync(own, link)
+  for (const root of [own, link]) {
+    const f = await problems(
+      loadJob({
+        cwd: dir,
+        vms: ['a.vmx'],
+        options: { to: 'wss://dr:7443', tokenFile: join(own, 'token.txt'), datastoreRoots: [ds2, root] },
+        names: { datastoreRoots: '--datastore-root', tokenFile: '--token-file' },
+      }),
+    )
+    t.equal(f.length, 1, f.join('\n'))
+    t.match(f[0], `--datastore-root: ${root} contains the agent's own ${join(own, 'token.txt')}`, `--datastore-root ${root}`)
+  }
+  // a root beside the agent's files, not above them: accepted, and the list reaches replicate() (which checks again)
+  await writeFile(file, JSON.stringify({ ...base, tokenFile: 'own/token.txt', datastoreRoots: ds2, vms: ['a.vmx'] }))
+  const ok = await loadJob({ file })
+  t.same(ok.vms[0]?.datastoreRoots, [ds2])
+  t.same(ok.vms[0]?.ownFiles, [file, join(own, 'token.txt')], 'the job file and the token file')
+})

@@ -328,6 +328,20 @@ t.test('local driver roots: / (given, through "..", or a link to it) and a root 
     const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root] })
     t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `replicate, datastoreRoots ${root}`)
   }
+  // the agent's other files (ownFiles: token, job file, esxi key…): a root that holds one, by name or through a link, fails the VM
+  const secrets = join(dir, 'secrets')
+  await mkdir(secrets)
+  const tokenFile = join(secrets, 'agent.token')
+  await writeFile(tokenFile, `${TOKEN}\n`)
+  symlinkSync(secrets, join(dir, 'secrets-link'))
+  for (const root of [secrets, join(dir, 'secrets-link')]) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root], ownFiles: [tokenFile] })
+    t.match(
+      r.vms[0]?.error,
+      { code: 'E_CONFIG', message: `datastoreRoots: ${root} contains the agent's own ${tokenFile} (its state, credentials or settings)` },
+      `replicate, the token file in ${root}`,
+    )
+  }
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
 })
 

@@ -8,6 +8,8 @@
  */
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
+import { defaultStateDir } from '../agent-state.ts'
+import { pinLocalRoots } from '../local-driver.ts'
 import { checkReceiverUrl } from '../receiver-url.ts'
 import type { ReplicateInit } from '../replicate.ts'
 import { toEsxiDriverInit, definedOnly } from './esxi-settings-schema.ts'
@@ -164,10 +166,29 @@ export async function loadJob(src: JobSources): Promise<Job> {
 
   // the local driver's roots given where no VM can use them are refused, not dropped (below, per VM)
   const anyLocal = entries.some((e) => (pick(e.layers, 'driver')?.value ?? 'local') === 'local')
+  // every file of the agent's this job names (any VM's, any layer's): no datastore root of any VM may contain one
+  const ownFiles = [...(src.file === undefined ? [] : [resolve(cwd, src.file)]), ...jobFilesOf(jobLevel), ...entries.flatMap((e) => e.layers.flatMap((l) => vmFilesOf(l.values)))].filter(
+    (p, i, all) => all.indexOf(p) === i,
+  )
   const vms: VmJob[] = []
+  const rootsFrom = new Map<VmJob, string>()
   for (const e of entries) {
-    const vm = resolveVm(e, names, problems, anyLocal)
-    if (vm !== undefined) vms.push(vm)
+    const vm = resolveVm(e, names, problems, anyLocal, ownFiles)
+    if (vm === undefined) continue
+    vms.push(vm)
+    rootsFrom.set(vm, pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots')
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  // the local VMs' roots against the agent's own files now (replicate() checks again when the VM starts)
+  for (const vm of vms) {
+    if (vm.datastoreRoots === undefined) continue
+    const from = rootsFrom.get(vm) ?? 'datastoreRoots'
+    try {
+      await pinLocalRoots(vm.datastoreRoots, from, [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles])
+    } catch (err) {
+      const m = (err as Error).message
+      if (!problems.includes(m)) problems.push(m)
+    }
   }
   if (problems.length > 0) throw new ConfigError(problems)
   return definedOnly({
@@ -178,6 +199,17 @@ export async function loadJob(src: JobSources): Promise<Job> {
     email: jobLevel.email,
     webhooks: jobLevel.webhooks ?? [],
   }) as Job
+}
+
+/** The files a VM's options name that hold the agent's secrets or trust: token, CA, esxi key and settings file. */
+function vmFilesOf(o: VmOptions): string[] {
+  const esxi = o.esxi
+  return [o.tokenFile?.path, o.caFile?.path, esxi?.ssh.privateKeyFile, esxi !== undefined && 'settingsFile' in esxi ? esxi.settingsFile : undefined].filter((p): p is string => p !== undefined)
+}
+
+/** The files the job-level settings name: the SMTP password and CA, each webhook's secret and CA. */
+function jobFilesOf(j: { email?: EmailSettings; webhooks?: readonly WebhookSettings[] }): string[] {
+  return [j.email?.smtp.passwordFile?.path, j.email?.smtp.caFile?.path, ...(j.webhooks ?? []).flatMap((w) => [w.secretFile.path, w.caFile?.path])].filter((p): p is string => p !== undefined)
 }
 
 function stripJobOnly(o: VmOptions & { bwlimit?: unknown; parallel?: unknown }): VmOptions {
@@ -202,7 +234,13 @@ function esxiRootsProblem(e: { vm: string; label: string; layers: Layer[] }, nam
   return `${roots.from}: the local driver's datastore roots, but ${own ? `VM ${JSON.stringify(e.vm)}` : 'every VM of this run'} uses ${driverFrom} "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of ${esxiFrom}) and remove ${roots.from}`
 }
 
-function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: string }, names: Readonly<Record<string, string>>, problems: string[], anyLocal: boolean): VmJob | undefined {
+function resolveVm(
+  e: { vm: string; label: string; layers: Layer[]; baseDir: string },
+  names: Readonly<Record<string, string>>,
+  problems: string[],
+  anyLocal: boolean,
+  ownFiles: readonly string[],
+): VmJob | undefined {
   const L = e.layers
   const val = <K extends keyof VmOptions>(k: K): VmOptions[K] => pick(L, k)?.value
   const before = problems.length
@@ -254,6 +292,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     insecurePlaintext: insecurePlaintext ? true : undefined,
     deltaFormat: val('deltaFormat'),
     datastoreRoots: driver === 'local' ? val('datastoreRoots') : undefined,
+    ownFiles: driver === 'local' && ownFiles.length > 0 ? ownFiles : undefined,
     certify: val('certify'),
     trivialMiB: val('trivialMiB'),
     compress: val('compress'),

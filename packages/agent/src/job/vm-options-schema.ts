@@ -18,7 +18,12 @@ import { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
 
 export { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
 
-/** `esxi`: the settings object, or the path of a JSON file holding it (relative to the file naming it). */
+/**
+ * `esxi`: the settings object, or the path of a JSON file holding it
+ * (relative to the file naming it); read from a file, the settings keep its
+ * path (`settingsFile`: one of the agent's own files, which no datastore root
+ * may contain).
+ */
 function esxiField(ctx: SchemaContext) {
   return z.union([
     pathField(ctx).transform(async (file, c) => {
@@ -27,7 +32,7 @@ function esxiField(ctx: SchemaContext) {
         for (const m of r.problems) c.addIssue({ code: 'custom', message: m })
         return z.NEVER
       }
-      return r.value
+      return { ...r.value, settingsFile: file }
     }),
     esxiSettingsSchema(ctx),
   ])
