@@ -58,12 +58,14 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
     '--token-file',
     secret,
   ]
-  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', '/tmp', 'a.vmx', 'b.vmx', ...common])
+  // a datastore root of its own (not /tmp: a root may not contain the agent's token file)
+  const ds = scratchDir(t)
+  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', ds, 'a.vmx', 'b.vmx', ...common])
   t.same(args['vm'], ['a.vmx', 'b.vmx'], 'both VMs are positionals')
   t.same(args['mail-to'], ['ops@example.net'])
   t.same(args['mail-on'], ['failure'])
   t.same(args['webhook-on'], ['warning'])
-  t.same(args['datastore-root'], ['/tmp'])
+  t.same(args['datastore-root'], [ds])
   const job = await jobFromArgs(args, '/tmp')
   t.same(
     job.vms.map((v) => v.vm),
@@ -139,6 +141,7 @@ t.test('every repeatable option refuses an occurrence without a value and its --
 
 t.test('replicate: repeated occurrences accumulate; comma lists are split (addresses, events), never paths', async (t) => {
   const secret = tokenFileFixture(scratchDir(t))
+  const ds = scratchDir(t)
   const args = parse(replicateCommand, [
     'replicate',
     '--mail-to',
@@ -155,7 +158,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
     '--datastore-root',
     '/usr',
     '--datastore-root',
-    '/tmp',
+    ds,
     '--to',
     'wss://dr.example.net:7443',
     '--mail-from',
@@ -173,7 +176,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
   t.same(args['mail-to'], ['a@example.net', 'b@example.net', 'c@example.net'], 'comma list split and trimmed, then the repeat')
   t.same(args['mail-on'], ['warning', 'failure'])
   t.same(args['webhook-on'], ['success', 'failure'])
-  t.same(args['datastore-root'], ['/usr', '/tmp'])
+  t.same(args['datastore-root'], ['/usr', ds])
   const job = await jobFromArgs(args, '/tmp')
   t.same(job.email?.to, ['a@example.net', 'b@example.net', 'c@example.net'])
   t.same(job.email?.on, ['warning', 'failure'])
