@@ -13,7 +13,7 @@ import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
-import { createLocalDriver, resolveLocalRoots } from './local-driver.ts'
+import { createLocalDriver, pinLocalRoots, type PinnedRoot } from './local-driver.ts'
 import type { EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
 import { HostLocks, withHostLock } from './host-lock.ts'
@@ -49,14 +49,16 @@ export interface ReplicateInit {
   readonly deltaFormat?: DeltaFormat
   /**
    * local driver: more folders the VM's files may be read from (its other
-   * datastores: absolute paths of existing folders, symbolic links resolved
-   * when the VM's cycle starts); the folder that holds the VM's folder is
+   * datastores: absolute paths of existing folders, pinned — their real
+   * paths resolved once — when the VM's cycle starts; a {@link PinnedRoot}
+   * from `pinLocalRoots`, as `loadJob` gives them, stays pinned where it
+   * was); the folder that holds the VM's folder is
    * always one. A missing, relative or non-folder root fails the VM with
    * `E_CONFIG` before anything is read. With the esxi driver (its
    * `datastores` map the folders it reads): `E_CONFIG`, never ignored.
    * @default none: only the folder that holds the VM's folder
    */
-  readonly datastoreRoots?: readonly string[]
+  readonly datastoreRoots?: readonly (string | PinnedRoot)[]
   /**
    * local driver: the agent's own files besides `stateDir` and `caFile` —
    * the job file, the token file, esxi key and settings files, notification
@@ -202,7 +204,7 @@ async function replicateVm(
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
     // a root that holds the agent's own state, CA, token, key, job file… would let a descriptor name and ship them
     const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
-    const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
+    const roots = await pinLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')

@@ -1,6 +1,6 @@
 /** Job files and flags: one schema, every problem named by key or flag, every referenced file read before anything runs. */
 import t from 'tap'
-import { symlinkSync } from 'node:fs'
+import { realpathSync, symlinkSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadJob } from '../src/job/load-job.ts'
@@ -19,6 +19,9 @@ async function fixture(t: Parameters<typeof scratch>[0]): Promise<string> {
   await mkdir(join(dir, 'mnt', 'ds1'), { recursive: true })
   return dir
 }
+
+/** A root as loadJob pins it: the name given and its real path at load. */
+const pinned = (p: string): { named: string; real: string } => ({ named: p, real: realpathSync(p) })
 
 async function problems(p: Promise<unknown>): Promise<readonly string[]> {
   const err = (await p.then(
@@ -249,13 +252,13 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
     }),
   )
   const job = await loadJob({ file })
-  t.same(job.vms[0]?.datastoreRoots, [ds2], 'a string is a list of one, normalized')
-  t.same(job.vms[1]?.datastoreRoots, [ds2, ds3], "a VM's own list replaces the job's")
+  t.same(job.vms[0]?.datastoreRoots, [pinned(ds2)], 'a string is a list of one, normalized, pinned (its real path resolved now)')
+  t.same(job.vms[1]?.datastoreRoots, [pinned(ds2), pinned(ds3)], "a VM's own list replaces the job's")
   t.equal(job.vms[2]?.datastoreRoots, undefined, 'not passed to the esxi driver (its datastores)')
   const flagged = await loadJob({ file, cwd: dir, options: { datastoreRoots: [ds3] }, names: { datastoreRoots: '--datastore-root' } })
   t.same(
     flagged.vms.slice(0, 2).map((v) => v.datastoreRoots),
-    [[ds3], [ds3]],
+    [[pinned(ds3)], [pinned(ds3)]],
     'the flag wins over the file',
   )
   await writeFile(
@@ -317,7 +320,7 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
   const mixed = await loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }, names: flagNames })
   t.same(
     mixed.vms.map((v) => v.datastoreRoots),
-    [[ds2], [ds2]],
+    [[pinned(ds2)], [pinned(ds2)]],
     'local VMs: the roots are theirs',
   )
   const esxiByFlag = await problems(loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: 'esxi.json' }, names: flagNames }))
@@ -448,6 +451,6 @@ t.test("datastoreRoots: a root holding one of the agent's own files (token, job 
   // a root beside the agent's files, not above them: accepted, and the list reaches replicate() (which checks again)
   await writeFile(file, JSON.stringify({ ...base, tokenFile: 'own/token.txt', datastoreRoots: ds2, vms: ['a.vmx'] }))
   const ok = await loadJob({ file })
-  t.same(ok.vms[0]?.datastoreRoots, [ds2])
+  t.same(ok.vms[0]?.datastoreRoots, [pinned(ds2)])
   t.same(ok.vms[0]?.ownFiles, [file, join(own, 'token.txt')], 'the job file and the token file')
 })

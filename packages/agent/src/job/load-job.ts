@@ -170,21 +170,23 @@ export async function loadJob(src: JobSources): Promise<Job> {
   const ownFiles = [...(src.file === undefined ? [] : [resolve(cwd, src.file)]), ...jobFilesOf(jobLevel), ...entries.flatMap((e) => e.layers.flatMap((l) => vmFilesOf(l.values)))].filter(
     (p, i, all) => all.indexOf(p) === i,
   )
-  const vms: VmJob[] = []
-  const rootsFrom = new Map<VmJob, string>()
+  const resolved: Array<{ vm: VmJob; rootsFrom: string }> = []
   for (const e of entries) {
     const vm = resolveVm(e, names, problems, anyLocal, ownFiles)
-    if (vm === undefined) continue
-    vms.push(vm)
-    rootsFrom.set(vm, pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots')
+    if (vm !== undefined) resolved.push({ vm, rootsFrom: pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots' })
   }
   if (problems.length > 0) throw new ConfigError(problems)
-  // the local VMs' roots against the agent's own files now (replicate() checks again when the VM starts)
-  for (const vm of vms) {
-    if (vm.datastoreRoots === undefined) continue
-    const from = rootsFrom.get(vm) ?? 'datastoreRoots'
+  // the local VMs' roots pinned now, once for the run (their real paths: a link re-pointed later moves
+  // nothing), and checked against the agent's own files (replicate() checks the pinned roots again)
+  const vms: VmJob[] = []
+  for (const { vm, rootsFrom } of resolved) {
+    if (vm.datastoreRoots === undefined) {
+      vms.push(vm)
+      continue
+    }
     try {
-      await pinLocalRoots(vm.datastoreRoots, from, [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles])
+      const pinned = await pinLocalRoots(vm.datastoreRoots, rootsFrom, [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles])
+      vms.push({ ...vm, datastoreRoots: pinned })
     } catch (err) {
       const m = (err as Error).message
       if (!problems.includes(m)) problems.push(m)
