@@ -58,6 +58,15 @@ export interface VmHandle {
    */
   readonly roots?: readonly string[]
   /**
+   * The real paths of `roots`, resolved once when the driver pinned them (the
+   * local driver: at job load, or at its first `openVm`): a file's real path
+   * must lie below one of them; the roots are never resolved again, so a root
+   * reached through a symbolic link re-pointed during the run moves nothing.
+   * The paths the .vmx and descriptors name are not rewritten.
+   * @default each root's real path, resolved at every confinement
+   */
+  readonly realRoots?: readonly string[]
+  /**
    * What an `E_OUTSIDE_ROOT` outside `roots` tells the operator to do: how
    * this driver's roots are set (the local driver: `--datastore-root`).
    * @default vmdk's generic remedy

@@ -30,13 +30,18 @@ export interface LocalDriverInit {
    * files, parents and the nvram outside every root (by name or through a
    * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
    * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
-   * ship another file. A root's symbolic links are resolved once, before the
-   * first VM is opened ({@link resolveLocalRoots}); a relative root throws
-   * `E_CONFIG` at once, a missing one or a file at the first `openVm`.
+   * ship another file. Each root is pinned once: a {@link PinnedRoot}
+   * (`pinLocalRoots`, which `loadJob` runs at job load) as given, a path at
+   * the first `openVm`; so is the folder that holds the VM's folder. From
+   * then on a file's real path must lie below a pinned real folder, while the
+   * .vmx and descriptors keep naming their files through the names given: a
+   * link re-pointed during the run moves no root (a file through it is then
+   * refused). A relative root throws `E_CONFIG` at once, a missing one or a
+   * file at the first `openVm`.
    * The job file's `datastoreRoots`, `grainline replicate --datastore-root`.
    * @default none: only the folder that holds the VM's folder
    */
-  readonly roots?: readonly string[]
+  readonly roots?: readonly (string | PinnedRoot)[]
 }
 
 /** How an operator names the local driver's roots, for messages. */
@@ -62,9 +67,13 @@ const ROOT_REMEDY = 'give the folder a datastore is mounted at (e.g. /vmfs/volum
 
 /** A local root pinned at start: the name given and the real folder it led to then. */
 export interface PinnedRoot {
+  /** the absolute, normalised path given (may pass through symbolic links) */
   readonly named: string
+  /** its real path when it was pinned */
   readonly real: string
 }
+
+const nameOf = (r: string | PinnedRoot): string => (typeof r === 'string' ? r : r.named)
 
 /**
  * Resolve the real path of each protected file or folder (the agent's state
@@ -96,35 +105,41 @@ export async function resolveLocalRoots(roots: readonly string[] | undefined, se
 
 /**
  * {@link resolveLocalRoots}, keeping each root as the pair (name given, real
- * path now): the real path is what confines from then on.
+ * path now): the real path is what confines from then on. A root already
+ * pinned is kept as it is (its real path not resolved again), checked against
+ * `protect` and `/` only.
  * @param protect the agent's own files and folders (state dir, token, CA, key, job file): a root that contains one is refused
  */
-export async function pinLocalRoots(roots: readonly string[] | undefined, setting = 'local driver roots', protect: readonly string[] = []): Promise<PinnedRoot[]> {
+export async function pinLocalRoots(roots: readonly (string | PinnedRoot)[] | undefined, setting = 'local driver roots', protect: readonly string[] = []): Promise<PinnedRoot[]> {
   if (roots === undefined) return []
-  checkAbsoluteRoots(roots, setting)
+  checkAbsoluteRoots(roots.map(nameOf), setting)
   const guarded = await realPaths(protect)
   const out: PinnedRoot[] = []
   for (const r of roots) {
-    const named = resolve(r)
+    const named = resolve(nameOf(r))
     let real: string
-    try {
-      real = await realpath(named)
-    } catch (err) {
-      const code = (err as { code?: unknown }).code
-      const why = code === 'ENOENT' ? 'does not exist' : code === 'ENOTDIR' ? 'lies below a file, not a folder' : `cannot be resolved (${String(code ?? (err as Error).message)})`
-      throw new AgentError('E_CONFIG', `${setting}: ${named} ${why}: give the folder a datastore is mounted at (is it mounted?)`, { cause: err })
+    if (typeof r !== 'string') {
+      real = resolve(r.real)
+    } else {
+      try {
+        real = await realpath(named)
+      } catch (err) {
+        const code = (err as { code?: unknown }).code
+        const why = code === 'ENOENT' ? 'does not exist' : code === 'ENOTDIR' ? 'lies below a file, not a folder' : `cannot be resolved (${String(code ?? (err as Error).message)})`
+        throw new AgentError('E_CONFIG', `${setting}: ${named} ${why}: give the folder a datastore is mounted at (is it mounted?)`, { cause: err })
+      }
+      const st = await stat(real).catch((err: unknown) => {
+        throw new AgentError('E_CONFIG', `${setting}: ${named}: ${(err as Error).message}`, { cause: err })
+      })
+      if (!st.isDirectory()) throw new AgentError('E_CONFIG', `${setting}: ${named} is not a folder: give the folder a datastore is mounted at, not a file in it`)
     }
-    const st = await stat(real).catch((err: unknown) => {
-      throw new AgentError('E_CONFIG', `${setting}: ${named}: ${(err as Error).message}`, { cause: err })
-    })
-    if (!st.isDirectory()) throw new AgentError('E_CONFIG', `${setting}: ${named} is not a folder: give the folder a datastore is mounted at, not a file in it`)
     if (real === '/')
       throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${ROOT_REMEDY}`)
     const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
     if (own !== undefined) {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} contains the agent's own ${own} (its state or credentials), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
+        `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
       )
     }
     if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })
@@ -162,15 +177,30 @@ function diskStem(fileName: string): string {
 export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver {
   const format = init.deltaFormat ?? 'sesparse'
   const datastoreType = init.datastoreType ?? 'local'
-  checkAbsoluteRoots(init.roots ?? [], 'local driver roots')
-  // resolved once, at the first openVm (a failure is not kept: the next openVm reports it again)
-  let extraRoots: Promise<string[]> | undefined
-  const rootsReady = async (): Promise<string[]> => {
-    extraRoots ??= resolveLocalRoots(init.roots)
+  checkAbsoluteRoots((init.roots ?? []).map(nameOf), 'local driver roots')
+  // pinned once, at the first openVm (those given pinned as they are; a failure is not kept: the next openVm reports it again)
+  let extraRoots: Promise<PinnedRoot[]> | undefined
+  const rootsReady = async (): Promise<PinnedRoot[]> => {
+    extraRoots ??= pinLocalRoots(init.roots)
     try {
       return await extraRoots
     } catch (err) {
       extraRoots = undefined
+      throw err
+    }
+  }
+  // the folder that holds a VM's folder, pinned at the first openVm of a VM in it (a failure is not kept)
+  const folderRoots = new Map<string, Promise<PinnedRoot>>()
+  const folderRoot = async (folder: string): Promise<PinnedRoot> => {
+    let p = folderRoots.get(folder)
+    if (p === undefined) {
+      p = realpath(folder).then((real) => ({ named: folder, real }))
+      folderRoots.set(folder, p)
+    }
+    try {
+      return await p
+    } catch (err) {
+      folderRoots.delete(folder)
       throw err
     }
   }
@@ -205,10 +235,17 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       // the folder that holds the VM's folder is always a root: a VM's own files are always readable
       // (the VM's folder itself when it sits at the top, e.g. /vm: never / as a whole)
       const parent = dirname(dir)
-      const roots = [parent === '/' ? dir : parent]
-      for (const r of extra) if (!roots.includes(r)) roots.push(r)
+      const own = await folderRoot(parent === '/' ? dir : parent)
+      // by name: the names given and the real folders (a .vmx may name its disks through either);
+      // by real path: only the real folders pinned, never what a name leads to now
+      const roots: string[] = []
+      const realRoots: string[] = []
+      for (const r of [own, ...extra]) {
+        for (const n of [r.named, r.real]) if (!roots.includes(n)) roots.push(n)
+        if (!realRoots.includes(r.real)) realRoots.push(r.real)
+      }
       // no remedy in the vmdk message: the E_VMX below names the local driver's own
-      const confined = confineFileAccess(localFileAccess, roots, { remedy: '' })
+      const confined = confineFileAccess(localFileAccess, roots, { remedy: '', realRoots })
       const disks: VmDisk[] = vmxDisks(config).map((d) => ({ node: d.node, fileName: d.fileName, path: isAbsolute(d.fileName) ? d.fileName : join(dir, d.fileName) }))
       // a disk named off the roots is refused here: a snapshot would otherwise create its delta next to it
       for (const d of disks) {
@@ -225,7 +262,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           )
         }
       }
-      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY }
+      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots, realRoots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY }
     },
 
     async listSnapshots(vm) {
@@ -300,7 +337,10 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           // the disk was removed from the VM since the snapshot (its lines gone from the .vmx): the VM no
           // longer runs on its chain, so nothing of it is merged; its files stay where they are
           if (disk === undefined) continue
-          const chain = await openChain(disk.path, fresh.roots === undefined ? {} : { roots: fresh.roots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY })
+          const chain = await openChain(
+            disk.path,
+            fresh.roots === undefined ? {} : { roots: fresh.roots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY, ...(fresh.realRoots === undefined ? {} : { realRoots: fresh.realRoots }) },
+          )
           let childPath: string
           let parentPath: string
           try {

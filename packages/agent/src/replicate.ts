@@ -13,7 +13,7 @@ import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
-import { createLocalDriver, resolveLocalRoots } from './local-driver.ts'
+import { createLocalDriver, pinLocalRoots, type PinnedRoot } from './local-driver.ts'
 import type { EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
 import { HostLocks, withHostLock } from './host-lock.ts'
@@ -49,14 +49,26 @@ export interface ReplicateInit {
   readonly deltaFormat?: DeltaFormat
   /**
    * local driver: more folders the VM's files may be read from (its other
-   * datastores: absolute paths of existing folders, symbolic links resolved
-   * when the VM's cycle starts); the folder that holds the VM's folder is
+   * datastores: absolute paths of existing folders, pinned — their real
+   * paths resolved once — when the VM's cycle starts; a {@link PinnedRoot}
+   * from `pinLocalRoots`, as `loadJob` gives them, stays pinned where it
+   * was); the folder that holds the VM's folder is
    * always one. A missing, relative or non-folder root fails the VM with
-   * `E_CONFIG` before anything is read. Ignored by the esxi driver (its
-   * `datastores` map the folders it reads).
+   * `E_CONFIG` before anything is read. With the esxi driver (its
+   * `datastores` map the folders it reads): `E_CONFIG`, never ignored.
    * @default none: only the folder that holds the VM's folder
    */
-  readonly datastoreRoots?: readonly string[]
+  readonly datastoreRoots?: readonly (string | PinnedRoot)[]
+  /**
+   * local driver: the agent's own files besides `stateDir` and `caFile` —
+   * the job file, the token file, esxi key and settings files, notification
+   * secrets (`loadJob` lists every one its job names). A datastore root that
+   * contains one (by name or real path) fails the VM with `E_CONFIG`: a
+   * hostile .vmx could name it as a disk and ship its contents to the
+   * receiver. `token` holds only the token's contents: give its file here.
+   * @default none
+   */
+  readonly ownFiles?: readonly string[]
   /** full-digest verification after commit. @default 'none' */
   readonly certify?: DigestAlgorithm | 'none'
   /** MiB of the disk prefix compared by the trivial check (0 = off). @default 16 */
@@ -190,12 +202,18 @@ async function replicateVm(
   let ownDriver = false
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
-    // a root that holds the agent's own state or CA would let a descriptor name and ship them
-    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile])]
-    const roots = await resolveLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
+    // a root that holds the agent's own state, CA, token, key, job file… would let a descriptor name and ship them
+    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
+    const roots = await pinLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
+    if (init.datastoreRoots !== undefined) {
+      throw new AgentError(
+        'E_CONFIG',
+        `VM ${init.vm}: datastoreRoots are the local driver's, refused with driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores and leave datastoreRoots out`,
+      )
+    }
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
     // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)

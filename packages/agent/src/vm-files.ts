@@ -20,7 +20,12 @@ const MAX_NVRAM_BYTES = 4 * 1024 * 1024
  */
 export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<VmFile[]> {
   const files =
-    vm.roots === undefined ? (driver.files ?? localFileAccess) : confineFileAccess(driver.files ?? localFileAccess, vm.roots, vm.rootsRemedy === undefined ? {} : { remedy: vm.rootsRemedy })
+    vm.roots === undefined
+      ? (driver.files ?? localFileAccess)
+      : confineFileAccess(driver.files ?? localFileAccess, vm.roots, {
+          ...(vm.rootsRemedy === undefined ? {} : { remedy: vm.rootsRemedy }),
+          ...(vm.realRoots === undefined ? {} : { realRoots: vm.realRoots }),
+        })
   const out: VmFile[] = [{ name: basename(vm.vmxPath), data: await readRegularFileVia(files, vm.vmxPath, { maxBytes: MAX_CONFIG_BYTES, code: 'E_VMX', what: 'VM config' }) }]
   const stem = basename(vm.vmxPath).replace(/\.vmx$/i, '')
   const nvram = vm.config.get('nvram') ?? `${stem}.nvram`
@@ -54,12 +59,16 @@ export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): P
   return names.map((n, i) => (names.indexOf(n) === i ? n : `${(vm.disks[i] as VmHandle['disks'][number]).node.replace(/:/g, '-')}_${n}`))
 }
 
-/** The `openChain` options of a VM's disks: the driver's path map and file access, the VM's roots (and the driver's remedy when a file is outside them). */
-export function chainOptions(driver: HypervisorDriver, vm: VmHandle): { pathMap?: Record<string, string>; files?: FileAccess; roots?: readonly string[]; rootsRemedy?: string } {
+/** The `openChain` options of a VM's disks: the driver's path map and file access, the VM's roots (their pinned real paths, and the driver's remedy when a file is outside them). */
+export function chainOptions(
+  driver: HypervisorDriver,
+  vm: VmHandle,
+): { pathMap?: Record<string, string>; files?: FileAccess; roots?: readonly string[]; rootsRemedy?: string; realRoots?: readonly string[] } {
   return {
     ...(driver.pathMap === undefined ? {} : { pathMap: { ...driver.pathMap } }),
     ...(driver.files === undefined ? {} : { files: driver.files }),
     ...(vm.roots === undefined ? {} : { roots: vm.roots }),
     ...(vm.roots === undefined || vm.rootsRemedy === undefined ? {} : { rootsRemedy: vm.rootsRemedy }),
+    ...(vm.roots === undefined || vm.realRoots === undefined ? {} : { realRoots: vm.realRoots }),
   }
 }

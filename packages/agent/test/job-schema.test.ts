@@ -1,6 +1,6 @@
 /** Job files and flags: one schema, every problem named by key or flag, every referenced file read before anything runs. */
 import t from 'tap'
-import { symlinkSync } from 'node:fs'
+import { realpathSync, symlinkSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadJob } from '../src/job/load-job.ts'
@@ -19,6 +19,9 @@ async function fixture(t: Parameters<typeof scratch>[0]): Promise<string> {
   await mkdir(join(dir, 'mnt', 'ds1'), { recursive: true })
   return dir
 }
+
+/** A root as loadJob pins it: the name given and its real path at load. */
+const pinned = (p: string): { named: string; real: string } => ({ named: p, real: realpathSync(p) })
 
 async function problems(p: Promise<unknown>): Promise<readonly string[]> {
   const err = (await p.then(
@@ -249,13 +252,13 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
     }),
   )
   const job = await loadJob({ file })
-  t.same(job.vms[0]?.datastoreRoots, [ds2], 'a string is a list of one, normalized')
-  t.same(job.vms[1]?.datastoreRoots, [ds2, ds3], "a VM's own list replaces the job's")
+  t.same(job.vms[0]?.datastoreRoots, [pinned(ds2)], 'a string is a list of one, normalized, pinned (its real path resolved now)')
+  t.same(job.vms[1]?.datastoreRoots, [pinned(ds2), pinned(ds3)], "a VM's own list replaces the job's")
   t.equal(job.vms[2]?.datastoreRoots, undefined, 'not passed to the esxi driver (its datastores)')
   const flagged = await loadJob({ file, cwd: dir, options: { datastoreRoots: [ds3] }, names: { datastoreRoots: '--datastore-root' } })
   t.same(
     flagged.vms.slice(0, 2).map((v) => v.datastoreRoots),
-    [[ds3], [ds3]],
+    [[pinned(ds3)], [pinned(ds3)]],
     'the flag wins over the file',
   )
   await writeFile(
@@ -278,6 +281,56 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
   t.equal(p.length, 4, p.join('\n'))
   const f = await problems(loadJob({ cwd: dir, vms: ['a.vmx'], options: { to: 'wss://dr:7443', tokenFile: 'token.txt', datastoreRoots: 'ds2' }, names: { datastoreRoots: '--datastore-root' } }))
   t.same(f, ['--datastore-root: "ds2" is not an absolute path: give the folder from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'], 'a flag: named by the flag, a relative path refused (not resolved)')
+
+  // the esxi driver reads its esxi.datastores: roots given where only it would see them are refused, never dropped
+  await writeFile(
+    file,
+    JSON.stringify({
+      to: 'wss://dr.example:7443',
+      tokenFile: 'token.txt',
+      vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi, datastoreRoots: [ds2] }],
+    }),
+  )
+  t.same(
+    await problems(loadJob({ file })),
+    [
+      `job.vms[1].datastoreRoots: the local driver's datastore roots, but VM "db01" uses job.vms[1].driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of job.vms[1].esxi) and remove job.vms[1].datastoreRoots`,
+    ],
+    'a VM entry of the esxi driver with its own roots: refused, even beside a local VM',
+  )
+  await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi, datastoreRoots: [ds2], vms: ['db01', 'db02'] }))
+  t.same(
+    await problems(loadJob({ file })),
+    [
+      `job.datastoreRoots: the local driver's datastore roots, but every VM of this run uses job.driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of job.esxi) and remove job.datastoreRoots`,
+    ],
+    "the job's roots with no local VM to use them: refused, said once for the two VMs",
+  )
+  await writeFile(join(dir, 'esxi.json'), JSON.stringify(esxi))
+  const byFlags = { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: 'esxi.json', datastoreRoots: [ds2] }
+  const flagNames = { datastoreRoots: '--datastore-root', driver: '--driver', esxi: '--esxi-config' }
+  t.same(
+    await problems(loadJob({ cwd: dir, vms: ['db01'], options: byFlags, names: flagNames })),
+    [
+      `--datastore-root: the local driver's datastore roots, but every VM of this run uses --driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of --esxi-config) and remove --datastore-root`,
+    ],
+    '--datastore-root with --driver esxi: both flags named',
+  )
+  await writeFile(file, JSON.stringify({ datastoreRoots: [ds2], vms: ['a.vmx', 'db01'] }))
+  const mixed = await loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }, names: flagNames })
+  t.same(
+    mixed.vms.map((v) => v.datastoreRoots),
+    [[pinned(ds2)], [pinned(ds2)]],
+    'local VMs: the roots are theirs',
+  )
+  const esxiByFlag = await problems(loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: 'esxi.json' }, names: flagNames }))
+  t.same(
+    esxiByFlag,
+    [
+      `job.datastoreRoots: the local driver's datastore roots, but every VM of this run uses --driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of --esxi-config) and remove job.datastoreRoots`,
+    ],
+    "--driver esxi over a job file's roots: refused, the key and the flag named",
+  )
 
   // a root of / (given, normalised from "..", or through a link) would let a descriptor read any file of the proxy
   symlinkSync('/', join(dir, 'to-root'))
@@ -331,4 +384,73 @@ t.test('retention: an object in a job file, a string as a flag, both the wire re
     const p = await problems(loadJob({ file, options: { retention: value as string }, names: { retention: '--retention' } }))
     t.match(p.join('\n'), re, `${JSON.stringify(value)}: ${p.join(' | ')}`)
   }
+})
+
+t.test("datastoreRoots: a root holding one of the agent's own files (token, job file, esxi key and settings, notification secrets) is refused before anything runs", async (t) => {
+  const dir = await fixture(t)
+  // every file of the agent's in a folder of its own, each a candidate root
+  const own = join(dir, 'own')
+  await mkdir(own)
+  for (const [name, text] of [
+    ['token.txt', 'secret-token-0123456789\n'],
+    ['esx.key', KEY],
+    ['smtp.pw', 'pw\n'],
+    ['hook.key', 'k\n'],
+  ] as const)
+    await writeFile(join(own, name), text)
+  await writeFile(join(own, 'esxi.json'), JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP }, datastores: { ds1: join(dir, 'mnt', 'ds1') } }))
+  const ds2 = join(dir, 'mnt', 'ds2')
+  await mkdir(ds2)
+  const file = join(dir, 'job.json')
+  const base = { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    ['the token file', { ...base, tokenFile: 'own/token.txt', datastoreRoots: own }, join(own, 'token.txt')],
+    [
+      "an esxi VM's key",
+      {
+        ...base,
+        datastoreRoots: own,
+        vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi: { ssh: { host: 'esx1', privateKeyFile: 'own/esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } } }],
+      },
+      join(own, 'esx.key'),
+    ],
+    ["an esxi VM's settings file", { ...base, datastoreRoots: own, vms: ['a.vmx', { vm: 'db01', driver: 'esxi', esxi: 'own/esxi.json' }] }, join(own, 'esxi.json')],
+    [
+      'the SMTP password',
+      { ...base, datastoreRoots: own, email: { to: 'ops@example.net', from: 'dr@example.net', smtp: { host: 'smtp.example.net', user: 'u', passwordFile: 'own/smtp.pw' } } },
+      join(own, 'smtp.pw'),
+    ],
+    ["a webhook's secret", { ...base, datastoreRoots: own, webhooks: [{ url: 'https://hooks.example.net/x', secretFile: 'own/hook.key' }] }, join(own, 'hook.key')],
+    ['the job file itself', { ...base, datastoreRoots: dir }, file],
+  ]
+  for (const [what, job, path] of cases) {
+    await writeFile(file, JSON.stringify({ vms: ['a.vmx'], ...job }))
+    const p = await problems(loadJob({ file }))
+    t.equal(p.length, 1, `${what}: ${p.join('\n')}`)
+    t.match(
+      p[0],
+      new RegExp(`^job\\.datastoreRoots: ${job['datastoreRoots'] as string} contains the agent's own ${path} \\(its state, credentials or settings\\), which a descriptor could then name and ship: `),
+      what,
+    )
+  }
+  // by flags: --datastore-root holding the --token-file, also through a symbolic link to the folder
+  const link = join(dir, 'own-link')
+  symlinkSync(own, link)
+  for (const root of [own, link]) {
+    const f = await problems(
+      loadJob({
+        cwd: dir,
+        vms: ['a.vmx'],
+        options: { to: 'wss://dr:7443', tokenFile: join(own, 'token.txt'), datastoreRoots: [ds2, root] },
+        names: { datastoreRoots: '--datastore-root', tokenFile: '--token-file' },
+      }),
+    )
+    t.equal(f.length, 1, f.join('\n'))
+    t.match(f[0], `--datastore-root: ${root} contains the agent's own ${join(own, 'token.txt')}`, `--datastore-root ${root}`)
+  }
+  // a root beside the agent's files, not above them: accepted, and the list reaches replicate() (which checks again)
+  await writeFile(file, JSON.stringify({ ...base, tokenFile: 'own/token.txt', datastoreRoots: ds2, vms: ['a.vmx'] }))
+  const ok = await loadJob({ file })
+  t.same(ok.vms[0]?.datastoreRoots, [pinned(ds2)])
+  t.same(ok.vms[0]?.ownFiles, [file, join(own, 'token.txt')], 'the job file and the token file')
 })

@@ -1,10 +1,10 @@
 import t from 'tap'
-import { existsSync, symlinkSync } from 'node:fs'
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { existsSync, realpathSync, symlinkSync } from 'node:fs'
+import { cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { createDelta, openChain } from '@grainline/vmdk'
-import { mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
-import { createLocalDriver, resolveLocalRoots } from '../src/local-driver.ts'
+import { chainOptions, mirrorDiskNames, vmFiles } from '../src/vm-files.ts'
+import { createLocalDriver, pinLocalRoots, resolveLocalRoots } from '../src/local-driver.ts'
 import { replicate, type ReplicateInit } from '../src/replicate.ts'
 import { createSampleVm, simulateGuestWrites } from '../src/sample-vm.ts'
 import { parseVmsd } from '../src/vmsd.ts'
@@ -328,6 +328,20 @@ t.test('local driver roots: / (given, through "..", or a link to it) and a root 
     const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root] })
     t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `replicate, datastoreRoots ${root}`)
   }
+  // the agent's other files (ownFiles: token, job file, esxi key…): a root that holds one, by name or through a link, fails the VM
+  const secrets = join(dir, 'secrets')
+  await mkdir(secrets)
+  const tokenFile = join(secrets, 'agent.token')
+  await writeFile(tokenFile, `${TOKEN}\n`)
+  symlinkSync(secrets, join(dir, 'secrets-link'))
+  for (const root of [secrets, join(dir, 'secrets-link')]) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, datastoreRoots: [root], ownFiles: [tokenFile] })
+    t.match(
+      r.vms[0]?.error,
+      { code: 'E_CONFIG', message: `datastoreRoots: ${root} contains the agent's own ${tokenFile} (its state, credentials or settings)` },
+      `replicate, the token file in ${root}`,
+    )
+  }
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
 })
 
@@ -354,6 +368,16 @@ t.test('local driver roots: relative, missing or a file is refused with E_CONFIG
     t.equal(r.vms[0]?.error?.code, 'E_CONFIG', `datastoreRoots ${root}`)
     t.match(r.vms[0]?.error?.message, /^datastoreRoots: /)
   }
+  // the esxi driver reads only its esxi.datastores: roots handed to it are refused, not ignored
+  const esxiRun = await replicate(
+    { logger },
+    { vm: 'db01', driver: 'esxi', esxi: {} as never, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: join(dir, 'state'), progress: 'none', giveUpMs: 0, datastoreRoots: [ds2] },
+  )
+  t.match(
+    esxiRun.vms[0]?.error,
+    { code: 'E_CONFIG', message: /^VM db01: datastoreRoots are the local driver's, refused with driver "esxi".* map the datastore in esxi\.datastores/ },
+    'replicate(): driver esxi with datastoreRoots',
+  )
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
   // a root given through a symbolic link (a mount point's alias): the link and its target are roots; the .vmx may name either
   const link = join(dir, 'ds2-link')
@@ -363,4 +387,49 @@ t.test('local driver roots: relative, missing or a file is refused with E_CONFIG
   t.same((await viaLink.openVm(vm.vmxPath)).disks[1]?.path, join(ds2, 'db', 'db_1.vmdk'))
   await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(`"${join(ds2, 'db', 'db_1.vmdk')}"`, `"${join(link, 'db', 'db_1.vmdk')}"`))
   t.same(await mirrorDiskNames(await viaLink.openVm(vm.vmxPath), viaLink), ['db.vmdk', 'db_1.vmdk'], 'a disk named through the link opens')
+})
+
+t.test('local driver roots: pinned once: a link re-pointed between load and a read is refused (E_OUTSIDE_ROOT); the .vmx keeps naming its disks through the link', async (t) => {
+  const dir = scratch(t)
+  const ds2 = join(dir, 'ds2')
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'db', disks: [{ sizeBytes: MiB }, { sizeBytes: MiB, folder: join(ds2, 'db') }] })
+  // a mount alias of ds2, through which the .vmx names the second disk
+  const link = join(dir, 'ds2-link')
+  symlinkSync(ds2, link)
+  const viaLink = join(link, 'db', 'db_1.vmdk')
+  await writeFile(vm.vmxPath, (await readFile(vm.vmxPath, 'utf8')).replace(`"${join(ds2, 'db', 'db_1.vmdk')}"`, `"${viaLink}"`))
+  // where the link is re-pointed: a look-alike folder with a disk of the same name (not a root)
+  const elsewhere = join(dir, 'elsewhere')
+  await cp(ds2, elsewhere, { recursive: true })
+  const repoint = async (to: string): Promise<void> => {
+    await rm(link)
+    symlinkSync(to, link)
+  }
+  const real = (p: string): string => realpathSync(p)
+
+  const driver = createLocalDriver({ roots: [link] })
+  const h = await driver.openVm(vm.vmxPath)
+  t.equal(h.disks[1]?.path, viaLink, 'the disk keeps the name the .vmx gives it (never rewritten to the real folder)')
+  t.same(h.realRoots, [real(join(dir, 'ds1')), real(ds2)], 'pinned: the real folders at the first openVm')
+  t.same(await mirrorDiskNames(h, driver), ['db.vmdk', 'db_1.vmdk'], 'read through the link while it leads to the pinned folder')
+  await repoint(elsewhere)
+  const moved = { code: 'E_OUTSIDE_ROOT', message: `${viaLink} resolves to ${join(real(elsewhere), 'db', 'db_1.vmdk')} (through a symbolic link), outside the folders` }
+  await t.rejects(openChain(viaLink, chainOptions(driver, h)), moved, 're-pointed after the load: the chain is refused, not read from the new target')
+  await t.rejects(mirrorDiskNames(h, driver), moved)
+  await t.rejects(
+    driver.openVm(vm.vmxPath),
+    { code: 'E_VMX', message: /^VM db: disk scsi0:1 .*resolves to .*elsewhere.*through a symbolic link/ },
+    'a later openVm of the same driver: the root stayed pinned',
+  )
+  await repoint(ds2)
+  t.same(await mirrorDiskNames(h, driver), ['db.vmdk', 'db_1.vmdk'], 'the link back at the pinned folder: read again')
+
+  // pinned at job load (loadJob runs pinLocalRoots): re-pointed before the VM's cycle starts, the VM is refused before its snapshot
+  const pinned = await pinLocalRoots([link])
+  t.same(pinned, [{ named: link, real: real(ds2) }])
+  await repoint(elsewhere)
+  const { logger } = memoryLogger()
+  const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: join(dir, 'state'), progress: 'none', giveUpMs: 0, datastoreRoots: pinned })
+  t.match(r.vms[0]?.error, { code: 'E_VMX', message: /disk scsi0:1 .*resolves to .*elsewhere.*through a symbolic link/ }, 'replicate() with the roots pinned at load')
+  t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
 })

@@ -45,7 +45,8 @@ export function buildCli(argv: readonly string[], ctx: CliContext = defaultConte
   return y
     .fail((msg, err) => {
       // never let yargs go on after a usage error: the command must not run
-      if (err !== undefined && err !== null) throw err
+      // a parsing error of yargs' own (YError: an option's coerce refused its value, repeatable-option.ts) is a usage error
+      if (err !== undefined && err !== null) throw err.name === 'YError' ? new UsageError(err.message) : err
       throw new UsageError(msg)
     })
     .help()

@@ -17,7 +17,7 @@ import { mirrorCommand } from '../src/commands/mirror.ts'
 import { infoCommand, mapCommand } from '../src/commands/info.ts'
 import { replicateCommand } from '../src/commands/replicate.ts'
 import { jobFromArgs } from '../src/commands/replicate-run.ts'
-import { COMMANDS } from '../src/main.ts'
+import { COMMANDS, main } from '../src/main.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 
@@ -58,12 +58,14 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
     '--token-file',
     secret,
   ]
-  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', '/tmp', 'a.vmx', 'b.vmx', ...common])
+  // a datastore root of its own (not /tmp: a root may not contain the agent's token file)
+  const ds = scratchDir(t)
+  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', ds, 'a.vmx', 'b.vmx', ...common])
   t.same(args['vm'], ['a.vmx', 'b.vmx'], 'both VMs are positionals')
   t.same(args['mail-to'], ['ops@example.net'])
   t.same(args['mail-on'], ['failure'])
   t.same(args['webhook-on'], ['warning'])
-  t.same(args['datastore-root'], ['/tmp'])
+  t.same(args['datastore-root'], [ds])
   const job = await jobFromArgs(args, '/tmp')
   t.same(
     job.vms.map((v) => v.vm),
@@ -81,8 +83,65 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
   )
 })
 
+t.test('every repeatable option refuses an occurrence without a value and its --no- negation: exit 2 naming the flag and what it takes', async (t) => {
+  // the positionals and demanded options a command needs beside the flag under test
+  const beside: Record<string, string[]> = { info: ['x.vmdk'], map: ['x.vmdk'], mirror: ['failover', '--store', '/s', '--vm', 'x'] }
+  const what: Record<string, string> = {
+    'datastore-root': 'DIR',
+    'mail-to': 'ADDRESS',
+    'mail-on': 'OUTCOME (one of success, warning, failure)',
+    'webhook-on': 'OUTCOME (one of success, warning, failure)',
+    'path-map': 'DATASTORE=LOCALPATH',
+    network: "'SOURCE LABEL=DR LABEL'",
+  }
+  const run = async (argv: readonly string[]): Promise<{ code: number; out: string; err: string }> => {
+    let out = ''
+    let err = ''
+    const code = await main(argv, {
+      write: (s) => {
+        out += s
+      },
+      error: (s) => {
+        err += s
+      },
+      stderr: process.stderr,
+    })
+    return { code, out, err }
+  }
+  const found: string[] = []
+  for (const c of COMMANDS) {
+    const name = c.command.split(' ')[0] as string
+    // yargs' own descriptions (not in its typings): a repeatable option's help says how to give several
+    const declared = c.builder(yargs([])) as unknown as { getInternalMethods(): { getUsageInstance(): { getDescriptions(): Record<string, string | undefined> } } }
+    for (const [flag, d] of Object.entries(declared.getInternalMethods().getUsageInstance().getDescriptions())) {
+      if (d?.includes('repeat the flag') !== true) continue
+      found.push(`${name} --${flag}`)
+      const empty = `grainline: --${flag}: no value given: write --${flag} ${what[flag] ?? '?'}, or leave the flag out\n`
+      const negated = `grainline: --no-${flag}: --${flag} takes a value and has nothing to turn off: leave the flag out for none, or give --${flag} ${what[flag] ?? '?'}\n`
+      for (const [argv, message] of [
+        [[`--${flag}=`], empty],
+        [[`--${flag}`, ' '], empty],
+        [[`--${flag}`], empty],
+        [[`--no-${flag}`], negated],
+        [[`--${flag}`, 'x', `--no-${flag}`], negated],
+      ] as const) {
+        const r = await run([name, ...(beside[name] ?? []), ...argv])
+        t.equal(r.code, 2, `${name} ${argv.join(' ')}: exit 2`)
+        t.equal(r.err, `${message}Run "grainline --help" for usage.\n`, `${name} ${argv.join(' ')}`)
+        t.equal(r.out, '')
+      }
+    }
+  }
+  t.same(
+    found.sort(),
+    ['info --path-map', 'map --path-map', 'mirror --network', 'replicate --datastore-root', 'replicate --mail-on', 'replicate --mail-to', 'replicate --webhook-on'],
+    'every repeatable option of every command was tried',
+  )
+})
+
 t.test('replicate: repeated occurrences accumulate; comma lists are split (addresses, events), never paths', async (t) => {
   const secret = tokenFileFixture(scratchDir(t))
+  const ds = scratchDir(t)
   const args = parse(replicateCommand, [
     'replicate',
     '--mail-to',
@@ -99,7 +158,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
     '--datastore-root',
     '/usr',
     '--datastore-root',
-    '/tmp',
+    ds,
     '--to',
     'wss://dr.example.net:7443',
     '--mail-from',
@@ -117,7 +176,7 @@ t.test('replicate: repeated occurrences accumulate; comma lists are split (addre
   t.same(args['mail-to'], ['a@example.net', 'b@example.net', 'c@example.net'], 'comma list split and trimmed, then the repeat')
   t.same(args['mail-on'], ['warning', 'failure'])
   t.same(args['webhook-on'], ['success', 'failure'])
-  t.same(args['datastore-root'], ['/usr', '/tmp'])
+  t.same(args['datastore-root'], ['/usr', ds])
   const job = await jobFromArgs(args, '/tmp')
   t.same(job.email?.to, ['a@example.net', 'b@example.net', 'c@example.net'])
   t.same(job.email?.on, ['warning', 'failure'])

@@ -7,7 +7,8 @@
  */
 import t from 'tap'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { appendFile, readFile, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createSampleVm } from '@grainline/agent'
@@ -163,6 +164,42 @@ t.test("a VM with a disk on a second datastore: refused without --datastore-root
   t.equal(fromJob.code, 0, fromJob.stderr.slice(-2000))
   t.match(fromJob.stdout, /^OK {3}two-ds cycle 2 /)
   t.match(fromJob.stdout, /ok {3}scsi0:1 two-ds_1\.vmdk: incremental, /)
+})
+
+t.test('--datastore-root with --driver esxi: exit 2 before anything runs, naming both flags and esxi.datastores', async (t) => {
+  const dir = scratchDir(t)
+  const token = tokenFileFixture(dir)
+  const ds2 = join(dir, 'ds2')
+  await mkdir(join(dir, 'ds1'), { recursive: true })
+  await mkdir(ds2)
+  await writeFile(join(dir, 'esx.key'), '-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n')
+  const esxi = join(dir, 'esxi.json')
+  await writeFile(esxi, JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` }, datastores: { ds1: 'ds1' } }))
+  const r = await runNode(bin, ['replicate', '--driver', 'esxi', '--esxi-config', esxi, '--datastore-root', ds2, 'db01', '--to', 'wss://127.0.0.1:9', '--token-file', token])
+  t.equal(r.code, 2, r.stderr)
+  t.equal(
+    r.stderr,
+    `grainline: --datastore-root: the local driver's datastore roots, but every VM of this run uses --driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of --esxi-config) and remove --datastore-root\n`,
+  )
+  t.equal(r.stdout, '')
+})
+
+t.test('--datastore-root holding the --token-file (or the --job file): exit 2 before anything runs, naming the root and the file', async (t) => {
+  const dir = scratchDir(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'tok', disks: [{ sizeBytes: MiB }] })
+  const ds2 = join(dir, 'ds2')
+  await mkdir(ds2)
+  const token = join(ds2, 'agent.token')
+  await writeFile(token, 'secret-token-0123456789\n')
+  const r = await runNode(bin, ['replicate', '--datastore-root', ds2, vm.vmxPath, '--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state')])
+  t.equal(r.code, 2, r.stderr)
+  t.ok(r.stderr.startsWith(`grainline: --datastore-root: ${ds2} contains the agent's own ${token} (its state, credentials or settings), which a descriptor could then name and ship: `), r.stderr)
+  const job = join(ds2, 'job.json')
+  await writeFile(job, JSON.stringify({ datastoreRoots: ds2, vms: [vm.vmxPath] }))
+  const j = await runNode(bin, ['replicate', '--job', job, '--to', 'wss://127.0.0.1:9', '--token-file', tokenFileFixture(dir), '--state-dir', join(dir, 'state')])
+  t.equal(j.code, 2, j.stderr)
+  t.ok(j.stderr.startsWith(`grainline: job.datastoreRoots: ${ds2} contains the agent's own ${job} `), j.stderr)
+  t.notOk(existsSync(join(vm.dir, 'tok.vmsd')), 'no snapshot was taken')
 })
 
 const haveScript = (() => {

@@ -7,7 +7,7 @@ import { FlatExtent } from './extent.ts'
 import type { DataRange } from './data-ranges.ts'
 import { DEFAULT_CONCURRENCY, type FileAccess, localFileAccess } from './file-access.ts'
 import { forEachLimited } from './concurrency.ts'
-import { confineFileAccess } from './confined-files.ts'
+import { confineFileAccess, confineOptionsOf } from './confined-files.ts'
 import { type Layer, type PathMap, openLayer, resolveVmdkPath } from './layer.ts'
 import { MapMerger } from './map-merger.ts'
 import { flattenBatches } from './batch-iterator.ts'
@@ -58,6 +58,13 @@ export interface OpenChainOptions {
    * @default DEFAULT_OUTSIDE_ROOT_REMEDY
    */
   rootsRemedy?: string
+  /**
+   * With `roots`: their real paths, pinned by the caller (confineFileAccess's
+   * `realRoots`): a file's real path must lie below one of them, the roots are
+   * not resolved again.
+   * @default each root's real path, resolved when the chain is opened
+   */
+  realRoots?: readonly string[]
   /** @internal open the top layer's files read-write (the writer) */
   writableTop?: boolean
 }
@@ -284,8 +291,7 @@ export class DiskChain {
  */
 export async function openChain(path: string, opts: OpenChainOptions = {}): Promise<DiskChain> {
   const maxDepth = opts.maxDepth ?? 64
-  const files =
-    opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, opts.rootsRemedy === undefined ? {} : { remedy: opts.rootsRemedy })
+  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, confineOptionsOf(opts))
   const layers: Layer[] = []
   const seen = new Set<string>()
   const missingParent = (p: string, err: unknown): VmdkError => {

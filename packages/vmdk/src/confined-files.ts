@@ -30,12 +30,24 @@ export interface ConfineOptions {
    * @default DEFAULT_OUTSIDE_ROOT_REMEDY
    */
   readonly remedy?: string
+  /**
+   * The roots' real paths, resolved once by the caller (pinned when its run
+   * started): a file's real path must then lie below one of these, and the
+   * roots themselves are never resolved again, so a root reached through a
+   * symbolic link that is re-pointed later moves nothing (what the link led
+   * to then is the root). The names in `roots` still bound the names a file is
+   * reached by; a .vmx or descriptor keeps naming its files through them.
+   * @default each root's real path, resolved at this access's first check of a path through it (a failure is retried)
+   */
+  readonly realRoots?: readonly string[]
 }
 
 /**
  * A {@link FileAccess} that refuses, with `VmdkError` `E_OUTSIDE_ROOT` naming
  * the path, anything outside `roots`: first by the path as given (normalized),
- * then by its real path (`files.realpath`, when the access has one). A path
+ * then by its real path (`files.realpath`, when the access has one) against
+ * the roots' real paths (`opts.realRoots` when the caller pinned them, else
+ * resolved here). A path
  * that does not exist passes (its open then reports `E_NOT_FOUND`). The check
  * runs right before each stat/open; a folder of the path replaced by a link in
  * between is not caught (the readers open what they checked a moment before).
@@ -43,6 +55,7 @@ export interface ConfineOptions {
 export function confineFileAccess(files: FileAccess, roots: readonly string[], opts: ConfineOptions = {}): FileAccess {
   const remedy = opts.remedy ?? DEFAULT_OUTSIDE_ROOT_REMEDY
   const named = roots.map((r) => resolve(r))
+  const pinned = opts.realRoots?.map((r) => resolve(r))
   // real paths of the roots (on ESXi /vmfs/volumes/<name> is a link to /vmfs/volumes/<uuid>); a failure is retried next time
   const real = new Map<string, string>()
   const realRoot = async (r: string): Promise<string> => {
@@ -75,6 +88,11 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[], o
       if (!strict && (err as { code?: unknown } | null)?.code === 'ENOENT') return abs
       throw err
     }
+    if (pinned !== undefined) {
+      // pinned: the real folders of then, never the ones the roots' names lead to now
+      if (!pinned.some((r) => isInsideRoot(rp, r))) throw refuse(p, `${p} resolves to ${rp} (through a symbolic link)`)
+      return rp
+    }
     if (named.some((r) => isInsideRoot(rp, r))) return rp
     const realRoots = await Promise.all(named.map(realRoot))
     if (!realRoots.some((r) => isInsideRoot(rp, r))) throw refuse(p, `${p} resolves to ${rp} (through a symbolic link)`)
@@ -93,4 +111,9 @@ export function confineFileAccess(files: FileAccess, roots: readonly string[], o
     ...(files.maxReadBytes === undefined ? {} : { maxReadBytes: files.maxReadBytes }),
     ...(files.concurrency === undefined ? {} : { concurrency: files.concurrency }),
   })
+}
+
+/** The {@link ConfineOptions} of a reader's options (`rootsRemedy`, `realRoots`). */
+export function confineOptionsOf(opts: { readonly rootsRemedy?: string; readonly realRoots?: readonly string[] }): ConfineOptions {
+  return { ...(opts.rootsRemedy === undefined ? {} : { remedy: opts.rootsRemedy }), ...(opts.realRoots === undefined ? {} : { realRoots: opts.realRoots }) }
 }

@@ -5,7 +5,7 @@ import { type Descriptor, MAX_DESCRIPTOR_BYTES, parseDescriptor, buildDescriptor
 import { decodeDescriptor } from './descriptor-encoding.ts'
 import { type Extent, type ExtentWalk, type Run, FlatExtent, ZeroExtent } from './extent.ts'
 import { type FileAccess, localFileAccess } from './file-access.ts'
-import { confineFileAccess } from './confined-files.ts'
+import { confineFileAccess, confineOptionsOf } from './confined-files.ts'
 import { HostedSparseExtent, KDMV_MAGIC } from './hosted-sparse-extent.ts'
 import { CowdExtent, COWD_MAGIC } from './cowd-extent.ts'
 import { SeSparseExtent } from './sesparse-extent.ts'
@@ -199,6 +199,8 @@ export interface OpenLayerOptions {
   roots?: readonly string[]
   /** with `roots`: what an `E_OUTSIDE_ROOT` message tells the operator to do (as `openChain`'s `rootsRemedy`) */
   rootsRemedy?: string
+  /** with `roots`: their real paths, pinned by the caller (as `openChain`'s `realRoots`) */
+  realRoots?: readonly string[]
 }
 
 /**
@@ -207,8 +209,7 @@ export interface OpenLayerOptions {
  */
 export async function openLayer(path: string, opts: OpenLayerOptions = {}): Promise<Layer> {
   const writable = opts.writable === true
-  const files =
-    opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, opts.rootsRemedy === undefined ? {} : { remedy: opts.rootsRemedy })
+  const files = opts.roots === undefined ? (opts.files ?? localFileAccess) : confineFileAccess(opts.files ?? localFileAccess, opts.roots, confineOptionsOf(opts))
   // a text descriptor is only ever replaced by rename, so open read-only until we know the kind
   let file = await DiskFile.open(files, path, { role: opts.role ?? 'disk' })
   const opened: Extent[] = []

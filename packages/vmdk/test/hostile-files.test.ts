@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
@@ -280,4 +280,33 @@ t.test('with roots, legitimate chains still open: a linked clone in another VM f
   // a missing parent inside the roots is still reported as missing
   writeFileSync(clone, readFileSync(clone, 'utf8').replace('"/vmfs/volumes/ds-name/base/vm.vmdk"', '"../base/gone.vmdk"'))
   await t.rejects(openChain(clone, { roots: [ds] }), { code: 'E_CHAIN_MISSING', file: clone })
+})
+
+t.test('with realRoots (pinned by the caller), a root named through a link re-pointed later moves nothing; the names stay as given', async (t) => {
+  const dir = t.testdir()
+  const ds = join(dir, 'ds')
+  mkdirSync(join(ds, 'base'), { recursive: true })
+  await chain(join(ds, 'base'))
+  // the caller's alias of the datastore, and a look-alike folder it will be re-pointed at
+  const alias = join(dir, 'ds-alias')
+  symlinkSync(ds, alias)
+  const other = join(dir, 'other')
+  mkdirSync(other)
+  execFileSync('cp', ['-r', join(ds, 'base'), other])
+  const named = join(alias, 'base', 'vm.vmdk')
+  const pinned = { roots: [alias], realRoots: [realpathSync(ds)] }
+  const c = await openChain(named, pinned)
+  t.equal(c.layers[0]?.path, named, 'the chain keeps the name it was opened by')
+  await c.close()
+  rmSync(alias)
+  symlinkSync(other, alias)
+  const moved = { code: 'E_OUTSIDE_ROOT', message: new RegExp(`resolves to ${realpathSync(other)}/base/vm\\.vmdk \\(through a symbolic link\\)`) }
+  await t.rejects(openChain(named, pinned), moved, 'openChain: refused, not read from the new target')
+  await t.rejects(openLayer(named, pinned), moved, 'openLayer')
+  await t.rejects(confineFileAccess(localFileAccess, [alias], { realRoots: pinned.realRoots }).stat(named), moved, 'confineFileAccess')
+  // without realRoots the root is resolved where the name leads now (the default, for callers that do not pin)
+  await t.resolves(
+    openChain(named, { roots: [alias] }).then(async (c) => await c.close()),
+    'unpinned: the root follows the link',
+  )
 })

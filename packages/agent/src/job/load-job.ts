@@ -8,6 +8,8 @@
  */
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
+import { defaultStateDir } from '../agent-state.ts'
+import { pinLocalRoots } from '../local-driver.ts'
 import { checkReceiverUrl } from '../receiver-url.ts'
 import type { ReplicateInit } from '../replicate.ts'
 import { toEsxiDriverInit, definedOnly } from './esxi-settings-schema.ts'
@@ -162,10 +164,33 @@ export async function loadJob(src: JobSources): Promise<Job> {
   for (const vm of src.vms ?? []) entries.push({ vm, label: `VM ${JSON.stringify(vm)}`, layers: [...fileLayers, flagLayer], baseDir: cwd })
   if (entries.length === 0) throw new ConfigError(['name a VM (a .vmx path or, with --driver esxi, a VM name) or a --job file'])
 
-  const vms: VmJob[] = []
+  // the local driver's roots given where no VM can use them are refused, not dropped (below, per VM)
+  const anyLocal = entries.some((e) => (pick(e.layers, 'driver')?.value ?? 'local') === 'local')
+  // every file of the agent's this job names (any VM's, any layer's): no datastore root of any VM may contain one
+  const ownFiles = [...(src.file === undefined ? [] : [resolve(cwd, src.file)]), ...jobFilesOf(jobLevel), ...entries.flatMap((e) => e.layers.flatMap((l) => vmFilesOf(l.values)))].filter(
+    (p, i, all) => all.indexOf(p) === i,
+  )
+  const resolved: Array<{ vm: VmJob; rootsFrom: string }> = []
   for (const e of entries) {
-    const vm = resolveVm(e, names, problems)
-    if (vm !== undefined) vms.push(vm)
+    const vm = resolveVm(e, names, problems, anyLocal, ownFiles)
+    if (vm !== undefined) resolved.push({ vm, rootsFrom: pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots' })
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  // the local VMs' roots pinned now, once for the run (their real paths: a link re-pointed later moves
+  // nothing), and checked against the agent's own files (replicate() checks the pinned roots again)
+  const vms: VmJob[] = []
+  for (const { vm, rootsFrom } of resolved) {
+    if (vm.datastoreRoots === undefined) {
+      vms.push(vm)
+      continue
+    }
+    try {
+      const pinned = await pinLocalRoots(vm.datastoreRoots, rootsFrom, [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles])
+      vms.push({ ...vm, datastoreRoots: pinned })
+    } catch (err) {
+      const m = (err as Error).message
+      if (!problems.includes(m)) problems.push(m)
+    }
   }
   if (problems.length > 0) throw new ConfigError(problems)
   return definedOnly({
@@ -178,12 +203,46 @@ export async function loadJob(src: JobSources): Promise<Job> {
   }) as Job
 }
 
+/** The files a VM's options name that hold the agent's secrets or trust: token, CA, esxi key and settings file. */
+function vmFilesOf(o: VmOptions): string[] {
+  const esxi = o.esxi
+  return [o.tokenFile?.path, o.caFile?.path, esxi?.ssh.privateKeyFile, esxi !== undefined && 'settingsFile' in esxi ? esxi.settingsFile : undefined].filter((p): p is string => p !== undefined)
+}
+
+/** The files the job-level settings name: the SMTP password and CA, each webhook's secret and CA. */
+function jobFilesOf(j: { email?: EmailSettings; webhooks?: readonly WebhookSettings[] }): string[] {
+  return [j.email?.smtp.passwordFile?.path, j.email?.smtp.caFile?.path, ...(j.webhooks ?? []).flatMap((w) => [w.secretFile.path, w.caFile?.path])].filter((p): p is string => p !== undefined)
+}
+
 function stripJobOnly(o: VmOptions & { bwlimit?: unknown; parallel?: unknown }): VmOptions {
   const { bwlimit: _b, parallel: _p, ...rest } = o
   return rest
 }
 
-function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: string }, names: Readonly<Record<string, string>>, problems: string[]): VmJob | undefined {
+/**
+ * `datastoreRoots` reaching a VM of the esxi driver, which reads only the
+ * datastores its settings map: a mistake, unless the key is shared by the
+ * job's VMs (top level, `defaults`, a flag) and some of them use the local
+ * driver — then it is theirs, and this VM does without it. The message is the
+ * same for every VM it concerns (said once).
+ */
+function esxiRootsProblem(e: { vm: string; label: string; layers: Layer[] }, names: Readonly<Record<string, string>>, anyLocal: boolean): string | undefined {
+  const roots = pick(e.layers, 'datastoreRoots')
+  if (roots === undefined) return undefined
+  const own = e.layers.findLast((l) => l.values.datastoreRoots !== undefined)?.label === e.label
+  if (!own && anyLocal) return undefined
+  const driverFrom = pick(e.layers, 'driver')?.from ?? names['driver'] ?? '--driver'
+  const esxiFrom = pick(e.layers, 'esxi')?.from ?? names['esxi'] ?? '--esxi-config'
+  return `${roots.from}: the local driver's datastore roots, but ${own ? `VM ${JSON.stringify(e.vm)}` : 'every VM of this run'} uses ${driverFrom} "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores (the esxi settings of ${esxiFrom}) and remove ${roots.from}`
+}
+
+function resolveVm(
+  e: { vm: string; label: string; layers: Layer[]; baseDir: string },
+  names: Readonly<Record<string, string>>,
+  problems: string[],
+  anyLocal: boolean,
+  ownFiles: readonly string[],
+): VmJob | undefined {
   const L = e.layers
   const val = <K extends keyof VmOptions>(k: K): VmOptions[K] => pick(L, k)?.value
   const before = problems.length
@@ -203,6 +262,9 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
         : undefined
   if (tokenPick?.secret === undefined) problems.push(`${e.label}: no token: set "tokenFile" (or ${names['tokenFile'] ?? '--token-file'} FILE)`)
   if (driver === 'esxi' && esxi === undefined) problems.push(`${e.label}: driver "esxi" needs its settings: set "esxi" (or ${names['esxi'] ?? '--esxi-config'} FILE)`)
+  const rootsProblem = driver === 'esxi' ? esxiRootsProblem(e, names, anyLocal) : undefined
+  // said once for all the VMs it concerns
+  if (rootsProblem !== undefined && !problems.includes(rootsProblem)) problems.push(rootsProblem)
   const insecurePlaintext = val('insecurePlaintext') === true
   if (to !== undefined) {
     try {
@@ -211,7 +273,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
       problems.push(`${to.from}: ${(err as Error).message}`)
     }
   }
-  if (problems.length > before) return undefined
+  if (problems.length > before || rootsProblem !== undefined) return undefined
   const ca = pick(L, 'caFile')
   const giveUp = val('giveUp')
   const maxBackoff = val('maxBackoff')
@@ -232,6 +294,7 @@ function resolveVm(e: { vm: string; label: string; layers: Layer[]; baseDir: str
     insecurePlaintext: insecurePlaintext ? true : undefined,
     deltaFormat: val('deltaFormat'),
     datastoreRoots: driver === 'local' ? val('datastoreRoots') : undefined,
+    ownFiles: driver === 'local' && ownFiles.length > 0 ? ownFiles : undefined,
     certify: val('certify'),
     trivialMiB: val('trivialMiB'),
     compress: val('compress'),

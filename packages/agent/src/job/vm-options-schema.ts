@@ -18,7 +18,12 @@ import { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
 
 export { CertifyChoices, DeltaFormats, DriverNames } from './choices.ts'
 
-/** `esxi`: the settings object, or the path of a JSON file holding it (relative to the file naming it). */
+/**
+ * `esxi`: the settings object, or the path of a JSON file holding it
+ * (relative to the file naming it); read from a file, the settings keep its
+ * path (`settingsFile`: one of the agent's own files, which no datastore root
+ * may contain).
+ */
 function esxiField(ctx: SchemaContext) {
   return z.union([
     pathField(ctx).transform(async (file, c) => {
@@ -27,7 +32,7 @@ function esxiField(ctx: SchemaContext) {
         for (const m of r.problems) c.addIssue({ code: 'custom', message: m })
         return z.NEVER
       }
-      return r.value
+      return { ...r.value, settingsFile: file }
     }),
     esxiSettingsSchema(ctx),
   ])
@@ -50,7 +55,7 @@ export function vmOptionsShape(ctx: SchemaContext) {
     deltaFormat: doc(z.enum(DeltaFormats).optional(), { description: 'local driver: delta format of new snapshots.', default: '"sesparse"' }),
     datastoreRoots: doc(z.union([absoluteDirField().transform((p) => [p]), z.array(absoluteDirField()).min(1).max(MAX_DATASTORE_ROOTS)]).optional(), {
       description:
-        "local driver: more folders the VM's files may be read from: its other datastores (a VM whose .vmx names a disk on a second datastore, an NFS mount on a Linux proxy). Absolute paths of existing folders, symbolic links resolved when the run starts. The folder that holds the VM's folder is always readable and these add to it; a disk, extent, parent or nvram outside all of them is refused (E_VMX, E_OUTSIDE_ROOT). Like every per-VM option, a VM's own list replaces the job's. Ignored by the esxi driver (its `datastores`).",
+        "local driver: more folders the VM's files may be read from: its other datastores (a VM whose .vmx names a disk on a second datastore, an NFS mount on a Linux proxy). Absolute paths of existing folders, pinned when the job is loaded: each one's real path is resolved then, and a file is read only when its real path lies below one of those (a symbolic link re-pointed during the run moves nothing). The folder that holds the VM's folder is always readable and these add to it; a disk, extent, parent or nvram outside all of them is refused (E_VMX, E_OUTSIDE_ROOT). Like every per-VM option, a VM's own list replaces the job's. Not for the esxi driver (it reads the datastores of `esxi.datastores`): on a VM entry of an esxi VM, or where no VM of the job uses the local driver (`--driver esxi`), refused; at the top level or in `defaults` of a job that also has local VMs, theirs only.",
       default: "the folder that holds the VM's folder",
       type: 'path or array of paths',
       example: '["/vmfs/volumes/ds2", "/mnt/nfs/ds3"]',

@@ -20,7 +20,7 @@ export const infoCommand: CliCommand = {
     y
       .positional('disk', { type: 'string', demandOption: true, describe: 'descriptor (.vmdk) of any layer' })
       .option('output', { alias: 'o', choices: ['json', 'human'] as const, default: 'human' as const })
-      .option('path-map', repeatableOption('DATASTORE=LOCALPATH for absolute /vmfs/volumes/... parent hints')),
+      .option('path-map', repeatableOption('path-map', 'DATASTORE=LOCALPATH for absolute /vmfs/volumes/... parent hints', { value: 'DATASTORE=LOCALPATH' })),
   async run(args, ctx) {
     const { infoCommand: describeDisk } = await import('./disk-info.ts')
     await describeDisk({ disk: String(args['disk']), output: args['output'] === 'json' ? 'json' : 'human', pathMap: pathMapOf(args['path-map']), write: ctx.write })
@@ -35,7 +35,7 @@ export const mapCommand: CliCommand = {
     y
       .positional('disk', { type: 'string', demandOption: true })
       .option('output', { alias: 'o', choices: ['json', 'human'] as const, default: 'human' as const })
-      .option('path-map', repeatableOption('DATASTORE=LOCALPATH for absolute parent hints')),
+      .option('path-map', repeatableOption('path-map', 'DATASTORE=LOCALPATH for absolute parent hints', { value: 'DATASTORE=LOCALPATH' })),
   async run(args, ctx) {
     const { mapCommand: mapDisk } = await import('./disk-info.ts')
     await mapDisk({ disk: String(args['disk']), output: args['output'] === 'json' ? 'json' : 'human', pathMap: pathMapOf(args['path-map']), write: ctx.write })

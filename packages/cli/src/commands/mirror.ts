@@ -33,7 +33,7 @@ export const mirrorCommand: CliCommand = {
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
       .option('point', { type: 'number', describe: 'failover: run this restore point instead of the mirror' })
       .option('to', { type: 'string', describe: 'failover: the VM folder to prepare (default STORE/.failover/VM-point-K); on a datastore of --register' })
-      .option('network', repeatableOption("failover: map a network label, 'VM Network=DR Network'"))
+      .option('network', repeatableOption('network', "failover: map a network label, 'VM Network=DR Network'", { value: "'SOURCE LABEL=DR LABEL'" }))
       .option('connect-nics', { type: 'boolean', default: false, describe: 'failover: connect the NICs at power-on (default: not connected)' })
       .option('register', { type: 'string', describe: 'failover: esxi driver settings (esxi.json) of the DR host: register the VM there with vim-cmd solo/registervm over SSH' })
       .option('format', { choices: ['sesparse', 'vmfssparse'] as const, default: 'sesparse' as const, describe: 'failover: format of the writable child disks' })

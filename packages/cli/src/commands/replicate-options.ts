@@ -54,7 +54,9 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     // repeated, not a yargs array: an array would swallow the .vmx paths that follow it (no comma list: a path may hold one)
     list: true,
     yargs: repeatableOption(
+      'datastore-root',
       "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder). The folder that holds the VM's folder is always readable; a disk outside every such folder is refused (E_VMX)",
+      { value: 'DIR' },
     ),
   },
   { flag: 'certify', key: 'certify', level: 'vm', yargs: s('full digest of source and mirror after commit (default none)', { choices: CertifyChoices }) },
@@ -121,14 +123,18 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     ),
   },
   { flag: 'report', key: 'report', level: 'job', path: true, yargs: s('write the JSON report to this file') },
-  { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: repeatableOption('e-mail the report to this address', { commaList: true }) },
+  { flag: 'mail-to', key: 'email.to', level: 'job', list: true, yargs: repeatableOption('mail-to', 'e-mail the report to this address', { commaList: true, value: 'ADDRESS' }) },
   { flag: 'mail-from', key: 'email.from', level: 'job', yargs: s('sender address of the report e-mail') },
   {
     flag: 'mail-on',
     key: 'email.on',
     level: 'job',
     list: true,
-    yargs: repeatableOption('send the e-mail after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { commaList: true, choices: NotifyOutcomes }),
+    yargs: repeatableOption('mail-on', 'send the e-mail after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', {
+      commaList: true,
+      choices: NotifyOutcomes,
+      value: 'OUTCOME',
+    }),
   },
   { flag: 'mail-layout', key: 'email.layout', level: 'job', yargs: s('e-mail layout (default auto: certified when a VM was certified)', { choices: EmailLayouts }) },
   { flag: 'smtp-host', key: 'email.smtp.host', level: 'job', yargs: s('SMTP server') },
@@ -144,7 +150,11 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     key: 'webhooks.on',
     level: 'job',
     list: true,
-    yargs: repeatableOption('POST after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', { commaList: true, choices: NotifyOutcomes }),
+    yargs: repeatableOption('webhook-on', 'POST after clean runs, runs with a warning, failed runs (default all; failure covers warnings)', {
+      commaList: true,
+      choices: NotifyOutcomes,
+      value: 'OUTCOME',
+    }),
   },
 ]
 
