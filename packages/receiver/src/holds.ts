@@ -16,7 +16,7 @@
  * naming the hold) is removed, never one inside a VM folder of the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { lstat, mkdir, readdir, realpath, rm, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises'
 import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
@@ -152,10 +152,12 @@ export async function openPoint(
     const vmxPath = join(abs, `${vm}.vmx`)
     const suffix = opts.vmx?.suffix ?? (cycle === state.committedCycle ? ` (${kind === 'failover' ? 'failover' : 'opened'})` : ` (point ${cycle})`)
     // the point's own .vmx (point-config.ts), read as a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
+    // durable as the marker (fsync'ed, renamed, the folder fsync'ed): a crash after the open returned never leaves the
+    // opened VM without its .vmx or with an empty one (the operator would register or boot a folder that is not whole)
     const text = await pointConfigText(m.paths, state, cycle, opts.logger)
-    if (text !== undefined) await writeFile(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
+    if (text !== undefined) await writeFileAtomic(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
     try {
-      await writeFile(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES))
+      await writeFileAtomic(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES))
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }

@@ -87,7 +87,9 @@ export interface VmStatus {
   /**
    * restore point files missing, not regular files, or shorter than their
    * point's capacity requires (looked at with lstat only; not while a commit
-   * is to roll forward): restoring that point, or an older one, fails
+   * is to roll forward): restoring that point, or an older one, fails. On
+   * the Ceph store: point snapshots missing or smaller than the point's
+   * capacity (ceph-overview.ts cephDamagedPoints), `file` naming `POOL/IMAGE@SNAP`
    */
   readonly damagedPoints?: readonly DamagedPointFile[]
   /** why the VM's state could not be read */

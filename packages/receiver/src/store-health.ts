@@ -9,7 +9,8 @@
  * - CRITICAL: a failed trivial check or certify, a diverged disk (the next
  *   cycle must resync it), a modified mirror (someone booted or edited it),
  *   a restore point whose files are missing, not regular files or truncated
- *   (a restore of it would fail),
+ *   (a restore of it would fail) — on the Ceph store, whose snapshots are
+ *   missing or smaller than its capacity,
  *   a state that cannot be read, or a last commit older than `maxAgeMs`;
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
@@ -128,7 +129,7 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions & { readonly
 
 /**
  * The problem of a VM whose restore point files are damaged (store-admin.ts
- * `damagedPoints`): which point, disk and file, and what to do. A point's
+ * `damagedPoints`; on a `ceph:` store its snapshots, ceph-overview.ts): which point, disk and file, and what to do. A point's
  * chain reads through the newer points only, so the points after the newest
  * damaged one still restore; a prune keeping just those drops the damaged
  * ones (the oldest go by removal, with no merge).
@@ -141,7 +142,12 @@ function damagedPointsProblem(vm: VmStatus, store: string | undefined): string |
   const shown = list.slice(0, 3).map((d) => `point ${d.cycle} disk ${d.disk}: ${d.file} ${d.problem}`)
   if (list.length > 3) shown.push(`${list.length - 3} more`)
   const prune = `grainline points prune --store ${store ?? 'STORE'} --vm ${vm.vm} --keep ${keep}`
-  return `restore point file${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; put back the VM's .grainline/points folder from a backup, or drop point ${newest} and the older ones (${prune}${keep === 0 ? ': the next cycles make new points' : keep === 1 ? ': the newer point stays' : `: the ${keep} newer points stay`})`
+  const stays = keep === 0 ? ': the next cycles make new points' : keep === 1 ? ': the newer point stays' : `: the ${keep} newer points stay`
+  // a Ceph point is RBD snapshots (ceph-overview.ts cephDamagedPoints): no folder to put back, a removed snapshot cannot come back
+  if (store?.startsWith('ceph:') === true) {
+    return `restore point snapshot${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; drop point ${newest} and the older ones (${prune}${stays})`
+  }
+  return `restore point file${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; put back the VM's .grainline/points folder from a backup, or drop point ${newest} and the older ones (${prune}${stays})`
 }
 
 const perfLabel = (vm: string): string => `'${vm.replace(/'/g, "''").replace(/[=]/g, '_')}_age'`

@@ -3,7 +3,10 @@
  * temporary file fsync'ed, renamed over the marker's name, the folder
  * fsync'ed (fs-util.ts writeFileAtomic). A plain write left it in the page
  * cache: a crash (power loss) could leave an empty marker, and `points
- * close` then refused the folder as not its own.
+ * close` then refused the folder as not its own. The opened point's .vmx and
+ * .nvram are written the same way: plain writes left them in the page cache,
+ * and a crash after the open returned could leave the folder without them or
+ * with empty ones.
  */
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
@@ -86,4 +89,46 @@ t.test('points close: a folder holding only the marker temporary file (a crash b
     'a file that is not the marker temporary file: refused as before',
   )
   t.ok(existsSync(join(other, 'notes.txt')), 'nothing removed')
+})
+
+t.test("points open: the opened point's .vmx and .nvram are written to temporary files, fsynced, renamed, and the folder fsynced", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-config'
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 5), 'cd02cd02cd02cd02')])
+  a.close()
+
+  // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
+  const synced: string[] = []
+  const probe = await open(join(env.dir, 'probe'), 'w')
+  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync'] }
+  await probe.close()
+  const sync = proto.sync
+  proto.sync = function (this: FileHandle) {
+    try {
+      synced.push(readlinkSync(`/proc/self/fd/${this.fd}`))
+    } catch {
+      // a descriptor closed meanwhile: nothing to name
+    }
+    return sync.call(this)
+  }
+  t.teardown(() => {
+    proto.sync = sync
+  })
+  const dir = join(env.dir, 'opened')
+  const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
+  proto.sync = sync
+  t.equal(o.vmx, join(dir, `${vm}.vmx`))
+  t.match(readFileSync(o.vmx, 'utf8'), /displayName = ".* \(opened\)"/, "the .vmx is the point's, marked")
+  t.ok(readFileSync(join(dir, `${vm}.nvram`)).equals(readFileSync(join(env.store, vm, `${vm}.nvram`))), "the .nvram is the mirror's")
+  for (const name of [`${vm}.vmx`, `${vm}.nvram`]) {
+    const file = join(dir, name)
+    const tmp = synced.findIndex((p) => p.startsWith(`${file}.tmp-`))
+    t.ok(tmp >= 0, `${name}: its temporary file was fsynced before its rename (synced: ${synced.join(', ')})`)
+    t.ok(synced.indexOf(dir, tmp) > tmp, `${name}: then the folder, so that the rename is durable`)
+  }
+  const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
+  t.equal(closed.length, 1, 'the close finds its marker and drops the hold')
 })

@@ -3,12 +3,16 @@
 // session writes it or a point is open; a removal killed after its rename is
 // finished by the next one, of another VM or of the same VM run again; a hostile store's links and tombstones never lead
 // it outside the store; the VM's place under maxVms is free again and the
-// next cycle of the VM is a seed.
+// next cycle of the VM is a seed. Hostile names (separators, "..", NUL,
+// overlong) are E_BAD_NAME; a linked mirror folder or .grainline and a FIFO
+// at the VM's name are E_STORE_FILE with nothing removed; links and FIFOs
+// inside a mirror are never followed or opened; a name stored longer than a
+// VmOpen now accepts (by an older receiver) is still removable.
 import t from 'tap'
 import type { Test } from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { MessageKind } from '@grainline/protocol'
@@ -253,3 +257,67 @@ t.test("the tombstone of a removal killed after its rename counts against no tok
   b.close()
   t.equal((r as { committed?: { cycle: number } }).committed?.cycle, 1, `another VM of 2 MiB fits: the removed VM no longer counts (${String(r instanceof Error ? r.message : '')})`)
 })
+
+t.test(
+  'hostile names and entries: separators, "..", NUL, overlong, a linked mirror folder, a FIFO, a linked .grainline: nothing outside the store is removed; a name stored long by an older receiver is still removable',
+  async (t) => {
+    const env = makeEnv(scratchDir(t))
+    await withVm(t, env, 'vm-h', 1)
+    const flat = join(env.store, 'vm-h', 'd-flat.vmdk')
+    // names: typed E_BAD_NAME, nothing read or removed
+    for (const bad of ['..', '.', '', 'a/b', '../vm-h', 'vm-h/..', '/vm-h', 'a\\b', 'vm\u0000h', 'vm-h\n', 'x'.repeat(256), `${'é'.repeat(128)}`]) {
+      await t.rejects(removeMirror(env.store, bad, log), { code: 'E_BAD_NAME' }, `name ${JSON.stringify(bad.slice(0, 20))} (${Buffer.byteLength(bad)} bytes): E_BAD_NAME`)
+    }
+    t.ok(existsSync(flat), 'vm-h untouched')
+
+    // the mirror folder is a link to a whole mirror outside the store: refused, typed; neither the link's target nor the link's name removed
+    const outside = join(env.dir, 'outside')
+    mkdirSync(outside)
+    cpSync(join(env.store, 'vm-h'), join(outside, 'vm-copy'), { recursive: true })
+    symlinkSync(join(outside, 'vm-copy'), join(env.store, 'vm-link'))
+    await t.rejects(removeMirror(env.store, 'vm-link', log), { code: 'E_STORE_FILE', message: /vm-link/ }, 'a linked mirror folder: E_STORE_FILE, named')
+    t.ok(existsSync(join(outside, 'vm-copy', 'd-flat.vmdk')), 'the folder it points to is whole')
+    t.ok(lstatSync(join(env.store, 'vm-link')).isSymbolicLink(), 'the link is left for the operator')
+
+    // a mirror whose .grainline is a link to another VM's: refused, nothing removed
+    mkdirSync(join(env.store, 'vm-g'))
+    symlinkSync(join(env.store, 'vm-h', '.grainline'), join(env.store, 'vm-g', '.grainline'))
+    await t.rejects(removeMirror(env.store, 'vm-g', log), { code: 'E_STORE_FILE', message: /vm-g\/\.grainline is a symbolic link/ }, 'a linked .grainline: E_STORE_FILE')
+    t.ok(existsSync(join(env.store, 'vm-h', '.grainline', 'state.json')), "the other VM's state is whole")
+
+    // a FIFO where the VM's folder would be: refused at once (never opened: no hang)
+    execFileSync('mkfifo', [join(env.store, 'vm-fifo')])
+    await t.rejects(removeMirror(env.store, 'vm-fifo', log), { code: 'E_STORE_FILE', message: /vm-fifo is a FIFO/ }, 'a FIFO: E_STORE_FILE, no hang')
+    t.ok(lstatSync(join(env.store, 'vm-fifo')).isFIFO(), 'the FIFO is left')
+    t.same(
+      readdirSync(env.store).filter((n) => n.startsWith(REMOVED_PREFIX)),
+      [],
+      'no tombstone made',
+    )
+
+    // a mirror holding a link to a folder outside the store and a FIFO: removed, the link never followed (nor counted), the FIFO never opened
+    await withVm(t, env, 'vm-f', 1)
+    symlinkSync(outside, join(env.store, 'vm-f', 'escape'))
+    symlinkSync(outside, join(env.store, 'vm-f', '.grainline', 'escape'))
+    execFileSync('mkfifo', [join(env.store, 'vm-f', 'pipe')])
+    const rf = await removeMirror(env.store, 'vm-f', log)
+    t.match(rf, { vm: 'vm-f', committedCycle: 1 }, 'removed')
+    t.ok(rf.bytes < 64 * MiB, `only its own bytes counted (${rf.bytes})`)
+    t.notOk(existsSync(join(env.store, 'vm-f')), 'its folder is gone')
+    t.ok(existsSync(join(outside, 'vm-copy', 'd-flat.vmdk')), 'what its links pointed to is whole')
+
+    // a VM name of 240 bytes (above the 227 a VmOpen now accepts) stored by an older receiver: still removed, whole
+    const long = `vm-${'l'.repeat(237)}`
+    t.equal(Buffer.byteLength(long), 240)
+    await withVm(t, env, 'vm-old', 1)
+    renameSync(join(env.store, 'vm-old'), join(env.store, long))
+    const statePath = join(env.store, long, '.grainline', 'state.json')
+    writeFileSync(statePath, JSON.stringify({ ...JSON.parse(readFileSync(statePath, 'utf8')), vm: long }))
+    t.equal((await storeStatus(env.store)).vms.find((v) => v.vm === long)?.committedCycle, 1, 'status lists the long-named VM')
+    const r = await removeMirror(env.store, long, log)
+    t.match(r, { vm: long, committedCycle: 1, disks: ['d.vmdk'], resumed: false }, 'the long-named VM is removed')
+    t.notOk(existsSync(join(env.store, long)), 'its folder is gone')
+    t.ok(existsSync(flat), 'vm-h untouched')
+    t.ok(existsSync(join(outside, 'vm-copy', '.grainline', 'state.json')), 'outside untouched')
+  },
+)
