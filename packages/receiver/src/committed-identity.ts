@@ -44,8 +44,8 @@ export function committedIdentityProblem(value: unknown): string | undefined {
   if (value === undefined) return undefined
   const o = value as Record<string, unknown> | null
   if (o === null || typeof o !== 'object' || Array.isArray(o)) return 'which is not a record of a committed cycle'
-  const keys = Object.keys(o)
-  if (keys.length !== 3 || !['cycle', 'generation', 'id'].every((k) => keys.includes(k))) return 'which has other fields than cycle, generation and id'
+  // fields beside these three are a later receiver's (a downgrade keeps its state readable): ignored, never reported
+  if (!['cycle', 'generation', 'id'].every((k) => Object.hasOwn(o, k))) return 'which lacks one of cycle, generation and id'
   if (!Number.isSafeInteger(o['cycle']) || (o['cycle'] as number) < 1) return 'whose cycle is not a positive integer'
   if (typeof o['generation'] !== 'string' || !/^[0-9a-f]{32}$/.test(o['generation'])) return 'whose generation is not 32 lowercase hex digits'
   if (typeof o['id'] !== 'string' || !/^[0-9a-f]{64}$/.test(o['id'])) return 'whose id is not 64 lowercase hex digits (SPEC §5.10)'
