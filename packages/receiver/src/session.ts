@@ -454,7 +454,7 @@ export class Session {
 
   private async onRollback(): Promise<void> {
     const vm = this.mirror
-    const committedCycle = vm instanceof VmMirror ? await vm.rollback(this.vmProgressOf(this.vmName, 'undo')) : await vm.rollback()
+    const committedCycle = await vm.rollback(this.vmProgressOf(this.vmName, 'undo'))
     this.send({ kind: MessageKind.RolledBack, vm: this.vmName, committedCycle })
   }
 

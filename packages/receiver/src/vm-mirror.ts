@@ -28,7 +28,7 @@ const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: str
 import { POINTS_DIR, pointFileName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
-import { workProgressLog, type WorkProgress } from './work-progress.ts'
+import { alsoTo, workProgressLog, type WorkProgress } from './work-progress.ts'
 import { savePointConfig } from './point-config.ts'
 import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
@@ -771,14 +771,4 @@ export class VmMirror {
     }
     await this.save(next)
   }
-}
-
-/** `logged`, and `more` too when there is one. */
-function alsoTo(logged: WorkProgress, more: WorkProgress | undefined): WorkProgress {
-  return more === undefined
-    ? logged
-    : (doneBytes, totalBytes) => {
-        logged(doneBytes, totalBytes)
-        more(doneBytes, totalBytes)
-      }
 }

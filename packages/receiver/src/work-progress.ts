@@ -31,3 +31,13 @@ export function workProgressLog(log: Logger, fields: Readonly<Record<string, unk
     log.info({ ...fields, doneBytes, totalBytes, elapsedS: Math.round(elapsedS), ...(etaS === undefined ? {} : { etaS }) }, doneBytes === totalBytes ? done : running)
   }
 }
+
+/** `logged`, and `more` too when there is one. */
+export function alsoTo(logged: WorkProgress, more: WorkProgress | undefined): WorkProgress {
+  return more === undefined
+    ? logged
+    : (doneBytes, totalBytes) => {
+        logged(doneBytes, totalBytes)
+        more(doneBytes, totalBytes)
+      }
+}

@@ -233,8 +233,12 @@ export class CephLock {
     return new ReceiverError('E_BUSY', `lost the Ceph lock of VM ${this.vm} (${this.lost}): another receiver may hold it now; nothing more is written`)
   }
 
-  /** One request to the session client; `what` names it in errors (the command it stands for). */
-  private async request(req: Record<string, unknown>, what: string): Promise<void> {
+  /**
+   * One request to the session client; `what` names it in errors (the
+   * command it stands for). Unanswered after `timeoutMs` (default
+   * `cephTimeouts.commandMs`), the client is killed and its lease given up.
+   */
+  private async request(req: Record<string, unknown>, what: string, timeoutMs: number = cephTimeouts.commandMs): Promise<void> {
     if (this.lost !== undefined) throw this.lostError()
     if (this.released) throw new ReceiverError('E_IO', `the Ceph session client of VM ${this.vm} is released: ${what} not written`)
     const id = this.nextId++
@@ -246,10 +250,10 @@ export class CephLock {
     let timer: NodeJS.Timeout | undefined
     const deadline = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => {
-        const e = new CephCommandError(`${what} (session client)`, null, `no answer in ${Math.round(cephTimeouts.commandMs / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true)
+        const e = new CephCommandError(`${what} (session client)`, null, `no answer in ${Math.round(timeoutMs / 1000)} s, killed: is the cluster healthy (ceph -s)?`, true)
         this.kill(e)
         reject(e)
-      }, cephTimeouts.commandMs)
+      }, timeoutMs)
     })
     deadline.catch(() => {})
     try {
@@ -300,9 +304,13 @@ export class CephLock {
     })
   }
 
-  /** `rbd snap create|rm|rollback IMAGE@SNAP` through the session client. */
-  async snap(op: 'create' | 'rm' | 'rollback', image: string, snap: string): Promise<void> {
-    await this.request({ op: `snap_${op}`, image, snap }, `rbd snap ${op} ${this.target.pool}/${image}@${snap}`)
+  /**
+   * `rbd snap create|rm|rollback IMAGE@SNAP` through the session client;
+   * `timeoutMs` for work that scales with the image (a rollback rewrites
+   * every object, ceph-mirror.ts cephRollbackDeadlineMs).
+   */
+  async snap(op: 'create' | 'rm' | 'rollback', image: string, snap: string, timeoutMs?: number): Promise<void> {
+    await this.request({ op: `snap_${op}`, image, snap }, `rbd snap ${op} ${this.target.pool}/${image}@${snap}`, timeoutMs)
   }
 
   /** `rbd create --size SIZE IMAGE` (the cluster's default features). */
@@ -315,9 +323,9 @@ export class CephLock {
     await this.request({ op: 'grow', image, size }, `rbd resize ${this.target.pool}/${image}`)
   }
 
-  /** `rbd snap purge` then `rbd rm` of an image; one that does not exist is fine. */
-  async removeImage(image: string): Promise<void> {
-    await this.request({ op: 'remove', image }, `rbd rm ${this.target.pool}/${image}`).catch((err: unknown) => {
+  /** `rbd snap purge` then `rbd rm` of an image; one that does not exist is fine. `timeoutMs` as for {@link snap}. */
+  async removeImage(image: string, timeoutMs?: number): Promise<void> {
+    await this.request({ op: 'remove', image }, `rbd rm ${this.target.pool}/${image}`, timeoutMs).catch((err: unknown) => {
       if (!(err instanceof CephCommandError && err.notFound)) throw err
     })
   }

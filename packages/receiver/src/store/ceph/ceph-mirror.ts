@@ -44,7 +44,8 @@ import {
   type CephPoint,
   type CephVmState,
 } from './ceph-state.ts'
-import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephCommandError, cephTimeouts, runCeph, type CephTarget } from './rbd-cli.ts'
+import { alsoTo, workProgressLog, type WorkProgress } from '../../work-progress.ts'
 import type { CephBlockMap, CephBlockCheck } from './ceph-blocks.ts'
 import { checkCephBlocks, openCephBlockMap, verifyCephDisk, type CephVerifyRequest } from './ceph-checks.ts'
 import { checkCephRoom, retainedPoints, type CephQuota } from './ceph-space.ts'
@@ -90,6 +91,39 @@ export function snapName(cycle: number, generation: string): string {
 }
 
 /** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
+/** The object size of the store's images (rbd's default, order 22): a rollback's work is counted in objects. */
+export const RBD_OBJECT_BYTES = 4 * 2 ** 20
+
+/** The 4 MiB objects of an image of `capacity` bytes. */
+export function rbdObjects(capacity: number): number {
+  return Math.ceil(capacity / RBD_OBJECT_BYTES)
+}
+
+/**
+ * The pace of a Ceph rollback ({@link CephVmMirror.rollback}); tests
+ * shorten the heartbeat.
+ */
+export const cephRollbackTimes = {
+  /** how often a running image undo is reported (VmProgress, the log at most every 30 s), ms @default 10 s: well within the agent's idle timeout (120 s) */
+  heartbeatMs: 10_000,
+  /** the expected time of an undo per object, for its estimate and ETA: ~1.7 ms measured on a one-node cluster @default 2 ms */
+  estimateMsPerObject: 2,
+  /** the deadline of an undo per object, on top of `cephTimeouts.commandMs` @default 20 ms: 10× the expected pace */
+  deadlineMsPerObject: 20,
+}
+
+/**
+ * How long an image's undo in a rollback (`rbd snap rollback`, or a seeded
+ * image's removal) may take before its session client is killed (and the
+ * lease given up, the cycle left in flight): the command deadline
+ * (`cephTimeouts.commandMs`, 10 min) plus 20 ms per 4 MiB object of
+ * `capacity` — 10 min + 87 min for 1 TiB — where it used to be the command
+ * deadline alone, which a rollback of an image past about 300 GiB outlasts.
+ */
+export function cephRollbackDeadlineMs(capacity: number): number {
+  return cephTimeouts.commandMs + rbdObjects(capacity) * cephRollbackTimes.deadlineMsPerObject
+}
+
 export interface CephHolder {
   readonly description: string
   readonly leaseSeconds?: number
@@ -448,12 +482,34 @@ export class CephVmMirror {
   /**
    * Roll back the cycle in flight: per disk its extent log goes, then a
    * seed's new image goes, an incremental's head returns to its base
-   * snapshot (`rbd snap rollback`); the state write last.
+   * snapshot (`rbd snap rollback`); the state write last. The image's undo
+   * rewrites every object of it (about 2 ms per 4 MiB object: minutes for a
+   * TiB): it runs under its own deadline scaled to the disk's capacity
+   * ({@link cephRollbackDeadlineMs}), not the session client's command
+   * deadline, and is heard by `onProgress` (a Rollback's VmProgress, SPEC
+   * §4.3) and logged — at the start, every 30 s with an ETA, at the end — in
+   * bytes of the disks' capacities: a disk's bytes count when it is done,
+   * and while its undo runs an estimate that moves forward at every
+   * heartbeat ({@link cephRollbackTimes}), so that the agent's wait restarts.
    * @throws ReceiverError (the code of the failed step: E_IO, E_BUSY, E_NO_SPACE) naming the VM, the disk and the step; the cycle stays in flight
    */
-  async rollback(): Promise<number> {
+  async rollback(onProgress?: WorkProgress): Promise<number> {
     const infl = this.current.inflight
     if (infl === null) return this.current.committedCycle
+    const disks = Object.values(infl.disks)
+    const totalBytes = disks.reduce((n, d) => n + d.capacity, 0)
+    const logged = workProgressLog(
+      this.log,
+      { vm: this.vm, cycle: infl.cycle, step: 'undo', disks: disks.length },
+      'rolling back the in-flight cycle: the images return to their base snapshots',
+      'in-flight cycle undone',
+    )
+    const report = alsoTo(logged, onProgress)
+    let reported = 0
+    const tell = (doneBytes: number): void => {
+      reported = doneBytes
+      report(doneBytes, totalBytes)
+    }
     const undo = async (d: CephInflightDisk, step: string, op: () => Promise<void>): Promise<void> => {
       await op().catch((err: unknown) => {
         const code = err instanceof ReceiverError ? err.code : 'E_IO'
@@ -464,7 +520,25 @@ export class CephVmMirror {
         )
       })
     }
-    for (const d of Object.values(infl.disks)) {
+    /** The image's undo, with heartbeats: an estimate of its bytes done that moves forward, below the disk's end. */
+    const heard = async (base: number, d: CephInflightDisk, op: () => Promise<void>): Promise<void> => {
+      const t0 = performance.now()
+      const expectedMs = Math.max(1, rbdObjects(d.capacity) * cephRollbackTimes.estimateMsPerObject)
+      const timer = setInterval(() => {
+        const estimate = base + Math.floor(d.capacity * Math.min(0.99, (performance.now() - t0) / expectedMs))
+        const next = Math.min(base + d.capacity - 1, Math.max(reported + 1, estimate))
+        if (next > reported) tell(next)
+      }, cephRollbackTimes.heartbeatMs)
+      timer.unref()
+      try {
+        await op()
+      } finally {
+        clearInterval(timer)
+      }
+    }
+    tell(0)
+    let done = 0
+    for (const d of disks) {
       // the log first: it lists writes the head holds, which the undo takes away. A log that outlived them (a crash
       // during or after the undo, a failed removal) would resume the cycle after extents the image no longer holds,
       // and the commit would snapshot the image without them (the cycle digest is the agent's: it cannot tell).
@@ -472,9 +546,12 @@ export class CephVmMirror {
       await undo(d, `removing the extent log ${d.log}`, () => this.lock.remove(d.log))
       faultPoint('ceph-rollback-log')
       const base = d.baseSnap
-      if (base === null) await undo(d, `removing the seeded image ${d.image}`, () => this.lock.removeImage(d.image))
-      else await undo(d, `rolling the image ${d.image} back to its snapshot ${base}`, () => this.lock.snap('rollback', d.image, base))
+      const deadlineMs = cephRollbackDeadlineMs(d.capacity)
+      if (base === null) await undo(d, `removing the seeded image ${d.image}`, () => heard(done, d, () => this.lock.removeImage(d.image, deadlineMs)))
+      else await undo(d, `rolling the image ${d.image} back to its snapshot ${base}`, () => heard(done, d, () => this.lock.snap('rollback', d.image, base, deadlineMs)))
       faultPoint('ceph-rollback-head')
+      done += d.capacity
+      tell(done)
     }
     await this.save({ ...this.current, inflight: null }, 'ceph-rollback-state')
     this.log.info({ vm: this.vm, cycle: infl.cycle, disks: Object.keys(infl.disks) }, 'in-flight cycle rolled back (Ceph)')
