@@ -50,7 +50,7 @@ t.test('a slow Ceph rollback is heard as VmProgress while it runs and outlives t
 
   // the undo made slow: the session helper stalls (SIGSTOP) for STALL_MS as the rollback request goes to it, longer
   // than the command deadline; the heartbeat every 100 ms
-  const STALL_MS = 3000
+  const STALL_MS = 4000
   const saved = { commandMs: cephTimeouts.commandMs, times: { ...cephRollbackTimes } }
   const snap = CephLock.prototype.snap
   const deadlines: Array<number | undefined> = []
@@ -79,10 +79,10 @@ t.test('a slow Ceph rollback is heard as VmProgress while it runs and outlives t
   await a.expect(MessageKind.Welcome)
   a.send(vmOpen(vm, 2, ['p-000002.vmdk']))
   t.equal((await a.expect(MessageKind.VmState)).inflightCycle, 2)
-  // from here the command deadline is 1 s (the undo's own: 1 s + 2 objects × 2.5 s), the heartbeat 100 ms
-  cephTimeouts.commandMs = 1000
+  // from here the command deadline is 2 s (the undo's own: 2 s + 2 objects × 5 s: margin for a loaded CI machine), the heartbeat 100 ms
+  cephTimeouts.commandMs = 2000
   cephRollbackTimes.heartbeatMs = 100
-  cephRollbackTimes.deadlineMsPerObject = 2500
+  cephRollbackTimes.deadlineMsPerObject = 5000
   const t0 = performance.now()
   a.send({ kind: MessageKind.Rollback, vm })
   const progress: Array<VmProgressMessage & { atMs: number }> = []
@@ -95,7 +95,7 @@ t.test('a slow Ceph rollback is heard as VmProgress while it runs and outlives t
   cephTimeouts.commandMs = saved.commandMs
   t.match(answer, { kind: MessageKind.RolledBack, vm, committedCycle: 1 }, `RolledBack after the stall (got ${JSON.stringify(answer)}, errors ${a.errors.join(',')})`)
   t.ok(performance.now() - t0 >= STALL_MS, 'the answer came after the stall')
-  t.same(deadlines, [1000 + 2 * 2500], 'the undo ran under its deadline scaled to the capacity')
+  t.same(deadlines, [2000 + 2 * 5000], 'the undo ran under its deadline scaled to the capacity')
   t.ok(progress.length >= 10, `VmProgress while the undo ran (${progress.length} frames)`)
   t.ok(
     progress.every((p) => p.vm === vm && p.step === 'undo' && p.totalBytes === CAP),
