@@ -1,6 +1,6 @@
 import { constants } from 'node:fs'
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
 /** fsync a directory so that a rename or create inside it is durable. */
@@ -52,6 +52,50 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     throw err
   }
   await fsyncDir(dirname(path))
+}
+
+/**
+ * Create `path`, which must not exist (`EEXIST` otherwise, as a `wx` write),
+ * holding `data`, durably: the file is fsynced before it is closed, then its
+ * folder, so that its name is durable too. What a restore writes into the new
+ * folder it restores to (the folder starts empty, so nothing is replaced): a
+ * crash after the restore returned never leaves it missing or empty.
+ */
+export async function writeNewFileDurable(path: string, data: string | Uint8Array): Promise<void> {
+  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644)
+  try {
+    await fh.writeFile(data)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await fsyncDir(dirname(path))
+}
+
+/** fsync a regular file another program wrote (`rbd export`'s flat), then its folder (its name). */
+export async function fsyncFile(path: string): Promise<void> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await fsyncDir(dirname(path))
+}
+
+/**
+ * `mkdir -p dir`, durably: the parent of every folder it created is fsynced
+ * (deepest first), so that a restore's new folder does not vanish in a crash
+ * after the restore returned. A folder that existed already is left as is.
+ */
+export async function mkdirDurable(dir: string): Promise<void> {
+  const first = await mkdir(dir, { recursive: true })
+  if (first === undefined) return
+  const top = resolve(first)
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    await fsyncDir(dirname(d))
+    if (d === top || dirname(d) === d) break
+  }
 }
 
 /**

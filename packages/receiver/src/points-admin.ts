@@ -3,13 +3,13 @@
  * `restore`): list them, prune them by a policy, restore one to a standalone
  * VM folder verified against the checks recorded at its cycle.
  */
-import { mkdir, open, readdir, writeFile } from 'node:fs/promises'
+import { open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { writeFully } from './fs-util.ts'
+import { mkdirDurable, writeFileAtomic, writeFully } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { checkedPointSource, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
@@ -172,7 +172,9 @@ export async function restorePoint(
       const have = [...pointsOf(state).map((p) => p.cycle), state.committedCycle].join(', ')
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} (points: ${have})`)
     }
-    await mkdir(toDir, { recursive: true })
+    // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
+    // returned never leaves a missing or empty descriptor, .vmx or .nvram (the flats are datasynced as they are written)
+    await mkdirDurable(toDir)
     if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
     await initDigests()
     const recs = disksAt(state, cycle)
@@ -233,7 +235,8 @@ async function restoreDisk(
     await chain.close()
   }
   // the capacity the disk had at the point (a disk re-seeded at another size keeps its older points)
-  await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity: chain.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
+  // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
+  await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: chain.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
   let verified: RestoredDisk['verified'] = 'none'
   if (hash !== undefined && check !== null) {
     const got = Buffer.from(hash.digest()).toString('hex')
@@ -248,16 +251,16 @@ async function restoreDisk(
   return { name: rec.name, descriptor, flat, capacity: chain.capacity, verified, sourceChecked: check?.ok === true }
 }
 
-/** The mirror's .vmx (display name marked with the point) and .nvram, if present. */
+/** The mirror's .vmx (display name marked with the point) and .nvram, if present, each written durably (fs-util.ts writeFileAtomic). */
 async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toDir: string, log: Logger): Promise<void> {
   // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
   const vmx = await pointConfigText(paths, state, cycle, log)
   if (vmx !== undefined) {
     const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
-    await writeFile(join(toDir, `${state.vm}.vmx`), marked)
+    await writeFileAtomic(join(toDir, `${state.vm}.vmx`), marked)
   }
   try {
-    await writeFile(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES))
+    await writeFileAtomic(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES))
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }

@@ -7,11 +7,11 @@
  * (parseManifest): names are plain file names, sizes are bounded.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, open, readdir, writeFile } from 'node:fs/promises'
+import { open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
-import { writeFully } from '../fs-util.ts'
+import { mkdirDurable, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
 import type { S3Bucket } from './s3-bucket.ts'
@@ -53,7 +53,9 @@ export async function restoreFromArchive(
   opts: { logger: Logger; onProgress?: (p: ArchiveRestoreProgress) => void; signal?: AbortSignal; concurrency?: number },
 ): Promise<{ vm: string; cycle: number; to: string; disks: { name: string; descriptor: string; flat: string; capacity: number; sha256: string }[] }> {
   const m = await readManifest(bucket, prefix, vm, cycle)
-  await mkdir(toDir, { recursive: true })
+  // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
+  // returned never leaves a missing or empty descriptor or configuration file (the flats are datasynced as they are written)
+  await mkdirDurable(toDir)
   if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
   const total = m.disks.reduce((n, d) => n + d.capacity, 0)
   const t0 = performance.now()
@@ -102,7 +104,8 @@ export async function restoreFromArchive(
     if (got !== d.sha256)
       throw new ReceiverError('E_VERIFY', `restored disk ${d.name} of point ${cycle} has sha256 ${got}, the archive recorded ${d.sha256}: the archive is damaged; ${toDir} is left for inspection`)
     const descriptor = join(toDir, `${d.stem}.vmdk`)
-    await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }))
+    // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
+    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }))
     disks.push({ name: d.name, descriptor, flat, capacity: d.capacity, sha256: got })
   }
   for (const f of m.files) {
@@ -111,7 +114,7 @@ export async function restoreFromArchive(
     const text = f.name.endsWith('.vmx')
       ? Buffer.from(data.toString('utf8').replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (archived point ${cycle})"`))
       : data
-    await writeFile(join(toDir, f.name), text, { flag: 'wx' })
+    await writeNewFileDurable(join(toDir, f.name), text)
   }
   opts.logger.info({ vm, cycle, to: toDir, disks: disks.length }, 'point restored from the archive')
   return { vm, cycle, to: toDir, disks }

@@ -26,7 +26,8 @@
  * being dropped or written.
  */
 import { randomUUID } from 'node:crypto'
-import { mkdir, readdir, rm } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
+import { mkdirDurable } from '../../fs-util.ts'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
@@ -66,7 +67,8 @@ export async function cephFailover(
     }
     const holds = s.holds ?? []
     if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "grainline points close --to ${abs}" releases it`)
-    await mkdir(abs, { recursive: true })
+    // its parents fsynced: the failover folder does not vanish in a crash after the failover returned (ceph-restore.ts writes its files durably)
+    await mkdirDurable(abs)
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: fail over into a new folder`)
     hold = { id: randomUUID(), cycle: k, dir: abs, kind: 'failover', createdAt: new Date().toISOString() }
     await m.write({ ...s, holds: [...holds, hold] })

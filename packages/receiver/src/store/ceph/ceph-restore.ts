@@ -18,10 +18,11 @@
  */
 import { cephPointFiles } from './ceph-point-config.ts'
 import { createReadStream } from 'node:fs'
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises'
+import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createDigest, initDigests, validateName } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
+import { fsyncFile, mkdirDurable, writeFileAtomic, writeNewFileDurable } from '../../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../../mirror-descriptor.ts'
 import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx, type DroppedReference } from '../../mirror-vmx.ts'
 import { diskStem, generatedNames } from '../../vm-paths.ts'
@@ -90,7 +91,9 @@ export async function cephRestoreVm(
       throw new ReceiverError('E_STATE', `the state of VM ${vm} in pool ${t.pool} names a configuration file ${JSON.stringify(file)} that is not a safe file name`)
     }
   }
-  await mkdir(toDir, { recursive: true })
+  // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
+  // returned never leaves a missing or empty flat, descriptor, .vmx or .nvram
+  await mkdirDurable(toDir)
   if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
   await initDigests()
   const total = disks.reduce((n, [, d]) => n + d.capacity, 0)
@@ -112,6 +115,8 @@ export async function cephRestoreVm(
         { cause: err },
       )
     }
+    // rbd export leaves what it wrote in the page cache: fsynced here, then the folder (the flat's name)
+    await fsyncFile(flat)
     const capacity = (await stat(flat)).size
     const [written, held] = await Promise.all([digestFile(flat), digestImage(t, `${d.image}@${d.snap}`, CHECK_ALGORITHM, Number.MAX_SAFE_INTEGER)])
     const heldHex = Buffer.from(held.digest).toString('hex')
@@ -122,7 +127,7 @@ export async function cephRestoreVm(
       )
     }
     const descriptor = join(toDir, `${stem}.vmdk`)
-    await writeFile(descriptor, mirrorDescriptor({ cid: newCid(), capacity, flatFile: flatName, ddb: s.disks[name]?.ddb ?? {} }))
+    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity, flatFile: flatName, ddb: s.disks[name]?.ddb ?? {} }))
     out.push({ name, descriptor, flat, capacity, snapshot, verified: 'snapshot' })
     done += d.capacity
     const elapsedMs = performance.now() - t0
@@ -136,10 +141,10 @@ export async function cephRestoreVm(
     const data = Buffer.from(b64, 'base64')
     if (/\.vmx$/i.test(file)) {
       const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : DEFAULT_DISPLAY_SUFFIX, diskMap })
-      await writeFile(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run), { flag: 'wx' })
+      await writeNewFileDurable(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run))
       vmxDropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(file) && !taken.has(file.toLowerCase())) {
-      await writeFile(join(toDir, file), data, { flag: 'wx' })
+      await writeNewFileDurable(join(toDir, file), data)
     }
   }
   return { vm, cycle, to: toDir, disks: out, vmxDropped }
