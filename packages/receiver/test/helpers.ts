@@ -1,11 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readlinkSync, writeFileSync } from 'node:fs'
+import { open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
+import type { Test } from 'tap'
 import WebSocket from 'ws'
 import { VmMirror } from '../src/vm-mirror.ts'
 import type { DiskApply } from '../src/disk-apply.ts'
@@ -572,4 +574,34 @@ export async function openSeed(store: string, capacity: number, log: Logger): Pr
   )
   if (r.apply === undefined) throw new Error('seed refused')
   return { m, a: r.apply }
+}
+
+/** Records every fsync and fdatasync of this process, by the path its descriptor names then (/proc/self/fd), until the test ends or `stop`. */
+export async function watchSyncs(t: Test, dir: string): Promise<{ synced: string[]; stop: () => void }> {
+  const synced: string[] = []
+  const probe = await open(join(dir, 'sync-probe'), 'w')
+  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync']; datasync: FileHandle['datasync'] }
+  await probe.close()
+  const { sync, datasync } = proto
+  const note = (fh: FileHandle): void => {
+    try {
+      synced.push(readlinkSync(`/proc/self/fd/${fh.fd}`))
+    } catch {
+      // a descriptor closed meanwhile: nothing to name
+    }
+  }
+  proto.sync = function (this: FileHandle) {
+    note(this)
+    return sync.call(this)
+  }
+  proto.datasync = function (this: FileHandle) {
+    note(this)
+    return datasync.call(this)
+  }
+  const stop = (): void => {
+    proto.sync = sync
+    proto.datasync = datasync
+  }
+  t.teardown(stop)
+  return { synced, stop }
 }

@@ -10,12 +10,10 @@
  */
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
-import type { FileHandle } from 'node:fs/promises'
-import { open } from 'node:fs/promises'
-import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, whenFree } from './helpers.ts'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, watchSyncs, whenFree } from './helpers.ts'
 import { closePoint, openPoint } from '../src/index.ts'
 import { HOLD_MARKER } from '../src/holds.ts'
 
@@ -31,25 +29,10 @@ t.test('points open: the hold marker is written to a temporary file, fsynced, re
   a.close()
 
   // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
-  const synced: string[] = []
-  const probe = await open(join(env.dir, 'probe'), 'w')
-  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync'] }
-  await probe.close()
-  const sync = proto.sync
-  proto.sync = function (this: FileHandle) {
-    try {
-      synced.push(readlinkSync(`/proc/self/fd/${this.fd}`))
-    } catch {
-      // a descriptor closed meanwhile: nothing to name
-    }
-    return sync.call(this)
-  }
-  t.teardown(() => {
-    proto.sync = sync
-  })
+  const { synced, stop } = await watchSyncs(t, env.dir)
   const dir = join(env.dir, 'opened')
   const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
-  proto.sync = sync
+  stop()
   const marker = join(dir, HOLD_MARKER)
   t.same(JSON.parse(readFileSync(marker, 'utf8')), { id: o.hold.id, vm, cycle: 1 }, 'the marker names the hold')
   const tmp = synced.findIndex((p) => p.startsWith(`${marker}.tmp-`))
@@ -101,25 +84,10 @@ t.test("points open: the opened point's .vmx and .nvram are written to temporary
   a.close()
 
   // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
-  const synced: string[] = []
-  const probe = await open(join(env.dir, 'probe'), 'w')
-  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync'] }
-  await probe.close()
-  const sync = proto.sync
-  proto.sync = function (this: FileHandle) {
-    try {
-      synced.push(readlinkSync(`/proc/self/fd/${this.fd}`))
-    } catch {
-      // a descriptor closed meanwhile: nothing to name
-    }
-    return sync.call(this)
-  }
-  t.teardown(() => {
-    proto.sync = sync
-  })
+  const { synced, stop } = await watchSyncs(t, env.dir)
   const dir = join(env.dir, 'opened')
   const o = await whenFree(() => openPoint(env.store, vm, 1, dir, { logger: log }))
-  proto.sync = sync
+  stop()
   t.equal(o.vmx, join(dir, `${vm}.vmx`))
   t.match(readFileSync(o.vmx, 'utf8'), /displayName = ".* \(opened\)"/, "the .vmx is the point's, marked")
   t.ok(readFileSync(join(dir, `${vm}.nvram`)).equals(readFileSync(join(env.store, vm, `${vm}.nvram`))), "the .nvram is the mirror's")

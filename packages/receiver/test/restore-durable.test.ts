@@ -11,46 +11,14 @@
  */
 import t, { type Test } from 'tap'
 import { haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
-import type { FileHandle } from 'node:fs/promises'
-import { open } from 'node:fs/promises'
-import { readdirSync, readlinkSync } from 'node:fs'
+import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { pino } from 'pino'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
-import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, whenFree } from './helpers.ts'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, watchSyncs, whenFree } from './helpers.ts'
 import { archivePoints, cephFailover, cephRestoreVm, restoreFromArchive, restorePoint, S3Bucket } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
-
-/** Records every fsync and fdatasync of this process, by the path its descriptor names then (/proc/self/fd), until the test ends or `stop`. */
-async function watchSyncs(t: Test, dir: string): Promise<{ synced: string[]; stop: () => void }> {
-  const synced: string[] = []
-  const probe = await open(join(dir, 'sync-probe'), 'w')
-  const proto = Object.getPrototypeOf(probe) as { sync: FileHandle['sync']; datasync: FileHandle['datasync'] }
-  await probe.close()
-  const { sync, datasync } = proto
-  const note = (fh: FileHandle): void => {
-    try {
-      synced.push(readlinkSync(`/proc/self/fd/${fh.fd}`))
-    } catch {
-      // a descriptor closed meanwhile: nothing to name
-    }
-  }
-  proto.sync = function (this: FileHandle) {
-    note(this)
-    return sync.call(this)
-  }
-  proto.datasync = function (this: FileHandle) {
-    note(this)
-    return datasync.call(this)
-  }
-  const stop = (): void => {
-    proto.sync = sync
-    proto.datasync = datasync
-  }
-  t.teardown(stop)
-  return { synced, stop }
-}
 
 /** Every file in `dir` was fsynced (itself, or the temporary file renamed to its name), then `dir`; `dir`'s parent too. */
 function durable(t: Test, synced: readonly string[], dir: string, what: string, expect: readonly string[]): void {
