@@ -16,12 +16,12 @@
  * naming the hold) is removed, never one inside a VM folder of the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises'
+import { lstat, readdir, realpath, rm } from 'node:fs/promises'
 import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
-import { isTempName, writeFileAtomic } from './fs-util.ts'
+import { isTempName, mkdirDurable, writeFileAtomic } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
@@ -131,7 +131,8 @@ export async function openPoint(
         'E_CONFIG',
         `${abs} is inside ${inVm}, where the store keeps (or will keep) a VM's mirror: open the point outside the store, or under ${join(resolve(storeDir), '.open')} (the default)`,
       )
-    await mkdir(abs, { recursive: true })
+    // durable (its parent fsynced): a crash must not lose the folder while the hold stays recorded
+    await mkdirDurable(abs)
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: open the point into a new folder`)
     const kind = opts.kind ?? 'open'
     // every chain checked (points and mirror, points.ts) before the hold is recorded: a refused open leaves no hold behind

@@ -38,6 +38,7 @@ t.test('points open: the hold marker is written to a temporary file, fsynced, re
   const tmp = synced.findIndex((p) => p.startsWith(`${marker}.tmp-`))
   t.ok(tmp >= 0, `the marker's temporary file was fsynced before its rename (synced: ${synced.join(', ')})`)
   t.ok(synced.indexOf(dir, tmp) > tmp, 'then the folder, so that the rename is durable')
+  t.ok(synced.includes(env.dir), "the new folder's parent too, so that the folder is durable")
   const closed = await whenFree(() => closePoint(env.store, vm, { logger: log, dir }))
   t.equal(closed.length, 1, 'the close finds its marker and drops the hold')
 })
