@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path'
 import { pino } from 'pino'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, watchSyncs, whenFree } from './helpers.ts'
-import { archivePoints, cephFailover, cephRestoreVm, restoreFromArchive, restorePoint, S3Bucket } from '../src/index.ts'
+import { archivePoints, cephFailover, cephRestorePoint, cephRestoreVm, restoreFromArchive, restorePoint, S3Bucket } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -81,6 +81,27 @@ t.test('Ceph restore, Ceph failover, restore from an archive: every file fsynced
     await cephFailover(target, vm, undefined, fo, { logger: log })
     w.stop()
     durable(t, w.synced, fo, 'Ceph failover', ['d.vmdk', 'd-flat.vmdk', `${vm}.vmx`])
+  })
+
+  t.test('Ceph: points export (raw files)', async (t) => {
+    const env = makeEnv(scratchDir(t))
+    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 })
+    t.teardown(() => receiver.close())
+    const vm = 'vm-ceph-export'
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 7), 'cd04cd04cd04cd04')])
+    a.close()
+    await receiver.close()
+    const w = await watchSyncs(t, env.dir)
+    const to = join(env.dir, 'exports', 'e1')
+    const r = await cephRestorePoint(target, vm, 1, to)
+    w.stop()
+    t.same(
+      r.disks.map((d) => d.file),
+      [join(to, 'd.raw')],
+      'one raw file per disk',
+    )
+    durable(t, w.synced, to, 'points export', ['d.raw'])
   })
 
   t.test('restore from an archive', async (t) => {

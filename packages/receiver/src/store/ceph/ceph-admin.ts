@@ -3,9 +3,9 @@
  * taken, nothing written): `grainline status` and `grainline points` of a
  * `ceph:POOL` store, and a point read back into raw files (`restore`).
  */
-import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
+import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
 import { parseExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
@@ -132,18 +132,21 @@ export async function cephListPoints(t: CephTarget, vm: string): Promise<{ vm: s
 /**
  * Read point `cycle` of a VM (its committed cycle when it is the mirror)
  * into `dir`: one raw file per disk (`<disk stem>.raw`, `rbd export` of its
- * snapshot) and the VM's configuration files as committed last.
+ * snapshot), each fsynced with its folder before this returns (`dir` made
+ * with its parents fsynced): a power loss after "exported" loses nothing.
  * @throws ReceiverError E_NOT_FOUND (no such VM or point), E_STATE (a disk, image or snapshot name in the state object that is not a safe one)
  */
 export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number, dir: string): Promise<{ disks: Array<{ name: string; file: string; snapshot: string }> }> {
   const s = await stateOf(t, vm)
   // the disk names of the pool's state become file names in `dir`, its images and snapshots arguments: checked first
   const snaps = pointSnapshots(t, s, cycle)
-  await mkdir(dir, { recursive: true })
+  await mkdirDurable(dir)
   const disks = []
   for (const [name, d] of snaps) {
     const file = join(dir, `${name.replace(/\.vmdk$/i, '')}.raw`)
     await exportImage(t, `${d.image}@${d.snap}`, file)
+    // `rbd export` writes through the page cache: its data and the file's name made durable here
+    await fsyncFile(file)
     disks.push({ name, file, snapshot: `${t.pool}/${d.image}@${d.snap}` })
   }
   return { disks }
