@@ -90,7 +90,6 @@ export function snapName(cycle: number, generation: string): string {
   return `c${cycle}-${generation.slice(0, 16)}`
 }
 
-/** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
 /** The object size of the store's images (rbd's default, order 22): a rollback's work is counted in objects. */
 export const RBD_OBJECT_BYTES = 4 * 2 ** 20
 
@@ -124,6 +123,7 @@ export function cephRollbackDeadlineMs(capacity: number): number {
   return cephTimeouts.commandMs + rbdObjects(capacity) * cephRollbackTimes.deadlineMsPerObject
 }
 
+/** How this receiver describes itself in a lock (seen by whoever finds a VM locked). */
 export interface CephHolder {
   readonly description: string
   readonly leaseSeconds?: number
