@@ -359,7 +359,8 @@ class VmCycle {
    * version 8 VmState, SPEC §5.10), the commit is this agent's: recorded as Committed would have — its snapshot is the
    * committed one (the next incremental's base), the older one goes once the next cycle commits, as after any run
    * that ended between its commit and the removal of the older snapshot. Another identity of that cycle is another
-   * writer's commit: E_OTHER_WRITER, as in {@link #checkOwnCommit}. Anything else proves nothing and the record is
+   * writer's commit: E_OTHER_WRITER, as in {@link #checkOwnCommit} (when the Commit went to this receiver URL).
+   * Anything else proves nothing and the record is
    * dropped (the lineage decides, as without it: a resync when the mirror is past the recorded commit).
    * @throws AgentError E_OTHER_WRITER, E_STATE
    */
@@ -376,7 +377,9 @@ class VmCycle {
       return
     }
     clearPendingCommit(this.#record)
-    if (match === 'unknown') {
+    // another identity on another receiver URL than the Commit went to proves no second writer (a job that moved, a
+    // VM replicated to two receivers): dropped, as without an identity
+    if (match === 'unknown' || pending.receiver !== this.#opts.connect.url) {
       this.log.info({ pending: pending.cycle, committed: state.committedCycle }, 'the receiver does not name the Commit a former run sent as its commit; the pending record is dropped')
       return
     }

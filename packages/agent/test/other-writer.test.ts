@@ -21,6 +21,13 @@
  * A WebSocket proxy between the agent and the receiver drops the Commit (or
  * the Committed) and holds the agent's reconnection while the other writer
  * runs.
+ *
+ * Across runs (the run stopped at the cut, as a process killed right after
+ * its Commit): the next run adopts the Commit it finds recorded as pending
+ * when the receiver names that cycle with its identity — an incremental on
+ * the adopted snapshot, where the old code resynced every disk; another
+ * writer's identity fails E_OTHER_WRITER, and "" or version 7 resync as
+ * before.
  */
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
@@ -331,7 +338,8 @@ t.test('a run that ends after sending its Commit, and another writer commits tha
   const theirs = await run(b, rx.url, join(dir, 'state-b'), rx)
   t.ok(theirs.ok, `B committed cycle 2 ${JSON.stringify(theirs.error)}`)
   t.equal(theirs.cycle, 2)
-  const third = await run(a, rx.url, stateA, rx)
+  // through the proxy again: the receiver URL A's Commit went to (another URL proves no second writer)
+  const third = await run(a, proxy.url, stateA, rx)
   t.notOk(third.ok)
   t.match(third.error, {
     code: 'E_OTHER_WRITER',
