@@ -360,9 +360,9 @@ class VmCycle {
    * committed one (the next incremental's base), the older one goes once the next cycle commits, as after any run
    * that ended between its commit and the removal of the older snapshot. Another identity of that cycle is another
    * writer's commit: E_OTHER_WRITER, as in {@link #checkOwnCommit} (when the Commit went to this receiver URL).
-   * Anything else proves nothing and the record is
-   * dropped (the lineage decides, as without it: a resync when the mirror is past the recorded commit).
-   * @throws AgentError E_OTHER_WRITER, E_STATE
+   * Anything else proves nothing and the record is dropped (the lineage decides, as without it: a resync when the
+   * mirror is past the recorded commit).
+   * @throws AgentError E_OTHER_WRITER, E_STATE (the adopted commit not saved)
    */
   async #settlePendingCommit(state: VmStateMessage): Promise<void> {
     const pending = this.#record.pendingCommit
