@@ -2,7 +2,9 @@
  * The agent's durable record per VM (SPEC §5.8): the committed point it
  * replicated last — cycle, the receiver's generation of that commit, and the
  * snapshot that holds it on the source (name and hypervisor id) — the
- * snapshot of a cycle in flight (kept for resume), and checks that failed.
+ * snapshot of a cycle in flight (kept for resume), the Commit sent and not
+ * (yet) answered (adopted by the next run when the receiver names it), and
+ * checks that failed.
  * An incremental is planned only when this record, the receiver's VmState
  * and the VM's snapshots agree; anything else is a full resync.
  *
@@ -58,6 +60,27 @@ export interface InflightRecord {
   readonly resync?: readonly string[]
 }
 
+/**
+ * A Commit sent whose Committed was not (yet) recorded: saved before the
+ * Commit goes out. When a later run finds the receiver's committed cycle to
+ * be `cycle` with this very committed cycle identity (VmState v8, SPEC
+ * §5.10), the commit is this agent's own and is recorded as Committed would
+ * have (`snapshot` becomes the committed one); anything else — another
+ * identity, "" or an older receiver, another cycle — and it is dropped.
+ */
+export interface PendingCommitRecord {
+  readonly cycle: number
+  /** committedCycleIdentity() of the cycle's disks' names and cycleIds (64 lowercase hex digits) */
+  readonly committedCycleId: string
+  /** the shipped snapshot: the committed one (the next base) once the commit is adopted */
+  readonly snapshot: SnapshotRecord
+  /** the snapshot of the commit recorded before (null: none), removed once a later cycle commits on the adopted base */
+  readonly replaces: SnapshotRecord | null
+  /** the receiver URL the Commit was sent to (informational) */
+  readonly receiver: string
+  readonly at: string
+}
+
 /** Checks that failed after a commit: those disks are resynced by the next cycle. */
 export interface DivergedRecord {
   readonly cycle: number
@@ -77,6 +100,8 @@ export interface AgentVmState {
   readonly key: string
   committed: CommittedRecord | null
   inflight: InflightRecord | null
+  /** a Commit sent, its Committed not recorded (see {@link PendingCommitRecord}) */
+  pendingCommit?: PendingCommitRecord
   diverged?: DivergedRecord
   /** `--scrub N`: per disk name, where the rotation stands and when the mirror was last fully proven */
   scrub?: Record<string, ScrubRecord>
@@ -118,6 +143,7 @@ export function stateFileName(name: string, key: string): string {
 }
 
 const HEX32 = /^[0-9a-f]{32}$/
+const HEX64 = /^[0-9a-f]{64}$/
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
 const isCycle = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 1
 const isSnap = (v: unknown): v is SnapshotRecord => isObj(v) && typeof v['name'] === 'string' && typeof v['id'] === 'string' && v['id'] !== ''
@@ -131,6 +157,13 @@ export function checkStateShape(v: unknown, key: string): string | undefined {
   const f = v['inflight']
   if (f !== null && !(isObj(f) && isCycle(f['cycle']) && isSnap(f['snapshot']))) return 'malformed in-flight record'
   if (f !== null && f['resync'] !== undefined && !(Array.isArray(f['resync']) && f['resync'].every((n) => typeof n === 'string'))) return 'malformed in-flight record'
+  const p = v['pendingCommit']
+  if (
+    p !== undefined &&
+    !(isObj(p) && isCycle(p['cycle']) && typeof p['committedCycleId'] === 'string' && HEX64.test(p['committedCycleId']) && isSnap(p['snapshot']) && (p['replaces'] === null || isSnap(p['replaces'])))
+  ) {
+    return 'malformed pending commit record'
+  }
   const d = v['diverged']
   if (d !== undefined && !(isObj(d) && isCycle(d['cycle']) && Array.isArray(d['disks']) && d['disks'].every((n) => typeof n === 'string'))) return 'malformed diverged record'
   const s = v['scrub']
@@ -160,14 +193,43 @@ export function markInflightResync(state: AgentVmState, disks: readonly string[]
   return state
 }
 
+/** Record the Commit of `cycle` about to be sent (before it is sent; see {@link PendingCommitRecord}). */
+export function markPendingCommit(state: AgentVmState, cycle: number, committedCycleId: string, snapshot: SnapshotRecord, receiver: string): AgentVmState {
+  const replaces = state.committed === null ? null : { name: state.committed.snapshot.name, id: state.committed.snapshot.id }
+  state.pendingCommit = { cycle, committedCycleId, snapshot: { name: snapshot.name, id: snapshot.id }, replaces, receiver, at: new Date().toISOString() }
+  return state
+}
+
+/** Drop the record of a Commit sent (a rollback, or a receiver that does not name it as its commit). */
+export function clearPendingCommit(state: AgentVmState): AgentVmState {
+  delete state.pendingCommit
+  return state
+}
+
+/**
+ * What the receiver's committed point says of the recorded pending Commit:
+ * `own` — the receiver committed that cycle under the identity this agent
+ * computed for it (a non-empty committedCycleId, version 8); `other` — that
+ * cycle number was committed under another identity (another writer);
+ * `unknown` — no pending Commit, another cycle, or no identity to compare ("",
+ * an older receiver): nothing proves the commit is this agent's.
+ */
+export function pendingCommitMatch(pending: PendingCommitRecord | undefined, mirror: { readonly committedCycle: number; readonly committedCycleId?: string | undefined }): 'own' | 'other' | 'unknown' {
+  if (pending === undefined || mirror.committedCycle !== pending.cycle) return 'unknown'
+  const theirs = mirror.committedCycleId ?? ''
+  if (theirs === '') return 'unknown'
+  return theirs === pending.committedCycleId ? 'own' : 'other'
+}
+
 /**
  * Record a commit: its generation beside the shipped snapshot; nothing in
- * flight. Every disk of the cycle was written from the point the record
- * names, so earlier failed checks are settled.
+ * flight, no Commit pending. Every disk of the cycle was written from the
+ * point the record names, so earlier failed checks are settled.
  */
 export function markCommitted(state: AgentVmState, cycle: number, generation: string, snapshot: SnapshotRecord, receiver: string): AgentVmState {
   state.committed = { cycle, generation, snapshot: { name: snapshot.name, id: snapshot.id }, receiver, at: new Date().toISOString() }
   state.inflight = null
+  delete state.pendingCommit
   delete state.diverged
   return state
 }
@@ -256,6 +318,7 @@ export class AgentStateStore {
         key,
         committed: s.committed,
         inflight: s.inflight,
+        ...(s.pendingCommit === undefined ? {} : { pendingCommit: s.pendingCommit }),
         ...(s.diverged === undefined ? {} : { diverged: s.diverged }),
         ...(s.scrub === undefined ? {} : { scrub: s.scrub }),
       },

@@ -16,7 +16,10 @@
  * What an interrupted run leaves: on the VM, the snapshot of the last
  * committed cycle (the mirror's base) and the snapshot of the interrupted
  * cycle, recorded as in flight in the agent's state so the next run reuses
- * it and resumes where the receiver stopped.
+ * it and resumes where the receiver stopped. A run that ends after sending
+ * its Commit and before recording Committed leaves that Commit recorded as
+ * pending: the next run adopts the commit as its own when the receiver names
+ * its committed cycle identity (SPEC §5.10), instead of resyncing.
  */
 import { commitProgress, diskOpenProgress, vmProgress } from './receiver-progress.ts'
 import { resolve } from 'node:path'
@@ -34,7 +37,19 @@ import {
 } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import type { VmRunLock } from './vm-run-lock.ts'
-import { AgentStateStore, markCommitted, markDiverged, markInflight, markInflightResync, stateKey, type AgentVmState, type ScrubRecord } from './agent-state.ts'
+import {
+  AgentStateStore,
+  clearPendingCommit,
+  markCommitted,
+  markDiverged,
+  markInflight,
+  markInflightResync,
+  markPendingCommit,
+  pendingCommitMatch,
+  stateKey,
+  type AgentVmState,
+  type ScrubRecord,
+} from './agent-state.ts'
 import type { CycleOptions } from './cycle-options.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage } from './cycle-plan.ts'
 import { applyDiskPlan, baseLayer, emptyPlan, type DiskWork } from './disk-work.ts'
@@ -296,6 +311,8 @@ class VmCycle {
     checkRoom(s.state.committedCycle)
     // the cycle a former run sent the Commit of went through, and that commit dropped every restore point (v7)
     if (s.pointsDropped !== undefined) this.#notePointsDropped(s.pointsDropped)
+    // the Commit a former run sent and did not see answered: recorded as ours only when the receiver names its identity
+    await this.#settlePendingCommit(s.state)
     if (s.state.committedCycle + 1 !== proposal) {
       this.log.info({ proposal, committed: s.state.committedCycle }, 'mirror is at another cycle than the agent recorded; reopening')
       await s.client.close()
@@ -334,6 +351,47 @@ class VmCycle {
     this.#lineage = decideLineage({ mirror: state, record: rec.committed, snapshots: this.#snapshots, ...(this.#recordProblem === undefined ? {} : { recordProblem: this.#recordProblem }) })
     if (this.#lineage.kind === 'resync') this.log.warn({ reason: this.#lineage.reason }, 'lineage not proven: full resync of every disk')
     else if (this.#lineage.kind === 'first-seed' && this.#lineage.reason !== undefined) this.log.warn({ reason: this.#lineage.reason }, 'the mirror is gone: a seed of every disk')
+  }
+
+  /**
+   * A former run sent the Commit of the cycle the record names as pending and ended before it recorded Committed.
+   * When the receiver's committed cycle is that cycle under the committed cycle identity that run computed (a
+   * version 8 VmState, SPEC §5.10), the commit is this agent's: recorded as Committed would have — its snapshot is the
+   * committed one (the next incremental's base), the older one goes once the next cycle commits, as after any run
+   * that ended between its commit and the removal of the older snapshot. Another identity of that cycle is another
+   * writer's commit: E_OTHER_WRITER, as in {@link #checkOwnCommit} (when the Commit went to this receiver URL).
+   * Anything else proves nothing and the record is dropped (the lineage decides, as without it: a resync when the
+   * mirror is past the recorded commit).
+   * @throws AgentError E_OTHER_WRITER, E_STATE (the adopted commit not saved)
+   */
+  async #settlePendingCommit(state: VmStateMessage): Promise<void> {
+    const pending = this.#record.pendingCommit
+    if (pending === undefined) return
+    const match = pendingCommitMatch(pending, state)
+    if (match === 'own') {
+      await this.#store.save(markCommitted(this.#record, pending.cycle, state.generation, pending.snapshot, this.#opts.connect.url))
+      this.log.warn(
+        { cycle: pending.cycle, snapshot: pending.snapshot.name, id: pending.snapshot.id, generation: state.generation, committedCycleId: pending.committedCycleId },
+        "the Commit a former run sent went through (the receiver names that run's committed cycle identity): recorded as this agent's commit",
+      )
+      return
+    }
+    clearPendingCommit(this.#record)
+    // another identity on another receiver URL than the Commit went to proves no second writer (a job that moved, a
+    // VM replicated to two receivers): dropped, as without an identity
+    if (match === 'unknown' || pending.receiver !== this.#opts.connect.url) {
+      this.log.info({ pending: pending.cycle, committed: state.committedCycle }, 'the receiver does not name the Commit a former run sent as its commit; the pending record is dropped')
+      return
+    }
+    const vm = this.#vm.name
+    const url = this.#opts.connect.url
+    const theirs = state.committedCycleId ?? ''
+    await this.#store.save(this.#record).catch((err: unknown) => this.log.warn({ err }, 'the pending Commit could not be dropped from the agent state'))
+    this.log.error({ vm, cycle: pending.cycle, receiver: url, committedCycleId: theirs, ours: pending.committedCycleId }, 'another writer committed this cycle to the mirror')
+    throw new AgentError(
+      'E_OTHER_WRITER',
+      `another writer committed cycle ${pending.cycle} of ${vm} to the receiver ${url} after a former run sent the Commit of that cycle and ended unanswered: the mirror holds that writer's cycle (committed cycle identity ${theirs}), not this agent's (${pending.committedCycleId}). No commit was recorded, no snapshot taken or removed. Check that one job, on one proxy, protects this VM under the name ${vm} with this token (another VM of the same name, a job configured twice); the next run resyncs the mirror from this VM`,
+    )
   }
 
   /** 3. The snapshot: our recorded in-flight one of this cycle is reused (the cycle resumes), else a new one. */
@@ -390,6 +448,8 @@ class VmCycle {
     const r = await client.rollback(this.#vm.name, vmProgress(this.log))
     if (!r.ok) throw refusalError(`Rollback of ${this.#vm.name}`, r.refusal)
     this.#rolledBack = true
+    // a Commit recorded as pending is of no cycle the receiver holds any more
+    if (this.#record.pendingCommit !== undefined) await this.#store.save(clearPendingCommit(this.#record))
   }
 
   /**
@@ -524,7 +584,7 @@ class VmCycle {
         if (session.state.committedCycle === this.#cycleNo) {
           // a commit of this cycle went through before the connection dropped: this run's only if a version 8 receiver
           // names this run's cycle (SPEC §5.10) — another writer of the mirror may have rolled ours back and committed its own
-          this.#checkOwnCommit(session.state)
+          await this.#checkOwnCommit(session.state)
           // ours: VmState carries its generation, and a version 7 receiver tells again the drop of every restore point
           // that commit made (reported once)
           if (session.pointsDropped !== undefined) this.#notePointsDropped(session.pointsDropped)
@@ -627,6 +687,9 @@ class VmCycle {
         forgetStop()
       }
       this.#lap('ship')
+      // durably before the Commit goes out: a run that ends before it records Committed leaves the next run what it
+      // needs to adopt the commit (the identity the receiver reports, the snapshot that becomes the base)
+      await this.#store.save(markPendingCommit(this.#record, this.#cycleNo, this.#committedCycleId(), this.#shipped, this.#opts.connect.url))
       // the commit is the durable step: once asked, its answer is awaited even through a stop
       const committed = await client.commit(this.#vm.name, this.#cycleNo, {
         abortable: false,
@@ -691,14 +754,16 @@ class VmCycle {
    * the commit is this run's own when the receiver (version 8) names the identity of the cycle this run sent (SPEC
    * §5.10). Another identity is another writer's commit of this cycle number: nothing is recorded and no snapshot
    * removed (the next run resyncs, as for a mirror committed behind its back). "" or an older version: nothing to
-   * compare, taken for this run's own as before.
+   * compare, taken for this run's own as before. The pending Commit is dropped from the record before the error (the
+   * next run resyncs rather than failing again).
    * @throws AgentError E_OTHER_WRITER
    */
-  #checkOwnCommit(state: VmStateMessage): void {
+  async #checkOwnCommit(state: VmStateMessage): Promise<void> {
     const theirs = state.committedCycleId ?? ''
     if (theirs === '') return
-    const ours = committedCycleIdentity(this.#works.map((w) => ({ name: w.name, cycleId: w.cycleId })))
+    const ours = this.#committedCycleId()
     if (theirs === ours) return
+    await this.#store.save(clearPendingCommit(this.#record)).catch((err: unknown) => this.log.warn({ err }, 'the pending Commit could not be dropped from the agent state'))
     const vm = this.#vm.name
     const url = this.#opts.connect.url
     this.log.error({ vm, cycle: this.#cycleNo, receiver: url, committedCycleId: theirs, ours }, 'another writer committed this cycle to the mirror')
@@ -706,6 +771,11 @@ class VmCycle {
       'E_OTHER_WRITER',
       `another writer committed cycle ${this.#cycleNo} of ${vm} to the receiver ${url} while this run's Commit of that cycle went unanswered (its connection was lost): the mirror holds that writer's cycle (committed cycle identity ${theirs}), not this run's (${ours}). No commit was recorded and no snapshot removed. Check that one job, on one proxy, protects this VM under the name ${vm} with this token (another VM of the same name, a job configured twice); the next run resyncs the mirror from this VM`,
     )
+  }
+
+  /** The committed cycle identity of this run's cycle (SPEC §5.10): its disks' names and cycle identities. */
+  #committedCycleId(): string {
+    return committedCycleIdentity(this.#works.map((w) => ({ name: w.name, cycleId: w.cycleId })))
   }
 
   /** The receiver dropped every restore point of the VM at this commit (SPEC §5.5, v6; §4.2, v7): a warning of the run. */

@@ -4,7 +4,19 @@ import { execFileSync } from 'node:child_process'
 import { chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { AgentStateStore, checkStateShape, defaultStateDir, markInflightResync, stateFileName, stateKey, type AgentVmState } from '../src/agent-state.ts'
+import {
+  AgentStateStore,
+  checkStateShape,
+  clearPendingCommit,
+  defaultStateDir,
+  markCommitted,
+  markInflightResync,
+  markPendingCommit,
+  pendingCommitMatch,
+  stateFileName,
+  stateKey,
+  type AgentVmState,
+} from '../src/agent-state.ts'
 import { scratch } from './helpers.ts'
 
 const G = '0123456789abcdef0123456789abcdef'
@@ -65,6 +77,46 @@ t.test('round trip, atomic replace, damaged files', async (t) => {
   t.same((await store.load('a', key)).state.inflight, { ...s.inflight, resync: ['a.vmdk'] }, 'the resynced disks survive a reload')
   t.same(markInflightResync({ ...s, inflight: null }, ['a.vmdk']).inflight, null, 'nothing in flight: nothing recorded')
   t.equal(checkStateShape({ ...s, diverged: { cycle: 3, generation: G, disks: ['a.vmdk'], reason: 'x', at: 'now' } }, key), undefined)
+})
+
+t.test('the pending Commit: recorded with the snapshot it replaces, kept by a round trip, checked, matched only by its own cycle and non-empty identity, dropped by a commit', async (t) => {
+  const dir = join(scratch(t), 'state')
+  const store = new AgentStateStore(dir)
+  const key = 'local::/vms/p/p.vmx'
+  const id = 'a'.repeat(64)
+  const s: AgentVmState = {
+    ...(await store.load('p', key)).state,
+    committed: { cycle: 3, generation: G, snapshot: { name: 'grainline-3', id: '7' }, receiver: 'wss://dr', at: 'now' },
+    inflight: { cycle: 4, snapshot: { name: 'grainline-4', id: '8' }, at: 'now' },
+  }
+  markPendingCommit(s, 4, id, { name: 'grainline-4', id: '8' }, 'wss://dr')
+  t.match(s.pendingCommit, { cycle: 4, committedCycleId: id, snapshot: { name: 'grainline-4', id: '8' }, replaces: { name: 'grainline-3', id: '7' }, receiver: 'wss://dr' })
+  await store.save(s)
+  t.same((await store.load('p', key)).state, s, 'survives a reload')
+  t.equal(markPendingCommit({ ...structuredClone(s), committed: null }, 1, id, { name: 'grainline-1', id: '1' }, 'wss://dr').pendingCommit?.replaces, null, 'a seed replaces nothing')
+  const file = store.pathOf('p', key)
+  for (const bad of [
+    { ...s.pendingCommit, committedCycleId: '' },
+    { ...s.pendingCommit, committedCycleId: 'A'.repeat(64) },
+    { ...s.pendingCommit, cycle: 0 },
+    { ...s.pendingCommit, snapshot: { name: 'grainline-4', id: '' } },
+    { ...s.pendingCommit, replaces: undefined },
+  ]) {
+    await writeFile(file, JSON.stringify({ ...s, pendingCommit: bad }))
+    const r = await store.load('p', key)
+    t.match(r.problem, /malformed pending commit record/)
+    t.same(r.state.committed, null, 'an unusable record counts as none (the VM resyncs)')
+  }
+  const pending = s.pendingCommit
+  t.equal(pendingCommitMatch(pending, { committedCycle: 4, committedCycleId: id }), 'own')
+  t.equal(pendingCommitMatch(pending, { committedCycle: 4, committedCycleId: 'b'.repeat(64) }), 'other')
+  t.equal(pendingCommitMatch(pending, { committedCycle: 4, committedCycleId: '' }), 'unknown', '"": a commit recorded by an older receiver proves nothing')
+  t.equal(pendingCommitMatch(pending, { committedCycle: 4 }), 'unknown', 'an older connection proves nothing')
+  t.equal(pendingCommitMatch(pending, { committedCycle: 3, committedCycleId: id }), 'unknown', 'another cycle')
+  t.equal(pendingCommitMatch(pending, { committedCycle: 5, committedCycleId: id }), 'unknown', 'another cycle')
+  t.equal(pendingCommitMatch(undefined, { committedCycle: 4, committedCycleId: id }), 'unknown', 'nothing pending')
+  t.notOk('pendingCommit' in markCommitted(structuredClone(s), 4, G, { name: 'grainline-4', id: '8' }, 'wss://dr'), 'a commit drops it')
+  t.notOk('pendingCommit' in clearPendingCommit(structuredClone(s)))
 })
 
 t.test('a FIFO as the state file or an unwritable folder is E_STATE, not a hang', async (t) => {

@@ -21,9 +21,17 @@
  * A WebSocket proxy between the agent and the receiver drops the Commit (or
  * the Committed) and holds the agent's reconnection while the other writer
  * runs.
+ *
+ * Across runs (the run stopped at the cut, as a process killed right after
+ * its Commit): the next run adopts the Commit it finds recorded as pending
+ * when the receiver names that cycle with its identity — an incremental on
+ * the adopted snapshot, where the old code resynced every disk; another
+ * writer's identity fails E_OTHER_WRITER, and "" or version 7 resync as
+ * before.
  */
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
+import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { WebSocket, WebSocketServer } from 'ws'
 import { decodeMessage, encodeMessage, MessageKind, SUBPROTOCOL, type Message } from '@grainline/protocol'
@@ -243,5 +251,140 @@ t.test('a receiver that does not know the identity ("", a commit an older receiv
     t.ok(r.ok, `${what}: committed ${JSON.stringify(r.error)}`)
     t.equal(r.cycle, cycle)
     t.same(await snapshotNames(a), [`grainline-${cycle}`], `${what}: recorded as its own, the older snapshot removed`)
+  }
+})
+
+/** The agent's state record of `dir` (one VM per state folder here). */
+async function stateRecord(dir: string): Promise<Record<string, unknown>> {
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.json'))
+  if (files.length !== 1) throw new Error(`expected one state file in ${dir}: ${files.join(', ')}`)
+  return JSON.parse(await readFile(join(dir, files[0] as string), 'utf8')) as Record<string, unknown>
+}
+
+/**
+ * A run of `vm` through `proxy` that ends right after its Commit: the frame `cut` names is dropped, the connection
+ * cut and the run stopped at that moment (no reconnect reaches the receiver), as a process killed there would be.
+ */
+async function runDyingAfterCommit(vm: SampleVm, proxy: CommitProxy, stateDir: string, rx: ReceiverEnv, cut: 'commit' | 'committed', raw?: string): Promise<VmReport> {
+  const stop = new AbortController()
+  proxy.cut = cut
+  proxy.onCut = () => {
+    proxy.gate = new Promise<void>(() => {})
+    stop.abort(new Error('killed after the Commit'))
+  }
+  try {
+    return await run(vm, proxy.url, stateDir, rx, raw, { signal: stop.signal })
+  } finally {
+    proxy.onCut = undefined
+    proxy.gate = Promise.resolve()
+  }
+}
+
+t.test('a run that ends right after its Commit (the Committed lost): the next run adopts the commit as its own — an incremental on its snapshot, not a resync', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const proxy = await commitProxy(t, rx)
+  const a = await createSampleVm(join(dir, 'a'), { name: 'adopt', disks: [{ sizeBytes: 2 * MiB, fill: 'random' }], seed: 41 })
+  const stateA = join(dir, 'state-a')
+  t.ok((await run(a, proxy.url, stateA, rx)).ok, 'seed')
+  await simulateGuestWrites(a.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 5 })
+  const raw2 = join(dir, 'frozen-2.raw')
+  const second = await runDyingAfterCommit(a, proxy, stateA, rx, 'committed', raw2)
+  t.equal(proxy.cuts, 1, 'the Committed was cut')
+  t.notOk(second.ok)
+  t.equal(second.error?.code, 'E_ABORTED')
+  t.same(await snapshotNames(a), ['grainline-1', 'grainline-2'], 'both snapshots kept')
+  t.equal(await firstDifference(join(rx.store, 'adopt', 'adopt-flat.vmdk'), raw2), -1, 'the receiver committed cycle 2')
+  const rec = await stateRecord(stateA)
+  t.match(
+    rec,
+    {
+      committed: { cycle: 1 },
+      inflight: { cycle: 2, snapshot: { name: 'grainline-2' } },
+      pendingCommit: { cycle: 2, committedCycleId: /^[0-9a-f]{64}$/, snapshot: { name: 'grainline-2' }, replaces: { name: 'grainline-1' } },
+    },
+    'the Commit recorded as pending',
+  )
+  await simulateGuestWrites(a.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 6 })
+  const raw3 = join(dir, 'frozen-3.raw')
+  const third = await run(a, rx.url, stateA, rx, raw3)
+  t.ok(third.ok, `next run ${JSON.stringify(third.error)}`)
+  t.equal(third.cycle, 3)
+  t.equal(third.disks[0]?.mode, 'incremental', `an incremental on grainline-2, not a resync (${String(third.disks[0]?.fallbackReason)})`)
+  t.same([...third.removedSnapshots].sort(), ['grainline-1', 'grainline-2'])
+  t.same(await snapshotNames(a), ['grainline-3'])
+  t.equal(await firstDifference(join(rx.store, 'adopt', 'adopt-flat.vmdk'), raw3), -1, "the mirror is cycle 3's frozen view")
+  const after = await stateRecord(stateA)
+  t.match(after, { committed: { cycle: 3, snapshot: { name: 'grainline-3' } }, inflight: null })
+  t.notOk('pendingCommit' in after, 'nothing pending after Committed')
+})
+
+t.test('a run that ends after sending its Commit, and another writer commits that cycle: the next run fails E_OTHER_WRITER (nothing taken or removed), the one after resyncs', async (t) => {
+  const dir = scratch(t)
+  const rx = await startReceiver(join(dir, 'rx'))
+  t.teardown(() => rx.stop())
+  const proxy = await commitProxy(t, rx)
+  const a = await createSampleVm(join(dir, 'a'), { name: 'twin', disks: [{ sizeBytes: 2 * MiB, fill: 'random' }], seed: 51 })
+  const b = await createSampleVm(join(dir, 'b'), { name: 'twin', disks: [{ sizeBytes: 2 * MiB, fill: 'random' }], seed: 52 })
+  const stateA = join(dir, 'state-a')
+  t.ok((await run(a, proxy.url, stateA, rx)).ok, 'A seeds cycle 1')
+  await simulateGuestWrites(a.vmxPath, { bytes: 256 * 1024, writeSize: 64 * 1024, seed: 7 })
+  // A's Commit of cycle 2 never reaches the receiver and A ends; B rolls A's cycle 2 back and commits its own
+  const second = await runDyingAfterCommit(a, proxy, stateA, rx, 'commit')
+  t.equal(proxy.cuts, 1, 'the Commit was cut')
+  t.notOk(second.ok)
+  t.match(await stateRecord(stateA), { pendingCommit: { cycle: 2 } })
+  const theirs = await run(b, rx.url, join(dir, 'state-b'), rx)
+  t.ok(theirs.ok, `B committed cycle 2 ${JSON.stringify(theirs.error)}`)
+  t.equal(theirs.cycle, 2)
+  // through the proxy again: the receiver URL A's Commit went to (another URL proves no second writer)
+  const third = await run(a, proxy.url, stateA, rx)
+  t.notOk(third.ok)
+  t.match(third.error, {
+    code: 'E_OTHER_WRITER',
+    message:
+      /^another writer committed cycle 2 of twin to the receiver .* after a former run sent the Commit of that cycle and ended unanswered: .*No commit was recorded, no snapshot taken or removed\./,
+  })
+  t.same(third.removedSnapshots, [])
+  t.same(await snapshotNames(a), ['grainline-1', 'grainline-2'], 'no snapshot taken or removed')
+  const rec = await stateRecord(stateA)
+  t.match(rec, { committed: { cycle: 1 } })
+  t.notOk('pendingCommit' in rec, 'the pending Commit dropped')
+  const raw = join(dir, 'frozen-a3.raw')
+  const fourth = await run(a, rx.url, stateA, rx, raw)
+  t.ok(fourth.ok, `A's next run ${JSON.stringify(fourth.error)}`)
+  t.equal(fourth.cycle, 3)
+  t.equal(fourth.disks[0]?.mode, 'resync', String(fourth.disks[0]?.fallbackReason))
+  t.equal(await firstDifference(join(rx.store, 'twin', 'twin-flat.vmdk'), raw), -1, "the mirror is A's frozen view again")
+  t.same(await snapshotNames(a), ['grainline-3'])
+})
+
+t.test('a run that ends right after its Commit, and the next run\'s receiver does not name the identity ("", version 7): nothing proves the commit is its own, a resync as before', async (t) => {
+  const cases: Array<[string, (m: Message) => Message]> = [
+    ['committedCycleId ""', (m) => (m.kind === MessageKind.VmState ? { ...m, committedCycleId: '' } : m)],
+    ['version 7', (m) => (m.kind === MessageKind.Hello ? { ...m, versions: [7, 6, 5, 4, 3, 2] } : m)],
+  ]
+  for (const [what, rewrite] of cases) {
+    const dir = scratch(t)
+    const rx = await startReceiver(join(dir, 'rx'))
+    t.teardown(() => rx.stop())
+    const proxy = await commitProxy(t, rx)
+    const a = await createSampleVm(join(dir, 'a'), { name: 'older', disks: [{ sizeBytes: MiB, fill: 'random' }], seed: 61 })
+    const stateA = join(dir, 'state-a')
+    t.ok((await run(a, proxy.url, stateA, rx)).ok, `${what}: seed`)
+    await simulateGuestWrites(a.vmxPath, { bytes: 128 * 1024, writeSize: 64 * 1024, seed: 8 })
+    const second = await runDyingAfterCommit(a, proxy, stateA, rx, 'committed')
+    t.equal(second.error?.code, 'E_ABORTED', `${what}: the run ended after its Commit`)
+    proxy.rewrite = rewrite
+    const raw = join(dir, 'frozen-3.raw')
+    const third = await run(a, proxy.url, stateA, rx, raw)
+    proxy.rewrite = undefined
+    t.ok(third.ok, `${what}: ${JSON.stringify(third.error)}`)
+    t.equal(third.cycle, 3)
+    t.equal(third.disks[0]?.mode, 'resync', `${what}: ${String(third.disks[0]?.fallbackReason)}`)
+    t.equal(await firstDifference(join(rx.store, 'older', 'older-flat.vmdk'), raw), -1)
+    t.same(await snapshotNames(a), ['grainline-3'])
+    t.notOk('pendingCommit' in (await stateRecord(stateA)), `${what}: nothing pending`)
   }
 })
