@@ -3,11 +3,28 @@ import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
-/** fsync a directory so that a rename or create inside it is durable. */
-export async function fsyncDir(dir: string): Promise<void> {
+/**
+ * Whose folder a durable write is in. `'store'` (the default): the store's own
+ * folders, whose fsync the journal's and the commit's crash safety rest on —
+ * any error of a folder's fsync is thrown. `'destination'`: a folder a
+ * restore, an export or `points open` writes for the operator (a share the DR
+ * host mounts, whose file system may not fsync a folder: CIFS, some FUSE
+ * mounts) — an error that only means "this file system does not do that" is
+ * tolerated, as vmdk's `syncDir` (and QEMU) do; the files themselves are
+ * still fsynced, and every other error is thrown.
+ */
+export type FolderKind = 'store' | 'destination'
+
+/** Errors of a folder's fsync that only mean "this file system does not do that" (vmdk's atomic-file.ts tolerates the same). */
+const DIR_SYNC_UNSUPPORTED: ReadonlySet<string> = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR'])
+
+/** fsync a directory so that a rename or create inside it is durable (on a `'destination'`, see {@link FolderKind}, as far as its file system can). */
+export async function fsyncDir(dir: string, kind: FolderKind = 'store'): Promise<void> {
   const fh = await open(dir, 'r')
   try {
     await fh.sync()
+  } catch (err) {
+    if (kind === 'store' || !DIR_SYNC_UNSUPPORTED.has(String((err as { code?: unknown }).code))) throw err
   } finally {
     await fh.close()
   }
@@ -34,9 +51,9 @@ export function isTempName(name: string): boolean {
 
 /**
  * Replace `path` atomically: write a temporary file beside it, fsync it,
- * rename it over `path`, fsync the directory (ARCHITECTURE §4.1).
+ * rename it over `path`, fsync the directory (ARCHITECTURE §4.1; `kind`: {@link FolderKind}).
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, kind: FolderKind = 'store'): Promise<void> {
   const tmp = tempName(path)
   let fh: FileHandle | undefined
   try {
@@ -51,7 +68,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     await unlink(tmp).catch(() => {})
     throw err
   }
-  await fsyncDir(dirname(path))
+  await fsyncDir(dirname(path), kind)
 }
 
 /**
@@ -61,7 +78,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
  * folder it restores to (the folder starts empty, so nothing is replaced): a
  * crash after the restore returned never leaves it missing or empty.
  */
-export async function writeNewFileDurable(path: string, data: string | Uint8Array): Promise<void> {
+export async function writeNewFileDurable(path: string, data: string | Uint8Array, kind: FolderKind): Promise<void> {
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644)
   try {
     await fh.writeFile(data)
@@ -69,18 +86,18 @@ export async function writeNewFileDurable(path: string, data: string | Uint8Arra
   } finally {
     await fh.close()
   }
-  await fsyncDir(dirname(path))
+  await fsyncDir(dirname(path), kind)
 }
 
-/** fsync a regular file another program wrote (`rbd export`'s flat), then its folder (its name). */
-export async function fsyncFile(path: string): Promise<void> {
+/** fsync a regular file another program wrote (`rbd export`'s flat), then its folder (its name; `kind`: {@link FolderKind}). */
+export async function fsyncFile(path: string, kind: FolderKind): Promise<void> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
   try {
     await fh.sync()
   } finally {
     await fh.close()
   }
-  await fsyncDir(dirname(path))
+  await fsyncDir(dirname(path), kind)
 }
 
 /**
@@ -88,12 +105,12 @@ export async function fsyncFile(path: string): Promise<void> {
  * (deepest first), so that a restore's new folder does not vanish in a crash
  * after the restore returned. A folder that existed already is left as is.
  */
-export async function mkdirDurable(dir: string): Promise<void> {
+export async function mkdirDurable(dir: string, kind: FolderKind): Promise<void> {
   const first = await mkdir(dir, { recursive: true })
   if (first === undefined) return
   const top = resolve(first)
   for (let d = resolve(dir); ; d = dirname(d)) {
-    await fsyncDir(dirname(d))
+    await fsyncDir(dirname(d), kind)
     if (d === top || dirname(d) === d) break
   }
 }

@@ -132,7 +132,7 @@ export async function openPoint(
         `${abs} is inside ${inVm}, where the store keeps (or will keep) a VM's mirror: open the point outside the store, or under ${join(resolve(storeDir), '.open')} (the default)`,
       )
     // durable (its parent fsynced): a crash must not lose the folder while the hold stays recorded
-    await mkdirDurable(abs)
+    await mkdirDurable(abs, 'destination')
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: open the point into a new folder`)
     const kind = opts.kind ?? 'open'
     // every chain checked (points and mirror, points.ts) before the hold is recorded: a refused open leaves no hold behind
@@ -143,7 +143,7 @@ export async function openPoint(
     // first into the folder: a close removes only a folder that names its hold (a crash before it leaves the folder empty);
     // durable (a temporary file fsync'ed, renamed, the folder fsync'ed): a crash never leaves an empty or partial marker,
     // which the close would refuse as not its own
-    await writeFileAtomic(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`)
+    await writeFileAtomic(join(abs, HOLD_MARKER), `${JSON.stringify({ id: hold.id, vm, cycle })}\n`, 'destination')
     const disks: string[] = []
     for (const { stem, source } of sources) {
       const child = join(abs, `${stem}.vmdk`)
@@ -156,9 +156,9 @@ export async function openPoint(
     // durable as the marker (fsync'ed, renamed, the folder fsync'ed): a crash after the open returned never leaves the
     // opened VM without its .vmx or with an empty one (the operator would register or boot a folder that is not whole)
     const text = await pointConfigText(m.paths, state, cycle, opts.logger)
-    if (text !== undefined) await writeFileAtomic(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }))
+    if (text !== undefined) await writeFileAtomic(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }), 'destination')
     try {
-      await writeFileAtomic(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES))
+      await writeFileAtomic(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES), 'destination')
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }

@@ -174,7 +174,7 @@ export async function restorePoint(
     }
     // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
     // returned never leaves a missing or empty descriptor, .vmx or .nvram (the flats are datasynced as they are written)
-    await mkdirDurable(toDir)
+    await mkdirDurable(toDir, 'destination')
     if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
     await initDigests()
     const recs = disksAt(state, cycle)
@@ -236,7 +236,7 @@ async function restoreDisk(
   }
   // the capacity the disk had at the point (a disk re-seeded at another size keeps its older points)
   // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
-  await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: chain.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }))
+  await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: chain.capacity, flatFile: flatName, ddb: ch.own?.ddb ?? rec.ddb }), 'destination')
   let verified: RestoredDisk['verified'] = 'none'
   if (hash !== undefined && check !== null) {
     const got = Buffer.from(hash.digest()).toString('hex')
@@ -257,10 +257,10 @@ async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toD
   const vmx = await pointConfigText(paths, state, cycle, log)
   if (vmx !== undefined) {
     const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (point ${cycle})"`)
-    await writeFileAtomic(join(toDir, `${state.vm}.vmx`), marked)
+    await writeFileAtomic(join(toDir, `${state.vm}.vmx`), marked, 'destination')
   }
   try {
-    await writeFileAtomic(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES))
+    await writeFileAtomic(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES), 'destination')
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ENOENT') throw err
   }

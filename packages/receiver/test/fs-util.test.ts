@@ -3,7 +3,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, lstatSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { writeFileAtomicIfChanged } from '../src/fs-util.ts'
+import { fsyncDir, writeFileAtomicIfChanged } from '../src/fs-util.ts'
 
 t.test('writeFileAtomicIfChanged: writes a missing or changed file, leaves an identical one in place', async (t) => {
   const dir = scratchDir(t)
@@ -39,4 +39,17 @@ t.test('writeFileAtomicIfChanged: a link, a FIFO or a folder at the path is neve
   const folder = join(dir, 'vm.vmsd')
   mkdirSync(folder)
   await t.rejects(writeFileAtomicIfChanged(folder, Buffer.from('x')), 'a folder: the rename fails as before')
+})
+
+// A folder whose file system cannot fsync it (CIFS, some FUSE mounts) cannot be made here without mounting one:
+// the same refusal (EINVAL, fsync of a file that has no fsync) comes from a character device, which is what the
+// classification sees. A restore's destination tolerates it; the store never does (its crash safety rests on it).
+t.test("fsyncDir: a file system's EINVAL is tolerated on a restore's destination, thrown in the store", async (t) => {
+  await t.resolves(fsyncDir('/dev/null', 'destination'), 'destination: "not supported" tolerated')
+  await t.rejects(fsyncDir('/dev/null'), { code: 'EINVAL' }, 'the store (the default): thrown')
+  await t.rejects(fsyncDir('/dev/null', 'store'), { code: 'EINVAL' })
+  const dir = scratchDir(t)
+  await t.resolves(fsyncDir(dir, 'store'), 'a folder that syncs: fine either way')
+  await t.resolves(fsyncDir(dir, 'destination'))
+  await t.rejects(fsyncDir(join(dir, 'missing'), 'destination'), { code: 'ENOENT' }, 'any other error is thrown on a destination too')
 })

@@ -55,7 +55,7 @@ export async function restoreFromArchive(
   const m = await readManifest(bucket, prefix, vm, cycle)
   // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
   // returned never leaves a missing or empty descriptor or configuration file (the flats are datasynced as they are written)
-  await mkdirDurable(toDir)
+  await mkdirDurable(toDir, 'destination')
   if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
   const total = m.disks.reduce((n, d) => n + d.capacity, 0)
   const t0 = performance.now()
@@ -105,7 +105,7 @@ export async function restoreFromArchive(
       throw new ReceiverError('E_VERIFY', `restored disk ${d.name} of point ${cycle} has sha256 ${got}, the archive recorded ${d.sha256}: the archive is damaged; ${toDir} is left for inspection`)
     const descriptor = join(toDir, `${d.stem}.vmdk`)
     // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
-    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }))
+    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }), 'destination')
     disks.push({ name: d.name, descriptor, flat, capacity: d.capacity, sha256: got })
   }
   for (const f of m.files) {
@@ -114,7 +114,7 @@ export async function restoreFromArchive(
     const text = f.name.endsWith('.vmx')
       ? Buffer.from(data.toString('utf8').replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (archived point ${cycle})"`))
       : data
-    await writeNewFileDurable(join(toDir, f.name), text)
+    await writeNewFileDurable(join(toDir, f.name), text, 'destination')
   }
   opts.logger.info({ vm, cycle, to: toDir, disks: disks.length }, 'point restored from the archive')
   return { vm, cycle, to: toDir, disks }

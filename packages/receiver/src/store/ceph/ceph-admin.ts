@@ -140,13 +140,13 @@ export async function cephRestorePoint(t: CephTarget, vm: string, cycle: number,
   const s = await stateOf(t, vm)
   // the disk names of the pool's state become file names in `dir`, its images and snapshots arguments: checked first
   const snaps = pointSnapshots(t, s, cycle)
-  await mkdirDurable(dir)
+  await mkdirDurable(dir, 'destination')
   const disks = []
   for (const [name, d] of snaps) {
     const file = join(dir, `${name.replace(/\.vmdk$/i, '')}.raw`)
     await exportImage(t, `${d.image}@${d.snap}`, file)
     // `rbd export` writes through the page cache: its data and the file's name made durable here
-    await fsyncFile(file)
+    await fsyncFile(file, 'destination')
     disks.push({ name, file, snapshot: `${t.pool}/${d.image}@${d.snap}` })
   }
   return { disks }

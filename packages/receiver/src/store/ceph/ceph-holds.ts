@@ -68,7 +68,7 @@ export async function cephFailover(
     const holds = s.holds ?? []
     if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "grainline points close --to ${abs}" releases it`)
     // its parents fsynced: the failover folder does not vanish in a crash after the failover returned (ceph-restore.ts writes its files durably)
-    await mkdirDurable(abs)
+    await mkdirDurable(abs, 'destination')
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: fail over into a new folder`)
     hold = { id: randomUUID(), cycle: k, dir: abs, kind: 'failover', createdAt: new Date().toISOString() }
     await m.write({ ...s, holds: [...holds, hold] })

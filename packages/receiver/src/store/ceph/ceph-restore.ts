@@ -93,7 +93,7 @@ export async function cephRestoreVm(
   }
   // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
   // returned never leaves a missing or empty flat, descriptor, .vmx or .nvram
-  await mkdirDurable(toDir)
+  await mkdirDurable(toDir, 'destination')
   if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
   await initDigests()
   const total = disks.reduce((n, [, d]) => n + d.capacity, 0)
@@ -116,7 +116,7 @@ export async function cephRestoreVm(
       )
     }
     // rbd export leaves what it wrote in the page cache: fsynced here, then the folder (the flat's name)
-    await fsyncFile(flat)
+    await fsyncFile(flat, 'destination')
     const capacity = (await stat(flat)).size
     const [written, held] = await Promise.all([digestFile(flat), digestImage(t, `${d.image}@${d.snap}`, CHECK_ALGORITHM, Number.MAX_SAFE_INTEGER)])
     const heldHex = Buffer.from(held.digest).toString('hex')
@@ -127,7 +127,7 @@ export async function cephRestoreVm(
       )
     }
     const descriptor = join(toDir, `${stem}.vmdk`)
-    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity, flatFile: flatName, ddb: s.disks[name]?.ddb ?? {} }))
+    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity, flatFile: flatName, ddb: s.disks[name]?.ddb ?? {} }), 'destination')
     out.push({ name, descriptor, flat, capacity, snapshot, verified: 'snapshot' })
     done += d.capacity
     const elapsedMs = performance.now() - t0
@@ -141,10 +141,10 @@ export async function cephRestoreVm(
     const data = Buffer.from(b64, 'base64')
     if (/\.vmx$/i.test(file)) {
       const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : DEFAULT_DISPLAY_SUFFIX, diskMap })
-      await writeNewFileDurable(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run))
+      await writeNewFileDurable(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run), 'destination')
       vmxDropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(file) && !taken.has(file.toLowerCase())) {
-      await writeNewFileDurable(join(toDir, file), data)
+      await writeNewFileDurable(join(toDir, file), data, 'destination')
     }
   }
   return { vm, cycle, to: toDir, disks: out, vmxDropped }
