@@ -240,3 +240,72 @@ t.test('a flush resolves only once every record queued before it is written, als
     [0, 1],
   )
 })
+
+// readJournal reads through a 1 MiB window (journal.ts JournalWindow): records that straddle its edge, old contents
+// larger than the window and than the 4 MiB crc chunk, grains, and a torn or corrupt record far from the start.
+t.test('a journal of many records across read windows reads back whole; a corrupt record deep inside ends it there', async (t) => {
+  const dir = t.testdir()
+  const p = join(dir, 'd.journal')
+  const j = await Journal.create(p, { ...head, capacity: 1 << 30 })
+  const n = 20_000
+  const big = 5
+  let seq = 0
+  const olds = new Map<number, Buffer>()
+  for (let i = 0; i < n; i++) {
+    const e = { seq, offset: seq * 4096, length: 4096, zero: false, digest: seq.toString(16) }
+    if (i === big) {
+      // 6 MiB of old contents: over the window and over one crc chunk
+      const old = pattern(6 * 1024 * 1024, 7)
+      olds.set(seq, old)
+      j.appendExtent(e, old)
+    } else if (i % 997 === 0) {
+      const old = pattern(4096 + (i % 3) * 512, i)
+      olds.set(seq, old)
+      j.appendExtent(e, old)
+    } else j.appendExtentOverZeros(e, e.offset, 4096)
+    if (i % 2000 === 1999) {
+      j.appendGrains([{ grain: i, crc: i * 3 }])
+      j.appendApplied(seq)
+      await j.flush(false)
+    }
+    seq++
+  }
+  await j.flush(true)
+  await j.close()
+  const size = statSync(p).size
+  t.ok(size > 2 * 1024 * 1024 + 6 * 1024 * 1024, `the journal spans many windows (${size} bytes)`)
+  const c = await readJournal(p)
+  t.equal(c?.extents.length, n)
+  t.equal(c?.validEnd, size)
+  t.same(c?.applied, { seq: n - 1 })
+  t.equal(c?.grains.length, n / 2000)
+  t.same(c?.grains.at(-1), { grain: n - 1, crc: (n - 1) * 3 })
+  t.ok(
+    c?.extents.every((e, i) => e.seq === i && e.digest === i.toString(16) && e.offset === i * 4096),
+    'every record in order, as written',
+  )
+  const whole = readFileSync(p)
+  for (const [s, old] of olds) {
+    const e = c?.extents[s]
+    if (e === undefined) throw new Error(`no record ${s}`)
+    t.equal(e.oldZeros, false)
+    t.equal(e.oldLength, old.length)
+    t.ok(whole.subarray(e.oldPos, e.oldPos + e.oldLength).equals(old), `record ${s}: its old contents at oldPos`)
+  }
+  const zeros = c?.extents[n - 2]
+  t.same([zeros?.oldZeros, zeros?.oldLength], [true, 4096])
+
+  // one byte flipped in a record ~3/4 in: the journal ends just before that record
+  const k = Math.floor(n * 0.75)
+  const at = c?.extents[k]?.oldPos as number
+  const bad = Buffer.from(whole)
+  bad[at - 3] = (bad[at - 3] as number) ^ 0x55
+  writeFileSync(p, bad)
+  const d = await readJournal(p)
+  t.equal(d?.extents.length, k, 'the records before it')
+  t.ok((d?.validEnd as number) < at, 'the valid end before the corrupt record')
+  // cut inside the big record's old contents: it and everything after are gone
+  const bigPos = c?.extents[big]?.oldPos as number
+  writeFileSync(p, whole.subarray(0, bigPos + 5 * 1024 * 1024))
+  t.equal((await readJournal(p))?.extents.length, big)
+})

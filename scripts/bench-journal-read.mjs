@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+/**
+ * How long the receiver takes to read a disk's journal back — what a resume
+ * (DiskOpen of a cycle in flight) and a rollback wait for before they answer.
+ *
+ *   node scripts/bench-journal-read.mjs [--records 200000] [--rounds 3] [--build DIR …]
+ *
+ * Writes one journal of `--records` extent records (over zeros, ~140 bytes
+ * each, as an incremental of 4 KiB extents into a thin mirror journals them;
+ * every 997th with 4 KiB of old contents) with the receiver's own `Journal`,
+ * then per round, in the same invocation: the baseline `dd` of the file to
+ * /dev/null (1 MiB blocks, the page cache warm as for the reads), and
+ * `readJournal` of each build given (`--build`, repeatable, default this
+ * checkout; each must be built: `npx tsc -b`) in a fresh process each.
+ * Printed: per build the median time, records per second, µs per record and
+ * the ratio to dd's median, with the load average.
+ */
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { loadavg, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { parseArgs, promisify } from 'node:util'
+
+const exec = promisify(execFile)
+const here = dirname(fileURLToPath(import.meta.url))
+const { values } = parseArgs({
+  options: {
+    records: { type: 'string', default: '200000' },
+    rounds: { type: 'string', default: '3' },
+    build: { type: 'string', multiple: true },
+    // internal: the child that reads (a fresh process per read)
+    'read-with': { type: 'string' },
+    file: { type: 'string' },
+  },
+})
+const journalModule = (build) => pathToFileURL(join(build, 'packages/receiver/dist/src/journal.js')).href
+
+if (values['read-with'] !== undefined) {
+  const { readJournal } = await import(journalModule(values['read-with']))
+  const t0 = performance.now()
+  const c = await readJournal(values.file)
+  const ms = performance.now() - t0
+  process.stdout.write(JSON.stringify({ ms, records: c?.extents.length ?? 0 }))
+  process.exit(0)
+}
+
+const records = Number(values.records)
+const rounds = Number(values.rounds)
+if (!Number.isSafeInteger(records) || records < 1) throw new Error('--records: a positive integer')
+const builds = (values.build ?? [join(here, '..')]).map((b) => resolve(b))
+const median = (xs) => {
+  const v = [...xs].sort((p, q) => p - q)
+  return v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'grainline-bench-journal-'))
+try {
+  const file = join(dir, 'disk.journal')
+  const { Journal } = await import(journalModule(join(here, '..')))
+  const head = { cycleId: 'ab'.repeat(8), cycle: 2, name: 'disk.vmdk', mode: 'incremental', capacity: 2 ** 40, baseSize: 2 ** 40 }
+  const j = await Journal.create(file, head)
+  const old = Buffer.alloc(4096, 0x5a)
+  for (let i = 0; i < records; i++) {
+    const e = { seq: i, offset: i * 8192, length: 4096, zero: false, digest: i.toString(16).padStart(16, '0') }
+    if (i % 997 === 0) j.appendExtent(e, old)
+    else j.appendExtentOverZeros(e, e.offset, 4096)
+    if (i % 5000 === 4999) {
+      j.appendApplied(i)
+      await j.flush(false)
+    }
+  }
+  await j.flush(true)
+  await j.close()
+  const { size } = await import('node:fs').then((fs) => fs.statSync(file))
+  process.stderr.write(`journal: ${records} records, ${(size / 2 ** 20).toFixed(1)} MiB\n`)
+
+  const dd = []
+  const reads = new Map(builds.map((b) => [b, []]))
+  const loads = []
+  for (let r = 0; r < rounds; r++) {
+    loads.push(loadavg()[0])
+    let t0 = performance.now()
+    await exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'])
+    dd.push(performance.now() - t0)
+    // the builds' order rotates per round
+    for (const b of [...builds.slice(r % builds.length), ...builds.slice(0, r % builds.length)]) {
+      t0 = performance.now()
+      const { stdout } = await exec(process.execPath, [fileURLToPath(import.meta.url), '--read-with', b, '--file', file], { maxBuffer: 1 << 20 })
+      const got = JSON.parse(stdout)
+      if (got.records !== records) throw new Error(`${b}: read ${got.records} records of ${records}`)
+      reads.get(b).push(got.ms)
+    }
+  }
+  const ddMs = median(dd)
+  console.log(`dd of the journal (baseline): ${ddMs.toFixed(1)} ms (${(size / 2 ** 20 / (ddMs / 1000)).toFixed(0)} MiB/s)`)
+  for (const b of builds) {
+    const ms = median(reads.get(b))
+    console.log(
+      `readJournal ${b}: ${ms.toFixed(0)} ms [${reads
+        .get(b)
+        .map((x) => x.toFixed(0))
+        .join(' ')}], ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`,
+    )
+  }
+  console.log(`load average over the rounds: ${loads.map((l) => l.toFixed(1)).join(' ')}`)
+} finally {
+  await rm(dir, { recursive: true, force: true })
+}
