@@ -20,6 +20,7 @@ import { pointsCommand } from './commands/points.ts'
 import { restoreCommand } from './commands/restore.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
 import { LOG_LEVELS } from './log-levels.ts'
+import { refuseValuelessOptions } from './value-options.ts'
 import { VERSION } from './version.ts'
 
 export { ExitCode } from './exit-codes.ts'
@@ -38,14 +39,21 @@ export function buildCli(argv: readonly string[], ctx: CliContext = defaultConte
     .option('log-level', { type: 'string', choices: LOG_LEVELS, describe: 'log level (default: info as JSON when stderr is not a terminal; on a terminal only the failure, unless set)' })
     .option('log-file', { type: 'string', describe: 'write JSON logs to this file instead of stderr' })
   for (const c of COMMANDS) {
-    y = y.command(c.command, c.describe, c.builder, async (args) => {
-      onRun(await c.run(args as never, ctx))
-    })
+    // every option that takes a value refuses --no-FLAG and an empty value (value-options.ts)
+    y = y.command(
+      c.command,
+      c.describe,
+      (cy: Argv) => refuseValuelessOptions(c.builder(cy), argv),
+      async (args) => {
+        onRun(await c.run(args as never, ctx))
+      },
+    )
   }
   return y
     .fail((msg, err) => {
       // never let yargs go on after a usage error: the command must not run
-      // a parsing error of yargs' own (YError: an option's coerce refused its value, repeatable-option.ts) is a usage error
+      // a parsing error of yargs' own (YError: an option's coerce refused its value, repeatable-option.ts) is a usage error;
+      // so is a UsageError thrown by a middleware (value-options.ts)
       if (err !== undefined && err !== null) throw err.name === 'YError' ? new UsageError(err.message) : err
       throw new UsageError(msg)
     })

@@ -21,7 +21,7 @@ export const receiveCommand: CliCommand = {
       .option('tls-key', { type: 'string', describe: 'PEM private key' })
       .option('insecure', { type: 'boolean', default: false, describe: 'allow plain ws:// on a non-loopback address' })
       .option('config', { type: 'string', describe: 'JSON config file with the same settings (flags win)' })
-      .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name' })
+      .option('display-suffix', { type: 'string', describe: 'appended to the mirror VM display name (default: the config\'s displaySuffix, else " (grainline mirror)"; --display-suffix= for none)' })
       .option('trivial-mb', { type: 'number', describe: 'largest prefix (MiB) a trivial check may digest' })
       .option('http-listen', {
         type: 'string',
