@@ -205,12 +205,7 @@ async function replicateVm(
   let ownDriver = false
   // a folder the VM's files are read from that holds the agent's own state, CA, token, key, job file… would let a
   // .vmx or descriptor name and ship them: the local driver's roots and the esxi driver's local mounts alike
-  const protect = [
-    init.stateDir ?? defaultStateDir(),
-    ...(init.caFile === undefined ? [] : [init.caFile]),
-    ...(init.esxi?.ssh.privateKeyFile === undefined ? [] : [init.esxi.ssh.privateKeyFile]),
-    ...(init.ownFiles ?? []),
-  ]
+  const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
     const roots = await pinLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
@@ -225,7 +220,8 @@ async function replicateVm(
     }
     // the local mounts checked and pinned now (those loadJob pinned keep their real paths): one that holds an
     // agent file fails the VM before any connection, snapshot or read
-    const datastores = await pinEsxiDatastores(init.esxi.datastores, protect)
+    const key = init.esxi.ssh.privateKeyFile
+    const datastores = await pinEsxiDatastores(init.esxi.datastores, key === undefined ? protect : [...protect, key])
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
     // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)

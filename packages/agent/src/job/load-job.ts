@@ -185,7 +185,7 @@ export async function loadJob(src: JobSources): Promise<Job> {
     const protect = [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles]
     try {
       if (vm.datastoreRoots !== undefined) vms.push({ ...vm, datastoreRoots: await pinLocalRoots(vm.datastoreRoots, rootsFrom, protect) })
-      else if (vm.esxi !== undefined) vms.push({ ...vm, esxi: { ...vm.esxi, datastores: await pinEsxiDatastores(vm.esxi.datastores, protect, mountOf) } })
+      else if (vm.driver === 'esxi' && vm.esxi !== undefined) vms.push({ ...vm, esxi: { ...vm.esxi, datastores: await pinEsxiDatastores(vm.esxi.datastores, protect, mountOf) } })
       else vms.push(vm)
     } catch (err) {
       const m = (err as Error).message
