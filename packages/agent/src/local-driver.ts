@@ -50,7 +50,7 @@ export const LOCAL_ROOTS_SETTING = '--datastore-root DIR (job file: "datastoreRo
 /** What an `E_OUTSIDE_ROOT` of the local driver tells the operator to do (vmdk's default speaks of roots in general). */
 export const LOCAL_OUTSIDE_ROOT_REMEDY = `fix the reference, or, when the file is on another datastore, add the folder it is mounted at with ${LOCAL_ROOTS_SETTING}`
 
-function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
+function checkAbsoluteRoots(roots: readonly string[], setting: string, remedy: string = ROOT_REMEDY): void {
   for (const r of roots) {
     if (typeof r !== 'string' || !isAbsolute(r)) {
       throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is not an absolute path: give the datastore folder the VMs' disks are on from / (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`)
@@ -59,7 +59,7 @@ function checkAbsoluteRoots(roots: readonly string[], setting: string): void {
     if (r.split('/').includes('..')) {
       throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} contains "..": give the datastore folder without ".." (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)`)
     }
-    if (resolve(r) === '/') throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is the whole filesystem (/), which would let a descriptor read any file of this machine: ${ROOT_REMEDY}`)
+    if (resolve(r) === '/') throw new AgentError('E_CONFIG', `${setting}: ${JSON.stringify(r)} is the whole filesystem (/), which would let a descriptor read any file of this machine: ${remedy}`)
   }
 }
 
@@ -109,10 +109,16 @@ export async function resolveLocalRoots(roots: readonly string[] | undefined, se
  * pinned is kept as it is (its real path not resolved again), checked against
  * `protect` and `/` only.
  * @param protect the agent's own files and folders (state dir, token, CA, key, job file): a root that contains one is refused
+ * @param remedy what a refused root's message tells the operator to give instead (the esxi driver: a datastore mapped elsewhere)
  */
-export async function pinLocalRoots(roots: readonly (string | PinnedRoot)[] | undefined, setting = 'local driver roots', protect: readonly string[] = []): Promise<PinnedRoot[]> {
+export async function pinLocalRoots(
+  roots: readonly (string | PinnedRoot)[] | undefined,
+  setting = 'local driver roots',
+  protect: readonly string[] = [],
+  remedy: string = ROOT_REMEDY,
+): Promise<PinnedRoot[]> {
   if (roots === undefined) return []
-  checkAbsoluteRoots(roots.map(nameOf), setting)
+  checkAbsoluteRoots(roots.map(nameOf), setting, remedy)
   const guarded = await realPaths(protect)
   const out: PinnedRoot[] = []
   for (const r of roots) {
@@ -134,12 +140,12 @@ export async function pinLocalRoots(roots: readonly (string | PinnedRoot)[] | un
       if (!st.isDirectory()) throw new AgentError('E_CONFIG', `${setting}: ${named} is not a folder: give the folder a datastore is mounted at, not a file in it`)
     }
     if (real === '/')
-      throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${ROOT_REMEDY}`)
+      throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${remedy}`)
     const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
     if (own !== undefined) {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${ROOT_REMEDY}, one that holds no agent file`,
+        `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file`,
       )
     }
     if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })

@@ -14,6 +14,7 @@ import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver, pinLocalRoots, type PinnedRoot } from './local-driver.ts'
+import { pinEsxiDatastores } from './esxi/pin-datastores.ts'
 import type { EsxiDriverInit } from './esxi/esxi-driver.ts'
 import { runVmCycle } from './cycle.ts'
 import { HostLocks, withHostLock } from './host-lock.ts'
@@ -60,12 +61,14 @@ export interface ReplicateInit {
    */
   readonly datastoreRoots?: readonly (string | PinnedRoot)[]
   /**
-   * local driver: the agent's own files besides `stateDir` and `caFile` —
-   * the job file, the token file, esxi key and settings files, notification
-   * secrets (`loadJob` lists every one its job names). A datastore root that
-   * contains one (by name or real path) fails the VM with `E_CONFIG`: a
-   * hostile .vmx could name it as a disk and ship its contents to the
-   * receiver. `token` holds only the token's contents: give its file here.
+   * the agent's own files besides `stateDir`, `caFile` and the esxi key —
+   * the job file, the token file, esxi settings files, notification
+   * secrets (`loadJob` lists every one its job names). A local driver's
+   * datastore root or an esxi driver's local datastore mount (`esxi.datastores`)
+   * that contains one (by name or real path) fails the VM with `E_CONFIG`
+   * before anything is read: a hostile .vmx could name it as a disk and ship
+   * its contents to the receiver. `token` holds only the token's contents:
+   * give its file here.
    * @default none
    */
   readonly ownFiles?: readonly string[]
@@ -200,10 +203,11 @@ async function replicateVm(
   checkReceiverUrl(init.to, init.insecurePlaintext === true ? { insecurePlaintext: true } : {})
   let driver: HypervisorDriver
   let ownDriver = false
+  // a folder the VM's files are read from that holds the agent's own state, CA, token, key, job file… would let a
+  // .vmx or descriptor name and ship them: the local driver's roots and the esxi driver's local mounts alike
+  const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
-    // a root that holds the agent's own state, CA, token, key, job file… would let a descriptor name and ship them
-    const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
     const roots = await pinLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
@@ -214,10 +218,14 @@ async function replicateVm(
         `VM ${init.vm}: datastoreRoots are the local driver's, refused with driver "esxi", which reads only the datastores its esxi settings map: map the datastore in esxi.datastores and leave datastoreRoots out`,
       )
     }
+    // the local mounts checked and pinned now (those loadJob pinned keep their real paths): one that holds an
+    // agent file fails the VM before any connection, snapshot or read
+    const key = init.esxi.ssh.privateKeyFile
+    const datastores = await pinEsxiDatastores(init.esxi.datastores, key === undefined ? protect : [...protect, key])
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
     // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)
-    driver = createEsxiDriver({ logger: logger.child({ driver: 'esxi' }), ...(signal === undefined ? {} : { signal }) }, init.esxi)
+    driver = createEsxiDriver({ logger: logger.child({ driver: 'esxi' }), ...(signal === undefined ? {} : { signal }) }, { ...init.esxi, datastores })
     ownDriver = true
   } else {
     driver = init.driver

@@ -5,7 +5,8 @@ import { DatastoreMap, parseDatastorePath, resolveVmFile } from '../src/esxi/dat
 import { shQuote, shJoin } from '../src/esxi/shell-quote.ts'
 import { kindOfMode } from '../src/esxi/sftp-files.ts'
 import { datastoreFileAccess } from '../src/esxi/datastore-files.ts'
-import { symlinkSync } from 'node:fs'
+import { realpathSync, rmSync, symlinkSync } from 'node:fs'
+import { pinEsxiDatastores } from '../src/esxi/pin-datastores.ts'
 import path from 'node:path'
 import { localFileAccess, type FileAccess } from '@grainline/vmdk'
 
@@ -116,6 +117,45 @@ t.test('the driver file access reads nothing off its datastores: no local fallba
     await t.rejects(files.open('/etc/hostname', 'r'), { message: /is refused; fix the reference, or map the datastore the file is on \(esxi settings "datastores"\)/ })
   }
   t.same(asked, [], 'nothing off the SFTP datastore was sent to the host either')
+})
+
+t.test('local mounts pinned (pinEsxiDatastores): a mount reached through a symbolic link re-pointed later moves nothing; a mount holding an agent file is refused', async (t) => {
+  const root = t.testdir({ nfs1: { vm: { 'vm.vmx': 'config.version = "8"\n' } }, elsewhere: { vm: { 'vm.vmx': 'stolen = "1"\n' } }, agent: { 'agent.token': 'TOKEN\n' } })
+  const mount = path.join(root, 'ds1')
+  symlinkSync(path.join(root, 'nfs1'), mount)
+  const vmx = path.join(mount, 'vm', 'vm.vmx')
+  // pinned through a DatastoreMap and through a settings record alike
+  const map = await pinEsxiDatastores(DatastoreMap.from({ ds1: { localPath: mount, uuid: 'u-1' }, ds2: { access: 'sftp' } }), [])
+  t.same(map.localRealRoots(), [realpathSync(path.join(root, 'nfs1'))], 'the real path resolved once')
+  t.equal(map.lookup('ds2')?.access, 'sftp', 'an SFTP datastore as it was')
+  const record = await pinEsxiDatastores({ ds1: mount }, [])
+  t.same(record, { ds1: { localPath: mount, realPath: realpathSync(path.join(root, 'nfs1')) } })
+  t.equal(DatastoreMap.from({ ds1: mount }).localRealRoots(), undefined, 'unpinned: resolved when needed')
+  const pinnedFiles = datastoreFileAccess(map, undefined)
+  const recordFiles = datastoreFileAccess(DatastoreMap.from(record), undefined)
+  t.equal((await pinnedFiles.stat(vmx)).kind, 'file', 'a file of the mount is read')
+  // the link re-pointed during the run: a pinned mount still confines to the folder of then
+  rmSync(mount)
+  symlinkSync(path.join(root, 'elsewhere'), mount)
+  for (const files of [pinnedFiles, recordFiles]) {
+    await t.rejects(files.open(vmx, 'r'), { name: 'VmdkError', code: 'E_OUTSIDE_ROOT', message: /resolves to .*elsewhere.*\(through a symbolic link\)/ }, 'the re-pointed mount is not followed')
+  }
+  t.equal((await datastoreFileAccess(DatastoreMap.from({ ds1: mount }), undefined).stat(vmx)).kind, 'file', 'unpinned, the mount follows its link (what pinning prevents)')
+  // an agent file in the mount, by name or through the link; / as a mount
+  const token = path.join(root, 'agent', 'agent.token')
+  symlinkSync(path.join(root, 'agent'), path.join(root, 'agent-link'))
+  for (const m of [path.join(root, 'agent'), path.join(root, 'agent-link')]) {
+    await t.rejects(
+      pinEsxiDatastores(new DatastoreMap([{ name: 'ds 9', localPath: m }]), [token], (name) => `datastores[${JSON.stringify(name)}]`),
+      { name: 'AgentError', code: 'E_CONFIG', message: `datastores["ds 9"]: ${m} contains the agent's own ${token} (its state, credentials or settings)` },
+      `mount ${m}`,
+    )
+  }
+  await t.rejects(pinEsxiDatastores({ ds1: '/' }, []), {
+    code: 'E_CONFIG',
+    message: /^esxi\.datastores\.ds1: "\/" is the whole filesystem .*: map the datastore to the folder it is mounted at on this proxy/,
+  })
+  await t.rejects(pinEsxiDatastores({ ds1: path.join(root, 'nope') }, []), { code: 'E_CONFIG', message: /^esxi\.datastores\.ds1: .*nope does not exist/ })
 })
 
 t.test('shQuote passes any string through a real POSIX shell unchanged', async (t) => {

@@ -7,7 +7,8 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { existsSync, symlinkSync } from 'node:fs'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import path from 'node:path'
@@ -147,3 +148,51 @@ for (const v of VMS)
       t.match(vmsd, new RegExp(`displayName = "grainline-${cycle}"`))
     })
   }
+
+t.test("a local datastore mount holding the agent's own files (token file, state dir; by name or through a link): the VM fails with E_CONFIG before anything is read", async (t) => {
+  const v = VMS[0] as (typeof VMS)[number]
+  const vmsdPath = path.join(h.datastore, `${v.name}/${v.stem}.vmsd`)
+  const vmsdBefore = await readFile(vmsdPath, 'utf8')
+  const mirrorBefore = await readFile(await mirrorFlat(h, v.stem))
+  // the agent's token file on the datastore, as a careless install might leave it
+  const tokenFile = path.join(h.datastore, 'agent.token')
+  await writeFile(tokenFile, `${token}\n`)
+  t.teardown(() => rm(tokenFile, { force: true }))
+  const link = path.join(h.dir, 'datastore1-link')
+  symlinkSync(h.datastore, link)
+  const base = { vm: v.name, driver: 'esxi' as const, to: `ws://127.0.0.1:${port}`, token, progress: 'none' as const, giveUpMs: 0 }
+  const cases: Array<[string, Parameters<typeof replicate>[1], string]> = [
+    ['the token file (ownFiles)', { ...base, esxi, stateDir: path.join(h.dir, 'agent-state'), ownFiles: [tokenFile] }, tokenFile],
+    [
+      'the token file, the mount through a symbolic link',
+      { ...base, esxi: { ...esxi, datastores: { datastore1: { localPath: link, uuid } } }, stateDir: path.join(h.dir, 'agent-state'), ownFiles: [tokenFile] },
+      tokenFile,
+    ],
+    ['the state dir', { ...base, esxi, stateDir: path.join(h.datastore, '.grainline') }, path.join(h.datastore, '.grainline')],
+  ]
+  for (const [what, init, own] of cases) {
+    let snapped = false
+    const report = await replicate(
+      { logger: pino({ level: 'silent' }) },
+      {
+        ...init,
+        afterSnapshot: async () => {
+          snapped = true
+        },
+      },
+    )
+    const mount = what.includes('link') ? link : h.datastore
+    t.match(
+      report.vms[0]?.error,
+      {
+        code: 'E_CONFIG',
+        message: `esxi.datastores.datastore1: ${mount} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2), one that holds no agent file`,
+      },
+      what,
+    )
+    t.equal(snapped, false, `${what}: no snapshot`)
+  }
+  t.equal(await readFile(vmsdPath, 'utf8'), vmsdBefore, 'the VM keeps its snapshots: nothing was run on the host')
+  t.same(await readFile(await mirrorFlat(h, v.stem)), mirrorBefore, 'the mirror is unchanged')
+  t.notOk(existsSync(path.join(h.datastore, '.grainline')), 'no state written in the mount')
+})

@@ -77,7 +77,7 @@ t.test('a job file: top level, defaults and per-VM options, the most specific wi
   t.match(job.vms[0]?.tokenSource, /^job\.tokenFile .*token\.txt$/)
   t.match(job.vms[1], { vm: 'db01', driver: 'esxi', certify: 'sha256', trivialMiB: 4 })
   t.same(job.vms[1]?.esxi?.ssh, { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP })
-  t.same(job.vms[1]?.esxi?.datastores, { ds1: join(dir, 'mnt/ds1') })
+  t.same(job.vms[1]?.esxi?.datastores, { ds1: { localPath: join(dir, 'mnt/ds1'), realPath: realpathSync(join(dir, 'mnt/ds1')) } }, 'the mount pinned: its real path resolved at load')
   t.same(job.vms[1]?.esxi?.sftp, { concurrency: 8, requestTimeoutMs: 90_000 }, 'sftpConcurrency and sftpTimeout reach the driver')
   t.same(
     (await loadJobConfig(file)).map((v) => v.vm),
@@ -453,4 +453,76 @@ t.test("datastoreRoots: a root holding one of the agent's own files (token, job 
   const ok = await loadJob({ file })
   t.same(ok.vms[0]?.datastoreRoots, [pinned(ds2)])
   t.same(ok.vms[0]?.ownFiles, [file, join(own, 'token.txt')], 'the job file and the token file')
+})
+
+t.test("esxi.datastores: a local datastore mount holding one of the agent's own files (token, job file, settings file, state dir) is refused before anything runs", async (t) => {
+  const dir = await fixture(t)
+  // the agent's files in a folder of their own; the mounts below are that folder, a folder above it, or a link to one
+  const own = join(dir, 'own')
+  await mkdir(join(own, 'state'), { recursive: true })
+  await writeFile(join(own, 'token.txt'), 'secret-token-0123456789\n')
+  const file = join(dir, 'job.json')
+  const ssh = { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP }
+  const base = { to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', vms: ['db01'] }
+  const remedy = ': map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2), one that holds no agent file'
+  const refused = (setting: string, mount: string, path: string): string =>
+    `${setting}: ${mount} contains the agent's own ${path} (its state, credentials or settings), which a descriptor could then name and ship${remedy}`
+  const ownLink = join(dir, 'own-link')
+  symlinkSync(own, ownLink)
+  // the state dir named through a link from outside every mount: its real path lies in the mount
+  const stateLink = join(dir, 'state-link')
+  symlinkSync(join(own, 'state'), stateLink)
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    ['the token file', { ...base, tokenFile: 'own/token.txt', esxi: { ssh, datastores: { ds1: 'mnt/ds1', ds2: 'own' } } }, refused('job.esxi.datastores.ds2', own, join(own, 'token.txt'))],
+    [
+      'the token file, the mount through a symbolic link',
+      { ...base, tokenFile: 'own/token.txt', esxi: { ssh, datastores: { ds2: { localPath: 'own-link', uuid: 'u-2' } } } },
+      refused('job.esxi.datastores.ds2.localPath', ownLink, join(own, 'token.txt')),
+    ],
+    ['the job file itself', { ...base, esxi: { ssh, datastores: { 'datastore 1': dir } } }, refused('job.esxi.datastores["datastore 1"]', dir, file)],
+    ['the state dir by name', { ...base, stateDir: 'own/state', esxi: { ssh, datastores: { ds2: 'own' } } }, refused('job.esxi.datastores.ds2', own, join(own, 'state'))],
+    [
+      'the state dir, the mount through a symbolic link',
+      { ...base, stateDir: 'own/state', esxi: { ssh, datastores: { ds2: 'own-link' } } },
+      refused('job.esxi.datastores.ds2', ownLink, join(own, 'state')),
+    ],
+    [
+      'the state dir by its real path (named through a link)',
+      { ...base, stateDir: 'state-link', esxi: { ssh, datastores: { ds2: 'own' } } },
+      refused('job.esxi.datastores.ds2', own, join(own, 'state')),
+    ],
+    [
+      "a VM entry's own settings",
+      { to: base.to, tokenFile: 'own/token.txt', vms: [{ vm: 'db01', driver: 'esxi', esxi: { ssh, datastores: { ds2: 'own' } } }] },
+      refused('job.vms[0].esxi.datastores.ds2', own, join(own, 'token.txt')),
+    ],
+  ]
+  for (const [what, job, message] of cases) {
+    await writeFile(file, JSON.stringify(job))
+    t.same(await problems(loadJob({ file })), [message], what)
+  }
+  // a settings file (--esxi-config): named by the file and the key, as its other problems are
+  const esxiJson = join(own, 'esxi.json')
+  await writeFile(esxiJson, JSON.stringify({ ssh, datastores: { ds1: '.' } }))
+  const flags = { names: { driver: '--driver', esxi: '--esxi-config', tokenFile: '--token-file' }, cwd: dir, vms: ['db01'] }
+  t.same(
+    await problems(loadJob({ ...flags, options: { to: base.to, tokenFile: join(dir, 'token.txt'), driver: 'esxi', esxi: esxiJson } })),
+    [refused(`${esxiJson}: datastores.ds1`, own, esxiJson)],
+    'the settings file in its own mount',
+  )
+  await writeFile(esxiJson, JSON.stringify({ ssh, datastores: { ds1: { localPath: join(dir, 'mnt', 'ds1') }, ds2: join(dir, 'own-link') } }))
+  t.same(
+    await problems(loadJob({ ...flags, options: { to: base.to, tokenFile: join(own, 'token.txt'), driver: 'esxi', esxi: esxiJson, stateDir: join(dir, 'state') } })),
+    [refused(`${esxiJson}: datastores.ds2`, ownLink, join(own, 'token.txt'))],
+    '--token-file in a mount reached through a link',
+  )
+  // SFTP datastores are read on the host, never from the proxy's disk: not checked
+  await writeFile(file, JSON.stringify({ ...base, esxi: { ssh, datastores: { ds1: 'mnt/ds1', ds2: { access: 'sftp', hostPath: own } } } }))
+  const ok = await loadJob({ file })
+  t.same(
+    ok.vms[0]?.esxi?.datastores,
+    { ds1: { localPath: join(dir, 'mnt', 'ds1'), realPath: realpathSync(join(dir, 'mnt', 'ds1')) }, ds2: { access: 'sftp', hostPath: own } },
+    'a mount beside the agent files: accepted and pinned; an SFTP datastore as it was',
+  )
+  t.same(ok.vms[0]?.ownFiles, [file, join(dir, 'token.txt'), join(dir, 'esx.key')], 'the job file, the token and the key reach replicate() (which checks again)')
 })

@@ -9,7 +9,8 @@
  * links lead out of its datastore (an NFS datastore holds whatever its
  * writers put there, `vm.nvram -> /etc/…` included), is refused with
  * `VmdkError` `E_OUTSIDE_ROOT` (vmdk's confineFileAccess) instead of being
- * read from the proxy's own disk.
+ * read from the proxy's own disk. A local mount pinned (`realPath`, as
+ * `replicate()` pins every one) confines to its real path of then.
  */
 import { confineFileAccess, localFileAccess, VmdkError, type FileAccess, type FileStat, type RandomAccessFile } from '@grainline/vmdk'
 import type { DatastoreMap } from './datastore-path.ts'
@@ -19,7 +20,9 @@ export const ESXI_OUTSIDE_ROOT_REMEDY = 'fix the reference, or map the datastore
 
 /** Route each path to the SFTP or the local reader. `sftp` is required when the map has SFTP datastores. */
 export function datastoreFileAccess(map: DatastoreMap, sftp: FileAccess | undefined): FileAccess {
-  const local = confineFileAccess(localFileAccess, map.localRoots(), { remedy: ESXI_OUTSIDE_ROOT_REMEDY })
+  // pinned mounts: a file's real path must lie below the real folders of then, never what a mount's name leads to now
+  const pinned = map.localRealRoots()
+  const local = confineFileAccess(localFileAccess, map.localRoots(), { remedy: ESXI_OUTSIDE_ROOT_REMEDY, ...(pinned === undefined ? {} : { realRoots: pinned }) })
   const remote =
     sftp === undefined || !map.hasSftp
       ? undefined

@@ -23,10 +23,18 @@ export interface DatastoreMount {
    * datastore's folder on the host (@default `/vmfs/volumes/<name>`)
    */
   readonly localPath: string
+  /**
+   * `local`: the real path of `localPath`, pinned once (`pinEsxiDatastores`:
+   * at job load, again checked when the VM's run starts): a file of the
+   * datastore is read only when its real path lies below it, so a mount
+   * reached through a symbolic link re-pointed during the run moves nothing.
+   * @default resolved when a file's real path first needs it
+   */
+  readonly realPath?: string
 }
 
-/** What the settings give for one datastore. */
-export type DatastoreSetting = string | { localPath: string; uuid?: string } | { access: 'sftp'; uuid?: string; hostPath?: string }
+/** What the settings give for one datastore (`realPath`: pinned by `pinEsxiDatastores`, never in a settings file). */
+export type DatastoreSetting = string | { localPath: string; uuid?: string; realPath?: string } | { access: 'sftp'; uuid?: string; hostPath?: string }
 
 /** A parsed datastore path. */
 export interface DatastorePath {
@@ -95,7 +103,7 @@ export class DatastoreMap {
         if (typeof v === 'string') return { name, localPath: v }
         const uuid = v.uuid === undefined ? {} : { uuid: v.uuid }
         if ('access' in v) return { name, access: 'sftp', localPath: v.hostPath ?? `/vmfs/volumes/${name}`, ...uuid }
-        return { name, localPath: v.localPath, ...uuid }
+        return { name, localPath: v.localPath, ...uuid, ...(v.realPath === undefined ? {} : { realPath: v.realPath }) }
       }),
     )
   }
@@ -118,6 +126,17 @@ export class DatastoreMap {
   /** The local mount folders (datastores read through the proxy's file system). */
   localRoots(): string[] {
     return [...new Set(this.mounts.filter((m) => m.access !== 'sftp').map((m) => this.#root(m)))]
+  }
+
+  /**
+   * The pinned real paths of the local mount folders (`realPath`), when every
+   * local mount has one; undefined when any is unpinned (each then resolved
+   * when first needed).
+   */
+  localRealRoots(): string[] | undefined {
+    const local = this.mounts.filter((m) => m.access !== 'sftp')
+    if (local.some((m) => m.realPath === undefined)) return undefined
+    return [...new Set(local.map((m) => path.resolve(m.realPath as string)))]
   }
 
   /** True when `p` (a resolved path) lies inside a mapped datastore. */

@@ -45,7 +45,10 @@ export function sshSettingsSchema(ctx: SchemaContext) {
 /** One datastore: where the proxy reads it. */
 export function datastoreEntrySchema(ctx: SchemaContext) {
   return z.strictObject({
-    localPath: doc(existingDirField(ctx), { description: 'Absolute folder where the datastore is mounted on the proxy (NFS, read-only is enough). Must exist.', type: 'path' }),
+    localPath: doc(existingDirField(ctx), {
+      description: "Absolute folder where the datastore is mounted on the proxy (NFS, read-only is enough). Must exist and hold none of the agent's own files (see `datastores`).",
+      type: 'path',
+    }),
     uuid: doc(z.string().min(1).optional(), { description: 'The volume UUID (`/vmfs/volumes/<uuid>/…` paths resolve through it).' }),
   })
 }
@@ -64,7 +67,8 @@ export function esxiSettingsShape(ctx: SchemaContext) {
   return {
     ssh: doc(sshSettingsSchema(ctx), { description: 'How to reach the host.' }),
     datastores: doc(z.record(z.string().min(1), z.union([existingDirField(ctx), datastoreEntrySchema(ctx), sftpDatastoreSchema()])), {
-      description: 'Datastore name → how the proxy reads it: its mount (a path, or `{ "localPath", "uuid" }`), or `{ "access": "sftp" }` (on the host over SSH). One VM may mix both.',
+      description:
+        'Datastore name → how the proxy reads it: its mount (a path, or `{ "localPath", "uuid" }`), or `{ "access": "sftp" }` (on the host over SSH). One VM may mix both. A mount is read through the proxy\'s file system: one that contains one of the agent\'s own files — the job file, token, CA, SSH key, this settings file, notification secrets, the state dir; by name or real path — is refused (E_CONFIG) at job load and when the VM starts, since a .vmx could name that file as a disk and ship it. Each mount is pinned at job load: its real path resolved once, so a symbolic link re-pointed during the run moves nothing.',
       type: 'object: name → path, { localPath, uuid } or { access: "sftp", uuid, hostPath }',
       example: '{ "datastore1": { "localPath": "/mnt/esx01/datastore1", "uuid": "5f1a2b3c-…" }, "san-vmfs": { "access": "sftp" } }',
     }),

@@ -9,12 +9,13 @@
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { defaultStateDir } from '../agent-state.ts'
+import { pinEsxiDatastores } from '../esxi/pin-datastores.ts'
 import { pinLocalRoots } from '../local-driver.ts'
 import { checkReceiverUrl } from '../receiver-url.ts'
 import type { ReplicateInit } from '../replicate.ts'
 import { toEsxiDriverInit, definedOnly } from './esxi-settings-schema.ts'
 import type { SchemaContext } from './fields.ts'
-import { ConfigError, configIssues, describeIssues, renameByPrefix } from './issues.ts'
+import { ConfigError, configIssues, describeIssues, formatIssuePath, renameByPrefix } from './issues.ts'
 import { jobFileSchema, jobShape } from './job-schema.ts'
 import type { EmailSettings, WebhookSettings } from './notify-schema.ts'
 import { readJsonFile } from './settings-file.ts'
@@ -170,23 +171,22 @@ export async function loadJob(src: JobSources): Promise<Job> {
   const ownFiles = [...(src.file === undefined ? [] : [resolve(cwd, src.file)]), ...jobFilesOf(jobLevel), ...entries.flatMap((e) => e.layers.flatMap((l) => vmFilesOf(l.values)))].filter(
     (p, i, all) => all.indexOf(p) === i,
   )
-  const resolved: Array<{ vm: VmJob; rootsFrom: string }> = []
+  const resolved: Array<{ vm: VmJob; rootsFrom: string; mountOf: (datastore: string) => string }> = []
   for (const e of entries) {
     const vm = resolveVm(e, names, problems, anyLocal, ownFiles)
-    if (vm !== undefined) resolved.push({ vm, rootsFrom: pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots' })
+    if (vm !== undefined) resolved.push({ vm, rootsFrom: pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots', mountOf: esxiMountNames(e.layers, names) })
   }
   if (problems.length > 0) throw new ConfigError(problems)
-  // the local VMs' roots pinned now, once for the run (their real paths: a link re-pointed later moves
-  // nothing), and checked against the agent's own files (replicate() checks the pinned roots again)
+  // the local VMs' roots and the esxi VMs' local datastore mounts pinned now, once for the run (their real
+  // paths: a link re-pointed later moves nothing), and checked against the agent's own files (replicate()
+  // checks the pinned folders again)
   const vms: VmJob[] = []
-  for (const { vm, rootsFrom } of resolved) {
-    if (vm.datastoreRoots === undefined) {
-      vms.push(vm)
-      continue
-    }
+  for (const { vm, rootsFrom, mountOf } of resolved) {
+    const protect = [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles]
     try {
-      const pinned = await pinLocalRoots(vm.datastoreRoots, rootsFrom, [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles])
-      vms.push({ ...vm, datastoreRoots: pinned })
+      if (vm.datastoreRoots !== undefined) vms.push({ ...vm, datastoreRoots: await pinLocalRoots(vm.datastoreRoots, rootsFrom, protect) })
+      else if (vm.driver === 'esxi' && vm.esxi !== undefined) vms.push({ ...vm, esxi: { ...vm.esxi, datastores: await pinEsxiDatastores(vm.esxi.datastores, protect, mountOf) } })
+      else vms.push(vm)
     } catch (err) {
       const m = (err as Error).message
       if (!problems.includes(m)) problems.push(m)
@@ -212,6 +212,22 @@ function vmFilesOf(o: VmOptions): string[] {
 /** The files the job-level settings name: the SMTP password and CA, each webhook's secret and CA. */
 function jobFilesOf(j: { email?: EmailSettings; webhooks?: readonly WebhookSettings[] }): string[] {
   return [j.email?.smtp.passwordFile?.path, j.email?.smtp.caFile?.path, ...(j.webhooks ?? []).flatMap((w) => [w.secretFile.path, w.caFile?.path])].filter((p): p is string => p !== undefined)
+}
+
+/**
+ * How a VM's esxi settings name the mount of one datastore, for messages:
+ * `/etc/grainline/esxi.json: datastores.ds1` (a settings file: named as its
+ * other problems are), `job.vms[1].esxi.datastores.ds1` (inline).
+ */
+function esxiMountNames(layers: readonly Layer[], names: Readonly<Record<string, string>>): (datastore: string) => string {
+  const esxi = pick(layers, 'esxi')
+  const value = esxi?.value
+  const file = value !== undefined && 'settingsFile' in value ? value.settingsFile : undefined
+  return (ds) => {
+    const entry = value?.datastores[ds]
+    const key = ['datastores', ds, ...(typeof entry === 'object' ? ['localPath'] : [])]
+    return file === undefined ? formatIssuePath(esxi?.from ?? names['esxi'] ?? 'esxi', key) : `${file}: ${formatIssuePath('', key)}`
+  }
 }
 
 function stripJobOnly(o: VmOptions & { bwlimit?: unknown; parallel?: unknown }): VmOptions {
@@ -294,7 +310,8 @@ function resolveVm(
     insecurePlaintext: insecurePlaintext ? true : undefined,
     deltaFormat: val('deltaFormat'),
     datastoreRoots: driver === 'local' ? val('datastoreRoots') : undefined,
-    ownFiles: driver === 'local' && ownFiles.length > 0 ? ownFiles : undefined,
+    // the local driver's roots and the esxi driver's local mounts alike: no folder the VM's files are read from may hold one
+    ownFiles: ownFiles.length > 0 ? ownFiles : undefined,
     certify: val('certify'),
     trivialMiB: val('trivialMiB'),
     compress: val('compress'),
