@@ -32,7 +32,7 @@ import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { cephConfigFiles } from '../src/store/ceph/ceph-archive.ts'
 import { Agent, MiB, TOKEN, TOKEN_B, evolve, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, whenFree, type DiskPlan } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
-import { parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
+import { extentLogRecords, parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
 import { CephLock } from '../src/store/ceph/ceph-lock.ts'
 import { CephVmMirror } from '../src/store/ceph/ceph-mirror.ts'
 import { CephCommandError, runCeph } from '../src/store/ceph/rbd-cli.ts'
@@ -99,6 +99,16 @@ t.test('extent log: the in-order prefix counts, a torn or foreign tail does not'
   t.equal(parseExtentLog([rec(0), rec(1), '{"seq":2,"off'].join('\n')).length, 2, 'a torn last line is ignored')
   t.equal(parseExtentLog([rec(0), rec(2)].join('\n')).length, 1, 'a gap ends the prefix')
   t.equal(parseExtentLog('').length, 0)
+  // read from the bytes rados returns, a line at a time (ceph-apply.ts extentLogRecords): never joined into one string
+  const many = Buffer.from(`${Array.from({ length: 3000 }, (_, i) => rec(i)).join('\n')}\n`)
+  const got = [...extentLogRecords(many)]
+  t.equal(got.length, 3000)
+  t.same(got[2999], { seq: 2999, offset: 29990, length: 10, zero: false, digest: 'ab' })
+  t.equal([...extentLogRecords(many.subarray(0, many.length - 7))].length, 2999, 'a torn last record in the bytes')
+  t.equal([...extentLogRecords(Buffer.from(`${rec(0)}\n\n${rec(1)}`))].length, 2, 'an empty line is skipped')
+  t.equal([...extentLogRecords(Buffer.from(`${rec(0)}\n\xff\xfe\n${rec(1)}`, 'latin1'))].length, 1, 'bytes that are not a record end it')
+  const view = Buffer.concat([Buffer.from('garbage\n'), many]).subarray(8)
+  t.equal([...extentLogRecords(view)].length, 3000, 'a view into a larger buffer: only its bytes')
 })
 
 t.test('store spec: ceph:POOL with client settings; a bad pool name is a config error', async (t) => {

@@ -6,7 +6,7 @@
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
-import { parseExtentLog } from './ceph-apply.ts'
+import { extentLogRecords } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
 import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
@@ -50,7 +50,9 @@ export interface CephStoreStatus {
 /** The resume point of a disk in flight: the length of its extent log (0 when it cannot be read). */
 export async function resumeSeq(t: CephTarget, log: string): Promise<number> {
   try {
-    return parseExtentLog((await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-'])).toString('utf8')).length
+    let n = 0
+    for (const _ of extentLogRecords(await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-']))) n++
+    return n
   } catch {
     return 0
   }

@@ -33,21 +33,37 @@ interface LogRecord {
   readonly digest: string
 }
 
-/** Parse a log object: the records of seq 0, 1, 2 … in order (a torn or foreign tail is ignored). */
-export function parseExtentLog(raw: string): LogRecord[] {
-  const out: LogRecord[] = []
-  for (const line of raw.split('\n')) {
-    if (line === '') continue
-    let r: LogRecord
-    try {
-      r = JSON.parse(line) as LogRecord
-    } catch {
-      break
+/**
+ * The records of a log object, seq 0, 1, 2 … in order (a torn or foreign tail
+ * is ignored), one line at a time straight from the bytes `rados get`
+ * returned: never the whole object as one string, which V8 caps at ~512 MiB
+ * (about 5,000,000 records: a resume of a large incremental would have thrown
+ * a RangeError instead of resuming), nor every record in one array.
+ */
+export function* extentLogRecords(raw: Uint8Array): Generator<LogRecord> {
+  const buf = Buffer.from(raw.buffer, raw.byteOffset, raw.length)
+  let seq = 0
+  for (let start = 0; start < buf.length; ) {
+    let end = buf.indexOf(0x0a, start)
+    if (end < 0) end = buf.length
+    if (end > start) {
+      let r: LogRecord
+      try {
+        r = JSON.parse(buf.toString('utf8', start, end)) as LogRecord
+      } catch {
+        return
+      }
+      if (r.seq !== seq || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') return
+      seq++
+      yield r
     }
-    if (r.seq !== out.length || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') break
-    out.push(r)
+    start = end + 1
   }
-  return out
+}
+
+/** {@link extentLogRecords} as an array (tests and tools). */
+export function parseExtentLog(raw: string | Uint8Array): LogRecord[] {
+  return [...extentLogRecords(typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw)]
 }
 
 /** The apply of one disk into its RBD image (see the file comment). */
@@ -109,9 +125,9 @@ export class CephDiskApply {
 
   /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
   static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
-    let raw = ''
+    let raw: Uint8Array = Buffer.alloc(0)
     try {
-      raw = (await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])).toString('utf8')
+      raw = await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])
     } catch (err) {
       if (!(err as { notFound?: boolean }).notFound) throw err
     }
@@ -121,7 +137,7 @@ export class CephDiskApply {
       return await CephDiskApply.start(target, lock, vm, info, touched)
     }
     const a = new CephDiskApply(target, lock, vm, info, touched)
-    for (const r of parseExtentLog(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
+    for (const r of extentLogRecords(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
     a.applied = a.next - 1
     return a
   }
