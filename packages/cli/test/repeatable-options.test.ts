@@ -17,7 +17,8 @@ import { mirrorCommand } from '../src/commands/mirror.ts'
 import { infoCommand, mapCommand } from '../src/commands/info.ts'
 import { replicateCommand } from '../src/commands/replicate.ts'
 import { jobFromArgs } from '../src/commands/replicate-run.ts'
-import { COMMANDS, main } from '../src/main.ts'
+import { COMMANDS } from '../src/main.ts'
+import { runMain } from './helpers.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 
@@ -94,20 +95,7 @@ t.test('every repeatable option refuses an occurrence without a value and its --
     'path-map': 'DATASTORE=LOCALPATH',
     network: "'SOURCE LABEL=DR LABEL'",
   }
-  const run = async (argv: readonly string[]): Promise<{ code: number; out: string; err: string }> => {
-    let out = ''
-    let err = ''
-    const code = await main(argv, {
-      write: (s) => {
-        out += s
-      },
-      error: (s) => {
-        err += s
-      },
-      stderr: process.stderr,
-    })
-    return { code, out, err }
-  }
+  const run = runMain
   const found: string[] = []
   for (const c of COMMANDS) {
     const name = c.command.split(' ')[0] as string

@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url'
 import yargs from 'yargs'
 import { runNode, scratchDir } from '@grainline/test-utils'
 import type { CliCommand } from '../src/command.ts'
-import { COMMANDS, main } from '../src/main.ts'
+import { COMMANDS } from '../src/main.ts'
+import { runMain } from './helpers.ts'
 import { refuseValuelessOptions, valueOptions, valuelessOptionError } from '../src/value-options.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
@@ -58,20 +59,7 @@ function parseGuarded(command: CliCommand, argv: readonly string[]): Record<stri
     .parseSync() as Record<string, unknown>
 }
 
-async function run(argv: readonly string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = ''
-  let err = ''
-  const code = await main(argv, {
-    write: (s) => {
-      out += s
-    },
-    error: (s) => {
-      err += s
-    },
-    stderr: process.stderr,
-  })
-  return { code, out, err }
-}
+const run = runMain
 
 // the positionals and demanded options a command needs beside the flag under test (so that, but for the flag, it would parse)
 const beside: Record<string, string[]> = {
