@@ -14,6 +14,7 @@
  * the usage. So nothing is counted per extent: the apply path is untouched.
  */
 import { lstat } from 'node:fs/promises'
+import { forEachLimited } from '@grainline/vmdk'
 import { listVmFolders } from './vm-folders.ts'
 import { allocatedBytes } from './store-usage.ts'
 import { readVmState } from './state-file.ts'
@@ -49,10 +50,13 @@ async function fileAllocated(path: string): Promise<number> {
 export async function tokenRoom(storeDir: string, covers: (vm: string) => boolean): Promise<TokenRoom> {
   let usedBytes = 0
   const inflight = new Map<string, number>()
-  for (const vm of await listVmFolders(storeDir).catch(() => [] as string[])) {
-    if (!covers(vm)) continue
+  const vms = (await listVmFolders(storeDir).catch(() => [] as string[])).filter(covers)
+  // a few VMs at a time: a DiskOpen of a token with hundreds of VMs waited for each one's walk in turn
+  await forEachLimited(vms, ROOM_VMS_IN_FLIGHT, async (vm) => {
     const paths = new VmPaths(storeDir, vm)
-    usedBytes += await allocatedBytes(paths.dir)
+    // added after the await (VMs walked in parallel: `usedBytes += await …` would lose the others' sums)
+    const bytes = await allocatedBytes(paths.dir)
+    usedBytes += bytes
     const state = await readVmState(paths).catch(() => undefined)
     for (const d of Object.values(state?.inflight?.disks ?? {})) {
       const target = d.target === 'seed' ? paths.seed(d.stem) : paths.flat(d.stem)
@@ -62,9 +66,12 @@ export async function tokenRoom(storeDir: string, covers: (vm: string) => boolea
       const a = d.announced
       inflight.set(diskKey(vm, d.name), a === undefined ? fill : Math.min(fill, Math.max(0, announcedBound(a) - Math.max(0, now - a.allocatedAtOpen))))
     }
-  }
+  })
   return { usedBytes, inflight }
 }
+
+/** VMs {@link tokenRoom} walks at once. */
+const ROOM_VMS_IN_FLIGHT = 4
 
 /**
  * The DiskOpens of this receiver being decided: each holds what it may add

@@ -1,6 +1,7 @@
 /** Which folders of a folder store are VMs (status, the VM count, a quota's usage, recovery). */
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { forEachLimited } from '@grainline/vmdk'
 import { ioError } from './errors.ts'
 import { isVmName } from './receiver-rules.ts'
 import { STATE_DIR } from './vm-paths.ts'
@@ -22,13 +23,14 @@ export async function listVmFolders(storeDir: string): Promise<string[]> {
     if ((err as { code?: unknown }).code === 'ENOENT') return []
     throw ioError(err, `listing the store ${storeDir}`)
   }
-  const out: string[] = []
-  for (const e of entries.sort()) {
-    if (!isVmName(e)) continue
+  const names = entries.filter(isVmName).sort()
+  const isVm = new Array<boolean>(names.length).fill(false)
+  // a few at a time (two lstats each), the result in name order
+  await forEachLimited(names, 8, async (e, i) => {
     const st = await lstat(join(storeDir, e)).catch(() => undefined)
-    if (st?.isDirectory() === true && (await hasStateDir(join(storeDir, e)))) out.push(e)
-  }
-  return out
+    isVm[i] = st?.isDirectory() === true && (await hasStateDir(join(storeDir, e)))
+  })
+  return names.filter((_, i) => isVm[i])
 }
 
 /**
