@@ -112,9 +112,11 @@ async function pointDamage(s: CephVmState, pool: string, list: SnapLister): Prom
  */
 async function mirrorDamage(s: CephVmState, pool: string, list: SnapLister): Promise<DamagedMirrorDisk[]> {
   const out: DamagedMirrorDisk[] = []
-  for (const d of Object.values(s.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+  for (const { name, d } of stateDisks(s)) {
+    // a disk only in flight (its first seed) has no committed snapshot yet
+    if (d === undefined || d === null) continue
     const problem = snapshotProblem(pool, d.image, d.snap, d.capacity, await list(d.image))
-    if (problem !== undefined) out.push({ disk: d.name, cycle: d.cycle, file: `${pool}/${d.image}@${d.snap}`, problem, ...(d.removed === undefined ? {} : { removed: d.removed }) })
+    if (problem !== undefined) out.push({ disk: name, cycle: d.cycle, file: `${pool}/${d.image}@${d.snap}`, problem, ...(d.removed === undefined ? {} : { removed: d.removed }) })
   }
   return out
 }
@@ -147,7 +149,7 @@ export async function cephStoreDamage(t: CephTarget, s: CephVmState): Promise<{ 
   const again = await readCephState(t, new CephNames(s.vm).state, s.vm)
   if (again === undefined) return { points: [], mirror: [] }
   const named = new Set(again.points.flatMap((p) => Object.entries(p.disks ?? {}).map(([disk, d]) => `${p.cycle}\0${disk}\0${t.pool}/${d.image}@${d.snap}`)))
-  const committed = new Set(Object.values(again.disks).map((d) => `${d.name}\0${t.pool}/${d.image}@${d.snap}`))
+  const committed = new Set(Object.entries(again.disks).map(([disk, d]) => `${disk}\0${t.pool}/${d?.image}@${d?.snap}`))
   return {
     points: points.filter((f) => named.has(`${f.cycle}\0${f.disk}\0${f.file}`)),
     mirror: mirror.filter((f) => committed.has(`${f.disk}\0${f.file}`)),
