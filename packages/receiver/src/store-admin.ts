@@ -63,6 +63,19 @@ export interface DiskStatus {
   readonly removed?: number
 }
 
+/** A committed disk whose mirror (on the Ceph store: its image or committed snapshot) is missing or too small. */
+export interface DamagedMirrorDisk {
+  readonly disk: string
+  /** the disk's committed cycle, the one its snapshot holds */
+  readonly cycle: number
+  /** `POOL/IMAGE@SNAP` */
+  readonly file: string
+  /** what is wrong: `is missing (…)`, `is N bytes, smaller than …` */
+  readonly problem: string
+  /** the first cycle whose .vmx no longer named the disk (its mirror kept as of `cycle` for older points); absent while the VM has it */
+  readonly removed?: number
+}
+
 /** Status of one VM (json-able). */
 export interface VmStatus {
   readonly vm: string
@@ -89,9 +102,18 @@ export interface VmStatus {
    * point's capacity requires (looked at with lstat only; not while a commit
    * is to roll forward): restoring that point, or an older one, fails. On
    * the Ceph store: point snapshots missing or smaller than the point's
-   * capacity (ceph-overview.ts cephDamagedPoints), `file` naming `POOL/IMAGE@SNAP`
+   * capacity (ceph-overview.ts cephStoreDamage), `file` naming `POOL/IMAGE@SNAP`
    */
   readonly damagedPoints?: readonly DamagedPointFile[]
+  /**
+   * On the Ceph store: committed disks whose image or committed snapshot is
+   * missing, or whose snapshot is smaller than the disk's capacity
+   * (ceph-overview.ts cephStoreDamage): the mirror's latest cycle cannot be
+   * restored or failed over, and the next cycle cannot build on it. Absent
+   * on the folder store, whose mirror flat missing or of another size is
+   * `modified` (mirror-inspection.ts)
+   */
+  readonly damagedMirror?: readonly DamagedMirrorDisk[]
   /** why the VM's state could not be read */
   readonly error?: string
 }

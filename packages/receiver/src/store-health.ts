@@ -10,7 +10,9 @@
  *   cycle must resync it), a modified mirror (someone booted or edited it),
  *   a restore point whose files are missing, not regular files or truncated
  *   (a restore of it would fail) — on the Ceph store, whose snapshots are
- *   missing or smaller than its capacity,
+ *   missing or smaller than its capacity —, on the Ceph store a committed
+ *   disk whose image or snapshot is missing or smaller than its capacity
+ *   (the mirror's latest cycle cannot be restored nor built on),
  *   a state that cannot be read, or a last commit older than `maxAgeMs`;
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
@@ -94,6 +96,8 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions & { readonly
   for (const d of vm.disks) problems.push(...diskProblems(d))
   const damaged = damagedPointsProblem(vm, opts.store)
   if (damaged !== undefined) problems.push(['CRITICAL', damaged])
+  const mirror = damagedMirrorProblem(vm, opts.store)
+  if (mirror !== undefined) problems.push(['CRITICAL', mirror])
   const at = vm.committedAt === null ? NaN : Date.parse(vm.committedAt)
   const ageSeconds = Number.isFinite(at) ? Math.max(0, Math.floor((now - at) / 1000)) : null
   if (vm.committedCycle === 0 && vm.error === undefined) problems.push(['WARNING', 'never committed (seed not finished)'])
@@ -143,11 +147,44 @@ function damagedPointsProblem(vm: VmStatus, store: string | undefined): string |
   if (list.length > 3) shown.push(`${list.length - 3} more`)
   const prune = `grainline points prune --store ${store ?? 'STORE'} --vm ${vm.vm} --keep ${keep}`
   const stays = keep === 0 ? ': the next cycles make new points' : keep === 1 ? ': the newer point stays' : `: the ${keep} newer points stay`
-  // a Ceph point is RBD snapshots (ceph-overview.ts cephDamagedPoints): no folder to put back, a removed snapshot cannot come back
+  // a Ceph point is RBD snapshots (ceph-overview.ts cephStoreDamage): no folder to put back, a removed snapshot cannot come back
   if (store?.startsWith('ceph:') === true) {
     return `restore point snapshot${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; drop point ${newest} and the older ones (${prune}${stays})`
   }
   return `restore point file${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')}): restoring point ${newest} or an older one fails; put back the VM's .grainline/points folder from a backup, or drop point ${newest} and the older ones (${prune}${stays})`
+}
+
+/**
+ * The problem of a VM whose mirror is damaged (`damagedMirror`, the Ceph
+ * store: a committed disk's image or snapshot missing or smaller than its
+ * capacity, ceph-overview.ts cephStoreDamage): which disk and snapshot, and
+ * what to do. The latest cycle cannot be restored or failed over, and no
+ * cycle can build on it (an incremental writes the image from that
+ * snapshot, a resync and the checks read it, a rollback returns to it), nor
+ * can a snapshot removed be put back: the restore points still whole are
+ * the VM's copies at the DR site until the mirror is removed and seeded
+ * anew. A disk removed from the VM is not part of the latest cycle.
+ */
+function damagedMirrorProblem(vm: VmStatus, store: string | undefined): string | undefined {
+  const list = vm.damagedMirror ?? []
+  if (list.length === 0) return undefined
+  const shown = list.slice(0, 3).map((d) => `disk ${d.disk}${d.removed === undefined ? '' : ` (removed from the VM at cycle ${d.removed})`}: ${d.file} ${d.problem}`)
+  if (list.length > 3) shown.push(`${list.length - 3} more`)
+  const s = store ?? 'STORE'
+  const remove = `remove the mirror (grainline mirror remove --store ${s} --vm ${vm.vm} --yes): the next run seeds the VM anew`
+  const head = `mirror snapshot${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')})`
+  if (list.every((d) => d.removed !== undefined)) {
+    return `${head}: the latest cycle does not read ${list.length === 1 ? 'it' : 'them'} (no longer in the VM); were ${list.length === 1 ? 'the disk' : 'the disks'} attached again, the next cycle could not build on ${list.length === 1 ? 'it' : 'them'}: then ${remove}`
+  }
+  // the points a damaged one does not break (store-health's rule for damagedPoints: the points newer than the newest damaged)
+  const broken = (vm.damagedPoints ?? []).map((d) => d.cycle)
+  const newestBroken = broken.length === 0 ? 0 : Math.max(...broken)
+  const point = (vm.points ?? []).filter((c) => c > newestBroken).at(-1)
+  const instead =
+    point === undefined
+      ? `no whole restore point is kept to restore instead; ${remove}`
+      : `restore or fail over point ${point} instead (grainline restore --store ${s} --vm ${vm.vm} --point ${point} --to DIR, or grainline mirror failover --store ${s} --vm ${vm.vm} --point ${point}); archive the points to keep (grainline points archive --store ${s} --vm ${vm.vm} --archive s3://BUCKET/PREFIX), then ${remove}`
+  return `${head}: the mirror's latest cycle ${vm.committedCycle} cannot be restored or failed over, and the next cycle cannot build on it (an incremental, a resync, the checks and a rollback read that snapshot); ${instead}`
 }
 
 const perfLabel = (vm: string): string => `'${vm.replace(/'/g, "''").replace(/[=]/g, '_')}_age'`

@@ -1,17 +1,24 @@
 // `grainline status` of a Ceph store looks at every restore point's RBD
-// snapshots (ceph-overview.ts cephDamagedPoints), as it looks at the point
-// files of a folder store (status-points.test): on a real one-node cluster, a
-// point's snapshot removed behind the store (`rbd snap rm` by hand) and a
-// point's snapshot smaller than its capacity (the image shrunk, the snapshot
-// taken again by hand) make the VM CRITICAL, named (point, disk, snapshot),
-// with the prune that drops them; `grainline status` exits 2; the prune
-// named works and the VM is OK again.
+// snapshots and at every committed disk's (ceph-overview.ts cephStoreDamage),
+// as it looks at the point files and mirror flats of a folder store
+// (status-points.test): on a real one-node cluster, a point's snapshot
+// removed behind the store (`rbd snap rm` by hand) and a point's snapshot
+// smaller than its capacity (the image shrunk, the snapshot taken again by
+// hand) make the VM CRITICAL, named (point, disk, snapshot), with the prune
+// that drops them; `grainline status` exits 2; the prune named works and the
+// VM is OK again. Then the mirror itself, on a second VM with a cycle in
+// flight: its committed snapshot removed, taken again smaller, its image
+// removed — each CRITICAL, named (disk, snapshot), with the older point to
+// restore and the removal and new seed, which work; one `rbd snap ls` per
+// image for the points and the mirror together (counted through a wrapper).
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { cliBin, haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { cephPrunePoints } from '../src/index.ts'
+import { cephPrunePoints, cephRemoveMirror, cephRestorePoint } from '../src/index.ts'
 import { cephStoreReader } from '../src/store/ceph/ceph-overview.ts'
 import { CephNames, readCephState } from '../src/store/ceph/ceph-state.ts'
 import { runCeph } from '../src/store/ceph/rbd-cli.ts'
@@ -23,11 +30,23 @@ const cid = (n: number): string => n.toString(16).padStart(32, '0')
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
 const log = pino({ level: 'silent' })
 
-t.test('Ceph status: a point whose snapshot was removed or is smaller than its capacity is CRITICAL, named, with the prune that drops it', { skip }, async (t) => {
+t.test('Ceph status: a point or a mirror whose snapshot was removed or is smaller than its capacity is CRITICAL, named, with what to do', { skip }, async (t) => {
   const ceph = await startCephCluster({ pools: [POOL] })
   t.teardown(() => ceph.stop())
   const target = { pool: POOL, conf: ceph.conf }
   const env = makeEnv(join(scratchDir(t, 'grainline-ceph-status-'), 'env'))
+  // every rbd command run in this process, through a wrapper first on PATH (librbd helpers are not commands)
+  const wrap = join(env.dir, 'bin')
+  const calls = join(env.dir, 'rbd-calls')
+  await mkdir(wrap, { recursive: true })
+  const realRbd = execFileSync('sh', ['-c', 'command -v rbd'], { encoding: 'utf8' }).trim()
+  await writeFile(join(wrap, 'rbd'), `#!/bin/sh\necho "$*" >> '${calls}'\nexec ${realRbd} "$@"\n`, { mode: 0o755 })
+  const path = process.env.PATH
+  process.env.PATH = `${wrap}:${path}`
+  t.teardown(() => {
+    process.env.PATH = path
+  })
+  const snapLists = async (): Promise<number> => (existsSync(calls) ? (await readFile(calls, 'utf8')).split('\n').filter((l) => / snap ls /.test(l)).length : 0)
   const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10, retention: { keep: 10 } })
   t.teardown(() => receiver.close())
   const vm = 'vm-status-points'
@@ -48,7 +67,11 @@ t.test('Ceph status: a point whose snapshot was removed or is smaller than its c
   let v = await vmOf()
   t.same(v?.points, [1, 2, 3], 'points 1–3 kept')
   t.same(v?.damagedPoints, [], 'every point snapshot is there')
+  t.same(v?.damagedMirror, [], "and the mirror's committed snapshot")
   t.equal(v?.health.state, 'OK', 'OK while the snapshots are whole')
+  let lists = await snapLists()
+  await reader.status()
+  t.equal((await snapLists()) - lists, 1, 'one rbd snap ls for the three points and the mirror: one image')
 
   const s = await readCephState(target, new CephNames(vm).state, vm)
   const snapOf = (cycle: number): { image: string; snap: string } => {
@@ -94,4 +117,83 @@ t.test('Ceph status: a point whose snapshot was removed or is smaller than its c
   v = await vmOf()
   t.same(v?.damagedPoints, [], 'nothing damaged left')
   t.equal(v?.health.state, 'OK', 'OK again')
+
+  // the mirror itself: a second VM, points 1 and 2, cycle 3 committed, cycle 4 in flight on the image's head
+  const mvm = 'vm-status-mirror'
+  const mimg: Buffer[] = [Buffer.alloc(0), pattern(SIZE, 81)]
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, mvm, 1, [seedPlan(0, 'm.vmdk', mimg[1] as Buffer, cid(81))])
+  a.close()
+  for (let c = 2; c <= 4; c++) {
+    const ranges = [{ offset: c * 256 * 1024, length: 128 * 1024 }]
+    mimg[c] = evolve(mimg[c - 1] as Buffer, 80 + c, ranges)
+    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, mvm, c, [incPlan(0, 'm.vmdk', mimg[c] as Buffer, c - 1, cid(80 + c), ranges, `m-00000${c - 1}.vmdk`, `m-00000${c}.vmdk`)], { commit: c < 4 })
+    a.close()
+  }
+  const mvmOf = async () => (await storeOverview(reader)).vms.find((x) => x.vm === mvm)
+  let m = await mvmOf()
+  t.same([m?.committedCycle, m?.inflightCycle, m?.points], [3, 4, [1, 2]], 'cycle 3 committed, points 1 and 2, cycle 4 in flight')
+  t.same(m?.damagedMirror, [], 'the committed snapshot is whole while the head is written')
+  t.equal(m?.health.state, 'WARNING', 'WARNING for the cycle in flight only')
+  const md = (await readCephState(target, new CephNames(mvm).state, mvm))?.disks['m.vmdk']
+  if (md === undefined) throw new Error('no committed m.vmdk')
+  const mfile = `${POOL}/${md.image}@${md.snap}`
+  const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  const statusCli = () => spawnSync(process.execPath, [cliBin(), 'status', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf, '--output', 'json'], { encoding: 'utf8' })
+
+  // its committed snapshot removed behind the store
+  await runCeph(target, 'rbd', ['snap', 'rm', mfile])
+  m = await mvmOf()
+  t.match(m?.damagedMirror, [{ disk: 'm.vmdk', cycle: 3, file: mfile, problem: 'is missing (rbd snap ls does not list it: removed behind the store)' }], 'the removed snapshot, named')
+  t.equal(m?.damagedMirror?.length, 1, 'one disk')
+  t.same(m?.damagedPoints, [], 'the points are whole')
+  t.equal(m?.health.state, 'CRITICAL', 'CRITICAL: the cycle in flight does not hide it')
+  t.match(
+    m?.health.problems.join('\n'),
+    new RegExp(
+      `mirror snapshot DAMAGED \\(disk m\\.vmdk: ${esc(mfile)} is missing \\(rbd snap ls does not list it: removed behind the store\\)\\): the mirror's latest cycle 3 cannot be restored or failed over, and the next cycle cannot build on it .*; restore or fail over point 2 instead \\(grainline restore --store ceph:${POOL} --vm ${mvm} --point 2 --to DIR, or grainline mirror failover --store ceph:${POOL} --vm ${mvm} --point 2\\); archive the points to keep .*, then remove the mirror \\(grainline mirror remove --store ceph:${POOL} --vm ${mvm} --yes\\): the next run seeds the VM anew`,
+    ),
+    'the problem names the disk, the snapshot, the point to restore and the removal',
+  )
+  let mcli = statusCli()
+  t.equal(mcli.status, 2, `grainline status exits 2 (CRITICAL): ${mcli.stderr}`)
+  t.match(JSON.parse(mcli.stdout).vms.find((x: { vm: string }) => x.vm === mvm)?.damagedMirror, [{ disk: 'm.vmdk', cycle: 3, file: mfile }], 'its JSON lists the damaged mirror')
+  // what the problem says holds: the latest cycle no longer restores, point 2 does
+  await t.rejects(cephRestorePoint(target, mvm, 3, join(env.dir, 'm-restore-3')), 'the latest cycle cannot be restored')
+  const r2 = await cephRestorePoint(target, mvm, 2, join(env.dir, 'm-restore-2'))
+  t.ok((await readFile(r2.disks[0]?.file as string)).equals(mimg[2] as Buffer), 'point 2 restores as cycle 2')
+
+  // taken again under its name, smaller than the disk (the image shrunk first)
+  await runCeph(target, 'rbd', ['resize', '--allow-shrink', '--size', '1M', `${POOL}/${md.image}`])
+  await runCeph(target, 'rbd', ['snap', 'create', mfile])
+  m = await mvmOf()
+  t.match(m?.damagedMirror, [{ disk: 'm.vmdk', cycle: 3, file: mfile, problem: `is ${MiB} bytes, smaller than the disk's capacity ${SIZE} (the image was shrunk)` }], 'the smaller snapshot, named')
+  t.same(m?.damagedPoints, [], "the points' snapshots keep their size")
+  t.equal(m?.health.state, 'CRITICAL', 'a smaller committed snapshot: CRITICAL')
+
+  // the image removed (its snapshots purged first, the points' with them): every snapshot of it, one listing
+  await runCeph(target, 'rbd', ['snap', 'purge', `${POOL}/${md.image}`])
+  await runCeph(target, 'rbd', ['rm', `${POOL}/${md.image}`])
+  lists = await snapLists()
+  m = await mvmOf()
+  t.equal((await snapLists()) - lists, 2, 'one rbd snap ls per image of the pool (one per VM): the points and the mirror share it')
+  t.match(m?.damagedMirror, [{ disk: 'm.vmdk', file: mfile, problem: `is missing: its image ${POOL}/${md.image} does not exist (removed behind the store)` }], 'the removed image, named')
+  t.match(m?.damagedPoints, [{ cycle: 1, problem: /its image .* does not exist/ }, { cycle: 2 }], 'its points too')
+  t.match(
+    m?.health.problems.join('\n'),
+    new RegExp(`no whole restore point is kept to restore instead; remove the mirror \\(grainline mirror remove --store ceph:${POOL} --vm ${mvm} --yes\\): the next run seeds the VM anew`),
+    'no point to restore instead: the removal',
+  )
+  mcli = statusCli()
+  t.equal(mcli.status, 2, `grainline status exits 2: ${mcli.stderr}`)
+  t.match(JSON.parse(mcli.stdout).vms.find((x: { vm: string }) => x.vm === vm)?.damagedMirror, [], 'the other VM: no entry')
+
+  // the remedy named works: the mirror removed, the next run seeds it anew, OK
+  await whenFree(() => cephRemoveMirror(target, mvm, log))
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, mvm, 1, [seedPlan(0, 'm.vmdk', mimg[4] as Buffer, cid(91))])
+  a.close()
+  m = await mvmOf()
+  t.same([m?.committedCycle, m?.damagedMirror, m?.damagedPoints, m?.health.state], [1, [], [], 'OK'], 'seeded anew: whole, OK')
 })

@@ -214,6 +214,36 @@ t.test('store health: each case, its state and the words an operator reads', asy
       undefined,
     ],
     [
+      "a Ceph mirror's committed snapshot missing: the newest point newer than every damaged one is named, and the removal",
+      vmStatus({
+        points: [1, 2, 3],
+        damagedPoints: [{ cycle: 1, disk: 'web-01.vmdk', file: 'p/gl.a@c1', problem: 'is missing' }],
+        damagedMirror: [{ disk: 'web-01.vmdk', cycle: 3, file: 'p/gl.a@c3-x', problem: 'is missing (rbd snap ls does not list it: removed behind the store)' }],
+      }),
+      undefined,
+      'CRITICAL',
+      /mirror snapshot DAMAGED \(disk web-01\.vmdk: p\/gl\.a@c3-x is missing \(rbd snap ls.*\)\): the mirror's latest cycle 3 cannot be restored or failed over, and the next cycle cannot build on it .*; restore or fail over point 3 instead \(grainline restore --store STORE --vm web-01 --point 3 --to DIR, or grainline mirror failover --store STORE --vm web-01 --point 3\); archive the points to keep .*, then remove the mirror \(grainline mirror remove --store STORE --vm web-01 --yes\): the next run seeds the VM anew/,
+    ],
+    [
+      "a Ceph mirror's image missing and no whole point: the removal only",
+      vmStatus({
+        points: [1],
+        damagedPoints: [{ cycle: 1, disk: 'web-01.vmdk', file: 'p/gl.a@c1', problem: 'is missing' }],
+        damagedMirror: [{ disk: 'web-01.vmdk', cycle: 3, file: 'p/gl.a@c3-x', problem: 'is missing: its image p/gl.a does not exist (removed behind the store)' }],
+      }),
+      undefined,
+      'CRITICAL',
+      /its image p\/gl\.a does not exist .*no whole restore point is kept to restore instead; remove the mirror \(grainline mirror remove --store STORE --vm web-01 --yes\)/,
+    ],
+    [
+      "a Ceph mirror's snapshot of a disk removed from the VM: not the latest cycle's, CRITICAL all the same",
+      vmStatus({ damagedMirror: [{ disk: 'old.vmdk', cycle: 2, file: 'p/gl.b@c2-y', problem: "is 4096 bytes, smaller than the disk's capacity 8192 (the image was shrunk)", removed: 3 }] }),
+      undefined,
+      'CRITICAL',
+      /mirror snapshot DAMAGED \(disk old\.vmdk \(removed from the VM at cycle 3\): p\/gl\.b@c2-y is 4096 bytes.*\): the latest cycle does not read it \(no longer in the VM\); were the disk attached again, the next cycle could not build on it: then remove the mirror/,
+    ],
+    ['an empty damagedMirror (a whole Ceph mirror)', vmStatus({ damagedMirror: [] }), undefined, 'OK', undefined],
+    [
       'restore points dropped because the VM keeps none any more: the operator chose it',
       vmStatus({ pointsDropped: { cycle: 3, at: '2026-06-01T11:50:00Z', cycles: [1, 2], why: 'w', broken: false } }),
       undefined,

@@ -6,17 +6,18 @@
  * documents, from the state objects (ceph-state.ts), the history objects
  * (ceph-history.ts) and `rbd du` (ceph-space.ts).
  *
- * Every restore point's snapshots are looked at ({@link cephDamagedPoints}):
- * a snapshot removed behind the store (`rbd snap rm` by hand), an image
- * removed, or a snapshot smaller than the point's capacity (the image was
- * shrunk before the snapshot was taken by hand) is a `damagedPoints` entry,
- * and the VM is CRITICAL (store-health.ts), as a missing or truncated point
- * file is on the folder store.
+ * Every restore point's snapshots and every committed disk's snapshot are
+ * looked at ({@link cephStoreDamage}): a snapshot removed behind the store
+ * (`rbd snap rm` by hand), an image removed, or a snapshot smaller than the
+ * capacity (the image was shrunk before the snapshot was taken by hand) is
+ * a `damagedPoints` entry (a point's) or a `damagedMirror` entry (the
+ * mirror's latest cycle), and the VM is CRITICAL (store-health.ts), as a
+ * missing or truncated point file or mirror flat is on the folder store.
  *
  * Cost per read: one omap read of the pool's VM index (ceph-vm-index.ts),
  * one `rados get` per VM (plus one per
  * disk with a cycle in flight: its resume point) and one `rbd snap ls` per
- * image a restore point names (its output bounded by
+ * image a restore point or a committed disk names (its output bounded by
  * {@link SNAP_LIST_MAX_BYTES}); `rbd du` of the pool only
  * when the space of a VM is asked for (the overview, not `/metrics`), once
  * per read. A state object that cannot be read is a VM with `error` (named
@@ -24,7 +25,7 @@
  */
 import type { DigestAlgorithm } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
-import type { DiskStatus, VmStatus } from '../../store-admin.ts'
+import type { DamagedMirrorDisk, DiskStatus, VmStatus } from '../../store-admin.ts'
 import type { DamagedPointFile } from '../../point-chain.ts'
 import { withPointsDropped, type VerifyRecord } from '../../state-file.ts'
 import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
@@ -77,33 +78,64 @@ async function snapSizes(t: CephTarget, image: string): Promise<Map<string, numb
   return sizes
 }
 
+/** The snapshots of an image by name with their sizes (undefined: the image does not exist), one `rbd snap ls` per image and read. */
+type SnapLister = (image: string) => Promise<Map<string, number> | undefined>
+
+/** What is wrong with snapshot `snap` of `image` that must hold `capacity` bytes, given the image's listing `sizes`; undefined when it is whole. Pure. */
+function snapshotProblem(pool: string, image: string, snap: string, capacity: number, sizes: Map<string, number> | undefined): string | undefined {
+  if (sizes === undefined) return `is missing: its image ${pool}/${image} does not exist (removed behind the store)`
+  const size = sizes.get(snap)
+  if (size === undefined) return 'is missing (rbd snap ls does not list it: removed behind the store)'
+  if (!(size >= capacity)) return `is ${size} bytes, smaller than the disk's capacity ${capacity} (the image was shrunk)`
+  return undefined
+}
+
 /** The damaged snapshots of `s`'s points, from the listings `list` gives (pure but for it). */
-async function pointDamage(s: CephVmState, pool: string, list: (image: string) => Promise<Map<string, number> | undefined>): Promise<DamagedPointFile[]> {
+async function pointDamage(s: CephVmState, pool: string, list: SnapLister): Promise<DamagedPointFile[]> {
   const out: DamagedPointFile[] = []
   for (const p of s.points) {
     for (const [disk, d] of Object.entries(p.disks ?? {})) {
-      const file = `${pool}/${d.image}@${d.snap}`
-      const sizes = await list(d.image)
-      const size = sizes?.get(d.snap)
-      if (sizes === undefined) out.push({ cycle: p.cycle, disk, file, problem: `is missing: its image ${pool}/${d.image} does not exist (removed behind the store)` })
-      else if (size === undefined) out.push({ cycle: p.cycle, disk, file, problem: 'is missing (rbd snap ls does not list it: removed behind the store)' })
-      else if (!(size >= d.capacity)) out.push({ cycle: p.cycle, disk, file, problem: `is ${size} bytes, smaller than the disk's capacity ${d.capacity} (the image was shrunk)` })
+      const problem = snapshotProblem(pool, d.image, d.snap, d.capacity, await list(d.image))
+      if (problem !== undefined) out.push({ cycle: p.cycle, disk, file: `${pool}/${d.image}@${d.snap}`, problem })
     }
   }
   return out
 }
 
 /**
- * The snapshots of VM `s`'s restore points that are missing or smaller than
- * their point's capacity: one `rbd snap ls` per image (bounded). A point
- * dropped while this looked (`points prune` writes the state, then removes
- * the snapshots) is not reported: when something is found the state object
- * is read again, and only what it still names is.
+ * The committed disks of `s` whose image or committed snapshot is missing or
+ * smaller than the disk's capacity, from the listings `list` gives (pure but
+ * for it). Every record of `s.disks`: a disk with a cycle in flight keeps its
+ * committed snapshot (the head is written, the snapshot is its undo), and a
+ * disk removed from the VM keeps its image and snapshot while points need it
+ * (ceph-state.ts headImages) — it is named as removed.
+ */
+async function mirrorDamage(s: CephVmState, pool: string, list: SnapLister): Promise<DamagedMirrorDisk[]> {
+  const out: DamagedMirrorDisk[] = []
+  for (const { name, d } of stateDisks(s)) {
+    // a disk only in flight (its first seed) has no committed snapshot yet
+    if (d === undefined || d === null) continue
+    const problem = snapshotProblem(pool, d.image, d.snap, d.capacity, await list(d.image))
+    if (problem !== undefined) out.push({ disk: name, cycle: d.cycle, file: `${pool}/${d.image}@${d.snap}`, problem, ...(d.removed === undefined ? {} : { removed: d.removed }) })
+  }
+  return out
+}
+
+/**
+ * The snapshots VM `s` names that are missing or smaller than they must
+ * be: its restore points' ({@link DamagedPointFile}, `damagedPoints`) and
+ * its committed disks' — the mirror's latest cycle ({@link DamagedMirrorDisk},
+ * `damagedMirror`). One `rbd snap ls` per image (bounded), shared by both: a
+ * mirror's image is usually its points' too. A point dropped or a cycle
+ * committed while this looked (`points prune` and a commit write the state,
+ * then remove the snapshots it no longer names) is not reported: when
+ * something is found the state object is read again, and only what it still
+ * names is.
  * @throws CephCommandError, CephOutputTooLarge, ReceiverError E_IO (a listing that is not JSON)
  */
-export async function cephDamagedPoints(t: CephTarget, s: CephVmState): Promise<DamagedPointFile[]> {
+export async function cephStoreDamage(t: CephTarget, s: CephVmState): Promise<{ points: DamagedPointFile[]; mirror: DamagedMirrorDisk[] }> {
   const listings = new Map<string, Promise<Map<string, number> | undefined>>()
-  const list = (image: string): Promise<Map<string, number> | undefined> => {
+  const list: SnapLister = (image) => {
     let l = listings.get(image)
     if (l === undefined) {
       l = snapSizes(t, image)
@@ -111,16 +143,22 @@ export async function cephDamagedPoints(t: CephTarget, s: CephVmState): Promise<
     }
     return l
   }
-  const found = await pointDamage(s, t.pool, list)
-  if (found.length === 0) return found
+  const points = await pointDamage(s, t.pool, list)
+  const mirror = await mirrorDamage(s, t.pool, list)
+  if (points.length === 0 && mirror.length === 0) return { points, mirror }
   const again = await readCephState(t, new CephNames(s.vm).state, s.vm)
-  if (again === undefined) return []
+  if (again === undefined) return { points: [], mirror: [] }
   const named = new Set(again.points.flatMap((p) => Object.entries(p.disks ?? {}).map(([disk, d]) => `${p.cycle}\0${disk}\0${t.pool}/${d.image}@${d.snap}`)))
-  return found.filter((f) => named.has(`${f.cycle}\0${f.disk}\0${f.file}`))
+  const committed = new Set(Object.entries(again.disks).map(([disk, d]) => `${disk}\0${t.pool}/${d?.image}@${d?.snap}`))
+  return {
+    points: points.filter((f) => named.has(`${f.cycle}\0${f.disk}\0${f.file}`)),
+    mirror: mirror.filter((f) => committed.has(`${f.disk}\0${f.file}`)),
+  }
 }
 
-/** The status of one VM from its state object and its points' snapshots (the resume points of disks in flight, {@link cephDamagedPoints}). */
+/** The status of one VM from its state object, its points' and its disks' snapshots (the resume points of disks in flight, {@link cephStoreDamage}). */
 export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmStatus> {
+  const damage = await cephStoreDamage(t, s)
   const disks: CephDiskOverview[] = []
   for (const { name, d, inf } of stateDisks(s)) {
     disks.push({
@@ -154,7 +192,8 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
     points: s.points.map((p) => p.cycle),
     pointsCommittedAt: s.points.map((p) => p.committedAt),
     ...withPointsDropped(s),
-    damagedPoints: await cephDamagedPoints(t, s),
+    damagedPoints: damage.points,
+    damagedMirror: damage.mirror,
   }
 }
 
