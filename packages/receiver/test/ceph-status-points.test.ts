@@ -51,17 +51,24 @@ t.test('Ceph status: a point or a mirror whose snapshot was removed or is smalle
   t.teardown(() => receiver.close())
   const vm = 'vm-status-points'
   const SIZE = 4 * MiB
-  const images: Buffer[] = [Buffer.alloc(0), pattern(SIZE, 61)]
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 's.vmdk', images[1] as Buffer, cid(61))])
-  a.close()
-  for (let c = 2; c <= 4; c++) {
-    const ranges = [{ offset: c * 256 * 1024, length: 128 * 1024 }]
-    images[c] = evolve(images[c - 1] as Buffer, 60 + c, ranges)
-    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, c, [incPlan(0, 's.vmdk', images[c] as Buffer, c - 1, cid(60 + c), ranges, `s-00000${c - 1}.vmdk`, `s-00000${c}.vmdk`)])
+  /** A seed (cycle 1) of one disk `<stem>.vmdk` of `forVm`, then incrementals 2–4 (pattern seeds `seed` + cycle); the last left in flight unless `commitLast`. */
+  const cycles = async (forVm: string, stem: string, seed: number, commitLast: boolean): Promise<Buffer[]> => {
+    const imgs: Buffer[] = [Buffer.alloc(0), pattern(SIZE, seed + 1)]
+    let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    await runCycle(a, forVm, 1, [seedPlan(0, `${stem}.vmdk`, imgs[1] as Buffer, cid(seed + 1))])
     a.close()
+    for (let c = 2; c <= 4; c++) {
+      const ranges = [{ offset: c * 256 * 1024, length: 128 * 1024 }]
+      imgs[c] = evolve(imgs[c - 1] as Buffer, seed + c, ranges)
+      a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+      await runCycle(a, forVm, c, [incPlan(0, `${stem}.vmdk`, imgs[c] as Buffer, c - 1, cid(seed + c), ranges, `${stem}-00000${c - 1}.vmdk`, `${stem}-00000${c}.vmdk`)], {
+        commit: c < 4 || commitLast,
+      })
+      a.close()
+    }
+    return imgs
   }
+  await cycles(vm, 's', 60, true)
   const reader = cephStoreReader(target)
   const vmOf = async () => (await storeOverview(reader)).vms.find((v) => v.vm === vm)
   let v = await vmOf()
@@ -120,17 +127,7 @@ t.test('Ceph status: a point or a mirror whose snapshot was removed or is smalle
 
   // the mirror itself: a second VM, points 1 and 2, cycle 3 committed, cycle 4 in flight on the image's head
   const mvm = 'vm-status-mirror'
-  const mimg: Buffer[] = [Buffer.alloc(0), pattern(SIZE, 81)]
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, mvm, 1, [seedPlan(0, 'm.vmdk', mimg[1] as Buffer, cid(81))])
-  a.close()
-  for (let c = 2; c <= 4; c++) {
-    const ranges = [{ offset: c * 256 * 1024, length: 128 * 1024 }]
-    mimg[c] = evolve(mimg[c - 1] as Buffer, 80 + c, ranges)
-    a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, mvm, c, [incPlan(0, 'm.vmdk', mimg[c] as Buffer, c - 1, cid(80 + c), ranges, `m-00000${c - 1}.vmdk`, `m-00000${c}.vmdk`)], { commit: c < 4 })
-    a.close()
-  }
+  const mimg = await cycles(mvm, 'm', 80, false)
   const mvmOf = async () => (await storeOverview(reader)).vms.find((x) => x.vm === mvm)
   let m = await mvmOf()
   t.same([m?.committedCycle, m?.inflightCycle, m?.points], [3, 4, [1, 2]], 'cycle 3 committed, points 1 and 2, cycle 4 in flight')
@@ -191,7 +188,7 @@ t.test('Ceph status: a point or a mirror whose snapshot was removed or is smalle
 
   // the remedy named works: the mirror removed, the next run seeds it anew, OK
   await whenFree(() => cephRemoveMirror(target, mvm, log))
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, mvm, 1, [seedPlan(0, 'm.vmdk', mimg[4] as Buffer, cid(91))])
   a.close()
   m = await mvmOf()

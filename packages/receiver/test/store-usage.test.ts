@@ -45,7 +45,7 @@ t.test('allocatedBytes: the sum of every file under the folder, links not follow
 t.test('tokenRoom and listVmFolders: every covered VM counted once, in name order, what is not a VM folder skipped', async (t) => {
   const store = scratchDir(t)
   const vms = Array.from({ length: 30 }, (_, i) => `web-${String(i).padStart(2, '0')}`)
-  vms.forEach((vm, i) => vmFolder(store, vm, i))
+  for (const [i, vm] of vms.entries()) vmFolder(store, vm, i)
   mkdirSync(join(store, 'no-state'))
   writeFileSync(join(store, 'a-file'), 'x')
   symlinkSync(join(store, 'web-00'), join(store, 'linked'))
