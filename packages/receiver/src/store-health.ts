@@ -84,8 +84,20 @@ function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
   if (d.trivial !== null && !d.trivial.ok) out.push(['CRITICAL', `trivial check MISMATCH on ${d.name}`])
   if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
   if (d.diverged !== null) out.push(['CRITICAL', `${d.name} DIVERGED from its source: ${d.diverged.reason} (the next cycle resyncs it)`])
-  if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (booted or edited)`])
+  if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (${modifiedHow(d)})`])
   return out
+}
+
+/**
+ * What a modified mirror's problem adds: on a folder store a flat that is
+ * missing (status reads its size as 0) or of another size than the disk was
+ * deleted, truncated or grown behind the store — said with its size, so
+ * that "booted" is not the only reading an operator is offered.
+ */
+function modifiedHow(d: DiskStatus): string {
+  if (d.committedCycle === 0 || d.capacity === 0 || d.size === d.capacity) return 'booted or edited'
+  if (d.size === 0) return 'its mirror flat is missing or empty: deleted or truncated behind the store'
+  return `booted or edited: its mirror flat is ${d.size} bytes, the disk ${d.capacity}`
 }
 
 /** The health of one mirror. */
