@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 /**
  * How long the receiver takes to read a disk's journal back — what a resume
- * (DiskOpen of a cycle in flight) and a rollback wait for before they answer.
+ * (DiskOpen of a cycle in flight) and a rollback wait for before they answer —
+ * and, with `--undo`, to undo it (a rollback: every extent's old contents
+ * written back, newest first, then fdatasync).
  *
- *   node scripts/bench-journal-read.mjs [--records 200000] [--rounds 3] [--build DIR …]
+ *   node scripts/bench-journal-read.mjs [--records 200000] [--rounds 3] [--build DIR …] [--undo]
  *
  * Writes one journal of `--records` extent records (over zeros, ~140 bytes
  * each, as an incremental of 4 KiB extents into a thin mirror journals them;
@@ -13,7 +15,10 @@
  * `readJournal` of each build given (`--build`, repeatable, default this
  * checkout; each must be built: `npx tsc -b`) in a fresh process each.
  * Printed: per build the median time, records per second, µs per record and
- * the ratio to dd's median, with the load average.
+ * the ratio to dd's median, with the load average. `--undo`: each read is
+ * followed by `undoJournal` onto a fresh sparse target, timed apart, against
+ * the baseline `dd` writing the same bytes sequentially (4 KiB blocks,
+ * `conv=notrunc,fdatasync`) into another fresh target.
  */
 import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -29,19 +34,27 @@ const { values } = parseArgs({
     records: { type: 'string', default: '200000' },
     rounds: { type: 'string', default: '3' },
     build: { type: 'string', multiple: true },
+    undo: { type: 'boolean', default: false },
     // internal: the child that reads (a fresh process per read)
     'read-with': { type: 'string' },
     file: { type: 'string' },
+    target: { type: 'string' },
   },
 })
 const journalModule = (build) => pathToFileURL(join(build, 'packages/receiver/dist/src/journal.js')).href
 
 if (values['read-with'] !== undefined) {
-  const { readJournal } = await import(journalModule(values['read-with']))
+  const { readJournal, undoJournal } = await import(journalModule(values['read-with']))
   const t0 = performance.now()
   const c = await readJournal(values.file)
   const ms = performance.now() - t0
-  process.stdout.write(JSON.stringify({ ms, records: c?.extents.length ?? 0 }))
+  let undoMs
+  if (values.target !== undefined && c !== undefined) {
+    const t1 = performance.now()
+    await undoJournal(values.file, c, values.target)
+    undoMs = performance.now() - t1
+  }
+  process.stdout.write(JSON.stringify({ ms, undoMs, records: c?.extents.length ?? 0 }))
   process.exit(0)
 }
 
@@ -76,20 +89,37 @@ try {
   process.stderr.write(`journal: ${records} records, ${(size / 2 ** 20).toFixed(1)} MiB\n`)
 
   const dd = []
+  const ddWrite = []
   const reads = new Map(builds.map((b) => [b, []]))
+  const undos = new Map(builds.map((b) => [b, []]))
+  const target = join(dir, 'disk-flat.vmdk')
+  // a fresh sparse target of the journal's span (its base size): what a rollback writes the old contents into
+  const freshTarget = async () => {
+    await rm(target, { force: true })
+    await exec('truncate', ['-s', String(records * 8192), target])
+  }
   const loads = []
   for (let r = 0; r < rounds; r++) {
     loads.push(loadavg()[0])
     let t0 = performance.now()
     await exec('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M'])
     dd.push(performance.now() - t0)
+    if (values.undo) {
+      await freshTarget()
+      t0 = performance.now()
+      await exec('dd', ['if=/dev/zero', `of=${target}`, 'bs=4096', `count=${records}`, 'conv=notrunc,fdatasync'])
+      ddWrite.push(performance.now() - t0)
+    }
     // the builds' order rotates per round
     for (const b of [...builds.slice(r % builds.length), ...builds.slice(0, r % builds.length)]) {
-      t0 = performance.now()
-      const { stdout } = await exec(process.execPath, [fileURLToPath(import.meta.url), '--read-with', b, '--file', file], { maxBuffer: 1 << 20 })
+      if (values.undo) await freshTarget()
+      const { stdout } = await exec(process.execPath, [fileURLToPath(import.meta.url), '--read-with', b, '--file', file, ...(values.undo ? ['--target', target] : [])], {
+        maxBuffer: 1 << 20,
+      })
       const got = JSON.parse(stdout)
       if (got.records !== records) throw new Error(`${b}: read ${got.records} records of ${records}`)
       reads.get(b).push(got.ms)
+      if (values.undo) undos.get(b).push(got.undoMs)
     }
   }
   const ddMs = median(dd)
@@ -102,6 +132,19 @@ try {
         .map((x) => x.toFixed(0))
         .join(' ')}], ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`,
     )
+  }
+  if (values.undo) {
+    const wMs = median(ddWrite)
+    console.log(`dd writing the same ${records} × 4 KiB sequentially, fdatasync (undo baseline): ${wMs.toFixed(1)} ms`)
+    for (const b of builds) {
+      const ms = median(undos.get(b))
+      console.log(
+        `undoJournal ${b}: ${ms.toFixed(0)} ms [${undos
+          .get(b)
+          .map((x) => x.toFixed(0))
+          .join(' ')}], ${((ms * 1000) / records).toFixed(1)} µs per extent, ${(ms / wMs).toFixed(1)}× dd`,
+      )
+    }
   }
   console.log(`load average over the rounds: ${loads.map((l) => l.toFixed(1)).join(' ')}`)
 } finally {
