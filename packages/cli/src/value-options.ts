@@ -9,7 +9,9 @@
  *   named `false` in the working folder), `--no-point` is `0`;
  * - an occurrence without a value: `--to=`, blanks only, a trailing `--to`, or
  *   `--to` followed by another flag (yargs makes a string `""` and drops a
- *   number);
+ *   number); a next word that starts with "-" and is no flag of the command
+ *   (`--to -weird`: yargs reads it as flags) is told to be given as
+ *   `--to=-weird`;
  * - a number option given something that is not a number (`--keep ten`:
  *   yargs makes it NaN).
  *
@@ -97,13 +99,28 @@ export function valueOptions(y: Argv): Map<string, ValueOption> {
   return byName
 }
 
-/** The usage error of the first word of `words` that negates a value option, gives it no value, or a number option no number; undefined when none. */
-export function valuelessOptionError(words: readonly string[], options: ReadonlyMap<string, ValueOption>): UsageError | undefined {
+/** Every name `y` declares an option by (booleans, arrays, counts, `help` and `version` too; camel-case forms). */
+export function declaredFlags(y: Argv): Set<string> {
+  const o = (y as unknown as Introspectable).getOptions()
+  const names = [...o.string, ...o.number, ...o.boolean, ...o.array, ...o.count, ...Object.keys(o.choices), ...Object.entries(o.alias).flat(2)]
+  return new Set(names.flatMap((n) => [n, camel(n)]))
+}
+
+/**
+ * The usage error of the first word of `words` that negates a value option, gives it no value, or a number option no number; undefined when none.
+ * @param known every flag name the command declares ({@link declaredFlags}): a value option followed by a word
+ *   that starts with "-" and is none of them (`--to -weird`) is told to write `--to=-weird`
+ */
+export function valuelessOptionError(words: readonly string[], options: ReadonlyMap<string, ValueOption>, known: ReadonlySet<string> = new Set()): UsageError | undefined {
   const leaveOut = (o: ValueOption): string => (o.required ? '' : ', or leave the flag out')
-  const check = (flag: string, o: ValueOption, value: string | undefined): UsageError | undefined => {
+  const check = (flag: string, o: ValueOption, value: string | undefined, next?: string): UsageError | undefined => {
     if (value === undefined || value.trim() === '') {
       if (o.emptyAllowed && value !== undefined && value.length === 0) return undefined
-      return new UsageError(`${flag}: no value given: write ${flag} ${o.meta}${leaveOut(o)}`)
+      // `--to -weird`: yargs reads the next word as flags, never as the value; the way to give it is `--to=-weird`
+      const name = next?.replace(/^--?(?:no-)?/, '').replace(/=[\s\S]*$/, '')
+      const dashed = value === undefined && next !== undefined && next !== '--' && next.startsWith('-') && !options.has(name as string) && !known.has(name as string)
+      const asAssigned = dashed ? `; a value that starts with "-" is given as ${flag}=${next}` : ''
+      return new UsageError(`${flag}: no value given${dashed ? ` (${next} is read as a flag)` : ''}: write ${flag} ${o.meta}${leaveOut(o)}${asAssigned}`)
     }
     if (o.number && !Number.isFinite(Number(value))) return new UsageError(`${flag} ${value}: not a number: write ${flag} ${o.meta}${leaveOut(o)}`)
     return undefined
@@ -136,7 +153,7 @@ export function valuelessOptionError(words: readonly string[], options: Readonly
     if (o === undefined) continue
     const next = words[w + 1]
     const isValue = next !== undefined && (!(word.startsWith('--') ? /^-/ : /^(-|--)[^-]/).test(next) || NEGATIVE.test(next))
-    const e = check(word, o, isValue ? next : undefined)
+    const e = check(word, o, isValue ? next : undefined, next)
     if (e !== undefined) return e
     if (isValue) w++
   }
@@ -150,7 +167,7 @@ export function valuelessOptionError(words: readonly string[], options: Readonly
  */
 export function refuseValuelessOptions(y: Argv, words: readonly string[]): Argv {
   return y.middleware(() => {
-    const e = valuelessOptionError(words, valueOptions(y))
+    const e = valuelessOptionError(words, valueOptions(y), declaredFlags(y))
     if (e !== undefined) throw e
   }, true)
 }

@@ -15,7 +15,7 @@ import { runNode, scratchDir } from '@grainline/test-utils'
 import type { CliCommand } from '../src/command.ts'
 import { COMMANDS } from '../src/main.ts'
 import { runMain } from './helpers.ts'
-import { refuseValuelessOptions, valueOptions, valuelessOptionError } from '../src/value-options.ts'
+import { declaredFlags, refuseValuelessOptions, valueOptions, valuelessOptionError } from '../src/value-options.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 
@@ -200,6 +200,26 @@ t.test('the words are read as yargs reads them', async (t) => {
   t.equal(error('restore', '--to=--no-to'), undefined, 'a value given with = may be anything')
   t.equal(error('restore', '--vm', 'x', '--to', 'false'), undefined, '--to false is the folder "false", as written')
   t.equal(error('restore', '--toDir', 'x'), undefined, 'an unknown flag is left to the strict check')
+  // a value that starts with "-" (a folder named -weird): yargs reads it as flags; the message says how to give it
+  t.equal(error('restore', '--to', '-weird', '--vm', 'x'), '--to: no value given (-weird is read as a flag): write --to VALUE; a value that starts with "-" is given as --to=-weird')
+  t.equal(error('restore', '--to=-weird', '--vm', 'x'), undefined, 'given with =: taken')
+  t.equal(error('restore', '-o', '-x'), '-o: no value given (-x is read as a flag): write -o human|json, or leave the flag out; a value that starts with "-" is given as -o=-x')
+  t.equal(error('restore', '--to', '--vm', 'x'), '--to: no value given: write --to VALUE', 'a value option next: no value was meant')
+  t.equal(valuelessOptionError(['restore', '--to', '--help'], options, declaredFlags(restore.builder(yargs([]))))?.message, '--to: no value given: write --to VALUE', "yargs' --help next")
+  const receive = COMMANDS.find((c) => c.command === 'receive') as CliCommand
+  const ry = receive.builder(yargs([]))
+  const [ro, known] = [valueOptions(ry), declaredFlags(ry)]
+  t.equal(
+    valuelessOptionError(['receive', '--store', '--insecure'], ro, known)?.message,
+    '--store: no value given: write --store VALUE, or leave the flag out',
+    'a declared boolean next: no value was meant',
+  )
+  t.equal(valuelessOptionError(['receive', '--store', '--no-insecure'], ro, known)?.message, '--store: no value given: write --store VALUE, or leave the flag out', 'a negated boolean next')
+  t.match(
+    (await runMain(['restore', '--vm', 'web01', '--point', '4', '--to', '-weird'])).err,
+    /^grainline: --to: no value given \(-weird is read as a flag\): .* given as --to=-weird\n/,
+    'through main: the hint',
+  )
   t.equal(error('restore', '-o', '-'), undefined, 'a short flag takes "-" as its value (yargs-parser), the choices check refuses it')
   t.equal(error('restore', '--no-to=x'), '--no-to: --to takes a value and has nothing to turn off: give --to VALUE')
   t.equal(error('restore', '--no-point'), '--no-point: --point takes a number and has nothing to turn off: give --point NUMBER', 'a number option negated (yargs: 0)')

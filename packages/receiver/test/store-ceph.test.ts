@@ -107,6 +107,9 @@ t.test('extent log: the in-order prefix counts, a torn or foreign tail does not'
   t.equal([...extentLogRecords(many.subarray(0, many.length - 7))].length, 2999, 'a torn last record in the bytes')
   t.equal([...extentLogRecords(Buffer.from(`${rec(0)}\n\n${rec(1)}`))].length, 2, 'an empty line is skipped')
   t.equal([...extentLogRecords(Buffer.from(`${rec(0)}\n\xff\xfe\n${rec(1)}`, 'latin1'))].length, 1, 'bytes that are not a record end it')
+  // a line that is JSON but not a record (the pool holds whatever its writers put there): the log ends there, not a TypeError at resume
+  for (const foreign of ['null', '7', '"x"', '[]', 'true']) t.equal([...extentLogRecords(Buffer.from(`${rec(0)}\n${foreign}\n${rec(1)}`))].length, 1, `a line ${foreign} ends it`)
+  t.equal(parseExtentLog(`null\n${rec(0)}`).length, 0, 'a first line null: no records')
   const view = Buffer.concat([Buffer.from('garbage\n'), many]).subarray(8)
   t.equal([...extentLogRecords(view)].length, 3000, 'a view into a larger buffer: only its bytes')
 })

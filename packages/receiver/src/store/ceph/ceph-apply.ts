@@ -53,7 +53,8 @@ export function* extentLogRecords(raw: Uint8Array): Generator<LogRecord> {
       } catch {
         return
       }
-      if (r.seq !== seq || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') return
+      // a line that parses but is no record (`null`, a number, a list): the foreign tail ends the log, never a TypeError
+      if (typeof r !== 'object' || r === null || r.seq !== seq || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') return
       seq++
       yield r
     }
