@@ -122,28 +122,20 @@ try {
       if (values.undo) undos.get(b).push(got.undoMs)
     }
   }
+  /** `median ms [each round]` of a build's times */
+  const summary = (times) => `${median(times).toFixed(0)} ms [${times.map((x) => x.toFixed(0)).join(' ')}]`
   const ddMs = median(dd)
   console.log(`dd of the journal (baseline): ${ddMs.toFixed(1)} ms (${(size / 2 ** 20 / (ddMs / 1000)).toFixed(0)} MiB/s)`)
   for (const b of builds) {
     const ms = median(reads.get(b))
-    console.log(
-      `readJournal ${b}: ${ms.toFixed(0)} ms [${reads
-        .get(b)
-        .map((x) => x.toFixed(0))
-        .join(' ')}], ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`,
-    )
+    console.log(`readJournal ${b}: ${summary(reads.get(b))}, ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`)
   }
   if (values.undo) {
     const wMs = median(ddWrite)
     console.log(`dd writing the same ${records} × 4 KiB sequentially, fdatasync (undo baseline): ${wMs.toFixed(1)} ms`)
     for (const b of builds) {
       const ms = median(undos.get(b))
-      console.log(
-        `undoJournal ${b}: ${ms.toFixed(0)} ms [${undos
-          .get(b)
-          .map((x) => x.toFixed(0))
-          .join(' ')}], ${((ms * 1000) / records).toFixed(1)} µs per extent, ${(ms / wMs).toFixed(1)}× dd`,
-      )
+      console.log(`undoJournal ${b}: ${summary(undos.get(b))}, ${((ms * 1000) / records).toFixed(1)} µs per extent, ${(ms / wMs).toFixed(1)}× dd`)
     }
   }
   console.log(`load average over the rounds: ${loads.map((l) => l.toFixed(1)).join(' ')}`)
