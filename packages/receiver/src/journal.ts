@@ -43,6 +43,15 @@ import { GrainList, type GrainEntry } from './grain-set.ts'
  *   old bytes). A grain of the increment whose bytes do not match its crc
  *   belongs to a batch whose stage 2 never started (the mirror still holds
  *   its old bytes): rollback skips it, resume saves it again.
+ *   A grain is journaled once per save (a record per saved run of at most
+ *   8 MiB), and saved once per cycle — except that a resume saves again a
+ *   journaled grain the increment does not hold with its crc: so a grain
+ *   may appear once more per resume, and the number of entries is bounded
+ *   by the journal's size alone. Only the FIRST entry of a grain counts
+ *   (it holds the committed bytes): `readJournal` keeps just that one, so
+ *   what it keeps is bounded by the capacity (12 bytes a grain, grain-set.ts).
+ *   A grain index that is not one of the capacity's 4 KiB grains is never
+ *   written: `readJournal` refuses the journal (E_STATE), it is no torn tail.
  *
  * A torn or corrupt tail (short record, bad crc) ends the journal: everything
  * after it is ignored and cut off when the journal is reopened.
@@ -55,6 +64,9 @@ const T_GRAINS = 4
 
 /** Bytes of one entry of a grains record: f64le grain index • u32le crc32 of the old grain. */
 const GRAIN_ENTRY = 12
+
+/** Bytes of a grains record {@link readJournal} reads at once: 64 Ki entries (768 KiB). */
+const GRAIN_PIECE = GRAIN_ENTRY * 65536
 
 /** Records larger than this are treated as corruption (bound before allocating). */
 export const MAX_JOURNAL_RECORD = 256 * 1024 * 1024
@@ -219,15 +231,18 @@ export async function readJournal(path: string): Promise<JournalContents | undef
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
-        const data = await win.at(dataPos, dataLen)
         // the writer saves only grains of the committed part of the disk (increment.ts `reserve`, clipped to the
         // base size, never above the capacity): a grain beyond is no torn tail but a journal written by something
-        // else, and the reverse increment it indexes cannot be trusted (nor can the mirror be put back from it)
+        // else, and the reverse increment it indexes cannot be trusted (nor can the mirror be put back from it).
+        // Read in pieces of GRAIN_PIECE entries: a record may be up to MAX_JOURNAL_RECORD bytes.
         const limit = grainLimit(head)
-        for (let i = 0; i < dataLen; i += GRAIN_ENTRY) {
-          const g = data.readDoubleLE(i)
-          if (!(Number.isSafeInteger(g) && g >= 0 && g < limit)) throw grainBeyond(path, head, pos, g, limit)
-          grains.push(g, data.readUInt32LE(i + 8))
+        for (let off = 0; off < dataLen; off += GRAIN_PIECE) {
+          const data = await win.at(dataPos + off, Math.min(GRAIN_PIECE, dataLen - off))
+          for (let i = 0; i < data.length; i += GRAIN_ENTRY) {
+            const g = data.readDoubleLE(i)
+            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit)) throw grainBeyond(path, head, pos, g, limit)
+            grains.push(g, data.readUInt32LE(i + 8))
+          }
         }
       } else {
         break

@@ -14,6 +14,7 @@ import { POINT_GRAIN, ReverseIncrement, pointFileName } from '../src/increment.t
 import { VmPaths } from '../src/vm-paths.ts'
 
 const MiB = 1024 * 1024
+const GiB = 1024 * MiB
 const head = (capacity: number): JournalHead => ({ cycleId: 'cd'.repeat(8), cycle: 3, name: 'disk.vmdk', mode: 'incremental', capacity, baseSize: capacity, increment: 'disk.p2.vmdk' })
 
 t.test('a grains record naming a grain beyond the disk capacity is refused (E_STATE naming the journal, disk and what to do), not read', async (t) => {
@@ -80,6 +81,29 @@ t.test('the first entry of a grain is the one kept (a resume that saved a grain 
     ],
   )
   t.ok(c?.grains.has(6) === true && c.grains.has(7) === false, 'has() of the grains listed')
+})
+
+t.test('a grains record larger than the piece the reader takes at once (768 KiB) is read whole', async (t) => {
+  const dir = t.testdir()
+  const p = join(dir, 'disk.journal')
+  const j = await Journal.create(p, head(GiB))
+  const n = 100_000 // 1.2 MB of entries in one record
+  j.appendGrains(Array.from({ length: n }, (_, k) => ({ grain: n - 1 - k, crc: k })))
+  j.appendApplied(0)
+  await j.flush(true)
+  await j.close()
+  const c = await readJournal(p)
+  t.equal(c?.grains.length, n)
+  t.same(
+    [c?.grains.at(0), c?.grains.at(65535), c?.grains.at(65536), c?.grains.at(-1)],
+    [
+      { grain: n - 1, crc: 0 },
+      { grain: n - 1 - 65535, crc: 65535 },
+      { grain: n - 1 - 65536, crc: 65536 },
+      { grain: 0, crc: n - 1 },
+    ],
+  )
+  t.same(c?.applied, { seq: 0 }, 'and the records after it')
 })
 
 // The child measures what the grains cost: memoryUsage() heapUsed + arrayBuffers (typed arrays live outside the heap;
