@@ -5,13 +5,16 @@
  * grain — an incremental of 100 GiB in 4 KiB grains journals ~25 M of them.
  */
 import t from 'tap'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createFlatDisk } from '@grainline/vmdk'
 import { runNode } from '@grainline/test-utils'
 import { Journal, readJournal, type JournalHead } from '../src/journal.ts'
 import { POINT_GRAIN, ReverseIncrement, pointFileName } from '../src/increment.ts'
 import { VmPaths } from '../src/vm-paths.ts'
+import { undoInflight } from '../src/rollback.ts'
+import type { InflightCycle } from '../src/state-file.ts'
+import { pattern } from './helpers.ts'
 
 const MiB = 1024 * 1024
 const GiB = 1024 * MiB
@@ -54,6 +57,26 @@ t.test('a grains record naming a grain beyond the disk capacity is refused (E_ST
       `grain ${bad}: refused, with the journal, the disk and what to do`,
     )
   }
+})
+
+t.test('a rollback of a disk whose journal names a grain beyond the capacity is refused before it changes anything', async (t) => {
+  const dir = t.testdir()
+  const paths = new VmPaths(dir, 'vm')
+  mkdirSync(paths.gdir, { recursive: true })
+  const capacity = MiB
+  const flat = pattern(capacity, 9)
+  writeFileSync(paths.flat('disk'), flat)
+  const j = await Journal.create(paths.journal('disk'), { ...head(capacity), baseSize: capacity / 2 })
+  j.appendGrains([{ grain: capacity / POINT_GRAIN, crc: 1 }])
+  j.appendApplied(0)
+  await j.flush(true)
+  await j.close()
+  const journal = readFileSync(paths.journal('disk'))
+  const infl = { cycle: 3, startedAt: new Date(0).toISOString(), disks: { 'disk.vmdk': { target: 'flat', stem: 'disk', name: 'disk.vmdk', increment: 'disk.p2.vmdk' } } } as unknown as InflightCycle
+  await t.rejects(undoInflight(paths, infl), { code: 'E_STATE', message: /of disk disk\.vmdk \(cycle 3\) is corrupt/ })
+  t.ok(readFileSync(paths.journal('disk')).equals(journal), 'the journal as it was (not renamed for an undo, not reset)')
+  t.notOk(existsSync(paths.undoing('disk')), 'no undo begun')
+  t.ok(readFileSync(paths.flat('disk')).equals(flat), 'the flat as it was (not cut back to the base size)')
 })
 
 t.test('the first entry of a grain is the one kept (a resume that saved a grain again journals it again)', async (t) => {
