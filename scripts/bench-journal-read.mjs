@@ -5,7 +5,7 @@
  * and, with `--undo`, to undo it (a rollback: every extent's old contents
  * written back, newest first, then fdatasync).
  *
- *   node scripts/bench-journal-read.mjs [--records 200000] [--rounds 3] [--build DIR …] [--undo]
+ *   node scripts/bench-journal-read.mjs [--records 200000] [--grains 0] [--rounds 3] [--build DIR …] [--undo] [--help]
  *
  * Writes one journal of `--records` extent records (over zeros, ~140 bytes
  * each, as an incremental of 4 KiB extents into a thin mirror journals them;
@@ -19,6 +19,11 @@
  * followed by `undoJournal` onto a fresh sparse target, timed apart, against
  * the baseline `dd` writing the same bytes sequentially (4 KiB blocks,
  * `conv=notrunc,fdatasync`) into another fresh target.
+ * `--grains N`: the journal also indexes N grains of a reverse increment (a
+ * disk that keeps restore points; type 4 records of 2,048 entries, one per
+ * saved 8 MiB run, as the receiver writes them, after every 5,000th extent
+ * record and at the end); each read also prints what the journal's
+ * contents hold in memory (heapUsed + arrayBuffers after a full GC).
  */
 import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -35,32 +40,52 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     build: { type: 'string', multiple: true },
     undo: { type: 'boolean', default: false },
+    grains: { type: 'string', default: '0' },
+    help: { type: 'boolean', default: false },
     // internal: the child that reads (a fresh process per read)
     'read-with': { type: 'string' },
     file: { type: 'string' },
     target: { type: 'string' },
   },
 })
+if (values.help) {
+  const src = await import('node:fs').then((fs) => fs.readFileSync(fileURLToPath(import.meta.url), 'utf8'))
+  process.stdout.write(`${(/\/\*\*\n([\s\S]*?)\*\//.exec(src)?.[1] ?? '').replace(/^ \* ?/gm, '')}`)
+  process.exit(0)
+}
 const journalModule = (build) => pathToFileURL(join(build, 'packages/receiver/dist/src/journal.js')).href
 
 if (values['read-with'] !== undefined) {
   const { readJournal, undoJournal } = await import(journalModule(values['read-with']))
+  const { setFlagsFromString } = await import('node:v8')
+  const { runInNewContext } = await import('node:vm')
+  setFlagsFromString('--expose_gc')
+  const gc = runInNewContext('gc')
+  const mem = () => {
+    gc()
+    const m = process.memoryUsage()
+    return m.heapUsed + m.arrayBuffers
+  }
+  const m0 = mem()
   const t0 = performance.now()
   const c = await readJournal(values.file)
   const ms = performance.now() - t0
+  const bytes = mem() - m0
   let undoMs
   if (values.target !== undefined && c !== undefined) {
     const t1 = performance.now()
     await undoJournal(values.file, c, values.target)
     undoMs = performance.now() - t1
   }
-  process.stdout.write(JSON.stringify({ ms, undoMs, records: c?.extents.length ?? 0 }))
+  process.stdout.write(JSON.stringify({ ms, undoMs, bytes, records: c?.extents.length ?? 0, grains: c?.grains.length ?? 0 }))
   process.exit(0)
 }
 
 const records = Number(values.records)
 const rounds = Number(values.rounds)
 if (!Number.isSafeInteger(records) || records < 1) throw new Error('--records: a positive integer')
+const grains = Number(values.grains)
+if (!Number.isSafeInteger(grains) || grains < 0 || grains > 2 ** 28) throw new Error('--grains: a whole number up to 2^28')
 const builds = (values.build ?? [join(here, '..')]).map((b) => resolve(b))
 const median = (xs) => {
   const v = [...xs].sort((p, q) => p - q)
@@ -74,23 +99,38 @@ try {
   const head = { cycleId: 'ab'.repeat(8), cycle: 2, name: 'disk.vmdk', mode: 'incremental', capacity: 2 ** 40, baseSize: 2 ** 40 }
   const j = await Journal.create(file, head)
   const old = Buffer.alloc(4096, 0x5a)
+  // grains of 8 MiB runs spread over the 1 TiB disk (2^28 grains), crcs over the whole u32 range
+  // (run r at grain (r × 7919 mod 2^17) × 2048: distinct grains for the first 2^17 runs)
+  let grainsDone = 0
+  let run = 0
+  const appendGrains = (upTo) => {
+    while (grainsDone < upTo) {
+      const n = Math.min(2048, upTo - grainsDone)
+      const base = ((run++ * 7919) % 2 ** 17) * 2048
+      j.appendGrains(Array.from({ length: n }, (_, k) => ({ grain: base + k, crc: Math.imul(base + k, 2654435761) >>> 0 })))
+      grainsDone += n
+    }
+  }
   for (let i = 0; i < records; i++) {
     const e = { seq: i, offset: i * 8192, length: 4096, zero: false, digest: i.toString(16).padStart(16, '0') }
     if (i % 997 === 0) j.appendExtent(e, old)
     else j.appendExtentOverZeros(e, e.offset, 4096)
     if (i % 5000 === 4999) {
+      appendGrains(Math.floor((grains * (i + 1)) / records))
       j.appendApplied(i)
       await j.flush(false)
     }
   }
+  appendGrains(grains)
   await j.flush(true)
   await j.close()
   const { size } = await import('node:fs').then((fs) => fs.statSync(file))
-  process.stderr.write(`journal: ${records} records, ${(size / 2 ** 20).toFixed(1)} MiB\n`)
+  process.stderr.write(`journal: ${records} records${grains > 0 ? ` and ${grains} grains` : ''}, ${(size / 2 ** 20).toFixed(1)} MiB\n`)
 
   const dd = []
   const ddWrite = []
   const reads = new Map(builds.map((b) => [b, []]))
+  const held = new Map(builds.map((b) => [b, []]))
   const undos = new Map(builds.map((b) => [b, []]))
   const target = join(dir, 'disk-flat.vmdk')
   // a fresh sparse target of the journal's span (its base size): what a rollback writes the old contents into
@@ -118,7 +158,9 @@ try {
       })
       const got = JSON.parse(stdout)
       if (got.records !== records) throw new Error(`${b}: read ${got.records} records of ${records}`)
+      if (got.grains !== grains) throw new Error(`${b}: read ${got.grains} grains of ${grains}`)
       reads.get(b).push(got.ms)
+      held.get(b).push(got.bytes)
       if (values.undo) undos.get(b).push(got.undoMs)
     }
   }
@@ -129,6 +171,10 @@ try {
   for (const b of builds) {
     const ms = median(reads.get(b))
     console.log(`readJournal ${b}: ${summary(reads.get(b))}, ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`)
+    if (grains > 0) {
+      const mib = median(held.get(b)) / 2 ** 20
+      console.log(`  its contents held in memory: ${mib.toFixed(1)} MiB median (${((mib * 2 ** 20) / grains).toFixed(1)} bytes a grain with the extents' share)`)
+    }
   }
   if (values.undo) {
     const wMs = median(ddWrite)

@@ -19,6 +19,7 @@ import { ReceiverError } from './errors.ts'
 import { unlinkIfExists, writeFully } from './fs-util.ts'
 import { ensureStoreDir, entryExists, openStoreFile } from './store-fs.ts'
 import { checkIncrementFiles } from './point-chain.ts'
+import { GrainList, GrainSet } from './grain-set.ts'
 import type { JournalGrain } from './journal.ts'
 import { POINTS_DIR, type VmPaths } from './vm-paths.ts'
 
@@ -93,13 +94,14 @@ type Writer = DiskWriter & { readonly cid: string; renewCid: (cid?: string) => P
 export class ReverseIncrement {
   readonly path: string
   private readonly writer: Writer
-  private readonly saved: Set<number>
+  /** grains saved or reserved: a bitmap (grain-set.ts), not a Set entry each */
+  private readonly saved: GrainSet
   /** grains saved by this object (for logs and tests) */
   savedGrains = 0
   /** the error of a failed save: grains reserved for it may be missing, so nothing more is saved */
   private failed: Error | undefined
 
-  private constructor(path: string, writer: Writer, saved: Set<number>) {
+  private constructor(path: string, writer: Writer, saved: GrainSet) {
     this.path = path
     this.writer = writer
     this.saved = saved
@@ -108,18 +110,19 @@ export class ReverseIncrement {
   /**
    * Create the increment `file` over the mirror descriptor of `stem`, or
    * reopen the one an interrupted apply left, trusting only the journaled
-   * grains whose bytes match their crc. A reopened one is checked first
+   * grains whose bytes match their crc (the first entry of a grain: a journal's
+   * {@link GrainList}; a plain array is listed first). A reopened one is checked first
    * (point-chain.ts `checkIncrementFiles`): each of its files has one name.
    * @throws ReceiverError E_STATE (a hard link, a descriptor not as written), E_STORE_FILE (a symbolic link, FIFO, folder)
    */
-  static async open(paths: VmPaths, stem: string, file: string, journaled: readonly JournalGrain[]): Promise<ReverseIncrement> {
+  static async open(paths: VmPaths, stem: string, file: string, journaled: GrainList | readonly JournalGrain[]): Promise<ReverseIncrement> {
     const path = pointPath(paths, file)
-    let saved = new Set<number>()
+    let saved = new GrainSet()
     if (journaled.length > 0 && (await entryExists(path))) {
       // written into again: not through a link, a hard link (the live mirror's flat), a descriptor naming another extent
       // or another parent than the mirror
       await checkIncrementFiles(paths, file, stem)
-      saved = await verifiedGrains(path, journaled)
+      saved = await verifiedGrains(path, GrainList.from(journaled))
     } else {
       // nothing durable refers to it: start afresh (a crash may have left half of it)
       await removePointFiles(paths, file)
@@ -213,27 +216,26 @@ export class ReverseIncrement {
   }
 }
 
-/** The journaled grains whose bytes in the increment at `path` match their crc (first entry of a grain wins). */
-async function verifiedGrains(path: string, journaled: readonly JournalGrain[]): Promise<Set<number>> {
-  const ok = new Set<number>()
-  const seen = new Set<number>()
+/** The journaled grains whose bytes in the increment at `path` match their crc (the list holds the first entry of each grain). */
+async function verifiedGrains(path: string, journaled: GrainList): Promise<GrainSet> {
+  const ok = new GrainSet()
   const chain = await openChain(path)
   try {
     // only grains the increment itself holds: read through the chain, a grain it lacks (its table was not written
     // before the crash) reads the mirror, its parent, whose bytes still equal the old ones until the batch
     // overwrites them — counted saved, it would never be saved again and the point would read the new bytes
-    const held = new Set<number>()
+    const held = new GrainSet()
     for await (const r of chain.changedRanges(0)) {
       for (let g = Math.floor(r.offset / POINT_GRAIN); g * POINT_GRAIN < r.offset + r.length; g++) held.add(g)
     }
-    for (const j of journaled) {
-      if (seen.has(j.grain) || !held.has(j.grain)) continue
-      seen.add(j.grain)
-      const start = j.grain * POINT_GRAIN
+    for (let i = 0; i < journaled.length; i++) {
+      const grain = journaled.grainAt(i)
+      if (!held.has(grain)) continue
+      const start = grain * POINT_GRAIN
       const len = Math.min(POINT_GRAIN, chain.capacity - start)
       if (len <= 0) continue
       const data = await chain.read(start, len)
-      if (crc32(data) >>> 0 === j.crc >>> 0) ok.add(j.grain)
+      if (crc32(data) >>> 0 === journaled.crcAt(i)) ok.add(grain)
     }
   } finally {
     await chain.close()
@@ -247,22 +249,20 @@ async function verifiedGrains(path: string, journaled: readonly JournalGrain[]):
  * entry of a grain is the committed bytes), cut the flat to `baseSize`,
  * fdatasync. Idempotent. `onUndone` hears of the bytes of the grains done so far.
  */
-export async function undoFromIncrement(incrementPath: string, journaled: readonly JournalGrain[], flatPath: string, baseSize: number, onUndone?: (bytes: number) => void): Promise<void> {
+export async function undoFromIncrement(incrementPath: string, journaled: GrainList | readonly JournalGrain[], flatPath: string, baseSize: number, onUndone?: (bytes: number) => void): Promise<void> {
+  const list = GrainList.from(journaled)
   const tfh = await openStoreFile(flatPath, 'update')
   try {
-    if (journaled.length > 0 && (await entryExists(incrementPath))) {
+    if (list.length > 0 && (await entryExists(incrementPath))) {
       const chain = await openChain(incrementPath)
       try {
-        const seen = new Set<number>()
-        for (const j of journaled) {
-          if (seen.has(j.grain)) continue
-          seen.add(j.grain)
-          const start = j.grain * POINT_GRAIN
+        for (let i = 0; i < list.length; i++) {
+          const start = list.grainAt(i) * POINT_GRAIN
           const len = Math.min(POINT_GRAIN, chain.capacity - start)
           if (len <= 0) continue
           const data = await chain.read(start, len)
-          if (crc32(data) >>> 0 === j.crc >>> 0) await writeFully(tfh, data, start)
-          onUndone?.(seen.size * POINT_GRAIN)
+          if (crc32(data) >>> 0 === list.crcAt(i)) await writeFully(tfh, data, start)
+          onUndone?.((i + 1) * POINT_GRAIN)
         }
       } finally {
         await chain.close()

@@ -5,6 +5,8 @@ import { dirname } from 'node:path'
 import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
 import { openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskMode } from '@grainline/protocol'
+import { ReceiverError } from './errors.ts'
+import { GrainList, type GrainEntry } from './grain-set.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -41,6 +43,15 @@ import type { DiskMode } from '@grainline/protocol'
  *   old bytes). A grain of the increment whose bytes do not match its crc
  *   belongs to a batch whose stage 2 never started (the mirror still holds
  *   its old bytes): rollback skips it, resume saves it again.
+ *   A grain is journaled once per save (a record per saved run of at most
+ *   8 MiB), and saved once per cycle — except that a resume saves again a
+ *   journaled grain the increment does not hold with its crc: so a grain
+ *   may appear once more per resume, and the number of entries is bounded
+ *   by the journal's size alone. Only the FIRST entry of a grain counts
+ *   (it holds the committed bytes): `readJournal` keeps just that one, so
+ *   what it keeps is bounded by the capacity (12 bytes a grain, grain-set.ts).
+ *   A grain index that is not one of the capacity's 4 KiB grains is never
+ *   written: `readJournal` refuses the journal (E_STATE), it is no torn tail.
  *
  * A torn or corrupt tail (short record, bad crc) ends the journal: everything
  * after it is ignored and cut off when the journal is reopened.
@@ -53,6 +64,9 @@ const T_GRAINS = 4
 
 /** Bytes of one entry of a grains record: f64le grain index • u32le crc32 of the old grain. */
 const GRAIN_ENTRY = 12
+
+/** Bytes of a grains record {@link readJournal} reads at once: 64 Ki entries (768 KiB). */
+const GRAIN_PIECE = GRAIN_ENTRY * 65536
 
 /** Records larger than this are treated as corruption (bound before allocating). */
 export const MAX_JOURNAL_RECORD = 256 * 1024 * 1024
@@ -79,12 +93,7 @@ export interface JournalHead {
 }
 
 /** A grain saved in the in-flight reverse increment (type 4 record entry). */
-export interface JournalGrain {
-  /** grain index (4 KiB grains) */
-  readonly grain: number
-  /** crc32 of the grain's old bytes */
-  readonly crc: number
-}
+export type JournalGrain = GrainEntry
 
 export interface JournalExtent {
   readonly seq: number
@@ -116,8 +125,13 @@ export interface JournalContents {
   readonly validEnd: number
   /** end of the head record: truncating here forgets every extent and marker */
   readonly headEnd: number
-  /** grains saved in the reverse increment, in journal order (empty without points) */
-  readonly grains: readonly JournalGrain[]
+  /**
+   * grains saved in the reverse increment, in journal order, the FIRST entry
+   * of each grain only (it holds the committed bytes; a later one, saved
+   * again by a resume, never counts): at most the disk's capacity in grains,
+   * 12 bytes each (empty without points)
+   */
+  readonly grains: GrainList
 }
 
 function frame(type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
@@ -176,7 +190,7 @@ export async function readJournal(path: string): Promise<JournalContents | undef
     let head: JournalHead | undefined
     const extents: JournalExtent[] = []
     let applied: JournalApplied | null = null
-    const grains: JournalGrain[] = []
+    const grains = new GrainList()
     let gen = 0
     let headEnd = 0
     while (pos + 13 <= size) {
@@ -217,8 +231,19 @@ export async function readJournal(path: string): Promise<JournalContents | undef
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
-        const data = await win.at(dataPos, dataLen)
-        for (let i = 0; i < dataLen; i += GRAIN_ENTRY) grains.push({ grain: data.readDoubleLE(i), crc: data.readUInt32LE(i + 8) })
+        // the writer saves only grains of the committed part of the disk (increment.ts `reserve`, clipped to the
+        // base size, never above the capacity): a grain beyond is no torn tail but a journal written by something
+        // else, and the reverse increment it indexes cannot be trusted (nor can the mirror be put back from it).
+        // Read in pieces of GRAIN_PIECE entries: a record may be up to MAX_JOURNAL_RECORD bytes.
+        const limit = grainLimit(head)
+        for (let off = 0; off < dataLen; off += GRAIN_PIECE) {
+          const data = await win.at(dataPos + off, Math.min(GRAIN_PIECE, dataLen - off))
+          for (let i = 0; i < data.length; i += GRAIN_ENTRY) {
+            const g = data.readDoubleLE(i)
+            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit)) throw grainBeyond(path, head, pos, g, limit)
+            grains.push(g, data.readUInt32LE(i + 8))
+          }
+        }
       } else {
         break
       }
@@ -229,6 +254,22 @@ export async function readJournal(path: string): Promise<JournalContents | undef
   } finally {
     await fh.close()
   }
+}
+
+/** Grains of 4 KiB a journal's head allows (its disk's capacity, rounded up; 0 when the head has none). */
+function grainLimit(head: JournalHead): number {
+  const c = head.capacity
+  return typeof c === 'number' && Number.isSafeInteger(c) && c > 0 ? Math.ceil(c / GRAIN_BYTES) : 0
+}
+
+/** 4 KiB: the grain of a reverse increment (increment.ts POINT_GRAIN). */
+const GRAIN_BYTES = 4096
+
+function grainBeyond(path: string, head: JournalHead, pos: number, grain: number, limit: number): ReceiverError {
+  return new ReceiverError(
+    'E_STATE',
+    `journal ${path} of disk ${String(head.name)} (cycle ${String(head.cycle)}) is corrupt: its grains record at byte ${pos} names grain ${grain}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes — the receiver never writes such a record. Nothing was resumed or undone: the in-flight cycle can neither resume nor roll back from this journal; restore the VM's folder from a backup, or remove the mirror (grainline mirror remove) and seed it again`,
+  )
 }
 
 /** Append-only writer of a journal. Appends are buffered until `flush`. */

@@ -101,6 +101,7 @@ export const UNDO_PROGRESS_MS = 5000
 /** The bytes an undo writes back: the increment's distinct grains, or the journal's old bytes. */
 function undoBytes(c: JournalContents | undefined, fromIncrement: boolean): number {
   if (c === undefined) return 0
-  if (fromIncrement) return new Set(c.grains.map((g) => g.grain)).size * POINT_GRAIN
+  // the journal's grains are listed once each (journal.ts: the first entry of a grain)
+  if (fromIncrement) return c.grains.length * POINT_GRAIN
   return c.extents.reduce((n, e) => n + e.oldLength, 0)
 }
