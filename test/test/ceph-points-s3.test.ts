@@ -10,11 +10,13 @@
 // disk's snapshot: QEMU reads each clone equal to the snapshot, a write
 // through qemu-io to a clone leaves the snapshot unchanged, the point is held
 // (drop E_HELD, the agent E_HELD) until `points close` removes the clones.
+// `points archive-prune` keeps (exit 1) the manifests still locked, and a
+// prune's run lock makes the Ceph store's archive refuse (E_BUSY).
 // (Its own file and cluster: ceph-store.test.ts is near its time bound.)
 import t from 'tap'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
+import { CreateBucketCommand, DeleteObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { failIfLingering, firstDifference, haveCeph, qemuCompare, qemuIo, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { replicateCli, runCli, startSite, frozenView } from '@grainline/e2e'
@@ -127,6 +129,24 @@ t.test('Ceph points: archived from their snapshots and restored from the bucket 
     }
     t.match(await readFile(join(to, `${name}.vmx`), 'utf8'), /displayName = ".*\(archived point \d+\)"/, `point ${k}: the .vmx comes along`)
   }
+
+  // points archive-prune through the CLI: both manifests still locked (--retain 1d): kept and reported, exit 1, nothing deleted
+  const pr = await runCli(['points', 'archive-prune', '--archive', 's3://dr-ceph/site-b', '--keep-last', '0', '--grace', '0s', '--output', 'json', ...s3args])
+  t.equal(pr.code, 1, `archive-prune of locked manifests: exit 1 (some kept): ${pr.stderr}`)
+  const pruned = lastJson<{ manifests: { deleted: unknown[]; keptLocked: { key: string; until: string }[] }; chunks: { deleted: number; referenced: number } }>(pr.stdout)
+  t.same(pruned.manifests.deleted, [], 'no manifest deleted under its lock')
+  t.same(
+    pruned.manifests.keptLocked.map((k) => /(\d{12})\.json$/.exec(k.key)?.[1]),
+    ['000000000002', '000000000001'],
+    'both reported as locked',
+  )
+  t.ok(pruned.chunks.referenced > 0 && pruned.chunks.deleted === 0, 'every chunk referenced by the kept manifests: none deleted')
+  // the run lock: a prune in progress makes the Ceph store's archive refuse before it reads a snapshot
+  await s3.send(new PutObjectCommand({ Bucket: 'dr-ceph', Key: 'site-b/locks/prune-elsewhere', Body: JSON.stringify({ kind: 'prune', host: 'dr-other', pid: 99, time: new Date().toISOString() }) }))
+  const busy = await runCli(['points', 'archive', ...ceph1, '--archive', 's3://dr-ceph/site-b', ...s3args])
+  t.not(busy.code, 0, 'points archive (Ceph store) refused while a prune holds the lock')
+  t.match(busy.stderr, /points archive-prune holds the lock site-b\/locks\/prune-elsewhere \(host dr-other pid 99.*\[E_BUSY\]/s)
+  await s3.send(new DeleteObjectCommand({ Bucket: 'dr-ceph', Key: 'site-b/locks/prune-elsewhere' }))
 
   // points open: an RBD clone of each disk's snapshot of point 1
   const withTo = await runCli(['points', 'open', ...ceph1, '--point', '1', '--to', join(dir, 'x')])

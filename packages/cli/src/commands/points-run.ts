@@ -18,6 +18,8 @@ import {
   isCephStore,
   closePoint,
   listArchivedPoints,
+  pruneArchive,
+  type ArchivePruneResult,
   listPoints,
   loadReceiverConfig,
   openPoint,
@@ -90,6 +92,7 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
   const vm = String(args['vm'])
   const json = args['output'] === 'json'
   const action = String(args['action'] ?? 'list')
+  if (action === 'archive-prune') return await archivePruneAction(args, ctx, loggerFor(args, ctx, 'warn'))
   if (isCephStore(store)) {
     const target = cephTargetFrom(store, args)
     if (action === 'list') {
@@ -216,6 +219,56 @@ function prunedReport(r: { vm: string; dropped: number[]; kept: number[] }, json
 function closedReport(vm: string, dropped: ReadonlyArray<{ cycle: number; dir: string }>, json: boolean, ctx: CliContext): number {
   ctx.write(json ? JSON.stringify({ vm, released: dropped }) + '\n' : `${vm}: released ${dropped.map((h) => `point ${h.cycle} (${h.dir})`).join(', ')}\n`)
   return ExitCode.Ok
+}
+
+/** A duration option of archive-prune (the parser of --retain, --max-age). */
+function durationArg(args: Record<string, unknown>, name: string): number | undefined {
+  if (args[name] === undefined) return undefined
+  try {
+    return parseDuration(String(args[name]), `--${name}`)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+/** `points archive-prune`: exit 1 when a selected manifest was kept (Object Lock). */
+async function archivePruneAction(args: Record<string, unknown>, ctx: CliContext, log: Logger): Promise<number> {
+  const json = args['output'] === 'json'
+  const url = String(args['archive'])
+  const keepLast = args['keep-last']
+  if (keepLast !== undefined && (typeof keepLast !== 'number' || !Number.isSafeInteger(keepLast) || keepLast < 0)) throw new UsageError('--keep-last must be a whole number ≥ 0')
+  const olderThanMs = durationArg(args, 'older-than')
+  if (keepLast === undefined && olderThanMs === undefined) throw new UsageError('points archive-prune needs --keep-last N and/or --older-than DURATION (which manifests to delete)')
+  const graceMs = durationArg(args, 'grace') ?? 24 * 3600_000
+  const vm = args['vm'] === undefined ? undefined : String(args['vm'])
+  const { bucket, prefix } = await bucketFrom(url, args)
+  let r: ArchivePruneResult
+  try {
+    r = await pruneArchive({
+      logger: log,
+      bucket,
+      prefix,
+      ...(vm === undefined ? {} : { vm }),
+      ...(typeof keepLast === 'number' ? { keepLast } : {}),
+      ...(olderThanMs === undefined ? {} : { olderThanMs }),
+      graceMs,
+      dryRun: args['dry-run'] === true,
+    })
+  } finally {
+    bucket.close()
+  }
+  if (json) ctx.write(JSON.stringify({ event: 'archive-pruned', archive: url, ...r }) + '\n')
+  else {
+    const verb = r.dryRun ? 'would delete' : 'deleted'
+    const lines = [
+      `${url}${r.dryRun ? ' (dry run: nothing deleted)' : ''}: ${r.manifests.examined} manifest(s) examined, ${verb} ${r.manifests.deleted.length}; ${r.chunks.listed} chunk(s) listed, ${r.chunks.referenced} referenced, ${verb} ${r.chunks.deleted}${r.chunks.young > 0 ? `, ${r.chunks.young} unreferenced but younger than --grace` : ''}; ${formatBytes(r.bytesFreed)} ${r.dryRun ? 'would be ' : ''}freed`,
+      ...r.manifests.deleted.map((m) => `  ${verb} ${m.vm} point ${m.cycle} (archived ${m.archivedAt})`),
+      ...r.manifests.keptLocked.map((k) => `  kept ${k.key}: ${k.until === undefined ? 'S3 refused the deletion (Object Lock or policy)' : `locked until ${k.until}`}`),
+      ...(r.chunks.keptLocked.length > 0 ? [`  kept ${r.chunks.keptLocked.length} unreferenced chunk(s) still locked (deleted by a later run once their lock ends)`] : []),
+    ]
+    ctx.write(lines.join('\n') + '\n')
+  }
+  return r.manifests.keptLocked.length > 0 ? ExitCode.Failed : ExitCode.Ok
 }
 
 /** `points archive` and `points archived`. */

@@ -2,7 +2,8 @@
  * `grainline points`: the restore points of a mirror (cycle, time, size,
  * checks recorded at that cycle, held), and `points prune` (by a retention
  * policy: the receiver config's, or flags) / `points drop --point K`, and
- * `points archive` / `points archived` (copies in an S3 bucket, docs/ARCHIVE.md).
+ * `points archive` / `points archived` / `points archive-prune` (copies in
+ * an S3 bucket and their retention, docs/ARCHIVE.md).
  *
  * This module holds the flags; what the command does is in points-run.ts,
  * imported only when it runs (so `--help`, `--version` and the other
@@ -19,13 +20,13 @@ export const pointsCommand: CliCommand = {
   builder: (y: Argv) =>
     withCephOptions(withS3Options(y))
       .positional('action', {
-        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'export'] as const,
+        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'archive-prune', 'export'] as const,
         default: 'list',
         describe:
-          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror — on ceph:POOL an RBD clone of each disk snapshot, booted by QEMU as rbd:POOL/CLONE; close: release a hold (--to DIR, or the name open printed on ceph:POOL, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
+          'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror — on ceph:POOL an RBD clone of each disk snapshot, booted by QEMU as rbd:POOL/CLONE; close: release a hold (--to DIR, or the name open printed on ceph:POOL, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive; archive-prune: delete the manifests of --archive that --keep-last / --older-than select (--vm, or every VM), then the chunks no manifest references (older than --grace); export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',
       })
-      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (all actions but archived)' })
-      .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })
+      .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (all actions but archived, archive-prune)' })
+      .option('vm', { type: 'string', describe: 'the VM (its mirror folder name); required but for archive-prune (default: every VM in --archive)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
       .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K; not on ceph:POOL); close: the folder (ceph:POOL: or the open-… name) to release' })
       .option('all', { type: 'boolean', describe: 'close: release every hold of the VM (a failover hold also needs --failover)' })
@@ -44,7 +45,11 @@ export const pointsCommand: CliCommand = {
       .option('max-bytes', { type: 'string', describe: 'prune: the points may take at most this: 200G' })
       .option('gfs', { type: 'string', describe: 'prune: grandfather-father-son, e.g. hourly=24,daily=7,weekly=4,monthly=12' })
       .option('config', { type: 'string', describe: 'prune: take the policy of this receiver config file (retention, retentionVms)' })
-      .option('archive', { type: 'string', describe: 'archive, archived: the S3 archive, s3://BUCKET[/PREFIX]' })
+      .option('archive', { type: 'string', describe: 'archive, archived, archive-prune: the S3 archive, s3://BUCKET[/PREFIX]' })
+      .option('keep-last', { type: 'number', describe: 'archive-prune: per VM, keep the manifests of the newest N archived points' })
+      .option('older-than', { type: 'string', describe: 'archive-prune: delete manifests archived longer ago than this: 180d' })
+      .option('grace', { type: 'string', default: '24h', describe: 'archive-prune: delete an unreferenced chunk only once it is this old (an archive in progress uploads chunks before its manifest)' })
+      .option('dry-run', { type: 'boolean', describe: 'archive-prune: list what would be deleted and the bytes freed; delete nothing' })
       .option('retain', { type: 'string', describe: 'archive: lock every object written or reused (S3 Object Lock) for this long: 90d' })
       .option('lock-mode', {
         choices: ['governance', 'compliance'] as const,
@@ -53,8 +58,10 @@ export const pointsCommand: CliCommand = {
       })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const })
       .check((a) => {
-        if (a['action'] !== 'archived' && a['store'] === undefined) throw new UsageError('--store is required')
-        if ((a['action'] === 'archive' || a['action'] === 'archived') && a['archive'] === undefined) throw new UsageError(`points ${String(a['action'])} needs --archive s3://BUCKET[/PREFIX]`)
+        const s3Only = a['action'] === 'archived' || a['action'] === 'archive-prune'
+        if (a['action'] !== 'archive-prune' && a['vm'] === undefined) throw new UsageError('--vm is required')
+        if (!s3Only && a['store'] === undefined) throw new UsageError('--store is required')
+        if ((a['action'] === 'archive' || s3Only) && a['archive'] === undefined) throw new UsageError(`points ${String(a['action'])} needs --archive s3://BUCKET[/PREFIX]`)
         return true
       }),
   async run(args, ctx) {

@@ -8,7 +8,8 @@
  * never shortened). The manifest is written last: an archive interrupted at
  * any instant has no manifest and the next run uploads only what is missing.
  * The VM's lock is held while the point is read (a cycle waits, as for
- * `restore`). The writer of one point ({@link archiveOnePoint}) is shared
+ * `restore`), and the archive's run lock (archive-lock.ts: no
+ * `points archive-prune` meanwhile). The writer of one point ({@link archiveOnePoint}) is shared
  * with the Ceph store (store/ceph/ceph-archive.ts), which reads RBD
  * snapshots instead of VMDK chains into the same object set.
  */
@@ -25,6 +26,7 @@ import { isAllZero } from '@grainline/vmdk'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
+import { withRunLock } from './archive-lock.ts'
 import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
 
 /** Progress of an archive run. */
@@ -71,6 +73,11 @@ export interface ArchiveOptions {
  */
 export async function archivePoints(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   await checkArchiveLock(opts)
+  // the run lock (archive-lock.ts): no archive-prune deletes a chunk this run finds present and does not upload
+  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, () => archiveLocked(storeDir, vm, cycles, opts))
+}
+
+async function archiveLocked(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state

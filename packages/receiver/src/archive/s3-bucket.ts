@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   GetObjectLockConfigurationCommand,
   HeadObjectCommand,
@@ -69,11 +70,23 @@ export async function readCredentialsFile(file: string): Promise<{ accessKeyId: 
 
 const status = (err: unknown): number | undefined => (err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined)
 
+/** Whether `err` (an E_ARCHIVE of this module) is S3 refusing the request (403: a version under Object Lock, or the policy). */
+export function refusedByS3(err: unknown): boolean {
+  return err instanceof ReceiverError && status(err.cause) === 403
+}
+
 /** An S3 failure as a typed error naming the object and what to check. */
 function s3Error(err: unknown, what: string): ReceiverError {
   const code = err instanceof S3ServiceException ? err.name : (err as { code?: string }).code
   const hint = status(err) === 403 ? ' (check the credentials and the bucket policy)' : ''
   return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${code ?? ''} ${(err as Error).message}${hint}`.replace(/\s+/g, ' '), { cause: err })
+}
+
+/** One object of a listing. */
+export interface ListedObject {
+  readonly key: string
+  readonly size: number
+  readonly lastModified: Date
 }
 
 /** One bucket of an archive. */
@@ -194,6 +207,67 @@ export class S3Bucket {
       token = r.IsTruncated === true ? r.NextContinuationToken : undefined
     } while (token !== undefined)
     return out
+  }
+
+  /** Every object under `prefix`, a page (≤ 1000) at a time: only one page is held in memory. */
+  async listPages(prefix: string, onPage: (page: readonly ListedObject[]) => Promise<void>): Promise<void> {
+    let token: string | undefined
+    do {
+      let r: ListObjectsV2CommandOutput
+      try {
+        r = await this.#s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }))
+      } catch (err) {
+        throw s3Error(err, `listing ${prefix}`)
+      }
+      const page: ListedObject[] = []
+      for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) })
+      await onPage(page)
+      token = r.IsTruncated === true ? r.NextContinuationToken : undefined
+    } while (token !== undefined)
+  }
+
+  /**
+   * Delete `key` for good: every version of it and every delete marker (in a
+   * versioned bucket — Object Lock implies one — a plain DELETE only adds a
+   * marker, which frees nothing and which a restore reads through). Returns
+   * the bytes of the versions deleted. A version still under Object Lock
+   * retention (or a legal hold) is refused by S3 (AccessDenied: {@link refusedByS3}).
+   * @throws ReceiverError E_ARCHIVE
+   */
+  async deleteAllVersions(key: string): Promise<number> {
+    const versions: { id: string | undefined; size: number }[] = []
+    let keyMarker: string | undefined
+    let versionMarker: string | undefined
+    do {
+      let r: ListObjectVersionsCommandOutput
+      try {
+        r = await this.#s3.send(
+          new ListObjectVersionsCommand({
+            Bucket: this.bucket,
+            Prefix: key,
+            ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker }),
+            ...(versionMarker === undefined ? {} : { VersionIdMarker: versionMarker }),
+          }),
+        )
+      } catch (err) {
+        throw s3Error(err, `listing the versions of ${key}`)
+      }
+      for (const v of r.Versions ?? []) if (v.Key === key) versions.push({ id: v.VersionId, size: v.Size ?? 0 })
+      for (const v of r.DeleteMarkers ?? []) if (v.Key === key) versions.push({ id: v.VersionId, size: 0 })
+      const more = r.IsTruncated === true && (r.NextKeyMarker ?? '') <= key
+      keyMarker = more ? r.NextKeyMarker : undefined
+      versionMarker = more ? r.NextVersionIdMarker : undefined
+    } while (keyMarker !== undefined)
+    let bytes = 0
+    for (const v of versions) {
+      try {
+        await this.#s3.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key, ...(v.id === undefined ? {} : { VersionId: v.id }) }))
+      } catch (err) {
+        throw s3Error(err, `DELETE ${key}${v.id === undefined ? '' : ` version ${v.id}`}`)
+      }
+      bytes += v.size
+    }
+    return bytes
   }
 
   close(): void {

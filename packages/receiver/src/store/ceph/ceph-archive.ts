@@ -20,6 +20,7 @@
  * file name in the manifest.
  */
 import { validateName } from '@grainline/protocol'
+import { withRunLock } from '../../archive/archive-lock.ts'
 import { archiveOnePoint, checkArchiveLock, type ArchivedPoint, type ArchiveFileSource, type ArchiveOptions, type PointDiskSource } from '../../archive/archive-point.ts'
 import { ReceiverError } from '../../errors.ts'
 import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx } from '../../mirror-vmx.ts'
@@ -58,6 +59,11 @@ export function cephConfigFiles(s: CephVmState, cycle: number, diskNames: readon
 export async function cephArchivePoints(t: CephTarget, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   validateName(vm, 'VM name')
   await checkArchiveLock(opts)
+  // the run lock (archive-lock.ts), as archivePoints: no archive-prune deletes a chunk this run finds present and does not upload
+  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, () => cephArchiveLocked(t, vm, cycles, opts))
+}
+
+async function cephArchiveLocked(t: CephTarget, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   const s = await readCephState(t, new CephNames(vm).state, vm)
   if (s === undefined || s.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in Ceph pool ${t.pool}`)
   const kept = new Map<number, { committedAt: string; generation: string }>(s.points.map((p) => [p.cycle, { committedAt: p.committedAt, generation: p.generation }]))

@@ -1,0 +1,118 @@
+/**
+ * The run locks of an archive (docs/ARCHIVE.md "Guarantees"): `points
+ * archive` and `points archive-prune` exclude each other with lock objects
+ * under `PREFIX/locks/`, write-then-check on both sides (as restic does). A
+ * run writes `locks/<kind>-<uuid>` (body: kind, host, pid, time), then lists
+ * `locks/`: an archive refuses (E_BUSY) when a prune lock is there, a prune
+ * when an archive lock is, after deleting its own. Two runs that start
+ * together may both refuse; never may both go on. This closes the race that
+ * the prune's grace period does not: an archive finds an old unreferenced
+ * chunk present (HEAD) and does not upload it while a prune deletes it.
+ *
+ * A lock is rewritten every {@link LOCK_REFRESH_MS} while its run goes on, and
+ * one not rewritten for {@link LOCK_STALE_MS} is stale (its run crashed):
+ * ignored. Lock objects are never written with Object Lock retention, so they
+ * can be deleted (a bucket whose default retention locks every new object
+ * would lock them too: such a lock is then left to go stale).
+ */
+import { randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
+import type { Logger } from 'pino'
+import { ReceiverError } from '../errors.ts'
+import type { S3Bucket } from './s3-bucket.ts'
+
+/** A lock not rewritten for this long belongs to a run that stopped: ignored. */
+export const LOCK_STALE_MS = 2 * 3600_000
+/** A running archive or prune rewrites its lock this often. */
+export const LOCK_REFRESH_MS = 10 * 60_000
+
+/** The kinds of run that hold an archive lock. */
+export type ArchiveRunKind = 'archive' | 'prune'
+
+/** The key prefix of the run locks. */
+export function locksPrefix(prefix: string): string {
+  return `${prefix}locks/`
+}
+
+/** A held run lock. */
+export interface HeldRunLock {
+  readonly key: string
+  /** Stop refreshing and delete the lock (a failure is logged: the lock goes stale). */
+  release(): Promise<void>
+}
+
+/**
+ * Take the run lock of `kind` on the archive at `prefix`: write it, then
+ * refuse when a fresh lock of the other kind is there (its own lock deleted
+ * first). @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE
+ */
+export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, now: () => number = Date.now): Promise<HeldRunLock> {
+  const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
+  const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
+  // never with a retention: a lock must stay deletable
+  await bucket.put(key, body)
+  const del = async (): Promise<void> => {
+    try {
+      await bucket.deleteAllVersions(key)
+    } catch (err) {
+      logger.warn({ err, lock: key }, `could not delete the archive lock ${key}: it is ignored once ${LOCK_STALE_MS / 3600_000} h old`)
+    }
+  }
+  const other: ArchiveRunKind = kind === 'archive' ? 'prune' : 'archive'
+  let blocking: { key: string; lastModified: Date } | undefined
+  try {
+    await bucket.listPages(locksPrefix(prefix), async (page) => {
+      for (const o of page) {
+        const name = o.key.slice(locksPrefix(prefix).length)
+        if (blocking === undefined && name.startsWith(`${other}-`) && now() - o.lastModified.getTime() < LOCK_STALE_MS) blocking = o
+      }
+    })
+  } catch (err) {
+    await del()
+    throw err
+  }
+  if (blocking !== undefined) {
+    const who = await describeLock(bucket, blocking.key)
+    await del()
+    const what = kind === 'archive' ? 'archive points' : 'prune the archive'
+    throw new ReceiverError(
+      'E_BUSY',
+      `cannot ${what} in s3://${bucket.bucket}/${prefix}: a ${other === 'archive' ? 'points archive' : 'points archive-prune'} holds the lock ${blocking.key} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
+    )
+  }
+  // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise recreate the lock after its deletion
+  let refreshing: Promise<void> = Promise.resolve()
+  const timer = setInterval(() => {
+    refreshing = bucket.put(key, body).catch((err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`))
+  }, LOCK_REFRESH_MS)
+  timer.unref()
+  logger.debug({ lock: key }, 'archive lock taken')
+  return {
+    key,
+    release: async () => {
+      clearInterval(timer)
+      await refreshing
+      await del()
+    },
+  }
+}
+
+/** "host H pid P since T" of a lock's body, or what is known when it cannot be read. */
+async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
+  try {
+    const j = JSON.parse((await bucket.get(key, 4096)).toString('utf8')) as Record<string, unknown>
+    return `host ${String(j['host'])} pid ${String(j['pid'])} since ${String(j['time'])}`
+  } catch {
+    return 'its body could not be read'
+  }
+}
+
+/** Run `fn` holding the run lock of `kind` (released however `fn` ends). */
+export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: () => Promise<T>): Promise<T> {
+  const lock = await takeRunLock(bucket, prefix, kind, logger)
+  try {
+    return await fn()
+  } finally {
+    await lock.release()
+  }
+}

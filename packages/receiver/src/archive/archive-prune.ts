@@ -1,0 +1,264 @@
+/**
+ * Retention of an S3 archive (`grainline points archive-prune`,
+ * docs/ARCHIVE.md "Pruning"): delete the manifests a policy selects (per VM
+ * the newest `keepLast` kept, and/or those archived more than `olderThanMs`
+ * ago), then garbage-collect the chunks no remaining manifest references.
+ *
+ * - A manifest or chunk still under Object Lock retention is kept and
+ *   reported (locked until …); the run goes on.
+ * - Every manifest under the prefix (all VMs) is read strictly
+ *   (parseManifest, its size bound) before anything is deleted: one that does
+ *   not parse stops the run with nothing deleted — a chunk is never deleted
+ *   on a partial view of what references it.
+ * - A chunk is deleted only when unreferenced AND last written more than
+ *   `graceMs` ago: an archive run uploads its chunks before its manifest.
+ * - The run lock (archive-lock.ts) excludes `points archive` meanwhile: an
+ *   archive that found an old unreferenced chunk present (and did not upload
+ *   it) cannot have it deleted under its manifest.
+ * - Deleting removes every version and delete marker of the key (an Object
+ *   Lock bucket is versioned: a plain DELETE would free nothing).
+ *
+ * Memory: the referenced set is a Set of 64-hex digests (1 TiB of distinct
+ * chunks ≈ 262k strings, some tens of MB); manifests are read one at a time
+ * and the chunk listing is handled a page (≤ 1000 keys) at a time.
+ */
+import type { Logger } from 'pino'
+import { ReceiverError } from '../errors.ts'
+import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
+import { takeRunLock } from './archive-lock.ts'
+import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
+
+/** What {@link pruneArchive} deletes. At least one of keepLast / olderThanMs. */
+export interface ArchivePruneOptions {
+  readonly logger: Logger
+  readonly bucket: S3Bucket
+  /** "" or ending in "/" */
+  readonly prefix: string
+  /** only this VM's manifests (the GC still reads every VM's) */
+  readonly vm?: string
+  /** per VM, keep the manifests of the newest N cycles */
+  readonly keepLast?: number
+  /** delete manifests archived more than this long ago */
+  readonly olderThanMs?: number
+  /** delete an unreferenced chunk only when last written more than this long ago. @default 24 h */
+  readonly graceMs?: number
+  /** list what would be deleted, delete nothing */
+  readonly dryRun?: boolean
+  readonly now?: () => number
+}
+
+/** A manifest or chunk kept because S3 refuses its deletion (Object Lock). */
+export interface KeptLocked {
+  readonly key: string
+  /** the retention's end (undefined: refused without a retention we could read, e.g. a legal hold) */
+  readonly until: string | undefined
+}
+
+/** What {@link pruneArchive} did (or, dry run, would do). */
+export interface ArchivePruneResult {
+  readonly dryRun: boolean
+  readonly manifests: {
+    readonly examined: number
+    readonly deleted: readonly { readonly key: string; readonly vm: string; readonly cycle: number; readonly archivedAt: string }[]
+    readonly keptLocked: readonly KeptLocked[]
+  }
+  readonly chunks: {
+    readonly listed: number
+    readonly referenced: number
+    /** unreferenced but written within the grace period */
+    readonly young: number
+    readonly deleted: number
+    readonly keptLocked: readonly KeptLocked[]
+  }
+  /** bytes of manifests and chunks deleted (all their versions) */
+  readonly bytesFreed: number
+}
+
+const MANIFEST_KEY = /^vms\/([^/]+)\/points\/(\d{12})\.json$/
+const CHUNK_KEY = /^chunks\/([0-9a-f]{2})\/([0-9a-f]{64})$/
+
+interface ManifestEntry {
+  readonly key: string
+  readonly vm: string
+  readonly cycle: number
+  readonly archivedAt: number
+  readonly archivedAtText: string
+  readonly size: number
+}
+
+/**
+ * Prune the archive at `opts.prefix`. @throws ReceiverError E_CONFIG (no
+ * selector), E_BUSY (a points archive holds the archive's lock), E_ARCHIVE
+ * (a manifest that does not parse: nothing deleted; S3 failures)
+ */
+export async function pruneArchive(opts: ArchivePruneOptions): Promise<ArchivePruneResult> {
+  if (opts.keepLast === undefined && opts.olderThanMs === undefined) throw new ReceiverError('E_CONFIG', 'archive-prune needs --keep-last N and/or --older-than DURATION')
+  if (opts.keepLast !== undefined && (!Number.isSafeInteger(opts.keepLast) || opts.keepLast < 0)) throw new ReceiverError('E_CONFIG', `--keep-last ${opts.keepLast}: want a whole number ≥ 0`)
+  const now = opts.now ?? Date.now
+  const lock = await takeRunLock(opts.bucket, opts.prefix, 'prune', opts.logger, now)
+  try {
+    return await pruneLocked(opts, now)
+  } finally {
+    await lock.release()
+  }
+}
+
+async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promise<ArchivePruneResult> {
+  const { bucket, prefix, logger } = opts
+  const dryRun = opts.dryRun === true
+  const where = (key: string): string => `s3://${bucket.bucket}/${key}`
+
+  // 1. every manifest, parsed strictly: one that does not parse stops the run before anything is deleted
+  const manifests = await readAllManifests(opts, undefined)
+  logger.info({ examined: manifests.length }, 'archive-prune: manifests examined')
+
+  // 2. the selection: per VM, newest cycles first
+  const byVm = new Map<string, ManifestEntry[]>()
+  for (const m of manifests) if (opts.vm === undefined || m.vm === opts.vm) byVm.set(m.vm, [...(byVm.get(m.vm) ?? []), m])
+  const selected: ManifestEntry[] = []
+  const cutoff = opts.olderThanMs === undefined ? undefined : now() - opts.olderThanMs
+  for (const list of byVm.values()) {
+    list.sort((a, b) => b.cycle - a.cycle)
+    list.forEach((m, i) => {
+      const beyondKeep = opts.keepLast === undefined || i >= opts.keepLast
+      const old = cutoff === undefined || m.archivedAt < cutoff
+      if (beyondKeep && old) selected.push(m)
+    })
+  }
+
+  // 3. delete them (a locked one is kept and reported)
+  const deleted: ManifestEntry[] = []
+  const manifestsKept: KeptLocked[] = []
+  let bytesFreed = 0
+  for (const m of selected) {
+    const until = await lockedUntil(bucket, m.key, now)
+    if (until !== undefined) {
+      manifestsKept.push({ key: m.key, until })
+      logger.warn({ manifest: m.key, until }, `archive-prune: manifest ${where(m.key)} is locked until ${until}: kept`)
+      continue
+    }
+    if (!dryRun) {
+      try {
+        bytesFreed += await bucket.deleteAllVersions(m.key)
+      } catch (err) {
+        if (!refusedByS3(err)) throw err
+        manifestsKept.push({ key: m.key, until: undefined })
+        logger.warn({ manifest: m.key, err }, `archive-prune: S3 refused to delete ${where(m.key)} (an older version locked, a legal hold, or the policy): kept`)
+        continue
+      }
+    } else bytesFreed += m.size
+    deleted.push(m)
+    logger.info({ manifest: m.key, vm: m.vm, cycle: m.cycle, archivedAt: m.archivedAtText, dryRun }, dryRun ? 'archive-prune: would delete manifest' : 'archive-prune: manifest deleted')
+  }
+  logger.info({ examined: manifests.length, deleted: deleted.length, keptLocked: manifestsKept.length, dryRun }, 'archive-prune: manifests done')
+
+  // 4. the chunks the remaining manifests reference (listed again: exactly what is left, every VM)
+  const gone = new Set(deleted.map((m) => m.key))
+  const referenced = new Set<string>()
+  await readAllManifests(opts, (key, digests) => {
+    if (gone.has(key)) return
+    for (const d of digests) referenced.add(d)
+  })
+
+  // 5. the unreferenced chunks older than the grace period
+  const graceMs = opts.graceMs ?? 24 * 3600_000
+  const chunks = { listed: 0, referenced: 0, young: 0, deleted: 0 }
+  const chunksKept: KeptLocked[] = []
+  await bucket.listPages(`${prefix}chunks/`, async (page) => {
+    for (const o of page) {
+      const m = CHUNK_KEY.exec(o.key.slice(prefix.length))
+      if (m === null || m[1] !== (m[2] as string).slice(0, 2)) continue // not an object of ours: left alone
+      chunks.listed++
+      if (referenced.has(m[2] as string)) {
+        chunks.referenced++
+        continue
+      }
+      if (now() - o.lastModified.getTime() < graceMs) {
+        chunks.young++
+        continue
+      }
+      const until = await lockedUntil(bucket, o.key, now)
+      if (until !== undefined) {
+        chunksKept.push({ key: o.key, until })
+        continue
+      }
+      if (!dryRun) {
+        try {
+          bytesFreed += await bucket.deleteAllVersions(o.key)
+        } catch (err) {
+          if (!refusedByS3(err)) throw err
+          chunksKept.push({ key: o.key, until: undefined })
+          continue
+        }
+      } else bytesFreed += o.size
+      chunks.deleted++
+    }
+    logger.info({ ...chunks, keptLocked: chunksKept.length, bytesFreed, dryRun }, 'archive-prune: chunks so far')
+  })
+  logger.info(
+    { manifests: { examined: manifests.length, deleted: deleted.length, keptLocked: manifestsKept.length }, chunks: { ...chunks, keptLocked: chunksKept.length }, bytesFreed, dryRun },
+    dryRun ? 'archive-prune: dry run done (nothing deleted)' : 'archive-prune: done',
+  )
+  return {
+    dryRun,
+    manifests: {
+      examined: manifests.length,
+      deleted: deleted.map((m) => ({ key: m.key, vm: m.vm, cycle: m.cycle, archivedAt: m.archivedAtText })),
+      keptLocked: manifestsKept,
+    },
+    chunks: { ...chunks, keptLocked: chunksKept },
+    bytesFreed,
+  }
+}
+
+/** The retention end of `key`'s current version when still in the future, else undefined. */
+async function lockedUntil(bucket: S3Bucket, key: string, now: () => number): Promise<string | undefined> {
+  const h = await bucket.head(key)
+  return h?.retainUntil !== undefined && h.retainUntil.getTime() > now() ? h.retainUntil.toISOString() : undefined
+}
+
+/**
+ * Read and parse every manifest under the prefix, one at a time; `onDigests`
+ * gets each one's chunk and file digests. @throws ReceiverError E_ARCHIVE
+ * naming the manifest that does not parse (nothing has been deleted then)
+ */
+async function readAllManifests(opts: ArchivePruneOptions, onDigests: ((key: string, digests: Iterable<string>) => void) | undefined): Promise<ManifestEntry[]> {
+  const { bucket, prefix } = opts
+  const out: ManifestEntry[] = []
+  await bucket.listPages(`${prefix}vms/`, async (page) => {
+    for (const o of page) {
+      const rel = o.key.slice(prefix.length)
+      const km = MANIFEST_KEY.exec(rel)
+      const url = `s3://${bucket.bucket}/${o.key}`
+      const refuse = (why: string, cause?: unknown): ReceiverError =>
+        new ReceiverError(
+          'E_ARCHIVE',
+          `archive-prune: ${why}; nothing was deleted (a chunk is never deleted on a partial view of the manifests). Inspect it (aws s3 cp ${url} -): if it is no grainline manifest or is damaged (it restores nothing), delete it by hand, then run archive-prune again`,
+          ...(cause === undefined ? [] : [{ cause }]),
+        )
+      if (km === null) throw refuse(`${url} is under vms/ but is not a manifest key (vms/VM/points/CYCLE(12 digits).json)`)
+      let m: ReturnType<typeof parseManifest>
+      try {
+        m = parseManifest(await bucket.get(o.key, MAX_MANIFEST_BYTES), url)
+      } catch (err) {
+        throw refuse((err as Error).message, err)
+      }
+      let vm: string
+      try {
+        vm = decodeURIComponent(km[1] as string)
+      } catch {
+        vm = ''
+      }
+      if (m.vm !== vm || m.cycle !== Number(km[2])) throw refuse(`manifest ${url} describes VM ${m.vm} cycle ${m.cycle}, not the VM and cycle of its key`)
+      const archivedAt = Date.parse(m.archivedAt)
+      if (Number.isNaN(archivedAt)) throw refuse(`manifest ${url}: archivedAt ${JSON.stringify(m.archivedAt)} is not a time`)
+      out.push({ key: o.key, vm, cycle: m.cycle, archivedAt, archivedAtText: m.archivedAt, size: o.size })
+      if (onDigests !== undefined) {
+        const digests: string[] = m.files.map((f) => f.sha256)
+        for (const d of m.disks) for (const c of d.chunks) if (c !== null) digests.push(c)
+        onDigests(o.key, digests)
+      }
+    }
+  })
+  return out
+}
