@@ -54,7 +54,7 @@ import { VM_INDEX } from './ceph-vm-index.ts'
 import type { CycleHistoryEntry } from '../../cycle-history.ts'
 import { keptMapAtCommit } from './ceph-kept-map.ts'
 import { damagedSnapshotText, freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
-import { snapSizes, snapshotProblem } from './ceph-snapshots.ts'
+import { snapshotProblem } from './ceph-snapshots.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -299,11 +299,13 @@ export class CephVmMirror {
     }
     const refusal = freshOpenRefusal(this.vm, req, rec, this.compatible(ctx.compat))
     if (refusal !== undefined) return refuse(refusal.reason, refusal.message)
-    // an incremental writes the head from the committed snapshot and a resync compares with it: one bounded listing
-    // (as status reads it, damagedMirror) refuses a snapshot removed or shrunk behind the store, where the apply's
-    // helper would fail at the first batch (E_IO, the agent retrying without end)
+    // an incremental writes the head from the committed snapshot and a resync compares with it: its size read through
+    // the session client (as status reads it, damagedMirror) refuses a snapshot removed or shrunk behind the store,
+    // where the apply's helper would fail at the first batch (E_IO, the agent retrying without end)
     if (req.mode !== 'seed' && rec !== undefined) {
-      const problem = snapshotProblem(this.target.pool, rec.image, rec.snap, rec.capacity, await snapSizes(this.target, rec.image))
+      const size = await this.lock.snapSize(rec.image, rec.snap)
+      const sizes = size === undefined ? undefined : new Map(size < 0 ? [] : [[rec.snap, size]])
+      const problem = snapshotProblem(this.target.pool, rec.image, rec.snap, rec.capacity, sizes)
       if (problem !== undefined)
         return { ...base, modified: true, accepted: false, reason: 'E_MIRROR_MODIFIED', message: damagedSnapshotText(this.vm, `ceph:${this.target.pool}`, req.name, rec, problem) }
     }
