@@ -441,4 +441,6 @@ const REFUSAL_ADVICE: Readonly<Record<string, string>> = {
   E_NO_SPACE: "the receiver's store is full: free space there",
   E_VERSION: 'no common protocol version: upgrade the older side',
   E_BAD_NAME: 'a VM, disk or file name is not a safe path component on the receiver: rename it',
+  E_MIRROR_MODIFIED:
+    "the receiver's mirror of the disk changed or is damaged behind its store and a resync cannot build on it either: the receiver's log ('disk open refused') and grainline status there say what to do (on a Ceph store whose committed snapshot is gone: restore or archive the restore points still whole, then grainline mirror remove; the next run seeds the VM anew)",
 }

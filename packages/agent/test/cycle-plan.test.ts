@@ -2,6 +2,7 @@
 import t from 'tap'
 import type { CommittedRecord, InflightRecord } from '../src/agent-state.ts'
 import { decideLineage, decideSnapshot, needsRollback, planAfterRefusal, planDisk, type Lineage, type MirrorFacts } from '../src/cycle-plan.ts'
+import { refusalError } from '../src/receiver-client.ts'
 import type { SnapshotRef } from '../src/driver.ts'
 
 const G1 = '0123456789abcdef0123456789abcdef'
@@ -227,4 +228,15 @@ t.test('planAfterRefusal: every refusal has one answer', async (t) => {
   ]
   for (const [mode, code, modified, rolledBack, want] of cases)
     t.same(planAfterRefusal(mode, { code, modified }, rolledBack), want, `${mode} refused with ${code}${rolledBack ? ' after a rollback' : ''}`)
+})
+
+t.test('a resync refused E_MIRROR_MODIFIED fails the VM with what the operator does (a Ceph snapshot gone behind the store)', async (t) => {
+  t.same(planAfterRefusal('resync', { code: 'E_MIRROR_MODIFIED', modified: true }, false), { kind: 'fail', reason: 'E_MIRROR_MODIFIED' }, 'no seed over the mirror, no retry')
+  const err = refusalError('d.vmdk', { code: 'E_MIRROR_MODIFIED', message: 'disk d.vmdk refused: E_MIRROR_MODIFIED', fatal: false }, { disk: true })
+  t.match(err, { code: 'E_REFUSED', remoteCode: 'E_MIRROR_MODIFIED' })
+  t.match(
+    err.message,
+    /^receiver refused disk d\.vmdk: E_MIRROR_MODIFIED: the receiver's mirror of the disk changed or is damaged behind its store and a resync cannot build on it either: the receiver's log \('disk open refused'\) and grainline status there say what to do .*grainline mirror remove; the next run seeds the VM anew\)$/,
+    'the advice: where to read why, and the remedy',
+  )
 })

@@ -111,7 +111,11 @@ export class ReceiverMetrics implements ReceiverObserver {
     const unreadable = gauge('grainline_mirror_state_unreadable', "1 when the mirror's state could not be read", ['vm'])
     const check = gauge('grainline_disk_check_ok', 'Result of the last check of the disk (1 ok, 0 mismatch); absent when never run', ['vm', 'disk', 'check'])
     const diverged = gauge('grainline_disk_diverged', '1 when the disk is marked diverged from its source (the next cycle resyncs it)', ['vm', 'disk'])
-    const modified = gauge('grainline_disk_modified', '1 when the mirror disk changed since its last commit (booted or edited)', ['vm', 'disk'])
+    const modified = gauge(
+      'grainline_disk_modified',
+      '1 when the mirror disk changed since its last commit (booted or edited; on a Ceph store: its committed snapshot or image removed or shrunk behind the store)',
+      ['vm', 'disk'],
+    )
     const capacity = gauge('grainline_disk_capacity_bytes', 'Virtual size of the mirrored disk', ['vm', 'disk'])
     const points = gauge('grainline_restore_points', 'Restore points kept of the VM (not counting the mirror)', ['vm'])
     const oldestPoint = gauge('grainline_restore_point_oldest_timestamp_seconds', 'Unix time of the oldest restore point (how far back the VM can be restored); absent when it has none', ['vm'])
@@ -195,11 +199,14 @@ export class ReceiverMetrics implements ReceiverObserver {
           const dropAt = vm.pointsDropped === undefined ? Number.NaN : Date.parse(vm.pointsDropped.at)
           if (Number.isFinite(dropAt)) dropped.set({ ...v, broken: vm.pointsDropped?.broken === true ? 'true' : 'false' }, dropAt / 1000)
           holds.set(v, vm.holds?.length ?? 0)
+          // the Ceph store: a committed snapshot removed or shrunk behind the store (ceph-overview.ts damagedMirror) is a
+          // mirror changed since its commit, as a missing or resized flat is on the folder store (its `modified`)
+          const damaged = new Set((vm.damagedMirror ?? []).map((x) => x.disk))
           for (const d of vm.disks) {
             const l = { vm: vm.vm, disk: d.name }
             capacity.set(l, d.capacity)
             diverged.set(l, d.diverged === null ? 0 : 1)
-            modified.set(l, d.modified ? 1 : 0)
+            modified.set(l, d.modified || damaged.has(d.name) ? 1 : 0)
             if (d.trivial !== null) check.set({ ...l, check: 'trivial' }, d.trivial.ok ? 1 : 0)
             if (d.certify !== null) check.set({ ...l, check: 'certify' }, d.certify.ok ? 1 : 0)
           }

@@ -6,12 +6,12 @@
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
-import { extentLogRecords } from './ceph-apply.ts'
+import { extentLogRecords, extentLogShape, readExtentLog } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
-import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephVmState } from './ceph-state.ts'
+import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephInflightDisk, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
-import { runCeph, type CephTarget } from './rbd-cli.ts'
+import type { CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import type { PointInfo } from '../../points-admin.ts'
 import type { HoldRecord } from '../../hold-record.ts'
@@ -47,11 +47,11 @@ export interface CephStoreStatus {
   }>
 }
 
-/** The resume point of a disk in flight: the length of its extent log (0 when it cannot be read). */
-export async function resumeSeq(t: CephTarget, log: string): Promise<number> {
+/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded (ceph-apply.ts readExtentLog; 0 when it cannot be read). */
+export async function resumeSeq(t: CephTarget, vm: string, inf: CephInflightDisk): Promise<number> {
   try {
     let n = 0
-    for (const _ of extentLogRecords(await runCeph(t, 'rados', ['-p', t.pool, 'get', log, '-']))) n++
+    for (const _ of extentLogRecords(await readExtentLog(t, vm, inf), extentLogShape(inf))) n++
     return n
   } catch {
     return 0
@@ -75,7 +75,7 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
         snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
         bytes: usage.reduce((n, u) => n + (u.image === d?.image || u.image === inf?.image ? u.used : 0), 0),
         diverged: d?.diverged ?? null,
-        inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
+        inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, s.vm, inf) },
       })
     }
     const key = new CephNames(s.vm).vmKey

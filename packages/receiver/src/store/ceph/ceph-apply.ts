@@ -14,14 +14,14 @@
  * DiskApply, and offers the same batch interface to the ApplyPipeline.
  */
 import { timingSafeEqual } from 'node:crypto'
-import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
+import { CycleDigest, DigestLengths, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import type { ApplyExtent, DiskEndClaim, ExtentCounts } from '../../disk-apply.ts'
 import { isFenced, type CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
-import { runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephOutputTooLarge, runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
 /** One logged extent (a line of the log object). */
@@ -33,14 +33,66 @@ interface LogRecord {
   readonly digest: string
 }
 
+/** What a log's records are checked against: the disk's capacity and its digest algorithm's length in bytes. */
+export interface ExtentLogShape {
+  readonly capacity: number
+  readonly digestBytes: number
+}
+
+/** The shape of the log of `info` (its capacity, its algorithm's digest length). */
+export function extentLogShape(info: Pick<CephInflightDisk, 'capacity' | 'algorithm'>): ExtentLogShape {
+  return { capacity: info.capacity, digestBytes: DigestLengths[info.algorithm] ?? 64 }
+}
+
+const SECTOR = 512
+
 /**
- * The records of a log object, seq 0, 1, 2 … in order (a torn or foreign tail
- * is ignored), one line at a time straight from the bytes `rados get`
- * returned: never the whole object as one string, which V8 caps at ~512 MiB
- * (about 5,000,000 records: a resume of a large incremental would have thrown
- * a RangeError instead of resuming), nor every record in one array.
+ * The most extents one cycle of a disk of `capacity` bytes may ship (and its
+ * log list): every extent covers at least a 512-byte sector (protocol
+ * checks.ts) and a cycle's extents never overlap, so one per sector at most.
+ * {@link CephDiskApply.accept} holds a cycle to it.
  */
-export function* extentLogRecords(raw: Uint8Array): Generator<LogRecord> {
+export function maxLogRecords(capacity: number): number {
+  return Math.ceil(Math.max(0, capacity) / SECTOR)
+}
+
+/**
+ * The most bytes the extent log of a disk of this shape can legitimately
+ * hold: {@link maxLogRecords} lines of the longest a record of it can be
+ * (`{"seq":…,"offset":…,"length":…,"zero":false,"digest":"…"}` and its
+ * newline, with the seq, offset and length of the most digits they can have
+ * and a digest of the algorithm's length) — a log larger than this is not
+ * this store's (a `rados get` of it is killed there, never read whole).
+ */
+export function extentLogMaxBytes(shape: ExtentLogShape): number {
+  const records = maxLogRecords(shape.capacity)
+  const line = '{"seq":,"offset":,"length":,"zero":false,"digest":""}\n'.length + String(records).length + 2 * String(shape.capacity).length + 2 * shape.digestBytes
+  return records * line
+}
+
+/** Whether `r` is a whole record of a log of `shape` (its seq checked by the caller): types, sector alignment, the range within the capacity, the digest's form (empty for a zero extent, the algorithm's length in hex otherwise). */
+function wholeRecord(r: LogRecord, shape: ExtentLogShape | undefined): boolean {
+  if (!Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.zero !== 'boolean' || typeof r.digest !== 'string') return false
+  if (shape === undefined) return true
+  if (r.offset < 0 || r.offset % SECTOR !== 0 || r.length < SECTOR || r.length % SECTOR !== 0 || r.offset + r.length > shape.capacity) return false
+  return r.zero ? r.digest === '' : r.digest.length === 2 * shape.digestBytes && /^[0-9a-f]*$/.test(r.digest)
+}
+
+/**
+ * The records of a log object, seq 0, 1, 2 … in order, one line at a time
+ * straight from the bytes `rados get` returned: never the whole object as
+ * one string, which V8 caps at ~512 MiB (about 5,000,000 records: a resume
+ * of a large incremental would have thrown a RangeError instead of
+ * resuming), nor every record in one array. A torn line, a line that is no
+ * record, or a record that is not whole for `shape` (a `zero` that is not a
+ * boolean, a digest not of the algorithm's length in hex or not empty for a
+ * zero extent, an extent off the sectors or beyond the capacity) ends the
+ * log, as a record with a bad crc ends the folder store's journal
+ * (journal.ts): what follows is ignored, the resume starts there and the
+ * agent sends those extents again (writing an extent again writes the same
+ * bytes).
+ */
+export function* extentLogRecords(raw: Uint8Array, shape?: ExtentLogShape): Generator<LogRecord> {
   const buf = Buffer.from(raw.buffer, raw.byteOffset, raw.length)
   let seq = 0
   for (let start = 0; start < buf.length; ) {
@@ -54,7 +106,7 @@ export function* extentLogRecords(raw: Uint8Array): Generator<LogRecord> {
         return
       }
       // a line that parses but is no record (`null`, a number, a list): the foreign tail ends the log, never a TypeError
-      if (typeof r !== 'object' || r === null || r.seq !== seq || !Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.length) || typeof r.digest !== 'string') return
+      if (typeof r !== 'object' || r === null || r.seq !== seq || !wholeRecord(r, shape)) return
       seq++
       yield r
     }
@@ -62,9 +114,37 @@ export function* extentLogRecords(raw: Uint8Array): Generator<LogRecord> {
   }
 }
 
+/** An extent log larger than a cycle of its disk can write ({@link extentLogMaxBytes}): E_STATE, named, with what to do. */
+export class ExtentLogTooLarge extends ReceiverError {
+  constructor(message: string, cause: unknown) {
+    super('E_STATE', message, { cause })
+  }
+}
+
+/**
+ * The bytes of the extent log of disk `info` of `vm` (empty when there is
+ * none), at most {@link extentLogMaxBytes} of them.
+ * @throws ExtentLogTooLarge (E_STATE: a larger object, not this store's log, named with what to do), ReceiverError E_IO
+ */
+export async function readExtentLog(t: CephTarget, vm: string, info: Pick<CephInflightDisk, 'name' | 'log' | 'capacity' | 'algorithm'>): Promise<Uint8Array> {
+  const maxBytes = extentLogMaxBytes(extentLogShape(info))
+  try {
+    return await runCeph(t, 'rados', ['-p', t.pool, 'get', info.log, '-'], undefined, { maxBytes })
+  } catch (err) {
+    if ((err as { notFound?: boolean }).notFound) return Buffer.alloc(0)
+    if (err instanceof CephOutputTooLarge) {
+      throw new ExtentLogTooLarge(
+        `the extent log ${info.log} of disk ${info.name} of VM ${vm} in pool ${t.pool} is larger than the ${maxBytes} bytes a cycle of its ${info.capacity}-byte capacity can log: it is not this store's log (written behind the store) and is not read; roll the cycle back (the agent does when its DiskOpen is refused for it; by hand: grainline mirror rollback --store ceph:${t.pool} --vm ${vm}, which removes the log unread): the cycle is then shipped again`,
+        err,
+      )
+    }
+    throw err
+  }
+}
+
 /** {@link extentLogRecords} as an array (tests and tools). */
-export function parseExtentLog(raw: string | Uint8Array): LogRecord[] {
-  return [...extentLogRecords(typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw)]
+export function parseExtentLog(raw: string | Uint8Array, shape?: ExtentLogShape): LogRecord[] {
+  return [...extentLogRecords(typeof raw === 'string' ? Buffer.from(raw, 'utf8') : raw, shape)]
 }
 
 /** The apply of one disk into its RBD image (see the file comment). */
@@ -126,19 +206,14 @@ export class CephDiskApply {
 
   /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
   static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
-    let raw: Uint8Array = Buffer.alloc(0)
-    try {
-      raw = await runCeph(target, 'rados', ['-p', target.pool, 'get', info.log, '-'])
-    } catch (err) {
-      if (!(err as { notFound?: boolean }).notFound) throw err
-    }
+    const raw = await readExtentLog(target, vm, info)
     const imageThere = await imageExists(target, info.image)
     if (!imageThere) {
       if (info.baseSnap !== null) throw new ReceiverError('E_STATE', `image ${info.image} of disk ${info.name} of VM ${vm} is missing from pool ${target.pool}: roll back, then seed`)
       return await CephDiskApply.start(target, lock, vm, info, touched)
     }
     const a = new CephDiskApply(target, lock, vm, info, touched)
-    for (const r of extentLogRecords(raw)) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
+    for (const r of extentLogRecords(raw, extentLogShape(info))) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
     a.applied = a.next - 1
     return a
   }
@@ -151,6 +226,13 @@ export class CephDiskApply {
     if (this.sealed) throw new ReceiverError('E_UNEXPECTED', `Extent after DiskEnd of ${this.info.name}`)
     if (e.seq !== this.next) throw new ReceiverError('E_SEQUENCE', `disk ${this.info.name}: expected seq ${this.next}, got ${e.seq}`)
     if (e.offset + e.length > this.info.capacity) throw new ReceiverError('E_RANGE', `extent ${e.offset}+${e.length} beyond the capacity ${this.info.capacity} of ${this.info.name}`)
+    // the bound of the extent log (extentLogMaxBytes): a cycle's extents never overlap, so one per sector at most
+    if (this.extents >= maxLogRecords(this.info.capacity)) {
+      throw new ReceiverError(
+        'E_RANGE',
+        `extent ${e.seq} of disk ${this.info.name} of VM ${this.vm} is more than the ${maxLogRecords(this.info.capacity)} extents (one per 512-byte sector) a cycle of its capacity can ship`,
+      )
+    }
     this.next++
     this.extents++
     if (e.zero) this.zeroBytes += e.length

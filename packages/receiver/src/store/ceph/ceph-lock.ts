@@ -69,10 +69,12 @@ interface Answer {
   msg?: string
   addr?: string
   fenced?: string[]
+  /** `snap_size`: the snapshot's size, -1 when the image has no such snapshot */
+  size?: number
 }
 
 interface Pending {
-  resolve(): void
+  resolve(a: Answer): void
   reject(e: Error): void
 }
 
@@ -202,7 +204,7 @@ export class CephLock {
     const p = this.pending.get(a.id)
     if (p === undefined) return
     this.pending.delete(a.id)
-    if (a.ok === true) p.resolve()
+    if (a.ok === true) p.resolve(a)
     else p.reject(Object.assign(new Error(a.msg ?? 'failed'), { errno: a.errno ?? 0 }))
   }
 
@@ -238,11 +240,11 @@ export class CephLock {
    * command it stands for). Unanswered after `timeoutMs` (default
    * `cephTimeouts.commandMs`), the client is killed and its lease given up.
    */
-  private async request(req: Record<string, unknown>, what: string, timeoutMs: number = cephTimeouts.commandMs): Promise<void> {
+  private async request(req: Record<string, unknown>, what: string, timeoutMs: number = cephTimeouts.commandMs): Promise<Answer> {
     if (this.lost !== undefined) throw this.lostError()
     if (this.released) throw new ReceiverError('E_IO', `the Ceph session client of VM ${this.vm} is released: ${what} not written`)
     const id = this.nextId++
-    const answered = new Promise<void>((resolve, reject) => {
+    const answered = new Promise<Answer>((resolve, reject) => {
       this.pending.set(id, { resolve, reject })
       this.proc.stdin?.write(`${JSON.stringify({ ...req, id })}\n`)
     })
@@ -258,7 +260,7 @@ export class CephLock {
     deadline.catch(() => {})
     try {
       // a write to a full pool pauses: E_NO_SPACE once the pool's flags say so (the client is killed, its lease given up)
-      await unlessPoolFull(this.target, Promise.race([answered, deadline]), what, (e) => this.kill(e))
+      return await unlessPoolFull(this.target, Promise.race([answered, deadline]), what, (e) => this.kill(e))
     } catch (err) {
       if (err instanceof ReceiverError) throw err
       const errno = (err as { errno?: number }).errno ?? 0
@@ -311,6 +313,22 @@ export class CephLock {
    */
   async snap(op: 'create' | 'rm' | 'rollback', image: string, snap: string, timeoutMs?: number): Promise<void> {
     await this.request({ op: `snap_${op}`, image, snap }, `rbd snap ${op} ${this.target.pool}/${image}@${snap}`, timeoutMs)
+  }
+
+  /**
+   * The size of snapshot `snap` of `image` through the session client (no
+   * process, no new cluster connection: a DiskOpen's check of its committed
+   * snapshot, ceph-mirror.ts); -1 when the image has no such snapshot,
+   * undefined when the image does not exist.
+   */
+  async snapSize(image: string, snap: string): Promise<number | undefined> {
+    try {
+      const a = await this.request({ op: 'snap_size', image, snap }, `rbd snap ls ${this.target.pool}/${image}`, cephTimeouts.queryMs)
+      return typeof a.size === 'number' ? a.size : -1
+    } catch (err) {
+      if (err instanceof CephCommandError && err.notFound) return undefined
+      throw err
+    }
   }
 
   /** `rbd create --size SIZE IMAGE` (the cluster's default features). */

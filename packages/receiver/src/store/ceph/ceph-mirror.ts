@@ -26,7 +26,7 @@ import { checkDiskName, checkVmName } from '../../receiver-rules.ts'
 import { heldMessage } from '../../hold-record.ts'
 import { faultPoint } from '../../fault.ts'
 import { CephLock } from './ceph-lock.ts'
-import { CephDiskApply } from './ceph-apply.ts'
+import { CephDiskApply, ExtentLogTooLarge } from './ceph-apply.ts'
 import { keptCephConfigs, withCephPointConfig } from './ceph-point-config.ts'
 import {
   CephNames,
@@ -53,7 +53,8 @@ import { appendCephHistory } from './ceph-history.ts'
 import { VM_INDEX } from './ceph-vm-index.ts'
 import type { CycleHistoryEntry } from '../../cycle-history.ts'
 import { keptMapAtCommit } from './ceph-kept-map.ts'
-import { freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
+import { damagedSnapshotText, freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
+import { snapshotProblem } from './ceph-snapshots.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
 export interface CephOpenResult {
@@ -284,12 +285,30 @@ export class CephVmMirror {
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
       }
-      const apply = await CephDiskApply.resume(this.target, this.lock, this.vm, inf, trackerFor(req, rec))
+      let apply: CephDiskApply
+      try {
+        apply = await CephDiskApply.resume(this.target, this.lock, this.vm, inf, trackerFor(req, rec))
+      } catch (err) {
+        // a log this store cannot have written: no resume from it; the agent rolls the cycle back on this refusal
+        // (the rollback removes the log unread) and ships it again, where an error would fail every resume
+        if (err instanceof ExtentLogTooLarge) return refuse('E_CYCLE_MISMATCH', err.message)
+        throw err
+      }
       this.log.info({ vm: this.vm, disk: req.name, cycle: req.cycle, resumeSeq: apply.nextSeq, image: inf.image }, 'resuming in-flight apply (Ceph)')
       return { ...base, accepted: true, reason: '', message: '', apply }
     }
     const refusal = freshOpenRefusal(this.vm, req, rec, this.compatible(ctx.compat))
     if (refusal !== undefined) return refuse(refusal.reason, refusal.message)
+    // an incremental writes the head from the committed snapshot and a resync compares with it: its size read through
+    // the session client (as status reads it, damagedMirror) refuses a snapshot removed or shrunk behind the store,
+    // where the apply's helper would fail at the first batch (E_IO, the agent retrying without end)
+    if (req.mode !== 'seed' && rec !== undefined) {
+      const size = await this.lock.snapSize(rec.image, rec.snap)
+      const sizes = size === undefined ? undefined : new Map(size < 0 ? [] : [[rec.snap, size]])
+      const problem = snapshotProblem(this.target.pool, rec.image, rec.snap, rec.capacity, sizes)
+      if (problem !== undefined)
+        return { ...base, modified: true, accepted: false, reason: 'E_MIRROR_MODIFIED', message: damagedSnapshotText(this.vm, `ceph:${this.target.pool}`, req.name, rec, problem) }
+    }
     await checkCephRoom(this.target, this.vm, req, rec?.capacity ?? 0, ctx.quota, this.log)
     const seed = req.mode === 'seed'
     const info: CephInflightDisk = {

@@ -39,6 +39,25 @@ export function freshOpenRefusal(vm: string, req: DiskOpenRequest, rec: CephDisk
 }
 
 /**
+ * Why an incremental or a resync of disk `disk` is refused when its committed
+ * snapshot is damaged (`problem`: ceph-snapshots.ts snapshotProblem, as status
+ * lists it in `damagedMirror`), and what the operator does. The refusal is
+ * E_MIRROR_MODIFIED (`modified`): after an incremental's the agent tries a
+ * resync, refused the same way — a resync compares with that snapshot — and
+ * then fails the VM with this message instead of seeding over the mirror
+ * (the operator chooses: the latest cycle is lost, its points may be archived
+ * or restored first) or retrying an apply that fails at its first batch.
+ */
+export function damagedSnapshotText(vm: string, store: string, disk: string, rec: Pick<CephDiskRecord, 'image' | 'snap' | 'cycle'>, problem: string): string {
+  const pool = store.replace(/^ceph:/, '')
+  return (
+    `the committed snapshot ${pool}/${rec.image}@${rec.snap} of disk ${disk} of VM ${vm} ${problem}: the mirror's latest cycle ${rec.cycle} is lost, and neither an incremental (written from that snapshot) nor a resync (compared with it) can build on it. ` +
+    `Restore or fail over a restore point still whole instead if needed (grainline status --store ${store} names them), archive the points to keep (grainline points archive --store ${store} --vm ${vm} --archive s3://BUCKET/PREFIX), ` +
+    `then remove the mirror (grainline mirror remove --store ${store} --vm ${vm} --yes): the next run seeds the VM anew`
+  )
+}
+
+/**
  * What the apply of a DiskOpen records of the blocks it writes (ceph-kept-map.ts):
  * a resync always (its commit writes the next kept map), an incremental on a
  * disk whose committed record keeps a map of the same capacity, nothing otherwise.

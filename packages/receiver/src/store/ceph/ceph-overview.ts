@@ -18,7 +18,7 @@
  * one `rados get` per VM (plus one per
  * disk with a cycle in flight: its resume point) and one `rbd snap ls` per
  * image a restore point or a committed disk names (its output bounded by
- * {@link SNAP_LIST_MAX_BYTES}); `rbd du` of the pool only
+ * ceph-snapshots.ts SNAP_LIST_MAX_BYTES); `rbd du` of the pool only
  * when the space of a VM is asked for (the overview, not `/metrics`), once
  * per read. A state object that cannot be read is a VM with `error` (named
  * by its object), as an unreadable state file is on the folder store.
@@ -34,7 +34,8 @@ import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import { CephNames, headImages, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
 import { listStateObjects } from './ceph-vm-index.ts'
-import { CephCommandError, runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephCommandError, type CephTarget } from './rbd-cli.ts'
+import { snapSizes, snapshotProblem } from './ceph-snapshots.ts'
 
 /** A disk's status on the Ceph store: the folder store's fields, plus its snapshot and the bytes its image takes. */
 export type CephDiskOverview = DiskStatus & {
@@ -48,47 +49,8 @@ function verifyRecord(r: CephCheckRecord | undefined): VerifyRecord | null {
   return { ok: r.ok, at: r.at, algorithm: r.algorithm ?? ('' as DigestAlgorithm), digest: r.digest ?? '', bytes: r.bytes ?? 0 }
 }
 
-/**
- * The most bytes `rbd snap ls --format json` of one image may write (about
- * 150 per snapshot: some 25,000 snapshots, far more than a retention keeps);
- * past it the command is killed (rbd-cli.ts `CephOutputTooLarge`) and the
- * VM's status is an error, CRITICAL.
- */
-export const SNAP_LIST_MAX_BYTES = 4 * 1024 * 1024
-
-/** The snapshots of `image` by name with their sizes; undefined when the image does not exist. */
-async function snapSizes(t: CephTarget, image: string): Promise<Map<string, number> | undefined> {
-  let out: Buffer
-  try {
-    out = await runCeph(t, 'rbd', ['snap', 'ls', '--format', 'json', `${t.pool}/${image}`], undefined, { maxBytes: SNAP_LIST_MAX_BYTES })
-  } catch (err) {
-    if (err instanceof CephCommandError && err.notFound) return undefined
-    throw err
-  }
-  let list: unknown
-  try {
-    list = JSON.parse(out.toString('utf8'))
-  } catch {
-    throw new ReceiverError('E_IO', `rbd snap ls of ${t.pool}/${image} did not answer JSON: ${out.toString('utf8').slice(0, 200)}`)
-  }
-  const sizes = new Map<string, number>()
-  for (const x of Array.isArray(list) ? (list as Array<{ name?: unknown; size?: unknown }>) : []) {
-    if (typeof x?.name === 'string') sizes.set(x.name, typeof x.size === 'number' ? x.size : Number(x.size))
-  }
-  return sizes
-}
-
 /** The snapshots of an image by name with their sizes (undefined: the image does not exist), one `rbd snap ls` per image and read. */
 type SnapLister = (image: string) => Promise<Map<string, number> | undefined>
-
-/** What is wrong with snapshot `snap` of `image` that must hold `capacity` bytes, given the image's listing `sizes`; undefined when it is whole. Pure. */
-function snapshotProblem(pool: string, image: string, snap: string, capacity: number, sizes: Map<string, number> | undefined): string | undefined {
-  if (sizes === undefined) return `is missing: its image ${pool}/${image} does not exist (removed behind the store)`
-  const size = sizes.get(snap)
-  if (size === undefined) return 'is missing (rbd snap ls does not list it: removed behind the store)'
-  if (!(size >= capacity)) return `is ${size} bytes, smaller than the disk's capacity ${capacity} (the image was shrunk)`
-  return undefined
-}
 
 /** The damaged snapshots of `s`'s points, from the listings `list` gives (pure but for it). */
 async function pointDamage(s: CephVmState, pool: string, list: SnapLister): Promise<DamagedPointFile[]> {
@@ -174,7 +136,7 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
       certify: verifyRecord(d?.certify),
       diverged: d?.diverged ?? null,
       proven: d?.certify?.ok === true ? { kind: 'certify', at: d.certify.at, cycle: d.cycle } : null,
-      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, inf.log) },
+      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, s.vm, inf) },
       snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
       ...(d?.removed === undefined ? {} : { removed: d.removed }),
     })

@@ -120,6 +120,12 @@ for line in sys.stdin:
         elif op == 'snap_rollback': image_op(req, lambda i: i.rollback_to_snap(req['snap']))
         elif op == 'grow': image_op(req, lambda i: grow(i, int(req['size'])))
         elif op == 'create': rbd.RBD().create(io, req['image'], int(req['size']))
+        elif op == 'snap_size':
+            # read only: the size of one snapshot of an image (-1: no such snapshot; no such image: ENOENT)
+            with rbd.Image(io, req['image'], read_only=True) as img:
+                found = [x for x in img.list_snaps() if x['name'] == req['snap']]
+            say({'id': req.get('id'), 'ok': True, 'size': int(found[0]['size']) if found else -1})
+            continue
         elif op == 'omap_set':
             with rados.WriteOpCtx() as w:
                 io.set_omap(w, (req['key'],), (req['val'].encode('utf-8'),))
