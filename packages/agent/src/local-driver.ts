@@ -108,7 +108,7 @@ export async function resolveLocalRoots(roots: readonly string[] | undefined, se
  * path now): the real path is what confines from then on. A root already
  * pinned is kept as it is (its real path not resolved again), checked against
  * `protect` and `/` only.
- * @param protect the agent's own files and folders (state dir, token, CA, key, job file): a root that contains one is refused
+ * @param protect the agent's own files and folders (state dir, token, CA, key, job file): a root that is one, contains one or lies inside one (the state dir) is refused, by name and by real path
  * @param remedy what a refused root's message tells the operator to give instead (the esxi driver: a datastore mapped elsewhere)
  */
 export async function pinLocalRoots(
@@ -141,11 +141,27 @@ export async function pinLocalRoots(
     }
     if (real === '/')
       throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${remedy}`)
+    // by name and by real path, the root's and the agent's file's alike (as the agent's file was resolved above)
+    const same = guarded.find((g) => g === named || g === real)
+    if (same !== undefined) {
+      throw new AgentError(
+        'E_CONFIG',
+        `${setting}: ${named} is the agent's own ${same} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file and lies outside the agent's state dir`,
+      )
+    }
     const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
     if (own !== undefined) {
       throw new AgentError(
         'E_CONFIG',
         `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file`,
+      )
+    }
+    // a root inside the state dir: a .vmx or descriptor could name the agent's cycle records, snapshot lists and locks as disks
+    const inside = guarded.find((g) => isInsideRoot(named, g) || isInsideRoot(real, g))
+    if (inside !== undefined) {
+      throw new AgentError(
+        'E_CONFIG',
+        `${setting}: ${named} lies inside the agent's own ${inside} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir`,
       )
     }
     if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })

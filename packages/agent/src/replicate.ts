@@ -161,6 +161,15 @@ export interface ReplicateInit {
   readonly tokenSource?: string
   /** where the CA came from, for messages (`--ca /etc/grainline/receiver.crt`) */
   readonly caSource?: string
+  /** where `datastoreRoots` came from, for messages (`--datastore-root`, `job.vms[1].datastoreRoots`; `loadJob` sets it). @default 'datastoreRoots' */
+  readonly datastoreRootsSource?: string
+  /**
+   * where each esxi datastore's mount came from, for messages: the settings
+   * file and key (`/etc/grainline/esxi.json: datastores.ds1`) or the job's
+   * key (`job.esxi.datastores.ds1`); `loadJob` names every one.
+   * @default `esxi.datastores.<name>`
+   */
+  readonly esxiDatastoreSources?: Readonly<Record<string, string>>
 }
 
 /** Options of a run of several VMs. */
@@ -208,7 +217,7 @@ async function replicateVm(
   const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
   if (init.driver === undefined || init.driver === 'local') {
     // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
-    const roots = await pinLocalRoots(init.datastoreRoots, 'datastoreRoots', protect)
+    const roots = await pinLocalRoots(init.datastoreRoots, init.datastoreRootsSource ?? 'datastoreRoots', protect)
     driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
@@ -219,9 +228,13 @@ async function replicateVm(
       )
     }
     // the local mounts checked and pinned now (those loadJob pinned keep their real paths): one that holds an
-    // agent file fails the VM before any connection, snapshot or read
+    // agent file fails the VM before any connection, snapshot or read. One missing now (loadJob refuses that, a
+    // direct caller may not have checked) is not read in this run: a file of the VM's on it fails the VM then
     const key = init.esxi.ssh.privateKeyFile
-    const datastores = await pinEsxiDatastores(init.esxi.datastores, key === undefined ? protect : [...protect, key])
+    const sources = init.esxiDatastoreSources ?? {}
+    const datastores = await pinEsxiDatastores(init.esxi.datastores, key === undefined ? protect : [...protect, key], (name) => sources[name] ?? `esxi.datastores.${name}`, {
+      missing: 'defer',
+    })
     // loaded here: ssh2 and the esxi driver cost every local-driver run ~0.1 s of CPU for nothing
     const { createEsxiDriver } = await import('./esxi/esxi-driver.ts')
     // the stop reaches the SFTP reads too (a hung sftp-server would otherwise hold it until their deadline)

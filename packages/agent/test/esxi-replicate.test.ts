@@ -196,3 +196,61 @@ t.test("a local datastore mount holding the agent's own files (token file, state
   t.same(await readFile(await mirrorFlat(h, v.stem)), mirrorBefore, 'the mirror is unchanged')
   t.notOk(existsSync(path.join(h.datastore, '.grainline')), 'no state written in the mount')
 })
+
+t.test(
+  "replicate() with unpinned mounts: one missing at the VM's start fails only a VM with a file on it, named by the settings file and key; one inside the agent's state dir is refused",
+  async (t) => {
+    const v = VMS[0] as (typeof VMS)[number]
+    const vmsdPath = path.join(h.datastore, `${v.name}/${v.stem}.vmsd`)
+    const stateDir = path.join(h.dir, 'agent-state')
+    const base = { vm: v.name, driver: 'esxi' as const, to: `ws://127.0.0.1:${port}`, token, stateDir, progress: 'none' as const, giveUpMs: 0, trivialMiB: 1 }
+    const notMounted = path.join(h.dir, 'not-mounted')
+    // a datastore the VM does not use, not mounted: the VM runs without it
+    const unused = await replicate({ logger: pino({ level: 'silent' }) }, { ...base, esxi: { ...esxi, datastores: { datastore1: { localPath: h.datastore, uuid }, ds9: notMounted } } })
+    t.equal(unused.ok, true, `a missing mount no file of the VM is on: ${JSON.stringify(unused.vms[0]?.error)}`)
+    t.equal(unused.vms[0]?.disks.length, 2, 'both disks shipped')
+    // the VM's own datastore not mounted: refused when its .vmx is resolved, before any snapshot; named by the settings file and key
+    const vmsdBefore = await readFile(vmsdPath, 'utf8')
+    const settings = '/etc/grainline/esxi.json: datastores.datastore1.localPath'
+    let snapped = false
+    const used = await replicate(
+      { logger: pino({ level: 'silent' }) },
+      {
+        ...base,
+        esxi: { ...esxi, datastores: { datastore1: { localPath: notMounted, uuid }, ds2: h.datastore } },
+        esxiDatastoreSources: { datastore1: settings },
+        afterSnapshot: async () => {
+          snapped = true
+        },
+      },
+    )
+    t.match(
+      used.vms[0]?.error,
+      {
+        code: 'E_CONFIG',
+        message: `${settings}: ${notMounted} does not exist (is datastore "datastore1" mounted?): the VM's file ${path.join(notMounted, v.name, `${v.stem}.vmx`)} is on it, and nothing on a mount missing at the VM's start is read (which datastores a VM uses is known only once its .vmx is read): mount the datastore there, or map "datastore1" to the folder it is mounted at on this proxy`,
+      },
+      'the mount of the datastore the VM is on',
+    )
+    t.equal(snapped, false, 'no snapshot')
+    t.equal(await readFile(vmsdPath, 'utf8'), vmsdBefore, 'the VM keeps its snapshots')
+    // a mount inside the agent's state dir (by name, or through a link): its cycle records could be named as disks
+    const inside = path.join(stateDir, 'ds9')
+    await mkdir(inside, { recursive: true })
+    t.teardown(() => rm(inside, { recursive: true, force: true }))
+    const insideLink = path.join(h.dir, 'inside-state-link')
+    symlinkSync(inside, insideLink)
+    for (const mount of [inside, insideLink]) {
+      const r = await replicate({ logger: pino({ level: 'silent' }) }, { ...base, esxi: { ...esxi, datastores: { datastore1: { localPath: h.datastore, uuid }, ds9: mount } } })
+      t.match(
+        r.vms[0]?.error,
+        {
+          code: 'E_CONFIG',
+          message: `esxi.datastores.ds9: ${mount} lies inside the agent's own ${stateDir} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2), one outside the agent's state dir`,
+        },
+        `a mount inside the state dir: ${mount}`,
+      )
+    }
+    t.equal(await readFile(vmsdPath, 'utf8'), vmsdBefore, 'the VM keeps its snapshots')
+  },
+)

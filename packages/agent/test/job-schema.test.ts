@@ -526,3 +526,60 @@ t.test("esxi.datastores: a local datastore mount holding one of the agent's own 
   )
   t.same(ok.vms[0]?.ownFiles, [file, join(dir, 'token.txt'), join(dir, 'esx.key')], 'the job file, the token and the key reach replicate() (which checks again)')
 })
+
+t.test("datastoreRoots and esxi.datastores: a root or mount that is the agent's state dir or lies inside it (by name, through a link, by real path) is refused at load", async (t) => {
+  const dir = await fixture(t)
+  const state = join(dir, 'state')
+  await mkdir(join(state, 'ds'), { recursive: true })
+  symlinkSync(join(state, 'ds'), join(dir, 'ds-link'))
+  symlinkSync(state, join(dir, 'state-link'))
+  const file = join(dir, 'job.json')
+  const base = { to: 'wss://dr.example:7443', tokenFile: 'token.txt', vms: ['a.vmx'] }
+  const inside = (setting: string, root: string, remedy = 'give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'): string =>
+    `${setting}: ${root} lies inside the agent's own ${state} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir`
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    ['a root inside the state dir, by name', { ...base, stateDir: 'state', datastoreRoots: join(state, 'ds') }, inside('job.datastoreRoots', join(state, 'ds'))],
+    ['a root inside the state dir, through a link to it', { ...base, stateDir: 'state', datastoreRoots: join(dir, 'ds-link') }, inside('job.datastoreRoots', join(dir, 'ds-link'))],
+    [
+      'a root inside the state dir, the state dir named through a link (its real path)',
+      { ...base, stateDir: 'state-link', datastoreRoots: [join(dir, 'mnt', 'ds1'), join(state, 'ds')] },
+      inside('job.datastoreRoots', join(state, 'ds')),
+    ],
+    [
+      'the state dir itself',
+      { ...base, stateDir: 'state', datastoreRoots: state },
+      `job.datastoreRoots: ${state} is the agent's own ${state} (its state, credentials or settings), which a descriptor could then name and ship: give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2), one that holds no agent file and lies outside the agent's state dir`,
+    ],
+    [
+      'an esxi mount inside the state dir',
+      { ...base, vms: ['db01'], driver: 'esxi', stateDir: 'state', esxi: { ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1', ds2: 'ds-link' } } },
+      inside('job.esxi.datastores.ds2', join(dir, 'ds-link'), 'map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2)'),
+    ],
+  ]
+  for (const [what, job, message] of cases) {
+    await writeFile(file, JSON.stringify(job))
+    t.same(await problems(loadJob({ file })), [message], what)
+  }
+  // by flags: --datastore-root inside --state-dir; an esxi settings file's mount inside it, named by the file and key
+  const flags = { cwd: dir, names: { datastoreRoots: '--datastore-root', stateDir: '--state-dir', esxi: '--esxi-config', driver: '--driver' } }
+  t.same(
+    await problems(loadJob({ ...flags, vms: ['a.vmx'], options: { to: base.to, tokenFile: join(dir, 'token.txt'), stateDir: state, datastoreRoots: [join(dir, 'ds-link')] } })),
+    [inside('--datastore-root', join(dir, 'ds-link'))],
+    '--datastore-root inside --state-dir',
+  )
+  const esxiJson = join(dir, 'esxi.json')
+  await writeFile(
+    esxiJson,
+    JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: join(dir, 'esx.key'), hostKeyFingerprint: FP }, datastores: { ds1: join(dir, 'mnt', 'ds1'), ds2: { localPath: join(state, 'ds') } } }),
+  )
+  t.same(
+    await problems(loadJob({ ...flags, vms: ['db01'], options: { to: base.to, tokenFile: join(dir, 'token.txt'), driver: 'esxi', esxi: esxiJson, stateDir: join(dir, 'state-link') } })),
+    [inside(`${esxiJson}: datastores.ds2.localPath`, join(state, 'ds'), 'map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2)')],
+    'a settings file mount inside the state dir named through a link',
+  )
+  // beside the state dir: accepted, and where each setting came from reaches replicate() (which checks again at the VM's start)
+  await writeFile(file, JSON.stringify({ ...base, stateDir: 'state', datastoreRoots: join(dir, 'mnt', 'ds1') }))
+  t.equal((await loadJob({ file })).vms[0]?.datastoreRootsSource, 'job.datastoreRoots')
+  const ok = await loadJob({ ...flags, vms: ['db01'], options: { to: base.to, tokenFile: join(dir, 'token.txt'), driver: 'esxi', esxi: join(dir, 'esxi.json'), stateDir: join(dir, 'elsewhere') } })
+  t.same(ok.vms[0]?.esxiDatastoreSources, { ds1: `${esxiJson}: datastores.ds1`, ds2: `${esxiJson}: datastores.ds2.localPath` })
+})

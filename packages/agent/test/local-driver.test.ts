@@ -433,3 +433,40 @@ t.test('local driver roots: pinned once: a link re-pointed between load and a re
   t.match(r.vms[0]?.error, { code: 'E_VMX', message: /disk scsi0:1 .*resolves to .*elsewhere.*through a symbolic link/ }, 'replicate() with the roots pinned at load')
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
 })
+
+t.test("local driver roots: a root that is the agent's state dir or lies inside it (by name, through a link, by real path) fails the VM with E_CONFIG at its start", async (t) => {
+  const dir = scratch(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'db', disks: [{ sizeBytes: MiB }] })
+  const state = join(dir, 'state')
+  await mkdir(join(state, 'ds'), { recursive: true })
+  symlinkSync(join(state, 'ds'), join(dir, 'ds-link'))
+  symlinkSync(state, join(dir, 'state-link'))
+  const remedy = 'give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'
+  const inside = (setting: string, root: string): string =>
+    `${setting}: ${root} lies inside the agent's own ${state} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir`
+  const { logger } = memoryLogger()
+  const cases: Array<[string, Partial<ReplicateInit>, string]> = [
+    ['by name', { stateDir: state, datastoreRoots: [join(state, 'ds')] }, inside('datastoreRoots', join(state, 'ds'))],
+    ['through a link to a folder in it', { stateDir: state, datastoreRoots: [join(dir, 'ds-link')] }, inside('datastoreRoots', join(dir, 'ds-link'))],
+    ['the state dir named through a link (its real path)', { stateDir: join(dir, 'state-link'), datastoreRoots: [join(state, 'ds')] }, inside('datastoreRoots', join(state, 'ds'))],
+    // pinned at load (loadJob's pair) and named as loadJob names it: checked again at the VM's start
+    [
+      'pinned at load, named by its flag',
+      { stateDir: state, datastoreRoots: [{ named: join(dir, 'ds-link'), real: realpathSync(join(dir, 'ds-link')) }], datastoreRootsSource: '--datastore-root' },
+      inside('--datastore-root', join(dir, 'ds-link')),
+    ],
+    [
+      'the state dir itself',
+      { stateDir: state, datastoreRoots: [state] },
+      `datastoreRoots: ${state} is the agent's own ${state} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file and lies outside the agent's state dir`,
+    ],
+  ]
+  for (const [what, init, message] of cases) {
+    const r = await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, progress: 'none', giveUpMs: 0, ...init })
+    t.match(r.vms[0]?.error, { code: 'E_CONFIG', message }, what)
+    t.equal(r.vms[0]?.error?.message, message, `${what}: the whole message`)
+  }
+  await t.rejects(pinLocalRoots([join(dir, 'ds-link')], '--datastore-root', [state]), { code: 'E_CONFIG', message: inside('--datastore-root', join(dir, 'ds-link')) }, 'pinLocalRoots')
+  t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
+  t.same(await readdir(join(state, 'ds')), [], 'nothing written in the root')
+})

@@ -7,12 +7,13 @@
  */
 import t from 'tap'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { existsSync, symlinkSync } from 'node:fs'
+import { appendFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createSampleVm } from '@grainline/agent'
 import { runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture, type ReceiverProcess } from '@grainline/test-utils'
+import { runMain } from './helpers.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 const MiB = 1024 * 1024
@@ -200,6 +201,42 @@ t.test('--datastore-root holding the --token-file (or the --job file): exit 2 be
   t.equal(j.code, 2, j.stderr)
   t.ok(j.stderr.startsWith(`grainline: job.datastoreRoots: ${ds2} contains the agent's own ${job} `), j.stderr)
   t.notOk(existsSync(join(vm.dir, 'tok.vmsd')), 'no snapshot was taken')
+})
+
+t.test('--datastore-root (or an --esxi-config mount) inside --state-dir, or the state dir itself: exit 2 before anything runs, naming the flag or the settings file and key', async (t) => {
+  const dir = scratchDir(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'st', disks: [{ sizeBytes: MiB }] })
+  const state = join(dir, 'state')
+  await mkdir(join(state, 'ds2'), { recursive: true })
+  symlinkSync(state, join(dir, 'state-link'))
+  symlinkSync(join(state, 'ds2'), join(dir, 'ds2-link'))
+  const token = tokenFileFixture(dir)
+  const refused = (setting: string, root: string, remedy = 'give the folder a datastore is mounted at (e.g. /vmfs/volumes/ds2 or /mnt/nfs/ds2)'): string =>
+    `grainline: ${setting}: ${root} lies inside the agent's own ${state} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir\n`
+  const run = async (args: readonly string[]): Promise<{ code: number; out: string; err: string }> =>
+    await runMain(['replicate', ...args, '--to', 'wss://127.0.0.1:9', '--token-file', token, '--give-up', '1s'])
+  for (const [what, args, root] of [
+    ['by name', ['--datastore-root', join(state, 'ds2'), '--state-dir', state, vm.vmxPath], join(state, 'ds2')],
+    ['through a link to a folder in it', ['--datastore-root', join(dir, 'ds2-link'), '--state-dir', state, vm.vmxPath], join(dir, 'ds2-link')],
+    ['--state-dir named through a link (its real path)', ['--state-dir', join(dir, 'state-link'), '--datastore-root', join(state, 'ds2'), vm.vmxPath], join(state, 'ds2')],
+  ] as const) {
+    const r = await run(args)
+    t.equal(r.code, 2, `${what}: ${r.err}`)
+    t.equal(r.err, refused('--datastore-root', root), what)
+    t.equal(r.out, '', `${what}: nothing on stdout`)
+  }
+  const same = await run(['--datastore-root', state, '--state-dir', state, vm.vmxPath])
+  t.equal(same.code, 2, same.err)
+  t.ok(same.err.startsWith(`grainline: --datastore-root: ${state} is the agent's own ${state} `), same.err)
+  // the esxi driver: a settings file's mount inside --state-dir, named by the file and its key
+  await writeFile(join(dir, 'esx.key'), '-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n')
+  const esxi = join(dir, 'esxi.json')
+  await writeFile(esxi, JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` }, datastores: { ds1: 'ds2-link' } }))
+  const e = await run(['--driver', 'esxi', '--esxi-config', esxi, '--state-dir', state, 'db01'])
+  t.equal(e.code, 2, e.err)
+  t.equal(e.err, refused(`${esxi}: datastores.ds1`, join(dir, 'ds2-link'), 'map the datastore to the folder it is mounted at on this proxy (e.g. /mnt/nfs/ds2)'))
+  t.notOk(existsSync(join(vm.dir, 'st.vmsd')), 'no snapshot was taken')
+  t.same(await readdir(join(state, 'ds2')), [], "nothing written in the state dir's folder")
 })
 
 const haveScript = (() => {

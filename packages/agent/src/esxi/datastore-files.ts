@@ -32,6 +32,8 @@ export function datastoreFileAccess(map: DatastoreMap, sftp: FileAccess | undefi
           { remedy: ESXI_OUTSIDE_ROOT_REMEDY },
         )
   const pick = (p: string): FileAccess => {
+    // a local mount missing at the VM's start: never read, even if it is mounted since
+    map.checkPresent(p)
     if (remote !== undefined && map.isSftpPath(p)) return remote
     if (map.isMappedPath(p) && !map.isSftpPath(p)) return local
     throw new VmdkError(

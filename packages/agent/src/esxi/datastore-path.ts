@@ -31,10 +31,17 @@ export interface DatastoreMount {
    * @default resolved when a file's real path first needs it
    */
   readonly realPath?: string
+  /**
+   * `local`: the mount did not exist when it was to be pinned
+   * (`pinEsxiDatastores` with `missing: 'defer'`): why, naming the setting.
+   * Nothing on it is read: a file resolved onto it throws `E_CONFIG` with
+   * this message.
+   */
+  readonly missing?: string
 }
 
-/** What the settings give for one datastore (`realPath`: pinned by `pinEsxiDatastores`, never in a settings file). */
-export type DatastoreSetting = string | { localPath: string; uuid?: string; realPath?: string } | { access: 'sftp'; uuid?: string; hostPath?: string }
+/** What the settings give for one datastore (`realPath`, `missing`: set by `pinEsxiDatastores`, never in a settings file). */
+export type DatastoreSetting = string | { localPath: string; uuid?: string; realPath?: string; missing?: string } | { access: 'sftp'; uuid?: string; hostPath?: string }
 
 /** A parsed datastore path. */
 export interface DatastorePath {
@@ -103,7 +110,7 @@ export class DatastoreMap {
         if (typeof v === 'string') return { name, localPath: v }
         const uuid = v.uuid === undefined ? {} : { uuid: v.uuid }
         if ('access' in v) return { name, access: 'sftp', localPath: v.hostPath ?? `/vmfs/volumes/${name}`, ...uuid }
-        return { name, localPath: v.localPath, ...uuid, ...(v.realPath === undefined ? {} : { realPath: v.realPath }) }
+        return { name, localPath: v.localPath, ...uuid, ...(v.realPath === undefined ? {} : { realPath: v.realPath }), ...(v.missing === undefined ? {} : { missing: v.missing }) }
       }),
     )
   }
@@ -123,20 +130,34 @@ export class DatastoreMap {
     return [...new Set(this.mounts.map((m) => this.#root(m)))]
   }
 
-  /** The local mount folders (datastores read through the proxy's file system). */
+  /** The local mount folders (datastores read through the proxy's file system; a `missing` one is never read). */
   localRoots(): string[] {
-    return [...new Set(this.mounts.filter((m) => m.access !== 'sftp').map((m) => this.#root(m)))]
+    return [...new Set(this.mounts.filter((m) => m.access !== 'sftp' && m.missing === undefined).map((m) => this.#root(m)))]
   }
 
   /**
    * The pinned real paths of the local mount folders (`realPath`), when every
-   * local mount has one; undefined when any is unpinned (each then resolved
-   * when first needed).
+   * local mount has one (a `missing` one aside: never read); undefined when
+   * any is unpinned (each then resolved when first needed).
    */
   localRealRoots(): string[] | undefined {
-    const local = this.mounts.filter((m) => m.access !== 'sftp')
+    const local = this.mounts.filter((m) => m.access !== 'sftp' && m.missing === undefined)
     if (local.some((m) => m.realPath === undefined)) return undefined
     return [...new Set(local.map((m) => path.resolve(m.realPath as string)))]
+  }
+
+  /**
+   * Refuse `p` (a resolved path) when it lies on a local mount that was
+   * missing when it was to be pinned (`missing`).
+   * @throws EsxiError E_CONFIG with the mount's `missing` message, naming the file
+   */
+  checkPresent(p: string): void {
+    const gone = this.mounts.find((m) => m.access !== 'sftp' && m.missing !== undefined && isInsideRoot(p, this.#root(m)))
+    if (gone === undefined) return
+    throw new EsxiError(
+      'E_CONFIG',
+      `${gone.missing}: the VM's file ${p} is on it, and nothing on a mount missing at the VM's start is read (which datastores a VM uses is known only once its .vmx is read): mount the datastore there, or map ${JSON.stringify(gone.name)} to the folder it is mounted at on this proxy`,
+    )
   }
 
   /** True when `p` (a resolved path) lies inside a mapped datastore. */
@@ -168,7 +189,9 @@ export class DatastoreMap {
       throw new EsxiError('E_DATASTORE', `datastore path ${JSON.stringify(p)} leaves its datastore`)
     }
     const root = this.#root(mount)
-    return rel === '.' ? root : path.posix.join(root, rel)
+    const out = rel === '.' ? root : path.posix.join(root, rel)
+    this.checkPresent(out)
+    return out
   }
 
   #root(m: DatastoreMount): string {
@@ -206,5 +229,6 @@ export function resolveVmFile(map: DatastoreMap, baseDir: string, p: string): st
       `file name ${JSON.stringify(p)} (named in ${baseDir}) resolves to ${out}, outside every mapped datastore (${map.roots().join(', ')}): refused, nothing is read from the proxy's own disk; write the name as "[datastore] folder/file", "/vmfs/volumes/<datastore>/…" or relative to the VM's folder, and map that datastore`,
     )
   }
+  map.checkPresent(out)
   return out
 }

@@ -8,6 +8,7 @@
  * disk and have the agent ship its contents to the receiver. SFTP datastores
  * are read on the host, never from the proxy's disk: left as they are.
  */
+import path from 'node:path'
 import { pinLocalRoots } from '../local-driver.ts'
 import { DatastoreMap, type DatastoreMount, type DatastoreSetting } from './datastore-path.ts'
 
@@ -28,21 +29,41 @@ export async function pinEsxiDatastores<D extends DatastoreMap | Readonly<Record
   datastores: D,
   protect: readonly string[],
   settingOf: (name: string) => string = (name) => `esxi.datastores.${name}`,
+  opts: PinEsxiOptions = {},
 ): Promise<D> {
-  const pinOne = async (name: string, localPath: string, realPath: string | undefined): Promise<string> => {
-    const [pinned] = await pinLocalRoots([realPath === undefined ? localPath : { named: localPath, real: realPath }], settingOf(name), protect, ESXI_MOUNT_REMEDY)
-    return (pinned as { real: string }).real
+  const pinOne = async (name: string, localPath: string, realPath: string | undefined): Promise<{ realPath: string } | { missing: string }> => {
+    try {
+      const [pinned] = await pinLocalRoots([realPath === undefined ? localPath : { named: localPath, real: realPath }], settingOf(name), protect, ESXI_MOUNT_REMEDY)
+      return { realPath: (pinned as { real: string }).real }
+    } catch (err) {
+      const cause = (err as { cause?: { code?: unknown } }).cause
+      if (opts.missing !== 'defer' || realPath !== undefined || cause?.code !== 'ENOENT') throw err
+      // not read in this run, even if it is mounted later: it was never checked against the agent's files
+      return { missing: `${settingOf(name)}: ${path.resolve(localPath)} does not exist (is datastore ${JSON.stringify(name)} mounted?)` }
+    }
   }
   if (datastores instanceof DatastoreMap) {
     const mounts: DatastoreMount[] = []
-    for (const m of datastores.mounts) mounts.push(m.access === 'sftp' ? m : { ...m, realPath: await pinOne(m.name, m.localPath, m.realPath) })
+    for (const m of datastores.mounts) mounts.push(m.access === 'sftp' || m.missing !== undefined ? m : { ...m, ...(await pinOne(m.name, m.localPath, m.realPath)) })
     return new DatastoreMap(mounts) as D
   }
   const out: Record<string, DatastoreSetting> = {}
   for (const [name, v] of Object.entries(datastores as Readonly<Record<string, DatastoreSetting>>)) {
-    if (typeof v === 'string') out[name] = { localPath: v, realPath: await pinOne(name, v, undefined) }
-    else if ('access' in v) out[name] = v
-    else out[name] = { ...v, realPath: await pinOne(name, v.localPath, v.realPath) }
+    if (typeof v === 'string') out[name] = { localPath: v, ...(await pinOne(name, v, undefined)) }
+    else if ('access' in v || v.missing !== undefined) out[name] = v
+    else out[name] = { ...v, ...(await pinOne(name, v.localPath, v.realPath)) }
   }
   return out as D
+}
+
+/** Options of {@link pinEsxiDatastores}. */
+export interface PinEsxiOptions {
+  /**
+   * A local mount that does not exist: `refuse` it (`E_CONFIG`, as a job
+   * file's are at load), or `defer`: keep it unpinned and marked `missing`,
+   * so that only a VM whose .vmx or disks lie on it fails (`E_CONFIG` when
+   * the file is resolved), never reading it (which datastores a VM uses is
+   * known only once its .vmx is read). @default 'refuse'
+   */
+  readonly missing?: 'refuse' | 'defer'
 }

@@ -184,9 +184,12 @@ export async function loadJob(src: JobSources): Promise<Job> {
   for (const { vm, rootsFrom, mountOf } of resolved) {
     const protect = [vm.stateDir ?? defaultStateDir(), ...(vm.caFile === undefined ? [] : [vm.caFile]), ...ownFiles]
     try {
-      if (vm.datastoreRoots !== undefined) vms.push({ ...vm, datastoreRoots: await pinLocalRoots(vm.datastoreRoots, rootsFrom, protect) })
-      else if (vm.driver === 'esxi' && vm.esxi !== undefined) vms.push({ ...vm, esxi: { ...vm.esxi, datastores: await pinEsxiDatastores(vm.esxi.datastores, protect, mountOf) } })
-      else vms.push(vm)
+      // where each came from goes with it: replicate() names them so when it checks them again at the VM's start
+      if (vm.datastoreRoots !== undefined) vms.push({ ...vm, datastoreRoots: await pinLocalRoots(vm.datastoreRoots, rootsFrom, protect), datastoreRootsSource: rootsFrom })
+      else if (vm.driver === 'esxi' && vm.esxi !== undefined) {
+        const esxiDatastoreSources = Object.fromEntries(Object.keys(vm.esxi.datastores).map((ds) => [ds, mountOf(ds)]))
+        vms.push({ ...vm, esxi: { ...vm.esxi, datastores: await pinEsxiDatastores(vm.esxi.datastores, protect, mountOf) }, esxiDatastoreSources })
+      } else vms.push(vm)
     } catch (err) {
       const m = (err as Error).message
       if (!problems.includes(m)) problems.push(m)
