@@ -560,7 +560,7 @@ t.test(
 )
 
 t.test(
-  "replicated with the state dir and token file beside the VM folders; a linked clone's sibling base is refused there (E_VMX saying why) and replicated with the state dir elsewhere",
+  "replicated with the state dir and token file beside the VM folders, a descriptor naming a state dir file is not shipped; a linked clone's sibling base is refused there (E_OUTSIDE_ROOT saying why) and replicated with the state dir elsewhere",
   async (t) => {
     if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
     const dir = scratch(t)
@@ -587,6 +587,15 @@ t.test(
         `cycle ${cycle}: shipped and certified`,
       )
     }
+    // a VM beside them whose descriptor's extent is a file of the agent's state dir (as large as the disk): nothing shipped
+    const evil = await createSampleVm(vms, { name: 'evil', disks: [{ sizeBytes: MiB }], seed: 7 })
+    const record = join(vms, '.grainline', 'record.bin')
+    await writeFile(record, Buffer.alloc(MiB, 'a record of the agent\n'))
+    const desc = evil.disks[0] as string
+    await writeFile(desc, (await readFile(desc, 'utf8')).replace('"evil-flat.vmdk"', '"../.grainline/record.bin"'))
+    const hostile = await replicate({ logger }, { ...beside, vm: evil.vmxPath })
+    t.match(hostile.vms[0]?.error, { code: 'E_OUTSIDE_ROOT', message: /record\.bin lies, outside the folders/ }, 'a descriptor naming a state dir file: the VM fails')
+    t.notOk(existsSync(join(rx.store, 'evil')), 'nothing of it reached the receiver')
     const refused = await replicate({ logger }, { ...beside, vm: join(clone, 'clone.vmx') })
     t.match(
       refused.vms[0]?.error,
