@@ -26,7 +26,8 @@ export interface LocalDriverInit {
    * its other datastores (`/vmfs/volumes/ds2`, an NFS mount on a Linux
    * proxy): absolute paths of existing folders. The folder that holds the
    * VM's folder (its sibling VM folders, e.g. a linked clone's base, are
-   * inside) is always one of the roots, these add to it. Disks, extent
+   * inside) is one of the roots, these add to it (the VM's own folder
+   * instead when that folder holds a `protect`ed file). Disks, extent
    * files, parents and the nvram outside every root (by name or through a
    * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
    * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
