@@ -26,7 +26,8 @@ export interface LocalDriverInit {
    * its other datastores (`/vmfs/volumes/ds2`, an NFS mount on a Linux
    * proxy): absolute paths of existing folders. The folder that holds the
    * VM's folder (its sibling VM folders, e.g. a linked clone's base, are
-   * inside) is always one of the roots, these add to it. Disks, extent
+   * inside) is one of the roots, these add to it (the VM's own folder
+   * instead when that folder holds a `protect`ed file). Disks, extent
    * files, parents and the nvram outside every root (by name or through a
    * symbolic link) are refused with `E_OUTSIDE_ROOT` (a disk named by the
    * .vmx: `E_VMX`), so a hostile .vmx or descriptor cannot make the agent
@@ -42,6 +43,21 @@ export interface LocalDriverInit {
    * @default none: only the folder that holds the VM's folder
    */
   readonly roots?: readonly (string | PinnedRoot)[]
+  /**
+   * The agent's own files and folders (its state dir, CA, token, key, job
+   * file: what `replicate()` protects). A root in `roots` that is one,
+   * contains one or lies inside one is refused (`E_CONFIG`, as
+   * {@link pinLocalRoots}). The folder that holds a VM's folder, which no
+   * operator chose, is checked the same way, by name and by real path, when
+   * it is pinned: one that holds an agent file (a state dir or job file kept
+   * next to the VM folders) is not read, the VM's own folder is its root
+   * instead (a sibling folder, a linked clone's base, is then refused with
+   * `E_VMX`/`E_OUTSIDE_ROOT` saying why); a VM whose own folder holds an
+   * agent file, is one or lies inside the state dir is refused with
+   * `E_CONFIG` at `openVm`, before anything of it is read.
+   * @default none
+   */
+  readonly protect?: readonly string[]
 }
 
 /** How an operator names the local driver's roots, for messages. */
@@ -89,6 +105,29 @@ async function realPaths(paths: readonly string[]): Promise<string[]> {
     if (rp !== undefined && rp !== abs) out.push(rp)
   }
   return out
+}
+
+/** How a folder meets one of the agent's own files or folders: is it, contains it, or lies inside it (the state dir). */
+interface ProtectedHit {
+  readonly how: 'is' | 'contains' | 'inside'
+  /** the agent's file or folder (its name, or its real path) */
+  readonly path: string
+}
+
+/**
+ * Whether a folder (its name and its real path) is, contains or lies inside
+ * one of `guarded` ({@link realPaths}: names and real paths), by name and by
+ * real path alike; undefined when it touches none.
+ */
+function protectedHit(named: string, real: string, guarded: readonly string[]): ProtectedHit | undefined {
+  const same = guarded.find((g) => g === named || g === real)
+  if (same !== undefined) return { how: 'is', path: same }
+  const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
+  if (own !== undefined) return { how: 'contains', path: own }
+  // a folder inside the state dir: a .vmx or descriptor could name the agent's cycle records, snapshot lists and locks as disks
+  const inside = guarded.find((g) => isInsideRoot(named, g) || isInsideRoot(real, g))
+  if (inside !== undefined) return { how: 'inside', path: inside }
+  return undefined
 }
 
 /**
@@ -141,32 +180,44 @@ export async function pinLocalRoots(
     }
     if (real === '/')
       throw new AgentError('E_CONFIG', `${setting}: ${named} leads to / (the whole filesystem, through a symbolic link), which would let a descriptor read any file of this machine: ${remedy}`)
-    // by name and by real path, the root's and the agent's file's alike (as the agent's file was resolved above)
-    const same = guarded.find((g) => g === named || g === real)
-    if (same !== undefined) {
+    const hit = protectedHit(named, real, guarded)
+    if (hit?.how === 'is') {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} is the agent's own ${same} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file and lies outside the agent's state dir`,
+        `${setting}: ${named} is the agent's own ${hit.path} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file and lies outside the agent's state dir`,
       )
     }
-    const own = guarded.find((g) => isInsideRoot(g, named) || isInsideRoot(g, real))
-    if (own !== undefined) {
+    if (hit?.how === 'contains') {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} contains the agent's own ${own} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file`,
+        `${setting}: ${named} contains the agent's own ${hit.path} (its state, credentials or settings), which a descriptor could then name and ship: ${remedy}, one that holds no agent file`,
       )
     }
-    // a root inside the state dir: a .vmx or descriptor could name the agent's cycle records, snapshot lists and locks as disks
-    const inside = guarded.find((g) => isInsideRoot(named, g) || isInsideRoot(real, g))
-    if (inside !== undefined) {
+    if (hit?.how === 'inside') {
       throw new AgentError(
         'E_CONFIG',
-        `${setting}: ${named} lies inside the agent's own ${inside} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir`,
+        `${setting}: ${named} lies inside the agent's own ${hit.path} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: ${remedy}, one outside the agent's state dir`,
       )
     }
     if (!out.some((o) => o.named === named && o.real === real)) out.push({ named, real })
   }
   return out
+}
+
+/**
+ * A VM whose own folder is, holds or lies inside one of the agent's files or
+ * folders: a .vmx or descriptor in it could name them as disks.
+ */
+function vmFolderRefused(vm: string, vmxPath: string, dir: string, hit: ProtectedHit): AgentError {
+  const what =
+    hit.how === 'contains'
+      ? `contains the agent's own ${hit.path} (its state, credentials or settings), which a .vmx or descriptor could then name as a disk and ship`
+      : `${hit.how === 'is' ? 'is' : 'lies inside'} the agent's own ${hit.path} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship`
+  const todo =
+    hit.how === 'contains'
+      ? `move ${hit.path} out of ${dir} (the state dir with --state-dir / "stateDir"; a token, key, CA or job file elsewhere)`
+      : `keep the VM's folder out of the agent's state dir, or give the agent another one with --state-dir / "stateDir"`
+  return new AgentError('E_CONFIG', `VM ${vm} (${vmxPath}): its folder ${dir} ${what}: nothing of the VM is read; ${todo}`)
 }
 
 function vmsdPath(vmxPath: string): string {
@@ -203,7 +254,7 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
   // pinned once, at the first openVm (those given pinned as they are; a failure is not kept: the next openVm reports it again)
   let extraRoots: Promise<PinnedRoot[]> | undefined
   const rootsReady = async (): Promise<PinnedRoot[]> => {
-    extraRoots ??= pinLocalRoots(init.roots)
+    extraRoots ??= pinLocalRoots(init.roots, 'local driver roots', init.protect ?? [])
     try {
       return await extraRoots
     } catch (err) {
@@ -211,12 +262,17 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       throw err
     }
   }
-  // the folder that holds a VM's folder, pinned at the first openVm of a VM in it (a failure is not kept)
-  const folderRoots = new Map<string, Promise<PinnedRoot>>()
-  const folderRoot = async (folder: string): Promise<PinnedRoot> => {
+  // the folder that holds a VM's folder (or the VM's folder), pinned at the first openVm of a VM in it (a failure is
+  // not kept), with whether it is, holds or lies inside one of the agent's own files or folders (by name and real path)
+  const folderRoots = new Map<string, Promise<PinnedRoot & { hit?: ProtectedHit }>>()
+  const folderRoot = async (folder: string): Promise<PinnedRoot & { hit?: ProtectedHit }> => {
     let p = folderRoots.get(folder)
     if (p === undefined) {
-      p = realpath(folder).then((real) => ({ named: folder, real }))
+      p = (async () => {
+        const real = await realpath(folder)
+        const hit = protectedHit(folder, real, await realPaths(init.protect ?? []))
+        return { named: folder, real, ...(hit === undefined ? {} : { hit }) }
+      })()
       folderRoots.set(folder, p)
     }
     try {
@@ -254,10 +310,27 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
       }
       const config = VmxConfig.parse(text, vmxPath)
       const dir = dirname(vmxPath)
-      // the folder that holds the VM's folder is always a root: a VM's own files are always readable
-      // (the VM's folder itself when it sits at the top, e.g. /vm: never / as a whole)
+      const vmName = basename(dir)
+      // the folder that holds the VM's folder is a root: a VM's own files are always readable (the VM's folder itself
+      // when it sits at the top, e.g. /vm: never / as a whole). No operator chose it: one that holds an agent file (a
+      // state dir or job file next to the VM folders) is not read, the VM's own folder is the root instead
       const parent = dirname(dir)
-      const own = await folderRoot(parent === '/' ? dir : parent)
+      const up = parent === '/' ? undefined : await folderRoot(parent)
+      const withheld = up?.hit === undefined ? undefined : { folder: parent, hit: up.hit }
+      let own: PinnedRoot
+      if (up !== undefined && up.hit === undefined) {
+        own = up
+      } else {
+        const mine = await folderRoot(dir)
+        if (mine.hit !== undefined) throw vmFolderRefused(vmName, vmxPath, dir, mine.hit)
+        own = mine
+      }
+      const ownWhat =
+        withheld === undefined ? "the folder that holds the VM's folder" : `the VM's own folder: the one that holds it, ${withheld.folder}, holds the agent's own ${withheld.hit.path} and is not read`
+      const rootsRemedy =
+        withheld === undefined
+          ? LOCAL_OUTSIDE_ROOT_REMEDY
+          : `${LOCAL_OUTSIDE_ROOT_REMEDY}. ${withheld.folder}, the folder that holds the VM's folder, is not read: it holds the agent's own ${withheld.hit.path}; move that out of it to read the VM's sibling folders (a linked clone's base)`
       // by name: the names given and the real folders (a .vmx may name its disks through either);
       // by real path: only the real folders pinned, never what a name leads to now
       const roots: string[] = []
@@ -279,12 +352,12 @@ export function createLocalDriver(init: LocalDriverInit = {}): HypervisorDriver 
           if (!isVmdkError(err) || err.code !== 'E_OUTSIDE_ROOT') throw err
           throw new AgentError(
             'E_VMX',
-            `VM ${basename(dir)}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}. The local driver reads a VM's files only below ${roots.join(', ')} (the folder that holds the VM's folder, and the datastore roots given): when the disk is on another datastore, add the folder it is mounted at with ${LOCAL_ROOTS_SETTING}; otherwise fix the .vmx`,
+            `VM ${vmName}: disk ${d.node} (${JSON.stringify(d.fileName)} in ${vmxPath}): ${err.message}. The local driver reads a VM's files only below ${roots.join(', ')} (${ownWhat}, and the datastore roots given): when the disk is on another datastore, add the folder it is mounted at with ${LOCAL_ROOTS_SETTING}; otherwise fix the .vmx`,
             { cause: err },
           )
         }
       }
-      return { ref, id: vmxPath, name: basename(dir), vmxPath, dir, config, disks, datastoreType, roots, realRoots, rootsRemedy: LOCAL_OUTSIDE_ROOT_REMEDY }
+      return { ref, id: vmxPath, name: vmName, vmxPath, dir, config, disks, datastoreType, roots, realRoots, rootsRemedy }
     },
 
     async listSnapshots(vm) {

@@ -216,9 +216,10 @@ async function replicateVm(
   // .vmx or descriptor name and ship them: the local driver's roots and the esxi driver's local mounts alike
   const protect = [init.stateDir ?? defaultStateDir(), ...(init.caFile === undefined ? [] : [init.caFile]), ...(init.ownFiles ?? [])]
   if (init.driver === undefined || init.driver === 'local') {
-    // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read
+    // the roots checked and their links resolved now: a bad one fails the VM before its snapshot or any read. The
+    // driver checks the folder that holds the VM's folder against the same files when it pins it (at openVm)
     const roots = await pinLocalRoots(init.datastoreRoots, init.datastoreRootsSource ?? 'datastoreRoots', protect)
-    driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }) })
+    driver = createLocalDriver({ deltaFormat: init.deltaFormat ?? 'sesparse', ...(roots.length === 0 ? {} : { roots }), protect })
   } else if (init.driver === 'esxi') {
     if (init.esxi === undefined) throw new AgentError('E_CONFIG', 'driver "esxi" needs esxi settings (host, user, key, fingerprint, datastores)')
     if (init.datastoreRoots !== undefined) {

@@ -470,3 +470,146 @@ t.test("local driver roots: a root that is the agent's state dir or lies inside 
   t.notOk(existsSync(join(vm.dir, 'db.vmsd')), 'no snapshot was taken')
   t.same(await readdir(join(state, 'ds')), [], 'nothing written in the root')
 })
+
+t.test(
+  "the folder that holds the VM's folder holding the agent's state dir or job file is not read: a .vmx, link or descriptor naming the agent's file is refused, the VM's own folder is its root",
+  async (t) => {
+    const dir = scratch(t)
+    // /srv/vms/.grainline (the state dir) beside /srv/vms/x/x.vmx
+    const vms = join(dir, 'vms')
+    const vm = await createSampleVm(vms, { name: 'x', disks: [{ sizeBytes: MiB }] })
+    const state = join(vms, '.grainline')
+    await mkdir(state)
+    await writeFile(join(state, 'records.bin'), Buffer.alloc(MiB, 'a cycle record of the agent\n'))
+    const { logger } = memoryLogger()
+    const run = async (init: Partial<ReplicateInit> = {}) =>
+      (await replicate({ logger }, { vm: vm.vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, stateDir: state, progress: 'none', giveUpMs: 0, ...init })).vms[0]?.error
+    const onlyBelow = (held: string): string =>
+      `The local driver reads a VM's files only below ${vm.dir} (the VM's own folder: the one that holds it, ${vms}, holds the agent's own ${held} and is not read, and the datastore roots given)`
+    const good = await readFile(vm.vmxPath, 'utf8')
+    symlinkSync('../.grainline/records.bin', join(vm.dir, 'linked.vmdk'))
+    for (const name of ['../.grainline/records.bin', join(state, 'records.bin'), 'linked.vmdk']) {
+      await writeFile(vm.vmxPath, good.replace('scsi0:0.fileName = "x.vmdk"', `scsi0:0.fileName = "${name}"`))
+      const err = await run()
+      t.match(err, { code: 'E_VMX', message: `VM x: disk scsi0:0 (${JSON.stringify(name)} in ${vm.vmxPath}): ` }, `.vmx naming ${name}: refused at open`)
+      t.match(err?.message, onlyBelow(state), `${name}: the message says why the folder that holds the VM's folder is not read`)
+    }
+    await writeFile(vm.vmxPath, good)
+    // a descriptor whose extent is the state dir's file: the chain is refused before any connection
+    const desc = vm.disks[0] as string
+    const text = await readFile(desc, 'utf8')
+    await writeFile(desc, text.replace('"x-flat.vmdk"', '"../.grainline/records.bin"'))
+    const err = await run()
+    t.match(err, { code: 'E_OUTSIDE_ROOT', message: /records\.bin lies, outside the folders this VM's files may be read from/ }, 'a descriptor naming the state dir file')
+    t.match(err?.message, `${vms}, the folder that holds the VM's folder, is not read: it holds the agent's own ${state}; move that out of it to read the VM's sibling folders`)
+    await writeFile(desc, text)
+    // a job or token file kept next to the VM folders (the state dir elsewhere): the same
+    const jobFile = join(vms, 'job.json')
+    await writeFile(jobFile, '{"vms": []}\n')
+    await writeFile(vm.vmxPath, good.replace('scsi0:0.fileName = "x.vmdk"', 'scsi0:0.fileName = "../job.json"'))
+    const jobErr = await run({ stateDir: join(dir, 'state'), ownFiles: [jobFile] })
+    t.match(jobErr, { code: 'E_VMX', message: onlyBelow(jobFile) }, 'a .vmx naming the job file beside the VM folders')
+    await writeFile(vm.vmxPath, good)
+    t.notOk(existsSync(join(vm.dir, 'x.vmsd')), 'no snapshot was taken')
+    // the driver: the VM's own folder is the root (pinned with its real path), the VM's files read as before
+    const driver = createLocalDriver({ protect: [state] })
+    const h = await driver.openVm(vm.vmxPath)
+    t.same([h.roots, h.realRoots], [[vm.dir], [realpathSync(vm.dir)]], 'the root: the VM folder')
+    t.same(await mirrorDiskNames(h, driver), ['x.vmdk'])
+    t.same(
+      (await vmFiles(h, driver)).map((f) => f.name),
+      ['x.vmx', 'x.nvram'],
+    )
+    t.same((await createLocalDriver().openVm(vm.vmxPath)).roots, [vms], 'nothing protected: the folder that holds the VM folder, as before')
+  },
+)
+
+t.test(
+  'a VM whose own folder holds an agent file, is the state dir or lies inside it (by name, through a link) fails with E_CONFIG at its start, naming the VM, the folder and the file',
+  async (t) => {
+    const dir = scratch(t)
+    const state = join(dir, 'state')
+    const inState = await createSampleVm(join(state, 'vms'), { name: 'y', disks: [{ sizeBytes: MiB }] })
+    const isState = await createSampleVm(dir, { name: 'state', disks: [{ sizeBytes: MiB }] })
+    const holder = await createSampleVm(join(dir, 'vms'), { name: 'z', disks: [{ sizeBytes: MiB }] })
+    const tokenFile = join(holder.dir, 'agent.token')
+    await writeFile(tokenFile, `${TOKEN}\n`)
+    symlinkSync(state, join(dir, 'state-link'))
+    const { logger } = memoryLogger()
+    const inside = (vm: string, vmxPath: string, folder: string, how: string): string =>
+      `VM ${vm} (${vmxPath}): its folder ${folder} ${how} the agent's own ${state} (its state: cycle records, snapshot lists, locks), whose files a .vmx or descriptor could then name as disks and ship: nothing of the VM is read; keep the VM's folder out of the agent's state dir, or give the agent another one with --state-dir / "stateDir"`
+    const cases: Array<[string, string, Partial<ReplicateInit>, string]> = [
+      ['a VM inside the state dir', inState.vmxPath, { stateDir: state }, inside('y', inState.vmxPath, inState.dir, 'lies inside')],
+      ['the state dir named through a link (its real path)', inState.vmxPath, { stateDir: join(dir, 'state-link') }, inside('y', inState.vmxPath, inState.dir, 'lies inside')],
+      ['the .vmx in the state dir itself', isState.vmxPath, { stateDir: state }, inside('state', isState.vmxPath, state, 'is')],
+      [
+        'the token file in the VM folder',
+        holder.vmxPath,
+        { stateDir: join(dir, 'elsewhere'), ownFiles: [tokenFile] },
+        `VM z (${holder.vmxPath}): its folder ${holder.dir} contains the agent's own ${tokenFile} (its state, credentials or settings), which a .vmx or descriptor could then name as a disk and ship: nothing of the VM is read; move ${tokenFile} out of ${holder.dir} (the state dir with --state-dir / "stateDir"; a token, key, CA or job file elsewhere)`,
+      ],
+    ]
+    for (const [what, vmxPath, init, message] of cases) {
+      const r = await replicate({ logger }, { vm: vmxPath, to: 'wss://127.0.0.1:9', token: TOKEN, progress: 'none', giveUpMs: 0, ...init })
+      t.match(r.vms[0]?.error, { code: 'E_CONFIG' }, what)
+      t.equal(r.vms[0]?.error?.message, message, `${what}: the whole message`)
+    }
+    await t.rejects(createLocalDriver({ protect: [state] }).openVm(inState.vmxPath), { name: 'AgentError', code: 'E_CONFIG' }, 'the driver, at openVm')
+    for (const vm of [inState, isState, holder]) t.notOk(existsSync(vm.vmxPath.replace(/\.vmx$/, '.vmsd')), `${vm.vmxPath}: no snapshot was taken`)
+  },
+)
+
+t.test(
+  "replicated with the state dir and token file beside the VM folders, a descriptor naming a state dir file is not shipped; a linked clone's sibling base is refused there (E_OUTSIDE_ROOT saying why) and replicated with the state dir elsewhere",
+  async (t) => {
+    if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
+    const dir = scratch(t)
+    const vms = join(dir, 'vms')
+    const vm = await createSampleVm(vms, { name: 'web', disks: [{ sizeBytes: 2 * MiB }], seed: 5 })
+    const base = await createSampleVm(vms, { name: 'base', disks: [{ sizeBytes: 2 * MiB }], seed: 6 })
+    const clone = join(vms, 'clone')
+    await mkdir(clone)
+    await createDelta(base.disks[0] as string, join(clone, 'clone.vmdk'), { format: 'sesparse' })
+    await writeFile(join(clone, 'clone.vmx'), 'config.version = "8"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "clone.vmdk"\n')
+    const tokenFile = join(vms, 'agent.token')
+    await writeFile(tokenFile, `${TOKEN}\n`)
+    const rx = await startReceiver(join(dir, 'rx'))
+    t.teardown(() => rx.stop())
+    const { logger } = memoryLogger()
+    const beside: ReplicateInit = { vm: vm.vmxPath, to: rx.url, token: TOKEN, ca: rx.ca, stateDir: join(vms, '.grainline'), ownFiles: [tokenFile], progress: 'none', trivialMiB: 1, certify: 'sha256' }
+    for (let cycle = 1; cycle <= 2; cycle++) {
+      if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 256 * 1024, seed: cycle })
+      const r = await replicate({ logger }, beside)
+      t.ok(r.ok, `cycle ${cycle}: ${JSON.stringify(r.vms[0]?.error ?? r.vms[0]?.disks.map((d) => d.error))}`)
+      t.same(
+        r.vms[0]?.disks.map((d) => [d.name, d.certify?.ok]),
+        [['web.vmdk', true]],
+        `cycle ${cycle}: shipped and certified`,
+      )
+    }
+    // a VM beside them whose descriptor's extent is a file of the agent's state dir (as large as the disk): nothing shipped
+    const evil = await createSampleVm(vms, { name: 'evil', disks: [{ sizeBytes: MiB }], seed: 7 })
+    const record = join(vms, '.grainline', 'record.bin')
+    await writeFile(record, Buffer.alloc(MiB, 'a record of the agent\n'))
+    const desc = evil.disks[0] as string
+    await writeFile(desc, (await readFile(desc, 'utf8')).replace('"evil-flat.vmdk"', '"../.grainline/record.bin"'))
+    const hostile = await replicate({ logger }, { ...beside, vm: evil.vmxPath })
+    t.match(hostile.vms[0]?.error, { code: 'E_OUTSIDE_ROOT', message: /record\.bin lies, outside the folders/ }, 'a descriptor naming a state dir file: the VM fails')
+    t.notOk(existsSync(join(rx.store, 'evil')), 'nothing of it reached the receiver')
+    const refused = await replicate({ logger }, { ...beside, vm: join(clone, 'clone.vmx') })
+    t.match(
+      refused.vms[0]?.error,
+      {
+        code: 'E_OUTSIDE_ROOT',
+        message: `${vms}, the folder that holds the VM's folder, is not read: it holds the agent's own ${join(vms, '.grainline')}; move that out of it to read the VM's sibling folders (a linked clone's base)`,
+      },
+      "the clone's base in a sibling folder: refused, saying why",
+    )
+    const elsewhere = await replicate({ logger }, { ...beside, vm: join(clone, 'clone.vmx'), stateDir: join(dir, 'state'), ownFiles: [] })
+    t.ok(elsewhere.ok, `the state dir elsewhere: the clone replicates ${JSON.stringify(elsewhere.vms[0]?.error)}`)
+    t.same(
+      elsewhere.vms[0]?.disks.map((d) => [d.name, d.certify?.ok]),
+      [['base.vmdk', true]],
+    )
+  },
+)

@@ -55,7 +55,7 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
     list: true,
     yargs: repeatableOption(
       'datastore-root',
-      "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder). The folder that holds the VM's folder is always readable; a disk outside every such folder is refused (E_VMX)",
+      "local driver: a folder the VM's files may also be read from, another datastore its .vmx names a disk on (an absolute path of an existing folder). The folder that holds the VM's folder is readable too (only the VM's own folder when it holds --state-dir or another agent file); a disk outside every such folder is refused (E_VMX)",
       { value: 'DIR' },
     ),
   },
