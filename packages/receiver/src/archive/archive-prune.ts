@@ -114,7 +114,12 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
 
   // 2. the selection: per VM, newest cycles first
   const byVm = new Map<string, ManifestEntry[]>()
-  for (const m of manifests) if (opts.vm === undefined || m.vm === opts.vm) byVm.set(m.vm, [...(byVm.get(m.vm) ?? []), m])
+  for (const m of manifests) {
+    if (opts.vm !== undefined && m.vm !== opts.vm) continue
+    const list = byVm.get(m.vm)
+    if (list === undefined) byVm.set(m.vm, [m])
+    else list.push(m)
+  }
   const selected: ManifestEntry[] = []
   const cutoff = opts.olderThanMs === undefined ? undefined : now() - opts.olderThanMs
   for (const list of byVm.values()) {
@@ -152,11 +157,16 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
   }
   logger.info({ examined: manifests.length, deleted: deleted.length, keptLocked: manifestsKept.length, dryRun }, 'archive-prune: manifests done')
 
-  // 4. the chunks the remaining manifests reference (listed again: exactly what is left, every VM)
+  // 4. the chunks the remaining manifests reference (listed again: exactly what is left, every VM). A manifest
+  // deleted but listed again is there (written anew meanwhile, e.g. by an archive whose run lock went stale):
+  // it references its chunks like any other — only a dry run, which deleted nothing, leaves out its selection
   const gone = new Set(deleted.map((m) => m.key))
   const referenced = new Set<string>()
   await readAllManifests(opts, (key, digests) => {
-    if (gone.has(key)) return
+    if (gone.has(key)) {
+      if (dryRun) return
+      logger.warn({ manifest: key }, `archive-prune: manifest ${where(key)} was deleted but is listed again (written anew meanwhile?): its chunks are kept`)
+    }
     for (const d of digests) referenced.add(d)
   })
 
