@@ -19,7 +19,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
-import { pruneArchive, S3Bucket } from '../src/index.ts'
+import { LOCK_HELD_MS, pruneArchive, S3Bucket } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -215,4 +215,20 @@ t.test('a manifest deleted but listed again right after (written anew meanwhile)
   t.same([r2.manifests.deleted.length, r2.chunks.deleted], [1, 1])
   t.notOk(s3.objects.has(chunkKey('p/', a)), 'point 1’s chunk deleted once no manifest references it')
   t.same(s3.keys(), [chunkKey('p/', b), manifestKey('p/', 'web', 2)], 'point 2 and its chunk left, no lock')
+})
+
+t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes failed) stops before deleting more (E_ARCHIVE)', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  // the run goes on; every refresh of its lock fails (S3 refuses writes under locks/, say): once the first manifest
+  // is deleted, LOCK_HELD_MS have passed without a write — soon a points archive would take the lock for stale
+  let skew = 0
+  s3.hostility.afterDelete = (key) => {
+    if (key.startsWith('p/vms/')) skew = LOCK_HELD_MS
+  }
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 0, graceMs: 0, now: () => Date.now() + skew }), {
+    code: 'E_ARCHIVE',
+    message: /run lock s3:\/\/arch\/p\/locks\/prune-.* was last written 60 min ago .*nothing more deleted/,
+  })
+  t.same(s3.keys(), [chunkKey('p/', a), chunkKey('p/', b), m1].sort(), 'the newest manifest (point 2) deleted first, then nothing more (no manifest, no chunk); the lock released')
 })

@@ -34,9 +34,22 @@ export function locksPrefix(prefix: string): string {
   return `${prefix}locks/`
 }
 
+/**
+ * A run whose lock was last written this long ago stops before it deletes
+ * anything more (archive-prune): its refreshes failed, and well before the
+ * lock is {@link LOCK_STALE_MS} old — when a points archive would ignore it.
+ */
+export const LOCK_HELD_MS = LOCK_STALE_MS / 2
+
 /** A held run lock. */
 export interface HeldRunLock {
   readonly key: string
+  /**
+   * Throw unless the lock was written within {@link LOCK_HELD_MS} (its
+   * refreshes fail: another run could soon take it for stale).
+   * @throws ReceiverError E_ARCHIVE
+   */
+  assertHeld(): void
   /** Stop refreshing and delete the lock (a failure is logged: the lock goes stale). */
   release(): Promise<void>
 }
@@ -51,6 +64,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
   // never with a retention: a lock must stay deletable
   await bucket.put(key, body)
+  let written = now()
   const del = async (): Promise<void> => {
     try {
       await bucket.deleteAllVersions(key)
@@ -83,12 +97,25 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise recreate the lock after its deletion
   let refreshing: Promise<void> = Promise.resolve()
   const timer = setInterval(() => {
-    refreshing = bucket.put(key, body).catch((err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`))
+    refreshing = bucket.put(key, body).then(
+      () => {
+        written = now()
+      },
+      (err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`),
+    )
   }, LOCK_REFRESH_MS)
   timer.unref()
   logger.debug({ lock: key }, 'archive lock taken')
   return {
     key,
+    assertHeld: () => {
+      const age = now() - written
+      if (age >= LOCK_HELD_MS)
+        throw new ReceiverError(
+          'E_ARCHIVE',
+          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${kind} stopped here, nothing more deleted. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
+        )
+    },
     release: async () => {
       clearInterval(timer)
       await refreshing

@@ -25,7 +25,7 @@
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
-import { takeRunLock } from './archive-lock.ts'
+import { takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** What {@link pruneArchive} deletes. At least one of keepLast / olderThanMs. */
@@ -97,13 +97,13 @@ export async function pruneArchive(opts: ArchivePruneOptions): Promise<ArchivePr
   const now = opts.now ?? Date.now
   const lock = await takeRunLock(opts.bucket, opts.prefix, 'prune', opts.logger, now)
   try {
-    return await pruneLocked(opts, now)
+    return await pruneLocked(opts, now, lock)
   } finally {
     await lock.release()
   }
 }
 
-async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promise<ArchivePruneResult> {
+async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: HeldRunLock): Promise<ArchivePruneResult> {
   const { bucket, prefix, logger } = opts
   const dryRun = opts.dryRun === true
   const where = (key: string): string => `s3://${bucket.bucket}/${key}`
@@ -143,6 +143,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
       continue
     }
     if (!dryRun) {
+      lock.assertHeld()
       try {
         bytesFreed += await bucket.deleteAllVersions(m.key)
       } catch (err) {
@@ -193,6 +194,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
         continue
       }
       if (!dryRun) {
+        lock.assertHeld()
         try {
           bytesFreed += await bucket.deleteAllVersions(o.key)
         } catch (err) {
