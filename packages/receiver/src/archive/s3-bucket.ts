@@ -212,7 +212,7 @@ export class S3Bucket {
   /** Every object under `prefix`, a page (≤ 1000) at a time: only one page is held in memory. */
   async listPages(prefix: string, onPage: (page: readonly ListedObject[]) => Promise<void>): Promise<void> {
     let token: string | undefined
-    do {
+    for (;;) {
       let r: ListObjectsV2CommandOutput
       try {
         r = await this.#s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }))
@@ -229,7 +229,7 @@ export class S3Bucket {
       if (next === undefined || next === '' || next === token)
         throw partialListing(this.bucket, prefix, next === token && next !== undefined ? `the continuation token ${next} again` : 'no continuation token')
       token = next
-    } while (true)
+    }
   }
 
   /**
