@@ -19,7 +19,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
-import { LOCK_HELD_MS, pruneArchive, S3Bucket } from '../src/index.ts'
+import { scratchDir } from '@grainline/test-utils'
+import { archivePoints, LOCK_HELD_MS, pruneArchive, S3Bucket } from '../src/index.ts'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -35,6 +37,8 @@ interface Hostility {
   noTokenUnder?: string
   /** called after the last version of a key is deleted */
   afterDelete?: (key: string) => void
+  /** called after a key is written */
+  afterPut?: (key: string) => void
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -112,6 +116,7 @@ class TinyS3 {
       this.put(key, Buffer.concat(chunks))
       res.setHeader('etag', `"${createHash('md5').update(Buffer.concat(chunks)).digest('hex')}"`)
       res.end()
+      this.hostility.afterPut?.(key)
       return
     }
     if (req.method === 'DELETE') {
@@ -231,4 +236,40 @@ t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes
     message: /run lock s3:\/\/arch\/p\/locks\/prune-.* was last written 60 min ago .*nothing more deleted/,
   })
   t.same(s3.keys(), [chunkKey('p/', a), chunkKey('p/', b), m1].sort(), 'the newest manifest (point 2) deleted first, then nothing more (no manifest, no chunk); the lock released')
+})
+
+t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refreshes failed) writes no manifest (E_ARCHIVE)', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-stale'
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(4 * MiB, 5), 'ae01ae01ae01ae01')])
+  a.close()
+  await receiver.close()
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  // the chunks go up while every refresh of the run lock fails: by the manifest, LOCK_HELD_MS have passed without a write
+  let skew = 0
+  s3.hostility.afterPut = (key) => {
+    if (key.startsWith('p/chunks/')) skew = LOCK_HELD_MS
+  }
+  await t.rejects(archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + skew }), {
+    code: 'E_ARCHIVE',
+    message: /run lock s3:\/\/arch\/p\/locks\/archive-.* was last written 60 min ago .*archive stopped before writing the manifest/,
+  })
+  const keys = s3.keys()
+  t.ok(keys.length > 0 && keys.every((k) => k.startsWith('p/chunks/')), `chunks uploaded, no manifest written, the lock released: ${keys.length} keys`)
+  // with its lock held, the next run archives the point
+  s3.hostility.afterPut = undefined
+  skew = 0
+  const done = await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  t.same(
+    done.map((p) => [p.cycle, p.archived]),
+    [[1, true]],
+  )
+  t.ok(s3.objects.has(manifestKey('p/', vm, 1)), 'the manifest written')
 })

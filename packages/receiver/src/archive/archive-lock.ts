@@ -35,9 +35,10 @@ export function locksPrefix(prefix: string): string {
 }
 
 /**
- * A run whose lock was last written this long ago stops before it deletes
- * anything more (archive-prune): its refreshes failed, and well before the
- * lock is {@link LOCK_STALE_MS} old — when a points archive would ignore it.
+ * A run whose lock was last written this long ago (its refreshes failed)
+ * stops: a prune before it deletes anything more, an archive before it
+ * writes a manifest — well before the lock is {@link LOCK_STALE_MS} old, when
+ * a run of the other kind would ignore it.
  */
 export const LOCK_HELD_MS = LOCK_STALE_MS / 2
 
@@ -46,7 +47,8 @@ export interface HeldRunLock {
   readonly key: string
   /**
    * Throw unless the lock was written within {@link LOCK_HELD_MS} (its
-   * refreshes fail: another run could soon take it for stale).
+   * refreshes fail: another run could soon take it for stale). A prune checks
+   * it before each deletion, an archive before each manifest it writes.
    * @throws ReceiverError E_ARCHIVE
    */
   assertHeld(): void
@@ -113,7 +115,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       if (age >= LOCK_HELD_MS)
         throw new ReceiverError(
           'E_ARCHIVE',
-          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${kind} stopped here, nothing more deleted. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
+          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${kind === 'prune' ? 'archive-prune stopped here, nothing more deleted' : 'archive stopped before writing the manifest of the point (a prune may have deleted chunks it found present; the next run uploads what is missing)'}. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
         )
     },
     release: async () => {
@@ -135,10 +137,10 @@ async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
 }
 
 /** Run `fn` holding the run lock of `kind` (released however `fn` ends). */
-export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: () => Promise<T>): Promise<T> {
-  const lock = await takeRunLock(bucket, prefix, kind, logger)
+export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, now: () => number = Date.now): Promise<T> {
+  const lock = await takeRunLock(bucket, prefix, kind, logger, now)
   try {
-    return await fn()
+    return await fn(lock)
   } finally {
     await lock.release()
   }
