@@ -7,14 +7,20 @@
  * ({@link GrainSet}) and, in a {@link GrainList}, 12 bytes of typed arrays.
  */
 
-/** Grains one bitmap page covers: 2^16 grains (256 MiB of disk) in 8 KiB. */
-const PAGE_GRAINS = 2 ** 16
+/**
+ * Grains one bitmap page covers: 2^10 grains (4 MiB of disk) in 128 bytes.
+ * Small pages, so grains scattered over a large disk (or a journal whose head
+ * claims a huge capacity) cost ~0.3 KiB each, not a page of 8 KiB each: with
+ * pages of 2^16 grains, one 4 KiB write per 256 MiB of a 16 TiB disk took
+ * 512 MiB of bitmap, and a journal of N bytes could allocate ~680 N.
+ */
+const PAGE_GRAINS = 2 ** 10
 
 /**
  * A set of grain indexes (non-negative safe integers): a bitmap allocated in
- * pages of 8 KiB as grains are added, so its memory is bounded by the span of
- * the disk it touches (at most capacity / 32 Ki bytes: 3.2 MiB for 100 GiB)
- * and by 8 KiB a grain added.
+ * pages of 128 bytes as grains are added, so its memory is bounded by the span
+ * of the disk it touches (~capacity / 32 Ki bytes of bitmap plus a Map entry
+ * and a typed array per 4 MiB: ~7 MiB for 100 GiB) and by one page a grain added.
  */
 export class GrainSet {
   readonly #pages = new Map<number, Uint32Array>()

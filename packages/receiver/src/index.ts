@@ -43,7 +43,7 @@ export { restoreFromArchive, listArchivedPoints, readManifest } from './archive/
 export type { ArchiveRestoreProgress } from './archive/restore-archive.ts'
 export { pruneArchive } from './archive/archive-prune.ts'
 export type { ArchivePruneOptions, ArchivePruneResult, KeptLocked } from './archive/archive-prune.ts'
-export { takeRunLock, withRunLock, locksPrefix, LOCK_STALE_MS, LOCK_REFRESH_MS } from './archive/archive-lock.ts'
+export { takeRunLock, withRunLock, locksPrefix, LOCK_STALE_MS, LOCK_REFRESH_MS, LOCK_HELD_MS } from './archive/archive-lock.ts'
 export type { HeldRunLock, ArchiveRunKind } from './archive/archive-lock.ts'
 export { S3Bucket, parseArchiveUrl, readCredentialsFile } from './archive/s3-bucket.ts'
 export type { ArchiveTarget, ArchiveLock, ListedObject } from './archive/s3-bucket.ts'

@@ -203,3 +203,47 @@ t.test('a journal of 2 M grains is read, its increment reopened and all its grai
   // a bitmap of the saved grains: 1 bit a grain (a Set entry each cost ~20–40 bytes)
   t.ok(got.open + got.reserve < n, `the increment's saved grains: ${((got.open + got.reserve) / n).toFixed(2)} bytes a grain (under 1)`)
 })
+
+// A child as CHILD: what a journal of grains scattered one per 256 MiB costs read (its GrainList) and saved (a GrainSet,
+// as the increment's set of saved grains).
+const SCATTERED_CHILD = `
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+setFlagsFromString('--expose_gc')
+const gc = runInNewContext('gc')
+const [src, file] = process.argv.slice(2)
+const { readJournal } = await import(src + '/journal.js')
+const { GrainSet } = await import(src + '/grain-set.js')
+const mem = () => { gc(); gc(); const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers }
+const m0 = mem()
+const c = await readJournal(file)
+const m1 = mem()
+const saved = new GrainSet()
+for (const e of c.grains) saved.add(e.grain)
+const m2 = mem()
+process.stdout.write(JSON.stringify({ grains: c.grains.length, saved: saved.size, read: m1 - m0, set: m2 - m1 }))
+`
+
+t.test('grains scattered over a large disk (one 4 KiB write per 256 MiB of 16 TiB) cost well under 1 KiB each read and saved, not a bitmap page of 8 KiB each', async (t) => {
+  const dir = t.testdir()
+  const n = 16_384
+  const capacity = 16 * 1024 * GiB
+  const p = join(dir, 'disk.journal')
+  const j = await Journal.create(p, head(capacity))
+  // one grain in each span of 2^16 grains (256 MiB), as a writer of one block per 256 MiB leaves them
+  for (let r = 0; r < n / 2048; r++) j.appendGrains(Array.from({ length: 2048 }, (_, k) => ({ grain: (r * 2048 + k) * 65536 + (k % 97), crc: k })))
+  j.appendApplied(0)
+  await j.flush(true)
+  await j.close()
+  const script = join(dir, 'child.mjs')
+  writeFileSync(script, SCATTERED_CHILD)
+  const src = new URL('../src', import.meta.url).pathname
+  const r = await runNode(script, [src, p], { timeoutMs: 60_000 })
+  t.equal(r.code, 0, r.stderr)
+  const got = JSON.parse(r.stdout) as { grains: number; saved: number; read: number; set: number }
+  t.comment(`${n} scattered grains: read ${(got.read / n).toFixed(0)} bytes a grain, saved set ${(got.set / n).toFixed(0)} bytes a grain`)
+  t.same([got.grains, got.saved], [n, n], 'every grain listed and saved')
+  // the GrainList's chunk of 64 Ki entries (768 KiB) is its fixed cost; pages of 2^16 grains cost 8 KiB a grain here
+  t.ok(got.read - 768 * 1024 < n * 1024, `the journal's grains: ${(got.read / n).toFixed(0)} bytes a grain (under 1 KiB beyond the first chunk)`)
+  t.ok(got.set < n * 1024, `the set of saved grains: ${(got.set / n).toFixed(0)} bytes a grain (under 1 KiB)`)
+})

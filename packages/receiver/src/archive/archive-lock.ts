@@ -34,9 +34,24 @@ export function locksPrefix(prefix: string): string {
   return `${prefix}locks/`
 }
 
+/**
+ * A run whose lock was last written this long ago (its refreshes failed)
+ * stops: a prune before it deletes anything more, an archive before it
+ * writes a manifest — well before the lock is {@link LOCK_STALE_MS} old, when
+ * a run of the other kind would ignore it.
+ */
+export const LOCK_HELD_MS = LOCK_STALE_MS / 2
+
 /** A held run lock. */
 export interface HeldRunLock {
   readonly key: string
+  /**
+   * Throw unless the lock was written within {@link LOCK_HELD_MS} (its
+   * refreshes fail: another run could soon take it for stale). A prune checks
+   * it before each deletion, an archive before each manifest it writes.
+   * @throws ReceiverError E_ARCHIVE
+   */
+  assertHeld(): void
   /** Stop refreshing and delete the lock (a failure is logged: the lock goes stale). */
   release(): Promise<void>
 }
@@ -51,6 +66,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
   // never with a retention: a lock must stay deletable
   await bucket.put(key, body)
+  let written = now()
   const del = async (): Promise<void> => {
     try {
       await bucket.deleteAllVersions(key)
@@ -83,12 +99,25 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise recreate the lock after its deletion
   let refreshing: Promise<void> = Promise.resolve()
   const timer = setInterval(() => {
-    refreshing = bucket.put(key, body).catch((err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`))
+    refreshing = bucket.put(key, body).then(
+      () => {
+        written = now()
+      },
+      (err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`),
+    )
   }, LOCK_REFRESH_MS)
   timer.unref()
   logger.debug({ lock: key }, 'archive lock taken')
   return {
     key,
+    assertHeld: () => {
+      const age = now() - written
+      if (age >= LOCK_HELD_MS)
+        throw new ReceiverError(
+          'E_ARCHIVE',
+          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${kind === 'prune' ? 'archive-prune stopped here, nothing more deleted' : 'archive stopped before writing the manifest of the point (a prune may have deleted chunks it found present; the next run uploads what is missing)'}. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
+        )
+    },
     release: async () => {
       clearInterval(timer)
       await refreshing
@@ -108,10 +137,10 @@ async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
 }
 
 /** Run `fn` holding the run lock of `kind` (released however `fn` ends). */
-export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: () => Promise<T>): Promise<T> {
-  const lock = await takeRunLock(bucket, prefix, kind, logger)
+export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, now: () => number = Date.now): Promise<T> {
+  const lock = await takeRunLock(bucket, prefix, kind, logger, now)
   try {
-    return await fn()
+    return await fn(lock)
   } finally {
     await lock.release()
   }

@@ -26,7 +26,7 @@ import { isAllZero } from '@grainline/vmdk'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
-import { withRunLock } from './archive-lock.ts'
+import { withRunLock, type HeldRunLock } from './archive-lock.ts'
 import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
 
 /** Progress of an archive run. */
@@ -64,6 +64,10 @@ export interface ArchiveOptions {
   readonly signal?: AbortSignal
   /** chunk uploads in flight. @default 4 */
   readonly concurrency?: number
+  /** the clock of the run lock's age (tests). @default Date.now */
+  readonly now?: () => number
+  /** the run lock held (set by {@link archivePoints}, cephArchivePoints): checked before each manifest is written */
+  readonly runLock?: Pick<HeldRunLock, 'assertHeld'>
 }
 
 /**
@@ -74,7 +78,7 @@ export interface ArchiveOptions {
 export async function archivePoints(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   await checkArchiveLock(opts)
   // the run lock (archive-lock.ts): no archive-prune deletes a chunk this run finds present and does not upload
-  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, () => archiveLocked(storeDir, vm, cycles, opts))
+  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, (runLock) => archiveLocked(storeDir, vm, cycles, { ...opts, runLock }), opts.now)
 }
 
 async function archiveLocked(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
@@ -261,6 +265,9 @@ export async function archiveOnePoint(
     disks,
     files,
   }
+  // a lock not rewritten for long (its refreshes failed) may soon be taken for stale by an archive-prune, which
+  // would delete the chunks this run found present and did not upload: no manifest naming them then
+  opts.runLock?.assertHeld()
   await opts.bucket.put(key, encodeManifest(manifest), opts.lock)
   opts.logger.info({ vm, cycle, manifest: key, ...counts }, 'point archived')
   return { cycle, archived: true, manifest: key, ...counts }

@@ -25,7 +25,7 @@
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
-import { takeRunLock } from './archive-lock.ts'
+import { takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** What {@link pruneArchive} deletes. At least one of keepLast / olderThanMs. */
@@ -97,13 +97,13 @@ export async function pruneArchive(opts: ArchivePruneOptions): Promise<ArchivePr
   const now = opts.now ?? Date.now
   const lock = await takeRunLock(opts.bucket, opts.prefix, 'prune', opts.logger, now)
   try {
-    return await pruneLocked(opts, now)
+    return await pruneLocked(opts, now, lock)
   } finally {
     await lock.release()
   }
 }
 
-async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promise<ArchivePruneResult> {
+async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: HeldRunLock): Promise<ArchivePruneResult> {
   const { bucket, prefix, logger } = opts
   const dryRun = opts.dryRun === true
   const where = (key: string): string => `s3://${bucket.bucket}/${key}`
@@ -114,7 +114,12 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
 
   // 2. the selection: per VM, newest cycles first
   const byVm = new Map<string, ManifestEntry[]>()
-  for (const m of manifests) if (opts.vm === undefined || m.vm === opts.vm) byVm.set(m.vm, [...(byVm.get(m.vm) ?? []), m])
+  for (const m of manifests) {
+    if (opts.vm !== undefined && m.vm !== opts.vm) continue
+    const list = byVm.get(m.vm)
+    if (list === undefined) byVm.set(m.vm, [m])
+    else list.push(m)
+  }
   const selected: ManifestEntry[] = []
   const cutoff = opts.olderThanMs === undefined ? undefined : now() - opts.olderThanMs
   for (const list of byVm.values()) {
@@ -138,6 +143,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
       continue
     }
     if (!dryRun) {
+      lock.assertHeld()
       try {
         bytesFreed += await bucket.deleteAllVersions(m.key)
       } catch (err) {
@@ -152,11 +158,16 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
   }
   logger.info({ examined: manifests.length, deleted: deleted.length, keptLocked: manifestsKept.length, dryRun }, 'archive-prune: manifests done')
 
-  // 4. the chunks the remaining manifests reference (listed again: exactly what is left, every VM)
+  // 4. the chunks the remaining manifests reference (listed again: exactly what is left, every VM). A manifest
+  // deleted but listed again is there (written anew meanwhile, e.g. by an archive whose run lock went stale):
+  // it references its chunks like any other — only a dry run, which deleted nothing, leaves out its selection
   const gone = new Set(deleted.map((m) => m.key))
   const referenced = new Set<string>()
   await readAllManifests(opts, (key, digests) => {
-    if (gone.has(key)) return
+    if (gone.has(key)) {
+      if (dryRun) return
+      logger.warn({ manifest: key }, `archive-prune: manifest ${where(key)} was deleted but is listed again (written anew meanwhile?): its chunks are kept`)
+    }
     for (const d of digests) referenced.add(d)
   })
 
@@ -183,6 +194,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number): Promis
         continue
       }
       if (!dryRun) {
+        lock.assertHeld()
         try {
           bytesFreed += await bucket.deleteAllVersions(o.key)
         } catch (err) {

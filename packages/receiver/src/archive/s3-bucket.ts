@@ -82,6 +82,14 @@ function s3Error(err: unknown, what: string): ReceiverError {
   return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${code ?? ''} ${(err as Error).message}${hint}`.replace(/\s+/g, ' '), { cause: err })
 }
 
+/** A listing the server cut short (truncated, with no way on): refused, never taken for the whole. */
+function partialListing(bucket: string, prefix: string, why: string): ReceiverError {
+  return new ReceiverError(
+    'E_ARCHIVE',
+    `S3 listing s3://${bucket}/${prefix}: the server said the listing was truncated but gave ${why} — the rest cannot be listed, and a partial listing is never used (archive-prune would delete chunks an unlisted manifest references). Nothing more was done; check the S3 endpoint (a proxy or a server that does not implement ListObjectsV2 / ListObjectVersions pagination)`,
+  )
+}
+
 /** One object of a listing. */
 export interface ListedObject {
   readonly key: string
@@ -195,24 +203,16 @@ export class S3Bucket {
   /** Every key under `prefix`. */
   async list(prefix: string): Promise<string[]> {
     const out: string[] = []
-    let token: string | undefined
-    do {
-      let r: ListObjectsV2CommandOutput
-      try {
-        r = await this.#s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }))
-      } catch (err) {
-        throw s3Error(err, `listing ${prefix}`)
-      }
-      for (const o of r.Contents ?? []) if (o.Key !== undefined) out.push(o.Key)
-      token = r.IsTruncated === true ? r.NextContinuationToken : undefined
-    } while (token !== undefined)
+    await this.listPages(prefix, async (page) => {
+      for (const o of page) out.push(o.key)
+    })
     return out
   }
 
   /** Every object under `prefix`, a page (≤ 1000) at a time: only one page is held in memory. */
   async listPages(prefix: string, onPage: (page: readonly ListedObject[]) => Promise<void>): Promise<void> {
     let token: string | undefined
-    do {
+    for (;;) {
       let r: ListObjectsV2CommandOutput
       try {
         r = await this.#s3.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }))
@@ -222,8 +222,14 @@ export class S3Bucket {
       const page: ListedObject[] = []
       for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) })
       await onPage(page)
-      token = r.IsTruncated === true ? r.NextContinuationToken : undefined
-    } while (token !== undefined)
+      if (r.IsTruncated !== true) return
+      // a truncated page without a new token would end the listing early: a partial view, on which archive-prune
+      // would delete chunks that an unlisted manifest references (and a token repeated would loop for ever)
+      const next = r.NextContinuationToken
+      if (next === undefined || next === '' || next === token)
+        throw partialListing(this.bucket, prefix, next === token && next !== undefined ? `the continuation token ${next} again` : 'no continuation token')
+      token = next
+    }
   }
 
   /**
@@ -254,7 +260,9 @@ export class S3Bucket {
       }
       for (const v of r.Versions ?? []) if (v.Key === key) versions.push({ id: v.VersionId, size: v.Size ?? 0 })
       for (const v of r.DeleteMarkers ?? []) if (v.Key === key) versions.push({ id: v.VersionId, size: 0 })
-      const more = r.IsTruncated === true && (r.NextKeyMarker ?? '') <= key
+      if (r.IsTruncated === true && (r.NextKeyMarker === undefined || r.NextKeyMarker === '')) throw partialListing(this.bucket, key, 'no key marker (versions)')
+      const more = r.IsTruncated === true && (r.NextKeyMarker as string) <= key
+      if (more && r.NextKeyMarker === keyMarker && r.NextVersionIdMarker === versionMarker) throw partialListing(this.bucket, key, 'the same markers again (versions)')
       keyMarker = more ? r.NextKeyMarker : undefined
       versionMarker = more ? r.NextVersionIdMarker : undefined
     } while (keyMarker !== undefined)

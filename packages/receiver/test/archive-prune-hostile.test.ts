@@ -1,0 +1,275 @@
+/**
+ * archive-prune against a hostile or misbehaving S3 endpoint (docs/ARCHIVE.md
+ * "Pruning"): what radosgw never does, so a small S3 server of the test's own
+ * (path-style PUT, GET, HEAD, DELETE of a version, ListObjectsV2 and
+ * ListObjectVersions, in memory) that does it on purpose.
+ *
+ * - A listing the server says is truncated but gives no continuation token:
+ *   taken for the whole, the prune saw only some manifests and deleted the
+ *   chunks the unlisted ones reference. It is refused (E_ARCHIVE), nothing
+ *   deleted.
+ * - A manifest deleted that is listed again right after (written anew
+ *   meanwhile: a points archive whose run lock went stale): its chunks were
+ *   taken as unreferenced and deleted under it. A manifest still listed after
+ *   its deletion references its chunks.
+ */
+import t, { type Test } from 'tap'
+import { createHash, randomUUID } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { pino } from 'pino'
+import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
+import { scratchDir } from '@grainline/test-utils'
+import { archivePoints, LOCK_HELD_MS, pruneArchive, S3Bucket } from '../src/index.ts'
+import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+
+const log = pino({ level: 'silent' })
+
+interface Version {
+  readonly id: string
+  readonly body: Buffer
+  readonly lastModified: Date
+}
+
+/** What the server does wrong. */
+interface Hostility {
+  /** listings under this prefix say "truncated" after each page but give no continuation token */
+  noTokenUnder?: string
+  /** called after the last version of a key is deleted */
+  afterDelete?: (key: string) => void
+  /** called after a key is written */
+  afterPut?: (key: string) => void
+}
+
+/** A path-style S3 of one bucket in memory, one key a listing page. */
+class TinyS3 {
+  readonly objects = new Map<string, Version[]>()
+  readonly hostility: Hostility = {}
+  #server: Server | undefined
+
+  put(key: string, body: Buffer, lastModified = new Date()): void {
+    this.objects.set(key, [...(this.objects.get(key) ?? []), { id: randomUUID(), body, lastModified }])
+  }
+
+  keys(): string[] {
+    return [...this.objects.keys()].sort()
+  }
+
+  async start(): Promise<string> {
+    this.#server = createServer((req, res) => {
+      this.#handle(req, res).catch((err: unknown) => {
+        res.statusCode = 500
+        res.end(String(err))
+      })
+    })
+    await new Promise<void>((resolve) => this.#server?.listen(0, '127.0.0.1', resolve))
+    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => this.#server?.close(() => resolve()))
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const chunks: Buffer[] = []
+    for await (const c of req) chunks.push(c as Buffer)
+    const url = new URL(req.url ?? '/', 'http://x')
+    const [, bucket, ...rest] = url.pathname.split('/')
+    const key = decodeURIComponent(rest.join('/'))
+    const q = url.searchParams
+    const xml = (body: string): void => {
+      res.setHeader('content-type', 'application/xml')
+      res.end(`<?xml version="1.0" encoding="UTF-8"?>\n${body}`)
+    }
+    if (req.method === 'GET' && key === '' && q.get('list-type') === '2') {
+      const prefix = q.get('prefix') ?? ''
+      const after = q.get('continuation-token') ?? ''
+      const all = this.keys().filter((k) => k.startsWith(prefix) && k > after)
+      const page = all.slice(0, 1)
+      const truncated = all.length > 1
+      const noToken = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder)
+      const contents = page.map((k) => {
+        const v = this.#latest(k) as Version
+        return `<Contents><Key>${k}</Key><LastModified>${v.lastModified.toISOString()}</LastModified><ETag>"e"</ETag><Size>${v.body.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`
+      })
+      xml(
+        `<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><KeyCount>${page.length}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>${truncated}</IsTruncated>${truncated && !noToken ? `<NextContinuationToken>${page[0]}</NextContinuationToken>` : ''}${contents.join('')}</ListBucketResult>`,
+      )
+      return
+    }
+    if (req.method === 'GET' && key === '' && q.has('versions')) {
+      const prefix = q.get('prefix') ?? ''
+      const versions = this.keys()
+        .filter((k) => k.startsWith(prefix))
+        .flatMap((k) =>
+          (this.objects.get(k) ?? []).map(
+            (v, i, a) =>
+              `<Version><Key>${k}</Key><VersionId>${v.id}</VersionId><IsLatest>${i === a.length - 1}</IsLatest><LastModified>${v.lastModified.toISOString()}</LastModified><ETag>"e"</ETag><Size>${v.body.length}</Size></Version>`,
+          ),
+        )
+      xml(
+        `<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>${versions.join('')}</ListVersionsResult>`,
+      )
+      return
+    }
+    if (req.method === 'PUT') {
+      this.put(key, Buffer.concat(chunks))
+      res.setHeader('etag', `"${createHash('md5').update(Buffer.concat(chunks)).digest('hex')}"`)
+      res.end()
+      this.hostility.afterPut?.(key)
+      return
+    }
+    if (req.method === 'DELETE') {
+      const id = q.get('versionId')
+      const left = (this.objects.get(key) ?? []).filter((v) => id !== null && v.id !== id)
+      if (left.length === 0) this.objects.delete(key)
+      else this.objects.set(key, left)
+      res.statusCode = 204
+      res.end()
+      if (left.length === 0) this.hostility.afterDelete?.(key)
+      return
+    }
+    const v = this.#latest(key)
+    if (v === undefined) {
+      res.statusCode = 404
+      if (req.method === 'HEAD') res.end()
+      else xml(`<Error><Code>NoSuchKey</Code><Message>no such key</Message><Key>${key}</Key></Error>`)
+      return
+    }
+    res.setHeader('content-length', String(v.body.length))
+    res.setHeader('last-modified', v.lastModified.toUTCString())
+    res.setHeader('etag', '"e"')
+    res.setHeader('x-amz-version-id', v.id)
+    res.end(req.method === 'HEAD' ? undefined : v.body)
+  }
+
+  #latest(key: string): Version | undefined {
+    return this.objects.get(key)?.at(-1)
+  }
+}
+
+const digest = (s: string): string => createHash('sha256').update(s).digest('hex')
+
+/** A manifest of `vm`'s point `cycle` whose one disk (a chunk of capacity) is chunk `c`. */
+function manifest(vm: string, cycle: number, c: string, archivedAt: Date): Buffer {
+  return encodeManifest({
+    format: ARCHIVE_FORMAT,
+    vm,
+    cycle,
+    committedAt: archivedAt.toISOString(),
+    generation: 'ab'.repeat(8),
+    archivedAt: archivedAt.toISOString(),
+    retainUntil: null,
+    chunkBytes: ARCHIVE_CHUNK_BYTES,
+    disks: [{ name: 'd.vmdk', stem: 'd', capacity: ARCHIVE_CHUNK_BYTES, sha256: c, chunks: [c], ddb: {} }],
+    files: [],
+  })
+}
+
+const old = new Date(Date.now() - 30 * 24 * 3600_000)
+
+/** Points 1 and 2 of VM `web`, each with a chunk of its own, written a month ago. */
+async function setUp(t: Test): Promise<{ s3: TinyS3; bucket: S3Bucket; a: string; b: string }> {
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  const a = digest('a')
+  const b = digest('b')
+  s3.put(chunkKey('p/', a), Buffer.from('a'), old)
+  s3.put(chunkKey('p/', b), Buffer.from('b'), old)
+  s3.put(manifestKey('p/', 'web', 1), manifest('web', 1, a, old), old)
+  s3.put(manifestKey('p/', 'web', 2), manifest('web', 2, b, old), old)
+  return { s3, bucket, a, b }
+}
+
+t.test('a manifest listing truncated without a continuation token is refused (E_ARCHIVE), nothing deleted', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const before = s3.keys()
+  s3.hostility.noTokenUnder = 'p/vms/'
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0 }), { code: 'E_ARCHIVE', message: /truncated but gave no continuation token.*never used/ })
+  t.same(s3.keys(), before, 'no chunk deleted (the chunk of the unlisted point 2 is still there), no lock left')
+  await t.rejects(bucket.list('p/vms/'), { code: 'E_ARCHIVE' }, 'list() refuses it too')
+  s3.hostility.noTokenUnder = undefined
+  t.same(await bucket.list('p/'), before, 'a well-paged listing (one key a page) is whole')
+})
+
+t.test('a manifest deleted but listed again right after (written anew meanwhile) still references its chunks', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  const body = s3.objects.get(m1)?.[0]?.body as Buffer
+  // a points archive of point 1 (its run lock stale) writes the manifest again just as the prune deletes it
+  s3.hostility.afterDelete = (key) => {
+    if (key === m1) s3.put(m1, body)
+  }
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
+  t.same(
+    r.manifests.deleted.map((m) => m.cycle),
+    [1],
+    'point 1 selected and deleted',
+  )
+  t.equal(r.chunks.deleted, 0, 'no chunk deleted: point 1’s manifest is there again and references its chunk')
+  t.ok(s3.objects.has(chunkKey('p/', a)), 'point 1’s chunk is kept')
+  t.ok(s3.objects.has(chunkKey('p/', b)), 'point 2’s chunk is kept')
+  t.ok(s3.objects.has(m1), 'point 1’s manifest (written anew) is there')
+
+  // without the concurrent writer, the chunk only point 1 used goes
+  s3.hostility.afterDelete = undefined
+  const r2 = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
+  t.same([r2.manifests.deleted.length, r2.chunks.deleted], [1, 1])
+  t.notOk(s3.objects.has(chunkKey('p/', a)), 'point 1’s chunk deleted once no manifest references it')
+  t.same(s3.keys(), [chunkKey('p/', b), manifestKey('p/', 'web', 2)], 'point 2 and its chunk left, no lock')
+})
+
+t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes failed) stops before deleting more (E_ARCHIVE)', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  // the run goes on; every refresh of its lock fails (S3 refuses writes under locks/, say): once the first manifest
+  // is deleted, LOCK_HELD_MS have passed without a write — soon a points archive would take the lock for stale
+  let skew = 0
+  s3.hostility.afterDelete = (key) => {
+    if (key.startsWith('p/vms/')) skew = LOCK_HELD_MS
+  }
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 0, graceMs: 0, now: () => Date.now() + skew }), {
+    code: 'E_ARCHIVE',
+    message: /run lock s3:\/\/arch\/p\/locks\/prune-.* was last written 60 min ago .*nothing more deleted/,
+  })
+  t.same(s3.keys(), [chunkKey('p/', a), chunkKey('p/', b), m1].sort(), 'the newest manifest (point 2) deleted first, then nothing more (no manifest, no chunk); the lock released')
+})
+
+t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refreshes failed) writes no manifest (E_ARCHIVE)', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-stale'
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(4 * MiB, 5), 'ae01ae01ae01ae01')])
+  a.close()
+  await receiver.close()
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  // the chunks go up while every refresh of the run lock fails: by the manifest, LOCK_HELD_MS have passed without a write
+  let skew = 0
+  s3.hostility.afterPut = (key) => {
+    if (key.startsWith('p/chunks/')) skew = LOCK_HELD_MS
+  }
+  await t.rejects(archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + skew }), {
+    code: 'E_ARCHIVE',
+    message: /run lock s3:\/\/arch\/p\/locks\/archive-.* was last written 60 min ago .*archive stopped before writing the manifest/,
+  })
+  const keys = s3.keys()
+  t.ok(keys.length > 0 && keys.every((k) => k.startsWith('p/chunks/')), `chunks uploaded, no manifest written, the lock released: ${keys.length} keys`)
+  // with its lock held, the next run archives the point
+  s3.hostility.afterPut = undefined
+  skew = 0
+  const done = await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  t.same(
+    done.map((p) => [p.cycle, p.archived]),
+    [[1, true]],
+  )
+  t.ok(s3.objects.has(manifestKey('p/', vm, 1)), 'the manifest written')
+})
