@@ -10,9 +10,7 @@
 import { MAX_REFUSAL_DETAIL_BYTES, truncateUtf8 } from '@grainline/protocol'
 
 // ESC [ … final, ESC ] … BEL|ST, ESC P/X/^/_ … ST, and a lone ESC with the one character after it; the C1 CSI (U+009B) likewise
-// biome-ignore lint/suspicious/noControlCharactersInRegex: escape sequences are what this removes
 const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]?|\u009b[0-?]*[ -/]*[@-~]?|\u001b\][^\u0007\u001b\u009c]*(?:\u0007|\u001b\\|\u009c)?|\u001b[PX^_][^\u001b\u009c]*(?:\u001b\\|\u009c)?|\u001b[\s\S]?/g
-// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this replaces
 const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g
 
 /** `text` without escape sequences and control characters, at most `maxBytes` UTF-8 bytes ("…" when cut). Pure. */

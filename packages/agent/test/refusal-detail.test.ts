@@ -111,7 +111,11 @@ t.test('version 9: the refusal of a spoiled mirror says why, without the store f
   const refused = refusedIncremental(proxy)
   t.equal(refused?.reason, 'E_MIRROR_MODIFIED')
   const detail = refused?.detail ?? ''
-  t.match(detail, /^mirror of spoilt\.vmdk changed since the last commit \(CID missing, recorded [0-9a-f]{8}; its descriptor is not text in the encoding it declares/, 'the receiver says what it found')
+  t.match(
+    detail,
+    /^mirror of spoilt\.vmdk changed since the last commit \(CID missing, recorded [0-9a-f]{8}; its descriptor is not text in the encoding it declares/,
+    'the receiver says what it found',
+  )
   t.match(detail, /\(spoilt\/spoilt\.vmdk\)/, 'the descriptor named by its VM-relative path')
   t.notOk(detail.includes(rx.store), `no store folder (${rx.store}) in ${detail}`)
   t.ok(rx.logs.join('\n').includes(join(rx.store, 'spoilt', 'spoilt.vmdk')), "the receiver's own log keeps the full path")
@@ -132,7 +136,10 @@ t.test('version 9: the refusal of a spoiled mirror says why, without the store f
   t.ok(third.report.ok)
   t.equal(third.report.disks[0]?.mode, 'resync')
   t.equal(refusedIncremental(proxy)?.reason, 'E_MIRROR_MODIFIED', 'version 8: refused the same')
-  t.notOk(proxy.diskStates.some((d) => 'detail' in d), 'version 8: no detail on the wire')
+  t.notOk(
+    proxy.diskStates.some((d) => 'detail' in d),
+    'version 8: no detail on the wire',
+  )
   const warned8 = third.lines.find((l) => l['msg'] === 'incremental refused; resync of the disk by block digests')
   t.ok(warned8 !== undefined && !('receiverSays' in warned8), 'version 8: nothing said')
 })
@@ -157,7 +164,7 @@ t.test("a refusal that fails the VM carries the receiver's words before the advi
   t.match(
     failed.report.error?.message,
     /^receiver refused disk held\.vmdk: E_HELD: receiver says: mirror of held\.vmdk changed since the last commit \(CID missing, .*\(held\/held\.vmdk\)\)\): a hold on the mirror/,
-    'code, then the receiver\'s words, then the advice',
+    "code, then the receiver's words, then the advice",
   )
   t.notOk(failed.report.error?.message.includes(rx.store), 'no store folder')
 
@@ -168,7 +175,6 @@ t.test("a refusal that fails the VM carries the receiver's words before the advi
   proxy.rewrite = undefined
   const message = worse.report.error?.message ?? ''
   t.equal(worse.report.error?.code, 'E_REFUSED')
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: what must not be there
   t.notOk(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/.test(message), `no control character: ${JSON.stringify(message.slice(0, 120))}`)
   t.match(message, /^receiver refused disk held\.vmdk: E_HELD: receiver says: evil line two +esrever €€€/)
   t.ok(message.includes('…: a hold on the mirror'), 'cut, then the advice')
