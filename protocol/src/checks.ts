@@ -133,6 +133,8 @@ export function checkMessage(m: Message, limits: DecodeLimits): void {
       return
     case MessageKind.DiskState:
       if (m.accepted !== (m.reason === '')) throw bad('reason', m.accepted ? 'must be "" when accepted' : 'must be an error code when refused')
+      // SPEC §5.1: the explanation of a refusal; an accepted open has none
+      if (m.accepted && m.detail !== undefined) throw bad('detail', 'must be absent when accepted')
       return
     case MessageKind.Extent: {
       if (m.offset % SECTOR !== 0) throw bad('offset', 'must be a multiple of 512')

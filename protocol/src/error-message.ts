@@ -1,5 +1,5 @@
 import { ProtocolErrorCodes, type ProtocolErrorCode } from './errors.ts'
-import { MessageKind, type ErrorMessage } from './messages.ts'
+import { MAX_REFUSAL_DETAIL_BYTES, MessageKind, type ErrorMessage } from './messages.ts'
 
 /** Longest Error `message` on the wire, UTF-8 bytes (SPEC §6). */
 export const MAX_ERROR_TEXT_BYTES = 4096
@@ -31,4 +31,15 @@ export function toErrorMessage(err: unknown): ErrorMessage {
   const code: ProtocolErrorCode = typeof raw === 'string' && Object.hasOwn(ProtocolErrorCodes, raw) ? (raw as ProtocolErrorCode) : 'E_INTERNAL'
   const text = code === 'E_INTERNAL' ? 'internal error' : String((err as { message?: unknown } | null)?.message ?? '')
   return { kind: MessageKind.Error, code, message: truncateUtf8(text, MAX_ERROR_TEXT_BYTES), fatal: ProtocolErrorCodes[code].fatal }
+}
+
+/**
+ * A refusal's explanation as a DiskState `detail` (SPEC §5.1, version 9):
+ * `text` whole when it fits in {@link MAX_REFUSAL_DETAIL_BYTES} UTF-8 bytes,
+ * else cut on a character boundary and ended with "…" within the bound.
+ */
+export function refusalDetail(text: string): string {
+  const whole = truncateUtf8(text, MAX_REFUSAL_DETAIL_BYTES)
+  if (whole.length === text.length) return whole
+  return `${truncateUtf8(text, MAX_REFUSAL_DETAIL_BYTES - 3)}…`
 }

@@ -13,8 +13,8 @@
 /** The protocol version the subprotocol names: the oldest one this package speaks (SPEC §9). */
 export const PROTOCOL_VERSION = 2
 
-/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped, v7 is v6 plus PointsDropped before the VmState of a cycle committed already, v8 is v7 plus VmState.committedCycleId). */
-export const PROTOCOL_VERSIONS: readonly number[] = [8, 7, 6, 5, 4, 3, 2]
+/** Every protocol version this package speaks, most preferred first (SPEC §9: v3 is v2 plus DiskProgress, v4 is v3 plus CommitProgress, v5 is v4 plus VmProgress, v6 is v5 plus PointsDropped, v7 is v6 plus PointsDropped before the VmState of a cycle committed already, v8 is v7 plus VmState.committedCycleId, v9 is v8 plus DiskState.detail). */
+export const PROTOCOL_VERSIONS: readonly number[] = [9, 8, 7, 6, 5, 4, 3, 2]
 
 /** The first version in which the receiver may send DiskProgress (SPEC §5.1, §9). */
 export const DISK_PROGRESS_VERSION = 3
@@ -44,6 +44,17 @@ export const POINTS_DROPPED_AT_OPEN_VERSION = 7
  * absent.
  */
 export const COMMITTED_CYCLE_ID_VERSION = 8
+
+/**
+ * The first version whose refused DiskState carries `detail`, the receiver's
+ * own words for the refusal (SPEC §5.1, §9): what it found and what to do,
+ * the text its log says. Before it, and on an accepted DiskState, the field is
+ * absent.
+ */
+export const REFUSAL_DETAIL_VERSION = 9
+
+/** Longest DiskState `detail` on the wire, UTF-8 bytes (SPEC §5.1, §6). */
+export const MAX_REFUSAL_DETAIL_BYTES = 2048
 
 /** WebSocket subprotocol carrying the major version (SPEC §1). */
 export const SUBPROTOCOL = 'grainline.v2'
@@ -313,6 +324,12 @@ export interface DiskStateMessage {
   readonly resumeSeq: number
   /** payload bytes already durably applied for this cycle */
   readonly resumeBytes: number
+  /**
+   * version 9 and later, on a refusal only (absent otherwise): the receiver's
+   * explanation of `reason` — what it found, what to do — at most
+   * {@link MAX_REFUSAL_DETAIL_BYTES} UTF-8 bytes; untrusted text for the agent
+   */
+  readonly detail?: string
 }
 
 /**

@@ -5,7 +5,7 @@
  * key-ordered object msgpackr encodes (`toWire`). Semantic checks that span fields live in `checks.ts`.
  */
 import { ProtocolError } from './errors.ts'
-import { MessageKind } from './messages.ts'
+import { MAX_REFUSAL_DETAIL_BYTES, MessageKind } from './messages.ts'
 import {
   BinRef,
   collectionHeaderSize,
@@ -230,6 +230,8 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     modified: bool,
     resumeSeq: uint(),
     resumeBytes: uint(),
+    /** SPEC §5.1 (version 9 and later, on a refusal only): the receiver's explanation of the refusal */
+    detail: optional(str(MAX_REFUSAL_DETAIL_BYTES)),
   }),
   [MessageKind.VmProgress]: struct({ vm: name('vm'), step: progressStep, doneBytes: uint(), totalBytes: uint() }),
   [MessageKind.DiskProgress]: struct({ disk, step: progressStep, doneBytes: uint(), totalBytes: uint() }),

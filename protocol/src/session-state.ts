@@ -12,6 +12,7 @@ import {
   MessageKind,
   POINTS_DROPPED_AT_OPEN_VERSION,
   POINTS_DROPPED_VERSION,
+  REFUSAL_DETAIL_VERSION,
   VM_PROGRESS_VERSION,
   type Message,
 } from './messages.ts'
@@ -205,6 +206,8 @@ export class ConversationState {
         return
       case MessageKind.DiskState: {
         const d = disk(msg.disk, 'opening')
+        // SPEC §5.1, §9 (v9): detail is part of a refused DiskState of version 9 and later (optional there), of no earlier one
+        if (this.#version < REFUSAL_DETAIL_VERSION && msg.detail !== undefined) throw unexpected(`detail is not part of the DiskState of protocol version ${this.#version}`)
         d.phase = msg.accepted ? 'accepted' : 'refused'
         d.nextSeq = msg.resumeSeq
         d.acked = msg.resumeSeq - 1

@@ -1,6 +1,7 @@
 import { Packr } from 'msgpackr'
 import t from 'tap'
 import { decodeMessage, encodeMessage } from '../src/codec.ts'
+import { refusalDetail } from '../src/error-message.ts'
 import { MessageKind, type CommitMessage, type DiskOpenMessage, type ExtentMessage, type Message, type RetentionSpec } from '../src/messages.ts'
 import { canonical } from './json.ts'
 import { samples } from './samples.ts'
@@ -178,6 +179,13 @@ const bad: Array<[string, Record<string, unknown>, string, string?]> = [
   ['ddb value with a quote', { ...sample('disk-open incremental'), ddb: { 'ddb.x': 'a"b' } }, 'E_SCHEMA', 'ddb["ddb.x"]'],
   ['accepted with a reason', { ...sample('disk-state accepted, resuming'), reason: 'E_BUSY' }, 'E_SCHEMA', 'reason'],
   ['refused without a reason', { ...sample('disk-state refused, no mirror yet'), reason: '' }, 'E_SCHEMA', 'reason'],
+  // SPEC §5.1 (v9): the explanation of a refusal, never of an acceptance; a string of at most 2048 UTF-8 bytes
+  ['accepted with a detail', { ...sample('disk-state accepted, resuming'), detail: 'why' }, 'E_SCHEMA', 'detail'],
+  ['accepted with an empty detail', { ...sample('disk-state accepted, resuming'), detail: '' }, 'E_SCHEMA', 'detail'],
+  ['refused with a detail of 2049 bytes', { ...sample("disk-state of version 9 refused, with the receiver's detail"), detail: 'x'.repeat(2049) }, 'E_SCHEMA', 'detail'],
+  ['refused with a detail of 1025 two-byte characters', { ...sample("disk-state of version 9 refused, with the receiver's detail"), detail: 'é'.repeat(1025) }, 'E_SCHEMA', 'detail'],
+  ['refused with a detail that is not a string', { ...sample("disk-state of version 9 refused, with the receiver's detail"), detail: 42 }, 'E_SCHEMA', 'detail'],
+  ['refused with a detail of nil', { ...sample("disk-state of version 9 refused, with the receiver's detail"), detail: null }, 'E_SCHEMA', 'detail'],
   ['progress beyond its total', { ...sample('disk-progress of a base copy'), doneBytes: 201 * 1024 ** 3 }, 'E_SCHEMA', 'doneBytes'],
   ['progress step with a capital', { ...sample('disk-progress of a base copy'), step: 'Base-copy' }, 'E_SCHEMA', 'step'],
   ['vm progress beyond its total', { ...sample('vm-progress of an undo'), doneBytes: 641 * MiB }, 'E_SCHEMA', 'doneBytes'],
@@ -571,4 +579,34 @@ t.test('an optional field (VmState.committedCycleId, SPEC §2.1) may be absent; 
   const once = Buffer.from(encodeMessage(v8 as never))
   const twice = Buffer.concat([once.subarray(0, 1), Buffer.from([0x88]), once.subarray(2), Buffer.from([0xb0]), Buffer.from('committedCycleId', 'ascii'), Buffer.from([0xa0])])
   t.throws(() => decodeMessage(twice), { code: 'E_SCHEMA', message: /duplicate field/ })
+})
+
+t.test('DiskState.detail (SPEC §5.1, version 9): optional, round-trips up to 2048 UTF-8 bytes, absent is the version 8 DiskState byte for byte', async (t) => {
+  const v9 = sample("disk-state of version 9 refused, with the receiver's detail") as unknown as Record<string, unknown>
+  const { kind: _k, ...fields } = v9
+  const { detail: _d, ...v8 } = fields
+  t.same(decodeMessage(encodeMessage(v9 as never)), v9, 'present: round trip')
+  t.equal(Buffer.from(encodeMessage(v9 as never))[1], 0x8a, 'present: a map of ten')
+  const written = Buffer.from(encodeMessage({ kind: MessageKind.DiskState, ...v8 } as never))
+  t.equal(written[1], 0x89, 'absent: the nine fields of version 8')
+  t.notOk(written.includes('detail'), 'absent: not written')
+  t.same(decodeMessage(frame(MessageKind.DiskState, v8)), { kind: MessageKind.DiskState, ...v8 })
+  for (const detail of ['', 'x'.repeat(2048), 'é'.repeat(1024), `${'é'.repeat(1022)}…`]) {
+    const m = { ...v9, detail } as never
+    t.same(decodeMessage(encodeMessage(m)), m, `${Buffer.byteLength(detail)} bytes`)
+  }
+  t.throws(() => decodeMessage(frame(MessageKind.DiskState, { ...fields, Detail: '' })), { code: 'E_SCHEMA', message: /unknown field/ })
+})
+
+t.test('refusalDetail: a text whole when it fits in 2048 UTF-8 bytes, else cut on a character boundary and ended with "…"', async (t) => {
+  t.equal(refusalDetail('capacity shrank from 2 to 1'), 'capacity shrank from 2 to 1')
+  t.equal(refusalDetail('x'.repeat(2048)), 'x'.repeat(2048))
+  const cut = refusalDetail('x'.repeat(2049))
+  t.equal(cut, `${'x'.repeat(2045)}…`)
+  t.equal(Buffer.byteLength(cut), 2048)
+  const wide = refusalDetail('€'.repeat(1000))
+  t.ok(wide.endsWith('…') && Buffer.byteLength(wide) <= 2048, `${Buffer.byteLength(wide)} bytes`)
+  t.equal(wide, `${'€'.repeat(681)}…`)
+  const m = { ...sample("disk-state of version 9 refused, with the receiver's detail"), detail: refusalDetail('😀'.repeat(2000)) } as never
+  t.same(decodeMessage(encodeMessage(m)), m, 'always encodable')
 })

@@ -186,6 +186,22 @@ export const samples: readonly Sample[] = [
     },
   },
   {
+    name: "disk-state of version 9 refused, with the receiver's detail",
+    message: {
+      kind: MessageKind.DiskState,
+      disk: 0,
+      accepted: false,
+      reason: 'E_MIRROR_MODIFIED',
+      committedCycle: 7,
+      committedSource: null,
+      mirrorCid: '1a2b3c4d',
+      modified: true,
+      resumeSeq: 0,
+      resumeBytes: 0,
+      detail: 'mirror of web01.vmdk changed since the last commit (CID 5e6f7a8b, recorded 1a2b3c4d) — “café”',
+    },
+  },
+  {
     name: 'disk-state refused, no mirror yet',
     message: {
       kind: MessageKind.DiskState,

@@ -377,7 +377,7 @@ t.test("PointsDropped before a VmState: version 7 only, the VmOpen's VM and cycl
 })
 
 t.test('committedCycleId: in every VmState of version 8 and later, in none before (SPEC §4.2, §9)', async (t) => {
-  const hello = (version: number): Step[] => [A({ ...M.hello, versions: [8, 7, 6, 5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen)]
+  const hello = (version: number): Step[] => [A({ ...M.hello, versions: [9, 8, 7, 6, 5, 4, 3, 2] }), R({ ...M.welcome, version }), A(M.vmOpen)]
   const id = 'ab'.repeat(32)
   // version 8: the identity of the committed cycle, or "" (a commit made before version 8)
   t.equal(run([...hello(8), R({ ...M.vmState, committedCycleId: id })]).phase, 'vm-open')
@@ -390,4 +390,22 @@ t.test('committedCycleId: in every VmState of version 8 and later, in none befor
   // a notice before it (v7) still needs the VmOpen's cycle committed
   const dropped = { kind: K.PointsDropped, vm: 'vm', cycle: 2, count: 1, oldest: 1, newest: 1, broken: true, reason: 'r' }
   t.equal(run([...hello(8), R(dropped), R({ ...M.vmState, committedCycle: 2, committedCycleId: id })]).phase, 'vm-open')
+})
+
+t.test('DiskState.detail: on a refused DiskState of version 9 and later, on none before (SPEC §5.1, §9)', async (t) => {
+  const hello = (version: number): Step[] => [
+    A({ ...M.hello, versions: [9, 8, 7, 6, 5, 4, 3, 2] }),
+    R({ ...M.welcome, version }),
+    A(M.vmOpen),
+    R(version >= 8 ? { ...M.vmState, committedCycleId: '' } : M.vmState),
+  ]
+  const refused = { ...M.diskState(0, false), detail: 'capacity shrank from 2048 to 1024' }
+  // version 9: a refusal with its words, or without
+  const s = run([...hello(9), A(M.diskOpen(0)), R(refused)])
+  t.equal(s.diskPhase(0), 'refused')
+  t.equal(run([...hello(9), A(M.diskOpen(0)), R(M.diskState(0, false))]).diskPhase(0), 'refused')
+  // version 8 and older: the field (which their decoders refuse as unknown) is not sent
+  t.equal(run([...hello(8), A(M.diskOpen(0)), R(M.diskState(0, false))]).diskPhase(0), 'refused')
+  t.throws(() => run([...hello(8), A(M.diskOpen(0)), R(refused)]), { code: 'E_UNEXPECTED', message: /detail is not part of the DiskState of protocol version 8/ })
+  t.throws(() => run([A(M.hello), R(M.welcome), A(M.vmOpen), R(M.vmState), A(M.diskOpen(0)), R(refused)]), { code: 'E_UNEXPECTED', message: /version 2/ })
 })

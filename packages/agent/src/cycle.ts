@@ -668,7 +668,10 @@ class VmCycle {
             }
             const ds = opened.state
             if (ds === undefined) throw refusalError(`DiskOpen of ${w.name}`, opened.refusal)
-            if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}`, { remoteCode: ds.reason })
+            if (++this.#replans > REPLANS_PER_DISK * this.#works.length + 2) {
+              const says = opened.refusal.detail === undefined ? '' : `: receiver says: ${opened.refusal.detail}`
+              throw new AgentError('E_REFUSED', `receiver keeps refusing disk ${w.name}: ${ds.reason}${says}`, { remoteCode: ds.reason })
+            }
             const decision = planAfterRefusal(w.mode, { code: ds.reason, modified: ds.modified }, this.#rolledBack)
             if (decision.kind === 'fail') throw refusalError(w.name, opened.refusal, { disk: true })
             if (decision.kind === 'rollback') {
@@ -676,7 +679,7 @@ class VmCycle {
               return { kind: 'rollback' }
             }
             this.log.warn(
-              { disk: w.name, reason: decision.reason, mode: decision.kind },
+              { disk: w.name, reason: decision.reason, mode: decision.kind, ...(opened.refusal.detail === undefined ? {} : { receiverSays: opened.refusal.detail }) },
               decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
             )
             await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())

@@ -10,6 +10,7 @@
  * protocol (`AgentError` `E_PROTOCOL`) and an abort (`E_ABORTED`).
  */
 import {
+  MAX_ERROR_TEXT_BYTES,
   MessageKind,
   type BlockCheckMessage,
   type BlockCheckResultMessage,
@@ -40,6 +41,7 @@ import {
 } from '@grainline/protocol'
 import { Connection, ConnectionLost, PeerEnded, type ConnectOptions, type InterimMessage } from './connection.ts'
 import { AgentError } from './errors.ts'
+import { untrustedText } from './untrusted-text.ts'
 
 /** The receiver said no: an Error message in place of the reply, or a refused DiskOpen. */
 export interface Refusal {
@@ -48,6 +50,8 @@ export interface Refusal {
   readonly message: string
   /** whether the receiver ends the conversation with it */
   readonly fatal: boolean
+  /** a refused DiskState's `detail` (protocol version 9), made safe to print (untrustedText); absent when the receiver gave none */
+  readonly detail?: string
 }
 
 /** The reply to a request, or the receiver's refusal. */
@@ -203,7 +207,14 @@ export class ReceiverClient {
     if (!r.ok) return r
     if (r.value.disk !== msg.disk) throw this.#protocol(`DiskState for disk ${r.value.disk}, expected ${msg.disk}`)
     if (r.value.accepted) return r
-    return { ok: false, refusal: { code: r.value.reason, message: `disk ${msg.name} refused: ${r.value.reason}`, fatal: false }, state: r.value }
+    // SPEC §5.1 (v9): the receiver's own words for the refusal, untrusted text
+    const detail = r.value.detail === undefined ? '' : untrustedText(r.value.detail)
+    const said = detail === '' ? {} : { detail }
+    return {
+      ok: false,
+      refusal: { code: r.value.reason, message: `disk ${msg.name} refused: ${r.value.reason}${detail === '' ? '' : `: receiver says: ${detail}`}`, fatal: false, ...said },
+      state: r.value,
+    }
   }
 
   /**
@@ -417,7 +428,7 @@ export function blockCheckTimeoutMs(msg: Pick<BlockCheckMessage, 'blocks' | 'blo
 function errorReply(m: ErrorMessage): { ok: false; refusal: Refusal } {
   const closeCode = RETRY_CODES[m.code]
   if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${m.message}`, closeCode)
-  return { ok: false, refusal: { code: m.code, message: m.message, fatal: m.fatal } }
+  return { ok: false, refusal: { code: m.code, message: untrustedText(m.message, MAX_ERROR_TEXT_BYTES), fatal: m.fatal } }
 }
 
 /**
@@ -427,7 +438,10 @@ function errorReply(m: ErrorMessage): { ok: false; refusal: Refusal } {
  */
 export function refusalError(what: string, refusal: Refusal, opts: { disk?: boolean } = {}): AgentError {
   const advice = REFUSAL_ADVICE[refusal.code]
-  if (opts.disk === true) return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}${advice === undefined ? '' : `: ${advice}`}`, { remoteCode: refusal.code })
+  if (opts.disk === true) {
+    const says = refusal.detail === undefined ? '' : `: receiver says: ${refusal.detail}`
+    return new AgentError('E_REFUSED', `receiver refused disk ${what}: ${refusal.code}${says}${advice === undefined ? '' : `: ${advice}`}`, { remoteCode: refusal.code })
+  }
   if (advice !== undefined) return new AgentError('E_REFUSED', `${what}: the receiver refused (${refusal.code}: ${refusal.message}): ${advice}`, { remoteCode: refusal.code })
   return new AgentError('E_REMOTE', `${what}: receiver error ${refusal.code}: ${refusal.message}`, { remoteCode: refusal.code })
 }

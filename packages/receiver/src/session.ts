@@ -5,6 +5,7 @@ import {
   COMMIT_PROGRESS_VERSION,
   ConversationState,
   COMMITTED_CYCLE_ID_VERSION,
+  REFUSAL_DETAIL_VERSION,
   DISK_PROGRESS_VERSION,
   VM_PROGRESS_VERSION,
   POINTS_DROPPED_AT_OPEN_VERSION,
@@ -32,6 +33,7 @@ import {
   type VmOpenMessage,
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
+import { peerRefusalDetail } from './refusal-detail.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
@@ -585,6 +587,10 @@ export class Session {
       modified: r.modified,
       resumeSeq: r.apply?.nextSeq ?? 0,
       resumeBytes: counts === undefined ? 0 : counts.dataBytes + counts.zeroBytes,
+      // SPEC §5.1 (version 9): the refusal's own words, as logged above, without the store's folder
+      ...(r.apply === undefined && (this.negotiated?.version ?? 0) >= REFUSAL_DETAIL_VERSION
+        ? { detail: peerRefusalDetail(r.message, vm instanceof CephVmMirror ? undefined : this.settings.storeDir) }
+        : {}),
     })
   }
 

@@ -15,7 +15,7 @@
 import t from 'tap'
 import { pino } from 'pino'
 import { join } from 'node:path'
-import { cycleIdentity, MessageKind, type DiskOpenMessage, type DiskStateMessage } from '@grainline/protocol'
+import { cycleIdentity, MessageKind, PROTOCOL_VERSIONS, type DiskOpenMessage, type DiskStateMessage } from '@grainline/protocol'
 import { haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { ReceiverMetrics } from '../src/index.ts'
 import { cephRollbackMirror } from '../src/store/ceph/ceph-rollback.ts'
@@ -72,7 +72,8 @@ t.test('Ceph: a committed snapshot or image damaged behind the store is refused 
   const opens = async (): Promise<{ inc: DiskStateMessage; resync: DiskStateMessage; ms: number }> => {
     const c = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     try {
-      c.send(hello())
+      // version 9: the refusals carry the receiver's words (DiskState.detail)
+      c.send(hello('sha256', 'none', PROTOCOL_VERSIONS))
       await c.expect(MessageKind.Welcome)
       c.send(vmOpen(vm, 3, ['d-000002.vmdk']))
       const st = await c.expect(MessageKind.VmState)
@@ -148,6 +149,7 @@ t.test('Ceph: a committed snapshot or image damaged behind the store is refused 
     t.match(resync, { accepted: false, reason: 'E_MIRROR_MODIFIED', modified: true }, `${what}: the resync after it too (the agent fails the VM, no seed over the mirror, no loop)`)
     const why = refusedWhy().slice(before)
     t.equal(why.length, 2, 'both refusals logged')
+    t.same([inc.detail, resync.detail], why, 'version 9: each refusal tells the agent what the log says (the snapshot, the problem, what to do)')
     for (const w of why) {
       t.match(w, new RegExp(`^the committed snapshot ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} of disk d\\.vmdk of VM ${vm} `), 'the log names the snapshot, the disk and the VM')
       t.match(w, problem, 'and the problem')
