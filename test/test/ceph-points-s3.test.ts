@@ -131,7 +131,7 @@ t.test('Ceph points: archived from their snapshots and restored from the bucket 
   }
 
   // points archive-prune through the CLI: both manifests still locked (--retain 1d): kept and reported, exit 1, nothing deleted
-  const pr = await runCli(['points', 'archive-prune', '--archive', 's3://dr-ceph/site-b', '--keep-last', '0', '--grace', '0s', '--output', 'json', ...s3args])
+  const pr = await runCli(['points', 'archive-prune', '--archive', 's3://dr-ceph/site-b', '--vm', name, '--keep-last', '0', '--grace', '0s', '--output', 'json', ...s3args])
   t.equal(pr.code, 1, `archive-prune of locked manifests: exit 1 (some kept): ${pr.stderr}`)
   const pruned = lastJson<{ manifests: { deleted: unknown[]; keptLocked: { key: string; until: string }[] }; chunks: { deleted: number; referenced: number } }>(pr.stdout)
   t.same(pruned.manifests.deleted, [], 'no manifest deleted under its lock')

@@ -16,6 +16,8 @@ t.test('archive-prune: usage errors exit 2 naming the option', async (t) => {
     [['points', 'archive-prune', '--keep-last', '1'], /needs --archive/],
     [['points', 'archive-prune', ...s3, '--keep-last', '-1'], /--keep-last must be a whole number ≥ 0/],
     [['points', 'archive-prune', ...s3, '--keep-last', '1.5'], /--keep-last must be a whole number/],
+    [['points', 'archive-prune', ...s3, '--keep-last', '0'], /--keep-last 0 deletes every archived point; it is accepted only with --vm VM/],
+    [['points', 'archive-prune', ...s3, '--keep-last', '0', '--older-than', '90d'], /only with --vm VM/],
     [['points', 'archive-prune', ...s3, '--older-than', 'soon'], /--older-than/],
     [['points', 'archive-prune', ...s3, '--keep-last', '2', '--grace', 'tomorrow'], /--grace/],
     [['points', 'archive-prune', '--archive', 's3://Bad_Bucket', '--keep-last', '1'], /archive URL/],

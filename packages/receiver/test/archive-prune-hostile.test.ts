@@ -39,6 +39,8 @@ interface Hostility {
   afterDelete?: (key: string) => void
   /** called after a key is written */
   afterPut?: (key: string) => void
+  /** a GET of this key answers chunked (no Content-Length) with up to 128 MiB of zeros; `sent` counts what the socket took */
+  endless?: { key: string; sent: number; done?: Promise<void> }
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -127,6 +129,28 @@ class TinyS3 {
       res.statusCode = 204
       res.end()
       if (left.length === 0) this.hostility.afterDelete?.(key)
+      return
+    }
+    const endless = this.hostility.endless
+    if (req.method === 'GET' && endless !== undefined && key === endless.key) {
+      endless.done = new Promise<void>((resolve) => {
+        res.setHeader('last-modified', new Date().toUTCString())
+        res.setHeader('etag', '"e"')
+        const piece = Buffer.alloc(MiB)
+        let closed = false
+        res.on('close', () => {
+          closed = true
+          resolve()
+        })
+        const pump = (): void => {
+          while (!closed && endless.sent < 128 * MiB) {
+            endless.sent += piece.length
+            if (!res.write(piece)) return void res.once('drain', pump)
+          }
+          if (!closed) res.end()
+        }
+        pump()
+      })
       return
     }
     const v = this.#latest(key)
@@ -231,7 +255,7 @@ t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes
   s3.hostility.afterDelete = (key) => {
     if (key.startsWith('p/vms/')) skew = LOCK_HELD_MS
   }
-  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 0, graceMs: 0, now: () => Date.now() + skew }), {
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', vm: 'web', keepLast: 0, graceMs: 0, now: () => Date.now() + skew }), {
     code: 'E_ARCHIVE',
     message: /run lock s3:\/\/arch\/p\/locks\/prune-.* was last written 60 min ago .*nothing more deleted/,
   })
@@ -272,4 +296,39 @@ t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refres
     [[1, true]],
   )
   t.ok(s3.objects.has(manifestKey('p/', vm, 1)), 'the manifest written')
+})
+
+t.test('a GET whose body has no Content-Length is read only up to the bound, then abandoned (E_ARCHIVE)', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const key = manifestKey('p/', 'web', 9)
+  const endless: NonNullable<Hostility['endless']> = { key, sent: 0 }
+  s3.hostility.endless = endless
+  await t.rejects(bucket.get(key, MiB), { code: 'E_ARCHIVE', message: /over the 1048576 bytes expected/ })
+  await endless.done
+  // the receiver stopped reading after its bound: the server could hand the socket a few MiB of buffers more, not 128
+  t.ok(endless.sent < 32 * MiB, `the server sent ${endless.sent / MiB} MiB before the receiver closed the connection (bound 1 MiB)`)
+})
+
+t.test("age alone never deletes a VM's newest archived point; --keep-last 0 only for one named VM", async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  const m2 = manifestKey('p/', 'web', 2)
+  // archiving of web stopped a month ago (broken, or stopped by an attacker who waits for the retention to pass)
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', olderThanMs: 7 * 24 * 3600_000, graceMs: 0 })
+  t.same(
+    r.manifests.deleted.map((m) => m.cycle),
+    [1],
+    'older-than 7d: point 1 deleted, point 2 (the newest of web, a month old) kept',
+  )
+  t.same(s3.keys(), [chunkKey('p/', b), m2].sort(), 'the newest point and its chunk are still there')
+  t.notOk(s3.keys().includes(chunkKey('p/', a)), 'the chunk only point 1 used is gone')
+  t.notOk(s3.keys().includes(m1))
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 0, graceMs: 0 }), { code: 'E_CONFIG', message: /--keep-last 0 .*only with --vm/ }, 'keep-last 0 for every VM: refused')
+  t.same(s3.keys(), [chunkKey('p/', b), m2].sort(), 'nothing deleted by the refused run')
+  const all = await pruneArchive({ logger: log, bucket, prefix: 'p/', vm: 'web', keepLast: 0, graceMs: 0 })
+  t.same(
+    all.manifests.deleted.map((m) => m.cycle),
+    [2],
+    '--vm web --keep-last 0: the whole archive of that VM',
+  )
 })

@@ -18,6 +18,7 @@ import {
   isCephStore,
   closePoint,
   listArchivedPoints,
+  KEEP_NONE_NEEDS_VM,
   pruneArchive,
   type ArchivePruneResult,
   listPoints,
@@ -241,6 +242,7 @@ async function archivePruneAction(args: Record<string, unknown>, ctx: CliContext
   if (keepLast === undefined && olderThanMs === undefined) throw new UsageError('points archive-prune needs --keep-last N and/or --older-than DURATION (which manifests to delete)')
   const graceMs = durationArg(args, 'grace') ?? 24 * 3600_000
   const vm = args['vm'] === undefined ? undefined : String(args['vm'])
+  if (keepLast === 0 && vm === undefined) throw new UsageError(KEEP_NONE_NEEDS_VM)
   const { bucket, prefix } = await bucketFrom(url, args)
   let r: ArchivePruneResult
   try {

@@ -46,7 +46,10 @@ export const pointsCommand: CliCommand = {
       .option('gfs', { type: 'string', describe: 'prune: grandfather-father-son, e.g. hourly=24,daily=7,weekly=4,monthly=12' })
       .option('config', { type: 'string', describe: 'prune: take the policy of this receiver config file (retention, retentionVms)' })
       .option('archive', { type: 'string', describe: 'archive, archived, archive-prune: the S3 archive, s3://BUCKET[/PREFIX]' })
-      .option('keep-last', { type: 'number', describe: 'archive-prune: per VM, keep the manifests of the newest N archived points' })
+      .option('keep-last', {
+        type: 'number',
+        describe: "archive-prune: per VM, keep the manifests of the newest N archived points (default 1: age alone never deletes a VM's newest; 0 only with --vm)",
+      })
       .option('older-than', { type: 'string', describe: 'archive-prune: delete manifests archived longer ago than this: 180d' })
       .option('grace', { type: 'string', default: '24h', describe: 'archive-prune: delete an unreferenced chunk only once it is this old (an archive in progress uploads chunks before its manifest)' })
       .option('dry-run', { type: 'boolean', describe: 'archive-prune: list what would be deleted and the bytes freed; delete nothing' })

@@ -1,8 +1,9 @@
 /**
  * Retention of an S3 archive (`grainline points archive-prune`,
  * docs/ARCHIVE.md "Pruning"): delete the manifests a policy selects (per VM
- * the newest `keepLast` kept, and/or those archived more than `olderThanMs`
- * ago), then garbage-collect the chunks no remaining manifest references.
+ * the newest `keepLast` kept — 1 unless given, so that age alone never
+ * deletes a VM's last archived point; 0 only for one named VM — and/or those
+ * archived more than `olderThanMs` ago), then garbage-collect the chunks no remaining manifest references.
  *
  * - A manifest or chunk still under Object Lock retention is kept and
  *   reported (locked until …); the run goes on.
@@ -28,6 +29,10 @@ import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
 import { takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
+/** Why `keepLast: 0` needs a VM. */
+export const KEEP_NONE_NEEDS_VM =
+  '--keep-last 0 deletes every archived point; it is accepted only with --vm VM (the whole archive of one VM, e.g. a decommissioned one): without --keep-last each VM keeps its newest archived point'
+
 /** What {@link pruneArchive} deletes. At least one of keepLast / olderThanMs. */
 export interface ArchivePruneOptions {
   readonly logger: Logger
@@ -36,7 +41,12 @@ export interface ArchivePruneOptions {
   readonly prefix: string
   /** only this VM's manifests (the GC still reads every VM's) */
   readonly vm?: string
-  /** per VM, keep the manifests of the newest N cycles */
+  /**
+   * per VM, keep the manifests of the newest N cycles. @default 1: a VM's
+   * newest archived point is never deleted by age alone (archiving that
+   * stopped — broken, or stopped on purpose by an attacker — must not let
+   * `--older-than` delete the last copies); 0 only with {@link vm}
+   */
   readonly keepLast?: number
   /** delete manifests archived more than this long ago */
   readonly olderThanMs?: number
@@ -94,6 +104,7 @@ interface ManifestEntry {
 export async function pruneArchive(opts: ArchivePruneOptions): Promise<ArchivePruneResult> {
   if (opts.keepLast === undefined && opts.olderThanMs === undefined) throw new ReceiverError('E_CONFIG', 'archive-prune needs --keep-last N and/or --older-than DURATION')
   if (opts.keepLast !== undefined && (!Number.isSafeInteger(opts.keepLast) || opts.keepLast < 0)) throw new ReceiverError('E_CONFIG', `--keep-last ${opts.keepLast}: want a whole number ≥ 0`)
+  if (opts.keepLast === 0 && opts.vm === undefined) throw new ReceiverError('E_CONFIG', KEEP_NONE_NEEDS_VM)
   const now = opts.now ?? Date.now
   const lock = await takeRunLock(opts.bucket, opts.prefix, 'prune', opts.logger, now)
   try {
@@ -125,7 +136,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
   for (const list of byVm.values()) {
     list.sort((a, b) => b.cycle - a.cycle)
     list.forEach((m, i) => {
-      const beyondKeep = opts.keepLast === undefined || i >= opts.keepLast
+      const beyondKeep = i >= (opts.keepLast ?? 1)
       const old = cutoff === undefined || m.archivedAt < cutoff
       if (beyondKeep && old) selected.push(m)
     })

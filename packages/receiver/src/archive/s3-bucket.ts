@@ -194,10 +194,8 @@ export class S3Bucket {
   async #get(key: string, versionId: string | undefined, maxBytes: number): Promise<Buffer> {
     const r = await this.#s3.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(versionId === undefined ? {} : { VersionId: versionId }) }))
     if ((r.ContentLength ?? 0) > maxBytes) throw new ReceiverError('E_ARCHIVE', `S3 object ${key} is ${r.ContentLength} bytes, over the ${maxBytes} expected`)
-    const bytes = await r.Body?.transformToByteArray()
-    if (bytes === undefined) throw new ReceiverError('E_ARCHIVE', `S3 object ${key}: no body`)
-    if (bytes.length > maxBytes) throw new ReceiverError('E_ARCHIVE', `S3 object ${key} is ${bytes.length} bytes, over the ${maxBytes} expected`)
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+    if (r.Body === undefined) throw new ReceiverError('E_ARCHIVE', `S3 object ${key}: no body`)
+    return await boundedBody(r.Body, key, maxBytes)
   }
 
   /** Every key under `prefix`. */
@@ -281,4 +279,31 @@ export class S3Bucket {
   close(): void {
     this.#s3.destroy()
   }
+}
+
+/**
+ * The bytes of a GET's body, at most `maxBytes`: read as it arrives and
+ * abandoned (its connection destroyed) at the first byte beyond, so a server
+ * that sends no Content-Length (chunked) or more than it announced cannot
+ * make the receiver buffer more than the object may hold. A body that is not
+ * a stream (not seen in Node.js) is read whole, then checked.
+ * @throws ReceiverError E_ARCHIVE (over `maxBytes`)
+ */
+async function boundedBody(body: { transformToByteArray(): Promise<Uint8Array> }, key: string, maxBytes: number): Promise<Buffer> {
+  const over = (n: number): ReceiverError => new ReceiverError('E_ARCHIVE', `S3 object ${key} is over the ${maxBytes} bytes expected (${n} bytes read, the rest not read)`)
+  if (!(Symbol.asyncIterator in body)) {
+    const bytes = await body.transformToByteArray()
+    if (bytes.length > maxBytes) throw over(bytes.length)
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
+  }
+  const parts: Buffer[] = []
+  let n = 0
+  // leaving the loop (the throw) returns the iterator, which destroys the stream and its socket
+  for await (const c of body as unknown as AsyncIterable<Uint8Array | string>) {
+    const b = typeof c === 'string' ? Buffer.from(c) : Buffer.from(c.buffer, c.byteOffset, c.length)
+    n += b.length
+    if (n > maxBytes) throw over(n)
+    parts.push(b)
+  }
+  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n)
 }
