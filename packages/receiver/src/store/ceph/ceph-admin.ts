@@ -6,7 +6,7 @@
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
-import { extentLogRecords, extentLogShape, readExtentLog } from './ceph-apply.ts'
+import { cliLogSource, readExtentLogRecords } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
 import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephInflightDisk, type CephVmState } from './ceph-state.ts'
@@ -47,11 +47,11 @@ export interface CephStoreStatus {
   }>
 }
 
-/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded (ceph-apply.ts readExtentLog; 0 when it cannot be read). */
+/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded and read in pieces (ceph-apply.ts readExtentLogRecords; 0 when it cannot be read). */
 export async function resumeSeq(t: CephTarget, vm: string, inf: CephInflightDisk): Promise<number> {
   try {
     let n = 0
-    for (const _ of extentLogRecords(await readExtentLog(t, vm, inf), extentLogShape(inf))) n++
+    for await (const _ of readExtentLogRecords(t, vm, inf, cliLogSource(t))) n++
     return n
   } catch {
     return 0
