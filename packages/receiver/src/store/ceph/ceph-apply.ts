@@ -21,7 +21,7 @@ import { isFenced, type CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
-import { runCeph, streamCeph, type CephTarget } from './rbd-cli.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
 /** One logged extent (a line of the log object). */
@@ -149,45 +149,6 @@ export function sessionLogSource(lock: Pick<CephLock, 'objectSize' | 'readObject
         if (b.length === 0) return
         off += b.length
         yield b
-      }
-    },
-  }
-}
-
-/**
- * The log read without a lease (status, ceph-admin.ts): `rados stat` for its
- * size, `rados get OBJ -` streamed (rados reads and writes it 4 MiB at a time;
- * the stream is read as it comes and never kept whole), at most `size` bytes.
- */
-export function cliLogSource(t: CephTarget): ExtentLogSource {
-  return {
-    async size(object) {
-      let out: Buffer
-      try {
-        out = await runCeph(t, 'rados', ['-p', t.pool, 'stat', object], undefined, { maxBytes: 64 * 1024 })
-      } catch (err) {
-        if ((err as { notFound?: boolean }).notFound) return undefined
-        throw err
-      }
-      const m = /size (\d+)/.exec(out.toString('utf8'))
-      if (m === null) throw new ReceiverError('E_IO', `rados stat ${t.pool}/${object} did not say a size: ${out.toString('utf8').slice(0, 200)}`)
-      return Number(m[1])
-    },
-    async *pieces(object, size) {
-      const s = streamCeph(t, 'rados', ['-p', t.pool, 'get', object, '-'])
-      let got = 0
-      try {
-        for await (const b of s.stdout as AsyncIterable<Buffer>) {
-          const part = got + b.length > size ? b.subarray(0, size - got) : b
-          got += part.length
-          if (part.length > 0) yield part
-          if (got >= size) return
-        }
-        await s.done
-      } finally {
-        // read to its size (or given up by the reader): the command is not waited for
-        s.stop()
-        await s.done.catch(() => {})
       }
     },
   }
