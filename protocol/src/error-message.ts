@@ -39,7 +39,12 @@ export function toErrorMessage(err: unknown): ErrorMessage {
  * else cut on a character boundary and ended with "…" within the bound.
  */
 export function refusalDetail(text: string): string {
-  const whole = truncateUtf8(text, MAX_REFUSAL_DETAIL_BYTES)
+  return truncateUtf8Marked(text, MAX_REFUSAL_DETAIL_BYTES)
+}
+
+/** `text` whole when it fits in `maxBytes` UTF-8 bytes, else cut on a character boundary and ended with "…" (3 bytes) within the bound. */
+export function truncateUtf8Marked(text: string, maxBytes: number): string {
+  const whole = truncateUtf8(text, maxBytes)
   if (whole.length === text.length) return whole
-  return `${truncateUtf8(text, MAX_REFUSAL_DETAIL_BYTES - 3)}…`
+  return `${truncateUtf8(text, maxBytes - 3)}…`
 }

@@ -155,14 +155,13 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
     }
     if (!dryRun) {
       lock.assertHeld()
-      try {
-        bytesFreed += await bucket.deleteAllVersions(m.key)
-      } catch (err) {
-        if (!refusedByS3(err)) throw err
+      const freed = await deleteUnlessRefused(bucket, m.key)
+      if (freed instanceof Error) {
         manifestsKept.push({ key: m.key, until: undefined })
-        logger.warn({ manifest: m.key, err }, `archive-prune: S3 refused to delete ${where(m.key)} (an older version locked, a legal hold, or the policy): kept`)
+        logger.warn({ manifest: m.key, err: freed }, `archive-prune: S3 refused to delete ${where(m.key)} (an older version locked, a legal hold, or the policy): kept`)
         continue
       }
+      bytesFreed += freed
     } else bytesFreed += m.size
     deleted.push(m)
     logger.info({ manifest: m.key, vm: m.vm, cycle: m.cycle, archivedAt: m.archivedAtText, dryRun }, dryRun ? 'archive-prune: would delete manifest' : 'archive-prune: manifest deleted')
@@ -206,13 +205,12 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
       }
       if (!dryRun) {
         lock.assertHeld()
-        try {
-          bytesFreed += await bucket.deleteAllVersions(o.key)
-        } catch (err) {
-          if (!refusedByS3(err)) throw err
+        const freed = await deleteUnlessRefused(bucket, o.key)
+        if (freed instanceof Error) {
           chunksKept.push({ key: o.key, until: undefined })
           continue
         }
+        bytesFreed += freed
       } else bytesFreed += o.size
       chunks.deleted++
     }
@@ -231,6 +229,16 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
     },
     chunks: { ...chunks, keptLocked: chunksKept },
     bytesFreed,
+  }
+}
+
+/** Delete every version of `key`: the bytes freed, or S3's refusal (Object Lock of an older version, a legal hold, the policy) as the error; any other failure throws. */
+async function deleteUnlessRefused(bucket: S3Bucket, key: string): Promise<number | Error> {
+  try {
+    return await bucket.deleteAllVersions(key)
+  } catch (err) {
+    if (!refusedByS3(err)) throw err
+    return err as Error
   }
 }
 
