@@ -332,3 +332,18 @@ t.test("age alone never deletes a VM's newest archived point; --keep-last 0 only
     '--vm web --keep-last 0: the whole archive of that VM',
   )
 })
+
+t.test('a lock body written by anyone with the bucket: its fields reach the E_BUSY message without control characters, bounded', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const host = `evil\u001b]0;owned\u0007\nfake log line\u202e${'x'.repeat(500)}`
+  s3.put('p/locks/archive-other', Buffer.from(JSON.stringify({ kind: 'archive', host, pid: 7, time: new Date().toISOString() })))
+  const before = s3.keys()
+  const err = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(err?.code, 'E_BUSY', 'the prune refuses while an archive lock is there')
+  t.match(err?.message, /host evil ]0;owned fake log line x+… pid 7 since /, 'the host named, its control characters as spaces, cut')
+  t.notMatch(err?.message, /[\u0000-\u001f\u007f-\u009f\u202e]/, 'no control character or bidi override in the message')
+  t.same(s3.keys(), before, 'nothing deleted, no lock of its own left')
+})

@@ -126,11 +126,21 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   }
 }
 
+/**
+ * A field of a lock's body for a message an operator reads: anyone who can
+ * write the bucket wrote it, so control characters (a terminal escape, a
+ * newline faking a log line) become spaces and it is cut to 100 characters.
+ */
+function lockField(v: unknown): string {
+  const text = String(v).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g, ' ')
+  return text.length > 100 ? `${text.slice(0, 100)}…` : text
+}
+
 /** "host H pid P since T" of a lock's body, or what is known when it cannot be read. */
 async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
   try {
     const j = JSON.parse((await bucket.get(key, 4096)).toString('utf8')) as Record<string, unknown>
-    return `host ${String(j['host'])} pid ${String(j['pid'])} since ${String(j['time'])}`
+    return `host ${lockField(j['host'])} pid ${lockField(j['pid'])} since ${lockField(j['time'])}`
   } catch {
     return 'its body could not be read'
   }
