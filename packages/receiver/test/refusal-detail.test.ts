@@ -46,7 +46,12 @@ t.test('a store reached through a link loses its real path too; a relative one i
 
 t.test('peerErrorMessage: the store stripped before the cut, a peerMessage told instead, E_INTERNAL says nothing', async (t) => {
   const store = '/srv/dr.store'
-  t.same(peerErrorMessage(new ReceiverError('E_IO', `${store}/vm/.grainline/state.json is a FIFO`), store), { kind: MessageKind.Error, code: 'E_IO', message: 'vm/.grainline/state.json is a FIFO', fatal: true })
+  t.same(peerErrorMessage(new ReceiverError('E_IO', `${store}/vm/.grainline/state.json is a FIFO`), store), {
+    kind: MessageKind.Error,
+    code: 'E_IO',
+    message: 'vm/.grainline/state.json is a FIFO',
+    fatal: true,
+  })
   const long = peerErrorMessage(new ReceiverError('E_IO', `${'x'.repeat(MAX_ERROR_TEXT_BYTES - 8)} ${store}/vm/d`), store)
   t.ok(long.message.endsWith(' vm/d'), 'the path stripped first: no piece of the folder left at the cut')
   t.equal(peerErrorMessage(new ReceiverError('E_BUSY', 'VM v is being written by process 42', { peerMessage: 'VM v is busy' }), store).message, 'VM v is busy')

@@ -171,11 +171,7 @@ export class CephLock {
       return lock
     }
     proc.kill('SIGKILL')
-    if (first.event === 'busy')
-      throw new ReceiverError('E_BUSY', `VM lock ${object} in pool ${t.pool} is held by ${await lockHolder(t, object)}; another receiver replicates this VM`, {
-        // the holder's description names its host and pid: the receiver's log tells them, not the agent (SPEC §7)
-        peerMessage: `VM lock ${object} in pool ${t.pool} is held by another client (another receiver replicates this VM, or a grainline command runs on it; the receiver's log names it)`,
-      })
+    if (first.event === 'busy') throw new ReceiverError('E_BUSY', `VM lock ${object} in pool ${t.pool} is held by ${await lockHolder(t, object)}; another receiver replicates this VM`)
     const what = (first as { what?: string }).what === 'fence' ? 'cannot fence the previous holder of' : 'cannot take'
     throw new ReceiverError(
       'E_IO',
