@@ -14,9 +14,16 @@ export class ReceiverError extends Error {
   readonly code: ReceiverErrorCode
   readonly closeCode: number
   readonly fatal: boolean
-  constructor(code: ReceiverErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options)
+  /**
+   * What an Error frame tells the agent instead of `message`, when that names
+   * what only the DR site may know (the host and pid of a lock's holder):
+   * the log and the operator's commands keep `message` (SPEC §7).
+   */
+  readonly peerMessage?: string
+  constructor(code: ReceiverErrorCode, message: string, options?: { cause?: unknown; peerMessage?: string }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause })
     this.code = code
+    if (options?.peerMessage !== undefined) this.peerMessage = options.peerMessage
     const wire = (ProtocolErrorCodes as Record<string, { closeCode: number; fatal: boolean }>)[code]
     this.closeCode = wire?.closeCode ?? 1011
     this.fatal = wire?.fatal ?? true

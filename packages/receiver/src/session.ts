@@ -33,7 +33,7 @@ import {
   type VmOpenMessage,
 } from '@grainline/protocol'
 import { ReceiverError, errorCode, ioError } from './errors.ts'
-import { peerRefusalDetail } from './refusal-detail.ts'
+import { peerErrorMessage, peerRefusalDetail } from './refusal-detail.ts'
 import { mayAccess, type TokenEntry } from './auth.ts'
 import { ApplyPipeline, type PipelineDisk } from './apply-pipeline.ts'
 import { Inbox } from './inbox.ts'
@@ -818,7 +818,8 @@ export class Session {
           this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
         }
       }
-      this.sendError(msg)
+      // SPEC §7: the agent hears the text without the store's folder; the log above keeps the full path
+      this.sendError(peerErrorMessage(err, this.settings.ceph === undefined ? this.settings.storeDir : undefined))
       this.ws.close(ProtocolErrorCodes[msg.code as ProtocolErrorCode].closeCode, msg.code)
     } catch (e) {
       this.log.error({ err: e }, 'error while aborting a session')

@@ -10,6 +10,10 @@ import type { VmPaths } from './vm-paths.ts'
 
 /** Identities (device:inode) of the VM folders held by this process: two names of one folder (a bind mount, a case-insensitive file system) are one VM. */
 const held = new Set<string>()
+
+/** What the agent hears of a lock another process holds (SPEC §7): not that process's pid, which the log keeps. */
+const BUSY_PEER = (vm: string): string => `VM ${vm} is being written by another process on the receiver (a grainline command or another receiver); the receiver's log names it`
+
 /**
  * Folders whose lock file this process failed to remove (a read-only or full
  * store): a lock naming our own pid there is ours and stale; anywhere else a
@@ -119,7 +123,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
     if (text === undefined) continue // gone meanwhile: try again
     const pid = Number.parseInt(text, 10)
     if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
-      throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`)
+      throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`, { peerMessage: BUSY_PEER(vm) })
     }
     if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
       // an empty lock (an older version writing it right now, or a full disk): stale only once it has settled
