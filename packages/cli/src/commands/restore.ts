@@ -24,7 +24,7 @@ export const restoreCommand: CliCommand = {
       .option('from', {
         type: 'string',
         describe:
-          'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive); it holds a run lock under PREFIX/locks/ (refused while a points archive-prune runs, so the credentials must be able to write there)',
+          'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive); it holds a run lock under PREFIX/locks/ (refused while a points archive-prune runs; with read-only credentials it restores without the lock, and warns)',
       })
       .check((a) => {
         if ((a['store'] === undefined) === (a['from'] === undefined)) throw new UsageError('restore needs exactly one of --store DIR and --from s3://BUCKET[/PREFIX]')

@@ -22,7 +22,7 @@ import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
-import type { S3Bucket } from './s3-bucket.ts'
+import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** A lock not rewritten for this long belongs to a run that stopped: ignored. */
 export const LOCK_STALE_MS = 2 * 3600_000
@@ -87,6 +87,17 @@ export interface HeldRunLock {
 }
 
 /**
+ * S3 refused to write a run lock (403: credentials that may only read, or a
+ * bucket policy). A restore goes on without its lock (it only reads, and
+ * checks every chunk); an archive or a prune, which write, do not.
+ */
+export class RunLockRefused extends ReceiverError {
+  constructor(message: string, cause: unknown) {
+    super('E_ARCHIVE', message, { cause })
+  }
+}
+
+/**
  * Take the run lock of `kind` on the archive at `prefix`: write it, then
  * refuse when a fresh lock of a kind it excludes is there (a prune: an
  * archive or a restore; an archive or a restore: a prune), its own lock
@@ -96,7 +107,13 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
   const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
   // never with a retention: a lock must stay deletable
-  await bucket.put(key, body)
+  try {
+    await bucket.put(key, body)
+  } catch (err) {
+    if (refusedByS3(err))
+      throw new RunLockRefused(`S3 refused to write the run lock s3://${bucket.bucket}/${key} (403): the credentials may not write under ${locksPrefix(prefix)}. ${(err as Error).message}`, err)
+    throw err
+  }
   let written = now()
   const del = async (): Promise<void> => {
     try {

@@ -22,7 +22,7 @@ import { ReceiverError } from '../errors.ts'
 import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
-import { withRunLock, type HeldRunLock } from './archive-lock.ts'
+import { locksPrefix, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import type { S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
@@ -76,8 +76,28 @@ export interface ArchiveRestoreOptions {
  * @throws ReceiverError E_BUSY (a prune runs), E_ARCHIVE, E_VERIFY, E_CONFIG
  */
 export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
-  return await withRunLock(bucket, prefix, 'restore', opts.logger, (lock) => restoreLocked(bucket, prefix, vm, cycle, toDir, lock, opts), opts.now)
+  let lock: HeldRunLock
+  try {
+    lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts.now)
+  } catch (err) {
+    if (!(err instanceof RunLockRefused)) throw err
+    // read-only credentials (a common choice at the DR site): the restore only reads, and checks every chunk and
+    // disk, so a prune that deletes what it reads makes it fail and remove what it wrote — never restore silently wrong
+    opts.logger.warn(
+      { err, vm, cycle },
+      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). A points archive-prune running meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
+    )
+    return await restoreLocked(bucket, prefix, vm, cycle, toDir, NO_LOCK, opts)
+  }
+  try {
+    return await restoreLocked(bucket, prefix, vm, cycle, toDir, lock, opts)
+  } finally {
+    await lock.release()
+  }
 }
+
+/** The lock of a restore that could not write one (read-only credentials): nothing to check or release. */
+const NO_LOCK: HeldRunLock = { key: '(none: read-only credentials)', assertHeld: () => {}, release: async () => {} }
 
 async function restoreLocked(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, lock: HeldRunLock, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
   const m = await readManifest(bucket, prefix, vm, cycle)
