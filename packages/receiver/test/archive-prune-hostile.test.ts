@@ -16,11 +16,13 @@
 import t, { type Test } from 'tap'
 import { createHash, randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
-import { archivePoints, LOCK_HELD_MS, pruneArchive, S3Bucket } from '../src/index.ts'
+import { archivePoints, LOCK_HELD_MS, pruneArchive, restoreFromArchive, S3Bucket } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -41,6 +43,8 @@ interface Hostility {
   afterPut?: (key: string) => void
   /** a GET of this key answers chunked (no Content-Length) with up to 128 MiB of zeros; `sent` counts what the socket took */
   endless?: { key: string; sent: number; done?: Promise<void> }
+  /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
+  readOnly?: boolean
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -112,6 +116,11 @@ class TinyS3 {
       xml(
         `<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>${versions.join('')}</ListVersionsResult>`,
       )
+      return
+    }
+    if ((req.method === 'PUT' || req.method === 'DELETE') && this.hostility.readOnly === true) {
+      res.statusCode = 403
+      xml(`<Error><Code>AccessDenied</Code><Message>Access Denied</Message><Key>${key}</Key></Error>`)
       return
     }
     if (req.method === 'PUT') {
@@ -346,4 +355,38 @@ t.test('a lock body written by anyone with the bucket: its fields reach the E_BU
   t.match(err?.message, /host evil ]0;owned fake log line x+… pid 7 since /, 'the host named, its control characters as spaces, cut')
   t.notMatch(err?.message, /[\u0000-\u001f\u007f-\u009f\u202e]/, 'no control character or bidi override in the message')
   t.same(s3.keys(), before, 'nothing deleted, no lock of its own left')
+})
+
+t.test('read-only credentials: a restore goes on without its run lock (warned), byte-exact; an archive and a prune refuse', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const vm = 'web-ro'
+  const data = pattern(4 * MiB, 7)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', data, 'ae01ae01ae01ae01')])
+  a.close()
+  await receiver.close()
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const before = s3.keys()
+  s3.hostility.readOnly = true
+  const lines: string[] = []
+  const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+  const to = join(scratchDir(t), 'restored')
+  const r = await restoreFromArchive(bucket, 'p/', vm, 1, to, { logger: warned })
+  t.equal(r.disks.length, 1, 'restored')
+  t.ok((await readFile(join(to, 'd-flat.vmdk'))).equals(data), 'byte-exact')
+  t.match(lines.join(''), /WITHOUT the archive's run lock: the S3 credentials may not write under p\/locks\/ \(read-only\)/, 'the restore says it ran without its lock, and why')
+  t.same(s3.keys(), before, 'nothing written to the bucket')
+  await t.rejects(
+    archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' }),
+    { code: 'E_ARCHIVE', message: /S3 refused to write the run lock .*\(403\)/ },
+    'an archive does not run without its lock',
+  )
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_ARCHIVE', message: /S3 refused to write the run lock/ }, 'nor a prune')
 })

@@ -13,30 +13,18 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { startCephCluster, scratchDir } from '@grainline/test-utils'
-import { archivePoints, chunkKey, listArchivedPoints, LOCK_STALE_MS, manifestKey, pruneArchive, readManifest, restoreFromArchive, S3Bucket } from '../src/index.ts'
+import { archivePoints, chunkKey, listArchivedPoints, LOCK_STALE_MS, manifestKey, pruneArchive, readManifest, restoreFromArchive } from '../src/index.ts'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { rgwBucket } from './s3-fixture.ts'
 
 const log = pino({ level: 'silent' })
 
 t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, strict manifests, run locks', async (t) => {
   const ceph = await startCephCluster({ rgw: true })
   t.teardown(() => ceph.stop())
-  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-  const credentials = { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }
-  const s3 = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3cfg.endpoint,
-    forcePathStyle: true,
-    credentials,
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  })
-  t.teardown(() => s3.destroy())
-  await s3.send(new CreateBucketCommand({ Bucket: 'arch', ObjectLockEnabledForBucket: true }))
-  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint: s3cfg.endpoint, credentials })
-  t.teardown(() => bucket.close())
+  const { s3, bucket } = await rgwBucket(t, ceph, 'arch')
 
   // three points of a VM: each changes the first chunk, the last chunk is shared
   const env = makeEnv(scratchDir(t))

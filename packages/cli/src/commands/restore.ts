@@ -21,7 +21,11 @@ export const restoreCommand: CliCommand = {
   builder: (y: Argv) =>
     withCephOptions(withS3Options(y))
       .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL' })
-      .option('from', { type: 'string', describe: 'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive)' })
+      .option('from', {
+        type: 'string',
+        describe:
+          'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive); it holds a run lock under PREFIX/locks/ (refused while a points archive-prune runs; with read-only credentials it restores without the lock, and warns)',
+      })
       .check((a) => {
         if ((a['store'] === undefined) === (a['from'] === undefined)) throw new UsageError('restore needs exactly one of --store DIR and --from s3://BUCKET[/PREFIX]')
         return true

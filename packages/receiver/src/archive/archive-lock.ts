@@ -1,13 +1,16 @@
 /**
  * The run locks of an archive (docs/ARCHIVE.md "Guarantees"): `points
- * archive` and `points archive-prune` exclude each other with lock objects
- * under `PREFIX/locks/`, write-then-check on both sides (as restic does). A
- * run writes `locks/<kind>-<uuid>` (body: kind, host, pid, time), then lists
- * `locks/`: an archive refuses (E_BUSY) when a prune lock is there, a prune
- * when an archive lock is, after deleting its own. Two runs that start
- * together may both refuse; never may both go on. This closes the race that
- * the prune's grace period does not: an archive finds an old unreferenced
- * chunk present (HEAD) and does not upload it while a prune deletes it.
+ * archive-prune` excludes `points archive` and `restore --from s3://…` with
+ * lock objects under `PREFIX/locks/`, write-then-check on both sides (as
+ * restic does); archives and restores may run together. A run writes
+ * `locks/<kind>-<uuid>` (body: kind, host, pid, time), then lists `locks/`:
+ * an archive or a restore refuses (E_BUSY) when a prune lock is there, a
+ * prune when an archive or restore lock is, after deleting its own. Two runs
+ * that start together may both refuse; never may both go on. This closes the
+ * race that the prune's grace period does not: an archive finds an old
+ * unreferenced chunk present (HEAD) and does not upload it while a prune
+ * deletes it; a prune deletes the manifest, then the chunks, of the point a
+ * restore is reading.
  *
  * A lock is rewritten every {@link LOCK_REFRESH_MS} while its run goes on, and
  * one not rewritten for {@link LOCK_STALE_MS} is stale (its run crashed):
@@ -19,7 +22,7 @@ import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
-import type { S3Bucket } from './s3-bucket.ts'
+import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** A lock not rewritten for this long belongs to a run that stopped: ignored. */
 export const LOCK_STALE_MS = 2 * 3600_000
@@ -27,7 +30,33 @@ export const LOCK_STALE_MS = 2 * 3600_000
 export const LOCK_REFRESH_MS = 10 * 60_000
 
 /** The kinds of run that hold an archive lock. */
-export type ArchiveRunKind = 'archive' | 'prune'
+export type ArchiveRunKind = 'archive' | 'prune' | 'restore'
+
+/** The kinds of run a run of `kind` refuses to start beside: a prune beside anything, an archive or a restore beside a prune. */
+function excludedBy(kind: ArchiveRunKind): readonly ArchiveRunKind[] {
+  return kind === 'prune' ? ['archive', 'restore'] : ['prune']
+}
+
+/** A run of `kind` as an operator starts it. */
+const COMMAND: Readonly<Record<ArchiveRunKind, string>> = {
+  archive: 'points archive',
+  prune: 'points archive-prune',
+  restore: 'restore --from s3://…',
+}
+
+/** What a run of `kind` could not do, after "cannot ". */
+const WHAT: Readonly<Record<ArchiveRunKind, string>> = {
+  archive: 'archive points',
+  prune: 'prune the archive',
+  restore: 'restore from the archive',
+}
+
+/** Where a run of `kind` stopped when its lock was not rewritten for {@link LOCK_HELD_MS}. */
+const STOPPED: Readonly<Record<ArchiveRunKind, string>> = {
+  archive: 'archive stopped before writing the manifest of the point (a prune may have deleted chunks it found present; the next run uploads what is missing)',
+  prune: 'archive-prune stopped here, nothing more deleted',
+  restore: 'restore stopped (a prune could delete the chunks it is reading; what it wrote is removed)',
+}
 
 /** The key prefix of the run locks. */
 export function locksPrefix(prefix: string): string {
@@ -37,7 +66,7 @@ export function locksPrefix(prefix: string): string {
 /**
  * A run whose lock was last written this long ago (its refreshes failed)
  * stops: a prune before it deletes anything more, an archive before it
- * writes a manifest — well before the lock is {@link LOCK_STALE_MS} old, when
+ * writes a manifest, a restore before it reads more chunks — well before the lock is {@link LOCK_STALE_MS} old, when
  * a run of the other kind would ignore it.
  */
 export const LOCK_HELD_MS = LOCK_STALE_MS / 2
@@ -48,7 +77,8 @@ export interface HeldRunLock {
   /**
    * Throw unless the lock was written within {@link LOCK_HELD_MS} (its
    * refreshes fail: another run could soon take it for stale). A prune checks
-   * it before each deletion, an archive before each manifest it writes.
+   * it before each deletion, an archive before each manifest it writes, a
+   * restore before each batch of chunks it reads.
    * @throws ReceiverError E_ARCHIVE
    */
   assertHeld(): void
@@ -57,15 +87,33 @@ export interface HeldRunLock {
 }
 
 /**
+ * S3 refused to write a run lock (403: credentials that may only read, or a
+ * bucket policy). A restore goes on without its lock (it only reads, and
+ * checks every chunk); an archive or a prune, which write, do not.
+ */
+export class RunLockRefused extends ReceiverError {
+  constructor(message: string, cause: unknown) {
+    super('E_ARCHIVE', message, { cause })
+  }
+}
+
+/**
  * Take the run lock of `kind` on the archive at `prefix`: write it, then
- * refuse when a fresh lock of the other kind is there (its own lock deleted
- * first). @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE
+ * refuse when a fresh lock of a kind it excludes is there (a prune: an
+ * archive or a restore; an archive or a restore: a prune), its own lock
+ * deleted first. @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE
  */
 export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, now: () => number = Date.now): Promise<HeldRunLock> {
   const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
   const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
   // never with a retention: a lock must stay deletable
-  await bucket.put(key, body)
+  try {
+    await bucket.put(key, body)
+  } catch (err) {
+    if (refusedByS3(err))
+      throw new RunLockRefused(`S3 refused to write the run lock s3://${bucket.bucket}/${key} (403): the credentials may not write under ${locksPrefix(prefix)}. ${(err as Error).message}`, err)
+    throw err
+  }
   let written = now()
   const del = async (): Promise<void> => {
     try {
@@ -74,13 +122,14 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       logger.warn({ err, lock: key }, `could not delete the archive lock ${key}: it is ignored once ${LOCK_STALE_MS / 3600_000} h old`)
     }
   }
-  const other: ArchiveRunKind = kind === 'archive' ? 'prune' : 'archive'
-  let blocking: { key: string; lastModified: Date } | undefined
+  const others = excludedBy(kind)
+  let blocking: { key: string; lastModified: Date; kind: ArchiveRunKind } | undefined
   try {
     await bucket.listPages(locksPrefix(prefix), async (page) => {
       for (const o of page) {
         const name = o.key.slice(locksPrefix(prefix).length)
-        if (blocking === undefined && name.startsWith(`${other}-`) && now() - o.lastModified.getTime() < LOCK_STALE_MS) blocking = o
+        const other = others.find((k) => name.startsWith(`${k}-`))
+        if (blocking === undefined && other !== undefined && now() - o.lastModified.getTime() < LOCK_STALE_MS) blocking = { ...o, kind: other }
       }
     })
   } catch (err) {
@@ -90,10 +139,9 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   if (blocking !== undefined) {
     const who = await describeLock(bucket, blocking.key)
     await del()
-    const what = kind === 'archive' ? 'archive points' : 'prune the archive'
     throw new ReceiverError(
       'E_BUSY',
-      `cannot ${what} in s3://${bucket.bucket}/${prefix}: a ${other === 'archive' ? 'points archive' : 'points archive-prune'} holds the lock ${blocking.key} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
+      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${blocking.key} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
     )
   }
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise recreate the lock after its deletion
@@ -115,7 +163,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       if (age >= LOCK_HELD_MS)
         throw new ReceiverError(
           'E_ARCHIVE',
-          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${kind === 'prune' ? 'archive-prune stopped here, nothing more deleted' : 'archive stopped before writing the manifest of the point (a prune may have deleted chunks it found present; the next run uploads what is missing)'}. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
+          `the run lock s3://${bucket.bucket}/${key} was last written ${Math.round(age / 60_000)} min ago (its refreshes every ${LOCK_REFRESH_MS / 60_000} min failed: see the warnings before): another run would ignore it once ${LOCK_STALE_MS / 3600_000} h old, so this ${STOPPED[kind]}. Check that the S3 credentials may write under ${locksPrefix(prefix)}, then run again`,
         )
     },
     release: async () => {

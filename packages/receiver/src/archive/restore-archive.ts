@@ -5,15 +5,24 @@
  * checked against its sha256 as it arrives and every disk against the
  * whole-disk sha256 the archive recorded. Nothing in the manifest is trusted
  * (parseManifest): names are plain file names, sizes are bounded.
+ *
+ * It holds the archive's `restore` run lock (archive-lock.ts): a `points
+ * archive-prune` cannot start meanwhile and delete the manifest, then the
+ * chunks, it is reading (nor can it start while a prune runs: E_BUSY). A
+ * restore that fails leaves nothing that looks whole: each flat is written
+ * under a temporary name (`<stem>-flat.vmdk.tmp-<pid>-<hex>`) and every file
+ * fetched and checked before any gets its final name (descriptors, then the
+ * `.vmx` last); on a failure what it wrote is removed.
  */
 import { createHash } from 'node:crypto'
-import { open, readdir } from 'node:fs/promises'
+import { open, readdir, rename, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
-import { mkdirDurable, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
+import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
+import { locksPrefix, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import type { S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
@@ -43,28 +52,87 @@ export async function readManifest(bucket: S3Bucket, prefix: string, vm: string,
   return m
 }
 
-/** Restore point `cycle` of `vm` from the archive into the new folder `toDir`. @throws ReceiverError E_ARCHIVE, E_VERIFY, E_CONFIG */
-export async function restoreFromArchive(
-  bucket: S3Bucket,
-  prefix: string,
-  vm: string,
-  cycle: number,
-  toDir: string,
-  opts: { logger: Logger; onProgress?: (p: ArchiveRestoreProgress) => void; signal?: AbortSignal; concurrency?: number },
-): Promise<{ vm: string; cycle: number; to: string; disks: { name: string; descriptor: string; flat: string; capacity: number; sha256: string }[] }> {
+/** What {@link restoreFromArchive} restored. */
+export interface ArchiveRestoreResult {
+  readonly vm: string
+  readonly cycle: number
+  readonly to: string
+  readonly disks: { name: string; descriptor: string; flat: string; capacity: number; sha256: string }[]
+}
+
+/** Options of {@link restoreFromArchive}. */
+export interface ArchiveRestoreOptions {
+  readonly logger: Logger
+  readonly onProgress?: (p: ArchiveRestoreProgress) => void
+  readonly signal?: AbortSignal
+  readonly concurrency?: number
+  /** The clock of the run lock (tests). */
+  readonly now?: () => number
+}
+
+/**
+ * Restore point `cycle` of `vm` from the archive into the new folder `toDir`,
+ * holding the archive's `restore` run lock (released however it ends).
+ * @throws ReceiverError E_BUSY (a prune runs), E_ARCHIVE, E_VERIFY, E_CONFIG
+ */
+export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
+  let lock: HeldRunLock
+  try {
+    lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts.now)
+  } catch (err) {
+    if (!(err instanceof RunLockRefused)) throw err
+    // read-only credentials (a common choice at the DR site): the restore only reads, and checks every chunk and
+    // disk, so a prune that deletes what it reads makes it fail and remove what it wrote — never restore silently wrong
+    opts.logger.warn(
+      { err, vm, cycle },
+      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). A points archive-prune running meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
+    )
+    return await restoreLocked(bucket, prefix, vm, cycle, toDir, NO_LOCK, opts)
+  }
+  try {
+    return await restoreLocked(bucket, prefix, vm, cycle, toDir, lock, opts)
+  } finally {
+    await lock.release()
+  }
+}
+
+/** The lock of a restore that could not write one (read-only credentials): nothing to check or release. */
+const NO_LOCK: HeldRunLock = { key: '(none: read-only credentials)', assertHeld: () => {}, release: async () => {} }
+
+async function restoreLocked(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, lock: HeldRunLock, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
   const m = await readManifest(bucket, prefix, vm, cycle)
   // durable: the folder (its parents fsynced), every file (fsynced, then the folder): a crash after the restore
   // returned never leaves a missing or empty descriptor or configuration file (the flats are datasynced as they are written)
   await mkdirDurable(toDir, 'destination')
-  if ((await readdir(toDir)).length > 0) throw new ReceiverError('E_CONFIG', `${toDir} is not empty: restore into a new folder`)
+  const present = await readdir(toDir)
+  if (present.length > 0)
+    throw new ReceiverError(
+      'E_CONFIG',
+      `${toDir} is not empty: restore into a new folder${present.some((f) => f.includes('-flat.vmdk.tmp-')) ? ` (its *-flat.vmdk.tmp-* files are what a restore that was killed wrote: delete them)` : ''}`,
+    )
+  // every path this restore has created in toDir: removed if it fails
+  const written = new Set<string>()
+  try {
+    return await restoreInto(bucket, prefix, m, toDir, lock, written, opts)
+  } catch (err) {
+    for (const p of written) await unlink(p).catch((e: unknown) => opts.logger.warn({ err: e, path: p }, `could not remove ${p} of the failed restore`))
+    if (written.size > 0) await fsyncDir(toDir, 'destination').catch(() => {})
+    throw err
+  }
+}
+
+async function restoreInto(bucket: S3Bucket, prefix: string, m: ArchiveManifest, toDir: string, lock: HeldRunLock, written: Set<string>, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
+  const { vm, cycle } = m
   const total = m.disks.reduce((n, d) => n + d.capacity, 0)
   const t0 = performance.now()
   let done = 0
-  const disks = []
+  // each flat under a temporary name until every disk and file is checked
+  const staged: { d: ArchiveManifest['disks'][number]; flatName: string; temp: string; sha256: string }[] = []
   for (const d of m.disks) {
     const flatName = `${d.stem}-flat.vmdk`
-    const flat = join(toDir, flatName)
-    const fh = await open(flat, 'wx')
+    const temp = tempName(join(toDir, flatName))
+    const fh = await open(temp, 'wx')
+    written.add(temp)
     const whole = createHash('sha256')
     try {
       await fh.truncate(d.capacity)
@@ -73,6 +141,8 @@ export async function restoreFromArchive(
       const zero = Buffer.alloc(m.chunkBytes)
       for (let i = 0; i < d.chunks.length; i += width) {
         opts.signal?.throwIfAborted()
+        // a lock not rewritten for an hour: a prune may soon ignore it and delete these chunks
+        lock.assertHeld()
         const batch = d.chunks.slice(i, i + width)
         const datas = await Promise.all(
           batch.map(async (h, j) => {
@@ -82,7 +152,7 @@ export async function restoreFromArchive(
             if (data.length !== len || createHash('sha256').update(data).digest('hex') !== h) {
               throw new ReceiverError(
                 'E_VERIFY',
-                `archive chunk ${h} (disk ${d.name}, offset ${(i + j) * m.chunkBytes}) does not match its digest: the archive is damaged; ${toDir} is left for inspection`,
+                `archive chunk ${h} (disk ${d.name}, offset ${(i + j) * m.chunkBytes}) of VM ${vm} point ${cycle} does not match its digest: the archive is damaged (what the restore wrote to ${toDir} is removed)`,
               )
             }
             return data
@@ -102,19 +172,42 @@ export async function restoreFromArchive(
     }
     const got = whole.digest('hex')
     if (got !== d.sha256)
-      throw new ReceiverError('E_VERIFY', `restored disk ${d.name} of point ${cycle} has sha256 ${got}, the archive recorded ${d.sha256}: the archive is damaged; ${toDir} is left for inspection`)
-    const descriptor = join(toDir, `${d.stem}.vmdk`)
-    // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
-    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }), 'destination')
-    disks.push({ name: d.name, descriptor, flat, capacity: d.capacity, sha256: got })
+      throw new ReceiverError(
+        'E_VERIFY',
+        `restored disk ${d.name} of VM ${vm} point ${cycle} has sha256 ${got}, the archive recorded ${d.sha256}: the archive is damaged (what the restore wrote to ${toDir} is removed)`,
+      )
+    staged.push({ d, flatName, temp, sha256: got })
   }
+  const files: { name: string; text: Buffer }[] = []
   for (const f of m.files) {
+    opts.signal?.throwIfAborted()
+    lock.assertHeld()
     const data = await bucket.get(chunkKey(prefix, f.sha256), f.bytes)
-    if (createHash('sha256').update(data).digest('hex') !== f.sha256) throw new ReceiverError('E_VERIFY', `archived file ${f.name} does not match its digest`)
+    if (createHash('sha256').update(data).digest('hex') !== f.sha256)
+      throw new ReceiverError('E_VERIFY', `archived file ${f.name} of VM ${vm} point ${cycle} does not match its digest: the archive is damaged (what the restore wrote to ${toDir} is removed)`)
     const text = f.name.endsWith('.vmx')
       ? Buffer.from(data.toString('utf8').replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (archived point ${cycle})"`))
       : data
-    await writeNewFileDurable(join(toDir, f.name), text, 'destination')
+    files.push({ name: f.name, text })
+  }
+  // everything is here and checked: the final names, the flats and their descriptors first, the .vmx last
+  // (a crash in between leaves no .vmx to register)
+  const disks = []
+  for (const { d, flatName, temp, sha256 } of staged) {
+    const flat = join(toDir, flatName)
+    await rename(temp, flat)
+    written.delete(temp)
+    written.add(flat)
+    const descriptor = join(toDir, `${d.stem}.vmdk`)
+    // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
+    await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }), 'destination')
+    written.add(descriptor)
+    disks.push({ name: d.name, descriptor, flat, capacity: d.capacity, sha256 })
+  }
+  for (const f of [...files.filter((f) => !f.name.endsWith('.vmx')), ...files.filter((f) => f.name.endsWith('.vmx'))]) {
+    const path = join(toDir, f.name)
+    await writeNewFileDurable(path, f.text, 'destination')
+    written.add(path)
   }
   opts.logger.info({ vm, cycle, to: toDir, disks: disks.length }, 'point restored from the archive')
   return { vm, cycle, to: toDir, disks }
