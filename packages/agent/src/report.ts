@@ -2,6 +2,7 @@
  * What a replication run reports: per VM and per disk, JSON-able, plus the
  * readable summary the CLI prints (`formatReport`).
  */
+import { untrustedText } from './untrusted-text.ts'
 import { formatBytes, formatDuration, type ChainLayer, type DigestAlgorithm, type RetentionSpec } from '@grainline/protocol'
 
 /** The result of one disk. */
@@ -123,9 +124,15 @@ export function runWarnings(report: Pick<ReplicationReport, 'vms'>): Array<{ vm:
   return report.vms.flatMap((v) => (v.warnings ?? []).map((warning) => ({ vm: v.vm, warning })))
 }
 
-/** A peer's words on one line: control characters and line separators as spaces (a newline would fake a line of the report, the e-mail or the log). */
+/**
+ * A peer's words (the receiver's reason for dropped points, up to the
+ * codec's 1024 bytes) on one line, fit for a terminal: escape sequences
+ * removed, control characters, line separators and bidi overrides as spaces
+ * (a newline would fake a line of the report, the e-mail or the log; an
+ * escape would rewrite the operator's terminal) — untrusted-text.ts.
+ */
 export function oneLine(s: string): string {
-  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, ' ')
+  return untrustedText(s, 1024)
 }
 
 /** The warning of restore points dropped at the commit of `cycle`. */

@@ -191,6 +191,10 @@ t.test('a run that committed with a warning: WARNING in the subject and the head
   const forged = pointsDroppedWarning(5, { count: 1, oldest: 4, newest: 4, broken: true, reason: 'x\nOK   other-vm cycle 9\r\u2028y' })
   t.notMatch(forged.message, /[\n\r\u2028]/)
   t.match(forged.message, /\(x OK {3}other-vm cycle 9 y\)/)
+  // nor rewrite the operator's terminal or turn the text around: escapes removed, bidi overrides a space
+  const escaped = pointsDroppedWarning(5, { count: 1, oldest: 4, newest: 4, broken: true, reason: 'a\u001b[2J\u001b]0;owned\u0007b\u202ec\u2066d' })
+  t.notMatch(escaped.message, /[\u001b\u0007\u202e\u2066]/, 'no escape, BEL or bidi override left')
+  t.match(escaped.message, /\(ab c d\)/)
   // a failed run with a warning is FAILED: failure wins
   r.ok = false
   ;(r.vms[1] as VmReport).ok = false
