@@ -69,8 +69,10 @@ interface Answer {
   msg?: string
   addr?: string
   fenced?: string[]
-  /** `snap_size`: the snapshot's size, -1 when the image has no such snapshot */
+  /** `snap_size`: the snapshot's size, -1 when the image has no such snapshot; `stat`: the object's size */
   size?: number
+  /** `read`: the bytes read, base64 */
+  data?: string
 }
 
 interface Pending {
@@ -329,6 +331,28 @@ export class CephLock {
       if (err instanceof CephCommandError && err.notFound) return undefined
       throw err
     }
+  }
+
+  /** The size of a RADOS object through the session client (a query: no process); undefined when it does not exist. */
+  async objectSize(object: string): Promise<number | undefined> {
+    try {
+      const a = await this.request({ op: 'stat', obj: object }, `rados stat ${object}`, cephTimeouts.queryMs)
+      return typeof a.size === 'number' ? a.size : undefined
+    } catch (err) {
+      if (err instanceof CephCommandError && err.notFound) return undefined
+      throw err
+    }
+  }
+
+  /**
+   * At most `length` bytes of a RADOS object from `offset` through the
+   * session client (librados `read`: fewer at its end, none past it), where
+   * `rados get` has no offset and reads the whole object. The answer is one
+   * line of base64: keep `length` to a piece (ceph-apply.ts EXTENT_LOG_PIECE_BYTES).
+   */
+  async readObject(object: string, offset: number, length: number): Promise<Buffer> {
+    const a = await this.request({ op: 'read', obj: object, off: offset, len: length }, `rados read ${object} ${offset}+${length}`, cephTimeouts.queryMs)
+    return Buffer.from(a.data ?? '', 'base64')
   }
 
   /** `rbd create --size SIZE IMAGE` (the cluster's default features). */
