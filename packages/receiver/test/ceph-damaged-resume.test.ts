@@ -19,7 +19,7 @@ import t from 'tap'
 import { pino } from 'pino'
 import { join } from 'node:path'
 import { cycleIdentity, MessageKind, type DiskOpenMessage, type DiskStateMessage, type Message } from '@grainline/protocol'
-import { haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { failIfLingering, haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { cephRollbackMirror } from '../src/store/ceph/ceph-rollback.ts'
 import { cephRemoveMirror } from '../src/store/ceph/ceph-remove.ts'
 import { EXTENT_LOG_PIECE_BYTES, parseExtentLog, readExtentLogRecords, sessionLogSource } from '../src/store/ceph/ceph-apply.ts'
@@ -33,6 +33,7 @@ const cid = (n: number): string => n.toString(16).padStart(32, '0')
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-common)'
 const log = pino({ level: 'silent' })
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+failIfLingering(t)
 
 t.test('Ceph: a cycle in flight on a damaged base is refused at its resume and its rollback, typed; the extent log is read in pieces', { skip }, async (t) => {
   const ceph = await startCephCluster({ pools: [POOL] })
@@ -224,6 +225,9 @@ t.test('Ceph: a cycle in flight on a damaged base is refused at its resume and i
     for await (const _ of readExtentLogRecords(target, vm, inf4, sessionLogSource(m.lock, 256))) k++
     t.equal(k, 3, 'a run of 5000 bytes without a newline (longer than any record): the log ends before it')
   } finally {
+    // gone (unlocked) before the teardown stops the cluster: a helper still unlocking then would wait for it until
+    // killed at releaseMs (ceph-release.test)
     m.release()
+    await m.lock.whenExited()
   }
 })

@@ -386,12 +386,38 @@ export class CephLock {
     })
   }
 
-  /** Release the lease (idempotent): the helper removes this session's registrations, unlocks and exits. */
+  /**
+   * Release the lease (idempotent): the helper removes this session's
+   * registrations, unlocks and exits. Those are calls to the cluster, which
+   * librados waits on forever when the cluster does not answer (stopped,
+   * unreachable): a helper not gone `cephTimeouts.releaseMs` after its
+   * release is killed (its lease then runs out by itself and the next holder
+   * fences what it left registered), so a released session never keeps the
+   * receiver's process alive through the helper's pipes.
+   */
   release(): void {
     if (this.released) return
     this.released = true
     if (this.lost === undefined) this.proc.stdin?.write(`${JSON.stringify({ op: 'release' })}\n`)
     this.proc.stdin?.end()
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return
+    const releaseMs = cephTimeouts.releaseMs
+    const timer = setTimeout(() => {
+      this.log?.warn(
+        { lock: this.object, pid: this.proc.pid },
+        `the Ceph session client of VM ${this.vm} did not unlock within ${Math.round(releaseMs / 1000)} s of its release (does the cluster answer? ceph -s): killed; its lease runs out by itself and the next holder fences what it left registered`,
+      )
+      this.proc.kill('SIGKILL')
+    }, releaseMs)
+    // the helper's pipes keep the process alive until it is gone; the timer alone does not
+    timer.unref()
+    this.proc.once('exit', () => clearTimeout(timer))
+  }
+
+  /** Resolves once the session client has exited (after {@link release}: within `cephTimeouts.releaseMs`). */
+  whenExited(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve()
+    return new Promise((resolve) => this.proc.once('exit', () => resolve()))
   }
 
   /** @throws ReceiverError E_BUSY when the lease was lost (another receiver may own the VM now) */
