@@ -246,7 +246,7 @@ t.test('Ceph: a committed snapshot or image damaged behind the store is refused 
     refusedWhy().slice(before),
     [
       new RegExp(
-        `^the extent log ${logObject.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} of disk d\\.vmdk of VM ${vm} in pool ${POOL} is larger than the ${max} bytes a cycle of its ${SIZE}-byte capacity can log: .*grainline mirror rollback --store ceph:${POOL} --vm ${vm}, which removes the log unread`,
+        `^the extent log ${logObject.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} of disk d\\.vmdk of VM ${vm} in pool ${POOL} is \\d+ bytes, larger than the ${max} bytes a cycle of its ${SIZE}-byte capacity can log: .*grainline mirror rollback --store ceph:${POOL} --vm ${vm}, which removes the log unread`,
       ),
     ],
     'logged: the object, the disk, the VM, the bound and the rollback',

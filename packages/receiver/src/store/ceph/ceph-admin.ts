@@ -6,12 +6,12 @@
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
-import { extentLogRecords, extentLogShape, readExtentLog } from './ceph-apply.ts'
+import { extentLogMaxBytes, extentLogRecords, extentLogShape } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
 import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephInflightDisk, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
-import type { CephTarget } from './rbd-cli.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import type { PointInfo } from '../../points-admin.ts'
 import type { HoldRecord } from '../../hold-record.ts'
@@ -47,11 +47,13 @@ export interface CephStoreStatus {
   }>
 }
 
-/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded (ceph-apply.ts readExtentLog; 0 when it cannot be read). */
-export async function resumeSeq(t: CephTarget, vm: string, inf: CephInflightDisk): Promise<number> {
+/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded (`rados get` killed past extentLogMaxBytes; still read whole within it: no lease here for the session client's pieces); 0 when it cannot be read. */
+export async function resumeSeq(t: CephTarget, _vm: string, inf: CephInflightDisk): Promise<number> {
   try {
     let n = 0
-    for (const _ of extentLogRecords(await readExtentLog(t, vm, inf), extentLogShape(inf))) n++
+    const shape = extentLogShape(inf)
+    const raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', inf.log, '-'], undefined, { maxBytes: extentLogMaxBytes(shape) })
+    for (const _ of extentLogRecords(raw, shape)) n++
     return n
   } catch {
     return 0

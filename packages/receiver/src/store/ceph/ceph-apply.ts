@@ -21,7 +21,7 @@ import { isFenced, type CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
-import { CephOutputTooLarge, runCeph, type CephTarget } from './rbd-cli.ts'
+import { runCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
 /** One logged extent (a line of the log object). */
@@ -80,21 +80,21 @@ function wholeRecord(r: LogRecord, shape: ExtentLogShape | undefined): boolean {
 
 /**
  * The records of a log object, seq 0, 1, 2 … in order, one line at a time
- * straight from the bytes `rados get` returned: never the whole object as
- * one string, which V8 caps at ~512 MiB (about 5,000,000 records: a resume
- * of a large incremental would have thrown a RangeError instead of
- * resuming), nor every record in one array. A torn line, a line that is no
- * record, or a record that is not whole for `shape` (a `zero` that is not a
- * boolean, a digest not of the algorithm's length in hex or not empty for a
- * zero extent, an extent off the sectors or beyond the capacity) ends the
- * log, as a record with a bad crc ends the folder store's journal
+ * straight from the bytes (never the whole object as one string, which V8
+ * caps at ~512 MiB, nor every record in one array). A torn line, a line that
+ * is no record, or a record that is not whole for `shape` (a `zero` that is
+ * not a boolean, a digest not of the algorithm's length in hex or not empty
+ * for a zero extent, an extent off the sectors or beyond the capacity) ends
+ * the log, as a record with a bad crc ends the folder store's journal
  * (journal.ts): what follows is ignored, the resume starts there and the
  * agent sends those extents again (writing an extent again writes the same
- * bytes).
+ * bytes). `firstSeq`: the seq of the first line (a piece after others,
+ * {@link readExtentLogRecords}). Returns (the generator's value) whether a
+ * line ended the log before the bytes did.
  */
-export function* extentLogRecords(raw: Uint8Array, shape?: ExtentLogShape): Generator<LogRecord> {
+export function* extentLogRecords(raw: Uint8Array, shape?: ExtentLogShape, firstSeq = 0): Generator<LogRecord, boolean> {
   const buf = Buffer.from(raw.buffer, raw.byteOffset, raw.length)
-  let seq = 0
+  let seq = firstSeq
   for (let start = 0; start < buf.length; ) {
     let end = buf.indexOf(0x0a, start)
     if (end < 0) end = buf.length
@@ -103,43 +103,105 @@ export function* extentLogRecords(raw: Uint8Array, shape?: ExtentLogShape): Gene
       try {
         r = JSON.parse(buf.toString('utf8', start, end)) as LogRecord
       } catch {
-        return
+        return true
       }
       // a line that parses but is no record (`null`, a number, a list): the foreign tail ends the log, never a TypeError
-      if (typeof r !== 'object' || r === null || r.seq !== seq || !wholeRecord(r, shape)) return
+      if (typeof r !== 'object' || r === null || r.seq !== seq || !wholeRecord(r, shape)) return true
       seq++
       yield r
     }
     start = end + 1
   }
+  return false
 }
 
 /** An extent log larger than a cycle of its disk can write ({@link extentLogMaxBytes}): E_STATE, named, with what to do. */
 export class ExtentLogTooLarge extends ReceiverError {
-  constructor(message: string, cause: unknown) {
+  constructor(message: string, cause?: unknown) {
     super('E_STATE', message, { cause })
   }
 }
 
 /**
- * The bytes of the extent log of disk `info` of `vm` (empty when there is
- * none), at most {@link extentLogMaxBytes} of them.
+ * How much of an extent log is read at a time (one request to the session
+ * client, its answer one line of base64): what a resume holds of the log
+ * besides one line carried from a piece to the next.
+ */
+export const EXTENT_LOG_PIECE_BYTES = 1024 * 1024
+
+/** Where an extent log is read from: its size (undefined: no such object) and its bytes in pieces from the start. */
+export interface ExtentLogSource {
+  size(object: string): Promise<number | undefined>
+  pieces(object: string, size: number): AsyncIterable<Uint8Array>
+}
+
+/**
+ * The log read through a VM's session client (ceph-lock.ts `stat`, `read`:
+ * librados at an offset), {@link EXTENT_LOG_PIECE_BYTES} at a time: a
+ * resume, under the lease.
+ */
+export function sessionLogSource(lock: Pick<CephLock, 'objectSize' | 'readObject'>, pieceBytes = EXTENT_LOG_PIECE_BYTES): ExtentLogSource {
+  return {
+    size: (object) => lock.objectSize(object),
+    async *pieces(object, size) {
+      for (let off = 0; off < size; ) {
+        const b = await lock.readObject(object, off, Math.min(pieceBytes, size - off))
+        if (b.length === 0) return
+        off += b.length
+        yield b
+      }
+    },
+  }
+}
+
+/** The longest line a record of a log of `shape` can be (its newline not counted). */
+function longestLine(shape: ExtentLogShape): number {
+  const records = maxLogRecords(shape.capacity)
+  return '{"seq":,"offset":,"length":,"zero":false,"digest":""}'.length + String(records).length + 2 * String(shape.capacity).length + 2 * shape.digestBytes
+}
+
+/**
+ * The records of the extent log of disk `info` of `vm` (none when there is
+ * no log), read in pieces from `source` and parsed across their boundaries
+ * with {@link extentLogRecords}: what is held at a time is one piece and the
+ * line carried from it to the next (at most the longest record line; a
+ * longer run without a newline is no record and ends the log), whatever the
+ * log's size. A log larger than {@link extentLogMaxBytes} is refused before
+ * a byte of it is read.
  * @throws ExtentLogTooLarge (E_STATE: a larger object, not this store's log, named with what to do), ReceiverError E_IO
  */
-export async function readExtentLog(t: CephTarget, vm: string, info: Pick<CephInflightDisk, 'name' | 'log' | 'capacity' | 'algorithm'>): Promise<Uint8Array> {
-  const maxBytes = extentLogMaxBytes(extentLogShape(info))
-  try {
-    return await runCeph(t, 'rados', ['-p', t.pool, 'get', info.log, '-'], undefined, { maxBytes })
-  } catch (err) {
-    if ((err as { notFound?: boolean }).notFound) return Buffer.alloc(0)
-    if (err instanceof CephOutputTooLarge) {
-      throw new ExtentLogTooLarge(
-        `the extent log ${info.log} of disk ${info.name} of VM ${vm} in pool ${t.pool} is larger than the ${maxBytes} bytes a cycle of its ${info.capacity}-byte capacity can log: it is not this store's log (written behind the store) and is not read; roll the cycle back (the agent does when its DiskOpen is refused for it; by hand: grainline mirror rollback --store ceph:${t.pool} --vm ${vm}, which removes the log unread): the cycle is then shipped again`,
-        err,
-      )
-    }
-    throw err
+export async function* readExtentLogRecords(t: CephTarget, vm: string, info: Pick<CephInflightDisk, 'name' | 'log' | 'capacity' | 'algorithm'>, source: ExtentLogSource): AsyncGenerator<LogRecord> {
+  const shape = extentLogShape(info)
+  const maxBytes = extentLogMaxBytes(shape)
+  const size = await source.size(info.log)
+  if (size === undefined) return
+  if (size > maxBytes) {
+    throw new ExtentLogTooLarge(
+      `the extent log ${info.log} of disk ${info.name} of VM ${vm} in pool ${t.pool} is ${size} bytes, larger than the ${maxBytes} bytes a cycle of its ${info.capacity}-byte capacity can log: it is not this store's log (written behind the store) and is not read; roll the cycle back (the agent does when its DiskOpen is refused for it; by hand: grainline mirror rollback --store ceph:${t.pool} --vm ${vm}, which removes the log unread): the cycle is then shipped again`,
+    )
   }
+  const lineMax = longestLine(shape)
+  let seq = 0
+  let carry: Buffer = Buffer.alloc(0)
+  for await (const piece of source.pieces(info.log, size)) {
+    const b = carry.length === 0 ? Buffer.from(piece.buffer, piece.byteOffset, piece.length) : Buffer.concat([carry, piece])
+    const nl = b.lastIndexOf(0x0a)
+    // the whole lines of the piece now, the rest (a line cut at the piece's end) with the next piece
+    const whole = nl < 0 ? b.subarray(0, 0) : b.subarray(0, nl + 1)
+    carry = Buffer.from(nl < 0 ? b : b.subarray(nl + 1))
+    const lines = extentLogRecords(whole, shape, seq)
+    for (let r = lines.next(); ; r = lines.next()) {
+      if (r.done === true) {
+        if (r.value) return
+        break
+      }
+      seq++
+      yield r.value
+    }
+    if (carry.length > lineMax) return
+  }
+  // the last line without its newline: a torn append, or a whole record the log ends with (parsed as before)
+  if (carry.length > 0) for (const r of extentLogRecords(carry, shape, seq)) yield r
 }
 
 /** {@link extentLogRecords} as an array (tests and tools). */
@@ -206,14 +268,23 @@ export class CephDiskApply {
 
   /** Reopen an interrupted apply at the end of its log, replaying the logged extents through {@link accept}. */
   static async resume(target: CephTarget, lock: CephLock, vm: string, info: CephInflightDisk, touched?: TouchedBlocks): Promise<CephDiskApply> {
-    const raw = await readExtentLog(target, vm, info)
+    // the log's size first (a log no cycle of the disk can write is refused unread), its records after the image is found
+    const records = readExtentLogRecords(target, vm, info, sessionLogSource(lock))
+    const first = await records.next()
     const imageThere = await imageExists(target, info.image)
     if (!imageThere) {
+      await records.return(undefined)
       if (info.baseSnap !== null) throw new ReceiverError('E_STATE', `image ${info.image} of disk ${info.name} of VM ${vm} is missing from pool ${target.pool}: roll back, then seed`)
       return await CephDiskApply.start(target, lock, vm, info, touched)
     }
+    // replayed one record at a time: the apply keeps of each its counts, the running cycle digest and (a kept map)
+    // a bit of its blocks, no record itself; the log is held a piece at a time (readExtentLogRecords)
     const a = new CephDiskApply(target, lock, vm, info, touched)
-    for (const r of extentLogRecords(raw, extentLogShape(info))) a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
+    const replay = (r: LogRecord): void => {
+      a.accept({ seq: r.seq, offset: r.offset, length: r.length, zero: r.zero, data: undefined, digest: Buffer.from(r.digest, 'hex') })
+    }
+    if (first.done !== true) replay(first.value)
+    for await (const r of records) replay(r)
     a.applied = a.next - 1
     return a
   }

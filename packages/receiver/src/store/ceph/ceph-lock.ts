@@ -69,8 +69,10 @@ interface Answer {
   msg?: string
   addr?: string
   fenced?: string[]
-  /** `snap_size`: the snapshot's size, -1 when the image has no such snapshot */
+  /** `snap_size`: the snapshot's size, -1 when the image has no such snapshot; `stat`: the object's size */
   size?: number
+  /** `read`: the bytes read, base64 */
+  data?: string
 }
 
 interface Pending {
@@ -331,6 +333,28 @@ export class CephLock {
     }
   }
 
+  /** The size of a RADOS object through the session client (a query: no process); undefined when it does not exist. */
+  async objectSize(object: string): Promise<number | undefined> {
+    try {
+      const a = await this.request({ op: 'stat', obj: object }, `rados stat ${object}`, cephTimeouts.queryMs)
+      return typeof a.size === 'number' ? a.size : undefined
+    } catch (err) {
+      if (err instanceof CephCommandError && err.notFound) return undefined
+      throw err
+    }
+  }
+
+  /**
+   * At most `length` bytes of a RADOS object from `offset` through the
+   * session client (librados `read`: fewer at its end, none past it), where
+   * `rados get` has no offset and reads the whole object. The answer is one
+   * line of base64: keep `length` to a piece (ceph-apply.ts EXTENT_LOG_PIECE_BYTES).
+   */
+  async readObject(object: string, offset: number, length: number): Promise<Buffer> {
+    const a = await this.request({ op: 'read', obj: object, off: offset, len: length }, `rados read ${object} ${offset}+${length}`, cephTimeouts.queryMs)
+    return Buffer.from(a.data ?? '', 'base64')
+  }
+
   /** `rbd create --size SIZE IMAGE` (the cluster's default features). */
   async createImage(image: string, size: number): Promise<void> {
     await this.request({ op: 'create', image, size }, `rbd create ${this.target.pool}/${image}`)
@@ -362,12 +386,38 @@ export class CephLock {
     })
   }
 
-  /** Release the lease (idempotent): the helper removes this session's registrations, unlocks and exits. */
+  /**
+   * Release the lease (idempotent): the helper removes this session's
+   * registrations, unlocks and exits. Those are calls to the cluster, which
+   * librados waits on forever when the cluster does not answer (stopped,
+   * unreachable): a helper not gone `cephTimeouts.releaseMs` after its
+   * release is killed (its lease then runs out by itself and the next holder
+   * fences what it left registered), so a released session never keeps the
+   * receiver's process alive through the helper's pipes.
+   */
   release(): void {
     if (this.released) return
     this.released = true
     if (this.lost === undefined) this.proc.stdin?.write(`${JSON.stringify({ op: 'release' })}\n`)
     this.proc.stdin?.end()
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return
+    const releaseMs = cephTimeouts.releaseMs
+    const timer = setTimeout(() => {
+      this.log?.warn(
+        { lock: this.object, pid: this.proc.pid },
+        `the Ceph session client of VM ${this.vm} did not unlock within ${Math.round(releaseMs / 1000)} s of its release (does the cluster answer? ceph -s): killed; its lease runs out by itself and the next holder fences what it left registered`,
+      )
+      this.proc.kill('SIGKILL')
+    }, releaseMs)
+    // the helper's pipes keep the process alive until it is gone; the timer alone does not
+    timer.unref()
+    this.proc.once('exit', () => clearTimeout(timer))
+  }
+
+  /** Resolves once the session client has exited (after {@link release}: within `cephTimeouts.releaseMs`). */
+  whenExited(): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve()
+    return new Promise((resolve) => this.proc.once('exit', () => resolve()))
   }
 
   /** @throws ReceiverError E_BUSY when the lease was lost (another receiver may own the VM now) */

@@ -53,7 +53,7 @@ import { appendCephHistory } from './ceph-history.ts'
 import { VM_INDEX } from './ceph-vm-index.ts'
 import type { CycleHistoryEntry } from '../../cycle-history.ts'
 import { keptMapAtCommit } from './ceph-kept-map.ts'
-import { damagedSnapshotText, freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
+import { damagedBaseText, damagedSnapshotText, freshOpenRefusal, trackerFor } from './ceph-open-rules.ts'
 import { snapshotProblem } from './ceph-snapshots.ts'
 
 /** Outcome of a DiskOpen on the Ceph store (the fields of DiskState, and the apply when accepted). */
@@ -282,6 +282,11 @@ export class CephVmMirror {
     const notNext = notNextCycle(this.vm, req.cycle, s.committedCycle)
     if (notNext !== undefined) return refuse('E_CYCLE_MISMATCH', notNext)
     if (inf !== undefined) {
+      // first (whatever the cycle's identity: the resync the agent tries after this refusal meets it too): the base
+      // snapshot the head is written from, as a fresh open checks it; removed or shrunk behind the store, the resume's
+      // first batch would fail E_IO and its rollback too, at every run of the agent
+      const damaged = await this.damagedBase(req.name, inf)
+      if (damaged !== undefined) return { ...base, modified: true, accepted: false, reason: 'E_MIRROR_MODIFIED', message: damaged }
       if (inf.cycleId !== req.cycleId || inf.mode !== req.mode || inf.capacity !== req.capacity || inf.algorithm !== req.algorithm) {
         return refuse('E_CYCLE_MISMATCH', `disk ${req.name} has an interrupted apply of a different cycle identity; roll it back first`)
       }
@@ -328,6 +333,27 @@ export class CephVmMirror {
     await this.save({ ...s, inflight: { cycle: req.cycle, startedAt: prev?.startedAt ?? new Date().toISOString(), disks: { ...(prev?.disks ?? {}), [req.name]: info } } })
     const apply = await CephDiskApply.start(this.target, this.lock, this.vm, info, trackerFor(req, rec))
     return { ...base, accepted: true, reason: '', message: '', apply }
+  }
+
+  /**
+   * What is wrong with the base snapshot of disk `name` in flight (an
+   * incremental's or a resync's: the committed snapshot its head is written
+   * from), read through the session client as a fresh open reads it: the
+   * refusal's text (ceph-open-rules.ts damagedBaseText), or undefined when it
+   * is whole or the disk has no base (a seed).
+   */
+  private async damagedBase(name: string, d: CephInflightDisk): Promise<string | undefined> {
+    if (d.baseSnap === null) return undefined
+    const s = this.current
+    const rec = s.disks[name]
+    // the committed record's capacity when it names that snapshot (it does: the open took the base from it)
+    const capacity = rec !== undefined && rec.image === d.image && rec.snap === d.baseSnap ? rec.capacity : 0
+    const size = await this.lock.snapSize(d.image, d.baseSnap)
+    const sizes = size === undefined ? undefined : new Map(size < 0 ? [] : [[d.baseSnap, size]])
+    const problem = snapshotProblem(this.target.pool, d.image, d.baseSnap, capacity, sizes)
+    if (problem === undefined) return undefined
+    const store = `ceph:${this.target.pool}`
+    return damagedBaseText(this.vm, store, name, { image: d.image, snap: d.baseSnap, committedCycle: rec?.cycle ?? s.committedCycle, inflightCycle: s.inflight?.cycle ?? 0 }, problem)
   }
 
   /**
@@ -553,6 +579,15 @@ export class CephVmMirror {
         await op()
       } finally {
         clearInterval(timer)
+      }
+    }
+    // before anything is undone: a disk whose base snapshot is gone or shrunk cannot return to it (rbd snap rollback
+    // fails E_IO, at every try); refused whole, named, with the remedy (the agent fails the VM with it)
+    for (const d of disks) {
+      const damaged = await this.damagedBase(d.name, d)
+      if (damaged !== undefined) {
+        this.log.error({ vm: this.vm, cycle: infl.cycle, disk: d.name, why: damaged }, 'rollback refused: the base snapshot is damaged')
+        throw new ReceiverError('E_MIRROR_MODIFIED', `rolling back cycle ${infl.cycle} of VM ${this.vm}: ${damaged}`)
       }
     }
     tell(0)

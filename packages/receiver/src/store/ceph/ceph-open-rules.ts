@@ -58,6 +58,25 @@ export function damagedSnapshotText(vm: string, store: string, disk: string, rec
 }
 
 /**
+ * Why a cycle in flight of disk `disk` can neither resume nor be rolled back
+ * when its base snapshot (the committed snapshot its head was written from,
+ * `image@snap`) is damaged (`problem`: ceph-snapshots.ts snapshotProblem):
+ * the refusal of its resume's DiskOpen and of its Rollback, E_MIRROR_MODIFIED
+ * (the agent fails the VM with this, where the resume was accepted and its
+ * first batch failed E_IO, and the rollback failed E_IO, at every run).
+ */
+export function damagedBaseText(vm: string, store: string, disk: string, base: { image: string; snap: string; committedCycle: number; inflightCycle: number }, problem: string): string {
+  const pool = store.replace(/^ceph:/, '')
+  const n = base.inflightCycle
+  return (
+    `the base snapshot ${pool}/${base.image}@${base.snap} of disk ${disk} of VM ${vm} (its committed cycle ${base.committedCycle}, which cycle ${n} in flight is written on) ${problem}: ` +
+    `cycle ${n} can neither resume (its head is written from that snapshot) nor be rolled back (a rollback returns the image to it), and no later cycle can build on the mirror. ` +
+    `Restore or fail over a restore point still whole instead if needed (grainline status --store ${store} names them), archive the points to keep (grainline points archive --store ${store} --vm ${vm} --archive s3://BUCKET/PREFIX), ` +
+    `then remove the mirror with its cycle in flight (grainline mirror remove --store ${store} --vm ${vm} --yes): the next run seeds the VM anew`
+  )
+}
+
+/**
  * What the apply of a DiskOpen records of the blocks it writes (ceph-kept-map.ts):
  * a resync always (its commit writes the next kept map), an incremental on a
  * disk whose committed record keeps a map of the same capacity, nothing otherwise.

@@ -126,6 +126,16 @@ for line in sys.stdin:
                 found = [x for x in img.list_snaps() if x['name'] == req['snap']]
             say({'id': req.get('id'), 'ok': True, 'size': int(found[0]['size']) if found else -1})
             continue
+        elif op == 'stat':
+            # read only: the size of an object (no such object: ENOENT)
+            size, _ = io.stat(req['obj'])
+            say({'id': req.get('id'), 'ok': True, 'size': int(size)})
+            continue
+        elif op == 'read':
+            # read only: at most len bytes of an object from off (fewer at its end; none past it)
+            data = io.read(req['obj'], int(req['len']), int(req['off']))
+            say({'id': req.get('id'), 'ok': True, 'data': base64.b64encode(data).decode('ascii')})
+            continue
         elif op == 'omap_set':
             with rados.WriteOpCtx() as w:
                 io.set_omap(w, (req['key'],), (req['val'].encode('utf-8'),))

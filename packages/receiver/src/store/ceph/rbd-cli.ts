@@ -90,6 +90,14 @@ export const cephTimeouts = {
   queryAttempts: 2,
   /** @default 10 min */
   commandMs: 600_000,
+  /**
+   * How long a released session client (ceph-lock.ts) has to remove its
+   * registrations, unlock and disconnect before it is killed: librados waits
+   * forever for a cluster that does not answer, and the helper's pipes would
+   * keep the receiver's process alive with it.
+   * @default 10 s
+   */
+  releaseMs: 10_000,
 }
 
 /** Whether a command only reads (safe to ask again after a timeout). */
