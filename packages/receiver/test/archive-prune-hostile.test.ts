@@ -217,6 +217,23 @@ async function setUp(t: Test): Promise<{ s3: TinyS3; bucket: S3Bucket; a: string
   return { s3, bucket, a, b }
 }
 
+/** A store whose VM `vm` committed one seed cycle of `data` (receiver closed), and an empty {@link TinyS3} with its bucket `arch`. */
+async function seededStore(t: Test, vm: string, data: Buffer): Promise<{ store: string; s3: TinyS3; bucket: S3Bucket }> {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', data, 'ae01ae01ae01ae01')])
+  a.close()
+  await receiver.close()
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  return { store: env.store, s3, bucket }
+}
+
 t.test('a manifest listing truncated without a continuation token is refused (E_ARCHIVE), nothing deleted', async (t) => {
   const { s3, bucket } = await setUp(t)
   const before = s3.keys()
@@ -272,25 +289,14 @@ t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes
 })
 
 t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refreshes failed) writes no manifest (E_ARCHIVE)', async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-stale'
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(4 * MiB, 5), 'ae01ae01ae01ae01')])
-  a.close()
-  await receiver.close()
-  const s3 = new TinyS3()
-  const endpoint = await s3.start()
-  t.teardown(() => s3.stop())
-  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
-  t.teardown(() => bucket.close())
+  const { store, s3, bucket } = await seededStore(t, vm, pattern(4 * MiB, 5))
   // the chunks go up while every refresh of the run lock fails: by the manifest, LOCK_HELD_MS have passed without a write
   let skew = 0
   s3.hostility.afterPut = (key) => {
     if (key.startsWith('p/chunks/')) skew = LOCK_HELD_MS
   }
-  await t.rejects(archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + skew }), {
+  await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + skew }), {
     code: 'E_ARCHIVE',
     message: /run lock s3:\/\/arch\/p\/locks\/archive-.* was last written 60 min ago .*archive stopped before writing the manifest/,
   })
@@ -299,7 +305,7 @@ t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refres
   // with its lock held, the next run archives the point
   s3.hostility.afterPut = undefined
   skew = 0
-  const done = await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const done = await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
   t.same(
     done.map((p) => [p.cycle, p.archived]),
     [[1, true]],
@@ -358,21 +364,10 @@ t.test('a lock body written by anyone with the bucket: its fields reach the E_BU
 })
 
 t.test('read-only credentials: a restore goes on without its run lock (warned), byte-exact; an archive and a prune refuse', async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-ro'
   const data = pattern(4 * MiB, 7)
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', data, 'ae01ae01ae01ae01')])
-  a.close()
-  await receiver.close()
-  const s3 = new TinyS3()
-  const endpoint = await s3.start()
-  t.teardown(() => s3.stop())
-  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
-  t.teardown(() => bucket.close())
-  await archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const { store, s3, bucket } = await seededStore(t, vm, data)
+  await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
   const before = s3.keys()
   s3.hostility.readOnly = true
   const lines: string[] = []
@@ -384,7 +379,7 @@ t.test('read-only credentials: a restore goes on without its run lock (warned), 
   t.match(lines.join(''), /WITHOUT the archive's run lock: the S3 credentials may not write under p\/locks\/ \(read-only\)/, 'the restore says it ran without its lock, and why')
   t.same(s3.keys(), before, 'nothing written to the bucket')
   await t.rejects(
-    archivePoints(env.store, vm, undefined, { logger: log, bucket, prefix: 'p/' }),
+    archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' }),
     { code: 'E_ARCHIVE', message: /S3 refused to write the run lock .*\(403\)/ },
     'an archive does not run without its lock',
   )
