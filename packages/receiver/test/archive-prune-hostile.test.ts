@@ -45,6 +45,8 @@ interface Hostility {
   endless?: { key: string; sent: number; done?: Promise<void> }
   /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
   readOnly?: boolean
+  /** ListObjectsV2 entries without their LastModified */
+  noLastModified?: boolean
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -96,7 +98,8 @@ class TinyS3 {
       const noToken = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder)
       const contents = page.map((k) => {
         const v = this.#latest(k) as Version
-        return `<Contents><Key>${k}</Key><LastModified>${v.lastModified.toISOString()}</LastModified><ETag>"e"</ETag><Size>${v.body.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`
+        const when = this.hostility.noLastModified === true ? '' : `<LastModified>${v.lastModified.toISOString()}</LastModified>`
+        return `<Contents><Key>${k}</Key>${when}<ETag>"e"</ETag><Size>${v.body.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`
       })
       xml(
         `<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><KeyCount>${page.length}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>${truncated}</IsTruncated>${truncated && !noToken ? `<NextContinuationToken>${page[0]}</NextContinuationToken>` : ''}${contents.join('')}</ListBucketResult>`,
@@ -384,4 +387,19 @@ t.test('read-only credentials: a restore goes on without its run lock (warned), 
     'an archive does not run without its lock',
   )
   await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_ARCHIVE', message: /S3 refused to write the run lock/ }, 'nor a prune')
+})
+
+t.test('a listing without LastModified: an unreferenced chunk is taken as just written (kept), a lock as fresh (refused), never as written in 1970', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  s3.hostility.noLastModified = true
+  // a chunk an archive in progress has just uploaded, its manifest not yet written
+  const c = digest('c')
+  s3.put(chunkKey('p/', c), Buffer.from('c'))
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5 })
+  t.same([r.chunks.deleted, r.chunks.young], [0, 1], 'the unreferenced chunk of unknown age is young: not deleted')
+  t.same(s3.keys(), [chunkKey('p/', a), chunkKey('p/', b), chunkKey('p/', c), manifestKey('p/', 'web', 1), manifestKey('p/', 'web', 2)].sort(), 'nothing deleted')
+  // an archive's lock, of unknown age: a prune refuses beside it (it was ignored as 56 years old)
+  s3.put('p/locks/archive-other', Buffer.from(JSON.stringify({ kind: 'archive', host: 'h', pid: 7, time: new Date().toISOString() })))
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_BUSY', message: /points archive holds the lock p\/locks\/archive-other/ })
+  t.ok(s3.objects.has(manifestKey('p/', 'web', 1)), 'point 1 not deleted')
 })

@@ -94,6 +94,7 @@ function partialListing(bucket: string, prefix: string, why: string): ReceiverEr
 export interface ListedObject {
   readonly key: string
   readonly size: number
+  /** when it was last written; the time of the listing when the server did not say (never older than it may be) */
   readonly lastModified: Date
 }
 
@@ -218,7 +219,11 @@ export class S3Bucket {
         throw s3Error(err, `listing ${prefix}`)
       }
       const page: ListedObject[] = []
-      for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) })
+      // an entry without its LastModified (a server that leaves it out) is taken as written now: an unreferenced chunk
+      // young, a run lock fresh — never as written in 1970, which made archive-prune delete a chunk an archive had just
+      // uploaded (no grace) and ignore every run lock as stale
+      const listedAt = new Date()
+      for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? listedAt })
       await onPage(page)
       if (r.IsTruncated !== true) return
       // a truncated page without a new token would end the listing early: a partial view, on which archive-prune
