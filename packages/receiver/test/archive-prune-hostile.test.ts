@@ -403,3 +403,21 @@ t.test('a listing without LastModified: an unreferenced chunk is taken as just w
   await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_BUSY', message: /points archive holds the lock p\/locks\/archive-other/ })
   t.ok(s3.objects.has(manifestKey('p/', 'web', 1)), 'point 1 not deleted')
 })
+
+t.test('a manifest that does not parse, found after manifests were deleted: refused, saying what was deleted (not "nothing")', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  // something writes under vms/ while the prune deletes point 1's manifest
+  s3.hostility.afterDelete = (key) => {
+    if (key === m1) s3.put('p/vms/web/points/000000000003.json', Buffer.from('{"torn'))
+  }
+  const err = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(err?.code, 'E_ARCHIVE')
+  t.notMatch(err?.message, /nothing was deleted/, 'it does not claim nothing was deleted')
+  t.match(err?.message, /no chunk was deleted; 1 manifest was deleted before/, 'what was deleted')
+  t.notOk(s3.objects.has(m1), 'point 1’s manifest was deleted indeed')
+  t.ok(s3.objects.has(chunkKey('p/', a)) && s3.objects.has(chunkKey('p/', b)), 'no chunk deleted')
+})
