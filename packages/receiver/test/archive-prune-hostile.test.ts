@@ -421,3 +421,26 @@ t.test('a manifest that does not parse, found after manifests were deleted: refu
   t.notOk(s3.objects.has(m1), 'point 1’s manifest was deleted indeed')
   t.ok(s3.objects.has(chunkKey('p/', a)) && s3.objects.has(chunkKey('p/', b)), 'no chunk deleted')
 })
+
+t.test('object names written by anyone with the bucket reach a message with their control characters and bidi overrides escaped', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  // a lock whose name reverses what follows it on the operator's terminal
+  s3.put('p/locks/archive-\u202eevil\u0085x', Buffer.from(JSON.stringify({ kind: 'archive', host: 'h', pid: 7, time: new Date().toISOString() })))
+  const busy = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(busy?.code, 'E_BUSY')
+  t.match(busy?.message, /holds the lock p\/locks\/archive-\\u202eevil\\u0085x \(/, 'the name shown escaped, exact')
+  t.notMatch(busy?.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, 'no control character or bidi override')
+  s3.objects.delete('p/locks/archive-\u202eevil\u0085x')
+  // a manifest under a key, and naming a VM, with a bidi override
+  s3.put('p/vms/w\u202eb/points/000000000001.json', manifest('web\u202e\u009b2J', 1, digest('a'), old), old)
+  const bad = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(bad?.code, 'E_ARCHIVE')
+  t.match(bad?.message, /manifest s3:\/\/arch\/p\/vms\/w\\u202eb\/points\/000000000001\.json describes VM web\\u202e\\u009b2J cycle 1/, 'key and VM escaped')
+  t.notMatch(bad?.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, 'no control character or bidi override')
+})

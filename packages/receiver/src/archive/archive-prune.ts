@@ -27,7 +27,7 @@ import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
 import { takeRunLock, type HeldRunLock } from './archive-lock.ts'
-import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
+import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** Why `keepLast: 0` needs a VM. */
 export const KEEP_NONE_NEEDS_VM =
@@ -262,7 +262,8 @@ async function readAllManifests(opts: ArchivePruneOptions, deletedBefore: number
     for (const o of page) {
       const rel = o.key.slice(prefix.length)
       const km = MANIFEST_KEY.exec(rel)
-      const url = `s3://${bucket.bucket}/${o.key}`
+      // the key and the manifest's words were written by anyone with the bucket: escaped for the message
+      const url = `s3://${bucket.bucket}/${printableName(o.key)}`
       const refuse = (why: string, cause?: unknown): ReceiverError =>
         new ReceiverError(
           'E_ARCHIVE',
@@ -282,7 +283,7 @@ async function readAllManifests(opts: ArchivePruneOptions, deletedBefore: number
       } catch {
         vm = ''
       }
-      if (m.vm !== vm || m.cycle !== Number(km[2])) throw refuse(`manifest ${url} describes VM ${m.vm} cycle ${m.cycle}, not the VM and cycle of its key`)
+      if (m.vm !== vm || m.cycle !== Number(km[2])) throw refuse(`manifest ${url} describes VM ${printableName(m.vm)} cycle ${m.cycle}, not the VM and cycle of its key`)
       const archivedAt = Date.parse(m.archivedAt)
       if (Number.isNaN(archivedAt)) throw refuse(`manifest ${url}: archivedAt ${JSON.stringify(m.archivedAt)} is not a time`)
       out.push({ key: o.key, vm, cycle: m.cycle, archivedAt, archivedAtText: m.archivedAt, size: o.size })

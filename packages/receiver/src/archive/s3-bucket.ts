@@ -82,6 +82,16 @@ function s3Error(err: unknown, what: string): ReceiverError {
   return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${code ?? ''} ${(err as Error).message}${hint}`.replace(/\s+/g, ' '), { cause: err })
 }
 
+/**
+ * An object's name (or a name read from an object) for a message an operator
+ * reads: anyone who can write the bucket chose it, so its control characters,
+ * line separators and bidi overrides are shown escaped (`\u202e`): the name
+ * stays exact, and cannot rewrite the terminal or fake a log line.
+ */
+export function printableName(name: string): string {
+  return name.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${(c.codePointAt(0) as number).toString(16).padStart(4, '0')}`)
+}
+
 /** A listing the server cut short (truncated, with no way on): refused, never taken for the whole. */
 function partialListing(bucket: string, prefix: string, why: string): ReceiverError {
   return new ReceiverError(
