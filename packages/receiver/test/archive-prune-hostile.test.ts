@@ -22,7 +22,8 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
-import { archivePoints, LOCK_HELD_MS, pruneArchive, restoreFromArchive, S3Bucket } from '../src/index.ts'
+import { mock } from 'node:test'
+import { archivePoints, LOCK_HELD_MS, LOCK_REFRESH_MS, pruneArchive, restoreFromArchive, S3Bucket, takeRunLock } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -47,6 +48,8 @@ interface Hostility {
   readOnly?: boolean
   /** ListObjectsV2 entries without their LastModified */
   noLastModified?: boolean
+  /** a PUT of a key is answered (and stored) only once the promise this returns resolves */
+  holdPut?: (key: string) => Promise<void> | undefined
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -127,6 +130,7 @@ class TinyS3 {
       return
     }
     if (req.method === 'PUT') {
+      await this.hostility.holdPut?.(key)
       this.put(key, Buffer.concat(chunks))
       res.setHeader('etag', `"${createHash('md5').update(Buffer.concat(chunks)).digest('hex')}"`)
       res.end()
@@ -443,4 +447,41 @@ t.test('object names written by anyone with the bucket reach a message with thei
   t.equal(bad?.code, 'E_ARCHIVE')
   t.match(bad?.message, /manifest s3:\/\/arch\/p\/vms\/w\\u202eb\/points\/000000000001\.json describes VM web\\u202e\\u009b2J cycle 1/, 'key and VM escaped')
   t.notMatch(bad?.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, 'no control character or bidi override')
+})
+
+t.test('a refresh of a run lock that hangs is not overtaken by the next: the release waits for it, and no lock is left behind', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  mock.timers.enable({ apis: ['setInterval'] })
+  t.teardown(() => mock.timers.reset())
+  const lock = await takeRunLock(bucket, 'p/', 'prune', log)
+  // the first refresh hangs (a connection that does not answer); the server lets it through only later
+  let free: () => void = () => {}
+  const held = new Promise<void>((resolve) => {
+    free = resolve
+  })
+  let puts = 0
+  let stored: Promise<void> | undefined
+  s3.hostility.holdPut = (key) => {
+    if (!key.startsWith('p/locks/')) return undefined
+    puts++
+    if (puts !== 1) return undefined
+    stored = held
+    return held
+  }
+  mock.timers.tick(LOCK_REFRESH_MS)
+  await new Promise((r) => setTimeout(r, 200))
+  mock.timers.tick(LOCK_REFRESH_MS)
+  await new Promise((r) => setTimeout(r, 200))
+  t.equal(puts, 1, 'no second refresh while the first is in flight')
+  const released = lock.release()
+  await new Promise((r) => setTimeout(r, 300))
+  free()
+  await released
+  await stored
+  await new Promise((r) => setTimeout(r, 200))
+  t.same(
+    s3.keys().filter((k) => k.startsWith('p/locks/')),
+    [],
+    'no lock left: the hung refresh landed before the lock was deleted, never after',
+  )
 })
