@@ -427,8 +427,10 @@ export function blockCheckTimeoutMs(msg: Pick<BlockCheckMessage, 'blocks' | 'blo
 /** The receiver's Error as a refusal; E_BUSY, E_SHUTDOWN and E_TIMEOUT are thrown as retryable connection losses. */
 function errorReply(m: ErrorMessage): { ok: false; refusal: Refusal } {
   const closeCode = RETRY_CODES[m.code]
-  if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${m.message}`, closeCode)
-  return { ok: false, refusal: { code: m.code, message: untrustedText(m.message, MAX_ERROR_TEXT_BYTES), fatal: m.fatal } }
+  // untrusted text either way: a retried loss's message is the run's error once its retries end (report, e-mail, webhook)
+  const message = untrustedText(m.message, MAX_ERROR_TEXT_BYTES)
+  if (closeCode !== undefined) throw new ConnectionLost(`receiver: ${m.code} ${message}`, closeCode)
+  return { ok: false, refusal: { code: m.code, message, fatal: m.fatal } }
 }
 
 /**

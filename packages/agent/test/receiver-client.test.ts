@@ -124,6 +124,26 @@ t.test('an Error in place of a reply is a refusal; E_BUSY, E_SHUTDOWN and E_TIME
   }
 })
 
+t.test("a retryable Error's text is untrusted too: the ConnectionLost (the run's error once retries end) has no escape, control character or bidi override", async (t) => {
+  const hostile = `later\u001b]8;;http://evil/\u0007click\u001b]8;;\u0007\r\nFAKE LINE\u202eesrever ${'\u001b[31m€'.repeat(2000)}`
+  const url = await scripted(t, (m, ws) => {
+    if (m.kind !== MessageKind.Hello) return 'default'
+    ws.send(encodeMessage({ kind: MessageKind.Error, code: 'E_BUSY', message: hostile.slice(0, 1500), fatal: true }))
+    ws.close(4429)
+    return 'none'
+  })
+  const k = await ReceiverClient.connect({ url, token: 'x' })
+  t.teardown(() => k.terminate())
+  const err = (await k.hello(hello).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as Error | undefined
+  t.match(err, { name: 'ConnectionLost' })
+  t.ok(isRetryable(err), 'still retried')
+  t.match(err?.message, /^receiver: E_BUSY laterclick FAKE LINE esrever €€€/, 'the words kept, the escapes gone')
+  t.notMatch(err?.message, /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/, 'no control character or bidi override')
+})
+
 t.test('a Welcome choosing a version, digest or compression the Hello did not offer breaks the conversation: E_PROTOCOL', async (t) => {
   const welcome =
     (over: Partial<Record<'version' | 'digest' | 'compression', unknown>>) =>

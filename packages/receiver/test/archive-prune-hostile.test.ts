@@ -22,7 +22,8 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
-import { archivePoints, LOCK_HELD_MS, pruneArchive, restoreFromArchive, S3Bucket } from '../src/index.ts'
+import { mock } from 'node:test'
+import { archivePoints, LOCK_HELD_MS, LOCK_REFRESH_MS, pruneArchive, restoreFromArchive, S3Bucket, takeRunLock } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -45,6 +46,10 @@ interface Hostility {
   endless?: { key: string; sent: number; done?: Promise<void> }
   /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
   readOnly?: boolean
+  /** ListObjectsV2 entries without their LastModified */
+  noLastModified?: boolean
+  /** a PUT of a key is answered (and stored) only once the promise this returns resolves */
+  holdPut?: (key: string) => Promise<void> | undefined
 }
 
 /** A path-style S3 of one bucket in memory, one key a listing page. */
@@ -96,7 +101,8 @@ class TinyS3 {
       const noToken = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder)
       const contents = page.map((k) => {
         const v = this.#latest(k) as Version
-        return `<Contents><Key>${k}</Key><LastModified>${v.lastModified.toISOString()}</LastModified><ETag>"e"</ETag><Size>${v.body.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`
+        const when = this.hostility.noLastModified === true ? '' : `<LastModified>${v.lastModified.toISOString()}</LastModified>`
+        return `<Contents><Key>${k}</Key>${when}<ETag>"e"</ETag><Size>${v.body.length}</Size><StorageClass>STANDARD</StorageClass></Contents>`
       })
       xml(
         `<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><KeyCount>${page.length}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>${truncated}</IsTruncated>${truncated && !noToken ? `<NextContinuationToken>${page[0]}</NextContinuationToken>` : ''}${contents.join('')}</ListBucketResult>`,
@@ -124,6 +130,7 @@ class TinyS3 {
       return
     }
     if (req.method === 'PUT') {
+      await this.hostility.holdPut?.(key)
       this.put(key, Buffer.concat(chunks))
       res.setHeader('etag', `"${createHash('md5').update(Buffer.concat(chunks)).digest('hex')}"`)
       res.end()
@@ -384,4 +391,97 @@ t.test('read-only credentials: a restore goes on without its run lock (warned), 
     'an archive does not run without its lock',
   )
   await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_ARCHIVE', message: /S3 refused to write the run lock/ }, 'nor a prune')
+})
+
+t.test('a listing without LastModified: an unreferenced chunk is taken as just written (kept), a lock as fresh (refused), never as written in 1970', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  s3.hostility.noLastModified = true
+  // a chunk an archive in progress has just uploaded, its manifest not yet written
+  const c = digest('c')
+  s3.put(chunkKey('p/', c), Buffer.from('c'))
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5 })
+  t.same([r.chunks.deleted, r.chunks.young], [0, 1], 'the unreferenced chunk of unknown age is young: not deleted')
+  t.same(s3.keys(), [chunkKey('p/', a), chunkKey('p/', b), chunkKey('p/', c), manifestKey('p/', 'web', 1), manifestKey('p/', 'web', 2)].sort(), 'nothing deleted')
+  // an archive's lock, of unknown age: a prune refuses beside it (it was ignored as 56 years old)
+  s3.put('p/locks/archive-other', Buffer.from(JSON.stringify({ kind: 'archive', host: 'h', pid: 7, time: new Date().toISOString() })))
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_BUSY', message: /points archive holds the lock p\/locks\/archive-other/ })
+  t.ok(s3.objects.has(manifestKey('p/', 'web', 1)), 'point 1 not deleted')
+})
+
+t.test('a manifest that does not parse, found after manifests were deleted: refused, saying what was deleted (not "nothing")', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  // something writes under vms/ while the prune deletes point 1's manifest
+  s3.hostility.afterDelete = (key) => {
+    if (key === m1) s3.put('p/vms/web/points/000000000003.json', Buffer.from('{"torn'))
+  }
+  const err = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(err?.code, 'E_ARCHIVE')
+  t.notMatch(err?.message, /nothing was deleted/, 'it does not claim nothing was deleted')
+  t.match(err?.message, /no chunk was deleted; 1 manifest was deleted before/, 'what was deleted')
+  t.notOk(s3.objects.has(m1), 'point 1’s manifest was deleted indeed')
+  t.ok(s3.objects.has(chunkKey('p/', a)) && s3.objects.has(chunkKey('p/', b)), 'no chunk deleted')
+})
+
+t.test('object names written by anyone with the bucket reach a message with their control characters and bidi overrides escaped', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  // a lock whose name reverses what follows it on the operator's terminal
+  s3.put('p/locks/archive-\u202eevil\u0085x', Buffer.from(JSON.stringify({ kind: 'archive', host: 'h', pid: 7, time: new Date().toISOString() })))
+  const busy = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(busy?.code, 'E_BUSY')
+  t.match(busy?.message, /holds the lock p\/locks\/archive-\\u202eevil\\u0085x \(/, 'the name shown escaped, exact')
+  t.notMatch(busy?.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, 'no control character or bidi override')
+  s3.objects.delete('p/locks/archive-\u202eevil\u0085x')
+  // a manifest under a key, and naming a VM, with a bidi override
+  s3.put('p/vms/w\u202eb/points/000000000001.json', manifest('web\u202e\u009b2J', 1, digest('a'), old), old)
+  const bad = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string },
+  )
+  t.equal(bad?.code, 'E_ARCHIVE')
+  t.match(bad?.message, /manifest s3:\/\/arch\/p\/vms\/w\\u202eb\/points\/000000000001\.json describes VM web\\u202e\\u009b2J cycle 1/, 'key and VM escaped')
+  t.notMatch(bad?.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, 'no control character or bidi override')
+})
+
+t.test('a refresh of a run lock that hangs is not overtaken by the next: the release waits for it, and no lock is left behind', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  mock.timers.enable({ apis: ['setInterval'] })
+  t.teardown(() => mock.timers.reset())
+  const lock = await takeRunLock(bucket, 'p/', 'prune', log)
+  // the first refresh hangs (a connection that does not answer); the server lets it through only later
+  let free: () => void = () => {}
+  const held = new Promise<void>((resolve) => {
+    free = resolve
+  })
+  let puts = 0
+  let stored: Promise<void> | undefined
+  s3.hostility.holdPut = (key) => {
+    if (!key.startsWith('p/locks/')) return undefined
+    puts++
+    if (puts !== 1) return undefined
+    stored = held
+    return held
+  }
+  mock.timers.tick(LOCK_REFRESH_MS)
+  await new Promise((r) => setTimeout(r, 200))
+  mock.timers.tick(LOCK_REFRESH_MS)
+  await new Promise((r) => setTimeout(r, 200))
+  t.equal(puts, 1, 'no second refresh while the first is in flight')
+  const released = lock.release()
+  await new Promise((r) => setTimeout(r, 300))
+  free()
+  await released
+  await stored
+  await new Promise((r) => setTimeout(r, 200))
+  t.same(
+    s3.keys().filter((k) => k.startsWith('p/locks/')),
+    [],
+    'no lock left: the hung refresh landed before the lock was deleted, never after',
+  )
 })

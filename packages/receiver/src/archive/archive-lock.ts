@@ -22,7 +22,7 @@ import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
-import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
+import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** A lock not rewritten for this long belongs to a run that stopped: ignored. */
 export const LOCK_STALE_MS = 2 * 3600_000
@@ -141,18 +141,26 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
     await del()
     throw new ReceiverError(
       'E_BUSY',
-      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${blocking.key} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
+      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
     )
   }
-  // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise recreate the lock after its deletion
-  let refreshing: Promise<void> = Promise.resolve()
+  // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise
+  // recreate the lock after its deletion — one at a time: a rewrite that hangs (S3 requests have no deadline) is not
+  // overtaken by the next, which release would wait for instead while the hung one lands after the deletion
+  let refreshing: Promise<void> | undefined
   const timer = setInterval(() => {
-    refreshing = bucket.put(key, body).then(
-      () => {
-        written = now()
-      },
-      (err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`),
-    )
+    if (refreshing !== undefined) return
+    refreshing = bucket
+      .put(key, body)
+      .then(
+        () => {
+          written = now()
+        },
+        (err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`),
+      )
+      .finally(() => {
+        refreshing = undefined
+      })
   }, LOCK_REFRESH_MS)
   timer.unref()
   logger.debug({ lock: key }, 'archive lock taken')

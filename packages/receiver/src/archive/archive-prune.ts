@@ -27,7 +27,7 @@ import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { MAX_MANIFEST_BYTES, parseManifest } from './archive-manifest.ts'
 import { takeRunLock, type HeldRunLock } from './archive-lock.ts'
-import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
+import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** Why `keepLast: 0` needs a VM. */
 export const KEEP_NONE_NEEDS_VM =
@@ -120,7 +120,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
   const where = (key: string): string => `s3://${bucket.bucket}/${key}`
 
   // 1. every manifest, parsed strictly: one that does not parse stops the run before anything is deleted
-  const manifests = await readAllManifests(opts, undefined)
+  const manifests = await readAllManifests(opts, 0, undefined)
   logger.info({ examined: manifests.length }, 'archive-prune: manifests examined')
 
   // 2. the selection: per VM, newest cycles first
@@ -173,7 +173,7 @@ async function pruneLocked(opts: ArchivePruneOptions, now: () => number, lock: H
   // it references its chunks like any other — only a dry run, which deleted nothing, leaves out its selection
   const gone = new Set(deleted.map((m) => m.key))
   const referenced = new Set<string>()
-  await readAllManifests(opts, (key, digests) => {
+  await readAllManifests(opts, dryRun ? 0 : deleted.length, (key, digests) => {
     if (gone.has(key)) {
       if (dryRun) return
       logger.warn({ manifest: key }, `archive-prune: manifest ${where(key)} was deleted but is listed again (written anew meanwhile?): its chunks are kept`)
@@ -250,21 +250,24 @@ async function lockedUntil(bucket: S3Bucket, key: string, now: () => number): Pr
 
 /**
  * Read and parse every manifest under the prefix, one at a time; `onDigests`
- * gets each one's chunk and file digests. @throws ReceiverError E_ARCHIVE
- * naming the manifest that does not parse (nothing has been deleted then)
+ * gets each one's chunk and file digests. `deletedBefore`: the manifests this
+ * run has deleted already (its second reading, after step 3), which the
+ * refusal names. @throws ReceiverError E_ARCHIVE naming the manifest that
+ * does not parse (no chunk has been deleted then)
  */
-async function readAllManifests(opts: ArchivePruneOptions, onDigests: ((key: string, digests: Iterable<string>) => void) | undefined): Promise<ManifestEntry[]> {
+async function readAllManifests(opts: ArchivePruneOptions, deletedBefore: number, onDigests: ((key: string, digests: Iterable<string>) => void) | undefined): Promise<ManifestEntry[]> {
   const { bucket, prefix } = opts
   const out: ManifestEntry[] = []
   await bucket.listPages(`${prefix}vms/`, async (page) => {
     for (const o of page) {
       const rel = o.key.slice(prefix.length)
       const km = MANIFEST_KEY.exec(rel)
-      const url = `s3://${bucket.bucket}/${o.key}`
+      // the key and the manifest's words were written by anyone with the bucket: escaped for the message
+      const url = `s3://${bucket.bucket}/${printableName(o.key)}`
       const refuse = (why: string, cause?: unknown): ReceiverError =>
         new ReceiverError(
           'E_ARCHIVE',
-          `archive-prune: ${why}; nothing was deleted (a chunk is never deleted on a partial view of the manifests). Inspect it (aws s3 cp ${url} -): if it is no grainline manifest or is damaged (it restores nothing), delete it by hand, then run archive-prune again`,
+          `archive-prune: ${why}; ${deletedBefore === 0 ? 'nothing was deleted' : `no chunk was deleted; ${deletedBefore} manifest${deletedBefore === 1 ? ' was' : 's were'} deleted before (the selected points: see the log)`} (a chunk is never deleted on a partial view of the manifests). Inspect it (aws s3 cp ${url} -): if it is no grainline manifest or is damaged (it restores nothing), delete it by hand, then run archive-prune again`,
           ...(cause === undefined ? [] : [{ cause }]),
         )
       if (km === null) throw refuse(`${url} is under vms/ but is not a manifest key (vms/VM/points/CYCLE(12 digits).json)`)
@@ -280,7 +283,7 @@ async function readAllManifests(opts: ArchivePruneOptions, onDigests: ((key: str
       } catch {
         vm = ''
       }
-      if (m.vm !== vm || m.cycle !== Number(km[2])) throw refuse(`manifest ${url} describes VM ${m.vm} cycle ${m.cycle}, not the VM and cycle of its key`)
+      if (m.vm !== vm || m.cycle !== Number(km[2])) throw refuse(`manifest ${url} describes VM ${printableName(m.vm)} cycle ${m.cycle}, not the VM and cycle of its key`)
       const archivedAt = Date.parse(m.archivedAt)
       if (Number.isNaN(archivedAt)) throw refuse(`manifest ${url}: archivedAt ${JSON.stringify(m.archivedAt)} is not a time`)
       out.push({ key: o.key, vm, cycle: m.cycle, archivedAt, archivedAtText: m.archivedAt, size: o.size })

@@ -82,6 +82,16 @@ function s3Error(err: unknown, what: string): ReceiverError {
   return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${code ?? ''} ${(err as Error).message}${hint}`.replace(/\s+/g, ' '), { cause: err })
 }
 
+/**
+ * An object's name (or a name read from an object) for a message an operator
+ * reads: anyone who can write the bucket chose it, so its control characters,
+ * line separators and bidi overrides are shown escaped (`\u202e`): the name
+ * stays exact, and cannot rewrite the terminal or fake a log line.
+ */
+export function printableName(name: string): string {
+  return name.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${(c.codePointAt(0) as number).toString(16).padStart(4, '0')}`)
+}
+
 /** A listing the server cut short (truncated, with no way on): refused, never taken for the whole. */
 function partialListing(bucket: string, prefix: string, why: string): ReceiverError {
   return new ReceiverError(
@@ -94,6 +104,7 @@ function partialListing(bucket: string, prefix: string, why: string): ReceiverEr
 export interface ListedObject {
   readonly key: string
   readonly size: number
+  /** when it was last written; the time of the listing when the server did not say (never older than it may be) */
   readonly lastModified: Date
 }
 
@@ -218,7 +229,11 @@ export class S3Bucket {
         throw s3Error(err, `listing ${prefix}`)
       }
       const page: ListedObject[] = []
-      for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) })
+      // an entry without its LastModified (a server that leaves it out) is taken as written now: an unreferenced chunk
+      // young, a run lock fresh — never as written in 1970, which made archive-prune delete a chunk an archive had just
+      // uploaded (no grace) and ignore every run lock as stale
+      const listedAt = new Date()
+      for (const o of r.Contents ?? []) if (o.Key !== undefined) page.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified ?? listedAt })
       await onPage(page)
       if (r.IsTruncated !== true) return
       // a truncated page without a new token would end the listing early: a partial view, on which archive-prune
