@@ -10,7 +10,12 @@
  * journal and staging folders included — and the store folder itself as
  * "the store", in the form the receiver was given, as resolved and as its
  * real path (a store reached through a link); a store given relative loses
- * that relative prefix too. What else the messages name
+ * that relative prefix too. A folder is the store's only where its path is
+ * the whole path: not the tail of a longer one (`/mnt/srv/store/…`), nor
+ * the start of a sibling's name (`/srv/store2/…`, `/srv/store.old`); and
+ * it ends where the path ends — at the end of a sentence (`/srv/store.`,
+ * `…!`, `…?`), a quote, a bracket or any other character that does not
+ * continue a file name. What else the messages name
  * stays: the VM's disks, cycles, CIDs, generations, a Ceph store's
  * `POOL/IMAGE@SNAP` and `ceph:POOL` (the remedy's `--store`), and a hold's
  * folder (the point the operator opened, named in the `points close --to`
@@ -20,18 +25,39 @@ import { realpathSync } from 'node:fs'
 import { isAbsolute, normalize, resolve } from 'node:path'
 import { MAX_ERROR_TEXT_BYTES, refusalDetail, toErrorMessage, truncateUtf8, type ErrorMessage } from '@grainline/protocol'
 
-/** The absolute forms of the folder `storeDir` a message may name it by, longest first. */
+/** The absolute forms of the folder `storeDir` a message may name it by (given, resolved, real both ways), longest first. */
 function storeForms(storeDir: string): string[] {
-  let real: string | undefined
-  try {
-    real = realpathSync(storeDir)
-  } catch {
-    // gone or unreadable: the forms given and resolved still go
+  const real: string[] = []
+  // Node's realpath takes a `..` as written (`link/..` is the folder holding the link), the system's after the link
+  // before it (the folder holding the link's target: what fs.promises.realpath, and so checkVmDir, say): both
+  for (const rp of [realpathSync, realpathSync.native]) {
+    try {
+      real.push(rp(storeDir))
+    } catch {
+      // gone or unreadable: the forms given and resolved still go
+    }
   }
-  const forms = new Set([storeDir, resolve(storeDir), ...(real === undefined ? [] : [real])].map((d) => d.replace(/[\\/]+$/, '')).filter((d) => d.length > 1 && isAbsolute(d)))
+  const forms = new Set([storeDir, resolve(storeDir), ...real].map((d) => d.replace(/[\\/]+$/, '')).filter((d) => d.length > 1 && isAbsolute(d)))
   // the longest first: a resolved form may extend the one given
   return [...forms].sort((a, b) => b.length - a.length)
 }
+
+/**
+ * A character that continues a file name: a path that has one right before
+ * a store form is a longer path (`/mnt` + `/srv/store`), one that has one
+ * right after it (past the `.`, `!`, `?` or `…` that may end a sentence) is a
+ * sibling folder (`/srv/store` + `2`, + `.old`); before a form, a `.` or a
+ * separator does too (`../srv/store`, `/a//srv/store`). Anything else — white
+ * space, a control character, a quote, a bracket, `,;:=`, `*`, a dash other
+ * than `-` — ends a path in a message.
+ */
+const NAME_CHAR = '\\p{L}\\p{N}\\p{M}_~+@%#$&\\-'
+/** What ends a sentence and may follow a path: skipped before deciding whether the name goes on. */
+const SENTENCE_END = '.!?…'
+/** After `STORE/`: the path ends there (`STORE/` at the end of a sentence, in quotes): the folder itself. */
+const PATH_ENDS = new RegExp(`^[${SENTENCE_END}]*(?:$|[\\s\\p{Cc}"'\`),;:\\]}>])`, 'u')
+/** After `STORE`: a sibling's name goes on. */
+const NAME_GOES_ON = new RegExp(`^[${SENTENCE_END}]*[${NAME_CHAR}]`, 'u')
 
 /** `message` without the folder store `storeDir` (given, resolved, real; a relative one's prefix of a path); undefined (a Ceph store): as it is. Reads the store's real path, never throws. */
 export function withoutStoreFolder(message: string, storeDir: string | undefined): string {
@@ -43,8 +69,14 @@ export function withoutStoreFolder(message: string, storeDir: string | undefined
   const rel = normalize(storeDir).replace(/[\\/]+$/, '')
   if (!isAbsolute(rel) && rel !== '.' && rel !== '') text = text.replace(new RegExp(`(^|[\\s"'(\\[=,])${quote(rel)}[\\\\/]+`, 'g'), '$1')
   for (const d of storeForms(storeDir)) {
-    const at = quote(d)
-    text = text.replace(new RegExp(`${at}[\\\\/]+`, 'g'), '').replace(new RegExp(`${at}(?![^\\s"'),;:])`, 'g'), 'the store')
+    // where a path starts (`//srv/store` is that folder too), never inside a longer one; then the separators after it
+    const at = new RegExp(`(?<![${NAME_CHAR}.\\\\/])[\\\\/]*${quote(d)}([\\\\/]*)`, 'gu')
+    text = text.replace(at, (whole: string, seps: string, offset: number, all: string) => {
+      const rest = all.slice(offset + whole.length)
+      // `STORE/vm/…`: the file by its store-relative path; `STORE/` alone, or `STORE` where the path ends: the folder
+      if (seps !== '') return PATH_ENDS.test(rest) ? 'the store' : ''
+      return NAME_GOES_ON.test(rest) ? whole : 'the store'
+    })
   }
   return text
 }

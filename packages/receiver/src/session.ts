@@ -796,7 +796,9 @@ export class Session {
     this.inbox.clear()
     // a store that cannot be read (or holds a link or FIFO) is an I/O failure for the agent
     const local = errorCode(error)
-    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message) : error
+    // (a peerMessage kept: it says what the agent may hear of a text that names the DR site beyond the store)
+    const peerMessage = (error as { peerMessage?: unknown }).peerMessage
+    const err = local === 'E_STATE' || local === 'E_STORE_FILE' ? new ReceiverError('E_IO', (error as Error).message, typeof peerMessage === 'string' ? { peerMessage } : undefined) : error
     const msg = toErrorMessage(err)
     if (msg.code === 'E_INTERNAL') this.log.error({ err: error }, 'session aborted')
     // timeouts are logged by the refusal log (rate-limited: a flood of silent sessions must not flood the log)

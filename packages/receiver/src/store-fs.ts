@@ -219,8 +219,24 @@ export async function checkVmDir(storeDir: string, dir: string, gdir: string, cr
   if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, kindOf(g))
   if (g !== undefined) for (const sub of STATE_SUBDIRS) await checkStateSubdir(basename(dir), join(gdir, sub))
   const [real, root] = await Promise.all([realpath(dir), realpath(storeDir)])
-  if (real !== join(root, basename(dir))) throw storeFileError(dir, `outside the store (it resolves to ${real})`)
+  if (real !== join(root, basename(dir))) throw outsideStoreError(dir, real, root)
   return { key: `${st.dev}:${st.ino}` }
+}
+
+/**
+ * A VM folder that resolves outside the store (a folder swapped for a link
+ * after its lstat, a store path whose `..` follows a link): the log names
+ * where it leads and what the operator does; the agent hears the VM's folder
+ * by its name only — where it leads is the DR site's layout beyond the store,
+ * which the store-folder stripping of SPEC §7 cannot know (refusal-detail.ts).
+ */
+function outsideStoreError(dir: string, real: string, root: string): ReceiverError {
+  const vm = basename(dir)
+  return new ReceiverError(
+    'E_STORE_FILE',
+    `${dir} is outside the store (it resolves to ${real}, not to ${join(root, vm)}): grainline never follows or opens it; put VM ${vm}'s own folder there (move the link away; give the store by a path without \`..\`), then retry`,
+    { peerMessage: `VM folder ${vm} resolves outside the store: grainline never follows or opens it; the receiver's log says where it leads and what its operator does` },
+  )
 }
 
 /**

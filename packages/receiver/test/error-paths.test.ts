@@ -5,8 +5,9 @@
  * VM-relative path (`<vm>/…`), so that the agent's operator still learns
  * which VM and file, while the DR site's layout stays there — whether the
  * store was given absolute, through a link or relative. A lock held by
- * another process is told without that process's pid. The receiver's own
- * log keeps the full text. Real receiver on loopback, a scripted agent.
+ * another process is told without that process's pid, a VM folder that
+ * resolves outside the store by the VM's name (not where it leads). The
+ * receiver's own log keeps the full text. Real receiver on loopback, a scripted agent.
  * Each assertion on a frame's text failed on the old code (it sent the
  * logged text as it was).
  */
@@ -121,4 +122,27 @@ t.test("a VM locked by another process: the agent hears it is busy, not that pro
   t.match(e.message, /^VM vm-lock is being written by another process/)
   t.notMatch(e.message, /process \d/, `no pid (${JSON.stringify(e.message)})`)
   t.ok(logged(logs.lines, `VM vm-lock is being written by process ${process.pid}`), 'the log names the pid')
+})
+
+t.test('a VM folder that resolves outside the store: the agent hears the VM, not where its folder leads; the log names it', async (t) => {
+  const env = makeEnv(scratchDir(t))
+  // the store given through a link and `..` (the in-process API takes the path as it is; a configured one is resolved
+  // first): its VM folders are named lexically, its real path physically, so a VM folder resolves where no form of
+  // the store names it — what a VM folder swapped for a link between checkVmDir's lstat and its realpath does too
+  const other = join(env.dir, 'other')
+  mkdirSync(join(env.dir, 'far', 'away'), { recursive: true })
+  mkdirSync(other)
+  symlinkSync(other, join(env.dir, 's1'))
+  symlinkSync(join(env.dir, 'far', 'away'), join(other, 'lnk'))
+  const store = `${join(env.dir, 's1', 'lnk')}/..`
+  const { receiver, url, logs } = await startReceiver({ ...env, store })
+  t.teardown(() => receiver.close())
+  // the old code sent "vm-out is outside the store (it resolves to vm-out)" here only because Node's real path of
+  // this store is the link's folder; a VM folder swapped for a link to /etc would have been told as "/etc"
+  const e = await openVmError(env, url, 'vm-out', 1)
+  t.equal(e.code, 'E_IO')
+  t.match(e.message, /^VM folder vm-out resolves outside the store/, `the VM named (${JSON.stringify(e.message)})`)
+  t.notOk(e.message.includes(env.dir), 'not the folder it resolves to, nothing above the store')
+  t.notMatch(e.message, /(^|[\s'"(=,])\.{0,2}\//, "no path from the root or the receiver's folder")
+  t.ok(logged(logs.lines, `resolves to ${join(other, 'vm-out')}`), 'the log names where it leads')
 })

@@ -4,7 +4,7 @@
  */
 import t from 'tap'
 import { scratchDir } from '@grainline/test-utils'
-import { mkdirSync, symlinkSync } from 'node:fs'
+import { mkdirSync, realpathSync, symlinkSync } from 'node:fs'
 import { join, relative, resolve } from 'node:path'
 import { MAX_ERROR_TEXT_BYTES, MessageKind } from '@grainline/protocol'
 import { ReceiverError } from '../src/errors.ts'
@@ -22,6 +22,32 @@ t.test('the store folder: a file under it by its VM-relative path, the folder it
   t.equal(peerRefusalDetail('/a/b', '/'), '/a/b', 'the root is no folder to strip')
 })
 
+t.test('the store folder ends where its path ends: at the end of a sentence or any punctuation; never a longer path or a sibling', async (t) => {
+  const store = '/srv/store'
+  // each of these was sent with the folder in it (only white space, a quote, `),;:` or the end counted)
+  t.equal(withoutStoreFolder(`cannot write to ${store}.`, store), 'cannot write to the store.', 'the end of a sentence')
+  t.equal(withoutStoreFolder(`is it ${store}? no: ${store}! ${store}… ${store}.)`, store), 'is it the store? no: the store! the store… the store.)')
+  t.equal(withoutStoreFolder(`[${store}] {${store}} <${store}> '${store}.' "${store}."`, store), '[the store] {the store} <the store> \'the store.\' "the store."')
+  t.equal(withoutStoreFolder(`${store}*, ${store}=, ${store}(copy)`, store), 'the store*, the store=, the store(copy)', 'any character that does not continue a name')
+  t.equal(withoutStoreFolder(`cannot open ${store}/. or '${store}/'`, store), "cannot open the store. or 'the store'", 'the folder written with its separator')
+  // a folder whose name goes on is a sibling, one whose path goes before it another folder: both stay as they are
+  for (const other of [
+    `${store}2/vm/a`,
+    `${store}2.`,
+    `${store}.old`,
+    `${store}.old/vm/a.`,
+    `${store}-b!`,
+    `${store}_x`,
+    `${store}é/vm`,
+    `/mnt${store}/vm/a`,
+    `/mnt${store}.`,
+    `..${store}/vm`,
+    `/a/${store}/vm`,
+  ])
+    t.equal(withoutStoreFolder(`at ${other} now`, store), `at ${other} now`, `${other}: another folder`)
+  t.equal(withoutStoreFolder(`/${store}/vm/a and ${store}.old and ${store}/vm/b.`, store), 'vm/a and /srv/store.old and vm/b.', 'the same folder written with two slashes; a sibling beside it')
+})
+
 t.test('a Ceph store (no folder): as it is; any text bounded to 2048 UTF-8 bytes with "…"', async (t) => {
   const m = 'the committed snapshot rbd/web01-a@grainline-3 of disk a.vmdk of VM web01 is gone: …'
   t.equal(peerRefusalDetail(m, undefined), m)
@@ -37,6 +63,12 @@ t.test('a store reached through a link loses its real path too; a relative one i
   const link = join(dir, 'link')
   symlinkSync(real, link)
   t.equal(withoutStoreFolder(`${link}/vm/a is outside the store (it resolves to ${real}/vm/a)`, link), 'vm/a is outside the store (it resolves to vm/a)')
+  // given with a `..` after a link: Node's real path takes the `..` as written, the system's (fs.promises.realpath,
+  // checkVmDir's) after the link — the folder holding the link's target; a message may name either
+  mkdirSync(join(dir, 'far', 'away'), { recursive: true })
+  symlinkSync(join(dir, 'far', 'away'), join(real, 'up'))
+  const dotted = `${join(link, 'up')}/..`
+  t.equal(withoutStoreFolder(`${join(realpathSync(dir), 'far')}/vm/a, ${realpathSync(dotted)}/vm/b`, dotted), 'vm/a, vm/b', "the store's real path as the system gives it")
   const rel = relative(process.cwd(), real)
   t.equal(withoutStoreFolder(`rename '${rel}/vm/a.seed' -> '${rel}/vm/a'`, rel), "rename 'vm/a.seed' -> 'vm/a'")
   t.equal(withoutStoreFolder(`${rel}/vm/a is a FIFO`, `./${rel}/`), 'vm/a is a FIFO', 'given as ./…/')
