@@ -58,7 +58,11 @@ export interface DiskStatus {
   readonly diverged: DivergedRecord | null
   /** when the whole mirror was last proven equal to its source (a clean certify, a completed scrub rotation, a resync that read every block), null if never */
   readonly proven: ProvenRecord | null
-  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
+  /**
+   * the cycle in flight on the disk; `problem` (the Ceph store): why its `resumeSeq` is 0 though its extent log may
+   * hold records — a log larger than a cycle of the disk can write, or one that could not be read (ceph-admin.ts resumePoint)
+   */
+  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string } | null
   /** the first cycle whose .vmx no longer named the disk (removed from the VM; its mirror kept as of `committedCycle` for older points); absent while the VM has it */
   readonly removed?: number
 }

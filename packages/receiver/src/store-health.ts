@@ -16,9 +16,11 @@
  *   a state that cannot be read, or a last commit older than `maxAgeMs`;
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
- *   rollback`), a mirror never committed yet, a mirror held by an opened
- *   point or a failover, restore points that broke and were dropped within
- *   the last week ({@link POINTS_DROPPED_WARNING_MS});
+ *   rollback`), on the Ceph store a disk in flight whose extent log status
+ *   did not count (larger than a cycle of the disk can log, or unreadable),
+ *   a mirror never committed yet, a mirror held by an opened point or a
+ *   failover, restore points that broke and were dropped within the last
+ *   week ({@link POINTS_DROPPED_WARNING_MS});
  * - OK otherwise.
  * The store's state is the worst of its mirrors; a store without mirrors is
  * UNKNOWN.
@@ -85,6 +87,8 @@ function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
   if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
   if (d.diverged !== null) out.push(['CRITICAL', `${d.name} DIVERGED from its source: ${d.diverged.reason} (the next cycle resyncs it)`])
   if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (${modifiedHow(d)})`])
+  // the Ceph store: an extent log status did not count (its cycle in flight is WARNING already; a resume refuses a log above the bound, the agent rolls back)
+  if (d.inflight?.problem !== undefined) out.push(['WARNING', d.inflight.problem])
   return out
 }
 

@@ -6,12 +6,12 @@
 import { join } from 'node:path'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable } from '../../fs-util.ts'
-import { extentLogMaxBytes, extentLogRecords, extentLogShape } from './ceph-apply.ts'
+import { cliLogSource, ExtentLogTooLarge, readExtentLogRecords } from './ceph-apply.ts'
 import { exportImage } from './ceph-read.ts'
 import { pointSnapshots } from './ceph-restore.ts'
 import { CephNames, headImages, heldDisks, readCephState, stateDisks, type CephInflightDisk, type CephVmState } from './ceph-state.ts'
 import { listCephStates } from './ceph-vm-index.ts'
-import { runCeph, type CephTarget } from './rbd-cli.ts'
+import type { CephTarget } from './rbd-cli.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import type { PointInfo } from '../../points-admin.ts'
 import type { HoldRecord } from '../../hold-record.ts'
@@ -26,7 +26,8 @@ export interface CephDiskStatus {
   /** bytes its images take (head and snapshots, `rbd du` used; a seed's new image in flight included) */
   readonly bytes: number
   readonly diverged: { readonly reason: string; readonly at: string } | null
-  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number } | null
+  /** `problem`: why `resumeSeq` is 0 though the log may hold records ({@link resumePoint}) */
+  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string } | null
 }
 
 /** `grainline status` of a Ceph store. */
@@ -47,16 +48,38 @@ export interface CephStoreStatus {
   }>
 }
 
-/** The resume point of a disk in flight: the length of its extent log, whole records only, the log bounded (`rados get` killed past extentLogMaxBytes; still read whole within it: no lease here for the session client's pieces); 0 when it cannot be read. */
-export async function resumeSeq(t: CephTarget, _vm: string, inf: CephInflightDisk): Promise<number> {
+/** What status shows of a disk in flight: its resume point, and why it is 0 when its log could not be counted. */
+export interface CephResumePoint {
+  /** the number of whole records of the extent log, in order from seq 0: where a resume of the cycle starts */
+  readonly resumeSeq: number
+  /** why the log was not counted (resumeSeq 0): larger than a cycle of the disk can log, or not readable; absent when it was */
+  readonly problem?: string
+}
+
+/**
+ * The resume point of a disk in flight: the number of whole records of its
+ * extent log, counted as a resume counts them (ceph-apply.ts
+ * readExtentLogRecords) but without the VM's lease (a receiver may be
+ * writing): the log streamed by `rados get` ({@link cliLogSource}), held a
+ * pipe's piece and one carried line at a time, only the count kept — a log
+ * of any size costs the same memory, and one with a run no record can be
+ * (no newline for longer than the longest record line) is read no further.
+ * A log larger than a cycle of the disk can write (extentLogMaxBytes) is
+ * not read: its problem says so, with what to do; a log that cannot be
+ * read (a command failed) is a problem too, never a failed status. No log
+ * (not written yet, or removed by a commit): 0.
+ */
+export async function resumePoint(t: CephTarget, vm: string, inf: CephInflightDisk): Promise<CephResumePoint> {
+  let n = 0
   try {
-    let n = 0
-    const shape = extentLogShape(inf)
-    const raw = await runCeph(t, 'rados', ['-p', t.pool, 'get', inf.log, '-'], undefined, { maxBytes: extentLogMaxBytes(shape) })
-    for (const _ of extentLogRecords(raw, shape)) n++
-    return n
-  } catch {
-    return 0
+    for await (const _ of readExtentLogRecords(t, vm, inf, cliLogSource(t))) n++
+    return { resumeSeq: n }
+  } catch (err) {
+    if (err instanceof ExtentLogTooLarge) return { resumeSeq: 0, problem: `resume point of ${inf.name} not counted: ${err.message}` }
+    return {
+      resumeSeq: 0,
+      problem: `resume point of ${inf.name} not counted: its extent log ${inf.log} in pool ${t.pool} could not be read after ${n} records (${(err as Error).message}); grainline status again, and if it stays, ceph -s`,
+    }
   }
 }
 
@@ -77,7 +100,7 @@ export async function cephStatus(t: CephTarget): Promise<CephStoreStatus> {
         snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
         bytes: usage.reduce((n, u) => n + (u.image === d?.image || u.image === inf?.image ? u.used : 0), 0),
         diverged: d?.diverged ?? null,
-        inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, s.vm, inf) },
+        inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, ...(await resumePoint(t, s.vm, inf)) },
       })
     }
     const key = new CephNames(s.vm).vmKey

@@ -21,7 +21,7 @@ import { isFenced, type CephLock } from './ceph-lock.ts'
 import { RbdImage } from './rbd-image.ts'
 import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
-import { runCeph, type CephTarget } from './rbd-cli.ts'
+import { CephCommandError, runCeph, streamCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
 
 /** One logged extent (a line of the log object). */
@@ -150,6 +150,67 @@ export function sessionLogSource(lock: Pick<CephLock, 'objectSize' | 'readObject
         off += b.length
         yield b
       }
+    },
+  }
+}
+
+/**
+ * The log read without the VM's lease (`grainline status`, `/metrics`: a
+ * receiver may be writing it, and nothing here may take the lease): its size
+ * from `rados stat`, its bytes from one `rados get OBJECT -` streamed (the
+ * `rados` CLI has no read at an offset; it reads the object in pieces of its
+ * op size and writes each to the pipe as it goes), handed on as the pipe
+ * delivers them (64 KiB at a time) and never more than `size` bytes of it
+ * (what was appended after the stat is the next look's). The pipe holds the
+ * command back while the parser works; a reader that stops early
+ * ({@link readExtentLogRecords} at a line no record can be) kills it.
+ */
+export function cliLogSource(t: CephTarget): ExtentLogSource {
+  return {
+    async size(object) {
+      let out: string
+      try {
+        out = (await runCeph(t, 'rados', ['-p', t.pool, 'stat', object], undefined, { maxBytes: 64 * 1024 })).toString('utf8').trim()
+      } catch (err) {
+        if (err instanceof CephCommandError && err.notFound) return undefined
+        throw err
+      }
+      // `POOL/OBJECT mtime 2026-12-07T04:20:00.000000+0000, size 1234`
+      const m = /, size (\d+)$/.exec(out)
+      if (m === null) throw new ReceiverError('E_IO', `\`rados -p ${t.pool} stat ${object}\` answered without a size: ${JSON.stringify(out.slice(-200))}`)
+      return Number(m[1])
+    },
+    async *pieces(object, size) {
+      if (size === 0) return
+      const get = streamCeph(t, 'rados', ['-p', t.pool, 'get', object, '-'])
+      let left = size
+      let whole = false
+      try {
+        for await (const chunk of get.stdout) {
+          const b = chunk as Buffer
+          if (b.length >= left) {
+            const last = b.subarray(0, left)
+            left = 0
+            yield last
+            break
+          }
+          left -= b.length
+          yield b
+        }
+        whole = true
+      } finally {
+        if (!whole || left === 0) {
+          // `size` bytes read (what follows was appended since the stat), or the reader stopped: the rest is not read
+          get.stop()
+          get.stdout.destroy()
+          await get.done.catch(() => {})
+        }
+      }
+      if (left === 0) return
+      // the command ended short of `size`: how it ended (the object removed since the stat, by a commit or a rollback: what was read is all there is)
+      await get.done.catch((err: unknown) => {
+        if (!(err instanceof CephCommandError && err.notFound)) throw err
+      })
     },
   }
 }

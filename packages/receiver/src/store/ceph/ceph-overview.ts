@@ -15,8 +15,9 @@
  * missing or truncated point file or mirror flat is on the folder store.
  *
  * Cost per read: one omap read of the pool's VM index (ceph-vm-index.ts),
- * one `rados get` per VM (plus one per
- * disk with a cycle in flight: its resume point) and one `rbd snap ls` per
+ * one `rados get` per VM (plus a `rados stat` and a streamed `rados get`
+ * per disk with a cycle in flight: its resume point, counted a pipe's piece
+ * at a time, ceph-admin.ts resumePoint) and one `rbd snap ls` per
  * image a restore point or a committed disk names (its output bounded by
  * ceph-snapshots.ts SNAP_LIST_MAX_BYTES); `rbd du` of the pool only
  * when the space of a VM is asked for (the overview, not `/metrics`), once
@@ -29,7 +30,7 @@ import type { DamagedMirrorDisk, DiskStatus, VmStatus } from '../../store-admin.
 import type { DamagedPointFile } from '../../point-chain.ts'
 import { withPointsDropped, type VerifyRecord } from '../../state-file.ts'
 import type { OverviewPoint, StoreReader } from '../../store-overview.ts'
-import { resumeSeq } from './ceph-admin.ts'
+import { resumePoint } from './ceph-admin.ts'
 import { readCephHistory } from './ceph-history.ts'
 import { imageVmKey, pointBytes, rbdDu, type RbdUsage } from './ceph-space.ts'
 import { CephNames, headImages, readCephState, snapCid, stateDisks, type CephCheckRecord, type CephVmState } from './ceph-state.ts'
@@ -136,7 +137,7 @@ export async function cephVmStatus(t: CephTarget, s: CephVmState): Promise<VmSta
       certify: verifyRecord(d?.certify),
       diverged: d?.diverged ?? null,
       proven: d?.certify?.ok === true ? { kind: 'certify', at: d.certify.at, cycle: d.cycle } : null,
-      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, resumeSeq: await resumeSeq(t, s.vm, inf) },
+      inflight: inf === undefined || s.inflight === null ? null : { cycle: s.inflight.cycle, mode: inf.mode, ...(await resumePoint(t, s.vm, inf)) },
       snapshot: d === undefined ? '' : `${t.pool}/${d.image}@${d.snap}`,
       ...(d?.removed === undefined ? {} : { removed: d.removed }),
     })
