@@ -19,7 +19,8 @@
  *   prune more than 5 min off refuses (a restore warns).
  * - A manifest hidden behind a delete marker: the prune did not see it and
  *   collected its chunks, which `restore --from` (reading through the
- *   marker) then missed. It is a point like any other.
+ *   marker) then missed. It is a point like any other. A chunk hidden
+ *   behind a marker was never collected; it is, once unreferenced.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomUUID } from 'node:crypto'
@@ -570,4 +571,22 @@ t.test('clock skew beyond the bound: an archive refuses, a restore warns and goe
   const again = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'through-marker'), { logger: log })
   t.ok((await readFile(again.disks[0]?.flat as string)).equals(data), 'restored through the marker, byte-exact')
   t.same([p.manifests.hidden.length, p.chunks.deleted], [1, 0], 'hidden, counted, no chunk deleted')
+})
+
+t.test('a chunk hidden behind a delete marker: collected (every version, the marker) once unreferenced and past the grace; a referenced one stays', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const orphan = chunkKey('p/', digest('orphan'))
+  s3.put(orphan, Buffer.from('orphan'), old)
+  s3.put(orphan, Buffer.from('orphan'), old)
+  s3.hide(orphan)
+  s3.hide(chunkKey('p/', b)) // point 2's: restore reads through the marker
+  s3.hide(chunkKey('p/', digest('nothing'))) // a marker alone: nothing stored
+  const dry = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0, dryRun: true })
+  t.same([dry.chunks.listed, dry.chunks.referenced, dry.chunks.deleted, dry.bytesFreed], [3, 2, 1, 12], 'dry run: the hidden orphan counted with both its versions')
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0 })
+  t.same([r.chunks.deleted, r.bytesFreed], [1, 12], 'the hidden orphan deleted')
+  t.notOk(s3.objects.has(orphan), 'no version or marker of it left')
+  t.equal(s3.objects.get(chunkKey('p/', b))?.length, 2, 'the referenced hidden chunk is left as it is')
+  t.ok(s3.objects.has(chunkKey('p/', a)))
+  t.ok(s3.objects.has(chunkKey('p/', digest('nothing'))), 'the lone marker left alone')
 })

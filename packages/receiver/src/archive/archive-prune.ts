@@ -27,11 +27,13 @@
  *   archive that found an old unreferenced chunk present (and did not upload
  *   it) cannot have it deleted under its manifest.
  * - Deleting removes every version and delete marker of the key (an Object
- *   Lock bucket is versioned: a plain DELETE would free nothing).
+ *   Lock bucket is versioned: a plain DELETE would free nothing). Chunks are
+ *   listed with their versions too: one hidden behind a delete marker is
+ *   collected once unreferenced and past the grace period.
  *
  * Memory: the referenced set is a Set of 64-hex digests (1 TiB of distinct
  * chunks ≈ 262k strings, some tens of MB); manifests are read one at a time
- * and the chunk listing is handled a page (≤ 1000 keys) at a time.
+ * and the chunk listing is handled a page (≤ 1000 versions) at a time.
  */
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
@@ -210,16 +212,21 @@ async function pruneLocked(opts: ArchivePruneOptions, lock: HeldRunLock): Promis
   const graceMs = opts.graceMs ?? 24 * 3600_000
   const chunks = { listed: 0, referenced: 0, young: 0, deleted: 0 }
   const chunksKept: KeptLocked[] = []
-  await bucket.listPages(`${prefix}chunks/`, async (page) => {
-    for (const o of page) {
-      const m = CHUNK_KEY.exec(o.key.slice(prefix.length))
+  // every version: a chunk hidden behind a delete marker is collected like any other once unreferenced
+  await bucket.listVersionPages(`${prefix}chunks/`, async (page) => {
+    for (const { key, versions } of page) {
+      const m = CHUNK_KEY.exec(key.slice(prefix.length))
       if (m === null || m[1] !== (m[2] as string).slice(0, 2)) continue // not an object of ours: left alone
+      const real = versions.filter((v) => !v.deleteMarker)
+      if (real.length === 0) continue // markers alone: nothing stored, left alone
+      // its newest upload (a marker uploads nothing): what the grace period protects is an archive in progress
+      const o = { key, size: real.reduce((n, v) => n + v.size, 0), lastModified: Math.max(...real.map((v) => v.lastModified.getTime())) }
       chunks.listed++
       if (referenced.has(m[2] as string)) {
         chunks.referenced++
         continue
       }
-      if (now() - o.lastModified.getTime() < graceMs) {
+      if (now() - o.lastModified < graceMs) {
         chunks.young++
         continue
       }
