@@ -12,6 +12,15 @@
  *   meanwhile: a points archive whose run lock went stale): its chunks were
  *   taken as unreferenced and deleted under it. A manifest still listed after
  *   its deletion references its chunks.
+ * - A receiver host whose clock is hours off S3's: a lock's age, a chunk's
+ *   against the grace period, were judged by the local clock (a fresh lock
+ *   taken for stale, a dead run's never stale). They are judged by S3's
+ *   clock (the LastModified of the run's own lock), and an archive or a
+ *   prune more than 5 min off refuses (a restore warns).
+ * - A manifest hidden behind a delete marker: the prune did not see it and
+ *   collected its chunks, which `restore --from` (reading through the
+ *   marker) then missed. It is a point like any other. A chunk hidden
+ *   behind a marker was never collected; it is, once unreferenced.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomUUID } from 'node:crypto'
@@ -23,7 +32,7 @@ import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
-import { archivePoints, LOCK_HELD_MS, LOCK_REFRESH_MS, pruneArchive, restoreFromArchive, S3Bucket, takeRunLock } from '../src/index.ts'
+import { archivePoints, LOCK_HELD_MS, LOCK_REFRESH_MS, LOCK_STALE_MS, pruneArchive, restoreFromArchive, S3Bucket, takeRunLock } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -32,11 +41,13 @@ interface Version {
   readonly id: string
   readonly body: Buffer
   readonly lastModified: Date
+  /** a delete marker (a plain DELETE on a versioned bucket) */
+  readonly marker?: boolean
 }
 
 /** What the server does wrong. */
 interface Hostility {
-  /** listings under this prefix say "truncated" after each page but give no continuation token */
+  /** listings (of objects or of versions) under this prefix say "truncated" after each page but give no continuation token (key marker) */
   noTokenUnder?: string
   /** called after the last version of a key is deleted */
   afterDelete?: (key: string) => void
@@ -46,20 +57,39 @@ interface Hostility {
   endless?: { key: string; sent: number; done?: Promise<void> }
   /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
   readOnly?: boolean
-  /** ListObjectsV2 entries without their LastModified */
+  /** listing entries (ListObjectsV2 and ListObjectVersions) without their LastModified */
   noLastModified?: boolean
   /** a PUT of a key is answered (and stored) only once the promise this returns resolves */
   holdPut?: (key: string) => Promise<void> | undefined
+  /** ListObjectsV2 leaves out the keys under this prefix (a listing that lags behind writes) */
+  unlistedUnder?: string
 }
 
-/** A path-style S3 of one bucket in memory, one key a listing page. */
+/**
+ * A path-style S3 of one versioned bucket in memory, one key a listing page
+ * (one version a page when the client gives no max-keys), with a clock of
+ * its own ({@link clockSkewMs}: LastModified of what it stores, its Date
+ * header); a plain DELETE adds a delete marker, as S3 does.
+ */
 class TinyS3 {
   readonly objects = new Map<string, Version[]>()
   readonly hostility: Hostility = {}
+  /** how far the server's clock is ahead of the real one (negative: behind) */
+  clockSkewMs = 0
   #server: Server | undefined
 
-  put(key: string, body: Buffer, lastModified = new Date()): void {
+  /** the server's time now */
+  now(): Date {
+    return new Date(Date.now() + this.clockSkewMs)
+  }
+
+  put(key: string, body: Buffer, lastModified = this.now()): void {
     this.objects.set(key, [...(this.objects.get(key) ?? []), { id: randomUUID(), body, lastModified }])
+  }
+
+  /** a plain DELETE of `key`: a delete marker on top of its versions */
+  hide(key: string): void {
+    this.objects.set(key, [...(this.objects.get(key) ?? []), { id: randomUUID(), body: Buffer.alloc(0), lastModified: this.now(), marker: true }])
   }
 
   keys(): string[] {
@@ -88,6 +118,7 @@ class TinyS3 {
     const [, bucket, ...rest] = url.pathname.split('/')
     const key = decodeURIComponent(rest.join('/'))
     const q = url.searchParams
+    res.setHeader('date', this.now().toUTCString())
     const xml = (body: string): void => {
       res.setHeader('content-type', 'application/xml')
       res.end(`<?xml version="1.0" encoding="UTF-8"?>\n${body}`)
@@ -95,7 +126,8 @@ class TinyS3 {
     if (req.method === 'GET' && key === '' && q.get('list-type') === '2') {
       const prefix = q.get('prefix') ?? ''
       const after = q.get('continuation-token') ?? ''
-      const all = this.keys().filter((k) => k.startsWith(prefix) && k > after)
+      const unlisted = this.hostility.unlistedUnder
+      const all = this.keys().filter((k) => k.startsWith(prefix) && k > after && this.#latest(k) !== undefined && (unlisted === undefined || !k.startsWith(unlisted)))
       const page = all.slice(0, 1)
       const truncated = all.length > 1
       const noToken = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder)
@@ -111,16 +143,29 @@ class TinyS3 {
     }
     if (req.method === 'GET' && key === '' && q.has('versions')) {
       const prefix = q.get('prefix') ?? ''
-      const versions = this.keys()
+      // by key, each key's newest first (S3's order), paged after (key-marker, version-id-marker)
+      const entries = this.keys()
         .filter((k) => k.startsWith(prefix))
-        .flatMap((k) =>
-          (this.objects.get(k) ?? []).map(
-            (v, i, a) =>
-              `<Version><Key>${k}</Key><VersionId>${v.id}</VersionId><IsLatest>${i === a.length - 1}</IsLatest><LastModified>${v.lastModified.toISOString()}</LastModified><ETag>"e"</ETag><Size>${v.body.length}</Size></Version>`,
-          ),
-        )
+        .flatMap((k) => [...(this.objects.get(k) ?? [])].reverse().map((v, i) => ({ k, v, latest: i === 0 })))
+      const km = q.get('key-marker')
+      const vm = q.get('version-id-marker')
+      let start = 0
+      if (km !== null) {
+        const at = vm === null || vm === '' ? -1 : entries.findIndex((e) => e.k === km && e.v.id === vm)
+        start = at >= 0 ? at + 1 : entries.filter((e) => e.k <= km).length
+      }
+      const max = q.has('max-keys') ? Number(q.get('max-keys')) : 1
+      const page = entries.slice(start, start + max)
+      const truncated = start + max < entries.length
+      const last = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder) ? undefined : page.at(-1)
+      const when = (v: Version): string => (this.hostility.noLastModified === true ? '' : `<LastModified>${v.lastModified.toISOString()}</LastModified>`)
+      const items = page.map(({ k, v, latest }) =>
+        v.marker === true
+          ? `<DeleteMarker><Key>${k}</Key><VersionId>${v.id}</VersionId><IsLatest>${latest}</IsLatest>${when(v)}</DeleteMarker>`
+          : `<Version><Key>${k}</Key><VersionId>${v.id}</VersionId><IsLatest>${latest}</IsLatest>${when(v)}<ETag>"e"</ETag><Size>${v.body.length}</Size></Version>`,
+      )
       xml(
-        `<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>${versions.join('')}</ListVersionsResult>`,
+        `<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><MaxKeys>${max}</MaxKeys><IsTruncated>${truncated}</IsTruncated>${truncated && last !== undefined ? `<NextKeyMarker>${last.k}</NextKeyMarker><NextVersionIdMarker>${last.v.id}</NextVersionIdMarker>` : ''}${items.join('')}</ListVersionsResult>`,
       )
       return
     }
@@ -139,7 +184,13 @@ class TinyS3 {
     }
     if (req.method === 'DELETE') {
       const id = q.get('versionId')
-      const left = (this.objects.get(key) ?? []).filter((v) => id !== null && v.id !== id)
+      if (id === null) {
+        this.hide(key)
+        res.statusCode = 204
+        res.end()
+        return
+      }
+      const left = (this.objects.get(key) ?? []).filter((v) => v.id !== id)
       if (left.length === 0) this.objects.delete(key)
       else this.objects.set(key, left)
       res.statusCode = 204
@@ -169,7 +220,8 @@ class TinyS3 {
       })
       return
     }
-    const v = this.#latest(key)
+    const id = q.get('versionId')
+    const v = id === null ? this.#latest(key) : this.objects.get(key)?.find((x) => x.id === id && x.marker !== true)
     if (v === undefined) {
       res.statusCode = 404
       if (req.method === 'HEAD') res.end()
@@ -183,8 +235,10 @@ class TinyS3 {
     res.end(req.method === 'HEAD' ? undefined : v.body)
   }
 
+  /** the current version of `key`; undefined when a delete marker hides it */
   #latest(key: string): Version | undefined {
-    return this.objects.get(key)?.at(-1)
+    const v = this.objects.get(key)?.at(-1)
+    return v?.marker === true ? undefined : v
   }
 }
 
@@ -245,7 +299,7 @@ t.test('a manifest listing truncated without a continuation token is refused (E_
   const { s3, bucket } = await setUp(t)
   const before = s3.keys()
   s3.hostility.noTokenUnder = 'p/vms/'
-  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0 }), { code: 'E_ARCHIVE', message: /truncated but gave no continuation token.*never used/ })
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0 }), { code: 'E_ARCHIVE', message: /truncated but gave no key marker \(versions\).*never used/ })
   t.same(s3.keys(), before, 'no chunk deleted (the chunk of the unlisted point 2 is still there), no lock left')
   await t.rejects(bucket.list('p/vms/'), { code: 'E_ARCHIVE' }, 'list() refuses it too')
   s3.hostility.noTokenUnder = undefined
@@ -288,7 +342,7 @@ t.test('a prune whose run lock was not rewritten for LOCK_HELD_MS (its refreshes
   s3.hostility.afterDelete = (key) => {
     if (key.startsWith('p/vms/')) skew = LOCK_HELD_MS
   }
-  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', vm: 'web', keepLast: 0, graceMs: 0, now: () => Date.now() + skew }), {
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', vm: 'web', keepLast: 0, graceMs: 0, monotonic: () => performance.now() + skew }), {
     code: 'E_ARCHIVE',
     message: /run lock s3:\/\/arch\/p\/locks\/prune-.* was last written 60 min ago .*nothing more deleted/,
   })
@@ -303,7 +357,7 @@ t.test('an archive whose run lock was not rewritten for LOCK_HELD_MS (its refres
   s3.hostility.afterPut = (key) => {
     if (key.startsWith('p/chunks/')) skew = LOCK_HELD_MS
   }
-  await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + skew }), {
+  await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', monotonic: () => performance.now() + skew }), {
     code: 'E_ARCHIVE',
     message: /run lock s3:\/\/arch\/p\/locks\/archive-.* was last written 60 min ago .*archive stopped before writing the manifest/,
   })
@@ -484,4 +538,156 @@ t.test('a refresh of a run lock that hangs is not overtaken by the next: the rel
     [],
     'no lock left: the hung refresh landed before the lock was deleted, never after',
   )
+})
+
+const HOUR = 3600_000
+const MIN = 60_000
+
+/** An archive lock another host wrote `ageMs` ago by the S3 server's clock. */
+function otherArchiveLock(s3: TinyS3, ageMs: number): void {
+  s3.objects.delete('p/locks/archive-other')
+  s3.put(
+    'p/locks/archive-other',
+    Buffer.from(JSON.stringify({ kind: 'archive', host: 'dr-host-2', pid: 7, time: new Date(s3.now().getTime() - ageMs).toISOString() })),
+    new Date(s3.now().getTime() - ageMs),
+  )
+}
+
+t.test('a host whose clock is 2 h off S3’s: archive-prune refuses (E_ARCHIVE, the skew named), never takes a fresh lock for stale', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  otherArchiveLock(s3, 0)
+  const before = s3.keys()
+  // 2 h ahead: by its own clock the archive lock just written is 2 h old, "stale" — the prune ran beside the archive
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0, now: () => Date.now() + 2 * HOUR }), {
+    code: 'E_ARCHIVE',
+    message:
+      /cannot prune the archive in s3:\/\/arch\/p\/: the local clock of .* is 2 h 0 min ahead of the S3 server's \(its LastModified on the run lock p\/locks\/prune-.*more than the 5 min allowed.*Fix the clock \(NTP/,
+  })
+  t.same(s3.keys(), before, 'nothing deleted, no prune lock left')
+  // 2 h behind: a dead archive's lock written 3 h ago looks 1 h old for ever — refused the same way, not E_BUSY
+  otherArchiveLock(s3, 3 * HOUR)
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0, now: () => Date.now() - 2 * HOUR }), {
+    code: 'E_ARCHIVE',
+    message: /the local clock of .* is 2 h 0 min behind the S3 server's/,
+  })
+  t.same(s3.keys(), before, 'nothing deleted, no prune lock left')
+  // the S3 server's clock off instead of the host's: the same
+  s3.clockSkewMs = -2 * HOUR
+  otherArchiveLock(s3, 0)
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_ARCHIVE', message: /is 2 h 0 min ahead of the S3 server's/ })
+  t.same(s3.keys(), before, 'nothing deleted, no prune lock left')
+})
+
+t.test('within the bound, a lock’s age is S3’s: 4 min ahead, a lock 1 h 58 min old is fresh; 4 min behind, one 2 h 2 min old is stale', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  otherArchiveLock(s3, LOCK_STALE_MS - 2 * MIN)
+  await t.rejects(
+    pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0, now: () => Date.now() + 4 * MIN }),
+    { code: 'E_BUSY', message: /a points archive holds the lock p\/locks\/archive-other \(host dr-host-2 pid 7/ },
+    'the archive lock is fresh by S3’s clock: the prune refuses',
+  )
+  otherArchiveLock(s3, LOCK_STALE_MS + 2 * MIN)
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0, now: () => Date.now() - 4 * MIN })
+  t.same(
+    r.manifests.deleted.map((m) => m.cycle),
+    [1],
+    'the archive lock is stale by S3’s clock: ignored, the prune runs',
+  )
+})
+
+t.test('the grace period is S3’s clock: a chunk 23 h 58 min old is young for a host 4 min ahead; one 24 h 2 min old is not, 4 min behind', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const young = chunkKey('p/', digest('young'))
+  const due = chunkKey('p/', digest('due'))
+  s3.put(young, Buffer.from('young'), new Date(s3.now().getTime() - 24 * HOUR + 2 * MIN))
+  s3.put(due, Buffer.from('due'), new Date(s3.now().getTime() - 24 * HOUR - 2 * MIN))
+  const ahead = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, now: () => Date.now() + 4 * MIN, dryRun: true })
+  t.same([ahead.chunks.young, ahead.chunks.deleted], [1, 1], '4 min ahead: the 23 h 58 min old chunk is within the grace, the other is not')
+  const behind = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, now: () => Date.now() - 4 * MIN })
+  t.same([behind.chunks.young, behind.chunks.deleted], [1, 1], '4 min behind: the same')
+  t.ok(s3.objects.has(young), 'the young chunk is kept')
+  t.notOk(s3.objects.has(due), 'the one past the grace is deleted')
+})
+
+t.test('a listing of locks/ that does not show the lock just written: refused (E_ARCHIVE), nothing deleted', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const before = s3.keys()
+  s3.hostility.unlistedUnder = 'p/locks/'
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), {
+    code: 'E_ARCHIVE',
+    message: /the listing of p\/locks\/ right after writing the run lock p\/locks\/prune-.* does not show it.*exclusion/,
+  })
+  t.same(s3.keys(), before, 'nothing deleted, no lock left')
+})
+
+t.test('a manifest hidden behind a delete marker is still a point: counted by the policy, its chunks kept until it is selected', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const m1 = manifestKey('p/', 'web', 1)
+  const m2 = manifestKey('p/', 'web', 2)
+  // someone with the receiver's keys hides web's newest point (a plain DELETE), then waits for the age rule
+  s3.hide(m2)
+  // and a key with markers alone (nothing to restore) is no point
+  s3.hide(manifestKey('p/', 'gone', 1))
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', olderThanMs: 7 * 24 * HOUR, graceMs: 0 })
+  t.same(r.manifests.hidden, [m2], 'the hidden manifest is seen')
+  t.equal(r.manifests.examined, 2)
+  t.same(
+    r.manifests.deleted.map((m) => m.cycle),
+    [1],
+    'point 2, hidden, is web’s newest: kept; point 1 deleted',
+  )
+  t.same(r.chunks.deleted, 1, 'only point 1’s chunk collected')
+  t.ok(s3.objects.has(chunkKey('p/', b)), 'the hidden point’s chunk is kept')
+  t.notOk(s3.objects.has(chunkKey('p/', a)))
+  t.notOk(s3.objects.has(m1))
+  t.equal(s3.objects.get(m2)?.length, 2, 'the hidden manifest is left as it is (its version and the marker)')
+  // selected, a hidden manifest goes like any other: every version and the marker
+  const all = await pruneArchive({ logger: log, bucket, prefix: 'p/', vm: 'web', keepLast: 0, graceMs: 0 })
+  t.same(
+    all.manifests.deleted.map((m) => m.cycle),
+    [2],
+  )
+  t.notOk(s3.objects.has(m2), 'no version or marker of it left')
+  t.same(s3.keys(), [manifestKey('p/', 'gone', 1)], 'its chunk collected; the lone marker left alone')
+})
+
+t.test('clock skew beyond the bound: an archive refuses, a restore warns and goes on; a hidden manifest still restores after a prune', async (t) => {
+  const vm = 'web-clock'
+  const data = pattern(8 * MiB, 9)
+  const { store, s3, bucket } = await seededStore(t, vm, data)
+  await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', now: () => Date.now() + 2 * HOUR }), {
+    code: 'E_ARCHIVE',
+    message: /cannot archive points in s3:\/\/arch\/p\/: the local clock of .* is 2 h 0 min ahead of the S3 server's.*archivedAt/,
+  })
+  t.same(s3.keys(), [], 'nothing uploaded, no lock left')
+  await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const lines: string[] = []
+  const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+  const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'skewed'), { logger: warned, now: () => Date.now() - 2 * HOUR })
+  t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), 'restored byte-exact')
+  t.match(lines.join(''), /is 2 h 0 min behind the S3 server's.*the restore goes on/, 'the restore warns of the skew')
+  // the point's manifest hidden by a plain DELETE: the prune keeps its chunks, the restore (through the marker) works
+  s3.hide(manifestKey('p/', vm, 1))
+  const p = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
+  const again = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'through-marker'), { logger: log })
+  t.ok((await readFile(again.disks[0]?.flat as string)).equals(data), 'restored through the marker, byte-exact')
+  t.same([p.manifests.hidden.length, p.chunks.deleted], [1, 0], 'hidden, counted, no chunk deleted')
+})
+
+t.test('a chunk hidden behind a delete marker: collected (every version, the marker) once unreferenced and past the grace; a referenced one stays', async (t) => {
+  const { s3, bucket, a, b } = await setUp(t)
+  const orphan = chunkKey('p/', digest('orphan'))
+  s3.put(orphan, Buffer.from('orphan'), old)
+  s3.put(orphan, Buffer.from('orphan'), old)
+  s3.hide(orphan)
+  s3.hide(chunkKey('p/', b)) // point 2's: restore reads through the marker
+  s3.hide(chunkKey('p/', digest('nothing'))) // a marker alone: nothing stored
+  const dry = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0, dryRun: true })
+  t.same([dry.chunks.listed, dry.chunks.referenced, dry.chunks.deleted, dry.bytesFreed], [3, 2, 1, 12], 'dry run: the hidden orphan counted with both its versions')
+  const r = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 5, graceMs: 0 })
+  t.same([r.chunks.deleted, r.bytesFreed], [1, 12], 'the hidden orphan deleted')
+  t.notOk(s3.objects.has(orphan), 'no version or marker of it left')
+  t.equal(s3.objects.get(chunkKey('p/', b))?.length, 2, 'the referenced hidden chunk is left as it is')
+  t.ok(s3.objects.has(chunkKey('p/', a)))
+  t.ok(s3.objects.has(chunkKey('p/', digest('nothing'))), 'the lone marker left alone')
 })

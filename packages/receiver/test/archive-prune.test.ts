@@ -6,8 +6,11 @@
  * once past the grace period, the kept point still restores byte-exact;
  * --older-than selects by archive time; a manifest under Object Lock is kept
  * and reported; a manifest that does not parse makes the run delete
- * nothing; the run locks: an archive lock makes a prune refuse (a stale one
- * does not), a prune lock makes an archive refuse.
+ * nothing; the run locks: an archive lock makes a prune refuse, a prune lock
+ * makes an archive refuse, and a host whose clock is 2 h ahead is refused
+ * (it took the archive lock for stale); a manifest hidden behind a delete
+ * marker still counts as a point: its chunks stay, it restores through the
+ * marker.
  */
 import t from 'tap'
 import { readFileSync } from 'node:fs'
@@ -79,17 +82,18 @@ t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, st
   t.ok(dry.bytesFreed > 4 * MiB, `dry run: bytes it would free (${dry.bytesFreed})`)
   t.same(await all('a/'), before, 'dry run: nothing deleted')
 
-  // --older-than selects by archive time: nothing archived an hour ago; all but the newest when "now" is two hours later
+  // --older-than selects by archive time (against S3's clock): nothing archived an hour ago; all but the newest archived over 2 s ago
   t.same((await pruneArchive({ logger: log, bucket, prefix: 'a/', olderThanMs: 3600_000, dryRun: true })).manifests.deleted, [], 'older-than 1h: nothing yet')
-  const later = Date.now() + 2 * 3600_000
+  await new Promise((resolve) => setTimeout(resolve, 3000))
   t.same(
-    (await pruneArchive({ logger: log, bucket, prefix: 'a/', olderThanMs: 3600_000, dryRun: true, now: () => later })).manifests.deleted.map((m) => m.cycle),
+    (await pruneArchive({ logger: log, bucket, prefix: 'a/', olderThanMs: 2000, dryRun: true })).manifests.deleted.map((m) => m.cycle),
     [2, 1],
-    'older-than 1h, two hours on: every point but the newest (without --keep-last a VM keeps its newest archived point)',
+    'older-than 2s: every point but the newest (without --keep-last a VM keeps its newest archived point)',
   )
   t.same((await pruneArchive({ logger: log, bucket, prefix: 'a/', vm: 'someone-else', keepLast: 0, dryRun: true })).manifests.deleted, [], '--vm: only that VM')
 
-  // an archive lock: the prune refuses, deletes nothing, leaves no lock of its own; a stale one is ignored
+  // an archive lock: the prune refuses, deletes nothing, leaves no lock of its own; a host whose clock is 2 h ahead (by
+  // which the lock looked stale) is refused for its clock
   await s3.send(new PutObjectCommand({ Bucket: 'arch', Key: 'a/locks/archive-test', Body: JSON.stringify({ kind: 'archive', host: 'dr-host-7', pid: 4242, time: new Date().toISOString() }) }))
   await t.rejects(
     pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0 }),
@@ -97,11 +101,12 @@ t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, st
     'archive lock present: prune refused',
   )
   t.same(await all('a/'), [...before, 'a/locks/archive-test'].sort(), 'nothing deleted, no prune lock left')
-  t.equal(
-    (await pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0, dryRun: true, now: () => Date.now() + LOCK_STALE_MS + 60_000 })).manifests.deleted.length,
-    2,
-    'a stale archive lock is ignored',
+  await t.rejects(
+    pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0, now: () => Date.now() + LOCK_STALE_MS }),
+    { code: 'E_ARCHIVE', message: /the local clock of .* is 2 h 0 min ahead of the S3 server's.*Fix the clock \(NTP/ },
+    'a host 2 h ahead: refused, the archive lock not taken for stale',
   )
+  t.same(await all('a/'), [...before, 'a/locks/archive-test'].sort(), 'nothing deleted, no prune lock left')
   await s3.send(new DeleteObjectCommand({ Bucket: 'arch', Key: 'a/locks/archive-test' }))
 
   // a prune lock: an archive refuses (before reading or sending anything)
@@ -145,6 +150,22 @@ t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, st
   const r = await restoreFromArchive(bucket, 'a/', vm, 3, join(env.dir, 'restored-3'), { logger: log })
   t.ok(readFileSync(r.disks[0]?.flat as string).equals(images[3] as Buffer), 'the kept point still restores byte-exact')
   t.same(await all('a/locks/'), [], 'the prune deleted its run lock')
+
+  // point 3's manifest hidden by a plain DELETE (a delete marker): still a point — the prune keeps its chunks, it restores
+  await s3.send(new DeleteObjectCommand({ Bucket: 'arch', Key: manifestKey('a/', vm, 3) }))
+  t.same(await listArchivedPoints(bucket, 'a/', vm), [], 'hidden from the listing')
+  const hidden = await pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0 })
+  t.same(
+    [hidden.manifests.hidden, hidden.manifests.deleted, hidden.chunks.deleted, hidden.chunks.referenced],
+    [[manifestKey('a/', vm, 3)], [], 0, d3.size],
+    'seen through the marker: no chunk deleted',
+  )
+  const through = await restoreFromArchive(bucket, 'a/', vm, 3, join(env.dir, 'restored-3-hidden'), { logger: log })
+  t.ok(readFileSync(through.disks[0]?.flat as string).equals(images[3] as Buffer), 'the hidden point restores byte-exact through the marker')
+  const gone = await pruneArchive({ logger: log, bucket, prefix: 'a/', vm, keepLast: 0, graceMs: 0 })
+  t.same([gone.manifests.deleted.map((m) => m.cycle), gone.chunks.deleted], [[3], d3.size], 'selected: deleted, its chunks with it')
+  t.equal(await versionsOf(manifestKey('a/', vm, 3)), 0, 'every version and the marker deleted')
+  t.same(await all('a/'), [], 'nothing left under a/')
 
   // locked manifests: kept, reported with their lock's end; their chunks (locked too, and referenced) stay
   const until = new Date(Date.now() + 86_400_000)

@@ -134,7 +134,7 @@ t.test('restore from the archive and archive-prune exclude each other; a failed 
     })
     const to = join(env.dir, 'lost-lock')
     await t.rejects(
-      restoreFromArchive(hooked, 'r/', vm, 1, to, { logger: log, concurrency: 1, now: () => Date.now() + skew }),
+      restoreFromArchive(hooked, 'r/', vm, 1, to, { logger: log, concurrency: 1, monotonic: () => performance.now() + skew }),
       { code: 'E_ARCHIVE', message: /the run lock s3:\/\/arch\/r\/locks\/restore-.* was last written 60 min ago .* this restore stopped/ },
       'stopped before reading more chunks',
     )

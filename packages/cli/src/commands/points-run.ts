@@ -264,6 +264,7 @@ async function archivePruneAction(args: Record<string, unknown>, ctx: CliContext
     const verb = r.dryRun ? 'would delete' : 'deleted'
     const lines = [
       `${url}${r.dryRun ? ' (dry run: nothing deleted)' : ''}: ${r.manifests.examined} manifest(s) examined, ${verb} ${r.manifests.deleted.length}; ${r.chunks.listed} chunk(s) listed, ${r.chunks.referenced} referenced, ${verb} ${r.chunks.deleted}${r.chunks.young > 0 ? `, ${r.chunks.young} unreferenced but younger than --grace` : ''}; ${formatBytes(r.bytesFreed)} ${r.dryRun ? 'would be ' : ''}freed`,
+      ...r.manifests.hidden.map((k) => `  ${k} is hidden behind a delete marker (a plain DELETE): restore --from reads through it, so it counts as a point`),
       ...r.manifests.deleted.map((m) => `  ${verb} ${m.vm} point ${m.cycle} (archived ${m.archivedAt})`),
       ...r.manifests.keptLocked.map((k) => `  kept ${k.key}: ${k.until === undefined ? 'S3 refused the deletion (Object Lock or policy)' : `locked until ${k.until}`}`),
       ...(r.chunks.keptLocked.length > 0 ? [`  kept ${r.chunks.keptLocked.length} unreferenced chunk(s) still locked (deleted by a later run once their lock ends)`] : []),

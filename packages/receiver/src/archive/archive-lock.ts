@@ -14,8 +14,16 @@
  *
  * A lock is rewritten every {@link LOCK_REFRESH_MS} while its run goes on, and
  * one not rewritten for {@link LOCK_STALE_MS} is stale (its run crashed):
- * ignored. Lock objects are never written with Object Lock retention, so they
- * can be deleted (a bucket whose default retention locks every new object
+ * ignored. A lock's age is judged by the S3 server's clock, never the local
+ * one: the LastModified S3 gave the run's own lock, just written, against
+ * the other's (a host whose clock is 2 h ahead would otherwise take a fresh
+ * lock for stale and run beside it; one behind would never see a dead run's
+ * lock go stale). The run carries that server time on with the local
+ * monotonic clock ({@link HeldRunLock.serverNow}: a prune's grace period and
+ * retention checks use it too), and a run whose local clock differs from
+ * S3's by more than {@link MAX_CLOCK_SKEW_MS} stops (a restore warns). Lock
+ * objects are never written with Object Lock retention, so they can be
+ * deleted (a bucket whose default retention locks every new object
  * would lock them too: such a lock is then left to go stale).
  */
 import { randomUUID } from 'node:crypto'
@@ -28,6 +36,26 @@ import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 export const LOCK_STALE_MS = 2 * 3600_000
 /** A running archive or prune rewrites its lock this often. */
 export const LOCK_REFRESH_MS = 10 * 60_000
+/**
+ * An archive or a prune refuses to run (E_ARCHIVE), a restore warns, when the
+ * local clock differs from the S3 server's by more than this. Lock ages, the
+ * grace period and retention ends are judged by S3's clock, so this is not
+ * what keeps the exclusion; it bounds what still comes from the local clock:
+ * the `archivedAt` that `--older-than` selects by and the Object Lock end
+ * (now + `--retain`) an archive writes, and the time in a lock's body an
+ * operator reads. 5 min is a twelfth of the hour between {@link LOCK_HELD_MS}
+ * and {@link LOCK_STALE_MS} (a run of an older grainline, which judges a lock
+ * by its own clock, keeps the exclusion beside hosts within it); an NTP-synced
+ * host is milliseconds off, so a clock 5 min off is broken, not drifting
+ * (AWS refuses request signatures 15 min off, which the SDK silently corrects
+ * from the server's Date header: S3 does not catch it for us). The
+ * measurement's own error (LastModified's 1 s resolution, the PUT's round
+ * trip) is far below it: a run is refused only when its skew is certainly
+ * beyond.
+ */
+export const MAX_CLOCK_SKEW_MS = 5 * 60_000
+/** LastModified is given to the second (AWS truncates; a server might round): the write happened within this of it. */
+const LAST_MODIFIED_RESOLUTION_MS = 1000
 
 /** The kinds of run that hold an archive lock. */
 export type ArchiveRunKind = 'archive' | 'prune' | 'restore'
@@ -71,9 +99,25 @@ export function locksPrefix(prefix: string): string {
  */
 export const LOCK_HELD_MS = LOCK_STALE_MS / 2
 
+/** The clocks of an archive run (tests set them). */
+export interface RunClock {
+  /** the local wall clock, ms since the epoch: the lock's body, compared with S3's when the lock is taken. @default Date.now */
+  readonly now?: () => number
+  /** a monotonic clock, ms: the time since the lock's writes and since S3's clock was read. @default performance.now */
+  readonly monotonic?: () => number
+}
+
 /** A held run lock. */
 export interface HeldRunLock {
   readonly key: string
+  /**
+   * The S3 server's time now, ms since the epoch, never later than it: the
+   * LastModified S3 gave this run's lock when it was taken (less its
+   * resolution) plus the monotonic time since that PUT returned. What a
+   * chunk's age (the grace period), a retention's end and an `--older-than`
+   * cutoff are judged by, whatever the local clock says.
+   */
+  serverNow(): number
   /**
    * Throw unless the lock was written within {@link LOCK_HELD_MS} (its
    * refreshes fail: another run could soon take it for stale). A prune checks
@@ -98,14 +142,43 @@ export class RunLockRefused extends ReceiverError {
 }
 
 /**
+ * How far the local clock is off the S3 server's (positive: ahead) when it
+ * certainly is by more than {@link MAX_CLOCK_SKEW_MS}, else undefined. S3
+ * stamped `lastModified` (to the second) between the local readings
+ * `before` and `after` of the PUT.
+ */
+function clockSkew(lastModified: number, before: number, after: number): number | undefined {
+  // local − server, at the write: within [before − (LM + res), after − (LM − res)]
+  const lo = before - (lastModified + LAST_MODIFIED_RESOLUTION_MS)
+  const hi = after - (lastModified - LAST_MODIFIED_RESOLUTION_MS)
+  if (lo > MAX_CLOCK_SKEW_MS) return lo
+  if (hi < -MAX_CLOCK_SKEW_MS) return hi
+  return undefined
+}
+
+/** "2 h 5 min ahead of" / "3 min behind" */
+function skewText(ms: number): string {
+  const min = Math.round(Math.abs(ms) / 60_000)
+  const text = min >= 60 ? `${Math.floor(min / 60)} h ${min % 60} min` : `${min} min`
+  return `${text} ${ms > 0 ? 'ahead of' : 'behind'}`
+}
+
+/**
  * Take the run lock of `kind` on the archive at `prefix`: write it, then
  * refuse when a fresh lock of a kind it excludes is there (a prune: an
  * archive or a restore; an archive or a restore: a prune), its own lock
- * deleted first. @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE
+ * deleted first. Ages are S3's: its own lock's LastModified against the
+ * other's. An archive or a prune whose local clock is more than
+ * {@link MAX_CLOCK_SKEW_MS} off S3's is refused; a restore warns and goes on.
+ * @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE (the clock skew; the listing does not show the lock just written)
  */
-export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, now: () => number = Date.now): Promise<HeldRunLock> {
+export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunClock = {}): Promise<HeldRunLock> {
+  const now = clock.now ?? Date.now
+  const mono = clock.monotonic ?? (() => performance.now())
   const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
   const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
+  const wallBefore = now()
+  const monoBefore = mono()
   // never with a retention: a lock must stay deletable
   try {
     await bucket.put(key, body)
@@ -114,7 +187,10 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       throw new RunLockRefused(`S3 refused to write the run lock s3://${bucket.bucket}/${key} (403): the credentials may not write under ${locksPrefix(prefix)}. ${(err as Error).message}`, err)
     throw err
   }
-  let written = now()
+  const monoAfter = mono()
+  const wallAfter = now()
+  // the start of the last write that succeeded: S3 stamped it no earlier, so its age is never underestimated
+  let written = monoBefore
   const del = async (): Promise<void> => {
     try {
       await bucket.deleteAllVersions(key)
@@ -123,19 +199,53 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
     }
   }
   const others = excludedBy(kind)
-  let blocking: { key: string; lastModified: Date; kind: ArchiveRunKind } | undefined
+  const candidates: { key: string; lastModified: Date; kind: ArchiveRunKind }[] = []
+  let own: Date | undefined
+  // the other locks are seen no earlier than this: their ages are judged at it
+  const monoListed = mono()
   try {
     await bucket.listPages(locksPrefix(prefix), async (page) => {
       for (const o of page) {
+        if (o.key === key) own = o.lastModified
         const name = o.key.slice(locksPrefix(prefix).length)
         const other = others.find((k) => name.startsWith(`${k}-`))
-        if (blocking === undefined && other !== undefined && now() - o.lastModified.getTime() < LOCK_STALE_MS) blocking = { ...o, kind: other }
+        if (other !== undefined) candidates.push({ ...o, kind: other })
       }
     })
   } catch (err) {
     await del()
     throw err
   }
+  if (own === undefined) {
+    await del()
+    throw new ReceiverError(
+      'E_ARCHIVE',
+      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: the listing of ${locksPrefix(prefix)} right after writing the run lock ${key} does not show it, so another run would not see it either and the exclusion of the run locks cannot hold. Check the S3 endpoint (a listing that lags behind writes: a cache or proxy in front of S3), then run again`,
+    )
+  }
+  const ownWritten = own.getTime()
+  // S3's time, never later than it: its stamp on our lock (to the second) plus the monotonic time since the PUT returned
+  const serverNow = (): number => ownWritten - LAST_MODIFIED_RESOLUTION_MS + (mono() - monoAfter)
+  const skew = clockSkew(ownWritten, wallBefore, wallAfter)
+  if (skew !== undefined) {
+    const what = `the local clock of ${lockField(hostname())} is ${skewText(skew)} the S3 server's (its LastModified on the run lock ${key}, ${own.toISOString()}; the local clock said ${new Date(wallAfter).toISOString()})`
+    if (kind !== 'restore') {
+      await del()
+      throw new ReceiverError(
+        'E_ARCHIVE',
+        `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: ${what}, more than the ${MAX_CLOCK_SKEW_MS / 60_000} min allowed: the times an archive writes (archivedAt, which --older-than selects by; the Object Lock end, now + --retain) would be off by as much. Fix the clock (NTP: chronyc tracking, timedatectl), then run again`,
+      )
+    }
+    // a restore writes no time into the archive, and judges locks by S3's clock: it goes on
+    logger.warn(
+      { lock: key, skewMs: skew },
+      `${what}, more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the restore goes on (the run locks are judged by S3's clock), but fix the clock (NTP) before archiving or pruning from this host`,
+    )
+  }
+  // a fresh lock of the other kind: written less than LOCK_STALE_MS before S3's time (a lower bound) when the listing
+  // began, i.e. surely younger than that when seen; a lock written after ours is fresh
+  const listedAt = ownWritten - LAST_MODIFIED_RESOLUTION_MS + (monoListed - monoAfter)
+  const blocking = candidates.find((o) => listedAt - o.lastModified.getTime() < LOCK_STALE_MS)
   if (blocking !== undefined) {
     const who = await describeLock(bucket, blocking.key)
     await del()
@@ -150,11 +260,12 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   let refreshing: Promise<void> | undefined
   const timer = setInterval(() => {
     if (refreshing !== undefined) return
+    const started = mono()
     refreshing = bucket
       .put(key, body)
       .then(
         () => {
-          written = now()
+          written = started
         },
         (err: unknown) => logger.warn({ err, lock: key }, `could not refresh the archive lock ${key}`),
       )
@@ -166,8 +277,9 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   logger.debug({ lock: key }, 'archive lock taken')
   return {
     key,
+    serverNow,
     assertHeld: () => {
-      const age = now() - written
+      const age = mono() - written
       if (age >= LOCK_HELD_MS)
         throw new ReceiverError(
           'E_ARCHIVE',
@@ -203,8 +315,8 @@ async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
 }
 
 /** Run `fn` holding the run lock of `kind` (released however `fn` ends). */
-export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, now: () => number = Date.now): Promise<T> {
-  const lock = await takeRunLock(bucket, prefix, kind, logger, now)
+export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, clock: RunClock = {}): Promise<T> {
+  const lock = await takeRunLock(bucket, prefix, kind, logger, clock)
   try {
     return await fn(lock)
   } finally {

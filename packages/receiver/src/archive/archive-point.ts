@@ -64,8 +64,10 @@ export interface ArchiveOptions {
   readonly signal?: AbortSignal
   /** chunk uploads in flight. @default 4 */
   readonly concurrency?: number
-  /** the clock of the run lock's age (tests). @default Date.now */
+  /** the local wall clock (tests): the run lock's body, compared with S3's (archive-lock.ts). @default Date.now */
   readonly now?: () => number
+  /** a monotonic clock (tests): the run lock's age since its last write. @default performance.now */
+  readonly monotonic?: () => number
   /** the run lock held (set by {@link archivePoints}, cephArchivePoints): checked before each manifest is written */
   readonly runLock?: Pick<HeldRunLock, 'assertHeld'>
 }
@@ -78,7 +80,7 @@ export interface ArchiveOptions {
 export async function archivePoints(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
   await checkArchiveLock(opts)
   // the run lock (archive-lock.ts): no archive-prune deletes a chunk this run finds present and does not upload
-  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, (runLock) => archiveLocked(storeDir, vm, cycles, { ...opts, runLock }), opts.now)
+  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, (runLock) => archiveLocked(storeDir, vm, cycles, { ...opts, runLock }), opts)
 }
 
 async function archiveLocked(storeDir: string, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {

@@ -66,8 +66,10 @@ export interface ArchiveRestoreOptions {
   readonly onProgress?: (p: ArchiveRestoreProgress) => void
   readonly signal?: AbortSignal
   readonly concurrency?: number
-  /** The clock of the run lock (tests). */
+  /** the local wall clock (tests): the run lock's body, compared with S3's (archive-lock.ts). @default Date.now */
   readonly now?: () => number
+  /** a monotonic clock (tests): the run lock's age since its last write. @default performance.now */
+  readonly monotonic?: () => number
 }
 
 /**
@@ -78,7 +80,7 @@ export interface ArchiveRestoreOptions {
 export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
   let lock: HeldRunLock
   try {
-    lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts.now)
+    lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts)
   } catch (err) {
     if (!(err instanceof RunLockRefused)) throw err
     // read-only credentials (a common choice at the DR site): the restore only reads, and checks every chunk and
@@ -96,8 +98,8 @@ export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: s
   }
 }
 
-/** The lock of a restore that could not write one (read-only credentials): nothing to check or release. */
-const NO_LOCK: HeldRunLock = { key: '(none: read-only credentials)', assertHeld: () => {}, release: async () => {} }
+/** The lock of a restore that could not write one (read-only credentials): nothing to check or release (a restore reads no age: its serverNow is unused). */
+const NO_LOCK: HeldRunLock = { key: '(none: read-only credentials)', serverNow: () => Date.now(), assertHeld: () => {}, release: async () => {} }
 
 async function restoreLocked(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, lock: HeldRunLock, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
   const m = await readManifest(bucket, prefix, vm, cycle)

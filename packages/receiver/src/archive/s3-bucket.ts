@@ -108,6 +108,21 @@ export interface ListedObject {
   readonly lastModified: Date
 }
 
+/** One version, or delete marker, of a key in a version listing. */
+export interface ListedVersion {
+  readonly versionId: string | undefined
+  readonly lastModified: Date
+  readonly size: number
+  /** a delete marker: the versions before it are hidden from GET and from ListObjectsV2, not gone */
+  readonly deleteMarker: boolean
+}
+
+/** A key of a version listing: its versions and delete markers, the current one first, then newest first. */
+export interface ListedKey {
+  readonly key: string
+  readonly versions: readonly ListedVersion[]
+}
+
 /** One bucket of an archive. */
 export class S3Bucket {
   readonly bucket: string
@@ -242,6 +257,66 @@ export class S3Bucket {
       if (next === undefined || next === '' || next === token)
         throw partialListing(this.bucket, prefix, next === token && next !== undefined ? `the continuation token ${next} again` : 'no continuation token')
       token = next
+    }
+  }
+
+  /**
+   * Every key under `prefix` with all its versions and delete markers (a key
+   * hidden by a delete marker too), a page of keys at a time; a key whose
+   * versions the server splits over two pages is handed over whole, once.
+   * @throws ReceiverError E_ARCHIVE (a listing truncated with no way on)
+   */
+  async listVersionPages(prefix: string, onPage: (page: readonly ListedKey[]) => Promise<void>): Promise<void> {
+    let keyMarker: string | undefined
+    let versionMarker: string | undefined
+    // the last key of a truncated page: its versions may go on in the next one
+    let carry: { key: string; versions: (ListedVersion & { latest: boolean })[] } | undefined
+    for (;;) {
+      let r: ListObjectVersionsCommandOutput
+      try {
+        r = await this.#s3.send(
+          new ListObjectVersionsCommand({
+            Bucket: this.bucket,
+            Prefix: prefix,
+            ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker }),
+            ...(versionMarker === undefined ? {} : { VersionIdMarker: versionMarker }),
+          }),
+        )
+      } catch (err) {
+        throw s3Error(err, `listing the versions under ${prefix}`)
+      }
+      const byKey = new Map<string, (ListedVersion & { latest: boolean })[]>()
+      if (carry !== undefined) byKey.set(carry.key, carry.versions)
+      const add = (key: string | undefined, v: ListedVersion & { latest: boolean }): void => {
+        if (key === undefined) return
+        const list = byKey.get(key)
+        if (list === undefined) byKey.set(key, [v])
+        else list.push(v)
+      }
+      // S3 gives each key's versions newest first; the SDK splits versions and markers into two lists. A version
+      // without its LastModified is taken as written now, as in listPages: never as 1970 (past any grace)
+      const listedAt = new Date()
+      for (const v of r.Versions ?? []) add(v.Key, { versionId: v.VersionId, lastModified: v.LastModified ?? listedAt, size: v.Size ?? 0, deleteMarker: false, latest: v.IsLatest === true })
+      for (const v of r.DeleteMarkers ?? []) add(v.Key, { versionId: v.VersionId, lastModified: v.LastModified ?? listedAt, size: 0, deleteMarker: true, latest: v.IsLatest === true })
+      const keys = [...byKey.keys()].sort()
+      const truncated = r.IsTruncated === true
+      carry = undefined
+      if (truncated) {
+        const last = keys.pop()
+        if (last !== undefined) carry = { key: last, versions: byKey.get(last) ?? [] }
+      }
+      const page = keys.map((key) => ({
+        key,
+        // the current one first, then newest first (a stable sort keeps S3's order among equal times, as get() reads)
+        versions: [...(byKey.get(key) ?? [])].sort((a, b) => Number(b.latest) - Number(a.latest) || b.lastModified.getTime() - a.lastModified.getTime()),
+      }))
+      if (page.length > 0) await onPage(page)
+      if (!truncated) return
+      const next = r.NextKeyMarker
+      if (next === undefined || next === '') throw partialListing(this.bucket, prefix, 'no key marker (versions)')
+      if (next === keyMarker && r.NextVersionIdMarker === versionMarker) throw partialListing(this.bucket, prefix, 'the same markers again (versions)')
+      keyMarker = next
+      versionMarker = r.NextVersionIdMarker
     }
   }
 

@@ -60,7 +60,7 @@ export async function cephArchivePoints(t: CephTarget, vm: string, cycles: reado
   validateName(vm, 'VM name')
   await checkArchiveLock(opts)
   // the run lock (archive-lock.ts), as archivePoints: no archive-prune deletes a chunk this run finds present and does not upload
-  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, (runLock) => cephArchiveLocked(t, vm, cycles, { ...opts, runLock }), opts.now)
+  return await withRunLock(opts.bucket, opts.prefix, 'archive', opts.logger, (runLock) => cephArchiveLocked(t, vm, cycles, { ...opts, runLock }), opts)
 }
 
 async function cephArchiveLocked(t: CephTarget, vm: string, cycles: readonly number[] | undefined, opts: ArchiveOptions): Promise<ArchivedPoint[]> {
