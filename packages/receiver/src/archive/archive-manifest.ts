@@ -5,6 +5,7 @@
  * building, encoding and the strict reading of a manifest fetched from a
  * bucket nobody should have to trust.
  */
+import { HARD_LIMITS } from '@grainline/protocol'
 import { ReceiverError } from '../errors.ts'
 
 /** The manifest format (bumped on any incompatible change). */
@@ -114,13 +115,11 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
   if (j['chunkBytes'] !== ARCHIVE_CHUNK_BYTES) throw bad(where, `chunkBytes ${String(j['chunkBytes'])}`)
   const chunkBytes = j['chunkBytes']
   if (!Array.isArray(j['disks']) || j['disks'].length === 0 || j['disks'].length > 64) throw bad(where, 'disks')
-  const stems = new Set<string>()
   const disks = j['disks'].map((d: unknown, i: number): ArchivedDisk => {
     const at = `disks[${i}]`
     if (!isObj(d)) throw bad(where, at)
     if (!isSafeName(d['name'])) throw bad(where, `${at}.name`)
-    if (!isSafeName(d['stem']) || stems.has(d['stem'])) throw bad(where, `${at}.stem`)
-    stems.add(d['stem'])
+    if (!isSafeName(d['stem']) || /[\u0000-\u001f\u007f"]/.test(d['stem'])) throw bad(where, `${at}.stem`)
     if (!isCount(d['capacity'], 64 * 1024 ** 4) || d['capacity'] % 512 !== 0) throw bad(where, `${at}.capacity`)
     if (typeof d['sha256'] !== 'string' || !HEX64.test(d['sha256'])) throw bad(where, `${at}.sha256`)
     const chunks = d['chunks']
@@ -128,7 +127,9 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
       throw bad(where, `${at}.chunks: ${Array.isArray(chunks) ? chunks.length : 'none'} for a capacity of ${d['capacity']}`)
     for (const c of chunks) if (c !== null && (typeof c !== 'string' || !HEX64.test(c))) throw bad(where, `${at}.chunks: ${JSON.stringify(c).slice(0, 80)}`)
     const ddb = d['ddb']
-    if (!isObj(ddb) || Object.values(ddb).some((v) => typeof v !== 'string')) throw bad(where, `${at}.ddb`)
+    if (!isObj(ddb)) throw bad(where, `${at}.ddb`)
+    const ddbProblem = ddbProblemOf(ddb)
+    if (ddbProblem !== undefined) throw bad(where, `${at}.ddb: ${ddbProblem}, which the receiver never records (a restore writes the DDB into the disk's descriptor)`)
     const verified = d['verified']
     if (verified !== undefined && !VERIFIED.includes(verified as ArchiveVerified)) throw bad(where, `${at}.verified`)
     return {
@@ -146,6 +147,9 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
     if (!isObj(f) || !isSafeName(f['name']) || typeof f['sha256'] !== 'string' || !HEX64.test(f['sha256']) || !isCount(f['bytes'], 16 * 1024 * 1024)) throw bad(where, `files[${i}]`)
     return { name: f['name'], sha256: f['sha256'], bytes: f['bytes'] }
   })
+  const clash = nameClash(disks, files)
+  if (clash !== undefined)
+    throw bad(where, `${clash}: a restore would write one over the other. Refused; no grainline archive writes such a manifest (the store refuses such disks): it was written by something else`)
   return {
     format: ARCHIVE_FORMAT,
     vm: j['vm'],
@@ -158,6 +162,45 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
     disks,
     files,
   }
+}
+
+/**
+ * The files a restore writes for its disks (`<stem>.vmdk`, `<stem>-flat.vmdk`)
+ * and configuration files: two that are one name, ignoring case (as the
+ * store compares disk names: vm-mirror.ts checkNames; a restore folder may be
+ * on a case-insensitive file system), named: `a` and `a-flat` (`a`'s flat is
+ * `a-flat`'s descriptor), two disks of one stem, a file named as a disk's.
+ */
+function nameClash(disks: readonly ArchivedDisk[], files: readonly ArchivedFile[]): string | undefined {
+  const owner = new Map<string, string>()
+  const written: [string, string][] = []
+  disks.forEach((d, i) => {
+    const who = `disks[${i}].stem ${JSON.stringify(d.stem)}`
+    written.push([`${d.stem}.vmdk`, `the descriptor of ${who}`], [`${d.stem}-flat.vmdk`, `the flat of ${who}`])
+  })
+  files.forEach((f, i) => {
+    written.push([f.name, `files[${i}]`])
+  })
+  for (const [name, what] of written) {
+    const key = name.toLowerCase()
+    const first = owner.get(key)
+    if (first !== undefined) return `${first} and ${what} are both the file ${JSON.stringify(name)}`
+    owner.set(key, what)
+  }
+  return undefined
+}
+
+/** The protocol's rules for a DDB (SPEC §6 DiskOpen.ddb): what breaks them, or undefined. */
+function ddbProblemOf(ddb: Record<string, unknown>): string | undefined {
+  const entries = Object.entries(ddb)
+  if (entries.length > HARD_LIMITS.maxDdbEntries) return `${entries.length} entries, over ${HARD_LIMITS.maxDdbEntries}`
+  for (const [k, v] of entries) {
+    if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || k === '__proto__') return `the key ${JSON.stringify(k.slice(0, 80))}`
+    // a quote or a line break would end the value and add lines (another extent) to the descriptor
+    if (typeof v !== 'string' || Buffer.byteLength(v) > 4096 || /[\u0000-\u001f\u007f"]/.test(v))
+      return `the value of ${k} (${JSON.stringify(String(v).slice(0, 80))}: a quote, a control character, or over 4096 bytes)`
+  }
+  return undefined
 }
 
 /** A manifest as stored (JSON, one line per disk's chunk list would not help: plain). */
