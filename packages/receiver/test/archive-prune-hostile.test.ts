@@ -21,6 +21,16 @@
  *   collected its chunks, which `restore --from` (reading through the
  *   marker) then missed. It is a point like any other. A chunk hidden
  *   behind a marker was never collected; it is, once unreferenced.
+ * - A listing that never ends (new markers every page, markers in turn, a
+ *   key's versions without end): it looped for ever. Bounded, refused.
+ * - A server that accepts a request and never answers, or stops a body
+ *   half-way: the command waited for ever (the SDK sets no timeout). It
+ *   times out.
+ * - A key under 150 delete markers, or one version a listing page: get()
+ *   listed 100 versions once and took it for missing. It pages.
+ * - A manifest whose disks collide (`a`'s flat is `a-flat`'s descriptor)
+ *   or whose DDB adds a line to a descriptor: the restore wrote one file
+ *   over another. Refused at parse time.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomUUID } from 'node:crypto'
@@ -713,6 +723,15 @@ t.test('an S3 endpoint that accepts a request and never answers, or stops sendin
   })
   t.ok(performance.now() - t0 < 30_000, `the prune failed after ${Math.round(performance.now() - t0)} ms`)
   t.same(s3.keys(), before, 'nothing deleted, the prune lock released')
+  // the run lock's PUT never answered: a restore does not wait for ever either (each of the 5 attempts timed out)
+  s3.hostility.silentUnder = 'p/locks/'
+  const err = await restoreFromArchive(bucket, 'p/', 'web', 2, join(scratchDir(t), 'silent'), { logger: log }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string; cause?: { $metadata?: { attempts?: number } } },
+  )
+  t.equal(err?.code, 'E_ARCHIVE')
+  t.match(err?.message, /S3 PUT p\/locks\/restore-.*: TimeoutError .*did not answer/)
+  t.equal(err?.cause?.$metadata?.attempts, 5, 'the SDK tried 5 times')
   s3.hostility.silentUnder = undefined
   // a GET whose body stops half-way: the restore of that point would wait for ever
   s3.hostility.stallBody = manifestKey('p/', 'web', 2)

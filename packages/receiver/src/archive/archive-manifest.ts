@@ -94,8 +94,11 @@ const isCount = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number => type
 /**
  * Read a manifest fetched from a bucket, checking every field a restore
  * relies on: names are plain file names (a hostile manifest cannot write
- * outside the restore folder), the chunk list covers the capacity exactly,
- * digests are hex. `where` names the object in errors.
+ * outside the restore folder) and no two files a restore writes share one
+ * (it would write one over the other), stems and DDB entries keep the
+ * protocol's rules (no quote or line break to add lines to a descriptor),
+ * the chunk list covers the capacity exactly, digests are hex. `where`
+ * names the object in errors.
  * @throws ReceiverError E_ARCHIVE
  */
 export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest {

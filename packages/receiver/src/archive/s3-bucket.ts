@@ -6,6 +6,9 @@
  * delete markers to a versioned bucket but not remove locked versions), and
  * list keys. Works against AWS and against Ceph's radosgw (path-style URLs,
  * Content-MD5 instead of the SDK's newer checksums, which radosgw 16 refuses).
+ * An endpoint cannot hang or exhaust a command: requests time out
+ * ({@link S3_TIMEOUTS}) and listings are bounded ({@link MAX_LISTING_ENTRIES},
+ * {@link LISTING_SPARE_PAGES}, {@link MAX_KEY_VERSIONS}, no marker twice).
  */
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
