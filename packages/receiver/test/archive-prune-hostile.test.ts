@@ -23,6 +23,8 @@
  *   behind a marker was never collected; it is, once unreferenced.
  * - A listing that never ends (new markers every page, markers in turn, a
  *   key's versions without end): it looped for ever. Bounded, refused.
+ * - A listing page of 128 MiB: the SDK read it whole and parsing it took
+ *   the receiver past Node's heap. A response is read up to 8 MiB.
  * - A server that accepts a request and never answers, or stops a body
  *   half-way: the command waited for ever (the SDK sets no timeout). It
  *   times out.
@@ -80,6 +82,8 @@ interface Hostility {
   stallBody?: string
   /** version listings give at most this many entries a page, whatever max-keys asks */
   versionPageSize?: number
+  /** a listing (ListObjectsV2) under this prefix answers up to 128 MiB of XML; `sent` counts what the socket took */
+  hugeListing?: { prefix: string; sent: number; done?: Promise<void> }
 }
 
 /**
@@ -145,6 +149,28 @@ class TinyS3 {
     }
     const silent = this.hostility.silentUnder
     if (silent !== undefined && (key === '' ? (q.get('prefix') ?? '') : key).startsWith(silent)) return // read, never answered
+    const huge = this.hostility.hugeListing
+    if (req.method === 'GET' && key === '' && huge !== undefined && (q.get('prefix') ?? '').startsWith(huge.prefix)) {
+      huge.done = new Promise<void>((resolve) => {
+        res.setHeader('content-type', 'application/xml')
+        res.write(`<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name>`)
+        const piece = Buffer.alloc(MiB, ' ')
+        let closed = false
+        res.on('close', () => {
+          closed = true
+          resolve()
+        })
+        const pump = (): void => {
+          while (!closed && huge.sent < 128 * MiB) {
+            huge.sent += piece.length
+            if (!res.write(piece)) return void res.once('drain', pump)
+          }
+          if (!closed) res.end('<IsTruncated>false</IsTruncated></ListBucketResult>')
+        }
+        pump()
+      })
+      return
+    }
     const endless = this.hostility.endlessListing
     if (req.method === 'GET' && key === '' && endless !== undefined && (q.get('prefix') ?? '').startsWith(endless.prefix)) {
       const n = ++endless.pages
@@ -738,6 +764,16 @@ t.test('an S3 endpoint that accepts a request and never answers, or stops sendin
   await t.rejects(bucket.get(manifestKey('p/', 'web', 2), MiB), { code: 'E_ARCHIVE', message: /GET p\/vms\/web\/points\/000000000002\.json \(reading its body\): TimeoutError .*did not answer/ })
   s3.hostility.stallBody = chunkKey('p/', b)
   await t.rejects(bucket.get(chunkKey('p/', b), MiB), { code: 'E_ARCHIVE', message: /did not answer/ }, 'a chunk alike')
+})
+
+t.test('a listing page of 128 MiB: read up to MAX_S3_RESPONSE_BYTES (8 MiB), then abandoned (E_ARCHIVE), the connection dropped', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const huge: NonNullable<Hostility['hugeListing']> = { prefix: 'p/vms/', sent: 0 }
+  s3.hostility.hugeListing = huge
+  await t.rejects(bucket.list('p/vms/'), { code: 'E_ARCHIVE', message: /the answer of the S3 endpoint http:\/\/127\.0\.0\.1:\d+ to ListObjectsV2Command went past 8388608 bytes/ })
+  await huge.done
+  // the old code read all of it, and parsing it took the test past Node's 4 GB heap
+  t.ok(huge.sent < 40 * MiB, `the server sent ${huge.sent / MiB} MiB before the receiver closed the connection (bound 8 MiB)`)
 })
 
 t.test('a key under 150 delete markers, or a server that lists one version a page: read through (restore, prune), not taken for missing', { timeout: 120_000 }, async (t) => {

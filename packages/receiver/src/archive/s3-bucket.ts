@@ -7,11 +7,14 @@
  * list keys. Works against AWS and against Ceph's radosgw (path-style URLs,
  * Content-MD5 instead of the SDK's newer checksums, which radosgw 16 refuses).
  * An endpoint cannot hang or exhaust a command: requests time out
- * ({@link S3_TIMEOUTS}) and listings are bounded ({@link MAX_LISTING_ENTRIES},
- * {@link LISTING_SPARE_PAGES}, {@link MAX_KEY_VERSIONS}, no marker twice).
+ * ({@link S3_TIMEOUTS}), a response but an object's is at most
+ * {@link MAX_S3_RESPONSE_BYTES}, and listings are bounded
+ * ({@link MAX_LISTING_ENTRIES}, {@link LISTING_SPARE_PAGES},
+ * {@link MAX_KEY_VERSIONS}, no marker twice).
  */
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
+import { pipeline, Readable, Transform } from 'node:stream'
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -92,6 +95,15 @@ export const MAX_LISTING_ENTRIES = 2 ** 25
  * after 2^25.
  */
 export const LISTING_SPARE_PAGES = 1000
+/**
+ * The largest response body S3 may send but an object's (GET, bounded by
+ * what the object may hold): a listing page of 1000 entries, each a key of
+ * at most 1024 bytes and its XML (~600 bytes with radosgw's owner), is
+ * ~1.6 MB; an error, a few hundred bytes. The SDK reads a body whole, then
+ * parses it into objects many times its size: a page of 128 MiB took the
+ * receiver past Node's 4 GB heap (archive-prune-hostile.test.ts).
+ */
+export const MAX_S3_RESPONSE_BYTES = 8 * 1024 * 1024
 /**
  * The most versions and delete markers of one key a listing takes: a run
  * lock gains a version at each rewrite (every 10 min): 10 000 is a run of 69
@@ -226,10 +238,23 @@ export class S3Bucket {
       // the SDK sets none: an endpoint that never answers would hang the command (S3_TIMEOUTS)
       requestHandler: { connectionTimeout: this.#timeouts.connectMs, socketTimeout: this.#timeouts.idleMs },
     })
+    // inside the deserializer (low priority): the raw response, before the SDK reads its body whole
+    this.#s3.middlewareStack.add(
+      (next, context) => async (args) => {
+        const out = await next(args)
+        const res = out.response as { statusCode?: number; body?: unknown }
+        const object = context.commandName === 'GetObjectCommand' && (res.statusCode ?? 0) < 300
+        if (!object && res.body instanceof Readable) res.body = boundedResponse(res.body, context.commandName ?? 'S3', this.endpoint)
+        return out
+      },
+      { step: 'deserialize', priority: 'low', name: 'grainlineBoundedResponse' },
+    )
   }
 
   /** An S3 failure as a typed error naming the object, the endpoint and what to check. */
   #error(err: unknown, what: string): ReceiverError {
+    // one of ours (a response over its bound): its words as they are
+    if (err instanceof ReceiverError) return new ReceiverError('E_ARCHIVE', `S3 ${what}: ${err.message}`, { cause: err })
     const code = err instanceof S3ServiceException ? err.name : ((err as { code?: string }).code ?? (err as Error).name)
     const hint =
       status(err) === 403
@@ -510,6 +535,26 @@ export class S3Bucket {
   close(): void {
     this.#s3.destroy()
   }
+}
+
+/** `body` passed on up to {@link MAX_S3_RESPONSE_BYTES}, then destroyed with an E_ARCHIVE. */
+function boundedResponse(body: Readable, command: string, endpoint: string): Readable {
+  let n = 0
+  const limited = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      n += chunk.length
+      if (n <= MAX_S3_RESPONSE_BYTES) return done(null, chunk)
+      done(
+        new ReceiverError(
+          'E_ARCHIVE',
+          `the answer of the S3 endpoint ${endpoint} to ${command} went past ${MAX_S3_RESPONSE_BYTES} bytes (MAX_S3_RESPONSE_BYTES: a listing page of 1000 keys is under 2 MB): the rest was not read. Check the S3 endpoint (a proxy or a server that is not S3)`,
+        ),
+      )
+    },
+  })
+  // an error either way destroys both: the connection is dropped, not read on
+  pipeline(body, limited, () => {})
+  return limited
 }
 
 /**
