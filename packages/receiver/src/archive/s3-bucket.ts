@@ -62,7 +62,7 @@ export interface S3Timeouts {
  * byte either way: S3 and radosgw answer a request within seconds, and a
  * transfer moves bytes all along however slow the link (a total deadline
  * would instead cut a large PUT on a thin link). With {@link S3_ATTEMPTS}
- * attempts and the SDK's backoff (≤ 20 s each) one call ends within
+ * attempts and the SDK's backoff (≤ 20 s each) a call left unanswered ends within
  * {@link MAX_S3_CALL_MS}; see there why that bound matters.
  */
 export const S3_TIMEOUTS: S3Timeouts = { connectMs: 30_000, idleMs: 120_000 }
