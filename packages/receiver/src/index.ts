@@ -45,8 +45,19 @@ export { KEEP_NONE_NEEDS_VM, pruneArchive } from './archive/archive-prune.ts'
 export type { ArchivePruneOptions, ArchivePruneResult, KeptLocked } from './archive/archive-prune.ts'
 export { takeRunLock, withRunLock, locksPrefix, LOCK_STALE_MS, LOCK_REFRESH_MS, LOCK_HELD_MS, MAX_CLOCK_SKEW_MS } from './archive/archive-lock.ts'
 export type { HeldRunLock, ArchiveRunKind, RunClock } from './archive/archive-lock.ts'
-export { S3Bucket, parseArchiveUrl, readCredentialsFile } from './archive/s3-bucket.ts'
-export type { ArchiveTarget, ArchiveLock, ListedObject, ListedKey, ListedVersion } from './archive/s3-bucket.ts'
+export {
+  S3Bucket,
+  parseArchiveUrl,
+  readCredentialsFile,
+  S3_TIMEOUTS,
+  S3_ATTEMPTS,
+  MAX_S3_CALL_MS,
+  MAX_LISTING_ENTRIES,
+  LISTING_SPARE_PAGES,
+  MAX_KEY_VERSIONS,
+  MAX_S3_RESPONSE_BYTES,
+} from './archive/s3-bucket.ts'
+export type { ArchiveTarget, ArchiveLock, ListedObject, ListedKey, ListedVersion, S3Timeouts } from './archive/s3-bucket.ts'
 export { parseManifest, chunkKey, manifestKey, ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT } from './archive/archive-manifest.ts'
 export type { ArchiveManifest, ArchivedDisk, ArchivedFile, ArchiveVerified } from './archive/archive-manifest.ts'
 export { isCephStore, parseCephStore, checkCephPool, CEPH_PREFIX } from './store/ceph/ceph-store.ts'

@@ -21,18 +21,30 @@
  *   collected its chunks, which `restore --from` (reading through the
  *   marker) then missed. It is a point like any other. A chunk hidden
  *   behind a marker was never collected; it is, once unreferenced.
+ * - A listing that never ends (new markers every page, markers in turn, a
+ *   key's versions without end): it looped for ever. Bounded, refused.
+ * - A listing page of 128 MiB: the SDK read it whole and parsing it took
+ *   the receiver past Node's heap. A response is read up to 8 MiB.
+ * - A server that accepts a request and never answers, or stops a body
+ *   half-way: the command waited for ever (the SDK sets no timeout). It
+ *   times out.
+ * - A key under 150 delete markers, or one version a listing page: get()
+ *   listed 100 versions once and took it for missing. It pages.
+ * - A manifest whose disks collide (`a`'s flat is `a-flat`'s descriptor)
+ *   or whose DDB adds a line to a descriptor: the restore wrote one file
+ *   over another. Refused at parse time.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { readFile } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
+import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, type ArchiveManifest, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
-import { archivePoints, LOCK_HELD_MS, LOCK_REFRESH_MS, LOCK_STALE_MS, pruneArchive, restoreFromArchive, S3Bucket, takeRunLock } from '../src/index.ts'
+import { archivePoints, LISTING_SPARE_PAGES, LOCK_HELD_MS, LOCK_REFRESH_MS, LOCK_STALE_MS, MAX_KEY_VERSIONS, MAX_S3_CALL_MS, pruneArchive, restoreFromArchive, S3Bucket, type S3Timeouts, takeRunLock } from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -63,6 +75,20 @@ interface Hostility {
   holdPut?: (key: string) => Promise<void> | undefined
   /** ListObjectsV2 leaves out the keys under this prefix (a listing that lags behind writes) */
   unlistedUnder?: string
+  /**
+   * listings under this prefix never end: every page truncated, with a marker never given before —
+   * `new-keys`: one new key a page; `empty`: no entry; `same-key`: 1000 new versions a page of the key the prefix
+   * names (versions); `cycle`: no entry, two markers in turn
+   */
+  endlessListing?: { prefix: string; mode: 'new-keys' | 'empty' | 'same-key' | 'cycle'; pages: number }
+  /** requests for a key, or listings of a prefix, that start with this are read and never answered */
+  silentUnder?: string
+  /** a GET of this key sends its headers and half its body, then nothing */
+  stallBody?: string
+  /** version listings give at most this many entries a page, whatever max-keys asks */
+  versionPageSize?: number
+  /** a listing (ListObjectsV2) under this prefix answers up to 128 MiB of XML; `sent` counts what the socket took */
+  hugeListing?: { prefix: string; sent: number; done?: Promise<void> }
 }
 
 /**
@@ -108,7 +134,10 @@ class TinyS3 {
   }
 
   async stop(): Promise<void> {
-    await new Promise<void>((resolve) => this.#server?.close(() => resolve()))
+    const closed = new Promise<void>((resolve) => this.#server?.close(() => resolve()))
+    // the requests never answered (silentUnder) hold their connections open
+    this.#server?.closeAllConnections()
+    await closed
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -122,6 +151,52 @@ class TinyS3 {
     const xml = (body: string): void => {
       res.setHeader('content-type', 'application/xml')
       res.end(`<?xml version="1.0" encoding="UTF-8"?>\n${body}`)
+    }
+    const silent = this.hostility.silentUnder
+    if (silent !== undefined && (key === '' ? (q.get('prefix') ?? '') : key).startsWith(silent)) return // read, never answered
+    const huge = this.hostility.hugeListing
+    if (req.method === 'GET' && key === '' && huge !== undefined && (q.get('prefix') ?? '').startsWith(huge.prefix)) {
+      huge.done = new Promise<void>((resolve) => {
+        res.setHeader('content-type', 'application/xml')
+        res.write(`<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name>`)
+        const piece = Buffer.alloc(MiB, ' ')
+        let closed = false
+        res.on('close', () => {
+          closed = true
+          resolve()
+        })
+        const pump = (): void => {
+          while (!closed && huge.sent < 128 * MiB) {
+            huge.sent += piece.length
+            if (!res.write(piece)) return void res.once('drain', pump)
+          }
+          if (!closed) res.end('<IsTruncated>false</IsTruncated></ListBucketResult>')
+        }
+        pump()
+      })
+      return
+    }
+    const endless = this.hostility.endlessListing
+    if (req.method === 'GET' && key === '' && endless !== undefined && (q.get('prefix') ?? '').startsWith(endless.prefix)) {
+      const n = ++endless.pages
+      const prefix = q.get('prefix') ?? ''
+      const marker = endless.mode === 'cycle' ? `m${n % 2}` : `m${n}`
+      const newKey = `${prefix}zz/${String(n).padStart(12, '0')}`
+      const at = new Date().toISOString()
+      if (q.get('list-type') === '2') {
+        const contents = endless.mode === 'new-keys' ? `<Contents><Key>${newKey}</Key><LastModified>${at}</LastModified><ETag>"e"</ETag><Size>1</Size></Contents>` : ''
+        xml(
+          `<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><KeyCount>${contents === '' ? 0 : 1}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>${marker}</NextContinuationToken>${contents}</ListBucketResult>`,
+        )
+        return
+      }
+      const version = (k: string): string =>
+        `<Version><Key>${k}</Key><VersionId>${randomUUID()}</VersionId><IsLatest>false</IsLatest><LastModified>${at}</LastModified><ETag>"e"</ETag><Size>1</Size></Version>`
+      const items = endless.mode === 'new-keys' ? version(newKey) : endless.mode === 'same-key' ? Array.from({ length: 1000 }, () => version(prefix)).join('') : ''
+      xml(
+        `<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextKeyMarker>${endless.mode === 'new-keys' ? newKey : prefix}</NextKeyMarker><NextVersionIdMarker>${marker}</NextVersionIdMarker>${items}</ListVersionsResult>`,
+      )
+      return
     }
     if (req.method === 'GET' && key === '' && q.get('list-type') === '2') {
       const prefix = q.get('prefix') ?? ''
@@ -154,7 +229,7 @@ class TinyS3 {
         const at = vm === null || vm === '' ? -1 : entries.findIndex((e) => e.k === km && e.v.id === vm)
         start = at >= 0 ? at + 1 : entries.filter((e) => e.k <= km).length
       }
-      const max = q.has('max-keys') ? Number(q.get('max-keys')) : 1
+      const max = Math.min(q.has('max-keys') ? Number(q.get('max-keys')) : 1, this.hostility.versionPageSize ?? Number.POSITIVE_INFINITY)
       const page = entries.slice(start, start + max)
       const truncated = start + max < entries.length
       const last = this.hostility.noTokenUnder !== undefined && prefix.startsWith(this.hostility.noTokenUnder) ? undefined : page.at(-1)
@@ -198,8 +273,17 @@ class TinyS3 {
       if (left.length === 0) this.hostility.afterDelete?.(key)
       return
     }
-    const endless = this.hostility.endless
-    if (req.method === 'GET' && endless !== undefined && key === endless.key) {
+    if (req.method === 'GET' && key === this.hostility.stallBody) {
+      const v = this.#latest(key) as Version
+      res.setHeader('content-length', String(v.body.length))
+      res.setHeader('last-modified', v.lastModified.toUTCString())
+      res.setHeader('etag', '"e"')
+      res.write(v.body.subarray(0, v.body.length >> 1)) // and nothing more
+      return
+    }
+    const endlessBody = this.hostility.endless
+    if (req.method === 'GET' && endlessBody !== undefined && key === endlessBody.key) {
+      const endless = endlessBody
       endless.done = new Promise<void>((resolve) => {
         res.setHeader('last-modified', new Date().toUTCString())
         res.setHeader('etag', '"e"')
@@ -263,11 +347,11 @@ function manifest(vm: string, cycle: number, c: string, archivedAt: Date): Buffe
 const old = new Date(Date.now() - 30 * 24 * 3600_000)
 
 /** Points 1 and 2 of VM `web`, each with a chunk of its own, written a month ago. */
-async function setUp(t: Test): Promise<{ s3: TinyS3; bucket: S3Bucket; a: string; b: string }> {
+async function setUp(t: Test, timeouts?: S3Timeouts): Promise<{ s3: TinyS3; bucket: S3Bucket; a: string; b: string }> {
   const s3 = new TinyS3()
   const endpoint = await s3.start()
   t.teardown(() => s3.stop())
-  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' }, ...(timeouts === undefined ? {} : { timeouts }) })
   t.teardown(() => bucket.close())
   const a = digest('a')
   const b = digest('b')
@@ -690,4 +774,165 @@ t.test('a chunk hidden behind a delete marker: collected (every version, the mar
   t.equal(s3.objects.get(chunkKey('p/', b))?.length, 2, 'the referenced hidden chunk is left as it is')
   t.ok(s3.objects.has(chunkKey('p/', a)))
   t.ok(s3.objects.has(chunkKey('p/', digest('nothing'))), 'the lone marker left alone')
+})
+
+t.test(
+  'a listing that never ends (a new marker every page, new keys or none, markers in turn, versions without end): refused (E_ARCHIVE) within its bounds, naming the endpoint and the prefix',
+  { timeout: 120_000 },
+  async (t) => {
+    const { s3, bucket, a } = await setUp(t)
+    const before = s3.keys()
+    const refused = (what: RegExp): { code: string; message: RegExp } => ({
+      code: 'E_ARCHIVE',
+      message: new RegExp(`S3 listing s3://arch/p/vms/ \\(endpoint http://127\\.0\\.0\\.1:\\d+\\): ${what.source}.*never used`),
+    })
+    // one new key a page, a new token each time (ListObjectsV2): S3 fills a page with up to 1000
+    const endless: NonNullable<Hostility['endlessListing']> = { prefix: 'p/vms/', mode: 'new-keys', pages: 0 }
+    s3.hostility.endlessListing = endless
+    await t.rejects(bucket.list('p/vms/'), refused(/it took 1011 pages for 1011 entries/), 'list(): one key a page, stopped')
+    t.ok(endless.pages <= LISTING_SPARE_PAGES + 20, `${endless.pages} pages asked for`)
+    // empty pages, a new marker each (versions), through the prune: nothing deleted, its lock released
+    endless.mode = 'empty'
+    endless.pages = 0
+    await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), refused(/it took 1001 pages for 0 entries/), 'empty version pages, stopped')
+    t.same(s3.keys(), before, 'nothing deleted, no lock left')
+    // two markers in turn: the third page repeats the first marker
+    endless.mode = 'cycle'
+    endless.pages = 0
+    await t.rejects(bucket.list('p/vms/'), refused(/the server gave the continuation token "m1" again, a marker it had given before/), 'list(): a token given again')
+    t.equal(endless.pages, 3, 'refused at the first marker given twice')
+    endless.pages = 0
+    await t.rejects(
+      bucket.listVersionPages('p/vms/', async () => {}),
+      refused(/the server gave the key marker "p\/vms\/" and version marker "m1" \(versions\) again/),
+      'versions: markers given again',
+    )
+    t.equal(endless.pages, 3)
+    // the versions of one key without end, 1000 a page: stopped at MAX_KEY_VERSIONS, whichever call lists them
+    endless.mode = 'same-key'
+    endless.prefix = chunkKey('p/', a)
+    const calls: [string, () => Promise<unknown>][] = [
+      ['deleteAllVersions', () => bucket.deleteAllVersions(chunkKey('p/', a))],
+      [
+        'get (through a delete marker)',
+        async () => {
+          s3.hide(chunkKey('p/', a))
+          return await bucket.get(chunkKey('p/', a), 1)
+        },
+      ],
+      ['listVersionPages', () => bucket.listVersionPages(chunkKey('p/', a), async () => {})],
+    ]
+    for (const [what, call] of calls) {
+      endless.pages = 0
+      await t.rejects(
+        call(),
+        { code: 'E_ARCHIVE', message: new RegExp(`S3 key s3://arch/${chunkKey('p/', a)} \\(endpoint http://127\\.0\\.0\\.1:\\d+\\): the version listing went past \\d+ versions.*MAX_KEY_VERSIONS`) },
+        what,
+      )
+      t.equal(endless.pages, MAX_KEY_VERSIONS / 1000 + 1, `${what}: stopped after ${endless.pages} pages`)
+    }
+    s3.hostility.endlessListing = undefined
+    t.ok(s3.objects.has(chunkKey('p/', a)), 'nothing deleted')
+  },
+)
+
+t.test('an S3 endpoint that accepts a request and never answers, or stops sending a body: the command fails (E_ARCHIVE) after its timeouts, its lock released', { timeout: 120_000 }, async (t) => {
+  // the timeouts shortened for the test (S3_TIMEOUTS: 30 s to connect, 2 min without a byte)
+  const { s3, bucket, b } = await setUp(t, { connectMs: 2000, idleMs: 300 })
+  t.ok(MAX_S3_CALL_MS + LOCK_HELD_MS < LOCK_STALE_MS, `one S3 call (≤ ${Math.round(MAX_S3_CALL_MS / 60_000)} min) begun within LOCK_HELD_MS of the lock's last write ends before the lock is stale`)
+  const before = s3.keys()
+  s3.hostility.silentUnder = 'p/vms/'
+  const t0 = performance.now()
+  await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), {
+    code: 'E_ARCHIVE',
+    message:
+      /S3 listing the versions under p\/vms\/: TimeoutError .*the S3 endpoint http:\/\/127\.0\.0\.1:\d+ did not answer: no byte for 0\.3 s, or no connection within 2 s, 5 attempts\. Check that it is up/,
+  })
+  t.ok(performance.now() - t0 < 30_000, `the prune failed after ${Math.round(performance.now() - t0)} ms`)
+  t.same(s3.keys(), before, 'nothing deleted, the prune lock released')
+  // the run lock's PUT never answered: a restore does not wait for ever either (each of the 5 attempts timed out)
+  s3.hostility.silentUnder = 'p/locks/'
+  const err = await restoreFromArchive(bucket, 'p/', 'web', 2, join(scratchDir(t), 'silent'), { logger: log }).then(
+    () => undefined,
+    (e: unknown) => e as Error & { code?: string; cause?: { $metadata?: { attempts?: number } } },
+  )
+  t.equal(err?.code, 'E_ARCHIVE')
+  t.match(err?.message, /S3 PUT p\/locks\/restore-.*: TimeoutError .*did not answer/)
+  t.equal(err?.cause?.$metadata?.attempts, 5, 'the SDK tried 5 times')
+  s3.hostility.silentUnder = undefined
+  // a GET whose body stops half-way: the restore of that point would wait for ever
+  s3.hostility.stallBody = manifestKey('p/', 'web', 2)
+  await t.rejects(bucket.get(manifestKey('p/', 'web', 2), MiB), { code: 'E_ARCHIVE', message: /GET p\/vms\/web\/points\/000000000002\.json \(reading its body\): TimeoutError .*did not answer/ })
+  s3.hostility.stallBody = chunkKey('p/', b)
+  await t.rejects(bucket.get(chunkKey('p/', b), MiB), { code: 'E_ARCHIVE', message: /did not answer/ }, 'a chunk alike')
+})
+
+t.test('a listing page of 128 MiB: read up to MAX_S3_RESPONSE_BYTES (8 MiB), then abandoned (E_ARCHIVE), the connection dropped', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  const huge: NonNullable<Hostility['hugeListing']> = { prefix: 'p/vms/', sent: 0 }
+  s3.hostility.hugeListing = huge
+  await t.rejects(bucket.list('p/vms/'), { code: 'E_ARCHIVE', message: /the answer of the S3 endpoint http:\/\/127\.0\.0\.1:\d+ to ListObjectsV2Command went past 8388608 bytes/ })
+  await huge.done
+  // the old code read all of it, and parsing it took the test past Node's 4 GB heap
+  t.ok(huge.sent < 40 * MiB, `the server sent ${huge.sent / MiB} MiB before the receiver closed the connection (bound 8 MiB)`)
+})
+
+t.test('a key under 150 delete markers, or a server that lists one version a page: read through (restore, prune), not taken for missing', { timeout: 120_000 }, async (t) => {
+  const vm = 'web-markers'
+  const data = pattern(4 * MiB, 11)
+  const { store, s3, bucket } = await seededStore(t, vm, data)
+  await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const m = manifestKey('p/', vm, 1)
+  // someone with the receiver's keys DELETEs the manifest 150 times: 150 markers above its one version
+  for (let i = 0; i < 150; i++) s3.hide(m)
+  const chunk = s3.keys().find((k) => k.startsWith('p/chunks/')) as string
+  for (let i = 0; i < 2; i++) s3.put(chunk, s3.objects.get(chunk)?.[0]?.body as Buffer)
+  s3.hide(chunk)
+  const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'markers'), { logger: log })
+  t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), 'restored through 150 markers, byte-exact')
+  const p = await pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
+  t.same([p.manifests.examined, p.manifests.hidden, p.chunks.deleted], [1, [m], 0], 'the prune reads it too: a point, its chunk kept')
+  // a server that gives one version a page, whatever max-keys asks
+  s3.hostility.versionPageSize = 1
+  const again = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'short-pages'), { logger: log })
+  t.ok((await readFile(again.disks[0]?.flat as string)).equals(data), 'restored with one version a page, byte-exact')
+})
+
+t.test('a manifest whose disks collide (a and a-flat) or whose DDB adds a descriptor line: the restore refuses (E_ARCHIVE) before writing anything', async (t) => {
+  const { s3, bucket } = await setUp(t)
+  // two disks of 512 bytes, each one chunk: a's flat would be a-flat's descriptor
+  const da = Buffer.alloc(512, 1)
+  const db = Buffer.alloc(512, 2)
+  const ha = createHash('sha256').update(da).digest('hex')
+  const hb = createHash('sha256').update(db).digest('hex')
+  s3.put(chunkKey('p/', ha), da)
+  s3.put(chunkKey('p/', hb), db)
+  const disk = (stem: string, h: string, ddb: Record<string, string> = {}): ArchiveManifest['disks'][number] => ({ name: `${stem}.vmdk`, stem, capacity: 512, sha256: h, chunks: [h], ddb })
+  const put = (cycle: number, disks: ArchiveManifest['disks']): void =>
+    s3.put(
+      manifestKey('p/', 'evil', cycle),
+      encodeManifest({
+        format: ARCHIVE_FORMAT,
+        vm: 'evil',
+        cycle,
+        committedAt: old.toISOString(),
+        generation: 'ab'.repeat(8),
+        archivedAt: old.toISOString(),
+        retainUntil: null,
+        chunkBytes: ARCHIVE_CHUNK_BYTES,
+        disks,
+        files: [],
+      }),
+    )
+  put(1, [disk('a', ha), disk('a-flat', hb)])
+  put(2, [disk('a', ha, { 'ddb.uuid': 'x"\nRW 8 VMFS "/vmfs/volumes/ds/other/other-flat.vmdk' })])
+  const dir = join(scratchDir(t), 'evil')
+  await t.rejects(restoreFromArchive(bucket, 'p/', 'evil', 1, dir, { logger: log }), {
+    code: 'E_ARCHIVE',
+    message:
+      /archive manifest s3:\/\/arch\/p\/vms\/evil\/points\/000000000001\.json: the flat of disks\[0\]\.stem "a" and the descriptor of disks\[1\]\.stem "a-flat" are both the file "a-flat\.vmdk": a restore would write one over the other/,
+  })
+  t.same(await readdir(dir).catch(() => []), [], 'nothing written')
+  await t.rejects(restoreFromArchive(bucket, 'p/', 'evil', 2, dir, { logger: log }), { code: 'E_ARCHIVE', message: /000000000002\.json: disks\[0\]\.ddb: the value of ddb\.uuid/ })
+  t.same(await readdir(dir).catch(() => []), [], 'nothing written')
 })

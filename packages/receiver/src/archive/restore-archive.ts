@@ -4,7 +4,9 @@
  * `createType="vmfs"` descriptor and a thin flat per disk), every chunk
  * checked against its sha256 as it arrives and every disk against the
  * whole-disk sha256 the archive recorded. Nothing in the manifest is trusted
- * (parseManifest): names are plain file names, sizes are bounded.
+ * (parseManifest): names are plain file names, no two of the files a restore
+ * writes share one (ignoring case: disks `a` and `a-flat` refused), a DDB
+ * cannot add lines to a descriptor, sizes are bounded.
  *
  * It holds the archive's `restore` run lock (archive-lock.ts): a `points
  * archive-prune` cannot start meanwhile and delete the manifest, then the
