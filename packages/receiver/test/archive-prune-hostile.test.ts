@@ -44,7 +44,20 @@ import { pino } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, type ArchiveManifest, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
-import { archivePoints, LISTING_SPARE_PAGES, LOCK_HELD_MS, LOCK_REFRESH_MS, LOCK_STALE_MS, MAX_KEY_VERSIONS, MAX_S3_CALL_MS, pruneArchive, restoreFromArchive, S3Bucket, type S3Timeouts, takeRunLock } from '../src/index.ts'
+import {
+  archivePoints,
+  LISTING_SPARE_PAGES,
+  LOCK_HELD_MS,
+  LOCK_REFRESH_MS,
+  LOCK_STALE_MS,
+  MAX_KEY_VERSIONS,
+  MAX_S3_CALL_MS,
+  pruneArchive,
+  restoreFromArchive,
+  S3Bucket,
+  type S3Timeouts,
+  takeRunLock,
+} from '../src/index.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
