@@ -26,6 +26,7 @@ import {
 } from './msgpack.ts'
 import { isWellFormed, validateName, MAX_NAME_BYTES } from './names.ts'
 import { maxMessageBytesFor } from './limits.ts'
+import { DDB_KEY, DESCRIPTOR_UNSAFE, MAX_DDB_ENTRIES, MAX_DDB_VALUE_BYTES } from './ddb.ts'
 import { MAX_BLOCK_SIZE, MAX_MAP_BLOCKS } from './block-map.ts'
 
 export interface UintSpec {
@@ -124,7 +125,7 @@ export const HARD_LIMITS = Object.freeze({
   /** SourceIdentity.layers */
   maxLayers: 64,
   /** DiskOpen.ddb entries */
-  maxDdbEntries: 256,
+  maxDdbEntries: MAX_DDB_ENTRIES,
 })
 
 const name = (what: string): StrSpec => str(MAX_NAME_BYTES, (s, field) => validateName(s, field.length > 0 ? field : what), 'name')
@@ -158,13 +159,12 @@ const text = (maxBytes: number): StrSpec =>
   str(
     maxBytes,
     (s, field) => {
-      // eslint-disable-next-line no-control-regex
-      if (/[\u0000-\u001f\u007f"]/.test(s)) throw bad(field, 'control character or double quote')
+      if (DESCRIPTOR_UNSAFE.test(s)) throw bad(field, 'control character or double quote')
     },
     "no C0/DEL control character, no '\"'",
   )
 
-const ddbKeyPattern = pattern(/^[A-Za-z0-9._:-]{1,128}$/, 'a DDB key')
+const ddbKeyPattern = pattern(DDB_KEY, 'a DDB key')
 const ddbKey = (s: string, field: string): void => {
   ddbKeyPattern(s, field)
   // decoded maps are plain objects (msgpackr mapsAsObjects), where this key is special
@@ -215,7 +215,7 @@ export const Schemas: Readonly<Record<number, StructSpec>> = {
     baseGeneration: maybeGeneration,
     source,
     cycleId: str(128, pattern(/^(?:[0-9a-f]{2}){8,64}$/, 'lowercase hex of 16 to 128 digits'), 'lowercase hex, 16…128 digits, even'),
-    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, ddbKey, '/^[A-Za-z0-9._:-]{1,128}$/, not "__proto__"'), value: text(4096) },
+    ddb: { t: 'dict', maxEntries: HARD_LIMITS.maxDdbEntries, key: str(128, ddbKey, '/^[A-Za-z0-9._:-]{1,128}$/, not "__proto__"'), value: text(MAX_DDB_VALUE_BYTES) },
     totalBytes: uint(),
     totalExtents: uint(),
     blockSize: uint(MAX_BLOCK_SIZE),

@@ -5,7 +5,7 @@
  * building, encoding and the strict reading of a manifest fetched from a
  * bucket nobody should have to trust.
  */
-import { HARD_LIMITS } from '@grainline/protocol'
+import { ddbProblem } from '@grainline/protocol'
 import { ReceiverError } from '../errors.ts'
 
 /** The manifest format (bumped on any incompatible change). */
@@ -131,8 +131,8 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
     for (const c of chunks) if (c !== null && (typeof c !== 'string' || !HEX64.test(c))) throw bad(where, `${at}.chunks: ${JSON.stringify(c).slice(0, 80)}`)
     const ddb = d['ddb']
     if (!isObj(ddb)) throw bad(where, `${at}.ddb`)
-    const ddbProblem = ddbProblemOf(ddb)
-    if (ddbProblem !== undefined) throw bad(where, `${at}.ddb: ${ddbProblem}, which the receiver never records (a restore writes the DDB into the disk's descriptor)`)
+    const ddbWrong = ddbProblem(ddb)
+    if (ddbWrong !== undefined) throw bad(where, `${at}.ddb: ${ddbWrong}, which the receiver never records (a restore writes the DDB into the disk's descriptor)`)
     const verified = d['verified']
     if (verified !== undefined && !VERIFIED.includes(verified as ArchiveVerified)) throw bad(where, `${at}.verified`)
     return {
@@ -189,19 +189,6 @@ function nameClash(disks: readonly ArchivedDisk[], files: readonly ArchivedFile[
     const first = owner.get(key)
     if (first !== undefined) return `${first} and ${what} are both the file ${JSON.stringify(name)}`
     owner.set(key, what)
-  }
-  return undefined
-}
-
-/** The protocol's rules for a DDB (SPEC §6 DiskOpen.ddb): what breaks them, or undefined. */
-function ddbProblemOf(ddb: Record<string, unknown>): string | undefined {
-  const entries = Object.entries(ddb)
-  if (entries.length > HARD_LIMITS.maxDdbEntries) return `${entries.length} entries, over ${HARD_LIMITS.maxDdbEntries}`
-  for (const [k, v] of entries) {
-    if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || k === '__proto__') return `the key ${JSON.stringify(k.slice(0, 80))}`
-    // a quote or a line break would end the value and add lines (another extent) to the descriptor
-    if (typeof v !== 'string' || Buffer.byteLength(v) > 4096 || /[\u0000-\u001f\u007f"]/.test(v))
-      return `the value of ${k} (${JSON.stringify(String(v).slice(0, 80))}: a quote, a control character, or over 4096 bytes)`
   }
   return undefined
 }
