@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
 import { entryExists, readStoreDir } from './store-fs.ts'
 import { readJournal } from './journal.ts'
+import { checkJournalHead } from './journal-head.ts'
 import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
 import { readVmState } from './state-file.ts'
@@ -88,6 +89,8 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
         const resume: Record<string, number> = {}
         for (const d of Object.values(inflight.disks)) {
           const c = await readJournal(paths.journal(d.stem))
+          // a journal that is not the state's record of the disk is reported now, not at the agent's resume
+          if (c !== undefined) checkJournalHead(paths, paths.journal(d.stem), c.head, inflight.cycle, d)
           resume[d.name] = c === undefined ? -1 : (c.applied?.seq ?? -1) + 1
         }
         log.info({ cycle: inflight.cycle, resume }, 'interrupted cycle kept for resume or rollback')

@@ -3,6 +3,7 @@ import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
 import { faultPoint } from './fault.ts'
+import { checkJournalHead } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
 import { entryExists } from './store-fs.ts'
@@ -39,6 +40,12 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
   for (const d of Object.values(infl.disks)) {
     const ucontents = d.target === 'seed' ? undefined : await readIfExists(paths.undoing(d.stem))
     const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem)) : undefined
+    // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
+    // disk, checked for every disk before anything of any is written (a seed's undo reads nothing of its journal)
+    if (d.target !== 'seed') {
+      if (ucontents !== undefined) checkJournalHead(paths, paths.undoing(d.stem), ucontents.head, infl.cycle, d)
+      else if (contents !== undefined) checkJournalHead(paths, paths.journal(d.stem), contents.head, infl.cycle, d)
+    }
     work.push({ d, contents, ucontents, bytes: d.target === 'seed' ? 0 : undoBytes(ucontents ?? contents, d.increment !== undefined) })
   }
   const total = work.reduce((n, w) => n + w.bytes, 0)

@@ -7,6 +7,7 @@ import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } f
 import { baseDescriptor, completeBaseCopy, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, readJournal, retireJournal } from './journal.ts'
+import { checkJournalHead } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
@@ -295,12 +296,13 @@ export class VmMirror {
     if (d.kind === 'refuse') return { ...base, accepted: false, reason: d.code, message: d.message }
     if (d.kind === 'fail') throw new ReceiverError(d.code, d.message)
     if (d.kind === 'resume') {
-      const contents = await readJournal(this.paths.journal(d.info.stem)).catch((err: unknown) => {
+      const jpath = this.paths.journal(d.info.stem)
+      const contents = await readJournal(jpath).catch((err: unknown) => {
         throw ioError(err, 'reading the journal')
       })
-      if (contents === undefined || contents.head.cycleId !== d.info.cycleId) {
-        throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
-      }
+      if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
+      // its head must be the in-flight record's (capacity, base size, cycle identity…): before anything is reopened or cut
+      checkJournalHead(this.paths, jpath, contents.head, s.inflight?.cycle ?? req.cycle, d.info)
       const touched = await trackerFor(this.paths, d.info, rec)
       const apply = await DiskApply.resume(this.paths, d.info, contents, touched).catch((err: unknown) => {
         throw ioError(err, 'reopening the in-flight apply')
