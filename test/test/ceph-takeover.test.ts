@@ -1,5 +1,5 @@
 // Two receivers on one Ceph pool (issue #18, docs/CEPH.md): the second
-// cannot take a VM the first holds (E_BUSY naming the holder) and takes it
+// cannot take a VM the first holds (E_BUSY; its log names the holder, the agent hears no host or pid) and takes it
 // over once the first is gone; real cluster, receivers and agents.
 import t from 'tap'
 import { join } from 'node:path'
@@ -57,7 +57,12 @@ t.test('two receivers on one pool: the second cannot take a VM the first holds, 
   const busy = await replicateCli(siteB, vm.vmxPath, ['--give-up', '3', '--state-dir', join(dir, 'agent-state-b')])
   t.not(busy.code, 0, 'B cannot take the VM A holds')
   t.match(JSON.stringify(busy.report?.vms[0]?.error ?? busy.stderr), /E_BUSY|held by/, `typed error to the agent: ${busy.stderr.slice(-600)}`)
-  t.match(busy.stderr + JSON.stringify(busy.report ?? {}), /receiver .* pid \d+/, 'the error names the holder')
+  // the agent hears that another receiver session holds the VM, never the holder's host or pid (SPEC §7): B's log
+  // (its operator) names the holder
+  const told = busy.stderr + JSON.stringify(busy.report ?? {})
+  t.match(told, /another receiver session holds the Ceph lease of VM shared/, 'the agent hears which VM is held')
+  t.notMatch(told, /pid \d+/, "the agent does not hear the holder's pid")
+  t.match(b.stderr(), /held by receiver .* pid \d+/, "B's log names the holder")
   // A dies (SIGKILL), its agent too: B takes the VM over and the same cycle resumes by its identity
   await a.receiver.kill9()
   agentA?.kill('SIGKILL')

@@ -30,6 +30,12 @@ export class ReceiverError extends Error {
   }
 }
 
+/** What the agent may hear of `err`: its `peerMessage` when it has one, else its message (an error that wraps another keeps this). */
+export function peerText(err: unknown): string {
+  const e = err as { message?: unknown; peerMessage?: unknown } | null
+  return typeof e?.peerMessage === 'string' ? e.peerMessage : String(e?.message ?? err)
+}
+
 /** Map a Node.js file-system error to E_NO_SPACE / E_IO with a clear message. */
 export function ioError(err: unknown, what: string): Error {
   if (err instanceof ReceiverError) return err

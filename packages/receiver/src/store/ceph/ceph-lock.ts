@@ -85,6 +85,10 @@ export function fencedError(vm: string, why: string): ReceiverError & { fenced: 
   const e = new ReceiverError(
     'E_BUSY',
     `VM ${vm}: this receiver was fenced (${why}): another receiver took the VM over after this one's lease ran out (a stall, a partition or a full pool); nothing more is written by this session and nothing is retried — the agent's next cycle goes to the receiver that holds the VM; check this host's link to the Ceph cluster`,
+    // `why` is Ceph's own text (the client's addresses): the log keeps it
+    {
+      peerMessage: `VM ${vm}: this receiver was fenced: another receiver session took the VM over after this one's lease ran out; nothing more is written by this session — the agent's next cycle goes to the receiver that holds the VM (the receiver's log says why)`,
+    },
   )
   return Object.assign(e, { fenced: true as const })
 }
@@ -125,10 +129,12 @@ export class CephLock {
 
   /**
    * Take the lease on `object`, fencing a previous holder whose lease ran
-   * out. `holder` describes this receiver (shown to whoever finds the VM locked).
+   * out. `holder` describes this receiver (shown to whoever finds the VM locked: the log and the operator's
+   * commands; an agent hears neither the holder's host nor its pid, nor the helper's error text: SPEC §7).
+   * `vm` names the VM in what the agent hears (default: the lock object).
    * @throws ReceiverError E_BUSY naming the holder; E_NO_SPACE (a full pool); E_IO when the helper cannot run, connect or fence
    */
-  static async take(t: CephTarget, object: string, holder: string, cookie: string, leaseSeconds = DEFAULT_LEASE_SECONDS): Promise<CephLock> {
+  static async take(t: CephTarget, object: string, holder: string, cookie: string, leaseSeconds = DEFAULT_LEASE_SECONDS, vm?: string): Promise<CephLock> {
     const [conf, id, keyring] = [t.conf ?? '', t.id ?? '', t.keyring ?? '']
     const python = process.env['GRAINLINE_PYTHON'] ?? '/usr/bin/python3'
     const proc = spawn(python, ['-c', SESSION_HELPER, conf, id, keyring, t.pool, object, LOCK_NAME, cookie, holder, String(leaseSeconds)], { stdio: ['pipe', 'pipe', 'pipe'] })
@@ -173,11 +179,18 @@ export class CephLock {
       return lock
     }
     proc.kill('SIGKILL')
-    if (first.event === 'busy') throw new ReceiverError('E_BUSY', `VM lock ${object} in pool ${t.pool} is held by ${await lockHolder(t, object)}; another receiver replicates this VM`)
+    const named = vm === undefined ? `the VM of lock ${object}` : `VM ${vm}`
+    if (first.event === 'busy')
+      throw new ReceiverError('E_BUSY', `VM lock ${object} in pool ${t.pool} is held by ${await lockHolder(t, object)}; another receiver replicates this VM`, {
+        // the holder's host and pid are the DR site's: the log, `grainline status` and the operator's commands name it
+        peerMessage: `another receiver session holds the Ceph lease of ${named} (pool ${t.pool}): it replicates this VM now; retry when it is done (the receiver's log and "grainline status" name the holder for the DR site's operator)`,
+      })
     const what = (first as { what?: string }).what === 'fence' ? 'cannot fence the previous holder of' : 'cannot take'
     throw new ReceiverError(
       'E_IO',
       `${what} the Ceph lock ${object} in pool ${t.pool} (${first.msg ?? first.event}): ${Buffer.concat(err).toString('utf8').trim().slice(-1024)}${what.startsWith('cannot fence') ? ' (the client needs the mon capability to blocklist: profile rbd)' : ''}`,
+      // the helper's text may name the client's ceph.conf and keyring or the cluster's addresses: the log keeps it
+      { peerMessage: `${what} the Ceph lock of ${named} in pool ${t.pool} on the receiver: the Ceph session helper failed; its error is in the receiver's log, for its operator` },
     )
   }
 
@@ -234,7 +247,10 @@ export class CephLock {
 
   private lostError(): ReceiverError {
     if (this.fenced) return fencedError(this.vm, this.lost ?? 'blocklisted')
-    return new ReceiverError('E_BUSY', `lost the Ceph lock of VM ${this.vm} (${this.lost}): another receiver may hold it now; nothing more is written`)
+    return new ReceiverError('E_BUSY', `lost the Ceph lock of VM ${this.vm} (${this.lost}): another receiver may hold it now; nothing more is written`, {
+      // why is Ceph's text or a helper's: the log keeps it
+      peerMessage: `lost the Ceph lock of VM ${this.vm}: another receiver session may hold it now; nothing more is written by this session (the receiver's log says why)`,
+    })
   }
 
   /**

@@ -15,7 +15,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import { validateName, type CompatRecord, type SourceIdentity } from '@grainline/protocol'
-import { ReceiverError } from '../../errors.ts'
+import { ReceiverError, peerText } from '../../errors.ts'
 import { notNextCycle, type DiskOpenRequest } from '../../open-decision.ts'
 import type { PointsDroppedRecord } from '../../state-file.ts'
 import { newGeneration, uncarriedRecord } from '../../commit.ts'
@@ -172,7 +172,7 @@ export class CephVmMirror {
     validateName(vm, 'VM name')
     checkVmName(vm)
     const names = new CephNames(vm)
-    const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds)
+    const lock = await CephLock.take(target, names.lock, `${holder.description} (VM ${vm})`, randomBytes(8).toString('hex'), holder.leaseSeconds, vm)
     lock.attach(vm, log)
     if (lock.fencedAddrs.length > 0) log.warn({ fenced: lock.fencedAddrs }, 'took the VM over from a holder whose lease ran out: its Ceph clients are blocklisted (fenced) before anything is written')
     try {
@@ -561,7 +561,10 @@ export class CephVmMirror {
         throw new ReceiverError(
           code,
           `rolling back cycle ${infl.cycle} of VM ${this.vm}: ${step} of disk ${d.name} failed (${(err as Error).message}); the cycle stays in flight: run grainline mirror rollback again (or let the agent resume the cycle)`,
-          { cause: err },
+          {
+            cause: err,
+            peerMessage: `rolling back cycle ${infl.cycle} of VM ${this.vm}: ${step} of disk ${d.name} failed (${peerText(err)}); the cycle stays in flight: run grainline mirror rollback again (or let the agent resume the cycle)`,
+          },
         )
       })
     }

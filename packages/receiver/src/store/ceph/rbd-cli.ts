@@ -33,7 +33,14 @@ export class CephCommandError extends ReceiverError {
   /** the command did not finish in its time and was killed (rbd-cli.ts `cephTimeouts`) */
   readonly timedOut: boolean
   constructor(command: string, exitCode: number | null, stderr: string, timedOut = false) {
-    super('E_IO', `Ceph command \`${command}\` failed (exit ${exitCode ?? 'signal'}): ${stderr.trim().slice(-STDERR_KEEP) || 'no message'}`)
+    // Ceph's own words (stderr, a helper's exception) may name the client's ceph.conf or keyring and the cluster's
+    // addresses: the log and the operator's commands keep them, the agent hears what failed (SPEC §7); a timeout's
+    // text is the receiver's own
+    super(
+      'E_IO',
+      `Ceph command \`${command}\` failed (exit ${exitCode ?? 'signal'}): ${stderr.trim().slice(-STDERR_KEEP) || 'no message'}`,
+      timedOut ? undefined : { peerMessage: `Ceph command \`${command}\` failed on the receiver (exit ${exitCode ?? 'signal'}): Ceph's own error is in the receiver's log` },
+    )
     this.command = command
     this.exitCode = exitCode
     this.stderr = stderr

@@ -165,7 +165,10 @@ export class RbdImage {
     }
     proc.kill('SIGKILL')
     const why = typeof first === 'string' ? `${first}: ${Buffer.concat(err).toString('utf8').trim().slice(-1024)}` : first.data.toString('utf8')
-    throw new ReceiverError('E_IO', `cannot open ${label} (librbd helper, python3-rbd): ${why}`)
+    // the helper's stderr may name the client's ceph.conf or keyring and the cluster's addresses: the log keeps it (SPEC §7)
+    throw new ReceiverError('E_IO', `cannot open ${label} (librbd helper, python3-rbd): ${why}`, {
+      peerMessage: `cannot open ${label} on the receiver (librbd helper): its error is in the receiver's log, for its operator`,
+    })
   }
 
   private onData(b: Buffer): void {
@@ -190,8 +193,18 @@ export class RbdImage {
       else if (status === 2) w.reject(new ReceiverError('E_NOT_FOUND', `${this.label}: the side object does not exist`))
       else if (status === 4) w.reject(fencedError(this.vm, `${this.label}: ${data.toString('utf8').slice(0, 512)}`))
       else if (status === 3)
-        w.reject(new ReceiverError('E_NO_SPACE', `${this.label}: the pool is full (${data.toString('utf8').slice(0, 512)}): free space in the pool or raise its quota; the cycle then resumes`))
-      else w.reject(new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`))
+        w.reject(
+          new ReceiverError('E_NO_SPACE', `${this.label}: the pool is full (${data.toString('utf8').slice(0, 512)}): free space in the pool or raise its quota; the cycle then resumes`, {
+            peerMessage: `${this.label}: the Ceph pool is full: the receiver's operator frees space in the pool or raises its quota; the cycle then resumes`,
+          }),
+        )
+      // librbd's own text (the helper's exception) stays in the log (SPEC §7)
+      else
+        w.reject(
+          new ReceiverError('E_IO', `${this.label}: ${data.toString('utf8').slice(0, 1024)}`, {
+            peerMessage: `${this.label}: the librbd helper's request failed on the receiver: its error is in the receiver's log`,
+          }),
+        )
     }
   }
 
