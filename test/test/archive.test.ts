@@ -128,6 +128,21 @@ t.test('points archived to radosgw with Object Lock; every point restored from t
   t.ok(victim?.Key !== undefined && victim.VersionId !== undefined, 'chunk versions are listed')
   await t.rejects(s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: victim?.Key, VersionId: victim?.VersionId })), { name: 'AccessDenied' }, 'a locked chunk version cannot be deleted')
   await s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: victim?.Key }))
+  // point 4's manifest hidden the same way: still restorable (below), so points archived lists it, marked
+  await s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: `site-a/vms/${encodeURIComponent(name)}/points/000000000004.json` }))
+  const hiddenJson = await runCli(['points', 'archived', '--vm', name, '--archive', 's3://dr-archive/site-a', '--output', 'json', ...s3args])
+  t.same(
+    (JSON.parse(hiddenJson.stdout) as { cycles: number[]; points: { cycle: number; hidden: boolean }[] }).points.map((p) => [p.cycle, p.hidden]),
+    [
+      [1, false],
+      [2, false],
+      [3, false],
+      [4, true],
+    ],
+    'points archived: the hidden point listed, marked',
+  )
+  const hiddenHuman = await runCli(['points', 'archived', '--vm', name, '--archive', 's3://dr-archive/site-a', ...s3args])
+  t.match(hiddenHuman.stdout, /point\(s\) 1, 2, 3, 4 \(hidden\) in s3:\/\/dr-archive\/site-a\n {2}point 4: hidden behind a delete marker \(restorable; delete every version to remove it\)\n/)
 
   // the DR host is lost: only the bucket remains
   await site.receiver.stop()

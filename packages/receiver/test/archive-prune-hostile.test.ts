@@ -46,6 +46,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
 import {
   archivePoints,
+  listArchivedPoints,
   LISTING_SPARE_PAGES,
   LOCK_HELD_MS,
   LOCK_REFRESH_MS,
@@ -358,6 +359,8 @@ function manifest(vm: string, cycle: number, c: string, archivedAt: Date): Buffe
 }
 
 const old = new Date(Date.now() - 30 * 24 * 3600_000)
+const HOUR = 3600_000
+const MIN = 60_000
 
 /** Points 1 and 2 of VM `web`, each with a chunk of its own, written a month ago. */
 async function setUp(t: Test, timeouts?: S3Timeouts): Promise<{ s3: TinyS3; bucket: S3Bucket; a: string; b: string }> {
@@ -544,6 +547,66 @@ t.test('read-only credentials: a restore goes on without its run lock (warned), 
   await t.rejects(pruneArchive({ logger: log, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 }), { code: 'E_ARCHIVE', message: /S3 refused to write the run lock/ }, 'nor a prune')
 })
 
+t.test('read-only credentials: a restore refuses up front (E_BUSY) beside a fresh prune lock, judged by S3’s clock; a stale one, an archive or a restore lock does not stop it', async (t) => {
+  const vm = 'web-ro-busy'
+  const data = pattern(4 * MiB, 5)
+  const { store, s3, bucket } = await seededStore(t, vm, data)
+  await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  s3.hostility.readOnly = true
+  const prune = (ageMs: number): void => {
+    s3.objects.delete('p/locks/prune-other')
+    const at = new Date(s3.now().getTime() - ageMs)
+    s3.put('p/locks/prune-other', Buffer.from(JSON.stringify({ kind: 'prune', host: 'dr-host-3', pid: 42, time: at.toISOString() })), at)
+  }
+  const base = scratchDir(t)
+  // a prune that started 1 h 58 min ago by S3's clock (a refresh since would only make it younger)
+  prune(LOCK_STALE_MS - 2 * MIN)
+  const busy = join(base, 'busy')
+  await t.rejects(restoreFromArchive(bucket, 'p/', vm, 1, busy, { logger: log }), {
+    code: 'E_BUSY',
+    message:
+      /cannot restore from the archive in s3:\/\/arch\/p\/: a points archive-prune holds the lock p\/locks\/prune-other \(host dr-host-3 pid 42 since .*read-only credentials.*Run again once it has finished; if no such run is alive, delete that object \(with credentials that may write under p\/locks\/\), or wait until it is 2 h old/,
+  })
+  t.same(await readdir(busy).catch(() => []), [], 'nothing written: refused before the restore began')
+  // S3's clock 3 h behind the host's: by the local clock (less the 5 min allowed) the fresh prune lock would look 2 h 55 min
+  // old (stale); by the listing's Date it is not
+  s3.clockSkewMs = -3 * HOUR
+  prune(0)
+  await t.rejects(
+    restoreFromArchive(bucket, 'p/', vm, 1, join(base, 'skewed'), { logger: log }),
+    { code: 'E_BUSY', message: /points archive-prune holds the lock p\/locks\/prune-other/ },
+    'judged by S3’s clock',
+  )
+  s3.clockSkewMs = 0
+  // a prune lock 2 h 2 min old by S3's clock is stale: ignored; archive and restore locks never stop a restore
+  prune(LOCK_STALE_MS + 2 * MIN)
+  s3.put('p/locks/archive-other', Buffer.from('{}'))
+  s3.put('p/locks/restore-other', Buffer.from('{}'))
+  const lines: string[] = []
+  const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+  const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(base, 'ok'), { logger: warned })
+  t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), 'restored byte-exact beside a stale prune lock and fresh archive and restore locks')
+  t.match(lines.join(''), /WITHOUT the archive's run lock/, 'still warned: no lock of its own')
+})
+
+t.test('points archived lists a manifest hidden behind a delete marker (restorable), marked; a key with markers alone is no point; the listing is bounded', { timeout: 120_000 }, async (t) => {
+  const { s3, bucket } = await setUp(t)
+  s3.hide(manifestKey('p/', 'web', 2))
+  s3.hide(manifestKey('p/', 'web', 3)) // markers alone: nothing to restore
+  s3.put('p/vms/web/points/sub/000000000004.json', Buffer.from('{}')) // not a manifest key of web
+  t.same(
+    await listArchivedPoints(bucket, 'p/', 'web'),
+    [
+      { cycle: 1, hidden: false },
+      { cycle: 2, hidden: true },
+    ],
+    'point 2, hidden, listed and marked',
+  )
+  t.same(await listArchivedPoints(bucket, 'p/', 'nobody'), [])
+  s3.hostility.endlessListing = { prefix: 'p/vms/web/points/', mode: 'new-keys', pages: 0 }
+  await t.rejects(listArchivedPoints(bucket, 'p/', 'web'), { code: 'E_ARCHIVE', message: /S3 listing s3:\/\/arch\/p\/vms\/web\/points\/ .*never used/ }, 'a listing without end: refused')
+})
+
 t.test('a listing without LastModified: an unreferenced chunk is taken as just written (kept), a lock as fresh (refused), never as written in 1970', async (t) => {
   const { s3, bucket, a, b } = await setUp(t)
   s3.hostility.noLastModified = true
@@ -636,9 +699,6 @@ t.test('a refresh of a run lock that hangs is not overtaken by the next: the rel
     'no lock left: the hung refresh landed before the lock was deleted, never after',
   )
 })
-
-const HOUR = 3600_000
-const MIN = 60_000
 
 /** An archive lock another host wrote `ageMs` ago by the S3 server's clock. */
 function otherArchiveLock(s3: TinyS3, ageMs: number): void {

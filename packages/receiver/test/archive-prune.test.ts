@@ -137,7 +137,7 @@ t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, st
   )
   t.equal(first.chunks.deleted, 0, 'default grace 24h: no chunk deleted yet')
   t.equal(first.chunks.young, onlyOld.size, 'the unreferenced chunks are younger than the grace')
-  t.same(await listArchivedPoints(bucket, 'a/', vm), [3])
+  t.same(await listArchivedPoints(bucket, 'a/', vm), [{ cycle: 3, hidden: false }])
   t.equal(await versionsOf(manifestKey('a/', vm, 1)), 0, 'no version or delete marker of a deleted manifest is left')
   const gc = await pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0 })
   t.equal(gc.manifests.deleted.length, 0)
@@ -153,7 +153,7 @@ t.test('archive-prune against radosgw: selection, GC with grace, Object Lock, st
 
   // point 3's manifest hidden by a plain DELETE (a delete marker): still a point — the prune keeps its chunks, it restores
   await s3.send(new DeleteObjectCommand({ Bucket: 'arch', Key: manifestKey('a/', vm, 3) }))
-  t.same(await listArchivedPoints(bucket, 'a/', vm), [], 'hidden from the listing')
+  t.same(await listArchivedPoints(bucket, 'a/', vm), [{ cycle: 3, hidden: true }], 'listed, marked hidden (restore reads through the marker)')
   const hidden = await pruneArchive({ logger: log, bucket, prefix: 'a/', keepLast: 1, graceMs: 0 })
   t.same(
     [hidden.manifests.hidden, hidden.manifests.deleted, hidden.chunks.deleted, hidden.chunks.referenced],

@@ -96,7 +96,14 @@ t.test('archive points to radosgw with a lock, restore each from the bucket; eve
   const later = new Date(until.getTime() + 86_400_000)
   const again = await archivePoints(env.store, vm, [3], { logger: log, bucket, prefix: 'q/', lock: { mode: 'GOVERNANCE', until: later } })
   t.equal(again[0]?.archived, true)
-  t.same(await listArchivedPoints(bucket, 'p/', vm), [1, 2, 3])
+  t.same(
+    (await listArchivedPoints(bucket, 'p/', vm)).map((p) => [p.cycle, p.hidden]),
+    [
+      [1, false],
+      [2, false],
+      [3, false],
+    ],
+  )
   t.same(await listArchivedPoints(bucket, 'p/', 'nobody'), [])
   t.equal((await archivePoints(env.store, vm, [2], { logger: log, bucket, prefix: 'p/' }))[0]?.archived, false, 'an archived point is skipped')
   // a hostile store: the mirror's .vmx a link to a file outside the store, or a FIFO: refused, typed, nothing uploaded from outside

@@ -281,8 +281,15 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
   const { bucket, prefix } = await bucketFrom(url, args)
   try {
     if (action === 'archived') {
-      const cycles = await listArchivedPoints(bucket, prefix, vm)
-      ctx.write(json ? JSON.stringify({ vm, archive: url, cycles }) + '\n' : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${cycles.join(', ')}`} in ${url}\n`)
+      // a point hidden behind a delete marker is listed (restore --from reads it, archive-prune counts it), marked
+      const points = await listArchivedPoints(bucket, prefix, vm)
+      const cycles = points.map((p) => p.cycle)
+      const hidden = points.filter((p) => p.hidden).map((p) => `  point ${p.cycle}: hidden behind a delete marker (restorable; delete every version to remove it)\n`)
+      ctx.write(
+        json
+          ? JSON.stringify({ vm, archive: url, cycles, points }) + '\n'
+          : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${points.map((p) => `${p.cycle}${p.hidden ? ' (hidden)' : ''}`).join(', ')}`} in ${url}\n${hidden.join('')}`,
+      )
       return ExitCode.Ok
     }
     const k = args['point']

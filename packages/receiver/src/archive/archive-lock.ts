@@ -295,6 +295,64 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
 }
 
 /**
+ * Refuse a run that could not write its lock (a restore with read-only
+ * credentials: {@link RunLockRefused}) when a fresh lock of a kind it
+ * excludes (for a restore: a prune) is under `locks/` — it can still read
+ * them. Without a lock of its own there is no LastModified of its own to
+ * judge ages by, so S3's time is the listing's `Date` header (the server's
+ * clock, as LastModified is): a lock is fresh while `Date − (LastModified +
+ * 1 s)` (the age's lower bound: both are to the second) is below
+ * {@link LOCK_STALE_MS}, exactly takeRunLock's rule. A server that sends no
+ * `Date`: the local clock, less {@link MAX_CLOCK_SKEW_MS} (a lock is taken
+ * for younger than it may be: fresh when unsure). A listing S3 refuses (403:
+ * credentials that may not list `locks/`) is warned of and the run goes on,
+ * as before this check (it cannot see the locks); any other listing failure
+ * throws, as takeRunLock's does (an endpoint that fails this listing fails
+ * the restore's reads too, and a broken listing is never taken for the
+ * whole). A local clock more than {@link MAX_CLOCK_SKEW_MS} off the `Date`
+ * is warned of, as a locked restore does.
+ * @throws ReceiverError E_BUSY (naming the lock, its host, pid and time, and what to do), E_ARCHIVE (the listing)
+ */
+export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunClock = {}): Promise<void> {
+  const now = clock.now ?? Date.now
+  const others = excludedBy(kind)
+  const candidates: { key: string; lastModified: Date; kind: ArchiveRunKind; listedAt: number }[] = []
+  const before = now()
+  let serverDate: Date | undefined
+  try {
+    await bucket.listPages(locksPrefix(prefix), async (page, date) => {
+      serverDate ??= date
+      // S3's time when the page was answered (a lower bound); without it the local clock, less the skew allowed
+      const listedAt = date === undefined ? now() - MAX_CLOCK_SKEW_MS : date.getTime()
+      for (const o of page) {
+        const other = others.find((k) => o.key.slice(locksPrefix(prefix).length).startsWith(`${k}-`))
+        if (other !== undefined) candidates.push({ ...o, kind: other, listedAt })
+      }
+    })
+  } catch (err) {
+    if (!refusedByS3(err)) throw err
+    logger.warn({ err }, `S3 refused the listing of ${locksPrefix(prefix)} (403): whether a ${others.map((k) => COMMAND[k]).join(' or ')} runs cannot be seen; the ${COMMAND[kind]} goes on`)
+    return
+  }
+  const after = now()
+  if (serverDate !== undefined) {
+    const skew = clockSkew(serverDate.getTime(), before, after)
+    if (skew !== undefined)
+      logger.warn(
+        { skewMs: skew },
+        `the local clock of ${lockField(hostname())} is ${skewText(skew)} the S3 server's (the Date of its listing of ${locksPrefix(prefix)}, ${serverDate.toISOString()}), more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the run locks are judged by S3's clock, but fix the clock (NTP) before archiving or pruning from this host`,
+      )
+  }
+  const blocking = candidates.find((o) => o.listedAt - (o.lastModified.getTime() + LAST_MODIFIED_RESOLUTION_MS) < LOCK_STALE_MS)
+  if (blocking === undefined) return
+  const who = await describeLock(bucket, blocking.key)
+  throw new ReceiverError(
+    'E_BUSY',
+    `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished; if no such run is alive, delete that object (with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)`,
+  )
+}
+
+/**
  * A field of a lock's body for a message an operator reads: anyone who can
  * write the bucket wrote it, so control characters (a terminal escape, a
  * newline faking a log line) become spaces and it is cut to 100 characters.

@@ -24,7 +24,7 @@ import { ReceiverError } from '../errors.ts'
 import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
-import { locksPrefix, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
+import { locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import type { S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
@@ -36,14 +36,37 @@ export interface ArchiveRestoreProgress {
   readonly etaMs: number | undefined
 }
 
-/** The archived points of a VM, by cycle (from the manifest keys). */
-export async function listArchivedPoints(bucket: S3Bucket, prefix: string, vm: string): Promise<number[]> {
-  const keys = await bucket.list(manifestPrefix(prefix, vm))
-  return keys
-    .map((k) => /\/(\d{12})\.json$/.exec(k)?.[1])
-    .filter((c): c is string => c !== undefined)
-    .map(Number)
-    .sort((a, b) => a - b)
+/** An archived point of a VM, as {@link listArchivedPoints} finds it. */
+export interface ListedArchivedPoint {
+  readonly cycle: number
+  /**
+   * its manifest is hidden behind a delete marker (someone deleted it with a
+   * plain DELETE on the versioned bucket): `restore --from` still reads it
+   * through the marker and archive-prune counts it as a point, so it is one;
+   * only deleting every version (archive-prune selecting it) removes it
+   */
+  readonly hidden: boolean
+}
+
+/**
+ * The archived points of a VM, by cycle: every manifest key under the VM's
+ * prefix that has a version, the current one or one hidden behind a delete
+ * marker — what `restore --from` can restore and archive-prune counts (a key
+ * with markers alone restores nothing: left out). One version listing,
+ * bounded as every listing is (S3Bucket.listVersionPages).
+ * @throws ReceiverError E_ARCHIVE (S3 failures, a listing beyond its bounds)
+ */
+export async function listArchivedPoints(bucket: S3Bucket, prefix: string, vm: string): Promise<ListedArchivedPoint[]> {
+  const out: ListedArchivedPoint[] = []
+  const under = manifestPrefix(prefix, vm)
+  await bucket.listVersionPages(under, async (page) => {
+    for (const { key, versions } of page) {
+      const cycle = /^(\d{12})\.json$/.exec(key.slice(under.length))?.[1]
+      if (cycle === undefined || !versions.some((v) => !v.deleteMarker)) continue
+      out.push({ cycle: Number(cycle), hidden: versions[0]?.deleteMarker === true })
+    }
+  })
+  return out.sort((a, b) => a.cycle - b.cycle)
 }
 
 /** Read and check the manifest of point `cycle` of `vm`. @throws ReceiverError E_ARCHIVE */
@@ -85,11 +108,13 @@ export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: s
     lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts)
   } catch (err) {
     if (!(err instanceof RunLockRefused)) throw err
+    // it can still read locks/: a prune running now would make it fail half-way — refused up front (E_BUSY)
+    await refuseBesideExcluded(bucket, prefix, 'restore', opts.logger, opts)
     // read-only credentials (a common choice at the DR site): the restore only reads, and checks every chunk and
     // disk, so a prune that deletes what it reads makes it fail and remove what it wrote — never restore silently wrong
     opts.logger.warn(
       { err, vm, cycle },
-      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). A points archive-prune running meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
+      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). No points archive-prune holds a fresh lock now (checked), but one started meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
     )
     return await restoreLocked(bucket, prefix, vm, cycle, toDir, NO_LOCK, opts)
   }

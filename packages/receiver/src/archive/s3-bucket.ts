@@ -231,6 +231,8 @@ export class S3Bucket {
   readonly endpoint: string
   readonly #s3: S3Client
   readonly #timeouts: S3Timeouts
+  /** the `Date` header (the S3 server's clock) of a command's response, by the command's output */
+  readonly #serverDates = new WeakMap<object, Date>()
 
   constructor(target: ArchiveTarget) {
     this.bucket = target.bucket
@@ -259,6 +261,17 @@ export class S3Bucket {
         return out
       },
       { step: 'deserialize', priority: 'low', name: 'grainlineBoundedResponse' },
+    )
+    // outermost: the response of the attempt that succeeded, beside its parsed output
+    this.#s3.middlewareStack.add(
+      (next) => async (args) => {
+        const out = await next(args)
+        const date = (out.response as { headers?: Record<string, string | undefined> } | undefined)?.headers?.['date']
+        const at = date === undefined ? Number.NaN : Date.parse(date)
+        if (typeof out.output === 'object' && out.output !== null && !Number.isNaN(at)) this.#serverDates.set(out.output, new Date(at))
+        return out
+      },
+      { step: 'initialize', priority: 'high', name: 'grainlineServerDate' },
     )
   }
 
@@ -441,12 +454,13 @@ export class S3Bucket {
 
   /**
    * Every object under `prefix`, a page (≤ 1000) at a time: only one page is
-   * held in memory. Bounded: at most {@link MAX_LISTING_ENTRIES} objects and
+   * held in memory; with each page the S3 server's time when it answered
+   * (its `Date` header, to the second; undefined when it sent none). Bounded: at most {@link MAX_LISTING_ENTRIES} objects and
    * {@link LISTING_SPARE_PAGES} pages beyond one per 100 of them; a
    * continuation token given twice, or keys out of S3's order, refused.
    * @throws ReceiverError E_ARCHIVE (a listing truncated with no way on, or beyond those bounds)
    */
-  async listPages(prefix: string, onPage: (page: readonly ListedObject[]) => Promise<void>): Promise<void> {
+  async listPages(prefix: string, onPage: (page: readonly ListedObject[], serverDate: Date | undefined) => Promise<void>): Promise<void> {
     const bounds = new ListingBounds((why) => this.#listingRefused(prefix, why))
     let token: string | undefined
     // the last key listed: S3 lists each key once, in order
@@ -469,7 +483,7 @@ export class S3Bucket {
         if (last !== undefined && !before(last, o.key)) throw this.#listingRefused(prefix, `it listed the key ${shownMarker(o.key)} after ${shownMarker(last)}: S3 lists each key once, in order`)
         last = o.key
       }
-      await onPage(page)
+      await onPage(page, this.#serverDates.get(r))
       if (r.IsTruncated !== true) return
       // a truncated page without a new token would end the listing early: a partial view, on which archive-prune
       // would delete chunks that an unlisted manifest references (and a token repeated would loop for ever)
