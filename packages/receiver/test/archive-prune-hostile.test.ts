@@ -83,6 +83,8 @@ interface Hostility {
   endless?: { key: string; sent: number; done?: Promise<void> }
   /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
   readOnly?: boolean
+  /** ListObjectVersions refused 403 AccessDenied (credentials without s3:ListBucketVersions) */
+  noVersionListing?: boolean
   /** listing entries (ListObjectsV2 and ListObjectVersions) without their LastModified */
   noLastModified?: boolean
   /** a PUT of a key is answered (and stored) only once the promise this returns resolves */
@@ -228,6 +230,11 @@ class TinyS3 {
       xml(
         `<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>${bucket}</Name><Prefix>${prefix}</Prefix><KeyCount>${page.length}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>${truncated}</IsTruncated>${truncated && !noToken ? `<NextContinuationToken>${page[0]}</NextContinuationToken>` : ''}${contents.join('')}</ListBucketResult>`,
       )
+      return
+    }
+    if (req.method === 'GET' && key === '' && q.has('versions') && this.hostility.noVersionListing === true) {
+      res.statusCode = 403
+      xml(`<Error><Code>AccessDenied</Code><Message>Access Denied</Message><Resource>/${bucket}</Resource></Error>`)
       return
     }
     if (req.method === 'GET' && key === '' && q.has('versions')) {
@@ -603,6 +610,13 @@ t.test('points archived lists a manifest hidden behind a delete marker (restorab
     'point 2, hidden, listed and marked',
   )
   t.same(await listArchivedPoints(bucket, 'p/', 'nobody'), [])
+  // credentials without s3:ListBucketVersions: the current points, and the caller told what it cannot see
+  s3.hostility.noVersionListing = true
+  const refused: unknown[] = []
+  t.same(await listArchivedPoints(bucket, 'p/', 'web', (err) => refused.push(err)), [{ cycle: 1, hidden: false }], 'a plain listing: the current point')
+  t.equal(refused.length, 1, 'the caller is told the versions were refused')
+  t.match(refused[0], { code: 'E_ARCHIVE' })
+  s3.hostility.noVersionListing = false
   s3.hostility.endlessListing = { prefix: 'p/vms/web/points/', mode: 'new-keys', pages: 0 }
   await t.rejects(listArchivedPoints(bucket, 'p/', 'web'), { code: 'E_ARCHIVE', message: /S3 listing s3:\/\/arch\/p\/vms\/web\/points\/ .*never used/ }, 'a listing without end: refused')
 })

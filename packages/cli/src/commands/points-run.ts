@@ -282,7 +282,12 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
   try {
     if (action === 'archived') {
       // a point hidden behind a delete marker is listed (restore --from reads it, archive-prune counts it), marked
-      const points = await listArchivedPoints(bucket, prefix, vm)
+      const points = await listArchivedPoints(bucket, prefix, vm, (err) =>
+        log.warn(
+          { err: (err as Error).message },
+          `S3 refused to list the versions under ${url} (403: the credentials lack s3:ListBucketVersions): the current points are listed, a point hidden behind a delete marker (still restorable) is not`,
+        ),
+      )
       const cycles = points.map((p) => p.cycle)
       const hidden = points.filter((p) => p.hidden).map((p) => `  point ${p.cycle}: hidden behind a delete marker (restorable; delete every version to remove it)\n`)
       ctx.write(

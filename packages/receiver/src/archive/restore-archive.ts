@@ -25,7 +25,7 @@ import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNew
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
 import { locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
-import type { S3Bucket } from './s3-bucket.ts'
+import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
 export interface ArchiveRestoreProgress {
@@ -53,19 +53,35 @@ export interface ListedArchivedPoint {
  * prefix that has a version, the current one or one hidden behind a delete
  * marker — what `restore --from` can restore and archive-prune counts (a key
  * with markers alone restores nothing: left out). One version listing,
- * bounded as every listing is (S3Bucket.listVersionPages).
+ * bounded as every listing is (S3Bucket.listVersionPages). Credentials
+ * without `s3:ListBucketVersions` (S3 answers the version listing 403) get
+ * the current manifests of a plain listing, and `onVersionsRefused` is told:
+ * the points hidden behind a delete marker are then not seen.
  * @throws ReceiverError E_ARCHIVE (S3 failures, a listing beyond its bounds)
  */
-export async function listArchivedPoints(bucket: S3Bucket, prefix: string, vm: string): Promise<ListedArchivedPoint[]> {
+export async function listArchivedPoints(bucket: S3Bucket, prefix: string, vm: string, onVersionsRefused?: (err: unknown) => void): Promise<ListedArchivedPoint[]> {
   const out: ListedArchivedPoint[] = []
   const under = manifestPrefix(prefix, vm)
-  await bucket.listVersionPages(under, async (page) => {
-    for (const { key, versions } of page) {
-      const cycle = /^(\d{12})\.json$/.exec(key.slice(under.length))?.[1]
-      if (cycle === undefined || !versions.some((v) => !v.deleteMarker)) continue
-      out.push({ cycle: Number(cycle), hidden: versions[0]?.deleteMarker === true })
-    }
-  })
+  const cycleOf = (key: string): string | undefined => /^(\d{12})\.json$/.exec(key.slice(under.length))?.[1]
+  try {
+    await bucket.listVersionPages(under, async (page) => {
+      for (const { key, versions } of page) {
+        const cycle = cycleOf(key)
+        if (cycle === undefined || !versions.some((v) => !v.deleteMarker)) continue
+        out.push({ cycle: Number(cycle), hidden: versions[0]?.deleteMarker === true })
+      }
+    })
+  } catch (err) {
+    if (!refusedByS3(err)) throw err
+    onVersionsRefused?.(err)
+    out.length = 0
+    await bucket.listPages(under, async (page) => {
+      for (const { key } of page) {
+        const cycle = cycleOf(key)
+        if (cycle !== undefined) out.push({ cycle: Number(cycle), hidden: false })
+      }
+    })
+  }
   return out.sort((a, b) => a.cycle - b.cycle)
 }
 
