@@ -265,7 +265,13 @@ export async function readJournal(path: string, opts: { readonly paths?: VmPaths
           const data = await win.at(dataPos + off, Math.min(GRAIN_PIECE, dataLen - off))
           for (let i = 0; i < data.length; i += GRAIN_ENTRY) {
             const g = data.readDoubleLE(i)
-            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit)) throw journalCorrupt(path, paths, head, `its grains record at byte ${pos} names grain ${g}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes`)
+            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit))
+              throw journalCorrupt(
+                path,
+                paths,
+                head,
+                `its grains record at byte ${pos} names grain ${g}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes`,
+              )
             grains.push(g, data.readUInt32LE(i + 8))
           }
         }

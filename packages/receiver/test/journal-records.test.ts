@@ -124,7 +124,7 @@ const cases = [
   {
     what: 'stored old contents past the base size',
     keep: undefined,
-    patch: (h: Record<string, unknown>, n: number) => (n > 0 ? { oldOffset: CAP - 4096 } : undefined),
+    patch: (_h: Record<string, unknown>, n: number) => (n > 0 ? { oldOffset: CAP - 4096 } : undefined),
     text: `holds old contents at offset ${CAP - 4096} length ${MiB}, ending at ${CAP - 4096 + MiB}, past the flat's base size of ${CAP} bytes the head gives`,
   },
   {
@@ -149,7 +149,11 @@ for (const [i, c] of cases.entries()) {
     )) as { code?: string; message?: string } | undefined
     t.equal(err?.code, 'E_STATE', 'refused with E_STATE (no torn tail silently dropped)')
     const msg = err?.message ?? ''
-    t.match(msg, new RegExp(`^journal ${esc(`${vm}/.grainline/d.journal`)} of disk d\\.vmdk \\(cycle 2\\) is corrupt: its extent record of seq \\d+ at byte \\d+ `), 'names the journal (relative to the store), the disk, the cycle and the record')
+    t.match(
+      msg,
+      new RegExp(`^journal ${esc(`${vm}/.grainline/d.journal`)} of disk d\\.vmdk \\(cycle 2\\) is corrupt: its extent record of seq \\d+ at byte \\d+ `),
+      'names the journal (relative to the store), the disk, the cycle and the record',
+    )
     t.match(msg, c.text, 'the values and the bound')
     t.match(msg, `cycle 2 can neither resume nor roll back from this journal`, 'what it means')
     t.match(msg, `grainline mirror remove --store ${env.store} --vm ${vm} --yes`, 'and the remedy')
