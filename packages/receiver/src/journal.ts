@@ -1,12 +1,13 @@
 import { rename, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { crc32 } from 'node:zlib'
-import { dirname } from 'node:path'
+import { basename, dirname, relative } from 'node:path'
 import { fsyncDir, readFully, unlinkIfExists, writeFully, writeZeros } from './fs-util.ts'
 import { openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskMode } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { GrainList, type GrainEntry } from './grain-set.ts'
+import type { VmPaths } from './vm-paths.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -52,6 +53,14 @@ import { GrainList, type GrainEntry } from './grain-set.ts'
  *   what it keeps is bounded by the capacity (12 bytes a grain, grain-set.ts).
  *   A grain index that is not one of the capacity's 4 KiB grains is never
  *   written: `readJournal` refuses the journal (E_STATE), it is no torn tail.
+ *
+ * Nor is an extent record whose range `offset + length` ends past the head's
+ * capacity, or whose old contents (`oldOffset + oldLength`, when it has any)
+ * end past the head's base size — the old contents are the committed part of
+ * the range, below the base size (disk-apply.ts `committedPart`): such a
+ * record passed its crc, so `readJournal` refuses the journal (E_STATE)
+ * rather than let an undo write where the head says nothing was, or a resume
+ * trust what it records.
  *
  * A torn or corrupt tail (short record, bad crc) ends the journal: everything
  * after it is ignored and cut off when the journal is reopened.
@@ -180,8 +189,18 @@ class JournalWindow {
   }
 }
 
-/** Read a journal file. Returns undefined if it has no valid head record. */
-export async function readJournal(path: string): Promise<JournalContents | undefined> {
+/**
+ * Read a journal file. Returns undefined if it has no valid head record.
+ * A record that passed its crc but lies outside what the head allows (see
+ * the grains and extent rules above) is refused with E_STATE; with `paths`
+ * (the VM's), the message names the journal relative to the store and the
+ * remedy's command names the store and the VM. `checkHead` sees the head as
+ * soon as it is read, before any record is held to it (journal-head.ts
+ * `checkJournalHead`: a head of another disk or cycle is said as such, not as
+ * records beyond it).
+ */
+export async function readJournal(path: string, opts: { readonly paths?: VmPaths; readonly checkHead?: (head: JournalHead) => void } = {}): Promise<JournalContents | undefined> {
+  const { paths } = opts
   const fh = await openStoreFile(path, 'read')
   try {
     const size = (await fh.stat()).size
@@ -221,13 +240,19 @@ export async function readJournal(path: string): Promise<JournalContents | undef
         head = header as unknown as JournalHead
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
         headEnd = pos + 8 + len
+        opts.checkHead?.(head)
       } else if (type === T_EXTENT && head !== undefined) {
         const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown; oldZeros?: unknown }
         const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
         const z = e.oldZeros
         if (z !== undefined && (typeof z !== 'number' || !Number.isSafeInteger(z) || z <= 0 || z > JOURNAL_PIECE || dataLen !== 0)) break
         const oldZeros = z !== undefined
-        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength: oldZeros ? z : dataLen, oldPos: dataPos, oldZeros })
+        const oldLength = oldZeros ? z : dataLen
+        // the writer journals ranges of the capacity, and old contents of their committed part (below the base
+        // size): a record beyond passed its crc, so it is no torn tail but a journal written by something else
+        const beyond = extentBeyond(head, e.offset, e.length, oldOffset, oldLength)
+        if (beyond !== undefined) throw journalCorrupt(path, paths, head, `its extent record of seq ${String(e.seq)} at byte ${pos} ${beyond}`)
+        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength, oldPos: dataPos, oldZeros })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
@@ -240,7 +265,13 @@ export async function readJournal(path: string): Promise<JournalContents | undef
           const data = await win.at(dataPos + off, Math.min(GRAIN_PIECE, dataLen - off))
           for (let i = 0; i < data.length; i += GRAIN_ENTRY) {
             const g = data.readDoubleLE(i)
-            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit)) throw grainBeyond(path, head, pos, g, limit)
+            if (!(Number.isSafeInteger(g) && g >= 0 && g < limit))
+              throw journalCorrupt(
+                path,
+                paths,
+                head,
+                `its grains record at byte ${pos} names grain ${g}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes`,
+              )
             grains.push(g, data.readUInt32LE(i + 8))
           }
         }
@@ -265,10 +296,34 @@ function grainLimit(head: JournalHead): number {
 /** 4 KiB: the grain of a reverse increment (increment.ts POINT_GRAIN). */
 const GRAIN_BYTES = 4096
 
-function grainBeyond(path: string, head: JournalHead, pos: number, grain: number, limit: number): ReceiverError {
+/**
+ * What is wrong with an extent record's range (`offset`, `length`) or its old contents (`oldOffset`, `oldLength`)
+ * for the journal's head, or undefined: the range must lie within the capacity, old contents within the base size.
+ */
+function extentBeyond(head: JournalHead, offset: unknown, length: unknown, oldOffset: unknown, oldLength: number): string | undefined {
+  const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0
+  if (!int(offset) || !int(length)) return `has offset ${String(offset)} and length ${String(length)}, not byte counts`
+  if (!(offset + length <= head.capacity)) return `writes offset ${offset} length ${length}, ending at ${offset + length}, past the disk's capacity of ${String(head.capacity)} bytes the head gives`
+  if (oldLength === 0) return undefined
+  if (!int(oldOffset)) return `has old contents at offset ${String(oldOffset)}, not a byte count`
+  if (!(oldOffset + oldLength <= head.baseSize)) {
+    return `holds old contents at offset ${oldOffset} length ${oldLength}, ending at ${oldOffset + oldLength}, past the flat's base size of ${String(head.baseSize)} bytes the head gives (nothing was there before the cycle)`
+  }
+  return undefined
+}
+
+/** A journal refused (E_STATE): a record that passed its crc says what the receiver never writes (`what`). */
+function journalCorrupt(path: string, paths: VmPaths | undefined, head: JournalHead, what: string): ReceiverError {
+  const file = paths === undefined ? path : relative(paths.store, path)
+  const cycle = String(head.cycle)
+  const remedy =
+    paths === undefined
+      ? "Restore the VM's folder whole from one backup, or remove the mirror (grainline mirror remove): the next run seeds the VM anew"
+      : `Restore the folder of VM ${basename(paths.dir)} whole from one backup, or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${basename(paths.dir)} --yes): the next run seeds the VM anew`
   return new ReceiverError(
     'E_STATE',
-    `journal ${path} of disk ${String(head.name)} (cycle ${String(head.cycle)}) is corrupt: its grains record at byte ${pos} names grain ${grain}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes — the receiver never writes such a record. Nothing was resumed or undone: the in-flight cycle can neither resume nor roll back from this journal; restore the VM's folder from a backup, or remove the mirror (grainline mirror remove) and seed it again`,
+    `journal ${file} of disk ${String(head.name)} (cycle ${cycle}) is corrupt: ${what} — the receiver never writes such a record. ` +
+      `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. ${remedy}`,
   )
 }
 

@@ -1,7 +1,7 @@
 import { rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
-import { readJournal, resetJournal, undoJournal, type JournalContents } from './journal.ts'
+import { readJournal, resetJournal, undoJournal, type JournalContents, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { checkJournalHead } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
@@ -11,9 +11,9 @@ import type { InflightCycle } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
 
-async function readIfExists(path: string): Promise<JournalContents | undefined> {
+async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: JournalHead) => void): Promise<JournalContents | undefined> {
   try {
-    return await readJournal(path)
+    return await readJournal(path, checkHead === undefined ? { paths } : { paths, checkHead })
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
@@ -38,14 +38,12 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
   // here, and its index (not its data) kept for the undo below
   const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalContents | undefined; ucontents: JournalContents | undefined; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
-    const ucontents = d.target === 'seed' ? undefined : await readIfExists(paths.undoing(d.stem))
-    const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem)) : undefined
     // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
-    // disk, checked for every disk before anything of any is written (a seed's undo reads nothing of its journal)
-    if (d.target !== 'seed') {
-      if (ucontents !== undefined) checkJournalHead(paths, paths.undoing(d.stem), ucontents.head, infl.cycle, d)
-      else if (contents !== undefined) checkJournalHead(paths, paths.journal(d.stem), contents.head, infl.cycle, d)
-    }
+    // disk, checked for every disk before anything of any is written, and before its records are held to it
+    // (readJournal); a seed's undo reads nothing of its journal
+    const check = (path: string) => (d.target === 'seed' ? undefined : (h: JournalHead): void => checkJournalHead(paths, path, h, infl.cycle, d))
+    const ucontents = d.target === 'seed' ? undefined : await readIfExists(paths.undoing(d.stem), paths, check(paths.undoing(d.stem)))
+    const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem), paths, check(paths.journal(d.stem))) : undefined
     work.push({ d, contents, ucontents, bytes: d.target === 'seed' ? 0 : undoBytes(ucontents ?? contents, d.increment !== undefined) })
   }
   const total = work.reduce((n, w) => n + w.bytes, 0)

@@ -5,7 +5,8 @@ import type { Logger } from 'pino'
 import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
 import { checkVmDir, entryExists } from './store-fs.ts'
-import { readJournal } from './journal.ts'
+import { readJournal, type JournalHead } from './journal.ts'
+import { checkJournalHead } from './journal-head.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
 import { mirrorModified } from './open-decision.ts'
@@ -59,10 +60,13 @@ export interface DiskStatus {
   /** when the whole mirror was last proven equal to its source (a clean certify, a completed scrub rotation, a resync that read every block), null if never */
   readonly proven: ProvenRecord | null
   /**
-   * the cycle in flight on the disk; `problem` (the Ceph store): why its `resumeSeq` is 0 though its extent log may
-   * hold records — a log larger than a cycle of the disk can write, or one that could not be read (ceph-admin.ts resumePoint)
+   * the cycle in flight on the disk; `problem`: why its `resumeSeq` is 0 though its journal or extent log may hold
+   * records — on the Ceph store a log larger than a cycle of the disk can write, or one that could not be read
+   * (ceph-admin.ts resumePoint); on the folder store a journal a resume and a rollback refuse (E_STATE, its text):
+   * its head is not the state's in-flight record of the disk (journal-head.ts), or a record lies beyond the head
+   * (journal.ts) — then `refused` is true: the cycle can neither resume nor roll back (CRITICAL)
    */
-  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string } | null
+  readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string; readonly refused?: boolean } | null
   /** the first cycle whose .vmx no longer named the disk (removed from the VM; its mirror kept as of `committedCycle` for older points); absent while the VM has it */
   readonly removed?: number
 }
@@ -154,8 +158,17 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         const inf = s.inflight?.disks[name]
         const facts = await inspectMirror(paths, rec, inf)
         let resumeSeq = 0
+        let problem: string | undefined
         if (inf !== undefined) {
-          const c = await readJournal(paths.journal(inf.stem)).catch(() => undefined)
+          // read as a resume reads it: a journal whose head is not the state's in-flight record of the disk, or
+          // whose records lie beyond its head, is refused there (E_STATE) — its resume point is none, and why is
+          // the disk's problem (the rest of the status stands); a journal that cannot be read otherwise counts 0
+          const jpath = paths.journal(inf.stem)
+          const checkHead = (h: JournalHead): void => checkJournalHead(paths, jpath, h, s.inflight?.cycle ?? 0, inf)
+          const c = await readJournal(jpath, { paths, checkHead }).catch((err: unknown) => {
+            if (err instanceof ReceiverError && err.code === 'E_STATE') problem = err.message
+            return undefined
+          })
           resumeSeq = (c?.applied?.seq ?? -1) + 1
         }
         disks.push({
@@ -170,7 +183,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
           certify: rec?.certify ?? null,
           diverged: rec?.diverged ?? null,
           proven: rec?.proven ?? null,
-          inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq },
+          inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq, ...(problem === undefined ? {} : { problem, refused: true }) },
           ...(rec?.removed === undefined ? {} : { removed: rec.removed }),
         })
       }

@@ -87,8 +87,11 @@ function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
   if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
   if (d.diverged !== null) out.push(['CRITICAL', `${d.name} DIVERGED from its source: ${d.diverged.reason} (the next cycle resyncs it)`])
   if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (${modifiedHow(d)})`])
+  // the folder store: a journal a resume and a rollback refuse — the cycle can neither resume nor roll back, every
+  // run fails on it until the operator restores the folder or removes the mirror, as a diverged or modified mirror
+  if (d.inflight?.problem !== undefined && d.inflight.refused === true) out.push(['CRITICAL', d.inflight.problem])
   // the Ceph store: an extent log status did not count (its cycle in flight is WARNING already; a resume refuses a log above the bound, the agent rolls back)
-  if (d.inflight?.problem !== undefined) out.push(['WARNING', d.inflight.problem])
+  else if (d.inflight?.problem !== undefined) out.push(['WARNING', d.inflight.problem])
   return out
 }
 

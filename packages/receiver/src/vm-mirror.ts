@@ -6,7 +6,7 @@ import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
 import { baseDescriptor, completeBaseCopy, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
-import { Journal, readJournal, retireJournal } from './journal.ts'
+import { Journal, readJournal, retireJournal, type JournalHead } from './journal.ts'
 import { checkJournalHead } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
@@ -297,12 +297,13 @@ export class VmMirror {
     if (d.kind === 'fail') throw new ReceiverError(d.code, d.message)
     if (d.kind === 'resume') {
       const jpath = this.paths.journal(d.info.stem)
-      const contents = await readJournal(jpath).catch((err: unknown) => {
+      // its head must be the in-flight record's (capacity, base size, cycle identity…): before anything is reopened or
+      // cut, and before its records are held to it
+      const checkHead = (h: JournalHead): void => checkJournalHead(this.paths, jpath, h, s.inflight?.cycle ?? req.cycle, d.info)
+      const contents = await readJournal(jpath, { paths: this.paths, checkHead }).catch((err: unknown) => {
         throw ioError(err, 'reading the journal')
       })
       if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
-      // its head must be the in-flight record's (capacity, base size, cycle identity…): before anything is reopened or cut
-      checkJournalHead(this.paths, jpath, contents.head, s.inflight?.cycle ?? req.cycle, d.info)
       const touched = await trackerFor(this.paths, d.info, rec)
       const apply = await DiskApply.resume(this.paths, d.info, contents, touched).catch((err: unknown) => {
         throw ioError(err, 'reopening the in-flight apply')

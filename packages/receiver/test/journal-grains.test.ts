@@ -72,8 +72,13 @@ t.test('a rollback of a disk whose journal names a grain beyond the capacity is 
   await j.flush(true)
   await j.close()
   const journal = readFileSync(paths.journal('disk'))
-  const infl = { cycle: 3, startedAt: new Date(0).toISOString(), disks: { 'disk.vmdk': { target: 'flat', stem: 'disk', name: 'disk.vmdk', increment: 'disk.p2.vmdk' } } } as unknown as InflightCycle
-  await t.rejects(undoInflight(paths, infl), { code: 'E_STATE', message: /of disk disk\.vmdk \(cycle 3\) is corrupt/ })
+  // the state's in-flight record is the journal's head (journal-head.ts): the grains record is what is refused
+  const rec = { target: 'flat', stem: 'disk', name: 'disk.vmdk', increment: 'disk.p2.vmdk', cycleId: 'cd'.repeat(8), mode: 'incremental', capacity, baseSize: capacity / 2 }
+  const infl = { cycle: 3, startedAt: new Date(0).toISOString(), disks: { 'disk.vmdk': rec } } as unknown as InflightCycle
+  await t.rejects(undoInflight(paths, infl), {
+    code: 'E_STATE',
+    message: /^journal vm\/\.grainline\/disk\.journal of disk disk\.vmdk \(cycle 3\) is corrupt: .*grainline mirror remove --store .* --vm vm --yes/,
+  })
   t.ok(readFileSync(paths.journal('disk')).equals(journal), 'the journal as it was (not renamed for an undo, not reset)')
   t.notOk(existsSync(paths.undoing('disk')), 'no undo begun')
   t.ok(readFileSync(paths.flat('disk')).equals(flat), 'the flat as it was (not cut back to the base size)')

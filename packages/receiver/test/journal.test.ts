@@ -246,7 +246,7 @@ t.test('a flush resolves only once every record queued before it is written, als
 t.test('a journal of many records across read windows reads back whole; a corrupt record deep inside ends it there', async (t) => {
   const dir = t.testdir()
   const p = join(dir, 'd.journal')
-  const j = await Journal.create(p, { ...head, capacity: 1 << 30 })
+  const j = await Journal.create(p, { ...head, capacity: 1 << 30, baseSize: 1 << 30 })
   const n = 20_000
   const big = 5
   let seq = 0
