@@ -7,73 +7,13 @@
  * disk, the journal (relative to the store), both values and the remedy, and
  * nothing is written: the flat, the journal and the state stay byte for byte.
  */
-import t, { type Test } from 'tap'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import t from 'tap'
 import { join } from 'node:path'
-import { crc32 } from 'node:zlib'
-import { scratchDir } from '@grainline/test-utils'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, memoryLogger, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
+import { CAP, files, inflightCycle, patchHead, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { VmPaths } from '../src/vm-paths.ts'
-import type { VmStateFile } from '../src/state-file.ts'
-
-const CAP = 12 * MiB
-
-function stateOf(store: string, vm: string): VmStateFile {
-  return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
-}
-
-/** A seed (cycle 1) of disk d.vmdk of `vm`, then an incremental cycle 2 sent whole but not committed; the receiver closed. */
-async function inflightCycle(t: Test, vm: string, keep: number | undefined) {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env, keep === undefined ? {} : { retention: { keep } })
-  const img1 = pattern(CAP, 3)
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'ac01ac01ac01ac01')])
-  a.close()
-  const ranges = [
-    { offset: 0, length: 5 * MiB },
-    { offset: 6 * MiB, length: 3 * MiB, zero: true },
-  ]
-  const img2 = evolve(img1, 9, ranges)
-  const inc = incPlan(0, 'd.vmdk', img2, 1, 'ac02ac02ac02ac02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 2, [inc], { commit: false })
-  a.close()
-  await a.whenClosed()
-  await receiver.close()
-  t.equal(stateOf(env.store, vm).inflight?.cycle, 2, 'cycle 2 is in flight')
-  return { env, inc, img1, img2 }
-}
-
-/** Rewrite the head record of journal `path` with `patch` (its crc starts from 0; later records keep their seed, the head's `gen`). */
-function patchHead(path: string, patch: Record<string, unknown>): void {
-  const buf = readFileSync(path)
-  const len = buf.readUInt32LE(0)
-  const hlen = buf.readUInt32LE(9)
-  if (buf.readUInt8(8) !== 1 || len !== 5 + hlen) throw new Error('no head record first')
-  const head = { ...(JSON.parse(buf.subarray(13, 13 + hlen).toString('utf8')) as Record<string, unknown>), ...patch }
-  const h = Buffer.from(JSON.stringify(head), 'utf8')
-  const pre = Buffer.alloc(13)
-  pre.writeUInt32LE(5 + h.length, 0)
-  pre.writeUInt8(1, 8)
-  pre.writeUInt32LE(h.length, 9)
-  pre.writeUInt32LE(crc32(h, crc32(pre.subarray(8, 13), 0)) >>> 0, 4)
-  writeFileSync(path, Buffer.concat([pre, h, buf.subarray(8 + len)]))
-}
-
-/** The bytes of every file a refused resume or rollback must leave alone. */
-function files(store: string, vm: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {}
-  for (const f of ['d-flat.vmdk', 'd.vmdk', '.grainline/d.journal', '.grainline/state.json']) out[f] = readFileSync(join(store, vm, f))
-  return out
-}
-
-function unchanged(t: Test, store: string, vm: string, before: Record<string, Buffer>): void {
-  for (const [f, bytes] of Object.entries(before)) t.ok(readFileSync(join(store, vm, f)).equals(bytes), `${f} unchanged byte for byte`)
-  t.notOk(existsSync(join(store, vm, '.grainline', 'd.journal.undo')), 'no undo begun (the journal not renamed)')
-}
 
 const cases = [
   { what: 'capacity', patch: { capacity: 16 * MiB }, text: `capacity ${16 * MiB} bytes in the journal, ${CAP} bytes in the state` },

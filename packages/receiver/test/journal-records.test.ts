@@ -10,57 +10,15 @@
  * in-flight record, would be refused: the disk's `inflight.problem`, CRITICAL,
  * the rest of the status there.
  */
-import t, { type Test } from 'tap'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import t from 'tap'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { crc32 } from 'node:zlib'
-import { scratchDir } from '@grainline/test-utils'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, memoryLogger, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
+import { CAP, files, frame, inflightCycle, patchHead, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { storeHealth, storeOverview } from '../src/index.ts'
 import { VmPaths } from '../src/vm-paths.ts'
-import type { VmStateFile } from '../src/state-file.ts'
-
-const CAP = 12 * MiB
-
-function stateOf(store: string, vm: string): VmStateFile {
-  return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
-}
-
-/** A seed (cycle 1) of disk d.vmdk of `vm`, then an incremental cycle 2 sent whole but not committed; the receiver closed. */
-async function inflightCycle(t: Test, vm: string, keep: number | undefined) {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env, keep === undefined ? {} : { retention: { keep } })
-  const img1 = pattern(CAP, 3)
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'ac01ac01ac01ac01')])
-  a.close()
-  const ranges = [
-    { offset: 0, length: 5 * MiB },
-    { offset: 6 * MiB, length: 3 * MiB, zero: true },
-  ]
-  const img2 = evolve(img1, 9, ranges)
-  const inc = incPlan(0, 'd.vmdk', img2, 1, 'ac02ac02ac02ac02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 2, [inc], { commit: false })
-  a.close()
-  await a.whenClosed()
-  await receiver.close()
-  t.equal(stateOf(env.store, vm).inflight?.cycle, 2, 'cycle 2 is in flight')
-  return { env, inc }
-}
-
-/** Frame a record as journal.ts does: u32 length • u32 crc (from `seed`) • u8 type • u32 hlen • header • data. */
-function frame(type: number, header: object, data: Buffer, seed: number): Buffer {
-  const h = Buffer.from(JSON.stringify(header), 'utf8')
-  const pre = Buffer.alloc(13)
-  pre.writeUInt32LE(5 + h.length + data.length, 0)
-  pre.writeUInt8(type, 8)
-  pre.writeUInt32LE(h.length, 9)
-  pre.writeUInt32LE(crc32(data, crc32(h, crc32(pre.subarray(8, 13), seed))) >>> 0, 4)
-  return Buffer.concat([pre, h, data])
-}
 
 /**
  * Rewrite, with a valid crc, the first extent record of journal `path` that `patch` returns a header patch for
@@ -88,27 +46,6 @@ function patchExtent(path: string, patch: (header: Record<string, unknown>, data
   }
   if (!done) throw new Error('no extent record to patch')
   writeFileSync(path, Buffer.concat(out))
-}
-
-/** Rewrite the head record of journal `path` with `patch` (its crc starts from 0). */
-function patchHead(path: string, patch: Record<string, unknown>): void {
-  const buf = readFileSync(path)
-  const len = buf.readUInt32LE(0)
-  const hlen = buf.readUInt32LE(9)
-  const head = JSON.parse(buf.subarray(13, 13 + hlen).toString('utf8')) as Record<string, unknown>
-  writeFileSync(path, Buffer.concat([frame(1, { ...head, ...patch }, Buffer.alloc(0), 0), buf.subarray(8 + len)]))
-}
-
-/** The bytes of every file a refused resume or rollback must leave alone. */
-function files(store: string, vm: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {}
-  for (const f of ['d-flat.vmdk', 'd.vmdk', '.grainline/d.journal', '.grainline/state.json']) out[f] = readFileSync(join(store, vm, f))
-  return out
-}
-
-function unchanged(t: Test, store: string, vm: string, before: Record<string, Buffer>): void {
-  for (const [f, bytes] of Object.entries(before)) t.ok(readFileSync(join(store, vm, f)).equals(bytes), `${f} unchanged byte for byte`)
-  t.notOk(existsSync(join(store, vm, '.grainline', 'd.journal.undo')), 'no undo begun (the journal not renamed)')
 }
 
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
