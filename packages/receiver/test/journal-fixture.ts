@@ -71,3 +71,23 @@ export function unchanged(t: Test, store: string, vm: string, before: Record<str
   for (const [f, bytes] of Object.entries(before)) t.ok(readFileSync(join(store, vm, f)).equals(bytes), `${f} unchanged byte for byte`)
   t.notOk(existsSync(join(store, vm, '.grainline', 'd.journal.undo')), 'no undo begun (the journal not renamed)')
 }
+
+/**
+ * An agent resumes cycle 2 of `vm` (from {@link inflightCycle}, its journal already rewritten) against a new
+ * receiver: the resume must be refused, the receiver's log must say `why`, and every file stay as it was.
+ */
+export async function resumeRefused(t: Test, vm: string, { env, inc }: Awaited<ReturnType<typeof inflightCycle>>, why: string): Promise<void> {
+  const before = files(env.store, vm)
+  const { receiver, url, logs } = await startReceiver(env, { recover: false })
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const res = await runCycle(a, vm, 2, [inc]).then(
+    () => 'committed',
+    (e: unknown) => String((e as Error).message),
+  )
+  a.terminate()
+  await a.whenClosed()
+  t.not(res, 'committed', `the resume is refused (${res.slice(0, 120)})`)
+  t.match(logs.text(), why, 'the receiver logs why')
+  unchanged(t, env.store, vm, before)
+}

@@ -9,8 +9,8 @@
  */
 import t from 'tap'
 import { join } from 'node:path'
-import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
-import { CAP, files, inflightCycle, patchHead, stateOf, unchanged } from './journal-fixture.ts'
+import { MiB, memoryLogger } from './helpers.ts'
+import { CAP, files, inflightCycle, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { VmPaths } from '../src/vm-paths.ts'
@@ -60,19 +60,7 @@ t.test('start-up recovery reports such a journal (kept or abandoned cycle) and w
 
 t.test("an agent's resume of the cycle over such a journal is refused; the flat stays as it was", async (t) => {
   const vm = 'web-jh-resume'
-  const { env, inc } = await inflightCycle(t, vm, undefined)
-  patchHead(join(env.store, vm, '.grainline', 'd.journal'), { capacity: 16 * MiB })
-  const before = files(env.store, vm)
-  const { receiver, url, logs } = await startReceiver(env, { recover: false })
-  t.teardown(() => receiver.close())
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const res = await runCycle(a, vm, 2, [inc]).then(
-    () => 'committed',
-    (e: unknown) => String((e as Error).message),
-  )
-  a.terminate()
-  await a.whenClosed()
-  t.not(res, 'committed', `the resume is refused (${res.slice(0, 120)})`)
-  t.match(logs.text(), `capacity ${16 * MiB} bytes in the journal, ${CAP} bytes in the state`, 'the receiver logs why')
-  unchanged(t, env.store, vm, before)
+  const cycle = await inflightCycle(t, vm, undefined)
+  patchHead(join(cycle.env.store, vm, '.grainline', 'd.journal'), { capacity: 16 * MiB })
+  await resumeRefused(t, vm, cycle, `capacity ${16 * MiB} bytes in the journal, ${CAP} bytes in the state`)
 })

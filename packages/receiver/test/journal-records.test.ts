@@ -13,8 +13,8 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
-import { CAP, files, frame, inflightCycle, patchHead, stateOf, unchanged } from './journal-fixture.ts'
+import { MiB, memoryLogger } from './helpers.ts'
+import { CAP, files, frame, inflightCycle, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { storeHealth, storeOverview } from '../src/index.ts'
@@ -117,22 +117,10 @@ for (const [i, c] of cases.entries()) {
 
 t.test("an agent's resume over a journal whose record holds old contents past the base size is refused; the flat stays as it was", async (t) => {
   const vm = 'web-jr-resume'
-  const { env, inc } = await inflightCycle(t, vm, undefined)
+  const cycle = await inflightCycle(t, vm, undefined)
   const c = cases[1]
-  patchExtent(join(env.store, vm, '.grainline', 'd.journal'), c.patch)
-  const before = files(env.store, vm)
-  const { receiver, url, logs } = await startReceiver(env, { recover: false })
-  t.teardown(() => receiver.close())
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  const res = await runCycle(a, vm, 2, [inc]).then(
-    () => 'committed',
-    (e: unknown) => String((e as Error).message),
-  )
-  a.terminate()
-  await a.whenClosed()
-  t.not(res, 'committed', `the resume is refused (${res.slice(0, 120)})`)
-  t.match(logs.text(), c.text, 'the receiver logs why')
-  unchanged(t, env.store, vm, before)
+  patchExtent(join(cycle.env.store, vm, '.grainline', 'd.journal'), c.patch)
+  await resumeRefused(t, vm, cycle, c.text)
 })
 
 t.test("status: a journal whose head is not the state's in-flight record is the disk's problem (CRITICAL), with the refusal's text", async (t) => {
