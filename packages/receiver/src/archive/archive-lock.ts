@@ -207,8 +207,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
     await bucket.listPages(locksPrefix(prefix), async (page) => {
       for (const o of page) {
         if (o.key === key) own = o.lastModified
-        const name = o.key.slice(locksPrefix(prefix).length)
-        const other = others.find((k) => name.startsWith(`${k}-`))
+        const other = lockKindOf(prefix, o.key, others)
         if (other !== undefined) candidates.push({ ...o, kind: other })
       }
     })
@@ -242,10 +241,10 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       `${what}, more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the restore goes on (the run locks are judged by S3's clock), but fix the clock (NTP) before archiving or pruning from this host`,
     )
   }
-  // a fresh lock of the other kind: written less than LOCK_STALE_MS before S3's time (a lower bound) when the listing
-  // began, i.e. surely younger than that when seen; a lock written after ours is fresh
-  const listedAt = ownWritten - LAST_MODIFIED_RESOLUTION_MS + (monoListed - monoAfter)
-  const blocking = candidates.find((o) => listedAt - o.lastModified.getTime() < LOCK_STALE_MS)
+  // a fresh lock of the other kind, judged when the listing began: our lock's stamp plus the monotonic time since
+  // the PUT returned (freshLock takes the stamps' second off: ages err young); a lock written after ours is fresh
+  const listedAt = ownWritten + (monoListed - monoAfter)
+  const blocking = candidates.find((o) => freshLock(listedAt, o.lastModified))
   if (blocking !== undefined) {
     const who = await describeLock(bucket, blocking.key)
     await del()
@@ -325,7 +324,7 @@ export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kin
       // S3's time when the page was answered (a lower bound); without it the local clock, less the skew allowed
       const listedAt = date === undefined ? now() - MAX_CLOCK_SKEW_MS : date.getTime()
       for (const o of page) {
-        const other = others.find((k) => o.key.slice(locksPrefix(prefix).length).startsWith(`${k}-`))
+        const other = lockKindOf(prefix, o.key, others)
         if (other !== undefined) candidates.push({ ...o, kind: other, listedAt })
       }
     })
@@ -343,13 +342,28 @@ export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kin
         `the local clock of ${lockField(hostname())} is ${skewText(skew)} the S3 server's (the Date of its listing of ${locksPrefix(prefix)}, ${serverDate.toISOString()}), more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the run locks are judged by S3's clock, but fix the clock (NTP) before archiving or pruning from this host`,
       )
   }
-  const blocking = candidates.find((o) => o.listedAt - (o.lastModified.getTime() + LAST_MODIFIED_RESOLUTION_MS) < LOCK_STALE_MS)
+  const blocking = candidates.find((o) => freshLock(o.listedAt, o.lastModified))
   if (blocking === undefined) return
   const who = await describeLock(bucket, blocking.key)
   throw new ReceiverError(
     'E_BUSY',
     `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished; if no such run is alive, delete that object (with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)`,
   )
+}
+
+/** The kind among `others` of the lock `key` under `prefix`'s `locks/`, or undefined (this run's own kind, or no lock). */
+function lockKindOf(prefix: string, key: string, others: readonly ArchiveRunKind[]): ArchiveRunKind | undefined {
+  const name = key.slice(locksPrefix(prefix).length)
+  return others.find((k) => name.startsWith(`${k}-`))
+}
+
+/**
+ * Whether a lock stamped `lastModified` (by S3, to the second) is fresh when
+ * S3's clock reads at least `serverTime`: its age's lower bound is below
+ * {@link LOCK_STALE_MS} — takeRunLock's and refuseBesideExcluded's one rule.
+ */
+function freshLock(serverTime: number, lastModified: Date): boolean {
+  return serverTime - (lastModified.getTime() + LAST_MODIFIED_RESOLUTION_MS) < LOCK_STALE_MS
 }
 
 /**
