@@ -7,13 +7,12 @@
  * separators) and every bidirectional override — a run of them — becomes one space; the result is
  * cut to `maxBytes` UTF-8 bytes, ending in "…" when cut.
  */
-import { MAX_REFUSAL_DETAIL_BYTES, truncateUtf8Marked } from '@grainline/protocol'
+import { blankUnprintable, MAX_REFUSAL_DETAIL_BYTES, truncateUtf8Marked } from '@grainline/protocol'
 
 // ESC [ … final, ESC ] … BEL|ST, ESC P/X/^/_ … ST, and a lone ESC with the one character after it; the C1 CSI (U+009B) likewise
 const ESCAPES = /\u001b\[[0-?]*[ -/]*[@-~]?|\u009b[0-?]*[ -/]*[@-~]?|\u001b\][^\u0007\u001b\u009c]*(?:\u0007|\u001b\\|\u009c)?|\u001b[PX^_][^\u001b\u009c]*(?:\u001b\\|\u009c)?|\u001b[\s\S]?/g
-const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g
 
 /** `text` without escape sequences and control characters, at most `maxBytes` UTF-8 bytes ("…" when cut). Pure. */
 export function untrustedText(text: string, maxBytes = MAX_REFUSAL_DETAIL_BYTES): string {
-  return truncateUtf8Marked(text.replace(ESCAPES, '').replace(CONTROLS, ' ').trim(), maxBytes)
+  return truncateUtf8Marked(blankUnprintable(text.replace(ESCAPES, '')).trim(), maxBytes)
 }

@@ -28,6 +28,7 @@
  */
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
+import { blankUnprintable } from '@grainline/protocol'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
@@ -372,7 +373,7 @@ function freshLock(serverTime: number, lastModified: Date): boolean {
  * newline faking a log line) become spaces and it is cut to 100 characters.
  */
 function lockField(v: unknown): string {
-  const text = String(v).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g, ' ')
+  const text = blankUnprintable(String(v))
   return text.length > 100 ? `${text.slice(0, 100)}…` : text
 }
 

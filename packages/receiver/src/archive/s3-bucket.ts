@@ -29,6 +29,7 @@ import {
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3'
+import { escapeUnprintable } from '@grainline/protocol'
 import { ReceiverError } from '../errors.ts'
 
 /** Where an archive lives: `s3://BUCKET/PREFIX/`, an endpoint (radosgw, MinIO …) and credentials. */
@@ -158,7 +159,7 @@ const before = (a: string, b: string): boolean => Buffer.compare(Buffer.from(a),
  * stays exact, and cannot rewrite the terminal or fake a log line.
  */
 export function printableName(name: string): string {
-  return name.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${(c.codePointAt(0) as number).toString(16).padStart(4, '0')}`)
+  return escapeUnprintable(name)
 }
 
 /** A marker as it is shown in a message: a server wrote it. */
