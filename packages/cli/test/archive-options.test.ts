@@ -39,6 +39,11 @@ t.test('usage errors exit 2 before anything runs', async (t) => {
     [['restore', '--vm', 'v', '--point', '1', '--to', '/tmp/x'], /exactly one of --store/],
     [['restore', '--store', '/s', '--from', 's3://b-b/p', '--vm', 'v', '--point', '1', '--to', '/tmp/x'], /exactly one of --store/],
     [['points', 'archive', '--store', '/s', '--vm', 'v', '--archive', 's3://dr-archive', '--retain', 'x'], /retain/],
+    [['restore', '--store', '/s', '--vm', 'v', '--point', '1', '--to', '/tmp/x', '--despite-lock', 'p/locks/prune-1'], /--despite-lock goes with --from/],
+    [
+      ['restore', '--from', 's3://dr-archive/p', '--vm', 'v', '--point', '1', '--to', '/tmp/x', '--despite-lock', 'q/locks/prune-1'],
+      /--despite-lock q\/locks\/prune-1: want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
+    ],
   ]
   for (const [args, re] of cases) {
     const r = await runNode(bin, args)

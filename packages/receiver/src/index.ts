@@ -43,8 +43,8 @@ export { restoreFromArchive, listArchivedPoints, readManifest } from './archive/
 export type { ListedArchivedPoint, ArchiveRestoreProgress } from './archive/restore-archive.ts'
 export { KEEP_NONE_NEEDS_VM, pruneArchive } from './archive/archive-prune.ts'
 export type { ArchivePruneOptions, ArchivePruneResult, KeptLocked } from './archive/archive-prune.ts'
-export { takeRunLock, withRunLock, locksPrefix, LOCK_STALE_MS, LOCK_REFRESH_MS, LOCK_HELD_MS, MAX_CLOCK_SKEW_MS } from './archive/archive-lock.ts'
-export type { HeldRunLock, ArchiveRunKind, RunClock } from './archive/archive-lock.ts'
+export { takeRunLock, withRunLock, locksPrefix, despiteLockProblem, LOCK_STALE_MS, LOCK_REFRESH_MS, LOCK_HELD_MS, MAX_CLOCK_SKEW_MS } from './archive/archive-lock.ts'
+export type { HeldRunLock, ArchiveRunKind, RunClock, RunLockOptions } from './archive/archive-lock.ts'
 export {
   S3Bucket,
   parseArchiveUrl,

@@ -596,6 +596,49 @@ t.test('read-only credentials: a restore refuses up front (E_BUSY) beside a fres
   t.match(lines.join(''), /WITHOUT the archive's run lock/, 'still warned: no lock of its own')
 })
 
+t.test(
+  'despiteLock: beside the named fresh prune lock only (warned, by the S3 clock’s rule); a stale or absent one is warned of as overriding nothing; a malformed key is E_CONFIG before any request',
+  async (t) => {
+    const vm = 'web-despite'
+    const data = pattern(4 * MiB, 9)
+    const { store, s3, bucket } = await seededStore(t, vm, data)
+    await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+    const dead = 'p/locks/prune-dead'
+    const at = new Date(s3.now().getTime() - 10 * MIN)
+    s3.put(dead, Buffer.from(JSON.stringify({ kind: 'prune', host: 'dr-host-5', pid: 55, time: at.toISOString() })), at)
+    const base = scratchDir(t)
+    for (const readOnly of [true, false]) {
+      s3.hostility.readOnly = readOnly
+      const lines: string[] = []
+      const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+      const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(base, `ok-${readOnly}`), { logger: warned, despiteLock: dead })
+      t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), `read-only ${readOnly}: restored byte-exact beside the named lock`)
+      t.match(lines.join(''), /going on beside the lock p\/locks\/prune-dead of a points archive-prune \(host dr-host-5 pid 55 since .*, fresh\), as --despite-lock asked/, 'warned, naming the lock')
+    }
+    t.same(
+      s3.keys().filter((k) => k.startsWith('p/locks/')),
+      [dead],
+      'the named lock is left; no restore lock left',
+    )
+    // stale by S3's clock: ignored anyway; the option overrode nothing, and says so
+    s3.objects.delete(dead)
+    const old = new Date(s3.now().getTime() - LOCK_STALE_MS - 2 * MIN)
+    s3.put(dead, Buffer.from('{}'), old)
+    const lines: string[] = []
+    const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+    await restoreFromArchive(bucket, 'p/', vm, 1, join(base, 'stale'), { logger: warned, despiteLock: dead })
+    t.match(lines.join(''), /--despite-lock p\/locks\/prune-dead: no fresh lock of that key is under p\/locks\/ now .*nothing overridden/)
+    const requests = s3.keys()
+    await t.rejects(restoreFromArchive(bucket, 'p/', vm, 1, join(base, 'bad'), { logger: log, despiteLock: 'q/locks/prune-dead' }), {
+      code: 'E_CONFIG',
+      message: /--despite-lock q\/locks\/prune-dead: want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
+    })
+    await t.rejects(restoreFromArchive(bucket, 'p/', vm, 1, join(base, 'bad'), { logger: log, despiteLock: 'p/locks/archive-1' }), { code: 'E_CONFIG' })
+    t.same(s3.keys(), requests, 'nothing written')
+    await t.rejects(readdir(join(base, 'bad')), { code: 'ENOENT' }, 'no folder made')
+  },
+)
+
 t.test('points archived lists a manifest hidden behind a delete marker (restorable), marked; a key with markers alone is no point; the listing is bounded', { timeout: 120_000 }, async (t) => {
   const { s3, bucket } = await setUp(t)
   s3.hide(manifestKey('p/', 'web', 2))

@@ -26,8 +26,14 @@ export const restoreCommand: CliCommand = {
         describe:
           'restore from an archive instead: s3://BUCKET[/PREFIX] (see points archive); it holds a run lock under PREFIX/locks/ (refused while a points archive-prune runs; with read-only credentials it restores without the lock, and warns)',
       })
+      .option('despite-lock', {
+        type: 'string',
+        describe:
+          'with --from: the key of one points archive-prune lock (PREFIX/locks/prune-…, as the refusal printed it) to restore beside, once certain that prune is dead (warned; any other prune lock still refuses; a prune alive after all makes the restore fail and remove what it wrote)',
+      })
       .check((a) => {
         if ((a['store'] === undefined) === (a['from'] === undefined)) throw new UsageError('restore needs exactly one of --store DIR and --from s3://BUCKET[/PREFIX]')
+        if (a['despite-lock'] !== undefined && a['from'] === undefined) throw new UsageError('--despite-lock goes with --from s3://…: a restore from the store takes no archive lock')
         return true
       })
       .option('vm', { type: 'string', demandOption: true, describe: 'the VM (its mirror folder name)' })

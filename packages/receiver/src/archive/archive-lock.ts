@@ -25,6 +25,10 @@
  * objects are never written with Object Lock retention, so they can be
  * deleted (a bucket whose default retention locks every new object
  * would lock them too: such a lock is then left to go stale).
+ *
+ * A prune that died leaves a lock that refuses every restore for up to
+ * {@link LOCK_STALE_MS}; `restore --despite-lock KEY`
+ * ({@link RunLockOptions.despiteLock}) goes on beside that one lock, warned.
  */
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
@@ -108,6 +112,30 @@ export interface RunClock {
   readonly monotonic?: () => number
 }
 
+/** What a run lock is taken with: the clocks, and the one lock an operator told a restore to go on beside. */
+export interface RunLockOptions extends RunClock {
+  /**
+   * The key (`PREFIX/locks/prune-…`, as an E_BUSY refusal printed it) of a
+   * lock this run goes on beside although it is fresh, warned of (`restore
+   * --despite-lock`: a prune that died left it, and the operator cannot or
+   * will not delete it). Only that key: any other fresh lock of a kind this
+   * run excludes still refuses it.
+   */
+  readonly despiteLock?: string
+}
+
+/**
+ * Why `key` cannot be the lock a run of the archive at `prefix` goes on
+ * beside ({@link RunLockOptions.despiteLock}), or undefined: it must be a
+ * prune lock's key under the archive's `locks/` (the only kind a restore
+ * refuses beside), written as the refusal printed it.
+ */
+export function despiteLockProblem(prefix: string, key: string): string | undefined {
+  const lockPrefix = `${locksPrefix(prefix)}prune-`
+  if (key.startsWith(lockPrefix) && key.length > lockPrefix.length) return undefined
+  return `--despite-lock ${printableName(key)}: want the key of a points archive-prune lock of this archive, ${locksPrefix(prefix)}prune-…, exactly as the refusal (E_BUSY) printed it`
+}
+
 /** A held run lock. */
 export interface HeldRunLock {
   readonly key: string
@@ -173,7 +201,7 @@ function skewText(ms: number): string {
  * {@link MAX_CLOCK_SKEW_MS} off S3's is refused; a restore warns and goes on.
  * @throws ReceiverError E_BUSY (naming the other run's host, pid and time), E_ARCHIVE (the clock skew; the listing does not show the lock just written)
  */
-export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunClock = {}): Promise<HeldRunLock> {
+export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunLockOptions = {}): Promise<HeldRunLock> {
   const now = clock.now ?? Date.now
   const mono = clock.monotonic ?? (() => performance.now())
   const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
@@ -245,13 +273,20 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   // a fresh lock of the other kind, judged when the listing began: our lock's stamp plus the monotonic time since
   // the PUT returned (freshLock takes the stamps' second off: ages err young); a lock written after ours is fresh
   const listedAt = ownWritten + (monoListed - monoAfter)
-  const blocking = candidates.find((o) => freshLock(listedAt, o.lastModified))
+  const fresh = candidates.filter((o) => freshLock(listedAt, o.lastModified))
+  let blocking: (typeof fresh)[number] | undefined
+  try {
+    blocking = await besideDespite(bucket, prefix, kind, fresh, clock.despiteLock, logger)
+  } catch (err) {
+    await del()
+    throw err
+  }
   if (blocking !== undefined) {
     const who = await describeLock(bucket, blocking.key)
     await del()
     throw new ReceiverError(
       'E_BUSY',
-      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)`,
+      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)${despiteHint(kind, blocking.key)}`,
     )
   }
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise
@@ -313,7 +348,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
  * is warned of, as a locked restore does.
  * @throws ReceiverError E_BUSY (naming the lock, its host, pid and time, and what to do), E_ARCHIVE (the listing)
  */
-export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunClock = {}): Promise<void> {
+export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunLockOptions = {}): Promise<void> {
   const now = clock.now ?? Date.now
   const others = excludedBy(kind)
   const candidates: { key: string; lastModified: Date; kind: ArchiveRunKind; listedAt: number }[] = []
@@ -343,13 +378,62 @@ export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kin
         `the local clock of ${lockField(hostname())} is ${skewText(skew)} the S3 server's (the Date of its listing of ${locksPrefix(prefix)}, ${serverDate.toISOString()}), more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the run locks are judged by S3's clock, but fix the clock (NTP) before archiving or pruning from this host`,
       )
   }
-  const blocking = candidates.find((o) => freshLock(o.listedAt, o.lastModified))
+  const blocking = await besideDespite(
+    bucket,
+    prefix,
+    kind,
+    candidates.filter((o) => freshLock(o.listedAt, o.lastModified)),
+    clock.despiteLock,
+    logger,
+  )
   if (blocking === undefined) return
   const who = await describeLock(bucket, blocking.key)
   throw new ReceiverError(
     'E_BUSY',
-    `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished; if no such run is alive, delete that object (with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)`,
+    `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished; if no such run is alive, delete that object (with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)${despiteHint(kind, blocking.key)}`,
   )
+}
+
+/**
+ * The first of the `fresh` locks of the kinds a run excludes that refuses
+ * it, or undefined: every one but the lock `despite` names (the operator's
+ * override: {@link RunLockOptions.despiteLock}), which is warned of, naming
+ * its host, pid and start. A `despite` that names no fresh lock here is
+ * warned of too (it overrode nothing). Only a restore takes one.
+ * @throws ReceiverError E_CONFIG (a key {@link despiteLockProblem} refuses, or a run other than a restore)
+ */
+async function besideDespite<L extends { key: string; lastModified: Date; kind: ArchiveRunKind }>(
+  bucket: S3Bucket,
+  prefix: string,
+  kind: ArchiveRunKind,
+  fresh: readonly L[],
+  despite: string | undefined,
+  logger: Logger,
+): Promise<L | undefined> {
+  if (despite === undefined) return fresh[0]
+  const problem = kind === 'restore' ? despiteLockProblem(prefix, despite) : `--despite-lock is an option of ${COMMAND.restore} only, not of ${COMMAND[kind]}`
+  if (problem !== undefined) throw new ReceiverError('E_CONFIG', problem)
+  const named = fresh.find((o) => o.key === despite)
+  const blocking = fresh.find((o) => o.key !== despite)
+  if (blocking !== undefined) return blocking
+  if (named === undefined) {
+    logger.warn(
+      { despiteLock: despite },
+      `--despite-lock ${printableName(despite)}: no fresh lock of that key is under ${locksPrefix(prefix)} now (deleted, stale, or mistyped): nothing overridden, the ${COMMAND[kind]} goes on as it would without the option`,
+    )
+    return undefined
+  }
+  logger.warn(
+    { despiteLock: despite, lastModified: named.lastModified.toISOString() },
+    `going on beside the lock ${printableName(named.key)} of a ${COMMAND[named.kind]} (${await describeLock(bucket, named.key)}, last written ${named.lastModified.toISOString()}, fresh), as --despite-lock asked: if that run is alive it may delete chunks this ${COMMAND[kind]} reads, which then fails (a chunk missing, or not matching its sha256) and removes what it wrote. Delete that lock object once it is certain no such run is alive`,
+  )
+  return undefined
+}
+
+/** What a refused restore may do beside the lock `key` (empty for another kind of run). */
+function despiteHint(kind: ArchiveRunKind, key: string): string {
+  if (kind !== 'restore') return ''
+  return `; or, once certain that run is dead (no ${COMMAND.prune} process on that host), restore beside that lock alone with --despite-lock ${printableName(key)}: were the prune alive after all, it could delete chunks the restore reads, and the restore would then fail (a chunk missing, or not matching its sha256) and remove what it wrote, never leave a folder that looks restored`
 }
 
 /** The kind among `others` of the lock `key` under `prefix`'s `locks/`, or undefined (this run's own kind, or no lock). */

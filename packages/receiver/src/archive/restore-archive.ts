@@ -24,7 +24,7 @@ import { ReceiverError } from '../errors.ts'
 import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
-import { locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
+import { despiteLockProblem, locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
@@ -111,14 +111,24 @@ export interface ArchiveRestoreOptions {
   readonly now?: () => number
   /** a monotonic clock (tests): the run lock's age since its last write. @default performance.now */
   readonly monotonic?: () => number
+  /**
+   * `--despite-lock`: the key of the one prune lock (`PREFIX/locks/prune-…`,
+   * as the E_BUSY refusal printed it) the restore goes on beside although it
+   * is fresh, warned of (archive-lock.ts RunLockOptions.despiteLock); any
+   * other fresh prune lock still refuses it.
+   */
+  readonly despiteLock?: string
 }
 
 /**
  * Restore point `cycle` of `vm` from the archive into the new folder `toDir`,
  * holding the archive's `restore` run lock (released however it ends).
- * @throws ReceiverError E_BUSY (a prune runs), E_ARCHIVE, E_VERIFY, E_CONFIG
+ * With `despiteLock` it goes on beside that one prune lock (warned of).
+ * @throws ReceiverError E_BUSY (a prune runs), E_ARCHIVE, E_VERIFY, E_CONFIG (also a `despiteLock` not a prune lock's key of this archive)
  */
 export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: string, cycle: number, toDir: string, opts: ArchiveRestoreOptions): Promise<ArchiveRestoreResult> {
+  const despite = opts.despiteLock === undefined ? undefined : despiteLockProblem(prefix, opts.despiteLock)
+  if (despite !== undefined) throw new ReceiverError('E_CONFIG', despite)
   let lock: HeldRunLock
   try {
     lock = await takeRunLock(bucket, prefix, 'restore', opts.logger, opts)
@@ -130,7 +140,7 @@ export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: s
     // disk, so a prune that deletes what it reads makes it fail and remove what it wrote — never restore silently wrong
     opts.logger.warn(
       { err, vm, cycle },
-      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). No points archive-prune holds a fresh lock now (checked), but one started meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
+      `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). No points archive-prune holds a fresh lock now (checked${opts.despiteLock === undefined ? '' : `, but for the one --despite-lock names`}), but one started meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
     )
     return await restoreLocked(bucket, prefix, vm, cycle, toDir, NO_LOCK, opts)
   }

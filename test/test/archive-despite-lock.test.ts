@@ -1,0 +1,149 @@
+// `grainline restore --from s3://… --despite-lock KEY` (docs/ARCHIVE.md
+// "Guarantees"), real CLI processes against Ceph's S3 gateway (a one-node
+// cluster on loopback, as archive.test.ts). A points archive-prune that died
+// left its lock: for 2 h every restore is refused (E_BUSY), and an operator
+// with read-only credentials (a radosgw subuser with read access only) cannot
+// delete it. The refusal names the option; with it naming that lock the
+// restore goes on beside it, warns naming its host, pid and start, and the
+// files equal the source; naming another key while the fresh lock stays, or
+// beside a second fresh prune lock, it is still refused; a key not of a prune
+// lock under the archive's locks/ is a usage error (exit 2). The same with
+// credentials that may write (the restore's own lock taken, then released).
+import t from 'tap'
+import { readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { CreateBucketCommand, DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { createSampleVm } from '@grainline/agent'
+import { failIfLingering, firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { startSite, replicateCli, runCli } from '@grainline/e2e'
+
+failIfLingering(t)
+
+const MiB = 1024 * 1024
+
+t.test('restore --from --despite-lock: beside the named dead prune lock only, warned; refused otherwise', async (t) => {
+  const dir = scratchDir(t, 'grainline-despite-')
+  const ceph = await startCephCluster({ rgw: true })
+  t.teardown(() => ceph.stop())
+  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
+  const rwCreds = join(dir, 's3.json')
+  await writeFile(rwCreds, JSON.stringify({ accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }), { mode: 0o600 })
+  // credentials that may only read: a radosgw subuser of the bucket's owner with read access (PUT answered 403)
+  const ro = { accessKeyId: 'GRAINLINERO000000001', secretAccessKey: 'read-only-secret-of-the-test' }
+  await ceph.run('radosgw-admin', [
+    'subuser',
+    'create',
+    '--uid=grainline-test',
+    '--subuser=grainline-test:ro',
+    '--access=read',
+    '--key-type=s3',
+    `--access-key=${ro.accessKeyId}`,
+    `--secret-key=${ro.secretAccessKey}`,
+  ])
+  const roCreds = join(dir, 's3-ro.json')
+  await writeFile(roCreds, JSON.stringify(ro), { mode: 0o600 })
+  const s3 = new S3Client({
+    region: 'us-east-1',
+    endpoint: s3cfg.endpoint,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  })
+  t.teardown(() => s3.destroy())
+  await s3.send(new CreateBucketCommand({ Bucket: 'dr-archive' }))
+  const endpoint = ['--s3-endpoint', s3cfg.endpoint]
+
+  // one point of a VM with one disk, archived under site-a/
+  const config = join(dir, 'receiver.json')
+  await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 2 } }))
+  const site = await startSite(join(dir, 'dr'), ['*'], [], ['--config', config])
+  t.teardown(() => site.receiver.stop())
+  const name = 'app-despite'
+  const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 12 * MiB }], seed: 5 })
+  const expected = join(dir, 'expected.raw')
+  await qemuRaw(vm.disks[0] as string, expected)
+  const rep = await replicateCli(site, vm.vmxPath)
+  t.equal(rep.code, 0, rep.stderr.slice(-1500))
+  const archived = await runCli(['points', 'archive', '--store', site.store, '--vm', name, '--archive', 's3://dr-archive/site-a', ...endpoint, '--s3-credentials', rwCreds])
+  t.equal(archived.code, 0, archived.stderr)
+  await site.receiver.stop()
+
+  // the prune that died on dr-host-7: its lock written a minute ago by S3's clock (fresh for 2 h)
+  const dead = 'site-a/locks/prune-5f0c2a9e-0000-4000-8000-00000000dead'
+  const plant = async (key: string, host: string, pid: number): Promise<void> => {
+    await s3.send(new PutObjectCommand({ Bucket: 'dr-archive', Key: key, Body: JSON.stringify({ kind: 'prune', host, pid, time: '2026-12-07T03:00:00.000Z' }) }))
+  }
+  await plant(dead, 'dr-host-7', 4242)
+  const locks = async (): Promise<string[]> => ((await s3.send(new ListObjectsV2Command({ Bucket: 'dr-archive', Prefix: 'site-a/locks/' }))).Contents ?? []).map((o) => o.Key as string).sort()
+  const restore = async (creds: string, to: string, extra: string[] = []) =>
+    await runCli(['restore', '--from', 's3://dr-archive/site-a', '--vm', name, '--point', '1', '--to', join(dir, to), '--output', 'json', ...endpoint, '--s3-credentials', creds, ...extra])
+  const deadRe = dead.replace(/[/.-]/g, (c) => `\\${c}`)
+
+  for (const [what, creds] of [
+    ['read-only credentials', roCreds],
+    ['credentials that may write', rwCreds],
+  ] as const) {
+    t.test(`${what}: refused, naming the option; with it, restored beside that lock alone`, async (t) => {
+      const tag = creds === roCreds ? 'ro' : 'rw'
+      const refused = await restore(creds, `${tag}-refused`)
+      t.equal(refused.code, 1, `refused: ${refused.stderr}`)
+      t.match(
+        refused.stderr,
+        new RegExp(
+          `^grainline: cannot restore from the archive in s3://dr-archive/site-a/: a points archive-prune holds the lock ${deadRe} \\(host dr-host-7 pid 4242 since 2026-12-07T03:00:00\\.000Z.*\\[E_BUSY\\]`,
+          's',
+        ),
+      )
+      t.match(
+        refused.stderr,
+        new RegExp(`restore beside that lock alone with --despite-lock ${deadRe}: were the prune alive after all, it could delete chunks the restore reads, and the restore would then fail`),
+        'the refusal names the option and what it risks',
+      )
+      t.same(await readdir(join(dir, `${tag}-refused`)).catch(() => []), [], 'nothing restored')
+
+      // another key while the fresh lock stays: still refused, naming the fresh one
+      const other = await restore(creds, `${tag}-other`, ['--despite-lock', 'site-a/locks/prune-00000000-0000-4000-8000-000000000000'])
+      t.equal(other.code, 1, `another key: refused: ${other.stderr}`)
+      t.match(other.stderr, new RegExp(`holds the lock ${deadRe} \\(host dr-host-7 .*\\[E_BUSY\\]`, 's'))
+      t.same(await readdir(join(dir, `${tag}-other`)).catch(() => []), [], 'nothing restored')
+
+      // the named lock and a second fresh prune lock: refused beside the second
+      const second = `site-a/locks/prune-${tag}-second`
+      await plant(second, 'dr-host-8', 77)
+      const both = await restore(creds, `${tag}-both`, ['--despite-lock', dead])
+      t.equal(both.code, 1, `a second prune lock: refused: ${both.stderr}`)
+      t.match(both.stderr, new RegExp(`holds the lock ${second.replace(/[/.-]/g, (c) => `\\${c}`)} \\(host dr-host-8 pid 77 .*\\[E_BUSY\\]`, 's'))
+      t.notMatch(both.stderr, /going on beside/, 'no override announced')
+      await s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: second }))
+
+      // the option naming the dead prune's lock: restored beside it, warned, byte-exact
+      const ok = await restore(creds, `${tag}-restored`, ['--despite-lock', dead])
+      t.equal(ok.code, 0, `restored: ${ok.stderr}`)
+      t.match(
+        ok.stderr,
+        new RegExp(`going on beside the lock ${deadRe} of a points archive-prune \\(host dr-host-7 pid 4242 since 2026-12-07T03:00:00\\.000Z, last written [^,]+, fresh\\), as --despite-lock asked`),
+        'the warning names the lock, its host, pid and start',
+      )
+      const out = JSON.parse(ok.stdout.trim().split('\n').at(-1) as string) as { disks: { flat: string; descriptor: string }[] }
+      t.equal(out.disks.length, 1)
+      t.equal(await firstDifference(out.disks[0]?.flat as string, expected), -1, 'the restored disk = the source')
+      const raw = join(dir, `${tag}-restored.raw`)
+      await qemuRaw(out.disks[0]?.descriptor as string, raw)
+      t.equal(await firstDifference(raw, expected), -1, 'QEMU opens the restored descriptor')
+      t.same(await locks(), [dead], 'the dead prune lock is left (the restore never deletes it); no restore lock left')
+    })
+  }
+
+  t.test('a key not of a prune lock under the archive’s locks/: usage error (exit 2) before anything runs', async (t) => {
+    for (const key of ['other/locks/prune-1', 'site-a/prune-1', 'site-a/locks/archive-1', 'site-a/locks/prune-']) {
+      const r = await restore(roCreds, 'usage', ['--despite-lock', key])
+      t.equal(r.code, 2, `--despite-lock '${key}': ${r.stderr}`)
+      t.match(r.stderr, /--despite-lock .*want the key of a points archive-prune lock of this archive, site-a\/locks\/prune-…, exactly as the refusal \(E_BUSY\) printed it/)
+    }
+    const noFrom = await runCli(['restore', '--store', join(dir, 'x'), '--vm', name, '--point', '1', '--to', join(dir, 'usage'), '--despite-lock', dead])
+    t.equal(noFrom.code, 2, noFrom.stderr)
+    t.match(noFrom.stderr, /--despite-lock goes with --from/)
+    t.same(await readdir(join(dir, 'usage')).catch(() => []), [], 'nothing restored')
+  })
+})
