@@ -545,6 +545,9 @@ t.test('read-only credentials: a restore goes on without its run lock (warned), 
   t.equal(r.disks.length, 1, 'restored')
   t.ok((await readFile(join(to, 'd-flat.vmdk'))).equals(data), 'byte-exact')
   t.match(lines.join(''), /WITHOUT the archive's run lock: the S3 credentials may not write under p\/locks\/ \(read-only\)/, 'the restore says it ran without its lock, and why')
+  const warning = lines.map((l) => JSON.parse(l) as { msg?: string; why?: unknown; err?: unknown }).find((l) => l.msg?.includes('WITHOUT') === true)
+  t.type(warning?.why, 'string', "S3's refusal in words")
+  t.equal(warning?.err, undefined, 'no stack or cause chain for an expected refusal')
   t.same(s3.keys(), before, 'nothing written to the bucket')
   await t.rejects(
     archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' }),

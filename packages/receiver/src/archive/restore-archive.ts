@@ -138,8 +138,9 @@ export async function restoreFromArchive(bucket: S3Bucket, prefix: string, vm: s
     await refuseBesideExcluded(bucket, prefix, 'restore', opts.logger, opts)
     // read-only credentials (a common choice at the DR site): the restore only reads, and checks every chunk and
     // disk, so a prune that deletes what it reads makes it fail and remove what it wrote — never restore silently wrong
+    // S3's refusal is an expected answer to read-only credentials: its words, not its stack and cause chain
     opts.logger.warn(
-      { err, vm, cycle },
+      { why: err.message, vm, cycle },
       `restoring ${vm} point ${cycle} WITHOUT the archive's run lock: the S3 credentials may not write under ${locksPrefix(prefix)} (read-only). No points archive-prune holds a fresh lock now (checked${opts.despiteLock === undefined ? '' : `, but for the one --despite-lock names`}), but one started meanwhile could delete the chunks being read; the restore would then fail its checks and remove what it wrote. Run no prune during the restore, or allow these credentials PutObject and DeleteObject on ${locksPrefix(prefix)}`,
     )
     return await restoreLocked(bucket, prefix, vm, cycle, toDir, NO_LOCK, opts)
