@@ -66,9 +66,9 @@ export interface DiskStatus {
    * (ceph-admin.ts resumePoint); on the folder store (journalStatus) a journal a resume refuses (E_STATE, its
    * text): its head is not the state's in-flight record of the disk (journal-head.ts), or a record says what the
    * receiver never writes (journal.ts; an in-place apply's rollback refuses it too, a seed's reads the head alone),
-   * or a journal that is missing, no regular file (a FIFO, a folder), unreadable or without a valid head — then
-   * `refused` is true: every run fails on it until the operator acts (CRITICAL); or an interrupted rollback the
-   * receiver finishes on its own (`refused` absent: WARNING)
+   * or a journal that is missing, no regular file (a FIFO, a folder), unreadable or without a valid head; `refused`
+   * is true when every run fails on it until the operator acts (CRITICAL), absent when the receiver gets past it on
+   * its own (WARNING: a seed it rolls back after the failed resume, an interrupted rollback it finishes)
    */
   readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string; readonly refused?: boolean } | null
   /** the first cycle whose .vmx no longer named the disk (removed from the VM; its mirror kept as of `committedCycle` for older points); absent while the VM has it */
@@ -147,10 +147,13 @@ type JournalStatus = Pick<NonNullable<DiskStatus['inflight']>, 'resumeSeq' | 'pr
  * FIFO or a folder in its place is never opened): the undo journal of an interrupted rollback of an in-place
  * apply, else the journal, its head held to the state's record of the disk. Its resume point, or why there is
  * none: a journal a resume refuses (E_STATE, the refusal's text), or one it cannot read at all — missing, no
- * regular file, unreadable, no valid head. Every run of the VM fails on such a journal (the agent resumes its
- * cycle, and an in-place apply cannot be rolled back without its undo data; a seed can): `refused`, CRITICAL.
- * An interrupted rollback the receiver finishes on its own (at start-up, or the next run's Rollback): a problem
- * without `refused`, a WARNING.
+ * regular file, unreadable, no valid head (journal-head.ts unusableJournal, the text a resume and a rollback
+ * refuse with). A resume fails on every such journal, and the receiver then rolls the cycle back (session.ts):
+ * when that rollback fails too — an in-place apply without its undo data, a seed whose journal cannot be opened —
+ * every run fails until the operator acts: `refused`, CRITICAL. When it goes through — a seed whose journal is
+ * missing or headless, or whose head is the state's and a record is refused (rollback.ts seedJournal) — and for
+ * an interrupted rollback the receiver finishes (at start-up, or the next run's Rollback): a problem without
+ * `refused`, a WARNING.
  */
 async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, undoing: boolean): Promise<JournalStatus> {
   const vm = basename(paths.dir)
