@@ -1,6 +1,8 @@
+import { lstat } from 'node:fs/promises'
 import { basename, relative } from 'node:path'
 import { ReceiverError } from './errors.ts'
-import type { JournalHead } from './journal.ts'
+import { readJournal, type JournalContents, type JournalHead } from './journal.ts'
+import { entryKind } from './store-fs.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -136,3 +138,24 @@ export function misplacedJournal(kind: string): JournalUnusable {
 export const HEADLESS_JOURNAL: JournalUnusable = { failed: 'headless', what: 'has no valid head record (truncated or overwritten)' }
 
 const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
+
+/**
+ * Read journal `journalPath` of disk `d` of cycle `cycle` in flight to resume it (a DiskOpen's resume, start-up
+ * recovery keeping the cycle): its contents, or the error a resume fails with — a refusal (E_STATE) as it is, and a
+ * journal that cannot be read at all with {@link unusableJournal}'s text: missing or without a valid head
+ * (E_STATE), something else in its place (E_STORE_FILE), unreadable (E_IO).
+ */
+export async function readResumeJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, checkHead: (head: JournalHead) => void): Promise<JournalContents> {
+  const unusable = (how: JournalUnusable): string => unusableJournal(paths, journalPath, cycle, d, how, false)
+  const contents = await readJournal(journalPath, { paths, checkHead }).catch(async (err: unknown) => {
+    if (err instanceof ReceiverError && err.code === 'E_STORE_FILE') {
+      const st = await lstat(journalPath).catch(() => undefined)
+      throw new ReceiverError('E_STORE_FILE', unusable(misplacedJournal(st === undefined ? 'no regular file' : entryKind(st))), { cause: err })
+    }
+    if (err instanceof ReceiverError) throw err
+    if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_STATE', unusable(MISSING_JOURNAL))
+    throw new ReceiverError('E_IO', unusable(unreadableJournal(paths, journalPath, err)), { cause: err })
+  })
+  if (contents === undefined) throw new ReceiverError('E_STATE', unusable(HEADLESS_JOURNAL))
+  return contents
+}

@@ -1,3 +1,4 @@
+import { basename } from 'node:path'
 import { rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
@@ -117,7 +118,8 @@ export async function undoInflight(
     const upath = paths.undoing(d.stem)
     let ucontents = w.ucontents
     if (ucontents === undefined) {
-      if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`) // checked above
+      // refused above, before any disk was undone
+      if (contents === undefined) throw new ReceiverError('E_INTERNAL', `journal of disk ${d.name} of VM ${basename(paths.dir)} vanished during its rollback`)
       await rename(jpath, upath)
       await fsyncDir(paths.gdir)
       ucontents = contents

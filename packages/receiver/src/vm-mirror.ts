@@ -5,9 +5,9 @@ import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
 import { baseDescriptor, completeBaseCopy, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
-import { ensureStoreDir, entryKind, readStoreDir, regularFileSize } from './store-fs.ts'
-import { Journal, readJournal, retireJournal, type JournalHead } from './journal.ts'
-import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, misplacedJournal, unreadableJournal, unusableJournal } from './journal-head.ts'
+import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
+import { Journal, retireJournal, type JournalHead } from './journal.ts'
+import { checkJournalHead, readResumeJournal } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
@@ -302,17 +302,7 @@ export class VmMirror {
       const checkHead = (h: JournalHead): void => checkJournalHead(this.paths, jpath, h, s.inflight?.cycle ?? req.cycle, d.info)
       // a journal missing, without a valid head or unreadable: no resume point, said as `grainline status` says it
       const cycle = s.inflight?.cycle ?? req.cycle
-      const contents = await readJournal(jpath, { paths: this.paths, checkHead }).catch(async (err: unknown) => {
-        if (err instanceof ReceiverError && err.code === 'E_STORE_FILE') {
-          const st = await lstat(jpath).catch(() => undefined)
-          const how = misplacedJournal(st === undefined ? 'no regular file' : entryKind(st))
-          throw new ReceiverError('E_STORE_FILE', unusableJournal(this.paths, jpath, cycle, d.info, how, false), { cause: err })
-        }
-        if (err instanceof ReceiverError) throw err
-        if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_STATE', unusableJournal(this.paths, jpath, cycle, d.info, MISSING_JOURNAL, false))
-        throw new ReceiverError('E_IO', unusableJournal(this.paths, jpath, cycle, d.info, unreadableJournal(this.paths, jpath, err), false), { cause: err })
-      })
-      if (contents === undefined) throw new ReceiverError('E_STATE', unusableJournal(this.paths, jpath, cycle, d.info, HEADLESS_JOURNAL, false))
+      const contents = await readResumeJournal(this.paths, jpath, cycle, d.info, checkHead)
       const touched = await trackerFor(this.paths, d.info, rec)
       const apply = await DiskApply.resume(this.paths, d.info, contents, touched).catch((err: unknown) => {
         throw ioError(err, 'reopening the in-flight apply')
