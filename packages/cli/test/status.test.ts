@@ -1,5 +1,5 @@
 import t from 'tap'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { storeHealth } from '@grainline/receiver'
 import { renderStatus } from '../src/commands/status-run.ts'
@@ -159,4 +159,74 @@ t.test('status tells a disk removed from the VM (its cycle) from one the cycles 
     ],
     'JSON: removed on the removed disk only',
   )
+})
+
+t.test("status says when a cycle in flight has no journal a resume can read: the disk's problem, CRITICAL or WARNING as the receiver can get past it (human and JSON)", async (t) => {
+  const store = join(t.testdir(), 'store')
+  const source = { layers: [{ file: 'db-01-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'db-01-000002.vmdk' }
+  const inflight = (name: string, stem: string, mode: string, baseSize: number): object => ({
+    name,
+    stem,
+    cycleId: 'ef'.repeat(32),
+    mode,
+    capacity: 1024,
+    baseSize,
+    target: mode === 'seed' ? 'seed' : 'flat',
+    source,
+    ddb: {},
+    algorithm: 'sha256',
+  })
+  // db-01: an incremental in flight whose journal is gone; web-02: a seed of a new disk in flight whose journal is gone
+  // (no mirror files here: db-01's committed disk reads as modified, CRITICAL anyway; web-02's is a new disk)
+  for (const [vm, mode] of [
+    ['db-01', 'incremental'],
+    ['web-02', 'seed'],
+  ] as const) {
+    writeState(store, vm, mode === 'seed' ? {} : { [`${vm}.vmdk`]: diskRecord(`${vm}.vmdk`, vm, 7, {}) })
+    const file = join(store, vm, '.grainline', 'state.json')
+    const s = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
+    s['inflight'] = { cycle: 8, startedAt: '2026-01-03T00:10:00.000Z', disks: { [`${vm}.vmdk`]: inflight(`${vm}.vmdk`, vm, mode, mode === 'seed' ? 0 : 1024) } }
+    writeFileSync(file, JSON.stringify(s))
+  }
+  let out = ''
+  const ctx = { write: (s: string) => (out += s), error: () => {}, stderr: process.stderr } as unknown as CliContext
+  t.equal(await statusCommand.run({ store }, ctx), 2, 'grainline status exits 2 (CRITICAL)')
+  t.match(out, /^GRAINLINE CRITICAL - 2 of 2 mirrors not OK: db-01 CRITICAL \(/, 'the summary')
+  t.match(out, /db-01 +db-01\.vmdk +7 .*cycle 8 \(incremental, seq 0\)/, 'the table: the cycle in flight, no resume point')
+  t.match(
+    out,
+    `\ndb-01: journal db-01/.grainline/db-01.journal of disk db-01.vmdk of VM db-01 is missing: cycle 8 can neither resume nor roll back: a resume needs the journal's resume point and a rollback its undo data`,
+    'the in-place disk: what failed, what it means …',
+  )
+  t.match(out, `Put the journal back (restore the VM's folder whole from one backup), or remove the mirror (grainline mirror remove --store ${store} --vm db-01 --yes)`, '… and what to do')
+  t.match(out, /\ndb-01: cycle 8 in flight/, 'the rest of the status there')
+  t.match(
+    out,
+    `\nweb-02: journal web-02/.grainline/web-02.journal of disk web-02.vmdk of VM web-02 is missing: a resume of cycle 8, a seed, fails on it; the receiver then rolls the cycle back on its own`,
+    'the seed: the receiver gets past it',
+  )
+  t.match(out, /web-02 WARNING/, 'WARNING')
+
+  out = ''
+  t.equal(await statusCommand.run({ store, output: 'json' }, ctx), 2, '--output json exits 2 too')
+  const doc = JSON.parse(out) as { vms: Array<{ vm: string; health: { state: string }; disks: Array<{ inflight: { problem?: string; refused?: boolean; resumeSeq: number } | null }> }> }
+  const db = doc.vms.find((v) => v.vm === 'db-01')
+  const web = doc.vms.find((v) => v.vm === 'web-02')
+  t.match(
+    db,
+    {
+      health: { state: 'CRITICAL' },
+      disks: [{ inflight: { cycle: 8, mode: 'incremental', resumeSeq: 0, refused: true, problem: /^journal db-01\/\.grainline\/db-01\.journal of disk db-01\.vmdk of VM db-01 is missing: / } }],
+    },
+    'JSON: refused, the problem',
+  )
+  t.match(
+    web,
+    {
+      health: { state: 'WARNING' },
+      disks: [{ inflight: { cycle: 8, mode: 'seed', resumeSeq: 0, problem: /^journal web-02\/\.grainline\/web-02\.journal of disk web-02\.vmdk of VM web-02 is missing: / } }],
+    },
+    'JSON: the seed, its problem',
+  )
+  t.equal(web?.disks[0]?.inflight?.refused, undefined, 'JSON: the seed not refused')
 })

@@ -1,6 +1,8 @@
+import { lstat } from 'node:fs/promises'
 import { basename, relative } from 'node:path'
 import { ReceiverError } from './errors.ts'
-import type { JournalHead } from './journal.ts'
+import { readJournal, type JournalContents, type JournalHead } from './journal.ts'
+import { entryKind } from './store-fs.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 
@@ -60,4 +62,100 @@ export function checkJournalHead(paths: VmPaths, journalPath: string, head: Jour
       `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. Restore the VM's folder whole from one backup, ` +
       `or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${vm} --yes): the next run seeds the VM anew`,
   )
+}
+
+/** How a journal a resume or a rollback needs failed to read, short of a refusal (E_STATE), and `what` says it. */
+export interface JournalUnusable {
+  /** absent; something else in its place (a FIFO, a folder: never opened); open or read failed; no valid head record */
+  readonly failed: 'missing' | 'entry' | 'unreadable' | 'headless'
+  /** "is missing", "is a FIFO, not the journal file …", "cannot be read (permission denied, EACCES)", … */
+  readonly what: string
+}
+
+/**
+ * Whether a journal that cannot be read (`how`) leaves disk `d`'s cycle stuck: every run fails on it until the
+ * operator acts. A resume fails on any such journal; the receiver then rolls the cycle back on its own (session.ts:
+ * a failed apply's E_STATE is an E_IO, rolled back). A seed's rollback does without a journal that is missing or
+ * has no valid head (it discards the seed file), so the run after seeds the disk anew; not without one it cannot
+ * open or read (rollback.ts), nor does an in-place apply's without its undo data.
+ */
+export function journalStuck(d: InflightDisk, how: JournalUnusable): boolean {
+  return !(d.target === 'seed' && (how.failed === 'missing' || how.failed === 'headless'))
+}
+
+/**
+ * The text for journal `journalPath` of disk `d` of cycle `cycle` in flight (`undoing`: the undo journal of an
+ * interrupted rollback) that cannot be read at all (`how`): what it means — a resume fails on it; an in-place
+ * apply can neither resume nor roll back without it (its undo data is there), a seed rolls back without it
+ * ({@link journalStuck}) — and what the operator does. `grainline status` says it as the disk's problem, a resume
+ * and a rollback refuse with it.
+ */
+export function unusableJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, how: JournalUnusable, undoing: boolean): string {
+  const vm = basename(paths.dir)
+  const rollback = `grainline mirror rollback --store ${paths.store} --vm ${vm}`
+  const remove = `remove the mirror (grainline mirror remove --store ${paths.store} --vm ${vm} --yes): the next run seeds the VM anew`
+  const access = "let the receiver's user read and write it again (its permissions; an I/O error: the store's file system, see the system log)"
+  let says: string
+  if (d.target === 'seed' && !journalStuck(d, how)) {
+    says =
+      `a resume of cycle ${cycle}, a seed, fails on it; the receiver then rolls the cycle back on its own, which discards the seed file ` +
+      `(the committed mirror stays as it is), and the run after seeds disk ${d.name} anew. ${cap(rollback)} rolls it back now`
+  } else if (d.target === 'seed') {
+    says =
+      `a resume of cycle ${cycle}, a seed, fails on it, and so does its rollback (the receiver's own after a failed resume too): every run of VM ${vm} fails until it is dealt with. ` +
+      (how.failed === 'unreadable'
+        ? `${cap(access)}: the next run resumes the seed; or move it out of .grainline and roll the cycle back (${rollback}): it discards the seed file, the committed mirror stays as it is`
+        : `Move it out of .grainline, then roll the cycle back (${rollback}): it discards the seed file, the committed mirror stays as it is, and the next run seeds disk ${d.name} anew`)
+  } else {
+    const undo = d.increment === undefined ? 'its undo data (the old contents of what the cycle overwrote in the mirror flat)' : 'its index of the old grains saved in the reverse increment'
+    says =
+      `${undoing ? `an interrupted rollback of cycle ${cycle} cannot finish` : `cycle ${cycle} can neither resume nor roll back`}: a resume needs the journal's resume point and a rollback ${undo}, ` +
+      `and the mirror flat may hold part of cycle ${cycle}; every run of VM ${vm} fails until it is dealt with. ` +
+      (how.failed === 'unreadable'
+        ? `${cap(access)}: the next run ${undoing ? 'finishes the rollback' : 'resumes the cycle'}; if it cannot be read again, restore the VM's folder whole from one backup, or ${remove}`
+        : `${how.failed === 'entry' ? 'Move it out of .grainline, then p' : 'P'}ut the journal back (restore the VM's folder whole from one backup), or ${remove}`)
+  }
+  return `journal ${relative(paths.store, journalPath)} of disk ${d.name} of VM ${vm} ${how.what}: ${says}`
+}
+
+/** How a journal that could not be opened or read (`err`, not a refusal) failed: the code and its meaning, the path relative to the store. */
+export function unreadableJournal(paths: VmPaths, journalPath: string, err: unknown): JournalUnusable {
+  const code = (err as { code?: unknown } | null)?.code
+  const message = err instanceof Error ? err.message : String(err)
+  const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EIO' ? 'an I/O error' : message.replaceAll(journalPath, relative(paths.store, journalPath))
+  return { failed: 'unreadable', what: `cannot be read (${why}${typeof code === 'string' && !why.includes(code) ? `, ${code}` : ''})` }
+}
+
+/** A journal that does not exist ({@link unusableJournal}). */
+export const MISSING_JOURNAL: JournalUnusable = { failed: 'missing', what: 'is missing' }
+
+/** Something else than a regular file in a journal's place, `kind` ("a FIFO", "a folder": store-fs.ts entryKind) ({@link unusableJournal}). */
+export function misplacedJournal(kind: string): JournalUnusable {
+  return { failed: 'entry', what: `is ${kind}, not the journal file (the receiver never opens it)` }
+}
+
+/** A journal with no valid head record ({@link unusableJournal}). */
+export const HEADLESS_JOURNAL: JournalUnusable = { failed: 'headless', what: 'has no valid head record (truncated or overwritten)' }
+
+const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
+
+/**
+ * Read journal `journalPath` of disk `d` of cycle `cycle` in flight to resume it (a DiskOpen's resume, start-up
+ * recovery keeping the cycle): its contents, or the error a resume fails with — a refusal (E_STATE) as it is, and a
+ * journal that cannot be read at all with {@link unusableJournal}'s text: missing or without a valid head
+ * (E_STATE), something else in its place (E_STORE_FILE), unreadable (E_IO).
+ */
+export async function readResumeJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, checkHead: (head: JournalHead) => void): Promise<JournalContents> {
+  const unusable = (how: JournalUnusable): string => unusableJournal(paths, journalPath, cycle, d, how, false)
+  const contents = await readJournal(journalPath, { paths, checkHead }).catch(async (err: unknown) => {
+    if (err instanceof ReceiverError && err.code === 'E_STORE_FILE') {
+      const st = await lstat(journalPath).catch(() => undefined)
+      throw new ReceiverError('E_STORE_FILE', unusable(misplacedJournal(st === undefined ? 'no regular file' : entryKind(st))), { cause: err })
+    }
+    if (err instanceof ReceiverError) throw err
+    if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_STATE', unusable(MISSING_JOURNAL))
+    throw new ReceiverError('E_IO', unusable(unreadableJournal(paths, journalPath, err)), { cause: err })
+  })
+  if (contents === undefined) throw new ReceiverError('E_STATE', unusable(HEADLESS_JOURNAL))
+  return contents
 }

@@ -56,11 +56,13 @@ import type { VmPaths } from './vm-paths.ts'
  *
  * Nor is an extent record whose range `offset + length` ends past the head's
  * capacity, or whose old contents (`oldOffset + oldLength`, when it has any)
- * end past the head's base size — the old contents are the committed part of
- * the range, below the base size (disk-apply.ts `committedPart`): such a
- * record passed its crc, so `readJournal` refuses the journal (E_STATE)
- * rather than let an undo write where the head says nothing was, or a resume
- * trust what it records.
+ * end past the head's base size or lie outside the record's own range
+ * [offset, offset + length) — the old contents are a piece of the committed
+ * part of the range, below the base size (disk-apply.ts `committedPart`,
+ * `prepareBatch`: pieces at `offset + k × JOURNAL_PIECE`): such a record
+ * passed its crc, so `readJournal` refuses the journal (E_STATE) rather than
+ * let an undo write where the head says nothing was or where the cycle never
+ * wrote, or a resume trust what it records.
  *
  * A torn or corrupt tail (short record, bad crc) ends the journal: everything
  * after it is ignored and cut off when the journal is reopened.
@@ -197,10 +199,13 @@ class JournalWindow {
  * remedy's command names the store and the VM. `checkHead` sees the head as
  * soon as it is read, before any record is held to it (journal-head.ts
  * `checkJournalHead`: a head of another disk or cycle is said as such, not as
- * records beyond it).
+ * records beyond it). With `headOnly`, the head is all that is read: no
+ * extent, marker or grain is returned (`validEnd` is the head's end).
  */
-export async function readJournal(path: string, opts: { readonly paths?: VmPaths; readonly checkHead?: (head: JournalHead) => void } = {}): Promise<JournalContents | undefined> {
-  const { paths } = opts
+export async function readJournal(
+  path: string,
+  opts: { readonly paths?: VmPaths; readonly checkHead?: (head: JournalHead) => void; readonly headOnly?: boolean } = {},
+): Promise<JournalContents | undefined> {
   const fh = await openStoreFile(path, 'read')
   try {
     const size = (await fh.stat()).size
@@ -241,6 +246,8 @@ export async function readJournal(path: string, opts: { readonly paths?: VmPaths
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
         headEnd = pos + 8 + len
         opts.checkHead?.(head)
+        // a seed's rollback needs the head alone (rollback.ts): no record is read, none held to it
+        if (opts.headOnly === true) return { head, extents: [], applied: null, validEnd: headEnd, headEnd, grains: new GrainList() }
       } else if (type === T_EXTENT && head !== undefined) {
         const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown; oldZeros?: unknown }
         const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
@@ -251,7 +258,7 @@ export async function readJournal(path: string, opts: { readonly paths?: VmPaths
         // the writer journals ranges of the capacity, and old contents of their committed part (below the base
         // size): a record beyond passed its crc, so it is no torn tail but a journal written by something else
         const beyond = extentBeyond(head, e.offset, e.length, oldOffset, oldLength)
-        if (beyond !== undefined) throw journalCorrupt(path, paths, head, `its extent record of seq ${String(e.seq)} at byte ${pos} ${beyond}`)
+        if (beyond !== undefined) throw journalCorrupt(path, opts, head, `its extent record of seq ${String(e.seq)} at byte ${pos} ${beyond}`)
         extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength, oldPos: dataPos, oldZeros })
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
@@ -268,7 +275,7 @@ export async function readJournal(path: string, opts: { readonly paths?: VmPaths
             if (!(Number.isSafeInteger(g) && g >= 0 && g < limit))
               throw journalCorrupt(
                 path,
-                paths,
+                opts,
                 head,
                 `its grains record at byte ${pos} names grain ${g}, not one of the ${limit} grains of 4 KiB of the disk's capacity of ${String(head.capacity)} bytes`,
               )
@@ -298,7 +305,8 @@ const GRAIN_BYTES = 4096
 
 /**
  * What is wrong with an extent record's range (`offset`, `length`) or its old contents (`oldOffset`, `oldLength`)
- * for the journal's head, or undefined: the range must lie within the capacity, old contents within the base size.
+ * for the journal's head, or undefined: the range must lie within the capacity, old contents within the base size
+ * and within the record's own range (the writer journals pieces of the range it is about to overwrite, nothing else).
  */
 function extentBeyond(head: JournalHead, offset: unknown, length: unknown, oldOffset: unknown, oldLength: number): string | undefined {
   const int = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0
@@ -309,22 +317,38 @@ function extentBeyond(head: JournalHead, offset: unknown, length: unknown, oldOf
   if (!(oldOffset + oldLength <= head.baseSize)) {
     return `holds old contents at offset ${oldOffset} length ${oldLength}, ending at ${oldOffset + oldLength}, past the flat's base size of ${String(head.baseSize)} bytes the head gives (nothing was there before the cycle)`
   }
+  if (!(oldOffset >= offset && oldOffset + oldLength <= offset + length)) {
+    return `holds old contents at offset ${oldOffset} length ${oldLength}, ending at ${oldOffset + oldLength}, outside its own range at offset ${offset} length ${length}, ending at ${offset + length} (an undo would write them over bytes the cycle never wrote)`
+  }
   return undefined
 }
 
-/** A journal refused (E_STATE): a record that passed its crc says what the receiver never writes (`what`). */
-function journalCorrupt(path: string, paths: VmPaths | undefined, head: JournalHead, what: string): ReceiverError {
+/**
+ * A journal refused (E_STATE): a record that passed its crc says what the receiver never writes (`what`). A seed's
+ * journal whose head was checked against the state (`checkHead`) still rolls back: its rollback reads the head
+ * alone and drops the seed file whole (rollback.ts) — the receiver's own after a failed resume too (session.ts) —,
+ * so the text says so.
+ */
+function journalCorrupt(path: string, opts: { readonly paths?: VmPaths; readonly checkHead?: unknown }, head: JournalHead, what: string): ReceiverError {
+  const { paths } = opts
   const file = paths === undefined ? path : relative(paths.store, path)
   const cycle = String(head.cycle)
+  const vm = paths === undefined ? undefined : basename(paths.dir)
+  const said = `journal ${file} of disk ${String(head.name)} (cycle ${cycle}) is corrupt: ${what} — the receiver never writes such a record. `
+  if (paths !== undefined && opts.checkHead !== undefined && head.mode === 'seed') {
+    return new ReceiverError(
+      'E_STATE',
+      said +
+        `Nothing was resumed: cycle ${cycle}, a seed, cannot resume from this journal. The receiver rolls it back on its own once a resume failed on it ` +
+        `(grainline mirror rollback --store ${paths.store} --vm ${String(vm)} does it now): a seed's rollback reads the journal's head alone and discards the seed file whole, ` +
+        `the committed mirror stays as it is; the run after seeds disk ${String(head.name)} of VM ${String(vm)} anew`,
+    )
+  }
   const remedy =
     paths === undefined
       ? "Restore the VM's folder whole from one backup, or remove the mirror (grainline mirror remove): the next run seeds the VM anew"
-      : `Restore the folder of VM ${basename(paths.dir)} whole from one backup, or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${basename(paths.dir)} --yes): the next run seeds the VM anew`
-  return new ReceiverError(
-    'E_STATE',
-    `journal ${file} of disk ${String(head.name)} (cycle ${cycle}) is corrupt: ${what} — the receiver never writes such a record. ` +
-      `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. ${remedy}`,
-  )
+      : `Restore the folder of VM ${String(vm)} whole from one backup, or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${String(vm)} --yes): the next run seeds the VM anew`
+  return new ReceiverError('E_STATE', said + `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. ${remedy}`)
 }
 
 /** Append-only writer of a journal. Appends are buffered until `flush`. */

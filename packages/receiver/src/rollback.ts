@@ -1,13 +1,14 @@
+import { basename } from 'node:path'
 import { rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
-import { checkJournalHead } from './journal-head.ts'
+import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, unusableJournal } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
 import { entryExists } from './store-fs.ts'
-import type { InflightCycle } from './state-file.ts'
+import type { InflightCycle, InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
 
@@ -21,8 +22,36 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
 }
 
 /**
+ * The journal of a seed in flight, for its rollback: its head must be the state's record of the disk
+ * (journal-head.ts), as for an in-place undo — a journal of another cycle paired with this seed may hold the undo
+ * data of an in-place apply, which resetting it would lose. Its records are not needed: the rollback drops the seed
+ * file whole and writes nothing else (no byte of the flat: a seed never wrote there, its head says mode seed and
+ * base size 0, the state's record too). So a record refused (E_STATE, one the receiver never writes) after that head
+ * passed does not stop the rollback: the head alone is read, and `onIgnored` hears why the records were ignored.
+ * A missing journal, or one with no valid head, is none to reset (the seed file goes all the same).
+ */
+async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<JournalContents | undefined> {
+  const path = paths.journal(d.stem)
+  let headChecked = false
+  const checkHead = (h: JournalHead): void => {
+    checkJournalHead(paths, path, h, cycle, d)
+    headChecked = true
+  }
+  try {
+    return await readIfExists(path, paths, checkHead)
+  } catch (err) {
+    if (!(headChecked && d.mode === 'seed' && err instanceof ReceiverError && err.code === 'E_STATE')) throw err
+    const head = await readJournal(path, { paths, checkHead, headOnly: true })
+    if (head === undefined) throw err
+    onIgnored?.(d.name, err.message)
+    return head
+  }
+}
+
+/**
  * Put every disk of an in-flight cycle back at its committed point: a seed's
- * file is dropped (its resume point forgotten first); an in-place apply is
+ * file is dropped (its resume point forgotten first; its journal's records are
+ * not read, see {@link seedJournal}); an in-place apply is
  * undone from its journal, newest record first, and the flat cut back to its
  * committed size. Idempotent: after a crash mid-undo, running it again
  * finishes the job. The caller then clears the in-flight state, and only
@@ -33,18 +62,37 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
  * UNDO_PROGRESS_MS while they are written, the total at the end; nothing
  * when there is nothing to write back (seeds only).
  */
-export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgress?: WorkProgress, now: () => number = () => performance.now()): Promise<void> {
+export async function undoInflight(
+  paths: VmPaths,
+  infl: InflightCycle,
+  onProgress?: WorkProgress,
+  now: () => number = () => performance.now(),
+  onIgnored?: (disk: string, why: string) => void,
+): Promise<void> {
   // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
   // here, and its index (not its data) kept for the undo below
   const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalContents | undefined; ucontents: JournalContents | undefined; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
+    if (d.target === 'seed') {
+      work.push({ d, contents: await seedJournal(paths, d, infl.cycle, onIgnored), ucontents: undefined, bytes: 0 })
+      continue
+    }
     // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
     // disk, checked for every disk before anything of any is written, and before its records are held to it
-    // (readJournal); a seed's undo reads nothing of its journal
-    const check = (path: string) => (d.target === 'seed' ? undefined : (h: JournalHead): void => checkJournalHead(paths, path, h, infl.cycle, d))
-    const ucontents = d.target === 'seed' ? undefined : await readIfExists(paths.undoing(d.stem), paths, check(paths.undoing(d.stem)))
+    // (readJournal)
+    const check =
+      (path: string) =>
+      (h: JournalHead): void =>
+        checkJournalHead(paths, path, h, infl.cycle, d)
+    const ucontents = await readIfExists(paths.undoing(d.stem), paths, check(paths.undoing(d.stem)))
     const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem), paths, check(paths.journal(d.stem))) : undefined
-    work.push({ d, contents, ucontents, bytes: d.target === 'seed' ? 0 : undoBytes(ucontents ?? contents, d.increment !== undefined) })
+    // nothing to undo from: refused before anything of any disk is written
+    if (ucontents === undefined && contents === undefined) {
+      const jpath = paths.journal(d.stem)
+      const how = (await entryExists(jpath)) ? HEADLESS_JOURNAL : MISSING_JOURNAL
+      throw new ReceiverError('E_STATE', `${unusableJournal(paths, jpath, infl.cycle, d, how, false)}. Nothing was undone`)
+    }
+    work.push({ d, contents, ucontents, bytes: undoBytes(ucontents ?? contents, d.increment !== undefined) })
   }
   const total = work.reduce((n, w) => n + w.bytes, 0)
   let before = 0
@@ -70,7 +118,8 @@ export async function undoInflight(paths: VmPaths, infl: InflightCycle, onProgre
     const upath = paths.undoing(d.stem)
     let ucontents = w.ucontents
     if (ucontents === undefined) {
-      if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${d.name} is missing: cannot undo`)
+      // refused above, before any disk was undone
+      if (contents === undefined) throw new ReceiverError('E_INTERNAL', `journal of disk ${d.name} of VM ${basename(paths.dir)} vanished during its rollback`)
       await rename(jpath, upath)
       await fsyncDir(paths.gdir)
       ucontents = contents

@@ -1,16 +1,17 @@
 /** Read-only and operator views of a store: listing, status, rollback (`grainline status`, `grainline mirror rollback`). */
-import { join } from 'node:path'
+import { lstat } from 'node:fs/promises'
+import { basename, join, relative } from 'node:path'
 import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
 import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
-import { checkVmDir, entryExists } from './store-fs.ts'
+import { checkVmDir, entryExists, entryKind } from './store-fs.ts'
 import { readJournal, type JournalHead } from './journal.ts'
-import { checkJournalHead } from './journal-head.ts'
+import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalStuck, misplacedJournal, unreadableJournal, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
 import { mirrorModified } from './open-decision.ts'
-import { readVmState, withPointsDropped, type DivergedRecord, type PointsDroppedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
+import { readVmState, withPointsDropped, type DivergedRecord, type InflightDisk, type PointsDroppedRecord, type ProvenRecord, type VerifyRecord } from './state-file.ts'
 import type { DroppedReference } from './mirror-vmx.ts'
 import { VmMirror } from './vm-mirror.ts'
 import type { PointRecord } from './points.ts'
@@ -62,9 +63,12 @@ export interface DiskStatus {
   /**
    * the cycle in flight on the disk; `problem`: why its `resumeSeq` is 0 though its journal or extent log may hold
    * records — on the Ceph store a log larger than a cycle of the disk can write, or one that could not be read
-   * (ceph-admin.ts resumePoint); on the folder store a journal a resume and a rollback refuse (E_STATE, its text):
-   * its head is not the state's in-flight record of the disk (journal-head.ts), or a record lies beyond the head
-   * (journal.ts) — then `refused` is true: the cycle can neither resume nor roll back (CRITICAL)
+   * (ceph-admin.ts resumePoint); on the folder store (journalStatus) a journal a resume refuses (E_STATE, its
+   * text): its head is not the state's in-flight record of the disk (journal-head.ts), or a record says what the
+   * receiver never writes (journal.ts; an in-place apply's rollback refuses it too, a seed's reads the head alone),
+   * or a journal that is missing, no regular file (a FIFO, a folder), unreadable or without a valid head; `refused`
+   * is true when every run fails on it until the operator acts (CRITICAL), absent when the receiver gets past it on
+   * its own (WARNING: a seed it rolls back after the failed resume, an interrupted rollback it finishes)
    */
   readonly inflight: { readonly cycle: number; readonly mode: string; readonly resumeSeq: number; readonly problem?: string; readonly refused?: boolean } | null
   /** the first cycle whose .vmx no longer named the disk (removed from the VM; its mirror kept as of `committedCycle` for older points); absent while the VM has it */
@@ -135,6 +139,63 @@ async function pointsDamage(paths: VmPaths, points: readonly unknown[]): Promise
   return out
 }
 
+/** What {@link journalStatus} makes of a disk's journal: the resume point, and why it is 0 (`problem`; `refused`: the next run fails on it). */
+type JournalStatus = Pick<NonNullable<DiskStatus['inflight']>, 'resumeSeq' | 'problem' | 'refused'>
+
+/**
+ * The journal of disk `inf` of cycle `cycle` in flight, read as a resume and a rollback read it (lstat first: a
+ * FIFO or a folder in its place is never opened): the undo journal of an interrupted rollback of an in-place
+ * apply, else the journal, its head held to the state's record of the disk. Its resume point, or why there is
+ * none: a journal a resume refuses (E_STATE, the refusal's text), or one it cannot read at all — missing, no
+ * regular file, unreadable, no valid head (journal-head.ts unusableJournal, the text a resume and a rollback
+ * refuse with). A resume fails on every such journal, and the receiver then rolls the cycle back (session.ts):
+ * when that rollback fails too — an in-place apply without its undo data, a seed whose journal cannot be opened —
+ * every run fails until the operator acts: `refused`, CRITICAL. When it goes through — a seed whose journal is
+ * missing or headless, or whose head is the state's and a record is refused (rollback.ts seedJournal) — and for
+ * an interrupted rollback the receiver finishes (at start-up, or the next run's Rollback): a problem without
+ * `refused`, a WARNING.
+ */
+async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, undoing: boolean): Promise<JournalStatus> {
+  const vm = basename(paths.dir)
+  const inPlace = inf.target !== 'seed'
+  const jpath = inPlace && undoing ? paths.undoing(inf.stem) : paths.journal(inf.stem)
+  const file = relative(paths.store, jpath)
+  let headChecked = false
+  const checkHead = (h: JournalHead): void => {
+    checkJournalHead(paths, jpath, h, cycle, inf)
+    headChecked = true
+  }
+  let how: JournalUnusable
+  try {
+    const st = await lstat(jpath).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+      throw err
+    })
+    if (st === undefined) how = MISSING_JOURNAL
+    else if (!st.isFile()) how = misplacedJournal(entryKind(st))
+    else {
+      const c = await readJournal(jpath, { paths, checkHead })
+      if (c !== undefined && inPlace && undoing) {
+        return {
+          resumeSeq: 0,
+          problem: `a rollback of cycle ${cycle} on disk ${inf.name} of VM ${vm} was interrupted (journal ${file}): the cycle is not resumed; the receiver finishes the rollback at start-up, or the next run's rollback does (grainline mirror rollback --store ${paths.store} --vm ${vm} does it now)`,
+        }
+      }
+      if (c !== undefined) return { resumeSeq: (c.applied?.seq ?? -1) + 1 }
+      how = HEADLESS_JOURNAL
+    }
+  } catch (err) {
+    if (err instanceof ReceiverError && err.code === 'E_STATE') {
+      // a seed whose head is the state's record: its rollback reads the head alone (rollback.ts seedJournal), the
+      // receiver's own after the refused resume too — it gets past it on its own
+      const seedRollsBack = headChecked && inf.target === 'seed' && inf.mode === 'seed'
+      return { resumeSeq: 0, problem: err.message, ...(seedRollsBack ? {} : { refused: true }) }
+    }
+    how = unreadableJournal(paths, jpath, err)
+  }
+  return { resumeSeq: 0, problem: unusableJournal(paths, jpath, cycle, inf, how, undoing), ...(journalStuck(inf, how) ? { refused: true } : {}) }
+}
+
 /** Per VM and disk status of a store (`grainline status`). Read-only. */
 export async function storeStatus(storeDir: string): Promise<{ store: string; vms: VmStatus[] }> {
   const vms: VmStatus[] = []
@@ -157,20 +218,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         const rec = s.disks[name]
         const inf = s.inflight?.disks[name]
         const facts = await inspectMirror(paths, rec, inf)
-        let resumeSeq = 0
-        let problem: string | undefined
-        if (inf !== undefined) {
-          // read as a resume reads it: a journal whose head is not the state's in-flight record of the disk, or
-          // whose records lie beyond its head, is refused there (E_STATE) — its resume point is none, and why is
-          // the disk's problem (the rest of the status stands); a journal that cannot be read otherwise counts 0
-          const jpath = paths.journal(inf.stem)
-          const checkHead = (h: JournalHead): void => checkJournalHead(paths, jpath, h, s.inflight?.cycle ?? 0, inf)
-          const c = await readJournal(jpath, { paths, checkHead }).catch((err: unknown) => {
-            if (err instanceof ReceiverError && err.code === 'E_STATE') problem = err.message
-            return undefined
-          })
-          resumeSeq = (c?.applied?.seq ?? -1) + 1
-        }
+        const journal = inf === undefined ? undefined : await journalStatus(paths, s.inflight?.cycle ?? 0, inf, facts.undoing)
         disks.push({
           name,
           committedCycle: rec?.cycle ?? 0,
@@ -183,7 +231,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
           certify: rec?.certify ?? null,
           diverged: rec?.diverged ?? null,
           proven: rec?.proven ?? null,
-          inflight: inf === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, resumeSeq, ...(problem === undefined ? {} : { problem, refused: true }) },
+          inflight: inf === undefined || journal === undefined ? null : { cycle: s.inflight?.cycle ?? 0, mode: inf.mode, ...journal },
           ...(rec?.removed === undefined ? {} : { removed: rec.removed }),
         })
       }

@@ -35,7 +35,8 @@ const FLAGS: Readonly<Record<StoreOpenMode, number>> = {
   replace: O_RDWR | O_CREAT | O_TRUNC,
 }
 
-function kindOf(st: Stats): string {
+/** What a store entry that is no regular file is, as its errors say it ("a FIFO", "a folder", …). */
+export function entryKind(st: Stats): string {
   if (st.isSymbolicLink()) return 'a symbolic link'
   if (st.isFIFO()) return 'a FIFO'
   if (st.isDirectory()) return 'a folder'
@@ -66,7 +67,7 @@ export async function openStoreFile(path: string, mode: StoreOpenMode, perm = 0o
   }
   try {
     const st = await fh.stat()
-    if (!st.isFile()) throw storeFileError(path, kindOf(st))
+    if (!st.isFile()) throw storeFileError(path, entryKind(st))
   } catch (err) {
     await fh.close().catch(() => {})
     throw err
@@ -148,7 +149,7 @@ export async function regularFileSpace(path: string): Promise<{ size: number; al
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
   }
-  if (!st.isFile()) throw storeFileError(path, kindOf(st))
+  if (!st.isFile()) throw storeFileError(path, entryKind(st))
   return { size: st.size, allocated: st.blocks * 512 }
 }
 
@@ -165,7 +166,7 @@ export async function ensureStoreDir(path: string): Promise<void> {
     if ((err as { code?: unknown }).code !== 'EEXIST') throw err
   }
   const st = await lstat(path)
-  if (!st.isDirectory()) throw storeFileError(path, kindOf(st))
+  if (!st.isDirectory()) throw storeFileError(path, entryKind(st))
 }
 
 /**
@@ -182,7 +183,7 @@ export async function readStoreDir(path: string): Promise<string[]> {
     if ((err as { code?: unknown }).code === 'ENOENT') return []
     throw err
   }
-  if (!st.isDirectory()) throw storeFileError(path, kindOf(st))
+  if (!st.isDirectory()) throw storeFileError(path, entryKind(st))
   return await readdir(path)
 }
 
@@ -211,12 +212,12 @@ export async function checkVmDir(storeDir: string, dir: string, gdir: string, cr
     if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_NOT_FOUND', `no mirror folder ${dir}`)
     throw err
   }
-  if (!st.isDirectory()) throw storeFileError(dir, kindOf(st))
+  if (!st.isDirectory()) throw storeFileError(dir, entryKind(st))
   const g = await lstat(gdir).catch((err: unknown) => {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
   })
-  if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, kindOf(g))
+  if (g !== undefined && !g.isDirectory()) throw storeFileError(gdir, entryKind(g))
   if (g !== undefined) for (const sub of STATE_SUBDIRS) await checkStateSubdir(basename(dir), join(gdir, sub))
   const [real, root] = await Promise.all([realpath(dir), realpath(storeDir)])
   if (real !== join(root, basename(dir))) throw outsideStoreError(dir, real, root)
@@ -256,6 +257,6 @@ async function checkStateSubdir(vm: string, path: string): Promise<void> {
   if (!st.isDirectory())
     throw new ReceiverError(
       'E_STORE_FILE',
-      `VM ${vm}: ${path} is ${kindOf(st)}, not a folder of the VM's own: grainline never lists, writes or deletes through it, and nothing of VM ${vm} was changed; put the VM's own folder there (move the link away, restore the folder from a backup), then retry`,
+      `VM ${vm}: ${path} is ${entryKind(st)}, not a folder of the VM's own: grainline never lists, writes or deletes through it, and nothing of VM ${vm} was changed; put the VM's own folder there (move the link away, restore the folder from a backup), then retry`,
     )
 }

@@ -13,11 +13,16 @@
  *   missing or smaller than its capacity —, on the Ceph store a committed
  *   disk whose image or snapshot is missing or smaller than its capacity
  *   (the mirror's latest cycle cannot be restored nor built on),
- *   a state that cannot be read, or a last commit older than `maxAgeMs`;
+ *   a state that cannot be read, a last commit older than `maxAgeMs`, on
+ *   the folder store a disk in flight whose journal a resume refuses or
+ *   cannot read (missing, a FIFO or folder in its place, unreadable, no
+ *   valid head: every run fails on it until the operator acts);
  * - WARNING: a cycle in flight or a commit to roll forward (a run is going
  *   on, or one was interrupted: the next run resumes it, or `grainline mirror
  *   rollback`), on the Ceph store a disk in flight whose extent log status
  *   did not count (larger than a cycle of the disk can log, or unreadable),
+ *   on the folder store an interrupted rollback (finished at start-up or by
+ *   the next run),
  *   a mirror never committed yet, a mirror held by an opened point or a
  *   failover, restore points that broke and were dropped within the last
  *   week ({@link POINTS_DROPPED_WARNING_MS});
@@ -87,10 +92,11 @@ function diskProblems(d: DiskStatus): Array<[HealthState, string]> {
   if (d.certify !== null && !d.certify.ok) out.push(['CRITICAL', `certify (${d.certify.algorithm}) MISMATCH on ${d.name}`])
   if (d.diverged !== null) out.push(['CRITICAL', `${d.name} DIVERGED from its source: ${d.diverged.reason} (the next cycle resyncs it)`])
   if (d.modified) out.push(['CRITICAL', `${d.name} modified since its last commit (${modifiedHow(d)})`])
-  // the folder store: a journal a resume and a rollback refuse — the cycle can neither resume nor roll back, every
-  // run fails on it until the operator restores the folder or removes the mirror, as a diverged or modified mirror
+  // the folder store: a journal a resume refuses or cannot read (missing, no regular file, unreadable, no valid
+  // head) — every run fails on it until the operator acts (its text says how), as on a diverged or modified mirror
   if (d.inflight?.problem !== undefined && d.inflight.refused === true) out.push(['CRITICAL', d.inflight.problem])
-  // the Ceph store: an extent log status did not count (its cycle in flight is WARNING already; a resume refuses a log above the bound, the agent rolls back)
+  // the Ceph store: an extent log status did not count (its cycle in flight is WARNING already; a resume refuses a log above the bound, the agent rolls back);
+  // the folder store: an interrupted rollback, which the receiver finishes at start-up or at the next run's Rollback
   else if (d.inflight?.problem !== undefined) out.push(['WARNING', d.inflight.problem])
   return out
 }

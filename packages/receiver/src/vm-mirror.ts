@@ -1,13 +1,13 @@
 import { lstat } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import type { CompatRecord, SourceIdentity } from '@grainline/protocol'
 import { ReceiverError, ioError } from './errors.ts'
 import { unlinkIfExists, writeFileAtomic, writeFileAtomicIfChanged, fsyncDir } from './fs-util.ts'
 import { baseDescriptor, completeBaseCopy, copyBasePoint, removeBasePoint, type CopyProgress } from './base-point.ts'
 import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
-import { Journal, readJournal, retireJournal, type JournalHead } from './journal.ts'
-import { checkJournalHead } from './journal-head.ts'
+import { Journal, retireJournal, type JournalHead } from './journal.ts'
+import { checkJournalHead, readResumeJournal } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
 import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
@@ -300,10 +300,9 @@ export class VmMirror {
       // its head must be the in-flight record's (capacity, base size, cycle identity…): before anything is reopened or
       // cut, and before its records are held to it
       const checkHead = (h: JournalHead): void => checkJournalHead(this.paths, jpath, h, s.inflight?.cycle ?? req.cycle, d.info)
-      const contents = await readJournal(jpath, { paths: this.paths, checkHead }).catch((err: unknown) => {
-        throw ioError(err, 'reading the journal')
-      })
-      if (contents === undefined) throw new ReceiverError('E_STATE', `journal of disk ${req.name} is missing or unreadable`)
+      // a journal missing, without a valid head or unreadable: no resume point, said as `grainline status` says it
+      const cycle = s.inflight?.cycle ?? req.cycle
+      const contents = await readResumeJournal(this.paths, jpath, cycle, d.info, checkHead)
       const touched = await trackerFor(this.paths, d.info, rec)
       const apply = await DiskApply.resume(this.paths, d.info, contents, touched).catch((err: unknown) => {
         throw ioError(err, 'reopening the in-flight apply')
@@ -719,7 +718,13 @@ export class VmMirror {
     if (infl === null) return this.current.committedCycle
     const logged = workProgressLog(this.log, { vm: this.vm, cycle: infl.cycle, step: 'undo' }, 'rolling back the in-flight cycle: writing back what it overwrote', 'in-flight cycle undone')
     try {
-      await undoInflight(this.paths, infl, alsoTo(logged, onProgress))
+      // a seed's journal records refused: its rollback needs the head alone (rollback.ts seedJournal), said in the log
+      const ignored = (disk: string, why: string): void =>
+        this.log.warn(
+          { vm: this.vm, disk, cycle: infl.cycle, journal: relative(this.paths.store, this.paths.journal(infl.disks[disk]?.stem ?? '')), why },
+          `the journal of seed disk ${disk} of VM ${this.vm} (cycle ${infl.cycle}) holds records the receiver never writes: ignored, the rollback discards the seed file whole and needs only the journal's head, which is the state's record of the disk`,
+        )
+      await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored)
       await this.save({ ...this.current, inflight: null })
       // the base copies only now that no state names them: until then the cycle may still be resumed and committed
       // (a crash right after the save leaves them to the start-up sweep, point-sweep.ts)

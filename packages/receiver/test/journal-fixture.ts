@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { scratchDir } from '@grainline/test-utils'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
+import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, type DiskPlan, type Env } from './helpers.ts'
 import type { VmStateFile } from '../src/state-file.ts'
 
 /** The disk's capacity. */
@@ -38,6 +38,28 @@ export async function inflightCycle(t: Test, vm: string, keep: number | undefine
   await receiver.close()
   t.equal(stateOf(env.store, vm).inflight?.cycle, 2, 'cycle 2 is in flight')
   return { env, inc, img1, img2 }
+}
+
+/**
+ * A seed (cycle 1) of disk d.vmdk of `vm`, then a seed of cycle 2 (another image, a disk seeded anew) sent whole
+ * but not committed; the receiver closed. Its mirror flat is cycle 1's (`img1`), the seed's bytes are in d-flat.vmdk.seed.
+ */
+export async function inflightSeed(t: Test, vm: string) {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env)
+  const img1 = pattern(CAP, 3)
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'ac01ac01ac01ac01')])
+  a.close()
+  const seed = seedPlan(0, 'd.vmdk', pattern(CAP, 11), 'ac03ac03ac03ac03')
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 2, [seed], { commit: false })
+  a.close()
+  await a.whenClosed()
+  await receiver.close()
+  t.match(stateOf(env.store, vm).inflight, { cycle: 2, disks: { 'd.vmdk': { mode: 'seed', target: 'seed' } } }, 'cycle 2, a seed, is in flight')
+  t.ok(existsSync(join(env.store, vm, 'd-flat.vmdk.seed')), 'its bytes are in d-flat.vmdk.seed')
+  return { env, inc: seed, img1 }
 }
 
 /** Frame a record as journal.ts does: u32 length • u32 crc (from `seed`) • u8 type • u32 hlen • header • data. */
@@ -73,10 +95,10 @@ export function unchanged(t: Test, store: string, vm: string, before: Record<str
 }
 
 /**
- * An agent resumes cycle 2 of `vm` (from {@link inflightCycle}, its journal already rewritten) against a new
+ * An agent resumes cycle 2 of `vm` (from {@link inflightCycle} or {@link inflightSeed}, its journal already rewritten) against a new
  * receiver: the resume must be refused, the receiver's log must say `why`, and every file stay as it was.
  */
-export async function resumeRefused(t: Test, vm: string, { env, inc }: Awaited<ReturnType<typeof inflightCycle>>, why: string): Promise<void> {
+export async function resumeRefused(t: Test, vm: string, { env, inc }: { readonly env: Env; readonly inc: DiskPlan }, why: string | RegExp): Promise<void> {
   const before = files(env.store, vm)
   const { receiver, url, logs } = await startReceiver(env, { recover: false })
   t.teardown(() => receiver.close())

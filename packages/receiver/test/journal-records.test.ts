@@ -11,13 +11,14 @@
  * the rest of the status there.
  */
 import t from 'tap'
-import { readFileSync, writeFileSync } from 'node:fs'
+import type { Test as TapTest } from 'tap'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { MiB, memoryLogger } from './helpers.ts'
-import { CAP, files, frame, inflightCycle, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
+import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
+import { CAP, files, frame, inflightCycle, inflightSeed, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
-import { storeHealth, storeOverview } from '../src/index.ts'
+import { rollbackMirror, storeHealth, storeOverview } from '../src/index.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 
 /**
@@ -70,6 +71,26 @@ const cases = [
     patch: (h: Record<string, unknown>) => (h['seq'] === 2 ? { oldOffset: CAP - 4096, oldZeros: 8192 } : undefined),
     text: `holds old contents at offset ${CAP - 4096} length 8192, ending at ${CAP + 4096}, past the flat's base size of ${CAP} bytes the head gives`,
   },
+  // the writer journals pieces of the range it overwrites, nothing else (disk-apply.ts prepareBatch): old contents
+  // elsewhere, though below the base size, would be written by an undo over bytes the cycle never wrote
+  {
+    what: 'stored old contents outside its own range',
+    keep: undefined,
+    patch: (h: Record<string, unknown>, n: number) => (h['seq'] === 1 && n > 0 ? { oldOffset: 10 * MiB } : undefined),
+    text: `holds old contents at offset ${10 * MiB} length ${MiB}, ending at ${11 * MiB}, outside its own range at offset ${MiB} length ${MiB}, ending at ${2 * MiB} (an undo would write them over bytes the cycle never wrote)`,
+  },
+  {
+    what: 'stored old contents straddling the end of its own range',
+    keep: undefined,
+    patch: (h: Record<string, unknown>, n: number) => (h['seq'] === 0 && n > 0 ? { oldOffset: 512 * 1024 } : undefined),
+    text: `holds old contents at offset ${512 * 1024} length ${MiB}, ending at ${MiB + 512 * 1024}, outside its own range at offset 0 length ${MiB}, ending at ${MiB}`,
+  },
+  {
+    what: 'old zeros outside its own range (points on: undo from the reverse increment)',
+    keep: 5,
+    patch: (h: Record<string, unknown>) => (h['seq'] === 2 ? { oldOffset: 4 * MiB, oldZeros: 8192 } : undefined),
+    text: `holds old contents at offset ${4 * MiB} length 8192, ending at ${4 * MiB + 8192}, outside its own range at offset ${2 * MiB} length ${MiB}, ending at ${3 * MiB}`,
+  },
 ] as const
 
 for (const [i, c] of cases.entries()) {
@@ -121,6 +142,107 @@ t.test("an agent's resume over a journal whose record holds old contents past th
   const c = cases[1]
   patchExtent(join(cycle.env.store, vm, '.grainline', 'd.journal'), c.patch)
   await resumeRefused(t, vm, cycle, c.text)
+})
+
+t.test("an agent's resume over a journal whose record holds old contents outside its own range is refused; the flat stays as it was", async (t) => {
+  const vm = 'web-jr-resume-own'
+  const cycle = await inflightCycle(t, vm, undefined)
+  const c = cases[3]
+  patchExtent(join(cycle.env.store, vm, '.grainline', 'd.journal'), c.patch)
+  await resumeRefused(t, vm, cycle, c.text)
+})
+
+/** A seed of cycle 2 in flight whose journal's extent record of seq 1 writes past the capacity (passes its crc). */
+async function refusedSeed(t: TapTest, vm: string) {
+  const cycle = await inflightSeed(t, vm)
+  patchExtent(join(cycle.env.store, vm, '.grainline', 'd.journal'), (h) => (h['seq'] === 1 ? { offset: CAP - 512 * 1024 } : undefined))
+  const text = `its extent record of seq 1 at byte \\d+ writes offset ${CAP - 512 * 1024} length ${MiB}, ending at ${CAP + 512 * 1024}, past the disk's capacity of ${CAP} bytes the head gives`
+  return { ...cycle, text: new RegExp(text) }
+}
+
+/** After the seed's rollback: nothing in flight, the seed file gone, the flat cycle 1's; a warning named the ignored record. */
+function seedRolledBack(t: TapTest, store: string, vm: string, img1: Buffer, lines: ReadonlyArray<Record<string, unknown>>, text: RegExp): void {
+  t.match(stateOf(store, vm), { committedCycle: 1, inflight: null }, 'committed cycle 1, nothing in flight')
+  t.notOk(existsSync(join(store, vm, 'd-flat.vmdk.seed')), 'the seed file is gone')
+  t.ok(readFileSync(join(store, vm, 'd-flat.vmdk')).equals(img1), "the mirror flat is cycle 1's, byte for byte")
+  const warn = lines.find((l) => l['level'] === 40 && String(l['msg']).includes('holds records the receiver never writes'))
+  t.match(
+    warn,
+    {
+      vm,
+      disk: 'd.vmdk',
+      cycle: 2,
+      journal: `${vm}/.grainline/d.journal`,
+      why: text,
+      msg: new RegExp(`^the journal of seed disk d\\.vmdk of VM ${vm} \\(cycle 2\\) holds records the receiver never writes: ignored`),
+    },
+    'a warning names the journal, the disk, the cycle and the ignored record',
+  )
+}
+
+t.test("a seed's rollback over a journal whose record is refused reads the head alone: the seed discarded, the mirror as committed, the ignored records logged", async (t) => {
+  const vm = 'web-jr-seed'
+  const { env, img1, text } = await refusedSeed(t, vm)
+  // status: the next run's resume is refused, then the receiver rolls the seed back on its own (WARNING)
+  let v = (await storeOverview(env.store)).vms.find((x) => x.vm === vm)
+  t.match(v?.disks[0]?.inflight, { cycle: 2, mode: 'seed', resumeSeq: 0 }, 'status: no resume point')
+  t.equal(v?.disks[0]?.inflight?.refused, undefined, 'not stuck: a rollback gets past it')
+  t.match(v?.disks[0]?.inflight?.problem, text, "the disk's problem names the record")
+  t.match(
+    v?.disks[0]?.inflight?.problem,
+    `cycle 2, a seed, cannot resume from this journal. The receiver rolls it back on its own once a resume failed on it (grainline mirror rollback --store ${env.store} --vm ${vm} does it now)`,
+    '… what happens, and the remedy',
+  )
+  t.equal(v?.health.state, 'WARNING', 'WARNING')
+  // the rollback (grainline mirror rollback): the head is the state's record of the seed, the records are not needed
+  const log = memoryLogger()
+  t.same(await rollbackMirror(env.store, vm, log.logger), { vm, committedCycle: 1, rolledBack: true }, 'rolled back to committed cycle 1')
+  seedRolledBack(t, env.store, vm, img1, log.lines, text)
+  v = (await storeOverview(env.store)).vms.find((x) => x.vm === vm)
+  t.equal(v?.disks[0]?.inflight, null, 'status: nothing in flight')
+  t.equal(v?.health.state, 'OK', 'status: OK')
+})
+
+t.test("an agent's resume of such a seed is refused, the receiver rolls the seed back on its own, and the next run seeds the disk anew", async (t) => {
+  const vm = 'web-jr-seed-resume'
+  const { env, img1, inc, text } = await refusedSeed(t, vm)
+  const { receiver, url, logs } = await startReceiver(env, { recover: false })
+  t.teardown(() => receiver.close())
+  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const res = await runCycle(a, vm, 2, [inc]).then(
+    () => 'committed',
+    (e: unknown) => String((e as Error).message),
+  )
+  a.terminate()
+  await a.whenClosed()
+  t.not(res, 'committed', `the resume is refused (${res.slice(0, 120)})`)
+  t.match(logs.text(), text, 'the receiver logs why')
+  seedRolledBack(t, env.store, vm, img1, logs.lines, text)
+  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const again = await runCycle(a, vm, 2, [inc])
+  a.close()
+  t.same(again.resume, [0], 'the next run: a fresh seed from seq 0')
+  t.ok(again.committed !== undefined, 'cycle 2 committed')
+  t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(inc.image), "the mirror is cycle 2's seed")
+})
+
+t.test("a seed's rollback over a journal whose head is not the state's record is refused: it may be another cycle's undo data", async (t) => {
+  const vm = 'web-jr-seed-head'
+  const { env } = await inflightSeed(t, vm)
+  patchHead(join(env.store, vm, '.grainline', 'd.journal'), { mode: 'incremental', baseSize: CAP })
+  const before = files(env.store, vm)
+  const infl = stateOf(env.store, vm).inflight
+  if (infl === null) throw new Error('no cycle in flight')
+  await t.rejects(
+    undoInflight(new VmPaths(env.store, vm), infl),
+    {
+      code: 'E_STATE',
+      message: `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} does not belong to cycle 2 in flight that the VM's state records: base size ${CAP} bytes in the journal, 0 bytes in the state; mode "incremental" in the journal, "seed" in the state`,
+    },
+    'refused (E_STATE), both values named',
+  )
+  unchanged(t, env.store, vm, before)
+  t.ok(existsSync(join(env.store, vm, 'd-flat.vmdk.seed')), 'the seed file stays')
 })
 
 t.test("status: a journal whose head is not the state's in-flight record is the disk's problem (CRITICAL), with the refusal's text", async (t) => {

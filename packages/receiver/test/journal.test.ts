@@ -253,15 +253,16 @@ t.test('a journal of many records across read windows reads back whole; a corrup
   const olds = new Map<number, Buffer>()
   for (let i = 0; i < n; i++) {
     const e = { seq, offset: seq * 4096, length: 4096, zero: false, digest: seq.toString(16) }
+    // old contents are a piece of the record's own range (readJournal refuses others): the range as long as they are
     if (i === big) {
       // 6 MiB of old contents: over the window and over one crc chunk
       const old = pattern(6 * 1024 * 1024, 7)
       olds.set(seq, old)
-      j.appendExtent(e, old)
+      j.appendExtent({ ...e, length: old.length }, old)
     } else if (i % 997 === 0) {
       const old = pattern(4096 + (i % 3) * 512, i)
       olds.set(seq, old)
-      j.appendExtent(e, old)
+      j.appendExtent({ ...e, length: old.length }, old)
     } else j.appendExtentOverZeros(e, e.offset, 4096)
     if (i % 2000 === 1999) {
       j.appendGrains([{ grain: i, crc: i * 3 }])

@@ -1,0 +1,226 @@
+/**
+ * `grainline status` over a cycle in flight whose journal cannot be read at
+ * all — missing, a folder or a FIFO in its place (never opened: a FIFO
+ * would block), no valid head record, unreadable (EACCES) — says so as the
+ * disk's `inflight.problem`: what failed, the journal relative to the store,
+ * what a resume and a rollback make of it and what to do; the rest of the
+ * status stands. An in-place apply can neither resume nor roll back without
+ * its journal: `refused`, CRITICAL. A seed rolls back without a journal that
+ * is missing or headless (the receiver does so on its own after the failed
+ * resume): WARNING. An interrupted rollback the receiver finishes on its own:
+ * WARNING. What the status says is checked against what a resume, a
+ * rollback and start-up recovery do with each journal.
+ */
+import t from 'tap'
+import type { Test } from 'tap'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeSync, closeSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { Agent, TOKEN, memoryLogger, runCycle, startReceiver, type DiskPlan, type Env } from './helpers.ts'
+import { inflightCycle, inflightSeed, stateOf } from './journal-fixture.ts'
+import { recoverStore } from '../src/recovery.ts'
+import { rollbackMirror, storeOverview, type StoreOverview } from '../src/index.ts'
+
+const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+
+/** How the journal is broken, and what the status says it is. */
+const breaks = [
+  { what: 'missing', make: (p: string) => unlinkSync(p), says: 'is missing' },
+  {
+    what: 'a folder',
+    make: (p: string) => {
+      unlinkSync(p)
+      mkdirSync(p)
+    },
+    says: 'is a folder, not the journal file (the receiver never opens it)',
+  },
+  {
+    what: 'a FIFO',
+    make: (p: string) => {
+      unlinkSync(p)
+      execFileSync('mkfifo', [p])
+    },
+    says: 'is a FIFO, not the journal file (the receiver never opens it)',
+  },
+  {
+    what: 'without a valid head record',
+    make: (p: string) => {
+      const fd = openSync(p, 'r+')
+      writeSync(fd, Buffer.alloc(64), 0, 64, 0)
+      closeSync(fd)
+    },
+    says: 'has no valid head record (truncated or overwritten)',
+  },
+] as const
+
+/** The store's status, read as `grainline status --output json` reads it (`storeOverview`); one VM's entry. */
+async function vmStatus(store: string, vm: string) {
+  const o = await storeOverview(store)
+  const v = o.vms.find((x) => x.vm === vm)
+  if (v === undefined) throw new Error(`no ${vm} in the status`)
+  return { o, v }
+}
+
+/** An agent resumes cycle 2 of `vm` against a new receiver: the resume fails; the receiver's log. */
+async function resumeFails(t: Test, env: Env, vm: string, inc: DiskPlan): Promise<string> {
+  const { receiver, url, logs } = await startReceiver(env, { recover: false })
+  try {
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const res = await runCycle(a, vm, 2, [inc]).then(
+      () => 'committed',
+      (e: unknown) => String((e as Error).message),
+    )
+    a.terminate()
+    await a.whenClosed()
+    t.not(res, 'committed', `the resume fails (${res.slice(0, 100)})`)
+  } finally {
+    await receiver.close()
+  }
+  return logs.text()
+}
+
+for (const b of breaks) {
+  t.test(`an in-place cycle whose journal is ${b.what}: status CRITICAL, saying so; a resume and a rollback indeed fail, nothing written`, async (t) => {
+    const vm = `web-ju-${b.what.replace(/\W+/g, '')}`
+    const { env, inc, img1 } = await inflightCycle(t, vm, undefined)
+    const jpath = join(env.store, vm, '.grainline', 'd.journal')
+    b.make(jpath)
+    const flat = readFileSync(join(env.store, vm, 'd-flat.vmdk'))
+    const text = `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} ${b.says}: cycle 2 can neither resume nor roll back`
+    const { o, v } = await vmStatus(env.store, vm)
+    t.match(v.disks[0]?.inflight, { cycle: 2, mode: 'incremental', resumeSeq: 0, refused: true }, 'no resume point; stuck')
+    t.match(v.disks[0]?.inflight?.problem, text, "the disk's problem: the journal relative to the store, what failed, what it means")
+    t.match(v.disks[0]?.inflight?.problem, 'every run of VM', '… that every run fails')
+    t.match(v.disks[0]?.inflight?.problem, `or remove the mirror (grainline mirror remove --store ${env.store} --vm ${vm} --yes)`, '… and what to do')
+    t.equal(v.health.state, 'CRITICAL', 'CRITICAL')
+    t.equal(o.exitCode, 2, 'status exits 2')
+    t.match(v.health.problems, [new RegExp(esc(text)), /^cycle 2 in flight/], 'in the health problems, with the cycle in flight')
+    t.equal(v.committedCycle, 1, 'the rest of the status: committed cycle 1')
+    t.equal(v.disks[0]?.capacity, img1.length, '… the disk')
+
+    // the truth of it: a rollback fails, and so does the agent's resume (the receiver's own rollback after it too)
+    const err = (await rollbackMirror(env.store, vm).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as { code?: string; message?: string } | undefined
+    t.ok(err !== undefined, `the rollback fails (${err?.code}: ${err?.message?.slice(0, 100)})`)
+    if (b.what === 'missing' || b.what === 'without a valid head record') t.match(err, { code: 'E_STATE', message: `${text}` }, '… with the text status shows')
+    const logs = await resumeFails(t, env, vm, inc)
+    t.match(logs, text, 'the receiver logs why the resume failed: the text status shows')
+    t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(flat), 'the flat unchanged byte for byte')
+    t.equal(stateOf(env.store, vm).inflight?.cycle, 2, 'cycle 2 still in flight')
+  })
+}
+
+t.test('an in-place cycle whose journal cannot be read (EACCES): status CRITICAL, saying so', async (t) => {
+  const vm = 'web-ju-eacces'
+  const { env } = await inflightCycle(t, vm, undefined)
+  const jpath = join(env.store, vm, '.grainline', 'd.journal')
+  chmodSync(jpath, 0)
+  const { o, v } = await statusAsOther(t, env.store, vm)
+  t.match(v.disks[0]?.inflight, { cycle: 2, mode: 'incremental', resumeSeq: 0, refused: true }, 'no resume point; stuck')
+  t.match(
+    v.disks[0]?.inflight?.problem,
+    `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} cannot be read (permission denied, EACCES): cycle 2 can neither resume nor roll back`,
+    'what failed, the journal relative to the store',
+  )
+  t.match(v.disks[0]?.inflight?.problem, "Let the receiver's user read and write it again", '… and what to do')
+  t.equal(v.health.state, 'CRITICAL', 'CRITICAL')
+  t.equal(o.exitCode, 2, 'status exits 2')
+  t.equal(v.committedCycle, 1, 'the rest of the status there')
+})
+
+/**
+ * The status as a user the journal's mode (0) denies: as root (who reads any file), `storeOverview` in a node run
+ * as nobody (setpriv), the store opened to it but for the journal; otherwise in this process.
+ */
+async function statusAsOther(t: Test, store: string, vm: string): Promise<{ o: StoreOverview; v: StoreOverview['vms'][number] }> {
+  if (process.getuid?.() !== 0) return vmStatus(store, vm)
+  const open = (p: string): void => {
+    const st = statSync(p)
+    if (st.isDirectory()) {
+      chmodSync(p, 0o755)
+      for (const e of readdirSync(p)) open(join(p, e))
+    } else if (st.mode & 0o777) chmodSync(p, 0o644)
+  }
+  open(dirname(store))
+  const entry = pathToFileURL(fileURLToPath(new URL('../src/store-overview.js', import.meta.url))).href
+  const script = `import { storeOverview } from ${JSON.stringify(entry)}; process.stdout.write(JSON.stringify(await storeOverview(${JSON.stringify(store)})))`
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' })
+  t.equal(r.status, 0, `the status read as nobody (${r.stderr.slice(0, 300)})`)
+  const o = JSON.parse(r.stdout) as StoreOverview
+  const v = o.vms.find((x) => x.vm === vm)
+  if (v === undefined) throw new Error(`no ${vm} in the status`)
+  return { o, v }
+}
+
+for (const b of breaks.filter((x) => x.what === 'missing' || x.what === 'without a valid head record')) {
+  t.test(`a seed whose journal is ${b.what}: status WARNING — a resume fails, the receiver then discards the seed on its own, the next run seeds anew`, async (t) => {
+    const vm = `web-ju-seed-${b.what.replace(/\W+/g, '')}`
+    const { env, inc, img1 } = await inflightSeed(t, vm)
+    b.make(join(env.store, vm, '.grainline', 'd.journal'))
+    const { o, v } = await vmStatus(env.store, vm)
+    t.match(v.disks[0]?.inflight, { cycle: 2, mode: 'seed', resumeSeq: 0 }, 'no resume point')
+    t.equal(v.disks[0]?.inflight?.refused, undefined, 'not stuck')
+    t.match(
+      v.disks[0]?.inflight?.problem,
+      `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} ${b.says}: a resume of cycle 2, a seed, fails on it; the receiver then rolls the cycle back on its own, which discards the seed file (the committed mirror stays as it is), and the run after seeds disk d.vmdk anew. Grainline mirror rollback --store ${env.store} --vm ${vm} rolls it back now`,
+      'what happens, and how to hasten it',
+    )
+    t.equal(v.health.state, 'WARNING', 'WARNING')
+    t.equal(o.exitCode, 1, 'status exits 1')
+    // the truth of it: the resume fails, the receiver rolls the seed back, the next run seeds anew
+    await resumeFails(t, env, vm, inc)
+    t.match(stateOf(env.store, vm), { committedCycle: 1, inflight: null }, 'the receiver rolled the seed back: nothing in flight')
+    t.notOk(existsSync(join(env.store, vm, 'd-flat.vmdk.seed')), 'the seed file is gone')
+    t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(img1), "the mirror flat is cycle 1's")
+    const { receiver, url } = await startReceiver(env, { recover: false })
+    t.teardown(() => receiver.close())
+    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+    const again = await runCycle(a, vm, 2, [inc])
+    a.close()
+    t.ok(again.committed !== undefined, 'the next run seeds cycle 2 and commits')
+  })
+}
+
+t.test('a seed whose journal is a FIFO: status CRITICAL (a rollback cannot open it either); once it is moved away, the rollback goes through', async (t) => {
+  const vm = 'web-ju-seed-fifo'
+  const { env } = await inflightSeed(t, vm)
+  const jpath = join(env.store, vm, '.grainline', 'd.journal')
+  unlinkSync(jpath)
+  execFileSync('mkfifo', [jpath])
+  const { v } = await vmStatus(env.store, vm)
+  t.match(v.disks[0]?.inflight, { cycle: 2, mode: 'seed', resumeSeq: 0, refused: true }, 'stuck')
+  t.match(
+    v.disks[0]?.inflight?.problem,
+    `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} is a FIFO, not the journal file (the receiver never opens it): a resume of cycle 2, a seed, fails on it, and so does its rollback`,
+    'what failed and what it means',
+  )
+  t.match(v.disks[0]?.inflight?.problem, `Move it out of .grainline, then roll the cycle back (grainline mirror rollback --store ${env.store} --vm ${vm})`, '… and what to do')
+  t.equal(v.health.state, 'CRITICAL', 'CRITICAL')
+  await t.rejects(rollbackMirror(env.store, vm), { code: 'E_STORE_FILE' }, 'the rollback indeed fails')
+  unlinkSync(jpath)
+  t.same(await rollbackMirror(env.store, vm), { vm, committedCycle: 1, rolledBack: true }, 'the remedy: moved away, the rollback goes through')
+})
+
+t.test('an interrupted rollback: status WARNING, saying the receiver finishes it; start-up recovery does', async (t) => {
+  const vm = 'web-ju-undoing'
+  const { env, img1 } = await inflightCycle(t, vm, undefined)
+  const g = join(env.store, vm, '.grainline')
+  // a rollback renames the journal first (rollback.ts), then writes the old contents back: interrupted before that
+  renameSync(join(g, 'd.journal'), join(g, 'd.journal.undo'))
+  const { v } = await vmStatus(env.store, vm)
+  t.match(v.disks[0]?.inflight, { cycle: 2, mode: 'incremental', resumeSeq: 0 }, 'no resume point')
+  t.equal(v.disks[0]?.inflight?.refused, undefined, 'not stuck')
+  t.match(
+    v.disks[0]?.inflight?.problem,
+    `a rollback of cycle 2 on disk d.vmdk of VM ${vm} was interrupted (journal ${vm}/.grainline/d.journal.undo): the cycle is not resumed; the receiver finishes the rollback at start-up, or the next run's rollback does (grainline mirror rollback --store ${env.store} --vm ${vm} does it now)`,
+    'what it is and who finishes it',
+  )
+  t.equal(v.health.state, 'WARNING', 'WARNING')
+  const r = (await recoverStore(env.store, memoryLogger().logger)).find((x) => x.vm === vm)
+  t.equal(r?.action, 'rolled-back', 'start-up recovery finishes the rollback')
+  t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(img1), "the flat is cycle 1's again")
+  t.equal((await vmStatus(env.store, vm)).v.health.state, 'OK', 'status OK')
+})
