@@ -105,7 +105,11 @@ export async function openPoint(
     logger: Logger
     kind?: 'open' | 'failover'
     vmx?: Omit<VmxPrepare, 'suffix'> & { suffix?: string }
-    /** format of the writable children: `sesparse` (ESXi's own; QEMU reads but cannot write it) or `vmfssparse` (≤ 2 TiB; QEMU writes it too) @default 'sesparse' */
+    /**
+     * format of the writable children: `sesparse` (ESXi's own; QEMU reads but cannot write it) or `vmfssparse` (≤ 2 TiB;
+     * its grain tables laid out up front, so QEMU writes it too, slowly: one synchronous table update per 512-byte
+     * sector first written) @default 'sesparse'
+     */
     format?: 'sesparse' | 'vmfssparse'
     /**
      * `cycle` was read as the mirror's committed cycle before the lock (the operator asked for the latest): a
@@ -147,7 +151,9 @@ export async function openPoint(
     const disks: string[] = []
     for (const { stem, source } of sources) {
       const child = join(abs, `${stem}.vmdk`)
-      await createDelta(source, child, { format: opts.format ?? 'sesparse' })
+      // vmfsSparse for QEMU: its grain tables laid out up front, QEMU never allocates one (create.ts preallocateGrainTables)
+      const format = opts.format ?? 'sesparse'
+      await createDelta(source, child, format === 'vmfssparse' ? { format, preallocateGrainTables: true } : { format })
       disks.push(child)
     }
     const vmxPath = join(abs, `${vm}.vmx`)

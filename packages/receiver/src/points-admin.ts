@@ -9,10 +9,11 @@ import type { Logger } from 'pino'
 import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { digestFile } from './digest-file.ts'
 import { mkdirDurable, writeFileAtomic, writeFully } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { checkedPointSource, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
+import { checkedPointChain, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { isAllZero } from '@grainline/vmdk'
 import type { RetentionPolicy } from './retention.ts'
@@ -184,7 +185,7 @@ export async function restorePoint(
     const disks: RestoredDisk[] = []
     for (const rec of recs) {
       const ch = checksAt(state, rec.name, cycle)
-      const r = await restoreDisk(m.paths, state, rec, cycle, toDir, ch, opts.signal, (n) => {
+      const r = await restoreDisk(m, rec, cycle, toDir, ch, opts.signal, (n) => {
         done += n
         const elapsedMs = performance.now() - t0
         opts.onProgress?.({ disk: rec.name, bytes: done, total, elapsedMs, etaMs: done === 0 ? undefined : (elapsedMs * (total - done)) / done })
@@ -199,8 +200,7 @@ export async function restorePoint(
 }
 
 async function restoreDisk(
-  paths: VmPaths,
-  state: VmStateFile,
+  m: VmMirror,
   rec: DiskRecord,
   cycle: number,
   toDir: string,
@@ -208,10 +208,12 @@ async function restoreDisk(
   signal: AbortSignal | undefined,
   progress: (n: number) => void,
 ): Promise<RestoredDisk> {
+  const { paths, state } = m
   const flatName = `${rec.stem}-flat.vmdk`
   const flat = join(toDir, flatName)
   const descriptor = join(toDir, `${rec.stem}.vmdk`)
-  const chain = await openChain(await checkedPointSource(paths, state, rec.name, cycle))
+  const read = await checkedPointChain(paths, state, rec.name, cycle)
+  const chain = await openChain(read.source)
   const check = ch.certify ?? ch.trivial
   const hash = check === null ? undefined : createDigest(check.algorithm as DigestAlgorithm)
   const hashBytes = check === null ? 0 : check === ch.certify ? chain.capacity : check.bytes
@@ -241,14 +243,78 @@ async function restoreDisk(
   if (hash !== undefined && check !== null) {
     const got = Buffer.from(hash.digest()).toString('hex')
     if (got !== check.digest) {
-      throw new ReceiverError(
-        'E_VERIFY',
-        `restored disk ${rec.name} of point ${cycle} does not match the ${check === ch.certify ? 'certify' : 'trivial-check'} digest recorded at that cycle (${check.algorithm} ${check.digest}, got ${got}): the point is damaged; ${toDir} is left for inspection`,
-      )
+      const what = `restored disk ${rec.name} of point ${cycle} of VM ${state.vm} does not match the ${check === ch.certify ? 'certify' : 'trivial-check'} digest recorded at that cycle (${check.algorithm} ${check.digest}, got ${got})`
+      throw await blameMismatch(m, rec.name, cycle, read, what, toDir, signal)
     }
     verified = check === ch.certify ? 'certify' : 'trivial'
   }
   return { name: rec.name, descriptor, flat, capacity: chain.capacity, verified, sourceChecked: check?.ok === true }
+}
+
+/**
+ * Why a restored disk did not match its point's recorded digest, and whose
+ * fault it is. A point is read through the reverse increments newer than it
+ * (its own grains) and then the mirror's flat, so a wrong byte is either in
+ * an increment or in the mirror. The mirror has its own record: the certify
+ * digest (whole disk) or trivial-check digest (prefix) taken when its last
+ * cycle committed. The mirror's flat is digested again against that record:
+ * - it differs (or the point IS the mirror): the MIRROR is damaged. The disk
+ *   is marked diverged in the VM's state, the mark a failed check leaves
+ *   (VmMirror.markDiverged): status reports it, the next cycle's DiskOpen of
+ *   an incremental is refused `E_DIVERGED` and the agent resyncs the disk.
+ * - it matches the whole-disk certify digest: the mirror is sound, so the
+ *   point's increments are damaged.
+ * - it matches only a prefix, or nothing was recorded: either may be wrong;
+ *   the error says so and nothing is marked.
+ * A chain that ends at a base point (no mirror read) is the point's alone.
+ */
+async function blameMismatch(
+  m: VmMirror,
+  name: string,
+  cycle: number,
+  read: { readonly throughMirror: boolean; readonly increments: boolean },
+  what: string,
+  toDir: string,
+  signal: AbortSignal | undefined,
+): Promise<ReceiverError> {
+  const vm = m.state.vm
+  const left = `${toDir} is left for inspection`
+  const rec = m.state.disks[name]
+  if (!read.throughMirror || rec === undefined)
+    return new ReceiverError('E_VERIFY', `${what}: the point is damaged (its chain ends at a base point: the mirror is not read); ${left}. Restore another point`)
+  const mirrorFlat = m.paths.flat(rec.stem)
+  let mirrorBad: string | undefined
+  let sound = false
+  const own = rec.certify?.ok === true ? rec.certify : rec.trivial?.ok === true ? rec.trivial : undefined
+  if (!read.increments) {
+    mirrorBad = `the point is the mirror itself (no increment read), and its flat ${mirrorFlat} no longer holds what cycle ${rec.cycle} committed`
+  } else if (own !== undefined) {
+    const h = createDigest(own.algorithm as DigestAlgorithm)
+    await digestFile(mirrorFlat, own.bytes, (b) => h.update(b), signal === undefined ? {} : { signal })
+    const mine = Buffer.from(h.digest()).toString('hex')
+    const whole = own.bytes >= rec.capacity
+    if (mine !== own.digest)
+      mirrorBad = `its flat ${mirrorFlat} no longer matches the ${own === rec.certify ? 'certify' : 'trivial-check'} digest recorded when cycle ${rec.cycle} committed (${own.algorithm} ${own.digest} over ${whole ? 'the whole disk' : `the first ${own.bytes} bytes`}, now ${mine})`
+    else sound = whole
+  }
+  if (mirrorBad !== undefined) {
+    await m.markDiverged(name, `restore of point ${cycle} found the mirror damaged: ${mirrorBad}`)
+    return new ReceiverError(
+      'E_VERIFY',
+      `${what}: the MIRROR of disk ${name} of VM ${vm} is damaged, not the point's own data: ${mirrorBad}; every point of the disk reads through it. The disk is marked diverged (grainline status reports it): the next cycle of the VM resyncs it from the source; run it, then restore again (points older than the resync still read the damaged bytes through its increment: restore a point taken after it). ${left}`,
+    )
+  }
+  if (sound)
+    return new ReceiverError(
+      'E_VERIFY',
+      `${what}: the point's own data is damaged (its increments in .grainline/points, or a newer point's it reads through); the mirror's flat still matches the whole-disk digest of cycle ${rec.cycle}, so the mirror is sound. ${left}. Restore another point`,
+    )
+  const unproven =
+    own === undefined ? `no check of the mirror's cycle ${rec.cycle} was recorded` : `only the first ${own.bytes} bytes of the mirror were recorded at cycle ${rec.cycle}, and they match`
+  return new ReceiverError(
+    'E_VERIFY',
+    `${what}: either the point's increments or the mirror of disk ${name} it reads through are damaged (${unproven}, so the mirror cannot be told sound); ${left}. Run a cycle with --certify to check the mirror against its source (a mismatch resyncs the disk), then restore again`,
+  )
 }
 
 /** The mirror's .vmx (display name marked with the point) and .nvram, if present, each written durably (fs-util.ts writeFileAtomic). */

@@ -147,6 +147,18 @@ function pointFileAt(state: VmStateFile, disk: string, cycle: number): string | 
  * @throws ReceiverError E_STATE, E_STORE_FILE
  */
 export async function checkedPointSource(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): Promise<string> {
+  return (await checkedPointChain(paths, state, disk, cycle)).source
+}
+
+/**
+ * {@link checkedPointSource}, and whether the read goes through the mirror
+ * (`throughMirror`: the chain ends at the mirror's flat, not at a base point)
+ * and through point increments (`increments`: false when the point is the
+ * mirror itself). A restore that finds a disk wrong tells from these what it
+ * read: the points' own grains, the mirror's flat, or both.
+ * @throws ReceiverError E_STATE, E_STORE_FILE
+ */
+export async function checkedPointChain(paths: VmPaths, state: VmStateFile, disk: string, cycle: number): Promise<{ source: string; throughMirror: boolean; increments: boolean }> {
   const file = pointFileAt(state, disk, cycle)
   const rec = state.disks[disk]
   const throughMirror = file === undefined || (await checkPointChain(paths, file, rec?.stem ?? disk))
@@ -154,7 +166,7 @@ export async function checkedPointSource(paths: VmPaths, state: VmStateFile, dis
     if (rec === undefined) throw new ReceiverError('E_STATE', `VM ${state.vm} has no record of disk ${disk}: state.json was changed by hand; nothing was read`)
     await checkMirrorFiles(paths, rec)
   }
-  return pointSource(paths, state, disk, cycle)
+  return { source: pointSource(paths, state, disk, cycle), throughMirror, increments: file !== undefined }
 }
 
 /** Allocated bytes of a point's descriptor and extent, SEsparse or flat (0 when missing). */

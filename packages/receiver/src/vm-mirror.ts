@@ -740,6 +740,23 @@ export class VmMirror {
   }
 
   /**
+   * Mark disk `name` diverged from its source (the mark a failed check
+   * leaves, {@link recordVerify}): the next DiskOpen of an incremental on it
+   * is refused with `E_DIVERGED` and the agent resyncs the disk; status
+   * reports it CRITICAL until a seed or resync commits. For what found the
+   * mirror wrong outside a session: a restore whose read of the mirror did
+   * not match the mirror's own recorded digest (points-admin.ts). Its kept
+   * block map goes (it describes what the mirror should hold). Written at once.
+   */
+  async markDiverged(name: string, reason: string): Promise<void> {
+    const rec = this.current.disks[name]
+    if (rec === undefined) return
+    this.log.warn({ vm: this.vm, disk: name, cycle: rec.cycle, reason }, 'mirror differs from what its last commit recorded: marked diverged, the next cycle must resync it')
+    await dropKeptMaps(this.paths, [rec.stem])
+    await this.save({ ...this.current, disks: { ...this.current.disks, [name]: { ...rec, diverged: { reason, at: new Date().toISOString() } } } })
+  }
+
+  /**
    * Record a trivial-check, certify or block-check result; a failed one marks
    * the disk diverged (no incremental on it until a seed is committed) and is
    * written at once. With `defer`, a clean one is only recorded in memory and

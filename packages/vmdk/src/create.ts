@@ -27,6 +27,17 @@ export interface CreateDeltaOptions {
   pathMap?: PathMap
   /** child CID; @default the parent's CID for ESXi formats (as ESXi does), random for hosted */
   cid?: string
+  /**
+   * `vmfssparse` only: lay out every grain table up front (zeroed, a hole in
+   * the file; the grain directory names them) instead of leaving them to be
+   * allocated on first write as ESXi does. QEMU (block/vmdk.c
+   * get_cluster_offset) never allocates a COWD grain table: a write under a
+   * grain-directory entry of 0 goes to offset 0 of the extent, over its
+   * header, and reports success. With the tables in place it allocates grains
+   * and writes correctly. Costs 16 KiB of apparent size (a hole) per 2 MiB
+   * of capacity. @default false
+   */
+  preallocateGrainTables?: boolean
 }
 
 function stem(path: string): string {
@@ -191,11 +202,14 @@ function seSparseHeaders(capacity: number): { chunks: Array<[number, Buffer]>; s
   }
 }
 
-function cowdHeader(capacity: number): { chunks: Array<[number, Buffer]>; size: number } {
+function cowdHeader(capacity: number, preallocate: boolean): { chunks: Array<[number, Buffer]>; size: number } {
   const sectors = capacity / 512
   if (sectors > 0xffffffff) throw new VmdkError('E_RANGE', 'vmfsSparse (COWD) deltas are limited to 2 TiB', '')
   const gdEntries = Math.ceil(sectors / COWD_GT_ENTRIES)
-  const free = 4 + Math.ceil((gdEntries * 4) / 512)
+  const gdSectors = Math.ceil((gdEntries * 4) / 512)
+  const gtSectors = (COWD_GT_ENTRIES * 4) / 512
+  // the grain tables right after the directory, in order (all zero: nothing in the delta yet)
+  const free = 4 + gdSectors + (preallocate ? gdEntries * gtSectors : 0)
   const h = Buffer.alloc(2048)
   h.writeUInt32LE(COWD_MAGIC, 0)
   h.writeUInt32LE(1, 4) // version
@@ -205,7 +219,16 @@ function cowdHeader(capacity: number): { chunks: Array<[number, Buffer]>; size: 
   h.writeUInt32LE(4, 20) // gdOffset
   h.writeUInt32LE(gdEntries, 24)
   h.writeUInt32LE(free, 28) // freeSector
-  return { chunks: [[0, h]], size: free * 512 }
+  if (!preallocate) return { chunks: [[0, h]], size: free * 512 }
+  const gd = Buffer.alloc(gdSectors * 512)
+  for (let i = 0; i < gdEntries; i++) gd.writeUInt32LE(4 + gdSectors + i * gtSectors, i * 4)
+  return {
+    chunks: [
+      [0, h],
+      [4 * 512, gd],
+    ],
+    size: free * 512,
+  }
 }
 
 /** KDMV layout exactly as `qemu-img create -f vmdk` lays it out (block/vmdk.c vmdk_init_extent). */
@@ -277,7 +300,7 @@ export async function createDelta(parentPath: string, childPath: string, opts: C
       const se = opts.format === 'sesparse'
       const extName = `${stem(childPath)}-${se ? 'sesparse' : 'delta'}.vmdk`
       const cid = formatCid(opts.cid ?? parentCid)
-      const img = se ? seSparseHeaders(capacity / 512) : cowdHeader(capacity)
+      const img = se ? seSparseHeaders(capacity / 512) : cowdHeader(capacity, opts.preallocateGrainTables === true)
       const ddb: Array<[string, string]> = se
         ? [
             ['ddb.grain', '8'],

@@ -128,6 +128,37 @@ t.test('SEsparse and COWD headers are laid out like ESXi', async (t) => {
   await t.rejects(createDelta(join(dir, 'b.vmdk'), join(dir, 'b-000001.vmdk'), { format: 'sesparse' }), { code: 'E_EXISTS' })
 })
 
+t.test('vmfssparse with its grain tables laid out up front (points open for QEMU): directory, tables, our writer and QEMU agree', async (t) => {
+  const dir = t.testdir()
+  const size = 20 * MiB + 3 * 512
+  const base = join(dir, 'p.vmdk')
+  await createFlatDisk(base, size)
+  const model = new Model(size)
+  const rand = prng(77)
+  await randomGuestWrites(base, model, rand, 4)
+  const child = join(dir, 'p-000001.vmdk')
+  await createDelta(base, child, { format: 'vmfssparse', preallocateGrainTables: true })
+  const ext = readFileSync(join(dir, 'p-000001-delta.vmdk'))
+  const h = parseCowdHeader(ext.subarray(0, 2048))
+  // 11 grain tables (2 MiB each, the last one partly used) of 32 sectors after a one-sector directory at sector 4
+  t.match(h, { version: 1, flags: 3, grainSize: 1, gdOffset: 4, numGDEntries: 11, freeSector: 5 + 11 * 32 })
+  const gd = Array.from({ length: 11 }, (_, i) => ext.readUInt32LE(4 * 512 + i * 4))
+  t.same(
+    gd,
+    Array.from({ length: 11 }, (_, i) => 5 + i * 32),
+    'the directory names every table, in order',
+  )
+  t.equal(ext.length, (5 + 11 * 32) * 512, 'the file ends after the last table')
+  t.ok(
+    ext.subarray(5 * 512).every((b) => b === 0),
+    'the tables are empty: nothing in the delta',
+  )
+  t.match((await describeChain(child)).layers[0], { ranges: 0, allocatedBytes: 0 }, 'nothing in the delta')
+  await checkAgainstQemu(t, child, model, dir)
+  await randomGuestWrites(child, model, rand, 25)
+  await checkAgainstQemu(t, child, model, dir)
+})
+
 for (const formats of [
   ['sesparse', 'sesparse'],
   ['vmfssparse', 'vmfssparse'],

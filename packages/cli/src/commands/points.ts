@@ -38,7 +38,8 @@ export const pointsCommand: CliCommand = {
       .option('format', {
         choices: ['sesparse', 'vmfssparse'] as const,
         default: 'sesparse' as const,
-        describe: 'open: format of the writable child disks: sesparse (ESXi; QEMU only reads it) or vmfssparse (≤ 2 TiB; QEMU writes it too)',
+        describe:
+          'open: format of the writable child disks: sesparse (ESXi; QEMU only reads it) or vmfssparse (≤ 2 TiB; QEMU writes it too, slowly on first writes: its grain tables are laid out up front)',
       })
       .option('keep', { type: 'number', describe: 'prune: keep the newest N points' })
       .option('max-age', { type: 'string', describe: 'prune: keep points younger than this: 12h, 30d' })
