@@ -79,7 +79,12 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
   const bare = ['replicate', '--to', 'wss://dr.example.net:7443', '--token-file', secret]
   t.same(parse(replicateCommand, [...bare, 'failure', 'a@b'])['vm'], ['failure', 'a@b'], 'a VM named failure or a@b is taken when no mail or webhook flag is given')
   // one at a time: two .vmx of one folder are one mirror at the receiver (refused, load-job.ts duplicateVms)
-  for (const word of ['failure', 'a@b']) t.same((await jobFromArgs(parse(replicateCommand, [...bare, word]), '/tmp')).vms.map((v) => v.vm), [resolve('/tmp', word)], word)
+  for (const word of ['failure', 'a@b'])
+    t.same(
+      (await jobFromArgs(parse(replicateCommand, [...bare, word]), '/tmp')).vms.map((v) => v.vm),
+      [resolve('/tmp', word)],
+      word,
+    )
 })
 
 t.test('every repeatable option refuses an occurrence without a value and its --no- negation: exit 2 naming the flag and what it takes', async (t) => {
