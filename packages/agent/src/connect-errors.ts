@@ -28,6 +28,8 @@ export interface FailedConnect extends ConnectSources {
   readonly token: string
   /** the HTTP status when the receiver answered the upgrade with something else; 0 otherwise */
   readonly status: number
+  /** the first words of the refusal (the body of the answer: `Forbidden: a viewer token`); matched, never shown (the peer chose them) */
+  readonly reason?: string
   /** the agent was told to trust any certificate */
   readonly insecure: boolean
   readonly signal?: AbortSignal
@@ -133,8 +135,20 @@ export async function classifyConnectFailure(err: unknown, ctx: FailedConnect): 
   if (ctx.signal?.aborted === true) return new AgentError('E_ABORTED', 'aborted', { cause: err })
   const host = ctx.url.host
   const status = ctx.status
-  if (status === 401 || status === 403) {
-    const where = ctx.tokenSource ?? '--token-file'
+  const where = ctx.tokenSource ?? '--token-file'
+  if (status === 403) {
+    // the receiver answers 403 only to a token it knows: one of its tokens file whose role does not replicate
+    // (server.ts verifyClient). A wrong token gets 401 and the words below, so this tells a wrong-token peer nothing.
+    const viewer = /viewer/i.test(ctx.reason ?? '')
+    return new AgentError(
+      'E_REFUSED',
+      viewer
+        ? `the receiver at ${host} refused the token of ${where} (HTTP 403): it is a viewer token (token ${tokenFingerprint(ctx.token)}, "role": "viewer" in the receiver's tokens file), which opens the read-only dashboard and never replicates: give the agent an agent token (an entry of the receiver's tokens file without "role": "viewer")`
+        : `the receiver at ${host} refused the token of ${where} (HTTP 403; token ${tokenFingerprint(ctx.token)}): a grainline receiver answers so to a token of its tokens file that may not replicate (a viewer's): give the agent an agent token of the receiver's tokens file`,
+      { remoteCode: 'E_AUTH', cause: err },
+    )
+  }
+  if (status === 401) {
     return new AgentError(
       'E_REFUSED',
       `the receiver at ${host} refused the token (HTTP ${status}): check ${where} (token ${tokenFingerprint(ctx.token)} refused; it must be one of the receiver's tokens file)`,

@@ -30,6 +30,9 @@ import { ConnectionLost } from './connection-lost.ts'
 import { checkReceiverUrl } from './receiver-url.ts'
 import { connectTlsUnjoined } from './tls-socket.ts'
 
+/** Most bytes of a refused upgrade's body read (its first words say why: connect-errors.ts). */
+const MAX_REFUSAL_BYTES = 256
+
 /** The receiver's report of long work before a reply (SPEC §4.2 VmProgress, §5.1 DiskProgress, §5.5 CommitProgress). */
 export type ProgressMessage = VmProgressMessage | DiskProgressMessage | CommitProgressMessage
 
@@ -212,10 +215,26 @@ export class Connection {
     })
     const conn = new Connection(ws, opts)
     let status = 0
+    let reason = ''
     ws.once('unexpected-response', (_req, res) => {
       status = res.statusCode ?? 0
-      res.resume()
-      ws.terminate()
+      // the refusal's first words (ws sends the receiver's reason as the body: "Forbidden: a viewer token"), bounded in
+      // bytes and time; only matched against, never shown (connect-errors.ts)
+      let stopped = false
+      const stop = (): void => {
+        if (stopped) return
+        stopped = true
+        clearTimeout(timer)
+        res.destroy()
+        ws.terminate()
+      }
+      const timer = setTimeout(stop, 1000)
+      res.on('data', (d: Buffer) => {
+        reason += d.toString('latin1', 0, Math.max(0, MAX_REFUSAL_BYTES - reason.length))
+        if (reason.length >= MAX_REFUSAL_BYTES) stop()
+      })
+      res.once('end', stop)
+      res.once('error', stop)
     })
     const onAbort = (): void => {
       ws.terminate()
@@ -228,6 +247,7 @@ export class Connection {
         url: u,
         token: opts.token,
         status,
+        reason,
         insecure: opts.insecure === true,
         ...(opts.tokenSource === undefined ? {} : { tokenSource: opts.tokenSource }),
         ...(opts.caSource === undefined ? {} : { caSource: opts.caSource }),

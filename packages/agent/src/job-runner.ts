@@ -13,7 +13,7 @@ import type { ProgressView } from './job-progress.ts'
 import type { Job } from './job/load-job.ts'
 import { outcomesOf } from './job/notify-schema.ts'
 import { sendReportEmail } from './notify/email.ts'
-import { sendWebhook } from './notify/webhook.ts'
+import { sendWebhook, shownWebhookUrl } from './notify/webhook.ts'
 import { replicateMany } from './replicate.ts'
 import { runOutcome, type NotificationResult, type ReplicationReport } from './report.ts'
 
@@ -67,9 +67,9 @@ export async function runJob(components: { logger: Logger }, job: Job, opts: Run
   for (const hook of job.webhooks) {
     if (!outcomesOf(hook.on).has(outcome)) continue
     const r = await sendWebhook(hook, report, { logger: log, ...(opts.hostname === undefined ? {} : { hostname: opts.hostname }) })
-    results.push({ kind: 'webhook', target: hook.url, ok: r.ok, attempts: r.attempts, ...(r.error === undefined ? {} : { error: r.error }) })
-    if (r.ok) log.info({ url: hook.url, attempts: r.attempts, status: r.status }, 'webhook delivered')
-    else log.error({ url: hook.url, attempts: r.attempts, error: r.error }, 'webhook not delivered')
+    results.push({ kind: 'webhook', target: shownWebhookUrl(hook.url), ok: r.ok, attempts: r.attempts, ...(r.error === undefined ? {} : { error: r.error }) })
+    if (r.ok) log.info({ url: shownWebhookUrl(hook.url), attempts: r.attempts, status: r.status }, 'webhook delivered')
+    else log.error({ url: shownWebhookUrl(hook.url), attempts: r.attempts, error: r.error }, 'webhook not delivered')
   }
   if (results.length > 0) {
     report.notifications = results

@@ -134,9 +134,14 @@ export class VmRunLock {
       if (text === undefined) continue
       const h = parseHolder(text)
       if (h !== undefined && holds(h)) {
+        // this very process: most likely a run that names the VM twice (an esxi VM by name and by id: loadJob compares
+        // what it can before the run, not what only the host knows)
+        const self = h.pid === process.pid && h.host === hostname()
         throw new AgentError(
           'E_BUSY',
-          `VM ${vm} is being replicated by another grainline run (pid ${h.pid} on ${h.host}, since ${h.since}): this run leaves the VM alone. If no such run exists, remove ${path}`,
+          `VM ${vm} is being replicated by another grainline run (pid ${h.pid} on ${h.host}, since ${h.since}): this run leaves the VM alone. ${
+            self ? `pid ${h.pid} is this process: does the job name the VM twice (by name and by id)? Name each VM once` : `If no such run exists, remove ${path}`
+          }`,
         )
       }
       // stale: moved aside, and put back if what moved is not what was judged stale (another run took it over first)

@@ -12,7 +12,7 @@ import { classifyConnectFailure, speaksTls, tlsProblem, tokenFingerprint } from 
 import { Connection, isRetryable } from '../src/connection.ts'
 import { replicate } from '../src/replicate.ts'
 import { createSampleVm } from '../src/sample-vm.ts'
-import { haveReceiver, MiB, scratch, startReceiver, TOKEN } from './helpers.ts'
+import { haveReceiver, MiB, scratch, startReceiver, TOKEN, VIEWER_TOKEN } from './helpers.ts'
 
 if (!haveReceiver) throw new Error('packages/receiver/dist/src/main.js is missing: build the receiver first (npx tsc -b)')
 
@@ -58,6 +58,12 @@ t.test('against a real TLS receiver: each permanent failure fails the VM at once
       code: 'E_REFUSED',
       message: `the receiver at 127.0.0.1:${rx.port} refused the token (HTTP 401): check --token-file /etc/grainline/proxy-a.token (token ${tokenFingerprint('not-the-token-0123456789')} refused`,
     },
+    {
+      what: "a viewer's token (one of the receiver's tokens file, read-only)",
+      init: { to: rx.url, ca: rx.ca, token: VIEWER_TOKEN, tokenSource: '--token-file /etc/grainline/noc.token' },
+      code: 'E_REFUSED',
+      message: `the receiver at 127.0.0.1:${rx.port} refused the token of --token-file /etc/grainline/noc.token (HTTP 403): it is a viewer token (token ${tokenFingerprint(VIEWER_TOKEN)}, "role": "viewer" in the receiver's tokens file), which opens the read-only dashboard and never replicates: give the agent an agent token`,
+    },
   ]
   for (const c of cases) {
     const r = await replicate({ logger: log.logger }, { ...base, ...c.init })
@@ -65,6 +71,8 @@ t.test('against a real TLS receiver: each permanent failure fails the VM at once
     t.equal(vmr?.error?.code, c.code, `${c.what}: ${vmr?.error?.message}`)
     t.match(vmr?.error?.message, c.message, c.what)
     t.equal(vmr?.reconnects, 0, `${c.what}: not retried`)
+    // a wrong token learns nothing of the receiver's roles
+    if (c.what === 'a refused token') t.notMatch(vmr?.error?.message, /viewer|403/, 'a wrong token gets the generic answer')
   }
   t.equal(log.filter('connection lost, reconnecting').length, 0)
 })
@@ -115,8 +123,11 @@ t.test('HTTP answers to the upgrade: 503 and 429 are retried, 404 is not, 401/40
   const nf = await open()
   t.match(nf, { code: 'E_CONNECT', message: /answered HTTP 404 instead of a WebSocket upgrade/ })
   t.notOk(isRetryable(nf))
+  status = 401
+  t.match(await open(), { code: 'E_REFUSED', remoteCode: 'E_AUTH', message: /HTTP 401\): check --token-file \(token sha256:[0-9a-f]{12} refused/ })
+  // a 403 that does not say "viewer": the token is known but may not replicate
   status = 403
-  t.match(await open(), { code: 'E_REFUSED', remoteCode: 'E_AUTH', message: /HTTP 403\): check --token-file \(token sha256:[0-9a-f]{12} refused/ })
+  t.match(await open(), { code: 'E_REFUSED', remoteCode: 'E_AUTH', message: /refused the token of --token-file \(HTTP 403; token sha256:[0-9a-f]{12}\): .*give the agent an agent token/ })
 })
 
 t.test('transient: a refused port, a reset without TLS behind it, a cut TLS handshake — all retried', async (t) => {

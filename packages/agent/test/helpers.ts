@@ -15,6 +15,8 @@ import { killOnExit, tlsFixture } from '@grainline/test-utils'
 const exec = promisify(execFile)
 export const MiB = 1024 * 1024
 export const TOKEN = 'agent-test-token-0123456789abcdef'
+/** A dashboard viewer's token of the same receiver (read-only: refused on the replication port). */
+export const VIEWER_TOKEN = 'viewer-test-token-0123456789abcdef'
 export const RECEIVER_MAIN = process.env['GRAINLINE_RECEIVER_MAIN'] ?? fileURLToPath(new URL('../../../receiver/dist/src/main.js', import.meta.url))
 export const haveReceiver = existsSync(RECEIVER_MAIN)
 
@@ -50,7 +52,15 @@ export async function startReceiver(dir: string, opts: { port?: number } = {}): 
   mkdirSync(store, { recursive: true })
   const { key, cert } = tlsFixture()
   const tokens = join(dir, 'tokens.json')
-  writeFileSync(tokens, JSON.stringify({ tokens: [{ name: 'agent-test', token: TOKEN, vms: ['*'] }] }))
+  writeFileSync(
+    tokens,
+    JSON.stringify({
+      tokens: [
+        { name: 'agent-test', token: TOKEN, vms: ['*'] },
+        { name: 'noc', token: VIEWER_TOKEN, role: 'viewer' },
+      ],
+    }),
+  )
   const env: ReceiverEnv = {
     store,
     ca: readFileSync(cert),

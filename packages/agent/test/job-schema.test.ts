@@ -248,7 +248,7 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
       to: 'wss://dr.example:7443',
       tokenFile: 'token.txt',
       datastoreRoots: `${ds2}/`,
-      vms: ['a.vmx', { vm: 'b.vmx', datastoreRoots: [ds2, ds3] }, { vm: 'db01', driver: 'esxi', esxi }],
+      vms: ['a/a.vmx', { vm: 'b/b.vmx', datastoreRoots: [ds2, ds3] }, { vm: 'db01', driver: 'esxi', esxi }],
     }),
   )
   const job = await loadJob({ file })
@@ -316,7 +316,7 @@ t.test('datastoreRoots (--datastore-root): absolute folders that exist, a string
     ],
     '--datastore-root with --driver esxi: both flags named',
   )
-  await writeFile(file, JSON.stringify({ datastoreRoots: [ds2], vms: ['a.vmx', 'db01'] }))
+  await writeFile(file, JSON.stringify({ datastoreRoots: [ds2], vms: ['a/a.vmx', 'db01/db01.vmx'] }))
   const mixed = await loadJob({ file, cwd: dir, options: { to: 'wss://dr.example:7443', tokenFile: 'token.txt' }, names: flagNames })
   t.same(
     mixed.vms.map((v) => v.datastoreRoots),
@@ -361,7 +361,7 @@ t.test('retention: an object in a job file, a string as a flag, both the wire re
       to: 'wss://dr.example:7443',
       tokenFile: 'token.txt',
       retention: { keep: 14, maxAge: '30d', maxBytes: '2G', gfs: 'daily=7,weekly=4' },
-      vms: ['a.vmx', { vm: 'b.vmx', retention: 'keep=3,monthly=12' }],
+      vms: ['a/a.vmx', { vm: 'b/b.vmx', retention: 'keep=3,monthly=12' }],
     }),
   )
   const job = await loadJob({ file })
@@ -582,4 +582,17 @@ t.test("datastoreRoots and esxi.datastores: a root or mount that is the agent's 
   t.equal((await loadJob({ file })).vms[0]?.datastoreRootsSource, 'job.datastoreRoots')
   const ok = await loadJob({ ...flags, vms: ['db01'], options: { to: base.to, tokenFile: join(dir, 'token.txt'), driver: 'esxi', esxi: join(dir, 'esxi.json'), stateDir: join(dir, 'elsewhere') } })
   t.same(ok.vms[0]?.esxiDatastoreSources, { ds1: `${esxiJson}: datastores.ds1`, ds2: `${esxiJson}: datastores.ds2.localPath` })
+})
+
+t.test('an esxi VM named twice on one host is refused at load; the same name on two hosts is two VMs', async (t) => {
+  const dir = await fixture(t)
+  const esxi = (host: string) => ({ ssh: { host, privateKeyFile: 'esx.key', hostKeyFingerprint: FP }, datastores: { ds1: 'mnt/ds1' } })
+  const file = join(dir, 'job.json')
+  await writeFile(file, JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: esxi('esx1'), vms: ['web01', { vm: 'db01' }, { vm: 'web01', certify: 'none' }] }))
+  t.same(await problems(loadJob({ file })), ['job.vms[0] ("web01") and job.vms[2] ("web01") name the same VM of ESXi host esx1 twice: a run replicates a VM once; remove one'])
+  await writeFile(
+    file,
+    JSON.stringify({ to: 'wss://dr.example:7443', tokenFile: 'token.txt', driver: 'esxi', esxi: esxi('esx1'), vms: ['web01', { vm: 'web01', esxi: esxi('esx2'), to: 'wss://dr2.example:7443' }] }),
+  )
+  t.equal((await loadJob({ file })).vms.length, 2, 'web01 of esx1 and web01 of esx2, to two receivers')
 })

@@ -149,3 +149,29 @@ t.test('a job run posts its report to its webhooks, on the outcomes asked for', 
   const payload = JSON.parse(ep.hits[0]?.body ?? '{}') as WebhookPayload
   t.match(payload.report.vms[0], { ok: false, error: { code: 'E_VM_NOT_FOUND' } })
 })
+
+t.test('credentials in an http:// URL: refused at load to a non-loopback host (unless insecurePlaintext); sent as Basic auth to loopback, never shown in the report or logs', async (t) => {
+  const dir = scratch(t)
+  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
+  const load = async (webhooks: unknown[]) => await loadJob({ cwd: dir, vms: [join(dir, 'missing.vmx')], options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) }, jobOptions: { webhooks } })
+  const err = (await load([{ url: 'http://ops:hunter2@192.0.2.2/hook', secretFile: 'hook.secret' }]).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as { code?: string; issues?: string[] } | undefined
+  t.equal(err?.code, 'E_CONFIG')
+  t.same(err?.issues, [
+    "options.webhooks[0].url: the URL's credentials would go in clear (HTTP Basic auth over http://) to 192.0.2.2: use https://, or set insecurePlaintext (--webhook-insecure-plaintext) on a network you trust",
+  ])
+  t.ok(await load([{ url: 'http://ops:hunter2@192.0.2.2/hook', secretFile: 'hook.secret', insecurePlaintext: true }]), 'the opt-in')
+  t.ok(await load([{ url: 'http://192.0.2.2/hook', secretFile: 'hook.secret' }]), 'no credentials: only the signed report travels (the HMAC key never does)')
+  const ep = await endpoint(t, [])
+  const withCreds = ep.url.replace('http://', 'http://ops:hunter2@')
+  const job = await load([{ url: withCreds, secretFile: 'hook.secret', attempts: 1 }])
+  const log = memoryLogger({ level: 'info' })
+  const r = await runJob({ logger: log.logger }, job, { view: 'none' })
+  t.equal(ep.hits[0]?.headers.authorization, `Basic ${Buffer.from('ops:hunter2').toString('base64')}`, 'loopback: sent')
+  t.match(r.notifications, [{ kind: 'webhook', target: ep.url.replace('http://', 'http://ops:***@'), ok: true }])
+  t.notMatch(JSON.stringify(r), /hunter2/, 'not in the report')
+  t.ok(log.find('webhook delivered'))
+  t.notMatch(log.text(), /hunter2/, 'not in the logs')
+})

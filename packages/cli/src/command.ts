@@ -31,4 +31,11 @@ export interface CliCommand {
   readonly builder: (y: Argv) => Argv
   /** run with parsed arguments; resolves to the exit code */
   readonly run: (args: GlobalArgs & Record<string, unknown>, ctx: CliContext) => Promise<number>
+  /**
+   * How the command reports an error of its own (a usage or settings error, a
+   * failure): writes what it says and returns the exit code. Absent: one line
+   * on stderr, exit 2 (usage) or 1. `status` answers as a monitoring plugin
+   * (`GRAINLINE UNKNOWN - …` on stdout, exit 3).
+   */
+  readonly failure?: (message: string, ctx: CliContext) => number
 }

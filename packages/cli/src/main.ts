@@ -29,7 +29,7 @@ export { ExitCode } from './exit-codes.ts'
 export const COMMANDS: readonly CliCommand[] = [infoCommand, mapCommand, receiveCommand, replicateCommand, statusCommand, mirrorCommand, pointsCommand, restoreCommand, demoCommand]
 
 /** Build the yargs parser; `onRun` receives each command's exit code (exported so the reference generator uses the same one). */
-export function buildCli(argv: readonly string[], ctx: CliContext = defaultContext(), onRun: (code: number) => void = () => {}): Argv {
+export function buildCli(argv: readonly string[], ctx: CliContext = defaultContext(), onRun: (code: number) => void = () => {}, onCommand: (command: CliCommand) => void = () => {}): Argv {
   let y = yargs([...argv])
     .scriptName('grainline')
     .usage('$0 <command> [options]\n\nReplicate running VMware ESXi VMs to a DR site, block by block, from snapshot deltas.')
@@ -43,7 +43,11 @@ export function buildCli(argv: readonly string[], ctx: CliContext = defaultConte
     y = y.command(
       c.command,
       c.describe,
-      (cy: Argv) => refuseValuelessOptions(c.builder(cy), argv),
+      (cy: Argv) => {
+        // yargs builds only the command it runs: its errors from here on are this command's
+        onCommand(c)
+        return refuseValuelessOptions(c.builder(cy), argv)
+      },
       async (args) => {
         onRun(await c.run(args as never, ctx))
       },
@@ -85,11 +89,26 @@ function failureText(err: unknown): string {
 /** Run the CLI; resolves to the exit code (usage 2, failure 1, the command's own otherwise). */
 export async function main(argv: readonly string[], ctx: CliContext = defaultContext()): Promise<number> {
   let code: number | undefined
+  let command: CliCommand | undefined
   try {
-    await buildCli(argv, ctx, (c) => {
-      code = c
-    }).parseAsync()
+    await buildCli(
+      argv,
+      ctx,
+      (c) => {
+        code = c
+      },
+      (c) => {
+        command = c
+      },
+    ).parseAsync()
   } catch (err) {
+    if (command?.failure !== undefined)
+      return command.failure(
+        failureText(err)
+          .replace(/^grainline: /, '')
+          .trim(),
+        ctx,
+      )
     const usage = err instanceof UsageError || (err as { code?: unknown }).code === 'E_CONFIG'
     ctx.error(failureText(err) + (err instanceof UsageError ? 'Run "grainline --help" for usage.\n' : ''))
     return usage ? ExitCode.Usage : ExitCode.Failed

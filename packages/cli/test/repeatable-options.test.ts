@@ -61,8 +61,8 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
   ]
   // a datastore root of its own (not /tmp: a root may not contain the agent's token file)
   const ds = scratchDir(t)
-  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', ds, 'a.vmx', 'b.vmx', ...common])
-  t.same(args['vm'], ['a.vmx', 'b.vmx'], 'both VMs are positionals')
+  const args = parse(replicateCommand, ['replicate', '--mail-to', 'ops@example.net', '--mail-on', 'failure', '--webhook-on', 'warning', '--datastore-root', ds, 'a/a.vmx', 'b/b.vmx', ...common])
+  t.same(args['vm'], ['a/a.vmx', 'b/b.vmx'], 'both VMs are positionals')
   t.same(args['mail-to'], ['ops@example.net'])
   t.same(args['mail-on'], ['failure'])
   t.same(args['webhook-on'], ['warning'])
@@ -70,18 +70,21 @@ t.test('replicate: --mail-to, --mail-on, --webhook-on and --datastore-root befor
   const job = await jobFromArgs(args, '/tmp')
   t.same(
     job.vms.map((v) => v.vm),
-    ['/tmp/a.vmx', '/tmp/b.vmx'].map((p) => resolve(p)),
+    ['/tmp/a/a.vmx', '/tmp/b/b.vmx'].map((p) => resolve(p)),
   )
   t.same(job.email?.to, 'ops@example.net', 'one address')
   t.same(job.email?.on, 'failure')
   t.same(job.webhooks[0]?.on, 'warning')
   // without the flag whose value it could be, such a word is a VM (an ESXi VM may be named so)
-  const named = await jobFromArgs(parse(replicateCommand, ['replicate', '--to', 'wss://dr.example.net:7443', '--token-file', secret, 'failure', 'a@b']), '/tmp')
-  t.same(
-    named.vms.map((v) => v.vm),
-    ['/tmp/failure', '/tmp/a@b'].map((p) => resolve(p)),
-    'a VM named failure or a@b is taken when no mail or webhook flag is given',
-  )
+  const bare = ['replicate', '--to', 'wss://dr.example.net:7443', '--token-file', secret]
+  t.same(parse(replicateCommand, [...bare, 'failure', 'a@b'])['vm'], ['failure', 'a@b'], 'a VM named failure or a@b is taken when no mail or webhook flag is given')
+  // one at a time: two .vmx of one folder are one mirror at the receiver (refused, load-job.ts duplicateVms)
+  for (const word of ['failure', 'a@b'])
+    t.same(
+      (await jobFromArgs(parse(replicateCommand, [...bare, word]), '/tmp')).vms.map((v) => v.vm),
+      [resolve('/tmp', word)],
+      word,
+    )
 })
 
 t.test('every repeatable option refuses an occurrence without a value and its --no- negation: exit 2 naming the flag and what it takes', async (t) => {

@@ -239,6 +239,87 @@ t.test('--datastore-root (or an --esxi-config mount) inside --state-dir, or the 
   t.same(await readdir(join(state, 'ds2')), [], "nothing written in the state dir's folder")
 })
 
+t.test('--smtp-tls none with --smtp-user to a non-loopback host, or an http:// --webhook with user:password@: exit 2 before anything runs, naming the flag and the opt-in', async (t) => {
+  const dir = scratchDir(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'mail', disks: [{ sizeBytes: MiB }] })
+  await writeFile(join(dir, 'pw'), 'bob-secret\n')
+  await writeFile(join(dir, 'hook.key'), 'hook-secret-0123456789\n')
+  const token = tokenFileFixture(dir)
+  const base = [vm.vmxPath, '--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state'), '--give-up', '1s']
+  const mail = ['--mail-to', 'ops@example.net', '--mail-from', 'g@example.net', '--smtp-port', '2525', '--smtp-tls', 'none']
+  const creds = ['--smtp-user', 'bob', '--smtp-password-file', join(dir, 'pw')]
+  const r = await runMain(['replicate', ...base, ...mail, '--smtp-host', '192.0.2.2', ...creds])
+  t.equal(r.code, 2, r.err)
+  t.equal(
+    r.err,
+    'grainline: --smtp-tls: "none" would send the SMTP password of "bob" in clear to 192.0.2.2, which is not a loopback relay: use tls "starttls" or "implicit" (--smtp-tls), a relay on this host, or set smtp.insecurePlaintext (--smtp-insecure-plaintext) on a network you trust\n',
+  )
+  t.equal(r.out, '')
+  t.notOk(existsSync(join(vm.dir, 'mail.vmsd')), 'no snapshot was taken')
+  const hook = await runMain(['replicate', ...base, '--webhook', 'http://ops:hunter2@192.0.2.2/hook', '--webhook-secret-file', join(dir, 'hook.key')])
+  t.equal(hook.code, 2, hook.err)
+  t.equal(
+    hook.err,
+    "grainline: --webhook: the URL's credentials would go in clear (HTTP Basic auth over http://) to 192.0.2.2: use https://, or set insecurePlaintext (--webhook-insecure-plaintext) on a network you trust\n",
+  )
+  t.notMatch(hook.err, /hunter2/, 'the password is not echoed')
+  // allowed: the opt-in, a loopback relay, none without credentials (the report leaks, no secret); these runs fail later (no receiver), not at config
+  for (const [what, args] of [
+    ['--smtp-insecure-plaintext', [...mail, '--mail-on', 'success', '--smtp-host', '192.0.2.2', ...creds, '--smtp-insecure-plaintext']],
+    ['a loopback relay', [...mail, '--mail-on', 'success', '--smtp-host', '127.0.0.1', ...creds]],
+    ['no credentials', [...mail, '--mail-on', 'success', '--smtp-host', '192.0.2.2']],
+    ['--webhook-insecure-plaintext', ['--webhook', 'http://ops:hunter2@127.0.0.2/hook', '--webhook-secret-file', join(dir, 'hook.key'), '--webhook-insecure-plaintext', '--webhook-on', 'success']],
+  ] as const) {
+    const ok = await runMain(['replicate', ...base, ...args])
+    t.equal(ok.code, 1, `${what}: not refused at config; the run fails on the missing receiver: ${ok.err}`)
+    t.notMatch(ok.err, /insecurePlaintext|in clear|hunter2/, what)
+  }
+})
+
+t.test('a VM named twice (the same .vmx by any spelling or link, or two folders the receiver would keep as one mirror): exit 2 before anything runs, naming both', async (t) => {
+  const dir = scratchDir(t)
+  const vm = await createSampleVm(join(dir, 'ds1'), { name: 'dup', disks: [{ sizeBytes: MiB }] })
+  const twin = await createSampleVm(join(dir, 'ds2'), { name: 'dup', disks: [{ sizeBytes: MiB }] })
+  symlinkSync(vm.dir, join(dir, 'ds1', 'dup-link'))
+  const token = tokenFileFixture(dir)
+  const opts = ['--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state'), '--give-up', '1s']
+  const spellings: Array<[string, string, string]> = [
+    ['the same path', vm.vmxPath, 'the same .vmx'],
+    ['./a/../X.vmx', `${vm.dir}/../dup/./dup.vmx`, 'the same .vmx'],
+    ['a link to its folder', join(dir, 'ds1', 'dup-link', 'dup.vmx'), 'one .vmx reached by two paths'],
+  ]
+  for (const [what, second, how] of spellings) {
+    const r = await runMain(['replicate', vm.vmxPath, second, ...opts])
+    t.equal(r.code, 2, `${what}: ${r.err}`)
+    t.equal(
+      r.err,
+      `grainline: VM ${JSON.stringify(vm.vmxPath)} (${JSON.stringify(vm.vmxPath)}) and VM ${JSON.stringify(second)} (${JSON.stringify(second)}) are the same VM (${how}): a run replicates a VM once; remove one\n`,
+      what,
+    )
+    t.equal(r.out, '', what)
+  }
+  // two VMs whose folders share a name: one mirror "dup" at the same receiver
+  const same = await runMain(['replicate', vm.vmxPath, twin.vmxPath, ...opts])
+  t.equal(same.code, 2, same.err)
+  t.equal(
+    same.err,
+    `grainline: VM ${JSON.stringify(vm.vmxPath)} (${JSON.stringify(vm.vmxPath)}) and VM ${JSON.stringify(twin.vmxPath)} (${JSON.stringify(twin.vmxPath)}) are two VMs the receiver at wss://127.0.0.1:9 would keep as one mirror "dup" (a mirror is named by the folder of its .vmx): rename one folder, or replicate them to different receivers\n`,
+  )
+  // a job file: named by entry
+  const job = join(dir, 'job.json')
+  await writeFile(job, JSON.stringify({ vms: ['ds1/dup/dup.vmx', { vm: 'ds1/dup/../dup/dup.vmx', certify: 'none' }] }))
+  const j = await runMain(['replicate', '--job', job, ...opts])
+  t.equal(j.code, 2, j.err)
+  t.match(j.err, /^grainline: job\.vms\[0\] \(".*\/ds1\/dup\/dup\.vmx"\) and job\.vms\[1\] \(".*\/ds1\/dup\/dup\.vmx"\) are the same VM \(the same \.vmx\)/)
+  t.notOk(existsSync(join(vm.dir, 'dup.vmsd')), 'no snapshot was taken')
+  // the same folder name to two receivers: two mirrors, not refused at config (the run fails on the missing receivers)
+  const jobTwo = join(dir, 'job-two.json')
+  await writeFile(jobTwo, JSON.stringify({ to: 'wss://127.0.0.1:9', vms: ['ds1/dup/dup.vmx', { vm: 'ds2/dup/dup.vmx', to: 'wss://127.0.0.2:9' }] }))
+  const two = await runMain(['replicate', '--job', jobTwo, ...opts.slice(2)])
+  t.equal(two.code, 1, two.err)
+  t.notMatch(two.err, /one mirror|same VM/)
+})
+
 const haveScript = (() => {
   try {
     execFileSync('script', ['--version'], { stdio: 'ignore' })

@@ -1,10 +1,20 @@
 import t from 'tap'
+<<<<<<< HEAD
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+=======
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { runNode } from '@grainline/test-utils'
+>>>>>>> fix/opsurface
 import { storeHealth } from '@grainline/receiver'
 import { renderStatus } from '../src/commands/status-run.ts'
 import { statusCommand } from '../src/commands/status.ts'
 import type { CliContext } from '../src/command.ts'
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
+const runProcess = (args: readonly string[]) => runNode(bin, [...args])
 
 /* `grainline status` shows a diverged disk and the .vmx references the receiver dropped, in both outputs. */
 
@@ -161,6 +171,7 @@ t.test('status tells a disk removed from the VM (its cycle) from one the cycles 
   )
 })
 
+<<<<<<< HEAD
 t.test("status says when a cycle in flight has no journal a resume can read: the disk's problem, CRITICAL or WARNING as the receiver can get past it (human and JSON)", async (t) => {
   const store = join(t.testdir(), 'store')
   const source = { layers: [{ file: 'db-01-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'db-01-000002.vmdk' }
@@ -229,4 +240,34 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
     'JSON: the seed, its problem',
   )
   t.equal(web?.disks[0]?.inflight?.refused, undefined, 'JSON: the seed not refused')
+=======
+t.test("status's own usage and config errors are UNKNOWN (stdout, exit 3), never CRITICAL; other commands keep exit 2", async (t) => {
+  const dir = t.testdir({ 'bad-rpo.json': JSON.stringify({ rpo: { target: 'soon' } }), 'ok.json': JSON.stringify({ rpo: { target: '1h' } }) })
+  const store = join(dir, 'store')
+  mkdirSync(store)
+  const cases: Array<[string, string[], RegExp]> = [
+    ['a bad --max-age', ['--store', store, '--max-age', '30x'], /^GRAINLINE UNKNOWN - --max-age: "30x" is not a duration \(e\.g\. 30s, 15m, 2h, 7d\)\n$/],
+    ['a missing --config', ['--store', store, '--config', join(dir, 'nonexist.json')], /^GRAINLINE UNKNOWN - cannot read config .*nonexist\.json: ENOENT[^\n]*\n$/],
+    ['a bad rpo.target', ['--store', store, '--config', join(dir, 'bad-rpo.json')], /^GRAINLINE UNKNOWN - [^\n]*rpo\.target: "soon" is not a duration[^\n]*\n$/],
+    ['no --store', [], /^GRAINLINE UNKNOWN - Missing required argument: store\n$/],
+    ['an unknown option', ['--store', store, '--max-aeg', '1h'], /^GRAINLINE UNKNOWN - Unknown arguments?: max-aeg/],
+    ['a bad --output', ['--store', store, '--output', 'xml'], /^GRAINLINE UNKNOWN - Invalid values:[^\n]*xml[^\n]*\n$/],
+  ]
+  for (const [what, args, out] of cases) {
+    const r = await runProcess(['status', ...args])
+    t.equal(r.code, 3, `${what}: UNKNOWN (${r.stdout}${r.stderr})`)
+    t.match(r.stdout, out, what)
+    t.equal(r.stderr, '', `${what}: said on stdout, where the monitoring system reads it`)
+  }
+  // the same check given good values judges the store (a mirror committed long ago: CRITICAL with --max-age)
+  writeState(store, 'vm1', { 'scsi0:0': diskRecord('vm1.vmdk', 'vm1', 7, {}) })
+  const ok = await runProcess(['status', '--store', store, '--config', join(dir, 'ok.json'), '--max-age', '1h'])
+  t.equal(ok.code, 2, ok.stdout + ok.stderr)
+  t.match(ok.stdout, /^GRAINLINE CRITICAL - /)
+  // another command's usage error is still exit 2 on stderr
+  const other = await runProcess(['points', '--store', store, '--bogus'])
+  t.equal(other.code, 2, other.stderr)
+  t.equal(other.stdout, '')
+  t.match(other.stderr, /^grainline: Unknown argument: bogus/)
+>>>>>>> fix/opsurface
 })

@@ -93,16 +93,17 @@ t.test('a job file: every problem at once, named by key; exit 2', async (t) => {
   t.match(r.stderr, /job\.parallel: must be at least 1/)
 })
 
-t.test('status without --store: one message, exit 2, no TypeError; a store that does not exist: UNKNOWN, exit 3', async (t) => {
+t.test('status without --store: one UNKNOWN line (a monitoring plugin), exit 3, no TypeError; a store that does not exist: UNKNOWN, exit 3', async (t) => {
   const r = await runNode(bin, ['status'])
-  t.equal(r.code, 2)
-  t.equal(r.stderr, 'grainline: Missing required argument: store\nRun "grainline --help" for usage.\n')
+  t.equal(r.code, 3)
+  t.equal(r.stdout, 'GRAINLINE UNKNOWN - Missing required argument: store\n')
+  t.equal(r.stderr, '')
   const missing = await runNode(bin, ['status', '--store', '/nonexistent/store'])
   t.equal(missing.code, 3)
   t.equal(missing.stdout, 'GRAINLINE UNKNOWN - store /nonexistent/store does not exist (ENOENT)\n')
   const badAge = await runNode(bin, ['status', '--store', '/tmp', '--max-age', 'a while'])
-  t.equal(badAge.code, 2)
-  t.match(badAge.stderr, /--max-age: "a while" is not a duration/)
+  t.equal(badAge.code, 3)
+  t.match(badAge.stdout, /^GRAINLINE UNKNOWN - --max-age: "a while" is not a duration/)
 })
 
 t.test('other commands: unknown command, missing argument, bad sizes, help', async (t) => {

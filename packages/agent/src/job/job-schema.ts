@@ -31,7 +31,8 @@ export function jobShape(ctx: SchemaContext) {
         .min(1)
         .max(MAX_JOB_VMS),
       {
-        description: 'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string.',
+        description:
+          'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string. Each VM once: the same `.vmx` reached twice (any spelling, a link), two `.vmx` whose folders share a name replicated to the same receiver (it keeps mirrors by that name: one mirror for both), or an esxi VM named twice on one host are refused before anything starts.',
         type: 'array of objects or strings',
       },
     ),

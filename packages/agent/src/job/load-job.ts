@@ -6,7 +6,8 @@
  * and every problem reported at once, named by key or flag
  * (`job.vms[2].certify: expected one of …`, `--bwlimit: …`).
  */
-import { dirname, isAbsolute, resolve } from 'node:path'
+import { stat } from 'node:fs/promises'
+import { basename, dirname, isAbsolute, resolve } from 'node:path'
 import { z } from 'zod'
 import { defaultStateDir } from '../agent-state.ts'
 import { pinEsxiDatastores } from '../esxi/pin-datastores.ts'
@@ -176,6 +177,7 @@ export async function loadJob(src: JobSources): Promise<Job> {
     const vm = resolveVm(e, names, problems, anyLocal, ownFiles)
     if (vm !== undefined) resolved.push({ vm, rootsFrom: pick(e.layers, 'datastoreRoots')?.from ?? 'datastoreRoots', mountOf: esxiMountNames(e.layers, names) })
   }
+  if (problems.length === 0) problems.push(...(await duplicateVms(resolved.map((r) => r.vm))))
   if (problems.length > 0) throw new ConfigError(problems)
   // the local VMs' roots and the esxi VMs' local datastore mounts pinned now, once for the run (their real
   // paths: a link re-pointed later moves nothing), and checked against the agent's own files (replicate()
@@ -204,6 +206,60 @@ export async function loadJob(src: JobSources): Promise<Job> {
     email: jobLevel.email,
     webhooks: jobLevel.webhooks ?? [],
   }) as Job
+}
+
+/** The receiver a VM replicates to, as one string for comparisons (`wss://dr.example.net:7443`). */
+function receiverOf(to: string): string {
+  return URL.canParse(to) ? new URL(to).origin : to
+}
+
+/**
+ * VMs a job names twice, before anything starts: one entry would commit and
+ * the other fail E_BUSY on its own run's lock (or, with two .vmx files of one
+ * folder name, both would write one mirror). Refused:
+ * - a local .vmx reached twice: the same file (device and inode: `./a/../X.vmx`,
+ *   a link, a hard link), whatever the spelling;
+ * - two local VMs the receiver would keep as one mirror: the receiver keys
+ *   mirrors by VM name, the local driver's is the .vmx's folder name, so two
+ *   folders of one name replicated to the same receiver collide (to two
+ *   receivers they do not);
+ * - an esxi VM named twice (the same name or id on the same host). Its mirror
+ *   name (displayName) is known only once its .vmx is read: two names of one
+ *   VM (name and id) are caught by the run lock, which says so.
+ */
+async function duplicateVms(vms: readonly VmJob[]): Promise<string[]> {
+  const problems: string[] = []
+  const byFile = new Map<string, VmJob>()
+  const byMirror = new Map<string, VmJob>()
+  const byEsxi = new Map<string, VmJob>()
+  const said = (a: VmJob, b: VmJob): string => `${a.label} (${JSON.stringify(a.vm)}) and ${b.label} (${JSON.stringify(b.vm)})`
+  for (const vm of vms) {
+    if (vm.driver === 'esxi') {
+      const key = JSON.stringify([vm.esxi?.ssh.host.toLowerCase(), vm.esxi?.ssh.port ?? 22, vm.vm])
+      const first = byEsxi.get(key)
+      if (first !== undefined) problems.push(`${said(first, vm)} name the same VM of ESXi host ${vm.esxi?.ssh.host ?? ''} twice: a run replicates a VM once; remove one`)
+      else byEsxi.set(key, vm)
+      continue
+    }
+    // the file itself: a missing .vmx is the VM's own error when it starts (E_VM_NOT_FOUND), compared by its path here
+    const st = await stat(vm.vm).catch(() => undefined)
+    const fileKey = st === undefined ? `path:${vm.vm}` : `inode:${st.dev}:${st.ino}`
+    const first = byFile.get(fileKey)
+    if (first !== undefined) {
+      problems.push(`${said(first, vm)} are the same VM (${resolve(vm.vm) === resolve(first.vm) ? 'the same .vmx' : 'one .vmx reached by two paths'}): a run replicates a VM once; remove one`)
+      continue
+    }
+    byFile.set(fileKey, vm)
+    const name = basename(dirname(vm.vm))
+    const mirrorKey = JSON.stringify([receiverOf(vm.to), name])
+    const other = byMirror.get(mirrorKey)
+    if (other !== undefined)
+      problems.push(
+        `${said(other, vm)} are two VMs the receiver at ${receiverOf(vm.to)} would keep as one mirror ${JSON.stringify(name)} (a mirror is named by the folder of its .vmx): rename one folder, or replicate them to different receivers`,
+      )
+    else byMirror.set(mirrorKey, vm)
+  }
+  return problems
 }
 
 /** The files a VM's options name that hold the agent's secrets or trust: token, CA, esxi key and settings file. */

@@ -5,6 +5,7 @@
 import { z } from 'zod'
 import { certificateFileField, doc, durationField, secretFileField, type SchemaContext } from './fields.ts'
 import { EmailLayouts, NotifyOutcomes, SmtpTlsModes } from './choices.ts'
+import { isLoopbackHost } from '../receiver-url.ts'
 
 export { EmailLayouts, NotifyOutcomes, SmtpTlsModes } from './choices.ts'
 
@@ -27,8 +28,12 @@ export function smtpSchema(ctx: SchemaContext) {
       port: doc(z.int().min(1).max(65535).optional(), { description: 'SMTP port.', default: '587 (465 with `tls: "implicit"`)' }),
       tls: doc(z.enum(SmtpTlsModes).optional(), {
         description:
-          '`starttls`: plain connect, then STARTTLS, required (refused if the server does not offer it); `implicit`: TLS from the first byte (port 465); `none`: no encryption (loopback relays only).',
+          '`starttls`: plain connect, then STARTTLS, required (refused if the server does not offer it); `implicit`: TLS from the first byte (port 465); `none`: no encryption — the report travels in clear, and with `user`/`passwordFile` the password too, so that is refused to a non-loopback host unless `insecurePlaintext` is set (without credentials `none` is allowed to any relay: what leaks is the report, not a secret).',
         default: '"starttls"',
+      }),
+      insecurePlaintext: doc(z.boolean().optional(), {
+        description: 'Allow `tls: "none"` with `user`/`passwordFile` to a non-loopback host: the SMTP password travels in clear (as the receiver URL\'s `insecurePlaintext`).',
+        default: 'false',
       }),
       user: doc(z.string().min(1).optional(), { description: 'SMTP AUTH user (with `passwordFile`).' }),
       passwordFile: doc(secretFileField(ctx).optional(), { description: 'File holding the SMTP password (first non-empty line).', type: 'path' }),
@@ -38,6 +43,13 @@ export function smtpSchema(ctx: SchemaContext) {
     .superRefine((v, c) => {
       if ((v.user === undefined) !== (v.passwordFile === undefined))
         c.addIssue({ code: 'custom', message: 'user and passwordFile go together', path: [v.user === undefined ? 'user' : 'passwordFile'] })
+      // as the receiver URL's ws:// rule (receiver-url.ts): no secret in clear to another host without an explicit opt-in
+      if (v.tls === 'none' && v.user !== undefined && !isLoopbackHost(v.host) && v.insecurePlaintext !== true)
+        c.addIssue({
+          code: 'custom',
+          message: `"none" would send the SMTP password of ${JSON.stringify(v.user)} in clear to ${v.host}, which is not a loopback relay: use tls "starttls" or "implicit" (--smtp-tls), a relay on this host, or set smtp.insecurePlaintext (--smtp-insecure-plaintext) on a network you trust`,
+          path: ['tls'],
+        })
     })
 }
 
@@ -58,20 +70,35 @@ export function emailSchema(ctx: SchemaContext) {
 
 /** One webhook. */
 export function webhookSchema(ctx: SchemaContext) {
-  return z.strictObject({
-    url: doc(z.url({ protocol: /^https?$/ }), { description: 'Endpoint receiving the JSON POST (`http://` or `https://`).' }),
-    secretFile: doc(secretFileField(ctx), {
-      description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`: see Webhooks below).',
-      type: 'path',
-    }),
-    on: onField(),
-    caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
-    timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'Timeout of one attempt.', default: '10s', type: 'duration' }),
-    attempts: doc(z.int().min(1).max(10).optional(), {
-      description: 'Attempts in all: network errors, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … up to 30 s); other answers are final.',
-      default: '5',
-    }),
-  })
+  return z
+    .strictObject({
+      url: doc(z.url({ protocol: /^https?$/ }), { description: 'Endpoint receiving the JSON POST (`http://` or `https://`).' }),
+      secretFile: doc(secretFileField(ctx), {
+        description: 'File holding the HMAC-SHA256 key (first non-empty line); every POST is signed (`X-Grainline-Signature`: see Webhooks below).',
+        type: 'path',
+      }),
+      on: onField(),
+      caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
+      timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'Timeout of one attempt.', default: '10s', type: 'duration' }),
+      attempts: doc(z.int().min(1).max(10).optional(), {
+        description: 'Attempts in all: network errors, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … up to 30 s); other answers are final.',
+        default: '5',
+      }),
+      insecurePlaintext: doc(z.boolean().optional(), {
+        description: 'Allow an `http://` URL carrying credentials (`http://user:password@host/`, sent as HTTP Basic auth) to a non-loopback host: they travel in clear.',
+        default: 'false',
+      }),
+    })
+    .superRefine((v, c) => {
+      // the HMAC key never travels (only the signature of each POST), but credentials in the URL do, as Basic auth
+      const u = URL.canParse(v.url) ? new URL(v.url) : undefined
+      if (u !== undefined && u.protocol === 'http:' && (u.username !== '' || u.password !== '') && !isLoopbackHost(u.hostname) && v.insecurePlaintext !== true)
+        c.addIssue({
+          code: 'custom',
+          message: `the URL's credentials would go in clear (HTTP Basic auth over http://) to ${u.host}: use https://, or set insecurePlaintext (--webhook-insecure-plaintext) on a network you trust`,
+          path: ['url'],
+        })
+    })
 }
 
 /** Validated e-mail settings. */

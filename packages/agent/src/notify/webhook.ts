@@ -135,6 +135,15 @@ const sleep = (ms: number): Promise<void> =>
     setTimeout(resolve, ms)
   })
 
+/** A webhook URL as logs and reports show it: a password in it replaced by `***` (it would be sent as Basic auth, never shown). */
+export function shownWebhookUrl(url: string): string {
+  if (!URL.canParse(url)) return url
+  const u = new URL(url)
+  if (u.password === '') return url
+  u.password = '***'
+  return u.href
+}
+
 /** POST the report to one webhook; never throws (the result says how it went). */
 export async function sendWebhook(hook: WebhookSettings, report: ReplicationReport, opts: SendWebhookOptions = {}): Promise<WebhookResult> {
   const url = new URL(hook.url)
@@ -166,7 +175,7 @@ export async function sendWebhook(hook: WebhookSettings, report: ReplicationRepo
     }
     if (n === attempts) break
     const delay = retryAfterMs ?? Math.min(base * 2 ** (n - 1), MAX_BACKOFF_MS)
-    opts.logger?.warn({ url: hook.url, attempt: n, error: last.error, delayMs: delay }, 'webhook attempt failed; retrying')
+    opts.logger?.warn({ url: shownWebhookUrl(hook.url), attempt: n, error: last.error, delayMs: delay }, 'webhook attempt failed; retrying')
     await sleep(delay)
   }
   return last

@@ -142,9 +142,21 @@ export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'smtp-tls', key: 'email.smtp.tls', level: 'job', yargs: s('SMTP protection (default starttls, required)', { choices: SmtpTlsModes }) },
   { flag: 'smtp-user', key: 'email.smtp.user', level: 'job', yargs: s('SMTP AUTH user') },
   { flag: 'smtp-password-file', key: 'email.smtp.passwordFile', level: 'job', path: true, yargs: s('file holding the SMTP password') },
+  {
+    flag: 'smtp-insecure-plaintext',
+    key: 'email.smtp.insecurePlaintext',
+    level: 'job',
+    yargs: b('allow --smtp-tls none with --smtp-user to a non-loopback host: the SMTP password travels in clear (refused otherwise)'),
+  },
   { flag: 'smtp-ca', key: 'email.smtp.caFile', level: 'job', path: true, yargs: s('PEM CA trusted for the SMTP server') },
   { flag: 'webhook', key: 'webhooks.url', level: 'job', yargs: s('POST the JSON report, HMAC-signed, to this URL after the run') },
   { flag: 'webhook-secret-file', key: 'webhooks.secretFile', level: 'job', path: true, yargs: s("file holding the webhook's HMAC key") },
+  {
+    flag: 'webhook-insecure-plaintext',
+    key: 'webhooks.insecurePlaintext',
+    level: 'job',
+    yargs: b('allow an http:// --webhook URL carrying user:password@ to a non-loopback host: the credentials travel in clear (refused otherwise)'),
+  },
   {
     flag: 'webhook-on',
     key: 'webhooks.on',

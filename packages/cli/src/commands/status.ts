@@ -5,7 +5,9 @@
  * whole mirror was last proven equal to its source (a clean certify, a
  * completed scrub rotation or a resync that read every block) and any
  * cycle in flight; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a store that
- * does not exist). `--output json` prints the same object the receiver's
+ * does not exist, and every error of the check itself: a mistyped option or
+ * value, an unreadable --config, a store it cannot read — a typo in a
+ * monitoring command must not page as CRITICAL). `--output json` prints the same object the receiver's
  * dashboard API serves at `GET /api/v1/status` (`storeOverview` of
  * @grainline/receiver; read offline, so `live` is null and no errors).
  *
@@ -19,7 +21,8 @@ import { withCephOptions } from './store-flags.ts'
 
 export const statusCommand: CliCommand = {
   command: 'status',
-  describe: 'health of the mirrors of a store (monitoring-plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)',
+  describe:
+    "health of the mirrors of a store (monitoring-plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; the check's own errors — an option, --config, an unreadable store — are UNKNOWN on stdout)",
   builder: (y: Argv) =>
     withCephOptions(y)
       .option('store', { type: 'string', demandOption: true, describe: 'folder holding the mirrors, or ceph:POOL' })
@@ -29,5 +32,10 @@ export const statusCommand: CliCommand = {
   async run(args, ctx) {
     const { runStatus } = await import('./status-run.ts')
     return await runStatus(args, ctx)
+  },
+  failure(message, ctx) {
+    // the monitoring plugin convention: the first line of stdout says what is wrong, exit 3; a problem list on one line
+    ctx.write(`GRAINLINE UNKNOWN - ${message.replace(/\s*\n\s*/g, '; ')}\n`)
+    return 3
   },
 }
