@@ -1,13 +1,8 @@
 import t from 'tap'
-<<<<<<< HEAD
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
-=======
-import { mkdirSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { runNode } from '@grainline/test-utils'
->>>>>>> fix/opsurface
 import { storeHealth } from '@grainline/receiver'
 import { renderStatus } from '../src/commands/status-run.ts'
 import { statusCommand } from '../src/commands/status.ts'
@@ -171,7 +166,6 @@ t.test('status tells a disk removed from the VM (its cycle) from one the cycles 
   )
 })
 
-<<<<<<< HEAD
 t.test("status says when a cycle in flight has no journal a resume can read: the disk's problem, CRITICAL or WARNING as the receiver can get past it (human and JSON)", async (t) => {
   const store = join(t.testdir(), 'store')
   const source = { layers: [{ file: 'db-01-000001.vmdk', cid: '00000002', parentCid: '00000001' }], successor: 'db-01-000002.vmdk' }
@@ -240,7 +234,8 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
     'JSON: the seed, its problem',
   )
   t.equal(web?.disks[0]?.inflight?.refused, undefined, 'JSON: the seed not refused')
-=======
+})
+
 t.test("status's own usage and config errors are UNKNOWN (stdout, exit 3), never CRITICAL; other commands keep exit 2", async (t) => {
   const dir = t.testdir({ 'bad-rpo.json': JSON.stringify({ rpo: { target: 'soon' } }), 'ok.json': JSON.stringify({ rpo: { target: '1h' } }) })
   const store = join(dir, 'store')
@@ -269,5 +264,4 @@ t.test("status's own usage and config errors are UNKNOWN (stdout, exit 3), never
   t.equal(other.code, 2, other.stderr)
   t.equal(other.stdout, '')
   t.match(other.stderr, /^grainline: Unknown argument: bogus/)
->>>>>>> fix/opsurface
 })
