@@ -2,6 +2,7 @@
 import { readdir } from 'node:fs/promises'
 import { isAbsolute, relative, resolve } from 'node:path'
 import { shJoin } from '@grainline/protocol'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 import { ReceiverError } from './errors.ts'
 import type { VmStateFile } from './state-file.ts'
 
@@ -29,8 +30,8 @@ export function holdsOf(state: VmStateFile): readonly HoldRecord[] {
  */
 export function closeCommand(store: string, vm: string, dir: string, failover = false): string {
   // a Ceph store's hold is an opened point's name (`open-…`) or a failover's absolute folder: as it is
-  const abs = (p: string): string => (store.startsWith('ceph:') ? p : resolve(p))
-  return shJoin(['grainline', 'points', 'close', '--store', abs(store), '--vm', vm, '--to', abs(dir), ...(failover ? ['--failover'] : [])])
+  const to = store.startsWith('ceph:') ? dir : resolve(dir)
+  return grainlineCommand(['points', 'close', '--store', storeArg(store), '--vm', vm, '--to', to, ...(failover ? ['--failover'] : [])])
 }
 
 /** The first words of an E_HELD refusal: the VM, how many holds, the first one's point and folder (`dir`: as shown). */
@@ -59,10 +60,10 @@ export function heldPeerMessage(vm: string, holds: readonly HoldRecord[], storeD
   const inside = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel)
   const failover = h.kind === 'failover' ? ['--failover'] : []
   if (!inside)
-    return `${heldLead(vm, holds, h.dir)}; release it on the receiver with "${shJoin(['grainline', 'points', 'close', '--store', 'STORE', '--vm', vm, '--to', h.dir, ...failover])}" (STORE: the receiver's store folder)`
+    return `${heldLead(vm, holds, h.dir)}; release it on the receiver with "${grainlineCommand(['points', 'close', '--store', 'STORE', '--vm', vm, '--to', h.dir, ...failover])}" (STORE: the receiver's store folder)`
   return (
     `${heldLead(vm, holds, `the store's ${rel}`)}; release it on the receiver with ` +
-    `"${shJoin(['grainline', 'points', 'close', '--store', 'STORE', '--vm', vm, '--to', rel, ...failover])}" (STORE: the receiver's store folder; --to ${shJoin([rel])} is inside it)`
+    `"${grainlineCommand(['points', 'close', '--store', 'STORE', '--vm', vm, '--to', rel, ...failover])}" (STORE: the receiver's store folder; --to ${shJoin([rel])} is inside it)`
   )
 }
 

@@ -3,6 +3,7 @@ import { ReceiverError } from './errors.ts'
 import type { JournalHead } from './journal.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /**
  * A journal's head says which cycle of which disk it belongs to: its cycle
@@ -58,6 +59,6 @@ export function checkJournalHead(paths: VmPaths, journalPath: string, head: Jour
     `journal ${file} of disk ${d.name} of VM ${vm} does not belong to cycle ${cycle} in flight that the VM's state records: ${diffs.join('; ')}. ` +
       'It comes from another disk or cycle (a state file edited by hand, a folder restored from backups of different times), and its undo data and resume point describe another flat. ' +
       `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. Restore the VM's folder whole from one backup, ` +
-      `or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${vm} --yes): the next run seeds the VM anew`,
+      `or remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', vm, '--yes'])}): the next run seeds the VM anew`,
   )
 }

@@ -8,6 +8,7 @@ import type { DiskMode } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { GrainList, type GrainEntry } from './grain-set.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -319,7 +320,7 @@ function journalCorrupt(path: string, paths: VmPaths | undefined, head: JournalH
   const remedy =
     paths === undefined
       ? "Restore the VM's folder whole from one backup, or remove the mirror (grainline mirror remove): the next run seeds the VM anew"
-      : `Restore the folder of VM ${basename(paths.dir)} whole from one backup, or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${basename(paths.dir)} --yes): the next run seeds the VM anew`
+      : `Restore the folder of VM ${basename(paths.dir)} whole from one backup, or remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', basename(paths.dir), '--yes'])}): the next run seeds the VM anew`
   return new ReceiverError(
     'E_STATE',
     `journal ${file} of disk ${String(head.name)} (cycle ${cycle}) is corrupt: ${what} — the receiver never writes such a record. ` +

@@ -15,6 +15,7 @@ import { pino } from 'pino'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, whenFree } from './helpers.ts'
 import { closeCommand, closePoint, listHolds, openPoint, undoOpen } from '../src/index.ts'
 import { heldMessage, heldPeerMessage } from '../src/hold-record.ts'
+import { grainlineCommand, storeArg } from '../src/operator-command.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -93,4 +94,13 @@ t.test('a relative points close --to names a hold inside the store (as the agent
     'released',
   )
   t.notOk(existsSync(dir), 'its folder removed')
+})
+
+t.test('every printed command: quoted, a folder store absolute, ceph:POOL and the STORE placeholder as they are', async (t) => {
+  t.equal(
+    grainlineCommand(['mirror', 'remove', '--store', storeArg('rel/store'), '--vm', 'Demo VM', '--yes']),
+    `grainline mirror remove --store ${join(process.cwd(), 'rel/store')} --vm 'Demo VM' --yes`,
+  )
+  t.equal(grainlineCommand(['points', 'prune', '--store', storeArg('ceph:rbd'), '--vm', "a'b", '--keep', '0']), "grainline points prune --store ceph:rbd --vm 'a'\\''b' --keep 0")
+  t.equal(storeArg('STORE'), 'STORE')
 })
