@@ -6,9 +6,10 @@
  * on the stand-in `vim-cmd` over SSH (the esxi driver tests' sshd harness).
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { readFile, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
@@ -25,6 +26,7 @@ interface Harness {
   userKey: string
   datastore: string
   readState(): Promise<{ vms: Array<{ id: string; name: string; vmx: string }> }>
+  writeState(s: { datastores: Record<string, { path: string; uuid: string }>; vms: Array<{ id: string; name: string; vmx: string }> }): Promise<void>
   stop(): Promise<void>
 }
 
@@ -99,7 +101,7 @@ t.test('points, restore, open/close and failover with registration, as processes
   const vms = (await h.readState()).vms
   t.same(
     vms.map((v) => [v.id, v.vmx, v.name]),
-    [[f.registered.vmid, '[datastore1] db01-dr/db01.vmx', 'db01 (grainline mirror failover)']],
+    [[f.registered.vmid, '[datastore1] db01-dr/db01.vmx', 'db01 (grainline failover)']],
     'registered on the DR host',
   )
   const vmx = await readFile(join(to, 'db01.vmx'), 'utf8')
@@ -115,6 +117,123 @@ t.test('points, restore, open/close and failover with registration, as processes
   t.ok(existsSync(join(to, 'db01.vmx')), 'the failover folder is kept')
   const close2 = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all', '--failover'])
   t.equal(close2.code, 0, close2.stderr)
+})
+
+/** Run a command line grainline printed as an operator pastes it: `sh -c` from `cwd`, `grainline` on PATH (this bin). */
+async function paste(line: string, cwd: string, binDir: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return await new Promise((done) => {
+    execFile('sh', ['-c', line], { cwd, env: { ...process.env, PATH: `${binDir}:${process.env['PATH'] ?? ''}` } }, (err, stdout, stderr) =>
+      done({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
+    )
+  })
+}
+
+/** A loopback port nothing listens on. */
+async function closedPort(): Promise<number> {
+  const srv = createServer()
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  const port = (srv.address() as { port: number }).port
+  await new Promise<void>((r) => srv.close(() => r()))
+  return port
+}
+
+t.test('a VM named with a space: the release commands grainline prints paste as printed; a failover whose registration fails is undone', async (t) => {
+  const dir = scratchDir(t)
+  const store = join(dir, 'store')
+  const tls = tlsFixture()
+  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls })
+  t.teardown(() => rx.stop())
+  const token = tokenFileFixture(dir)
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'web 01', disks: [{ sizeBytes: 4 * MiB }], seed: 5 })
+  const replicate = async () => await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
+  const first = await replicate()
+  t.equal(first.code, 0, first.stderr)
+  // `grainline` on PATH, run from another folder than the store's or the test's
+  const binDir = join(dir, 'bin')
+  await mkdir(binDir)
+  await writeFile(join(binDir, 'grainline'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(bin)} "$@"\n`)
+  await chmod(join(binDir, 'grainline'), 0o755)
+  const elsewhere = join(dir, 'elsewhere')
+  await mkdir(elsewhere)
+  const held = async () => (await runNode(bin, ['status', '--store', store])).stdout
+
+  // the agent's E_HELD: the store's folder not told, the hold's folder inside the store relative to it, --store named STORE
+  const open = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'web 01'])
+  t.equal(open.code, 0, open.stderr)
+  const refused = await replicate()
+  t.not(refused.code, 0, 'the held VM is not replicated')
+  const peer = /release it on the receiver with "(grainline points close [^"]+)"/.exec(refused.stdout + refused.stderr)?.[1]
+  t.equal(peer, "grainline points close --store STORE --vm 'web 01' --to '.open/web 01-point-1'", `the agent is told the command, the store unnamed: ${refused.stderr}`)
+  t.notMatch(refused.stdout + refused.stderr, store, "the store's folder does not reach the agent")
+  const viaPeer = await paste((peer ?? '').replace('STORE', `'${store}'`), elsewhere, binDir)
+  t.equal(viaPeer.code, 0, `the agent's command, STORE filled in, releases the hold from any folder: ${viaPeer.stderr}`)
+  t.notMatch(await held(), /held by/, 'released')
+
+  // points open prints the command with every argument quoted and the folder absolute
+  const open2 = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'web 01'])
+  t.equal(open2.code, 0, open2.stderr)
+  const printed = /until "(grainline points close [^"]+)"/.exec(open2.stdout)?.[1]
+  t.equal(printed, `grainline points close --store ${store} --vm 'web 01' --to '${join(store, '.open', 'web 01-point-1')}'`)
+  const viaOpen = await paste(printed ?? '', elsewhere, binDir)
+  t.equal(viaOpen.code, 0, `points open's command pastes: ${viaOpen.stderr}`)
+  t.notMatch(await held(), /held by/, 'released')
+
+  // --register with a DR host that cannot be reached: refused before anything is opened
+  const datastore = join(dir, 'datastore1')
+  await mkdir(datastore)
+  const { startSshHarness } = (await import(pathToFileURL(harnessJs).href)) as { startSshHarness: () => Promise<Harness> }
+  const h = await startSshHarness()
+  t.teardown(() => h.stop())
+  await writeFile(join(dir, 'id_dr'), h.userKey, { mode: 0o600 })
+  const settings = (port: number) => ({
+    ssh: { host: '127.0.0.1', port, username: h.user, privateKeyFile: join(dir, 'id_dr'), hostKeyFingerprint: h.hostKeyFingerprint },
+    datastores: { datastore1: h.datastore },
+  })
+  const down = join(dir, 'down.json')
+  await writeFile(down, JSON.stringify(settings(await closedPort())))
+  const downTo = join(h.datastore, 'down', 'web01-dr')
+  const fo1 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', downTo, '--register', down])
+  t.equal(fo1.code, 1, fo1.stderr)
+  t.match(fo1.stderr, /VM web 01: the DR host of .*down\.json cannot be reached over SSH \(.*\); nothing was opened, the mirror is not held\. Check its ssh settings .*\[E_SSH_CONNECT\]/s)
+  t.notOk(existsSync(join(h.datastore, 'down')), 'no folder was made')
+  t.notMatch(await held(), /held by/, 'the mirror is not held')
+
+  // the host answers but refuses the registration (a VM registered there already at that path): the opening is undone
+  const esxi = join(dir, 'esxi.json')
+  await writeFile(esxi, JSON.stringify(settings(h.port)))
+  const state = await h.readState()
+  const taken = (p: string) => ({ id: String(40 + state.vms.length), name: 'other', vmx: `[datastore1] ${p}/web 01.vmx` })
+  state.vms.push(taken('pre-made'))
+  state.vms.push(taken('fresh/web01-dr'))
+  await h.writeState(state as Parameters<Harness['writeState']>[0])
+  await mkdir(join(h.datastore, 'pre-made'))
+  const fo2 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'pre-made'), '--register', esxi])
+  t.equal(fo2.code, 1, fo2.stderr)
+  t.match(fo2.stderr, /registering \[datastore1\] pre-made\/web 01\.vmx as "web 01 \(grainline failover\)" on 127\.0\.0\.1 failed: .*AlreadyExists/s)
+  t.match(fo2.stderr, /the failover was undone: VM web 01 is no longer held, the files written into .*pre-made removed\. Fix the cause, then run the failover again \[E_REGISTER\]/s)
+  t.same(await readdir(join(h.datastore, 'pre-made')), [], 'the folder that was there is kept, emptied of what the failover wrote')
+  t.notMatch(await held(), /held by/, 'the mirror is not held')
+  const fo3 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'fresh', 'web01-dr'), '--register', esxi])
+  t.equal(fo3.code, 1, fo3.stderr)
+  t.match(fo3.stderr, /the failover was undone: VM web 01 is no longer held, .*fresh\/web01-dr removed.*\[E_REGISTER\]/s)
+  t.notOk(existsSync(join(h.datastore, 'fresh')), 'the folders the failover made are gone')
+  t.ok(existsSync(h.datastore), 'the datastore stays')
+  t.notMatch(await held(), /held by/, 'the mirror is not held')
+  const again = await replicate()
+  t.equal(again.code, 0, `replication goes on: ${again.stderr}`)
+
+  // a registered failover: one name in the inventory and in the .vmx, not stacked on the mirror's; its release command pastes
+  const to = join(h.datastore, 'web01-dr')
+  const fo4 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', to, '--register', esxi])
+  t.equal(fo4.code, 0, fo4.stderr)
+  t.match(fo4.stdout, /registered as vmid \d+ "web 01 \(grainline failover\)"/)
+  t.equal((await h.readState()).vms.at(-1)?.name, 'web 01 (grainline failover)', 'registered by that name')
+  t.match(await readFile(join(to, 'web 01.vmx'), 'utf8'), /^displayName = "web 01 \(grainline failover\)"$/m, 'the .vmx shows the same name')
+  const release = /then, with the VM powered off, "(grainline points close [^"]+)"/.exec(fo4.stdout)?.[1]
+  t.equal(release, `grainline points close --store ${store} --vm 'web 01' --to ${to} --failover`)
+  const viaFo = await paste(release ?? '', elsewhere, binDir)
+  t.equal(viaFo.code, 0, `the failover's command pastes: ${viaFo.stderr}`)
+  t.notMatch(await held(), /held by/, 'released')
 })
 
 t.test('the listing marks a point that keeps a whole disk (a base point) beside its size', async (t) => {

@@ -104,15 +104,17 @@ export async function fsyncFile(path: string, kind: FolderKind): Promise<void> {
  * `mkdir -p dir`, durably: the parent of every folder it created is fsynced
  * (deepest first), so that a restore's new folder does not vanish in a crash
  * after the restore returned. A folder that existed already is left as is.
+ * Returns the first (outermost) folder it created, undefined when none.
  */
-export async function mkdirDurable(dir: string, kind: FolderKind): Promise<void> {
+export async function mkdirDurable(dir: string, kind: FolderKind): Promise<string | undefined> {
   const first = await mkdir(dir, { recursive: true })
-  if (first === undefined) return
+  if (first === undefined) return undefined
   const top = resolve(first)
   for (let d = resolve(dir); ; d = dirname(d)) {
     await fsyncDir(dirname(d), kind)
     if (d === top || dirname(d) === d) break
   }
+  return top
 }
 
 /**

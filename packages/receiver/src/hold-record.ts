@@ -1,5 +1,8 @@
 /** The record of a hold in `state.json` (see holds.ts). */
 import { readdir } from 'node:fs/promises'
+import { isAbsolute, relative, resolve } from 'node:path'
+import { shJoin } from '@grainline/protocol'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 import { ReceiverError } from './errors.ts'
 import type { VmStateFile } from './state-file.ts'
 
@@ -19,10 +22,49 @@ export function holdsOf(state: VmStateFile): readonly HoldRecord[] {
   return state.holds ?? []
 }
 
-/** The text of the refusal a held VM gets (E_HELD). */
-export function heldMessage(vm: string, holds: readonly HoldRecord[]): string {
+/**
+ * The command that releases a hold, to paste as printed: every argument
+ * shell-quoted (a VM or folder name with spaces), the store and the folder
+ * absolute (`store`: a folder store's folder, resolved, or `ceph:POOL`).
+ * `failover`: the hold is a failover's (closing it needs `--failover`).
+ */
+export function closeCommand(store: string, vm: string, dir: string, failover = false): string {
+  // a Ceph store's hold is an opened point's name (`open-…`) or a failover's absolute folder: as it is
+  const to = store.startsWith('ceph:') ? dir : resolve(dir)
+  return grainlineCommand(['points', 'close', '--store', storeArg(store), '--vm', vm, '--to', to, ...(failover ? ['--failover'] : [])])
+}
+
+/** The first words of an E_HELD refusal: the VM, how many holds, the first one's point and folder (`dir`: as shown). */
+function heldLead(vm: string, holds: readonly HoldRecord[], dir: string): string {
   const h = holds[0] as HoldRecord
-  return `VM ${vm} is held by ${holds.length} ${h.kind === 'failover' ? 'failover' : 'opened point'}(s) (point ${h.cycle} in ${h.dir}): the mirror must not change; release it with "grainline points close --store … --vm ${vm} --to ${h.dir}"`
+  return `VM ${vm} is held by ${holds.length} ${h.kind === 'failover' ? 'failover' : 'opened point'}(s) (point ${h.cycle} in ${dir}): the mirror must not change`
+}
+
+/** The text of the refusal a held VM gets (E_HELD), for the DR site's operator: the command that releases the first hold (`store`: the store as `--store` takes it). */
+export function heldMessage(vm: string, holds: readonly HoldRecord[], store: string): string {
+  const h = holds[0] as HoldRecord
+  return `${heldLead(vm, holds, h.dir)}; release it with "${closeCommand(store, vm, h.dir, h.kind === 'failover')}"${h.kind === 'failover' ? ' once the VM failed back (README "Fail back") and is powered off' : ''}`
+}
+
+/**
+ * {@link heldMessage} as the agent is told it: a folder store's folder never
+ * reaches a peer (refusal-detail.ts), so a hold inside the store is named
+ * relative to it, and the command reads `--store STORE` with a word saying
+ * what to put there and that `--to` is a path inside the store (closePoint
+ * finds a hold by a `--to` relative to the store). A Ceph store's refusal is
+ * {@link heldMessage} (`ceph:POOL` names no folder).
+ */
+export function heldPeerMessage(vm: string, holds: readonly HoldRecord[], storeDir: string): string {
+  const h = holds[0] as HoldRecord
+  const rel = relative(resolve(storeDir), h.dir)
+  const inside = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel)
+  const failover = h.kind === 'failover' ? ['--failover'] : []
+  if (!inside)
+    return `${heldLead(vm, holds, h.dir)}; release it on the receiver with "${grainlineCommand(['points', 'close', '--store', 'STORE', '--vm', vm, '--to', h.dir, ...failover])}" (STORE: the receiver's store folder)`
+  return (
+    `${heldLead(vm, holds, `the store's ${rel}`)}; release it on the receiver with ` +
+    `"${grainlineCommand(['points', 'close', '--store', 'STORE', '--vm', vm, '--to', rel, ...failover])}" (STORE: the receiver's store folder; --to ${shJoin([rel])} is inside it)`
+  )
 }
 
 /**

@@ -16,8 +16,8 @@
  * naming the hold) is removed, never one inside a VM folder of the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { lstat, readdir, realpath, rm } from 'node:fs/promises'
-import { isAbsolute, join, relative, resolve, sep } from 'node:path'
+import { lstat, readdir, realpath, rm, rmdir } from 'node:fs/promises'
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
@@ -29,7 +29,7 @@ import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 import { isVmName } from './receiver-rules.ts'
 
-export { holdsOf, heldMessage, type HoldRecord } from './hold-record.ts'
+export { closeCommand, holdsOf, heldMessage, heldPeerMessage, type HoldRecord } from './hold-record.ts'
 import { VmMirror } from './vm-mirror.ts'
 
 /** An operator action waits this long for the lock of a session that is closing (then E_BUSY). */
@@ -51,6 +51,8 @@ const isMarkerTemp = (name: string): boolean => name.startsWith(`${HOLD_MARKER}.
 export interface VmxPrepare {
   /** appended to the display name */
   readonly suffix: string
+  /** a suffix the display name loses first when it ends with it (the mirror's, so that a failover's does not stack on it) */
+  readonly replaces?: string
   /** network label mapping `from` → `to` (ethernetN.networkName) */
   readonly networks?: Readonly<Record<string, string>>
   /** leave NICs connected at power-on @default false */
@@ -78,8 +80,10 @@ export function prepareVmx(text: string, opts: VmxPrepare, uuid: Buffer = random
     const value = m[2] as string
     const nic = /^(ethernet\d+)\./.exec(key)
     if (nic !== null) nics.add(nic[1] as string)
-    if (key === 'displayname') out.push(`displayName = "${value}${opts.suffix}"`)
-    else if (key === 'uuid.bios' || key === 'uuid.location') continue
+    if (key === 'displayname') {
+      const r = opts.replaces
+      out.push(`displayName = "${r !== undefined && r !== '' && value.endsWith(r) ? value.slice(0, -r.length) : value}${opts.suffix}"`)
+    } else if (key === 'uuid.bios' || key === 'uuid.location') continue
     else if (nic !== null && key.endsWith('.startconnected')) continue
     else if (nic !== null && key.endsWith('.networkname') && opts.networks?.[value] !== undefined) out.push(`${m[1] as string} = "${opts.networks[value] as string}"`)
     else out.push(line)
@@ -93,7 +97,9 @@ export function prepareVmx(text: string, opts: VmxPrepare, uuid: Buffer = random
 /**
  * Open point `cycle` (or the mirror) of a VM as a runnable folder `dir`: per
  * disk a writable SEsparse child over the point's chain, the prepared .vmx,
- * the .nvram. Records the hold first. Returns the hold and the .vmx path.
+ * the .nvram. Records the hold first. Returns the hold, the .vmx path, and
+ * the outermost folder it created for `dir` (undefined: `dir` was there, empty),
+ * which {@link undoOpen} removes.
  * @throws ReceiverError E_NOT_FOUND (no such point), E_BUSY (a cycle in flight or a session writing), E_CONFIG (dir not empty)
  */
 export async function openPoint(
@@ -117,7 +123,7 @@ export async function openPoint(
      */
     latest?: boolean
   },
-): Promise<{ hold: HoldRecord; vmx: string; disks: string[] }> {
+): Promise<{ hold: HoldRecord; vmx: string; disks: string[]; made: string | undefined }> {
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state
@@ -136,7 +142,7 @@ export async function openPoint(
         `${abs} is inside ${inVm}, where the store keeps (or will keep) a VM's mirror: open the point outside the store, or under ${join(resolve(storeDir), '.open')} (the default)`,
       )
     // durable (its parent fsynced): a crash must not lose the folder while the hold stays recorded
-    await mkdirDurable(abs, 'destination')
+    const made = await mkdirDurable(abs, 'destination')
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: open the point into a new folder`)
     const kind = opts.kind ?? 'open'
     // every chain checked (points and mirror, points.ts) before the hold is recorded: a refused open leaves no hold behind
@@ -162,14 +168,14 @@ export async function openPoint(
     // durable as the marker (fsync'ed, renamed, the folder fsync'ed): a crash after the open returned never leaves the
     // opened VM without its .vmx or with an empty one (the operator would register or boot a folder that is not whole)
     const text = await pointConfigText(m.paths, state, cycle, opts.logger)
-    if (text !== undefined) await writeFileAtomic(vmxPath, prepareVmx(text, { ...opts.vmx, suffix }), 'destination')
+    if (text !== undefined) await writeFileAtomic(vmxPath, prepareVmx(text, { ...opts.vmx, suffix, ...(kind === 'failover' ? { replaces: state.displaySuffix } : {}) }), 'destination')
     try {
       await writeFileAtomic(join(abs, `${vm}.nvram`), await readStoreFile(join(m.paths.dir, `${vm}.nvram`), CONFIG_FILE_MAX_BYTES), 'destination')
     } catch (err) {
       if ((err as { code?: unknown }).code !== 'ENOENT') throw err
     }
     opts.logger.info({ vm, cycle, dir: abs, kind }, 'point opened: the mirror is held')
-    return { hold, vmx: vmxPath, disks }
+    return { hold, vmx: vmxPath, disks, made }
   } finally {
     m.release()
   }
@@ -184,7 +190,7 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const holds = holdsOf(m.state)
-    const abs = opts.dir === undefined ? undefined : resolve(opts.dir)
+    const abs = opts.dir === undefined ? undefined : holdDirNamed(vm, opts.dir, storeDir, holds)
     const drop = holds.filter((h) => opts.all === true || h.dir === abs)
     if (drop.length === 0) throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no hold${abs === undefined ? '' : ` on ${abs}`} (holds: ${holds.map((h) => h.dir).join(', ') || 'none'})`)
     await checkClosable(vm, drop, opts.failover === true)
@@ -193,6 +199,65 @@ export async function closePoint(storeDir: string, vm: string, opts: { logger: L
     for (const h of drop) await rm(h.dir, { recursive: true, force: true })
     opts.logger.info({ vm, dirs: drop.map((h) => h.dir) }, 'hold released')
     return drop
+  } finally {
+    m.release()
+  }
+}
+
+/**
+ * The hold folder `--to dir` names: an absolute path; a relative one as the
+ * current folder resolves it, or else inside the store — the form the agent
+ * is told (hold-record.ts heldPeerMessage: `--to .open/NAME`, the store's
+ * folder never reaching a peer). Either form that names no hold: as resolved
+ * here (the E_NOT_FOUND names it).
+ * @throws ReceiverError E_CONFIG (the two forms name two different holds)
+ */
+function holdDirNamed(vm: string, dir: string, storeDir: string, holds: readonly HoldRecord[]): string {
+  const here = resolve(dir)
+  if (isAbsolute(dir)) return here
+  const inStore = resolve(storeDir, dir)
+  const held = (d: string): boolean => holds.some((h) => h.dir === d)
+  if (held(here) && held(inStore) && here !== inStore)
+    throw new ReceiverError('E_CONFIG', `VM ${vm}: --to ${dir} names two holds, ${here} (from this folder) and ${inStore} (inside the store): give the absolute folder`)
+  return held(here) || !held(inStore) ? here : inStore
+}
+
+/**
+ * Undo {@link openPoint} for a caller that failed after it returned (a
+ * failover whose registration on the DR host failed): the hold's record
+ * dropped, then what the open wrote removed — its folder with the parents
+ * it made (`made`, from openPoint; each parent only while empty), or, when
+ * the folder was there before (empty), only the files in it. Refused as
+ * {@link closePoint} refuses (a powered-on VM's folder, a folder without
+ * the hold's marker): the hold then stays.
+ * @throws ReceiverError E_BUSY, E_STATE
+ */
+export async function undoOpen(storeDir: string, vm: string, hold: HoldRecord, opts: { logger: Logger; made: string | undefined }): Promise<void> {
+  const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
+  try {
+    const holds = holdsOf(m.state)
+    const own = holds.find((h) => h.id === hold.id)
+    if (own === undefined) return
+    await checkClosable(vm, [own], true)
+    await checkRemovableDir(vm, own, storeDir)
+    await m.setHolds(holds.filter((h) => h !== own))
+    if (opts.made === undefined) {
+      for (const name of await readdir(own.dir).catch(() => [] as string[])) await rm(join(own.dir, name), { recursive: true, force: true })
+    } else {
+      await rm(own.dir, { recursive: true, force: true })
+      // the parents the open made, inner first, each only while empty (another VM's folder may have come beside)
+      const top = resolve(opts.made)
+      for (let d = dirname(own.dir); top !== own.dir && (d === top || d.startsWith(top + sep)); d = dirname(d)) {
+        if (
+          !(await rmdir(d).then(
+            () => true,
+            () => false,
+          ))
+        )
+          break
+      }
+    }
+    opts.logger.info({ vm, dir: own.dir, kind: own.kind }, 'opening undone: hold released, what the open wrote removed')
   } finally {
     m.release()
   }

@@ -35,7 +35,7 @@ export { parseRetention, parseGfs, pointsToDrop, keepsPoints } from './retention
 export type { RetentionPolicy, GfsPolicy, RetainedPoint } from './retention.ts'
 export type { PointRecord, PointDisk } from './points.ts'
 export { retentionFor } from './server.ts'
-export { openPoint, closePoint, listHolds, prepareVmx } from './holds.ts'
+export { openPoint, closePoint, undoOpen, closeCommand, listHolds, prepareVmx } from './holds.ts'
 export type { HoldRecord, VmxPrepare } from './holds.ts'
 export { archivePoints } from './archive/archive-point.ts'
 export type { ArchivedPoint, ArchiveOptions, ArchiveProgress } from './archive/archive-point.ts'

@@ -5,6 +5,7 @@ import { readJournal, type JournalContents, type JournalHead } from './journal.t
 import { entryKind } from './store-fs.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /**
  * A journal's head says which cycle of which disk it belongs to: its cycle
@@ -60,7 +61,7 @@ export function checkJournalHead(paths: VmPaths, journalPath: string, head: Jour
     `journal ${file} of disk ${d.name} of VM ${vm} does not belong to cycle ${cycle} in flight that the VM's state records: ${diffs.join('; ')}. ` +
       'It comes from another disk or cycle (a state file edited by hand, a folder restored from backups of different times), and its undo data and resume point describe another flat. ' +
       `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. Restore the VM's folder whole from one backup, ` +
-      `or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${vm} --yes): the next run seeds the VM anew`,
+      `or remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', vm, '--yes'])}): the next run seeds the VM anew`,
   )
 }
 
@@ -92,8 +93,8 @@ export function journalStuck(d: InflightDisk, how: JournalUnusable): boolean {
  */
 export function unusableJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, how: JournalUnusable, undoing: boolean): string {
   const vm = basename(paths.dir)
-  const rollback = `grainline mirror rollback --store ${paths.store} --vm ${vm}`
-  const remove = `remove the mirror (grainline mirror remove --store ${paths.store} --vm ${vm} --yes): the next run seeds the VM anew`
+  const rollback = grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', vm])
+  const remove = `remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', vm, '--yes'])}): the next run seeds the VM anew`
   const access = "let the receiver's user read and write it again (its permissions; an I/O error: the store's file system, see the system log)"
   let says: string
   if (d.target === 'seed' && !journalStuck(d, how)) {

@@ -8,6 +8,7 @@ import type { DiskMode } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { GrainList, type GrainEntry } from './grain-set.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /**
  * The per-disk journal of an in-flight cycle (ARCHITECTURE §4.1, STYLE §7):
@@ -340,14 +341,14 @@ function journalCorrupt(path: string, opts: { readonly paths?: VmPaths; readonly
       'E_STATE',
       said +
         `Nothing was resumed: cycle ${cycle}, a seed, cannot resume from this journal. The receiver rolls it back on its own once a resume failed on it ` +
-        `(grainline mirror rollback --store ${paths.store} --vm ${String(vm)} does it now): a seed's rollback reads the journal's head alone and discards the seed file whole, ` +
+        `(${grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', String(vm)])} does it now): a seed's rollback reads the journal's head alone and discards the seed file whole, ` +
         `the committed mirror stays as it is; the run after seeds disk ${String(head.name)} of VM ${String(vm)} anew`,
     )
   }
   const remedy =
     paths === undefined
       ? "Restore the VM's folder whole from one backup, or remove the mirror (grainline mirror remove): the next run seeds the VM anew"
-      : `Restore the folder of VM ${String(vm)} whole from one backup, or remove the mirror (grainline mirror remove --store ${paths.store} --vm ${String(vm)} --yes): the next run seeds the VM anew`
+      : `Restore the folder of VM ${String(vm)} whole from one backup, or remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', String(vm), '--yes'])}): the next run seeds the VM anew`
   return new ReceiverError('E_STATE', said + `Nothing was resumed or undone: cycle ${cycle} can neither resume nor roll back from this journal. ${remedy}`)
 }
 

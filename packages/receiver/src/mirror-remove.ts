@@ -105,7 +105,7 @@ export async function removeMirror(storeDir: string, vm: string, log: Logger): P
   try {
     const s = m.state
     const holds = s.holds ?? []
-    if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds)}; then remove it`)
+    if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds, storeDir)}; then remove it`)
     const bytes = await allocatedBytes(m.paths.dir)
     tombstone = join(storeDir, `${REMOVED_PREFIX}${key}-${randomBytes(4).toString('hex')}`)
     try {

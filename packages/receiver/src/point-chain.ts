@@ -25,6 +25,7 @@ import { pointExtentName, pointFlatName, pointPath } from './increment.ts'
 import { readStoreFile, regularFileSize } from './store-fs.ts'
 import type { PointRecord } from './points.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /** A point descriptor is a few hundred bytes; anything larger is not one of ours. */
 export const MAX_POINT_DESCRIPTOR_BYTES = 64 * 1024
@@ -40,7 +41,7 @@ export function mirrorHint(stem: string): string {
 function linkError(paths: VmPaths, file: string, why: string): ReceiverError {
   return new ReceiverError(
     'E_STATE',
-    `restore point ${file} of VM ${basename(paths.dir)}: ${why}; it is not as grainline wrote it (edited, damaged or carried from another store), so nothing was read, merged or removed through it. Put back the points folder from a backup, or drop the VM's points (grainline points prune --store ${paths.store} --vm ${basename(paths.dir)} --keep 0) and let the next cycles make new ones`,
+    `restore point ${file} of VM ${basename(paths.dir)}: ${why}; it is not as grainline wrote it (edited, damaged or carried from another store), so nothing was read, merged or removed through it. Put back the points folder from a backup, or drop the VM's points (${grainlineCommand(['points', 'prune', '--store', storeArg(paths.store), '--vm', basename(paths.dir), '--keep', '0'])}) and let the next cycles make new ones`,
   )
 }
 

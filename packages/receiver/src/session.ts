@@ -589,7 +589,7 @@ export class Session {
       resumeBytes: counts === undefined ? 0 : counts.dataBytes + counts.zeroBytes,
       // SPEC §5.1 (version 9): the refusal's own words, as logged above, without the store's folder
       ...(r.apply === undefined && (this.negotiated?.version ?? 0) >= REFUSAL_DETAIL_VERSION
-        ? { detail: peerRefusalDetail(r.message, vm instanceof CephVmMirror ? undefined : this.settings.storeDir) }
+        ? { detail: peerRefusalDetail(('peerMessage' in r ? r.peerMessage : undefined) ?? r.message, vm instanceof CephVmMirror ? undefined : this.settings.storeDir) }
         : {}),
     })
   }

@@ -3,6 +3,7 @@ import { lstat } from 'node:fs/promises'
 import { basename, join, relative } from 'node:path'
 import type { HoldRecord } from './hold-record.ts'
 import type { Logger } from 'pino'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
 import { checkVmDir, entryExists, entryKind } from './store-fs.ts'
@@ -178,7 +179,7 @@ async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, u
       if (c !== undefined && inPlace && undoing) {
         return {
           resumeSeq: 0,
-          problem: `a rollback of cycle ${cycle} on disk ${inf.name} of VM ${vm} was interrupted (journal ${file}): the cycle is not resumed; the receiver finishes the rollback at start-up, or the next run's rollback does (grainline mirror rollback --store ${paths.store} --vm ${vm} does it now)`,
+          problem: `a rollback of cycle ${cycle} on disk ${inf.name} of VM ${vm} was interrupted (journal ${file}): the cycle is not resumed; the receiver finishes the rollback at start-up, or the next run's rollback does (${grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', vm])} does it now)`,
         }
       }
       if (c !== undefined) return { resumeSeq: (c.applied?.seq ?? -1) + 1 }

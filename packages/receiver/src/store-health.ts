@@ -33,6 +33,7 @@
 import { stat } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { storeStatus, type DiskStatus, type VmStatus } from './store-admin.ts'
+import { grainlineCommand, storeArg } from './operator-command.ts'
 
 /** Monitoring states, best first, with their exit codes. */
 export const HealthStates = { OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3 } as const
@@ -170,7 +171,7 @@ function damagedPointsProblem(vm: VmStatus, store: string | undefined): string |
   const keep = (vm.points ?? []).filter((c) => c > newest).length
   const shown = list.slice(0, 3).map((d) => `point ${d.cycle} disk ${d.disk}: ${d.file} ${d.problem}`)
   if (list.length > 3) shown.push(`${list.length - 3} more`)
-  const prune = `grainline points prune --store ${store ?? 'STORE'} --vm ${vm.vm} --keep ${keep}`
+  const prune = grainlineCommand(['points', 'prune', '--store', storeArg(store ?? 'STORE'), '--vm', vm.vm, '--keep', String(keep)])
   const stays = keep === 0 ? ': the next cycles make new points' : keep === 1 ? ': the newer point stays' : `: the ${keep} newer points stay`
   // a Ceph point is RBD snapshots (ceph-overview.ts cephStoreDamage): no folder to put back, a removed snapshot cannot come back
   if (store?.startsWith('ceph:') === true) {
@@ -195,8 +196,8 @@ function damagedMirrorProblem(vm: VmStatus, store: string | undefined): string |
   if (list.length === 0) return undefined
   const shown = list.slice(0, 3).map((d) => `disk ${d.disk}${d.removed === undefined ? '' : ` (removed from the VM at cycle ${d.removed})`}: ${d.file} ${d.problem}`)
   if (list.length > 3) shown.push(`${list.length - 3} more`)
-  const s = store ?? 'STORE'
-  const remove = `remove the mirror (grainline mirror remove --store ${s} --vm ${vm.vm} --yes): the next run seeds the VM anew`
+  const s = storeArg(store ?? 'STORE')
+  const remove = `remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', s, '--vm', vm.vm, '--yes'])}): the next run seeds the VM anew`
   const head = `mirror snapshot${list.length === 1 ? '' : 's'} DAMAGED (${shown.join('; ')})`
   if (list.every((d) => d.removed !== undefined)) {
     return `${head}: the latest cycle does not read ${list.length === 1 ? 'it' : 'them'} (no longer in the VM); were ${list.length === 1 ? 'the disk' : 'the disks'} attached again, the next cycle could not build on ${list.length === 1 ? 'it' : 'them'}: then ${remove}`
@@ -208,7 +209,7 @@ function damagedMirrorProblem(vm: VmStatus, store: string | undefined): string |
   const instead =
     point === undefined
       ? `no whole restore point is kept to restore instead; ${remove}`
-      : `restore or fail over point ${point} instead (grainline restore --store ${s} --vm ${vm.vm} --point ${point} --to DIR, or grainline mirror failover --store ${s} --vm ${vm.vm} --point ${point}); archive the points to keep (grainline points archive --store ${s} --vm ${vm.vm} --archive s3://BUCKET/PREFIX), then ${remove}`
+      : `restore or fail over point ${point} instead (${grainlineCommand(['restore', '--store', s, '--vm', vm.vm, '--point', String(point), '--to', 'DIR'])}, or ${grainlineCommand(['mirror', 'failover', '--store', s, '--vm', vm.vm, '--point', String(point)])}); archive the points to keep (${grainlineCommand(['points', 'archive', '--store', s, '--vm', vm.vm, '--archive', 's3://BUCKET/PREFIX'])}), then ${remove}`
   return `${head}: the mirror's latest cycle ${vm.committedCycle} cannot be restored or failed over, and the next cycle cannot build on it (an incremental, a resync, the checks and a rollback read that snapshot); ${instead}`
 }
 

@@ -31,7 +31,7 @@ import { checkPointMerge } from './point-chain.ts'
 import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
 import { alsoTo, workProgressLog, type WorkProgress } from './work-progress.ts'
 import { savePointConfig } from './point-config.ts'
-import { heldMessage, holdsOf, type HoldRecord } from './hold-record.ts'
+import { heldMessage, heldPeerMessage, holdsOf, type HoldRecord } from './hold-record.ts'
 import { keepsPoints, pointsToDrop, type RetentionPolicy } from './retention.ts'
 
 /** Outcome of a DiskOpen against the store (the fields of DiskState, and the apply when accepted). */
@@ -41,6 +41,8 @@ export interface OpenDiskResult {
   readonly reason: string
   /** why it was refused (logged) */
   readonly message: string
+  /** why, as the agent is told it when it differs from `message` (an E_HELD refusal names no store folder) */
+  readonly peerMessage?: string
   readonly committedCycle: number
   readonly committedSource: SourceIdentity | null
   readonly mirrorCid: string
@@ -248,7 +250,8 @@ export class VmMirror {
       modified: mirrorModified(rec, inf, facts),
     }
     // SPEC §5.1 rule 2: an opened point or a failover reads through the mirror
-    if (holdsOf(s).length > 0) return { ...base, accepted: false, reason: 'E_HELD', message: heldMessage(this.vm, holdsOf(s)) }
+    if (holdsOf(s).length > 0)
+      return { ...base, accepted: false, reason: 'E_HELD', message: heldMessage(this.vm, holdsOf(s), this.paths.store), peerMessage: heldPeerMessage(this.vm, holdsOf(s), this.paths.store) }
     // a fresh apply holds what it may add from before the token's room is measured until its in-flight record
     // is written: a DiskOpen of the token decided meanwhile in another session counts it (quota-room.ts)
     const letGo = inf === undefined ? ctx.quota?.pending?.hold(this.vm, req.name, mayAdd(req, facts)) : undefined
@@ -659,7 +662,8 @@ export class VmMirror {
   async prunePoints(opts: CommitOptions & { cycles?: readonly number[] }): Promise<number[]> {
     if (this.current.inflight !== null)
       throw new ReceiverError('E_BUSY', `VM ${this.vm} has cycle ${this.current.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
-    if (holdsOf(this.current).length > 0) throw new ReceiverError('E_HELD', heldMessage(this.vm, holdsOf(this.current)))
+    if (holdsOf(this.current).length > 0)
+      throw new ReceiverError('E_HELD', heldMessage(this.vm, holdsOf(this.current), this.paths.store), { peerMessage: heldPeerMessage(this.vm, holdsOf(this.current), this.paths.store) })
     const before = pointsOf(this.current)
     let kept: { points: PointRecord[]; removePoints: string[]; merges: PointMerge[] }
     if (opts.cycles !== undefined) {

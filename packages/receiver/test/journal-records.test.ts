@@ -14,6 +14,7 @@ import t from 'tap'
 import type { Test as TapTest } from 'tap'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { crc32 } from 'node:zlib'
 import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
 import { CAP, files, frame, inflightCycle, inflightSeed, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
@@ -30,10 +31,16 @@ function patchExtent(path: string, patch: (header: Record<string, unknown>, data
   const out: Buffer[] = []
   let gen = 0
   let done = false
-  for (let pos = 0; pos + 13 <= buf.length; ) {
+  let pos = 0
+  while (pos + 13 <= buf.length) {
     const len = buf.readUInt32LE(pos)
     const type = buf.readUInt8(pos + 8)
     const hlen = buf.readUInt32LE(pos + 9)
+    // the journal's valid records end where a frame does not fit or its crc is not this generation's: past them lie
+    // the stale bytes of the spare file the journal was made from (journal.ts), which the reader ignores too
+    if (len < 5 || hlen > len - 5 || pos + 8 + len > buf.length) break
+    const body = buf.subarray(pos + 8, pos + 8 + len)
+    if (crc32(body, type === 1 ? 0 : gen) >>> 0 !== buf.readUInt32LE(pos + 4)) break
     const header = JSON.parse(buf.subarray(pos + 13, pos + 13 + hlen).toString('utf8')) as Record<string, unknown>
     const data = buf.subarray(pos + 13 + hlen, pos + 8 + len)
     if (type === 1) gen = (header['gen'] as number) >>> 0
@@ -46,7 +53,7 @@ function patchExtent(path: string, patch: (header: Record<string, unknown>, data
     pos += 8 + len
   }
   if (!done) throw new Error('no extent record to patch')
-  writeFileSync(path, Buffer.concat(out))
+  writeFileSync(path, Buffer.concat([...out, buf.subarray(pos)]))
 }
 
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')

@@ -13,6 +13,7 @@ import { ExitCode, UsageError } from '../exit-codes.ts'
 import { createCliLogger } from '../logger.ts'
 import { generateSelfSignedTls, generateToken, writeTokenFile, writeTokensFile } from '../tls-setup.ts'
 import { table } from '../util.ts'
+import { shQuote } from '@grainline/protocol'
 
 /** Options of `grainline demo`. */
 export interface DemoOptions {
@@ -235,7 +236,7 @@ function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: st
   const here = (f: string): string => {
     const r = relative(process.cwd(), f)
     const shown = r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : f
-    return /[^\w@%+=:,./-]/.test(shown) ? `'${shown.replace(/'/g, "'\\''")}'` : shown
+    return shQuote(shown)
   }
   return [
     'Try next:',

@@ -9,7 +9,7 @@
  * with its restore points, its history and its place under its token's
  * `maxVms` and quota (receiver mirror-remove.ts, ceph-remove.ts).
  */
-import { cephImportVm, cephRemoveMirror, cephRollbackMirror, isCephStore, removeMirror, rollbackMirror } from '@grainline/receiver'
+import { cephImportVm, cephRemoveMirror, cephRollbackMirror, closeCommand, isCephStore, removeMirror, rollbackMirror } from '@grainline/receiver'
 import { formatBytes } from '@grainline/protocol/units'
 import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
@@ -71,7 +71,9 @@ export async function runMirror(args: GlobalArgs & Record<string, unknown>, ctx:
     if (args['output'] === 'json') ctx.write(JSON.stringify(r) + '\n')
     else {
       ctx.write(`${r.vm}: point ${r.cycle} prepared to run in ${r.dir}${r.registered === undefined ? '' : `, registered as vmid ${r.registered.vmid} "${r.registered.name}" (${r.registered.path})`}\n`)
-      ctx.write(`the mirror is held (no replication) until "grainline points close --store ${store} --vm ${r.vm} --to ${r.dir}"\n`)
+      ctx.write(
+        `the mirror is held (no replication) until the VM fails back (README "Fail back"); then, with the VM powered off, "${closeCommand(store, r.vm, r.dir, true)}" releases it and removes the folder\n`,
+      )
     }
     return ExitCode.Ok
   }

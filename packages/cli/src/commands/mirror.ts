@@ -35,7 +35,11 @@ export const mirrorCommand: CliCommand = {
       .option('to', { type: 'string', describe: 'failover: the VM folder to prepare (default STORE/.failover/VM-point-K); on a datastore of --register' })
       .option('network', repeatableOption('network', "failover: map a network label, 'VM Network=DR Network'", { value: "'SOURCE LABEL=DR LABEL'" }))
       .option('connect-nics', { type: 'boolean', default: false, describe: 'failover: connect the NICs at power-on (default: not connected)' })
-      .option('register', { type: 'string', describe: 'failover: esxi driver settings (esxi.json) of the DR host: register the VM there with vim-cmd solo/registervm over SSH' })
+      .option('register', {
+        type: 'string',
+        describe:
+          'failover: esxi driver settings (esxi.json) of the DR host: register the VM there with vim-cmd solo/registervm over SSH (the host is reached first; a failed registration undoes the failover)',
+      })
       .option('format', { choices: ['sesparse', 'vmfssparse'] as const, default: 'sesparse' as const, describe: 'failover: format of the writable child disks' })
       .option('yes', { type: 'boolean', default: false, describe: 'remove: confirm that the mirror and its restore points are deleted (cannot be undone)' })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const }),

@@ -17,6 +17,7 @@ import {
   cephRestorePoint,
   isCephStore,
   closePoint,
+  closeCommand,
   listArchivedPoints,
   KEEP_NONE_NEEDS_VM,
   pruneArchive,
@@ -133,7 +134,7 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
               `${vm}: point ${r.cycle} opened as ${r.name}: an RBD clone of each disk's snapshot (copy-on-write; the point itself never changes)`,
               ...r.clones.map((c) => `  ${c.disk}: ${target.pool}/${c.image} (clone of ${c.snapshot}), QEMU: ${c.qemu}`),
               `Boot it (no NIC: it must not meet its source's network): ${r.boot}`,
-              `The mirror is held: no cycle is applied and no point dropped until "grainline points close --store ${store} --vm ${vm} --to ${r.name}" (which deletes the clones).`,
+              `The mirror is held: no cycle is applied and no point dropped until "${closeCommand(store, vm, r.name)}" (which deletes the clones).`,
             ].join('\n') + '\n',
       )
       return ExitCode.Ok
@@ -156,7 +157,7 @@ export async function runPoints(args: GlobalArgs & Record<string, unknown>, ctx:
     ctx.write(
       json
         ? JSON.stringify({ vm, cycle: k, dir: r.hold.dir, vmx: r.vmx, disks: r.disks }) + '\n'
-        : `${vm}: point ${k} opened in ${r.hold.dir} (${r.vmx}); NICs do not connect at power-on. The mirror is held: no cycle is applied until "grainline points close --store ${store} --vm ${vm} --to ${r.hold.dir}"\n`,
+        : `${vm}: point ${k} opened in ${r.hold.dir} (${r.vmx}); NICs do not connect at power-on. The mirror is held: no cycle is applied until "${closeCommand(store, vm, r.hold.dir)}"\n`,
     )
     return ExitCode.Ok
   }

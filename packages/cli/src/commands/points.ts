@@ -28,7 +28,11 @@ export const pointsCommand: CliCommand = {
       .option('store', { type: 'string', describe: 'folder holding the mirrors, or ceph:POOL (all actions but archived, archive-prune)' })
       .option('vm', { type: 'string', describe: 'the VM (its mirror folder name); required but for archive-prune (default: every VM in --archive)' })
       .option('point', { type: 'number', describe: 'drop, open: the point (cycle); open without it opens the mirror itself' })
-      .option('to', { type: 'string', describe: 'open: the new VM folder (default STORE/.open/VM-point-K; not on ceph:POOL); close: the folder (ceph:POOL: or the open-… name) to release' })
+      .option('to', {
+        type: 'string',
+        describe:
+          'open: the new VM folder (default STORE/.open/VM-point-K; not on ceph:POOL); close: the folder (ceph:POOL: or the open-… name) to release; a relative one is found from here or, failing that, inside the store (the form the agent is told)',
+      })
       .option('all', { type: 'boolean', describe: 'close: release every hold of the VM (a failover hold also needs --failover)' })
       .option('failover', {
         type: 'boolean',

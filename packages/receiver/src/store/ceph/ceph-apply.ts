@@ -23,6 +23,7 @@ import type { TouchedBlocks } from '../../kept-map.ts'
 import { unlessPoolFull } from './ceph-space.ts'
 import { CephCommandError, runCeph, streamCeph, type CephTarget } from './rbd-cli.ts'
 import type { CephInflightDisk } from './ceph-state.ts'
+import { grainlineCommand } from '../../operator-command.ts'
 
 /** One logged extent (a line of the log object). */
 interface LogRecord {
@@ -238,7 +239,7 @@ export async function* readExtentLogRecords(t: CephTarget, vm: string, info: Pic
   if (size === undefined) return
   if (size > maxBytes) {
     throw new ExtentLogTooLarge(
-      `the extent log ${info.log} of disk ${info.name} of VM ${vm} in pool ${t.pool} is ${size} bytes, larger than the ${maxBytes} bytes a cycle of its ${info.capacity}-byte capacity can log: it is not this store's log (written behind the store) and is not read; roll the cycle back (the agent does when its DiskOpen is refused for it; by hand: grainline mirror rollback --store ceph:${t.pool} --vm ${vm}, which removes the log unread): the cycle is then shipped again`,
+      `the extent log ${info.log} of disk ${info.name} of VM ${vm} in pool ${t.pool} is ${size} bytes, larger than the ${maxBytes} bytes a cycle of its ${info.capacity}-byte capacity can log: it is not this store's log (written behind the store) and is not read; roll the cycle back (the agent does when its DiskOpen is refused for it; by hand: ${grainlineCommand(['mirror', 'rollback', '--store', `ceph:${t.pool}`, '--vm', vm])}, which removes the log unread): the cycle is then shipped again`,
     )
   }
   const lineMax = longestLine(shape)

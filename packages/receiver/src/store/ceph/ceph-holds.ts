@@ -31,7 +31,7 @@ import { mkdirDurable } from '../../fs-util.ts'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
-import { checkClosable, type HoldRecord } from '../../hold-record.ts'
+import { checkClosable, closeCommand, type HoldRecord } from '../../hold-record.ts'
 import type { VmxPrepare } from '../../holds.ts'
 import { removeClones } from './ceph-open.ts'
 import { acquireCommitted } from './ceph-points.ts'
@@ -66,7 +66,7 @@ export async function cephFailover(
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${k} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)
     }
     const holds = s.holds ?? []
-    if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "grainline points close --to ${abs}" releases it`)
+    if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "${closeCommand(`ceph:${t.pool}`, vm, abs, true)}" releases it`)
     // its parents fsynced: the failover folder does not vanish in a crash after the failover returned (ceph-restore.ts writes its files durably)
     await mkdirDurable(abs, 'destination')
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: fail over into a new folder`)
@@ -83,7 +83,7 @@ export async function cephFailover(
     const code = (err as { code?: unknown }).code
     throw new ReceiverError(
       typeof code === 'string' && code.startsWith('E_') ? (code as ReceiverErrorCode) : 'E_IO',
-      `failover of VM ${vm} to ${abs}: ${(err as Error).message}; the VM stays held: "grainline points close --vm ${vm} --to ${abs}" releases it and removes the folder`,
+      `failover of VM ${vm} to ${abs}: ${(err as Error).message}; the VM stays held: "${closeCommand(`ceph:${t.pool}`, vm, abs, true)}" releases it and removes the folder`,
       { cause: err },
     )
   })

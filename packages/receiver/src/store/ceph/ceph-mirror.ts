@@ -277,7 +277,7 @@ export class CephVmMirror {
     const base = { committedCycle: rec?.cycle ?? 0, committedSource: rec?.source ?? null, mirrorCid: rec === undefined ? '' : snapCid(rec.image, rec.snap), modified: false }
     const refuse = (reason: string, message: string): CephOpenResult => ({ ...base, accepted: false, reason, message })
     // SPEC §5.1 rule 2, as the folder store: a failover (ceph-holds.ts) holds the mirror; nothing may change it
-    if ((s.holds ?? []).length > 0) return refuse('E_HELD', heldMessage(this.vm, s.holds ?? []))
+    if ((s.holds ?? []).length > 0) return refuse('E_HELD', heldMessage(this.vm, s.holds ?? [], `ceph:${this.target.pool}`))
     if (s.inflight !== null && s.inflight.cycle !== req.cycle) return refuse('E_CYCLE_MISMATCH', `cycle ${s.inflight.cycle} of VM ${this.vm} is in flight; roll it back first`)
     const notNext = notNextCycle(this.vm, req.cycle, s.committedCycle)
     if (notNext !== undefined) return refuse('E_CYCLE_MISMATCH', notNext)

@@ -8,6 +8,7 @@ import type { DiskOpenRequest } from '../../open-decision.ts'
 import { TouchedBlocks } from '../../kept-map.ts'
 import { keepable } from './ceph-kept-map.ts'
 import type { CephDiskRecord } from './ceph-state.ts'
+import { grainlineCommand } from '../../operator-command.ts'
 
 const refusal = (reason: string, message: string): { reason: string; message: string } => ({ reason, message })
 
@@ -52,8 +53,8 @@ export function damagedSnapshotText(vm: string, store: string, disk: string, rec
   const pool = store.replace(/^ceph:/, '')
   return (
     `the committed snapshot ${pool}/${rec.image}@${rec.snap} of disk ${disk} of VM ${vm} ${problem}: the mirror's latest cycle ${rec.cycle} is lost, and neither an incremental (written from that snapshot) nor a resync (compared with it) can build on it. ` +
-    `Restore or fail over a restore point still whole instead if needed (grainline status --store ${store} names them), archive the points to keep (grainline points archive --store ${store} --vm ${vm} --archive s3://BUCKET/PREFIX), ` +
-    `then remove the mirror (grainline mirror remove --store ${store} --vm ${vm} --yes): the next run seeds the VM anew`
+    `Restore or fail over a restore point still whole instead if needed (${grainlineCommand(['status', '--store', store])} names them), archive the points to keep (${grainlineCommand(['points', 'archive', '--store', store, '--vm', vm, '--archive', 's3://BUCKET/PREFIX'])}), ` +
+    `then remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', store, '--vm', vm, '--yes'])}): the next run seeds the VM anew`
   )
 }
 
@@ -71,8 +72,8 @@ export function damagedBaseText(vm: string, store: string, disk: string, base: {
   return (
     `the base snapshot ${pool}/${base.image}@${base.snap} of disk ${disk} of VM ${vm} (its committed cycle ${base.committedCycle}, which cycle ${n} in flight is written on) ${problem}: ` +
     `cycle ${n} can neither resume (its head is written from that snapshot) nor be rolled back (a rollback returns the image to it), and no later cycle can build on the mirror. ` +
-    `Restore or fail over a restore point still whole instead if needed (grainline status --store ${store} names them), archive the points to keep (grainline points archive --store ${store} --vm ${vm} --archive s3://BUCKET/PREFIX), ` +
-    `then remove the mirror with its cycle in flight (grainline mirror remove --store ${store} --vm ${vm} --yes): the next run seeds the VM anew`
+    `Restore or fail over a restore point still whole instead if needed (${grainlineCommand(['status', '--store', store])} names them), archive the points to keep (${grainlineCommand(['points', 'archive', '--store', store, '--vm', vm, '--archive', 's3://BUCKET/PREFIX'])}), ` +
+    `then remove the mirror with its cycle in flight (${grainlineCommand(['mirror', 'remove', '--store', store, '--vm', vm, '--yes'])}): the next run seeds the VM anew`
   )
 }
 

@@ -27,6 +27,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import type { Logger } from 'pino'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
+import { closeCommand } from '../../hold-record.ts'
 import { acquireCommitted } from './ceph-points.ts'
 import { pointSnapshots, RBD_NAME } from './ceph-restore.ts'
 import type { CephClone, CephHoldRecord } from './ceph-state.ts'
@@ -81,7 +82,7 @@ export async function cephOpenPoint(
       const code = (err as { code?: unknown }).code
       throw new ReceiverError(
         typeof code === 'string' && code.startsWith('E_') ? (code as ReceiverErrorCode) : 'E_IO',
-        `opening point ${k} of VM ${vm} as RBD clones: ${(err as Error).message}; the VM stays held: "grainline points close --vm ${vm} --to ${name}" removes what was cloned and releases it`,
+        `opening point ${k} of VM ${vm} as RBD clones: ${(err as Error).message}; the VM stays held: "${closeCommand(`ceph:${t.pool}`, vm, name)}" removes what was cloned and releases it`,
         { cause: err },
       )
     }

@@ -84,7 +84,7 @@ export async function cephPrunePoints(
   try {
     const s = m.state
     if (s.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${s.inflight.cycle} in flight: its points cannot change until it is committed or rolled back`)
-    if ((s.holds ?? []).length > 0) throw new ReceiverError('E_HELD', heldMessage(vm, s.holds ?? []))
+    if ((s.holds ?? []).length > 0) throw new ReceiverError('E_HELD', heldMessage(vm, s.holds ?? [], `ceph:${t.pool}`))
     const before = [...s.points].sort((a, b) => a.cycle - b.cycle)
     let drop: Set<number>
     if ('cycles' in what) {

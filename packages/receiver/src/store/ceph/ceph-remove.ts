@@ -76,7 +76,7 @@ export async function cephRemoveMirror(t: CephTarget, vm: string, log: Logger): 
       throw new ReceiverError('E_NOT_FOUND', `no mirror of VM ${vm} in Ceph pool ${t.pool}`)
     }
     const holds = s?.holds ?? []
-    if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds)}; then remove it`)
+    if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds, `ceph:${t.pool}`)}; then remove it`)
     const all = [...left.clones, ...left.images]
     const bytes = all.length === 0 ? 0 : (await rbdDu(t, all)).reduce((n, u) => n + u.used, 0)
     if (s !== undefined) {

@@ -140,7 +140,8 @@ export async function cephRestoreVm(
     if (typeof b64 !== 'string') continue
     const data = Buffer.from(b64, 'base64')
     if (/\.vmx$/i.test(file)) {
-      const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : DEFAULT_DISPLAY_SUFFIX, diskMap })
+      // a failover (`run`): the source's own name, to which prepareVmx adds the failover's suffix alone (no "(grainline mirror)" under it)
+      const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : '', diskMap })
       await writeNewFileDurable(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run), 'destination')
       vmxDropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(file) && !taken.has(file.toLowerCase())) {

@@ -43,7 +43,7 @@ export interface ImportFlat {
 export async function openImportSource(paths: VmPaths, src: VmStateFile, storeDir: string): Promise<ImportFlat[]> {
   const vm = src.vm
   const holds = holdsOf(src)
-  if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds)}; then import it`)
+  if (holds.length > 0) throw new ReceiverError('E_HELD', `${heldMessage(vm, holds, storeDir)}; then import it`)
   const records = Object.values(src.disks).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
   const resync = `run a cycle of VM ${vm} to the folder receiver first (the agent resyncs the disk), then import`
   for (const r of records) {
