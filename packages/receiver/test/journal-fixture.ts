@@ -102,6 +102,13 @@ export async function resumeRefused(t: Test, vm: string, { env, inc }: { readonl
   const before = files(env.store, vm)
   const { receiver, url, logs } = await startReceiver(env, { recover: false })
   t.teardown(() => receiver.close())
+  await resumeFailsAt(t, url, env, vm, inc)
+  t.match(logs.text(), why, 'the receiver logs why')
+  unchanged(t, env.store, vm, before)
+}
+
+/** An agent at receiver `url` runs cycle 2 of `vm` again (`inc`, resuming what is in flight): it must not commit. */
+export async function resumeFailsAt(t: Test, url: string, env: Env, vm: string, inc: DiskPlan): Promise<void> {
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   const res = await runCycle(a, vm, 2, [inc]).then(
     () => 'committed',
@@ -109,7 +116,5 @@ export async function resumeRefused(t: Test, vm: string, { env, inc }: { readonl
   )
   a.terminate()
   await a.whenClosed()
-  t.not(res, 'committed', `the resume is refused (${res.slice(0, 120)})`)
-  t.match(logs.text(), why, 'the receiver logs why')
-  unchanged(t, env.store, vm, before)
+  t.not(res, 'committed', `the resume fails (${res.slice(0, 120)})`)
 }

@@ -18,7 +18,7 @@ import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { Agent, TOKEN, memoryLogger, runCycle, startReceiver, type DiskPlan, type Env } from './helpers.ts'
-import { inflightCycle, inflightSeed, stateOf } from './journal-fixture.ts'
+import { inflightCycle, inflightSeed, resumeFailsAt, stateOf } from './journal-fixture.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { rollbackMirror, storeOverview, type StoreOverview } from '../src/index.ts'
 
@@ -66,14 +66,7 @@ async function vmStatus(store: string, vm: string) {
 async function resumeFails(t: Test, env: Env, vm: string, inc: DiskPlan): Promise<string> {
   const { receiver, url, logs } = await startReceiver(env, { recover: false })
   try {
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    const res = await runCycle(a, vm, 2, [inc]).then(
-      () => 'committed',
-      (e: unknown) => String((e as Error).message),
-    )
-    a.terminate()
-    await a.whenClosed()
-    t.not(res, 'committed', `the resume fails (${res.slice(0, 100)})`)
+    await resumeFailsAt(t, url, env, vm, inc)
   } finally {
     await receiver.close()
   }
