@@ -10,12 +10,12 @@
  */
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { readFile, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { qemuRaw, runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture } from '@grainline/test-utils'
+import { qemuRaw, runNode } from '@grainline/test-utils'
+import { pointsFixture } from './helpers.ts'
 
 const exec = promisify(execFile)
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
@@ -30,24 +30,7 @@ async function qemu(tool: string, args: string[]): Promise<{ code: number; out: 
 }
 
 t.test('points open --format vmfssparse: QEMU writes the child, qemu-img check passes, the writes read back over the point', async (t) => {
-  const dir = scratchDir(t)
-  const store = join(dir, 'store')
-  const cfg = join(dir, 'receiver.json')
-  await writeFile(cfg, JSON.stringify({ store, retention: { keep: 3 } }))
-  const tls = tlsFixture()
-  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls, args: ['--config', cfg] })
-  t.teardown(() => rx.stop())
-  const token = tokenFileFixture(dir)
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'q01', disks: [{ sizeBytes: 8 * MiB }], seed: 5 })
-  const frozen: string[] = []
-  for (let c = 1; c <= 2; c++) {
-    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 16 * 1024, seed: c, zeroFraction: 0.1 })
-    const cfgv = VmxConfig.parse(await readFile(vm.vmxPath, 'utf8'), vm.vmxPath)
-    frozen[c] = join(dir, `frozen-${c}.raw`)
-    await qemuRaw(join(dirname(vm.vmxPath), vmxDisks(cfgv)[0]?.fileName ?? ''), frozen[c] as string)
-    const r = await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
-    t.equal(r.code, 0, r.stderr)
-  }
+  const { dir, store, rx, frozen } = await pointsFixture(t, 'q01', { seed: 5, cycles: 2 })
   await rx.stop()
 
   const open = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'q01', '--point', '1', '--format', 'vmfssparse', '--to', join(dir, 'open'), '--output', 'json'])

@@ -12,8 +12,9 @@ import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { firstDifference, qemuRaw, runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture } from '@grainline/test-utils'
+import { pointsFixture } from './helpers.ts'
 
 const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 const harnessJs = resolve(dirname(fileURLToPath(import.meta.url)), '../../../agent/dist/test/esxi-harness.js')
@@ -31,24 +32,7 @@ interface Harness {
 }
 
 t.test('points, restore, open/close and failover with registration, as processes', async (t) => {
-  const dir = scratchDir(t)
-  const store = join(dir, 'store')
-  const cfg = join(dir, 'receiver.json')
-  await writeFile(cfg, JSON.stringify({ store, retention: { keep: 3 } }))
-  const tls = tlsFixture()
-  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls, args: ['--config', cfg] })
-  t.teardown(() => rx.stop())
-  const token = tokenFileFixture(dir)
-  const vm = await createSampleVm(join(dir, 'src'), { name: 'db01', disks: [{ sizeBytes: 8 * MiB }], seed: 3 })
-  const frozen: string[] = []
-  for (let c = 1; c <= 3; c++) {
-    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 16 * 1024, seed: c, zeroFraction: 0.1 })
-    const cfgv = VmxConfig.parse(await readFile(vm.vmxPath, 'utf8'), vm.vmxPath)
-    frozen[c] = join(dir, `frozen-${c}.raw`)
-    await qemuRaw(join(dirname(vm.vmxPath), vmxDisks(cfgv)[0]?.fileName ?? ''), frozen[c] as string)
-    const r = await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
-    t.equal(r.code, 0, r.stderr)
-  }
+  const { dir, store, vm, frozen, replicate } = await pointsFixture(t, 'db01', { seed: 3, cycles: 3 })
   const list = await runNode(bin, ['points', '--store', store, '--vm', 'db01'])
   t.equal(list.code, 0, list.stderr)
   t.match(list.stdout, /db01: 2 restore point\(s\) and the mirror/)
@@ -70,14 +54,14 @@ t.test('points, restore, open/close and failover with registration, as processes
   await qemuRaw(o.disks[0] as string, seen)
   t.equal(await firstDifference(seen, frozen[2] as string), -1, 'QEMU reads point 2 through the opened folder')
   await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 16 * 1024, seed: 9, zeroFraction: 0.1 })
-  const held = await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
+  const held = await replicate()
   t.not(held.code, 0, 'the held VM is not replicated')
   t.match(held.stdout + held.stderr, /E_HELD/)
   const st = await runNode(bin, ['status', '--store', store])
   t.match(st.stdout, /held by an opened point/, 'status shows the hold')
   const close = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--to', o.dir])
   t.equal(close.code, 0, close.stderr)
-  const again = await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
+  const again = await replicate()
   t.equal(again.code, 0, `released: replication goes on ${again.stderr}`)
 
   // failover of point 3 onto the DR host: registered with the stand-in vim-cmd over SSH
