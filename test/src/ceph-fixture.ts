@@ -3,11 +3,13 @@
  * receiver writes into pool {@link CEPH_POOL} of a test cluster, its status
  * through the CLI, and the oracles that compare points and committed
  * snapshots with the frozen source (`rbd export` through `points export`,
- * and QEMU's rbd driver, independent of it).
+ * and QEMU's rbd driver, independent of it); and the cluster's S3 gateway
+ * (radosgw) as the CLI's archive commands reach it.
  */
 import type { Test } from 'tap'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { firstDifference, qemuRaw, type CephCluster } from '@grainline/test-utils'
 import { runCli, startSite, type Site } from './fixture.ts'
 
@@ -67,4 +69,39 @@ export async function cephSite(dir: string, ceph: CephCluster, extra: object = {
   await mkdir(dir, { recursive: true })
   await writeFile(config, JSON.stringify({ retention: { keep: 5 }, ...extra }))
   return await startSite(dir, ['*'], [], ['--config', config, '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf])
+}
+
+/** The S3 gateway of a test cluster as the CLI's archive commands reach it ({@link rgwArchive}). */
+export interface RgwArchive {
+  /** a raw SDK client of the cluster's S3 user (to plant, inspect or delete objects behind grainline's back) */
+  readonly s3: S3Client
+  readonly endpoint: string
+  /** the S3 user's credentials file (mode 0600), as `--s3-credentials` takes it */
+  readonly creds: string
+  /** `--s3-endpoint ENDPOINT --s3-credentials CREDS` */
+  readonly args: readonly string[]
+}
+
+/**
+ * The radosgw of `ceph` (started with `rgw: true`): its user's credentials written to `dir/s3.json`, a raw
+ * client with the settings radosgw needs (path-style addressing, checksums only when required) destroyed at
+ * `t`'s end, and `buckets` created, each with Object Lock (`'locked'`) or without (`'unlocked'`).
+ */
+export async function rgwArchive(t: Test, ceph: CephCluster, dir: string, buckets: Readonly<Record<string, 'locked' | 'unlocked'>>): Promise<RgwArchive> {
+  const cfg = ceph.s3
+  if (cfg === undefined) throw new Error('the Ceph cluster was started without rgw: true')
+  const credentials = { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey }
+  const creds = join(dir, 's3.json')
+  await writeFile(creds, JSON.stringify(credentials), { mode: 0o600 })
+  const s3 = new S3Client({
+    region: 'us-east-1',
+    endpoint: cfg.endpoint,
+    forcePathStyle: true,
+    credentials,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  })
+  t.teardown(() => s3.destroy())
+  for (const [Bucket, lock] of Object.entries(buckets)) await s3.send(new CreateBucketCommand({ Bucket, ...(lock === 'locked' ? { ObjectLockEnabledForBucket: true } : {}) }))
+  return { s3, endpoint: cfg.endpoint, creds, args: ['--s3-endpoint', cfg.endpoint, '--s3-credentials', creds] }
 }

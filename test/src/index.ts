@@ -1,5 +1,5 @@
 export { startSite, runCli, replicateCli, inflightResumeSeq, expectedView, frozenView } from './fixture.ts'
 export type { Site, RunReport } from './fixture.ts'
 export { httpPort, promSample } from './http-fixture.ts'
-export { CEPH_POOL, cephSite, cephStatus, pointMatches, qemuHasRbd, qemuReadsSnapshots, rotSnapshot } from './ceph-fixture.ts'
-export type { CephStatusJson } from './ceph-fixture.ts'
+export { CEPH_POOL, cephSite, cephStatus, pointMatches, qemuHasRbd, qemuReadsSnapshots, rgwArchive, rotSnapshot } from './ceph-fixture.ts'
+export type { CephStatusJson, RgwArchive } from './ceph-fixture.ts'

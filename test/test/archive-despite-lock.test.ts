@@ -12,10 +12,10 @@
 import t from 'tap'
 import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { CreateBucketCommand, DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import { createSampleVm } from '@grainline/agent'
 import { failIfLingering, firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { startSite, replicateCli, runCli } from '@grainline/e2e'
+import { startSite, replicateCli, rgwArchive, runCli } from '@grainline/e2e'
 
 failIfLingering(t)
 
@@ -25,9 +25,7 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
   const dir = scratchDir(t, 'grainline-despite-')
   const ceph = await startCephCluster({ rgw: true })
   t.teardown(() => ceph.stop())
-  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-  const rwCreds = join(dir, 's3.json')
-  await writeFile(rwCreds, JSON.stringify({ accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }), { mode: 0o600 })
+  const { s3, endpoint: gateway, creds: rwCreds } = await rgwArchive(t, ceph, dir, { 'dr-archive': 'unlocked' })
   // credentials that may only read: a radosgw subuser of the bucket's owner with read access (PUT answered 403)
   const ro = { accessKeyId: 'GRAINLINERO000000001', secretAccessKey: 'read-only-secret-of-the-test' }
   await ceph.run('radosgw-admin', [
@@ -42,17 +40,7 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
   ])
   const roCreds = join(dir, 's3-ro.json')
   await writeFile(roCreds, JSON.stringify(ro), { mode: 0o600 })
-  const s3 = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3cfg.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  })
-  t.teardown(() => s3.destroy())
-  await s3.send(new CreateBucketCommand({ Bucket: 'dr-archive' }))
-  const endpoint = ['--s3-endpoint', s3cfg.endpoint]
+  const endpoint = ['--s3-endpoint', gateway]
 
   // one point of a VM with one disk, archived under site-a/
   const config = join(dir, 'receiver.json')

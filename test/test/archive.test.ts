@@ -10,22 +10,17 @@
 import t from 'tap'
 import { rm, writeFile } from 'node:fs/promises'
 import { createHash } from 'node:crypto'
-import { join, dirname } from 'node:path'
+import { join } from 'node:path'
 import { readFile } from 'node:fs/promises'
-import { CreateBucketCommand, DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
-import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
+import { DeleteObjectCommand, ListObjectVersionsCommand, PutObjectCommand } from '@aws-sdk/client-s3'
+import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { failIfLingering, firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { startSite, replicateCli, runCli } from '@grainline/e2e'
+import { frozenView, startSite, replicateCli, rgwArchive, runCli } from '@grainline/e2e'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
 failIfLingering(t)
 
 const MiB = 1024 * 1024
-
-async function topDescriptors(vmx: string): Promise<string[]> {
-  const cfg = VmxConfig.parse(await readFile(vmx, 'utf8'), vmx)
-  return vmxDisks(cfg).map((d) => join(dirname(vmx), d.fileName))
-}
 
 interface Archived {
   points: { cycle: number; archived: boolean; uploaded: number; present: number; zero: number; uploadedBytes: number }[]
@@ -35,21 +30,7 @@ t.test('points archived to radosgw with Object Lock; every point restored from t
   const dir = scratchDir(t, 'grainline-archive-')
   const ceph = await startCephCluster({ rgw: true })
   t.teardown(() => ceph.stop())
-  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-  const creds = join(dir, 's3.json')
-  await writeFile(creds, JSON.stringify({ accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }), { mode: 0o600 })
-  const s3 = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3cfg.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  })
-  t.teardown(() => s3.destroy())
-  await s3.send(new CreateBucketCommand({ Bucket: 'dr-archive', ObjectLockEnabledForBucket: true }))
-  await s3.send(new CreateBucketCommand({ Bucket: 'no-lock' }))
-  const s3args = ['--s3-endpoint', s3cfg.endpoint, '--s3-credentials', creds]
+  const { s3, args: s3args } = await rgwArchive(t, ceph, dir, { 'dr-archive': 'locked', 'no-lock': 'unlocked' })
 
   const config = join(dir, 'receiver.json')
   await writeFile(config, JSON.stringify({ store: join(dir, 'dr', 'store'), retention: { keep: 5 } }))
@@ -60,12 +41,7 @@ t.test('points archived to radosgw with Object Lock; every point restored from t
   const expected: string[][] = []
   for (let cycle = 1; cycle <= 4; cycle++) {
     if (cycle > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: cycle * 3, zeroFraction: 0.2 })
-    expected[cycle] = []
-    for (const [i, d] of (await topDescriptors(vm.vmxPath)).entries()) {
-      const raw = join(dir, `expected-${cycle}-${i}.raw`)
-      await qemuRaw(d, raw)
-      expected[cycle]?.push(raw)
-    }
+    expected[cycle] = await frozenView(vm.vmxPath, join(dir, `expected-${cycle}`))
     const r = await replicateCli(site, vm.vmxPath)
     t.equal(r.code, 0, `cycle ${cycle}: ${r.stderr.slice(-1500)}`)
   }

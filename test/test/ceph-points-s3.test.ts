@@ -16,10 +16,10 @@
 import t from 'tap'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { CreateBucketCommand, DeleteObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { failIfLingering, firstDifference, haveCeph, qemuCompare, qemuIo, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
-import { replicateCli, runCli, startSite, frozenView } from '@grainline/e2e'
+import { replicateCli, rgwArchive, runCli, startSite, frozenView } from '@grainline/e2e'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
 failIfLingering(t)
@@ -69,20 +69,7 @@ t.test('Ceph points: archived from their snapshots and restored from the bucket 
   const sourceOf = (k: number, disk: string): string => points.find((p) => p.cycle === k)?.disks.find((d) => d.name === disk)?.source as string
 
   // points archive from the snapshots, with Object Lock
-  const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-  const creds = join(dir, 's3.json')
-  await writeFile(creds, JSON.stringify({ accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }), { mode: 0o600 })
-  const s3 = new S3Client({
-    region: 'us-east-1',
-    endpoint: s3cfg.endpoint,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  })
-  t.teardown(() => s3.destroy())
-  await s3.send(new CreateBucketCommand({ Bucket: 'dr-ceph', ObjectLockEnabledForBucket: true }))
-  const s3args = ['--s3-endpoint', s3cfg.endpoint, '--s3-credentials', creds]
+  const { s3, args: s3args } = await rgwArchive(t, ceph, dir, { 'dr-ceph': 'locked' })
   const noPoint = await runCli(['points', 'archive', ...ceph1, '--point', '9', '--archive', 's3://dr-ceph/site-b', ...s3args])
   t.not(noPoint.code, 0, 'a point the pool does not have is refused')
   t.match(noPoint.stderr, /no point 9/)

@@ -27,8 +27,8 @@ export async function runMain(argv: readonly string[]): Promise<{ code: number; 
   return { code, out, err }
 }
 
-/** A VM replicated `cycles` times by `grainline replicate` processes to a receiver process that keeps points ({@link pointsFixture}). */
-export interface PointsFixture {
+/** A receiver process on a fresh store and what `grainline replicate` needs to reach it ({@link cliSite}). */
+export interface CliSite {
   readonly dir: string
   /** the receiver's store folder */
   readonly store: string
@@ -36,6 +36,32 @@ export interface PointsFixture {
   readonly tls: TlsFixture
   /** the agent's token file */
   readonly token: string
+  /** `grainline replicate VMX` to this receiver (its token, CA and a state folder in `dir`), then `extra` */
+  args(vmx: string, ...extra: string[]): string[]
+}
+
+/**
+ * A real receiver process on store `dir/store` of a fresh scratch folder (with `config` as its config file when
+ * given), stopped at the test's end, and the agent's side of it: token file, CA and `grainline replicate` arguments.
+ */
+export async function cliSite(t: Test, config?: object): Promise<CliSite> {
+  const dir = scratchDir(t)
+  const store = join(dir, 'store')
+  const args: string[] = []
+  if (config !== undefined) {
+    const cfg = join(dir, 'receiver.json')
+    await writeFile(cfg, JSON.stringify({ store, ...config }))
+    args.push('--config', cfg)
+  }
+  const tls = tlsFixture()
+  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls, args })
+  t.teardown(() => rx.stop())
+  const token = tokenFileFixture(dir)
+  return { dir, store, rx, tls, token, args: (vmx, ...extra) => ['replicate', vmx, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), ...extra] }
+}
+
+/** A VM replicated `cycles` times by `grainline replicate` processes to a receiver process that keeps points ({@link pointsFixture}). */
+export interface PointsFixture extends CliSite {
   readonly vm: SampleVm
   /** `frozen[c]`: the source disk as cycle `c` froze it, a raw image (from 1) */
   readonly frozen: string[]
@@ -49,17 +75,10 @@ export interface PointsFixture {
  * the test's end. Each cycle's frozen source is kept as a raw image (qemu-img) to compare restores with.
  */
 export async function pointsFixture(t: Test, name: string, opts: { readonly seed: number; readonly cycles: number }): Promise<PointsFixture> {
-  const dir = scratchDir(t)
-  const store = join(dir, 'store')
-  const cfg = join(dir, 'receiver.json')
-  await writeFile(cfg, JSON.stringify({ store, retention: { keep: 3 } }))
-  const tls = tlsFixture()
-  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls, args: ['--config', cfg] })
-  t.teardown(() => rx.stop())
-  const token = tokenFileFixture(dir)
+  const site = await cliSite(t, { retention: { keep: 3 } })
+  const { dir } = site
   const vm = await createSampleVm(join(dir, 'src'), { name, disks: [{ sizeBytes: 8 * MiB }], seed: opts.seed })
-  const replicate = async (): Promise<RunResult> =>
-    await runNode(BIN, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
+  const replicate = async (): Promise<RunResult> => await runNode(BIN, site.args(vm.vmxPath, '--log-level', 'warn'))
   const frozen: string[] = []
   for (let c = 1; c <= opts.cycles; c++) {
     if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: MiB, writeSize: 16 * 1024, seed: c, zeroFraction: 0.1 })
@@ -69,5 +88,5 @@ export async function pointsFixture(t: Test, name: string, opts: { readonly seed
     const r = await replicate()
     t.equal(r.code, 0, r.stderr)
   }
-  return { dir, store, rx, tls, token, vm, frozen, replicate }
+  return { ...site, vm, frozen, replicate }
 }

@@ -13,10 +13,9 @@ import { createServer } from 'node:net'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { firstDifference, qemuRaw, runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture } from '@grainline/test-utils'
-import { pointsFixture } from './helpers.ts'
+import { firstDifference, qemuRaw, runNode } from '@grainline/test-utils'
+import { BIN, cliSite, pointsFixture } from './helpers.ts'
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 const harnessJs = resolve(dirname(fileURLToPath(import.meta.url)), '../../../agent/dist/test/esxi-harness.js')
 const MiB = 1024 * 1024
 
@@ -33,21 +32,21 @@ interface Harness {
 
 t.test('points, restore, open/close and failover with registration, as processes', async (t) => {
   const { dir, store, vm, frozen, replicate } = await pointsFixture(t, 'db01', { seed: 3, cycles: 3 })
-  const list = await runNode(bin, ['points', '--store', store, '--vm', 'db01'])
+  const list = await runNode(BIN, ['points', '--store', store, '--vm', 'db01'])
   t.equal(list.code, 0, list.stderr)
   t.match(list.stdout, /db01: 2 restore point\(s\) and the mirror/)
   t.match(list.stdout, /3 \(mirror\)/)
-  const rs = await runNode(bin, ['restore', '--store', store, '--vm', 'db01', '--point', '1', '--to', join(dir, 'r1')])
+  const rs = await runNode(BIN, ['restore', '--store', store, '--vm', 'db01', '--point', '1', '--to', join(dir, 'r1')])
   t.equal(rs.code, 0, rs.stderr)
   t.match(rs.stdout, /point 1 restored/)
   t.match(rs.stderr, /of 8\.00 MiB \(100 %/, 'progress with the total on stderr')
   t.equal(await firstDifference(join(dir, 'r1', 'db01-flat.vmdk'), frozen[1] as string), -1, 'restored point 1 = the frozen source of cycle 1')
-  const bad = await runNode(bin, ['restore', '--store', store, '--vm', 'db01', '--point', '9', '--to', join(dir, 'r9')])
+  const bad = await runNode(BIN, ['restore', '--store', store, '--vm', 'db01', '--point', '9', '--to', join(dir, 'r9')])
   t.equal(bad.code, 1)
   t.match(bad.stderr, /no point 9.*\[E_NOT_FOUND\]/)
 
   // open point 2, then an agent is refused with E_HELD until it is closed
-  const open = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'db01', '--point', '2', '--output', 'json'])
+  const open = await runNode(BIN, ['points', 'open', '--store', store, '--vm', 'db01', '--point', '2', '--output', 'json'])
   t.equal(open.code, 0, open.stderr)
   const o = JSON.parse(open.stdout) as { dir: string; disks: string[] }
   const seen = join(dir, 'open-2.raw')
@@ -57,9 +56,9 @@ t.test('points, restore, open/close and failover with registration, as processes
   const held = await replicate()
   t.not(held.code, 0, 'the held VM is not replicated')
   t.match(held.stdout + held.stderr, /E_HELD/)
-  const st = await runNode(bin, ['status', '--store', store])
+  const st = await runNode(BIN, ['status', '--store', store])
   t.match(st.stdout, /held by an opened point/, 'status shows the hold')
-  const close = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--to', o.dir])
+  const close = await runNode(BIN, ['points', 'close', '--store', store, '--vm', 'db01', '--to', o.dir])
   t.equal(close.code, 0, close.stderr)
   const again = await replicate()
   t.equal(again.code, 0, `released: replication goes on ${again.stderr}`)
@@ -78,7 +77,7 @@ t.test('points, restore, open/close and failover with registration, as processes
     }),
   )
   const to = join(h.datastore, 'db01-dr')
-  const fo = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'db01', '--point', '3', '--to', to, '--network', 'VM Network=DR Network', '--register', esxi, '--output', 'json'])
+  const fo = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'db01', '--point', '3', '--to', to, '--network', 'VM Network=DR Network', '--register', esxi, '--output', 'json'])
   t.equal(fo.code, 0, fo.stderr)
   const f = JSON.parse(fo.stdout) as { registered: { vmid: string; name: string; path: string } }
   t.equal(f.registered.path, '[datastore1] db01-dr/db01.vmx')
@@ -95,11 +94,11 @@ t.test('points, restore, open/close and failover with registration, as processes
   const fr = join(dir, 'failover.raw')
   execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(to, 'db01.vmdk'), fr])
   t.equal(await firstDifference(fr, frozen[3] as string), -1, 'the failover disk reads as point 3')
-  const refused = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all'])
+  const refused = await runNode(BIN, ['points', 'close', '--store', store, '--vm', 'db01', '--all'])
   t.not(refused.code, 0, 'close --all refuses a failover hold')
   t.match(refused.stderr, /failover folder.*--failover \[E_HELD\]/s)
   t.ok(existsSync(join(to, 'db01.vmx')), 'the failover folder is kept')
-  const close2 = await runNode(bin, ['points', 'close', '--store', store, '--vm', 'db01', '--all', '--failover'])
+  const close2 = await runNode(BIN, ['points', 'close', '--store', store, '--vm', 'db01', '--all', '--failover'])
   t.equal(close2.code, 0, close2.stderr)
 })
 
@@ -122,27 +121,22 @@ async function closedPort(): Promise<number> {
 }
 
 t.test('a VM named with a space: the release commands grainline prints paste as printed; a failover whose registration fails is undone', async (t) => {
-  const dir = scratchDir(t)
-  const store = join(dir, 'store')
-  const tls = tlsFixture()
-  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls })
-  t.teardown(() => rx.stop())
-  const token = tokenFileFixture(dir)
+  const { dir, store, args } = await cliSite(t)
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web 01', disks: [{ sizeBytes: 4 * MiB }], seed: 5 })
-  const replicate = async () => await runNode(bin, ['replicate', vm.vmxPath, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), '--log-level', 'warn'])
+  const replicate = async () => await runNode(BIN, args(vm.vmxPath, '--log-level', 'warn'))
   const first = await replicate()
   t.equal(first.code, 0, first.stderr)
   // `grainline` on PATH, run from another folder than the store's or the test's
   const binDir = join(dir, 'bin')
   await mkdir(binDir)
-  await writeFile(join(binDir, 'grainline'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(bin)} "$@"\n`)
+  await writeFile(join(binDir, 'grainline'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)} "$@"\n`)
   await chmod(join(binDir, 'grainline'), 0o755)
   const elsewhere = join(dir, 'elsewhere')
   await mkdir(elsewhere)
-  const held = async () => (await runNode(bin, ['status', '--store', store])).stdout
+  const held = async () => (await runNode(BIN, ['status', '--store', store])).stdout
 
   // the agent's E_HELD: the store's folder not told, the hold's folder inside the store relative to it, --store named STORE
-  const open = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'web 01'])
+  const open = await runNode(BIN, ['points', 'open', '--store', store, '--vm', 'web 01'])
   t.equal(open.code, 0, open.stderr)
   const refused = await replicate()
   t.not(refused.code, 0, 'the held VM is not replicated')
@@ -154,7 +148,7 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
   t.notMatch(await held(), /held by/, 'released')
 
   // points open prints the command with every argument quoted and the folder absolute
-  const open2 = await runNode(bin, ['points', 'open', '--store', store, '--vm', 'web 01'])
+  const open2 = await runNode(BIN, ['points', 'open', '--store', store, '--vm', 'web 01'])
   t.equal(open2.code, 0, open2.stderr)
   const printed = /until "(grainline points close [^"]+)"/.exec(open2.stdout)?.[1]
   t.equal(printed, `grainline points close --store ${store} --vm 'web 01' --to '${join(store, '.open', 'web 01-point-1')}'`)
@@ -176,7 +170,7 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
   const down = join(dir, 'down.json')
   await writeFile(down, JSON.stringify(settings(await closedPort())))
   const downTo = join(h.datastore, 'down', 'web01-dr')
-  const fo1 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', downTo, '--register', down])
+  const fo1 = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', downTo, '--register', down])
   t.equal(fo1.code, 1, fo1.stderr)
   t.match(fo1.stderr, /VM web 01: the DR host of .*down\.json cannot be reached over SSH \(.*\); nothing was opened, the mirror is not held\. Check its ssh settings .*\[E_SSH_CONNECT\]/s)
   t.notOk(existsSync(join(h.datastore, 'down')), 'no folder was made')
@@ -191,13 +185,13 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
   state.vms.push(taken('fresh/web01-dr'))
   await h.writeState(state as Parameters<Harness['writeState']>[0])
   await mkdir(join(h.datastore, 'pre-made'))
-  const fo2 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'pre-made'), '--register', esxi])
+  const fo2 = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'pre-made'), '--register', esxi])
   t.equal(fo2.code, 1, fo2.stderr)
   t.match(fo2.stderr, /registering \[datastore1\] pre-made\/web 01\.vmx as "web 01 \(grainline failover\)" on 127\.0\.0\.1 failed: .*AlreadyExists/s)
   t.match(fo2.stderr, /the failover was undone: VM web 01 is no longer held, the files written into .*pre-made removed\. Fix the cause, then run the failover again \[E_REGISTER\]/s)
   t.same(await readdir(join(h.datastore, 'pre-made')), [], 'the folder that was there is kept, emptied of what the failover wrote')
   t.notMatch(await held(), /held by/, 'the mirror is not held')
-  const fo3 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'fresh', 'web01-dr'), '--register', esxi])
+  const fo3 = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'fresh', 'web01-dr'), '--register', esxi])
   t.equal(fo3.code, 1, fo3.stderr)
   t.match(fo3.stderr, /the failover was undone: VM web 01 is no longer held, .*fresh\/web01-dr removed.*\[E_REGISTER\]/s)
   t.notOk(existsSync(join(h.datastore, 'fresh')), 'the folders the failover made are gone')
@@ -208,7 +202,7 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
 
   // a registered failover: one name in the inventory and in the .vmx, not stacked on the mirror's; its release command pastes
   const to = join(h.datastore, 'web01-dr')
-  const fo4 = await runNode(bin, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', to, '--register', esxi])
+  const fo4 = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', to, '--register', esxi])
   t.equal(fo4.code, 0, fo4.stderr)
   t.match(fo4.stdout, /registered as vmid \d+ "web 01 \(grainline failover\)"/)
   t.equal((await h.readState()).vms.at(-1)?.name, 'web 01 (grainline failover)', 'registered by that name')

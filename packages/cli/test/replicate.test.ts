@@ -9,31 +9,12 @@ import t from 'tap'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, symlinkSync } from 'node:fs'
 import { appendFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { createSampleVm } from '@grainline/agent'
-import { runNode, scratchDir, startReceiverProcess, tlsFixture, tokenFileFixture, tokensFixture, type ReceiverProcess } from '@grainline/test-utils'
-import { runMain } from './helpers.ts'
+import { runNode, scratchDir, tokenFileFixture } from '@grainline/test-utils'
+import { BIN, cliSite, runMain } from './helpers.ts'
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../src/bin.js')
 const MiB = 1024 * 1024
-
-interface Site {
-  readonly dir: string
-  readonly rx: ReceiverProcess
-  readonly store: string
-  readonly args: (vmx: string, ...extra: string[]) => string[]
-}
-
-async function site(t: Parameters<typeof scratchDir>[0]): Promise<Site> {
-  const dir = scratchDir(t)
-  const store = join(dir, 'store')
-  const tls = tlsFixture()
-  const rx = await startReceiverProcess({ store, tokens: tokensFixture(dir).file, tls })
-  t.teardown(() => rx.stop())
-  const token = tokenFileFixture(dir)
-  return { dir, rx, store, args: (vmx, ...extra) => ['replicate', vmx, '--to', rx.url, '--token-file', token, '--ca', tls.cert, '--state-dir', join(dir, 'state'), ...extra] }
-}
 
 /** Lines of JSON logs (stderr off a terminal). */
 const jsonLines = (text: string): Array<Record<string, unknown>> =>
@@ -61,10 +42,10 @@ function signalWhenShipping(signal: NodeJS.Signals, lines = 1): (p: ChildProcess
 }
 
 t.test('off a terminal: JSON logs with progress lines, a human summary, the report file; status OK', async (t) => {
-  const s = await site(t)
+  const s = await cliSite(t)
   const vm = await createSampleVm(join(s.dir, 'src'), { name: 'alpha', disks: [{ sizeBytes: 8 * MiB }, { sizeBytes: 4 * MiB, fill: 'zero' }] })
   const report = join(s.dir, 'out', 'report.json')
-  const r = await runNode(bin, s.args(vm.vmxPath, '--certify', 'xxh64', '--report', report))
+  const r = await runNode(BIN, s.args(vm.vmxPath, '--certify', 'xxh64', '--report', report))
   t.equal(r.code, 0, r.stderr.slice(-2000))
   t.match(r.stdout, /^OK {3}alpha cycle 1 \(grainline-1\), [\d.]+ (ms|s)\n/)
   t.match(r.stdout, /ok {3}scsi0:0 alpha\.vmdk: seed, [\d.]+ MiB data, [\d.]+ (KiB|MiB|B) zero, [\d.]+ MiB on the wire, trivial ok, certify xxh64 ok/)
@@ -79,24 +60,24 @@ t.test('off a terminal: JSON logs with progress lines, a human summary, the repo
   t.match(job[job.length - 1], { vmsDone: 1, vmsTotal: 1, estimated: false, etaSeconds: 0 }, 'job totals and ETA')
   const rep = JSON.parse(await readFile(report, 'utf8')) as { ok: boolean; vms: Array<{ vm: string; cycle: number }> }
   t.match(rep, { ok: true, vms: [{ vm: 'alpha', cycle: 1 }] })
-  const st = await runNode(bin, ['status', '--store', s.store, '--max-age', '30m'])
+  const st = await runNode(BIN, ['status', '--store', s.store, '--max-age', '30m'])
   t.equal(st.code, 0)
   t.match(st.stdout, /^GRAINLINE OK - 1 mirror OK, oldest commit \d+ s ago \| 'alpha_age'=\d+s;;1800\n/)
   t.match(st.stdout, /alpha +alpha\.vmdk +1 +\d+ s ago +8\.00 MiB +ok +xxh64 ok +certify at cycle 1, \d+ s ago +- +OK/, 'the certify proved the disk: last proven')
-  const json = await runNode(bin, ['status', '--store', s.store, '--output', 'json'])
+  const json = await runNode(BIN, ['status', '--store', s.store, '--output', 'json'])
   t.match(JSON.parse(json.stdout), { state: 'OK', exitCode: 0, vms: [{ vm: 'alpha', health: { state: 'OK', problems: [] } }] })
   // someone boots the mirror: CRITICAL
   await appendFile(join(s.store, 'alpha', 'alpha-flat.vmdk'), Buffer.alloc(512))
-  const modified = await runNode(bin, ['status', '--store', s.store])
+  const modified = await runNode(BIN, ['status', '--store', s.store])
   t.equal(modified.code, 2)
   t.match(modified.stdout, /^GRAINLINE CRITICAL - 1 of 1 mirror not OK: alpha CRITICAL \(alpha\.vmdk modified since its last commit/)
 })
 
 t.test('SIGINT while shipping: the report says so, the snapshot is kept, status warns, exit 130; the next run resumes', async (t) => {
-  const s = await site(t)
+  const s = await cliSite(t)
   const vm = await createSampleVm(join(s.dir, 'src'), { name: 'beta', disks: [{ sizeBytes: 24 * MiB, fill: 'random' }] })
   const report = join(s.dir, 'report.json')
-  const r = await runNode(bin, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none', '--report', report), { onSpawn: signalWhenShipping('SIGINT', 2) })
+  const r = await runNode(BIN, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none', '--report', report), { onSpawn: signalWhenShipping('SIGINT', 2) })
   t.equal(r.code, 130, 'exit 130 after SIGINT')
   t.match(r.stderr, /grainline: interrupted by SIGINT; the report says what was kept for the next run \(.*report\.json\)/)
   t.match(r.stdout, /^FAIL beta cycle 1 \(grainline-1\), .*: E_ABORTED interrupted by SIGINT: snapshot grainline-1 is kept and the next run resumes from it/)
@@ -106,21 +87,21 @@ t.test('SIGINT while shipping: the report says so, the snapshot is kept, status 
   t.equal(rep.vms[0]?.error.code, 'E_ABORTED')
   const vmsd = await readFile(vm.vmxPath.replace(/\.vmx$/, '.vmsd'), 'utf8')
   t.match(vmsd, /displayName = "grainline-1"/, 'the snapshot of the interrupted cycle is still on the VM')
-  const st = await runNode(bin, ['status', '--store', s.store])
+  const st = await runNode(BIN, ['status', '--store', s.store])
   t.equal(st.code, 1, 'a cycle in flight: WARNING')
   t.match(st.stdout, /^GRAINLINE WARNING - .*beta WARNING \(never committed \(seed not finished\); cycle 1 in flight/)
-  const again = await runNode(bin, s.args(vm.vmxPath, '--report', report))
+  const again = await runNode(BIN, s.args(vm.vmxPath, '--report', report))
   t.equal(again.code, 0, again.stderr.slice(-2000))
   t.match(again.stdout, /^OK {3}beta cycle 1 \(grainline-1, resumed\)/)
   const rep2 = JSON.parse(await readFile(report, 'utf8')) as { vms: Array<{ disks: Array<{ resumedFrom: number[] }> }> }
   t.ok((rep2.vms[0]?.disks[0]?.resumedFrom[0] ?? 0) > 0, `resumed from extent ${rep2.vms[0]?.disks[0]?.resumedFrom[0]}, not from the start`)
-  t.equal((await runNode(bin, ['status', '--store', s.store])).code, 0)
+  t.equal((await runNode(BIN, ['status', '--store', s.store])).code, 0)
 })
 
 t.test('SIGTERM (systemd stop): exit 143, same guarantees', async (t) => {
-  const s = await site(t)
+  const s = await cliSite(t)
   const vm = await createSampleVm(join(s.dir, 'src'), { name: 'gamma', disks: [{ sizeBytes: 16 * MiB, fill: 'random' }] })
-  const r = await runNode(bin, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none'), { onSpawn: signalWhenShipping('SIGTERM') })
+  const r = await runNode(BIN, s.args(vm.vmxPath, '--bwlimit', '2M', '--compress', 'none'), { onSpawn: signalWhenShipping('SIGTERM') })
   t.equal(r.code, 143)
   t.match(r.stdout, /E_ABORTED interrupted by SIGTERM: snapshot grainline-1 is kept/)
   t.ok(
@@ -130,36 +111,36 @@ t.test('SIGTERM (systemd stop): exit 143, same guarantees', async (t) => {
 })
 
 t.test('a job file with several VMs in parallel: one report, a failed VM fails the run (exit 1) and is named', async (t) => {
-  const s = await site(t)
+  const s = await cliSite(t)
   const a = await createSampleVm(join(s.dir, 'src'), { name: 'job-a', disks: [{ sizeBytes: 2 * MiB }] })
   const b = await createSampleVm(join(s.dir, 'src'), { name: 'job-b', disks: [{ sizeBytes: 2 * MiB }], seed: 3 })
   const job = join(s.dir, 'job.json')
   await writeFile(job, JSON.stringify({ parallel: 3, bwlimit: '64M', vms: [a.vmxPath, { vm: b.vmxPath, certify: 'md5' }, { vm: join(s.dir, 'gone', 'gone.vmx') }] }))
   const args = s.args('', '--job', job).filter((x) => x !== '')
-  const r = await runNode(bin, args)
+  const r = await runNode(BIN, args)
   t.equal(r.code, 1)
   t.match(r.stdout, /OK {3}job-a cycle 1[\s\S]*OK {3}job-b cycle 1[\s\S]*certify md5 ok[\s\S]*FAIL .*gone\.vmx/)
   t.match(r.stderr, /grainline: 1 of 3 VMs failed: .*gone.* \[E_VM_NOT_FOUND\]/)
 })
 
 t.test("a VM with a disk on a second datastore: refused without --datastore-root (exit 1, E_VMX naming the flag), replicated with the flag or the job file's datastoreRoots", async (t) => {
-  const s = await site(t)
+  const s = await cliSite(t)
   const ds2 = join(s.dir, 'ds2')
   const vm = await createSampleVm(join(s.dir, 'ds1'), { name: 'two-ds', disks: [{ sizeBytes: 2 * MiB }, { sizeBytes: 2 * MiB, folder: join(ds2, 'two-ds') }] })
-  const refused = await runNode(bin, s.args(vm.vmxPath))
+  const refused = await runNode(BIN, s.args(vm.vmxPath))
   t.equal(refused.code, 1, refused.stderr.slice(-2000))
   t.match(refused.stdout, /^FAIL .*E_VMX VM two-ds: disk scsi0:1 .*add the folder it is mounted at with --datastore-root DIR \(job file: "datastoreRoots": \["DIR", …\]\)/)
   t.match(refused.stderr, /grainline: 1 of 1 VM failed: .*\[E_VMX\]/)
   // the flag before the VM: repeated, not an array that would take the .vmx for a root
   const [, ...rest] = s.args(vm.vmxPath)
-  const flag = await runNode(bin, ['replicate', '--datastore-root', ds2, ...rest])
+  const flag = await runNode(BIN, ['replicate', '--datastore-root', ds2, ...rest])
   t.equal(flag.code, 0, flag.stderr.slice(-2000))
   t.match(flag.stdout, /^OK {3}two-ds cycle 1 /)
   t.match(flag.stdout, /ok {3}scsi0:1 two-ds_1\.vmdk: seed, /)
   const job = join(s.dir, 'job.json')
   await writeFile(job, JSON.stringify({ datastoreRoots: ds2, vms: [vm.vmxPath] }))
   const fromJob = await runNode(
-    bin,
+    BIN,
     s.args('', '--job', job).filter((x) => x !== ''),
   )
   t.equal(fromJob.code, 0, fromJob.stderr.slice(-2000))
@@ -176,7 +157,7 @@ t.test('--datastore-root with --driver esxi: exit 2 before anything runs, naming
   await writeFile(join(dir, 'esx.key'), '-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n')
   const esxi = join(dir, 'esxi.json')
   await writeFile(esxi, JSON.stringify({ ssh: { host: 'esx1', privateKeyFile: 'esx.key', hostKeyFingerprint: `SHA256:${'A'.repeat(43)}` }, datastores: { ds1: 'ds1' } }))
-  const r = await runNode(bin, ['replicate', '--driver', 'esxi', '--esxi-config', esxi, '--datastore-root', ds2, 'db01', '--to', 'wss://127.0.0.1:9', '--token-file', token])
+  const r = await runNode(BIN, ['replicate', '--driver', 'esxi', '--esxi-config', esxi, '--datastore-root', ds2, 'db01', '--to', 'wss://127.0.0.1:9', '--token-file', token])
   t.equal(r.code, 2, r.stderr)
   t.equal(
     r.stderr,
@@ -192,12 +173,12 @@ t.test('--datastore-root holding the --token-file (or the --job file): exit 2 be
   await mkdir(ds2)
   const token = join(ds2, 'agent.token')
   await writeFile(token, 'secret-token-0123456789\n')
-  const r = await runNode(bin, ['replicate', '--datastore-root', ds2, vm.vmxPath, '--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state')])
+  const r = await runNode(BIN, ['replicate', '--datastore-root', ds2, vm.vmxPath, '--to', 'wss://127.0.0.1:9', '--token-file', token, '--state-dir', join(dir, 'state')])
   t.equal(r.code, 2, r.stderr)
   t.ok(r.stderr.startsWith(`grainline: --datastore-root: ${ds2} contains the agent's own ${token} (its state, credentials or settings), which a descriptor could then name and ship: `), r.stderr)
   const job = join(ds2, 'job.json')
   await writeFile(job, JSON.stringify({ datastoreRoots: ds2, vms: [vm.vmxPath] }))
-  const j = await runNode(bin, ['replicate', '--job', job, '--to', 'wss://127.0.0.1:9', '--token-file', tokenFileFixture(dir), '--state-dir', join(dir, 'state')])
+  const j = await runNode(BIN, ['replicate', '--job', job, '--to', 'wss://127.0.0.1:9', '--token-file', tokenFileFixture(dir), '--state-dir', join(dir, 'state')])
   t.equal(j.code, 2, j.stderr)
   t.ok(j.stderr.startsWith(`grainline: job.datastoreRoots: ${ds2} contains the agent's own ${job} `), j.stderr)
   t.notOk(existsSync(join(vm.dir, 'tok.vmsd')), 'no snapshot was taken')
@@ -333,10 +314,10 @@ t.test(
   'on a real terminal (a pty through util-linux script): the redrawn display fits 60 columns and a 0-column pty',
   { skip: haveScript ? false : 'util-linux script is not installed' },
   async (t) => {
-    const s = await site(t)
+    const s = await cliSite(t)
     for (const cols of [60, 0]) {
       const vm = await createSampleVm(join(s.dir, 'src'), { name: `pty-${cols}`, disks: [{ sizeBytes: 12 * MiB, fill: 'random' }, { sizeBytes: 4 * MiB }] })
-      const cmd = [process.execPath, bin, ...s.args(vm.vmxPath, '--bwlimit', '8M')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+      const cmd = [process.execPath, BIN, ...s.args(vm.vmxPath, '--bwlimit', '8M')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
       const r = await new Promise<{ code: number | null; out: string }>((res) => {
         let out = ''
         const p = spawn('script', ['-qefc', `stty cols ${cols} rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] })

@@ -11,7 +11,7 @@ import type { Test } from 'tap'
 import WebSocket from 'ws'
 import { VmMirror } from '../src/vm-mirror.ts'
 import type { DiskApply } from '../src/disk-apply.ts'
-import { patternBytes, tlsFixture } from '@grainline/test-utils'
+import { patternBytes, scratchDir, tlsFixture } from '@grainline/test-utils'
 import {
   CycleDigest,
   MessageKind,
@@ -127,6 +127,25 @@ export async function startReceiver(env: Env, extra: Partial<ReceiverInit> = {})
   )
   const { port } = await receiver.listen()
   return { receiver, url: `wss://127.0.0.1:${port}/`, logs }
+}
+
+/**
+ * A fresh store with VM `vm` seeded (cycle 1 committed: one 2 MiB disk `d.vmdk` of {@link pattern}(`seed`),
+ * cycle id `cycleId`) by an {@link Agent} through an in-process receiver ({@link startReceiver} with `extra`),
+ * closed at `t`'s end.
+ */
+export async function seededStore(
+  t: Test,
+  vm: string,
+  opts: { readonly seed?: number; readonly cycleId?: string; readonly extra?: Partial<ReceiverInit> } = {},
+): Promise<{ env: Env; receiver: Receiver; url: string }> {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, opts.extra)
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, opts.seed ?? 4), opts.cycleId ?? 'cd01cd01cd01cd01')])
+  a.close()
+  return { env, receiver, url }
 }
 
 export const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url))

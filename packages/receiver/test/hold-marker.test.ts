@@ -9,24 +9,18 @@
  * with empty ones.
  */
 import t from 'tap'
-import { scratchDir } from '@grainline/test-utils'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
-import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, watchSyncs, whenFree } from './helpers.ts'
+import { seededStore, watchSyncs, whenFree } from './helpers.ts'
 import { closePoint, openPoint } from '../src/index.ts'
 import { HOLD_MARKER } from '../src/holds.ts'
 
 const log = pino({ level: 'silent' })
 
 t.test('points open: the hold marker is written to a temporary file, fsynced, renamed, and its folder fsynced', async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-hold'
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
-  a.close()
+  const { env } = await seededStore(t, vm)
 
   // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
   const { synced, stop } = await watchSyncs(t, env.dir)
@@ -44,13 +38,8 @@ t.test('points open: the hold marker is written to a temporary file, fsynced, re
 })
 
 t.test('points close: a folder holding only the marker temporary file (a crash before its rename) is closed; with anything else beside it, refused', async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-crash'
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
-  a.close()
+  const { env } = await seededStore(t, vm)
   // the state openPoint leaves when the process dies after the hold's record and the marker's temporary file,
   // before the rename: the folder holds that temporary file only (partly written)
   const crashed = async (dir: string, extra?: string): Promise<void> => {
@@ -76,13 +65,8 @@ t.test('points close: a folder holding only the marker temporary file (a crash b
 })
 
 t.test("points open: the opened point's .vmx and .nvram are written to temporary files, fsynced, renamed, and the folder fsynced", async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-config'
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 5), 'cd02cd02cd02cd02')])
-  a.close()
+  const { env } = await seededStore(t, vm, { seed: 5, cycleId: 'cd02cd02cd02cd02' })
 
   // every fsync of this process, by the path its descriptor names when it is synced (/proc/self/fd)
   const { synced, stop } = await watchSyncs(t, env.dir)

@@ -10,12 +10,13 @@
  * failover, and `restore --from s3://…` (an archive).
  */
 import t, { type Test } from 'tap'
-import { haveCeph, scratchDir, startCephCluster } from '@grainline/test-utils'
+import { haveCeph, startCephCluster } from '@grainline/test-utils'
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { pino } from 'pino'
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
-import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver, watchSyncs, whenFree } from './helpers.ts'
+import { CreateBucketCommand } from '@aws-sdk/client-s3'
+import { seededStore, watchSyncs, whenFree } from './helpers.ts'
+import { rgwClient } from './s3-fixture.ts'
 import { archivePoints, cephFailover, cephRestorePoint, cephRestoreVm, restoreFromArchive, restorePoint, S3Bucket } from '../src/index.ts'
 
 const log = pino({ level: 'silent' })
@@ -40,13 +41,8 @@ function durable(t: Test, synced: readonly string[], dir: string, what: string, 
 }
 
 t.test('restore of a folder store point: descriptor, .vmx and .nvram fsynced, then the folder', async (t) => {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  t.teardown(() => receiver.close())
   const vm = 'web-durable'
-  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
-  a.close()
+  const { env } = await seededStore(t, vm)
   const w = await watchSyncs(t, env.dir)
   const to = join(env.dir, 'restores', 'r1')
   await whenFree(() => restorePoint(env.store, vm, 1, to, { logger: log }))
@@ -64,13 +60,8 @@ t.test('Ceph restore, Ceph failover, restore from an archive: every file fsynced
   const target = { pool: POOL, conf: ceph.conf }
 
   t.test('Ceph: restore and failover', async (t) => {
-    const env = makeEnv(scratchDir(t))
-    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 })
-    t.teardown(() => receiver.close())
     const vm = 'vm-ceph-durable'
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 5), 'cd02cd02cd02cd02')])
-    a.close()
+    const { env, receiver } = await seededStore(t, vm, { seed: 5, cycleId: 'cd02cd02cd02cd02', extra: { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 } })
     await receiver.close()
     const w = await watchSyncs(t, env.dir)
     const to = join(env.dir, 'ceph-restore')
@@ -84,13 +75,8 @@ t.test('Ceph restore, Ceph failover, restore from an archive: every file fsynced
   })
 
   t.test('Ceph: points export (raw files)', async (t) => {
-    const env = makeEnv(scratchDir(t))
-    const { receiver, url } = await startReceiver(env, { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 })
-    t.teardown(() => receiver.close())
     const vm = 'vm-ceph-export'
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 7), 'cd04cd04cd04cd04')])
-    a.close()
+    const { env, receiver } = await seededStore(t, vm, { seed: 7, cycleId: 'cd04cd04cd04cd04', extra: { store: `ceph:${POOL}`, cephConf: ceph.conf, cephLeaseSeconds: 10 } })
     await receiver.close()
     const w = await watchSyncs(t, env.dir)
     const to = join(env.dir, 'exports', 'e1')
@@ -105,27 +91,12 @@ t.test('Ceph restore, Ceph failover, restore from an archive: every file fsynced
   })
 
   t.test('restore from an archive', async (t) => {
-    const s3cfg = ceph.s3 as NonNullable<typeof ceph.s3>
-    const credentials = { accessKeyId: s3cfg.accessKeyId, secretAccessKey: s3cfg.secretAccessKey }
-    const s3 = new S3Client({
-      region: 'us-east-1',
-      endpoint: s3cfg.endpoint,
-      forcePathStyle: true,
-      credentials,
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })
-    t.teardown(() => s3.destroy())
+    const { s3, endpoint, credentials } = rgwClient(t, ceph)
     await s3.send(new CreateBucketCommand({ Bucket: 'durable', ObjectLockEnabledForBucket: true }))
-    const bucket = new S3Bucket({ bucket: 'durable', prefix: 'p/', endpoint: s3cfg.endpoint, credentials })
+    const bucket = new S3Bucket({ bucket: 'durable', prefix: 'p/', endpoint, credentials })
     t.teardown(() => bucket.close())
-    const env = makeEnv(scratchDir(t))
-    const { receiver, url } = await startReceiver(env)
-    t.teardown(() => receiver.close())
     const vm = 'vm-arch-durable'
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 6), 'cd03cd03cd03cd03')])
-    a.close()
+    const { env } = await seededStore(t, vm, { seed: 6, cycleId: 'cd03cd03cd03cd03' })
     const archived = await archivePoints(env.store, vm, [1], { logger: log, bucket, prefix: 'p/', lock: { mode: 'GOVERNANCE', until: new Date(Date.now() + 86_400_000) } })
     t.equal(archived[0]?.archived, true)
     const w = await watchSyncs(t, env.dir)
