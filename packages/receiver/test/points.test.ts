@@ -1309,7 +1309,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   for (const sign of ['.lck-0000000000001234', 'db.vswp']) {
     writeFileSync(join(env.dir, 'open-m', sign), '')
     await t.rejects(
-      whenFree(() => closePoint(env.store, vm, { logger: log, all: true, failover: true })),
+      whenFree(() => closePoint(env.store, vm, { logger: log, all: true, failover: true }), 1000, 10, /powered on/),
       { code: 'E_BUSY', message: new RegExp(`holds ${sign.replace('.', '\\.')}: .*powered on`) },
       `${sign}: refused`,
     )
@@ -1335,7 +1335,7 @@ t.test('points open: QEMU boots the point through a writable child; the hold ref
   t.notOk(existsSync(join(env.dir, 'open-m')), 'and its folder')
   // "the latest" read before the lock, and a cycle committed since: refused, never the older one opened as the latest
   await t.rejects(
-    whenFree(() => openPoint(env.store, vm, 3, join(env.dir, 'open-latest'), { logger: log, kind: 'failover', latest: true })),
+    whenFree(() => openPoint(env.store, vm, 3, join(env.dir, 'open-latest'), { logger: log, kind: 'failover', latest: true }), 1000, 10, /committed after the latest/),
     { code: 'E_BUSY', message: /cycle 4 was committed after the latest \(3\)/ },
     'a stale "latest" is refused',
   )
