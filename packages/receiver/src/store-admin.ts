@@ -194,7 +194,7 @@ async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, u
     }
     how = unreadableJournal(paths, jpath, err)
   }
-  return { resumeSeq: 0, problem: unusableJournal(paths, jpath, cycle, inf, how, undoing), ...(journalStuck(inf, how) ? { refused: true } : {}) }
+  return { resumeSeq: 0, problem: unusableJournal(paths, jpath, cycle, inf, how, undoing), ...(journalStuck(inf) ? { refused: true } : {}) }
 }
 
 /** Per VM and disk status of a store (`grainline status`). Read-only. */
