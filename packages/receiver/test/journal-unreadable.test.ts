@@ -73,6 +73,16 @@ async function resumeFails(t: Test, env: Env, vm: string, inc: DiskPlan): Promis
   return logs.text()
 }
 
+/** The next run of cycle 2 of `vm` (`inc`) against a new receiver seeds the disk anew and commits. */
+async function seedsAnew(t: Test, env: Env, vm: string, inc: DiskPlan): Promise<void> {
+  const { receiver, url } = await startReceiver(env, { recover: false })
+  t.teardown(() => receiver.close())
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  const again = await runCycle(a, vm, 2, [inc])
+  a.close()
+  t.ok(again.committed !== undefined, 'the next run seeds cycle 2 and commits')
+}
+
 for (const b of breaks) {
   t.test(`an in-place cycle whose journal is ${b.what}: status CRITICAL, saying so; a resume and a rollback indeed fail, nothing written`, async (t) => {
     const vm = `web-ju-${b.what.replace(/\W+/g, '')}`
@@ -179,12 +189,7 @@ for (const b of breaks.filter((x) => x.what === 'missing' || x.what === 'without
     t.match(stateOf(env.store, vm), { committedCycle: 1, inflight: null }, 'the receiver rolled the seed back: nothing in flight')
     t.notOk(existsSync(join(env.store, vm, 'd-flat.vmdk.seed')), 'the seed file is gone')
     t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(img1), "the mirror flat is cycle 1's")
-    const { receiver, url } = await startReceiver(env, { recover: false })
-    t.teardown(() => receiver.close())
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    const again = await runCycle(a, vm, 2, [inc])
-    a.close()
-    t.ok(again.committed !== undefined, 'the next run seeds cycle 2 and commits')
+    await seedsAnew(t, env, vm, inc)
   })
 }
 
@@ -249,12 +254,7 @@ for (const b of oddEntries) {
     )
     t.equal((await vmStatus(env.store, vm)).v.health.state, 'OK', 'status OK')
     // the next run seeds anew
-    const { receiver, url } = await startReceiver(env, { recover: false })
-    t.teardown(() => receiver.close())
-    const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-    const again = await runCycle(a, vm, 2, [inc])
-    a.close()
-    t.ok(again.committed !== undefined, 'the next run seeds cycle 2 and commits')
+    await seedsAnew(t, env, vm, inc)
   })
 }
 
@@ -290,6 +290,34 @@ t.test('a seed whose journal cannot be read (EACCES): status WARNING, saying how
   t.equal(v.health.state, 'WARNING', 'WARNING')
   t.equal(o.exitCode, 1, 'status exits 1')
 })
+
+t.test('a seed whose journal cannot be read (EACCES): the rollback sets it aside unopened too', async (t) => {
+  const vm = 'web-ju-seed-eacces-rb'
+  const { env, img1 } = await inflightSeed(t, vm)
+  const jpath = join(env.store, vm, '.grainline', 'd.journal')
+  chmodSync(jpath, 0)
+  const aside = join(env.store, vm, 'd.journal.set-aside-cycle-2')
+  t.same(await rollbackAsOther(t, env.store, vm), { vm, committedCycle: 1, rolledBack: true }, 'the rollback goes through')
+  t.notOk(existsSync(join(env.store, vm, 'd-flat.vmdk.seed')), 'the seed file is gone')
+  t.ok(readFileSync(join(env.store, vm, 'd-flat.vmdk')).equals(img1), "the mirror flat is cycle 1's")
+  t.match(stateOf(env.store, vm), { committedCycle: 1, inflight: null }, 'nothing in flight')
+  t.ok(lstatSync(aside).isFile() && (lstatSync(aside).mode & 0o777) === 0, 'the journal set aside as it was (mode 0)')
+  t.notOk(existsSync(jpath), 'nothing of it left in .grainline')
+})
+
+/**
+ * `rollbackMirror` as a user the journal's mode (0) denies: as root (who reads any file), in a node run as nobody
+ * (setpriv), the scratch folder given to it; otherwise in this process.
+ */
+async function rollbackAsOther(t: Test, store: string, vm: string): Promise<unknown> {
+  if (process.getuid?.() !== 0) return rollbackMirror(store, vm)
+  execFileSync('chown', ['-R', '-h', '65534:65534', dirname(store)])
+  const entry = pathToFileURL(fileURLToPath(new URL('../src/index.js', import.meta.url))).href
+  const script = `import { rollbackMirror } from ${JSON.stringify(entry)}; process.stdout.write(JSON.stringify(await rollbackMirror(${JSON.stringify(store)}, ${JSON.stringify(vm)})))`
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' })
+  t.equal(r.status, 0, `the rollback run as nobody (${r.stderr.slice(0, 300)})`)
+  return JSON.parse(r.stdout) as unknown
+}
 
 t.test('start-up recovery with a journal of the cycle in flight missing: says which journal and what to do, not ENOENT', async (t) => {
   for (const kind of ['in place', 'seed'] as const) {
