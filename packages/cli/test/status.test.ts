@@ -1,4 +1,5 @@
 import t from 'tap'
+import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -183,9 +184,11 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
   })
   // db-01: an incremental in flight whose journal is gone; web-02: a seed of a new disk in flight whose journal is gone
   // (no mirror files here: db-01's committed disk reads as modified, CRITICAL anyway; web-02's is a new disk)
+  // web-03: a seed whose journal is a FIFO (never opened): its rollback sets it aside, the receiver gets past it too
   for (const [vm, mode] of [
     ['db-01', 'incremental'],
     ['web-02', 'seed'],
+    ['web-03', 'seed'],
   ] as const) {
     writeState(store, vm, mode === 'seed' ? {} : { [`${vm}.vmdk`]: diskRecord(`${vm}.vmdk`, vm, 7, {}) })
     const file = join(store, vm, '.grainline', 'state.json')
@@ -193,10 +196,11 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
     s['inflight'] = { cycle: 8, startedAt: '2026-01-03T00:10:00.000Z', disks: { [`${vm}.vmdk`]: inflight(`${vm}.vmdk`, vm, mode, mode === 'seed' ? 0 : 1024) } }
     writeFileSync(file, JSON.stringify(s))
   }
+  execFileSync('mkfifo', [join(store, 'web-03', '.grainline', 'web-03.journal')])
   let out = ''
   const ctx = { write: (s: string) => (out += s), error: () => {}, stderr: process.stderr } as unknown as CliContext
   t.equal(await statusCommand.run({ store }, ctx), 2, 'grainline status exits 2 (CRITICAL)')
-  t.match(out, /^GRAINLINE CRITICAL - 2 of 2 mirrors not OK: db-01 CRITICAL \(/, 'the summary')
+  t.match(out, /^GRAINLINE CRITICAL - 3 of 3 mirrors not OK: db-01 CRITICAL \(/, 'the summary')
   t.match(out, /db-01 +db-01\.vmdk +7 .*cycle 8 \(incremental, seq 0\)/, 'the table: the cycle in flight, no resume point')
   t.match(
     out,
@@ -211,6 +215,13 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
     'the seed: the receiver gets past it',
   )
   t.match(out, /web-02 WARNING/, 'WARNING')
+  t.match(
+    out,
+    `\nweb-03: journal web-03/.grainline/web-03.journal of disk web-03.vmdk of VM web-03 is a FIFO, not the journal file (the receiver never opens it): a resume of cycle 8, a seed, fails on it; the receiver then rolls the cycle back on its own, which discards the seed file, sets the journal aside unopened as web-03/web-03.journal.set-aside-cycle-8`,
+    'the seed whose journal is a FIFO: set aside by the rollback, the receiver gets past it',
+  )
+  t.notMatch(out, 'Move it out of .grainline', '… nothing for the operator to move')
+  t.match(out, /web-03 WARNING/, 'WARNING')
 
   out = ''
   t.equal(await statusCommand.run({ store, output: 'json' }, ctx), 2, '--output json exits 2 too')
@@ -234,6 +245,13 @@ t.test("status says when a cycle in flight has no journal a resume can read: the
     'JSON: the seed, its problem',
   )
   t.equal(web?.disks[0]?.inflight?.refused, undefined, 'JSON: the seed not refused')
+  const fifo = doc.vms.find((v) => v.vm === 'web-03')
+  t.match(
+    fifo,
+    { health: { state: 'WARNING' }, disks: [{ inflight: { resumeSeq: 0, problem: /^journal web-03\/\.grainline\/web-03\.journal of disk web-03\.vmdk of VM web-03 is a FIFO/ } }] },
+    'JSON: the FIFO seed, its problem',
+  )
+  t.equal(fifo?.disks[0]?.inflight?.refused, undefined, 'JSON: the FIFO seed not refused')
 })
 
 t.test("status's own usage and config errors are UNKNOWN (stdout, exit 3), never CRITICAL; other commands keep exit 2", async (t) => {

@@ -1,5 +1,5 @@
 import { lstat } from 'node:fs/promises'
-import { basename, relative } from 'node:path'
+import { basename, join, relative } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { readJournal, type JournalContents, type JournalHead } from './journal.ts'
 import { entryKind } from './store-fs.ts'
@@ -74,21 +74,31 @@ export interface JournalUnusable {
 }
 
 /**
- * Whether a journal that cannot be read (`how`) leaves disk `d`'s cycle stuck: every run fails on it until the
+ * Whether a journal that cannot be read leaves disk `d`'s cycle stuck: every run fails on it until the
  * operator acts. A resume fails on any such journal; the receiver then rolls the cycle back on its own (session.ts:
- * a failed apply's E_STATE is an E_IO, rolled back). A seed's rollback does without a journal that is missing or
- * has no valid head (it discards the seed file), so the run after seeds the disk anew; not without one it cannot
- * open or read (rollback.ts), nor does an in-place apply's without its undo data.
+ * a failed apply's E_STATE is an E_IO, rolled back). A seed's rollback needs none of its journal (it discards the
+ * seed file; rollback.ts): one missing or without a valid head is none to reset, one it cannot open or read is set
+ * aside unopened ({@link setAsideJournalPath}), so the run after seeds the disk anew. An in-place apply's rollback
+ * cannot do without its undo data.
  */
-export function journalStuck(d: InflightDisk, how: JournalUnusable): boolean {
-  return !(d.target === 'seed' && (how.failed === 'missing' || how.failed === 'headless'))
+export function journalStuck(d: InflightDisk): boolean {
+  return d.target !== 'seed'
+}
+
+/**
+ * Where a seed's rollback sets aside a journal it cannot open or read (rollback.ts): in the VM's folder, out of
+ * `.grainline` (no sweep of the receiver's own files touches it), named after the journal and the cycle, e.g.
+ * `<vm>/d.journal.set-aside-cycle-2` (`-2`, `-3`… after it when that name is taken: an earlier one is never replaced).
+ */
+export function setAsideJournalPath(paths: VmPaths, d: InflightDisk, cycle: number, n = 1): string {
+  return join(paths.dir, `${d.stem}.journal.set-aside-cycle-${cycle}${n > 1 ? `-${n}` : ''}`)
 }
 
 /**
  * The text for journal `journalPath` of disk `d` of cycle `cycle` in flight (`undoing`: the undo journal of an
  * interrupted rollback) that cannot be read at all (`how`): what it means — a resume fails on it; an in-place
  * apply can neither resume nor roll back without it (its undo data is there), a seed rolls back without it
- * ({@link journalStuck}) — and what the operator does. `grainline status` says it as the disk's problem, a resume
+ * ({@link journalStuck}; one it cannot open or read set aside) — and what the operator does. `grainline status` says it as the disk's problem, a resume
  * and a rollback refuse with it.
  */
 export function unusableJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, how: JournalUnusable, undoing: boolean): string {
@@ -97,16 +107,12 @@ export function unusableJournal(paths: VmPaths, journalPath: string, cycle: numb
   const remove = `remove the mirror (${grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', vm, '--yes'])}): the next run seeds the VM anew`
   const access = "let the receiver's user read and write it again (its permissions; an I/O error: the store's file system, see the system log)"
   let says: string
-  if (d.target === 'seed' && !journalStuck(d, how)) {
+  if (d.target === 'seed') {
+    const aside = how.failed === 'entry' || how.failed === 'unreadable' ? `, sets the journal aside unopened as ${relative(paths.store, setAsideJournalPath(paths, d, cycle))}` : ''
     says =
-      `a resume of cycle ${cycle}, a seed, fails on it; the receiver then rolls the cycle back on its own, which discards the seed file ` +
-      `(the committed mirror stays as it is), and the run after seeds disk ${d.name} anew. ${cap(rollback)} rolls it back now`
-  } else if (d.target === 'seed') {
-    says =
-      `a resume of cycle ${cycle}, a seed, fails on it, and so does its rollback (the receiver's own after a failed resume too): every run of VM ${vm} fails until it is dealt with. ` +
-      (how.failed === 'unreadable'
-        ? `${cap(access)}: the next run resumes the seed; or move it out of .grainline and roll the cycle back (${rollback}): it discards the seed file, the committed mirror stays as it is`
-        : `Move it out of .grainline, then roll the cycle back (${rollback}): it discards the seed file, the committed mirror stays as it is, and the next run seeds disk ${d.name} anew`)
+      `a resume of cycle ${cycle}, a seed, fails on it; the receiver then rolls the cycle back on its own, which discards the seed file${aside} ` +
+      `(the committed mirror stays as it is), and the run after seeds disk ${d.name} anew. ${cap(rollback)} rolls it back now` +
+      (how.failed === 'unreadable' ? `; to resume the seed instead, ${access} before the next run` : '')
   } else {
     const undo = d.increment === undefined ? 'its undo data (the old contents of what the cycle overwrote in the mirror flat)' : 'its index of the old grains saved in the reverse increment'
     says =
@@ -149,14 +155,29 @@ const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
 export async function readResumeJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, checkHead: (head: JournalHead) => void): Promise<JournalContents> {
   const unusable = (how: JournalUnusable): string => unusableJournal(paths, journalPath, cycle, d, how, false)
   const contents = await readJournal(journalPath, { paths, checkHead }).catch(async (err: unknown) => {
-    if (err instanceof ReceiverError && err.code === 'E_STORE_FILE') {
-      const st = await lstat(journalPath).catch(() => undefined)
-      throw new ReceiverError('E_STORE_FILE', unusable(misplacedJournal(st === undefined ? 'no regular file' : entryKind(st))), { cause: err })
-    }
-    if (err instanceof ReceiverError) throw err
-    if ((err as { code?: unknown }).code === 'ENOENT') throw new ReceiverError('E_STATE', unusable(MISSING_JOURNAL))
-    throw new ReceiverError('E_IO', unusable(unreadableJournal(paths, journalPath, err)), { cause: err })
+    const failed = await journalReadFailure(paths, journalPath, err)
+    if (failed === undefined) throw err
+    throw new ReceiverError(failed.code, unusable(failed.how), { cause: err })
   })
   if (contents === undefined) throw new ReceiverError('E_STATE', unusable(HEADLESS_JOURNAL))
   return contents
+}
+
+/**
+ * How reading journal `journalPath` failed (`err`, thrown by readJournal), short of a refusal: missing (E_STATE),
+ * something else in its place (E_STORE_FILE: lstat says what, never opened), unreadable (E_IO); undefined for a
+ * refusal (a ReceiverError of another kind), which stands as it is.
+ */
+export async function journalReadFailure(
+  paths: VmPaths,
+  journalPath: string,
+  err: unknown,
+): Promise<{ readonly code: 'E_STATE' | 'E_STORE_FILE' | 'E_IO'; readonly how: JournalUnusable } | undefined> {
+  if (err instanceof ReceiverError && err.code === 'E_STORE_FILE') {
+    const st = await lstat(journalPath).catch(() => undefined)
+    return { code: 'E_STORE_FILE', how: misplacedJournal(st === undefined ? 'no regular file' : entryKind(st)) }
+  }
+  if (err instanceof ReceiverError) return undefined
+  if ((err as { code?: unknown }).code === 'ENOENT') return { code: 'E_STATE', how: MISSING_JOURNAL }
+  return { code: 'E_IO', how: unreadableJournal(paths, journalPath, err) }
 }

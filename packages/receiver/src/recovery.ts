@@ -1,10 +1,11 @@
 import { readdir, rm } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
 import { entryExists, readStoreDir } from './store-fs.ts'
 import { readJournal, type JournalHead } from './journal.ts'
-import { checkJournalHead } from './journal-head.ts'
+import { HEADLESS_JOURNAL, checkJournalHead, journalReadFailure, journalStuck, unusableJournal, type JournalUnusable } from './journal-head.ts'
+import { ReceiverError, type ReceiverErrorCode } from './errors.ts'
 import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
 import { readVmState } from './state-file.ts'
@@ -90,8 +91,27 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
         for (const d of Object.values(inflight.disks)) {
           // a journal that is not the state's record of the disk, or whose records lie beyond its head, is reported
           // now, not at the agent's resume
-          const checkHead = (h: JournalHead): void => checkJournalHead(paths, paths.journal(d.stem), h, inflight.cycle, d)
-          const c = await readJournal(paths.journal(d.stem), { paths, checkHead })
+          const jpath = paths.journal(d.stem)
+          const checkHead = (h: JournalHead): void => checkJournalHead(paths, jpath, h, inflight.cycle, d)
+          // one that cannot be read at all (missing, something else in its place, unreadable, no valid head) is said
+          // as a resume and `grainline status` say it (journal-head.ts unusableJournal), not as the file system's error
+          let failed: { readonly code: ReceiverErrorCode; readonly how: JournalUnusable } | undefined
+          const c = await readJournal(jpath, { paths, checkHead }).catch(async (err: unknown) => {
+            failed = await journalReadFailure(paths, jpath, err)
+            if (failed === undefined) throw err
+            return undefined
+          })
+          if (c === undefined) failed ??= { code: 'E_STATE', how: HEADLESS_JOURNAL }
+          if (failed !== undefined) {
+            const problem = unusableJournal(paths, jpath, inflight.cycle, d, failed.how, false)
+            // an in-place apply without its journal: every run fails until the operator acts
+            if (journalStuck(d)) throw new ReceiverError(failed.code, problem)
+            // a seed: the next run's resume fails, and the receiver rolls it back then (the seed file discarded)
+            log.warn(
+              { disk: d.name, cycle: inflight.cycle, journal: relative(storeDir, jpath), problem },
+              'interrupted seed kept, but its journal cannot be used: the next run rolls it back and seeds the disk anew',
+            )
+          }
           resume[d.name] = c === undefined ? -1 : (c.applied?.seq ?? -1) + 1
         }
         log.info({ cycle: inflight.cycle, resume }, 'interrupted cycle kept for resume or rollback')

@@ -1,13 +1,13 @@
-import { basename } from 'node:path'
-import { rename } from 'node:fs/promises'
+import { basename, relative } from 'node:path'
+import { lstat, rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
 import { readJournal, resetJournal, undoJournal, type JournalContents, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
-import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, unusableJournal } from './journal-head.ts'
+import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalReadFailure, misplacedJournal, setAsideJournalPath, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
-import { entryExists } from './store-fs.ts'
+import { entryExists, entryKind } from './store-fs.ts'
 import type { InflightCycle, InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
@@ -21,6 +21,9 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
   }
 }
 
+/** What a seed's rollback does with its journal: reset it (its contents: the head at least), nothing (none there), or set it aside unopened. */
+type SeedJournal = { readonly contents: JournalContents | undefined; readonly odd?: JournalUnusable }
+
 /**
  * The journal of a seed in flight, for its rollback: its head must be the state's record of the disk
  * (journal-head.ts), as for an in-place undo — a journal of another cycle paired with this seed may hold the undo
@@ -28,30 +31,101 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
  * file whole and writes nothing else (no byte of the flat: a seed never wrote there, its head says mode seed and
  * base size 0, the state's record too). So a record refused (E_STATE, one the receiver never writes) after that head
  * passed does not stop the rollback: the head alone is read, and `onIgnored` hears why the records were ignored.
- * A missing journal, or one with no valid head, is none to reset (the seed file goes all the same).
+ * A missing journal, or one with no valid head, is none to reset (the seed file goes all the same). One that cannot
+ * be opened or read — something else in its place (lstat first: a FIFO, a folder, a link is never opened nor
+ * followed), or a file whose open or read fails (EACCES, EIO) — is `odd`: the rollback sets it aside whole
+ * ({@link setAside}), so nothing of it is lost whatever it holds.
  */
-async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<JournalContents | undefined> {
+async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<SeedJournal> {
   const path = paths.journal(d.stem)
+  const st = await lstat(path).catch((err: unknown) => {
+    if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+    throw err
+  })
+  if (st === undefined) return { contents: undefined }
+  if (!st.isFile()) return { contents: undefined, odd: misplacedJournal(entryKind(st)) }
   let headChecked = false
   const checkHead = (h: JournalHead): void => {
     checkJournalHead(paths, path, h, cycle, d)
     headChecked = true
   }
   try {
-    return await readIfExists(path, paths, checkHead)
+    return { contents: await readIfExists(path, paths, checkHead) }
   } catch (err) {
+    const failed = await journalReadFailure(paths, path, err)
+    // replaced by something else since the lstat, or its open or read failed
+    if (failed !== undefined && failed.how.failed !== 'missing') return { contents: undefined, odd: failed.how }
     if (!(headChecked && d.mode === 'seed' && err instanceof ReceiverError && err.code === 'E_STATE')) throw err
     const head = await readJournal(path, { paths, checkHead, headOnly: true })
     if (head === undefined) throw err
     onIgnored?.(d.name, err.message)
-    return head
+    return { contents: head }
   }
+}
+
+/**
+ * Set journal `path` of seed disk `d` aside whole, unopened (a rename: a link is moved, not followed), at the first
+ * free {@link setAsideJournalPath}; the path it now has.
+ */
+async function setAside(paths: VmPaths, path: string, d: InflightDisk, cycle: number): Promise<string> {
+  for (let n = 1; ; n++) {
+    const to = setAsideJournalPath(paths, d, cycle, n)
+    if (await entryExists(to)) continue
+    await rename(path, to)
+    await fsyncDir(paths.gdir)
+    await fsyncDir(paths.dir)
+    return to
+  }
+}
+
+type UndoWork = { readonly d: InflightDisk; readonly contents: JournalContents | undefined; readonly ucontents: JournalContents | undefined; readonly odd?: JournalUnusable; readonly bytes: number }
+
+/** Errors {@link undoInflight} threw before it wrote anything: its checks of every disk's journal. */
+const wroteNothing = new WeakSet<object>()
+
+/**
+ * Whether `err`, thrown by a rollback ({@link undoInflight}, VmMirror.rollback), was thrown before anything of
+ * any disk was written: a journal refused or unusable — the mirror is as it was before the rollback began.
+ */
+export function rollbackWroteNothing(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && wroteNothing.has(err)
+}
+
+/** What {@link undoInflight} is to undo, per disk, read and checked before anything is written; refused (typed, the journal's text) when a disk cannot be. */
+async function planUndo(paths: VmPaths, infl: InflightCycle, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<UndoWork[]> {
+  const work: UndoWork[] = []
+  for (const d of Object.values(infl.disks)) {
+    if (d.target === 'seed') {
+      work.push({ d, ...(await seedJournal(paths, d, infl.cycle, onIgnored)), ucontents: undefined, bytes: 0 })
+      continue
+    }
+    // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
+    // disk, checked for every disk before anything of any is written, and before its records are held to it
+    // (readJournal); one that cannot be read at all is said as `grainline status` says it (journal-head.ts)
+    const read = async (path: string, undoing: boolean): Promise<JournalContents | undefined> =>
+      readIfExists(path, paths, (h: JournalHead): void => checkJournalHead(paths, path, h, infl.cycle, d)).catch(async (err: unknown) => {
+        const failed = await journalReadFailure(paths, path, err)
+        if (failed === undefined) throw err
+        throw new ReceiverError(failed.code, `${unusableJournal(paths, path, infl.cycle, d, failed.how, undoing)}. Nothing was undone`, { cause: err })
+      })
+    const ucontents = await read(paths.undoing(d.stem), true)
+    const contents = ucontents === undefined ? await read(paths.journal(d.stem), false) : undefined
+    // nothing to undo from: refused before anything of any disk is written
+    if (ucontents === undefined && contents === undefined) {
+      const jpath = paths.journal(d.stem)
+      const how = (await entryExists(jpath)) ? HEADLESS_JOURNAL : MISSING_JOURNAL
+      throw new ReceiverError('E_STATE', `${unusableJournal(paths, jpath, infl.cycle, d, how, false)}. Nothing was undone`)
+    }
+    work.push({ d, contents, ucontents, bytes: undoBytes(ucontents ?? contents, d.increment !== undefined) })
+  }
+  return work
 }
 
 /**
  * Put every disk of an in-flight cycle back at its committed point: a seed's
  * file is dropped (its resume point forgotten first; its journal's records are
- * not read, see {@link seedJournal}); an in-place apply is
+ * not read, and one that cannot be opened or read is set aside, `onSetAside`
+ * hears where: see {@link seedJournal}); an in-place apply is
  * undone from its journal, newest record first, and the flat cut back to its
  * committed size. Idempotent: after a crash mid-undo, running it again
  * finishes the job. The caller then clears the in-flight state, and only
@@ -68,32 +142,15 @@ export async function undoInflight(
   onProgress?: WorkProgress,
   now: () => number = () => performance.now(),
   onIgnored?: (disk: string, why: string) => void,
+  onSetAside?: (disk: string, journal: string, to: string, why: string) => void,
 ): Promise<void> {
   // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
   // here, and its index (not its data) kept for the undo below
-  const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalContents | undefined; ucontents: JournalContents | undefined; bytes: number }> = []
-  for (const d of Object.values(infl.disks)) {
-    if (d.target === 'seed') {
-      work.push({ d, contents: await seedJournal(paths, d, infl.cycle, onIgnored), ucontents: undefined, bytes: 0 })
-      continue
-    }
-    // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
-    // disk, checked for every disk before anything of any is written, and before its records are held to it
-    // (readJournal)
-    const check =
-      (path: string) =>
-      (h: JournalHead): void =>
-        checkJournalHead(paths, path, h, infl.cycle, d)
-    const ucontents = await readIfExists(paths.undoing(d.stem), paths, check(paths.undoing(d.stem)))
-    const contents = ucontents === undefined ? await readIfExists(paths.journal(d.stem), paths, check(paths.journal(d.stem))) : undefined
-    // nothing to undo from: refused before anything of any disk is written
-    if (ucontents === undefined && contents === undefined) {
-      const jpath = paths.journal(d.stem)
-      const how = (await entryExists(jpath)) ? HEADLESS_JOURNAL : MISSING_JOURNAL
-      throw new ReceiverError('E_STATE', `${unusableJournal(paths, jpath, infl.cycle, d, how, false)}. Nothing was undone`)
-    }
-    work.push({ d, contents, ucontents, bytes: undoBytes(ucontents ?? contents, d.increment !== undefined) })
-  }
+  const work = await planUndo(paths, infl, onIgnored).catch((err: unknown) => {
+    // refused before anything of any disk was written (rollbackWroteNothing)
+    if (typeof err === 'object' && err !== null) wroteNothing.add(err)
+    throw err
+  })
   const total = work.reduce((n, w) => n + w.bytes, 0)
   let before = 0
   let reported = now()
@@ -109,6 +166,10 @@ export async function undoInflight(
     if (d.target === 'seed') {
       // forget the resume point first, then the data it described
       if (contents !== undefined) await resetJournal(jpath, contents.headEnd)
+      if (w.odd !== undefined) {
+        const to = await setAside(paths, jpath, d, infl.cycle)
+        onSetAside?.(d.name, relative(paths.store, jpath), relative(paths.store, to), w.odd.what)
+      }
       await unlinkIfExists(paths.seed(d.stem))
       continue
     }

@@ -1,3 +1,4 @@
+import { rollbackWroteNothing } from './rollback.ts'
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { WebSocket } from 'ws'
@@ -817,7 +818,14 @@ export class Session {
         try {
           await this.vm.rollback()
         } catch (e) {
-          this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
+          // refused before it wrote anything (its journal refused or unusable, rollback.ts): the mirror is as the failed
+          // apply left it, the cycle still in flight, and the refusal's text says what to do
+          if (rollbackWroteNothing(e))
+            this.log.warn(
+              { code: errorCode(e), why: (e as Error).message, cycle: this.vm.state.inflight?.cycle },
+              'rollback after the failed apply refused, nothing written: the cycle stays in flight',
+            )
+          else this.log.error({ err: e, code: errorCode(e) }, 'rollback after I/O failure failed: mirror needs recovery')
         }
       }
       // SPEC §7: the agent hears the text without the store's folder; the log above keeps the full path

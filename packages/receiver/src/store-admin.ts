@@ -150,9 +150,10 @@ type JournalStatus = Pick<NonNullable<DiskStatus['inflight']>, 'resumeSeq' | 'pr
  * none: a journal a resume refuses (E_STATE, the refusal's text), or one it cannot read at all — missing, no
  * regular file, unreadable, no valid head (journal-head.ts unusableJournal, the text a resume and a rollback
  * refuse with). A resume fails on every such journal, and the receiver then rolls the cycle back (session.ts):
- * when that rollback fails too — an in-place apply without its undo data, a seed whose journal cannot be opened —
- * every run fails until the operator acts: `refused`, CRITICAL. When it goes through — a seed whose journal is
- * missing or headless, or whose head is the state's and a record is refused (rollback.ts seedJournal) — and for
+ * when that rollback fails too — an in-place apply without its undo data — every run fails until the operator
+ * acts: `refused`, CRITICAL. When it goes through — a seed, whose rollback needs none of its journal (missing or
+ * headless: none to reset; one it cannot open or read: set aside unopened; its head the state's and a record
+ * refused: the head alone read; rollback.ts seedJournal) — and for
  * an interrupted rollback the receiver finishes (at start-up, or the next run's Rollback): a problem without
  * `refused`, a WARNING.
  */
@@ -194,7 +195,7 @@ async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, u
     }
     how = unreadableJournal(paths, jpath, err)
   }
-  return { resumeSeq: 0, problem: unusableJournal(paths, jpath, cycle, inf, how, undoing), ...(journalStuck(inf, how) ? { refused: true } : {}) }
+  return { resumeSeq: 0, problem: unusableJournal(paths, jpath, cycle, inf, how, undoing), ...(journalStuck(inf) ? { refused: true } : {}) }
 }
 
 /** Per VM and disk status of a store (`grainline status`). Read-only. */

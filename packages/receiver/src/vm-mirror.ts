@@ -728,7 +728,13 @@ export class VmMirror {
           { vm: this.vm, disk, cycle: infl.cycle, journal: relative(this.paths.store, this.paths.journal(infl.disks[disk]?.stem ?? '')), why },
           `the journal of seed disk ${disk} of VM ${this.vm} (cycle ${infl.cycle}) holds records the receiver never writes: ignored, the rollback discards the seed file whole and needs only the journal's head, which is the state's record of the disk`,
         )
-      await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored)
+      // a seed's journal it cannot open or read: set aside unopened (rollback.ts seedJournal), said where
+      const setAside = (disk: string, journal: string, to: string, why: string): void =>
+        this.log.warn(
+          { vm: this.vm, disk, cycle: infl.cycle, journal, setAside: to, why },
+          `journal ${journal} of seed disk ${disk} of VM ${this.vm} (cycle ${infl.cycle}) ${why}: set aside unopened as ${to}; the rollback discards the seed file, which needs none of the journal (the committed mirror stays as it is), and the next run seeds disk ${disk} anew. Look at ${to}, then delete it`,
+        )
+      await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored, setAside)
       await this.save({ ...this.current, inflight: null })
       // the base copies only now that no state names them: until then the cycle may still be resumed and committed
       // (a crash right after the save leaves them to the start-up sweep, point-sweep.ts)
