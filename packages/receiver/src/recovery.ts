@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
 import { entryExists, readStoreDir } from './store-fs.ts'
-import { readJournal, type JournalHead } from './journal.ts'
+import { scanJournal, type JournalHead } from './journal.ts'
 import { checkJournalHead } from './journal-head.ts'
 import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
@@ -91,7 +91,7 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
           // a journal that is not the state's record of the disk, or whose records lie beyond its head, is reported
           // now, not at the agent's resume
           const checkHead = (h: JournalHead): void => checkJournalHead(paths, paths.journal(d.stem), h, inflight.cycle, d)
-          const c = await readJournal(paths.journal(d.stem), { paths, checkHead })
+          const c = await scanJournal(paths.journal(d.stem), { paths, checkHead })
           resume[d.name] = c === undefined ? -1 : (c.applied?.seq ?? -1) + 1
         }
         log.info({ cycle: inflight.cycle, resume }, 'interrupted cycle kept for resume or rollback')

@@ -2,7 +2,7 @@ import { basename } from 'node:path'
 import { rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
-import { readJournal, resetJournal, undoJournal, type JournalContents, type JournalHead } from './journal.ts'
+import { scanJournal, resetJournal, undoJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, unusableJournal } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
@@ -12,9 +12,9 @@ import type { InflightCycle, InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
 
-async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: JournalHead) => void): Promise<JournalContents | undefined> {
+async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: JournalHead) => void): Promise<JournalScan | undefined> {
   try {
-    return await readJournal(path, checkHead === undefined ? { paths } : { paths, checkHead })
+    return await scanJournal(path, checkHead === undefined ? { paths } : { paths, checkHead })
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
@@ -30,7 +30,7 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
  * passed does not stop the rollback: the head alone is read, and `onIgnored` hears why the records were ignored.
  * A missing journal, or one with no valid head, is none to reset (the seed file goes all the same).
  */
-async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<JournalContents | undefined> {
+async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgnored: ((disk: string, why: string) => void) | undefined): Promise<JournalScan | undefined> {
   const path = paths.journal(d.stem)
   let headChecked = false
   const checkHead = (h: JournalHead): void => {
@@ -41,7 +41,7 @@ async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgn
     return await readIfExists(path, paths, checkHead)
   } catch (err) {
     if (!(headChecked && d.mode === 'seed' && err instanceof ReceiverError && err.code === 'E_STATE')) throw err
-    const head = await readJournal(path, { paths, checkHead, headOnly: true })
+    const head = await scanJournal(path, { paths, checkHead, headOnly: true })
     if (head === undefined) throw err
     onIgnored?.(d.name, err.message)
     return head
@@ -71,7 +71,7 @@ export async function undoInflight(
 ): Promise<void> {
   // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
   // here, and its index (not its data) kept for the undo below
-  const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalContents | undefined; ucontents: JournalContents | undefined; bytes: number }> = []
+  const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalScan | undefined; ucontents: JournalScan | undefined; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
     if (d.target === 'seed') {
       work.push({ d, contents: await seedJournal(paths, d, infl.cycle, onIgnored), ucontents: undefined, bytes: 0 })
@@ -79,7 +79,7 @@ export async function undoInflight(
     }
     // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
     // disk, checked for every disk before anything of any is written, and before its records are held to it
-    // (readJournal)
+    // (scanJournal)
     const check =
       (path: string) =>
       (h: JournalHead): void =>
@@ -153,9 +153,9 @@ export async function undoInflight(
 export const UNDO_PROGRESS_MS = 5000
 
 /** The bytes an undo writes back: the increment's distinct grains, or the journal's old bytes. */
-function undoBytes(c: JournalContents | undefined, fromIncrement: boolean): number {
+function undoBytes(c: JournalScan | undefined, fromIncrement: boolean): number {
   if (c === undefined) return 0
   // the journal's grains are listed once each (journal.ts: the first entry of a grain)
   if (fromIncrement) return c.grains.length * POINT_GRAIN
-  return c.extents.reduce((n, e) => n + e.oldLength, 0)
+  return c.oldBytes
 }
