@@ -32,7 +32,7 @@ interface ModelExtent {
 
 const opArb = fc.record({
   applied: fc.integer({ min: 0, max: 9 }),
-  seq: fc.integer({ min: 0, max: 30 }),
+  seq: fc.integer({ min: 0, max: 40 }),
   offset: fc.nat({ max: CAP - 1 }),
   length: fc.nat(),
   zero: fc.boolean(),
@@ -49,14 +49,17 @@ t.teardown(() => Object.assign(JOURNAL_READ_LIMITS, saved))
 t.test('windowed scan, replay and undo give what the whole record list gives', async (t) => {
   await initDigests()
   let run = 0
+  let chains = 0
   await fc.assert(
     fc.asyncProperty(
-      fc.array(opArb, { maxLength: 60 }),
+      fc.array(opArb, { minLength: 20, maxLength: 80 }),
+      fc.integer({ min: 2, max: 24 }),
+      fc.option(fc.integer({ min: 0, max: 40 })),
       fc.integer({ min: 0, max: CAP / 512 }),
       fc.record({ records: fc.integer({ min: 1, max: 6 }), bytes: fc.integer({ min: 1, max: 2048 }), waiting: fc.integer({ min: 1, max: 5 }) }),
       fc.boolean(),
       fc.boolean(),
-      async (ops, baseSectors, limits, inOrder, tornTail) => {
+      async (ops, seqs, finalApplied, baseSectors, limits, inOrder, tornTail) => {
         Object.assign(JOURNAL_READ_LIMITS, limits)
         const store = join(t.testdir(), `s${run++}`)
         const paths = new VmPaths(store, 'vm')
@@ -82,11 +85,12 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
         for (const op of ops) {
           // an applied marker now and then (its seq below the seqs journaled, or any)
           if (op.applied === 0) {
-            applied = inOrder ? Math.max(0, nextInOrder - 1 - (op.seq % 3)) : op.seq
+            applied = inOrder ? Math.max(0, nextInOrder - 1 - (op.seq % 3)) : op.seq % seqs
             j.appendApplied(applied)
             continue
           }
-          const seq = inOrder ? (op.seq % 4 === 0 ? op.seq % Math.max(1, nextInOrder) : nextInOrder++) : op.seq
+          // in order, now and then an earlier seq again (a resume journals it again); or any order, seqs below `seqs`
+          const seq = inOrder ? (op.seq % 4 === 0 ? op.seq % Math.max(1, nextInOrder) : nextInOrder++) : op.seq % seqs
           const length = 1 + (op.length % (CAP - op.offset))
           const e = { seq, offset: op.offset, length, zero: op.zero, digest: op.zero ? '' : op.digest }
           // old contents: a piece of the committed part of the range
@@ -107,6 +111,10 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
             j.appendExtent(e, undefined)
           }
           model.push(m)
+        }
+        if (finalApplied !== null) {
+          applied = finalApplied
+          j.appendApplied(applied)
         }
         await j.flush(true)
         await j.close()
@@ -141,6 +149,7 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
         await a.close({ flush: false })
         const got = { next: a.nextSeq, counts: a.counts }
         const want = { next, counts }
+        if (next > 3) chains++
         if (JSON.stringify(got) !== JSON.stringify(want)) t.same(got, want, 'resume point and counts')
 
         // undo: every record's old contents written back, newest first, the flat cut to its base size
@@ -166,5 +175,6 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
     ),
     { numRuns: 300 },
   )
+  t.ok(chains > 100, `${chains} of the resumes replayed more than 3 extents`)
   t.pass(`${run} random journals: list, resume and undo as the whole list gives`)
 })
