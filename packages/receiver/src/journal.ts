@@ -50,10 +50,10 @@ import { grainlineCommand, storeArg } from './operator-command.ts'
  *   journaled grain the increment does not hold with its crc: so a grain
  *   may appear once more per resume, and the number of entries is bounded
  *   by the journal's size alone. Only the FIRST entry of a grain counts
- *   (it holds the committed bytes): `readJournal` keeps just that one, so
+ *   (it holds the committed bytes): `scanJournal` keeps just that one, so
  *   what it keeps is bounded by the capacity (12 bytes a grain, grain-set.ts).
  *   A grain index that is not one of the capacity's 4 KiB grains is never
- *   written: `readJournal` refuses the journal (E_STATE), it is no torn tail.
+ *   written: `scanJournal` refuses the journal (E_STATE), it is no torn tail.
  *
  * Nor is an extent record whose range `offset + length` ends past the head's
  * capacity, or whose old contents (`oldOffset + oldLength`, when it has any)
@@ -61,7 +61,7 @@ import { grainlineCommand, storeArg } from './operator-command.ts'
  * [offset, offset + length) — the old contents are a piece of the committed
  * part of the range, below the base size (disk-apply.ts `committedPart`,
  * `prepareBatch`: pieces at `offset + k × JOURNAL_PIECE`): such a record
- * passed its crc, so `readJournal` refuses the journal (E_STATE) rather than
+ * passed its crc, so `scanJournal` refuses the journal (E_STATE) rather than
  * let an undo write where the head says nothing was or where the cycle never
  * wrote, or a resume trust what it records.
  *
@@ -77,7 +77,7 @@ const T_GRAINS = 4
 /** Bytes of one entry of a grains record: f64le grain index • u32le crc32 of the old grain. */
 const GRAIN_ENTRY = 12
 
-/** Bytes of a grains record {@link readJournal} reads at once: 64 Ki entries (768 KiB). */
+/** Bytes of a grains record {@link scanJournal} reads at once: 64 Ki entries (768 KiB). */
 const GRAIN_PIECE = GRAIN_ENTRY * 65536
 
 /** Records larger than this are treated as corruption (bound before allocating). */

@@ -70,7 +70,7 @@ export async function undoInflight(
   onIgnored?: (disk: string, why: string) => void,
 ): Promise<void> {
   // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
-  // here, and its index (not its data) kept for the undo below
+  // here (scanJournal: no record kept, only the head, counts and positions the undo reads the records back from)
   const work: Array<{ d: InflightCycle['disks'][string]; contents: JournalScan | undefined; ucontents: JournalScan | undefined; bytes: number }> = []
   for (const d of Object.values(infl.disks)) {
     if (d.target === 'seed') {

@@ -13,22 +13,15 @@ import { mkdirSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { initDigests } from '@grainline/protocol'
 import { DiskApply } from '../src/disk-apply.ts'
-import { JOURNAL_READ_LIMITS, Journal, readJournal, scanJournal, undoJournal } from '../src/journal.ts'
+import { JOURNAL_READ_LIMITS, Journal, readJournal, scanJournal, undoJournal, type JournalExtent } from '../src/journal.ts'
 import type { InflightDisk } from '../src/state-file.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 import { pattern } from './helpers.ts'
 
 const CAP = 32 * 1024
 
-interface ModelExtent {
-  readonly seq: number
-  readonly offset: number
-  readonly length: number
-  readonly zero: boolean
-  readonly digest: string
-  readonly oldOffset: number
-  readonly old: Buffer | number | undefined
-}
+/** A record as the writer was given it: its old contents stored (bytes), zeros (their length) or none. */
+type ModelExtent = Pick<JournalExtent, 'seq' | 'offset' | 'length' | 'zero' | 'digest' | 'oldOffset'> & { readonly old: Buffer | number | undefined }
 
 const opArb = fc.record({
   applied: fc.integer({ min: 0, max: 9 }),
