@@ -12,8 +12,11 @@
  * every 997th with 4 KiB of old contents) with the receiver's own `Journal`,
  * then per round, in the same invocation: the baseline `dd` of the file to
  * /dev/null (1 MiB blocks, the page cache warm as for the reads), and
- * `readJournal` of each build given (`--build`, repeatable, default this
- * checkout; each must be built: `npx tsc -b`) in a fresh process each.
+ * the read of each build given (`--build`, repeatable, default this
+ * checkout; each must be built: `npx tsc -b`) in a fresh process each:
+ * `scanJournal` where the build has it (what a resume and a rollback read
+ * first, holding no record; the undo then reads the records back a window at
+ * a time), else `readJournal` (every record held).
  * Printed: per build the median time, records per second, µs per record and
  * the ratio to dd's median, with the load average. `--undo`: each read is
  * followed by `undoJournal` onto a fresh sparse target, timed apart, against
@@ -22,8 +25,8 @@
  * `--grains N`: the journal also indexes N grains of a reverse increment (a
  * disk that keeps restore points; type 4 records of 2,048 entries, one per
  * saved 8 MiB run, as the receiver writes them, after every 5,000th extent
- * record and at the end); each read also prints what the journal's
- * contents hold in memory (heapUsed + arrayBuffers after a full GC).
+ * record and at the end). Each read also prints what it returns holds in
+ * memory (heapUsed + arrayBuffers after a full GC).
  */
 import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -56,28 +59,33 @@ if (values.help) {
 const journalModule = (build) => pathToFileURL(join(build, 'packages/receiver/dist/src/journal.js')).href
 
 if (values['read-with'] !== undefined) {
-  const { readJournal, undoJournal } = await import(journalModule(values['read-with']))
+  const { readJournal, scanJournal, undoJournal } = await import(journalModule(values['read-with']))
   const { setFlagsFromString } = await import('node:v8')
   const { runInNewContext } = await import('node:vm')
   setFlagsFromString('--expose_gc')
   const gc = runInNewContext('gc')
-  const mem = () => {
+  // settled, then two full GCs: the read's freed windows (1 MiB buffers) are not counted as held
+  const mem = async () => {
+    await new Promise((r) => setTimeout(r, 50))
+    gc()
     gc()
     const m = process.memoryUsage()
     return m.heapUsed + m.arrayBuffers
   }
-  const m0 = mem()
+  const m0 = await mem()
   const t0 = performance.now()
-  const c = await readJournal(values.file)
+  // a build with scanJournal reads as a resume and a rollback do (no record held); an older one holds them all
+  const c = scanJournal === undefined ? await readJournal(values.file) : await scanJournal(values.file)
   const ms = performance.now() - t0
-  const bytes = mem() - m0
+  const bytes = (await mem()) - m0
   let undoMs
   if (values.target !== undefined && c !== undefined) {
     const t1 = performance.now()
     await undoJournal(values.file, c, values.target)
     undoMs = performance.now() - t1
   }
-  process.stdout.write(JSON.stringify({ ms, undoMs, bytes, records: c?.extents.length ?? 0, grains: c?.grains.length ?? 0 }))
+  const read = scanJournal === undefined ? 'readJournal' : 'scanJournal'
+  process.stdout.write(JSON.stringify({ ms, undoMs, bytes, read, records: c?.extentRecords ?? c?.extents.length ?? 0, grains: c?.grains.length ?? 0 }))
   process.exit(0)
 }
 
@@ -131,6 +139,7 @@ try {
   const ddWrite = []
   const reads = new Map(builds.map((b) => [b, []]))
   const held = new Map(builds.map((b) => [b, []]))
+  const how = new Map()
   const undos = new Map(builds.map((b) => [b, []]))
   const target = join(dir, 'disk-flat.vmdk')
   // a fresh sparse target of the journal's span (its base size): what a rollback writes the old contents into
@@ -160,6 +169,7 @@ try {
       if (got.records !== records) throw new Error(`${b}: read ${got.records} records of ${records}`)
       if (got.grains !== grains) throw new Error(`${b}: read ${got.grains} grains of ${grains}`)
       reads.get(b).push(got.ms)
+      how.set(b, got.read)
       held.get(b).push(got.bytes)
       if (values.undo) undos.get(b).push(got.undoMs)
     }
@@ -170,11 +180,11 @@ try {
   console.log(`dd of the journal (baseline): ${ddMs.toFixed(1)} ms (${(size / 2 ** 20 / (ddMs / 1000)).toFixed(0)} MiB/s)`)
   for (const b of builds) {
     const ms = median(reads.get(b))
-    console.log(`readJournal ${b}: ${summary(reads.get(b))}, ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`)
-    if (grains > 0) {
-      const mib = median(held.get(b)) / 2 ** 20
-      console.log(`  its contents held in memory: ${mib.toFixed(1)} MiB median (${((mib * 2 ** 20) / grains).toFixed(1)} bytes a grain with the extents' share)`)
-    }
+    console.log(`${how.get(b)} ${b}: ${summary(reads.get(b))}, ${Math.round(records / (ms / 1000))} records/s, ${((ms * 1000) / records).toFixed(1)} µs per record, ${(ms / ddMs).toFixed(1)}× dd`)
+    const mib = median(held.get(b)) / 2 ** 20
+    console.log(
+      `  what it returns held in memory: ${mib.toFixed(1)} MiB median (${((mib * 2 ** 20) / records).toFixed(1)} bytes a record${grains > 0 ? `, ${((mib * 2 ** 20) / grains).toFixed(1)} a grain with the extents' share` : ''})`,
+    )
   }
   if (values.undo) {
     const wMs = median(ddWrite)

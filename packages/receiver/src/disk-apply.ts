@@ -4,7 +4,7 @@ import { CycleDigest, ZERO_EXTENT_WINDOW_COST } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists, writeFully, writevFully, writeZeros } from './fs-util.ts'
 import { entryExists, openStoreFile } from './store-fs.ts'
-import { JOURNAL_PIECE, Journal, resetJournal, type JournalContents } from './journal.ts'
+import { JOURNAL_PIECE, JOURNAL_READ_LIMITS, Journal, journalExtents, resetJournal, type JournalExtent, type JournalScan } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { isAllZero } from '@grainline/vmdk'
 import { READ_AHEAD, readAhead } from './read-ahead.ts'
@@ -174,7 +174,7 @@ export class DiskApply {
   }
 
   /** Reopen an interrupted apply at its durable resume point, replaying the journal through {@link accept}. */
-  static async resume(paths: VmPaths, info: InflightDisk, journalContents: JournalContents, touched?: TouchedBlocks): Promise<DiskApply> {
+  static async resume(paths: VmPaths, info: InflightDisk, journalContents: JournalScan, touched?: TouchedBlocks): Promise<DiskApply> {
     let contents = journalContents
     const p = info.target === 'seed' ? paths.seed(info.stem) : paths.flat(info.stem)
     let fh: FileHandle
@@ -183,7 +183,7 @@ export class DiskApply {
       // the seed again at seq 0 in a FRESH file — a seed leaves zero ranges
       // unwritten, so stale bytes must not survive
       await resetJournal(paths.journal(info.stem), contents.headEnd)
-      contents = { ...contents, extents: [], applied: null, validEnd: contents.headEnd }
+      contents = { ...contents, applied: null, validEnd: contents.headEnd, extentRecords: 0, oldBytes: 0, positions: [contents.headEnd] }
       fh = await freshSeed(p)
       await fh.truncate(info.capacity)
       await fh.sync()
@@ -208,14 +208,49 @@ export class DiskApply {
     }
     const a = new DiskApply(info, p, fh, journal, inc)
     a.touched = touched
-    const last = contents.applied?.seq ?? -1
-    const bySeq = new Map<number, (typeof contents.extents)[number]>()
-    for (const e of contents.extents) if (e.seq <= last && !bySeq.has(e.seq)) bySeq.set(e.seq, e)
-    for (let e = bySeq.get(0); e !== undefined; e = bySeq.get(a.next)) {
-      a.accept({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, data: undefined, digest: Buffer.from(e.digest, 'hex') })
-    }
+    await a.#replay(paths.journal(info.stem), contents)
     a.applied = a.next - 1
     return a
+  }
+
+  /**
+   * Replay the journal's extents up to its applied marker through {@link accept}: seq 0, 1, 2… for as long as
+   * the journal holds the next one, each seq's FIRST record counting (a resume journals a seq again: its pieces,
+   * an extent sent again). Read a window at a time (journal.ts `journalExtents`), forward: a record of a seq
+   * beyond the next one waits, at most JOURNAL_READ_LIMITS.waiting seqs from the next; one beyond is skipped, and so is every
+   * record of a seq at or beyond the lowest skipped one in this pass (a later record of it must not count before
+   * its first). The pass ends with the next seq missing (the chain stops, as it does at the first gap) or at
+   * the lowest skipped seq: then another pass from the journal's start takes it (the first skip came at least
+   * JOURNAL_READ_LIMITS.waiting seqs beyond the pass's first seq, so a pass moves that far at least).
+   */
+  async #replay(journalPath: string, scan: JournalScan): Promise<void> {
+    const last = scan.applied?.seq ?? -1
+    if (last < 0 || scan.extentRecords === 0) return
+    const jfh = await openStoreFile(journalPath, 'read')
+    try {
+      for (;;) {
+        let skipped = Number.POSITIVE_INFINITY
+        const waiting = new Map<number, JournalExtent>()
+        for (let w = 0; w < scan.positions.length; w++) {
+          for (const e of await journalExtents(jfh, journalPath, scan, w)) {
+            const seq = e.seq
+            if (!Number.isSafeInteger(seq) || seq > last || seq < this.next) continue
+            if (seq >= Math.min(this.next + JOURNAL_READ_LIMITS.waiting, skipped)) {
+              skipped = Math.min(skipped, seq)
+              continue
+            }
+            if (!waiting.has(seq)) waiting.set(seq, e)
+            for (let x = waiting.get(this.next); x !== undefined; x = waiting.get(this.next)) {
+              waiting.delete(x.seq)
+              this.accept({ seq: x.seq, offset: x.offset, length: x.length, zero: x.zero, data: undefined, digest: Buffer.from(x.digest, 'hex') })
+            }
+          }
+        }
+        if (this.next !== skipped) return
+      }
+    } finally {
+      await jfh.close()
+    }
   }
 
   /**

@@ -1,7 +1,7 @@
 import { lstat } from 'node:fs/promises'
 import { basename, join, relative } from 'node:path'
 import { ReceiverError } from './errors.ts'
-import { readJournal, type JournalContents, type JournalHead } from './journal.ts'
+import { scanJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { entryKind } from './store-fs.ts'
 import type { InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
@@ -152,9 +152,9 @@ const cap = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1)
  * journal that cannot be read at all with {@link unusableJournal}'s text: missing or without a valid head
  * (E_STATE), something else in its place (E_STORE_FILE), unreadable (E_IO).
  */
-export async function readResumeJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, checkHead: (head: JournalHead) => void): Promise<JournalContents> {
+export async function readResumeJournal(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, checkHead: (head: JournalHead) => void): Promise<JournalScan> {
   const unusable = (how: JournalUnusable): string => unusableJournal(paths, journalPath, cycle, d, how, false)
-  const contents = await readJournal(journalPath, { paths, checkHead }).catch(async (err: unknown) => {
+  const contents = await scanJournal(journalPath, { paths, checkHead }).catch(async (err: unknown) => {
     const failed = await journalReadFailure(paths, journalPath, err)
     if (failed === undefined) throw err
     throw new ReceiverError(failed.code, unusable(failed.how), { cause: err })
@@ -164,7 +164,7 @@ export async function readResumeJournal(paths: VmPaths, journalPath: string, cyc
 }
 
 /**
- * How reading journal `journalPath` failed (`err`, thrown by readJournal), short of a refusal: missing (E_STATE),
+ * How reading journal `journalPath` failed (`err`, thrown by scanJournal), short of a refusal: missing (E_STATE),
  * something else in its place (E_STORE_FILE: lstat says what, never opened), unreadable (E_IO); undefined for a
  * refusal (a ReceiverError of another kind), which stands as it is.
  */

@@ -50,10 +50,10 @@ import { grainlineCommand, storeArg } from './operator-command.ts'
  *   journaled grain the increment does not hold with its crc: so a grain
  *   may appear once more per resume, and the number of entries is bounded
  *   by the journal's size alone. Only the FIRST entry of a grain counts
- *   (it holds the committed bytes): `readJournal` keeps just that one, so
+ *   (it holds the committed bytes): `scanJournal` keeps just that one, so
  *   what it keeps is bounded by the capacity (12 bytes a grain, grain-set.ts).
  *   A grain index that is not one of the capacity's 4 KiB grains is never
- *   written: `readJournal` refuses the journal (E_STATE), it is no torn tail.
+ *   written: `scanJournal` refuses the journal (E_STATE), it is no torn tail.
  *
  * Nor is an extent record whose range `offset + length` ends past the head's
  * capacity, or whose old contents (`oldOffset + oldLength`, when it has any)
@@ -61,7 +61,7 @@ import { grainlineCommand, storeArg } from './operator-command.ts'
  * [offset, offset + length) — the old contents are a piece of the committed
  * part of the range, below the base size (disk-apply.ts `committedPart`,
  * `prepareBatch`: pieces at `offset + k × JOURNAL_PIECE`): such a record
- * passed its crc, so `readJournal` refuses the journal (E_STATE) rather than
+ * passed its crc, so `scanJournal` refuses the journal (E_STATE) rather than
  * let an undo write where the head says nothing was or where the cycle never
  * wrote, or a resume trust what it records.
  *
@@ -77,7 +77,7 @@ const T_GRAINS = 4
 /** Bytes of one entry of a grains record: f64le grain index • u32le crc32 of the old grain. */
 const GRAIN_ENTRY = 12
 
-/** Bytes of a grains record {@link readJournal} reads at once: 64 Ki entries (768 KiB). */
+/** Bytes of a grains record {@link scanJournal} reads at once: 64 Ki entries (768 KiB). */
 const GRAIN_PIECE = GRAIN_ENTRY * 65536
 
 /** Records larger than this are treated as corruption (bound before allocating). */
@@ -128,24 +128,6 @@ export interface JournalApplied {
   readonly seq: number
 }
 
-export interface JournalContents {
-  readonly head: JournalHead
-  readonly extents: readonly JournalExtent[]
-  /** the last applied marker, or null */
-  readonly applied: JournalApplied | null
-  /** end of the last valid record */
-  readonly validEnd: number
-  /** end of the head record: truncating here forgets every extent and marker */
-  readonly headEnd: number
-  /**
-   * grains saved in the reverse increment, in journal order, the FIRST entry
-   * of each grain only (it holds the committed bytes; a later one, saved
-   * again by a resume, never counts): at most the disk's capacity in grains,
-   * 12 bytes each (empty without points)
-   */
-  readonly grains: GrainList
-}
-
 function frame(type: number, header: object, data: Uint8Array | undefined, seed: number): Buffer[] {
   const h = Buffer.from(JSON.stringify(header), 'utf8')
   const pre = Buffer.alloc(13)
@@ -192,75 +174,163 @@ class JournalWindow {
   }
 }
 
+/** One record's frame read at `pos`, or undefined where the journal ends (no room, absurd sizes, bad crc, bad json). */
+interface RecordAt {
+  readonly type: number
+  readonly len: number
+  readonly header: Record<string, unknown>
+  readonly dataPos: number
+  readonly dataLen: number
+}
+
 /**
- * Read a journal file. Returns undefined if it has no valid head record.
- * A record that passed its crc but lies outside what the head allows (see
- * the grains and extent rules above) is refused with E_STATE; with `paths`
- * (the VM's), the message names the journal relative to the store and the
- * remedy's command names the store and the VM. `checkHead` sees the head as
- * soon as it is read, before any record is held to it (journal-head.ts
- * `checkJournalHead`: a head of another disk or cycle is said as such, not as
- * records beyond it). With `headOnly`, the head is all that is read: no
- * extent, marker or grain is returned (`validEnd` is the head's end).
+ * The record at `pos` of a file of `size` bytes. With `seed`, its crc is checked (the payload streamed in bounded
+ * chunks); without, it is not (a range {@link scanJournal} checked already: its frames alone are read again).
  */
-export async function readJournal(
+async function recordAt(win: JournalWindow, pos: number, size: number, seed: number | undefined): Promise<RecordAt | undefined> {
+  if (pos + 13 > size) return undefined
+  const pre = await win.at(pos, 13)
+  const len = pre.readUInt32LE(0)
+  const crc = pre.readUInt32LE(4)
+  const hlen = pre.readUInt32LE(9)
+  if (len < 5 || len > MAX_JOURNAL_RECORD || pos + 8 + len > size || hlen > len - 5 || hlen > 1024 * 1024) return undefined
+  const type = pre.readUInt8(8)
+  const hbuf = await win.at(pos + 13, hlen)
+  const dataLen = len - 5 - hlen
+  const dataPos = pos + 13 + hlen
+  if (seed !== undefined) {
+    let c = crc32(pre.subarray(8, 13), seed)
+    c = crc32(hbuf, c)
+    for (let off = 0; off < dataLen; off += 4 * 1024 * 1024) {
+      const chunk = await win.at(dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
+      c = crc32(chunk, c)
+    }
+    if (c >>> 0 !== crc) return undefined
+  }
+  let header: Record<string, unknown>
+  try {
+    header = JSON.parse(hbuf.toString('utf8')) as Record<string, unknown>
+  } catch {
+    return undefined
+  }
+  return { type, len, header, dataPos, dataLen }
+}
+
+/** Why an extent record is no record (the journal ends there: 'end'), or the extent it holds, or what is wrong with it for the head (`beyond`). */
+function extentOf(head: JournalHead, r: RecordAt): JournalExtent | 'end' | { readonly beyond: string; readonly seq: unknown } {
+  const e = r.header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown; oldZeros?: unknown }
+  const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
+  const z = e.oldZeros
+  if (z !== undefined && (typeof z !== 'number' || !Number.isSafeInteger(z) || z <= 0 || z > JOURNAL_PIECE || r.dataLen !== 0)) return 'end'
+  const oldZeros = z !== undefined
+  const oldLength = oldZeros ? z : r.dataLen
+  // the writer journals ranges of the capacity, and old contents of their committed part (below the base
+  // size): a record beyond passed its crc, so it is no torn tail but a journal written by something else
+  const beyond = extentBeyond(head, e.offset, e.length, oldOffset, oldLength)
+  if (beyond !== undefined) return { beyond, seq: e.seq }
+  return { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength, oldPos: r.dataPos, oldZeros }
+}
+
+/**
+ * How far apart the positions {@link JournalScan.positions} keeps are (a later pass reads the journal back a
+ * window at a time from them): `records` extent records or `bytes` of journal at most — a window's records are
+ * at most `records`, whatever their size —; and how many records of seqs beyond the next one a resume's replay
+ * keeps waiting, at most (disk-apply.ts `#replay`). Records are ~150–200 bytes of heap each. Tests make them
+ * small to read journals of a few records in many windows and passes (journal-replay.test); nothing else
+ * changes them.
+ */
+export const JOURNAL_READ_LIMITS = { records: 4096, bytes: 1024 * 1024, waiting: 65536 }
+
+/**
+ * What one pass over a journal learnt, holding no record ({@link scanJournal}): what a resume and a rollback need
+ * besides the records, which a later pass reads again (journal windows: {@link journalExtents}).
+ */
+export interface JournalScan {
+  readonly head: JournalHead
+  /** the last applied marker, or null */
+  readonly applied: JournalApplied | null
+  /** end of the last valid record */
+  readonly validEnd: number
+  /** end of the head record: truncating here forgets every extent and marker */
+  readonly headEnd: number
+  /**
+   * grains saved in the reverse increment, in journal order, the FIRST entry
+   * of each grain only (it holds the committed bytes; a later one, saved
+   * again by a resume, never counts): at most the disk's capacity in grains,
+   * 12 bytes each (empty without points) — bounded by the capacity, not by the
+   * journal (grain-set.ts GrainList drops a grain listed already)
+   */
+  readonly grains: GrainList
+  /** extent records in [headEnd, validEnd) */
+  readonly extentRecords: number
+  /** old bytes the extent records restore (stored and zeros): what an undo writes back */
+  readonly oldBytes: number
+  /**
+   * Record starts in [headEnd, validEnd), increasing, the first `headEnd`: one where at least JOURNAL_READ_LIMITS.bytes of
+   * journal or JOURNAL_READ_LIMITS.records records passed since the previous one — a window between two (or the last and
+   * `validEnd`) holds at most JOURNAL_READ_LIMITS.records extent records. 8 bytes a MiB of journal or 4,096 records: a
+   * journal of 100 GiB or of 1.6 M records keeps ~100 Ki of them.
+   */
+  readonly positions: readonly number[]
+}
+
+export interface JournalContents extends JournalScan {
+  readonly extents: readonly JournalExtent[]
+}
+
+/**
+ * Read a journal file once, front to back, keeping no record ({@link JournalScan}). Returns undefined if it has
+ * no valid head record. A record that passed its crc but lies outside what the head allows (see the grains and
+ * extent rules above) is refused with E_STATE; with `paths` (the VM's), the message names the journal relative
+ * to the store and the remedy's command names the store and the VM. `checkHead` sees the head as soon as it is
+ * read, before any record is held to it (journal-head.ts `checkJournalHead`: a head of another disk or cycle is
+ * said as such, not as records beyond it). With `headOnly`, the head is all that is read: no extent, marker or
+ * grain is returned (`validEnd` is the head's end).
+ */
+export async function scanJournal(
   path: string,
   opts: { readonly paths?: VmPaths; readonly checkHead?: (head: JournalHead) => void; readonly headOnly?: boolean } = {},
-): Promise<JournalContents | undefined> {
+): Promise<JournalScan | undefined> {
   const fh = await openStoreFile(path, 'read')
   try {
     const size = (await fh.stat()).size
     const win = new JournalWindow(fh, size)
     let pos = 0
     let head: JournalHead | undefined
-    const extents: JournalExtent[] = []
     let applied: JournalApplied | null = null
     const grains = new GrainList()
     let gen = 0
     let headEnd = 0
-    while (pos + 13 <= size) {
-      const pre = await win.at(pos, 13)
-      const len = pre.readUInt32LE(0)
-      const crc = pre.readUInt32LE(4)
-      const hlen = pre.readUInt32LE(9)
-      if (len < 5 || len > MAX_JOURNAL_RECORD || pos + 8 + len > size || hlen > len - 5 || hlen > 1024 * 1024) break
-      const type = pre.readUInt8(8)
-      // crc over the whole payload, streamed in bounded chunks
-      let c = crc32(pre.subarray(8, 13), head === undefined ? 0 : gen)
-      const hbuf = await win.at(pos + 13, hlen)
-      c = crc32(hbuf, c)
-      const dataLen = len - 5 - hlen
-      const dataPos = pos + 13 + hlen
-      for (let off = 0; off < dataLen; off += 4 * 1024 * 1024) {
-        const chunk = await win.at(dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
-        c = crc32(chunk, c)
-      }
-      if (c >>> 0 !== crc) break
-      let header: Record<string, unknown>
-      try {
-        header = JSON.parse(hbuf.toString('utf8')) as Record<string, unknown>
-      } catch {
-        break
+    let extentRecords = 0
+    let oldBytes = 0
+    const positions: number[] = []
+    let sinceRecords = 0
+    for (;;) {
+      const r = await recordAt(win, pos, size, head === undefined ? 0 : gen)
+      if (r === undefined) break
+      const { type, header, dataPos, dataLen } = r
+      if (head !== undefined) {
+        const last = positions[positions.length - 1] as number
+        if (sinceRecords >= JOURNAL_READ_LIMITS.records || pos - last >= JOURNAL_READ_LIMITS.bytes) {
+          positions.push(pos)
+          sinceRecords = 0
+        }
       }
       if (type === T_HEAD && head === undefined && pos === 0) {
         head = header as unknown as JournalHead
         gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
-        headEnd = pos + 8 + len
+        headEnd = pos + 8 + r.len
+        positions.push(headEnd)
         opts.checkHead?.(head)
         // a seed's rollback needs the head alone (rollback.ts): no record is read, none held to it
-        if (opts.headOnly === true) return { head, extents: [], applied: null, validEnd: headEnd, headEnd, grains: new GrainList() }
+        if (opts.headOnly === true) return { head, applied: null, validEnd: headEnd, headEnd, grains: new GrainList(), extentRecords: 0, oldBytes: 0, positions: [headEnd] }
       } else if (type === T_EXTENT && head !== undefined) {
-        const e = header as { seq: number; offset: number; length: number; zero: boolean; digest: string; oldOffset?: unknown; oldZeros?: unknown }
-        const oldOffset = typeof e.oldOffset === 'number' ? e.oldOffset : e.offset
-        const z = e.oldZeros
-        if (z !== undefined && (typeof z !== 'number' || !Number.isSafeInteger(z) || z <= 0 || z > JOURNAL_PIECE || dataLen !== 0)) break
-        const oldZeros = z !== undefined
-        const oldLength = oldZeros ? z : dataLen
-        // the writer journals ranges of the capacity, and old contents of their committed part (below the base
-        // size): a record beyond passed its crc, so it is no torn tail but a journal written by something else
-        const beyond = extentBeyond(head, e.offset, e.length, oldOffset, oldLength)
-        if (beyond !== undefined) throw journalCorrupt(path, opts, head, `its extent record of seq ${String(e.seq)} at byte ${pos} ${beyond}`)
-        extents.push({ seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength, oldPos: dataPos, oldZeros })
+        const e = extentOf(head, r)
+        if (e === 'end') break
+        if ('beyond' in e) throw journalCorrupt(path, opts, head, `its extent record of seq ${String(e.seq)} at byte ${pos} ${e.beyond}`)
+        extentRecords++
+        sinceRecords++
+        oldBytes += e.oldLength
       } else if (type === T_APPLIED && head !== undefined) {
         applied = { seq: (header as { seq: number }).seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
@@ -286,10 +356,58 @@ export async function readJournal(
       } else {
         break
       }
-      pos += 8 + len
+      pos += 8 + r.len
     }
     if (head === undefined) return undefined
-    return { head, extents, applied, validEnd: pos, headEnd, grains }
+    return { head, applied, validEnd: pos, headEnd, grains, extentRecords, oldBytes, positions }
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
+ * The extent records of window `w` of a scanned journal (between `scan.positions[w]` and the next position or
+ * `validEnd`: at most JOURNAL_READ_LIMITS.records), in journal order, read again from `fh` (the journal `scan` read). Their
+ * frames are read, not their crcs (the scan checked them), and each is held to the head again: a record that is
+ * not what the scan saw means the file changed since (E_STATE), never a record trusted.
+ */
+export async function journalExtents(fh: FileHandle, path: string, scan: JournalScan, w: number): Promise<JournalExtent[]> {
+  const from = scan.positions[w]
+  if (from === undefined) throw new RangeError(`journal window ${w} of ${scan.positions.length}`)
+  const to = scan.positions[w + 1] ?? scan.validEnd
+  const win = new JournalWindow(fh, to)
+  const out: JournalExtent[] = []
+  for (let pos = from; pos < to; ) {
+    const r = await recordAt(win, pos, to, undefined)
+    const e = r?.type === T_EXTENT ? extentOf(scan.head, r) : undefined
+    if (r === undefined || e === 'end' || (e !== undefined && 'beyond' in e)) {
+      throw new ReceiverError(
+        'E_STATE',
+        `journal ${path} changed while it was read: its record at byte ${pos} is not the one read before (below its valid end at byte ${scan.validEnd}). Nothing more was read from it; run again: the next run reads it anew`,
+      )
+    }
+    if (e !== undefined) out.push(e)
+    pos += 8 + r.len
+  }
+  return out
+}
+
+/**
+ * Read a journal file whole: its {@link scanJournal} and every extent record, in journal order (~150–200 bytes
+ * a record: a small journal's, or a test's; a resume and a rollback read the records a window at a time,
+ * {@link journalExtents}).
+ */
+export async function readJournal(
+  path: string,
+  opts: { readonly paths?: VmPaths; readonly checkHead?: (head: JournalHead) => void; readonly headOnly?: boolean } = {},
+): Promise<JournalContents | undefined> {
+  const scan = await scanJournal(path, opts)
+  if (scan === undefined) return undefined
+  const fh = await openStoreFile(path, 'read')
+  try {
+    const extents: JournalExtent[] = []
+    for (let w = 0; w < scan.positions.length && scan.validEnd > scan.headEnd; w++) extents.push(...(await journalExtents(fh, path, scan, w)))
+    return { ...scan, extents }
   } finally {
     await fh.close()
   }
@@ -398,7 +516,7 @@ export class Journal {
   }
 
   /** Reopen an existing journal for appending, cutting off a torn tail. */
-  static async reopen(path: string, contents: JournalContents): Promise<Journal> {
+  static async reopen(path: string, contents: Pick<JournalScan, 'validEnd' | 'head'>): Promise<Journal> {
     const fh = await openStoreFile(path, 'update')
     try {
       // cut everything after the valid end: records of this generation past a
@@ -547,7 +665,7 @@ export async function resetJournal(path: string, headEnd: number): Promise<void>
  * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
  * `onUndone` hears of the bytes written back so far (zeroed ones included).
  */
-export async function undoJournal(journalPath: string, contents: JournalContents, targetPath: string, onUndone?: (bytes: number) => void): Promise<void> {
+export async function undoJournal(journalPath: string, contents: JournalScan, targetPath: string, onUndone?: (bytes: number) => void): Promise<void> {
   const jfh = await openStoreFile(journalPath, 'read')
   try {
     const tfh = await openStoreFile(targetPath, 'update')
@@ -585,13 +703,18 @@ export async function undoJournal(journalPath: string, contents: JournalContents
         batch = []
         batchBytes = 0
       }
-      for (let i = contents.extents.length - 1; i >= 0; i--) {
-        const e = contents.extents[i] as JournalExtent
-        if (e.oldLength === 0) continue
-        const overlaps = batch.some((b) => e.oldOffset < b.oldOffset + b.oldLength && b.oldOffset < e.oldOffset + e.oldLength)
-        if (overlaps || batch.length >= UNDO_IN_FLIGHT || batchBytes + e.oldLength > UNDO_BATCH_BYTES) await flushBatch()
-        batch.push(e)
-        batchBytes += e.oldLength
+      // The records are read back a window at a time from the end (the scan's positions: at most JOURNAL_READ_LIMITS.records
+      // records a window), each window's newest first: what is held is one window's records, not the journal's.
+      for (let w = contents.positions.length - 1; w >= 0; w--) {
+        const extents = await journalExtents(jfh, journalPath, contents, w)
+        for (let i = extents.length - 1; i >= 0; i--) {
+          const e = extents[i] as JournalExtent
+          if (e.oldLength === 0) continue
+          const overlaps = batch.some((b) => e.oldOffset < b.oldOffset + b.oldLength && b.oldOffset < e.oldOffset + e.oldLength)
+          if (overlaps || batch.length >= UNDO_IN_FLIGHT || batchBytes + e.oldLength > UNDO_BATCH_BYTES) await flushBatch()
+          batch.push(e)
+          batchBytes += e.oldLength
+        }
       }
       await flushBatch()
       const size = (await tfh.stat()).size

@@ -3,7 +3,7 @@ import { join, relative } from 'node:path'
 import type { Logger } from 'pino'
 import { isTempName, unlinkIfExists } from './fs-util.ts'
 import { entryExists, readStoreDir } from './store-fs.ts'
-import { readJournal, type JournalHead } from './journal.ts'
+import { scanJournal, type JournalHead } from './journal.ts'
 import { HEADLESS_JOURNAL, checkJournalHead, journalReadFailure, journalStuck, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { ReceiverError, type ReceiverErrorCode } from './errors.ts'
 import { POINTS_DIR } from './increment.ts'
@@ -96,7 +96,7 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
           // one that cannot be read at all (missing, something else in its place, unreadable, no valid head) is said
           // as a resume and `grainline status` say it (journal-head.ts unusableJournal), not as the file system's error
           let failed: { readonly code: ReceiverErrorCode; readonly how: JournalUnusable } | undefined
-          const c = await readJournal(jpath, { paths, checkHead }).catch(async (err: unknown) => {
+          const c = await scanJournal(jpath, { paths, checkHead }).catch(async (err: unknown) => {
             failed = await journalReadFailure(paths, jpath, err)
             if (failed === undefined) throw err
             return undefined

@@ -2,7 +2,7 @@ import { basename, relative } from 'node:path'
 import { lstat, rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
-import { readJournal, resetJournal, undoJournal, type JournalContents, type JournalHead } from './journal.ts'
+import { scanJournal, resetJournal, undoJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalReadFailure, misplacedJournal, setAsideJournalPath, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
@@ -12,9 +12,9 @@ import type { InflightCycle, InflightDisk } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
 
-async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: JournalHead) => void): Promise<JournalContents | undefined> {
+async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: JournalHead) => void): Promise<JournalScan | undefined> {
   try {
-    return await readJournal(path, checkHead === undefined ? { paths } : { paths, checkHead })
+    return await scanJournal(path, checkHead === undefined ? { paths } : { paths, checkHead })
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return undefined
     throw err
@@ -22,7 +22,7 @@ async function readIfExists(path: string, paths: VmPaths, checkHead?: (head: Jou
 }
 
 /** What a seed's rollback does with its journal: reset it (its contents: the head at least), nothing (none there), or set it aside unopened. */
-type SeedJournal = { readonly contents: JournalContents | undefined; readonly odd?: JournalUnusable }
+type SeedJournal = { readonly contents: JournalScan | undefined; readonly odd?: JournalUnusable }
 
 /**
  * The journal of a seed in flight, for its rollback: its head must be the state's record of the disk
@@ -56,7 +56,7 @@ async function seedJournal(paths: VmPaths, d: InflightDisk, cycle: number, onIgn
     // replaced by something else since the lstat, or its open or read failed
     if (failed !== undefined && failed.how.failed !== 'missing') return { contents: undefined, odd: failed.how }
     if (!(headChecked && d.mode === 'seed' && err instanceof ReceiverError && err.code === 'E_STATE')) throw err
-    const head = await readJournal(path, { paths, checkHead, headOnly: true })
+    const head = await scanJournal(path, { paths, checkHead, headOnly: true })
     if (head === undefined) throw err
     onIgnored?.(d.name, err.message)
     return { contents: head }
@@ -78,7 +78,7 @@ async function setAside(paths: VmPaths, path: string, d: InflightDisk, cycle: nu
   }
 }
 
-type UndoWork = { readonly d: InflightDisk; readonly contents: JournalContents | undefined; readonly ucontents: JournalContents | undefined; readonly odd?: JournalUnusable; readonly bytes: number }
+type UndoWork = { readonly d: InflightDisk; readonly contents: JournalScan | undefined; readonly ucontents: JournalScan | undefined; readonly odd?: JournalUnusable; readonly bytes: number }
 
 /** Errors {@link undoInflight} threw before it wrote anything: its checks of every disk's journal. */
 const wroteNothing = new WeakSet<object>()
@@ -101,8 +101,8 @@ async function planUndo(paths: VmPaths, infl: InflightCycle, onIgnored: ((disk: 
     }
     // an in-place undo trusts the head (base size, capacity, increment): it must be this cycle's record of the
     // disk, checked for every disk before anything of any is written, and before its records are held to it
-    // (readJournal); one that cannot be read at all is said as `grainline status` says it (journal-head.ts)
-    const read = async (path: string, undoing: boolean): Promise<JournalContents | undefined> =>
+    // (scanJournal); one that cannot be read at all is said as `grainline status` says it (journal-head.ts)
+    const read = async (path: string, undoing: boolean): Promise<JournalScan | undefined> =>
       readIfExists(path, paths, (h: JournalHead): void => checkJournalHead(paths, path, h, infl.cycle, d)).catch(async (err: unknown) => {
         const failed = await journalReadFailure(paths, path, err)
         if (failed === undefined) throw err
@@ -214,9 +214,9 @@ export async function undoInflight(
 export const UNDO_PROGRESS_MS = 5000
 
 /** The bytes an undo writes back: the increment's distinct grains, or the journal's old bytes. */
-function undoBytes(c: JournalContents | undefined, fromIncrement: boolean): number {
+function undoBytes(c: JournalScan | undefined, fromIncrement: boolean): number {
   if (c === undefined) return 0
   // the journal's grains are listed once each (journal.ts: the first entry of a grain)
   if (fromIncrement) return c.grains.length * POINT_GRAIN
-  return c.extents.reduce((n, e) => n + e.oldLength, 0)
+  return c.oldBytes
 }

@@ -7,7 +7,7 @@ import { grainlineCommand, storeArg } from './operator-command.ts'
 import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
 import { checkVmDir, entryExists, entryKind } from './store-fs.ts'
-import { readJournal, type JournalHead } from './journal.ts'
+import { scanJournal, type JournalHead } from './journal.ts'
 import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalStuck, misplacedJournal, unreadableJournal, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
@@ -176,7 +176,7 @@ async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, u
     if (st === undefined) how = MISSING_JOURNAL
     else if (!st.isFile()) how = misplacedJournal(entryKind(st))
     else {
-      const c = await readJournal(jpath, { paths, checkHead })
+      const c = await scanJournal(jpath, { paths, checkHead })
       if (c !== undefined && inPlace && undoing) {
         return {
           resumeSeq: 0,
