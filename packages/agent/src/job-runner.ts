@@ -66,7 +66,7 @@ export async function runJob(components: { logger: Logger }, job: Job, opts: Run
   }
   for (const hook of job.webhooks) {
     if (!outcomesOf(hook.on).has(outcome)) continue
-    const r = await sendWebhook(hook, report, { logger: log, ...(opts.hostname === undefined ? {} : { hostname: opts.hostname }) })
+    const r = await sendWebhook(hook, report, { logger: log, ...(opts.hostname === undefined ? {} : { hostname: opts.hostname }), ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
     results.push({ kind: 'webhook', target: shownWebhookUrl(hook.url), ok: r.ok, attempts: r.attempts, ...(r.error === undefined ? {} : { error: r.error }) })
     if (r.ok) log.info({ url: shownWebhookUrl(hook.url), attempts: r.attempts, status: r.status }, 'webhook delivered')
     else log.error({ url: shownWebhookUrl(hook.url), attempts: r.attempts, error: r.error }, 'webhook not delivered')

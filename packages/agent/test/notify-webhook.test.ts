@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
+import { createServer as createNetServer } from 'node:net'
 import { join } from 'node:path'
 import { memoryLogger, tlsFixture } from '@grainline/test-utils'
 import { loadJob } from '../src/job/load-job.ts'
@@ -174,4 +175,76 @@ t.test('credentials in an http:// URL: refused at load to a non-loopback host (u
   t.notMatch(JSON.stringify(r), /hunter2/, 'not in the report')
   t.ok(log.find('webhook delivered'))
   t.notMatch(log.text(), /hunter2/, 'not in the logs')
+})
+
+/** A raw endpoint: reads the POST, writes `head` at once, then `answer` a byte every `everyMs`; `sent` counts the bytes of `answer` it wrote before the client closed. */
+async function trickler(t: { teardown: (fn: () => unknown) => void }, head: string, answer: string, everyMs: number) {
+  const state = { sent: 0, closed: 0, connections: 0 }
+  const srv = createNetServer((sock) => {
+    state.connections++
+    let started = false
+    let timer: NodeJS.Timeout | undefined
+    sock.on('data', (c: Buffer) => {
+      // the body ends the request (its content-length was small): answer then, a byte at a time
+      if (started || !c.toString('latin1').includes('}')) return
+      started = true
+      sock.write(head)
+      let i = 0
+      timer = setInterval(() => {
+        if (i >= answer.length || sock.destroyed) return
+        sock.write(answer.charAt(i++))
+        state.sent = i
+      }, everyMs)
+    })
+    sock.on('close', () => {
+      clearInterval(timer)
+      state.closed++
+    })
+    sock.on('error', () => {})
+  })
+  srv.listen(0, '127.0.0.1')
+  await once(srv, 'listening')
+  t.teardown(() => new Promise((r) => srv.close(r)))
+  return { state, url: `http://127.0.0.1:${(srv.address() as { port: number }).port}/hook` }
+}
+
+t.test('bounded in time: an answer trickled a byte at a time is cut at the attempt timeout (each byte used to re-arm it)', async (t) => {
+  // the status line came, the body trickles: the status is the answer, the rest is not waited for
+  const body = 'x'.repeat(60)
+  const slowBody = await trickler(t, `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`, body, 100)
+  const r = await sendWebhook(hook(slowBody.url, { timeout: 1500, attempts: 1 }), report, { retryBaseMs: 1 })
+  t.same(r, { ok: true, attempts: 1, status: 200 }, 'delivered: the endpoint said 200')
+  t.ok(slowBody.state.sent < body.length, `the client left before the trickled body ended (${slowBody.state.sent} bytes of ${body.length} written)`)
+  // the status line itself trickles: no answer within the timeout, retried, then given up
+  const slowStatus = await trickler(t, '', 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n', 100)
+  const s = await sendWebhook(hook(slowStatus.url, { timeout: 1000, attempts: 2 }), report, { retryBaseMs: 1 })
+  t.match(s, { ok: false, attempts: 2, error: 'no answer within 1000 ms' }, 'two attempts, each cut at its timeout')
+  t.equal(slowStatus.state.connections, 2)
+  t.ok(slowStatus.state.sent < 38, 'no attempt read a whole status line')
+})
+
+t.test("the run's stop: the attempt in flight ends, no retry, no back-off wait; a stopped job's report still goes once", async (t) => {
+  const ep = await endpoint(t, [503, 503, 503, 503])
+  const stop = new AbortController()
+  const log = memoryLogger({ level: 'info' })
+  const pending = sendWebhook(hook(ep.url, { attempts: 5 }), report, { retryBaseMs: 60_000, signal: stop.signal, logger: log.logger })
+  // stopped while the first back-off (a minute) runs
+  while (log.filter('webhook attempt failed; retrying').length === 0) await new Promise((r) => setImmediate(r))
+  stop.abort()
+  t.same(await pending, { ok: false, attempts: 1, status: 503, error: 'HTTP 503; not retried: the run was stopped' })
+  t.equal(ep.hits.length, 1, 'one POST')
+  t.ok(log.find('webhook not retried: the run was stopped'))
+  // runJob gives the job's webhooks the run's signal: stopped before it ends, the report is posted once, not retried
+  const dir = scratch(t)
+  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
+  const down = await endpoint(t, [503, 503, 503])
+  const job = await loadJob({
+    cwd: dir,
+    vms: [join(dir, 'missing.vmx')],
+    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
+    jobOptions: { webhooks: [{ url: down.url, secretFile: 'hook.secret', attempts: 3 }] },
+  })
+  const r = await runJob({ logger: memoryLogger({ level: 'info' }).logger }, job, { view: 'none', signal: AbortSignal.abort() })
+  t.equal(down.hits.length, 1, 'posted once')
+  t.match(r.notifications, [{ kind: 'webhook', target: down.url, ok: false, attempts: 1, error: 'HTTP 503; not retried: the run was stopped' }])
 })

@@ -16,9 +16,16 @@
  * all with a back-off of 1 s, 2 s, 4 s … capped at 30 s (a `Retry-After` of
  * at most 30 s is honoured). Any other answer is final: 2xx delivered, other
  * 4xx refused.
+ *
+ * Bounded in time: `timeout` is the whole attempt's (connect, send, status
+ * line, and at most that long reading the answer's body — an endpoint that
+ * trickles its answer a byte at a time is cut there: its status, once come,
+ * is the answer), never an idle timer that each byte re-arms. With `signal`
+ * aborted (the run stopped: SIGTERM), the attempt in flight finishes within
+ * its timeout and no other follows, nor any back-off wait.
  */
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto'
-import { request as httpRequest } from 'node:http'
+import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { hostname as osHostname } from 'node:os'
 import type { Logger } from 'pino'
@@ -93,6 +100,8 @@ export interface SendWebhookOptions {
   readonly retryBaseMs?: number
   /** @default Date.now */
   readonly now?: () => number
+  /** the run's stop: aborted, no further attempt is made (the one in flight ends within its timeout) */
+  readonly signal?: AbortSignal
 }
 
 interface Answer {
@@ -100,39 +109,57 @@ interface Answer {
   readonly retryAfter: string | undefined
 }
 
+/**
+ * One attempt, over within `timeoutMs` whatever the endpoint does: no status line by then is an error; a status
+ * whose body is still coming then is that status (the body is only drained, at most MAX_ANSWER_BYTES of it).
+ */
 function post(url: URL, body: string, headers: Record<string, string>, opts: { timeoutMs: number; ca?: string }): Promise<Answer> {
   return new Promise((resolve, reject) => {
+    let answer: IncomingMessage | undefined
     const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
       url,
       {
         method: 'POST',
         headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
-        timeout: opts.timeoutMs,
         ...(url.protocol === 'https:' && opts.ca !== undefined ? { ca: opts.ca } : {}),
       },
       (res) => {
+        answer = res
         let n = 0
         res.on('data', (c: Buffer) => {
           n += c.length
           if (n > MAX_ANSWER_BYTES) res.destroy()
         })
         res.on('close', () => {
+          clearTimeout(deadline)
           resolve({ status: res.statusCode ?? 0, retryAfter: typeof res.headers['retry-after'] === 'string' ? res.headers['retry-after'] : undefined })
         })
         res.on('error', () => {})
       },
     )
-    req.on('timeout', () => {
-      req.destroy(new Error(`no answer within ${opts.timeoutMs} ms`))
+    // the whole attempt's deadline (Node's request `timeout` is an idle timer: a byte every few seconds re-arms it)
+    const deadline = setTimeout(() => {
+      if (answer === undefined) req.destroy(new Error(`no answer within ${opts.timeoutMs} ms`))
+      else answer.destroy()
+    }, opts.timeoutMs)
+    req.on('error', (err) => {
+      clearTimeout(deadline)
+      reject(err)
     })
-    req.on('error', reject)
     req.end(body)
   })
 }
 
-const sleep = (ms: number): Promise<void> =>
+/** `ms`, or less when `signal` aborts. */
+const sleep = (ms: number, signal: AbortSignal | undefined): Promise<void> =>
   new Promise((resolve) => {
-    setTimeout(resolve, ms)
+    const done = (): void => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
   })
 
 /** A webhook URL as logs and reports show it: a password in it replaced by `***` (it would be sent as Basic auth, never shown). */
@@ -155,6 +182,11 @@ export async function sendWebhook(hook: WebhookSettings, report: ReplicationRepo
   const base = opts.retryBaseMs ?? 1000
   let last: WebhookResult = { ok: false, attempts: 0, error: 'not sent' }
   for (let n = 1; n <= attempts; n++) {
+    // the run was stopped: the report goes once (a stop before the first attempt still sends it), never retried
+    if (n > 1 && opts.signal?.aborted === true) {
+      opts.logger?.warn({ url: shownWebhookUrl(hook.url), attempts: n - 1, error: last.error }, 'webhook not retried: the run was stopped')
+      return { ...last, error: `${last.error ?? 'not delivered'}; not retried: the run was stopped` }
+    }
     const headers = {
       'content-type': 'application/json',
       'user-agent': AGENT_SOFTWARE,
@@ -176,7 +208,7 @@ export async function sendWebhook(hook: WebhookSettings, report: ReplicationRepo
     if (n === attempts) break
     const delay = retryAfterMs ?? Math.min(base * 2 ** (n - 1), MAX_BACKOFF_MS)
     opts.logger?.warn({ url: shownWebhookUrl(hook.url), attempt: n, error: last.error, delayMs: delay }, 'webhook attempt failed; retrying')
-    await sleep(delay)
+    await sleep(delay, opts.signal)
   }
   return last
 }
