@@ -82,3 +82,11 @@ t.test('--output json: an event per report on stdout, nothing on stderr', async 
   t.same(r.raw, [])
   t.same(r.errors, [])
 })
+
+t.test("restore's line: the bytes and the total are the whole VM's, named as such beside the disk being written", async (t) => {
+  const { restoreProgressLine } = await import('../src/commands/restore-run.ts')
+  // two disks of 256 and 128 MiB: 264 MiB written, the second disk under way
+  const MiB = 1024 * 1024
+  t.equal(restoreProgressLine({ disk: 'Demo VM_1.vmdk', bytes: 264 * MiB, total: 384 * MiB, etaMs: 2000 }), "restoring Demo VM_1.vmdk: 264 MiB of 384 MiB of the VM's disks (68 %, 2.0 s left)")
+  t.equal(restoreProgressLine({ disk: 'd.vmdk', bytes: 0, total: 0, etaMs: undefined }), "restoring d.vmdk: 0 B of 0 B of the VM's disks (100 %)")
+})

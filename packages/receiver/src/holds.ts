@@ -21,6 +21,7 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { inflightRefusal } from './operator-command.ts'
 import { isTempName, mkdirDurable, writeFileAtomic } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
@@ -128,7 +129,7 @@ export async function openPoint(
   try {
     const state = m.state
     if (state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
-    if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: roll it back or let it commit first`)
+    if (state.inflight !== null) throw inflightRefusal(storeDir, vm, state.inflight.cycle, 'opening a point')
     if (opts.latest === true && cycle !== state.committedCycle)
       throw new ReceiverError('E_BUSY', `VM ${vm}: cycle ${state.committedCycle} was committed after the latest (${cycle}) was read: is replication still running? Stop it, then run again`)
     if (cycle !== state.committedCycle && !pointsOf(state).some((p) => p.cycle === cycle)) {

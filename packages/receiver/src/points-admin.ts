@@ -9,6 +9,7 @@ import type { Logger } from 'pino'
 import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
+import { inflightRefusal } from './operator-command.ts'
 import { digestFile } from './digest-file.ts'
 import { mkdirDurable, writeFileAtomic, writeFully } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
@@ -168,7 +169,7 @@ export async function restorePoint(
   const m = await VmMirror.acquireWait(storeDir, vm, opts.logger, ADMIN_LOCK_WAIT_MS, undefined, { create: false })
   try {
     const state = m.state
-    if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: roll it back or let it commit before restoring`)
+    if (state.inflight !== null) throw inflightRefusal(storeDir, vm, state.inflight.cycle, 'restoring')
     if (cycle !== state.committedCycle && !pointsOf(state).some((p) => p.cycle === cycle)) {
       const have = [...pointsOf(state).map((p) => p.cycle), state.committedCycle].join(', ')
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${cycle} (points: ${have})`)

@@ -79,7 +79,11 @@ export function webhookSchema(ctx: SchemaContext) {
       }),
       on: onField(),
       caFile: doc(certificateFileField(ctx).optional(), { description: 'PEM CA trusted for an `https://` endpoint.', type: 'path', default: 'the system CAs' }),
-      timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), { description: 'How long one attempt may take in all (connect, send, answer: an endpoint that trickles its answer is cut there). A stopped run (SIGTERM) makes no further attempt.', default: '10s', type: 'duration' }),
+      timeout: doc(durationField({ min: 100, max: 300_000 }).optional(), {
+        description: 'How long one attempt may take in all (connect, send, answer: an endpoint that trickles its answer is cut there). A stopped run (SIGTERM) makes no further attempt.',
+        default: '10s',
+        type: 'duration',
+      }),
       attempts: doc(z.int().min(1).max(10).optional(), {
         description: 'Attempts in all: network errors, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … up to 30 s); other answers are final.',
         default: '5',

@@ -15,10 +15,11 @@ import { ExitCode, UsageError } from '../exit-codes.ts'
 import { loggerFor } from '../logger-args.ts'
 import { progressDisplay } from '../progress-display.ts'
 
-function progressLine(p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): string {
+/** A restore's progress: the bytes and total are the whole VM's (every disk's capacity), the disk the one being written. */
+export function restoreProgressLine(p: Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>): string {
   const pct = p.total === 0 ? 100 : Math.floor((p.bytes / p.total) * 100)
   const eta = p.etaMs === undefined ? '' : `, ${formatDuration(p.etaMs)} left`
-  return `${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)} (${pct} %${eta})`
+  return `restoring ${p.disk}: ${formatBytes(p.bytes)} of ${formatBytes(p.total)} of the VM's disks (${pct} %${eta})`
 }
 
 /** `restore`'s run (loaded by commands/restore.ts only when the command runs). */
@@ -29,7 +30,7 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
   const display = progressDisplay<Pick<RestoreProgress, 'disk' | 'bytes' | 'total' | 'etaMs'>>(
     ctx,
     json,
-    progressLine,
+    restoreProgressLine,
     (p) => ({ ...p }),
     (p) => p.bytes >= p.total,
   )

@@ -19,6 +19,7 @@ import type { Logger } from 'pino'
 import { createDigest, initDigests, type DigestAlgorithm } from '@grainline/protocol'
 import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
+import { inflightRefusal } from '../operator-command.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
 import { checkedPointSource, disksAt, pointsOf } from '../points.ts'
 import { pointConfigText } from '../point-config.ts'
@@ -88,7 +89,7 @@ async function archiveLocked(storeDir: string, vm: string, cycles: readonly numb
   try {
     const state = m.state
     if (state.committedCycle === 0) throw new ReceiverError('E_NOT_FOUND', `no committed mirror of VM ${vm} in ${storeDir}`)
-    if (state.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${state.inflight.cycle} in flight: let it commit (or roll it back) before archiving`)
+    if (state.inflight !== null) throw inflightRefusal(storeDir, vm, state.inflight.cycle, 'archiving')
     const kept = new Map<number, { committedAt: string; generation: string }>(pointsOf(state).map((p) => [p.cycle, { committedAt: p.committedAt, generation: p.generation }]))
     kept.set(state.committedCycle, { committedAt: state.committedAt ?? '', generation: state.generation ?? '' })
     const want = cycles ?? [...kept.keys()].sort((a, b) => a - b)

@@ -31,6 +31,7 @@ import { mkdirDurable } from '../../fs-util.ts'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
+import { inflightRefusal } from '../../operator-command.ts'
 import { checkClosable, closeCommand, type HoldRecord } from '../../hold-record.ts'
 import type { VmxPrepare } from '../../holds.ts'
 import { removeClones } from './ceph-open.ts'
@@ -60,7 +61,7 @@ export async function cephFailover(
   let hold: HoldRecord
   try {
     const s = m.state
-    if (s.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${s.inflight.cycle} in flight: roll it back or let it commit before a failover`)
+    if (s.inflight !== null) throw inflightRefusal(`ceph:${t.pool}`, vm, s.inflight.cycle, 'a failover')
     const k = cycle ?? s.committedCycle
     if (k !== s.committedCycle && !s.points.some((p) => p.cycle === k)) {
       throw new ReceiverError('E_NOT_FOUND', `VM ${vm} has no point ${k} in Ceph pool ${t.pool} (points: ${[...s.points.map((p) => p.cycle), s.committedCycle].join(', ')})`)

@@ -27,6 +27,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import type { Logger } from 'pino'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
+import { inflightRefusal } from '../../operator-command.ts'
 import { closeCommand } from '../../hold-record.ts'
 import { acquireCommitted } from './ceph-points.ts'
 import { pointSnapshots, RBD_NAME } from './ceph-restore.ts'
@@ -60,7 +61,7 @@ export async function cephOpenPoint(
   const m = await acquireCommitted(t, vm, opts.logger, 'points open')
   try {
     const s = m.state
-    if (s.inflight !== null) throw new ReceiverError('E_BUSY', `VM ${vm} has cycle ${s.inflight.cycle} in flight: roll it back or let it commit before opening a point`)
+    if (s.inflight !== null) throw inflightRefusal(`ceph:${t.pool}`, vm, s.inflight.cycle, 'opening a point')
     const k = cycle ?? s.committedCycle
     const disks = pointSnapshots(t, s, k)
     const openId = randomBytes(6).toString('hex')
