@@ -28,7 +28,7 @@ t.test('points open and restore during an interrupted cycle: E_BUSY naming the r
     (e: unknown) => e as Error & { code?: string },
   )
   t.equal(open?.code, 'E_BUSY')
-  t.match(open?.message ?? "", refusal('opening a point'))
+  t.match(open?.message ?? '', refusal('opening a point'))
   t.notOk(existsSync(join(env.dir, 'open-1')) && stateOf(env.store, vm).holds?.length, 'nothing held')
   const restore = await restorePoint(rel, vm, 1, join(env.dir, 'restored'), { logger: log }).then(
     () => undefined,
@@ -36,7 +36,7 @@ t.test('points open and restore during an interrupted cycle: E_BUSY naming the r
   )
   t.equal(restore?.code, 'E_BUSY')
   const m = refusal('restoring').exec(restore?.message ?? '')
-  t.ok(m, restore?.message ?? "no refusal")
+  t.ok(m, restore?.message ?? 'no refusal')
   // the printed command, as /bin/sh splits it: the words the CLI gets
   const words = execFileSync('/bin/sh', ['-c', `set -- ${(m?.[1] ?? '').replace(/^grainline /, '')}; printf '%s\\n' "$@"`], { encoding: 'utf8' })
     .trimEnd()
