@@ -208,7 +208,14 @@ export class DiskApply {
     }
     const a = new DiskApply(info, p, fh, journal, inc)
     a.touched = touched
-    await a.#replay(paths.journal(info.stem), contents)
+    try {
+      await a.#replay(paths.journal(info.stem), contents)
+    } catch (err) {
+      // a replay refused (the journal changed since its scan, a seq out of order) or failed: nothing was written,
+      // nothing queued to keep — the files are let go, not left open
+      await a.close({ flush: false })
+      throw err
+    }
     a.applied = a.next - 1
     return a
   }

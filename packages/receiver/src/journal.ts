@@ -184,10 +184,9 @@ interface RecordAt {
 }
 
 /**
- * The record at `pos` of a file of `size` bytes. With `seed`, its crc is checked (the payload streamed in bounded
- * chunks); without, it is not (a range {@link scanJournal} checked already: its frames alone are read again).
+ * The record at `pos` of a file of `size` bytes, its crc checked from `seed` (the payload streamed in bounded chunks).
  */
-async function recordAt(win: JournalWindow, pos: number, size: number, seed: number | undefined): Promise<RecordAt | undefined> {
+async function recordAt(win: JournalWindow, pos: number, size: number, seed: number): Promise<RecordAt | undefined> {
   if (pos + 13 > size) return undefined
   const pre = await win.at(pos, 13)
   const len = pre.readUInt32LE(0)
@@ -198,15 +197,13 @@ async function recordAt(win: JournalWindow, pos: number, size: number, seed: num
   const hbuf = await win.at(pos + 13, hlen)
   const dataLen = len - 5 - hlen
   const dataPos = pos + 13 + hlen
-  if (seed !== undefined) {
-    let c = crc32(pre.subarray(8, 13), seed)
-    c = crc32(hbuf, c)
-    for (let off = 0; off < dataLen; off += 4 * 1024 * 1024) {
-      const chunk = await win.at(dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
-      c = crc32(chunk, c)
-    }
-    if (c >>> 0 !== crc) return undefined
+  let c = crc32(pre.subarray(8, 13), seed)
+  c = crc32(hbuf, c)
+  for (let off = 0; off < dataLen; off += 4 * 1024 * 1024) {
+    const chunk = await win.at(dataPos + off, Math.min(4 * 1024 * 1024, dataLen - off))
+    c = crc32(chunk, c)
   }
+  if (c >>> 0 !== crc) return undefined
   let header: Record<string, unknown>
   try {
     header = JSON.parse(hbuf.toString('utf8')) as Record<string, unknown>
@@ -228,6 +225,10 @@ function extentOf(head: JournalHead, r: RecordAt): JournalExtent | 'end' | { rea
   // size): a record beyond passed its crc, so it is no torn tail but a journal written by something else
   const beyond = extentBeyond(head, e.offset, e.length, oldOffset, oldLength)
   if (beyond !== undefined) return { beyond, seq: e.seq }
+  // what a resume keeps of a record (at most JOURNAL_READ_LIMITS.waiting of them wait): the writer's digest is hex
+  // ("" for a zero extent), at most a SHA-512's 128 digits; a header may be up to 1 MiB, so nothing else is kept
+  if (typeof e.zero !== 'boolean') return { beyond: `says zero = ${String(JSON.stringify(e.zero)).slice(0, 40)}, not true or false`, seq: e.seq }
+  if (typeof e.digest !== 'string' || !/^[0-9a-f]{0,128}$/.test(e.digest)) return { beyond: 'holds a digest that is not hex of at most 128 digits', seq: e.seq }
   return { seq: e.seq, offset: e.offset, length: e.length, zero: e.zero, digest: e.digest, oldOffset, oldLength, oldPos: r.dataPos, oldZeros }
 }
 
@@ -332,7 +333,12 @@ export async function scanJournal(
         sinceRecords++
         oldBytes += e.oldLength
       } else if (type === T_APPLIED && head !== undefined) {
-        applied = { seq: (header as { seq: number }).seq }
+        // the writer marks a seq it applied (Journal.appendApplied): anything else passed its crc, so it is no torn
+        // tail, and a resume must not take extents as durable that no marker vouches for
+        const seq = (header as { seq?: unknown }).seq
+        if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0)
+          throw journalCorrupt(path, opts, head, `its applied marker at byte ${pos} names seq ${String(JSON.stringify(seq)).slice(0, 40)}, not a seq`)
+        applied = { seq }
       } else if (type === T_GRAINS && head !== undefined && dataLen % GRAIN_ENTRY === 0) {
         // the writer saves only grains of the committed part of the disk (increment.ts `reserve`, clipped to the
         // base size, never above the capacity): a grain beyond is no torn tail but a journal written by something
@@ -367,9 +373,9 @@ export async function scanJournal(
 
 /**
  * The extent records of window `w` of a scanned journal (between `scan.positions[w]` and the next position or
- * `validEnd`: at most JOURNAL_READ_LIMITS.records), in journal order, read again from `fh` (the journal `scan` read). Their
- * frames are read, not their crcs (the scan checked them), and each is held to the head again: a record that is
- * not what the scan saw means the file changed since (E_STATE), never a record trusted.
+ * `validEnd`: at most JOURNAL_READ_LIMITS.records), in journal order, read again from `fh` (the journal `scan` read). Each
+ * record's crc is checked again and each is held to the head again: a record that is not what the scan saw means the
+ * file changed since (E_STATE), never a record dropped or trusted.
  */
 export async function journalExtents(fh: FileHandle, path: string, scan: JournalScan, w: number): Promise<JournalExtent[]> {
   const from = scan.positions[w]
@@ -377,8 +383,11 @@ export async function journalExtents(fh: FileHandle, path: string, scan: Journal
   const to = scan.positions[w + 1] ?? scan.validEnd
   const win = new JournalWindow(fh, to)
   const out: JournalExtent[] = []
+  // each record's crc again (the scan's generation): a record changed since the scan — its type, its header, its old
+  // contents — is refused, never dropped nor trusted
+  const gen = typeof scan.head.gen === 'number' ? scan.head.gen >>> 0 : 0
   for (let pos = from; pos < to; ) {
-    const r = await recordAt(win, pos, to, undefined)
+    const r = await recordAt(win, pos, to, gen)
     const e = r?.type === T_EXTENT ? extentOf(scan.head, r) : undefined
     if (r === undefined || e === 'end' || (e !== undefined && 'beyond' in e)) {
       throw new ReceiverError(

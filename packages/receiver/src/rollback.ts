@@ -144,8 +144,8 @@ export async function undoInflight(
   onIgnored?: (disk: string, why: string) => void,
   onSetAside?: (disk: string, journal: string, to: string, why: string) => void,
 ): Promise<void> {
-  // what is to undo, per disk, before any of it is: each journal is read (its data streamed and checked) once,
-  // here, and its index (not its data) kept for the undo below
+  // what is to undo, per disk, before any of it is: each journal is scanned (its data streamed and checked) once,
+  // here, keeping no record (scanJournal: the head, counts and the positions the undo reads the records back from)
   const work = await planUndo(paths, infl, onIgnored).catch((err: unknown) => {
     // refused before anything of any disk was written (rollbackWroteNothing)
     if (typeof err === 'object' && err !== null) wroteNothing.add(err)

@@ -38,6 +38,9 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
   const inflight = s['inflight'] as Record<string, unknown> | null | undefined
   if (inflight !== null && inflight !== undefined) {
     if (typeof inflight !== 'object') throw bad('inflight', inflight, 'which is not a cycle in flight')
+    // the cycle names files too (a seed's journal set aside as <disk>.journal.set-aside-cycle-<cycle>: journal-head.ts)
+    const cycle = inflight['cycle']
+    if (typeof cycle !== 'number' || !Number.isSafeInteger(cycle) || cycle < 1) throw bad('inflight.cycle', cycle, 'which is not a cycle number')
     checkDiskRecords('inflight.disks', inflight['disks'], bad)
     checkAnnounced(inflight['disks'], bad)
   }

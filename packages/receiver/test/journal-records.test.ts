@@ -12,7 +12,8 @@
  */
 import t from 'tap'
 import type { Test as TapTest } from 'tap'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
@@ -26,7 +27,7 @@ import { VmPaths } from '../src/vm-paths.ts'
  * Rewrite, with a valid crc, the first extent record of journal `path` that `patch` returns a header patch for
  * (a record the receiver never writes, that passes its crc); every other record stays as it was.
  */
-function patchExtent(path: string, patch: (header: Record<string, unknown>, dataLen: number) => Record<string, unknown> | undefined): void {
+function patchExtent(path: string, patch: (header: Record<string, unknown>, dataLen: number) => Record<string, unknown> | undefined, recordType = 2): void {
   const buf = readFileSync(path)
   const out: Buffer[] = []
   let gen = 0
@@ -44,7 +45,7 @@ function patchExtent(path: string, patch: (header: Record<string, unknown>, data
     const header = JSON.parse(buf.subarray(pos + 13, pos + 13 + hlen).toString('utf8')) as Record<string, unknown>
     const data = buf.subarray(pos + 13 + hlen, pos + 8 + len)
     if (type === 1) gen = (header['gen'] as number) >>> 0
-    const p = !done && type === 2 ? patch(header, data.length) : undefined
+    const p = !done && type === recordType ? patch(header, data.length) : undefined
     if (p === undefined) out.push(buf.subarray(pos, pos + 8 + len))
     else {
       out.push(frame(type, { ...header, ...p }, data, gen))
@@ -97,6 +98,19 @@ const cases = [
     keep: 5,
     patch: (h: Record<string, unknown>) => (h['seq'] === 2 ? { oldOffset: 4 * MiB, oldZeros: 8192 } : undefined),
     text: `holds old contents at offset ${4 * MiB} length 8192, ending at ${4 * MiB + 8192}, outside its own range at offset ${2 * MiB} length ${MiB}, ending at ${3 * MiB}`,
+  },
+  // a resume keeps up to 64 Ki records waiting (disk-apply.ts #replay): only what the writer writes is held
+  {
+    what: 'a digest that is not hex (a header of up to 1 MiB held per waiting record)',
+    keep: undefined,
+    patch: (h: Record<string, unknown>) => (h['seq'] === 1 ? { digest: 'z'.repeat(4096) } : undefined),
+    text: 'holds a digest that is not hex of at most 128 digits',
+  },
+  {
+    what: 'a zero flag that is not true or false',
+    keep: undefined,
+    patch: (h: Record<string, unknown>) => (h['seq'] === 1 ? { zero: ['x'.repeat(64)] } : undefined),
+    text: `says zero = ["${'x'.repeat(38)}, not true or false`,
   },
 ] as const
 
@@ -266,4 +280,45 @@ t.test("status: a journal whose head is not the state's in-flight record is the 
   const o = await storeOverview(env.store)
   t.equal(o.exitCode, 2, 'status exits 2 (CRITICAL)')
   unchanged(t, env.store, vm, before)
+})
+
+t.test('an applied marker that names no seq is refused (E_STATE): a resume never takes extents as durable that no marker vouches for', async (t) => {
+  const vm = 'web-jr-marker'
+  const { env } = await inflightCycle(t, vm, undefined)
+  patchExtent(join(env.store, vm, '.grainline', 'd.journal'), () => ({ seq: 'x' }), 3)
+  const before = files(env.store, vm)
+  const infl = stateOf(env.store, vm).inflight
+  if (infl === null) throw new Error('no cycle in flight')
+  const err = (await undoInflight(new VmPaths(env.store, vm), infl).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as { code?: string; message?: string } | undefined
+  t.equal(err?.code, 'E_STATE')
+  t.match(err?.message, new RegExp(`^journal ${esc(`${vm}/.grainline/d.journal`)} of disk d\\.vmdk \\(cycle 2\\) is corrupt: its applied marker at byte \\d+ names seq "x", not a seq`))
+  unchanged(t, env.store, vm, before)
+  const r = (await recoverStore(env.store, memoryLogger().logger, {})).find((x) => x.vm === vm)
+  t.equal(r?.action, 'failed', 'recovery: failed, not a resume point of "x1"')
+  t.match(r?.error, 'names seq "x", not a seq')
+  unchanged(t, env.store, vm, before)
+})
+
+t.test("a state whose cycle in flight is no cycle number is refused before a seed's journal is set aside: never a rename outside the VM's folder", async (t) => {
+  const vm = 'web-jr-cycle'
+  const { env } = await inflightSeed(t, vm)
+  const jpath = join(env.store, vm, '.grainline', 'd.journal')
+  unlinkSync(jpath)
+  execFileSync('mkfifo', [jpath])
+  const stateFile = join(env.store, vm, '.grainline', 'state.json')
+  const st = JSON.parse(readFileSync(stateFile, 'utf8')) as { inflight: { cycle: unknown } }
+  // <vm>/d.journal.set-aside-cycle-x/../../../evil is <scratch>/evil: out of the store
+  st.inflight.cycle = 'x/../../../evil'
+  writeFileSync(stateFile, JSON.stringify(st))
+  const err = (await rollbackMirror(env.store, vm).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as { code?: string; message?: string } | undefined
+  t.equal(err?.code, 'E_STATE')
+  t.match(err?.message, `has inflight.cycle = "x/../../../evil", which is not a cycle number`)
+  t.ok(lstatSync(jpath).isFIFO(), 'the journal is where it was')
+  t.notOk(existsSync(join(env.dir, 'evil')), 'nothing was moved out of the store')
 })

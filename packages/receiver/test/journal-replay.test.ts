@@ -189,8 +189,26 @@ t.test('a journal changed after its scan is refused, not read as records', async
   // the second record's length field says more than the file holds: no record where the scan read one
   const bytes = readFileSync(jpath)
   const second = scan.headEnd + 8 + bytes.readUInt32LE(scan.headEnd)
+  const originalLen = bytes.readUInt32LE(second)
   bytes.writeUInt32LE(0x7fffffff, second)
   writeFileSync(jpath, bytes)
   await t.rejects(undoJournal(jpath, scan, paths.flat('d')), { code: 'E_STATE', message: new RegExp(`changed while it was read: its record at byte ${second} is not the one read before`) })
   t.ok(readFileSync(paths.flat('d')).equals(before), 'nothing was written back')
+  // its frames intact, a record's type byte (an extent no more) or a byte of its old contents changed: its crc
+  // says so, so it is neither dropped from the undo nor written back as it now reads
+  for (const [what, at] of [
+    ['type byte', second + 8],
+    ['old contents', second + 8 + originalLen - 1],
+  ] as const) {
+    const changed = Buffer.from(bytes)
+    changed.writeUInt32LE(originalLen, second)
+    changed.writeUInt8(changed.readUInt8(at) ^ 0x01, at)
+    writeFileSync(jpath, changed)
+    await t.rejects(
+      undoJournal(jpath, scan, paths.flat('d')),
+      { code: 'E_STATE', message: new RegExp(`changed while it was read: its record at byte ${second} is not the one read before`) },
+      `${what}: refused`,
+    )
+    t.ok(readFileSync(paths.flat('d')).equals(before), `${what}: nothing was written back`)
+  }
 })
