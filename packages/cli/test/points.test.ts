@@ -39,7 +39,7 @@ t.test('points, restore, open/close and failover with registration, as processes
   const rs = await runNode(BIN, ['restore', '--store', store, '--vm', 'db01', '--point', '1', '--to', join(dir, 'r1')])
   t.equal(rs.code, 0, rs.stderr)
   t.match(rs.stdout, /point 1 restored/)
-  t.match(rs.stderr, /of 8\.00 MiB \(100 %/, 'progress with the total on stderr')
+  t.match(rs.stderr, /restoring db01\.vmdk: 8\.00 MiB of 8\.00 MiB of the VM's disks \(100 %/, 'progress with the total on stderr')
   t.equal(await firstDifference(join(dir, 'r1', 'db01-flat.vmdk'), frozen[1] as string), -1, 'restored point 1 = the frozen source of cycle 1')
   const bad = await runNode(BIN, ['restore', '--store', store, '--vm', 'db01', '--point', '9', '--to', join(dir, 'r9')])
   t.equal(bad.code, 1)
