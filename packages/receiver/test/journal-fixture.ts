@@ -9,6 +9,8 @@ import { crc32 } from 'node:zlib'
 import { scratchDir } from '@grainline/test-utils'
 import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver, type DiskPlan, type Env } from './helpers.ts'
 import type { VmStateFile } from '../src/state-file.ts'
+import { undoInflight } from '../src/rollback.ts'
+import { VmPaths } from '../src/vm-paths.ts'
 
 /** The disk's capacity. */
 export const CAP = 12 * MiB
@@ -117,4 +119,14 @@ export async function resumeFailsAt(t: Test, url: string, env: Env, vm: string, 
   a.terminate()
   await a.whenClosed()
   t.not(res, 'committed', `the resume fails (${res.slice(0, 120)})`)
+}
+
+/** Roll back the cycle in flight of `vm` (rollback.ts undoInflight) and return what it threw (undefined: it went through). */
+export async function undoError(store: string, vm: string): Promise<{ code?: string; message?: string } | undefined> {
+  const infl = stateOf(store, vm).inflight
+  if (infl === null) throw new Error('no cycle in flight')
+  return (await undoInflight(new VmPaths(store, vm), infl).then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as { code?: string; message?: string } | undefined
 }

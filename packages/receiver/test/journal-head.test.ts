@@ -10,10 +10,8 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { MiB, memoryLogger } from './helpers.ts'
-import { CAP, files, inflightCycle, patchHead, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
-import { undoInflight } from '../src/rollback.ts'
+import { CAP, files, inflightCycle, patchHead, resumeRefused, undoError, unchanged } from './journal-fixture.ts'
 import { recoverStore } from '../src/recovery.ts'
-import { VmPaths } from '../src/vm-paths.ts'
 
 const cases = [
   { what: 'capacity', patch: { capacity: 16 * MiB }, text: `capacity ${16 * MiB} bytes in the journal, ${CAP} bytes in the state` },
@@ -28,12 +26,7 @@ for (const keep of [undefined, 5]) {
       const { env } = await inflightCycle(t, vm, keep)
       patchHead(join(env.store, vm, '.grainline', 'd.journal'), c.patch)
       const before = files(env.store, vm)
-      const infl = stateOf(env.store, vm).inflight
-      if (infl === null) throw new Error('no cycle in flight')
-      const err = (await undoInflight(new VmPaths(env.store, vm), infl).then(
-        () => undefined,
-        (e: unknown) => e,
-      )) as { code?: string; message?: string } | undefined
+      const err = await undoError(env.store, vm)
       t.equal(err?.code, 'E_STATE', 'refused with E_STATE')
       const msg = err?.message ?? ''
       t.match(msg, `journal ${vm}/.grainline/d.journal of disk d.vmdk of VM ${vm} does not belong to cycle 2 in flight`, 'names the journal (relative to the store), the disk, the VM and the cycle')

@@ -17,7 +17,7 @@ import { existsSync, lstatSync, readFileSync, unlinkSync, writeFileSync } from '
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { Agent, MiB, TOKEN, memoryLogger, runCycle, startReceiver } from './helpers.ts'
-import { CAP, files, frame, inflightCycle, inflightSeed, patchHead, resumeFailsAt, resumeRefused, stateOf, unchanged } from './journal-fixture.ts'
+import { CAP, files, frame, inflightCycle, inflightSeed, patchHead, resumeFailsAt, resumeRefused, stateOf, undoError, unchanged } from './journal-fixture.ts'
 import { undoInflight } from '../src/rollback.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { rollbackMirror, storeHealth, storeOverview } from '../src/index.ts'
@@ -120,12 +120,7 @@ for (const [i, c] of cases.entries()) {
     const { env } = await inflightCycle(t, vm, c.keep)
     patchExtent(join(env.store, vm, '.grainline', 'd.journal'), c.patch)
     const before = files(env.store, vm)
-    const infl = stateOf(env.store, vm).inflight
-    if (infl === null) throw new Error('no cycle in flight')
-    const err = (await undoInflight(new VmPaths(env.store, vm), infl).then(
-      () => undefined,
-      (e: unknown) => e,
-    )) as { code?: string; message?: string } | undefined
+    const err = await undoError(env.store, vm)
     t.equal(err?.code, 'E_STATE', 'refused with E_STATE (no torn tail silently dropped)')
     const msg = err?.message ?? ''
     t.match(
@@ -287,12 +282,7 @@ t.test('an applied marker that names no seq is refused (E_STATE): a resume never
   const { env } = await inflightCycle(t, vm, undefined)
   patchExtent(join(env.store, vm, '.grainline', 'd.journal'), () => ({ seq: 'x' }), 3)
   const before = files(env.store, vm)
-  const infl = stateOf(env.store, vm).inflight
-  if (infl === null) throw new Error('no cycle in flight')
-  const err = (await undoInflight(new VmPaths(env.store, vm), infl).then(
-    () => undefined,
-    (e: unknown) => e,
-  )) as { code?: string; message?: string } | undefined
+  const err = await undoError(env.store, vm)
   t.equal(err?.code, 'E_STATE')
   t.match(err?.message, new RegExp(`^journal ${esc(`${vm}/.grainline/d.journal`)} of disk d\\.vmdk \\(cycle 2\\) is corrupt: its applied marker at byte \\d+ names seq "x", not a seq`))
   unchanged(t, env.store, vm, before)
