@@ -91,8 +91,6 @@ export function journalStuck(d: InflightDisk): boolean {
  * `<vm>/d.journal.set-aside-cycle-2` (`-2`, `-3`… after it when that name is taken: an earlier one is never replaced).
  */
 export function setAsideJournalPath(paths: VmPaths, d: InflightDisk, cycle: number, n = 1): string {
-  // a name in the VM's folder, whatever the state said (state-names.ts checks the cycle when the state is read)
-  if (!Number.isSafeInteger(cycle) || cycle < 1 || !Number.isSafeInteger(n) || n < 1) throw new RangeError(`set-aside journal of cycle ${String(cycle)}, ${String(n)}`)
   return join(paths.dir, `${d.stem}.journal.set-aside-cycle-${cycle}${n > 1 ? `-${n}` : ''}`)
 }
 

@@ -174,6 +174,11 @@ class JournalWindow {
   }
 }
 
+/** The generation a journal's records after its head are checksummed from (its head's random `gen`; 0 without one). */
+function journalGen(head: JournalHead): number {
+  return typeof head.gen === 'number' ? head.gen >>> 0 : 0
+}
+
 /** One record's frame read at `pos`, or undefined where the journal ends (no room, absurd sizes, bad crc, bad json). */
 interface RecordAt {
   readonly type: number
@@ -319,7 +324,7 @@ export async function scanJournal(
       }
       if (type === T_HEAD && head === undefined && pos === 0) {
         head = header as unknown as JournalHead
-        gen = typeof header['gen'] === 'number' ? header['gen'] >>> 0 : 0
+        gen = journalGen(head)
         headEnd = pos + 8 + r.len
         positions.push(headEnd)
         opts.checkHead?.(head)
@@ -385,7 +390,7 @@ export async function journalExtents(fh: FileHandle, path: string, scan: Journal
   const out: JournalExtent[] = []
   // each record's crc again (the scan's generation): a record changed since the scan — its type, its header, its old
   // contents — is refused, never dropped nor trusted
-  const gen = typeof scan.head.gen === 'number' ? scan.head.gen >>> 0 : 0
+  const gen = journalGen(scan.head)
   for (let pos = from; pos < to; ) {
     const r = await recordAt(win, pos, to, gen)
     const e = r?.type === T_EXTENT ? extentOf(scan.head, r) : undefined
@@ -535,7 +540,7 @@ export class Journal {
         await fh.truncate(contents.validEnd)
         await fh.sync()
       }
-      return new Journal(path, fh, contents.validEnd, contents.head.gen ?? 0)
+      return new Journal(path, fh, contents.validEnd, journalGen(contents.head))
     } catch (err) {
       await fh.close().catch(() => {})
       throw err
