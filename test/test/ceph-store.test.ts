@@ -15,8 +15,9 @@
 // own timeout.)
 import t from 'tap'
 import { existsSync } from 'node:fs'
-import { readFile, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
 import { failIfLingering, firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy } from '@grainline/test-utils'
 import { CEPH_POOL, cephSite, cephStatus, frozenView, pointMatches, qemuHasRbd, qemuReadsSnapshots, replicateCli, runCli } from '@grainline/e2e'
@@ -26,6 +27,18 @@ failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = CEPH_POOL
+/** The agent's fake ESXi host over SSH (packages/agent test/esxi-harness.ts), as the CLI's points test uses it. */
+const harnessJs = resolve(dirname(fileURLToPath(import.meta.url)), '../../../packages/agent/dist/test/esxi-harness.js')
+interface EsxiHarness {
+  port: number
+  user: string
+  hostKeyFingerprint: string
+  userKey: string
+  datastore: string
+  readState(): Promise<{ vms: Array<{ id: string; name: string; vmx: string }> }>
+  writeState(s: { datastores: Record<string, { path: string; uuid: string }>; vms: Array<{ id: string; name: string; vmx: string }> }): Promise<void>
+  stop(): Promise<void>
+}
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-mgr ceph-common)'
 
 t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as snapshots', { skip }, async (t) => {
@@ -205,4 +218,36 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   t.equal(r5.code, 0, `after points close the agent's cycle goes through: ${r5.stderr.slice(-1500)}`)
   t.equal((await cephStatus(ceph)).vms.find((v) => v.vm === name)?.committedCycle, 5, 'cycle 5 committed')
   await pointMatches(t, ceph, name, 5, join(dir, 'mirror-5'), e5, 'cycle 5 after the failback')
+
+  // a failover whose registration on the DR host fails is undone as on the folder store: into a folder that was
+  // there (an operator's, a datastore's mount point), only what the failover wrote goes and the folder stays;
+  // a folder it made goes whole with the parents it made (before, the Ceph undo removed the operator's folder too)
+  const { startSshHarness } = (await import(pathToFileURL(harnessJs).href)) as { startSshHarness: () => Promise<EsxiHarness> }
+  const h = await startSshHarness()
+  t.teardown(() => h.stop())
+  await writeFile(join(dir, 'id_dr'), h.userKey, { mode: 0o600 })
+  const esxi = join(dir, 'esxi.json')
+  await writeFile(
+    esxi,
+    JSON.stringify({
+      ssh: { host: '127.0.0.1', port: h.port, username: h.user, privateKeyFile: join(dir, 'id_dr'), hostKeyFingerprint: h.hostKeyFingerprint },
+      datastores: { datastore1: h.datastore },
+    }),
+  )
+  const hs = await h.readState()
+  // a VM registered there already at each path: the host refuses the registration (AlreadyExists)
+  for (const p of ['pre-made', 'fresh/dr']) hs.vms.push({ id: String(40 + hs.vms.length), name: 'other', vmx: `[datastore1] ${p}/${name}.vmx` })
+  await h.writeState(hs as Parameters<EsxiHarness['writeState']>[0])
+  const preMade = join(h.datastore, 'pre-made')
+  await mkdir(preMade)
+  const undone1 = await cli(['mirror', 'failover', '--to', preMade, '--register', esxi])
+  t.equal(undone1.code, 1, undone1.stderr)
+  t.match(undone1.stderr, /the failover was undone: VM .* is no longer held, the files written into .*pre-made removed\. Fix the cause, then run the failover again \[E_REGISTER\]/s)
+  t.same(await readdir(preMade), [], 'the folder that was there stays, emptied of what the failover wrote')
+  const undone2 = await cli(['mirror', 'failover', '--to', join(h.datastore, 'fresh', 'dr'), '--register', esxi])
+  t.equal(undone2.code, 1, undone2.stderr)
+  t.match(undone2.stderr, /the failover was undone: VM .* is no longer held, .*fresh\/dr removed.*\[E_REGISTER\]/s)
+  t.notOk(existsSync(join(h.datastore, 'fresh')), 'the folders the failover made are gone')
+  t.ok(existsSync(h.datastore), 'the datastore stays')
+  t.notMatch((await runCli(['status', '--store', `ceph:${POOL}`, '--ceph-conf', ceph.conf])).stdout, /HELD/, 'the mirror is not held')
 })

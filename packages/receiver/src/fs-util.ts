@@ -1,6 +1,6 @@
 import { constants } from 'node:fs'
-import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
+import { mkdir, open, readdir, rename, rm, rmdir, unlink, type FileHandle } from 'node:fs/promises'
+import { dirname, join, resolve, sep } from 'node:path'
 import { randomBytes } from 'node:crypto'
 
 /**
@@ -115,6 +115,31 @@ export async function mkdirDurable(dir: string, kind: FolderKind): Promise<strin
     if (d === top || dirname(d) === d) break
   }
   return top
+}
+
+/**
+ * Remove what an opening (a point opened, a failover) wrote into `dir`, given
+ * `made`, the outermost folder {@link mkdirDurable} created for it: `dir`
+ * whole, then each parent it made, inner first, only while empty (another
+ * VM's folder may have come beside). Without `made` (`dir` was there, empty)
+ * only what is in it goes: the folder the operator made stays.
+ */
+export async function removeOpened(dir: string, made: string | undefined): Promise<void> {
+  if (made === undefined) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) await rm(join(dir, name), { recursive: true, force: true })
+    return
+  }
+  await rm(dir, { recursive: true, force: true })
+  const top = resolve(made)
+  for (let d = dirname(dir); top !== dir && (d === top || d.startsWith(top + sep)); d = dirname(d)) {
+    if (
+      !(await rmdir(d).then(
+        () => true,
+        () => false,
+      ))
+    )
+      break
+  }
 }
 
 /**

@@ -16,13 +16,13 @@
  * naming the hold) is removed, never one inside a VM folder of the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto'
-import { lstat, readdir, realpath, rm, rmdir } from 'node:fs/promises'
-import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
+import { lstat, readdir, realpath, rm } from 'node:fs/promises'
+import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { createDelta } from '@grainline/vmdk'
 import { ReceiverError } from './errors.ts'
 import { inflightRefusal } from './operator-command.ts'
-import { isTempName, mkdirDurable, writeFileAtomic } from './fs-util.ts'
+import { isTempName, mkdirDurable, removeOpened, writeFileAtomic } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { checkedPointSource, disksAt, pointsOf } from './points.ts'
 import { pointConfigText } from './point-config.ts'
@@ -242,22 +242,7 @@ export async function undoOpen(storeDir: string, vm: string, hold: HoldRecord, o
     await checkClosable(vm, [own], true)
     await checkRemovableDir(vm, own, storeDir)
     await m.setHolds(holds.filter((h) => h !== own))
-    if (opts.made === undefined) {
-      for (const name of await readdir(own.dir).catch(() => [] as string[])) await rm(join(own.dir, name), { recursive: true, force: true })
-    } else {
-      await rm(own.dir, { recursive: true, force: true })
-      // the parents the open made, inner first, each only while empty (another VM's folder may have come beside)
-      const top = resolve(opts.made)
-      for (let d = dirname(own.dir); top !== own.dir && (d === top || d.startsWith(top + sep)); d = dirname(d)) {
-        if (
-          !(await rmdir(d).then(
-            () => true,
-            () => false,
-          ))
-        )
-          break
-      }
-    }
+    await removeOpened(own.dir, opts.made)
     opts.logger.info({ vm, dir: own.dir, kind: own.kind }, 'opening undone: hold released, what the open wrote removed')
   } finally {
     m.release()

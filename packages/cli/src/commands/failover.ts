@@ -10,7 +10,7 @@
 import { join, relative, resolve, sep } from 'node:path'
 import type { Logger } from 'pino'
 import { EsxiSsh, esxiSettingsSchema, loadSettingsFile, shJoin, toEsxiDriverInit, type EsxiSshConfig } from '@grainline/agent'
-import { FAILOVER_SUFFIX, cephClosePoint, cephFailover, closeCommand, listPoints, openPoint, undoOpen, type CephTarget } from '@grainline/receiver'
+import { FAILOVER_SUFFIX, cephFailover, cephUndoFailover, closeCommand, listPoints, openPoint, undoOpen, type CephTarget } from '@grainline/receiver'
 import { UsageError } from '../exit-codes.ts'
 
 /** Parse `--network 'VM Network=DR Network'` items. */
@@ -89,7 +89,7 @@ export async function failover(a: FailoverArgs, log: Logger): Promise<{ vm: stri
   const o =
     a.ceph === undefined
       ? { ...(await openPoint(a.store, a.vm, k as number, dir, { logger: log, kind: 'failover', format: a.format, vmx, latest: a.point === undefined })), cycle: k as number }
-      : { ...(await cephFailover(a.ceph, a.vm, k, dir, { logger: log, vmx })), made: undefined }
+      : await cephFailover(a.ceph, a.vm, k, dir, { logger: log, vmx })
   if (init === undefined || dsVmx === undefined) return { vm: a.vm, cycle: o.cycle, dir: o.hold.dir, vmx: o.vmx }
   // the host may have registered the VM though the answer is not its vmid (a lost connection, an unknown output)
   let maybeRegistered = false
@@ -114,7 +114,7 @@ export async function failover(a: FailoverArgs, log: Logger): Promise<{ vm: stri
 /**
  * Undo the opening of a failover whose registration failed (`err`): the hold
  * released and what the opening wrote removed (holds.ts undoOpen; a Ceph
- * store's folder by points close). Returns the error to throw: what failed,
+ * store's by ceph-holds.ts cephUndoFailover). Returns the error to throw: what failed,
  * what was undone, or, when undoing failed too, the command that releases it.
  */
 async function undoFailover(a: FailoverArgs, o: { hold: { dir: string }; made: string | undefined }, err: unknown, registeredNote: string, log: Logger): Promise<Error> {
@@ -122,13 +122,13 @@ async function undoFailover(a: FailoverArgs, o: { hold: { dir: string }; made: s
   const dir = o.hold.dir
   try {
     if (a.ceph === undefined) await undoOpen(a.store, a.vm, o.hold as Parameters<typeof undoOpen>[2], { logger: log, made: o.made })
-    else await cephClosePoint(a.ceph, a.vm, { logger: log, dir, failover: true })
+    else await cephUndoFailover(a.ceph, a.vm, o.hold as Parameters<typeof cephUndoFailover>[2], { logger: log, made: o.made })
   } catch (undoErr) {
     return failoverError(
       err,
       `${what}; undoing the failover failed too (${(undoErr as Error).message}): VM ${a.vm} stays held by ${dir}${registeredNote}. Once nothing runs from it, release it with "${closeCommand(a.ceph === undefined ? a.store : `ceph:${a.ceph.pool}`, a.vm, dir, true)}"`,
     )
   }
-  const removed = a.ceph === undefined && o.made === undefined ? `the files written into ${dir} removed` : `${dir} removed`
+  const removed = o.made === undefined ? `the files written into ${dir} removed` : `${dir} removed`
   return failoverError(err, `${what}; the failover was undone: VM ${a.vm} is no longer held, ${removed}${registeredNote}. Fix the cause, then run the failover again`)
 }

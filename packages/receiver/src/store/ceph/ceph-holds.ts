@@ -27,7 +27,7 @@
  */
 import { randomUUID } from 'node:crypto'
 import { readdir, rm } from 'node:fs/promises'
-import { mkdirDurable } from '../../fs-util.ts'
+import { mkdirDurable, removeOpened } from '../../fs-util.ts'
 import { isAbsolute, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { ReceiverError, type ReceiverErrorCode } from '../../errors.ts'
@@ -55,10 +55,11 @@ export async function cephFailover(
   cycle: number | undefined,
   dir: string,
   opts: { logger: Logger; vmx?: Omit<VmxPrepare, 'suffix'> & { suffix?: string }; onProgress?: (p: CephRestoreProgress) => void },
-): Promise<{ vm: string; cycle: number; hold: HoldRecord; vmx: string; disks: CephRestoredDisk[] }> {
+): Promise<{ vm: string; cycle: number; hold: HoldRecord; vmx: string; disks: CephRestoredDisk[]; made: string | undefined }> {
   const abs = resolve(dir)
   const m = await acquireCommitted(t, vm, opts.logger, 'mirror failover')
   let hold: HoldRecord
+  let made: string | undefined
   try {
     const s = m.state
     if (s.inflight !== null) throw inflightRefusal(`ceph:${t.pool}`, vm, s.inflight.cycle, 'a failover')
@@ -69,7 +70,7 @@ export async function cephFailover(
     const holds = s.holds ?? []
     if (holds.some((h) => h.dir === abs)) throw new ReceiverError('E_CONFIG', `${abs} holds VM ${vm} already: "${closeCommand(`ceph:${t.pool}`, vm, abs, true)}" releases it`)
     // its parents fsynced: the failover folder does not vanish in a crash after the failover returned (ceph-restore.ts writes its files durably)
-    await mkdirDurable(abs, 'destination')
+    made = await mkdirDurable(abs, 'destination')
     if ((await readdir(abs)).length > 0) throw new ReceiverError('E_CONFIG', `${abs} is not empty: fail over into a new folder`)
     hold = { id: randomUUID(), cycle: k, dir: abs, kind: 'failover', createdAt: new Date().toISOString() }
     await m.write({ ...s, holds: [...holds, hold] })
@@ -88,7 +89,35 @@ export async function cephFailover(
       { cause: err },
     )
   })
-  return { vm, cycle: hold.cycle, hold, vmx: resolve(abs, `${vm}.vmx`), disks: r.disks }
+  return { vm, cycle: hold.cycle, hold, vmx: resolve(abs, `${vm}.vmx`), disks: r.disks, made }
+}
+
+/**
+ * Undo {@link cephFailover} for a caller that failed after it returned (a
+ * registration on the DR host that failed), as the folder store's undoOpen:
+ * the hold's record dropped under the lease (refused as {@link cephClosePoint}
+ * refuses: the hold then stays), then what the failover wrote removed — its
+ * folder with the parents it made (`made`, from cephFailover; each parent only
+ * while empty), or, when the folder was there before (empty), only the files
+ * in it: the operator's folder (a datastore's mount point, a folder made for
+ * the failover) stays. Nothing is removed from a folder that is not a
+ * failover folder of files only (logged).
+ * @throws ReceiverError E_NOT_FOUND (no mirror), E_BUSY, E_STATE, E_IO
+ */
+export async function cephUndoFailover(t: CephTarget, vm: string, hold: HoldRecord, opts: { logger: Logger; made: string | undefined }): Promise<void> {
+  const m = await acquireCommitted(t, vm, opts.logger, 'mirror failover')
+  try {
+    const holds = m.state.holds ?? []
+    const own = holds.find((h) => h.id === hold.id)
+    if (own === undefined) return
+    await checkClosable(vm, [own], true)
+    await m.write({ ...m.state, holds: holds.filter((h) => h !== own) })
+  } finally {
+    m.release()
+  }
+  if (await isFailoverFolder(hold.dir)) await removeOpened(hold.dir, opts.made)
+  else opts.logger.warn({ vm, dir: hold.dir }, 'failover undone: hold released; its folder was left: it is not a failover folder of files only (remove it yourself)')
+  opts.logger.info({ vm, dir: hold.dir }, 'failover undone: hold released, what it wrote removed (Ceph store)')
 }
 
 /**
