@@ -4,7 +4,7 @@
  */
 import { basename, dirname, join } from 'node:path'
 import type { VmFile } from '@grainline/protocol'
-import { confineFileAccess, localFileAccess, openChain, type FileAccess } from '@grainline/vmdk'
+import { confineFileAccess, isVmdkError, localFileAccess, openChain, VmdkError, type FileAccess } from '@grainline/vmdk'
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { baseLayer } from './disk-work.ts'
 import { MAX_CONFIG_BYTES, readRegularFileVia } from './fs-util.ts'
@@ -40,15 +40,38 @@ export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<V
   return out
 }
 
+/** vmdk codes of a disk whose format grainline does not read (as opposed to a file it cannot reach or a chain that does not link). */
+const FORMAT_CODES: ReadonlySet<string> = new Set(['E_FORMAT', 'E_UNSUPPORTED', 'E_VERSION', 'E_DESCRIPTOR', 'E_ENCODING', 'E_TRUNCATED', 'E_DIRTY'])
+
+/**
+ * A disk's chain that does not open, named as the operator finds it: the VM,
+ * the disk's node and file, and what to do (vmdk's own message names only the
+ * file it read, `SPARSE extent is neither KDMV nor COWD (…-flat.vmdk)`). The
+ * vmdk code is kept (`E_FORMAT`, `E_OUTSIDE_ROOT`, …); a stop passes as it is.
+ */
+function diskOpenError(err: unknown, vm: VmHandle, d: VmHandle['disks'][number]): unknown {
+  if (!isVmdkError(err) || err.code === 'E_ABORTED') return err
+  const what = FORMAT_CODES.has(err.code)
+    ? "grainline cannot read this disk's format: convert it to one it reads (a flat VMFS disk, thin or thick: vmkfstools -i SOURCE.vmdk -d thin COPY.vmdk, then attach the copy)"
+    : 'fix the disk, or the reference to it'
+  // the file vmdk names stays the error's `file` (and the end of its message, where VmdkError puts it)
+  const suffix = err.file === '' ? '' : ` (${err.file})`
+  const own = suffix !== '' && err.message.endsWith(suffix) ? err.message.slice(0, -suffix.length) : err.message
+  return new VmdkError(err.code, `VM ${vm.name}, disk ${d.node} (${d.fileName}) not replicated, no snapshot taken: ${own}; ${what}`, err.file, { cause: err })
+}
+
 /**
  * The mirror's name of every disk: the base file name of its chain. Two disks
  * on different datastores may share a base name; the mirror needs distinct
  * names, so a repeated one is prefixed with its device node (`scsi0-1_x.vmdk`).
+ * A chain that does not open fails the VM here, before its snapshot, naming the disk ({@link diskOpenError}).
  */
 export async function mirrorDiskNames(vm: VmHandle, driver: HypervisorDriver): Promise<string[]> {
   const names = await Promise.all(
     vm.disks.map(async (d) => {
-      const c = await openChain(d.path, chainOptions(driver, vm))
+      const c = await openChain(d.path, chainOptions(driver, vm)).catch((err: unknown) => {
+        throw diskOpenError(err, vm, d)
+      })
       try {
         return baseLayer(c).file
       } finally {

@@ -7,6 +7,7 @@ import { kindOfMode } from '../src/esxi/sftp-files.ts'
 import { datastoreFileAccess } from '../src/esxi/datastore-files.ts'
 import { realpathSync, rmSync, symlinkSync } from 'node:fs'
 import { pinEsxiDatastores } from '../src/esxi/pin-datastores.ts'
+import { readChainFiles } from '../src/esxi/chain-files.ts'
 import path from 'node:path'
 import { localFileAccess, type FileAccess } from '@grainline/vmdk'
 
@@ -117,6 +118,30 @@ t.test('the driver file access reads nothing off its datastores: no local fallba
     await t.rejects(files.open('/etc/hostname', 'r'), { message: /is refused; fix the reference, or map the datastore the file is on \(esxi settings "datastores"\)/ })
   }
   t.same(asked, [], 'nothing off the SFTP datastore was sent to the host either')
+})
+
+t.test('the chain walk says why an extent that exists is not read (a link out of its datastore), "missing" only when it is', async (t) => {
+  const descriptor = (flat: string): string => `# Disk DescriptorFile\nversion=1\nCID=0a0b0c0d\nparentCID=ffffffff\ncreateType="vmfs"\nRW 2048 VMFS "${flat}"\n`
+  const root = t.testdir({
+    ds1: { vm: { 'linked.vmdk': descriptor('linked-flat.vmdk'), 'gone.vmdk': descriptor('gone-flat.vmdk') } },
+    'secret-flat.vmdk': "not the datastore's",
+  })
+  const ds1 = path.join(root, 'ds1')
+  // what an operator sees on the mount: the extent is there (ls shows it), a link to a file off the datastore
+  symlinkSync(path.join(root, 'secret-flat.vmdk'), path.join(ds1, 'vm', 'linked-flat.vmdk'))
+  const files = datastoreFileAccess(DatastoreMap.from({ ds1 }), undefined)
+  const walk = async (d: string): Promise<unknown> => await readChainFiles(path.join(ds1, 'vm', d), (dir, name) => path.resolve(dir, name), { files })
+  const linked = path.join(ds1, 'vm', 'linked-flat.vmdk')
+  const err = (await walk('linked.vmdk').then(
+    () => undefined,
+    (e: unknown) => e,
+  )) as (Error & { code?: string }) | undefined
+  t.equal(err?.code, 'E_CHAIN')
+  t.notMatch(err?.message, /is missing/, 'not called missing: the file is there')
+  t.match(err?.message, `extent ${linked} of ${path.join(ds1, 'vm', 'linked.vmdk')} cannot be read: `)
+  t.match(err?.message, /resolves to .*secret-flat\.vmdk \(through a symbolic link\), outside the folders/, 'where the link leads')
+  t.match(err?.message, /fix the reference, or map the datastore the file is on \(esxi settings "datastores"\)/, 'what to do')
+  await t.rejects(walk('gone.vmdk'), { code: 'E_CHAIN', message: `extent ${path.join(ds1, 'vm', 'gone-flat.vmdk')} of ${path.join(ds1, 'vm', 'gone.vmdk')} is missing` }, 'a missing extent is missing')
 })
 
 t.test('local mounts pinned (pinEsxiDatastores): a mount reached through a symbolic link re-pointed later moves nothing; a mount holding an agent file is refused', async (t) => {

@@ -96,7 +96,7 @@ export const OBJECT_EXTENT = /^(vsan|vvol):\/\//i
  * Walk from the top descriptor through parentFileNameHint to the base.
  * `resolve(baseDir, name)` maps a file name found in a descriptor (relative,
  * absolute `/vmfs/volumes/...`) to a local path.
- * @throws EsxiError E_CHAIN on a missing file, a broken CID link or a loop
+ * @throws EsxiError E_CHAIN on a missing or unreadable file (the reason in its message), a broken CID link or a loop
  */
 export async function readChainFiles(
   top: string,
@@ -122,7 +122,10 @@ export async function readChainFiles(
         try {
           await files.stat(e)
         } catch (err) {
-          throw new EsxiError('E_CHAIN', `extent ${e} of ${current} is missing`, { cause: err })
+          // missing only when it is (ENOENT); one that exists but may not be read (a link out of its datastore,
+          // a file on no mapped datastore, EACCES) says why, which the operator's summary otherwise never shows
+          if ((err as { code?: unknown }).code === 'ENOENT') throw new EsxiError('E_CHAIN', `extent ${e} of ${current} is missing`, { cause: err })
+          throw new EsxiError('E_CHAIN', `extent ${e} of ${current} cannot be read: ${(err as Error).message}`, { cause: err })
         }
       }
     }

@@ -32,7 +32,7 @@ export function jobShape(ctx: SchemaContext) {
         .max(MAX_JOB_VMS),
       {
         description:
-          'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string. Each VM once: the same `.vmx` reached twice (any spelling, a link), two `.vmx` whose folders share a name replicated to the same receiver (it keeps mirrors by that name: one mirror for both), or an esxi VM named twice on one host are refused before anything starts.',
+          'The VMs, in the order they start: `{ "vm": …, …options }`, or just the VM as a string. Each VM once: the same `.vmx` reached twice (any spelling, a link), two `.vmx` whose folders share a name replicated to the same receiver (it keeps mirrors by that name: one mirror for both), or an esxi VM named twice on one host (the same name, or the same id) are refused before anything starts. One esxi VM named by its name and by its id is known to be one only once the host is asked: it is replicated once and its second entry fails `E_BUSY`, saying so, when the two run at the same time; with `parallel` 1 it runs one cycle per entry. Name each esxi VM one way.',
         type: 'array of objects or strings',
       },
     ),
