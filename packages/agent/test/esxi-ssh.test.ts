@@ -80,7 +80,19 @@ t.test('the key can come from a file', async (t) => {
 })
 
 t.test('a key the host does not accept', async (t) => {
-  await t.rejects(EsxiSsh.connect({ ...base, privateKey: h.otherKey }, { logger: pino({ level: 'silent' }) }), { code: 'E_SSH_AUTH' })
+  // the refusal names the host, the user, the key and where ESXi keeps the user's authorized keys
+  await t.rejects(EsxiSsh.connect({ ...base, privateKey: h.otherKey }, { logger: pino({ level: 'silent' }) }), {
+    code: 'E_SSH_AUTH',
+    message: new RegExp(
+      `^esxi: 127\\.0\\.0\\.1:${h.port} refused user "${h.user}" with the key given inline \\(privateKey\\): add its public key to /etc/ssh/keys-${h.user}/authorized_keys on the host`,
+    ),
+  })
+  const { privateKey: _unused, ...noKey } = base
+  const otherFile = `${h.dir}/other_key`
+  await t.rejects(EsxiSsh.connect({ ...noKey, privateKeyFile: otherFile }, { logger: pino({ level: 'silent' }) }), {
+    code: 'E_SSH_AUTH',
+    message: new RegExp(`with the key of privateKeyFile ${otherFile}: add its public key \\(ssh-keygen -y -f ${otherFile}\\) to /etc/ssh/keys-${h.user}/authorized_keys`),
+  })
   await t.rejects(EsxiSsh.connect({ ...base, privateKey: 'not a key' }, { logger: pino({ level: 'silent' }) }), { code: 'E_CONFIG' })
 })
 

@@ -160,12 +160,21 @@ export class EsxiSsh {
           done(
             new EsxiError(
               'E_HOST_KEY',
-              `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${[...this.#pinned].join(' or ')} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then update hostKeyFingerprint)`,
+              `esxi: HOST KEY MISMATCH for ${this.host}:${cfg.port ?? 22}: the host presented ${seen} but ${[...this.#pinned].join(' or ')} is pinned — refusing to connect (possible man-in-the-middle, or the host was reinstalled: check, then set hostKeyFingerprint in the esxi settings to the key the host presents)`,
               { host: this.host, cause: err },
             ),
           )
         } else if (err.level === 'client-authentication') {
-          done(new EsxiError('E_SSH_AUTH', `esxi: the host refused user ${JSON.stringify(cfg.username ?? 'root')} with the configured key`, { host: this.host, cause: err }))
+          const user = cfg.username ?? 'root'
+          const key = cfg.privateKeyFile === undefined ? 'the key given inline (privateKey)' : `the key of privateKeyFile ${cfg.privateKeyFile}`
+          const pub = cfg.privateKeyFile === undefined ? 'its public key' : `its public key (ssh-keygen -y -f ${cfg.privateKeyFile})`
+          done(
+            new EsxiError(
+              'E_SSH_AUTH',
+              `esxi: ${this.host}:${cfg.port ?? 22} refused user ${JSON.stringify(user)} with ${key}: add ${pub} to /etc/ssh/keys-${user}/authorized_keys on the host (where ESXi keeps each user's keys), or correct username and the key in the esxi settings`,
+              { host: this.host, cause: err },
+            ),
+          )
         } else {
           done(new EsxiError('E_SSH_CONNECT', `esxi: SSH connection to ${this.host}:${cfg.port ?? 22} failed: ${err.message}`, { host: this.host, cause: err }))
         }
