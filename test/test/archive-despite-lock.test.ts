@@ -9,8 +9,13 @@
 // beside a second fresh prune lock, it is still refused; a key not of a prune
 // lock under the archive's locks/ is a usage error (exit 2). The same with
 // credentials that may write (the restore's own lock taken, then released).
+// `points archive` likewise: refused naming `--despite-lock KEY`, archived
+// beside that lock alone with it; and a prune lock naming this host and a
+// pid that no longer runs is deleted with a warning, the archive unasked.
 import t from 'tap'
+import { spawn } from 'node:child_process'
 import { readdir, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import { createSampleVm } from '@grainline/agent'
@@ -85,7 +90,9 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
       )
       t.match(
         refused.stderr,
-        new RegExp(`restore beside that lock alone with --despite-lock ${deadRe}: were the prune alive after all, it could delete chunks the restore reads, and the restore would then fail`),
+        new RegExp(
+          `Run again once it has finished \\(on host dr-host-7: ps -p 4242\\); if no such run is alive, delete that object \\(s3://dr-archive/${deadRe}.*restore beside that lock alone: grainline restore --from s3://dr-archive/site-a/ … --despite-lock ${deadRe} — you assert the prune is dead: if that prune is alive it may delete chunks this restore reads, which then fails`,
+        ),
         'the refusal names the option and what it risks',
       )
       t.same(await readdir(join(dir, `${tag}-refused`)).catch(() => []), [], 'nothing restored')
@@ -122,6 +129,64 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
       t.same(await locks(), [dead], 'the dead prune lock is left (the restore never deletes it); no restore lock left')
     })
   }
+
+  t.test('points archive: refused beside the dead prune’s lock, naming the command; --despite-lock archives beside it alone; a lock of a process gone from this host is deleted', async (t) => {
+    const archive = async (extra: string[] = []) =>
+      await runCli(['points', 'archive', '--store', site.store, '--vm', name, '--archive', 's3://dr-archive/site-a', ...endpoint, '--s3-credentials', rwCreds, ...extra])
+    const refused = await archive()
+    t.equal(refused.code, 1, `refused: ${refused.stderr}`)
+    t.match(
+      refused.stderr,
+      new RegExp(
+        `^grainline: cannot archive points in s3://dr-archive/site-a/: a points archive-prune holds the lock ${deadRe} \\(host dr-host-7 pid 4242 since 2026-12-07T03:00:00\\.000Z, last written [^)]+\\)\\. Run again once it has finished \\(on host dr-host-7: ps -p 4242\\); if no such run is alive, delete that object \\(s3://dr-archive/${deadRe}\\), or wait until it is 2 h old \\(it is then ignored\\); or, once certain that prune is dead .*archive beside that lock alone: grainline points archive … --archive s3://dr-archive/site-a/ --despite-lock ${deadRe} — you assert the prune is dead: .*\\[E_BUSY\\]`,
+        's',
+      ),
+      'the refusal names the way out, the command with the key',
+    )
+    const other = await archive(['--despite-lock', 'site-a/locks/prune-00000000-0000-4000-8000-000000000000'])
+    t.equal(other.code, 1, `another key: refused: ${other.stderr}`)
+    t.match(other.stderr, new RegExp(`holds the lock ${deadRe} \\(host dr-host-7 .*\\[E_BUSY\\]`, 's'))
+    const ok = await archive(['--despite-lock', dead])
+    t.equal(ok.code, 0, `archived beside it: ${ok.stderr}`)
+    t.match(
+      ok.stderr,
+      new RegExp(
+        `going on beside the lock ${deadRe} of a points archive-prune \\(host dr-host-7 pid 4242 since 2026-12-07T03:00:00\\.000Z, last written [^,]+, fresh\\), as --despite-lock asked: if that prune is alive it may delete chunks this archive finds already in the bucket`,
+      ),
+      'warned, naming the lock and what a live prune would do',
+    )
+    t.match(ok.stdout, new RegExp(`${name}: archived to s3://dr-archive/site-a`))
+    t.same(await locks(), [dead], 'the named lock left; no archive lock left')
+    for (const [args, re] of [
+      [['points', 'list', '--store', site.store, '--vm', name, '--despite-lock', dead], /--despite-lock goes with points archive \(and restore --from\), not points list/],
+      [
+        ['points', 'archive', '--store', site.store, '--vm', name, '--archive', 's3://dr-archive/site-a', ...endpoint, '--s3-credentials', rwCreds, '--despite-lock', 'site-a/locks/archive-1'],
+        /want the key of a points archive-prune lock of this archive, site-a\/locks\/prune-…/,
+      ],
+    ] as const) {
+      const r = await runCli([...args])
+      t.equal(r.code, 2, `usage error: ${r.stderr}`)
+      t.match(r.stderr, re)
+    }
+
+    // the prune that died was of this host (same hostname), its pid gone: warned, deleted, the archive goes on unasked
+    await s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: dead }))
+    const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' })
+    await new Promise<void>((resolve) => child.once('exit', () => resolve()))
+    const gone = child.pid as number
+    const here = 'site-a/locks/prune-5f0c2a9e-0000-4000-8000-0000000000aa'
+    await s3.send(new PutObjectCommand({ Bucket: 'dr-archive', Key: here, Body: JSON.stringify({ kind: 'prune', host: hostname(), pid: gone, time: '2026-12-07T04:00:00.000Z' }) }))
+    const auto = await archive()
+    t.equal(auto.code, 0, `archived: ${auto.stderr}`)
+    t.match(
+      auto.stderr,
+      new RegExp(
+        `the lock ${here.replace(/[/.-]/g, (c) => `\\${c}`)} of a points archive-prune \\(host ${hostname().replace(/[.-]/g, (c) => `\\${c}`)} pid ${gone} since 2026-12-07T04:00:00\\.000Z, last written [^)]+\\) is of a run that died: no process ${gone} runs on this host\\. Ignored, and deleted; the points archive goes on`,
+      ),
+      'warned, naming the key, host, pid and times',
+    )
+    t.same(await locks(), [], 'the dead lock deleted, no archive lock left')
+  })
 
   t.test('a key not of a prune lock under the archive’s locks/: usage error (exit 2) before anything runs', async (t) => {
     for (const key of ['other/locks/prune-1', 'site-a/prune-1', 'site-a/locks/archive-1', 'site-a/locks/prune-']) {

@@ -44,6 +44,14 @@ t.test('usage errors exit 2 before anything runs', async (t) => {
       ['restore', '--from', 's3://dr-archive/p', '--vm', 'v', '--point', '1', '--to', '/tmp/x', '--despite-lock', 'q/locks/prune-1'],
       /--despite-lock q\/locks\/prune-1: want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
     ],
+    [
+      ['points', 'archive-prune', '--archive', 's3://dr-archive/p', '--keep-last', '1', '--despite-lock', 'p/locks/prune-1'],
+      /--despite-lock goes with points archive \(and restore --from\), not points archive-prune/,
+    ],
+    [
+      ['points', 'archive', '--store', '/s', '--vm', 'v', '--archive', 's3://dr-archive/p', '--despite-lock', 'p/locks/restore-1'],
+      /--despite-lock p\/locks\/restore-1: want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
+    ],
   ]
   for (const [args, re] of cases) {
     const r = await runNode(bin, args)

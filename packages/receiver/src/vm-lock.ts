@@ -31,7 +31,7 @@ function processAlive(pid: number): boolean {
 }
 
 /** This boot's id (Linux), or '' where there is none. */
-function bootId(): string {
+export function bootId(): string {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
   } catch {
@@ -71,7 +71,17 @@ export function lockText(): string {
  */
 export function lockHolderAlive(text: string): boolean {
   const [pidText = '', boot = '', start = ''] = text.split('\n')
-  const pid = Number.parseInt(pidText, 10)
+  return processHolds(Number.parseInt(pidText, 10), boot, start)
+}
+
+/**
+ * Whether process `pid` of this host, which recorded this `boot` id and its
+ * `start` time ('' each: not recorded), still runs: alive (a signal 0 is
+ * not refused with ESRCH), the same boot, and that pid's process started at
+ * the recorded time. A pid that is not a positive integer is no process
+ * (never a process group: kill(0) and kill(-1) would reach many).
+ */
+export function processHolds(pid: number, boot: string, start: string): boolean {
   if (!Number.isSafeInteger(pid) || pid <= 0 || !processAlive(pid)) return false
   if (boot !== '' && bootId() !== '' && boot !== bootId()) return false
   if (start !== '') {

@@ -35,12 +35,15 @@
  *   over another. Refused at parse time.
  */
 import t, { type Test } from 'tap'
+import { spawn } from 'node:child_process'
 import { createHash, randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { readFileSync, readlinkSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, type ArchiveManifest, chunkKey, encodeManifest, manifestKey } from '../src/archive/archive-manifest.ts'
 import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
@@ -59,6 +62,7 @@ import {
   type S3Timeouts,
   takeRunLock,
 } from '../src/index.ts'
+import { bootId, processStartTime } from '../src/vm-lock.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -349,6 +353,14 @@ class TinyS3 {
 
 const digest = (s: string): string => createHash('sha256').update(s).digest('hex')
 
+/** A run lock `key` (its kind from the key) whose body holds `fields`, written `ageMs` ago by the S3 server's clock (the time in its body too). */
+function plantLock(s3: TinyS3, key: string, fields: Record<string, unknown>, ageMs: number): Date {
+  const at = new Date(s3.now().getTime() - ageMs)
+  s3.objects.delete(key)
+  s3.put(key, Buffer.from(JSON.stringify({ kind: /\/locks\/([a-z]+)-/.exec(key)?.[1], time: at.toISOString(), ...fields })), at)
+  return at
+}
+
 /** A manifest of `vm`'s point `cycle` whose one disk (a chunk of capacity) is chunk `c`. */
 function manifest(vm: string, cycle: number, c: string, archivedAt: Date): Buffer {
   return encodeManifest({
@@ -575,7 +587,7 @@ t.test('read-only credentials: a restore refuses up front (E_BUSY) beside a fres
   await t.rejects(restoreFromArchive(bucket, 'p/', vm, 1, busy, { logger: log }), {
     code: 'E_BUSY',
     message:
-      /cannot restore from the archive in s3:\/\/arch\/p\/: a points archive-prune holds the lock p\/locks\/prune-other \(host dr-host-3 pid 42 since .*read-only credentials.*Run again once it has finished; if no such run is alive, delete that object \(with credentials that may write under p\/locks\/\), or wait until it is 2 h old/,
+      /cannot restore from the archive in s3:\/\/arch\/p\/: a points archive-prune holds the lock p\/locks\/prune-other \(host dr-host-3 pid 42 since .*read-only credentials.*Run again once it has finished \(on host dr-host-3: ps -p 42\); if no such run is alive, delete that object \(s3:\/\/arch\/p\/locks\/prune-other, with credentials that may write under p\/locks\/\), or wait until it is 2 h old.*grainline restore --from s3:\/\/arch\/p\/ … --despite-lock p\/locks\/prune-other — you assert the prune is dead/,
   })
   t.same(await readdir(busy).catch(() => []), [], 'nothing written: refused before the restore began')
   // S3's clock 3 h behind the host's: by the local clock (less the 5 min allowed) the fresh prune lock would look 2 h 55 min
@@ -607,8 +619,7 @@ t.test(
     const { store, s3, bucket } = await seededStore(t, vm, data)
     await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
     const dead = 'p/locks/prune-dead'
-    const at = new Date(s3.now().getTime() - 10 * MIN)
-    s3.put(dead, Buffer.from(JSON.stringify({ kind: 'prune', host: 'dr-host-5', pid: 55, time: at.toISOString() })), at)
+    plantLock(s3, dead, { host: 'dr-host-5', pid: 55 }, 10 * MIN)
     const base = scratchDir(t)
     for (const readOnly of [true, false]) {
       s3.hostility.readOnly = readOnly
@@ -1069,3 +1080,186 @@ t.test('a manifest whose disks collide (a and a-flat) or whose DDB adds a descri
   await t.rejects(restoreFromArchive(bucket, 'p/', 'evil', 2, dir, { logger: log }), { code: 'E_ARCHIVE', message: /000000000002\.json: disks\[0\]\.ddb: the value of ddb\.uuid/ })
   t.same(await readdir(dir).catch(() => []), [], 'nothing written')
 })
+
+/** The pid of a process of this host that has exited (spawned, then waited for). */
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  await exited
+  return child.pid as number
+}
+
+t.test('a lock of a run that died on this host (its pid gone, reused, or of an earlier boot) is warned of, deleted and ignored; a live, foreign or pid-less one still refuses', async (t) => {
+  const vm = 'web-dead'
+  const data = pattern(4 * MiB, 13)
+  const { store, s3, bucket } = await seededStore(t, vm, data)
+  await archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' })
+  const here = hostname()
+  const plant = (key: string, body: Record<string, unknown>): Date => plantLock(s3, key, body, 10 * MIN)
+  const locks = (): string[] => s3.keys().filter((k) => k.startsWith('p/locks/'))
+  const archive = async (logger: Logger = log) => await archivePoints(store, vm, undefined, { logger, bucket, prefix: 'p/' })
+  const capture = (): { lines: string[]; logger: Logger } => {
+    const lines: string[] = []
+    return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
+  }
+
+  // the body this grainline writes: this host, its machine id and pid namespace, its pid, boot id and start time
+  const known = (read: () => string): string | undefined => {
+    try {
+      return read()
+    } catch {
+      return undefined // not on this system: left out of the body
+    }
+  }
+  const own = await takeRunLock(bucket, 'p/', 'archive', log)
+  const body = JSON.parse((await bucket.get(own.key, 4096)).toString('utf8')) as Record<string, unknown>
+  await own.release()
+  t.same(
+    { host: body['host'], machine: body['machine'], pidns: body['pidns'], pid: body['pid'], boot: body['boot'], start: body['start'] },
+    {
+      host: here,
+      machine: known(() => readFileSync('/etc/machine-id', 'utf8').trim()),
+      pidns: known(() => readlinkSync('/proc/self/ns/pid')),
+      pid: process.pid,
+      boot: bootId(),
+      start: processStartTime(process.pid),
+    },
+    'a lock body names this host, its machine id and pid namespace, the pid, the boot id and the process start time',
+  )
+
+  // a prune alive on this host (a real process, its real start time): refused, saying where to look and the way out
+  const sleeper = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' })
+  const sleeperExit = new Promise<void>((resolve) => sleeper.once('exit', () => resolve()))
+  t.teardown(() => {
+    sleeper.kill('SIGKILL')
+  })
+  const pid = sleeper.pid as number
+  const at = plant('p/locks/prune-live', { host: here, pid, boot: bootId(), start: processStartTime(pid) })
+  await t.rejects(archive(), {
+    code: 'E_BUSY',
+    message: new RegExp(
+      `a points archive-prune holds the lock p/locks/prune-live \\(host ${here} pid ${pid} since .*\\)\\. Run again once it has finished \\(its pid runs on this host: ps -p ${pid}; a lock of a process gone from this host is ignored by itself\\); if no such run is alive, delete that object \\(s3://arch/p/locks/prune-live\\), or wait until it is 2 h old \\(it is then ignored\\); or, once certain that prune is dead .*archive beside that lock alone: grainline points archive … --archive s3://arch/p/ --despite-lock p/locks/prune-live — you assert the prune is dead: if that prune is alive it may delete chunks this archive finds already in the bucket`,
+    ),
+  })
+  t.same(locks(), ['p/locks/prune-live'], 'refused: no archive lock left')
+  // killed: its lock is of a dead run
+  sleeper.kill('SIGKILL')
+  await sleeperExit
+  let w = capture()
+  await archive(w.logger)
+  t.match(
+    w.lines.join(''),
+    new RegExp(
+      `the lock p/locks/prune-live of a points archive-prune \\(host ${here} pid ${pid} since ${at.toISOString().replace(/\./g, '\\.')}, last written [^)]+\\) is of a run that died: no process ${pid} runs on this host\\. Ignored, and deleted; the points archive goes on`,
+    ),
+    'warned, naming the key, host, pid and when it was written',
+  )
+  t.same(locks(), [], 'the dead lock deleted, no archive lock left')
+
+  // an older grainline's body (host, pid, no boot or start), its pid gone: dead too
+  const gone = await deadPid()
+  plant('p/locks/prune-legacy', { host: here, pid: gone })
+  w = capture()
+  await archive(w.logger)
+  t.match(w.lines.join(''), new RegExp(`p/locks/prune-legacy .* is of a run that died: no process ${gone} runs on this host`))
+  t.same(locks(), [], 'deleted')
+
+  // this very process's pid, alive, but the lock recorded another start (the pid reused) or another boot
+  plant('p/locks/prune-reused', { host: here, pid: process.pid, boot: bootId(), start: '1' })
+  w = capture()
+  await archive(w.logger)
+  t.match(
+    w.lines.join(''),
+    new RegExp(`p/locks/prune-reused .* is of a run that died: process ${process.pid} of this host is another one than the lock's \\(it started at another time: the pid was reused\\)`),
+  )
+  plant('p/locks/prune-reboot', { host: here, pid: process.pid, boot: 'an-earlier-boot', start: processStartTime(process.pid) })
+  w = capture()
+  await archive(w.logger)
+  t.match(w.lines.join(''), /p\/locks\/prune-reboot .* is of a run that died: this host has restarted since/)
+  t.same(locks(), [], 'both deleted')
+
+  // judged by their age alone, as before: another host's, without a pid, a pid that is no process id, a live pid without start
+  for (const [name, b] of [
+    ['other-host', { host: `${here}-other`, pid: gone }],
+    ['no-pid', { host: here }],
+    ['no-host', { pid: gone }],
+    ['pid-text', { host: here, pid: String(gone) }],
+    ['pid-zero', { host: here, pid: 0 }],
+    ['pid-group', { host: here, pid: -1 }],
+    ['pid-huge', { host: here, pid: 2 ** 40 }],
+    ['alive-no-start', { host: here, pid: process.pid }],
+    ['other-machine', { host: here, machine: 'another-machine-of-this-name', pid: gone }],
+    ['other-pidns', { host: here, pidns: 'pid:[1]', pid: gone }],
+  ] as const) {
+    plant(`p/locks/prune-${name}`, b)
+    await t.rejects(archive(), { code: 'E_BUSY', message: new RegExp(`holds the lock p/locks/prune-${name} `) }, `${name}: refused`)
+    s3.objects.delete(`p/locks/prune-${name}`)
+  }
+  t.same(locks(), [], 'nothing left')
+
+  // a prune beside a dead archive lock of this host: goes on, deletes it
+  plant('p/locks/archive-dead', { host: here, pid: gone })
+  w = capture()
+  await pruneArchive({ logger: w.logger, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
+  t.match(w.lines.join(''), /the lock p\/locks\/archive-dead of a points archive .* is of a run that died: .*Ignored, and deleted; the points archive-prune goes on/)
+  t.same(locks(), [], 'deleted')
+
+  // a restore with read-only credentials: ignores the dead prune lock, cannot delete it
+  plant('p/locks/prune-dead', { host: here, pid: gone })
+  s3.hostility.readOnly = true
+  w = capture()
+  const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'ro'), { logger: w.logger })
+  t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), 'restored byte-exact')
+  t.match(w.lines.join(''), /p\/locks\/prune-dead .* is of a run that died: .*Ignored, and left as it is \(these credentials may not delete it\); the restore --from s3:\/\/… goes on/)
+  t.same(locks(), ['p/locks/prune-dead'], 'left')
+  s3.hostility.readOnly = false
+})
+
+t.test(
+  'archivePoints despiteLock: beside the named fresh prune lock only, warned of what a live prune would do; another still refuses; a malformed key, or a prune given one, is E_CONFIG before any request',
+  async (t) => {
+    const vm = 'web-archive-despite'
+    const { store, s3, bucket } = await seededStore(t, vm, pattern(4 * MiB, 17))
+    const dead = 'p/locks/prune-dead'
+    plantLock(s3, dead, { host: 'dr-host-9', pid: 99 }, 10 * MIN)
+    await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/' }), {
+      code: 'E_BUSY',
+      message:
+        /Run again once it has finished \(on host dr-host-9: ps -p 99\).*grainline points archive … --archive s3:\/\/arch\/p\/ --despite-lock p\/locks\/prune-dead — you assert the prune is dead/,
+    })
+    // a second fresh prune lock: still refused beside it
+    plantLock(s3, 'p/locks/prune-second', { host: 'dr-host-8', pid: 8 }, 10 * MIN)
+    await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', despiteLock: dead }), {
+      code: 'E_BUSY',
+      message: /holds the lock p\/locks\/prune-second \(host dr-host-8 pid 8 /,
+    })
+    s3.objects.delete('p/locks/prune-second')
+    const lines: string[] = []
+    const warned = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) })
+    const done = await archivePoints(store, vm, undefined, { logger: warned, bucket, prefix: 'p/', despiteLock: dead })
+    t.same(
+      done.map((p) => p.archived),
+      [true],
+      'archived beside the named lock',
+    )
+    t.match(
+      lines.join(''),
+      /going on beside the lock p\/locks\/prune-dead of a points archive-prune \(host dr-host-9 pid 99 since .*, fresh\), as --despite-lock asked: if that prune is alive it may delete chunks this archive finds already in the bucket and does not upload again: the point's manifest would then name chunks that are gone/,
+      'warned, naming the lock and the risk',
+    )
+    t.same(
+      s3.keys().filter((k) => k.startsWith('p/locks/')),
+      [dead],
+      'the named lock is left (an archive never deletes a live-looking lock); no archive lock left',
+    )
+    const before = s3.keys()
+    for (const key of ['q/locks/prune-dead', 'p/locks/archive-1', 'p/locks/prune-']) {
+      await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', despiteLock: key }), {
+        code: 'E_CONFIG',
+        message: /want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
+      })
+    }
+    await t.rejects(takeRunLock(bucket, 'p/', 'prune', log, { despiteLock: dead }), { code: 'E_CONFIG', message: /--despite-lock is an option of .* not of points archive-prune/ })
+    t.same(s3.keys(), before, 'nothing written')
+  },
+)

@@ -66,7 +66,7 @@ t.test('restore from the archive and archive-prune exclude each other; a failed 
       {
         code: 'E_BUSY',
         message:
-          /^cannot restore from the archive in s3:\/\/arch\/r\/: a points archive-prune holds the lock r\/locks\/prune-test \(host dr-host-8 pid 77 since 2026-12-07T03:00:00\.000Z, last written .*\)\. Run again once it has finished; .*2 h old/,
+          /^cannot restore from the archive in s3:\/\/arch\/r\/: a points archive-prune holds the lock r\/locks\/prune-test \(host dr-host-8 pid 77 since 2026-12-07T03:00:00\.000Z, last written .*\)\. Run again once it has finished \(on host dr-host-8: ps -p 77\); .*2 h old.*grainline restore --from s3:\/\/arch\/r\/ … --despite-lock r\/locks\/prune-test — you assert the prune is dead/,
       },
       'prune lock present: restore refused',
     )
@@ -82,7 +82,7 @@ t.test('restore from the archive and archive-prune exclude each other; a failed 
       {
         code: 'E_BUSY',
         message:
-          /^cannot prune the archive in s3:\/\/arch\/r\/: a restore --from s3:\/\/… holds the lock r\/locks\/restore-test \(host dr-host-9 pid 99 since 2026-12-07T03:01:00\.000Z, last written .*\)\. Run again once it has finished; .*2 h old/,
+          /^cannot prune the archive in s3:\/\/arch\/r\/: a restore --from s3:\/\/… holds the lock r\/locks\/restore-test \(host dr-host-9 pid 99 since 2026-12-07T03:01:00\.000Z, last written .*\)\. Run again once it has finished \(on host dr-host-9: ps -p 99\); .*2 h old \(it is then ignored\)$/,
       },
       'restore lock present: prune refused',
     )

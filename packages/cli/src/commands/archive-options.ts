@@ -3,7 +3,7 @@
  * the archive URL, endpoint, credentials and Object Lock retention.
  */
 import { parseDuration } from '@grainline/protocol/units'
-import { S3Bucket, parseArchiveUrl, readCredentialsFile, type ArchiveLock } from '@grainline/receiver'
+import { S3Bucket, despiteLockProblem, parseArchiveUrl, readCredentialsFile, type ArchiveLock } from '@grainline/receiver'
 import { UsageError } from '../exit-codes.ts'
 
 /** The bucket and prefix of an `s3://BUCKET/PREFIX` URL with the S3 options. */
@@ -25,6 +25,15 @@ export async function bucketFrom(url: string, args: Record<string, unknown>): Pr
     ...(credentials === undefined ? {} : { credentials }),
   })
   return { bucket, prefix: parsed.prefix }
+}
+
+/** `--despite-lock KEY` of `restore --from` and `points archive` (the one prune lock of the archive at `prefix` to go on beside), or undefined. */
+export function despiteLockFrom(args: Record<string, unknown>, prefix: string): { despiteLock?: string } {
+  if (args['despite-lock'] === undefined) return {}
+  const despiteLock = String(args['despite-lock'])
+  const problem = despiteLockProblem(prefix, despiteLock)
+  if (problem !== undefined) throw new UsageError(problem)
+  return { despiteLock }
 }
 
 /** The Object Lock of `--retain DURATION` / `--lock-mode`, or undefined. */

@@ -33,7 +33,7 @@ import {
   type PointInfo,
   type RetentionPolicy,
 } from '@grainline/receiver'
-import { bucketFrom, lockFrom } from './archive-options.ts'
+import { bucketFrom, despiteLockFrom, lockFrom } from './archive-options.ts'
 import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
@@ -301,6 +301,7 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
     const k = args['point']
     if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')
     const lock = lockFrom(args)
+    const despite = despiteLockFrom(args, prefix)
     const display = progressDisplay<ArchiveProgress>(
       ctx,
       json,
@@ -316,6 +317,7 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
       bucket,
       prefix,
       ...(lock === undefined ? {} : { lock }),
+      ...despite,
       onProgress: display.report,
     })
     display.end()

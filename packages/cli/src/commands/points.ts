@@ -64,8 +64,15 @@ export const pointsCommand: CliCommand = {
         default: 'governance' as const,
         describe: 'archive: Object Lock mode (compliance: nobody, not even the bucket owner, can shorten it)',
       })
+      .option('despite-lock', {
+        type: 'string',
+        describe:
+          'archive: the key of one points archive-prune lock (PREFIX/locks/prune-…, as the refusal printed it) to archive beside. You assert that prune is dead (killed, its host lost; a lock of a process gone from this host is ignored without it): a live prune could delete chunks this archive finds already there and does not upload, leaving a point whose restore fails. Warned; any other prune lock still refuses',
+      })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const })
       .check((a) => {
+        if (a['despite-lock'] !== undefined && a['action'] !== 'archive')
+          throw new UsageError(`--despite-lock goes with points archive (and restore --from), not points ${String(a['action'])}: only they refuse beside a prune's lock`)
         const s3Only = a['action'] === 'archived' || a['action'] === 'archive-prune'
         if (a['action'] !== 'archive-prune' && a['vm'] === undefined) throw new UsageError('--vm is required')
         if (!s3Only && a['store'] === undefined) throw new UsageError('--store is required')

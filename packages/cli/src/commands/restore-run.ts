@@ -7,8 +7,8 @@
  * `--store ceph:POOL`, a point of the Ceph store (docs/CEPH.md "Restore").
  */
 import { formatBytes, formatDuration } from '@grainline/protocol/units'
-import { cephRestoreVm, despiteLockProblem, isCephStore, restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
-import { bucketFrom } from './archive-options.ts'
+import { cephRestoreVm, isCephStore, restoreFromArchive, restorePoint, type RestoreProgress } from '@grainline/receiver'
+import { bucketFrom, despiteLockFrom } from './archive-options.ts'
 import { cephTargetFrom } from './ceph-options.ts'
 import type { CliContext, GlobalArgs } from '../command.ts'
 import { ExitCode, UsageError } from '../exit-codes.ts'
@@ -38,13 +38,11 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
   if (args['from'] !== undefined) {
     const { bucket, prefix } = await bucketFrom(String(args['from']), args)
     try {
-      const despiteLock = args['despite-lock'] === undefined ? undefined : String(args['despite-lock'])
-      const problem = despiteLock === undefined ? undefined : despiteLockProblem(prefix, despiteLock)
-      if (problem !== undefined) throw new UsageError(problem)
+      const despite = despiteLockFrom(args, prefix)
       const r = await restoreFromArchive(bucket, prefix, String(args['vm']), k, String(args['to']), {
         logger: loggerFor(args, ctx, 'warn'),
         onProgress,
-        ...(despiteLock === undefined ? {} : { despiteLock }),
+        ...despite,
       })
       display.end()
       ctx.write(

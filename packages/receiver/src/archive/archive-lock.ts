@@ -26,15 +26,25 @@
  * deleted (a bucket whose default retention locks every new object
  * would lock them too: such a lock is then left to go stale).
  *
- * A prune that died leaves a lock that refuses every restore for up to
- * {@link LOCK_STALE_MS}; `restore --despite-lock KEY`
- * ({@link RunLockOptions.despiteLock}) goes on beside that one lock, warned.
+ * A run that died (killed, its host restarted) leaves its lock, which would
+ * refuse the runs it excludes for up to {@link LOCK_STALE_MS}. A lock whose
+ * body names this host (its hostname) and a process that is gone from it
+ * (its pid not running; with the boot id and start time a lock records, a
+ * pid of an earlier boot or reused by another process) is of a dead run, as
+ * restic's `unlock` judges: warned of, deleted (nothing can rewrite it) and
+ * ignored ({@link deadHolder}). A lock of another host, or of an older
+ * grainline without a pid, is judged by its age alone. Past a dead prune's
+ * lock of another host, `restore --despite-lock KEY` and `points archive
+ * --despite-lock KEY` ({@link RunLockOptions.despiteLock}) go on beside that
+ * one lock, warned: the operator asserts that prune is dead.
  */
 import { randomUUID } from 'node:crypto'
+import { readFileSync, readlinkSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { blankUnprintable } from '@grainline/protocol'
 import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
+import { bootId, processHolds, processStartTime } from '../vm-lock.ts'
 import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** A lock not rewritten for this long belongs to a run that stopped: ignored. */
@@ -112,14 +122,15 @@ export interface RunClock {
   readonly monotonic?: () => number
 }
 
-/** What a run lock is taken with: the clocks, and the one lock an operator told a restore to go on beside. */
+/** What a run lock is taken with: the clocks, and the one lock an operator told a restore or an archive to go on beside. */
 export interface RunLockOptions extends RunClock {
   /**
    * The key (`PREFIX/locks/prune-…`, as an E_BUSY refusal printed it) of a
    * lock this run goes on beside although it is fresh, warned of (`restore
-   * --despite-lock`: a prune that died left it, and the operator cannot or
-   * will not delete it). Only that key: any other fresh lock of a kind this
-   * run excludes still refuses it.
+   * --despite-lock`, `points archive --despite-lock`: a prune that died on
+   * another host left it, and the operator cannot or will not delete it).
+   * Only that key: any other fresh lock of a kind this run excludes still
+   * refuses it. A prune takes none.
    */
   readonly despiteLock?: string
 }
@@ -127,8 +138,8 @@ export interface RunLockOptions extends RunClock {
 /**
  * Why `key` cannot be the lock a run of the archive at `prefix` goes on
  * beside ({@link RunLockOptions.despiteLock}), or undefined: it must be a
- * prune lock's key under the archive's `locks/` (the only kind a restore
- * refuses beside), written as the refusal printed it.
+ * prune lock's key under the archive's `locks/` (the only kind a restore or
+ * an archive refuses beside), written as the refusal printed it.
  */
 export function despiteLockProblem(prefix: string, key: string): string | undefined {
   const lockPrefix = `${locksPrefix(prefix)}prune-`
@@ -205,7 +216,8 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   const now = clock.now ?? Date.now
   const mono = clock.monotonic ?? (() => performance.now())
   const key = `${locksPrefix(prefix)}${kind}-${randomUUID()}`
-  const body = Buffer.from(`${JSON.stringify({ kind, host: hostname(), pid: process.pid, time: new Date(now()).toISOString() })}\n`)
+  checkDespite(prefix, kind, clock.despiteLock)
+  const body = Buffer.from(`${JSON.stringify(lockBody(kind, now()))}\n`)
   const wallBefore = now()
   const monoBefore = mono()
   // never with a retention: a lock must stay deletable
@@ -276,7 +288,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   const fresh = candidates.filter((o) => freshLock(listedAt, o.lastModified))
   let blocking: (typeof fresh)[number] | undefined
   try {
-    blocking = await besideDespite(bucket, prefix, kind, fresh, clock.despiteLock, logger)
+    blocking = await besideDespite(bucket, prefix, kind, await withoutDead(bucket, kind, fresh, logger, true), clock.despiteLock, logger)
   } catch (err) {
     await del()
     throw err
@@ -286,7 +298,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
     await del()
     throw new ReceiverError(
       'E_BUSY',
-      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished; if no such run is alive, delete that object, or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)${despiteHint(kind, blocking.key)}`,
+      `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who.text}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished (${aliveWhere(who)}); if no such run is alive, delete that object (s3://${bucket.bucket}/${printableName(blocking.key)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)${despiteHint(bucket, prefix, kind, blocking.key)}`,
     )
   }
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise
@@ -350,6 +362,7 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
  */
 export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, clock: RunLockOptions = {}): Promise<void> {
   const now = clock.now ?? Date.now
+  checkDespite(prefix, kind, clock.despiteLock)
   const others = excludedBy(kind)
   const candidates: { key: string; lastModified: Date; kind: ArchiveRunKind; listedAt: number }[] = []
   const before = now()
@@ -378,19 +391,20 @@ export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kin
         `the local clock of ${lockField(hostname())} is ${skewText(skew)} the S3 server's (the Date of its listing of ${locksPrefix(prefix)}, ${serverDate.toISOString()}), more than ${MAX_CLOCK_SKEW_MS / 60_000} min: the run locks are judged by S3's clock, but fix the clock (NTP) before archiving or pruning from this host`,
       )
   }
-  const blocking = await besideDespite(
+  // a dead run's lock is ignored, not deleted: these credentials may not write
+  const live = await withoutDead(
     bucket,
-    prefix,
     kind,
     candidates.filter((o) => freshLock(o.listedAt, o.lastModified)),
-    clock.despiteLock,
     logger,
+    false,
   )
+  const blocking = await besideDespite(bucket, prefix, kind, live, clock.despiteLock, logger)
   if (blocking === undefined) return
   const who = await describeLock(bucket, blocking.key)
   throw new ReceiverError(
     'E_BUSY',
-    `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished; if no such run is alive, delete that object (with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)${despiteHint(kind, blocking.key)}`,
+    `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who.text}, last written ${blocking.lastModified.toISOString()}), and S3 refused this run's own lock (read-only credentials), so nothing was started: the ${COMMAND[blocking.kind]} could delete what it reads. Run again once it has finished (${aliveWhere(who)}); if no such run is alive, delete that object (s3://${bucket.bucket}/${printableName(blocking.key)}, with credentials that may write under ${locksPrefix(prefix)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old by S3's clock (it is then ignored)${despiteHint(bucket, prefix, kind, blocking.key)}`,
   )
 }
 
@@ -399,8 +413,7 @@ export async function refuseBesideExcluded(bucket: S3Bucket, prefix: string, kin
  * it, or undefined: every one but the lock `despite` names (the operator's
  * override: {@link RunLockOptions.despiteLock}), which is warned of, naming
  * its host, pid and start. A `despite` that names no fresh lock here is
- * warned of too (it overrode nothing). Only a restore takes one.
- * @throws ReceiverError E_CONFIG (a key {@link despiteLockProblem} refuses, or a run other than a restore)
+ * warned of too (it overrode nothing); {@link checkDespite} checked it.
  */
 async function besideDespite<L extends { key: string; lastModified: Date; kind: ArchiveRunKind }>(
   bucket: S3Bucket,
@@ -411,29 +424,158 @@ async function besideDespite<L extends { key: string; lastModified: Date; kind: 
   logger: Logger,
 ): Promise<L | undefined> {
   if (despite === undefined) return fresh[0]
-  const problem = kind === 'restore' ? despiteLockProblem(prefix, despite) : `--despite-lock is an option of ${COMMAND.restore} only, not of ${COMMAND[kind]}`
-  if (problem !== undefined) throw new ReceiverError('E_CONFIG', problem)
   const named = fresh.find((o) => o.key === despite)
   const blocking = fresh.find((o) => o.key !== despite)
   if (blocking !== undefined) return blocking
   if (named === undefined) {
     logger.warn(
       { despiteLock: despite },
-      `--despite-lock ${printableName(despite)}: no fresh lock of that key is under ${locksPrefix(prefix)} now (deleted, stale, or mistyped): nothing overridden, the ${COMMAND[kind]} goes on as it would without the option`,
+      `--despite-lock ${printableName(despite)}: no fresh lock of that key is under ${locksPrefix(prefix)} now (deleted, stale, of a run that died on this host, or mistyped): nothing overridden, the ${COMMAND[kind]} goes on as it would without the option`,
     )
     return undefined
   }
   logger.warn(
     { despiteLock: despite, lastModified: named.lastModified.toISOString() },
-    `going on beside the lock ${printableName(named.key)} of a ${COMMAND[named.kind]} (${await describeLock(bucket, named.key)}, last written ${named.lastModified.toISOString()}, fresh), as --despite-lock asked: if that run is alive it may delete chunks this ${COMMAND[kind]} reads, which then fails (a chunk missing, or not matching its sha256) and removes what it wrote. Delete that lock object once it is certain no such run is alive`,
+    `going on beside the lock ${printableName(named.key)} of a ${COMMAND[named.kind]} (${(await describeLock(bucket, named.key)).text}, last written ${named.lastModified.toISOString()}, fresh), as --despite-lock asked: ${DESPITE_RISK[kind]}. Delete that lock object once it is certain no such run is alive`,
   )
   return undefined
 }
 
-/** What a refused restore may do beside the lock `key` (empty for another kind of run). */
-function despiteHint(kind: ArchiveRunKind, key: string): string {
-  if (kind !== 'restore') return ''
-  return `; or, once certain that run is dead (no ${COMMAND.prune} process on that host), restore beside that lock alone with --despite-lock ${printableName(key)}: were the prune alive after all, it could delete chunks the restore reads, and the restore would then fail (a chunk missing, or not matching its sha256) and remove what it wrote, never leave a folder that looks restored`
+/**
+ * Refuse a {@link RunLockOptions.despiteLock} before any request: only a
+ * restore or an archive takes one, naming a prune lock of this archive.
+ * @throws ReceiverError E_CONFIG
+ */
+function checkDespite(prefix: string, kind: ArchiveRunKind, despite: string | undefined): void {
+  if (despite === undefined) return
+  const problem = kind === 'prune' ? `--despite-lock is an option of ${COMMAND.restore} and ${COMMAND.archive}, not of ${COMMAND.prune}` : despiteLockProblem(prefix, despite)
+  if (problem !== undefined) throw new ReceiverError('E_CONFIG', problem)
+}
+
+/** What a run of `kind` risks beside a prune that is alive after all (a prune takes no --despite-lock). */
+const DESPITE_RISK: Readonly<Record<ArchiveRunKind, string>> = {
+  restore:
+    'if that prune is alive it may delete chunks this restore reads, which then fails (a chunk missing, or not matching its sha256) and removes what it wrote, never leaving a folder that looks restored',
+  archive:
+    "if that prune is alive it may delete chunks this archive finds already in the bucket and does not upload again: the point's manifest would then name chunks that are gone, and a restore --from of it fail (E_ARCHIVE, missing) until that manifest is deleted and the point archived again",
+  prune: '',
+}
+
+/** What a refused restore or archive may do beside the lock `key` (empty for a prune). */
+function despiteHint(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, key: string): string {
+  if (kind === 'prune') return ''
+  const command = kind === 'restore' ? `grainline restore --from s3://${bucket.bucket}/${prefix} …` : `grainline points archive … --archive s3://${bucket.bucket}/${prefix}`
+  return `; or, once certain that prune is dead (no ${COMMAND.prune} process on that host, which may not be reachable), ${kind} beside that lock alone: ${command} --despite-lock ${printableName(key)} — you assert the prune is dead: ${DESPITE_RISK[kind]}`
+}
+
+/** The biggest pid a lock may name: larger is no process (Node would refuse to signal it). */
+const MAX_PID = 2 ** 31 - 1
+
+/** This machine's id (/etc/machine-id), or '' where there is none: two machines may share a hostname. */
+function machineId(): string {
+  try {
+    return readFileSync('/etc/machine-id', 'utf8').trim()
+  } catch {
+    return ''
+  }
+}
+
+/** This process's pid namespace (`pid:[INODE]`), or '' where /proc does not tell: containers under one hostname see different pids. */
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid')
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * This process as a run lock's body names it: the host, its machine id and
+ * pid namespace, the pid, the boot id and the process start time (each
+ * where Linux tells it: a hostname may be shared, a pid reused).
+ */
+function lockBody(kind: ArchiveRunKind, time: number): Record<string, unknown> {
+  const known = (v: string): string | undefined => (v === '' ? undefined : v)
+  return {
+    kind,
+    host: hostname(),
+    machine: known(machineId()),
+    pidns: known(pidNamespace()),
+    pid: process.pid,
+    boot: known(bootId()),
+    start: known(processStartTime(process.pid) ?? ''),
+    time: new Date(time).toISOString(),
+  }
+}
+
+/**
+ * Why the run that wrote a lock's body `j` is certainly dead, or undefined
+ * (alive, or it cannot be told: judged by its age alone): the body names
+ * this host (its hostname, exactly) and a pid that runs here no more
+ * (signal 0 refused with ESRCH), or, where the body records them (this
+ * grainline does on Linux), one of an earlier boot or whose process started
+ * at another time (the pid reused). A body without a host or a pid (an
+ * older or foreign writer), or a pid that is not a positive integer, is
+ * never judged dead, nor one that records another machine id (another
+ * machine of the same hostname) or pid namespace (a container whose pids
+ * this process does not see). Anyone who may write the bucket could forge one naming
+ * this host; they could delete the lock as well.
+ */
+function deadHolder(j: Record<string, unknown> | undefined): string | undefined {
+  if (j === undefined || typeof j['host'] !== 'string' || j['host'] !== hostname()) return undefined
+  const other = (field: string, ours: string): boolean => j[field] !== undefined && (ours === '' || j[field] !== ours)
+  if (other('machine', machineId()) || other('pidns', pidNamespace())) return undefined
+  const pid = j['pid']
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || pid > MAX_PID) return undefined
+  const boot = typeof j['boot'] === 'string' ? j['boot'] : ''
+  const start = typeof j['start'] === 'string' ? j['start'] : ''
+  try {
+    process.kill(pid, 0)
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ESRCH') return `no process ${pid} runs on this host`
+    return undefined // EPERM: it runs (another user's)
+  }
+  if (processHolds(pid, boot, start)) return undefined
+  if (boot !== '' && bootId() !== '' && boot !== bootId()) return `this host has restarted since (its boot id is not the lock's)`
+  return `process ${pid} of this host is another one than the lock's (it started at another time: the pid was reused)`
+}
+
+/**
+ * The `fresh` locks but those of a run that is certainly dead
+ * ({@link deadHolder}), each of which is warned of (its key, host, pid,
+ * start and last write) and, with `remove`, deleted: no run can rewrite it,
+ * so the deletion takes nothing from a live one (a failure is warned of; the
+ * lock is ignored anyway).
+ */
+async function withoutDead<L extends { key: string; lastModified: Date; kind: ArchiveRunKind }>(
+  bucket: S3Bucket,
+  kind: ArchiveRunKind,
+  fresh: readonly L[],
+  logger: Logger,
+  remove: boolean,
+): Promise<L[]> {
+  const live: L[] = []
+  for (const o of fresh) {
+    const body = await readLockBody(bucket, o.key)
+    const why = deadHolder(body)
+    if (why === undefined) {
+      live.push(o)
+      continue
+    }
+    let done = 'left as it is (these credentials may not delete it)'
+    if (remove)
+      try {
+        await bucket.deleteAllVersions(o.key)
+        done = 'deleted'
+      } catch (err) {
+        done = `could not be deleted (${blankUnprintable((err as Error).message)})`
+      }
+    logger.warn(
+      { lock: o.key, host: lockField(body?.['host']), pid: body?.['pid'], lastModified: o.lastModified.toISOString() },
+      `the lock ${printableName(o.key)} of a ${COMMAND[o.kind]} (${describeBody(body)}, last written ${o.lastModified.toISOString()}) is of a run that died: ${why}. Ignored, and ${done}; the ${COMMAND[kind]} goes on`,
+    )
+  }
+  return live
 }
 
 /** The kind among `others` of the lock `key` under `prefix`'s `locks/`, or undefined (this run's own kind, or no lock). */
@@ -461,18 +603,43 @@ function lockField(v: unknown): string {
   return text.length > 100 ? `${text.slice(0, 100)}…` : text
 }
 
-/** "host H pid P since T" of a lock's body, or what is known when it cannot be read. */
-async function describeLock(bucket: S3Bucket, key: string): Promise<string> {
+/** A lock's body (a JSON object), or undefined when it cannot be read or is not one. */
+async function readLockBody(bucket: S3Bucket, key: string): Promise<Record<string, unknown> | undefined> {
   try {
-    const j = JSON.parse((await bucket.get(key, 4096)).toString('utf8')) as Record<string, unknown>
-    return `host ${lockField(j['host'])} pid ${lockField(j['pid'])} since ${lockField(j['time'])}`
+    const j = JSON.parse((await bucket.get(key, 4096)).toString('utf8')) as unknown
+    return typeof j === 'object' && j !== null && !Array.isArray(j) ? (j as Record<string, unknown>) : undefined
   } catch {
-    return 'its body could not be read'
+    return undefined
   }
 }
 
+/** "host H pid P since T" of a lock's body, or what is known when it cannot be read. */
+function describeBody(j: Record<string, unknown> | undefined): string {
+  return j === undefined ? 'its body could not be read' : `host ${lockField(j['host'])} pid ${lockField(j['pid'])} since ${lockField(j['time'])}`
+}
+
+/** A lock's holder: its description, and the host and pid its body names. */
+interface LockHolder {
+  readonly text: string
+  readonly host: unknown
+  readonly pid: unknown
+}
+
+async function describeLock(bucket: S3Bucket, key: string): Promise<LockHolder> {
+  const j = await readLockBody(bucket, key)
+  return { text: describeBody(j), host: j?.['host'], pid: j?.['pid'] }
+}
+
+/** Where an operator sees whether the run holding a lock is alive. */
+function aliveWhere(who: LockHolder): string {
+  if (who.host === undefined || who.pid === undefined) return 'its body names no host and pid to look for'
+  const ps = `ps -p ${lockField(who.pid)}`
+  if (who.host === hostname()) return `its pid runs on this host: ${ps}; a lock of a process gone from this host is ignored by itself`
+  return `on host ${lockField(who.host)}: ${ps}`
+}
+
 /** Run `fn` holding the run lock of `kind` (released however `fn` ends). */
-export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, clock: RunClock = {}): Promise<T> {
+export async function withRunLock<T>(bucket: S3Bucket, prefix: string, kind: ArchiveRunKind, logger: Logger, fn: (lock: HeldRunLock) => Promise<T>, clock: RunLockOptions = {}): Promise<T> {
   const lock = await takeRunLock(bucket, prefix, kind, logger, clock)
   try {
     return await fn(lock)

@@ -69,6 +69,15 @@ export interface ArchiveOptions {
   readonly now?: () => number
   /** a monotonic clock (tests): the run lock's age since its last write. @default performance.now */
   readonly monotonic?: () => number
+  /**
+   * `points archive --despite-lock`: the key of the one prune lock
+   * (`PREFIX/locks/prune-…`) this archive goes on beside although it is
+   * fresh, warned of — the operator asserts that prune is dead
+   * (archive-lock.ts RunLockOptions.despiteLock); any other fresh prune lock
+   * still refuses it. A key not of a prune lock under this archive's
+   * `locks/` is E_CONFIG before anything is written.
+   */
+  readonly despiteLock?: string
   /** the run lock held (set by {@link archivePoints}, cephArchivePoints): checked before each manifest is written */
   readonly runLock?: Pick<HeldRunLock, 'assertHeld'>
 }
