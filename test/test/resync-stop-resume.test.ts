@@ -44,12 +44,12 @@ async function run(
   vm: SampleVm,
   args: string[],
   onSpawn?: (p: ChildProcess) => void,
-): Promise<{ code: number | null; disk: Disk; reused: boolean | undefined; upstream: number }> {
+): Promise<{ code: number | null; disk: Disk; reused: boolean | undefined; upstream: number; stdout: string }> {
   const proxy = await startCuttingProxy(site.receiver.port)
   t.teardown(() => proxy.close())
   const r = await replicateCli(site, vm.vmxPath, args, { port: proxy.port, ...(onSpawn === undefined ? {} : { onSpawn }) })
   await proxy.close()
-  return { code: r.code, disk: r.report?.vms[0]?.disks[0], reused: r.report?.vms[0]?.reusedSnapshot, upstream: proxy.forwarded }
+  return { code: r.code, disk: r.report?.vms[0]?.disks[0], reused: r.report?.vms[0]?.reusedSnapshot, upstream: proxy.forwarded, stdout: r.stdout }
 }
 
 /** SIGTERM to the agent once the receiver's in-flight resume point reaches `seq` (from `grainline status`). */
@@ -94,6 +94,13 @@ t.test('a resync stopped by SIGTERM resumes at the durable point: the two runs s
   t.same(resumed.disk?.resumedFrom, [durable], `resumed at the receiver's durable point ${durable}, not from 0`)
   t.equal(resumed.disk?.resync?.differing, CAPACITY / MiB, 'every block differs (a full resync is legitimate)')
   t.equal(resumed.disk?.dataBytes, CAPACITY, 'dataBytes: the whole plan, the resumed part included')
+  t.match(
+    resumed.stdout,
+    new RegExp(
+      `: resync \\(resync: resuming the interrupted resync of this cycle\\), 64\\.0 MiB data, 0 B zero, [0-9.]+ MiB on the wire \\(resumed at extent ${durable} of ${CAPACITY / MiB}: the extents before were durable from an earlier run or connection; data and zero count them, on the wire does not\\)`,
+    ),
+    'the summary says where it resumed and what the figures count',
+  )
   t.equal(resumed.disk?.wireBytes, CAPACITY - durable * MiB, `the resume sent the ${CAPACITY / MiB - durable} blocks from seq ${durable} on, not all ${CAPACITY / MiB}`)
   t.ok(resumed.upstream < CAPACITY - durable * MiB + OVERHEAD, `the proxy saw ${resumed.upstream} bytes from the agent: the blocks not durable and the protocol`)
   t.equal(await firstDifference(flatOf(site), e1), -1, 'mirror == qemu-img convert of the frozen source view')

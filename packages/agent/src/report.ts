@@ -184,6 +184,17 @@ function checksText(d: DiskReport): string {
 }
 
 /**
+ * Where a disk's shipping resumed, when it did: the data and zero figures are
+ * the whole plan's (earlier runs' part included), on the wire is this run's —
+ * without this, a resumed run's "64 MiB data" reads as a disk sent again.
+ */
+function resumedText(d: DiskReport): string {
+  const at = d.resumedFrom.filter((s) => s > 0)
+  if (at.length === 0) return ''
+  return ` (resumed at extent ${at.join(', ')} of ${d.extents}: the extents before were durable from an earlier run or connection; data and zero count them, on the wire does not)`
+}
+
+/**
  * A readable summary of a report for the terminal (and the e-mail's text part):
  * one line per VM, one per disk, sizes and times in human units.
  */
@@ -203,7 +214,7 @@ export function formatReport(report: ReplicationReport): string {
       const checks = checksText(d)
       lines.push(
         `  ${d.ok ? 'ok  ' : 'FAIL'} ${d.node} ${d.name}: ${d.mode}${d.fallbackReason !== undefined ? ` (${d.mode === 'seed' ? 'seed' : 'resync'}: ${d.fallbackReason})` : ''}, ` +
-          `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${checks !== '' ? `, ${checks}` : ''}` +
+          `${formatBytes(d.dataBytes)} data, ${formatBytes(d.zeroBytes)} zero, ${formatBytes(d.wireBytes)} on the wire${resumedText(d)}${checks !== '' ? `, ${checks}` : ''}` +
           `${d.cidVerified === false ? ', chain UNVERIFIED (parentCID fffffffe)' : ''}` +
           `${d.error !== undefined && d.error.message !== vm.error?.message ? ` — ${d.error.code}: ${d.error.message}` : ''}`,
       )
