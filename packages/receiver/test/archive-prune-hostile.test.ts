@@ -1172,7 +1172,7 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
     w.lines.join(''),
     new RegExp(`p/locks/prune-reused .* is of a run that died: process ${process.pid} of this host is another one than the lock's \\(it started at another time: the pid was reused\\)`),
   )
-  plant('p/locks/prune-reboot', { host: here, pid: process.pid, boot: 'an-earlier-boot', start: processStartTime(process.pid) })
+  plant('p/locks/prune-reboot', { host: here, machine: body['machine'], pid: process.pid, boot: 'an-earlier-boot', start: processStartTime(process.pid) })
   w = capture()
   await archive(w.logger)
   t.match(w.lines.join(''), /p\/locks\/prune-reboot .* is of a run that died: this host has restarted since/)
@@ -1190,6 +1190,10 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
     ['alive-no-start', { host: here, pid: process.pid }],
     ['other-machine', { host: here, machine: 'another-machine-of-this-name', pid: gone }],
     ['other-pidns', { host: here, pidns: 'pid:[1]', pid: gone }],
+    // another boot without a machine id (a machine of this hostname without /etc/machine-id, its pid namespace the
+    // initial one as ours): another machine as likely as an earlier boot of this one, its run's pid gone here or alive
+    ['other-boot-gone', { host: here, pidns: body['pidns'], pid: gone, boot: 'another-machines-boot', start: '12345' }],
+    ['other-boot-alive', { host: here, pidns: body['pidns'], pid: process.pid, boot: 'another-machines-boot', start: '12345' }],
   ] as const) {
     plant(`p/locks/prune-${name}`, b)
     await t.rejects(archive(), { code: 'E_BUSY', message: new RegExp(`holds the lock p/locks/prune-${name} `) }, `${name}: refused`)

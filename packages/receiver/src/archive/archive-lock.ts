@@ -513,12 +513,15 @@ function lockBody(kind: ArchiveRunKind, time: number): Record<string, unknown> {
  * (alive, or it cannot be told: judged by its age alone): the body names
  * this host (its hostname, exactly) and a pid that runs here no more
  * (signal 0 refused with ESRCH), or, where the body records them (this
- * grainline does on Linux), one of an earlier boot or whose process started
- * at another time (the pid reused). A body without a host or a pid (an
- * older or foreign writer), or a pid that is not a positive integer, is
- * never judged dead, nor one that records another machine id (another
- * machine of the same hostname) or pid namespace (a container whose pids
- * this process does not see). Anyone who may write the bucket could forge one naming
+ * grainline does on Linux), one of an earlier boot of this machine (its
+ * machine id recorded and ours) or whose process started at another time
+ * (the pid reused). A body without a host or a pid (an older or foreign
+ * writer), or a pid that is not a positive integer, is never judged dead,
+ * nor one that records another machine id (another machine of the same
+ * hostname) or pid namespace (a container whose pids this process does not
+ * see), nor one of another boot that records no machine id or this process
+ * knows none (a machine without /etc/machine-id: another boot may be another
+ * machine of the same hostname, whose live run's pid is gone here). Anyone who may write the bucket could forge one naming
  * this host; they could delete the lock as well.
  */
 function deadHolder(j: Record<string, unknown> | undefined): string | undefined {
@@ -529,6 +532,12 @@ function deadHolder(j: Record<string, unknown> | undefined): string | undefined 
   if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || pid > MAX_PID) return undefined
   const boot = typeof j['boot'] === 'string' ? j['boot'] : ''
   const start = typeof j['start'] === 'string' ? j['start'] : ''
+  if (boot !== '' && boot !== bootId()) {
+    // another kernel's: this machine restarted, or another machine of this hostname whose pids mean nothing here;
+    // only a machine id that both record and share tells them apart (a host without /etc/machine-id records none)
+    const mine = machineId()
+    return bootId() !== '' && mine !== '' && j['machine'] === mine ? "this host has restarted since (its boot id is not the lock's)" : undefined
+  }
   try {
     process.kill(pid, 0)
   } catch (err) {
@@ -536,7 +545,6 @@ function deadHolder(j: Record<string, unknown> | undefined): string | undefined 
     return undefined // EPERM: it runs (another user's)
   }
   if (processHolds(pid, boot, start)) return undefined
-  if (boot !== '' && bootId() !== '' && boot !== bootId()) return `this host has restarted since (its boot id is not the lock's)`
   return `process ${pid} of this host is another one than the lock's (it started at another time: the pid was reused)`
 }
 
