@@ -14,6 +14,7 @@
 // pid that no longer runs is deleted with a warning, the archive unasked.
 import t from 'tap'
 import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { readdir, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -175,7 +176,13 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
     await new Promise<void>((resolve) => child.once('exit', () => resolve()))
     const gone = child.pid as number
     const here = 'site-a/locks/prune-5f0c2a9e-0000-4000-8000-0000000000aa'
-    await s3.send(new PutObjectCommand({ Bucket: 'dr-archive', Key: here, Body: JSON.stringify({ kind: 'prune', host: hostname(), pid: gone, time: '2026-12-07T04:00:00.000Z' }) }))
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: 'dr-archive',
+        Key: here,
+        Body: JSON.stringify({ kind: 'prune', host: hostname(), machine: readFileSync('/etc/machine-id', 'utf8').trim(), pid: gone, time: '2026-12-07T04:00:00.000Z' }),
+      }),
+    )
     const auto = await archive()
     t.equal(auto.code, 0, `archived: ${auto.stderr}`)
     t.match(

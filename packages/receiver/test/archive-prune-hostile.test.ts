@@ -1134,7 +1134,7 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
     sleeper.kill('SIGKILL')
   })
   const pid = sleeper.pid as number
-  const at = plant('p/locks/prune-live', { host: here, pid, boot: bootId(), start: processStartTime(pid) })
+  const at = plant('p/locks/prune-live', { host: here, machine: body['machine'], pid, boot: bootId(), start: processStartTime(pid) })
   await t.rejects(archive(), {
     code: 'E_BUSY',
     message: new RegExp(
@@ -1156,16 +1156,10 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
   )
   t.same(locks(), [], 'the dead lock deleted, no archive lock left')
 
-  // an older grainline's body (host, pid, no boot or start), its pid gone: dead too
   const gone = await deadPid()
-  plant('p/locks/prune-legacy', { host: here, pid: gone })
-  w = capture()
-  await archive(w.logger)
-  t.match(w.lines.join(''), new RegExp(`p/locks/prune-legacy .* is of a run that died: no process ${gone} runs on this host`))
-  t.same(locks(), [], 'deleted')
 
   // this very process's pid, alive, but the lock recorded another start (the pid reused) or another boot
-  plant('p/locks/prune-reused', { host: here, pid: process.pid, boot: bootId(), start: '1' })
+  plant('p/locks/prune-reused', { host: here, machine: body['machine'], pid: process.pid, boot: bootId(), start: '1' })
   w = capture()
   await archive(w.logger)
   t.match(
@@ -1187,9 +1181,13 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
     ['pid-zero', { host: here, pid: 0 }],
     ['pid-group', { host: here, pid: -1 }],
     ['pid-huge', { host: here, pid: 2 ** 40 }],
-    ['alive-no-start', { host: here, pid: process.pid }],
+    ['alive-no-start', { host: here, machine: body['machine'], pid: process.pid }],
+    // a hostname alone proves no machine: an older grainline's body (host and pid only), one of a machine
+    // without /etc/machine-id, of this hostname, its pid gone here: maybe another machine's live run
+    ['legacy-gone', { host: here, pid: gone }],
+    ['no-machine-gone', { host: here, pidns: body['pidns'], pid: gone, boot: body['boot'], start: '12345' }],
     ['other-machine', { host: here, machine: 'another-machine-of-this-name', pid: gone }],
-    ['other-pidns', { host: here, pidns: 'pid:[1]', pid: gone }],
+    ['other-pidns', { host: here, machine: body['machine'], pidns: 'pid:[1]', pid: gone }],
     // another boot without a machine id (a machine of this hostname without /etc/machine-id, its pid namespace the
     // initial one as ours): another machine as likely as an earlier boot of this one, its run's pid gone here or alive
     ['other-boot-gone', { host: here, pidns: body['pidns'], pid: gone, boot: 'another-machines-boot', start: '12345' }],
@@ -1200,16 +1198,25 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
     s3.objects.delete(`p/locks/prune-${name}`)
   }
   t.same(locks(), [], 'nothing left')
+  // the refusal of a lock of this hostname that records no machine id says it is judged by its age, and where to look
+  plant('p/locks/prune-legacy', { host: here, pid: gone })
+  await t.rejects(archive(), {
+    code: 'E_BUSY',
+    message: new RegExp(
+      `holds the lock p/locks/prune-legacy .*on host ${here.replace(/[.-]/g, (c) => `\\${c}`)}, this host's name, though the lock records no machine id \\(an older grainline's lock, or another machine of the same name: it is judged by its age alone\\): ps -p ${gone} there`,
+    ),
+  })
+  s3.objects.delete('p/locks/prune-legacy')
 
   // a prune beside a dead archive lock of this host: goes on, deletes it
-  plant('p/locks/archive-dead', { host: here, pid: gone })
+  plant('p/locks/archive-dead', { host: here, machine: body['machine'], pid: gone })
   w = capture()
   await pruneArchive({ logger: w.logger, bucket, prefix: 'p/', keepLast: 1, graceMs: 0 })
   t.match(w.lines.join(''), /the lock p\/locks\/archive-dead of a points archive .* is of a run that died: .*Ignored, and deleted; the points archive-prune goes on/)
   t.same(locks(), [], 'deleted')
 
   // a restore with read-only credentials: ignores the dead prune lock, cannot delete it
-  plant('p/locks/prune-dead', { host: here, pid: gone })
+  plant('p/locks/prune-dead', { host: here, machine: body['machine'], pid: gone })
   s3.hostility.readOnly = true
   w = capture()
   const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), 'ro'), { logger: w.logger })

@@ -511,32 +511,32 @@ function lockBody(kind: ArchiveRunKind, time: number): Record<string, unknown> {
 /**
  * Why the run that wrote a lock's body `j` is certainly dead, or undefined
  * (alive, or it cannot be told: judged by its age alone): the body names
- * this host (its hostname, exactly) and a pid that runs here no more
- * (signal 0 refused with ESRCH), or, where the body records them (this
- * grainline does on Linux), one of an earlier boot of this machine (its
- * machine id recorded and ours) or whose process started at another time
- * (the pid reused). A body without a host or a pid (an older or foreign
- * writer), or a pid that is not a positive integer, is never judged dead,
- * nor one that records another machine id (another machine of the same
- * hostname) or pid namespace (a container whose pids this process does not
- * see), nor one of another boot that records no machine id or this process
- * knows none (a machine without /etc/machine-id: another boot may be another
- * machine of the same hostname, whose live run's pid is gone here). Anyone who may write the bucket could forge one naming
- * this host; they could delete the lock as well.
+ * this host by its hostname AND its machine id (`/etc/machine-id`, which
+ * this grainline records on Linux), in this process's pid namespace where
+ * it records one, and a pid that runs here no more (signal 0 refused with
+ * ESRCH), or one of an earlier boot of this machine, or whose process
+ * started at another time (the pid reused). A hostname alone proves no
+ * machine (clones, hosts left as `localhost`, containers on the host's
+ * network share one): a body without this machine's id — an older
+ * grainline's (host and pid only), a foreign writer's, one from a machine
+ * without /etc/machine-id, or any body when this machine has none — is
+ * never judged dead, nor one without a pid or whose pid is not a positive
+ * integer, nor one that records another pid namespace (a container whose
+ * pids this process does not see). Anyone who may write the bucket could
+ * forge one naming this host; they could delete the lock as well.
  */
 function deadHolder(j: Record<string, unknown> | undefined): string | undefined {
   if (j === undefined || typeof j['host'] !== 'string' || j['host'] !== hostname()) return undefined
-  const other = (field: string, ours: string): boolean => j[field] !== undefined && (ours === '' || j[field] !== ours)
-  if (other('machine', machineId()) || other('pidns', pidNamespace())) return undefined
+  const mine = machineId()
+  if (mine === '' || j['machine'] !== mine) return undefined
+  if (j['pidns'] !== undefined && j['pidns'] !== pidNamespace()) return undefined
   const pid = j['pid']
   if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || pid > MAX_PID) return undefined
   const boot = typeof j['boot'] === 'string' ? j['boot'] : ''
   const start = typeof j['start'] === 'string' ? j['start'] : ''
   if (boot !== '' && boot !== bootId()) {
-    // another kernel's: this machine restarted, or another machine of this hostname whose pids mean nothing here;
-    // only a machine id that both record and share tells them apart (a host without /etc/machine-id records none)
-    const mine = machineId()
-    return bootId() !== '' && mine !== '' && j['machine'] === mine ? "this host has restarted since (its boot id is not the lock's)" : undefined
+    // another kernel's of this machine (its id recorded and ours): its pids mean nothing now
+    return bootId() !== '' ? "this host has restarted since (its boot id is not the lock's)" : undefined
   }
   try {
     process.kill(pid, 0)
@@ -631,18 +631,21 @@ interface LockHolder {
   readonly text: string
   readonly host: unknown
   readonly pid: unknown
+  readonly machine: unknown
 }
 
 async function describeLock(bucket: S3Bucket, key: string): Promise<LockHolder> {
   const j = await readLockBody(bucket, key)
-  return { text: describeBody(j), host: j?.['host'], pid: j?.['pid'] }
+  return { text: describeBody(j), host: j?.['host'], pid: j?.['pid'], machine: j?.['machine'] }
 }
 
 /** Where an operator sees whether the run holding a lock is alive. */
 function aliveWhere(who: LockHolder): string {
   if (who.host === undefined || who.pid === undefined) return 'its body names no host and pid to look for'
   const ps = `ps -p ${lockField(who.pid)}`
-  if (who.host === hostname()) return `its pid runs on this host: ${ps}; a lock of a process gone from this host is ignored by itself`
+  if (who.host === hostname() && machineId() !== '' && who.machine === machineId()) return `its pid runs on this host: ${ps}; a lock of a process gone from this host is ignored by itself`
+  if (who.host === hostname())
+    return `on host ${lockField(who.host)}, this host's name, though the lock records ${who.machine === undefined ? 'no machine id' : "another machine id than this host's"} (an older grainline's lock, or another machine of the same name: it is judged by its age alone): ${ps} there`
   return `on host ${lockField(who.host)}: ${ps}`
 }
 
