@@ -49,6 +49,12 @@ function hook(url: string, over: Partial<WebhookSettings> = {}): WebhookSettings
   return { url, secretFile: { path: '/x', secret: SECRET }, ...over }
 }
 
+/** A job of one VM that is not there (the run fails at once) with `webhooks`, its secret file written in `dir`. */
+async function missingVmJob(dir: string, webhooks: unknown[]): Promise<Awaited<ReturnType<typeof loadJob>>> {
+  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
+  return await loadJob({ cwd: dir, vms: [join(dir, 'missing.vmx')], options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) }, jobOptions: { webhooks } })
+}
+
 t.test('a signed JSON POST; the signature checks out, a wrong secret, a changed body or an old timestamp do not', async (t) => {
   const ep = await endpoint(t, [])
   const r = await sendWebhook(hook(ep.url), report, { hostname: 'proxy-a' })
@@ -122,21 +128,12 @@ t.test('a run that committed with a warning is event run.warning; "failure" and 
 })
 
 t.test('a job run posts its report to its webhooks, on the outcomes asked for', async (t) => {
-  const dir = scratch(t)
-  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
   const ep = await endpoint(t, [])
-  const job = await loadJob({
-    cwd: dir,
-    vms: [join(dir, 'missing.vmx')],
-    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: {
-      webhooks: [
-        { url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 },
-        { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] },
-        { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
-      ],
-    },
-  })
+  const job = await missingVmJob(scratch(t), [
+    { url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 },
+    { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] },
+    { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
+  ])
   const log = memoryLogger({ level: 'info' })
   const r = await runJob({ logger: log.logger }, job, { view: 'none' })
   t.notOk(r.ok)
@@ -235,38 +232,22 @@ t.test("the run's stop: the attempt in flight ends, no retry, no back-off wait; 
   t.equal(ep.hits.length, 1, 'one POST')
   t.ok(log.find('webhook not retried: the run was stopped'))
   // runJob gives the job's webhooks the run's signal: stopped before it ends, the report is posted once, not retried
-  const dir = scratch(t)
-  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
   const down = await endpoint(t, [503, 503, 503])
-  const job = await loadJob({
-    cwd: dir,
-    vms: [join(dir, 'missing.vmx')],
-    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: { webhooks: [{ url: down.url, secretFile: 'hook.secret', attempts: 3 }] },
-  })
+  const job = await missingVmJob(scratch(t), [{ url: down.url, secretFile: 'hook.secret', attempts: 3 }])
   const r = await runJob({ logger: memoryLogger({ level: 'info' }).logger }, job, { view: 'none', signal: AbortSignal.abort() })
   t.equal(down.hits.length, 1, 'posted once')
   t.match(r.notifications, [{ kind: 'webhook', target: down.url, ok: false, attempts: 1, error: 'HTTP 503; not retried: the run was stopped' }])
 })
 
 t.test("a delivery's attempts and time are in the run's summary, not only in the report's notifications", async (t) => {
-  const dir = scratch(t)
-  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
   const down = await endpoint(t, [503, 503, 503])
   const flaky = await endpoint(t, [500])
-  const job = await loadJob({
-    cwd: dir,
-    vms: [join(dir, 'missing.vmx')],
-    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: {
-      webhooks: [
-        { url: down.url, secretFile: 'hook.secret', attempts: 2 },
-        { url: flaky.url, secretFile: 'hook.secret', attempts: 3 },
-        { url: `${flaky.url}?once`, secretFile: 'hook.secret' },
-        { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
-      ],
-    },
-  })
+  const job = await missingVmJob(scratch(t), [
+    { url: down.url, secretFile: 'hook.secret', attempts: 2 },
+    { url: flaky.url, secretFile: 'hook.secret', attempts: 3 },
+    { url: `${flaky.url}?once`, secretFile: 'hook.secret' },
+    { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
+  ])
   const log = memoryLogger({ level: 'info' })
   const r = await runJob({ logger: log.logger }, job, { view: 'none' })
   t.equal(down.hits.length, 2, 'two attempts at the endpoint that stays down')

@@ -37,6 +37,22 @@ const opArb = fc.record({
   fill: fc.integer({ min: 1, max: 1e6 }),
 })
 
+/** The in-flight record of disk d.vmdk of an incremental cycle (what DiskApply.resume reads of it), its base size `baseSize`. */
+function diskInfo(baseSize: number): InflightDisk {
+  return {
+    name: 'd.vmdk',
+    stem: 'd',
+    cycleId: 'ef'.repeat(8),
+    mode: 'incremental',
+    capacity: CAP,
+    baseSize,
+    target: 'flat',
+    source: {},
+    ddb: {},
+    algorithm: 'sha256',
+  } as unknown as InflightDisk
+}
+
 const saved = { ...JOURNAL_READ_LIMITS }
 t.teardown(() => Object.assign(JOURNAL_READ_LIMITS, saved))
 
@@ -59,18 +75,7 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
         const paths = new VmPaths(store, 'vm')
         mkdirSync(paths.gdir, { recursive: true })
         const baseSize = baseSectors * 512
-        const info = {
-          name: 'd.vmdk',
-          stem: 'd',
-          cycleId: 'ef'.repeat(8),
-          mode: 'incremental',
-          capacity: CAP,
-          baseSize,
-          target: 'flat',
-          source: {},
-          ddb: {},
-          algorithm: 'sha256',
-        } as unknown as InflightDisk
+        const info = diskInfo(baseSize)
         const jpath = paths.journal('d')
         const j = await Journal.create(jpath, { cycleId: info.cycleId, cycle: 2, name: info.name, mode: info.mode, capacity: CAP, baseSize })
         const model: ModelExtent[] = []
@@ -221,18 +226,7 @@ t.test("a journal changed after its scan: the refusal names it as the journal's 
   const paths = new VmPaths(store, 'web 01')
   mkdirSync(paths.gdir, { recursive: true })
   const jpath = paths.journal('d')
-  const info = {
-    name: 'd.vmdk',
-    stem: 'd',
-    cycleId: 'ef'.repeat(8),
-    mode: 'incremental',
-    capacity: CAP,
-    baseSize: CAP,
-    target: 'flat',
-    source: {},
-    ddb: {},
-    algorithm: 'sha256',
-  } as unknown as InflightDisk
+  const info = diskInfo(CAP)
   const j = await Journal.create(jpath, { cycleId: info.cycleId, cycle: 7, name: info.name, mode: info.mode, capacity: CAP, baseSize: CAP })
   for (let seq = 0; seq < 3; seq++) j.appendExtent({ seq, offset: seq * 4096, length: 4096, zero: false, digest: 'aa' }, pattern(4096, seq + 1))
   j.appendApplied(2)
