@@ -66,10 +66,14 @@ export async function runJob(components: { logger: Logger }, job: Job, opts: Run
   }
   for (const hook of job.webhooks) {
     if (!outcomesOf(hook.on).has(outcome)) continue
+    const started = performance.now()
     const r = await sendWebhook(hook, report, { logger: log, ...(opts.hostname === undefined ? {} : { hostname: opts.hostname }), ...(opts.signal === undefined ? {} : { signal: opts.signal }) })
-    results.push({ kind: 'webhook', target: shownWebhookUrl(hook.url), ok: r.ok, attempts: r.attempts, ...(r.error === undefined ? {} : { error: r.error }) })
-    if (r.ok) log.info({ url: shownWebhookUrl(hook.url), attempts: r.attempts, status: r.status }, 'webhook delivered')
-    else log.error({ url: shownWebhookUrl(hook.url), attempts: r.attempts, error: r.error }, 'webhook not delivered')
+    // the delivery's whole time (attempts, back-off): with the count, what an operator weighs a failure by
+    const durationMs = Math.round(performance.now() - started)
+    const url = shownWebhookUrl(hook.url)
+    results.push({ kind: 'webhook', target: url, ok: r.ok, attempts: r.attempts, durationMs, ...(r.error === undefined ? {} : { error: r.error }) })
+    if (r.ok) log.info({ url, attempts: r.attempts, durationMs, status: r.status }, 'webhook delivered')
+    else log.error({ url, attempts: r.attempts, durationMs, error: r.error }, 'webhook not delivered')
   }
   if (results.length > 0) {
     report.notifications = results

@@ -152,7 +152,19 @@ export interface NotificationResult {
   readonly ok: boolean
   /** attempts made (webhooks) */
   readonly attempts?: number
+  /** the whole delivery's time, ms: its attempts and the back-off between them (webhooks) */
+  readonly durationMs?: number
   readonly error?: string
+}
+
+/**
+ * How a notification went out, as the summary says it: ` after 5 attempts in 31.2 s` for a webhook that failed or
+ * needed more than one attempt (` after 1 attempt` for one that failed at once), nothing else.
+ */
+function deliveryText(n: NotificationResult): string {
+  if (n.attempts === undefined || (n.ok && n.attempts <= 1)) return ''
+  const took = n.durationMs === undefined ? '' : ` in ${formatDuration(n.durationMs)}`
+  return ` after ${n.attempts} attempt${n.attempts === 1 ? '' : 's'}${took}`
 }
 
 /** A fresh VM report (nothing done yet). */
@@ -223,6 +235,6 @@ export function formatReport(report: ReplicationReport): string {
     for (const w of vm.warnings ?? []) lines.push(`  WARN ${w.code}: ${w.message}`)
   }
   if (report.interrupted !== undefined) lines.push(`stopped: ${report.interrupted}`)
-  for (const n of report.notifications ?? []) lines.push(`${n.ok ? 'sent' : 'NOT SENT'} ${n.kind} to ${n.target}${n.error !== undefined ? `: ${n.error}` : ''}`)
+  for (const n of report.notifications ?? []) lines.push(`${n.ok ? 'sent' : 'NOT SENT'} ${n.kind} to ${n.target}${deliveryText(n)}${n.error !== undefined ? `: ${n.error}` : ''}`)
   return lines.join('\n') + '\n'
 }

@@ -12,7 +12,7 @@ import { loadJob } from '../src/job/load-job.ts'
 import { outcomesOf, type WebhookSettings } from '../src/job/notify-schema.ts'
 import { runJob } from '../src/job-runner.ts'
 import { DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sendWebhook, signWebhook, verifyWebhookSignature, type WebhookPayload } from '../src/notify/webhook.ts'
-import { emptyVmReport, pointsDroppedWarning, runOutcome, type ReplicationReport } from '../src/report.ts'
+import { emptyVmReport, formatReport, pointsDroppedWarning, runOutcome, type ReplicationReport } from '../src/report.ts'
 import { scratch } from './helpers.ts'
 
 const SECRET = 'webhook-secret-0123456789'
@@ -47,6 +47,12 @@ const report: ReplicationReport = { ok: true, startedAt: '2026-11-30T02:00:00.00
 
 function hook(url: string, over: Partial<WebhookSettings> = {}): WebhookSettings {
   return { url, secretFile: { path: '/x', secret: SECRET }, ...over }
+}
+
+/** A job of one VM that is not there (the run fails at once) with `webhooks`, its secret file written in `dir`. */
+async function missingVmJob(dir: string, webhooks: unknown[]): Promise<Awaited<ReturnType<typeof loadJob>>> {
+  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
+  return await loadJob({ cwd: dir, vms: [join(dir, 'missing.vmx')], options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) }, jobOptions: { webhooks } })
 }
 
 t.test('a signed JSON POST; the signature checks out, a wrong secret, a changed body or an old timestamp do not', async (t) => {
@@ -122,21 +128,12 @@ t.test('a run that committed with a warning is event run.warning; "failure" and 
 })
 
 t.test('a job run posts its report to its webhooks, on the outcomes asked for', async (t) => {
-  const dir = scratch(t)
-  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
   const ep = await endpoint(t, [])
-  const job = await loadJob({
-    cwd: dir,
-    vms: [join(dir, 'missing.vmx')],
-    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: {
-      webhooks: [
-        { url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 },
-        { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] },
-        { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
-      ],
-    },
-  })
+  const job = await missingVmJob(scratch(t), [
+    { url: ep.url, secretFile: 'hook.secret', on: 'failure', timeout: '5s', attempts: 2 },
+    { url: `${ep.url}?success`, secretFile: 'hook.secret', on: ['success'] },
+    { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
+  ])
   const log = memoryLogger({ level: 'info' })
   const r = await runJob({ logger: log.logger }, job, { view: 'none' })
   t.notOk(r.ok)
@@ -235,16 +232,61 @@ t.test("the run's stop: the attempt in flight ends, no retry, no back-off wait; 
   t.equal(ep.hits.length, 1, 'one POST')
   t.ok(log.find('webhook not retried: the run was stopped'))
   // runJob gives the job's webhooks the run's signal: stopped before it ends, the report is posted once, not retried
-  const dir = scratch(t)
-  await writeFile(join(dir, 'hook.secret'), SECRET + '\n')
   const down = await endpoint(t, [503, 503, 503])
-  const job = await loadJob({
-    cwd: dir,
-    vms: [join(dir, 'missing.vmx')],
-    options: { to: 'wss://127.0.0.1:1', token: 'x'.repeat(20) },
-    jobOptions: { webhooks: [{ url: down.url, secretFile: 'hook.secret', attempts: 3 }] },
-  })
+  const job = await missingVmJob(scratch(t), [{ url: down.url, secretFile: 'hook.secret', attempts: 3 }])
   const r = await runJob({ logger: memoryLogger({ level: 'info' }).logger }, job, { view: 'none', signal: AbortSignal.abort() })
   t.equal(down.hits.length, 1, 'posted once')
   t.match(r.notifications, [{ kind: 'webhook', target: down.url, ok: false, attempts: 1, error: 'HTTP 503; not retried: the run was stopped' }])
+})
+
+t.test("a delivery's attempts and time are in the run's summary, not only in the report's notifications", async (t) => {
+  const down = await endpoint(t, [503, 503, 503])
+  const flaky = await endpoint(t, [500])
+  const job = await missingVmJob(scratch(t), [
+    { url: down.url, secretFile: 'hook.secret', attempts: 2 },
+    { url: flaky.url, secretFile: 'hook.secret', attempts: 3 },
+    { url: `${flaky.url}?once`, secretFile: 'hook.secret' },
+    { url: 'http://127.0.0.1:1/down', secretFile: 'hook.secret', attempts: 1 },
+  ])
+  const log = memoryLogger({ level: 'info' })
+  const r = await runJob({ logger: log.logger }, job, { view: 'none' })
+  t.equal(down.hits.length, 2, 'two attempts at the endpoint that stays down')
+  t.match(r.notifications, [
+    { kind: 'webhook', target: down.url, ok: false, attempts: 2, durationMs: Number, error: 'HTTP 503' },
+    { kind: 'webhook', target: flaky.url, ok: true, attempts: 2, durationMs: Number },
+    { kind: 'webhook', target: `${flaky.url}?once`, ok: true, attempts: 1, durationMs: Number },
+    { kind: 'webhook', target: 'http://127.0.0.1:1/down', ok: false, attempts: 1, durationMs: Number },
+  ])
+  const lines = formatReport(r).split('\n')
+  const took = String.raw`(\d+ ms|\d+\.\d s)`
+  t.ok(
+    lines.some((l) => new RegExp(`^NOT SENT webhook to ${down.url} after 2 attempts in ${took}: HTTP 503$`).test(l)),
+    'a failed delivery: its attempts and time, then the last error',
+  )
+  t.ok(
+    lines.some((l) => new RegExp(`^sent webhook to ${flaky.url} after 2 attempts in ${took}$`).test(l)),
+    'a delivery that needed a retry says so',
+  )
+  t.ok(lines.includes(`sent webhook to ${flaky.url}?once`), 'a delivery at the first attempt: as before')
+  t.ok(
+    lines.some((l) => new RegExp(`^NOT SENT webhook to http://127\\.0\\.0\\.1:1/down after 1 attempt in ${took}: .*ECONNREFUSED`).test(l)),
+    'one attempt, said in the singular',
+  )
+  const failed = log.find('webhook not delivered')
+  t.match(failed, { url: down.url, attempts: 2, durationMs: Number, error: 'HTTP 503' }, 'the log has the count and the time too')
+})
+
+t.test("the summary's words for a delivery, from a report as written", async (t) => {
+  const notified: ReplicationReport = {
+    ...report,
+    notifications: [
+      { kind: 'webhook', target: 'https://hooks.example/a', ok: false, attempts: 5, durationMs: 31_200, error: 'HTTP 502' },
+      { kind: 'webhook', target: 'https://hooks.example/b', ok: false, attempts: 3, error: 'timeout' },
+      { kind: 'email', target: 'ops@example.com', ok: false, error: 'ECONNREFUSED' },
+    ],
+  }
+  const lines = formatReport(notified).split('\n')
+  t.ok(lines.includes('NOT SENT webhook to https://hooks.example/a after 5 attempts in 31.2 s: HTTP 502'), 'attempts and time')
+  t.ok(lines.includes('NOT SENT webhook to https://hooks.example/b after 3 attempts: timeout'), 'a report written without the time: the count alone')
+  t.ok(lines.includes('NOT SENT email to ops@example.com: ECONNREFUSED'), 'an e-mail: no attempts to tell')
 })

@@ -209,7 +209,7 @@ export class DiskApply {
     const a = new DiskApply(info, p, fh, journal, inc)
     a.touched = touched
     try {
-      await a.#replay(paths.journal(info.stem), contents)
+      await a.#replay(paths, paths.journal(info.stem), contents)
     } catch (err) {
       // a replay refused (the journal changed since its scan, a seq out of order) or failed: nothing was written,
       // nothing queued to keep — the files are let go, not left open
@@ -230,7 +230,7 @@ export class DiskApply {
    * the lowest skipped seq: then another pass from the journal's start takes it (the first skip came at least
    * JOURNAL_READ_LIMITS.waiting seqs beyond the pass's first seq, so a pass moves that far at least).
    */
-  async #replay(journalPath: string, scan: JournalScan): Promise<void> {
+  async #replay(paths: VmPaths, journalPath: string, scan: JournalScan): Promise<void> {
     const last = scan.applied?.seq ?? -1
     if (last < 0 || scan.extentRecords === 0) return
     const jfh = await openStoreFile(journalPath, 'read')
@@ -239,7 +239,7 @@ export class DiskApply {
         let skipped = Number.POSITIVE_INFINITY
         const waiting = new Map<number, JournalExtent>()
         for (let w = 0; w < scan.positions.length; w++) {
-          for (const e of await journalExtents(jfh, journalPath, scan, w)) {
+          for (const e of await journalExtents(jfh, journalPath, scan, w, paths)) {
             const seq = e.seq
             if (!Number.isSafeInteger(seq) || seq > last || seq < this.next) continue
             if (seq >= Math.min(this.next + JOURNAL_READ_LIMITS.waiting, skipped)) {

@@ -380,9 +380,10 @@ export async function scanJournal(
  * The extent records of window `w` of a scanned journal (between `scan.positions[w]` and the next position or
  * `validEnd`: at most JOURNAL_READ_LIMITS.records), in journal order, read again from `fh` (the journal `scan` read). Each
  * record's crc is checked again and each is held to the head again: a record that is not what the scan saw means the
- * file changed since (E_STATE), never a record dropped or trusted.
+ * file changed since (E_STATE), never a record dropped or trusted. With `paths` (the VM's), the refusal names the
+ * journal relative to the store and the VM, as {@link scanJournal}'s do.
  */
-export async function journalExtents(fh: FileHandle, path: string, scan: JournalScan, w: number): Promise<JournalExtent[]> {
+export async function journalExtents(fh: FileHandle, path: string, scan: JournalScan, w: number, paths?: VmPaths): Promise<JournalExtent[]> {
   const from = scan.positions[w]
   if (from === undefined) throw new RangeError(`journal window ${w} of ${scan.positions.length}`)
   const to = scan.positions[w + 1] ?? scan.validEnd
@@ -394,12 +395,7 @@ export async function journalExtents(fh: FileHandle, path: string, scan: Journal
   for (let pos = from; pos < to; ) {
     const r = await recordAt(win, pos, to, gen)
     const e = r?.type === T_EXTENT ? extentOf(scan.head, r) : undefined
-    if (r === undefined || e === 'end' || (e !== undefined && 'beyond' in e)) {
-      throw new ReceiverError(
-        'E_STATE',
-        `journal ${path} changed while it was read: its record at byte ${pos} is not the one read before (below its valid end at byte ${scan.validEnd}). Nothing more was read from it; run again: the next run reads it anew`,
-      )
-    }
+    if (r === undefined || e === 'end' || (e !== undefined && 'beyond' in e)) throw journalChanged(path, paths, scan, pos)
     if (e !== undefined) out.push(e)
     pos += 8 + r.len
   }
@@ -420,11 +416,29 @@ export async function readJournal(
   const fh = await openStoreFile(path, 'read')
   try {
     const extents: JournalExtent[] = []
-    for (let w = 0; w < scan.positions.length && scan.validEnd > scan.headEnd; w++) extents.push(...(await journalExtents(fh, path, scan, w)))
+    for (let w = 0; w < scan.positions.length && scan.validEnd > scan.headEnd; w++) extents.push(...(await journalExtents(fh, path, scan, w, opts.paths)))
     return { ...scan, extents }
   } finally {
     await fh.close()
   }
+}
+
+/**
+ * A journal refused (E_STATE) because its record at byte `pos` is not the one its scan read: something other than
+ * this receiver wrote it meanwhile. Named as
+ * {@link journalCorrupt} names it: relative to the store, its disk, cycle and VM, and what to do.
+ */
+function journalChanged(path: string, paths: VmPaths | undefined, scan: JournalScan, pos: number): ReceiverError {
+  const file = paths === undefined ? path : relative(paths.store, path)
+  const vm = paths === undefined ? undefined : basename(paths.dir)
+  const folder = vm === undefined ? "the VM's folder" : `the folder of VM ${vm}`
+  const rollback = paths === undefined ? 'grainline mirror rollback' : grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', String(vm)])
+  return new ReceiverError(
+    'E_STATE',
+    `journal ${file} of disk ${String(scan.head.name)} (cycle ${String(scan.head.cycle)}) changed while it was read: its record at byte ${pos} is not the one read before (below its valid end at byte ${scan.validEnd}). ` +
+      `Nothing more was read from it, nothing written from it. Something other than this receiver writes in ${folder} (a copy or restore of the store, another program): ` +
+      `stop it, then run again — the agent's next run, or ${rollback} — and the journal is read anew`,
+  )
 }
 
 /** Grains of 4 KiB a journal's head allows (its disk's capacity, rounded up; 0 when the head has none). */
@@ -677,9 +691,10 @@ export async function resetJournal(path: string, headEnd: number): Promise<void>
  * journaled extent in REVERSE order (so the oldest copy of a range wins when an
  * extent was journaled twice across a resume), cut the file back to its base
  * size and fdatasync it. Idempotent: safe to repeat after a crash mid-undo.
- * `onUndone` hears of the bytes written back so far (zeroed ones included).
+ * `onUndone` hears of the bytes written back so far (zeroed ones included). With `paths` (the VM's), a refusal names
+ * the journal relative to the store ({@link journalExtents}).
  */
-export async function undoJournal(journalPath: string, contents: JournalScan, targetPath: string, onUndone?: (bytes: number) => void): Promise<void> {
+export async function undoJournal(journalPath: string, contents: JournalScan, targetPath: string, onUndone?: (bytes: number) => void, paths?: VmPaths): Promise<void> {
   const jfh = await openStoreFile(journalPath, 'read')
   try {
     const tfh = await openStoreFile(targetPath, 'update')
@@ -720,7 +735,7 @@ export async function undoJournal(journalPath: string, contents: JournalScan, ta
       // The records are read back a window at a time from the end (the scan's positions: at most JOURNAL_READ_LIMITS.records
       // records a window), each window's newest first: what is held is one window's records, not the journal's.
       for (let w = contents.positions.length - 1; w >= 0; w--) {
-        const extents = await journalExtents(jfh, journalPath, contents, w)
+        const extents = await journalExtents(jfh, journalPath, contents, w, paths)
         for (let i = extents.length - 1; i >= 0; i--) {
           const e = extents[i] as JournalExtent
           if (e.oldLength === 0) continue

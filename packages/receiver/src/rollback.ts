@@ -191,7 +191,7 @@ export async function undoInflight(
       if (ucontents.grains.length > 0 && (await entryExists(pointPath(paths, d.increment)))) await checkPointChain(paths, d.increment, d.stem)
       await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize, undone(w))
     } else {
-      await undoJournal(upath, ucontents, paths.flat(d.stem), undone(w))
+      await undoJournal(upath, ucontents, paths.flat(d.stem), undone(w), paths)
     }
     before += w.bytes
     faultPoint('rollback-undone')

@@ -10,10 +10,11 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { mkdirSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { open } from 'node:fs/promises'
+import { join, relative } from 'node:path'
 import { initDigests } from '@grainline/protocol'
 import { DiskApply } from '../src/disk-apply.ts'
-import { JOURNAL_READ_LIMITS, Journal, readJournal, scanJournal, undoJournal, type JournalExtent } from '../src/journal.ts'
+import { JOURNAL_READ_LIMITS, Journal, journalExtents, readJournal, scanJournal, undoJournal, type JournalExtent } from '../src/journal.ts'
 import type { InflightDisk } from '../src/state-file.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 import { pattern } from './helpers.ts'
@@ -35,6 +36,22 @@ const opArb = fc.record({
   oldLen: fc.nat(),
   fill: fc.integer({ min: 1, max: 1e6 }),
 })
+
+/** The in-flight record of disk d.vmdk of an incremental cycle (what DiskApply.resume reads of it), its base size `baseSize`. */
+function diskInfo(baseSize: number): InflightDisk {
+  return {
+    name: 'd.vmdk',
+    stem: 'd',
+    cycleId: 'ef'.repeat(8),
+    mode: 'incremental',
+    capacity: CAP,
+    baseSize,
+    target: 'flat',
+    source: {},
+    ddb: {},
+    algorithm: 'sha256',
+  } as unknown as InflightDisk
+}
 
 const saved = { ...JOURNAL_READ_LIMITS }
 t.teardown(() => Object.assign(JOURNAL_READ_LIMITS, saved))
@@ -58,18 +75,7 @@ t.test('windowed scan, replay and undo give what the whole record list gives', a
         const paths = new VmPaths(store, 'vm')
         mkdirSync(paths.gdir, { recursive: true })
         const baseSize = baseSectors * 512
-        const info = {
-          name: 'd.vmdk',
-          stem: 'd',
-          cycleId: 'ef'.repeat(8),
-          mode: 'incremental',
-          capacity: CAP,
-          baseSize,
-          target: 'flat',
-          source: {},
-          ddb: {},
-          algorithm: 'sha256',
-        } as unknown as InflightDisk
+        const info = diskInfo(baseSize)
         const jpath = paths.journal('d')
         const j = await Journal.create(jpath, { cycleId: info.cycleId, cycle: 2, name: info.name, mode: info.mode, capacity: CAP, baseSize })
         const model: ModelExtent[] = []
@@ -211,4 +217,54 @@ t.test('a journal changed after its scan is refused, not read as records', async
     )
     t.ok(readFileSync(paths.flat('d')).equals(before), `${what}: nothing was written back`)
   }
+})
+
+t.test("a journal changed after its scan: the refusal names it as the journal's other refusals do, with what to do", async (t) => {
+  Object.assign(JOURNAL_READ_LIMITS, saved)
+  await initDigests()
+  const store = join(t.testdir(), 'store')
+  const paths = new VmPaths(store, 'web 01')
+  mkdirSync(paths.gdir, { recursive: true })
+  const jpath = paths.journal('d')
+  const info = diskInfo(CAP)
+  const j = await Journal.create(jpath, { cycleId: info.cycleId, cycle: 7, name: info.name, mode: info.mode, capacity: CAP, baseSize: CAP })
+  for (let seq = 0; seq < 3; seq++) j.appendExtent({ seq, offset: seq * 4096, length: 4096, zero: false, digest: 'aa' }, pattern(4096, seq + 1))
+  j.appendApplied(2)
+  await j.flush(true)
+  await j.close()
+  const before = pattern(CAP, 5)
+  writeFileSync(paths.flat('d'), before)
+  const scan = await scanJournal(jpath, { paths })
+  if (scan === undefined) throw new Error('no journal')
+  const bytes = readFileSync(jpath)
+  const second = scan.headEnd + 8 + bytes.readUInt32LE(scan.headEnd)
+  bytes.writeUInt8(bytes.readUInt8(second + 8) ^ 0x01, second + 8)
+  writeFileSync(jpath, bytes)
+  const rollback = `grainline mirror rollback --store ${store} --vm 'web 01'`
+  const said =
+    `journal web 01/.grainline/d.journal of disk d.vmdk (cycle 7) changed while it was read: its record at byte ${second} is not the one read before (below its valid end at byte ${scan.validEnd}). ` +
+    'Nothing more was read from it, nothing written from it. Something other than this receiver writes in the folder of VM web 01 (a copy or restore of the store, another program): ' +
+    `stop it, then run again — the agent's next run, or ${rollback} — and the journal is read anew`
+  t.equal(relative(store, jpath), 'web 01/.grainline/d.journal', 'the journal as the store holds it')
+  // a resume's replay, a rollback's undo and a whole read: the same words, the path relative to the store
+  await t.rejects(DiskApply.resume(paths, info, scan), { code: 'E_STATE', message: said }, 'resume')
+  await t.rejects(undoJournal(jpath, scan, paths.flat('d'), undefined, paths), { code: 'E_STATE', message: said }, 'undo')
+  t.ok(readFileSync(paths.flat('d')).equals(before), 'nothing was written back')
+  await t.rejects(
+    (async () => {
+      const fh = await open(jpath, 'r')
+      try {
+        return await journalExtents(fh, jpath, scan, 0, paths)
+      } finally {
+        await fh.close()
+      }
+    })(),
+    { code: 'E_STATE', message: said },
+    'a window read again',
+  )
+  // without the VM's paths (a test's, a tool's): the journal's own path, no command naming a store
+  await t.rejects(undoJournal(jpath, scan, paths.flat('d')), {
+    code: 'E_STATE',
+    message: new RegExp(`^journal ${jpath} of disk d\\.vmdk \\(cycle 7\\) changed while it was read: .* the agent's next run, or grainline mirror rollback — `),
+  })
 })

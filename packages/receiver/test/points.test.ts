@@ -9,6 +9,7 @@ import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, hello, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, vmOpen, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, recoverStore, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
+import { markedDisplayName } from '../src/holds.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 
@@ -1503,4 +1504,51 @@ t.test("a job's retention request is applied within retentionLimits and answered
   const own = await runCycle(a, vm, 6, [incPlan(0, 'd.vmdk', evolve(images[5] as Buffer, 66, rangesFor(6, cap)), 5, 'ee06ee06ee06ee06', rangesFor(6, cap), 'd-000005.vmdk', 'd-000006.vmdk')])
   a.close()
   t.same((own.committed as { retention: { keep: number } }).retention.keep, 5, "no request: the receiver's own policy, answered")
+})
+
+t.test("points open: the opened VM's display name gets its mark in place of the marks it carried, not stacked on them", async (t) => {
+  const env = makeEnv(scratchDir(t))
+  const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
+  t.teardown(() => receiver.close())
+  const cap = 2 * MiB
+  const log = pino({ level: 'silent' })
+  const displayName = (vmx: string): string | undefined => /^displayName = "(.*)"$/m.exec(readFileSync(vmx, 'utf8'))?.[1]
+  // a VM as grainline names it: its display name is the VM's name and the mirror's suffix
+  const plain = 'web-mark'
+  await pointCycles(env, url, plain, [Buffer.alloc(0), pattern(cap, 31)], 3, (c) => rangesFor(c, cap), 7, 'e1')
+  const p2 = await whenFree(() => openPoint(env.store, plain, 2, join(env.dir, 'plain-2'), { logger: log }))
+  t.equal(displayName(p2.vmx), 'web-mark (grainline mirror) (point 2)', "a point: the mirror's name and the point's mark, as before")
+  const p3 = await whenFree(() => openPoint(env.store, plain, 3, join(env.dir, 'plain-3'), { logger: log }))
+  t.equal(displayName(p3.vmx), 'web-mark (grainline mirror) (opened)', 'the mirror: marked opened, as before')
+  // a VM whose own display name carries a point's mark (it was restored or opened from a point, and is replicated
+  // since): the mirror names it "web (point 2) (grainline mirror)"; opening its point 2 gave
+  // "web (point 2) (grainline mirror) (point 2)"
+  const marked = 'web-x (point 2)'
+  await pointCycles(env, url, marked, [Buffer.alloc(0), pattern(cap, 32)], 3, (c) => rangesFor(c, cap), 9, 'e2')
+  t.equal(/^displayName = "(.*)"$/m.exec(readFileSync(join(env.store, marked, `${marked}.vmx`), 'utf8'))?.[1], 'web-x (point 2) (grainline mirror)', "the mirror's name")
+  const m2 = await whenFree(() => openPoint(env.store, marked, 2, join(env.dir, 'marked-2'), { logger: log }))
+  t.equal(displayName(m2.vmx), 'web-x (grainline mirror) (point 2)', "point 2: the point's mark replaces the one the name carried")
+  const m3 = await whenFree(() => openPoint(env.store, marked, 3, join(env.dir, 'marked-3'), { logger: log }))
+  t.equal(displayName(m3.vmx), 'web-x (grainline mirror) (opened)', 'the mirror opened: one mark')
+  // opened again: the same name, nothing more
+  await whenFree(() => closePoint(env.store, marked, { logger: log, dir: join(env.dir, 'marked-2') }))
+  const again = await whenFree(() => openPoint(env.store, marked, 2, join(env.dir, 'marked-2b'), { logger: log }))
+  t.equal(displayName(again.vmx), 'web-x (grainline mirror) (point 2)', 'opened a second time: the same name')
+  const f = await whenFree(() => openPoint(env.store, marked, 1, join(env.dir, 'marked-f'), { logger: log, kind: 'failover', vmx: { suffix: ' (grainline failover)' } }))
+  t.equal(displayName(f.vmx), 'web-x (grainline failover)', "a failover: the VM's name and its mark alone")
+})
+
+t.test('markedDisplayName: the marks a name ends with are replaced, any number of them, in any order; a name of its own stays', async (t) => {
+  const cases: Array<[string, string, string | undefined, string]> = [
+    ['web (grainline mirror)', ' (grainline mirror) (point 3)', ' (grainline mirror)', 'web (grainline mirror) (point 3)'],
+    ['web (point 3)', ' (point 3)', '', 'web (point 3)'],
+    ['web (grainline mirror) (point 3) (grainline mirror)', ' (grainline mirror) (point 5)', ' (grainline mirror)', 'web (grainline mirror) (point 5)'],
+    ['web (grainline failover) (grainline mirror)', ' (grainline failover)', ' (grainline mirror)', 'web (grainline failover)'],
+    ['web (archived point 4) [DR]', ' [DR] (opened)', ' [DR]', 'web [DR] (opened)'],
+    ['web (failover) (opened)', ' (point 2)', undefined, 'web (point 2)'],
+    ['web (point three)', ' (point 2)', undefined, 'web (point three) (point 2)'],
+    ['web(point 3)', ' (point 2)', undefined, 'web(point 3) (point 2)'],
+    [' (opened)', ' (point 2)', undefined, ' (opened) (point 2)'],
+  ]
+  for (const [name, suffix, replaces, want] of cases) t.equal(markedDisplayName(name, suffix, replaces), want, `${JSON.stringify(name)} + ${JSON.stringify(suffix)}`)
 })

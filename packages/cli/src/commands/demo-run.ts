@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdir, rm, stat, writeFile, open } from 'node:fs/promises'
-import { join, resolve, dirname, relative, isAbsolute } from 'node:path'
+import { join, resolve, dirname } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { AgentError, createSampleVm, simulateGuestWrites, replicateMany, TtyProgressView, type ReplicationReport, type VmReport } from '@grainline/agent'
@@ -13,7 +13,7 @@ import { ExitCode, UsageError } from '../exit-codes.ts'
 import { createCliLogger } from '../logger.ts'
 import { generateSelfSignedTls, generateToken, writeTokenFile, writeTokensFile } from '../tls-setup.ts'
 import { table } from '../util.ts'
-import { shQuote } from '@grainline/protocol'
+import { shJoin } from '@grainline/protocol'
 
 /** Options of `grainline demo`. */
 export interface DemoOptions {
@@ -231,24 +231,26 @@ export async function runDemo(opts: DemoOptions): Promise<boolean> {
   return ok
 }
 
-/** What to try next with the demo's files, and how to remove them (paths as the user typed them: relative to here when inside). */
+/**
+ * What to try next with the demo's files, and how to remove them: each a command line ready to paste, its paths
+ * absolute (they work from any folder, not only the one the demo ran in) and every argument quoted for /bin/sh
+ * (protocol shJoin, as the receiver's operator commands are: a folder named `it's here` passes through).
+ */
 function nextSteps(p: { dir: string; store: string; tls: { cert: string; key: string }; tokens: string; tokenFile: string; vmx: string; receiverConfig: string }): string {
-  const here = (f: string): string => {
-    const r = relative(process.cwd(), f)
-    const shown = r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : f
-    return shQuote(shown)
-  }
+  const grainline = (...args: string[]): string => shJoin(['grainline', ...args])
+  const store = resolve(p.store)
+  const cert = resolve(p.tls.cert)
   return [
     'Try next:',
-    `  grainline status --store ${here(p.store)} --max-age 30m     # the mirror's health, as monitoring sees it`,
-    `  grainline info ${here(join(p.store, 'Demo VM', 'Demo VM.vmdk'))}    # the mirror disk`,
-    `  grainline points --store ${here(p.store)} --vm 'Demo VM'     # restore points: cycle, time, size, checks`,
-    `  grainline restore --store ${here(p.store)} --vm 'Demo VM' --point 2 --to ${here(join(p.dir, 'restored-2'))}   # a standalone VM folder of cycle 2`,
-    `  grainline receive --config ${here(p.receiverConfig)} --listen 127.0.0.1:7443 --store ${here(p.store)} --tokens ${here(p.tokens)} --tls-cert ${here(p.tls.cert)} --tls-key ${here(p.tls.key)}`,
-    `  grainline replicate ${here(p.vmx)} --to wss://127.0.0.1:7443 --token-file ${here(p.tokenFile)} --ca ${here(p.tls.cert)} --state-dir ${here(join(p.dir, 'agent-state'))} --certify sha256`,
+    `  ${grainline('status', '--store', store, '--max-age', '30m')}     # the mirror's health, as monitoring sees it`,
+    `  ${grainline('info', join(store, 'Demo VM', 'Demo VM.vmdk'))}    # the mirror disk`,
+    `  ${grainline('points', '--store', store, '--vm', 'Demo VM')}     # restore points: cycle, time, size, checks`,
+    `  ${grainline('restore', '--store', store, '--vm', 'Demo VM', '--point', '2', '--to', resolve(p.dir, 'restored-2'))}   # a standalone VM folder of cycle 2`,
+    `  ${grainline('receive', '--config', resolve(p.receiverConfig), '--listen', '127.0.0.1:7443', '--store', store, '--tokens', resolve(p.tokens), '--tls-cert', cert, '--tls-key', resolve(p.tls.key))}`,
+    `  ${grainline('replicate', resolve(p.vmx), '--to', 'wss://127.0.0.1:7443', '--token-file', resolve(p.tokenFile), '--ca', cert, '--state-dir', resolve(p.dir, 'agent-state'), '--certify', 'sha256')}`,
     '      # (in a second terminal, with the receiver above running: one more incremental cycle)',
     '  (inside the checkout, type npx grainline …)',
-    `Remove it all: rm -rf ${here(p.dir)}   (running the demo again recreates it)`,
+    `Remove it all: ${shJoin(['rm', '-rf', resolve(p.dir)])}   (running the demo again recreates it)`,
     '',
   ].join('\n')
 }
