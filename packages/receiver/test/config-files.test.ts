@@ -123,7 +123,12 @@ t.test('kill -9 amid the removal or right after the commit point: the restart fi
       await c.exited
       const k = await startChild(env, { fault, args })
       await cycle(k.url, env, 2, filesOf(2, 'b.nvram')).catch(() => {})
-      const e = await k.exited
+      // bounded: a receiver that never reaches the fault point is stopped, and the test fails
+      const e = await Promise.race([k.exited, new Promise<{ signal: 'timeout' }>((resolve) => setTimeout(() => resolve({ signal: 'timeout' }), 20_000))])
+      if (e.signal === 'timeout') {
+        k.child.kill('SIGKILL')
+        await k.exited
+      }
       t.equal(e.signal, 'SIGKILL', `killed at ${fault}`)
       t.equal(state(env).committedCycle, 2, 'killed after the commit point')
       const c2 = await startChild(env, { args })
@@ -172,6 +177,12 @@ t.test("a configuration file named as one of the receiver's own files in the mir
       t.same(readdirSync(join(dir(env), '.grainline', 'incoming')).sort(), ['a.nvram', 'source-name.vmx'], 'nothing staged')
     })
   }
+  // a whole cycle carrying it: refused, not committed over the set-aside journal
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, VM, 2, [plan(2)], { files: [...filesOf(2, 'a.nvram'), { name: 'vm1.journal.set-aside-cycle-2', data: Buffer.from('from the agent\n') }] }).catch(() => {})
+  a.close()
+  await a.whenClosed()
+  t.equal(state(env).committedCycle, 1, 'not committed')
   t.equal(readFileSync(aside, 'utf8'), 'the journal a rollback set aside\n', 'the set-aside journal untouched')
   // the agent can go on with the names of its own
   await cycle(url, env, 2, filesOf(2, 'a.nvram'))
