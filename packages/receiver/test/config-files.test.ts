@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { scratchDir } from '@grainline/test-utils'
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MessageKind, type VmOpenMessage } from '@grainline/protocol'
 import { readVmState, type VmStateFile } from '../src/state-file.ts'
@@ -61,9 +61,12 @@ t.test('a configuration file a later cycle no longer carries is removed from the
   t.same(listing(env), ['.grainline', 'b.nvram', 'c.nvram', 'notes.txt', 'vm1-flat.vmdk', 'vm1.journal.set-aside-cycle-7', 'vm1.vmdk', 'vm1.vmx', 'vm1.vmxf'], 'a.nvram removed, the others kept')
   t.same(state(env).configFiles, ['c.nvram', 'vm1.vmx', 'vm1.vmxf'])
   t.equal(state(env).pending, null)
+  // the operator puts a folder where an installed file was: the folder is not the receiver's to remove
+  rmSync(join(dir(env), 'c.nvram'))
+  mkdirSync(join(dir(env), 'c.nvram'))
   // new names each cycle: the folder holds the last set, not the sum
   for (let c = 3; c <= 5; c++) await cycle(url, env, c, filesOf(c, `n${c}.nvram`))
-  t.same(listing(env), ['.grainline', 'b.nvram', 'n5.nvram', 'notes.txt', 'vm1-flat.vmdk', 'vm1.journal.set-aside-cycle-7', 'vm1.vmdk', 'vm1.vmx'])
+  t.same(listing(env), ['.grainline', 'b.nvram', 'c.nvram', 'n5.nvram', 'notes.txt', 'vm1-flat.vmdk', 'vm1.journal.set-aside-cycle-7', 'vm1.vmdk', 'vm1.vmx'])
   t.equal(readFileSync(join(dir(env), 'n5.nvram'), 'utf8'), 'n5.nvram of cycle 5\n')
   t.equal(readFileSync(join(dir(env), 'vm1.journal.set-aside-cycle-7'), 'utf8'), 'set aside\n')
   t.ok(readFileSync(join(dir(env), 'vm1-flat.vmdk')).equals(images[5] as Buffer), 'mirror == image 5')
