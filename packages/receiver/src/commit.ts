@@ -5,7 +5,7 @@
  * configuration files, retired journals.
  */
 import { randomBytes } from 'node:crypto'
-import { rename } from 'node:fs/promises'
+import { lstat, rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { Logger } from 'pino'
 import { fsyncDir, isTempName, unlinkIfExists, writeFileAtomicIfChanged } from './fs-util.ts'
@@ -20,6 +20,7 @@ import type { WorkProgress } from './work-progress.ts'
 import { pointFlatName, pointPath } from './increment.ts'
 import type { DiskRecord, InflightDisk, PendingCommit, VmStateFile } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
+import { receiverOwnedName } from './receiver-rules.ts'
 import { committedIdentityRecord } from './committed-identity.ts'
 
 /** One sealed disk of the cycle being committed. */
@@ -165,10 +166,82 @@ export async function stagedAttached(paths: VmPaths, names: Iterable<string>, ca
 }
 
 /**
+ * The name in the VM's mirror folder that staged configuration file `name`
+ * is installed under (the .vmx as the mirror's `<vm>.vmx`, the others as
+ * they are), or undefined when it is not installed: a temporary name, the
+ * source's snapshot list, disks, locks and logs, and a name the receiver
+ * itself uses in the mirror folder (receiver-rules.ts receiverOwnedName:
+ * refused at VmOpen, skipped here should an older receiver have staged one).
+ */
+export function installedName(name: string, vm: string): string | undefined {
+  if (isTempName(name) || receiverOwnedName(name) !== undefined) return undefined
+  if (/\.vmx$/i.test(name)) return `${vm}.vmx`
+  return /\.(vmsd|vmdk|lck|log)$/i.test(name) ? undefined : name
+}
+
+/**
+ * The names the staged configuration files will be installed under in the
+ * VM's mirror folder ({@link installedName}; regular files only, as
+ * {@link installFiles} installs), sorted: recorded in the state at the
+ * commit point (VmStateFile `configFiles`), so that the next commit removes
+ * those its cycle no longer carries.
+ */
+export async function stagedConfigNames(paths: VmPaths, vm: string): Promise<string[]> {
+  const out = new Set<string>()
+  for (const name of await readStoreDir(paths.incoming)) {
+    const to = installedName(name, vm)
+    if (to === undefined) continue
+    const st = await lstat(join(paths.incoming, name)).catch(() => undefined)
+    if (st?.isFile() === true) out.add(to)
+  }
+  return [...out].sort()
+}
+
+/**
+ * The configuration files an earlier commit installed (`installed`: its
+ * VmStateFile `configFiles`; undefined in a state file older than the
+ * record, then nothing is removed) that the commit installing `now` does not
+ * carry: removed from the mirror folder at its roll-forward (pure).
+ */
+export function configRemovals(installed: readonly string[] | undefined, now: readonly string[]): string[] {
+  const keep = new Set(now)
+  return (installed ?? []).filter((n) => !keep.has(n))
+}
+
+/**
+ * Remove the configuration files an earlier commit installed that this one
+ * does not carry (pending `removeFiles`), before the new ones are installed
+ * (so that a name differing only in case, one file on a case-insensitive
+ * file system, is installed again after its removal, crash or not); never a
+ * name of the receiver's own, nor anything but a file or link (a folder
+ * there is the operator's: logged and kept). Idempotent.
+ */
+async function removeConfigFiles(paths: VmPaths, state: VmStateFile, names: readonly string[], log: Logger): Promise<void> {
+  if (names.length === 0) return
+  for (const name of names) {
+    if (receiverOwnedName(name) !== undefined) continue
+    const path = join(paths.dir, name)
+    const st = await lstat(path).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === 'ENOENT') return undefined
+      throw err
+    })
+    if (st === undefined) continue
+    if (!st.isFile() && !st.isSymbolicLink()) {
+      log.warn({ vm: state.vm, file: name }, 'configuration file the VM no longer has not removed: it is not a file in the mirror folder any more')
+      continue
+    }
+    await unlinkIfExists(path)
+    log.info({ vm: state.vm, file: name, cycle: state.pending?.cycle }, 'configuration file the VM no longer has removed from the mirror folder')
+    faultPoint('commit-config-removed')
+  }
+  await fsyncDir(paths.dir)
+}
+
+/**
  * Install the staged configuration files: the .vmx rewritten for the mirror,
- * the others as they are. A staged entry that is not a regular file (a link
- * or FIFO planted in `incoming`) is skipped and logged, so that the
- * roll-forward can never be stuck on it.
+ * the others as they are ({@link installedName}). A staged entry that is not
+ * a regular file (a link or FIFO planted in `incoming`) is skipped and
+ * logged, so that the roll-forward can never be stuck on it.
  */
 async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Promise<DroppedReference[] | undefined> {
   const names = await readStoreDir(paths.incoming)
@@ -182,7 +255,12 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
       .map((r) => r.name),
   )
   for (const name of names) {
-    if (isTempName(name)) continue
+    const to = installedName(name, state.vm)
+    if (to === undefined) {
+      const owned = receiverOwnedName(name)
+      if (owned !== undefined && !isTempName(name)) log.warn({ vm: state.vm, file: name, why: owned }, 'staged file not installed')
+      continue
+    }
     let data: Buffer
     try {
       data = await readStoreFile(join(paths.incoming, name), CONFIG_FILE_MAX_BYTES)
@@ -194,10 +272,10 @@ async function installFiles(paths: VmPaths, state: VmStateFile, log: Logger): Pr
     if (/\.vmx$/i.test(name)) {
       const r = mirrorVmx(data.toString('utf8'), { suffix: state.displaySuffix, diskMap, carried })
       for (const d of r.dropped) log.warn({ vm: state.vm, file: name, reference: d }, '.vmx reference out of the mirror dropped')
-      await writeFileAtomicIfChanged(join(paths.dir, `${state.vm}.vmx`), r.text)
+      await writeFileAtomicIfChanged(join(paths.dir, to), r.text)
       dropped = r.dropped
-    } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(name)) {
-      await writeFileAtomicIfChanged(join(paths.dir, name), data)
+    } else {
+      await writeFileAtomicIfChanged(join(paths.dir, to), data)
     }
   }
   return dropped
@@ -261,6 +339,7 @@ export async function rollForwardFiles(paths: VmPaths, state: VmStateFile, log: 
   await removeUnusedConfigs(paths, state)
   faultPoint('commit-points')
   for (const stem of p.removeDisks ?? []) await removeDiskFiles(paths, stem)
+  await removeConfigFiles(paths, state, p.removeFiles ?? [], log)
   const vmxDropped = p.files ? await installFiles(paths, state, log) : undefined
   for (const j of p.journals) await retireJournal(join(paths.gdir, j))
   await fsyncDir(paths.gdir)

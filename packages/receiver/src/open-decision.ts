@@ -67,6 +67,12 @@ export interface SpaceFacts {
    * allocates already; 0 without a quota (and on Ceph, which counts one disk)
    */
   readonly reservedBytes: number
+  /**
+   * bytes of the configuration files the cycle staged, which its commit
+   * installs into the mirror folder (vm-mirror.ts stageFiles): they need the
+   * free space too (absent: none)
+   */
+  readonly configBytes?: number
 }
 
 /** Codes of a refused DiskOpen (SPEC §7, non-fatal). */
@@ -145,12 +151,14 @@ export function roomFailure(
   space: SpaceFacts,
   place: RoomPlace = FOLDER_PLACE,
 ): Extract<OpenDecision, { kind: 'fail' }> | undefined {
-  const growth = req.capacity - committedCapacity
-  if (growth > 0 && growth > space.freeBytes) {
+  const growth = Math.max(0, req.capacity - committedCapacity)
+  const config = Math.max(0, space.configBytes ?? 0)
+  if (growth + config > 0 && growth + config > space.freeBytes) {
+    const what = config === 0 ? `would grow by ${growth} bytes` : `would grow by ${growth} bytes and its commit install ${config} bytes of configuration files in the mirror folder`
     return {
       kind: 'fail',
       code: 'E_NO_SPACE',
-      message: `disk ${req.name} of VM ${vm} would grow by ${growth} bytes, ${place.store} has ${space.freeBytes} free: ${place.remedy}, then retry`,
+      message: `disk ${req.name} of VM ${vm} ${what}, ${place.store} has ${space.freeBytes} free: ${place.remedy}, then retry`,
     }
   }
   if (space.quotaBytes !== undefined && space.usedBytes + space.reservedBytes + adds > space.quotaBytes) {

@@ -8,7 +8,7 @@
  */
 import { cycleIdentity, DigestLengths, type DiskOpenMessage, type Negotiated } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { longestTempName } from './fs-util.ts'
+import { isTempName, longestTempName } from './fs-util.ts'
 import { derivedNames, diskStem } from './vm-paths.ts'
 
 /** Largest disk capacity accepted: 64 TiB, above VMDK's 62 TB cap. */
@@ -69,13 +69,41 @@ export function checkVmNameFits(vm: string): void {
 export const MAX_FILE_NAME_BYTES = NAME_MAX - Buffer.byteLength(longestTempName(''))
 
 /**
- * A configuration file is installed beside the mirror disks: no hidden name,
- * no disk or seed file, and a name whose temporary name fits in a file name
- * ({@link MAX_FILE_NAME_BYTES}: staged and installed by replacement).
+ * Why configuration file `name` would be installed over a file the receiver
+ * itself makes in the VM's mirror folder, or undefined when it would not
+ * (ignoring case: a store on a case-insensitive file system). The receiver's
+ * own names there: `.grainline` (hidden names), each disk's descriptor, flat
+ * and seed (`.vmdk`, `.seed`), a seed's journal set aside by a rollback
+ * (`<disk>.journal.set-aside-cycle-<N>[-<n>]`, journal-head.ts
+ * setAsideJournalPath), and the temporary name of every file it writes by
+ * replacement (`<name>.tmp-<pid>-<8 hex>`, fs-util.ts: the mirror's
+ * `<vm>.vmx`, the descriptors, the installed files), which start-up recovery
+ * deletes. The mirror's `<vm>.vmx` is the installed form of the cycle's .vmx
+ * (commit.ts installFiles); restore points and opened points live in
+ * `.grainline/points` and outside the mirror folder.
+ */
+export function receiverOwnedName(name: string): string | undefined {
+  if (name.startsWith('.')) return "a hidden name (the mirror's .grainline state folder is one)"
+  if (/\.(vmdk|seed)$/i.test(name)) return "the name of a disk file (the mirror's descriptors, flats and seed files end in .vmdk and .seed)"
+  if (/\.journal\.set-aside-cycle-/i.test(name)) return "the name a rollback gives a seed's journal it sets aside in the mirror folder (<disk>.journal.set-aside-cycle-<cycle>)"
+  if (isTempName(name.toLowerCase())) return 'the temporary name the receiver writes a file under before renaming it into place (<name>.tmp-<pid>-<8 hex>), which it deletes at start-up'
+  return undefined
+}
+
+/**
+ * A configuration file is installed beside the mirror disks: none of the
+ * receiver's own names in the mirror folder ({@link receiverOwnedName}), and
+ * a name whose temporary name fits in a file name ({@link MAX_FILE_NAME_BYTES}:
+ * staged and installed by replacement).
  * @throws ReceiverError E_BAD_NAME
  */
 export function checkFileName(name: string, vm?: string): void {
-  if (name.startsWith('.') || /\.(vmdk|seed)$/i.test(name)) throw new ReceiverError('E_BAD_NAME', `file name ${JSON.stringify(name)} is not allowed`)
+  const owned = receiverOwnedName(name)
+  if (owned !== undefined)
+    throw new ReceiverError(
+      'E_BAD_NAME',
+      `configuration file ${shown(name)}${vm === undefined ? '' : ` of VM ${shown(vm)}`} is not allowed: it is ${owned}, and installing it at commit would write over the receiver's own file in the VM's mirror folder. Nothing was staged; rename the file on the source (or the entry of the .vmx naming it)`,
+    )
   const bytes = Buffer.byteLength(name)
   if (bytes > MAX_FILE_NAME_BYTES)
     throw new ReceiverError(

@@ -169,6 +169,12 @@ export interface PendingCommit {
   readonly merges?: readonly PointMerge[]
   /** point files (descriptors in `.grainline/points`) deleted with their extents */
   readonly removePoints?: readonly string[]
+  /**
+   * configuration files (names in the VM folder) an earlier commit installed
+   * that this one does not carry: removed before the staged ones are
+   * installed (commit.ts configRemovals); absent in records older than it
+   */
+  readonly removeFiles?: readonly string[]
   /** stems of disks removed from the VM whose files are deleted: no point needs them any more (points.ts reclaimableDisks) */
   readonly removeDisks?: readonly string[]
 }
@@ -200,6 +206,13 @@ export interface VmStateFile {
   readonly disks: Readonly<Record<string, DiskRecord>>
   readonly inflight: InflightCycle | null
   readonly pending: PendingCommit | null
+  /**
+   * the configuration files (names in the VM folder) the last commit that
+   * carried them installed (commit.ts stagedConfigNames): the next commit
+   * removes those its cycle no longer carries, and never any other file.
+   * Absent in state files older than it: nothing is removed.
+   */
+  readonly configFiles?: readonly string[]
   /** the references of the installed .vmx that pointed out of the mirror and were dropped or neutralised */
   readonly vmxDropped?: readonly DroppedReference[]
   /** restore points, oldest first (docs/POINTS.md) */

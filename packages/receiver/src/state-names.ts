@@ -13,7 +13,7 @@
 import { basename } from 'node:path'
 import { validateName } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
-import { checkDiskNameForm } from './receiver-rules.ts'
+import { checkDiskNameForm, receiverOwnedName } from './receiver-rules.ts'
 import { isPointFileName } from './increment.ts'
 import { diskStem, type VmPaths } from './vm-paths.ts'
 import { committedIdentityProblem } from './committed-identity.ts'
@@ -44,6 +44,10 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
     checkDiskRecords('inflight.disks', inflight['disks'], bad)
     checkAnnounced(inflight['disks'], bad)
   }
+  // the installed configuration files: the next commit removes those its cycle no longer carries (commit.ts configRemovals)
+  listOf('configFiles', s['configFiles'] ?? [], bad).forEach((f, i) => {
+    if (!isConfigFileName(f)) throw bad(`configFiles[${i}]`, f, CONFIG_FILE_WHY)
+  })
   const pending = s['pending'] as Record<string, unknown> | null | undefined
   if (pending === null || pending === undefined) return
   if (typeof pending !== 'object') throw bad('pending', pending, 'which is not a pending commit')
@@ -73,6 +77,9 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
   })
   listOf('pending.removePoints', pending['removePoints'] ?? [], bad).forEach((f, i) => {
     if (!isPointFileName(f)) throw bad(`pending.removePoints[${i}]`, f, 'which is not a point file of .grainline/points')
+  })
+  listOf('pending.removeFiles', pending['removeFiles'] ?? [], bad).forEach((f, i) => {
+    if (!isConfigFileName(f)) throw bad(`pending.removeFiles[${i}]`, f, CONFIG_FILE_WHY)
   })
   // a removed disk's files are deleted: never those of a disk the state still holds (reclaim drops its record in the same write)
   const live = new Set([...stemsOf(s['disks']), ...stemsOf(inflight?.['disks'])].map((x) => x.toLowerCase()))
@@ -115,6 +122,13 @@ function checkAnnounced(disks: unknown, bad: (field: string, value: unknown, why
     const ok = o !== null && typeof o === 'object' && ['bytes', 'extents', 'allocatedAtOpen'].every((k) => Number.isSafeInteger(o[k]) && (o[k] as number) >= 0)
     if (!ok) throw bad(`inflight.disks[${JSON.stringify(name)}].announced`, a, 'which is not the totals the receiver records (non-negative integers bytes, extents, allocatedAtOpen)')
   }
+}
+
+const CONFIG_FILE_WHY = "which is not the name of a configuration file the receiver installs in the VM folder (a plain name, none of the receiver's own files there)"
+
+/** A configuration file's name as the receiver installs one in the VM folder (commit.ts installedName): plain, visible, none of its own names. */
+function isConfigFileName(name: unknown): name is string {
+  return isPlainStem(name) && receiverOwnedName(name) === undefined
 }
 
 function isPlainStem(stem: unknown): stem is string {

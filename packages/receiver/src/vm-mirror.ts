@@ -9,7 +9,7 @@ import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, retireJournal, type JournalHead } from './journal.ts'
 import { checkJournalHead, readResumeJournal } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
-import { commitState, newGeneration, rollForwardFiles, stagedAttached } from './commit.ts'
+import { commitState, configRemovals, newGeneration, rollForwardFiles, stagedAttached, stagedConfigNames } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
 import { decideOpen, mayAdd, mirrorModified, type DiskOpenRequest, type MirrorFacts, type SpaceFacts } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
@@ -176,6 +176,8 @@ export class VmMirror {
 
   /** the disks the cycle's VmOpen names (stageFiles) */
   private named: ReadonlySet<string> = new Set()
+  /** bytes of the configuration files the cycle's VmOpen staged, which its commit installs (stageFiles) */
+  private stagedBytes = 0
 
   private async save(next: VmStateFile): Promise<void> {
     await writeVmState(this.paths, next)
@@ -190,6 +192,7 @@ export class VmMirror {
    */
   async stageFiles(files: ReadonlyArray<{ name: string; data: Uint8Array }>, disks: readonly string[] = []): Promise<void> {
     this.named = namedDisks(disks)
+    this.stagedBytes = files.reduce((n, f) => n + f.data.byteLength, 0)
     try {
       await ensureStoreDir(this.paths.gdir)
       await ensureStoreDir(this.paths.incoming)
@@ -265,13 +268,14 @@ export class VmMirror {
   /** The token's room: free space, its quota, what its mirrors take and what its other open applies may still add. */
   private async spaceFor(name: string, quota: OpenContext['quota']): Promise<SpaceFacts> {
     const free = await freeBytes(this.paths.dir)
-    if (quota === undefined) return { freeBytes: free, quotaBytes: undefined, usedBytes: 0, reservedBytes: 0 }
+    const configBytes = this.stagedBytes
+    if (quota === undefined) return { freeBytes: free, quotaBytes: undefined, usedBytes: 0, reservedBytes: 0, configBytes }
     const room = await tokenRoom(this.paths.store, quota.covers)
     const self = diskKey(this.vm, name)
     let reservedBytes = 0
     for (const [key, bytes] of room.inflight) if (key !== self) reservedBytes += bytes
     reservedBytes += quota.pending?.bytes(quota.covers, (key) => key === self || room.inflight.has(key)) ?? 0
-    return { freeBytes: free, quotaBytes: quota.bytes, usedBytes: room.usedBytes, reservedBytes }
+    return { freeBytes: free, quotaBytes: quota.bytes, usedBytes: room.usedBytes, reservedBytes, configBytes }
   }
 
   /** {@link openDisk} once the disk is inspected and not held. */
@@ -496,9 +500,13 @@ export class VmMirror {
       const pending = c.next.pending as NonNullable<VmStateFile['pending']>
       const reclaim = this.reclaim(c.next, kept.points)
       const retire = await this.writeBaseDescriptors(bases, kept.points, cycle)
+      // the configuration files this commit installs: those an earlier commit installed and it does not carry are removed
+      const configFiles = await stagedConfigNames(this.paths, this.vm)
+      const removeFiles = configRemovals(this.current.configFiles, configFiles)
       faultPoint('commit-before-state')
       await this.save({
         ...reclaim.state,
+        configFiles,
         compat,
         points: kept.points,
         ...(pointsDropped === undefined ? {} : { pointsDropped }),
@@ -508,6 +516,7 @@ export class VmMirror {
           links: plan.links,
           merges: kept.merges,
           removePoints: [...plan.removePoints, ...kept.removePoints, ...brokenCopies],
+          ...(removeFiles.length > 0 ? { removeFiles } : {}),
           ...reclaim.pending,
         },
       })

@@ -114,6 +114,18 @@ const rows: Row[] = [
   { name: 'a disk that grows by more than the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4095 } }, want: 'E_NO_SPACE' },
   { name: 'a disk that grows by the free space', in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4096 } }, want: 'fresh' },
   { name: 'an incremental that does not grow needs no free space', in: { space: { ...room, freeBytes: 0 } }, want: 'fresh' },
+  // the configuration files the commit installs need the free space too
+  { name: 'an incremental whose staged configuration files exceed the free space', in: { space: { ...room, freeBytes: 8191, configBytes: 8192 } }, want: 'E_NO_SPACE' },
+  {
+    name: 'a disk whose growth and staged configuration files exceed the free space',
+    in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4096 + 100, configBytes: 101 } },
+    want: 'E_NO_SPACE',
+  },
+  {
+    name: 'a disk whose growth and staged configuration files fit the free space',
+    in: { request: { ...inc, capacity: 64 * KiB + 4096 }, space: { ...room, freeBytes: 4096 + 101, configBytes: 101 } },
+    want: 'fresh',
+  },
   { name: 'a new disk larger than the free space', in: { request: { ...seed, cycle: 1 }, record: undefined, committedCycle: 0, space: { ...room, freeBytes: 32 * KiB } }, want: 'E_NO_SPACE' },
   { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
