@@ -198,14 +198,20 @@ export async function stagedConfigNames(paths: VmPaths, vm: string): Promise<str
 }
 
 /**
- * The configuration files an earlier commit installed (`installed`: its
- * VmStateFile `configFiles`; undefined in a state file older than the
- * record, then nothing is removed) that the commit installing `now` does not
- * carry: removed from the mirror folder at its roll-forward (pure).
+ * What a commit records as installed and removes (pure): `staged`, the
+ * configuration files it installs, replace the set an earlier commit
+ * installed (`installed`: its VmStateFile `configFiles`; undefined in a state
+ * file older than the record, then nothing is removed), and the names of that
+ * set it does not carry are removed from the mirror folder at its
+ * roll-forward. A commit that carries no `<vm>.vmx` (an agent that sent no
+ * configuration this cycle, a .vmx over the size limit or not a regular file
+ * when staged) replaces nothing: the mirror keeps the .vmx it boots from and
+ * the files beside it, and what it staged is added to the set.
  */
-export function configRemovals(installed: readonly string[] | undefined, now: readonly string[]): string[] {
-  const keep = new Set(now)
-  return (installed ?? []).filter((n) => !keep.has(n))
+export function configChange(installed: readonly string[] | undefined, staged: readonly string[], vm: string): { configFiles: string[]; removeFiles: string[] } {
+  if (!staged.includes(`${vm}.vmx`)) return { configFiles: [...new Set([...(installed ?? []), ...staged])].sort(), removeFiles: [] }
+  const keep = new Set(staged)
+  return { configFiles: [...staged], removeFiles: (installed ?? []).filter((n) => !keep.has(n)) }
 }
 
 /**

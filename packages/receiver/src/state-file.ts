@@ -172,7 +172,7 @@ export interface PendingCommit {
   /**
    * configuration files (names in the VM folder) an earlier commit installed
    * that this one does not carry: removed before the staged ones are
-   * installed (commit.ts configRemovals); absent in records older than it
+   * installed (commit.ts configChange); absent in records older than it
    */
   readonly removeFiles?: readonly string[]
   /** stems of disks removed from the VM whose files are deleted: no point needs them any more (points.ts reclaimableDisks) */

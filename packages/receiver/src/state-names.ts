@@ -44,7 +44,7 @@ export function checkStateNames(paths: VmPaths, s: Record<string, unknown>): voi
     checkDiskRecords('inflight.disks', inflight['disks'], bad)
     checkAnnounced(inflight['disks'], bad)
   }
-  // the installed configuration files: the next commit removes those its cycle no longer carries (commit.ts configRemovals)
+  // the installed configuration files: the next commit removes those its cycle no longer carries (commit.ts configChange)
   listOf('configFiles', s['configFiles'] ?? [], bad).forEach((f, i) => {
     if (!isConfigFileName(f)) throw bad(`configFiles[${i}]`, f, CONFIG_FILE_WHY)
   })

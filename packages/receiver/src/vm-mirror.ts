@@ -9,7 +9,7 @@ import { ensureStoreDir, readStoreDir, regularFileSize } from './store-fs.ts'
 import { Journal, retireJournal, type JournalHead } from './journal.ts'
 import { checkJournalHead, readResumeJournal } from './journal-head.ts'
 import { DiskApply } from './disk-apply.ts'
-import { commitState, configRemovals, newGeneration, rollForwardFiles, stagedAttached, stagedConfigNames } from './commit.ts'
+import { commitState, configChange, newGeneration, rollForwardFiles, stagedAttached, stagedConfigNames } from './commit.ts'
 import { namedDisks, withNamed } from './mirror-vmx.ts'
 import { decideOpen, mayAdd, mirrorModified, type DiskOpenRequest, type MirrorFacts, type SpaceFacts } from './open-decision.ts'
 import { inspectMirror } from './mirror-inspection.ts'
@@ -501,8 +501,7 @@ export class VmMirror {
       const reclaim = this.reclaim(c.next, kept.points)
       const retire = await this.writeBaseDescriptors(bases, kept.points, cycle)
       // the configuration files this commit installs: those an earlier commit installed and it does not carry are removed
-      const configFiles = await stagedConfigNames(this.paths, this.vm)
-      const removeFiles = configRemovals(this.current.configFiles, configFiles)
+      const { configFiles, removeFiles } = configChange(this.current.configFiles, await stagedConfigNames(this.paths, this.vm), this.vm)
       faultPoint('commit-before-state')
       await this.save({
         ...reclaim.state,

@@ -70,6 +70,13 @@ t.test('a configuration file a later cycle no longer carries is removed from the
   t.equal(readFileSync(join(dir(env), 'n5.nvram'), 'utf8'), 'n5.nvram of cycle 5\n')
   t.equal(readFileSync(join(dir(env), 'vm1.journal.set-aside-cycle-7'), 'utf8'), 'set aside\n')
   t.ok(readFileSync(join(dir(env), 'vm1-flat.vmdk')).equals(images[5] as Buffer), 'mirror == image 5')
+  // a cycle that carries no .vmx (no configuration sent, a .vmx not staged): the mirror keeps the .vmx it boots
+  // from and the files beside it; what the cycle carries is added
+  const vmxBefore = readFileSync(join(dir(env), 'vm1.vmx'), 'utf8')
+  await cycle(url, env, 6, filesOf(6, 'z.nvram').slice(1))
+  t.same(listing(env), ['.grainline', 'b.nvram', 'c.nvram', 'n5.nvram', 'notes.txt', 'vm1-flat.vmdk', 'vm1.journal.set-aside-cycle-7', 'vm1.vmdk', 'vm1.vmx', 'z.nvram'], 'nothing removed')
+  t.equal(readFileSync(join(dir(env), 'vm1.vmx'), 'utf8'), vmxBefore, 'the .vmx the mirror boots from is kept')
+  t.same(state(env).configFiles, ['n5.nvram', 'vm1.vmx', 'z.nvram'], 'the set: the last one and what this cycle carried')
 })
 
 t.test('a store older than the record: nothing removed at its first commit, the set recorded for the next', async (t) => {
