@@ -16,10 +16,9 @@
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites, VmxConfig, vmxDisks } from '@grainline/agent'
-import { failIfLingering, firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, haveCeph, pollUntil, qemuRaw, scratchDir, startCephCluster, startCuttingProxy, startEsxiHarness, type EsxiHarness } from '@grainline/test-utils'
 import { CEPH_POOL, cephSite, cephStatus, frozenView, pointMatches, qemuHasRbd, qemuReadsSnapshots, replicateCli, runCli } from '@grainline/e2e'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
@@ -27,18 +26,6 @@ failIfLingering(t)
 
 const MiB = 1024 * 1024
 const POOL = CEPH_POOL
-/** The agent's fake ESXi host over SSH (packages/agent test/esxi-harness.ts), as the CLI's points test uses it. */
-const harnessJs = resolve(dirname(fileURLToPath(import.meta.url)), '../../../packages/agent/dist/test/esxi-harness.js')
-interface EsxiHarness {
-  port: number
-  user: string
-  hostKeyFingerprint: string
-  userKey: string
-  datastore: string
-  readState(): Promise<{ vms: Array<{ id: string; name: string; vmx: string }> }>
-  writeState(s: { datastores: Record<string, { path: string; uuid: string }>; vms: Array<{ id: string; name: string; vmx: string }> }): Promise<void>
-  stop(): Promise<void>
-}
 const skip = (await haveCeph()) ? false : 'Ceph is not installed here (.ci/run installs ceph-mon ceph-osd ceph-mgr ceph-common)'
 
 t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as snapshots', { skip }, async (t) => {
@@ -222,8 +209,7 @@ t.test('Ceph store: seed, incrementals, a receiver SIGKILL mid-cycle, points as 
   // a failover whose registration on the DR host fails is undone as on the folder store: into a folder that was
   // there (an operator's, a datastore's mount point), only what the failover wrote goes and the folder stays;
   // a folder it made goes whole with the parents it made (before, the Ceph undo removed the operator's folder too)
-  const { startSshHarness } = (await import(pathToFileURL(harnessJs).href)) as { startSshHarness: () => Promise<EsxiHarness> }
-  const h = await startSshHarness()
+  const h = await startEsxiHarness()
   t.teardown(() => h.stop())
   await writeFile(join(dir, 'id_dr'), h.userKey, { mode: 0o600 })
   const esxi = join(dir, 'esxi.json')

@@ -10,25 +10,12 @@ import { execFile, execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { join } from 'node:path'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { firstDifference, qemuRaw, runNode } from '@grainline/test-utils'
+import { firstDifference, qemuRaw, runNode, startEsxiHarness, type EsxiHarness } from '@grainline/test-utils'
 import { BIN, cliSite, pointsFixture } from './helpers.ts'
 
-const harnessJs = resolve(dirname(fileURLToPath(import.meta.url)), '../../../agent/dist/test/esxi-harness.js')
 const MiB = 1024 * 1024
-
-interface Harness {
-  port: number
-  user: string
-  hostKeyFingerprint: string
-  userKey: string
-  datastore: string
-  readState(): Promise<{ vms: Array<{ id: string; name: string; vmx: string }> }>
-  writeState(s: { datastores: Record<string, { path: string; uuid: string }>; vms: Array<{ id: string; name: string; vmx: string }> }): Promise<void>
-  stop(): Promise<void>
-}
 
 t.test('points, restore, open/close and failover with registration, as processes', async (t) => {
   const { dir, store, vm, frozen, replicate } = await pointsFixture(t, 'db01', { seed: 3, cycles: 3 })
@@ -64,8 +51,7 @@ t.test('points, restore, open/close and failover with registration, as processes
   t.equal(again.code, 0, `released: replication goes on ${again.stderr}`)
 
   // failover of point 3 onto the DR host: registered with the stand-in vim-cmd over SSH
-  const { startSshHarness } = (await import(pathToFileURL(harnessJs).href)) as { startSshHarness: () => Promise<Harness> }
-  const h = await startSshHarness()
+  const h = await startEsxiHarness()
   t.teardown(() => h.stop())
   const esxi = join(dir, 'esxi.json')
   await writeFile(join(dir, 'id_dr'), h.userKey, { mode: 0o600 })
@@ -159,8 +145,7 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
   // --register with a DR host that cannot be reached: refused before anything is opened
   const datastore = join(dir, 'datastore1')
   await mkdir(datastore)
-  const { startSshHarness } = (await import(pathToFileURL(harnessJs).href)) as { startSshHarness: () => Promise<Harness> }
-  const h = await startSshHarness()
+  const h = await startEsxiHarness()
   t.teardown(() => h.stop())
   await writeFile(join(dir, 'id_dr'), h.userKey, { mode: 0o600 })
   const settings = (port: number) => ({
@@ -183,7 +168,7 @@ t.test('a VM named with a space: the release commands grainline prints paste as 
   const taken = (p: string) => ({ id: String(40 + state.vms.length), name: 'other', vmx: `[datastore1] ${p}/web 01.vmx` })
   state.vms.push(taken('pre-made'))
   state.vms.push(taken('fresh/web01-dr'))
-  await h.writeState(state as Parameters<Harness['writeState']>[0])
+  await h.writeState(state as Parameters<EsxiHarness['writeState']>[0])
   await mkdir(join(h.datastore, 'pre-made'))
   const fo2 = await runNode(BIN, ['mirror', 'failover', '--store', store, '--vm', 'web 01', '--to', join(h.datastore, 'pre-made'), '--register', esxi])
   t.equal(fo2.code, 1, fo2.stderr)
