@@ -1536,6 +1536,11 @@ t.test("points open: the opened VM's display name gets its mark in place of the 
   t.equal(displayName(again.vmx), 'web-x (grainline mirror) (point 2)', 'opened a second time: the same name')
   const f = await whenFree(() => openPoint(env.store, marked, 1, join(env.dir, 'marked-f'), { logger: log, kind: 'failover', vmx: { suffix: ' (grainline failover)' } }))
   t.equal(displayName(f.vmx), 'web-x (grainline failover)', "a failover: the VM's name and its mark alone")
+  // a restore marks the same way: the mirror's name and the point's mark, in place of those the name carried
+  await whenFree(() => restorePoint(env.store, plain, 2, join(env.dir, 'plain-r2'), { logger: log }))
+  t.equal(displayName(join(env.dir, 'plain-r2', `${plain}.vmx`)), 'web-mark (grainline mirror) (point 2)', 'a restore of a plain VM: as before')
+  await whenFree(() => restorePoint(env.store, marked, 2, join(env.dir, 'marked-r2'), { logger: log }))
+  t.equal(displayName(join(env.dir, 'marked-r2', `${marked}.vmx`)), 'web-x (grainline mirror) (point 2)', 'a restore of a marked VM: one point mark')
 })
 
 t.test('markedDisplayName: the marks a name ends with are replaced, any number of them, in any order; a name of its own stays', async (t) => {
