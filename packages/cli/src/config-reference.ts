@@ -176,7 +176,7 @@ the file (docs/CLI.md).
       {
         title: 'Webhooks (`webhooks[]`)',
         intro:
-          'A JSON POST of `{ event, host, software, report }`: `event` is `run.succeeded`, `run.warning` (every VM committed, one needs a look: its `report.vms[].warnings`, e.g. `W_POINTS_DROPPED`) or `run.failed`. Headers: `X-Grainline-Event` (the event), `X-Grainline-Delivery` (one id for every attempt of a delivery: drop duplicates by it) and `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` — check the HMAC over the raw body and refuse a `t` more than a few minutes old. Network errors, timeouts, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … at most 30 s); any other answer is final.',
+          'A JSON POST of `{ event, host, software, report }`: `event` is `run.succeeded`, `run.warning` (every VM committed, one needs a look: its `report.vms[].warnings`, e.g. `W_POINTS_DROPPED`) or `run.failed`. Headers: `X-Grainline-Event` (the event), `X-Grainline-Delivery` (one id for every attempt of a delivery: drop duplicates by it) and `X-Grainline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` — check the HMAC over the raw body and refuse a `t` more than a few minutes old. Network errors, timeouts, 5xx and 429 are retried with back-off (1 s, 2 s, 4 s … at most 30 s); any other answer is final. The run\'s summary says how each delivery went: `NOT SENT webhook to URL after 5 attempts in 31.2 s: HTTP 502` (a delivery that needed a retry: `sent webhook to URL after 2 attempts in 1.0 s`); the report\'s `notifications[]` has `attempts` and `durationMs`, and so has the log line `webhook not delivered`.',
         schema: webhookSchema(ctx),
         prefix: 'webhooks[].',
       },
