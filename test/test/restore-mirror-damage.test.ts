@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
 import { replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
-import { failIfLingering, scratchDir } from '@grainline/test-utils'
+import { failIfLingering, firstDifference, scratchDir } from '@grainline/test-utils'
 
 failIfLingering(t)
 
@@ -106,6 +106,89 @@ t.test('the mirror damaged under an older point: the restore names the mirror, s
   t.equal(st2.code, 0, `status OK after the resync: ${st2.stdout}`)
   const r3 = await runCli(['restore', '--store', s.store, '--vm', 'mdmg', '--point', '3', '--to', join(dir, 'r3')])
   t.equal(r3.code, 0, `the mirror restores verified: ${r3.stderr}`)
+
+  // point 1 reads the damaged block through what the resync overwrote (point 2's increment): its certify digest
+  // catches it, and the refusal names the resync, not the point's own data nor the (now sound) mirror
+  const again = await runCli(['restore', '--store', s.store, '--vm', 'mdmg', '--point', '1', '--to', join(dir, 'r1-again')])
+  t.equal(again.code, 1, 'point 1 still restores wrong')
+  t.match(
+    again.stderr,
+    /point 1 was taken before the resync at cycle 3 repaired the mirror of disk mdmg\.vmdk \(marked diverged: restore of point 1 found the mirror damaged.*the mirror itself is sound.*Restore a point taken at or after cycle 3/,
+    'names the resync it reads through',
+  )
+  t.notMatch(again.stderr, /the point's own data is damaged/, 'does not blame the increments')
+  const ls = await runCli(['points', '--store', s.store, '--vm', 'mdmg'])
+  t.equal(ls.code, 0, ls.stderr)
+  t.match(
+    ls.stdout,
+    /point\(s\) 1, 2 predate the resync at cycle 3 that repaired the mirror of mdmg\.vmdk \(marked diverged: restore of point 1 found the mirror damaged/,
+    'points lists the points older than the resync',
+  )
+  t.match(ls.stdout, /Each has a whole-disk certify digest, which a restore checks/, 'and that their certify digests prove them')
+})
+
+t.test('a point older than a resync of a damaged mirror, checked by a prefix only: the restore warns', async (t) => {
+  const dir = scratchDir(t, 'grainline-pfx-')
+  const s = await site(dir)
+  t.teardown(() => s.receiver.stop())
+  const vm = await createSampleVm(join(dir, 'src'), { name: 'pfx', disks: [{ sizeBytes: 16 * MiB }], seed: 9 })
+  const views: string[] = []
+  const run = async (c: number, mode: string, extra: string[]): Promise<void> => {
+    if (c > 1) await simulateGuestWrites(vm.vmxPath, { bytes: 1 * MiB, writeSize: 32 * 1024, seed: c, zeroFraction: 0.2 })
+    views[c] = await expectedView(vm.vmxPath, join(dir, `v${c}.raw`))
+    const r = await replicateCli(s, vm.vmxPath, ['--trivial-mb', '4', ...extra])
+    t.equal(r.report?.vms[0]?.disks[0]?.mode, mode, `cycle ${c}: ${mode} ${r.stderr.slice(-800)}`)
+  }
+  await run(1, 'seed', [])
+  await run(2, 'incremental', [])
+  // damage a block past the 4 MiB the trivial check digests, one cycle 2 left unchanged (point 1 reads it from the mirror)
+  const [a, b] = [await readFile(views[1] as string), await readFile(views[2] as string)]
+  let off = -1
+  for (let o = 8 * MiB; o + BLOCK <= a.length; o += BLOCK) {
+    if (a.subarray(o, o + BLOCK).equals(b.subarray(o, o + BLOCK)) && a.subarray(o, o + BLOCK).some((v) => v !== 0)) {
+      off = o
+      break
+    }
+  }
+  t.ok(off >= 0, 'an unchanged data block past the prefix')
+  await damage(join(s.store, 'pfx', 'pfx-flat.vmdk'), off + 1000)
+  // cycle 3's certify finds the mirror wrong (marked diverged); cycle 4 resyncs it
+  await run(3, 'incremental', ['--certify', 'sha256'])
+  await run(4, 'resync', [])
+  const ls = await runCli(['points', '--store', s.store, '--vm', 'pfx', '--output', 'json'])
+  const listed = JSON.parse(ls.stdout) as { points: Array<{ cycle: number; current: boolean; disks: Array<{ divergedResync?: { cycle: number; reason: string } }> }> }
+  t.same(
+    listed.points.map((p) => [p.cycle, p.disks[0]?.divergedResync?.cycle ?? null]),
+    [
+      [1, 4],
+      [2, 4],
+      [3, 4],
+      [4, null],
+    ],
+    'points 1–3 read through the resync at cycle 4; the mirror does not',
+  )
+  const text = await runCli(['points', '--store', s.store, '--vm', 'pfx'])
+  t.match(
+    text.stdout,
+    /point\(s\) 1, 2, 3 predate the resync at cycle 4 .*A restore of point\(s\) 1, 2, 3 cannot prove that disk .*prefer a point at or after cycle 4/s,
+    'points says which points cannot be proven',
+  )
+
+  const r1 = await runCli(['restore', '--store', s.store, '--vm', 'pfx', '--point', '1', '--to', join(dir, 'r1')])
+  t.equal(r1.code, 0, `the prefix matches, so the restore completes: ${r1.stderr}`)
+  t.match(r1.stdout, /verified against the trivial-check \(prefix\) digest/)
+  t.match(
+    r1.stdout,
+    /WARNING: point 1 was taken before the resync at cycle 4 repaired the mirror of pfx\.vmdk \(marked diverged: .*which may be the damage the resync repaired.*only the trivial-check prefix .*restore a point taken at or after cycle 4/,
+    'and warns that the point may hold what the resync repaired',
+  )
+  // why the warning: the restored point 1 holds the damaged block, not the source of cycle 1
+  const raw = join(dir, 'r1.raw')
+  await exec('qemu-img', ['convert', '-O', 'raw', join(dir, 'r1', 'pfx.vmdk'), raw])
+  t.equal(Math.floor((await firstDifference(raw, views[1] as string)) / BLOCK) * BLOCK, off, 'the restored point differs from its source exactly at the damaged block')
+  const r4 = await runCli(['restore', '--store', s.store, '--vm', 'pfx', '--point', '4', '--to', join(dir, 'r4')])
+  t.equal(r4.code, 0, r4.stderr)
+  t.notMatch(r4.stdout, /WARNING/, 'the mirror after the resync: no warning')
 })
 
 t.test("a point's own increment damaged: the restore blames the point, the mirror stays OK", async (t) => {

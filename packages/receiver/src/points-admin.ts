@@ -14,7 +14,7 @@ import { digestFile } from './digest-file.ts'
 import { mkdirDurable, writeFileAtomic, writeFully } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { checkedPointChain, disksAt, pointsOf, pointSource, type PointDisk } from './points.ts'
+import { checkedPointChain, disksAt, divergedResyncUnder, pointsOf, pointSource, type DivergedResync, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { markedDisplayName } from './holds.ts'
 import { isAllZero } from '@grainline/vmdk'
@@ -38,6 +38,13 @@ export interface PointDiskInfo {
   readonly certify: VerifyRecord | null
   /** a base point: the disk's old mirror kept whole (a re-seed or a capacity change), so `bytes` is a whole disk's (the folder store; absent otherwise) */
   readonly base?: true
+  /**
+   * the point was taken before a resync repaired the disk's mirror, marked
+   * diverged, and reads the blocks that resync rewrote as the damaged mirror
+   * held them (points.ts divergedResyncUnder): only a certify digest recorded
+   * at its cycle proves it (the folder store; absent otherwise)
+   */
+  readonly divergedResync?: DivergedResync
 }
 
 /** A restore point as `grainline points` shows it; the mirror is the newest (`current`). */
@@ -95,6 +102,7 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
           trivial: ch.trivial,
           certify: ch.certify,
           ...(ch.own?.base === true ? { base: true as const } : {}),
+          ...withDivergedResync(state, name, c.current ? undefined : c.cycle),
         }
       })
     return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: (state.holds ?? []).some((h) => h.cycle === c.cycle), disks }
@@ -145,6 +153,14 @@ export interface RestoredDisk {
   readonly verified: 'certify' | 'trivial' | 'none'
   /** whether the recorded check of that cycle had passed against the source */
   readonly sourceChecked: boolean
+  /** the point predates a resync of the disk's mirror marked diverged ({@link PointDiskInfo.divergedResync}) */
+  readonly divergedResync?: DivergedResync
+}
+
+/** `{ divergedResync }` of disk `name` of point `cycle` (none for the mirror itself, `cycle` undefined). */
+function withDivergedResync(state: VmStateFile, name: string, cycle: number | undefined): { divergedResync?: DivergedResync } {
+  const r = cycle === undefined ? undefined : divergedResyncUnder(state, name, cycle)
+  return r === undefined ? {} : { divergedResync: r }
 }
 
 const COPY = 8 * 1024 * 1024
@@ -250,7 +266,15 @@ async function restoreDisk(
     }
     verified = check === ch.certify ? 'certify' : 'trivial'
   }
-  return { name: rec.name, descriptor, flat, capacity: chain.capacity, verified, sourceChecked: check?.ok === true }
+  return {
+    name: rec.name,
+    descriptor,
+    flat,
+    capacity: chain.capacity,
+    verified,
+    sourceChecked: check?.ok === true,
+    ...withDivergedResync(m.state, rec.name, cycle === m.state.committedCycle ? undefined : cycle),
+  }
 }
 
 /**
@@ -306,6 +330,13 @@ async function blameMismatch(
       `${what}: the MIRROR of disk ${name} of VM ${vm} is damaged, not the point's own data: ${mirrorBad}; every point of the disk reads through it. The disk is marked diverged (grainline status reports it): the next cycle of the VM resyncs it from the source; run it, then restore again (points older than the resync still read the damaged bytes through its increment: restore a point taken after it). ${left}`,
     )
   }
+  // the point reads through a resync that repaired the mirror: the damage it repaired is in that resync's increment
+  const resync = divergedResyncUnder(m.state, name, cycle)
+  if (resync !== undefined)
+    return new ReceiverError(
+      'E_VERIFY',
+      `${what}: point ${cycle} was taken before the resync at cycle ${resync.cycle} repaired the mirror of disk ${name} (marked diverged: ${resync.reason}), and reads the blocks that resync rewrote as the damaged mirror held them; ${sound ? 'the mirror itself is sound (it matches the whole-disk digest of its cycle)' : "the mirror's own record cannot prove it sound, and the point's increments may be damaged too"}. ${left}. Restore a point taken at or after cycle ${resync.cycle}`,
+    )
   if (sound)
     return new ReceiverError(
       'E_VERIFY',

@@ -40,6 +40,20 @@ export interface PointDisk {
    * it, the newer ones never do (docs/POINTS.md "Re-seeds keep the points")
    */
   readonly base?: true
+  /**
+   * this increment holds what a resync overwrote in a mirror marked diverged
+   * (a failed check, a restore that found it damaged): the cycle of that
+   * resync and why the mirror was marked. The points that read through it
+   * read those blocks as the damaged mirror held them ({@link divergedResyncUnder}).
+   * Merged increments keep the newest.
+   */
+  readonly divergedResync?: DivergedResync
+}
+
+/** A resync of a mirror marked diverged, as a point increment records it. */
+export interface DivergedResync {
+  readonly cycle: number
+  readonly reason: string
 }
 
 /** A restore point: the VM as it was committed at `cycle`. */
@@ -137,6 +151,34 @@ function pointFileAt(state: VmStateFile, disk: string, cycle: number): string | 
     if (d !== undefined) return d.file
   }
   return undefined
+}
+
+/** The newer of two recorded resyncs of a diverged mirror (either may be absent). */
+function newerResync(a: DivergedResync | undefined, b: DivergedResync | undefined): DivergedResync | undefined {
+  if (a === undefined) return b
+  if (b === undefined) return a
+  return b.cycle >= a.cycle ? b : a
+}
+
+/**
+ * The resync of a mirror marked diverged that disk `disk` of point `cycle`
+ * reads through, if any: the newest recorded in the point files of its
+ * chain (the oldest point ≥ `cycle` holding the disk, then each newer one,
+ * up to the mirror or a base point, which ends the chain). Such a point reads
+ * the blocks that resync rewrote as the mirror held them before it — the
+ * damage it repaired, when the mirror was damaged — so only a whole-disk
+ * (certify) digest recorded at the point's cycle proves a restore of it. Pure.
+ */
+export function divergedResyncUnder(state: VmStateFile, disk: string, cycle: number): DivergedResync | undefined {
+  let found: DivergedResync | undefined
+  for (const p of pointsOf(state)) {
+    if (p.cycle < cycle) continue
+    const d = p.disks[disk]
+    if (d === undefined) continue
+    found = newerResync(found, d.divergedResync)
+    if (d.base === true) break
+  }
+  return found
 }
 
 /**
@@ -275,6 +317,8 @@ export interface CommittedIncrement {
   readonly bytes: number
   /** `file` is a base point: the disk's old mirror, replaced by a seed, kept whole ({@link PointDisk.base}) */
   readonly base?: true
+  /** `file` holds what a resync of a mirror marked diverged overwrote ({@link PointDisk.divergedResync}) */
+  readonly divergedResync?: DivergedResync
 }
 
 /** The point part of a commit: the VM's points after it and the roll-forward work. */
@@ -325,6 +369,7 @@ export function planCommitPoints(state: VmStateFile, incs: readonly CommittedInc
       ...(rec.trivial === undefined ? {} : { trivial: rec.trivial }),
       ...(rec.certify === undefined ? {} : { certify: rec.certify }),
       ...(i.base === true ? { base: true as const } : {}),
+      ...(i.divergedResync === undefined ? {} : { divergedResync: i.divergedResync }),
     }
     // a base point has no parent: it is the whole disk
     if (i.base !== true) links.push({ disk: i.disk, file: i.file, parent: null })
@@ -379,7 +424,15 @@ export function dropPoints(points: readonly PointRecord[], drop: readonly number
         const od = older.disks[disk] as PointDisk
         merges.push({ child: od.file, parent: d.file })
         removePoints.push(od.file)
-        pts[j] = { ...older, disks: { ...older.disks, [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes, ...(d.base === true ? { base: true as const } : {}) } } }
+        // the merged file holds the older grains over the newer: what either recorded of a diverged mirror's resync stays
+        const divergedResync = newerResync(od.divergedResync, d.divergedResync)
+        pts[j] = {
+          ...older,
+          disks: {
+            ...older.disks,
+            [disk]: { ...od, file: d.file, bytes: od.bytes + d.bytes, ...(d.base === true ? { base: true as const } : {}), ...(divergedResync === undefined ? {} : { divergedResync }) },
+          },
+        }
       } else if (idx > 0) {
         const prev = pts[idx - 1] as PointRecord
         pts[idx - 1] = { ...prev, disks: { ...prev.disks, [disk]: d } }

@@ -465,7 +465,16 @@ export class VmMirror {
         const base = file === undefined ? await this.basePoint(a.info, opts) : undefined
         if (base !== undefined) bases.push(base)
         else if (file === undefined && a.info.baseCopy !== undefined) brokenCopies.push(a.info.baseCopy)
-        incs.push(base ?? { disk: a.info.name, file, bytes: file === undefined ? 0 : await pointBytes(this.paths, file) })
+        // a resync of a mirror marked diverged: its increment holds what the damaged mirror held (points.ts divergedResyncUnder)
+        const diverged = a.info.mode === 'resync' && file !== undefined ? this.current.disks[a.info.name]?.diverged : undefined
+        incs.push(
+          base ?? {
+            disk: a.info.name,
+            file,
+            bytes: file === undefined ? 0 : await pointBytes(this.paths, file),
+            ...(diverged === undefined ? {} : { divergedResync: { cycle, reason: diverged.reason } }),
+          },
+        )
       }
       const planned = planCommitPoints(this.current, incs)
       const plan = await this.withPointConfig(planned)

@@ -2,7 +2,7 @@ import t from 'tap'
 import type { RetentionSpec } from '@grainline/protocol'
 import { ReceiverError, keepsPoints, parseGfs, parseRetention, pointsToDrop, type RetainedPoint, type RetentionPolicy } from '../src/index.ts'
 import { effectiveRetention, parseRetentionLimits, policyFromSpec, specFromPolicy } from '../src/retention.ts'
-import { dropPoints, planCommitPoints, type PointRecord } from '../src/points.ts'
+import { divergedResyncUnder, dropPoints, planCommitPoints, type PointRecord } from '../src/points.ts'
 import { emptyState, type VmStateFile } from '../src/state-file.ts'
 
 const H = 3_600_000
@@ -185,6 +185,67 @@ t.test('planCommitPoints: links the new point onto the mirror and the previous n
   t.match(seeded.droppedAll, /without a reverse increment/)
   const fresh = planCommitPoints({ ...st, points: [] }, [{ disk: 'new.vmdk', file: undefined, bytes: 0 }])
   t.same(fresh, { points: [], links: [], removePoints: [] }, 'a new disk without points changes nothing')
+})
+
+t.test('a resync of a diverged mirror: recorded with its increment, kept through merges and hand-overs, found under every older point up to a base', async (t) => {
+  const rs = (cycle: number) => ({ cycle, reason: `check ${cycle} failed` })
+  const dd = (f: string, o: { base?: boolean; resync?: number } = {}) => ({
+    file: f,
+    stem: 'd',
+    capacity: 1,
+    bytes: 1,
+    ddb: {},
+    ...(o.base === true ? { base: true as const } : {}),
+    ...(o.resync === undefined ? {} : { divergedResync: rs(o.resync) }),
+  })
+  const p = (cycle: number, a?: { base?: boolean; resync?: number }): PointRecord => ({ cycle, committedAt: '', generation: '', disks: a === undefined ? {} : { a: dd(`a.p${cycle}`, a) } })
+  const st = (points: PointRecord[]): VmStateFile => ({ ...emptyState('v'), committedCycle: 9, points })
+  // points 1..5; the resync at cycle 4 left its increment as point 3; point 2 holds a base (a re-seed's old mirror)
+  const pts = [p(1, {}), p(2, { base: true }), p(3, { resync: 4 }), p(4), p(5, {})]
+  const under = (ps: PointRecord[], c: number) => divergedResyncUnder(st(ps), 'a', c)?.cycle ?? null
+  t.same(
+    [1, 2, 3, 4, 5, 9].map((c) => under(pts, c)),
+    [null, null, 4, null, null, null],
+    'point 3 reads its own increment (the resync): flagged; points 1–2 end at the base; 4, 5 and the mirror are newer',
+  )
+  const noBase = [p(1, {}), p(2, {}), p(3, { resync: 4 }), p(4), p(5, {})]
+  t.same(
+    [1, 2, 3, 4].map((c) => under(noBase, c)),
+    [4, 4, 4, null],
+    'without a base every older point reads through it',
+  )
+  t.equal(divergedResyncUnder(st(noBase), 'b', 1), undefined, 'another disk: nothing')
+  // dropping point 3: point 2's increment merges into the resync's file, which keeps the mark
+  const m = dropPoints(noBase, [3])
+  t.same(m.merges, [{ child: 'a.p2', parent: 'a.p3' }])
+  t.same(m.points.find((x) => x.cycle === 2)?.disks['a']?.divergedResync, rs(4), 'the merged file keeps the mark')
+  t.same(
+    [1, 2].map((c) => under(m.points, c)),
+    [4, 4],
+    'the older points still read through it',
+  )
+  // dropping point 3 whose disk point 4 does not hold: the file passes to point 4 with its mark
+  const h = dropPoints([p(1, {}), p(2), p(3, { resync: 5 })], [3])
+  t.same(h.points.find((x) => x.cycle === 2)?.disks['a']?.divergedResync, rs(5), 'the handed-over file keeps the mark')
+  // two resyncs merged: the newer is named
+  const two = dropPoints([p(1, { resync: 2 }), p(2, { resync: 3 })], [2])
+  t.same(two.points[0]?.disks['a']?.divergedResync, rs(3), 'the newer of two marks')
+  // planCommitPoints carries the mark of a resync's increment into the new point
+  const rec = {
+    name: 'a',
+    stem: 'd',
+    capacity: 1,
+    size: 1,
+    cycle: 9,
+    committedAt: 'x',
+    source: { layers: [], successor: '' },
+    cycleId: '',
+    mirrorCid: 'aaaaaaaa',
+    ddb: {},
+    cycleDigest: { algorithm: 'sha256' as const, digest: '' },
+  }
+  const plan = planCommitPoints({ ...st([]), disks: { a: rec } }, [{ disk: 'a', file: 'a.p9', bytes: 1, divergedResync: rs(10) }])
+  t.same(plan.points[0]?.disks['a']?.divergedResync, rs(10))
 })
 
 const NONE: RetentionSpec = { keep: 0, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 }

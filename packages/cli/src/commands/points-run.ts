@@ -65,6 +65,28 @@ export function renderPoints(vm: string, points: readonly PointInfo[], inflightC
     p.held ? 'held' : '-',
   ])
   const lines = [`${vm}: ${points.length - 1} restore point(s) and the mirror`, '', table(['point', 'committed', 'size', 'trivial', 'certify', 'held'], rows)]
+  // points older than a resync of a diverged mirror read what it repaired as the damaged mirror held it (points.ts divergedResyncUnder)
+  const groups = new Map<string, Array<{ cycle: number; certified: boolean; disk: string; resync: { cycle: number; reason: string } }>>()
+  for (const p of points)
+    for (const d of p.disks) {
+      if (d.divergedResync === undefined) continue
+      const key = `${d.name}\0${d.divergedResync.cycle}`
+      const list = groups.get(key) ?? []
+      list.push({ cycle: p.cycle, certified: d.certify?.ok === true, disk: d.name, resync: d.divergedResync })
+      groups.set(key, list)
+    }
+  for (const group of groups.values()) {
+    const first = group[0] as (typeof group)[number]
+    const unproven = group.filter((x) => !x.certified).map((x) => x.cycle)
+    lines.push(
+      '',
+      `point(s) ${group.map((x) => x.cycle).join(', ')} predate the resync at cycle ${first.resync.cycle} that repaired the mirror of ${first.disk} (marked diverged: ${first.resync.reason}): they read the blocks it rewrote as the mirror held them then, which may be the damage it repaired. ${
+        unproven.length === 0
+          ? 'Each has a whole-disk certify digest, which a restore checks.'
+          : `A restore of point(s) ${unproven.join(', ')} cannot prove that disk (no whole-disk certify digest at that cycle): prefer a point at or after cycle ${first.resync.cycle}.`
+      }`,
+    )
+  }
   if (inflightCycle !== 0) lines.push('', `cycle ${inflightCycle} is in flight: points cannot be restored or pruned until it commits or is rolled back`)
   return lines.join('\n') + '\n'
 }

@@ -87,8 +87,21 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
           ? 'NOT verified: no certify or trivial digest was recorded at that cycle'
           : `verified against the ${d.verified === 'certify' ? 'certify (whole disk)' : 'trivial-check (prefix)'} digest recorded at that cycle${d.sourceChecked ? '' : ' (that check had FAILED against the source)'}`
       lines.push(`  ${d.name}: ${formatBytes(d.capacity)}, ${how}`)
+      if (d.divergedResync !== undefined) lines.push(`  ${divergedResyncWarning(d.name, r.cycle, d.divergedResync, d.verified)}`)
     }
     ctx.write(lines.join('\n') + '\n')
   }
   return ExitCode.Ok
+}
+
+/**
+ * What a restored point that predates a resync of a diverged mirror means
+ * (points.ts divergedResyncUnder): proven by a certify digest of its cycle,
+ * or possibly holding the damage the resync repaired.
+ */
+export function divergedResyncWarning(disk: string, cycle: number, r: { readonly cycle: number; readonly reason: string }, verified: 'certify' | 'trivial' | 'none'): string {
+  const what = `point ${cycle} was taken before the resync at cycle ${r.cycle} repaired the mirror of ${disk} (marked diverged: ${r.reason}) and reads the blocks that resync rewrote as the mirror held them then`
+  if (verified === 'certify') return `note: ${what}; the whole-disk certify digest recorded at cycle ${cycle} matched, so this disk is as it was`
+  const checked = verified === 'trivial' ? 'only the trivial-check prefix of the disk was recorded at that cycle' : 'no digest of the disk was recorded at that cycle'
+  return `WARNING: ${what} — which may be the damage the resync repaired — and ${checked}: check the restored VM before trusting it, or restore a point taken at or after cycle ${r.cycle}`
 }
