@@ -13,6 +13,7 @@ import { open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
+import { storeOverview } from '@grainline/receiver'
 import { replicateCli, runCli, startSite, type Site, expectedView } from '@grainline/e2e'
 import { failIfLingering, firstDifference, scratchDir } from '@grainline/test-utils'
 
@@ -172,6 +173,18 @@ t.test('a point older than a resync of a damaged mirror, checked by a prefix onl
     text.stdout,
     /point\(s\) 1, 2, 3 predate the resync at cycle 4 .*A restore of point\(s\) 1, 2, 3 cannot prove that disk .*prefer a point at or after cycle 4/s,
     'points says which points cannot be proven',
+  )
+
+  // the dashboard's overview marks them too
+  const ov = await storeOverview(s.store)
+  t.same(
+    ov.vms.find((v) => v.vm === 'pfx')?.restorePoints.map((p) => [p.cycle, p.unprovenBeforeRepair ?? null]),
+    [
+      [1, 4],
+      [2, 4],
+      [3, 4],
+    ],
+    'the overview names the repair each point predates',
   )
 
   const r1 = await runCli(['restore', '--store', s.store, '--vm', 'pfx', '--point', '1', '--to', join(dir, 'r1')])

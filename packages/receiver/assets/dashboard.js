@@ -51,6 +51,10 @@
     if (p === null) return 'never fully proven'
     return `fully proven by ${p.kind} at cycle ${p.cycle}, ${new Date(p.at).toLocaleString()}`
   }
+  /** A point older than a resync that repaired the mirror, with no certify digest to prove it (store-overview.ts unprovenBeforeRepair). */
+  function beforeRepair(p) {
+    return p.unprovenBeforeRepair === undefined ? '' : ` (before the repair at cycle ${p.unprovenBeforeRepair}: unproven)`
+  }
   function checkText(d) {
     const parts = []
     parts.push(`trivial ${d.trivial === null ? 'never run' : d.trivial.ok ? 'ok' : 'MISMATCH'}`)
@@ -98,7 +102,9 @@
       const committed = el('td', {}, [vm.committedCycle > 0 ? `cycle ${vm.committedCycle}, ${new Date(vm.committedAt).toLocaleString()}` : 'never'])
       const rpo = el('td', {}, [badge(vm.rpo.state, `${vm.rpo.state}: ${duration(vm.rpo.ageSeconds)} ${vm.rpo.ageSeconds === null ? '' : 'old '}(target ${duration(vm.rpo.targetSeconds)})`)])
       const checks = el('td', {}, [badge(checksState(vm), checksState(vm)), ...vm.disks.map((d) => el('div', { class: 'hint' }, [checkText(d)]))])
-      const points = el('td', {}, [vm.restorePoints.length === 0 ? 'none' : `${vm.restorePoints.length}: ${vm.restorePoints.map((p) => `cycle ${p.cycle}${p.held ? ' (held)' : ''}`).join(', ')}`])
+      const points = el('td', {}, [
+        vm.restorePoints.length === 0 ? 'none' : `${vm.restorePoints.length}: ${vm.restorePoints.map((p) => `cycle ${p.cycle}${p.held ? ' (held)' : ''}${beforeRepair(p)}`).join(', ')}`,
+      ])
       rows.push(el('tr', { 'data-vm': vm.vm }, [name, state, committed, rpo, checks, el('td', {}, [liveCell(vm)]), points, el('td', {}, [bytes(vm.usedBytes)])]))
     }
     if (rows.length === 0) rows.push(el('tr', {}, [el('td', { colspan: '8' }, ['No mirrors in the store yet.'])]))
@@ -167,7 +173,7 @@
           ]),
         ),
       )
-    const points = vm.restorePoints.map((p) => el('li', {}, [`cycle ${p.cycle}, ${new Date(p.committedAt).toLocaleString()}, ${bytes(p.bytes)}${p.held ? ', held' : ''}`]))
+    const points = vm.restorePoints.map((p) => el('li', {}, [`cycle ${p.cycle}, ${new Date(p.committedAt).toLocaleString()}, ${bytes(p.bytes)}${p.held ? ', held' : ''}${beforeRepair(p)}`]))
     document.getElementById('points').replaceChildren(...(points.length > 0 ? points : [el('li', {}, ['none'])]))
     const h = d.history
     document.getElementById('charts').replaceChildren(

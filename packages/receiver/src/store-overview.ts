@@ -48,6 +48,13 @@ export interface OverviewPoint {
   /** bytes its own increments take */
   readonly bytes: number
   readonly held: boolean
+  /**
+   * the cycle of a resync of a mirror marked diverged that this point
+   * predates, when no certify digest of its cycle proves the disks that read
+   * through it (points-admin.ts PointDiskInfo.divergedResync): it may hold
+   * the damage that resync repaired
+   */
+  readonly unprovenBeforeRepair?: number
 }
 
 /** One VM of the overview. */
@@ -129,7 +136,13 @@ export function folderStoreReader(storeDir: string): StoreReader {
       let restorePoints: OverviewPoint[] = []
       if ((v.points ?? []).length > 0) {
         restorePoints = await listPoints(storeDir, v.vm).then(
-          (l) => l.points.filter((p) => !p.current).map((p) => ({ cycle: p.cycle, committedAt: p.committedAt, bytes: p.bytes, held: p.held })),
+          (l) =>
+            l.points
+              .filter((p) => !p.current)
+              .map((p) => {
+                const repair = p.disks.find((d) => d.divergedResync !== undefined && d.certify?.ok !== true)?.divergedResync
+                return { cycle: p.cycle, committedAt: p.committedAt, bytes: p.bytes, held: p.held, ...(repair === undefined ? {} : { unprovenBeforeRepair: repair.cycle }) }
+              }),
           () => [],
         )
       }
