@@ -457,7 +457,7 @@ const DESPITE_RISK: Readonly<Record<ArchiveRunKind, string>> = {
   restore:
     'if that prune is alive it may delete chunks this restore reads, which then fails (a chunk missing, or not matching its sha256) and removes what it wrote, never leaving a folder that looks restored',
   archive:
-    "if that prune is alive it may delete chunks this archive finds already in the bucket and does not upload again: the point's manifest would then name chunks that are gone, and a restore --from of it fail (E_ARCHIVE, missing) until that manifest is deleted and the point archived again",
+    'if that prune is alive it may delete chunks this archive finds already in the bucket: each chunk is uploaded again rather than trusted, and every chunk a manifest names is checked before and after it is written (one gone is uploaded again, warned; one the prune keeps deleting fails the archive, E_ARCHIVE, leaving no manifest naming it) — a point archived so costs its whole size on the wire',
   prune: '',
 }
 
