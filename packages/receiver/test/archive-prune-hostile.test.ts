@@ -49,6 +49,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
 import {
   archivePoints,
+  checkArchivedPoint,
   listArchivedPoints,
   LISTING_SPARE_PAGES,
   LOCK_HELD_MS,
@@ -1375,5 +1376,22 @@ t.test(
       [dead],
       'the run lock released',
     )
+  },
+)
+
+t.test(
+  'checkArchivedPoint: a chunk the manifest names with no version in the bucket is an E_ARCHIVE_CHUNK_MISSING finding naming it; one hidden behind a delete marker is not (a restore reads through it)',
+  async (t) => {
+    const { s3, bucket, a, b } = await setUp(t)
+    t.same(await checkArchivedPoint(bucket, 'p/', 'web', 1), { cycle: 1, manifest: manifestKey('p/', 'web', 1), chunks: 1, missing: [] }, 'whole')
+    s3.hide(chunkKey('p/', a))
+    t.same((await checkArchivedPoint(bucket, 'p/', 'web', 1)).missing, [], 'hidden behind a marker: restorable, not missing')
+    s3.objects.delete(chunkKey('p/', b))
+    t.same(
+      await checkArchivedPoint(bucket, 'p/', 'web', 2),
+      { cycle: 2, manifest: manifestKey('p/', 'web', 2), chunks: 1, missing: [{ code: 'E_ARCHIVE_CHUNK_MISSING', key: chunkKey('p/', b), sha256: b, holds: 'disk d.vmdk at offset 0' }] },
+      'gone: the finding names the key and what it holds',
+    )
+    await t.rejects(checkArchivedPoint(bucket, 'p/', 'web', 3), { code: 'E_ARCHIVE' }, 'no manifest: E_ARCHIVE')
   },
 )
