@@ -1228,6 +1228,20 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
   t.match(w.lines.join(''), /p\/locks\/prune-dead .* is of a run that died: .*Ignored, and left as it is \(these credentials may not delete it\); the restore --from s3:\/\/… goes on/)
   t.same(locks(), ['p/locks/prune-dead'], 'left')
   s3.hostility.readOnly = false
+
+  // a dead run's lock of this host of a kind the run does not exclude (an archive's, a restore's beside an archive):
+  // deleted too — it would refuse a prune on another host, which cannot judge it, until stale; a live one and one of
+  // another host are left
+  s3.objects.delete('p/locks/prune-dead')
+  plant('p/locks/archive-dead', { host: here, machine: body['machine'], pid: gone })
+  plant('p/locks/restore-dead', { host: here, machine: body['machine'], pid: gone })
+  plant('p/locks/archive-live', { host: here, machine: body['machine'], pidns: body['pidns'], pid: process.pid, boot: body['boot'], start: body['start'] })
+  plant('p/locks/archive-foreign', { host: 'dr-host-4', pid: gone })
+  w = capture()
+  await archive(w.logger)
+  t.match(w.lines.join(''), /the lock p\/locks\/archive-dead of a points archive .* is of a run that died: no process \d+ runs on this host\. Ignored, and deleted; the points archive goes on/)
+  t.match(w.lines.join(''), /the lock p\/locks\/restore-dead of a restore --from s3:\/\/… .* is of a run that died: .*Ignored, and deleted/)
+  t.same(locks(), ['p/locks/archive-foreign', 'p/locks/archive-live'], 'the dead ones deleted; a live one and one of another host left')
 })
 
 t.test(
