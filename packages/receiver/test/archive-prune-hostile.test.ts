@@ -357,6 +357,12 @@ class TinyS3 {
 
 const digest = (s: string): string => createHash('sha256').update(s).digest('hex')
 
+/** A logger at `warn` and the lines it wrote. */
+function captureWarnings(): { lines: string[]; logger: Logger } {
+  const lines: string[] = []
+  return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
+}
+
 /** A run lock `key` (its kind from the key) whose body holds `fields`, written `ageMs` ago by the S3 server's clock (the time in its body too). */
 function plantLock(s3: TinyS3, key: string, fields: Record<string, unknown>, ageMs: number): Date {
   const at = new Date(s3.now().getTime() - ageMs)
@@ -1102,10 +1108,7 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
   const plant = (key: string, body: Record<string, unknown>): Date => plantLock(s3, key, body, 10 * MIN)
   const locks = (): string[] => s3.keys().filter((k) => k.startsWith('p/locks/'))
   const archive = async (logger: Logger = log) => await archivePoints(store, vm, undefined, { logger, bucket, prefix: 'p/' })
-  const capture = (): { lines: string[]; logger: Logger } => {
-    const lines: string[] = []
-    return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
-  }
+  const capture = captureWarnings
 
   // the body this grainline writes: this host, its machine id and pid namespace, its pid, boot id and start time
   const known = (read: () => string): string | undefined => {
@@ -1296,13 +1299,11 @@ t.test(
 t.test(
   'archivePoints despiteLock beside a prune alive after all: no manifest naming a chunk the prune deleted — a chunk gone before or after the manifest is uploaded again; one gone after every upload is refused (E_ARCHIVE), no manifest left',
   async (t) => {
-    const vm = 'web-live-prune'
-    const data = pattern(2 * ARCHIVE_CHUNK_BYTES, 23)
-    const { store, s3, bucket } = await seededStore(t, vm, data)
-    const dead = 'p/locks/prune-dead'
-    const x = createHash('sha256').update(data.subarray(0, ARCHIVE_CHUNK_BYTES)).digest('hex')
-    const xKey = chunkKey('p/', x)
+    // a 2-chunk disk; x: its first chunk, the one the live prune deletes
+    const [vm, data, dead] = ['web-live-prune', pattern(2 * ARCHIVE_CHUNK_BYTES, 23), 'p/locks/prune-dead']
+    const xKey = chunkKey('p/', createHash('sha256').update(data.subarray(0, ARCHIVE_CHUNK_BYTES)).digest('hex'))
     const mKey = manifestKey('p/', vm, 1)
+    const { store, s3, bucket } = await seededStore(t, vm, data)
     const reset = (): void => {
       s3.objects.clear()
       Object.assign(s3.hostility, { afterHead: undefined, afterPut: undefined })
@@ -1322,10 +1323,7 @@ t.test(
       const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), what.replace(/\W+/g, '-')), { logger: log, despiteLock: dead })
       t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), `${what}: restored byte-exact`)
     }
-    const capture = (): { lines: string[]; logger: Logger } => {
-      const lines: string[] = []
-      return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
-    }
+    const capture = captureWarnings
 
     // 1. the prune's deletion lands right after the archive found the chunk present (an old unreferenced chunk)
     reset()
