@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs'
 import { readdir, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, ListObjectVersionsCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import { createSampleVm } from '@grainline/agent'
 import { failIfLingering, firstDifference, qemuRaw, scratchDir, startCephCluster } from '@grainline/test-utils'
 import { startSite, replicateCli, rgwArchive, runCli } from '@grainline/e2e'
@@ -193,6 +193,27 @@ t.test('restore --from --despite-lock: beside the named dead prune lock only, wa
       'warned, naming the key, host, pid and times',
     )
     t.same(await locks(), [], 'the dead lock deleted, no archive lock left')
+
+    // points archived --check: every chunk the manifests name is there; one deleted behind the archive's back is named
+    const check = async () => await runCli(['points', 'archived', '--vm', name, '--archive', 's3://dr-archive/site-a', ...endpoint, '--s3-credentials', rwCreds, '--check'])
+    const whole = await check()
+    t.equal(whole.code, 0, `checked: ${whole.stderr}`)
+    t.match(whole.stdout, /point 1: checked, its \d+ chunk\(s\) and file\(s\) are all in the bucket/)
+    const versions = await s3.send(new ListObjectVersionsCommand({ Bucket: 'dr-archive', Prefix: 'site-a/chunks/' }))
+    const victim = versions.Versions?.[0]?.Key as string
+    for (const v of versions.Versions ?? []) if (v.Key === victim) await s3.send(new DeleteObjectCommand({ Bucket: 'dr-archive', Key: victim, VersionId: v.VersionId }))
+    const broken = await check()
+    t.equal(broken.code, 1, 'a point naming a missing chunk: exit 1')
+    t.match(
+      broken.stdout,
+      new RegExp(
+        `point 1: E_ARCHIVE_CHUNK_MISSING: its manifest s3://dr-archive/site-a/vms/${name}/points/000000000001\\.json names 1 of its \\d+ chunk\\(s\\) and file\\(s\\) that are not in the bucket, so its restore --from fails: s3://dr-archive/${victim.replace(/[/.-]/g, (c) => `\\${c}`)} \\((disk \\S+ at offset \\d+|configuration file \\S+)\\)\\. Delete that manifest`,
+      ),
+      'the finding names the manifest, the chunk and what it holds',
+    )
+    const usage = await runCli(['points', 'list', '--store', site.store, '--vm', name, '--check'])
+    t.equal(usage.code, 2, `--check on another action: usage error: ${usage.stderr}`)
+    t.match(usage.stderr, /--check goes with points archived, not points list/)
   })
 
   t.test('a key not of a prune lock under the archive’s locks/: usage error (exit 2) before anything runs', async (t) => {

@@ -52,6 +52,7 @@ t.test('usage errors exit 2 before anything runs', async (t) => {
       ['points', 'archive', '--store', '/s', '--vm', 'v', '--archive', 's3://dr-archive/p', '--despite-lock', 'p/locks/restore-1'],
       /--despite-lock p\/locks\/restore-1: want the key of a points archive-prune lock of this archive, p\/locks\/prune-…/,
     ],
+    [['points', 'archive', '--store', '/s', '--vm', 'v', '--archive', 's3://dr-archive/p', '--check'], /--check goes with points archived, not points archive/],
   ]
   for (const [args, re] of cases) {
     const r = await runNode(bin, args)

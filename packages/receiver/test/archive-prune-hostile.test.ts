@@ -49,6 +49,7 @@ import { scratchDir } from '@grainline/test-utils'
 import { mock } from 'node:test'
 import {
   archivePoints,
+  checkArchivedPoint,
   listArchivedPoints,
   LISTING_SPARE_PAGES,
   LOCK_HELD_MS,
@@ -83,6 +84,8 @@ interface Hostility {
   afterDelete?: (key: string) => void
   /** called after a key is written */
   afterPut?: (key: string) => void
+  /** called after a HEAD of a key that is there was answered */
+  afterHead?: (key: string) => void
   /** a GET of this key answers chunked (no Content-Length) with up to 128 MiB of zeros; `sent` counts what the socket took */
   endless?: { key: string; sent: number; done?: Promise<void> }
   /** every PUT and DELETE refused 403 AccessDenied (credentials that may only read) */
@@ -342,6 +345,7 @@ class TinyS3 {
     res.setHeader('etag', '"e"')
     res.setHeader('x-amz-version-id', v.id)
     res.end(req.method === 'HEAD' ? undefined : v.body)
+    if (req.method === 'HEAD') this.hostility.afterHead?.(key)
   }
 
   /** the current version of `key`; undefined when a delete marker hides it */
@@ -352,6 +356,12 @@ class TinyS3 {
 }
 
 const digest = (s: string): string => createHash('sha256').update(s).digest('hex')
+
+/** A logger at `warn` and the lines it wrote. */
+function captureWarnings(): { lines: string[]; logger: Logger } {
+  const lines: string[] = []
+  return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
+}
 
 /** A run lock `key` (its kind from the key) whose body holds `fields`, written `ageMs` ago by the S3 server's clock (the time in its body too). */
 function plantLock(s3: TinyS3, key: string, fields: Record<string, unknown>, ageMs: number): Date {
@@ -1098,10 +1108,7 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
   const plant = (key: string, body: Record<string, unknown>): Date => plantLock(s3, key, body, 10 * MIN)
   const locks = (): string[] => s3.keys().filter((k) => k.startsWith('p/locks/'))
   const archive = async (logger: Logger = log) => await archivePoints(store, vm, undefined, { logger, bucket, prefix: 'p/' })
-  const capture = (): { lines: string[]; logger: Logger } => {
-    const lines: string[] = []
-    return { lines, logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) }) }
-  }
+  const capture = captureWarnings
 
   // the body this grainline writes: this host, its machine id and pid namespace, its pid, boot id and start time
   const known = (read: () => string): string | undefined => {
@@ -1224,6 +1231,20 @@ t.test('a lock of a run that died on this host (its pid gone, reused, or of an e
   t.match(w.lines.join(''), /p\/locks\/prune-dead .* is of a run that died: .*Ignored, and left as it is \(these credentials may not delete it\); the restore --from s3:\/\/… goes on/)
   t.same(locks(), ['p/locks/prune-dead'], 'left')
   s3.hostility.readOnly = false
+
+  // a dead run's lock of this host of a kind the run does not exclude (an archive's, a restore's beside an archive):
+  // deleted too — it would refuse a prune on another host, which cannot judge it, until stale; a live one and one of
+  // another host are left
+  s3.objects.delete('p/locks/prune-dead')
+  plant('p/locks/archive-dead', { host: here, machine: body['machine'], pid: gone })
+  plant('p/locks/restore-dead', { host: here, machine: body['machine'], pid: gone })
+  plant('p/locks/archive-live', { host: here, machine: body['machine'], pidns: body['pidns'], pid: process.pid, boot: body['boot'], start: body['start'] })
+  plant('p/locks/archive-foreign', { host: 'dr-host-4', pid: gone })
+  w = capture()
+  await archive(w.logger)
+  t.match(w.lines.join(''), /the lock p\/locks\/archive-dead of a points archive .* is of a run that died: no process \d+ runs on this host\. Ignored, and deleted; the points archive goes on/)
+  t.match(w.lines.join(''), /the lock p\/locks\/restore-dead of a restore --from s3:\/\/… .* is of a run that died: .*Ignored, and deleted/)
+  t.same(locks(), ['p/locks/archive-foreign', 'p/locks/archive-live'], 'the dead ones deleted; a live one and one of another host left')
 })
 
 t.test(
@@ -1255,7 +1276,7 @@ t.test(
     )
     t.match(
       lines.join(''),
-      /going on beside the lock p\/locks\/prune-dead of a points archive-prune \(host dr-host-9 pid 99 since .*, fresh\), as --despite-lock asked: if that prune is alive it may delete chunks this archive finds already in the bucket and does not upload again: the point's manifest would then name chunks that are gone/,
+      /going on beside the lock p\/locks\/prune-dead of a points archive-prune \(host dr-host-9 pid 99 since .*, fresh\), as --despite-lock asked: if that prune is alive it may delete chunks this archive finds already in the bucket: each chunk is uploaded again rather than trusted, and every chunk a manifest names is checked before and after it is written/,
       'warned, naming the lock and the risk',
     )
     t.same(
@@ -1272,5 +1293,117 @@ t.test(
     }
     await t.rejects(takeRunLock(bucket, 'p/', 'prune', log, { despiteLock: dead }), { code: 'E_CONFIG', message: /--despite-lock is an option of .* not of points archive-prune/ })
     t.same(s3.keys(), before, 'nothing written')
+  },
+)
+
+t.test(
+  'archivePoints despiteLock beside a prune alive after all: no manifest naming a chunk the prune deleted — a chunk gone before or after the manifest is uploaded again; one gone after every upload is refused (E_ARCHIVE), no manifest left',
+  async (t) => {
+    // a 2-chunk disk; x: its first chunk, the one the live prune deletes
+    const [vm, data, dead] = ['web-live-prune', pattern(2 * ARCHIVE_CHUNK_BYTES, 23), 'p/locks/prune-dead']
+    const xKey = chunkKey('p/', createHash('sha256').update(data.subarray(0, ARCHIVE_CHUNK_BYTES)).digest('hex'))
+    const mKey = manifestKey('p/', vm, 1)
+    const { store, s3, bucket } = await seededStore(t, vm, data)
+    const reset = (): void => {
+      s3.objects.clear()
+      Object.assign(s3.hostility, { afterHead: undefined, afterPut: undefined })
+      plantLock(s3, dead, { host: 'dr-host-9', pid: 99 }, 10 * MIN)
+    }
+    // every chunk the manifest in the bucket names is there, and the point restores byte-exact
+    const restorable = async (what: string): Promise<void> => {
+      const body = s3.objects.get(mKey)?.at(-1)?.body
+      if (body === undefined) throw new Error(`${what}: no manifest`)
+      const m = JSON.parse(body.toString('utf8')) as ArchiveManifest
+      const named = m.disks.flatMap((d) => d.chunks).filter((c): c is string => c !== null)
+      t.same(
+        named.filter((c) => s3.objects.get(chunkKey('p/', c)) === undefined),
+        [],
+        `${what}: every chunk the manifest names is in the bucket`,
+      )
+      const r = await restoreFromArchive(bucket, 'p/', vm, 1, join(scratchDir(t), what.replace(/\W+/g, '-')), { logger: log, despiteLock: dead })
+      t.ok((await readFile(r.disks[0]?.flat as string)).equals(data), `${what}: restored byte-exact`)
+    }
+    const capture = captureWarnings
+
+    // 1. the prune's deletion lands right after the archive found the chunk present (an old unreferenced chunk)
+    reset()
+    s3.put(xKey, data.subarray(0, ARCHIVE_CHUNK_BYTES), old)
+    s3.hostility.afterHead = (key) => {
+      if (key !== xKey) return
+      s3.hostility.afterHead = undefined
+      s3.objects.delete(xKey)
+    }
+    let w = capture()
+    const [done] = await archivePoints(store, vm, undefined, { logger: w.logger, bucket, prefix: 'p/', despiteLock: dead })
+    t.equal(done?.archived, true, 'archived')
+    t.equal(done?.reuploaded, 1, 'the chunk the prune deleted was uploaded again')
+    t.match(
+      w.lines.join(''),
+      /point 1 of VM web-live-prune: 1 chunk\(s\) uploaded or found present are gone .*: a points archive-prune is deleting from the archive, so the lock p\/locks\/prune-dead given to --despite-lock is of a live run\. Uploading them again/,
+      'warned: the named lock is of a live run',
+    )
+    await restorable('deleted after its check')
+
+    // 2. deleted once the manifest is written (a prune that read the manifests before it): uploaded again
+    reset()
+    s3.hostility.afterPut = (key) => {
+      if (key !== mKey) return
+      s3.hostility.afterPut = undefined
+      s3.objects.delete(xKey)
+    }
+    w = capture()
+    t.equal((await archivePoints(store, vm, undefined, { logger: w.logger, bucket, prefix: 'p/', despiteLock: dead }))[0]?.reuploaded, 1, 'uploaded again after the manifest')
+    t.match(w.lines.join(''), /gone after its manifest was written \(s3:\/\/arch\/p\/chunks\/.*disk d\.vmdk at offset 0\)/)
+    await restorable('deleted after the manifest')
+
+    // 3. deleted after every upload, before the manifest: refused, no manifest written
+    reset()
+    s3.hostility.afterPut = (key) => {
+      if (key === xKey) s3.objects.delete(xKey)
+    }
+    await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', despiteLock: dead }), {
+      code: 'E_ARCHIVE',
+      message: new RegExp(
+        `point 1 of VM web-live-prune: chunk s3://arch/${xKey} \\(disk d\\.vmdk at offset 0\\) was gone again after each of 3 uploads: a points archive-prune is deleting from the archive, so the lock p/locks/prune-dead given to --despite-lock is of a live run\\. The manifest s3://arch/${mKey} was not written\\. Wait until that prune has ended`,
+      ),
+    })
+    t.equal(s3.objects.get(mKey), undefined, 'no manifest')
+
+    // 4. deleted after every upload once the manifest is written: the manifest is deleted again
+    reset()
+    let written = false
+    s3.hostility.afterPut = (key) => {
+      written ||= key === mKey
+      if (written && (key === mKey || key === xKey)) s3.objects.delete(xKey)
+    }
+    await t.rejects(archivePoints(store, vm, undefined, { logger: log, bucket, prefix: 'p/', despiteLock: dead }), {
+      code: 'E_ARCHIVE',
+      message:
+        /was gone again after each of 3 uploads: .* The manifest s3:\/\/arch\/p\/vms\/web-live-prune\/points\/000000000001\.json, written, was deleted again \(the next run archives the point again\)/,
+    })
+    t.equal(s3.objects.get(mKey), undefined, 'no manifest left naming the chunk')
+    s3.hostility.afterPut = undefined
+    t.same(
+      s3.keys().filter((k) => k.startsWith('p/locks/')),
+      [dead],
+      'the run lock released',
+    )
+  },
+)
+
+t.test(
+  'checkArchivedPoint: a chunk the manifest names with no version in the bucket is an E_ARCHIVE_CHUNK_MISSING finding naming it; one hidden behind a delete marker is not (a restore reads through it)',
+  async (t) => {
+    const { s3, bucket, a, b } = await setUp(t)
+    t.same(await checkArchivedPoint(bucket, 'p/', 'web', 1), { cycle: 1, manifest: manifestKey('p/', 'web', 1), chunks: 1, missing: [] }, 'whole')
+    s3.hide(chunkKey('p/', a))
+    t.same((await checkArchivedPoint(bucket, 'p/', 'web', 1)).missing, [], 'hidden behind a marker: restorable, not missing')
+    s3.objects.delete(chunkKey('p/', b))
+    t.same(
+      await checkArchivedPoint(bucket, 'p/', 'web', 2),
+      { cycle: 2, manifest: manifestKey('p/', 'web', 2), chunks: 1, missing: [{ code: 'E_ARCHIVE_CHUNK_MISSING', key: chunkKey('p/', b), sha256: b, holds: 'disk d.vmdk at offset 0' }] },
+      'gone: the finding names the key and what it holds',
+    )
+    await t.rejects(checkArchivedPoint(bucket, 'p/', 'web', 3), { code: 'E_ARCHIVE' }, 'no manifest: E_ARCHIVE')
   },
 )

@@ -19,6 +19,8 @@ import {
   closePoint,
   closeCommand,
   listArchivedPoints,
+  checkArchivedPoint,
+  type ArchivedPointCheck,
   KEEP_NONE_NEEDS_VM,
   pruneArchive,
   type ArchivePruneResult,
@@ -313,12 +315,31 @@ async function archiveAction(action: 'archive' | 'archived', store: string, vm: 
       )
       const cycles = points.map((p) => p.cycle)
       const hidden = points.filter((p) => p.hidden).map((p) => `  point ${p.cycle}: hidden behind a delete marker (restorable; delete every version to remove it)\n`)
+      // --check: every chunk each manifest names is in the bucket (a point naming a missing one does not restore)
+      const checks: ArchivedPointCheck[] = []
+      if (args['check'] === true) for (const p of points) checks.push(await checkArchivedPoint(bucket, prefix, vm, p.cycle))
+      const broken = checks.filter((c) => c.missing.length > 0)
+      const checked =
+        args['check'] !== true
+          ? ''
+          : checks
+              .map((c) =>
+                c.missing.length === 0
+                  ? `  point ${c.cycle}: checked, its ${c.chunks} chunk(s) and file(s) are all in the bucket\n`
+                  : `  point ${c.cycle}: E_ARCHIVE_CHUNK_MISSING: its manifest s3://${bucket.bucket}/${c.manifest} names ${c.missing.length} of its ${c.chunks} chunk(s) and file(s) that are not in the bucket, so its restore --from fails: ${c.missing
+                      .slice(0, 5)
+                      .map((m) => `s3://${bucket.bucket}/${m.key} (${m.holds})`)
+                      .join(
+                        ', ',
+                      )}${c.missing.length > 5 ? ', …' : ''}. Delete that manifest (every version; under --retain once its retention ends) and archive the point again while the store keeps it\n`,
+              )
+              .join('')
       ctx.write(
         json
-          ? JSON.stringify({ vm, archive: url, cycles, points }) + '\n'
-          : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${points.map((p) => `${p.cycle}${p.hidden ? ' (hidden)' : ''}`).join(', ')}`} in ${url}\n${hidden.join('')}`,
+          ? JSON.stringify({ vm, archive: url, cycles, points, ...(args['check'] === true ? { checks } : {}) }) + '\n'
+          : `${vm}: ${cycles.length === 0 ? 'no point' : `point(s) ${points.map((p) => `${p.cycle}${p.hidden ? ' (hidden)' : ''}`).join(', ')}`} in ${url}\n${hidden.join('')}${checked}`,
       )
-      return ExitCode.Ok
+      return broken.length === 0 ? ExitCode.Ok : ExitCode.Failed
     }
     const k = args['point']
     if (k !== undefined && (typeof k !== 'number' || !Number.isSafeInteger(k) || k < 1)) throw new UsageError('--point must be a cycle number')

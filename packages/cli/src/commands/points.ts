@@ -67,12 +67,18 @@ export const pointsCommand: CliCommand = {
       .option('despite-lock', {
         type: 'string',
         describe:
-          'archive: the key of one points archive-prune lock (PREFIX/locks/prune-…, as the refusal printed it) to archive beside. You assert that prune is dead (killed, its host lost; a lock of a process gone from this host is ignored without it): a live prune could delete chunks this archive finds already there and does not upload, leaving a point whose restore fails. Warned; any other prune lock still refuses',
+          'archive: the key of one points archive-prune lock (PREFIX/locks/prune-…, as the refusal printed it) to archive beside. You assert that prune is dead (killed, its host lost; a lock of a process gone from this host is ignored without it): a live prune could delete chunks this archive relies on, so every chunk is uploaded (the whole point on the wire, not its changes) and checked before and after the manifest is written (one gone is uploaded again, warned; one gone after 3 uploads fails the run with no manifest left). Warned; any other prune lock still refuses',
+      })
+      .option('check', {
+        type: 'boolean',
+        describe:
+          "archived: check that every chunk and file each point's manifest names is in the bucket (a HEAD each, not their contents: a restore checks those); a point naming a missing one is reported (E_ARCHIVE_CHUNK_MISSING, the chunk and what it holds: its restore would fail) and the exit code is 1",
       })
       .option('output', { alias: 'o', choices: ['human', 'json'] as const, default: 'human' as const })
       .check((a) => {
         if (a['despite-lock'] !== undefined && a['action'] !== 'archive')
           throw new UsageError(`--despite-lock goes with points archive (and restore --from), not points ${String(a['action'])}: only they refuse beside a prune's lock`)
+        if (a['check'] !== undefined && a['action'] !== 'archived') throw new UsageError(`--check goes with points archived, not points ${String(a['action'])}`)
         const s3Only = a['action'] === 'archived' || a['action'] === 'archive-prune'
         if (a['action'] !== 'archive-prune' && a['vm'] === undefined) throw new UsageError('--vm is required')
         if (!s3Only && a['store'] === undefined) throw new UsageError('--store is required')

@@ -32,7 +32,9 @@
  * (its pid not running; with the boot id and start time a lock records, a
  * pid of an earlier boot or reused by another process) is of a dead run, as
  * restic's `unlock` judges: warned of, deleted (nothing can rewrite it) and
- * ignored ({@link deadHolder}). A lock of another host, or of an older
+ * ignored ({@link deadHolder}); so is one of a kind the run does not exclude
+ * (it would refuse the other kind, on hosts that cannot judge it, until
+ * stale). A lock of another host, or of an older
  * grainline without a pid, is judged by its age alone. Past a dead prune's
  * lock of another host, `restore --despite-lock KEY` and `points archive
  * --despite-lock KEY` ({@link RunLockOptions.despiteLock}) go on beside that
@@ -241,6 +243,9 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
   }
   const others = excludedBy(kind)
   const candidates: { key: string; lastModified: Date; kind: ArchiveRunKind }[] = []
+  // the locks of the kinds this run goes on beside (its own kind's too): a dead one of this machine is deleted as well
+  const beside = (['archive', 'prune', 'restore'] as const).filter((k) => !others.includes(k))
+  const bystanders: { key: string; lastModified: Date; kind: ArchiveRunKind }[] = []
   let own: Date | undefined
   // the other locks are seen no earlier than this: their ages are judged at it
   const monoListed = mono()
@@ -250,6 +255,8 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
         if (o.key === key) own = o.lastModified
         const other = lockKindOf(prefix, o.key, others)
         if (other !== undefined) candidates.push({ ...o, kind: other })
+        const along = o.key === key ? undefined : lockKindOf(prefix, o.key, beside)
+        if (along !== undefined) bystanders.push({ ...o, kind: along })
       }
     })
   } catch (err) {
@@ -300,6 +307,19 @@ export async function takeRunLock(bucket: S3Bucket, prefix: string, kind: Archiv
       'E_BUSY',
       `cannot ${WHAT[kind]} in s3://${bucket.bucket}/${prefix}: a ${COMMAND[blocking.kind]} holds the lock ${printableName(blocking.key)} (${who.text}, last written ${blocking.lastModified.toISOString()}). Run again once it has finished (${aliveWhere(who)}); if no such run is alive, delete that object (s3://${bucket.bucket}/${printableName(blocking.key)}), or wait until it is ${LOCK_STALE_MS / 3600_000} h old (it is then ignored)${despiteHint(bucket, prefix, kind, blocking.key)}`,
     )
+  }
+  // a dead run's lock of a kind this run does not exclude refuses the other kind (elsewhere: another host cannot judge
+  // it) until stale: deleted the same way (withoutDead: warned; a failure warned of, never this run's)
+  try {
+    await withoutDead(
+      bucket,
+      kind,
+      bystanders.filter((o) => freshLock(listedAt, o.lastModified)),
+      logger,
+      true,
+    )
+  } catch (err) {
+    logger.warn({ err }, `could not judge the other locks under ${locksPrefix(prefix)}: left as they are`)
   }
   // rewritten (a new LastModified) while the run goes on; release waits for a rewrite in flight, which would otherwise
   // recreate the lock after its deletion — one at a time: a rewrite that hangs (S3 requests have no deadline) is not
@@ -457,7 +477,7 @@ const DESPITE_RISK: Readonly<Record<ArchiveRunKind, string>> = {
   restore:
     'if that prune is alive it may delete chunks this restore reads, which then fails (a chunk missing, or not matching its sha256) and removes what it wrote, never leaving a folder that looks restored',
   archive:
-    "if that prune is alive it may delete chunks this archive finds already in the bucket and does not upload again: the point's manifest would then name chunks that are gone, and a restore --from of it fail (E_ARCHIVE, missing) until that manifest is deleted and the point archived again",
+    'if that prune is alive it may delete chunks this archive finds already in the bucket: each chunk is uploaded again rather than trusted, and every chunk a manifest names is checked before and after it is written (one gone is uploaded again, warned; one the prune keeps deleting fails the archive, E_ARCHIVE, leaving no manifest naming it) — a point archived so costs its whole size on the wire',
   prune: '',
 }
 

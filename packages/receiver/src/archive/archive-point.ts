@@ -28,7 +28,7 @@ import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
 import { VmMirror } from '../vm-mirror.ts'
 import { ARCHIVE_CHUNK_BYTES, ARCHIVE_FORMAT, chunkKey, encodeManifest, manifestKey, type ArchivedDisk, type ArchivedFile, type ArchiveManifest } from './archive-manifest.ts'
 import { withRunLock, type HeldRunLock } from './archive-lock.ts'
-import type { ArchiveLock, S3Bucket } from './s3-bucket.ts'
+import { printableName, type ArchiveLock, type S3Bucket } from './s3-bucket.ts'
 
 /** Progress of an archive run. */
 export interface ArchiveProgress {
@@ -51,6 +51,12 @@ export interface ArchivedPoint {
   readonly present: number
   readonly zero: number
   readonly uploadedBytes: number
+  /**
+   * `--despite-lock` only: chunks found gone when checked before or after
+   * the manifest was written (a prune alive after all deleted them), and
+   * uploaded again (counted in `uploaded` too)
+   */
+  readonly reuploaded: number
 }
 
 /** Options of {@link archivePoints}. */
@@ -207,15 +213,17 @@ export async function archiveOnePoint(
   const key = manifestKey(opts.prefix, vm, cycle)
   if ((await opts.bucket.head(key)) !== undefined) {
     opts.logger.info({ vm, cycle, manifest: key }, 'point already archived')
-    return { cycle, archived: false, manifest: key, uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
+    return { cycle, archived: false, manifest: key, uploaded: 0, present: 0, zero: 0, uploadedBytes: 0, reuploaded: 0 }
   }
-  const counts = { uploaded: 0, present: 0, zero: 0, uploadedBytes: 0 }
+  const counts = { uploaded: 0, present: 0, zero: 0, uploadedBytes: 0, reuploaded: 0 }
+  // beside a prune lock the operator asserts is dead (--despite-lock): where each chunk comes from, to upload it again
+  const origins = opts.despiteLock === undefined ? undefined : new Map<string, ChunkOrigin>()
   const total = sources.reduce((n, r) => n + r.capacity, 0)
   const t0 = performance.now()
   let done = 0
   const disks: ArchivedDisk[] = []
   if (sources.some((s) => s.check !== undefined)) await initDigests()
-  for (const src of sources) {
+  for (const [index, src] of sources.entries()) {
     const reader = await src.open()
     try {
       const whole = createHash('sha256')
@@ -236,6 +244,7 @@ export async function archiveOnePoint(
         } else {
           const h = createHash('sha256').update(b).digest('hex')
           chunks.push(h)
+          if (origins !== undefined && !origins.has(h)) origins.set(h, { source: index, offset: off, length: n })
           const p = storeChunk(opts, h, b, counts).finally(() => inflight.delete(p))
           inflight.add(p)
           if (inflight.size >= (opts.concurrency ?? 4)) await Promise.race(inflight)
@@ -262,6 +271,7 @@ export async function archiveOnePoint(
   const files: ArchivedFile[] = []
   for (const f of configFiles) {
     const sha256 = createHash('sha256').update(f.data).digest('hex')
+    origins?.set(sha256, { name: f.name, data: f.data })
     await storeChunk(opts, sha256, f.data, counts)
     files.push({ name: f.name, sha256, bytes: f.data.length })
   }
@@ -279,16 +289,26 @@ export async function archiveOnePoint(
   }
   // a lock not rewritten for long (its refreshes failed) may soon be taken for stale by an archive-prune, which
   // would delete the chunks this run found present and did not upload: no manifest naming them then
+  // beside a prune that may be alive after all: no manifest naming a chunk it deleted meanwhile (ensureChunks)
+  if (origins !== undefined) await ensureChunks(vm, cycle, key, 'before', origins, sources, opts, counts)
   opts.runLock?.assertHeld()
   await opts.bucket.put(key, encodeManifest(manifest), opts.lock)
+  if (origins !== undefined) await ensureChunks(vm, cycle, key, 'after', origins, sources, opts, counts)
   opts.logger.info({ vm, cycle, manifest: key, ...counts }, 'point archived')
   return { cycle, archived: true, manifest: key, ...counts }
 }
 
-/** Store one chunk unless present; extend a present chunk's lock when it ends before ours. */
+/**
+ * Store one chunk unless present; extend a present chunk's lock when it ends
+ * before ours. Beside a prune lock (`--despite-lock`) it is uploaded
+ * whatever is there: a chunk found present is one no kept manifest may
+ * reference any more and last written long ago, which a prune alive after
+ * all deletes — uploaded now, it is younger than the prune's `--grace` in
+ * any listing the prune makes from now on, and carries this run's lock.
+ */
 async function storeChunk(opts: ArchiveOptions, sha256: string, data: Buffer, counts: { uploaded: number; present: number; uploadedBytes: number }): Promise<void> {
   const key = chunkKey(opts.prefix, sha256)
-  const have = await opts.bucket.head(key)
+  const have = opts.despiteLock === undefined ? await opts.bucket.head(key) : undefined
   if (have === undefined) {
     await opts.bucket.put(key, data, opts.lock)
     counts.uploaded++
@@ -297,6 +317,103 @@ async function storeChunk(opts: ArchiveOptions, sha256: string, data: Buffer, co
   }
   counts.present++
   if (opts.lock !== undefined && (have.retainUntil === undefined || have.retainUntil < opts.lock.until)) await opts.bucket.extend(key, opts.lock)
+}
+
+/** Where a chunk of a point comes from, to upload it again: a disk's range, or a configuration file's bytes. */
+type ChunkOrigin = { readonly source: number; readonly offset: number; readonly length: number } | { readonly name: string; readonly data: Buffer }
+
+/** How many times {@link ensureChunks} uploads a chunk found gone before it refuses. */
+export const DESPITE_REUPLOADS = 3
+
+/**
+ * Beside a prune lock the operator asserts is dead (`--despite-lock`): make
+ * sure every chunk the point's manifest names is in the bucket, `before` the
+ * manifest is written and again `after` (a prune that read the manifests
+ * before this one was written may still be deleting what it took for
+ * unreferenced). Each chunk is checked (HEAD, 4 at a time); one gone is read
+ * again from its source, checked against its sha256, uploaded again and
+ * warned of (a prune is alive: the lock named is not dead), and the check
+ * repeated, up to {@link DESPITE_REUPLOADS} times. A chunk still gone then is
+ * refused: before the manifest, none is written; after it, the manifest is
+ * deleted when S3 lets it (no --retain), so that no manifest names a chunk
+ * that is gone and the next run archives the point again.
+ * @throws ReceiverError E_ARCHIVE
+ */
+async function ensureChunks(
+  vm: string,
+  cycle: number,
+  manifest: string,
+  stage: 'before' | 'after',
+  origins: ReadonlyMap<string, ChunkOrigin>,
+  sources: readonly PointDiskSource[],
+  opts: ArchiveOptions,
+  counts: { uploaded: number; uploadedBytes: number; reuploaded: number },
+): Promise<void> {
+  const { bucket, prefix, logger } = opts
+  const lock = printableName(opts.despiteLock ?? '')
+  for (let round = 0; ; round++) {
+    opts.signal?.throwIfAborted()
+    const gone: string[] = []
+    const digests = [...origins.keys()]
+    const workers = Array.from({ length: Math.max(1, opts.concurrency ?? 4) }, async () => {
+      for (let d = digests.pop(); d !== undefined; d = digests.pop()) if ((await bucket.head(chunkKey(prefix, d))) === undefined) gone.push(d)
+    })
+    await Promise.all(workers)
+    if (gone.length === 0) return
+    gone.sort()
+    const first = gone[0] as string
+    const what = (d: string): string => {
+      const o = origins.get(d) as ChunkOrigin
+      return 'name' in o ? `configuration file ${o.name}` : `disk ${(sources[o.source] as PointDiskSource).name} at offset ${o.offset}`
+    }
+    if (round === DESPITE_REUPLOADS) {
+      let left = `The manifest s3://${bucket.bucket}/${manifest} was not written`
+      if (stage === 'after') {
+        try {
+          await bucket.deleteAllVersions(manifest)
+          left = `The manifest s3://${bucket.bucket}/${manifest}, written, was deleted again (the next run archives the point again)`
+        } catch (err) {
+          left = `The manifest s3://${bucket.bucket}/${manifest} names it and could not be deleted (${(err as Error).message}): a restore --from of this point fails (E_ARCHIVE, missing) until that manifest is deleted (every version; under --retain once its retention ends), then archive the point again`
+        }
+      }
+      throw new ReceiverError(
+        'E_ARCHIVE',
+        `point ${cycle} of VM ${vm}: chunk s3://${bucket.bucket}/${chunkKey(prefix, first)} (${what(first)}${gone.length > 1 ? `, and ${gone.length - 1} more` : ''}) was gone again after each of ${DESPITE_REUPLOADS} uploads: a points archive-prune is deleting from the archive, so the lock ${lock} given to --despite-lock is of a live run. ${left}. Wait until that prune has ended (its lock gone), then run points archive again without --despite-lock`,
+      )
+    }
+    logger.warn(
+      { vm, cycle, chunks: gone.length, first: chunkKey(prefix, first), despiteLock: opts.despiteLock },
+      `point ${cycle} of VM ${vm}: ${gone.length} chunk(s) uploaded or found present are gone ${stage === 'before' ? 'before its manifest is written' : 'after its manifest was written'} (s3://${bucket.bucket}/${chunkKey(prefix, first)}, ${what(first)}): a points archive-prune is deleting from the archive, so the lock ${lock} given to --despite-lock is of a live run. Uploading them again`,
+    )
+    const open = new Map<number, Awaited<ReturnType<PointDiskSource['open']>>>()
+    try {
+      for (const d of gone) {
+        opts.signal?.throwIfAborted()
+        const o = origins.get(d) as ChunkOrigin
+        let data: Buffer
+        if ('name' in o) data = o.data
+        else {
+          let reader = open.get(o.source)
+          if (reader === undefined) {
+            reader = await (sources[o.source] as PointDiskSource).open()
+            open.set(o.source, reader)
+          }
+          data = await reader.read(o.offset, o.length)
+        }
+        if (createHash('sha256').update(data).digest('hex') !== d)
+          throw new ReceiverError(
+            'E_ARCHIVE',
+            `point ${cycle} of VM ${vm}: ${what(d)} reads otherwise than when it was archived a moment ago (sha256 ${d}): the point changed while archived; nothing more written. Check the store (grainline status), then run again`,
+          )
+        await bucket.put(chunkKey(prefix, d), data, opts.lock)
+        counts.uploaded++
+        counts.uploadedBytes += data.length
+        counts.reuploaded++
+      }
+    } finally {
+      for (const r of open.values()) await r.close()
+    }
+  }
 }
 
 /** The mirror's `.nvram` (none when absent). */

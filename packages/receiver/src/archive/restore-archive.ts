@@ -25,7 +25,7 @@ import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNew
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
 import { despiteLockProblem, locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
-import { refusedByS3, type S3Bucket } from './s3-bucket.ts'
+import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
 /** Progress of a restore from an archive. */
 export interface ArchiveRestoreProgress {
@@ -83,6 +83,61 @@ export async function listArchivedPoints(bucket: S3Bucket, prefix: string, vm: s
     })
   }
   return out.sort((a, b) => a.cycle - b.cycle)
+}
+
+/** A chunk an archived point's manifest names that is not in the bucket ({@link checkArchivedPoint}). */
+export interface MissingArchiveChunk {
+  /** the finding's code: a restore of the point fails on it (E_ARCHIVE, "is missing") */
+  readonly code: 'E_ARCHIVE_CHUNK_MISSING'
+  readonly key: string
+  readonly sha256: string
+  /** what it holds: `disk NAME at offset N` (its first use) or `configuration file NAME`, the name's control characters escaped */
+  readonly holds: string
+}
+
+/** What {@link checkArchivedPoint} found. */
+export interface ArchivedPointCheck {
+  readonly cycle: number
+  readonly manifest: string
+  /** the distinct chunks and files the manifest names */
+  readonly chunks: number
+  readonly missing: readonly MissingArchiveChunk[]
+}
+
+/**
+ * Check that every chunk and configuration file the manifest of point
+ * `cycle` of `vm` names is in the bucket, without reading them: a HEAD each
+ * (`concurrency` at a time), and for one S3 answers 404 a listing of its
+ * versions (a chunk hidden behind a delete marker is read through by a
+ * restore: not missing). A chunk with no version is a finding
+ * (`E_ARCHIVE_CHUNK_MISSING`, naming the key and what it holds): the point's
+ * restore would fail on it. The chunks' contents are not read (a restore
+ * checks each against its sha256). @throws ReceiverError E_ARCHIVE (the
+ * manifest is missing or does not parse; S3 failures)
+ */
+export async function checkArchivedPoint(bucket: S3Bucket, prefix: string, vm: string, cycle: number, concurrency = 4): Promise<ArchivedPointCheck> {
+  const m = await readManifest(bucket, prefix, vm, cycle)
+  const holds = new Map<string, string>()
+  for (const d of m.disks)
+    d.chunks.forEach((c, i) => {
+      if (c !== null && !holds.has(c)) holds.set(c, `disk ${printableName(d.name)} at offset ${i * m.chunkBytes}`)
+    })
+  for (const f of m.files) if (!holds.has(f.sha256)) holds.set(f.sha256, `configuration file ${printableName(f.name)}`)
+  const todo = [...holds.keys()]
+  const missing: MissingArchiveChunk[] = []
+  const worker = async (): Promise<void> => {
+    for (let d = todo.pop(); d !== undefined; d = todo.pop()) {
+      const key = chunkKey(prefix, d)
+      if ((await bucket.head(key)) !== undefined) continue
+      let versions = false
+      await bucket.listVersionPages(key, async (page) => {
+        versions ||= page.some((k) => k.key === key && k.versions.some((v) => !v.deleteMarker))
+      })
+      if (!versions) missing.push({ code: 'E_ARCHIVE_CHUNK_MISSING', key, sha256: d, holds: holds.get(d) as string })
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker))
+  return { cycle, manifest: manifestKey(prefix, vm, cycle), chunks: holds.size, missing: missing.sort((a, b) => a.key.localeCompare(b.key)) }
 }
 
 /** Read and check the manifest of point `cycle` of `vm`. @throws ReceiverError E_ARCHIVE */
