@@ -20,6 +20,7 @@ import { pointsCommand } from './commands/points.ts'
 import { restoreCommand } from './commands/restore.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
 import { LOG_LEVELS } from './log-levels.ts'
+import { unknownCommand } from './unknown-command.ts'
 import { refuseValuelessOptions } from './value-options.ts'
 import { VERSION } from './version.ts'
 
@@ -91,6 +92,9 @@ export async function main(argv: readonly string[], ctx: CliContext = defaultCon
   let code: number | undefined
   let command: CliCommand | undefined
   try {
+    // an unknown command is refused even with --help or --version (yargs would show the help and exit 0)
+    const unknown = unknownCommand(argv, COMMANDS)
+    if (unknown !== undefined) throw unknown
     await buildCli(
       argv,
       ctx,

@@ -122,3 +122,27 @@ t.test('other commands: unknown command, missing argument, bad sizes, help', asy
   t.equal(mirror.code, 1)
   t.match(mirror.stderr, /^grainline: no mirror of VM x .* \[E_NOT_FOUND\]\n$/)
 })
+
+t.test('an unknown command or action is refused with or without --help or --version: exit 2, the nearest spelling, nothing on stdout', async (t) => {
+  const cases: Array<[string[], string]> = [
+    [['replicat', '--help'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['replicat'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['--help', 'replicat'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['--log-level', 'debug', 'recieve', '--version'], "grainline: unknown command 'recieve' — did you mean 'receive'?\n"],
+    [['frobnicate', '--help'], "grainline: unknown command 'frobnicate' — one of: info, map, receive, replicate, status, mirror, points, restore, demo\n"],
+    [['mirror', 'rolback', '--help'], "grainline: unknown mirror action 'rolback' — did you mean 'rollback'?\n"],
+    [['points', 'lsit', '--help'], "grainline: unknown points action 'lsit' — did you mean 'list'?\n"],
+  ]
+  for (const [argv, message] of cases) {
+    const r = await runNode(bin, argv)
+    t.equal(r.code, 2, `${argv.join(' ')}: exit 2`)
+    t.equal(r.stderr, message + 'Run "grainline --help" for usage.\n', argv.join(' '))
+    t.equal(r.stdout, '', `${argv.join(' ')}: no help on stdout`)
+  }
+  // what is known still shows its help, exit 0; an option before the command keeps its value
+  for (const argv of [['--help'], ['replicate', '--help'], ['mirror', 'rollback', '--help'], ['points', '--help'], ['--log-level', 'debug', 'receive', '--help']]) {
+    const r = await runNode(bin, argv)
+    t.equal(r.code, 0, `${argv.join(' ')}: exit 0`)
+    t.match(r.stdout, /^grainline /, `${argv.join(' ')}: help`)
+  }
+})
