@@ -49,6 +49,21 @@ t.test('loopback hosts and the URL rule', async (t) => {
   t.throws(() => checkReceiverUrl('wss://user:pw@dr.example'), { code: 'E_CONFIG' })
 })
 
+t.test('a receiver URL without a port is refused (it would try 443 or 80, not the listen port of the receiver); an explicit one, 443 included, is taken', async (t) => {
+  for (const url of ['wss://dr.example', 'wss://dr.example/', 'wss://dr.example:/', 'ws://127.0.0.1', 'ws://[::1]/x', 'wss://dr.example?x=:443', 'wss://dr.example#:443'])
+    t.throws(
+      () => checkReceiverUrl(url),
+      { code: 'E_CONFIG', message: /names no port: wss?:\/\/ would use (443|80), and a receiver listens on the port of its "listen" \(7443 in the docs\) — give it, e\.g\. wss?:\/\/[^ ]+:7443/ },
+      url,
+    )
+  t.throws(() => checkReceiverUrl('wss://dr.example'), {
+    message:
+      'receiver URL "wss://dr.example" names no port: wss:// would use 443, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. wss://dr.example:7443 (or :443 if the receiver really is there)',
+  })
+  for (const url of ['wss://dr.example:443', 'wss://dr.example:443/', 'ws://127.0.0.1:80', 'ws://[::1]:7443/x', 'wss://DR.example:7443?a=b']) t.ok(checkReceiverUrl(url), url)
+  t.equal(checkReceiverUrl('wss://dr.example:443').port, '', 'the URL parser drops the default port it was given')
+})
+
 /** A non-loopback IPv4 address of this machine, if it has one. */
 function externalAddress(): string | undefined {
   for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address

@@ -53,6 +53,12 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
   t.match(clear.stderr, /^grainline: --to: refusing to send the token in clear text to dr\.example\.net/)
   t.same((await readdir(dirname(vm.vmxPath))).sort(), before, 'no snapshot was taken (no delta, no .vmsd)')
   t.equal(w.connections(), 0, 'the receiver was never contacted')
+  const portless = await runNode(bin, ['replicate', vm.vmxPath, '--to', 'wss://dr.example', '--token-file', token])
+  t.equal(portless.code, 2, 'a receiver URL without a port: exit 2')
+  t.equal(
+    portless.stderr,
+    'grainline: --to: receiver URL "wss://dr.example" names no port: wss:// would use 443, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. wss://dr.example:7443 (or :443 if the receiver really is there)\n',
+  )
   const none = await runNode(bin, ['replicate'])
   t.equal(none.code, 2)
   t.match(none.stderr, /name a VM/)
