@@ -48,3 +48,18 @@ export function checkReceiverUrl(url: string, opts: { insecurePlaintext?: boolea
   }
   return u
 }
+
+/**
+ * One spelling of a receiver URL, so that two spellings of one receiver are
+ * one (`wss://H:7443` and `wss://h:7443/`): scheme and host in lower case
+ * (IPv4 as dotted decimal), the port always written (443/80 when the URL was
+ * given `:443`), no lone `/` path. What the agent records and compares (the
+ * receiver a Commit went to, two VMs of one mirror name). A string that is
+ * not a URL is returned as it is (checkReceiverUrl refuses it).
+ */
+export function canonicalReceiverUrl(url: string): string {
+  if (!URL.canParse(url)) return url
+  const u = new URL(url)
+  const port = u.port !== '' ? u.port : u.protocol === 'wss:' ? '443' : u.protocol === 'ws:' ? '80' : ''
+  return `${u.protocol}//${u.hostname}${port === '' ? '' : `:${port}`}${u.pathname === '/' ? '' : u.pathname}${u.search}`
+}
