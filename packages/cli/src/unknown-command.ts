@@ -55,3 +55,27 @@ export function unknownCommand(argv: readonly string[], commands: readonly CliCo
   if (command.actions !== undefined && action !== undefined && !command.actions.includes(action)) return unknown(`${word} action`, action, command.actions)
   return undefined
 }
+
+/**
+ * yargs' `Unknown argument: hlep` (or `Unknown arguments: a, b`; it drops
+ * the dashes) with the nearest option of the command for each one given as
+ * an option in `argv`: `--hlep: unknown option — did you mean --help?`. Any
+ * other message, or one with no near option, as it is.
+ */
+export function unknownOptionText(message: string, options: readonly string[], argv: readonly string[]): string {
+  const m = /^Unknown arguments?: (.+)$/.exec(message)
+  if (m?.[1] === undefined) return message
+  const names = options.filter((o) => o.length > 1 && o !== '$0')
+  const asOption = (word: string): string | undefined => argv.map((a) => /^(-{1,2})([^=]*)/.exec(a)).find((o) => o?.[2] === word)?.[0]
+  const listed = m[1].split(', ')
+  const kebab = (w: string): string => w.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+  // yargs lists --max-aeg twice, as max-aeg and its camel-case maxAeg
+  const words = listed
+    .filter((w) => kebab(w) === w || !listed.includes(kebab(w)))
+    .map((word) => {
+      const given = asOption(word)
+      return { given: given ?? word, near: given === undefined ? undefined : nearestName(word, names) }
+    })
+  if (words.every((w) => w.near === undefined)) return message
+  return words.map((w) => (w.near === undefined ? `${w.given}: unknown ${w.given.startsWith('-') ? 'option' : 'argument'}` : `${w.given}: unknown option — did you mean --${w.near}?`)).join('; ')
+}

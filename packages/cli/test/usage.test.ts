@@ -31,7 +31,9 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
   const token = tokenFileFixture(dir)
   const base = [vm.vmxPath, '--to', `wss://127.0.0.1:${w.port}`, '--token-file', token, '--state-dir', join(dir, 'state')]
   const cases: Array<[string[], RegExp]> = [
-    [['--cerify', 'sha256'], /^grainline: Unknown argument: cerify\n/],
+    [['--cerify', 'sha256'], /^grainline: --cerify: unknown option — did you mean --certify\?\n/],
+    [['--parralel=2', '--xyzzy-plugh', '3'], /^grainline: --parralel: unknown option — did you mean --parallel\?; --xyzzy-plugh: unknown option\n/],
+    [['--zzzzzz'], /^grainline: Unknown argument: zzzzzz\n/],
     [['--certify', 'SHA256'], /^grainline: Invalid values:\n {2}Argument: certify, Given: "SHA256", Choices: "md5", "sha1", "sha256", "xxh64", "none"\n/],
     [['--bwlimit', '20 MB per second'], /^grainline: --bwlimit: "20 MB per second" is not a rate/],
     [['--give-up', 'soon', '--trivial-mb', '-4'], /^grainline: 2 problems:\n {2}--trivial-mb: must be at least 0\n {2}--give-up: "soon" is not a duration/],
