@@ -60,6 +60,7 @@ import { grainlineSnapshotName, MAX_GRAINLINE_CYCLE } from './driver.ts'
 import { AgentError, abortReason, checkAborted } from './errors.ts'
 import { DiskProgress } from './progress.ts'
 import { refusalError, type ReceiverClient } from './receiver-client.ts'
+import { canonicalReceiverUrl } from './receiver-url.ts'
 import { Reconnector } from './reconnect.ts'
 import { emptyDiskReport, emptyVmReport, errorInfo, oneLine, pointsDroppedWarning, type VmReport } from './report.ts'
 import { greet, openVmOn, type Greeting, type Session } from './session.ts'
@@ -379,7 +380,7 @@ class VmCycle {
     clearPendingCommit(this.#record)
     // another identity on another receiver URL than the Commit went to proves no second writer (a job that moved, a
     // VM replicated to two receivers): dropped, as without an identity
-    if (match === 'unknown' || pending.receiver !== this.#opts.connect.url) {
+    if (match === 'unknown' || canonicalReceiverUrl(pending.receiver) !== canonicalReceiverUrl(this.#opts.connect.url)) {
       this.log.info({ pending: pending.cycle, committed: state.committedCycle }, 'the receiver does not name the Commit a former run sent as its commit; the pending record is dropped')
       return
     }

@@ -19,7 +19,10 @@ export function isLoopbackHost(hostname: string): boolean {
 
 /**
  * Parse and check a receiver URL: `wss://` anywhere, `ws://` only to a
- * loopback host unless `insecurePlaintext` is set.
+ * loopback host unless `insecurePlaintext` is set; the port written out
+ * (`wss://dr.example` would try 443 while a receiver listens where its
+ * `listen` says, and the operator would wait out `giveUp` on a port that
+ * never answers; an explicit `:443` is taken as meant).
  * @throws AgentError `E_CONFIG` (not a ws:// or wss:// URL) or `E_INSECURE` (plain text to a non-loopback host)
  */
 export function checkReceiverUrl(url: string, opts: { insecurePlaintext?: boolean } = {}): URL {
@@ -31,6 +34,12 @@ export function checkReceiverUrl(url: string, opts: { insecurePlaintext?: boolea
   }
   if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new AgentError('E_CONFIG', `receiver URL must be ws:// or wss://, got ${u.protocol}`)
   if (u.username !== '' || u.password !== '') throw new AgentError('E_CONFIG', 'receiver URL must not carry credentials (the token comes from the token file)')
+  // the URL parser drops a default port (wss://h:443 → port ''): ask the text whether one was written
+  if (!/^[a-z]+:\/\/[^/?#]*:\d+(?:[/?#]|$)/i.test(url.trim()))
+    throw new AgentError(
+      'E_CONFIG',
+      `receiver URL ${JSON.stringify(url)} names no port: ${u.protocol}// would use ${u.protocol === 'wss:' ? 443 : 80}, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. ${u.protocol}//${u.host}:7443 (or :${u.protocol === 'wss:' ? 443 : 80} if the receiver really is there)`,
+    )
   if (u.protocol === 'ws:' && !isLoopbackHost(u.hostname) && opts.insecurePlaintext !== true) {
     throw new AgentError(
       'E_INSECURE',
@@ -38,4 +47,19 @@ export function checkReceiverUrl(url: string, opts: { insecurePlaintext?: boolea
     )
   }
   return u
+}
+
+/**
+ * One spelling of a receiver URL, so that two spellings of one receiver are
+ * one (`wss://H:7443` and `wss://h:7443/`): scheme and host in lower case
+ * (IPv4 as dotted decimal), the port always written (443/80 when the URL was
+ * given `:443`), no lone `/` path. What the agent records and compares (the
+ * receiver a Commit went to, two VMs of one mirror name). A string that is
+ * not a URL is returned as it is (checkReceiverUrl refuses it).
+ */
+export function canonicalReceiverUrl(url: string): string {
+  if (!URL.canParse(url)) return url
+  const u = new URL(url)
+  const port = u.port !== '' ? u.port : u.protocol === 'wss:' ? '443' : u.protocol === 'ws:' ? '80' : ''
+  return `${u.protocol}//${u.hostname}${port === '' ? '' : `:${port}`}${u.pathname === '/' ? '' : u.pathname}${u.search}`
 }

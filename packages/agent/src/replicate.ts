@@ -12,7 +12,7 @@ import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type CompressionAlg
 import type { HypervisorDriver, VmHandle } from './driver.ts'
 import { defaultStateDir } from './agent-state.ts'
 import { AgentError } from './errors.ts'
-import { checkReceiverUrl } from './receiver-url.ts'
+import { canonicalReceiverUrl, checkReceiverUrl } from './receiver-url.ts'
 import { createLocalDriver, pinLocalRoots, type PinnedRoot } from './local-driver.ts'
 import { pinEsxiDatastores } from './esxi/pin-datastores.ts'
 import type { EsxiDriverInit } from './esxi/esxi-driver.ts'
@@ -261,7 +261,7 @@ async function replicateVm(
       {
         ref: init.vm,
         connect: {
-          url: init.to,
+          url: canonicalReceiverUrl(init.to),
           token: init.token,
           ...(ca !== undefined ? { ca } : {}),
           ...(init.insecure === true ? { insecure: true } : {}),

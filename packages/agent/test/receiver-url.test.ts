@@ -12,7 +12,7 @@ import { writeFile } from 'node:fs/promises'
 import { createServer, type Socket } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import { join } from 'node:path'
-import { checkReceiverUrl, isLoopbackHost } from '../src/receiver-url.ts'
+import { canonicalReceiverUrl, checkReceiverUrl, isLoopbackHost } from '../src/receiver-url.ts'
 import { replicate, replicateMany } from '../src/replicate.ts'
 import { loadJobConfig } from '../src/job-config.ts'
 import { createLocalDriver } from '../src/local-driver.ts'
@@ -47,6 +47,21 @@ t.test('loopback hosts and the URL rule', async (t) => {
   t.throws(() => checkReceiverUrl('http://dr.example'), { code: 'E_CONFIG' })
   t.throws(() => checkReceiverUrl('not a url'), { code: 'E_CONFIG' })
   t.throws(() => checkReceiverUrl('wss://user:pw@dr.example'), { code: 'E_CONFIG' })
+})
+
+t.test('a receiver URL without a port is refused (it would try 443 or 80, not the listen port of the receiver); an explicit one, 443 included, is taken', async (t) => {
+  for (const url of ['wss://dr.example', 'wss://dr.example/', 'wss://dr.example:/', 'ws://127.0.0.1', 'ws://[::1]/x', 'wss://dr.example?x=:443', 'wss://dr.example#:443'])
+    t.throws(
+      () => checkReceiverUrl(url),
+      { code: 'E_CONFIG', message: /names no port: wss?:\/\/ would use (443|80), and a receiver listens on the port of its "listen" \(7443 in the docs\) — give it, e\.g\. wss?:\/\/[^ ]+:7443/ },
+      url,
+    )
+  t.throws(() => checkReceiverUrl('wss://dr.example'), {
+    message:
+      'receiver URL "wss://dr.example" names no port: wss:// would use 443, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. wss://dr.example:7443 (or :443 if the receiver really is there)',
+  })
+  for (const url of ['wss://dr.example:443', 'wss://dr.example:443/', 'ws://127.0.0.1:80', 'ws://[::1]:7443/x', 'wss://DR.example:7443?a=b']) t.ok(checkReceiverUrl(url), url)
+  t.equal(checkReceiverUrl('wss://dr.example:443').port, '', 'the URL parser drops the default port it was given')
 })
 
 /** A non-loopback IPv4 address of this machine, if it has one. */
@@ -124,4 +139,61 @@ t.test('replicate, replicateMany and job files refuse ws:// to another host befo
   t.equal(r.vms[0]?.error?.code, 'E_GAVE_UP')
   t.ok(rec.connections() >= 1, 'the agent connected')
   t.match(rec.received(), new RegExp(`Authorization: Bearer ${SECRET}`, 'i'), 'with the flag, the bearer token is readable on the wire')
+})
+
+t.test('two spellings of one receiver URL are one: scheme and host case, a trailing slash, a written default port, an IPv4 spelling', async (t) => {
+  for (const [a, b] of [
+    ['wss://H:7443', 'wss://h:7443/'],
+    ['WSS://DR.Example.NET:7443/', 'wss://dr.example.net:7443'],
+    ['wss://dr.example:443', 'wss://dr.example:443/'],
+    ['ws://127.0.0.1:7443', 'ws://0x7f.0.0.1:7443/'],
+    ['ws://[::1]:7443', 'ws://[0:0::1]:7443/'],
+  ] as const)
+    t.equal(canonicalReceiverUrl(a), canonicalReceiverUrl(b), `${a} = ${b}`)
+  t.equal(canonicalReceiverUrl('WSS://H:7443/'), 'wss://h:7443')
+  t.equal(canonicalReceiverUrl('wss://dr.example:443/'), 'wss://dr.example:443', 'the port written stays written (checkReceiverUrl takes it)')
+  t.equal(checkReceiverUrl(canonicalReceiverUrl('wss://dr.example:443/')).hostname, 'dr.example')
+  t.equal(canonicalReceiverUrl('ws://[::1]:7443/x/'), 'ws://[::1]:7443/x/', 'a path other than / is kept')
+  t.not(canonicalReceiverUrl('wss://h:7443'), canonicalReceiverUrl('wss://h:7444'))
+  t.not(canonicalReceiverUrl('wss://h:7443'), canonicalReceiverUrl('ws://h:7443'))
+  t.equal(canonicalReceiverUrl('not a url'), 'not a url')
+})
+
+t.test('a job: an invalid shared "to" is said once, not once per VM; two spellings of one receiver are one (two folders of one name are one mirror there)', async (t) => {
+  const dir = scratch(t)
+  await writeFile(join(dir, 't.token'), 'secret-token\n', { mode: 0o600 })
+  const vmx = async (sub: string): Promise<string> => (await createSampleVm(join(dir, sub), { name: 'web', disks: [{ sizeBytes: MiB }] })).vmxPath
+  const [a, b, c] = [await vmx('a'), await vmx('b'), await vmx('c')]
+  const bad = join(dir, 'bad.json')
+  await writeFile(bad, JSON.stringify({ to: 'wss://dr.example', tokenFile: 't.token', vms: [{ vm: a }, { vm: b }, { vm: c }] }))
+  const e1 = await loadJobConfig(bad).then(
+    () => undefined,
+    (err: unknown) => err as { issues?: unknown[]; message: string },
+  )
+  t.same(
+    e1?.issues,
+    [
+      'job.to: receiver URL "wss://dr.example" names no port: wss:// would use 443, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. wss://dr.example:7443 (or :443 if the receiver really is there)',
+    ],
+    'one problem for three VMs',
+  )
+  const two = join(dir, 'two.json')
+  await writeFile(
+    two,
+    JSON.stringify({
+      tokenFile: 't.token',
+      vms: [
+        { vm: a, to: 'wss://DR.example:7443' },
+        { vm: b, to: 'wss://dr.example:7443/' },
+      ],
+    }),
+  )
+  const e2 = await loadJobConfig(two).then(
+    () => undefined,
+    (err: unknown) => err as { message: string },
+  )
+  t.match(e2?.message, /are two VMs the receiver at wss:\/\/dr\.example:7443 would keep as one mirror "web"/)
+  const ok = join(dir, 'ok.json')
+  await writeFile(ok, JSON.stringify({ tokenFile: 't.token', vms: [{ vm: a, to: 'WSS://DR.example:7443/' }] }))
+  t.equal((await loadJobConfig(ok))[0]?.to, 'wss://dr.example:7443', 'the job carries one spelling')
 })

@@ -28,6 +28,8 @@ export interface CliCommand {
   /** yargs command string, e.g. `replicate [vm..]` */
   readonly command: string
   readonly describe: string
+  /** the choices of its first positional, when that names an action (`mirror <action>`): another word there is refused before --help is shown */
+  readonly actions?: readonly string[]
   readonly builder: (y: Argv) => Argv
   /** run with parsed arguments; resolves to the exit code */
   readonly run: (args: GlobalArgs & Record<string, unknown>, ctx: CliContext) => Promise<number>

@@ -20,6 +20,7 @@ import { pointsCommand } from './commands/points.ts'
 import { restoreCommand } from './commands/restore.ts'
 import { ExitCode, UsageError } from './exit-codes.ts'
 import { LOG_LEVELS } from './log-levels.ts'
+import { unknownCommand, unknownOptionText } from './unknown-command.ts'
 import { refuseValuelessOptions } from './value-options.ts'
 import { VERSION } from './version.ts'
 
@@ -59,7 +60,8 @@ export function buildCli(argv: readonly string[], ctx: CliContext = defaultConte
       // a parsing error of yargs' own (YError: an option's coerce refused its value, repeatable-option.ts) is a usage error;
       // so is a UsageError thrown by a middleware (value-options.ts)
       if (err !== undefined && err !== null) throw err.name === 'YError' ? new UsageError(err.message) : err
-      throw new UsageError(msg)
+      // the options of the command being parsed (yargs parses it on this same instance)
+      throw new UsageError(unknownOptionText(msg, Object.keys((y as unknown as { getOptions(): { key?: Record<string, unknown> } }).getOptions().key ?? {}), argv))
     })
     .help()
     .version(VERSION)
@@ -91,6 +93,9 @@ export async function main(argv: readonly string[], ctx: CliContext = defaultCon
   let code: number | undefined
   let command: CliCommand | undefined
   try {
+    // an unknown command is refused even with --help or --version (yargs would show the help and exit 0)
+    const unknown = unknownCommand(argv, COMMANDS)
+    if (unknown !== undefined) throw unknown
     await buildCli(
       argv,
       ctx,

@@ -263,7 +263,7 @@ t.test("status's own usage and config errors are UNKNOWN (stdout, exit 3), never
     ['a missing --config', ['--store', store, '--config', join(dir, 'nonexist.json')], /^GRAINLINE UNKNOWN - cannot read config .*nonexist\.json: ENOENT[^\n]*\n$/],
     ['a bad rpo.target', ['--store', store, '--config', join(dir, 'bad-rpo.json')], /^GRAINLINE UNKNOWN - [^\n]*rpo\.target: "soon" is not a duration[^\n]*\n$/],
     ['no --store', [], /^GRAINLINE UNKNOWN - Missing required argument: store\n$/],
-    ['an unknown option', ['--store', store, '--max-aeg', '1h'], /^GRAINLINE UNKNOWN - Unknown arguments?: max-aeg/],
+    ['an unknown option', ['--store', store, '--max-aeg', '1h'], /^GRAINLINE UNKNOWN - --max-aeg: unknown option — did you mean --max-age\?\n$/],
     ['a bad --output', ['--store', store, '--output', 'xml'], /^GRAINLINE UNKNOWN - Invalid values:[^\n]*xml[^\n]*\n$/],
   ]
   for (const [what, args, out] of cases) {

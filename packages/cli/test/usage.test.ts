@@ -31,7 +31,9 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
   const token = tokenFileFixture(dir)
   const base = [vm.vmxPath, '--to', `wss://127.0.0.1:${w.port}`, '--token-file', token, '--state-dir', join(dir, 'state')]
   const cases: Array<[string[], RegExp]> = [
-    [['--cerify', 'sha256'], /^grainline: Unknown argument: cerify\n/],
+    [['--cerify', 'sha256'], /^grainline: --cerify: unknown option — did you mean --certify\?\n/],
+    [['--parralel=2', '--xyzzy-plugh', '3'], /^grainline: --parralel: unknown option — did you mean --parallel\?; --xyzzy-plugh: unknown option\n/],
+    [['--zzzzzz'], /^grainline: Unknown argument: zzzzzz\n/],
     [['--certify', 'SHA256'], /^grainline: Invalid values:\n {2}Argument: certify, Given: "SHA256", Choices: "md5", "sha1", "sha256", "xxh64", "none"\n/],
     [['--bwlimit', '20 MB per second'], /^grainline: --bwlimit: "20 MB per second" is not a rate/],
     [['--give-up', 'soon', '--trivial-mb', '-4'], /^grainline: 2 problems:\n {2}--trivial-mb: must be at least 0\n {2}--give-up: "soon" is not a duration/],
@@ -53,6 +55,12 @@ t.test('replicate: a misspelt flag, a bad choice, bad values — exit 2 before a
   t.match(clear.stderr, /^grainline: --to: refusing to send the token in clear text to dr\.example\.net/)
   t.same((await readdir(dirname(vm.vmxPath))).sort(), before, 'no snapshot was taken (no delta, no .vmsd)')
   t.equal(w.connections(), 0, 'the receiver was never contacted')
+  const portless = await runNode(bin, ['replicate', vm.vmxPath, '--to', 'wss://dr.example', '--token-file', token])
+  t.equal(portless.code, 2, 'a receiver URL without a port: exit 2')
+  t.equal(
+    portless.stderr,
+    'grainline: --to: receiver URL "wss://dr.example" names no port: wss:// would use 443, and a receiver listens on the port of its "listen" (7443 in the docs) — give it, e.g. wss://dr.example:7443 (or :443 if the receiver really is there)\n',
+  )
   const none = await runNode(bin, ['replicate'])
   t.equal(none.code, 2)
   t.match(none.stderr, /name a VM/)
@@ -121,4 +129,28 @@ t.test('other commands: unknown command, missing argument, bad sizes, help', asy
   const mirror = await runNode(bin, ['mirror', 'rollback', '--store', join(scratchDir(t), 'none'), '--vm', 'x'])
   t.equal(mirror.code, 1)
   t.match(mirror.stderr, /^grainline: no mirror of VM x .* \[E_NOT_FOUND\]\n$/)
+})
+
+t.test('an unknown command or action is refused with or without --help or --version: exit 2, the nearest spelling, nothing on stdout', async (t) => {
+  const cases: Array<[string[], string]> = [
+    [['replicat', '--help'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['replicat'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['--help', 'replicat'], "grainline: unknown command 'replicat' — did you mean 'replicate'?\n"],
+    [['--log-level', 'debug', 'recieve', '--version'], "grainline: unknown command 'recieve' — did you mean 'receive'?\n"],
+    [['frobnicate', '--help'], "grainline: unknown command 'frobnicate' — one of: info, map, receive, replicate, status, mirror, points, restore, demo\n"],
+    [['mirror', 'rolback', '--help'], "grainline: unknown mirror action 'rolback' — did you mean 'rollback'?\n"],
+    [['points', 'lsit', '--help'], "grainline: unknown points action 'lsit' — did you mean 'list'?\n"],
+  ]
+  for (const [argv, message] of cases) {
+    const r = await runNode(bin, argv)
+    t.equal(r.code, 2, `${argv.join(' ')}: exit 2`)
+    t.equal(r.stderr, message + 'Run "grainline --help" for usage.\n', argv.join(' '))
+    t.equal(r.stdout, '', `${argv.join(' ')}: no help on stdout`)
+  }
+  // what is known still shows its help, exit 0; an option before the command keeps its value
+  for (const argv of [['--help'], ['replicate', '--help'], ['mirror', 'rollback', '--help'], ['points', '--help'], ['--log-level', 'debug', 'receive', '--help']]) {
+    const r = await runNode(bin, argv)
+    t.equal(r.code, 0, `${argv.join(' ')}: exit 0`)
+    t.match(r.stdout, /^grainline /, `${argv.join(' ')}: help`)
+  }
 })

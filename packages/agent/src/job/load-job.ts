@@ -12,7 +12,7 @@ import { z } from 'zod'
 import { defaultStateDir } from '../agent-state.ts'
 import { pinEsxiDatastores } from '../esxi/pin-datastores.ts'
 import { pinLocalRoots } from '../local-driver.ts'
-import { checkReceiverUrl } from '../receiver-url.ts'
+import { canonicalReceiverUrl, checkReceiverUrl } from '../receiver-url.ts'
 import type { ReplicateInit } from '../replicate.ts'
 import { toEsxiDriverInit, definedOnly } from './esxi-settings-schema.ts'
 import type { SchemaContext } from './fields.ts'
@@ -210,7 +210,7 @@ export async function loadJob(src: JobSources): Promise<Job> {
 
 /** The receiver a VM replicates to, as one string for comparisons (`wss://dr.example.net:7443`). */
 function receiverOf(to: string): string {
-  return URL.canParse(to) ? new URL(to).origin : to
+  return canonicalReceiverUrl(to)
 }
 
 /**
@@ -345,7 +345,9 @@ function resolveVm(
     try {
       checkReceiverUrl(to.value as string, { insecurePlaintext })
     } catch (err) {
-      problems.push(`${to.from}: ${(err as Error).message}`)
+      // a shared "to" (the job's, its defaults', a flag's) is said once, not once per VM
+      const problem = `${to.from}: ${(err as Error).message}`
+      if (!problems.includes(problem)) problems.push(problem)
     }
   }
   if (problems.length > before || rootsProblem !== undefined) return undefined
@@ -356,7 +358,7 @@ function resolveVm(
   return definedOnly({
     label: e.label,
     vm: driver === 'local' && !isAbsolute(e.vm) ? resolve(e.baseDir, e.vm) : e.vm,
-    to: to?.value as string,
+    to: canonicalReceiverUrl(to?.value as string),
     token: tokenPick?.secret as string,
     tokenSource: tokenPick?.from as string,
     ca: ca?.value?.pem,

@@ -44,7 +44,11 @@ export const MAX_DATASTORE_ROOTS = 256
 /** The per-VM keys (an object shape: one line per option). */
 export function vmOptionsShape(ctx: SchemaContext) {
   return {
-    to: doc(z.string().min(1).optional(), { description: 'Receiver URL, `wss://HOST:PORT` (`ws://` only to a loopback host, or with `insecurePlaintext`).', example: '"wss://dr.example.net:7443"' }),
+    to: doc(z.string().min(1).optional(), {
+      description:
+        "Receiver URL, `wss://HOST:PORT` (`ws://` only to a loopback host, or with `insecurePlaintext`). The port is required: the one of the receiver's `listen` (7443 in these docs); `:443` when it really is there.",
+      example: '"wss://dr.example.net:7443"',
+    }),
     tokenFile: doc(secretFileField(ctx).optional(), { description: 'File holding the bearer token (its first non-empty line), read before anything runs.', type: 'path' }),
     token: doc(z.string().min(1).optional(), { description: 'The bearer token itself (prefer `tokenFile`: a job file is often readable by more people than a 0600 token file).' }),
     caFile: doc(certificateFileField(ctx).optional(), { description: "PEM CA certificate (or the receiver's self-signed certificate) trusted for `wss://`.", type: 'path', default: 'the system CAs' }),

@@ -17,13 +17,16 @@ import type { CliCommand } from '../command.ts'
 import { repeatableOption } from '../repeatable-option.ts'
 import { withCephOptions } from './store-flags.ts'
 
+const MIRROR_ACTIONS = ['rollback', 'failover', 'import', 'remove'] as const
+
 export const mirrorCommand: CliCommand = {
   command: 'mirror <action>',
   describe: 'act on a mirror in a store',
+  actions: MIRROR_ACTIONS,
   builder: (y: Argv) =>
     withCephOptions(y)
       .positional('action', {
-        choices: ['rollback', 'failover', 'import', 'remove'] as const,
+        choices: MIRROR_ACTIONS,
         demandOption: true,
         describe:
           'rollback: discard an interrupted cycle; failover: prepare the mirror (or --point K) to run at the DR site, held until "grainline points close"; import: a VM seeded offline into the folder store --from becomes a mirror in --store ceph:POOL; remove: a VM no longer replicated leaves the store with its restore points (--yes; archives are kept)',

@@ -14,13 +14,16 @@ import type { CliCommand } from '../command.ts'
 import { UsageError } from '../exit-codes.ts'
 import { withCephOptions, withS3Options } from './store-flags.ts'
 
+const POINTS_ACTIONS = ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'archive-prune', 'export'] as const
+
 export const pointsCommand: CliCommand = {
   command: 'points [action]',
   describe: 'restore points of a mirror: list (default), prune by a retention policy, drop one, open one as a runnable VM (held), close it',
+  actions: POINTS_ACTIONS,
   builder: (y: Argv) =>
     withCephOptions(withS3Options(y))
       .positional('action', {
-        choices: ['list', 'prune', 'drop', 'open', 'close', 'archive', 'archived', 'archive-prune', 'export'] as const,
+        choices: POINTS_ACTIONS,
         default: 'list',
         describe:
           'list: the points; prune: apply a retention policy now; drop: drop --point K (a middle point is merged into its neighbour); open: --point K as a runnable VM folder (a writable child over the point, NICs not connected at power-on, new uuid.bios) that holds the mirror — on ceph:POOL an RBD clone of each disk snapshot, booted by QEMU as rbd:POOL/CLONE; close: release a hold (--to DIR, or the name open printed on ceph:POOL, or --all); archive: copy points (--point K, default every kept point and the mirror) to --archive s3://BUCKET/PREFIX, locked with --retain; archived: the points in --archive (one whose manifest a delete marker hides is restorable: listed, marked hidden); archive-prune: delete the manifests of --archive that --keep-last / --older-than select (--vm, or every VM), then the chunks no manifest references (older than --grace); export (ceph:POOL store): --point K (default the mirror) as raw disk files in --to DIR',

@@ -39,7 +39,7 @@ const b = (describe: string): Options => ({ type: 'boolean', describe })
 /** Every flag of `grainline replicate` that sets a job value. */
 export const REPLICATE_FLAGS: readonly FlagSpec[] = [
   { flag: 'job', key: '', level: 'job', yargs: s('JSON job file: {"to", "tokenFile", "parallel", "bwlimit", …, "vms": [{"vm": …}]} (docs/config/job.md)') },
-  { flag: 'to', key: 'to', level: 'vm', yargs: s('receiver URL, wss://HOST:PORT') },
+  { flag: 'to', key: 'to', level: 'vm', yargs: s("receiver URL, wss://HOST:PORT (the port is required: the receiver's listen port, 7443 in the docs)") },
   { flag: 'token-file', key: 'tokenFile', level: 'vm', path: true, yargs: s('file holding the bearer token') },
   { flag: 'ca', key: 'caFile', level: 'vm', path: true, yargs: s("PEM CA file trusted for the receiver certificate (or the receiver's self-signed certificate)") },
   { flag: 'insecure-tls', key: 'insecureTls', level: 'vm', yargs: b('skip TLS certificate verification (testing only)') },
