@@ -20,6 +20,8 @@ t.test('a manifest round-trips; keys sort by cycle and keep VM names inside thei
   t.same(parseManifest(encodeManifest(good), 'm'), good)
   const checked: ArchiveManifest = { ...good, disks: good.disks.map((d) => ({ ...d, verified: 'certify' as const })) }
   t.same(parseManifest(encodeManifest(checked), 'm'), checked, 'the check a disk matched at archiving round-trips')
+  const repaired: ArchiveManifest = { ...good, disks: good.disks.map((d) => ({ ...d, verified: 'trivial' as const, divergedResync: { cycle: 4, reason: 'certify (sha256) of cycle 3 failed' } })) }
+  t.same(parseManifest(encodeManifest(repaired), 'm'), repaired, 'a point older than a resync of a damaged mirror says so in its manifest')
   t.equal(manifestKey('dr/', 'web 01/../x', 7), 'dr/vms/web%2001%2F..%2Fx/points/000000000007.json')
   t.equal(chunkKey('', H), `chunks/ab/${H}`)
 })
@@ -40,6 +42,9 @@ t.test('hostile manifests get E_ARCHIVE naming the field', async (t) => {
     ['a huge file', { ...good, files: [{ name: 'a.vmx', sha256: H, bytes: 2 ** 40 }] }, /files\[0\]/],
     ['no disks', { ...good, disks: [] }, /disks/],
     ['an unknown verification', { ...good, disks: [{ ...disk, verified: 'yes' }] }, /disks\[0\]\.verified/],
+    ['a resync that is not a record', { ...good, disks: [{ ...disk, divergedResync: 4 }] }, /disks\[0\]\.divergedResync/],
+    ['a resync at cycle 0', { ...good, disks: [{ ...disk, divergedResync: { cycle: 0, reason: 'x' } }] }, /disks\[0\]\.divergedResync/],
+    ['a resync reason of 1 MB', { ...good, disks: [{ ...disk, divergedResync: { cycle: 2, reason: 'x'.repeat(2 ** 20) } }] }, /disks\[0\]\.divergedResync/],
   ]
   for (const [what, v, re] of cases) {
     const bytes = Buffer.from(typeof v === 'string' ? v : JSON.stringify(v))

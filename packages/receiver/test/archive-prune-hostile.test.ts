@@ -64,6 +64,7 @@ import {
   takeRunLock,
 } from '../src/index.ts'
 import { bootId, processStartTime } from '../src/vm-lock.ts'
+import { archiveOnePoint } from '../src/archive/archive-point.ts'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
@@ -1407,3 +1408,29 @@ t.test(
     await t.rejects(checkArchivedPoint(bucket, 'p/', 'web', 3), { code: 'E_ARCHIVE' }, 'no manifest: E_ARCHIVE')
   },
 )
+
+t.test('a point older than a resync of a damaged mirror: the archive records it, the restore from the archive says so', async (t) => {
+  const s3 = new TinyS3()
+  const endpoint = await s3.start()
+  t.teardown(() => s3.stop())
+  const bucket = new S3Bucket({ bucket: 'arch', prefix: '', endpoint, credentials: { accessKeyId: 'k', secretAccessKey: 's' } })
+  t.teardown(() => bucket.close())
+  const data = pattern(2 * MiB, 3)
+  const resync = { cycle: 4, reason: 'certify (sha256) of cycle 3 failed' }
+  const source = (divergedResync?: typeof resync) => ({
+    name: 'd.vmdk',
+    stem: 'd',
+    capacity: data.length,
+    ddb: {},
+    ...(divergedResync === undefined ? {} : { divergedResync }),
+    open: async () => ({ capacity: data.length, read: async (off: number, n: number) => data.subarray(off, off + n), close: async () => {} }),
+  })
+  const id = { committedAt: new Date().toISOString(), generation: 'g' }
+  await archiveOnePoint('web', 1, id, [source(resync)], [], { logger: log, bucket, prefix: 'p/' })
+  await archiveOnePoint('web', 5, id, [source()], [], { logger: log, bucket, prefix: 'p/' })
+  const r1 = await restoreFromArchive(bucket, 'p/', 'web', 1, join(scratchDir(t), 'r1'), { logger: log })
+  t.same(r1.disks[0]?.divergedResync, resync, 'the restored disk names the resync its point predated')
+  t.equal(r1.disks[0]?.verified, 'none', 'and what the point matched when archived')
+  const r5 = await restoreFromArchive(bucket, 'p/', 'web', 5, join(scratchDir(t), 'r5'), { logger: log })
+  t.equal(r5.disks[0]?.divergedResync, undefined, 'a point after it: nothing')
+})

@@ -50,7 +50,10 @@ export async function runRestore(args: GlobalArgs & Record<string, unknown>, ctx
           ? JSON.stringify({ event: 'restored', from: String(args['from']), ...r }) + '\n'
           : [
               `${r.vm}: archived point ${r.cycle} restored to ${r.to}`,
-              ...r.disks.map((d) => `  ${d.name}: ${formatBytes(d.capacity)}, every chunk and the whole disk verified (sha256 ${d.sha256.slice(0, 16)}…)`),
+              ...r.disks.flatMap((d) => [
+                `  ${d.name}: ${formatBytes(d.capacity)}, every chunk and the whole disk verified (sha256 ${d.sha256.slice(0, 16)}…)`,
+                ...(d.divergedResync === undefined ? [] : [`  ${divergedResyncWarning(d.name, r.cycle, d.divergedResync, d.verified ?? 'none')}`]),
+              ]),
             ].join('\n') + '\n',
       )
     } finally {

@@ -37,6 +37,13 @@ export interface ArchivedDisk {
    * written before archives checked it
    */
   readonly verified?: ArchiveVerified
+  /**
+   * the point predated a resync that repaired the disk's mirror, marked
+   * diverged, and read the blocks it rewrote as the damaged mirror held them
+   * (points.ts divergedResyncUnder): what the archive holds of them may be
+   * that damage; absent when not, and in manifests written before it was recorded
+   */
+  readonly divergedResync?: { readonly cycle: number; readonly reason: string }
 }
 
 /** How an archived disk was checked against its cycle's record ({@link ArchivedDisk.verified}). */
@@ -135,6 +142,9 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
     if (ddbWrong !== undefined) throw bad(where, `${at}.ddb: ${ddbWrong}, which the receiver never records (a restore writes the DDB into the disk's descriptor)`)
     const verified = d['verified']
     if (verified !== undefined && !VERIFIED.includes(verified as ArchiveVerified)) throw bad(where, `${at}.verified`)
+    const resync = d['divergedResync']
+    if (resync !== undefined && (!isObj(resync) || !isCount(resync['cycle']) || resync['cycle'] < 1 || typeof resync['reason'] !== 'string' || resync['reason'].length > 2000))
+      throw bad(where, `${at}.divergedResync`)
     return {
       name: d['name'],
       stem: d['stem'],
@@ -143,6 +153,7 @@ export function parseManifest(bytes: Uint8Array, where: string): ArchiveManifest
       chunks: chunks as (string | null)[],
       ddb: ddb as Record<string, string>,
       ...(verified === undefined ? {} : { verified: verified as ArchiveVerified }),
+      ...(resync === undefined ? {} : { divergedResync: { cycle: resync['cycle'] as number, reason: resync['reason'] as string } }),
     }
   })
   if (!Array.isArray(j['files']) || j['files'].length > 64) throw bad(where, 'files')

@@ -21,7 +21,8 @@ import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { inflightRefusal } from '../operator-command.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
-import { checkedPointSource, disksAt, pointsOf } from '../points.ts'
+import { checkedPointSource, disksAt, divergedResyncUnder, pointsOf, type DivergedResync } from '../points.ts'
+import type { VmStateFile } from '../state-file.ts'
 import { pointConfigText } from '../point-config.ts'
 import { isAllZero } from '@grainline/vmdk'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
@@ -119,6 +120,7 @@ async function archiveLocked(storeDir: string, vm: string, cycles: readonly numb
         capacity: rec.capacity,
         ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb,
         ...recordedCheck(checksAt(state, rec.name, cycle)),
+        ...divergedResyncOf(state, rec.name, cycle),
         open: async () => {
           const chain = await openChain(await checkedPointSource(m.paths, state, rec.name, cycle))
           return {
@@ -171,6 +173,12 @@ function recordedCheck(ch: ReturnType<typeof checksAt>): { check?: PointDiskChec
   return {}
 }
 
+/** `{ divergedResync }` of a point's disk (none for the mirror itself). */
+function divergedResyncOf(state: VmStateFile, name: string, cycle: number): { divergedResync?: DivergedResync } {
+  const r = cycle === state.committedCycle ? undefined : divergedResyncUnder(state, name, cycle)
+  return r === undefined ? {} : { divergedResync: r }
+}
+
 /** A disk of a point as {@link archiveOnePoint} reads it (a VMDK chain of the folder store, an RBD snapshot of the Ceph store). */
 export interface PointDiskSource {
   readonly name: string
@@ -180,6 +188,8 @@ export interface PointDiskSource {
   readonly ddb: Readonly<Record<string, string>>
   /** the check recorded at the point's cycle (absent: none recorded, or the store keeps no digest — Ceph) */
   readonly check?: PointDiskCheck
+  /** the resync of a diverged mirror the point reads through ({@link ArchivedDisk.divergedResync}; the folder store) */
+  readonly divergedResync?: DivergedResync
   open(): Promise<{ readonly capacity: number; read(offset: number, length: number): Promise<Buffer>; close(): Promise<void> }>
 }
 
@@ -263,7 +273,16 @@ export async function archiveOnePoint(
           )
         }
       }
-      disks.push({ name: src.name, stem: src.stem, capacity: reader.capacity, sha256: whole.digest('hex'), chunks, ddb: src.ddb, verified: check?.kind ?? 'none' })
+      disks.push({
+        name: src.name,
+        stem: src.stem,
+        capacity: reader.capacity,
+        sha256: whole.digest('hex'),
+        chunks,
+        ddb: src.ddb,
+        verified: check?.kind ?? 'none',
+        ...(src.divergedResync === undefined ? {} : { divergedResync: src.divergedResync }),
+      })
     } finally {
       await reader.close()
     }

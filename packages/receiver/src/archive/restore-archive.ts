@@ -23,7 +23,7 @@ import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
-import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest } from './archive-manifest.ts'
+import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest, type ArchivedDisk, type ArchiveVerified } from './archive-manifest.ts'
 import { despiteLockProblem, locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
 
@@ -153,7 +153,17 @@ export interface ArchiveRestoreResult {
   readonly vm: string
   readonly cycle: number
   readonly to: string
-  readonly disks: { name: string; descriptor: string; flat: string; capacity: number; sha256: string }[]
+  readonly disks: {
+    name: string
+    descriptor: string
+    flat: string
+    capacity: number
+    sha256: string
+    /** what the point matched when it was archived (absent in older manifests) */
+    verified?: ArchiveVerified
+    /** the point predated a resync that repaired the disk's mirror ({@link ArchivedDisk.divergedResync}) */
+    divergedResync?: { readonly cycle: number; readonly reason: string }
+  }[]
 }
 
 /** Options of {@link restoreFromArchive}. */
@@ -313,7 +323,15 @@ async function restoreInto(bucket: S3Bucket, prefix: string, m: ArchiveManifest,
     // atomic and durable (fs-util.ts writeFileAtomic): its folder's fsync makes the flat's name durable too
     await writeFileAtomic(descriptor, mirrorDescriptor({ cid: newCid(), capacity: d.capacity, flatFile: flatName, ddb: d.ddb }), 'destination')
     written.add(descriptor)
-    disks.push({ name: d.name, descriptor, flat, capacity: d.capacity, sha256 })
+    disks.push({
+      name: d.name,
+      descriptor,
+      flat,
+      capacity: d.capacity,
+      sha256,
+      ...(d.verified === undefined ? {} : { verified: d.verified }),
+      ...(d.divergedResync === undefined ? {} : { divergedResync: d.divergedResync }),
+    })
   }
   for (const f of [...files.filter((f) => !f.name.endsWith('.vmx')), ...files.filter((f) => f.name.endsWith('.vmx'))]) {
     const path = join(toDir, f.name)
