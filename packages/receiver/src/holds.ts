@@ -29,6 +29,7 @@ import { pointConfigText } from './point-config.ts'
 import { readVmState } from './state-file.ts'
 import { checkClosable, holdsOf, type HoldRecord } from './hold-record.ts'
 import { isVmName } from './receiver-rules.ts'
+import { markVmx } from './mirror-vmx.ts'
 
 export { closeCommand, holdsOf, heldMessage, heldPeerMessage, type HoldRecord } from './hold-record.ts'
 import { VmMirror } from './vm-mirror.ts'
@@ -50,38 +51,17 @@ const isMarkerTemp = (name: string): boolean => name.startsWith(`${HOLD_MARKER}.
 
 /** How a .vmx is prepared to run beside the mirror. */
 export interface VmxPrepare {
-  /** appended to the display name */
+  /** the display name's mark, in place of the one grainline recorded in the .vmx (mirror-vmx.ts markVmx) */
   readonly suffix: string
   /**
-   * a suffix the display name loses when it ends with it (the mirror's, so that a point's or a failover's does not
-   * stack on it); the marks grainline itself gives ({@link GRAINLINE_MARK}) are lost too, whatever this is
+   * the mark a .vmx written before marks were recorded is known to carry (the mirror's suffix), lost before `suffix`
+   * is added; a name's other endings are the VM's own (`Build (opened)`) and stay
    */
   readonly replaces?: string
   /** network label mapping `from` → `to` (ethernetN.networkName) */
   readonly networks?: Readonly<Record<string, string>>
   /** leave NICs connected at power-on @default false */
   readonly connectNics?: boolean
-}
-
-/**
- * A display-name mark grainline gives (the mirror's default suffix, a failover's, an opened, restored or archived
- * point's): a VM whose name already ends with one — one opened or restored before and replicated since — loses it
- * before the new mark is added, so that marks replace each other instead of stacking (`web (point 3) (point 3)`).
- */
-const GRAINLINE_MARK = / \((?:grainline mirror|grainline failover|failover|opened|(?:archived )?point \d+)\)$/
-
-/**
- * `name` without the marks it ends with (`replaces`, then {@link GRAINLINE_MARK}s, as often as they come), with
- * `suffix` after it. A name that is nothing but marks keeps its first (an empty name is no name).
- */
-export function markedDisplayName(name: string, suffix: string, replaces?: string): string {
-  let base = name
-  for (;;) {
-    const cut = replaces !== undefined && replaces !== '' && base.endsWith(replaces) ? base.length - replaces.length : (GRAINLINE_MARK.exec(base)?.index ?? -1)
-    if (cut <= 0) break
-    base = base.slice(0, cut)
-  }
-  return `${base}${suffix}`
 }
 
 /**
@@ -105,8 +85,8 @@ export function prepareVmx(text: string, opts: VmxPrepare, uuid: Buffer = random
     const value = m[2] as string
     const nic = /^(ethernet\d+)\./.exec(key)
     if (nic !== null) nics.add(nic[1] as string)
-    if (key === 'displayname') out.push(`displayName = "${markedDisplayName(value, opts.suffix, opts.replaces)}"`)
-    else if (key === 'uuid.bios' || key === 'uuid.location') continue
+    // the display name is marked below (markVmx)
+    if (key === 'uuid.bios' || key === 'uuid.location') continue
     else if (nic !== null && key.endsWith('.startconnected')) continue
     else if (nic !== null && key.endsWith('.networkname') && opts.networks?.[value] !== undefined) out.push(`${m[1] as string} = "${opts.networks[value] as string}"`)
     else out.push(line)
@@ -114,7 +94,7 @@ export function prepareVmx(text: string, opts: VmxPrepare, uuid: Buffer = random
   while (out.length > 0 && out.at(-1) === '') out.pop()
   out.push(`uuid.bios = "${bios}"`)
   for (const n of [...nics].sort()) out.push(`${n}.startConnected = "${opts.connectNics === true ? 'TRUE' : 'FALSE'}"`)
-  return out.join('\n') + '\n'
+  return markVmx(out.join('\n') + '\n', opts.suffix, opts.replaces)
 }
 
 /**
@@ -188,8 +168,8 @@ export async function openPoint(
     const vmxPath = join(abs, `${vm}.vmx`)
     const mark = opts.vmx?.suffix ?? (cycle === state.committedCycle ? ` (${kind === 'failover' ? 'failover' : 'opened'})` : ` (point ${cycle})`)
     // an opened point: the VM's name, the mirror's suffix, the point's mark (`web (grainline mirror) (point 3)`); a
-    // failover: the VM's name and its mark alone. Marks the name carried already (the mirror's, a point's: a VM opened
-    // or restored before and replicated since) are replaced, not stacked (markedDisplayName)
+    // failover: the VM's name and its mark alone. The mark the mirror's .vmx records is replaced, not stacked on
+    // (mirror-vmx.ts markVmx)
     const suffix = kind === 'failover' ? mark : `${state.displaySuffix}${mark}`
     // the point's own .vmx (point-config.ts), read as a store file: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
     // durable as the marker (fsync'ed, renamed, the folder fsync'ed): a crash after the open returned never leaves the

@@ -90,6 +90,9 @@ export function journalStuck(d: InflightDisk): boolean {
  * `.grainline` (no sweep of the receiver's own files touches it), named after the journal and the cycle, e.g.
  * `<vm>/d.journal.set-aside-cycle-2` (`-2`, `-3`… after it when that name is taken: an earlier one is never replaced).
  */
+/** A journal a rollback set aside in the mirror folder ({@link setAsideJournalPath}): `<stem>.journal.set-aside-cycle-<N>[-<n>]`. */
+export const SET_ASIDE_JOURNAL = /\.journal\.set-aside-cycle-\d+(?:-\d+)?$/
+
 export function setAsideJournalPath(paths: VmPaths, d: InflightDisk, cycle: number, n = 1): string {
   return join(paths.dir, `${d.stem}.journal.set-aside-cycle-${cycle}${n > 1 ? `-${n}` : ''}`)
 }

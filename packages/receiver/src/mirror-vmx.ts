@@ -131,6 +131,57 @@ const DEVICE = /^(?:(?:scsi|ide|sata|nvme)\d+:\d+|serial\d+|parallel\d+|floppy\d
 
 const LINE = /^([ \t]*)([A-Za-z0-9_.:-]+)([ \t]*=[ \t]*)(?:"(.*)"|([^"\s]*))[ \t]*$/
 
+/**
+ * The .vmx key in which grainline records the mark it added to `displayName` (the mirror's suffix, an opened,
+ * restored or archived point's, a failover's). The next mark replaces exactly that one: a name of the VM's own that
+ * looks like a mark (`Build (opened)`, `web (point 2)`) is kept. ESXi keeps keys it does not know, so the record
+ * travels with the .vmx: a VM restored or opened, registered and replicated since carries it to its mirror.
+ */
+export const DISPLAY_MARK_KEY = 'grainline.displayMark'
+
+/**
+ * `name` without the mark grainline `recorded` (when the name still ends with it: a VM renamed since keeps its new
+ * name whole), or, in a .vmx written before marks were recorded (`recorded` undefined), without `legacy` (the
+ * mirror's suffix, the one mark such a .vmx is known to carry), with `suffix` after it. A name that is nothing but
+ * its mark keeps it (an empty name is no name).
+ */
+export function markedDisplayName(name: string, suffix: string, recorded: string | undefined, legacy?: string): string {
+  const mark = recorded ?? legacy ?? ''
+  const base = mark !== '' && name.length > mark.length && name.endsWith(mark) ? name.slice(0, -mark.length) : name
+  return `${base}${suffix}`
+}
+
+/**
+ * The .vmx `text` with its display name marked: {@link markedDisplayName} (the mark recorded under
+ * {@link DISPLAY_MARK_KEY} replaced by `suffix`, or by what `suffix` makes of the recorded mark), and the new mark
+ * recorded after it (no record for an empty suffix). The one function every .vmx grainline writes is marked by (the
+ * mirror's, an opened or restored point's, a failover's, an archive's restore). A .vmx without a displayName is
+ * returned as it is.
+ */
+export function markVmx(text: string, suffix: string | ((recorded: string | undefined) => string), legacy?: string): string {
+  const eol = text.includes('\r\n') ? '\r\n' : '\n'
+  const lines = text.split(/\r?\n/)
+  const keyOf = (line: string): string | undefined => LINE.exec(line)?.[2]?.toLowerCase()
+  const markKey = DISPLAY_MARK_KEY.toLowerCase()
+  const at = lines.findIndex((l) => keyOf(l) === 'displayname')
+  if (at < 0) return text
+  let recorded: string | undefined
+  for (const l of lines) {
+    const m = LINE.exec(l)
+    if (m?.[2]?.toLowerCase() === markKey) recorded = m[4] ?? m[5] ?? ''
+  }
+  const mark = typeof suffix === 'string' ? suffix : suffix(recorded)
+  const out: string[] = []
+  lines.forEach((line, i) => {
+    if (i === at) {
+      const [, lead, key, eq, quoted, bare] = LINE.exec(line) as unknown as [string, string, string, string, string | undefined, string | undefined]
+      out.push(`${lead}${key}${eq}"${markedDisplayName(quoted ?? bare ?? '', mark, recorded, legacy)}"`)
+      if (mark !== '') out.push(`${DISPLAY_MARK_KEY} = "${mark}"`)
+    } else if (keyOf(line) !== markKey) out.push(line)
+  })
+  return out.join(eol)
+}
+
 /** Decode the .vmx `|XX` hex escapes (ESXi reads `..|2F` as `../`). */
 function unescapeVmx(v: string): string {
   return v.replace(/\|([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(Number.parseInt(h, 16)))
@@ -146,7 +197,7 @@ function isPathKey(k: string): boolean {
 }
 
 /**
- * Rewrite a source .vmx for the mirror. `displayName` gets `suffix`. A
+ * Rewrite a source .vmx for the mirror. `displayName` gets `suffix` (markVmx). A
  * `<device>.fileName` naming a mirrored disk (assignDisks: its node-prefixed name, then its base name, in `diskMap`; each disk to one device) points
  * at the mirror descriptor. Every other file reference is kept only if it is
  * a bare name inside the mirror folder (not a .vmdk that is not mirrored):
@@ -184,10 +235,8 @@ export function mirrorVmx(
     const [, lead, key, eq, quoted, bare] = m as unknown as [string, string, string, string, string | undefined, string | undefined]
     const k = key.toLowerCase()
     const value = unescapeVmx(quoted ?? bare ?? '')
-    if (k === 'displayname') {
-      sawName = true
-      return value.endsWith(opts.suffix) ? line : `${lead}${key}${eq}"${quoted ?? bare ?? ''}${opts.suffix}"`
-    }
+    // marked below (markVmx), as every .vmx grainline writes
+    if (k === 'displayname') sawName = true
     if (!isPathKey(k)) return line
     const isVmdk = /\.vmdk$/i.test(value)
     if (k.endsWith('.filename') && isVmdk) {
@@ -235,5 +284,8 @@ export function mirrorVmx(
   }
   if (!sawName) extra.push(`displayName = "${opts.suffix.trim()}"`)
   kept.splice(at, 0, ...extra)
-  return { text: kept.join(eol), dropped, attached: [...attached] }
+  // the mirror's name: the source's, without a mark grainline recorded in it (a VM restored or opened and replicated
+  // since), and the mirror's suffix; a source .vmx of no record that ends with the suffix already is not marked twice
+  const joined = kept.join(eol)
+  return { text: sawName && opts.suffix !== '' ? markVmx(joined, opts.suffix, opts.suffix) : joined, dropped, attached: [...attached] }
 }

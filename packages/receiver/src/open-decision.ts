@@ -161,12 +161,15 @@ export function roomFailure(
       message: `disk ${req.name} of VM ${vm} ${what}, ${place.store} has ${space.freeBytes} free: ${place.remedy}, then retry`,
     }
   }
-  if (space.quotaBytes !== undefined && space.usedBytes + space.reservedBytes + adds > space.quotaBytes) {
+  // the configuration files count as in the free space: staged, they are in the usage already (.grainline/incoming),
+  // and the commit installs a copy of them in the mirror folder
+  if (space.quotaBytes !== undefined && space.usedBytes + space.reservedBytes + adds + config > space.quotaBytes) {
     const others = space.reservedBytes > 0 ? ` and the ${space.reservedBytes} its disks open and not yet committed may still add` : ''
+    const installs = config > 0 ? ` (and its commit install ${config} bytes of configuration files in the mirror folder)` : ''
     return {
       kind: 'fail',
       code: 'E_QUOTA',
-      message: `disk ${req.name} of VM ${vm} may add ${adds} bytes to the ${space.usedBytes} this token's mirrors use${others}, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, remove mirrors, or commit the cycles in flight first, then retry`,
+      message: `disk ${req.name} of VM ${vm} may add ${adds} bytes${installs} to the ${space.usedBytes} this token's mirrors use${others}, above its quota of ${space.quotaBytes}: raise the quota in the tokens file, remove mirrors, or commit the cycles in flight first, then retry`,
     }
   }
   return undefined

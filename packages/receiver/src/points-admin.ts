@@ -16,7 +16,7 @@ import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
 import { checkedPointChain, disksAt, divergedResyncUnder, pointsOf, pointSource, type DivergedResync, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
-import { markedDisplayName } from './holds.ts'
+import { markVmx } from './mirror-vmx.ts'
 import { isAllZero } from '@grainline/vmdk'
 import type { RetentionPolicy } from './retention.ts'
 import { readVmState, type DiskRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
@@ -355,10 +355,8 @@ async function copyConfig(paths: VmPaths, state: VmStateFile, cycle: number, toD
   // store files: a FIFO or a link there is a typed E_STORE_FILE, never a hang with the VM locked (store-fs.ts)
   const vmx = await pointConfigText(paths, state, cycle, log)
   if (vmx !== undefined) {
-    // the mirror's name and the point's mark, in place of the marks the name carried (a VM restored or opened from a
-    // point before, and replicated since: `web (point 2) (grainline mirror)` restores as `web (grainline mirror) (point 2)`)
-    const marked = vmx.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${markedDisplayName(name, `${state.displaySuffix} (point ${cycle})`, state.displaySuffix)}"`)
-    await writeFileAtomic(join(toDir, `${state.vm}.vmx`), marked, 'destination')
+    // the mirror's name and the point's mark, in place of the mark the mirror's .vmx records (as points open marks it)
+    await writeFileAtomic(join(toDir, `${state.vm}.vmx`), markVmx(vmx, `${state.displaySuffix} (point ${cycle})`, state.displaySuffix), 'destination')
   }
   try {
     await writeFileAtomic(join(toDir, `${state.vm}.nvram`), await readStoreFile(join(paths.dir, `${state.vm}.nvram`), CONFIG_FILE_MAX_BYTES), 'destination')

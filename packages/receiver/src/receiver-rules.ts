@@ -113,6 +113,29 @@ export function checkFileName(name: string, vm?: string): void {
 }
 
 /**
+ * A VmOpen's configuration files: each name allowed ({@link checkFileName}), and no two names equal ignoring case
+ * (`web.vmx` and `WEB.VMX`, or one name twice). On a case-sensitive store both would be staged and installed, but a
+ * folder a restore or failover writes to on a case-insensitive file system (CIFS, NFS of a Windows or macOS server),
+ * or a copy of the mirror folder to one, holds one of them, whichever is written last: the VM boots from a
+ * configuration nobody chose. Two `.vmx` names are also both installed as `<vm>.vmx`.
+ * @throws ReceiverError E_BAD_NAME
+ */
+export function checkFileNames(names: Iterable<string>, vm: string): void {
+  const seen = new Map<string, string>()
+  for (const name of names) {
+    checkFileName(name, vm)
+    const key = name.toLowerCase()
+    const other = seen.get(key)
+    if (other !== undefined)
+      throw new ReceiverError(
+        'E_BAD_NAME',
+        `configuration files ${shown(other)} and ${shown(name)} of VM ${shown(vm)} ${other === name ? 'are one name sent twice' : 'differ only in case'}: a folder on a case-insensitive file system (a restore's or failover's destination, a copy of the mirror) holds only one of them, and the VM would boot from whichever was written last. Nothing was staged; keep one of them on the source (rename or remove the other, and the entry of the .vmx naming it)`,
+      )
+    seen.set(key, name)
+  }
+}
+
+/**
  * The form of a disk name the store may hold: no hidden name, nor one of the
  * receiver's own files (a flat, a .vmx, a journal…). A state file's disk
  * names are checked with this alone (state-names.ts): a mirror committed

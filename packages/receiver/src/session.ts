@@ -45,7 +45,7 @@ import { effectiveRetention, specFromPolicy, type RetentionPolicy } from './rete
 import { SessionDeadlines } from './session-deadlines.ts'
 import { extentPayload } from './extent-payload.ts'
 import { pointsDroppedNotice } from './points-dropped.ts'
-import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileName, checkTrivialPrefix, checkVmName, checkVmNameFits } from './receiver-rules.ts'
+import { checkCapacity, checkCycleIdentity, checkDiskName, checkFileNames, checkTrivialPrefix, checkVmName, checkVmNameFits } from './receiver-rules.ts'
 import { verifyDisk } from './verification.ts'
 import { VmMirror } from './vm-mirror.ts'
 import { workProgressLog, type WorkProgress } from './work-progress.ts'
@@ -401,7 +401,10 @@ export class Session {
     checkVmNameFits(msg.vm)
     // SPEC: an agent may not learn of mirrors its token does not cover — same answer whether or not it exists
     if (!mayAccess(this.token, msg.vm)) throw new ReceiverError('E_FORBIDDEN', 'this token may not replicate that VM')
-    for (const f of msg.files) checkFileName(f.name, msg.vm)
+    checkFileNames(
+      msg.files.map((f) => f.name),
+      msg.vm,
+    )
     const ceph = this.settings.ceph
     // a new VM's folder (its lock object and state object on Ceph) and staged files come before any quota check: the
     // token's VM count is bounded (vm-count.ts, ceph-vm-count.ts)

@@ -6,9 +6,9 @@ import type { Logger } from 'pino'
 import { grainlineCommand, storeArg } from './operator-command.ts'
 import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
-import { checkVmDir, entryExists, entryKind } from './store-fs.ts'
+import { checkVmDir, entryExists, entryKind, readStoreDir } from './store-fs.ts'
 import { scanJournal, type JournalHead } from './journal.ts'
-import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalStuck, misplacedJournal, unreadableJournal, unusableJournal, type JournalUnusable } from './journal-head.ts'
+import { HEADLESS_JOURNAL, MISSING_JOURNAL, SET_ASIDE_JOURNAL, checkJournalHead, journalStuck, misplacedJournal, unreadableJournal, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
 import { mirrorModified } from './open-decision.ts'
@@ -127,8 +127,34 @@ export interface VmStatus {
    * `modified` (mirror-inspection.ts)
    */
   readonly damagedMirror?: readonly DamagedMirrorDisk[]
+  /**
+   * On the folder store: the journals rollbacks set aside in the mirror folder (journal-head.ts
+   * setAsideJournalPath: a seed's journal it could not open or read), each file with the bytes it allocates. They
+   * count in the token's quota (they are in the VM's folder) and nothing removes them: the operator looks at them,
+   * then deletes them.
+   */
+  readonly setAsideJournals?: readonly SetAsideJournal[]
   /** why the VM's state could not be read */
   readonly error?: string
+}
+
+/** A journal a rollback set aside in a VM's mirror folder: its name there, the bytes it allocates, what it is when not a file. */
+export interface SetAsideJournal {
+  readonly file: string
+  readonly bytes: number
+  /** a rollback sets aside what stood in the journal's place as it was: `a FIFO`, `a folder`, `a symbolic link`… */
+  readonly kind?: string
+}
+
+/** The journals rollbacks set aside in the mirror folder, by name (lstat: nothing opened or followed). */
+async function setAsideJournals(paths: VmPaths): Promise<SetAsideJournal[]> {
+  const out: SetAsideJournal[] = []
+  for (const file of (await readStoreDir(paths.dir)).filter((n) => SET_ASIDE_JOURNAL.test(n)).sort()) {
+    const st = await lstat(join(paths.dir, file)).catch(() => undefined)
+    if (st === undefined) continue
+    out.push(st.isFile() ? { file, bytes: st.blocks * 512 } : { file, bytes: st.isSymbolicLink() ? 0 : st.blocks * 512, kind: entryKind(st) })
+  }
+  return out
 }
 
 /** The damaged files of a VM's restore points (each point's files looked at with lstat, see point-chain.ts damagedPointFiles). */
@@ -253,6 +279,7 @@ export async function storeStatus(storeDir: string): Promise<{ store: string; vm
         ...withPointsDropped(s),
         // a commit to roll forward moves, merges and removes point files: looked at once it is finished
         damagedPoints: s.pending === null ? await pointsDamage(paths, s.points ?? []) : [],
+        setAsideJournals: await setAsideJournals(paths),
       })
     } catch (err) {
       // the folder gone since the listing (a removal's rename): not a VM any more

@@ -31,6 +31,7 @@
  * UNKNOWN.
  */
 import { stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { storeStatus, type DiskStatus, type VmStatus } from './store-admin.ts'
 import { grainlineCommand, storeArg } from './operator-command.ts'
@@ -129,6 +130,17 @@ export function assessMirror(vm: VmStatus, opts: StoreHealthOptions & { readonly
   if (vm.committedCycle === 0 && vm.error === undefined) problems.push(['WARNING', 'never committed (seed not finished)'])
   if (ageSeconds !== null && opts.maxAgeMs !== undefined && ageSeconds * 1000 > opts.maxAgeMs) {
     problems.push(['CRITICAL', `stale: last commit ${ageText(ageSeconds)} ago (max ${ageText(Math.floor(opts.maxAgeMs / 1000))})`])
+  }
+  const aside = vm.setAsideJournals ?? []
+  if (aside.length > 0) {
+    const bytes = aside.reduce((n, j) => n + j.bytes, 0)
+    const where = opts.store === undefined ? vm.vm : join(opts.store, vm.vm)
+    const named = aside.map((j) => (j.kind === undefined ? j.file : `${j.file} (${j.kind})`))
+    const names = named.length <= 3 ? named.join(', ') : `${named.slice(0, 3).join(', ')} and ${named.length - 3} more`
+    problems.push([
+      'WARNING',
+      `${aside.length} journal${aside.length === 1 ? '' : 's'} set aside by rollbacks in ${where} (${names}; ${bytes} bytes, counted in the token's quota): each stood in a seed's journal's place and could not be opened or read, the rollback discarded that seed (the next run seeds the disk anew) and nothing reads ${aside.length === 1 ? 'it' : 'them'} any more; look at ${aside.length === 1 ? 'it' : 'them'} (a damaged or planted file), then delete ${aside.length === 1 ? 'it' : 'them'} (rm -- ${JSON.stringify(where)}/*.journal.set-aside-cycle-*)`,
+    ])
   }
   for (const h of vm.holds ?? []) {
     problems.push(['WARNING', `held by ${h.kind === 'failover' ? 'a failover' : 'an opened point'} (point ${h.cycle} in ${h.dir}): no cycle is applied until "grainline points close" releases it`])

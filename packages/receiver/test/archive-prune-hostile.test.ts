@@ -409,12 +409,12 @@ async function setUp(t: Test, timeouts?: S3Timeouts): Promise<{ s3: TinyS3; buck
 }
 
 /** A store whose VM `vm` committed one seed cycle of `data` (receiver closed), and an empty {@link TinyS3} with its bucket `arch`. */
-async function seededStore(t: Test, vm: string, data: Buffer): Promise<{ store: string; s3: TinyS3; bucket: S3Bucket }> {
+async function seededStore(t: Test, vm: string, data: Buffer, vmx?: string): Promise<{ store: string; s3: TinyS3; bucket: S3Bucket }> {
   const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env)
   t.teardown(() => receiver.close())
   const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', data, 'ae01ae01ae01ae01')])
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', data, 'ae01ae01ae01ae01')], vmx === undefined ? {} : { files: [{ name: `${vm}.vmx`, data: Buffer.from(vmx) }] })
   a.close()
   await receiver.close()
   const s3 = new TinyS3()
@@ -1433,4 +1433,23 @@ t.test('a point older than a resync of a damaged mirror: the archive records it,
   t.equal(r1.disks[0]?.verified, 'none', 'and what the point matched when archived')
   const r5 = await restoreFromArchive(bucket, 'p/', 'web', 5, join(scratchDir(t), 'r5'), { logger: log })
   t.equal(r5.disks[0]?.divergedResync, undefined, 'a point after it: nothing')
+})
+
+t.test("a restore from the archive marks the display name as points restore does: the recorded mark replaced, a name's own ending kept", async (t) => {
+  const displayName = async (dir: string, vm: string): Promise<string | undefined> => /^displayName = "(.*)"$/m.exec(await readFile(join(dir, `${vm}.vmx`), 'utf8'))?.[1]
+  // a VM restored from point 2 by grainline, registered and replicated since: its .vmx as the restore wrote it
+  const again = 'web-again'
+  const restored = 'displayName = "web (grainline mirror) (point 2)"\ngrainline.displayMark = " (grainline mirror) (point 2)"\nscsi0:0.fileName = "d-000001.vmdk"\n'
+  const a = await seededStore(t, again, pattern(MiB, 3), restored)
+  await archivePoints(a.store, again, undefined, { logger: log, bucket: a.bucket, prefix: 'p/' })
+  const toA = join(scratchDir(t), 'again')
+  await restoreFromArchive(a.bucket, 'p/', again, 1, toA, { logger: log })
+  t.equal(await displayName(toA, again), 'web (grainline mirror) (archived point 1)', 'one mark, not "web (grainline mirror) (point 2) (grainline mirror) (archived point 1)"')
+  // a VM whose own name ends with what looks like a mark: kept
+  const own = 'web-own'
+  const b = await seededStore(t, own, pattern(MiB, 4), 'displayName = "Build (opened)"\nscsi0:0.fileName = "d-000001.vmdk"\n')
+  await archivePoints(b.store, own, undefined, { logger: log, bucket: b.bucket, prefix: 'p/' })
+  const toB = join(scratchDir(t), 'own')
+  await restoreFromArchive(b.bucket, 'p/', own, 1, toB, { logger: log })
+  t.equal(await displayName(toB, own), 'Build (opened) (grainline mirror) (archived point 1)', "the VM's own name whole, the mirror's and the point's marks after it")
 })

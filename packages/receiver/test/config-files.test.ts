@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { MessageKind, type VmOpenMessage } from '@grainline/protocol'
 import { readVmState, type VmStateFile } from '../src/state-file.ts'
 import { VmPaths } from '../src/vm-paths.ts'
-import { checkFileName } from '../src/receiver-rules.ts'
+import { checkFileName, checkFileNames } from '../src/receiver-rules.ts'
 import { Agent, MiB, TOKEN, VMX, evolve, hello, incPlan, makeEnv, pattern, runCycle, seedPlan, startChild, startReceiver, vmOpen, type Env } from './helpers.ts'
 
 /*
@@ -198,3 +198,51 @@ t.test("a configuration file named as one of the receiver's own files in the mir
   await cycle(url, env, 2, filesOf(2, 'a.nvram'))
   t.equal(readFileSync(aside, 'utf8'), 'the journal a rollback set aside\n')
 })
+
+t.test(
+  'configuration file names equal ignoring case are refused at VmOpen (naming the VM and both files), nothing staged; a name a later cycle carries in another case replaces the installed one',
+  async (t) => {
+    const message = /^configuration files "a\.nvram" and "A\.NVRAM" of VM "vm1" differ only in case: .*case-insensitive.*Nothing was staged; keep one of them on the source/
+    t.throws(() => checkFileNames(['vm1.vmx', 'a.nvram', 'A.NVRAM'], VM), { code: 'E_BAD_NAME', message })
+    t.throws(() => checkFileNames(['source-name.vmx', 'SOURCE-NAME.VMX'], VM), { code: 'E_BAD_NAME', message: /"source-name\.vmx" and "SOURCE-NAME\.VMX" of VM "vm1" differ only in case/ })
+    t.throws(() => checkFileNames(['a.nvram', 'a.nvram'], VM), { code: 'E_BAD_NAME', message: /"a\.nvram" and "a\.nvram" of VM "vm1" are one name sent twice/ })
+    t.doesNotThrow(() => checkFileNames(['vm1.vmx', 'a.nvram', 'b.nvram', 'vm1.vmxf'], VM), 'distinct names')
+    const env = makeEnv(scratchDir(t))
+    const { receiver, url } = await startReceiver(env)
+    t.teardown(() => receiver.close())
+    await cycle(url, env, 1, filesOf(1, 'a.nvram'))
+    for (const pair of [
+      ['a.nvram', 'A.NVRAM'],
+      ['source-name.vmx', 'Source-Name.vmx'],
+    ]) {
+      await t.test(pair.join(' + '), async (t) => {
+        const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+        const seen: string[] = []
+        a.send(hello())
+        await a.expect(MessageKind.Welcome)
+        const files = [...filesOf(2, 'a.nvram').filter((f) => !pair.includes(f.name)), ...pair.map((name) => ({ name, data: Buffer.from(`${name} from the agent\n`) }))]
+        a.send({ ...(vmOpen(VM, 2, ['vm1-000002.vmdk']) as VmOpenMessage), files })
+        // the first answer: the refusal (an older receiver answered VmState, staged the files and waited for the disks)
+        const m = await a.next()
+        if (m?.kind === MessageKind.Error) seen.push(m.message)
+        else a.close()
+        await a.whenClosed()
+        t.same(a.errors, ['E_BAD_NAME'])
+        t.match(
+          seen[0],
+          new RegExp(`configuration files "${pair[0]?.replace('.', '\\.')}" and "${pair[1]?.replace('.', '\\.')}" of VM "vm1" differ only in case`),
+          'the message names the VM and both files',
+        )
+        t.same(readdirSync(join(dir(env), '.grainline', 'incoming')).sort(), ['a.nvram', 'source-name.vmx'], 'nothing staged')
+        t.equal(readFileSync(join(dir(env), '.grainline', 'incoming', 'a.nvram'), 'utf8'), 'a.nvram of cycle 1\n', 'the staged file untouched')
+      })
+    }
+    t.equal(state(env).committedCycle, 1, 'not committed')
+    // the source renames a.nvram to A.NVRAM: the next cycle installs A.NVRAM in place of a.nvram (removed first, so
+    // that a case-insensitive store, where both are one file, holds the new one); one file in the mirror folder
+    await cycle(url, env, 2, filesOf(2, 'A.NVRAM'))
+    t.same(listing(env), ['.grainline', 'A.NVRAM', 'vm1-flat.vmdk', 'vm1.vmdk', 'vm1.vmx'], 'the new name alone')
+    t.equal(readFileSync(join(dir(env), 'A.NVRAM'), 'utf8'), 'A.NVRAM of cycle 2\n')
+    t.same(state(env).configFiles, ['A.NVRAM', 'vm1.vmx'])
+  },
+)

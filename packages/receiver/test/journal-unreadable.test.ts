@@ -14,7 +14,7 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs'
+import { chmodSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { Agent, TOKEN, memoryLogger, runCycle, startReceiver, type DiskPlan, type Env } from './helpers.ts'
@@ -252,7 +252,13 @@ for (const b of oddEntries) {
       ],
       'a warning naming it and where it went',
     )
-    t.equal((await vmStatus(env.store, vm)).v.health.state, 'OK', 'status OK')
+    // status names what was set aside, and what to do with it, until the operator deletes it
+    const after = (await vmStatus(env.store, vm)).v
+    t.equal(after.health.state, 'WARNING', 'status WARNING while the set-aside entry is there')
+    t.match(after.health.problems, [`1 journal set aside by rollbacks in ${join(env.store, vm)} (d.journal.set-aside-cycle-2 (${b.what}); `], 'naming it and where')
+    t.match(after.health.problems[0], /counted in the token's quota\): .*look at it .*then delete it \(rm -- ".*"\/\*\.journal\.set-aside-cycle-\*\)$/, 'what to do with it')
+    rmSync(join(env.store, aside), { recursive: true })
+    t.equal((await vmStatus(env.store, vm)).v.health.state, 'OK', 'deleted: status OK')
     // the next run seeds anew
     await seedsAnew(t, env, vm, inc)
   })

@@ -129,6 +129,16 @@ const rows: Row[] = [
   { name: 'a new disk larger than the free space', in: { request: { ...seed, cycle: 1 }, record: undefined, committedCycle: 0, space: { ...room, freeBytes: 32 * KiB } }, want: 'E_NO_SPACE' },
   { name: "a seed above the token's quota", in: { request: seed, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   { name: "a seed within the token's quota", in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB } }, want: 'fresh' },
+  {
+    name: "a seed within the token's quota alone, above it with the copy of the configuration files its commit installs",
+    in: { request: seed, space: { ...room, quotaBytes: 128 * KiB, usedBytes: 64 * KiB, configBytes: 1 } },
+    want: 'E_QUOTA',
+  },
+  {
+    name: "a seed and the configuration files its commit installs within the token's quota",
+    in: { request: seed, space: { ...room, quotaBytes: 128 * KiB + 1, usedBytes: 64 * KiB, configBytes: 1 } },
+    want: 'fresh',
+  },
   { name: "growth above the token's quota", in: { request: { ...inc, capacity: 128 * KiB }, space: { ...room, quotaBytes: 100 * KiB, usedBytes: 64 * KiB } }, want: 'E_QUOTA' },
   {
     name: "a seed within the token's quota alone, above it with what its other open applies may still add",

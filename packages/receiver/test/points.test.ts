@@ -9,7 +9,7 @@ import { openWriter } from '@grainline/vmdk'
 import { MessageKind, createDigest } from '@grainline/protocol'
 import { Agent, MiB, TOKEN, evolve, hello, incPlan, type DiskPlan, makeEnv, runCycle, seedPlan, startChild, startReceiver, pattern, vmOpen, whenFree } from './helpers.ts'
 import { closePoint, listHolds, listPoints, openPoint, prunePoints, recoverStore, restorePoint, storeHealth, storeStatus, type VmStateFile } from '../src/index.ts'
-import { markedDisplayName } from '../src/holds.ts'
+import { DISPLAY_MARK_KEY, markedDisplayName, markVmx } from '../src/mirror-vmx.ts'
 import { MERGE_PROGRESS_MS, dropPoints, pointBytes, rollForwardPoints } from '../src/points.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 
@@ -68,16 +68,18 @@ async function pointCycles(
   rangesOf: (c: number) => Array<{ offset: number; length: number; zero?: boolean }>,
   salt: number,
   tag: string,
+  files?: ReadonlyArray<{ name: string; data: Uint8Array }>,
 ): Promise<void> {
+  const opts = files === undefined ? {} : { files }
   let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, `${tag}01${tag}01${tag}01${tag}01`)])
+  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', images[1] as Buffer, `${tag}01${tag}01${tag}01${tag}01`)], opts)
   a.close()
   for (let c = 2; c <= last; c++) {
     const ranges = rangesOf(c)
     images[c] = evolve(images[c - 1] as Buffer, c * salt, ranges)
     a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
     const id = `${tag}0${c}`.repeat(4)
-    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, id, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)])
+    await runCycle(a, vm, c, [incPlan(0, 'd.vmdk', images[c] as Buffer, c - 1, id, ranges, `d-00000${c - 1}.vmdk`, `d-00000${c}.vmdk`)], opts)
     a.close()
   }
 }
@@ -1506,54 +1508,78 @@ t.test("a job's retention request is applied within retentionLimits and answered
   t.same((own.committed as { retention: { keep: number } }).retention.keep, 5, "no request: the receiver's own policy, answered")
 })
 
-t.test("points open: the opened VM's display name gets its mark in place of the marks it carried, not stacked on them", async (t) => {
+t.test("points open and restore: the display name's recorded mark is replaced, a name of the VM's own that looks like a mark is kept", async (t) => {
   const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, { retention: { keep: 5 } })
   t.teardown(() => receiver.close())
   const cap = 2 * MiB
   const log = pino({ level: 'silent' })
-  const displayName = (vmx: string): string | undefined => /^displayName = "(.*)"$/m.exec(readFileSync(vmx, 'utf8'))?.[1]
-  // a VM as grainline names it: its display name is the VM's name and the mirror's suffix
+  const vmxOf = (vmx: string): string => readFileSync(vmx, 'utf8')
+  const displayName = (vmx: string): string | undefined => /^displayName = "(.*)"$/m.exec(vmxOf(vmx))?.[1]
+  const mark = (vmx: string): string | undefined => new RegExp(`^${DISPLAY_MARK_KEY.replace('.', '\\.')} = "(.*)"$`, 'm').exec(vmxOf(vmx))?.[1]
+  // a VM as grainline names it: its display name is the VM's name and the mirror's suffix, recorded as the mark
   const plain = 'web-mark'
   await pointCycles(env, url, plain, [Buffer.alloc(0), pattern(cap, 31)], 3, (c) => rangesFor(c, cap), 7, 'e1')
+  t.equal(mark(join(env.store, plain, `${plain}.vmx`)), ' (grainline mirror)', "the mirror's .vmx records the mark it was given")
   const p2 = await whenFree(() => openPoint(env.store, plain, 2, join(env.dir, 'plain-2'), { logger: log }))
   t.equal(displayName(p2.vmx), 'web-mark (grainline mirror) (point 2)', "a point: the mirror's name and the point's mark, as before")
+  t.equal(mark(p2.vmx), ' (grainline mirror) (point 2)', 'the opened .vmx records its whole mark')
   const p3 = await whenFree(() => openPoint(env.store, plain, 3, join(env.dir, 'plain-3'), { logger: log }))
   t.equal(displayName(p3.vmx), 'web-mark (grainline mirror) (opened)', 'the mirror: marked opened, as before')
-  // a VM whose own display name carries a point's mark (it was restored or opened from a point, and is replicated
-  // since): the mirror names it "web (point 2) (grainline mirror)"; opening its point 2 gave
-  // "web (point 2) (grainline mirror) (point 2)"
-  const marked = 'web-x (point 2)'
-  await pointCycles(env, url, marked, [Buffer.alloc(0), pattern(cap, 32)], 3, (c) => rangesFor(c, cap), 9, 'e2')
-  t.equal(/^displayName = "(.*)"$/m.exec(readFileSync(join(env.store, marked, `${marked}.vmx`), 'utf8'))?.[1], 'web-x (point 2) (grainline mirror)', "the mirror's name")
-  const m2 = await whenFree(() => openPoint(env.store, marked, 2, join(env.dir, 'marked-2'), { logger: log }))
-  t.equal(displayName(m2.vmx), 'web-x (grainline mirror) (point 2)', "point 2: the point's mark replaces the one the name carried")
-  const m3 = await whenFree(() => openPoint(env.store, marked, 3, join(env.dir, 'marked-3'), { logger: log }))
-  t.equal(displayName(m3.vmx), 'web-x (grainline mirror) (opened)', 'the mirror opened: one mark')
-  // opened again: the same name, nothing more
-  await whenFree(() => closePoint(env.store, marked, { logger: log, dir: join(env.dir, 'marked-2') }))
-  const again = await whenFree(() => openPoint(env.store, marked, 2, join(env.dir, 'marked-2b'), { logger: log }))
-  t.equal(displayName(again.vmx), 'web-x (grainline mirror) (point 2)', 'opened a second time: the same name')
-  const f = await whenFree(() => openPoint(env.store, marked, 1, join(env.dir, 'marked-f'), { logger: log, kind: 'failover', vmx: { suffix: ' (grainline failover)' } }))
-  t.equal(displayName(f.vmx), 'web-x (grainline failover)', "a failover: the VM's name and its mark alone")
-  // a restore marks the same way: the mirror's name and the point's mark, in place of those the name carried
   await whenFree(() => restorePoint(env.store, plain, 2, join(env.dir, 'plain-r2'), { logger: log }))
-  t.equal(displayName(join(env.dir, 'plain-r2', `${plain}.vmx`)), 'web-mark (grainline mirror) (point 2)', 'a restore of a plain VM: as before')
-  await whenFree(() => restorePoint(env.store, marked, 2, join(env.dir, 'marked-r2'), { logger: log }))
-  t.equal(displayName(join(env.dir, 'marked-r2', `${marked}.vmx`)), 'web-x (grainline mirror) (point 2)', 'a restore of a marked VM: one point mark')
+  const restoredVmx = join(env.dir, 'plain-r2', `${plain}.vmx`)
+  t.equal(displayName(restoredVmx), 'web-mark (grainline mirror) (point 2)', 'a restore of a plain VM: as before')
+  t.equal(mark(restoredVmx), ' (grainline mirror) (point 2)', 'the restored .vmx records its whole mark')
+  // the restored VM registered and replicated (its .vmx as the restore wrote it): its mirror and its points carry the
+  // mirror's mark alone, in place of the restore's ("web-mark (grainline mirror) (point 2) (grainline mirror) (point 2)"
+  // stacked before last round)
+  const again = 'web-again'
+  const files = [{ name: `${again}.vmx`, data: readFileSync(restoredVmx) }]
+  await pointCycles(env, url, again, [Buffer.alloc(0), pattern(cap, 33)], 3, (c) => rangesFor(c, cap), 11, 'e3', files)
+  t.equal(displayName(join(env.store, again, `${again}.vmx`)), 'web-mark (grainline mirror)', "the mirror: the source's name without the mark the restore recorded")
+  const a2 = await whenFree(() => openPoint(env.store, again, 2, join(env.dir, 'again-2'), { logger: log }))
+  t.equal(displayName(a2.vmx), 'web-mark (grainline mirror) (point 2)', 'its point 2 opened: one mark')
+  await whenFree(() => restorePoint(env.store, again, 2, join(env.dir, 'again-r2'), { logger: log }))
+  t.equal(displayName(join(env.dir, 'again-r2', `${again}.vmx`)), 'web-mark (grainline mirror) (point 2)', 'its point 2 restored: one mark')
+  // a VM whose own name ends with what looks like a mark (no record says grainline gave it): kept whole
+  const own = 'web-build (opened)'
+  await pointCycles(env, url, own, [Buffer.alloc(0), pattern(cap, 32)], 3, (c) => rangesFor(c, cap), 9, 'e2')
+  t.equal(displayName(join(env.store, own, `${own}.vmx`)), 'web-build (opened) (grainline mirror)', "the mirror's name")
+  const o2 = await whenFree(() => openPoint(env.store, own, 2, join(env.dir, 'own-2'), { logger: log }))
+  t.equal(displayName(o2.vmx), 'web-build (opened) (grainline mirror) (point 2)', "point 2 opened: the name kept, the mirror's mark replaced")
+  const o3 = await whenFree(() => openPoint(env.store, own, 3, join(env.dir, 'own-3'), { logger: log }))
+  t.equal(displayName(o3.vmx), 'web-build (opened) (grainline mirror) (opened)', 'the mirror opened: the name kept')
+  await whenFree(() => closePoint(env.store, own, { logger: log, dir: join(env.dir, 'own-2') }))
+  const o2b = await whenFree(() => openPoint(env.store, own, 2, join(env.dir, 'own-2b'), { logger: log }))
+  t.equal(displayName(o2b.vmx), 'web-build (opened) (grainline mirror) (point 2)', 'opened a second time: the same name')
+  const f = await whenFree(() => openPoint(env.store, own, 1, join(env.dir, 'own-f'), { logger: log, kind: 'failover', vmx: { suffix: ' (grainline failover)' } }))
+  t.equal(displayName(f.vmx), 'web-build (opened) (grainline failover)', "a failover: the VM's name and its mark alone")
+  await whenFree(() => restorePoint(env.store, own, 2, join(env.dir, 'own-r2'), { logger: log }))
+  t.equal(displayName(join(env.dir, 'own-r2', `${own}.vmx`)), 'web-build (opened) (grainline mirror) (point 2)', 'a restore: the name kept')
 })
 
-t.test('markedDisplayName: the marks a name ends with are replaced, any number of them, in any order; a name of its own stays', async (t) => {
-  const cases: Array<[string, string, string | undefined, string]> = [
-    ['web (grainline mirror)', ' (grainline mirror) (point 3)', ' (grainline mirror)', 'web (grainline mirror) (point 3)'],
-    ['web (point 3)', ' (point 3)', '', 'web (point 3)'],
-    ['web (grainline mirror) (point 3) (grainline mirror)', ' (grainline mirror) (point 5)', ' (grainline mirror)', 'web (grainline mirror) (point 5)'],
-    ['web (grainline failover) (grainline mirror)', ' (grainline failover)', ' (grainline mirror)', 'web (grainline failover)'],
-    ['web (archived point 4) [DR]', ' [DR] (opened)', ' [DR]', 'web [DR] (opened)'],
-    ['web (failover) (opened)', ' (point 2)', undefined, 'web (point 2)'],
-    ['web (point three)', ' (point 2)', undefined, 'web (point three) (point 2)'],
-    ['web(point 3)', ' (point 2)', undefined, 'web(point 3) (point 2)'],
-    [' (opened)', ' (point 2)', undefined, ' (opened) (point 2)'],
+t.test('markVmx: only the mark recorded (or, with no record, the legacy suffix) is replaced; a name of its own stays', async (t) => {
+  const cases: Array<[string, string | undefined, string, string | undefined, string]> = [
+    // name, recorded mark, new mark, legacy suffix, name wanted
+    ['web (grainline mirror)', ' (grainline mirror)', ' (grainline mirror) (point 3)', ' (grainline mirror)', 'web (grainline mirror) (point 3)'],
+    ['web (grainline mirror)', undefined, ' (grainline mirror) (point 3)', ' (grainline mirror)', 'web (grainline mirror) (point 3)'],
+    ['web (point 3)', ' (point 3)', ' (point 3)', undefined, 'web (point 3)'],
+    ['build (opened) (grainline mirror)', ' (grainline mirror)', ' (opened)', ' (grainline mirror)', 'build (opened) (opened)'],
+    ['build (opened)', undefined, ' (point 2)', ' (grainline mirror)', 'build (opened) (point 2)'],
+    ['renamed', ' (grainline mirror) (point 2)', ' (grainline mirror)', undefined, 'renamed (grainline mirror)'],
+    ['web [DR]', ' [DR]', ' [DR] (opened)', ' (grainline mirror)', 'web [DR] (opened)'],
+    [' (opened)', ' (opened)', ' (point 2)', undefined, ' (opened) (point 2)'],
   ]
-  for (const [name, suffix, replaces, want] of cases) t.equal(markedDisplayName(name, suffix, replaces), want, `${JSON.stringify(name)} + ${JSON.stringify(suffix)}`)
+  for (const [name, recorded, suffix, legacy, want] of cases) {
+    t.equal(markedDisplayName(name, suffix, recorded, legacy), want, `${JSON.stringify(name)} (recorded ${JSON.stringify(recorded)}) + ${JSON.stringify(suffix)}`)
+    const text = `a = "1"\r\ndisplayName = "${name}"\r\n${recorded === undefined ? '' : `${DISPLAY_MARK_KEY.toUpperCase()} = "${recorded}"\r\n`}b = "2"\r\n`
+    t.equal(markVmx(text, suffix, legacy), `a = "1"\r\ndisplayName = "${want}"\r\n${DISPLAY_MARK_KEY} = "${suffix}"\r\nb = "2"\r\n`, 'as a .vmx: one record, the new mark, its line ends kept')
+  }
+  t.equal(markVmx('displayName = "web (point 2)"\ngrainline.displayMark = " (point 2)"\n', ''), 'displayName = "web"\n', 'an empty mark: the recorded one taken off, no record')
+  t.equal(markVmx('memSize = "4"\n', ' (x)'), 'memSize = "4"\n', 'no display name: the .vmx as it is')
+  t.equal(
+    markVmx('displayName = "web (m)"\ngrainline.displayMark = " (m)"\n', (r) => `${r ?? ''} (archived point 4)`),
+    'displayName = "web (m) (archived point 4)"\ngrainline.displayMark = " (m) (archived point 4)"\n',
+    'a mark made of the recorded one',
+  )
 })

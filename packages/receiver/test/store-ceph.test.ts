@@ -30,6 +30,7 @@ import {
 } from '../src/index.ts'
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3'
 import { cephConfigFiles } from '../src/store/ceph/ceph-archive.ts'
+import { restoredVmx } from '../src/store/ceph/ceph-restore.ts'
 import { Agent, MiB, TOKEN, TOKEN_B, evolve, incPlan, makeEnv, openVmOnly, pattern, runCycle, seedPlan, startReceiver, whenFree, type DiskPlan } from './helpers.ts'
 import { encodeDiff } from '../src/store/ceph/rbd-diff-stream.ts'
 import { extentLogRecords, parseExtentLog } from '../src/store/ceph/ceph-apply.ts'
@@ -120,6 +121,19 @@ t.test('store spec: ceph:POOL with client settings; a bad pool name is a config 
   t.throws(() => parseCephStore('ceph:a/b'), { code: 'E_CONFIG' })
   t.throws(() => parseCephStore('ceph:rbd', { id: '--conf=/tmp/evil' }), { code: 'E_CONFIG' }, 'a client id that reads as an option')
   t.throws(() => parseCephStore('ceph:rbd', { id: 'x'.repeat(65) }), { code: 'E_CONFIG' }, 'a client id too long')
+})
+
+t.test("a Ceph restore's .vmx: the display name marked as a folder store's restore marks it, the recorded mark replaced, a name's own ending kept", async (t) => {
+  const name = (text: string): string | undefined => /^displayName = "(.*)"$/m.exec(text)?.[1]
+  const disks = new Map([['web.vmdk', 'web.vmdk']])
+  // a VM restored by grainline, registered and replicated since: its .vmx as the restore wrote it
+  const restored = 'displayName = "web (grainline mirror) (point 2)"\ngrainline.displayMark = " (grainline mirror) (point 2)"\nscsi0:0.fileName = "web-000002.vmdk"\n'
+  t.equal(name(restoredVmx(restored, disks, 5).text), 'web (grainline mirror) (point 5)', 'one mark, not "web (grainline mirror) (point 2) (grainline mirror) (point 5)"')
+  t.match(restoredVmx(restored, disks, 5).text, /^grainline\.displayMark = " \(grainline mirror\) \(point 5\)"$/m, 'the new mark recorded, once')
+  t.equal(name(restoredVmx(restored, disks, 5, { suffix: ' (grainline failover)' }).text), 'web (grainline failover)', "a failover: the VM's name and its mark alone")
+  const own = 'displayName = "Build (opened)"\nscsi0:0.fileName = "web-000002.vmdk"\n'
+  t.equal(name(restoredVmx(own, disks, 5).text), 'Build (opened) (grainline mirror) (point 5)', "a name's own ending that looks like a mark: kept")
+  t.match(restoredVmx(own, disks, 5).text, /scsi0:0\.fileName = "web\.vmdk"/, 'the .vmx names the restored descriptor')
 })
 
 t.test('Ceph store', { skip }, async (t) => {

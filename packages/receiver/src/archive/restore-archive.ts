@@ -23,6 +23,7 @@ import type { Logger } from 'pino'
 import { ReceiverError } from '../errors.ts'
 import { fsyncDir, mkdirDurable, tempName, writeFileAtomic, writeFully, writeNewFileDurable } from '../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../mirror-descriptor.ts'
+import { markVmx } from '../mirror-vmx.ts'
 import { chunkKey, manifestKey, manifestPrefix, MAX_MANIFEST_BYTES, parseManifest, type ArchiveManifest, type ArchivedDisk, type ArchiveVerified } from './archive-manifest.ts'
 import { despiteLockProblem, locksPrefix, refuseBesideExcluded, RunLockRefused, takeRunLock, type HeldRunLock } from './archive-lock.ts'
 import { printableName, refusedByS3, type S3Bucket } from './s3-bucket.ts'
@@ -307,7 +308,9 @@ async function restoreInto(bucket: S3Bucket, prefix: string, m: ArchiveManifest,
     if (createHash('sha256').update(data).digest('hex') !== f.sha256)
       throw new ReceiverError('E_VERIFY', `archived file ${f.name} of VM ${vm} point ${cycle} does not match its digest: the archive is damaged (what the restore wrote to ${toDir} is removed)`)
     const text = f.name.endsWith('.vmx')
-      ? Buffer.from(data.toString('utf8').replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${name} (archived point ${cycle})"`))
+      ? // the mirror's name and mark (recorded in the .vmx) and the point's, in place of the mark recorded (as points
+        // open and restore mark it); a .vmx archived before marks were recorded keeps its name and gets the point's
+        Buffer.from(markVmx(data.toString('utf8'), (mirror) => `${mirror ?? ''} (archived point ${cycle})`))
       : data
     files.push({ name: f.name, text })
   }

@@ -30,6 +30,7 @@ import { VmPaths } from '../../vm-paths.ts'
 import { adminHolder, CEPH_ADMIN_LOCK_WAIT_MS } from './ceph-points.ts'
 import { CephVmMirror, snapName } from './ceph-mirror.ts'
 import { digestImage } from './ceph-read.ts'
+import { markVmx } from '../../mirror-vmx.ts'
 import type { CephDiskRecord, CephInflightDisk } from './ceph-state.ts'
 import { closeImportFlats, openImportSource } from './import-source.ts'
 import { PASSED_FD_PATH, runCeph, type CephTarget } from './rbd-cli.ts'
@@ -62,11 +63,6 @@ async function sha256File(fh: FileHandle, capacity: number): Promise<string> {
     n += take
   }
   return h.digest('hex')
-}
-
-/** The display name a folder store gave the mirror's .vmx, its suffix taken off (a Ceph restore marks it again). */
-function unmarkVmx(text: string, suffix: string): string {
-  return text.replace(/^(displayName\s*=\s*")(.*)"\s*$/m, (_m, a: string, name: string) => `${a}${suffix !== '' && name.endsWith(suffix) ? name.slice(0, -suffix.length) : name}"`)
 }
 
 /**
@@ -152,7 +148,7 @@ export async function cephImportVm(t: CephTarget, storeDir: string, vm: string, 
     }
     const files: Record<string, string> = {}
     for (const [name, transform] of [
-      [`${vm}.vmx`, (b: Buffer) => Buffer.from(unmarkVmx(b.toString('utf8'), src.displaySuffix))],
+      [`${vm}.vmx`, (b: Buffer) => Buffer.from(markVmx(b.toString('utf8'), '', src.displaySuffix))],
       [`${vm}.nvram`, (b: Buffer) => b],
     ] as const) {
       const data = await readStoreFile(join(paths.dir, name), CONFIG_FILE_MAX_BYTES).catch((err: unknown) => {

@@ -24,7 +24,7 @@ import { createDigest, initDigests, validateName } from '@grainline/protocol'
 import { ReceiverError } from '../../errors.ts'
 import { fsyncFile, mkdirDurable, writeFileAtomic, writeNewFileDurable } from '../../fs-util.ts'
 import { mirrorDescriptor, newCid } from '../../mirror-descriptor.ts'
-import { DEFAULT_DISPLAY_SUFFIX, mirrorVmx, type DroppedReference } from '../../mirror-vmx.ts'
+import { DEFAULT_DISPLAY_SUFFIX, markVmx, mirrorVmx, type DroppedReference } from '../../mirror-vmx.ts'
 import { diskStem, generatedNames } from '../../vm-paths.ts'
 import { prepareVmx, type VmxPrepare } from '../../holds.ts'
 import { digestImage } from './ceph-read.ts'
@@ -59,6 +59,17 @@ async function digestFile(path: string): Promise<string> {
   const h = createDigest(CHECK_ALGORITHM)
   for await (const chunk of createReadStream(path, { highWaterMark: 8 * 1024 * 1024 })) h.update(chunk as Buffer)
   return Buffer.from(h.digest()).toString('hex')
+}
+
+/**
+ * The .vmx a Ceph restore writes from point `cycle`'s source .vmx: its disks pointed at the restored descriptors
+ * (`diskMap`), and its display name marked as a folder store's restore marks it — the source's name (without a mark
+ * grainline recorded in it: a VM restored before and replicated since), the mirror's suffix and the point's mark
+ * (mirror-vmx.ts markVmx). A failover (`run`): the source's name and the failover's mark alone (prepareVmx).
+ */
+export function restoredVmx(source: string, diskMap: ReadonlyMap<string, string>, cycle: number, run?: VmxPrepare): { text: string; dropped: DroppedReference[] } {
+  const r = mirrorVmx(source, { suffix: '', diskMap })
+  return { text: run === undefined ? markVmx(r.text, `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})`) : prepareVmx(r.text, run), dropped: r.dropped }
 }
 
 /**
@@ -140,9 +151,8 @@ export async function cephRestoreVm(
     if (typeof b64 !== 'string') continue
     const data = Buffer.from(b64, 'base64')
     if (/\.vmx$/i.test(file)) {
-      // a failover (`run`): the source's own name, to which prepareVmx adds the failover's suffix alone (no "(grainline mirror)" under it)
-      const r = mirrorVmx(data.toString('utf8'), { suffix: opts.run === undefined ? `${DEFAULT_DISPLAY_SUFFIX} (point ${cycle})` : '', diskMap })
-      await writeNewFileDurable(join(toDir, `${vm}.vmx`), opts.run === undefined ? r.text : prepareVmx(r.text, opts.run), 'destination')
+      const r = restoredVmx(data.toString('utf8'), diskMap, cycle, opts.run)
+      await writeNewFileDurable(join(toDir, `${vm}.vmx`), r.text, 'destination')
       vmxDropped = r.dropped
     } else if (!/\.(vmsd|vmdk|lck|log)$/i.test(file) && !taken.has(file.toLowerCase())) {
       await writeNewFileDurable(join(toDir, file), data, 'destination')
