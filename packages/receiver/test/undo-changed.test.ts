@@ -13,9 +13,8 @@ import { spawn } from 'node:child_process'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
-import { scratchDir } from '@grainline/test-utils'
-import { Agent, MiB, TOKEN, evolve, incPlan, makeEnv, pattern, runCycle, seedPlan, startReceiver } from './helpers.ts'
-import { stateOf } from './journal-fixture.ts'
+import { MiB } from './helpers.ts'
+import { inflightCycle, stateOf } from './journal-fixture.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { storeStatus } from '../src/store-admin.ts'
 import { scanJournal } from '../src/journal.ts'
@@ -23,7 +22,6 @@ import { undoInflight } from '../src/rollback.ts'
 import { VmMirror } from '../src/vm-mirror.ts'
 import { VmPaths } from '../src/vm-paths.ts'
 
-const CAP = 12 * MiB
 const CHILD = join(import.meta.dirname, 'undo-changed-child.js')
 const log = pino({ level: 'silent' })
 
@@ -60,20 +58,7 @@ async function childRollback(store: string, vm: string, atStop: () => void): Pro
 
 /** Cycle 2 of VM `vm` in flight: it overwrote 10 MiB of cycle 1's flat in 10 extents of 1 MiB, each journaled with its old contents (a window each). */
 async function inflight(t: Test, vm: string) {
-  const env = makeEnv(scratchDir(t))
-  const { receiver, url } = await startReceiver(env)
-  const img1 = pattern(CAP, 3)
-  let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'ac01ac01ac01ac01')])
-  a.close()
-  const ranges = [{ offset: 0, length: 10 * MiB }]
-  const img2 = evolve(img1, 9, ranges)
-  a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
-  await runCycle(a, vm, 2, [incPlan(0, 'd.vmdk', img2, 1, 'ac02ac02ac02ac02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')], { commit: false })
-  a.close()
-  await a.whenClosed()
-  await receiver.close()
-  t.equal(stateOf(env.store, vm).inflight?.cycle, 2, 'cycle 2 is in flight')
+  const { env, img1, img2 } = await inflightCycle(t, vm, undefined, [{ offset: 0, length: 10 * MiB }])
   const flatPath = join(env.store, vm, 'd-flat.vmdk')
   t.ok(readFileSync(flatPath).equals(img2), "the flat holds cycle 2's bytes")
   return { env, img1, img2, flatPath }
