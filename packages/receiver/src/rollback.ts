@@ -182,7 +182,12 @@ export async function undoInflight(
   // undoing name and anything is written back: finishing an interrupted rollback holds the journal to it
   const marks = new Map<string, UndoMark>()
   for (const w of work) if (w.d.target !== 'seed' && w.contents !== undefined) marks.set(w.d.name, undoMark(w.contents))
-  if (marks.size > 0) await onBegin?.(marks)
+  if (marks.size > 0)
+    await onBegin?.(marks).catch((err: unknown) => {
+      // not recorded: nothing renamed, nothing written
+      if (typeof err === 'object' && err !== null) wroteNothing.add(err)
+      throw err
+    })
   const total = work.reduce((n, w) => n + w.bytes, 0)
   let before = 0
   let reported = now()

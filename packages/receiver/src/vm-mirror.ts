@@ -751,7 +751,18 @@ export class VmMirror {
           const d = disks[name]
           if (d !== undefined) disks[name] = { ...d, undoFrom }
         }
-        await this.save({ ...this.current, inflight: { ...cur, disks } })
+        await this.save({ ...this.current, inflight: { ...cur, disks } }).catch((err: unknown) => {
+          // a full store: the rollback needs no space (renames, writes over allocated blocks, truncation) and goes on
+          // unrecorded, as a rollback of an older receiver — unless a record of an earlier one would be taken for it
+          const code = (err as { code?: unknown } | null)?.code
+          if (code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'E_NO_SPACE') throw err
+          const stale = [...marks.keys()].filter((name) => cur.disks[name]?.undoFrom !== undefined)
+          if (stale.length > 0) throw err
+          this.log.warn(
+            { vm: this.vm, cycle: cur.cycle, err },
+            'no space to record the journals the rollback begins with: it goes on unrecorded (a journal changed while it undoes cannot be told from the one it began with after an interruption)',
+          )
+        })
       }
       await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored, setAside, begin)
       await this.save({ ...this.current, inflight: null })
