@@ -3,7 +3,7 @@ import { basename, join, relative } from 'node:path'
 import { ReceiverError } from './errors.ts'
 import { scanJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { entryKind } from './store-fs.ts'
-import type { InflightDisk } from './state-file.ts'
+import type { InflightDisk, UndoMark } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import { grainlineCommand, storeArg } from './operator-command.ts'
 
@@ -183,4 +183,41 @@ export async function journalReadFailure(
   if (err instanceof ReceiverError) return undefined
   if ((err as { code?: unknown }).code === 'ENOENT') return { code: 'E_STATE', how: MISSING_JOURNAL }
   return { code: 'E_IO', how: unreadableJournal(paths, journalPath, err) }
+}
+
+/** What a rollback records of journal `scan` before it writes anything (state-file.ts `InflightDisk.undoFrom`). */
+export function undoMark(scan: JournalScan): UndoMark {
+  return { validEnd: scan.validEnd, extentRecords: scan.extentRecords, print: scan.print }
+}
+
+/**
+ * How the undoing journal `scan` of disk `d` differs from what its rollback recorded before it wrote anything
+ * (`d.undoFrom`), or undefined when it is the same journal or nothing was recorded (a rollback of an older receiver).
+ */
+export function undoMarkDiffers(d: InflightDisk, scan: JournalScan): string | undefined {
+  const m = d.undoFrom as Partial<Record<keyof UndoMark, unknown>> | undefined
+  if (m === undefined || m === null) return undefined
+  if (m.validEnd === scan.validEnd && m.extentRecords === scan.extentRecords && m.print === scan.print) return undefined
+  const was = `${show(m.extentRecords)} extent records to byte ${show(m.validEnd)}`
+  const now = `${scan.extentRecords} to byte ${scan.validEnd}`
+  return `is not the journal its rollback began with: ${was} then, ${now} now${m.validEnd === scan.validEnd && m.extentRecords === scan.extentRecords ? ', their contents differ' : ''}`
+}
+
+/**
+ * The text of a rollback that cannot finish because journal `journalPath` of disk `d` of cycle `cycle` is no longer
+ * the one it began with (`what`: how it differs, or the refusal of a window read again): part of the flat may have
+ * been written back already, so the mirror is neither the committed one nor the cycle's. A rollback that finishes
+ * the interrupted one, and `grainline status`, say the same.
+ */
+export function halfUndone(paths: VmPaths, journalPath: string, cycle: number, d: InflightDisk, what: string): string {
+  const vm = basename(paths.dir)
+  const rollback = grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', vm])
+  const remove = grainlineCommand(['mirror', 'remove', '--store', storeArg(paths.store), '--vm', vm, '--yes'])
+  return (
+    `journal ${relative(paths.store, journalPath)} of disk ${d.name} of VM ${vm} (cycle ${cycle}) ${what}. ` +
+    `The rollback of cycle ${cycle} may have put part of the mirror flat back from it already: disk ${d.name} of VM ${vm} is half undone, ` +
+    `neither its committed mirror nor cycle ${cycle}'s, and nothing more is written from this journal; every run of VM ${vm} fails until it is dealt with. ` +
+    `Stop what else writes in the folder of VM ${vm}; put the journal back as it was when the rollback began (from the backup the folder comes from), then ${rollback} finishes the rollback; ` +
+    `or restore the folder of VM ${vm} whole from one backup, or remove the mirror (${remove}): the next run seeds the VM anew`
+  )
 }

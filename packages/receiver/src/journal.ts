@@ -7,6 +7,7 @@ import { openStoreFile, regularFileSize } from './store-fs.ts'
 import type { DiskMode } from '@grainline/protocol'
 import { ReceiverError } from './errors.ts'
 import { GrainList, type GrainEntry } from './grain-set.ts'
+import { faultPoint } from './fault.ts'
 import type { VmPaths } from './vm-paths.ts'
 import { grainlineCommand, storeArg } from './operator-command.ts'
 
@@ -183,6 +184,8 @@ function journalGen(head: JournalHead): number {
 interface RecordAt {
   readonly type: number
   readonly len: number
+  /** the record's crc (its prefix's second field) */
+  readonly crc: number
   readonly header: Record<string, unknown>
   readonly dataPos: number
   readonly dataLen: number
@@ -215,7 +218,7 @@ async function recordAt(win: JournalWindow, pos: number, size: number, seed: num
   } catch {
     return undefined
   }
-  return { type, len, header, dataPos, dataLen }
+  return { type, len, crc, header, dataPos, dataLen }
 }
 
 /** Why an extent record is no record (the journal ends there: 'end'), or the extent it holds, or what is wrong with it for the head (`beyond`). */
@@ -278,6 +281,20 @@ export interface JournalScan {
    * journal of 100 GiB or of 1.6 M records keeps ~100 Ki of them.
    */
   readonly positions: readonly number[]
+  /**
+   * A fingerprint of the records in [0, validEnd): the crc32 of their lengths and crcs, in order ({@link journalPrint}).
+   * A rollback records it before it writes anything (state-file.ts `InflightDisk.undoFrom`): a journal read again
+   * after a part of the undo was written must be the one it began with.
+   */
+  readonly print: number
+}
+
+/** The fingerprint {@link JournalScan.print} goes on from `print` with a record of `len` bytes (after its prefix) and crc `crc`. */
+function journalPrint(print: number, len: number, crc: number): number {
+  const b = Buffer.allocUnsafe(8)
+  b.writeUInt32LE(len, 0)
+  b.writeUInt32LE(crc >>> 0, 4)
+  return crc32(b, print)
 }
 
 export interface JournalContents extends JournalScan {
@@ -311,6 +328,7 @@ export async function scanJournal(
     let oldBytes = 0
     const positions: number[] = []
     let sinceRecords = 0
+    let print = 0
     for (;;) {
       const r = await recordAt(win, pos, size, head === undefined ? 0 : gen)
       if (r === undefined) break
@@ -328,8 +346,9 @@ export async function scanJournal(
         headEnd = pos + 8 + r.len
         positions.push(headEnd)
         opts.checkHead?.(head)
+        print = journalPrint(0, r.len, r.crc)
         // a seed's rollback needs the head alone (rollback.ts): no record is read, none held to it
-        if (opts.headOnly === true) return { head, applied: null, validEnd: headEnd, headEnd, grains: new GrainList(), extentRecords: 0, oldBytes: 0, positions: [headEnd] }
+        if (opts.headOnly === true) return { head, applied: null, validEnd: headEnd, headEnd, grains: new GrainList(), extentRecords: 0, oldBytes: 0, positions: [headEnd], print }
       } else if (type === T_EXTENT && head !== undefined) {
         const e = extentOf(head, r)
         if (e === 'end') break
@@ -367,10 +386,11 @@ export async function scanJournal(
       } else {
         break
       }
+      if (pos !== 0) print = journalPrint(print, r.len, r.crc)
       pos += 8 + r.len
     }
     if (head === undefined) return undefined
-    return { head, applied, validEnd: pos, headEnd, grains, extentRecords, oldBytes, positions }
+    return { head, applied, validEnd: pos, headEnd, grains, extentRecords, oldBytes, positions, print }
   } finally {
     await fh.close()
   }
@@ -433,12 +453,23 @@ function journalChanged(path: string, paths: VmPaths | undefined, scan: JournalS
   const vm = paths === undefined ? undefined : basename(paths.dir)
   const folder = vm === undefined ? "the VM's folder" : `the folder of VM ${vm}`
   const rollback = paths === undefined ? 'grainline mirror rollback' : grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', String(vm)])
-  return new ReceiverError(
+  const what = `changed while it was read: its record at byte ${pos} is not the one read before (below its valid end at byte ${scan.validEnd})`
+  const err = new ReceiverError(
     'E_STATE',
-    `journal ${file} of disk ${String(scan.head.name)} (cycle ${String(scan.head.cycle)}) changed while it was read: its record at byte ${pos} is not the one read before (below its valid end at byte ${scan.validEnd}). ` +
+    `journal ${file} of disk ${String(scan.head.name)} (cycle ${String(scan.head.cycle)}) ${what}. ` +
       `Nothing more was read from it, nothing written from it. Something other than this receiver writes in ${folder} (a copy or restore of the store, another program): ` +
       `stop it, then run again — the agent's next run, or ${rollback} — and the journal is read anew`,
   )
+  changes.set(err, what)
+  return err
+}
+
+/** The refusals of {@link journalChanged}: what changed ("changed while it was read: its record at byte …"). */
+const changes = new WeakMap<object, string>()
+
+/** What changed in a journal `err` refused as changed while it was read (a window read again, {@link journalExtents}), or undefined for any other error. */
+export function journalChange(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null ? changes.get(err) : undefined
 }
 
 /** Grains of 4 KiB a journal's head allows (its disk's capacity, rounded up; 0 when the head has none). */
@@ -731,6 +762,7 @@ export async function undoJournal(journalPath: string, contents: JournalScan, ta
         if (failed !== undefined) throw failed.reason
         batch = []
         batchBytes = 0
+        faultPoint('undo-written')
       }
       // The records are read back a window at a time from the end (the scan's positions: at most JOURNAL_READ_LIMITS.records
       // records a window), each window's newest first: what is held is one window's records, not the journal's.

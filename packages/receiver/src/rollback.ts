@@ -2,13 +2,25 @@ import { basename, relative } from 'node:path'
 import { lstat, rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
 import { fsyncDir, unlinkIfExists } from './fs-util.ts'
-import { scanJournal, resetJournal, undoJournal, type JournalScan, type JournalHead } from './journal.ts'
+import { journalChange, scanJournal, resetJournal, undoJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
-import { HEADLESS_JOURNAL, MISSING_JOURNAL, checkJournalHead, journalReadFailure, misplacedJournal, setAsideJournalPath, unusableJournal, type JournalUnusable } from './journal-head.ts'
+import {
+  HEADLESS_JOURNAL,
+  MISSING_JOURNAL,
+  checkJournalHead,
+  halfUndone,
+  journalReadFailure,
+  misplacedJournal,
+  setAsideJournalPath,
+  undoMark,
+  undoMarkDiffers,
+  unusableJournal,
+  type JournalUnusable,
+} from './journal-head.ts'
 import { POINT_GRAIN, pointPath, removePointFiles, undoFromIncrement } from './increment.ts'
 import { checkPointChain } from './point-chain.ts'
 import { entryExists, entryKind } from './store-fs.ts'
-import type { InflightCycle, InflightDisk } from './state-file.ts'
+import type { InflightCycle, InflightDisk, UndoMark } from './state-file.ts'
 import type { VmPaths } from './vm-paths.ts'
 import type { WorkProgress } from './work-progress.ts'
 
@@ -83,6 +95,16 @@ type UndoWork = { readonly d: InflightDisk; readonly contents: JournalScan | und
 /** Errors {@link undoInflight} threw before it wrote anything: its checks of every disk's journal. */
 const wroteNothing = new WeakSet<object>()
 
+/** Refusals of a rollback that may have written part of a flat back (an interrupted one's journal no longer the one it began with): never {@link wroteNothing}. */
+const halfUndoneErrors = new WeakSet<object>()
+
+/** The refusal of a rollback that cannot finish disk `d`'s undo from its undoing journal `upath` ({@link halfUndone}). */
+function halfUndoneError(paths: VmPaths, upath: string, cycle: number, d: InflightDisk, what: string, cause?: unknown): ReceiverError {
+  const err = new ReceiverError('E_STATE', halfUndone(paths, upath, cycle, d, what), cause === undefined ? undefined : { cause })
+  halfUndoneErrors.add(err)
+  return err
+}
+
 /**
  * Whether `err`, thrown by a rollback ({@link undoInflight}, VmMirror.rollback), was thrown before anything of
  * any disk was written: a journal refused or unusable — the mirror is as it was before the rollback began.
@@ -109,6 +131,9 @@ async function planUndo(paths: VmPaths, infl: InflightCycle, onIgnored: ((disk: 
         throw new ReceiverError(failed.code, `${unusableJournal(paths, path, infl.cycle, d, failed.how, undoing)}. Nothing was undone`, { cause: err })
       })
     const ucontents = await read(paths.undoing(d.stem), true)
+    // an interrupted rollback may have written part of the flat back: it finishes from the journal it began with, or not at all
+    const differs = ucontents === undefined ? undefined : undoMarkDiffers(d, ucontents)
+    if (differs !== undefined) throw halfUndoneError(paths, paths.undoing(d.stem), infl.cycle, d, differs)
     const contents = ucontents === undefined ? await read(paths.journal(d.stem), false) : undefined
     // nothing to undo from: refused before anything of any disk is written
     if (ucontents === undefined && contents === undefined) {
@@ -143,14 +168,26 @@ export async function undoInflight(
   now: () => number = () => performance.now(),
   onIgnored?: (disk: string, why: string) => void,
   onSetAside?: (disk: string, journal: string, to: string, why: string) => void,
+  onBegin?: (marks: ReadonlyMap<string, UndoMark>) => Promise<void>,
 ): Promise<void> {
   // what is to undo, per disk, before any of it is: each journal is scanned (its data streamed and checked) once,
   // here, keeping no record (scanJournal: the head, counts and the positions the undo reads the records back from)
   const work = await planUndo(paths, infl, onIgnored).catch((err: unknown) => {
-    // refused before anything of any disk was written (rollbackWroteNothing)
-    if (typeof err === 'object' && err !== null) wroteNothing.add(err)
+    // refused before anything of any disk was written by this run (rollbackWroteNothing); a half undone flat of an
+    // interrupted one is not as the failed apply left it
+    if (typeof err === 'object' && err !== null && !halfUndoneErrors.has(err)) wroteNothing.add(err)
     throw err
   })
+  // the journals of the in-place disks as read now, recorded (the VM's state) before any of them is renamed to its
+  // undoing name and anything is written back: finishing an interrupted rollback holds the journal to it
+  const marks = new Map<string, UndoMark>()
+  for (const w of work) if (w.d.target !== 'seed' && w.contents !== undefined) marks.set(w.d.name, undoMark(w.contents))
+  if (marks.size > 0)
+    await onBegin?.(marks).catch((err: unknown) => {
+      // not recorded: nothing renamed, nothing written
+      if (typeof err === 'object' && err !== null) wroteNothing.add(err)
+      throw err
+    })
   const total = work.reduce((n, w) => n + w.bytes, 0)
   let before = 0
   let reported = now()
@@ -191,7 +228,30 @@ export async function undoInflight(
       if (ucontents.grains.length > 0 && (await entryExists(pointPath(paths, d.increment)))) await checkPointChain(paths, d.increment, d.stem)
       await undoFromIncrement(pointPath(paths, d.increment), ucontents.grains, paths.flat(d.stem), ucontents.head.baseSize, undone(w))
     } else {
-      await undoJournal(upath, ucontents, paths.flat(d.stem), undone(w), paths)
+      let wrote = false
+      const progress = undone(w)
+      await undoJournal(
+        upath,
+        ucontents,
+        paths.flat(d.stem),
+        (bytes) => {
+          wrote = true
+          progress(bytes)
+        },
+        paths,
+      ).catch(async (err: unknown) => {
+        const what = journalChange(err)
+        if (what === undefined) throw err
+        // the journal changed since it was read: nothing of it written back (by this rollback or an interrupted
+        // one), it is put back under its name, the cycle in flight as the failed apply left it, and the refusal
+        // says nothing was written; once a part is, the flat is half undone, and the rollback stops there
+        if (!wrote && w.ucontents === undefined) {
+          await rename(upath, jpath)
+          await fsyncDir(paths.gdir)
+          throw err
+        }
+        throw halfUndoneError(paths, upath, infl.cycle, d, what, err)
+      })
     }
     before += w.bytes
     faultPoint('rollback-undone')

@@ -144,6 +144,21 @@ export interface InflightDisk {
    * the first write; it becomes point `baseCycle` at commit (base-point.ts).
    */
   readonly baseCopy?: string
+  /**
+   * An in-place disk's rollback began: its journal as the rollback read it before it wrote anything (journal.ts
+   * JournalScan: valid end, extent records, fingerprint), recorded before the journal is renamed to its undoing name.
+   * A rollback that finishes an interrupted one holds the journal to it: once part of the flat was written back, a
+   * journal that differs (changed, cut short by a damaged record) would finish the undo wrong (journal-head.ts
+   * `undoMarkDiffers`). Absent in records of older receivers, and for a rollback that never began.
+   */
+  readonly undoFrom?: UndoMark
+}
+
+/** What a rollback recorded of a disk's journal before it wrote anything ({@link InflightDisk.undoFrom}). */
+export interface UndoMark {
+  readonly validEnd: number
+  readonly extentRecords: number
+  readonly print: number
 }
 
 /** Roll-forward work after the commit point (state.json says committed). */

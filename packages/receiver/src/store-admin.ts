@@ -8,7 +8,19 @@ import { ReceiverError } from './errors.ts'
 import { hasStateDir, listVmFolders } from './vm-folders.ts'
 import { checkVmDir, entryExists, entryKind, readStoreDir } from './store-fs.ts'
 import { scanJournal, type JournalHead } from './journal.ts'
-import { HEADLESS_JOURNAL, MISSING_JOURNAL, SET_ASIDE_JOURNAL, checkJournalHead, journalStuck, misplacedJournal, unreadableJournal, unusableJournal, type JournalUnusable } from './journal-head.ts'
+import {
+  HEADLESS_JOURNAL,
+  MISSING_JOURNAL,
+  SET_ASIDE_JOURNAL,
+  checkJournalHead,
+  halfUndone,
+  journalStuck,
+  misplacedJournal,
+  unreadableJournal,
+  undoMarkDiffers,
+  unusableJournal,
+  type JournalUnusable,
+} from './journal-head.ts'
 import { inspectMirror } from './mirror-inspection.ts'
 import { damagedPointFiles, type DamagedPointFile } from './point-chain.ts'
 import { mirrorModified } from './open-decision.ts'
@@ -204,6 +216,9 @@ async function journalStatus(paths: VmPaths, cycle: number, inf: InflightDisk, u
     else {
       const c = await scanJournal(jpath, { paths, checkHead })
       if (c !== undefined && inPlace && undoing) {
+        // an interrupted rollback whose journal is no longer the one it began with: it cannot finish (rollback.ts)
+        const differs = undoMarkDiffers(inf, c)
+        if (differs !== undefined) return { resumeSeq: 0, problem: halfUndone(paths, jpath, cycle, inf, differs), refused: true }
         return {
           resumeSeq: 0,
           problem: `a rollback of cycle ${cycle} on disk ${inf.name} of VM ${vm} was interrupted (journal ${file}): the cycle is not resumed; the receiver finishes the rollback at start-up, or the next run's rollback does (${grainlineCommand(['mirror', 'rollback', '--store', storeArg(paths.store), '--vm', vm])} does it now)`,

@@ -16,7 +16,7 @@ import { inspectMirror } from './mirror-inspection.ts'
 import { freeBytes } from './store-usage.ts'
 import { diskKey, tokenRoom, type PendingOpens } from './quota-room.ts'
 import { undoInflight } from './rollback.ts'
-import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type PointsDroppedRecord, type VerifyRecord, type VmStateFile } from './state-file.ts'
+import { emptyState, readVmState, writeVmState, type DiskRecord, type InflightDisk, type PointsDroppedRecord, type UndoMark, type VerifyRecord, type VmStateFile } from './state-file.ts'
 import { VmLock } from './vm-lock.ts'
 import { VmPaths, diskStem, generatedNames } from './vm-paths.ts'
 import { faultPoint } from './fault.ts'
@@ -751,7 +751,29 @@ export class VmMirror {
           { vm: this.vm, disk, cycle: infl.cycle, journal, setAside: to, why },
           `journal ${journal} of seed disk ${disk} of VM ${this.vm} (cycle ${infl.cycle}) ${why}: set aside unopened as ${to}; the rollback discards the seed file, which needs none of the journal (the committed mirror stays as it is), and the next run seeds disk ${disk} anew. Look at ${to}, then delete it`,
         )
-      await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored, setAside)
+      // the journals as the rollback read them, in the state before anything is written back (rollback.ts undoInflight)
+      const begin = async (marks: ReadonlyMap<string, UndoMark>): Promise<void> => {
+        const cur = this.current.inflight
+        if (cur === null) return
+        const disks = { ...cur.disks }
+        for (const [name, undoFrom] of marks) {
+          const d = disks[name]
+          if (d !== undefined) disks[name] = { ...d, undoFrom }
+        }
+        await this.save({ ...this.current, inflight: { ...cur, disks } }).catch((err: unknown) => {
+          // a full store: the rollback needs no space (renames, writes over allocated blocks, truncation) and goes on
+          // unrecorded, as a rollback of an older receiver — unless a record of an earlier one would be taken for it
+          const code = (err as { code?: unknown } | null)?.code
+          if (code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'E_NO_SPACE') throw err
+          const stale = [...marks.keys()].filter((name) => cur.disks[name]?.undoFrom !== undefined)
+          if (stale.length > 0) throw err
+          this.log.warn(
+            { vm: this.vm, cycle: cur.cycle, err },
+            'no space to record the journals the rollback begins with: it goes on unrecorded (a journal changed while it undoes cannot be told from the one it began with after an interruption)',
+          )
+        })
+      }
+      await undoInflight(this.paths, infl, alsoTo(logged, onProgress), undefined, ignored, setAside, begin)
       await this.save({ ...this.current, inflight: null })
       // the base copies only now that no state names them: until then the cycle may still be resumed and committed
       // (a crash right after the save leaves them to the start-up sweep, point-sweep.ts)

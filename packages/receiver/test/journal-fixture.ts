@@ -19,20 +19,24 @@ export function stateOf(store: string, vm: string): VmStateFile {
   return JSON.parse(readFileSync(join(store, vm, '.grainline', 'state.json'), 'utf8')) as VmStateFile
 }
 
-/** A seed (cycle 1) of disk d.vmdk of `vm`, then an incremental cycle 2 sent whole but not committed; the receiver closed. */
-export async function inflightCycle(t: Test, vm: string, keep: number | undefined) {
+/** A seed (cycle 1) of disk d.vmdk of `vm`, then an incremental cycle 2 (`ranges` changed) sent whole but not committed; the receiver closed. */
+export async function inflightCycle(
+  t: Test,
+  vm: string,
+  keep: number | undefined,
+  ranges: ReadonlyArray<{ readonly offset: number; readonly length: number; readonly zero?: boolean }> = [
+    { offset: 0, length: 5 * MiB },
+    { offset: 6 * MiB, length: 3 * MiB, zero: true },
+  ],
+) {
   const env = makeEnv(scratchDir(t))
   const { receiver, url } = await startReceiver(env, keep === undefined ? {} : { retention: { keep } })
   const img1 = pattern(CAP, 3)
   let a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, vm, 1, [seedPlan(0, 'd.vmdk', img1, 'ac01ac01ac01ac01')])
   a.close()
-  const ranges = [
-    { offset: 0, length: 5 * MiB },
-    { offset: 6 * MiB, length: 3 * MiB, zero: true },
-  ]
-  const img2 = evolve(img1, 9, ranges)
-  const inc = incPlan(0, 'd.vmdk', img2, 1, 'ac02ac02ac02ac02', ranges, 'd-000001.vmdk', 'd-000002.vmdk')
+  const img2 = evolve(img1, 9, [...ranges])
+  const inc = incPlan(0, 'd.vmdk', img2, 1, 'ac02ac02ac02ac02', [...ranges], 'd-000001.vmdk', 'd-000002.vmdk')
   a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
   await runCycle(a, vm, 2, [inc], { commit: false })
   a.close()
