@@ -148,11 +148,27 @@ export class VmMirror {
             opts.onProgress,
           ),
         )
+      if (lock.copied) await m.distrustCopy(opts.onProgress)
       return m
     } catch (err) {
       lock.release()
       throw err
     }
+  }
+
+  /**
+   * The VM's lock was a copy (vm-lock.ts lockIsCopy): its store was copied
+   * (cp, rsync, tar) while a receiver or a grainline command wrote it, so the
+   * files of the mirror may each be of another moment — a flat copied before
+   * extents its journal or state record as applied. Nothing of it is trusted
+   * for an incremental: the cycle in flight is rolled back and every disk is
+   * marked diverged, so the next cycle resyncs it by block digests (only the
+   * blocks that differ travel) and `grainline status` says CRITICAL until then.
+   */
+  private async distrustCopy(onProgress?: WorkProgress): Promise<void> {
+    const reason = 'its store was copied while a receiver or grainline command was writing this VM (its lock file is a copy): the mirror may mix two moments; the next cycle resyncs it (copy a store only while its receiver is stopped)'
+    for (const name of Object.keys(this.current.disks)) await this.markDiverged(name, reason)
+    if (this.current.inflight !== null) await this.rollback(onProgress)
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
