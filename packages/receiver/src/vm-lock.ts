@@ -315,7 +315,9 @@ export class VmLock {
    * @throws ReceiverError E_BUSY when another session or process holds it, E_STORE_FILE, E_NOT_FOUND
    */
   static async take(paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
-    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true)
+    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true).catch((err: unknown) => {
+      throw ioError(err, `opening the folder of VM ${vm}`)
+    })
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
     try {
