@@ -70,6 +70,9 @@ t.test('a disk grainline cannot read, or one that names a file off its folders: 
   await truncate(join(cut.dir, delta as string), 4096)
   const c = (await run(cut.vmxPath)).vms[0]
   t.equal(c?.error?.code, 'E_TRUNCATED', 'the vmdk code kept')
-  t.match(c?.error?.message, /^VM cutvm, disk scsi0:0 \(cutvm-000001\.vmdk\) not replicated, no snapshot taken: .*past the end of the file.*; the file is shorter than its own tables say .*restore it from a backup/)
+  t.match(
+    c?.error?.message,
+    /^VM cutvm, disk scsi0:0 \(cutvm-000001\.vmdk\) not replicated, no snapshot taken: .*past the end of the file.*; the file is shorter than its own tables say .*restore it from a backup/,
+  )
   t.notMatch(c?.error?.message, /cannot read this disk's format|convert it/, 'no advice to convert a disk of a format grainline reads')
 })

@@ -158,7 +158,7 @@ t.test('an empty lock is not taken over while it may still be being written', as
   t.notOk(existsSync(v.lock))
 })
 
-t.test('a lock file that is a copy (another inode than it records) is nobody\'s: taken over even when its pid is alive', async (t) => {
+t.test("a lock file that is a copy (another inode than it records) is nobody's: taken over even when its pid is alive", async (t) => {
   const start = processStartTime(other) as string
   // a live holder's lock, copied with the store (cp -a, rsync, tar): the inode it records is the original's
   const v = vmWithLock(t.testdir(), `${other}\n${bootId}\n${start}\n1\n`)
