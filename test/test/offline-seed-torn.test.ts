@@ -18,7 +18,7 @@ import { access, mkdir, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { expectedView, inflightResumeSeq, replicateCli, runCli, startSite } from '@grainline/e2e'
+import { expectedView, inflightResumeSeq, replicateCli, runCli, startSeedSites } from '@grainline/e2e'
 import { failIfLingering, firstDifference, pollUntil, scratchDir } from '@grainline/test-utils'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
@@ -30,12 +30,7 @@ const MiB = 1024 * 1024
 t.test('a store copied while a cycle writes it is not resumed on: the DR mirror is resynced, never left torn', async (t) => {
   const dir = scratchDir(t)
   // one durable batch per extent: the resume point moves with every extent applied
-  const local = await startSite(join(dir, 'local'), ['*'], [], ['--batch-bytes', String(MiB)])
-  const dr = await startSite(join(dir, 'dr'))
-  t.teardown(async () => {
-    await local.receiver.stop()
-    await dr.receiver.stop()
-  })
+  const { local, dr } = await startSeedSites(t, dir, ['--batch-bytes', String(MiB)])
   const vm = await createSampleVm(join(dir, 'src'), { name: 'app', disks: [{ sizeBytes: 64 * MiB }] })
   const state = ['--state-dir', join(dir, 'agent-state'), '--trivial-mb', '1']
   const seed = await replicateCli(local, vm.vmxPath, state)
@@ -81,12 +76,7 @@ t.test('a store copied while a cycle writes it is not resumed on: the DR mirror 
 
 t.test('a whole store copied while its receiver ran a cycle between the flat and its state is resynced, never continued', async (t) => {
   const dir = scratchDir(t)
-  const local = await startSite(join(dir, 'local'))
-  const dr = await startSite(join(dir, 'dr'))
-  t.teardown(async () => {
-    await local.receiver.stop()
-    await dr.receiver.stop()
-  })
+  const { local, dr } = await startSeedSites(t, dir)
   const vm = await createSampleVm(join(dir, 'src'), { name: 'web', disks: [{ sizeBytes: 32 * MiB }] })
   const state = ['--state-dir', join(dir, 'agent-state'), '--trivial-mb', '1']
   t.equal((await replicateCli(local, vm.vmxPath, state)).code, 0, 'seeded')
