@@ -69,7 +69,7 @@ t.test('a store copied while a cycle writes it is not resumed on: the DR mirror 
   t.equal(inc.code, 0, inc.stderr.slice(-1500))
   const d = inc.report?.vms[0]?.disks[0]
   t.equal(d?.mode, 'resync', `the torn copy is resynced, not resumed (${d?.mode}, resumed from ${JSON.stringify(d?.resumedFrom)})`)
-  t.match(d?.fallbackReason, /^E_DIVERGED: .*copied while a receiver/, 'the report says why: the receiver\'s words, not the code alone')
+  t.match(d?.fallbackReason, /^E_DIVERGED: .*copied while a receiver/, "the report says why: the receiver's words, not the code alone")
   t.equal(await firstDifference(join(dr.store, 'app', 'app-flat.vmdk'), view), -1, 'DR mirror == the frozen view of cycle 2')
   const after = await runCli(['status', '--store', dr.store])
   t.equal(after.code, 0, `status OK after the resync: ${after.stdout.slice(0, 300)}`)
