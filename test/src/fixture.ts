@@ -62,6 +62,20 @@ export async function startSite(dir: string, vms: string[] = ['*'], extra: { nam
   return site
 }
 
+/**
+ * Offline seeding's two sites under `dir`: `local` (the receiver next to the
+ * proxy, with `localArgs`) and `dr`, both stopped at the test's end.
+ */
+export async function startSeedSites(t: { teardown(fn: () => Promise<void>): void }, dir: string, localArgs: readonly string[] = []): Promise<{ local: Site; dr: Site }> {
+  const local = await startSite(join(dir, 'local'), ['*'], [], localArgs)
+  const dr = await startSite(join(dir, 'dr'))
+  t.teardown(async () => {
+    await local.receiver.stop()
+    await dr.receiver.stop()
+  })
+  return { local, dr }
+}
+
 /** Run the `grainline` command as a child process. */
 export async function runCli(args: readonly string[], opts: RunNodeOptions = {}): Promise<RunResult> {
   return await runNode(cliBin(), args, opts)

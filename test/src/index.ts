@@ -1,4 +1,4 @@
-export { startSite, runCli, replicateCli, inflightResumeSeq, expectedView, frozenView } from './fixture.ts'
+export { startSite, startSeedSites, runCli, replicateCli, inflightResumeSeq, expectedView, frozenView } from './fixture.ts'
 export type { Site, RunReport } from './fixture.ts'
 export { httpPort, promSample } from './http-fixture.ts'
 export { CEPH_POOL, cephSite, cephStatus, pointMatches, qemuHasRbd, qemuReadsSnapshots, rgwArchive, rotSnapshot } from './ceph-fixture.ts'

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createSampleVm, simulateGuestWrites } from '@grainline/agent'
-import { replicateCli, startSite, expectedView } from '@grainline/e2e'
+import { replicateCli, startSeedSites, expectedView } from '@grainline/e2e'
 import { failIfLingering, firstDifference, scratchDir } from '@grainline/test-utils'
 
 // a process its tests ended in and that does not exit fails at once, naming what keeps it (test-utils lingering.ts)
@@ -20,12 +20,7 @@ const MiB = 1024 * 1024
 
 t.test('seed locally, carry the store to the DR receiver, continue with incrementals', async (t) => {
   const dir = scratchDir(t)
-  const local = await startSite(join(dir, 'local'))
-  const dr = await startSite(join(dir, 'dr'))
-  t.teardown(async () => {
-    await local.receiver.stop()
-    await dr.receiver.stop()
-  })
+  const { local, dr } = await startSeedSites(t, dir)
   const vm = await createSampleVm(join(dir, 'src'), { name: 'app01', disks: [{ sizeBytes: 24 * MiB }] })
   const stateDir = join(dir, 'agent-state')
   const flat = (store: string) => join(store, 'app01', 'app01-flat.vmdk')

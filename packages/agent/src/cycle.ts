@@ -683,7 +683,9 @@ class VmCycle {
               { disk: w.name, reason: decision.reason, mode: decision.kind, ...(opened.refusal.detail === undefined ? {} : { receiverSays: opened.refusal.detail }) },
               decision.kind === 'resync' ? 'incremental refused; resync of the disk by block digests' : 'resync refused; seed of the disk',
             )
-            await applyDiskPlan(w, { kind: decision.kind, reason: decision.reason }, this.#planContext())
+            // the report says why, as the receiver put it (which check found the mirror diverged, and when), not the code alone
+            const why = opened.refusal.detail === undefined ? decision.reason : `${decision.reason}: ${opened.refusal.detail}`
+            await applyDiskPlan(w, { kind: decision.kind, reason: why }, this.#planContext())
             await this.#recordResyncs()
           }
         }

@@ -41,7 +41,23 @@ export async function vmFiles(vm: VmHandle, driver: HypervisorDriver): Promise<V
 }
 
 /** vmdk codes of a disk whose format grainline does not read (as opposed to a file it cannot reach or a chain that does not link). */
-const FORMAT_CODES: ReadonlySet<string> = new Set(['E_FORMAT', 'E_UNSUPPORTED', 'E_VERSION', 'E_DESCRIPTOR', 'E_ENCODING', 'E_TRUNCATED', 'E_DIRTY'])
+const FORMAT_CODES: ReadonlySet<string> = new Set(['E_FORMAT', 'E_UNSUPPORTED', 'E_VERSION', 'E_DESCRIPTOR', 'E_ENCODING'])
+
+/**
+ * What to do about a disk that does not open, by vmdk code: a format
+ * grainline does not read is converted; a file of a format it reads but
+ * shorter than its own tables (damaged, or still being copied) or one whose
+ * journal the host has not replayed is no format problem: converting it
+ * would not help.
+ */
+function diskOpenRemedy(code: string): string {
+  if (code === 'E_TRUNCATED')
+    return 'the file is shorter than its own tables say (damaged, or copied or written incompletely): check it on the host (vmkfstools -x check DISK.vmdk) or restore it from a backup'
+  if (code === 'E_DIRTY') return 'let ESXi open the disk first (power the VM on, or consolidate its snapshots), then run again'
+  if (FORMAT_CODES.has(code))
+    return "grainline cannot read this disk's format: convert it to one it reads (a flat VMFS disk, thin or thick: vmkfstools -i SOURCE.vmdk -d thin COPY.vmdk, then attach the copy)"
+  return 'fix the disk, or the reference to it'
+}
 
 /**
  * A disk's chain that does not open, named as the operator finds it: the VM,
@@ -51,9 +67,7 @@ const FORMAT_CODES: ReadonlySet<string> = new Set(['E_FORMAT', 'E_UNSUPPORTED', 
  */
 function diskOpenError(err: unknown, vm: VmHandle, d: VmHandle['disks'][number]): unknown {
   if (!isVmdkError(err) || err.code === 'E_ABORTED') return err
-  const what = FORMAT_CODES.has(err.code)
-    ? "grainline cannot read this disk's format: convert it to one it reads (a flat VMFS disk, thin or thick: vmkfstools -i SOURCE.vmdk -d thin COPY.vmdk, then attach the copy)"
-    : 'fix the disk, or the reference to it'
+  const what = diskOpenRemedy(err.code)
   // the file vmdk names stays the error's `file` (and the end of its message, where VmdkError puts it)
   const suffix = err.file === '' ? '' : ` (${err.file})`
   const own = suffix !== '' && err.message.endsWith(suffix) ? err.message.slice(0, -suffix.length) : err.message

@@ -7,7 +7,7 @@
  * A real receiver process; the VM folder is the local driver's.
  */
 import t from 'tap'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { readdir, readFile, truncate, writeFile } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { replicate } from '../src/replicate.ts'
@@ -61,4 +61,18 @@ t.test('a disk grainline cannot read, or one that names a file off its folders: 
   t.equal(o?.error?.code, 'E_OUTSIDE_ROOT')
   t.match(o?.error?.message, /^VM outvm, disk scsi0:0 \(outvm\.vmdk\) not replicated, no snapshot taken: .*secret\.txt.*outside the folders.*; fix the disk, or the reference to it/)
   t.notOk(existsSync(join(out.dir, 'outvm.vmsd')), 'no snapshot')
+
+  // the delta the VM writes is cut short (a damaged or half-copied file of a format grainline reads): damage, not a format to convert
+  const cut = await make('cutvm')
+  t.equal((await run(cut.vmxPath)).vms[0]?.ok, true, 'seeded')
+  const delta = (await readdir(cut.dir)).find((f) => f.startsWith('cutvm-') && f.endsWith('-sesparse.vmdk'))
+  t.ok(delta, `the VM runs on a SEsparse delta (${delta})`)
+  await truncate(join(cut.dir, delta as string), 4096)
+  const c = (await run(cut.vmxPath)).vms[0]
+  t.equal(c?.error?.code, 'E_TRUNCATED', 'the vmdk code kept')
+  t.match(
+    c?.error?.message,
+    /^VM cutvm, disk scsi0:0 \(cutvm-000001\.vmdk\) not replicated, no snapshot taken: .*past the end of the file.*; the file is shorter than its own tables say .*restore it from a backup/,
+  )
+  t.notMatch(c?.error?.message, /cannot read this disk's format|convert it/, 'no advice to convert a disk of a format grainline reads')
 })

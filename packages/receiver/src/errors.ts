@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os'
 import { ProtocolErrorCodes, type ProtocolErrorCode } from '@grainline/protocol'
 
 /** Codes of receiver errors: every wire code of SPEC §7 plus local ones. */
@@ -47,7 +48,28 @@ export function ioError(err: unknown, what: string): Error {
   if (code === 'ENOSPC' || code === 'EDQUOT') return new ReceiverError('E_NO_SPACE', `no space left while ${what}: ${msg}`, { cause: err })
   if (code === 'EROFS') return new ReceiverError('E_IO', `store is read-only while ${what}: ${msg}`, { cause: err })
   if (code === 'ENOENT') return new ReceiverError('E_IO', `file or folder vanished while ${what}: ${msg}`, { cause: err })
+  if (code === 'EACCES' || code === 'EPERM') {
+    const user = receiverUser()
+    return new ReceiverError(
+      'E_IO',
+      `permission denied while ${what}: ${msg}; the receiver runs as ${user.label} and must own its store: chown -R ${user.owner} STORE (a store copied by another user, or with its source's owners and modes kept, has files it may not write)`,
+      { cause: err, peerMessage: `permission denied while ${what}: the receiver may not write its store; its operator gives it back to the receiver's user (chown -R)` },
+    )
+  }
   return new ReceiverError('E_IO', `I/O error while ${what}: ${msg}`, { cause: err })
+}
+
+/** The user this process runs as, for a remedy: `name (uid N)` and what chown takes (the name, or the uid where there is no name). */
+function receiverUser(): { readonly label: string; readonly owner: string } {
+  const uid = process.getuid?.()
+  let name = ''
+  try {
+    name = userInfo().username
+  } catch {
+    // a uid without a passwd entry (a container)
+  }
+  const owner = name !== '' ? name : uid !== undefined ? String(uid) : 'USER'
+  return { label: uid === undefined ? owner : `${owner} (uid ${uid})`, owner }
 }
 
 /** The stable code of any error (ours, the protocol's, or E_INTERNAL). */

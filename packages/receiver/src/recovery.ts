@@ -10,7 +10,7 @@ import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
 import { readVmState } from './state-file.ts'
 import { listVms } from './store-admin.ts'
-import { VmMirror } from './vm-mirror.ts'
+import { COPIED_STORE, VmMirror } from './vm-mirror.ts'
 import { VmPaths } from './vm-paths.ts'
 
 /** Remove leftover temporary files of interrupted atomic writes in `dir` (exactly their names, each removal logged). */
@@ -48,9 +48,10 @@ export interface RecoveryReport {
  * commit point, keep interrupted applies (journal + state) so the same cycle
  * can resume, finish interrupted rollbacks, cut torn journal tails, drop
  * stray journals, temp files and point files no state names. With `abandonAfterMs`, interrupted cycles
- * older than that are rolled back instead of kept.
+ * older than that are rolled back instead of kept. With `storeCopied` (the store's receiver marker was
+ * a copy, store-marker.ts) every VM's cycle in flight is rolled back and its disks marked diverged.
  */
-export async function recoverStore(storeDir: string, logger: Logger, opts: { abandonAfterMs?: number } = {}): Promise<RecoveryReport[]> {
+export async function recoverStore(storeDir: string, logger: Logger, opts: { abandonAfterMs?: number; storeCopied?: boolean } = {}): Promise<RecoveryReport[]> {
   const reports: RecoveryReport[] = []
   for (const vm of await listVms(storeDir)) {
     const log = logger.child({ vm })
@@ -59,6 +60,8 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
       const paths = new VmPaths(storeDir, vm)
       const before = await readVmState(paths)
       m = await VmMirror.acquire(storeDir, vm, log, { create: false })
+      // a store copied while its receiver ran (store-marker.ts): no VM's mirror is trusted for an incremental
+      if (opts.storeCopied === true && !m.copiedLock) await m.distrustCopy(COPIED_STORE)
       // only under the VM's lock: a temporary file of a VM another process holds (a prune, a second receiver) is its write in progress
       await removeTemps(paths.dir, log)
       await removeTemps(paths.gdir, log)

@@ -16,6 +16,7 @@ import { LiveState, fanOut } from './live-state.ts'
 import { folderStoreReader, type RpoPolicy } from './store-overview.ts'
 import { sharedStoreReader } from './shared-store-reader.ts'
 import { recoverStore } from './recovery.ts'
+import { markStoreClosed, markStoreOpen } from './store-marker.ts'
 import { pdeathsigAvailable } from './tied-spawn.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
@@ -199,6 +200,8 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
   const reader = sharedStoreReader(ceph === undefined ? folderStoreReader(init.store) : cephStoreReader(ceph.target))
   const metrics = httpListen === undefined ? undefined : new ReceiverMetrics(reader, () => sessions.size, init.rpo)
   // errors are kept with folder mirrors; with a Ceph store they live in this process's memory (docs/CEPH.md)
+  // whether listen wrote the store's marker (store-marker.ts), which a clean close removes
+  let marked = false
   const live = new LiveState(ceph === undefined ? { storeDir: init.store, log } : { log })
   let httpServer: HttpListener | undefined
   const refusals = new RefusalLog(log, 10_000, metrics)
@@ -267,8 +270,14 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
         { command: 'setpriv --pdeathsig KILL' },
         "util-linux's setpriv is missing or too old here: a base point's cp does not die with a receiver killed with SIGKILL (docs/POINTS.md); install util-linux ≥ 2.33",
       )
+    // a store copied while a receiver ran on it is told by its marker (store-marker.ts)
+    const marker = ceph === undefined ? await markStoreOpen(init.store, log) : { copied: false }
+    marked = ceph === undefined
     if (init.recover !== false && ceph === undefined) {
-      const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs })
+      const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), {
+        ...(init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs }),
+        storeCopied: marker.copied,
+      })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
     }
     const srv: Server = tls
@@ -418,6 +427,7 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
     await closed
     await httpServer?.close()
     await live.flush()
+    if (marked) await markStoreClosed(init.store, log)
     log.info('receiver closed')
   }
 

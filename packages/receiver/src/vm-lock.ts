@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { link, open, stat, type FileHandle } from 'node:fs/promises'
+import { link, lstat, open, stat, type FileHandle } from 'node:fs/promises'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
@@ -57,9 +57,34 @@ export function processStartTime(pid: number): string | undefined {
   return rest[22 - 3] ?? ''
 }
 
-/** What the lock file says: `pid\nboot id\nstart time\n` (older locks: the pid only). */
-export function lockText(): string {
-  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
+/**
+ * What the lock file says: `pid\nboot id\nstart time\ninode\n`, the inode
+ * the lock file itself has (older locks: the pid only, or without the inode).
+ */
+export function lockText(ino?: number | bigint): string {
+  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n${ino === undefined ? '' : `${ino}\n`}`
+}
+
+/**
+ * Whether a lock file is a copy: its text records an inode (lockText) other
+ * than the one it has. A copy of a store (cp -a, rsync, tar, a disk by
+ * courier) made while a receiver or a grainline command held the VM gives
+ * every file a new inode; a crash, a reboot or a rename keeps the lock's.
+ * Such a lock is nobody's (its pid, if alive, holds the original), and the
+ * mirror beside it was copied while it was being written.
+ */
+export function lockIsCopy(text: string, ino: bigint | undefined): boolean {
+  const recorded = text.split('\n')[3] ?? ''
+  return ino !== undefined && /^[0-9]+$/.test(recorded) && BigInt(recorded) !== ino
+}
+
+/** The inode of the file at `path` (undefined when it is gone or cannot be stat'ed). */
+async function inodeOf(path: string): Promise<bigint | undefined> {
+  try {
+    return (await lstat(path, { bigint: true })).ino
+  } catch {
+    return undefined
+  }
 }
 
 /**
@@ -122,17 +147,22 @@ async function ageMs(path: string): Promise<number | undefined> {
  * in-process lock) or the lock cannot be written for lack of space (a
  * rollback must still work on a full disk).
  */
-async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<boolean> {
+async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<{ readonly locked: boolean; readonly copied: boolean }> {
   const deadline = Date.now() + TAKE_TIMEOUT_MS
   const claim = `${paths.lock}.takeover`
   const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 25 + Math.random() * 50))
+  // a stale lock taken over was a copy (lockIsCopy)
+  let carried = false
   while (Date.now() < deadline) {
     const created = await createLock(paths, vm, log)
-    if (created !== 'exists') return created
+    if (created !== 'exists') return { locked: created, copied: carried }
+    const ino = await inodeOf(paths.lock)
     const text = await readLockText(paths.lock)
     if (text === undefined) continue // gone meanwhile: try again
     const pid = Number.parseInt(text, 10)
-    if (lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+    // a lock copied with the store is nobody's: its pid, alive or not, holds the original (or nothing)
+    const copied = lockIsCopy(text, ino)
+    if (!copied && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
       throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`, { peerMessage: BUSY_PEER(vm) })
     }
     if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
@@ -148,7 +178,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
     } catch (err) {
       const code = (err as { code?: unknown }).code
       if (code === 'ENOENT') continue
-      if (code === 'EROFS') return false
+      if (code === 'EROFS') return { locked: false, copied: carried || copied }
       if (code !== 'EEXIST') throw ioError(err, 'taking over a stale VM lock')
       // another process is taking it over: wait for it (a claim left by a crash goes once it has settled)
       if (((await ageMs(claim)) ?? 0) >= LOCK_SETTLE_MS) await unlinkIfExists(claim).catch(() => {})
@@ -158,15 +188,22 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
     await fh.close()
     try {
       if ((await readLockText(paths.lock)) !== text) continue
-      log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
+      if (copied) {
+        log.warn(
+          { vm, pid: Number.isSafeInteger(pid) ? pid : null, lock: paths.lock },
+          `VM ${vm}: its lock file is a copy (another inode than it records): the store was copied while a receiver or a grainline command was writing this VM, so its mirror may mix two moments; taken over, the mirror is marked diverged`,
+        )
+      } else log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
       leaked.delete(key)
       try {
         await unlinkIfExists(paths.lock)
       } catch (e) {
         // a read-only store: nobody can write it, ours to report when we try
-        if ((e as { code?: unknown }).code === 'EROFS') return false
+        if ((e as { code?: unknown }).code === 'EROFS') return { locked: false, copied: carried || copied }
         throw ioError(e, 'taking over a stale VM lock')
       }
+      // the copy judged: the next turn takes our own lock and says so
+      carried ||= copied
     } finally {
       await unlinkIfExists(claim).catch(() => {})
     }
@@ -190,7 +227,8 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promi
 /** Write our lock text into `fh` and close it; on a full disk the lock stays without our pid (others take it as stale once it settled). */
 async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<void> {
   try {
-    await fh.writeFile(lockText())
+    // the file's own inode: a copy of the lock (a store copied while held) has another (lockIsCopy)
+    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino))
   } catch (err) {
     log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
   } finally {
@@ -198,7 +236,7 @@ async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<v
   }
 }
 
-/** A lock holds a pid, a boot id and a start time (lockText): a few dozen bytes. */
+/** A lock holds a pid, a boot id, a start time and an inode (lockText): a few dozen bytes. */
 const LOCK_MAX_BYTES = 4096
 
 /** The lock's text; undefined when there is no lock; empty when it cannot be read (a link, or too large: not a lock of ours, stale once settled). */
@@ -254,13 +292,20 @@ export class VmLock {
   /** whether we created the lock file (false: the folder did not exist yet, or the disk is full) */
   private fileLocked: boolean
   private released = false
+  /**
+   * Whether the stale lock taken over was a copy (lockIsCopy): the store was
+   * copied while a process held this VM, so the mirror, its state and its
+   * journal may each be of another moment.
+   */
+  readonly copied: boolean
 
-  private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean) {
+  private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean, copied: boolean) {
     this.paths = paths
     this.vm = vm
     this.log = log
     this.key = key
     this.fileLocked = fileLocked
+    this.copied = copied
   }
 
   /**
@@ -270,11 +315,14 @@ export class VmLock {
    * @throws ReceiverError E_BUSY when another session or process holds it, E_STORE_FILE, E_NOT_FOUND
    */
   static async take(paths: VmPaths, vm: string, log: Logger, opts: { create?: boolean } = {}): Promise<VmLock> {
-    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true)
+    const { key } = await checkVmDir(paths.store, paths.dir, paths.gdir, opts.create === true).catch((err: unknown) => {
+      throw ioError(err, `opening the folder of VM ${vm}`)
+    })
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
     try {
-      return new VmLock(paths, vm, log, key, await lockFile(paths, vm, key, log))
+      const { locked, copied } = await lockFile(paths, vm, key, log)
+      return new VmLock(paths, vm, log, key, locked, copied)
     } catch (err) {
       held.delete(key)
       throw err

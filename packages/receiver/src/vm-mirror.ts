@@ -86,6 +86,14 @@ export interface CommitOptions {
   readonly onProgress?: WorkProgress
 }
 
+/** Why a VM whose lock file was a copy is marked diverged (vm-lock.ts lockIsCopy). */
+const COPIED_LOCK =
+  'its store was copied while a receiver or grainline command was writing this VM (its lock file is a copy): the mirror may mix two moments; the next cycle resyncs it (copy a store only while its receiver is stopped)'
+
+/** Why every VM of a store whose receiver marker was a copy is marked diverged (store-marker.ts). */
+export const COPIED_STORE =
+  'its store was copied while a receiver was running on it (the store marker .grainline-receiver is a copy): the mirror may mix two moments; the next cycle resyncs it (copy a store only while its receiver is stopped)'
+
 /**
  * A locked VM mirror: every mutation of one VM goes through here, one writer
  * per VM (in this process and, by the lock file, across processes).
@@ -148,11 +156,27 @@ export class VmMirror {
             opts.onProgress,
           ),
         )
+      if (lock.copied) await m.distrustCopy(COPIED_LOCK, opts.onProgress)
       return m
     } catch (err) {
       lock.release()
       throw err
     }
+  }
+
+  /**
+   * The VM's lock was a copy (vm-lock.ts lockIsCopy): its store was copied
+   * (cp, rsync, tar) while a receiver or a grainline command wrote it, so the
+   * files of the mirror may each be of another moment — a flat copied before
+   * extents its journal or state record as applied. Nothing of it is trusted
+   * for an incremental: the cycle in flight is rolled back and every disk is
+   * marked diverged, so the next cycle resyncs it by block digests (only the
+   * blocks that differ travel) and `grainline status` says CRITICAL until then.
+   * Also for a store whose receiver marker is a copy (store-marker.ts), `reason` saying which.
+   */
+  async distrustCopy(reason: string, onProgress?: WorkProgress): Promise<void> {
+    for (const name of Object.keys(this.current.disks)) await this.markDiverged(name, reason)
+    if (this.current.inflight !== null) await this.rollback(onProgress)
   }
 
   /** Like `acquire`, but waits up to `waitMs` for a lock held by a closing session. */
@@ -167,6 +191,11 @@ export class VmMirror {
       signal?.throwIfAborted()
       await new Promise((resolve) => setTimeout(resolve, 25))
     }
+  }
+
+  /** Whether the lock taken over was a copy (and {@link distrustCopy} ran at acquire). */
+  get copiedLock(): boolean {
+    return this.lock.copied
   }
 
   /** Release the VM's lock (idempotent); `moved`: its folder was renamed away, lock file and all (mirror-remove.ts). */

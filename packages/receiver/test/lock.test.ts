@@ -1,7 +1,7 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { rollbackMirror } from '../src/index.ts'
 import { lockHolderAlive, lockText, processStartTime } from '../src/vm-lock.ts'
@@ -156,4 +156,61 @@ t.test('an empty lock is not taken over while it may still be being written', as
   utimesSync(v.lock, old, old)
   await t.resolves(rollbackMirror(v.store, 'vm-l'), 'an empty lock older than the settle time is stale')
   t.notOk(existsSync(v.lock))
+})
+
+t.test("a lock file that is a copy (another inode than it records) is nobody's: taken over even when its pid is alive", async (t) => {
+  const start = processStartTime(other) as string
+  // a live holder's lock, copied with the store (cp -a, rsync, tar): the inode it records is the original's
+  const v = vmWithLock(t.testdir(), `${other}\n${bootId}\n${start}\n1\n`)
+  t.not(statSync(v.lock, { bigint: true }).ino, 1n)
+  await t.resolves(rollbackMirror(v.store, 'vm-l'), 'no E_BUSY: the copied lock is taken over')
+  t.notOk(existsSync(v.lock), 'and released')
+  // the same holder's own lock, recording the inode it has: held, E_BUSY as before
+  const w = vmWithLock(t.testdir(), '')
+  writeFileSync(w.lock, `${other}\n${bootId}\n${start}\n${statSync(w.lock, { bigint: true }).ino}\n`)
+  await t.rejects(rollbackMirror(w.store, 'vm-l'), { code: 'E_BUSY' })
+  t.ok(existsSync(w.lock), 'the holder keeps its lock')
+})
+
+t.test('a lock this process writes records the inode of the lock file itself', async (t) => {
+  t.same(lockText(123n).split('\n'), [String(process.pid), bootId, processStartTime(process.pid), '123', ''])
+})
+
+/*
+ * A store the receiver's user may not write (copied by another user, or
+ * with its source's owners and modes kept): the error is E_IO naming the VM
+ * and the remedy (chown -R to the receiver's user), never a bare EACCES the
+ * agent hears as E_INTERNAL "internal error". As root (who may write any
+ * file) the mirror is opened by a node run as nobody (setpriv).
+ */
+t.test('a VM folder the receiver may not open or write: E_IO naming the VM and chown', async (t) => {
+  const dir = t.testdir()
+  const closed = vmWithLock(dir, '')
+  rmSync(join(closed.store, 'vm-l', '.grainline', 'lock'))
+  chmodSync(dirname(dirname(closed.lock)), 0o700) // vm-l: not even listed by another user
+  const g2 = join(closed.store, 'vm-r', '.grainline')
+  mkdirSync(g2, { recursive: true })
+  writeFileSync(join(g2, 'state.json'), JSON.stringify({ format: 1, vm: 'vm-r', disks: {} }))
+  chmodSync(g2, 0o755) // vm-r: readable, its lock not writable
+  const root = process.getuid?.() === 0
+  if (!root) chmodSync(g2, 0o555)
+  const attempt = (vm: string): { code: string; message: string } => {
+    const entry = new URL('../src/index.js', import.meta.url).href
+    const script = `import { rollbackMirror } from ${JSON.stringify(entry)}; try { await rollbackMirror(${JSON.stringify(closed.store)}, ${JSON.stringify(vm)}); process.stdout.write('{}') } catch (e) { process.stdout.write(JSON.stringify({ code: e.code, message: e.message })) }`
+    const args = ['--input-type=module', '-e', script]
+    const r = root
+      ? spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...args], { encoding: 'utf8' })
+      : spawnSync(process.execPath, args, { encoding: 'utf8' })
+    return JSON.parse(r.stdout || '{}') as { code: string; message: string }
+  }
+  if (root) for (const p of [dir, join(dir, 'store')]) chmodSync(p, 0o755)
+  else chmodSync(dirname(dirname(closed.lock)), 0o000)
+  const a = attempt('vm-l')
+  t.equal(a.code, 'E_IO', `a folder it may not open (${a.message})`)
+  t.match(a.message, /^permission denied while opening the folder of VM vm-l: .*must own its store: chown -R \S+ STORE/)
+  const b = attempt('vm-r')
+  t.equal(b.code, 'E_IO', `a folder it may not write (${b.message})`)
+  t.match(b.message, /^permission denied while taking the VM lock: .*must own its store: chown -R \S+ STORE/)
+  chmodSync(dirname(dirname(closed.lock)), 0o755)
+  chmodSync(g2, 0o755)
 })
