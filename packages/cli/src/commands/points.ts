@@ -81,7 +81,7 @@ export const pointsCommand: CliCommand = {
       .check((a) => {
         if (a['despite-lock'] !== undefined && a['action'] !== 'archive')
           throw new UsageError(`--despite-lock goes with points archive (and restore --from), not points ${String(a['action'])}: only they refuse beside a prune's lock`)
-        if (a['check'] !== undefined && a['action'] !== 'archived') throw new UsageError(`--check goes with points archived, not points ${String(a['action'])}`)
+        if (a['check'] === true && a['action'] !== 'archived') throw new UsageError(`--check goes with points archived, not points ${String(a['action'])}`)
         const s3Only = a['action'] === 'archived' || a['action'] === 'archive-prune'
         if (a['action'] !== 'archive-prune' && a['vm'] === undefined) throw new UsageError('--vm is required')
         if (!s3Only && a['store'] === undefined) throw new UsageError('--store is required')
