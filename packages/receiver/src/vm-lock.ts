@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { link, lstat, open, stat, type FileHandle } from 'node:fs/promises'
+import { link, lstat, open, rename, stat, type FileHandle } from 'node:fs/promises'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
@@ -61,8 +61,20 @@ export function processStartTime(pid: number): string | undefined {
  * What the lock file says: `pid\nboot id\nstart time\ninode\n`, the inode
  * the lock file itself has (older locks: the pid only, or without the inode).
  */
-export function lockText(ino?: number | bigint): string {
-  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n${ino === undefined ? '' : `${ino}\n`}`
+export function lockText(ino?: number | bigint, copied = false): string {
+  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n${ino === undefined ? '' : `${ino}\n`}${copied && ino !== undefined ? `${COPIED_LINE}\n` : ''}`
+}
+
+/**
+ * The fifth line of a lock that took over a copy (lockIsCopy) and whose VM
+ * may not be marked diverged yet: a crash before the mark leaves a lock that
+ * says so, and whoever takes it over next marks the VM (VmMirror.acquire).
+ */
+const COPIED_LINE = 'copied'
+
+/** Whether a lock says its holder took over a copied lock and may not have marked the VM diverged yet (lockText `copied`). */
+export function lockOwesCopy(text: string): boolean {
+  return text.split('\n')[4] === COPIED_LINE
 }
 
 /**
@@ -154,15 +166,15 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
   // a stale lock taken over was a copy (lockIsCopy)
   let carried = false
   while (Date.now() < deadline) {
-    const created = await createLock(paths, vm, log)
+    const created = await createLock(paths, vm, log, carried)
     if (created !== 'exists') return { locked: created, copied: carried }
     const ino = await inodeOf(paths.lock)
     const text = await readLockText(paths.lock)
     if (text === undefined) continue // gone meanwhile: try again
     const pid = Number.parseInt(text, 10)
     // a lock copied with the store is nobody's: its pid, alive or not, holds the original (or nothing)
-    const copied = lockIsCopy(text, ino)
-    if (!copied && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+    const copied = lockIsCopy(text, ino) || lockOwesCopy(text)
+    if (!lockIsCopy(text, ino) && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
       throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`, { peerMessage: BUSY_PEER(vm) })
     }
     if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
@@ -212,7 +224,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
 }
 
 /** The lock created exclusively in place and then written (a file system without hard links): empty for a moment. */
-async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+async function createLockInPlace(paths: VmPaths, vm: string, log: Logger, copied: boolean): Promise<boolean | 'exists'> {
   let fh: FileHandle
   try {
     fh = await open(paths.lock, 'wx', 0o644)
@@ -220,15 +232,17 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promi
     if ((err as { code?: unknown }).code === 'EEXIST') return 'exists'
     throw ioError(err, 'taking the VM lock')
   }
-  await writeLockText(fh, vm, log)
+  await writeLockText(fh, vm, log, copied)
   return true
 }
 
 /** Write our lock text into `fh` and close it; on a full disk the lock stays without our pid (others take it as stale once it settled). */
-async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<void> {
+async function writeLockText(fh: FileHandle, vm: string, log: Logger, copied = false): Promise<void> {
   try {
     // the file's own inode: a copy of the lock (a store copied while held) has another (lockIsCopy)
-    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino))
+    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino, copied))
+    // the copy's mark outlives a power loss until the VM is marked diverged (clearCopied)
+    if (copied) await fh.sync()
   } catch (err) {
     log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
   } finally {
@@ -249,7 +263,7 @@ async function readLockText(path: string): Promise<string | undefined> {
 }
 
 /** Write our lock to a file of its own and link it into place: true (ours), false (no folder, no space), 'exists'. */
-async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+async function createLock(paths: VmPaths, vm: string, log: Logger, copied: boolean): Promise<boolean | 'exists'> {
   const tmp = `${paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
   let fh: FileHandle
   try {
@@ -264,7 +278,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<bool
     throw ioError(err, 'taking the VM lock')
   }
   try {
-    await writeLockText(fh, vm, log)
+    await writeLockText(fh, vm, log, copied)
     try {
       await link(tmp, paths.lock)
       return true
@@ -272,7 +286,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<bool
       const code = (err as { code?: unknown }).code
       if (code === 'EEXIST') return 'exists'
       // a file system without hard links (SMB, some FUSE): created exclusively in place, then written
-      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log)
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log, copied)
       throw ioError(err, 'taking the VM lock')
     }
   } finally {
@@ -298,6 +312,8 @@ export class VmLock {
    * journal may each be of another moment.
    */
   readonly copied: boolean
+  /** the lock file still says `copied` (lockOwesCopy): the VM is not marked diverged yet ({@link clearCopied}) */
+  private owed: boolean
 
   private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean, copied: boolean) {
     this.paths = paths
@@ -306,6 +322,28 @@ export class VmLock {
     this.key = key
     this.fileLocked = fileLocked
     this.copied = copied
+    this.owed = copied
+  }
+
+  /**
+   * The VM taken over from a copied lock is marked diverged: our lock file
+   * drops its `copied` line (a new file renamed over it). Until then a crash,
+   * or a release after a failed mark, leaves the line for the next taker.
+   */
+  async clearCopied(): Promise<void> {
+    if (!this.owed) return
+    if (this.fileLocked) {
+      const tmp = `${this.paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
+      try {
+        await writeLockText(await open(tmp, 'wx', 0o644), this.vm, this.log)
+        await rename(tmp, this.paths.lock)
+      } catch (err) {
+        await unlinkIfExists(tmp).catch(() => {})
+        this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'VM lock file still says it took over a copy: the next taker marks the VM diverged again')
+        return
+      }
+    }
+    this.owed = false
   }
 
   /**
@@ -339,6 +377,13 @@ export class VmLock {
     this.released = true
     held.delete(this.key)
     if (opts.moved === true) this.fileLocked = false
+    if (this.fileLocked && this.owed) {
+      // the copy's mark is owed (a failed mark): the lock stays, this process takes it over again, others once we are gone
+      leaked.add(this.key)
+      this.log.warn({ vm: this.vm }, 'VM lock file kept: it took over a copied lock and the VM is not marked diverged yet')
+      this.fileLocked = false
+      return
+    }
     try {
       if (this.fileLocked) rmSync(this.paths.lock, { force: true })
     } catch (err) {
