@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { link, lstat, open, rename, stat, type FileHandle } from 'node:fs/promises'
+import { link, lstat, open, realpath, rename, stat, type FileHandle } from 'node:fs/promises'
+import { basename, join } from 'node:path'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
@@ -61,8 +62,31 @@ export function processStartTime(pid: number): string | undefined {
  * What the lock file says: `pid\nboot id\nstart time\ninode\n`, the inode
  * the lock file itself has (older locks: the pid only, or without the inode).
  */
-export function lockText(ino?: number | bigint, copied = false): string {
-  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n${ino === undefined ? '' : `${ino}\n`}${copied && ino !== undefined ? `${COPIED_LINE}\n` : ''}`
+export function lockText(ino?: number | bigint, copied = false, where = ''): string {
+  const head = `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
+  if (ino === undefined) return head
+  const tail = where !== '' ? `${copied ? COPIED_LINE : ''}\n${where}\n` : copied ? `${COPIED_LINE}\n` : ''
+  return `${head}${ino}\n${tail}`
+}
+
+/**
+ * Where a lock file lies, its folder's real path (the sixth line of lockText; '' when it cannot be resolved). A lock
+ * whose inode is not the one it records but that lies where it was written, its holder alive, is no copy: a copy
+ * made while its holder runs lies elsewhere (another folder, host or boot). Inode numbers are not stable on every
+ * file system (SMB mounted noserverino, FUSE mounts without use_ino such as sshfs): there the holder's live lock,
+ * taken for a copy, was taken over, and two processes wrote the mirror at once.
+ */
+async function lockWhere(paths: VmPaths): Promise<string> {
+  try {
+    return join(await realpath(paths.gdir), basename(paths.lock))
+  } catch {
+    return ''
+  }
+}
+
+/** Whether a lock records that it lies at `where` (lockWhere; false for a lock that records no place). */
+function lockLiesAt(text: string, where: string): boolean {
+  return where !== '' && text.split('\n')[5] === where
 }
 
 /**
@@ -165,8 +189,9 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
   const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 25 + Math.random() * 50))
   // a stale lock taken over was a copy (lockIsCopy)
   let carried = false
+  const where = await lockWhere(paths)
   while (Date.now() < deadline) {
-    const created = await createLock(paths, vm, log, carried)
+    const created = await createLock(paths, vm, log, carried, where)
     if (created !== 'exists') return { locked: created, copied: carried }
     const ino = await inodeOf(paths.lock)
     const text = await readLockText(paths.lock)
@@ -174,7 +199,8 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
     const pid = Number.parseInt(text, 10)
     // a lock copied with the store is nobody's: its pid, alive or not, holds the original (or nothing)
     const copied = lockIsCopy(text, ino) || lockOwesCopy(text)
-    if (!lockIsCopy(text, ino) && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+    // a live holder's lock where it wrote it is held, whatever inode the file system shows now (lockWhere)
+    if ((!lockIsCopy(text, ino) || lockLiesAt(text, where)) && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
       throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`, { peerMessage: BUSY_PEER(vm) })
     }
     if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
@@ -224,7 +250,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
 }
 
 /** The lock created exclusively in place and then written (a file system without hard links): empty for a moment. */
-async function createLockInPlace(paths: VmPaths, vm: string, log: Logger, copied: boolean): Promise<boolean | 'exists'> {
+async function createLockInPlace(paths: VmPaths, vm: string, log: Logger, copied: boolean, where: string): Promise<boolean | 'exists'> {
   let fh: FileHandle
   try {
     fh = await open(paths.lock, 'wx', 0o644)
@@ -232,15 +258,15 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger, copied
     if ((err as { code?: unknown }).code === 'EEXIST') return 'exists'
     throw ioError(err, 'taking the VM lock')
   }
-  await writeLockText(fh, vm, log, copied)
+  await writeLockText(fh, vm, log, copied, where)
   return true
 }
 
 /** Write our lock text into `fh` and close it; on a full disk the lock stays without our pid (others take it as stale once it settled). */
-async function writeLockText(fh: FileHandle, vm: string, log: Logger, copied = false): Promise<void> {
+async function writeLockText(fh: FileHandle, vm: string, log: Logger, copied: boolean, where: string): Promise<void> {
   try {
     // the file's own inode: a copy of the lock (a store copied while held) has another (lockIsCopy)
-    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino, copied))
+    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino, copied, where))
     // the copy's mark outlives a power loss until the VM is marked diverged (clearCopied)
     if (copied) await fh.sync()
   } catch (err) {
@@ -263,7 +289,7 @@ async function readLockText(path: string): Promise<string | undefined> {
 }
 
 /** Write our lock to a file of its own and link it into place: true (ours), false (no folder, no space), 'exists'. */
-async function createLock(paths: VmPaths, vm: string, log: Logger, copied: boolean): Promise<boolean | 'exists'> {
+async function createLock(paths: VmPaths, vm: string, log: Logger, copied: boolean, where: string): Promise<boolean | 'exists'> {
   const tmp = `${paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
   let fh: FileHandle
   try {
@@ -278,7 +304,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger, copied: boole
     throw ioError(err, 'taking the VM lock')
   }
   try {
-    await writeLockText(fh, vm, log, copied)
+    await writeLockText(fh, vm, log, copied, where)
     try {
       await link(tmp, paths.lock)
       return true
@@ -286,7 +312,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger, copied: boole
       const code = (err as { code?: unknown }).code
       if (code === 'EEXIST') return 'exists'
       // a file system without hard links (SMB, some FUSE): created exclusively in place, then written
-      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log, copied)
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log, copied, where)
       throw ioError(err, 'taking the VM lock')
     }
   } finally {
@@ -335,7 +361,7 @@ export class VmLock {
     if (this.fileLocked) {
       const tmp = `${this.paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
       try {
-        await writeLockText(await open(tmp, 'wx', 0o644), this.vm, this.log)
+        await writeLockText(await open(tmp, 'wx', 0o644), this.vm, this.log, false, await lockWhere(this.paths))
         await rename(tmp, this.paths.lock)
       } catch (err) {
         await unlinkIfExists(tmp).catch(() => {})
