@@ -66,11 +66,20 @@ export async function writeStoreMarker(store: string, log: Logger): Promise<void
   }
 }
 
-/** Remove our marker at a clean close (a store copied after it is a stopped receiver's). */
+/**
+ * Remove our marker at a clean close (a store copied after it is a stopped receiver's). A marker of another
+ * receiver, started on the store after us (it replaced ours), is its own to remove: taken away, a copy of the store
+ * made while that one runs would not be told.
+ */
 export async function markStoreClosed(store: string, log: Logger): Promise<void> {
+  const path = join(store, STORE_MARKER)
   try {
-    await unlinkIfExists(join(store, STORE_MARKER))
+    const text = (await readStoreFile(path, 4096)).toString('utf8')
+    const ours = lockText().split('\n').slice(0, 3).join('\n')
+    if (text.split('\n').slice(0, 3).join('\n') !== ours) return
+    await unlinkIfExists(path)
   } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
     log.warn({ code: (err as { code?: unknown }).code }, 'store marker not removed')
   }
 }

@@ -96,3 +96,17 @@ t.test('a crash between taking over a copied VM lock and marking the VM: the nex
   await receiver.close()
   t.notOk(existsSync(lock), 'and released its lock')
 })
+
+t.test("a receiver's clean close leaves the marker of another receiver started on the store since", async (t) => {
+  const env = await seeded(t, ['vm-a'])
+  const marker = join(env.store, '.grainline-receiver')
+  const a = await startChild(env)
+  t.equal(readFileSync(marker, 'utf8').split('\n')[0], String(a.child.pid), "the first receiver's marker")
+  const b = await startReceiver(env)
+  t.equal(readFileSync(marker, 'utf8').split('\n')[0], String(process.pid), "the second receiver's replaces it")
+  a.child.kill('SIGTERM')
+  t.same(await a.exited, { code: 0, signal: null }, 'the first one closed cleanly')
+  t.equal(existsSync(marker) ? readFileSync(marker, 'utf8').split('\n')[0] : 'gone', String(process.pid), 'the running receiver keeps its marker')
+  await b.receiver.close()
+  t.notOk(existsSync(marker), 'removed at its own close')
+})
