@@ -10,9 +10,12 @@
  * differing from its source.
  */
 import t, { type Test } from 'tap'
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startChild, startReceiver, type Env } from './helpers.ts'
+import { rollbackMirror } from '../src/index.ts'
 import { lockIsCopy } from '../src/vm-lock.ts'
 import { scratchDir } from '@grainline/test-utils'
 
@@ -109,4 +112,44 @@ t.test("a receiver's clean close leaves the marker of another receiver started o
   t.equal(existsSync(marker) ? readFileSync(marker, 'utf8').split('\n')[0] : 'gone', String(process.pid), 'the running receiver keeps its marker')
   await b.receiver.close()
   t.notOk(existsSync(marker), 'removed at its own close')
+})
+
+t.test('a copied VM lock on a full store stays until the VM can be marked diverged', async (t) => {
+  // outside the test dir: tap removes it before the teardown unmounts
+  const mnt = mkdtempSync(join(tmpdir(), 'grainline-full-store-'))
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mnt])
+  t.teardown(() => {
+    execFileSync('umount', ['-l', mnt])
+    rmSync(mnt, { recursive: true, force: true })
+  })
+  const env = makeEnv(mnt)
+  const { receiver, url } = await startReceiver(env)
+  const a = await Agent.connect(url, { token: TOKEN, ca: env.tls.ca })
+  await runCycle(a, 'vm-a', 1, [seedPlan(0, 'd.vmdk', pattern(2 * MiB, 4), 'cd01cd01cd01cd01')])
+  a.close()
+  await receiver.close()
+  const lock = join(env.store, 'vm-a', '.grainline', 'lock')
+  writeFileSync(lock, COPY)
+  // the store full to the last byte
+  const ballast = join(mnt, 'ballast')
+  const avail = Number(execFileSync('df', ['-B1', '--output=avail', mnt], { encoding: 'utf8' }).trim().split('\n').at(-1))
+  writeFileSync(ballast, Buffer.alloc(avail))
+  for (let i = 0; ; i++) {
+    try {
+      writeFileSync(join(mnt, `fill-${i}`), Buffer.alloc(4096))
+    } catch {
+      break
+    }
+  }
+  const full = await rollbackMirror(env.store, 'vm-a').then(
+    () => undefined,
+    (err: unknown) => (err as { code?: string }).code,
+  )
+  t.match(full, /^(ENOSPC|E_NO_SPACE)$/, 'the VM cannot be marked on a full store')
+  t.equal(existsSync(lock) ? readFileSync(lock, 'utf8') : 'gone', COPY, 'the copied lock is still there')
+  t.equal(diverged(env, 'vm-a'), undefined)
+  rmSync(ballast)
+  await t.resolves(rollbackMirror(env.store, 'vm-a'), 'with room again')
+  t.match(diverged(env, 'vm-a'), /its lock file is a copy/, 'the copy found again: the VM is marked diverged')
+  t.notOk(existsSync(lock), 'and the lock released')
 })
