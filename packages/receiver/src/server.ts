@@ -251,7 +251,23 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
    */
   const reads = new WeakMap<WebSocket, { readonly socket: { readonly bytesRead: number }; readonly peer: string; last: number }>()
 
+  /**
+   * Recover the store, then listen. A start that fails after it marked the store (a port in use, a recovery error)
+   * removes its marker: no receiver runs on the store, and a copy of it made now is a stopped one's.
+   */
   async function listen(): Promise<{ host: string; port: number }> {
+    try {
+      return await start()
+    } catch (err) {
+      if (marked) {
+        marked = false
+        await markStoreClosed(init.store, log)
+      }
+      throw err
+    }
+  }
+
+  async function start(): Promise<{ host: string; port: number }> {
     if (server !== undefined) throw new ReceiverError('E_CONFIG', 'already listening')
     table = createTokenTable(init.tokens ?? (await loadTokensFile(init.tokensFile as string)))
     if (table.size === 0) throw new ReceiverError('E_CONFIG', 'the tokens file lists no token')

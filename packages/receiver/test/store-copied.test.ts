@@ -12,10 +12,12 @@
 import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
+import pino from 'pino'
 import { join } from 'node:path'
 import { Agent, MiB, TOKEN, makeEnv, pattern, runCycle, seedPlan, startChild, startReceiver, type Env } from './helpers.ts'
-import { rollbackMirror } from '../src/index.ts'
+import { createReceiver, rollbackMirror } from '../src/index.ts'
 import { lockIsCopy } from '../src/vm-lock.ts'
 import { scratchDir } from '@grainline/test-utils'
 
@@ -152,4 +154,16 @@ t.test('a copied VM lock on a full store stays until the VM can be marked diverg
   await t.resolves(rollbackMirror(env.store, 'vm-a'), 'with room again')
   t.match(diverged(env, 'vm-a'), /its lock file is a copy/, 'the copy found again: the VM is marked diverged')
   t.notOk(existsSync(lock), 'and the lock released')
+})
+
+t.test('a receiver that fails to start after marking the store removes its marker', async (t) => {
+  const env = await seeded(t, ['vm-a'])
+  // its port taken by something else: the start fails once it has recovered and marked the store
+  const blocker = createServer()
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => blocker.close())
+  const { port } = blocker.address() as AddressInfo
+  const receiver = createReceiver({ logger: pino({ level: 'silent' }) }, { host: '127.0.0.1', port, store: env.store, tokensFile: env.tokensFile, tlsCert: env.tls.cert, tlsKey: env.tls.key })
+  await t.rejects(receiver.listen(), { code: 'EADDRINUSE' })
+  t.notOk(existsSync(join(env.store, '.grainline-receiver')), 'no marker left by the failed start')
 })
