@@ -6,6 +6,7 @@ import { entryExists, readStoreDir } from './store-fs.ts'
 import { scanJournal, type JournalHead } from './journal.ts'
 import { HEADLESS_JOURNAL, checkJournalHead, journalReadFailure, journalStuck, unusableJournal, type JournalUnusable } from './journal-head.ts'
 import { ReceiverError, type ReceiverErrorCode } from './errors.ts'
+import { faultPoint } from './fault.ts'
 import { POINTS_DIR } from './increment.ts'
 import { sweepPointOrphans } from './point-sweep.ts'
 import { readVmState } from './state-file.ts'
@@ -41,6 +42,8 @@ export interface RecoveryReport {
   /** per in-flight disk, the seq a resume starts at (-1: no journal) */
   readonly resume?: Readonly<Record<string, number>>
   readonly error?: string
+  /** the store was copied (storeCopied) and this VM's recovery failed before its disks were marked diverged */
+  readonly copyOwed?: true
 }
 
 /**
@@ -56,12 +59,16 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
   for (const vm of await listVms(storeDir)) {
     const log = logger.child({ vm })
     let m: VmMirror | undefined
+    // a copied store's VM not yet marked diverged (its acquire marks it when its own lock was the copy)
+    let owed = opts.storeCopied === true
     try {
+      faultPoint('recovery-vm')
       const paths = new VmPaths(storeDir, vm)
       const before = await readVmState(paths)
       m = await VmMirror.acquire(storeDir, vm, log, { create: false })
       // a store copied while its receiver ran (store-marker.ts): no VM's mirror is trusted for an incremental
       if (opts.storeCopied === true && !m.copiedLock) await m.distrustCopy(COPIED_STORE)
+      owed = false
       // only under the VM's lock: a temporary file of a VM another process holds (a prune, a second receiver) is its write in progress
       await removeTemps(paths.dir, log)
       await removeTemps(paths.gdir, log)
@@ -125,7 +132,7 @@ export async function recoverStore(storeDir: string, logger: Logger, opts: { aba
       }
     } catch (err) {
       log.error({ err, code: (err as { code?: unknown }).code }, 'recovery failed')
-      reports.push({ vm, action: 'failed', error: (err as Error).message })
+      reports.push({ vm, action: 'failed', error: (err as Error).message, ...(owed ? { copyOwed: true as const } : {}) })
     } finally {
       m?.release()
     }

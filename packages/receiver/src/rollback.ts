@@ -1,7 +1,7 @@
 import { basename, relative } from 'node:path'
 import { lstat, rename } from 'node:fs/promises'
 import { ReceiverError } from './errors.ts'
-import { fsyncDir, unlinkIfExists } from './fs-util.ts'
+import { fsyncDir, fsyncFile, unlinkIfExists } from './fs-util.ts'
 import { journalChange, scanJournal, resetJournal, undoJournal, type JournalScan, type JournalHead } from './journal.ts'
 import { faultPoint } from './fault.ts'
 import {
@@ -182,8 +182,14 @@ export async function undoInflight(
   // undoing name and anything is written back: finishing an interrupted rollback holds the journal to it
   const marks = new Map<string, UndoMark>()
   for (const w of work) if (w.d.target !== 'seed' && w.contents !== undefined) marks.set(w.d.name, undoMark(w.contents))
-  if (marks.size > 0)
-    await onBegin?.(marks).catch((err: unknown) => {
+  if (marks.size > 0 && onBegin !== undefined)
+    await (async () => {
+      // the journals on disk as they were read before they are recorded: the page cache may hold records nobody
+      // synced (the resume marker a receiver killed before wrote last, a store just copied), which a power loss
+      // would take, and the rollback that finishes this one would find a journal other than the recorded one
+      for (const w of work) if (marks.has(w.d.name)) await fsyncFile(paths.journal(w.d.stem), 'store')
+      await onBegin(marks)
+    })().catch((err: unknown) => {
       // not recorded: nothing renamed, nothing written
       if (typeof err === 'object' && err !== null) wroteNothing.add(err)
       throw err

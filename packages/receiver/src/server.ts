@@ -1,3 +1,4 @@
+import { join } from 'node:path'
 import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { readFile } from 'node:fs/promises'
@@ -16,7 +17,7 @@ import { LiveState, fanOut } from './live-state.ts'
 import { folderStoreReader, type RpoPolicy } from './store-overview.ts'
 import { sharedStoreReader } from './shared-store-reader.ts'
 import { recoverStore } from './recovery.ts'
-import { markStoreClosed, markStoreOpen } from './store-marker.ts'
+import { STORE_MARKER, markStoreClosed, markStoreOpen, writeStoreMarker } from './store-marker.ts'
 import { pdeathsigAvailable } from './tied-spawn.ts'
 import { DEFAULT_DISPLAY_SUFFIX } from './mirror-vmx.ts'
 import { Session } from './session.ts'
@@ -250,7 +251,23 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
    */
   const reads = new WeakMap<WebSocket, { readonly socket: { readonly bytesRead: number }; readonly peer: string; last: number }>()
 
+  /**
+   * Recover the store, then listen. A start that fails after it marked the store (a port in use, a recovery error)
+   * removes its marker: no receiver runs on the store, and a copy of it made now is a stopped one's.
+   */
   async function listen(): Promise<{ host: string; port: number }> {
+    try {
+      return await start()
+    } catch (err) {
+      if (marked) {
+        marked = false
+        await markStoreClosed(init.store, log)
+      }
+      throw err
+    }
+  }
+
+  async function start(): Promise<{ host: string; port: number }> {
     if (server !== undefined) throw new ReceiverError('E_CONFIG', 'already listening')
     table = createTokenTable(init.tokens ?? (await loadTokensFile(init.tokensFile as string)))
     if (table.size === 0) throw new ReceiverError('E_CONFIG', 'the tokens file lists no token')
@@ -272,14 +289,26 @@ export function createReceiver(components: ReceiverComponents, init: ReceiverIni
       )
     // a store copied while a receiver ran on it is told by its marker (store-marker.ts)
     const marker = ceph === undefined ? await markStoreOpen(init.store, log) : { copied: false }
-    marked = ceph === undefined
+    marked = ceph === undefined && !marker.copied
+    let owed: string[] | undefined
     if (init.recover !== false && ceph === undefined) {
       const reports = await recoverStore(init.store, log.child({ component: 'recovery' }), {
         ...(init.abandonAfterMs === undefined ? {} : { abandonAfterMs: init.abandonAfterMs }),
         storeCopied: marker.copied,
       })
       log.info({ vms: reports.length, recovered: reports.filter((r) => r.action !== 'none') }, 'store recovery done')
+      owed = reports.filter((r) => r.copyOwed === true).map((r) => r.vm)
     }
+    // a copied marker is replaced by ours once every VM is marked diverged: until then (a crash meanwhile, a VM whose
+    // recovery failed first) the next start finds the copy again, and marks them again
+    if (marker.copied && owed?.length === 0) {
+      await writeStoreMarker(init.store, log)
+      marked = true
+    } else if (marker.copied)
+      log.error(
+        { marker: join(init.store, STORE_MARKER), vms: owed ?? null },
+        `the store marker ${STORE_MARKER} that is a copy is kept: ${owed === undefined ? 'recovery is off' : `the recovery of VM ${owed.join(', ')} failed`} before its disks were marked diverged, and the next start marks every VM of the store again (restart the receiver once the VM's recovery error is fixed)`,
+      )
     const srv: Server = tls
       ? createHttpsServer({ cert: await readFile(init.tlsCert as string), key: await readFile(init.tlsKey as string), handshakeTimeout: handshakeTimeoutMs, ...RECEIVER_TLS_OPTIONS })
       : createHttpServer()

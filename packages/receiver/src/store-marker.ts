@@ -21,8 +21,12 @@ export const STORE_MARKER = '.grainline-receiver'
 
 /**
  * Look at the marker a previous receiver left (a copy: `copied`), then write
- * ours. A store the receiver may not write its marker into (read-only) is
- * logged, not refused: the mirrors say so themselves when written.
+ * ours — unless it is a copy: that one stays until every VM of the store is
+ * marked diverged (start-up recovery, then {@link writeStoreMarker}), so that
+ * a crash or a VM whose recovery failed before its mark leaves the copy to be
+ * found again at the next start, not our marker that trusts the store. A
+ * store the receiver may not write its marker into (read-only) is logged, not
+ * refused: the mirrors say so themselves when written.
  */
 export async function markStoreOpen(store: string, log: Logger): Promise<{ readonly copied: boolean }> {
   const path = join(store, STORE_MARKER)
@@ -39,6 +43,13 @@ export async function markStoreOpen(store: string, log: Logger): Promise<{ reado
       { marker: path },
       `the store ${store} was copied while a receiver was running on it (its ${STORE_MARKER} is a copy): every VM's mirror may mix two moments; each is marked diverged, so its next cycle resyncs it by block digests (copy a store only while its receiver is stopped)`,
     )
+  else await writeStoreMarker(store, log)
+  return { copied }
+}
+
+/** Write our marker (pid, boot, start time, its own inode), replacing the previous one. */
+export async function writeStoreMarker(store: string, log: Logger): Promise<void> {
+  const path = join(store, STORE_MARKER)
   const tmp = `${path}.${process.pid}.new`
   try {
     const fh = await open(tmp, 'w', 0o644)
@@ -53,14 +64,22 @@ export async function markStoreOpen(store: string, log: Logger): Promise<{ reado
     await unlinkIfExists(tmp).catch(() => {})
     log.warn({ marker: path, code: (err as { code?: unknown }).code }, 'store marker not written: a copy of this store made while the receiver runs will not be told from a stopped one')
   }
-  return { copied }
 }
 
-/** Remove our marker at a clean close (a store copied after it is a stopped receiver's). */
+/**
+ * Remove our marker at a clean close (a store copied after it is a stopped receiver's). A marker of another
+ * receiver, started on the store after us (it replaced ours), is its own to remove: taken away, a copy of the store
+ * made while that one runs would not be told.
+ */
 export async function markStoreClosed(store: string, log: Logger): Promise<void> {
+  const path = join(store, STORE_MARKER)
   try {
-    await unlinkIfExists(join(store, STORE_MARKER))
+    const text = (await readStoreFile(path, 4096)).toString('utf8')
+    const ours = lockText().split('\n').slice(0, 3).join('\n')
+    if (text.split('\n').slice(0, 3).join('\n') !== ours) return
+    await unlinkIfExists(path)
   } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return
     log.warn({ code: (err as { code?: unknown }).code }, 'store marker not removed')
   }
 }

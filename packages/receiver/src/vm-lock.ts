@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { link, lstat, open, stat, type FileHandle } from 'node:fs/promises'
+import { link, lstat, open, realpath, rename, stat, type FileHandle } from 'node:fs/promises'
+import { basename, join } from 'node:path'
 import { existsSync, readFileSync, rmSync } from 'node:fs'
 import type { Logger } from 'pino'
 import { ReceiverError, ioError } from './errors.ts'
@@ -61,8 +62,43 @@ export function processStartTime(pid: number): string | undefined {
  * What the lock file says: `pid\nboot id\nstart time\ninode\n`, the inode
  * the lock file itself has (older locks: the pid only, or without the inode).
  */
-export function lockText(ino?: number | bigint): string {
-  return `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n${ino === undefined ? '' : `${ino}\n`}`
+export function lockText(ino?: number | bigint, copied = false, where = ''): string {
+  const head = `${process.pid}\n${bootId()}\n${processStartTime(process.pid) ?? ''}\n`
+  if (ino === undefined) return head
+  const tail = where !== '' ? `${copied ? COPIED_LINE : ''}\n${where}\n` : copied ? `${COPIED_LINE}\n` : ''
+  return `${head}${ino}\n${tail}`
+}
+
+/**
+ * Where a lock file lies, its folder's real path (the sixth line of lockText; '' when it cannot be resolved). A lock
+ * whose inode is not the one it records but that lies where it was written, its holder alive, is no copy: a copy
+ * made while its holder runs lies elsewhere (another folder, host or boot). Inode numbers are not stable on every
+ * file system (SMB mounted noserverino, FUSE mounts without use_ino such as sshfs): there the holder's live lock,
+ * taken for a copy, was taken over, and two processes wrote the mirror at once.
+ */
+async function lockWhere(paths: VmPaths): Promise<string> {
+  try {
+    return join(await realpath(paths.gdir), basename(paths.lock))
+  } catch {
+    return ''
+  }
+}
+
+/** Whether a lock records that it lies at `where` (lockWhere; false for a lock that records no place). */
+function lockLiesAt(text: string, where: string): boolean {
+  return where !== '' && text.split('\n')[5] === where
+}
+
+/**
+ * The fifth line of a lock that took over a copy (lockIsCopy) and whose VM
+ * may not be marked diverged yet: a crash before the mark leaves a lock that
+ * says so, and whoever takes it over next marks the VM (VmMirror.acquire).
+ */
+const COPIED_LINE = 'copied'
+
+/** Whether a lock says its holder took over a copied lock and may not have marked the VM diverged yet (lockText `copied`). */
+export function lockOwesCopy(text: string): boolean {
+  return text.split('\n')[4] === COPIED_LINE
 }
 
 /**
@@ -147,22 +183,22 @@ async function ageMs(path: string): Promise<number | undefined> {
  * in-process lock) or the lock cannot be written for lack of space (a
  * rollback must still work on a full disk).
  */
-async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<{ readonly locked: boolean; readonly copied: boolean }> {
+async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): Promise<{ readonly locked: boolean; readonly copied: boolean; readonly copyKept?: string }> {
   const deadline = Date.now() + TAKE_TIMEOUT_MS
   const claim = `${paths.lock}.takeover`
   const pause = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 25 + Math.random() * 50))
-  // a stale lock taken over was a copy (lockIsCopy)
-  let carried = false
+  const where = await lockWhere(paths)
   while (Date.now() < deadline) {
-    const created = await createLock(paths, vm, log)
-    if (created !== 'exists') return { locked: created, copied: carried }
+    const created = await createLock(paths, vm, log, where)
+    if (created !== 'exists') return { locked: created, copied: false }
     const ino = await inodeOf(paths.lock)
     const text = await readLockText(paths.lock)
     if (text === undefined) continue // gone meanwhile: try again
     const pid = Number.parseInt(text, 10)
     // a lock copied with the store is nobody's: its pid, alive or not, holds the original (or nothing)
-    const copied = lockIsCopy(text, ino)
-    if (!copied && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
+    const copied = lockIsCopy(text, ino) || lockOwesCopy(text)
+    // a live holder's lock where it wrote it is held, whatever inode the file system shows now (lockWhere)
+    if ((!lockIsCopy(text, ino) || lockLiesAt(text, where)) && lockHolderAlive(text) && !(pid === process.pid && leaked.has(key))) {
       throw new ReceiverError('E_BUSY', `VM ${vm} is being written by process ${pid}`, { peerMessage: BUSY_PEER(vm) })
     }
     if (!Number.isSafeInteger(pid) && ((await ageMs(paths.lock)) ?? 0) < LOCK_SETTLE_MS) {
@@ -178,7 +214,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
     } catch (err) {
       const code = (err as { code?: unknown }).code
       if (code === 'ENOENT') continue
-      if (code === 'EROFS') return { locked: false, copied: carried || copied }
+      if (code === 'EROFS') return { locked: false, copied }
       if (code !== 'EEXIST') throw ioError(err, 'taking over a stale VM lock')
       // another process is taking it over: wait for it (a claim left by a crash goes once it has settled)
       if (((await ageMs(claim)) ?? 0) >= LOCK_SETTLE_MS) await unlinkIfExists(claim).catch(() => {})
@@ -195,15 +231,19 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
         )
       } else log.warn({ vm, pid: Number.isSafeInteger(pid) ? pid : null }, 'stale VM lock taken over')
       leaked.delete(key)
+      if (copied) {
+        // replaced by our lock saying `copied` in one rename, never removed first: without room for ours the copy
+        // stays, for the next taker to find if the VM cannot be marked diverged now (a full store)
+        if (await replaceCopiedLock(paths, vm, log, where)) return { locked: true, copied: true }
+        return { locked: false, copied: true, copyKept: text }
+      }
       try {
         await unlinkIfExists(paths.lock)
       } catch (e) {
         // a read-only store: nobody can write it, ours to report when we try
-        if ((e as { code?: unknown }).code === 'EROFS') return { locked: false, copied: carried || copied }
+        if ((e as { code?: unknown }).code === 'EROFS') return { locked: false, copied }
         throw ioError(e, 'taking over a stale VM lock')
       }
-      // the copy judged: the next turn takes our own lock and says so
-      carried ||= copied
     } finally {
       await unlinkIfExists(claim).catch(() => {})
     }
@@ -212,7 +252,7 @@ async function lockFile(paths: VmPaths, vm: string, key: string, log: Logger): P
 }
 
 /** The lock created exclusively in place and then written (a file system without hard links): empty for a moment. */
-async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+async function createLockInPlace(paths: VmPaths, vm: string, log: Logger, where: string): Promise<boolean | 'exists'> {
   let fh: FileHandle
   try {
     fh = await open(paths.lock, 'wx', 0o644)
@@ -220,15 +260,41 @@ async function createLockInPlace(paths: VmPaths, vm: string, log: Logger): Promi
     if ((err as { code?: unknown }).code === 'EEXIST') return 'exists'
     throw ioError(err, 'taking the VM lock')
   }
-  await writeLockText(fh, vm, log)
+  await writeLockText(fh, vm, log, where)
   return true
 }
 
+/** Put our lock, saying `copied` (fsynced), in the place of a copied lock by a rename; false when there is no room for it (ENOSPC, EDQUOT, EROFS). */
+async function replaceCopiedLock(paths: VmPaths, vm: string, log: Logger, where: string): Promise<boolean> {
+  const tmp = `${paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
+  const room = (err: unknown): boolean => {
+    const code = (err as { code?: unknown }).code
+    if (code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'EROFS') return true
+    log.warn({ vm, code }, 'no room for a VM lock in the place of the copied one: the copy stays until the VM is marked diverged')
+    return false
+  }
+  try {
+    const fh = await open(tmp, 'wx', 0o644)
+    try {
+      await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino, true, where))
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await rename(tmp, paths.lock)
+    return true
+  } catch (err) {
+    await unlinkIfExists(tmp).catch(() => {})
+    if (room(err)) throw ioError(err, 'taking over a copied VM lock')
+    return false
+  }
+}
+
 /** Write our lock text into `fh` and close it; on a full disk the lock stays without our pid (others take it as stale once it settled). */
-async function writeLockText(fh: FileHandle, vm: string, log: Logger): Promise<void> {
+async function writeLockText(fh: FileHandle, vm: string, log: Logger, where: string): Promise<void> {
   try {
     // the file's own inode: a copy of the lock (a store copied while held) has another (lockIsCopy)
-    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino))
+    await fh.writeFile(lockText((await fh.stat({ bigint: true })).ino, false, where))
   } catch (err) {
     log.warn({ vm, code: (err as { code?: unknown }).code }, 'VM lock file without pid')
   } finally {
@@ -249,7 +315,7 @@ async function readLockText(path: string): Promise<string | undefined> {
 }
 
 /** Write our lock to a file of its own and link it into place: true (ours), false (no folder, no space), 'exists'. */
-async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<boolean | 'exists'> {
+async function createLock(paths: VmPaths, vm: string, log: Logger, where: string): Promise<boolean | 'exists'> {
   const tmp = `${paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
   let fh: FileHandle
   try {
@@ -264,7 +330,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<bool
     throw ioError(err, 'taking the VM lock')
   }
   try {
-    await writeLockText(fh, vm, log)
+    await writeLockText(fh, vm, log, where)
     try {
       await link(tmp, paths.lock)
       return true
@@ -272,7 +338,7 @@ async function createLock(paths: VmPaths, vm: string, log: Logger): Promise<bool
       const code = (err as { code?: unknown }).code
       if (code === 'EEXIST') return 'exists'
       // a file system without hard links (SMB, some FUSE): created exclusively in place, then written
-      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log)
+      if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS') return await createLockInPlace(paths, vm, log, where)
       throw ioError(err, 'taking the VM lock')
     }
   } finally {
@@ -298,14 +364,47 @@ export class VmLock {
    * journal may each be of another moment.
    */
   readonly copied: boolean
+  /** the lock file still says `copied` (lockOwesCopy): the VM is not marked diverged yet ({@link clearCopied}) */
+  private owed: boolean
+  /** the copied lock's text, left in place for lack of room for ours (removed once the VM is marked: {@link clearCopied}) */
+  private readonly copyKept: string | undefined
 
-  private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean, copied: boolean) {
+  private constructor(paths: VmPaths, vm: string, log: Logger, key: string, fileLocked: boolean, copied: boolean, copyKept?: string) {
     this.paths = paths
     this.vm = vm
     this.log = log
     this.key = key
     this.fileLocked = fileLocked
     this.copied = copied
+    this.owed = copied
+    this.copyKept = copyKept
+  }
+
+  /**
+   * The VM taken over from a copied lock is marked diverged: our lock file
+   * drops its `copied` line (a new file renamed over it). Until then a crash,
+   * or a release after a failed mark, leaves the line for the next taker.
+   */
+  async clearCopied(): Promise<void> {
+    if (!this.owed) return
+    if (this.fileLocked) {
+      const tmp = `${this.paths.lock}.${process.pid}.${randomBytes(6).toString('hex')}.new`
+      try {
+        await writeLockText(await open(tmp, 'wx', 0o644), this.vm, this.log, await lockWhere(this.paths))
+        await rename(tmp, this.paths.lock)
+      } catch (err) {
+        await unlinkIfExists(tmp).catch(() => {})
+        this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'VM lock file still says it took over a copy: the next taker marks the VM diverged again')
+        return
+      }
+    } else if (this.copyKept !== undefined && (await readLockText(this.paths.lock)) === this.copyKept) {
+      try {
+        await unlinkIfExists(this.paths.lock)
+      } catch (err) {
+        this.log.warn({ vm: this.vm, code: (err as { code?: unknown }).code }, 'the copied VM lock not removed: the next taker marks the VM diverged again')
+      }
+    }
+    this.owed = false
   }
 
   /**
@@ -321,8 +420,8 @@ export class VmLock {
     if (held.has(key)) throw new ReceiverError('E_BUSY', `VM ${vm} is being written by another session`)
     held.add(key)
     try {
-      const { locked, copied } = await lockFile(paths, vm, key, log)
-      return new VmLock(paths, vm, log, key, locked, copied)
+      const { locked, copied, copyKept } = await lockFile(paths, vm, key, log)
+      return new VmLock(paths, vm, log, key, locked, copied, copyKept)
     } catch (err) {
       held.delete(key)
       throw err
@@ -339,6 +438,13 @@ export class VmLock {
     this.released = true
     held.delete(this.key)
     if (opts.moved === true) this.fileLocked = false
+    if (this.fileLocked && this.owed) {
+      // the copy's mark is owed (a failed mark): the lock stays, this process takes it over again, others once we are gone
+      leaked.add(this.key)
+      this.log.warn({ vm: this.vm }, 'VM lock file kept: it took over a copied lock and the VM is not marked diverged yet')
+      this.fileLocked = false
+      return
+    }
     try {
       if (this.fileLocked) rmSync(this.paths.lock, { force: true })
     } catch (err) {

@@ -156,7 +156,11 @@ export class VmMirror {
             opts.onProgress,
           ),
         )
-      if (lock.copied) await m.distrustCopy(COPIED_LOCK, opts.onProgress)
+      if (lock.copied) {
+        faultPoint('copied-lock-taken')
+        await m.distrustCopy(COPIED_LOCK, opts.onProgress)
+        await lock.clearCopied()
+      }
       return m
     } catch (err) {
       lock.release()

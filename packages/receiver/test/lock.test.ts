@@ -1,7 +1,7 @@
 import t from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { rollbackMirror } from '../src/index.ts'
 import { lockHolderAlive, lockText, processStartTime } from '../src/vm-lock.ts'
@@ -55,7 +55,7 @@ t.test('a live holder (same boot, same start time) still means E_BUSY', async (t
   await t.rejects(rollbackMirror(v.store, 'vm-l'), { code: 'E_BUSY' })
   t.ok(existsSync(v.lock), 'the holder keeps its lock')
   // an older pid-only lock of a live process: E_BUSY as before
-  const w = vmWithLock(t.testdir(), `${other}\n`)
+  const w = vmWithLock(join(t.testdir(), 'copy'), `${other}\n`)
   await t.rejects(rollbackMirror(w.store, 'vm-l'), { code: 'E_BUSY' })
 })
 
@@ -170,6 +170,34 @@ t.test("a lock file that is a copy (another inode than it records) is nobody's: 
   writeFileSync(w.lock, `${other}\n${bootId}\n${start}\n${statSync(w.lock, { bigint: true }).ino}\n`)
   await t.rejects(rollbackMirror(w.store, 'vm-l'), { code: 'E_BUSY' })
   t.ok(existsSync(w.lock), 'the holder keeps its lock')
+})
+
+t.test("a live holder's lock where it wrote it is held though its inode changed (a file system of unstable inode numbers)", async (t) => {
+  const start = processStartTime(other) as string
+  // SMB mounted noserverino, sshfs without use_ino: the same file shows another inode number later
+  const v = vmWithLock(join(t.testdir(), 'here'), '')
+  const where = join(realpathSync(dirname(v.lock)), 'lock')
+  writeFileSync(v.lock, `${other}\n${bootId}\n${start}\n1\n\n${where}\n`)
+  await t.rejects(rollbackMirror(v.store, 'vm-l'), { code: 'E_BUSY' }, 'held: not taken over as a copy')
+  t.ok(existsSync(v.lock), 'the holder keeps its lock')
+  // the same lock carried to another folder (a copy of the store while its holder runs): nobody's
+  const w = vmWithLock(t.testdir(), `${other}\n${bootId}\n${start}\n1\n\n${where}\n`)
+  await t.resolves(rollbackMirror(w.store, 'vm-l'), 'the copy elsewhere is taken over')
+  t.notOk(existsSync(w.lock))
+})
+
+t.test('a lock records where it lies', async (t) => {
+  const v = vmWithLock(t.testdir(), '')
+  rmSync(v.lock)
+  const { VmLock } = await import('../src/vm-lock.ts')
+  const { VmPaths } = await import('../src/vm-paths.ts')
+  const { default: pino } = await import('pino')
+  const lock = await VmLock.take(new VmPaths(v.store, 'vm-l'), 'vm-l', pino({ level: 'silent' }), { create: false })
+  const lines = readFileSync(v.lock, 'utf8').split('\n')
+  t.equal(lines[3], String(statSync(v.lock, { bigint: true }).ino))
+  t.equal(lines[5], join(realpathSync(dirname(v.lock)), 'lock'))
+  lock.release()
+  t.notOk(existsSync(v.lock))
 })
 
 t.test('a lock this process writes records the inode of the lock file itself', async (t) => {

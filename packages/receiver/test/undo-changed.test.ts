@@ -10,10 +10,10 @@
  */
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
-import { MiB } from './helpers.ts'
+import { MiB, watchSyncs } from './helpers.ts'
 import { inflightCycle, stateOf } from './journal-fixture.ts'
 import { recoverStore } from '../src/recovery.ts'
 import { storeStatus } from '../src/store-admin.ts'
@@ -61,7 +61,10 @@ async function inflight(t: Test, vm: string) {
   const { env, img1, img2 } = await inflightCycle(t, vm, undefined, [{ offset: 0, length: 10 * MiB }])
   const flatPath = join(env.store, vm, 'd-flat.vmdk')
   t.ok(readFileSync(flatPath).equals(img2), "the flat holds cycle 2's bytes")
-  return { env, img1, img2, flatPath }
+  const paths = new VmPaths(env.store, vm)
+  const infl = stateOf(env.store, vm).inflight
+  if (infl === null) throw new Error('no cycle in flight')
+  return { env, img1, img2, flatPath, paths, jpath: paths.journal('d'), infl }
 }
 
 t.test('a journal changed mid-rollback: half undone, said so, refused the same way until put back; then finished', async (t) => {
@@ -132,12 +135,7 @@ t.test('a journal changed mid-rollback: half undone, said so, refused the same w
 })
 
 t.test('a journal changed after the rollback read it, before anything was written back: refused, nothing written, the journal under its name', async (t) => {
-  const vm = 'vm 02'
-  const { env, img2, flatPath } = await inflight(t, vm)
-  const paths = new VmPaths(env.store, vm)
-  const jpath = paths.journal('d')
-  const infl = stateOf(env.store, vm).inflight
-  if (infl === null) throw new Error('no cycle in flight')
+  const { img2, flatPath, paths, jpath, infl } = await inflight(t, 'vm 02')
   let newest = 0
   const err = await undoInflight(paths, infl, undefined, undefined, undefined, undefined, async (marks) => {
     t.same([...marks.keys()], ['d.vmdk'], 'the rollback records the journal of its in-place disk before it writes')
@@ -160,4 +158,17 @@ t.test('a journal changed after the rollback read it, before anything was writte
   )
   t.ok(readFileSync(flatPath).equals(img2), 'the flat unchanged')
   t.ok(existsSync(jpath) && !existsSync(paths.undoing('d')), 'the journal under its own name again: no rollback half done')
+})
+
+t.test('the journal a rollback records is synced before the record: a power loss cannot make it another one', async (t) => {
+  const { env, img1, flatPath, paths, jpath, infl } = await inflight(t, 'vm 03')
+  // the records a killed receiver wrote last (its resume marker, say) may lie in the page cache only
+  const { synced, stop } = await watchSyncs(t, env.dir)
+  let before: string[] = []
+  await undoInflight(paths, infl, undefined, undefined, undefined, undefined, async () => {
+    before = [...synced]
+  })
+  stop()
+  t.ok(before.includes(realpathSync(jpath)), `the journal synced before it is recorded (synced then: ${JSON.stringify(before)})`)
+  t.ok(readFileSync(flatPath).equals(img1), 'and the rollback finished')
 })
