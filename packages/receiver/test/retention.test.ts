@@ -145,13 +145,14 @@ t.test("dropPoints with base points (a re-seeded disk's old mirror kept whole): 
   t.same(r4.merges, [])
 })
 
-t.test('planCommitPoints: links the new point onto the mirror and the previous newest onto it', async (t) => {
-  const rec = {
-    name: 'd.vmdk',
+/** A committed disk record of 1 byte (what point planning reads of it). */
+function diskRecord(name: string, cycle: number) {
+  return {
+    name,
     stem: 'd',
     capacity: 1,
     size: 1,
-    cycle: 3,
+    cycle,
     committedAt: 'x',
     source: { layers: [], successor: '' },
     cycleId: '',
@@ -159,6 +160,10 @@ t.test('planCommitPoints: links the new point onto the mirror and the previous n
     ddb: {},
     cycleDigest: { algorithm: 'sha256' as const, digest: '' },
   }
+}
+
+t.test('planCommitPoints: links the new point onto the mirror and the previous newest onto it', async (t) => {
+  const rec = diskRecord('d.vmdk', 3)
   const st: VmStateFile = {
     ...emptyState('v'),
     committedCycle: 3,
@@ -231,19 +236,7 @@ t.test('a resync of a diverged mirror: recorded with its increment, kept through
   const two = dropPoints([p(1, { resync: 2 }), p(2, { resync: 3 })], [2])
   t.same(two.points[0]?.disks['a']?.divergedResync, rs(3), 'the newer of two marks')
   // planCommitPoints carries the mark of a resync's increment into the new point
-  const rec = {
-    name: 'a',
-    stem: 'd',
-    capacity: 1,
-    size: 1,
-    cycle: 9,
-    committedAt: 'x',
-    source: { layers: [], successor: '' },
-    cycleId: '',
-    mirrorCid: 'aaaaaaaa',
-    ddb: {},
-    cycleDigest: { algorithm: 'sha256' as const, digest: '' },
-  }
+  const rec = diskRecord('a', 9)
   const plan = planCommitPoints({ ...st([]), disks: { a: rec } }, [{ disk: 'a', file: 'a.p9', bytes: 1, divergedResync: rs(10) }])
   t.same(plan.points[0]?.disks['a']?.divergedResync, rs(10))
 })
