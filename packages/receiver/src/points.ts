@@ -153,6 +153,20 @@ function pointFileAt(state: VmStateFile, disk: string, cycle: number): string | 
   return undefined
 }
 
+/** Characters of a resync's reason kept in a point record (an archive manifest accepts up to 2000). */
+export const DIVERGED_REASON_MAX = 500
+
+/**
+ * A recorded resync as read from a store's state.json (a hand-edited or
+ * hostile file): a cycle ≥ 1 and a reason cut to {@link DIVERGED_REASON_MAX}
+ * characters, else none. Pure.
+ */
+export function checkedResync(v: unknown): DivergedResync | undefined {
+  const o = v as { cycle?: unknown; reason?: unknown } | null | undefined
+  if (o === null || typeof o !== 'object' || !Number.isSafeInteger(o.cycle) || (o.cycle as number) < 1 || typeof o.reason !== 'string') return undefined
+  return { cycle: o.cycle as number, reason: o.reason.slice(0, DIVERGED_REASON_MAX) }
+}
+
 /** The newer of two recorded resyncs of a diverged mirror (either may be absent). */
 function newerResync(a: DivergedResync | undefined, b: DivergedResync | undefined): DivergedResync | undefined {
   if (a === undefined) return b
@@ -175,7 +189,7 @@ export function divergedResyncUnder(state: VmStateFile, disk: string, cycle: num
     if (p.cycle < cycle) continue
     const d = p.disks[disk]
     if (d === undefined) continue
-    found = newerResync(found, d.divergedResync)
+    found = newerResync(found, checkedResync(d.divergedResync))
     if (d.base === true) break
   }
   return found

@@ -28,7 +28,19 @@ import { dropKeptMaps, trackerFor, updateKeptMaps } from './kept-map-update.ts'
 const resyncStems = (disks: Iterable<{ readonly mode: string; readonly stem: string }>): string[] => [...disks].filter((d) => d.mode === 'resync').map((d) => d.stem)
 import { POINTS_DIR, pointFileName, pointPath } from './increment.ts'
 import { checkPointMerge } from './point-chain.ts'
-import { dropPoints, planCommitPoints, pointBytes, pointsOf, pointFiles, reclaimableDisks, type CommittedIncrement, type PointMerge, type PointPlan, type PointRecord } from './points.ts'
+import {
+  DIVERGED_REASON_MAX,
+  dropPoints,
+  planCommitPoints,
+  pointBytes,
+  pointsOf,
+  pointFiles,
+  reclaimableDisks,
+  type CommittedIncrement,
+  type PointMerge,
+  type PointPlan,
+  type PointRecord,
+} from './points.ts'
 import { alsoTo, workProgressLog, type WorkProgress } from './work-progress.ts'
 import { savePointConfig } from './point-config.ts'
 import { heldMessage, heldPeerMessage, holdsOf, type HoldRecord } from './hold-record.ts'
@@ -505,7 +517,7 @@ export class VmMirror {
             disk: a.info.name,
             file,
             bytes: file === undefined ? 0 : await pointBytes(this.paths, file),
-            ...(diverged === undefined ? {} : { divergedResync: { cycle, reason: diverged.reason } }),
+            ...(diverged === undefined ? {} : { divergedResync: { cycle, reason: diverged.reason.slice(0, DIVERGED_REASON_MAX) } }),
           },
         )
       }

@@ -2,7 +2,7 @@ import t from 'tap'
 import type { RetentionSpec } from '@grainline/protocol'
 import { ReceiverError, keepsPoints, parseGfs, parseRetention, pointsToDrop, type RetainedPoint, type RetentionPolicy } from '../src/index.ts'
 import { effectiveRetention, parseRetentionLimits, policyFromSpec, specFromPolicy } from '../src/retention.ts'
-import { divergedResyncUnder, dropPoints, planCommitPoints, type PointRecord } from '../src/points.ts'
+import { DIVERGED_REASON_MAX, divergedResyncUnder, dropPoints, planCommitPoints, type PointRecord } from '../src/points.ts'
 import { emptyState, type VmStateFile } from '../src/state-file.ts'
 
 const H = 3_600_000
@@ -239,6 +239,12 @@ t.test('a resync of a diverged mirror: recorded with its increment, kept through
   const rec = diskRecord('a', 9)
   const plan = planCommitPoints({ ...st([]), disks: { a: rec } }, [{ disk: 'a', file: 'a.p9', bytes: 1, divergedResync: rs(10) }])
   t.same(plan.points[0]?.disks['a']?.divergedResync, rs(10))
+  // a hand-edited or hostile state.json: a record that is not one is none, a huge reason is cut
+  const hostile = (v: unknown): PointRecord[] => [{ cycle: 1, committedAt: '', generation: '', disks: { a: { ...dd('a.p1'), divergedResync: v as never } } }]
+  for (const bad of ['x', 7, null, { cycle: 0, reason: 'r' }, { cycle: 1.5, reason: 'r' }, { cycle: '2', reason: 'r' }, { cycle: 2 }, { cycle: 2, reason: {} }]) {
+    t.equal(divergedResyncUnder(st(hostile(bad)), 'a', 1), undefined, `not a record: ${JSON.stringify(bad)}`)
+  }
+  t.equal(divergedResyncUnder(st(hostile({ cycle: 2, reason: 'x'.repeat(2 ** 20) })), 'a', 1)?.reason.length, DIVERGED_REASON_MAX, 'a reason of 1 MiB is cut')
 })
 
 const NONE: RetentionSpec = { keep: 0, maxAgeSeconds: 0, maxBytes: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 }
