@@ -14,7 +14,7 @@ import { digestFile } from './digest-file.ts'
 import { mkdirDurable, writeFileAtomic, writeFully } from './fs-util.ts'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from './store-fs.ts'
 import { mirrorDescriptor, newCid } from './mirror-descriptor.ts'
-import { checkedPointChain, disksAt, divergedResyncUnder, pointsOf, pointSource, type DivergedResync, type PointDisk } from './points.ts'
+import { checkedPointChain, disksAt, divergedResyncUnder, pointsOf, pointSource, withDivergedResync, type DivergedResync, type PointDisk } from './points.ts'
 import { pointConfigText } from './point-config.ts'
 import { markVmx } from './mirror-vmx.ts'
 import { isAllZero } from '@grainline/vmdk'
@@ -102,7 +102,7 @@ export async function listPoints(storeDir: string, vm: string): Promise<{ vm: st
           trivial: ch.trivial,
           certify: ch.certify,
           ...(ch.own?.base === true ? { base: true as const } : {}),
-          ...withDivergedResync(state, name, c.current ? undefined : c.cycle),
+          ...withDivergedResync(state, name, c.cycle),
         }
       })
     return { ...c, bytes: disks.reduce((n, d) => n + d.bytes, 0), held: (state.holds ?? []).some((h) => h.cycle === c.cycle), disks }
@@ -155,12 +155,6 @@ export interface RestoredDisk {
   readonly sourceChecked: boolean
   /** the point predates a resync of the disk's mirror marked diverged ({@link PointDiskInfo.divergedResync}) */
   readonly divergedResync?: DivergedResync
-}
-
-/** `{ divergedResync }` of disk `name` of point `cycle` (none for the mirror itself, `cycle` undefined). */
-function withDivergedResync(state: VmStateFile, name: string, cycle: number | undefined): { divergedResync?: DivergedResync } {
-  const r = cycle === undefined ? undefined : divergedResyncUnder(state, name, cycle)
-  return r === undefined ? {} : { divergedResync: r }
 }
 
 const COPY = 8 * 1024 * 1024
@@ -273,7 +267,7 @@ async function restoreDisk(
     capacity: chain.capacity,
     verified,
     sourceChecked: check?.ok === true,
-    ...withDivergedResync(m.state, rec.name, cycle === m.state.committedCycle ? undefined : cycle),
+    ...withDivergedResync(m.state, rec.name, cycle),
   }
 }
 

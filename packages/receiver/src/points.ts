@@ -195,6 +195,12 @@ export function divergedResyncUnder(state: VmStateFile, disk: string, cycle: num
   return found
 }
 
+/** `{ divergedResync }` of disk `disk` of point `cycle` ({@link divergedResyncUnder}; none for the mirror itself, which no point is newer than), to spread into a record. */
+export function withDivergedResync(state: VmStateFile, disk: string, cycle: number): { divergedResync?: DivergedResync } {
+  const r = divergedResyncUnder(state, disk, cycle)
+  return r === undefined ? {} : { divergedResync: r }
+}
+
 /**
  * {@link pointSource}, with the chain of point files it reads through
  * checked first (point-chain.ts) and, when the chain ends at the mirror (not

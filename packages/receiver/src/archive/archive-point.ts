@@ -21,8 +21,7 @@ import { openChain } from '@grainline/vmdk'
 import { ReceiverError } from '../errors.ts'
 import { inflightRefusal } from '../operator-command.ts'
 import { ADMIN_LOCK_WAIT_MS, checksAt } from '../points-admin.ts'
-import { checkedPointSource, disksAt, divergedResyncUnder, pointsOf, type DivergedResync } from '../points.ts'
-import type { VmStateFile } from '../state-file.ts'
+import { checkedPointSource, disksAt, pointsOf, withDivergedResync, type DivergedResync } from '../points.ts'
 import { pointConfigText } from '../point-config.ts'
 import { isAllZero } from '@grainline/vmdk'
 import { CONFIG_FILE_MAX_BYTES, readStoreFile } from '../store-fs.ts'
@@ -120,7 +119,7 @@ async function archiveLocked(storeDir: string, vm: string, cycles: readonly numb
         capacity: rec.capacity,
         ddb: checksAt(state, rec.name, cycle).own?.ddb ?? rec.ddb,
         ...recordedCheck(checksAt(state, rec.name, cycle)),
-        ...divergedResyncOf(state, rec.name, cycle),
+        ...withDivergedResync(state, rec.name, cycle),
         open: async () => {
           const chain = await openChain(await checkedPointSource(m.paths, state, rec.name, cycle))
           return {
@@ -171,12 +170,6 @@ function recordedCheck(ch: ReturnType<typeof checksAt>): { check?: PointDiskChec
   if (ch.certify !== null) return { check: { kind: 'certify', algorithm: ch.certify.algorithm, digest: ch.certify.digest, bytes: ch.certify.bytes } }
   if (ch.trivial !== null) return { check: { kind: 'trivial', algorithm: ch.trivial.algorithm, digest: ch.trivial.digest, bytes: ch.trivial.bytes } }
   return {}
-}
-
-/** `{ divergedResync }` of a point's disk (none for the mirror itself). */
-function divergedResyncOf(state: VmStateFile, name: string, cycle: number): { divergedResync?: DivergedResync } {
-  const r = cycle === state.committedCycle ? undefined : divergedResyncUnder(state, name, cycle)
-  return r === undefined ? {} : { divergedResync: r }
 }
 
 /** A disk of a point as {@link archiveOnePoint} reads it (a VMDK chain of the folder store, an RBD snapshot of the Ceph store). */
